@@ -1,0 +1,3 @@
+from portmapctl.cli import main
+
+main()

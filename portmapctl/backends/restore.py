@@ -1,0 +1,78 @@
+"""iptables-save / iptables-restore --noflush, nf_tables or legacy flavour.
+
+One `iptables-save -t nat` per family to read, at most one `iptables-restore` per
+family to write, whatever the number of containers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import List
+
+from portmapctl.errors import ApplyFailed, HostProblem
+from portmapctl.ruleset import NatTable, parse_save
+from portmapctl.transaction import Transaction
+
+# Seconds iptables-restore waits for the xtables lock before giving up.
+LOCK_WAIT_SECONDS = 10
+
+
+class RestoreBackend:
+    writable = True
+
+    def __init__(self, flavour: str) -> None:
+        if flavour not in ("nft", "legacy"):
+            raise ValueError(flavour)
+        self.flavour = flavour
+        self.name = flavour
+
+    def _binary(self, family: int, tool: str) -> str:
+        name = f"{'ip6tables' if family == 6 else 'iptables'}-{self.flavour}-{tool}"
+        path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+        if path is None:
+            raise HostProblem(f"{name} not found: install the iptables package ({self.flavour})")
+        return path
+
+    def _run(self, argv: List[str], stdin: str = "") -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(
+                argv, input=stdin, capture_output=True, text=True, check=False, timeout=120
+            )
+        except OSError as err:
+            raise HostProblem(f"cannot run {argv[0]}: {err.strerror}") from None
+        except subprocess.TimeoutExpired:
+            raise ApplyFailed(f"{argv[0]} did not finish within 120 s") from None
+
+    def read(self, family: int) -> NatTable:
+        argv = [self._binary(family, "save"), "-t", "nat"]
+        done = self._run(argv)
+        if done.returncode != 0:
+            raise _host_problem(argv[0], done.stderr)
+        return parse_save(done.stdout, family, source=argv[0])
+
+    def apply(self, txn: Transaction) -> None:
+        text = txn.render()
+        if not text:
+            return
+        argv = [self._binary(txn.family, "restore"), "--noflush", "-w", str(LOCK_WAIT_SECONDS)]
+        done = self._run(argv, text)
+        if done.returncode != 0:
+            message = _first_line(done.stderr) or f"exit code {done.returncode}"
+            if "ermission denied" in message or "you must be root" in message:
+                raise _host_problem(argv[0], done.stderr)
+            raise ApplyFailed(f"{argv[0]} refused the transaction, nothing changed: {message}")
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _host_problem(binary: str, stderr: str) -> HostProblem:
+    message = _first_line(stderr)
+    if "ermission denied" in message or "must be root" in message:
+        return HostProblem(f"{binary}: permission denied: run as root (or with CAP_NET_ADMIN)")
+    if "does not exist" in message or "can't initialize" in message or "Protocol not" in message:
+        return HostProblem(f"{binary}: the nat table is not usable here: {message}")
+    return HostProblem(f"{binary} failed: {message or 'no error message'}")

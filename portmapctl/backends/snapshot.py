@@ -1,0 +1,54 @@
+"""A read-only backend over `iptables-save` dumps (`--snapshot`, `--snapshot6`).
+
+Needs no root and no kernel: support bundles can be read on a laptop.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Dict
+
+from portmapctl.errors import BadInput
+from portmapctl.ruleset import NatTable, parse_save
+from portmapctl.transaction import Transaction
+
+MAX_DUMP_BYTES = 256 * 1024 * 1024
+
+
+class SnapshotBackend:
+    name = "snapshot"
+    writable = False
+
+    def __init__(self, paths: Dict[int, str]) -> None:
+        if sum(1 for p in paths.values() if p == "-") > 1:
+            raise BadInput("only one of --snapshot/--snapshot6 can read standard input")
+        self.paths = dict(paths)
+        # Read every file now: a bad path is bad input before anything else happens.
+        self._texts = {family: _read(path) for family, path in self.paths.items()}
+
+    def read(self, family: int) -> NatTable:
+        text = self._texts.get(family)
+        if text is None:
+            return NatTable(family)
+        name = "<stdin>" if self.paths[family] == "-" else self.paths[family]
+        return parse_save(text, family, source=name)
+
+    def apply(self, txn: Transaction) -> None:
+        raise BadInput("a --snapshot is read-only: run without --snapshot to change the node")
+
+
+def _read(path: str) -> str:
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_DUMP_BYTES + 1)
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_DUMP_BYTES + 1)
+    except OSError as err:
+        raise BadInput(f"cannot read snapshot {path}: {err.strerror}") from None
+    if len(data) > MAX_DUMP_BYTES:
+        raise BadInput(f"snapshot {path} is larger than {MAX_DUMP_BYTES // 2**20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"snapshot {path}: not text (binary data?)") from None

@@ -1,0 +1,261 @@
+"""`portmapctl add`: create a container's port mappings exactly as the plugin would."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+from portmapctl import inputs, render
+from portmapctl.add import add
+from portmapctl.cli._common import (
+    DEFAULT_BACKEND,
+    DEFAULT_FAMILY,
+    DEFAULT_OUTPUT,
+    Annotated,
+    BackendOpt,
+    CacheDirOpt,
+    FamilyOpt,
+    NetnsOpt,
+    NoColorOpt,
+    Output,
+    OutputOpt,
+    QuietOpt,
+    VerboseOpt,
+    node_options,
+)
+from portmapctl.errors import BadInput
+from portmapctl.model import MappingConfig
+from portmapctl.node import DEFAULT_CACHE_DIR, opened
+
+EXAMPLES = """
+Examples:
+
+  portmapctl add --network mynet --container abc123 --ip 10.88.0.5/16 -p 8080:80 -p 5353:53/udp
+
+  portmapctl add --network mynet --container abc123 --ip 10.88.0.5/16 --ip fd00::5/64 \\
+      -p 127.0.0.1:9090:90/tcp -p [::1]:9091:91 --dry-run
+
+  portmapctl add --container abc123 --cni-config portmap.json
+"""
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+Network = Annotated[
+    Optional[str],
+    typer.Option("--network", help="The CNI network name.", rich_help_panel="Mapping"),
+]
+Container = Annotated[
+    Optional[str], typer.Option("--container", help="The container ID.", rich_help_panel="Mapping")
+]
+Ips = Annotated[
+    Optional[List[str]],
+    typer.Option(
+        "--ip",
+        metavar="IP/PREFIX",
+        help="Container address (one per family).",
+        rich_help_panel="Mapping",
+    ),
+]
+Ports = Annotated[
+    Optional[List[str]],
+    typer.Option(
+        "--publish",
+        "-p",
+        metavar="[HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]",
+        help="A port mapping (repeat for more).",
+        rich_help_panel="Mapping",
+    ),
+]
+NoSnat = Annotated[
+    bool,
+    typer.Option(
+        "--no-snat", help="No hairpin/localhost masquerade marks.", rich_help_panel="Mapping"
+    ),
+]
+MasqAll = Annotated[
+    bool,
+    typer.Option(
+        "--masq-all", help="Mark all sources, as newer plugins' masqAll.", rich_help_panel="Mapping"
+    ),
+]
+MarkBit = Annotated[
+    Optional[int],
+    typer.Option("--mark-bit", help="Masquerade mark bit (default 13).", rich_help_panel="Mapping"),
+]
+ExternalSetmark = Annotated[
+    Optional[str],
+    typer.Option(
+        "--external-setmark-chain",
+        metavar="NAME",
+        help="Use this chain to set the mark instead.",
+        rich_help_panel="Mapping",
+    ),
+]
+ConditionsV4 = Annotated[
+    Optional[str],
+    typer.Option(
+        "--conditions-v4",
+        metavar="ARGS",
+        help="Extra iptables matches for IPv4 entry rules.",
+        rich_help_panel="Mapping",
+    ),
+]
+ConditionsV6 = Annotated[
+    Optional[str],
+    typer.Option(
+        "--conditions-v6",
+        metavar="ARGS",
+        help="Extra iptables matches for IPv6 entry rules.",
+        rich_help_panel="Mapping",
+    ),
+]
+CniConfig = Annotated[
+    Optional[str],
+    typer.Option(
+        "--cni-config",
+        metavar="FILE|-",
+        help="The plugin's stdin config (runtimeConfig.portMappings,"
+        " prevResult) instead of the options above.",
+        rich_help_panel="Mapping",
+    ),
+]
+IfName = Annotated[
+    str,
+    typer.Option(
+        "--ifname",
+        help="With --cni-config: the container interface whose addresses count (CNI_IFNAME).",
+        rich_help_panel="Mapping",
+    ),
+]
+
+
+def mapping_from_options(
+    network: Optional[str],
+    container: Optional[str],
+    ip: Optional[List[str]],
+    publish: Optional[List[str]],
+    no_snat: bool,
+    masq_all: bool,
+    mark_bit: Optional[int],
+    external_setmark_chain: Optional[str],
+    conditions_v4: Optional[str],
+    conditions_v6: Optional[str],
+    cni_config: Optional[str],
+    ifname: str,
+) -> MappingConfig:
+    """Validate the mapping options (shared by add and check) into a MappingConfig."""
+    if container is None:
+        raise BadInput("--container is required")
+    if cni_config is not None:
+        given = [
+            name for name, value in (("--network", network), ("--ip", ip), ("-p", publish)) if value
+        ]
+        if given:
+            raise BadInput(f"--cni-config cannot be combined with {', '.join(given)}")
+        source = "<stdin>" if cni_config == "-" else cni_config
+        conf = inputs.load_json(_read_config(cni_config), source)
+        return inputs.plugin_config(
+            conf, inputs.cni_name(container, "container ID"), source, ifname=ifname
+        )
+    if network is None:
+        raise BadInput("--network is required (or give --cni-config)")
+    if not publish:
+        raise BadInput("give at least one -p [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]")
+    return inputs.mapping_config(
+        network=network,
+        container_id=container,
+        addresses=[inputs.interface(value) for value in ip or []],
+        ports=[inputs.port_spec(spec) for spec in publish],
+        snat=not no_snat,
+        mark=mark_bit,
+        external_setmark_chain=external_setmark_chain,
+        conditions_v4=inputs.conditions(conditions_v4, "--conditions-v4"),
+        conditions_v6=inputs.conditions(conditions_v6, "--conditions-v6"),
+        masq_all=masq_all,
+    )
+
+
+def _read_config(path: str) -> str:
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise BadInput(f"cannot read --cni-config {path}: {err.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise BadInput(f"--cni-config {path} is larger than 16 MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"--cni-config {path}: not text") from None
+
+
+def add_command(
+    network: Network = None,
+    container: Container = None,
+    ip: Ips = None,
+    publish: Ports = None,
+    no_snat: NoSnat = False,
+    masq_all: MasqAll = False,
+    mark_bit: MarkBit = None,
+    external_setmark_chain: ExternalSetmark = None,
+    conditions_v4: ConditionsV4 = None,
+    conditions_v6: ConditionsV6 = None,
+    cni_config: CniConfig = None,
+    ifname: IfName = "eth0",
+    no_flush_udp: Annotated[
+        bool, typer.Option("--no-flush-udp", help="Keep the mapped UDP ports' conntrack entries.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the transaction, change nothing.")
+    ] = False,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    family: FamilyOpt = DEFAULT_FAMILY,
+    netns: NetnsOpt = None,
+    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
+    output: OutputOpt = DEFAULT_OUTPUT,
+    no_color: NoColorOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Create a container's port mappings, idempotently, as the plugin's ADD would."""
+    out = Output(output, no_color, quiet, verbose)
+    config = mapping_from_options(
+        network,
+        container,
+        ip,
+        publish,
+        no_snat,
+        masq_all,
+        mark_bit,
+        external_setmark_chain,
+        conditions_v4,
+        conditions_v6,
+        cni_config,
+        ifname,
+    )
+    options = node_options(backend, family, netns, cni_cache_dir)
+    with opened(options, write=not dry_run) as node:
+        result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp)
+    for warning in result.warnings:
+        out.warn(warning)
+    if out.json:
+        out.print_json(render.add_json(result))
+        return
+    if dry_run:
+        if not result.transactions:
+            out.message("nothing to do: the mapping is already in place")
+        for fam, text in sorted(result.transactions.items()):
+            sys.stdout.write(
+                f"# IPv{fam}: {'ip6tables' if fam == 6 else 'iptables'}-restore --noflush\n"
+            )
+            sys.stdout.write(text)
+        return
+    if result.changed:
+        out.message(f"added {config.dnat_chain_name} ({config.network}/{config.container_id})")
+    else:
+        out.message(f"unchanged: {config.dnat_chain_name} is already in place")

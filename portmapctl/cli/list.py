@@ -1,0 +1,108 @@
+"""`portmapctl list`: one row per port mapping, with what is wrong with it."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from portmapctl import inventory, render
+from portmapctl.cli._common import (
+    DEFAULT_BACKEND,
+    DEFAULT_FAMILY,
+    DEFAULT_OUTPUT,
+    Annotated,
+    BackendOpt,
+    CacheDirOpt,
+    FamilyOpt,
+    NetnsOpt,
+    NoColorOpt,
+    Output,
+    OutputOpt,
+    ProtoChoice,
+    QuietOpt,
+    VerboseOpt,
+    node_options,
+)
+from portmapctl.node import DEFAULT_CACHE_DIR, opened
+
+EXAMPLES = """
+Examples:
+
+  portmapctl list
+
+  portmapctl list --container 3f2a --proto udp --conntrack
+
+  portmapctl list -o json --snapshot iptables-save.txt --snapshot6 ip6tables-save.txt
+"""
+
+
+def list_command(
+    container: Annotated[
+        Optional[str], typer.Option(help="Only this container (ID prefix).")
+    ] = None,
+    network: Annotated[Optional[str], typer.Option(help="Only this network.")] = None,
+    port: Annotated[
+        Optional[int], typer.Option(help="Only this host port.", min=1, max=65535)
+    ] = None,
+    proto: Annotated[Optional[ProtoChoice], typer.Option(help="Only this protocol.")] = None,
+    snapshot: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="FILE", help="Read an iptables-save dump ('-' for stdin), not the kernel."
+        ),
+    ] = None,
+    snapshot6: Annotated[
+        Optional[str], typer.Option(metavar="FILE", help="Read an ip6tables-save dump.")
+    ] = None,
+    conntrack: Annotated[
+        bool, typer.Option("--conntrack", help="Count UDP conntrack entries per UDP mapping.")
+    ] = False,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    family: FamilyOpt = DEFAULT_FAMILY,
+    netns: NetnsOpt = None,
+    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
+    output: OutputOpt = DEFAULT_OUTPUT,
+    no_color: NoColorOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """List every port mapping on the node, with its status."""
+    out = Output(output, no_color, quiet, verbose)
+    if network is not None:
+        from portmapctl import inputs
+
+        inputs.cni_name(network, "network name")
+    snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
+    options = node_options(backend, family, netns, cni_cache_dir, snapshots)
+    with opened(options) as node:
+        tables = node.read()
+        found = inventory.build(tables, node.read_cache())
+        counts = None
+        if conntrack:
+            if snapshots:
+                from portmapctl.errors import BadInput
+
+                raise BadInput("--conntrack reads the kernel: it cannot be used with --snapshot")
+            from portmapctl.conntrack import count_per_mapping
+
+            counts = count_per_mapping(found.mappings)
+    rows = inventory.select(
+        found.mappings,
+        container=container,
+        network=network,
+        port=port,
+        protocol=proto.value if proto else None,
+    )
+    chains = inventory.select_chains(found.chains, container=container, network=network)
+    if port is not None or proto is not None:
+        chains = [
+            c for c in chains if any(m.chain == c.name and m.family == c.family for m in rows)
+        ]
+    if out.json:
+        out.print_json(render.list_json(rows, chains, counts))
+        return
+    if not rows and not chains:
+        out.message("no portmap chains found")
+        return
+    out.show(render.list_table(rows, chains, counts))

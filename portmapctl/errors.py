@@ -1,0 +1,31 @@
+"""Errors that carry their SPEC §4 exit code.
+
+The CLI turns each into one line on stderr and its exit code; library callers can
+catch the base class.
+"""
+
+from __future__ import annotations
+
+
+class PortmapctlError(Exception):
+    """Base class: a message meant for the user, and the exit code it maps to."""
+
+    exit_code = 1
+
+
+class BadInput(PortmapctlError):
+    """Usage or bad input: nothing was changed (exit 2)."""
+
+    exit_code = 2
+
+
+class HostProblem(PortmapctlError):
+    """The environment: not root, no usable iptables, no such namespace (exit 3)."""
+
+    exit_code = 3
+
+
+class ApplyFailed(PortmapctlError):
+    """A transaction could not be applied, even after retries (exit 1)."""
+
+    exit_code = 1

@@ -1,0 +1,54 @@
+"""The lock that serialises portmapctl runs that change a node: /run/portmapctl/lock.
+
+flock(2) on a file we create ourselves: 0600 in a 0700 directory owned by root,
+opened with O_NOFOLLOW so a symlink planted at the path is refused, not followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import time
+from typing import Iterator
+
+from portmapctl.errors import HostProblem
+
+RUN_DIR = "/run/portmapctl"
+LOCK_WAIT_SECONDS = 60.0
+
+
+def _safe_dir(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise HostProblem(f"{path} is not a directory owned by us: refusing to use it")
+
+
+@contextlib.contextmanager
+def held(run_dir: str = RUN_DIR, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+    _safe_dir(run_dir)
+    path = os.path.join(run_dir, "lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise HostProblem(f"{path} is a symlink: refusing to follow it") from None
+        raise HostProblem(f"cannot open lock file {path}: {err.strerror}") from None
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise HostProblem(
+                        f"another portmapctl holds {path} for over {wait:.0f} s: try again later"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,252 @@
+"""The chain model: what the portmap plugin puts in the nat table, as values.
+
+A `Chain` is one chain the plugin manages plus the rules that enter it from other
+chains, like the plugin's own `chain` struct. The generators below produce the
+chains for a `MappingConfig`, in the plugin's order and, through
+`ruleset.normalize`, in the exact form `iptables-save` prints. Everything here is
+pure: no process, no kernel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from typing import List, Optional, Tuple, Union
+
+from portmapctl.ruleset import Args, normalize
+
+TOPLEVEL_DNAT = "CNI-HOSTPORT-DNAT"
+SETMARK = "CNI-HOSTPORT-SETMARK"
+MASQ = "CNI-HOSTPORT-MASQ"
+OLD_TOPLEVEL_SNAT = "CNI-HOSTPORT-SNAT"
+SHARED_CHAINS = (TOPLEVEL_DNAT, SETMARK, MASQ, OLD_TOPLEVEL_SNAT)
+DNAT_PREFIX = "CNI-DN-"
+SNAT_PREFIX = "CNI-SN-"
+DEFAULT_MARK_BIT = 13
+MAX_PORTS_PER_MULTIPORT = 15
+
+Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+
+
+def chain_name(network: str, container_id: str, prefix: str = "DN-") -> str:
+    """The plugin's name: CNI- + prefix + hex SHA-512(network + id), 28 characters."""
+    digest = hashlib.sha512((network + container_id).encode()).hexdigest()
+    return ("CNI-" + prefix + digest)[:28]
+
+
+def dnat_comment(network: str, container_id: str) -> str:
+    return trim_comment(f'dnat name: "{network}" id: "{container_id}"')
+
+
+def legacy_snat_comment(network: str, container_id: str) -> str:
+    return trim_comment(f'snat name: "{network}" id: "{container_id}"')
+
+
+def trim_comment(comment: str) -> str:
+    """iptables limits comments to 256 bytes; the plugin cuts longer ones like this."""
+    if len(comment.encode()) <= 255:
+        return comment
+    return comment.encode()[:253].decode(errors="ignore") + "..."
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """One entry of the plugin's `runtimeConfig.portMappings`."""
+
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+    host_ip: str = ""
+
+    def applies_to(self, family: int) -> bool:
+        """A host IP of the other family skips this port's rules in this family."""
+        return not self.host_ip or ipaddress.ip_address(self.host_ip).version == family
+
+    def host_ip_for_rule(self) -> Optional[str]:
+        """The `-d` value: none for no host IP or an unspecified one (0.0.0.0, ::)."""
+        if not self.host_ip or ipaddress.ip_address(self.host_ip).is_unspecified:
+            return None
+        return self.host_ip
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """Everything the plugin's ADD needs for one container (its parsed stdin)."""
+
+    network: str
+    container_id: str
+    addresses: Tuple[Interface, ...]
+    ports: Tuple[PortMapping, ...]
+    snat: bool = True
+    mark_bit: int = DEFAULT_MARK_BIT
+    external_setmark_chain: Optional[str] = None
+    conditions_v4: Tuple[str, ...] = ()
+    conditions_v6: Tuple[str, ...] = ()
+    masq_all: bool = False
+
+    def address(self, family: int) -> Optional[Interface]:
+        """The plugin uses the first address of each family."""
+        for address in self.addresses:
+            if address.version == family:
+                return address
+        return None
+
+    @property
+    def families(self) -> Tuple[int, ...]:
+        return tuple(f for f in (4, 6) if self.address(f) is not None)
+
+    @property
+    def dnat_chain_name(self) -> str:
+        return chain_name(self.network, self.container_id, "DN-")
+
+    @property
+    def setmark_target(self) -> str:
+        return self.external_setmark_chain or SETMARK
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A chain the plugin manages, with the rules that jump to it.
+
+    `rules` and `entry_rules` are in saved normal form. Each entry rule is complete,
+    ending in `-j <name>`, and goes into every chain of `entry_chains`.
+    `prepend_entry` means the entry rules go first in their chain (MASQ's does:
+    bridge and ptp plugins' masquerade rules would otherwise win).
+    """
+
+    name: str
+    rules: Tuple[Args, ...] = ()
+    entry_chains: Tuple[str, ...] = ()
+    entry_rules: Tuple[Args, ...] = ()
+    prepend_entry: bool = False
+    table: str = "nat"
+
+    @property
+    def shared(self) -> bool:
+        """Shared by all containers: we add what is missing, never flush or delete."""
+        return self.name in SHARED_CHAINS
+
+
+def _mark(bit: int) -> str:
+    value = 1 << bit
+    return f"{value:#x}/{value:#x}"
+
+
+def toplevel_dnat_chain(family: int) -> Chain:
+    return Chain(
+        TOPLEVEL_DNAT,
+        entry_chains=("PREROUTING", "OUTPUT"),
+        entry_rules=(
+            normalize(["-m", "addrtype", "--dst-type", "LOCAL", "-j", TOPLEVEL_DNAT], family),
+        ),
+    )
+
+
+def setmark_chain(mark_bit: int, family: int) -> Chain:
+    rule = ["-m", "comment", "--comment", "CNI portfwd masquerade mark"]
+    return Chain(
+        SETMARK, rules=(normalize([*rule, "-j", "MARK", "--set-xmark", _mark(mark_bit)], family),)
+    )
+
+
+def masq_chain(mark_bit: int, family: int) -> Chain:
+    entry = ["-m", "comment", "--comment", "CNI portfwd requiring masquerade", "-j", MASQ]
+    return Chain(
+        MASQ,
+        rules=(normalize(["-m", "mark", "--mark", _mark(mark_bit), "-j", "MASQUERADE"], family),),
+        entry_chains=("POSTROUTING",),
+        entry_rules=(normalize(entry, family),),
+        prepend_entry=True,
+    )
+
+
+def _port_groups(ports: Tuple[PortMapping, ...]) -> List[Tuple[str, str]]:
+    """(protocol, "p1,p2,...") per multiport rule: protocols sorted, 15 ports each.
+
+    Every mapping counts here whatever its host IP's family, as in the plugin.
+    """
+    by_proto: dict = {}
+    for port in ports:
+        by_proto.setdefault(port.protocol, []).append(str(port.host_port))
+    groups = []
+    for proto in sorted(by_proto):
+        numbers = by_proto[proto]
+        for start in range(0, len(numbers), MAX_PORTS_PER_MULTIPORT):
+            groups.append((proto, ",".join(numbers[start : start + MAX_PORTS_PER_MULTIPORT])))
+    return groups
+
+
+def dnat_chain(config: MappingConfig, family: int) -> Optional[Chain]:
+    """The per-container CNI-DN- chain for one family, or None without an address."""
+    address = config.address(family)
+    if address is None:
+        return None
+    name = config.dnat_chain_name
+    comment = dnat_comment(config.network, config.container_id)
+    conditions = config.conditions_v6 if family == 6 else config.conditions_v4
+    entry_rules = tuple(
+        normalize(
+            [
+                "-m",
+                "comment",
+                "--comment",
+                comment,
+                "-m",
+                "multiport",
+                "-p",
+                proto,
+                "--destination-ports",
+                ports,
+                *conditions,
+                "-j",
+                name,
+            ],
+            family,
+        )
+        for proto, ports in _port_groups(config.ports)
+    )
+    hairpin_source = (
+        ("::/0" if family == 6 else "0.0.0.0/0") if config.masq_all else str(address.network)
+    )
+    container_ip = address.ip.compressed
+    destination = f"[{container_ip}]" if family == 6 else container_ip
+    rules: List[Args] = []
+    for port in config.ports:
+        if not port.applies_to(family):
+            continue
+        base = ["-p", port.protocol, "--dport", str(port.host_port)]
+        host_ip = port.host_ip_for_rule()
+        if host_ip:
+            base += ["-d", host_ip]
+        if config.snat:
+            rules.append(
+                normalize([*base, "-s", hairpin_source, "-j", config.setmark_target], family)
+            )
+            if family == 4 and not config.masq_all:
+                rules.append(
+                    normalize([*base, "-s", "127.0.0.1", "-j", config.setmark_target], family)
+                )
+        rules.append(
+            normalize(
+                [*base, "-j", "DNAT", "--to-destination", f"{destination}:{port.container_port}"],
+                family,
+            )
+        )
+    return Chain(name, rules=tuple(rules), entry_chains=(TOPLEVEL_DNAT,), entry_rules=entry_rules)
+
+
+def wanted_chains(config: MappingConfig, family: int) -> List[Chain]:
+    """All chains the plugin's ADD sets up for this family, in the plugin's order."""
+    dnat = dnat_chain(config, family)
+    if dnat is None:
+        return []
+    chains: List[Chain] = []
+    if config.snat and config.external_setmark_chain is None:
+        chains += [setmark_chain(config.mark_bit, family), masq_chain(config.mark_bit, family)]
+    chains += [toplevel_dnat_chain(family), dnat]
+    return chains
+
+
+def legacy_snat_chain_name(network: str, container_id: str) -> str:
+    return chain_name(network, container_id, "SN-")

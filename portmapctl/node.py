@@ -1,0 +1,96 @@
+"""A node as the commands see it: where to look (namespace, backend, cache) and
+how to read and change it safely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+from portmapctl import cni_cache, lock, netns
+from portmapctl.backends import Backend, open_backend
+from portmapctl.errors import ApplyFailed, HostProblem
+from portmapctl.ruleset import NatTable
+from portmapctl.transaction import Transaction
+
+DEFAULT_CACHE_DIR = "/var/lib/cni"
+APPLY_TRIES = 3
+CAP_NET_ADMIN = 12
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """The options every command takes (SPEC §3)."""
+
+    backend: str = "auto"
+    families: Tuple[int, ...] = (4, 6)
+    netns: Optional[str] = None
+    cache_dir: str = DEFAULT_CACHE_DIR
+    snapshots: Dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Node:
+    options: NodeOptions
+    backend: Backend
+
+    @property
+    def families(self) -> Tuple[int, ...]:
+        if self.options.snapshots:
+            return tuple(f for f in self.options.families if f in self.options.snapshots)
+        return self.options.families
+
+    def read(self, families: Optional[Tuple[int, ...]] = None) -> Dict[int, NatTable]:
+        return {f: self.backend.read(f) for f in (families or self.families)}
+
+    def read_cache(self) -> Optional[List[cni_cache.Attachment]]:
+        return cni_cache.read_cache(self.options.cache_dir)
+
+    def converge(
+        self, family: int, plan: Callable[[NatTable], Transaction], dry_run: bool = False
+    ) -> Transaction:
+        """Read, plan, apply; when the table changed under us (the plugin ran), again.
+
+        Every try is one whole transaction, so a failed try changes nothing.
+        Returns the transaction that was applied (or would be, in a dry run).
+        """
+        error: Optional[ApplyFailed] = None
+        for _ in range(APPLY_TRIES):
+            txn = plan(self.backend.read(family))
+            if dry_run or not txn:
+                return txn
+            try:
+                self.backend.apply(txn)
+                return txn
+            except ApplyFailed as err:
+                error = err
+        raise ApplyFailed(f"gave up after {APPLY_TRIES} tries, nothing changed: {error}")
+
+
+def has_net_admin() -> bool:
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return False
+
+
+@contextlib.contextmanager
+def opened(options: NodeOptions, write: bool = False) -> Iterator[Node]:
+    """Enter the namespace, pick the backend, and (to write) take the lock."""
+    if write and not options.snapshots and not has_net_admin():
+        raise HostProblem("changing iptables needs root (or CAP_NET_ADMIN): run with sudo")
+    with netns.entered(options.netns):
+        backend = open_backend(options.backend, options.snapshots)
+        if write and backend.writable:
+            with lock.held():
+                yield Node(options, backend)
+        else:
+            yield Node(options, backend)

@@ -1,0 +1,361 @@
+"""`iptables-save` text, read into a nat table, and the one normal form for rules.
+
+This module and `transaction.py` are the only ones that know iptables' text syntax.
+
+A rule is kept as its argument tokens after `-A CHAIN`, unquoted, exactly as
+`iptables-save` printed them. That printed form is our normal form: rules we generate
+are passed through `normalize()`, which rewrites the plugin's argument order and
+spellings into what `iptables-save` prints (`-s 10.88.0.5/16` becomes
+`-s 10.88.0.0/16`, `--destination-ports` becomes `--dports`, `-p tcp --dport` gains
+`-m tcp`, addresses and protocol move to the front). Wanted and live rules are then
+compared as plain tuples.
+
+The parser never rejects what it does not know: other tools' chains, matches and
+targets are kept token for token.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from portmapctl.errors import BadInput
+
+Args = Tuple[str, ...]
+
+BUILTIN_NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+
+
+@dataclass(frozen=True)
+class SavedChain:
+    """One chain as `iptables-save` shows it: policy (`-` for user chains) and rules."""
+
+    name: str
+    policy: str = "-"
+    rules: Tuple[Args, ...] = ()
+
+    @property
+    def builtin(self) -> bool:
+        return self.policy != "-"
+
+
+@dataclass(frozen=True)
+class NatTable:
+    """The nat table of one address family. `chains` keeps iptables-save's order."""
+
+    family: int
+    chains: Dict[str, SavedChain] = field(default_factory=dict)
+
+    def rules(self, chain: str) -> Tuple[Args, ...]:
+        found = self.chains.get(chain)
+        return found.rules if found else ()
+
+    def has_chain(self, chain: str) -> bool:
+        return chain in self.chains
+
+    def jumps_to(self, target: str) -> Iterator[Tuple[str, int, Args]]:
+        """Every rule (chain, index, args) whose target is `target`."""
+        for chain in self.chains.values():
+            for index, args in enumerate(chain.rules):
+                if rule_target(args) == target:
+                    yield chain.name, index, args
+
+
+# --- reading -----------------------------------------------------------------
+
+
+def split_line(line: str) -> List[str]:
+    """Split a rule line the way iptables-restore does.
+
+    Double quotes group words; inside quotes a backslash escapes the next character.
+    Outside quotes a backslash is an ordinary character.
+    """
+    if '"' not in line:
+        return line.split()
+    tokens: List[str] = []
+    current: List[str] = []
+    in_token = in_quotes = escaped = False
+    for char in line:
+        if in_quotes:
+            if escaped:
+                current.append(char)
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_quotes = False
+            else:
+                current.append(char)
+        elif char == '"':
+            in_quotes = in_token = True
+        elif char in " \t\r\n":
+            if in_token:
+                tokens.append("".join(current))
+                current, in_token = [], False
+        else:
+            current.append(char)
+            in_token = True
+    if in_quotes:
+        raise ValueError("unterminated quote")
+    if in_token:
+        tokens.append("".join(current))
+    return tokens
+
+
+def parse_save(text: str, family: int, source: str = "iptables-save output") -> NatTable:
+    """Read the nat table out of `iptables-save` text (other tables are skipped).
+
+    Text without a nat table gives an empty table: nothing of the plugin's is there.
+    Raises BadInput, naming the line, for text that is not iptables-save output.
+    """
+    chains: Dict[str, SavedChain] = {}
+    rules: Dict[str, List[Args]] = {}
+    table: Optional[str] = None
+    seen_nat = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line or line.startswith("#") or line.isspace():
+            continue
+
+        def bad(why: str, number: int = number) -> BadInput:
+            return BadInput(f"{source}: line {number}: {why}")
+
+        if "\x00" in line:
+            raise bad("binary data, not iptables-save output")
+        if line.startswith("*"):
+            if table is not None:
+                raise bad(f"table {line[1:]!r} starts before table {table!r} was COMMITted")
+            table = line[1:].strip()
+            if table == "nat":
+                if seen_nat:
+                    raise bad("a second nat table")
+                seen_nat = True
+            continue
+        if table is None:
+            raise bad("not iptables-save output (expected a '*table' line first)")
+        if line.rstrip() == "COMMIT":
+            table = None
+            continue
+        if table != "nat":
+            continue
+        if line.startswith(":"):
+            parts = line[1:].split()
+            if len(parts) < 2:
+                raise bad("malformed chain line")
+            name, policy = parts[0], parts[1]
+            chains[name] = SavedChain(name, policy)
+            rules.setdefault(name, [])
+        elif line.startswith("-A "):
+            try:
+                tokens = split_line(line)
+            except ValueError as err:
+                raise bad(str(err)) from None
+            if len(tokens) < 2:
+                raise bad("rule without a chain")
+            chain = tokens[1]
+            if chain not in rules:
+                raise bad(f"rule for undeclared chain {chain!r}")
+            rules[chain].append(tuple(tokens[2:]))
+        else:
+            raise bad(f"unexpected line {line[:60]!r}")
+    if table is not None:
+        raise BadInput(f"{source}: table {table!r} has no COMMIT (truncated?)")
+    return NatTable(
+        family,
+        {name: SavedChain(name, c.policy, tuple(rules[name])) for name, c in chains.items()},
+    )
+
+
+# --- looking into rules --------------------------------------------------------
+
+
+def rule_target(args: Sequence[str]) -> Optional[str]:
+    """The `-j`/`-g` target of a rule in saved form (it is always near the end)."""
+    for i in range(len(args) - 2, -1, -1):
+        if args[i] in ("-j", "-g"):
+            return args[i + 1]
+    return None
+
+
+def option_value(args: Sequence[str], *names: str) -> Optional[str]:
+    """The value after the first of `names`, or None. Negation is not reported."""
+    for i, token in enumerate(args[:-1]):
+        if token in names:
+            return args[i + 1]
+    return None
+
+
+# --- the normal form ---------------------------------------------------------
+
+# Long spellings iptables accepts for its generic options.
+_GENERIC_ALIASES = {
+    "--source": "-s",
+    "--src": "-s",
+    "--destination": "-d",
+    "--dst": "-d",
+    "--in-interface": "-i",
+    "--out-interface": "-o",
+    "--protocol": "-p",
+    "--fragment": "-f",
+    "--match": "-m",
+    "--jump": "-j",
+    "--goto": "-g",
+}
+_GENERIC_ORDER = ("-s", "-d", "-i", "-o", "-p", "-f")
+_PROTO_OPTIONS = {
+    "--dport": "--dport",
+    "--destination-port": "--dport",
+    "--sport": "--sport",
+    "--source-port": "--sport",
+    "--tcp-flags": "--tcp-flags",
+    "--syn": "--syn",
+    "--tcp-option": "--tcp-option",
+    "--chunk-types": "--chunk-types",
+}
+_MATCH_OPTION_ALIASES = {
+    "multiport": {
+        "--destination-ports": "--dports",
+        "--source-ports": "--sports",
+    },
+    "tcp": {"--destination-port": "--dport", "--source-port": "--sport"},
+    "udp": {"--destination-port": "--dport", "--source-port": "--sport"},
+    "sctp": {"--destination-port": "--dport", "--source-port": "--sport"},
+}
+# Options each well-known match owns; an option a known match does not own goes to
+# the protocol's implicit match, as iptables does.
+_MATCH_OPTIONS = {
+    "comment": {"--comment"},
+    "multiport": {"--dports", "--sports", "--ports", "--destination-ports", "--source-ports"},
+    "mark": {"--mark"},
+    "addrtype": {"--src-type", "--dst-type", "--limit-iface-in", "--limit-iface-out"},
+}
+_FLAG_OPTIONS = {"--syn", "-f"}
+# Options known to take a value, even one that starts with a dash.
+_VALUED_OPTIONS = (set().union(*_MATCH_OPTIONS.values()) | set(_PROTO_OPTIONS)) - _FLAG_OPTIONS
+
+
+def _normal_address(value: str, family: int) -> str:
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise BadInput(f"invalid address {value!r} in rule") from None
+    if network.version != family:
+        raise BadInput(f"address {value!r} is not IPv{family}")
+    return f"{network.network_address.compressed}/{network.prefixlen}"
+
+
+def normalize(args: Iterable[str], family: int) -> Args:
+    """Rewrite rule arguments into the form `iptables-save` prints them in.
+
+    Handles what the plugin writes and common conditions: generic options first
+    (-s -d -i -o -p -f, each possibly negated), then matches in the order they were
+    loaded (an implicit `-m tcp|udp|sctp` where `--dport` is used without one), then
+    the target with its options. A rule already in saved form comes back unchanged.
+    """
+    tokens = [_GENERIC_ALIASES.get(t, t) for t in args]
+    generic: Dict[str, List[str]] = {}
+    matches: List[Tuple[str, List[str]]] = []
+    target: List[str] = []
+    proto: Optional[str] = None
+    implicit: Optional[List[str]] = None
+    current: Optional[Tuple[str, List[str]]] = None
+    negate = False
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "!":
+            negate = True
+            i += 1
+            continue
+        prefix = ["!"] if negate else []
+        negate = False
+        if target:
+            target.extend(prefix + [token])
+            i += 1
+            continue
+        if token in _GENERIC_ORDER:
+            if token == "-f":
+                generic[token] = prefix + [token]
+                i += 1
+                continue
+            value = _need_value(tokens, i)
+            if token in ("-s", "-d"):
+                value = _normal_address(value, family)
+                if value.endswith("/0") and not prefix:
+                    i += 2  # "anywhere": iptables-save prints nothing for it
+                    continue
+            elif token == "-p":
+                value = value.lower()
+                proto = value
+            generic[token] = prefix + [token, value]
+            i += 2
+            continue
+        if token == "-m":
+            name = _need_value(tokens, i)
+            current = (name, [])
+            matches.append(current)
+            i += 2
+            continue
+        if token in ("-j", "-g"):
+            target = [token, _need_value(tokens, i)]
+            i += 2
+            continue
+        # An option of a match: the open one, or the protocol's implicit match.
+        owner = current
+        if token in _PROTO_OPTIONS and proto in ("tcp", "udp", "sctp"):
+            known = _MATCH_OPTIONS.get(current[0]) if current else None
+            if current is None or (known is not None and token not in known):
+                if implicit is None:
+                    implicit = []
+                    matches.append((proto, implicit))
+                owner = (proto, implicit)
+        if owner is None:
+            raise BadInput(f"option {token!r} belongs to no match in rule")
+        name, options = owner
+        spelled = _MATCH_OPTION_ALIASES.get(name, {}).get(token, token)
+        takes_value = token in _VALUED_OPTIONS or (
+            i + 1 < len(tokens) and not tokens[i + 1].startswith("-") and tokens[i + 1] != "!"
+        )
+        if token in _FLAG_OPTIONS or not takes_value:
+            options.extend(prefix + [spelled])
+            i += 1
+        else:
+            options.extend(prefix + [spelled, _need_value(tokens, i)])
+            i += 2
+    out: List[str] = []
+    for option in _GENERIC_ORDER:
+        out.extend(generic.get(option, ()))
+    for name, options in matches:
+        out.extend(["-m", name, *options])
+    out.extend(target)
+    return tuple(out)
+
+
+def _need_value(tokens: Sequence[str], i: int) -> str:
+    if i + 1 >= len(tokens):
+        raise BadInput(f"option {tokens[i]!r} needs a value")
+    return tokens[i + 1]
+
+
+# --- writing -----------------------------------------------------------------
+
+_BARE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:,![]+=@%")
+
+
+def quote(token: str) -> str:
+    """One argument as iptables-restore reads it back unchanged.
+
+    Refuses control characters: a newline inside a token would start a new
+    restore command, which is how text from a dump could inject a rule.
+    """
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in token):
+        raise BadInput(f"refusing a rule argument with control characters: {token!r}")
+    if token and all(c in _BARE for c in token):
+        return token
+    escaped = token.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'")
+    return f'"{escaped}"'
+
+
+def format_rule(command: str, chain: str, args: Sequence[str]) -> str:
+    """A restore line such as `-A CHAIN args...` with every argument quoted safely."""
+    return " ".join([command, quote(chain), *(quote(a) for a in args)])

@@ -1,0 +1,74 @@
+"""A restore transaction for one family's nat table.
+
+Built up step by step (like knftables' Transaction), printed as
+`iptables-restore --noflush` text for `--dry-run`, and applied in one go by a
+backend. iptables-restore applies the whole text or nothing, so a transaction is
+atomic: a `-D` of a rule that is no longer there fails all of it.
+
+Note on `:CHAIN` lines: with --noflush, declaring a chain creates it, or flushes it
+when it exists. Shared chains are therefore declared only when they are missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Sequence, Tuple
+
+from portmapctl.ruleset import Args, format_rule, quote
+
+
+@dataclass(frozen=True)
+class Op:
+    """One restore command: declare, append, insert, delete, flush, delete-chain."""
+
+    kind: str
+    chain: str
+    args: Args = ()
+
+    def line(self) -> str:
+        if self.kind == "declare":
+            return f":{quote(self.chain)} - [0:0]"
+        if self.kind == "insert":
+            return format_rule("-I", self.chain, ("1", *self.args))
+        command = {"append": "-A", "delete": "-D", "flush": "-F", "delete-chain": "-X"}[self.kind]
+        return format_rule(command, self.chain, self.args)
+
+
+@dataclass
+class Transaction:
+    family: int
+    ops: List[Op] = field(default_factory=list)
+
+    def declare(self, chain: str) -> None:
+        """Create `chain`, or empty it if it exists."""
+        self.ops.append(Op("declare", chain))
+
+    def append(self, chain: str, args: Sequence[str]) -> None:
+        self.ops.append(Op("append", chain, tuple(args)))
+
+    def insert_first(self, chain: str, args: Sequence[str]) -> None:
+        self.ops.append(Op("insert", chain, tuple(args)))
+
+    def delete(self, chain: str, args: Sequence[str]) -> None:
+        self.ops.append(Op("delete", chain, tuple(args)))
+
+    def flush(self, chain: str) -> None:
+        self.ops.append(Op("flush", chain))
+
+    def delete_chain(self, chain: str) -> None:
+        self.ops.append(Op("delete-chain", chain))
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def chains_touched(self) -> Tuple[str, ...]:
+        return tuple(dict.fromkeys(op.chain for op in self.ops))
+
+    def render(self) -> str:
+        """The text for `iptables-restore --noflush` (empty when there is nothing to do)."""
+        if not self.ops:
+            return ""
+        # Declarations first: iptables-restore wants a chain to exist before use.
+        declares = [op.line() for op in self.ops if op.kind == "declare"]
+        commands = [op.line() for op in self.ops if op.kind != "declare"]
+        return "\n".join(["*nat", *declares, *commands, "COMMIT", ""])
