@@ -109,9 +109,8 @@ def list_udp(
     with _session("list") as sock:
         for af in afs:
             for port in per_port:
-                entries.extend(_dump(sock, af, port))
-    # Kernels before 5.8 ignore the dump filter: check everything here too.
-    return [e for e in entries if e.protocol == "udp" and (ports is None or e.dport in ports)]
+                entries.extend(_dump(sock, af, port, ports))
+    return entries
 
 
 def delete(entries: Iterable[ConntrackEntry]) -> int:
@@ -203,8 +202,12 @@ def _host_problem(doing: str, code: int | None) -> HostProblem:
     return HostProblem(f"cannot {doing} conntrack entries: {reason}; {hint}")
 
 
-def _dump(sock: Any, af: int, dport: int | None) -> list[ConntrackEntry]:
-    """One whole dump, collected before anything else is sent on the socket."""
+def _dump(
+    sock: Any, af: int, dport: int | None, ports: Collection[int] | None
+) -> list[ConntrackEntry]:
+    """One whole dump, collected before anything else is sent on the socket. The
+    kernel filters by protocol and dport; Python by protocol and ports, as kernels
+    before 5.8 ignore the filter."""
     proto = [_nla(_CTA_PROTO_NUM, bytes([socket.IPPROTO_UDP]))]
     flags = _FILTER_PROTO_NUM
     if dport is not None:
@@ -225,7 +228,7 @@ def _dump(sock: Any, af: int, dport: int | None) -> list[ConntrackEntry]:
             _raise_if_error(buf, start)
         if kind in (_NLMSG_DONE, _NLMSG_ERROR):
             break
-        entry = _parse_entry(buf, start, end)
+        entry = _parse_entry(buf, start, end, ports)
         if entry is not None:
             entries.append(entry)
     return entries
@@ -320,17 +323,16 @@ def _attrs(buf: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
     return found
 
 
-def _parse_tuple(buf: bytes, span: tuple[int, int], af: int) -> tuple[int, str, str, int, int]:
+def _parse_tuple(buf: bytes, span: tuple[int, int], af: int) -> tuple[str, str, int, int] | None:
+    """(src, dst, sport, dport) of a UDP tuple; None for another protocol."""
     parts = _attrs(buf, *span)
-    ip = _attrs(buf, *parts[_CTA_TUPLE_IP])
     proto = _attrs(buf, *parts[_CTA_TUPLE_PROTO])
+    if buf[proto[_CTA_PROTO_NUM][0]] != socket.IPPROTO_UDP:
+        return None
+    ip = _attrs(buf, *parts[_CTA_TUPLE_IP])
     src_attr, dst_attr = _IP_ATTRS[af]
     (src_start, src_end), (dst_start, dst_end) = ip[src_attr], ip[dst_attr]
-    number = buf[proto[_CTA_PROTO_NUM][0]]
-    if number != socket.IPPROTO_UDP:
-        return number, "", "", 0, 0
     return (
-        number,
         socket.inet_ntop(af, buf[src_start:src_end]),
         socket.inet_ntop(af, buf[dst_start:dst_end]),
         _BE16.unpack_from(buf, proto[_CTA_PROTO_SRC_PORT][0])[0],
@@ -338,31 +340,27 @@ def _parse_tuple(buf: bytes, span: tuple[int, int], af: int) -> tuple[int, str, 
     )
 
 
-def _parse_entry(buf: bytes, start: int, end: int) -> ConntrackEntry | None:
-    """The UDP entry in one dump message; None for another protocol or family."""
+def _parse_entry(
+    buf: bytes, start: int, end: int, ports: Collection[int] | None
+) -> ConntrackEntry | None:
+    """The entry in one dump message, if it is UDP to one of the ports."""
     af = buf[start + _NLMSGHDR.size]
     if af not in _IP_ATTRS:
         return None
     attrs = _attrs(buf, start + _NLMSGHDR.size + _NFGENMSG.size, end)
-    number, src, dst, sport, dport = _parse_tuple(buf, attrs[_CTA_TUPLE_ORIG], af)
-    if number != socket.IPPROTO_UDP:
+    orig = _parse_tuple(buf, attrs[_CTA_TUPLE_ORIG], af)
+    if orig is None or (ports is not None and orig[3] not in ports):
         return None
-    _, reply_src, reply_dst, reply_sport, reply_dport = _parse_tuple(
-        buf, attrs[_CTA_TUPLE_REPLY], af
-    )
+    reply = _parse_tuple(buf, attrs[_CTA_TUPLE_REPLY], af)
+    if reply is None:
+        return None
     zone = attrs.get(_CTA_ZONE)
     ct_id = attrs.get(_CTA_ID)
     return ConntrackEntry(
-        family=4 if af == socket.AF_INET else 6,
-        protocol="udp",
-        src=src,
-        dst=dst,
-        sport=sport,
-        dport=dport,
-        reply_src=reply_src,
-        reply_dst=reply_dst,
-        reply_sport=reply_sport,
-        reply_dport=reply_dport,
+        4 if af == socket.AF_INET else 6,
+        "udp",
+        *orig,
+        *reply,
         zone=_BE16.unpack_from(buf, zone[0])[0] if zone else 0,
         ct_id=_BE32.unpack_from(buf, ct_id[0])[0] if ct_id else None,
     )

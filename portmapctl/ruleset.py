@@ -313,6 +313,8 @@ def normalize(args: Iterable[str], family: int) -> Args:
             raise BadInput(f"option {token!r} belongs to no match in rule")
         name, options = owner
         spelled = _MATCH_OPTION_ALIASES.get(name, {}).get(token, token)
+        if token == "--comment" and i + 1 < len(tokens):
+            tokens[i + 1] = _stored_comment(tokens[i + 1])
         takes_value = token in _VALUED_OPTIONS or (
             i + 1 < len(tokens) and not tokens[i + 1].startswith("-") and tokens[i + 1] != "!"
         )
@@ -329,6 +331,12 @@ def normalize(args: Iterable[str], family: int) -> Args:
         out.extend(["-m", name, *options])
     out.extend(target)
     return tuple(out)
+
+
+def _stored_comment(text: str) -> str:
+    """The kernel keeps at most 255 bytes of a comment; iptables cuts the rest."""
+    raw = text.encode()
+    return text if len(raw) <= 255 else raw[:255].decode(errors="ignore")
 
 
 def _need_value(tokens: Sequence[str], i: int) -> str:

@@ -104,12 +104,15 @@ def bin_dir(mode: Mode, family: Family | None = None) -> str:
     false = shutil.which("false", path=SYSTEM_PATH) or "/bin/false"
     for fam, tools in _TOOLS.items():
         for tool in tools:
-            # iptables-save -> iptables-nft-save: the flavour goes after the family name.
-            base, _, action = tool.partition("-")
-            real = f"/usr/sbin/{base}-{mode}" + (f"-{action}" if action else "")
-            target = real if family in (None, fam) else false
+            target = _flavoured(tool, mode) if family in (None, fam) else false
             (folder / tool).symlink_to(target)
     return str(folder)
+
+
+def _flavoured(tool: str, mode: Mode) -> str:
+    # iptables-save -> /usr/sbin/iptables-nft-save: the flavour goes after the family name.
+    base, _, action = tool.partition("-")
+    return f"/usr/sbin/{base}-{mode}" + (f"-{action}" if action else "")
 
 
 def tool_path(tool: str, mode: Mode) -> str:
@@ -118,6 +121,11 @@ def tool_path(tool: str, mode: Mode) -> str:
 
 
 # --- plugin config and invocation -------------------------------------------------------
+
+
+def family_of(address: str) -> Family:
+    """4 or 6 for an address with or without prefix."""
+    return 6 if ":" in address else 4
 
 
 def _version_lt_1(cni_version: str) -> bool:
@@ -203,11 +211,6 @@ def run_plugin(
         env=env,
         check=check,
     )
-
-
-def family_of(address: str) -> Family:
-    """4 or 6 for an address with or without prefix."""
-    return 6 if ":" in address else 4
 
 
 def narrow_conf(conf: dict[str, Any], family: Family) -> dict[str, Any]:
@@ -379,8 +382,7 @@ def plugin_available() -> tuple[bool, str]:
     for mode in ("nft", "legacy"):
         for tools in _TOOLS.values():
             for tool in tools:
-                base, _, action = tool.partition("-")
-                real = f"/usr/sbin/{base}-{mode}" + (f"-{action}" if action else "")
+                real = _flavoured(tool, mode)
                 if not os.access(real, os.X_OK):
                     return False, f"no {real} (Debian package iptables)"
     return True, ""
