@@ -24,7 +24,7 @@ from portmapctl.cni_cache import Attachment
 from portmapctl.model import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT
 from portmapctl.ruleset import Args, NatTable, option_value, rule_target
 
-_COMMENT = re.compile(r'(?:dnat|snat) name: "(?P<network>[^"]*)" id: "(?P<id>[^"]*)"\Z')
+_COMMENT = re.compile(r'(?:dnat|snat) name: "(?P<network>[^"]*)" id: "(?P<id>[^"]*)(?P<end>"?)\Z')
 
 ProtoPort = Tuple[str, int]
 
@@ -104,7 +104,8 @@ def parse_comment(args: Sequence[str]) -> Tuple[Optional[str], Optional[str]]:
     match = _COMMENT.match(comment) if comment else None
     if not match:
         return None, None
-    return match["network"], match["id"]
+    # A comment cut at 255 bytes loses the end of the ID: the network is still sure.
+    return match["network"], match["id"] if match["end"] else None
 
 
 def _entry_ports(args: Sequence[str]) -> Tuple[ProtoPort, ...]:

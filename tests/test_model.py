@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-
 from fixtures_lib import NAMES, configs, table
+
 from portmapctl import model
 from portmapctl.model import MappingConfig, PortMapping, chain_name, wanted_chains
 from portmapctl.planner import plan_setup
@@ -99,7 +99,8 @@ def test_sixteen_ports_split_into_two_multiport_rules():
 
 def test_host_ip_of_the_other_family_skips_the_rules_but_not_the_entry():
     config = _config(
-        addresses=(ipaddress.ip_interface("fd00::5/64"),), ports=(PortMapping(8080, 80, "tcp", "127.0.0.1"),)
+        addresses=(ipaddress.ip_interface("fd00::5/64"),),
+        ports=(PortMapping(8080, 80, "tcp", "127.0.0.1"),),
     )
     dnat = model.dnat_chain(config, 6)
     assert dnat.rules == ()
