@@ -31,6 +31,7 @@ from portmapctl.netns import entered  # noqa: E402
 FIRST_PORT = 5353
 NOISE_PORT = 9999
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+IPCTNL_MSG_CT_NEW, CTA_TIMEOUT = 0, 7
 
 
 def addresses(i: int) -> tuple[str, str]:
@@ -46,7 +47,7 @@ def create(count: int, ports: list[int], first: int = 0) -> None:
         sport, dport = 10000 + i % 50000, ports[i % len(ports)]
         messages.append(
             conntrack._message(
-                conntrack._IPCTNL_MSG_CT_NEW,
+                IPCTNL_MSG_CT_NEW,
                 NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
                 socket.AF_INET,
                 seq,
@@ -54,7 +55,7 @@ def create(count: int, ports: list[int], first: int = 0) -> None:
                 conntrack._tuple(
                     conntrack._CTA_TUPLE_REPLY, socket.AF_INET, dst, src, dport, sport
                 ),
-                conntrack._nla(conntrack._CTA_TIMEOUT, struct.pack("!I", 600)),
+                conntrack._nla(CTA_TIMEOUT, struct.pack("!I", 600)),
             )
         )
     with conntrack._session("create") as sock:
@@ -117,10 +118,7 @@ def portmapctl_in_process(ports: list[int], count: int) -> dict[str, float]:
 
 def portmapctl_process(ports: list[int]) -> float:
     """A fresh interpreter: start-up and the pyroute2 import count too, as for the CLI."""
-    code = (
-        "from portmapctl import conntrack as c;"
-        f"c.delete(c.list_udp(dports={ports!r}))"
-    )
+    code = f"from portmapctl import conntrack as c;c.delete(c.list_udp(dports={ports!r}))"
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": root}
     return timed(lambda: subprocess.run([sys.executable, "-c", code], check=True, env=env))

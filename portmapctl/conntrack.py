@@ -30,12 +30,10 @@ _NLM_F_DUMP = 0x300
 _NLA_F_NESTED = 0x8000
 _NLA_TYPE_MASK = 0x3FFF
 _NFNL_SUBSYS_CTNETLINK = 1
-_IPCTNL_MSG_CT_NEW = 0
 _IPCTNL_MSG_CT_GET = 1
 _IPCTNL_MSG_CT_DELETE = 2
 _CTA_TUPLE_ORIG = 1
 _CTA_TUPLE_REPLY = 2
-_CTA_TIMEOUT = 7
 _CTA_ID = 12
 _CTA_ZONE = 18
 _CTA_FILTER = 25
@@ -98,7 +96,7 @@ def list_udp(
 ) -> list[ConntrackEntry]:
     """The UDP entries of the current network namespace, optionally only those whose
     original destination port is in dports."""
-    afs = [_address_family(family) for family in families]
+    afs = dict.fromkeys(_address_family(family) for family in families)
     ports = None if dports is None else {_port(port) for port in dports}
     if ports is not None and not ports:
         return []
@@ -132,10 +130,10 @@ def stale_entries(
     (family, host port) -> container address.
 
     An entry's traffic goes to its reply source. Under a mapped port that must be the
-    container's current address: a different one is an old DNAT destination, and the
-    original destination means the entry was never DNATed (the flow was seen before
-    the rules existed and bypasses them until it goes idle). Under an unmapped port
-    the traffic must reach the host, so only DNATed entries are stale.
+    container's current address: another address is an old DNAT destination, or the
+    original destination of an entry never DNATed (its flow began before the rules
+    existed and bypasses them until it goes idle). Under an unmapped port the traffic
+    must reach the host, so only DNATed entries are stale.
     """
     wanted = {key: _address(address) for key, address in current.items()}
 
@@ -303,7 +301,10 @@ def _tuple(kind: int, af: int, src: str, dst: str, sport: int, dport: int) -> by
 
 def _delete_message(entry: ConntrackEntry, seq: int) -> bytes:
     af = _address_family(entry.family)
-    attrs = [_tuple(_CTA_TUPLE_ORIG, af, entry.src, entry.dst, entry.sport, entry.dport)]
+    try:
+        attrs = [_tuple(_CTA_TUPLE_ORIG, af, entry.src, entry.dst, entry.sport, entry.dport)]
+    except (OSError, struct.error):
+        raise BadInput(f"not an IPv{entry.family} UDP entry: {entry}") from None
     if entry.ct_id is not None:
         attrs.append(_nla(_CTA_ID, _BE32.pack(entry.ct_id)))
     if entry.zone:

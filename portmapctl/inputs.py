@@ -148,6 +148,8 @@ def mapping_config(
     masq_all: bool = False,
 ) -> MappingConfig:
     """Check the pieces together, as the plugin's parseConfig does."""
+    network = cni_name(network, "network name")
+    container_id = cni_name(container_id, "container ID")
     if mark is not None and external_setmark_chain is not None:
         raise BadInput("--mark-bit and --external-setmark-chain cannot be used together")
     addresses = tuple(addresses)
@@ -157,8 +159,8 @@ def mapping_config(
     if len(set(families)) != len(families):
         raise BadInput("give at most one container address per family")
     return MappingConfig(
-        network=cni_name(network, "network name"),
-        container_id=cni_name(container_id, "container ID"),
+        network=network,
+        container_id=container_id,
         addresses=addresses,
         ports=tuple(ports),
         snat=snat,

@@ -15,19 +15,17 @@ def run(
     *,
     stdin: Optional[str] = None,
     env: Optional[dict] = None,
-    as_user: Optional[int] = None,
+    unprivileged: bool = False,
 ) -> subprocess.CompletedProcess:
-    """`portmapctl ARGS` through `python -m portmapctl`, stdin closed unless given."""
+    """`portmapctl ARGS` through `python -m portmapctl`, stdin closed unless given.
+
+    `unprivileged` runs it without CAP_NET_ADMIN and CAP_SYS_ADMIN (still uid 0, so
+    the interpreter under /root stays readable): what iptables sees as "not root".
+    """
     argv = [sys.executable, "-m", "portmapctl", *args]
-    if as_user is not None:
-        argv = [
-            "setpriv",
-            f"--reuid={as_user}",
-            f"--regid={as_user}",
-            "--clear-groups",
-            "--inh-caps=-all",
-            *argv,
-        ]
+    if unprivileged:
+        drop = "-net_admin,-sys_admin,-net_raw"
+        argv = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *argv]
     full_env = dict(os.environ, NO_COLOR="1", COLUMNS="250", **(env or {}))
     return subprocess.run(
         argv,
