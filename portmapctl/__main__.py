@@ -1,3 +1,3 @@
-from portmapctl.cli import main
+from portmapctl.entry import main
 
 main()

@@ -15,8 +15,8 @@ import time
 from typing import Iterator
 
 from portmapctl.errors import HostProblem
+from portmapctl.paths import RUN_DIR
 
-RUN_DIR = "/run/portmapctl"
 LOCK_WAIT_SECONDS = 60.0
 
 

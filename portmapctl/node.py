@@ -9,13 +9,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from portmapctl import cni_cache, lock, netns
+from portmapctl import cni_cache, lock, netns, paths
 from portmapctl.backends import Backend, open_backend
 from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.ruleset import NatTable
 from portmapctl.transaction import Transaction
 
-DEFAULT_CACHE_DIR = "/var/lib/cni"
+DEFAULT_CACHE_DIR = paths.CNI_CACHE_DIR
 APPLY_TRIES = 3
 CAP_NET_ADMIN = 12
 

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from portmapctl.node import NodeOptions
+from portmapctl.paths import CNI_CACHE_DIR
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
+
+    from portmapctl.node import NodeOptions
 
 try:
     from typing import Annotated
@@ -119,6 +121,7 @@ VerboseOpt = Annotated[
 ]
 
 DEFAULT_BACKEND = BackendChoice.auto
+DEFAULT_CACHE_DIR = CNI_CACHE_DIR
 DEFAULT_FAMILY = FamilyChoice.all
 DEFAULT_OUTPUT = OutputChoice.table
 
@@ -134,6 +137,8 @@ def node_options(
     cache_dir: str,
     snapshots: Optional[dict] = None,
 ) -> NodeOptions:
+    from portmapctl.node import NodeOptions
+
     return NodeOptions(
         backend=backend.value,
         families=families(family),

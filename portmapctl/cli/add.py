@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from portmapctl import inputs, render
-from portmapctl.add import add
 from portmapctl.cli._common import (
     DEFAULT_BACKEND,
+    DEFAULT_CACHE_DIR,
     DEFAULT_FAMILY,
     DEFAULT_OUTPUT,
     Annotated,
@@ -25,9 +24,9 @@ from portmapctl.cli._common import (
     VerboseOpt,
     node_options,
 )
-from portmapctl.errors import BadInput
-from portmapctl.model import MappingConfig
-from portmapctl.node import DEFAULT_CACHE_DIR, opened
+
+if TYPE_CHECKING:
+    from portmapctl.model import MappingConfig
 
 EXAMPLES = """
 Examples:
@@ -146,6 +145,9 @@ def mapping_from_options(
     ifname: str,
 ) -> MappingConfig:
     """Validate the mapping options (shared by add and check) into a MappingConfig."""
+    from portmapctl import inputs
+    from portmapctl.errors import BadInput
+
     if container is None:
         raise BadInput("--container is required")
     if cni_config is not None:
@@ -178,6 +180,8 @@ def mapping_from_options(
 
 
 def _read_config(path: str) -> str:
+    from portmapctl.errors import BadInput
+
     try:
         if path == "-":
             data = sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
@@ -223,6 +227,10 @@ def add_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Create a container's port mappings, idempotently, as the plugin's ADD would."""
+    from portmapctl import render
+    from portmapctl.add import add
+    from portmapctl.node import opened
+
     out = Output(output, no_color, quiet, verbose)
     config = mapping_from_options(
         network,

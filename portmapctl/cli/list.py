@@ -6,9 +6,9 @@ from typing import Optional
 
 import typer
 
-from portmapctl import inventory, render
 from portmapctl.cli._common import (
     DEFAULT_BACKEND,
+    DEFAULT_CACHE_DIR,
     DEFAULT_FAMILY,
     DEFAULT_OUTPUT,
     Annotated,
@@ -24,7 +24,6 @@ from portmapctl.cli._common import (
     VerboseOpt,
     node_options,
 )
-from portmapctl.node import DEFAULT_CACHE_DIR, opened
 
 EXAMPLES = """
 Examples:
@@ -68,6 +67,9 @@ def list_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """List every port mapping on the node, with its status."""
+    from portmapctl import inventory, render
+    from portmapctl.node import opened
+
     out = Output(output, no_color, quiet, verbose)
     if network is not None:
         from portmapctl import inputs
