@@ -43,7 +43,11 @@ class Node:
         return self.options.families
 
     def read(self, families: Optional[Tuple[int, ...]] = None) -> Dict[int, NatTable]:
-        return {f: self.backend.read(f) for f in (families or self.families)}
+        wanted = families or self.families
+        read_families = getattr(self.backend, "read_families", None)
+        if read_families is not None and len(wanted) > 1:
+            return read_families(wanted)
+        return {f: self.backend.read(f) for f in wanted}
 
     def read_cache(self) -> Optional[List[cni_cache.Attachment]]:
         return cni_cache.read_cache(self.options.cache_dir)

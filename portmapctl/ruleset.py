@@ -17,6 +17,7 @@ targets are kept token for token.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -65,6 +66,10 @@ class NatTable:
 # --- reading -----------------------------------------------------------------
 
 
+_WORDS = re.compile(r'"(?:[^"\\]|\\.)*"(?=\s|$)|[^\s"]+(?=\s|$)')
+_ESCAPE = re.compile(r"\\(.)")
+
+
 def split_line(line: str) -> List[str]:
     """Split a rule line the way iptables-restore does.
 
@@ -73,6 +78,14 @@ def split_line(line: str) -> List[str]:
     """
     if '"' not in line:
         return line.split()
+    # Fast path: every word either wholly quoted or free of quotes (what
+    # iptables-save prints); anything else goes through the careful loop below.
+    if not _WORDS.sub("", line).strip():
+        return [_ESCAPE.sub(r"\1", w[1:-1]) if w[0] == '"' else w for w in _WORDS.findall(line)]
+    return _split_carefully(line)
+
+
+def _split_carefully(line: str) -> List[str]:
     tokens: List[str] = []
     current: List[str] = []
     in_token = in_quotes = escaped = False
@@ -367,3 +380,18 @@ def quote(token: str) -> str:
 def format_rule(command: str, chain: str, args: Sequence[str]) -> str:
     """A restore line such as `-A CHAIN args...` with every argument quoted safely."""
     return " ".join([command, quote(chain), *(quote(a) for a in args)])
+
+
+def command_line(
+    family: int, flavour: Optional[str], command: str, chain: str, args: Sequence[str]
+) -> str:
+    """A command a person can paste into a shell, e.g. `iptables-nft -t nat -D CHAIN ...`.
+
+    For hints such as check's fixes only; nothing here ever runs it.
+    """
+    import shlex
+
+    tool = "ip6tables" if family == 6 else "iptables"
+    if flavour in ("nft", "legacy"):
+        tool += f"-{flavour}"
+    return " ".join(shlex.quote(word) for word in (tool, "-t", "nat", command, chain, *args))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import List
+from typing import Dict, List, Sequence
 
 from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.ruleset import NatTable, parse_save
@@ -44,12 +44,51 @@ class RestoreBackend:
         except subprocess.TimeoutExpired:
             raise ApplyFailed(f"{argv[0]} did not finish within 120 s") from None
 
+    def has_nat_table(self, family: int) -> bool:
+        """Whether there can be anything to read, asked without creating anything.
+
+        `iptables-legacy-save` creates empty legacy tables where there were none (and
+        iptables-nft then warns about them forever), so the legacy flavour asks the
+        kernel's list of x_tables instead. Reading nf_tables creates nothing.
+        """
+        if self.flavour == "nft":
+            return True
+        name = "ip6_tables_names" if family == 6 else "ip_tables_names"
+        # thread-self: the namespace this thread entered, not the process's first one.
+        for folder in ("/proc/thread-self/net", "/proc/net"):
+            try:
+                with open(f"{folder}/{name}") as names:
+                    return "nat" in names.read().split()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return True  # cannot tell: reading is the safe answer
+        return False  # no x_tables at all: the legacy module is not even loaded
+
     def read(self, family: int) -> NatTable:
         argv = [self._binary(family, "save"), "-t", "nat"]
         done = self._run(argv)
         if done.returncode != 0:
             raise _host_problem(argv[0], done.stderr)
         return parse_save(done.stdout, family, source=argv[0])
+
+    def read_families(self, families: Sequence[int]) -> Dict[int, NatTable]:
+        """Both families at once: the two saves run side by side."""
+        argvs = {f: [self._binary(f, "save"), "-t", "nat"] for f in families}
+        try:
+            running = {
+                f: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for f, argv in argvs.items()
+            }
+        except OSError as err:
+            raise HostProblem(f"cannot run iptables-save: {err.strerror}") from None
+        outputs = {f: process.communicate(timeout=120) for f, process in running.items()}
+        tables = {}
+        for family, (stdout, stderr) in outputs.items():
+            if running[family].returncode != 0:
+                raise _host_problem(argvs[family][0], stderr)
+            tables[family] = parse_save(stdout, family, source=argvs[family][0])
+        return tables
 
     def apply(self, txn: Transaction) -> None:
         text = txn.render()

@@ -177,7 +177,13 @@ class Output:
         )
 
     def show(self, renderable: RenderableType) -> None:
-        self._console().print(renderable)
+        console = self._console()
+        if console.no_color and hasattr(renderable, "plain"):
+            # Plain text off a terminal: no need for rich's line layout (fast for big lists).
+            sys.stdout.write(renderable.plain + "\n")
+            return
+        # soft_wrap: long lines stay whole, as scripts and `less -S` expect.
+        console.print(renderable, soft_wrap=True)
 
     def print_json(self, document: Any) -> None:
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
