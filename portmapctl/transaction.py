@@ -5,8 +5,10 @@ Built up step by step (like knftables' Transaction), printed as
 backend. iptables-restore applies the whole text or nothing, so a transaction is
 atomic: a `-D` of a rule that is no longer there fails all of it.
 
-Note on `:CHAIN` lines: with --noflush, declaring a chain creates it, or flushes it
-when it exists. Shared chains are therefore declared only when they are missing.
+Chains are created with `-N`, never declared with `:CHAIN`: under --noflush a
+declaration silently flushes a chain that exists, so a shared chain the plugin
+created after we read the table would lose its rules. `-N` of an existing chain
+fails the whole transaction instead, and the caller re-reads and re-plans.
 """
 
 from __future__ import annotations
@@ -14,23 +16,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
 
-from portmapctl.ruleset import Args, format_rule, quote
+from portmapctl.ruleset import Args, format_rule
 
 
 @dataclass(frozen=True)
 class Op:
-    """One restore command: declare, append, insert, delete, flush, delete-chain."""
+    """One restore command: new-chain, append, insert, delete, flush, delete-chain."""
 
     kind: str
     chain: str
     args: Args = ()
 
     def line(self) -> str:
-        if self.kind == "declare":
-            return f":{quote(self.chain)} - [0:0]"
         if self.kind == "insert":
             return format_rule("-I", self.chain, ("1", *self.args))
-        command = {"append": "-A", "delete": "-D", "flush": "-F", "delete-chain": "-X"}[self.kind]
+        command = {
+            "new-chain": "-N",
+            "append": "-A",
+            "delete": "-D",
+            "flush": "-F",
+            "delete-chain": "-X",
+        }[self.kind]
         return format_rule(command, self.chain, self.args)
 
 
@@ -39,9 +45,9 @@ class Transaction:
     family: int
     ops: List[Op] = field(default_factory=list)
 
-    def declare(self, chain: str) -> None:
-        """Create `chain`, or empty it if it exists."""
-        self.ops.append(Op("declare", chain))
+    def new_chain(self, chain: str) -> None:
+        """Create `chain`; the transaction fails if it exists by then."""
+        self.ops.append(Op("new-chain", chain))
 
     def append(self, chain: str, args: Sequence[str]) -> None:
         self.ops.append(Op("append", chain, tuple(args)))
@@ -68,7 +74,4 @@ class Transaction:
         """The text for `iptables-restore --noflush` (empty when there is nothing to do)."""
         if not self.ops:
             return ""
-        # Declarations first: iptables-restore wants a chain to exist before use.
-        declares = [op.line() for op in self.ops if op.kind == "declare"]
-        commands = [op.line() for op in self.ops if op.kind != "declare"]
-        return "\n".join(["*nat", *declares, *commands, "COMMIT", ""])
+        return "\n".join(["*nat", *(op.line() for op in self.ops), "COMMIT", ""])
