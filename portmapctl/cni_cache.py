@@ -14,7 +14,7 @@ import base64
 import binascii
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 from portmapctl import inputs
 from portmapctl.errors import BadInput
@@ -81,13 +81,13 @@ def read_attachment(path: str) -> Attachment:
     kind = cached.get("kind")
     if kind != "cniCacheV1":
         raise BadInput(f"{source}: unknown kind {kind!r} (expected cniCacheV1)")
-    container_id = inputs.cni_name(cached.get("containerId", ""), "container ID")
+    container_id = _named(cached.get("containerId", ""), "container ID", source)
     ifname = cached.get("ifName") or ""
     if not isinstance(ifname, str):
         raise BadInput(f"{source}: ifName must be a string")
     conf = _portmap_conf(_decode_config(cached.get("config"), source), source)
     network = cached.get("networkName") or (conf or {}).get("name") or ""
-    network = inputs.cni_name(network, "network name")
+    network = _named(network, "network name", source)
     capability = cached.get("capabilityArgs") or {}
     if not isinstance(capability, dict):
         raise BadInput(f"{source}: capabilityArgs must be an object")
@@ -105,6 +105,14 @@ def read_attachment(path: str) -> Attachment:
         if not mapping.families:
             mapping = None  # no address: the plugin forwards nothing
     return Attachment(network, container_id, ifname, path, mapping)
+
+
+def _named(value: Any, what: str, source: str) -> str:
+    """A CNI name from the file; the error names the file, so it can be found."""
+    try:
+        return inputs.cni_name(value, what)
+    except BadInput as err:
+        raise BadInput(f"{source}: {err}") from None
 
 
 def _decode_config(value: Any, source: str) -> Any:
@@ -137,10 +145,3 @@ def _portmap_conf(conf: Any, source: str) -> Optional[dict]:
         if isinstance(plugin, dict) and plugin.get("type") == "portmap":
             return dict(plugin, name=conf.get("name", plugin.get("name")))
     return None
-
-
-def live_ids(attachments: List[Attachment]) -> Tuple[set, set]:
-    """(container IDs, per-container chain names) of the live attachments."""
-    ids = {a.container_id for a in attachments}
-    chains = {a.dnat_chain for a in attachments} | {a.snat_chain for a in attachments}
-    return ids, chains
