@@ -58,10 +58,9 @@ def after_setup(config: MappingConfig, families: List[int], flush_udp: bool) -> 
     udp_ports = sorted({p.host_port for p in config.ports if p.protocol == "udp"})
     if flush_udp and udp_ports:
         try:
-            from portmapctl import conntrack
+            from portmapctl.flush_udp import flush_ports
 
-            entries = conntrack.list_udp(tuple(families), udp_ports)
-            conntrack.delete(entries)
+            flush_ports(families, udp_ports)
         except Exception as err:  # noqa: BLE001 - the plugin only logs this too
             warnings.append(f"could not flush UDP conntrack entries for ports {udp_ports}: {err}")
     return warnings

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 from portmapctl import inputs
 from portmapctl.errors import BadInput
@@ -62,6 +63,36 @@ def read_cache(cache_dir: str) -> Optional[List[Attachment]]:
             continue  # libcni writes through temporary files
         attachments.append(read_attachment(path))
     return attachments
+
+
+def cached_names(cache_dir: str, limit: int = 4096) -> List[Tuple[str, str]]:
+    """(network, container ID) of each cached attachment, for shell completion.
+
+    Unlike `read_cache` this never fails: a TAB press must not print an error, so
+    anything unreadable or odd is skipped. Only the two names are parsed (no config
+    decoding), and at most `limit` files are read, so it stays fast on a big node.
+    """
+    folder = results_dir(cache_dir)
+    try:
+        entries = sorted(os.listdir(folder))[:limit]
+    except OSError:
+        return []
+    found = set()
+    for entry in entries:
+        path = os.path.join(folder, entry)
+        # isfile: a FIFO planted in the folder would block the shell forever.
+        if entry.startswith(".") or not os.path.isfile(path):
+            continue
+        try:
+            with open(path, "rb") as handle:
+                cached = json.loads(handle.read(MAX_CACHE_FILE_BYTES))
+            names = (cached.get("networkName"), cached.get("containerId"))
+            for name in names:
+                inputs.cni_name(name, "name")
+        except (OSError, ValueError, AttributeError, RecursionError, BadInput):
+            continue
+        found.add(names)
+    return sorted(found)
 
 
 def read_attachment(path: str) -> Attachment:

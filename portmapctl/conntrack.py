@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Collection, Iterable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping
 
 from portmapctl.errors import BadInput, HostProblem
 
@@ -111,16 +111,24 @@ def list_udp(
     return entries
 
 
-def delete(entries: Iterable[ConntrackEntry]) -> int:
+def delete(
+    entries: Iterable[ConntrackEntry], progress: Callable[[int, int], None] | None = None
+) -> int:
     """Delete these entries (by original tuple and zone, and kernel id when known);
-    returns how many were deleted. Entries already gone are not counted."""
+    returns how many were deleted. Entries already gone are not counted.
+
+    progress, if given, is called with (entries handled, all entries) after each batch.
+    """
     messages = [_delete_message(entry, seq) for seq, entry in enumerate(entries, 1)]
     if not messages:
         return 0
+    deleted = 0
     with _session("delete") as sock:
-        return sum(
-            _transact(sock, messages[i : i + _BATCH]) for i in range(0, len(messages), _BATCH)
-        )
+        for i in range(0, len(messages), _BATCH):
+            deleted += _transact(sock, messages[i : i + _BATCH])
+            if progress is not None:
+                progress(min(i + _BATCH, len(messages)), len(messages))
+    return deleted
 
 
 def stale_entries(

@@ -361,6 +361,10 @@ def _need_value(tokens: Sequence[str], i: int) -> str:
 # --- writing -----------------------------------------------------------------
 
 _BARE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:,![]+=@%")
+# The same two checks as regular expressions: a transaction of 1,000 containers has
+# some 30,000 tokens, and per-character generators took 0.2 s of gc's budget.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_BARE_RE = re.compile(r"[A-Za-z0-9_\-./:,!\[\]+=@%]+\Z")
 
 
 def quote(token: str) -> str:
@@ -369,9 +373,9 @@ def quote(token: str) -> str:
     Refuses control characters: a newline inside a token would start a new
     restore command, which is how text from a dump could inject a rule.
     """
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in token):
+    if _CONTROL_RE.search(token):
         raise BadInput(f"refusing a rule argument with control characters: {token!r}")
-    if token and all(c in _BARE for c in token):
+    if _BARE_RE.match(token):
         return token
     escaped = token.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'")
     return f'"{escaped}"'

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 import realplugin as rp
 from pmctl import assert_error, ok, run
 

@@ -111,7 +111,11 @@ def _first_line(text: str) -> str:
 def _host_problem(binary: str, stderr: str) -> HostProblem:
     message = _first_line(stderr)
     if "ermission denied" in message or "must be root" in message:
-        return HostProblem(f"{binary}: permission denied: run as root (or with CAP_NET_ADMIN)")
+        # Legacy iptables also opens a raw socket: CAP_NET_ADMIN alone is not enough.
+        return HostProblem(
+            f"{binary}: permission denied: run as root"
+            " (CAP_NET_ADMIN, and CAP_NET_RAW for legacy iptables)"
+        )
     if "does not exist" in message or "can't initialize" in message or "Protocol not" in message:
         return HostProblem(f"{binary}: the nat table is not usable here: {message}")
     return HostProblem(f"{binary} failed: {message or 'no error message'}")

@@ -13,6 +13,9 @@ import typer
 
 from portmapctl import __version__
 from portmapctl.cli import add as add_cli
+from portmapctl.cli import check as check_cli
+from portmapctl.cli import flush_udp as flush_udp_cli
+from portmapctl.cli import gc as gc_cli
 from portmapctl.cli import list as list_cli
 from portmapctl.errors import PortmapctlError
 
@@ -21,8 +24,10 @@ portmap plugin leaves on a node.
 
 Examples:
 
+\b
   portmapctl list
 
+\b
   portmapctl add --network mynet --container abc123 --ip 10.88.0.5/16 -p 8080:80
 
 Exit codes: 0 done (check: healthy), 1 problems found / could not apply,
@@ -57,6 +62,9 @@ def _root(
 
 app.command("list", epilog=list_cli.EXAMPLES)(list_cli.list_command)
 app.command("add", epilog=add_cli.EXAMPLES)(add_cli.add_command)
+app.command("flush-udp", epilog=flush_udp_cli.EXAMPLES)(flush_udp_cli.flush_udp_command)
+app.command("check", epilog=check_cli.EXAMPLES)(check_cli.check_command)
+app.command("gc", epilog=gc_cli.EXAMPLES)(gc_cli.gc_command)
 
 
 def _verbose(argv: List[str]) -> bool:

@@ -6,12 +6,13 @@ signature, so `portmapctl list -o json` works as people type it (SPEC §3).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 
 import typer
 
@@ -52,6 +53,57 @@ class ProtoChoice(str, Enum):
     sctp = "sctp"
 
 
+# --- shell completion of values (typer `autocompletion=`) -----------------------------
+# They run on every TAB press: cheap sources only (the CNI cache, /run/netns), never
+# iptables (root, slow), and never an error: anything odd gives no suggestions.
+
+NETNS_DIR = "/run/netns"
+
+
+def _cache_dir(ctx: typer.Context) -> str:
+    value = (ctx.params or {}).get("cni_cache_dir")
+    return value if isinstance(value, str) and value else CNI_CACHE_DIR
+
+
+def complete_container(ctx: typer.Context, incomplete: str) -> List[Tuple[str, str]]:
+    """Container IDs from the CNI cache (with their network as the hint)."""
+    try:
+        from portmapctl.cni_cache import cached_names
+
+        return [
+            (container, f"network {network}")
+            for network, container in sorted(cached_names(_cache_dir(ctx)), key=lambda n: n[1])
+            if container.startswith(incomplete)
+        ]
+    except Exception:  # noqa: BLE001 - a completion must never print a traceback
+        return []
+
+
+def complete_network(ctx: typer.Context, incomplete: str) -> List[Tuple[str, str]]:
+    """Network names from the CNI cache (with how many containers they hold)."""
+    try:
+        from portmapctl.cni_cache import cached_names
+
+        counts: dict = {}
+        for network, _container in cached_names(_cache_dir(ctx)):
+            counts[network] = counts.get(network, 0) + 1
+        return [
+            (network, f"{count} cached container{'s' if count != 1 else ''}")
+            for network, count in sorted(counts.items())
+            if network.startswith(incomplete)
+        ]
+    except Exception:  # noqa: BLE001 - a completion must never print a traceback
+        return []
+
+
+def complete_netns(incomplete: str) -> List[str]:
+    """Names of the namespaces `ip netns` knows (a path is completed by the shell)."""
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(incomplete))
+    except OSError:
+        return []
+
+
 BackendOpt = Annotated[
     BackendChoice,
     typer.Option(
@@ -76,6 +128,7 @@ NetnsOpt = Annotated[
         metavar="NAME|PATH",
         help="Work inside this network namespace (/run/netns/NAME or a path).",
         rich_help_panel="Common options",
+        autocompletion=complete_netns,
     ),
 ]
 CacheDirOpt = Annotated[
@@ -148,6 +201,12 @@ def node_options(
     )
 
 
+PROGRESS_FROM = 2000
+"""Fewer items than this are done before a progress bar could be read: no bar."""
+
+ProgressCallback = Callable[[int, int], None]
+
+
 @dataclass
 class Output:
     """Where results and messages go: results on stdout, messages on stderr."""
@@ -161,17 +220,25 @@ class Output:
     def json(self) -> bool:
         return self.mode == OutputChoice.json
 
+    def plain(self, stream: Any) -> bool:
+        """No colour: --no-color, a non-empty NO_COLOR (no-color.org), or not a terminal."""
+        return self.no_color or os.environ.get("NO_COLOR", "") != "" or not _isatty(stream)
+
     def _console(self, stderr: bool = False) -> Console:
         from rich.console import Console
 
         stream = sys.stderr if stderr else sys.stdout
-        plain = self.no_color or "NO_COLOR" in os.environ or not stream.isatty()
+        plain = self.plain(stream)
         # Off a terminal, tables get room instead of being squeezed to 80 columns.
-        width = None if stream.isatty() else 250
+        width = None if _isatty(stream) else 250
         return Console(
             file=stream,
             no_color=plain,
             highlight=False,
+            # Messages carry names and paths from the node: "[...]" or ":x:" in them is
+            # text, not rich markup or an emoji code.
+            markup=False,
+            emoji=False,
             width=width,
             color_system=None if plain else "auto",
         )
@@ -195,3 +262,43 @@ class Output:
 
     def warn(self, text: str) -> None:
         sys.stderr.write(f"portmapctl: warning: {text}\n")
+
+    @contextlib.contextmanager
+    def progress(
+        self, description: str, min_total: int = PROGRESS_FROM
+    ) -> Iterator[Optional[ProgressCallback]]:
+        """A progress bar on stderr for long work, as a `(done, total)` callback.
+
+        Yields None -- no bar, and nothing for the library to call -- unless stderr
+        is a terminal and neither -q nor JSON output was asked for. The bar shows up
+        only once `total` reaches `min_total` (short work is over before it could be
+        read) and is erased when done, so it never ends up in a log or a pipe.
+
+            with out.progress("deleting UDP conntrack entries") as progress:
+                result = flush(node, ..., progress=progress)
+        """
+        if self.quiet or self.json or not _isatty(sys.stderr):
+            yield None
+            return
+        from rich.progress import Progress
+
+        with contextlib.ExitStack() as stack:
+            bars: List[Progress] = []
+
+            def update(done: int, total: int) -> None:
+                if not bars:
+                    if total < min_total:
+                        return
+                    bar = Progress(console=self._console(stderr=True), transient=True)
+                    bars.append(stack.enter_context(bar))
+                    bar.add_task(description, total=total)
+                bars[0].update(bars[0].task_ids[0], completed=done, total=total)
+
+            yield update
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed streams (tests, pipes)
+        return False

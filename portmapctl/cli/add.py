@@ -22,20 +22,26 @@ from portmapctl.cli._common import (
     OutputOpt,
     QuietOpt,
     VerboseOpt,
+    complete_container,
+    complete_network,
     node_options,
 )
 
 if TYPE_CHECKING:
     from portmapctl.model import MappingConfig
 
+# \b: click keeps the next paragraph as written (an example must stay one line).
 EXAMPLES = """
 Examples:
 
+\b
   portmapctl add --network mynet --container abc123 --ip 10.88.0.5/16 -p 8080:80 -p 5353:53/udp
 
+\b
   portmapctl add --network mynet --container abc123 --ip 10.88.0.5/16 --ip fd00::5/64 \\
       -p 127.0.0.1:9090:90/tcp -p [::1]:9091:91 --dry-run
 
+\b
   portmapctl add --container abc123 --cni-config portmap.json
 """
 
@@ -43,10 +49,21 @@ MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 Network = Annotated[
     Optional[str],
-    typer.Option("--network", help="The CNI network name.", rich_help_panel="Mapping"),
+    typer.Option(
+        "--network",
+        help="The CNI network name.",
+        rich_help_panel="Mapping",
+        autocompletion=complete_network,
+    ),
 ]
 Container = Annotated[
-    Optional[str], typer.Option("--container", help="The container ID.", rich_help_panel="Mapping")
+    Optional[str],
+    typer.Option(
+        "--container",
+        help="The container ID.",
+        rich_help_panel="Mapping",
+        autocompletion=complete_container,
+    ),
 ]
 Ips = Annotated[
     Optional[List[str]],

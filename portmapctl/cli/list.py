@@ -22,25 +22,34 @@ from portmapctl.cli._common import (
     ProtoChoice,
     QuietOpt,
     VerboseOpt,
+    complete_container,
+    complete_network,
     node_options,
 )
 
+# \b: click keeps the next paragraph as written (an example must stay one line).
 EXAMPLES = """
 Examples:
 
+\b
   portmapctl list
 
+\b
   portmapctl list --container 3f2a --proto udp --conntrack
 
+\b
   portmapctl list -o json --snapshot iptables-save.txt --snapshot6 ip6tables-save.txt
 """
 
 
 def list_command(
     container: Annotated[
-        Optional[str], typer.Option(help="Only this container (ID prefix).")
+        Optional[str],
+        typer.Option(help="Only this container (ID prefix).", autocompletion=complete_container),
     ] = None,
-    network: Annotated[Optional[str], typer.Option(help="Only this network.")] = None,
+    network: Annotated[
+        Optional[str], typer.Option(help="Only this network.", autocompletion=complete_network)
+    ] = None,
     port: Annotated[
         Optional[int], typer.Option(help="Only this host port.", min=1, max=65535)
     ] = None,
@@ -86,7 +95,7 @@ def list_command(
                 from portmapctl.errors import BadInput
 
                 raise BadInput("--conntrack reads the kernel: it cannot be used with --snapshot")
-            from portmapctl.conntrack import count_per_mapping
+            from portmapctl.flush_udp import count_per_mapping
 
             counts = count_per_mapping(found.mappings)
     rows = inventory.select(

@@ -1,0 +1,164 @@
+"""`portmapctl check`: find what is wrong with the node's portmap state; `--repair` it."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from portmapctl.cli._common import (
+    DEFAULT_BACKEND,
+    DEFAULT_CACHE_DIR,
+    DEFAULT_FAMILY,
+    DEFAULT_OUTPUT,
+    Annotated,
+    BackendOpt,
+    CacheDirOpt,
+    FamilyOpt,
+    NetnsOpt,
+    NoColorOpt,
+    Output,
+    OutputOpt,
+    QuietOpt,
+    VerboseOpt,
+    node_options,
+)
+from portmapctl.cli.add import (
+    CniConfig,
+    ConditionsV4,
+    ConditionsV6,
+    Container,
+    ExternalSetmark,
+    IfName,
+    Ips,
+    MarkBit,
+    MasqAll,
+    Network,
+    NoSnat,
+    Ports,
+    mapping_from_options,
+)
+
+EXAMPLES = """
+Examples:
+
+  portmapctl check
+
+  portmapctl check --repair
+
+  portmapctl check -o json --cni-cache-dir /var/lib/cni
+
+  portmapctl check --network mynet --container abc123 --ip 10.88.0.5/16 -p 8080:80
+
+  portmapctl check --container abc123 --cni-config portmap.json --repair
+
+Exit codes: 0 healthy (or repaired), 1 problems remain, 2 bad input (a malformed CNI
+cache file included), 3 environment.
+"""
+
+
+def check_command(
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Re-create what is missing (never deletes a live mapping), then check again.",
+        ),
+    ] = False,
+    network: Network = None,
+    container: Container = None,
+    ip: Ips = None,
+    publish: Ports = None,
+    no_snat: NoSnat = False,
+    masq_all: MasqAll = False,
+    mark_bit: MarkBit = None,
+    external_setmark_chain: ExternalSetmark = None,
+    conditions_v4: ConditionsV4 = None,
+    conditions_v6: ConditionsV6 = None,
+    cni_config: CniConfig = None,
+    ifname: IfName = "eth0",
+    no_flush_udp: Annotated[
+        bool,
+        typer.Option(
+            "--no-flush-udp",
+            help="With --repair: keep the UDP conntrack entries of re-created mappings.",
+        ),
+    ] = False,
+    snapshot: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="FILE", help="Check an iptables-save dump ('-' for stdin), not the kernel."
+        ),
+    ] = None,
+    snapshot6: Annotated[
+        Optional[str], typer.Option(metavar="FILE", help="Check an ip6tables-save dump.")
+    ] = None,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    family: FamilyOpt = DEFAULT_FAMILY,
+    netns: NetnsOpt = None,
+    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
+    output: OutputOpt = DEFAULT_OUTPUT,
+    no_color: NoColorOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Check the node (or one mapping) for missing, stale, shadowed and broken chains."""
+    # The library is imported here, not at the top: `--help` and other commands stay fast.
+    from portmapctl import check as check_lib
+    from portmapctl import render
+    from portmapctl.errors import BadInput
+    from portmapctl.node import opened
+
+    out = Output(output, no_color, quiet, verbose)
+    mapping_given = (
+        any((network, container, ip, publish, cni_config, external_setmark_chain))
+        or any((no_snat, masq_all, conditions_v4 is not None, conditions_v6 is not None))
+        or mark_bit is not None
+        or ifname != "eth0"
+    )
+    config = None
+    if mapping_given:
+        config = mapping_from_options(
+            network,
+            container,
+            ip,
+            publish,
+            no_snat,
+            masq_all,
+            mark_bit,
+            external_setmark_chain,
+            conditions_v4,
+            conditions_v6,
+            cni_config,
+            ifname,
+        )
+    snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
+    if repair and snapshots:
+        raise BadInput("--repair changes the node: it cannot be used with --snapshot")
+    options = node_options(backend, family, netns, cni_cache_dir, snapshots)
+    with opened(options, write=repair) as node:
+        if repair:
+            result = check_lib.repair(node, config, flush_udp=not no_flush_udp)
+        elif config is not None:
+            result = check_lib.check_mapping(node, config)
+        else:
+            result = check_lib.check_node(node)
+    for warning in result.warnings:
+        out.warn(warning)
+    for note in result.notes:
+        out.message(note)
+    if out.json:
+        out.print_json(render.check_json(result))
+    else:
+        for line in render.check_fixed_lines(result):
+            out.message(line)
+        if verbose:
+            for fam, text in sorted(result.transactions.items()):
+                sys.stderr.write(f"# IPv{fam} transaction applied:\n{text}")
+        if result.problems:
+            out.show(render.check_table(result.problems))
+        elif not quiet:
+            out.show(render.check_healthy_line(result))
+    if not result.healthy:
+        raise typer.Exit(1)

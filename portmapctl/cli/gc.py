@@ -1,0 +1,147 @@
+"""`portmapctl gc`: remove the chains of containers that are not live."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import List, Optional
+
+import typer
+
+from portmapctl import inputs, render
+from portmapctl.cli._common import (
+    DEFAULT_BACKEND,
+    DEFAULT_FAMILY,
+    DEFAULT_OUTPUT,
+    Annotated,
+    BackendOpt,
+    CacheDirOpt,
+    FamilyOpt,
+    NetnsOpt,
+    NoColorOpt,
+    Output,
+    OutputOpt,
+    QuietOpt,
+    VerboseOpt,
+    node_options,
+)
+from portmapctl.errors import BadInput
+from portmapctl.gc import GcOptions, GcResult, Sources, gc, read_valid_attachments, require_source
+from portmapctl.node import DEFAULT_CACHE_DIR, opened
+
+EXAMPLES = """
+Examples:
+
+  portmapctl gc --dry-run
+
+  portmapctl gc --yes -q
+
+  portmapctl gc --yes --valid-attachments request.json --keep 3f2a9c1e
+
+  portmapctl gc --yes --all --min-age 0
+"""
+
+
+def gc_command(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be removed; change nothing.")
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask (needed when not on a terminal).")
+    ] = False,
+    valid_attachments: Annotated[
+        Optional[str],
+        typer.Option(
+            "--valid-attachments",
+            metavar="FILE|-",
+            help="A CNI GC cni.dev/valid-attachments document (a list, or a network"
+            " config holding the key); '-' reads stdin.",
+        ),
+    ] = None,
+    keep: Annotated[
+        Optional[List[str]],
+        typer.Option(
+            "--keep", metavar="ID", help="Container ID (or ID prefix) that is live (repeat)."
+        ),
+    ] = None,
+    remove_all: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="With no other source of liveness: every per-container chain goes."
+        ),
+    ] = False,
+    min_age: Annotated[
+        str,
+        typer.Option(
+            "--min-age",
+            metavar="DURATION",
+            help="Remove a chain only once seen not live, unchanged, this long (30s, 5m, 0).",
+        ),
+    ] = "2m",
+    no_flush_udp: Annotated[
+        bool,
+        typer.Option("--no-flush-udp", help="Keep the UDP conntrack entries of unmapped ports."),
+    ] = False,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    family: FamilyOpt = DEFAULT_FAMILY,
+    netns: NetnsOpt = None,
+    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
+    output: OutputOpt = DEFAULT_OUTPUT,
+    no_color: NoColorOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Remove the portmap chains of containers that are not live (CNI cache,
+    --valid-attachments, --keep), once seen so for --min-age."""
+    out = Output(output, no_color, quiet, verbose)
+    options = GcOptions(
+        min_age=inputs.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp
+    )
+    sources = Sources(
+        documents=(read_valid_attachments(valid_attachments),) if valid_attachments else (),
+        keep=tuple(inputs.cni_name(k, "--keep container ID") for k in keep or ()),
+        remove_all=remove_all,
+    )
+    require_source(sources, cni_cache_dir)
+    ask = not dry_run and not yes
+    if ask and not sys.stdin.isatty():
+        raise BadInput("not on a terminal: give --yes to remove chains (or --dry-run to look)")
+    if ask and valid_attachments == "-":
+        raise BadInput("--valid-attachments - reads stdin, so gc cannot ask there: add --yes")
+    node_opts = node_options(backend, family, netns, cni_cache_dir)
+    if ask:
+        with opened(node_opts) as node:
+            preview = gc(node, sources, replace(options, dry_run=True))
+        if not preview.changes:
+            _show(out, preview, options.min_age)
+            return
+        out.show(render.gc_table(preview, options.min_age))
+        count = len(preview.removed) + len(preview.shared_removed)
+        if not typer.confirm(f"Remove {render.count(count, 'chain')}?", default=False):
+            out.message("nothing removed")
+            return
+        confirmed = frozenset((c.family, c.chain) for c in preview.removed)
+        options = replace(options, only=confirmed)
+    with opened(node_opts, write=not dry_run) as node:
+        result = gc(node, sources, options)
+    _show(out, result, options.min_age, table=not ask)
+    if verbose and dry_run:
+        for fam, text in sorted(result.transactions.items()):
+            sys.stderr.write(
+                f"# IPv{fam}: {'ip6tables' if fam == 6 else 'iptables'}-restore --noflush\n{text}"
+            )
+
+
+def _show(out: Output, result: GcResult, min_age: float, table: bool = True) -> None:
+    for warning in result.warnings:
+        out.warn(warning)
+    if out.json:
+        out.print_json(render.gc_json(result))
+        return
+    summary = render.gc_summary(result)
+    if out.quiet:
+        sys.stdout.write(summary + "\n")
+        return
+    if table and (result.removed or result.pending or result.shared_removed):
+        out.show(render.gc_table(result, min_age))
+    out.message(summary)
