@@ -97,17 +97,7 @@ def cached_names(cache_dir: str, limit: int = 4096) -> List[Tuple[str, str]]:
 
 def read_attachment(path: str) -> Attachment:
     source = f"CNI cache file {path}"
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CACHE_FILE_BYTES + 1)
-    except OSError as err:
-        raise BadInput(f"cannot read {source}: {err.strerror}") from None
-    if len(data) > MAX_CACHE_FILE_BYTES:
-        raise BadInput(f"{source} is larger than {MAX_CACHE_FILE_BYTES // 2**20} MiB")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadInput(f"{source}: not text") from None
+    text = inputs.read_text(path, "CNI cache file", MAX_CACHE_FILE_BYTES)
     cached = inputs.ensure_mapping(inputs.load_json(text, source), source)
     kind = cached.get("kind")
     if kind != "cniCacheV1":

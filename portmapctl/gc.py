@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
@@ -46,7 +45,6 @@ from portmapctl.transaction import Transaction
 
 DEFAULT_MIN_AGE = 120.0
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
-MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 # libcni writes cache files in place (not through a rename): a read can catch one
 # half-written, or gone between listing and opening. Read again before giving up.
 CACHE_READ_TRIES = 4
@@ -97,21 +95,7 @@ def parse_valid_attachments(text: str, source: str) -> ValidAttachments:
 def read_valid_attachments(path: str) -> ValidAttachments:
     """The document in `path` (`-`: standard input)."""
     source = "<stdin>" if path == "-" else path
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(MAX_DOCUMENT_BYTES + 1)
-        else:
-            with open(path, "rb") as handle:
-                data = handle.read(MAX_DOCUMENT_BYTES + 1)
-    except OSError as err:
-        raise BadInput(f"cannot read --valid-attachments {source}: {err.strerror}") from None
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise BadInput(f"--valid-attachments {source} is larger than 16 MiB")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadInput(f"--valid-attachments {source}: not text") from None
-    return parse_valid_attachments(text, source)
+    return parse_valid_attachments(inputs.read_text(path, "--valid-attachments"), source)
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ Needs no root and no kernel: support bundles can be read on a laptop.
 
 from __future__ import annotations
 
-import sys
 from typing import Dict
 
 from portmapctl.errors import BadInput
+from portmapctl.inputs import read_text
 from portmapctl.ruleset import NatTable, parse_save
 from portmapctl.transaction import Transaction
 
@@ -38,17 +38,4 @@ class SnapshotBackend:
 
 
 def _read(path: str) -> str:
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(MAX_DUMP_BYTES + 1)
-        else:
-            with open(path, "rb") as handle:
-                data = handle.read(MAX_DUMP_BYTES + 1)
-    except OSError as err:
-        raise BadInput(f"cannot read snapshot {path}: {err.strerror}") from None
-    if len(data) > MAX_DUMP_BYTES:
-        raise BadInput(f"snapshot {path} is larger than {MAX_DUMP_BYTES // 2**20} MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadInput(f"snapshot {path}: not text (binary data?)") from None
+    return read_text(path, "snapshot", MAX_DUMP_BYTES)

@@ -45,7 +45,6 @@ Examples:
   portmapctl add --container abc123 --cni-config portmap.json
 """
 
-MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 Network = Annotated[
     Optional[str],
@@ -174,7 +173,7 @@ def mapping_from_options(
         if given:
             raise BadInput(f"--cni-config cannot be combined with {', '.join(given)}")
         source = "<stdin>" if cni_config == "-" else cni_config
-        conf = inputs.load_json(_read_config(cni_config), source)
+        conf = inputs.load_json(inputs.read_text(cni_config, "--cni-config"), source)
         return inputs.plugin_config(
             conf, inputs.cni_name(container, "container ID"), source, ifname=ifname
         )
@@ -194,25 +193,6 @@ def mapping_from_options(
         conditions_v6=inputs.conditions(conditions_v6, "--conditions-v6"),
         masq_all=masq_all,
     )
-
-
-def _read_config(path: str) -> str:
-    from portmapctl.errors import BadInput
-
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
-        else:
-            with open(path, "rb") as handle:
-                data = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as err:
-        raise BadInput(f"cannot read --cni-config {path}: {err.strerror}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise BadInput(f"--cni-config {path} is larger than 16 MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadInput(f"--cni-config {path}: not text") from None
 
 
 def add_command(
