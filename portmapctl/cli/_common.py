@@ -243,11 +243,11 @@ class Output:
             color_system=None if plain else "auto",
         )
 
-    def show(self, renderable: RenderableType) -> None:
-        console = self._console()
+    def show(self, renderable: RenderableType, stderr: bool = False) -> None:
+        console = self._console(stderr=stderr)
         if console.no_color and hasattr(renderable, "plain"):
             # Plain text off a terminal: no need for rich's line layout (fast for big lists).
-            sys.stdout.write(renderable.plain + "\n")
+            (sys.stderr if stderr else sys.stdout).write(renderable.plain + "\n")
             return
         # soft_wrap: long lines stay whole, as scripts and `less -S` expect.
         console.print(renderable, soft_wrap=True)

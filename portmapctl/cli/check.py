@@ -43,14 +43,19 @@ from portmapctl.cli.add import (
 EXAMPLES = """
 Examples:
 
+\b
   portmapctl check
 
+\b
   portmapctl check --repair
 
+\b
   portmapctl check -o json --cni-cache-dir /var/lib/cni
 
+\b
   portmapctl check --network mynet --container abc123 --ip 10.88.0.5/16 -p 8080:80
 
+\b
   portmapctl check --container abc123 --cni-config portmap.json --repair
 
 Exit codes: 0 healthy (or repaired), 1 problems remain, 2 bad input (a malformed CNI

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from typing import Callable, Iterator, List, Optional
+from typing import List, Optional
 
 import typer
 
-from portmapctl import inputs, render
 from portmapctl.cli._common import (
     DEFAULT_BACKEND,
+    DEFAULT_CACHE_DIR,
     DEFAULT_FAMILY,
     DEFAULT_OUTPUT,
     Annotated,
@@ -23,46 +22,22 @@ from portmapctl.cli._common import (
     OutputOpt,
     QuietOpt,
     VerboseOpt,
+    complete_container,
     node_options,
 )
-from portmapctl.node import DEFAULT_CACHE_DIR, opened
 
 EXAMPLES = """
 Examples:
 
+\b
   portmapctl flush-udp --stale-only --dry-run
 
+\b
   portmapctl flush-udp --port 5353 --port 8053
 
+\b
   portmapctl flush-udp --container 3f2a -o json
 """
-
-# Below this many entries a deletion is over before a progress bar could be read.
-PROGRESS_FROM = 2000
-
-
-@contextlib.contextmanager
-def _progress(out: Output) -> Iterator[Optional[Callable[[int, int], None]]]:
-    """A progress bar on stderr for long deletions, only on a terminal and not -q."""
-    if out.quiet or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with contextlib.ExitStack() as stack:
-        bar: List[Progress] = []
-
-        def advance(done: int, total: int) -> None:
-            if total < PROGRESS_FROM:
-                return
-            if not bar:
-                console = Console(file=sys.stderr, no_color=out.no_color)
-                bar.append(stack.enter_context(Progress(console=console, transient=True)))
-                bar[0].add_task("deleting UDP conntrack entries", total=total)
-            bar[0].update(bar[0].task_ids[0], completed=done)
-
-        yield advance
 
 
 def flush_udp_command(
@@ -77,7 +52,10 @@ def flush_udp_command(
     container: Annotated[
         Optional[str],
         typer.Option(
-            "--container", metavar="ID", help="Only this container's UDP host ports (ID prefix)."
+            "--container",
+            metavar="ID",
+            help="Only this container's UDP host ports (ID prefix).",
+            autocompletion=complete_container,
         ),
     ] = None,
     stale_only: Annotated[
@@ -103,15 +81,19 @@ def flush_udp_command(
     """Delete UDP conntrack entries to mapped host ports, so that their flows go
     through the current DNAT rules again (ends the UDP blackhole after a container
     moves)."""
+    from portmapctl import inputs, render
+    from portmapctl.flush_udp import flush
+    from portmapctl.node import opened
+
     out = Output(output, no_color, quiet, verbose)
     ports = None if port is None else sorted({inputs.port(p, "--port") for p in port})
     if container is not None:
         inputs.cni_name(container, "container ID")
-    # Imported here: `portmapctl --help` need not load the conntrack codec.
-    from portmapctl.flush_udp import flush
-
     options = node_options(backend, family, netns, cni_cache_dir)
-    with opened(options, write=not dry_run) as node, _progress(out) as progress:
+    with (
+        opened(options, write=not dry_run) as node,
+        out.progress("deleting UDP conntrack entries") as progress,
+    ):
         result = flush(
             node,
             ports=ports,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from portmapctl import inputs, render
 from portmapctl.cli._common import (
     DEFAULT_BACKEND,
+    DEFAULT_CACHE_DIR,
     DEFAULT_FAMILY,
     DEFAULT_OUTPUT,
     Annotated,
@@ -23,21 +23,26 @@ from portmapctl.cli._common import (
     OutputOpt,
     QuietOpt,
     VerboseOpt,
+    complete_container,
     node_options,
 )
-from portmapctl.errors import BadInput
-from portmapctl.gc import GcOptions, GcResult, Sources, gc, read_valid_attachments, require_source
-from portmapctl.node import DEFAULT_CACHE_DIR, opened
+
+if TYPE_CHECKING:
+    from portmapctl.gc import GcResult
 
 EXAMPLES = """
 Examples:
 
+\b
   portmapctl gc --dry-run
 
+\b
   portmapctl gc --yes -q
 
+\b
   portmapctl gc --yes --valid-attachments request.json --keep 3f2a9c1e
 
+\b
   portmapctl gc --yes --all --min-age 0
 """
 
@@ -61,7 +66,10 @@ def gc_command(
     keep: Annotated[
         Optional[List[str]],
         typer.Option(
-            "--keep", metavar="ID", help="Container ID (or ID prefix) that is live (repeat)."
+            "--keep",
+            metavar="ID",
+            help="Container ID (or ID prefix) that is live (repeat).",
+            autocompletion=complete_container,
         ),
     ] = None,
     remove_all: Annotated[
@@ -93,6 +101,11 @@ def gc_command(
 ) -> None:
     """Remove the portmap chains of containers that are not live (CNI cache,
     --valid-attachments, --keep), once seen so for --min-age."""
+    from portmapctl import inputs, render
+    from portmapctl.errors import BadInput
+    from portmapctl.gc import GcOptions, Sources, gc, read_valid_attachments, require_source
+    from portmapctl.node import opened
+
     out = Output(output, no_color, quiet, verbose)
     options = GcOptions(
         min_age=inputs.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp
@@ -115,9 +128,10 @@ def gc_command(
         if not preview.changes:
             _show(out, preview, options.min_age)
             return
-        out.show(render.gc_table(preview, options.min_age))
+        # The preview and the question go to stderr: stdout is for the result (JSON).
+        out.show(render.gc_table(preview, options.min_age), stderr=True)
         count = len(preview.removed) + len(preview.shared_removed)
-        if not typer.confirm(f"Remove {render.count(count, 'chain')}?", default=False):
+        if not typer.confirm(f"Remove {render.count(count, 'chain')}?", default=False, err=True):
             out.message("nothing removed")
             return
         confirmed = frozenset((c.family, c.chain) for c in preview.removed)
@@ -133,6 +147,8 @@ def gc_command(
 
 
 def _show(out: Output, result: GcResult, min_age: float, table: bool = True) -> None:
+    from portmapctl import render
+
     for warning in result.warnings:
         out.warn(warning)
     if out.json:
