@@ -62,9 +62,9 @@ def _root(
 
 app.command("list", epilog=list_cli.EXAMPLES)(list_cli.list_command)
 app.command("add", epilog=add_cli.EXAMPLES)(add_cli.add_command)
-app.command("flush-udp", epilog=flush_udp_cli.EXAMPLES)(flush_udp_cli.flush_udp_command)
 app.command("check", epilog=check_cli.EXAMPLES)(check_cli.check_command)
 app.command("gc", epilog=gc_cli.EXAMPLES)(gc_cli.gc_command)
+app.command("flush-udp", epilog=flush_udp_cli.EXAMPLES)(flush_udp_cli.flush_udp_command)
 
 
 def _verbose(argv: List[str]) -> bool:
