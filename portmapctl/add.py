@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from portmapctl.errors import ApplyFailed
 from portmapctl.model import MappingConfig, wanted_chains
 from portmapctl.node import Node
 from portmapctl.planner import plan_setup
@@ -34,10 +35,21 @@ def add(
     transactions: Dict[int, str] = {}
     chains: List[str] = []
     families = [f for f in config.families if f in node.families]
+    # Every family's chains first: one that cannot be built (a condition of the wrong
+    # family, say) is bad input before any family is written, not after the first.
+    wanted_by_family = {family: wanted_chains(config, family) for family in families}
     for family in families:
-        wanted = wanted_chains(config, family)
+        wanted = wanted_by_family[family]
         chains += [c.name for c in wanted if c.name not in chains]
-        txn = node.converge(family, lambda live, w=wanted: plan_setup(w, live), dry_run)
+        try:
+            txn = node.converge(family, lambda live, w=wanted: plan_setup(w, live), dry_run)
+        except ApplyFailed as err:
+            # Each family is its own transaction: say which went in and which did not.
+            done = [f"IPv{f}" for f in transactions]
+            raise ApplyFailed(
+                f"IPv{family}: {err}" + (f" ({', '.join(done)} was applied)" if done else ""),
+                maybe_applied=err.maybe_applied,
+            ) from None
         if txn:
             transactions[family] = txn.render()
     warnings: List[str] = []

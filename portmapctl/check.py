@@ -25,7 +25,7 @@ from __future__ import annotations
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl import inventory
@@ -333,6 +333,24 @@ def _check_shared(chain: Chain, live: NatTable, fixes: Fixes) -> List[Problem]:
     return problems
 
 
+@dataclass(frozen=True)
+class _EntryIndex:
+    """CNI-HOSTPORT-DNAT's rules, indexed once per table. A node check looks up every
+    container's entry rules there; scanning the chain (2 rules per container) for each
+    container made it quadratic: 20 s at 5,000 containers (benchmarks/bench.py)."""
+
+    present: FrozenSet[Args]
+    by_target: Dict[Optional[str], List[Args]]
+
+
+def _entry_index(live: NatTable) -> _EntryIndex:
+    by_target: Dict[Optional[str], List[Args]] = {}
+    rules = live.rules(TOPLEVEL_DNAT)
+    for rule in rules:
+        by_target.setdefault(rule_target(rule), []).append(rule)
+    return _EntryIndex(frozenset(rules), by_target)
+
+
 def _check_container(
     config: MappingConfig,
     wanted: Chain,
@@ -341,12 +359,14 @@ def _check_container(
     *,
     exact: bool,
     elsewhere: Optional[str] = None,
+    entries: Optional[_EntryIndex] = None,
 ) -> List[Problem]:
     """One container's CNI-DN- chain and its entry rules against the live table.
 
     `exact` (node check) also reports rules that should not be there and a wrong
     order; without it, exactly the plugin's CHECK: every wanted rule present.
     `elsewhere` names the other iptables flavour when the chain exists there.
+    `entries` is `_entry_index(live)`, made once by a caller that checks many.
     """
     family = live.family
     name = wanted.name
@@ -396,8 +416,8 @@ def _check_container(
                     "iptables stops at the DNAT rule: a mark rule after it never runs",
                 )
             )
-    entries = live.rules(TOPLEVEL_DNAT)
-    missing_entries = [r for r in wanted.entry_rules if r not in entries]
+    index = entries if entries is not None else _entry_index(live)
+    missing_entries = [r for r in wanted.entry_rules if r not in index.present]
     if missing_entries:
         ports = ", ".join(
             f"{option_value(r, '-p')}/{option_value(r, '--dports')}" for r in missing_entries
@@ -411,9 +431,7 @@ def _check_container(
             )
         )
     if exact:
-        extra_entries = [
-            r for r in entries if rule_target(r) == name and r not in wanted.entry_rules
-        ]
+        extra_entries = [r for r in index.by_target.get(name, ()) if r not in wanted.entry_rules]
         if extra_entries:
             problems.append(
                 problem(
@@ -643,12 +661,13 @@ def diagnose(
         for chain in shared:
             problems += _check_shared(chain, live, fixes)
         derived[family] = set()
+        index = _entry_index(live)
         for config, chain in per_container:
             compared += 1
             derived[family].add(chain.name)
             elsewhere = other_flavour if other is not None and other.has_chain(chain.name) else None
             problems += _check_container(
-                config, chain, live, fixes.repair, exact=True, elsewhere=elsewhere
+                config, chain, live, fixes.repair, exact=True, elsewhere=elsewhere, entries=index
             )
     found = inventory.build(tables, attachments)
     live_names = {c.dnat_chain_name for c in configs or ()}

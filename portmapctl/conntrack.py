@@ -1,10 +1,13 @@
 """UDP conntrack entries behind mapped host ports (SPEC §3 flush-udp).
 
-The messages go over pyroute2's NFCTSocket, but they are packed and parsed here with
-struct: pyroute2's own codec costs about 100 µs per message to encode and 50-100 µs to
-decode, and its high-level Conntrack API spends about 10 s on dumping and deleting
-10,000 entries one request at a time, against a budget of 2 s (SPEC §6; see
-benchmarks/conntrack_bench.py). Deletes go out as batches of messages per sendto.
+The messages are packed and parsed here with struct and go over a plain netlink
+socket (NETLINK_NETFILTER), set up as pyroute2's NFCTSocket sets up its own: pyroute2's
+codec costs about 100 µs per message to encode and 50-100 µs to decode, its high-level
+Conntrack API spends about 10 s on dumping and deleting 10,000 entries one request at
+a time, against a budget of 2 s (SPEC §6; see benchmarks/conntrack_bench.py), and
+importing it just to open the socket cost `add` and `gc` 0.15 s (benchmarks/bench.py).
+tests/test_conntrack.py checks the codec against pyroute2's. Deletes go out as batches
+of messages per sendto.
 """
 
 from __future__ import annotations
@@ -56,8 +59,11 @@ _ERRNO = struct.Struct("=i")
 _BE16 = struct.Struct("!H")
 _BE32 = struct.Struct("!I")
 
-# Each acknowledgement takes about 1 KiB of the receive buffer (2 MiB, as pyroute2
-# sets it up); a batch must fit, or the kernel drops acks and the count is lost.
+_NETLINK_NETFILTER = 12
+# Each acknowledgement takes about 1 KiB of the receive buffer (1 MiB asked, which the
+# kernel doubles, as pyroute2 sets it up); a batch must fit, or the kernel drops acks
+# and the count is lost.
+_SOCKET_BUFFER = 1 << 20
 _BATCH = 256
 # Up to this many ports, the kernel filters the dump by port (one table walk per
 # port); past it, one walk per family filtered by protocol, and Python picks the ports.
@@ -180,15 +186,26 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 # --- netlink ----------------------------------------------------------------------
 
 
+def _socket() -> socket.socket:
+    """A conntrack netlink socket in the current network namespace (the thread's),
+    with pyroute2's buffer sizes, bound to a port id the kernel picks."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+        sock.bind((0, 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 @contextlib.contextmanager
 def _session(doing: str) -> Iterator[Any]:
-    """An NFCTSocket in the current network namespace; OS and netlink errors become
-    one HostProblem line."""
-    # Imported here: pyroute2 takes 0.15-0.3 s to import (SPEC §6, start-up).
-    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
-
+    """A conntrack socket (`_socket`); OS and netlink errors become one HostProblem
+    line."""
     try:
-        sock = NFCTSocket()
+        sock = _socket()
         try:
             yield sock
         finally:

@@ -26,6 +26,14 @@ class HostProblem(PortmapctlError):
 
 
 class ApplyFailed(PortmapctlError):
-    """A transaction could not be applied, even after retries (exit 1)."""
+    """A transaction could not be applied, even after retries (exit 1).
+
+    `maybe_applied`: the tool died without saying (killed), so the transaction may
+    have gone in -- whole, never half.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str = "", maybe_applied: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_applied = maybe_applied

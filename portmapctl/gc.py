@@ -444,7 +444,7 @@ def flush_udp(ports: Mapping[int, Sequence[int]]) -> Tuple[int, Tuple[str, ...]]
     The chains are gone by now, so a failure here is a warning (as in the plugin's
     ADD), not a failed gc: the entries expire when their flows go idle.
     """
-    from portmapctl import conntrack  # pyroute2: imported only when there is work
+    from portmapctl import conntrack  # imported only when there is work
 
     deleted = 0
     warnings = []

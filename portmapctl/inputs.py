@@ -19,6 +19,13 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 # The CNI spec's rule for network names and container IDs; the plugin enforces it.
 _CNI_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
 _CHAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,27}\Z")
+# Plain ASCII digits: int() would also take "８０", "8_080", " 80" and "+80".
+_DIGITS = re.compile(r"[0-9]{1,5}\Z")
+# CNI's rule for interface names (libcni ValidateInterfaceName), as the kernel's.
+_IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
+# Words iptables' getopt reads as a target: -j/-g (also with the value attached, or
+# bundled after flags such as -4jACCEPT) and unambiguous prefixes of --jump/--goto.
+_TARGET_WORD = re.compile(r"-[^-]*[jg].*|--(?:j|ju|jum|jump|g|go|got|goto)(?:=.*)?", re.DOTALL)
 _PORT_SPEC = re.compile(
     r"(?:(?P<host_ip>\[[^\]]*\]|[^:\[\]]+):)?(?P<host_port>[^:/]+):(?P<container_port>[^:/]+)"
     r"(?:/(?P<proto>[^/]*))?\Z"
@@ -47,10 +54,10 @@ def chain(value: str, what: str = "chain name") -> str:
 def port(value: Any, what: str = "port") -> int:
     if isinstance(value, bool):
         raise BadInput(f"invalid {what} {_show(value)}: must be a number from 1 to 65535")
-    try:
-        number = int(str(value), 10) if isinstance(value, str) else value
-    except ValueError:
-        number = None
+    if isinstance(value, str):
+        number = int(value, 10) if _DIGITS.match(value) else None
+    else:
+        number = value
     if not isinstance(number, int) or not 1 <= number <= 65535:
         raise BadInput(f"invalid {what} {_show(value)}: must be a number from 1 to 65535")
     return number
@@ -69,9 +76,13 @@ def host_ip(value: Any) -> str:
         raise BadInput(f"invalid host IP {_show(value)}")
     text = value[1:-1] if value.startswith("[") and value.endswith("]") else value
     try:
-        return ipaddress.ip_address(text).compressed
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise BadInput(f"invalid host IP {_show(value)}: not an IPv4 or IPv6 address") from None
+    # ipaddress takes a zone ("fe80::1%eth0", any text after the %): iptables does not.
+    if getattr(address, "scope_id", None):
+        raise BadInput(f"invalid host IP {_show(value)}: a zone (%...) cannot go in a rule")
+    return address.compressed
 
 
 def interface(value: Any) -> Interface:
@@ -79,9 +90,30 @@ def interface(value: Any) -> Interface:
     if not isinstance(value, str) or "/" not in value:
         raise BadInput(f"invalid container address {_show(value)}: write it as IP/PREFIX")
     try:
-        return ipaddress.ip_interface(value)
+        address = ipaddress.ip_interface(value)
     except ValueError:
         raise BadInput(f"invalid container address {_show(value)}: not IP/PREFIX") from None
+    if getattr(address, "scope_id", None):
+        raise BadInput(
+            f"invalid container address {_show(value)}: a zone (%...) cannot go in a rule"
+        )
+    return address
+
+
+def ifname(value: Any) -> str:
+    """A container interface name as CNI allows it (CNI_IFNAME)."""
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value.encode()) > 15
+        or value in (".", "..")
+        or _IFNAME_FORBIDDEN.search(value)
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+    ):
+        raise BadInput(
+            f"invalid interface name {_show(value)}: 1 to 15 bytes, no '/', ':' or whitespace"
+        )
+    return value
 
 
 def port_spec(spec: str) -> PortMapping:
@@ -123,8 +155,8 @@ def conditions(value: Any, what: str) -> Tuple[str, ...]:
             raise BadInput(f"invalid {what}: {_show(word)} is not a non-empty string")
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in word):
             raise BadInput(f"invalid {what}: {_show(word)} holds control characters")
-        if word in ("-j", "--jump", "-g", "--goto"):
-            raise BadInput(f"invalid {what}: conditions cannot set a target ({word})")
+        if _TARGET_WORD.fullmatch(word):
+            raise BadInput(f"invalid {what}: conditions cannot set a target ({_show(word)})")
     return tuple(words)
 
 
@@ -174,6 +206,27 @@ def mapping_config(
         conditions_v6=conditions_v6,
         masq_all=masq_all,
     )
+
+
+def buildable(config: MappingConfig) -> MappingConfig:
+    """`config` if every family it has can be turned into rules, else BadInput.
+
+    The conditions are free-form iptables arguments: one that names an address of the
+    other family, or an option of no match, only shows when the rules are made. For
+    options given by hand that must be before anything is written (not found by the
+    second family after the first was applied). Cache files are not held to this:
+    one odd entry must not stop `gc`.
+    """
+    from portmapctl.model import wanted_chains
+
+    for family in config.families:
+        try:
+            wanted_chains(config, family)
+        except BadInput as err:
+            raise BadInput(
+                f"invalid mapping for IPv{family}: {err} (see --conditions-v{family})"
+            ) from None
+    return config
 
 
 # --- the plugin's own stdin format -----------------------------------------------
@@ -306,7 +359,9 @@ def plugin_config(
 def duration(value: str) -> float:
     """`30s`, `5m`, `2h`, `1d` or plain seconds (`0`) into seconds."""
     match = (
-        re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", value.strip()) if isinstance(value, str) else None
+        re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)", value.strip())
+        if isinstance(value, str)
+        else None
     )
     if not match:
         raise BadInput(f"invalid duration {_show(value)}: use e.g. 30s, 5m, 2h or 0")

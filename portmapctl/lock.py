@@ -1,7 +1,10 @@
 """The lock that serialises portmapctl runs that change a node: /run/portmapctl/lock.
 
 flock(2) on a file we create ourselves: 0600 in a 0700 directory owned by root,
-opened with O_NOFOLLOW so a symlink planted at the path is refused, not followed.
+opened with O_NOFOLLOW so a symlink planted at the path is refused, not followed;
+a directory others can write to, or a lock path that is not our regular file (a
+FIFO, a device, another user's file), is refused too. `PORTMAPCTL_RUN_DIR` moves
+the directory (see paths.py).
 """
 
 from __future__ import annotations
@@ -21,10 +24,18 @@ LOCK_WAIT_SECONDS = 60.0
 
 
 def _safe_dir(path: str) -> None:
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    info = os.lstat(path)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as err:
+        raise HostProblem(f"cannot create {path}: {err.strerror}") from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
         raise HostProblem(f"{path} is not a directory owned by us: refusing to use it")
+    # Writable by others, anyone could plant the lock file (and hold it for ever).
+    if info.st_mode & 0o022:
+        raise HostProblem(
+            f"{path} is writable by other users: refusing to use it (chmod 700 {path})"
+        )
 
 
 @contextlib.contextmanager
@@ -38,6 +49,9 @@ def held(run_dir: str = RUN_DIR, wait: float = LOCK_WAIT_SECONDS) -> Iterator[No
             raise HostProblem(f"{path} is a symlink: refusing to follow it") from None
         raise HostProblem(f"cannot open lock file {path}: {err.strerror}") from None
     try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            raise HostProblem(f"{path} is not a regular file owned by us: refusing to use it")
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -46,7 +60,7 @@ def held(run_dir: str = RUN_DIR, wait: float = LOCK_WAIT_SECONDS) -> Iterator[No
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise HostProblem(
-                        f"another portmapctl holds {path} for over {wait:.0f} s: try again later"
+                        f"another portmapctl holds {path} for over {wait:g} s: try again later"
                     ) from None
                 time.sleep(0.05)
         yield

@@ -9,6 +9,7 @@ pure: no process, no kernel.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass
@@ -133,6 +134,10 @@ def _mark(bit: int) -> str:
     return f"{value:#x}/{value:#x}"
 
 
+# The shared chains depend on (mark bit, family) only. `check` generates every cached
+# container's chains, shared ones included: cached, they are made once per node, not
+# once per container (a third of check's normalize() calls). Chain values are frozen.
+@functools.cache
 def toplevel_dnat_chain(family: int) -> Chain:
     return Chain(
         TOPLEVEL_DNAT,
@@ -143,6 +148,7 @@ def toplevel_dnat_chain(family: int) -> Chain:
     )
 
 
+@functools.cache
 def setmark_chain(mark_bit: int, family: int) -> Chain:
     rule = ["-m", "comment", "--comment", "CNI portfwd masquerade mark"]
     return Chain(
@@ -150,6 +156,7 @@ def setmark_chain(mark_bit: int, family: int) -> Chain:
     )
 
 
+@functools.cache
 def masq_chain(mark_bit: int, family: int) -> Chain:
     entry = ["-m", "comment", "--comment", "CNI portfwd requiring masquerade", "-j", MASQ]
     return Chain(

@@ -41,10 +41,10 @@ def _setns(fd: int) -> None:
 @contextlib.contextmanager
 def entered(name_or_path: Optional[str]) -> Iterator[None]:
     """Run the body inside the namespace, then return to the original one."""
-    if not name_or_path:
+    if name_or_path is None:
         yield
         return
-    path = resolve(name_or_path)
+    path = resolve(name_or_path)  # "" is refused: `--netns "$UNSET"` is not the host
     try:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:

@@ -72,6 +72,9 @@ def plan_teardown(live: NatTable, chains: Iterable[str]) -> Transaction:
     `live` was read, a delete no longer matches (or a -X finds the chain still
     entered) and iptables-restore refuses the whole transaction, never a wrong rule.
     The order matters:
+    - the CNI-DN- chains are flushed first: iptables-nft-restore takes 1.9 s for the
+      transaction that removes 5,000 containers this way, 3.1 s when the flushes come
+      after the deletes (0.18 s and 0.22 s for 1,000; benchmarks/bench.py, gc);
     - entry rules chain by chain, in the order they stand (deleting 2,000 in order
       takes 0.3 s, in random order 2.5 s: each -D searches from the top);
     - every chain is flushed before any is deleted, and deleted only once nothing
@@ -90,6 +93,9 @@ def plan_teardown(live: NatTable, chains: Iterable[str]) -> Transaction:
         rule_target(rule) in targets for rule in snat_rules
     )
     txn = Transaction(live.family)
+    for name in remove:
+        if name.startswith(DNAT_PREFIX):
+            txn.flush(name)
     for chain in live.chains.values():
         if chain.name in targets or (drop_snat and chain.name == OLD_TOPLEVEL_SNAT):
             continue  # emptied whole below
@@ -99,7 +105,8 @@ def plan_teardown(live: NatTable, chains: Iterable[str]) -> Transaction:
     if drop_snat:
         txn.flush(OLD_TOPLEVEL_SNAT)
     for name in remove:
-        txn.flush(name)
+        if not name.startswith(DNAT_PREFIX):  # CNI-SN-: in the order FACTS found
+            txn.flush(name)
     for name in remove:
         txn.delete_chain(name)
     if drop_snat:

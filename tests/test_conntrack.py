@@ -228,7 +228,7 @@ def test_entry_round_trip(entry: ConntrackEntry) -> None:
     assert conntrack._parse_entry(data, 0, len(data), None) == entry
 
 
-# --- the socket conversation, with a fake NFCTSocket ------------------------------------
+# --- the socket conversation, with a fake netlink socket ---------------------------------
 
 
 class FakeSocket:
@@ -263,9 +263,7 @@ class FakeSocket:
 
 @pytest.fixture
 def fake_socket(monkeypatch: pytest.MonkeyPatch) -> type[FakeSocket]:
-    from pyroute2.netlink.nfnetlink import nfctsocket
-
-    monkeypatch.setattr(nfctsocket, "NFCTSocket", FakeSocket)
+    monkeypatch.setattr(conntrack, "_socket", FakeSocket)
     monkeypatch.setattr(FakeSocket, "codes", [])
     monkeypatch.setattr(FakeSocket, "raise_on_send", None)
     return FakeSocket

@@ -572,13 +572,13 @@ def test_no_conntrack_support_exits_3(
     host_ns: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A kernel without conntrack netlink refuses the socket's requests."""
-    from pyroute2.netlink.nfnetlink import nfctsocket
+    from portmapctl import conntrack
 
     class NoConntrack:
         def __init__(self, *args: object, **kwargs: object) -> None:
             raise OSError(errno.EPROTONOSUPPORT, "Protocol not supported")
 
-    monkeypatch.setattr(nfctsocket, "NFCTSocket", NoConntrack)
+    monkeypatch.setattr(conntrack, "_socket", NoConntrack)
     code, out, err = cli(capsys, "flush-udp", "--netns", host_ns, "--port", "5353")
     assert (code, out) == (3, "")
     assert err.splitlines() == [

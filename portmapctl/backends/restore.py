@@ -6,7 +6,9 @@ family to write, whatever the number of containers.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 from typing import Dict, List, Sequence
 
@@ -14,8 +16,18 @@ from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.ruleset import NatTable, parse_save
 from portmapctl.transaction import Transaction
 
-# Seconds iptables-restore waits for the xtables lock before giving up.
+# Seconds iptables-restore waits for the xtables lock before giving up (legacy
+# iptables takes it; nf_tables needs none). PORTMAPCTL_XTABLES_WAIT overrides it.
 LOCK_WAIT_SECONDS = 10
+WAIT_ENV = "PORTMAPCTL_XTABLES_WAIT"
+
+
+def lock_wait_seconds() -> int:
+    """The `-w` value: the environment's, when it is a whole number of seconds >= 1."""
+    value = os.environ.get(WAIT_ENV, "")
+    return (
+        int(value) if value.isascii() and value.isdigit() and int(value) >= 1 else LOCK_WAIT_SECONDS
+    )
 
 
 class RestoreBackend:
@@ -42,7 +54,9 @@ class RestoreBackend:
         except OSError as err:
             raise HostProblem(f"cannot run {argv[0]}: {err.strerror}") from None
         except subprocess.TimeoutExpired:
-            raise ApplyFailed(f"{argv[0]} did not finish within 120 s") from None
+            raise ApplyFailed(
+                f"{argv[0]} did not finish within 120 s and was stopped", maybe_applied=True
+            ) from None
 
     def has_nat_table(self, family: int) -> bool:
         """Whether there can be anything to read, asked without creating anything.
@@ -94,13 +108,33 @@ class RestoreBackend:
         text = txn.render()
         if not text:
             return
-        argv = [self._binary(txn.family, "restore"), "--noflush", "-w", str(LOCK_WAIT_SECONDS)]
+        argv = [self._binary(txn.family, "restore"), "--noflush", "-w", str(lock_wait_seconds())]
         done = self._run(argv, text)
+        if done.returncode < 0:
+            # Killed: the kernel takes a whole transaction in one commit, so it went in
+            # whole or not at all; the caller's re-read tells which.
+            raise ApplyFailed(
+                f"{argv[0]} was killed by {_signal_name(-done.returncode)}"
+                " (a transaction is applied whole or not at all)",
+                maybe_applied=True,
+            )
         if done.returncode != 0:
             message = _first_line(done.stderr) or f"exit code {done.returncode}"
             if "ermission denied" in message or "you must be root" in message:
                 raise _host_problem(argv[0], done.stderr)
+            if "xtables.lock" in message or "holding the xtables lock" in message:
+                raise ApplyFailed(
+                    f"{argv[0]} gave up waiting {argv[-1]} s for the xtables lock (another"
+                    f" program holds it), nothing changed: {message}"
+                )
             raise ApplyFailed(f"{argv[0]} refused the transaction, nothing changed: {message}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _first_line(text: str) -> str:

@@ -190,8 +190,11 @@ def node_options(
     cache_dir: str,
     snapshots: Optional[dict] = None,
 ) -> NodeOptions:
+    from portmapctl.errors import BadInput
     from portmapctl.node import NodeOptions
 
+    if not cache_dir:
+        raise BadInput("--cni-cache-dir is empty: give a directory (default /var/lib/cni)")
     return NodeOptions(
         backend=backend.value,
         families=families(family),
@@ -244,11 +247,13 @@ class Output:
         )
 
     def show(self, renderable: RenderableType, stderr: bool = False) -> None:
-        console = self._console(stderr=stderr)
-        if console.no_color and hasattr(renderable, "plain"):
-            # Plain text off a terminal: no need for rich's line layout (fast for big lists).
-            (sys.stderr if stderr else sys.stdout).write(renderable.plain + "\n")
+        stream = sys.stderr if stderr else sys.stdout
+        if hasattr(renderable, "plain") and self.plain(stream):
+            # Plain text off a terminal: no need for rich's line layout (fast for big
+            # lists), nor for a Console (importing rich.console takes 13 ms).
+            stream.write(renderable.plain + "\n")
             return
+        console = self._console(stderr=stderr)
         # soft_wrap: long lines stay whole, as scripts and `less -S` expect.
         console.print(renderable, soft_wrap=True)
 

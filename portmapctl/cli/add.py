@@ -166,6 +166,7 @@ def mapping_from_options(
 
     if container is None:
         raise BadInput("--container is required")
+    ifname = inputs.ifname(ifname)
     if cni_config is not None:
         given = [
             name for name, value in (("--network", network), ("--ip", ip), ("-p", publish)) if value
@@ -174,14 +175,16 @@ def mapping_from_options(
             raise BadInput(f"--cni-config cannot be combined with {', '.join(given)}")
         source = "<stdin>" if cni_config == "-" else cni_config
         conf = inputs.load_json(inputs.read_text(cni_config, "--cni-config"), source)
-        return inputs.plugin_config(
-            conf, inputs.cni_name(container, "container ID"), source, ifname=ifname
+        return inputs.buildable(
+            inputs.plugin_config(
+                conf, inputs.cni_name(container, "container ID"), source, ifname=ifname
+            )
         )
     if network is None:
         raise BadInput("--network is required (or give --cni-config)")
     if not publish:
         raise BadInput("give at least one -p [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]")
-    return inputs.mapping_config(
+    config = inputs.mapping_config(
         network=network,
         container_id=container,
         addresses=[inputs.interface(value) for value in ip or []],
@@ -193,6 +196,7 @@ def mapping_from_options(
         conditions_v6=inputs.conditions(conditions_v6, "--conditions-v6"),
         masq_all=masq_all,
     )
+    return inputs.buildable(config)
 
 
 def add_command(

@@ -80,15 +80,19 @@ def list_command(
     from portmapctl.node import opened
 
     out = Output(output, no_color, quiet, verbose)
-    if network is not None:
+    if network is not None or container is not None:
         from portmapctl import inputs
 
-        inputs.cni_name(network, "network name")
+        if network is not None:
+            inputs.cni_name(network, "network name")
+        if container is not None:
+            # A prefix of a valid ID is itself one: anything else can match nothing.
+            inputs.cni_name(container, "container ID")
     snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
     options = node_options(backend, family, netns, cni_cache_dir, snapshots)
     with opened(options) as node:
-        tables = node.read()
-        found = inventory.build(tables, node.read_cache())
+        tables, cache = node.read_with_cache()
+        found = inventory.build(tables, cache)
         counts = None
         if conntrack:
             if snapshots:
