@@ -36,9 +36,9 @@ from portmapctl import gc_state, inputs, inventory
 from portmapctl.cni_cache import Attachment, results_dir
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem
 from portmapctl.inventory import ChainInfo
-from portmapctl.lock import RUN_DIR
 from portmapctl.model import OLD_TOPLEVEL_SNAT, chain_name
 from portmapctl.node import Node
+from portmapctl.paths import RUN_DIR
 from portmapctl.planner import plan_teardown
 from portmapctl.ruleset import NatTable
 from portmapctl.transaction import Transaction

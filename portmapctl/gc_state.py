@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from portmapctl.errors import HostProblem
+from portmapctl.lock import safe_run_dir
 
 STATE_FILE = "gc-state.json"
 VERSION = 1
@@ -130,7 +131,7 @@ def load(state_dir: str, namespace: str) -> Tuple[Dict[str, Seen], List[str]]:
 
 def save(state_dir: str, namespace: str, chains: Mapping[str, Seen]) -> None:
     """Replace this namespace's part of the file; drop parts nobody updates any more."""
-    _safe_dir(state_dir)
+    safe_run_dir(state_dir)
     document, _ = _read_document(state_dir)
     now = clock()
     namespaces = {
@@ -154,16 +155,6 @@ def save(state_dir: str, namespace: str, chains: Mapping[str, Seen]) -> None:
         separators=(",", ":"),
     )
     _write_atomically(_path(state_dir), text.encode())
-
-
-def _safe_dir(path: str) -> None:
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        info = os.lstat(path)
-    except OSError as err:
-        raise HostProblem(f"cannot create {path}: {err.strerror}") from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-        raise HostProblem(f"{path} is not a directory owned by us: refusing to use it")
 
 
 def _write_atomically(path: str, data: bytes) -> None:

@@ -23,7 +23,8 @@ from portmapctl.paths import RUN_DIR
 LOCK_WAIT_SECONDS = 60.0
 
 
-def _safe_dir(path: str) -> None:
+def safe_run_dir(path: str) -> None:
+    """Create `path` 0700 if needed; refuse one not ours or writable by others."""
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         info = os.lstat(path)
@@ -38,9 +39,22 @@ def _safe_dir(path: str) -> None:
         )
 
 
+def flock_within(fd: int, wait: float, poll: float = 0.05) -> bool:
+    """Take an exclusive flock on `fd`, trying for `wait` seconds; False if we could not."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
+
+
 @contextlib.contextmanager
 def held(run_dir: str = RUN_DIR, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
-    _safe_dir(run_dir)
+    safe_run_dir(run_dir)
     path = os.path.join(run_dir, "lock")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -52,17 +66,10 @@ def held(run_dir: str = RUN_DIR, wait: float = LOCK_WAIT_SECONDS) -> Iterator[No
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
             raise HostProblem(f"{path} is not a regular file owned by us: refusing to use it")
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise HostProblem(
-                        f"another portmapctl holds {path} for over {wait:g} s: try again later"
-                    ) from None
-                time.sleep(0.05)
+        if not flock_within(fd, wait):
+            raise HostProblem(
+                f"another portmapctl holds {path} for over {wait:g} s: try again later"
+            )
         yield
     finally:
         os.close(fd)

@@ -58,24 +58,22 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import json
 import os
 import re
 import socket
 import struct
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem, PortmapctlError
+from portmapctl.lock import flock_within
 from portmapctl.ruleset import Args, NatTable, format_rule, parse_save
 from portmapctl.transaction import Op, Transaction
 
 XT_LOCK_NAME = "/run/xtables.lock"  # iptables' own lock (XTABLES_LOCKFILE overrides it)
 LOCK_WAIT_SECONDS = 10.0
-LOCK_POLL_SECONDS = 0.05
 VERDICTS = ("ACCEPT", "DROP", "QUEUE", "RETURN")
 _BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")
 XTF_TRY_LOAD = 2
@@ -898,18 +896,10 @@ def xtables_lock(wait: float) -> Iterator[None]:
     except OSError as err:
         raise HostProblem(f"cannot open the xtables lock {path}: {err.strerror}") from None
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise ApplyFailed(
-                        f"another program held the xtables lock ({path}) for {wait:g} s:"
-                        " nothing changed"
-                    ) from None
-                time.sleep(LOCK_POLL_SECONDS)
+        if not flock_within(fd, wait):
+            raise ApplyFailed(
+                f"another program held the xtables lock ({path}) for {wait:g} s: nothing changed"
+            )
         yield
     finally:
         os.close(fd)
