@@ -232,6 +232,14 @@ def add_json(result: AddResult) -> Dict[str, Any]:
     }
 
 
+def transactions_text(transactions: Dict[int, str]) -> str:
+    """Restore texts per family, each under a `# IPv4: iptables-restore --noflush` line."""
+    return "".join(
+        f"# IPv{fam}: {'ip6tables' if fam == 6 else 'iptables'}-restore --noflush\n{text}"
+        for fam, text in sorted(transactions.items())
+    )
+
+
 # --- check ---------------------------------------------------------------------------
 
 

@@ -258,11 +258,7 @@ def add_command(
     if dry_run:
         if not result.transactions:
             out.message("nothing to do: the mapping is already in place")
-        for fam, text in sorted(result.transactions.items()):
-            sys.stdout.write(
-                f"# IPv{fam}: {'ip6tables' if fam == 6 else 'iptables'}-restore --noflush\n"
-            )
-            sys.stdout.write(text)
+        sys.stdout.write(render.transactions_text(result.transactions))
         return
     if result.changed:
         out.message(f"added {config.dnat_chain_name} ({config.network}/{config.container_id})")

@@ -159,8 +159,7 @@ def check_command(
         for line in render.check_fixed_lines(result):
             out.message(line)
         if verbose:
-            for fam, text in sorted(result.transactions.items()):
-                sys.stderr.write(f"# IPv{fam} transaction applied:\n{text}")
+            sys.stderr.write(render.transactions_text(result.transactions))
         if result.problems:
             out.show(render.check_table(result.problems))
         elif not quiet:

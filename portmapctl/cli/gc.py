@@ -140,10 +140,7 @@ def gc_command(
         result = gc(node, sources, options)
     _show(out, result, options.min_age, table=not ask)
     if verbose and dry_run:
-        for fam, text in sorted(result.transactions.items()):
-            sys.stderr.write(
-                f"# IPv{fam}: {'ip6tables' if fam == 6 else 'iptables'}-restore --noflush\n{text}"
-            )
+        sys.stderr.write(render.transactions_text(result.transactions))
 
 
 def _show(out: Output, result: GcResult, min_age: float, table: bool = True) -> None:
