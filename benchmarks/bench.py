@@ -58,13 +58,15 @@ sys.path.insert(0, str(BENCH))
 import conntrack_bench  # noqa: E402
 import realplugin as rp  # noqa: E402
 
-from portmapctl import __version__, inputs  # noqa: E402
-from portmapctl.backends.restore import RestoreBackend  # noqa: E402
-from portmapctl.model import DNAT_PREFIX, MappingConfig, chain_name, wanted_chains  # noqa: E402
-from portmapctl.netns import entered  # noqa: E402
-from portmapctl.planner import plan_setup, plan_teardown  # noqa: E402
-from portmapctl.ruleset import BUILTIN_NAT_CHAINS, NatTable, SavedChain  # noqa: E402
-from portmapctl.transaction import Transaction  # noqa: E402
+from portmapctl import __version__  # noqa: E402
+from portmapctl.cni import config as cni_config  # noqa: E402
+from portmapctl.core.mapping import MappingConfig  # noqa: E402
+from portmapctl.host.netns import entered  # noqa: E402
+from portmapctl.iptables.access.restore import RestoreBackend  # noqa: E402
+from portmapctl.iptables.chains import DNAT_PREFIX, chain_name, wanted_chains  # noqa: E402
+from portmapctl.iptables.planner import plan_setup, plan_teardown  # noqa: E402
+from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, NatTable, SavedChain  # noqa: E402
+from portmapctl.iptables.transaction import Transaction  # noqa: E402
 
 NETWORK = "bench"
 OUT = BENCH / "out"
@@ -120,7 +122,7 @@ def plugin_conf(c: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def mapping(c: Dict[str, Any]) -> MappingConfig:
-    return inputs.plugin_config(plugin_conf(c), c["id"], "benchmark workload")
+    return cni_config.plugin_config(plugin_conf(c), c["id"], "benchmark workload")
 
 
 def fill_transactions(containers: Sequence[Dict[str, Any]], first: bool) -> List[Transaction]:
@@ -299,7 +301,7 @@ def compile_bytecode() -> None:
 
 
 def rp_host_flavour() -> str:
-    from portmapctl.backends import host_flavour
+    from portmapctl.iptables.access import host_flavour
 
     return host_flavour()
 

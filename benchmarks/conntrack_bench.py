@@ -26,8 +26,8 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from portmapctl import conntrack  # noqa: E402
-from portmapctl.netns import entered  # noqa: E402
+from portmapctl.host import conntrack  # noqa: E402
+from portmapctl.host.netns import entered  # noqa: E402
 
 FIRST_PORT = 5353
 NOISE_PORT = 9999
@@ -40,7 +40,7 @@ def addresses(i: int) -> tuple[str, str]:
 
 
 def create(count: int, ports: list[int], first: int = 0) -> None:
-    """count entries, as batched netlink creates (the codec of portmapctl.conntrack):
+    """count entries, as batched netlink creates (the codec of portmapctl.host.conntrack):
     the fastest way found here (see setup_methods)."""
     messages = []
     for seq, i in enumerate(range(first, first + count), 1):
@@ -119,7 +119,7 @@ def portmapctl_in_process(ports: list[int], count: int) -> dict[str, float]:
 
 def portmapctl_process(ports: list[int]) -> float:
     """A fresh interpreter: start-up and the pyroute2 import count too, as for the CLI."""
-    code = f"from portmapctl import conntrack as c;c.delete(c.list_udp(dports={ports!r}))"
+    code = f"from portmapctl.host import conntrack as c;c.delete(c.list_udp(dports={ports!r}))"
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": root}
     return timed(lambda: subprocess.run([sys.executable, "-c", code], check=True, env=env))

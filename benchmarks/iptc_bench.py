@@ -37,13 +37,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import realplugin as rp  # noqa: E402
 
-from portmapctl import netns  # noqa: E402
-from portmapctl.backends.iptc import IptcBackend  # noqa: E402
-from portmapctl.backends.restore import RestoreBackend  # noqa: E402
-from portmapctl.model import MappingConfig, PortMapping, wanted_chains  # noqa: E402
-from portmapctl.planner import plan_setup  # noqa: E402
-from portmapctl.ruleset import BUILTIN_NAT_CHAINS, NatTable, SavedChain  # noqa: E402
-from portmapctl.transaction import Transaction  # noqa: E402
+from portmapctl.core.mapping import MappingConfig, PortMapping  # noqa: E402
+from portmapctl.host import netns  # noqa: E402
+from portmapctl.iptables.access.iptc import IptcBackend  # noqa: E402
+from portmapctl.iptables.access.restore import RestoreBackend  # noqa: E402
+from portmapctl.iptables.chains import wanted_chains  # noqa: E402
+from portmapctl.iptables.planner import plan_setup  # noqa: E402
+from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, NatTable, SavedChain  # noqa: E402
+from portmapctl.iptables.transaction import Transaction  # noqa: E402
 
 
 def container(i: int) -> MappingConfig:

@@ -67,7 +67,7 @@ def main() -> None:
             rp.run_plugin("ADD", host, container_id, conf, check=True)
             if cached:
                 rp.write_cni_cache(cache, NETWORK, container_id, "eth0", conf, ports, ips)
-        from portmapctl.model import chain_name
+        from portmapctl.iptables.chains import chain_name
 
         lost = chain_name(NETWORK, CONTAINERS[3][0])
         for line in rp.nat_rules(rp.save(host, 4)):
@@ -80,7 +80,7 @@ def main() -> None:
 
 
 def _args(line: str) -> list:
-    from portmapctl.ruleset import split_line
+    from portmapctl.iptables.ruleset import split_line
 
     return split_line(line)[1:]
 

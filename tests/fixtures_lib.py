@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import List
 
-from portmapctl import inputs
-from portmapctl.model import MappingConfig
-from portmapctl.ruleset import NatTable, parse_save
+from portmapctl.cni import config as cni_config
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.iptables.ruleset import NatTable, parse_save
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NAMES = sorted(p.name[: -len(".conf.json")] for p in FIXTURES.glob("*.conf.json"))
@@ -40,5 +40,5 @@ def configs(name: str) -> List[MappingConfig]:
                 "ips": [{"address": ip, "interface": 0} for ip in container["ips"]],
             },
         )
-        found.append(inputs.plugin_config(plugin_conf, container["containerId"], name))
+        found.append(cni_config.plugin_config(plugin_conf, container["containerId"], name))
     return found

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 
 import typer
 
-from portmapctl.paths import CNI_CACHE_DIR
+from portmapctl.host.paths import CNI_CACHE_DIR
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
-    from portmapctl.node import NodeOptions
+    from portmapctl.ops.node import NodeOptions
 
 try:
     from typing import Annotated
@@ -68,7 +68,7 @@ def _cache_dir(ctx: typer.Context) -> str:
 def complete_container(ctx: typer.Context, incomplete: str) -> List[Tuple[str, str]]:
     """Container IDs from the CNI cache (with their network as the hint)."""
     try:
-        from portmapctl.cni_cache import cached_names
+        from portmapctl.cni.cache import cached_names
 
         return [
             (container, f"network {network}")
@@ -82,7 +82,7 @@ def complete_container(ctx: typer.Context, incomplete: str) -> List[Tuple[str, s
 def complete_network(ctx: typer.Context, incomplete: str) -> List[Tuple[str, str]]:
     """Network names from the CNI cache (with how many containers they hold)."""
     try:
-        from portmapctl.cni_cache import cached_names
+        from portmapctl.cni.cache import cached_names
 
         counts: dict = {}
         for network, _container in cached_names(_cache_dir(ctx)):
@@ -191,7 +191,7 @@ def node_options(
     snapshots: Optional[dict] = None,
 ) -> NodeOptions:
     from portmapctl.errors import BadInput
-    from portmapctl.node import NodeOptions
+    from portmapctl.ops.node import NodeOptions
 
     if not cache_dir:
         raise BadInput("--cni-cache-dir is empty: give a directory (default /var/lib/cni)")

@@ -26,9 +26,10 @@ from portmapctl.cli._common import (
     complete_network,
     node_options,
 )
+from portmapctl.iptables.chains import dnat_chain_name
 
 if TYPE_CHECKING:
-    from portmapctl.model import MappingConfig
+    from portmapctl.core.mapping import MappingConfig
 
 # \b: click keeps the next paragraph as written (an example must stay one line).
 EXAMPLES = """
@@ -161,12 +162,14 @@ def mapping_from_options(
     ifname: str,
 ) -> MappingConfig:
     """Validate the mapping options (shared by add and check) into a MappingConfig."""
-    from portmapctl import inputs
+    from portmapctl.cni import config as cni_json
+    from portmapctl.core import validate
     from portmapctl.errors import BadInput
+    from portmapctl.host import files
 
     if container is None:
         raise BadInput("--container is required")
-    ifname = inputs.ifname(ifname)
+    ifname = validate.ifname(ifname)
     if cni_config is not None:
         given = [
             name for name, value in (("--network", network), ("--ip", ip), ("-p", publish)) if value
@@ -174,29 +177,29 @@ def mapping_from_options(
         if given:
             raise BadInput(f"--cni-config cannot be combined with {', '.join(given)}")
         source = "<stdin>" if cni_config == "-" else cni_config
-        conf = inputs.load_json(inputs.read_text(cni_config, "--cni-config"), source)
-        return inputs.buildable(
-            inputs.plugin_config(
-                conf, inputs.cni_name(container, "container ID"), source, ifname=ifname
+        conf = cni_json.load_json(files.read_text(cni_config, "--cni-config"), source)
+        return validate.buildable(
+            cni_json.plugin_config(
+                conf, validate.cni_name(container, "container ID"), source, ifname=ifname
             )
         )
     if network is None:
         raise BadInput("--network is required (or give --cni-config)")
     if not publish:
         raise BadInput("give at least one -p [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]")
-    config = inputs.mapping_config(
+    config = validate.mapping_config(
         network=network,
         container_id=container,
-        addresses=[inputs.interface(value) for value in ip or []],
-        ports=[inputs.port_spec(spec) for spec in publish],
+        addresses=[validate.interface(value) for value in ip or []],
+        ports=[validate.port_spec(spec) for spec in publish],
         snat=not no_snat,
         mark=mark_bit,
         external_setmark_chain=external_setmark_chain,
-        conditions_v4=inputs.conditions(conditions_v4, "--conditions-v4"),
-        conditions_v6=inputs.conditions(conditions_v6, "--conditions-v6"),
+        conditions_v4=validate.conditions(conditions_v4, "--conditions-v4"),
+        conditions_v6=validate.conditions(conditions_v6, "--conditions-v6"),
         masq_all=masq_all,
     )
-    return inputs.buildable(config)
+    return validate.buildable(config)
 
 
 def add_command(
@@ -229,8 +232,8 @@ def add_command(
 ) -> None:
     """Create a container's port mappings, idempotently, as the plugin's ADD would."""
     from portmapctl import render
-    from portmapctl.add import add
-    from portmapctl.node import opened
+    from portmapctl.ops.add import add
+    from portmapctl.ops.node import opened
 
     out = Output(output, no_color, quiet, verbose)
     config = mapping_from_options(
@@ -261,6 +264,6 @@ def add_command(
         sys.stdout.write(render.transactions_text(result.transactions))
         return
     if result.changed:
-        out.message(f"added {config.dnat_chain_name} ({config.network}/{config.container_id})")
+        out.message(f"added {dnat_chain_name(config)} ({config.network}/{config.container_id})")
     else:
-        out.message(f"unchanged: {config.dnat_chain_name} is already in place")
+        out.message(f"unchanged: {dnat_chain_name(config)} is already in place")

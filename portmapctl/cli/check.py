@@ -110,10 +110,10 @@ def check_command(
 ) -> None:
     """Check the node (or one mapping) for missing, stale, shadowed and broken chains."""
     # The library is imported here, not at the top: `--help` and other commands stay fast.
-    from portmapctl import check as check_lib
     from portmapctl import render
     from portmapctl.errors import BadInput
-    from portmapctl.node import opened
+    from portmapctl.ops import check as check_lib
+    from portmapctl.ops.node import opened
 
     out = Output(output, no_color, quiet, verbose)
     mapping_given = (

@@ -81,14 +81,15 @@ def flush_udp_command(
     """Delete UDP conntrack entries to mapped host ports, so that their flows go
     through the current DNAT rules again (ends the UDP blackhole after a container
     moves)."""
-    from portmapctl import inputs, render
-    from portmapctl.flush_udp import flush
-    from portmapctl.node import opened
+    from portmapctl import render
+    from portmapctl.core import validate
+    from portmapctl.ops.flush_udp import flush
+    from portmapctl.ops.node import opened
 
     out = Output(output, no_color, quiet, verbose)
-    ports = None if port is None else sorted({inputs.port(p, "--port") for p in port})
+    ports = None if port is None else sorted({validate.port(p, "--port") for p in port})
     if container is not None:
-        inputs.cni_name(container, "container ID")
+        validate.cni_name(container, "container ID")
     options = node_options(backend, family, netns, cni_cache_dir)
     with (
         opened(options, write=not dry_run) as node,

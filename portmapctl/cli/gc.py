@@ -28,7 +28,7 @@ from portmapctl.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from portmapctl.gc import GcResult
+    from portmapctl.ops.gc import GcResult
 
 EXAMPLES = """
 Examples:
@@ -101,18 +101,19 @@ def gc_command(
 ) -> None:
     """Remove the portmap chains of containers that are not live (CNI cache,
     --valid-attachments, --keep), once seen so for --min-age."""
-    from portmapctl import inputs, render
+    from portmapctl import render
+    from portmapctl.core import validate
     from portmapctl.errors import BadInput
-    from portmapctl.gc import GcOptions, Sources, gc, read_valid_attachments, require_source
-    from portmapctl.node import opened
+    from portmapctl.ops.gc import GcOptions, Sources, gc, read_valid_attachments, require_source
+    from portmapctl.ops.node import opened
 
     out = Output(output, no_color, quiet, verbose)
     options = GcOptions(
-        min_age=inputs.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp
+        min_age=validate.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp
     )
     sources = Sources(
         documents=(read_valid_attachments(valid_attachments),) if valid_attachments else (),
-        keep=tuple(inputs.cni_name(k, "--keep container ID") for k in keep or ()),
+        keep=tuple(validate.cni_name(k, "--keep container ID") for k in keep or ()),
         remove_all=remove_all,
     )
     require_source(sources, cni_cache_dir)

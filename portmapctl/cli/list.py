@@ -76,18 +76,19 @@ def list_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """List every port mapping on the node, with its status."""
-    from portmapctl import inventory, render
-    from portmapctl.node import opened
+    from portmapctl import render
+    from portmapctl.iptables import inventory
+    from portmapctl.ops.node import opened
 
     out = Output(output, no_color, quiet, verbose)
     if network is not None or container is not None:
-        from portmapctl import inputs
+        from portmapctl.core import validate
 
         if network is not None:
-            inputs.cni_name(network, "network name")
+            validate.cni_name(network, "network name")
         if container is not None:
             # A prefix of a valid ID is itself one: anything else can match nothing.
-            inputs.cni_name(container, "container ID")
+            validate.cni_name(container, "container ID")
     snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
     options = node_options(backend, family, netns, cni_cache_dir, snapshots)
     with opened(options) as node:
@@ -99,7 +100,7 @@ def list_command(
                 from portmapctl.errors import BadInput
 
                 raise BadInput("--conntrack reads the kernel: it cannot be used with --snapshot")
-            from portmapctl.flush_udp import count_per_mapping
+            from portmapctl.ops.flush_udp import count_per_mapping
 
             counts = count_per_mapping(found.mappings)
     rows = inventory.select(

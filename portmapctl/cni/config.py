@@ -1,0 +1,131 @@
+"""The plugin's own JSON: its stdin (a network config with `runtimeConfig` and
+`prevResult`), as `--cni-config` gives it or as libcni caches it, into a `MappingConfig`.
+
+Accepts what the plugin accepts; every refusal is a BadInput naming the source.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, List, Mapping, Optional, Tuple
+
+from portmapctl.core.mapping import Interface, MappingConfig, PortMapping
+from portmapctl.core.validate import (
+    conditions,
+    host_ip,
+    interface,
+    mapping_config,
+    port,
+    protocol,
+    shown,
+)
+from portmapctl.errors import BadInput
+
+
+def load_json(text: str, source: str) -> Any:
+    if "\x00" in text:
+        raise BadInput(f"{source}: binary data, not JSON")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise BadInput(f"{source}: not valid JSON ({err})") from None
+
+
+def _port_mapping(entry: Any, source: str) -> PortMapping:
+    if not isinstance(entry, dict):
+        raise BadInput(f"{source}: each port mapping must be an object")
+    if "hostPort" not in entry or "containerPort" not in entry:
+        raise BadInput(f"{source}: port mapping {shown(entry)} needs hostPort and containerPort")
+    raw_ip = entry.get("hostIP") or ""
+    try:
+        return PortMapping(
+            host_port=port(entry["hostPort"], "hostPort"),
+            container_port=port(entry["containerPort"], "containerPort"),
+            protocol=protocol(entry.get("protocol") or "tcp"),
+            host_ip=host_ip(raw_ip) if raw_ip else "",
+        )
+    except BadInput as err:
+        raise BadInput(f"{source}: {err}") from None
+
+
+def port_mappings(value: Any, source: str) -> Tuple[PortMapping, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise BadInput(f"{source}: portMappings must be a list")
+    return tuple(_port_mapping(entry, source) for entry in value)
+
+
+def result_addresses(result: Any, ifname: Optional[str], source: str) -> List[Interface]:
+    """The container's addresses from a CNI result, first of each family.
+
+    Like the plugin, skip addresses of interfaces that are known not to be the
+    container's (another name, or no sandbox).
+    """
+    if result is None:
+        return []
+    if not isinstance(result, dict) or not isinstance(result.get("ips", []), list):
+        raise BadInput(f"{source}: the CNI result must be an object with an 'ips' list")
+    interfaces = result.get("interfaces") or []
+    found: dict = {}
+    for ip in result.get("ips", []):
+        if not isinstance(ip, dict) or "address" not in ip:
+            raise BadInput(f"{source}: every entry of 'ips' needs an 'address'")
+        index = ip.get("interface")
+        if isinstance(index, int) and isinstance(interfaces, list) and 0 <= index < len(interfaces):
+            iface = interfaces[index] if isinstance(interfaces[index], dict) else {}
+            if not iface.get("sandbox") or (ifname and iface.get("name") != ifname):
+                continue
+        try:
+            address = interface(ip["address"])
+        except BadInput as err:
+            raise BadInput(f"{source}: {err}") from None
+        found.setdefault(address.version, address)
+    return [found[f] for f in sorted(found)]
+
+
+def plugin_config(
+    conf: Any,
+    container_id: str,
+    source: str,
+    ifname: Optional[str] = "eth0",
+    port_mappings_override: Any = None,
+) -> MappingConfig:
+    """The portmap plugin's stdin (or the portmap entry of a cached conflist)."""
+    if not isinstance(conf, dict):
+        raise BadInput(f"{source}: the network config must be a JSON object")
+    runtime = conf.get("runtimeConfig") or {}
+    if not isinstance(runtime, dict):
+        raise BadInput(f"{source}: runtimeConfig must be an object")
+    raw_ports = (
+        port_mappings_override
+        if port_mappings_override is not None
+        else runtime.get("portMappings")
+    )
+    snat = conf.get("snat", True)
+    masq_all = conf.get("masqAll", False)
+    for key, value in (("snat", snat), ("masqAll", masq_all)):
+        if not isinstance(value, bool):
+            raise BadInput(f"{source}: {key} must be true or false")
+    try:
+        return mapping_config(
+            network=conf.get("name", ""),
+            container_id=container_id,
+            addresses=result_addresses(conf.get("prevResult"), ifname, source),
+            ports=port_mappings(raw_ports, source),
+            snat=snat,
+            mark=conf.get("markMasqBit"),
+            external_setmark_chain=conf.get("externalSetMarkChain"),
+            conditions_v4=conditions(conf.get("conditionsV4"), "conditionsV4"),
+            conditions_v6=conditions(conf.get("conditionsV6"), "conditionsV6"),
+            masq_all=masq_all,
+        )
+    except BadInput as err:
+        message = str(err)
+        raise BadInput(message if message.startswith(source) else f"{source}: {message}") from None
+
+
+def ensure_mapping(value: Any, source: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise BadInput(f"{source}: expected a JSON object")
+    return value

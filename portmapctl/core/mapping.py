@@ -1,0 +1,63 @@
+"""What a container asks of the portmap plugin, independent of the rule backend.
+
+`MappingConfig` is the plugin's parsed stdin for one container (its port mappings,
+addresses and options); `PortMapping` one entry of `runtimeConfig.portMappings`. Both
+backends (iptables, nftables) generate their rules from these values. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+
+DEFAULT_MARK_BIT = 13
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """One entry of the plugin's `runtimeConfig.portMappings`."""
+
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+    host_ip: str = ""
+
+    def applies_to(self, family: int) -> bool:
+        """A host IP of the other family skips this port's rules in this family."""
+        return not self.host_ip or ipaddress.ip_address(self.host_ip).version == family
+
+    def host_ip_for_rule(self) -> Optional[str]:
+        """The `-d` value: none for no host IP or an unspecified one (0.0.0.0, ::)."""
+        if not self.host_ip or ipaddress.ip_address(self.host_ip).is_unspecified:
+            return None
+        return self.host_ip
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """Everything the plugin's ADD needs for one container (its parsed stdin)."""
+
+    network: str
+    container_id: str
+    addresses: Tuple[Interface, ...]
+    ports: Tuple[PortMapping, ...]
+    snat: bool = True
+    mark_bit: int = DEFAULT_MARK_BIT
+    external_setmark_chain: Optional[str] = None
+    conditions_v4: Tuple[str, ...] = ()
+    conditions_v6: Tuple[str, ...] = ()
+    masq_all: bool = False
+
+    def address(self, family: int) -> Optional[Interface]:
+        """The plugin uses the first address of each family."""
+        for address in self.addresses:
+            if address.version == family:
+                return address
+        return None
+
+    @property
+    def families(self) -> Tuple[int, ...]:
+        return tuple(f for f in (4, 6) if self.address(f) is not None)

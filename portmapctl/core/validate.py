@@ -1,0 +1,241 @@
+"""Validation of every value a user (or a file) hands us, before anything is written.
+
+Each function returns a model value or raises BadInput with one line that says what
+is wrong. The same checks serve the command line, `--cni-config`, and the CNI cache.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from typing import Any, Iterable, Optional, Sequence, Tuple
+
+from portmapctl.core.mapping import DEFAULT_MARK_BIT, Interface, MappingConfig, PortMapping
+from portmapctl.errors import BadInput
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+# The CNI spec's rule for network names and container IDs; the plugin enforces it.
+_CNI_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
+_CHAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,27}\Z")
+# Plain ASCII digits: int() would also take "８０", "8_080", " 80" and "+80".
+_DIGITS = re.compile(r"[0-9]{1,5}\Z")
+# CNI's rule for interface names (libcni ValidateInterfaceName), as the kernel's.
+_IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
+# Words iptables' getopt reads as a target: -j/-g (also with the value attached, or
+# bundled after flags such as -4jACCEPT) and unambiguous prefixes of --jump/--goto.
+_TARGET_WORD = re.compile(r"-[^-]*[jg].*|--(?:j|ju|jum|jump|g|go|got|goto)(?:=.*)?", re.DOTALL)
+_PORT_SPEC = re.compile(
+    r"(?:(?P<host_ip>\[[^\]]*\]|[^:\[\]]+):)?(?P<host_port>[^:/]+):(?P<container_port>[^:/]+)"
+    r"(?:/(?P<proto>[^/]*))?\Z"
+)
+
+
+def shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def cni_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _CNI_NAME.match(value):
+        raise BadInput(
+            f"invalid {what} {shown(value)}: must match [a-zA-Z0-9][a-zA-Z0-9_.-]* (the CNI rule)"
+        )
+    return value
+
+
+def chain(value: str, what: str = "chain name") -> str:
+    if not isinstance(value, str) or not _CHAIN_NAME.match(value):
+        raise BadInput(f"invalid {what} {shown(value)}: letters, digits, '_.-', at most 28")
+    return value
+
+
+def port(value: Any, what: str = "port") -> int:
+    if isinstance(value, bool):
+        raise BadInput(f"invalid {what} {shown(value)}: must be a number from 1 to 65535")
+    if isinstance(value, str):
+        number = int(value, 10) if _DIGITS.match(value) else None
+    else:
+        number = value
+    if not isinstance(number, int) or not 1 <= number <= 65535:
+        raise BadInput(f"invalid {what} {shown(value)}: must be a number from 1 to 65535")
+    return number
+
+
+def protocol(value: Any) -> str:
+    proto = value.lower() if isinstance(value, str) else value
+    if proto not in PROTOCOLS:
+        raise BadInput(f"invalid protocol {shown(value)}: use tcp, udp or sctp")
+    return proto
+
+
+def host_ip(value: Any) -> str:
+    """A host address without prefix; brackets around IPv6 are accepted."""
+    if not isinstance(value, str):
+        raise BadInput(f"invalid host IP {shown(value)}")
+    text = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise BadInput(f"invalid host IP {shown(value)}: not an IPv4 or IPv6 address") from None
+    # ipaddress takes a zone ("fe80::1%eth0", any text after the %): iptables does not.
+    if getattr(address, "scope_id", None):
+        raise BadInput(f"invalid host IP {shown(value)}: a zone (%...) cannot go in a rule")
+    return address.compressed
+
+
+def interface(value: Any) -> Interface:
+    """A container address with its prefix, e.g. 10.88.0.5/16 or fd00::5/64."""
+    if not isinstance(value, str) or "/" not in value:
+        raise BadInput(f"invalid container address {shown(value)}: write it as IP/PREFIX")
+    try:
+        address = ipaddress.ip_interface(value)
+    except ValueError:
+        raise BadInput(f"invalid container address {shown(value)}: not IP/PREFIX") from None
+    if getattr(address, "scope_id", None):
+        raise BadInput(
+            f"invalid container address {shown(value)}: a zone (%...) cannot go in a rule"
+        )
+    return address
+
+
+def ifname(value: Any) -> str:
+    """A container interface name as CNI allows it (CNI_IFNAME)."""
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value.encode()) > 15
+        or value in (".", "..")
+        or _IFNAME_FORBIDDEN.search(value)
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+    ):
+        raise BadInput(
+            f"invalid interface name {shown(value)}: 1 to 15 bytes, no '/', ':' or whitespace"
+        )
+    return value
+
+
+def port_spec(spec: str) -> PortMapping:
+    """Docker's -p syntax: [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]; IPv6 in brackets."""
+    match = _PORT_SPEC.match(spec) if isinstance(spec, str) else None
+    if not match:
+        raise BadInput(
+            f"invalid port spec {shown(spec)}: use [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO],"
+            " e.g. 8080:80/tcp or [::1]:8080:80"
+        )
+    raw_ip = match["host_ip"]
+    return PortMapping(
+        host_port=port(match["host_port"], "host port"),
+        container_port=port(match["container_port"], "container port"),
+        protocol=protocol(match["proto"] if match["proto"] is not None else "tcp"),
+        host_ip=host_ip(raw_ip) if raw_ip else "",
+    )
+
+
+def conditions(value: Any, what: str) -> Tuple[str, ...]:
+    """Extra match arguments for the entry rules: a string (shell words) or a list.
+
+    They must not carry a target (`-j`/`-g`), and no argument may hold a control
+    character: a newline would let them add a rule of their own.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        try:
+            words: Sequence[Any] = shlex.split(value)
+        except ValueError as err:
+            raise BadInput(f"invalid {what} {shown(value)}: {err}") from None
+    elif isinstance(value, list):
+        words = value
+    else:
+        raise BadInput(f"invalid {what} {shown(value)}: expected a list of strings")
+    for word in words:
+        if not isinstance(word, str) or not word:
+            raise BadInput(f"invalid {what}: {shown(word)} is not a non-empty string")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in word):
+            raise BadInput(f"invalid {what}: {shown(word)} holds control characters")
+        if _TARGET_WORD.fullmatch(word):
+            raise BadInput(f"invalid {what}: conditions cannot set a target ({shown(word)})")
+    return tuple(words)
+
+
+def mark_bit(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 31:
+        raise BadInput(f"invalid mark bit {shown(value)}: must be a number from 0 to 31")
+    return value
+
+
+def mapping_config(
+    *,
+    network: str,
+    container_id: str,
+    addresses: Iterable[Interface],
+    ports: Iterable[PortMapping],
+    snat: bool = True,
+    mark: Optional[int] = None,
+    external_setmark_chain: Optional[str] = None,
+    conditions_v4: Tuple[str, ...] = (),
+    conditions_v6: Tuple[str, ...] = (),
+    masq_all: bool = False,
+) -> MappingConfig:
+    """Check the pieces together, as the plugin's parseConfig does."""
+    network = cni_name(network, "network name")
+    container_id = cni_name(container_id, "container ID")
+    if mark is not None and external_setmark_chain is not None:
+        raise BadInput("--mark-bit and --external-setmark-chain cannot be used together")
+    addresses = tuple(addresses)
+    if not addresses:
+        raise BadInput("no container address: give --ip IP/PREFIX")
+    families = [a.version for a in addresses]
+    if len(set(families)) != len(families):
+        raise BadInput("give at most one container address per family")
+    return MappingConfig(
+        network=network,
+        container_id=container_id,
+        addresses=addresses,
+        ports=tuple(ports),
+        snat=snat,
+        mark_bit=DEFAULT_MARK_BIT if mark is None else mark_bit(mark),
+        external_setmark_chain=(
+            chain(external_setmark_chain, "external setmark chain")
+            if external_setmark_chain is not None
+            else None
+        ),
+        conditions_v4=conditions_v4,
+        conditions_v6=conditions_v6,
+        masq_all=masq_all,
+    )
+
+
+def buildable(config: MappingConfig) -> MappingConfig:
+    """`config` if every family it has can be turned into rules, else BadInput.
+
+    The conditions are free-form iptables arguments: one that names an address of the
+    other family, or an option of no match, only shows when the rules are made. For
+    options given by hand that must be before anything is written (not found by the
+    second family after the first was applied). Cache files are not held to this:
+    one odd entry must not stop `gc`.
+    """
+    from portmapctl.iptables.chains import wanted_chains
+
+    for family in config.families:
+        try:
+            wanted_chains(config, family)
+        except BadInput as err:
+            raise BadInput(
+                f"invalid mapping for IPv{family}: {err} (see --conditions-v{family})"
+            ) from None
+    return config
+
+
+def duration(value: str) -> float:
+    """`30s`, `5m`, `2h`, `1d` or plain seconds (`0`) into seconds."""
+    match = (
+        re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)", value.strip())
+        if isinstance(value, str)
+        else None
+    )
+    if not match:
+        raise BadInput(f"invalid duration {shown(value)}: use e.g. 30s, 5m, 2h or 0")
+    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    return float(match[1]) * scale

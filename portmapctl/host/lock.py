@@ -1,0 +1,75 @@
+"""The lock that serialises portmapctl runs that change a node: /run/portmapctl/lock.
+
+flock(2) on a file we create ourselves: 0600 in a 0700 directory owned by root,
+opened with O_NOFOLLOW so a symlink planted at the path is refused, not followed;
+a directory others can write to, or a lock path that is not our regular file (a
+FIFO, a device, another user's file), is refused too. `PORTMAPCTL_RUN_DIR` moves
+the directory (see paths.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import time
+from typing import Iterator
+
+from portmapctl.errors import HostProblem
+from portmapctl.host.paths import RUN_DIR
+
+LOCK_WAIT_SECONDS = 60.0
+
+
+def safe_run_dir(path: str) -> None:
+    """Create `path` 0700 if needed; refuse one not ours or writable by others."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as err:
+        raise HostProblem(f"cannot create {path}: {err.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise HostProblem(f"{path} is not a directory owned by us: refusing to use it")
+    # Writable by others, anyone could plant the lock file (and hold it for ever).
+    if info.st_mode & 0o022:
+        raise HostProblem(
+            f"{path} is writable by other users: refusing to use it (chmod 700 {path})"
+        )
+
+
+def flock_within(fd: int, wait: float, poll: float = 0.05) -> bool:
+    """Take an exclusive flock on `fd`, trying for `wait` seconds; False if we could not."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
+
+
+@contextlib.contextmanager
+def held(run_dir: str = RUN_DIR, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+    safe_run_dir(run_dir)
+    path = os.path.join(run_dir, "lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise HostProblem(f"{path} is a symlink: refusing to follow it") from None
+        raise HostProblem(f"cannot open lock file {path}: {err.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            raise HostProblem(f"{path} is not a regular file owned by us: refusing to use it")
+        if not flock_within(fd, wait):
+            raise HostProblem(
+                f"another portmapctl holds {path} for over {wait:g} s: try again later"
+            )
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,83 @@
+"""Backends: one small interface for reading and writing a family's nat table.
+
+    read(family) -> NatTable
+    apply(transaction) -> None      (atomic; raises ApplyFailed, state unchanged)
+
+`open_backend` turns the `--backend`/`--snapshot` options into one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import Dict, Optional, Protocol
+
+from portmapctl.errors import BadInput, HostProblem
+from portmapctl.iptables.ruleset import NatTable
+from portmapctl.iptables.transaction import Transaction
+
+BACKEND_NAMES = ("auto", "nft", "legacy", "iptc")
+
+
+class Backend(Protocol):
+    name: str
+    writable: bool
+
+    def read(self, family: int) -> NatTable: ...
+
+    def apply(self, txn: Transaction) -> None: ...
+
+
+def host_flavour() -> str:
+    """Which iptables the host's `iptables` command is: "nft" or "legacy".
+
+    That is what the plugin runs, so it is where the plugin's rules are.
+    """
+    path = shutil.which("iptables")
+    if path is None:
+        raise HostProblem("no iptables command found: install iptables (nft or legacy)")
+    target = os.path.basename(os.path.realpath(path))
+    if "legacy" in target:
+        return "legacy"
+    if "nft" in target:
+        return "nft"
+    try:
+        version = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except OSError as err:
+        raise HostProblem(f"cannot run {path}: {err.strerror}") from None
+    return "nft" if "nf_tables" in version else "legacy"
+
+
+def open_backend(
+    name: str = "auto",
+    snapshots: Optional[Dict[int, str]] = None,
+) -> Backend:
+    """The backend for these options; snapshot files win over `--backend`."""
+    if snapshots:
+        from portmapctl.iptables.access.snapshot import SnapshotBackend
+
+        return SnapshotBackend(snapshots)
+    if name not in BACKEND_NAMES:
+        raise BadInput(f"unknown backend {name!r}: use one of {', '.join(BACKEND_NAMES)}")
+    # `auto` is "nft" or "legacy", never "iptc": on legacy tables save/restore is
+    # 2-3 times faster end to end than python-iptables (benchmarks/iptc_bench.py).
+    flavour = host_flavour() if name == "auto" else name
+    if flavour == "iptc":
+        # libiptc sees only legacy tables: on an nf_tables host it would read an empty
+        # table (and a repair would write into tables nothing uses). Checked before
+        # the costly import of python-iptables.
+        if host_flavour() == "nft":
+            raise HostProblem(
+                "--backend iptc works on legacy iptables only, and this host's iptables"
+                " is nf_tables (python-iptables would see empty legacy tables here):"
+                " use --backend auto or nft"
+            )
+        from portmapctl.iptables.access.iptc import IptcBackend
+
+        return IptcBackend()
+    from portmapctl.iptables.access.restore import RestoreBackend
+
+    return RestoreBackend(flavour)

@@ -1,0 +1,212 @@
+"""The chain model: what the portmap plugin puts in the nat table, as values.
+
+A `Chain` is one chain the plugin manages plus the rules that enter it from other
+chains, like the plugin's own `chain` struct. The generators below produce the
+chains for a `MappingConfig`, in the plugin's order and, through
+`ruleset.normalize`, in the exact form `iptables-save` prints. Everything here is
+pure: no process, no kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from portmapctl.core.mapping import MappingConfig, PortMapping
+from portmapctl.iptables.ruleset import Args, normalize
+
+TOPLEVEL_DNAT = "CNI-HOSTPORT-DNAT"
+SETMARK = "CNI-HOSTPORT-SETMARK"
+MASQ = "CNI-HOSTPORT-MASQ"
+OLD_TOPLEVEL_SNAT = "CNI-HOSTPORT-SNAT"
+SHARED_CHAINS = (TOPLEVEL_DNAT, SETMARK, MASQ, OLD_TOPLEVEL_SNAT)
+DNAT_PREFIX = "CNI-DN-"
+SNAT_PREFIX = "CNI-SN-"
+MAX_PORTS_PER_MULTIPORT = 15
+
+
+
+def chain_name(network: str, container_id: str, prefix: str = "DN-") -> str:
+    """The plugin's name: CNI- + prefix + hex SHA-512(network + id), 28 characters."""
+    digest = hashlib.sha512((network + container_id).encode()).hexdigest()
+    return ("CNI-" + prefix + digest)[:28]
+
+
+def dnat_comment(network: str, container_id: str) -> str:
+    return trim_comment(f'dnat name: "{network}" id: "{container_id}"')
+
+
+def legacy_snat_comment(network: str, container_id: str) -> str:
+    return trim_comment(f'snat name: "{network}" id: "{container_id}"')
+
+
+def trim_comment(comment: str) -> str:
+    """iptables limits comments to 256 bytes; the plugin cuts longer ones like this."""
+    if len(comment.encode()) <= 255:
+        return comment
+    return comment.encode()[:253].decode(errors="ignore") + "..."
+
+
+def dnat_chain_name(config: MappingConfig) -> str:
+    """The CNI-DN- chain the plugin makes for this container on this network."""
+    return chain_name(config.network, config.container_id, "DN-")
+
+
+def setmark_target(config: MappingConfig) -> str:
+    """Where hairpin and localhost traffic is sent to be marked for masquerade."""
+    return config.external_setmark_chain or SETMARK
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A chain the plugin manages, with the rules that jump to it.
+
+    `rules` and `entry_rules` are in saved normal form. Each entry rule is complete,
+    ending in `-j <name>`, and goes into every chain of `entry_chains`.
+    `prepend_entry` means the entry rules go first in their chain (MASQ's does:
+    bridge and ptp plugins' masquerade rules would otherwise win).
+    """
+
+    name: str
+    rules: Tuple[Args, ...] = ()
+    entry_chains: Tuple[str, ...] = ()
+    entry_rules: Tuple[Args, ...] = ()
+    prepend_entry: bool = False
+    table: str = "nat"
+
+    @property
+    def shared(self) -> bool:
+        """Shared by all containers: we add what is missing, never flush or delete."""
+        return self.name in SHARED_CHAINS
+
+
+def _mark(bit: int) -> str:
+    value = 1 << bit
+    return f"{value:#x}/{value:#x}"
+
+
+# The shared chains depend on (mark bit, family) only. `check` generates every cached
+# container's chains, shared ones included: cached, they are made once per node, not
+# once per container (a third of check's normalize() calls). Chain values are frozen.
+@functools.cache
+def toplevel_dnat_chain(family: int) -> Chain:
+    return Chain(
+        TOPLEVEL_DNAT,
+        entry_chains=("PREROUTING", "OUTPUT"),
+        entry_rules=(
+            normalize(["-m", "addrtype", "--dst-type", "LOCAL", "-j", TOPLEVEL_DNAT], family),
+        ),
+    )
+
+
+@functools.cache
+def setmark_chain(mark_bit: int, family: int) -> Chain:
+    rule = ["-m", "comment", "--comment", "CNI portfwd masquerade mark"]
+    return Chain(
+        SETMARK, rules=(normalize([*rule, "-j", "MARK", "--set-xmark", _mark(mark_bit)], family),)
+    )
+
+
+@functools.cache
+def masq_chain(mark_bit: int, family: int) -> Chain:
+    entry = ["-m", "comment", "--comment", "CNI portfwd requiring masquerade", "-j", MASQ]
+    return Chain(
+        MASQ,
+        rules=(normalize(["-m", "mark", "--mark", _mark(mark_bit), "-j", "MASQUERADE"], family),),
+        entry_chains=("POSTROUTING",),
+        entry_rules=(normalize(entry, family),),
+        prepend_entry=True,
+    )
+
+
+def _port_groups(ports: Tuple[PortMapping, ...]) -> List[Tuple[str, str]]:
+    """(protocol, "p1,p2,...") per multiport rule: protocols sorted, 15 ports each.
+
+    Every mapping counts here whatever its host IP's family, as in the plugin.
+    """
+    by_proto: dict = {}
+    for port in ports:
+        by_proto.setdefault(port.protocol, []).append(str(port.host_port))
+    groups = []
+    for proto in sorted(by_proto):
+        numbers = by_proto[proto]
+        for start in range(0, len(numbers), MAX_PORTS_PER_MULTIPORT):
+            groups.append((proto, ",".join(numbers[start : start + MAX_PORTS_PER_MULTIPORT])))
+    return groups
+
+
+def dnat_chain(config: MappingConfig, family: int) -> Optional[Chain]:
+    """The per-container CNI-DN- chain for one family, or None without an address."""
+    address = config.address(family)
+    if address is None:
+        return None
+    name = dnat_chain_name(config)
+    comment = dnat_comment(config.network, config.container_id)
+    conditions = config.conditions_v6 if family == 6 else config.conditions_v4
+    entry_rules = tuple(
+        normalize(
+            [
+                "-m",
+                "comment",
+                "--comment",
+                comment,
+                "-m",
+                "multiport",
+                "-p",
+                proto,
+                "--destination-ports",
+                ports,
+                *conditions,
+                "-j",
+                name,
+            ],
+            family,
+        )
+        for proto, ports in _port_groups(config.ports)
+    )
+    hairpin_source = (
+        ("::/0" if family == 6 else "0.0.0.0/0") if config.masq_all else str(address.network)
+    )
+    container_ip = address.ip.compressed
+    destination = f"[{container_ip}]" if family == 6 else container_ip
+    rules: List[Args] = []
+    for port in config.ports:
+        if not port.applies_to(family):
+            continue
+        base = ["-p", port.protocol, "--dport", str(port.host_port)]
+        host_ip = port.host_ip_for_rule()
+        if host_ip:
+            base += ["-d", host_ip]
+        if config.snat:
+            rules.append(
+                normalize([*base, "-s", hairpin_source, "-j", setmark_target(config)], family)
+            )
+            if family == 4 and not config.masq_all:
+                rules.append(
+                    normalize([*base, "-s", "127.0.0.1", "-j", setmark_target(config)], family)
+                )
+        rules.append(
+            normalize(
+                [*base, "-j", "DNAT", "--to-destination", f"{destination}:{port.container_port}"],
+                family,
+            )
+        )
+    return Chain(name, rules=tuple(rules), entry_chains=(TOPLEVEL_DNAT,), entry_rules=entry_rules)
+
+
+def wanted_chains(config: MappingConfig, family: int) -> List[Chain]:
+    """All chains the plugin's ADD sets up for this family, in the plugin's order."""
+    dnat = dnat_chain(config, family)
+    if dnat is None:
+        return []
+    chains: List[Chain] = []
+    if config.snat and config.external_setmark_chain is None:
+        chains += [setmark_chain(config.mark_bit, family), masq_chain(config.mark_bit, family)]
+    chains += [toplevel_dnat_chain(family), dnat]
+    return chains
+
+
+def legacy_snat_chain_name(network: str, container_id: str) -> str:
+    return chain_name(network, container_id, "SN-")

@@ -1,0 +1,267 @@
+"""`flush-udp`: delete the UDP conntrack entries behind mapped host ports (SPEC §3).
+
+UDP has no connection end, so conntrack keeps a flow on the destination it picked at
+the flow's first packet for as long as the client keeps sending: after a container
+moves, its clients keep going to the old address (a blackhole), and a flow that began
+before the DNAT rule existed never reaches the container at all (the seed commit's
+message). Deleting the entry makes the next datagram go through the rules again.
+
+Which entries: those whose original destination port is a mapped UDP host port (or a
+port given), per family. With stale_only, only those that misroute: their replies come
+from an address that is not the current container's (an old DNAT destination, or the
+host itself for a flow never DNATed); a DNATed entry under a port nobody maps any
+more misroutes too. The current mappings come from the inventory (`inventory.build`).
+
+Also used by `add` (the plugin's flush of the ports it maps: `flush_ports`), by `gc`
+(the ports it unmapped: `flush_ports`) and by `list --conntrack` (`count_per_mapping`).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import (
+    Callable,
+    Collection,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
+
+from portmapctl.host import conntrack
+from portmapctl.host.conntrack import ConntrackEntry
+from portmapctl.iptables import inventory
+from portmapctl.iptables.inventory import Mapping
+from portmapctl.ops.node import Node
+
+# Why an entry is deleted. Plain flush: every entry under the port goes.
+MAPPED = "mapped"  # the port is a mapped UDP host port
+GIVEN = "given"  # the port was asked for (--port) and is not mapped
+# --stale-only: the entry misroutes.
+OLD_DESTINATION = "old-destination"  # DNATed to an address that is not the container's
+NOT_DNATED = "not-dnated"  # never DNATed: its flow began before the rule, bypasses it
+UNMAPPED = "unmapped"  # DNATed, but nothing maps this port (or address) any more
+REASONS = (MAPPED, GIVEN, OLD_DESTINATION, NOT_DNATED, UNMAPPED)
+
+Key = Tuple[int, int]  # (family, host port)
+Progress = Callable[[int, int], None]  # (entries handled, all entries)
+
+
+@dataclass(frozen=True)
+class Doomed:
+    """An entry chosen for deletion, and why."""
+
+    entry: ConntrackEntry
+    reason: str  # one of REASONS
+    # Where traffic to this port should go now (the current container addresses),
+    # for the stale reasons; empty otherwise.
+    wanted: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    dry_run: bool
+    stale_only: bool
+    ports: Tuple[Key, ...]  # the (family, host port) pairs looked at, sorted
+    doomed: Tuple[Doomed, ...]  # what was (dry run: would be) deleted
+    deleted: int  # how many the kernel deleted (dry run: how many would be)
+    kept: int  # entries under those ports that were left alone
+
+
+# --- what to look at -----------------------------------------------------------------
+
+
+def udp_mappings(mappings: Iterable[Mapping]) -> List[Mapping]:
+    return [m for m in mappings if m.protocol == "udp"]
+
+
+def select_ports(
+    mappings: Sequence[Mapping],
+    families: Collection[int],
+    *,
+    ports: Optional[Collection[int]] = None,
+    container: Optional[str] = None,
+) -> FrozenSet[Key]:
+    """The (family, host port) pairs to flush: every mapped UDP host port, those of
+    the containers whose ID starts with `container`, and/or the `ports` given.
+
+    Given ports need not be mapped (a port whose container is gone may still have
+    entries that DNAT to it); with a container too, only the container's ports
+    among them."""
+    mapped = {
+        (m.family, m.host_port)
+        for m in inventory.select(mappings, container=container, protocol="udp")
+        if m.family in families
+    }
+    if ports is None:
+        return frozenset(mapped)
+    given = {(family, port) for family in families for port in ports}
+    if container is None:
+        return frozenset(given)
+    return frozenset(mapped & given)
+
+
+# --- which entries go ------------------------------------------------------------------
+
+
+def _ip(family: int, text: str) -> Optional[bytes]:
+    """An address in a form that compares right whatever its spelling (`fd00::5`,
+    `fd00:0::5`): inet_pton, a twentieth of ipaddress's cost (10,000 entries). None
+    for what is no address (a foreign rule's DNAT range): it matches nothing."""
+    try:
+        return socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6, text)
+    except (OSError, TypeError):
+        return None
+
+
+def _index(mappings: Iterable[Mapping]) -> Dict[Key, List[Mapping]]:
+    by_key: Dict[Key, List[Mapping]] = {}
+    for m in udp_mappings(mappings):
+        by_key.setdefault((m.family, m.host_port), []).append(m)
+    return by_key
+
+
+def _covers(m: Mapping, entry: ConntrackEntry) -> bool:
+    """Whether mapping m's DNAT rule takes entry's destination: same family and host
+    port (the caller's index), and its host IP when the mapping has one."""
+    if m.host_ip is None:
+        return True
+    address = _ip(m.family, m.host_ip)
+    return address is not None and address == _ip(entry.family, entry.dst)
+
+
+def judge(
+    entry: ConntrackEntry, mapped: Sequence[Mapping]
+) -> Tuple[Optional[str], Tuple[str, ...]]:
+    """(reason, wanted addresses) when the entry misroutes, (None, wanted) when it
+    reaches the right place; `mapped` are the UDP mappings of its family and port."""
+    covering = [m for m in mapped if _covers(m, entry)]
+    # iptables is first-match-wins: a shadowed mapping's container gets no traffic.
+    winners = [m for m in covering if not m.shadowed_by] or covering
+    if not winners:
+        # Nothing maps this destination: its traffic belongs to the host itself.
+        return (UNMAPPED if entry.dnat else None), ()
+    wanted = {_ip(m.family, m.container_ip): m.container_ip for m in winners}
+    shown = tuple(sorted(wanted.values()))
+    if _ip(entry.family, entry.reply_src) in wanted:
+        # Includes a flow sent straight to the container's address (no DNAT needed).
+        return None, shown
+    return (OLD_DESTINATION if entry.dnat else NOT_DNATED), shown
+
+
+def plan(
+    entries: Iterable[ConntrackEntry],
+    ports: Collection[Key],
+    mappings: Sequence[Mapping],
+    *,
+    stale_only: bool = False,
+) -> List[Doomed]:
+    """The entries under `ports` to delete: all of them, or with stale_only those
+    that misroute given the current `mappings` (all of the node's, not only the
+    selected ones: another container may take the same port on another host IP)."""
+    by_key = _index(mappings)
+    doomed = []
+    for entry in entries:
+        key = (entry.family, entry.dport)
+        if key not in ports:
+            continue
+        if not stale_only:
+            doomed.append(Doomed(entry, MAPPED if key in by_key else GIVEN))
+            continue
+        reason, wanted = judge(entry, by_key.get(key, ()))
+        if reason is not None:
+            doomed.append(Doomed(entry, reason, wanted))
+    return doomed
+
+
+def _order(entry: ConntrackEntry) -> tuple:
+    family, dst, src = entry.family, entry.dst, entry.src
+    return (family, entry.dport, _ip(family, dst) or b"", _ip(family, src) or b"", entry.sport)
+
+
+# --- doing it ----------------------------------------------------------------------------
+
+
+def flush(
+    node: Node,
+    *,
+    ports: Optional[Collection[int]] = None,
+    container: Optional[str] = None,
+    stale_only: bool = False,
+    dry_run: bool = False,
+    progress: Optional[Progress] = None,
+) -> FlushResult:
+    """`portmapctl flush-udp` on the node's namespace and families.
+
+    The nat tables are read (one save per family) only when the mappings matter:
+    all mapped ports, a container's ports, or stale_only; `ports` alone need not.
+    """
+    families = node.families
+    mappings: List[Mapping] = []
+    if ports is None or container is not None or stale_only:
+        mappings = udp_mappings(inventory.build(node.read(), node.read_cache()).mappings)
+    keys = select_ports(mappings, families, ports=ports, container=container)
+    if not keys:
+        return FlushResult(dry_run, stale_only, (), (), 0, 0)
+    entries = conntrack.list_udp(
+        sorted({family for family, _ in keys}), sorted({port for _, port in keys})
+    )
+    looked_at = [e for e in entries if (e.family, e.dport) in keys]
+    doomed = sorted(
+        plan(looked_at, keys, mappings, stale_only=stale_only), key=lambda d: _order(d.entry)
+    )
+    if dry_run:
+        deleted = len(doomed)
+    else:
+        deleted = conntrack.delete([d.entry for d in doomed], progress)
+    return FlushResult(
+        dry_run,
+        stale_only,
+        tuple(sorted(keys)),
+        tuple(doomed),
+        deleted,
+        len(looked_at) - len(doomed),
+    )
+
+
+def flush_ports(
+    families: Collection[int],
+    ports: Collection[int],
+    *,
+    keep: Optional[Sequence[Mapping]] = None,
+) -> int:
+    """Delete the UDP entries to these host ports in these families, in the current
+    namespace; returns how many went. This is the plugin's flush after ADD (`add`),
+    and what `gc` does for the host ports it unmapped.
+
+    With `keep` (the node's current mappings), entries that already reach a current
+    mapping's container are spared, as with --stale-only.
+    """
+    if not families or not ports:
+        return 0
+    keys = {(family, port) for family in families for port in ports}
+    entries = conntrack.list_udp(sorted(set(families)), sorted(set(ports)))
+    doomed = plan(entries, keys, keep or (), stale_only=keep is not None)
+    return conntrack.delete([d.entry for d in doomed])
+
+
+def count_per_mapping(mappings: Iterable[Mapping]) -> Dict[Mapping, int]:
+    """`list --conntrack`: the number of UDP entries per UDP mapping (family, host
+    port, and host IP when the mapping has one). An entry counts for every mapping
+    that covers it, shadowed ones too: it is under their port."""
+    udp = udp_mappings(mappings)
+    counts: Dict[Mapping, int] = dict.fromkeys(udp, 0)
+    if not udp:
+        return counts
+    by_key = _index(udp)
+    families: Set[int] = {m.family for m in udp}
+    for entry in conntrack.list_udp(sorted(families), sorted({m.host_port for m in udp})):
+        for m in by_key.get((entry.family, entry.dport), ()):
+            if _covers(m, entry):
+                counts[m] += 1
+    return counts

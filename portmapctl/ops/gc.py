@@ -1,0 +1,464 @@
+"""`gc`: remove the chains of containers that are not live, safely enough for cron.
+
+What is live comes from any mix of sources (SPEC §3):
+- libcni's cache: an attachment (network + container ID) is live, so are its
+  CNI-DN-/CNI-SN- chain names;
+- a CNI GC `cni.dev/valid-attachments` document: a network config holding the key
+  (its `name` gives the network, so the chain names are known exactly) or a bare list
+  (container IDs only: matched against the IDs the entry rules' comments name);
+- `--keep ID`: an ID, or a prefix of the IDs the comments name.
+A chain is matched by its name wherever possible, since a comment cut at 255 bytes
+loses the end of a long ID: every (network seen, live ID) pair gives the names its
+chains would have.
+
+A network-config document speaks for its own network only: when it is the only kind of
+source, chains of other networks (or of no network the comments name) are kept. The
+cache, a bare list, `--keep` alone and `--all` speak for every network.
+
+A chain that is not live is removed only once it has been seen not live and unchanged
+for `min_age` (gc_state keeps the first sightings): an ADD in progress has its chain
+in place before libcni writes the cache entry. Per family, one transaction
+(planner.plan_teardown) through Node.converge, which re-reads and re-plans when the
+plugin changed the table meanwhile. Afterwards, the UDP conntrack entries of host
+ports no longer mapped go (the plugin's DEL leaves them; their flows would keep a
+dead DNAT until idle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
+
+from portmapctl.cni import config as cni_config
+from portmapctl.cni.cache import Attachment, results_dir
+from portmapctl.core import validate
+from portmapctl.errors import ApplyFailed, BadInput, HostProblem
+from portmapctl.host import files
+from portmapctl.host.paths import RUN_DIR
+from portmapctl.iptables import inventory
+from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, chain_name
+from portmapctl.iptables.inventory import ChainInfo
+from portmapctl.iptables.planner import plan_teardown
+from portmapctl.iptables.ruleset import NatTable
+from portmapctl.iptables.transaction import Transaction
+from portmapctl.ops import gc_state
+from portmapctl.ops.node import Node
+
+DEFAULT_MIN_AGE = 120.0
+VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
+# libcni writes cache files in place (not through a rename): a read can catch one
+# half-written, or gone between listing and opening. Read again before giving up.
+CACHE_READ_TRIES = 4
+CACHE_RETRY_SECONDS = 0.1
+
+ProtoPort = Tuple[str, int]
+
+
+# --- sources of liveness ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValidAttachments:
+    """A `cni.dev/valid-attachments` document: its network (None for a bare list)."""
+
+    network: Optional[str]
+    container_ids: FrozenSet[str]
+    source: str
+
+
+def parse_valid_attachments(text: str, source: str) -> ValidAttachments:
+    """A bare list `[{"containerID", "ifname"}, ...]`, or an object holding the key
+    (a network config as CNI GC passes it; its `name`, when present, is the network)."""
+    document = cni_config.load_json(text, source)
+    network = None
+    if isinstance(document, dict):
+        if VALID_ATTACHMENTS_KEY not in document:
+            raise BadInput(f"{source}: no {VALID_ATTACHMENTS_KEY!r} key in the document")
+        if document.get("name") is not None:
+            network = validate.cni_name(document["name"], f"network name in {source}")
+        document = document[VALID_ATTACHMENTS_KEY]
+    if not isinstance(document, list):
+        raise BadInput(
+            f"{source}: {VALID_ATTACHMENTS_KEY} must be a list of"
+            ' {"containerID": ..., "ifname": ...} objects'
+        )
+    ids = set()
+    for entry in document:
+        if not isinstance(entry, dict) or "containerID" not in entry:
+            raise BadInput(f"{source}: every valid attachment needs a containerID")
+        ifname = entry.get("ifname")
+        if ifname is not None and not isinstance(ifname, str):
+            raise BadInput(f"{source}: ifname must be a string")
+        ids.add(validate.cni_name(entry["containerID"], f"container ID in {source}"))
+    return ValidAttachments(network, frozenset(ids), source)
+
+
+def read_valid_attachments(path: str) -> ValidAttachments:
+    """The document in `path` (`-`: standard input)."""
+    source = "<stdin>" if path == "-" else path
+    return parse_valid_attachments(files.read_text(path, "--valid-attachments"), source)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What says which containers are live, besides the node's CNI cache."""
+
+    documents: Tuple[ValidAttachments, ...] = ()
+    keep: Tuple[str, ...] = ()
+    remove_all: bool = False
+
+
+def cache_present(cache_dir: str) -> bool:
+    return os.path.isdir(results_dir(cache_dir))
+
+
+def require_source(sources: Sources, cache_dir: str) -> None:
+    """Refuse (exit 2) when nothing says what is live and --all was not given."""
+    if sources.documents or sources.keep or sources.remove_all or cache_present(cache_dir):
+        return
+    raise BadInput(
+        f"nothing says which containers are live (no CNI cache at {results_dir(cache_dir)},"
+        " no --valid-attachments, no --keep): give one, or --all to remove every"
+        " per-container chain"
+    )
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """Everything the sources say, merged."""
+
+    chains: FrozenSet[str] = frozenset()  # exact chain names of live attachments
+    ids: FrozenSet[str] = frozenset()  # container IDs live on any network
+    keep: Tuple[str, ...] = ()  # --keep: IDs or ID prefixes
+    networks: FrozenSet[str] = frozenset()  # networks the sources name
+    scope: Optional[FrozenSet[str]] = None  # None: the sources speak for every network
+
+    def derived_chains(self, chains: Sequence[ChainInfo]) -> FrozenSet[str]:
+        """Chain names that (network seen, live ID) pairs give: match by name first."""
+        networks = set(self.networks)
+        for chain in chains:
+            networks.update(e.network for e in chain.entries if e.network)
+        ids = self.ids | {k for k in self.keep if _is_cni_name(k)}
+        return frozenset(
+            chain_name(network, cid, prefix)
+            for network in networks
+            for cid in ids
+            for prefix in ("DN-", "SN-")
+        )
+
+    def is_live(self, chain: ChainInfo, derived: FrozenSet[str]) -> bool:
+        if chain.name in self.chains or chain.name in derived:
+            return True
+        ids = {e.container_id for e in chain.entries if e.container_id}
+        if ids & self.ids:
+            return True
+        return any(cid.startswith(prefix) for cid in ids for prefix in self.keep)
+
+    def in_scope(self, chain: ChainInfo) -> bool:
+        if self.scope is None:
+            return True
+        networks = {e.network for e in chain.entries if e.network}
+        return bool(networks) and networks <= self.scope
+
+
+def _is_cni_name(value: str) -> bool:
+    try:
+        validate.cni_name(value, "container ID")
+    except BadInput:
+        return False
+    return True
+
+
+def liveness(sources: Sources, attachments: Optional[Sequence[Attachment]]) -> Liveness:
+    chains: Set[str] = set()
+    ids: Set[str] = set()
+    networks: Set[str] = set()
+    scoped: Set[str] = set()
+    for attachment in attachments or ():
+        chains.update((attachment.dnat_chain, attachment.snat_chain))
+        networks.add(attachment.network)
+    for document in sources.documents:
+        if document.network is None:
+            ids.update(document.container_ids)
+            continue
+        networks.add(document.network)
+        scoped.add(document.network)
+        for cid in document.container_ids:
+            chains.update(chain_name(document.network, cid, p) for p in ("DN-", "SN-"))
+    everywhere = (
+        attachments is not None
+        or sources.remove_all
+        or any(d.network is None for d in sources.documents)
+        or not sources.documents  # --keep alone: SPEC says it is a source of its own
+    )
+    return Liveness(
+        frozenset(chains),
+        frozenset(ids),
+        tuple(sources.keep),
+        frozenset(networks),
+        None if everywhere else frozenset(scoped),
+    )
+
+
+# --- planning -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GcChain:
+    """A per-container chain gc removes (or would), or waits on (pending)."""
+
+    chain: str
+    family: int
+    kind: str  # "dnat" | "legacy-snat"
+    network: Optional[str]
+    container_id: Optional[str]
+    host_ports: Tuple[ProtoPort, ...]
+    seen_seconds: float
+
+
+@dataclass(frozen=True)
+class FamilyPlan:
+    family: int
+    removed: Tuple[GcChain, ...]
+    pending: Tuple[GcChain, ...]
+    kept: int
+    shared_removed: Tuple[str, ...]  # CNI-HOSTPORT-SNAT, once empty
+    freed_udp_ports: Tuple[int, ...]  # UDP host ports mapped before, not after
+    seen: Mapping[str, gc_state.Seen]  # every chain not live now, for the state file
+    transaction: Transaction
+
+
+def state_key(family: int, chain: str) -> str:
+    return f"{family} {chain}"
+
+
+def fingerprint(chain: ChainInfo) -> str:
+    """The chain's rules and the rules entering it (not their positions: another
+    chain's entry rules going away must not restart the clock)."""
+    digest = hashlib.sha256()
+    for rule in chain.rules:
+        digest.update(b"R\0" + "\0".join(rule).encode() + b"\n")
+    for entry_chain, args in sorted((e.chain, e.args) for e in chain.entries):
+        digest.update(b"E\0" + entry_chain.encode() + b"\0" + "\0".join(args).encode() + b"\n")
+    return digest.hexdigest()[:32]
+
+
+def _host_ports(chain: ChainInfo) -> Tuple[ProtoPort, ...]:
+    # A legacy SN- chain's --dport is the container port; only DN- chains map host ports.
+    return () if chain.kind == "legacy-snat" else chain.host_ports
+
+
+def _gc_chain(chain: ChainInfo, ports: Tuple[ProtoPort, ...], seen_seconds: float) -> GcChain:
+    return GcChain(
+        chain.name,
+        chain.family,
+        chain.kind,
+        chain.network,
+        chain.container_id,
+        ports,
+        round(max(seen_seconds, 0.0), 1),
+    )
+
+
+def plan_family(
+    table: NatTable,
+    live: Liveness,
+    seen: Mapping[str, gc_state.Seen],
+    now: float,
+    min_age: float,
+    only: Optional[FrozenSet[Tuple[int, str]]] = None,
+) -> FamilyPlan:
+    """What gc does to one family's table. Pure: the caller reads and applies.
+
+    `seen` is the state file's memory; `only` (confirmed at a prompt) limits what
+    may go now.
+    """
+    family = table.family
+    chains = inventory.build({family: table}).chains
+    ports = {chain.name: _host_ports(chain) for chain in chains}
+    derived = live.derived_chains(chains)
+    removable: List[ChainInfo] = []
+    pending: List[GcChain] = []
+    new_seen: Dict[str, gc_state.Seen] = {}
+    kept = 0
+    for chain in chains:
+        if live.is_live(chain, derived) or not live.in_scope(chain):
+            kept += 1
+            continue
+        key = state_key(family, chain.name)
+        mark = fingerprint(chain)
+        before = seen.get(key)
+        first = before.first_seen if before is not None and before.fingerprint == mark else now
+        new_seen[key] = gc_state.Seen(mark, first)
+        allowed = only is None or (family, chain.name) in only
+        if now - first >= min_age and allowed:
+            removable.append(chain)
+        else:
+            pending.append(_gc_chain(chain, ports[chain.name], now - first))
+    txn = plan_teardown(table, [c.name for c in removable])
+    gone = {c.name for c in removable}
+    freed = _udp_ports(ports, gone) - _udp_ports(ports, set(ports) - gone)
+    shared = tuple(
+        op.chain for op in txn.ops if op.kind == "delete-chain" and op.chain == OLD_TOPLEVEL_SNAT
+    )
+    return FamilyPlan(
+        family,
+        tuple(
+            _gc_chain(c, ports[c.name], now - new_seen[state_key(family, c.name)].first_seen)
+            for c in removable
+        ),
+        tuple(pending),
+        kept,
+        shared,
+        tuple(sorted(freed)),
+        new_seen,
+        txn,
+    )
+
+
+def _udp_ports(ports: Mapping[str, Tuple[ProtoPort, ...]], names: Set[str]) -> Set[int]:
+    return {port for name in names for proto, port in ports[name] if proto == "udp"}
+
+
+# --- running it ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GcOptions:
+    min_age: float = DEFAULT_MIN_AGE
+    dry_run: bool = False
+    flush_udp: bool = True
+    only: Optional[FrozenSet[Tuple[int, str]]] = None  # what a prompt confirmed
+    state_dir: str = RUN_DIR
+
+
+@dataclass(frozen=True)
+class GcResult:
+    dry_run: bool
+    removed: Tuple[GcChain, ...]
+    pending: Tuple[GcChain, ...]
+    kept: int
+    conntrack_deleted: int
+    shared_removed: Tuple[Tuple[int, str], ...] = ()  # (family, CNI-HOSTPORT-SNAT)
+    transactions: Dict[int, str] = field(default_factory=dict)
+    warnings: Tuple[str, ...] = ()
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.removed or self.shared_removed)
+
+
+def _read_cache(node: Node) -> List[Attachment]:
+    for attempt in range(CACHE_READ_TRIES):
+        try:
+            found = node.read_cache()
+        except BadInput:
+            if attempt == CACHE_READ_TRIES - 1:
+                raise
+            time.sleep(CACHE_RETRY_SECONDS)
+            continue
+        if found is None:
+            raise HostProblem(
+                f"the CNI cache {results_dir(node.options.cache_dir)} disappeared while gc"
+                " ran: nothing removed from this family"
+            )
+        return found
+    raise AssertionError("unreachable")
+
+
+def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResult:
+    """Plan and (unless a dry run) apply the removal, family by family."""
+    require_source(sources, node.options.cache_dir)
+    use_cache = cache_present(node.options.cache_dir)
+    namespace = gc_state.namespace_key(node.options.netns)
+    seen, state_warnings = gc_state.load(options.state_dir, namespace)
+    warnings = list(state_warnings)
+    # Sightings of families not looked at this run stay as they are.
+    families = node.families
+    remembered: Dict[str, gc_state.Seen] = {
+        key: value for key, value in seen.items() if int(key.split(" ", 1)[0]) not in families
+    }
+    plans: List[FamilyPlan] = []
+    transactions: Dict[int, str] = {}
+    failure: Optional[ApplyFailed] = None
+    for family in families:
+        latest: List[FamilyPlan] = []
+
+        def plan(table: NatTable, latest: List[FamilyPlan] = latest) -> Transaction:
+            # The cache is read after the table: a container whose ADD finished in
+            # between counts as live (the other order could miss it).
+            attachments = _read_cache(node) if use_cache else None
+            found = plan_family(
+                table,
+                liveness(sources, attachments),
+                seen,
+                gc_state.clock(),
+                options.min_age,
+                options.only,
+            )
+            latest.append(found)
+            return found.transaction
+
+        try:
+            txn = node.converge(family, plan, options.dry_run)
+        except ApplyFailed as err:
+            done_before = sum(len(p.removed) for p in plans)
+            failure = ApplyFailed(
+                f"IPv{family}: {err}"
+                + (f" (earlier families: {done_before} chains removed)" if done_before else "")
+            )
+            if latest:
+                remembered.update(latest[-1].seen)  # nothing went: remember all of it
+            break
+        done = latest[-1]
+        plans.append(done)
+        if txn and options.dry_run:  # shown with -v; an applied one was rendered already
+            transactions[family] = txn.render()
+        remembered.update(done.seen)
+        if not options.dry_run:
+            for chain in done.removed:
+                remembered.pop(state_key(family, chain.chain), None)
+    if not options.dry_run:
+        gc_state.save(options.state_dir, namespace, remembered)
+    freed = {p.family: p.freed_udp_ports for p in plans if p.freed_udp_ports}
+    deleted, flush_warnings = 0, ()
+    if not options.dry_run and options.flush_udp and freed:
+        # Also when a later family failed: what went in the others went for good.
+        deleted, flush_warnings = flush_udp(freed)
+    if failure is not None:
+        raise failure
+    return GcResult(
+        options.dry_run,
+        tuple(c for p in plans for c in p.removed),
+        tuple(c for p in plans for c in p.pending),
+        sum(p.kept for p in plans),
+        deleted,
+        tuple((p.family, name) for p in plans for name in p.shared_removed),
+        transactions,
+        tuple(warnings) + flush_warnings,
+    )
+
+
+def flush_udp(ports: Mapping[int, Sequence[int]]) -> Tuple[int, Tuple[str, ...]]:
+    """Delete the UDP conntrack entries to these host ports, per family.
+
+    The chains are gone by now, so a failure here is a warning (as in the plugin's
+    ADD), not a failed gc: the entries expire when their flows go idle.
+    """
+    from portmapctl.host import conntrack  # imported only when there is work
+
+    deleted = 0
+    warnings = []
+    for family, family_ports in sorted(ports.items()):
+        try:
+            deleted += conntrack.delete(conntrack.list_udp((family,), family_ports))
+        except Exception as err:  # noqa: BLE001 - reported, never fatal after the removal
+            shown = ",".join(str(p) for p in family_ports[:10])
+            more = "..." if len(family_ports) > 10 else ""
+            warnings.append(
+                f"could not flush IPv{family} UDP conntrack entries for ports {shown}{more}: {err}"
+            )
+    return deleted, tuple(warnings)

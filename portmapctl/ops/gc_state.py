@@ -1,0 +1,193 @@
+"""When `gc` first saw each chain that is not live: /run/portmapctl/gc-state.json.
+
+`gc --min-age` removes a chain only once it has seen it not live and unchanged for
+that long (SPEC §3), so the first sighting must outlive the run. The file holds, per
+network namespace, `"<family> <chain>" -> {fingerprint, first_seen}`; gc rewrites its
+namespace's part on every run, which forgets chains that became live, changed or went.
+
+Times are CLOCK_BOOTTIME seconds: wall-clock jumps (NTP, a wrong clock set right)
+must not age a chain early. A different boot ID (after a reboot, should /run not be a
+tmpfs) discards the file. A file we cannot read is treated as empty: that delays a
+removal, never hastens it.
+
+Written atomically (a new file renamed over the old one), 0600 in the 0700 run
+directory, never through a symlink: the same care as `lock.py`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from portmapctl.errors import HostProblem
+from portmapctl.host.lock import safe_run_dir
+
+STATE_FILE = "gc-state.json"
+VERSION = 1
+MAX_STATE_BYTES = 16 * 1024 * 1024
+# A namespace's part nobody has updated for this long belongs to a namespace that is
+# gone (namespace inode numbers are reused, so it must not linger).
+FORGET_NAMESPACE_SECONDS = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A chain seen not live: its fingerprint then, and since when (boot-time seconds)."""
+
+    fingerprint: str
+    first_seen: float
+
+
+def clock() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def namespace_key(label: Optional[str] = None) -> str:
+    """The current network namespace: `--netns` as given, plus the namespace's inode."""
+    try:
+        info = os.stat("/proc/self/ns/net")
+        identity = f"{info.st_dev}:{info.st_ino}"
+    except OSError:
+        identity = "?"
+    return f"{label or ''}@{identity}"
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _path(state_dir: str) -> str:
+    return os.path.join(state_dir, STATE_FILE)
+
+
+def _read_document(state_dir: str) -> Tuple[dict, List[str]]:
+    """The whole file as a dict ({} when absent or unusable), with warnings."""
+    path = _path(state_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return {}, []
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise HostProblem(f"{path} is a symlink: refusing to follow it") from None
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return {}, [f"cannot read {path}: {err.strerror}"]
+        raise HostProblem(f"cannot open {path}: {err.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            return {}, [f"{path} is not a regular file owned by us: ignoring it"]
+        data = os.read(fd, MAX_STATE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_STATE_BYTES:
+        return {}, [f"{path} is larger than {MAX_STATE_BYTES // 2**20} MiB: starting afresh"]
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return {}, [f"{path} is not valid JSON: starting afresh"]
+    if (
+        not isinstance(document, dict)
+        or document.get("version") != VERSION
+        or document.get("boot_id") != _boot_id()
+        or not isinstance(document.get("namespaces"), dict)
+    ):
+        return {}, []
+    return document, []
+
+
+def load(state_dir: str, namespace: str) -> Tuple[Dict[str, Seen], List[str]]:
+    """The chains seen in this namespace, and warnings about the file."""
+    document, warnings = _read_document(state_dir)
+    part = document.get("namespaces", {}).get(namespace)
+    chains = part.get("chains") if isinstance(part, dict) else None
+    if not isinstance(chains, dict):
+        return {}, warnings
+    now = clock()
+    found: Dict[str, Seen] = {}
+    for key, value in chains.items():
+        if not isinstance(value, dict):
+            continue
+        fingerprint, first_seen = value.get("fingerprint"), value.get("first_seen")
+        if (
+            isinstance(key, str)
+            and isinstance(fingerprint, str)
+            and isinstance(first_seen, (int, float))
+            and not isinstance(first_seen, bool)
+            and 0 <= first_seen <= now  # a time from the future is not to be trusted
+        ):
+            found[key] = Seen(fingerprint, float(first_seen))
+    return found, warnings
+
+
+def save(state_dir: str, namespace: str, chains: Mapping[str, Seen]) -> None:
+    """Replace this namespace's part of the file; drop parts nobody updates any more."""
+    safe_run_dir(state_dir)
+    document, _ = _read_document(state_dir)
+    now = clock()
+    namespaces = {
+        key: part
+        for key, part in document.get("namespaces", {}).items()
+        if isinstance(part, dict)
+        and isinstance(part.get("updated"), (int, float))
+        and now - FORGET_NAMESPACE_SECONDS <= part["updated"] <= now
+        and key != namespace
+    }
+    if chains:
+        namespaces[namespace] = {
+            "updated": now,
+            "chains": {
+                key: {"fingerprint": seen.fingerprint, "first_seen": seen.first_seen}
+                for key, seen in sorted(chains.items())
+            },
+        }
+    text = json.dumps(
+        {"version": VERSION, "boot_id": _boot_id(), "namespaces": namespaces},
+        separators=(",", ":"),
+    )
+    _write_atomically(_path(state_dir), text.encode())
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write a new file beside `path` and rename it over `path`.
+
+    O_EXCL|O_NOFOLLOW: the new file is ours, not something planted at that name;
+    rename(2) replaces a symlink at `path` rather than writing through it. Readers
+    see the old file or the new one, never half of one.
+    """
+    temporary = f"{path}.{os.getpid()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(2):
+        try:
+            fd = os.open(temporary, flags, 0o600)
+            break
+        except FileExistsError:
+            os.unlink(temporary)  # left by a run that died (unlink does not follow links)
+        except OSError as err:
+            raise HostProblem(f"cannot write {temporary}: {err.strerror}") from None
+    else:
+        raise HostProblem(f"cannot write {temporary}: it keeps reappearing")
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except OSError as err:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise HostProblem(f"cannot write {path}: {err.strerror}") from None

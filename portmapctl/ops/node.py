@@ -1,0 +1,138 @@
+"""A node as the commands see it: where to look (namespace, backend, cache) and
+how to read and change it safely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+from portmapctl.cni import cache as cni_cache
+from portmapctl.errors import ApplyFailed, HostProblem
+from portmapctl.host import lock, netns, paths
+from portmapctl.iptables.access import Backend, open_backend
+from portmapctl.iptables.ruleset import NatTable
+from portmapctl.iptables.transaction import Transaction
+
+DEFAULT_CACHE_DIR = paths.CNI_CACHE_DIR
+APPLY_TRIES = 3
+CAP_NET_ADMIN = 12
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """The options every command takes (SPEC §3)."""
+
+    backend: str = "auto"
+    families: Tuple[int, ...] = (4, 6)
+    netns: Optional[str] = None
+    cache_dir: str = DEFAULT_CACHE_DIR
+    snapshots: Dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Node:
+    options: NodeOptions
+    backend: Backend
+
+    @property
+    def families(self) -> Tuple[int, ...]:
+        if self.options.snapshots:
+            return tuple(f for f in self.options.families if f in self.options.snapshots)
+        return self.options.families
+
+    def read(self, families: Optional[Tuple[int, ...]] = None) -> Dict[int, NatTable]:
+        wanted = families or self.families
+        read_families = getattr(self.backend, "read_families", None)
+        if read_families is not None and len(wanted) > 1:
+            return read_families(wanted)
+        return {f: self.backend.read(f) for f in wanted}
+
+    def read_cache(self) -> Optional[List[cni_cache.Attachment]]:
+        return cni_cache.read_cache(self.options.cache_dir)
+
+    def read_with_cache(self) -> Tuple[Dict[int, NatTable], Optional[List[cni_cache.Attachment]]]:
+        """read() and read_cache() at once, for a command that only looks (`list`).
+
+        The cache is read while iptables-save runs on the other core: 0.07 s of the
+        0.39 s that `list` took for 1,000 containers. The saves are started from a
+        thread, which is in the namespace this one has entered (a new thread starts in
+        its creator's); errors come out as from read() and then read_cache().
+        Commands that change the node read in their own order (gc: tables first).
+        """
+        import threading
+
+        found: Dict[str, object] = {}
+
+        def save() -> None:
+            try:
+                found["tables"] = self.read()
+            except BaseException as err:  # noqa: BLE001 - re-raised below, in this thread
+                found["error"] = err
+
+        saver = threading.Thread(target=save, name="iptables-save", daemon=True)
+        saver.start()
+        try:
+            cache = self.read_cache()
+        except BaseException:
+            saver.join()
+            if "error" in found:  # the tables' problem first, as read() then read_cache()
+                raise found["error"] from None  # type: ignore[misc]
+            raise
+        saver.join()
+        if "error" in found:
+            raise found["error"]  # type: ignore[misc]
+        return found["tables"], cache  # type: ignore[return-value]
+
+    def converge(
+        self, family: int, plan: Callable[[NatTable], Transaction], dry_run: bool = False
+    ) -> Transaction:
+        """Read, plan, apply; when the table changed under us (the plugin ran), again.
+
+        Every try is one whole transaction, so a failed try changes nothing.
+        Returns the transaction that was applied (or would be, in a dry run).
+        """
+        error: Optional[ApplyFailed] = None
+        for _ in range(APPLY_TRIES):
+            txn = plan(self.backend.read(family))
+            if dry_run or not txn:
+                return txn
+            try:
+                self.backend.apply(txn)
+                return txn
+            except ApplyFailed as err:
+                error = err
+        outcome = (
+            "the last try may have been applied (whole): run again to see"
+            if error is not None and error.maybe_applied
+            else "nothing changed"
+        )
+        raise ApplyFailed(f"gave up after {APPLY_TRIES} tries, {outcome}: {error}")
+
+
+def has_net_admin() -> bool:
+    """CAP_NET_ADMIN in the effective set (root without it cannot change iptables)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
+
+
+@contextlib.contextmanager
+def opened(options: NodeOptions, write: bool = False) -> Iterator[Node]:
+    """Enter the namespace, pick the backend, and (to write) take the lock."""
+    if write and not options.snapshots and not has_net_admin():
+        raise HostProblem("changing iptables needs root (or CAP_NET_ADMIN): run with sudo")
+    with netns.entered(options.netns):
+        backend = open_backend(options.backend, options.snapshots)
+        if write and backend.writable:
+            with lock.held():
+                yield Node(options, backend)
+        else:
+            yield Node(options, backend)

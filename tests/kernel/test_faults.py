@@ -1,0 +1,275 @@
+"""Faults while writing (SPEC §4, §5): iptables-restore fails, dies or waits too long.
+
+Each family's change is one `iptables-restore --noflush` transaction, so whatever
+happens the ruleset is unchanged or fully changed, never half; the exit code and the
+line say what happened; and the retries (Node.converge, APPLY_TRIES) are bounded.
+
+The faults are real: a wrapper placed first on PATH in front of the real
+`iptables-*-restore` (it kills itself, or changes the table just before the real one
+runs), the real binary SIGKILLed while it waits for the xtables lock, and the lock
+held by another process for longer than the wait (`PORTMAPCTL_XTABLES_WAIT`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import pytest
+import realplugin as rp
+from pmctl import assert_error, run
+
+from portmapctl.iptables.access.restore import WAIT_ENV
+from portmapctl.iptables.chains import chain_name
+from portmapctl.ops.node import APPLY_TRIES
+
+XTABLES_LOCK = "/run/xtables.lock"
+CHAIN = chain_name("mynet", "new1")
+
+
+def _add_args(ns: str, mode: str, *extra: str) -> List[str]:
+    return ["add", "--netns", ns, "--backend", mode, "--network", "mynet", "--container",
+            "new1", "--ip", "10.88.0.5/16", "-p", "8080:80", "-p", "5353:53/udp", *extra]  # fmt: skip
+
+
+def _state(ns: str, mode: str = "nft") -> dict:
+    return {f: rp.strip_save_comments(rp.save(ns, f, mode)) for f in (4, 6)}
+
+
+@pytest.fixture
+def node(host_ns):
+    """A namespace with one plugin-made container, so 'unchanged' means something."""
+    conf = rp.plugin_conf(
+        "othernet", ["10.88.0.9/16"], [{"hostPort": 7070, "containerPort": 70, "protocol": "tcp"}]
+    )
+    rp.run_plugin("ADD", host_ns, "existing", conf, check=True)
+    return host_ns
+
+
+def _wrapper(tmp_path: Path, tool: str, body: str) -> tuple:
+    """A folder with `tool` (e.g. iptables-nft-restore) in front of the real one; each
+    call appends a line to the returned log, then runs `body` (bash; $REAL is the
+    real binary, stdin is the transaction)."""
+    folder = tmp_path / "wrap"
+    folder.mkdir(exist_ok=True)
+    log = tmp_path / f"{tool}.calls"
+    script = folder / tool
+    script.write_text(f'#!/bin/bash\nREAL=/usr/sbin/{tool}\necho "$$ $*" >> {log}\n{body}\n')
+    script.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}, log
+
+
+def _calls(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def _chain_lines(ns: str, family: int = 4, mode: str = "nft") -> List[str]:
+    return [line for line in rp.save(ns, family, mode).splitlines() if CHAIN in line]
+
+
+def test_restore_killed_before_it_applies_changes_nothing_after_bounded_tries(node, tmp_path):
+    env, log = _wrapper(tmp_path, "iptables-nft-restore", "cat > /dev/null\nkill -KILL $$")
+    before = _state(node)
+    done = run(_add_args(node, "nft", "--family", "4"), env=env)
+    assert_error(done, 1, f"gave up after {APPLY_TRIES} tries", "was killed by SIGKILL",
+                 "whole or not at all")  # fmt: skip
+    assert _calls(log) == APPLY_TRIES
+    assert _state(node) == before
+
+
+def test_restore_killed_after_it_applied_is_found_done_on_the_re_read(node, tmp_path):
+    """Killed after the commit: the transaction went in whole; the retry re-reads, finds
+    nothing left to do and succeeds."""
+    env, log = _wrapper(tmp_path, "iptables-nft-restore", '"$REAL" "$@"\nkill -KILL $$')
+    done = run(_add_args(node, "nft", "--family", "4"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert _calls(log) == 1
+    assert _chain_lines(node)  # fully there: the plugin's own CHECK agrees
+    conf = rp.plugin_conf(
+        "mynet",
+        ["10.88.0.5/16"],
+        [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 5353, "containerPort": 53, "protocol": "udp"},
+        ],
+    )
+    for check in rp.run_check(node, "new1", conf):
+        assert check.returncode == 0, check.stderr
+
+
+def test_a_table_that_keeps_changing_is_given_up_on_without_a_half_change(node, tmp_path):
+    """Before each real restore, someone (as the plugin would) creates or deletes the
+    very chain the transaction is about: every plan is stale when it is applied."""
+    toggle = (
+        f"if /usr/sbin/iptables-nft -t nat -S {CHAIN} >/dev/null 2>&1;"
+        f" then /usr/sbin/iptables-nft -t nat -X {CHAIN};"
+        f' else /usr/sbin/iptables-nft -t nat -N {CHAIN}; fi\nexec "$REAL" "$@"'
+    )
+    env, log = _wrapper(tmp_path, "iptables-nft-restore", toggle)
+    before = _state(node)
+    started = time.monotonic()
+    done = run(_add_args(node, "nft", "--family", "4"), env=env)
+    assert_error(done, 1, f"IPv4: gave up after {APPLY_TRIES} tries, nothing changed")
+    assert _calls(log) == APPLY_TRIES
+    assert time.monotonic() - started < 10
+    # Only the other party's change is there (its chain, toggled 3 times: present, empty).
+    after = _state(node)
+    assert after[6] == before[6]
+    assert _chain_lines(node) == [f":{CHAIN} - [0:0]"]
+    assert [line for line in after[4].splitlines() if CHAIN not in line] == before[4].splitlines()
+
+
+def test_rules_iptables_refuses_in_one_family_leave_the_other_whole(node, tmp_path):
+    """Conditions are iptables' own syntax: only iptables can refuse a match it does not
+    know. Each family is its own transaction: IPv4 goes in whole, IPv6 not at all,
+    and the line says so."""
+    before = _state(node)
+    args = _add_args(node, "nft", "--ip", "fd00::5/64", "--conditions-v6", "-m nosuchmatch")
+    done = run(args)
+    assert_error(done, 1, "IPv6: gave up after", "nosuchmatch", "(IPv4 was applied)")
+    after = _state(node)
+    assert after[6] == before[6]
+    assert CHAIN in after[4]
+    conf = rp.plugin_conf(
+        "mynet",
+        ["10.88.0.5/16"],
+        [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 5353, "containerPort": 53, "protocol": "udp"},
+        ],
+    )
+    for check in rp.run_check(node, "new1", conf):
+        assert check.returncode == 0, check.stderr
+
+
+# --- the xtables lock (legacy iptables) --------------------------------------------------
+
+
+class LockHolder:
+    """Another process holding the xtables lock, as a running iptables-legacy would."""
+
+    def __init__(self) -> None:
+        code = (
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({XTABLES_LOCK!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n"  # held until told
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline() == "held\n"
+
+    def release(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def legacy_node(host_ns):
+    if not rp.mode_available("legacy")[0]:
+        pytest.skip(rp.mode_available("legacy")[1])
+    conf = rp.plugin_conf(
+        "othernet", ["10.88.0.9/16"], [{"hostPort": 7070, "containerPort": 70, "protocol": "tcp"}]
+    )
+    rp.run_plugin("ADD", host_ns, "existing", conf, mode="legacy", check=True)
+    return host_ns
+
+
+def test_xtables_lock_held_longer_than_the_wait_fails_cleanly(legacy_node):
+    before = _state(legacy_node, "legacy")
+    holder = LockHolder()
+    try:
+        started = time.monotonic()
+        done = run(_add_args(legacy_node, "legacy", "--family", "4"), env={WAIT_ENV: "1"})
+        elapsed = time.monotonic() - started
+    finally:
+        holder.release()
+    assert_error(
+        done,
+        1,
+        f"gave up after {APPLY_TRIES} tries, nothing changed",
+        "waiting 1 s for the xtables lock",
+    )
+    # Bounded: three tries of a one-second wait, not three of the default ten.
+    assert APPLY_TRIES * 1 <= elapsed < APPLY_TRIES * 1 + 4
+    assert _state(legacy_node, "legacy") == before
+
+
+def _child_restore(parent: int) -> Optional[int]:
+    """The pid of the iptables-legacy-restore that `parent` runs, if any."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"restore" in cmdline:
+            return int(entry)
+    return None
+
+
+def test_restore_sigkilled_while_it_waits_for_the_lock_is_retried(legacy_node):
+    """The real iptables-legacy-restore, waiting (-w) for a lock someone holds, is
+    killed: nothing was applied; the lock is then freed and the retry applies it all."""
+    holder = LockHolder()
+    try:
+        command = subprocess.Popen(
+            [sys.executable, "-m", "portmapctl",
+             *_add_args(legacy_node, "legacy", "--family", "4")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, **{WAIT_ENV: "30"}),
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        victim = None
+        while victim is None and time.monotonic() < deadline:
+            victim = _child_restore(command.pid)
+            time.sleep(0.02)
+        assert victim is not None, "portmapctl never ran iptables-legacy-restore"
+        time.sleep(0.2)  # well inside its wait for the lock
+        assert _chain_lines(legacy_node, mode="legacy") == []
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(0.2)
+    finally:
+        holder.release()
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 0, err
+    assert f"added {CHAIN}" in err
+    lines = _chain_lines(legacy_node, mode="legacy")
+    assert len([line for line in lines if line.startswith("-A CNI-DN")]) == 6  # whole
+
+
+def test_each_family_is_one_restore_transaction(node, tmp_path):
+    """Whatever the command, each family it changes is written by exactly one
+    `iptables-restore --noflush -w` run."""
+    env: dict = {}
+    logs = {}
+    for tool in ("iptables-nft-restore", "ip6tables-nft-restore"):
+        env, logs[tool] = _wrapper(tmp_path, tool, 'exec "$REAL" "$@"')
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    common = ["--netns", node, "--backend", "nft", "--cni-cache-dir", str(cache)]
+    add = ["add", "--network", "mynet", "--container", "new1", "--ip", "10.88.0.5/16",
+           "--ip", "fd00::5/64", *(a for p in range(8001, 8041) for a in ("-p", f"{p}:80"))]  # fmt: skip
+    gc = ["gc", "--yes", "--all", "--min-age", "0"]
+    for command in (add, gc):
+        for log in logs.values():
+            log.unlink(missing_ok=True)
+        done = run([*command, *common], env=env)
+        assert done.returncode == 0, done.stderr
+        for log in logs.values():
+            calls = log.read_text().splitlines()
+            assert len(calls) == 1, (command[0], calls)
+            assert calls[0].split()[1:] == ["--noflush", "-w", "10"]

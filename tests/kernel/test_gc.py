@@ -1,0 +1,950 @@
+"""`gc`: what it removes, what it never touches, and how it behaves under cron.
+
+Pure planning on the real-plugin fixtures first; then the command against the real
+plugin and real iptables (nf_tables and legacy) in throwaway namespaces: live
+containers survive (the plugin's CHECK passes), foreign rules stay byte for byte,
+retries when the plugin changes the table meanwhile, refusals change nothing, and a
+plugin that keeps adding and deleting containers while gc runs in a loop loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import pytest
+import realplugin as rp
+from fixtures_lib import table
+from pmctl import assert_error, run
+
+from portmapctl.errors import ApplyFailed, BadInput, HostProblem
+from portmapctl.host import netns
+from portmapctl.iptables.access.restore import RestoreBackend
+from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, TOPLEVEL_DNAT, chain_name
+from portmapctl.iptables.inventory import build
+from portmapctl.iptables.planner import plan_teardown
+from portmapctl.iptables.ruleset import NatTable, parse_save, rule_target
+from portmapctl.ops import gc_state
+from portmapctl.ops.gc import (
+    GcOptions,
+    Sources,
+    ValidAttachments,
+    fingerprint,
+    gc,
+    liveness,
+    parse_valid_attachments,
+    plan_family,
+    state_key,
+)
+from portmapctl.ops.node import Node, NodeOptions
+
+# --- valid-attachments documents ----------------------------------------------------------
+
+
+def test_valid_attachments_bare_list_and_network_config():
+    bare = parse_valid_attachments(
+        '[{"containerID": "a1", "ifname": "eth0"}, {"containerID": "b2", "ifname": "eth1"}]', "f"
+    )
+    assert bare.network is None and bare.container_ids == {"a1", "b2"}
+    conf = {
+        "cniVersion": "1.1.0",
+        "name": "podman",
+        "plugins": [{"type": "bridge"}, {"type": "portmap"}],
+        "cni.dev/valid-attachments": [{"containerID": "a1", "ifname": "eth0"}],
+    }
+    scoped = parse_valid_attachments(json.dumps(conf), "f")
+    assert scoped.network == "podman" and scoped.container_ids == {"a1"}
+    unnamed = parse_valid_attachments('{"cni.dev/valid-attachments": []}', "f")
+    assert unnamed.network is None and unnamed.container_ids == frozenset()
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("{", "not valid JSON"),
+        ('{"name": "x"}', "no 'cni.dev/valid-attachments'"),
+        ('{"cni.dev/valid-attachments": {}}', "must be a list"),
+        ('[{"ifname": "eth0"}]', "containerID"),
+        ('[{"containerID": "bad id"}]', "invalid container ID"),
+        ('[{"containerID": "a", "ifname": 3}]', "ifname"),
+        ('{"name": "bad/net", "cni.dev/valid-attachments": []}', "invalid network name"),
+        ("42", "must be a list"),
+    ],
+)
+def test_valid_attachments_rejects_malformed_documents(text, words):
+    with pytest.raises(BadInput, match=words.replace("(", r"\(")):
+        parse_valid_attachments(text, "doc.json")
+
+
+# --- planning on real plugin output -------------------------------------------------------
+
+
+def _chain_names(tbl: NatTable) -> Dict[str, str]:
+    """container ID -> its DN- chain, from the entry comments."""
+    return {c.container_id: c.name for c in build({tbl.family: tbl}).chains if c.container_id}
+
+
+def _plan(tbl, live, seen=None, now=1000.0, min_age=0.0, only=None):
+    return plan_family(tbl, live, seen or {}, now, min_age, only)
+
+
+def test_plan_removes_exactly_the_containers_not_live():
+    tbl = table("three-containers", 4)
+    names = _chain_names(tbl)
+    live = liveness(Sources(keep=("ctr2",)), None)
+    plan = _plan(tbl, live)
+    assert {c.chain for c in plan.removed} == {names["ctr1"], names["ctr3"]}
+    assert plan.kept == 1 and plan.pending == ()
+    removed = {c.container_id: c for c in plan.removed}
+    assert removed["ctr1"].host_ports == (("tcp", 8081),)
+    assert removed["ctr1"].network == "mynet" and removed["ctr1"].kind == "dnat"
+    # ctr2's 5353/udp stays mapped: nothing to flush.
+    assert plan.freed_udp_ports == ()
+
+
+def test_plan_frees_udp_ports_no_other_chain_maps():
+    tbl = table("three-containers", 4)
+    plan = _plan(tbl, liveness(Sources(keep=("ctr1",)), None))
+    assert plan.freed_udp_ports == (5353,)
+
+
+def test_cache_liveness_is_by_network_and_id():
+    """A cached attachment keeps its own chains, not those of the same ID elsewhere."""
+    from portmapctl.cni.cache import Attachment
+
+    tbl = table("three-containers", 4)
+    names = _chain_names(tbl)
+    same_net = Attachment("mynet", "ctr1", "eth0", "/x", None)
+    other_net = Attachment("renamed", "ctr3", "eth0", "/y", None)
+    plan = _plan(tbl, liveness(Sources(), [same_net, other_net]))
+    assert {c.chain for c in plan.removed} == {names["ctr2"], names["ctr3"]}
+
+
+def test_network_scoped_document_leaves_other_networks_alone():
+    tbl = table("three-containers", 4)
+    names = _chain_names(tbl)
+    mine = ValidAttachments("mynet", frozenset({"ctr1"}), "doc")
+    plan = _plan(tbl, liveness(Sources(documents=(mine,)), None))
+    assert {c.chain for c in plan.removed} == {names["ctr2"], names["ctr3"]}
+    other = ValidAttachments("othernet", frozenset(), "doc")
+    plan = _plan(tbl, liveness(Sources(documents=(other,)), None))
+    assert plan.removed == () and plan.kept == 3
+    # A --keep does not widen a document's scope; a bare list or --all does.
+    plan = _plan(tbl, liveness(Sources(documents=(other,), keep=("ctr1",)), None))
+    assert plan.removed == ()
+    bare = ValidAttachments(None, frozenset({"ctr1"}), "doc")
+    plan = _plan(tbl, liveness(Sources(documents=(other, bare)), None))
+    assert {c.chain for c in plan.removed} == {names["ctr2"], names["ctr3"]}
+
+
+def test_keep_matches_an_id_prefix():
+    tbl = table("three-containers", 4)
+    plan = _plan(tbl, liveness(Sources(keep=("ctr",)), None))
+    assert plan.removed == () and plan.kept == 3
+
+
+def test_a_cut_comment_is_matched_by_chain_name():
+    """A 200-character ID is cut out of its comment: the chain name still names it."""
+    tbl = table("long-comment", 4)
+    [info] = build({4: tbl}).chains
+    assert info.container_id is None and info.network is not None
+    full_id = json.loads((Path(__file__).parents[1] / "fixtures/long-comment.conf.json").read_text())[
+        "containers"
+    ][0]["containerId"]
+    for sources in (
+        Sources(keep=(full_id,)),
+        Sources(documents=(ValidAttachments(None, frozenset({full_id}), "doc"),)),
+    ):
+        plan = _plan(tbl, liveness(sources, None))
+        assert plan.removed == () and plan.kept == 1
+    plan = _plan(tbl, liveness(Sources(keep=("someone-else",)), None))
+    assert [c.chain for c in plan.removed] == [info.name]
+
+
+def test_orphan_chains_go_unless_live_by_name():
+    # The example node: "lost" is in the cache but nothing enters its chain.
+    text = (Path(__file__).parents[2] / "examples/node.v4.save").read_text()
+    tbl = parse_save(text, 4)
+    from portmapctl.cni.cache import read_cache
+
+    cache = read_cache(str(Path(__file__).parents[2] / "examples/cni-cache"))
+    orphans = [c for c in build({4: tbl}).chains if "orphan" in c.status]
+    assert orphans
+    plan = _plan(tbl, liveness(Sources(), cache))
+    assert not {c.name for c in orphans} & {c.chain for c in plan.removed}
+    plan = _plan(tbl, liveness(Sources(remove_all=True), None))
+    assert {c.name for c in orphans} <= {c.chain for c in plan.removed}
+
+
+def test_min_age_waits_and_a_changed_chain_starts_over():
+    tbl = table("three-containers", 4)
+    live = liveness(Sources(keep=("ctr2",)), None)
+    first = _plan(tbl, live, now=1000.0, min_age=60.0)
+    assert first.removed == () and len(first.pending) == 2
+    assert all(c.seen_seconds == 0 for c in first.pending)
+    later = _plan(tbl, live, seen=first.seen, now=1030.0, min_age=60.0)
+    assert [c.seen_seconds for c in later.pending] == [30.0, 30.0]
+    done = _plan(tbl, live, seen=first.seen, now=1060.0, min_age=60.0)
+    assert len(done.removed) == 2 and done.pending == ()
+    # A chain whose rules changed since is new again.
+    changed = {k: gc_state.Seen("0" * 32, v.first_seen) for k, v in first.seen.items()}
+    again = _plan(tbl, live, seen=changed, now=1060.0, min_age=60.0)
+    assert again.removed == () and all(c.seen_seconds == 0 for c in again.pending)
+    # A live chain is not remembered.
+    assert state_key(4, _chain_names(tbl)["ctr2"]) not in done.seen
+
+
+def test_fingerprint_ignores_position_but_not_content():
+    tbl = table("three-containers", 4)
+    chains = {c.container_id: c for c in build({4: tbl}).chains}
+    # ctr1's entry rule moves up when another container's entry rules go.
+    shorter = plan_teardown(tbl, [chains["ctr2"].name])
+    assert shorter
+    rules = [r for r in tbl.rules(TOPLEVEL_DNAT) if rule_target(r) != chains["ctr2"].name]
+    moved = NatTable(
+        4,
+        {
+            **{n: c for n, c in tbl.chains.items() if n != chains["ctr2"].name},
+            TOPLEVEL_DNAT: type(tbl.chains[TOPLEVEL_DNAT])(TOPLEVEL_DNAT, "-", tuple(rules)),
+        },
+    )
+    after = {c.container_id: c for c in build({4: moved}).chains}
+    assert after["ctr3"].entries[0].index != chains["ctr3"].entries[0].index
+    assert fingerprint(after["ctr3"]) == fingerprint(chains["ctr3"])
+    assert fingerprint(chains["ctr1"]) != fingerprint(chains["ctr3"])
+
+
+def test_only_limits_removal_to_what_was_confirmed():
+    tbl = table("three-containers", 4)
+    names = _chain_names(tbl)
+    live = liveness(Sources(remove_all=True), None)
+    plan = _plan(tbl, live, only=frozenset({(4, names["ctr1"])}))
+    assert [c.chain for c in plan.removed] == [names["ctr1"]]
+    assert {c.chain for c in plan.pending} == {names["ctr2"], names["ctr3"]}
+
+
+# --- the teardown transaction ---------------------------------------------------------------
+
+
+def _check_teardown(tbl: NatTable, removed: Sequence[str]) -> None:
+    """Properties every teardown has: deletes only what jumps to removed chains, all of
+    it, in chain order, and no -X of a chain something still jumps to."""
+    txn = plan_teardown(tbl, removed)
+    deletes = [op for op in txn.ops if op.kind == "delete"]
+    gone_chains = {op.chain for op in txn.ops if op.kind == "delete-chain"}
+    assert set(removed) <= gone_chains
+    for op in deletes:
+        assert rule_target(op.args) in gone_chains
+        assert op.chain not in set(removed)
+    wanted = [
+        (chain.name, rule)
+        for chain in tbl.chains.values()
+        if chain.name not in gone_chains
+        for rule in chain.rules
+        if rule_target(rule) in gone_chains
+    ]
+    assert sorted((op.chain, op.args) for op in deletes) == sorted(wanted)
+    for name in {op.chain for op in deletes}:
+        indexes = [tbl.rules(name).index(op.args) for op in deletes if op.chain == name]
+        assert indexes == sorted(indexes), f"{name}: deletes not in chain order"
+    position = {id(op): i for i, op in enumerate(txn.ops)}
+    for op in txn.ops:
+        if op.kind == "delete-chain":
+            later = [
+                d
+                for d in deletes
+                if rule_target(d.args) == op.chain and position[id(d)] > position[id(op)]
+            ]
+            assert not later, f"-X {op.chain} before a rule jumping to it is gone"
+            flushes = [f for f in txn.ops if f.kind == "flush" and f.chain == op.chain]
+            assert flushes and position[id(flushes[0])] < position[id(op)]
+
+
+def test_teardown_of_dnat_chains():
+    tbl = table("three-containers", 4)
+    names = _chain_names(tbl)
+    _check_teardown(tbl, [names["ctr1"], names["ctr3"]])
+    txn = plan_teardown(tbl, [names["ctr2"]])
+    # ctr2 has two entry rules (tcp, udp); nothing shared goes. Its chain is flushed
+    # first (the faster order for iptables-nft-restore: planner.plan_teardown).
+    assert [op.kind for op in txn.ops] == ["flush", "delete", "delete", "delete-chain"]
+
+
+def test_teardown_of_legacy_snat_in_the_order_nf_tables_accepts():
+    tbl = table("legacy-sn", 4)
+    dn = chain_name("mynet", "abc123", "DN-")
+    sn = chain_name("mynet", "abc123", "SN-")
+    _check_teardown(tbl, [dn, sn])
+    txn = plan_teardown(tbl, [sn])
+    kinds = [(op.kind, op.chain) for op in txn.ops]
+    # FACTS: flush CNI-HOSTPORT-SNAT, flush and delete the SN- chains, then the
+    # POSTROUTING jump, then CNI-HOSTPORT-SNAT itself.
+    assert kinds == [
+        ("flush", OLD_TOPLEVEL_SNAT),
+        ("flush", sn),
+        ("delete-chain", sn),
+        ("delete", "POSTROUTING"),
+        ("delete-chain", OLD_TOPLEVEL_SNAT),
+    ]
+
+
+def test_teardown_keeps_snat_chain_that_still_holds_something():
+    text = table("legacy-sn", 4)
+    sn = chain_name("mynet", "abc123", "SN-")
+    snat = text.chains[OLD_TOPLEVEL_SNAT]
+    foreign = ("-s", "10.1.0.0/16", "-j", "RETURN")
+    with_foreign = NatTable(
+        4, {**text.chains, OLD_TOPLEVEL_SNAT: type(snat)(snat.name, "-", (*snat.rules, foreign))}
+    )
+    txn = plan_teardown(with_foreign, [sn])
+    assert ("delete-chain", OLD_TOPLEVEL_SNAT) not in [(op.kind, op.chain) for op in txn.ops]
+    assert all(op.chain != "POSTROUTING" for op in txn.ops)
+    _check_teardown(with_foreign, [sn])
+
+
+def test_teardown_refuses_shared_and_foreign_chains():
+    tbl = table("foreign", 4)
+    for name in (TOPLEVEL_DNAT, "DOCKER", "PREROUTING"):
+        with pytest.raises(ValueError):
+            plan_teardown(tbl, [name])
+    assert not plan_teardown(tbl, ["CNI-DN-doesnotexist"])
+
+
+# --- the state file -------------------------------------------------------------------------
+
+
+def test_state_round_trip_safe_and_per_namespace(tmp_path):
+    run_dir = tmp_path / "run"
+    seen = {"4 CNI-DN-x": gc_state.Seen("f" * 32, gc_state.clock() - 5)}
+    gc_state.save(str(run_dir), "ns-a", seen)
+    gc_state.save(str(run_dir), "ns-b", {"6 CNI-DN-y": gc_state.Seen("e" * 32, 1.0)})
+    assert gc_state.load(str(run_dir), "ns-a") == (seen, [])
+    assert set(gc_state.load(str(run_dir), "ns-b")[0]) == {"6 CNI-DN-y"}
+    path = run_dir / gc_state.STATE_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    assert [p.name for p in run_dir.iterdir()] == [gc_state.STATE_FILE]  # no temporary left
+    gc_state.save(str(run_dir), "ns-a", {})
+    assert gc_state.load(str(run_dir), "ns-a") == ({}, [])
+    assert set(gc_state.load(str(run_dir), "ns-b")[0]) == {"6 CNI-DN-y"}
+
+
+def test_state_distrusts_what_it_cannot_vouch_for(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    path = run_dir / gc_state.STATE_FILE
+    path.write_text("{ half a file")
+    found, warnings = gc_state.load(str(run_dir), "ns")
+    assert found == {} and "not valid JSON" in warnings[0]
+    future = {"4 a": {"fingerprint": "f", "first_seen": gc_state.clock() + 3600}}
+    document = {
+        "version": 1,
+        "boot_id": gc_state._boot_id(),
+        "namespaces": {"ns": {"updated": gc_state.clock(), "chains": future}},
+    }
+    path.write_text(json.dumps(document))
+    assert gc_state.load(str(run_dir), "ns") == ({}, [])
+    document["namespaces"]["ns"]["chains"] = {"4 a": {"fingerprint": "f", "first_seen": 1.0}}
+    path.write_text(json.dumps(dict(document, boot_id="another boot")))
+    assert gc_state.load(str(run_dir), "ns") == ({}, [])
+    path.write_text(json.dumps(document))
+    assert gc_state.load(str(run_dir), "ns")[0] == {"4 a": gc_state.Seen("f", 1.0)}
+
+
+def test_state_refuses_symlinks(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    target = tmp_path / "elsewhere"
+    target.write_text("precious")
+    (run_dir / gc_state.STATE_FILE).symlink_to(target)
+    with pytest.raises(HostProblem, match="symlink"):
+        gc_state.load(str(run_dir), "ns")
+    with pytest.raises(HostProblem, match="symlink"):
+        gc_state.save(str(run_dir), "ns", {})
+    assert target.read_text() == "precious"
+    planted = tmp_path / "planted-dir"
+    planted.mkdir()
+    link_dir = tmp_path / "linkdir"
+    link_dir.symlink_to(planted)
+    with pytest.raises(HostProblem, match="not a directory owned by us"):
+        gc_state.save(str(link_dir), "ns", {})
+
+
+# --- the command against the real plugin --------------------------------------------------------
+
+
+def _ports(*specs: str) -> List[dict]:
+    found = []
+    for spec in specs:
+        port, proto = spec.split("/")
+        found.append({"hostPort": int(port), "containerPort": 80, "protocol": proto})
+    return found
+
+
+class Node_:
+    """A test node: the host namespace, its iptables flavour and a CNI cache."""
+
+    def __init__(self, host_ns: str, mode: str, cache: Path) -> None:
+        self.ns, self.mode, self.cache = host_ns, mode, cache
+        self.confs: Dict[str, dict] = {}
+
+    def add(self, network: str, cid: str, ips: Sequence[str], ports: List[dict], cache=True):
+        conf = rp.plugin_conf(network, ips, ports)
+        done = rp.run_plugin("ADD", self.ns, cid, conf, mode=self.mode)
+        assert done.returncode == 0, done.stdout + done.stderr
+        self.confs[cid] = conf
+        if cache:
+            self.cache_add(network, cid)
+        return conf
+
+    def cache_add(self, network: str, cid: str) -> Path:
+        conf = self.confs[cid]
+        ips = [ip["address"] for ip in conf["prevResult"]["ips"]]
+        ports = conf["runtimeConfig"]["portMappings"]
+        return rp.write_cni_cache(self.cache, network, cid, "eth0", conf, ports, ips)
+
+    def check(self, cid: str) -> None:
+        for done in rp.run_check(self.ns, cid, self.confs[cid], mode=self.mode):
+            assert done.returncode == 0, f"CHECK {cid}: {done.stdout}{done.stderr}"
+
+    def ipt(self, family: int, *args: str) -> None:
+        rp.iptables(self.ns, ["-t", "nat", *args], family=family, mode=self.mode)
+
+    def legacy_snat(self, network: str, cid: str, ip: str) -> str:
+        """A pre-2018 CNI-SN- chain, as the old plugin made it (by hand: nothing does now)."""
+        sn = chain_name(network, cid, "SN-")
+        if "-N CNI-HOSTPORT-SNAT" not in self.lines(4, keep_decl=True):
+            self.ipt(4, "-N", OLD_TOPLEVEL_SNAT)
+            self.ipt(
+                4,
+                "-A",
+                "POSTROUTING",
+                "-s",
+                "127.0.0.1",
+                "!",
+                "-d",
+                "127.0.0.1",
+                "-j",
+                OLD_TOPLEVEL_SNAT,
+            )
+        self.ipt(4, "-N", sn)
+        comment = f'snat name: "{network}" id: "{cid}"'
+        self.ipt(4, "-A", OLD_TOPLEVEL_SNAT, "-m", "comment", "--comment", comment, "-j", sn)
+        self.ipt(
+            4,
+            "-A",
+            sn,
+            "-s",
+            "127.0.0.1",
+            "-d",
+            ip,
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "MASQUERADE",
+        )
+        return sn
+
+    def lines(self, family: int, keep_decl: bool = False) -> List[str]:
+        text = rp.strip_save_comments(rp.save(self.ns, family, self.mode))
+        if keep_decl:
+            return [
+                f"-N {line[1:].split()[0]}" if line.startswith(":") else line
+                for line in text.splitlines()
+            ]
+        return text.splitlines()
+
+    def gc(self, *args: str, stdin: Optional[str] = None, cache: Optional[Path] = None):
+        argv = ["gc", "--netns", self.ns, "--backend", self.mode]
+        argv += ["--cni-cache-dir", str(cache or self.cache), *args]
+        return run(argv, stdin=stdin)
+
+
+@pytest.fixture
+def node(host_ns, iptables_mode, tmp_path) -> Node_:
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    return Node_(host_ns, iptables_mode, cache)
+
+
+@pytest.fixture
+def nft_node(host_ns, tmp_path) -> Node_:
+    """For behaviour that does not depend on the iptables flavour."""
+    if not rp.mode_available("nft")[0]:
+        pytest.skip(rp.mode_available("nft")[1])
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    return Node_(host_ns, "nft", cache)
+
+
+def _foreign_rules(node: Node_) -> None:
+    node.ipt(4, "-N", "DOCKER")
+    node.ipt(4, "-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER")
+    node.ipt(4, "-A", "DOCKER", "-i", "docker0", "-j", "RETURN")
+    node.ipt(
+        4, "-A", "POSTROUTING", "-s", "172.17.0.0/16", "!", "-o", "docker0", "-j", "MASQUERADE"
+    )
+    node.ipt(6, "-A", "POSTROUTING", "-s", "fd00:dead::/64", "-j", "MASQUERADE")
+    comment = 'a "quoted" \\ comment'
+    node.ipt(4, "-I", "OUTPUT", "-p", "udp", "-m", "comment", "--comment", comment, "-j", "ACCEPT")
+
+
+def _without(lines: List[str], chains: set) -> List[str]:
+    """The save lines minus the chains and every rule that jumps to them."""
+    kept = []
+    for line in lines:
+        words = line.split()
+        if line.startswith(":") and line[1:].split()[0] in chains:
+            continue
+        if line.startswith("-A ") and (words[1] in chains or words[-1] in chains):
+            continue
+        kept.append(line)
+    return kept
+
+
+def _conntrack(node: Node_, *args: str) -> str:
+    done = subprocess.run(
+        ["ip", "netns", "exec", node.ns, "conntrack", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+def _udp_flow(node: Node_, sport: int, dport: int) -> None:
+    _conntrack(node, "-I", "-p", "udp", "-s", "192.0.2.7", "-d", "10.0.0.1", "--sport", str(sport),
+               "--dport", str(dport), "-t", "100")  # fmt: skip
+
+
+def _udp_dports(node: Node_) -> List[int]:
+    out = _conntrack(node, "-L", "-p", "udp")
+    return sorted(
+        int(word.split("=")[1])
+        for line in out.splitlines()
+        if line.startswith("udp")
+        for word in line.split()[3:8]
+        if word.startswith("dport=")
+    )
+
+
+def test_gc_leaves_exactly_the_live_containers_and_every_foreign_rule(node: Node_):
+    _foreign_rules(node)
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp", "5353/udp"))
+    node.add("gcnet", "live2", ["10.88.0.12/16", "fd00::12/64"], _ports("8081/tcp"))
+    node.add("gcnet", "stale1", ["10.88.0.13/16"], _ports("9090/tcp", "6000/udp"), cache=False)
+    node.add("gcnet", "stale2", ["10.88.0.14/16", "fd00::14/64"], _ports("9091/tcp"), cache=False)
+    # Pre-2018 SN- chains: one of a live container (stays), two of dead ones (go).
+    live_sn = node.legacy_snat("gcnet", "live1", "10.88.0.11")
+    stale_sn = {
+        node.legacy_snat("gcnet", "stale1", "10.88.0.13"),
+        node.legacy_snat("gcnet", "gone", "10.88.0.99"),
+    }
+    # A foreign rule in a shared chain and a foreign jump into CNI-HOSTPORT-DNAT stay.
+    node.ipt(4, "-I", TOPLEVEL_DNAT, "1", "-p", "tcp", "--dport", "22", "-j", "RETURN")
+    for sport in (40001, 40002):
+        _udp_flow(node, sport, 6000)  # to stale1's UDP port: deleted
+    _udp_flow(node, 40003, 5353)  # live1's UDP port: kept
+    _udp_flow(node, 40004, 7000)  # not a mapped port: kept
+    before = {f: node.lines(f) for f in (4, 6)}
+
+    done = node.gc("--yes", "--min-age", "0", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+
+    stale_dn = {chain_name("gcnet", c) for c in ("stale1", "stale2")}
+    removed = {(r["family"], r["chain"]) for r in result["removed"]}
+    assert removed == {(4, c) for c in stale_dn | stale_sn} | {(6, chain_name("gcnet", "stale2"))}
+    by_chain = {(r["family"], r["chain"]): r for r in result["removed"]}
+    stale1 = by_chain[(4, chain_name("gcnet", "stale1"))]
+    assert stale1["network"] == "gcnet" and stale1["container_id"] == "stale1"
+    assert sorted((p["protocol"], p["port"]) for p in stale1["host_ports"]) == [
+        ("tcp", 9090),
+        ("udp", 6000),
+    ]
+    assert by_chain[(4, chain_name("gcnet", "stale1", "SN-"))]["kind"] == "legacy-snat"
+    assert result["pending"] == [] and result["dry_run"] is False
+    assert result["kept"] == 4  # live1 and live2 in v4, live2 in v6, live1's SN- chain
+    assert result["conntrack_deleted"] == 2 and result["shared_removed"] == []
+    assert _udp_dports(node) == [5353, 7000]
+
+    # Everything else is exactly as it was, line for line, in both families.
+    for family in (4, 6):
+        assert node.lines(family) == _without(before[family], stale_dn | stale_sn)
+    assert any(live_sn in line for line in node.lines(4))
+    for cid in ("live1", "live2"):
+        node.check(cid)
+
+    # Idempotent: a second run finds nothing and changes nothing.
+    after = {f: node.lines(f) for f in (4, 6)}
+    again = json.loads(node.gc("--yes", "--min-age", "0", "-o", "json").stdout)
+    assert again["removed"] == [] and again["kept"] == 4
+    assert {f: node.lines(f) for f in (4, 6)} == after
+
+
+def test_gc_removes_the_legacy_snat_chain_once_empty(node: Node_):
+    node.ipt(4, "-A", "POSTROUTING", "-o", "eth9", "-j", "MASQUERADE")
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    node.add("gcnet", "old1", ["10.88.0.12/16"], _ports("6001/udp"), cache=False)
+    sns = {
+        node.legacy_snat("gcnet", cid, ip)
+        for cid, ip in (("old1", "10.88.0.12"), ("old2", "10.88.0.13"))
+    }
+    node.ipt(4, "-A", "POSTROUTING", "-o", "eth8", "-j", "MASQUERADE")
+    _udp_flow(node, 40001, 6001)
+    before = node.lines(4)
+
+    done = node.gc("--yes", "--min-age", "0", "--no-flush-udp", "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1, done.stdout
+    assert done.stdout.startswith("gc: removed 3 chains of 2 containers and CNI-HOSTPORT-SNAT (v4)")
+    assert "0 UDP conntrack entries deleted" in done.stdout
+    gone = sns | {chain_name("gcnet", "old1"), OLD_TOPLEVEL_SNAT}
+    assert node.lines(4) == _without(before, gone)
+    assert not any("SNAT" in line for line in node.lines(4))
+    assert _udp_dports(node) == [6001]  # --no-flush-udp
+    node.check("live1")
+
+
+def test_dry_run_changes_nothing(node: Node_):
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    node.add("gcnet", "stale1", ["10.88.0.12/16", "fd00::12/64"], _ports("6002/udp"), cache=False)
+    _udp_flow(node, 40001, 6002)
+    before = {f: node.lines(f) for f in (4, 6)}
+    done = node.gc("--dry-run", "--min-age", "0")
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if "would remove" in line]
+    assert len(rows) == 2 and all(chain_name("gcnet", "stale1") in r for r in rows)
+    assert "6002/udp" in rows[0] and "stale1" in rows[0]
+    assert "would remove 2 chains of 1 container," in done.stderr
+    as_json = json.loads(node.gc("--dry-run", "--min-age", "0", "-o", "json").stdout)
+    assert as_json["dry_run"] is True and len(as_json["removed"]) == 2
+    assert as_json["conntrack_deleted"] == 0
+    verbose = node.gc("--dry-run", "--min-age", "0", "-v").stderr
+    stale = chain_name("gcnet", "stale1")
+    for family in (4, 6):
+        shown = verbose.split(f"# IPv{family}:")[1].split("COMMIT")[0]
+        assert f"-X {stale}" in shown and f"-D {TOPLEVEL_DNAT} " in shown
+    assert {f: node.lines(f) for f in (4, 6)} == before
+    assert _udp_dports(node) == [6002]
+
+
+def test_refusals_change_nothing(nft_node: Node_, tmp_path):
+    node = nft_node
+    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    before = {f: node.lines(f) for f in (4, 6)}
+    nowhere = tmp_path / "no-cache"
+    bad_doc = tmp_path / "bad.json"
+    bad_doc.write_text('[{"containerID": "x y"}]')
+    cases = [
+        (["--yes"], {"cache": nowhere}, 2, "nothing says which containers are live"),
+        (["--min-age", "0"], {}, 2, "--yes"),
+        (["--all", "--min-age", "0"], {"cache": nowhere}, 2, "--yes"),
+        (["--yes", "--min-age", "soon"], {}, 2, "invalid duration"),
+        (["--yes", "--min-age", "-5"], {}, 2, "invalid duration"),
+        (["--yes", "--keep", "bad/id"], {}, 2, "invalid --keep container ID"),
+        (["--yes", "--valid-attachments", str(tmp_path / "missing.json")], {}, 2, "cannot read"),
+        (["--yes", "--valid-attachments", str(bad_doc)], {}, 2, "invalid container ID"),
+        (["--yes", "--valid-attachments", "-"], {"stdin": "not json"}, 2, "not valid JSON"),
+        (["--yes", "--all", "--family", "5"], {"cache": nowhere}, 2, "--family"),
+    ]
+    for args, kwargs, code, words in cases:
+        assert_error(node.gc(*args, **kwargs), code, words)
+    as_nobody = run(
+        ["gc", "--netns", node.ns, "--yes", "--all", "--cni-cache-dir", str(nowhere)],
+        unprivileged=True,
+    )
+    assert_error(as_nobody, 3, "root")
+    assert {f: node.lines(f) for f in (4, 6)} == before
+
+
+def test_min_age_keeps_new_chains_pending_and_forgets_changed_or_live_ones(nft_node: Node_):
+    node = nft_node
+    tag = uuid.uuid4().hex[:8]
+    young, revived = f"young-{tag}", f"revived-{tag}"
+    node.add("gcnet", young, ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    node.add("gcnet", revived, ["10.88.0.13/16"], _ports("8081/tcp"), cache=False)
+    before = node.lines(4)
+
+    first = json.loads(node.gc("--yes", "--min-age", "1h", "-o", "json").stdout)
+    assert first["removed"] == [] and len(first["pending"]) == 2
+    assert all(p["seen_seconds"] < 1 for p in first["pending"])
+    assert node.lines(4) == before
+    time.sleep(0.6)
+    second = json.loads(node.gc("--yes", "--min-age", "1h", "-o", "json").stdout)
+    assert all(p["seen_seconds"] >= 0.5 for p in second["pending"])
+
+    # young changes (the plugin re-ADDs it with another port): its clock starts over.
+    # revived gets a cache entry: it is live, and forgotten.
+    node.add("gcnet", young, ["10.88.0.12/16"], _ports("8080/tcp", "8082/tcp"), cache=False)
+    node.cache_add("gcnet", revived)
+    third = json.loads(node.gc("--yes", "--min-age", "0.5s", "-o", "json").stdout)
+    assert third["removed"] == []
+    assert [(p["container_id"], p["seen_seconds"] < 0.5) for p in third["pending"]] == [
+        (young, True)
+    ]
+    state = json.loads(Path("/run/portmapctl", gc_state.STATE_FILE).read_text())
+    mine = [part for key, part in state["namespaces"].items() if key.startswith(node.ns + "@")]
+    assert len(mine) == 1 and list(mine[0]["chains"]) == [state_key(4, chain_name("gcnet", young))]
+    assert stat.S_IMODE(Path("/run/portmapctl", gc_state.STATE_FILE).stat().st_mode) == 0o600
+
+    time.sleep(0.6)
+    done = json.loads(node.gc("--yes", "--min-age", "0.5s", "-o", "json").stdout)
+    assert [r["container_id"] for r in done["removed"]] == [young]
+    assert done["removed"][0]["host_ports"] == [
+        {"protocol": "tcp", "port": 8080},
+        {"protocol": "tcp", "port": 8082},
+    ]
+    node.check(revived)
+    state = json.loads(Path("/run/portmapctl", gc_state.STATE_FILE).read_text())
+    assert not [k for k in state["namespaces"] if k.startswith(node.ns + "@")]
+
+
+def test_valid_attachments_and_keep(nft_node: Node_, tmp_path):
+    node = nft_node
+    node.add("neta", "a1", ["10.88.0.11/16"], _ports("8081/tcp"), cache=False)
+    node.add("neta", "a2", ["10.88.0.12/16"], _ports("8082/tcp"), cache=False)
+    node.add("netb", "b1-0123456789", ["10.89.0.11/16"], _ports("8083/tcp"), cache=False)
+    node.add("netb", "b2", ["10.89.0.12/16"], _ports("8084/tcp"), cache=False)
+    nowhere = tmp_path / "no-cache"
+    # CNI GC for network neta: only neta's chains are judged.
+    request = {
+        "cniVersion": "1.1.0",
+        "name": "neta",
+        "type": "portmap",
+        "cni.dev/valid-attachments": [{"containerID": "a1", "ifname": "eth0"}],
+    }
+    done = node.gc("--yes", "--min-age", "0", "-o", "json", "--valid-attachments", "-",
+                   stdin=json.dumps(request), cache=nowhere)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [r["container_id"] for r in result["removed"]] == ["a2"]
+    assert result["kept"] == 3
+    # A bare list speaks for every network; --keep takes an ID prefix.
+    listed = tmp_path / "valid.json"
+    listed.write_text(json.dumps([{"containerID": "a1", "ifname": "eth0"}]))
+    done = node.gc("--yes", "--min-age", "0", "-o", "json", "--valid-attachments", str(listed),
+                   "--keep", "b1-01", cache=nowhere)  # fmt: skip
+    result = json.loads(done.stdout)
+    assert [r["container_id"] for r in result["removed"]] == ["b2"]
+    node.check("a1")
+    node.check("b1-0123456789")
+    # --keep alone is a source: everything else goes.
+    result = json.loads(
+        node.gc("--yes", "--min-age", "0", "-o", "json", "--keep", "a1", cache=nowhere).stdout
+    )
+    assert [r["container_id"] for r in result["removed"]] == ["b1-0123456789"]
+    node.check("a1")
+
+
+def _on_terminal(argv: List[str], answer: bytes) -> tuple:
+    """Run portmapctl with a terminal on stdin/stderr (where gc asks and shows its
+    preview), answer its prompt; returns (exit code, the terminal's text, stdout)."""
+    master, slave = pty.openpty()
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="250")
+    proc = subprocess.Popen([sys.executable, "-m", "portmapctl", *argv], stdin=slave,
+                            stdout=subprocess.PIPE, stderr=slave, env=env)  # fmt: skip
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 30
+    answered = False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break  # the child closed the terminal
+            if not chunk:
+                break
+            seen += chunk
+        if not answered and b"[y/N]" in seen:
+            os.write(master, answer + b"\n")
+            answered = True
+        if proc.poll() is not None and not ready:
+            break
+    os.close(master)
+    proc.wait(timeout=30)
+    return proc.returncode, seen.decode(errors="replace"), proc.stdout.read().decode()
+
+
+def test_on_a_terminal_gc_asks_first(nft_node: Node_):
+    node = nft_node
+    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    before = node.lines(4)
+    argv = [
+        "gc",
+        "--netns",
+        node.ns,
+        "--backend",
+        "nft",
+        "--cni-cache-dir",
+        str(node.cache),
+        "--min-age",
+        "0",
+    ]
+    code, shown, _ = _on_terminal(argv, b"n")
+    assert code == 0 and "Remove 1 chain?" in shown and chain_name("gcnet", "stale1") in shown
+    assert node.lines(4) == before
+    code, shown, stdout = _on_terminal([*argv, "-o", "json"], b"y")
+    assert code == 0, shown
+    assert "Remove 1 chain?" in shown
+    # stdout holds the result alone: the preview and the question went to the terminal.
+    assert [c["chain"] for c in json.loads(stdout)["removed"]] == [chain_name("gcnet", "stale1")]
+    assert node.lines(4) == _without(before, {chain_name("gcnet", "stale1")})
+
+
+# --- retries when the plugin changes the table meanwhile -------------------------------------
+
+
+class RacingBackend(RestoreBackend):
+    """The real restore backend; after each read, `races` (the real plugin) change the
+    table before gc can apply what it planned: the window a concurrent DEL hits."""
+
+    def __init__(self, flavour: str, races: list) -> None:
+        super().__init__(flavour)
+        self.races = list(races)
+        self.applied = 0
+
+    def read(self, family: int) -> NatTable:
+        tbl = super().read(family)
+        if self.races:
+            self.races.pop(0)()
+        return tbl
+
+    def apply(self, txn) -> None:
+        self.applied += 1
+        super().apply(txn)
+
+
+def _racing_node(node: Node_, races: list) -> Node:
+    options = NodeOptions(
+        backend=node.mode, families=(4,), netns=node.ns, cache_dir=str(node.cache)
+    )
+    return Node(options, RacingBackend(node.mode, races))
+
+
+def _containers(node: Node_, family: int = 4) -> set:
+    """The container IDs whose chains are in the table now."""
+    tbl = parse_save(rp.save(node.ns, family, node.mode), family)
+    return {c.container_id for c in build({family: tbl}).chains}
+
+
+def _plugin_del(node: Node_, cid: str):
+    def race() -> None:
+        done = rp.run_plugin("DEL", node.ns, cid, node.confs[cid], mode=node.mode)
+        assert done.returncode == 0, done.stderr
+
+    return race
+
+
+def test_a_table_changed_under_gc_is_read_again(node: Node_, tmp_path):
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    node.add("gcnet", "old1", ["10.88.0.12/16"], _ports("8081/tcp"), cache=False)
+    node.add("gcnet", "old2", ["10.88.0.13/16"], _ports("8082/tcp"), cache=False)
+    racing = _racing_node(node, [_plugin_del(node, "old1")])
+    with netns.entered(node.ns):
+        result = gc(racing, Sources(), GcOptions(min_age=0, state_dir=str(tmp_path / "run")))
+    assert racing.backend.applied == 2  # the first plan no longer applied
+    assert [c.container_id for c in result.removed] == ["old2"]
+    assert _containers(node) == {"live1"}
+    node.check("live1")
+
+
+def test_gc_gives_up_cleanly_when_the_table_keeps_changing(node: Node_, tmp_path):
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    for i in range(4):
+        node.add("gcnet", f"old{i}", [f"10.88.0.2{i}/16"], _ports(f"808{i + 1}/tcp"), cache=False)
+    racing = _racing_node(node, [_plugin_del(node, f"old{i}") for i in range(3)])
+    run_dir = tmp_path / "run"
+    with netns.entered(node.ns), pytest.raises(ApplyFailed, match="gave up after 3 tries"):
+        gc(racing, Sources(), GcOptions(min_age=0, state_dir=str(run_dir)))
+    # Only the plugin's three DELs happened: old3 and live1 are untouched.
+    assert _containers(node) == {"live1", "old3"}
+    node.check("live1")
+    node.check("old3")
+    with netns.entered(node.ns):
+        seen, _ = gc_state.load(str(run_dir), gc_state.namespace_key(node.ns))
+    assert state_key(4, chain_name("gcnet", "old3")) in seen
+
+
+# --- the plugin and gc at the same time ---------------------------------------------------------
+
+
+def test_concurrent_plugin_add_del_and_gc_loop(node: Node_):
+    """The real plugin adds and deletes containers (writing libcni's cache as libcni
+    does, in place, after the ADD) while `gc --yes` runs in a loop. No plugin call
+    fails, no live mapping is lost, and the stale containers from before do go."""
+    tag = uuid.uuid4().hex[:6]
+    stale = [f"stale{i}-{tag}" for i in range(3)]
+    for i, cid in enumerate(stale):
+        node.add(
+            "gcnet",
+            cid,
+            [f"10.88.1.{i + 1}/16"],
+            _ports(f"{7000 + i}/tcp", f"{7100 + i}/udp"),
+            cache=False,
+        )
+    stop = threading.Event()
+    gc_runs: List[subprocess.CompletedProcess] = []
+
+    def gc_loop() -> None:
+        while not stop.is_set():
+            gc_runs.append(node.gc("--yes", "--min-age", "1s", "-o", "json"))
+
+    failures: List[str] = []
+    live: Dict[str, Path] = {}
+    ever_live = set()
+    thread = threading.Thread(target=gc_loop)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 3.0
+        i = 0
+        while time.monotonic() < deadline or i < 6:
+            cid = f"new{i}-{tag}"
+            conf = rp.plugin_conf(
+                "gcnet", [f"10.88.2.{i + 1}/16"], _ports(f"{8000 + i}/tcp", f"{8100 + i}/udp")
+            )
+            done = rp.run_plugin("ADD", node.ns, cid, conf, mode=node.mode)
+            if done.returncode:
+                failures.append(f"ADD {cid}: {done.stdout}{done.stderr}")
+                break
+            node.confs[cid] = conf
+            live[cid] = node.cache_add("gcnet", cid)
+            ever_live.add(cid)
+            if len(live) > 3:
+                oldest = next(iter(live))
+                for check in rp.run_check(node.ns, oldest, node.confs[oldest], mode=node.mode):
+                    if check.returncode:
+                        failures.append(f"CHECK {oldest}: {check.stdout}{check.stderr}")
+                done = rp.run_plugin("DEL", node.ns, oldest, node.confs[oldest], mode=node.mode)
+                if done.returncode:
+                    failures.append(f"DEL {oldest}: {done.stdout}{done.stderr}")
+                live.pop(oldest).unlink()  # libcni drops the cache entry after the DEL
+            i += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert not failures, failures
+    assert len(gc_runs) >= 2  # gc really ran alongside the plugin
+    for done in gc_runs:
+        assert done.returncode == 0, done.stderr
+    removed = [r["container_id"] for done in gc_runs for r in json.loads(done.stdout)["removed"]]
+    assert not set(removed) & ever_live, "gc removed a container that was live or being added"
+    for cid in live:
+        node.check(cid)
+    time.sleep(1.0)
+    final = node.gc("--yes", "--min-age", "1s", "-o", "json")
+    removed += [r["container_id"] for r in json.loads(final.stdout)["removed"]]
+    assert sorted(removed) == sorted(stale)
+    assert _containers(node) == set(live)

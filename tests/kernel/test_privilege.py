@@ -1,0 +1,265 @@
+"""Privilege and the lock file (SPEC §4, §5).
+
+Commands that change the node, run without CAP_NET_ADMIN, exit 3 with a clear line
+before they touch anything (not even the run directory); commands that read snapshots
+need no privilege at all. The lock that serialises portmapctl runs
+(`/run/portmapctl/lock`, or `$PORTMAPCTL_RUN_DIR/lock`) is a 0600 file in a 0700
+directory, and whatever is planted at its path -- a symlink, a FIFO, a directory,
+a run directory others can write to or that is itself a symlink -- is refused (exit 3),
+never followed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import realplugin as rp
+from pmctl import assert_error, run
+
+from portmapctl.errors import HostProblem
+from portmapctl.host import lock
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+PORTS = [
+    {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+    {"hostPort": 5353, "containerPort": 53, "protocol": "udp"},
+]
+
+
+def _state(ns: str) -> dict:
+    return {f: rp.strip_save_comments(rp.save(ns, f)) for f in (4, 6)}
+
+
+@pytest.fixture
+def node(host_ns, tmp_path):
+    """A namespace with one plugin-made container (cached) and one stale one."""
+    cache = tmp_path / "cni"
+    for cid, ips in (("live1", ["10.88.0.11/16", "fd00::11/64"]), ("stale1", ["10.88.0.12/16"])):
+        conf = rp.plugin_conf("mynet", ips, PORTS if cid == "live1" else PORTS[:1])
+        rp.run_plugin("ADD", host_ns, cid, conf, check=True)
+        if cid == "live1":
+            rp.write_cni_cache(cache, "mynet", cid, "eth0", conf, PORTS, ips)
+    # The live container's chain goes missing: a repair would have work to do.
+    rp.iptables(host_ns, ["-t", "nat", "-F", "CNI-HOSTPORT-MASQ"])
+    return host_ns, str(cache)
+
+
+def test_changing_commands_without_net_admin_exit_3_before_touching_anything(node, tmp_path):
+    ns, cache = node
+    run_dir = tmp_path / "run"
+    env = {"PORTMAPCTL_RUN_DIR": str(run_dir)}
+    common = ["--netns", ns, "--cni-cache-dir", cache]
+    commands = [
+        ["add", "--network", "mynet", "--container", "new1", "--ip", "10.88.0.13/16",
+         "-p", "9090:90"],
+        ["check", "--repair"],
+        ["check", "--repair", "--network", "mynet", "--container", "live1", "--ip",
+         "10.88.0.11/16", "-p", "8080:80"],
+        ["gc", "--yes", "--min-age", "0"],
+        ["gc", "--yes", "--all", "--min-age", "0"],
+        ["flush-udp"],
+        ["flush-udp", "--port", "5353"],
+    ]  # fmt: skip
+    before = _state(ns)
+    for command in commands:
+        done = run([*command, *common], env=env, unprivileged=True)
+        assert_error(done, 3, "needs root (or CAP_NET_ADMIN)", "sudo")
+    assert _state(ns) == before
+    # Not even the run directory (lock, gc state) was made.
+    assert not run_dir.exists()
+    # With the capability, the same repair works (so the refusal was about privilege).
+    done = run(["check", "--repair", *common], env=env)
+    assert done.returncode == 1 and "repaired: IPv4 missing-toplevel-rule" in done.stderr
+    assert "stale" in done.stdout  # stale1 is left for gc: exit 1
+    assert _state(ns) != before
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((run_dir / "lock").stat().st_mode) == 0o600
+
+
+def test_reading_snapshots_needs_no_privilege(tmp_path):
+    cache = tmp_path / "cni"
+    conf = json.loads((FIXTURES / "basic.conf.json").read_text())
+    container = conf["containers"][0]
+    rp.write_cni_cache(
+        cache,
+        conf["network"],
+        container["containerId"],
+        "eth0",
+        rp.plugin_conf(conf["network"], container["ips"], container["portMappings"]),
+        container["portMappings"],
+        container["ips"],
+    )
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    snapshots = ["--snapshot", str(FIXTURES / "basic.v4.save"),
+                 "--snapshot6", str(FIXTURES / "basic.v6.save")]  # fmt: skip
+    listed = run(["list", *snapshots, "-o", "json", "--cni-cache-dir", str(cache)],
+                 env=env, unprivileged=True)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)["mappings"]
+    assert {(r["family"], r["host_port"]) for r in rows} == {(4, 8080), (4, 5353)}
+    assert all(r["status"] == ["ok"] for r in rows)
+    checked = run(["check", *snapshots, "-o", "json", "--cni-cache-dir", str(cache)],
+                  env=env, unprivileged=True)  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["healthy"] is True
+    stdin = run(["list", "--snapshot", "-", "-q"], stdin=(FIXTURES / "basic.v4.save").read_text(),
+                unprivileged=True)  # fmt: skip
+    assert stdin.returncode == 0 and "CNI-DN-70a29d9dc18bc4d652ea5" in stdin.stdout
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.netns
+def test_reading_the_kernel_without_privilege_is_an_environment_error():
+    for command in (["list", "--backend", "nft"], ["check", "--backend", "legacy"]):
+        assert_error(run(command, unprivileged=True), 3, "permission denied", "root")
+
+
+# --- the lock file, in this process -----------------------------------------------------
+
+
+def test_lock_file_is_0600_in_a_0700_directory_whatever_the_umask(tmp_path):
+    run_dir = tmp_path / "run"
+    old = os.umask(0)
+    try:
+        with lock.held(str(run_dir), wait=1):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    info = (run_dir / "lock").lstat()
+    assert stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
+    assert info.st_uid == os.geteuid()
+
+
+def test_a_symlink_at_the_lock_path_is_refused_not_followed(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    for target in (tmp_path / "precious", tmp_path / "does-not-exist-yet"):
+        if target.name == "precious":
+            target.write_text("precious")
+        link = run_dir / "lock"
+        link.symlink_to(target)
+        with pytest.raises(HostProblem, match="is a symlink: refusing to follow it"):
+            with lock.held(str(run_dir), wait=1):
+                pytest.fail("the lock was taken through a symlink")
+        link.unlink()
+    assert (tmp_path / "precious").read_text() == "precious"
+    assert not (tmp_path / "does-not-exist-yet").exists()
+
+
+@pytest.mark.parametrize("planted", ["fifo", "directory", "someone-elses"])
+def test_something_else_at_the_lock_path_is_refused(tmp_path, planted):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    path = run_dir / "lock"
+    if planted == "fifo":
+        os.mkfifo(path, 0o600)
+    elif planted == "directory":
+        path.mkdir()
+    else:
+        path.write_text("")
+        os.chown(path, 65534, 65534)
+    with pytest.raises(HostProblem, match=str(path)):
+        with lock.held(str(run_dir), wait=1):
+            pytest.fail("the lock was taken")
+
+
+def test_a_run_directory_that_is_a_symlink_or_writable_by_others_is_refused(tmp_path):
+    planted = tmp_path / "planted"
+    planted.mkdir(mode=0o700)
+    link = tmp_path / "run-link"
+    link.symlink_to(planted)
+    with pytest.raises(HostProblem, match="not a directory owned by us"):
+        with lock.held(str(link), wait=1):
+            pytest.fail("the lock was taken")
+    assert list(planted.iterdir()) == []
+    open_dir = tmp_path / "run-open"
+    open_dir.mkdir()
+    open_dir.chmod(0o1777)
+    with pytest.raises(HostProblem, match="writable by other users"):
+        with lock.held(str(open_dir), wait=1):
+            pytest.fail("the lock was taken")
+    assert list(open_dir.iterdir()) == []
+    foreign = tmp_path / "run-foreign"
+    foreign.mkdir(mode=0o700)
+    os.chown(foreign, 65534, 65534)
+    with pytest.raises(HostProblem, match="not a directory owned by us"):
+        with lock.held(str(foreign), wait=1):
+            pytest.fail("the lock was taken")
+
+
+def _hold(path: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding an flock on `path` for `seconds` (prints 'held' first)."""
+    code = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(float(sys.argv[2]))\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_held_lock_is_waited_for_then_refused_with_a_clear_message(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    holder = _hold(run_dir / "lock", 30)
+    try:
+        started = time.monotonic()
+        with pytest.raises(HostProblem, match=r"another portmapctl holds .* for over 0.5 s"):
+            with lock.held(str(run_dir), wait=0.5):
+                pytest.fail("the lock was taken while another process held it")
+        assert 0.5 <= time.monotonic() - started < 3
+    finally:
+        holder.kill()
+        holder.wait()
+    # Released (the holder died): taken at once.
+    with lock.held(str(run_dir), wait=0.5):
+        pass
+
+
+def test_a_lock_released_while_waiting_is_taken(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    holder = _hold(run_dir / "lock", 0.4)
+    taken = []
+    waiter = threading.Thread(target=lambda: taken.append(_take(run_dir)))
+    waiter.start()
+    waiter.join(10)
+    holder.wait()
+    assert taken and taken[0] >= 0.2  # it waited for the holder, then got the lock
+
+
+def _take(run_dir: Path) -> float:
+    started = time.monotonic()
+    with lock.held(str(run_dir), wait=5):
+        return time.monotonic() - started
+
+
+def test_a_planted_lock_symlink_stops_a_real_add_before_it_writes(host_ns, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    target = tmp_path / "precious"
+    target.write_text("precious")
+    (run_dir / "lock").symlink_to(target)
+    before = _state(host_ns)
+    done = run(
+        ["add", "--netns", host_ns, "--network", "mynet", "--container", "abc123",
+         "--ip", "10.88.0.5/16", "-p", "8080:80"],
+        env={"PORTMAPCTL_RUN_DIR": str(run_dir)},
+    )  # fmt: skip
+    assert_error(done, 3, "is a symlink: refusing to follow it")
+    assert _state(host_ns) == before
+    assert target.read_text() == "precious"

@@ -1,0 +1,55 @@
+"""Backend selection and the read-only snapshot backend."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from pmctl import ok
+
+from portmapctl.errors import BadInput, HostProblem
+from portmapctl.iptables.access import host_flavour, open_backend
+from portmapctl.iptables.access.snapshot import SnapshotBackend
+from portmapctl.iptables.transaction import Transaction
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+@pytest.mark.parametrize("flavour", ["nft", "legacy"])
+def test_auto_follows_the_iptables_command_on_path(tmp_path, monkeypatch, flavour):
+    """The plugin runs `iptables`; auto picks whatever that is, as the plugin would."""
+    target = f"/usr/sbin/iptables-{flavour}"
+    if not os.path.exists(target):
+        pytest.skip(f"{target} not installed")
+    (tmp_path / "iptables").symlink_to(target)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert host_flavour() == flavour
+    assert open_backend("auto").name == flavour
+
+
+def test_no_iptables_at_all_is_an_environment_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(HostProblem, match="no iptables"):
+        open_backend("auto")
+
+
+def test_unknown_backend_is_bad_input():
+    with pytest.raises(BadInput, match="unknown backend"):
+        open_backend("pf")
+
+
+def test_snapshot_reads_each_family_and_refuses_to_write():
+    backend = SnapshotBackend({4: str(FIXTURES / "basic.v4.save")})
+    assert backend.read(4).has_chain("CNI-DN-70a29d9dc18bc4d652ea5")
+    assert backend.read(6).chains == {}  # no dump given for IPv6: nothing to see
+    with pytest.raises(BadInput, match="read-only"):
+        backend.apply(Transaction(4))
+
+
+def test_list_reads_a_snapshot_from_stdin():
+    text = (FIXTURES / "dual-stack.v6.save").read_text()
+    doc = json.loads(ok(["list", "--snapshot6", "-", "-o", "json"], stdin=text))
+    assert {m["family"] for m in doc["mappings"]} == {6}
+    assert {m["container_ip"] for m in doc["mappings"]} == {"fd00::5"}

@@ -1,0 +1,95 @@
+"""docs/ stays usable: every example command in it is one portmapctl accepts today,
+and every relative link points at a file (and heading) that exists.
+
+The example commands are parsed by portmapctl's own command line, not run, so a
+renamed or removed option breaks this test instead of the reader's copy-paste.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import pytest
+import typer
+
+from portmapctl.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = sorted((ROOT / "docs").rglob("*.md"))
+
+
+def example_commands(page: Path) -> Iterator[Tuple[int, List[str]]]:
+    """(line number, argv after `portmapctl`) of each `$ [sudo] portmapctl ...` line."""
+    lines = page.read_text().splitlines()
+    in_console = False
+    number = 0
+    while number < len(lines):
+        line = lines[number].strip()
+        number += 1
+        if line.startswith("```"):
+            in_console = line == "```console"
+            continue
+        if not (in_console and line.startswith("$ ")):
+            continue
+        start = number
+        command = line[2:]
+        while command.endswith("\\"):
+            command = command[:-1] + " " + lines[number].strip()
+            number += 1
+        words = shlex.split(command)
+        if words[:1] == ["sudo"]:
+            words = words[1:]
+        if words[:1] == ["portmapctl"]:
+            yield start, words[1:]
+
+
+def test_the_docs_have_examples():
+    found = {page.name: list(example_commands(page)) for page in PAGES}
+    for name in ("list.md", "add.md", "check.md", "gc.md", "flush-udp.md"):
+        assert len(found[name]) >= 3, name
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_example_commands_parse(page):
+    root = typer.main.get_command(app)
+    for number, argv in example_commands(page):
+        where = f"{page.relative_to(ROOT)}:{number}: portmapctl {' '.join(argv)}"
+        if argv in (["--version"], ["--help"]):
+            continue
+        try:
+            name, command, rest = root.resolve_command(
+                root.make_context("portmapctl", list(argv)), list(argv)
+            )
+            command.make_context(name, rest)
+        except Exception as err:  # noqa: BLE001 - any parse failure is the finding
+            # The documented mistakes are meant to fail; nothing else may.
+            if "--colour" in argv:
+                continue
+            pytest.fail(f"{where}: {type(err).__name__}: {getattr(err, 'message', err)}")
+
+
+def _anchors(page: Path) -> set:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    anchors = set()
+    for line in page.read_text().splitlines():
+        match = re.match(r"#+ (.+)", line)
+        if match:
+            slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
+            anchors.add(slug)
+    return anchors
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(page):
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        assert resolved.exists(), f"{page.relative_to(ROOT)}: broken link {target}"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in _anchors(resolved), f"{page.relative_to(ROOT)}: no #{anchor}"

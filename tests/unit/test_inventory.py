@@ -1,0 +1,148 @@
+"""Statuses and rows of `list`, on real plugin output (tests/fixtures, examples/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures_lib import NAMES, configs, table
+
+from portmapctl.cni.cache import read_cache
+from portmapctl.iptables import inventory
+from portmapctl.iptables.chains import chain_name, dnat_chain_name
+from portmapctl.iptables.ruleset import parse_save
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def _inventory(name, attachments=None):
+    return inventory.build({4: table(name, 4), 6: table(name, 6)}, attachments)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("shadowed", "legacy-sn")])
+def test_plugin_made_state_lists_every_port_as_ok(name):
+    """One row per DNAT rule, exactly the ports, addresses and chain of the input."""
+    found = _inventory(name)
+    expected = set()
+    for config in configs(name):
+        for family in config.families:
+            address = config.address(family)
+            for port in config.ports:
+                if port.applies_to(family):
+                    expected.add(
+                        (
+                            config.network,
+                            config.container_id,
+                            family,
+                            port.protocol,
+                            port.host_ip_for_rule(),
+                            port.host_port,
+                            address.ip.compressed,
+                            port.container_port,
+                            config.snat,
+                            dnat_chain_name(config),
+                        )
+                    )
+    rows = {
+        (
+            m.network,
+            m.container_id,
+            m.family,
+            m.protocol,
+            m.host_ip,
+            m.host_port,
+            m.container_ip,
+            m.container_port,
+            m.snat,
+            m.chain,
+        )
+        for m in found.mappings
+    }
+    if name == "long-comment":
+        # The kernel cut the comment: the ID cannot be read back, the network can.
+        assert {r[1] for r in rows} == {None}
+        rows = {r[:1] + (configs(name)[0].container_id,) + r[2:] for r in rows}
+    assert rows == expected
+    assert all(m.status == ("ok",) for m in found.mappings)
+    assert all(c.status == ("ok",) for c in found.chains)
+
+
+def test_second_container_on_the_same_port_is_shadowed_by_the_first():
+    found = _inventory("shadowed")
+    first, second = (dnat_chain_name(c) for c in configs("shadowed"))
+    by_chain = {m.chain: m for m in found.mappings}
+    assert by_chain[first].status == ("ok",)
+    assert by_chain[second].status == ("shadowed",)
+    assert by_chain[second].shadowed_by == first
+
+
+def test_host_ip_only_shadows_an_overlapping_host_ip():
+    text = (Path(__file__).parents[1] / "fixtures" / "shadowed.v4.save").read_text()
+    first, _second = (dnat_chain_name(c) for c in configs("shadowed"))
+    # Make the first container's mapping specific to 127.0.0.2: no longer overlapping
+    # for a packet to another address, but a wildcard still overlaps it.
+    moved = text.replace(
+        f"-A {first} -p tcp -m tcp --dport 8080 -j DNAT",
+        f"-A {first} -d 127.0.0.2/32 -p tcp -m tcp --dport 8080 -j DNAT",
+    )
+    found = inventory.build({4: parse_save(moved, 4)})
+    assert {m.status for m in found.mappings} == {("ok",), ("shadowed",)}
+
+
+def test_legacy_snat_chains_are_listed_as_legacy():
+    found = _inventory("legacy-sn")
+    legacy = [c for c in found.chains if c.kind == "legacy-snat"]
+    assert [c.name for c in legacy] == [chain_name("mynet", "abc123", "SN-")]
+    assert legacy[0].status == ("legacy",)
+    assert (legacy[0].network, legacy[0].container_id) == ("mynet", "abc123")
+
+
+def test_host_ip_of_the_other_family_is_not_incomplete():
+    """The plugin's entry rules name every port; that alone is no fault."""
+    found = _inventory("hostip-v6")
+    assert all("incomplete" not in c.status for c in found.chains)
+
+
+def test_a_port_without_its_dnat_rule_is_incomplete():
+    text = (Path(__file__).parents[1] / "fixtures" / "basic.v4.save").read_text()
+    broken = "\n".join(line for line in text.splitlines() if "--dport 5353 -j DNAT" not in line)
+    found = inventory.build({4: parse_save(broken, 4)})
+    (chain,) = found.chains
+    assert chain.status == ("incomplete",)
+    assert chain.missing_ports == (("udp", 5353),)
+
+
+def test_example_node_has_every_status_the_readme_shows():
+    tables = {
+        4: parse_save((EXAMPLES / "node.v4.save").read_text(), 4),
+        6: parse_save((EXAMPLES / "node.v6.save").read_text(), 6),
+    }
+    found = inventory.build(tables, read_cache(str(EXAMPLES / "cni-cache")))
+    by_port = {(m.family, m.host_port, m.container_ip): m.status for m in found.mappings}
+    assert by_port[(4, 8080, "10.88.0.5")] == ("ok",)
+    assert by_port[(4, 8080, "10.88.0.6")] == ("shadowed",)
+    assert by_port[(4, 9000, "10.88.0.7")] == ("stale",)
+    assert by_port[(4, 9100, "10.88.0.8")] == ("orphan",)
+    assert by_port[(6, 5353, "fd00:88::5")] == ("ok",)
+
+
+def test_stale_is_said_only_when_there_is_a_cache():
+    found = _inventory("three-containers", attachments=[])
+    assert all(m.status == ("stale",) for m in found.mappings)
+    found = _inventory("three-containers", attachments=None)
+    assert all(m.status == ("ok",) for m in found.mappings)
+
+
+def test_filters_select_by_container_prefix_network_port_and_protocol():
+    rows = _inventory("three-containers").mappings
+    assert {m.container_id for m in inventory.select(rows, container="ctr")} == {
+        "ctr1",
+        "ctr2",
+        "ctr3",
+    }
+    assert {m.container_id for m in inventory.select(rows, container="ctr2")} == {"ctr2"}
+    assert inventory.select(rows, network="other") == []
+    assert all(m.protocol == "udp" for m in inventory.select(rows, protocol="udp"))
+    ports = {m.host_port for m in rows}
+    some = sorted(ports)[0]
+    assert {m.host_port for m in inventory.select(rows, port=some)} == {some}

@@ -1,0 +1,182 @@
+"""The iptables-save parser, the normal form and restore quoting."""
+
+from __future__ import annotations
+
+import pytest
+from fixtures_lib import NAMES, save_text, table
+from hypothesis import given
+from hypothesis import strategies as st
+
+from portmapctl.errors import BadInput
+from portmapctl.iptables.ruleset import (
+    _split_carefully,
+    format_rule,
+    normalize,
+    parse_save,
+    quote,
+    rule_target,
+    split_line,
+)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("family", [4, 6])
+def test_saved_rules_are_already_in_normal_form(name, family):
+    for chain in table(name, family).chains.values():
+        for rule in chain.rules:
+            assert normalize(rule, family) == rule
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("family", [4, 6])
+def test_every_rule_line_round_trips_through_format_rule(name, family):
+    """What we would write for a live rule is the line iptables-save printed."""
+    lines = [line for line in save_text(name, family).splitlines() if line.startswith("-A ")]
+    parsed = table(name, family)
+    rendered = [
+        format_rule("-A", chain.name, rule)
+        for chain in parsed.chains.values()
+        for rule in chain.rules
+    ]
+    assert sorted(rendered) == sorted(lines)
+
+
+def test_parser_keeps_chain_order_policies_and_foreign_rules():
+    nat = table("foreign", 4)
+    assert list(nat.chains)[:4] == ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]
+    assert nat.chains["PREROUTING"].policy == "ACCEPT"
+    assert nat.chains["KUBE-SERVICES"].policy == "-"
+    kube = nat.rules("KUBE-SERVICES")[0]
+    assert 'default/kubernetes:https "cluster IP" C:\\x\\' in kube
+    assert rule_target(kube) == "KUBE-SVC-NPX46M4PTMTKRN6Y"
+
+
+def test_other_tables_are_skipped_and_no_nat_table_is_an_empty_table():
+    text = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n"
+    assert parse_save(text, 4).chains == {}
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("hello world\n", "not iptables-save output"),
+        ("*nat\n:FOO - [0:0]\n-A FOO -j RETURN\n", "no COMMIT"),
+        ("*nat\n-A FOO -j RETURN\nCOMMIT\n", "undeclared chain"),
+        ('*nat\n:FOO - [0:0]\n-A FOO -m comment --comment "open\nCOMMIT\n', "unterminated quote"),
+        ("*nat\n:FOO - [0:0]\nrm -rf /\nCOMMIT\n", "unexpected line"),
+        ("*nat\n\x00\x01\x02\nCOMMIT\n", "binary"),
+    ],
+)
+def test_malformed_dumps_are_bad_input_naming_the_line(text, why):
+    with pytest.raises(BadInput, match=why):
+        parse_save(text, 4, source="dump")
+
+
+@pytest.mark.parametrize(
+    "given_args, saved",
+    [
+        (
+            [
+                "-m",
+                "comment",
+                "--comment",
+                "x",
+                "-m",
+                "multiport",
+                "-p",
+                "tcp",
+                "--destination-ports",
+                "80,81",
+                "-j",
+                "C",
+            ],
+            (
+                "-p",
+                "tcp",
+                "-m",
+                "comment",
+                "--comment",
+                "x",
+                "-m",
+                "multiport",
+                "--dports",
+                "80,81",
+                "-j",
+                "C",
+            ),
+        ),
+        (
+            ["-p", "udp", "--dport", "53", "-d", "127.0.0.1", "-s", "10.1.2.3/8", "-j", "X"],
+            (
+                "-s",
+                "10.0.0.0/8",
+                "-d",
+                "127.0.0.1/32",
+                "-p",
+                "udp",
+                "-m",
+                "udp",
+                "--dport",
+                "53",
+                "-j",
+                "X",
+            ),
+        ),
+        (["-s", "0.0.0.0/0", "-p", "tcp", "-j", "X"], ("-p", "tcp", "-j", "X")),
+        (["!", "--source", "10.0.0.1", "-j", "X"], ("!", "-s", "10.0.0.1/32", "-j", "X")),
+        (
+            ["-p", "SCTP", "--dport", "9", "-j", "X"],
+            ("-p", "sctp", "-m", "sctp", "--dport", "9", "-j", "X"),
+        ),
+        (
+            ["-m", "comment", "--comment", "y" * 300, "-j", "X"],
+            ("-m", "comment", "--comment", "y" * 255, "-j", "X"),
+        ),
+    ],
+)
+def test_normalize_rewrites_like_iptables_save(given_args, saved):
+    assert normalize(given_args, 4) == saved
+
+
+def test_normalize_ipv6_addresses():
+    assert normalize(["-s", "fd00::5/64", "-d", "::1", "-j", "X"], 6) == (
+        "-s",
+        "fd00::/64",
+        "-d",
+        "::1/128",
+        "-j",
+        "X",
+    )
+
+
+def test_normalize_rejects_wrong_family_and_garbage():
+    with pytest.raises(BadInput):
+        normalize(["-s", "fd00::1", "-j", "X"], 4)
+    with pytest.raises(BadInput):
+        normalize(["-s", "not-an-ip", "-j", "X"], 4)
+    with pytest.raises(BadInput):
+        normalize(["--dport", "80"], 4)  # no protocol, no match
+
+
+@given(
+    st.text(min_size=0, max_size=40).filter(
+        lambda s: all(ord(c) >= 0x20 and ord(c) != 0x7F for c in s)
+    )
+)
+def test_quote_round_trips_through_the_restore_tokenizer(token):
+    assert split_line(f"-A X {quote(token)} end") == ["-A", "X", token, "end"]
+
+
+@pytest.mark.parametrize("evil", ["a\n-A INPUT -j ACCEPT", "x\rCOMMIT", "\x00"])
+def test_quote_refuses_control_characters(evil):
+    with pytest.raises(BadInput):
+        quote(evil)
+
+
+@given(st.lists(st.text(alphabet='ab "\\\t-', max_size=8), max_size=6).map(" ".join))
+def test_fast_split_agrees_with_the_careful_one(line):
+    try:
+        careful = _split_carefully(line)
+    except ValueError:
+        return  # unterminated quote: the fast path never takes those
+    assert split_line(line) == careful

@@ -1,0 +1,177 @@
+"""Terminal manners (issue 6): colour only on a terminal, NO_COLOR, -q, JSON alone on
+stdout, rich markup never read into messages, and the progress-bar helper.
+
+A real pseudo-terminal stands in for the operator's terminal; the commands run on the
+example node's dumps (examples/), which needs no root.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import pytest
+
+from portmapctl.cli._common import Output, OutputChoice
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = [
+    "--snapshot",
+    str(ROOT / "examples/node.v4.save"),
+    "--snapshot6",
+    str(ROOT / "examples/node.v6.save"),
+    "--cni-cache-dir",
+    str(ROOT / "examples/cni-cache"),
+]
+SGR_COLOUR = ("\x1b[3", "\x1b[9", "\x1b[38;")  # foreground colour escapes
+
+
+def _drain(fd: int, timeout: float = 0.5) -> bytes:
+    data = b""
+    while select.select([fd], [], [], timeout)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def run_on_terminal(args, env: Optional[Dict[str, str]] = None) -> Tuple[int, str, str]:
+    """portmapctl ARGS with stdout on a pseudo-terminal; (exit code, stdout, stderr)."""
+    master, slave = pty.openpty()
+    full_env = dict(os.environ, TERM="xterm-256color", COLUMNS="200", **(env or {}))
+    full_env.pop("NO_COLOR", None) if "NO_COLOR" not in (env or {}) else None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portmapctl", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env=full_env,
+    )
+    os.close(slave)
+    out = b""
+    while proc.poll() is None:
+        out += _drain(master, 0.1)
+    out += _drain(master, 0.1)
+    os.close(master)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    return proc.wait(), out.decode(errors="replace"), err
+
+
+def test_list_is_coloured_on_a_terminal_only_and_honours_no_color():
+    code, coloured, _ = run_on_terminal(["list", *EXAMPLE])
+    assert code == 0 and any(c in coloured for c in SGR_COLOUR), coloured
+    assert "shadowed" in coloured
+    for env, extra in (({"NO_COLOR": "1"}, []), ({}, ["--no-color"])):
+        code, plain, _ = run_on_terminal(["list", *EXAMPLE, *extra], env)
+        assert code == 0 and "\x1b[" not in plain and "shadowed" in plain, (env, extra)
+    # NO_COLOR counts only when it is not empty (no-color.org).
+    code, empty, _ = run_on_terminal(["list", *EXAMPLE], {"NO_COLOR": ""})
+    assert any(c in empty for c in SGR_COLOUR)
+    piped = subprocess.run(
+        [sys.executable, "-m", "portmapctl", "list", *EXAMPLE],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "NO_COLOR"},
+        timeout=60,
+        check=True,
+    )
+    assert "\x1b[" not in piped.stdout and "shadowed" in piped.stdout
+
+
+def test_json_on_a_terminal_is_one_plain_document(tmp_path):
+    code, out, err = run_on_terminal(["list", *EXAMPLE, "-o", "json"])
+    assert code == 0 and "\x1b[" not in out
+    document = json.loads(out)
+    assert {m["container_id"] for m in document["mappings"]} >= {"3f2a9c1e5b7d4a60web"}
+    empty = tmp_path / "empty.save"
+    empty.write_text("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
+    code, out, err = run_on_terminal(["list", "--snapshot", str(empty), "-o", "json"])
+    assert code == 0 and json.loads(out) == {"mappings": [], "chains": []} and err == ""
+
+
+def test_quiet_prints_the_result_only(tmp_path):
+    empty = tmp_path / "empty.save"
+    empty.write_text("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
+    code, out, err = run_on_terminal(["list", "--snapshot", str(empty)])
+    assert code == 0 and "no portmap chains found" in err
+    code, out, err = run_on_terminal(["list", "--snapshot", str(empty), "-q"])
+    assert code == 0 and out == "" and err == ""
+
+
+def test_messages_are_text_not_markup(capsys):
+    Output().message("[bold]not bold[/bold] :thumbs_up: [::1]:8080")
+    assert capsys.readouterr().err == "[bold]not bold[/bold] :thumbs_up: [::1]:8080\n"
+
+
+@pytest.fixture
+def terminal_stderr(monkeypatch):
+    """A function that puts sys.stderr on a pseudo-terminal; gives the master side.
+
+    Called from the test body: pytest's output capture re-installs its own sys.stderr
+    after fixtures have run.
+    """
+    master, slave = pty.openpty()
+    stream = io.TextIOWrapper(os.fdopen(slave, "wb", buffering=0), write_through=True)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
+    def attach() -> int:
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert sys.stderr.isatty()
+        return master
+
+    yield attach
+    monkeypatch.undo()
+    stream.close()
+    os.close(master)
+
+
+def _work(out: Output, total: int, min_total: int = 10) -> None:
+    with out.progress("deleting things", min_total=min_total) as progress:
+        assert progress is not None
+        for done in range(0, total + 1, max(1, total // 4)):
+            progress(done, total)
+
+
+def test_progress_bar_on_a_terminal_only_for_long_work(terminal_stderr, monkeypatch):
+    terminal = terminal_stderr()
+    _work(Output(), total=5)
+    assert _drain(terminal, 0.2) == b"", "short work: no bar"
+    _work(Output(), total=100)
+    shown = _drain(terminal).decode()
+    assert "deleting things" in shown and "100%" in shown
+    assert any(c in shown for c in SGR_COLOUR)
+    assert shown.rstrip().endswith("\x1b[2K"), "the bar is erased when done"
+    monkeypatch.setenv("NO_COLOR", "1")
+    _work(Output(), total=100)
+    plain = _drain(terminal).decode()
+    assert "deleting things" in plain and not any(c in plain for c in SGR_COLOUR)
+
+
+@pytest.mark.parametrize(
+    "out",
+    [Output(quiet=True), Output(mode=OutputChoice.json)],
+    ids=["quiet", "json"],
+)
+def test_no_progress_bar_when_quiet_or_json(terminal_stderr, out):
+    terminal = terminal_stderr()
+    with out.progress("deleting things", min_total=0) as progress:
+        assert progress is None
+    assert _drain(terminal, 0.2) == b""
+
+
+def test_no_progress_bar_off_a_terminal(capsys):
+    with Output().progress("deleting things", min_total=0) as progress:
+        assert progress is None
+    assert capsys.readouterr().err == ""

@@ -1,0 +1,287 @@
+"""man/portmapctl.1: the man page, in roff, from the command definitions (clidoc).
+
+The per-command sections, their synopses, options and examples come from the typer
+app; the prose around them (DESCRIPTION, EXIT STATUS, FILES, ENVIRONMENT) is written
+here, once. The output depends on nothing but the code: no date, no terminal width.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Optional
+
+from portmapctl.host.paths import CNI_CACHE_DIR, RUN_DIR
+from tools.clidoc import AppDoc, CommandDoc, OptionDoc
+
+NAME = (
+    "portmapctl \\- inspect and repair the NAT chains and UDP conntrack state"
+    " of the CNI portmap plugin"
+)
+
+DESCRIPTION = [
+    "The CNI portmap plugin publishes container ports on a Linux node with iptables"
+    " NAT rules: per container a chain CNI-DN-<hash> in the nat table (IPv4 and IPv6),"
+    " entered from the shared chain CNI-HOSTPORT-DNAT, plus the marking and masquerade"
+    " chains CNI-HOSTPORT-SETMARK and CNI-HOSTPORT-MASQ; plugins from before 2018 also"
+    " left CNI-SN-<hash> chains. UDP flows keep following an old DNAT destination in"
+    " conntrack until they go idle.",
+    "portmapctl lists that state (list), creates it exactly as the plugin does (add),"
+    " verifies and repairs it against the CNI cache (check), removes what dead"
+    " containers left behind (gc) and deletes UDP conntrack entries that misroute"
+    " (flush-udp).",
+    "Each address family is read with one iptables-save and changed with one atomic"
+    " iptables-restore --noflush transaction, waiting for the xtables lock. Only the"
+    " CNI-HOSTPORT-*, CNI-DN-* and CNI-SN-* chains and the rules that jump to them are"
+    " ever written. Runs that change a node serialise on a lock file. Every value given"
+    " on the command line or read from a file is validated before anything is written.",
+    "Options go after the command, as in portmapctl list -o json. With -o json a command"
+    " prints one JSON document on standard output and its messages on standard error."
+    " Colour is used only on a terminal, and not with --no-color or NO_COLOR.",
+]
+
+EXIT_STATUS = [
+    ("0", "Done; for check: the node (or the mapping) is healthy, or was repaired."),
+    (
+        "1",
+        "check found problems (or problems remain after --repair); gc or add could not"
+        " apply its change after retries (nothing was half-applied).",
+    ),
+    (
+        "2",
+        "Usage or bad input: an unknown option, an invalid port, address, container ID or"
+        " network name, an unreadable or malformed file. Nothing was changed.",
+    ),
+    (
+        "3",
+        "Environment: not root where root is needed, no usable iptables, the namespace"
+        " was not found, or the backend cannot be used on this host.",
+    ),
+]
+
+FILES = [
+    (
+        f"{CNI_CACHE_DIR}/results/",
+        "libcni's cache: one file per live attachment (network, container ID, interface),"
+        " written after a successful ADD and removed on DEL. It is what check compares"
+        " the chains with and what gc counts as live. Another directory is given with"
+        " --cni-cache-dir.",
+    ),
+    (
+        f"{RUN_DIR}/lock",
+        "Lock file: portmapctl runs that change a node wait for each other here.",
+    ),
+    (
+        f"{RUN_DIR}/",
+        "gc's state: when each chain that is not live was first seen, so that a chain"
+        " is removed only after --min-age (a chain of a container being added is not"
+        " live yet). Kept in /run, so it starts afresh after a reboot.",
+    ),
+    ("/run/xtables.lock", "The xtables lock iptables-restore waits for."),
+]
+
+ENVIRONMENT = [
+    ("PORTMAPCTL_BACKEND", "Default for --backend: auto, nft, legacy or iptc."),
+    (
+        "NO_COLOR",
+        "When set and not empty, output has no colour, as with --no-color.",
+    ),
+    (
+        "COLUMNS",
+        "Width of tables on a terminal (off a terminal, lines are not cut).",
+    ),
+]
+
+EXAMPLES_INTRO = [
+    (
+        "See what the plugin left on a node, and what is wrong with it:",
+        ["portmapctl list", "portmapctl check"],
+    ),
+    (
+        "Read a support bundle on a laptop (no root, no kernel access):",
+        [
+            "portmapctl list --snapshot iptables-save.txt \\\n"
+            "    --snapshot6 ip6tables-save.txt --cni-cache-dir ./cni"
+        ],
+    ),
+    (
+        "From cron, a systemd timer or a Kubernetes DaemonSet, every few minutes"
+        " (one summary line, exit 0 unless something failed):",
+        ["portmapctl gc --yes -q"],
+    ),
+]
+
+SEE_ALSO = [
+    ("iptables-save", "8"),
+    ("iptables-restore", "8"),
+    ("iptables", "8"),
+    ("conntrack", "8"),
+    ("ip-netns", "8"),
+]
+
+
+def esc(text: str) -> str:
+    """Text for a roff line: backslashes and hyphens literal, no line a request."""
+    text = text.replace("\\", "\\e").replace("-", "\\-").replace("'", "\\(aq")
+    return "\n".join("\\&" + line if line.startswith(".") else line for line in text.split("\n"))
+
+
+def bold(text: str) -> str:
+    return f"\\fB{esc(text)}\\fR"
+
+
+def italic(text: str) -> str:
+    return f"\\fI{esc(text)}\\fR"
+
+
+def option_term(option: OptionDoc) -> str:
+    """`-o, --output table|json`: names in bold, the value in italics (choices bold)."""
+    names = ", ".join(bold(n) for n in option.names)
+    if option.is_flag:
+        return names
+    if option.choices:
+        return names + " " + "|".join(bold(c) for c in option.choices)
+    return names + " " + italic(option.metavar or "")
+
+
+def option_synopsis(option: OptionDoc) -> str:
+    term = bold(option.long_name)
+    if not option.is_flag:
+        value = (
+            "|".join(bold(c) for c in option.choices)
+            if option.choices
+            else italic(option.metavar or "")
+        )
+        # "\ " does not break: an option stays on one line with its value.
+        term += r"\ " + value
+    suffix = " .\\|.\\|." if option.multiple else ""
+    return term + suffix if option.required else f"[{term}]{suffix}"
+
+
+def option_help(option: OptionDoc) -> str:
+    parts = [option.help.rstrip(".") + "." if option.help else ""]
+    if option.multiple:
+        parts.append("May be given more than once.")
+    if option.required:
+        parts.append("Required.")
+    if option.range:
+        parts.append(f"Range: {option.range}.")
+    if option.default is not None:
+        parts.append(f"Default: {option.default}.")
+    if option.envvar:
+        parts.append(f"Environment: {option.envvar}.")
+    return esc(" ".join(p for p in parts if p))
+
+
+def _options(options: Iterable[OptionDoc]) -> List[str]:
+    lines: List[str] = []
+    for option in options:
+        lines += [".TP", option_term(option), option_help(option)]
+    return lines
+
+
+def _example(command: str) -> List[str]:
+    return [".PP", ".RS 4", ".EX", esc(command), ".EE", ".RE"]
+
+
+def _synopsis(name: str, parts: List[str]) -> List[str]:
+    # .SY/.YS (groff's man extensions, which man-db uses): wrapped lines hang indented.
+    return [f".SY {name}", *parts, ".YS"]
+
+
+def _command_section(doc: AppDoc, command: CommandDoc) -> List[str]:
+    own = doc.own_options(command)
+    lines = [f'.SH "{command.name.upper()} COMMAND"']
+    lines += _synopsis(
+        "portmapctl",
+        [bold(command.name)] + [option_synopsis(o) for o in own] + ["[\\fIcommon\\ options\\fR]"],
+    )
+    for paragraph in command.help:
+        lines += [".PP", esc(paragraph)]
+    panels: List[Optional[str]] = [None]
+    for option in own:
+        if option.panel not in panels:
+            panels.append(option.panel)
+    for panel in panels:
+        # Options without a panel are the command's own; a panel (e.g. "Mapping")
+        # gathers a group that commands share.
+        group = [o for o in own if o.panel == panel]
+        if not group:
+            continue
+        if panel:
+            lines += [".PP", f"{esc(panel)} options:"]
+        lines += [".RS 4" if panel else ".PP", *_options(group)]
+        if panel:
+            lines.append(".RE")
+    lines += [".PP", "The common options (see \\fBCOMMON OPTIONS\\fR) apply, and \\fB\\-h\\fR."]
+    for note in command.notes:
+        lines += [".PP", esc(note)]
+    return lines
+
+
+def render(doc: AppDoc) -> str:
+    lines = [
+        f'.TH PORTMAPCTL 1 "" "portmapctl {esc(doc.version)}" "User Commands"',
+        # No hyphenation, ragged right: chain names and options must stay whole. The
+        # man macros turn hyphenation back on at every paragraph, from register HY.
+        ".nr HY 0",
+        ".nh",
+        ".ad l",
+        ".SH NAME",
+        NAME,
+        ".SH SYNOPSIS",
+        *_synopsis("portmapctl", [italic("COMMAND"), "[\\fIOPTIONS\\fR]"]),
+        *_synopsis("portmapctl", [bold("--version")]),
+        *_synopsis(
+            "portmapctl", ["\\fB\\-\\-install\\-completion\\fR | \\fB\\-\\-show\\-completion\\fR"]
+        ),
+        ".PP",
+        "Commands: " + ", ".join(bold(c.name) for c in doc.commands) + ".",
+        ".SH DESCRIPTION",
+    ]
+    for paragraph in DESCRIPTION:
+        lines += [".PP", esc(paragraph)]
+    lines += [".SH COMMANDS"]
+    for command in doc.commands:
+        lines += [".TP", bold(command.name), esc(command.summary)]
+    for command in doc.commands:
+        lines += _command_section(doc, command)
+    lines += [
+        ".SH COMMON OPTIONS",
+        ".PP",
+        "Every command takes these options:",
+        *_options(doc.common),
+        ".TP",
+        f"{bold('-h')}, {bold('--help')}",
+        "Show the command's options and examples, and exit.",
+        ".SH GLOBAL OPTIONS",
+        ".PP",
+        "Given before any command:",
+        *_options(doc.global_options),
+        ".SH EXIT STATUS",
+    ]
+    for code, meaning in EXIT_STATUS:
+        lines += [".TP", bold(code), esc(meaning)]
+    lines += [
+        ".PP",
+        "Every error is one line on standard error, saying what went wrong and what to do;"
+        " \\fB\\-v\\fR adds the traceback.",
+        ".SH FILES",
+    ]
+    for path, meaning in FILES:
+        lines += [".TP", italic(path), esc(meaning)]
+    lines += [".SH ENVIRONMENT"]
+    for name, meaning in ENVIRONMENT:
+        lines += [".TP", bold(name), esc(meaning)]
+    lines += [".SH EXAMPLES"]
+    for intro, commands in EXAMPLES_INTRO:
+        lines += [".PP", esc(intro)]
+        for command_line in commands:
+            lines += _example(command_line)
+    for command in doc.commands:
+        if not command.examples:
+            continue
+        lines += [".PP", f"{bold('portmapctl ' + command.name)}:"]
+        for example in command.examples:
+            lines += _example(example)
+    lines += [".SH SEE ALSO"]
+    lines.append(",\n".join(f".BR {name} ({section})" for name, section in SEE_ALSO))
+    return "\n".join(lines) + "\n"
