@@ -30,6 +30,7 @@ from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.status import ProblemKind
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chains import (
@@ -56,24 +57,6 @@ from portmapctl.iptables.ruleset import (
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.add import after_setup
 from portmapctl.ops.node import DEFAULT_CACHE_DIR, Node
-
-# Problem kinds: stable words (JSON consumers match on them).
-MISSING_CHAIN = "missing-chain"  # a cached container's CNI-DN- chain is not there
-MISSING_RULES = "missing-rules"  # ... it is there but lacks some of its rules
-EXTRA_RULES = "extra-rules"  # ... it holds rules its cached config does not make
-RULES_ORDER = "rules-order"  # ... the right rules, in the wrong order (or repeated)
-MISSING_ENTRY = "missing-entry"  # CNI-HOSTPORT-DNAT lacks an entry rule to the chain
-EXTRA_ENTRY = "extra-entry"  # CNI-HOSTPORT-DNAT sends ports the container does not map
-MISSING_TOPLEVEL = "missing-toplevel"  # CNI-HOSTPORT-DNAT/SETMARK/MASQ is gone
-MISSING_TOPLEVEL_RULE = "missing-toplevel-rule"  # SETMARK's or MASQ's rule is gone
-MISSING_JUMP = "missing-jump"  # PREROUTING/OUTPUT/POSTROUTING no longer jump in
-SHADOWED = "shadowed"
-ORPHAN = "orphan"
-INCOMPLETE = "incomplete"
-STALE = "stale"
-LEGACY = "legacy"
-DUPLICATE_ENTRY = "duplicate-entry"
-SPLIT_BRAIN = "split-brain"
 
 _PORTMAP_SHARED = (TOPLEVEL_DNAT, SETMARK, MASQ, "CNI-HOSTPORT-SNAT")
 _SHOWN = 3  # how many rules or chains a detail names before "and N more"
@@ -283,7 +266,7 @@ def _check_shared(chain: Chain, live: NatTable, fixes: Fixes) -> List[Problem]:
             jumps = f" and the {'/'.join(chain.entry_chains)} jump{plural} to it"
         return [
             Problem(
-                MISSING_TOPLEVEL,
+                ProblemKind.MISSING_TOPLEVEL,
                 family,
                 chain.name,
                 None,
@@ -300,7 +283,7 @@ def _check_shared(chain: Chain, live: NatTable, fixes: Fixes) -> List[Problem]:
         if rule not in live_rules:
             problems.append(
                 Problem(
-                    MISSING_TOPLEVEL_RULE,
+                    ProblemKind.MISSING_TOPLEVEL_RULE,
                     family,
                     chain.name,
                     None,
@@ -321,7 +304,7 @@ def _check_shared(chain: Chain, live: NatTable, fixes: Fixes) -> List[Problem]:
             if rule not in present:
                 problems.append(
                     Problem(
-                        MISSING_JUMP,
+                        ProblemKind.MISSING_JUMP,
                         family,
                         entry_chain,
                         None,
@@ -383,7 +366,7 @@ def _check_container(
             detail += (
                 f" (it is in the {elsewhere} tables: is the plugin using iptables-{elsewhere}?)"
             )
-        return [problem(MISSING_CHAIN, detail, "the container's host ports are not forwarded")]
+        return [problem(ProblemKind.MISSING_CHAIN, detail, "the container's host ports are not forwarded")]
     problems = []
     live_rules = live.rules(name)
     missing = [r for r in wanted.rules if r not in live_rules]
@@ -391,7 +374,7 @@ def _check_container(
         dnat_gone = any(rule_target(r) == "DNAT" for r in missing)
         problems.append(
             problem(
-                MISSING_RULES,
+                ProblemKind.MISSING_RULES,
                 f"{len(missing)} of {len(wanted.rules)} rules missing: {_rules_text(name, missing)}",
                 "some of its host ports are not forwarded"
                 if dnat_gone
@@ -403,7 +386,7 @@ def _check_container(
         if extra:
             problems.append(
                 problem(
-                    EXTRA_RULES,
+                    ProblemKind.EXTRA_RULES,
                     f"{len(extra)} rules its cached config does not make: {_rules_text(name, extra)}",
                     "the chain does not match the container's config (an old address or port?):"
                     " traffic may go to the wrong place",
@@ -412,7 +395,7 @@ def _check_container(
         elif not missing and live_rules != wanted.rules:
             problems.append(
                 problem(
-                    RULES_ORDER,
+                    ProblemKind.RULES_ORDER,
                     "the right rules in the wrong order (or repeated)",
                     "iptables stops at the DNAT rule: a mark rule after it never runs",
                 )
@@ -425,7 +408,7 @@ def _check_container(
         )
         problems.append(
             problem(
-                MISSING_ENTRY,
+                ProblemKind.MISSING_ENTRY,
                 f"no entry rule in {TOPLEVEL_DNAT} for {ports}"
                 f" ({len(missing_entries)} of {len(wanted.entry_rules)} missing)",
                 "nothing sends those host ports to the chain: they are not forwarded",
@@ -436,7 +419,7 @@ def _check_container(
         if extra_entries:
             problems.append(
                 problem(
-                    EXTRA_ENTRY,
+                    ProblemKind.EXTRA_ENTRY,
                     f"{TOPLEVEL_DNAT} has entry rules its cached config does not make:"
                     f" {_rules_text(TOPLEVEL_DNAT, extra_entries)}",
                     "host ports the container no longer maps are still sent to it",
@@ -470,12 +453,12 @@ def _inventory_problems(
             live = c.name in live_chains
             problems.append(
                 Problem(
-                    LEGACY,
+                    ProblemKind.LEGACY,
                     c.family,
                     c.name,
                     *who,
                     f"pre-2018 SNAT chain of {_who(*who)}"
-                    + (" (stale)" if STALE in c.status else ""),
+                    + (" (stale)" if ProblemKind.STALE in c.status else ""),
                     "harmless while the container runs; `portmapctl gc` removes it once it is gone"
                     if live
                     else fixes.gc,
@@ -485,11 +468,11 @@ def _inventory_problems(
             continue
         if c.name in derived.get(c.family, ()):
             pass
-        elif STALE in c.status:
-            also = " and nothing enters it" if ORPHAN in c.status else ""
+        elif ProblemKind.STALE in c.status:
+            also = " and nothing enters it" if ProblemKind.ORPHAN in c.status else ""
             problems.append(
                 Problem(
-                    STALE,
+                    ProblemKind.STALE,
                     c.family,
                     c.name,
                     *who,
@@ -501,10 +484,10 @@ def _inventory_problems(
             )
             continue
         else:
-            if ORPHAN in c.status:
+            if ProblemKind.ORPHAN in c.status:
                 problems.append(
                     Problem(
-                        ORPHAN,
+                        ProblemKind.ORPHAN,
                         c.family,
                         c.name,
                         *who,
@@ -513,10 +496,10 @@ def _inventory_problems(
                         "it forwards nothing and nothing will ever remove it but gc",
                     )
                 )
-            if INCOMPLETE in c.status:
+            if ProblemKind.INCOMPLETE in c.status:
                 problems.append(
                     Problem(
-                        INCOMPLETE,
+                        ProblemKind.INCOMPLETE,
                         c.family,
                         c.name,
                         *who,
@@ -547,7 +530,7 @@ def _shadow_problem(
     for name, ports in winners.items():
         winner = by_chain.get((name, loser.family))
         who = _who(winner.network, winner.container_id) if winner else "?"
-        winner_stale = winner_stale or (winner is not None and STALE in winner.status)
+        winner_stale = winner_stale or (winner is not None and ProblemKind.STALE in winner.status)
         parts.append(f"{', '.join(ports)} taken first by {name} ({who}), which wins")
     fix = (
         f"{fixes.gc} (the winner is stale)"
@@ -555,7 +538,7 @@ def _shadow_problem(
         else "two containers claim one host port: re-create one of them with another host port"
     )
     return Problem(
-        SHADOWED,
+        ProblemKind.SHADOWED,
         loser.family,
         loser.name,
         loser.network,
@@ -578,7 +561,7 @@ def _duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
             network, container_id = inventory.parse_comment(rule)
             problems.append(
                 Problem(
-                    DUPLICATE_ENTRY,
+                    ProblemKind.DUPLICATE_ENTRY,
                     live.family,
                     saved.name,
                     network,
@@ -616,7 +599,7 @@ def split_brain(
         tool = "ip6tables" if family == 6 else "iptables"
         problems.append(
             Problem(
-                SPLIT_BRAIN,
+                ProblemKind.SPLIT_BRAIN,
                 family,
                 None,
                 None,
