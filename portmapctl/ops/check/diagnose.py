@@ -1,37 +1,24 @@
-"""`check`: every way a node's portmap state is wrong; `--repair` of what is missing.
+"""`check`'s diagnosis, pure: tables and cache in, problems out.
 
-Node check (no mapping given): for every attachment in the CNI cache that carries
-port mappings, the chains the plugin would have made (`model.wanted_chains`) are
-compared with the live table; the shared top-level chains and jumps those mappings
-need must be there; and everything `list` can mark (shadowed, orphan, incomplete,
-stale, legacy) is reported, plus duplicate entry rules and portmap chains present in
-both the legacy and the nf_tables tables (split brain).
-
-Mapping check (a `MappingConfig` given): what the plugin's CHECK verifies -- the
-per-container chain, its rules and its entry rules, in each family the container has
-an address in -- except that a missing chain is a failure (the seed's bug, SPEC §2).
-
-Repair plans with `planner.plan_setup` from the same wanted chains the check compares
-against and applies through `Node.converge`: it only creates what is missing (a
-cached container's own chain is rewritten when its rules differ, as the plugin's ADD
-would), never deletes another container's chain, and leaves stale state to `gc`.
-
-`diagnose` and `diagnose_mapping` are pure (tables and cache in, problems out); the
-`check_*`/`repair` functions add the reading and writing.
+For every attachment in the CNI cache that carries port mappings, the chains the
+plugin would have made (`chains.wanted_chains`) are compared with the live table; the
+shared top-level chains and jumps those mappings need must be there; and everything
+`list` can mark (shadowed, orphan, incomplete, stale, legacy) is reported, plus
+duplicate entry rules and portmap chains present in both the legacy and the nf_tables
+tables (split brain). `diagnose_mapping` is what the plugin's CHECK verifies for one
+mapping, except that a missing chain is a failure (the seed's bug, SPEC §2).
 """
 
 from __future__ import annotations
 
-import shlex
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
-from portmapctl.errors import BadInput, HostProblem
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
@@ -45,21 +32,22 @@ from portmapctl.iptables.chains import (
     toplevel_dnat_chain,
     wanted_chains,
 )
-from portmapctl.iptables.planner import plan_setup
 from portmapctl.iptables.ruleset import (
     Args,
     NatTable,
-    command_line,
     format_rule,
     option_value,
     rule_target,
 )
-from portmapctl.iptables.transaction import Transaction
-from portmapctl.ops.add import after_setup
-from portmapctl.ops.node import DEFAULT_CACHE_DIR, Node
-
-_PORTMAP_SHARED = (TOPLEVEL_DNAT, SETMARK, MASQ, "CNI-HOSTPORT-SNAT")
-_SHOWN = 3  # how many rules or chains a detail names before "and N more"
+from portmapctl.ops.check.hints import (
+    _PORTMAP_SHARED,
+    Fixes,
+    _config_ports,
+    _names_text,
+    _ports_text,
+    _rules_text,
+    _who,
+)
 
 
 @dataclass(frozen=True)
@@ -102,85 +90,6 @@ class CheckResult:
     @property
     def healthy(self) -> bool:
         return not self.problems
-
-
-@dataclass(frozen=True)
-class Fixes:
-    """How fix commands are spelled on this node: with the options check was run with."""
-
-    suffix: str = ""
-    flavour: Optional[str] = None  # which iptables a hand-typed fix names
-    cache_present: bool = True
-
-    @property
-    def repair(self) -> str:
-        return f"portmapctl check --repair{self.suffix}"
-
-    @property
-    def gc(self) -> str:
-        if self.cache_present:
-            return f"portmapctl gc{self.suffix}"
-        # gc refuses to guess which containers are live without a source of liveness.
-        return f"portmapctl gc --valid-attachments FILE{self.suffix}"
-
-    def iptables(self, family: int, command: str, chain: str, args: Args) -> str:
-        return command_line(family, self.flavour, command, chain, args)
-
-
-def fixes_for(node: Node, cache_present: bool = True) -> Fixes:
-    options = node.options
-    suffix = ""
-    if options.netns:
-        suffix += f" --netns {shlex.quote(options.netns)}"
-    if options.backend != "auto":
-        suffix += f" --backend {options.backend}"
-    if tuple(options.families) != (4, 6):
-        suffix += " --family " + ("all" if len(options.families) != 1 else str(options.families[0]))
-    if options.cache_dir != DEFAULT_CACHE_DIR:
-        suffix += f" --cni-cache-dir {shlex.quote(options.cache_dir)}"
-    return Fixes(suffix, _flavour(node), cache_present)
-
-
-def _flavour(node: Node) -> Optional[str]:
-    """nft or legacy: the iptables the backend works on (None for a snapshot)."""
-    if node.options.snapshots:
-        return None
-    return {"nft": "nft", "legacy": "legacy", "iptc": "legacy"}.get(node.backend.name)
-
-
-# --- describing things ------------------------------------------------------------
-
-
-def _who(network: Optional[str], container_id: Optional[str]) -> str:
-    if network is None and container_id is None:
-        return "an unknown container"
-    return f"{network or '?'}/{container_id or '?'}"
-
-
-def _ports_text(ports: Sequence[Tuple[str, int]]) -> str:
-    return ", ".join(f"{proto}/{port}" for proto, port in ports) or "no ports"
-
-
-def _config_ports(config: MappingConfig, family: int) -> str:
-    address = config.address(family)
-    ip = "?" if address is None else address.ip.compressed
-    ip = f"[{ip}]" if family == 6 else ip
-    return ", ".join(
-        f"{p.protocol}/{p.host_port}->{ip}:{p.container_port}"
-        for p in config.ports
-        if p.applies_to(family)
-    )
-
-
-def _rules_text(chain: str, rules: Sequence[Args], command: str = "-A") -> str:
-    shown = "; ".join(format_rule(command, chain, r) for r in rules[:_SHOWN])
-    more = len(rules) - _SHOWN
-    return shown + (f"; and {more} more" if more > 0 else "")
-
-
-def _names_text(names: Sequence[str]) -> str:
-    more = len(names) - _SHOWN
-    return ", ".join(names[:_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 # --- what should be there -----------------------------------------------------------
@@ -677,162 +586,3 @@ def diagnose_mapping(
         compared += 1
         problems += _check_container(config, wanted, tables[family], fix, exact=False)
     return problems, compared
-
-
-def _other_flavour(
-    node: Node, families: Sequence[int]
-) -> Tuple[Optional[Tuple[str, str]], Dict[int, NatTable], List[str]]:
-    """The same families read from the iptables flavour the backend does not use."""
-    used = _flavour(node)
-    if used is None:
-        return None, {}, []  # a snapshot: there is no other flavour to look at
-    from portmapctl.iptables.access.restore import RestoreBackend
-
-    other = "legacy" if used == "nft" else "nft"
-    backend = RestoreBackend(other)
-    tables: Dict[int, NatTable] = {}
-    for family in families:
-        try:
-            # Reading legacy tables that do not exist would create them: ask first.
-            if backend.has_nat_table(family):
-                tables[family] = backend.read(family)
-        except HostProblem as err:
-            # A host without the other flavour cannot have a split brain in it.
-            return None, {}, [f"not looking for split brain: {err}"]
-    return (used, other), tables, []
-
-
-def check_node(node: Node) -> CheckResult:
-    """Check the whole node against its CNI cache (see the module doc)."""
-    return _check_node(node, node.read_cache())  # a malformed file: BadInput, named
-
-
-def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckResult:
-    tables = node.read()
-    flavours, other_tables, notes = _other_flavour(node, tuple(tables))
-    fixes = fixes_for(node, attachments is not None)
-    problems, compared = diagnose(
-        tables, attachments, fixes, other_tables=other_tables, flavours=flavours
-    )
-    if attachments is None:
-        notes.append(
-            f"no CNI cache in {node.options.cache_dir}/results: cached mappings and stale"
-            " chains were not checked (give --cni-cache-dir)"
-        )
-    chains = sum(len(inventory.per_container_chains(t)) for t in tables.values())
-    return CheckResult(
-        tuple(problems),
-        tuple(sorted(tables)),
-        "node",
-        attachments is not None,
-        compared,
-        chains,
-        notes=tuple(notes),
-    )
-
-
-def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
-    """Check one mapping as the plugin's CHECK does (a missing chain is a failure)."""
-    families = tuple(f for f in config.families if f in node.families)
-    if not families:
-        raise BadInput(
-            f"the mapping has no address in the families checked"
-            f" (IPv{'/IPv'.join(map(str, node.families)) or '-'})"
-        )
-    tables = node.read(families)
-    fix = "run the same command with --repair"
-    problems, compared = diagnose_mapping(tables, config, fix)
-    return CheckResult(
-        tuple(problems),
-        families,
-        "mapping",
-        mappings_checked=compared,
-        chain=dnat_chain_name(config),
-    )
-
-
-# --- repair ---------------------------------------------------------------------------
-
-
-def _plan(
-    configs: Optional[Sequence[MappingConfig]], single: Optional[MappingConfig]
-) -> Callable[[NatTable], Transaction]:
-    """The planner for one family: what the check compares against, made to exist."""
-
-    def plan(live: NatTable) -> Transaction:
-        if single is not None:
-            return plan_setup(wanted_chains(single, live.family), live)
-        shared, per_container = wanted_on_node(configs, live.family, live)
-        return plan_setup([*shared, *(chain for _, chain in per_container)], live)
-
-    return plan
-
-
-def _changed(txn: Transaction, configs: Sequence[MappingConfig]) -> List[MappingConfig]:
-    """The mappings a repair (re)made: their chain or entry rules were written, or the
-    jumps into CNI-HOSTPORT-DNAT were (then every mapping of the family was dark)."""
-    touched = set()
-    whole_family = False
-    for op in txn.ops:
-        target = rule_target(op.args) if op.args else None
-        touched.update({op.chain, target})
-        if (op.kind == "new-chain" and op.chain == TOPLEVEL_DNAT) or (
-            op.chain in ("PREROUTING", "OUTPUT") and target == TOPLEVEL_DNAT
-        ):
-            whole_family = True
-    return [
-        c
-        for c in configs
-        if txn.family in c.families and (whole_family or dnat_chain_name(c) in touched)
-    ]
-
-
-def repair(
-    node: Node, config: Optional[MappingConfig] = None, *, flush_udp: bool = True
-) -> CheckResult:
-    """Create what is missing (cached mappings, or `config`, and the top-level
-    structure), then check again. Returns the check after, with what was fixed."""
-    if not node.backend.writable:
-        raise BadInput("--repair changes the node: it cannot work on a --snapshot")
-    attachments: Optional[List[Attachment]] = None
-    if config is not None:
-        before = check_mapping(node, config)
-        configs: Optional[List[MappingConfig]] = [config]
-        families = before.families
-    else:
-        attachments = node.read_cache()
-        before = _check_node(node, attachments)
-        configs = cached_configs(attachments) if attachments is not None else None
-        families = node.families
-    plan = _plan(configs, config)
-    transactions: Dict[int, str] = {}
-    changed: Dict[str, Tuple[MappingConfig, List[int]]] = {}
-    for family in families:
-        txn = node.converge(family, plan)
-        if not txn:
-            continue
-        transactions[family] = txn.render()
-        for c in _changed(txn, configs or []):
-            changed.setdefault(dnat_chain_name(c), (c, []))[1].append(family)
-    warnings: List[str] = []
-    # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
-    # un-NATed path it took while the mapping was missing.
-    for c, fams in changed.values():
-        warnings += after_setup(c, fams, flush_udp)
-    after = check_mapping(node, config) if config is not None else _check_node(node, attachments)
-    remaining = {p.key for p in after.problems}
-    fixed = tuple(p for p in before.problems if p.key not in remaining)
-    return CheckResult(
-        after.problems,
-        after.families,
-        after.scope,
-        after.cache_present,
-        after.mappings_checked,
-        after.chains_seen,
-        after.chain,
-        repaired=bool(transactions),
-        fixed=fixed,
-        transactions=transactions,
-        notes=after.notes,
-        warnings=tuple(warnings),
-    )
