@@ -172,6 +172,7 @@ def make_lab(root: Path) -> Lab:
     # A persistent mount namespace is a bind mount of /proc/PID/ns/mnt onto a file, which
     # must not sit on a shared mount: give the folder a private mount of its own.
     ns_dir = str(root / "ns")
+    _ensure_shared_run_netns()
     run(["mount", "--bind", ns_dir, ns_dir])
     try:
         run(["mount", "--make-private", ns_dir])
@@ -185,20 +186,42 @@ def make_lab(root: Path) -> Lab:
     return lab
 
 
+def _ensure_shared_run_netns() -> None:
+    """Make sure /run/netns is a shared mount of its own before the lab copies it.
+
+    ``ip netns add`` makes it so on first use. Were it made only after the lab's mount
+    namespace, the lab would get a one-way (slave) copy, and the namespaces podman
+    mounts there would not show on the host.
+    """
+    probe = f"pmt-e2e-probe-{os.getpid()}-{secrets.token_hex(3)}"
+    run(["ip", "netns", "add", probe])
+    run(["ip", "netns", "delete", probe])
+    found = run(["findmnt", "-n", "-o", "PROPAGATION", "/run/netns"], check=False).stdout
+    if "shared" not in found:
+        raise AssertionError(f"/run/netns is not a shared mount ({found.strip() or 'none'})")
+
+
 def _furnish_mntns(lab: Lab) -> None:
     # "unchanged" keeps /run/netns in the host's peer group (podman's container
     # namespaces must show on the host). The mounts made below must not travel the other
     # way: turn the mounts they are made on into slaves (one level, not recursive, which
     # would cut /run/netns off too).
-    for target in sorted({_mount_of(p) for p in ("/var/lib", "/sys/fs/cgroup", "/dev/shm")}):
+    # The lab folder too: podman mounts a tmpfs per container below it.
+    places = ("/var/lib", "/sys/fs/cgroup", "/dev/shm", str(lab.root))
+    for target in sorted({_mount_of(place) for place in places}):
         lab.in_mntns(["mount", "--make-slave", target])
     upper, work = lab.root / "ovl/upper", lab.root / "ovl/work"
-    lab.in_mntns(
+    overlay = lab.in_mntns(
         [
             "mount", "-t", "overlay", "overlay",
             "-o", f"lowerdir=/var/lib,upperdir={upper},workdir={work}", "/var/lib",
-        ]
+        ],
+        check=False,
     )  # fmt: skip
+    if overlay.returncode != 0:
+        # No overlayfs: an empty /var/lib will do (podman is told where its own state
+        # goes; only libcni insists on /var/lib/cni).
+        lab.in_mntns(["mount", "-t", "tmpfs", "-o", "size=64m", "pmt-e2e-varlib", "/var/lib"])
     lab.in_mntns(["mkdir", "-p", "/var/lib/cni"])
     lab.in_mntns(["mount", "-t", "tmpfs", "-o", "size=64m", "pmt-e2e-shm", "/dev/shm"])
     if _fs_type("/sys/fs/cgroup") != "cgroup2fs":
@@ -368,7 +391,7 @@ class Node:
             try:
                 done = self.ns(
                     BUSYBOX, "nc", "-w", "2", address, str(port),
-                    input=request, check=False, timeout=5,
+                    input=request, check=False, timeout=3,
                 )  # fmt: skip
             except subprocess.TimeoutExpired:
                 # Connected but no answer (podman's conmon holds the host port open)
