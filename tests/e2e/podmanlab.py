@@ -380,7 +380,7 @@ class Node:
 
     # -- traffic --
 
-    def http_get(self, address: str, port: int, *, attempts: int = 10) -> str:
+    def http_get(self, address: str, port: int, *, attempts: int = 10, wait: float = 3.0) -> str:
         """The body busybox httpd serves at ``address:port``, asked from the node.
 
         Retried briefly: the container's httpd may not listen yet. Returns "" when
@@ -391,10 +391,11 @@ class Node:
             try:
                 done = self.ns(
                     BUSYBOX, "nc", "-w", "2", address, str(port),
-                    input=request, check=False, timeout=3,
+                    input=request, check=False, timeout=wait,
                 )  # fmt: skip
             except subprocess.TimeoutExpired:
-                # Connected but no answer (podman's conmon holds the host port open)
+                # Connected but no answer: with the DNAT gone, the client reaches the
+                # socket podman's conmon listens on to reserve the host port.
                 continue
             # text mode turned the CRLFs into newlines
             if done.returncode == 0 and "\n\n" in done.stdout:
