@@ -21,7 +21,7 @@ from portmapctl.iptables.ruleset import (
     NatTable,
     rule_target,
 )
-from portmapctl.iptables.transaction import Transaction
+from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops.add import after_setup
 from portmapctl.ops.check.diagnose import CheckResult, cached_configs, wanted_on_node
 from portmapctl.ops.check.run import _check_node, check_mapping
@@ -52,7 +52,7 @@ def _changed(txn: Transaction, configs: Sequence[MappingConfig]) -> List[Mapping
     for op in txn.ops:
         target = rule_target(op.args) if op.args else None
         touched.update({op.chain, target})
-        if (op.kind == "new-chain" and op.chain == TOPLEVEL_DNAT) or (
+        if (op.kind is OpKind.NEW_CHAIN and op.chain == TOPLEVEL_DNAT) or (
             op.chain in ("PREROUTING", "OUTPUT") and target == TOPLEVEL_DNAT
         ):
             whole_family = True
