@@ -117,10 +117,6 @@ def _identity_of(comment: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
     return match["network"], match["id"] if match["end"] else None
 
 
-def _entry_ports(args: Sequence[str]) -> Tuple[ProtoPort, ...]:
-    return _entry_ports_of(options(args))
-
-
 def _entry_ports_of(opts: ReadOnly[str, str]) -> Tuple[ProtoPort, ...]:
     proto = opts.get("-p")
     ports = opts.get("--dports")

@@ -24,6 +24,7 @@ from portmapctl.iptables.chains import (
     DNAT_PREFIX,
     MASQ,
     SETMARK,
+    SHARED_CHAINS,
     SNAT_PREFIX,
     TOPLEVEL_DNAT,
     Chain,
@@ -40,7 +41,6 @@ from portmapctl.iptables.ruleset import (
     rule_target,
 )
 from portmapctl.ops.check.hints import (
-    _PORTMAP_SHARED,
     Fixes,
     _config_ports,
     _names_text,
@@ -485,7 +485,7 @@ def _duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
 
 
 def _is_portmap_chain(name: str) -> bool:
-    return name in _PORTMAP_SHARED or name.startswith((DNAT_PREFIX, SNAT_PREFIX))
+    return name in SHARED_CHAINS or name.startswith((DNAT_PREFIX, SNAT_PREFIX))
 
 
 def split_brain(
