@@ -381,8 +381,10 @@ def render(report: MetricsReport) -> str:
 def write(report: MetricsReport, path: str) -> Optional[str]:
     """Write the report to `path` atomically. Returns None, or what went wrong as one
     line (the caller warns: metrics never change a command's outcome)."""
-    from prometheus_client import write_to_textfile
-
+    try:
+        from prometheus_client import write_to_textfile
+    except ImportError:  # a distribution's package without it: the command goes on
+        return f"could not write the metrics file {path}: prometheus_client is not installed"
     # The textfile collector runs as another user (node_exporter drops root): the file
     # must be readable by it even under a strict umask (the systemd unit's 0077).
     umask = os.umask(0o077)
