@@ -15,6 +15,7 @@ from portmapctl.cli._common import (
     BackendOpt,
     CacheDirOpt,
     FamilyOpt,
+    MetricsFileOpt,
     NetnsOpt,
     NoColorOpt,
     Output,
@@ -24,6 +25,7 @@ from portmapctl.cli._common import (
     VerboseOpt,
     complete_container,
     complete_network,
+    metrics_recording,
     node_options,
 )
 
@@ -66,6 +68,7 @@ def list_command(
     conntrack: Annotated[
         bool, typer.Option("--conntrack", help="Count UDP conntrack entries per UDP mapping.")
     ] = False,
+    metrics_file: MetricsFileOpt = None,
     backend: BackendOpt = DEFAULT_BACKEND,
     family: FamilyOpt = DEFAULT_FAMILY,
     netns: NetnsOpt = None,
@@ -81,44 +84,49 @@ def list_command(
     from portmapctl.ops.node import opened
 
     out = Output(output, no_color, quiet, verbose)
-    if network is not None or container is not None:
-        from portmapctl.core import validate
+    with metrics_recording(metrics_file, "list", [cni_cache_dir], out) as recorder:
+        if network is not None or container is not None:
+            from portmapctl.core import validate
 
-        if network is not None:
-            validate.cni_name(network, "network name")
-        if container is not None:
-            # A prefix of a valid ID is itself one: anything else can match nothing.
-            validate.cni_name(container, "container ID")
-    snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
-    options = node_options(backend, family, netns, cni_cache_dir, snapshots)
-    with opened(options) as node:
-        tables, cache = node.read_with_cache()
-        found = inventory.build(tables, cache)
-        counts = None
-        if conntrack:
-            if snapshots:
-                from portmapctl.errors import BadInput
+            if network is not None:
+                validate.cni_name(network, "network name")
+            if container is not None:
+                # A prefix of a valid ID is itself one: anything else can match nothing.
+                validate.cni_name(container, "container ID")
+        snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
+        options = node_options(backend, family, netns, cni_cache_dir, snapshots)
+        with opened(options) as node:
+            tables, cache = node.read_with_cache()
+            found = inventory.build(tables, cache)
+            if recorder is not None:
+                recorder.note_node(found.mappings, found.chains, tuple(tables))
+            counts = None
+            if conntrack:
+                if snapshots:
+                    from portmapctl.errors import BadInput
 
-                raise BadInput("--conntrack reads the kernel: it cannot be used with --snapshot")
-            from portmapctl.ops.flush_udp import count_per_mapping
+                    raise BadInput(
+                        "--conntrack reads the kernel: it cannot be used with --snapshot"
+                    )
+                from portmapctl.ops.flush_udp import count_per_mapping
 
-            counts = count_per_mapping(found.mappings)
-    rows = inventory.select(
-        found.mappings,
-        container=container,
-        network=network,
-        port=port,
-        protocol=proto.value if proto else None,
-    )
-    chains = inventory.select_chains(found.chains, container=container, network=network)
-    if port is not None or proto is not None:
-        chains = [
-            c for c in chains if any(m.chain == c.name and m.family == c.family for m in rows)
-        ]
-    if out.json:
-        out.print_json(render.list_json(rows, chains, counts))
-        return
-    if not rows and not chains:
-        out.message("no portmap chains found")
-        return
-    out.show(render.list_table(rows, chains, counts))
+                counts = count_per_mapping(found.mappings)
+        rows = inventory.select(
+            found.mappings,
+            container=container,
+            network=network,
+            port=port,
+            protocol=proto.value if proto else None,
+        )
+        chains = inventory.select_chains(found.chains, container=container, network=network)
+        if port is not None or proto is not None:
+            chains = [
+                c for c in chains if any(m.chain == c.name and m.family == c.family for m in rows)
+            ]
+        if out.json:
+            out.print_json(render.list_json(rows, chains, counts))
+            return
+        if not rows and not chains:
+            out.message("no portmap chains found")
+            return
+        out.show(render.list_table(rows, chains, counts))

@@ -419,6 +419,16 @@ class Recorder:
         given = {k: v for k, v in vars(findings).items() if v is not None}
         self.findings = replace(self.findings, **given)
 
+    def note_node(self, mappings: Iterable[Any], chains: Iterable[Any], families: Sequence[int]):
+        """An inventory of the whole node (never a filtered view of it)."""
+        self.note(node_findings(mappings, chains, families))
+
+    def note_problems(self, problems: Iterable[Any]) -> None:
+        self.note(Findings(problems=problem_findings(problems)))
+
+    def note_gc(self, result: Any, families: Sequence[int]) -> None:
+        self.note(gc_findings(result, families))
+
     def report(self, success: bool) -> MetricsReport:
         duration = max(time.monotonic() - self._clock, 0.0)
         return MetricsReport(

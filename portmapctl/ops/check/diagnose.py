@@ -86,6 +86,8 @@ class CheckResult:
     transactions: Dict[int, str] = field(default_factory=dict)
     notes: Tuple[str, ...] = ()
     warnings: Tuple[str, ...] = ()
+    # The node as check read it (node scope): what --metrics-file counts.
+    found: Optional[inventory.Inventory] = field(default=None, compare=False, repr=False)
 
     @property
     def healthy(self) -> bool:
@@ -534,11 +536,13 @@ def diagnose(
     *,
     other_tables: Optional[ReadOnly[int, NatTable]] = None,
     flavours: Optional[Tuple[str, str]] = None,
+    found: Optional[inventory.Inventory] = None,
 ) -> Tuple[List[Problem], int]:
     """Every problem of a node (pure). Returns (problems, mappings compared).
 
     `attachments` is the CNI cache (None: there is none). `other_tables` are the same
     families read from the other iptables flavour; `flavours` is (used, other).
+    `found` is the inventory of `tables` and `attachments`, when the caller has it.
     """
     configs = cached_configs(attachments) if attachments is not None else None
     problems: List[Problem] = []
@@ -562,7 +566,8 @@ def diagnose(
             problems += _check_container(
                 config, chain, live, fixes.repair, exact=True, elsewhere=elsewhere, entries=index
             )
-    found = inventory.build(tables, attachments)
+    if found is None:
+        found = inventory.build(tables, attachments)
     live_names = {dnat_chain_name(c) for c in configs or ()}
     live_names |= {a.snat_chain for a in attachments or ()}
     problems += _inventory_problems(found, derived, live_names, fixes)

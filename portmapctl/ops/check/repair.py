@@ -111,4 +111,5 @@ def repair(
         transactions=transactions,
         notes=after.notes,
         warnings=tuple(warnings),
+        found=after.found,
     )
