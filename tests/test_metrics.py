@@ -3,7 +3,8 @@ own parser (what Prometheus and the node_exporter read), for the example node in
 examples/ whose problems are known (README tour): one healthy dual-stack container,
 one shadowed, one stale, one orphaned.
 
-No root: the node comes from its iptables-save dumps.
+No root: the node comes from its iptables-save dumps; one test runs gc for real in a
+namespace (root).
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from __future__ import annotations
 import os
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, FrozenSet, Tuple
 
+import pmctl
 import pytest
+import realplugin as rp
 from prometheus_client.parser import text_string_to_metric_families
 
 from portmapctl import check, cni_cache, inventory
@@ -299,3 +304,165 @@ def test_recording_an_unwritable_file_warns_once(tmp_path):
     ):
         pass
     assert len(warnings) == 1 and "could not write the metrics file" in warnings[0]
+
+
+# --- the command line: --metrics-file on list, check and gc --------------------------------
+
+SNAPSHOT_ARGS = [
+    "--snapshot",
+    SNAPSHOTS[4],
+    "--snapshot6",
+    SNAPSHOTS[6],
+    "--cni-cache-dir",
+    CACHE,
+]
+
+
+def run_cli(args, env=None):
+    return pmctl.run(args, env=env)
+
+
+def samples_of(path: Path) -> Dict[Sample, float]:
+    return parse(path.read_text())[1]
+
+
+def test_list_writes_the_example_nodes_metrics(tmp_path):
+    path = tmp_path / "portmapctl-list.prom"
+    without = run_cli(["list", *SNAPSHOT_ARGS])
+    done = run_cli(["list", *SNAPSHOT_ARGS, "--metrics-file", str(path)])
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout == without.stdout, "the metrics change nothing of the output"
+    families, samples = parse(path.read_text())
+    c = {"command": "list"}
+    assert samples[key("last_run_success", **c)] == 1
+    assert 0 < samples[key("last_run_duration_seconds", **c)] < 60
+    assert abs(samples[key("last_run_timestamp_seconds", **c)] - path.stat().st_mtime) < 60
+    assert samples[key("cni_cache_entries", dir=CACHE, **c)] == 3
+    for family in ("4", "6"):
+        for status in metrics.STATUSES:
+            labels = dict(backend="iptables", family=family, status=status, **c)
+            assert samples[key("mappings", **labels)] == EXAMPLE_MAPPINGS.get((family, status), 0)
+        for status in metrics.CHAIN_STATUSES["dnat"]:
+            labels = dict(backend="iptables", family=family, chain_type="dnat", status=status)
+            assert samples[key("chains", **labels, **c)] == EXAMPLE_CHAINS.get((family, status), 0)
+    # list does not diagnose, nor collect garbage: those series are absent, not zero.
+    assert "portmapctl_problems" not in families
+    assert not [name for name in families if name.startswith("portmapctl_gc_")]
+
+
+def test_list_metrics_are_the_whole_node_whatever_the_filters(tmp_path):
+    path = tmp_path / "portmapctl-list.prom"
+    done = run_cli(["list", *SNAPSHOT_ARGS, "--port", "9000", "--metrics-file", str(path)])
+    assert done.returncode == 0
+    labels = dict(backend="iptables", family="4", status="ok", command="list")
+    assert samples_of(path)[key("mappings", **labels)] == 2
+
+
+def test_check_from_the_environment_variable_reports_its_problems(tmp_path):
+    path = tmp_path / "portmapctl-check.prom"
+    done = run_cli(["check", *SNAPSHOT_ARGS], env={"PORTMAPCTL_METRICS_FILE": str(path)})
+    assert done.returncode == 1, "problems found: exit 1, as without metrics"
+    assert done.stderr == ""
+    samples = samples_of(path)
+    c = {"command": "check"}
+    assert samples[key("last_run_success", **c)] == 1, "finding problems is check's work"
+    for kind in metrics.PROBLEM_KINDS:
+        assert samples[key("problems", kind=kind, **c)] == EXAMPLE_PROBLEMS.get(kind, 0)
+    labels = dict(backend="iptables", family="4", status="shadowed", **c)
+    assert samples[key("mappings", **labels)] == 1
+
+
+def test_an_empty_environment_variable_asks_for_no_file(tmp_path):
+    done = pmctl.run(["list", *SNAPSHOT_ARGS], env={"PORTMAPCTL_METRICS_FILE": ""})
+    assert done.returncode == 0 and done.stderr == ""
+
+
+@pytest.mark.parametrize("command,code", [("list", 0), ("check", 1)])
+def test_an_unwritable_metrics_file_is_one_warning_and_changes_nothing(tmp_path, command, code):
+    without = run_cli([command, *SNAPSHOT_ARGS])
+    path = tmp_path / "no-such-dir" / "portmapctl.prom"
+    done = run_cli([command, *SNAPSHOT_ARGS, "--metrics-file", str(path)])
+    assert done.returncode == without.returncode == code
+    assert done.stdout == without.stdout
+    assert done.stderr.splitlines() == [
+        f"portmapctl: warning: could not write the metrics file {path}: No such file or directory"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_run_writes_success_0_and_keeps_its_error(tmp_path):
+    path = tmp_path / "portmapctl-list.prom"
+    done = run_cli(
+        ["list", "--snapshot", str(tmp_path / "missing.save"), "--metrics-file", str(path)]
+    )
+    pmctl.assert_error(done, 2, "missing.save")  # one error line, no warning
+    samples = samples_of(path)
+    assert samples[key("last_run_success", command="list")] == 0
+    assert not [name for name, _ in samples if name == "portmapctl_mappings"]
+
+
+def test_without_a_metrics_file_prometheus_client_is_never_imported():
+    code = (
+        "import sys\n"
+        "from portmapctl.cli import main\n"
+        "try:\n"
+        f"    main(['list', *{SNAPSHOT_ARGS!r}])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "loaded = [m for m in sys.modules if m.startswith(('prometheus_client', 'portmapctl.ops'))]\n"
+        "sys.stderr.write(repr(loaded))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stderr == "[]", done.stderr
+
+
+# --- gc, for real (root, a namespace) ------------------------------------------------------
+
+
+def test_gc_metrics_of_removed_pending_and_conntrack(host_ns, tmp_path):
+    if not rp.mode_available("nft")[0]:
+        pytest.skip(rp.mode_available("nft")[1])
+    from test_gc import Node_, _ports, _udp_flow
+
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    node = Node_(host_ns, "nft", cache)
+    node.add("gcnet", "live1", ["10.88.0.11/16", "fd00::11/64"], _ports("8080/tcp"))
+    node.add("gcnet", "gone1", ["10.88.0.12/16"], _ports("9090/tcp", "6000/udp"), cache=False)
+    for sport in (40001, 40002):
+        _udp_flow(node, sport, 6000)  # to gone1's UDP port: deleted with its chain
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    path = tmp_path / "portmapctl-gc.prom"
+    argv = ["gc", "--netns", host_ns, "--backend", "nft", "--cni-cache-dir", str(cache)]
+    argv += ["--yes", "-q", "--metrics-file", str(path)]
+
+    done = pmctl.run([*argv, "--min-age", "0"], env=env)
+    assert done.returncode == 0, done.stderr
+    samples = samples_of(path)
+    c = {"command": "gc"}
+    assert samples[key("last_run_success", **c)] == 1
+    assert samples[key("gc_chains_removed", family="4", **c)] == 1
+    assert samples[key("gc_chains_removed", family="6", **c)] == 0
+    assert samples[key("gc_chains_pending", family="4", **c)] == 0
+    assert samples[key("conntrack_entries_deleted", **c)] == 2
+    assert samples[key("cni_cache_entries", dir=str(cache), **c)] == 1
+
+    # Another container goes: seen for the first time, it waits for --min-age.
+    node.add("gcnet", "gone2", ["10.88.0.13/16", "fd00::13/64"], _ports("9091/tcp"), cache=False)
+    done = pmctl.run(argv, env=env)
+    assert done.returncode == 0, done.stderr
+    samples = samples_of(path)
+    for family in ("4", "6"):
+        assert samples[key("gc_chains_removed", family=family, **c)] == 0
+        assert samples[key("gc_chains_pending", family=family, **c)] == 1
+    assert samples[key("conntrack_entries_deleted", **c)] == 0
+
+    # gc fails (its liveness source is gone: exit 2): success 0, no counts.
+    done = pmctl.run([*argv[:6], str(tmp_path / "nothing"), *argv[7:]], env=env)
+    assert done.returncode == 2, done.stderr
+    samples = samples_of(path)
+    assert samples[key("last_run_success", **c)] == 0
+    assert not [name for name, _ in samples if name.startswith("portmapctl_gc_")]
+    assert samples[key("cni_cache_present", dir=str(tmp_path / "nothing"), **c)] == 0
