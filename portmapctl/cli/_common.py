@@ -179,9 +179,9 @@ MetricsFileOpt = Annotated[
         "--metrics-file",
         metavar="PATH",
         envvar="PORTMAPCTL_METRICS_FILE",
-        help="Also write this run's Prometheus metrics to PATH, atomically (for the"
-        " node_exporter textfile collector: a *.prom file in its directory). A failed"
-        " write is a warning, never a failed command.",
+        help="Also write this run's Prometheus metrics to PATH (a .prom file in the"
+        " node_exporter's textfile directory), atomically. A failed write is a warning,"
+        " never a failed command.",
         show_envvar=True,
     ),
 ]
