@@ -8,9 +8,8 @@ atomically: a temporary file in the same directory, then rename(2), so the colle
 never reads half a file (and ignores the temporary one: its name does not end in
 `.prom`).
 
-prometheus_client is imported only by `write()`: the report and its builders are
-imported only when `--metrics-file` is given, and nothing here slows down a run
-without it.
+prometheus_client is imported only to render or write a report (about 30 ms), and
+this module only when `--metrics-file` is given: a run without it imports neither.
 
 Every sample carries a `command` label: the node_exporter merges all `*.prom` files
 of its directory, and two commands reporting the same node-wide gauge (list and
@@ -381,12 +380,14 @@ def render(report: MetricsReport) -> str:
 def write(report: MetricsReport, path: str) -> Optional[str]:
     """Write the report to `path` atomically. Returns None, or what went wrong as one
     line (the caller warns: metrics never change a command's outcome)."""
+    # A newline or escape sequence in the path must not start a line of its own.
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
     try:
         from prometheus_client import write_to_textfile
     except ImportError:  # a distribution's package without it: the command goes on
-        return f"could not write the metrics file {path}: prometheus_client is not installed"
-    # The textfile collector runs as another user (node_exporter drops root): the file
-    # must be readable by it even under a strict umask (the systemd unit's 0077).
+        return f"could not write the metrics file {shown}: prometheus_client is not installed"
+    # node_exporter runs as a user of its own: the file must be readable by it even
+    # under a strict umask (the systemd units' 0077). It holds counts, no secrets.
     umask = os.umask(0o077)
     os.umask(umask & ~0o044)
     try:
@@ -395,7 +396,7 @@ def write(report: MetricsReport, path: str) -> Optional[str]:
         write_to_textfile(path, registry(report))
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
         reason = getattr(err, "strerror", None) or str(err)
-        return f"could not write the metrics file {path}: {reason}"
+        return f"could not write the metrics file {shown}: {reason}"
     finally:
         os.umask(umask)
     return None
