@@ -382,6 +382,8 @@ def write(report: MetricsReport, path: str) -> Optional[str]:
     line (the caller warns: metrics never change a command's outcome)."""
     # A newline or escape sequence in the path must not start a line of its own.
     shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+    if path == "-":  # stdout holds the command's result: not a place for metrics
+        return "could not write the metrics file -: give a file path (stdout is for results)"
     try:
         from prometheus_client import write_to_textfile
     except ImportError:  # a distribution's package without it: the command goes on

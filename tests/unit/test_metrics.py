@@ -220,6 +220,7 @@ def test_an_unwritable_path_is_one_line_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"], "no temporary file left"
     with_nul = metrics.write(report(), str(tmp_path / "a\0b.prom"))
     assert with_nul and "\n" not in with_nul
+    assert metrics.write(report(), "-").startswith("could not write the metrics file -: ")
     newline = metrics.write(report(), str(tmp_path / "no-dir\nx" / "a.prom"))
     assert newline and "\n" not in newline and "no-dir\\nx" in newline
 
