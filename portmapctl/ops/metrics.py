@@ -39,6 +39,7 @@ from typing import (
 )
 
 from portmapctl import __version__
+from portmapctl.core.status import ProblemKind, Status
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -57,31 +58,23 @@ class Command(str, Enum):
 # The vocabularies every count is filled with, zeros included: an alert on
 # `portmapctl_mappings{status="shadowed"} > 0` must see 0 on a healthy node, not an
 # absent series (absent also means "not measured").
-STATUSES = ("ok", "stale", "shadowed", "orphan", "incomplete", "legacy", "dead", "zombie")
+STATUSES = tuple(status.value for status in Status)
+PROBLEM_KINDS = tuple(kind.value for kind in ProblemKind)
 # The statuses a chain of each type can have (a legacy CNI-SN- chain maps no port, so
 # it is never ok, shadowed, incomplete or dead): zeros only where a count can grow.
-CHAIN_STATUSES = {
-    "dnat": ("ok", "stale", "shadowed", "orphan", "incomplete", "zombie"),
-    "legacy-snat": ("legacy", "stale", "orphan", "zombie"),
-}
-PROBLEM_KINDS = (
-    "missing-chain",
-    "missing-rules",
-    "extra-rules",
-    "rules-order",
-    "missing-entry",
-    "extra-entry",
-    "missing-toplevel",
-    "missing-toplevel-rule",
-    "missing-jump",
-    "shadowed",
-    "orphan",
-    "incomplete",
-    "stale",
-    "legacy",
-    "duplicate-entry",
-    "split-brain",
+_DNAT_STATUSES = (
+    Status.OK,
+    Status.STALE,
+    Status.SHADOWED,
+    Status.ORPHAN,
+    Status.INCOMPLETE,
+    Status.ZOMBIE,
 )
+_LEGACY_SNAT_STATUSES = (Status.LEGACY, Status.STALE, Status.ORPHAN, Status.ZOMBIE)
+CHAIN_STATUSES = {
+    "dnat": tuple(s.value for s in _DNAT_STATUSES),
+    "legacy-snat": tuple(s.value for s in _LEGACY_SNAT_STATUSES),
+}
 IPTABLES = "iptables"
 
 
