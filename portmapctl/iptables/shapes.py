@@ -37,16 +37,16 @@ import ipaddress
 from enum import Enum
 from typing import FrozenSet, List, Optional, Sequence, Tuple
 
-from portmapctl.model import (
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.iptables.chains import (
     DNAT_PREFIX,
     SETMARK,
     SNAT_PREFIX,
     TOPLEVEL_DNAT,
     Chain,
-    MappingConfig,
     dnat_chain,
 )
-from portmapctl.ruleset import Args, NatTable, normalize, options, rule_target
+from portmapctl.iptables.ruleset import Args, NatTable, normalize, options, rule_target
 
 ProtoPort = Tuple[str, int]
 

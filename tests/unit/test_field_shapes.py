@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 import realplugin
 from pmctl import assert_error, run
 
-from portmapctl.model import chain_name
+from portmapctl.iptables.chains import chain_name
 
 FIELD = Path(__file__).resolve().parents[1] / "fixtures" / "field"
 FIXTURES = FIELD.parent

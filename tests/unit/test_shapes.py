@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from portmapctl.core.mapping import MappingConfig, PortMapping
 from portmapctl.iptables import shapes
+from portmapctl.iptables.chains import chain_name
+from portmapctl.iptables.ruleset import NatTable, parse_save
 from portmapctl.iptables.shapes import EntryShape, Role, Shape
-from portmapctl.model import MappingConfig, PortMapping, chain_name
-from portmapctl.ruleset import NatTable, parse_save
 
 FIELD = Path(__file__).resolve().parents[1] / "fixtures" / "field"
 ID_A = "3f6e3b0a4b7c2d1e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e"
