@@ -123,8 +123,21 @@ def list_command(
             chains = [
                 c for c in chains if any(m.chain == c.name and m.family == c.family for m in rows)
             ]
+        if cache is None and not out.quiet:
+            # Without a cache nothing can be called stale: say so, or a wrong
+            # --cni-cache-dir turns every stale chain into "ok" without a word.
+            out.warn(
+                f"no CNI cache in {options.cache_dir}/results: stale mappings are not marked"
+                " (give --cni-cache-dir)"
+            )
         if out.json:
-            out.print_json(render.list_json(rows, chains, counts))
+            document = render.list_json(rows, chains, counts)
+            document["cache"] = {
+                "dirs": [options.cache_dir],
+                "present": cache is not None,
+                "entries": len(cache or ()),
+            }
+            out.print_json(document)
             return
         if not rows and not chains:
             out.message("no portmap chains found")
