@@ -294,3 +294,54 @@ def test_list_warns_when_the_cache_dir_is_absent(tmp_path):
         assert json.loads(done.stdout)["cache"]["present"] is False
         table = run(cli("list", save, cache_dir))
         assert cache_dir in table.stderr
+
+
+# --- gc reads the same catalogue ---------------------------------------------------------
+
+
+def _gc_plan(body: str, **liveness):
+    from portmapctl.iptables.ruleset import parse_save
+    from portmapctl.ops import gc
+
+    table = parse_save(body, 4)
+    return gc.plan_family(table, gc.Liveness(**liveness), {}, 1000.0, 0.0)
+
+
+def test_gc_keeps_an_orphaned_sn_chain_of_a_kept_container():
+    # CNI-HOSTPORT-SNAT flushed: the SN chains are entered by nothing, yet each is
+    # its DN twin's, and --keep (an ID prefix) keeps both.
+    body = (
+        "\n".join(
+            ln
+            for ln in text("v0.6-portless-entries").splitlines()
+            if not ln.startswith("-A CNI-HOSTPORT-SNAT")
+        )
+        + "\n"
+    )
+    plan = _gc_plan(body, keep=(ID_A[:8], ID_B[:8]))
+    assert plan.removed == () and plan.kept == 4
+
+
+def test_gc_removes_a_v06_container_with_its_portless_entry_ports():
+    plan = _gc_plan(text("v0.6-portless-entries"), keep=(ID_B[:8],))
+    removed = {c.chain: c for c in plan.removed}
+    assert set(removed) == {DN_A, SN_A}
+    assert removed[DN_A].host_ports == (("tcp", 8080),)
+    assert removed[SN_A].network == "mynet" and removed[SN_A].container_id == ID_A
+
+
+def test_repair_plans_nothing_for_an_old_working_shape(tmp_path):
+    # The plan --repair applies, on the v0.7 node with both containers cached.
+    from portmapctl.cni.cache import read_cache
+    from portmapctl.iptables.ruleset import parse_save
+    from portmapctl.ops import check
+
+    directory = cache(
+        tmp_path,
+        (ID_A, "10.88.0.5/16", [(8080, 80, "tcp"), (5353, 53, "udp")]),
+        (ID_B, "10.88.0.6/16", [(9090, 90, "tcp")]),
+    )
+    configs = check.cached_configs(read_cache(directory))
+    live = parse_save(text("v0.7-prepend-hairpin"), 4)
+    assert len(configs) == 2
+    assert not check._plan(configs, None)(live)
