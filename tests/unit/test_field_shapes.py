@@ -335,6 +335,7 @@ def test_repair_plans_nothing_for_an_old_working_shape(tmp_path):
     from portmapctl.cni.cache import read_cache
     from portmapctl.iptables.ruleset import parse_save
     from portmapctl.ops import check
+    from portmapctl.ops.check.repair import _plan
 
     directory = cache(
         tmp_path,
@@ -344,4 +345,4 @@ def test_repair_plans_nothing_for_an_old_working_shape(tmp_path):
     configs = check.cached_configs(read_cache(directory))
     live = parse_save(text("v0.7-prepend-hairpin"), 4)
     assert len(configs) == 2
-    assert not check._plan(configs, None)(live)
+    assert not _plan(configs, None)(live)
