@@ -145,12 +145,25 @@ def _split_carefully(line: str) -> List[str]:
     return tokens
 
 
+_UNREADABLE_RE = re.compile(r"^# Table `nat' is incompatible.*$", re.MULTILINE)
+
+
+def unreadable_note(text: str) -> Optional[str]:
+    """iptables-nft-save's note that it could not show the nat table (it holds rules
+    only nft understands), or None. The save still exits 0, with no table at all."""
+    found = _UNREADABLE_RE.search(text)
+    return found.group(0).lstrip("# ").strip() if found else None
+
+
 def parse_save(text: str, family: int, source: str = "iptables-save output") -> NatTable:
     """Read the nat table out of `iptables-save` text (other tables are skipped).
 
     Text without a nat table gives an empty table: nothing of the plugin's is there.
     Raises BadInput, naming the line, for text that is not iptables-save output.
     """
+    note = unreadable_note(text)
+    if note is not None:
+        raise BadInput(f"{source}: the nat table could not be saved ({note}): nothing to read")
     chains: Dict[str, SavedChain] = {}
     rules: Dict[str, List[Args]] = {}
     table: Optional[str] = None
