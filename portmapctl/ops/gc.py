@@ -226,12 +226,12 @@ class FamilyPlan:
     kept: int
     shared_removed: Tuple[str, ...]  # CNI-HOSTPORT-SNAT, once empty
     freed_udp_ports: Tuple[int, ...]  # UDP host ports mapped before, not after
+    seen: Mapping[str, gc_state.Seen]  # every chain not live now, for the state file
+    transaction: Transaction
     # UDP host ports of removed chains that another chain still maps, and the UDP
     # mappings left: a flow the removed chain DNATed keeps its dead destination.
     remapped_udp_ports: Tuple[int, ...] = ()
     remaining_udp: Tuple[inventory.Mapping, ...] = ()
-    seen: Mapping[str, gc_state.Seen]  # every chain not live now, for the state file
-    transaction: Transaction
 
 
 def state_key(family: int, chain: str) -> str:
