@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import BadInput
+from portmapctl.iptables.spelling import canonical
 
 Args = Tuple[str, ...]
 
@@ -324,7 +325,7 @@ _MATCH_OPTIONS = {
     "mark": {"--mark"},
     "addrtype": {"--src-type", "--dst-type", "--limit-iface-in", "--limit-iface-out"},
 }
-_FLAG_OPTIONS = {"--syn", "-f"}
+_FLAG_OPTIONS = {"--syn", "-f", "--limit-iface-in", "--limit-iface-out"}  # addrtype: flags
 # Options known to take a value, even one that starts with a dash.
 _VALUED_OPTIONS = (set().union(*_MATCH_OPTIONS.values()) | set(_PROTO_OPTIONS)) - _FLAG_OPTIONS
 
@@ -426,7 +427,9 @@ def normalize(args: Iterable[str], family: int) -> Args:
     for option in _GENERIC_ORDER:
         out.extend(generic.get(option, ()))
     for name, options in matches:
-        out.extend(["-m", name, *options])
+        # Option values as iptables prints them back (`local` -> `LOCAL`): a rule
+        # the plugin's CHECK accepts must compare equal (spelling.py).
+        out.extend(["-m", name, *canonical(name, options)])
     out.extend(target)
     return tuple(out)
 

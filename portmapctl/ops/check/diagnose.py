@@ -86,6 +86,8 @@ class CheckResult:
     transactions: Dict[int, str] = field(default_factory=dict)
     notes: Tuple[str, ...] = ()
     warnings: Tuple[str, ...] = ()
+    # What a repair could not make: (family, network, container ID, chain, why).
+    unrepaired: Tuple[Tuple[int, str, str, str, str], ...] = ()
 
     @property
     def healthy(self) -> bool:
