@@ -106,8 +106,8 @@ class RestoreBackend:
         argvs = {f: [self._binary(f, "save"), "-t", "nat"] for f in families}
         running: Dict[int, subprocess.Popen] = {}
         outputs: Dict[int, tuple] = {}
-        # Every save is killed (its whole process group) on the way out, whatever
-        # happens: a hung one, an error in the other, Ctrl-C.
+        # Every save still running is killed on the way out, whatever happens: a
+        # hung one, an error in the other, Ctrl-C.
         with _reaped(running.values()):
             try:
                 for f, argv in argvs.items():
@@ -164,29 +164,25 @@ def tool_timeout() -> float:
 
 
 def _start(argv: List[str], stdin: bool) -> subprocess.Popen:
-    # A session of its own: on a timeout the whole group goes (a wrapper script and
-    # what it started, not only the first process), and it never outlives us.
+    # Same process group as ours: Ctrl-C on the terminal reaches the tool too.
     return subprocess.Popen(
         argv,
         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        start_new_session=True,
     )
 
 
 @contextlib.contextmanager
 def _reaped(processes: Iterable[subprocess.Popen]) -> Iterator[None]:
-    """Kill and wait for whatever of `processes` is still running when the body ends."""
+    """Kill and wait for whatever of `processes` is still running when the body ends
+    (a timeout, an error in the other family's save, Ctrl-C): none outlives us."""
     try:
         yield
     finally:
         for process in list(processes):
             if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except OSError:
-                    pass
+                process.kill()
                 process.wait()
             for stream in (process.stdout, process.stderr, process.stdin):
                 if stream is not None:

@@ -190,8 +190,11 @@ def repair(
         if not txns:
             continue
         transactions[family] = "".join(t.render() for t in txns)
+        left_out = {u.chain for u in unrepaired if u.family == family}
         for txn in txns:
             for c in _changed(txn, configs or []):
+                if dnat_chain_name(c) in left_out:
+                    continue  # nothing of it was made: no route_localnet, no flush
                 fams = changed.setdefault(dnat_chain_name(c), (c, []))[1]
                 if family not in fams:
                     fams.append(family)
