@@ -9,7 +9,7 @@ import typer
 
 from portmapctl.cli._common import (
     DEFAULT_BACKEND,
-    DEFAULT_CACHE_DIR,
+    DEFAULT_CACHE_DIRS,
     DEFAULT_FAMILY,
     DEFAULT_OUTPUT,
     Annotated,
@@ -224,7 +224,7 @@ def add_command(
     backend: BackendOpt = DEFAULT_BACKEND,
     family: FamilyOpt = DEFAULT_FAMILY,
     netns: NetnsOpt = None,
-    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
+    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIRS,
     output: OutputOpt = DEFAULT_OUTPUT,
     no_color: NoColorOpt = False,
     quiet: QuietOpt = False,

@@ -8,7 +8,7 @@ import typer
 
 from portmapctl.cli._common import (
     DEFAULT_BACKEND,
-    DEFAULT_CACHE_DIR,
+    DEFAULT_CACHE_DIRS,
     DEFAULT_FAMILY,
     DEFAULT_OUTPUT,
     Annotated,
@@ -23,6 +23,7 @@ from portmapctl.cli._common import (
     ProtoChoice,
     QuietOpt,
     VerboseOpt,
+    cache_dirs_of,
     complete_container,
     complete_network,
     metrics_recording,
@@ -72,7 +73,7 @@ def list_command(
     backend: BackendOpt = DEFAULT_BACKEND,
     family: FamilyOpt = DEFAULT_FAMILY,
     netns: NetnsOpt = None,
-    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
+    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIRS,
     output: OutputOpt = DEFAULT_OUTPUT,
     no_color: NoColorOpt = False,
     quiet: QuietOpt = False,
@@ -84,7 +85,9 @@ def list_command(
     from portmapctl.ops.node import opened
 
     out = Output(output, no_color, quiet, verbose)
-    with metrics_recording(metrics_file, "list", [cni_cache_dir], out) as recorder:
+    with metrics_recording(
+        metrics_file, "list", list(cache_dirs_of(cni_cache_dir)), out
+    ) as recorder:
         if network is not None or container is not None:
             from portmapctl.core import validate
 
@@ -97,6 +100,10 @@ def list_command(
         options = node_options(backend, family, netns, cni_cache_dir, snapshots)
         with opened(options) as node:
             tables, cache = node.read_with_cache()
+            from portmapctl.cni.cache import warnings
+
+            for warning in warnings(cache):
+                out.warn(warning)
             found = inventory.build(tables, cache)
             if recorder is not None:
                 recorder.note_node(found.mappings, found.chains, tuple(tables))

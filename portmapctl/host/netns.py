@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from typing import Iterator, Optional
+from enum import Enum
+from typing import Dict, Iterator, Optional
 
 from portmapctl.errors import HostProblem
 
@@ -73,3 +74,87 @@ def entered(name_or_path: Optional[str]) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(original)
+
+
+# --- is a cached container's namespace still there? -----------------------------------
+
+# The initial PID namespace has this fixed inode number (PROC_PID_INIT_INO): only there
+# do /proc/PID paths name the host's processes.
+PROC_PID_INIT_INO = 0xEFFFFFFC
+
+
+class NetnsState(str, Enum):
+    """What became of the network namespace a CNI cache entry names."""
+
+    PRESENT = "present"
+    GONE = "gone"  # its directory is visible here and it is not in it: a zombie entry
+    UNSEEN = "unseen"  # its directory is not visible here (portmapctl in a container)
+    UNKNOWN = "unknown"  # the entry names no namespace, or it could not be looked at
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class NamespaceView:
+    """Looks up namespace paths from this mount namespace, remembering per directory
+    whether it is the host's (one view per command run: namespaces come and go)."""
+
+    def __init__(self) -> None:
+        self._visible: Dict[str, bool] = {}
+        try:
+            self._nsfs = os.stat("/proc/self/ns/net").st_dev
+        except OSError:
+            self._nsfs = None
+
+    def _is_namespace(self, path: str) -> Optional[bool]:
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError:
+            return None
+        # Every namespace file shares the nsfs device; an empty file left after the
+        # namespace was unmounted (or anything else at that name) does not.
+        return self._nsfs is not None and info.st_dev == self._nsfs
+
+    def directory_visible(self, directory: str) -> bool:
+        """Whether the namespaces kept in `directory` can be seen from here.
+
+        /proc/PID paths only in the host's PID namespace. Others: the directory holds at
+        least one network namespace -- an empty or missing /run/netns is what a
+        container without the host's mounted in sees, and it must not make every
+        cache entry look gone.
+        """
+        if directory in self._visible:
+            return self._visible[directory]
+        if directory.startswith("/proc/"):
+            try:
+                visible = os.stat("/proc/self/ns/pid").st_ino == PROC_PID_INIT_INO
+            except OSError:
+                visible = False
+        else:
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                names = []
+            visible = any(self._is_namespace(os.path.join(directory, n)) for n in names)
+        self._visible[directory] = visible
+        return visible
+
+    def state(self, path: Optional[str]) -> NetnsState:
+        if not path or not os.path.isabs(path):
+            return NetnsState.UNKNOWN
+        path = os.path.normpath(path)
+        if path.startswith("/proc/"):
+            parts = path.split("/")  # ["", "proc", PID, "ns", "net"] or a task path
+            directory = "/proc/"
+            if len(parts) < 3 or not parts[2].isdigit():
+                return NetnsState.UNKNOWN  # /proc/self/...: whose? not a container's
+        else:
+            directory = os.path.dirname(path)
+        if not self.directory_visible(directory):
+            return NetnsState.UNSEEN
+        found = self._is_namespace(path)
+        if found is None:
+            return NetnsState.UNKNOWN
+        return NetnsState.PRESENT if found else NetnsState.GONE

@@ -35,6 +35,7 @@ from typing import (
     Tuple,
 )
 
+from portmapctl.cni import cache as cni_cache
 from portmapctl.host import conntrack
 from portmapctl.host.addresses import LocalAddresses, local_addresses
 from portmapctl.host.conntrack import ConntrackEntry
@@ -74,6 +75,7 @@ class FlushResult:
     doomed: Tuple[Doomed, ...]  # what was (dry run: would be) deleted
     deleted: int  # how many the kernel deleted (dry run: how many would be)
     kept: int  # entries under those ports that were left alone
+    warnings: Tuple[str, ...] = ()  # cache entries that could not be read
 
 
 # --- what to look at -----------------------------------------------------------------
@@ -213,11 +215,15 @@ def flush(
     """
     families = node.families
     mappings: List[Mapping] = []
+    warnings: Tuple[str, ...] = ()
     if ports is None or container is not None or stale_only:
-        mappings = udp_mappings(inventory.build(node.read(), node.read_cache()).mappings)
+        tables = node.read()
+        attachments = node.read_cache()
+        warnings = tuple(cni_cache.warnings(attachments))
+        mappings = udp_mappings(inventory.build(tables, attachments).mappings)
     keys = select_ports(mappings, families, ports=ports, container=container)
     if not keys:
-        return FlushResult(dry_run, stale_only, (), (), 0, 0)
+        return FlushResult(dry_run, stale_only, (), (), 0, 0, warnings)
     entries = conntrack.list_udp(
         sorted({family for family, _ in keys}), sorted({port for _, port in keys})
     )
@@ -238,6 +244,7 @@ def flush(
         tuple(doomed),
         deleted,
         len(looked_at) - len(doomed),
+        warnings,
     )
 
 

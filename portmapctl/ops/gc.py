@@ -27,18 +27,20 @@ dead DNAT until idle).
 from __future__ import annotations
 
 import hashlib
-import time
+import os
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
+from portmapctl.cni import cache as cni_cache
 from portmapctl.cni import config as cni_config
-from portmapctl.cni.cache import Attachment, cache_exists, results_dir
+from portmapctl.cni.cache import Attachment, cache_present, present_dirs, results_dir
 from portmapctl.core import validate
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem
 from portmapctl.host import files
+from portmapctl.host.netns import NetnsState
 from portmapctl.host.paths import RUN_DIR
 from portmapctl.iptables import inventory
-from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, chain_name
+from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, chain_name, is_plugin_chain
 from portmapctl.iptables.inventory import ChainInfo
 from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable
@@ -48,10 +50,6 @@ from portmapctl.ops.node import Node
 
 DEFAULT_MIN_AGE = 120.0
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
-# libcni writes cache files in place (not through a rename): a read can catch one
-# half-written, or gone between listing and opening. Read again before giving up.
-CACHE_READ_TRIES = 4
-CACHE_RETRY_SECONDS = 0.1
 
 ProtoPort = Tuple[str, int]
 
@@ -108,21 +106,35 @@ class Sources:
     documents: Tuple[ValidAttachments, ...] = ()
     keep: Tuple[str, ...] = ()
     remove_all: bool = False
+    # --netns-liveness: a cache entry whose network namespace is gone (a zombie) does
+    # not make its container live.
+    netns_liveness: bool = False
 
 
-def cache_present(cache_dir: str) -> bool:
-    return cache_exists(cache_dir)
-
-
-def require_source(sources: Sources, cache_dir: str) -> None:
+def require_source(sources: Sources, cache_dirs: Sequence[str]) -> None:
     """Refuse (exit 2) when nothing says what is live and --all was not given."""
-    if sources.documents or sources.keep or sources.remove_all or cache_present(cache_dir):
+    if sources.documents or sources.keep or sources.remove_all or cache_present(cache_dirs):
         return
+    where = " or ".join(results_dir(d) for d in cache_dirs)
     raise BadInput(
-        f"nothing says which containers are live (no CNI cache at {results_dir(cache_dir)},"
+        f"nothing says which containers are live (no CNI cache at {where},"
         " no --valid-attachments, no --keep): give one, or --all to remove every"
         " per-container chain"
     )
+
+
+def require_namespaces(attachments: Sequence[Attachment]) -> None:
+    """--netns-liveness needs to see the namespaces the cache names (exit 3 if not):
+    where it cannot, every entry would look like a zombie."""
+    unseen = sorted({a.netns for a in attachments if a.netns_state == NetnsState.UNSEEN})
+    if unseen:
+        directory = os.path.dirname(unseen[0] or "") or "?"
+        raise HostProblem(
+            f"--netns-liveness: the network namespaces the CNI cache names are not visible"
+            f" here ({directory}: not the host's, or empty): mount the host's"
+            f" {directory} (and run in the host's PID namespace for /proc paths), or drop"
+            " --netns-liveness"
+        )
 
 
 @dataclass(frozen=True)
@@ -176,13 +188,19 @@ def _is_cni_name(value: str) -> bool:
 
 
 def liveness(sources: Sources, attachments: Optional[Sequence[Attachment]]) -> Liveness:
+    """Merge the sources. A cache entry makes its container live by ID on every network
+    (SPEC §3: a Multus pod's delegate chain is kept by its outer entry too), except a
+    zombie's with --netns-liveness."""
     chains: Set[str] = set()
     ids: Set[str] = set()
     networks: Set[str] = set()
     scoped: Set[str] = set()
     for attachment in attachments or ():
-        chains.update((attachment.dnat_chain, attachment.snat_chain))
         networks.add(attachment.network)
+        if sources.netns_liveness and attachment.zombie:
+            continue
+        chains.update((attachment.dnat_chain, attachment.snat_chain))
+        ids.add(attachment.container_id)
     for document in sources.documents:
         if document.network is None:
             ids.update(document.container_ids)
@@ -293,6 +311,8 @@ def plan_family(
     new_seen: Dict[str, gc_state.Seen] = {}
     kept = 0
     for chain in chains:
+        if not is_plugin_chain(chain.name):
+            continue  # not the plugin's name: never ours to remove (inventory skips them)
         if live.is_live(chain, derived) or not live.in_scope(chain):
             kept += 1
             continue
@@ -365,28 +385,29 @@ class GcResult:
         return bool(self.removed or self.shared_removed)
 
 
-def _read_cache(node: Node) -> List[Attachment]:
-    for attempt in range(CACHE_READ_TRIES):
-        try:
-            found = node.read_cache()
-        except BadInput:
-            if attempt == CACHE_READ_TRIES - 1:
-                raise
-            time.sleep(CACHE_RETRY_SECONDS)
-            continue
-        if found is None:
-            raise HostProblem(
-                f"the CNI cache {results_dir(node.options.cache_dir)} disappeared while gc"
-                " ran: nothing removed from this family"
-            )
-        return found
-    raise AssertionError("unreachable")
+def _read_cache(node: Node, dirs: Sequence[str], warnings: List[str]) -> List[Attachment]:
+    """The cache (cni.cache reads a half-written file again); `dirs` were present at
+    the start: one gone since would make its containers look stale."""
+    found = node.read_cache()
+    missing = [d for d in dirs if d not in present_dirs(dirs)]
+    if found is None or missing:
+        gone = ", ".join(results_dir(d) for d in (missing or dirs))
+        raise HostProblem(
+            f"the CNI cache {gone} disappeared while gc ran: nothing removed from this family"
+        )
+    for warning in cni_cache.warnings(found):
+        if warning not in warnings:
+            warnings.append(warning)
+    return found
 
 
 def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResult:
     """Plan and (unless a dry run) apply the removal, family by family."""
-    require_source(sources, node.options.cache_dir)
-    use_cache = cache_present(node.options.cache_dir)
+    require_source(sources, node.options.cache_dirs)
+    cache_dirs = present_dirs(node.options.cache_dirs)
+    use_cache = bool(cache_dirs)
+    if sources.netns_liveness and not use_cache:
+        raise BadInput("--netns-liveness judges CNI cache entries: there is no CNI cache here")
     namespace = gc_state.namespace_key(node.options.netns)
     seen, state_warnings = gc_state.load(options.state_dir, namespace)
     warnings = list(state_warnings)
@@ -404,7 +425,9 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
         def plan(table: NatTable, latest: List[FamilyPlan] = latest) -> Transaction:
             # The cache is read after the table: a container whose ADD finished in
             # between counts as live (the other order could miss it).
-            attachments = _read_cache(node) if use_cache else None
+            attachments = _read_cache(node, cache_dirs, warnings) if use_cache else None
+            if attachments is not None and sources.netns_liveness:
+                require_namespaces(attachments)
             found = plan_family(
                 table,
                 liveness(sources, attachments),
