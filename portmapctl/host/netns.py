@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import time
 from enum import Enum
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 from portmapctl.errors import HostProblem
 
@@ -106,7 +107,7 @@ class NamespaceView:
         except OSError:
             self._nsfs = None
 
-    def _is_namespace(self, path: str) -> Optional[bool]:
+    def is_namespace(self, path: str) -> Optional[bool]:
         try:
             info = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -137,7 +138,7 @@ class NamespaceView:
                 names = os.listdir(directory)
             except OSError:
                 names = []
-            visible = any(self._is_namespace(os.path.join(directory, n)) for n in names)
+            visible = any(self.is_namespace(os.path.join(directory, n)) for n in names)
         self._visible[directory] = visible
         return visible
 
@@ -154,7 +155,46 @@ class NamespaceView:
             directory = os.path.dirname(path)
         if not self.directory_visible(directory):
             return NetnsState.UNSEEN
-        found = self._is_namespace(path)
+        found = self.is_namespace(path)
         if found is None:
             return NetnsState.UNKNOWN
         return NetnsState.PRESENT if found else NetnsState.GONE
+
+
+def fresh_uncached(
+    view: NamespaceView, cached: Iterable[str], max_age: float, now: Optional[float] = None
+) -> List[str]:
+    """Network namespaces younger than `max_age` seconds that no cache entry names.
+
+    A runtime makes the container's namespace first, then runs the ADD; libcni writes
+    the cache entry only once the whole network list is done. Such a namespace is the
+    one sign of an ADD in progress that outlasts it: a chain it (re)uses may look
+    stale until the entry is written. Looked for in the directories the cache names
+    and /run/netns, where they are visible.
+    """
+    if max_age <= 0:
+        return []
+    cached_paths = {os.path.realpath(p) for p in cached if p and os.path.isabs(p)}
+    directories = {os.path.dirname(p) for p in cached_paths if not p.startswith("/proc/")}
+    directories.add(os.path.realpath(NETNS_RUN_DIR))
+    now = time.time() if now is None else now
+    found = []
+    for directory in sorted(directories):
+        if not view.directory_visible(directory):
+            continue
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            if path in cached_paths or not view.is_namespace(path):
+                continue
+            try:
+                # A namespace file's times are those of the namespace: its birth.
+                born = os.stat(path).st_mtime
+            except OSError:
+                continue
+            if now - born < max_age:
+                found.append(path)
+    return found

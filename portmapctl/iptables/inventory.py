@@ -225,6 +225,9 @@ def build(
     attachments: Optional[Sequence[Attachment]] = None,
 ) -> Inventory:
     """The inventory of a node from its tables and (if there is one) its CNI cache."""
+    # A container cached on any network is not stale on another (SPEC §3: Multus caches
+    # a pod's outer network and its delegate, which names the chain, apart).
+    cached_ids = {a.container_id for a in attachments or ()}
     by_chain: Dict[str, Attachment] = {}
     # Where several entries name one chain (two interfaces; the readings of an
     # unreadable file's name), a readable, not-zombie one speaks for it.
@@ -235,7 +238,9 @@ def build(
     all_chains: List[ChainInfo] = []
     for family in sorted(tables):
         other = tables.get(10 - family)
-        mappings, chains = _family(tables[family], other, attachments is not None, by_chain)
+        mappings, chains = _family(
+            tables[family], other, attachments is not None, by_chain, cached_ids
+        )
         all_mappings += mappings
         all_chains += chains
     return Inventory(tuple(all_mappings), tuple(all_chains), attachments is not None, dict(tables))
@@ -250,6 +255,7 @@ def _family(
     other: Optional[NatTable],
     cache_present: bool,
     by_chain: ReadOnly[str, Attachment],
+    cached_ids: Set[str],
 ) -> Tuple[List[Mapping], List[ChainInfo]]:
     names = per_container_chains(table)
     entries = entry_rules(table, set(names))
@@ -280,7 +286,7 @@ def _family(
             if twin in entries:
                 network, container_id = _identity(by_chain.get(twin), entries[twin])
         status: List[str] = []
-        if cache_present and attachment is None:
+        if cache_present and attachment is None and container_id not in cached_ids:
             status.append(Status.STALE)
         if attachment is not None and attachment.zombie:
             status.append(Status.ZOMBIE)

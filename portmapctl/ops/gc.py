@@ -37,7 +37,7 @@ from portmapctl.cni.cache import Attachment, cache_present, present_dirs, result
 from portmapctl.core import validate
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem
 from portmapctl.host import files
-from portmapctl.host.netns import NetnsState
+from portmapctl.host.netns import NamespaceView, NetnsState, fresh_uncached
 from portmapctl.host.paths import RUN_DIR
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, chain_name, is_plugin_chain
@@ -295,11 +295,13 @@ def plan_family(
     now: float,
     min_age: float,
     only: Optional[FrozenSet[Tuple[int, str]]] = None,
+    hold: bool = False,
 ) -> FamilyPlan:
     """What gc does to one family's table. Pure: the caller reads and applies.
 
     `seen` is the state file's memory; `only` (confirmed at a prompt) limits what
-    may go now.
+    may go now; `hold` (an ADD may be in progress) keeps everything pending, its
+    clock running.
     """
     family = table.family
     built = inventory.build({family: table})
@@ -322,7 +324,7 @@ def plan_family(
         first = before.first_seen if before is not None and before.fingerprint == mark else now
         new_seen[key] = gc_state.Seen(mark, first)
         allowed = only is None or (family, chain.name) in only
-        if now - first >= min_age and allowed:
+        if now - first >= min_age and allowed and not hold:
             removable.append(chain)
         else:
             pending.append(_gc_chain(chain, ports[chain.name], now - first))
@@ -401,6 +403,24 @@ def _read_cache(node: Node, dirs: Sequence[str], warnings: List[str]) -> List[At
     return found
 
 
+def _adding(
+    view: Optional[NamespaceView],
+    attachments: Optional[Sequence[Attachment]],
+    min_age: float,
+) -> List[str]:
+    """Namespaces that look like an ADD in progress (see netns.fresh_uncached).
+
+    A container started again with the ID (and ports, and address) of a chain pending
+    as stale gets that very chain back from the plugin, unchanged: nothing in the
+    table tells, and its cache entry comes only at the end of the ADD. Its new
+    namespace does tell, so while one is there removals wait for a later run.
+    """
+    if view is None or min_age <= 0:
+        return []
+    cached = [a.netns for a in attachments or () if a.netns]
+    return fresh_uncached(view, cached, min_age)
+
+
 def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResult:
     """Plan and (unless a dry run) apply the removal, family by family."""
     require_source(sources, node.options.cache_dirs)
@@ -408,6 +428,7 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
     use_cache = bool(cache_dirs)
     if sources.netns_liveness and not use_cache:
         raise BadInput("--netns-liveness judges CNI cache entries: there is no CNI cache here")
+    view = None if node.options.snapshots else NamespaceView()
     namespace = gc_state.namespace_key(node.options.netns)
     seen, state_warnings = gc_state.load(options.state_dir, namespace)
     warnings = list(state_warnings)
@@ -428,6 +449,7 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
             attachments = _read_cache(node, cache_dirs, warnings) if use_cache else None
             if attachments is not None and sources.netns_liveness:
                 require_namespaces(attachments)
+            adding = _adding(view, attachments, options.min_age)
             found = plan_family(
                 table,
                 liveness(sources, attachments),
@@ -435,7 +457,16 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
                 gc_state.clock(),
                 options.min_age,
                 options.only,
+                hold=bool(adding),
             )
+            if adding and any(c.seen_seconds >= options.min_age for c in found.pending):
+                warning = (
+                    f"{len(adding)} network namespace(s) younger than --min-age are not in"
+                    f" the CNI cache yet ({adding[0]}{', ...' if len(adding) > 1 else ''}):"
+                    " a container may be being added, so its chain is not removed this run"
+                )
+                if warning not in warnings:
+                    warnings.append(warning)
             latest.append(found)
             return found.transaction
 
