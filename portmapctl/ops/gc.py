@@ -428,7 +428,7 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
     use_cache = bool(cache_dirs)
     if sources.netns_liveness and not use_cache:
         raise BadInput("--netns-liveness judges CNI cache entries: there is no CNI cache here")
-    view = None if node.options.snapshots else NamespaceView()
+    view = node.namespace_view()
     namespace = gc_state.namespace_key(node.options.netns)
     seen, state_warnings = gc_state.load(options.state_dir, namespace)
     warnings = list(state_warnings)
