@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
 import time
 from enum import Enum
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Set
 
 from portmapctl.errors import HostProblem
 
@@ -197,4 +198,29 @@ def fresh_uncached(
                 continue
             if now - born < max_age:
                 found.append(path)
+    return found
+
+
+def local_addresses(path: str) -> Set[str]:
+    """The addresses configured in the network namespace at `path` (empty when it
+    cannot be entered), read from its /proc/net: fib_trie's local /32 entries (IPv4)
+    and if_inet6 (IPv6). Entered from this thread, and left again."""
+    found: Set[str] = set()
+    try:
+        with entered(path):
+            with open("/proc/thread-self/net/fib_trie") as trie:
+                last = None
+                for line in trie:
+                    words = line.split()
+                    if len(words) == 2 and words[0].endswith("--"):
+                        last = words[1]
+                    elif "/32 host LOCAL" in line and last is not None:
+                        found.add(last)
+            with open("/proc/thread-self/net/if_inet6") as inet6:
+                for line in inet6:
+                    raw = line.split()[0] if line.strip() else ""
+                    if len(raw) == 32:
+                        found.add(str(ipaddress.IPv6Address(bytes.fromhex(raw))))
+    except (HostProblem, OSError, ValueError):
+        return set()
     return found

@@ -37,7 +37,7 @@ from portmapctl.cni.cache import Attachment, cache_present, present_dirs, result
 from portmapctl.core import validate
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem
 from portmapctl.host import files
-from portmapctl.host.netns import NamespaceView, NetnsState, fresh_uncached
+from portmapctl.host.netns import NamespaceView, NetnsState, fresh_uncached, local_addresses
 from portmapctl.host.paths import RUN_DIR
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, chain_name, is_plugin_chain
@@ -295,17 +295,20 @@ def plan_family(
     now: float,
     min_age: float,
     only: Optional[FrozenSet[Tuple[int, str]]] = None,
-    hold: bool = False,
+    hold: FrozenSet[str] = frozenset(),
 ) -> FamilyPlan:
     """What gc does to one family's table. Pure: the caller reads and applies.
 
     `seen` is the state file's memory; `only` (confirmed at a prompt) limits what
-    may go now; `hold` (an ADD may be in progress) keeps everything pending, its
-    clock running.
+    may go now; a chain that DNATs to an address in `hold` (a container with that
+    address is being added) stays pending, its clock running.
     """
     family = table.family
     built = inventory.build({family: table})
     chains = built.chains
+    targets: Dict[str, Set[str]] = {}
+    for row in built.mappings:
+        targets.setdefault(row.chain, set()).add(row.container_ip)
     ports = {chain.name: _host_ports(chain) for chain in chains}
     derived = live.derived_chains(chains)
     removable: List[ChainInfo] = []
@@ -324,7 +327,8 @@ def plan_family(
         first = before.first_seen if before is not None and before.fingerprint == mark else now
         new_seen[key] = gc_state.Seen(mark, first)
         allowed = only is None or (family, chain.name) in only
-        if now - first >= min_age and allowed and not hold:
+        held = bool(hold and targets.get(chain.name, set()) & hold)
+        if now - first >= min_age and allowed and not held:
             removable.append(chain)
         else:
             pending.append(_gc_chain(chain, ports[chain.name], now - first))
@@ -407,18 +411,25 @@ def _adding(
     view: Optional[NamespaceView],
     attachments: Optional[Sequence[Attachment]],
     min_age: float,
-) -> List[str]:
+) -> Tuple[List[str], FrozenSet[str]]:
     """Namespaces that look like an ADD in progress (see netns.fresh_uncached).
 
     A container started again with the ID (and ports, and address) of a chain pending
     as stale gets that very chain back from the plugin, unchanged: nothing in the
     table tells, and its cache entry comes only at the end of the ADD. Its new
-    namespace does tell, so while one is there removals wait for a later run.
+    namespace does tell: it is young, in no cache entry, and already holds the
+    address the chain DNATs to (the plugins before portmap put it there). Returns
+    (those namespaces, their addresses).
     """
     if view is None or min_age <= 0:
-        return []
+        return [], frozenset()
     cached = [a.netns for a in attachments or () if a.netns]
-    return fresh_uncached(view, cached, min_age)
+    found: Dict[str, Set[str]] = {}
+    for path in fresh_uncached(view, cached, min_age):
+        addresses = local_addresses(path) - {"127.0.0.1", "::1"}
+        if addresses:
+            found[path] = addresses
+    return sorted(found), frozenset(a for addresses in found.values() for a in addresses)
 
 
 def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResult:
@@ -449,7 +460,7 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
             attachments = _read_cache(node, cache_dirs, warnings) if use_cache else None
             if attachments is not None and sources.netns_liveness:
                 require_namespaces(attachments)
-            adding = _adding(view, attachments, options.min_age)
+            adding, addresses = _adding(view, attachments, options.min_age)
             found = plan_family(
                 table,
                 liveness(sources, attachments),
@@ -457,13 +468,14 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
                 gc_state.clock(),
                 options.min_age,
                 options.only,
-                hold=bool(adding),
+                hold=addresses,
             )
-            if adding and any(c.seen_seconds >= options.min_age for c in found.pending):
+            if addresses and any(c.seen_seconds >= options.min_age for c in found.pending):
                 warning = (
-                    f"{len(adding)} network namespace(s) younger than --min-age are not in"
-                    f" the CNI cache yet ({adding[0]}{', ...' if len(adding) > 1 else ''}):"
-                    " a container may be being added, so its chain is not removed this run"
+                    f"a network namespace younger than --min-age and in no CNI cache entry"
+                    f" ({', '.join(adding[:3])}{', ...' if len(adding) > 3 else ''}) holds an"
+                    " address a stale chain DNATs to: its container is being added, so that"
+                    " chain is not removed this run"
                 )
                 if warning not in warnings:
                     warnings.append(warning)

@@ -265,20 +265,27 @@ def test_a_chain_pending_as_stale_waits_while_a_container_is_being_added(lab: La
     """The container comes back with the same ID, address and ports: the plugin's ADD
     leaves its old chain exactly as it was (nothing in the table changes) and libcni
     writes the cache entry only at the end. Its new namespace is there all along: while
-    a namespace younger than --min-age is in no cache entry, nothing is removed."""
+    a namespace younger than --min-age, in no cache entry, holds the address a chain
+    DNATs to, that chain is not removed."""
     lab.add("mynet", "back", "10.88.0.61/16", PORT_A, cache=False)
+    lab.add("mynet", "other", "10.88.0.62/16", PORT_B, cache=False)
     doc = lab.json("gc", "--yes", "--min-age", "3s")
-    assert [p["container_id"] for p in doc["pending"]] == ["back"]
+    assert sorted(p["container_id"] for p in doc["pending"]) == ["back", "other"]
     time.sleep(3.2)
-    # The runtime makes the container's namespace, then runs the ADD (identical).
+    # The runtime makes the container's namespace, its bridge plugin gives it the
+    # address, then portmap's ADD leaves the chain as it was.
     new_ns = rp.create_netns("pmt-back")
     try:
+        rp._run(["ip", "-n", new_ns, "link", "set", "lo", "up"], check=True)
+        rp._run(["ip", "-n", new_ns, "addr", "add", "10.88.0.61/16", "dev", "lo"], check=True)
         conf = lab.confs["mynet/back"]
         rp.run_plugin("ADD", lab.ns, "back", conf, mode="nft", check=True)
         done = lab.pm("gc", "--yes", "--min-age", "3s", "-o", "json")
         assert done.returncode == 0, done.stderr
         doc = json.loads(done.stdout)
-        assert doc["removed"] == [], "removed the chain of a container being added"
+        # The stale chain whose address no new namespace holds goes as usual.
+        assert [r["container_id"] for r in doc["removed"]] == ["other"]
+        assert [p["container_id"] for p in doc["pending"]] == ["back"], "removed a chain being added"
         assert "being added" in done.stderr and new_ns in done.stderr
         # libcni writes the entry: the container is live, its sighting forgotten.
         rp.write_cni_cache(lab.cache, "mynet", "back", "eth0", conf, PORT_A,
