@@ -134,15 +134,17 @@ def list_command(
             # Without a cache nothing can be called stale: say so, or a wrong
             # --cni-cache-dir turns every stale chain into "ok" without a word.
             out.warn(
-                f"no CNI cache in {options.cache_dir}/results: stale mappings are not marked"
+                f"no CNI cache in {' or '.join(d + '/results' for d in options.cache_dirs)}:"
+                " stale mappings are not marked"
                 " (give --cni-cache-dir)"
             )
         if out.json:
             document = render.list_json(rows, chains, counts)
             document["cache"] = {
-                "dirs": [options.cache_dir],
+                "dirs": list(options.cache_dirs),
                 "present": cache is not None,
-                "entries": len(cache or ()),
+                # An unreadable file is one entry (held as one stand-in per reading).
+                "entries": len({a.path for a in cache or ()}),
             }
             out.print_json(document)
             return
