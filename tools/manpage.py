@@ -79,7 +79,7 @@ FILES = [
 ]
 
 ENVIRONMENT = [
-    ("PORTMAPCTL_BACKEND", "Default for --backend: auto, nft, legacy or iptc."),
+    ("PORTMAPCTL_IPTABLES", "Default for --iptables: auto, nft, legacy or iptc."),
     (
         "NO_COLOR",
         "When set and not empty, output has no colour, as with --no-color.",

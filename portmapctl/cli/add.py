@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import typer
 
 from portmapctl.cli._common import (
-    DEFAULT_BACKEND,
-    DEFAULT_CACHE_DIR,
-    DEFAULT_FAMILY,
-    DEFAULT_OUTPUT,
     Annotated,
-    BackendOpt,
-    CacheDirOpt,
-    FamilyOpt,
-    NetnsOpt,
-    NoColorOpt,
-    Output,
-    OutputOpt,
-    QuietOpt,
-    VerboseOpt,
+    Common,
+    common_options,
     complete_container,
     complete_network,
-    node_options,
 )
 from portmapctl.iptables.chains import dnat_chain_name
 
 if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig
+    from portmapctl.iptables.ruleset import NatTable
 
 # \b: click keeps the next paragraph as written (an example must stay one line).
 EXAMPLES = """
@@ -202,7 +190,9 @@ def mapping_from_options(
     return validate.buildable(config)
 
 
+@common_options
 def add_command(
+    common: Common,
     network: Network = None,
     container: Container = None,
     ip: Ips = None,
@@ -221,21 +211,15 @@ def add_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the transaction, change nothing.")
     ] = False,
-    backend: BackendOpt = DEFAULT_BACKEND,
-    family: FamilyOpt = DEFAULT_FAMILY,
-    netns: NetnsOpt = None,
-    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
-    output: OutputOpt = DEFAULT_OUTPUT,
-    no_color: NoColorOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
 ) -> None:
-    """Create a container's port mappings, idempotently, as the plugin's ADD would."""
+    """Create a container's port mappings, idempotently, as the plugin's ADD would.
+    Prints what it did on stdout (with --dry-run: the transaction); warns on stderr
+    when a host port is already taken."""
     from portmapctl import render
     from portmapctl.ops.add import add
     from portmapctl.ops.node import opened
 
-    out = Output(output, no_color, quiet, verbose)
+    out = common.out()
     config = mapping_from_options(
         network,
         container,
@@ -250,20 +234,64 @@ def add_command(
         cni_config,
         ifname,
     )
-    options = node_options(backend, family, netns, cni_cache_dir)
+    options = common.node_options()
     with opened(options, write=not dry_run) as node:
+        clashes = shadow_warnings(config, node.read())
         result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp)
+    for warning in clashes:
+        out.warn(warning)
     for warning in result.warnings:
         out.warn(warning)
     if out.json:
-        out.print_json(render.add_json(result))
+        out.print_json(render.add_json(result, common.cache().json()))
         return
+    chain = dnat_chain_name(config)
+    who = f"{config.network}/{render.short_id(config.container_id, out.no_trunc)}"
     if dry_run:
-        if not result.transactions:
-            out.message("nothing to do: the mapping is already in place")
-        sys.stdout.write(render.transactions_text(result.transactions))
+        if result.transactions:
+            out.show_text(render.transactions_text(result.transactions))
+            out.summary(f"would add {chain} ({who}) (dry run)")
+        else:
+            out.summary(f"unchanged: {chain} ({who}) is already in place (dry run)")
         return
     if result.changed:
-        out.message(f"added {dnat_chain_name(config)} ({config.network}/{config.container_id})")
+        out.summary(f"added {chain} ({who})")
     else:
-        out.message(f"unchanged: {dnat_chain_name(config)} is already in place")
+        out.summary(f"unchanged: {chain} ({who}) is already in place")
+
+
+def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[str]:
+    """Host ports another container already maps, in the same family and protocol on an
+    overlapping host address: iptables takes the first entry rule, and the plugin
+    appends, so the new mapping gets no traffic there (or, with a narrower host
+    address first, only part of it)."""
+    from portmapctl.iptables import inventory
+
+    found = inventory.build(tables)
+    warnings = []
+    for port in config.ports:
+        for family in config.families:
+            if family not in tables or not port.applies_to(family):
+                continue
+            host_ip = port.host_ip_for_rule()
+            for m in found.mappings:
+                if (
+                    m.family != family
+                    or m.protocol != port.protocol
+                    or m.host_port != port.host_port
+                    or m.container_id == config.container_id
+                    or (host_ip is not None and m.host_ip is not None and m.host_ip != host_ip)
+                ):
+                    continue
+                owner = f"{m.network or '?'}/{(m.container_id or '?')[:12]}"
+                what = (
+                    "the new mapping will be shadowed (it gets no traffic there)"
+                    if m.host_ip is None or m.host_ip == host_ip
+                    else f"connections to {m.host_ip} keep going there"
+                )
+                warnings.append(
+                    f"IPv{family} {port.protocol}/{port.host_port} is already mapped to"
+                    f" {owner} ({m.chain}), whose rule comes first: {what}"
+                )
+                break
+    return warnings

@@ -9,22 +9,12 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 
 from portmapctl.cli._common import (
-    DEFAULT_BACKEND,
-    DEFAULT_CACHE_DIR,
-    DEFAULT_FAMILY,
-    DEFAULT_OUTPUT,
     Annotated,
-    BackendOpt,
-    CacheDirOpt,
-    FamilyOpt,
-    NetnsOpt,
-    NoColorOpt,
+    CacheInfo,
+    Common,
     Output,
-    OutputOpt,
-    QuietOpt,
-    VerboseOpt,
+    common_options,
     complete_container,
-    node_options,
 )
 
 if TYPE_CHECKING:
@@ -47,7 +37,9 @@ Examples:
 """
 
 
+@common_options
 def gc_command(
+    common: Common,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be removed; change nothing.")
     ] = False,
@@ -83,21 +75,14 @@ def gc_command(
         typer.Option(
             "--min-age",
             metavar="DURATION",
-            help="Remove a chain only once seen not live, unchanged, this long (30s, 5m, 0).",
+            help="Remove a chain only once seen not live, unchanged, this long"
+            " (30s, 5m, 1h30m, 0).",
         ),
     ] = "2m",
     no_flush_udp: Annotated[
         bool,
         typer.Option("--no-flush-udp", help="Keep the UDP conntrack entries of unmapped ports."),
     ] = False,
-    backend: BackendOpt = DEFAULT_BACKEND,
-    family: FamilyOpt = DEFAULT_FAMILY,
-    netns: NetnsOpt = None,
-    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
-    output: OutputOpt = DEFAULT_OUTPUT,
-    no_color: NoColorOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
 ) -> None:
     """Remove the portmap chains of containers that are not live (CNI cache,
     --valid-attachments, --keep), once seen so for --min-age."""
@@ -107,7 +92,7 @@ def gc_command(
     from portmapctl.ops.gc import GcOptions, Sources, gc, read_valid_attachments, require_source
     from portmapctl.ops.node import opened
 
-    out = Output(output, no_color, quiet, verbose)
+    out = common.out()
     options = GcOptions(
         min_age=validate.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp
     )
@@ -116,46 +101,48 @@ def gc_command(
         keep=tuple(validate.cni_name(k, "--keep container ID") for k in keep or ()),
         remove_all=remove_all,
     )
-    require_source(sources, cni_cache_dir)
+    node_opts = common.node_options()
+    require_source(sources, node_opts.cache_dir)
     ask = not dry_run and not yes
     if ask and not sys.stdin.isatty():
         raise BadInput("not on a terminal: give --yes to remove chains (or --dry-run to look)")
     if ask and valid_attachments == "-":
         raise BadInput("--valid-attachments - reads stdin, so gc cannot ask there: add --yes")
-    node_opts = node_options(backend, family, netns, cni_cache_dir)
+    cache = common.cache()
+    out.cache_note(cache, quiet_ok=bool(sources.documents or sources.keep or remove_all))
     if ask:
-        with opened(node_opts) as node:
+        # The preview is a dry run that records its sightings like any run (so
+        # --min-age counts from here), shown on stderr: stdout is for the result.
+        with opened(node_opts) as node, out.busy("reading the ruleset"):
             preview = gc(node, sources, replace(options, dry_run=True))
         if not preview.changes:
-            _show(out, preview, options.min_age)
+            _show(out, preview, options.min_age, cache, asked_dry_run=False)
             return
-        # The preview and the question go to stderr: stdout is for the result (JSON).
-        out.show(render.gc_table(preview, options.min_age), stderr=True)
+        out.show(render.gc_table(preview, options.min_age, preview=True), stderr=True)
         count = len(preview.removed) + len(preview.shared_removed)
         if not typer.confirm(f"Remove {render.count(count, 'chain')}?", default=False, err=True):
             out.message("nothing removed")
             return
         confirmed = frozenset((c.family, c.chain) for c in preview.removed)
         options = replace(options, only=confirmed)
-    with opened(node_opts, write=not dry_run) as node:
+    with opened(node_opts, write=not dry_run) as node, out.busy("removing chains"):
         result = gc(node, sources, options)
-    _show(out, result, options.min_age, table=not ask)
-    if verbose and dry_run:
+    _show(out, result, options.min_age, cache, asked_dry_run=dry_run)
+    if common.verbose and dry_run:
         sys.stderr.write(render.transactions_text(result.transactions))
 
 
-def _show(out: Output, result: GcResult, min_age: float, table: bool = True) -> None:
+def _show(
+    out: Output, result: GcResult, min_age: float, cache: CacheInfo, asked_dry_run: bool
+) -> None:
     from portmapctl import render
 
     for warning in result.warnings:
         out.warn(warning)
     if out.json:
-        out.print_json(render.gc_json(result))
+        out.print_json(render.gc_json(result, min_age, cache.json()))
         return
-    summary = render.gc_summary(result)
-    if out.quiet:
-        sys.stdout.write(summary + "\n")
-        return
-    if table and (result.removed or result.pending or result.shared_removed):
+    if result.removed or result.pending or result.shared_removed:
         out.show(render.gc_table(result, min_age))
-    out.message(summary)
+        out.blank()
+    out.summary(render.gc_summary(result, asked_dry_run))

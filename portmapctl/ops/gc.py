@@ -391,6 +391,19 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
             # The cache is read after the table: a container whose ADD finished in
             # between counts as live (the other order could miss it).
             attachments = _read_cache(node) if use_cache else None
+            if (
+                attachments == []
+                and not (sources.documents or sources.keep or sources.remove_all)
+                and inventory.per_container_chains(table)
+            ):
+                # SPEC §3 gc: an existing but empty cache says nothing about liveness
+                # (a wrong --cni-cache-dir, a wiped disk): no plan to remove everything.
+                raise BadInput(
+                    f"the CNI cache at {results_dir(node.options.cache_dir)} is empty but"
+                    " there are portmap chains: nothing says which containers are live"
+                    " (give --valid-attachments or --keep, or --all to remove every"
+                    " per-container chain)"
+                )
             found = plan_family(
                 table,
                 liveness(sources, attachments),
@@ -421,8 +434,14 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
         if not options.dry_run:
             for chain in done.removed:
                 remembered.pop(state_key(family, chain.chain), None)
-    if not options.dry_run:
+    # Every run records its sightings, a dry run (and gc's interactive preview) too:
+    # otherwise --min-age would never start counting for someone who looks first.
+    try:
         gc_state.save(options.state_dir, namespace, remembered)
+    except HostProblem as err:
+        if not options.dry_run:
+            raise
+        warnings.append(f"sightings not recorded: {err}")
     freed = {p.family: p.freed_udp_ports for p in plans if p.freed_udp_ports}
     deleted, flush_warnings = 0, ()
     if not options.dry_run and options.flush_udp and freed:

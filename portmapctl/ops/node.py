@@ -30,6 +30,12 @@ class NodeOptions:
     netns: Optional[str] = None
     cache_dir: str = DEFAULT_CACHE_DIR
     snapshots: Dict[int, str] = field(default_factory=dict)
+    # Every --cni-cache-dir given (cache_dir is the first); () means (cache_dir,).
+    cache_dirs: Tuple[str, ...] = ()
+
+    @property
+    def all_cache_dirs(self) -> Tuple[str, ...]:
+        return self.cache_dirs or (self.cache_dir,)
 
 
 @dataclass
@@ -51,7 +57,10 @@ class Node:
         return {f: self.backend.read(f) for f in wanted}
 
     def read_cache(self) -> Optional[List[cni_cache.Attachment]]:
-        return cni_cache.read_cache(self.options.cache_dir)
+        """Every cache directory's attachments; None when none of them exists."""
+        found = [cni_cache.read_cache(d) for d in self.options.all_cache_dirs]
+        present = [a for a in found if a is not None]
+        return [a for attachments in present for a in attachments] if present else None
 
     def read_with_cache(self) -> Tuple[Dict[int, NatTable], Optional[List[cni_cache.Attachment]]]:
         """read() and read_cache() at once, for a command that only looks (`list`).

@@ -49,7 +49,7 @@ def _drain(fd: int, timeout: float = 0.5) -> bytes:
 def run_on_terminal(args, env: Optional[Dict[str, str]] = None) -> Tuple[int, str, str]:
     """portmapctl ARGS with stdout on a pseudo-terminal; (exit code, stdout, stderr)."""
     master, slave = pty.openpty()
-    full_env = dict(os.environ, TERM="xterm-256color", COLUMNS="200", **(env or {}))
+    full_env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "200", **(env or {})}
     full_env.pop("NO_COLOR", None) if "NO_COLOR" not in (env or {}) else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "portmapctl", *args],

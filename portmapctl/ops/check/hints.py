@@ -54,11 +54,12 @@ def fixes_for(node: Node, cache_present: bool = True) -> Fixes:
     if options.netns:
         suffix += f" --netns {shlex.quote(options.netns)}"
     if options.backend != "auto":
-        suffix += f" --backend {options.backend}"
+        suffix += f" --iptables {options.backend}"
     if tuple(options.families) != (4, 6):
         suffix += " --family " + ("all" if len(options.families) != 1 else str(options.families[0]))
-    if options.cache_dir != DEFAULT_CACHE_DIR:
-        suffix += f" --cni-cache-dir {shlex.quote(options.cache_dir)}"
+    dirs = getattr(options, "all_cache_dirs", (options.cache_dir,))
+    if tuple(dirs) != (DEFAULT_CACHE_DIR,):
+        suffix += "".join(f" --cni-cache-dir {shlex.quote(d)}" for d in dirs)
     return Fixes(suffix, _flavour(node), cache_present)
 
 
