@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import typer
 
@@ -261,37 +261,56 @@ def add_command(
 
 
 def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[str]:
-    """Host ports another container already maps, in the same family and protocol on an
-    overlapping host address: iptables takes the first entry rule, and the plugin
-    appends, so the new mapping gets no traffic there (or, with a narrower host
-    address first, only part of it)."""
+    """Host ports another container maps too (same family and protocol, overlapping host
+    address). iptables takes the first entry rule and the plugin appends, so a new
+    mapping is shadowed by the one that wins there now; a mapping re-added keeps its
+    place, and shadows (or is shadowed by) what the table says."""
+    from portmapctl.core.status import Status
     from portmapctl.iptables import inventory
 
     found = inventory.build(tables)
+    own = dnat_chain_name(config)
     warnings = []
     for port in config.ports:
         for family in config.families:
             if family not in tables or not port.applies_to(family):
                 continue
-            host_ip = port.host_ip_for_rule()
-            for m in found.mappings:
-                if (
-                    m.family != family
-                    or m.protocol != port.protocol
-                    or m.host_port != port.host_port
-                    or m.container_id == config.container_id
-                    or (host_ip is not None and m.host_ip is not None and m.host_ip != host_ip)
-                ):
-                    continue
-                owner = f"{m.network or '?'}/{(m.container_id or '?')[:12]}"
-                what = (
-                    "the new mapping will be shadowed (it gets no traffic there)"
-                    if m.host_ip is None or m.host_ip == host_ip
-                    else f"connections to {m.host_ip} keep going there"
-                )
-                warnings.append(
-                    f"IPv{family} {port.protocol}/{port.host_port} is already mapped to"
-                    f" {owner} ({m.chain}), whose rule comes first: {what}"
-                )
-                break
+            key = (family, port.protocol, port.host_port, port.host_ip_for_rule())
+            same = [m for m in found.mappings if _same_port(m, *key)]
+            mine = [m for m in same if m.chain == own]
+            others = [m for m in same if m.chain != own]
+            where = f"IPv{family} {port.protocol}/{port.host_port}"
+            if not mine:
+                # New: appended after all of them; the one that wins now keeps winning.
+                winners = [m for m in others if Status.SHADOWED not in m.status] or others
+                if winners:
+                    warnings.append(
+                        f"{where} is mapped first to {_owner(winners[0])}: this mapping"
+                        " will be shadowed (it gets no traffic there)"
+                    )
+                continue
+            for m in others:
+                if any(x.shadowed_by == m.chain for x in mine):
+                    warnings.append(
+                        f"{where} is mapped first to {_owner(m)}: this mapping is"
+                        " shadowed (it gets no traffic there)"
+                    )
+                elif m.shadowed_by == own:
+                    warnings.append(
+                        f"{where} is mapped to {_owner(m)} too: this mapping comes first"
+                        " and shadows it"
+                    )
     return warnings
+
+
+def _same_port(m: Any, family: int, protocol: str, host_port: int, host_ip: Optional[str]) -> bool:
+    return (
+        m.family == family
+        and m.protocol == protocol
+        and m.host_port == host_port
+        and (host_ip is None or m.host_ip is None or m.host_ip == host_ip)
+    )
+
+
+def _owner(m: Any) -> str:
+    return f"{m.network or '?'}/{(m.container_id or '?')[:12]} ({m.chain})"

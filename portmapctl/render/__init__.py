@@ -626,7 +626,7 @@ def gc_table(result: GcResult, min_age: Optional[float] = None, preview: bool = 
     headers = ["FAM", "TYPE", "NETWORK", "CONTAINER", "HOST PORTS", "CHAIN", "SEEN"]
     rows: List[List[str]] = []
     statuses: List[Iterable[str]] = []
-    verb = "to remove" if preview or result.dry_run else "removed"
+    verb = "to remove" if preview else "would remove" if result.dry_run else "removed"
     for c in result.removed:
         rows.append(
             [f"v{c.family}", c.kind, c.network or "-", short_id(c.container_id)]

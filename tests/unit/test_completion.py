@@ -106,8 +106,8 @@ def test_bash_completes_commands_options_choices_and_cached_names(shell_env):
     assert got["portmapctl l"] == ["list"]
     assert got["portmapctl gc --m"] == ["--min-age"]
     assert got["portmapctl list --iptables "] == ["auto", "nft", "legacy", "iptc"]
-    assert got["portmapctl check --family "] == ["4", "6", "all"]
-    assert got["portmapctl flush-udp -o "] == ["table", "json"]
+    assert got["portmapctl check --family "] == ["4", "6", "all", "v4", "v6"]
+    assert got["portmapctl flush-udp -o "] == ["table", "wide", "json"]
     assert got[f"portmapctl list --cni-cache-dir {cache} --container "] == sorted(CONTAINERS)
     assert got[f"portmapctl check --cni-cache-dir {cache} --container 8c"] == ["8c41d07a2e9f"]
     assert got[f"portmapctl add --cni-cache-dir {cache} --network "] == ["kindnet", "podman"]
