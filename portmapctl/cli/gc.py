@@ -109,12 +109,14 @@ def gc_command(
     if ask and valid_attachments == "-":
         raise BadInput("--valid-attachments - reads stdin, so gc cannot ask there: add --yes")
     cache = common.cache()
-    out.cache_note(cache, quiet_ok=bool(sources.documents or sources.keep or remove_all))
+    # Said after gc has run: a refusal (no source of liveness) is its one error line.
+    other_source = bool(sources.documents or sources.keep or remove_all)
     if ask:
         # The preview is a dry run that records its sightings like any run (so
         # --min-age counts from here), shown on stderr: stdout is for the result.
         with opened(node_opts) as node, out.busy("reading the ruleset"):
             preview = gc(node, sources, replace(options, dry_run=True))
+        out.cache_note(cache, other_source)
         if not preview.changes:
             _show(out, preview, options.min_age, cache, asked_dry_run=False)
             return
@@ -127,6 +129,8 @@ def gc_command(
         options = replace(options, only=confirmed)
     with opened(node_opts, write=not dry_run) as node, out.busy("removing chains"):
         result = gc(node, sources, options)
+    if not ask:
+        out.cache_note(cache, other_source)
     _show(out, result, options.min_age, cache, asked_dry_run=dry_run)
     if common.verbose and dry_run:
         sys.stderr.write(render.transactions_text(result.transactions))

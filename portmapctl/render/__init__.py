@@ -524,7 +524,9 @@ def check_healthy_line(result: CheckResult) -> str:
     if not result.mappings_checked and not result.chains_seen:
         return f"healthy: no cached port mappings and no portmap chains ({where})"
     return (
-        f"healthy: all {result.mappings_checked} cached port mappings are in place ({where}),"
+        # One chain per cached container and family: that is what was compared.
+        f"healthy: all {count(result.mappings_checked, 'chain')} of the cached containers"
+        f" are in place ({where}),"
         " with their top-level chains and jumps; nothing stale, orphaned or shadowed"
     )
 
@@ -660,11 +662,13 @@ def gc_summary(result: GcResult, asked_dry_run: Optional[bool] = None) -> str:
     parts = [
         f"{verb} {count(len(result.removed), 'chain')} of {count(len(containers), 'container')}"
     ]
+    if not result.changes:
+        parts = ["nothing to remove now"]
     if result.shared_removed:
         parts[0] += " and " + ", ".join(f"{name} (v{fam})" for fam, name in result.shared_removed)
     parts.append(f"{len(result.pending)} pending")
     parts.append(f"{result.kept} kept")
-    if not result.dry_run:
+    if not result.dry_run and result.changes:
         deleted = result.conntrack_deleted
         parts.append(f"{deleted} UDP conntrack entr{'y' if deleted == 1 else 'ies'} deleted")
     return "gc" + (" (dry run)" if dry_run else "") + ": " + ", ".join(parts)

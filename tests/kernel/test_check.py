@@ -331,7 +331,7 @@ def test_render():
         "shadowed" in text and "mynet/ctr-b" in text and problems[0].fix in " ".join(text.split())
     )
     healthy = check.CheckResult((), (4, 6), cache_present=True, mappings_checked=3, chains_seen=3)
-    assert render.check_healthy_line(healthy).startswith("healthy: all 3 cached port mappings")
+    assert render.check_healthy_line(healthy).startswith("healthy: all 3 chains of the cached containers")
 
 
 # --- the command, on snapshots (no root needed) ------------------------------------------------
@@ -382,7 +382,7 @@ def _snapshot_args(name, cache):
 def test_cli_healthy_snapshot_prints_one_line_and_exits_0(tmp_path):
     done = run(_snapshot_args("three-containers", _write_cache(tmp_path, "three-containers")))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("healthy: all 3 cached port mappings")
+    assert done.stdout.startswith("healthy: all 3 chains of the cached containers")
     assert len(done.stdout.splitlines()) == 1
 
 

@@ -246,7 +246,7 @@ def test_restore_sigkilled_while_it_waits_for_the_lock_is_retried(legacy_node):
         holder.release()
     out, err = command.communicate(timeout=60)
     assert command.returncode == 0, err
-    assert f"added {CHAIN}" in err
+    assert f"added {CHAIN}" in out
     lines = _chain_lines(legacy_node, mode="legacy")
     assert len([line for line in lines if line.startswith("-A CNI-DN")]) == 6  # whole
 

@@ -568,11 +568,11 @@ def test_gc_leaves_exactly_the_live_containers_and_every_foreign_rule(node: Node
     by_chain = {(r["family"], r["chain"]): r for r in result["removed"]}
     stale1 = by_chain[(4, chain_name("gcnet", "stale1"))]
     assert stale1["network"] == "gcnet" and stale1["container_id"] == "stale1"
-    assert sorted((p["protocol"], p["port"]) for p in stale1["host_ports"]) == [
+    assert sorted((p["protocol"], p["host_port"]) for p in stale1["host_ports"]) == [
         ("tcp", 9090),
         ("udp", 6000),
     ]
-    assert by_chain[(4, chain_name("gcnet", "stale1", "SN-"))]["kind"] == "legacy-snat"
+    assert by_chain[(4, chain_name("gcnet", "stale1", "SN-"))]["chain_type"] == "legacy-snat"
     assert result["pending"] == [] and result["dry_run"] is False
     assert result["kept"] == 4  # live1 and live2 in v4, live2 in v6, live1's SN- chain
     assert result["conntrack_deleted"] == 2 and result["shared_removed"] == []
@@ -626,7 +626,7 @@ def test_dry_run_changes_nothing(node: Node_):
     rows = [line for line in done.stdout.splitlines() if "would remove" in line]
     assert len(rows) == 2 and all(chain_name("gcnet", "stale1") in r for r in rows)
     assert "6002/udp" in rows[0] and "stale1" in rows[0]
-    assert "would remove 2 chains of 1 container," in done.stderr
+    assert "gc (dry run): would remove 2 chains of 1 container," in done.stdout.splitlines()[-1]
     as_json = json.loads(node.gc("--dry-run", "--min-age", "0", "-o", "json").stdout)
     assert as_json["dry_run"] is True and len(as_json["removed"]) == 2
     assert as_json["conntrack_deleted"] == 0
@@ -702,8 +702,8 @@ def test_min_age_keeps_new_chains_pending_and_forgets_changed_or_live_ones(nft_n
     done = json.loads(node.gc("--yes", "--min-age", "0.5s", "-o", "json").stdout)
     assert [r["container_id"] for r in done["removed"]] == [young]
     assert done["removed"][0]["host_ports"] == [
-        {"protocol": "tcp", "port": 8080},
-        {"protocol": "tcp", "port": 8082},
+        {"protocol": "tcp", "host_port": 8080},
+        {"protocol": "tcp", "host_port": 8082},
     ]
     node.check(revived)
     state = json.loads(Path("/run/portmapctl", gc_state.STATE_FILE).read_text())
