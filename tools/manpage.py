@@ -145,9 +145,12 @@ def option_term(option: OptionDoc) -> str:
 def option_synopsis(option: OptionDoc) -> str:
     term = bold(option.long_name)
     if not option.is_flag:
+        # Choices, unless the option names its value (`--status WORD`: eight choices
+        # would make a synopsis line that cannot be broken).
+        named = option.metavar is not None and option.metavar != "|".join(option.choices)
         value = (
             "|".join(bold(c) for c in option.choices)
-            if option.choices
+            if option.choices and not named
             else italic(option.metavar or "")
         )
         # "\ " does not break: an option stays on one line with its value.
