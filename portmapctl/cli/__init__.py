@@ -6,8 +6,10 @@ one line on stderr with its SPEC §4 exit code, never a traceback (unless -v).
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import typer
 
@@ -17,6 +19,7 @@ from portmapctl.cli import check as check_cli
 from portmapctl.cli import flush_udp as flush_udp_cli
 from portmapctl.cli import gc as gc_cli
 from portmapctl.cli import list as list_cli
+from portmapctl.cli._common import _isatty
 from portmapctl.errors import PortmapctlError
 
 HELP = """Inspect and repair the NAT chains and UDP conntrack state that the CNI
@@ -98,13 +101,42 @@ def _click_command(args: List[str]) -> Any:
     return typer.main.get_command(build_app(name) if known else app)
 
 
+class Interrupted(BaseException):
+    """Ctrl-C. Not a KeyboardInterrupt: typer turns that into a silent exit 130."""
+
+
+@contextlib.contextmanager
+def _ctrl_c_raises_interrupted() -> Iterator[None]:
+    def raise_interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted()
+
+    try:
+        previous = signal.signal(signal.SIGINT, raise_interrupted)
+    except ValueError:  # not the main thread (an embedding program): leave it be
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted() -> None:
+    """Ctrl-C: one line, on a line of its own (the cursor may sit after "^C" or a
+    prompt), and exit 130 as shells do."""
+    fresh = "\n" if _isatty(sys.stderr) else ""
+    sys.stderr.write(f"{fresh}portmapctl: interrupted\n")
+    sys.exit(130)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if not args:
         args = ["--help"]
     command = _click_command(args)
     try:
-        code = command.main(args=args, prog_name="portmapctl", standalone_mode=False)
+        with _ctrl_c_raises_interrupted():
+            code = command.main(args=args, prog_name="portmapctl", standalone_mode=False)
     except PortmapctlError as err:
         if _verbose(args):
             raise
@@ -112,9 +144,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(err.exit_code)
     except BrokenPipeError:
         sys.exit(0)
-    except (KeyboardInterrupt, typer.Abort):
-        sys.stderr.write("portmapctl: aborted\n")
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt, typer.Abort):
+        _interrupted()
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.TyperException as err:

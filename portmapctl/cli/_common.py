@@ -209,7 +209,6 @@ COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
                 "--output",
                 "-o",
                 help="Table (fits 80 columns), wide table (all columns), or JSON.",
-                case_sensitive=False,
                 rich_help_panel=PANEL,
             ),
         ],

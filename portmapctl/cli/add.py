@@ -39,6 +39,7 @@ Network = Annotated[
     Optional[str],
     typer.Option(
         "--network",
+        metavar="NAME",
         help="The CNI network name.",
         rich_help_panel="Mapping",
         autocompletion=complete_network,
@@ -48,6 +49,7 @@ Container = Annotated[
     Optional[str],
     typer.Option(
         "--container",
+        metavar="ID",
         help="The container ID.",
         rich_help_panel="Mapping",
         autocompletion=complete_container,
@@ -86,7 +88,12 @@ MasqAll = Annotated[
 ]
 MarkBit = Annotated[
     Optional[int],
-    typer.Option("--mark-bit", help="Masquerade mark bit (default 13).", rich_help_panel="Mapping"),
+    typer.Option(
+        "--mark-bit",
+        metavar="BIT",
+        help="Masquerade mark bit (default 13).",
+        rich_help_panel="Mapping",
+    ),
 ]
 ExternalSetmark = Annotated[
     Optional[str],
@@ -129,6 +136,7 @@ IfName = Annotated[
     str,
     typer.Option(
         "--ifname",
+        metavar="NAME",
         help="With --cni-config: the container interface whose addresses count (CNI_IFNAME).",
         rich_help_panel="Mapping",
     ),

@@ -125,7 +125,7 @@ def check_command(
     if repair and snapshots:
         raise BadInput("--repair changes the node: it cannot be used with --snapshot")
     options = common.node_options(snapshots)
-    with opened(options, write=repair) as node:
+    with opened(options, write=repair) as node, out.busy("checking"):
         if repair:
             result = check_lib.repair(node, config, flush_udp=not no_flush_udp)
         elif config is not None:

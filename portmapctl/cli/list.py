@@ -68,10 +68,8 @@ def list_command(
         ),
     ] = None,
     port: Annotated[
-        Optional[List[int]],
-        typer.Option(
-            metavar="N", help="Only this host port (repeat for either).", min=1, max=65535
-        ),
+        Optional[List[str]],
+        typer.Option(metavar="N", help="Only this host port, 1-65535 (repeat for either)."),
     ] = None,
     proto: Annotated[
         Optional[List[ProtoChoice]],
@@ -108,6 +106,7 @@ def list_command(
     from portmapctl.ops.node import opened
 
     out = common.out()
+    ports = tuple(validate.port(p, "--port") for p in port or ())
     for name in network or ():
         validate.cni_name(name, "network name")
     for prefix in container or ():
@@ -115,7 +114,7 @@ def list_command(
         validate.cni_name(prefix, "container ID")
     snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
     options = common.node_options(snapshots)
-    with opened(options) as node:
+    with opened(options) as node, out.busy("reading the ruleset and the CNI cache"):
         tables, attachments = node.read_with_cache()
         found = inventory.build(tables, attachments)
         counts = None
@@ -132,7 +131,7 @@ def list_command(
     wanted = Filters(
         tuple(container or ()),
         tuple(network or ()),
-        tuple(port or ()),
+        ports,
         tuple(p.value for p in proto or ()),
         tuple(s.value for s in status or ()),
     )

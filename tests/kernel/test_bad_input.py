@@ -551,8 +551,11 @@ def _cases() -> List[Case]:
         add(f"{command} --ip v6 twice", _then(BASES[command], "--ip", "fd00::61/64"),
             "at most one container address per family")  # fmt: skip
     # Protocols (list takes a choice; add/check in the port spec, above).
-    for i, proto in enumerate(["icmp", "TCP", "", "tcp ", "all", "6", "udp\n"]):
+    # "TCP" is accepted: what the outputs print is (SPEC §3 output contract).
+    for i, proto in enumerate(["icmp", "", "tcp ", "all", "6", "udp\n"]):
         add(f"list --proto proto{i}", _with(_list, "--proto", proto), "--proto")
+    for i, word in enumerate(["bogus", "", "ok,stale", "stale;x", "STALE\n"]):
+        add(f"list --status status{i}", _with(_list, "--status", word), "--status")
     # Mapping options of add and check.
     for command in ("add", "check"):
         base = BASES[command]
@@ -593,6 +596,13 @@ def _cases() -> List[Case]:
             add(f"{command} --netns ns{i}", _with(base, "--netns", value), "namespace", code=3)
         add(f"{command} --no-such-option", _then(base, "--no-such-option"), "No such option")
         add(f"{command} --no-color=x", _then(base, "--no-color=x"), "does not take a value")
+        for flag in ("--no-headers", "--no-trunc"):
+            add(f"{command} {flag}=x", _then(base, f"{flag}=x"), "does not take a value")
+        for value in ("bogus", "", "nft", "iptables;reboot"):
+            add(f"{command} --backend {value!r}", _with(base, "--backend", value), "--backend")
+        # Accepted, but there is no nftables backend in this version: environment.
+        add(f"{command} --backend nftables", _with(base, "--backend", "nftables"),
+            "nftables backend is not available", code=3)  # fmt: skip
     # gc's own options.
     for i, value in enumerate(HOSTILE_DURATIONS):
         add(f"gc --min-age dur{i}", _with(_gc, "--min-age", value), "invalid duration")

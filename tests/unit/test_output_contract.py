@@ -389,3 +389,19 @@ def terminal_stderr(monkeypatch):
     monkeypatch.undo()
     stream.close()
     os.close(master)
+
+
+def test_ctrl_c_is_one_line_and_exit_130():
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portmapctl", "list", "--snapshot", "-", *CACHE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)  # blocked reading the dump from stdin
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and out == "" and err == "portmapctl: interrupted\n"
