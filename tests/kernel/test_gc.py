@@ -623,7 +623,7 @@ def test_dry_run_changes_nothing(node: Node_):
     before = {f: node.lines(f) for f in (4, 6)}
     done = node.gc("--dry-run", "--min-age", "0")
     assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if "would remove" in line]
+    rows = [line for line in done.stdout.splitlines() if line.endswith("would remove")]
     assert len(rows) == 2 and all(chain_name("gcnet", "stale1") in r for r in rows)
     assert "6002/udp" in rows[0] and "stale1" in rows[0]
     assert "gc (dry run): would remove 2 chains of 1 container," in done.stdout.splitlines()[-1]
@@ -672,6 +672,8 @@ def test_min_age_keeps_new_chains_pending_and_forgets_changed_or_live_ones(nft_n
     node = nft_node
     tag = uuid.uuid4().hex[:8]
     young, revived = f"young-{tag}", f"revived-{tag}"
+    # A cached container: an empty cache is no source of liveness (SPEC §3 gc).
+    node.add("gcnet", f"live-{tag}", ["10.88.0.20/16"], _ports("8090/tcp"))
     node.add("gcnet", young, ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
     node.add("gcnet", revived, ["10.88.0.13/16"], _ports("8081/tcp"), cache=False)
     before = node.lines(4)
@@ -780,6 +782,7 @@ def _on_terminal(argv: List[str], answer: bytes) -> tuple:
 
 def test_on_a_terminal_gc_asks_first(nft_node: Node_):
     node = nft_node
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
     node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
     before = node.lines(4)
     argv = [
