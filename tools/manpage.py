@@ -216,7 +216,10 @@ def _command_section(doc: AppDoc, command: CommandDoc) -> List[str]:
             lines.append(".RE")
     lines += [".PP", "The common options (see \\fBCOMMON OPTIONS\\fR) apply, and \\fB\\-h\\fR."]
     for note in command.notes:
-        lines += [".PP", esc(note)]
+        if "\n" in note:  # laid out by hand (a table of words): keep its lines
+            lines += [".PP", ".nf", *(esc(line) for line in note.splitlines()), ".fi"]
+        else:
+            lines += [".PP", esc(note)]
     return lines
 
 
