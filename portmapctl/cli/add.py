@@ -251,7 +251,7 @@ def add_command(
     for warning in result.warnings:
         out.warn(warning)
     if out.json:
-        out.print_json(render.add_json(result, common.cache().json()))
+        out.print_json(render.add_json(result, common.cache().json(), clashes))
         return
     chain = dnat_chain_name(config)
     who = f"{config.network}/{render.short_id(config.container_id, out.no_trunc)}"

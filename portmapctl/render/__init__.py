@@ -331,7 +331,11 @@ def _list_grid(
     return rows, statuses
 
 
-def add_json(result: AddResult, cache: Optional[MappingT[str, Any]] = None) -> Dict[str, Any]:
+def add_json(
+    result: AddResult,
+    cache: Optional[MappingT[str, Any]] = None,
+    warnings: Iterable[str] = (),
+) -> Dict[str, Any]:
     return document(
         cache,
         backend=BACKEND,
@@ -339,7 +343,7 @@ def add_json(result: AddResult, cache: Optional[MappingT[str, Any]] = None) -> D
         changed=result.changed,
         chains=list(result.chains),
         transaction={str(f): text for f, text in sorted(result.transactions.items())},
-        warnings=list(result.warnings),
+        warnings=[*warnings, *result.warnings],
     )
 
 
