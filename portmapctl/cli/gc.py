@@ -120,7 +120,12 @@ def gc_command(
         if not preview.changes:
             _show(out, preview, options.min_age, cache, asked_dry_run=False)
             return
-        out.show(render.gc_table(preview, options.min_age, preview=True), stderr=True)
+        out.show(
+            render.gc_table(
+                preview, options.min_age, preview=True, wide=out.wide, full_ids=out.no_trunc
+            ),
+            stderr=True,
+        )
         count = len(preview.removed) + len(preview.shared_removed)
         if not typer.confirm(f"Remove {render.count(count, 'chain')}?", default=False, err=True):
             out.message("nothing removed")
@@ -147,6 +152,10 @@ def _show(
         out.print_json(render.gc_json(result, min_age, cache.json()))
         return
     if result.removed or result.pending or result.shared_removed:
-        out.show(render.gc_table(result, min_age))
+        out.show(
+            render.gc_table(
+                result, min_age, wide=out.wide, full_ids=out.no_trunc, header=not out.no_headers
+            )
+        )
         out.blank()
     out.summary(render.gc_summary(result, asked_dry_run))

@@ -623,9 +623,17 @@ def removable_text(c: GcChain, min_age: float, now: Optional[float] = None) -> s
     return f"removable in {duration_text(left + 0.999)}, at {at}"
 
 
-def gc_table(result: GcResult, min_age: Optional[float] = None, preview: bool = False) -> Text:
+def gc_table(
+    result: GcResult,
+    min_age: Optional[float] = None,
+    preview: bool = False,
+    wide: bool = False,
+    full_ids: bool = False,
+    header: bool = True,
+) -> Text:
     """One row per chain removed (in a dry run or the preview: to be removed) and per
-    pending one, with when a later run can remove it.
+    pending one, with when a later run can remove it; TYPE and CHAIN only when `wide`
+    (the table fits 80 columns without them).
 
     A plain grid, not a rich Table: gc of 1,000 containers lists 1,000 rows.
     """
@@ -633,24 +641,29 @@ def gc_table(result: GcResult, min_age: Optional[float] = None, preview: bool = 
     rows: List[List[str]] = []
     statuses: List[Iterable[str]] = []
     verb = "to remove" if preview else "would remove" if result.dry_run else "removed"
+
+    def row(c: GcChain) -> List[str]:
+        return [f"v{c.family}", c.kind, c.network or "-", short_id(c.container_id, full_ids)] + [
+            _ports_cell(c),
+            c.chain,
+            duration_text(c.seen_seconds),
+        ]
+
     for c in result.removed:
-        rows.append(
-            [f"v{c.family}", c.kind, c.network or "-", short_id(c.container_id)]
-            + [_ports_cell(c), c.chain, duration_text(c.seen_seconds)]
-        )
+        rows.append(row(c))
         statuses.append([verb])
     for family, name in result.shared_removed:
         rows.append([f"v{family}", "shared", "-", "-", "-", name, "-"])
         statuses.append([verb])
     for c in result.pending:
-        rows.append(
-            [f"v{c.family}", c.kind, c.network or "-", short_id(c.container_id)]
-            + [_ports_cell(c), c.chain, duration_text(c.seen_seconds)]
-        )
-        statuses.append(
-            ["pending: " + removable_text(c, min_age) if min_age is not None else "pending"]
-        )
-    return grid(headers, rows, statuses)
+        rows.append(row(c))
+        statuses.append([removable_text(c, min_age) if min_age is not None else "pending"])
+    if not wide:
+        for column in (headers.index("CHAIN"), headers.index("TYPE")):
+            del headers[column]
+            for cells in rows:
+                del cells[column]
+    return grid(headers, rows, statuses, header=header)
 
 
 def count(number: int, word: str) -> str:
