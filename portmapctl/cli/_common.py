@@ -35,6 +35,7 @@ from portmapctl.host.paths import CNI_CACHE_DIR
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
+    from portmapctl.ops.metrics import Recorder
     from portmapctl.ops.node import NodeOptions
 
 try:
@@ -274,6 +275,20 @@ COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
     ),
 )
 
+# Not common: only the commands that report metrics take it (list, check, gc).
+MetricsFileOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--metrics-file",
+        metavar="PATH",
+        envvar="PORTMAPCTL_METRICS_FILE",
+        help="Also write this run's Prometheus metrics to PATH (a .prom file in the"
+        " node_exporter's textfile directory), atomically. A failed write is a warning,"
+        " never a failed command.",
+        show_envvar=True,
+    ),
+]
+
 DEFAULT_CACHE_DIR = CNI_CACHE_DIR
 
 
@@ -407,6 +422,30 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 BUSY_AFTER = 1.0
 """Seconds of work before a spinner shows (SPEC §3: progress for work over ~1 s)."""
+
+@contextlib.contextmanager
+def metrics_recording(
+    path: Optional[str],
+    command: str,
+    cache_dirs: List[str],
+    out: Output,
+    ok_exit_codes: Tuple[int, ...] = (0,),
+) -> Iterator[Optional[Recorder]]:
+    """Record the block's run into the metrics file `path`, if one was asked for.
+
+    Yields None without one: nothing is imported (prometheus_client is only loaded
+    to write), so a run without --metrics-file starts and works as before.
+    """
+    if not path:  # PORTMAPCTL_METRICS_FILE= (empty) is no file
+        yield None
+        return
+    from portmapctl.ops import metrics
+
+    with metrics.recording(
+        path, metrics.Command(command), cache_dirs, out.warn, ok_exit_codes
+    ) as recorder:
+        yield recorder
+
 
 PROGRESS_FROM = 2000
 """Fewer items than this are done before a progress bar could be read: no bar."""

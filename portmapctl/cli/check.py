@@ -10,7 +10,9 @@ import typer
 from portmapctl.cli._common import (
     Annotated,
     Common,
+    MetricsFileOpt,
     common_options,
+    metrics_recording,
 )
 from portmapctl.cli.add import (
     CniConfig,
@@ -89,6 +91,7 @@ def check_command(
     snapshot6: Annotated[
         Optional[str], typer.Option(metavar="FILE", help="Check an ip6tables-save dump.")
     ] = None,
+    metrics_file: MetricsFileOpt = None,
 ) -> int:
     """Check the node (or one mapping) for missing, stale, shadowed and broken chains:
     one row per problem, then why each kind matters and the command that fixes it."""
@@ -99,64 +102,71 @@ def check_command(
     from portmapctl.ops.node import opened
 
     out = common.out()
-    mapping_given = (
-        any((network, container, ip, publish, cni_config, external_setmark_chain))
-        or any((no_snat, masq_all, conditions_v4 is not None, conditions_v6 is not None))
-        or mark_bit is not None
-        or ifname != "eth0"
-    )
-    config = None
-    if mapping_given:
-        config = mapping_from_options(
-            network,
-            container,
-            ip,
-            publish,
-            no_snat,
-            masq_all,
-            mark_bit,
-            external_setmark_chain,
-            conditions_v4,
-            conditions_v6,
-            cni_config,
-            ifname,
+    # Exit 1 (problems found) is a run that did its work.
+    with metrics_recording(metrics_file, "check", common.cache_dirs, out, (0, 1)) as recorder:
+        mapping_given = (
+            any((network, container, ip, publish, cni_config, external_setmark_chain))
+            or any((no_snat, masq_all, conditions_v4 is not None, conditions_v6 is not None))
+            or mark_bit is not None
+            or ifname != "eth0"
         )
-    snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
-    if repair and snapshots:
-        raise BadInput("--repair changes the node: it cannot be used with --snapshot")
-    options = common.node_options(snapshots)
-    with opened(options, write=repair) as node, out.busy("checking"):
-        if repair:
-            result = check_lib.repair(node, config, flush_udp=not no_flush_udp)
-        elif config is not None:
-            result = check_lib.check_mapping(node, config)
-        else:
-            result = check_lib.check_node(node)
-    for warning in result.warnings:
-        out.warn(warning)
-    cache = common.cache()
-    for note in result.notes:
-        if note.startswith("no CNI cache in"):
-            continue  # said once below, as by every command
-        out.message(note)
-    out.cache_note(cache, mapping_given)
-    if out.json:
-        out.print_json(render.check_json(result, cache.json()))
-    else:
-        for line in render.check_fixed_lines(result):
-            out.message(line)
-        if common.verbose:
-            sys.stderr.write(render.transactions_text(result.transactions))
-        if result.problems:
-            out.show(
-                render.check_text(
-                    result,
-                    width=out.width(),
-                    wide=out.wide,
-                    full_ids=out.no_trunc,
-                    header=not out.no_headers,
-                )
+        config = None
+        if mapping_given:
+            config = mapping_from_options(
+                network,
+                container,
+                ip,
+                publish,
+                no_snat,
+                masq_all,
+                mark_bit,
+                external_setmark_chain,
+                conditions_v4,
+                conditions_v6,
+                cni_config,
+                ifname,
             )
-            out.blank()
-        out.summary(render.check_summary(result))
-    return 0 if result.healthy else 1
+        snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
+        if repair and snapshots:
+            raise BadInput("--repair changes the node: it cannot be used with --snapshot")
+        options = common.node_options(snapshots)
+        with opened(options, write=repair) as node, out.busy("checking"):
+            if repair:
+                result = check_lib.repair(node, config, flush_udp=not no_flush_udp)
+            elif config is not None:
+                result = check_lib.check_mapping(node, config)
+            else:
+                result = check_lib.check_node(node)
+            if recorder is not None:
+                recorder.note_problems(result.problems)
+                if result.found is not None:  # the whole node was looked at
+                    found = result.found
+                    recorder.note_node(found.mappings, found.chains, result.families)
+        for warning in result.warnings:
+            out.warn(warning)
+        cache = common.cache()
+        for note in result.notes:
+            if note.startswith("no CNI cache in"):
+                continue  # said once below, as by every command
+            out.message(note)
+        out.cache_note(cache, mapping_given)
+        if out.json:
+            out.print_json(render.check_json(result, cache.json()))
+        else:
+            for line in render.check_fixed_lines(result):
+                out.message(line)
+            if common.verbose:
+                sys.stderr.write(render.transactions_text(result.transactions))
+            if result.problems:
+                out.show(
+                    render.check_text(
+                        result,
+                        width=out.width(),
+                        wide=out.wide,
+                        full_ids=out.no_trunc,
+                        header=not out.no_headers,
+                    )
+                )
+                out.blank()
+            out.summary(render.check_summary(result))
+        return 0 if result.healthy else 1

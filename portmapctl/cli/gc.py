@@ -12,9 +12,11 @@ from portmapctl.cli._common import (
     Annotated,
     CacheInfo,
     Common,
+    MetricsFileOpt,
     Output,
     common_options,
     complete_container,
+    metrics_recording,
 )
 
 if TYPE_CHECKING:
@@ -83,6 +85,7 @@ def gc_command(
         bool,
         typer.Option("--no-flush-udp", help="Keep the UDP conntrack entries of unmapped ports."),
     ] = False,
+    metrics_file: MetricsFileOpt = None,
 ) -> None:
     """Remove the portmap chains of containers that are not live (CNI cache,
     --valid-attachments, --keep), once seen so for --min-age."""
@@ -93,52 +96,71 @@ def gc_command(
     from portmapctl.ops.node import opened
 
     out = common.out()
-    options = GcOptions(
-        min_age=validate.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp
-    )
-    sources = Sources(
-        documents=(read_valid_attachments(valid_attachments),) if valid_attachments else (),
-        keep=tuple(validate.cni_name(k, "--keep container ID") for k in keep or ()),
-        remove_all=remove_all,
-    )
-    node_opts = common.node_options()
-    require_source(sources, node_opts.cache_dir)
-    ask = not dry_run and not yes
-    if ask and not sys.stdin.isatty():
-        raise BadInput("not on a terminal: give --yes to remove chains (or --dry-run to look)")
-    if ask and valid_attachments == "-":
-        raise BadInput("--valid-attachments - reads stdin, so gc cannot ask there: add --yes")
-    cache = common.cache()
-    # Said after gc has run: a refusal (no source of liveness) is its one error line.
-    other_source = bool(sources.documents or sources.keep or remove_all)
-    if ask:
-        # The preview is a dry run that records its sightings like any run (so
-        # --min-age counts from here), shown on stderr: stdout is for the result.
-        with opened(node_opts) as node, out.busy("reading the ruleset"):
-            preview = gc(node, sources, replace(options, dry_run=True))
-        out.cache_note(cache, other_source)
-        if not preview.changes:
-            _show(out, preview, options.min_age, cache, asked_dry_run=False)
-            return
-        out.show(
-            render.gc_table(
-                preview, options.min_age, preview=True, wide=out.wide, full_ids=out.no_trunc
-            ),
-            stderr=True,
+    with metrics_recording(metrics_file, "gc", common.cache_dirs, out) as recorder:
+        options = GcOptions(
+            min_age=validate.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp
         )
-        count = len(preview.removed) + len(preview.shared_removed)
-        if not typer.confirm(f"Remove {render.count(count, 'chain')}?", default=False, err=True):
-            out.message("nothing removed")
-            return
-        confirmed = frozenset((c.family, c.chain) for c in preview.removed)
-        options = replace(options, only=confirmed)
-    with opened(node_opts, write=not dry_run) as node, out.busy("removing chains"):
-        result = gc(node, sources, options)
-    if not ask:
-        out.cache_note(cache, other_source)
-    _show(out, result, options.min_age, cache, asked_dry_run=dry_run)
-    if common.verbose and dry_run:
-        sys.stderr.write(render.transactions_text(result.transactions))
+        sources = Sources(
+            documents=(read_valid_attachments(valid_attachments),) if valid_attachments else (),
+            keep=tuple(validate.cni_name(k, "--keep container ID") for k in keep or ()),
+            remove_all=remove_all,
+        )
+        node_opts = common.node_options()
+        require_source(sources, node_opts.cache_dir)
+        ask = not dry_run and not yes
+        if ask and not sys.stdin.isatty():
+            raise BadInput("not on a terminal: give --yes to remove chains (or --dry-run to look)")
+        if ask and valid_attachments == "-":
+            raise BadInput("--valid-attachments - reads stdin, so gc cannot ask there: add --yes")
+        cache = common.cache()
+        # Said after gc has run: a refusal (no source of liveness) is its one error line.
+        other_source = bool(sources.documents or sources.keep or remove_all)
+        if ask:
+            # The preview is a dry run that records its sightings like any run (so
+            # --min-age counts from here), shown on stderr: stdout is for the result.
+            with opened(node_opts) as node, out.busy("reading the ruleset"):
+                preview = gc(node, sources, replace(options, dry_run=True))
+            out.cache_note(cache, other_source)
+            if not preview.changes:
+                if recorder is not None:
+                    recorder.note_gc(preview, node_opts.families)
+                _show(out, preview, options.min_age, cache, asked_dry_run=False)
+                return
+            out.show(
+                render.gc_table(
+                    preview, options.min_age, preview=True, wide=out.wide, full_ids=out.no_trunc
+                ),
+                stderr=True,
+            )
+            count = len(preview.removed) + len(preview.shared_removed)
+            if not typer.confirm(
+                f"Remove {render.count(count, 'chain')}?", default=False, err=True
+            ):
+                out.message("nothing removed")
+                if recorder is not None:
+                    recorder.note_gc(preview, node_opts.families)
+                return
+            confirmed = frozenset((c.family, c.chain) for c in preview.removed)
+            options = replace(options, only=confirmed)
+        with opened(node_opts, write=not dry_run) as node, out.busy("removing chains"):
+            result = gc(node, sources, options)
+        if recorder is not None:
+            recorder.note_gc(result, node_opts.families)
+        if not ask:
+            out.cache_note(cache, other_source)
+        _show(out, result, options.min_age, cache, asked_dry_run=dry_run)
+        if common.verbose and dry_run:
+            sys.stderr.write(render.transactions_text(result.transactions))
+        if result.state_error is not None:
+            from portmapctl.errors import HostProblem
+
+            # What was done is on stdout already (and the flush ran): this line says
+            # what is missing, exit 3 as for any other environment problem.
+            done = render.count(len(result.removed), "chain")
+            raise HostProblem(
+                f"removed {done} (see above), but could not record the chains still pending:"
+                f" {result.state_error} (free space in the run directory)"
+            )
 
 
 def _show(

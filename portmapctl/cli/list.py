@@ -10,10 +10,12 @@ import typer
 from portmapctl.cli._common import (
     Annotated,
     Common,
+    MetricsFileOpt,
     ProtoChoice,
     common_options,
     complete_container,
     complete_network,
+    metrics_recording,
 )
 from portmapctl.core.status import Status
 
@@ -95,6 +97,7 @@ def list_command(
     conntrack: Annotated[
         bool, typer.Option("--conntrack", help="Count UDP conntrack entries per UDP mapping.")
     ] = False,
+    metrics_file: MetricsFileOpt = None,
 ) -> None:
     """List every port mapping on the node, with its status, sorted by network,
     container, family, protocol and host port; a summary line follows.
@@ -106,68 +109,73 @@ def list_command(
     from portmapctl.ops.node import opened
 
     out = common.out()
-    ports = tuple(validate.port(p, "--port") for p in port or ())
-    for name in network or ():
-        validate.cni_name(name, "network name")
-    for prefix in container or ():
-        # A prefix of a valid ID is itself one: anything else can match nothing.
-        validate.cni_name(prefix, "container ID")
-    snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
-    options = common.node_options(snapshots)
-    with opened(options) as node, out.busy("reading the ruleset and the CNI cache"):
-        tables, attachments = node.read_with_cache()
-        found = inventory.build(tables, attachments)
-        counts = None
-        if conntrack:
-            if snapshots:
-                from portmapctl.errors import BadInput
+    with metrics_recording(metrics_file, "list", common.cache_dirs, out) as recorder:
+        ports = tuple(validate.port(p, "--port") for p in port or ())
+        for name in network or ():
+            validate.cni_name(name, "network name")
+        for prefix in container or ():
+            # A prefix of a valid ID is itself one: anything else can match nothing.
+            validate.cni_name(prefix, "container ID")
+        snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
+        options = common.node_options(snapshots)
+        with opened(options) as node, out.busy("reading the ruleset and the CNI cache"):
+            tables, attachments = node.read_with_cache()
+            found = inventory.build(tables, attachments)
+            if recorder is not None:
+                recorder.note_node(found.mappings, found.chains, tuple(tables))
+            counts = None
+            if conntrack:
+                if snapshots:
+                    from portmapctl.errors import BadInput
 
-                raise BadInput("--conntrack reads the kernel: it cannot be used with --snapshot")
-            from portmapctl.ops.flush_udp import count_per_mapping
+                    raise BadInput(
+                        "--conntrack reads the kernel: it cannot be used with --snapshot"
+                    )
+                from portmapctl.ops.flush_udp import count_per_mapping
 
-            counts = count_per_mapping(found.mappings)
-    cache = common.cache()
-    out.cache_note(cache)
-    wanted = Filters(
-        tuple(container or ()),
-        tuple(network or ()),
-        ports,
-        tuple(p.value for p in proto or ()),
-        tuple(s.value for s in status or ()),
-    )
-    rows = sorted((m for m in found.mappings if wanted.mapping(m)), key=render.sort_key)
-    chains = [c for c in found.chains if wanted.chain(c)]
-    if wanted.by_row:
-        # A chain stays when one of its rows does (or, without rows, when it matches).
-        kept = {(m.chain, m.family) for m in rows}
-        with_rows = {(m.chain, m.family) for m in found.mappings}
-        chains = [
-            c
-            for c in chains
-            if (c.name, c.family) in kept
-            or ((c.name, c.family) not in with_rows and wanted.bare_chain(c))
-        ]
-    chains.sort(key=render.chain_sort_key)
-    total = len(found.mappings)
-    if out.json:
-        out.print_json(render.list_json(rows, chains, counts, cache.json(), total))
-        return
-    summary = render.list_summary(rows, chains, total if wanted.any else None)
-    if rows or chains:
-        out.show(
-            render.list_table(
-                rows,
-                chains,
-                counts,
-                wide=out.wide,
-                full_ids=out.no_trunc,
-                header=not out.no_headers,
-            )
+                counts = count_per_mapping(found.mappings)
+        cache = common.cache()
+        out.cache_note(cache)
+        wanted = Filters(
+            tuple(container or ()),
+            tuple(network or ()),
+            ports,
+            tuple(p.value for p in proto or ()),
+            tuple(s.value for s in status or ()),
         )
-        out.blank()
-    elif not found.mappings and not found.chains:
-        summary = "no portmap chains found"
-    out.summary(summary)
+        rows = sorted((m for m in found.mappings if wanted.mapping(m)), key=render.sort_key)
+        chains = [c for c in found.chains if wanted.chain(c)]
+        if wanted.by_row:
+            # A chain stays when one of its rows does (or, without rows, when it matches).
+            kept = {(m.chain, m.family) for m in rows}
+            with_rows = {(m.chain, m.family) for m in found.mappings}
+            chains = [
+                c
+                for c in chains
+                if (c.name, c.family) in kept
+                or ((c.name, c.family) not in with_rows and wanted.bare_chain(c))
+            ]
+        chains.sort(key=render.chain_sort_key)
+        total = len(found.mappings)
+        if out.json:
+            out.print_json(render.list_json(rows, chains, counts, cache.json(), total))
+            return
+        summary = render.list_summary(rows, chains, total if wanted.any else None)
+        if rows or chains:
+            out.show(
+                render.list_table(
+                    rows,
+                    chains,
+                    counts,
+                    wide=out.wide,
+                    full_ids=out.no_trunc,
+                    header=not out.no_headers,
+                )
+            )
+            out.blank()
+        elif not found.mappings and not found.chains:
+            summary = "no portmap chains found"
+        out.summary(summary)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import BadInput
+from portmapctl.iptables.spelling import canonical
 
 Args = Tuple[str, ...]
 
@@ -145,12 +146,29 @@ def _split_carefully(line: str) -> List[str]:
     return tokens
 
 
-def parse_save(text: str, family: int, source: str = "iptables-save output") -> NatTable:
+_UNREADABLE_RE = re.compile(r"^# Table `nat' is incompatible.*$", re.MULTILINE)
+
+
+def unreadable_note(text: str) -> Optional[str]:
+    """iptables-nft-save's note that it could not show the nat table (it holds rules
+    only nft understands), or None. The save still exits 0, with no table at all."""
+    found = _UNREADABLE_RE.search(text)
+    return found.group(0).lstrip("# ").strip() if found else None
+
+
+def parse_save(
+    text: str, family: int, source: str = "iptables-save output", *, strict: bool = False
+) -> NatTable:
     """Read the nat table out of `iptables-save` text (other tables are skipped).
 
     Text without a nat table gives an empty table: nothing of the plugin's is there.
     Raises BadInput, naming the line, for text that is not iptables-save output.
+    `strict` (a --snapshot: text from a file, not from iptables-save itself) also
+    refuses nat rules that iptables-restore would refuse (`restore_refusal`).
     """
+    note = unreadable_note(text)
+    if note is not None:
+        raise BadInput(f"{source}: the nat table could not be saved ({note}): nothing to read")
     chains: Dict[str, SavedChain] = {}
     rules: Dict[str, List[Args]] = {}
     table: Optional[str] = None
@@ -169,6 +187,10 @@ def parse_save(text: str, family: int, source: str = "iptables-save output") -> 
             tokens = line.split() if '"' not in line else _split_or_bad(line, source, number)
             if len(tokens) < 2:
                 raise _bad(source, number, "rule without a chain")
+            if strict:
+                refused = restore_refusal(tokens[2:])
+                if refused:
+                    raise _bad(source, number, f"iptables-restore would refuse it: {refused}")
             chain_rules = rules.get(tokens[1])
             if chain_rules is None:
                 raise _bad(source, number, f"rule for undeclared chain {tokens[1]!r}")
@@ -212,6 +234,10 @@ def parse_save(text: str, family: int, source: str = "iptables-save output") -> 
                 raise bad(str(err)) from None
             if len(tokens) < 2:
                 raise bad("rule without a chain")
+            if strict and table == "nat":
+                refused = restore_refusal(tokens[2:])
+                if refused:
+                    raise bad(f"iptables-restore would refuse it: {refused}")
             chain = tokens[1]
             if chain not in rules:
                 raise bad(f"rule for undeclared chain {chain!r}")
@@ -224,6 +250,36 @@ def parse_save(text: str, family: int, source: str = "iptables-save output") -> 
         family,
         {name: SavedChain(name, c.policy, tuple(rules[name])) for name, c in chains.items()},
     )
+
+
+# Options that take a value: generic ones, and what the plugin's and kube-proxy's
+# rules use. Given last on a line, iptables-restore refuses the rule.
+_NEEDS_VALUE = frozenset(
+    {"-p", "-s", "-d", "-i", "-o", "-j", "-g", "-m", "--dport", "--sport", "--dports",
+     "--sports", "--comment", "--to-destination", "--to-source", "--to-ports", "--mark",
+     "--set-xmark", "--set-mark", "--dst-type", "--src-type", "--match-set"}
+)  # fmt: skip
+
+
+def restore_refusal(args: Sequence[str]) -> Optional[str]:
+    """Why iptables-restore would refuse a rule (its arguments after `-A CHAIN`), or
+    None. Only what is sure to be refused whatever the extensions: a `!` that negates
+    nothing (a line cut to `-A POSTROUTING !`), a value-taking option without its
+    value, a `-j`/`-g`/`-m` followed by an option instead of a name. Anything else
+    is left to iptables, as the parser leaves other tools' rules alone."""
+    for i, token in enumerate(args):
+        following = args[i + 1] if i + 1 < len(args) else None
+        if token == "!":
+            if following is None:
+                return "'!' at the end of the rule negates nothing"
+            if not following.startswith("-"):
+                return f"'!' before {following!r}, which is not an option"
+        elif token in _NEEDS_VALUE:
+            if following is None:
+                return f"option {token} at the end of the rule has no value"
+            if token in ("-j", "-g", "-m") and following.startswith("-"):
+                return f"option {token} needs a name, not {following!r}"
+    return None
 
 
 def _bad(source: str, number: int, why: str) -> BadInput:
@@ -311,7 +367,7 @@ _MATCH_OPTIONS = {
     "mark": {"--mark"},
     "addrtype": {"--src-type", "--dst-type", "--limit-iface-in", "--limit-iface-out"},
 }
-_FLAG_OPTIONS = {"--syn", "-f"}
+_FLAG_OPTIONS = {"--syn", "-f", "--limit-iface-in", "--limit-iface-out"}  # addrtype: flags
 # Options known to take a value, even one that starts with a dash.
 _VALUED_OPTIONS = (set().union(*_MATCH_OPTIONS.values()) | set(_PROTO_OPTIONS)) - _FLAG_OPTIONS
 
@@ -413,7 +469,9 @@ def normalize(args: Iterable[str], family: int) -> Args:
     for option in _GENERIC_ORDER:
         out.extend(generic.get(option, ()))
     for name, options in matches:
-        out.extend(["-m", name, *options])
+        # Option values as iptables prints them back (`local` -> `LOCAL`): a rule
+        # the plugin's CHECK accepts must compare equal (spelling.py).
+        out.extend(["-m", name, *canonical(name, options)])
     out.extend(target)
     return tuple(out)
 
@@ -434,7 +492,6 @@ def _need_value(tokens: Sequence[str], i: int) -> str:
 
 # --- writing -----------------------------------------------------------------
 
-_BARE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:,![]+=@%")
 # The same two checks as regular expressions: a transaction of 1,000 containers has
 # some 30,000 tokens, and per-character generators took 0.2 s of gc's budget.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")

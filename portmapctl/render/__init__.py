@@ -390,7 +390,7 @@ def problem_json(p: Problem) -> Dict[str, Any]:
 
 def check_json(result: CheckResult, cache: Optional[MappingT[str, Any]] = None) -> Dict[str, Any]:
     """SPEC §3: healthy, repaired, problems; plus what a repair fixed."""
-    return document(
+    doc = document(
         cache,
         healthy=result.healthy,
         repaired=result.repaired,
@@ -398,6 +398,12 @@ def check_json(result: CheckResult, cache: Optional[MappingT[str, Any]] = None) 
         fixed=[problem_json(p) for p in result.fixed],
         summary=check_summary(result),
     )
+    if result.unrepaired:  # only after a repair that had to leave containers out
+        doc["unrepaired"] = [
+            {"family": f, "network": n, "container_id": c, "chain": chain, "why": why}
+            for f, n, c, chain, why in result.unrepaired
+        ]
+    return doc
 
 
 _FULL_ID = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{52}\b")

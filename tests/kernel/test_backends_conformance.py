@@ -159,10 +159,12 @@ def test_plugin_state_reads_as_the_fixture(backend, plugin_states, case):
 NO_CACHE = Path("/nonexistent/portmapctl-test-no-cache")
 LIST_CASES = ["basic", "dual-stack", "hostip-v6", "conditions-physdev", "shadowed", "foreign"]
 LIST_CASES += ["legacy-sn", "long-comment"]
+# One absent cache directory for both sides: `list -o json` names it (SPEC §3 "cache").
+NO_CACHE = Path("/nonexistent/portmapctl-tests/cni-cache")
 
 
 @pytest.fixture(scope="module")
-def snapshot_lists(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+def snapshot_lists() -> Dict[str, str]:
     """`list -o json` of the fixture dumps (no kernel): what every backend must print."""
     nowhere = NO_CACHE
     fixtures = Path(__file__).parents[1] / "fixtures"

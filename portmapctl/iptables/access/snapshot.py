@@ -44,7 +44,8 @@ class SnapshotBackend:
         if text is None:
             return NatTable(family)
         name = "<stdin>" if self.paths[family] == "-" else self.paths[family]
-        return parse_save(text, family, source=name)
+        # Strict: a dump from a file may hold what iptables itself never prints.
+        return parse_save(text, family, source=name, strict=True)
 
     def apply(self, txn: Transaction) -> None:
         raise BadInput("a --snapshot is read-only: run without --snapshot to change the node")
@@ -71,4 +72,5 @@ def dump_family(text: str) -> Optional[int]:
 
 
 def _read(path: str) -> str:
-    return read_text(path, "snapshot", MAX_DUMP_BYTES)
+    # any_bytes: a foreign rule's comment need not be UTF-8 (SPEC §5).
+    return read_text(path, "snapshot", MAX_DUMP_BYTES, any_bytes=True)

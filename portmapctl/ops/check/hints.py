@@ -8,11 +8,6 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.iptables.chains import (
-    MASQ,
-    SETMARK,
-    TOPLEVEL_DNAT,
-)
 from portmapctl.iptables.ruleset import (
     Args,
     command_line,
@@ -20,7 +15,6 @@ from portmapctl.iptables.ruleset import (
 )
 from portmapctl.ops.node import DEFAULT_CACHE_DIR, Node
 
-_PORTMAP_SHARED = (TOPLEVEL_DNAT, SETMARK, MASQ, "CNI-HOSTPORT-SNAT")
 _SHOWN = 3  # how many rules or chains a detail names before "and N more"
 
 

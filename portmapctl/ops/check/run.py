@@ -51,8 +51,9 @@ def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckRes
     tables = node.read()
     flavours, other_tables, notes = _other_flavour(node, tuple(tables))
     fixes = fixes_for(node, attachments is not None)
+    found = inventory.build(tables, attachments)
     problems, compared = diagnose(
-        tables, attachments, fixes, other_tables=other_tables, flavours=flavours
+        tables, attachments, fixes, other_tables=other_tables, flavours=flavours, found=found
     )
     if attachments is None:
         notes.append(
@@ -68,6 +69,7 @@ def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckRes
         compared,
         chains,
         notes=tuple(notes),
+        found=found,
     )
 
 
