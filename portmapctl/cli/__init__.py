@@ -124,8 +124,10 @@ def _ctrl_c_raises_interrupted() -> Iterator[None]:
 def _interrupted() -> None:
     """Ctrl-C: one line, on a line of its own (the cursor may sit after "^C" or a
     prompt), and exit 130 as shells do."""
+    # A second Ctrl-C while the line is written must not turn into a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fresh = "\n" if _isatty(sys.stderr) else ""
-    sys.stderr.write(f"{fresh}portmapctl: interrupted\n")
+    sys.stderr.write(f"{fresh}portmapctl: aborted\n")  # the words of entry.py's line
     sys.exit(130)
 
 

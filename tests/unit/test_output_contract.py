@@ -404,4 +404,4 @@ def test_ctrl_c_is_one_line_and_exit_130():
     time.sleep(1.5)  # blocked reading the dump from stdin
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and out == "" and err == "portmapctl: interrupted\n"
+    assert proc.returncode == 130 and out == "" and err == "portmapctl: aborted\n"
