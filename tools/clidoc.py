@@ -109,6 +109,8 @@ def _command(name: str, command: Any) -> CommandDoc:
             continue
         if lines[0].lstrip().startswith("portmapctl "):
             examples.append("\n".join(_dedent(lines)))
+        elif len(lines) > 1 and all(line.startswith(" ") for line in lines):
+            notes.append("\n".join(_dedent(lines)))  # a table kept as laid out (\b)
         else:
             notes.append(" ".join(paragraph.split()))
     summary = paragraphs[0] if paragraphs else ""

@@ -84,7 +84,7 @@ FILES = [
 ]
 
 ENVIRONMENT = [
-    ("PORTMAPCTL_BACKEND", "Default for --backend: auto, nft, legacy or iptc."),
+    ("PORTMAPCTL_IPTABLES", "Default for --iptables: auto, nft, legacy or iptc."),
     (
         "NO_COLOR",
         "When set and not empty, output has no colour, as with --no-color.",
@@ -150,9 +150,12 @@ def option_term(option: OptionDoc) -> str:
 def option_synopsis(option: OptionDoc) -> str:
     term = bold(option.long_name)
     if not option.is_flag:
+        # Choices, unless the option names its value (`--status WORD`: eight choices
+        # would make a synopsis line that cannot be broken).
+        named = option.metavar is not None and option.metavar != "|".join(option.choices)
         value = (
             "|".join(bold(c) for c in option.choices)
-            if option.choices
+            if option.choices and not named
             else italic(option.metavar or "")
         )
         # "\ " does not break: an option stays on one line with its value.
@@ -218,7 +221,10 @@ def _command_section(doc: AppDoc, command: CommandDoc) -> List[str]:
             lines.append(".RE")
     lines += [".PP", "The common options (see \\fBCOMMON OPTIONS\\fR) apply, and \\fB\\-h\\fR."]
     for note in command.notes:
-        lines += [".PP", esc(note)]
+        if "\n" in note:  # laid out by hand (a table of words): keep its lines
+            lines += [".PP", ".nf", *(esc(line) for line in note.splitlines()), ".fi"]
+        else:
+            lines += [".PP", esc(note)]
     return lines
 
 

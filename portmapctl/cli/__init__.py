@@ -6,9 +6,10 @@ one line on stderr with its SPEC §4 exit code, never a traceback (unless -v).
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import signal
 import sys
-from typing import Any, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import typer
 
@@ -18,6 +19,7 @@ from portmapctl.cli import check as check_cli
 from portmapctl.cli import flush_udp as flush_udp_cli
 from portmapctl.cli import gc as gc_cli
 from portmapctl.cli import list as list_cli
+from portmapctl.cli._common import _isatty
 from portmapctl.errors import PortmapctlError
 
 HELP = """Inspect and repair the NAT chains and UDP conntrack state that the CNI
@@ -35,15 +37,14 @@ Exit codes: 0 done (check: healthy), 1 problems found / could not apply,
 2 bad input, 3 environment (not root, no iptables, no such namespace).
 """
 
-app = typer.Typer(
-    name="portmapctl",
-    help=HELP,
-    no_args_is_help=True,
-    add_completion=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
+COMMANDS: Tuple[Tuple[str, Callable[..., Any], str], ...] = (
+    ("list", list_cli.list_command, list_cli.EXAMPLES),
+    ("add", add_cli.add_command, add_cli.EXAMPLES),
+    ("check", check_cli.check_command, check_cli.EXAMPLES),
+    ("gc", gc_cli.gc_command, gc_cli.EXAMPLES),
+    ("flush-udp", flush_udp_cli.flush_udp_command, flush_udp_cli.EXAMPLES),
 )
+"""Every command: name, function, examples (the epilog of its --help)."""
 
 
 def _version(value: bool) -> None:
@@ -52,7 +53,6 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
 def _root(
     version: Optional[bool] = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
@@ -61,11 +61,25 @@ def _root(
     """Inspect and repair the state of the CNI portmap plugin."""
 
 
-app.command("list", epilog=list_cli.EXAMPLES)(list_cli.list_command)
-app.command("add", epilog=add_cli.EXAMPLES)(add_cli.add_command)
-app.command("check", epilog=check_cli.EXAMPLES)(check_cli.check_command)
-app.command("gc", epilog=gc_cli.EXAMPLES)(gc_cli.gc_command)
-app.command("flush-udp", epilog=flush_udp_cli.EXAMPLES)(flush_udp_cli.flush_udp_command)
+def build_app(only: Optional[str] = None) -> typer.Typer:
+    """The typer app with every command, or with the one named `only` (when it is one)."""
+    built = typer.Typer(
+        name="portmapctl",
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    built.callback()(_root)
+    chosen = [c for c in COMMANDS if c[0] == only] or COMMANDS
+    for name, function, examples in chosen:
+        built.command(name, epilog=examples)(function)
+    return built
+
+
+app = build_app()
 
 
 def _verbose(argv: List[str]) -> bool:
@@ -78,22 +92,43 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _is_click_error(err: BaseException) -> bool:
-    """Click's own exceptions (typer may vendor click, so match by shape, not class)."""
-    return hasattr(err, "format_message") and hasattr(err, "exit_code")
-
-
 def _click_command(args: List[str]) -> Any:
-    """The click command to run: for `portmapctl COMMAND ...` the app holding that one
+    """The click command to run: for `portmapctl COMMAND ...` an app holding that one
     command, else the whole app. Typer builds every command's options from its
     signature, 12 ms for all five, a tenth of what `add` takes (SPEC §6)."""
     name = args[0] if args else None
-    chosen = [c for c in app.registered_commands if c.name == name]
-    if not chosen:
-        return typer.main.get_command(app)
-    single = copy.copy(app)
-    single.registered_commands = chosen
-    return typer.main.get_command(single)
+    known = any(c[0] == name for c in COMMANDS)
+    return typer.main.get_command(build_app(name) if known else app)
+
+
+class Interrupted(BaseException):
+    """Ctrl-C. Not a KeyboardInterrupt: typer turns that into a silent exit 130."""
+
+
+@contextlib.contextmanager
+def _ctrl_c_raises_interrupted() -> Iterator[None]:
+    def raise_interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted()
+
+    try:
+        previous = signal.signal(signal.SIGINT, raise_interrupted)
+    except ValueError:  # not the main thread (an embedding program): leave it be
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted() -> None:
+    """Ctrl-C: one line, on a line of its own (the cursor may sit after "^C" or a
+    prompt), and exit 130 as shells do."""
+    # A second Ctrl-C while the line is written must not turn into a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    fresh = "\n" if _isatty(sys.stderr) else ""
+    sys.stderr.write(f"{fresh}portmapctl: aborted\n")  # the words of entry.py's line
+    sys.exit(130)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -102,7 +137,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         args = ["--help"]
     command = _click_command(args)
     try:
-        code = command.main(args=args, prog_name="portmapctl", standalone_mode=False)
+        with _ctrl_c_raises_interrupted():
+            code = command.main(args=args, prog_name="portmapctl", standalone_mode=False)
     except PortmapctlError as err:
         if _verbose(args):
             raise
@@ -110,18 +146,18 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(err.exit_code)
     except BrokenPipeError:
         sys.exit(0)
-    except (KeyboardInterrupt, typer.Abort):
-        sys.stderr.write("portmapctl: aborted\n")
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt, typer.Abort):
+        _interrupted()
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.TyperException as err:
+        # Usage errors (typer's click): its message, and where to read more.
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = " ".join(err.format_message().split())  # type: ignore[attr-defined]
+        sys.stderr.write(f"portmapctl: error: {_one_line(message)}{hint}\n")
+        sys.exit(getattr(err, "exit_code", 2))
     except Exception as err:  # noqa: BLE001 - the one place that turns every failure into a line
-        if isinstance(err, typer.Exit) or type(err).__name__ == "Exit":
-            sys.exit(getattr(err, "exit_code", 0))
-        if _is_click_error(err):
-            ctx = getattr(err, "ctx", None)
-            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            message = " ".join(err.format_message().split())
-            sys.stderr.write(f"portmapctl: error: {_one_line(message)}{hint}\n")
-            sys.exit(err.exit_code)
         if _verbose(args):
             raise
         sys.stderr.write(

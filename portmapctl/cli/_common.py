@@ -1,22 +1,36 @@
 """What every command shares: the common options, output, and the exit codes.
 
-Options are declared once here as `Annotated` types and listed in each command's
-signature, so `portmapctl list -o json` works as people type it (SPEC §3).
+The common options are declared once here (COMMON_PARAMETERS) and added to every
+command by `common_options`, after the command's own, so `portmapctl list -o json`
+works as people type it (SPEC §3).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import sys
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    get_type_hints,
+)
 
 import typer
 
-from portmapctl.host.paths import DEFAULT_CNI_CACHE_DIRS
+from portmapctl.host.paths import CNI_CACHE_DIR, DEFAULT_CNI_CACHE_DIRS, MULTUS_CACHE_DIR
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -31,6 +45,16 @@ except ImportError:  # Python 3.8
 
 
 class BackendChoice(str, Enum):
+    """Which of the plugin's backends (its config key `backend`)."""
+
+    auto = "auto"
+    iptables = "iptables"
+    nftables = "nftables"
+
+
+class IptablesChoice(str, Enum):
+    """How iptables is read and written."""
+
     auto = "auto"
     nft = "nft"
     legacy = "legacy"
@@ -41,10 +65,14 @@ class FamilyChoice(str, Enum):
     v4 = "4"
     v6 = "6"
     all = "all"
+    # What the tables print (FAM column) is accepted too (SPEC §3 output contract).
+    v4_word = "v4"
+    v6_word = "v6"
 
 
 class OutputChoice(str, Enum):
     table = "table"
+    wide = "wide"
     json = "json"
 
 
@@ -109,75 +137,147 @@ def complete_netns(incomplete: str) -> List[str]:
         return []
 
 
-BackendOpt = Annotated[
-    BackendChoice,
-    typer.Option(
-        "--backend",
-        envvar="PORTMAPCTL_BACKEND",
-        help="How iptables is read and written: auto picks what the host's iptables is.",
-        rich_help_panel="Common options",
+PANEL = "Common options"
+
+# The options every command takes (SPEC §3), declared once: `common_options` adds them
+# to each command's signature and hands the command one `Common` value.
+COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
+    (
+        "backend",
+        Annotated[
+            BackendChoice,
+            typer.Option(
+                "--backend",
+                help="Which of the plugin's backends to work on: auto follows each"
+                " container's cached config.",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        BackendChoice.auto,
     ),
-]
-FamilyOpt = Annotated[
-    FamilyChoice,
-    typer.Option(
-        "--family",
-        help="Address families to work on.",
-        rich_help_panel="Common options",
+    (
+        "iptables",
+        Annotated[
+            IptablesChoice,
+            typer.Option(
+                "--iptables",
+                envvar="PORTMAPCTL_IPTABLES",
+                help="How iptables is read and written: auto picks what the host's iptables is.",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        IptablesChoice.auto,
     ),
-]
-NetnsOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--netns",
-        metavar="NAME|PATH",
-        help="Work inside this network namespace (/run/netns/NAME or a path).",
-        rich_help_panel="Common options",
-        autocompletion=complete_netns,
+    (
+        "family",
+        Annotated[
+            FamilyChoice,
+            typer.Option("--family", help="Address families to work on.", rich_help_panel=PANEL),
+        ],
+        FamilyChoice.all,
     ),
-]
-CacheDirOpt = Annotated[
-    Optional[List[str]],
-    typer.Option(
-        "--cni-cache-dir",
-        metavar="DIR",
-        help="libcni's cache directory (results/ below it); repeat for several."
-        " Default: /var/lib/cni and, where it exists, /var/lib/cni/multus.",
-        rich_help_panel="Common options",
+    (
+        "netns",
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--netns",
+                metavar="NAME|PATH",
+                help="Work inside this network namespace (/run/netns/NAME or a path).",
+                rich_help_panel=PANEL,
+                autocompletion=complete_netns,
+            ),
+        ],
+        None,
     ),
-]
-OutputOpt = Annotated[
-    OutputChoice,
-    typer.Option(
-        "--output",
-        "-o",
-        help="Human table or machine JSON.",
-        rich_help_panel="Common options",
+    (
+        "cni_cache_dir",
+        Annotated[
+            Optional[List[str]],
+            typer.Option(
+                "--cni-cache-dir",
+                metavar="DIR",
+                help=f"libcni's cache directory, results/ below it (repeat for more;"
+                f" default {CNI_CACHE_DIR} and, where it exists, {MULTUS_CACHE_DIR}).",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        None,
     ),
-]
-NoColorOpt = Annotated[
-    bool,
-    typer.Option(
-        "--no-color",
-        help="Plain output (also: NO_COLOR, or stdout not a terminal).",
-        rich_help_panel="Common options",
+    (
+        "output",
+        Annotated[
+            OutputChoice,
+            typer.Option(
+                "--output",
+                "-o",
+                help="Table (fits 80 columns), wide table (all columns), or JSON.",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        OutputChoice.table,
     ),
-]
-QuietOpt = Annotated[
-    bool,
-    typer.Option(
-        "--quiet", "-q", help="Print less: the result only.", rich_help_panel="Common options"
+    (
+        "no_headers",
+        Annotated[
+            bool,
+            typer.Option(
+                "--no-headers", help="Tables without the header line.", rich_help_panel=PANEL
+            ),
+        ],
+        False,
     ),
-]
-VerboseOpt = Annotated[
-    bool,
-    typer.Option(
-        "--verbose",
-        "-v",
-        help="Print more (and tracebacks on errors).",
-        rich_help_panel="Common options",
+    (
+        "no_trunc",
+        Annotated[
+            bool,
+            typer.Option(
+                "--no-trunc",
+                help="Full container IDs and texts (tables show 12-character IDs).",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        False,
     ),
-]
+    (
+        "no_color",
+        Annotated[
+            bool,
+            typer.Option(
+                "--no-color",
+                help="Plain output (also: NO_COLOR, or stdout not a terminal; FORCE_COLOR forces"
+                " colour).",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        False,
+    ),
+    (
+        "quiet",
+        Annotated[
+            bool,
+            typer.Option(
+                "--quiet", "-q", help="Print the summary line only.", rich_help_panel=PANEL
+            ),
+        ],
+        False,
+    ),
+    (
+        "verbose",
+        Annotated[
+            bool,
+            typer.Option(
+                "--verbose",
+                "-v",
+                help="Print more (and tracebacks on errors).",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        False,
+    ),
+)
+
+# Not common: only the commands that report metrics take it (list, check, gc).
 MetricsFileOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -191,33 +291,139 @@ MetricsFileOpt = Annotated[
     ),
 ]
 
-DEFAULT_BACKEND = BackendChoice.auto
-DEFAULT_CACHE_DIRS = None  # the option not given: paths.DEFAULT_CNI_CACHE_DIRS
-DEFAULT_FAMILY = FamilyChoice.all
-DEFAULT_OUTPUT = OutputChoice.table
+
+def families(value: FamilyChoice) -> Tuple[int, ...]:
+    if value == FamilyChoice.all:
+        return (4, 6)
+    return (int(value.value.lstrip("v")),)
 
 
-def families(value: FamilyChoice) -> tuple:
-    return (4, 6) if value == FamilyChoice.all else (int(value.value),)
+@dataclass(frozen=True)
+class CacheInfo:
+    """Which CNI cache a command used: said on stderr and in every JSON document."""
+
+    dirs: Tuple[str, ...]
+    present: bool
+    entries: int
+
+    def json(self) -> Dict[str, Any]:
+        return {"dirs": list(self.dirs), "present": self.present, "entries": self.entries}
+
+    def note(self) -> Optional[str]:
+        """The one line to say when the cache cannot tell what is live (else None)."""
+        where = ", ".join(os.path.join(d, "results") for d in self.dirs)
+        if not self.present:
+            return (
+                f"no CNI cache at {where}: stale mappings cannot be told from live ones"
+                " (give --cni-cache-dir)"
+            )
+        if not self.entries:
+            return f"the CNI cache at {where} is empty: no container is known to be live"
+        return None
 
 
-def node_options(
-    backend: BackendChoice,
-    family: FamilyChoice,
-    netns: Optional[str],
-    cache_dirs: Optional[Sequence[str]],
-    snapshots: Optional[dict] = None,
-) -> NodeOptions:
-    from portmapctl.ops.node import NodeOptions
+def cache_info(dirs: Sequence[str]) -> CacheInfo:
+    """Counted by listing results/ (cheap): the entries libcni wrote, not temporary files."""
+    present = False
+    entries = 0
+    for folder in dirs:
+        results = os.path.join(folder, "results")
+        try:
+            names = os.listdir(results)
+        except OSError:
+            continue
+        present = True
+        entries += sum(1 for n in names if not n.startswith("."))
+    return CacheInfo(tuple(dirs), present, entries)
 
-    return NodeOptions(
-        backend=backend.value,
-        families=families(family),
-        netns=netns,
-        cache_dirs=cache_dirs_of(cache_dirs),
-        snapshots=snapshots or {},
-    )
 
+@dataclass(frozen=True)
+class Common:
+    """The common options of one run, parsed."""
+
+    backend: BackendChoice = BackendChoice.auto
+    iptables: IptablesChoice = IptablesChoice.auto
+    family: FamilyChoice = FamilyChoice.all
+    netns: Optional[str] = None
+    cni_cache_dir: Optional[Tuple[str, ...]] = None
+    output: OutputChoice = OutputChoice.table
+    no_headers: bool = False
+    no_trunc: bool = False
+    no_color: bool = False
+    quiet: bool = False
+    verbose: bool = False
+
+    @property
+    def cache_dirs(self) -> Tuple[str, ...]:
+        """--cni-cache-dir as given (repeatable), or the default directories."""
+        if self.cni_cache_dir:
+            return tuple(dict.fromkeys(self.cni_cache_dir))
+        return DEFAULT_CNI_CACHE_DIRS
+
+    def out(self) -> Output:
+        return Output(
+            self.output, self.no_color, self.quiet, self.verbose, self.no_headers, self.no_trunc
+        )
+
+    def cache(self) -> CacheInfo:
+        return cache_info(self.cache_dirs)
+
+    def node_options(self, snapshots: Optional[Dict[int, str]] = None) -> NodeOptions:
+        from portmapctl.errors import BadInput, HostProblem
+        from portmapctl.ops.node import NodeOptions
+
+        if self.backend == BackendChoice.nftables:
+            raise HostProblem(
+                "the nftables backend is not available in this version of portmapctl:"
+                " use --backend iptables (or auto)"
+            )
+        dirs = self.cache_dirs
+        if any(not d for d in dirs):
+            raise BadInput(
+                f"--cni-cache-dir is empty: give a directory (default {CNI_CACHE_DIR})"
+            )
+        return NodeOptions(
+            backend=self.iptables.value,
+            families=families(self.family),
+            netns=self.netns,
+            cache_dirs=dirs,
+            snapshots=snapshots or {},
+        )
+
+
+_COMMON_NAMES = tuple(name for name, _, _ in COMMON_PARAMETERS)
+
+
+def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`command(common: Common, **its own options)` as a typer command that also takes
+    the common options: they are declared once (COMMON_PARAMETERS), after its own in
+    `--help`, and reach the command as one `Common`."""
+    own = inspect.signature(command)
+    hints = get_type_hints(command, include_extras=True)
+    parameters = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in own.parameters.values()
+        if p.name != "common"
+    ]
+    parameters += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint)
+        for name, hint, default in COMMON_PARAMETERS
+    ]
+
+    @functools.wraps(command)
+    def run(**values: Any) -> Any:
+        given = {name: values.pop(name) for name in _COMMON_NAMES}
+        if given["cni_cache_dir"] is not None:
+            given["cni_cache_dir"] = tuple(given["cni_cache_dir"]) or None
+        return command(common=Common(**given), **values)
+
+    run.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in parameters}
+    return run
+
+
+BUSY_AFTER = 1.0
+"""Seconds of work before a spinner shows (SPEC §3: progress for work over ~1 s)."""
 
 @contextlib.contextmanager
 def metrics_recording(
@@ -243,17 +449,6 @@ def metrics_recording(
         yield recorder
 
 
-def cache_dirs_of(given: Optional[Sequence[str]]) -> Tuple[str, ...]:
-    """--cni-cache-dir as given (repeatable), or the default directories."""
-    from portmapctl.errors import BadInput
-
-    if not given:
-        return DEFAULT_CNI_CACHE_DIRS
-    if any(not d for d in given):
-        raise BadInput("--cni-cache-dir is empty: give a directory (default /var/lib/cni)")
-    return tuple(dict.fromkeys(given))
-
-
 PROGRESS_FROM = 2000
 """Fewer items than this are done before a progress bar could be read: no bar."""
 
@@ -262,20 +457,43 @@ ProgressCallback = Callable[[int, int], None]
 
 @dataclass
 class Output:
-    """Where results and messages go: results on stdout, messages on stderr."""
+    """Where results and messages go (SPEC §3 output contract): the result (table and
+    summary line, or JSON; with -q the summary line alone) on stdout; warnings,
+    remarks, progress and prompts on stderr."""
 
     mode: OutputChoice = OutputChoice.table
     no_color: bool = False
     quiet: bool = False
     verbose: bool = False
+    no_headers: bool = False
+    no_trunc: bool = False
 
     @property
     def json(self) -> bool:
         return self.mode == OutputChoice.json
 
+    @property
+    def wide(self) -> bool:
+        return self.mode == OutputChoice.wide
+
     def plain(self, stream: Any) -> bool:
-        """No colour: --no-color, a non-empty NO_COLOR (no-color.org), or not a terminal."""
-        return self.no_color or os.environ.get("NO_COLOR", "") != "" or not _isatty(stream)
+        """No colour: --no-color, a non-empty NO_COLOR (no-color.org), or not a terminal
+        (unless a non-empty FORCE_COLOR asks for colour anyway)."""
+        if self.no_color or os.environ.get("NO_COLOR", "") != "":
+            return True
+        if _force_color():
+            return False
+        return not _isatty(stream)
+
+    def width(self, stream: Any = None) -> Optional[int]:
+        """The terminal's width (COLUMNS wins, as for every tool), None off a terminal:
+        piped tables keep whole lines."""
+        stream = sys.stdout if stream is None else stream
+        if not _isatty(stream):
+            return None
+        import shutil
+
+        return max(shutil.get_terminal_size().columns, 40)
 
     def _console(self, stderr: bool = False) -> Console:
         from rich.console import Console
@@ -293,10 +511,14 @@ class Output:
             markup=False,
             emoji=False,
             width=width,
+            force_terminal=True if not plain and _force_color() else None,
             color_system=None if plain else "auto",
         )
 
     def show(self, renderable: RenderableType, stderr: bool = False) -> None:
+        """A table: on stdout it is the result (not with -q); on stderr a preview."""
+        if self.quiet and not stderr:
+            return
         stream = sys.stderr if stderr else sys.stdout
         if hasattr(renderable, "plain") and self.plain(stream):
             # Plain text off a terminal: no need for rich's line layout (fast for big
@@ -306,6 +528,27 @@ class Output:
         console = self._console(stderr=stderr)
         # soft_wrap: long lines stay whole, as scripts and `less -S` expect.
         console.print(renderable, soft_wrap=True)
+
+    def show_text(self, text: str) -> None:
+        """Plain text that is part of the result (a transaction): stdout, not with -q."""
+        if not self.quiet:
+            sys.stdout.write(text)
+
+    def blank(self) -> None:
+        """The empty line between a table and its summary line (not with -q)."""
+        if not self.quiet:
+            sys.stdout.write("\n")
+
+    def cache_note(self, cache: CacheInfo, quiet_ok: bool = False) -> None:
+        """Say once, on stderr, when no cache or an empty one was found (SPEC §3):
+        a wrong --cni-cache-dir must not turn stale into ok silently."""
+        note = cache.note()
+        if note is not None and not quiet_ok:
+            self.warn(note)
+
+    def summary(self, line: str) -> None:
+        """The result's one summary line: on stdout, -q included (it is all -q prints)."""
+        sys.stdout.write(line + "\n")
 
     def print_json(self, document: Any) -> None:
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
@@ -317,6 +560,38 @@ class Output:
 
     def warn(self, text: str) -> None:
         sys.stderr.write(f"portmapctl: warning: {text}\n")
+
+    @contextlib.contextmanager
+    def busy(self, description: str, after: float = BUSY_AFTER) -> Iterator[None]:
+        """A spinner on stderr while work of unknown length runs, once it has run for
+        `after` seconds (short work shows nothing); terminal only, not with -q or JSON;
+        erased when done."""
+        if self.quiet or self.json or not _isatty(sys.stderr):
+            yield
+            return
+        import threading
+
+        shown: List[Any] = []
+        guard = threading.Lock()
+
+        def start() -> None:
+            with guard:
+                if shown is not None and not shown:
+                    status = self._console(stderr=True).status(description + " ...")
+                    status.start()
+                    shown.append(status)
+
+        timer = threading.Timer(after, start)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            with guard:
+                for status in shown:
+                    status.stop()
+                shown.append(None)  # too late to start now
 
     @contextlib.contextmanager
     def progress(
@@ -350,6 +625,10 @@ class Output:
                 bars[0].update(bars[0].task_ids[0], completed=done, total=total)
 
             yield update
+
+
+def _force_color() -> bool:
+    return os.environ.get("FORCE_COLOR", "") not in ("", "0")
 
 
 def _isatty(stream: Any) -> bool:

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import typer
 
 from portmapctl.cli._common import (
-    DEFAULT_BACKEND,
-    DEFAULT_CACHE_DIRS,
-    DEFAULT_FAMILY,
-    DEFAULT_OUTPUT,
     Annotated,
-    BackendOpt,
-    CacheDirOpt,
-    FamilyOpt,
-    NetnsOpt,
-    NoColorOpt,
-    Output,
-    OutputOpt,
-    QuietOpt,
-    VerboseOpt,
+    Common,
+    common_options,
     complete_container,
     complete_network,
-    node_options,
 )
 from portmapctl.iptables.chains import dnat_chain_name
 
 if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig
+    from portmapctl.iptables.ruleset import NatTable
 
 # \b: click keeps the next paragraph as written (an example must stay one line).
 EXAMPLES = """
@@ -51,6 +39,7 @@ Network = Annotated[
     Optional[str],
     typer.Option(
         "--network",
+        metavar="NAME",
         help="The CNI network name.",
         rich_help_panel="Mapping",
         autocompletion=complete_network,
@@ -60,6 +49,7 @@ Container = Annotated[
     Optional[str],
     typer.Option(
         "--container",
+        metavar="ID",
         help="The container ID.",
         rich_help_panel="Mapping",
         autocompletion=complete_container,
@@ -98,7 +88,12 @@ MasqAll = Annotated[
 ]
 MarkBit = Annotated[
     Optional[int],
-    typer.Option("--mark-bit", help="Masquerade mark bit (default 13).", rich_help_panel="Mapping"),
+    typer.Option(
+        "--mark-bit",
+        metavar="BIT",
+        help="Masquerade mark bit (default 13).",
+        rich_help_panel="Mapping",
+    ),
 ]
 ExternalSetmark = Annotated[
     Optional[str],
@@ -141,6 +136,7 @@ IfName = Annotated[
     str,
     typer.Option(
         "--ifname",
+        metavar="NAME",
         help="With --cni-config: the container interface whose addresses count (CNI_IFNAME).",
         rich_help_panel="Mapping",
     ),
@@ -202,7 +198,9 @@ def mapping_from_options(
     return validate.buildable(config)
 
 
+@common_options
 def add_command(
+    common: Common,
     network: Network = None,
     container: Container = None,
     ip: Ips = None,
@@ -221,21 +219,15 @@ def add_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the transaction, change nothing.")
     ] = False,
-    backend: BackendOpt = DEFAULT_BACKEND,
-    family: FamilyOpt = DEFAULT_FAMILY,
-    netns: NetnsOpt = None,
-    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIRS,
-    output: OutputOpt = DEFAULT_OUTPUT,
-    no_color: NoColorOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
 ) -> None:
-    """Create a container's port mappings, idempotently, as the plugin's ADD would."""
+    """Create a container's port mappings, idempotently, as the plugin's ADD would.
+    Prints what it did on stdout (with --dry-run: the transaction); warns on stderr
+    when a host port is already taken."""
     from portmapctl import render
     from portmapctl.ops.add import add
     from portmapctl.ops.node import opened
 
-    out = Output(output, no_color, quiet, verbose)
+    out = common.out()
     config = mapping_from_options(
         network,
         container,
@@ -250,20 +242,83 @@ def add_command(
         cni_config,
         ifname,
     )
-    options = node_options(backend, family, netns, cni_cache_dir)
+    options = common.node_options()
     with opened(options, write=not dry_run) as node:
+        clashes = shadow_warnings(config, node.read())
         result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp)
+    for warning in clashes:
+        out.warn(warning)
     for warning in result.warnings:
         out.warn(warning)
     if out.json:
-        out.print_json(render.add_json(result))
+        out.print_json(render.add_json(result, common.cache().json(), clashes))
         return
+    chain = dnat_chain_name(config)
+    who = f"{config.network}/{render.short_id(config.container_id, out.no_trunc)}"
     if dry_run:
-        if not result.transactions:
-            out.message("nothing to do: the mapping is already in place")
-        sys.stdout.write(render.transactions_text(result.transactions))
+        if result.transactions:
+            out.show_text(render.transactions_text(result.transactions))
+            out.summary(f"would add {chain} ({who}) (dry run)")
+        else:
+            out.summary(f"unchanged: {chain} ({who}) is already in place (dry run)")
         return
     if result.changed:
-        out.message(f"added {dnat_chain_name(config)} ({config.network}/{config.container_id})")
+        out.summary(f"added {chain} ({who})")
     else:
-        out.message(f"unchanged: {dnat_chain_name(config)} is already in place")
+        out.summary(f"unchanged: {chain} ({who}) is already in place")
+
+
+def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[str]:
+    """Host ports another container maps too (same family and protocol, overlapping host
+    address). iptables takes the first entry rule and the plugin appends, so a new
+    mapping is shadowed by the one that wins there now; a mapping re-added keeps its
+    place, and shadows (or is shadowed by) what the table says."""
+    from portmapctl.core.status import Status
+    from portmapctl.iptables import inventory
+
+    found = inventory.build(tables)
+    own = dnat_chain_name(config)
+    warnings = []
+    for port in config.ports:
+        for family in config.families:
+            if family not in tables or not port.applies_to(family):
+                continue
+            key = (family, port.protocol, port.host_port, port.host_ip_for_rule())
+            same = [m for m in found.mappings if _same_port(m, *key)]
+            mine = [m for m in same if m.chain == own]
+            others = [m for m in same if m.chain != own]
+            where = f"IPv{family} {port.protocol}/{port.host_port}"
+            if not mine:
+                # New: appended after all of them; the one that wins now keeps winning.
+                winners = [m for m in others if Status.SHADOWED not in m.status] or others
+                if winners:
+                    warnings.append(
+                        f"{where} is mapped first to {_owner(winners[0])}: this mapping"
+                        " will be shadowed (it gets no traffic there)"
+                    )
+                continue
+            for m in others:
+                if any(x.shadowed_by == m.chain for x in mine):
+                    warnings.append(
+                        f"{where} is mapped first to {_owner(m)}: this mapping is"
+                        " shadowed (it gets no traffic there)"
+                    )
+                elif m.shadowed_by == own:
+                    warnings.append(
+                        f"{where} is mapped to {_owner(m)} too: this mapping comes first"
+                        " and shadows it"
+                    )
+    return warnings
+
+
+def _same_port(m: Any, family: int, protocol: str, host_port: int, host_ip: Optional[str]) -> bool:
+    return (
+        m.family == family
+        and m.protocol == protocol
+        and m.host_port == host_port
+        and (host_ip is None or m.host_ip is None or m.host_ip == host_ip)
+    )
+
+
+def _owner(m: Any) -> str:
+    return f"{m.network or '?'}/{(m.container_id or '?')[:12]} ({m.chain})"

@@ -8,24 +8,11 @@ from typing import Optional
 import typer
 
 from portmapctl.cli._common import (
-    DEFAULT_BACKEND,
-    DEFAULT_CACHE_DIRS,
-    DEFAULT_FAMILY,
-    DEFAULT_OUTPUT,
     Annotated,
-    BackendOpt,
-    CacheDirOpt,
-    FamilyOpt,
+    Common,
     MetricsFileOpt,
-    NetnsOpt,
-    NoColorOpt,
-    Output,
-    OutputOpt,
-    QuietOpt,
-    VerboseOpt,
-    cache_dirs_of,
+    common_options,
     metrics_recording,
-    node_options,
 )
 from portmapctl.cli.add import (
     CniConfig,
@@ -66,7 +53,9 @@ cache file included), 3 environment.
 """
 
 
+@common_options
 def check_command(
+    common: Common,
     repair: Annotated[
         bool,
         typer.Option(
@@ -103,27 +92,18 @@ def check_command(
         Optional[str], typer.Option(metavar="FILE", help="Check an ip6tables-save dump.")
     ] = None,
     metrics_file: MetricsFileOpt = None,
-    backend: BackendOpt = DEFAULT_BACKEND,
-    family: FamilyOpt = DEFAULT_FAMILY,
-    netns: NetnsOpt = None,
-    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIRS,
-    output: OutputOpt = DEFAULT_OUTPUT,
-    no_color: NoColorOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
-) -> None:
-    """Check the node (or one mapping) for missing, stale, shadowed and broken chains."""
+) -> int:
+    """Check the node (or one mapping) for missing, stale, shadowed and broken chains:
+    one row per problem, then why each kind matters and the command that fixes it."""
     # The library is imported here, not at the top: `--help` and other commands stay fast.
     from portmapctl import render
     from portmapctl.errors import BadInput
     from portmapctl.ops import check as check_lib
     from portmapctl.ops.node import opened
 
-    out = Output(output, no_color, quiet, verbose)
+    out = common.out()
     # Exit 1 (problems found) is a run that did its work.
-    with metrics_recording(
-        metrics_file, "check", list(cache_dirs_of(cni_cache_dir)), out, (0, 1)
-    ) as recorder:
+    with metrics_recording(metrics_file, "check", common.cache_dirs, out, (0, 1)) as recorder:
         mapping_given = (
             any((network, container, ip, publish, cni_config, external_setmark_chain))
             or any((no_snat, masq_all, conditions_v4 is not None, conditions_v6 is not None))
@@ -149,8 +129,8 @@ def check_command(
         snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
         if repair and snapshots:
             raise BadInput("--repair changes the node: it cannot be used with --snapshot")
-        options = node_options(backend, family, netns, cni_cache_dir, snapshots)
-        with opened(options, write=repair) as node:
+        options = common.node_options(snapshots)
+        with opened(options, write=repair) as node, out.busy("checking"):
             if repair:
                 result = check_lib.repair(node, config, flush_udp=not no_flush_udp)
             elif config is not None:
@@ -164,18 +144,29 @@ def check_command(
                     recorder.note_node(found.mappings, found.chains, result.families)
         for warning in result.warnings:
             out.warn(warning)
+        cache = common.cache()
         for note in result.notes:
+            if note.startswith("no CNI cache in"):
+                continue  # said once below, as by every command
             out.message(note)
+        out.cache_note(cache, mapping_given)
         if out.json:
-            out.print_json(render.check_json(result))
+            out.print_json(render.check_json(result, cache.json()))
         else:
             for line in render.check_fixed_lines(result):
                 out.message(line)
-            if verbose:
+            if common.verbose:
                 sys.stderr.write(render.transactions_text(result.transactions))
             if result.problems:
-                out.show(render.check_table(result.problems))
-            elif not quiet:
-                out.show(render.check_healthy_line(result))
-        if not result.healthy:
-            raise typer.Exit(1)
+                out.show(
+                    render.check_text(
+                        result,
+                        width=out.width(),
+                        wide=out.wide,
+                        full_ids=out.no_trunc,
+                        header=not out.no_headers,
+                    )
+                )
+                out.blank()
+            out.summary(render.check_summary(result))
+        return 0 if result.healthy else 1

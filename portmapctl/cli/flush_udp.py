@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from typing import List, Optional
 
 import typer
 
 from portmapctl.cli._common import (
-    DEFAULT_BACKEND,
-    DEFAULT_CACHE_DIRS,
-    DEFAULT_FAMILY,
-    DEFAULT_OUTPUT,
     Annotated,
-    BackendOpt,
-    CacheDirOpt,
-    FamilyOpt,
-    NetnsOpt,
-    NoColorOpt,
-    Output,
-    OutputOpt,
-    QuietOpt,
-    VerboseOpt,
+    Common,
+    common_options,
     complete_container,
-    node_options,
 )
 
 EXAMPLES = """
@@ -40,7 +27,9 @@ Examples:
 """
 
 
+@common_options
 def flush_udp_command(
+    common: Common,
     port: Annotated[
         Optional[List[str]],
         typer.Option(
@@ -69,14 +58,6 @@ def flush_udp_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the entries, delete nothing.")
     ] = False,
-    backend: BackendOpt = DEFAULT_BACKEND,
-    family: FamilyOpt = DEFAULT_FAMILY,
-    netns: NetnsOpt = None,
-    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIRS,
-    output: OutputOpt = DEFAULT_OUTPUT,
-    no_color: NoColorOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
 ) -> None:
     """Delete UDP conntrack entries to mapped host ports, so that their flows go
     through the current DNAT rules again (ends the UDP blackhole after a container
@@ -86,11 +67,11 @@ def flush_udp_command(
     from portmapctl.ops.flush_udp import flush
     from portmapctl.ops.node import opened
 
-    out = Output(output, no_color, quiet, verbose)
+    out = common.out()
     ports = None if port is None else sorted({validate.port(p, "--port") for p in port})
     if container is not None:
         validate.cni_name(container, "container ID")
-    options = node_options(backend, family, netns, cni_cache_dir)
+    options = common.node_options()
     with (
         opened(options, write=not dry_run) as node,
         out.progress("deleting UDP conntrack entries") as progress,
@@ -106,10 +87,9 @@ def flush_udp_command(
     for warning in result.warnings:
         out.warn(warning)
     if out.json:
-        out.print_json(render.flush_json(result))
+        out.print_json(render.flush_json(result, common.cache().json()))
         return
-    if result.doomed and (dry_run or verbose):
+    if result.doomed and (dry_run or common.verbose):
         out.show(render.flush_table(result))
-    if quiet and not result.deleted:
-        return
-    sys.stdout.write(render.flush_summary(result, container) + "\n")
+        out.blank()
+    out.summary(render.flush_summary(result, container))

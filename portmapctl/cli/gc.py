@@ -9,25 +9,14 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 
 from portmapctl.cli._common import (
-    DEFAULT_BACKEND,
-    DEFAULT_CACHE_DIRS,
-    DEFAULT_FAMILY,
-    DEFAULT_OUTPUT,
     Annotated,
-    BackendOpt,
-    CacheDirOpt,
-    FamilyOpt,
+    CacheInfo,
+    Common,
     MetricsFileOpt,
-    NetnsOpt,
-    NoColorOpt,
     Output,
-    OutputOpt,
-    QuietOpt,
-    VerboseOpt,
-    cache_dirs_of,
+    common_options,
     complete_container,
     metrics_recording,
-    node_options,
 )
 
 if TYPE_CHECKING:
@@ -50,7 +39,9 @@ Examples:
 """
 
 
+@common_options
 def gc_command(
+    common: Common,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be removed; change nothing.")
     ] = False,
@@ -86,7 +77,8 @@ def gc_command(
         typer.Option(
             "--min-age",
             metavar="DURATION",
-            help="Remove a chain only once seen not live, unchanged, this long (30s, 5m, 0).",
+            help="Remove a chain only once seen not live, unchanged, this long"
+            " (30s, 5m, 1h30m, 0).",
         ),
     ] = "2m",
     no_flush_udp: Annotated[
@@ -102,14 +94,6 @@ def gc_command(
             " container live. Refused where the namespaces are not visible.",
         ),
     ] = False,
-    backend: BackendOpt = DEFAULT_BACKEND,
-    family: FamilyOpt = DEFAULT_FAMILY,
-    netns: NetnsOpt = None,
-    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIRS,
-    output: OutputOpt = DEFAULT_OUTPUT,
-    no_color: NoColorOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
 ) -> None:
     """Remove the portmap chains of containers that are not live (CNI cache,
     --valid-attachments, --keep), once seen so for --min-age."""
@@ -119,10 +103,8 @@ def gc_command(
     from portmapctl.ops.gc import GcOptions, Sources, gc, read_valid_attachments, require_source
     from portmapctl.ops.node import opened
 
-    out = Output(output, no_color, quiet, verbose)
-    with metrics_recording(
-        metrics_file, "gc", list(cache_dirs_of(cni_cache_dir)), out
-    ) as recorder:
+    out = common.out()
+    with metrics_recording(metrics_file, "gc", common.cache_dirs, out) as recorder:
         options = GcOptions(
             min_age=validate.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp
         )
@@ -132,23 +114,33 @@ def gc_command(
             remove_all=remove_all,
             netns_liveness=netns_liveness,
         )
-        require_source(sources, cache_dirs_of(cni_cache_dir))
+        node_opts = common.node_options()
+        require_source(sources, node_opts.cache_dirs)
         ask = not dry_run and not yes
         if ask and not sys.stdin.isatty():
             raise BadInput("not on a terminal: give --yes to remove chains (or --dry-run to look)")
         if ask and valid_attachments == "-":
             raise BadInput("--valid-attachments - reads stdin, so gc cannot ask there: add --yes")
-        node_opts = node_options(backend, family, netns, cni_cache_dir)
+        cache = common.cache()
+        # Said after gc has run: a refusal (no source of liveness) is its one error line.
+        other_source = bool(sources.documents or sources.keep or remove_all)
         if ask:
-            with opened(node_opts) as node:
+            # The preview is a dry run that records its sightings like any run (so
+            # --min-age counts from here), shown on stderr: stdout is for the result.
+            with opened(node_opts) as node, out.busy("reading the ruleset"):
                 preview = gc(node, sources, replace(options, dry_run=True))
+            out.cache_note(cache, other_source)
             if not preview.changes:
                 if recorder is not None:
                     recorder.note_gc(preview, node_opts.families)
-                _show(out, preview, options.min_age)
+                _show(out, preview, options.min_age, cache, asked_dry_run=False)
                 return
-            # The preview and the question go to stderr: stdout is for the result (JSON).
-            out.show(render.gc_table(preview, options.min_age), stderr=True)
+            out.show(
+                render.gc_table(
+                    preview, options.min_age, preview=True, wide=out.wide, full_ids=out.no_trunc
+                ),
+                stderr=True,
+            )
             count = len(preview.removed) + len(preview.shared_removed)
             if not typer.confirm(
                 f"Remove {render.count(count, 'chain')}?", default=False, err=True
@@ -159,12 +151,14 @@ def gc_command(
                 return
             confirmed = frozenset((c.family, c.chain) for c in preview.removed)
             options = replace(options, only=confirmed)
-        with opened(node_opts, write=not dry_run) as node:
+        with opened(node_opts, write=not dry_run) as node, out.busy("removing chains"):
             result = gc(node, sources, options)
         if recorder is not None:
             recorder.note_gc(result, node_opts.families)
-        _show(out, result, options.min_age, table=not ask)
-        if verbose and dry_run:
+        if not ask:
+            out.cache_note(cache, other_source)
+        _show(out, result, options.min_age, cache, asked_dry_run=dry_run)
+        if common.verbose and dry_run:
             sys.stderr.write(render.transactions_text(result.transactions))
         if result.state_error is not None:
             from portmapctl.errors import HostProblem
@@ -178,18 +172,21 @@ def gc_command(
             )
 
 
-def _show(out: Output, result: GcResult, min_age: float, table: bool = True) -> None:
+def _show(
+    out: Output, result: GcResult, min_age: float, cache: CacheInfo, asked_dry_run: bool
+) -> None:
     from portmapctl import render
 
     for warning in result.warnings:
         out.warn(warning)
     if out.json:
-        out.print_json(render.gc_json(result))
+        out.print_json(render.gc_json(result, min_age, cache.json()))
         return
-    summary = render.gc_summary(result)
-    if out.quiet:
-        sys.stdout.write(summary + "\n")
-        return
-    if table and (result.removed or result.pending or result.shared_removed):
-        out.show(render.gc_table(result, min_age))
-    out.message(summary)
+    if result.removed or result.pending or result.shared_removed:
+        out.show(
+            render.gc_table(
+                result, min_age, wide=out.wide, full_ids=out.no_trunc, header=not out.no_headers
+            )
+        )
+        out.blank()
+    out.summary(render.gc_summary(result, asked_dry_run))

@@ -2,37 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple
 
 import typer
 
 from portmapctl.cli._common import (
-    DEFAULT_BACKEND,
-    DEFAULT_CACHE_DIRS,
-    DEFAULT_FAMILY,
-    DEFAULT_OUTPUT,
     Annotated,
-    BackendOpt,
-    CacheDirOpt,
-    FamilyOpt,
+    Common,
     MetricsFileOpt,
-    NetnsOpt,
-    NoColorOpt,
-    Output,
-    OutputOpt,
     ProtoChoice,
-    QuietOpt,
-    VerboseOpt,
-    cache_dirs_of,
+    common_options,
     complete_container,
     complete_network,
     metrics_recording,
-    node_options,
 )
+from portmapctl.core.status import Status
 
 # \b: click keeps the next paragraph as written (an example must stay one line).
 EXAMPLES = """
+Statuses (a row can have several):
+
+\b
+  ok          in place: the host port reaches the container
+  stale       no CNI cache entry names the container (it is gone): gc removes it
+  shadowed    an earlier rule takes the same host port to another container:
+              this one gets no traffic (iptables is first-match-wins)
+  orphan      a CNI-DN- chain that no rule enters
+  incomplete  an entry rule names a port the chain has no DNAT rule for
+  legacy      a CNI-SN- chain of plugins before 2018
+  dead        a rule that can never match (-d 0.0.0.0/32, plugins before v0.8.7)
+  zombie      cached, but the container's network namespace is gone
+
 Examples:
+
+\b
+  portmapctl list --status stale --status shadowed
 
 \b
   portmapctl list
@@ -45,18 +50,41 @@ Examples:
 """
 
 
+@common_options
 def list_command(
+    common: Common,
     container: Annotated[
-        Optional[str],
-        typer.Option(help="Only this container (ID prefix).", autocompletion=complete_container),
+        Optional[List[str]],
+        typer.Option(
+            metavar="ID",
+            help="Only this container (ID prefix; repeat for either).",
+            autocompletion=complete_container,
+        ),
     ] = None,
     network: Annotated[
-        Optional[str], typer.Option(help="Only this network.", autocompletion=complete_network)
+        Optional[List[str]],
+        typer.Option(
+            metavar="NAME",
+            help="Only this network (repeat for either).",
+            autocompletion=complete_network,
+        ),
     ] = None,
     port: Annotated[
-        Optional[int], typer.Option(help="Only this host port.", min=1, max=65535)
+        Optional[List[str]],
+        typer.Option(metavar="N", help="Only this host port, 1-65535 (repeat for either)."),
     ] = None,
-    proto: Annotated[Optional[ProtoChoice], typer.Option(help="Only this protocol.")] = None,
+    proto: Annotated[
+        Optional[List[ProtoChoice]],
+        typer.Option(help="Only this protocol (repeat for either).", case_sensitive=False),
+    ] = None,
+    status: Annotated[
+        Optional[List[Status]],
+        typer.Option(
+            metavar="WORD",
+            help="Only rows with this status (repeat for either).",
+            case_sensitive=False,
+        ),
+    ] = None,
     snapshot: Annotated[
         Optional[str],
         typer.Option(
@@ -70,41 +98,33 @@ def list_command(
         bool, typer.Option("--conntrack", help="Count UDP conntrack entries per UDP mapping.")
     ] = False,
     metrics_file: MetricsFileOpt = None,
-    backend: BackendOpt = DEFAULT_BACKEND,
-    family: FamilyOpt = DEFAULT_FAMILY,
-    netns: NetnsOpt = None,
-    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIRS,
-    output: OutputOpt = DEFAULT_OUTPUT,
-    no_color: NoColorOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
 ) -> None:
-    """List every port mapping on the node, with its status."""
+    """List every port mapping on the node, with its status, sorted by network,
+    container, family, protocol and host port; a summary line follows.
+
+    Filters of one kind repeat (either matches); different filters must all hold."""
     from portmapctl import render
+    from portmapctl.core import validate
     from portmapctl.iptables import inventory
     from portmapctl.ops.node import opened
 
-    out = Output(output, no_color, quiet, verbose)
-    with metrics_recording(
-        metrics_file, "list", list(cache_dirs_of(cni_cache_dir)), out
-    ) as recorder:
-        if network is not None or container is not None:
-            from portmapctl.core import validate
-
-            if network is not None:
-                validate.cni_name(network, "network name")
-            if container is not None:
-                # A prefix of a valid ID is itself one: anything else can match nothing.
-                validate.cni_name(container, "container ID")
+    out = common.out()
+    with metrics_recording(metrics_file, "list", common.cache_dirs, out) as recorder:
+        ports = tuple(validate.port(p, "--port") for p in port or ())
+        for name in network or ():
+            validate.cni_name(name, "network name")
+        for prefix in container or ():
+            # A prefix of a valid ID is itself one: anything else can match nothing.
+            validate.cni_name(prefix, "container ID")
         snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
-        options = node_options(backend, family, netns, cni_cache_dir, snapshots)
-        with opened(options) as node:
-            tables, cache = node.read_with_cache()
+        options = common.node_options(snapshots)
+        with opened(options) as node, out.busy("reading the ruleset and the CNI cache"):
+            tables, attachments = node.read_with_cache()
             from portmapctl.cni.cache import warnings
 
-            for warning in warnings(cache):
+            for warning in warnings(attachments):
                 out.warn(warning)
-            found = inventory.build(tables, cache)
+            found = inventory.build(tables, attachments)
             if recorder is not None:
                 recorder.note_node(found.mappings, found.chains, tuple(tables))
             counts = None
@@ -118,37 +138,89 @@ def list_command(
                 from portmapctl.ops.flush_udp import count_per_mapping
 
                 counts = count_per_mapping(found.mappings)
-        rows = inventory.select(
-            found.mappings,
-            container=container,
-            network=network,
-            port=port,
-            protocol=proto.value if proto else None,
+        cache = common.cache()
+        out.cache_note(cache)
+        wanted = Filters(
+            tuple(container or ()),
+            tuple(network or ()),
+            ports,
+            tuple(p.value for p in proto or ()),
+            tuple(s.value for s in status or ()),
         )
-        chains = inventory.select_chains(found.chains, container=container, network=network)
-        if port is not None or proto is not None:
+        rows = sorted((m for m in found.mappings if wanted.mapping(m)), key=render.sort_key)
+        chains = [c for c in found.chains if wanted.chain(c)]
+        if wanted.by_row:
+            # A chain stays when one of its rows does (or, without rows, when it matches).
+            kept = {(m.chain, m.family) for m in rows}
+            with_rows = {(m.chain, m.family) for m in found.mappings}
             chains = [
-                c for c in chains if any(m.chain == c.name and m.family == c.family for m in rows)
+                c
+                for c in chains
+                if (c.name, c.family) in kept
+                or ((c.name, c.family) not in with_rows and wanted.bare_chain(c))
             ]
-        if cache is None and not out.quiet:
-            # Without a cache nothing can be called stale: say so, or a wrong
-            # --cni-cache-dir turns every stale chain into "ok" without a word.
-            out.warn(
-                f"no CNI cache in {' or '.join(d + '/results' for d in options.cache_dirs)}:"
-                " stale mappings are not marked"
-                " (give --cni-cache-dir)"
-            )
+        chains.sort(key=render.chain_sort_key)
+        total = len(found.mappings)
         if out.json:
-            document = render.list_json(rows, chains, counts)
-            document["cache"] = {
-                "dirs": list(options.cache_dirs),
-                "present": cache is not None,
-                # An unreadable file is one entry (held as one stand-in per reading).
-                "entries": len({a.path for a in cache or ()}),
-            }
-            out.print_json(document)
+            out.print_json(render.list_json(rows, chains, counts, cache.json(), total))
             return
-        if not rows and not chains:
-            out.message("no portmap chains found")
-            return
-        out.show(render.list_table(rows, chains, counts))
+        summary = render.list_summary(rows, chains, total if wanted.any else None)
+        if rows or chains:
+            out.show(
+                render.list_table(
+                    rows,
+                    chains,
+                    counts,
+                    wide=out.wide,
+                    full_ids=out.no_trunc,
+                    header=not out.no_headers,
+                )
+            )
+            out.blank()
+        elif not found.mappings and not found.chains:
+            summary = "no portmap chains found"
+        out.summary(summary)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """list's filters: each tuple is "any of these" (empty: no filter)."""
+
+    containers: Tuple[str, ...] = ()
+    networks: Tuple[str, ...] = ()
+    ports: Tuple[int, ...] = ()
+    protocols: Tuple[str, ...] = ()
+    statuses: Tuple[str, ...] = ()
+
+    @property
+    def any(self) -> bool:
+        return any((self.containers, self.networks, self.ports, self.protocols, self.statuses))
+
+    @property
+    def by_row(self) -> bool:
+        """Filters only a mapping (a row) can answer."""
+        return bool(self.ports or self.protocols or self.statuses)
+
+    def _owner(self, network: Optional[str], container_id: Optional[str]) -> bool:
+        return (not self.networks or network in self.networks) and (
+            not self.containers or (container_id or "").startswith(self.containers)
+        )
+
+    def mapping(self, m: Any) -> bool:
+        return (
+            self._owner(m.network, m.container_id)
+            and (not self.ports or m.host_port in self.ports)
+            and (not self.protocols or m.protocol in self.protocols)
+            and (not self.statuses or any(str(s) in self.statuses for s in m.status))
+        )
+
+    def chain(self, c: Any) -> bool:
+        return self._owner(c.network, c.container_id)
+
+    def bare_chain(self, c: Any) -> bool:
+        """A chain without DNAT rows: only a status filter can speak for it."""
+        return (
+            not self.ports
+            and not self.protocols
+            and (not self.statuses or any(str(s) in self.statuses for s in c.status))
+        )

@@ -229,13 +229,12 @@ def buildable(config: MappingConfig) -> MappingConfig:
 
 
 def duration(value: str) -> float:
-    """`30s`, `5m`, `2h`, `1d` or plain seconds (`0`) into seconds."""
-    match = (
-        re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)", value.strip())
-        if isinstance(value, str)
-        else None
-    )
-    if not match:
-        raise BadInput(f"invalid duration {shown(value)}: use e.g. 30s, 5m, 2h or 0")
-    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
-    return float(match[1]) * scale
+    """`30s`, `5m`, `1h30m`, `1m40s`, `2h`, `1d` or plain seconds (`0`) into seconds:
+    what the outputs print is accepted back."""
+    text = value.strip().lower() if isinstance(value, str) else ""
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)", text)
+    joined = "".join(number + unit for number, unit in parts)
+    if not parts or joined != text or (len(parts) > 1 and not all(u for _, u in parts)):
+        raise BadInput(f"invalid duration {shown(value)}: use e.g. 30s, 5m, 1h30m or 0")
+    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(float(number) * scale[unit] for number, unit in parts)

@@ -14,13 +14,15 @@ import errno
 import fcntl
 import os
 import stat
+import sys
 import time
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 from portmapctl.errors import HostProblem
 from portmapctl.host.paths import RUN_DIR
 
 LOCK_WAIT_SECONDS = 60.0
+SAY_WAITING_AFTER = 1.0  # seconds of waiting before saying who holds the lock
 
 
 def safe_run_dir(path: str) -> None:
@@ -39,17 +41,46 @@ def safe_run_dir(path: str) -> None:
         )
 
 
-def flock_within(fd: int, wait: float, poll: float = 0.05) -> bool:
-    """Take an exclusive flock on `fd`, trying for `wait` seconds; False if we could not."""
-    deadline = time.monotonic() + wait
+def flock_within(
+    fd: int,
+    wait: float,
+    poll: float = 0.05,
+    on_wait: Optional[Callable[[], None]] = None,
+    say_after: float = SAY_WAITING_AFTER,
+) -> bool:
+    """Take an exclusive flock on `fd`, trying for `wait` seconds; False if we could not.
+    `on_wait` is called once, after `say_after` seconds of waiting."""
+    start = time.monotonic()
+    deadline = start + wait
+    said = on_wait is None
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 return False
+            if not said and now - start >= say_after:
+                said = True
+                on_wait()  # type: ignore[misc]
             time.sleep(poll)
+
+
+def holder(fd: int) -> Optional[int]:
+    """The PID the lock's holder wrote into the file (None if unreadable)."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def say_waiting(path: str, pid: Optional[int]) -> None:
+    """The line an operator sees while another run holds the lock (on stderr)."""
+    who = f"PID {pid}" if pid is not None else "another process"
+    sys.stderr.write(f"portmapctl: waiting for the portmapctl lock held by {who} ({path})\n")
+    sys.stderr.flush()
 
 
 @contextlib.contextmanager
@@ -66,10 +97,18 @@ def held(run_dir: str = RUN_DIR, wait: float = LOCK_WAIT_SECONDS) -> Iterator[No
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
             raise HostProblem(f"{path} is not a regular file owned by us: refusing to use it")
-        if not flock_within(fd, wait):
+        if not flock_within(fd, wait, on_wait=lambda: say_waiting(path, holder(fd))):
+            pid = holder(fd)
+            who = f" (PID {pid})" if pid is not None else ""
             raise HostProblem(
-                f"another portmapctl holds {path} for over {wait:g} s: try again later"
+                f"another portmapctl{who} holds {path} for over {wait:g} s: try again later"
             )
+        # Who holds it, for those who wait (flock itself does not say).
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # only the waiting message loses its PID
         yield
     finally:
         os.close(fd)

@@ -458,6 +458,19 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
             # The cache is read after the table: a container whose ADD finished in
             # between counts as live (the other order could miss it).
             attachments = _read_cache(node, cache_dirs, warnings) if use_cache else None
+            if (
+                attachments == []
+                and not (sources.documents or sources.keep or sources.remove_all)
+                and inventory.per_container_chains(table)
+            ):
+                # SPEC §3 gc: an existing but empty cache says nothing about liveness
+                # (a wrong --cni-cache-dir, a wiped disk): no plan to remove everything.
+                where = " and ".join(results_dir(d) for d in cache_dirs)
+                raise BadInput(
+                    f"the CNI cache at {where} is empty but there are portmap chains:"
+                    " nothing says which containers are live (give --valid-attachments or --keep, or --all to remove every"
+                    " per-container chain)"
+                )
             if attachments is not None and sources.netns_liveness:
                 require_namespaces(attachments)
             adding, addresses = _adding(view, attachments, options.min_age)
@@ -501,16 +514,20 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
         if not options.dry_run:
             for chain in done.removed:
                 remembered.pop(state_key(family, chain.chain), None)
+    # Every run records its sightings, a dry run (and gc's interactive preview) too:
+    # otherwise --min-age would never start counting for someone who looks first.
     state_error: Optional[str] = None
     try:
-        if not options.dry_run:
-            gc_state.save(options.state_dir, namespace, remembered)
+        gc_state.save(options.state_dir, namespace, remembered)
     except HostProblem as err:
-        # /run full or read-only: the chains are gone already.
-        # What was done is still reported and the conntrack flush still runs; the
-        # caller ends with this as the one error line (exit 3). Not remembering the
-        # sightings only makes later runs wait --min-age again: nothing unsafe.
-        state_error = str(err)
+        if options.dry_run:
+            warnings.append(f"sightings not recorded: {err}")
+        else:
+            # /run full or read-only: the chains are gone already.
+            # What was done is still reported and the conntrack flush still runs; the
+            # caller ends with this as the one error line (exit 3). Not remembering the
+            # sightings only makes later runs wait --min-age again: nothing unsafe.
+            state_error = str(err)
     work = [p for p in plans if p.freed_udp_ports or p.remapped_udp_ports]
     deleted, flush_warnings = 0, ()
     if not options.dry_run and options.flush_udp and work:

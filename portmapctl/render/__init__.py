@@ -1,11 +1,15 @@
-"""Library results -> rich tables and JSON documents (SPEC §3 "JSON output").
+"""Library results -> tables and JSON documents (SPEC §3 "Output contract", "JSON output").
 
-JSON keys are part of the interface: add new ones, never rename. Addresses are
-plain strings without brackets or prefix; absent values are null.
+JSON keys are part of the interface: add new ones, never rename. Schema 2 speaks one
+vocabulary (docs/json.md, docs/schema/*.json): `chain`, `chain_type`, `backend`,
+`network`, `container_id`, `family`, `protocol`, `host_ip`, `host_port`,
+`container_ip`, `container_port`; `kind` is only a problem's kind; `fix` is a command
+or null. Addresses are plain strings without brackets or prefix; absent values are null.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 from typing import Mapping as MappingT
 
@@ -13,7 +17,6 @@ from portmapctl.core.status import Status
 from portmapctl.iptables.inventory import ChainInfo, Mapping
 
 if TYPE_CHECKING:
-    from rich.table import Table
     from rich.text import Span, Text
 
     from portmapctl.ops.add import AddResult
@@ -33,10 +36,47 @@ STATUS_STYLE = {
 }
 
 
-def short_id(container_id: Optional[str]) -> str:
+SCHEMA = 2
+BACKEND = "iptables"  # the only backend this version reads and writes
+SHORT_ID = 12  # as podman and docker show container IDs
+
+
+def short_id(container_id: Optional[str], full: bool = False) -> str:
     if not container_id:
         return "-"
-    return container_id[:12]
+    return container_id if full else container_id[:SHORT_ID]
+
+
+def document(cache: Optional[MappingT[str, Any]], **body: Any) -> Dict[str, Any]:
+    """A schema 2 document: `schema` and `cache` first, then the command's keys."""
+    return {"schema": SCHEMA, "cache": dict(cache) if cache is not None else None, **body}
+
+
+def sort_key(m: Mapping) -> Tuple[Any, ...]:
+    """SPEC §3 list: network, container, family, protocol, host port (a container's
+    rows stand together; unnamed ones last)."""
+    return (
+        m.network is None,
+        m.network or "",
+        m.container_id is None,
+        m.container_id or "",
+        m.family,
+        m.protocol,
+        m.host_port,
+        m.host_ip or "",
+        m.chain,
+    )
+
+
+def chain_sort_key(c: ChainInfo) -> Tuple[Any, ...]:
+    return (
+        c.network is None,
+        c.network or "",
+        c.container_id is None,
+        c.container_id or "",
+        c.family,
+        c.name,
+    )
 
 
 def host_address(m: Mapping) -> str:
@@ -70,6 +110,7 @@ def _cells(values: Iterable[str]) -> List[Text]:
 
 def mapping_json(m: Mapping, conntrack: Optional[MappingT[Mapping, int]] = None) -> Dict[str, Any]:
     doc: Dict[str, Any] = {
+        "backend": BACKEND,
         "network": m.network,
         "container_id": m.container_id,
         "family": m.family,
@@ -91,9 +132,10 @@ def mapping_json(m: Mapping, conntrack: Optional[MappingT[Mapping, int]] = None)
 
 def chain_json(c: ChainInfo) -> Dict[str, Any]:
     return {
-        "name": c.name,
+        "backend": BACKEND,
+        "chain": c.name,
+        "chain_type": c.kind,
         "family": c.family,
-        "kind": c.kind,
         "network": c.network,
         "container_id": c.container_id,
         "status": list(c.status),
@@ -104,14 +146,52 @@ def list_json(
     mappings: Iterable[Mapping],
     chains: Iterable[ChainInfo],
     conntrack: Optional[MappingT[Mapping, int]] = None,
+    cache: Optional[MappingT[str, Any]] = None,
+    total: Optional[int] = None,
 ) -> Dict[str, Any]:
-    return {
-        "mappings": [mapping_json(m, conntrack) for m in mappings],
-        "chains": [chain_json(c) for c in chains],
+    rows = [mapping_json(m, conntrack) for m in mappings]
+    return document(
+        cache,
+        mappings=rows,
+        chains=[chain_json(c) for c in chains],
+        # How many mappings there are before the filters (equal to len(mappings) without).
+        total_mappings=len(rows) if total is None else total,
+    )
+
+
+def list_summary(
+    mappings: List[Mapping], chains: List[ChainInfo], total: Optional[int] = None
+) -> str:
+    """`7 mappings of 4 containers: 5 ok, 1 stale, 1 shadowed` (statuses counted per row;
+    chains without a DNAT rule, such as legacy SN- chains, counted apart); with filters
+    that leave fewer, `2 of 7 mappings match: ...`."""
+    with_rows = {(m.chain, m.family) for m in mappings}
+    bare = [c for c in chains if (c.name, c.family) not in with_rows]
+    containers = {m.container_id or m.chain for m in mappings} | {
+        c.container_id or c.name for c in bare
     }
+    words: Dict[str, int] = {}
+    for status in [m.status for m in mappings] + [c.status for c in bare]:
+        for word in status:
+            words[str(word)] = words.get(str(word), 0) + 1
+    if total is not None and total != len(mappings):
+        head = f"{len(mappings)} of {count(total, 'mapping')} match"
+    else:
+        head = f"{count(len(mappings), 'mapping')} of {count(len(containers), 'container')}"
+    if bare:
+        head += f", {count(len(bare), 'chain')} without a mapping"
+    order = [str(s) for s in STATUS_STYLE]
+    ranked = sorted(words.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+    return head + (": " + ", ".join(f"{n} {w}" for w, n in ranked) if ranked else "")
 
 
-def grid(headers: List[str], rows: List[List[str]], status: List[Iterable[str]]) -> Text:
+def grid(
+    headers: List[str],
+    rows: List[List[str]],
+    status: List[Iterable[str]],
+    header: bool = True,
+    status_header: str = "STATUS",
+) -> Text:
     """Columns padded to width, the last one (statuses) coloured.
 
     A rich Table measures every cell and takes about 1 s for 2,000 rows; this is a
@@ -128,11 +208,13 @@ def grid(headers: List[str], rows: List[List[str]], status: List[Iterable[str]])
         for row in rows:
             widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
     status = [list(words) for words in status]  # iterables may be read twice below
-    plain, spans = _grid_text(headers, widths, rows, status, _same)
+    plain, spans = _grid_text(headers, widths, rows, status, _same, header, status_header)
     if strip_control_codes(plain) != plain:
         # Text.append drops control codes from each piece: offsets must be counted
         # after that (rare: a name from a dump with a control character in it).
-        plain, spans = _grid_text(headers, widths, rows, status, strip_control_codes)
+        plain, spans = _grid_text(
+            headers, widths, rows, status, strip_control_codes, header, status_header
+        )
     out = Text(plain, spans=spans)
     out.rstrip()
     return out
@@ -148,6 +230,8 @@ def _grid_text(
     rows: List[List[str]],
     status: List[List[str]],
     clean: Callable[[str], str],
+    header_shown: bool = True,
+    status_header: str = "STATUS",
 ) -> Tuple[str, List[Span]]:
     """The grid's text and style spans, as Text.append piece by piece would make them.
 
@@ -156,10 +240,11 @@ def _grid_text(
     """
     from rich.text import Span
 
-    header = clean("  ".join(h.ljust(w) for h, w in zip(headers, widths)) + "  STATUS\n")
-    pieces = [header]
-    spans = [Span(0, len(header), "bold")]
-    offset = len(header)
+    header = clean("  ".join(h.ljust(w) for h, w in zip(headers, widths)) + f"  {status_header}")
+    header = header.rstrip() + "\n"
+    pieces = [header] if header_shown else []
+    spans = [Span(0, len(header), "bold")] if header_shown else []
+    offset = len(header) if header_shown else 0
     for row, words in zip(rows, status):
         line = clean("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  ")
         pieces.append(line)
@@ -183,16 +268,36 @@ def list_table(
     mappings: List[Mapping],
     chains: List[ChainInfo],
     conntrack: Optional[MappingT[Mapping, int]] = None,
+    wide: bool = True,
+    full_ids: bool = False,
+    header: bool = True,
 ) -> Text:
+    """The list table; without `wide` the CHAIN column is left out (80 columns)."""
     headers = ["NETWORK", "CONTAINER", "FAM", "PROTO", "HOST", "CONTAINER ADDR", "SNAT", "CHAIN"]
     if conntrack is not None:
         headers.append("CONNTRACK")
+    table = _list_grid(headers, mappings, chains, conntrack, full_ids)
+    if not wide:
+        column = headers.index("CHAIN")
+        del headers[column]
+        for row in table[0]:
+            del row[column]
+    return grid(headers, table[0], table[1], header=header)
+
+
+def _list_grid(
+    headers: List[str],
+    mappings: List[Mapping],
+    chains: List[ChainInfo],
+    conntrack: Optional[MappingT[Mapping, int]],
+    full_ids: bool,
+) -> Tuple[List[List[str]], List[Iterable[str]]]:
     rows: List[List[str]] = []
     statuses: List[Iterable[str]] = []
     for m in mappings:
         row = [
             m.network or "-",
-            short_id(m.container_id),
+            short_id(m.container_id, full_ids),
             f"v{m.family}",
             m.protocol,
             host_address(m),
@@ -211,7 +316,7 @@ def list_table(
             continue
         row = [
             c.network or "-",
-            short_id(c.container_id),
+            short_id(c.container_id, full_ids),
             f"v{c.family}",
             "-",
             "-",
@@ -223,16 +328,23 @@ def list_table(
             row.append("-")
         rows.append(row)
         statuses.append(c.status)
-    return grid(headers, rows, statuses)
+    return rows, statuses
 
 
-def add_json(result: AddResult) -> Dict[str, Any]:
-    return {
-        "dry_run": result.dry_run,
-        "changed": result.changed,
-        "chains": list(result.chains),
-        "transaction": {str(f): text for f, text in sorted(result.transactions.items())},
-    }
+def add_json(
+    result: AddResult,
+    cache: Optional[MappingT[str, Any]] = None,
+    warnings: Iterable[str] = (),
+) -> Dict[str, Any]:
+    return document(
+        cache,
+        backend=BACKEND,
+        dry_run=result.dry_run,
+        changed=result.changed,
+        chains=list(result.chains),
+        transaction={str(f): text for f, text in sorted(result.transactions.items())},
+        warnings=[*warnings, *result.warnings],
+    )
 
 
 def transactions_text(transactions: Dict[int, str]) -> str:
@@ -246,33 +358,163 @@ def transactions_text(transactions: Dict[int, str]) -> str:
 # --- check ---------------------------------------------------------------------------
 
 
+_COMMAND = re.compile(r"(?:^|: )((?:portmapctl|ip6?tables(?:-\w+)?) [^`]*?)(?: \(([^()]*)\))?$")
+
+
+def split_fix(fix: str) -> Tuple[Optional[str], str]:
+    """A problem's fix as (the command, prose around it): `fix` in JSON is a command or
+    null, prose goes with the why (SPEC §3 JSON)."""
+    match = _COMMAND.search(fix or "")
+    if match is None:
+        return None, fix or ""
+    before = fix[: match.start()].strip()
+    prose = "; ".join(part for part in (before, match.group(2) or "") if part)
+    return match.group(1), prose
+
+
 def problem_json(p: Problem) -> Dict[str, Any]:
+    command, prose = split_fix(p.fix)
+    why = "; ".join(part for part in (p.why, prose) if part)
     return {
-        "kind": p.kind,
+        "kind": str(p.kind),
+        "backend": BACKEND,
         "family": p.family,
         "chain": p.chain,
         "network": p.network,
         "container_id": p.container_id,
         "detail": p.detail,
-        "fix": p.fix,
-        "why": p.why,
+        "why": why,
+        "fix": command,
     }
 
 
-def check_json(result: CheckResult) -> Dict[str, Any]:
+def check_json(result: CheckResult, cache: Optional[MappingT[str, Any]] = None) -> Dict[str, Any]:
     """SPEC §3: healthy, repaired, problems; plus what a repair fixed."""
-    document: Dict[str, Any] = {
-        "healthy": result.healthy,
-        "repaired": result.repaired,
-        "problems": [problem_json(p) for p in result.problems],
-        "fixed": [problem_json(p) for p in result.fixed],
-    }
+    doc = document(
+        cache,
+        healthy=result.healthy,
+        repaired=result.repaired,
+        problems=[problem_json(p) for p in result.problems],
+        fixed=[problem_json(p) for p in result.fixed],
+        summary=check_summary(result),
+    )
     if result.unrepaired:  # only after a repair that had to leave containers out
-        document["unrepaired"] = [
+        doc["unrepaired"] = [
             {"family": f, "network": n, "container_id": c, "chain": chain, "why": why}
             for f, n, c, chain, why in result.unrepaired
         ]
-    return document
+    return doc
+
+
+_FULL_ID = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{52}\b")
+
+
+def _shorten_ids(text: str, ids: Iterable[str]) -> str:
+    """Full container IDs in a problem's text as the 12 characters tables show."""
+    text = _FULL_ID.sub(r"\1", text)
+    for full in ids:
+        if len(full) > SHORT_ID and full in text:
+            text = text.replace(full, full[:SHORT_ID])
+    return text
+
+
+def _cut(text: str, room: int) -> str:
+    return text if len(text) <= room else text[: max(room - 1, 0)] + "…"
+
+
+def _wrap(text: str, width: Optional[int], indent: str) -> List[str]:
+    """`text` as lines of at most `width` (None: one line), continuation indented; words
+    are never cut (a fix command stays whole on its own line)."""
+    if width is None:
+        return [text]
+    import textwrap
+
+    return textwrap.wrap(
+        text,
+        width=width,
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [""]
+
+
+def check_text(
+    result: CheckResult,
+    width: Optional[int] = None,
+    wide: bool = False,
+    full_ids: bool = False,
+    header: bool = True,
+) -> Text:
+    """SPEC §3 check: one row per problem (KIND, FAM, CONTAINER, PROBLEM; wide adds
+    NETWORK and CHAIN), then once per kind why it matters and the fix, whole; then the
+    summary line. `width` is the terminal's (None: piped, nothing is cut): rows are cut
+    to it with `…` unless `full_ids` (--no-trunc), so no row wraps."""
+    from rich.text import Text
+
+    problems = list(result.problems)
+    ids = {p.container_id for p in problems if p.container_id}
+    headers = ["KIND", "FAM", "CONTAINER"] + (["NETWORK", "CHAIN"] if wide else []) + ["PROBLEM"]
+    rows = []
+    for p in problems:
+        detail = p.detail if full_ids else _shorten_ids(p.detail, ids)
+        row = [str(p.kind), f"v{p.family}" if p.family else "-", short_id(p.container_id, full_ids)]
+        if wide:
+            row += [p.network or "-", p.chain or "-"]
+        rows.append(row + [detail])
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers[:-1])]
+    lead = sum(widths) + 2 * len(widths)
+    cut = width is not None and not full_ids and not wide
+    out = Text()
+    if header:
+        out.append(
+            ("  ".join(h.ljust(w) for h, w in zip(headers, widths)) + "  " + headers[-1]).rstrip()
+            + "\n",
+            style="bold",
+        )
+    for row in rows:
+        problem = _cut(row[-1], width - lead) if cut and width is not None else row[-1]
+        out.append(row[0].ljust(widths[0]), style="red")
+        line = "  " + "  ".join(c.ljust(w) for c, w in zip(row[1:-1], widths[1:])) + "  " + problem
+        out.append(line.rstrip() + "\n")
+    # Each kind's why and fix once, in the order the kinds first occur.
+    explained: Dict[str, List[Tuple[str, Optional[str]]]] = {}
+    for p in problems:
+        command, prose = split_fix(p.fix)
+        why = "; ".join(part for part in (p.why, prose) if part)
+        entry = (why, command)
+        if entry not in explained.setdefault(str(p.kind), []):
+            explained[str(p.kind)].append(entry)
+    if explained:
+        out.append("\n")
+    for kind, entries in explained.items():
+        for why, command in entries:
+            out.append(kind, style="bold")
+            wrapped = _wrap(f"{kind}: {why}", width, "  ")
+            out.append(wrapped[0][len(kind) :] + "\n")
+            for line in wrapped[1:]:
+                out.append(line + "\n")
+            if command:
+                out.append("  fix: ", style="bold")
+                out.append(command + "\n")
+    out.rstrip()
+    return out
+
+
+def check_summary(result: CheckResult) -> str:
+    """The check's one summary line: healthy; or the count per kind, with the command
+    when one command fixes them all (`1094 stale -> portmapctl gc`)."""
+    if result.healthy:
+        return check_healthy_line(result)
+    counts: Dict[str, int] = {}
+    commands: Dict[Optional[str], None] = {}
+    for p in result.problems:
+        counts[str(p.kind)] = counts.get(str(p.kind), 0) + 1
+        commands[split_fix(p.fix)[0]] = None
+    kinds = ", ".join(f"{number} {kind}" for kind, number in counts.items())
+    if len(commands) == 1 and None not in commands:
+        return f"{kinds} -> {next(iter(commands))}"
+    total = len(result.problems)
+    return f"{count(total, 'problem')}: {kinds} (fixes above)"
 
 
 def _families_text(families: Iterable[int]) -> str:
@@ -292,7 +534,9 @@ def check_healthy_line(result: CheckResult) -> str:
     if not result.mappings_checked and not result.chains_seen:
         return f"healthy: no cached port mappings and no portmap chains ({where})"
     return (
-        f"healthy: all {result.mappings_checked} cached port mappings are in place ({where}),"
+        # One chain per cached container and family: that is what was compared.
+        f"healthy: all {count(result.mappings_checked, 'chain')} of the cached containers"
+        f" are in place ({where}),"
         " with their top-level chains and jumps; nothing stale, orphaned or shadowed"
     )
 
@@ -310,96 +554,122 @@ def check_fixed_lines(result: CheckResult) -> List[str]:
     ]
 
 
-def check_table(problems: Iterable[Problem]) -> Table:
-    """One row per problem: what, where, why it matters, what fixes it."""
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("KIND", no_wrap=True, style="red")
-    table.add_column("FAM", no_wrap=True)
-    table.add_column("CHAIN", no_wrap=True)
-    table.add_column("CONTAINER", no_wrap=True)
-    table.add_column("PROBLEM", ratio=3)
-    table.add_column("WHY IT MATTERS", ratio=2)
-    table.add_column("FIX", ratio=2)
-    for p in problems:
-        who = "-"
-        if p.network or p.container_id:
-            who = f"{p.network or '?'}/{short_id(p.container_id)}"
-        family = f"v{p.family}" if p.family else "-"
-        table.add_row(*_cells([p.kind, family, p.chain or "-", who, p.detail, p.why, p.fix]))
-    return table
-
-
 # --- gc ---------------------------------------------------------------------------
 
 
-def gc_chain_json(c: GcChain, pending: bool = False) -> Dict[str, Any]:
+def _host_ports_json(c: GcChain) -> List[Dict[str, Any]]:
+    return [{"protocol": proto, "host_port": port} for proto, port in c.host_ports]
+
+
+def gc_chain_json(
+    c: GcChain, pending: bool = False, min_age: Optional[float] = None
+) -> Dict[str, Any]:
     doc: Dict[str, Any] = {
+        "backend": BACKEND,
         "chain": c.chain,
+        "chain_type": c.kind,
         "family": c.family,
-        "kind": c.kind,
         "network": c.network,
         "container_id": c.container_id,
-        "host_ports": [{"protocol": proto, "port": port} for proto, port in c.host_ports],
+        "host_ports": _host_ports_json(c),
     }
     if pending:
         doc["seen_seconds"] = c.seen_seconds
+        doc["removable_in_seconds"] = (
+            max(min_age - c.seen_seconds, 0.0) if min_age is not None else None
+        )
     return doc
 
 
-def gc_json(result: GcResult) -> Dict[str, Any]:
-    return {
-        "dry_run": result.dry_run,
-        "removed": [gc_chain_json(c) for c in result.removed],
-        "pending": [gc_chain_json(c, pending=True) for c in result.pending],
-        "kept": result.kept,
-        "conntrack_deleted": result.conntrack_deleted,
-        # Added key: shared chains removed once empty (the legacy CNI-HOSTPORT-SNAT).
-        "shared_removed": [{"chain": name, "family": fam} for fam, name in result.shared_removed],
-    }
+def gc_json(
+    result: GcResult,
+    min_age: Optional[float] = None,
+    cache: Optional[MappingT[str, Any]] = None,
+) -> Dict[str, Any]:
+    return document(
+        cache,
+        dry_run=result.dry_run,
+        min_age_seconds=min_age,
+        removed=[gc_chain_json(c) for c in result.removed],
+        pending=[gc_chain_json(c, pending=True, min_age=min_age) for c in result.pending],
+        kept=result.kept,
+        conntrack_deleted=result.conntrack_deleted,
+        # Shared chains removed once empty (the legacy CNI-HOSTPORT-SNAT).
+        shared_removed=[
+            {"backend": BACKEND, "chain": name, "family": fam}
+            for fam, name in result.shared_removed
+        ],
+        warnings=list(result.warnings),
+    )
 
 
 def _ports_cell(c: GcChain) -> str:
     return ",".join(f"{port}/{proto}" for proto, port in c.host_ports) or "-"
 
 
-def _age(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """`45s`, `1m40s`, `2h05m`: what --min-age accepts back."""
     whole = int(seconds)
-    if whole < 120:
+    if whole < 60:
         return f"{whole}s"
-    if whole < 7200:
+    if whole < 3600:
         return f"{whole // 60}m{whole % 60:02d}s"
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
-def gc_table(result: GcResult, min_age: Optional[float] = None) -> Text:
-    """One row per chain removed (or, in a dry run, to be removed) and per pending one.
+_age = duration_text
+
+
+def removable_text(c: GcChain, min_age: float, now: Optional[float] = None) -> str:
+    """`removable in 1m40s, at 02:19:02` (local time): when a later run removes it."""
+    import time
+
+    left = max(min_age - c.seen_seconds, 0.0)
+    at = time.strftime("%H:%M:%S", time.localtime((time.time() if now is None else now) + left))
+    return f"removable in {duration_text(left + 0.999)}, at {at}"
+
+
+def gc_table(
+    result: GcResult,
+    min_age: Optional[float] = None,
+    preview: bool = False,
+    wide: bool = False,
+    full_ids: bool = False,
+    header: bool = True,
+) -> Text:
+    """One row per chain removed (in a dry run or the preview: to be removed) and per
+    pending one, with when a later run can remove it; TYPE and CHAIN only when `wide`
+    (the table fits 80 columns without them).
 
     A plain grid, not a rich Table: gc of 1,000 containers lists 1,000 rows.
     """
-    headers = ["FAM", "KIND", "NETWORK", "CONTAINER", "HOST PORTS", "CHAIN", "SEEN"]
+    headers = ["FAM", "TYPE", "NETWORK", "CONTAINER", "HOST PORTS", "CHAIN", "SEEN"]
     rows: List[List[str]] = []
     statuses: List[Iterable[str]] = []
-    verb = "would remove" if result.dry_run else "removed"
+    verb = "to remove" if preview else "would remove" if result.dry_run else "removed"
+
+    def row(c: GcChain) -> List[str]:
+        return [f"v{c.family}", c.kind, c.network or "-", short_id(c.container_id, full_ids)] + [
+            _ports_cell(c),
+            c.chain,
+            duration_text(c.seen_seconds),
+        ]
+
     for c in result.removed:
-        rows.append(
-            [f"v{c.family}", c.kind, c.network or "-", short_id(c.container_id)]
-            + [_ports_cell(c), c.chain, _age(c.seen_seconds)]
-        )
+        rows.append(row(c))
         statuses.append([verb])
     for family, name in result.shared_removed:
         rows.append([f"v{family}", "shared", "-", "-", "-", name, "-"])
         statuses.append([verb])
-    waiting = "pending"
-    of = f" of {_age(min_age)}" if min_age is not None else ""
     for c in result.pending:
-        rows.append(
-            [f"v{c.family}", c.kind, c.network or "-", short_id(c.container_id)]
-            + [_ports_cell(c), c.chain, _age(c.seen_seconds) + of]
-        )
-        statuses.append([waiting])
-    return grid(headers, rows, statuses)
+        rows.append(row(c))
+        statuses.append([removable_text(c, min_age) if min_age is not None else "pending"])
+    if not wide:
+        for column in (headers.index("CHAIN"), headers.index("TYPE")):
+            del headers[column]
+            for cells in rows:
+                del cells[column]
+    return grid(headers, rows, statuses, header=header)
 
 
 def count(number: int, word: str) -> str:
@@ -407,21 +677,24 @@ def count(number: int, word: str) -> str:
     return f"{number} {word}" + ("" if number == 1 else "s")
 
 
-def gc_summary(result: GcResult) -> str:
-    """One line for a cron log."""
+def gc_summary(result: GcResult, asked_dry_run: Optional[bool] = None) -> str:
+    """One line for a cron log; "(dry run)" only when --dry-run was asked."""
+    dry_run = result.dry_run if asked_dry_run is None else asked_dry_run
     containers = {(c.network, c.container_id) for c in result.removed if c.container_id}
     verb = "would remove" if result.dry_run else "removed"
     parts = [
         f"{verb} {count(len(result.removed), 'chain')} of {count(len(containers), 'container')}"
     ]
+    if not result.changes:
+        parts = ["nothing to remove now"]
     if result.shared_removed:
         parts[0] += " and " + ", ".join(f"{name} (v{fam})" for fam, name in result.shared_removed)
     parts.append(f"{len(result.pending)} pending")
     parts.append(f"{result.kept} kept")
-    if not result.dry_run:
+    if not result.dry_run and result.changes:
         deleted = result.conntrack_deleted
         parts.append(f"{deleted} UDP conntrack entr{'y' if deleted == 1 else 'ies'} deleted")
-    return "gc" + (" (dry run)" if result.dry_run else "") + ": " + ", ".join(parts)
+    return "gc" + (" (dry run)" if dry_run else "") + ": " + ", ".join(parts)
 
 
 # --- flush-udp -------------------------------------------------------------------------
@@ -440,25 +713,28 @@ def flush_why(d: Doomed) -> str:
     return FLUSH_WHY.get(d.reason, d.reason).format(wanted=", ".join(d.wanted) or "-")
 
 
-def flush_json(result: FlushResult) -> Dict[str, Any]:
-    """SPEC §3: dry_run, deleted (in a dry run: what would be), count; plus why."""
-    return {
-        "dry_run": result.dry_run,
-        "deleted": [
+def flush_json(result: FlushResult, cache: Optional[MappingT[str, Any]] = None) -> Dict[str, Any]:
+    """SPEC §3: dry_run, deleted (in a dry run: what would be), count; plus why.
+    The original destination is the mapped host port: `host_ip`/`host_port`."""
+    return document(
+        cache,
+        dry_run=result.dry_run,
+        deleted=[
             {
                 "family": d.entry.family,
+                "protocol": "udp",
                 "src": d.entry.src,
-                "dst": d.entry.dst,
                 "sport": d.entry.sport,
-                "dport": d.entry.dport,
+                "host_ip": d.entry.dst,
+                "host_port": d.entry.dport,
                 "reply_src": d.entry.reply_src,
                 "reply_sport": d.entry.reply_sport,
                 "reason": d.reason,
             }
             for d in result.doomed
         ],
-        "count": result.deleted,
-    }
+        count=result.deleted,
+    )
 
 
 def _endpoint(address: str, port: int) -> str:

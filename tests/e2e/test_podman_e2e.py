@@ -113,7 +113,7 @@ def test_leak_as_podman_leaks_is_stale_and_gc_removes_only_it(node: Node) -> Non
     node.network("pmleak", "10.89.21.0/24")
     keep = node.start("keep", ["pma"], ["8080:80", "5353:53/udp"], WEB)
     leaky = node.start("leaky", ["pmleak"], ["8700:80", "8701:80"], WEB)
-    leaky_chain = the_chain(listing(node), leaky)["name"]
+    leaky_chain = the_chain(listing(node), leaky)["chain"]
 
     node.leak(leaky, "pmleak")
 
@@ -149,7 +149,7 @@ def test_zombie_cache_entry_listed_and_collected_with_netns_liveness(node: Node)
     node.network("pma", "10.89.30.0/24")
     keep = node.start("keep", ["pma"], ["8080:80"], WEB)
     gone = node.start("gone", ["pma"], ["8090:80"], WEB)
-    gone_chain = the_chain(listing(node), gone)["name"]
+    gone_chain = the_chain(listing(node), gone)["chain"]
 
     node.kill_and_forget(gone)
     assert node.cache_entries(gone), "the zombie's cache entry should still be there"
@@ -226,7 +226,7 @@ def test_two_networks_give_two_chains_of_one_container(node: Node) -> None:
     listed = listing(node)
     chains = chains_of(listed, both)
     assert sorted(c["network"] for c in chains) == ["pma", "pmb"]
-    assert len({c["name"] for c in chains}) == 2
+    assert len({c["chain"] for c in chains}) == 2
     assert node.http_get(NODE_IP, 8600) == PAGE
 
 

@@ -477,31 +477,31 @@ class Case:
 
 
 def _add(n: NodeState) -> List[str]:
-    return ["add", "--netns", n.ns, "--backend", "nft", "--network", NET, "--container",
+    return ["add", "--netns", n.ns, "--iptables", "nft", "--network", NET, "--container",
             "newctr", "--ip", "10.88.0.60/16", "--ip", "fd00::60/64", "-p", "9191:91"]  # fmt: skip
 
 
 def _repair(n: NodeState) -> List[str]:
-    return ["check", "--repair", "--netns", n.ns, "--backend", "nft", "--cni-cache-dir", n.cache,
+    return ["check", "--repair", "--netns", n.ns, "--iptables", "nft", "--cni-cache-dir", n.cache,
             "--network", NET, "--container", "newctr", "--ip", "10.88.0.60/16", "--ip", "fd00::60/64",
             "-p", "9191:91"]  # fmt: skip
 
 
 def _gc(n: NodeState) -> List[str]:
-    return ["gc", "--yes", "--min-age", "0", "--netns", n.ns, "--backend", "nft",
+    return ["gc", "--yes", "--min-age", "0", "--netns", n.ns, "--iptables", "nft",
             "--cni-cache-dir", n.cache]  # fmt: skip
 
 
 def _list(n: NodeState) -> List[str]:
-    return ["list", "--netns", n.ns, "--backend", "nft", "--cni-cache-dir", n.cache]
+    return ["list", "--netns", n.ns, "--iptables", "nft", "--cni-cache-dir", n.cache]
 
 
 def _flush(n: NodeState) -> List[str]:
-    return ["flush-udp", "--netns", n.ns, "--backend", "nft", "--port", str(UDP_PORT)]
+    return ["flush-udp", "--netns", n.ns, "--iptables", "nft", "--port", str(UDP_PORT)]
 
 
 def _node_repair(n: NodeState) -> List[str]:
-    return ["check", "--repair", "--netns", n.ns, "--backend", "nft", "--cni-cache-dir", n.cache]
+    return ["check", "--repair", "--netns", n.ns, "--iptables", "nft", "--cni-cache-dir", n.cache]
 
 
 BASES = {"add": _add, "check": _repair, "gc": _gc, "list": _list, "flush-udp": _flush}
@@ -579,8 +579,11 @@ def _cases() -> List[Case]:
         add(f"{command} --ip v6 twice", _then(BASES[command], "--ip", "fd00::61/64"),
             "at most one container address per family")  # fmt: skip
     # Protocols (list takes a choice; add/check in the port spec, above).
-    for i, proto in enumerate(["icmp", "TCP", "", "tcp ", "all", "6", "udp\n"]):
+    # "TCP" is accepted: what the outputs print is (SPEC §3 output contract).
+    for i, proto in enumerate(["icmp", "", "tcp ", "all", "6", "udp\n"]):
         add(f"list --proto proto{i}", _with(_list, "--proto", proto), "--proto")
+    for i, word in enumerate(["bogus", "", "ok,stale", "stale;x", "STALE\n"]):
+        add(f"list --status status{i}", _with(_list, "--status", word), "--status")
     # Mapping options of add and check.
     for command in ("add", "check"):
         base = BASES[command]
@@ -611,7 +614,7 @@ def _cases() -> List[Case]:
     # Options every command takes.
     for command, base in BASES.items():
         for value in ("bogus", "", "NFT", "nft;reboot"):
-            add(f"{command} --backend {value!r}", _with(base, "--backend", value), "--backend")
+            add(f"{command} --iptables {value!r}", _with(base, "--iptables", value), "--iptables")
         for value in ("5", "", "4,6", "46"):
             add(f"{command} --family {value!r}", _then(base, "--family", value), "--family")
         for value in ("xml", "", "JSON"):
@@ -621,6 +624,13 @@ def _cases() -> List[Case]:
             add(f"{command} --netns ns{i}", _with(base, "--netns", value), "namespace", code=3)
         add(f"{command} --no-such-option", _then(base, "--no-such-option"), "No such option")
         add(f"{command} --no-color=x", _then(base, "--no-color=x"), "does not take a value")
+        for flag in ("--no-headers", "--no-trunc"):
+            add(f"{command} {flag}=x", _then(base, f"{flag}=x"), "does not take a value")
+        for value in ("bogus", "", "nft", "iptables;reboot"):
+            add(f"{command} --backend {value!r}", _with(base, "--backend", value), "--backend")
+        # Accepted, but there is no nftables backend in this version: environment.
+        add(f"{command} --backend nftables", _with(base, "--backend", "nftables"),
+            "nftables backend is not available", code=3)  # fmt: skip
     # gc's own options.
     for i, value in enumerate(HOSTILE_DURATIONS):
         add(f"gc --min-age dur{i}", _with(_gc, "--min-age", value), "invalid duration")
@@ -634,13 +644,13 @@ def _cases() -> List[Case]:
     # Files: --cni-config (add, check), --valid-attachments (gc), --snapshot (list,
     # check), cache files (list, check, check --repair, gc, flush-udp).
     config_bases = {
-        "add": lambda n: ["add", "--netns", n.ns, "--backend", "nft", "--container", "newctr"],
+        "add": lambda n: ["add", "--netns", n.ns, "--iptables", "nft", "--container", "newctr"],
         "check": lambda n: [
             "check",
             "--repair",
             "--netns",
             n.ns,
-            "--backend",
+            "--iptables",
             "nft",
             "--container",
             "newctr",
@@ -717,7 +727,7 @@ def _cases() -> List[Case]:
             "check",
             "--netns",
             n.ns,
-            "--backend",
+            "--iptables",
             "nft",
             "--cni-cache-dir",
             n.cache,
@@ -727,7 +737,7 @@ def _cases() -> List[Case]:
             "flush-udp",
             "--netns",
             n.ns,
-            "--backend",
+            "--iptables",
             "nft",
             "--cni-cache-dir",
             n.cache,
@@ -852,9 +862,9 @@ def test_the_table_covers_every_option_of_every_command():
 # would have, and says in one warning line that the metrics were not written.
 
 METRICS_READ_ONLY = {
-    "list": lambda n: ["list", "--netns", n.ns, "--backend", "nft", "--cni-cache-dir", n.cache],
-    "check": lambda n: ["check", "--netns", n.ns, "--backend", "nft", "--cni-cache-dir", n.cache],
-    "gc": lambda n: ["gc", "--dry-run", "--netns", n.ns, "--backend", "nft",
+    "list": lambda n: ["list", "--netns", n.ns, "--iptables", "nft", "--cni-cache-dir", n.cache],
+    "check": lambda n: ["check", "--netns", n.ns, "--iptables", "nft", "--cni-cache-dir", n.cache],
+    "gc": lambda n: ["gc", "--dry-run", "--netns", n.ns, "--iptables", "nft",
                      "--cni-cache-dir", n.cache],
 }  # fmt: skip
 HOSTILE_METRICS_PATHS = {
@@ -899,8 +909,8 @@ def test_an_empty_snapshot_is_a_node_without_tables(tmp_path):
     empty.write_bytes(b"")
     done = run(["list", "--snapshot", str(empty), "-o", "json"])
     assert done.returncode == 0, done.stderr
-    found = json.loads(done.stdout)
-    assert (found["mappings"], found["chains"]) == ([], [])
+    document = json.loads(done.stdout)
+    assert document["schema"] == 2 and (document["mappings"], document["chains"]) == ([], [])
 
 
 SAMPLE = [

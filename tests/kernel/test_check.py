@@ -56,7 +56,7 @@ def _check(host_ns, mode, cache_dir, *extra):
             "check",
             "--netns",
             host_ns,
-            "--backend",
+            "--iptables",
             mode,
             "--cni-cache-dir",
             str(cache_dir),
@@ -125,7 +125,12 @@ def test_flushed_node_is_listed_then_repaired_until_the_plugin_check_passes(
     confs = _plugin_node(host_ns, mode, tmp_path)
     made_by_plugin = _state(host_ns, mode)
     doc = _check(host_ns, mode, tmp_path)
-    assert doc == {"healthy": True, "repaired": False, "problems": [], "fixed": []}
+    assert {k: doc[k] for k in ("healthy", "repaired", "problems", "fixed")} == {
+        "healthy": True,
+        "repaired": False,
+        "problems": [],
+        "fixed": [],
+    }
 
     # firewalld --reload flushes every chain and deletes the user chains; a script's
     # `iptables -t nat -F` only flushes.
@@ -154,7 +159,12 @@ def test_flushed_node_is_listed_then_repaired_until_the_plugin_check_passes(
 
     # Idempotent: a second repair changes nothing.
     doc = _check(host_ns, mode, tmp_path, "--repair")
-    assert doc == {"healthy": True, "repaired": False, "problems": [], "fixed": []}
+    assert {k: doc[k] for k in ("healthy", "repaired", "problems", "fixed")} == {
+        "healthy": True,
+        "repaired": False,
+        "problems": [],
+        "fixed": [],
+    }
     assert _state(host_ns, mode) == made_by_plugin
 
 
@@ -175,11 +185,11 @@ def test_table_output_of_a_broken_node(host_ns, tmp_path):
             "CNI-HOSTPORT-DNAT",
         ],
     )
-    done = run(["check", "--netns", host_ns, "--backend", "nft", "--cni-cache-dir", str(tmp_path)])
+    done = run(["check", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(tmp_path)])
     assert done.returncode == 1
     header, row = done.stdout.splitlines()[:2]
-    assert header.split()[:4] == ["KIND", "FAM", "CHAIN", "CONTAINER"]
-    assert row.split()[:3] == ["missing-jump", "v4", "OUTPUT"]
+    assert header.split() == ["KIND", "FAM", "CONTAINER", "PROBLEM"]
+    assert row.split()[:4] == ["missing-jump", "v4", "-", "OUTPUT"]
     assert "portmapctl check --repair" in done.stdout
     done = run(
         [
@@ -187,7 +197,7 @@ def test_table_output_of_a_broken_node(host_ns, tmp_path):
             "--repair",
             "--netns",
             host_ns,
-            "--backend",
+            "--iptables",
             "nft",
             "--cni-cache-dir",
             str(tmp_path),
@@ -222,7 +232,7 @@ def test_stale_and_orphan_chains_are_left_to_gc(host_ns, tmp_path):
     assert _problems(doc) == [("stale", 4, _chain("ctr2"))]
     assert doc["problems"][0]["container_id"] == "ctr2"
     assert doc["problems"][0]["fix"] == (
-        f"portmapctl gc --netns {host_ns} --backend legacy --cni-cache-dir {tmp_path}"
+        f"portmapctl gc --netns {host_ns} --iptables legacy --cni-cache-dir {tmp_path}"
     )
     # An entry rule gone by hand: without a cache, the chain is an orphan.
     rp.iptables(host_ns, ["-t", "nat", "-F", "CNI-HOSTPORT-DNAT"], mode="legacy")
@@ -274,7 +284,7 @@ def test_malformed_cache_file_is_skipped_and_the_rest_repaired(host_ns, tmp_path
             "--repair",
             "--netns",
             host_ns,
-            "--backend",
+            "--iptables",
             "nft",
             "--cni-cache-dir",
             str(tmp_path),
@@ -298,7 +308,7 @@ def test_single_mapping_check_and_repair(host_ns, iptables_mode, tmp_path):
         "check",
         "--netns",
         host_ns,
-        "--backend",
+        "--iptables",
         mode,
         "--container",
         container_id,

@@ -69,7 +69,7 @@ def run_gc_with_caps(host_ns: str, mode: str, caps: List[str], cache: Path, argv
         + [sys.executable, "-m", "portmapctl", *argv],
         capture_output=True,
         text=True,
-        env=dict(os.environ, PORTMAPCTL_BACKEND=mode, NO_COLOR="1"),
+        env=dict(os.environ, PORTMAPCTL_IPTABLES=mode, NO_COLOR="1"),
         timeout=120,
         check=False,
     )
@@ -87,6 +87,9 @@ def test_the_deployed_capabilities_are_enough_and_needed(host_ns, iptables_mode,
         "mynet", ["10.88.0.5/16"], [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
     )
     rp.run_plugin("ADD", host_ns, "gone1", conf, mode=iptables_mode, check=True)
+    # Another container is live: an empty cache is no source of liveness (SPEC §3 gc).
+    live = rp.plugin_conf("mynet", ["10.88.0.6/16"], [])
+    rp.write_cni_cache(tmp_path, "mynet", "live1", "eth0", live, [], ["10.88.0.6/16"])
 
     if iptables_mode == "legacy":
         # Without NET_RAW, legacy iptables cannot even read: exit 3, nothing removed.

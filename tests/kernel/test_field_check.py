@@ -59,7 +59,7 @@ def reloaded(host_ns, iptables_mode, tmp_path):
 
 def test_repair_makes_every_container_but_the_one_it_cannot_and_names_it(reloaded):
     ns, mode, cache, confs = reloaded
-    common = ["--netns", ns, "--backend", mode, "--cni-cache-dir", str(cache)]
+    common = ["--netns", ns, "--iptables", mode, "--cni-cache-dir", str(cache)]
     done = run(["check", "--repair", *common, "-o", "json"])
     assert done.returncode == 1, done.stderr  # ctr2's problem remains
     warnings = [line for line in done.stderr.splitlines() if "could not repair" in line]
@@ -92,7 +92,7 @@ def test_a_container_iptables_refuses_is_named_and_the_others_repaired(host_ns, 
             rp.run_plugin("ADD", host_ns, f"ctr{i}", conf, check=True)
         _cache(cache, "mynet", f"ctr{i}", conf)
     rp.iptables(host_ns, ["-t", "nat", "-F", TOPLEVEL_DNAT])
-    done = run(["check", "--repair", "--netns", host_ns, "--backend", "nft", "--cni-cache-dir",
+    done = run(["check", "--repair", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir",
                 str(cache), "-o", "json"])  # fmt: skip
     assert done.returncode == 1, done.stderr
     doc = json.loads(done.stdout)
@@ -128,7 +128,7 @@ def test_conditions_iptables_respells_are_healthy_and_repair_moves_nothing(
     assert all(c.returncode == 0 for c in rp.run_check(host_ns, "first", first,
                                                        mode=iptables_mode))  # fmt: skip
     before = _dnat_lines(host_ns, iptables_mode)
-    common = ["--netns", host_ns, "--backend", iptables_mode, "--cni-cache-dir", str(cache)]
+    common = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(cache)]
 
     done = run(["check", *common])
     assert done.returncode == 0, done.stdout + done.stderr

@@ -85,9 +85,10 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path):
 def test_ctrl_c_at_any_moment_once_main_runs_is_one_line(tmp_path):
     # Before portmapctl.entry.main runs, the interpreter itself (site, runpy) has the
     # signal and nothing of ours can catch it; from main() on, it is always one line.
-    (tmp_path / "results").mkdir()
+    # A cache with entries: an empty one is warned about, before the one line.
+    cache = Path(__file__).resolve().parents[2] / "examples" / "cni-cache"
     argv = [sys.executable, "-m", "portmapctl", "list", "--snapshot",
-            str(FIXTURES / "basic.v4.save"), "--cni-cache-dir", str(tmp_path)]  # fmt: skip
+            str(FIXTURES / "basic.v4.save"), "--cni-cache-dir", str(cache)]  # fmt: skip
     ours = 0
     for delay in (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7):
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -135,7 +136,7 @@ def test_a_hung_iptables_save_is_killed_with_its_children_exit_3(node, tmp_path,
     ns, cache = node
     env, log = _hanging_save(tmp_path)
     started = time.monotonic()
-    done = run(["list", "--netns", ns, "--backend", "nft", "--cni-cache-dir", str(cache),
+    done = run(["list", "--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache),
                 *families], env=env)  # fmt: skip
     assert time.monotonic() - started < 30
     assert_error(done, 3, "did not answer within 2 s", "iptables-nft-save")
@@ -215,7 +216,7 @@ def _poison_nat_table(ns: str) -> None:
 def test_a_nat_table_iptables_cannot_read_is_exit_3(node, command):
     ns, cache = node
     _poison_nat_table(ns)
-    done = run([*command, "--netns", ns, "--backend", "nft", "--cni-cache-dir", str(cache)])
+    done = run([*command, "--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache)])
     assert_error(done, 3, "cannot read the nat table", "nft list table ip nat")
 
 
@@ -251,7 +252,7 @@ def test_a_foreign_rule_with_a_non_utf8_comment_stops_nothing(node, tmp_path):
     _foreign_rule(ns)
     before = _foreign_lines(_save_bytes(ns))
     assert len(before) == 1
-    common = ["--netns", ns, "--backend", "nft", "--cni-cache-dir", str(cache)]
+    common = ["--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
 
     listed = json.loads(ok(["list", *common, "-o", "json"]))
     assert [m["container_id"] for m in listed["mappings"]] == ["live1"]
@@ -313,7 +314,7 @@ def test_gc_with_a_full_run_dir_reports_what_it_did_flushes_and_exits_3(node, fu
                     "10.88.0.13", "--reply-dst", "127.0.0.1", "--reply-port-src", "60",
                     "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
 
-    done = run(["gc", "--netns", ns, "--backend", "nft", "--cni-cache-dir", str(cache), "--yes",
+    done = run(["gc", "--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache), "--yes",
                 "--min-age", "0", "-q"], env={"PORTMAPCTL_RUN_DIR": str(full_run_dir)})  # fmt: skip
 
     # stdout: what was done (-q: the summary line); stderr: the one error line.

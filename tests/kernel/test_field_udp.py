@@ -79,7 +79,7 @@ def test_stale_only_never_deletes_forwarded_flows(dns_node):
     ns, cache = dns_node
     common = ["flush-udp", "--netns", ns, "--cni-cache-dir", str(cache), "--stale-only"]
     preview = json.loads(run([*common, "--dry-run", "-o", "json"]).stdout)
-    assert [(d["sport"], d["dst"]) for d in preview["deleted"]] == [(41002, NODE_IP)]
+    assert [(d["sport"], d["host_ip"]) for d in preview["deleted"]] == [(41002, NODE_IP)]
     done = run(common)
     assert done.returncode == 0, done.stderr
     assert _sports(ns) == {41001, 41003}

@@ -336,7 +336,7 @@ def test_blackhole_after_mapping_ends_with_the_flush(
             code, out, err = cli(capsys, "flush-udp", "--netns", host_ns, "--stale-only",
                                  "--dry-run", "-o", "json")  # fmt: skip
             [doomed] = json.loads(out)["deleted"]
-            assert (doomed["src"], doomed["dst"], doomed["reply_src"], doomed["reason"]) == (
+            assert (doomed["src"], doomed["host_ip"], doomed["reply_src"], doomed["reason"]) == (
                 CTR_IP, HOST_IP, HOST_IP, "not-dnated"
             )  # fmt: skip
             assert not delivered(0.2)  # the dry run changed nothing

@@ -140,7 +140,7 @@ class Node_:
         return text.splitlines()
 
     def gc(self, *args: str, stdin: Optional[str] = None, cache: Optional[Path] = None):
-        argv = ["gc", "--netns", self.ns, "--backend", self.mode]
+        argv = ["gc", "--netns", self.ns, "--iptables", self.mode]
         argv += ["--cni-cache-dir", str(cache or self.cache), *args]
         return run(argv, stdin=stdin)
 
@@ -244,11 +244,11 @@ def test_gc_leaves_exactly_the_live_containers_and_every_foreign_rule(node: Node
     by_chain = {(r["family"], r["chain"]): r for r in result["removed"]}
     stale1 = by_chain[(4, chain_name("gcnet", "stale1"))]
     assert stale1["network"] == "gcnet" and stale1["container_id"] == "stale1"
-    assert sorted((p["protocol"], p["port"]) for p in stale1["host_ports"]) == [
+    assert sorted((p["protocol"], p["host_port"]) for p in stale1["host_ports"]) == [
         ("tcp", 9090),
         ("udp", 6000),
     ]
-    assert by_chain[(4, chain_name("gcnet", "stale1", "SN-"))]["kind"] == "legacy-snat"
+    assert by_chain[(4, chain_name("gcnet", "stale1", "SN-"))]["chain_type"] == "legacy-snat"
     assert result["pending"] == [] and result["dry_run"] is False
     assert result["kept"] == 4  # live1 and live2 in v4, live2 in v6, live1's SN- chain
     assert result["conntrack_deleted"] == 2 and result["shared_removed"] == []
@@ -297,12 +297,12 @@ def test_dry_run_changes_nothing(node: Node_):
     node.add("gcnet", "stale1", ["10.88.0.12/16", "fd00::12/64"], _ports("6002/udp"), cache=False)
     _udp_flow(node, 40001, 6002)
     before = {f: node.lines(f) for f in (4, 6)}
-    done = node.gc("--dry-run", "--min-age", "0")
+    done = node.gc("--dry-run", "--min-age", "0", "-o", "wide")  # wide: with the chain
     assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if "would remove" in line]
+    rows = [line for line in done.stdout.splitlines() if line.endswith("would remove")]
     assert len(rows) == 2 and all(chain_name("gcnet", "stale1") in r for r in rows)
     assert "6002/udp" in rows[0] and "stale1" in rows[0]
-    assert "would remove 2 chains of 1 container," in done.stderr
+    assert "gc (dry run): would remove 2 chains of 1 container," in done.stdout.splitlines()[-1]
     as_json = json.loads(node.gc("--dry-run", "--min-age", "0", "-o", "json").stdout)
     assert as_json["dry_run"] is True and len(as_json["removed"]) == 2
     assert as_json["conntrack_deleted"] == 0
@@ -348,6 +348,8 @@ def test_min_age_keeps_new_chains_pending_and_forgets_changed_or_live_ones(nft_n
     node = nft_node
     tag = uuid.uuid4().hex[:8]
     young, revived = f"young-{tag}", f"revived-{tag}"
+    # A cached container: an empty cache is no source of liveness (SPEC §3 gc).
+    node.add("gcnet", f"live-{tag}", ["10.88.0.20/16"], _ports("8090/tcp"))
     node.add("gcnet", young, ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
     node.add("gcnet", revived, ["10.88.0.13/16"], _ports("8081/tcp"), cache=False)
     before = node.lines(4)
@@ -378,8 +380,8 @@ def test_min_age_keeps_new_chains_pending_and_forgets_changed_or_live_ones(nft_n
     done = json.loads(node.gc("--yes", "--min-age", "0.5s", "-o", "json").stdout)
     assert [r["container_id"] for r in done["removed"]] == [young]
     assert done["removed"][0]["host_ports"] == [
-        {"protocol": "tcp", "port": 8080},
-        {"protocol": "tcp", "port": 8082},
+        {"protocol": "tcp", "host_port": 8080},
+        {"protocol": "tcp", "host_port": 8082},
     ]
     node.check(revived)
     state = json.loads(Path("/run/portmapctl", gc_state.STATE_FILE).read_text())
@@ -456,13 +458,14 @@ def _on_terminal(argv: List[str], answer: bytes) -> tuple:
 
 def test_on_a_terminal_gc_asks_first(nft_node: Node_):
     node = nft_node
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
     node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
     before = node.lines(4)
     argv = [
         "gc",
         "--netns",
         node.ns,
-        "--backend",
+        "--iptables",
         "nft",
         "--cni-cache-dir",
         str(node.cache),
@@ -470,7 +473,7 @@ def test_on_a_terminal_gc_asks_first(nft_node: Node_):
         "0",
     ]
     code, shown, _ = _on_terminal(argv, b"n")
-    assert code == 0 and "Remove 1 chain?" in shown and chain_name("gcnet", "stale1") in shown
+    assert code == 0 and "Remove 1 chain?" in shown and " stale1 " in shown
     assert node.lines(4) == before
     code, shown, stdout = _on_terminal([*argv, "-o", "json"], b"y")
     assert code == 0, shown

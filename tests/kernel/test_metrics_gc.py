@@ -36,7 +36,7 @@ def test_gc_metrics_of_removed_pending_and_conntrack(host_ns, tmp_path):
         _udp_flow(node, sport, 6000)  # to gone1's UDP port: deleted with its chain
     env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
     path = tmp_path / "portmapctl-gc.prom"
-    argv = ["gc", "--netns", host_ns, "--backend", "nft", "--cni-cache-dir", str(cache)]
+    argv = ["gc", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
     argv += ["--yes", "-q", "--metrics-file", str(path)]
 
     done = pmctl.run([*argv, "--min-age", "0"], env=env)

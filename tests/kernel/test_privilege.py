@@ -110,7 +110,7 @@ def test_reading_snapshots_needs_no_privilege(tmp_path):
                   env=env, unprivileged=True)  # fmt: skip
     assert checked.returncode == 0, checked.stderr
     assert json.loads(checked.stdout)["healthy"] is True
-    stdin = run(["list", "--snapshot", "-", "-q"], stdin=(FIXTURES / "basic.v4.save").read_text(),
+    stdin = run(["list", "--snapshot", "-", "-o", "wide"], stdin=(FIXTURES / "basic.v4.save").read_text(),
                 unprivileged=True)  # fmt: skip
     assert stdin.returncode == 0 and "CNI-DN-70a29d9dc18bc4d652ea5" in stdin.stdout
     assert not (tmp_path / "run").exists()
@@ -118,7 +118,7 @@ def test_reading_snapshots_needs_no_privilege(tmp_path):
 
 @pytest.mark.netns
 def test_reading_the_kernel_without_privilege_is_an_environment_error():
-    for command in (["list", "--backend", "nft"], ["check", "--backend", "legacy"]):
+    for command in (["list", "--iptables", "nft"], ["check", "--iptables", "legacy"]):
         assert_error(run(command, unprivileged=True), 3, "permission denied", "root")
 
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import pytest
 from fixtures_lib import table
 
-from portmapctl.cli._common import cache_dirs_of
+from portmapctl.cli._common import Common
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment, name_readings, read_attachment, read_cache
 from portmapctl.errors import BadInput
@@ -121,10 +121,10 @@ def multus_node(root: Path, cid: str = "5f8e0c2a9b7d") -> Path:
 
 def test_default_cache_dirs_are_one_constant_with_multus():
     assert paths.DEFAULT_CNI_CACHE_DIRS == ("/var/lib/cni", "/var/lib/cni/multus")
-    assert cache_dirs_of(None) == paths.DEFAULT_CNI_CACHE_DIRS
-    assert cache_dirs_of(["/a", "/b", "/a"]) == ("/a", "/b")
+    assert Common().cache_dirs == paths.DEFAULT_CNI_CACHE_DIRS
+    assert Common(cni_cache_dir=("/a", "/b", "/a")).cache_dirs == ("/a", "/b")
     with pytest.raises(BadInput, match="empty"):
-        cache_dirs_of(["/a", ""])
+        Common(cni_cache_dir=("/a", "")).node_options()
 
 
 def test_multus_delegate_is_read_from_its_own_cache_dir(tmp_path):

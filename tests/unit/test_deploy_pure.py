@@ -127,8 +127,8 @@ def test_daemonset_runs_quiet_gc_in_a_loop_on_every_node(daemonset):
     assert_is_quiet_unattended_gc(gc_argv(commands["gc"].split("||")[0]))
     assert "sleep" in script and "while" in script
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["PORTMAPCTL_BACKEND"] in BACKEND_NAMES
-    assert env["PORTMAPCTL_BACKEND"] != "auto", "in an image, auto sees the image's iptables"
+    assert env["PORTMAPCTL_IPTABLES"] in BACKEND_NAMES
+    assert env["PORTMAPCTL_IPTABLES"] != "auto", "in an image, auto sees the image's iptables"
     assert int(env["GC_INTERVAL_SECONDS"]) >= 60
 
 
@@ -215,7 +215,7 @@ def test_service_runs_quiet_gc_once_with_only_the_capabilities_it_needs():
     environment = dict(
         item.split("=", 1) for item in shlex.split(service["Service"].get("Environment", ""))
     )
-    assert environment.get("PORTMAPCTL_BACKEND", "auto") in BACKEND_NAMES
+    assert environment.get("PORTMAPCTL_IPTABLES", "auto") in BACKEND_NAMES
 
 
 def test_service_writes_gc_metrics_to_debians_textfile_directory():

@@ -198,7 +198,7 @@ def test_sn_chain_pairs_with_its_dn_chain(tmp_path):
         if not line.startswith("-A CNI-HOSTPORT-SNAT")
     ) + "\n"  # fmt: skip
     save = snapshot(tmp_path, "v0.6-portless-entries", body)
-    chains = {c["name"]: c for c in list_json(save, no_cache(tmp_path))["chains"]}
+    chains = {c["chain"]: c for c in list_json(save, no_cache(tmp_path))["chains"]}
     assert chains[SN_A]["container_id"] == ID_A and chains[SN_A]["network"] == "mynet"
     assert chains[SN_B]["container_id"] == ID_B
     checked = check_json(save, no_cache(tmp_path))

@@ -210,7 +210,8 @@ def test_json_has_the_spec_keys_and_table_says_why() -> None:
     doc = render.flush_json(result)
     assert doc["dry_run"] is True and doc["count"] == 2
     assert doc["deleted"][1] == {
-        "family": 6, "src": "2001:db8::7", "dst": "fd00::1", "sport": 7, "dport": 5353,
+        "family": 6, "protocol": "udp", "src": "2001:db8::7", "sport": 7,
+        "host_ip": "fd00::1", "host_port": 5353,
         "reply_src": "fd00::9", "reply_sport": 53, "reason": "old-destination",
     }  # fmt: skip
     lines = render.flush_table(result).plain.splitlines()

@@ -449,7 +449,7 @@ class Node_:
         return text.splitlines()
 
     def gc(self, *args: str, stdin: Optional[str] = None, cache: Optional[Path] = None):
-        argv = ["gc", "--netns", self.ns, "--backend", self.mode]
+        argv = ["gc", "--netns", self.ns, "--iptables", self.mode]
         argv += ["--cni-cache-dir", str(cache or self.cache), *args]
         return run(argv, stdin=stdin)
 

@@ -22,5 +22,19 @@ def test_readme_list_example_is_real_output(monkeypatch):
 
 def test_readme_setup_command_reads_the_shipped_example():
     text = (ROOT / "README.md").read_text()
-    setup = re.search(r"pip install \. && (portmapctl [^\n]+)", text)
+    setup = re.search(r"pip install \. && .*?&& (portmapctl [^\n]+)", text)
     assert setup and setup[1].startswith("portmapctl list --snapshot examples/")
+
+
+def test_readme_install_works_where_system_pip_refuses_and_the_unit_finds_it():
+    """Debian 12 / Ubuntu 24.04: no `pip install` into the system Python (PEP 668); the
+    documented install links the binary where deploy/systemd's unit runs it from."""
+    text = (ROOT / "README.md").read_text()
+    line = re.search(r"^(sudo python3 -m venv [^\n]+)$", text, re.M)
+    assert line, "the README lost its venv install line"
+    words = shlex.split(line[1])
+    assert "--break-system-packages" not in words
+    link = words[words.index("ln") + 3]  # ln -sf TARGET LINK
+    unit = (ROOT / "deploy/systemd/portmapctl-gc.service").read_text()
+    exec_start = re.search(r"^ExecStart=(\S+)", unit, re.M)
+    assert exec_start and exec_start[1] == link == "/usr/local/bin/portmapctl"

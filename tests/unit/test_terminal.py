@@ -49,7 +49,7 @@ def _drain(fd: int, timeout: float = 0.5) -> bytes:
 def run_on_terminal(args, env: Optional[Dict[str, str]] = None) -> Tuple[int, str, str]:
     """portmapctl ARGS with stdout on a pseudo-terminal; (exit code, stdout, stderr)."""
     master, slave = pty.openpty()
-    full_env = dict(os.environ, TERM="xterm-256color", COLUMNS="200", **(env or {}))
+    full_env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "200", **(env or {})}
     full_env.pop("NO_COLOR", None) if "NO_COLOR" not in (env or {}) else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "portmapctl", *args],
@@ -96,19 +96,28 @@ def test_json_on_a_terminal_is_one_plain_document(tmp_path):
     assert {m["container_id"] for m in document["mappings"]} >= {"3f2a9c1e5b7d4a60web"}
     empty = tmp_path / "empty.save"
     empty.write_text("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
-    code, out, err = run_on_terminal(["list", "--snapshot", str(empty), "-o", "json"])
-    document = json.loads(out)
-    assert code == 0 and (document["mappings"], document["chains"]) == ([], [])
-    assert "present" in document["cache"]
+    nocache = str(tmp_path / "no-cache")
+    code, out, err = run_on_terminal(
+        ["list", "--snapshot", str(empty), "--cni-cache-dir", nocache, "-o", "json"]
+    )
+    assert code == 0 and json.loads(out) == {
+        "schema": 2,
+        "cache": {"dirs": [nocache], "present": False, "entries": 0},
+        "mappings": [],
+        "chains": [],
+        "total_mappings": 0,
+    }
+    assert err.startswith("portmapctl: warning: no CNI cache at") and err.count("\n") == 1
 
 
-def test_quiet_prints_the_result_only(tmp_path):
+def test_quiet_prints_the_summary_line_only(tmp_path):
     empty = tmp_path / "empty.save"
     empty.write_text("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
-    code, out, err = run_on_terminal(["list", "--snapshot", str(empty)])
-    assert code == 0 and "no portmap chains found" in err
-    code, out, err = run_on_terminal(["list", "--snapshot", str(empty), "-q"])
-    assert code == 0 and out == "" and err == ""
+    cache = ["--cni-cache-dir", str(ROOT / "examples/cni-cache")]
+    code, out, err = run_on_terminal(["list", "--snapshot", str(empty), *cache])
+    assert code == 0 and out.strip() == "no portmap chains found" and err == ""
+    code, out, err = run_on_terminal(["list", "--snapshot", str(empty), *cache, "-q"])
+    assert code == 0 and out.strip() == "no portmap chains found" and err == ""
 
 
 def test_messages_are_text_not_markup(capsys):

@@ -1,4 +1,4 @@
-"""python-iptables (libiptc), no iptables processes: `--backend iptc`, legacy only.
+"""python-iptables (libiptc), no iptables processes: `--iptables iptc`, legacy only.
 
 libiptc reads and writes the legacy (x_tables) tables and nothing else. On a host
 whose `iptables` is nf_tables it would find an empty nat table and "repair" into the
@@ -269,7 +269,7 @@ class _Lib:
 
 def _load() -> _Lib:
     """Import python-iptables (costly: only here) or say, as a HostProblem, what is missing."""
-    hint = "or use --backend legacy"
+    hint = "or use --iptables legacy"
     try:
         import iptc
         from iptc import ip4tc, ip6tc, xtables
@@ -278,7 +278,7 @@ def _load() -> _Lib:
         libxtables = ctypes.CDLL(f"libxtables.so.{xtables.xtables_version}")
     except ImportError:
         raise HostProblem(
-            "--backend iptc needs python-iptables: pip install 'portmapctl[iptc]', " + hint
+            "--iptables iptc needs python-iptables: pip install 'portmapctl[iptc]', " + hint
         ) from None
     except Exception as err:  # noqa: BLE001 - a missing libiptc surfaces as anything
         # python-iptables finds libip4tc/libxtables at import time; when they are
@@ -379,7 +379,7 @@ def _in_child(lib: _Lib, work: Callable[[], Optional[str]], failure: type) -> Op
         raise failure(
             "python-iptables died (exit status"
             f" {os.waitstatus_to_exitcode(status)}{': ' + said if said else ''}):"
-            " nothing was committed; use --backend legacy"
+            " nothing was committed; use --iptables legacy"
         )
     reply = json.loads(b"".join(chunks))
     if "error" in reply:

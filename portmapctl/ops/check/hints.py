@@ -49,7 +49,7 @@ def fixes_for(node: Node, cache_present: bool = True) -> Fixes:
     if options.netns:
         suffix += f" --netns {shlex.quote(options.netns)}"
     if options.backend != "auto":
-        suffix += f" --backend {options.backend}"
+        suffix += f" --iptables {options.backend}"
     if tuple(options.families) != (4, 6):
         suffix += " --family " + ("all" if len(options.families) != 1 else str(options.families[0]))
     if tuple(options.cache_dirs) != DEFAULT_CNI_CACHE_DIRS:

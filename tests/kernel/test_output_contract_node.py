@@ -1,0 +1,142 @@
+"""Issue 16 on a real node (root, a fresh namespace, the real plugin): the interactive
+gc that finishes, -q and stdout for add/gc/flush-udp, their JSON against
+docs/schema/, the empty-cache rule of gc, and add's warning about a taken port.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+from pmctl import assert_error, run
+from test_gc import Node_, _on_terminal, _ports
+
+from portmapctl.iptables.chains import chain_name
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schema"
+
+
+def valid(command: str, text: str) -> dict:
+    document = json.loads(text)
+    jsonschema.validate(document, json.loads((SCHEMAS / f"{command}.json").read_text()))
+    return document
+
+
+@pytest.fixture
+def node(host_ns, tmp_path) -> Node_:
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    return Node_(host_ns, "nft", cache)
+
+
+def common(node: Node_):
+    return ["--netns", node.ns, "--iptables", node.mode, "--cni-cache-dir", str(node.cache)]
+
+
+def test_interactive_gc_removes_a_chain_after_min_age(node: Node_):
+    """Item 1: the preview records sightings, so a second interactive run removes."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    node.add("gcnet", "gone1", ["10.88.0.12/16"], _ports("8081/tcp"), cache=False)
+    gone = chain_name("gcnet", "gone1")
+    argv = ["gc", *common(node), "--min-age", "5s"]
+    code, terminal, stdout = _on_terminal(argv, b"y")
+    assert code == 0, terminal
+    assert "(dry run)" not in terminal + stdout and "[y/N]" not in terminal
+    pending = [line for line in stdout.splitlines() if " gone1 " in line]
+    assert len(pending) == 1 and len(pending[0]) <= 80
+    assert re.search(r"  removable in [45]s, at \d\d:\d\d:\d\d$", pending[0]), pending
+    assert stdout.splitlines()[-1] == "gc: nothing to remove now, 1 pending, 1 kept"
+    time.sleep(5.2)
+    code, terminal, stdout = _on_terminal(argv, b"y")
+    assert code == 0, terminal
+    assert "Remove 1 chain?" in terminal and " gone1 " in terminal  # the preview: terminal
+    assert stdout.splitlines()[-1].startswith("gc: removed 1 chain of 1 container, 0 pending")
+    assert not [line for line in node.lines(4) if gone in line]
+    node.check("live1")
+
+
+def test_dry_run_records_sightings_too(node: Node_):
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    node.add("gcnet", "gone1", ["10.88.0.12/16"], _ports("8081/tcp"), cache=False)
+    first = valid("gc", node.gc("--dry-run", "--min-age", "1s", "-o", "json").stdout)
+    assert first["removed"] == [] and len(first["pending"]) == 1
+    time.sleep(1.1)
+    second = valid("gc", node.gc("--dry-run", "--min-age", "1s", "-o", "json").stdout)
+    assert [r["container_id"] for r in second["removed"]] == ["gone1"]
+
+
+def test_quiet_and_stdout_for_add_gc_and_flush_udp(node: Node_):
+    """Item 5: the result on stdout (add too), -q is the summary line alone, stderr
+    holds only warnings."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    add = ["add", *common(node), "--network", "n1", "--container", "c1"]
+    add += ["--ip", "10.88.0.21/16", "-p", "5300:53/udp"]
+    done = run([*add, "--dry-run"])
+    assert done.returncode == 0 and done.stderr == ""
+    assert "*nat" in done.stdout and done.stdout.splitlines()[-1].startswith("would add CNI-DN-")
+    quiet = run([*add, "--dry-run", "-q"])
+    assert quiet.stdout == done.stdout.splitlines(keepends=True)[-1] and quiet.stderr == ""
+    done = run([*add, "-q"])
+    assert done.returncode == 0 and done.stderr == ""
+    assert re.fullmatch(r"added CNI-DN-[0-9a-f]{21} \(n1/c1\)\n", done.stdout), done.stdout
+    again = run([*add, "-q"])
+    assert again.stdout.startswith("unchanged: ")
+    doc = valid("add", run([*add, "-o", "json"]).stdout)
+    assert doc["changed"] is False and doc["backend"] == "iptables"
+
+    flush = run(["flush-udp", *common(node), "-q"])
+    assert flush.returncode == 0 and flush.stderr == "" and flush.stdout.count("\n") == 1
+    doc = valid("flush-udp", run(["flush-udp", *common(node), "--dry-run", "-o", "json"]).stdout)
+    assert doc["dry_run"] is True
+
+    gc = node.gc("--yes", "--min-age", "0", "-q")
+    assert gc.returncode == 0, gc.stderr
+    assert gc.stdout.count("\n") == 1 and gc.stdout.startswith("gc: removed 1 chain")
+    assert gc.stderr == ""
+
+
+def test_gc_json_validates_with_pending_and_removed(node: Node_):
+    node.add("gcnet", "a1", ["10.88.0.11/16", "fd00::11/64"], _ports("8080/tcp", "53/udp"))
+    node.add("gcnet", "b1", ["10.88.0.12/16"], _ports("8081/tcp"), cache=False)
+    doc = valid("gc", node.gc("--yes", "--min-age", "1h", "-o", "json").stdout)
+    assert [p["chain"] for p in doc["pending"]] == [chain_name("gcnet", "b1")]
+    assert doc["pending"][0]["removable_in_seconds"] > 3500
+    assert doc["cache"]["present"] and doc["cache"]["entries"] == 1
+    doc = valid("gc", node.gc("--yes", "--min-age", "0", "-o", "json").stdout)
+    assert doc["removed"][0]["host_ports"] == [{"protocol": "tcp", "host_port": 8081}]
+    listing = valid("list", run(["list", *common(node), "-o", "json"]).stdout)
+    assert {c["chain_type"] for c in listing["chains"]} == {"dnat"}
+    check = valid("check", run(["check", *common(node), "-o", "json"]).stdout)
+    assert check["healthy"] is True
+
+
+def test_gc_refuses_an_empty_cache_while_chains_exist(node: Node_, tmp_path):
+    """Item 3: an existing but empty cache is no source of liveness (SPEC §3 gc)."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    empty = tmp_path / "empty"
+    (empty / "results").mkdir(parents=True)
+    before = node.lines(4)
+    for args in (["--dry-run"], ["--yes", "--min-age", "0"]):
+        assert_error(node.gc(*args, cache=empty), 2, "is empty")
+    assert node.lines(4) == before
+    done = node.gc("--yes", "--min-age", "0", "--keep", "live1", cache=empty)
+    assert done.returncode == 0 and "removed" not in done.stdout.splitlines()[0]
+
+
+def test_add_warns_when_the_host_port_is_taken(node: Node_):
+    """Item 7: on stderr, in --dry-run too; the result stays on stdout."""
+    node.add("gcnet", "first", ["10.88.0.11/16"], _ports("8080/tcp"))
+    add = ["add", *common(node), "--network", "gcnet", "--container", "second"]
+    add += ["--ip", "10.88.0.12/16", "-p", "8080:80"]
+    for extra in (["--dry-run"], []):
+        done = run([*add, *extra])
+        assert done.returncode == 0
+        assert done.stderr.startswith("portmapctl: warning: IPv4 tcp/8080 is mapped first to")
+        assert "gcnet/first" in done.stderr and "will be shadowed" in done.stderr
+    listing = json.loads(run(["list", *common(node), "-o", "json"]).stdout)
+    second = [m for m in listing["mappings"] if m["container_id"] == "second"]
+    assert second and "shadowed" in second[0]["status"]

@@ -1,0 +1,407 @@
+"""Issue 16: the operator's and the script's contract (SPEC §3 "Output contract", list,
+check, JSON output), on the example node's dumps and the real-plugin fixtures (no root).
+
+Tables are read at 80 columns on a real pseudo-terminal, as an operator sees them;
+every JSON document is validated against its schema in docs/schema/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import List
+
+import jsonschema
+import pytest
+from test_terminal import EXAMPLE, ROOT, run_on_terminal
+
+from portmapctl import render
+from portmapctl.cli._common import Output, cache_info
+from portmapctl.cli.add import shadow_warnings
+from portmapctl.core import validate
+from portmapctl.core.mapping import PortMapping
+from portmapctl.core.status import ProblemKind
+from portmapctl.errors import BadInput
+from portmapctl.host import lock
+from portmapctl.iptables.access.snapshot import SnapshotBackend
+from portmapctl.ops.check import CheckResult, Problem
+
+FIXTURES = ROOT / "tests" / "fixtures"
+SCHEMAS = ROOT / "docs" / "schema"
+SNAPSHOTS = EXAMPLE[:4]
+CACHE = EXAMPLE[4:]
+
+
+def pmctl(*args: str, env=None) -> subprocess.CompletedProcess:
+    """portmapctl ARGS, stdout and stderr piped (as a script runs it)."""
+    return subprocess.run(
+        [sys.executable, "-m", "portmapctl", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+        check=False,
+    )
+
+
+def at_80(*args: str, env=None):
+    """portmapctl ARGS on an 80-column terminal, plain (the width is what is tested)."""
+    return run_on_terminal(list(args), {"COLUMNS": "80", "NO_COLOR": "1", **(env or {})})
+
+
+def lines_of(out: str) -> List[str]:
+    return out.replace("\r", "").split("\n")
+
+
+def validate_document(command: str, text: str) -> dict:
+    document = json.loads(text)
+    schema = json.loads((SCHEMAS / f"{command}.json").read_text())
+    jsonschema.validate(document, schema)
+    return document
+
+
+# --- item 2: check reads at 80 columns -------------------------------------------------
+
+
+def test_check_at_80_columns_one_row_per_problem_why_and_fix_once_then_a_summary():
+    code, out, err = at_80("check", *EXAMPLE)
+    assert code == 1 and err == ""
+    lines = lines_of(out.rstrip("\r\n"))
+    # Nothing wraps; only a fix command longer than the terminal stays whole (to paste).
+    long = [line for line in lines if len(line) > 80 and not line.startswith("  fix: ")]
+    assert not long, long
+    assert all(line == line.rstrip() for line in lines), "no trailing spaces"
+    assert lines[0].split() == ["KIND", "FAM", "CONTAINER", "PROBLEM"]
+    rows = lines[1 : lines.index("")]
+    assert [r.split()[0] for r in rows] == ["missing-entry", "shadowed", "stale"]
+    assert all(len(r.split()[2]) == 12 for r in rows), "12-character IDs"
+    # Each kind explained once, the fix command whole on its own line.
+    fixes = [line.strip() for line in lines if line.strip().startswith("fix: ")]
+    assert fixes == [
+        "fix: portmapctl check --repair --cni-cache-dir " + CACHE[1],
+        "fix: portmapctl gc --cni-cache-dir " + CACHE[1],
+    ]
+    assert sum(line.startswith("stale: ") for line in lines) == 1
+    assert lines[-1] == "3 problems: 1 missing-entry, 1 shadowed, 1 stale (fixes above)"
+
+
+def test_check_piped_keeps_lines_whole_and_greppable():
+    done = pmctl("check", *EXAMPLE)
+    assert done.returncode == 1
+    stale = [line for line in done.stdout.splitlines() if "stale" in line]
+    assert stale[0].startswith("stale") and stale[0].endswith("it maps tcp/9000")
+    assert all(line == line.rstrip() for line in done.stdout.splitlines())
+    # --no-trunc: full IDs, nothing cut, also at 80 columns.
+    code, out, _ = at_80("check", *EXAMPLE, "--no-trunc")
+    assert "b7e0f2c94d1a4e85oldjob" in out and "…" not in out
+
+
+def test_check_of_many_stale_chains_says_why_once_and_sums_up():
+    problems = tuple(
+        Problem(
+            ProblemKind.STALE,
+            4,
+            f"CNI-DN-{n:021x}",
+            "podman",
+            f"{n:064x}",
+            f"no CNI cache entry for podman/{n:064x}; it maps tcp/{9000 + n}",
+            "portmapctl gc",
+            "the container is gone but its host ports stay taken: a new container on them"
+            " gets no traffic",
+        )
+        for n in range(1094)
+    )
+    result = CheckResult(problems, (4, 6), "node", True, 10, 1100)
+    lines = render.check_text(result, width=80).plain.split("\n")
+    assert all(len(line) <= 80 and line == line.rstrip() for line in lines)
+    assert sum(1 for line in lines if line.startswith("stale  ")) == 1094
+    assert sum(1 for line in lines if line.startswith("stale: ")) == 1
+    assert lines[-1] == "  fix: portmapctl gc"
+    assert "0" * 13 not in "\n".join(lines), "64-character IDs are shown as 12"
+    assert render.check_summary(result) == "1094 stale -> portmapctl gc"
+    full = render.check_text(result, width=80, full_ids=True).plain
+    assert f"{5:064x}" in full
+
+
+def test_check_wide_adds_network_and_chain():
+    done = pmctl("check", *EXAMPLE, "-o", "wide")
+    header = done.stdout.splitlines()[0].split()
+    assert header == ["KIND", "FAM", "CONTAINER", "NETWORK", "CHAIN", "PROBLEM"]
+    assert "CNI-DN-e1c8843393f54b3655873" in done.stdout
+
+
+# --- list at 80 columns, counting, sorting, filters (items 8-10) --------------------------
+
+
+def test_list_fits_80_columns_without_the_chain_column_and_sums_up():
+    code, out, err = at_80("list", *EXAMPLE)
+    lines = lines_of(out.rstrip("\r\n"))
+    assert code == 0 and err == ""
+    assert all(len(line) <= 80 and line == line.rstrip() for line in lines)
+    assert "CHAIN" not in lines[0] and "STATUS" in lines[0]
+    assert lines[-1] == "7 mappings of 4 containers: 4 ok, 1 stale, 1 shadowed, 1 orphan"
+    wide = pmctl("list", *EXAMPLE, "-o", "wide").stdout
+    assert "CHAIN" in wide.splitlines()[0]
+
+
+def test_list_sorts_a_containers_rows_together():
+    rows = [line.split() for line in pmctl("list", *EXAMPLE, "--no-headers").stdout.splitlines()]
+    rows = [r for r in rows if r and r[0] == "podman"]
+    keys = [(r[1], r[2], r[3], int(r[4].rsplit(":", 1)[1])) for r in rows]
+    assert keys == sorted(keys)
+    assert [r[1] for r in rows[:4]] == ["3f2a9c1e5b7d"] * 4  # v4 and v6 rows together
+
+
+def test_no_headers_and_no_trunc():
+    out = pmctl("list", *EXAMPLE, "--no-headers", "--no-trunc").stdout
+    assert not out.startswith("NETWORK") and "3f2a9c1e5b7d4a60web" in out
+
+
+def test_filters_repeat_status_and_an_honest_count():
+    done = pmctl("list", *EXAMPLE, "--container", "8c41", "--container", "b7e0")
+    assert done.stdout.splitlines()[-1] == "2 of 7 mappings match: 1 stale, 1 shadowed"
+    done = pmctl("list", *EXAMPLE, "--status", "stale", "--status", "orphan", "-q")
+    assert done.stdout == "2 of 7 mappings match: 1 stale, 1 orphan\n"
+    done = pmctl("list", *EXAMPLE, "--container", "zzz")
+    assert done.returncode == 0 and done.stdout == "0 of 7 mappings match\n"
+    doc = json.loads(pmctl("list", *EXAMPLE, "--status", "shadowed", "-o", "json").stdout)
+    assert [m["container_id"] for m in doc["mappings"]] == ["8c41d07a2e9f4b13web2"]
+    assert doc["total_mappings"] == 7
+
+
+def test_inputs_accept_what_outputs_print():
+    done = pmctl("list", *EXAMPLE, "--family", "v4", "--proto", "TCP", "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("4 of 5 mappings match")
+    assert validate.duration("1h30m") == 5400 and validate.duration("1m40s") == 100
+    assert validate.duration("2h05m") == 7500
+    with pytest.raises(BadInput):
+        validate.duration("1h30")
+
+
+def test_list_help_explains_the_statuses():
+    out = pmctl("list", "--help", env={"COLUMNS": "80"}).stdout
+    for word in ("ok", "stale", "shadowed", "orphan", "incomplete", "legacy", "dead", "zombie"):
+        assert f"\n    {word} " in out, word
+
+
+# --- item 3: which cache was used --------------------------------------------------------
+
+
+def test_a_wrong_cache_dir_is_said_on_stderr_and_in_json(tmp_path):
+    wrong = str(tmp_path / "wrong")
+    done = pmctl("list", *SNAPSHOTS, "--cni-cache-dir", wrong, "-o", "json")
+    doc = validate_document("list", done.stdout)
+    assert doc["cache"] == {"dirs": [wrong], "present": False, "entries": 0}
+    assert done.stderr.count("\n") == 1 and "no CNI cache at" in done.stderr
+    empty = tmp_path / "empty"
+    (empty / "results").mkdir(parents=True)
+    done = pmctl("check", *SNAPSHOTS, "--cni-cache-dir", str(empty), "-o", "json")
+    assert validate_document("check", done.stdout)["cache"]["entries"] == 0
+    assert "is empty" in done.stderr
+    good = pmctl("list", *EXAMPLE, "-o", "json")
+    assert json.loads(good.stdout)["cache"] == {"dirs": [CACHE[1]], "present": True, "entries": 3}
+    assert good.stderr == ""
+
+
+def test_cache_dir_repeats(tmp_path):
+    other = tmp_path / "other"
+    (other / "results").mkdir(parents=True)
+    assert cache_info([CACHE[1], str(other)]).entries == 3
+    done = pmctl("list", *EXAMPLE, "--cni-cache-dir", str(other), "-o", "json")
+    assert json.loads(done.stdout)["cache"]["dirs"] == [CACHE[1], str(other)]
+
+
+# --- item 6: JSON schema 2, validated -------------------------------------------------------
+
+
+def _fixture_runs():
+    for v4 in sorted(FIXTURES.glob("*.v4.save")):
+        v6 = v4.with_name(v4.name.replace(".v4.", ".v6."))
+        yield v4.name[: -len(".v4.save")], ["--snapshot", str(v4), "--snapshot6", str(v6)]
+
+
+@pytest.mark.parametrize("command", ["list", "check"])
+def test_every_list_and_check_document_validates(command, tmp_path):
+    runs = [("example", EXAMPLE)] + [
+        (name, [*args, "--cni-cache-dir", str(tmp_path)]) for name, args in _fixture_runs()
+    ]
+    for name, args in runs:
+        done = pmctl(command, *args, "-o", "json")
+        assert done.returncode in (0, 1), (name, done.stderr)
+        doc = validate_document(command, done.stdout)
+        assert doc["schema"] == 2, name
+
+
+def test_check_fix_is_a_command_or_null_and_prose_goes_in_why():
+    doc = json.loads(pmctl("check", *EXAMPLE, "-o", "json").stdout)
+    shadowed = [p for p in doc["problems"] if p["kind"] == "shadowed"][0]
+    assert shadowed["fix"] is None and "another host port" in shadowed["why"]
+    stale = [p for p in doc["problems"] if p["kind"] == "stale"][0]
+    assert stale["fix"].startswith("portmapctl gc")
+
+
+def test_the_schemas_refuse_schema_1_words():
+    doc = json.loads(pmctl("list", *EXAMPLE, "-o", "json").stdout)
+    doc["chains"][0]["name"] = doc["chains"][0]["chain"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, json.loads((SCHEMAS / "list.json").read_text()))
+
+
+# --- item 5: stdout/stderr/-q for list and check (add, gc, flush-udp: tests/kernel) ----------
+
+
+@pytest.mark.parametrize("command", ["list", "check"])
+def test_quiet_is_the_summary_line_alone_on_stdout(command):
+    full = pmctl(command, *EXAMPLE)
+    quiet = pmctl(command, *EXAMPLE, "-q")
+    assert quiet.stderr == "" and quiet.stdout.count("\n") == 1
+    assert quiet.stdout == full.stdout.splitlines(keepends=True)[-1]
+
+
+# --- item 7: add warns about a taken host port ------------------------------------------
+
+
+def test_add_warns_when_its_mapping_will_be_shadowed():
+    tables = {f: SnapshotBackend({4: str(ROOT / "examples/node.v4.save")}).read(f) for f in (4,)}
+    config = validate.mapping_config(
+        network="podman",
+        container_id="newone",
+        addresses=[validate.interface("10.88.0.9/16")],
+        ports=[PortMapping(8080, 80), PortMapping(8443, 443)],
+    )
+    warnings = shadow_warnings(config, tables)
+    assert len(warnings) == 1
+    assert "tcp/8080 is mapped first to podman/3f2a9c1e5b7d" in warnings[0]
+    assert "will be shadowed" in warnings[0]
+    same = validate.mapping_config(
+        network="podman",
+        container_id="3f2a9c1e5b7d4a60web",
+        addresses=[validate.interface("10.88.0.5/16")],
+        ports=[PortMapping(8080, 80)],
+    )
+    # The winner re-added keeps its place: it shadows the other.
+    assert [w.split(": ", 1)[1] for w in shadow_warnings(same, tables)] == [
+        "this mapping comes first and shadows it"
+    ]
+
+
+# --- item 4: waiting for the lock, progress only on a terminal ----------------------------
+
+
+def test_waiting_for_the_lock_says_who_holds_it(tmp_path, capfd):
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from portmapctl.host import lock\n"
+            "with lock.held(sys.argv[1]):\n"
+            "    print('held', flush=True); time.sleep(2.5)\n",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    with lock.held(str(run_dir), wait=10):
+        waited = time.monotonic() - started
+    holder.wait(timeout=10)
+    err = capfd.readouterr().err
+    assert waited > 1
+    assert err == f"portmapctl: waiting for the portmapctl lock held by PID {holder.pid}" + (
+        f" ({run_dir}/lock)\n"
+    )
+
+
+def test_no_waiting_message_when_the_lock_is_free(tmp_path, capfd):
+    with lock.held(str(tmp_path / "run"), wait=1):
+        pass
+    assert capfd.readouterr().err == ""
+
+
+def test_busy_shows_nothing_off_a_terminal_or_for_short_work(capsys):
+    with Output().busy("working", after=0.0):
+        time.sleep(0.05)
+    assert capsys.readouterr().err == ""
+
+
+def test_busy_spinner_on_a_terminal_after_the_delay(terminal_stderr):
+    from test_terminal import _drain
+
+    terminal = terminal_stderr()
+    with Output().busy("quick", after=0.5):
+        pass
+    assert _drain(terminal, 0.2) == b""
+    done = threading.Event()
+    with Output().busy("removing chains", after=0.1):
+        time.sleep(0.5)
+        done.set()
+    assert b"removing chains" in _drain(terminal)
+
+
+# --- polish -----------------------------------------------------------------------------
+
+
+def test_force_color_colours_a_pipe_and_no_color_wins():
+    coloured = pmctl("list", *EXAMPLE, env={"FORCE_COLOR": "1", "NO_COLOR": ""}).stdout
+    assert "\x1b[" in coloured
+    plain = pmctl("list", *EXAMPLE, env={"FORCE_COLOR": "1", "NO_COLOR": "1"}).stdout
+    assert "\x1b[" not in plain
+
+
+def test_backend_nftables_is_refused_until_it_exists():
+    done = pmctl("list", *EXAMPLE, "--backend", "nftables")
+    assert done.returncode == 3 and "nftables backend is not available" in done.stderr
+    assert pmctl("list", *EXAMPLE, "--backend", "iptables", "-q").returncode == 0
+
+
+def test_an_ipv6_dump_given_to_snapshot_is_refused(tmp_path):
+    done = pmctl("list", "--snapshot", str(ROOT / "examples/node.v6.save"), *CACHE)
+    assert done.returncode == 2, done.stdout
+    assert "IPv6" in done.stderr and "--snapshot6" in done.stderr
+    done = pmctl("list", "--snapshot6", str(ROOT / "examples/node.v4.save"), *CACHE)
+    assert done.returncode == 2 and "--snapshot" in done.stderr
+
+
+@pytest.fixture
+def terminal_stderr(monkeypatch):
+    import io
+    import pty
+
+    master, slave = pty.openpty()
+    stream = io.TextIOWrapper(os.fdopen(slave, "wb", buffering=0), write_through=True)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
+    def attach() -> int:
+        monkeypatch.setattr(sys, "stderr", stream)
+        return master
+
+    yield attach
+    monkeypatch.undo()
+    stream.close()
+    os.close(master)
+
+
+def test_ctrl_c_is_one_line_and_exit_130():
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portmapctl", "list", "--snapshot", "-", *CACHE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)  # blocked reading the dump from stdin
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and out == "" and err == "portmapctl: aborted\n"
