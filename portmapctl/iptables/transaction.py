@@ -21,7 +21,9 @@ from portmapctl.iptables.ruleset import Args, format_rule
 
 @dataclass(frozen=True)
 class Op:
-    """One restore command: new-chain, append, insert, delete, flush, delete-chain."""
+    """One restore command: new-chain, append, insert, delete (by the rule's text),
+    delete-number (by its position, 1 first: args is that one number), flush,
+    delete-chain."""
 
     kind: str
     chain: str
@@ -34,6 +36,7 @@ class Op:
             "new-chain": "-N",
             "append": "-A",
             "delete": "-D",
+            "delete-number": "-D",
             "flush": "-F",
             "delete-chain": "-X",
         }[self.kind]
@@ -57,6 +60,11 @@ class Transaction:
 
     def delete(self, chain: str, args: Sequence[str]) -> None:
         self.ops.append(Op("delete", chain, tuple(args)))
+
+    def delete_number(self, chain: str, position: int) -> None:
+        """Delete the rule at `position` (1 is the first), whatever it is by then: the
+        caller guards (see planner.plan_teardown)."""
+        self.ops.append(Op("delete-number", chain, (str(position),)))
 
     def flush(self, chain: str) -> None:
         self.ops.append(Op("flush", chain))
