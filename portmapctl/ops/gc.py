@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
+from portmapctl.cni import cache as cni_cache
 from portmapctl.cni import config as cni_config
 from portmapctl.cni.cache import Attachment, results_dir
 from portmapctl.core import validate
@@ -351,10 +352,10 @@ class GcResult:
         return bool(self.removed or self.shared_removed)
 
 
-def _read_cache(node: Node) -> List[Attachment]:
+def _read_cache(node: Node, memo: Optional[cni_cache.Memo] = None) -> List[Attachment]:
     for attempt in range(CACHE_READ_TRIES):
         try:
-            found = node.read_cache()
+            found = node.read_cache(memo)
         except BadInput:
             if attempt == CACHE_READ_TRIES - 1:
                 raise
@@ -383,6 +384,7 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
     }
     plans: List[FamilyPlan] = []
     transactions: Dict[int, str] = {}
+    memo: cni_cache.Memo = {}  # the cache is read again per family: unchanged files once
     failure: Optional[ApplyFailed] = None
     for family in families:
         latest: List[FamilyPlan] = []
@@ -390,7 +392,7 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
         def plan(table: NatTable, latest: List[FamilyPlan] = latest) -> Transaction:
             # The cache is read after the table: a container whose ADD finished in
             # between counts as live (the other order could miss it).
-            attachments = _read_cache(node) if use_cache else None
+            attachments = _read_cache(node, memo) if use_cache else None
             found = plan_family(
                 table,
                 liveness(sources, attachments),

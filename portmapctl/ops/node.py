@@ -50,8 +50,10 @@ class Node:
             return read_families(wanted)
         return {f: self.backend.read(f) for f in wanted}
 
-    def read_cache(self) -> Optional[List[cni_cache.Attachment]]:
-        return cni_cache.read_cache(self.options.cache_dir)
+    def read_cache(
+        self, memo: Optional[cni_cache.Memo] = None
+    ) -> Optional[List[cni_cache.Attachment]]:
+        return cni_cache.read_cache(self.options.cache_dir, memo)
 
     def read_with_cache(self) -> Tuple[Dict[int, NatTable], Optional[List[cni_cache.Attachment]]]:
         """read() and read_cache() at once, for a command that only looks (`list`).

@@ -84,7 +84,7 @@ class RestoreBackend:
         done = self._run(argv)
         if done.returncode != 0:
             raise _host_problem(argv[0], done.stderr)
-        return parse_save(done.stdout, family, source=argv[0])
+        return parse_save(done.stdout, family, source=argv[0], skip_foreign=True)
 
     def read_families(self, families: Sequence[int]) -> Dict[int, NatTable]:
         """Both families at once: the two saves run side by side."""
@@ -101,7 +101,7 @@ class RestoreBackend:
         for family, (stdout, stderr) in outputs.items():
             if running[family].returncode != 0:
                 raise _host_problem(argvs[family][0], stderr)
-            tables[family] = parse_save(stdout, family, source=argvs[family][0])
+            tables[family] = parse_save(stdout, family, source=argvs[family][0], skip_foreign=True)
         return tables
 
     def apply(self, txn: Transaction) -> None:
