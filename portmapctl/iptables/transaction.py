@@ -23,7 +23,8 @@ from portmapctl.iptables.ruleset import Args, format_rule
 class Op:
     """One restore command: new-chain, append, insert, delete (by the rule's text),
     delete-number (by its position, 1 first: args is that one number), flush,
-    delete-chain."""
+    delete-chain, check (`-C`: changes nothing, fails the transaction when the rule
+    is not there)."""
 
     kind: str
     chain: str
@@ -37,6 +38,7 @@ class Op:
             "append": "-A",
             "delete": "-D",
             "delete-number": "-D",
+            "check": "-C",
             "flush": "-F",
             "delete-chain": "-X",
         }[self.kind]
@@ -65,6 +67,14 @@ class Transaction:
         """Delete the rule at `position` (1 is the first), whatever it is by then: the
         caller guards (see planner.plan_teardown)."""
         self.ops.append(Op("delete-number", chain, (str(position),)))
+
+    def check(self, chain: str, args: Sequence[str]) -> None:
+        """Require this rule to be in `chain` when the transaction is applied."""
+        self.ops.append(Op("check", chain, tuple(args)))
+
+    def without_checks(self) -> Transaction:
+        """The same changes, without the -C lines (what it did, to show)."""
+        return Transaction(self.family, [op for op in self.ops if op.kind != "check"])
 
     def flush(self, chain: str) -> None:
         self.ops.append(Op("flush", chain))

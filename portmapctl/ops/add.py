@@ -14,8 +14,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import ApplyFailed
-from portmapctl.iptables.chains import wanted_chains
-from portmapctl.iptables.planner import plan_setup
+from portmapctl.iptables.chains import Chain, wanted_chains
+from portmapctl.iptables.planner import plan_blind, plan_setup
+from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.node import Node
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ def add(
         wanted = wanted_by_family[family]
         chains += [c.name for c in wanted if c.name not in chains]
         try:
-            txn = node.converge(family, lambda live, w=wanted: plan_setup(w, live), dry_run)
+            txn = None if dry_run else _apply_blind(node, wanted, family)
+            if txn is None:
+                txn = node.converge(family, lambda live, w=wanted: plan_setup(w, live), dry_run)
         except ApplyFailed as err:
             # Each family is its own transaction: say which went in and which did not.
             done = [f"IPv{f}" for f in transactions]
@@ -57,6 +60,23 @@ def add(
     if not dry_run and families:
         warnings += after_setup(config, families, flush_udp)
     return AddResult(dry_run, bool(transactions), tuple(chains), transactions, tuple(warnings))
+
+
+def _apply_blind(node: Node, wanted: List[Chain], family: int) -> Optional[Transaction]:
+    """A new container on a working node, without reading the table (planner.plan_blind):
+    the transaction applied (its -C lines left out), or None when iptables-restore
+    refused it (nothing changed: the shared chains are not complete, or the container's
+    chain exists) or the backend cannot check (python-iptables); then the caller reads
+    and plans as usual."""
+    if not getattr(node.backend, "checks", False):
+        return None
+    txn = plan_blind(wanted, family)
+    try:
+        node.backend.apply(txn)
+    except ApplyFailed as err:
+        log.debug("IPv%s: planned without a read, refused (%s): reading the table", family, err)
+        return None
+    return txn.without_checks()
 
 
 def after_setup(config: MappingConfig, families: Sequence[int], flush_udp: bool) -> List[str]:

@@ -32,6 +32,9 @@ def lock_wait_seconds() -> int:
 
 class RestoreBackend:
     writable = True
+    # iptables-restore takes `-C` (a check that fails the transaction): add's plan
+    # without a read (planner.plan_blind) needs it.
+    checks = True
 
     def __init__(self, flavour: str) -> None:
         if flavour not in ("nft", "legacy"):
