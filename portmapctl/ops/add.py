@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import subprocess
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import ApplyFailed
@@ -118,14 +118,24 @@ def after_setup_many(
     }
     if flush_udp and keys:
         try:
-            from portmapctl.ops.flush_udp import flush_keys
-
             flush_keys(keys)
         except Exception as err:  # noqa: BLE001 - the plugin only logs this too
             ports = sorted({port for _, port in keys})
             shown = ", ".join(str(p) for p in ports[:10]) + (", ..." if len(ports) > 10 else "")
             warnings.append(f"could not flush UDP conntrack entries for ports [{shown}]: {err}")
     return warnings
+
+
+def flush_keys(keys: Collection[Tuple[int, int]]) -> int:
+    """Delete the UDP conntrack entries to these (family, host port) pairs: one dump and
+    one delete for all of them, whatever their number. (Not through ops.flush_udp:
+    that imports the inventory, which add does not need.)"""
+    from portmapctl.host import conntrack  # imported only when there is work
+
+    entries = conntrack.list_udp(
+        sorted({family for family, _ in keys}), sorted({port for _, port in keys})
+    )
+    return conntrack.delete([e for e in entries if (e.family, e.dport) in keys])
 
 
 def route_interfaces(addresses: Sequence[str]) -> Dict[str, str]:

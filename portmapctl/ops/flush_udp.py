@@ -250,18 +250,6 @@ def flush_ports(
     return conntrack.delete([d.entry for d in doomed])
 
 
-def flush_keys(keys: Collection[Key]) -> int:
-    """Delete the UDP entries to these (family, host port) pairs: one dump and one
-    delete for all of them (`check --repair` of many containers), whatever their number."""
-    if not keys:
-        return 0
-    entries = conntrack.list_udp(
-        sorted({family for family, _ in keys}), sorted({port for _, port in keys})
-    )
-    doomed = plan(entries, keys, ())
-    return conntrack.delete([d.entry for d in doomed])
-
-
 def count_per_mapping(mappings: Iterable[Mapping]) -> Dict[Mapping, int]:
     """`list --conntrack`: the number of UDP entries per UDP mapping (family, host
     port, and host IP when the mapping has one). An entry counts for every mapping
