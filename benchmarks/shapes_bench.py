@@ -60,7 +60,13 @@ from bench import (  # noqa: E402
 )
 
 from portmapctl.iptables.access.restore import RestoreBackend  # noqa: E402
-from portmapctl.iptables.chains import DNAT_PREFIX, TOPLEVEL_DNAT, chain_name  # noqa: E402
+from portmapctl.iptables.chains import (  # noqa: E402
+    DNAT_PREFIX,
+    TOPLEVEL_DNAT,
+    chain_name,
+    wanted_chains,
+)
+from portmapctl.iptables.planner import plan_blind  # noqa: E402
 from portmapctl.iptables.ruleset import format_rule, rule_target  # noqa: E402
 from portmapctl.iptables.transaction import Transaction  # noqa: E402
 
@@ -385,9 +391,21 @@ def shape_add(mode: str, versions: Versions, n: int, runs: int) -> Dict[str, Any
                 c["id"], "--ip", c["ips"][0], "-p", f"{tcp}:80", "-p", f"{udp}:53/udp",
             )  # fmt: skip
 
+        ipt = rp.tool_path("iptables", mode)
+        # What reading less could cost: one chain listed (under nf_tables each listing
+        # fetches the whole ruleset), the whole save, and the restore add sends when
+        # it reads nothing, made a no-op (its -C checks only).
+        probe = plan_blind(
+            wanted_chains(bench.mapping(container(n + 999, plain=True)), 4), 4, mode == "nft"
+        )
+        checks_only = Transaction(4, [op for op in probe.ops if op.kind == "check"]).render()
         actions: Dict[str, Callable[[], float]] = {
             "after": lambda: ours("after"),
             "plugin_add": lambda: runner.plugin("ADD", next(fresh)),
+            "list_dnat": lambda: timed([ipt, "-t", "nat", "-S", TOPLEVEL_DNAT]),
+            "list_prerouting": lambda: timed([ipt, "-t", "nat", "-S", "PREROUTING"]),
+            "save": lambda: runner.save(4),
+            "restore_checks": lambda: restore_seconds(mode, 4, checks_only),
         }
         if "before" in versions.paths:
             actions["before"] = lambda: ours("before")
@@ -531,6 +549,17 @@ def print_tables(r: Dict[str, Any]) -> None:
                 f"| {n} | {cell(g['before']) if 'before' in g else '-'} | {cell(g['after'])} |"
                 f" {cell(g['plugin_add'])} | {g['plugin_add']['median'] / g['after']['median']:.2f}× |"
             )
+        if all("save" in g for g in r["add"].values()):
+            print(
+                "\n| N | iptables -S CNI-HOSTPORT-DNAT | iptables -S PREROUTING |"
+                " iptables-save -t nat | restore of add's -C checks |"
+            )
+            print("| --- | --- | --- | --- | --- |")
+            for n, g in r["add"].items():
+                print(
+                    f"| {n} | {cell(g['list_dnat'])} | {cell(g['list_prerouting'])} |"
+                    f" {cell(g['save'])} | {cell(g['restore_checks'])} |"
+                )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Collection, Dict, List, Optional, Sequence, Tuple
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import ApplyFailed
 from portmapctl.iptables.chains import Chain, wanted_chains
-from portmapctl.iptables.planner import plan_blind, plan_setup
+from portmapctl.iptables.planner import plan_blind, plan_setup, read_before_blind
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.node import Node
 
@@ -70,7 +70,13 @@ def _apply_blind(node: Node, wanted: List[Chain], family: int) -> Optional[Trans
     and plans as usual."""
     if not getattr(node.backend, "checks", False):
         return None
-    txn = plan_blind(wanted, family)
+    read_first = getattr(node.backend, "cheap_chain_reads", False)
+    if read_first:
+        for chain, rules in read_before_blind(wanted).items():
+            present = node.backend.read_chain(family, chain)  # type: ignore[attr-defined]
+            if present is None or any(rule not in present for rule in rules):
+                return None
+    txn = plan_blind(wanted, family, read_first)
     try:
         node.backend.apply(txn)
     except ApplyFailed as err:
