@@ -71,6 +71,7 @@ from portmapctl.iptables.ruleset import format_rule, rule_target  # noqa: E402
 from portmapctl.iptables.transaction import Transaction  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
+RUN_DIR = tempfile.mkdtemp(prefix="pmt-shapes-run-")
 # -P: not the current directory first on sys.path (python -m puts it there), so
 # PYTHONPATH decides which portmapctl runs.
 BASE = (sys.executable, "-P", "-m", "portmapctl")
@@ -108,6 +109,9 @@ class Versions:
     def env(self, which: str) -> Dict[str, str]:
         env = user_env()
         env["PYTHONPATH"] = self.paths[which]
+        # A lock of our own: /run/portmapctl/lock is the host's, and other portmapctl
+        # runs on this machine (tests in other namespaces) would make us wait for it.
+        env["PORTMAPCTL_RUN_DIR"] = RUN_DIR
         return env
 
 
