@@ -20,7 +20,7 @@ from typing import Dict, List
 
 import pytest
 import realplugin as rp
-from test_gc import Node_, _containers, _ports, node  # noqa: F401 - the fixture
+from test_gc import Node_, _containers, _ports
 
 from portmapctl.errors import ApplyFailed
 from portmapctl.host.netns import entered
@@ -34,6 +34,14 @@ from portmapctl.ops.node import Node, NodeOptions
 pytestmark = pytest.mark.netns
 
 NET = "tdnet"
+
+
+@pytest.fixture
+def node(host_ns, iptables_mode, tmp_path) -> Node_:
+    """As test_gc's: the host namespace, a flavour, an empty CNI cache."""
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    return Node_(host_ns, iptables_mode, cache)
 
 
 def _fill(node: Node_, count: int, tag: str, cache_every: int = 2) -> List[str]:
