@@ -46,7 +46,7 @@ from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops import gc_state
-from portmapctl.ops.node import Node
+from portmapctl.ops.node import APPLY_TRIES, Node
 
 DEFAULT_MIN_AGE = 120.0
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
@@ -271,6 +271,7 @@ def plan_family(
     now: float,
     min_age: float,
     only: Optional[FrozenSet[Tuple[int, str]]] = None,
+    by_number: bool = True,
 ) -> FamilyPlan:
     """What gc does to one family's table. Pure: the caller reads and applies.
 
@@ -299,7 +300,7 @@ def plan_family(
             removable.append(chain)
         else:
             pending.append(_gc_chain(chain, ports[chain.name], now - first))
-    txn = plan_teardown(table, [c.name for c in removable])
+    txn = plan_teardown(table, [c.name for c in removable], by_number)
     gone = {c.name for c in removable}
     freed = _udp_ports(ports, gone) - _udp_ports(ports, set(ports) - gone)
     shared = tuple(
@@ -400,6 +401,10 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
                 gc_state.clock(),
                 options.min_age,
                 options.only,
+                # The last try deletes by text: slower on a big chain, but a plugin
+                # call elsewhere in CNI-HOSTPORT-DNAT does not make it fail (the
+                # by-number guard does, and on a busy node it may every time).
+                by_number=len(latest) < APPLY_TRIES - 1,
             )
             latest.append(found)
             return found.transaction
