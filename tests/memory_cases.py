@@ -95,4 +95,18 @@ def scenarios() -> Dict[str, List[Step]]:
         raw(("new_chain", "CNI-DN-c"), ("append", "CNI-DN-c", ("-j", "RETURN"))),
         raw(("flush", "CNI-DN-c"), ("delete_chain", "CNI-DN-c")),
     ]
+    found["delete by number, last first"] = [
+        setup_of("three-containers"),
+        raw(("delete_number", TOPLEVEL_DNAT, 3), ("delete_number", TOPLEVEL_DNAT, 1)),
+    ]
+    found["refused: delete by a number past the end"] = [
+        setup_of("basic"), raw(("delete_number", TOPLEVEL_DNAT, 99))
+    ]
+    found["-C of a rule that is there changes nothing"] = [
+        setup_of("basic"), raw(("check", "PREROUTING", ("-m", "addrtype", "--dst-type", "LOCAL",
+                                                         "-j", TOPLEVEL_DNAT)))
+    ]
+    found["refused: -C of a rule that is not there"] = [
+        setup_of("basic"), raw(("check", TOPLEVEL_DNAT, ("-p", "sctp", "-j", dn)))
+    ]
     return found

@@ -9,7 +9,6 @@ namespace's own.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import os
 import time
@@ -35,6 +34,8 @@ def _setns(fd: int) -> None:
     if hasattr(os, "setns"):  # Python 3.12+
         os.setns(fd, CLONE_NEWNET)
         return
+    import ctypes  # only with --netns: 2-10 ms that every other run need not pay
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()

@@ -146,6 +146,10 @@ def _port_groups(ports: Tuple[PortMapping, ...]) -> List[Tuple[str, str]]:
     return groups
 
 
+# Cached: `check --repair` asks for every cached container's chains six times (two
+# checks and a plan, per family): 1.9 of its 6.2 s for 1,000 containers. A config is a
+# frozen value (hashable), and so is the Chain made from it.
+@functools.lru_cache(maxsize=32768)
 def dnat_chain(config: MappingConfig, family: int) -> Optional[Chain]:
     """The per-container CNI-DN- chain for one family, or None without an address."""
     address = config.address(family)

@@ -146,6 +146,10 @@ def _split_carefully(line: str) -> List[str]:
     return tokens
 
 
+# Rules of the built-in chains are always read whole: entry rules and their shadows.
+_BUILTIN_RULE = tuple(f"-A {name} " for name in BUILTIN_NAT_CHAINS)
+
+
 _UNREADABLE_RE = re.compile(r"^# Table `nat' is incompatible.*$", re.MULTILINE)
 
 
@@ -157,9 +161,15 @@ def unreadable_note(text: str) -> Optional[str]:
 
 
 def parse_save(
-    text: str, family: int, source: str = "iptables-save output", *, strict: bool = False
+    text: str, family: int, source: str = "iptables-save output", *, strict: bool = False, skip_foreign: bool = False
 ) -> NatTable:
     """Read the nat table out of `iptables-save` text (other tables are skipped).
+
+    skip_foreign (the backends' reads): a rule of another tool's chain without "CNI-"
+    anywhere in it (it can neither jump to a portmap chain nor be one) is not split
+    into words: it is kept as a one-token placeholder, its whole line, so positions
+    stay right (`list` on a kube-proxy node of 50,000 rules: docs/performance.md).
+    Nothing portmapctl does looks into such a rule; it is never written back.
 
     Text without a nat table gives an empty table: nothing of the plugin's is there.
     Raises BadInput, naming the line, for text that is not iptables-save output.
@@ -184,6 +194,16 @@ def parse_save(
             # below, cost a tenth of the time.)
             if "\x00" in line:
                 raise _bad(source, number, "binary data, not iptables-save output")
+            if skip_foreign and "CNI-" not in line and not line.startswith(_BUILTIN_RULE):
+                # Another tool's rule that cannot jump to (or be) a portmap chain: on a
+                # Kubernetes node, tens of thousands of KUBE-SVC-/KUBE-SEP- rules. Kept
+                # as a placeholder (its raw line, one token: no target, no options) so
+                # the chain keeps its length and positions, never split into words.
+                end = line.find(" ", 3)
+                chain_rules = rules.get(line[3:end] if end > 0 else line[3:])
+                if chain_rules is not None:
+                    chain_rules.append((line,))
+                    continue
             tokens = line.split() if '"' not in line else _split_or_bad(line, source, number)
             if len(tokens) < 2:
                 raise _bad(source, number, "rule without a chain")

@@ -26,7 +26,9 @@ class OpKind(str, Enum):
     NEW_CHAIN = "new-chain"
     APPEND = "append"
     INSERT = "insert"  # at the top of the chain (position 1)
-    DELETE = "delete"
+    DELETE = "delete"  # by the rule's text
+    DELETE_NUMBER = "delete-number"  # by its position, 1 first (args: that number)
+    CHECK = "check"  # -C: changes nothing, fails the transaction when the rule is not there
     FLUSH = "flush"
     DELETE_CHAIN = "delete-chain"
 
@@ -39,6 +41,8 @@ _COMMAND = {
     OpKind.APPEND: "-A",
     OpKind.INSERT: "-I",
     OpKind.DELETE: "-D",
+    OpKind.DELETE_NUMBER: "-D",
+    OpKind.CHECK: "-C",
     OpKind.FLUSH: "-F",
     OpKind.DELETE_CHAIN: "-X",
 }
@@ -46,11 +50,14 @@ _COMMAND = {
 
 @dataclass(frozen=True)
 class Op:
-    """One restore command."""
+    """One restore command (delete-number: args is the rule's position, 1 first)."""
 
     kind: OpKind
     chain: str
     args: Args = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", OpKind(self.kind))  # a word is taken too
 
     def line(self) -> str:
         args = ("1", *self.args) if self.kind is OpKind.INSERT else self.args
@@ -74,6 +81,19 @@ class Transaction:
 
     def delete(self, chain: str, args: Sequence[str]) -> None:
         self.ops.append(Op(OpKind.DELETE, chain, tuple(args)))
+
+    def delete_number(self, chain: str, position: int) -> None:
+        """Delete the rule at `position` (1 is the first), whatever it is by then: the
+        caller guards (see planner.plan_teardown)."""
+        self.ops.append(Op(OpKind.DELETE_NUMBER, chain, (str(position),)))
+
+    def check(self, chain: str, args: Sequence[str]) -> None:
+        """Require this rule to be in `chain` when the transaction is applied."""
+        self.ops.append(Op(OpKind.CHECK, chain, tuple(args)))
+
+    def without_checks(self) -> Transaction:
+        """The same changes, without the -C lines (what it did, to show)."""
+        return Transaction(self.family, [op for op in self.ops if op.kind is not OpKind.CHECK])
 
     def flush(self, chain: str) -> None:
         self.ops.append(Op(OpKind.FLUSH, chain))

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import subprocess
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import ApplyFailed
-from portmapctl.iptables.chains import wanted_chains
-from portmapctl.iptables.planner import plan_setup
+from portmapctl.iptables.chains import Chain, wanted_chains
+from portmapctl.iptables.planner import plan_blind, plan_setup, read_before_blind
+from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.node import Node
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ def add(
         wanted = wanted_by_family[family]
         chains += [c.name for c in wanted if c.name not in chains]
         try:
-            txn = node.converge(family, lambda live, w=wanted: plan_setup(w, live), dry_run)
+            txn = None if dry_run else _apply_blind(node, wanted, family)
+            if txn is None:
+                txn = node.converge(family, lambda live, w=wanted: plan_setup(w, live), dry_run)
         except ApplyFailed as err:
             # Each family is its own transaction: say which went in and which did not.
             done = [f"IPv{f}" for f in transactions]
@@ -59,41 +62,128 @@ def add(
     return AddResult(dry_run, bool(transactions), tuple(chains), transactions, tuple(warnings))
 
 
-def after_setup(config: MappingConfig, families: List[int], flush_udp: bool) -> List[str]:
-    """The plugin's two side effects; failures are warnings, as in the plugin."""
-    warnings = []
-    address = config.address(4)
-    if config.snat and 4 in families and address is not None:
-        try:
-            enable_route_localnet(str(address.ip))
-        except OSError as err:
-            warnings.append(f"could not set route_localnet towards {address.ip}: {err}")
-    udp_ports = sorted({p.host_port for p in config.ports if p.protocol == "udp"})
-    if flush_udp and udp_ports:
-        try:
-            from portmapctl.ops.flush_udp import flush_ports
+def _apply_blind(node: Node, wanted: List[Chain], family: int) -> Optional[Transaction]:
+    """A new container on a working node, without reading the table (planner.plan_blind):
+    the transaction applied (its -C lines left out), or None when iptables-restore
+    refused it (nothing changed: the shared chains are not complete, or the container's
+    chain exists) or the backend cannot check (python-iptables); then the caller reads
+    and plans as usual."""
+    if not getattr(node.backend, "checks", False):
+        return None
+    read_first = getattr(node.backend, "cheap_chain_reads", False)
+    if read_first:
+        for chain, rules in read_before_blind(wanted).items():
+            present = node.backend.read_chain(family, chain)  # type: ignore[attr-defined]
+            if present is None or any(rule not in present for rule in rules):
+                return None
+    txn = plan_blind(wanted, family, read_first)
+    try:
+        node.backend.apply(txn)
+    except ApplyFailed as err:
+        log.debug("IPv%s: planned without a read, refused (%s): reading the table", family, err)
+        return None
+    return txn.without_checks()
 
-            flush_ports(families, udp_ports)
+
+def after_setup(config: MappingConfig, families: Sequence[int], flush_udp: bool) -> List[str]:
+    """The plugin's two side effects; failures are warnings, as in the plugin."""
+    return after_setup_many([(config, families)], flush_udp)
+
+
+def after_setup_many(
+    done: Sequence[Tuple[MappingConfig, Sequence[int]]], flush_udp: bool
+) -> List[str]:
+    """after_setup for many containers at once (`check --repair`): one `ip -batch` for
+    every route lookup, route_localnet written once per interface, and one conntrack
+    dump and delete for every UDP port. 5,000 containers one by one took a process and
+    a netlink dump each (60-88 s of repair); this is one of each."""
+    warnings: List[str] = []
+    addresses = []
+    for config, families in done:
+        address = config.address(4)
+        if config.snat and 4 in families and address is not None:
+            addresses.append(str(address.ip))
+    if addresses:
+        try:
+            interfaces = route_interfaces(addresses)
+        except OSError as err:
+            interfaces = {}
+            warnings.append(f"could not set route_localnet: cannot run ip: {err.strerror}")
+        for interface in sorted(set(interfaces.values())):
+            try:
+                _route_localnet(interface)
+            except OSError as err:
+                towards = ", ".join(a for a, i in interfaces.items() if i == interface)
+                warnings.append(f"could not set route_localnet towards {towards}: {err}")
+    keys = {
+        (family, p.host_port)
+        for config, families in done
+        for family in families
+        for p in config.ports
+        if p.protocol == "udp"
+    }
+    if flush_udp and keys:
+        try:
+            flush_keys(keys)
         except Exception as err:  # noqa: BLE001 - the plugin only logs this too
-            warnings.append(f"could not flush UDP conntrack entries for ports {udp_ports}: {err}")
+            ports = sorted({port for _, port in keys})
+            shown = ", ".join(str(p) for p in ports[:10]) + (", ..." if len(ports) > 10 else "")
+            warnings.append(f"could not flush UDP conntrack entries for ports [{shown}]: {err}")
     return warnings
+
+
+def flush_keys(keys: Collection[Tuple[int, int]]) -> int:
+    """Delete the UDP conntrack entries to these (family, host port) pairs: one dump and
+    one delete for all of them, whatever their number. (Not through ops.flush_udp:
+    that imports the inventory, which add does not need.)"""
+    from portmapctl.host import conntrack  # imported only when there is work
+
+    entries = conntrack.list_udp(
+        sorted({family for family, _ in keys}), sorted({port for _, port in keys})
+    )
+    return conntrack.delete([e for e in entries if (e.family, e.dport) in keys])
+
+
+def route_interfaces(addresses: Sequence[str]) -> Dict[str, str]:
+    """The interface the kernel routes each address through: `ip route get` for all of
+    them in one `ip -batch` process (-force: an address without a route is skipped,
+    not the end of the batch). Addresses without a route are left out."""
+    done = subprocess.run(
+        ["ip", "-o", "-force", "-batch", "-"],
+        input="".join(f"route get {a}\n" for a in addresses),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wanted = set(addresses)
+    found: Dict[str, str] = {}
+    for line in done.stdout.splitlines():
+        words = line.split()
+        # "10.88.0.5 dev cni0 src 10.88.0.1 uid 0 \    cache": the address comes first
+        # (after "local"/"broadcast"... for such routes), as the kernel spells it.
+        first = next((i for i, word in enumerate(words[:2]) if word in wanted), None)
+        if first is None:
+            continue
+        if "dev" in words[first:]:
+            found[words[first]] = words[words.index("dev", first) + 1]
+    return found
 
 
 def route_interface(address: str) -> Optional[str]:
     """The interface the kernel routes `address` through (`ip route get`)."""
-    done = subprocess.run(
-        ["ip", "-o", "route", "get", address], capture_output=True, text=True, check=False
-    )
-    words = done.stdout.split()
-    if done.returncode != 0 or "dev" not in words:
-        return None
-    return words[words.index("dev") + 1]
+    return route_interfaces([address]).get(address)
 
 
-def enable_route_localnet(address: str) -> None:
+def _route_localnet(interface: str) -> None:
     """Let 127/8 cross a routing boundary towards the container (localhost hairpin)."""
-    interface = route_interface(address)
-    if interface is None or "/" in interface or interface in (".", ".."):
+    if "/" in interface or interface in (".", ".."):
         return
     with open(f"/proc/sys/net/ipv4/conf/{interface}/route_localnet", "w") as knob:
         knob.write("1")
+
+
+def enable_route_localnet(address: str) -> None:
+    """route_localnet on the interface towards one container's address."""
+    interface = route_interface(address)
+    if interface is not None:
+        _route_localnet(interface)

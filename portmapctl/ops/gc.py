@@ -46,7 +46,7 @@ from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops import gc_state
-from portmapctl.ops.node import Node
+from portmapctl.ops.node import APPLY_TRIES, Node
 
 DEFAULT_MIN_AGE = 120.0
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
@@ -296,6 +296,7 @@ def plan_family(
     min_age: float,
     only: Optional[FrozenSet[Tuple[int, str]]] = None,
     hold: FrozenSet[str] = frozenset(),
+    by_number: bool = True,
 ) -> FamilyPlan:
     """What gc does to one family's table. Pure: the caller reads and applies.
 
@@ -332,7 +333,7 @@ def plan_family(
             removable.append(chain)
         else:
             pending.append(_gc_chain(chain, ports[chain.name], now - first))
-    txn = plan_teardown(table, [c.name for c in removable])
+    txn = plan_teardown(table, [c.name for c in removable], by_number)
     gone = {c.name for c in removable}
     still_mapped = _udp_ports(ports, set(ports) - gone)
     freed = _udp_ports(ports, gone) - still_mapped
@@ -482,6 +483,10 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
                 options.min_age,
                 options.only,
                 hold=addresses,
+                # The last try deletes by text: slower on a big chain, but a plugin
+                # call elsewhere in CNI-HOSTPORT-DNAT does not make it fail (the
+                # by-number guard does, and on a busy node it may every time).
+                by_number=len(latest) < APPLY_TRIES - 1,
             )
             if addresses and any(c.seen_seconds >= options.min_age for c in found.pending):
                 warning = (

@@ -35,7 +35,7 @@ from portmapctl.errors import ApplyFailed
 from portmapctl.host import netns
 from portmapctl.iptables.access import open_backend
 from portmapctl.iptables.chains import chain_name
-from portmapctl.iptables.ruleset import NatTable
+from portmapctl.iptables.ruleset import NatTable, parse_save
 from portmapctl.iptables.transaction import Transaction
 
 BACKENDS = ["nft", "legacy", "iptc"]
@@ -152,7 +152,12 @@ def test_plugin_state_reads_as_the_fixture(backend, plugin_states, case):
         assert opened.name == backend
         tables = {f: opened.read(f) for f in FAMILIES}
     for family in FAMILIES:
-        assert tables[family] == table(case, family), family
+        expected = table(case, family)
+        if backend != "iptc":
+            # iptables-save's text, read as the restore backends read it: another tool's
+            # rule without "CNI-" is kept whole as its line (parse_save skip_foreign).
+            expected = parse_save(save_text(case, family), family, skip_foreign=True)
+        assert tables[family] == expected, family
 
 
 # One path that exists nowhere, for both runs: the JSON names the cache it used.

@@ -80,8 +80,8 @@ def test_repair_recreates_what_a_flush_removed(monkeypatch):
     side_effects = []
     # The package's `repair` is the function; the module is in sys.modules.
     monkeypatch.setattr(
-        sys.modules["portmapctl.ops.check.repair"], "after_setup",
-        lambda config, families, flush: side_effects.append(config.container_id) or [],
+        sys.modules["portmapctl.ops.check.repair"], "after_setup_many",
+        lambda changed, flush: side_effects.extend(c.container_id for c, _ in changed) or [],
     )
     node = example_node()
     healthy_first = check_lib.repair(node, flush_udp=False)

@@ -686,6 +686,15 @@ class _Session:
         elif op.kind is OpKind.DELETE:
             rule = self.build(op.args)
             table.delete_entry(op.chain, rule.rule, rule.mask)
+        elif op.kind is OpKind.DELETE_NUMBER:
+            # python-iptables has no call for it; libiptc counts from 0.
+            if (
+                table._iptc.iptc_delete_num_entry(
+                    op.chain.encode(), int(op.args[0]) - 1, table._handle
+                )
+                != 1
+            ):
+                raise ValueError(f"no rule {op.args[0]} in chain {op.chain}: {table.strerror()}")
         else:
             raise ValueError(f"unknown transaction op {op.kind!r}")
 

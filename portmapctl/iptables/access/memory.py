@@ -10,7 +10,8 @@ left it, and a failure anywhere leaves the table as it was):
 - `-N` of a chain that exists fails;
 - `-A`/`-I`/`-F` need the chain; a `-j`/`-g` target must be a chain or a target;
 - `-D` needs an identical rule (our rules are in saved normal form, as iptables
-  compares them after parsing);
+  compares them after parsing), `-D CHAIN N` a rule at that position, and `-C` an
+  identical rule (it changes nothing);
 - `-X` needs an empty user chain that no rule references.
 """
 
@@ -87,6 +88,14 @@ def _apply(chains: Dict[str, List[Args]], policies: Dict[str, str], op: Op) -> O
             chains[name].append(op.args)
         else:
             chains[name].insert(0, op.args)
+        return None
+    if op.kind is OpKind.CHECK:
+        return None if op.args in chains[name] else "Bad rule (does a matching rule exist?)"
+    if op.kind is OpKind.DELETE_NUMBER:
+        position = int(op.args[0])
+        if not 1 <= position <= len(chains[name]):
+            return "Index of deletion too big"
+        del chains[name][position - 1]
         return None
     if op.kind is OpKind.DELETE:
         try:

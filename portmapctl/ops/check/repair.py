@@ -23,7 +23,7 @@ from portmapctl.iptables.ruleset import (
     rule_target,
 )
 from portmapctl.iptables.transaction import OpKind, Transaction
-from portmapctl.ops.add import after_setup
+from portmapctl.ops.add import after_setup_many
 from portmapctl.ops.check.diagnose import CheckResult, cached_configs, wanted_on_node
 from portmapctl.ops.check.run import _check_node, check_mapping
 from portmapctl.ops.node import Node
@@ -201,8 +201,7 @@ def repair(
     warnings: List[str] = [u.text for u in unrepaired]
     # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
     # un-NATed path it took while the mapping was missing.
-    for c, fams in changed.values():
-        warnings += after_setup(c, fams, flush_udp)
+    warnings += after_setup_many(list(changed.values()), flush_udp)
     after = check_mapping(node, config) if config is not None else _check_node(node, attachments)
     remaining = {p.key for p in after.problems}
     fixed = tuple(p for p in before.problems if p.key not in remaining)
