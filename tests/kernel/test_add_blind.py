@@ -51,7 +51,7 @@ def _plugin_add(ns: str, mode: str, cid: str, ip: str, tcp: int, udp: int) -> di
 
 
 def _pm_add(ns: str, mode: str, cid: str, ip: str, tcp: int, udp: int, *extra: str):
-    args = ["add", "--netns", ns, "--backend", mode, "--network", NET, "--container", cid]
+    args = ["add", "--netns", ns, "--iptables", mode, "--network", NET, "--container", cid]
     args += ["--ip", ip, "-p", f"{tcp}:80", "-p", f"{udp}:53/udp", "-o", "json", *extra]
     return run(args)
 

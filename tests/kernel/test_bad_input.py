@@ -749,7 +749,7 @@ def _cases() -> List[Case]:
         {name: (json.dumps(doc).encode(), words) for name, (doc, words) in CACHE_FILES.items()}
     )
     add("gc --netns-liveness without a cache",
-        lambda n: ["gc", "--yes", "--netns", n.ns, "--backend", "nft", "--keep", "x",
+        lambda n: ["gc", "--yes", "--netns", n.ns, "--iptables", "nft", "--keep", "x",
                    "--cni-cache-dir", f"{n.cache}-nowhere", "--netns-liveness"],
         "--netns-liveness", "no CNI cache")  # fmt: skip
     # A cache file is not the user's input but one record of the node's (SPEC §5): it

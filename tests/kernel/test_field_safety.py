@@ -44,7 +44,7 @@ class Lab:
         return conf
 
     def pm(self, command: str, *args: str, dirs: Sequence[Path] = ()):
-        argv = [command, "--netns", self.ns, "--backend", "nft"]
+        argv = [command, "--netns", self.ns, "--iptables", "nft"]
         for d in dirs or (self.cache,):
             argv += ["--cni-cache-dir", str(d)]
         return run([*argv, *args])

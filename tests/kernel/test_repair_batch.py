@@ -68,7 +68,7 @@ def test_repair_of_many_sets_route_localnet_and_flushes_udp_in_one_go(host_ns, t
     ct_insert(host_ns, "192.0.2.1", "192.0.2.2", 41999, 6000)
     wrapper = _ip_wrapper(tmp_path)
     done = run(
-        ["check", "--repair", "--netns", host_ns, "--backend", "nft"]
+        ["check", "--repair", "--netns", host_ns, "--iptables", "nft"]
         + ["--cni-cache-dir", str(tmp_path), "-o", "json"],
         env={"PATH": wrapper["PATH"]},
     )
