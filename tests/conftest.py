@@ -18,6 +18,11 @@ import pytest
 import realplugin
 
 REQUIRE_ENV = "PORTMAPCTL_REQUIRE_NETNS"
+
+# Tests never read the machine's own CNI cache (/var/lib/cni): a command run without
+# --cni-cache-dir gets this directory, which does not exist, so a test that forgot to
+# name its cache sees "no cache" here and on every other machine alike.
+os.environ["PORTMAPCTL_CNI_CACHE_DIR"] = "/nonexistent/portmapctl-tests-name-a-cache-dir"
 REPORT_ENV = "PORTMAPCTL_NETNS_REPORT"
 
 

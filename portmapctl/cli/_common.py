@@ -197,6 +197,8 @@ COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
             typer.Option(
                 "--cni-cache-dir",
                 metavar="DIR",
+                # Several directories in the variable: separated by spaces (click's rule).
+                envvar="PORTMAPCTL_CNI_CACHE_DIR",
                 help=f"libcni's cache directory, results/ below it (repeat for more;"
                 f" default {CNI_CACHE_DIR} and, where it exists, {MULTUS_CACHE_DIR}).",
                 rich_help_panel=PANEL,
