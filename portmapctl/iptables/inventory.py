@@ -160,17 +160,6 @@ def _port_rule_of(opts: ReadOnly[str, str]) -> Optional[Tuple[str, int, Optional
     return proto, int(port), _strip_prefix(opts.get("-d"))
 
 
-def _split_destination(value: str) -> Optional[Tuple[str, int]]:
-    """`10.88.0.5:80` or `[fd00::5]:80` -> (address, port)."""
-    if value.startswith("["):
-        address, _, port = value[1:].partition("]:")
-    else:
-        address, _, port = value.rpartition(":")
-    if not address or not port.isdigit():
-        return None
-    return address, int(port)
-
-
 def _overlap(a: Optional[str], b: Optional[str]) -> bool:
     return a is None or b is None or a == b
 
@@ -385,7 +374,7 @@ def _port_rules(rules: Sequence[Args]) -> List[PortRule]:
             continue
         target = rule_target(args)
         if target == "DNAT":
-            destination = _split_destination(opts.get("--to-destination") or "")
+            destination = shapes.split_destination(opts.get("--to-destination") or "")
             if destination:
                 found.append((*parsed, destination[0], destination[1], parsed in marked))
         elif target is not None:

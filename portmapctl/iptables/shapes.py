@@ -103,7 +103,7 @@ def is_dead_destination(value: Optional[str]) -> bool:
     return value in _DEAD_DESTINATIONS
 
 
-def _destination(value: str) -> Optional[Tuple[str, int]]:
+def split_destination(value: str) -> Optional[Tuple[str, int]]:
     """`10.88.0.5:80` or `[fd00::5]:80` -> (address, port)."""
     if value.startswith("["):
         address, _, port = value[1:].partition("]:")
@@ -133,7 +133,7 @@ def classify_rule(args: Sequence[str]) -> Optional[PortRule]:
     source = opts.get("-s")
     target = rule_target(args)
     if target == "DNAT":
-        to = _destination(opts.get("--to-destination") or "")
+        to = split_destination(opts.get("--to-destination") or "")
         if to is None:
             return None
         return PortRule(Role.DNAT, proto, int(port), host_ip, dead, source, to[0], to[1])
