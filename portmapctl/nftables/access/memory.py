@@ -3,7 +3,10 @@
 - A transaction is atomic: the first failing command fails all of it and the tables
   stay as they were.
 - Handles come from one counter per table, shared by chains and rules, and are never
-  reused; the kernel does not give back the handles of a failed transaction either.
+  reused; the kernel does not give back the handles of a failed transaction either
+  (it goes on through the batch after an error, numbering rules, then drops it all).
+  A batch naming a table that does not exist (nor is added before) is refused by nft
+  before the kernel sees it: no handles spent.
 - `add table`/`add chain` of something that exists changes nothing; `add chain` with
   a hook on a regular chain fails "File exists", with another priority on a base chain
   "Operation not supported".
@@ -106,6 +109,16 @@ class MemoryNft:
     def apply(self, txn: Transaction) -> None:
         if not txn:
             return
+        # nft itself refuses a batch naming a table that neither exists nor is added
+        # earlier in the batch, before the kernel sees any of it: no handle is spent.
+        known = set(self._tables)
+        for op in txn.ops:
+            if op.kind is OpKind.ADD_TABLE:
+                known.add(op.family)
+            elif op.family not in known:
+                raise NftApplyFailed(
+                    f"nft -f refused the transaction: {ENOENT} ({op.line()})", ENOENT
+                )
         work = copy.deepcopy(self._tables)
         next_table = self._next_table_handle
         failure: Optional[_Failed] = None
@@ -155,9 +168,10 @@ class MemoryNft:
         elif op.kind is OpKind.ADD_RULE:
             assert op.body is not None
             action = op.body.action
+            handle = table.allocate()  # the kernel numbers the rule before it checks a jump
             if action.kind is ActionKind.JUMP and action.target not in table.chains:
                 raise _Failed(op, ENOENT)
-            chain.rules.append(Rule(op.family, op.chain, table.allocate(), op.body))
+            chain.rules.append(Rule(op.family, op.chain, handle, op.body))
         elif op.kind is OpKind.DELETE_RULE:
             kept = [r for r in chain.rules if r.handle != op.handle]
             if len(kept) == len(chain.rules):

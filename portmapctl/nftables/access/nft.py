@@ -40,7 +40,8 @@ def first_error(stderr: str) -> str:
     """The errno text of nft's first error ("No such file or directory"), else its line."""
     match = _ERRNO.search(stderr)
     if match:
-        return match[1].strip()
+        # "No such file or directory; did you mean table ... in family ip?": the errno part.
+        return match[1].split(";", 1)[0].strip()
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     return lines[0] if lines else "failed"
 
