@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
-from portmapctl.model import MappingConfig, PortMapping
+from portmapctl.core.mapping import MappingConfig, PortMapping
 from portmapctl.nftables import ruleset
 
 HERE = Path(__file__).resolve().parent / "fixtures" / "nft"

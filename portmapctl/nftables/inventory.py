@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from portmapctl.model import MappingConfig
+from portmapctl.core.mapping import MappingConfig
 from portmapctl.nftables.planner import entry_ok, hostports_all_ok, missing_rules
 from portmapctl.nftables.ruleset import (
     FAMILY_NAMES,

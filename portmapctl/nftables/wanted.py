@@ -22,7 +22,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from portmapctl.model import MappingConfig
+from portmapctl.core.mapping import MappingConfig
 from portmapctl.nftables.ruleset import (
     HOSTIP_HOSTPORTS,
     HOSTPORTS,

@@ -20,8 +20,8 @@ import pytest
 import realplugin as rp
 import upstream
 
-from portmapctl import netns
-from portmapctl.model import MappingConfig
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.host import netns
 from portmapctl.nftables import inventory, planner, ruleset
 from portmapctl.nftables.access.nft import RealNft
 from portmapctl.nftables.inventory import Owner

@@ -14,7 +14,7 @@ import nftcases
 import pytest
 import realplugin
 
-from portmapctl import netns
+from portmapctl.host import netns
 from portmapctl.nftables import planner, ruleset
 from portmapctl.nftables.access import NftApplyFailed
 from portmapctl.nftables.access.memory import MemoryNft

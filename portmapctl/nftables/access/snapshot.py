@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from portmapctl.errors import BadInput
-from portmapctl.inputs import read_text
+from portmapctl.host.files import read_text
 from portmapctl.nftables.ruleset import Ruleset, Table, parse
 from portmapctl.nftables.transaction import Transaction
 
