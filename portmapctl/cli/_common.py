@@ -29,11 +29,19 @@ except ImportError:  # Python 3.8
     from typing_extensions import Annotated  # type: ignore[assignment]
 
 
-class BackendChoice(str, Enum):
+class IptablesChoice(str, Enum):
     auto = "auto"
     nft = "nft"
     legacy = "legacy"
     iptc = "iptc"
+
+
+class BackendChoice(str, Enum):
+    """The plugin's rule backends (its config key `backend`)."""
+
+    auto = "auto"
+    iptables = "iptables"
+    nftables = "nftables"
 
 
 class FamilyChoice(str, Enum):
@@ -109,8 +117,26 @@ BackendOpt = Annotated[
     typer.Option(
         "--backend",
         envvar="PORTMAPCTL_BACKEND",
+        help="The plugin's backend: auto reads both and follows each container's cached"
+        " config.",
+        rich_help_panel="Common options",
+    ),
+]
+IptablesOpt = Annotated[
+    IptablesChoice,
+    typer.Option(
+        "--iptables",
+        envvar="PORTMAPCTL_IPTABLES",
         help="How iptables is read and written: auto picks what the host's iptables is.",
         rich_help_panel="Common options",
+    ),
+]
+NftSnapshotOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--nft-snapshot",
+        metavar="FILE",
+        help="Read `nft -j list ruleset` output ('-' for stdin), not the kernel.",
     ),
 ]
 FamilyOpt = Annotated[
@@ -174,6 +200,7 @@ VerboseOpt = Annotated[
 ]
 
 DEFAULT_BACKEND = BackendChoice.auto
+DEFAULT_IPTABLES = IptablesChoice.auto
 DEFAULT_CACHE_DIR = CNI_CACHE_DIR
 DEFAULT_FAMILY = FamilyChoice.all
 DEFAULT_OUTPUT = OutputChoice.table
@@ -184,23 +211,29 @@ def families(value: FamilyChoice) -> tuple:
 
 
 def node_options(
-    backend: BackendChoice,
+    iptables: IptablesChoice,
     family: FamilyChoice,
     netns: Optional[str],
     cache_dir: str,
     snapshots: Optional[dict] = None,
+    backend: BackendChoice = DEFAULT_BACKEND,
+    nft_snapshot: Optional[str] = None,
 ) -> NodeOptions:
     from portmapctl.errors import BadInput
     from portmapctl.ops.node import NodeOptions
 
     if not cache_dir:
         raise BadInput("--cni-cache-dir is empty: give a directory (default /var/lib/cni)")
+    if snapshots and nft_snapshot and "-" in (*snapshots.values(), nft_snapshot):
+        raise BadInput("only one of --snapshot/--snapshot6/--nft-snapshot can read standard input")
     return NodeOptions(
-        backend=backend.value,
+        iptables=iptables.value,
         families=families(family),
         netns=netns,
         cache_dir=cache_dir,
         snapshots=snapshots or {},
+        backend=backend.value,
+        nft_snapshot=nft_snapshot,
     )
 
 

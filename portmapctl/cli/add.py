@@ -11,11 +11,13 @@ from portmapctl.cli._common import (
     DEFAULT_BACKEND,
     DEFAULT_CACHE_DIR,
     DEFAULT_FAMILY,
+    DEFAULT_IPTABLES,
     DEFAULT_OUTPUT,
     Annotated,
     BackendOpt,
     CacheDirOpt,
     FamilyOpt,
+    IptablesOpt,
     NetnsOpt,
     NoColorOpt,
     Output,
@@ -222,6 +224,7 @@ def add_command(
         bool, typer.Option("--dry-run", help="Print the transaction, change nothing.")
     ] = False,
     backend: BackendOpt = DEFAULT_BACKEND,
+    iptables: IptablesOpt = DEFAULT_IPTABLES,
     family: FamilyOpt = DEFAULT_FAMILY,
     netns: NetnsOpt = None,
     cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
@@ -250,7 +253,7 @@ def add_command(
         cni_config,
         ifname,
     )
-    options = node_options(backend, family, netns, cni_cache_dir)
+    options = node_options(iptables, family, netns, cni_cache_dir, backend=backend)
     with opened(options, write=not dry_run) as node:
         result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp)
     for warning in result.warnings:

@@ -11,12 +11,15 @@ from portmapctl.cli._common import (
     DEFAULT_BACKEND,
     DEFAULT_CACHE_DIR,
     DEFAULT_FAMILY,
+    DEFAULT_IPTABLES,
     DEFAULT_OUTPUT,
     Annotated,
     BackendOpt,
     CacheDirOpt,
     FamilyOpt,
+    IptablesOpt,
     NetnsOpt,
+    NftSnapshotOpt,
     NoColorOpt,
     Output,
     OutputOpt,
@@ -99,7 +102,9 @@ def check_command(
     snapshot6: Annotated[
         Optional[str], typer.Option(metavar="FILE", help="Check an ip6tables-save dump.")
     ] = None,
+    nft_snapshot: NftSnapshotOpt = None,
     backend: BackendOpt = DEFAULT_BACKEND,
+    iptables: IptablesOpt = DEFAULT_IPTABLES,
     family: FamilyOpt = DEFAULT_FAMILY,
     netns: NetnsOpt = None,
     cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
@@ -139,9 +144,9 @@ def check_command(
             ifname,
         )
     snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
-    if repair and snapshots:
+    if repair and (snapshots or nft_snapshot):
         raise BadInput("--repair changes the node: it cannot be used with --snapshot")
-    options = node_options(backend, family, netns, cni_cache_dir, snapshots)
+    options = node_options(iptables, family, netns, cni_cache_dir, snapshots, backend, nft_snapshot)
     with opened(options, write=repair) as node:
         if repair:
             result = check_lib.repair(node, config, flush_udp=not no_flush_udp)

@@ -11,11 +11,13 @@ from portmapctl.cli._common import (
     DEFAULT_BACKEND,
     DEFAULT_CACHE_DIR,
     DEFAULT_FAMILY,
+    DEFAULT_IPTABLES,
     DEFAULT_OUTPUT,
     Annotated,
     BackendOpt,
     CacheDirOpt,
     FamilyOpt,
+    IptablesOpt,
     NetnsOpt,
     NoColorOpt,
     Output,
@@ -70,6 +72,7 @@ def flush_udp_command(
         bool, typer.Option("--dry-run", help="List the entries, delete nothing.")
     ] = False,
     backend: BackendOpt = DEFAULT_BACKEND,
+    iptables: IptablesOpt = DEFAULT_IPTABLES,
     family: FamilyOpt = DEFAULT_FAMILY,
     netns: NetnsOpt = None,
     cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
@@ -90,7 +93,7 @@ def flush_udp_command(
     ports = None if port is None else sorted({validate.port(p, "--port") for p in port})
     if container is not None:
         validate.cni_name(container, "container ID")
-    options = node_options(backend, family, netns, cni_cache_dir)
+    options = node_options(iptables, family, netns, cni_cache_dir, backend=backend)
     with (
         opened(options, write=not dry_run) as node,
         out.progress("deleting UDP conntrack entries") as progress,

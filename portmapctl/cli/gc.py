@@ -12,11 +12,13 @@ from portmapctl.cli._common import (
     DEFAULT_BACKEND,
     DEFAULT_CACHE_DIR,
     DEFAULT_FAMILY,
+    DEFAULT_IPTABLES,
     DEFAULT_OUTPUT,
     Annotated,
     BackendOpt,
     CacheDirOpt,
     FamilyOpt,
+    IptablesOpt,
     NetnsOpt,
     NoColorOpt,
     Output,
@@ -91,6 +93,7 @@ def gc_command(
         typer.Option("--no-flush-udp", help="Keep the UDP conntrack entries of unmapped ports."),
     ] = False,
     backend: BackendOpt = DEFAULT_BACKEND,
+    iptables: IptablesOpt = DEFAULT_IPTABLES,
     family: FamilyOpt = DEFAULT_FAMILY,
     netns: NetnsOpt = None,
     cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
@@ -122,7 +125,7 @@ def gc_command(
         raise BadInput("not on a terminal: give --yes to remove chains (or --dry-run to look)")
     if ask and valid_attachments == "-":
         raise BadInput("--valid-attachments - reads stdin, so gc cannot ask there: add --yes")
-    node_opts = node_options(backend, family, netns, cni_cache_dir)
+    node_opts = node_options(iptables, family, netns, cni_cache_dir, backend=backend)
     if ask:
         with opened(node_opts) as node:
             preview = gc(node, sources, replace(options, dry_run=True))

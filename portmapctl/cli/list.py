@@ -10,12 +10,15 @@ from portmapctl.cli._common import (
     DEFAULT_BACKEND,
     DEFAULT_CACHE_DIR,
     DEFAULT_FAMILY,
+    DEFAULT_IPTABLES,
     DEFAULT_OUTPUT,
     Annotated,
     BackendOpt,
     CacheDirOpt,
     FamilyOpt,
+    IptablesOpt,
     NetnsOpt,
+    NftSnapshotOpt,
     NoColorOpt,
     Output,
     OutputOpt,
@@ -39,6 +42,9 @@ Examples:
 
 \b
   portmapctl list -o json --snapshot iptables-save.txt --snapshot6 ip6tables-save.txt
+
+\b
+  portmapctl list --nft-snapshot ruleset.json --cni-cache-dir ./cni
 """
 
 
@@ -63,10 +69,12 @@ def list_command(
     snapshot6: Annotated[
         Optional[str], typer.Option(metavar="FILE", help="Read an ip6tables-save dump.")
     ] = None,
+    nft_snapshot: NftSnapshotOpt = None,
     conntrack: Annotated[
         bool, typer.Option("--conntrack", help="Count UDP conntrack entries per UDP mapping.")
     ] = False,
     backend: BackendOpt = DEFAULT_BACKEND,
+    iptables: IptablesOpt = DEFAULT_IPTABLES,
     family: FamilyOpt = DEFAULT_FAMILY,
     netns: NetnsOpt = None,
     cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
@@ -90,21 +98,32 @@ def list_command(
             # A prefix of a valid ID is itself one: anything else can match nothing.
             validate.cni_name(container, "container ID")
     snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
-    options = node_options(backend, family, netns, cni_cache_dir, snapshots)
+    options = node_options(iptables, family, netns, cni_cache_dir, snapshots, backend, nft_snapshot)
     with opened(options) as node:
         tables, cache = node.read_with_cache()
         found = inventory.build(tables, cache)
+        mappings = list(found.mappings)
+        if node.nft is not None:
+            from portmapctl.ops import nft
+
+            ipt_owners = {c.container_id for c in found.chains if c.container_id}
+            _live, _split, nft_found = nft.build(node, cache, ipt_owners)
+            if nft_found.mappings:
+                mappings += nft_found.mappings
+                mappings.sort(key=_row_order)
+            if node.nft_unusable is not None and _split.nftables:
+                out.warn(f"{node.nft_unusable} (nftables rules not listed)")
         counts = None
         if conntrack:
-            if snapshots:
+            if options.offline:
                 from portmapctl.errors import BadInput
 
                 raise BadInput("--conntrack reads the kernel: it cannot be used with --snapshot")
             from portmapctl.ops.flush_udp import count_per_mapping
 
-            counts = count_per_mapping(found.mappings)
+            counts = count_per_mapping(mappings)
     rows = inventory.select(
-        found.mappings,
+        mappings,
         container=container,
         network=network,
         port=port,
@@ -122,3 +141,15 @@ def list_command(
         out.message("no portmap chains found")
         return
     out.show(render.list_table(rows, chains, counts))
+
+
+def _row_order(m: object) -> tuple:
+    """SPEC §3: network, container, family, protocol, host port (a container's rows,
+    iptables and nftables alike, stand together)."""
+    return (
+        getattr(m, "network", None) or "",
+        getattr(m, "container_id", None) or "",
+        getattr(m, "family", 0),
+        getattr(m, "protocol", ""),
+        getattr(m, "host_port", 0),
+    )

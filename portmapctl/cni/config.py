@@ -7,6 +7,7 @@ Accepts what the plugin accepts; every refusal is a BadInput naming the source.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, List, Mapping, Optional, Tuple
 
 from portmapctl.core.mapping import Interface, MappingConfig, PortMapping
@@ -107,8 +108,12 @@ def plugin_config(
     for key, value in (("snat", snat), ("masqAll", masq_all)):
         if not isinstance(value, bool):
             raise BadInput(f"{source}: {key} must be true or false")
+    backend = conf.get("backend")
+    if backend is not None and backend not in ("iptables", "nftables"):
+        # As the plugin: `failed to parse config: unrecognized backend "nft"`.
+        raise BadInput(f"{source}: unrecognized backend {shown(backend)}: use iptables or nftables")
     try:
-        return mapping_config(
+        config = mapping_config(
             network=conf.get("name", ""),
             container_id=container_id,
             addresses=result_addresses(conf.get("prevResult"), ifname, source),
@@ -123,6 +128,7 @@ def plugin_config(
     except BadInput as err:
         message = str(err)
         raise BadInput(message if message.startswith(source) else f"{source}: {message}") from None
+    return replace(config, backend=backend) if backend else config
 
 
 def ensure_mapping(value: Any, source: str) -> Mapping[str, Any]:

@@ -62,9 +62,7 @@ class ProblemKind(str, Enum):
     MISSING_CHAIN = "nft-missing-chain"
     MISSING_ENTRY = "nft-missing-entry"
     MISSING_JUMPS = "nft-missing-jumps"
-    MISSING_RULES = "missing"
-    SHADOWED = "shadowed"
-    STALE = "stale"
+    MISSING_RULES = "nft-missing-rules"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, FrozenSet, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
@@ -151,6 +151,8 @@ def fixes_for(node: Node, cache_present: bool = True) -> Fixes:
         suffix += f" --netns {shlex.quote(options.netns)}"
     if options.backend != "auto":
         suffix += f" --backend {options.backend}"
+    if options.iptables != "auto":
+        suffix += f" --iptables {options.iptables}"
     if tuple(options.families) != (4, 6):
         suffix += " --family " + ("all" if len(options.families) != 1 else str(options.families[0]))
     if options.cache_dir != DEFAULT_CACHE_DIR:
@@ -642,13 +644,18 @@ def diagnose(
     *,
     other_tables: Optional[ReadOnly[int, NatTable]] = None,
     flavours: Optional[Tuple[str, str]] = None,
+    nft_backed: Collection[str] = (),
 ) -> Tuple[List[Problem], int]:
     """Every problem of a node (pure). Returns (problems, mappings compared).
 
     `attachments` is the CNI cache (None: there is none). `other_tables` are the same
     families read from the other iptables flavour; `flavours` is (used, other).
+    Containers in `nft_backed` (IDs) keep their rules in nftables: nothing of them is
+    expected in iptables.
     """
     configs = cached_configs(attachments) if attachments is not None else None
+    if configs is not None and nft_backed:
+        configs = [c for c in configs if c.container_id not in nft_backed]
     problems: List[Problem] = []
     other_flavour = flavours[1] if flavours else None
     if other_tables and flavours:
@@ -728,9 +735,18 @@ def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckRes
     tables = node.read()
     flavours, other_tables, notes = _other_flavour(node, tuple(tables))
     fixes = fixes_for(node, attachments is not None)
+    nft_problems, nft_ids, nft_compared, nft_notes = _nft_problems(node, tables, attachments, fixes)
+    notes += nft_notes
     problems, compared = diagnose(
-        tables, attachments, fixes, other_tables=other_tables, flavours=flavours
+        tables,
+        attachments,
+        fixes,
+        other_tables=other_tables,
+        flavours=flavours,
+        nft_backed=nft_ids,
     )
+    problems += nft_problems
+    compared += nft_compared
     if attachments is None:
         notes.append(
             f"no CNI cache in {node.options.cache_dir}/results: cached mappings and stale"
@@ -766,6 +782,128 @@ def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
         mappings_checked=compared,
         chain=dnat_chain_name(config),
     )
+
+
+# --- the plugin's nftables backend --------------------------------------------------
+
+_NFT_WHY = {
+    "nft-missing-table": "without the table no nft-backed host port is forwarded",
+    "nft-missing-chain": "the plugin's rules have nowhere to live, or are never reached",
+    "nft-missing-entry": "prerouting/output no longer send traffic to the host-port rules",
+    "nft-missing-jumps": "hostports_all no longer reaches the host-port rules",
+    "nft-missing-rules": "a cached container's host ports are not forwarded",
+    "both-backends": "the plugin's DEL cleans one backend only: the other's rules leak",
+}
+
+
+def _iptables_owners(
+    tables: ReadOnly[int, NatTable], attachments: Optional[Sequence[Attachment]]
+) -> set:
+    """Cached containers whose CNI-DN- chain is in iptables."""
+    return {
+        a.container_id
+        for a in attachments or ()
+        if any(t.has_chain(a.dnat_chain) for t in tables.values())
+    }
+
+
+def _nft_problems(
+    node: Node,
+    tables: ReadOnly[int, NatTable],
+    attachments: Optional[Sequence[Attachment]],
+    fixes: Fixes,
+) -> Tuple[List[Problem], set, int, List[str]]:
+    """(problems, IDs of nft-backed containers, mappings compared, notes)."""
+    if node.nft is None:
+        return [], set(), 0, []
+    from portmapctl.ops import nft
+
+    _live, parts, found = nft.build(node, attachments, _iptables_owners(tables, attachments))
+    nft_ids = {a.container_id for a in parts.nftables}
+    if node.nft_unusable is not None:
+        if parts.nftables:
+            raise node.nft_unusable  # nft state is needed and cannot be read
+        return [], nft_ids, 0, []
+    problems: List[Problem] = []
+    for p in found.problems:
+        if node.options.families and p.family not in node.options.families:
+            continue
+        fix = fixes.repair
+        problems.append(
+            Problem(
+                p.kind.value,
+                p.family,
+                f"nft:{p.chain or ''}".rstrip(":") or "nft",
+                p.network,
+                p.container_id,
+                p.detail,
+                fix,
+                _NFT_WHY.get(p.kind.value, ""),
+            )
+        )
+    seen_stale = set()
+    for m in found.mappings:
+        if "stale" in m.status and (m.container_id, m.family) not in seen_stale:
+            seen_stale.add((m.container_id, m.family))
+            problems.append(
+                Problem(
+                    STALE,
+                    m.family,
+                    f"nft:{m.chain}",
+                    None,
+                    m.container_id,
+                    "nftables rules of a container the CNI cache does not know",
+                    fixes.gc,
+                    "its host ports stay taken by a container that is gone",
+                )
+            )
+        if "shadowed" in m.status:
+            problems.append(
+                Problem(
+                    SHADOWED,
+                    m.family,
+                    f"nft:{m.chain}",
+                    m.network,
+                    m.container_id,
+                    f"{m.protocol}/{m.host_port} goes to {m.shadowed_by} first",
+                    "",
+                    "nftables is first-match-wins: this mapping gets no traffic",
+                )
+            )
+    for cid in parts.both:
+        problems.append(
+            Problem(
+                "both-backends",
+                None,
+                None,
+                None,
+                cid,
+                "rules in both iptables and nftables",
+                fixes.gc,
+                _NFT_WHY["both-backends"],
+            )
+        )
+    compared = sum(len(a.mapping.families) for a in parts.nftables if a.mapping is not None)
+    return problems, nft_ids, compared, []
+
+
+def _nft_repair(node: Node, attachments: Optional[Sequence[Attachment]], dry_run: bool) -> str:
+    """One `nft -f` transaction adding what nft-backed cached containers lack."""
+    if node.nft is None or attachments is None:
+        return ""
+    from portmapctl.nftables import planner
+    from portmapctl.nftables.wanted import wanted
+    from portmapctl.ops import nft
+
+    tables = node.read()
+    parts = nft.split(
+        attachments, node.read_nft(), _iptables_owners(tables, attachments), node.options.backend
+    )
+    configs = [a.mapping for a in parts.nftables if a.mapping is not None]
+    if not configs:
+        return ""
+    want = [w for c in configs for f in node.options.families if (w := wanted(c, f)) is not None]
+    return node.converge_nft(lambda live: planner.setup(live, want), dry_run=dry_run)
 
 
 # --- repair ---------------------------------------------------------------------------
@@ -809,7 +947,7 @@ def repair(
 ) -> CheckResult:
     """Create what is missing (cached mappings, or `config`, and the top-level
     structure), then check again. Returns the check after, with what was fixed."""
-    if not node.backend.writable:
+    if node.options.offline or (node.options.uses_iptables and not node.backend.writable):
         raise BadInput("--repair changes the node: it cannot work on a --snapshot")
     attachments: Optional[List[Attachment]] = None
     if config is not None:
@@ -824,6 +962,20 @@ def repair(
     plan = _plan(configs, config)
     transactions: Dict[int, str] = {}
     changed: Dict[str, Tuple[MappingConfig, List[int]]] = {}
+    nft_ids: set = set()
+    if config is None and node.nft is not None and attachments is not None:
+        from portmapctl.ops import nft
+
+        parts = nft.split(
+            attachments,
+            node.read_nft(),
+            _iptables_owners(node.read(), attachments),
+            node.options.backend,
+        )
+        nft_ids = {a.container_id for a in parts.nftables}
+        if configs is not None:
+            configs = [c for c in configs if c.container_id not in nft_ids]
+        plan = _plan(configs, config)
     for family in families:
         txn = node.converge(family, plan)
         if not txn:
@@ -831,6 +983,10 @@ def repair(
         transactions[family] = txn.render()
         for c in _changed(txn, configs or []):
             changed.setdefault(dnat_chain_name(c), (c, []))[1].append(family)
+    if nft_ids:
+        text = _nft_repair(node, attachments, dry_run=False)
+        if text:
+            transactions["nft"] = text  # type: ignore[index]
     warnings: List[str] = []
     # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
     # un-NATed path it took while the mapping was missing.

@@ -81,6 +81,11 @@ def mapping_json(m: Mapping, conntrack: Optional[MappingT[Mapping, int]] = None)
     }
     if m.shadowed_by:
         doc["shadowed_by"] = m.shadowed_by
+    backend = getattr(m, "backend", None)
+    if backend is not None:
+        # nftables rows (iptables ones get the key with JSON schema 2).
+        doc["backend"] = backend
+        doc["chain_type"] = getattr(m, "chain_type", None)
     if conntrack is not None and m.protocol == "udp":
         doc["conntrack_entries"] = conntrack.get(m, 0)
     return doc
@@ -195,7 +200,7 @@ def list_table(
             host_address(m),
             container_address(m),
             "yes" if m.snat else "no",
-            m.chain,
+            _chain_cell(m),
         ]
         if conntrack is not None:
             row.append(str(conntrack.get(m, 0)) if m.protocol == "udp" else "-")
@@ -223,6 +228,13 @@ def list_table(
     return grid(headers, rows, statuses)
 
 
+def _chain_cell(m: Mapping) -> str:
+    """iptables: the CNI-DN- chain; nftables: `nft:` + the chain of the rule."""
+    if getattr(m, "backend", None) == "nftables":
+        return f"nft:{m.chain}"
+    return m.chain
+
+
 def add_json(result: AddResult) -> Dict[str, Any]:
     return {
         "dry_run": result.dry_run,
@@ -232,11 +244,18 @@ def add_json(result: AddResult) -> Dict[str, Any]:
     }
 
 
-def transactions_text(transactions: Dict[int, str]) -> str:
-    """Restore texts per family, each under a `# IPv4: iptables-restore --noflush` line."""
+def transactions_text(transactions: MappingT[Any, str]) -> str:
+    """Restore texts per family, each under a `# IPv4: iptables-restore --noflush` line;
+    the nftables transaction (key "nft", both families) under `# nftables: nft -f -`."""
+
+    def header(key: Any) -> str:
+        if key == "nft":
+            return "# nftables: nft -f -"
+        return f"# IPv{key}: {'ip6tables' if key == 6 else 'iptables'}-restore --noflush"
+
     return "".join(
-        f"# IPv{fam}: {'ip6tables' if fam == 6 else 'iptables'}-restore --noflush\n{text}"
-        for fam, text in sorted(transactions.items())
+        f"{header(key)}\n{text}"
+        for key, text in sorted(transactions.items(), key=lambda kv: (kv[0] == "nft", str(kv[0])))
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol
 
-from portmapctl.errors import ApplyFailed
+from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.nftables.ruleset import Ruleset
 from portmapctl.nftables.transaction import Transaction
 
@@ -27,6 +27,10 @@ class NftApplyFailed(ApplyFailed):
     def __init__(self, message: str, reason: str = "", maybe_applied: bool = False) -> None:
         super().__init__(message, maybe_applied=maybe_applied)
         self.reason = reason
+
+
+class NftUnusable(HostProblem):
+    """No nft, or one older than 1.0.1: the plugin cannot use nftables here either."""
 
 
 class NftAccess(Protocol):

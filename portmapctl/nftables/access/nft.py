@@ -18,7 +18,7 @@ import subprocess
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from portmapctl.errors import HostProblem
-from portmapctl.nftables.access import NftApplyFailed
+from portmapctl.nftables.access import NftApplyFailed, NftUnusable
 from portmapctl.nftables.ruleset import FAMILY_NAMES, TABLE, Ruleset, parse_many
 from portmapctl.nftables.transaction import Transaction
 
@@ -58,7 +58,7 @@ class RealNft:
         if self._binary is None:
             path = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
             if path is None:
-                raise HostProblem(
+                raise NftUnusable(
                     "nft not found: install nftables (1.0.1 or later) to work with the "
                     "plugin's nftables backend"
                 )
@@ -82,10 +82,10 @@ class RealNft:
         proc = self._run([self.binary(), "--version"])
         version = parse_version(proc.stdout + proc.stderr)
         if proc.returncode != 0 or version is None:
-            raise HostProblem(f"{self.binary()} --version failed: is it nftables' nft?")
+            raise NftUnusable(f"{self.binary()} --version failed: is it nftables' nft?")
         if version < MIN_VERSION:
             found = ".".join(map(str, version))
-            raise HostProblem(
+            raise NftUnusable(
                 f"nft {found} is too old for the plugin's nftables backend: needs 1.0.1 or later"
             )
         return version
