@@ -30,7 +30,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni import config as cni_config
 from portmapctl.cni.cache import Attachment, results_dir
@@ -46,6 +46,9 @@ from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops import gc_state
 from portmapctl.ops.node import Node
+
+if TYPE_CHECKING:
+    from portmapctl.nftables.ruleset import Ruleset
 
 DEFAULT_MIN_AGE = 120.0
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
@@ -378,8 +381,15 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
     warnings = list(state_warnings)
     # Sightings of families not looked at this run stay as they are.
     families = node.families
+    nft_families = families if node.nft is not None else ()
     remembered: Dict[str, gc_state.Seen] = {
-        key: value for key, value in seen.items() if int(key.split(" ", 1)[0]) not in families
+        key: value
+        for key, value in seen.items()
+        if not (
+            (_nft_key_family(key) in nft_families)
+            if key.startswith("nft")
+            else int(key.split(" ", 1)[0]) in families
+        )
     }
     plans: List[FamilyPlan] = []
     transactions: Dict[int, str] = {}
@@ -421,9 +431,28 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
         if not options.dry_run:
             for chain in done.removed:
                 remembered.pop(state_key(family, chain.chain), None)
+    nft_removed: List[GcChain] = []
+    nft_pending: List[GcChain] = []
+    nft_freed: Dict[int, Set[int]] = {}
+    if failure is None and node.nft is not None:
+        try:
+            text, nft_done = _gc_nft(node, sources, options, seen, use_cache)
+        except ApplyFailed as err:
+            failure = ApplyFailed(f"nftables: {err}")
+        else:
+            if nft_done is not None:
+                nft_removed, nft_pending, nft_seen, nft_freed = nft_done
+                remembered.update(nft_seen)
+                if not options.dry_run:
+                    for chain in nft_removed:
+                        remembered.pop(_nft_key(chain.family, chain.container_id or ""), None)
+            if text and options.dry_run:
+                transactions["nft"] = text  # type: ignore[index]
     if not options.dry_run:
         gc_state.save(options.state_dir, namespace, remembered)
     freed = {p.family: p.freed_udp_ports for p in plans if p.freed_udp_ports}
+    for family, ports in nft_freed.items():
+        freed[family] = tuple(sorted(set(freed.get(family, ())) | ports))
     deleted, flush_warnings = 0, ()
     if not options.dry_run and options.flush_udp and freed:
         # Also when a later family failed: what went in the others went for good.
@@ -432,14 +461,128 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
         raise failure
     return GcResult(
         options.dry_run,
-        tuple(c for p in plans for c in p.removed),
-        tuple(c for p in plans for c in p.pending),
+        tuple(c for p in plans for c in p.removed) + tuple(nft_removed),
+        tuple(c for p in plans for c in p.pending) + tuple(nft_pending),
         sum(p.kept for p in plans),
         deleted,
         tuple((p.family, name) for p in plans for name in p.shared_removed),
         transactions,
         tuple(warnings) + flush_warnings,
     )
+
+
+# --- the plugin's nftables backend ---------------------------------------------------
+# Its rules carry the bare container ID and no network: liveness is by ID (the cache's
+# IDs on any network, bare valid-attachments lists, --keep), and a network-scoped
+# valid-attachments document alone speaks for no nftables rule. One GcChain per
+# (family, container): chain "nft:<ID>", kind "nft-rule".
+
+NFT_KIND = "nft-rule"
+
+
+def _nft_key(family: int, container_id: str) -> str:
+    return f"nft{family} {container_id}"
+
+
+def _nft_key_family(key: str) -> int:
+    head = key.split(" ", 1)[0][3:]
+    return int(head) if head.isdigit() else 0
+
+
+def _nft_live_ids(sources: Sources, attachments: Optional[Sequence[Attachment]]) -> Set[str]:
+    ids = {a.container_id for a in attachments or ()}
+    for document in sources.documents:
+        ids.update(document.container_ids)
+    return ids
+
+
+NftPlan = Tuple[List[GcChain], List[GcChain], Dict[str, gc_state.Seen], Dict[int, Set[int]]]
+
+
+def _gc_nft(
+    node: Node,
+    sources: Sources,
+    options: GcOptions,
+    seen: Mapping[str, gc_state.Seen],
+    use_cache: bool,
+) -> Tuple[str, Optional[NftPlan]]:
+    from portmapctl.nftables.node import dead_containers
+    from portmapctl.nftables.transaction import Transaction as NftTransaction
+
+    if (
+        sources.documents
+        and all(d.network is not None for d in sources.documents)
+        and not (use_cache or sources.keep or sources.remove_all)
+    ):
+        return "", None  # network-scoped documents only: nftables rules name no network
+    latest: List[NftPlan] = []
+
+    def plan(live_rules: Ruleset) -> NftTransaction:
+        attachments = _read_cache(node) if use_cache else None
+        ids = _nft_live_ids(sources, attachments)
+
+        def is_live(cid: str) -> bool:
+            return cid in ids or any(cid.startswith(k) for k in sources.keep)
+
+        now = gc_state.clock()
+        removed: List[GcChain] = []
+        pending: List[GcChain] = []
+        new_seen: Dict[str, gc_state.Seen] = {}
+        txn = NftTransaction()
+        gone_udp: Dict[int, Set[int]] = {}
+        for dead in dead_containers(live_rules, is_live):
+            for family in dead.families:
+                if family not in node.families:
+                    continue
+                rules = tuple(r for r in dead.rules if r.family == family)
+                ports = tuple((p, n) for f, p, n in dead.host_ports if f == family)
+                key = _nft_key(family, dead.container_id)
+                mark = type(dead)(dead.container_id, rules, ()).fingerprint
+                before = seen.get(key)
+                first = before.first_seen if before and before.fingerprint == mark else now
+                new_seen[key] = gc_state.Seen(mark, first)
+                name = f"nft:{dead.container_id}"
+                item = GcChain(
+                    name,
+                    family,
+                    NFT_KIND,
+                    None,
+                    dead.container_id,
+                    ports,
+                    round(max(now - first, 0.0), 1),
+                )
+                allowed = options.only is None or (family, name) in options.only
+                if now - first >= options.min_age and allowed:
+                    removed.append(item)
+                    for rule in rules:
+                        txn.delete_rule(family, rule.chain, rule.handle)
+                    gone_udp.setdefault(family, set()).update(n for p, n in ports if p == "udp")
+                else:
+                    pending.append(item)
+        # UDP ports another rule still maps are not freed.
+        still = _nft_udp_ports(live_rules, {(op.family, op.handle or 0) for op in txn.ops})
+        freed = {f: ports - still.get(f, set()) for f, ports in gone_udp.items()}
+        latest.append((removed, pending, new_seen, {f: p for f, p in freed.items() if p}))
+        return txn
+
+    text = node.converge_nft(plan, dry_run=options.dry_run)
+    return text, (latest[-1] if latest else None)
+
+
+def _nft_udp_ports(live_rules: Ruleset, gone: Set[Tuple[int, int]]) -> Dict[int, Set[int]]:
+    """family -> UDP host ports the rules not in `gone` (family, handle) still map."""
+    from portmapctl.nftables.ruleset import CONTAINER_CHAINS
+
+    found: Dict[int, Set[int]] = {}
+    for family, table in live_rules.tables.items():
+        for chain in CONTAINER_CHAINS:
+            for rule in table.rules_of(chain):
+                if (family, rule.handle) in gone:
+                    continue
+                port = rule.body.value("udp dport")
+                if port is not None and port.isdigit():
+                    found.setdefault(family, set()).add(int(port))
+    return found
 
 
 def flush_udp(ports: Mapping[int, Sequence[int]]) -> Tuple[int, Tuple[str, ...]]:
