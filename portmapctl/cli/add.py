@@ -204,6 +204,21 @@ def mapping_from_options(
     return validate.buildable(config)
 
 
+def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
+    """--backend against the config's own `backend` key (from --cni-config)."""
+    from dataclasses import replace
+
+    from portmapctl.errors import BadInput
+
+    if backend == "auto":
+        return config
+    if config.backend not in (None, backend):
+        raise BadInput(
+            f'--backend {backend} contradicts the config\'s "backend": "{config.backend}"'
+        )
+    return replace(config, backend=backend)
+
+
 def add_command(
     network: Network = None,
     container: Container = None,
@@ -253,6 +268,7 @@ def add_command(
         cni_config,
         ifname,
     )
+    config = with_backend(config, backend.value)
     options = node_options(iptables, family, netns, cni_cache_dir, backend=backend)
     with opened(options, write=not dry_run) as node:
         result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp)
@@ -266,7 +282,9 @@ def add_command(
             out.message("nothing to do: the mapping is already in place")
         sys.stdout.write(render.transactions_text(result.transactions))
         return
-    if result.changed:
+    if result.changed and config.backend == "nftables":
+        out.message(f"added nftables rules ({config.network}/{config.container_id})")
+    elif result.changed:
         out.message(f"added {dnat_chain_name(config)} ({config.network}/{config.container_id})")
     else:
         out.message(f"unchanged: {dnat_chain_name(config)} is already in place")

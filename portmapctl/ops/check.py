@@ -22,6 +22,7 @@ would), never deletes another container's chain, and leaves stale state to `gc`.
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
@@ -887,6 +888,13 @@ def _nft_problems(
     return problems, nft_ids, compared, []
 
 
+def _added_at(attachment: Attachment) -> Tuple[int, str]:
+    try:
+        return os.stat(attachment.path).st_mtime_ns, attachment.path
+    except OSError:
+        return 0, attachment.path
+
+
 def _nft_repair(node: Node, attachments: Optional[Sequence[Attachment]], dry_run: bool) -> str:
     """One `nft -f` transaction adding what nft-backed cached containers lack."""
     if node.nft is None or attachments is None:
@@ -899,7 +907,9 @@ def _nft_repair(node: Node, attachments: Optional[Sequence[Attachment]], dry_run
     parts = nft.split(
         attachments, node.read_nft(), _iptables_owners(tables, attachments), node.options.backend
     )
-    configs = [a.mapping for a in parts.nftables if a.mapping is not None]
+    # In ADD order (the cache files' modification times): the rule order the plugin
+    # would have made, and the last ADD's conditions in prerouting/output, as on the node.
+    configs = [a.mapping for a in sorted(parts.nftables, key=_added_at) if a.mapping is not None]
     if not configs:
         return ""
     want = [w for c in configs for f in node.options.families if (w := wanted(c, f)) is not None]
