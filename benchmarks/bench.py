@@ -247,7 +247,7 @@ class Runner:
         self.mode = mode
         self.cache_dir = cache_dir
         # `auto` picks nf_tables on this host; only the legacy flavour needs saying.
-        self.backend = [] if mode == rp_host_flavour() else ["--backend", mode]
+        self.backend = [] if mode == rp_host_flavour() else ["--iptables", mode]
         self.env = user_env()
 
     def portmapctl(self, *args: str, ok=(0,), cache_dir: Optional[str] = None) -> float:
@@ -288,7 +288,7 @@ def user_env() -> Dict[str, str]:
     """The environment portmapctl runs in: this one, minus what a user would not have
     (a backend override; PYTHONDONTWRITEBYTECODE, set on this machine, which would make
     every run compile portmapctl from source, 20-50 ms that an installed copy never pays)."""
-    drop = ("PORTMAPCTL_BACKEND", "PYTHONDONTWRITEBYTECODE")
+    drop = ("PORTMAPCTL_BACKEND", "PORTMAPCTL_IPTABLES", "PYTHONDONTWRITEBYTECODE")
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
@@ -584,7 +584,7 @@ def profile(mode: str, n: int) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     containers = [container(i) for i in range(n)]
     env = user_env()
-    extra = [] if mode == rp_host_flavour() else ["--backend", mode]
+    extra = [] if mode == rp_host_flavour() else ["--iptables", mode]
     c = container(n, plain=True)
     commands = {
         "list": ["list"],

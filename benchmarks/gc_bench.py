@@ -98,7 +98,7 @@ def time_save(ns: str, mode: str) -> float:
 def time_gc(ns: str, mode: str) -> float:
     with tempfile.TemporaryDirectory() as empty:
         argv = [sys.executable, "-m", "portmapctl", "gc", "--yes", "--all", "--min-age", "0"]
-        argv += ["-q", "--netns", ns, "--backend", mode, "--cni-cache-dir", empty]
+        argv += ["-q", "--netns", ns, "--iptables", mode, "--cni-cache-dir", empty]
         started = time.perf_counter()
         done = subprocess.run(argv, capture_output=True, text=True)
         elapsed = time.perf_counter() - started

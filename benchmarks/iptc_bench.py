@@ -11,7 +11,7 @@ Prints the median of --runs runs of:
 - a bare `iptables-legacy-save -t nat` (the floor);
 - one family's read through each backend, in this process (what `list` pays to read);
 - `portmapctl list -o json` as a fresh process (start-up and imports count, as for a
-  user), with --backend legacy and --backend iptc;
+  user), with --iptables legacy and --iptables iptc;
 - `portmapctl add` of one more container into that table, with each backend;
 - reading the same table rule by rule through python-iptables' own Rule objects
   (rule.matches[].get_all_parameters()), the way FACTS measured it;
@@ -84,7 +84,7 @@ def run(argv: List[str], env: Dict[str, str]) -> None:
 
 def add_argv(ns: str, backend: str, i: int) -> List[str]:
     config = container(i)
-    return [sys.executable, "-m", "portmapctl", "add", "--netns", ns, "--backend", backend,
+    return [sys.executable, "-m", "portmapctl", "add", "--netns", ns, "--iptables", backend,
             "--network", config.network, "--container", config.container_id,
             "--ip", str(config.addresses[0]), "-p", f"{20000 + i}:80", "-p", f"{40000 + i}:53/udp",
             "--no-flush-udp", "-q"]  # fmt: skip
@@ -146,15 +146,15 @@ def main() -> None:
             )
         for backend in ("legacy", "iptc"):
             argv = [sys.executable, "-m", "portmapctl", "list", "--netns", name,
-                    "--backend", backend, "--cni-cache-dir", cache, "-o", "json"]  # fmt: skip
-            results[f"portmapctl list -o json --backend {backend}"] = median_time(
+                    "--iptables", backend, "--cni-cache-dir", cache, "-o", "json"]  # fmt: skip
+            results[f"portmapctl list -o json --iptables {backend}"] = median_time(
                 lambda argv=argv: run(argv, env), args.runs
             )
         for offset, backend in enumerate(("legacy", "iptc")):
             # New containers each run (the other backend's too): every add changes the table.
             first = args.containers + offset * args.runs
             added = iter(range(first, first + args.runs))
-            results[f"portmapctl add, one more, --backend {backend}"] = median_time(
+            results[f"portmapctl add, one more, --iptables {backend}"] = median_time(
                 lambda backend=backend, added=added: run(add_argv(name, backend, next(added)), env),
                 args.runs,
             )
@@ -179,13 +179,13 @@ def main() -> None:
     for what, seconds in results.items():
         print(f"  {what:50} {seconds:7.3f} s  ({seconds / floor:5.1f}x bare save)")
     ratio = (
-        results["portmapctl list -o json --backend iptc"]
-        / results["portmapctl list -o json --backend legacy"]
+        results["portmapctl list -o json --iptables iptc"]
+        / results["portmapctl list -o json --iptables legacy"]
     )
     print(f"  list through iptc / list through legacy save/restore: {ratio:.2f}x")
     ratio = (
-        results["portmapctl add, one more, --backend iptc"]
-        / results["portmapctl add, one more, --backend legacy"]
+        results["portmapctl add, one more, --iptables iptc"]
+        / results["portmapctl add, one more, --iptables legacy"]
     )
     print(f"  add through iptc / add through legacy save/restore: {ratio:.2f}x")
 

@@ -67,7 +67,7 @@ def _portmapctl_add(host_ns: str, mode: str, case: str) -> None:
                 "add",
                 "--netns",
                 host_ns,
-                "--backend",
+                "--iptables",
                 mode,
                 "--container",
                 container["containerId"],
@@ -127,7 +127,7 @@ def test_add_twice_changes_nothing(host_ns, iptables_mode, case):
                 "add",
                 "--netns",
                 host_ns,
-                "--backend",
+                "--iptables",
                 iptables_mode,
                 "-o",
                 "json",
@@ -156,7 +156,7 @@ def test_list_reports_what_the_plugin_made(host_ns, iptables_mode, case):
             mode=iptables_mode,
             check=True,
         )
-    doc = json.loads(ok(["list", "--netns", host_ns, "--backend", iptables_mode, "-o", "json"]))
+    doc = json.loads(ok(["list", "--netns", host_ns, "--iptables", iptables_mode, "-o", "json"]))
     got = sorted(
         (
             (
@@ -208,7 +208,7 @@ def test_dry_run_prints_the_transaction_and_changes_nothing(host_ns, iptables_mo
             "add",
             "--netns",
             host_ns,
-            "--backend",
+            "--iptables",
             iptables_mode,
             "--network",
             "mynet",
@@ -234,7 +234,7 @@ def test_changed_ports_rewrite_the_chain_and_entry_rules(host_ns, iptables_mode)
         "add",
         "--netns",
         host_ns,
-        "--backend",
+        "--iptables",
         iptables_mode,
         "--network",
         "mynet",

@@ -1,6 +1,6 @@
 """The python-iptables backend on its own: the pieces of iptables-save's format it
 prints itself, namespaces, the xtables lock, what happens when python-iptables or
-libiptc is missing or dies, and that `import iptc` is paid only with --backend iptc.
+libiptc is missing or dies, and that `import iptc` is paid only with --iptables iptc.
 
 The conformance suite (test_backends_conformance.py) holds it to the same results as
 the save/restore backends.
@@ -225,7 +225,7 @@ def test_not_root_is_an_environment_error(monkeypatch):
     namespace: the kernel refuses before it looks at any table)."""
     pytest.importorskip("iptc", reason="python-iptables is not installed")
     monkeypatch.setenv("PATH", f"{rp.bin_dir('legacy')}:{os.environ['PATH']}")
-    done = run(["list", "--backend", "iptc"], unprivileged=True)
+    done = run(["list", "--iptables", "iptc"], unprivileged=True)
     assert_error(done, 3, "permission denied", "root")
 
 
@@ -261,7 +261,7 @@ def _without(path: str, scratch: Path, *args: str) -> subprocess.CompletedProces
 def test_missing_python_iptables_is_an_environment_error(host_ns, tmp_path):
     iptc = pytest.importorskip("iptc", reason="python-iptables is not installed")
     package = os.path.dirname(iptc.__file__)
-    done = _without(package, tmp_path, "list", "--netns", host_ns, "--backend", "iptc")
+    done = _without(package, tmp_path, "list", "--netns", host_ns, "--iptables", "iptc")
     assert_error(done, 3, "needs python-iptables", "portmapctl[iptc]")
 
 
@@ -272,7 +272,7 @@ def test_missing_libiptc_is_an_environment_error(host_ns, tmp_path):
         paths = {line.split()[-1] for line in maps if "libip4tc" in line}
     assert paths, "python-iptables loaded no libip4tc"
     library = os.path.realpath(paths.pop())
-    done = _without(library, tmp_path, "list", "--netns", host_ns, "--backend", "iptc")
+    done = _without(library, tmp_path, "list", "--netns", host_ns, "--iptables", "iptc")
     assert_error(done, 3, "cannot load libiptc", "install iptables")
 
 
@@ -295,7 +295,7 @@ def _imported_iptc(stderr: str) -> bool:
 
 
 def test_import_iptc_only_with_backend_iptc(host_ns):
-    """`import iptc` costs 0.25-0.4 s: paid only when --backend iptc is used."""
+    """`import iptc` costs 0.25-0.4 s: paid only when --iptables iptc is used."""
     pytest.importorskip("iptc", reason="python-iptables is not installed")
     legacy = dict(os.environ, PATH=f"{rp.bin_dir('legacy')}:{os.environ['PATH']}")
     nft = dict(os.environ, PATH=f"{rp.bin_dir('nft')}:{os.environ['PATH']}")
@@ -303,11 +303,11 @@ def test_import_iptc_only_with_backend_iptc(host_ns):
     assert not _imported_iptc(_imports("--version", env=legacy))
     assert not _imported_iptc(_imports("list", *snapshot, env=legacy))
     assert not _imported_iptc(
-        _imports("list", "--netns", host_ns, "--backend", "legacy", env=legacy)
+        _imports("list", "--netns", host_ns, "--iptables", "legacy", env=legacy)
     )
     # Refused on an nf_tables host before the import.
-    assert not _imported_iptc(_imports("list", "--netns", host_ns, "--backend", "iptc", env=nft))
-    assert _imported_iptc(_imports("list", "--netns", host_ns, "--backend", "iptc", env=legacy))
+    assert not _imported_iptc(_imports("list", "--netns", host_ns, "--iptables", "iptc", env=nft))
+    assert _imported_iptc(_imports("list", "--netns", host_ns, "--iptables", "iptc", env=legacy))
 
 
 def test_host_problem_reads_come_back_as_host_problems(host_ns, iptc_backend):

@@ -188,7 +188,7 @@ def test_list_json_is_the_same_through_every_backend(
     backend, plugin_states, snapshot_lists, tmp_path, case
 ):
     ns = plugin_states.get(case, MODE[backend])
-    args = ["list", "--netns", ns, "--backend", backend, "-o", "json"]
+    args = ["list", "--netns", ns, "--iptables", backend, "-o", "json"]
     out = ok([*args, "--cni-cache-dir", str(tmp_path / "none")])
     assert json.loads(out) == json.loads(snapshot_lists[case])
     assert out == snapshot_lists[case]
@@ -312,7 +312,7 @@ def _portmapctl_add(ns: str, backend: str, case: str) -> None:
                 "add",
                 "--netns",
                 ns,
-                "--backend",
+                "--iptables",
                 backend,
                 "--container",
                 container["containerId"],
@@ -393,7 +393,7 @@ def _scenario(name: str, backend: str, tmp_path: Path) -> Dict[int, str]:
                 rp.iptables(ns, ["-t", "nat", "-F"], family=family, mode="legacy")
                 rp.iptables(ns, ["-t", "nat", "-X"], family=family, mode="legacy")
             args = ["check", "--repair", "--no-flush-udp", "-o", "json"]
-        ok([*args, "--netns", ns, "--backend", backend, "--cni-cache-dir", str(cache)])
+        ok([*args, "--netns", ns, "--iptables", backend, "--cni-cache-dir", str(cache)])
         return _legacy_saves(ns)
     finally:
         rp.delete_netns(ns)
@@ -457,10 +457,10 @@ def test_iptc_is_refused_where_iptables_is_nf_tables(host_ns, monkeypatch):
         "ADD", host_ns, "abc123", _plugin_conf("basic", conf("basic")["containers"][0]), check=True
     )
     before = _body(rp.save(host_ns, 4, "nft"))
-    assert_error(run(["list", "--netns", host_ns, "--backend", "iptc"]), 3, "nf_tables")
-    add = ["add", "--netns", host_ns, "--backend", "iptc", "--network", "n", "--container", "c"]
+    assert_error(run(["list", "--netns", host_ns, "--iptables", "iptc"]), 3, "nf_tables")
+    add = ["add", "--netns", host_ns, "--iptables", "iptc", "--network", "n", "--container", "c"]
     done = run([*add, "--ip", "10.1.0.2/16", "-p", "80:80"])
-    assert_error(done, 3, "--backend iptc", "nf_tables", "--backend auto or nft")
+    assert_error(done, 3, "--iptables iptc", "nf_tables", "--iptables auto or nft")
     assert _body(rp.save(host_ns, 4, "nft")) == before
     with netns.entered(host_ns):
         assert open_backend("auto").name == "nft"

@@ -454,31 +454,31 @@ class Case:
 
 
 def _add(n: NodeState) -> List[str]:
-    return ["add", "--netns", n.ns, "--backend", "nft", "--network", NET, "--container",
+    return ["add", "--netns", n.ns, "--iptables", "nft", "--network", NET, "--container",
             "newctr", "--ip", "10.88.0.60/16", "--ip", "fd00::60/64", "-p", "9191:91"]  # fmt: skip
 
 
 def _repair(n: NodeState) -> List[str]:
-    return ["check", "--repair", "--netns", n.ns, "--backend", "nft", "--cni-cache-dir", n.cache,
+    return ["check", "--repair", "--netns", n.ns, "--iptables", "nft", "--cni-cache-dir", n.cache,
             "--network", NET, "--container", "newctr", "--ip", "10.88.0.60/16", "--ip", "fd00::60/64",
             "-p", "9191:91"]  # fmt: skip
 
 
 def _gc(n: NodeState) -> List[str]:
-    return ["gc", "--yes", "--min-age", "0", "--netns", n.ns, "--backend", "nft",
+    return ["gc", "--yes", "--min-age", "0", "--netns", n.ns, "--iptables", "nft",
             "--cni-cache-dir", n.cache]  # fmt: skip
 
 
 def _list(n: NodeState) -> List[str]:
-    return ["list", "--netns", n.ns, "--backend", "nft", "--cni-cache-dir", n.cache]
+    return ["list", "--netns", n.ns, "--iptables", "nft", "--cni-cache-dir", n.cache]
 
 
 def _flush(n: NodeState) -> List[str]:
-    return ["flush-udp", "--netns", n.ns, "--backend", "nft", "--port", str(UDP_PORT)]
+    return ["flush-udp", "--netns", n.ns, "--iptables", "nft", "--port", str(UDP_PORT)]
 
 
 def _node_repair(n: NodeState) -> List[str]:
-    return ["check", "--repair", "--netns", n.ns, "--backend", "nft", "--cni-cache-dir", n.cache]
+    return ["check", "--repair", "--netns", n.ns, "--iptables", "nft", "--cni-cache-dir", n.cache]
 
 
 BASES = {"add": _add, "check": _repair, "gc": _gc, "list": _list, "flush-udp": _flush}
@@ -583,7 +583,7 @@ def _cases() -> List[Case]:
     # Options every command takes.
     for command, base in BASES.items():
         for value in ("bogus", "", "NFT", "nft;reboot"):
-            add(f"{command} --backend {value!r}", _with(base, "--backend", value), "--backend")
+            add(f"{command} --iptables {value!r}", _with(base, "--iptables", value), "--iptables")
         for value in ("5", "", "4,6", "46"):
             add(f"{command} --family {value!r}", _then(base, "--family", value), "--family")
         for value in ("xml", "", "JSON"):
@@ -606,13 +606,13 @@ def _cases() -> List[Case]:
     # Files: --cni-config (add, check), --valid-attachments (gc), --snapshot (list,
     # check), cache files (list, check, check --repair, gc, flush-udp).
     config_bases = {
-        "add": lambda n: ["add", "--netns", n.ns, "--backend", "nft", "--container", "newctr"],
+        "add": lambda n: ["add", "--netns", n.ns, "--iptables", "nft", "--container", "newctr"],
         "check": lambda n: [
             "check",
             "--repair",
             "--netns",
             n.ns,
-            "--backend",
+            "--iptables",
             "nft",
             "--container",
             "newctr",
@@ -689,7 +689,7 @@ def _cases() -> List[Case]:
             "check",
             "--netns",
             n.ns,
-            "--backend",
+            "--iptables",
             "nft",
             "--cni-cache-dir",
             n.cache,
@@ -700,7 +700,7 @@ def _cases() -> List[Case]:
             "flush-udp",
             "--netns",
             n.ns,
-            "--backend",
+            "--iptables",
             "nft",
             "--cni-cache-dir",
             n.cache,

@@ -294,11 +294,11 @@ def test_mapping_check_is_the_plugins_check_without_the_seed_bug():
 
 
 def test_fix_commands_carry_the_options_check_ran_with():
-    options = NodeOptions(backend="legacy", families=(6,), netns="my ns", cache_dir="/x/cni")
+    options = NodeOptions(iptables="legacy", families=(6,), netns="my ns", cache_dir="/x/cni")
     fixes = check.fixes_for(Node(options, RestoreBackend("legacy")))
     assert (
         fixes.repair
-        == "portmapctl check --repair --netns 'my ns' --backend legacy --family 6 --cni-cache-dir /x/cni"
+        == "portmapctl check --repair --netns 'my ns' --iptables legacy --family 6 --cni-cache-dir /x/cni"
     )
     assert fixes.flavour == "legacy"
     assert check.fixes_for(Node(NodeOptions(), RestoreBackend("nft")), False).gc.startswith(
@@ -498,7 +498,7 @@ def _check(host_ns, mode, cache_dir, *extra):
             "check",
             "--netns",
             host_ns,
-            "--backend",
+            "--iptables",
             mode,
             "--cni-cache-dir",
             str(cache_dir),
@@ -617,7 +617,7 @@ def test_table_output_of_a_broken_node(host_ns, tmp_path):
             "CNI-HOSTPORT-DNAT",
         ],
     )
-    done = run(["check", "--netns", host_ns, "--backend", "nft", "--cni-cache-dir", str(tmp_path)])
+    done = run(["check", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(tmp_path)])
     assert done.returncode == 1
     header, row = done.stdout.splitlines()[:2]
     assert header.split()[:4] == ["KIND", "FAM", "CHAIN", "CONTAINER"]
@@ -629,7 +629,7 @@ def test_table_output_of_a_broken_node(host_ns, tmp_path):
             "--repair",
             "--netns",
             host_ns,
-            "--backend",
+            "--iptables",
             "nft",
             "--cni-cache-dir",
             str(tmp_path),
@@ -664,7 +664,7 @@ def test_stale_and_orphan_chains_are_left_to_gc(host_ns, tmp_path):
     assert _problems(doc) == [("stale", 4, _chain("ctr2"))]
     assert doc["problems"][0]["container_id"] == "ctr2"
     assert doc["problems"][0]["fix"] == (
-        f"portmapctl gc --netns {host_ns} --backend legacy --cni-cache-dir {tmp_path}"
+        f"portmapctl gc --netns {host_ns} --iptables legacy --cni-cache-dir {tmp_path}"
     )
     # An entry rule gone by hand: without a cache, the chain is an orphan.
     rp.iptables(host_ns, ["-t", "nat", "-F", "CNI-HOSTPORT-DNAT"], mode="legacy")
@@ -713,7 +713,7 @@ def test_malformed_cache_file_changes_nothing_even_with_repair(host_ns, tmp_path
             "--repair",
             "--netns",
             host_ns,
-            "--backend",
+            "--iptables",
             "nft",
             "--cni-cache-dir",
             str(tmp_path),
@@ -733,7 +733,7 @@ def test_single_mapping_check_and_repair(host_ns, iptables_mode, tmp_path):
         "check",
         "--netns",
         host_ns,
-        "--backend",
+        "--iptables",
         mode,
         "--container",
         container_id,

@@ -90,7 +90,7 @@ def test_plugin_gc_repair_and_add_at_once(host_ns, tmp_path):
         node.add("net", cid, [f"10.88.1.{i + 1}/16"], _ports(f"{7000 + i}/tcp", f"{7100 + i}/udp"),
                  cache=False)  # fmt: skip
     node.add("net", f"keep-{tag}", ["10.88.1.100/16"], _ports("7999/tcp"))  # live throughout
-    common = ["--netns", host_ns, "--backend", "nft"]
+    common = ["--netns", host_ns, "--iptables", "nft"]
     stop = threading.Event()
     runs: Dict[str, List[subprocess.CompletedProcess]] = {"gc": [], "repair": [], "add": []}
     own: List[str] = []

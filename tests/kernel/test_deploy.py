@@ -89,8 +89,8 @@ def test_daemonset_runs_quiet_gc_in_a_loop_on_every_node(daemonset):
     assert_is_quiet_unattended_gc(gc_argv(gc_lines[0].split("||")[0]))
     assert "sleep" in script and "while" in script
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["PORTMAPCTL_BACKEND"] in BACKEND_NAMES
-    assert env["PORTMAPCTL_BACKEND"] != "auto", "in an image, auto sees the image's iptables"
+    assert env["PORTMAPCTL_IPTABLES"] in BACKEND_NAMES
+    assert env["PORTMAPCTL_IPTABLES"] != "auto", "in an image, auto sees the image's iptables"
     assert int(env["GC_INTERVAL_SECONDS"]) >= 60
 
 
@@ -152,7 +152,7 @@ def test_service_runs_quiet_gc_once_with_only_the_capabilities_it_needs():
     environment = dict(
         item.split("=", 1) for item in shlex.split(service["Service"].get("Environment", ""))
     )
-    assert environment.get("PORTMAPCTL_BACKEND", "auto") in BACKEND_NAMES
+    assert environment.get("PORTMAPCTL_IPTABLES", "auto") in BACKEND_NAMES
 
 
 def test_timer_starts_the_service_every_few_minutes():
@@ -202,7 +202,7 @@ def run_gc_with_caps(host_ns: str, mode: str, caps: List[str], cache: Path, argv
         + [sys.executable, "-m", "portmapctl", *argv],
         capture_output=True,
         text=True,
-        env=dict(os.environ, PORTMAPCTL_BACKEND=mode, NO_COLOR="1"),
+        env=dict(os.environ, PORTMAPCTL_IPTABLES=mode, NO_COLOR="1"),
         timeout=120,
         check=False,
     )

@@ -50,7 +50,7 @@ BAD_ADD = [
     (["-p", "8080:80", "--external-setmark-chain", "bad chain"], "invalid external setmark chain"),
     (["-p", "8080:80", "--conditions-v4", "-j ACCEPT"], "cannot set a target"),
     (["-p", "8080:80", "--conditions-v4", "'unterminated"], "invalid --conditions-v4"),
-    (["-p", "8080:80", "--backend", "bogus"], "--backend"),
+    (["-p", "8080:80", "--iptables", "bogus"], "--iptables"),
     (["-p", "8080:80", "--family", "5"], "--family"),
     (["-p", "8080:80", "--no-such-option"], "No such option"),
 ]
@@ -182,7 +182,7 @@ def test_missing_namespace_is_an_environment_error():
 @pytest.mark.netns
 def test_not_root_is_an_environment_error_and_snapshots_need_no_root(tmp_path):
     assert_error(run([*ADD, "-p", "8080:80"], unprivileged=True), 3, "root")
-    assert_error(run(["list", "--backend", "nft"], unprivileged=True), 3, "root")
+    assert_error(run(["list", "--iptables", "nft"], unprivileged=True), 3, "root")
     assert_error(run(["list", "--netns", "/proc/1/ns/net"], unprivileged=True), 3, "namespace")
     snapshot = tmp_path / "dump"
     snapshot.write_text((FIXTURES / "basic.v4.save").read_text())

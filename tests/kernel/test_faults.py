@@ -33,7 +33,7 @@ CHAIN = chain_name("mynet", "new1")
 
 
 def _add_args(ns: str, mode: str, *extra: str) -> List[str]:
-    return ["add", "--netns", ns, "--backend", mode, "--network", "mynet", "--container",
+    return ["add", "--netns", ns, "--iptables", mode, "--network", "mynet", "--container",
             "new1", "--ip", "10.88.0.5/16", "-p", "8080:80", "-p", "5353:53/udp", *extra]  # fmt: skip
 
 
@@ -260,7 +260,7 @@ def test_each_family_is_one_restore_transaction(node, tmp_path):
         env, logs[tool] = _wrapper(tmp_path, tool, 'exec "$REAL" "$@"')
     cache = tmp_path / "cni"
     (cache / "results").mkdir(parents=True)
-    common = ["--netns", node, "--backend", "nft", "--cni-cache-dir", str(cache)]
+    common = ["--netns", node, "--iptables", "nft", "--cni-cache-dir", str(cache)]
     add = ["add", "--network", "mynet", "--container", "new1", "--ip", "10.88.0.5/16",
            "--ip", "fd00::5/64", *(a for p in range(8001, 8041) for a in ("-p", f"{p}:80"))]  # fmt: skip
     gc = ["gc", "--yes", "--all", "--min-age", "0"]

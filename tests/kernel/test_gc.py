@@ -467,7 +467,7 @@ class Node_:
         return text.splitlines()
 
     def gc(self, *args: str, stdin: Optional[str] = None, cache: Optional[Path] = None):
-        argv = ["gc", "--netns", self.ns, "--backend", self.mode]
+        argv = ["gc", "--netns", self.ns, "--iptables", self.mode]
         argv += ["--cni-cache-dir", str(cache or self.cache), *args]
         return run(argv, stdin=stdin)
 
@@ -786,7 +786,7 @@ def test_on_a_terminal_gc_asks_first(nft_node: Node_):
         "gc",
         "--netns",
         node.ns,
-        "--backend",
+        "--iptables",
         "nft",
         "--cni-cache-dir",
         str(node.cache),

@@ -207,7 +207,7 @@ def test_repair_writes_a_hostile_cached_condition_as_one_argument(node: Node_):
     hostile = 'x" -j ACCEPT\n'.rstrip() + " -A INPUT -j DROP COMMIT"
     _cache_with_conditions(node, "cond1", ["-m", "comment", "--comment", hostile])
     before = node.lines(4)
-    done = run(["check", "--repair", "-v", "--netns", node.ns, "--backend", node.mode,
+    done = run(["check", "--repair", "-v", "--netns", node.ns, "--iptables", node.mode,
                 "--cni-cache-dir", str(node.cache), "--family", "4"])  # fmt: skip
     assert done.returncode == 0, done.stderr
     read_back = _lines(_transaction_text(done.stderr))
@@ -232,7 +232,7 @@ def test_a_cached_condition_with_a_newline_is_refused(node: Node_):
     node.add("mynet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
     path = _cache_with_conditions(node, "cond2", ["-m", "comment", "--comment", "a\n-A INPUT"])
     before = {f: node.lines(f) for f in (4, 6)}
-    done = run(["check", "--repair", "--netns", node.ns, "--backend", node.mode,
+    done = run(["check", "--repair", "--netns", node.ns, "--iptables", node.mode,
                 "--cni-cache-dir", str(node.cache)])  # fmt: skip
     assert_error(done, 2, str(path), "control characters")
     assert {f: node.lines(f) for f in (4, 6)} == before
@@ -247,7 +247,7 @@ def test_a_foreign_comment_with_a_newline_makes_the_node_unreadable_not_writable
     node.ipt(4, "-A", "PREROUTING", "-m", "comment", "--comment", fake, "-j", "RETURN")
     before = node.lines(4)
     for argv in (["gc", "--yes", "--min-age", "0", "--all"], ["check", "--repair"], ["list"]):
-        done = run([*argv, "--netns", node.ns, "--backend", node.mode,
+        done = run([*argv, "--netns", node.ns, "--iptables", node.mode,
                     "--cni-cache-dir", str(node.cache)])  # fmt: skip
         assert_error(done, 2, "line", "unterminated quote")
     assert node.lines(4) == before

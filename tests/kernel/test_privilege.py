@@ -118,7 +118,7 @@ def test_reading_snapshots_needs_no_privilege(tmp_path):
 
 @pytest.mark.netns
 def test_reading_the_kernel_without_privilege_is_an_environment_error():
-    for command in (["list", "--backend", "nft"], ["check", "--backend", "legacy"]):
+    for command in (["list", "--iptables", "nft"], ["check", "--iptables", "legacy"]):
         assert_error(run(command, unprivileged=True), 3, "permission denied", "root")
 
 

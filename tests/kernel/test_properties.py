@@ -272,7 +272,7 @@ def test_every_changing_command_run_twice_leaves_what_once_did(host_ns, tmp_path
         dports = sorted(w for line in udp.splitlines() for w in line.split()[3:8] if "dport" in w)
         return _save(host_ns, 4, "nft"), _save(host_ns, 6, "nft"), dports
 
-    common = ["--netns", host_ns, "--backend", "nft", "--cni-cache-dir", str(cache)]
+    common = ["--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
     commands = [
         ["check", "--repair"],  # exit 1: stale1 is not in the cache
         ["add", "--network", "mynet", "--container", "new1", "--ip", "10.88.0.13/16",

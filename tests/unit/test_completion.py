@@ -2,7 +2,7 @@
 
 The scripts are typer's: on each TAB they run `portmapctl` with
 `_PORTMAPCTL_COMPLETE` set. Here `portmapctl` on PATH is this checkout. Checked:
-subcommands, options, the choices of --backend/--family/-o, container IDs and network
+subcommands, options, the choices of --iptables/--family/-o, container IDs and network
 names from a CNI cache (what a cache holds, nothing made up), that a broken cache or a
 missing directory completes nothing without a word on stderr, and that the committed
 scripts are what typer's --show-completion/--install-completion give.
@@ -58,7 +58,7 @@ def shell_env(tmp_path_factory) -> Dict[str, str]:
         conf = rp.plugin_conf(network, ["10.88.0.5/16"], ports)
         rp.write_cni_cache(cache, network, container, "eth0", conf, ports, ["10.88.0.5/16"])
     env = dict(os.environ, PATH=f"{program.parent}:{os.environ['PATH']}", CACHE=str(cache))
-    env.pop("PORTMAPCTL_BACKEND", None)
+    env.pop("PORTMAPCTL_IPTABLES", None)
     return env
 
 
@@ -94,7 +94,7 @@ def test_bash_completes_commands_options_choices_and_cached_names(shell_env):
         "portmapctl ",
         "portmapctl l",
         "portmapctl gc --m",
-        "portmapctl list --backend ",
+        "portmapctl list --iptables ",
         "portmapctl check --family ",
         "portmapctl flush-udp -o ",
         f"portmapctl list --cni-cache-dir {cache} --container ",
@@ -105,7 +105,7 @@ def test_bash_completes_commands_options_choices_and_cached_names(shell_env):
     assert got["portmapctl "] == commands()
     assert got["portmapctl l"] == ["list"]
     assert got["portmapctl gc --m"] == ["--min-age"]
-    assert got["portmapctl list --backend "] == ["auto", "nft", "legacy", "iptc"]
+    assert got["portmapctl list --iptables "] == ["auto", "nft", "legacy", "iptc"]
     assert got["portmapctl check --family "] == ["4", "6", "all"]
     assert got["portmapctl flush-udp -o "] == ["table", "json"]
     assert got[f"portmapctl list --cni-cache-dir {cache} --container "] == sorted(CONTAINERS)

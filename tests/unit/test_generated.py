@@ -36,7 +36,7 @@ REGENERATE = "python -m tools.gendocs"
             "LINES": "5",
             "NO_COLOR": "1",
             "TERM": "dumb",
-            "PORTMAPCTL_BACKEND": "legacy",
+            "PORTMAPCTL_IPTABLES": "legacy",
             clidoc.TYPER_TEST_ENV: "1",
         },
     ],

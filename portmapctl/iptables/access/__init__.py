@@ -3,7 +3,7 @@
     read(family) -> NatTable
     apply(transaction) -> None      (atomic; raises ApplyFailed, state unchanged)
 
-`open_backend` turns the `--backend`/`--snapshot` options into one.
+`open_backend` turns the `--iptables`/`--snapshot` options into one.
 """
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ def open_backend(
     name: str = "auto",
     snapshots: Optional[Dict[int, str]] = None,
 ) -> Backend:
-    """The backend for these options; snapshot files win over `--backend`."""
+    """The backend for these options; snapshot files win over `--iptables`."""
     if snapshots:
         from portmapctl.iptables.access.snapshot import SnapshotBackend
 
         return SnapshotBackend(snapshots)
     if name not in BACKEND_NAMES:
-        raise BadInput(f"unknown backend {name!r}: use one of {', '.join(BACKEND_NAMES)}")
+        raise BadInput(f"unknown iptables flavour {name!r}: use one of {', '.join(BACKEND_NAMES)}")
     # `auto` is "nft" or "legacy", never "iptc": on legacy tables save/restore is
     # 2-3 times faster end to end than python-iptables (benchmarks/iptc_bench.py).
     flavour = host_flavour() if name == "auto" else name
@@ -71,9 +71,9 @@ def open_backend(
         # the costly import of python-iptables.
         if host_flavour() == "nft":
             raise HostProblem(
-                "--backend iptc works on legacy iptables only, and this host's iptables"
+                "--iptables iptc works on legacy iptables only, and this host's iptables"
                 " is nf_tables (python-iptables would see empty legacy tables here):"
-                " use --backend auto or nft"
+                " use --iptables auto or nft"
             )
         from portmapctl.iptables.access.iptc import IptcBackend
 
