@@ -16,12 +16,22 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Collection, Dict, Iterable, List, Optional, Set, Tuple
 
-from portmapctl.errors import ApplyFailed
+from portmapctl.errors import ApplyFailed, BadInput
 from portmapctl.nftables.access import NftAccess, NftApplyFailed
 from portmapctl.nftables.ruleset import CONTAINER_CHAINS, ActionKind, Rule, Ruleset
 from portmapctl.nftables.transaction import Transaction
 
 ATTEMPTS = 3
+# What a table changed under us looks like: a handle or chain gone, a chain made
+# meanwhile, the kernel busy with another transaction.
+RETRY_REASONS = frozenset(
+    {
+        "No such file or directory",
+        "File exists",
+        "Device or resource busy",
+        "Interrupted system call",
+    }
+)
 
 
 class Backend(str, Enum):
@@ -84,8 +94,17 @@ def converge(
         except NftApplyFailed as err:
             if err.maybe_applied:
                 raise
-            last = err
-            continue
+            if err.reason in RETRY_REASONS:
+                last = err
+                continue
+            if err.userspace:
+                # nft refused the text itself: of what we write, only the plugin's
+                # nft-syntax conditions are free text.
+                raise BadInput(
+                    f"nft refused the transaction: {err.reason} (check the nftables"
+                    " conditions, conditionsV4/V6)"
+                ) from None
+            raise
         return Converged(txn.render(), attempt)
     reason = last.reason if last is not None else "unknown"
     raise ApplyFailed(

@@ -24,9 +24,18 @@ class NftApplyFailed(ApplyFailed):
     exists", ...): callers re-read and re-plan on it, never force.
     """
 
-    def __init__(self, message: str, reason: str = "", maybe_applied: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        reason: str = "",
+        maybe_applied: bool = False,
+        userspace: bool = False,
+    ) -> None:
         super().__init__(message, maybe_applied=maybe_applied)
         self.reason = reason
+        # nft itself refused the text (syntax, an unknown name, a value out of range),
+        # before the kernel saw it; otherwise the kernel refused it (a missing handle...).
+        self.userspace = userspace
 
 
 class NftUnusable(HostProblem):

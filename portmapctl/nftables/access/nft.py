@@ -148,4 +148,8 @@ class RealNft:
             reason = first_error(proc.stderr)
             if "Operation not permitted" in reason:
                 raise HostProblem("nft -f: operation not permitted (run as root)")
-            raise NftApplyFailed(f"nft -f refused the transaction: {reason}", reason)
+            raise NftApplyFailed(
+                f"nft -f refused the transaction: {reason}",
+                reason,
+                userspace="Could not process rule" not in proc.stderr,
+            )
