@@ -204,7 +204,7 @@ def flush(
     families = node.families
     mappings: List[Mapping] = []
     if ports is None or container is not None or stale_only:
-        mappings = udp_mappings(inventory.build(node.read(), node.read_cache()).mappings)
+        mappings = udp_mappings(node_mappings(node))
     keys = select_ports(mappings, families, ports=ports, container=container)
     if not keys:
         return FlushResult(dry_run, stale_only, (), (), 0, 0)
@@ -227,6 +227,19 @@ def flush(
         deleted,
         len(looked_at) - len(doomed),
     )
+
+
+def node_mappings(node: Node) -> List[Mapping]:
+    """Every mapping of the node: iptables chains and the plugin's nftables rules."""
+    cache = node.read_cache()
+    found = inventory.build(node.read(), cache)
+    mappings: List[Mapping] = list(found.mappings)
+    if node.nft is not None:
+        from portmapctl.ops import nft
+
+        owners = {c.container_id for c in found.chains if c.container_id}
+        mappings += nft.build(node, cache, owners)[2].mappings  # same fields, duck-typed
+    return mappings
 
 
 def flush_ports(

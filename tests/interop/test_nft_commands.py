@@ -216,3 +216,34 @@ def test_mixed_node(node: str, tmp_path: Path) -> None:
     assert removed == {"old1", "iptdead"}
     after = _pmctl(node, tmp_path, "check")
     assert after.returncode == 0, after.stdout + after.stderr
+
+
+def _ct(ns: str, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "conntrack", *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def test_flush_udp_and_list_conntrack_cover_nft_ports(node: str, tmp_path: Path) -> None:
+    _plugin_add(node, tmp_path, WEB)  # 5353/udp to 10.88.0.5:53
+    # A flow DNATed to the container, and one never DNATed (the seed's blackhole).
+    _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40001",
+        "--dport", "5353", "-t", "120", "--reply-src", "10.88.0.5", "--reply-dst", "192.0.2.9",
+        "--reply-port-src", "53", "--reply-port-dst", "40001")  # fmt: skip
+    _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40002",
+        "--dport", "5353", "-t", "120")  # fmt: skip
+    listed = _pmctl(node, tmp_path, "list", "--conntrack", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    counts = {
+        (m["family"], m["host_port"]): m.get("conntrack_entries")
+        for m in json.loads(listed.stdout)["mappings"]
+        if m["protocol"] == "udp"
+    }
+    assert counts == {(4, 5353): 2, (6, 5353): 0}
+    stale = _pmctl(node, tmp_path, "flush-udp", "--stale-only", "-o", "json")
+    assert stale.returncode == 0, stale.stderr
+    assert [d["sport"] for d in json.loads(stale.stdout)["deleted"]] == [40002]
+    everything = _pmctl(node, tmp_path, "flush-udp", "-o", "json")
+    assert [d["sport"] for d in json.loads(everything.stdout)["deleted"]] == [40001]
