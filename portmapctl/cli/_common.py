@@ -117,8 +117,7 @@ BackendOpt = Annotated[
     typer.Option(
         "--backend",
         envvar="PORTMAPCTL_BACKEND",
-        help="The plugin's backend: auto reads both and follows each container's cached"
-        " config.",
+        help="The plugin's backend: auto reads both and follows each container's cached config.",
         rich_help_panel="Common options",
     ),
 ]

@@ -100,14 +100,35 @@ def list_command(
     snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
     options = node_options(iptables, family, netns, cni_cache_dir, snapshots, backend, nft_snapshot)
     with opened(options) as node:
+        nft_live = None
+        if node.nft is not None:
+            # nft lists its tables while the cache is read and iptables-save runs.
+            import threading
+
+            from portmapctl.ops import nft
+
+            box: dict = {}
+
+            def read_nft() -> None:
+                try:
+                    box["live"] = node.read_nft()
+                except BaseException as err:  # noqa: BLE001 - re-raised below
+                    box["error"] = err
+
+            reader = threading.Thread(target=read_nft, name="nft", daemon=True)
+            reader.start()
         tables, cache = node.read_with_cache()
         found = inventory.build(tables, cache)
         mappings = list(found.mappings)
         if node.nft is not None:
-            from portmapctl.ops import nft
-
+            reader.join()
+            if "error" in box:
+                raise box["error"]
+            nft_live = box["live"]
             ipt_owners = {c.container_id for c in found.chains if c.container_id}
-            _live, _split, nft_found = nft.build(node, cache, ipt_owners)
+            _live, _split, nft_found = nft.build(
+                node, cache, ipt_owners, problems=False, live=nft_live
+            )
             if nft_found.mappings:
                 mappings += nft_found.mappings
                 mappings.sort(key=_row_order)

@@ -7,7 +7,6 @@ Accepts what the plugin accepts; every refusal is a BadInput naming the source.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any, List, Mapping, Optional, Tuple
 
 from portmapctl.core.mapping import Interface, MappingConfig, PortMapping
@@ -124,11 +123,12 @@ def plugin_config(
             conditions_v4=conditions(conf.get("conditionsV4"), "conditionsV4"),
             conditions_v6=conditions(conf.get("conditionsV6"), "conditionsV6"),
             masq_all=masq_all,
+            backend=backend,
         )
     except BadInput as err:
         message = str(err)
         raise BadInput(message if message.startswith(source) else f"{source}: {message}") from None
-    return replace(config, backend=backend) if backend else config
+    return config
 
 
 def ensure_mapping(value: Any, source: str) -> Mapping[str, Any]:

@@ -27,7 +27,6 @@ SNAT_PREFIX = "CNI-SN-"
 MAX_PORTS_PER_MULTIPORT = 15
 
 
-
 def chain_name(network: str, container_id: str, prefix: str = "DN-") -> str:
     """The plugin's name: CNI- + prefix + hex SHA-512(network + id), 28 characters."""
     digest = hashlib.sha512((network + container_id).encode()).hexdigest()

@@ -26,7 +26,7 @@ from enum import Enum
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.nftables.planner import entry_ok, hostports_all_ok, missing_rules
+from portmapctl.nftables.planner import entry_ok, hostports_all_ok, missing_by_container
 from portmapctl.nftables.ruleset import (
     FAMILY_NAMES,
     HOSTIP_HOSTPORTS,
@@ -166,6 +166,7 @@ def build(
     owners: Optional[Sequence[Owner]] = None,
     *,
     nft_backed: Iterable[Owner] = (),
+    problems: bool = True,
 ) -> NftInventory:
     """Rows for every host-port rule, and the problems of the structure.
 
@@ -176,7 +177,7 @@ def build(
     for owner in owners or ():
         by_id.setdefault(owner.container_id, []).append(owner)
     rows: List[NftMapping] = []
-    problems: List[Problem] = []
+    found_problems: List[Problem] = []
     for family in sorted(ruleset.tables):
         table = ruleset.tables[family]
         masq = _masqueraded(table)
@@ -220,12 +221,13 @@ def build(
                         rule.handle,
                     )
                 )
-    problems += _structure_problems(ruleset, list(nft_backed))
-    problems += _rule_problems(ruleset, list(nft_backed))
+    if problems:  # `list` shows rows only: no need to compare with the cached configs
+        found_problems += _structure_problems(ruleset, list(nft_backed))
+        found_problems += _rule_problems(ruleset, list(nft_backed))
     rows.sort(
         key=lambda m: (m.network or "", m.container_id or "", m.family, m.protocol, m.host_port)
     )
-    return NftInventory(tuple(rows), tuple(problems), owners is not None)
+    return NftInventory(tuple(rows), tuple(found_problems), owners is not None)
 
 
 # --- problems ---------------------------------------------------------------------------
@@ -313,24 +315,32 @@ def _structure_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[P
 
 def _rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem]:
     problems = []
-    for owner in nft_backed:
-        if owner.mapping is None or owner.zombie:
-            continue
-        for family in owner.mapping.families:
-            want = wanted(owner.mapping, family)
-            if want is None:
+    for family in (4, 6):
+        owners: List[Owner] = []
+        wants = []
+        for owner in nft_backed:
+            if owner.mapping is None or owner.zombie:
                 continue
-            missing = missing_rules(ruleset.table(family), want)
-            if missing:
-                texts = "; ".join(body.text(family) for _chain, body in missing)
-                problems.append(
-                    Problem(
-                        ProblemKind.MISSING_RULES,
-                        family,
-                        missing[0][0],
-                        owner.network,
-                        owner.container_id,
-                        f"{len(missing)} rule(s) missing: {texts}",
-                    )
+            want = wanted(owner.mapping, family)
+            if want is not None:
+                owners.append(owner)
+                wants.append(want)
+        if not wants:
+            continue
+        missing: Dict[int, List] = {}
+        for index, chain, body in missing_by_container(ruleset.table(family), wants):
+            missing.setdefault(index, []).append((chain, body))
+        for index in sorted(missing):
+            owner, found = owners[index], missing[index]
+            texts = "; ".join(body.text(family) for _chain, body in found)
+            problems.append(
+                Problem(
+                    ProblemKind.MISSING_RULES,
+                    family,
+                    found[0][0],
+                    owner.network,
+                    owner.container_id,
+                    f"{len(found)} rule(s) missing: {texts}",
                 )
+            )
     return problems

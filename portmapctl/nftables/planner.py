@@ -74,25 +74,37 @@ def _uses_hostports_all(table: Optional[Table]) -> bool:
 
 def missing_rules(table: Optional[Table], wanted: WantedFamily) -> List[Tuple[str, RuleBody]]:
     """(chain, rule) of `wanted` that the table lacks, in the plugin's order."""
-    return _missing(table, [wanted])
+    return [(chain, body) for _index, chain, body in missing_by_container(table, [wanted])]
+
+
+def missing_by_container(
+    table: Optional[Table], wanted: Sequence[WantedFamily]
+) -> List[Tuple[int, str, RuleBody]]:
+    """(index into `wanted`, chain, rule) of every wanted rule the table lacks.
+
+    The table is counted once (a multiset of rule bodies), whatever the number of
+    containers: checking 1,000 containers one by one against it was quadratic.
+    """
+    have_dnat = Counter(_bodies(table, HOSTPORTS) + _bodies(table, HOSTIP_HOSTPORTS))
+    have_masq = Counter(_bodies(table, MASQUERADING))
+    found: List[Tuple[int, str, RuleBody]] = []
+    for index, want in enumerate(wanted):
+        for chain, bodies, have in (
+            (HOSTPORTS, want.hostports, have_dnat),
+            (MASQUERADING, want.masquerading, have_masq),
+        ):
+            for body in bodies:
+                if have[body] > 0:
+                    have[body] -= 1
+                else:
+                    found.append((index, chain, body))
+    return found
 
 
 def _missing(table: Optional[Table], wanted: Sequence[WantedFamily]) -> List[Tuple[str, RuleBody]]:
-    have_dnat = Counter(_bodies(table, HOSTPORTS) + _bodies(table, HOSTIP_HOSTPORTS))
-    have_masq = Counter(_bodies(table, MASQUERADING))
-    found: List[Tuple[str, RuleBody]] = []
-    for want in wanted:
-        for body in want.hostports:
-            if have_dnat[body] > 0:
-                have_dnat[body] -= 1
-            else:
-                found.append((HOSTPORTS, body))
-        for body in want.masquerading:
-            if have_masq[body] > 0:
-                have_masq[body] -= 1
-            else:
-                found.append((MASQUERADING, body))
-    return found
+    """What `wanted` lacks, in the plugin's order: each container's DNAT rules, then
+    its masquerade rules."""
+    return [(chain, body) for _index, chain, body in missing_by_container(table, wanted)]
 
 
 def setup(live: Ruleset, wanted: Iterable[WantedFamily]) -> Transaction:

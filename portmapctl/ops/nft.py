@@ -58,13 +58,19 @@ def build(
     node: Node,
     attachments: Optional[Sequence[Attachment]],
     iptables_owners: Set[str],
+    *,
+    problems: bool = True,
+    live: Optional[Ruleset] = None,
 ) -> Tuple[Ruleset, Split, NftInventory]:
-    """Read nftables; split the cache by backend; the nftables inventory."""
-    live = node.read_nft()
+    """Read nftables (unless `live` was read already); split the cache by backend; the
+    nftables inventory (with its problems unless told otherwise)."""
+    if live is None:
+        live = node.read_nft()
     parts = split(attachments, live, iptables_owners, node.options.backend)
     found = nft_inventory.build(
         live,
         owners(attachments),
         nft_backed=[Owner(a.network, a.container_id, a.mapping) for a in parts.nftables],
+        problems=problems,
     )
     return live, parts, found
