@@ -859,6 +859,17 @@ def _nft_problems(
                 )
             )
         if "shadowed" in m.status:
+            winner_stale = any(
+                w.container_id == m.shadowed_by and "stale" in w.status
+                for w in found.mappings
+                if w.family == m.family
+            )
+            shadow_fix = (
+                f"{fixes.gc} (the winner is stale)"
+                if winner_stale
+                else "two containers claim one host port: re-create one of them with another"
+                " host port"
+            )
             problems.append(
                 Problem(
                     SHADOWED,
@@ -867,7 +878,7 @@ def _nft_problems(
                     m.network,
                     m.container_id,
                     f"{m.protocol}/{m.host_port} goes to {m.shadowed_by} first",
-                    "",
+                    shadow_fix,
                     "nftables is first-match-wins: this mapping gets no traffic",
                 )
             )
