@@ -906,11 +906,17 @@ def _added_at(attachment: Attachment) -> Tuple[int, str]:
         return 0, attachment.path
 
 
-def _nft_repair(node: Node, attachments: Optional[Sequence[Attachment]], dry_run: bool) -> str:
-    """One `nft -f` transaction adding what nft-backed cached containers lack."""
+def _nft_repair(
+    node: Node, attachments: Optional[Sequence[Attachment]], dry_run: bool
+) -> Tuple[str, List[Tuple[MappingConfig, List[int]]]]:
+    """One `nft -f` transaction adding what nft-backed cached containers lack; its
+    text and the (config, families) it (re)made, for the ADD's side effects."""
     if node.nft is None or attachments is None:
-        return ""
+        return "", []
     from portmapctl.nftables import planner
+    from portmapctl.nftables.ruleset import OUTPUT, PREROUTING
+    from portmapctl.nftables.transaction import OpKind
+    from portmapctl.nftables.transaction import Transaction as NftTransaction
     from portmapctl.nftables.wanted import wanted
     from portmapctl.ops import nft
 
@@ -922,9 +928,31 @@ def _nft_repair(node: Node, attachments: Optional[Sequence[Attachment]], dry_run
     # would have made, and the last ADD's conditions in prerouting/output, as on the node.
     configs = [a.mapping for a in sorted(parts.nftables, key=_added_at) if a.mapping is not None]
     if not configs:
-        return ""
+        return "", []
     want = [w for c in configs for f in node.options.families if (w := wanted(c, f)) is not None]
-    return node.converge_nft(lambda live: planner.setup(live, want), dry_run=dry_run)
+    planned: List[NftTransaction] = []
+
+    def plan(live: object) -> NftTransaction:
+        txn = planner.setup(live, want)  # type: ignore[arg-type]
+        planned.append(txn)
+        return txn
+
+    text = node.converge_nft(plan, dry_run=dry_run)
+    if not text or not planned:
+        return text, []
+    touched: Dict[str, set] = {}
+    dark: set = set()  # families whose entry rules were rewritten: every mapping was dark
+    for op in planned[-1].ops:
+        if op.kind is OpKind.ADD_RULE and op.chain in (PREROUTING, OUTPUT):
+            dark.add(op.family)
+        elif op.kind is OpKind.ADD_RULE and op.body is not None and op.body.comment:
+            touched.setdefault(op.body.comment, set()).add(op.family)
+    changed = []
+    for c in configs:
+        families = sorted({f for f in c.families if f in dark} | touched.get(c.container_id, set()))
+        if families:
+            changed.append((c, families))
+    return text, changed
 
 
 # --- repair ---------------------------------------------------------------------------
@@ -1004,11 +1032,14 @@ def repair(
         transactions[family] = txn.render()
         for c in _changed(txn, configs or []):
             changed.setdefault(dnat_chain_name(c), (c, []))[1].append(family)
+    nft_changed: List[Tuple[MappingConfig, List[int]]] = []
     if nft_ids:
-        text = _nft_repair(node, attachments, dry_run=False)
+        text, nft_changed = _nft_repair(node, attachments, dry_run=False)
         if text:
             transactions["nft"] = text  # type: ignore[index]
     warnings: List[str] = []
+    for c, fams in nft_changed:
+        warnings += after_setup(c, fams, flush_udp)
     # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
     # un-NATed path it took while the mapping was missing.
     for c, fams in changed.values():
