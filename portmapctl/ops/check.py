@@ -808,6 +808,15 @@ def _iptables_owners(
     }
 
 
+def _configured_nft(attachments: Optional[Sequence[Attachment]]) -> set:
+    """IDs of cached containers whose config says `"backend": "nftables"`."""
+    return {
+        a.container_id
+        for a in attachments or ()
+        if a.mapping is not None and a.mapping.backend == "nftables"
+    }
+
+
 def _nft_problems(
     node: Node,
     tables: ReadOnly[int, NatTable],
@@ -816,7 +825,9 @@ def _nft_problems(
 ) -> Tuple[List[Problem], set, int, List[str]]:
     """(problems, IDs of nft-backed containers, mappings compared, notes)."""
     if node.nft is None:
-        return [], set(), 0, []
+        # nftables not looked at (--backend iptables, iptables dumps only): containers
+        # configured for it are still not expected in iptables.
+        return [], _configured_nft(attachments), 0, []
     from portmapctl.ops import nft
 
     _live, parts, found = nft.build(node, attachments, _iptables_owners(tables, attachments))
@@ -1012,6 +1023,12 @@ def repair(
     transactions: Dict[int, str] = {}
     changed: Dict[str, Tuple[MappingConfig, List[int]]] = {}
     nft_ids: set = set()
+    if config is None and node.nft is None and attachments is not None:
+        nft_ids = _configured_nft(attachments)
+        if configs is not None:
+            configs = [c for c in configs if c.container_id not in nft_ids]
+        plan = _plan(configs, config)
+        nft_ids = set()  # nothing to write in nftables without looking at it
     if config is None and node.nft is not None and attachments is not None:
         from portmapctl.ops import nft
 

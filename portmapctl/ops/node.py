@@ -199,9 +199,7 @@ def _iptables_access(options: NodeOptions) -> Backend:
         # Only the dumps given are read: an --nft-snapshot alone reads no iptables.
         from portmapctl.iptables.access.snapshot import SnapshotBackend
 
-        if options.uses_iptables or options.snapshots:
-            return SnapshotBackend(options.snapshots)
-        return SnapshotBackend({})
+        return SnapshotBackend(options.snapshots if options.uses_iptables else {})
     return open_backend(options.iptables)
 
 
