@@ -21,6 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
+from portmapctl.core.status import Status
 from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT
 from portmapctl.iptables.ruleset import Args, NatTable, option_value, options, rule_target
 
@@ -114,10 +115,6 @@ def _identity_of(comment: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
         return None, None
     # A comment cut at 255 bytes loses the end of the ID: the network is still sure.
     return match["network"], match["id"] if match["end"] else None
-
-
-def _entry_ports(args: Sequence[str]) -> Tuple[ProtoPort, ...]:
-    return _entry_ports_of(options(args))
 
 
 def _entry_ports_of(opts: ReadOnly[str, str]) -> Tuple[ProtoPort, ...]:
@@ -238,11 +235,11 @@ def _family(
         network, container_id = _identity(attachment, entries[name])
         status: List[str] = []
         if cache_present and attachment is None:
-            status.append("stale")
+            status.append(Status.STALE)
         if not entries[name]:
-            status.append("orphan")
+            status.append(Status.ORPHAN)
         if name.startswith(SNAT_PREFIX):
-            status.append("legacy")
+            status.append(Status.LEGACY)
             chains.append(
                 ChainInfo(
                     name,
@@ -260,13 +257,13 @@ def _family(
             name, entries[name], port_rules[name], other, attachment, table.family
         )
         if missing:
-            status.append("incomplete")
+            status.append(Status.INCOMPLETE)
         chain_rows = []
         for proto, port, host_ip, container_ip, container_port, snat in port_rules[name]:
             row_status = list(status)
             winner = shadowing.get((name, proto, port, host_ip))
             if winner:
-                row_status.append("shadowed")
+                row_status.append(Status.SHADOWED)
             chain_rows.append(
                 Mapping(
                     network,
@@ -279,12 +276,12 @@ def _family(
                     container_port,
                     snat,
                     name,
-                    tuple(row_status) or ("ok",),
+                    tuple(row_status) or (Status.OK,),
                     winner,
                 )
             )
         if any(row.shadowed_by for row in chain_rows):
-            status.append("shadowed")
+            status.append(Status.SHADOWED)
         mappings += chain_rows
         chains.append(
             ChainInfo(
@@ -293,7 +290,7 @@ def _family(
                 "dnat",
                 network,
                 container_id,
-                tuple(status) or ("ok",),
+                tuple(status) or (Status.OK,),
                 tuple(entries[name]),
                 table.rules(name),
                 tuple(missing),

@@ -434,7 +434,6 @@ def _need_value(tokens: Sequence[str], i: int) -> str:
 
 # --- writing -----------------------------------------------------------------
 
-_BARE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:,![]+=@%")
 # The same two checks as regular expressions: a transaction of 1,000 containers has
 # some 30,000 tokens, and per-character generators took 0.2 s of gc's budget.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")

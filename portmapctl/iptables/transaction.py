@@ -14,30 +14,47 @@ fails the whole transaction instead, and the caller re-reads and re-plans.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import List, Sequence, Tuple
 
 from portmapctl.iptables.ruleset import Args, format_rule
 
 
+class OpKind(str, Enum):
+    """What one restore command does; the value is how `--dry-run -o json` names it."""
+
+    NEW_CHAIN = "new-chain"
+    APPEND = "append"
+    INSERT = "insert"  # at the top of the chain (position 1)
+    DELETE = "delete"
+    FLUSH = "flush"
+    DELETE_CHAIN = "delete-chain"
+
+    __hash__ = str.__hash__
+
+
+# The iptables-restore command of each kind (insert adds its position).
+_COMMAND = {
+    OpKind.NEW_CHAIN: "-N",
+    OpKind.APPEND: "-A",
+    OpKind.INSERT: "-I",
+    OpKind.DELETE: "-D",
+    OpKind.FLUSH: "-F",
+    OpKind.DELETE_CHAIN: "-X",
+}
+
+
 @dataclass(frozen=True)
 class Op:
-    """One restore command: new-chain, append, insert, delete, flush, delete-chain."""
+    """One restore command."""
 
-    kind: str
+    kind: OpKind
     chain: str
     args: Args = ()
 
     def line(self) -> str:
-        if self.kind == "insert":
-            return format_rule("-I", self.chain, ("1", *self.args))
-        command = {
-            "new-chain": "-N",
-            "append": "-A",
-            "delete": "-D",
-            "flush": "-F",
-            "delete-chain": "-X",
-        }[self.kind]
-        return format_rule(command, self.chain, self.args)
+        args = ("1", *self.args) if self.kind is OpKind.INSERT else self.args
+        return format_rule(_COMMAND[self.kind], self.chain, args)
 
 
 @dataclass
@@ -47,22 +64,22 @@ class Transaction:
 
     def new_chain(self, chain: str) -> None:
         """Create `chain`; the transaction fails if it exists by then."""
-        self.ops.append(Op("new-chain", chain))
+        self.ops.append(Op(OpKind.NEW_CHAIN, chain))
 
     def append(self, chain: str, args: Sequence[str]) -> None:
-        self.ops.append(Op("append", chain, tuple(args)))
+        self.ops.append(Op(OpKind.APPEND, chain, tuple(args)))
 
     def insert_first(self, chain: str, args: Sequence[str]) -> None:
-        self.ops.append(Op("insert", chain, tuple(args)))
+        self.ops.append(Op(OpKind.INSERT, chain, tuple(args)))
 
     def delete(self, chain: str, args: Sequence[str]) -> None:
-        self.ops.append(Op("delete", chain, tuple(args)))
+        self.ops.append(Op(OpKind.DELETE, chain, tuple(args)))
 
     def flush(self, chain: str) -> None:
-        self.ops.append(Op("flush", chain))
+        self.ops.append(Op(OpKind.FLUSH, chain))
 
     def delete_chain(self, chain: str) -> None:
-        self.ops.append(Op("delete-chain", chain))
+        self.ops.append(Op(OpKind.DELETE_CHAIN, chain))
 
     def __bool__(self) -> bool:
         return bool(self.ops)

@@ -22,10 +22,10 @@ configs of nft-backed containers, their missing rules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.status import ProblemKind, Status
 from portmapctl.nftables.planner import entry_ok, hostports_all_ok, missing_by_container
 from portmapctl.nftables.ruleset import (
     FAMILY_NAMES,
@@ -48,21 +48,6 @@ CHAIN_TYPE = "nft-rule"
 # Evaluation order of the container chains: hostports_all (v1.9) and the base chains
 # of v1.6/v1.7 both jump to hostip_hostports first.
 EVALUATION_ORDER = (HOSTIP_HOSTPORTS, HOSTPORTS)
-
-
-class Status(str, Enum):
-    OK = "ok"
-    STALE = "stale"
-    ZOMBIE = "zombie"
-    SHADOWED = "shadowed"
-
-
-class ProblemKind(str, Enum):
-    MISSING_TABLE = "nft-missing-table"
-    MISSING_CHAIN = "nft-missing-chain"
-    MISSING_ENTRY = "nft-missing-entry"
-    MISSING_JUMPS = "nft-missing-jumps"
-    MISSING_RULES = "nft-missing-rules"
 
 
 @dataclass(frozen=True)
@@ -253,7 +238,7 @@ def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Prob
         if table is None:
             problems.append(
                 Problem(
-                    ProblemKind.MISSING_TABLE, family, None, None, None, f"table {where} is missing"
+                    ProblemKind.NFT_MISSING_TABLE, family, None, None, None, f"table {where} is missing"
                 )
             )
             continue
@@ -264,7 +249,7 @@ def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Prob
             if chain not in table.chains:
                 problems.append(
                     Problem(
-                        ProblemKind.MISSING_CHAIN,
+                        ProblemKind.NFT_MISSING_CHAIN,
                         family,
                         chain,
                         None,
@@ -276,7 +261,7 @@ def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Prob
             if chain in table.chains and not entry_ok(table, chain):
                 problems.append(
                     Problem(
-                        ProblemKind.MISSING_ENTRY,
+                        ProblemKind.NFT_MISSING_ENTRY,
                         family,
                         chain,
                         None,
@@ -292,7 +277,7 @@ def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Prob
         if jumps_to_all and not hostports_all_ok(table):
             problems.append(
                 Problem(
-                    ProblemKind.MISSING_JUMPS,
+                    ProblemKind.NFT_MISSING_JUMPS,
                     family,
                     HOSTPORTS_ALL,
                     None,
@@ -335,7 +320,7 @@ def _rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Proble
             texts = "; ".join(body.text(family) for _chain, body in found)
             problems.append(
                 Problem(
-                    ProblemKind.MISSING_RULES,
+                    ProblemKind.NFT_MISSING_RULES,
                     family,
                     found[0][0],
                     owner.network,

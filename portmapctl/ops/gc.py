@@ -43,7 +43,7 @@ from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, chain_name
 from portmapctl.iptables.inventory import ChainInfo
 from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable
-from portmapctl.iptables.transaction import Transaction
+from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops import gc_state
 from portmapctl.ops.node import Node
 
@@ -305,7 +305,7 @@ def plan_family(
     gone = {c.name for c in removable}
     freed = _udp_ports(ports, gone) - _udp_ports(ports, set(ports) - gone)
     shared = tuple(
-        op.chain for op in txn.ops if op.kind == "delete-chain" and op.chain == OLD_TOPLEVEL_SNAT
+        op.chain for op in txn.ops if op.kind is OpKind.DELETE_CHAIN and op.chain == OLD_TOPLEVEL_SNAT
     )
     return FamilyPlan(
         family,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 from typing import Mapping as MappingT
 
+from portmapctl.core.status import Status
 from portmapctl.iptables.inventory import ChainInfo, Mapping
 
 if TYPE_CHECKING:
@@ -21,12 +22,14 @@ if TYPE_CHECKING:
     from portmapctl.ops.gc import GcChain, GcResult
 
 STATUS_STYLE = {
-    "ok": "green",
-    "stale": "yellow",
-    "shadowed": "red",
-    "orphan": "yellow",
-    "incomplete": "red",
-    "legacy": "magenta",
+    Status.OK: "green",
+    Status.STALE: "yellow",
+    Status.SHADOWED: "red",
+    Status.ORPHAN: "yellow",
+    Status.INCOMPLETE: "red",
+    Status.LEGACY: "magenta",
+    Status.DEAD: "red",
+    Status.ZOMBIE: "yellow",
 }
 
 

@@ -226,8 +226,8 @@ def test_repair_after_flush_table(node: str) -> None:
     configs = [_config(s) for s in steps]
     broken = _rows(_read(node), configs)
     assert {p.kind for p in broken.problems} >= {
-        inventory.ProblemKind.MISSING_ENTRY,
-        inventory.ProblemKind.MISSING_RULES,
+        inventory.ProblemKind.NFT_MISSING_ENTRY,
+        inventory.ProblemKind.NFT_MISSING_RULES,
     }
     _apply(node, planner.setup(_read(node), _wanted(configs)))
     assert _bodies(_read(node)) == before

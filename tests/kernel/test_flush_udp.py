@@ -8,7 +8,6 @@ with real UDP traffic through the DNAT rules.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import secrets
@@ -17,31 +16,16 @@ import subprocess
 import tempfile
 from typing import Iterator, Optional
 
-import fixtures_lib
 import pytest
 import realplugin as rp
-from hypothesis import given
 from hypothesis import strategies as st
 from pmctl import assert_error, run
 
-from portmapctl import render
 from portmapctl.cli import main
 from portmapctl.host.conntrack import ConntrackEntry
 from portmapctl.host.netns import entered
-from portmapctl.iptables import inventory
 from portmapctl.iptables.inventory import Mapping
 from portmapctl.ops import flush_udp
-from portmapctl.ops.flush_udp import (
-    GIVEN,
-    MAPPED,
-    NOT_DNATED,
-    OLD_DESTINATION,
-    UNMAPPED,
-    Doomed,
-    FlushResult,
-    plan,
-    select_ports,
-)
 from portmapctl.ops.node import NodeOptions, opened
 
 
@@ -76,98 +60,10 @@ def mapping(
     )  # fmt: skip
 
 
-def fixture_mappings(name: str) -> list[Mapping]:
-    tables = {family: fixtures_lib.table(name, family) for family in (4, 6)}
-    return list(inventory.build(tables).mappings)
-
-
 # --- which ports ------------------------------------------------------------------------
 
 
-def test_select_ports_takes_mapped_udp_ports_per_family() -> None:
-    mappings = fixture_mappings("conditions")  # abc123: 8080/tcp, 5353/udp, v4 and v6
-    assert select_ports(mappings, (4, 6)) == {(4, 5353), (6, 5353)}
-    assert select_ports(mappings, (6,)) == {(6, 5353)}
-    # Three containers, one with a UDP mapping; --container is an ID prefix.
-    three = fixture_mappings("three-containers")
-    assert select_ports(three, (4, 6)) == {(4, 5353)}
-    assert select_ports(three, (4, 6), container="ctr") == {(4, 5353)}
-    assert select_ports(three, (4, 6), container="ctr1") == set()
-
-
-def test_select_ports_given_ports_need_not_be_mapped() -> None:
-    mappings = fixture_mappings("conditions")
-    assert select_ports(mappings, (4, 6), ports=[53, 5353]) == {
-        (4, 53), (6, 53), (4, 5353), (6, 5353)
-    }  # fmt: skip
-    # With a container too: only its ports among those given.
-    assert select_ports(mappings, (4,), ports=[53, 5353], container="abc") == {(4, 5353)}
-    assert select_ports([], (4,), ports=[53], container="abc") == set()
-
-
 # --- which entries go -------------------------------------------------------------------------
-
-CURRENT = udp(sport=1, reply_src="10.88.0.5", reply_sport=53)
-OLD = udp(sport=2, reply_src="10.88.0.9", reply_sport=53)
-NEVER = udp(sport=3)
-DIRECT = udp(sport=4, dst="10.88.0.5")  # sent to the container's own address
-ELSEWHERE = udp(sport=5, dport=8053, reply_src="10.88.0.9", reply_sport=53)
-
-
-def test_plain_flush_takes_every_entry_under_the_ports() -> None:
-    mappings = [mapping()]
-    entries = [CURRENT, OLD, NEVER, DIRECT, ELSEWHERE]
-    assert plan(entries, {(4, 5353)}, mappings) == [
-        Doomed(e, MAPPED) for e in (CURRENT, OLD, NEVER, DIRECT)
-    ]
-    assert plan(entries, {(4, 8053)}, mappings) == [Doomed(ELSEWHERE, GIVEN)]
-    assert plan(entries, {(6, 5353)}, mappings) == []
-
-
-def test_stale_only_takes_what_misroutes() -> None:
-    mappings = [mapping()]
-    doomed = plan([CURRENT, OLD, NEVER, DIRECT], {(4, 5353)}, mappings, stale_only=True)
-    assert doomed == [
-        Doomed(OLD, OLD_DESTINATION, ("10.88.0.5",)),
-        Doomed(NEVER, NOT_DNATED, ("10.88.0.5",)),
-    ]
-    # Under a port nobody maps, only what is DNATed misroutes (to a gone container).
-    plain = udp(sport=6, dport=8053)
-    assert plan([ELSEWHERE, plain], {(4, 8053)}, mappings, stale_only=True) == [
-        Doomed(ELSEWHERE, UNMAPPED)
-    ]
-
-
-def test_stale_only_compares_addresses_not_spelling() -> None:
-    v6 = udp("2001:db8::7", "fd00::1", 1, 5353, "fd00:0::0005", 53, family=6)
-    assert plan([v6], {(6, 5353)}, [mapping("fd00::5", family=6)], stale_only=True) == []
-    assert plan([v6], {(6, 5353)}, [mapping("10.88.0.5")], stale_only=True) == [
-        Doomed(v6, UNMAPPED)  # the v4 mapping does not cover a v6 entry
-    ]
-
-
-def test_stale_only_honours_host_ip_and_shadowing() -> None:
-    on_lo = mapping("10.88.0.6", host_port=6000, host_ip="127.0.0.1", container_id="def456")
-    to_lo = udp(sport=1, dst="127.0.0.1", dport=6000, reply_src="10.88.0.6", reply_sport=60)
-    to_host = udp(sport=2, dport=6000)  # another address: the rule does not take it
-    old_to_host = udp(sport=3, dport=6000, reply_src="10.88.0.6", reply_sport=60)
-    doomed = plan([to_lo, to_host, old_to_host], {(4, 6000)}, [on_lo], stale_only=True)
-    assert doomed == [Doomed(old_to_host, UNMAPPED)]
-
-    # Two containers on one port: the earlier entry rule wins, the other gets nothing.
-    winner = mapping("10.88.0.5")
-    loser = mapping("10.88.0.7", container_id="def456", shadowed_by="CNI-DN-x")
-    to_loser = udp(sport=4, reply_src="10.88.0.7", reply_sport=53)
-    assert plan([CURRENT, to_loser], {(4, 5353)}, [loser, winner], stale_only=True) == [
-        Doomed(to_loser, OLD_DESTINATION, ("10.88.0.5",))
-    ]
-
-
-def test_stale_only_survives_a_foreign_dnat_range() -> None:
-    odd = mapping("10.88.0.5-10.88.0.9")  # not the plugin's, but a dump may hold it
-    assert plan([CURRENT], {(4, 5353)}, [odd], stale_only=True) == [
-        Doomed(CURRENT, OLD_DESTINATION, ("10.88.0.5-10.88.0.9",))
-    ]
 
 
 addresses = st.sampled_from(["10.0.0.1", "10.88.0.5", "10.88.0.9", "127.0.0.1"])
@@ -178,57 +74,7 @@ mappings = st.builds(mapping, container_ip=addresses, host_port=some_ports,
                      host_ip=st.none() | st.just("127.0.0.1"))  # fmt: skip
 
 
-@given(st.lists(entries), st.lists(mappings), st.sets(st.tuples(st.just(4), some_ports)))
-def test_plan_properties(
-    items: list[ConntrackEntry], current: list[Mapping], ports: set[tuple[int, int]]
-) -> None:
-    plain = plan(items, ports, current)
-    stale = plan(items, ports, current, stale_only=True)
-    in_scope = [e for e in items if (e.family, e.dport) in ports]
-    assert [d.entry for d in plain] == in_scope
-    assert {d.reason for d in plain} <= {MAPPED, GIVEN}
-    assert [d.entry for d in stale] == [e for e in in_scope if e in {d.entry for d in stale}]
-    for d in stale:
-        covering = [
-            m for m in current
-            if m.host_port == d.entry.dport and m.host_ip in (None, d.entry.dst)
-        ]  # fmt: skip
-        # Never deleted: an entry whose replies come from a covering mapping's container.
-        assert d.entry.reply_src not in {m.container_ip for m in covering}
-        assert covering or d.entry.dnat
-    # Deleting the stale ones leaves nothing stale.
-    survivors = [e for e in items if e not in {d.entry for d in stale}]
-    assert plan(survivors, ports, current, stale_only=True) == []
-
-
 # --- rendering --------------------------------------------------------------------------------
-
-
-def test_json_has_the_spec_keys_and_table_says_why() -> None:
-    v6 = udp("2001:db8::7", "fd00::1", 7, 5353, "fd00::9", 53, family=6)
-    result = FlushResult(
-        True, True, ((4, 5353), (6, 5353)),
-        (Doomed(OLD, OLD_DESTINATION, ("10.88.0.5",)), Doomed(v6, OLD_DESTINATION, ("fd00::5",))),
-        2, 1,
-    )  # fmt: skip
-    doc = render.flush_json(result)
-    assert doc["dry_run"] is True and doc["count"] == 2
-    assert doc["deleted"][1] == {
-        "family": 6, "src": "2001:db8::7", "dst": "fd00::1", "sport": 7, "dport": 5353,
-        "reply_src": "fd00::9", "reply_sport": 53, "reason": "old-destination",
-    }  # fmt: skip
-    lines = render.flush_table(result).plain.splitlines()
-    assert lines[0].split() == ["FAM", "SOURCE", "DESTINATION", "PORTS", "REPLY", "FROM", "WHY"]
-    assert lines[2].split()[:5] == ["v6", "2001:db8::7", "fd00::1", "7->5353", "[fd00::9]:53"]
-    assert lines[2].endswith("old DNAT destination: the port now goes to fd00::5")
-    assert render.flush_summary(result) == (
-        "would delete 2 UDP conntrack entries to host port 5353 (v4/v6);"
-        " kept 1 that reach their container or the host"
-    )
-    gone = dataclasses.replace(result, dry_run=False, stale_only=False, deleted=1)
-    assert render.flush_summary(gone).endswith("; 1 had gone already")
-    nothing = FlushResult(False, False, (), (), 0, 0)
-    assert "nothing to flush" in render.flush_summary(nothing, "zzz")
 
 
 # --- real conntrack tables ------------------------------------------------------------------
@@ -589,10 +435,3 @@ def test_no_conntrack_support_exits_3(
     ]
 
 
-def test_help_shows_the_options_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(capsys, "flush-udp", "--help")
-    assert code == 0
-    for words in ("--port N", "--container ID", "--stale-only", "--dry-run", "Examples:"):
-        assert words in out
-    code, out, _ = cli(capsys, "--help")
-    assert code == 0 and "flush-udp" in out

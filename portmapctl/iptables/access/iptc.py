@@ -70,7 +70,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem, PortmapctlError
 from portmapctl.host.lock import flock_within
 from portmapctl.iptables.ruleset import Args, NatTable, format_rule, parse_save
-from portmapctl.iptables.transaction import Op, Transaction
+from portmapctl.iptables.transaction import Op, OpKind, Transaction
 
 XT_LOCK_NAME = "/run/xtables.lock"  # iptables' own lock (XTABLES_LOCKFILE overrides it)
 LOCK_WAIT_SECONDS = 10.0
@@ -673,17 +673,17 @@ class _Session:
 
     def _do(self, op: Op) -> None:
         table = self.table
-        if op.kind == "new-chain":
+        if op.kind is OpKind.NEW_CHAIN:
             table.create_chain(op.chain)
-        elif op.kind == "flush":
+        elif op.kind is OpKind.FLUSH:
             table.flush_entries(op.chain)
-        elif op.kind == "delete-chain":
+        elif op.kind is OpKind.DELETE_CHAIN:
             table.delete_chain(op.chain)
-        elif op.kind == "append":
+        elif op.kind is OpKind.APPEND:
             table.append_entry(op.chain, self.build(op.args).rule)
-        elif op.kind == "insert":
+        elif op.kind is OpKind.INSERT:
             table.insert_entry(op.chain, self.build(op.args).rule, 0)
-        elif op.kind == "delete":
+        elif op.kind is OpKind.DELETE:
             rule = self.build(op.args)
             table.delete_entry(op.chain, rule.rule, rule.mask)
         else:

@@ -77,9 +77,9 @@ def test_flushed_table_problems() -> None:
     found = inv.build(fake.read(), owners, nft_backed=owners)
     kinds = [(p.kind, p.family, p.chain) for p in found.problems]
     assert kinds == [
-        (ProblemKind.MISSING_ENTRY, 4, "prerouting"),
-        (ProblemKind.MISSING_ENTRY, 4, "output"),
-        (ProblemKind.MISSING_RULES, 4, "hostports"),
+        (ProblemKind.NFT_MISSING_ENTRY, 4, "prerouting"),
+        (ProblemKind.NFT_MISSING_ENTRY, 4, "output"),
+        (ProblemKind.NFT_MISSING_RULES, 4, "hostports"),
     ]
     assert "4 rule(s) missing" in found.problems[-1].detail
     assert found.problems[-1].container_id == "aaaa1111"
@@ -91,7 +91,7 @@ def test_missing_table_and_jumps() -> None:
     fake.delete_table(6)
     live = fake.read()
     problems = inv.build(live, owners, nft_backed=owners).problems
-    assert (ProblemKind.MISSING_TABLE, 6) in [(p.kind, p.family) for p in problems]
+    assert (ProblemKind.NFT_MISSING_TABLE, 6) in [(p.kind, p.family) for p in problems]
     # Only the jumps of hostports_all gone (someone flushed that chain).
     from portmapctl.nftables.transaction import Transaction
 
@@ -99,7 +99,7 @@ def test_missing_table_and_jumps() -> None:
     txn.flush_chain(4, "hostports_all")
     fake.apply(txn)
     problems = inv.build(fake.read(), owners, nft_backed=owners).problems
-    assert ProblemKind.MISSING_JUMPS in [p.kind for p in problems]
+    assert ProblemKind.NFT_MISSING_JUMPS in [p.kind for p in problems]
 
 
 def test_v17_shape_is_healthy() -> None:

@@ -1,0 +1,61 @@
+"""The words every output uses for what it found, as `str` Enums: JSON keeps the plain
+words, and a misspelt status is a NameError instead of a silently empty filter."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Status(str, Enum):
+    """A mapping's or chain's state (SPEC §3 list); a row carries one or more."""
+
+    OK = "ok"
+    STALE = "stale"  # no CNI cache entry names the container
+    SHADOWED = "shadowed"  # an earlier rule takes its host port (first match wins)
+    ORPHAN = "orphan"  # a per-container chain that no rule enters
+    INCOMPLETE = "incomplete"  # an entry rule names a port the chain does not DNAT
+    LEGACY = "legacy"  # a CNI-SN- chain from plugins before 2018
+    DEAD = "dead"  # a rule that can never match (-d 0.0.0.0/32, plugins < v0.8.7)
+    ZOMBIE = "zombie"  # cached, but the container's network namespace is gone
+
+    def __str__(self) -> str:
+        return self.value
+
+    # Equal to its word, so it must hash like it (Enum hashes the member's name).
+    __hash__ = str.__hash__
+
+
+class ProblemKind(str, Enum):
+    """What `check` reports; stable words (JSON consumers match on them)."""
+
+    MISSING_CHAIN = "missing-chain"  # a cached container's CNI-DN- chain is not there
+    MISSING_RULES = "missing-rules"  # ... it is there but lacks some of its rules
+    EXTRA_RULES = "extra-rules"  # ... it holds rules its cached config does not make
+    RULES_ORDER = "rules-order"  # ... the right rules, in the wrong order (or repeated)
+    MISSING_ENTRY = "missing-entry"  # CNI-HOSTPORT-DNAT lacks an entry rule to the chain
+    EXTRA_ENTRY = "extra-entry"  # CNI-HOSTPORT-DNAT sends ports the container does not map
+    MISSING_TOPLEVEL = "missing-toplevel"  # CNI-HOSTPORT-DNAT/SETMARK/MASQ is gone
+    MISSING_TOPLEVEL_RULE = "missing-toplevel-rule"  # SETMARK's or MASQ's rule is gone
+    MISSING_JUMP = "missing-jump"  # PREROUTING/OUTPUT/POSTROUTING no longer jump in
+    SHADOWED = "shadowed"
+    ORPHAN = "orphan"
+    INCOMPLETE = "incomplete"
+    STALE = "stale"
+    LEGACY = "legacy"
+    DEAD = "dead"
+    ZOMBIE = "zombie"
+    DUPLICATE_ENTRY = "duplicate-entry"
+    SPLIT_BRAIN = "split-brain"
+    # The plugin's nftables backend (tables ip/ip6 cni_hostport).
+    NFT_MISSING_TABLE = "nft-missing-table"
+    NFT_MISSING_CHAIN = "nft-missing-chain"
+    NFT_MISSING_ENTRY = "nft-missing-entry"  # prerouting/output do not reach the rules
+    NFT_MISSING_JUMPS = "nft-missing-jumps"  # hostports_all lacks its two jumps
+    NFT_MISSING_RULES = "nft-missing-rules"  # a cached nft-backed container lacks rules
+    BOTH_BACKENDS = "both-backends"  # one container's rules in iptables and nftables
+
+    def __str__(self) -> str:
+        return self.value
+
+    # Equal to its word, so it must hash like it (Enum hashes the member's name).
+    __hash__ = str.__hash__

@@ -1,0 +1,597 @@
+"""`check`'s diagnosis, pure: tables and cache in, problems out.
+
+For every attachment in the CNI cache that carries port mappings, the chains the
+plugin would have made (`chains.wanted_chains`) are compared with the live table; the
+shared top-level chains and jumps those mappings need must be there; and everything
+`list` can mark (shadowed, orphan, incomplete, stale, legacy) is reported, plus
+duplicate entry rules and portmap chains present in both the legacy and the nf_tables
+tables (split brain). `diagnose_mapping` is what the plugin's CHECK verifies for one
+mapping, except that a missing chain is a failure (the seed's bug, SPEC §2).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Collection, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Mapping as ReadOnly
+
+from portmapctl.cni.cache import Attachment
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.status import ProblemKind
+from portmapctl.iptables import inventory
+from portmapctl.iptables.chains import (
+    DNAT_PREFIX,
+    MASQ,
+    SETMARK,
+    SHARED_CHAINS,
+    SNAT_PREFIX,
+    TOPLEVEL_DNAT,
+    Chain,
+    dnat_chain,
+    dnat_chain_name,
+    toplevel_dnat_chain,
+    wanted_chains,
+)
+from portmapctl.iptables.ruleset import (
+    Args,
+    NatTable,
+    format_rule,
+    option_value,
+    rule_target,
+)
+from portmapctl.ops.check.hints import (
+    Fixes,
+    _config_ports,
+    _names_text,
+    _ports_text,
+    _rules_text,
+    _who,
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong on the node: what, where, why it matters, and what fixes it."""
+
+    kind: str
+    family: Optional[int]
+    chain: Optional[str]
+    network: Optional[str]
+    container_id: Optional[str]
+    detail: str
+    fix: str
+    why: str = ""
+
+    @property
+    def key(self) -> Tuple[str, Optional[int], Optional[str], Optional[str], Optional[str]]:
+        """Identity across two checks (details carry counts that change)."""
+        return (self.kind, self.family, self.chain, self.network, self.container_id)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What a check (or a repair and the check after it) found."""
+
+    problems: Tuple[Problem, ...]
+    families: Tuple[int, ...]
+    # "node": the whole node from the CNI cache; "mapping": one given mapping.
+    scope: str = "node"
+    cache_present: bool = False
+    mappings_checked: int = 0  # (container, family) pairs compared with the table
+    chains_seen: int = 0  # per-container chains on the node (node scope)
+    chain: Optional[str] = None  # the mapping's chain (mapping scope)
+    repaired: bool = False
+    fixed: Tuple[Problem, ...] = ()
+    transactions: Dict[int, str] = field(default_factory=dict)
+    notes: Tuple[str, ...] = ()
+    warnings: Tuple[str, ...] = ()
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+
+# --- what should be there -----------------------------------------------------------
+
+
+def cached_configs(attachments: Optional[Sequence[Attachment]]) -> List[MappingConfig]:
+    """The mapping of every cached attachment that has one, one per chain name.
+
+    Two attachments of one container on one network (two interfaces) would share a
+    chain; the plugin would make them overwrite each other, we keep the first.
+    """
+    found: Dict[str, MappingConfig] = {}
+    for attachment in attachments or ():
+        if attachment.mapping is not None:
+            found.setdefault(dnat_chain_name(attachment.mapping), attachment.mapping)
+    return list(found.values())
+
+
+def _merge(chains: Sequence[Chain]) -> List[Chain]:
+    """Shared chains wanted by several containers, as one chain each.
+
+    The plugin appends a shared chain's rules only when missing, so containers with
+    different mark bits leave one SETMARK rule each: their union is what is wanted.
+    """
+    merged: Dict[str, Chain] = {}
+    for chain in chains:
+        have = merged.get(chain.name)
+        if have is None:
+            merged[chain.name] = chain
+            continue
+        merged[chain.name] = Chain(
+            chain.name,
+            rules=tuple(dict.fromkeys(have.rules + chain.rules)),
+            entry_chains=tuple(dict.fromkeys(have.entry_chains + chain.entry_chains)),
+            entry_rules=tuple(dict.fromkeys(have.entry_rules + chain.entry_rules)),
+            prepend_entry=have.prepend_entry,
+            table=have.table,
+        )
+    return list(merged.values())
+
+
+def wanted_on_node(
+    configs: Optional[Sequence[MappingConfig]], family: int, live: NatTable
+) -> Tuple[List[Chain], List[Tuple[MappingConfig, Chain]]]:
+    """(shared chains, (config, CNI-DN- chain) per container) wanted in one family.
+
+    With a cache, from the cached configs (SNAT and externalSetMarkChain decide
+    whether SETMARK/MASQ are wanted). Without one (`configs` None) only what the live
+    table implies without knowing any config: per-container chains need
+    CNI-HOSTPORT-DNAT and its jumps.
+    """
+    if configs is None:
+        live_chains = any(name.startswith(DNAT_PREFIX) for name in live.chains)
+        return ([toplevel_dnat_chain(family)] if live_chains else []), []
+    shared: List[Chain] = []
+    per_container: List[Tuple[MappingConfig, Chain]] = []
+    for config in configs:
+        for chain in wanted_chains(config, family):
+            if chain.shared:
+                shared.append(chain)
+            else:
+                per_container.append((config, chain))
+    return _merge(shared), per_container
+
+
+# --- comparing ------------------------------------------------------------------------
+
+
+def _check_shared(chain: Chain, live: NatTable, fixes: Fixes) -> List[Problem]:
+    family = live.family
+    fix = fixes.repair
+    why = {
+        TOPLEVEL_DNAT: "no host port on this node is forwarded to its container",
+        SETMARK: "hairpin and localhost connections to mapped ports are not marked for"
+        " masquerade, so they fail",
+        MASQ: "marked connections are not masqueraded: hairpin and localhost connections"
+        " to mapped ports fail",
+    }.get(chain.name, "the plugin's shared structure is incomplete")
+    if not live.has_chain(chain.name):
+        jumps = ""
+        if chain.entry_chains:
+            plural = "s" if len(chain.entry_chains) > 1 else ""
+            jumps = f" and the {'/'.join(chain.entry_chains)} jump{plural} to it"
+        return [
+            Problem(
+                ProblemKind.MISSING_TOPLEVEL,
+                family,
+                chain.name,
+                None,
+                None,
+                f"chain {chain.name}{jumps} {'are' if jumps else 'is'} gone"
+                " (flushed by firewalld or a script?)",
+                fix,
+                why,
+            )
+        ]
+    problems = []
+    live_rules = live.rules(chain.name)
+    for rule in chain.rules:
+        if rule not in live_rules:
+            problems.append(
+                Problem(
+                    ProblemKind.MISSING_TOPLEVEL_RULE,
+                    family,
+                    chain.name,
+                    None,
+                    None,
+                    f"rule missing: {format_rule('-A', chain.name, rule)}",
+                    fix,
+                    why,
+                )
+            )
+    jump_why = {
+        "PREROUTING": "connections from other hosts to mapped host ports are not forwarded",
+        "OUTPUT": "connections from the node itself to mapped host ports are not forwarded",
+        "POSTROUTING": why,
+    }
+    for entry_chain in chain.entry_chains:
+        present = live.rules(entry_chain)
+        for rule in chain.entry_rules:
+            if rule not in present:
+                problems.append(
+                    Problem(
+                        ProblemKind.MISSING_JUMP,
+                        family,
+                        entry_chain,
+                        None,
+                        None,
+                        f"{entry_chain} does not jump to {chain.name}",
+                        fix,
+                        jump_why.get(entry_chain, why),
+                    )
+                )
+    return problems
+
+
+@dataclass(frozen=True)
+class _EntryIndex:
+    """CNI-HOSTPORT-DNAT's rules, indexed once per table. A node check looks up every
+    container's entry rules there; scanning the chain (2 rules per container) for each
+    container made it quadratic: 20 s at 5,000 containers (benchmarks/bench.py)."""
+
+    present: FrozenSet[Args]
+    by_target: Dict[Optional[str], List[Args]]
+
+
+def _entry_index(live: NatTable) -> _EntryIndex:
+    by_target: Dict[Optional[str], List[Args]] = {}
+    rules = live.rules(TOPLEVEL_DNAT)
+    for rule in rules:
+        by_target.setdefault(rule_target(rule), []).append(rule)
+    return _EntryIndex(frozenset(rules), by_target)
+
+
+def _check_container(
+    config: MappingConfig,
+    wanted: Chain,
+    live: NatTable,
+    fix: str,
+    *,
+    exact: bool,
+    elsewhere: Optional[str] = None,
+    entries: Optional[_EntryIndex] = None,
+) -> List[Problem]:
+    """One container's CNI-DN- chain and its entry rules against the live table.
+
+    `exact` (node check) also reports rules that should not be there and a wrong
+    order; without it, exactly the plugin's CHECK: every wanted rule present.
+    `elsewhere` names the other iptables flavour when the chain exists there.
+    `entries` is `_entry_index(live)`, made once by a caller that checks many.
+    """
+    family = live.family
+    name = wanted.name
+    who = (config.network, config.container_id)
+
+    def problem(kind: str, detail: str, why: str) -> Problem:
+        return Problem(kind, family, name, *who, detail, fix, why)
+
+    ports = _config_ports(config, family)
+    if not live.has_chain(name):
+        detail = f"chain missing for {ports}"
+        if elsewhere:
+            detail += (
+                f" (it is in the {elsewhere} tables: is the plugin using iptables-{elsewhere}?)"
+            )
+        return [
+            problem(
+                ProblemKind.MISSING_CHAIN, detail, "the container's host ports are not forwarded"
+            )
+        ]
+    problems = []
+    live_rules = live.rules(name)
+    missing = [r for r in wanted.rules if r not in live_rules]
+    if missing:
+        dnat_gone = any(rule_target(r) == "DNAT" for r in missing)
+        problems.append(
+            problem(
+                ProblemKind.MISSING_RULES,
+                f"{len(missing)} of {len(wanted.rules)} rules missing: {_rules_text(name, missing)}",
+                "some of its host ports are not forwarded"
+                if dnat_gone
+                else "hairpin and localhost connections to its host ports fail (no masquerade mark)",
+            )
+        )
+    if exact:
+        extra = [r for r in live_rules if r not in wanted.rules]
+        if extra:
+            problems.append(
+                problem(
+                    ProblemKind.EXTRA_RULES,
+                    f"{len(extra)} rules its cached config does not make: {_rules_text(name, extra)}",
+                    "the chain does not match the container's config (an old address or port?):"
+                    " traffic may go to the wrong place",
+                )
+            )
+        elif not missing and live_rules != wanted.rules:
+            problems.append(
+                problem(
+                    ProblemKind.RULES_ORDER,
+                    "the right rules in the wrong order (or repeated)",
+                    "iptables stops at the DNAT rule: a mark rule after it never runs",
+                )
+            )
+    index = entries if entries is not None else _entry_index(live)
+    missing_entries = [r for r in wanted.entry_rules if r not in index.present]
+    if missing_entries:
+        ports = ", ".join(
+            f"{option_value(r, '-p')}/{option_value(r, '--dports')}" for r in missing_entries
+        )
+        problems.append(
+            problem(
+                ProblemKind.MISSING_ENTRY,
+                f"no entry rule in {TOPLEVEL_DNAT} for {ports}"
+                f" ({len(missing_entries)} of {len(wanted.entry_rules)} missing)",
+                "nothing sends those host ports to the chain: they are not forwarded",
+            )
+        )
+    if exact:
+        extra_entries = [r for r in index.by_target.get(name, ()) if r not in wanted.entry_rules]
+        if extra_entries:
+            problems.append(
+                problem(
+                    ProblemKind.EXTRA_ENTRY,
+                    f"{TOPLEVEL_DNAT} has entry rules its cached config does not make:"
+                    f" {_rules_text(TOPLEVEL_DNAT, extra_entries)}",
+                    "host ports the container no longer maps are still sent to it",
+                )
+            )
+    return problems
+
+
+def _inventory_problems(
+    found: inventory.Inventory,
+    derived: ReadOnly[int, set],
+    live_chains: set,
+    fixes: Fixes,
+) -> List[Problem]:
+    """What `list` marks, for chains the cached-config comparison does not cover.
+
+    `derived[family]` are the chains compared with a cached config: for them only
+    shadowing is added here (the comparison already says what is missing).
+    """
+    problems: List[Problem] = []
+    by_chain = {(c.name, c.family): c for c in found.chains}
+    shadowed: Dict[Tuple[str, int], List[inventory.Mapping]] = {}
+    for m in found.mappings:
+        if m.shadowed_by:
+            shadowed.setdefault((m.chain, m.family), []).append(m)
+
+    for c in found.chains:
+        who = (c.network, c.container_id)
+        ports = _ports_text(c.host_ports)
+        if c.kind == "legacy-snat":
+            live = c.name in live_chains
+            problems.append(
+                Problem(
+                    ProblemKind.LEGACY,
+                    c.family,
+                    c.name,
+                    *who,
+                    f"pre-2018 SNAT chain of {_who(*who)}"
+                    + (" (stale)" if ProblemKind.STALE in c.status else ""),
+                    "harmless while the container runs; `portmapctl gc` removes it once it is gone"
+                    if live
+                    else fixes.gc,
+                    "nothing creates or uses these chains any more; they only take up the table",
+                )
+            )
+            continue
+        if c.name in derived.get(c.family, ()):
+            pass
+        elif ProblemKind.STALE in c.status:
+            also = " and nothing enters it" if ProblemKind.ORPHAN in c.status else ""
+            problems.append(
+                Problem(
+                    ProblemKind.STALE,
+                    c.family,
+                    c.name,
+                    *who,
+                    f"no CNI cache entry for {_who(*who)}{also}; it maps {ports}",
+                    fixes.gc,
+                    "the container is gone but its host ports stay taken: a new container on"
+                    " them gets no traffic",
+                )
+            )
+            continue
+        else:
+            if ProblemKind.ORPHAN in c.status:
+                problems.append(
+                    Problem(
+                        ProblemKind.ORPHAN,
+                        c.family,
+                        c.name,
+                        *who,
+                        f"no rule enters this chain ({ports})",
+                        fixes.gc,
+                        "it forwards nothing and nothing will ever remove it but gc",
+                    )
+                )
+            if ProblemKind.INCOMPLETE in c.status:
+                problems.append(
+                    Problem(
+                        ProblemKind.INCOMPLETE,
+                        c.family,
+                        c.name,
+                        *who,
+                        f"entry rules send {_ports_text(c.missing_ports)} here but no rule"
+                        " DNATs them",
+                        "re-create the mapping (`portmapctl add ...`), or `portmapctl gc` it if"
+                        " the container is gone",
+                        "connections to those host ports reach the node itself, not the container",
+                    )
+                )
+        rows = shadowed.get((c.name, c.family))
+        if rows:
+            problems.append(_shadow_problem(c, rows, by_chain, fixes))
+    return problems
+
+
+def _shadow_problem(
+    loser: inventory.ChainInfo,
+    rows: Sequence[inventory.Mapping],
+    by_chain: ReadOnly[Tuple[str, int], inventory.ChainInfo],
+    fixes: Fixes,
+) -> Problem:
+    winners: Dict[str, List[str]] = {}
+    for m in rows:
+        winners.setdefault(m.shadowed_by or "?", []).append(f"{m.protocol}/{m.host_port}")
+    parts = []
+    winner_stale = False
+    for name, ports in winners.items():
+        winner = by_chain.get((name, loser.family))
+        who = _who(winner.network, winner.container_id) if winner else "?"
+        winner_stale = winner_stale or (winner is not None and ProblemKind.STALE in winner.status)
+        parts.append(f"{', '.join(ports)} taken first by {name} ({who}), which wins")
+    fix = (
+        f"{fixes.gc} (the winner is stale)"
+        if winner_stale
+        else "two containers claim one host port: re-create one of them with another host port"
+    )
+    return Problem(
+        ProblemKind.SHADOWED,
+        loser.family,
+        loser.name,
+        loser.network,
+        loser.container_id,
+        "; ".join(parts),
+        fix,
+        "iptables uses the first matching rule in CNI-HOSTPORT-DNAT: this container gets no"
+        " traffic on those ports",
+    )
+
+
+def _duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
+    """Identical rules jumping to a portmap chain, more than once in one chain."""
+    problems = []
+    for saved in live.chains.values():
+        counts = Counter(r for r in saved.rules if _is_portmap_chain(rule_target(r) or ""))
+        for rule, count in counts.items():
+            if count < 2:
+                continue
+            network, container_id = inventory.parse_comment(rule)
+            problems.append(
+                Problem(
+                    ProblemKind.DUPLICATE_ENTRY,
+                    live.family,
+                    saved.name,
+                    network,
+                    container_id,
+                    f"{count} copies of {format_rule('-A', saved.name, rule)}",
+                    f"delete one copy: {fixes.iptables(live.family, '-D', saved.name, rule)}",
+                    "a sign that a script or another tool re-adds the plugin's rules; every"
+                    " packet walks each copy",
+                )
+            )
+    return problems
+
+
+def _is_portmap_chain(name: str) -> bool:
+    return name in SHARED_CHAINS or name.startswith((DNAT_PREFIX, SNAT_PREFIX))
+
+
+def split_brain(
+    tables: ReadOnly[int, NatTable],
+    other_tables: ReadOnly[int, NatTable],
+    used: str,
+    other: str,
+) -> List[Problem]:
+    """Portmap chains present in both flavours' tables (empty tables do not count)."""
+    problems = []
+    for family in sorted(tables):
+        other_table = other_tables.get(family)
+        if other_table is None:
+            continue
+        both = [
+            n for n in tables[family].chains if _is_portmap_chain(n) and other_table.has_chain(n)
+        ]
+        if not both:
+            continue
+        tool = "ip6tables" if family == 6 else "iptables"
+        problems.append(
+            Problem(
+                ProblemKind.SPLIT_BRAIN,
+                family,
+                None,
+                None,
+                None,
+                f"{len(both)} portmap chains are in both the {used} and the {other} tables:"
+                f" {_names_text(both)}",
+                f"find which iptables the plugin runs (`{tool} --version`), then remove the"
+                f" portmap chains from the other one ({tool}-{other}-save -t nat shows them)",
+                "the kernel applies both copies but each iptables shows only its own: mappings"
+                " work on one node and not on another, and gc or the plugin cleans only one",
+            )
+        )
+    return problems
+
+
+# --- the checks -----------------------------------------------------------------------
+
+
+def diagnose(
+    tables: ReadOnly[int, NatTable],
+    attachments: Optional[Sequence[Attachment]],
+    fixes: Fixes = Fixes(),
+    *,
+    other_tables: Optional[ReadOnly[int, NatTable]] = None,
+    flavours: Optional[Tuple[str, str]] = None,
+    nft_backed: Collection[str] = (),
+) -> Tuple[List[Problem], int]:
+    """Every problem of a node (pure). Returns (problems, mappings compared).
+
+    `attachments` is the CNI cache (None: there is none). `other_tables` are the same
+    families read from the other iptables flavour; `flavours` is (used, other).
+    Containers in `nft_backed` (IDs) keep their rules in nftables: nothing of them is
+    expected in iptables.
+    """
+    configs = cached_configs(attachments) if attachments is not None else None
+    if configs is not None and nft_backed:
+        configs = [c for c in configs if c.container_id not in nft_backed]
+    problems: List[Problem] = []
+    other_flavour = flavours[1] if flavours else None
+    if other_tables and flavours:
+        problems += split_brain(tables, other_tables, *flavours)
+    derived: Dict[int, set] = {}
+    compared = 0
+    for family in sorted(tables):
+        live = tables[family]
+        other = (other_tables or {}).get(family)
+        shared, per_container = wanted_on_node(configs, family, live)
+        for chain in shared:
+            problems += _check_shared(chain, live, fixes)
+        derived[family] = set()
+        index = _entry_index(live)
+        for config, chain in per_container:
+            compared += 1
+            derived[family].add(chain.name)
+            elsewhere = other_flavour if other is not None and other.has_chain(chain.name) else None
+            problems += _check_container(
+                config, chain, live, fixes.repair, exact=True, elsewhere=elsewhere, entries=index
+            )
+    found = inventory.build(tables, attachments)
+    live_names = {dnat_chain_name(c) for c in configs or ()}
+    live_names |= {a.snat_chain for a in attachments or ()}
+    problems += _inventory_problems(found, derived, live_names, fixes)
+    for family in sorted(tables):
+        problems += _duplicates(tables[family], fixes)
+    return problems, compared
+
+
+def diagnose_mapping(
+    tables: ReadOnly[int, NatTable], config: MappingConfig, fix: str
+) -> Tuple[List[Problem], int]:
+    """What the plugin's CHECK verifies for one mapping, a missing chain included."""
+    problems: List[Problem] = []
+    compared = 0
+    for family in config.families:
+        if family not in tables:
+            continue
+        wanted = dnat_chain(config, family)
+        if wanted is None:
+            continue
+        compared += 1
+        problems += _check_container(config, wanted, tables[family], fix, exact=False)
+    return problems, compared

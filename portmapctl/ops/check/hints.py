@@ -1,0 +1,99 @@
+"""How `check` tells the operator what a problem means and which command fixes it:
+fix commands are spelled with the options check itself was run with."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.iptables.ruleset import (
+    Args,
+    command_line,
+    format_rule,
+)
+from portmapctl.ops.node import DEFAULT_CACHE_DIR, Node
+
+_SHOWN = 3  # how many rules or chains a detail names before "and N more"
+
+
+@dataclass(frozen=True)
+class Fixes:
+    """How fix commands are spelled on this node: with the options check was run with."""
+
+    suffix: str = ""
+    flavour: Optional[str] = None  # which iptables a hand-typed fix names
+    cache_present: bool = True
+
+    @property
+    def repair(self) -> str:
+        return f"portmapctl check --repair{self.suffix}"
+
+    @property
+    def gc(self) -> str:
+        if self.cache_present:
+            return f"portmapctl gc{self.suffix}"
+        # gc refuses to guess which containers are live without a source of liveness.
+        return f"portmapctl gc --valid-attachments FILE{self.suffix}"
+
+    def iptables(self, family: int, command: str, chain: str, args: Args) -> str:
+        return command_line(family, self.flavour, command, chain, args)
+
+
+def fixes_for(node: Node, cache_present: bool = True) -> Fixes:
+    options = node.options
+    suffix = ""
+    if options.netns:
+        suffix += f" --netns {shlex.quote(options.netns)}"
+    if options.backend != "auto":
+        suffix += f" --backend {options.backend}"
+    if options.iptables != "auto":
+        suffix += f" --iptables {options.iptables}"
+    if tuple(options.families) != (4, 6):
+        suffix += " --family " + ("all" if len(options.families) != 1 else str(options.families[0]))
+    if options.cache_dir != DEFAULT_CACHE_DIR:
+        suffix += f" --cni-cache-dir {shlex.quote(options.cache_dir)}"
+    return Fixes(suffix, _flavour(node), cache_present)
+
+
+def _flavour(node: Node) -> Optional[str]:
+    """nft or legacy: the iptables the backend works on (None for a snapshot)."""
+    if node.options.snapshots:
+        return None
+    return {"nft": "nft", "legacy": "legacy", "iptc": "legacy"}.get(node.backend.name)
+
+
+# --- describing things ------------------------------------------------------------
+
+
+def _who(network: Optional[str], container_id: Optional[str]) -> str:
+    if network is None and container_id is None:
+        return "an unknown container"
+    return f"{network or '?'}/{container_id or '?'}"
+
+
+def _ports_text(ports: Sequence[Tuple[str, int]]) -> str:
+    return ", ".join(f"{proto}/{port}" for proto, port in ports) or "no ports"
+
+
+def _config_ports(config: MappingConfig, family: int) -> str:
+    address = config.address(family)
+    ip = "?" if address is None else address.ip.compressed
+    ip = f"[{ip}]" if family == 6 else ip
+    return ", ".join(
+        f"{p.protocol}/{p.host_port}->{ip}:{p.container_port}"
+        for p in config.ports
+        if p.applies_to(family)
+    )
+
+
+def _rules_text(chain: str, rules: Sequence[Args], command: str = "-A") -> str:
+    shown = "; ".join(format_rule(command, chain, r) for r in rules[:_SHOWN])
+    more = len(rules) - _SHOWN
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
+def _names_text(names: Sequence[str]) -> str:
+    more = len(names) - _SHOWN
+    return ", ".join(names[:_SHOWN]) + (f" and {more} more" if more > 0 else "")

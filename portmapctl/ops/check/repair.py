@@ -1,0 +1,141 @@
+"""`check --repair`: plans with `planner.plan_setup` from the same wanted chains the
+diagnosis compares against and applies through `Node.converge`. It only creates what is
+missing (a cached container's own chain is rewritten when its rules differ, as the
+plugin's ADD would), never deletes another container's chain, and leaves stale state
+to `gc`."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from portmapctl.cni.cache import Attachment
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.errors import BadInput
+from portmapctl.iptables.chains import (
+    TOPLEVEL_DNAT,
+    dnat_chain_name,
+    wanted_chains,
+)
+from portmapctl.iptables.planner import plan_setup
+from portmapctl.iptables.ruleset import (
+    NatTable,
+    rule_target,
+)
+from portmapctl.iptables.transaction import OpKind, Transaction
+from portmapctl.ops.add import after_setup
+from portmapctl.ops.check.diagnose import CheckResult, cached_configs, wanted_on_node
+from portmapctl.ops.check.run import _check_node, check_mapping
+from portmapctl.ops.node import Node
+
+# --- repair ---------------------------------------------------------------------------
+
+
+def _plan(
+    configs: Optional[Sequence[MappingConfig]], single: Optional[MappingConfig]
+) -> Callable[[NatTable], Transaction]:
+    """The planner for one family: what the check compares against, made to exist."""
+
+    def plan(live: NatTable) -> Transaction:
+        if single is not None:
+            return plan_setup(wanted_chains(single, live.family), live)
+        shared, per_container = wanted_on_node(configs, live.family, live)
+        return plan_setup([*shared, *(chain for _, chain in per_container)], live)
+
+    return plan
+
+
+def _changed(txn: Transaction, configs: Sequence[MappingConfig]) -> List[MappingConfig]:
+    """The mappings a repair (re)made: their chain or entry rules were written, or the
+    jumps into CNI-HOSTPORT-DNAT were (then every mapping of the family was dark)."""
+    touched = set()
+    whole_family = False
+    for op in txn.ops:
+        target = rule_target(op.args) if op.args else None
+        touched.update({op.chain, target})
+        if (op.kind is OpKind.NEW_CHAIN and op.chain == TOPLEVEL_DNAT) or (
+            op.chain in ("PREROUTING", "OUTPUT") and target == TOPLEVEL_DNAT
+        ):
+            whole_family = True
+    return [
+        c
+        for c in configs
+        if txn.family in c.families and (whole_family or dnat_chain_name(c) in touched)
+    ]
+
+
+def repair(
+    node: Node, config: Optional[MappingConfig] = None, *, flush_udp: bool = True
+) -> CheckResult:
+    """Create what is missing (cached mappings, or `config`, and the top-level
+    structure), then check again. Returns the check after, with what was fixed."""
+    if node.options.offline or (node.options.uses_iptables and not node.backend.writable):
+        raise BadInput("--repair changes the node: it cannot work on a --snapshot")
+    attachments: Optional[List[Attachment]] = None
+    if config is not None:
+        before = check_mapping(node, config)
+        configs: Optional[List[MappingConfig]] = [config]
+        families = before.families
+    else:
+        attachments = node.read_cache()
+        before = _check_node(node, attachments)
+        configs = cached_configs(attachments) if attachments is not None else None
+        families = node.families
+    from portmapctl.ops.check import nft as check_nft
+
+    nft_ids: set = set()
+    if config is None and attachments is not None:
+        if node.nft is None:
+            # nftables not looked at: containers configured for it still get nothing
+            # in iptables, and nothing is written in nftables.
+            excluded = check_nft.configured_nft(attachments)
+        else:
+            from portmapctl.ops import nft
+
+            parts = nft.split(
+                attachments,
+                node.read_nft(),
+                check_nft.iptables_owners(node.read(), attachments),
+                node.options.backend,
+            )
+            excluded = nft_ids = {a.container_id for a in parts.nftables}
+        if configs is not None:
+            configs = [c for c in configs if c.container_id not in excluded]
+    plan = _plan(configs, config)
+    transactions: Dict = {}
+    changed: Dict[str, Tuple[MappingConfig, List[int]]] = {}
+    for family in families:
+        txn = node.converge(family, plan)
+        if not txn:
+            continue
+        transactions[family] = txn.render()
+        for c in _changed(txn, configs or []):
+            changed.setdefault(dnat_chain_name(c), (c, []))[1].append(family)
+    nft_changed: List[Tuple[MappingConfig, List[int]]] = []
+    if nft_ids:
+        text, nft_changed = check_nft.nft_repair(node, attachments, dry_run=False)
+        if text:
+            transactions["nft"] = text  # both families, one `nft -f` transaction
+    warnings: List[str] = []
+    for c, fams in nft_changed:
+        warnings += after_setup(c, fams, flush_udp)
+    # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
+    # un-NATed path it took while the mapping was missing.
+    for c, fams in changed.values():
+        warnings += after_setup(c, fams, flush_udp)
+    after = check_mapping(node, config) if config is not None else _check_node(node, attachments)
+    remaining = {p.key for p in after.problems}
+    fixed = tuple(p for p in before.problems if p.key not in remaining)
+    return CheckResult(
+        after.problems,
+        after.families,
+        after.scope,
+        after.cache_present,
+        after.mappings_checked,
+        after.chains_seen,
+        after.chain,
+        repaired=bool(transactions),
+        fixed=fixed,
+        transactions=transactions,
+        notes=after.notes,
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,102 @@
+"""`check` on a node: read the tables and the cache, then diagnose."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from portmapctl.cni.cache import Attachment
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.errors import BadInput, HostProblem
+from portmapctl.iptables import inventory
+from portmapctl.iptables.chains import (
+    dnat_chain_name,
+)
+from portmapctl.iptables.ruleset import (
+    NatTable,
+)
+from portmapctl.ops.check.diagnose import CheckResult, diagnose, diagnose_mapping
+from portmapctl.ops.check.hints import _flavour, fixes_for
+from portmapctl.ops.node import Node
+
+
+def _other_flavour(
+    node: Node, families: Sequence[int]
+) -> Tuple[Optional[Tuple[str, str]], Dict[int, NatTable], List[str]]:
+    """The same families read from the iptables flavour the backend does not use."""
+    used = _flavour(node)
+    if used is None:
+        return None, {}, []  # a snapshot: there is no other flavour to look at
+    from portmapctl.iptables.access.restore import RestoreBackend
+
+    other = "legacy" if used == "nft" else "nft"
+    backend = RestoreBackend(other)
+    tables: Dict[int, NatTable] = {}
+    for family in families:
+        try:
+            # Reading legacy tables that do not exist would create them: ask first.
+            if backend.has_nat_table(family):
+                tables[family] = backend.read(family)
+        except HostProblem as err:
+            # A host without the other flavour cannot have a split brain in it.
+            return None, {}, [f"not looking for split brain: {err}"]
+    return (used, other), tables, []
+
+
+def check_node(node: Node) -> CheckResult:
+    """Check the whole node against its CNI cache (see the module doc)."""
+    return _check_node(node, node.read_cache())  # a malformed file: BadInput, named
+
+
+def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckResult:
+    tables = node.read()
+    flavours, other_tables, notes = _other_flavour(node, tuple(tables))
+    fixes = fixes_for(node, attachments is not None)
+    from portmapctl.ops.check.nft import nft_problems
+
+    nft_found, nft_ids, nft_compared, nft_notes = nft_problems(node, tables, attachments, fixes)
+    notes += nft_notes
+    problems, compared = diagnose(
+        tables,
+        attachments,
+        fixes,
+        other_tables=other_tables,
+        flavours=flavours,
+        nft_backed=nft_ids,
+    )
+    problems += nft_found
+    compared += nft_compared
+    if attachments is None:
+        notes.append(
+            f"no CNI cache in {node.options.cache_dir}/results: cached mappings and stale"
+            " chains were not checked (give --cni-cache-dir)"
+        )
+    chains = sum(len(inventory.per_container_chains(t)) for t in tables.values())
+    return CheckResult(
+        tuple(problems),
+        tuple(sorted(tables)),
+        "node",
+        attachments is not None,
+        compared,
+        chains,
+        notes=tuple(notes),
+    )
+
+
+def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
+    """Check one mapping as the plugin's CHECK does (a missing chain is a failure)."""
+    families = tuple(f for f in config.families if f in node.families)
+    if not families:
+        raise BadInput(
+            f"the mapping has no address in the families checked"
+            f" (IPv{'/IPv'.join(map(str, node.families)) or '-'})"
+        )
+    tables = node.read(families)
+    fix = "run the same command with --repair"
+    problems, compared = diagnose_mapping(tables, config, fix)
+    return CheckResult(
+        tuple(problems),
+        families,
+        "mapping",
+        mappings_checked=compared,
+        chain=dnat_chain_name(config),
+    )

@@ -1,0 +1,57 @@
+"""(The tests of this subject that need root are in tests/kernel/test_errors.py.)
+
+Bad input and a bad environment: one line on stderr, the SPEC §4 exit code,
+no traceback, nothing changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pmctl import assert_error, ok, run
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def test_missing_cni_config_file_is_bad_input(tmp_path):
+    assert_error(
+        run(["add", "--container", "abc123", "--cni-config", str(tmp_path / "nope")]),
+        2,
+        "cannot read --cni-config",
+    )
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("garbage\n", "not iptables-save output"),
+        ("*nat\n:PREROUTING ACCEPT [0:0]\n", "no COMMIT"),
+        ("*nat\n\x00\x00\nCOMMIT\n", "binary"),
+        (b"\xff\xfe\x00".decode("latin-1"), "not text"),
+    ],
+)
+def test_malformed_snapshot_is_bad_input(tmp_path, content, words):
+    path = tmp_path / "dump"
+    path.write_bytes(content.encode("latin-1"))
+    assert_error(run(["list", "--snapshot", str(path)]), 2, words, str(path))
+
+
+def test_missing_snapshot_is_bad_input(tmp_path):
+    assert_error(run(["list", "--snapshot", str(tmp_path / "nope")]), 2, "cannot read snapshot")
+
+
+def test_malformed_cache_file_is_bad_input_naming_the_file(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    bad = results / "mynet-abc123-eth0"
+    bad.write_text("{not json")
+    done = run(
+        ["list", "--snapshot", str(FIXTURES / "basic.v4.save"), "--cni-cache-dir", str(tmp_path)]
+    )
+    assert_error(done, 2, str(bad), "not valid JSON")
+
+
+def test_help_and_version_work_and_exit_zero():
+    assert ok(["--version"]).startswith("portmapctl ")
+    for command in ([], ["list"], ["add"]):
+        assert "Examples" in ok([*command, "--help"])

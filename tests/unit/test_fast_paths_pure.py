@@ -1,0 +1,214 @@
+"""(The tests of this subject that need root are in tests/kernel/test_fast_paths.py.)
+
+The shortcuts taken for speed (SPEC §6, benchmarks/bench.py) answer exactly as the
+plain ways they replace.
+
+- ruleset: the one-split reading of quoted lines, `options()` for option_value;
+- render.grid: text and style spans put together at once, as Text.append makes them;
+- cli: a command's app built alone parses, helps and fails like the whole app;
+- Node.read_with_cache: the saves run from a thread, in the namespace entered, and
+  the tables' problem is reported first, as read() then read_cache() would.
+"""
+
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stderr, redirect_stdout
+from typing import Iterable, List
+
+import pytest
+import typer
+from fixtures_lib import NAMES, save_text
+from hypothesis import given
+from hypothesis import strategies as st
+
+from portmapctl import render
+from portmapctl.cli import _click_command, app
+from portmapctl.errors import BadInput, HostProblem
+from portmapctl.iptables.ruleset import (
+    _ESCAPE,
+    _WORDS,
+    NatTable,
+    _split_carefully,
+    _split_saved,
+    option_value,
+    options,
+    split_line,
+)
+from portmapctl.ops.node import Node, NodeOptions
+
+# --- ruleset --------------------------------------------------------------------------
+
+# Quotes, backslashes, blanks of several kinds and line-breaking characters: the
+# places where the fast split could go wrong.
+LINE_CHARS = st.sampled_from(['"', "\\", " ", " ", "\t", "a", "b", "-", "\x1c", "\x85", "é"])
+
+
+def split_in_two_passes(line: str) -> List[str]:
+    """split_line as it was: the whole-line regular expression, then the careful loop."""
+    if '"' not in line:
+        return line.split()
+    if not _WORDS.sub("", line).strip():
+        return [_ESCAPE.sub(r"\1", w[1:-1]) if w[0] == '"' else w for w in _WORDS.findall(line)]
+    return _split_carefully(line)
+
+
+@given(st.text(LINE_CHARS, max_size=16))
+def test_the_fast_split_agrees_with_the_two_pass_one(line):
+    try:
+        before = split_in_two_passes(line)
+    except ValueError:
+        assert _split_saved(line) is None  # an unterminated quote: never the fast path
+        with pytest.raises(ValueError):
+            split_line(line)
+        return
+    assert split_line(line) == before
+    fast = _split_saved(line)
+    assert fast is None or fast == before
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("family", [4, 6])
+def test_every_saved_line_takes_the_fast_path(name, family):
+    """iptables-save's own lines never fall back to the slow loops."""
+    for line in save_text(name, family).splitlines():
+        if line.startswith("-A ") and '"' in line:
+            assert _split_saved(line) == _split_carefully(line)
+
+
+TOKENS = st.sampled_from(["-p", "-d", "--dport", "-s", "tcp", "80", "-j", "X", "!"])
+
+
+@given(st.lists(TOKENS, max_size=9), st.lists(TOKENS, min_size=1, max_size=3))
+def test_options_answers_as_option_value(args, names):
+    found = options(args)
+    for name in names:
+        assert found.get(name) == option_value(args, name)
+    assert option_value(tuple(args), *names) == option_value(list(args), *names)
+    # Several names: the value after whichever comes first.
+    positions = [i for i, token in enumerate(args[:-1]) if token in names]
+    assert option_value(args, *names) == (args[positions[0] + 1] if positions else None)
+
+
+# --- render.grid --------------------------------------------------------------------------
+
+
+def grid_by_appending(headers: List[str], rows: List[List[str]], status: List[Iterable[str]]):
+    """The grid as it was built before: one Text.append per piece."""
+    from rich.text import Text
+
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
+    out = Text()
+    out.append("  ".join(h.ljust(w) for h, w in zip(headers, widths)) + "  STATUS\n", style="bold")
+    for row, words in zip(rows, status):
+        out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  ")
+        out.append_text(render.status_text(words))
+        out.append("\n")
+    out.rstrip()
+    return out
+
+
+CELL = st.lists(st.sampled_from(["a", "bb", "[x]", "é", " ", "\x07", "\r", ":"]), max_size=4).map(
+    "".join
+)
+WORDS = st.lists(
+    st.sampled_from([*render.STATUS_STYLE, "removed", "", "\x07", "st\rale"]), max_size=3
+)
+
+
+@given(
+    st.integers(1, 4).flatmap(
+        lambda width: st.tuples(
+            st.lists(CELL.filter(bool), min_size=width, max_size=width),
+            st.lists(
+                st.tuples(st.lists(CELL, min_size=width - 1, max_size=width + 1), WORDS),
+                max_size=5,
+            ),
+        )
+    )
+)
+def test_grid_is_what_appending_piece_by_piece_makes(case):
+    headers, rows_and_words = case
+    rows = [row for row, _ in rows_and_words]
+    status = [words for _, words in rows_and_words]
+    fast = render.grid(headers, rows, status)
+    slow = grid_by_appending(headers, rows, status)
+    assert (fast.plain, fast.spans) == (slow.plain, slow.spans)
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def _outcome(command, args: List[str]):
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            command.main(args=list(args), prog_name="portmapctl", standalone_mode=False)
+            result = "ok"
+        except typer.Exit as done:
+            result = f"exit {done.exit_code}"
+        except Exception as failed:  # noqa: BLE001 - click errors, compared by their text
+            formatted = getattr(failed, "format_message", None)
+            message = formatted() if formatted is not None else str(failed)
+            path = getattr(getattr(failed, "ctx", None), "command_path", None)
+            result = f"{type(failed).__name__}: {message} ({path})"
+    return result, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "--help"],
+        ["add", "--help"],
+        ["check", "--help"],
+        ["gc", "--help"],
+        ["flush-udp", "--help"],
+        ["list", "--no-such-option"],
+        ["list", "--proto", "icmp"],
+        ["add", "-p"],
+        ["gc", "--min-age"],
+    ],
+)
+def test_a_command_alone_parses_like_the_whole_app(args):
+    whole = typer.main.get_command(app)
+    alone = _click_command(args)
+    assert list(alone.commands) == [args[0]]  # what makes it fast
+    assert _outcome(alone, args) == _outcome(whole, args)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["no-such-command"], []])
+def test_anything_else_gets_the_whole_app(args):
+    assert set(_click_command(args).commands) == {c.name for c in app.registered_commands}
+
+
+# --- Node.read_with_cache -------------------------------------------------------------------
+
+
+class BrokenBackend:
+    name = "broken"
+    writable = False
+
+    def read(self, family):
+        raise HostProblem("iptables-save failed: no nat table here")
+
+
+class EmptyBackend:
+    name = "empty"
+    writable = False
+
+    def read(self, family):
+        return NatTable(family)
+
+
+def test_the_tables_problem_comes_first(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "net-ctr-eth0").write_text("{not json")
+    node = Node(NodeOptions(cache_dir=str(tmp_path)), BrokenBackend())
+    with pytest.raises(HostProblem, match="no nat table"):
+        node.read_with_cache()
+    with pytest.raises(BadInput):  # alone, the cache's problem is reported
+        Node(NodeOptions(cache_dir=str(tmp_path)), EmptyBackend()).read_with_cache()
+
+

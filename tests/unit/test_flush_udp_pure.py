@@ -1,0 +1,366 @@
+"""(The tests of this subject that need root are in tests/kernel/test_flush_udp.py.)
+
+`portmapctl flush-udp`, `list --conntrack` and the conntrack step of `add`.
+
+Pure selection logic on inventories of real-plugin fixtures first; then real conntrack
+tables in throwaway namespaces, with mappings made by the real plugin (or by
+`portmapctl add`), entries made by `conntrack -I`, and one blackhole made and ended
+with real UDP traffic through the DNAT rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import subprocess
+import tempfile
+from typing import Iterator, Optional
+
+import fixtures_lib
+import pytest
+import realplugin as rp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from portmapctl import render
+from portmapctl.cli import main
+from portmapctl.host.conntrack import ConntrackEntry
+from portmapctl.host.netns import entered
+from portmapctl.iptables import inventory
+from portmapctl.iptables.inventory import Mapping
+from portmapctl.ops.flush_udp import (
+    GIVEN,
+    MAPPED,
+    NOT_DNATED,
+    OLD_DESTINATION,
+    UNMAPPED,
+    Doomed,
+    FlushResult,
+    plan,
+    select_ports,
+)
+
+
+def udp(
+    src: str = "192.0.2.7",
+    dst: str = "10.0.0.1",
+    sport: int = 40000,
+    dport: int = 5353,
+    reply_src: Optional[str] = None,
+    reply_sport: Optional[int] = None,
+    family: int = 4,
+) -> ConntrackEntry:
+    """An entry as the kernel shows it; DNATed when reply_src is given."""
+    return ConntrackEntry(
+        family, "udp", src, dst, sport, dport,
+        reply_src or dst, src, reply_sport or dport, sport,
+    )  # fmt: skip
+
+
+def mapping(
+    container_ip: str = "10.88.0.5",
+    host_port: int = 5353,
+    host_ip: Optional[str] = None,
+    container_id: str = "abc123",
+    family: int = 4,
+    protocol: str = "udp",
+    shadowed_by: Optional[str] = None,
+) -> Mapping:
+    return Mapping(
+        "mynet", container_id, family, protocol, host_ip, host_port, container_ip, 53,
+        True, "CNI-DN-x", ("ok",), shadowed_by,
+    )  # fmt: skip
+
+
+def fixture_mappings(name: str) -> list[Mapping]:
+    tables = {family: fixtures_lib.table(name, family) for family in (4, 6)}
+    return list(inventory.build(tables).mappings)
+
+
+# --- which ports ------------------------------------------------------------------------
+
+
+def test_select_ports_takes_mapped_udp_ports_per_family() -> None:
+    mappings = fixture_mappings("conditions")  # abc123: 8080/tcp, 5353/udp, v4 and v6
+    assert select_ports(mappings, (4, 6)) == {(4, 5353), (6, 5353)}
+    assert select_ports(mappings, (6,)) == {(6, 5353)}
+    # Three containers, one with a UDP mapping; --container is an ID prefix.
+    three = fixture_mappings("three-containers")
+    assert select_ports(three, (4, 6)) == {(4, 5353)}
+    assert select_ports(three, (4, 6), container="ctr") == {(4, 5353)}
+    assert select_ports(three, (4, 6), container="ctr1") == set()
+
+
+def test_select_ports_given_ports_need_not_be_mapped() -> None:
+    mappings = fixture_mappings("conditions")
+    assert select_ports(mappings, (4, 6), ports=[53, 5353]) == {
+        (4, 53), (6, 53), (4, 5353), (6, 5353)
+    }  # fmt: skip
+    # With a container too: only its ports among those given.
+    assert select_ports(mappings, (4,), ports=[53, 5353], container="abc") == {(4, 5353)}
+    assert select_ports([], (4,), ports=[53], container="abc") == set()
+
+
+# --- which entries go -------------------------------------------------------------------------
+
+CURRENT = udp(sport=1, reply_src="10.88.0.5", reply_sport=53)
+OLD = udp(sport=2, reply_src="10.88.0.9", reply_sport=53)
+NEVER = udp(sport=3)
+DIRECT = udp(sport=4, dst="10.88.0.5")  # sent to the container's own address
+ELSEWHERE = udp(sport=5, dport=8053, reply_src="10.88.0.9", reply_sport=53)
+
+
+def test_plain_flush_takes_every_entry_under_the_ports() -> None:
+    mappings = [mapping()]
+    entries = [CURRENT, OLD, NEVER, DIRECT, ELSEWHERE]
+    assert plan(entries, {(4, 5353)}, mappings) == [
+        Doomed(e, MAPPED) for e in (CURRENT, OLD, NEVER, DIRECT)
+    ]
+    assert plan(entries, {(4, 8053)}, mappings) == [Doomed(ELSEWHERE, GIVEN)]
+    assert plan(entries, {(6, 5353)}, mappings) == []
+
+
+def test_stale_only_takes_what_misroutes() -> None:
+    mappings = [mapping()]
+    doomed = plan([CURRENT, OLD, NEVER, DIRECT], {(4, 5353)}, mappings, stale_only=True)
+    assert doomed == [
+        Doomed(OLD, OLD_DESTINATION, ("10.88.0.5",)),
+        Doomed(NEVER, NOT_DNATED, ("10.88.0.5",)),
+    ]
+    # Under a port nobody maps, only what is DNATed misroutes (to a gone container).
+    plain = udp(sport=6, dport=8053)
+    assert plan([ELSEWHERE, plain], {(4, 8053)}, mappings, stale_only=True) == [
+        Doomed(ELSEWHERE, UNMAPPED)
+    ]
+
+
+def test_stale_only_compares_addresses_not_spelling() -> None:
+    v6 = udp("2001:db8::7", "fd00::1", 1, 5353, "fd00:0::0005", 53, family=6)
+    assert plan([v6], {(6, 5353)}, [mapping("fd00::5", family=6)], stale_only=True) == []
+    assert plan([v6], {(6, 5353)}, [mapping("10.88.0.5")], stale_only=True) == [
+        Doomed(v6, UNMAPPED)  # the v4 mapping does not cover a v6 entry
+    ]
+
+
+def test_stale_only_honours_host_ip_and_shadowing() -> None:
+    on_lo = mapping("10.88.0.6", host_port=6000, host_ip="127.0.0.1", container_id="def456")
+    to_lo = udp(sport=1, dst="127.0.0.1", dport=6000, reply_src="10.88.0.6", reply_sport=60)
+    to_host = udp(sport=2, dport=6000)  # another address: the rule does not take it
+    old_to_host = udp(sport=3, dport=6000, reply_src="10.88.0.6", reply_sport=60)
+    doomed = plan([to_lo, to_host, old_to_host], {(4, 6000)}, [on_lo], stale_only=True)
+    assert doomed == [Doomed(old_to_host, UNMAPPED)]
+
+    # Two containers on one port: the earlier entry rule wins, the other gets nothing.
+    winner = mapping("10.88.0.5")
+    loser = mapping("10.88.0.7", container_id="def456", shadowed_by="CNI-DN-x")
+    to_loser = udp(sport=4, reply_src="10.88.0.7", reply_sport=53)
+    assert plan([CURRENT, to_loser], {(4, 5353)}, [loser, winner], stale_only=True) == [
+        Doomed(to_loser, OLD_DESTINATION, ("10.88.0.5",))
+    ]
+
+
+def test_stale_only_survives_a_foreign_dnat_range() -> None:
+    odd = mapping("10.88.0.5-10.88.0.9")  # not the plugin's, but a dump may hold it
+    assert plan([CURRENT], {(4, 5353)}, [odd], stale_only=True) == [
+        Doomed(CURRENT, OLD_DESTINATION, ("10.88.0.5-10.88.0.9",))
+    ]
+
+
+addresses = st.sampled_from(["10.0.0.1", "10.88.0.5", "10.88.0.9", "127.0.0.1"])
+some_ports = st.sampled_from([5353, 6000, 8053])
+entries = st.builds(udp, dst=addresses, dport=some_ports, sport=st.integers(1, 65535),
+                    reply_src=st.none() | addresses)  # fmt: skip
+mappings = st.builds(mapping, container_ip=addresses, host_port=some_ports,
+                     host_ip=st.none() | st.just("127.0.0.1"))  # fmt: skip
+
+
+@given(st.lists(entries), st.lists(mappings), st.sets(st.tuples(st.just(4), some_ports)))
+def test_plan_properties(
+    items: list[ConntrackEntry], current: list[Mapping], ports: set[tuple[int, int]]
+) -> None:
+    plain = plan(items, ports, current)
+    stale = plan(items, ports, current, stale_only=True)
+    in_scope = [e for e in items if (e.family, e.dport) in ports]
+    assert [d.entry for d in plain] == in_scope
+    assert {d.reason for d in plain} <= {MAPPED, GIVEN}
+    assert [d.entry for d in stale] == [e for e in in_scope if e in {d.entry for d in stale}]
+    for d in stale:
+        covering = [
+            m for m in current
+            if m.host_port == d.entry.dport and m.host_ip in (None, d.entry.dst)
+        ]  # fmt: skip
+        # Never deleted: an entry whose replies come from a covering mapping's container.
+        assert d.entry.reply_src not in {m.container_ip for m in covering}
+        assert covering or d.entry.dnat
+    # Deleting the stale ones leaves nothing stale.
+    survivors = [e for e in items if e not in {d.entry for d in stale}]
+    assert plan(survivors, ports, current, stale_only=True) == []
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def test_json_has_the_spec_keys_and_table_says_why() -> None:
+    v6 = udp("2001:db8::7", "fd00::1", 7, 5353, "fd00::9", 53, family=6)
+    result = FlushResult(
+        True, True, ((4, 5353), (6, 5353)),
+        (Doomed(OLD, OLD_DESTINATION, ("10.88.0.5",)), Doomed(v6, OLD_DESTINATION, ("fd00::5",))),
+        2, 1,
+    )  # fmt: skip
+    doc = render.flush_json(result)
+    assert doc["dry_run"] is True and doc["count"] == 2
+    assert doc["deleted"][1] == {
+        "family": 6, "src": "2001:db8::7", "dst": "fd00::1", "sport": 7, "dport": 5353,
+        "reply_src": "fd00::9", "reply_sport": 53, "reason": "old-destination",
+    }  # fmt: skip
+    lines = render.flush_table(result).plain.splitlines()
+    assert lines[0].split() == ["FAM", "SOURCE", "DESTINATION", "PORTS", "REPLY", "FROM", "WHY"]
+    assert lines[2].split()[:5] == ["v6", "2001:db8::7", "fd00::1", "7->5353", "[fd00::9]:53"]
+    assert lines[2].endswith("old DNAT destination: the port now goes to fd00::5")
+    assert render.flush_summary(result) == (
+        "would delete 2 UDP conntrack entries to host port 5353 (v4/v6);"
+        " kept 1 that reach their container or the host"
+    )
+    gone = dataclasses.replace(result, dry_run=False, stale_only=False, deleted=1)
+    assert render.flush_summary(gone).endswith("; 1 had gone already")
+    nothing = FlushResult(False, False, (), (), 0, 0)
+    assert "nothing to flush" in render.flush_summary(nothing, "zzz")
+
+
+# --- real conntrack tables ------------------------------------------------------------------
+
+
+def ns_run(ns: str, *args: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def ct_args(
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    reply_src: Optional[str] = None,
+    reply_sport: Optional[int] = None,
+    proto: str = "udp",
+) -> list[str]:
+    """`conntrack -I` arguments for one entry; DNATed when reply_src is given."""
+    args = ["-I", "-p", proto, "-s", src, "-d", dst]
+    args += ["--sport", str(sport), "--dport", str(dport), "-t", "120"]
+    if reply_src is not None:
+        args += ["--reply-src", reply_src, "--reply-dst", src]
+        args += ["--reply-port-src", str(reply_sport), "--reply-port-dst", str(sport)]
+    if proto == "tcp":
+        args += ["--state", "ESTABLISHED"]
+    return args
+
+
+def ct_load(ns: str, entries: list[list[str]]) -> None:
+    """Many entries with one conntrack process (`-R`: one command per line)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".conntrack") as commands:
+        commands.write("".join(" ".join(args) + "\n" for args in entries))
+        commands.flush()
+        ns_run(ns, "conntrack", "-R", commands.name)
+
+
+def ct_sports(ns: str) -> set[int]:
+    """The original source ports of every entry (each test entry has its own), as the
+    conntrack tool lists them, both families, all protocols."""
+    found = set()
+    for family in ("ipv4", "ipv6"):
+        for line in ns_run(ns, "conntrack", "-L", "-f", family).splitlines():
+            words = dict(w.split("=", 1) for w in reversed(line.split()) if "=" in w)
+            found.add(int(words["sport"]))  # reversed: the first sport= (original) wins
+    return found
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """portmapctl in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else int(done.code is not None)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# Entries by source port. abc123 maps 5353/udp to 10.88.0.5:53 and [fd00::5]:53,
+# def456 maps 127.0.0.1:6000/udp to 10.88.0.6:60.
+ENTRIES = {
+    40001: ("192.0.2.1", "10.0.0.1", 5353, "10.88.0.5", 53),  # current container
+    40002: ("192.0.2.2", "10.0.0.1", 5353, "10.88.0.9", 53),  # old container address
+    40003: ("192.0.2.3", "10.0.0.1", 5353, None, None),  # began before the rule
+    40004: ("192.0.2.4", "10.0.0.1", 8053, "10.88.0.9", 53),  # port no longer mapped
+    40005: ("192.0.2.5", "10.0.0.1", 9999, None, None),  # unmapped, the host's own
+    40011: ("2001:db8::1", "fd00::1", 5353, "fd00::5", 53),  # IPv6, current
+    40012: ("2001:db8::2", "fd00::1", 5353, "fd00::9", 53),  # IPv6, old address
+    40013: ("2001:db8::3", "fd00::1", 8053, None, None),  # IPv6, unmapped
+    40021: ("127.0.0.1", "127.0.0.1", 6000, "10.88.0.6", 60),  # def456 via localhost
+    40022: ("192.0.2.6", "10.0.0.1", 6000, None, None),  # not def456's host IP
+}
+TCP_SPORT = 40031  # a TCP entry to 5353: never a UDP flush's business
+ALL = set(ENTRIES) | {TCP_SPORT}
+
+
+@pytest.fixture
+def node(host_ns: str) -> str:
+    """Two containers mapped by the real plugin, and the entries above."""
+    mappings = [{"hostPort": 5353, "containerPort": 53, "protocol": "udp"}]
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16", "fd00::5/64"], mappings)
+    rp.run_plugin("ADD", host_ns, "abc123", conf, check=True)
+    local = [{"hostPort": 6000, "containerPort": 60, "protocol": "udp", "hostIP": "127.0.0.1"}]
+    rp.run_plugin("ADD", host_ns, "def456", rp.plugin_conf("mynet", ["10.88.0.6/16"], local),
+                  check=True)  # fmt: skip
+    lines = [
+        ct_args(src, dst, sport, dport, reply_src, reply_sport)
+        for sport, (src, dst, dport, reply_src, reply_sport) in ENTRIES.items()
+    ]
+    ct_load(host_ns, [*lines, ct_args("192.0.2.9", "10.0.0.1", TCP_SPORT, 5353, proto="tcp")])
+    assert ct_sports(host_ns) == ALL
+    return host_ns
+
+
+# --- real traffic: the blackhole of the seed commit, and its end ------------------------------
+
+HOST_IP, CTR_IP = "10.99.0.1", "10.99.0.2"
+
+
+@pytest.fixture
+def container(host_ns: str) -> Iterator[str]:
+    """A container namespace on a veth pair to the host namespace."""
+    ctr = rp.create_netns("pmt-ctr")
+    veth = f"pmt{secrets.token_hex(4)}"
+    try:
+        subprocess.run(["ip", "link", "add", f"{veth}h", "netns", host_ns, "type", "veth",
+                        "peer", "name", f"{veth}c", "netns", ctr], check=True)  # fmt: skip
+        for ns, dev, address in ((host_ns, f"{veth}h", HOST_IP), (ctr, f"{veth}c", CTR_IP)):
+            subprocess.run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", dev], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+        # Hairpin: the container's datagram to the host port comes back out the veth.
+        ns_run(host_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        yield ctr
+    finally:
+        rp.delete_netns(ctr)
+
+
+# --- add: the conntrack step and route_localnet ---------------------------------------------
+
+
+def route_localnet(ns: str, device: str) -> str:
+    with entered(ns), open(f"/proc/sys/net/ipv4/conf/{device}/route_localnet") as knob:
+        return knob.read().strip()
+
+
+# --- bad input and a bad environment ----------------------------------------------------------
+
+
+def test_help_shows_the_options_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "flush-udp", "--help")
+    assert code == 0
+    for words in ("--port N", "--container ID", "--stale-only", "--dry-run", "Examples:"):
+        assert words in out
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0 and "flush-udp" in out

@@ -1,0 +1,468 @@
+"""(The tests of this subject that need root are in tests/kernel/test_gc.py.)
+
+`gc`: what it removes, what it never touches, and how it behaves under cron.
+
+Pure planning on the real-plugin fixtures first; then the command against the real
+plugin and real iptables (nf_tables and legacy) in throwaway namespaces: live
+containers survive (the plugin's CHECK passes), foreign rules stay byte for byte,
+retries when the plugin changes the table meanwhile, refusals change nothing, and a
+plugin that keeps adding and deleting containers while gc runs in a loop loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import pytest
+import realplugin as rp
+from fixtures_lib import table
+from pmctl import run
+
+from portmapctl.errors import BadInput, HostProblem
+from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, TOPLEVEL_DNAT, chain_name
+from portmapctl.iptables.inventory import build
+from portmapctl.iptables.planner import plan_teardown
+from portmapctl.iptables.ruleset import NatTable, parse_save, rule_target
+from portmapctl.ops import gc_state
+from portmapctl.ops.gc import (
+    Sources,
+    ValidAttachments,
+    fingerprint,
+    liveness,
+    parse_valid_attachments,
+    plan_family,
+    state_key,
+)
+
+# --- valid-attachments documents ----------------------------------------------------------
+
+
+def test_valid_attachments_bare_list_and_network_config():
+    bare = parse_valid_attachments(
+        '[{"containerID": "a1", "ifname": "eth0"}, {"containerID": "b2", "ifname": "eth1"}]', "f"
+    )
+    assert bare.network is None and bare.container_ids == {"a1", "b2"}
+    conf = {
+        "cniVersion": "1.1.0",
+        "name": "podman",
+        "plugins": [{"type": "bridge"}, {"type": "portmap"}],
+        "cni.dev/valid-attachments": [{"containerID": "a1", "ifname": "eth0"}],
+    }
+    scoped = parse_valid_attachments(json.dumps(conf), "f")
+    assert scoped.network == "podman" and scoped.container_ids == {"a1"}
+    unnamed = parse_valid_attachments('{"cni.dev/valid-attachments": []}', "f")
+    assert unnamed.network is None and unnamed.container_ids == frozenset()
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("{", "not valid JSON"),
+        ('{"name": "x"}', "no 'cni.dev/valid-attachments'"),
+        ('{"cni.dev/valid-attachments": {}}', "must be a list"),
+        ('[{"ifname": "eth0"}]', "containerID"),
+        ('[{"containerID": "bad id"}]', "invalid container ID"),
+        ('[{"containerID": "a", "ifname": 3}]', "ifname"),
+        ('{"name": "bad/net", "cni.dev/valid-attachments": []}', "invalid network name"),
+        ("42", "must be a list"),
+    ],
+)
+def test_valid_attachments_rejects_malformed_documents(text, words):
+    with pytest.raises(BadInput, match=words.replace("(", r"\(")):
+        parse_valid_attachments(text, "doc.json")
+
+
+# --- planning on real plugin output -------------------------------------------------------
+
+
+def _chain_names(tbl: NatTable) -> Dict[str, str]:
+    """container ID -> its DN- chain, from the entry comments."""
+    return {c.container_id: c.name for c in build({tbl.family: tbl}).chains if c.container_id}
+
+
+def _plan(tbl, live, seen=None, now=1000.0, min_age=0.0, only=None):
+    return plan_family(tbl, live, seen or {}, now, min_age, only)
+
+
+def test_plan_removes_exactly_the_containers_not_live():
+    tbl = table("three-containers", 4)
+    names = _chain_names(tbl)
+    live = liveness(Sources(keep=("ctr2",)), None)
+    plan = _plan(tbl, live)
+    assert {c.chain for c in plan.removed} == {names["ctr1"], names["ctr3"]}
+    assert plan.kept == 1 and plan.pending == ()
+    removed = {c.container_id: c for c in plan.removed}
+    assert removed["ctr1"].host_ports == (("tcp", 8081),)
+    assert removed["ctr1"].network == "mynet" and removed["ctr1"].kind == "dnat"
+    # ctr2's 5353/udp stays mapped: nothing to flush.
+    assert plan.freed_udp_ports == ()
+
+
+def test_plan_frees_udp_ports_no_other_chain_maps():
+    tbl = table("three-containers", 4)
+    plan = _plan(tbl, liveness(Sources(keep=("ctr1",)), None))
+    assert plan.freed_udp_ports == (5353,)
+
+
+def test_cache_liveness_is_by_network_and_id():
+    """A cached attachment keeps its own chains, not those of the same ID elsewhere."""
+    from portmapctl.cni.cache import Attachment
+
+    tbl = table("three-containers", 4)
+    names = _chain_names(tbl)
+    same_net = Attachment("mynet", "ctr1", "eth0", "/x", None)
+    other_net = Attachment("renamed", "ctr3", "eth0", "/y", None)
+    plan = _plan(tbl, liveness(Sources(), [same_net, other_net]))
+    assert {c.chain for c in plan.removed} == {names["ctr2"], names["ctr3"]}
+
+
+def test_network_scoped_document_leaves_other_networks_alone():
+    tbl = table("three-containers", 4)
+    names = _chain_names(tbl)
+    mine = ValidAttachments("mynet", frozenset({"ctr1"}), "doc")
+    plan = _plan(tbl, liveness(Sources(documents=(mine,)), None))
+    assert {c.chain for c in plan.removed} == {names["ctr2"], names["ctr3"]}
+    other = ValidAttachments("othernet", frozenset(), "doc")
+    plan = _plan(tbl, liveness(Sources(documents=(other,)), None))
+    assert plan.removed == () and plan.kept == 3
+    # A --keep does not widen a document's scope; a bare list or --all does.
+    plan = _plan(tbl, liveness(Sources(documents=(other,), keep=("ctr1",)), None))
+    assert plan.removed == ()
+    bare = ValidAttachments(None, frozenset({"ctr1"}), "doc")
+    plan = _plan(tbl, liveness(Sources(documents=(other, bare)), None))
+    assert {c.chain for c in plan.removed} == {names["ctr2"], names["ctr3"]}
+
+
+def test_keep_matches_an_id_prefix():
+    tbl = table("three-containers", 4)
+    plan = _plan(tbl, liveness(Sources(keep=("ctr",)), None))
+    assert plan.removed == () and plan.kept == 3
+
+
+def test_a_cut_comment_is_matched_by_chain_name():
+    """A 200-character ID is cut out of its comment: the chain name still names it."""
+    tbl = table("long-comment", 4)
+    [info] = build({4: tbl}).chains
+    assert info.container_id is None and info.network is not None
+    full_id = json.loads((Path(__file__).parents[1] / "fixtures/long-comment.conf.json").read_text())[
+        "containers"
+    ][0]["containerId"]
+    for sources in (
+        Sources(keep=(full_id,)),
+        Sources(documents=(ValidAttachments(None, frozenset({full_id}), "doc"),)),
+    ):
+        plan = _plan(tbl, liveness(sources, None))
+        assert plan.removed == () and plan.kept == 1
+    plan = _plan(tbl, liveness(Sources(keep=("someone-else",)), None))
+    assert [c.chain for c in plan.removed] == [info.name]
+
+
+def test_orphan_chains_go_unless_live_by_name():
+    # The example node: "lost" is in the cache but nothing enters its chain.
+    text = (Path(__file__).parents[2] / "examples/node.v4.save").read_text()
+    tbl = parse_save(text, 4)
+    from portmapctl.cni.cache import read_cache
+
+    cache = read_cache(str(Path(__file__).parents[2] / "examples/cni-cache"))
+    orphans = [c for c in build({4: tbl}).chains if "orphan" in c.status]
+    assert orphans
+    plan = _plan(tbl, liveness(Sources(), cache))
+    assert not {c.name for c in orphans} & {c.chain for c in plan.removed}
+    plan = _plan(tbl, liveness(Sources(remove_all=True), None))
+    assert {c.name for c in orphans} <= {c.chain for c in plan.removed}
+
+
+def test_min_age_waits_and_a_changed_chain_starts_over():
+    tbl = table("three-containers", 4)
+    live = liveness(Sources(keep=("ctr2",)), None)
+    first = _plan(tbl, live, now=1000.0, min_age=60.0)
+    assert first.removed == () and len(first.pending) == 2
+    assert all(c.seen_seconds == 0 for c in first.pending)
+    later = _plan(tbl, live, seen=first.seen, now=1030.0, min_age=60.0)
+    assert [c.seen_seconds for c in later.pending] == [30.0, 30.0]
+    done = _plan(tbl, live, seen=first.seen, now=1060.0, min_age=60.0)
+    assert len(done.removed) == 2 and done.pending == ()
+    # A chain whose rules changed since is new again.
+    changed = {k: gc_state.Seen("0" * 32, v.first_seen) for k, v in first.seen.items()}
+    again = _plan(tbl, live, seen=changed, now=1060.0, min_age=60.0)
+    assert again.removed == () and all(c.seen_seconds == 0 for c in again.pending)
+    # A live chain is not remembered.
+    assert state_key(4, _chain_names(tbl)["ctr2"]) not in done.seen
+
+
+def test_fingerprint_ignores_position_but_not_content():
+    tbl = table("three-containers", 4)
+    chains = {c.container_id: c for c in build({4: tbl}).chains}
+    # ctr1's entry rule moves up when another container's entry rules go.
+    shorter = plan_teardown(tbl, [chains["ctr2"].name])
+    assert shorter
+    rules = [r for r in tbl.rules(TOPLEVEL_DNAT) if rule_target(r) != chains["ctr2"].name]
+    moved = NatTable(
+        4,
+        {
+            **{n: c for n, c in tbl.chains.items() if n != chains["ctr2"].name},
+            TOPLEVEL_DNAT: type(tbl.chains[TOPLEVEL_DNAT])(TOPLEVEL_DNAT, "-", tuple(rules)),
+        },
+    )
+    after = {c.container_id: c for c in build({4: moved}).chains}
+    assert after["ctr3"].entries[0].index != chains["ctr3"].entries[0].index
+    assert fingerprint(after["ctr3"]) == fingerprint(chains["ctr3"])
+    assert fingerprint(chains["ctr1"]) != fingerprint(chains["ctr3"])
+
+
+def test_only_limits_removal_to_what_was_confirmed():
+    tbl = table("three-containers", 4)
+    names = _chain_names(tbl)
+    live = liveness(Sources(remove_all=True), None)
+    plan = _plan(tbl, live, only=frozenset({(4, names["ctr1"])}))
+    assert [c.chain for c in plan.removed] == [names["ctr1"]]
+    assert {c.chain for c in plan.pending} == {names["ctr2"], names["ctr3"]}
+
+
+# --- the teardown transaction ---------------------------------------------------------------
+
+
+def _check_teardown(tbl: NatTable, removed: Sequence[str]) -> None:
+    """Properties every teardown has: deletes only what jumps to removed chains, all of
+    it, in chain order, and no -X of a chain something still jumps to."""
+    txn = plan_teardown(tbl, removed)
+    deletes = [op for op in txn.ops if op.kind == "delete"]
+    gone_chains = {op.chain for op in txn.ops if op.kind == "delete-chain"}
+    assert set(removed) <= gone_chains
+    for op in deletes:
+        assert rule_target(op.args) in gone_chains
+        assert op.chain not in set(removed)
+    wanted = [
+        (chain.name, rule)
+        for chain in tbl.chains.values()
+        if chain.name not in gone_chains
+        for rule in chain.rules
+        if rule_target(rule) in gone_chains
+    ]
+    assert sorted((op.chain, op.args) for op in deletes) == sorted(wanted)
+    for name in {op.chain for op in deletes}:
+        indexes = [tbl.rules(name).index(op.args) for op in deletes if op.chain == name]
+        assert indexes == sorted(indexes), f"{name}: deletes not in chain order"
+    position = {id(op): i for i, op in enumerate(txn.ops)}
+    for op in txn.ops:
+        if op.kind == "delete-chain":
+            later = [
+                d
+                for d in deletes
+                if rule_target(d.args) == op.chain and position[id(d)] > position[id(op)]
+            ]
+            assert not later, f"-X {op.chain} before a rule jumping to it is gone"
+            flushes = [f for f in txn.ops if f.kind == "flush" and f.chain == op.chain]
+            assert flushes and position[id(flushes[0])] < position[id(op)]
+
+
+def test_teardown_of_dnat_chains():
+    tbl = table("three-containers", 4)
+    names = _chain_names(tbl)
+    _check_teardown(tbl, [names["ctr1"], names["ctr3"]])
+    txn = plan_teardown(tbl, [names["ctr2"]])
+    # ctr2 has two entry rules (tcp, udp); nothing shared goes. Its chain is flushed
+    # first (the faster order for iptables-nft-restore: planner.plan_teardown).
+    assert [op.kind for op in txn.ops] == ["flush", "delete", "delete", "delete-chain"]
+
+
+def test_teardown_of_legacy_snat_in_the_order_nf_tables_accepts():
+    tbl = table("legacy-sn", 4)
+    dn = chain_name("mynet", "abc123", "DN-")
+    sn = chain_name("mynet", "abc123", "SN-")
+    _check_teardown(tbl, [dn, sn])
+    txn = plan_teardown(tbl, [sn])
+    kinds = [(op.kind, op.chain) for op in txn.ops]
+    # FACTS: flush CNI-HOSTPORT-SNAT, flush and delete the SN- chains, then the
+    # POSTROUTING jump, then CNI-HOSTPORT-SNAT itself.
+    assert kinds == [
+        ("flush", OLD_TOPLEVEL_SNAT),
+        ("flush", sn),
+        ("delete-chain", sn),
+        ("delete", "POSTROUTING"),
+        ("delete-chain", OLD_TOPLEVEL_SNAT),
+    ]
+
+
+def test_teardown_keeps_snat_chain_that_still_holds_something():
+    text = table("legacy-sn", 4)
+    sn = chain_name("mynet", "abc123", "SN-")
+    snat = text.chains[OLD_TOPLEVEL_SNAT]
+    foreign = ("-s", "10.1.0.0/16", "-j", "RETURN")
+    with_foreign = NatTable(
+        4, {**text.chains, OLD_TOPLEVEL_SNAT: type(snat)(snat.name, "-", (*snat.rules, foreign))}
+    )
+    txn = plan_teardown(with_foreign, [sn])
+    assert ("delete-chain", OLD_TOPLEVEL_SNAT) not in [(op.kind, op.chain) for op in txn.ops]
+    assert all(op.chain != "POSTROUTING" for op in txn.ops)
+    _check_teardown(with_foreign, [sn])
+
+
+def test_teardown_refuses_shared_and_foreign_chains():
+    tbl = table("foreign", 4)
+    for name in (TOPLEVEL_DNAT, "DOCKER", "PREROUTING"):
+        with pytest.raises(ValueError):
+            plan_teardown(tbl, [name])
+    assert not plan_teardown(tbl, ["CNI-DN-doesnotexist"])
+
+
+# --- the state file -------------------------------------------------------------------------
+
+
+def test_state_round_trip_safe_and_per_namespace(tmp_path):
+    run_dir = tmp_path / "run"
+    seen = {"4 CNI-DN-x": gc_state.Seen("f" * 32, gc_state.clock() - 5)}
+    gc_state.save(str(run_dir), "ns-a", seen)
+    gc_state.save(str(run_dir), "ns-b", {"6 CNI-DN-y": gc_state.Seen("e" * 32, 1.0)})
+    assert gc_state.load(str(run_dir), "ns-a") == (seen, [])
+    assert set(gc_state.load(str(run_dir), "ns-b")[0]) == {"6 CNI-DN-y"}
+    path = run_dir / gc_state.STATE_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    assert [p.name for p in run_dir.iterdir()] == [gc_state.STATE_FILE]  # no temporary left
+    gc_state.save(str(run_dir), "ns-a", {})
+    assert gc_state.load(str(run_dir), "ns-a") == ({}, [])
+    assert set(gc_state.load(str(run_dir), "ns-b")[0]) == {"6 CNI-DN-y"}
+
+
+def test_state_distrusts_what_it_cannot_vouch_for(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    path = run_dir / gc_state.STATE_FILE
+    path.write_text("{ half a file")
+    found, warnings = gc_state.load(str(run_dir), "ns")
+    assert found == {} and "not valid JSON" in warnings[0]
+    future = {"4 a": {"fingerprint": "f", "first_seen": gc_state.clock() + 3600}}
+    document = {
+        "version": 1,
+        "boot_id": gc_state._boot_id(),
+        "namespaces": {"ns": {"updated": gc_state.clock(), "chains": future}},
+    }
+    path.write_text(json.dumps(document))
+    assert gc_state.load(str(run_dir), "ns") == ({}, [])
+    document["namespaces"]["ns"]["chains"] = {"4 a": {"fingerprint": "f", "first_seen": 1.0}}
+    path.write_text(json.dumps(dict(document, boot_id="another boot")))
+    assert gc_state.load(str(run_dir), "ns") == ({}, [])
+    path.write_text(json.dumps(document))
+    assert gc_state.load(str(run_dir), "ns")[0] == {"4 a": gc_state.Seen("f", 1.0)}
+
+
+def test_state_refuses_symlinks(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    target = tmp_path / "elsewhere"
+    target.write_text("precious")
+    (run_dir / gc_state.STATE_FILE).symlink_to(target)
+    with pytest.raises(HostProblem, match="symlink"):
+        gc_state.load(str(run_dir), "ns")
+    with pytest.raises(HostProblem, match="symlink"):
+        gc_state.save(str(run_dir), "ns", {})
+    assert target.read_text() == "precious"
+    planted = tmp_path / "planted-dir"
+    planted.mkdir()
+    link_dir = tmp_path / "linkdir"
+    link_dir.symlink_to(planted)
+    with pytest.raises(HostProblem, match="not a directory owned by us"):
+        gc_state.save(str(link_dir), "ns", {})
+
+
+# --- the command against the real plugin --------------------------------------------------------
+
+
+class Node_:
+    """A test node: the host namespace, its iptables flavour and a CNI cache."""
+
+    def __init__(self, host_ns: str, mode: str, cache: Path) -> None:
+        self.ns, self.mode, self.cache = host_ns, mode, cache
+        self.confs: Dict[str, dict] = {}
+
+    def add(self, network: str, cid: str, ips: Sequence[str], ports: List[dict], cache=True):
+        conf = rp.plugin_conf(network, ips, ports)
+        done = rp.run_plugin("ADD", self.ns, cid, conf, mode=self.mode)
+        assert done.returncode == 0, done.stdout + done.stderr
+        self.confs[cid] = conf
+        if cache:
+            self.cache_add(network, cid)
+        return conf
+
+    def cache_add(self, network: str, cid: str) -> Path:
+        conf = self.confs[cid]
+        ips = [ip["address"] for ip in conf["prevResult"]["ips"]]
+        ports = conf["runtimeConfig"]["portMappings"]
+        return rp.write_cni_cache(self.cache, network, cid, "eth0", conf, ports, ips)
+
+    def check(self, cid: str) -> None:
+        for done in rp.run_check(self.ns, cid, self.confs[cid], mode=self.mode):
+            assert done.returncode == 0, f"CHECK {cid}: {done.stdout}{done.stderr}"
+
+    def ipt(self, family: int, *args: str) -> None:
+        rp.iptables(self.ns, ["-t", "nat", *args], family=family, mode=self.mode)
+
+    def legacy_snat(self, network: str, cid: str, ip: str) -> str:
+        """A pre-2018 CNI-SN- chain, as the old plugin made it (by hand: nothing does now)."""
+        sn = chain_name(network, cid, "SN-")
+        if "-N CNI-HOSTPORT-SNAT" not in self.lines(4, keep_decl=True):
+            self.ipt(4, "-N", OLD_TOPLEVEL_SNAT)
+            self.ipt(
+                4,
+                "-A",
+                "POSTROUTING",
+                "-s",
+                "127.0.0.1",
+                "!",
+                "-d",
+                "127.0.0.1",
+                "-j",
+                OLD_TOPLEVEL_SNAT,
+            )
+        self.ipt(4, "-N", sn)
+        comment = f'snat name: "{network}" id: "{cid}"'
+        self.ipt(4, "-A", OLD_TOPLEVEL_SNAT, "-m", "comment", "--comment", comment, "-j", sn)
+        self.ipt(
+            4,
+            "-A",
+            sn,
+            "-s",
+            "127.0.0.1",
+            "-d",
+            ip,
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "MASQUERADE",
+        )
+        return sn
+
+    def lines(self, family: int, keep_decl: bool = False) -> List[str]:
+        text = rp.strip_save_comments(rp.save(self.ns, family, self.mode))
+        if keep_decl:
+            return [
+                f"-N {line[1:].split()[0]}" if line.startswith(":") else line
+                for line in text.splitlines()
+            ]
+        return text.splitlines()
+
+    def gc(self, *args: str, stdin: Optional[str] = None, cache: Optional[Path] = None):
+        argv = ["gc", "--netns", self.ns, "--iptables", self.mode]
+        argv += ["--cni-cache-dir", str(cache or self.cache), *args]
+        return run(argv, stdin=stdin)
+
+
+@pytest.fixture
+def node(host_ns, iptables_mode, tmp_path) -> Node_:
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    return Node_(host_ns, iptables_mode, cache)
+
+
+# --- retries when the plugin changes the table meanwhile -------------------------------------
+
+
+# --- the plugin and gc at the same time ---------------------------------------------------------
+
+

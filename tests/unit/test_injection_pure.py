@@ -1,0 +1,168 @@
+"""(The tests of this subject that need root are in tests/kernel/test_injection.py.)
+
+Text from a dump or the CNI cache cannot inject a rule (SPEC §5).
+
+Comments and names that portmapctl reads (a foreign rule's comment in the live
+table, the conditions in a cached network config) end up as arguments of the
+restore lines it writes -- a `-D` of a rule that jumps to a chain it removes, an
+entry rule it re-creates. Whatever they hold, each stays one quoted argument of the
+one intended line: the transaction text has exactly the intended lines, each reads
+back (as iptables-restore splits it) as exactly the intended arguments, and a text
+with a control character is refused (exit 2) instead of written.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import List
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pmctl import assert_error, run
+
+from portmapctl.errors import BadInput
+from portmapctl.iptables.chains import TOPLEVEL_DNAT, chain_name, dnat_chain_name
+from portmapctl.iptables.planner import plan_setup, plan_teardown
+from portmapctl.iptables.ruleset import parse_save, rule_target, split_line
+
+HOSTILE_COMMENTS = [
+    'evil" -j ACCEPT',
+    'x" -j ACCEPT\\" -A INPUT -j DROP',
+    "-A INPUT -j ACCEPT",
+    "COMMIT",
+    "' ; $(reboot) `id` | & > *",
+    "\\",
+    '\\"',
+    "ünï 容器 \u2028 \u202e",
+    '"',
+    "",
+]
+
+
+def _saved(text: str) -> str:
+    """A comment as iptables-save prints it: in quotes, `"` and `\\` escaped."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+STALE = chain_name("mynet", "stale1")
+
+
+def _dump(comment: str) -> str:
+    """A nat table holding a stale container's chain, a foreign jump into it and a
+    foreign rule elsewhere, both carrying `comment`."""
+    c = _saved(comment)
+    return "\n".join(
+        [
+            "*nat",
+            ":PREROUTING ACCEPT [0:0]",
+            ":INPUT ACCEPT [0:0]",
+            ":OUTPUT ACCEPT [0:0]",
+            ":POSTROUTING ACCEPT [0:0]",
+            ":CNI-HOSTPORT-DNAT - [0:0]",
+            f":{STALE} - [0:0]",
+            "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT",
+            f"-A PREROUTING -m comment --comment {c} -j RETURN",
+            f'-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"mynet\\" id:'
+            f' \\"stale1\\"" -m multiport --dports 8080 -j {STALE}',
+            f"-A CNI-HOSTPORT-DNAT -p udp -m comment --comment {c} -j {STALE}",
+            f"-A CNI-HOSTPORT-DNAT -m comment --comment {c} -j RETURN",
+            f"-A {STALE} -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.88.0.12:80",
+            "COMMIT",
+            "",
+        ]
+    )
+
+
+def _lines(text: str) -> List[List[str]]:
+    """The restore text's command lines, split as iptables-restore splits them."""
+    lines = text.split("\n")
+    assert lines[0] == "*nat" and lines[-2:] == ["COMMIT", ""], text
+    return [split_line(line) for line in lines[1:-2]]
+
+
+def _check_teardown_text(comment: str) -> None:
+    live = parse_save(_dump(comment), 4)
+    txn = plan_teardown(live, [STALE])
+    read_back = _lines(txn.render())
+    # Exactly one line per step, and each reads back as exactly that step.
+    assert len(read_back) == len(txn.ops)
+    for op, words in zip(txn.ops, read_back):
+        command = {"delete": "-D", "flush": "-F", "delete-chain": "-X"}[op.kind]
+        assert words == [command, op.chain, *op.args]
+    deleted = [words[2:] for words in read_back if words[0] == "-D"]
+    # The two rules that jump to the stale chain go (comment and all), nothing else.
+    wanted = [list(r) for r in live.rules(TOPLEVEL_DNAT) if rule_target(r) == STALE]
+    assert deleted == wanted and len(wanted) == 2
+    assert ["--comment", comment] == deleted[1][4:6]
+    assert {words[1] for words in read_back} == {TOPLEVEL_DNAT, STALE}
+
+
+@pytest.mark.parametrize("comment", HOSTILE_COMMENTS)
+def test_a_hostile_comment_stays_one_argument_of_the_intended_delete(comment):
+    _check_teardown_text(comment)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"),
+        max_size=60,
+    )
+)
+def test_any_comment_text_is_deleted_by_its_exact_text_or_refused(comment):
+    if re.search(r"[\x00-\x1f\x7f]", comment):
+        # A control character cannot be written back as a restore argument: the whole
+        # transaction is refused (exit 2) before any text exists.
+        with pytest.raises(BadInput, match="control characters|binary data"):
+            plan_teardown(parse_save(_dump(comment), 4), [STALE]).render()
+        return
+    _check_teardown_text(comment)
+
+
+def test_a_hostile_foreign_jump_into_our_chain_is_deleted_by_setup_only_as_itself():
+    """add/repair delete entry rules into the container's chain that it does not want:
+    a foreign one with a hostile comment goes as exactly itself."""
+    from fixtures_lib import configs, table
+
+    config = configs("basic")[0]
+    from portmapctl.iptables.chains import wanted_chains
+
+    dn = dnat_chain_name(config)
+    text = (
+        table_text := Path(__file__).parents[1].joinpath("fixtures/basic.v4.save").read_text()
+    ).replace(
+        "COMMIT",
+        f"-A CNI-HOSTPORT-DNAT -m comment --comment {_saved(HOSTILE_COMMENTS[1])} -j {dn}\nCOMMIT",
+    )
+    assert text != table_text
+    txn = plan_setup(wanted_chains(config, 4), parse_save(text, 4))
+    assert _lines(txn.render()) == [
+        ["-D", TOPLEVEL_DNAT, "-m", "comment", "--comment", HOSTILE_COMMENTS[1], "-j", dn]
+    ]
+    assert not plan_setup(wanted_chains(config, 4), table("basic", 4))
+
+
+# --- against the kernel ---------------------------------------------------------------
+
+
+def test_base64_config_cannot_smuggle_a_target(tmp_path):
+    """The cached config is base64: decoded, its conditions are checked like any."""
+    conf = {"name": "mynet", "plugins": [{"type": "portmap", "conditionsV4": ["-jACCEPT"]}]}
+    entry = {
+        "kind": "cniCacheV1",
+        "containerId": "c1",
+        "networkName": "mynet",
+        "ifName": "eth0",
+        "config": base64.b64encode(json.dumps(conf).encode()).decode(),
+        "capabilityArgs": {"portMappings": [{"hostPort": 80, "containerPort": 80}]},
+        "result": {"ips": [{"address": "10.88.0.5/16"}]},
+    }
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "mynet-c1-eth0").write_text(json.dumps(entry))
+    done = run(["check", "--snapshot", str(Path(__file__).parents[1] / "fixtures/basic.v4.save"),
+                "--cni-cache-dir", str(tmp_path)])  # fmt: skip
+    assert_error(done, 2, "cannot set a target", "mynet-c1-eth0")
