@@ -143,6 +143,9 @@ def check_command(
             cni_config,
             ifname,
         )
+        from portmapctl.cli.add import with_backend
+
+        config = with_backend(config, backend.value)
     snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
     if repair and (snapshots or nft_snapshot):
         raise BadInput("--repair changes the node: it cannot be used with --snapshot")

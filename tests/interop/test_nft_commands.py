@@ -247,3 +247,21 @@ def test_flush_udp_and_list_conntrack_cover_nft_ports(node: str, tmp_path: Path)
     assert [d["sport"] for d in json.loads(stale.stdout)["deleted"]] == [40002]
     everything = _pmctl(node, tmp_path, "flush-udp", "-o", "json")
     assert [d["sport"] for d in json.loads(everything.stdout)["deleted"]] == [40001]
+
+
+def test_check_one_mapping_and_repair_it(node: str, tmp_path: Path) -> None:
+    """`check` with mapping options on an nft-backed mapping: as the plugin's CHECK,
+    exactly; `--repair` makes it as the plugin's ADD would."""
+    conf = _plugin_add(node, tmp_path, WEB)
+    path = tmp_path / "web1.json"
+    path.write_text(json.dumps(conf))
+    args = ["check", "--container", "web1", "--cni-config", str(path)]
+    assert _pmctl(node, tmp_path, *args).returncode == 0
+    upstream.nft(node, "flush", "chain", "ip", "cni_hostport", "hostports")
+    broken = _pmctl(node, tmp_path, *args, "-o", "json")
+    assert broken.returncode == 1
+    assert [p["kind"] for p in json.loads(broken.stdout)["problems"]] == ["nft-missing-rules"]
+    fixed = _pmctl(node, tmp_path, *args, "--repair")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    upstream.run(V191, "CHECK", node, "web1", conf, check=True)
+    assert "CNI-" not in rp.save(node, 4) + rp.save(node, 6)

@@ -200,3 +200,63 @@ def nft_repair(
         if families:
             changed.append((c, families))
     return text, changed
+
+
+def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) -> List[Problem]:
+    """One nft-backed mapping, as upstream v1.9.1's CHECK (which only counts rules)
+    would want it, but exactly: its rules, and the structure that reaches them."""
+    from portmapctl.nftables.inventory import structure_problems
+    from portmapctl.nftables.planner import missing_rules
+    from portmapctl.nftables.wanted import wanted
+
+    live = node.read_nft(families)
+    if node.nft_unusable is not None:
+        raise node.nft_unusable
+    fix = "run the same command with --repair"
+    problems: List[Problem] = []
+    for p in structure_problems(live, {f: config.snat for f in families}):
+        problems.append(
+            Problem(
+                p.kind.value,
+                p.family,
+                f"nft:{p.chain or ''}".rstrip(":") or "nft",
+                None,
+                None,
+                p.detail,
+                fix,
+                _NFT_WHY.get(p.kind.value, ""),
+            )  # fmt: skip
+        )
+    for family in families:
+        want = wanted(config, family)
+        if want is None:
+            continue
+        missing = missing_rules(live.table(family), want)
+        if missing:
+            texts = "; ".join(body.text(family) for _chain, body in missing)
+            kind = ProblemKind.NFT_MISSING_RULES.value
+            problems.append(
+                Problem(
+                    kind,
+                    family,
+                    f"nft:{missing[0][0]}",
+                    config.network,
+                    config.container_id,
+                    f"{len(missing)} rule(s) missing: {texts}",
+                    fix,
+                    _NFT_WHY[kind],
+                )  # fmt: skip
+            )
+    return problems
+
+
+def repair_mapping(
+    node: Node, config: MappingConfig, families: Tuple[int, ...]
+) -> Tuple[str, List[int]]:
+    """Make one nft-backed mapping as the plugin's ADD would: its text and families."""
+    from portmapctl.nftables import planner
+    from portmapctl.nftables.wanted import wanted
+
+    want = [w for f in families if (w := wanted(config, f)) is not None]
+    text = node.converge_nft(lambda live: planner.setup(live, want))
+    return text, ([w.family for w in want] if text else [])

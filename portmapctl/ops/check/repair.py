@@ -24,7 +24,7 @@ from portmapctl.iptables.ruleset import (
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops.add import after_setup
 from portmapctl.ops.check.diagnose import CheckResult, cached_configs, wanted_on_node
-from portmapctl.ops.check.run import _check_node, check_mapping
+from portmapctl.ops.check.run import _check_node, check_mapping, nft_mapping
 from portmapctl.ops.node import Node
 
 # --- repair ---------------------------------------------------------------------------
@@ -100,6 +100,8 @@ def repair(
             excluded = nft_ids = {a.container_id for a in parts.nftables}
         if configs is not None:
             configs = [c for c in configs if c.container_id not in excluded]
+    if config is not None and nft_mapping(node, config):
+        return _repair_nft_mapping(node, config, before, flush_udp)
     plan = _plan(configs, config)
     transactions: Dict = {}
     changed: Dict[str, Tuple[MappingConfig, List[int]]] = {}
@@ -137,5 +139,32 @@ def repair(
         fixed=fixed,
         transactions=transactions,
         notes=after.notes,
+        warnings=tuple(warnings),
+    )
+
+
+def _repair_nft_mapping(
+    node: Node, config: MappingConfig, before: CheckResult, flush_udp: bool
+) -> CheckResult:
+    from portmapctl.nftables.transaction import check_condition
+    from portmapctl.ops.add import nft_refusals
+    from portmapctl.ops.check import nft as check_nft
+
+    nft_refusals(config)
+    for condition in (*config.conditions_v4, *config.conditions_v6):
+        check_condition(condition)
+    text, families = check_nft.repair_mapping(node, config, before.families)
+    warnings = after_setup(config, families, flush_udp) if families else []
+    after = check_mapping(node, config)
+    remaining = {p.key for p in after.problems}
+    return CheckResult(
+        after.problems,
+        after.families,
+        after.scope,
+        mappings_checked=after.mappings_checked,
+        chain=after.chain,
+        repaired=bool(text),
+        fixed=tuple(p for p in before.problems if p.key not in remaining),
+        transactions={"nft": text} if text else {},
         warnings=tuple(warnings),
     )

@@ -90,6 +90,16 @@ def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
             f"the mapping has no address in the families checked"
             f" (IPv{'/IPv'.join(map(str, node.families)) or '-'})"
         )
+    if nft_mapping(node, config):
+        from portmapctl.ops.check import nft
+
+        return CheckResult(
+            tuple(nft.check_mapping(node, config, families)),
+            families,
+            "mapping",
+            mappings_checked=len(families),
+            chain=f"nft:{config.container_id}",
+        )
     tables = node.read(families)
     fix = "run the same command with --repair"
     problems, compared = diagnose_mapping(tables, config, fix)
@@ -100,3 +110,9 @@ def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
         mappings_checked=compared,
         chain=dnat_chain_name(config),
     )
+
+
+def nft_mapping(node: Node, config: MappingConfig) -> bool:
+    """A mapping given on the command line lives in nftables: its config (or
+    --backend) says so."""
+    return config.backend == "nftables" or node.options.backend == "nftables"
