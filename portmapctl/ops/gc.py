@@ -305,7 +305,9 @@ def plan_family(
     gone = {c.name for c in removable}
     freed = _udp_ports(ports, gone) - _udp_ports(ports, set(ports) - gone)
     shared = tuple(
-        op.chain for op in txn.ops if op.kind is OpKind.DELETE_CHAIN and op.chain == OLD_TOPLEVEL_SNAT
+        op.chain
+        for op in txn.ops
+        if op.kind is OpKind.DELETE_CHAIN and op.chain == OLD_TOPLEVEL_SNAT
     )
     return FamilyPlan(
         family,
@@ -434,6 +436,7 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
     nft_removed: List[GcChain] = []
     nft_pending: List[GcChain] = []
     nft_freed: Dict[int, Set[int]] = {}
+    nft_kept = 0
     if failure is None and node.nft is not None:
         try:
             text, nft_done = _gc_nft(node, sources, options, seen, use_cache)
@@ -441,7 +444,7 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
             failure = ApplyFailed(f"nftables: {err}")
         else:
             if nft_done is not None:
-                nft_removed, nft_pending, nft_seen, nft_freed = nft_done
+                nft_removed, nft_pending, nft_seen, nft_freed, nft_kept = nft_done
                 remembered.update(nft_seen)
                 if not options.dry_run:
                     for chain in nft_removed:
@@ -463,7 +466,7 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
         options.dry_run,
         tuple(c for p in plans for c in p.removed) + tuple(nft_removed),
         tuple(c for p in plans for c in p.pending) + tuple(nft_pending),
-        sum(p.kept for p in plans),
+        sum(p.kept for p in plans) + nft_kept,
         deleted,
         tuple((p.family, name) for p in plans for name in p.shared_removed),
         transactions,
@@ -496,7 +499,8 @@ def _nft_live_ids(sources: Sources, attachments: Optional[Sequence[Attachment]])
     return ids
 
 
-NftPlan = Tuple[List[GcChain], List[GcChain], Dict[str, gc_state.Seen], Dict[int, Set[int]]]
+# (removed, pending, sightings, freed UDP ports per family, live (family, container) kept)
+NftPlan = Tuple[List[GcChain], List[GcChain], Dict[str, gc_state.Seen], Dict[int, Set[int]], int]
 
 
 def _gc_nft(
@@ -507,6 +511,7 @@ def _gc_nft(
     use_cache: bool,
 ) -> Tuple[str, Optional[NftPlan]]:
     from portmapctl.nftables.node import dead_containers
+    from portmapctl.nftables.ruleset import CONTAINER_CHAINS
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
     if (
@@ -562,7 +567,17 @@ def _gc_nft(
         # UDP ports another rule still maps are not freed.
         still = _nft_udp_ports(live_rules, {(op.family, op.handle or 0) for op in txn.ops})
         freed = {f: ports - still.get(f, set()) for f, ports in gone_udp.items()}
-        latest.append((removed, pending, new_seen, {f: p for f, p in freed.items() if p}))
+        kept = len(
+            {
+                (family, rule.comment)
+                for family, table in live_rules.tables.items()
+                if family in node.families
+                for chain in CONTAINER_CHAINS
+                for rule in table.rules_of(chain)
+                if rule.comment and is_live(rule.comment)
+            }
+        )
+        latest.append((removed, pending, new_seen, {f: p for f, p in freed.items() if p}, kept))
         return txn
 
     text = node.converge_nft(plan, dry_run=options.dry_run)

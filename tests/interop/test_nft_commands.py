@@ -265,3 +265,24 @@ def test_check_one_mapping_and_repair_it(node: str, tmp_path: Path) -> None:
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     upstream.run(V191, "CHECK", node, "web1", conf, check=True)
     assert "CNI-" not in rp.save(node, 4) + rp.save(node, 6)
+
+
+def test_gc_min_age_waits_and_counts_the_live(node: str, tmp_path: Path) -> None:
+    """A dead nft-backed container is pending until seen unchanged for --min-age."""
+    _plugin_add(node, tmp_path, WEB)
+    _plugin_add(node, tmp_path, OLD, cached=False)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    env = {"PORTMAPCTL_RUN_DIR": str(run_dir)}
+    args = ["gc", "--yes", "--netns", node, "--cni-cache-dir", str(tmp_path), "-o", "json"]
+    first = pmctl.run([*args, "--min-age", "1h"], env=env)
+    assert first.returncode == 0, first.stderr
+    doc = json.loads(first.stdout)
+    assert doc["removed"] == [] and doc["kept"] == 2  # web1 in both families
+    assert {(c["chain"], c["family"]) for c in doc["pending"]} == {
+        ("nft:old1", 4), ("nft:old1", 6),
+    }  # fmt: skip
+    assert ("ip", "hostports", "old1") in _container_rules(node)
+    later = pmctl.run([*args, "--min-age", "0"], env=env)
+    assert {c["container_id"] for c in json.loads(later.stdout)["removed"]} == {"old1"}
+    assert all(r[2] == "web1" for r in _container_rules(node))
