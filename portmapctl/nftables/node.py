@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Collection, Dict, Iterable, List, Optional, Set, Tuple
 
 from portmapctl.errors import ApplyFailed, BadInput
 from portmapctl.nftables.access import NftAccess, NftApplyFailed
-from portmapctl.nftables.ruleset import CONTAINER_CHAINS, ActionKind, Rule, Ruleset
+from portmapctl.nftables.ruleset import CONTAINER_CHAINS, MASQUERADING, ActionKind, Rule, Ruleset
 from portmapctl.nftables.transaction import Transaction
 
 ATTEMPTS = 3
@@ -132,6 +133,19 @@ class DeadContainer:
         return tuple(sorted({r.family for r in self.rules}))
 
 
+_CNI_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+
+
+def is_plugin_rule(rule: Rule) -> bool:
+    """A rule the plugin writes: its comment a container ID (CNI's rules for names), a
+    DNAT in a host-port chain or a masquerade in `masquerading`. Anything else someone
+    put in these chains is never removed."""
+    if rule.comment is None or not _CNI_NAME.match(rule.comment):
+        return False
+    wanted = ActionKind.MASQUERADE if rule.chain == MASQUERADING else ActionKind.DNAT
+    return rule.body.action.kind is wanted
+
+
 def state_key(container_id: str) -> str:
     """The key of a dead container in gc's first-seen state (beside iptables chains)."""
     return f"nft {container_id}"
@@ -145,8 +159,8 @@ def dead_containers(live: Ruleset, is_live: Callable[[str], bool]) -> List[DeadC
         table = live.tables[family]
         for chain in CONTAINER_CHAINS:
             for rule in table.rules_of(chain):
-                if rule.comment and not is_live(rule.comment):
-                    found.setdefault(rule.comment, []).append(rule)
+                if is_plugin_rule(rule) and not is_live(rule.comment or ""):
+                    found.setdefault(rule.comment or "", []).append(rule)
     dead = []
     for cid in sorted(found):
         ports: Dict[Tuple[int, str, int], None] = {}

@@ -93,3 +93,22 @@ def test_dead_containers() -> None:
     fake.apply(planner.setup(fake.read(), [wanted(configs[0], 4)]))
     again = node.dead_containers(fake.read(), lambda cid: cid != "eeee5555")
     assert again[0].fingerprint != before
+
+
+def test_gc_never_takes_rules_the_plugin_did_not_write() -> None:
+    """Foreign rules in the plugin's chains (no comment, a comment that is no container
+    ID, another action) stay, whatever the liveness says."""
+    from portmapctl.nftables.ruleset import Action, ActionKind, Match, RuleBody
+
+    fake = MemoryNft(nftcases.live("v191-basic"))
+    txn = Transaction()
+    accept = Action(ActionKind.NONE)
+    dport = (Match("tcp dport", "==", "22"),)
+    txn.add_rule(4, "hostports", RuleBody(dport, Action(ActionKind.DNAT, addr="10.0.0.9", port=22)))
+    txn.add_rule(4, "hostports", RuleBody(dport, accept, "admin-rule"))
+    txn.add_rule(4, "masquerading", RuleBody((), Action(ActionKind.DNAT, addr="10.0.0.9"), "x1"))
+    fake.apply(txn)
+    dead = node.dead_containers(fake.read(), lambda cid: False)
+    assert [d.container_id for d in dead] == ["aaaa1111"]
+    fake.apply(planner.teardown(fake.read(), {"aaaa1111"}))  # the plugin's own DEL shape
+    assert node.dead_containers(fake.read(), lambda cid: False) == []
