@@ -21,6 +21,7 @@ from portmapctl.host.paths import CNI_CACHE_DIR
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
+    from portmapctl.ops.metrics import Recorder
     from portmapctl.ops.node import NodeOptions
 
 try:
@@ -197,6 +198,18 @@ VerboseOpt = Annotated[
         rich_help_panel="Common options",
     ),
 ]
+MetricsFileOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--metrics-file",
+        metavar="PATH",
+        envvar="PORTMAPCTL_METRICS_FILE",
+        help="Also write this run's Prometheus metrics to PATH (a .prom file in the"
+        " node_exporter's textfile directory), atomically. A failed write is a warning,"
+        " never a failed command.",
+        show_envvar=True,
+    ),
+]
 
 DEFAULT_BACKEND = BackendChoice.auto
 DEFAULT_IPTABLES = IptablesChoice.auto
@@ -234,6 +247,30 @@ def node_options(
         backend=backend.value,
         nft_snapshot=nft_snapshot,
     )
+
+
+@contextlib.contextmanager
+def metrics_recording(
+    path: Optional[str],
+    command: str,
+    cache_dirs: List[str],
+    out: Output,
+    ok_exit_codes: Tuple[int, ...] = (0,),
+) -> Iterator[Optional[Recorder]]:
+    """Record the block's run into the metrics file `path`, if one was asked for.
+
+    Yields None without one: nothing is imported (prometheus_client is only loaded
+    to write), so a run without --metrics-file starts and works as before.
+    """
+    if not path:  # PORTMAPCTL_METRICS_FILE= (empty) is no file
+        yield None
+        return
+    from portmapctl.ops import metrics
+
+    with metrics.recording(
+        path, metrics.Command(command), cache_dirs, out.warn, ok_exit_codes
+    ) as recorder:
+        yield recorder
 
 
 PROGRESS_FROM = 2000

@@ -18,6 +18,7 @@ from portmapctl.cli._common import (
     CacheDirOpt,
     FamilyOpt,
     IptablesOpt,
+    MetricsFileOpt,
     NetnsOpt,
     NftSnapshotOpt,
     NoColorOpt,
@@ -25,6 +26,7 @@ from portmapctl.cli._common import (
     OutputOpt,
     QuietOpt,
     VerboseOpt,
+    metrics_recording,
     node_options,
 )
 from portmapctl.cli.add import (
@@ -103,6 +105,7 @@ def check_command(
         Optional[str], typer.Option(metavar="FILE", help="Check an ip6tables-save dump.")
     ] = None,
     nft_snapshot: NftSnapshotOpt = None,
+    metrics_file: MetricsFileOpt = None,
     backend: BackendOpt = DEFAULT_BACKEND,
     iptables: IptablesOpt = DEFAULT_IPTABLES,
     family: FamilyOpt = DEFAULT_FAMILY,
@@ -121,56 +124,65 @@ def check_command(
     from portmapctl.ops.node import opened
 
     out = Output(output, no_color, quiet, verbose)
-    mapping_given = (
-        any((network, container, ip, publish, cni_config, external_setmark_chain))
-        or any((no_snat, masq_all, conditions_v4 is not None, conditions_v6 is not None))
-        or mark_bit is not None
-        or ifname != "eth0"
-    )
-    config = None
-    if mapping_given:
-        config = mapping_from_options(
-            network,
-            container,
-            ip,
-            publish,
-            no_snat,
-            masq_all,
-            mark_bit,
-            external_setmark_chain,
-            conditions_v4,
-            conditions_v6,
-            cni_config,
-            ifname,
+    # Exit 1 (problems found) is a run that did its work.
+    with metrics_recording(metrics_file, "check", [cni_cache_dir], out, (0, 1)) as recorder:
+        mapping_given = (
+            any((network, container, ip, publish, cni_config, external_setmark_chain))
+            or any((no_snat, masq_all, conditions_v4 is not None, conditions_v6 is not None))
+            or mark_bit is not None
+            or ifname != "eth0"
         )
-        from portmapctl.cli.add import with_backend
+        config = None
+        if mapping_given:
+            config = mapping_from_options(
+                network,
+                container,
+                ip,
+                publish,
+                no_snat,
+                masq_all,
+                mark_bit,
+                external_setmark_chain,
+                conditions_v4,
+                conditions_v6,
+                cni_config,
+                ifname,
+            )
+            from portmapctl.cli.add import with_backend
 
-        config = with_backend(config, backend.value)
-    snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
-    if repair and (snapshots or nft_snapshot):
-        raise BadInput("--repair changes the node: it cannot be used with --snapshot")
-    options = node_options(iptables, family, netns, cni_cache_dir, snapshots, backend, nft_snapshot)
-    with opened(options, write=repair) as node:
-        if repair:
-            result = check_lib.repair(node, config, flush_udp=not no_flush_udp)
-        elif config is not None:
-            result = check_lib.check_mapping(node, config)
+            config = with_backend(config, backend.value)
+        snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
+        if repair and (snapshots or nft_snapshot):
+            raise BadInput("--repair changes the node: it cannot be used with --snapshot")
+        options = node_options(
+            iptables, family, netns, cni_cache_dir, snapshots, backend, nft_snapshot
+        )
+        with opened(options, write=repair) as node:
+            if repair:
+                result = check_lib.repair(node, config, flush_udp=not no_flush_udp)
+            elif config is not None:
+                result = check_lib.check_mapping(node, config)
+            else:
+                result = check_lib.check_node(node)
+            if recorder is not None:
+                recorder.note_problems(result.problems)
+                if result.found is not None:  # the whole node was looked at
+                    found = result.found
+                    recorder.note_node(found.mappings, found.chains, result.families)
+        for warning in result.warnings:
+            out.warn(warning)
+        for note in result.notes:
+            out.message(note)
+        if out.json:
+            out.print_json(render.check_json(result))
         else:
-            result = check_lib.check_node(node)
-    for warning in result.warnings:
-        out.warn(warning)
-    for note in result.notes:
-        out.message(note)
-    if out.json:
-        out.print_json(render.check_json(result))
-    else:
-        for line in render.check_fixed_lines(result):
-            out.message(line)
-        if verbose:
-            sys.stderr.write(render.transactions_text(result.transactions))
-        if result.problems:
-            out.show(render.check_table(result.problems))
-        elif not quiet:
-            out.show(render.check_healthy_line(result))
-    if not result.healthy:
-        raise typer.Exit(1)
+            for line in render.check_fixed_lines(result):
+                out.message(line)
+            if verbose:
+                sys.stderr.write(render.transactions_text(result.transactions))
+            if result.problems:
+                out.show(render.check_table(result.problems))
+            elif not quiet:
+                out.show(render.check_healthy_line(result))
+        if not result.healthy:
+            raise typer.Exit(1)

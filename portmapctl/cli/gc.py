@@ -19,6 +19,7 @@ from portmapctl.cli._common import (
     CacheDirOpt,
     FamilyOpt,
     IptablesOpt,
+    MetricsFileOpt,
     NetnsOpt,
     NoColorOpt,
     Output,
@@ -26,6 +27,7 @@ from portmapctl.cli._common import (
     QuietOpt,
     VerboseOpt,
     complete_container,
+    metrics_recording,
     node_options,
 )
 
@@ -92,6 +94,7 @@ def gc_command(
         bool,
         typer.Option("--no-flush-udp", help="Keep the UDP conntrack entries of unmapped ports."),
     ] = False,
+    metrics_file: MetricsFileOpt = None,
     backend: BackendOpt = DEFAULT_BACKEND,
     iptables: IptablesOpt = DEFAULT_IPTABLES,
     family: FamilyOpt = DEFAULT_FAMILY,
@@ -111,40 +114,49 @@ def gc_command(
     from portmapctl.ops.node import opened
 
     out = Output(output, no_color, quiet, verbose)
-    options = GcOptions(
-        min_age=validate.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp
-    )
-    sources = Sources(
-        documents=(read_valid_attachments(valid_attachments),) if valid_attachments else (),
-        keep=tuple(validate.cni_name(k, "--keep container ID") for k in keep or ()),
-        remove_all=remove_all,
-    )
-    require_source(sources, cni_cache_dir)
-    ask = not dry_run and not yes
-    if ask and not sys.stdin.isatty():
-        raise BadInput("not on a terminal: give --yes to remove chains (or --dry-run to look)")
-    if ask and valid_attachments == "-":
-        raise BadInput("--valid-attachments - reads stdin, so gc cannot ask there: add --yes")
-    node_opts = node_options(iptables, family, netns, cni_cache_dir, backend=backend)
-    if ask:
-        with opened(node_opts) as node:
-            preview = gc(node, sources, replace(options, dry_run=True))
-        if not preview.changes:
-            _show(out, preview, options.min_age)
-            return
-        # The preview and the question go to stderr: stdout is for the result (JSON).
-        out.show(render.gc_table(preview, options.min_age), stderr=True)
-        count = len(preview.removed) + len(preview.shared_removed)
-        if not typer.confirm(f"Remove {render.count(count, 'chain')}?", default=False, err=True):
-            out.message("nothing removed")
-            return
-        confirmed = frozenset((c.family, c.chain) for c in preview.removed)
-        options = replace(options, only=confirmed)
-    with opened(node_opts, write=not dry_run) as node:
-        result = gc(node, sources, options)
-    _show(out, result, options.min_age, table=not ask)
-    if verbose and dry_run:
-        sys.stderr.write(render.transactions_text(result.transactions))
+    with metrics_recording(metrics_file, "gc", [cni_cache_dir], out) as recorder:
+        options = GcOptions(
+            min_age=validate.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp
+        )
+        sources = Sources(
+            documents=(read_valid_attachments(valid_attachments),) if valid_attachments else (),
+            keep=tuple(validate.cni_name(k, "--keep container ID") for k in keep or ()),
+            remove_all=remove_all,
+        )
+        require_source(sources, cni_cache_dir)
+        ask = not dry_run and not yes
+        if ask and not sys.stdin.isatty():
+            raise BadInput("not on a terminal: give --yes to remove chains (or --dry-run to look)")
+        if ask and valid_attachments == "-":
+            raise BadInput("--valid-attachments - reads stdin, so gc cannot ask there: add --yes")
+        node_opts = node_options(iptables, family, netns, cni_cache_dir, backend=backend)
+        if ask:
+            with opened(node_opts) as node:
+                preview = gc(node, sources, replace(options, dry_run=True))
+            if not preview.changes:
+                if recorder is not None:
+                    recorder.note_gc(preview, node_opts.families)
+                _show(out, preview, options.min_age)
+                return
+            # The preview and the question go to stderr: stdout is for the result (JSON).
+            out.show(render.gc_table(preview, options.min_age), stderr=True)
+            count = len(preview.removed) + len(preview.shared_removed)
+            if not typer.confirm(
+                f"Remove {render.count(count, 'chain')}?", default=False, err=True
+            ):
+                out.message("nothing removed")
+                if recorder is not None:
+                    recorder.note_gc(preview, node_opts.families)
+                return
+            confirmed = frozenset((c.family, c.chain) for c in preview.removed)
+            options = replace(options, only=confirmed)
+        with opened(node_opts, write=not dry_run) as node:
+            result = gc(node, sources, options)
+        if recorder is not None:
+            recorder.note_gc(result, node_opts.families)
+        _show(out, result, options.min_age, table=not ask)
+        if verbose and dry_run:
+            sys.stderr.write(render.transactions_text(result.transactions))
 
 
 def _show(out: Output, result: GcResult, min_age: float, table: bool = True) -> None:

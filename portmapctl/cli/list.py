@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 import typer
 
@@ -17,6 +17,7 @@ from portmapctl.cli._common import (
     CacheDirOpt,
     FamilyOpt,
     IptablesOpt,
+    MetricsFileOpt,
     NetnsOpt,
     NftSnapshotOpt,
     NoColorOpt,
@@ -27,6 +28,7 @@ from portmapctl.cli._common import (
     VerboseOpt,
     complete_container,
     complete_network,
+    metrics_recording,
     node_options,
 )
 
@@ -73,6 +75,7 @@ def list_command(
     conntrack: Annotated[
         bool, typer.Option("--conntrack", help="Count UDP conntrack entries per UDP mapping.")
     ] = False,
+    metrics_file: MetricsFileOpt = None,
     backend: BackendOpt = DEFAULT_BACKEND,
     iptables: IptablesOpt = DEFAULT_IPTABLES,
     family: FamilyOpt = DEFAULT_FAMILY,
@@ -89,79 +92,109 @@ def list_command(
     from portmapctl.ops.node import opened
 
     out = Output(output, no_color, quiet, verbose)
-    if network is not None or container is not None:
-        from portmapctl.core import validate
+    with metrics_recording(metrics_file, "list", [cni_cache_dir], out) as recorder:
+        if network is not None or container is not None:
+            from portmapctl.core import validate
 
-        if network is not None:
-            validate.cni_name(network, "network name")
-        if container is not None:
-            # A prefix of a valid ID is itself one: anything else can match nothing.
-            validate.cni_name(container, "container ID")
-    snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
-    options = node_options(iptables, family, netns, cni_cache_dir, snapshots, backend, nft_snapshot)
-    with opened(options) as node:
-        nft_live = None
-        if node.nft is not None:
-            # nft lists its tables while the cache is read and iptables-save runs.
-            import threading
+            if network is not None:
+                validate.cni_name(network, "network name")
+            if container is not None:
+                # A prefix of a valid ID is itself one: anything else can match nothing.
+                validate.cni_name(container, "container ID")
+        snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
+        options = node_options(
+            iptables, family, netns, cni_cache_dir, snapshots, backend, nft_snapshot
+        )
+        with opened(options) as node:
+            reader = _start_nft_read(node)
+            tables, cache = node.read_with_cache()
+            found = inventory.build(tables, cache)
+            if recorder is not None:
+                recorder.note_node(found.mappings, found.chains, tuple(tables))
+            mappings = list(found.mappings)
+            if reader is not None:
+                nft_rows = _nft_rows(node, reader, cache, found, out)
+                if nft_rows:
+                    mappings = sorted(mappings + nft_rows, key=_row_order)
+            counts = None
+            if conntrack:
+                if options.offline:
+                    from portmapctl.errors import BadInput
 
-            from portmapctl.ops import nft
+                    raise BadInput(
+                        "--conntrack reads the kernel: it cannot be used with --snapshot"
+                    )
+                from portmapctl.ops.flush_udp import count_per_mapping
 
-            box: dict = {}
-
-            def read_nft() -> None:
-                try:
-                    box["live"] = node.read_nft()
-                except BaseException as err:  # noqa: BLE001 - re-raised below
-                    box["error"] = err
-
-            reader = threading.Thread(target=read_nft, name="nft", daemon=True)
-            reader.start()
-        tables, cache = node.read_with_cache()
-        found = inventory.build(tables, cache)
-        mappings = list(found.mappings)
-        if node.nft is not None:
-            reader.join()
-            if "error" in box:
-                raise box["error"]
-            nft_live = box["live"]
-            ipt_owners = {c.container_id for c in found.chains if c.container_id}
-            _live, _split, nft_found = nft.build(
-                node, cache, ipt_owners, problems=False, live=nft_live
+                counts = count_per_mapping(mappings)
+        rows = inventory.select(
+            mappings,
+            container=container,
+            network=network,
+            port=port,
+            protocol=proto.value if proto else None,
+        )
+        chains = inventory.select_chains(found.chains, container=container, network=network)
+        if port is not None or proto is not None:
+            chains = [
+                c for c in chains if any(m.chain == c.name and m.family == c.family for m in rows)
+            ]
+        if cache is None and not out.quiet:
+            # Without a cache nothing can be called stale: say so, or a wrong
+            # --cni-cache-dir turns every stale chain into "ok" without a word.
+            out.warn(
+                f"no CNI cache in {options.cache_dir}/results: stale mappings are not marked"
+                " (give --cni-cache-dir)"
             )
-            if nft_found.mappings:
-                mappings += nft_found.mappings
-                mappings.sort(key=_row_order)
-            if node.nft_unusable is not None and _split.nftables:
-                out.warn(f"{node.nft_unusable} (nftables rules not listed)")
-        counts = None
-        if conntrack:
-            if options.offline:
-                from portmapctl.errors import BadInput
+        if out.json:
+            document = render.list_json(rows, chains, counts)
+            document["cache"] = {
+                "dirs": [options.cache_dir],
+                "present": cache is not None,
+                "entries": len(cache or ()),
+            }
+            out.print_json(document)
+            return
+        if not rows and not chains:
+            out.message("no portmap chains found")
+            return
+        out.show(render.list_table(rows, chains, counts))
 
-                raise BadInput("--conntrack reads the kernel: it cannot be used with --snapshot")
-            from portmapctl.ops.flush_udp import count_per_mapping
 
-            counts = count_per_mapping(mappings)
-    rows = inventory.select(
-        mappings,
-        container=container,
-        network=network,
-        port=port,
-        protocol=proto.value if proto else None,
-    )
-    chains = inventory.select_chains(found.chains, container=container, network=network)
-    if port is not None or proto is not None:
-        chains = [
-            c for c in chains if any(m.chain == c.name and m.family == c.family for m in rows)
-        ]
-    if out.json:
-        out.print_json(render.list_json(rows, chains, counts))
-        return
-    if not rows and not chains:
-        out.message("no portmap chains found")
-        return
-    out.show(render.list_table(rows, chains, counts))
+def _start_nft_read(node: Any) -> Optional[Tuple[Any, dict]]:
+    """nft lists its tables while the cache is read and iptables-save runs."""
+    if node.nft is None:
+        return None
+    import threading
+
+    box: dict = {}
+
+    def read_nft() -> None:
+        try:
+            box["live"] = node.read_nft()
+        except BaseException as err:  # noqa: BLE001 - re-raised in _nft_rows
+            box["error"] = err
+
+    reader = threading.Thread(target=read_nft, name="nft", daemon=True)
+    reader.start()
+    return reader, box
+
+
+def _nft_rows(node: Any, started: Tuple[Any, dict], cache: Any, found: Any, out: Any) -> list:
+    """The rows of the plugin's nftables backend, in the iptables rows' order."""
+    from portmapctl.ops import nft
+
+    reader, box = started
+    reader.join()
+    if "error" in box:
+        raise box["error"]
+    owners = {c.container_id for c in found.chains if c.container_id}
+    _live, split, nft_found = nft.build(node, cache, owners, problems=False, live=box["live"])
+    if node.nft_unusable is not None and split.nftables:
+        out.warn(f"{node.nft_unusable} (nftables rules not listed)")
+    if not nft_found.mappings:
+        return []
+    return list(nft_found.mappings)
 
 
 def _row_order(m: object) -> tuple:

@@ -10,6 +10,12 @@ Statuses, as SPEC §3 defines them:
   orphan      a per-container chain that no rule enters
   incomplete  an entry rule names a port for which the chain has no DNAT rule
   legacy      a CNI-SN- chain from plugin versions before 2018
+  dead        a DNAT rule that can never match (`-d 0.0.0.0/32`, plugins before v0.8.7)
+
+Older plugin versions' shapes are read through `iptables/shapes.py` (the catalogue):
+a v0.6 entry rule without a port match claims every port its chain DNATs, a dead rule
+takes no port from anyone, and a v0.6 CNI-SN- chain belongs to the container of the
+CNI-DN- chain with the same hash (and gives its mappings SNAT).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.status import Status
+from portmapctl.iptables import shapes
 from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT
 from portmapctl.iptables.ruleset import Args, NatTable, option_value, options, rule_target
 
@@ -164,6 +171,13 @@ def _overlap(a: Optional[str], b: Optional[str]) -> bool:
     return a is None or b is None or a == b
 
 
+def _is_dead(host_ip: Optional[str]) -> bool:
+    """A `-d 0.0.0.0/32` (`::/128`) rule: see shapes.is_dead_destination."""
+    return host_ip is not None and shapes.is_dead_destination(
+        f"{host_ip}/{128 if ':' in host_ip else 32}"
+    )
+
+
 # --- building the inventory ---------------------------------------------------------
 
 
@@ -182,6 +196,10 @@ def entry_rules(table: NatTable, targets: Set[str]) -> Dict[str, List[EntryRule]
             if target in found:
                 opts = options(args)
                 network, container_id = _identity_of(opts.get("--comment"))
+                ports = _entry_ports_of(opts)
+                if not ports and chain.name == TOPLEVEL_DNAT and target.startswith(DNAT_PREFIX):
+                    # v0.6: no port match, every port its chain DNATs is claimed.
+                    ports = shapes.entry_ports(args, table.rules(target))
                 found[target].append(
                     EntryRule(
                         chain.name,
@@ -190,7 +208,7 @@ def entry_rules(table: NatTable, targets: Set[str]) -> Dict[str, List[EntryRule]
                         target,
                         network,
                         container_id,
-                        _entry_ports_of(opts),
+                        ports,
                     )
                 )
     return found
@@ -226,6 +244,12 @@ def _family(
     port_rules = {
         name: _port_rules(table.rules(name)) for name in names if name.startswith(DNAT_PREFIX)
     }
+    # v0.6's CNI-SN- chains: localhost SNAT of the CNI-DN- chain with the same hash.
+    legacy_snat = {
+        shapes.paired_dnat_chain(name): shapes.legacy_masquerades(table.rules(name))
+        for name in names
+        if name.startswith(SNAT_PREFIX)
+    }
     shadowing = _shadowing(table, entries, port_rules)
 
     mappings: List[Mapping] = []
@@ -233,6 +257,15 @@ def _family(
     for name in names:
         attachment = by_chain.get(name)
         network, container_id = _identity(attachment, entries[name])
+        if network is None:
+            # The twin chain of the same hash (v0.6 made both) knows whose it is.
+            twin = (
+                shapes.paired_snat_chain(name)
+                if name.startswith(DNAT_PREFIX)
+                else shapes.paired_dnat_chain(name)
+            )
+            if twin in entries:
+                network, container_id = _identity(by_chain.get(twin), entries[twin])
         status: List[str] = []
         if cache_present and attachment is None:
             status.append(Status.STALE)
@@ -259,10 +292,14 @@ def _family(
         if missing:
             status.append(Status.INCOMPLETE)
         chain_rows = []
+        masqueraded = legacy_snat.get(name, frozenset())
         for proto, port, host_ip, container_ip, container_port, snat in port_rules[name]:
             row_status = list(status)
+            snat = snat or (proto, container_ip, container_port) in masqueraded
             winner = shadowing.get((name, proto, port, host_ip))
-            if winner:
+            if _is_dead(host_ip):
+                row_status.append(Status.DEAD)
+            elif winner:
                 row_status.append(Status.SHADOWED)
             chain_rows.append(
                 Mapping(
@@ -282,6 +319,8 @@ def _family(
             )
         if any(row.shadowed_by for row in chain_rows):
             status.append(Status.SHADOWED)
+        if any(Status.DEAD in row.status for row in chain_rows):
+            status.append(Status.DEAD)
         mappings += chain_rows
         chains.append(
             ChainInfo(
@@ -357,10 +396,13 @@ def _shadowing(
     hosts: Dict[Tuple[str, str, int], List[Optional[str]]] = {}
     for chain, rules in port_rules.items():
         for proto, port, host_ip, *_ in rules:
-            hosts.setdefault((chain, proto, port), []).append(host_ip)
+            if not _is_dead(host_ip):  # a dead rule takes no port from anyone
+                hosts.setdefault((chain, proto, port), []).append(host_ip)
     shadowed: Dict[Tuple[str, str, int, Optional[str]], str] = {}
     for chain, rules in port_rules.items():
         for proto, port, host_ip, *_ in rules:
+            if _is_dead(host_ip):
+                continue  # listed dead: it gets nothing whoever comes first
             for earlier in claims.get((proto, port), ()):
                 if earlier == chain:
                     break

@@ -145,11 +145,15 @@ def _split_carefully(line: str) -> List[str]:
     return tokens
 
 
-def parse_save(text: str, family: int, source: str = "iptables-save output") -> NatTable:
+def parse_save(
+    text: str, family: int, source: str = "iptables-save output", *, strict: bool = False
+) -> NatTable:
     """Read the nat table out of `iptables-save` text (other tables are skipped).
 
     Text without a nat table gives an empty table: nothing of the plugin's is there.
     Raises BadInput, naming the line, for text that is not iptables-save output.
+    `strict` (a --snapshot: text from a file, not from iptables-save itself) also
+    refuses nat rules that iptables-restore would refuse (`restore_refusal`).
     """
     chains: Dict[str, SavedChain] = {}
     rules: Dict[str, List[Args]] = {}
@@ -169,6 +173,10 @@ def parse_save(text: str, family: int, source: str = "iptables-save output") -> 
             tokens = line.split() if '"' not in line else _split_or_bad(line, source, number)
             if len(tokens) < 2:
                 raise _bad(source, number, "rule without a chain")
+            if strict:
+                refused = restore_refusal(tokens[2:])
+                if refused:
+                    raise _bad(source, number, f"iptables-restore would refuse it: {refused}")
             chain_rules = rules.get(tokens[1])
             if chain_rules is None:
                 raise _bad(source, number, f"rule for undeclared chain {tokens[1]!r}")
@@ -212,6 +220,10 @@ def parse_save(text: str, family: int, source: str = "iptables-save output") -> 
                 raise bad(str(err)) from None
             if len(tokens) < 2:
                 raise bad("rule without a chain")
+            if strict and table == "nat":
+                refused = restore_refusal(tokens[2:])
+                if refused:
+                    raise bad(f"iptables-restore would refuse it: {refused}")
             chain = tokens[1]
             if chain not in rules:
                 raise bad(f"rule for undeclared chain {chain!r}")
@@ -224,6 +236,36 @@ def parse_save(text: str, family: int, source: str = "iptables-save output") -> 
         family,
         {name: SavedChain(name, c.policy, tuple(rules[name])) for name, c in chains.items()},
     )
+
+
+# Options that take a value: generic ones, and what the plugin's and kube-proxy's
+# rules use. Given last on a line, iptables-restore refuses the rule.
+_NEEDS_VALUE = frozenset(
+    {"-p", "-s", "-d", "-i", "-o", "-j", "-g", "-m", "--dport", "--sport", "--dports",
+     "--sports", "--comment", "--to-destination", "--to-source", "--to-ports", "--mark",
+     "--set-xmark", "--set-mark", "--dst-type", "--src-type", "--match-set"}
+)  # fmt: skip
+
+
+def restore_refusal(args: Sequence[str]) -> Optional[str]:
+    """Why iptables-restore would refuse a rule (its arguments after `-A CHAIN`), or
+    None. Only what is sure to be refused whatever the extensions: a `!` that negates
+    nothing (a line cut to `-A POSTROUTING !`), a value-taking option without its
+    value, a `-j`/`-g`/`-m` followed by an option instead of a name. Anything else
+    is left to iptables, as the parser leaves other tools' rules alone."""
+    for i, token in enumerate(args):
+        following = args[i + 1] if i + 1 < len(args) else None
+        if token == "!":
+            if following is None:
+                return "'!' at the end of the rule negates nothing"
+            if not following.startswith("-"):
+                return f"'!' before {following!r}, which is not an option"
+        elif token in _NEEDS_VALUE:
+            if following is None:
+                return f"option {token} at the end of the rule has no value"
+            if token in ("-j", "-g", "-m") and following.startswith("-"):
+                return f"option {token} needs a name, not {following!r}"
+    return None
 
 
 def _bad(source: str, number: int, why: str) -> BadInput:

@@ -156,6 +156,10 @@ class Liveness:
         if chain.name in self.chains or chain.name in derived:
             return True
         ids = {e.container_id for e in chain.entries if e.container_id}
+        if chain.container_id:
+            # Also a chain nothing enters: a v0.6 CNI-SN- chain is its CNI-DN- twin's
+            # (inventory pairs them by hash, iptables/shapes.py).
+            ids.add(chain.container_id)
         if ids & self.ids:
             return True
         return any(cid.startswith(prefix) for cid in ids for prefix in self.keep)

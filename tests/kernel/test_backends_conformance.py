@@ -157,12 +157,14 @@ def test_plugin_state_reads_as_the_fixture(backend, plugin_states, case):
 
 LIST_CASES = ["basic", "dual-stack", "hostip-v6", "conditions-physdev", "shadowed", "foreign"]
 LIST_CASES += ["legacy-sn", "long-comment"]
+# One absent cache directory for both sides: `list -o json` names it (SPEC §3 "cache").
+NO_CACHE = Path("/nonexistent/portmapctl-tests/cni-cache")
 
 
 @pytest.fixture(scope="module")
-def snapshot_lists(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, str]:
+def snapshot_lists() -> Dict[str, str]:
     """`list -o json` of the fixture dumps (no kernel): what every backend must print."""
-    nowhere = tmp_path_factory.mktemp("cache") / "none"
+    nowhere = NO_CACHE
     fixtures = Path(__file__).parents[1] / "fixtures"
     return {
         case: ok(
@@ -189,7 +191,7 @@ def test_list_json_is_the_same_through_every_backend(
 ):
     ns = plugin_states.get(case, MODE[backend])
     args = ["list", "--netns", ns, "--iptables", backend, "-o", "json"]
-    out = ok([*args, "--cni-cache-dir", str(tmp_path / "none")])
+    out = ok([*args, "--cni-cache-dir", str(NO_CACHE)])
     assert json.loads(out) == json.loads(snapshot_lists[case])
     assert out == snapshot_lists[case]
 

@@ -837,6 +837,9 @@ def test_the_table_covers_every_option_of_every_command():
     command = typer.main.get_command(app)
     tried = " ".join(c.id for c in CASES)
     flags_ok = {"--help", "--quiet", "--verbose", "--conntrack"}  # harmless: no value
+    # A bad metrics path is not refused (the command does its work and warns):
+    # test_hostile_metrics_paths_warn_once_and_change_nothing tries its hostile values.
+    flags_ok |= {"--metrics-file"}
     missing = []
     for name, sub in command.commands.items():  # type: ignore[attr-defined]
         for param in sub.params:
@@ -850,6 +853,50 @@ def test_the_table_covers_every_option_of_every_command():
     assert len(CASES) > 500
 
 
+# --metrics-file: never refused, never fatal. The command does its work, exits as it
+# would have, and says in one warning line that the metrics were not written.
+
+METRICS_READ_ONLY = {
+    "list": lambda n: ["list", "--netns", n.ns, "--iptables", "nft", "--cni-cache-dir", n.cache],
+    "check": lambda n: ["check", "--netns", n.ns, "--iptables", "nft", "--cni-cache-dir", n.cache],
+    "gc": lambda n: ["gc", "--dry-run", "--netns", n.ns, "--iptables", "nft",
+                     "--cni-cache-dir", n.cache],
+}  # fmt: skip
+HOSTILE_METRICS_PATHS = {
+    "missing-dir": lambda root: str(root / "no-such-dir" / "portmapctl.prom"),
+    "a-directory": lambda root: str(root),
+    "under-a-file": lambda root: "/etc/hostname/portmapctl.prom",
+    "read-only-fs": lambda root: "/proc/portmapctl.prom",
+    "newline": lambda root: str(root / "a\n-A INPUT -j ACCEPT" / "x.prom"),
+    "nul-byte": lambda root: str(root / "a\0b.prom"),
+    "stdout": lambda root: "-",
+    "trailing-slash": lambda root: str(root / "metrics") + "/",
+}
+
+
+@pytest.mark.parametrize("command", sorted(METRICS_READ_ONLY))
+@pytest.mark.parametrize("hostile", sorted(HOSTILE_METRICS_PATHS))
+def test_hostile_metrics_paths_warn_once_and_change_nothing(
+    node: NodeState, before: Dict[str, str], command, hostile, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.chdir(tmp_path)  # "-" must not become a file here
+    argv = METRICS_READ_ONLY[command](node)
+    plain = _in_process(argv, b"", capsys, monkeypatch)
+    path = HOSTILE_METRICS_PATHS[hostile](tmp_path)
+    done = _in_process([*argv, "--metrics-file", path], b"", capsys, monkeypatch)
+    assert done.returncode == plain.returncode == (1 if command == "check" else 0)
+    if command != "gc":  # gc's dry run shows how long it has seen each chain
+        assert done.stdout == plain.stdout
+    warnings = done.stderr.splitlines()[len(plain.stderr.splitlines()) :]
+    assert done.stderr.startswith(plain.stderr)
+    assert len(warnings) == 1, done.stderr
+    assert warnings[0].startswith("portmapctl: warning: could not write the metrics file ")
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "no file, no temporary file"
+    assert _state(node, conntrack=False) == {k: v for k, v in before.items() if k != "conntrack"}
+
+
 def test_an_empty_snapshot_is_a_node_without_tables(tmp_path):
     """iptables-nft-save prints nothing at all where no table exists: an empty dump is
     such a node (not bad input), read as no chains at all."""
@@ -857,7 +904,8 @@ def test_an_empty_snapshot_is_a_node_without_tables(tmp_path):
     empty.write_bytes(b"")
     done = run(["list", "--snapshot", str(empty), "-o", "json"])
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"mappings": [], "chains": []}
+    found = json.loads(done.stdout)
+    assert (found["mappings"], found["chains"]) == ([], [])
 
 
 SAMPLE = [

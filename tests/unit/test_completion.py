@@ -93,7 +93,8 @@ def test_bash_completes_commands_options_choices_and_cached_names(shell_env):
         shell_env,
         "portmapctl ",
         "portmapctl l",
-        "portmapctl gc --m",
+        "portmapctl gc --mi",
+        "portmapctl gc --me",
         "portmapctl list --iptables ",
         "portmapctl check --family ",
         "portmapctl flush-udp -o ",
@@ -104,7 +105,8 @@ def test_bash_completes_commands_options_choices_and_cached_names(shell_env):
     )
     assert got["portmapctl "] == commands()
     assert got["portmapctl l"] == ["list"]
-    assert got["portmapctl gc --m"] == ["--min-age"]
+    assert got["portmapctl gc --mi"] == ["--min-age"]
+    assert got["portmapctl gc --me"] == ["--metrics-file"]
     assert got["portmapctl list --iptables "] == ["auto", "nft", "legacy", "iptc"]
     assert got["portmapctl check --family "] == ["4", "6", "all"]
     assert got["portmapctl flush-udp -o "] == ["table", "json"]

@@ -34,7 +34,8 @@ class SnapshotBackend:
         if text is None:
             return NatTable(family)
         name = "<stdin>" if self.paths[family] == "-" else self.paths[family]
-        return parse_save(text, family, source=name)
+        # Strict: a dump from a file may hold what iptables itself never prints.
+        return parse_save(text, family, source=name, strict=True)
 
     def apply(self, txn: Transaction) -> None:
         raise BadInput("a --snapshot is read-only: run without --snapshot to change the node")

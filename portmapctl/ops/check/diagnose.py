@@ -17,9 +17,9 @@ from typing import Collection, Dict, FrozenSet, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
-from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.mapping import DEFAULT_MARK_BIT, MappingConfig
 from portmapctl.core.status import ProblemKind
-from portmapctl.iptables import inventory
+from portmapctl.iptables import inventory, shapes
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
     MASQ,
@@ -30,6 +30,8 @@ from portmapctl.iptables.chains import (
     Chain,
     dnat_chain,
     dnat_chain_name,
+    masq_chain,
+    setmark_chain,
     toplevel_dnat_chain,
     wanted_chains,
 )
@@ -86,6 +88,8 @@ class CheckResult:
     transactions: Dict[int, str] = field(default_factory=dict)
     notes: Tuple[str, ...] = ()
     warnings: Tuple[str, ...] = ()
+    # The node as check read it (node scope): what --metrics-file counts.
+    found: Optional[inventory.Inventory] = field(default=None, compare=False, repr=False)
 
     @property
     def healthy(self) -> bool:
@@ -137,21 +141,32 @@ def wanted_on_node(
     """(shared chains, (config, CNI-DN- chain) per container) wanted in one family.
 
     With a cache, from the cached configs (SNAT and externalSetMarkChain decide
-    whether SETMARK/MASQ are wanted). Without one (`configs` None) only what the live
-    table implies without knowing any config: per-container chains need
-    CNI-HOSTPORT-DNAT and its jumps.
+    whether SETMARK/MASQ are wanted). A container's chain found exactly in the shape
+    an older plugin version made for its config (iptables/shapes.py) is wanted as it
+    is: healthy, never rewritten; a v0.6-shaped one needs no SETMARK/MASQ. Without a
+    cache (`configs` None) what the live table implies without knowing any config:
+    per-container chains need CNI-HOSTPORT-DNAT and its jumps, and chains that mark
+    through CNI-HOSTPORT-SETMARK need its MARK rule and the MASQ chain.
     """
     if configs is None:
-        live_chains = any(name.startswith(DNAT_PREFIX) for name in live.chains)
-        return ([toplevel_dnat_chain(family)] if live_chains else []), []
+        if not any(name.startswith(DNAT_PREFIX) for name in live.chains):
+            return [], []
+        found = [toplevel_dnat_chain(family)]
+        if shapes.uses_setmark(live):
+            bit = shapes.mark_bit_in(live)
+            bit = DEFAULT_MARK_BIT if bit is None else bit
+            found += [setmark_chain(bit, family), masq_chain(bit, family)]
+        return found, []
     shared: List[Chain] = []
     per_container: List[Tuple[MappingConfig, Chain]] = []
     for config in configs:
+        old = shapes.as_found(config, family, live)
         for chain in wanted_chains(config, family):
             if chain.shared:
-                shared.append(chain)
+                if old is None or old[0] is not shapes.Shape.V0_6:
+                    shared.append(chain)
             else:
-                per_container.append((config, chain))
+                per_container.append((config, old[1] if old else chain))
     return _merge(shared), per_container
 
 
@@ -417,16 +432,78 @@ def _inventory_problems(
                         c.name,
                         *who,
                         f"entry rules send {_ports_text(c.missing_ports)} here but no rule"
-                        " DNATs them",
+                        f" DNATs them; {_falls_through(found, c, c.missing_ports)}",
                         "re-create the mapping (`portmapctl add ...`), or `portmapctl gc` it if"
                         " the container is gone",
-                        "connections to those host ports reach the node itself, not the container",
+                        _FALLS_THROUGH_WHY,
                     )
                 )
+        if ProblemKind.DEAD in c.status:
+            problems.append(_dead_problem(found, c, fixes))
         rows = shadowed.get((c.name, c.family))
         if rows:
             problems.append(_shadow_problem(c, rows, by_chain, fixes))
     return problems
+
+
+_FALLS_THROUGH_WHY = (
+    "iptables returns from a chain with no matching rule and goes on down"
+    f" {TOPLEVEL_DNAT}: a later entry rule's chain takes those ports, or if none does the"
+    " connection reaches the node itself; the container gets none of it"
+)
+
+
+def _falls_through(
+    found: inventory.Inventory,
+    chain: inventory.ChainInfo,
+    ports: Sequence[Tuple[str, int]],
+    host_ip: Optional[str] = None,
+) -> str:
+    """Where those ports' connections go instead (for a problem's detail): the chain
+    has no matching rule, so it returns and CNI-HOSTPORT-DNAT goes on."""
+    table = found.tables.get(chain.family)
+    after = min((e.index for e in chain.entries if e.chain == TOPLEVEL_DNAT), default=None)
+    taken: Dict[str, List[str]] = {}
+    alone: List[str] = []
+    for proto, port in ports:
+        taker = None
+        if table is not None and after is not None:
+            taker = shapes.first_taker(table, proto, port, after, host_ip)
+        if taker is None:
+            alone.append(f"{proto}/{port}")
+        else:
+            taken.setdefault(taker, []).append(f"{proto}/{port}")
+    parts = []
+    for taker, words in taken.items():
+        other = next(
+            (o for o in found.chains if o.name == taker and o.family == chain.family), None
+        )
+        who = _who(other.network, other.container_id) if other else "?"
+        parts.append(f"{taker} ({who}) takes {', '.join(words)} instead")
+    if alone:
+        parts.append(f"no later chain takes {', '.join(alone)}: the node itself gets them")
+    return "; ".join(parts)
+
+
+def _dead_problem(found: inventory.Inventory, c: inventory.ChainInfo, fixes: Fixes) -> Problem:
+    dead = [m for m in found.mappings if m.chain == c.name and m.family == c.family]
+    dead = [m for m in dead if ProblemKind.DEAD in m.status]
+    ports = [(m.protocol, m.host_port) for m in dead]
+    where = dead[0].host_ip if dead else "0.0.0.0"
+    prefix = 128 if ":" in (where or "") else 32
+    return Problem(
+        ProblemKind.DEAD,
+        c.family,
+        c.name,
+        c.network,
+        c.container_id,
+        f"{_ports_text(ports)} only for destination {where}/{prefix} (host IP {where} as"
+        f" plugins before v0.8.7 wrote it), which no packet has; {_falls_through(found, c, ports)}",
+        "re-create the container under a current plugin (it writes no -d for 0.0.0.0),"
+        f" or {fixes.gc} once it is gone",
+        "a rule that never matches: the mapping forwards nothing and takes no port from"
+        f" anyone; iptables returns from the chain and goes on down {TOPLEVEL_DNAT}",
+    )
 
 
 def _shadow_problem(
@@ -538,12 +615,14 @@ def diagnose(
     *,
     other_tables: Optional[ReadOnly[int, NatTable]] = None,
     flavours: Optional[Tuple[str, str]] = None,
+    found: Optional[inventory.Inventory] = None,
     nft_backed: Collection[str] = (),
 ) -> Tuple[List[Problem], int]:
     """Every problem of a node (pure). Returns (problems, mappings compared).
 
     `attachments` is the CNI cache (None: there is none). `other_tables` are the same
     families read from the other iptables flavour; `flavours` is (used, other).
+    `found` is the inventory of `tables` and `attachments`, when the caller has it.
     Containers in `nft_backed` (IDs) keep their rules in nftables: nothing of them is
     expected in iptables.
     """
@@ -571,7 +650,8 @@ def diagnose(
             problems += _check_container(
                 config, chain, live, fixes.repair, exact=True, elsewhere=elsewhere, entries=index
             )
-    found = inventory.build(tables, attachments)
+    if found is None:
+        found = inventory.build(tables, attachments)
     live_names = {dnat_chain_name(c) for c in configs or ()}
     live_names |= {a.snat_chain for a in attachments or ()}
     problems += _inventory_problems(found, derived, live_names, fixes)

@@ -140,6 +140,7 @@ def repair(
         transactions=transactions,
         notes=after.notes,
         warnings=tuple(warnings),
+        found=after.found,
     )
 
 

@@ -51,6 +51,7 @@ def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckRes
     tables = node.read()
     flavours, other_tables, notes = _other_flavour(node, tuple(tables))
     fixes = fixes_for(node, attachments is not None)
+    found = inventory.build(tables, attachments)
     from portmapctl.ops.check.nft import nft_problems
 
     nft_found, nft_ids, nft_compared, nft_notes = nft_problems(node, tables, attachments, fixes)
@@ -61,6 +62,7 @@ def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckRes
         fixes,
         other_tables=other_tables,
         flavours=flavours,
+        found=found,
         nft_backed=nft_ids,
     )
     problems += nft_found
@@ -79,6 +81,7 @@ def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckRes
         compared,
         chains,
         notes=tuple(notes),
+        found=found,
     )
 
 

@@ -1,0 +1,372 @@
+"""The portmap plugin's iptables shapes, version by version: the one catalogue.
+
+Nodes in the field carry chains written by every plugin version since portmap first
+shipped (v0.6.0, 2017). Each version's text is described here once, with the version
+range and the source it was read from, as pure functions over rules in saved form
+(tuples of tokens exactly as `iptables-save` prints them, `ruleset.py`). `list`,
+`check` and `gc` read old nodes through these functions; `add` and `--repair` write
+only the current shape (`chains.py`), and an older shape that works is left alone.
+
+Sources: containernetworking/plugins, `git show vX:plugins/meta/portmap/portmap.go` and
+`chain.go` (fillDnatRules / dnatRules / snatRules and chain.setup), and for masqAll the
+real upstream v1.9.1 binary (reference/upstream/FACTS.md). Fixtures showing each shape:
+tests/fixtures/field/ (README.md there says which are posted dumps, which derived).
+
+The shapes (IPv4 text; IPv6 alike with ::1-less rules and /128):
+
+  v0.6.x        entry `-m comment --comment "dnat name: ..." [conditions] -j CNI-DN-x`,
+                no port match, prepended to CNI-HOSTPORT-DNAT; the DN chain holds only
+                `-p P --dport N [-d HOSTIP] -j DNAT` rules; SNAT for localhost is a
+                separate `CNI-SN-x` chain (same hash) entered from CNI-HOSTPORT-SNAT:
+                `-s 127.0.0.1/32 -d PODIP/32 -p P --dport CONTAINERPORT -j MASQUERADE`.
+                No SETMARK/MASQ chains.
+  v0.7.0-v0.8.5 multiport entry rules (as today); hairpin mark on `-s PODIP/32` (the
+                bare container address); v0.7.x prepends its entries and rules
+                (v0.8.0 on appends).
+  v0.8.6 on     hairpin mark on `-s POD-SUBNET` (the current shape; Debian's 1.1.1).
+  < v0.8.7      a hostIP of 0.0.0.0 (or ::) is written as `-d 0.0.0.0/32` (`-d ::/128`),
+                which matches no packet (plugins#643, fixed by plugins#487): dead.
+  v1.2.0 on     `masqAll: true`: hairpin mark without `-s` (0.0.0.0/0 is not printed)
+                and no localhost mark rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from enum import Enum
+from typing import FrozenSet, List, Optional, Sequence, Tuple
+
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.iptables.chains import (
+    DNAT_PREFIX,
+    SETMARK,
+    SNAT_PREFIX,
+    TOPLEVEL_DNAT,
+    Chain,
+    dnat_chain,
+)
+from portmapctl.iptables.ruleset import Args, NatTable, normalize, options, rule_target
+
+ProtoPort = Tuple[str, int]
+
+# Unspecified addresses as iptables-save prints a `-d` of them: a /32 (/128) that no
+# packet carries as its destination.
+_DEAD_DESTINATIONS = frozenset({"0.0.0.0/32", "::/128"})
+_LOCALHOST = "127.0.0.1/32"
+
+
+class Shape(str, Enum):
+    """A per-container chain's shape, named by the plugin versions that write it."""
+
+    V0_6 = "v0.6"  # DNAT rules only, port-less entry rules (+ a CNI-SN- chain)
+    HAIRPIN_HOST = "v0.7-v0.8.5"  # hairpin mark on -s PODIP/32
+    CURRENT = "v0.8.6+"  # hairpin mark on -s POD-SUBNET (what add/--repair write)
+    MASQ_ALL = "v1.2+ masqAll"  # hairpin mark without -s, no localhost rule
+
+
+class EntryShape(str, Enum):
+    """How a CNI-HOSTPORT-DNAT rule that jumps to a CNI-DN- chain says which ports."""
+
+    MULTIPORT = "multiport"  # v0.7.0 on: -p P -m multiport --dports LIST
+    PORTLESS = "portless"  # v0.6.x: no port match, every packet enters the chain
+
+
+class Role(str, Enum):
+    """What one rule of a CNI-DN- chain does."""
+
+    DNAT = "dnat"
+    HAIRPIN_SUBNET = "hairpin-subnet"  # v0.8.6 on
+    HAIRPIN_HOST = "hairpin-host"  # v0.7.0 - v0.8.5
+    HAIRPIN_ALL = "hairpin-all"  # masqAll, v1.2.0 on
+    LOCALHOST = "localhost"  # -s 127.0.0.1/32, every version with SETMARK (v0.7 on)
+    MARK = "mark"  # a mark rule of no known source shape
+
+
+@dataclasses.dataclass(frozen=True)
+class PortRule:
+    """One per-port rule of a CNI-DN- chain, read."""
+
+    role: Role
+    protocol: str
+    host_port: int
+    host_ip: Optional[str]  # the -d address without prefix, None without -d
+    dead: bool  # -d 0.0.0.0/32 or ::/128 (before v0.8.7): the rule never matches
+    source: Optional[str]  # the -s value as printed
+    container_ip: Optional[str] = None  # DNAT rules only
+    container_port: Optional[int] = None
+
+
+def is_dead_destination(value: Optional[str]) -> bool:
+    """`-d 0.0.0.0/32` / `-d ::/128`: plugins before v0.8.7 wrote a hostIP of 0.0.0.0
+    (or ::) as a destination match (plugins#643), and no packet is sent to it."""
+    return value in _DEAD_DESTINATIONS
+
+
+def _destination(value: str) -> Optional[Tuple[str, int]]:
+    """`10.88.0.5:80` or `[fd00::5]:80` -> (address, port)."""
+    if value.startswith("["):
+        address, _, port = value[1:].partition("]:")
+    else:
+        address, _, port = value.rpartition(":")
+    if not address or not port.isdigit():
+        return None
+    return address, int(port)
+
+
+def classify_rule(args: Sequence[str]) -> Optional[PortRule]:
+    """Read one rule of a CNI-DN- chain; None for a rule without `-p P --dport N`.
+
+    A mark rule's role needs the container address (a /32 hairpin is the container's
+    own address, v0.7-v0.8.5); `classify_chain` fills that in. Here a host-length
+    source other than 127.0.0.1 is taken as HAIRPIN_HOST, any shorter one as
+    HAIRPIN_SUBNET.
+    """
+    opts = options(args)
+    proto = opts.get("-p")
+    port = opts.get("--dport")
+    if not proto or not port or not port.isdigit():
+        return None
+    destination = opts.get("-d")
+    dead = is_dead_destination(destination)
+    host_ip = destination.split("/", 1)[0] if destination else None
+    source = opts.get("-s")
+    target = rule_target(args)
+    if target == "DNAT":
+        to = _destination(opts.get("--to-destination") or "")
+        if to is None:
+            return None
+        return PortRule(Role.DNAT, proto, int(port), host_ip, dead, source, to[0], to[1])
+    if target is None:
+        return None
+    if source is None:
+        role = Role.HAIRPIN_ALL
+    elif source == _LOCALHOST:
+        role = Role.LOCALHOST
+    elif source.endswith(("/32", "/128")):
+        role = Role.HAIRPIN_HOST
+    else:
+        role = Role.HAIRPIN_SUBNET
+    return PortRule(role, proto, int(port), host_ip, dead, source)
+
+
+def classify_chain(rules: Sequence[Args]) -> Tuple[Optional[Shape], Tuple[PortRule, ...]]:
+    """The shape of a CNI-DN- chain's rules and each per-port rule, read.
+
+    The shape is told by the hairpin mark rules (all alike in one chain): on the
+    container's address (/32, /128) v0.7-v0.8.5, on its subnet v0.8.6 on, with no
+    source masqAll. Without mark rules (v0.6, or `snat: false` in any version) the
+    rules alone cannot tell: None. A /32 source that is not the address the chain
+    DNATs to is a mark of no known shape (Role.MARK).
+    """
+    read = [r for r in (classify_rule(args) for args in rules) if r is not None]
+    targets = {(r.protocol, r.host_port): r.container_ip for r in read if r.role is Role.DNAT}
+    fixed: List[PortRule] = []
+    for rule in read:
+        if rule.role is Role.HAIRPIN_HOST:
+            own = targets.get((rule.protocol, rule.host_port))
+            if own is None or (rule.source or "").split("/", 1)[0] != own:
+                rule = dataclasses.replace(rule, role=Role.MARK)
+        fixed.append(rule)
+    roles = {r.role for r in fixed}
+    shape: Optional[Shape] = None
+    if Role.HAIRPIN_HOST in roles:
+        shape = Shape.HAIRPIN_HOST
+    elif Role.HAIRPIN_ALL in roles:
+        shape = Shape.MASQ_ALL
+    elif Role.HAIRPIN_SUBNET in roles:
+        shape = Shape.CURRENT
+    return shape, tuple(fixed)
+
+
+# --- entry rules ----------------------------------------------------------------------
+
+
+def classify_entry(args: Sequence[str]) -> Optional[EntryShape]:
+    """The shape of a CNI-HOSTPORT-DNAT rule that jumps to a CNI-DN- chain (None for a
+    rule that jumps elsewhere)."""
+    target = rule_target(args)
+    if target is None or not target.startswith(DNAT_PREFIX):
+        return None
+    opts = options(args)
+    if "--dports" in opts or "--dport" in opts or "--ports" in opts:
+        return EntryShape.MULTIPORT
+    return EntryShape.PORTLESS
+
+
+def _listed_ports(proto: Optional[str], ports: Optional[str]) -> Tuple[ProtoPort, ...]:
+    if not proto or not ports:
+        return ()
+    found: List[ProtoPort] = []
+    for part in ports.split(","):
+        low, _, high = part.partition(":")
+        if low.isdigit() and (not high or high.isdigit()):
+            found += [(proto, p) for p in range(int(low), int(high or low) + 1)]
+    return tuple(found)
+
+
+def entry_ports(args: Sequence[str], chain_rules: Sequence[Args]) -> Tuple[ProtoPort, ...]:
+    """The ports an entry rule sends to its chain.
+
+    A multiport rule (v0.7 on) names them. A port-less one (v0.6) sends every packet
+    that reaches it, so it claims every port its chain DNATs: the first port-less
+    entry to DNAT tcp/8080 takes tcp/8080 from every entry after it.
+    """
+    shape = classify_entry(args)
+    opts = options(args)
+    if shape is EntryShape.PORTLESS:
+        found = {}
+        for rule in chain_rules:
+            read = classify_rule(rule)
+            if read is not None and read.role is Role.DNAT:
+                found[(read.protocol, read.host_port)] = None
+        return tuple(found)
+    return _listed_ports(opts.get("-p"), opts.get("--dports") or opts.get("--dport"))
+
+
+def first_taker(
+    table: NatTable, proto: str, port: int, after: int, host_ip: Optional[str] = None
+) -> Optional[str]:
+    """The CNI-DN- chain that takes proto/port among CNI-HOSTPORT-DNAT's rules after
+    index `after` (None: nothing does, the packet goes on to the node itself).
+
+    What iptables does with a packet whose entry rule matched but whose chain has no
+    matching rule: the chain returns, and the next rule of CNI-HOSTPORT-DNAT is tried.
+    A chain takes the port only with a DNAT rule for it that can match (not dead, a
+    host IP that overlaps `host_ip`).
+    """
+    for rule in table.rules(TOPLEVEL_DNAT)[after + 1 :]:
+        target = rule_target(rule)
+        if target is None or not target.startswith(DNAT_PREFIX):
+            continue
+        chain_rules = table.rules(target)
+        if (proto, port) not in entry_ports(rule, chain_rules):
+            continue
+        for args in chain_rules:
+            read = classify_rule(args)
+            if (
+                read is not None
+                and read.role is Role.DNAT
+                and (read.protocol, read.host_port) == (proto, port)
+                and not read.dead
+                and (read.host_ip is None or host_ip is None or read.host_ip == host_ip)
+            ):
+                return target
+    return None
+
+
+# --- legacy CNI-SN- chains (v0.6) -------------------------------------------------------
+
+
+def paired_dnat_chain(snat_chain: str) -> str:
+    """CNI-SN-<hash> -> CNI-DN-<hash>: v0.6 named both chains of one container (network
+    + container ID) with the same hash, so the pair is one container's."""
+    return DNAT_PREFIX + snat_chain[len(SNAT_PREFIX) :]
+
+
+def paired_snat_chain(dnat_chain_name: str) -> str:
+    return SNAT_PREFIX + dnat_chain_name[len(DNAT_PREFIX) :]
+
+
+def legacy_masquerades(rules: Sequence[Args]) -> FrozenSet[Tuple[str, str, int]]:
+    """(protocol, container IP, container port) a v0.6 CNI-SN- chain masquerades.
+
+    v0.6's snatRules: `-p P -s 127.0.0.1 -d PODIP --dport CONTAINERPORT -j MASQUERADE`,
+    the localhost SNAT of the DN chain's mapping to that container port.
+    """
+    found = set()
+    for args in rules:
+        if rule_target(args) != "MASQUERADE":
+            continue
+        opts = options(args)
+        proto, port, dest = opts.get("-p"), opts.get("--dport"), opts.get("-d")
+        if proto and port and port.isdigit() and dest:
+            found.add((proto, dest.split("/", 1)[0], int(port)))
+    return frozenset(found)
+
+
+# --- the shapes a cached config may be found in ----------------------------------------
+
+
+def _has_unspecified_host_ip(config: MappingConfig, family: int) -> bool:
+    # Versions before v0.8.7 wrote such a port as a dead -d: not a working shape.
+    return any(
+        p.host_ip and ipaddress.ip_address(p.host_ip).is_unspecified
+        for p in config.ports
+        if p.applies_to(family)
+    )
+
+
+def accepted_chains(config: MappingConfig, family: int) -> List[Tuple[Shape, Chain]]:
+    """Every shape in which a plugin version would have made this container's CNI-DN-
+    chain, the current one first. Each is healthy when found exactly (SPEC §2)."""
+    current = dnat_chain(config, family)
+    if current is None:
+        return []
+    found = [(Shape.MASQ_ALL if config.masq_all else Shape.CURRENT, current)]
+    plain = current
+    if config.masq_all:
+        # Plugins before v1.2.0 (Debian's 1.1.1 among them) ignore the key.
+        plain = dnat_chain(dataclasses.replace(config, masq_all=False), family) or current
+        found.append((Shape.CURRENT, plain))
+    if _has_unspecified_host_ip(config, family):
+        return found
+    address = config.address(family)
+    if config.snat and address is not None:
+        own = f"{address.ip.compressed}/{address.max_prefixlen}"
+        hairpin = str(address.network)
+        rules = tuple(
+            tuple(own if (i > 0 and args[i - 1] == "-s" and tok == hairpin) else tok
+                  for i, tok in enumerate(args))
+            for args in plain.rules
+        )  # fmt: skip
+        found.append((Shape.HAIRPIN_HOST, dataclasses.replace(plain, rules=rules)))
+    conditions = config.conditions_v6 if family == 6 else config.conditions_v4
+    comment = next(
+        (args[i + 1] for args in plain.entry_rules for i, t in enumerate(args) if t == "--comment"),
+        None,
+    )
+    if comment is not None:
+        entry = normalize(
+            ["-m", "comment", "--comment", comment, *conditions, "-j", plain.name], family
+        )
+        dnat_only = tuple(r for r in plain.rules if rule_target(r) == "DNAT")
+        found.append(
+            (Shape.V0_6, dataclasses.replace(plain, rules=dnat_only, entry_rules=(entry,)))
+        )
+    return found
+
+
+def as_found(config: MappingConfig, family: int, live: NatTable) -> Optional[Tuple[Shape, Chain]]:
+    """The accepted shape the live chain is in (its rules exactly), else None."""
+    for shape, chain in accepted_chains(config, family):
+        if live.rules(chain.name) == chain.rules:
+            return shape, chain
+    return None
+
+
+# --- the shared chains, without a cache ------------------------------------------------
+
+
+def mark_bit_in(table: NatTable) -> Optional[int]:
+    """The masquerade mark bit the live SETMARK or MASQ rule uses, if either has one."""
+    for chain, option in ((SETMARK, "--set-xmark"), ("CNI-HOSTPORT-MASQ", "--mark")):
+        for args in table.rules(chain):
+            value = options(args).get(option, "")
+            mark = value.split("/", 1)[0]
+            try:
+                number = int(mark, 16)
+            except ValueError:
+                continue
+            if number and number & (number - 1) == 0:
+                return number.bit_length() - 1
+    return None
+
+
+def uses_setmark(table: NatTable) -> bool:
+    """Whether a CNI-DN- chain marks traffic through CNI-HOSTPORT-SETMARK (v0.7 on with
+    SNAT): then SETMARK's MARK rule and the MASQ chain are needed."""
+    return any(
+        name.startswith(DNAT_PREFIX) and any(rule_target(r) == SETMARK for r in chain.rules)
+        for name, chain in table.chains.items()
+    )

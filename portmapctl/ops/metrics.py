@@ -1,0 +1,485 @@
+"""Prometheus metrics of a command's run, for the node_exporter textfile collector.
+
+A command (`list`, `check`, `gc`) fills a `MetricsReport`: plain, bounded values
+(counts by backend, family, status, kind; never a container ID or chain name as a
+label, so a fleet's series count does not grow with its containers). `write()` turns
+the report into Prometheus text with prometheus_client's own registry and writer,
+atomically: a temporary file in the same directory, then rename(2), so the collector
+never reads half a file (and ignores the temporary one: its name does not end in
+`.prom`).
+
+prometheus_client is imported only to render or write a report (about 30 ms), and
+this module only when `--metrics-file` is given: a run without it imports neither.
+
+Every sample carries a `command` label: the node_exporter merges all `*.prom` files
+of its directory, and two commands reporting the same node-wide gauge (list and
+check both count mappings) without it would be duplicate series, which fails the
+whole textfile scrape. One file per command (`portmapctl-gc.prom`,
+`portmapctl-check.prom`): a command rewrites its whole file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
+
+from portmapctl import __version__
+from portmapctl.core.status import ProblemKind, Status
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+PREFIX = "portmapctl"
+
+
+class Command(str, Enum):
+    """The commands that write metrics (the `command` label)."""
+
+    LIST = "list"
+    CHECK = "check"
+    GC = "gc"
+
+
+# The vocabularies every count is filled with, zeros included: an alert on
+# `portmapctl_mappings{status="shadowed"} > 0` must see 0 on a healthy node, not an
+# absent series (absent also means "not measured").
+STATUSES = tuple(status.value for status in Status)
+PROBLEM_KINDS = tuple(kind.value for kind in ProblemKind)
+# The statuses a chain of each type can have (a legacy CNI-SN- chain maps no port, so
+# it is never ok, shadowed, incomplete or dead): zeros only where a count can grow.
+_DNAT_STATUSES = (
+    Status.OK,
+    Status.STALE,
+    Status.SHADOWED,
+    Status.ORPHAN,
+    Status.INCOMPLETE,
+    Status.ZOMBIE,
+)
+_LEGACY_SNAT_STATUSES = (Status.LEGACY, Status.STALE, Status.ORPHAN, Status.ZOMBIE)
+CHAIN_STATUSES = {
+    "dnat": tuple(s.value for s in _DNAT_STATUSES),
+    "legacy-snat": tuple(s.value for s in _LEGACY_SNAT_STATUSES),
+}
+IPTABLES = "iptables"
+
+
+# --- the report: plain values ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MappingCount:
+    """Port mappings (DNAT rules of per-container chains) with one status.
+
+    A mapping with two statuses (stale and shadowed) counts under each."""
+
+    backend: str
+    family: int
+    status: str
+    count: int
+
+
+@dataclass(frozen=True)
+class ChainCount:
+    """Per-container chains (CNI-DN-, legacy CNI-SN-) of one type with one status."""
+
+    backend: str
+    family: int
+    chain_type: str
+    status: str
+    count: int
+
+
+@dataclass(frozen=True)
+class ProblemCount:
+    kind: str
+    count: int
+
+
+@dataclass(frozen=True)
+class GcCount:
+    """One family's outcome of a gc run."""
+
+    family: int
+    removed: int  # per-container chains removed by this run (0 in a dry run)
+    pending: int  # not live, still on the node: waiting for --min-age (or a dry run)
+
+
+@dataclass(frozen=True)
+class CacheDir:
+    """A CNI cache directory the command used: is its results/ there, how many
+    entries (attachments) it holds."""
+
+    path: str
+    present: bool
+    entries: int
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What a command found. None: not measured by this command (no series at all)."""
+
+    mappings: Optional[Tuple[MappingCount, ...]] = None
+    chains: Optional[Tuple[ChainCount, ...]] = None
+    problems: Optional[Tuple[ProblemCount, ...]] = None
+    gc: Optional[Tuple[GcCount, ...]] = None
+    conntrack_deleted: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class MetricsReport:
+    """One run of one command, as the metrics file says it."""
+
+    command: Command
+    started: float  # Unix time the run started
+    duration_seconds: float
+    # The command did its work: exit 0, or check's exit 1 (problems found is a
+    # result). An error (exit 1 of gc/add, 2, 3) is not.
+    success: bool
+    findings: Findings = field(default_factory=Findings)
+    cache_dirs: Tuple[CacheDir, ...] = ()
+    version: str = __version__
+
+
+# --- building a report from what the commands return ------------------------------------
+# Duck-typed on the library's result values, so this module needs none of them to load.
+
+
+def _word(value: Any) -> str:
+    """A vocabulary word, whether a str Enum member or a plain string."""
+    return str(getattr(value, "value", value))
+
+
+def _backend(item: Any) -> str:
+    return _word(getattr(item, "backend", None) or IPTABLES)
+
+
+def node_findings(
+    mappings: Iterable[Any],
+    chains: Iterable[Any],
+    families: Sequence[int],
+    backends: Sequence[str] = (IPTABLES,),
+) -> Findings:
+    """Counts of an inventory's mappings and chains, zero-filled for every backend and
+    family that was read."""
+    mapping_counts: Dict[Tuple[str, int, str], int] = {}
+    chain_counts: Dict[Tuple[str, int, str, str], int] = {}
+    for backend in backends:
+        for family in families:
+            for status in STATUSES:
+                mapping_counts[(backend, family, status)] = 0
+            for chain_type, statuses in CHAIN_STATUSES.items():
+                for status in statuses:
+                    chain_counts[(backend, family, chain_type, status)] = 0
+    for mapping in mappings:
+        for status in mapping.status:
+            key = (_backend(mapping), mapping.family, _word(status))
+            mapping_counts[key] = mapping_counts.get(key, 0) + 1
+    for chain in chains:
+        chain_type = _word(getattr(chain, "chain_type", None) or chain.kind)
+        for status in chain.status:
+            ckey = (_backend(chain), chain.family, chain_type, _word(status))
+            chain_counts[ckey] = chain_counts.get(ckey, 0) + 1
+    return Findings(
+        mappings=tuple(MappingCount(*key, count) for key, count in sorted(mapping_counts.items())),
+        chains=tuple(ChainCount(*key, count) for key, count in sorted(chain_counts.items())),
+    )
+
+
+def problem_findings(problems: Iterable[Any]) -> Tuple[ProblemCount, ...]:
+    counts = dict.fromkeys(PROBLEM_KINDS, 0)
+    for problem in problems:
+        kind = _word(problem.kind)
+        counts[kind] = counts.get(kind, 0) + 1
+    return tuple(ProblemCount(kind, count) for kind, count in sorted(counts.items()))
+
+
+def gc_findings(result: Any, families: Sequence[int]) -> Findings:
+    """A gc result: removed and pending per family (a dry run removes nothing: what it
+    would remove counts as pending), and the conntrack entries it deleted."""
+    removed = dict.fromkeys(families, 0)
+    pending = dict.fromkeys(families, 0)
+    for chain in result.removed:
+        if result.dry_run:
+            pending[chain.family] = pending.get(chain.family, 0) + 1
+        else:
+            removed[chain.family] = removed.get(chain.family, 0) + 1
+    for chain in result.pending:
+        pending[chain.family] = pending.get(chain.family, 0) + 1
+    return Findings(
+        gc=tuple(
+            GcCount(family, removed.get(family, 0), pending.get(family, 0))
+            for family in sorted(set(removed) | set(pending))
+        ),
+        conntrack_deleted=result.conntrack_deleted,
+    )
+
+
+def cache_dir(path: str) -> CacheDir:
+    """What libcni's cache in `path` holds: the entries of results/ as libcni names
+    them (its temporary files start with a dot)."""
+    folder = os.path.join(path, "results")
+    try:
+        with os.scandir(folder) as listing:
+            entries = sum(1 for e in listing if not e.name.startswith(".") and e.is_file())
+    except OSError:  # absent, or unreadable: the commands say which, on stderr
+        return CacheDir(path, False, 0)
+    return CacheDir(path, True, entries)
+
+
+# --- rendering and writing ---------------------------------------------------------------
+
+
+def _family(family: int) -> str:
+    return str(family)
+
+
+def _families(report: MetricsReport) -> Iterator[Any]:
+    """The report as prometheus_client metric families (HELP, TYPE, samples)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    command = report.command.value
+    found = report.findings
+
+    def gauge(name: str, documentation: str, labels: Sequence[str] = ()) -> Any:
+        return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=["command", *labels])
+
+    info = gauge("build_info", "portmapctl's version (always 1).", ["version"])
+    info.add_metric([command, report.version], 1)
+    yield info
+
+    timestamp = gauge(
+        "last_run_timestamp_seconds", "When the command's last run started (Unix time)."
+    )
+    timestamp.add_metric([command], report.started)
+    yield timestamp
+    duration = gauge("last_run_duration_seconds", "How long the command's last run took.")
+    duration.add_metric([command], report.duration_seconds)
+    yield duration
+    success = gauge(
+        "last_run_success",
+        "1 when the command's last run did its work (check: also with problems found),"
+        " 0 when it failed (see its stderr).",
+    )
+    success.add_metric([command], 1 if report.success else 0)
+    yield success
+
+    if report.cache_dirs:
+        present = gauge(
+            "cni_cache_present",
+            "1 when the CNI cache directory's results/ exists (0: no liveness from it).",
+            ["dir"],
+        )
+        entries = gauge(
+            "cni_cache_entries", "Attachments in the CNI cache directory's results/.", ["dir"]
+        )
+        for cache in report.cache_dirs:
+            present.add_metric([command, cache.path], 1 if cache.present else 0)
+            entries.add_metric([command, cache.path], cache.entries)
+        yield present
+        yield entries
+
+    if found.mappings is not None:
+        mappings = gauge(
+            "mappings",
+            "Port mappings (DNAT rules of per-container chains) by status; a mapping with"
+            " several statuses counts under each.",
+            ["backend", "family", "status"],
+        )
+        for m in found.mappings:
+            mappings.add_metric([command, m.backend, _family(m.family), m.status], m.count)
+        yield mappings
+    if found.chains is not None:
+        chains = gauge(
+            "chains",
+            "Per-container chains seen (CNI-DN-, legacy CNI-SN-) by status; a chain with"
+            " several statuses counts under each.",
+            ["backend", "family", "chain_type", "status"],
+        )
+        for c in found.chains:
+            chains.add_metric(
+                [command, c.backend, _family(c.family), c.chain_type, c.status], c.count
+            )
+        yield chains
+    if found.problems is not None:
+        problems = gauge("problems", "Problems check found, by kind.", ["kind"])
+        for p in found.problems:
+            problems.add_metric([command, p.kind], p.count)
+        yield problems
+    if found.gc is not None:
+        removed = gauge(
+            "gc_chains_removed", "Per-container chains the last gc run removed.", ["family"]
+        )
+        pending = gauge(
+            "gc_chains_pending",
+            "Per-container chains not live but still on the node after the last gc run"
+            " (seen for less than --min-age, or a dry run).",
+            ["family"],
+        )
+        for g in found.gc:
+            removed.add_metric([command, _family(g.family)], g.removed)
+            pending.add_metric([command, _family(g.family)], g.pending)
+        yield removed
+        yield pending
+    if found.conntrack_deleted is not None:
+        deleted = gauge(
+            "conntrack_entries_deleted",
+            "UDP conntrack entries the last run deleted (for host ports it unmapped).",
+        )
+        deleted.add_metric([command], found.conntrack_deleted)
+        yield deleted
+
+
+class _ReportCollector:
+    """A prometheus_client collector that yields one report's metric families."""
+
+    def __init__(self, report: MetricsReport) -> None:
+        self._report = report
+
+    def collect(self) -> Iterator[Any]:
+        return _families(self._report)
+
+
+def registry(report: MetricsReport) -> CollectorRegistry:
+    """A fresh registry holding the report (never the process-wide default one)."""
+    from prometheus_client import CollectorRegistry
+
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(_ReportCollector(report))  # type: ignore[arg-type]
+    return reg
+
+
+def render(report: MetricsReport) -> str:
+    """The report in the Prometheus text format (what `write` puts in the file)."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry(report)).decode()
+
+
+def write(report: MetricsReport, path: str) -> Optional[str]:
+    """Write the report to `path` atomically. Returns None, or what went wrong as one
+    line (the caller warns: metrics never change a command's outcome)."""
+    # A newline or escape sequence in the path must not start a line of its own.
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+    if path == "-":  # stdout holds the command's result: not a place for metrics
+        return "could not write the metrics file -: give a file path (stdout is for results)"
+    try:
+        from prometheus_client import write_to_textfile
+    except ImportError:  # a distribution's package without it: the command goes on
+        return f"could not write the metrics file {shown}: prometheus_client is not installed"
+    # node_exporter runs as a user of its own: the file must be readable by it even
+    # under a strict umask (the systemd units' 0077). It holds counts, no secrets.
+    umask = os.umask(0o077)
+    os.umask(umask & ~0o044)
+    try:
+        # Temporary file next to `path` (same file system: rename is atomic), removed
+        # by prometheus_client when writing it fails.
+        write_to_textfile(path, registry(report))
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        reason = getattr(err, "strerror", None) or str(err)
+        return f"could not write the metrics file {shown}: {reason}"
+    finally:
+        os.umask(umask)
+    return None
+
+
+# --- timing a run ------------------------------------------------------------------------
+
+
+class Recorder:
+    """Collects one run's findings while the command works; see `recording`."""
+
+    def __init__(self, command: Command, cache_dirs: Sequence[str]) -> None:
+        self.command = command
+        self.cache_dirs = tuple(cache_dirs)
+        self.findings = Findings()
+        self.started = time.time()
+        self._clock = time.monotonic()
+
+    def note(self, findings: Findings) -> None:
+        """Add what the command found (fields left None keep what was noted before)."""
+        given = {k: v for k, v in vars(findings).items() if v is not None}
+        self.findings = replace(self.findings, **given)
+
+    def note_node(self, mappings: Iterable[Any], chains: Iterable[Any], families: Sequence[int]):
+        """An inventory of the whole node (never a filtered view of it)."""
+        self.note(node_findings(mappings, chains, families))
+
+    def note_problems(self, problems: Iterable[Any]) -> None:
+        self.note(Findings(problems=problem_findings(problems)))
+
+    def note_gc(self, result: Any, families: Sequence[int]) -> None:
+        self.note(gc_findings(result, families))
+
+    def report(self, success: bool) -> MetricsReport:
+        duration = max(time.monotonic() - self._clock, 0.0)
+        return MetricsReport(
+            self.command,
+            self.started,
+            round(duration, 6),
+            success,
+            # A failed run's counts would be half of the node: report none.
+            self.findings if success else Findings(),
+            tuple(cache_dir(path) for path in self.cache_dirs),
+        )
+
+
+@contextlib.contextmanager
+def recording(
+    path: str,
+    command: Command,
+    cache_dirs: Sequence[str],
+    warn: Callable[[str], None],
+    ok_exit_codes: Tuple[int, ...] = (0,),
+) -> Iterator[Recorder]:
+    """Time the block and write its report to `path` when it ends, however it ends.
+
+    `warn(line)` gets the one line of a write that failed. An exception from the block
+    (an error of the command) is reported as a failed run and then goes on; so does
+    an exit (typer.Exit / SystemExit) whose code is not in `ok_exit_codes`. Ctrl-C
+    writes nothing: the run neither finished nor failed.
+    """
+    recorder = Recorder(command, cache_dirs)
+    try:
+        yield recorder
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: B036 - reported, then re-raised as it was
+        _finish(recorder, path, warn, _is_exit(err) and _exit_code(err) in ok_exit_codes)
+        raise
+    _finish(recorder, path, warn, True)
+
+
+def _finish(recorder: Recorder, path: str, warn: Callable[[str], None], success: bool) -> None:
+    problem = write(recorder.report(success), path)
+    if problem is not None:
+        warn(problem)
+
+
+def _is_exit(err: BaseException) -> bool:
+    # typer may vendor click: match click's Exit by name, as cli.main does.
+    return isinstance(err, SystemExit) or type(err).__name__ == "Exit"
+
+
+def _exit_code(err: BaseException) -> int:
+    code = getattr(err, "exit_code", getattr(err, "code", 0))
+    return code if isinstance(code, int) else 1
+
+
+def metric_names(report: MetricsReport) -> List[str]:
+    """The names of the metric families the report gives (for tests and docs)."""
+    return [family.name for family in _families(report)]

@@ -1,0 +1,70 @@
+"""Issue 15: `check --repair` never rewrites a chain in an older plugin version's shape.
+
+A field fixture (tests/fixtures/field) is restored into a fresh namespace, its
+containers are put in a CNI cache, and `check --repair` must find the node healthy and
+change nothing. Needs root (the namespace); skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import realplugin as rp
+from pmctl import run
+
+FIELD = Path(__file__).resolve().parents[1] / "fixtures" / "field"
+ID_A = "3f6e3b0a4b7c2d1e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e"
+ID_B = "8c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d"
+
+CASES = {
+    # fixture: ((container ID, IP/prefix, [(host port, container port, proto)]), ...), masqAll
+    "v0.7-prepend-hairpin": (
+        (
+            (ID_A, "10.88.0.5/16", [(8080, 80, "tcp"), (5353, 53, "udp")]),
+            (ID_B, "10.88.0.6/16", [(9090, 90, "tcp")]),
+        ),
+        False,
+    ),
+    "v1.2-masqall": (((ID_A, "10.88.0.5/16", [(8080, 80, "tcp")]),), True),
+}
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_repair_leaves_an_old_working_shape_alone(host_ns, tmp_path, name):
+    containers, masq_all = CASES[name]
+    saved = (FIELD / f"{name}.v4.save").read_text()
+    rp._run(
+        [rp._ip(), "netns", "exec", host_ns, rp.tool_path("iptables-restore", "nft")],
+        input=saved,
+        check=True,
+    )
+    for cid, ip, ports in containers:
+        mappings = [
+            {"hostPort": h, "containerPort": c, "protocol": p, "hostIP": ""} for h, c, p in ports
+        ]
+        conf = rp.plugin_conf("mynet", [ip], mappings)
+        if masq_all:
+            conf["masqAll"] = True
+        rp.write_cni_cache(tmp_path, "mynet", cid, "eth0", conf, mappings, [ip])
+    before = rp.nat_rules(rp.save(host_ns, 4))
+    done = run(
+        [
+            "check",
+            "--repair",
+            "--netns",
+            host_ns,
+            "--family",
+            "4",
+            "--cni-cache-dir",
+            str(tmp_path),
+            "-o",
+            "json",
+        ]
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["healthy"] and not doc["repaired"] and doc["problems"] == []
+    assert rp.nat_rules(rp.save(host_ns, 4)) == before

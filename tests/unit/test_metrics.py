@@ -1,0 +1,436 @@
+"""ops/metrics.py: the Prometheus metrics of a run, read back with prometheus_client's
+own parser (what Prometheus and the node_exporter read), for the example node in
+examples/ whose problems are known (README tour): one healthy dual-stack container,
+one shadowed, one stale, one orphaned.
+
+No root: the node comes from its iptables-save dumps (gc for real, in a namespace:
+tests/kernel/test_metrics_gc.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Dict, FrozenSet, Tuple
+
+import pmctl
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from portmapctl.cni import cache as cni_cache
+from portmapctl.core.status import ProblemKind, Status
+from portmapctl.iptables import inventory
+from portmapctl.iptables.access.snapshot import SnapshotBackend
+from portmapctl.ops import check, metrics
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CACHE = str(EXAMPLES / "cni-cache")
+SNAPSHOTS = {4: str(EXAMPLES / "node.v4.save"), 6: str(EXAMPLES / "node.v6.save")}
+# Every container ID and chain of the example node: none may be a label value.
+IDENTITIES = ("3f2a9c1e5b7d", "8c41d07a2e9f", "b7e0f2c94d1a", "d19e3b7f60c2", "CNI-DN-2")
+
+Sample = Tuple[str, FrozenSet[Tuple[str, str]]]
+
+
+def parse(text: str) -> Tuple[Dict[str, object], Dict[Sample, float]]:
+    """{name: family} and {(name, labels): value}, as Prometheus reads the file."""
+    families = {}
+    samples: Dict[Sample, float] = {}
+    for family in text_string_to_metric_families(text):
+        families[family.name] = family
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in samples, f"duplicate series {key}"
+            samples[key] = sample.value
+    return families, samples
+
+
+def key(name: str, **labels: str) -> Sample:
+    return (f"portmapctl_{name}", frozenset(labels.items()))
+
+
+def example_findings(command: metrics.Command) -> metrics.Findings:
+    backend = SnapshotBackend(SNAPSHOTS)
+    tables = {f: backend.read(f) for f in (4, 6)}
+    cache = cni_cache.read_cache(CACHE)
+    found = inventory.build(tables, cache)
+    findings = metrics.node_findings(found.mappings, found.chains, (4, 6))
+    if command == metrics.Command.CHECK:
+        problems, _ = check.diagnose(tables, cache)
+        findings = metrics.Findings(
+            findings.mappings, findings.chains, metrics.problem_findings(problems)
+        )
+    return findings
+
+
+def report(command=metrics.Command.CHECK, **changes) -> metrics.MetricsReport:
+    values = dict(
+        command=command,
+        started=1764560000.25,
+        duration_seconds=0.125,
+        success=True,
+        findings=example_findings(command),
+        cache_dirs=(metrics.cache_dir(CACHE),),
+    )
+    values.update(changes)
+    return metrics.MetricsReport(**values)
+
+
+# What the example node is (README tour): non-zero counts; every other sample is 0.
+EXAMPLE_MAPPINGS = {("4", "ok"): 2, ("4", "shadowed"): 1, ("4", "stale"): 1, ("4", "orphan"): 1}
+EXAMPLE_MAPPINGS[("6", "ok")] = 2
+EXAMPLE_CHAINS = {("4", "ok"): 1, ("4", "shadowed"): 1, ("4", "stale"): 1, ("4", "orphan"): 1}
+EXAMPLE_CHAINS[("6", "ok")] = 1
+EXAMPLE_PROBLEMS = {"missing-entry": 1, "shadowed": 1, "stale": 1}
+
+
+def test_every_metric_of_the_example_node(tmp_path):
+    path = tmp_path / "portmapctl-check.prom"
+    assert metrics.write(report(), str(path)) is None
+    families, samples = parse(path.read_text())
+    c = {"command": "check"}
+    expected: Dict[Sample, float] = {
+        key("build_info", version=metrics.__version__, **c): 1,
+        key("last_run_timestamp_seconds", **c): 1764560000.25,
+        key("last_run_duration_seconds", **c): 0.125,
+        key("last_run_success", **c): 1,
+        key("cni_cache_present", dir=CACHE, **c): 1,
+        key("cni_cache_entries", dir=CACHE, **c): 3,
+    }
+    for family in ("4", "6"):
+        for status in metrics.STATUSES:
+            count = EXAMPLE_MAPPINGS.get((family, status), 0)
+            expected[key("mappings", backend="iptables", family=family, status=status, **c)] = count
+        for chain_type, statuses in metrics.CHAIN_STATUSES.items():
+            for status in statuses:
+                count = EXAMPLE_CHAINS.get((family, status), 0) if chain_type == "dnat" else 0
+                labels = dict(backend="iptables", family=family, chain_type=chain_type, **c)
+                expected[key("chains", status=status, **labels)] = count
+    for kind in metrics.PROBLEM_KINDS:
+        expected[key("problems", kind=kind, **c)] = EXAMPLE_PROBLEMS.get(kind, 0)
+    assert samples == expected
+    assert set(families) == {name for name, _ in expected}
+    assert not any(family.name.startswith("portmapctl_gc") for family in families.values())
+
+
+def test_names_types_and_help_follow_the_prometheus_conventions():
+    text = metrics.render(report(findings=_all_findings()))
+    families, _ = parse(text)
+    assert len(families) == 12
+    for name, family in families.items():
+        assert re.fullmatch(r"portmapctl_[a-z]+(_[a-z]+)*", name), name
+        assert family.type == "gauge", "a run's values: gauges, never counters"
+        assert not name.endswith("_total"), "_total is for counters"
+        assert len(family.documentation) > 20, f"{name} needs HELP text"
+        assert f"# HELP {name} " in text
+        for sample in family.samples:
+            assert "command" in sample.labels
+            if "time" in name or "duration" in name:
+                assert name.endswith("_seconds"), "base unit in the name"
+
+
+def test_no_container_id_or_chain_is_a_label_value():
+    text = metrics.render(report())
+    for identity in IDENTITIES:
+        assert identity not in text
+    _, samples = parse(text)
+    values = {value for _, labels in samples for _, value in labels}
+    assert not [v for v in values if re.search(r"CNI-(DN|SN)-[0-9a-f]|[0-9a-f]{12}", v)]
+    bounded = {"command", "backend", "family", "status", "chain_type", "kind", "version", "dir"}
+    assert {label for _, labels in samples for label, _ in labels} <= bounded
+
+
+def _gc_result(dry_run: bool) -> SimpleNamespace:
+    chain = SimpleNamespace
+    return SimpleNamespace(
+        dry_run=dry_run,
+        removed=(chain(family=4), chain(family=4), chain(family=6)),
+        pending=(chain(family=6),),
+        conntrack_deleted=0 if dry_run else 7,
+    )
+
+
+def _all_findings() -> metrics.Findings:
+    node = example_findings(metrics.Command.CHECK)
+    gc = metrics.gc_findings(_gc_result(False), (4, 6))
+    return metrics.Findings(node.mappings, node.chains, node.problems, gc.gc, 7)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_gc_removed_pending_and_conntrack(dry_run):
+    found = metrics.gc_findings(_gc_result(dry_run), (4, 6))
+    text = metrics.render(report(metrics.Command.GC, findings=found))
+    families, samples = parse(text)
+    c = {"command": "gc"}
+    if dry_run:  # nothing removed; what would go is still there
+        assert samples[key("gc_chains_removed", family="4", **c)] == 0
+        assert samples[key("gc_chains_pending", family="4", **c)] == 2
+        assert samples[key("gc_chains_pending", family="6", **c)] == 2
+        assert samples[key("conntrack_entries_deleted", **c)] == 0
+    else:
+        assert samples[key("gc_chains_removed", family="4", **c)] == 2
+        assert samples[key("gc_chains_removed", family="6", **c)] == 1
+        assert samples[key("gc_chains_pending", family="4", **c)] == 0
+        assert samples[key("gc_chains_pending", family="6", **c)] == 1
+        assert samples[key("conntrack_entries_deleted", **c)] == 7
+    assert "portmapctl_mappings" not in families, "gc does not measure mappings"
+
+
+def test_the_vocabularies_are_checks_and_lists():
+    """The zero-filled words are core/status.py's, and the chain types inventory's."""
+    assert set(metrics.STATUSES) == {s.value for s in Status}
+    assert set(metrics.PROBLEM_KINDS) == {k.value for k in ProblemKind}
+    found = inventory.build(
+        {f: SnapshotBackend(SNAPSHOTS).read(f) for f in (4, 6)}, cni_cache.read_cache(CACHE)
+    )
+    for chain in found.chains:
+        assert set(map(str, chain.status)) <= set(metrics.CHAIN_STATUSES[chain.kind])
+    source = Path(inventory.__file__).read_text()
+    for chain_type in metrics.CHAIN_STATUSES:
+        assert f'"{chain_type}"' in source
+
+
+def test_cache_dirs_absent_and_counted(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "net-abc-eth0").write_text("{}")
+    (tmp_path / "results" / ".tmp-123").write_text("")  # libcni's temporary file
+    assert metrics.cache_dir(str(tmp_path)) == metrics.CacheDir(str(tmp_path), True, 1)
+    gone = str(tmp_path / "nothing")
+    assert metrics.cache_dir(gone) == metrics.CacheDir(gone, False, 0)
+
+
+# --- writing: atomic, never fatal --------------------------------------------------------
+
+
+def test_an_unwritable_path_is_one_line_and_leaves_nothing(tmp_path):
+    missing_dir = tmp_path / "no-such-dir" / "portmapctl.prom"
+    problem = metrics.write(report(), str(missing_dir))
+    assert problem and "\n" not in problem and str(missing_dir) in problem
+    a_directory = tmp_path / "taken"
+    (a_directory / "inside").mkdir(parents=True)
+    problem = metrics.write(report(), str(a_directory))
+    assert problem and "\n" not in problem
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"], "no temporary file left"
+    with_nul = metrics.write(report(), str(tmp_path / "a\0b.prom"))
+    assert with_nul and "\n" not in with_nul
+    assert metrics.write(report(), "-").startswith("could not write the metrics file -: ")
+    newline = metrics.write(report(), str(tmp_path / "no-dir\nx" / "a.prom"))
+    assert newline and "\n" not in newline and "no-dir\\nx" in newline
+
+
+def test_a_failed_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / "portmapctl-gc.prom"
+    assert metrics.write(report(started=1.0), str(path)) is None
+    before = path.read_text()
+
+    def full_disk(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", full_disk)
+    problem = metrics.write(report(started=2.0), str(path))
+    assert problem == f"could not write the metrics file {path}: No space left on device"
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name], "temporary file removed"
+
+
+def test_the_file_is_readable_by_the_collector_under_a_strict_umask(tmp_path):
+    path = tmp_path / "portmapctl-gc.prom"
+    old = os.umask(0o077)
+    try:
+        assert metrics.write(report(), str(path)) is None
+        after = os.umask(0o077)
+    finally:
+        os.umask(old)
+    assert after == 0o077, "the caller's umask is restored"
+    assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044
+    assert stat.S_IMODE(path.stat().st_mode) & 0o022 == 0
+
+
+# --- recording a run ----------------------------------------------------------------------
+
+
+class Exit(Exception):
+    """Shaped like click's Exit (typer.Exit)."""
+
+    def __init__(self, code: int) -> None:
+        self.exit_code = code
+
+
+def _recorded(tmp_path, body, ok=(0,)) -> Tuple[Dict[Sample, float], list]:
+    path = tmp_path / "run.prom"
+    warnings: list = []
+    try:
+        with metrics.recording(str(path), metrics.Command.CHECK, [CACHE], warnings.append, ok) as r:
+            body(r)
+    except (Exit, RuntimeError):
+        pass
+    if not path.exists():
+        return {}, warnings
+    return parse(path.read_text())[1], warnings
+
+
+def test_recording_a_run_that_worked(tmp_path):
+    samples, warnings = _recorded(
+        tmp_path, lambda r: r.note(example_findings(metrics.Command.CHECK))
+    )
+    assert warnings == []
+    assert samples[key("last_run_success", command="check")] == 1
+    assert samples[key("problems", command="check", kind="shadowed")] == 1
+    assert samples[key("cni_cache_entries", command="check", dir=CACHE)] == 3
+
+
+def test_recording_check_exit_1_is_a_run_that_worked(tmp_path):
+    def problems_found(r):
+        r.note(example_findings(metrics.Command.CHECK))
+        raise Exit(1)
+
+    samples, _ = _recorded(tmp_path, problems_found, ok=(0, 1))
+    assert samples[key("last_run_success", command="check")] == 1
+    assert samples[key("problems", command="check", kind="stale")] == 1
+
+
+@pytest.mark.parametrize("error", [RuntimeError("iptables-restore failed"), Exit(3)])
+def test_recording_a_failed_run_says_so_and_no_half_counts(tmp_path, error):
+    def fails(r):
+        r.note(example_findings(metrics.Command.CHECK))
+        raise error
+
+    samples, _ = _recorded(tmp_path, fails, ok=(0, 1))
+    assert samples[key("last_run_success", command="check")] == 0
+    assert key("last_run_timestamp_seconds", command="check") in samples
+    assert not [name for name, _ in samples if name == "portmapctl_problems"]
+
+
+def test_recording_ctrl_c_writes_nothing(tmp_path):
+    def interrupted(_r):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _recorded(tmp_path, interrupted)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_recording_an_unwritable_file_warns_once(tmp_path):
+    warnings: list = []
+    with metrics.recording(
+        str(tmp_path / "nope" / "x.prom"), metrics.Command.LIST, [], warnings.append
+    ):
+        pass
+    assert len(warnings) == 1 and "could not write the metrics file" in warnings[0]
+
+
+# --- the command line: --metrics-file on list, check and gc --------------------------------
+
+SNAPSHOT_ARGS = [
+    "--snapshot",
+    SNAPSHOTS[4],
+    "--snapshot6",
+    SNAPSHOTS[6],
+    "--cni-cache-dir",
+    CACHE,
+]
+
+
+def run_cli(args, env=None):
+    return pmctl.run(args, env=env)
+
+
+def samples_of(path: Path) -> Dict[Sample, float]:
+    return parse(path.read_text())[1]
+
+
+def test_list_writes_the_example_nodes_metrics(tmp_path):
+    path = tmp_path / "portmapctl-list.prom"
+    without = run_cli(["list", *SNAPSHOT_ARGS])
+    done = run_cli(["list", *SNAPSHOT_ARGS, "--metrics-file", str(path)])
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout == without.stdout, "the metrics change nothing of the output"
+    families, samples = parse(path.read_text())
+    c = {"command": "list"}
+    assert samples[key("last_run_success", **c)] == 1
+    assert 0 < samples[key("last_run_duration_seconds", **c)] < 60
+    assert abs(samples[key("last_run_timestamp_seconds", **c)] - path.stat().st_mtime) < 60
+    assert samples[key("cni_cache_entries", dir=CACHE, **c)] == 3
+    for family in ("4", "6"):
+        for status in metrics.STATUSES:
+            labels = dict(backend="iptables", family=family, status=status, **c)
+            assert samples[key("mappings", **labels)] == EXAMPLE_MAPPINGS.get((family, status), 0)
+        for status in metrics.CHAIN_STATUSES["dnat"]:
+            labels = dict(backend="iptables", family=family, chain_type="dnat", status=status)
+            assert samples[key("chains", **labels, **c)] == EXAMPLE_CHAINS.get((family, status), 0)
+    # list does not diagnose, nor collect garbage: those series are absent, not zero.
+    assert "portmapctl_problems" not in families
+    assert not [name for name in families if name.startswith("portmapctl_gc_")]
+
+
+def test_list_metrics_are_the_whole_node_whatever_the_filters(tmp_path):
+    path = tmp_path / "portmapctl-list.prom"
+    done = run_cli(["list", *SNAPSHOT_ARGS, "--port", "9000", "--metrics-file", str(path)])
+    assert done.returncode == 0
+    labels = dict(backend="iptables", family="4", status="ok", command="list")
+    assert samples_of(path)[key("mappings", **labels)] == 2
+
+
+def test_check_from_the_environment_variable_reports_its_problems(tmp_path):
+    path = tmp_path / "portmapctl-check.prom"
+    done = run_cli(["check", *SNAPSHOT_ARGS], env={"PORTMAPCTL_METRICS_FILE": str(path)})
+    assert done.returncode == 1, "problems found: exit 1, as without metrics"
+    assert done.stderr == ""
+    samples = samples_of(path)
+    c = {"command": "check"}
+    assert samples[key("last_run_success", **c)] == 1, "finding problems is check's work"
+    for kind in metrics.PROBLEM_KINDS:
+        assert samples[key("problems", kind=kind, **c)] == EXAMPLE_PROBLEMS.get(kind, 0)
+    labels = dict(backend="iptables", family="4", status="shadowed", **c)
+    assert samples[key("mappings", **labels)] == 1
+
+
+def test_an_empty_environment_variable_asks_for_no_file(tmp_path):
+    done = pmctl.run(["list", *SNAPSHOT_ARGS], env={"PORTMAPCTL_METRICS_FILE": ""})
+    assert done.returncode == 0 and done.stderr == ""
+
+
+@pytest.mark.parametrize("command,code", [("list", 0), ("check", 1)])
+def test_an_unwritable_metrics_file_is_one_warning_and_changes_nothing(tmp_path, command, code):
+    without = run_cli([command, *SNAPSHOT_ARGS])
+    path = tmp_path / "no-such-dir" / "portmapctl.prom"
+    done = run_cli([command, *SNAPSHOT_ARGS, "--metrics-file", str(path)])
+    assert done.returncode == without.returncode == code
+    assert done.stdout == without.stdout
+    assert done.stderr.splitlines() == [
+        f"portmapctl: warning: could not write the metrics file {path}: No such file or directory"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_run_writes_success_0_and_keeps_its_error(tmp_path):
+    path = tmp_path / "portmapctl-list.prom"
+    done = run_cli(
+        ["list", "--snapshot", str(tmp_path / "missing.save"), "--metrics-file", str(path)]
+    )
+    pmctl.assert_error(done, 2, "missing.save")  # one error line, no warning
+    samples = samples_of(path)
+    assert samples[key("last_run_success", command="list")] == 0
+    assert not [name for name, _ in samples if name == "portmapctl_mappings"]
+
+
+def test_without_a_metrics_file_prometheus_client_is_never_imported():
+    code = (
+        "import sys\n"
+        "from portmapctl.cli import main\n"
+        "try:\n"
+        f"    main(['list', *{SNAPSHOT_ARGS!r}])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "loaded = [m for m in sys.modules if m.startswith(('prometheus_client', 'portmapctl.ops.metrics'))]\n"
+        "sys.stderr.write(repr(loaded))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stderr == "[]", done.stderr
