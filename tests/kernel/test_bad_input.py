@@ -21,6 +21,7 @@ import base64
 import functools
 import io
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,7 +31,6 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import pytest
 import realplugin as rp
 import typer
-from conftest import _require
 from pmctl import assert_error, run
 
 from portmapctl.cli import main
@@ -375,6 +375,18 @@ def _ports(*specs: str) -> List[dict]:
         port, proto = spec.split("/")
         found.append({"hostPort": int(port), "containerPort": 80, "protocol": proto})
     return found
+
+
+def _require(available: tuple[bool, str]) -> None:
+    """As tests/conftest.py's: skip, or fail under PORTMAPCTL_REQUIRE_NETNS=1. Not
+    imported from there: `from conftest import` finds whichever conftest module was
+    loaded first, and in one session over every tier that is tests/e2e/conftest.py."""
+    ok, reason = available
+    if ok:
+        return
+    if os.environ.get("PORTMAPCTL_REQUIRE_NETNS") == "1":
+        pytest.fail(f"PORTMAPCTL_REQUIRE_NETNS=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
