@@ -2,6 +2,10 @@
 
 `--version` is answered before typer and the command modules are imported: it is
 what scripts and monitoring call most, and SPEC §6 wants it fast.
+
+Ctrl-C can land anywhere, also while typer and rich are still being imported (a
+third of a second on a slow node), before the CLI's own handler exists: it is caught
+here too, so it is always one line and exit 130 (SPEC §3 output contract).
 """
 
 from __future__ import annotations
@@ -9,14 +13,28 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
+INTERRUPTED_EXIT = 130
+
+
+def _interrupted() -> None:
+    import signal
+
+    # A second Ctrl-C while the line is written must not turn into a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stderr.write("portmapctl: aborted\n")
+    sys.exit(INTERRUPTED_EXIT)
+
 
 def main(argv: Optional[List[str]] = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if args == ["--version"]:
-        from portmapctl import __version__
+    try:
+        args = sys.argv[1:] if argv is None else argv
+        if args == ["--version"]:
+            from portmapctl import __version__
 
-        sys.stdout.write(f"portmapctl {__version__}\n")
-        return
-    from portmapctl.cli import main as cli_main
+            sys.stdout.write(f"portmapctl {__version__}\n")
+            return
+        from portmapctl.cli import main as cli_main
 
-    cli_main(args)
+        cli_main(args)
+    except KeyboardInterrupt:
+        _interrupted()

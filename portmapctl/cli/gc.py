@@ -157,6 +157,16 @@ def gc_command(
         _show(out, result, options.min_age, table=not ask)
         if verbose and dry_run:
             sys.stderr.write(render.transactions_text(result.transactions))
+        if result.state_error is not None:
+            from portmapctl.errors import HostProblem
+
+            # What was done is on stdout already (and the flush ran): this line says
+            # what is missing, exit 3 as for any other environment problem.
+            done = render.count(len(result.removed), "chain")
+            raise HostProblem(
+                f"removed {done} (see above), but could not record the chains still pending:"
+                f" {result.state_error} (free space in the run directory)"
+            )
 
 
 def _show(out: Output, result: GcResult, min_age: float, table: bool = True) -> None:

@@ -14,13 +14,14 @@ import base64
 import binascii
 import json
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
 
 from portmapctl.cni import config as cni_config
 from portmapctl.core import validate
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.errors import BadInput
+from portmapctl.errors import BadInput, HostProblem
 from portmapctl.host import files
 from portmapctl.iptables.chains import chain_name
 
@@ -50,6 +51,19 @@ def results_dir(cache_dir: str) -> str:
     return os.path.join(cache_dir, "results")
 
 
+def cache_exists(cache_dir: str) -> bool:
+    """Whether `results/` is there; a cache that cannot be looked at is exit 3, never
+    "no cache" (os.path.isdir says False for both, and gc would then trust --keep
+    alone, or list call the node empty)."""
+    folder = results_dir(cache_dir)
+    try:
+        return stat.S_ISDIR(os.stat(folder).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as err:
+        raise HostProblem(f"cannot read the CNI cache {folder}: {err.strerror}") from None
+
+
 def read_cache(cache_dir: str) -> Optional[List[Attachment]]:
     """Every attachment in the cache; None when there is no cache at all.
 
@@ -57,10 +71,16 @@ def read_cache(cache_dir: str) -> Optional[List[Attachment]]:
     guessing would make `gc` delete a live container's mappings.
     """
     folder = results_dir(cache_dir)
-    if not os.path.isdir(folder):
+    if not cache_exists(cache_dir):
         return None
     attachments = []
-    for entry in sorted(os.listdir(folder)):
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as err:
+        # A cache that cannot be read is no empty cache: gc would take every chain
+        # for stale. The environment's problem (exit 3), not the input's.
+        raise HostProblem(f"cannot read the CNI cache {folder}: {err.strerror}") from None
+    for entry in names:
         path = os.path.join(folder, entry)
         if entry.startswith(".") or not os.path.isfile(path):
             continue  # libcni writes through temporary files
@@ -100,7 +120,7 @@ def cached_names(cache_dir: str, limit: int = 4096) -> List[Tuple[str, str]]:
 
 def read_attachment(path: str) -> Attachment:
     source = f"CNI cache file {path}"
-    text = files.read_text(path, "CNI cache file", MAX_CACHE_FILE_BYTES)
+    text = files.read_text(path, "CNI cache file", MAX_CACHE_FILE_BYTES, regular_only=True)
     cached = cni_config.ensure_mapping(cni_config.load_json(text, source), source)
     kind = cached.get("kind")
     if kind != "cniCacheV1":

@@ -46,13 +46,17 @@ def entered(name_or_path: Optional[str]) -> Iterator[None]:
         return
     path = resolve(name_or_path)  # "" is refused: `--netns "$UNSET"` is not the host
     try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO at that path would otherwise wait forever for a writer;
+        # opened without blocking, setns refuses it like any other non-namespace.
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise HostProblem(
             f"network namespace {name_or_path!r} not found ({path} does not exist)"
         ) from None
     except PermissionError:
         raise HostProblem(f"cannot open network namespace {path}: run as root") from None
+    except OSError as err:
+        raise HostProblem(f"cannot open network namespace {path}: {err.strerror}") from None
     original = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import BadInput
+from portmapctl.iptables.spelling import canonical
 
 Args = Tuple[str, ...]
 
@@ -145,6 +146,16 @@ def _split_carefully(line: str) -> List[str]:
     return tokens
 
 
+_UNREADABLE_RE = re.compile(r"^# Table `nat' is incompatible.*$", re.MULTILINE)
+
+
+def unreadable_note(text: str) -> Optional[str]:
+    """iptables-nft-save's note that it could not show the nat table (it holds rules
+    only nft understands), or None. The save still exits 0, with no table at all."""
+    found = _UNREADABLE_RE.search(text)
+    return found.group(0).lstrip("# ").strip() if found else None
+
+
 def parse_save(
     text: str, family: int, source: str = "iptables-save output", *, strict: bool = False
 ) -> NatTable:
@@ -155,6 +166,9 @@ def parse_save(
     `strict` (a --snapshot: text from a file, not from iptables-save itself) also
     refuses nat rules that iptables-restore would refuse (`restore_refusal`).
     """
+    note = unreadable_note(text)
+    if note is not None:
+        raise BadInput(f"{source}: the nat table could not be saved ({note}): nothing to read")
     chains: Dict[str, SavedChain] = {}
     rules: Dict[str, List[Args]] = {}
     table: Optional[str] = None
@@ -353,7 +367,7 @@ _MATCH_OPTIONS = {
     "mark": {"--mark"},
     "addrtype": {"--src-type", "--dst-type", "--limit-iface-in", "--limit-iface-out"},
 }
-_FLAG_OPTIONS = {"--syn", "-f"}
+_FLAG_OPTIONS = {"--syn", "-f", "--limit-iface-in", "--limit-iface-out"}  # addrtype: flags
 # Options known to take a value, even one that starts with a dash.
 _VALUED_OPTIONS = (set().union(*_MATCH_OPTIONS.values()) | set(_PROTO_OPTIONS)) - _FLAG_OPTIONS
 
@@ -455,7 +469,9 @@ def normalize(args: Iterable[str], family: int) -> Args:
     for option in _GENERIC_ORDER:
         out.extend(generic.get(option, ()))
     for name, options in matches:
-        out.extend(["-m", name, *options])
+        # Option values as iptables prints them back (`local` -> `LOCAL`): a rule
+        # the plugin's CHECK accepts must compare equal (spelling.py).
+        out.extend(["-m", name, *canonical(name, options)])
     out.extend(target)
     return tuple(out)
 

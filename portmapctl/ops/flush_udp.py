@@ -10,7 +10,9 @@ Which entries: those whose original destination port is a mapped UDP host port (
 port given), per family. With stale_only, only those that misroute: their replies come
 from an address that is not the current container's (an old DNAT destination, or the
 host itself for a flow never DNATed); a DNATed entry under a port nobody maps any
-more misroutes too. The current mappings come from the inventory (`inventory.build`).
+more misroutes too. Only flows to the node's own addresses are looked at: the
+plugin's DNAT matches nothing else, so a forwarded flow (a container's DNS query to
+a server outside) is never touched. The current mappings come from the inventory (`inventory.build`).
 
 Also used by `add` (the plugin's flush of the ports it maps: `flush_ports`), by `gc`
 (the ports it unmapped: `flush_ports`) and by `list --conntrack` (`count_per_mapping`).
@@ -34,6 +36,7 @@ from typing import (
 )
 
 from portmapctl.host import conntrack
+from portmapctl.host.addresses import LocalAddresses, local_addresses
 from portmapctl.host.conntrack import ConntrackEntry
 from portmapctl.iptables import inventory
 from portmapctl.iptables.inventory import Mapping
@@ -160,15 +163,22 @@ def plan(
     mappings: Sequence[Mapping],
     *,
     stale_only: bool = False,
+    local: Optional[LocalAddresses] = None,
 ) -> List[Doomed]:
     """The entries under `ports` to delete: all of them, or with stale_only those
     that misroute given the current `mappings` (all of the node's, not only the
-    selected ones: another container may take the same port on another host IP)."""
+    selected ones: another container may take the same port on another host IP).
+
+    With `local` (the node's own addresses), only entries to one of them: a flow to
+    an address elsewhere (a container's DNS query to an outside server, forwarded
+    and masqueraded) never met a mapping's DNAT, so it is neither stale nor ours."""
     by_key = _index(mappings)
     doomed = []
     for entry in entries:
         key = (entry.family, entry.dport)
         if key not in ports:
+            continue
+        if local is not None and (entry.family, entry.dst) not in local:
             continue
         if not stale_only:
             doomed.append(Doomed(entry, MAPPED if key in by_key else GIVEN))
@@ -212,8 +222,10 @@ def flush(
         sorted({family for family, _ in keys}), sorted({port for _, port in keys})
     )
     looked_at = [e for e in entries if (e.family, e.dport) in keys]
+    local = local_addresses(sorted({family for family, _ in keys}))
     doomed = sorted(
-        plan(looked_at, keys, mappings, stale_only=stale_only), key=lambda d: _order(d.entry)
+        plan(looked_at, keys, mappings, stale_only=stale_only, local=local),
+        key=lambda d: _order(d.entry),
     )
     if dry_run:
         deleted = len(doomed)
@@ -252,14 +264,15 @@ def flush_ports(
     namespace; returns how many went. This is the plugin's flush after ADD (`add`),
     and what `gc` does for the host ports it unmapped.
 
-    With `keep` (the node's current mappings), entries that already reach a current
-    mapping's container are spared, as with --stale-only.
+    With `keep` (the node's current mappings), only what misroutes goes, as with
+    --stale-only, and only flows to the node's own addresses.
     """
     if not families or not ports:
         return 0
     keys = {(family, port) for family in families for port in ports}
     entries = conntrack.list_udp(sorted(set(families)), sorted(set(ports)))
-    doomed = plan(entries, keys, keep or (), stale_only=keep is not None)
+    local = local_addresses(families) if keep is not None else None
+    doomed = plan(entries, keys, keep or (), stale_only=keep is not None, local=local)
     return conntrack.delete([d.entry for d in doomed])
 
 

@@ -27,13 +27,12 @@ dead DNAT until idle).
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni import config as cni_config
-from portmapctl.cni.cache import Attachment, results_dir
+from portmapctl.cni.cache import Attachment, cache_exists, results_dir
 from portmapctl.core import validate
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem
 from portmapctl.host import files
@@ -115,7 +114,7 @@ class Sources:
 
 
 def cache_present(cache_dir: str) -> bool:
-    return os.path.isdir(results_dir(cache_dir))
+    return cache_exists(cache_dir)
 
 
 def require_source(sources: Sources, cache_dir: str) -> None:
@@ -236,6 +235,10 @@ class FamilyPlan:
     freed_udp_ports: Tuple[int, ...]  # UDP host ports mapped before, not after
     seen: Mapping[str, gc_state.Seen]  # every chain not live now, for the state file
     transaction: Transaction
+    # UDP host ports of removed chains that another chain still maps, and the UDP
+    # mappings left: a flow the removed chain DNATed keeps its dead destination.
+    remapped_udp_ports: Tuple[int, ...] = ()
+    remaining_udp: Tuple[inventory.Mapping, ...] = ()
 
 
 def state_key(family: int, chain: str) -> str:
@@ -284,7 +287,8 @@ def plan_family(
     may go now.
     """
     family = table.family
-    chains = inventory.build({family: table}).chains
+    built = inventory.build({family: table})
+    chains = built.chains
     ports = {chain.name: _host_ports(chain) for chain in chains}
     derived = live.derived_chains(chains)
     removable: List[ChainInfo] = []
@@ -307,7 +311,10 @@ def plan_family(
             pending.append(_gc_chain(chain, ports[chain.name], now - first))
     txn = plan_teardown(table, [c.name for c in removable])
     gone = {c.name for c in removable}
-    freed = _udp_ports(ports, gone) - _udp_ports(ports, set(ports) - gone)
+    still_mapped = _udp_ports(ports, set(ports) - gone)
+    freed = _udp_ports(ports, gone) - still_mapped
+    remapped = _udp_ports(ports, gone) & still_mapped
+    remaining = tuple(m for m in built.mappings if m.protocol == "udp" and m.chain not in gone)
     shared = tuple(
         op.chain
         for op in txn.ops
@@ -325,6 +332,8 @@ def plan_family(
         tuple(sorted(freed)),
         new_seen,
         txn,
+        tuple(sorted(remapped)),
+        remaining if remapped else (),
     )
 
 
@@ -354,6 +363,7 @@ class GcResult:
     shared_removed: Tuple[Tuple[int, str], ...] = ()  # (family, CNI-HOSTPORT-SNAT)
     transactions: Dict[int, str] = field(default_factory=dict)
     warnings: Tuple[str, ...] = ()
+    state_error: Optional[str] = None  # the state file could not be written
 
     @property
     def changes(self) -> bool:
@@ -455,15 +465,26 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
                         remembered.pop(_nft_key(chain.family, chain.container_id or ""), None)
             if text and options.dry_run:
                 transactions["nft"] = text  # type: ignore[index]
-    if not options.dry_run:
-        gc_state.save(options.state_dir, namespace, remembered)
-    freed = {p.family: p.freed_udp_ports for p in plans if p.freed_udp_ports}
-    for family, ports in nft_freed.items():
-        freed[family] = tuple(sorted(set(freed.get(family, ())) | ports))
+    state_error: Optional[str] = None
+    try:
+        if not options.dry_run:
+            gc_state.save(options.state_dir, namespace, remembered)
+    except HostProblem as err:
+        # /run full or read-only: the chains are gone already.
+        # What was done is still reported and the conntrack flush still runs; the
+        # caller ends with this as the one error line (exit 3). Not remembering the
+        # sightings only makes later runs wait --min-age again: nothing unsafe.
+        state_error = str(err)
+    work = [p for p in plans if p.freed_udp_ports or p.remapped_udp_ports]
+    for family, ports in sorted(nft_freed.items()):
+        # The nftables side's freed ports, flushed the same way (no chain maps them).
+        work.append(
+            FamilyPlan(family, (), (), 0, (), tuple(sorted(ports)), {}, Transaction(family))
+        )
     deleted, flush_warnings = 0, ()
-    if not options.dry_run and options.flush_udp and freed:
+    if not options.dry_run and options.flush_udp and work:
         # Also when a later family failed: what went in the others went for good.
-        deleted, flush_warnings = flush_udp(freed)
+        deleted, flush_warnings = flush_udp_after(work)
     if failure is not None:
         raise failure
     return GcResult(
@@ -475,6 +496,7 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
         tuple((p.family, name) for p in plans for name in p.shared_removed),
         transactions,
         tuple(warnings) + flush_warnings,
+        state_error,
     )
 
 
@@ -604,19 +626,35 @@ def _nft_udp_ports(live_rules: Ruleset, gone: Set[Tuple[int, int]]) -> Dict[int,
     return found
 
 
-def flush_udp(ports: Mapping[int, Sequence[int]]) -> Tuple[int, Tuple[str, ...]]:
-    """Delete the UDP conntrack entries to these host ports, per family.
+def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:
+    """Delete the UDP conntrack entries the removal left pointing nowhere, per family:
+    every flow to a host port no chain maps any more, and the misrouting ones (as
+    `flush-udp --stale-only`) of a removed chain's port that another chain still maps
+    (the removed chain, entered first, had taken the flow to its dead container).
+    Only flows to the node's own addresses: a forwarded flow met no mapping.
 
     The chains are gone by now, so a failure here is a warning (as in the plugin's
     ADD), not a failed gc: the entries expire when their flows go idle.
     """
     from portmapctl.host import conntrack  # imported only when there is work
+    from portmapctl.host.addresses import local_addresses
+    from portmapctl.ops import flush_udp as flushing
 
     deleted = 0
     warnings = []
-    for family, family_ports in sorted(ports.items()):
+    for plan in sorted(plans, key=lambda p: p.family):
+        family = plan.family
+        family_ports = sorted({*plan.freed_udp_ports, *plan.remapped_udp_ports})
         try:
-            deleted += conntrack.delete(conntrack.list_udp((family,), family_ports))
+            local = local_addresses((family,))
+            entries = conntrack.list_udp((family,), family_ports)
+            freed = {(family, port) for port in plan.freed_udp_ports}
+            remapped = {(family, port) for port in plan.remapped_udp_ports}
+            doomed = flushing.plan(entries, freed, (), local=local)
+            doomed += flushing.plan(
+                entries, remapped, plan.remaining_udp, stale_only=True, local=local
+            )
+            deleted += conntrack.delete([d.entry for d in doomed])
         except Exception as err:  # noqa: BLE001 - reported, never fatal after the removal
             shown = ",".join(str(p) for p in family_ports[:10])
             more = "..." if len(family_ports) > 10 else ""

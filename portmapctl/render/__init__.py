@@ -280,12 +280,18 @@ def problem_json(p: Problem) -> Dict[str, Any]:
 
 def check_json(result: CheckResult) -> Dict[str, Any]:
     """SPEC §3: healthy, repaired, problems; plus what a repair fixed."""
-    return {
+    document: Dict[str, Any] = {
         "healthy": result.healthy,
         "repaired": result.repaired,
         "problems": [problem_json(p) for p in result.problems],
         "fixed": [problem_json(p) for p in result.fixed],
     }
+    if result.unrepaired:  # only after a repair that had to leave containers out
+        document["unrepaired"] = [
+            {"family": f, "network": n, "container_id": c, "chain": chain, "why": why}
+            for f, n, c, chain, why in result.unrepaired
+        ]
+    return document
 
 
 def _families_text(families: Iterable[int]) -> str:

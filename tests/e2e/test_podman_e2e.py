@@ -259,10 +259,6 @@ UDP_PORT = 5353
 CLIENT_PORT = 40053
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 7: gc leaves the UDP flows that follow the removed chain's container",
-)
 def test_gc_flushes_udp_flows_misrouted_by_a_stale_chain(node: Node) -> None:
     node.network("pmold", "10.89.80.0/24")
     node.network("pmnew", "10.89.81.0/24")

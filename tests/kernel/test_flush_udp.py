@@ -168,6 +168,10 @@ def node(host_ns: str) -> str:
     local = [{"hostPort": 6000, "containerPort": 60, "protocol": "udp", "hostIP": "127.0.0.1"}]
     rp.run_plugin("ADD", host_ns, "def456", rp.plugin_conf("mynet", ["10.88.0.6/16"], local),
                   check=True)  # fmt: skip
+    # The entries' destinations are the node's own addresses: only flows to those can
+    # meet a mapping (a forwarded flow is never touched, test_forwarded_flows_...).
+    ns_run(host_ns, "ip", "addr", "add", "10.0.0.1/32", "dev", "lo")
+    ns_run(host_ns, "ip", "addr", "add", "fd00::1/128", "dev", "lo")
     lines = [
         ct_args(src, dst, sport, dport, reply_src, reply_sport)
         for sport, (src, dst, dport, reply_src, reply_sport) in ENTRIES.items()
@@ -253,6 +257,7 @@ def test_list_counts_entries_per_udp_mapping(node: str, capsys: pytest.CaptureFi
 def test_library_flush_reports_progress_and_flush_ports_keeps(host_ns: str) -> None:
     many = [ct_args("192.0.2.1", "10.0.0.1", sport, 5353) for sport in range(30000, 30600)]
     current = ct_args("192.0.2.1", "10.0.0.1", 31000, 5353, "10.88.0.5", 53)
+    ns_run(host_ns, "ip", "addr", "add", "10.0.0.1/32", "dev", "lo")  # the node's own
     with entered(host_ns):
         ct_load(host_ns, [*many, current])
         # gc's call: with the current mappings, what reaches their container stays.

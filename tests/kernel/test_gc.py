@@ -196,6 +196,9 @@ def _conntrack(node: Node_, *args: str) -> str:
 
 
 def _udp_flow(node: Node_, sport: int, dport: int) -> None:
+    # To one of the node's own addresses: gc never touches forwarded flows.
+    subprocess.run(["ip", "-n", node.ns, "addr", "replace", "10.0.0.1/32", "dev", "lo"],
+                   check=True)  # fmt: skip
     _conntrack(node, "-I", "-p", "udp", "-s", "192.0.2.7", "-d", "10.0.0.1", "--sport", str(sport),
                "--dport", str(dport), "-t", "100")  # fmt: skip
 

@@ -255,6 +255,9 @@ def test_every_changing_command_run_twice_leaves_what_once_did(host_ns, tmp_path
     from pmctl import run
 
     cache = tmp_path / "cni"
+    # The flows below go to one of the node's own addresses (gc and flush-udp never
+    # touch forwarded flows).
+    subprocess.run(["ip", "-n", host_ns, "addr", "add", "10.0.0.1/32", "dev", "lo"], check=True)
     for cid, ip, port in (("live1", "10.88.0.11/16", 5353), ("stale1", "10.88.0.12/16", 6000)):
         ports = [{"hostPort": port, "containerPort": 53, "protocol": "udp"}]
         conf = rp.plugin_conf("mynet", [ip], ports)

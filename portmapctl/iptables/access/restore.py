@@ -6,20 +6,25 @@ family to write, whatever the number of containers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
-from typing import Dict, List, Sequence
+import time
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 from portmapctl.errors import ApplyFailed, HostProblem
-from portmapctl.iptables.ruleset import NatTable, parse_save
+from portmapctl.iptables.ruleset import NatTable, parse_save, unreadable_note
 from portmapctl.iptables.transaction import Transaction
 
 # Seconds iptables-restore waits for the xtables lock before giving up (legacy
 # iptables takes it; nf_tables needs none). PORTMAPCTL_XTABLES_WAIT overrides it.
 LOCK_WAIT_SECONDS = 10
 WAIT_ENV = "PORTMAPCTL_XTABLES_WAIT"
+# Seconds before a hung iptables tool is killed; PORTMAPCTL_IPTABLES_TIMEOUT overrides.
+TOOL_TIMEOUT_SECONDS = 120.0
+TIMEOUT_ENV = "PORTMAPCTL_IPTABLES_TIMEOUT"
 
 
 def lock_wait_seconds() -> int:
@@ -47,16 +52,26 @@ class RestoreBackend:
         return path
 
     def _run(self, argv: List[str], stdin: str = "") -> subprocess.CompletedProcess:
+        """Run one tool; a write that does not finish in time is ApplyFailed (it may
+        have gone in, whole), a read is an environment problem (exit 3)."""
+        reading = not stdin
         try:
-            return subprocess.run(
-                argv, input=stdin, capture_output=True, text=True, check=False, timeout=120
-            )
+            process = _start(argv, stdin=not reading)
         except OSError as err:
             raise HostProblem(f"cannot run {argv[0]}: {err.strerror}") from None
-        except subprocess.TimeoutExpired:
-            raise ApplyFailed(
-                f"{argv[0]} did not finish within 120 s and was stopped", maybe_applied=True
-            ) from None
+        with _reaped([process]):
+            try:
+                out, err_text = process.communicate(_encode(stdin), timeout=tool_timeout())
+            except subprocess.TimeoutExpired:
+                if reading:
+                    raise _timed_out(argv[0]) from None
+                raise ApplyFailed(
+                    f"{argv[0]} did not finish within {tool_timeout():g} s and was stopped",
+                    maybe_applied=True,
+                ) from None
+        return subprocess.CompletedProcess(
+            argv, process.returncode, _decode(out), _decode(err_text)
+        )
 
     def has_nat_table(self, family: int) -> bool:
         """Whether there can be anything to read, asked without creating anything.
@@ -84,24 +99,32 @@ class RestoreBackend:
         done = self._run(argv)
         if done.returncode != 0:
             raise _host_problem(argv[0], done.stderr)
-        return parse_save(done.stdout, family, source=argv[0])
+        return _parse(done.stdout, family, argv[0])
 
     def read_families(self, families: Sequence[int]) -> Dict[int, NatTable]:
         """Both families at once: the two saves run side by side."""
         argvs = {f: [self._binary(f, "save"), "-t", "nat"] for f in families}
-        try:
-            running = {
-                f: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for f, argv in argvs.items()
-            }
-        except OSError as err:
-            raise HostProblem(f"cannot run iptables-save: {err.strerror}") from None
-        outputs = {f: process.communicate(timeout=120) for f, process in running.items()}
+        running: Dict[int, subprocess.Popen] = {}
+        outputs: Dict[int, tuple] = {}
+        # Every save still running is killed on the way out, whatever happens: a
+        # hung one, an error in the other, Ctrl-C.
+        with _reaped(running.values()):
+            try:
+                for f, argv in argvs.items():
+                    running[f] = _start(argv, stdin=False)
+            except OSError as err:
+                raise HostProblem(f"cannot run iptables-save: {err.strerror}") from None
+            deadline = time.monotonic() + tool_timeout()
+            for f, process in running.items():
+                try:
+                    outputs[f] = process.communicate(timeout=max(deadline - time.monotonic(), 0))
+                except subprocess.TimeoutExpired:
+                    raise _timed_out(argvs[f][0]) from None
         tables = {}
         for family, (stdout, stderr) in outputs.items():
             if running[family].returncode != 0:
-                raise _host_problem(argvs[family][0], stderr)
-            tables[family] = parse_save(stdout, family, source=argvs[family][0])
+                raise _host_problem(argvs[family][0], _decode(stderr))
+            tables[family] = _parse(_decode(stdout), family, argvs[family][0])
         return tables
 
     def apply(self, txn: Transaction) -> None:
@@ -128,6 +151,72 @@ class RestoreBackend:
                     f" program holds it), nothing changed: {message}"
                 )
             raise ApplyFailed(f"{argv[0]} refused the transaction, nothing changed: {message}")
+
+
+def tool_timeout() -> float:
+    """Seconds an iptables tool may take (PORTMAPCTL_IPTABLES_TIMEOUT overrides)."""
+    value = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return TOOL_TIMEOUT_SECONDS
+    return seconds if 0 < seconds < 86400 else TOOL_TIMEOUT_SECONDS
+
+
+def _start(argv: List[str], stdin: bool) -> subprocess.Popen:
+    # Same process group as ours: Ctrl-C on the terminal reaches the tool too.
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+@contextlib.contextmanager
+def _reaped(processes: Iterable[subprocess.Popen]) -> Iterator[None]:
+    """Kill and wait for whatever of `processes` is still running when the body ends
+    (a timeout, an error in the other family's save, Ctrl-C): none outlives us."""
+    try:
+        yield
+    finally:
+        for process in list(processes):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            for stream in (process.stdout, process.stderr, process.stdin):
+                if stream is not None:
+                    stream.close()
+
+
+def _encode(text: str) -> Optional[bytes]:
+    # surrogateescape: the bytes of a rule read in are written back as they were.
+    return text.encode("utf-8", "surrogateescape") if text else None
+
+
+def _decode(data: Optional[bytes]) -> str:
+    # A foreign rule's comment need not be UTF-8 (SPEC §5): its bytes are kept, not
+    # refused; nothing of ours is ever non-UTF-8 (names are checked).
+    return (data or b"").decode("utf-8", "surrogateescape")
+
+
+def _parse(text: str, family: int, binary: str) -> NatTable:
+    note = unreadable_note(text)
+    if note is not None:
+        # iptables-nft cannot show a table holding rules only nft understands: that
+        # is no empty table, and gc or check must not act as if it were.
+        raise HostProblem(
+            f"{binary} cannot read the nat table ({note}): inspect it with"
+            " 'nft list table ip nat' and remove the native nft rules from it"
+        )
+    return parse_save(text, family, source=binary)
+
+
+def _timed_out(binary: str) -> HostProblem:
+    return HostProblem(
+        f"{binary} did not answer within {tool_timeout():g} s and was stopped"
+        " (is the xtables lock or the kernel stuck?)"
+    )
 
 
 def _signal_name(number: int) -> str:

@@ -42,4 +42,5 @@ class SnapshotBackend:
 
 
 def _read(path: str) -> str:
-    return read_text(path, "snapshot", MAX_DUMP_BYTES)
+    # any_bytes: a foreign rule's comment need not be UTF-8 (SPEC §5).
+    return read_text(path, "snapshot", MAX_DUMP_BYTES, any_bytes=True)

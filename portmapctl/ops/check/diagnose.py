@@ -90,6 +90,8 @@ class CheckResult:
     warnings: Tuple[str, ...] = ()
     # The node as check read it (node scope): what --metrics-file counts.
     found: Optional[inventory.Inventory] = field(default=None, compare=False, repr=False)
+    # What a repair could not make: (family, network, container ID, chain, why).
+    unrepaired: Tuple[Tuple[int, str, str, str, str], ...] = ()
 
     @property
     def healthy(self) -> bool:

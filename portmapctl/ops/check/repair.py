@@ -6,11 +6,12 @@ to `gc`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.errors import BadInput
+from portmapctl.errors import ApplyFailed, BadInput
 from portmapctl.iptables.chains import (
     TOPLEVEL_DNAT,
     dnat_chain_name,
@@ -63,11 +64,106 @@ def _changed(txn: Transaction, configs: Sequence[MappingConfig]) -> List[Mapping
     ]
 
 
+@dataclass(frozen=True)
+class Unrepaired:
+    """A container whose mapping a repair could not (re)make, and why."""
+
+    family: int
+    network: str
+    container_id: str
+    chain: str
+    why: str
+
+    @property
+    def text(self) -> str:
+        return (
+            f"could not repair IPv{self.family} {self.network}/{self.container_id}"
+            f" ({self.chain}): {self.why}"
+        )
+
+
+def _missing_reference(config: MappingConfig, live: NatTable) -> Optional[str]:
+    """Why `config` cannot be set up in this table as it is, found before trying:
+    its externalSetMarkChain is the admin's to create (the plugin never makes it)."""
+    chain = config.external_setmark_chain
+    if chain is not None and not live.has_chain(chain):
+        return (
+            f"its externalSetMarkChain {chain} does not exist in the IPv{live.family} nat"
+            " table (the plugin does not create it: restore it, then repair again)"
+        )
+    return None
+
+
+def _repair_family(
+    node: Node, family: int, configs: Sequence[MappingConfig]
+) -> Tuple[List[Transaction], List[Unrepaired]]:
+    """Repair one family container by container where needed (SPEC §5: one bad record
+    stops nothing). First everything in one transaction, as always; when iptables
+    refuses it, the shared chains alone, then each container alone, so that the one
+    it refuses is named and all the others are repaired."""
+    skipped: Dict[str, Unrepaired] = {}
+
+    def usable(live: NatTable) -> List[MappingConfig]:
+        kept = []
+        for config in configs:
+            why = _missing_reference(config, live)
+            if why is None:
+                kept.append(config)
+                skipped.pop(dnat_chain_name(config), None)
+            elif family in config.families:
+                name = dnat_chain_name(config)
+                skipped[name] = Unrepaired(family, config.network, config.container_id, name, why)
+        return kept
+
+    def plan_all(live: NatTable) -> Transaction:
+        return _plan(usable(live), None)(live)
+
+    try:
+        txn = node.converge(family, plan_all)
+        return ([txn] if txn else []), list(skipped.values())
+    except ApplyFailed:
+        pass
+    applied: List[Transaction] = []
+
+    def plan_shared(live: NatTable) -> Transaction:
+        shared, _ = wanted_on_node(usable(live), family, live)
+        return plan_setup(shared, live)
+
+    txn = node.converge(family, plan_shared)  # the shared chains failing fails the family
+    if txn:
+        applied.append(txn)
+    failed: List[Unrepaired] = []
+    for config in configs:
+        if family not in config.families or dnat_chain_name(config) in skipped:
+            continue
+
+        def plan_one(live: NatTable, config: MappingConfig = config) -> Transaction:
+            if _missing_reference(config, live) is not None:
+                return Transaction(family)
+            shared, per_container = wanted_on_node([config], family, live)
+            return plan_setup([*shared, *(chain for _, chain in per_container)], live)
+
+        try:
+            txn = node.converge(family, plan_one)
+        except ApplyFailed as err:
+            name = dnat_chain_name(config)
+            failed.append(
+                Unrepaired(
+                    family, config.network, config.container_id, name, f"iptables refused it: {err}"
+                )  # fmt: skip
+            )
+            continue
+        if txn:
+            applied.append(txn)
+    return applied, [*skipped.values(), *failed]
+
+
 def repair(
     node: Node, config: Optional[MappingConfig] = None, *, flush_udp: bool = True
 ) -> CheckResult:
     """Create what is missing (cached mappings, or `config`, and the top-level
-    structure), then check again. Returns the check after, with what was fixed."""
+    structure), then check again. Returns the check after, with what was fixed and
+    what could not be (by container, with the reason)."""
     if node.options.offline or (node.options.uses_iptables and not node.backend.writable):
         raise BadInput("--repair changes the node: it cannot work on a --snapshot")
     attachments: Optional[List[Attachment]] = None
@@ -80,6 +176,8 @@ def repair(
         before = _check_node(node, attachments)
         configs = cached_configs(attachments) if attachments is not None else None
         families = node.families
+    if config is not None and nft_mapping(node, config):
+        return _repair_nft_mapping(node, config, before, flush_udp)
     from portmapctl.ops.check import nft as check_nft
 
     nft_ids: set = set()
@@ -100,24 +198,33 @@ def repair(
             excluded = nft_ids = {a.container_id for a in parts.nftables}
         if configs is not None:
             configs = [c for c in configs if c.container_id not in excluded]
-    if config is not None and nft_mapping(node, config):
-        return _repair_nft_mapping(node, config, before, flush_udp)
-    plan = _plan(configs, config)
     transactions: Dict = {}
     changed: Dict[str, Tuple[MappingConfig, List[int]]] = {}
+    unrepaired: List[Unrepaired] = []
     for family in families:
-        txn = node.converge(family, plan)
-        if not txn:
+        if config is None and configs:
+            txns, family_unrepaired = _repair_family(node, family, configs)
+            unrepaired += family_unrepaired
+        else:
+            txn = node.converge(family, _plan(configs, config))
+            txns = [txn] if txn else []
+        if not txns:
             continue
-        transactions[family] = txn.render()
-        for c in _changed(txn, configs or []):
-            changed.setdefault(dnat_chain_name(c), (c, []))[1].append(family)
+        transactions[family] = "".join(t.render() for t in txns)
+        left_out = {u.chain for u in unrepaired if u.family == family}
+        for txn in txns:
+            for c in _changed(txn, configs or []):
+                if dnat_chain_name(c) in left_out:
+                    continue  # nothing of it was made: no route_localnet, no flush
+                fams = changed.setdefault(dnat_chain_name(c), (c, []))[1]
+                if family not in fams:
+                    fams.append(family)
     nft_changed: List[Tuple[MappingConfig, List[int]]] = []
     if nft_ids:
         text, nft_changed = check_nft.nft_repair(node, attachments, dry_run=False)
         if text:
             transactions["nft"] = text  # both families, one `nft -f` transaction
-    warnings: List[str] = []
+    warnings: List[str] = [u.text for u in unrepaired]
     for c, fams in nft_changed:
         warnings += after_setup(c, fams, flush_udp)
     # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
@@ -141,6 +248,7 @@ def repair(
         notes=after.notes,
         warnings=tuple(warnings),
         found=after.found,
+        unrepaired=tuple((u.family, u.network, u.container_id, u.chain, u.why) for u in unrepaired),
     )
 
 

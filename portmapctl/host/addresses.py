@@ -1,0 +1,143 @@
+"""The node's own addresses, as the kernel routes them (the `local` routing table).
+
+The plugin's DNAT is entered only for `-m addrtype --dst-type LOCAL`, so a UDP flow
+whose destination is not one of the node's addresses (a container's own DNS query to
+a server outside, forwarded and masqueraded) never went through a mapping and cannot
+be misrouted by one: flush-udp and gc must leave it alone (SPEC §3 flush-udp).
+
+"Local" is what the kernel's addrtype match uses: a route of type RTN_LOCAL, which
+covers every address on every interface and whole loopback prefixes (127.0.0.0/8).
+Read with one RTM_GETROUTE dump per family over NETLINK_ROUTE, in the namespace the
+calling thread is in; struct, no pyroute2 (its import alone costs 0.15 s).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from typing import FrozenSet, Iterable, Iterator, Tuple, Union
+
+from portmapctl.errors import HostProblem
+
+# linux/netlink.h, linux/rtnetlink.h
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
+_NLM_F_REQUEST = 0x1
+_NLM_F_DUMP = 0x300
+_RTM_NEWROUTE = 24
+_RTM_GETROUTE = 26
+_RTN_LOCAL = 2
+_RTA_DST = 1
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+_HOST_BITS = {4: 32, 6: 128}
+
+_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, seq, port id
+_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
+_NLA = struct.Struct("=HH")  # length, type
+_ERRNO = struct.Struct("=i")
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+# Loopback is the node's own whatever the routing table says (lo down, a dump race).
+_ALWAYS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True)
+class LocalAddresses:
+    """Single addresses (packed, for a set lookup per entry) and wider prefixes."""
+
+    hosts: FrozenSet[Tuple[int, bytes]]
+    prefixes: Tuple[Network, ...]
+
+    def __contains__(self, item: Tuple[int, str]) -> bool:
+        family, text = item
+        try:
+            packed = socket.inet_pton(_AF[family], text)
+        except (OSError, KeyError, TypeError):
+            return False
+        if (family, packed) in self.hosts:
+            return True
+        address = ipaddress.ip_address(packed)
+        return any(address in prefix for prefix in self.prefixes)
+
+
+def from_networks(networks: Iterable[Network]) -> LocalAddresses:
+    hosts = set()
+    prefixes = []
+    for network in networks:
+        family = network.version
+        if network.prefixlen == _HOST_BITS[family]:
+            hosts.add((family, network.network_address.packed))
+        else:
+            prefixes.append(network)
+    return LocalAddresses(frozenset(hosts), tuple(prefixes))
+
+
+def local_addresses(families: Iterable[int] = (4, 6)) -> LocalAddresses:
+    """The node's own addresses in the current network namespace."""
+    networks = list(_ALWAYS)
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    except OSError as err:
+        raise HostProblem(f"cannot read the node's addresses (netlink): {err.strerror}") from None
+    with sock:
+        for family in sorted(set(families)):
+            networks.extend(_dump_local_routes(sock, family))
+    return from_networks(networks)
+
+
+def _dump_local_routes(sock: socket.socket, family: int) -> Iterator[Network]:
+    seq = family  # one request per family on this socket
+    body = _RTMSG.pack(_AF[family], 0, 0, 0, 0, 0, 0, 0, 0)
+    sock.sendto(
+        _NLMSGHDR.pack(_NLMSGHDR.size + len(body), _RTM_GETROUTE, _NLM_F_REQUEST | _NLM_F_DUMP,
+                       seq, 0) + body,  # fmt: skip
+        (0, 0),
+    )
+    while True:
+        buf = sock.recv(1 << 16)
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(buf):
+            length, kind, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(buf, offset)
+            if length < _NLMSGHDR.size:
+                return
+            start, offset = offset + _NLMSGHDR.size, offset + _align(length)
+            if msg_seq != seq:
+                continue
+            if kind == _NLMSG_DONE:
+                return
+            if kind == _NLMSG_ERROR:
+                (code,) = _ERRNO.unpack_from(buf, start)
+                if code:
+                    raise HostProblem(
+                        f"cannot read the node's addresses (netlink): {os.strerror(-code)}"
+                    )
+                continue
+            if kind != _RTM_NEWROUTE:
+                continue
+            found = _local_route(buf, start, start - _NLMSGHDR.size + length, family)
+            if found is not None:
+                yield found
+
+
+def _local_route(buf: bytes, start: int, end: int, family: int) -> Union[Network, None]:
+    rtm_family, dst_len, _s, _t, _table, _p, _scope, rtm_type, _f = _RTMSG.unpack_from(buf, start)
+    if rtm_type != _RTN_LOCAL or rtm_family != _AF[family]:
+        return None
+    offset = start + _RTMSG.size
+    while offset + _NLA.size <= end:
+        length, kind = _NLA.unpack_from(buf, offset)
+        if length < _NLA.size:
+            break
+        if kind & 0x3FFF == _RTA_DST:
+            packed = bytes(buf[offset + _NLA.size : offset + length])
+            address = ipaddress.ip_address(packed)
+            return ipaddress.ip_network(f"{address}/{dst_len}", strict=False)
+        offset += _align(length)
+    return None
+
+
+def _align(length: int) -> int:
+    return (length + 3) & ~3

@@ -1,0 +1,113 @@
+"""How iptables spells a match's options when it prints a rule back (iptables-save).
+
+The plugin's `conditionsV4`/`conditionsV6` are free-form: `-m addrtype --dst-type
+local`, `-m conntrack --ctstate ESTABLISHED,NEW`, `-m mark --mark 1` are all accepted,
+and the kernel keeps only their meaning, so iptables-save prints `--dst-type LOCAL`,
+`--ctstate NEW,ESTABLISHED`, `--mark 0x1`. The plugin's CHECK (`iptables -C`) compares
+meanings and says healthy; a comparison of text would call such a rule missing, and
+a repair would re-create it behind later containers (issue 12 item 13).
+
+So the conditions are rewritten into the printed form before they are compared or
+written, for the matches conditions use. Learned from iptables 1.8.9, nft and legacy
+alike (tests/unit/test_spelling.py, tests/kernel/test_field_check.py with the real
+plugin). A match not known here is compared as written: for it, a spelling iptables
+rewrites still shows as a problem, as before.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Sequence, Tuple
+
+Option = Tuple[bool, str, Tuple[str, ...]]  # (negated, --name, values)
+
+# The bit order iptables prints flag lists in (libxt_conntrack.c, libxt_addrtype.c).
+_CTSTATES = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
+_CTSTATUS = ("NONE", "EXPECTED", "SEEN_REPLY", "ASSURED", "CONFIRMED")
+_ADDRTYPES = ("UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST", "BLACKHOLE",
+              "UNREACHABLE", "PROHIBIT", "THROW", "NAT", "XRESOLVE")  # fmt: skip
+
+# The order options are printed in, per match; options not listed keep their place
+# after the listed ones.
+_ORDER: Dict[str, Tuple[str, ...]] = {
+    "addrtype": ("--src-type", "--dst-type", "--limit-iface-in", "--limit-iface-out"),
+    "conntrack": ("--ctstate", "--ctproto", "--ctorigsrc", "--ctorigdst", "--ctreplsrc",
+                  "--ctrepldst", "--ctorigsrcport", "--ctorigdstport", "--ctreplsrcport",
+                  "--ctrepldstport", "--ctstatus", "--ctexpire", "--ctdir"),  # fmt: skip
+}
+
+
+def _flag_list(order: Tuple[str, ...]) -> Callable[[str], str]:
+    def spell(value: str) -> str:
+        words = {w.strip().upper() for w in value.split(",") if w.strip()}
+        if not words <= set(order):
+            return value  # not ours to judge: iptables would have refused it anyway
+        return ",".join(w for w in order if w in words)
+
+    return spell
+
+
+def _mark(value: str) -> str:
+    """`1` -> `0x1`, `10/0xff` -> `0xa/0xff`, `1/0xffffffff` -> `0x1`."""
+    mark, _, mask = value.partition("/")
+    try:
+        number = int(mark, 0)
+        full = int(mask, 0) if mask else 0xFFFFFFFF
+    except ValueError:
+        return value
+    if not (0 <= number <= 0xFFFFFFFF and 0 <= full <= 0xFFFFFFFF):
+        return value
+    return f"{number:#x}" if full == 0xFFFFFFFF else f"{number:#x}/{full:#x}"
+
+
+_VALUES: Dict[str, Dict[str, Callable[[str], str]]] = {
+    "addrtype": {"--src-type": _flag_list(_ADDRTYPES), "--dst-type": _flag_list(_ADDRTYPES)},
+    "conntrack": {
+        "--ctstate": _flag_list(_CTSTATES),
+        "--ctstatus": _flag_list(_CTSTATUS),
+        "--ctdir": str.upper,
+    },
+    "state": {"--state": _flag_list(_CTSTATES)},
+    "mark": {"--mark": _mark},
+    "connmark": {"--mark": _mark},
+    "pkttype": {"--pkt-type": str.lower},
+}
+
+
+def _split(options: Sequence[str]) -> List[Option]:
+    parsed: List[Option] = []
+    negate = False
+    for token in options:
+        if token == "!":
+            negate = True
+        elif token.startswith("--"):
+            parsed.append((negate, token, ()))
+            negate = False
+        elif parsed:
+            neg, name, values = parsed[-1]
+            parsed[-1] = (neg, name, (*values, token))
+        else:
+            return []  # not options as normalize() leaves them: leave them alone
+    return parsed
+
+
+def canonical(match: str, options: Sequence[str]) -> List[str]:
+    """The options of `-m match` as iptables-save prints them."""
+    values = _VALUES.get(match)
+    order = _ORDER.get(match)
+    if values is None and order is None:
+        return list(options)
+    parsed = _split(options)
+    if not parsed:
+        return list(options)
+    if values:
+        parsed = [
+            (neg, name, tuple(values[name](v) for v in vals) if name in values else vals)
+            for neg, name, vals in parsed
+        ]
+    if order:
+        rank = {name: i for i, name in enumerate(order)}
+        parsed = sorted(parsed, key=lambda o: rank.get(o[1], len(order)))
+    out: List[str] = []
+    for neg, name, vals in parsed:
+        out.extend((["!"] if neg else []) + [name, *vals])
+    return out

@@ -1,0 +1,330 @@
+"""Faults met on real nodes (issue 12, items 10, 14-17): one clear line, the SPEC §4
+exit code, nothing left running, and what can be finished is finished.
+
+Real faults, in throwaway namespaces: a FIFO where a namespace file should be, an
+`iptables-nft-save` that hangs (a wrapper first on PATH), a native nft rule that
+iptables-nft cannot show, a foreign rule whose comment is not UTF-8, a full run
+directory (a tiny tmpfs), an unreadable cache (capabilities dropped), Ctrl-C while
+the interpreter is still importing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+import realplugin as rp
+from pmctl import assert_error, ok, run
+
+from portmapctl.iptables.chains import TOPLEVEL_DNAT, chain_name
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+UDP = [{"hostPort": 6000, "containerPort": 60, "protocol": "udp"}]
+
+
+def _needs_root() -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("PORTMAPCTL_REQUIRE_NETNS") == "1":
+            pytest.fail("PORTMAPCTL_REQUIRE_NETNS=1 but not root", pytrace=False)
+        pytest.skip("needs root")
+
+
+@pytest.fixture
+def node(host_ns, tmp_path):
+    """A namespace with one plugin-made, cached container (so `ok` means something)."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
+    rp.run_plugin("ADD", host_ns, "live1", conf, check=True)
+    cache = tmp_path / "cni"
+    rp.write_cni_cache(cache, "mynet", "live1", "eth0", conf, conf["runtimeConfig"]["portMappings"],
+                       ["10.88.0.5/16"])  # fmt: skip
+    return host_ns, cache
+
+
+def _gone(pids: List[int], within: float = 5.0) -> bool:
+    """Every pid has exited (a zombie waiting for init counts as exited)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                alive.append(pid)
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+# --- item 17: Ctrl-C during start-up ----------------------------------------------------
+
+
+def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path):
+    # A KeyboardInterrupt raised by the import of typer is exactly what Ctrl-C during
+    # the slowest part of start-up does, without depending on timing.
+    shim = tmp_path / "shim" / "typer"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    path = f"{shim.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    done = run(["list", "--snapshot", str(FIXTURES / "basic.v4.save")], env={"PYTHONPATH": path})
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "portmapctl: aborted\n"
+    assert done.stdout == ""
+
+
+def test_ctrl_c_at_any_moment_once_main_runs_is_one_line(tmp_path):
+    # Before portmapctl.entry.main runs, the interpreter itself (site, runpy) has the
+    # signal and nothing of ours can catch it; from main() on, it is always one line.
+    (tmp_path / "results").mkdir()
+    argv = [sys.executable, "-m", "portmapctl", "list", "--snapshot",
+            str(FIXTURES / "basic.v4.save"), "--cni-cache-dir", str(tmp_path)]  # fmt: skip
+    ours = 0
+    for delay in (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7):
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env=dict(os.environ, NO_COLOR="1"))  # fmt: skip
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=60)
+        if "Traceback" in err:
+            assert "portmapctl/entry.py" not in err and "portmapctl/cli" not in err, err
+            continue
+        assert process.returncode in (0, 130, -signal.SIGINT), (delay, process.returncode, err)
+        if err:  # (nothing at all: the signal killed it while it was exiting anyway)
+            ours += 1
+            assert err.strip().splitlines() == ["portmapctl: aborted"], err
+    assert ours, "no interrupt landed in portmapctl's own start-up: the delays are off"
+
+
+# --- item 16: nothing blocks, nothing hangs ---------------------------------------------
+
+
+def test_netns_naming_a_fifo_does_not_hang(tmp_path):
+    fifo = tmp_path / "ns-fifo"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    done = run(["list", "--netns", str(fifo)])
+    assert time.monotonic() - started < 30
+    assert_error(done, 3, "namespace", str(fifo))
+
+
+def _hanging_save(tmp_path: Path) -> tuple:
+    """iptables-nft-save and ip6tables-nft-save that never answer (the pid logged)."""
+    folder = tmp_path / "wrap"
+    folder.mkdir()
+    log = tmp_path / "pids"
+    for tool in ("iptables-nft-save", "ip6tables-nft-save"):
+        script = folder / tool
+        script.write_text(f"#!/bin/bash\necho $$ >> {log}\nexec sleep 600\n")
+        script.chmod(0o755)
+    env = {"PATH": f"{folder}:{os.environ['PATH']}", "PORTMAPCTL_IPTABLES_TIMEOUT": "2"}
+    return env, log
+
+
+@pytest.mark.parametrize("families", [["--family", "4"], []], ids=["one-save", "two-saves"])
+def test_a_hung_iptables_save_is_killed_with_its_children_exit_3(node, tmp_path, families):
+    ns, cache = node
+    env, log = _hanging_save(tmp_path)
+    started = time.monotonic()
+    done = run(["list", "--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache),
+                *families], env=env)  # fmt: skip
+    assert time.monotonic() - started < 30
+    assert_error(done, 3, "did not answer within 2 s", "iptables-nft-save")
+    pids = [int(p) for p in log.read_text().split()]
+    assert len(pids) == (1 if families else 2)
+    assert _gone(pids), "a save is still running"
+
+
+def _without_dac(args: List[str]) -> subprocess.CompletedProcess:
+    """portmapctl as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: file modes
+    apply to it, as to a non-root user (or root in a user namespace)."""
+    drop = "-dac_override,-dac_read_search"
+    argv = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}",
+            sys.executable, "-m", "portmapctl", *args]  # fmt: skip
+    env = dict(os.environ, NO_COLOR="1")
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("locked", ["results", "cache-dir"])
+@pytest.mark.parametrize("command", [["list"], ["check"]])
+def test_an_unreadable_cache_is_exit_3_never_an_empty_one(tmp_path, locked, command):
+    _needs_root()
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    (cache / "results" / "mynet-abc123-eth0").write_text("{}")
+    target = cache / "results" if locked == "results" else cache
+    target.chmod(0)
+    try:
+        done = _without_dac([*command, "--snapshot", str(FIXTURES / "basic.v4.save"),
+                             "--cni-cache-dir", str(cache)])  # fmt: skip
+    finally:
+        target.chmod(0o700)
+    assert_error(done, 3, "cannot read the CNI cache", "Permission denied")
+
+
+def test_cache_entries_that_are_no_regular_files_never_block(tmp_path):
+    results = tmp_path / "cni" / "results"
+    results.mkdir(parents=True)
+    os.mkfifo(tmp_path / "fifo")
+    (results / "mynet-fifo-eth0").symlink_to(tmp_path / "fifo")
+    (results / "mynet-chardev-eth0").symlink_to("/dev/zero")
+    (results / "mynet-tty-eth0").symlink_to("/dev/tty")
+    snapshot = str(FIXTURES / "basic.v4.save")
+    started = time.monotonic()
+    out = ok(["list", "--snapshot", snapshot, "--cni-cache-dir", str(tmp_path / "cni"), "-o",
+              "json"])  # fmt: skip
+    assert time.monotonic() - started < 30
+    assert json.loads(out)["mappings"]
+
+
+def test_the_cache_reader_opens_only_regular_files_without_blocking(tmp_path):
+    from portmapctl.errors import BadInput
+    from portmapctl.host import files
+
+    os.mkfifo(tmp_path / "fifo")
+    for path in (tmp_path / "fifo", Path("/dev/zero"), tmp_path):
+        with pytest.raises(BadInput, match="not a regular file|Is a directory"):
+            files.read_text(str(path), "CNI cache file", regular_only=True)
+
+
+# --- item 15: a nat table iptables cannot read -------------------------------------------
+
+
+def _poison_nat_table(ns: str) -> None:
+    # A native nft rule iptables-nft has no words for: it then shows no nat table at
+    # all ("# Table `nat' is incompatible, use 'nft' tool.") and exits 0.
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "add", "rule", "ip", "nat", TOPLEVEL_DNAT,
+                    "fib", "daddr", "type", "local", "counter"], check=True)  # fmt: skip
+    save = subprocess.run(["ip", "netns", "exec", ns, "iptables-nft-save", "-t", "nat"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert "incompatible" in save.stdout
+
+
+@pytest.mark.parametrize(
+    "command", [["list"], ["check"], ["gc", "--dry-run", "--all"], ["flush-udp", "--dry-run"]]
+)
+def test_a_nat_table_iptables_cannot_read_is_exit_3(node, command):
+    ns, cache = node
+    _poison_nat_table(ns)
+    done = run([*command, "--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache)])
+    assert_error(done, 3, "cannot read the nat table", "nft list table ip nat")
+
+
+def test_a_dump_of_an_unreadable_nat_table_is_bad_input(tmp_path):
+    dump = tmp_path / "dump"
+    dump.write_text("# Table `nat' is incompatible, use 'nft' tool.\n")
+    assert_error(run(["list", "--snapshot", str(dump)]), 2, "could not be saved", str(dump))
+
+
+# --- item 10: foreign rules with any bytes ----------------------------------------------
+
+NOT_UTF8 = b"admin \xff\xfe caf\xe9"
+
+
+def _foreign_rule(ns: str) -> None:
+    argv = [b"ip", b"netns", b"exec", ns.encode(), b"iptables-nft", b"-w", b"-t", b"nat",
+            b"-I", b"PREROUTING", b"-p", b"udp", b"-m", b"comment", b"--comment", NOT_UTF8,
+            b"-j", b"RETURN"]  # fmt: skip
+    subprocess.run(argv, check=True)
+
+
+def _save_bytes(ns: str) -> bytes:
+    return subprocess.run(["ip", "netns", "exec", ns, "iptables-nft-save", "-t", "nat"],
+                          capture_output=True, check=True).stdout  # fmt: skip
+
+
+def _foreign_lines(save: bytes) -> List[bytes]:
+    return [line for line in save.splitlines() if b"\xff\xfe" in line]
+
+
+def test_a_foreign_rule_with_a_non_utf8_comment_stops_nothing(node, tmp_path):
+    ns, cache = node
+    _foreign_rule(ns)
+    before = _foreign_lines(_save_bytes(ns))
+    assert len(before) == 1
+    common = ["--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
+
+    listed = json.loads(ok(["list", *common, "-o", "json"]))
+    assert [m["container_id"] for m in listed["mappings"]] == ["live1"]
+    ok(["check", *common])
+    ok(["gc", *common, "--dry-run"])
+    ok(["flush-udp", *common, "--dry-run"])
+
+    # A firewall flush of the plugin's chains, then a repair: the foreign rule's bytes
+    # are read, kept, and never written back.
+    dn = chain_name("mynet", "live1")
+    rp.iptables(ns, ["-t", "nat", "-F", TOPLEVEL_DNAT])
+    rp.iptables(ns, ["-t", "nat", "-F", dn])
+    rp.iptables(ns, ["-t", "nat", "-X", dn])
+    assert run(["check", *common]).returncode == 1
+    ok(["check", "--repair", *common])
+    ok(["check", *common])
+    assert _foreign_lines(_save_bytes(ns)) == before
+
+    # The same from a dump (a support bundle): read as it is.
+    dump = tmp_path / "dump"
+    dump.write_bytes(_save_bytes(ns))
+    listed = json.loads(ok(["list", "--snapshot", str(dump), "-o", "json"]))
+    assert [m["container_id"] for m in listed["mappings"]] == ["live1"]
+
+
+# --- item 14: a full run directory ------------------------------------------------------
+
+
+@pytest.fixture
+def full_run_dir(tmp_path):
+    """A tiny tmpfs, filled up: files can be created (the lock), nothing written."""
+    _needs_root()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(run_dir)],
+                   check=True)  # fmt: skip
+    try:
+        fd = os.open(run_dir / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield run_dir
+    finally:
+        subprocess.run(["umount", "-l", str(run_dir)], check=False)
+
+
+def test_gc_with_a_full_run_dir_reports_what_it_did_flushes_and_exits_3(node, full_run_dir):
+    ns, cache = node
+    stale = rp.plugin_conf("mynet", ["10.88.0.13/16"], UDP)
+    rp.run_plugin("ADD", ns, "stale1", stale, check=True)
+    gone = chain_name("mynet", "stale1")
+    # A flow to the stale container's port, DNATed to it: it must not outlive the chain.
+    subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-I", "-p", "udp", "-s", "127.0.0.1",
+                    "-d", "127.0.0.1", "--sport", "40001", "--dport", "6000", "--reply-src",
+                    "10.88.0.13", "--reply-dst", "127.0.0.1", "--reply-port-src", "60",
+                    "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
+
+    done = run(["gc", "--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache), "--yes",
+                "--min-age", "0", "-q"], env={"PORTMAPCTL_RUN_DIR": str(full_run_dir)})  # fmt: skip
+
+    # stdout: what was done (-q: the summary line); stderr: the one error line.
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("portmapctl: error: removed 1 chain (see above)")
+    assert "No space left on device" in lines[0]
+    assert done.stdout.startswith("gc: removed 1 chain of 1 container")
+    assert "1 UDP conntrack entry deleted" in done.stdout
+    assert gone not in rp.save(ns)
+    flows = subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-L", "-p", "udp"],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    assert "dport=6000" not in flows

@@ -1,0 +1,137 @@
+"""UDP conntrack on real nodes (issue 12, items 7 and 8), in throwaway namespaces with
+the real plugin and real conntrack tables.
+
+- flush-udp (plain or --stale-only) touches only flows to the node's own addresses:
+  a container's DNS query to a server outside, forwarded and masqueraded, never met
+  a mapping's DNAT (SPEC §3 flush-udp).
+- gc, removing a stale chain whose UDP port another container maps now, deletes the
+  flows that chain had DNATed to its dead container (SPEC §3 gc), and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import realplugin as rp
+from pmctl import run
+
+NODE_IP = "10.0.0.1"  # one of the node's own addresses (on lo)
+OUTSIDE = "8.8.8.8"  # a server elsewhere
+
+
+def _ns(ns: str, *args: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, *args], check=True, capture_output=True,
+                          text=True).stdout  # fmt: skip
+
+
+def _flow(ns: str, sport: int, src: str, dst: str, dport: int,
+          reply_src: Optional[str] = None, reply_sport: Optional[int] = None,
+          reply_dst: Optional[str] = None) -> None:  # fmt: skip
+    """One UDP conntrack entry: DNATed when reply_src differs from dst, masqueraded
+    when reply_dst differs from src."""
+    _ns(ns, "conntrack", "-I", "-p", "udp", "-s", src, "-d", dst, "--sport", str(sport),
+        "--dport", str(dport), "--reply-src", reply_src or dst, "--reply-dst", reply_dst or src,
+        "--reply-port-src", str(reply_sport or dport), "--reply-port-dst", str(sport),
+        "-t", "120")  # fmt: skip
+
+
+def _sports(ns: str) -> set:
+    found = set()
+    for line in _ns(ns, "conntrack", "-L", "-p", "udp").splitlines():
+        words = dict(w.split("=", 1) for w in reversed(line.split()) if "=" in w)
+        found.add(int(words["sport"]))  # reversed: the original direction's sport wins
+    return found
+
+
+def _cache(cache: Path, network: str, cid: str, conf: dict) -> None:
+    ips = [ip["address"] for ip in conf["prevResult"]["ips"]]
+    rp.write_cni_cache(cache, network, cid, "eth0", conf, conf["runtimeConfig"]["portMappings"],
+                       ips)  # fmt: skip
+
+
+DNS = [{"hostPort": 53, "containerPort": 53, "protocol": "udp"}]
+
+
+@pytest.fixture
+def dns_node(host_ns, tmp_path):
+    """A container mapping host port 53/udp, and three flows under port 53."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], DNS)
+    rp.run_plugin("ADD", host_ns, "dns1", conf, check=True)
+    cache = tmp_path / "cni"
+    _cache(cache, "mynet", "dns1", conf)
+    _ns(host_ns, "ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
+    # Another container's own DNS query to a server outside, masqueraded to NODE_IP:
+    # its replies come from the server, so it looks "never DNATed" -- it is forwarded.
+    _flow(host_ns, 41001, "10.88.0.7", OUTSIDE, 53, reply_dst=NODE_IP)
+    # A client of the node whose flow began before the mapping: the blackhole.
+    _flow(host_ns, 41002, "192.0.2.2", NODE_IP, 53)
+    # A client reaching the container through the mapping: fine.
+    _flow(host_ns, 41003, "192.0.2.3", NODE_IP, 53, "10.88.0.5", 53)
+    assert _sports(host_ns) == {41001, 41002, 41003}
+    return host_ns, cache
+
+
+def test_stale_only_never_deletes_forwarded_flows(dns_node):
+    ns, cache = dns_node
+    common = ["flush-udp", "--netns", ns, "--cni-cache-dir", str(cache), "--stale-only"]
+    preview = json.loads(run([*common, "--dry-run", "-o", "json"]).stdout)
+    assert [(d["sport"], d["dst"]) for d in preview["deleted"]] == [(41002, NODE_IP)]
+    done = run(common)
+    assert done.returncode == 0, done.stderr
+    assert _sports(ns) == {41001, 41003}
+
+
+def test_plain_flush_never_deletes_forwarded_flows_either(dns_node):
+    ns, cache = dns_node
+    done = run(["flush-udp", "--netns", ns, "--cni-cache-dir", str(cache)])
+    assert done.returncode == 0, done.stderr
+    assert _sports(ns) == {41001}
+
+
+UDP = [{"hostPort": 6000, "containerPort": 60, "protocol": "udp"}]
+
+
+def test_gc_flushes_the_flows_a_removed_chain_misrouted_on_a_port_still_mapped(host_ns, tmp_path):
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    _ns(host_ns, "ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
+    # "old" leaked (no cache entry) and its chain, entered first, still takes 6000/udp;
+    # "new" maps the same port now.
+    rp.run_plugin("ADD", host_ns, "old", rp.plugin_conf("mynet", ["10.88.0.13/16"], UDP),
+                  check=True)  # fmt: skip
+    new = rp.plugin_conf("mynet", ["10.88.0.20/16"], UDP)
+    rp.run_plugin("ADD", host_ns, "new", new, check=True)
+    _cache(cache, "mynet", "new", new)
+    _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
+    _flow(host_ns, 42002, "192.0.2.2", NODE_IP, 6000, "10.88.0.20", 60)  # to "new": fine
+    _flow(host_ns, 42003, "192.0.2.3", NODE_IP, 6000)  # never DNATed: the blackhole
+    _flow(host_ns, 42004, "10.88.0.20", OUTSIDE, 6000, reply_dst=NODE_IP)  # forwarded
+
+    done = run(["gc", "--netns", host_ns, "--cni-cache-dir", str(cache), "--yes", "--min-age",
+                "0", "-o", "json"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [r["container_id"] for r in result["removed"]] == ["old"]
+    assert result["conntrack_deleted"] == 2
+    assert _sports(host_ns) == {42002, 42004}
+
+
+def test_gc_no_flush_udp_leaves_them(host_ns, tmp_path):
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    _ns(host_ns, "ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
+    rp.run_plugin("ADD", host_ns, "old", rp.plugin_conf("mynet", ["10.88.0.13/16"], UDP),
+                  check=True)  # fmt: skip
+    new = rp.plugin_conf("mynet", ["10.88.0.20/16"], UDP)
+    rp.run_plugin("ADD", host_ns, "new", new, check=True)
+    _cache(cache, "mynet", "new", new)
+    _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)
+    done = run(["gc", "--netns", host_ns, "--cni-cache-dir", str(cache), "--yes", "--min-age",
+                "0", "--no-flush-udp", "-o", "json"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["conntrack_deleted"] == 0
+    assert _sports(host_ns) == {42001}
