@@ -294,8 +294,12 @@ def write_cni_cache(
     conf: dict[str, Any],
     port_mappings: Sequence[dict[str, Any]],
     ips: Sequence[str],
+    netns: str | None = None,
 ) -> Path:
     """Write ``DIR/results/NETWORK-CONTAINERID-IFNAME`` as libcni's ``cniCacheV1`` does.
+
+    ``netns`` is the container's namespace path the entry names (default: the test
+    container namespace, which exists: a path that does not makes a zombie entry).
 
     ``conf`` is the portmap plugin config (as from :func:`plugin_conf`); its options
     (``snat``, ``markMasqBit``, ...) go into the portmap entry of a conflist whose first
@@ -325,11 +329,12 @@ def write_cni_cache(
     }
     config_bytes = (json.dumps(conflist, indent=2) + "\n").encode()
 
+    netns = netns or container_netns()
     result = prev_result(ips, cni_version)
     result["interfaces"] = [
         {"name": "cni0", "mac": "02:00:00:00:00:01"},
         {"name": "veth0", "mac": "02:00:00:00:00:02"},
-        {"name": ifname, "mac": "02:00:00:00:00:03", "sandbox": SANDBOX},
+        {"name": ifname, "mac": "02:00:00:00:00:03", "sandbox": netns},
     ]
     for entry in result["ips"]:
         entry["interface"] = 2
@@ -342,7 +347,7 @@ def write_cni_cache(
         ("config", base64.b64encode(config_bytes).decode()),
         ("ifName", ifname),
         ("networkName", network),
-        ("netns", SANDBOX),
+        ("netns", netns),
         ("capabilityArgs", {"portMappings": [dict(pm) for pm in port_mappings]}),
         ("result", result),
     ]

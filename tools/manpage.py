@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable, List, Optional
 
-from portmapctl.host.paths import CNI_CACHE_DIR, RUN_DIR
+from portmapctl.host.paths import CNI_CACHE_DIR, MULTUS_CACHE_DIR, RUN_DIR
 from tools.clidoc import AppDoc, CommandDoc, OptionDoc
 
 NAME = (
@@ -62,8 +62,13 @@ FILES = [
         f"{CNI_CACHE_DIR}/results/",
         "libcni's cache: one file per live attachment (network, container ID, interface),"
         " written after a successful ADD and removed on DEL. It is what check compares"
-        " the chains with and what gc counts as live. Another directory is given with"
-        " --cni-cache-dir.",
+        " the chains with and what gc counts as live. Other directories are given with"
+        " --cni-cache-dir (repeatable).",
+    ),
+    (
+        f"{MULTUS_CACHE_DIR}/results/",
+        "Multus's libcni cache for its delegate networks (the network that names a pod's"
+        " portmap chain); read too, by default, where it exists.",
     ),
     (
         f"{RUN_DIR}/lock",

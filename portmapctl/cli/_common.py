@@ -12,11 +12,11 @@ import os
 import sys
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import typer
 
-from portmapctl.host.paths import CNI_CACHE_DIR
+from portmapctl.host.paths import DEFAULT_CNI_CACHE_DIRS
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -69,9 +69,13 @@ class ProtoChoice(str, Enum):
 NETNS_DIR = "/run/netns"
 
 
-def _cache_dir(ctx: typer.Context) -> str:
+def _cache_dir(ctx: typer.Context) -> Tuple[str, ...]:
     value = (ctx.params or {}).get("cni_cache_dir")
-    return value if isinstance(value, str) and value else CNI_CACHE_DIR
+    if isinstance(value, str) and value:
+        return (value,)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return DEFAULT_CNI_CACHE_DIRS
 
 
 def complete_container(ctx: typer.Context, incomplete: str) -> List[Tuple[str, str]]:
@@ -158,11 +162,12 @@ NetnsOpt = Annotated[
     ),
 ]
 CacheDirOpt = Annotated[
-    str,
+    Optional[List[str]],
     typer.Option(
         "--cni-cache-dir",
         metavar="DIR",
-        help="libcni's cache directory (results/ below it).",
+        help="libcni's cache directory (results/ below it); repeat for several."
+        " Default: /var/lib/cni and, where it exists, /var/lib/cni/multus.",
         rich_help_panel="Common options",
     ),
 ]
@@ -213,7 +218,7 @@ MetricsFileOpt = Annotated[
 
 DEFAULT_BACKEND = BackendChoice.auto
 DEFAULT_IPTABLES = IptablesChoice.auto
-DEFAULT_CACHE_DIR = CNI_CACHE_DIR
+DEFAULT_CACHE_DIRS = None  # the option not given: paths.DEFAULT_CNI_CACHE_DIRS
 DEFAULT_FAMILY = FamilyChoice.all
 DEFAULT_OUTPUT = OutputChoice.table
 
@@ -226,23 +231,22 @@ def node_options(
     iptables: IptablesChoice,
     family: FamilyChoice,
     netns: Optional[str],
-    cache_dir: str,
+    cache_dirs: Optional[Sequence[str]],
     snapshots: Optional[dict] = None,
     backend: BackendChoice = DEFAULT_BACKEND,
     nft_snapshot: Optional[str] = None,
 ) -> NodeOptions:
-    from portmapctl.errors import BadInput
     from portmapctl.ops.node import NodeOptions
 
-    if not cache_dir:
-        raise BadInput("--cni-cache-dir is empty: give a directory (default /var/lib/cni)")
     if snapshots and nft_snapshot and "-" in (*snapshots.values(), nft_snapshot):
+        from portmapctl.errors import BadInput
+
         raise BadInput("only one of --snapshot/--snapshot6/--nft-snapshot can read standard input")
     return NodeOptions(
         iptables=iptables.value,
         families=families(family),
         netns=netns,
-        cache_dir=cache_dir,
+        cache_dirs=cache_dirs_of(cache_dirs),
         snapshots=snapshots or {},
         backend=backend.value,
         nft_snapshot=nft_snapshot,
@@ -271,6 +275,17 @@ def metrics_recording(
         path, metrics.Command(command), cache_dirs, out.warn, ok_exit_codes
     ) as recorder:
         yield recorder
+
+
+def cache_dirs_of(given: Optional[Sequence[str]]) -> Tuple[str, ...]:
+    """--cni-cache-dir as given (repeatable), or the default directories."""
+    from portmapctl.errors import BadInput
+
+    if not given:
+        return DEFAULT_CNI_CACHE_DIRS
+    if any(not d for d in given):
+        raise BadInput("--cni-cache-dir is empty: give a directory (default /var/lib/cni)")
+    return tuple(dict.fromkeys(given))
 
 
 PROGRESS_FROM = 2000

@@ -9,7 +9,7 @@ import typer
 
 from portmapctl.cli._common import (
     DEFAULT_BACKEND,
-    DEFAULT_CACHE_DIR,
+    DEFAULT_CACHE_DIRS,
     DEFAULT_FAMILY,
     DEFAULT_IPTABLES,
     DEFAULT_OUTPUT,
@@ -242,7 +242,7 @@ def add_command(
     iptables: IptablesOpt = DEFAULT_IPTABLES,
     family: FamilyOpt = DEFAULT_FAMILY,
     netns: NetnsOpt = None,
-    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
+    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIRS,
     output: OutputOpt = DEFAULT_OUTPUT,
     no_color: NoColorOpt = False,
     quiet: QuietOpt = False,

@@ -9,7 +9,7 @@ import typer
 
 from portmapctl.cli._common import (
     DEFAULT_BACKEND,
-    DEFAULT_CACHE_DIR,
+    DEFAULT_CACHE_DIRS,
     DEFAULT_FAMILY,
     DEFAULT_IPTABLES,
     DEFAULT_OUTPUT,
@@ -26,6 +26,7 @@ from portmapctl.cli._common import (
     OutputOpt,
     QuietOpt,
     VerboseOpt,
+    cache_dirs_of,
     metrics_recording,
     node_options,
 )
@@ -110,7 +111,7 @@ def check_command(
     iptables: IptablesOpt = DEFAULT_IPTABLES,
     family: FamilyOpt = DEFAULT_FAMILY,
     netns: NetnsOpt = None,
-    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
+    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIRS,
     output: OutputOpt = DEFAULT_OUTPUT,
     no_color: NoColorOpt = False,
     quiet: QuietOpt = False,
@@ -125,7 +126,9 @@ def check_command(
 
     out = Output(output, no_color, quiet, verbose)
     # Exit 1 (problems found) is a run that did its work.
-    with metrics_recording(metrics_file, "check", [cni_cache_dir], out, (0, 1)) as recorder:
+    with metrics_recording(
+        metrics_file, "check", list(cache_dirs_of(cni_cache_dir)), out, (0, 1)
+    ) as recorder:
         mapping_given = (
             any((network, container, ip, publish, cni_config, external_setmark_chain))
             or any((no_snat, masq_all, conditions_v4 is not None, conditions_v6 is not None))

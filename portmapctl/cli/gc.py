@@ -10,7 +10,7 @@ import typer
 
 from portmapctl.cli._common import (
     DEFAULT_BACKEND,
-    DEFAULT_CACHE_DIR,
+    DEFAULT_CACHE_DIRS,
     DEFAULT_FAMILY,
     DEFAULT_IPTABLES,
     DEFAULT_OUTPUT,
@@ -26,6 +26,7 @@ from portmapctl.cli._common import (
     OutputOpt,
     QuietOpt,
     VerboseOpt,
+    cache_dirs_of,
     complete_container,
     metrics_recording,
     node_options,
@@ -95,11 +96,19 @@ def gc_command(
         typer.Option("--no-flush-udp", help="Keep the UDP conntrack entries of unmapped ports."),
     ] = False,
     metrics_file: MetricsFileOpt = None,
+    netns_liveness: Annotated[
+        bool,
+        typer.Option(
+            "--netns-liveness",
+            help="A cache entry whose network namespace is gone (zombie) does not keep its"
+            " container live. Refused where the namespaces are not visible.",
+        ),
+    ] = False,
     backend: BackendOpt = DEFAULT_BACKEND,
     iptables: IptablesOpt = DEFAULT_IPTABLES,
     family: FamilyOpt = DEFAULT_FAMILY,
     netns: NetnsOpt = None,
-    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
+    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIRS,
     output: OutputOpt = DEFAULT_OUTPUT,
     no_color: NoColorOpt = False,
     quiet: QuietOpt = False,
@@ -114,7 +123,9 @@ def gc_command(
     from portmapctl.ops.node import opened
 
     out = Output(output, no_color, quiet, verbose)
-    with metrics_recording(metrics_file, "gc", [cni_cache_dir], out) as recorder:
+    with metrics_recording(
+        metrics_file, "gc", list(cache_dirs_of(cni_cache_dir)), out
+    ) as recorder:
         options = GcOptions(
             min_age=validate.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp
         )
@@ -122,8 +133,9 @@ def gc_command(
             documents=(read_valid_attachments(valid_attachments),) if valid_attachments else (),
             keep=tuple(validate.cni_name(k, "--keep container ID") for k in keep or ()),
             remove_all=remove_all,
+            netns_liveness=netns_liveness,
         )
-        require_source(sources, cni_cache_dir)
+        require_source(sources, cache_dirs_of(cni_cache_dir))
         ask = not dry_run and not yes
         if ask and not sys.stdin.isatty():
             raise BadInput("not on a terminal: give --yes to remove chains (or --dry-run to look)")

@@ -8,7 +8,7 @@ import typer
 
 from portmapctl.cli._common import (
     DEFAULT_BACKEND,
-    DEFAULT_CACHE_DIR,
+    DEFAULT_CACHE_DIRS,
     DEFAULT_FAMILY,
     DEFAULT_IPTABLES,
     DEFAULT_OUTPUT,
@@ -26,6 +26,7 @@ from portmapctl.cli._common import (
     ProtoChoice,
     QuietOpt,
     VerboseOpt,
+    cache_dirs_of,
     complete_container,
     complete_network,
     metrics_recording,
@@ -80,7 +81,7 @@ def list_command(
     iptables: IptablesOpt = DEFAULT_IPTABLES,
     family: FamilyOpt = DEFAULT_FAMILY,
     netns: NetnsOpt = None,
-    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIR,
+    cni_cache_dir: CacheDirOpt = DEFAULT_CACHE_DIRS,
     output: OutputOpt = DEFAULT_OUTPUT,
     no_color: NoColorOpt = False,
     quiet: QuietOpt = False,
@@ -92,7 +93,9 @@ def list_command(
     from portmapctl.ops.node import opened
 
     out = Output(output, no_color, quiet, verbose)
-    with metrics_recording(metrics_file, "list", [cni_cache_dir], out) as recorder:
+    with metrics_recording(
+        metrics_file, "list", list(cache_dirs_of(cni_cache_dir)), out
+    ) as recorder:
         if network is not None or container is not None:
             from portmapctl.core import validate
 
@@ -108,6 +111,10 @@ def list_command(
         with opened(options) as node:
             reader = _start_nft_read(node)
             tables, cache = node.read_with_cache()
+            from portmapctl.cni.cache import warnings
+
+            for warning in warnings(cache):
+                out.warn(warning)
             found = inventory.build(tables, cache)
             if recorder is not None:
                 recorder.note_node(found.mappings, found.chains, tuple(tables))
@@ -143,15 +150,17 @@ def list_command(
             # Without a cache nothing can be called stale: say so, or a wrong
             # --cni-cache-dir turns every stale chain into "ok" without a word.
             out.warn(
-                f"no CNI cache in {options.cache_dir}/results: stale mappings are not marked"
+                f"no CNI cache in {' or '.join(d + '/results' for d in options.cache_dirs)}:"
+                " stale mappings are not marked"
                 " (give --cni-cache-dir)"
             )
         if out.json:
             document = render.list_json(rows, chains, counts)
             document["cache"] = {
-                "dirs": [options.cache_dir],
+                "dirs": list(options.cache_dirs),
                 "present": cache is not None,
-                "entries": len(cache or ()),
+                # An unreadable file is one entry (held as one stand-in per reading).
+                "entries": len({a.path for a in cache or ()}),
             }
             out.print_json(document)
             return

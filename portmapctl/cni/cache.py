@@ -6,6 +6,15 @@ removes it on DEL. Each file names the network and container, and holds the netw
 configuration (base64), the capability args (`portMappings`) and the ADD result
 (the container's addresses). From that we rebuild the `MappingConfig` the plugin
 was given.
+
+A node can have several cache directories: Multus runs each delegate network through
+libcni with a cache of its own (`/var/lib/cni/multus/results`), while the runtime's
+cache holds only the outer `multus-cni-network` entry. They are read together.
+
+libcni writes a file in place (no rename): a read can catch it half-written, so a
+file that does not parse is read again a few times. One that still cannot be
+understood is skipped with a warning, and its container stays live by the file's
+name (SPEC §5: one bad record never stops the node's work).
 """
 
 from __future__ import annotations
@@ -15,28 +24,43 @@ import binascii
 import json
 import os
 import stat
+import time
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 from portmapctl.cni import config as cni_config
 from portmapctl.core import validate
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.host import files
+from portmapctl.host.netns import NamespaceView, NetnsState
 from portmapctl.iptables.chains import chain_name
 
 MAX_CACHE_FILE_BYTES = 16 * 1024 * 1024
+# A half-written file is complete a moment later: read the failures again, all at once.
+READ_TRIES = 4
+RETRY_SECONDS = 0.1
+# Splitting NETWORK-CONTAINERID-IFNAME at every pair of dashes: bounded for odd names.
+MAX_NAME_DASHES = 24
 
 
 @dataclass(frozen=True)
 class Attachment:
-    """One cached attachment. `mapping` is None when it has no portmap to speak of."""
+    """One cached attachment. `mapping` is None when it has no portmap to speak of.
+
+    `problem` is set for a file that could not be understood: then network and
+    container ID are one reading of its file name (there is one such Attachment per
+    reading, since names may hold dashes), so that its container stays live.
+    """
 
     network: str
     container_id: str
     ifname: str
     path: str
     mapping: Optional[MappingConfig]
+    netns: Optional[str] = None
+    netns_state: NetnsState = NetnsState.UNKNOWN
+    problem: Optional[str] = None
 
     @property
     def dnat_chain(self) -> str:
@@ -45,6 +69,11 @@ class Attachment:
     @property
     def snat_chain(self) -> str:
         return chain_name(self.network, self.container_id, "SN-")
+
+    @property
+    def zombie(self) -> bool:
+        """Cached, but its network namespace is gone: the runtime forgot it."""
+        return self.netns_state == NetnsState.GONE
 
 
 def results_dir(cache_dir: str) -> str:
@@ -64,45 +93,142 @@ def cache_exists(cache_dir: str) -> bool:
         raise HostProblem(f"cannot read the CNI cache {folder}: {err.strerror}") from None
 
 
-def read_cache(cache_dir: str) -> Optional[List[Attachment]]:
-    """Every attachment in the cache; None when there is no cache at all.
+CacheDirs = Union[str, Sequence[str]]
 
-    A file we cannot make sense of is bad input (exit 2), named with its problem:
-    guessing would make `gc` delete a live container's mappings.
+
+def _dirs(cache_dirs: CacheDirs) -> Tuple[str, ...]:
+    return (cache_dirs,) if isinstance(cache_dirs, str) else tuple(cache_dirs)
+
+
+def present_dirs(cache_dirs: CacheDirs) -> Tuple[str, ...]:
+    """The cache directories that have a results/ folder."""
+    return tuple(d for d in _dirs(cache_dirs) if cache_exists(d))
+
+
+def cache_present(cache_dirs: CacheDirs) -> bool:
+    return bool(present_dirs(cache_dirs))
+
+
+def read_cache(
+    cache_dirs: CacheDirs, namespaces: Optional[NamespaceView] = None
+) -> Optional[List[Attachment]]:
+    """Every attachment in the caches; None when there is no cache at all.
+
+    `namespaces` judges whether each entry's network namespace is still there (None:
+    not judged, as for a --snapshot from another node).
     """
-    folder = results_dir(cache_dir)
-    if not cache_exists(cache_dir):
+    folders = [results_dir(d) for d in present_dirs(cache_dirs)]
+    if not folders:
         return None
-    attachments = []
+    paths = []
+    for folder in folders:
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            continue  # removed meanwhile: as if it had not been there
+        except OSError as err:
+            # A cache that cannot be read is no empty cache: gc would take every chain
+            # for stale. The environment's problem (exit 3), not the input's.
+            raise HostProblem(f"cannot read the CNI cache {folder}: {err.strerror}") from None
+        for entry in names:
+            path = os.path.join(folder, entry)
+            if entry.startswith(".") or not os.path.isfile(path):
+                continue  # libcni writes through temporary files
+            paths.append(path)
+    return read_entries(paths, namespaces)
+
+
+def read_entries(
+    paths: Iterable[str],
+    namespaces: Optional[NamespaceView] = None,
+    tries: int = READ_TRIES,
+    wait: Optional[float] = None,
+) -> List[Attachment]:
+    """The attachments of these cache files, each file read again while it fails."""
+    wait = RETRY_SECONDS if wait is None else wait
+    found: List[Attachment] = []
+    pending = list(paths)
+    failed: List[Tuple[str, BadInput]] = []
+    for attempt in range(tries):
+        failed = []
+        for path in pending:
+            try:
+                found.append(read_attachment(path, namespaces))
+            except BadInput as err:
+                if os.path.lexists(path):
+                    failed.append((path, err))
+                # else: removed by a DEL between listing and reading: not live
+        if not failed:
+            break
+        pending = [path for path, _ in failed]
+        if attempt < tries - 1:
+            time.sleep(wait)
+    for path, err in failed:
+        found += unreadable(path, str(err))
+    return found
+
+
+def unreadable(path: str, problem: str) -> List[Attachment]:
+    """Stand-ins for a file that cannot be understood: every reading of its name."""
+    return [
+        Attachment(network, container_id, ifname, path, None, problem=problem)
+        for network, container_id, ifname in name_readings(os.path.basename(path))
+    ]
+
+
+def name_readings(name: str) -> List[Tuple[str, str, str]]:
+    """(network, container ID, ifname) for every way `name` splits at two dashes
+    into three valid CNI names (libcni: `NETWORK-CONTAINERID-IFNAME`)."""
+    parts = name.split("-")
+    if not 3 <= len(parts) <= MAX_NAME_DASHES + 1:
+        return []
+    readings = []
+    for i in range(1, len(parts) - 1):
+        for j in range(i + 1, len(parts)):
+            network, cid, ifname = "-".join(parts[:i]), "-".join(parts[i:j]), "-".join(parts[j:])
+            if all(_is_name(v) for v in (network, cid)) and ifname:
+                readings.append((network, cid, ifname))
+    return readings
+
+
+def _is_name(value: str) -> bool:
     try:
-        names = sorted(os.listdir(folder))
-    except OSError as err:
-        # A cache that cannot be read is no empty cache: gc would take every chain
-        # for stale. The environment's problem (exit 3), not the input's.
-        raise HostProblem(f"cannot read the CNI cache {folder}: {err.strerror}") from None
-    for entry in names:
-        path = os.path.join(folder, entry)
-        if entry.startswith(".") or not os.path.isfile(path):
-            continue  # libcni writes through temporary files
-        attachments.append(read_attachment(path))
-    return attachments
+        validate.cni_name(value, "name")
+    except BadInput:
+        return False
+    return True
 
 
-def cached_names(cache_dir: str, limit: int = 4096) -> List[Tuple[str, str]]:
+def warnings(attachments: Optional[Sequence[Attachment]]) -> List[str]:
+    """One line per cache file that could not be understood."""
+    seen = {}
+    for attachment in attachments or ():
+        if attachment.problem is not None:
+            seen.setdefault(attachment.path, attachment.problem)
+    return [
+        f"skipped a CNI cache entry that cannot be read ({problem}); its container"
+        " is kept as live by the file name"
+        for problem in seen.values()
+    ]
+
+
+def cached_names(cache_dirs: CacheDirs, limit: int = 4096) -> List[Tuple[str, str]]:
     """(network, container ID) of each cached attachment, for shell completion.
 
     Unlike `read_cache` this never fails: a TAB press must not print an error, so
     anything unreadable or odd is skipped. Only the two names are parsed (no config
     decoding), and at most `limit` files are read, so it stays fast on a big node.
     """
-    folder = results_dir(cache_dir)
-    try:
-        entries = sorted(os.listdir(folder))[:limit]
-    except OSError:
-        return []
+    paths = []
+    for cache_dir in _dirs(cache_dirs):
+        folder = results_dir(cache_dir)
+        try:
+            paths += [os.path.join(folder, e) for e in sorted(os.listdir(folder))]
+        except OSError:
+            continue
     found = set()
-    for entry in entries:
-        path = os.path.join(folder, entry)
+    for path in paths[:limit]:
+        entry = os.path.basename(path)
         # isfile: a FIFO planted in the folder would block the shell forever.
         if entry.startswith(".") or not os.path.isfile(path):
             continue
@@ -118,7 +244,7 @@ def cached_names(cache_dir: str, limit: int = 4096) -> List[Tuple[str, str]]:
     return sorted(found)
 
 
-def read_attachment(path: str) -> Attachment:
+def read_attachment(path: str, namespaces: Optional[NamespaceView] = None) -> Attachment:
     source = f"CNI cache file {path}"
     text = files.read_text(path, "CNI cache file", MAX_CACHE_FILE_BYTES, regular_only=True)
     cached = cni_config.ensure_mapping(cni_config.load_json(text, source), source)
@@ -135,10 +261,11 @@ def read_attachment(path: str) -> Attachment:
     capability = cached.get("capabilityArgs") or {}
     if not isinstance(capability, dict):
         raise BadInput(f"{source}: capabilityArgs must be an object")
+    result = cached.get("result")
     mapping = None
-    raw_ports = capability.get("portMappings")
-    if conf is not None and raw_ports:
-        plugin_conf = dict(conf, name=network, prevResult=cached.get("result"))
+    raw_ports = _ports_given(conf, capability, source) if conf is not None else None
+    if raw_ports and cni_config.result_addresses(result, ifname or None, source):
+        plugin_conf = dict(conf or {}, name=network, prevResult=result)
         mapping = cni_config.plugin_config(
             plugin_conf,
             container_id,
@@ -146,9 +273,41 @@ def read_attachment(path: str) -> Attachment:
             ifname=ifname or None,
             port_mappings_override=raw_ports,
         )
-        if not mapping.families:
-            mapping = None  # no address: the plugin forwards nothing
-    return Attachment(network, container_id, ifname, path, mapping)
+    # else: no ports, or no address (an L2 network with empty IPAM): the plugin
+    # forwards nothing, and neither does anything else expect it to.
+    netns = _netns(cached.get("netns"), result, ifname)
+    state = namespaces.state(netns) if namespaces is not None else NetnsState.UNKNOWN
+    return Attachment(network, container_id, ifname, path, mapping, netns, state)
+
+
+def _ports_given(conf: dict, capability: dict, source: str) -> Any:
+    """The port mappings libcni handed the plugin: `runtimeConfig` is replaced by the
+    capability args of the capabilities the plugin's config enables (`portMappings:
+    true`); without any, the config's own `runtimeConfig` goes as it is. A portmap
+    entry without the capability gets none of the runtime's ports."""
+    enabled = conf.get("capabilities") or {}
+    if not isinstance(enabled, dict):
+        raise BadInput(f"{source}: the portmap plugin's capabilities must be an object")
+    injected = {k: capability[k] for k, on in enabled.items() if on is True and k in capability}
+    runtime = injected if injected else conf.get("runtimeConfig") or {}
+    if not isinstance(runtime, dict):
+        raise BadInput(f"{source}: runtimeConfig must be an object")
+    return runtime.get("portMappings")
+
+
+def _netns(netns: Any, result: Any, ifname: str) -> Optional[str]:
+    """The container's namespace path: the entry's `netns` (libcni >= 1.0), else the
+    `sandbox` of its interface in the ADD result."""
+    if isinstance(netns, str) and netns:
+        return netns
+    interfaces = result.get("interfaces") if isinstance(result, dict) else None
+    for iface in interfaces if isinstance(interfaces, list) else ():
+        if not isinstance(iface, dict):
+            continue
+        sandbox = iface.get("sandbox")
+        if isinstance(sandbox, str) and sandbox and (not ifname or iface.get("name") == ifname):
+            return sandbox
+    return None
 
 
 def _named(value: Any, what: str, source: str) -> str:

@@ -64,11 +64,12 @@ def result_addresses(result: Any, ifname: Optional[str], source: str) -> List[In
     """
     if result is None:
         return []
-    if not isinstance(result, dict) or not isinstance(result.get("ips", []), list):
+    # `"ips": null` is Go's empty list (a result without addresses: L2-only IPAM).
+    if not isinstance(result, dict) or not isinstance(result.get("ips") or [], list):
         raise BadInput(f"{source}: the CNI result must be an object with an 'ips' list")
     interfaces = result.get("interfaces") or []
     found: dict = {}
-    for ip in result.get("ips", []):
+    for ip in result.get("ips") or []:
         if not isinstance(ip, dict) or "address" not in ip:
             raise BadInput(f"{source}: every entry of 'ips' needs an 'address'")
         index = ip.get("interface")
@@ -102,8 +103,11 @@ def plugin_config(
         if port_mappings_override is not None
         else runtime.get("portMappings")
     )
-    snat = conf.get("snat", True)
-    masq_all = conf.get("masqAll", False)
+    # Go reads an absent key and `null` alike (a nil pointer): the plugin's default.
+    snat = conf.get("snat")
+    snat = True if snat is None else snat
+    masq_all = conf.get("masqAll")
+    masq_all = False if masq_all is None else masq_all
     for key, value in (("snat", snat), ("masqAll", masq_all)):
         if not isinstance(value, bool):
             raise BadInput(f"{source}: {key} must be true or false")

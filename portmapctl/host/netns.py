@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
-from typing import Iterator, Optional
+import time
+from enum import Enum
+from typing import Dict, Iterable, Iterator, List, Optional, Set
 
 from portmapctl.errors import HostProblem
 
@@ -73,3 +76,151 @@ def entered(name_or_path: Optional[str]) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(original)
+
+
+# --- is a cached container's namespace still there? -----------------------------------
+
+# The initial PID namespace has this fixed inode number (PROC_PID_INIT_INO): only there
+# do /proc/PID paths name the host's processes.
+PROC_PID_INIT_INO = 0xEFFFFFFC
+
+
+class NetnsState(str, Enum):
+    """What became of the network namespace a CNI cache entry names."""
+
+    PRESENT = "present"
+    GONE = "gone"  # its directory is visible here and it is not in it: a zombie entry
+    UNSEEN = "unseen"  # its directory is not visible here (portmapctl in a container)
+    UNKNOWN = "unknown"  # the entry names no namespace, or it could not be looked at
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class NamespaceView:
+    """Looks up namespace paths from this mount namespace, remembering per directory
+    whether it is the host's (one view per command run: namespaces come and go)."""
+
+    def __init__(self) -> None:
+        self._visible: Dict[str, bool] = {}
+        try:
+            self._nsfs = os.stat("/proc/self/ns/net").st_dev
+        except OSError:
+            self._nsfs = None
+
+    def is_namespace(self, path: str) -> Optional[bool]:
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError:
+            return None
+        # Every namespace file shares the nsfs device; an empty file left after the
+        # namespace was unmounted (or anything else at that name) does not.
+        return self._nsfs is not None and info.st_dev == self._nsfs
+
+    def directory_visible(self, directory: str) -> bool:
+        """Whether the namespaces kept in `directory` can be seen from here.
+
+        /proc/PID paths only in the host's PID namespace. Others: the directory holds at
+        least one network namespace -- an empty or missing /run/netns is what a
+        container without the host's mounted in sees, and it must not make every
+        cache entry look gone.
+        """
+        if directory in self._visible:
+            return self._visible[directory]
+        if directory.startswith("/proc/"):
+            try:
+                visible = os.stat("/proc/self/ns/pid").st_ino == PROC_PID_INIT_INO
+            except OSError:
+                visible = False
+        else:
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                names = []
+            visible = any(self.is_namespace(os.path.join(directory, n)) for n in names)
+        self._visible[directory] = visible
+        return visible
+
+    def state(self, path: Optional[str]) -> NetnsState:
+        if not path or not os.path.isabs(path):
+            return NetnsState.UNKNOWN
+        path = os.path.normpath(path)
+        if path.startswith("/proc/"):
+            parts = path.split("/")  # ["", "proc", PID, "ns", "net"] or a task path
+            directory = "/proc/"
+            if len(parts) < 3 or not parts[2].isdigit():
+                return NetnsState.UNKNOWN  # /proc/self/...: whose? not a container's
+        else:
+            directory = os.path.dirname(path)
+        if not self.directory_visible(directory):
+            return NetnsState.UNSEEN
+        found = self.is_namespace(path)
+        if found is None:
+            return NetnsState.UNKNOWN
+        return NetnsState.PRESENT if found else NetnsState.GONE
+
+
+def fresh_uncached(
+    view: NamespaceView, cached: Iterable[str], max_age: float, now: Optional[float] = None
+) -> List[str]:
+    """Network namespaces younger than `max_age` seconds that no cache entry names.
+
+    A runtime makes the container's namespace first, then runs the ADD; libcni writes
+    the cache entry only once the whole network list is done. Such a namespace is the
+    one sign of an ADD in progress that outlasts it: a chain it (re)uses may look
+    stale until the entry is written. Looked for in the directories the cache names
+    and /run/netns, where they are visible.
+    """
+    if max_age <= 0:
+        return []
+    cached_paths = {os.path.realpath(p) for p in cached if p and os.path.isabs(p)}
+    directories = {os.path.dirname(p) for p in cached_paths if not p.startswith("/proc/")}
+    directories.add(os.path.realpath(NETNS_RUN_DIR))
+    now = time.time() if now is None else now
+    found = []
+    for directory in sorted(directories):
+        if not view.directory_visible(directory):
+            continue
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            if path in cached_paths or not view.is_namespace(path):
+                continue
+            try:
+                # A namespace file's times are those of the namespace: its birth.
+                born = os.stat(path).st_mtime
+            except OSError:
+                continue
+            if now - born < max_age:
+                found.append(path)
+    return found
+
+
+def local_addresses(path: str) -> Set[str]:
+    """The addresses configured in the network namespace at `path` (empty when it
+    cannot be entered), read from its /proc/net: fib_trie's local /32 entries (IPv4)
+    and if_inet6 (IPv6). Entered from this thread, and left again."""
+    found: Set[str] = set()
+    try:
+        with entered(path):
+            with open("/proc/thread-self/net/fib_trie") as trie:
+                last = None
+                for line in trie:
+                    words = line.split()
+                    if len(words) == 2 and words[0].endswith("--"):
+                        last = words[1]
+                    elif "/32 host LOCAL" in line and last is not None:
+                        found.add(last)
+            with open("/proc/thread-self/net/if_inet6") as inet6:
+                for line in inet6:
+                    raw = line.split()[0] if line.strip() else ""
+                    if len(raw) == 32:
+                        found.add(str(ipaddress.IPv6Address(bytes.fromhex(raw))))
+    except (HostProblem, OSError, ValueError):
+        return set()
+    return found

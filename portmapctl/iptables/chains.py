@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -24,7 +25,16 @@ OLD_TOPLEVEL_SNAT = "CNI-HOSTPORT-SNAT"
 SHARED_CHAINS = (TOPLEVEL_DNAT, SETMARK, MASQ, OLD_TOPLEVEL_SNAT)
 DNAT_PREFIX = "CNI-DN-"
 SNAT_PREFIX = "CNI-SN-"
+# The plugin's names exactly: prefix + 21 hex digits (28 characters). Anything else
+# that merely starts like them (an admin's CNI-DN-admin-redirects) is not ours.
+_PLUGIN_CHAIN = re.compile(r"CNI-(?:DN|SN)-[0-9a-f]{21}\Z")
 MAX_PORTS_PER_MULTIPORT = 15
+
+
+
+def is_plugin_chain(name: str) -> bool:
+    """Whether `name` is a per-container chain name as the plugin makes them."""
+    return _PLUGIN_CHAIN.match(name) is not None
 
 
 def chain_name(network: str, container_id: str, prefix: str = "DN-") -> str:

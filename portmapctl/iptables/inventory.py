@@ -11,11 +11,15 @@ Statuses, as SPEC §3 defines them:
   incomplete  an entry rule names a port for which the chain has no DNAT rule
   legacy      a CNI-SN- chain from plugin versions before 2018
   dead        a DNAT rule that can never match (`-d 0.0.0.0/32`, plugins before v0.8.7)
+  zombie      cached, but the network namespace the cache entry names is gone
 
 Older plugin versions' shapes are read through `iptables/shapes.py` (the catalogue):
 a v0.6 entry rule without a port match claims every port its chain DNATs, a dead rule
 takes no port from anyone, and a v0.6 CNI-SN- chain belongs to the container of the
 CNI-DN- chain with the same hash (and gives its mappings SNAT).
+
+A container on several networks has a chain per network, all claiming its host ports:
+only the first gets traffic, and that is no fault (it does not shadow itself).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Mapping as ReadOnly
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.status import Status
 from portmapctl.iptables import shapes
-from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT
+from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT, is_plugin_chain
 from portmapctl.iptables.ruleset import Args, NatTable, option_value, options, rule_target
 
 _COMMENT = re.compile(r'(?:dnat|snat) name: "(?P<network>[^"]*)" id: "(?P<id>[^"]*)(?P<end>"?)\Z')
@@ -182,7 +186,9 @@ def _is_dead(host_ip: Optional[str]) -> bool:
 
 
 def per_container_chains(table: NatTable) -> List[str]:
-    return [n for n in table.chains if n.startswith(DNAT_PREFIX) or n.startswith(SNAT_PREFIX)]
+    """The per-container chains: named exactly as the plugin names them (another chain
+    that only starts with CNI-DN- is an admin's, foreign like any other)."""
+    return [n for n in table.chains if is_plugin_chain(n)]
 
 
 def entry_rules(table: NatTable, targets: Set[str]) -> Dict[str, List[EntryRule]]:
@@ -219,18 +225,29 @@ def build(
     attachments: Optional[Sequence[Attachment]] = None,
 ) -> Inventory:
     """The inventory of a node from its tables and (if there is one) its CNI cache."""
+    # A container cached on any network is not stale on another (SPEC §3: Multus caches
+    # a pod's outer network and its delegate, which names the chain, apart).
+    cached_ids = {a.container_id for a in attachments or ()}
     by_chain: Dict[str, Attachment] = {}
-    for attachment in attachments or ():
+    # Where several entries name one chain (two interfaces; the readings of an
+    # unreadable file's name), a readable, not-zombie one speaks for it.
+    for attachment in sorted(attachments or (), key=_rank, reverse=True):
         by_chain[attachment.dnat_chain] = attachment
         by_chain[attachment.snat_chain] = attachment
     all_mappings: List[Mapping] = []
     all_chains: List[ChainInfo] = []
     for family in sorted(tables):
         other = tables.get(10 - family)
-        mappings, chains = _family(tables[family], other, attachments is not None, by_chain)
+        mappings, chains = _family(
+            tables[family], other, attachments is not None, by_chain, cached_ids
+        )
         all_mappings += mappings
         all_chains += chains
     return Inventory(tuple(all_mappings), tuple(all_chains), attachments is not None, dict(tables))
+
+
+def _rank(attachment: Attachment) -> Tuple[bool, bool]:
+    return (attachment.problem is None, not attachment.zombie)
 
 
 def _family(
@@ -238,6 +255,7 @@ def _family(
     other: Optional[NatTable],
     cache_present: bool,
     by_chain: ReadOnly[str, Attachment],
+    cached_ids: Set[str],
 ) -> Tuple[List[Mapping], List[ChainInfo]]:
     names = per_container_chains(table)
     entries = entry_rules(table, set(names))
@@ -250,7 +268,8 @@ def _family(
         for name in names
         if name.startswith(SNAT_PREFIX)
     }
-    shadowing = _shadowing(table, entries, port_rules)
+    owners = {name: _identity(by_chain.get(name), entries[name])[1] for name in names}
+    shadowing = _shadowing(table, entries, port_rules, owners)
 
     mappings: List[Mapping] = []
     chains: List[ChainInfo] = []
@@ -267,8 +286,10 @@ def _family(
             if twin in entries:
                 network, container_id = _identity(by_chain.get(twin), entries[twin])
         status: List[str] = []
-        if cache_present and attachment is None:
+        if cache_present and attachment is None and container_id not in cached_ids:
             status.append(Status.STALE)
+        if attachment is not None and attachment.zombie:
+            status.append(Status.ZOMBIE)
         if not entries[name]:
             status.append(Status.ORPHAN)
         if name.startswith(SNAT_PREFIX):
@@ -379,8 +400,14 @@ def _shadowing(
     table: NatTable,
     entries: ReadOnly[str, List[EntryRule]],
     port_rules: ReadOnly[str, List[PortRule]],
+    owners: Optional[ReadOnly[str, Optional[str]]] = None,
 ) -> Dict[Tuple[str, str, int, Optional[str]], str]:
-    """(chain, proto, port, host IP) -> the chain that wins that port first."""
+    """(chain, proto, port, host IP) -> the chain that wins that port first.
+
+    `owners` gives each chain's container ID (when known): an earlier chain of the
+    same container (it is on another network too) takes nothing from it.
+    """
+    owners = owners or {}
     claims: Dict[ProtoPort, List[str]] = {}  # in CNI-HOSTPORT-DNAT order
     # The entry rules are already parsed (`entries`): their CNI-HOSTPORT-DNAT ones, in
     # the chain's order.
@@ -403,9 +430,12 @@ def _shadowing(
         for proto, port, host_ip, *_ in rules:
             if _is_dead(host_ip):
                 continue  # listed dead: it gets nothing whoever comes first
+            owner = owners.get(chain)
             for earlier in claims.get((proto, port), ()):
                 if earlier == chain:
                     break
+                if owner is not None and owners.get(earlier) == owner:
+                    continue
                 if any(_overlap(host_ip, other) for other in hosts.get((earlier, proto, port), ())):
                     shadowed[(chain, proto, port, host_ip)] = earlier
                     break

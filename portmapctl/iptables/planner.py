@@ -18,7 +18,12 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from portmapctl.iptables.chains import DNAT_PREFIX, OLD_TOPLEVEL_SNAT, SNAT_PREFIX, Chain
+from portmapctl.iptables.chains import (
+    DNAT_PREFIX,
+    OLD_TOPLEVEL_SNAT,
+    Chain,
+    is_plugin_chain,
+)
 from portmapctl.iptables.ruleset import NatTable, rule_target
 from portmapctl.iptables.transaction import Transaction
 
@@ -85,7 +90,7 @@ def plan_teardown(live: NatTable, chains: Iterable[str]) -> Transaction:
     """
     remove = [name for name in dict.fromkeys(chains) if live.has_chain(name)]
     for name in remove:
-        if not name.startswith((DNAT_PREFIX, SNAT_PREFIX)):
+        if not is_plugin_chain(name):
             raise ValueError(f"plan_teardown removes per-container chains only, not {name}")
     targets = set(remove)
     snat_rules = live.rules(OLD_TOPLEVEL_SNAT)

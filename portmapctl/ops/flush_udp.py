@@ -23,6 +23,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from typing import (
+    Any,
     Callable,
     Collection,
     Dict,
@@ -35,6 +36,7 @@ from typing import (
     Tuple,
 )
 
+from portmapctl.cni import cache as cni_cache
 from portmapctl.host import conntrack
 from portmapctl.host.addresses import LocalAddresses, local_addresses
 from portmapctl.host.conntrack import ConntrackEntry
@@ -74,6 +76,7 @@ class FlushResult:
     doomed: Tuple[Doomed, ...]  # what was (dry run: would be) deleted
     deleted: int  # how many the kernel deleted (dry run: how many would be)
     kept: int  # entries under those ports that were left alone
+    warnings: Tuple[str, ...] = ()  # cache entries that could not be read
 
 
 # --- what to look at -----------------------------------------------------------------
@@ -213,11 +216,15 @@ def flush(
     """
     families = node.families
     mappings: List[Mapping] = []
+    warnings: Tuple[str, ...] = ()
     if ports is None or container is not None or stale_only:
-        mappings = udp_mappings(node_mappings(node))
+        tables = node.read()
+        attachments = node.read_cache()
+        warnings = tuple(cni_cache.warnings(attachments))
+        mappings = udp_mappings(node_mappings(node, tables, attachments))
     keys = select_ports(mappings, families, ports=ports, container=container)
     if not keys:
-        return FlushResult(dry_run, stale_only, (), (), 0, 0)
+        return FlushResult(dry_run, stale_only, (), (), 0, 0, warnings)
     entries = conntrack.list_udp(
         sorted({family for family, _ in keys}), sorted({port for _, port in keys})
     )
@@ -238,19 +245,19 @@ def flush(
         tuple(doomed),
         deleted,
         len(looked_at) - len(doomed),
+        warnings,
     )
 
 
-def node_mappings(node: Node) -> List[Mapping]:
+def node_mappings(node: Node, tables: Any, attachments: Any) -> List[Mapping]:
     """Every mapping of the node: iptables chains and the plugin's nftables rules."""
-    cache = node.read_cache()
-    found = inventory.build(node.read(), cache)
+    found = inventory.build(tables, attachments)
     mappings: List[Mapping] = list(found.mappings)
     if node.nft is not None:
         from portmapctl.ops import nft
 
         owners = {c.container_id for c in found.chains if c.container_id}
-        mappings += nft.build(node, cache, owners)[2].mappings  # same fields, duck-typed
+        mappings += nft.build(node, attachments, owners)[2].mappings  # same fields, duck-typed
     return mappings
 
 

@@ -27,18 +27,20 @@ dead DNAT until idle).
 from __future__ import annotations
 
 import hashlib
-import time
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
+from portmapctl.cni import cache as cni_cache
 from portmapctl.cni import config as cni_config
-from portmapctl.cni.cache import Attachment, cache_exists, results_dir
+from portmapctl.cni.cache import Attachment, cache_present, present_dirs, results_dir
 from portmapctl.core import validate
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem
 from portmapctl.host import files
+from portmapctl.host.netns import NamespaceView, NetnsState, fresh_uncached, local_addresses
 from portmapctl.host.paths import RUN_DIR
 from portmapctl.iptables import inventory
-from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, chain_name
+from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, chain_name, is_plugin_chain
 from portmapctl.iptables.inventory import ChainInfo
 from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable
@@ -51,10 +53,6 @@ if TYPE_CHECKING:
 
 DEFAULT_MIN_AGE = 120.0
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
-# libcni writes cache files in place (not through a rename): a read can catch one
-# half-written, or gone between listing and opening. Read again before giving up.
-CACHE_READ_TRIES = 4
-CACHE_RETRY_SECONDS = 0.1
 
 ProtoPort = Tuple[str, int]
 
@@ -111,21 +109,35 @@ class Sources:
     documents: Tuple[ValidAttachments, ...] = ()
     keep: Tuple[str, ...] = ()
     remove_all: bool = False
+    # --netns-liveness: a cache entry whose network namespace is gone (a zombie) does
+    # not make its container live.
+    netns_liveness: bool = False
 
 
-def cache_present(cache_dir: str) -> bool:
-    return cache_exists(cache_dir)
-
-
-def require_source(sources: Sources, cache_dir: str) -> None:
+def require_source(sources: Sources, cache_dirs: Sequence[str]) -> None:
     """Refuse (exit 2) when nothing says what is live and --all was not given."""
-    if sources.documents or sources.keep or sources.remove_all or cache_present(cache_dir):
+    if sources.documents or sources.keep or sources.remove_all or cache_present(cache_dirs):
         return
+    where = " or ".join(results_dir(d) for d in cache_dirs)
     raise BadInput(
-        f"nothing says which containers are live (no CNI cache at {results_dir(cache_dir)},"
+        f"nothing says which containers are live (no CNI cache at {where},"
         " no --valid-attachments, no --keep): give one, or --all to remove every"
         " per-container chain"
     )
+
+
+def require_namespaces(attachments: Sequence[Attachment]) -> None:
+    """--netns-liveness needs to see the namespaces the cache names (exit 3 if not):
+    where it cannot, every entry would look like a zombie."""
+    unseen = sorted({a.netns for a in attachments if a.netns_state == NetnsState.UNSEEN})
+    if unseen:
+        directory = os.path.dirname(unseen[0] or "") or "?"
+        raise HostProblem(
+            f"--netns-liveness: the network namespaces the CNI cache names are not visible"
+            f" here ({directory}: not the host's, or empty): mount the host's"
+            f" {directory} (and run in the host's PID namespace for /proc paths), or drop"
+            " --netns-liveness"
+        )
 
 
 @dataclass(frozen=True)
@@ -179,13 +191,19 @@ def _is_cni_name(value: str) -> bool:
 
 
 def liveness(sources: Sources, attachments: Optional[Sequence[Attachment]]) -> Liveness:
+    """Merge the sources. A cache entry makes its container live by ID on every network
+    (SPEC §3: a Multus pod's delegate chain is kept by its outer entry too), except a
+    zombie's with --netns-liveness."""
     chains: Set[str] = set()
     ids: Set[str] = set()
     networks: Set[str] = set()
     scoped: Set[str] = set()
     for attachment in attachments or ():
-        chains.update((attachment.dnat_chain, attachment.snat_chain))
         networks.add(attachment.network)
+        if sources.netns_liveness and attachment.zombie:
+            continue
+        chains.update((attachment.dnat_chain, attachment.snat_chain))
+        ids.add(attachment.container_id)
     for document in sources.documents:
         if document.network is None:
             ids.update(document.container_ids)
@@ -280,15 +298,20 @@ def plan_family(
     now: float,
     min_age: float,
     only: Optional[FrozenSet[Tuple[int, str]]] = None,
+    hold: FrozenSet[str] = frozenset(),
 ) -> FamilyPlan:
     """What gc does to one family's table. Pure: the caller reads and applies.
 
     `seen` is the state file's memory; `only` (confirmed at a prompt) limits what
-    may go now.
+    may go now; a chain that DNATs to an address in `hold` (a container with that
+    address is being added) stays pending, its clock running.
     """
     family = table.family
     built = inventory.build({family: table})
     chains = built.chains
+    targets: Dict[str, Set[str]] = {}
+    for row in built.mappings:
+        targets.setdefault(row.chain, set()).add(row.container_ip)
     ports = {chain.name: _host_ports(chain) for chain in chains}
     derived = live.derived_chains(chains)
     removable: List[ChainInfo] = []
@@ -296,6 +319,8 @@ def plan_family(
     new_seen: Dict[str, gc_state.Seen] = {}
     kept = 0
     for chain in chains:
+        if not is_plugin_chain(chain.name):
+            continue  # not the plugin's name: never ours to remove (inventory skips them)
         if live.is_live(chain, derived) or not live.in_scope(chain):
             kept += 1
             continue
@@ -305,7 +330,8 @@ def plan_family(
         first = before.first_seen if before is not None and before.fingerprint == mark else now
         new_seen[key] = gc_state.Seen(mark, first)
         allowed = only is None or (family, chain.name) in only
-        if now - first >= min_age and allowed:
+        held = bool(hold and targets.get(chain.name, set()) & hold)
+        if now - first >= min_age and allowed and not held:
             removable.append(chain)
         else:
             pending.append(_gc_chain(chain, ports[chain.name], now - first))
@@ -370,28 +396,55 @@ class GcResult:
         return bool(self.removed or self.shared_removed)
 
 
-def _read_cache(node: Node) -> List[Attachment]:
-    for attempt in range(CACHE_READ_TRIES):
-        try:
-            found = node.read_cache()
-        except BadInput:
-            if attempt == CACHE_READ_TRIES - 1:
-                raise
-            time.sleep(CACHE_RETRY_SECONDS)
-            continue
-        if found is None:
-            raise HostProblem(
-                f"the CNI cache {results_dir(node.options.cache_dir)} disappeared while gc"
-                " ran: nothing removed from this family"
-            )
-        return found
-    raise AssertionError("unreachable")
+def _read_cache(node: Node, dirs: Sequence[str], warnings: List[str]) -> List[Attachment]:
+    """The cache (cni.cache reads a half-written file again); `dirs` were present at
+    the start: one gone since would make its containers look stale."""
+    found = node.read_cache()
+    missing = [d for d in dirs if d not in present_dirs(dirs)]
+    if found is None or missing:
+        gone = ", ".join(results_dir(d) for d in (missing or dirs))
+        raise HostProblem(
+            f"the CNI cache {gone} disappeared while gc ran: nothing removed from this family"
+        )
+    for warning in cni_cache.warnings(found):
+        if warning not in warnings:
+            warnings.append(warning)
+    return found
+
+
+def _adding(
+    view: Optional[NamespaceView],
+    attachments: Optional[Sequence[Attachment]],
+    min_age: float,
+) -> Tuple[List[str], FrozenSet[str]]:
+    """Namespaces that look like an ADD in progress (see netns.fresh_uncached).
+
+    A container started again with the ID (and ports, and address) of a chain pending
+    as stale gets that very chain back from the plugin, unchanged: nothing in the
+    table tells, and its cache entry comes only at the end of the ADD. Its new
+    namespace does tell: it is young, in no cache entry, and already holds the
+    address the chain DNATs to (the plugins before portmap put it there). Returns
+    (those namespaces, their addresses).
+    """
+    if view is None or min_age <= 0:
+        return [], frozenset()
+    cached = [a.netns for a in attachments or () if a.netns]
+    found: Dict[str, Set[str]] = {}
+    for path in fresh_uncached(view, cached, min_age):
+        addresses = local_addresses(path) - {"127.0.0.1", "::1"}
+        if addresses:
+            found[path] = addresses
+    return sorted(found), frozenset(a for addresses in found.values() for a in addresses)
 
 
 def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResult:
     """Plan and (unless a dry run) apply the removal, family by family."""
-    require_source(sources, node.options.cache_dir)
-    use_cache = cache_present(node.options.cache_dir)
+    require_source(sources, node.options.cache_dirs)
+    cache_dirs = present_dirs(node.options.cache_dirs)
+    use_cache = bool(cache_dirs)
+    if sources.netns_liveness and not use_cache:
+        raise BadInput("--netns-liveness judges CNI cache entries: there is no CNI cache here")
+    view = node.namespace_view()
     namespace = gc_state.namespace_key(node.options.netns)
     seen, state_warnings = gc_state.load(options.state_dir, namespace)
     warnings = list(state_warnings)
@@ -416,7 +469,10 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
         def plan(table: NatTable, latest: List[FamilyPlan] = latest) -> Transaction:
             # The cache is read after the table: a container whose ADD finished in
             # between counts as live (the other order could miss it).
-            attachments = _read_cache(node) if use_cache else None
+            attachments = _read_cache(node, cache_dirs, warnings) if use_cache else None
+            if attachments is not None and sources.netns_liveness:
+                require_namespaces(attachments)
+            adding, addresses = _adding(view, attachments, options.min_age)
             found = plan_family(
                 table,
                 liveness(sources, attachments),
@@ -424,7 +480,17 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
                 gc_state.clock(),
                 options.min_age,
                 options.only,
+                hold=addresses,
             )
+            if addresses and any(c.seen_seconds >= options.min_age for c in found.pending):
+                warning = (
+                    f"a network namespace younger than --min-age and in no CNI cache entry"
+                    f" ({', '.join(adding[:3])}{', ...' if len(adding) > 3 else ''}) holds an"
+                    " address a stale chain DNATs to: its container is being added, so that"
+                    " chain is not removed this run"
+                )
+                if warning not in warnings:
+                    warnings.append(warning)
             latest.append(found)
             return found.transaction
 
@@ -453,7 +519,7 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
     nft_kept = 0
     if failure is None and node.nft is not None:
         try:
-            text, nft_done = _gc_nft(node, sources, options, seen, use_cache)
+            text, nft_done = _gc_nft(node, sources, options, seen, cache_dirs, warnings)
         except ApplyFailed as err:
             failure = ApplyFailed(f"nftables: {err}")
         else:
@@ -519,7 +585,12 @@ def _nft_key_family(key: str) -> int:
 
 
 def _nft_live_ids(sources: Sources, attachments: Optional[Sequence[Attachment]]) -> Set[str]:
-    ids = {a.container_id for a in attachments or ()}
+    # --netns-liveness: a cache entry whose namespace is gone (a zombie) is not live.
+    ids = {
+        a.container_id
+        for a in attachments or ()
+        if not (getattr(sources, "netns_liveness", False) and a.zombie)
+    }
     for document in sources.documents:
         ids.update(document.container_ids)
     return ids
@@ -534,12 +605,14 @@ def _gc_nft(
     sources: Sources,
     options: GcOptions,
     seen: Mapping[str, gc_state.Seen],
-    use_cache: bool,
+    cache_dirs: Sequence[str],
+    warnings: List[str],
 ) -> Tuple[str, Optional[NftPlan]]:
     from portmapctl.nftables.node import dead_containers
     from portmapctl.nftables.ruleset import CONTAINER_CHAINS
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
+    use_cache = bool(cache_dirs)
     if (
         sources.documents
         and all(d.network is not None for d in sources.documents)
@@ -549,7 +622,7 @@ def _gc_nft(
     latest: List[NftPlan] = []
 
     def plan(live_rules: Ruleset) -> NftTransaction:
-        attachments = _read_cache(node) if use_cache else None
+        attachments = _read_cache(node, cache_dirs, warnings) if use_cache else None
         ids = _nft_live_ids(sources, attachments)
 
         def is_live(cid: str) -> bool:

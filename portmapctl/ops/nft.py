@@ -51,7 +51,7 @@ def split(
 def owners(attachments: Optional[Sequence[Attachment]]) -> Optional[List[Owner]]:
     if attachments is None:
         return None
-    return [Owner(a.network, a.container_id, a.mapping) for a in attachments]
+    return [Owner(a.network, a.container_id, a.mapping, a.zombie) for a in attachments]
 
 
 def build(
@@ -70,7 +70,7 @@ def build(
     found = nft_inventory.build(
         live,
         owners(attachments),
-        nft_backed=[Owner(a.network, a.container_id, a.mapping) for a in parts.nftables],
+        nft_backed=[Owner(a.network, a.container_id, a.mapping, a.zombie) for a in parts.nftables],
         problems=problems,
     )
     return live, parts, found

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tupl
 from portmapctl.cni import cache as cni_cache
 from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.host import lock, netns, paths
-from portmapctl.iptables.access import Backend, open_backend
+from portmapctl.host.netns import NamespaceView
+from portmapctl.iptables.access import BACKEND_NAMES, Backend, open_backend
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from portmapctl.nftables.ruleset import Ruleset
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
-DEFAULT_CACHE_DIR = paths.CNI_CACHE_DIR
 APPLY_TRIES = 3
 CAP_NET_ADMIN = 12
 
@@ -37,7 +37,7 @@ class NodeOptions:
     iptables: str = "auto"
     families: Tuple[int, ...] = (4, 6)
     netns: Optional[str] = None
-    cache_dir: str = DEFAULT_CACHE_DIR
+    cache_dirs: Tuple[str, ...] = paths.DEFAULT_CNI_CACHE_DIRS
     snapshots: Dict[int, str] = field(default_factory=dict)
     backend: str = "auto"
     nft_snapshot: Optional[str] = None
@@ -106,8 +106,15 @@ class Node:
             return read_families(wanted)
         return {f: self.backend.read(f) for f in wanted}
 
+    def namespace_view(self) -> Optional[NamespaceView]:
+        """How to judge cached namespaces: only on a live node, read through one of the
+        kernel backends (a snapshot's cache comes from another node; the memory backend
+        is a test's node). None: not judged."""
+        live = not self.options.snapshots and self.backend.name in BACKEND_NAMES
+        return NamespaceView() if live else None
+
     def read_cache(self) -> Optional[List[cni_cache.Attachment]]:
-        return cni_cache.read_cache(self.options.cache_dir)
+        return cni_cache.read_cache(self.options.cache_dirs, self.namespace_view())
 
     def read_with_cache(self) -> Tuple[Dict[int, NatTable], Optional[List[cni_cache.Attachment]]]:
         """read() and read_cache() at once, for a command that only looks (`list`).

@@ -145,10 +145,6 @@ def statuses_of(listed: dict[str, Any], container: Container) -> set[str]:
     return {status for row in rows for status in row["status"]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 2: a cache entry whose namespace is gone is not reported zombie",
-)
 def test_zombie_cache_entry_listed_and_collected_with_netns_liveness(node: Node) -> None:
     node.network("pma", "10.89.30.0/24")
     keep = node.start("keep", ["pma"], ["8080:80"], WEB)
@@ -176,10 +172,6 @@ def test_zombie_cache_entry_listed_and_collected_with_netns_liveness(node: Node)
     assert node.http_get(NODE_IP, 8080) == PAGE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 2: check --repair re-creates the chain of a zombie cache entry",
-)
 def test_zombie_cache_entry_never_repaired(node: Node) -> None:
     node.network("pma", "10.89.40.0/24")
     keep = node.start("keep", ["pma"], ["8080:80"], WEB)
@@ -238,10 +230,6 @@ def test_two_networks_give_two_chains_of_one_container(node: Node) -> None:
     assert node.http_get(NODE_IP, 8600) == PAGE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 5: a container on two networks is reported as shadowing itself",
-)
 def test_two_networks_check_is_healthy(node: Node) -> None:
     node.network("pma", "10.89.70.0/24")
     node.network("pmb", "10.89.71.0/24")

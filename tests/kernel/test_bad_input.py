@@ -34,12 +34,12 @@ import typer
 from pmctl import assert_error, run
 
 from portmapctl.cli import main
+from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import MAX_CACHE_FILE_BYTES
 from portmapctl.host import netns
 from portmapctl.iptables.access.snapshot import MAX_DUMP_BYTES
 from portmapctl.iptables.chains import chain_name
 from portmapctl.nftables.access.snapshot import MAX_DUMP_BYTES as NFT_MAX_DUMP_BYTES
-from portmapctl.ops import gc as gc_lib
 
 pytestmark = pytest.mark.netns
 
@@ -176,7 +176,14 @@ def _cache_document(**changes: object) -> dict:
     document = {
         "kind": "cniCacheV1",
         "containerId": "cached9",
-        "config": _b64({"cniVersion": "0.4.0", "name": NET, "type": "portmap"}),
+        "config": _b64(
+            {
+                "cniVersion": "0.4.0",
+                "name": NET,
+                "type": "portmap",
+                "capabilities": {"portMappings": True},  # else libcni passes no ports
+            }
+        ),
         "ifName": "eth0",
         "networkName": NET,
         "capabilityArgs": {
@@ -291,7 +298,11 @@ CACHE_FILES = {
                     "name": NET,
                     "plugins": [
                         {"type": "bridge"},
-                        {"type": "portmap", "conditionsV4": ["--goto", "X"]},
+                        {
+                            "type": "portmap",
+                            "capabilities": {"portMappings": True},
+                            "conditionsV4": ["--goto", "X"],
+                        },
                     ],
                 }
             )
@@ -509,6 +520,11 @@ def _with(base: Argv, option: str, value: str) -> Argv:
         return args
 
     return argv
+
+
+def _also(base: Argv, option: str, make: Callable[[Files], str]) -> Argv:
+    """The base command with one more `option` (a repeatable one)."""
+    return lambda n: [*base(n), option, make(n.files)]
 
 
 def _then(base: Argv, *extra: str) -> Argv:
@@ -758,7 +774,7 @@ def _cases() -> List[Case]:
     add("check --repair with --snapshot",
         lambda n: ["check", "--repair", "--snapshot", "/dev/null"], "--snapshot")  # fmt: skip
 
-    cache_bases = {
+    cache_bases = {  # commands that read the cache; those that change things, as dry runs
         "list": _list,
         "check": lambda n: [
             "check",
@@ -769,8 +785,7 @@ def _cases() -> List[Case]:
             "--cni-cache-dir",
             n.cache,
         ],
-        "check --repair": _node_repair,
-        "gc": _gc,
+        "gc": lambda n: [*_gc(n), "--dry-run"],
         "flush-udp": lambda n: [
             "flush-udp",
             "--netns",
@@ -779,25 +794,34 @@ def _cases() -> List[Case]:
             "nft",
             "--cni-cache-dir",
             n.cache,
+            "--dry-run",
         ],  # fmt: skip
     }
     broken_cache = {name: (data, words) for name, (data, words) in BROKEN_BYTES.items()}
     broken_cache.update(
         {name: (json.dumps(doc).encode(), words) for name, (doc, words) in CACHE_FILES.items()}
     )
+    add("gc --netns-liveness without a cache",
+        lambda n: ["gc", "--yes", "--netns", n.ns, "--iptables", "nft", "--keep", "x",
+                   "--cni-cache-dir", f"{n.cache}-nowhere", "--netns-liveness"],
+        "--netns-liveness", "no CNI cache")  # fmt: skip
+    # A cache file is not the user's input but one record of the node's (SPEC §5): it
+    # is skipped with a warning (code 0; check: 1 for what it then finds), never exit 2.
     for command, base in cache_bases.items():
         for name, (data, words) in broken_cache.items():
             add(f"{command} cache {name}",
-                _file_arg(base, "--cni-cache-dir",
-                          lambda f, d=data, m=name: f.cache_dir(m, d)),
-                "CNI cache file", words)  # fmt: skip
+                _also(base, "--cni-cache-dir", lambda f, d=data, m=name: f.cache_dir(m, d)),
+                "CNI cache file", words, code=WARNED)  # fmt: skip
         add(f"{command} cache huge",
-            _file_arg(base, "--cni-cache-dir", lambda f: f.huge_cache_dir(huge_config)),
-            "CNI cache file", "larger than 16 MiB")  # fmt: skip
+            _also(base, "--cni-cache-dir", lambda f: f.huge_cache_dir(huge_config)),
+            "CNI cache file", "larger than 16 MiB", code=WARNED)  # fmt: skip
     return cases
 
 
-CASES = _cases()
+WARNED = -1  # Case.code of a record that is skipped with a warning
+ALL_CASES = _cases()
+CASES = [c for c in ALL_CASES if c.code != WARNED]
+CACHE_CASES = [c for c in ALL_CASES if c.code == WARNED]
 _get_command = typer.main.get_command
 
 
@@ -826,8 +850,8 @@ def _in_process(
 def test_bad_input_is_refused_and_changes_nothing(
     node: NodeState, before: Dict[str, str], case: Case, capsys, monkeypatch
 ):
-    # gc reads a cache it cannot parse again (libcni may be writing it): not here.
-    monkeypatch.setattr(gc_lib, "CACHE_RETRY_SECONDS", 0.0)
+    # A cache file that cannot be parsed is read again (libcni may be writing it): not here.
+    monkeypatch.setattr(cni_cache, "RETRY_SECONDS", 0.0)
     monkeypatch.setenv("NO_COLOR", "1")
     stdin = case.stdin if case.stdin is not None else b"\x00" * case.stdin_size
     argv = case.argv(node)
@@ -840,6 +864,28 @@ def test_bad_input_is_refused_and_changes_nothing(
     assert _state(node, conntrack) == expected
 
 
+@pytest.mark.parametrize("case", CACHE_CASES, ids=[c.id for c in CACHE_CASES])
+def test_a_cache_file_nobody_can_read_is_a_warning_and_changes_nothing(
+    node: NodeState, before: Dict[str, str], case: Case, capsys, monkeypatch
+):
+    monkeypatch.setattr(cni_cache, "RETRY_SECONDS", 0.0)
+    monkeypatch.setenv("NO_COLOR", "1")
+    argv = case.argv(node)
+    done = _in_process(argv, b"", capsys, monkeypatch)
+    # The node's own cache and the broken one (--cni-cache-dir repeats): the node's
+    # containers stay live, the unreadable entry's too (by its file name).
+    assert argv.count("--cni-cache-dir") == 2, argv
+    # check: 1 for the node's own stale container (and only for it).
+    assert done.returncode == (1 if argv[0] == "check" else 0), done.stdout + done.stderr
+    warning = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "Traceback" not in done.stderr, done.stderr
+    for word in case.words:
+        assert word in warning[0], (word, warning[0])
+    conntrack = argv[0] == "flush-udp"
+    expected = before if conntrack else {k: v for k, v in before.items() if k != "conntrack"}
+    assert _state(node, conntrack) == expected
+
+
 def test_the_table_covers_every_option_of_every_command():
     """A new option without hostile values here fails this test."""
     import typer
@@ -847,7 +893,7 @@ def test_the_table_covers_every_option_of_every_command():
     from portmapctl.cli import app
 
     command = typer.main.get_command(app)
-    tried = " ".join(c.id for c in CASES)
+    tried = " ".join(c.id for c in ALL_CASES)
     flags_ok = {"--help", "--quiet", "--verbose", "--conntrack"}  # harmless: no value
     # A bad metrics path is not refused (the command does its work and warns):
     # test_hostile_metrics_paths_warn_once_and_change_nothing tries its hostile values.
@@ -862,7 +908,7 @@ def test_the_table_covers_every_option_of_every_command():
             if not spelled and f"{name} {longest}" not in tried:
                 missing.append(f"{name} {longest}")
     assert not missing, f"no hostile values tried for: {missing}"
-    assert len(CASES) > 500
+    assert len(ALL_CASES) > 500
 
 
 # --metrics-file: never refused, never fatal. The command does its work, exits as it
@@ -934,7 +980,7 @@ SAMPLE = [
         "gc --valid-attachments - truncated",
         "add --cni-config name-injection",
         "list --snapshot - binary",
-        "gc cache id-injection",
+        "gc --netns-liveness without a cache",
         "add --netns ns3",
     )
 ]

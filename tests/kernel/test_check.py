@@ -259,12 +259,15 @@ def test_check_does_not_create_legacy_tables(host_ns, tmp_path):
     assert "nat" not in names.split()
 
 
-def test_malformed_cache_file_changes_nothing_even_with_repair(host_ns, tmp_path):
+def test_malformed_cache_file_is_skipped_and_the_rest_repaired(host_ns, tmp_path):
+    """The unreadable entry's container is live by its file name (its chain is not
+    called stale), and everything else is repaired (0.1: exit 2, nothing repaired)."""
     _plugin_node(host_ns, "nft", tmp_path, CONTAINERS[:1])
+    made = _state(host_ns, "nft")
+    _plugin_node(host_ns, "nft", tmp_path / "other", CONTAINERS[1:2])  # ctr2: no entry here
     rp.iptables(host_ns, ["-t", "nat", "-F", "PREROUTING"])
-    before = _state(host_ns, "nft")
-    bad = tmp_path / "results" / "mynet-ctr9-eth0"
-    bad.write_text('{"kind": "cniCacheV1", "containerId": "ctr9", "config": 7}')
+    bad = tmp_path / "results" / "mynet-ctr2-eth0"
+    bad.write_text('{"kind": "cniCacheV1", "containerId": "ctr2", "config": 7}')
     done = run(
         [
             "check",
@@ -277,8 +280,12 @@ def test_malformed_cache_file_changes_nothing_even_with_repair(host_ns, tmp_path
             str(tmp_path),
         ]
     )
-    assert_error(done, 2, str(bad), "config must be a base64 string")
-    assert _state(host_ns, "nft") == before
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert str(bad) in done.stderr and "config must be a base64 string" in done.stderr
+    assert "stale" not in done.stdout.replace("nothing stale", "")
+    after = _state(host_ns, "nft")
+    assert set(made[4]) <= set(after[4]) and "-A PREROUTING" in "\n".join(after[4])
+    assert any(_chain("ctr2") in line for line in after[4])
 
 
 def test_single_mapping_check_and_repair(host_ns, iptables_mode, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import realplugin as rp
 
 from portmapctl.cni import cache as cni_cache
+from portmapctl.host.netns import NamespaceView, NetnsState
 from portmapctl.ops.node import NodeOptions, opened
 
 # --- ruleset --------------------------------------------------------------------------
@@ -37,11 +38,12 @@ def test_read_with_cache_reads_the_namespace_entered(host_ns, iptables_mode, tmp
     conf = rp.plugin_conf("mynet", ips, ports)
     rp.run_plugin("ADD", host_ns, "abc123", conf, mode=iptables_mode, check=True)
     rp.write_cni_cache(tmp_path, "mynet", "abc123", "eth0", conf, ports, ips)
-    options = NodeOptions(iptables=iptables_mode, netns=host_ns, cache_dir=str(tmp_path))
+    options = NodeOptions(iptables=iptables_mode, netns=host_ns, cache_dirs=(str(tmp_path),))
     with opened(options) as node:
         tables, cache = node.read_with_cache()
         assert tables == node.read()
         assert cache == node.read_cache()
     assert all(t.has_chain("CNI-DN-70a29d9dc18bc4d652ea5") for t in tables.values())
     assert [a.container_id for a in cache] == ["abc123"]
-    assert cni_cache.read_cache(str(tmp_path)) == cache
+    assert cni_cache.read_cache(str(tmp_path), NamespaceView()) == cache
+    assert cache[0].netns_state == NetnsState.PRESENT

@@ -505,7 +505,7 @@ class RacingBackend(RestoreBackend):
 
 def _racing_node(node: Node_, races: list) -> Node:
     options = NodeOptions(
-        iptables=node.mode, families=(4,), netns=node.ns, cache_dir=str(node.cache)
+        iptables=node.mode, families=(4,), netns=node.ns, cache_dirs=(str(node.cache),)
     )
     return Node(options, RacingBackend(node.mode, races))
 

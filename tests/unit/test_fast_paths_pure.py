@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from portmapctl import render
 from portmapctl.cli import _click_command, app
+from portmapctl.cni import cache as cni_cache
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.iptables.ruleset import (
     _ESCAPE,
@@ -202,13 +203,15 @@ class EmptyBackend:
         return NatTable(family)
 
 
-def test_the_tables_problem_comes_first(tmp_path):
-    (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "net-ctr-eth0").write_text("{not json")
-    node = Node(NodeOptions(cache_dir=str(tmp_path)), BrokenBackend())
+def test_the_tables_problem_comes_first(tmp_path, monkeypatch):
+    def broken_cache(*args, **kwargs):
+        raise BadInput("the cache cannot be read")
+
+    monkeypatch.setattr(cni_cache, "read_cache", broken_cache)
+    node = Node(NodeOptions(cache_dirs=(str(tmp_path),)), BrokenBackend())
     with pytest.raises(HostProblem, match="no nat table"):
         node.read_with_cache()
     with pytest.raises(BadInput):  # alone, the cache's problem is reported
-        Node(NodeOptions(cache_dir=str(tmp_path)), EmptyBackend()).read_with_cache()
+        Node(NodeOptions(cache_dirs=(str(tmp_path),)), EmptyBackend()).read_with_cache()
 
 

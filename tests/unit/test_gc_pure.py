@@ -107,16 +107,17 @@ def test_plan_frees_udp_ports_no_other_chain_maps():
     assert plan.freed_udp_ports == (5353,)
 
 
-def test_cache_liveness_is_by_network_and_id():
-    """A cached attachment keeps its own chains, not those of the same ID elsewhere."""
+def test_cache_liveness_is_by_container_id_on_every_network():
+    """A cached attachment keeps its container's chains on every network (SPEC §3: a
+    Multus pod's outer entry keeps its delegate network's chain)."""
     from portmapctl.cni.cache import Attachment
 
     tbl = table("three-containers", 4)
     names = _chain_names(tbl)
     same_net = Attachment("mynet", "ctr1", "eth0", "/x", None)
-    other_net = Attachment("renamed", "ctr3", "eth0", "/y", None)
+    other_net = Attachment("multus-cni-network", "ctr3", "eth0", "/y", None)
     plan = _plan(tbl, liveness(Sources(), [same_net, other_net]))
-    assert {c.chain for c in plan.removed} == {names["ctr2"], names["ctr3"]}
+    assert {c.chain for c in plan.removed} == {names["ctr2"]}
 
 
 def test_network_scoped_document_leaves_other_networks_alone():

@@ -32,7 +32,7 @@ def example_node(cache_dir: str = EXAMPLE_CACHE) -> Node:
     tables = {
         f: parse_save((ROOT / "examples" / f"node.v{f}.save").read_text(), f) for f in (4, 6)
     }
-    return Node(NodeOptions(cache_dir=cache_dir), MemoryBackend(tables))
+    return Node(NodeOptions(cache_dirs=(cache_dir,)), MemoryBackend(tables))
 
 
 @pytest.mark.parametrize("name", sorted(n for n in scenarios() if n.startswith("refused")))
@@ -106,7 +106,7 @@ def test_repair_recreates_what_a_flush_removed(monkeypatch):
 def test_add_writes_the_plugin_s_table_and_twice_changes_nothing(monkeypatch, tmp_path):
     monkeypatch.setattr("portmapctl.ops.add.after_setup", lambda *args: [])
     for config in configs("three-containers"):
-        node = Node(NodeOptions(cache_dir=str(tmp_path)), MemoryBackend())
+        node = Node(NodeOptions(cache_dirs=(str(tmp_path),)), MemoryBackend())
         first = add(node, config)
         assert first.changed
         second = add(node, config)
@@ -117,7 +117,7 @@ def test_add_writes_the_plugin_s_table_and_twice_changes_nothing(monkeypatch, tm
 
 def test_add_of_a_fixture_matches_the_plugin_s_own_table(monkeypatch, tmp_path):
     monkeypatch.setattr("portmapctl.ops.add.after_setup", lambda *args: [])
-    node = Node(NodeOptions(cache_dir=str(tmp_path)), MemoryBackend())
+    node = Node(NodeOptions(cache_dirs=(str(tmp_path),)), MemoryBackend())
     for config in configs("basic"):
         add(node, config)
     written = node.read()[4]

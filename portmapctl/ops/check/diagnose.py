@@ -106,10 +106,11 @@ def cached_configs(attachments: Optional[Sequence[Attachment]]) -> List[MappingC
 
     Two attachments of one container on one network (two interfaces) would share a
     chain; the plugin would make them overwrite each other, we keep the first.
+    A zombie's mapping is not expected (and so never repaired): its container is gone.
     """
     found: Dict[str, MappingConfig] = {}
     for attachment in attachments or ():
-        if attachment.mapping is not None:
+        if attachment.mapping is not None and not attachment.zombie:
             found.setdefault(dnat_chain_name(attachment.mapping), attachment.mapping)
     return list(found.values())
 
@@ -542,6 +543,36 @@ def _shadow_problem(
     )
 
 
+def _zombies(
+    attachments: Sequence[Attachment], tables: ReadOnly[int, NatTable], fixes: Fixes
+) -> List[Problem]:
+    """Cache entries whose network namespace is gone, that have or would have chains."""
+    problems: List[Problem] = []
+    seen = set()
+    for a in attachments:
+        if not a.zombie or a.dnat_chain in seen:
+            continue
+        present = [f for f in sorted(tables) if tables[f].has_chain(a.dnat_chain)]
+        if a.mapping is None and not present:
+            continue  # no port mappings: nothing of portmap's to say about it
+        seen.add(a.dnat_chain)
+        where = f"; its chain is still in IPv{'/IPv'.join(map(str, present))}" if present else ""
+        problems.append(
+            Problem(
+                ProblemKind.ZOMBIE,
+                present[0] if len(present) == 1 else None,
+                a.dnat_chain,
+                a.network,
+                a.container_id,
+                f"cached, but its network namespace {a.netns} is gone{where}; not repaired",
+                f"{fixes.gc} --netns-liveness",
+                "the runtime forgot the container without a CNI DEL: its cache entry keeps"
+                " its host ports taken",
+            )
+        )
+    return problems
+
+
 def _duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
     """Identical rules jumping to a portmap chain, more than once in one chain."""
     problems = []
@@ -657,6 +688,7 @@ def diagnose(
     live_names = {dnat_chain_name(c) for c in configs or ()}
     live_names |= {a.snat_chain for a in attachments or ()}
     problems += _inventory_problems(found, derived, live_names, fixes)
+    problems += _zombies(attachments or (), tables, fixes)
     for family in sorted(tables):
         problems += _duplicates(tables[family], fixes)
     return problems, compared

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.host.paths import DEFAULT_CNI_CACHE_DIRS
 from portmapctl.iptables.ruleset import (
     Args,
     command_line,
     format_rule,
 )
-from portmapctl.ops.node import DEFAULT_CACHE_DIR, Node
+from portmapctl.ops.node import Node
 
 _SHOWN = 3  # how many rules or chains a detail names before "and N more"
 
@@ -52,8 +53,8 @@ def fixes_for(node: Node, cache_present: bool = True) -> Fixes:
         suffix += f" --iptables {options.iptables}"
     if tuple(options.families) != (4, 6):
         suffix += " --family " + ("all" if len(options.families) != 1 else str(options.families[0]))
-    if options.cache_dir != DEFAULT_CACHE_DIR:
-        suffix += f" --cni-cache-dir {shlex.quote(options.cache_dir)}"
+    if tuple(options.cache_dirs) != DEFAULT_CNI_CACHE_DIRS:
+        suffix += "".join(f" --cni-cache-dir {shlex.quote(d)}" for d in options.cache_dirs)
     return Fixes(suffix, _flavour(node), cache_present)
 
 

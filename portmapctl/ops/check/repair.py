@@ -246,7 +246,7 @@ def repair(
         fixed=fixed,
         transactions=transactions,
         notes=after.notes,
-        warnings=tuple(warnings),
+        warnings=after.warnings + tuple(warnings),
         found=after.found,
         unrepaired=tuple((u.family, u.network, u.container_id, u.chain, u.why) for u in unrepaired),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import BadInput, HostProblem
@@ -69,8 +70,8 @@ def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckRes
     compared += nft_compared
     if attachments is None:
         notes.append(
-            f"no CNI cache in {node.options.cache_dir}/results: cached mappings and stale"
-            " chains were not checked (give --cni-cache-dir)"
+            f"no CNI cache in {' or '.join(d + '/results' for d in node.options.cache_dirs)}:"
+            " cached mappings and stale chains were not checked (give --cni-cache-dir)"
         )
     chains = sum(len(inventory.per_container_chains(t)) for t in tables.values())
     return CheckResult(
@@ -82,6 +83,7 @@ def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckRes
         chains,
         notes=tuple(notes),
         found=found,
+        warnings=tuple(cni_cache.warnings(attachments)),
     )
 
 

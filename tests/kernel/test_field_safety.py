@@ -1,0 +1,333 @@
+"""Field cases of issue 12 against the real plugin and real iptables, in throwaway
+namespaces: Multus caches, zombie cache entries, the portMappings capability, chains
+only named like the plugin's, a container on two networks, a container coming back
+while its old chain waits out --min-age, and cache entries 0.1 could not read.
+
+Everything goes through the command line (tests/pmctl.run), as a user runs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import pytest
+import realplugin as rp
+from pmctl import assert_error, run
+
+from portmapctl.iptables.chains import chain_name
+
+PORT_A = [{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}]
+PORT_B = [{"hostPort": 8082, "containerPort": 80, "protocol": "tcp"}]
+
+
+class Lab:
+    """The host namespace (nf_tables), its CNI cache directory, the plugin's configs."""
+
+    def __init__(self, host_ns: str, cache: Path) -> None:
+        self.ns, self.cache = host_ns, cache
+        self.confs: Dict[str, dict] = {}
+
+    def add(self, network: str, cid: str, ip: str, ports: List[dict], cache: bool = True,
+            netns: str | None = None, cache_dir: Path | None = None) -> dict:  # fmt: skip
+        conf = rp.plugin_conf(network, [ip], ports)
+        rp.run_plugin("ADD", self.ns, cid, conf, mode="nft", check=True)
+        self.confs[f"{network}/{cid}"] = conf
+        if cache:
+            rp.write_cni_cache(
+                cache_dir or self.cache, network, cid, "eth0", conf, ports, [ip], netns=netns
+            )
+        return conf
+
+    def pm(self, command: str, *args: str, dirs: Sequence[Path] = ()):
+        argv = [command, "--netns", self.ns, "--iptables", "nft"]
+        for d in dirs or (self.cache,):
+            argv += ["--cni-cache-dir", str(d)]
+        return run([*argv, *args])
+
+    def json(self, command: str, *args: str, dirs: Sequence[Path] = (), codes=(0,)) -> dict:
+        done = self.pm(command, *args, "-o", "json", dirs=dirs)
+        assert done.returncode in codes, done.stdout + done.stderr
+        return json.loads(done.stdout)
+
+    def rules(self, family: int = 4) -> List[str]:
+        return rp.nat_rules(rp.save(self.ns, family, "nft"))
+
+    def ipt(self, *args: str) -> None:
+        rp.iptables(self.ns, ["-t", "nat", *args], family=4, mode="nft")
+
+    def plugin_check(self, network: str, cid: str) -> None:
+        for done in rp.run_check(self.ns, cid, self.confs[f"{network}/{cid}"], mode="nft"):
+            assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture
+def lab(host_ns, tmp_path) -> Lab:
+    if not rp.mode_available("nft")[0]:
+        pytest.skip(rp.mode_available("nft")[1])
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    return Lab(host_ns, cache)
+
+
+def statuses(listed: dict, cid: str) -> set:
+    return {s for m in listed["mappings"] if m["container_id"] == cid for s in m["status"]}
+
+
+def chain_lines(rules: List[str], chain: str) -> List[str]:
+    return [r for r in rules if chain in r]
+
+
+# --- 1. Multus ------------------------------------------------------------------------------
+
+
+def _multus_cache(lab: Lab, cid: str, ip: str) -> None:
+    """What a Multus pod leaves (multus-cni pkg/multus/multus.go): the runtime's libcni
+    caches the outer multus-cni-network (a `multus` config, no portmap of its own) in
+    DIR/results; Multus gives libcni DIR/multus (its cniDir) as cache for the delegate
+    network, whose portmap made the chain; and keeps its delegate list in
+    DIR/multus/<containerID>."""
+    delegate = lab.confs[f"k8s-pod-network/{cid}"]
+    rp.write_cni_cache(lab.cache / "multus", "k8s-pod-network", cid, "eth0", delegate,
+                       PORT_A, [ip])  # fmt: skip
+    outer = rp.write_cni_cache(lab.cache, "multus-cni-network", cid, "eth0", delegate,
+                               PORT_A, [ip])  # fmt: skip
+    doc = json.loads(outer.read_text())
+    doc["config"] = base64.b64encode(
+        json.dumps(
+            {
+                "cniVersion": "0.4.0",
+                "name": "multus-cni-network",
+                "type": "multus",
+                "capabilities": {"portMappings": True},
+                "kubeconfig": "/etc/cni/net.d/multus.d/multus.kubeconfig",
+                "delegates": [{"cniVersion": "0.4.0", "name": "k8s-pod-network"}],
+            }
+        ).encode()
+    ).decode()
+    outer.write_text(json.dumps(doc))
+    (lab.cache / "multus" / cid).write_text(json.dumps([{"name": "k8s-pod-network"}]))
+
+
+def test_multus_pods_are_live_and_healthy_from_both_cache_dirs(lab: Lab):
+    """0.1 read only DIR/results: every Multus pod's chain was stale, and gc removed
+    it after --min-age on every node."""
+    lab.add("k8s-pod-network", "pod1", "10.88.0.11/16", PORT_A, cache=False)
+    _multus_cache(lab, "pod1", "10.88.0.11/16")
+    lab.add("k8s-pod-network", "gone1", "10.88.0.12/16", PORT_B, cache=False)  # stale
+    both = (lab.cache, lab.cache / "multus")
+
+    listed = lab.json("list", dirs=both)
+    assert statuses(listed, "pod1") == {"ok"}
+    assert statuses(listed, "gone1") == {"stale"}
+    doc = lab.json("check", dirs=both, codes=(1,))
+    assert [(p["kind"], p["container_id"]) for p in doc["problems"]] == [("stale", "gone1")]
+
+    # Liveness is by container ID over every directory: the outer entry alone keeps it.
+    for dirs in ((lab.cache,), both):
+        doc = lab.json("gc", "--yes", "--min-age", "0", dirs=dirs)
+        assert [r["container_id"] for r in doc["removed"]] in ([], ["gone1"])
+    assert chain_lines(lab.rules(), chain_name("k8s-pod-network", "pod1"))
+    assert not chain_lines(lab.rules(), chain_name("k8s-pod-network", "gone1"))
+    lab.plugin_check("k8s-pod-network", "pod1")
+
+
+# --- 2. zombies ----------------------------------------------------------------------------
+
+
+def _zombie_lab(lab: Lab) -> str:
+    """`keep`'s entry names a namespace that exists; `gone`'s one in /run/netns that
+    does not (its runtime forgot it without a DEL)."""
+    lab.add("mynet", "keep", "10.88.0.21/16", PORT_A)
+    gone_ns = f"/run/netns/pmt-gone-{uuid.uuid4().hex[:8]}"
+    lab.add("mynet", "gone", "10.88.0.22/16", PORT_B, netns=gone_ns)
+    return gone_ns
+
+
+def test_zombie_entry_is_listed_reported_and_never_repaired(lab: Lab):
+    gone_ns = _zombie_lab(lab)
+    listed = lab.json("list")
+    assert statuses(listed, "gone") == {"zombie"} and statuses(listed, "keep") == {"ok"}
+    doc = lab.json("check", codes=(1,))
+    [problem] = doc["problems"]
+    assert (problem["kind"], problem["container_id"]) == ("zombie", "gone")
+    assert gone_ns in problem["detail"] and "--netns-liveness" in problem["fix"]
+
+    lab.ipt("-F")
+    lab.ipt("-X")
+    done = lab.pm("check", "--repair")
+    assert done.returncode == 1 and "zombie" in done.stdout, done.stdout + done.stderr
+    rules = lab.rules()
+    assert chain_lines(rules, chain_name("mynet", "keep"))
+    assert not chain_lines(rules, chain_name("mynet", "gone")), "re-created a zombie's chain"
+    lab.plugin_check("mynet", "keep")
+
+
+def test_gc_counts_zombies_as_live_unless_netns_liveness(lab: Lab):
+    _zombie_lab(lab)
+    before = lab.rules()
+    doc = lab.json("gc", "--yes", "--min-age", "0")
+    assert doc["removed"] == [] and lab.rules() == before
+    doc = lab.json("gc", "--yes", "--min-age", "0", "--netns-liveness")
+    assert [r["container_id"] for r in doc["removed"]] == ["gone"]
+    gone = chain_name("mynet", "gone")
+    assert set(before) - set(lab.rules()) == set(chain_lines(before, gone))
+    lab.plugin_check("mynet", "keep")
+
+
+def test_netns_liveness_is_refused_where_the_namespaces_are_not_visible(lab: Lab, tmp_path):
+    """As in a container without the host's /run/netns: an empty namespaces directory
+    would make every entry look like a zombie. Exit 3 (environment), one line."""
+    hidden = tmp_path / "netns"
+    hidden.mkdir()
+    lab.add("mynet", "elsewhere", "10.88.0.23/16", PORT_A, netns=str(hidden / "cni-1"))
+    before = lab.rules()
+    assert_error(
+        lab.pm("gc", "--yes", "--min-age", "0", "--netns-liveness"), 3, "--netns-liveness",
+        "not visible",
+    )  # fmt: skip
+    assert lab.rules() == before
+    # Without the option, nothing is judged: the entry is an ordinary live one.
+    assert statuses(lab.json("list"), "elsewhere") == {"ok"}
+
+
+# --- 3. capabilities -----------------------------------------------------------------------
+
+
+def test_no_portmappings_capability_means_no_chain_expected_or_made(lab: Lab):
+    """libcni gives the plugin no ports without `capabilities.portMappings: true`, yet
+    caches the runtime's list; 0.1's repair opened those host ports."""
+    lab.add("mynet", "ctr1", "10.88.0.31/16", PORT_A)
+    conf = rp.plugin_conf("capless", ["10.88.0.32/16"], PORT_B)
+    path = rp.write_cni_cache(lab.cache, "capless", "nocap", "eth0", conf, PORT_B,
+                              ["10.88.0.32/16"])  # fmt: skip
+    doc = json.loads(path.read_text())
+    config = json.loads(base64.b64decode(doc["config"]))
+    for plugin in config["plugins"]:
+        plugin.pop("capabilities", None)
+    doc["config"] = base64.b64encode(json.dumps(config).encode()).decode()
+    path.write_text(json.dumps(doc))
+
+    before = lab.rules()
+    assert lab.json("check")["healthy"] is True
+    done = lab.pm("check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert lab.rules() == before
+    assert not any("8082" in line for line in lab.rules())
+
+
+# --- 4. names not the plugin's ----------------------------------------------------------------
+
+
+def test_gc_leaves_an_admins_chain_that_only_looks_like_the_plugins(lab: Lab):
+    lab.add("mynet", "live1", "10.88.0.41/16", PORT_A)
+    lab.add("mynet", "dead1", "10.88.0.42/16", PORT_B, cache=False)
+    lab.ipt("-N", "CNI-DN-admin-redirects")
+    lab.ipt("-A", "CNI-DN-admin-redirects", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "9000")
+    lab.ipt("-A", "PREROUTING", "-p", "tcp", "--dport", "81", "-j", "CNI-DN-admin-redirects")
+    admin = [line for line in lab.rules() if "admin-redirects" in line]
+    assert len(admin) == 3
+
+    doc = lab.json("gc", "--yes", "--min-age", "0")
+    assert [r["container_id"] for r in doc["removed"]] == ["dead1"]
+    assert [line for line in lab.rules() if "admin-redirects" in line] == admin
+    assert lab.json("gc", "--yes", "--min-age", "0", "--all")["removed"] == []
+    assert [line for line in lab.rules() if "admin-redirects" in line] == admin
+
+
+# --- 5. one container, two networks ----------------------------------------------------------
+
+
+def test_a_container_on_two_networks_does_not_shadow_itself(lab: Lab):
+    """podman --network a,b -p 8600:80: a chain per network, one container ID."""
+    ports = [{"hostPort": 8600, "containerPort": 80, "protocol": "tcp"}]
+    lab.add("neta", "both", "10.88.0.51/24", ports)
+    lab.add("netb", "both", "10.89.0.51/24", ports)
+    done = lab.pm("check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = lab.json("list")
+    assert {s for m in listed["mappings"] for s in m["status"]} == {"ok"}
+    assert len(listed["chains"]) == 2
+    # Another container on the same port is still shadowed, by the first of them.
+    lab.add("netc", "other", "10.90.0.51/24", ports)
+    doc = lab.json("check", codes=(1,))
+    assert [(p["kind"], p["container_id"]) for p in doc["problems"]] == [("shadowed", "other")]
+
+
+# --- 6. min-age and a container coming back -------------------------------------------------
+
+
+def test_a_chain_pending_as_stale_waits_while_a_container_is_being_added(lab: Lab):
+    """The container comes back with the same ID, address and ports: the plugin's ADD
+    leaves its old chain exactly as it was (nothing in the table changes) and libcni
+    writes the cache entry only at the end. Its new namespace is there all along: while
+    a namespace younger than --min-age, in no cache entry, holds the address a chain
+    DNATs to, that chain is not removed."""
+    lab.add("mynet", "back", "10.88.0.61/16", PORT_A, cache=False)
+    lab.add("mynet", "other", "10.88.0.62/16", PORT_B, cache=False)
+    doc = lab.json("gc", "--yes", "--min-age", "3s")
+    assert sorted(p["container_id"] for p in doc["pending"]) == ["back", "other"]
+    time.sleep(3.2)
+    # The runtime makes the container's namespace, its bridge plugin gives it the
+    # address, then portmap's ADD leaves the chain as it was.
+    new_ns = rp.create_netns("pmt-back")
+    try:
+        rp._run(["ip", "-n", new_ns, "link", "set", "lo", "up"], check=True)
+        rp._run(["ip", "-n", new_ns, "addr", "add", "10.88.0.61/16", "dev", "lo"], check=True)
+        conf = lab.confs["mynet/back"]
+        rp.run_plugin("ADD", lab.ns, "back", conf, mode="nft", check=True)
+        done = lab.pm("gc", "--yes", "--min-age", "3s", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        doc = json.loads(done.stdout)
+        # The stale chain whose address no new namespace holds goes as usual.
+        assert [r["container_id"] for r in doc["removed"]] == ["other"]
+        assert [p["container_id"] for p in doc["pending"]] == ["back"], "removed a chain being added"
+        assert "being added" in done.stderr and new_ns in done.stderr
+        # libcni writes the entry: the container is live, its sighting forgotten.
+        rp.write_cni_cache(lab.cache, "mynet", "back", "eth0", conf, PORT_A,
+                           ["10.88.0.61/16"], netns=f"/run/netns/{new_ns}")  # fmt: skip
+        doc = lab.json("gc", "--yes", "--min-age", "3s")
+        assert doc["removed"] == [] and doc["pending"] == []
+        lab.plugin_check("mynet", "back")
+    finally:
+        rp.delete_netns(new_ns)
+
+
+# --- 9. entries the plugin accepts; entries nobody can read --------------------------------
+
+
+def test_odd_but_valid_entries_and_an_unreadable_one_stop_nothing(lab: Lab):
+    """0.1: `list`, `check` and `gc` exited 2 for the whole node, so a cron gc never
+    ran again. Now: the plugin's defaults for null, no address = nothing mapped, and
+    an unreadable file is skipped with a warning, its container live by file name."""
+    lab.add("mynet", "ok1", "10.88.0.71/16", PORT_A)
+    lab.add("mynet", "stale1", "10.88.0.72/16", PORT_B, cache=False)
+    lab.add("mynet", "blurred", "10.88.0.73/16",
+            [{"hostPort": 8083, "containerPort": 80, "protocol": "tcp"}], cache=False)  # fmt: skip
+    conf = rp.plugin_conf("mynet", ["10.88.0.74/16"], [])
+    nulls = rp.write_cni_cache(lab.cache, "mynet", "nulls", "eth0", conf, [], ["10.88.0.74/16"])
+    doc = json.loads(nulls.read_text())
+    config = json.loads(base64.b64decode(doc["config"]))
+    config["plugins"][-1].update(snat=None, masqAll=None)
+    doc["config"] = base64.b64encode(json.dumps(config).encode()).decode()
+    doc["result"].pop("ips")  # an L2 network: IPAM gave no address
+    doc["capabilityArgs"] = {"portMappings": PORT_B}
+    nulls.write_text(json.dumps(doc))
+    bad = lab.cache / "results" / "mynet-blurred-eth0"
+    bad.write_text('{"kind": "cniCacheV1", "containerId": "blurred", "config": "%%%"}')
+
+    for command in ("list", "check"):
+        done = lab.pm(command)
+        assert done.returncode in (0, 1), done.stdout + done.stderr
+        assert str(bad) in done.stderr and "warning" in done.stderr
+    assert statuses(lab.json("list"), "blurred") == {"ok"}
+    done = lab.pm("gc", "--yes", "--min-age", "0", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    assert [r["container_id"] for r in json.loads(done.stdout)["removed"]] == ["stale1"]
+    assert str(bad) in done.stderr
+    assert chain_lines(lab.rules(), chain_name("mynet", "blurred"))
+    lab.plugin_check("mynet", "ok1")

@@ -1,0 +1,348 @@
+"""libcni cache entries as real nodes have them (issue 12): several cache directories
+(Multus), entries the plugin accepts that 0.1 refused, capabilities, unreadable and
+half-written files, zombie judging. Pure reading of files in tmp_path: no root."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from fixtures_lib import table
+
+from portmapctl.cli._common import cache_dirs_of
+from portmapctl.cni import cache as cni_cache
+from portmapctl.cni.cache import Attachment, name_readings, read_attachment, read_cache
+from portmapctl.errors import BadInput
+from portmapctl.host import paths
+from portmapctl.host.netns import NamespaceView, NetnsState
+from portmapctl.iptables import inventory
+from portmapctl.iptables.chains import chain_name, is_plugin_chain
+from portmapctl.iptables.ruleset import parse_save
+from portmapctl.ops.check import diagnose as diagnose_mod
+from portmapctl.ops.check.diagnose import cached_configs
+from portmapctl.ops.gc import Sources, liveness, plan_family
+
+PORTS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+
+
+def entry(
+    network: str = "mynet",
+    cid: str = "abc123",
+    *,
+    portmap: Optional[dict] = None,
+    result: Any = "default",
+    ports: Any = PORTS,
+    netns: Optional[str] = "/var/run/netns/x",
+    config: Any = None,
+) -> dict:
+    """A cniCacheV1 entry as libcni writes it (a bridge + portmap conflist)."""
+    if portmap is None:
+        portmap = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
+    if config is None:
+        config = {
+            "cniVersion": "1.0.0",
+            "name": network,
+            "plugins": [{"type": "bridge", "bridge": "cni0"}, portmap],
+        }
+    if result == "default":
+        result = {
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": netns or ""}],
+            "ips": [{"address": "10.88.0.5/16", "interface": 0}],
+        }
+    doc = {
+        "kind": "cniCacheV1",
+        "containerId": cid,
+        "config": base64.b64encode(json.dumps(config).encode()).decode(),
+        "ifName": "eth0",
+        "networkName": network,
+        "capabilityArgs": {"portMappings": ports},
+        "result": result,
+    }
+    if netns is not None:
+        doc["netns"] = netns
+    return doc
+
+
+def write(folder: Path, name: str, doc: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+# --- 1. Multus: several cache directories ------------------------------------------------
+
+
+def multus_node(root: Path, cid: str = "5f8e0c2a9b7d") -> Path:
+    """The layout a Multus node has (multus-cni pkg/multus/multus.go): the runtime's
+    libcni caches the outer network in /var/lib/cni/results; Multus calls libcni with
+    its cniDir (/var/lib/cni/multus) as cache, so the delegate network -- the one whose
+    portmap names the chain -- is in /var/lib/cni/multus/results, with the master
+    plugin's interface name (eth0); Multus keeps its own list of delegates beside it in
+    /var/lib/cni/multus/<containerID> (not a libcni entry)."""
+    delegate = {
+        "cniVersion": "0.3.1",
+        "name": "k8s-pod-network",
+        "plugins": [
+            {"type": "bridge", "bridge": "cni0", "ipam": {"type": "host-local"}},
+            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+        ],
+    }
+    outer_conf = {
+        "cniVersion": "0.3.1",
+        "name": "multus-cni-network",
+        "type": "multus",
+        "capabilities": {"portMappings": True},
+        "kubeconfig": "/etc/cni/net.d/multus.d/multus.kubeconfig",
+        "delegates": [delegate],
+    }
+    args = [
+        ["IgnoreUnknown", "true"],
+        ["K8S_POD_NAMESPACE", "default"],
+        ["K8S_POD_NAME", "web-0"],
+        ["K8S_POD_INFRA_CONTAINER_ID", cid],
+    ]
+    outer = entry("multus-cni-network", cid, config=outer_conf)
+    outer["cniArgs"] = args
+    inner = entry("k8s-pod-network", cid, config=delegate)
+    inner["cniArgs"] = [*args, ["K8S_POD_UID", "0d6c1a8e"]]
+    write(root / "results", f"multus-cni-network-{cid}-eth0", outer)
+    write(root / "multus" / "results", f"k8s-pod-network-{cid}-eth0", inner)
+    write(root / "multus", cid, json.dumps([{"conf": delegate, "masterplugin": True}]))
+    return root
+
+
+def test_default_cache_dirs_are_one_constant_with_multus():
+    assert paths.DEFAULT_CNI_CACHE_DIRS == ("/var/lib/cni", "/var/lib/cni/multus")
+    assert cache_dirs_of(None) == paths.DEFAULT_CNI_CACHE_DIRS
+    assert cache_dirs_of(["/a", "/b", "/a"]) == ("/a", "/b")
+    with pytest.raises(BadInput, match="empty"):
+        cache_dirs_of(["/a", ""])
+
+
+def test_multus_delegate_is_read_from_its_own_cache_dir(tmp_path):
+    root = multus_node(tmp_path)
+    outer_only = read_cache([str(root)])
+    assert [(a.network, a.mapping) for a in outer_only] == [("multus-cni-network", None)]
+    both = read_cache([str(root), str(root / "multus")])
+    mapped = [a for a in both if a.mapping is not None]
+    assert [(a.network, a.container_id) for a in mapped] == [("k8s-pod-network", "5f8e0c2a9b7d")]
+    # A directory without results/ is no cache; with none at all, there is no cache.
+    assert read_cache([str(tmp_path / "none"), str(root / "multus")]) is not None
+    assert read_cache([str(tmp_path / "none")]) is None
+
+
+def test_multus_pod_is_live_by_container_id_whichever_dir_is_read(tmp_path):
+    """0.1 read only /var/lib/cni: every Multus pod's chain was stale and gc took it."""
+    cid = "5f8e0c2a9b7d"
+    root = multus_node(tmp_path, cid)
+    name = chain_name("k8s-pod-network", cid)
+    save = (
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-DNAT - [0:0]\n"
+        f":{name} - [0:0]\n"
+        f'-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"k8s-pod-network\\"'
+        f' id: \\"{cid}\\"" -m multiport --dports 8080 -j {name}\n'
+        f"-A {name} -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.88.0.5:80\n"
+        "COMMIT\n"
+    )
+    tbl = parse_save(save, 4)
+    for dirs in ([str(root)], [str(root), str(root / "multus")]):
+        attachments = read_cache(dirs)
+        plan = plan_family(tbl, liveness(Sources(), attachments), {}, 1000.0, 0.0)
+        assert plan.removed == () and plan.kept == 1, dirs
+        # list agrees: the container is cached, so its chain is not stale.
+        assert inventory.build({4: tbl}, attachments).chains[0].status == ("ok",), dirs
+
+
+# --- 9. entries the plugin accepts; what cannot be read ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "doc, snat, masq_all",
+    [
+        (entry(portmap={"type": "portmap", "capabilities": {"portMappings": True}, "snat": None}),
+         True, False),
+        (entry(portmap={"type": "portmap", "capabilities": {"portMappings": True},
+                        "masqAll": None, "markMasqBit": None, "externalSetMarkChain": None,
+                        "conditionsV4": None}),
+         True, False),
+    ],
+    ids=["snat-null", "masqAll-null"],
+)  # fmt: skip
+def test_null_means_the_plugins_default(tmp_path, doc, snat, masq_all):
+    found = read_attachment(str(write(tmp_path, "mynet-abc123-eth0", doc)))
+    assert found.mapping is not None
+    assert (found.mapping.snat, found.mapping.masq_all, found.mapping.mark_bit) == (
+        snat,
+        masq_all,
+        13,
+    )
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}]},
+        {"cniVersion": "1.0.0", "ips": None, "dns": {}},
+        {"cniVersion": "0.4.0", "ips": []},
+        None,
+    ],
+    ids=["no-ips", "ips-null", "ips-empty", "no-result"],
+)
+def test_a_result_without_address_maps_nothing(tmp_path, result):
+    """An L2 network with empty IPAM: the plugin forwards nothing (0.1: exit 2)."""
+    found = read_attachment(str(write(tmp_path, "mynet-abc123-eth0", entry(result=result))))
+    assert found.mapping is None and found.container_id == "abc123"
+
+
+def test_an_unreadable_entry_is_skipped_and_its_container_stays_live(tmp_path):
+    good = write(tmp_path / "results", "mynet-abc123-eth0", entry())
+    bad = write(tmp_path / "results", "my-net-f00d-1-eth0", '{"kind": "cniCacheV1", "config": 7')
+    found = cni_cache.read_entries([str(good), str(bad)], wait=0.0)
+    assert [a.container_id for a in found if a.problem is None] == ["abc123"]
+    readings = {(a.network, a.container_id) for a in found if a.problem is not None}
+    assert ("my-net", "f00d-1") in readings and ("my", "net-f00d") in readings
+    [warning] = cni_cache.warnings(found)
+    assert str(bad) in warning and "not valid JSON" in warning
+    # gc: the chain of that container on that network is live by name.
+    live = liveness(Sources(), found)
+    assert chain_name("my-net", "f00d-1") in live.chains
+    assert "f00d-1" in live.ids
+
+
+def test_name_readings():
+    assert name_readings("net-abc-eth0") == [("net", "abc", "eth0")]
+    assert ("a-b", "c", "d-e") in name_readings("a-b-c-d-e")
+    assert name_readings("nodashes") == [] and name_readings("x-y") == []
+
+
+# --- 3. capabilities ---------------------------------------------------------------------
+
+
+def test_without_the_capability_the_runtime_ports_are_not_the_plugins(tmp_path):
+    """libcni hands a plugin the runtime's portMappings only where its config says
+    `capabilities: {portMappings: true}`; a static runtimeConfig goes as it is."""
+    bare = entry(portmap={"type": "portmap", "snat": True})
+    assert read_attachment(str(write(tmp_path, "a", bare))).mapping is None
+    off = entry(portmap={"type": "portmap", "capabilities": {"portMappings": False}})
+    assert read_attachment(str(write(tmp_path, "b", off))).mapping is None
+    static = entry(
+        portmap={
+            "type": "portmap",
+            "runtimeConfig": {"portMappings": [{"hostPort": 9090, "containerPort": 90}]},
+        }
+    )
+    found = read_attachment(str(write(tmp_path, "c", static))).mapping
+    assert found is not None and [p.host_port for p in found.ports] == [9090]
+    on = read_attachment(str(write(tmp_path, "d", entry()))).mapping
+    assert on is not None and [p.host_port for p in on.ports] == [8080]
+
+
+# --- 11. a half-written file is read again -----------------------------------------------
+
+
+def test_a_half_written_file_is_read_again_until_complete(tmp_path):
+    text = json.dumps(entry())
+    path = write(tmp_path / "results", "mynet-abc123-eth0", text[: len(text) // 3])
+
+    def finish() -> None:
+        time.sleep(0.15)
+        path.write_text(text)  # libcni writes in place: the rest comes a moment later
+
+    writer = threading.Thread(target=finish)
+    writer.start()
+    try:
+        found = read_cache(str(tmp_path))
+    finally:
+        writer.join()
+    assert [(a.container_id, a.problem) for a in found] == [("abc123", None)]
+    assert found[0].mapping is not None
+
+
+def test_a_file_removed_while_reading_is_not_live(tmp_path, monkeypatch):
+    path = write(tmp_path / "results", "mynet-abc123-eth0", "{")
+
+    def removed(path_: str, namespaces: Any = None) -> Attachment:
+        os.unlink(path_)
+        raise BadInput("cannot read CNI cache file: No such file or directory")
+
+    monkeypatch.setattr(cni_cache, "read_attachment", removed)
+    assert read_cache(str(tmp_path)) == [] and not path.exists()
+
+
+# --- 2. zombies: the namespace's state ---------------------------------------------------
+
+
+def test_namespace_paths_that_cannot_be_judged_are_never_zombies(tmp_path):
+    view = NamespaceView()
+    assert view.state(None) == NetnsState.UNKNOWN
+    assert view.state("relative/path") == NetnsState.UNKNOWN
+    # A directory that holds no namespace at all (a container's own empty /run/netns,
+    # or a fake one): not visible, so nothing in it is called gone.
+    (tmp_path / "netns").mkdir()
+    (tmp_path / "netns" / "placeholder").write_text("")
+    assert view.state(str(tmp_path / "netns" / "gone")) == NetnsState.UNSEEN
+    assert view.state(str(tmp_path / "netns" / "placeholder")) == NetnsState.UNSEEN
+    # Read without a view (a snapshot from another node): never judged.
+    found = read_attachment(str(write(tmp_path, "mynet-abc123-eth0", entry(netns="/nope/x"))))
+    assert found.netns == "/nope/x" and found.netns_state == NetnsState.UNKNOWN
+    # Without `netns` (older libcni), the interface's sandbox names it.
+    old = entry(netns=None)
+    old["result"]["interfaces"][0]["sandbox"] = "/run/netns/cni-1234"
+    assert read_attachment(str(write(tmp_path, "old", old))).netns == "/run/netns/cni-1234"
+
+
+def test_zombie_entries_are_reported_and_not_expected():
+    tbl = table("basic", 4)
+    [config] = [c for c in cached_configs(_basic_attachments())]
+    zombie = Attachment(
+        config.network, config.container_id, "eth0", "/c", config, "/run/netns/gone",
+        NetnsState.GONE,
+    )  # fmt: skip
+    assert cached_configs([zombie]) == []
+    found = inventory.build({4: tbl}, [zombie])
+    assert all("zombie" in m.status for m in found.mappings)
+    problems, compared = diagnose_mod({4: tbl}, [zombie])
+    assert compared == 0
+    kinds = [(p.kind, p.container_id) for p in problems]
+    assert kinds == [("zombie", config.container_id)]
+    assert "--netns-liveness" in problems[0].fix and "/run/netns/gone" in problems[0].detail
+    # gc: live by default; not live with --netns-liveness.
+    assert liveness(Sources(), [zombie]).ids == {config.container_id}
+    assert liveness(Sources(netns_liveness=True), [zombie]).ids == frozenset()
+
+
+def _basic_attachments():
+    from fixtures_lib import configs
+
+    return [
+        Attachment(c.network, c.container_id, "eth0", "/c", c) for c in configs("basic")
+    ]
+
+
+# --- 4. only the plugin's names ----------------------------------------------------------
+
+
+def test_only_the_plugins_exact_names_are_per_container_chains():
+    assert is_plugin_chain("CNI-DN-70a29d9dc18bc4d652ea5")
+    assert is_plugin_chain("CNI-SN-70a29d9dc18bc4d652ea5")
+    for name in ("CNI-DN-admin-redirects", "CNI-DN-70a29d9dc18bc4d652ea", "CNI-DN-",
+                 "CNI-DN-70A29D9DC18BC4D652EA5", "CNI-DN-70a29d9dc18bc4d652ea5x"):
+        assert not is_plugin_chain(name), name  # fmt: skip
+    save = table("basic", 4).chains  # noqa: F841 - the fixture parses
+    text = (
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:CNI-DN-admin-redirects - [0:0]\n"
+        "-A PREROUTING -p tcp --dport 81 -j CNI-DN-admin-redirects\n"
+        "-A CNI-DN-admin-redirects -p tcp -j REDIRECT --to-ports 8081\nCOMMIT\n"
+    )
+    tbl = parse_save(text, 4)
+    assert inventory.build({4: tbl}, []).chains == ()
+    plan = plan_family(tbl, liveness(Sources(remove_all=True), None), {}, 1000.0, 0.0)
+    assert plan.removed == () and not plan.transaction
