@@ -288,7 +288,7 @@ def user_env() -> Dict[str, str]:
     """The environment portmapctl runs in: this one, minus what a user would not have
     (a backend override; PYTHONDONTWRITEBYTECODE, set on this machine, which would make
     every run compile portmapctl from source, 20-50 ms that an installed copy never pays)."""
-    drop = ("PORTMAPCTL_BACKEND", "PYTHONDONTWRITEBYTECODE")
+    drop = ("PORTMAPCTL_BACKEND", "PORTMAPCTL_IPTABLES", "PYTHONDONTWRITEBYTECODE")
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 

@@ -280,6 +280,14 @@ COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
 )
 
 # Not common: only the commands that report metrics take it (list, check, gc).
+NftSnapshotOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--nft-snapshot",
+        metavar="FILE",
+        help="Read `nft -j list ruleset` output ('-' for stdin), not the kernel.",
+    ),
+]
 MetricsFileOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -370,26 +378,29 @@ class Common:
     def cache(self) -> CacheInfo:
         return cache_info(self.cache_dirs)
 
-    def node_options(self, snapshots: Optional[Dict[int, str]] = None) -> NodeOptions:
-        from portmapctl.errors import BadInput, HostProblem
+    def node_options(
+        self, snapshots: Optional[Dict[int, str]] = None, nft_snapshot: Optional[str] = None
+    ) -> NodeOptions:
+        from portmapctl.errors import BadInput
         from portmapctl.ops.node import NodeOptions
 
-        if self.backend == BackendChoice.nftables:
-            raise HostProblem(
-                "the nftables backend is not available in this version of portmapctl:"
-                " use --backend iptables (or auto)"
-            )
         dirs = self.cache_dirs
         if any(not d for d in dirs):
             raise BadInput(
                 f"--cni-cache-dir is empty: give a directory (default {CNI_CACHE_DIR})"
             )
+        if snapshots and nft_snapshot and "-" in (*snapshots.values(), nft_snapshot):
+            raise BadInput(
+                "only one of --snapshot/--snapshot6/--nft-snapshot can read standard input"
+            )
         return NodeOptions(
-            backend=self.iptables.value,
+            iptables=self.iptables.value,
             families=families(self.family),
             netns=self.netns,
             cache_dirs=dirs,
             snapshots=snapshots or {},
+            backend=self.backend.value,
+            nft_snapshot=nft_snapshot,
         )
 
 

@@ -198,6 +198,21 @@ def mapping_from_options(
     return validate.buildable(config)
 
 
+def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
+    """--backend against the config's own `backend` key (from --cni-config)."""
+    from dataclasses import replace
+
+    from portmapctl.errors import BadInput
+
+    if backend == "auto":
+        return config
+    if config.backend not in (None, backend):
+        raise BadInput(
+            f'--backend {backend} contradicts the config\'s "backend": "{config.backend}"'
+        )
+    return replace(config, backend=backend)
+
+
 @common_options
 def add_command(
     common: Common,
@@ -242,6 +257,7 @@ def add_command(
         cni_config,
         ifname,
     )
+    config = with_backend(config, common.backend.value)
     options = common.node_options()
     with opened(options, write=not dry_run) as node:
         clashes = shadow_warnings(config, node.read())
@@ -253,7 +269,8 @@ def add_command(
     if out.json:
         out.print_json(render.add_json(result, common.cache().json(), clashes))
         return
-    chain = dnat_chain_name(config)
+    # An nftables mapping has no chain of its own: its rules carry the container ID.
+    chain = "nftables rules" if config.backend == "nftables" else dnat_chain_name(config)
     who = f"{config.network}/{render.short_id(config.container_id, out.no_trunc)}"
     if dry_run:
         if result.transactions:

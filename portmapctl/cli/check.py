@@ -11,6 +11,7 @@ from portmapctl.cli._common import (
     Annotated,
     Common,
     MetricsFileOpt,
+    NftSnapshotOpt,
     common_options,
     metrics_recording,
 )
@@ -91,6 +92,7 @@ def check_command(
     snapshot6: Annotated[
         Optional[str], typer.Option(metavar="FILE", help="Check an ip6tables-save dump.")
     ] = None,
+    nft_snapshot: NftSnapshotOpt = None,
     metrics_file: MetricsFileOpt = None,
 ) -> int:
     """Check the node (or one mapping) for missing, stale, shadowed and broken chains:
@@ -126,10 +128,13 @@ def check_command(
                 cni_config,
                 ifname,
             )
+            from portmapctl.cli.add import with_backend
+
+            config = with_backend(config, common.backend.value)
         snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
-        if repair and snapshots:
+        if repair and (snapshots or nft_snapshot):
             raise BadInput("--repair changes the node: it cannot be used with --snapshot")
-        options = common.node_options(snapshots)
+        options = common.node_options(snapshots, nft_snapshot)
         with opened(options, write=repair) as node, out.busy("checking"):
             if repair:
                 result = check_lib.repair(node, config, flush_udp=not no_flush_udp)

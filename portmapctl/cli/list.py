@@ -11,6 +11,7 @@ from portmapctl.cli._common import (
     Annotated,
     Common,
     MetricsFileOpt,
+    NftSnapshotOpt,
     ProtoChoice,
     common_options,
     complete_container,
@@ -94,6 +95,7 @@ def list_command(
     snapshot6: Annotated[
         Optional[str], typer.Option(metavar="FILE", help="Read an ip6tables-save dump.")
     ] = None,
+    nft_snapshot: NftSnapshotOpt = None,
     conntrack: Annotated[
         bool, typer.Option("--conntrack", help="Count UDP conntrack entries per UDP mapping.")
     ] = False,
@@ -117,8 +119,9 @@ def list_command(
             # A prefix of a valid ID is itself one: anything else can match nothing.
             validate.cni_name(prefix, "container ID")
         snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
-        options = common.node_options(snapshots)
+        options = common.node_options(snapshots, nft_snapshot)
         with opened(options) as node, out.busy("reading the ruleset and the CNI cache"):
+            reader = _start_nft_read(node)
             tables, attachments = node.read_with_cache()
             from portmapctl.cni.cache import warnings
 
@@ -127,9 +130,12 @@ def list_command(
             found = inventory.build(tables, attachments)
             if recorder is not None:
                 recorder.note_node(found.mappings, found.chains, tuple(tables))
+            mappings = list(found.mappings)
+            if reader is not None:
+                mappings += _nft_rows(node, reader, attachments, found, out)
             counts = None
             if conntrack:
-                if snapshots:
+                if options.offline:
                     from portmapctl.errors import BadInput
 
                     raise BadInput(
@@ -137,7 +143,7 @@ def list_command(
                     )
                 from portmapctl.ops.flush_udp import count_per_mapping
 
-                counts = count_per_mapping(found.mappings)
+                counts = count_per_mapping(mappings)
         cache = common.cache()
         out.cache_note(cache)
         wanted = Filters(
@@ -147,12 +153,12 @@ def list_command(
             tuple(p.value for p in proto or ()),
             tuple(s.value for s in status or ()),
         )
-        rows = sorted((m for m in found.mappings if wanted.mapping(m)), key=render.sort_key)
+        rows = sorted((m for m in mappings if wanted.mapping(m)), key=render.sort_key)
         chains = [c for c in found.chains if wanted.chain(c)]
         if wanted.by_row:
             # A chain stays when one of its rows does (or, without rows, when it matches).
             kept = {(m.chain, m.family) for m in rows}
-            with_rows = {(m.chain, m.family) for m in found.mappings}
+            with_rows = {(m.chain, m.family) for m in mappings}
             chains = [
                 c
                 for c in chains
@@ -160,7 +166,7 @@ def list_command(
                 or ((c.name, c.family) not in with_rows and wanted.bare_chain(c))
             ]
         chains.sort(key=render.chain_sort_key)
-        total = len(found.mappings)
+        total = len(mappings)
         if out.json:
             out.print_json(render.list_json(rows, chains, counts, cache.json(), total))
             return
@@ -177,7 +183,7 @@ def list_command(
                 )
             )
             out.blank()
-        elif not found.mappings and not found.chains:
+        elif not mappings and not found.chains:
             summary = "no portmap chains found"
         out.summary(summary)
 
@@ -224,3 +230,39 @@ class Filters:
             and not self.protocols
             and (not self.statuses or any(str(s) in self.statuses for s in c.status))
         )
+def _start_nft_read(node: Any) -> Optional[Tuple[Any, dict]]:
+    """nft lists its tables while the cache is read and iptables-save runs."""
+    if node.nft is None:
+        return None
+    import threading
+
+    box: dict = {}
+
+    def read_nft() -> None:
+        try:
+            box["live"] = node.read_nft()
+        except BaseException as err:  # noqa: BLE001 - re-raised in _nft_rows
+            box["error"] = err
+
+    reader = threading.Thread(target=read_nft, name="nft", daemon=True)
+    reader.start()
+    return reader, box
+
+
+def _nft_rows(node: Any, started: Tuple[Any, dict], cache: Any, found: Any, out: Any) -> list:
+    """The rows of the plugin's nftables backend, in the iptables rows' order."""
+    from portmapctl.ops import nft
+
+    reader, box = started
+    reader.join()
+    if "error" in box:
+        raise box["error"]
+    owners = {c.container_id for c in found.chains if c.container_id}
+    _live, split, nft_found = nft.build(node, cache, owners, problems=False, live=box["live"])
+    if node.nft_unusable is not None and split.nftables:
+        out.warn(f"{node.nft_unusable} (nftables rules not listed)")
+    if not nft_found.mappings:
+        return []
+    return list(nft_found.mappings)
+
+

@@ -111,8 +111,12 @@ def plugin_config(
     for key, value in (("snat", snat), ("masqAll", masq_all)):
         if not isinstance(value, bool):
             raise BadInput(f"{source}: {key} must be true or false")
+    backend = conf.get("backend")
+    if backend is not None and backend not in ("iptables", "nftables"):
+        # As the plugin: `failed to parse config: unrecognized backend "nft"`.
+        raise BadInput(f"{source}: unrecognized backend {shown(backend)}: use iptables or nftables")
     try:
-        return mapping_config(
+        config = mapping_config(
             network=conf.get("name", ""),
             container_id=container_id,
             addresses=result_addresses(conf.get("prevResult"), ifname, source),
@@ -123,10 +127,12 @@ def plugin_config(
             conditions_v4=conditions(conf.get("conditionsV4"), "conditionsV4"),
             conditions_v6=conditions(conf.get("conditionsV6"), "conditionsV6"),
             masq_all=masq_all,
+            backend=backend,
         )
     except BadInput as err:
         message = str(err)
         raise BadInput(message if message.startswith(source) else f"{source}: {message}") from None
+    return config
 
 
 def ensure_mapping(value: Any, source: str) -> Mapping[str, Any]:

@@ -50,6 +50,9 @@ class MappingConfig:
     conditions_v4: Tuple[str, ...] = ()
     conditions_v6: Tuple[str, ...] = ()
     masq_all: bool = False
+    # The plugin's backend (v1.6 on): "iptables", "nftables", or None (not configured:
+    # the plugin picks iptables when it works).
+    backend: Optional[str] = None
 
     def address(self, family: int) -> Optional[Interface]:
         """The plugin uses the first address of each family."""

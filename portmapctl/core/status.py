@@ -46,6 +46,13 @@ class ProblemKind(str, Enum):
     ZOMBIE = "zombie"
     DUPLICATE_ENTRY = "duplicate-entry"
     SPLIT_BRAIN = "split-brain"
+    # The plugin's nftables backend (tables ip/ip6 cni_hostport).
+    NFT_MISSING_TABLE = "nft-missing-table"
+    NFT_MISSING_CHAIN = "nft-missing-chain"
+    NFT_MISSING_ENTRY = "nft-missing-entry"  # prerouting/output do not reach the rules
+    NFT_MISSING_JUMPS = "nft-missing-jumps"  # hostports_all lacks its two jumps
+    NFT_MISSING_RULES = "nft-missing-rules"  # a cached nft-backed container lacks rules
+    BOTH_BACKENDS = "both-backends"  # one container's rules in iptables and nftables
 
     def __str__(self) -> str:
         return self.value

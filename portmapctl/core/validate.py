@@ -177,6 +177,7 @@ def mapping_config(
     conditions_v4: Tuple[str, ...] = (),
     conditions_v6: Tuple[str, ...] = (),
     masq_all: bool = False,
+    backend: Optional[str] = None,
 ) -> MappingConfig:
     """Check the pieces together, as the plugin's parseConfig does."""
     network = cni_name(network, "network name")
@@ -204,6 +205,7 @@ def mapping_config(
         conditions_v4=conditions_v4,
         conditions_v6=conditions_v6,
         masq_all=masq_all,
+        backend=backend,
     )
 
 

@@ -34,6 +34,8 @@ class AddResult:
 def add(
     node: Node, config: MappingConfig, *, dry_run: bool = False, flush_udp: bool = True
 ) -> AddResult:
+    if config.backend == "nftables":
+        return _add_nft(node, config, dry_run=dry_run, flush_udp=flush_udp)
     transactions: Dict[int, str] = {}
     chains: List[str] = []
     families = [f for f in config.families if f in node.families]
@@ -83,6 +85,53 @@ def _apply_blind(node: Node, wanted: List[Chain], family: int) -> Optional[Trans
         log.debug("IPv%s: planned without a read, refused (%s): reading the table", family, err)
         return None
     return txn.without_checks()
+
+
+def nft_refusals(config: MappingConfig) -> None:
+    """What the plugin refuses for its nftables backend, refused the same way."""
+    from portmapctl.errors import BadInput
+
+    iptables_only = []
+    if config.external_setmark_chain is not None:
+        iptables_only.append("externalSetMarkChain")
+    for name, conditions in (
+        ("conditionsV4", config.conditions_v4),
+        ("conditionsV6", config.conditions_v6),
+    ):
+        if conditions and conditions[0][:1] in ("-", "!"):
+            iptables_only.append(name)
+    if iptables_only:
+        raise BadInput(
+            "nftables backend was requested but configuration contains iptables-specific"
+            f" options [{' '.join(iptables_only)}]"
+        )
+
+
+def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: bool) -> AddResult:
+    """The v1.9.1 ADD in nftables: both families in one `nft -f` transaction."""
+    from portmapctl.nftables import planner
+    from portmapctl.nftables.transaction import check_condition
+    from portmapctl.nftables.wanted import wanted
+
+    nft_refusals(config)
+    for condition in (*config.conditions_v4, *config.conditions_v6):
+        check_condition(condition)
+    families = [f for f in config.families if f in node.families]
+    want = [w for f in families if (w := wanted(config, f)) is not None]
+    text = node.converge_nft(lambda live: planner.setup(live, want), dry_run=dry_run)
+    warnings: List[str] = []
+    if not dry_run and families:
+        warnings += after_setup(config, families, flush_udp)
+    transactions = {"nft": text} if text else {}
+    return AddResult(
+        dry_run,
+        bool(text),
+        (f"nft:{config.container_id}",),
+        transactions,
+        tuple(warnings),  # type: ignore[arg-type]
+    )
+
+
 
 
 def after_setup(config: MappingConfig, families: Sequence[int], flush_udp: bool) -> List[str]:

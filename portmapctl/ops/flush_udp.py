@@ -23,6 +23,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from typing import (
+    Any,
     Callable,
     Collection,
     Dict,
@@ -220,7 +221,7 @@ def flush(
         tables = node.read()
         attachments = node.read_cache()
         warnings = tuple(cni_cache.warnings(attachments))
-        mappings = udp_mappings(inventory.build(tables, attachments).mappings)
+        mappings = udp_mappings(node_mappings(node, tables, attachments))
     keys = select_ports(mappings, families, ports=ports, container=container)
     if not keys:
         return FlushResult(dry_run, stale_only, (), (), 0, 0, warnings)
@@ -246,6 +247,18 @@ def flush(
         len(looked_at) - len(doomed),
         warnings,
     )
+
+
+def node_mappings(node: Node, tables: Any, attachments: Any) -> List[Mapping]:
+    """Every mapping of the node: iptables chains and the plugin's nftables rules."""
+    found = inventory.build(tables, attachments)
+    mappings: List[Mapping] = list(found.mappings)
+    if node.nft is not None:
+        from portmapctl.ops import nft
+
+        owners = {c.container_id for c in found.chains if c.container_id}
+        mappings += nft.build(node, attachments, owners)[2].mappings  # same fields, duck-typed
+    return mappings
 
 
 def flush_ports(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni import config as cni_config
@@ -47,6 +47,9 @@ from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops import gc_state
 from portmapctl.ops.node import APPLY_TRIES, Node
+
+if TYPE_CHECKING:
+    from portmapctl.nftables.ruleset import Ruleset
 
 DEFAULT_MIN_AGE = 120.0
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
@@ -340,7 +343,9 @@ def plan_family(
     remapped = _udp_ports(ports, gone) & still_mapped
     remaining = tuple(m for m in built.mappings if m.protocol == "udp" and m.chain not in gone)
     shared = tuple(
-        op.chain for op in txn.ops if op.kind is OpKind.DELETE_CHAIN and op.chain == OLD_TOPLEVEL_SNAT
+        op.chain
+        for op in txn.ops
+        if op.kind is OpKind.DELETE_CHAIN and op.chain == OLD_TOPLEVEL_SNAT
     )
     return FamilyPlan(
         family,
@@ -446,8 +451,15 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
     warnings = list(state_warnings)
     # Sightings of families not looked at this run stay as they are.
     families = node.families
+    nft_families = families if node.nft is not None else ()
     remembered: Dict[str, gc_state.Seen] = {
-        key: value for key, value in seen.items() if int(key.split(" ", 1)[0]) not in families
+        key: value
+        for key, value in seen.items()
+        if not (
+            (_nft_key_family(key) in nft_families)
+            if key.startswith("nft")
+            else int(key.split(" ", 1)[0]) in families
+        )
     }
     plans: List[FamilyPlan] = []
     transactions: Dict[int, str] = {}
@@ -519,6 +531,24 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
         if not options.dry_run:
             for chain in done.removed:
                 remembered.pop(state_key(family, chain.chain), None)
+    nft_removed: List[GcChain] = []
+    nft_pending: List[GcChain] = []
+    nft_freed: Dict[int, Set[int]] = {}
+    nft_kept = 0
+    if failure is None and node.nft is not None:
+        try:
+            text, nft_done = _gc_nft(node, sources, options, seen, cache_dirs, warnings)
+        except ApplyFailed as err:
+            failure = ApplyFailed(f"nftables: {err}")
+        else:
+            if nft_done is not None:
+                nft_removed, nft_pending, nft_seen, nft_freed, nft_kept = nft_done
+                remembered.update(nft_seen)
+                if not options.dry_run:
+                    for chain in nft_removed:
+                        remembered.pop(_nft_key(chain.family, chain.container_id or ""), None)
+            if text and options.dry_run:
+                transactions["nft"] = text  # type: ignore[index]
     # Every run records its sightings, a dry run (and gc's interactive preview) too:
     # otherwise --min-age would never start counting for someone who looks first.
     state_error: Optional[str] = None
@@ -534,6 +564,11 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
             # sightings only makes later runs wait --min-age again: nothing unsafe.
             state_error = str(err)
     work = [p for p in plans if p.freed_udp_ports or p.remapped_udp_ports]
+    for family, ports in sorted(nft_freed.items()):
+        # The nftables side's freed ports, flushed the same way (no chain maps them).
+        work.append(
+            FamilyPlan(family, (), (), 0, (), tuple(sorted(ports)), {}, Transaction(family))
+        )
     deleted, flush_warnings = 0, ()
     if not options.dry_run and options.flush_udp and work:
         # Also when a later family failed: what went in the others went for good.
@@ -542,15 +577,148 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
         raise failure
     return GcResult(
         options.dry_run,
-        tuple(c for p in plans for c in p.removed),
-        tuple(c for p in plans for c in p.pending),
-        sum(p.kept for p in plans),
+        tuple(c for p in plans for c in p.removed) + tuple(nft_removed),
+        tuple(c for p in plans for c in p.pending) + tuple(nft_pending),
+        sum(p.kept for p in plans) + nft_kept,
         deleted,
         tuple((p.family, name) for p in plans for name in p.shared_removed),
         transactions,
         tuple(warnings) + flush_warnings,
         state_error,
     )
+
+
+# --- the plugin's nftables backend ---------------------------------------------------
+# Its rules carry the bare container ID and no network: liveness is by ID (the cache's
+# IDs on any network, bare valid-attachments lists, --keep), and a network-scoped
+# valid-attachments document alone speaks for no nftables rule. One GcChain per
+# (family, container): chain "nft:<ID>", kind "nft-rule".
+
+NFT_KIND = "nft-rule"
+
+
+def _nft_key(family: int, container_id: str) -> str:
+    return f"nft{family} {container_id}"
+
+
+def _nft_key_family(key: str) -> int:
+    head = key.split(" ", 1)[0][3:]
+    return int(head) if head.isdigit() else 0
+
+
+def _nft_live_ids(sources: Sources, attachments: Optional[Sequence[Attachment]]) -> Set[str]:
+    # --netns-liveness: a cache entry whose namespace is gone (a zombie) is not live.
+    ids = {
+        a.container_id
+        for a in attachments or ()
+        if not (getattr(sources, "netns_liveness", False) and a.zombie)
+    }
+    for document in sources.documents:
+        ids.update(document.container_ids)
+    return ids
+
+
+# (removed, pending, sightings, freed UDP ports per family, live (family, container) kept)
+NftPlan = Tuple[List[GcChain], List[GcChain], Dict[str, gc_state.Seen], Dict[int, Set[int]], int]
+
+
+def _gc_nft(
+    node: Node,
+    sources: Sources,
+    options: GcOptions,
+    seen: Mapping[str, gc_state.Seen],
+    cache_dirs: Sequence[str],
+    warnings: List[str],
+) -> Tuple[str, Optional[NftPlan]]:
+    from portmapctl.nftables.node import dead_containers
+    from portmapctl.nftables.ruleset import CONTAINER_CHAINS
+    from portmapctl.nftables.transaction import Transaction as NftTransaction
+
+    use_cache = bool(cache_dirs)
+    if (
+        sources.documents
+        and all(d.network is not None for d in sources.documents)
+        and not (use_cache or sources.keep or sources.remove_all)
+    ):
+        return "", None  # network-scoped documents only: nftables rules name no network
+    latest: List[NftPlan] = []
+
+    def plan(live_rules: Ruleset) -> NftTransaction:
+        attachments = _read_cache(node, cache_dirs, warnings) if use_cache else None
+        ids = _nft_live_ids(sources, attachments)
+
+        def is_live(cid: str) -> bool:
+            return cid in ids or any(cid.startswith(k) for k in sources.keep)
+
+        now = gc_state.clock()
+        removed: List[GcChain] = []
+        pending: List[GcChain] = []
+        new_seen: Dict[str, gc_state.Seen] = {}
+        txn = NftTransaction()
+        gone_udp: Dict[int, Set[int]] = {}
+        for dead in dead_containers(live_rules, is_live):
+            for family in dead.families:
+                if family not in node.families:
+                    continue
+                rules = tuple(r for r in dead.rules if r.family == family)
+                ports = tuple((p, n) for f, p, n in dead.host_ports if f == family)
+                key = _nft_key(family, dead.container_id)
+                mark = type(dead)(dead.container_id, rules, ()).fingerprint
+                before = seen.get(key)
+                first = before.first_seen if before and before.fingerprint == mark else now
+                new_seen[key] = gc_state.Seen(mark, first)
+                name = f"nft:{dead.container_id}"
+                item = GcChain(
+                    name,
+                    family,
+                    NFT_KIND,
+                    None,
+                    dead.container_id,
+                    ports,
+                    round(max(now - first, 0.0), 1),
+                )
+                allowed = options.only is None or (family, name) in options.only
+                if now - first >= options.min_age and allowed:
+                    removed.append(item)
+                    for rule in rules:
+                        txn.delete_rule(family, rule.chain, rule.handle)
+                    gone_udp.setdefault(family, set()).update(n for p, n in ports if p == "udp")
+                else:
+                    pending.append(item)
+        # UDP ports another rule still maps are not freed.
+        still = _nft_udp_ports(live_rules, {(op.family, op.handle or 0) for op in txn.ops})
+        freed = {f: ports - still.get(f, set()) for f, ports in gone_udp.items()}
+        kept = len(
+            {
+                (family, rule.comment)
+                for family, table in live_rules.tables.items()
+                if family in node.families
+                for chain in CONTAINER_CHAINS
+                for rule in table.rules_of(chain)
+                if rule.comment and is_live(rule.comment)
+            }
+        )
+        latest.append((removed, pending, new_seen, {f: p for f, p in freed.items() if p}, kept))
+        return txn
+
+    text = node.converge_nft(plan, dry_run=options.dry_run)
+    return text, (latest[-1] if latest else None)
+
+
+def _nft_udp_ports(live_rules: Ruleset, gone: Set[Tuple[int, int]]) -> Dict[int, Set[int]]:
+    """family -> UDP host ports the rules not in `gone` (family, handle) still map."""
+    from portmapctl.nftables.ruleset import CONTAINER_CHAINS
+
+    found: Dict[int, Set[int]] = {}
+    for family, table in live_rules.tables.items():
+        for chain in CONTAINER_CHAINS:
+            for rule in table.rules_of(chain):
+                if (family, rule.handle) in gone:
+                    continue
+                port = rule.body.value("udp dport")
+                if port is not None and port.isdigit():
+                    found.setdefault(family, set()).add(int(port))
+    return found
 
 
 def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:

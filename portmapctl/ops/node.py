@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.errors import ApplyFailed, HostProblem
@@ -17,25 +17,81 @@ from portmapctl.iptables.access import BACKEND_NAMES, Backend, open_backend
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 
+if TYPE_CHECKING:
+    from portmapctl.nftables.access import NftAccess, NftUnusable
+    from portmapctl.nftables.ruleset import Ruleset
+    from portmapctl.nftables.transaction import Transaction as NftTransaction
+
 APPLY_TRIES = 3
 CAP_NET_ADMIN = 12
 
 
 @dataclass(frozen=True)
 class NodeOptions:
-    """The options every command takes (SPEC §3)."""
+    """The options every command takes (SPEC §3).
 
-    backend: str = "auto"
+    `iptables` is how iptables is read and written (--iptables); `backend` which of
+    the plugin's backends to look at (--backend: auto, iptables, nftables).
+    """
+
+    iptables: str = "auto"
     families: Tuple[int, ...] = (4, 6)
     netns: Optional[str] = None
     cache_dirs: Tuple[str, ...] = paths.DEFAULT_CNI_CACHE_DIRS
     snapshots: Dict[int, str] = field(default_factory=dict)
+    backend: str = "auto"
+    nft_snapshot: Optional[str] = None
+
+    @property
+    def offline(self) -> bool:
+        """Reading dumps, not the kernel: nothing is read from or written to the node."""
+        return bool(self.snapshots or self.nft_snapshot)
+
+    @property
+    def uses_iptables(self) -> bool:
+        return self.backend != "nftables"
+
+    @property
+    def uses_nft(self) -> bool:
+        return self.backend != "iptables"
 
 
 @dataclass
 class Node:
     options: NodeOptions
     backend: Backend
+    nft: Optional[NftAccess] = None
+    # Why nft could not be used (no nft, too old) when --backend auto met that: iptables
+    # work goes on, and whatever needs nft state raises it.
+    nft_unusable: Optional[NftUnusable] = None
+
+    def read_nft(self, families: Optional[Tuple[int, ...]] = None) -> Ruleset:
+        """The plugin's nftables tables (empty when not looked at)."""
+        from portmapctl.nftables.access import NftUnusable
+        from portmapctl.nftables.ruleset import EMPTY
+
+        if self.nft is None:
+            return EMPTY
+        try:
+            return self.nft.read(families or self.options.families)
+        except NftUnusable as err:
+            if self.options.backend == "nftables":
+                raise
+            self.nft_unusable = err
+            return EMPTY
+
+    def converge_nft(self, plan: Callable[[Ruleset], NftTransaction], dry_run: bool = False) -> str:
+        """One `nft -f` transaction for both families, re-planned when the tables
+        changed under us; returns its text ("" when nothing was needed)."""
+        from portmapctl.nftables.node import converge
+
+        if self.nft_unusable is not None:
+            raise self.nft_unusable
+        if self.nft is None:
+            return ""
+        if dry_run or not self.nft.writable:
+            return plan(self.read_nft()).render()
+        return converge(self.nft, plan, self.options.families).text
 
     @property
     def families(self) -> Tuple[int, ...]:
@@ -134,12 +190,35 @@ def has_net_admin() -> bool:
 @contextlib.contextmanager
 def opened(options: NodeOptions, write: bool = False) -> Iterator[Node]:
     """Enter the namespace, pick the backend, and (to write) take the lock."""
-    if write and not options.snapshots and not has_net_admin():
+    if write and not options.offline and not has_net_admin():
         raise HostProblem("changing iptables needs root (or CAP_NET_ADMIN): run with sudo")
     with netns.entered(options.netns):
-        backend = open_backend(options.backend, options.snapshots)
-        if write and backend.writable:
+        node = Node(options, _iptables_access(options), _nft_access(options))
+        if write and not options.offline:
             with lock.held():
-                yield Node(options, backend)
+                yield node
         else:
-            yield Node(options, backend)
+            yield node
+
+
+def _iptables_access(options: NodeOptions) -> Backend:
+    if options.offline or not options.uses_iptables:
+        # Only the dumps given are read: an --nft-snapshot alone reads no iptables.
+        from portmapctl.iptables.access.snapshot import SnapshotBackend
+
+        return SnapshotBackend(options.snapshots if options.uses_iptables else {})
+    return open_backend(options.iptables)
+
+
+def _nft_access(options: NodeOptions) -> Optional[NftAccess]:
+    if not options.uses_nft:
+        return None
+    if options.nft_snapshot:
+        from portmapctl.nftables.access.snapshot import SnapshotNft
+
+        return SnapshotNft(options.nft_snapshot)
+    if options.offline:
+        return None  # iptables dumps only: no nftables state to read
+    from portmapctl.nftables.access.nft import RealNft
+
+    return RealNft()

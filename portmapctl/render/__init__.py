@@ -125,6 +125,11 @@ def mapping_json(m: Mapping, conntrack: Optional[MappingT[Mapping, int]] = None)
     }
     if m.shadowed_by:
         doc["shadowed_by"] = m.shadowed_by
+    backend = getattr(m, "backend", None)
+    if backend is not None:
+        # nftables rows (iptables ones get the key with JSON schema 2).
+        doc["backend"] = backend
+        doc["chain_type"] = getattr(m, "chain_type", None)
     if conntrack is not None and m.protocol == "udp":
         doc["conntrack_entries"] = conntrack.get(m, 0)
     return doc
@@ -303,7 +308,7 @@ def _list_grid(
             host_address(m),
             container_address(m),
             "yes" if m.snat else "no",
-            m.chain,
+            _chain_cell(m),
         ]
         if conntrack is not None:
             row.append(str(conntrack.get(m, 0)) if m.protocol == "udp" else "-")
@@ -331,6 +336,13 @@ def _list_grid(
     return rows, statuses
 
 
+def _chain_cell(m: Mapping) -> str:
+    """iptables: the CNI-DN- chain; nftables: `nft:` + the chain of the rule."""
+    if getattr(m, "backend", None) == "nftables":
+        return f"nft:{m.chain}"
+    return m.chain
+
+
 def add_json(
     result: AddResult,
     cache: Optional[MappingT[str, Any]] = None,
@@ -338,7 +350,7 @@ def add_json(
 ) -> Dict[str, Any]:
     return document(
         cache,
-        backend=BACKEND,
+        backend=getattr(result, "backend", BACKEND),
         dry_run=result.dry_run,
         changed=result.changed,
         chains=list(result.chains),
@@ -347,11 +359,18 @@ def add_json(
     )
 
 
-def transactions_text(transactions: Dict[int, str]) -> str:
-    """Restore texts per family, each under a `# IPv4: iptables-restore --noflush` line."""
+def transactions_text(transactions: MappingT[Any, str]) -> str:
+    """Restore texts per family, each under a `# IPv4: iptables-restore --noflush` line;
+    the nftables transaction (key "nft", both families) under `# nftables: nft -f -`."""
+
+    def header(key: Any) -> str:
+        if key == "nft":
+            return "# nftables: nft -f -"
+        return f"# IPv{key}: {'ip6tables' if key == 6 else 'iptables'}-restore --noflush"
+
     return "".join(
-        f"# IPv{fam}: {'ip6tables' if fam == 6 else 'iptables'}-restore --noflush\n{text}"
-        for fam, text in sorted(transactions.items())
+        f"{header(key)}\n{text}"
+        for key, text in sorted(transactions.items(), key=lambda kv: (kv[0] == "nft", str(kv[0])))
     )
 
 

@@ -39,6 +39,7 @@ from portmapctl.cni.cache import MAX_CACHE_FILE_BYTES
 from portmapctl.host import netns
 from portmapctl.iptables.access.snapshot import MAX_DUMP_BYTES
 from portmapctl.iptables.chains import chain_name
+from portmapctl.nftables.access.snapshot import MAX_DUMP_BYTES as NFT_MAX_DUMP_BYTES
 
 pytestmark = pytest.mark.netns
 
@@ -628,9 +629,6 @@ def _cases() -> List[Case]:
             add(f"{command} {flag}=x", _then(base, f"{flag}=x"), "does not take a value")
         for value in ("bogus", "", "nft", "iptables;reboot"):
             add(f"{command} --backend {value!r}", _with(base, "--backend", value), "--backend")
-        # Accepted, but there is no nftables backend in this version: environment.
-        add(f"{command} --backend nftables", _with(base, "--backend", "nftables"),
-            "nftables backend is not available", code=3)  # fmt: skip
     # gc's own options.
     for i, value in enumerate(HOSTILE_DURATIONS):
         add(f"gc --min-age dur{i}", _with(_gc, "--min-age", value), "invalid duration")
@@ -716,6 +714,68 @@ def _cases() -> List[Case]:
         add(f"{command} both snapshots from stdin",
             lambda n, c=command: [c, "--snapshot", "-", "--snapshot6", "-"],
             "only one of --snapshot/--snapshot6")  # fmt: skip
+    # The plugin's nftables backend: --backend, --nft-snapshot, add's nft refusals.
+    for command, base in BASES.items():
+        for value in ("bogus", "", "NFTABLES", "nft"):
+            add(f"{command} --backend {value!r}", _with(base, "--backend", value), "--backend")
+    nft_dumps = {
+        **{name: value for name, value in BROKEN_BYTES.items() if name != "not-utf8"},
+        "not-utf8": (b"\xff\xfe{}", "not text"),
+        "no-list": (b'{"nftables": 3}', "not `nft -j list` output"),
+        "bad-handle": (
+            b'{"nftables": [{"table": {"family": "ip", "name": "cni_hostport", "handle": "x"}}]}',
+            "bad table",
+        ),
+    }
+    nft_limit = f"larger than {NFT_MAX_DUMP_BYTES // 2**20} MiB"
+    for command in ("list", "check"):
+        base = lambda n, c=command: [c, "--cni-cache-dir", n.cache]  # noqa: E731
+        for name, (data, words) in nft_dumps.items():
+            words = "not `nft -j list` output" if words == "not valid JSON" else words
+            add(f"{command} --nft-snapshot {name}",
+                _file_arg(base, "--nft-snapshot", lambda f, d=data, m=name: f.write(f"nft-{m}", d)),
+                words)  # fmt: skip
+            add(f"{command} --nft-snapshot - {name}", _then(base, "--nft-snapshot", "-"), words,
+                stdin=data)  # fmt: skip
+        add(f"{command} --nft-snapshot huge",
+            _file_arg(base, "--nft-snapshot", lambda f: f.huge("nft-huge", NFT_MAX_DUMP_BYTES + 1)),
+            nft_limit)  # fmt: skip
+        add(f"{command} --nft-snapshot directory", _then(base, "--nft-snapshot", "/"),
+            "cannot read nft snapshot")  # fmt: skip
+        add(f"{command} two snapshots from stdin",
+            lambda n, c=command: [c, "--snapshot", "-", "--nft-snapshot", "-"],
+            "only one of --snapshot/--snapshot6/--nft-snapshot")  # fmt: skip
+    add("check --repair with --nft-snapshot",
+        lambda n: ["check", "--repair", "--nft-snapshot", "/dev/null"], "--snapshot")  # fmt: skip
+    add("add --backend nftables with --external-setmark-chain",
+        _then(_add, "--backend", "nftables", "--external-setmark-chain", "X"),
+        "iptables-specific options [externalSetMarkChain]")  # fmt: skip
+    add("add --backend nftables with iptables conditions",
+        _then(_add, "--backend", "nftables", "--conditions-v4", "-s 10.0.0.0/8"),
+        "iptables-specific options [conditionsV4]")  # fmt: skip
+    nft_conditions = [
+        ("ip saddr 1.2.3.4 ; flush ruleset", "refusing nftables condition"),
+        ("ip saddr 1.2.3.4 # x", "refusing nftables condition"),
+        ("ip saddr { 1.2.3.4 }", "refusing nftables condition"),
+        # Quoted names pass our filter; nft's parser refuses the rest: still bad input.
+        ('ip saddr 1.2.3.4 comment "x"', "syntax error"),
+        ("ip saddr 10.0.0.0/99", "Prefix length 99 is invalid"),
+        ("tcp dport 99999", "Service out of range"),
+    ]
+    for i, (value, words) in enumerate(nft_conditions):
+        add(f"add --backend nftables nft-cond{i}",
+            _then(_add, "--backend", "nftables", "--conditions-v4", value), words)  # fmt: skip
+    add("add --backend iptables against a config's nftables",
+        _file_arg(lambda n: ["add", "--netns", n.ns, "--backend", "iptables", "--container",
+                             "newctr"], "--cni-config",
+                  lambda f: f.write("conf-nft", json.dumps(_portmap_config(backend="nftables"))
+                                    .encode())),
+        "contradicts")  # fmt: skip
+    add("add --cni-config with an unknown backend",
+        _file_arg(lambda n: ["add", "--netns", n.ns, "--container", "newctr"], "--cni-config",
+                  lambda f: f.write("conf-nftx", json.dumps(_portmap_config(backend="nft"))
+                                    .encode())),
+        "unrecognized backend")  # fmt: skip
     add("list --snapshot with --conntrack",
         lambda n: ["list", "--snapshot", "/dev/null", "--conntrack"], "--conntrack")  # fmt: skip
     add("check --repair with --snapshot",

@@ -38,7 +38,7 @@ def test_read_with_cache_reads_the_namespace_entered(host_ns, iptables_mode, tmp
     conf = rp.plugin_conf("mynet", ips, ports)
     rp.run_plugin("ADD", host_ns, "abc123", conf, mode=iptables_mode, check=True)
     rp.write_cni_cache(tmp_path, "mynet", "abc123", "eth0", conf, ports, ips)
-    options = NodeOptions(backend=iptables_mode, netns=host_ns, cache_dirs=(str(tmp_path),))
+    options = NodeOptions(iptables=iptables_mode, netns=host_ns, cache_dirs=(str(tmp_path),))
     with opened(options) as node:
         tables, cache = node.read_with_cache()
         assert tables == node.read()

@@ -508,7 +508,7 @@ class RacingBackend(RestoreBackend):
 
 def _racing_node(node: Node_, races: list) -> Node:
     options = NodeOptions(
-        backend=node.mode, families=(4,), netns=node.ns, cache_dirs=(str(node.cache),)
+        iptables=node.mode, families=(4,), netns=node.ns, cache_dirs=(str(node.cache),)
     )
     return Node(options, RacingBackend(node.mode, races))
 

@@ -38,7 +38,7 @@ def test_a_changed_per_container_chain_is_flushed_and_rewritten():
 
 
 def test_a_stale_plan_fails_whole_and_converge_replans(host_ns, iptables_mode):
-    options = NodeOptions(backend=iptables_mode, families=(4,), netns=host_ns)
+    options = NodeOptions(iptables=iptables_mode, families=(4,), netns=host_ns)
     ours = wanted_chains(_config("ours", 8081), 4)
     with opened(options) as node:
         stale = plan_setup(ours, node.read()[4])  # read before the plugin runs

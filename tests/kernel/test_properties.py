@@ -145,7 +145,7 @@ def test_add_list_idempotence_and_gc_all_against_the_kernel(original, tmp_path, 
     ns, mode, saved = original
     for family in (4, 6):
         _restore(ns, family, mode, saved[family])
-    options = NodeOptions(backend=mode, netns=ns, cache_dirs=(str(tmp_path / "no-cache"),))
+    options = NodeOptions(iptables=mode, netns=ns, cache_dirs=(str(tmp_path / "no-cache"),))
     with opened(options, write=True) as node:
         first = add(node, config, flush_udp=False)
         assert first.changed

@@ -36,7 +36,7 @@ def test_no_iptables_at_all_is_an_environment_error(tmp_path, monkeypatch):
 
 
 def test_unknown_backend_is_bad_input():
-    with pytest.raises(BadInput, match="unknown backend"):
+    with pytest.raises(BadInput, match="unknown iptables flavour"):
         open_backend("pf")
 
 

@@ -296,7 +296,7 @@ def test_mapping_check_is_the_plugins_check_without_the_seed_bug():
 
 
 def test_fix_commands_carry_the_options_check_ran_with():
-    options = NodeOptions(backend="legacy", families=(6,), netns="my ns", cache_dirs=("/x/cni",))
+    options = NodeOptions(iptables="legacy", families=(6,), netns="my ns", cache_dirs=("/x/cni",))
     fixes = check.fixes_for(Node(options, RestoreBackend("legacy")))
     assert (
         fixes.repair

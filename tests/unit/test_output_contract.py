@@ -357,10 +357,13 @@ def test_force_color_colours_a_pipe_and_no_color_wins():
     assert "\x1b[" not in plain
 
 
-def test_backend_nftables_is_refused_until_it_exists():
-    done = pmctl("list", *EXAMPLE, "--backend", "nftables")
-    assert done.returncode == 3 and "nftables backend is not available" in done.stderr
-    assert pmctl("list", *EXAMPLE, "--backend", "iptables", "-q").returncode == 0
+def test_backend_nftables_lists_only_the_nftables_rows():
+    nft = ["--nft-snapshot", str(ROOT / "examples/nft/ruleset.json"),
+           "--cni-cache-dir", str(ROOT / "examples/nft/cni-cache")]  # fmt: skip
+    both = json.loads(pmctl("list", *nft, "-o", "json").stdout)
+    only = json.loads(pmctl("list", *nft, "--backend", "nftables", "-o", "json").stdout)
+    assert only["mappings"] and {m["backend"] for m in only["mappings"]} == {"nftables"}
+    assert only["mappings"] == [m for m in both["mappings"] if m["backend"] == "nftables"]
 
 
 def test_an_ipv6_dump_given_to_snapshot_is_refused(tmp_path):

@@ -61,7 +61,7 @@ def open_backend(
 
         return SnapshotBackend(snapshots)
     if name not in BACKEND_NAMES:
-        raise BadInput(f"unknown backend {name!r}: use one of {', '.join(BACKEND_NAMES)}")
+        raise BadInput(f"unknown iptables flavour {name!r}: use one of {', '.join(BACKEND_NAMES)}")
     # `auto` is "nft" or "legacy", never "iptc": on legacy tables save/restore is
     # 2-3 times faster end to end than python-iptables (benchmarks/iptc_bench.py).
     flavour = host_flavour() if name == "auto" else name

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, FrozenSet, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
@@ -556,9 +556,7 @@ def _zombies(
         if a.mapping is None and not present:
             continue  # no port mappings: nothing of portmap's to say about it
         seen.add(a.dnat_chain)
-        where = (
-            f"; its chain is still in IPv{'/IPv'.join(map(str, present))}" if present else ""
-        )
+        where = f"; its chain is still in IPv{'/IPv'.join(map(str, present))}" if present else ""
         problems.append(
             Problem(
                 ProblemKind.ZOMBIE,
@@ -651,14 +649,19 @@ def diagnose(
     other_tables: Optional[ReadOnly[int, NatTable]] = None,
     flavours: Optional[Tuple[str, str]] = None,
     found: Optional[inventory.Inventory] = None,
+    nft_backed: Collection[str] = (),
 ) -> Tuple[List[Problem], int]:
     """Every problem of a node (pure). Returns (problems, mappings compared).
 
     `attachments` is the CNI cache (None: there is none). `other_tables` are the same
     families read from the other iptables flavour; `flavours` is (used, other).
     `found` is the inventory of `tables` and `attachments`, when the caller has it.
+    Containers in `nft_backed` (IDs) keep their rules in nftables: nothing of them is
+    expected in iptables.
     """
     configs = cached_configs(attachments) if attachments is not None else None
+    if configs is not None and nft_backed:
+        configs = [c for c in configs if c.container_id not in nft_backed]
     problems: List[Problem] = []
     other_flavour = flavours[1] if flavours else None
     if other_tables and flavours:

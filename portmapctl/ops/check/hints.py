@@ -19,7 +19,6 @@ from portmapctl.ops.node import Node
 _SHOWN = 3  # how many rules or chains a detail names before "and N more"
 
 
-
 @dataclass(frozen=True)
 class Fixes:
     """How fix commands are spelled on this node: with the options check was run with."""
@@ -49,7 +48,9 @@ def fixes_for(node: Node, cache_present: bool = True) -> Fixes:
     if options.netns:
         suffix += f" --netns {shlex.quote(options.netns)}"
     if options.backend != "auto":
-        suffix += f" --iptables {options.backend}"
+        suffix += f" --backend {options.backend}"
+    if options.iptables != "auto":
+        suffix += f" --iptables {options.iptables}"
     if tuple(options.families) != (4, 6):
         suffix += " --family " + ("all" if len(options.families) != 1 else str(options.families[0]))
     if tuple(options.cache_dirs) != DEFAULT_CNI_CACHE_DIRS:

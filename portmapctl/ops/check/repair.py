@@ -23,9 +23,9 @@ from portmapctl.iptables.ruleset import (
     rule_target,
 )
 from portmapctl.iptables.transaction import OpKind, Transaction
-from portmapctl.ops.add import after_setup_many
+from portmapctl.ops.add import after_setup, after_setup_many
 from portmapctl.ops.check.diagnose import CheckResult, cached_configs, wanted_on_node
-from portmapctl.ops.check.run import _check_node, check_mapping
+from portmapctl.ops.check.run import _check_node, check_mapping, nft_mapping
 from portmapctl.ops.node import Node
 
 # --- repair ---------------------------------------------------------------------------
@@ -112,9 +112,7 @@ def _repair_family(
                 skipped.pop(dnat_chain_name(config), None)
             elif family in config.families:
                 name = dnat_chain_name(config)
-                skipped[name] = Unrepaired(
-                    family, config.network, config.container_id, name, why
-                )
+                skipped[name] = Unrepaired(family, config.network, config.container_id, name, why)
         return kept
 
     def plan_all(live: NatTable) -> Transaction:
@@ -150,8 +148,9 @@ def _repair_family(
         except ApplyFailed as err:
             name = dnat_chain_name(config)
             failed.append(
-                Unrepaired(family, config.network, config.container_id, name,
-                           f"iptables refused it: {err}")  # fmt: skip
+                Unrepaired(
+                    family, config.network, config.container_id, name, f"iptables refused it: {err}"
+                )  # fmt: skip
             )
             continue
         if txn:
@@ -165,7 +164,7 @@ def repair(
     """Create what is missing (cached mappings, or `config`, and the top-level
     structure), then check again. Returns the check after, with what was fixed and
     what could not be (by container, with the reason)."""
-    if not node.backend.writable:
+    if node.options.offline or (node.options.uses_iptables and not node.backend.writable):
         raise BadInput("--repair changes the node: it cannot work on a --snapshot")
     attachments: Optional[List[Attachment]] = None
     if config is not None:
@@ -177,7 +176,29 @@ def repair(
         before = _check_node(node, attachments)
         configs = cached_configs(attachments) if attachments is not None else None
         families = node.families
-    transactions: Dict[int, str] = {}
+    if config is not None and nft_mapping(node, config):
+        return _repair_nft_mapping(node, config, before, flush_udp)
+    from portmapctl.ops.check import nft as check_nft
+
+    nft_ids: set = set()
+    if config is None and attachments is not None:
+        if node.nft is None:
+            # nftables not looked at: containers configured for it still get nothing
+            # in iptables, and nothing is written in nftables.
+            excluded = check_nft.configured_nft(attachments)
+        else:
+            from portmapctl.ops import nft
+
+            parts = nft.split(
+                attachments,
+                node.read_nft(),
+                check_nft.iptables_owners(node.read(), attachments),
+                node.options.backend,
+            )
+            excluded = nft_ids = {a.container_id for a in parts.nftables}
+        if configs is not None:
+            configs = [c for c in configs if c.container_id not in excluded]
+    transactions: Dict = {}
     changed: Dict[str, Tuple[MappingConfig, List[int]]] = {}
     unrepaired: List[Unrepaired] = []
     for family in families:
@@ -198,7 +219,14 @@ def repair(
                 fams = changed.setdefault(dnat_chain_name(c), (c, []))[1]
                 if family not in fams:
                     fams.append(family)
+    nft_changed: List[Tuple[MappingConfig, List[int]]] = []
+    if nft_ids:
+        text, nft_changed = check_nft.nft_repair(node, attachments, dry_run=False)
+        if text:
+            transactions["nft"] = text  # both families, one `nft -f` transaction
     warnings: List[str] = [u.text for u in unrepaired]
+    for c, fams in nft_changed:
+        warnings += after_setup(c, fams, flush_udp)
     # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
     # un-NATed path it took while the mapping was missing.
     warnings += after_setup_many(list(changed.values()), flush_udp)
@@ -220,4 +248,31 @@ def repair(
         warnings=after.warnings + tuple(warnings),
         found=after.found,
         unrepaired=tuple((u.family, u.network, u.container_id, u.chain, u.why) for u in unrepaired),
+    )
+
+
+def _repair_nft_mapping(
+    node: Node, config: MappingConfig, before: CheckResult, flush_udp: bool
+) -> CheckResult:
+    from portmapctl.nftables.transaction import check_condition
+    from portmapctl.ops.add import nft_refusals
+    from portmapctl.ops.check import nft as check_nft
+
+    nft_refusals(config)
+    for condition in (*config.conditions_v4, *config.conditions_v6):
+        check_condition(condition)
+    text, families = check_nft.repair_mapping(node, config, before.families)
+    warnings = after_setup(config, families, flush_udp) if families else []
+    after = check_mapping(node, config)
+    remaining = {p.key for p in after.problems}
+    return CheckResult(
+        after.problems,
+        after.families,
+        after.scope,
+        mappings_checked=after.mappings_checked,
+        chain=after.chain,
+        repaired=bool(text),
+        fixed=tuple(p for p in before.problems if p.key not in remaining),
+        transactions={"nft": text} if text else {},
+        warnings=tuple(warnings),
     )

@@ -53,9 +53,21 @@ def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckRes
     flavours, other_tables, notes = _other_flavour(node, tuple(tables))
     fixes = fixes_for(node, attachments is not None)
     found = inventory.build(tables, attachments)
+    from portmapctl.ops.check.nft import nft_problems
+
+    nft_found, nft_ids, nft_compared, nft_notes = nft_problems(node, tables, attachments, fixes)
+    notes += nft_notes
     problems, compared = diagnose(
-        tables, attachments, fixes, other_tables=other_tables, flavours=flavours, found=found
+        tables,
+        attachments,
+        fixes,
+        other_tables=other_tables,
+        flavours=flavours,
+        found=found,
+        nft_backed=nft_ids,
     )
+    problems += nft_found
+    compared += nft_compared
     if attachments is None:
         notes.append(
             f"no CNI cache in {' or '.join(d + '/results' for d in node.options.cache_dirs)}:"
@@ -83,6 +95,16 @@ def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
             f"the mapping has no address in the families checked"
             f" (IPv{'/IPv'.join(map(str, node.families)) or '-'})"
         )
+    if nft_mapping(node, config):
+        from portmapctl.ops.check import nft
+
+        return CheckResult(
+            tuple(nft.check_mapping(node, config, families)),
+            families,
+            "mapping",
+            mappings_checked=len(families),
+            chain=f"nft:{config.container_id}",
+        )
     tables = node.read(families)
     fix = "run the same command with --repair"
     problems, compared = diagnose_mapping(tables, config, fix)
@@ -93,3 +115,9 @@ def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
         mappings_checked=compared,
         chain=dnat_chain_name(config),
     )
+
+
+def nft_mapping(node: Node, config: MappingConfig) -> bool:
+    """A mapping given on the command line lives in nftables: its config (or
+    --backend) says so."""
+    return config.backend == "nftables" or node.options.backend == "nftables"

@@ -1,0 +1,51 @@
+"""How the plugin's nftables tables are read and written.
+
+    read(families) -> Ruleset
+    apply(transaction) -> None      (atomic; raises NftApplyFailed, state unchanged)
+
+nft.py runs the real `nft`; snapshot.py reads `nft -j list ruleset` output from a file
+(no root); memory.py is a writable fake with nft's semantics, pinned to the real one
+by tests/kernel/test_nft_conformance.py.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol
+
+from portmapctl.errors import ApplyFailed, HostProblem
+from portmapctl.nftables.ruleset import Ruleset
+from portmapctl.nftables.transaction import Transaction
+
+
+class NftApplyFailed(ApplyFailed):
+    """nft refused a transaction; nothing of it was applied.
+
+    `reason` is the errno text nft printed ("No such file or directory", "File
+    exists", ...): callers re-read and re-plan on it, never force.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        reason: str = "",
+        maybe_applied: bool = False,
+        userspace: bool = False,
+    ) -> None:
+        super().__init__(message, maybe_applied=maybe_applied)
+        self.reason = reason
+        # nft itself refused the text (syntax, an unknown name, a value out of range),
+        # before the kernel saw it; otherwise the kernel refused it (a missing handle...).
+        self.userspace = userspace
+
+
+class NftUnusable(HostProblem):
+    """No nft, or one older than 1.0.1: the plugin cannot use nftables here either."""
+
+
+class NftAccess(Protocol):
+    name: str
+    writable: bool
+
+    def read(self, families: Iterable[int] = (4, 6)) -> Ruleset: ...
+
+    def apply(self, txn: Transaction) -> None: ...

@@ -1,0 +1,155 @@
+"""The real `nft`: `nft -j list table ...` to read, `nft -f -` to write.
+
+One `nft -j list table FAMILY cni_hostport` per family, the families listed
+concurrently (one process each: `nft -f` of several `list` commands mis-reports a
+missing table in nft 1.0.6, and `list ruleset` would also dump iptables-nft's own
+tables, which on a kube-proxy node are most of the bytes). One `nft -f -` for any
+change of both families.
+
+The plugin's backend needs nft 1.0.1 or later (knftables checks the same); older or
+missing nft is an environment problem (exit 3) raised only when nft state is needed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from portmapctl.errors import HostProblem
+from portmapctl.nftables.access import NftApplyFailed, NftUnusable
+from portmapctl.nftables.ruleset import FAMILY_NAMES, TABLE, Ruleset, parse_many
+from portmapctl.nftables.transaction import Transaction
+
+MIN_VERSION = (1, 0, 1)
+TIMEOUT_SECONDS = 120
+_VERSION = re.compile(r"nftables v(\d+)\.(\d+)(?:\.(\d+))?")
+_ERRNO = re.compile(r"Error: (?:Could not process rule: )?([^\n]*)")
+
+
+def parse_version(text: str) -> Optional[Tuple[int, int, int]]:
+    """`nftables v1.0.6 (Lester Gooch #5)` -> (1, 0, 6)."""
+    match = _VERSION.search(text)
+    if not match:
+        return None
+    return int(match[1]), int(match[2]), int(match[3] or 0)
+
+
+def first_error(stderr: str) -> str:
+    """The errno text of nft's first error ("No such file or directory"), else its line."""
+    match = _ERRNO.search(stderr)
+    if match:
+        # "No such file or directory; did you mean table ... in family ip?": the errno part.
+        return match[1].split(";", 1)[0].strip()
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[0] if lines else "failed"
+
+
+class RealNft:
+    name = "nft"
+    writable = True
+
+    def __init__(self, binary: Optional[str] = None) -> None:
+        self._binary = binary
+        self._checked = False
+
+    def binary(self) -> str:
+        if self._binary is None:
+            path = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
+            if path is None:
+                raise NftUnusable(
+                    "nft not found: install nftables (1.0.1 or later) to work with the "
+                    "plugin's nftables backend"
+                )
+            self._binary = path
+        return self._binary
+
+    def _run(self, argv: List[str], stdin: Optional[str] = None) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(
+                argv,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=TIMEOUT_SECONDS,
+            )
+        except OSError as err:
+            raise HostProblem(f"cannot run {argv[0]}: {err.strerror}") from None
+
+    def check_version(self) -> Tuple[int, int, int]:
+        proc = self._run([self.binary(), "--version"])
+        version = parse_version(proc.stdout + proc.stderr)
+        if proc.returncode != 0 or version is None:
+            raise NftUnusable(f"{self.binary()} --version failed: is it nftables' nft?")
+        if version < MIN_VERSION:
+            found = ".".join(map(str, version))
+            raise NftUnusable(
+                f"nft {found} is too old for the plugin's nftables backend: needs 1.0.1 or later"
+            )
+        return version
+
+    def _ready(self) -> None:
+        if not self._checked:
+            self.check_version()
+            self._checked = True
+
+    def read(self, families: Iterable[int] = (4, 6)) -> Ruleset:
+        self._ready()
+        procs: Dict[int, subprocess.Popen] = {}
+        try:
+            for family in sorted(set(families)):
+                argv = [self.binary(), "-j", "list", "table", FAMILY_NAMES[family], TABLE]
+                procs[family] = subprocess.Popen(
+                    argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
+        except OSError as err:
+            raise HostProblem(f"cannot run {self.binary()}: {err.strerror}") from None
+        documents = []
+        for family, proc in procs.items():
+            try:
+                out, err = proc.communicate(timeout=TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise HostProblem("nft did not answer within 120 s") from None
+            source = f"nft -j list table {FAMILY_NAMES[family]} {TABLE}"
+            if proc.returncode != 0:
+                reason = first_error(err)
+                if reason.startswith("No such file or directory"):
+                    continue  # no table in this family: nothing made by the plugin
+                if "Operation not permitted" in reason:
+                    raise HostProblem(f"{source}: operation not permitted (run as root)")
+                raise HostProblem(f"{source} failed: {reason}")
+            documents.append((out, source))
+        return parse_many(documents)
+
+    def apply(self, txn: Transaction) -> None:
+        if not txn:
+            return
+        self._ready()
+        try:
+            proc = subprocess.run(
+                [self.binary(), "-f", "-"],
+                input=txn.render(),
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=TIMEOUT_SECONDS,
+            )
+        except OSError as err:
+            raise HostProblem(f"cannot run {self.binary()}: {err.strerror}") from None
+        except subprocess.TimeoutExpired:
+            raise NftApplyFailed(
+                "nft -f did not finish within 120 s and was stopped", maybe_applied=True
+            ) from None
+        if proc.returncode != 0:
+            reason = first_error(proc.stderr)
+            if "Operation not permitted" in reason:
+                raise HostProblem("nft -f: operation not permitted (run as root)")
+            raise NftApplyFailed(
+                f"nft -f refused the transaction: {reason}",
+                reason,
+                userspace="Could not process rule" not in proc.stderr,
+            )

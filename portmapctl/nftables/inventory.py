@@ -1,0 +1,331 @@
+"""Read the plugin's nftables tables (+ the CNI cache) -> mapping rows and problems.
+
+Rows are the same as the iptables side's (network, container, family, protocol, host
+address, container address, SNAT, chain, statuses) with `backend` "nftables". The
+plugin writes no network name into nftables (a rule's comment is the bare container
+ID): the network comes from the cache entry of that container ID, picked by the
+container address when the ID is on several networks.
+
+Statuses, as SPEC §3:
+  stale     no cache entry names the container ID (said only with a cache)
+  zombie    the cache entry is there but its network namespace is gone
+  shadowed  an earlier rule in evaluation order (hostip_hostports before hostports,
+            as both v1.9's hostports_all and v1.6/v1.7's base chains jump) takes the
+            same protocol and host port, on an overlapping host IP, to another
+            container: nftables is first-match-wins as iptables is
+
+Health problems of the structure (a flushed or deleted table, say) are `Problem`s:
+missing table, base chain, entry rule or hostports_all jumps, and, given the cached
+configs of nft-backed containers, their missing rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.status import ProblemKind, Status
+from portmapctl.nftables.planner import entry_ok, hostports_all_ok, missing_by_container
+from portmapctl.nftables.ruleset import (
+    FAMILY_NAMES,
+    HOSTIP_HOSTPORTS,
+    HOSTPORTS,
+    HOSTPORTS_ALL,
+    MASQUERADING,
+    OUTPUT,
+    PREROUTING,
+    TABLE,
+    ActionKind,
+    Rule,
+    Ruleset,
+    Table,
+)
+from portmapctl.nftables.wanted import wanted
+
+BACKEND = "nftables"
+CHAIN_TYPE = "nft-rule"
+# Evaluation order of the container chains: hostports_all (v1.9) and the base chains
+# of v1.6/v1.7 both jump to hostip_hostports first.
+EVALUATION_ORDER = (HOSTIP_HOSTPORTS, HOSTPORTS)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A cached attachment as far as the nftables side needs it."""
+
+    network: str
+    container_id: str
+    mapping: Optional[MappingConfig] = None
+    zombie: bool = False
+
+
+@dataclass(frozen=True)
+class NftMapping:
+    network: Optional[str]
+    container_id: Optional[str]
+    family: int
+    protocol: str
+    host_ip: Optional[str]
+    host_port: int
+    container_ip: str
+    container_port: int
+    snat: bool
+    chain: str
+    status: Tuple[str, ...]
+    shadowed_by: Optional[str] = None  # the container ID that takes this port first
+    handle: int = 0
+    backend: str = BACKEND
+    chain_type: str = CHAIN_TYPE
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: ProblemKind
+    family: int
+    chain: Optional[str]
+    network: Optional[str]
+    container_id: Optional[str]
+    detail: str
+    backend: str = BACKEND
+
+
+@dataclass(frozen=True)
+class NftInventory:
+    mappings: Tuple[NftMapping, ...]
+    problems: Tuple[Problem, ...]
+    cache_present: bool
+
+    def container_ids(self) -> Set[str]:
+        return {m.container_id for m in self.mappings if m.container_id}
+
+
+# --- rows -------------------------------------------------------------------------------
+
+
+def _dnat_fields(rule: Rule) -> Optional[Tuple[str, int, Optional[str]]]:
+    """(protocol, host port, host IP) of a host-port rule, else None."""
+    body = rule.body
+    ip = FAMILY_NAMES[rule.family]
+    proto, port = None, None
+    for match in body.matches:
+        left = match.left.split()
+        if len(left) == 2 and left[1] == "dport" and match.op == "==" and match.right.isdigit():
+            proto, port = left[0], int(match.right)
+    if proto is None or port is None:
+        return None
+    return proto, port, body.value(f"{ip} daddr")
+
+
+def _masqueraded(table: Table) -> Set[Tuple[Optional[str], str]]:
+    """(container ID, container IP) pairs with the hairpin masquerade rule."""
+    found = set()
+    ip = FAMILY_NAMES[table.family]
+    for rule in table.rules_of(MASQUERADING):
+        body = rule.body
+        if body.action.kind is not ActionKind.MASQUERADE:
+            continue
+        saddr, daddr = body.value(f"{ip} saddr"), body.value(f"{ip} daddr")
+        if daddr is not None and saddr == daddr:
+            found.add((body.comment, daddr))
+    return found
+
+
+def _owner(
+    owners: Dict[str, List[Owner]], container_id: Optional[str], family: int, ip: str
+) -> Optional[Owner]:
+    candidates = owners.get(container_id or "", [])
+    for owner in candidates:
+        address = owner.mapping.address(family) if owner.mapping else None
+        if address is not None and address.ip.compressed == ip:
+            return owner
+    return candidates[0] if candidates else None
+
+
+def _overlap(a: Optional[str], b: Optional[str]) -> bool:
+    return a is None or b is None or a == b
+
+
+def build(
+    ruleset: Ruleset,
+    owners: Optional[Sequence[Owner]] = None,
+    *,
+    nft_backed: Iterable[Owner] = (),
+    problems: bool = True,
+) -> NftInventory:
+    """Rows for every host-port rule, and the problems of the structure.
+
+    `owners` is every cached attachment (None: no cache); `nft_backed` those whose
+    rules belong in nftables, checked against what the plugin's ADD would write.
+    """
+    by_id: Dict[str, List[Owner]] = {}
+    for owner in owners or ():
+        by_id.setdefault(owner.container_id, []).append(owner)
+    rows: List[NftMapping] = []
+    found_problems: List[Problem] = []
+    for family in sorted(ruleset.tables):
+        table = ruleset.tables[family]
+        masq = _masqueraded(table)
+        claims: Dict[Tuple[str, int], List[Tuple[Optional[str], Optional[str]]]] = {}
+        for chain in EVALUATION_ORDER:
+            for rule in table.rules_of(chain):
+                fields = _dnat_fields(rule)
+                action = rule.body.action
+                if fields is None or action.kind is not ActionKind.DNAT or action.addr is None:
+                    continue
+                proto, port, host_ip = fields
+                cid = rule.comment
+                owner = _owner(by_id, cid, family, action.addr)
+                status: List[str] = []
+                if owners is not None and owner is None:
+                    status.append(Status.STALE.value)
+                if owner is not None and owner.zombie:
+                    status.append(Status.ZOMBIE.value)
+                winner = None
+                for other_ip, other_cid in claims.get((proto, port), ()):
+                    if other_cid != cid and _overlap(host_ip, other_ip):
+                        winner = other_cid
+                        break
+                claims.setdefault((proto, port), []).append((host_ip, cid))
+                if winner is not None:
+                    status.append(Status.SHADOWED.value)
+                rows.append(
+                    NftMapping(
+                        owner.network if owner else None,
+                        cid,
+                        family,
+                        proto,
+                        host_ip,
+                        port,
+                        action.addr,
+                        action.port if action.port is not None else port,
+                        (cid, action.addr) in masq,
+                        chain,
+                        tuple(status) or (Status.OK.value,),
+                        winner,
+                        rule.handle,
+                    )
+                )
+    if problems:  # `list` shows rows only: no need to compare with the cached configs
+        found_problems += _structure_problems(ruleset, list(nft_backed))
+        found_problems += _rule_problems(ruleset, list(nft_backed))
+    rows.sort(
+        key=lambda m: (m.network or "", m.container_id or "", m.family, m.protocol, m.host_port)
+    )
+    return NftInventory(tuple(rows), tuple(found_problems), owners is not None)
+
+
+# --- problems ---------------------------------------------------------------------------
+
+
+def _families_needed(nft_backed: Sequence[Owner]) -> Dict[int, bool]:
+    """family -> whether some container there has SNAT on."""
+    needed: Dict[int, bool] = {}
+    for owner in nft_backed:
+        if owner.mapping is None or owner.zombie:
+            continue
+        for family in owner.mapping.families:
+            needed[family] = needed.get(family, False) or owner.mapping.snat
+    return needed
+
+
+def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Problem]:
+    """What the plugin's shared structure lacks in `families` (family -> SNAT needed)."""
+    problems: List[Problem] = []
+    for family in sorted(families):
+        table = ruleset.table(family)
+        where = f"{FAMILY_NAMES[family]} {TABLE}"
+        if table is None:
+            problems.append(
+                Problem(
+                    ProblemKind.NFT_MISSING_TABLE, family, None, None, None, f"table {where} is missing"
+                )
+            )
+            continue
+        wanted_chains = [HOSTPORTS, HOSTIP_HOSTPORTS, PREROUTING, OUTPUT]
+        if families[family]:
+            wanted_chains.append(MASQUERADING)
+        for chain in wanted_chains:
+            if chain not in table.chains:
+                problems.append(
+                    Problem(
+                        ProblemKind.NFT_MISSING_CHAIN,
+                        family,
+                        chain,
+                        None,
+                        None,
+                        f"chain {chain} of {where} is missing",
+                    )
+                )
+        for chain in (PREROUTING, OUTPUT):
+            if chain in table.chains and not entry_ok(table, chain):
+                problems.append(
+                    Problem(
+                        ProblemKind.NFT_MISSING_ENTRY,
+                        family,
+                        chain,
+                        None,
+                        None,
+                        f"{chain} of {where} does not jump to the host-port rules",
+                    )
+                )
+        jumps_to_all = any(
+            r.body.action.kind is ActionKind.JUMP and r.body.action.target == HOSTPORTS_ALL
+            for c in (PREROUTING, OUTPUT)
+            for r in table.rules_of(c)
+        )
+        if jumps_to_all and not hostports_all_ok(table):
+            problems.append(
+                Problem(
+                    ProblemKind.NFT_MISSING_JUMPS,
+                    family,
+                    HOSTPORTS_ALL,
+                    None,
+                    None,
+                    f"{HOSTPORTS_ALL} of {where} lacks its jumps to "
+                    f"{HOSTIP_HOSTPORTS} and {HOSTPORTS}",
+                )
+            )
+    return problems
+
+
+def _structure_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem]:
+    families = _families_needed(nft_backed)
+    # A table present with rules is checked even without a cache saying so.
+    for family, table in ruleset.tables.items():
+        if family not in families and any(table.rules_of(c) for c in (HOSTPORTS, HOSTIP_HOSTPORTS)):
+            families[family] = bool(table.rules_of(MASQUERADING))
+    return structure_problems(ruleset, families)
+
+
+def _rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem]:
+    problems = []
+    for family in (4, 6):
+        owners: List[Owner] = []
+        wants = []
+        for owner in nft_backed:
+            if owner.mapping is None or owner.zombie:
+                continue
+            want = wanted(owner.mapping, family)
+            if want is not None:
+                owners.append(owner)
+                wants.append(want)
+        if not wants:
+            continue
+        missing: Dict[int, List] = {}
+        for index, chain, body in missing_by_container(ruleset.table(family), wants):
+            missing.setdefault(index, []).append((chain, body))
+        for index in sorted(missing):
+            owner, found = owners[index], missing[index]
+            texts = "; ".join(body.text(family) for _chain, body in found)
+            problems.append(
+                Problem(
+                    ProblemKind.NFT_MISSING_RULES,
+                    family,
+                    found[0][0],
+                    owner.network,
+                    owner.container_id,
+                    f"{len(found)} rule(s) missing: {texts}",
+                )
+            )
+    return problems

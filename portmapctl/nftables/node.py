@@ -1,0 +1,185 @@
+"""Library calls the commands build on, for the plugin's nftables backend.
+
+- which backend holds a container, chosen as the plugin chooses;
+- who owns rules (container IDs from the comments);
+- `converge`: read, plan, apply one `nft -f` transaction; when the tables changed
+  underneath (the plugin ran: a handle is gone, a chain appeared), re-read and re-plan
+  a few times, never force;
+- what gc would remove: per dead container ID, its rules, host ports and a fingerprint
+  (`--min-age` forgets a container whose rules changed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Collection, Dict, Iterable, List, Optional, Set, Tuple
+
+from portmapctl.errors import ApplyFailed, BadInput
+from portmapctl.nftables.access import NftAccess, NftApplyFailed
+from portmapctl.nftables.ruleset import CONTAINER_CHAINS, MASQUERADING, ActionKind, Rule, Ruleset
+from portmapctl.nftables.transaction import Transaction
+
+ATTEMPTS = 3
+# What a table changed under us looks like: a handle or chain gone, a chain made
+# meanwhile, the kernel busy with another transaction.
+RETRY_REASONS = frozenset(
+    {
+        "No such file or directory",
+        "File exists",
+        "Device or resource busy",
+        "Interrupted system call",
+    }
+)
+
+
+class Backend(str, Enum):
+    IPTABLES = "iptables"
+    NFTABLES = "nftables"
+
+
+def owners_in(live: Ruleset) -> Set[str]:
+    """Container IDs that own a rule in either family."""
+    return {
+        rule.comment
+        for table in live.tables.values()
+        for chain in CONTAINER_CHAINS
+        for rule in table.rules_of(chain)
+        if rule.comment
+    }
+
+
+def choose(
+    configured: Optional[str],
+    container_id: str,
+    nft_owners: Collection[str],
+    iptables_owners: Collection[str],
+) -> Backend:
+    """The plugin's own choice for a container.
+
+    The cached config's `backend` key decides. Without it the plugin takes iptables
+    when iptables works; a container whose rules are in nftables only was added while
+    it did not, and its DEL would look there too only under the same conditions: we
+    follow the rules. Nothing anywhere: iptables, the plugin's default.
+    """
+    if configured in (Backend.IPTABLES.value, Backend.NFTABLES.value):
+        return Backend(configured)
+    if container_id in nft_owners and container_id not in iptables_owners:
+        return Backend.NFTABLES
+    return Backend.IPTABLES
+
+
+@dataclass(frozen=True)
+class Converged:
+    text: str  # the transaction that went in ("" when nothing was needed)
+    attempts: int
+
+
+def converge(
+    access: NftAccess,
+    plan: Callable[[Ruleset], Transaction],
+    families: Iterable[int] = (4, 6),
+    attempts: int = ATTEMPTS,
+) -> Converged:
+    """Apply `plan(live)` atomically, re-planning when the tables changed meanwhile."""
+    wanted = tuple(families)
+    last: Optional[NftApplyFailed] = None
+    for attempt in range(1, attempts + 1):
+        txn = plan(access.read(wanted))
+        if not txn:
+            return Converged("", attempt)
+        try:
+            access.apply(txn)
+        except NftApplyFailed as err:
+            if err.maybe_applied:
+                raise
+            if err.reason in RETRY_REASONS:
+                last = err
+                continue
+            if err.userspace:
+                # nft refused the text itself: of what we write, only the plugin's
+                # nft-syntax conditions are free text.
+                raise BadInput(
+                    f"nft refused the transaction: {err.reason} (check the nftables"
+                    " conditions, conditionsV4/V6)"
+                ) from None
+            raise
+        return Converged(txn.render(), attempt)
+    reason = last.reason if last is not None else "unknown"
+    raise ApplyFailed(
+        f"nftables kept changing while applying ({attempts} tries, last: {reason}); "
+        "nothing was changed by the last try: run again"
+    )
+
+
+@dataclass(frozen=True)
+class DeadContainer:
+    """A container ID with rules in nftables and no claim to be live."""
+
+    container_id: str
+    rules: Tuple[Rule, ...]
+    host_ports: Tuple[Tuple[int, str, int], ...]  # (family, protocol, port)
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when any of its rules is replaced (a new ADD gets new handles)."""
+        items = sorted(f"{r.family} {r.chain} {r.handle}" for r in self.rules)
+        return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+    @property
+    def families(self) -> Tuple[int, ...]:
+        return tuple(sorted({r.family for r in self.rules}))
+
+
+_CNI_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+
+
+def is_plugin_rule(rule: Rule) -> bool:
+    """A rule the plugin writes: its comment a container ID (CNI's rules for names), a
+    DNAT in a host-port chain or a masquerade in `masquerading`. Anything else someone
+    put in these chains is never removed."""
+    if rule.comment is None or not _CNI_NAME.match(rule.comment):
+        return False
+    wanted = ActionKind.MASQUERADE if rule.chain == MASQUERADING else ActionKind.DNAT
+    return rule.body.action.kind is wanted
+
+
+def state_key(container_id: str) -> str:
+    """The key of a dead container in gc's first-seen state (beside iptables chains)."""
+    return f"nft {container_id}"
+
+
+def dead_containers(live: Ruleset, is_live: Callable[[str], bool]) -> List[DeadContainer]:
+    """Every rule owner that `is_live` rejects, in ID order. Rules without a comment are
+    nobody's: never removed."""
+    found: Dict[str, List[Rule]] = {}
+    for family in sorted(live.tables):
+        table = live.tables[family]
+        for chain in CONTAINER_CHAINS:
+            for rule in table.rules_of(chain):
+                if is_plugin_rule(rule) and not is_live(rule.comment or ""):
+                    found.setdefault(rule.comment or "", []).append(rule)
+    dead = []
+    for cid in sorted(found):
+        ports: Dict[Tuple[int, str, int], None] = {}
+        for rule in found[cid]:
+            if rule.body.action.kind is not ActionKind.DNAT:
+                continue
+            for match in rule.body.matches:
+                left = match.left.split()
+                if len(left) == 2 and left[1] == "dport" and match.right.isdigit():
+                    ports[(rule.family, left[0], int(match.right))] = None
+        dead.append(DeadContainer(cid, tuple(found[cid]), tuple(ports)))
+    return dead
+
+
+def udp_ports(dead: Iterable[DeadContainer]) -> Dict[int, List[int]]:
+    """family -> UDP host ports unmapped by removing `dead` (for the conntrack flush)."""
+    ports: Dict[int, Set[int]] = {}
+    for container in dead:
+        for family, proto, port in container.host_ports:
+            if proto == "udp":
+                ports.setdefault(family, set()).add(port)
+    return {family: sorted(found) for family, found in ports.items()}

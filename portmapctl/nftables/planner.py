@@ -1,0 +1,166 @@
+"""Live tables x wanted rules -> the smallest `nft -f` transaction.
+
+setup: add only what is missing, creating the table and chains the way the plugin's
+ADD does (v1.9.1 shape). A rule counts as present when an equal rule (same matches,
+action and comment, compared as values) is in the chain the plugin would look in;
+host-IP rules that v1.6/v1.7 put in `hostip_hostports` count too: an older version's
+working shape is healthy and left alone.
+
+teardown: delete by handle every rule whose comment is one of the given container IDs
+in the chains the plugin's DEL searches (hostports, hostip_hostports, masquerading).
+Tables and base chains stay, as after the plugin's last DEL.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from portmapctl.nftables.ruleset import (
+    CONTAINER_CHAINS,
+    HOSTIP_HOSTPORTS,
+    HOSTPORTS,
+    HOSTPORTS_ALL,
+    MASQUERADING,
+    OUTPUT,
+    PREROUTING,
+    ActionKind,
+    RuleBody,
+    Ruleset,
+    Table,
+)
+from portmapctl.nftables.transaction import Transaction
+from portmapctl.nftables.wanted import (
+    BASE_CHAINS,
+    FIB_LOCAL,
+    HOSTPORTS_ALL_RULES,
+    REGULAR_CHAINS,
+    WantedFamily,
+)
+
+
+def _bodies(table: Optional[Table], chain: str) -> List[RuleBody]:
+    return [] if table is None else [rule.body for rule in table.rules_of(chain)]
+
+
+def entry_ok(table: Optional[Table], chain: str) -> bool:
+    """Does base chain `chain` send local traffic to the container rules?
+
+    v1.9: a rule ending `fib daddr type local jump hostports_all` (conditions before
+    it are the node's, last writer wins, so any are fine). v1.6/v1.7: jumps to both
+    hostip_hostports and hostports.
+    """
+    targets = set()
+    for body in _bodies(table, chain):
+        if body.action.kind is not ActionKind.JUMP:
+            continue
+        if body.action.target == HOSTPORTS_ALL and body.matches[-1:] == (FIB_LOCAL,):
+            return True
+        targets.add(body.action.target)
+    return {HOSTIP_HOSTPORTS, HOSTPORTS} <= targets
+
+
+def hostports_all_ok(table: Optional[Table]) -> bool:
+    return tuple(_bodies(table, HOSTPORTS_ALL)) == HOSTPORTS_ALL_RULES
+
+
+def _uses_hostports_all(table: Optional[Table]) -> bool:
+    return any(
+        body.action.kind is ActionKind.JUMP and body.action.target == HOSTPORTS_ALL
+        for chain in (PREROUTING, OUTPUT)
+        for body in _bodies(table, chain)
+    )
+
+
+def missing_rules(table: Optional[Table], wanted: WantedFamily) -> List[Tuple[str, RuleBody]]:
+    """(chain, rule) of `wanted` that the table lacks, in the plugin's order."""
+    return [(chain, body) for _index, chain, body in missing_by_container(table, [wanted])]
+
+
+def missing_by_container(
+    table: Optional[Table], wanted: Sequence[WantedFamily]
+) -> List[Tuple[int, str, RuleBody]]:
+    """(index into `wanted`, chain, rule) of every wanted rule the table lacks.
+
+    The table is counted once (a multiset of rule bodies), whatever the number of
+    containers: checking 1,000 containers one by one against it was quadratic.
+    """
+    have_dnat = Counter(_bodies(table, HOSTPORTS) + _bodies(table, HOSTIP_HOSTPORTS))
+    have_masq = Counter(_bodies(table, MASQUERADING))
+    found: List[Tuple[int, str, RuleBody]] = []
+    for index, want in enumerate(wanted):
+        for chain, bodies, have in (
+            (HOSTPORTS, want.hostports, have_dnat),
+            (MASQUERADING, want.masquerading, have_masq),
+        ):
+            for body in bodies:
+                if have[body] > 0:
+                    have[body] -= 1
+                else:
+                    found.append((index, chain, body))
+    return found
+
+
+def _missing(table: Optional[Table], wanted: Sequence[WantedFamily]) -> List[Tuple[str, RuleBody]]:
+    """What `wanted` lacks, in the plugin's order: each container's DNAT rules, then
+    its masquerade rules."""
+    return [(chain, body) for _index, chain, body in missing_by_container(table, wanted)]
+
+
+def setup(live: Ruleset, wanted: Iterable[WantedFamily]) -> Transaction:
+    """What to add so that every container of `wanted` is as the plugin's ADD leaves it."""
+    by_family: Dict[int, List[WantedFamily]] = {}
+    for want in wanted:
+        by_family.setdefault(want.family, []).append(want)
+    txn = Transaction()
+    for family in sorted(by_family):
+        _setup_family(txn, live.table(family), family, by_family[family])
+    return txn
+
+
+def _setup_family(
+    txn: Transaction, table: Optional[Table], family: int, wanted: Sequence[WantedFamily]
+) -> None:
+    chains = {} if table is None else table.chains
+    if table is None:
+        txn.add_table(family)
+    for name in REGULAR_CHAINS:
+        if name not in chains:
+            txn.add_chain(family, name)
+    broken_entries = [c for c in (PREROUTING, OUTPUT) if not entry_ok(table, c)]
+    # hostports_all matters where a base chain jumps to it, or will once we rewrite one.
+    if not hostports_all_ok(table) and (broken_entries or _uses_hostports_all(table)):
+        txn.flush_chain(family, HOSTPORTS_ALL)
+        for body in HOSTPORTS_ALL_RULES:
+            txn.add_rule(family, HOSTPORTS_ALL, body)
+    for name in (PREROUTING, OUTPUT):
+        if name not in chains:
+            txn.add_chain(family, name, BASE_CHAINS[name])
+        if name in broken_entries:
+            if name in chains:
+                txn.flush_chain(family, name)
+            # Conditions are node-wide and last-writer-wins in the plugin: the last
+            # container written decides, as if its ADD had run last.
+            txn.add_rule(family, name, wanted[-1].entry)
+    if MASQUERADING not in chains and any(w.snat for w in wanted):
+        txn.add_chain(family, MASQUERADING, BASE_CHAINS[MASQUERADING])
+    for chain, body in _missing(table, wanted):
+        txn.add_rule(family, chain, body)
+
+
+def teardown(
+    live: Ruleset, container_ids: Iterable[str], families: Optional[Iterable[int]] = None
+) -> Transaction:
+    """Delete, by handle, every container rule whose comment is one of `container_ids`."""
+    ids = set(container_ids)
+    wanted_families = set(families) if families is not None else None
+    txn = Transaction()
+    for family in sorted(live.tables):
+        if wanted_families is not None and family not in wanted_families:
+            continue
+        table = live.tables[family]
+        for chain in CONTAINER_CHAINS:
+            for rule in table.rules_of(chain):
+                if rule.comment is not None and rule.comment in ids:
+                    txn.delete_rule(family, chain, rule.handle)
+    return txn

@@ -1,0 +1,435 @@
+"""`nft -j list ...` output -> the plugin's nftables tables, as values.
+
+The plugin's nftables backend (v1.6.0 on) keeps everything in two tables,
+`ip cni_hostport` and `ip6 cni_hostport`. Each rule is parsed once into a `RuleBody`:
+its matches in a normal form (`Match`, compared as values: addresses compressed,
+prefixes normalised, ports as numbers), its action (dnat/masquerade/jump) and its
+comment, which for per-container rules is the bare container ID. The same values are
+what `wanted.py` generates and `transaction.py` prints, so "is this rule there" is a
+value comparison, never a string one.
+
+Input from a file or from `nft` that is not what `nft -j` prints is bad input naming
+its source; objects of other tables (iptables-nft's, firewalld's) are skipped unread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from portmapctl.errors import BadInput
+
+TABLE = "cni_hostport"
+TABLE_COMMENT = "CNI portmap plugin"
+FAMILY_NAMES = {4: "ip", 6: "ip6"}
+FAMILIES = {"ip": 4, "ip6": 6}
+
+# The plugin's chains (v1.9.1; v1.6/v1.7 lack hostports_all).
+HOSTPORTS = "hostports"
+HOSTIP_HOSTPORTS = "hostip_hostports"
+HOSTPORTS_ALL = "hostports_all"
+PREROUTING = "prerouting"
+OUTPUT = "output"
+MASQUERADING = "masquerading"
+# Chains whose rules belong to containers (what the plugin's DEL searches).
+CONTAINER_CHAINS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQUERADING)
+
+
+class ActionKind(str, Enum):
+    DNAT = "dnat"
+    MASQUERADE = "masquerade"
+    JUMP = "jump"
+    NONE = "none"  # only matches (or a statement we do not model)
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Match:
+    """One match in normal form: `left op right`, e.g. ("ip saddr", "!=", "fd00::/64").
+
+    `raw` holds what we could not model (an expression's JSON, or condition text),
+    so an unknown match still compares by value and is never silently dropped.
+    """
+
+    left: str
+    op: str = "=="
+    right: str = ""
+    raw: Optional[str] = None
+
+    def text(self) -> str:
+        """nft syntax for this match (what `nft list` prints)."""
+        if self.raw is not None:
+            return self.raw
+        op = "" if self.op == "==" else f"{self.op} "
+        left = self.left[len("meta ") :] if self.left in _BARE_META else self.left
+        right = _quote(self.right) if self.left in _QUOTED else self.right
+        return f"{left} {op}{right}"
+
+
+_BARE_META = {"meta iifname", "meta oifname", "meta iif", "meta oif", "meta mark"}
+_QUOTED = {"meta iifname", "meta oifname"}
+
+
+def _quote(value: str) -> str:
+    return '"' + value + '"'
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    target: Optional[str] = None  # jump target
+    addr: Optional[str] = None  # dnat address (compressed)
+    port: Optional[int] = None  # dnat port
+    raw: Optional[str] = None
+
+    def text(self, family: int) -> str:
+        if self.kind is ActionKind.DNAT:
+            addr = f"[{self.addr}]" if family == 6 else self.addr
+            return f"dnat to {addr}:{self.port}" if self.port is not None else f"dnat to {addr}"
+        if self.kind is ActionKind.MASQUERADE:
+            return "masquerade"
+        if self.kind is ActionKind.JUMP:
+            return f"jump {self.target}"
+        return self.raw or ""
+
+
+@dataclass(frozen=True)
+class RuleBody:
+    """What a rule does, independent of where it sits and its handle."""
+
+    matches: Tuple[Match, ...]
+    action: Action
+    comment: Optional[str] = None
+
+    def text(self, family: int) -> str:
+        parts = [m.text() for m in self.matches]
+        action = self.action.text(family)
+        if action:
+            parts.append(action)
+        if self.comment is not None:
+            parts.append("comment " + _quote(self.comment))
+        return " ".join(parts)
+
+    def value(self, left: str) -> Optional[str]:
+        """The right side of the first `left ==` match (e.g. "tcp dport" -> "8080")."""
+        for match in self.matches:
+            if match.left == left and match.op == "==":
+                return match.right
+        return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    family: int
+    chain: str
+    handle: int
+    body: RuleBody
+
+    @property
+    def comment(self) -> Optional[str]:
+        return self.body.comment
+
+
+@dataclass(frozen=True)
+class BaseHook:
+    """What makes a chain a base chain: `type nat hook prerouting priority -100`."""
+
+    type: str
+    hook: str
+    priority: int
+
+
+@dataclass(frozen=True)
+class Chain:
+    family: int
+    name: str
+    handle: int
+    base: Optional[BaseHook] = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """One family's `cni_hostport` table: chains in listing order, rules per chain."""
+
+    family: int
+    handle: int
+    chains: Mapping[str, Chain]
+    rules: Mapping[str, Tuple[Rule, ...]] = field(default_factory=dict)
+
+    def rules_of(self, chain: str) -> Tuple[Rule, ...]:
+        return self.rules.get(chain, ())
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """The plugin's tables by family (a family without its table is absent)."""
+
+    tables: Mapping[int, Table]
+    nft_version: Optional[str] = None
+
+    def table(self, family: int) -> Optional[Table]:
+        return self.tables.get(family)
+
+
+EMPTY = Ruleset({})
+
+
+# --- JSON expressions -> values -------------------------------------------------------
+
+
+# nft prints addresses canonically already; a dotted quad in canonical form (no leading
+# zeros) is taken as it is: parsing 8,000 of them through ipaddress was a quarter of
+# reading a 1,000-container table. Anything else goes through ipaddress.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_V4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}\Z")
+
+
+def _address(value: str) -> str:
+    if _CANONICAL_V4.match(value):
+        return value
+    return ipaddress.ip_address(value).compressed
+
+
+def _right(value: Any) -> str:
+    if isinstance(value, bool):
+        raise ValueError("boolean match value")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            return _address(value)
+        except ValueError:
+            return value
+    if isinstance(value, dict) and "prefix" in value:
+        prefix = value["prefix"]
+        net = ipaddress.ip_network(f"{prefix['addr']}/{int(prefix['len'])}", strict=False)
+        return _network_text(net)
+    if isinstance(value, dict) and "set" in value:
+        return "{ " + ", ".join(_right(v) for v in value["set"]) + " }"
+    if isinstance(value, dict) and "range" in value:
+        low, high = value["range"]
+        return f"{_right(low)}-{_right(high)}"
+    raise ValueError("unmodelled value")
+
+
+def _network_text(net: Any) -> str:
+    if net.prefixlen == net.max_prefixlen:
+        return net.network_address.compressed
+    return net.with_prefixlen
+
+
+def _left(value: Any) -> str:
+    if "payload" in value:
+        payload = value["payload"]
+        return f"{payload['protocol']} {payload['field']}"
+    if "meta" in value:
+        return f"meta {value['meta']['key']}"
+    if "fib" in value:
+        fib = value["fib"]
+        return "fib " + " . ".join(fib.get("flags", ())) + f" {fib['result']}"
+    raise ValueError("unmodelled left side")
+
+
+def _match(expr: Mapping[str, Any]) -> Match:
+    try:
+        return Match(_left(expr["left"]), str(expr.get("op", "==")), _right(expr["right"]))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return Match("?", raw=json.dumps({"match": expr}, sort_keys=True))
+
+
+def _body(exprs: Iterable[Any], comment: Optional[str]) -> RuleBody:
+    matches: List[Match] = []
+    action = Action(ActionKind.NONE)
+    for expr in exprs:
+        if not isinstance(expr, dict) or len(expr) != 1:
+            raise ValueError("a rule expression is not a one-key object")
+        ((key, value),) = expr.items()
+        if key == "match" and isinstance(value, dict):
+            matches.append(_match(value))
+        elif key == "dnat" and isinstance(value, dict) and "addr" in value:
+            port = value.get("port")
+            action = Action(
+                ActionKind.DNAT,
+                addr=_address(str(value["addr"])),
+                port=int(port) if port is not None else None,
+            )
+        elif key == "masquerade":
+            action = Action(ActionKind.MASQUERADE)
+        elif key in ("jump", "goto") and isinstance(value, dict):
+            action = Action(
+                ActionKind.JUMP if key == "jump" else ActionKind.OTHER,
+                target=str(value["target"]),
+                raw=None if key == "jump" else f"goto {value['target']}",
+            )
+        else:
+            # counter, log, ...: kept as opaque so the rule is not mistaken for ours.
+            matches.append(Match("?", raw=json.dumps(expr, sort_keys=True)))
+    return RuleBody(tuple(matches), action, comment)
+
+
+# --- documents -> Ruleset ---------------------------------------------------------------
+
+
+def parse(text: str, source: str) -> Ruleset:
+    """One `nft -j list table|ruleset` document."""
+    return parse_many([(text, source)])
+
+
+def parse_many(documents: Iterable[Tuple[str, str]]) -> Ruleset:
+    """Several documents (one per family, say) into one Ruleset."""
+    tables: Dict[int, Dict[str, Any]] = {}
+    version: Optional[str] = None
+    for text, source in documents:
+        version = _parse_into(text, source, tables) or version
+    built = {}
+    for family, parts in tables.items():
+        rules = {name: tuple(found) for name, found in parts["rules"].items()}
+        built[family] = Table(family, parts["handle"], dict(parts["chains"]), rules)
+    return Ruleset(built, version)
+
+
+def _bad(source: str, detail: str) -> BadInput:
+    return BadInput(f"{source}: not `nft -j list` output ({detail})")
+
+
+def _parse_into(text: str, source: str, tables: Dict[int, Dict[str, Any]]) -> Optional[str]:
+    if "\x00" in text:
+        raise _bad(source, "binary data")
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise _bad(source, f"invalid JSON: {err}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("nftables"), list):
+        raise _bad(source, 'no "nftables" list')
+    version = None
+    for index, item in enumerate(document["nftables"]):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise _bad(source, f"item {index} is not a one-key object")
+        ((kind, obj),) = item.items()
+        if not isinstance(obj, dict):
+            raise _bad(source, f"item {index}: {kind} is not an object")
+        try:
+            if kind == "metainfo":
+                version = str(obj.get("version")) if obj.get("version") else None
+            elif kind in ("table", "chain", "rule"):
+                _add_object(kind, obj, tables)
+        except (KeyError, TypeError, ValueError) as err:
+            raise _bad(source, f"item {index}: bad {kind}: {err!r}") from None
+    return version
+
+
+def _ours(obj: Mapping[str, Any], table_key: str) -> Optional[int]:
+    """The family of an object of a `cni_hostport` table, else None."""
+    family = obj["family"]
+    if obj[table_key] != TABLE or family not in FAMILIES:
+        return None
+    return FAMILIES[family]
+
+
+def _handle(obj: Mapping[str, Any]) -> int:
+    handle = obj["handle"]
+    if isinstance(handle, bool) or not isinstance(handle, int) or handle < 0:
+        raise ValueError(f"handle {handle!r}")
+    return handle
+
+
+def _add_object(kind: str, obj: Mapping[str, Any], tables: Dict[int, Dict[str, Any]]) -> None:
+    if kind == "table":
+        family = _ours(obj, "name")
+        if family is not None:
+            tables.setdefault(family, {"chains": {}, "rules": {}})["handle"] = _handle(obj)
+        return
+    family = _ours(obj, "table")
+    if family is None:
+        return
+    parts = tables.setdefault(family, {"chains": {}, "rules": {}, "handle": 0})
+    if kind == "chain":
+        name = _name(obj["name"])
+        base = None
+        if "hook" in obj:
+            base = BaseHook(str(obj["type"]), str(obj["hook"]), int(obj["prio"]))
+        parts["chains"][name] = Chain(family, name, _handle(obj), base)
+        return
+    chain = _name(obj["chain"])
+    comment = obj.get("comment")
+    if comment is not None and not isinstance(comment, str):
+        raise ValueError("comment is not a string")
+    exprs = obj["expr"]
+    if not isinstance(exprs, list):
+        raise ValueError("expr is not a list")
+    rule = Rule(family, chain, _handle(obj), _body(exprs, comment))
+    parts["rules"].setdefault(chain, []).append(rule)
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*\Z")
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(f"chain name {value!r}")
+    return value
+
+
+# --- nft condition text -> values ----------------------------------------------------------
+
+
+_SELECTORS = {
+    ("ip", "saddr"), ("ip", "daddr"), ("ip6", "saddr"), ("ip6", "daddr"),
+    ("tcp", "dport"), ("tcp", "sport"), ("udp", "dport"), ("udp", "sport"),
+    ("sctp", "dport"), ("sctp", "sport"),
+}  # fmt: skip
+_META = {"iifname", "oifname", "iif", "oif", "mark"}
+_OPS = {"==": "==", "eq": "==", "!=": "!=", "ne": "!="}
+
+
+def parse_conditions(texts: Iterable[str]) -> Tuple[Match, ...]:
+    """The plugin's `conditionsV4/V6` (nft syntax, joined by spaces) as matches.
+
+    Only plain selector/value matches are modelled (addresses, prefixes, ports,
+    interface names); anything else becomes one opaque match holding the text, which
+    still prints back verbatim, as the plugin passes it.
+    """
+    text = " ".join(texts).strip()
+    if not text:
+        return ()
+    tokens = text.split()
+    found: List[Match] = []
+    i = 0
+    try:
+        while i < len(tokens):
+            if (tokens[i], tokens[i + 1] if i + 1 < len(tokens) else "") in _SELECTORS:
+                left = f"{tokens[i]} {tokens[i + 1]}"
+                i += 2
+            elif tokens[i] in _META or (tokens[i] == "meta" and tokens[i + 1] in _META):
+                i += 1 if tokens[i] != "meta" else 2
+                left = f"meta {tokens[i - 1]}"
+            else:
+                raise ValueError(tokens[i])
+            op = "=="
+            if tokens[i] in _OPS:
+                op = _OPS[tokens[i]]
+                i += 1
+            found.append(Match(left, op, _condition_value(left, tokens[i])))
+            i += 1
+    except (IndexError, ValueError):
+        return (Match("?", raw=text),)
+    return tuple(found)
+
+
+def _condition_value(left: str, token: str) -> str:
+    if left.endswith("addr"):
+        return _network_text(ipaddress.ip_network(token, strict=False))
+    if left.endswith("port"):
+        if not token.isdigit():
+            raise ValueError(token)
+        return str(int(token))
+    if left in _QUOTED:
+        if token.startswith('"') and token.endswith('"') and len(token) >= 2:
+            token = token[1:-1]
+        if not token or '"' in token:
+            raise ValueError(token)
+    return token

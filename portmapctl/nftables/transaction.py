@@ -1,0 +1,117 @@
+"""An `nft -f` transaction over the plugin's tables, both families in one.
+
+Built up step by step (as in knftables), printed as `nft -f` text (that is what
+`--dry-run` shows) and applied in one go: nft applies a whole batch or nothing, so a
+`delete rule ... handle N` of a rule that went away meanwhile fails all of it, and the
+caller re-reads and re-plans, never forces.
+
+Only the plugin's own vocabulary is written: add table/chain, flush chain, add rule,
+delete rule by handle. Text from a cache or a dump reaches the output only as a
+validated value (a container ID, an address, a port) or, for the plugin's
+nft-syntax conditions, after `check_condition` refused anything that could end a
+command or open a block.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import List, Optional, Tuple
+
+from portmapctl.errors import BadInput
+from portmapctl.nftables.ruleset import FAMILY_NAMES, TABLE, TABLE_COMMENT, BaseHook, RuleBody
+
+
+class OpKind(str, Enum):
+    ADD_TABLE = "add table"
+    ADD_CHAIN = "add chain"
+    FLUSH_CHAIN = "flush chain"
+    ADD_RULE = "add rule"
+    DELETE_RULE = "delete rule"
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: OpKind
+    family: int
+    chain: Optional[str] = None
+    base: Optional[BaseHook] = None  # ADD_CHAIN of a base chain
+    body: Optional[RuleBody] = None  # ADD_RULE
+    handle: Optional[int] = None  # DELETE_RULE
+
+    def line(self) -> str:
+        where = f"{FAMILY_NAMES[self.family]} {TABLE}"
+        if self.kind is OpKind.ADD_TABLE:
+            return f'add table {where} {{ comment "{TABLE_COMMENT}" ; }}'
+        if self.kind is OpKind.ADD_CHAIN:
+            if self.base is None:
+                return f"add chain {where} {self.chain}"
+            spec = f"type {self.base.type} hook {self.base.hook} priority {self.base.priority}"
+            return f"add chain {where} {self.chain} {{ {spec} ; }}"
+        if self.kind is OpKind.FLUSH_CHAIN:
+            return f"flush chain {where} {self.chain}"
+        if self.kind is OpKind.ADD_RULE:
+            assert self.body is not None
+            return f"add rule {where} {self.chain} {self.body.text(self.family)}"
+        return f"delete rule {where} {self.chain} handle {self.handle}"
+
+
+# Comments the plugin writes are container IDs: CNI allows [A-Za-z0-9][A-Za-z0-9_.-]*.
+_COMMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+# Characters that end an nft command (newline, ;), start a comment (#) or a block, or
+# quote: a condition must stay inside its one rule.
+_UNSAFE = re.compile(r'[\n\r;#{}"\\\x00]')
+
+
+def check_condition(text: str) -> str:
+    """An nft-syntax condition from a config, refused when it could escape its rule.
+
+    Interface names in double quotes (`iifname "eth0"`) are allowed; nothing else
+    quoted.
+    """
+    unquoted = re.sub(r'"[A-Za-z0-9_.:@-]{1,15}"', "", text)
+    if _UNSAFE.search(unquoted) or not text.strip():
+        raise BadInput(f"refusing nftables condition {text!r}: not a plain nft match")
+    return text
+
+
+def _check_body(body: RuleBody) -> None:
+    if body.comment is not None and not _COMMENT.match(body.comment):
+        raise BadInput(f"refusing rule comment {body.comment!r}: not a container ID")
+    for match in body.matches:
+        if match.raw is not None:
+            check_condition(match.raw)
+
+
+@dataclass
+class Transaction:
+    ops: List[Op] = field(default_factory=list)
+
+    def add_table(self, family: int) -> None:
+        self.ops.append(Op(OpKind.ADD_TABLE, family))
+
+    def add_chain(self, family: int, chain: str, base: Optional[BaseHook] = None) -> None:
+        self.ops.append(Op(OpKind.ADD_CHAIN, family, chain, base=base))
+
+    def flush_chain(self, family: int, chain: str) -> None:
+        self.ops.append(Op(OpKind.FLUSH_CHAIN, family, chain))
+
+    def add_rule(self, family: int, chain: str, body: RuleBody) -> None:
+        _check_body(body)
+        self.ops.append(Op(OpKind.ADD_RULE, family, chain, body=body))
+
+    def delete_rule(self, family: int, chain: str, handle: int) -> None:
+        self.ops.append(Op(OpKind.DELETE_RULE, family, chain, handle=int(handle)))
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def families(self) -> Tuple[int, ...]:
+        return tuple(sorted({op.family for op in self.ops}))
+
+    def render(self) -> str:
+        """The text for `nft -f -` (empty when there is nothing to do)."""
+        if not self.ops:
+            return ""
+        return "".join(op.line() + "\n" for op in self.ops)

@@ -1,0 +1,262 @@
+"""check and --repair over the plugin's nftables backend.
+
+Containers are split by backend as the plugin chooses (ops/nft.py); the nft-backed
+ones are compared with what upstream v1.9.1's ADD writes (nftables/inventory.py) and
+repaired by one `nft -f` transaction (nftables/planner.py), never in iptables.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Mapping as ReadOnly
+
+from portmapctl.cni.cache import Attachment
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.status import ProblemKind
+from portmapctl.iptables.ruleset import NatTable
+from portmapctl.ops.check.diagnose import Problem
+from portmapctl.ops.check.hints import Fixes
+from portmapctl.ops.node import Node
+
+STALE = ProblemKind.STALE.value
+SHADOWED = ProblemKind.SHADOWED.value
+
+
+_NFT_WHY = {
+    "nft-missing-table": "without the table no nft-backed host port is forwarded",
+    "nft-missing-chain": "the plugin's rules have nowhere to live, or are never reached",
+    "nft-missing-entry": "prerouting/output no longer send traffic to the host-port rules",
+    "nft-missing-jumps": "hostports_all no longer reaches the host-port rules",
+    "nft-missing-rules": "a cached container's host ports are not forwarded",
+    "both-backends": "the plugin's DEL cleans one backend only: the other's rules leak",
+}
+
+
+def iptables_owners(
+    tables: ReadOnly[int, NatTable], attachments: Optional[Sequence[Attachment]]
+) -> set:
+    """Cached containers whose CNI-DN- chain is in iptables."""
+    return {
+        a.container_id
+        for a in attachments or ()
+        if any(t.has_chain(a.dnat_chain) for t in tables.values())
+    }
+
+
+def configured_nft(attachments: Optional[Sequence[Attachment]]) -> set:
+    """IDs of cached containers whose config says `"backend": "nftables"`."""
+    return {
+        a.container_id
+        for a in attachments or ()
+        if a.mapping is not None and a.mapping.backend == "nftables"
+    }
+
+
+def nft_problems(
+    node: Node,
+    tables: ReadOnly[int, NatTable],
+    attachments: Optional[Sequence[Attachment]],
+    fixes: Fixes,
+) -> Tuple[List[Problem], set, int, List[str]]:
+    """(problems, IDs of nft-backed containers, mappings compared, notes)."""
+    if node.nft is None:
+        # nftables not looked at (--backend iptables, iptables dumps only): containers
+        # configured for it are still not expected in iptables.
+        return [], configured_nft(attachments), 0, []
+    from portmapctl.ops import nft
+
+    _live, parts, found = nft.build(node, attachments, iptables_owners(tables, attachments))
+    nft_ids = {a.container_id for a in parts.nftables}
+    if node.nft_unusable is not None:
+        if parts.nftables:
+            raise node.nft_unusable  # nft state is needed and cannot be read
+        return [], nft_ids, 0, []
+    problems: List[Problem] = []
+    for p in found.problems:
+        if node.options.families and p.family not in node.options.families:
+            continue
+        fix = fixes.repair
+        problems.append(
+            Problem(
+                p.kind.value,
+                p.family,
+                f"nft:{p.chain or ''}".rstrip(":") or "nft",
+                p.network,
+                p.container_id,
+                p.detail,
+                fix,
+                _NFT_WHY.get(p.kind.value, ""),
+            )
+        )
+    seen_stale = set()
+    for m in found.mappings:
+        if "stale" in m.status and (m.container_id, m.family) not in seen_stale:
+            seen_stale.add((m.container_id, m.family))
+            problems.append(
+                Problem(
+                    STALE,
+                    m.family,
+                    f"nft:{m.chain}",
+                    None,
+                    m.container_id,
+                    "nftables rules of a container the CNI cache does not know",
+                    fixes.gc,
+                    "its host ports stay taken by a container that is gone",
+                )
+            )
+        if "shadowed" in m.status:
+            winner_stale = any(
+                w.container_id == m.shadowed_by and "stale" in w.status
+                for w in found.mappings
+                if w.family == m.family
+            )
+            shadow_fix = (
+                f"{fixes.gc} (the winner is stale)"
+                if winner_stale
+                else "two containers claim one host port: re-create one of them with another"
+                " host port"
+            )
+            problems.append(
+                Problem(
+                    SHADOWED,
+                    m.family,
+                    f"nft:{m.chain}",
+                    m.network,
+                    m.container_id,
+                    f"{m.protocol}/{m.host_port} goes to {m.shadowed_by} first",
+                    shadow_fix,
+                    "nftables is first-match-wins: this mapping gets no traffic",
+                )
+            )
+    for cid in parts.both:
+        problems.append(
+            Problem(
+                "both-backends",
+                None,
+                None,
+                None,
+                cid,
+                "rules in both iptables and nftables",
+                fixes.gc,
+                _NFT_WHY["both-backends"],
+            )
+        )
+    compared = sum(len(a.mapping.families) for a in parts.nftables if a.mapping is not None)
+    return problems, nft_ids, compared, []
+
+
+def _added_at(attachment: Attachment) -> Tuple[int, str]:
+    try:
+        return os.stat(attachment.path).st_mtime_ns, attachment.path
+    except OSError:
+        return 0, attachment.path
+
+
+def nft_repair(
+    node: Node, attachments: Optional[Sequence[Attachment]], dry_run: bool
+) -> Tuple[str, List[Tuple[MappingConfig, List[int]]]]:
+    """One `nft -f` transaction adding what nft-backed cached containers lack; its
+    text and the (config, families) it (re)made, for the ADD's side effects."""
+    if node.nft is None or attachments is None:
+        return "", []
+    from portmapctl.nftables import planner
+    from portmapctl.nftables.ruleset import OUTPUT, PREROUTING
+    from portmapctl.nftables.transaction import OpKind
+    from portmapctl.nftables.transaction import Transaction as NftTransaction
+    from portmapctl.nftables.wanted import wanted
+    from portmapctl.ops import nft
+
+    tables = node.read()
+    parts = nft.split(
+        attachments, node.read_nft(), iptables_owners(tables, attachments), node.options.backend
+    )
+    # In ADD order (the cache files' modification times): the rule order the plugin
+    # would have made, and the last ADD's conditions in prerouting/output, as on the node.
+    configs = [a.mapping for a in sorted(parts.nftables, key=_added_at) if a.mapping is not None]
+    if not configs:
+        return "", []
+    want = [w for c in configs for f in node.options.families if (w := wanted(c, f)) is not None]
+    planned: List[NftTransaction] = []
+
+    def plan(live: object) -> NftTransaction:
+        txn = planner.setup(live, want)  # type: ignore[arg-type]
+        planned.append(txn)
+        return txn
+
+    text = node.converge_nft(plan, dry_run=dry_run)
+    if not text or not planned:
+        return text, []
+    touched: Dict[str, set] = {}
+    dark: set = set()  # families whose entry rules were rewritten: every mapping was dark
+    for op in planned[-1].ops:
+        if op.kind is OpKind.ADD_RULE and op.chain in (PREROUTING, OUTPUT):
+            dark.add(op.family)
+        elif op.kind is OpKind.ADD_RULE and op.body is not None and op.body.comment:
+            touched.setdefault(op.body.comment, set()).add(op.family)
+    changed = []
+    for c in configs:
+        families = sorted({f for f in c.families if f in dark} | touched.get(c.container_id, set()))
+        if families:
+            changed.append((c, families))
+    return text, changed
+
+
+def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) -> List[Problem]:
+    """One nft-backed mapping, as upstream v1.9.1's CHECK (which only counts rules)
+    would want it, but exactly: its rules, and the structure that reaches them."""
+    from portmapctl.nftables.inventory import structure_problems
+    from portmapctl.nftables.planner import missing_rules
+    from portmapctl.nftables.wanted import wanted
+
+    live = node.read_nft(families)
+    if node.nft_unusable is not None:
+        raise node.nft_unusable
+    fix = "run the same command with --repair"
+    problems: List[Problem] = []
+    for p in structure_problems(live, {f: config.snat for f in families}):
+        problems.append(
+            Problem(
+                p.kind.value,
+                p.family,
+                f"nft:{p.chain or ''}".rstrip(":") or "nft",
+                None,
+                None,
+                p.detail,
+                fix,
+                _NFT_WHY.get(p.kind.value, ""),
+            )  # fmt: skip
+        )
+    for family in families:
+        want = wanted(config, family)
+        if want is None:
+            continue
+        missing = missing_rules(live.table(family), want)
+        if missing:
+            texts = "; ".join(body.text(family) for _chain, body in missing)
+            kind = ProblemKind.NFT_MISSING_RULES.value
+            problems.append(
+                Problem(
+                    kind,
+                    family,
+                    f"nft:{missing[0][0]}",
+                    config.network,
+                    config.container_id,
+                    f"{len(missing)} rule(s) missing: {texts}",
+                    fix,
+                    _NFT_WHY[kind],
+                )  # fmt: skip
+            )
+    return problems
+
+
+def repair_mapping(
+    node: Node, config: MappingConfig, families: Tuple[int, ...]
+) -> Tuple[str, List[int]]:
+    """Make one nft-backed mapping as the plugin's ADD would: its text and families."""
+    from portmapctl.nftables import planner
+    from portmapctl.nftables.wanted import wanted
+
+    want = [w for f in families if (w := wanted(config, f)) is not None]
+    text = node.converge_nft(lambda live: planner.setup(live, want))
+    return text, ([w.family for w in want] if text else [])

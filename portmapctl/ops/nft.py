@@ -1,0 +1,76 @@
+"""The nftables side of the commands: which cached containers are nft-backed, and the
+inventory of the plugin's `cni_hostport` tables next to the iptables one.
+
+Per container, as the plugin decides (nftables/node.py `choose`): the cached config's
+`backend` key; without one, nftables when only nftables holds its rules; else iptables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, List, Optional, Sequence, Set, Tuple
+
+from portmapctl.cni.cache import Attachment
+from portmapctl.nftables import inventory as nft_inventory
+from portmapctl.nftables.inventory import NftInventory, Owner
+from portmapctl.nftables.node import Backend, choose, owners_in
+from portmapctl.nftables.ruleset import Ruleset
+from portmapctl.ops.node import Node
+
+
+@dataclass(frozen=True)
+class Split:
+    """Cached attachments by the backend that holds them."""
+
+    iptables: Tuple[Attachment, ...]
+    nftables: Tuple[Attachment, ...]
+    both: Tuple[str, ...]  # container IDs with rules in both backends
+
+
+def split(
+    attachments: Optional[Sequence[Attachment]],
+    nft_live: Ruleset,
+    iptables_owners: Collection[str],
+    backend: str = "auto",
+) -> Split:
+    nft_owners = owners_in(nft_live)
+    ipt: List[Attachment] = []
+    nft: List[Attachment] = []
+    for attachment in attachments or ():
+        configured = attachment.mapping.backend if attachment.mapping is not None else None
+        if backend in ("iptables", "nftables"):
+            # --backend narrows what is looked at; a container configured for the other
+            # backend is still not ours to write there.
+            configured = configured or backend
+        chosen = choose(configured, attachment.container_id, nft_owners, iptables_owners)
+        (nft if chosen is Backend.NFTABLES else ipt).append(attachment)
+    both = sorted(set(nft_owners) & set(iptables_owners))
+    return Split(tuple(ipt), tuple(nft), tuple(both))
+
+
+def owners(attachments: Optional[Sequence[Attachment]]) -> Optional[List[Owner]]:
+    if attachments is None:
+        return None
+    return [Owner(a.network, a.container_id, a.mapping, a.zombie) for a in attachments]
+
+
+def build(
+    node: Node,
+    attachments: Optional[Sequence[Attachment]],
+    iptables_owners: Set[str],
+    *,
+    problems: bool = True,
+    live: Optional[Ruleset] = None,
+) -> Tuple[Ruleset, Split, NftInventory]:
+    """Read nftables (unless `live` was read already); split the cache by backend; the
+    nftables inventory (with its problems unless told otherwise)."""
+    if live is None:
+        live = node.read_nft()
+    parts = split(attachments, live, iptables_owners, node.options.backend)
+    found = nft_inventory.build(
+        live,
+        owners(attachments),
+        nft_backed=[Owner(a.network, a.container_id, a.mapping, a.zombie) for a in parts.nftables],
+        problems=problems,
+    )
+    return live, parts, found

@@ -1,0 +1,107 @@
+"""Mapping rows and problems from the real plugins' nftables state."""
+
+from __future__ import annotations
+
+import nftcases
+
+from portmapctl.nftables import inventory as inv
+from portmapctl.nftables.access.memory import MemoryNft
+from portmapctl.nftables.inventory import Owner, ProblemKind
+
+
+def _owners(case: str) -> list[Owner]:
+    return [Owner(c.network, c.container_id, c) for c in nftcases.live_configs(case)]
+
+
+def _rows(case: str, owners=None, nft_backed=()):
+    return inv.build(nftcases.live(case), owners, nft_backed=nft_backed)
+
+
+def test_rows_of_several_containers() -> None:
+    owners = _owners("v191-several")
+    found = _rows("v191-several", owners, owners)
+    assert not found.problems
+    assert len(found.mappings) == 30
+    assert all(m.status == ("ok",) and m.backend == "nftables" for m in found.mappings)
+    by_key = {(m.container_id, m.family, m.host_port): m for m in found.mappings}
+    b = by_key[("bbbb2222", 4, 9090)]
+    assert (b.network, b.host_ip, b.container_ip, b.container_port, b.snat, b.chain) == (
+        "podman", "127.0.0.1", "10.88.0.6", 90, True, "hostports",
+    )  # fmt: skip
+    assert by_key[("eeee5555", 4, 6000)].snat is False
+    assert by_key[("eeee5555", 4, 6000)].network == "nosnat"
+    assert by_key[("dddd4444", 6, 7001)].host_ip == "::1"
+    assert by_key[("ffff6666", 6, 6100)].snat is True
+
+
+def test_stale_without_cache_entry_and_unknown_without_cache() -> None:
+    owners = [o for o in _owners("v191-several") if o.container_id != "cccc3333"]
+    found = _rows("v191-several", owners)
+    stale = {m.container_id for m in found.mappings if "stale" in m.status}
+    assert stale == {"cccc3333"}
+    assert all(m.network is None for m in found.mappings if m.container_id == "cccc3333")
+    nocache = _rows("v191-several")
+    assert not nocache.cache_present
+    assert all(m.status == ("ok",) for m in nocache.mappings)
+
+
+def test_zombie() -> None:
+    owners = [
+        Owner(o.network, o.container_id, o.mapping, zombie=o.container_id == "ctr-a")
+        for o in _owners("v191-shadowed")
+    ]
+    found = _rows("v191-shadowed", owners)
+    assert [m.status for m in found.mappings if m.container_id == "ctr-a"] == [("zombie",)]
+
+
+def test_shadowed_in_rule_order_v19() -> None:
+    found = _rows("v191-shadowed")
+    status = {m.container_id: (m.status, m.shadowed_by) for m in found.mappings}
+    assert status == {"ctr-a": (("ok",), None), "ctr-b": (("shadowed",), "ctr-a")}
+
+
+def test_shadowed_hostip_chain_first_v17() -> None:
+    """v1.7.1 put ctr-b's 127.0.0.1:8080 in hostip_hostports, which is entered first."""
+    found = _rows("v171-shadowed")
+    status = {m.container_id: (m.status, m.shadowed_by, m.chain) for m in found.mappings}
+    assert status == {
+        "ctr-a": (("shadowed",), "ctr-b", "hostports"),
+        "ctr-b": (("ok",), None, "hostip_hostports"),
+    }
+
+
+def test_flushed_table_problems() -> None:
+    owners = _owners("v191-basic")
+    fake = MemoryNft(nftcases.live("v191-basic"))
+    fake.flush_table(4)
+    found = inv.build(fake.read(), owners, nft_backed=owners)
+    kinds = [(p.kind, p.family, p.chain) for p in found.problems]
+    assert kinds == [
+        (ProblemKind.NFT_MISSING_ENTRY, 4, "prerouting"),
+        (ProblemKind.NFT_MISSING_ENTRY, 4, "output"),
+        (ProblemKind.NFT_MISSING_RULES, 4, "hostports"),
+    ]
+    assert "4 rule(s) missing" in found.problems[-1].detail
+    assert found.problems[-1].container_id == "aaaa1111"
+
+
+def test_missing_table_and_jumps() -> None:
+    owners = _owners("v191-basic")
+    fake = MemoryNft(nftcases.live("v191-basic"))
+    fake.delete_table(6)
+    live = fake.read()
+    problems = inv.build(live, owners, nft_backed=owners).problems
+    assert (ProblemKind.NFT_MISSING_TABLE, 6) in [(p.kind, p.family) for p in problems]
+    # Only the jumps of hostports_all gone (someone flushed that chain).
+    from portmapctl.nftables.transaction import Transaction
+
+    txn = Transaction()
+    txn.flush_chain(4, "hostports_all")
+    fake.apply(txn)
+    problems = inv.build(fake.read(), owners, nft_backed=owners).problems
+    assert ProblemKind.NFT_MISSING_JUMPS in [p.kind for p in problems]
+
+
+def test_v17_shape_is_healthy() -> None:
+    owners = _owners("v171-hostip")
+    assert not inv.build(nftcases.live("v171-hostip"), owners, nft_backed=owners).problems

@@ -1,0 +1,114 @@
+"""Backend choice, converge's re-planning and gc's dead containers, on the memory fake."""
+
+from __future__ import annotations
+
+import nftcases
+import pytest
+
+from portmapctl.errors import ApplyFailed
+from portmapctl.nftables import node, planner
+from portmapctl.nftables.access.memory import MemoryNft
+from portmapctl.nftables.node import Backend
+from portmapctl.nftables.transaction import Transaction
+
+
+def test_choose_as_the_plugin() -> None:
+    assert node.choose("nftables", "a", set(), {"a"}) is Backend.NFTABLES
+    assert node.choose("iptables", "a", {"a"}, set()) is Backend.IPTABLES
+    assert node.choose(None, "a", {"a"}, set()) is Backend.NFTABLES
+    assert node.choose(None, "a", {"a"}, {"a"}) is Backend.IPTABLES
+    assert node.choose(None, "a", set(), set()) is Backend.IPTABLES
+    assert node.choose("bogus", "a", {"a"}, set()) is Backend.NFTABLES
+
+
+def test_owners() -> None:
+    assert node.owners_in(nftcases.live("v191-several")) == {
+        "aaaa1111", "bbbb2222", "cccc3333", "dddd4444", "eeee5555", "ffff6666",
+    }  # fmt: skip
+
+
+class RacingNft(MemoryNft):
+    """The plugin's DEL of `victim` lands between our read and our apply, `times` times."""
+
+    def __init__(self, initial, victim: str, times: int = 1) -> None:
+        super().__init__(initial)
+        self.victim = victim
+        self.times = times
+
+    def apply(self, txn: Transaction) -> None:
+        if self.times > 0 and txn.ops and txn.ops[0].kind.value == "delete rule":
+            self.times -= 1
+            super().apply(planner.teardown(self.read(), {self.victim}))
+        super().apply(txn)
+
+
+def test_converge_replans_after_a_race() -> None:
+    fake = RacingNft(nftcases.live("v191-several"), victim="aaaa1111")
+    done = node.converge(fake, lambda live: planner.teardown(live, {"aaaa1111", "bbbb2222"}))
+    assert done.attempts == 2
+    assert "aaaa1111" not in done.text  # already gone by the plugin's DEL
+    assert node.owners_in(fake.read()) == {"cccc3333", "dddd4444", "eeee5555", "ffff6666"}
+
+
+def test_converge_gives_up_cleanly() -> None:
+    fake = RacingNft(nftcases.live("v191-several"), victim="x", times=99)
+
+    def plan(live):
+        # Always a stale handle: as if the table changed every time.
+        txn = Transaction()
+        txn.delete_rule(4, "hostports", 9999)
+        return txn
+
+    before = fake.read()
+    with pytest.raises(ApplyFailed, match=r"kept changing .*\(3 tries"):
+        node.converge(fake, plan)
+    assert fake.read() == before
+
+
+def test_converge_nothing_to_do() -> None:
+    fake = MemoryNft(nftcases.live("v191-basic"))
+    assert node.converge(fake, lambda live: Transaction()) == node.Converged("", 1)
+
+
+def test_dead_containers() -> None:
+    live = nftcases.live("v191-several")
+    dead = node.dead_containers(live, lambda cid: cid not in {"aaaa1111", "eeee5555"})
+    assert [d.container_id for d in dead] == ["aaaa1111", "eeee5555"]
+    assert dead[0].host_ports == (
+        (4, "tcp", 8080),
+        (4, "udp", 5353),
+        (6, "tcp", 8080),
+        (6, "udp", 5353),
+    )
+    assert dead[0].families == (4, 6)
+    assert len(dead[0].rules) == 7
+    assert node.udp_ports(dead) == {4: [5353, 6000], 6: [5353]}
+    # The fingerprint changes when the container's rules are replaced.
+    fake = MemoryNft(live)
+    before = dead[1].fingerprint
+    fake.apply(planner.teardown(fake.read(), {"eeee5555"}))
+    configs = [c for c in nftcases.live_configs("v191-several") if c.container_id == "eeee5555"]
+    from portmapctl.nftables.wanted import wanted
+
+    fake.apply(planner.setup(fake.read(), [wanted(configs[0], 4)]))
+    again = node.dead_containers(fake.read(), lambda cid: cid != "eeee5555")
+    assert again[0].fingerprint != before
+
+
+def test_gc_never_takes_rules_the_plugin_did_not_write() -> None:
+    """Foreign rules in the plugin's chains (no comment, a comment that is no container
+    ID, another action) stay, whatever the liveness says."""
+    from portmapctl.nftables.ruleset import Action, ActionKind, Match, RuleBody
+
+    fake = MemoryNft(nftcases.live("v191-basic"))
+    txn = Transaction()
+    accept = Action(ActionKind.NONE)
+    dport = (Match("tcp dport", "==", "22"),)
+    txn.add_rule(4, "hostports", RuleBody(dport, Action(ActionKind.DNAT, addr="10.0.0.9", port=22)))
+    txn.add_rule(4, "hostports", RuleBody(dport, accept, "admin-rule"))
+    txn.add_rule(4, "masquerading", RuleBody((), Action(ActionKind.DNAT, addr="10.0.0.9"), "x1"))
+    fake.apply(txn)
+    dead = node.dead_containers(fake.read(), lambda cid: False)
+    assert [d.container_id for d in dead] == ["aaaa1111"]
+    fake.apply(planner.teardown(fake.read(), {"aaaa1111"}))  # the plugin's own DEL shape
+    assert node.dead_containers(fake.read(), lambda cid: False) == []

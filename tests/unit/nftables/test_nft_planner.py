@@ -1,0 +1,194 @@
+"""wanted (the v1.9.1 ADD), planner and the memory fake, against the real plugins' state."""
+
+from __future__ import annotations
+
+import nftcases
+import pytest
+
+from portmapctl.errors import BadInput
+from portmapctl.nftables import planner, ruleset
+from portmapctl.nftables.access import NftApplyFailed
+from portmapctl.nftables.access.memory import MemoryNft
+from portmapctl.nftables.transaction import Transaction
+from portmapctl.nftables.wanted import wanted
+
+V191 = [c for c in nftcases.CASES if c.startswith("v191-")]
+
+
+def _wanted(configs):
+    return [w for cfg in configs for f in (4, 6) if (w := wanted(cfg, f)) is not None]
+
+
+def _bodies(live: ruleset.Ruleset) -> dict:
+    """(family, chain) -> rule bodies in order, and base hooks: the ruleset without handles."""
+    return {
+        (family, name): (chain.base, [r.body for r in table.rules_of(name)])
+        for family, table in live.tables.items()
+        for name, chain in table.chains.items()
+    }
+
+
+@pytest.mark.parametrize("case", V191)
+def test_wanted_is_what_v191_wrote(case: str) -> None:
+    """Each live container's rules, in order, are exactly what wanted() generates."""
+    live = nftcases.live(case)
+    for config in nftcases.live_configs(case):
+        for family in (4, 6):
+            want = wanted(config, family)
+            table = live.table(family)
+            if want is None:
+                continue
+            assert table is not None
+            mine = [r.body for r in table.rules_of("hostports") if r.comment == config.container_id]
+            assert mine == list(want.hostports)
+            masq = [
+                r.body for r in table.rules_of("masquerading") if r.comment == config.container_id
+            ]
+            assert masq == list(want.masquerading)
+
+
+@pytest.mark.parametrize("case", V191)
+def test_setup_from_nothing_gives_the_plugins_ruleset(case: str) -> None:
+    """One setup transaction of every live container == the plugin's ADDs, one by one."""
+    configs = nftcases.live_configs(case)
+    fake = MemoryNft()
+    fake.apply(planner.setup(ruleset.EMPTY, _wanted(configs)))
+    expected = _bodies(nftcases.live(case))
+    got = _bodies(fake.read())
+    if case == "v191-after-del":
+        # The plugin's DEL leaves the deleted container's family (IPv6) behind, empty.
+        got.update({k: v for k, v in expected.items() if k[0] == 6})
+    assert got == expected
+
+
+@pytest.mark.parametrize("case", nftcases.CASES)
+def test_plugin_state_needs_no_setup(case: str) -> None:
+    """What any upstream version left is healthy: setup adds nothing.
+
+    Only `upgrade` and the v1.6/v1.7 cases differ: an unused hostports_all is created as
+    the v1.9.1 ADD would.
+    """
+    live = nftcases.live(case)
+    txn = planner.setup(live, _wanted(nftcases.live_configs(case)))
+    lines = txn.render().splitlines()
+    assert all(line.startswith("add chain") and "hostports_all" in line for line in lines), lines
+
+
+def test_setup_text_matches_the_plugins_add() -> None:
+    """Same commands as FACTS' captured v1.9.1 ADD transaction, minus flushes of new chains."""
+    config = nftcases.config_of(nftcases.steps("v191-basic")[0])
+    text = planner.setup(ruleset.EMPTY, _wanted([config])).render()
+    assert text.splitlines()[:16] == [
+        'add table ip cni_hostport { comment "CNI portmap plugin" ; }',
+        "add chain ip cni_hostport hostports",
+        "add chain ip cni_hostport hostip_hostports",
+        "add chain ip cni_hostport hostports_all",
+        "flush chain ip cni_hostport hostports_all",
+        "add rule ip cni_hostport hostports_all jump hostip_hostports",
+        "add rule ip cni_hostport hostports_all jump hostports",
+        "add chain ip cni_hostport prerouting { type nat hook prerouting priority -100 ; }",
+        "add rule ip cni_hostport prerouting fib daddr type local jump hostports_all",
+        "add chain ip cni_hostport output { type nat hook output priority -100 ; }",
+        "add rule ip cni_hostport output fib daddr type local jump hostports_all",
+        "add chain ip cni_hostport masquerading { type nat hook postrouting priority 100 ; }",
+        'add rule ip cni_hostport hostports tcp dport 8080 dnat to 10.88.0.5:80 comment "aaaa1111"',
+        'add rule ip cni_hostport hostports udp dport 5353 dnat to 10.88.0.5:53 comment "aaaa1111"',
+        "add rule ip cni_hostport masquerading ip saddr 10.88.0.5 ip daddr 10.88.0.5 masquerade"
+        ' comment "aaaa1111"',
+        "add rule ip cni_hostport masquerading ip saddr 127.0.0.1 ip daddr 10.88.0.5 masquerade"
+        ' comment "aaaa1111"',
+    ]
+    assert "add rule ip6 cni_hostport hostports tcp dport 8080 dnat to [fd00:88::5]:80" in text
+
+
+def test_teardown_is_the_plugins_del() -> None:
+    """FACTS: v1.9.1 DEL deletes handles 11-14 (IPv4) and 11-13 (IPv6) of aaaa1111."""
+    text = planner.teardown(nftcases.live("v191-basic"), {"aaaa1111"}).render()
+    assert text.splitlines() == [
+        "delete rule ip cni_hostport hostports handle 11",
+        "delete rule ip cni_hostport hostports handle 12",
+        "delete rule ip cni_hostport masquerading handle 13",
+        "delete rule ip cni_hostport masquerading handle 14",
+        "delete rule ip6 cni_hostport hostports handle 11",
+        "delete rule ip6 cni_hostport hostports handle 12",
+        "delete rule ip6 cni_hostport masquerading handle 13",
+    ]
+
+
+def test_teardown_gives_the_plugins_del_result() -> None:
+    before = MemoryNft(nftcases.live("v191-several"))
+    before.apply(planner.teardown(before.read(), {"aaaa1111"}))
+    # after-del: A, B added, A deleted; compare the rules of bbbb2222 only and no aaaa1111.
+    left = before.read()
+    assert not any(
+        r.comment == "aaaa1111"
+        for t in left.tables.values()
+        for c in t.chains
+        for r in t.rules_of(c)
+    )
+    # Tables and base chains stay.
+    assert set(left.tables[6].chains) == set(nftcases.live("v191-several").tables[6].chains)
+
+
+def test_teardown_reaches_v17_host_ip_rules() -> None:
+    live = nftcases.live("v171-hostip")
+    text = planner.teardown(live, {"old1"}).render()
+    assert "hostip_hostports handle" in text
+    fake = MemoryNft(live)
+    fake.apply(planner.teardown(live, {"old1"}))
+    assert not fake.read().tables[4].rules_of("hostip_hostports")
+
+
+def test_repair_after_flush_table() -> None:
+    """`nft flush table ip cni_hostport` empties every chain: setup restores the plugin's IPv4."""
+    case = "v191-several"
+    fake = MemoryNft(nftcases.live(case))
+    fake.flush_table(4)
+    configs = nftcases.live_configs(case)
+    txn = planner.setup(fake.read(), _wanted(configs))
+    assert "flush chain ip cni_hostport prerouting" in txn.render()
+    assert not any(op.family == 6 for op in txn.ops)
+    fake.apply(txn)
+    assert _bodies(fake.read()) == _bodies(nftcases.live(case))
+    assert not planner.setup(fake.read(), _wanted(configs))
+
+
+def test_repair_after_delete_table() -> None:
+    fake = MemoryNft(nftcases.live("v191-basic"))
+    fake.delete_table(6)
+    configs = nftcases.live_configs("v191-basic")
+    fake.apply(planner.setup(fake.read(), _wanted(configs)))
+    assert _bodies(fake.read()) == _bodies(nftcases.live("v191-basic"))
+
+
+def test_stale_plan_fails_whole() -> None:
+    """A teardown planned before someone else's DEL fails whole: re-plan, never force."""
+    fake = MemoryNft(nftcases.live("v191-several"))
+    plan = planner.teardown(fake.read(), {"aaaa1111", "bbbb2222"})
+    fake.apply(planner.teardown(fake.read(), {"bbbb2222"}))  # the plugin's DEL meanwhile
+    before = fake.read()
+    with pytest.raises(NftApplyFailed) as err:
+        fake.apply(plan)
+    assert err.value.reason == "No such file or directory"
+    assert fake.read() == before
+    fake.apply(planner.teardown(fake.read(), {"aaaa1111", "bbbb2222"}))
+
+
+def test_entry_with_foreign_conditions_is_healthy() -> None:
+    """Conditions are last-writer-wins: another network's conditions are not a fault."""
+    live = nftcases.live("v191-several")
+    config = nftcases.config_of(nftcases.steps("v191-several")[0])  # no conditions
+    assert not planner.setup(live, _wanted([config]))
+
+
+def test_unsafe_conditions_and_comments_are_refused() -> None:
+    config = nftcases.config_of(nftcases.steps("v191-basic")[0])
+    bad = config.__class__(
+        **{**config.__dict__, "conditions_v4": ("ip saddr 1.2.3.4 ; flush ruleset",)}
+    )
+    with pytest.raises(BadInput, match="refusing nftables condition"):
+        planner.setup(ruleset.EMPTY, _wanted([bad]))
+    bad_id = config.__class__(**{**config.__dict__, "container_id": 'x" ; flush ruleset ; "'})
+    with pytest.raises(BadInput, match="refusing rule comment"):
+        planner.setup(ruleset.EMPTY, _wanted([bad_id]))
+    assert Transaction().render() == ""

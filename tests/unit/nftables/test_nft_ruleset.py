@@ -1,0 +1,165 @@
+"""The nft -j parser on what the real upstream plugins left (tests/fixtures/nft)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import nftcases
+import pytest
+
+from portmapctl.errors import BadInput
+from portmapctl.nftables import ruleset as rs
+from portmapctl.nftables.ruleset import ActionKind, BaseHook, Match
+
+
+def _text_rules(text: str) -> dict:
+    """(family, chain) -> rule lines, from `nft list ruleset` text."""
+    found: dict = {}
+    family = chain = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        head = re.match(r"table (ip6?) cni_hostport \{", line)
+        if head:
+            family = rs.FAMILIES[head[1]]
+            continue
+        head = re.match(r"chain (\S+) \{", line)
+        if head:
+            chain = head[1]
+            found[(family, chain)] = []
+            continue
+        if not line or line == "}" or line.startswith(("type ", "comment ")):
+            continue
+        found[(family, chain)].append(line)
+    return found
+
+
+@pytest.mark.parametrize("case", nftcases.CASES)
+def test_every_rule_prints_back_as_nft_prints_it(case: str) -> None:
+    """Value -> text gives nft's own text for every rule the real plugins wrote."""
+    live = nftcases.live(case)
+    expected = _text_rules(nftcases.text(case))
+    got = {
+        (family, chain): [rule.body.text(family) for rule in table.rules_of(chain)]
+        for family, table in live.tables.items()
+        for chain in table.chains
+    }
+    assert got == expected
+
+
+def test_basic_shape() -> None:
+    live = nftcases.live("v191-basic")
+    assert live.nft_version == "1.0.6"
+    table = live.table(4)
+    assert table is not None
+    assert list(table.chains) == [
+        "hostports",
+        "hostip_hostports",
+        "hostports_all",
+        "prerouting",
+        "output",
+        "masquerading",
+    ]
+    assert table.chains["prerouting"].base == BaseHook("nat", "prerouting", -100)
+    assert table.chains["masquerading"].base == BaseHook("nat", "postrouting", 100)
+    assert table.chains["hostports"].base is None
+    first = table.rules_of("hostports")[0]
+    assert (first.handle, first.comment) == (11, "aaaa1111")
+    assert first.body.matches == (Match("tcp dport", "==", "8080"),)
+    assert first.body.action.kind is ActionKind.DNAT
+    assert (first.body.action.addr, first.body.action.port) == ("10.88.0.5", 80)
+    v6 = live.table(6)
+    assert v6 is not None
+    assert v6.rules_of("hostports")[0].body.action.addr == "fd00:88::5"
+
+
+def test_conditions_parse_as_values() -> None:
+    live = nftcases.live("v191-several")
+    pre4 = live.tables[4].rules_of("prerouting")[0].body
+    assert pre4.matches[0] == Match("ip saddr", "==", "192.168.0.0/16")
+    pre6 = live.tables[6].rules_of("prerouting")[0].body
+    assert pre6.matches[0] == Match("ip6 saddr", "!=", "fd00:99::/64")
+    assert rs.parse_conditions(["ip6 saddr != fd00:99::/64"]) == (pre6.matches[0],)
+    # Written differently, same value.
+    assert rs.parse_conditions(["ip saddr 192.168.7.1/16"]) == (pre4.matches[0],)
+    assert rs.parse_conditions(["ip saddr 10.0.0.1/32"]) == (Match("ip saddr", "==", "10.0.0.1"),)
+
+
+def test_conditions_text_round_trip() -> None:
+    parsed = rs.parse_conditions(['iifname "eth0" tcp dport != 22', "ip daddr 192.0.2.0/24"])
+    assert [m.text() for m in parsed] == [
+        'iifname "eth0"',
+        "tcp dport != 22",
+        "ip daddr 192.0.2.0/24",
+    ]
+    opaque = rs.parse_conditions(["ct state new"])
+    assert opaque == (Match("?", raw="ct state new"),)
+    assert opaque[0].text() == "ct state new"
+
+
+def test_other_tables_are_skipped() -> None:
+    document = json.loads(nftcases.json_text("v191-basic"))
+    document["nftables"] += [
+        {"table": {"family": "ip", "name": "nat", "handle": 9}},
+        {"chain": {"family": "ip", "table": "nat", "name": "CNI-HOSTPORT-DNAT", "handle": 1}},
+        {"rule": {"family": "ip", "table": "nat", "chain": "X", "handle": 3, "expr": "junk"}},
+        {"table": {"family": "inet", "name": "cni_hostport", "handle": 10}},
+    ]
+    assert rs.parse(json.dumps(document), "dump") == nftcases.live("v191-basic")
+
+
+def test_unknown_expressions_are_kept_opaque() -> None:
+    document = {
+        "nftables": [
+            {"table": {"family": "ip", "name": "cni_hostport", "handle": 1}},
+            {"chain": {"family": "ip", "table": "cni_hostport", "name": "hostports", "handle": 1}},
+            {
+                "rule": {
+                    "family": "ip",
+                    "table": "cni_hostport",
+                    "chain": "hostports",
+                    "handle": 2,
+                    "comment": "x",
+                    "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"accept": None}],
+                }
+            },
+        ]
+    }
+    rule = rs.parse(json.dumps(document), "d").tables[4].rules_of("hostports")[0]
+    assert [m.left for m in rule.body.matches] == ["?", "?"]
+    assert rule.body.action.kind is ActionKind.NONE
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("", "invalid JSON"),
+        ("[]", 'no "nftables" list'),
+        ('{"nftables": 3}', 'no "nftables" list'),
+        ('{"nftables": [1]}', "item 0 is not a one-key object"),
+        ('{"nftables": [{"table": 1}]}', "item 0: table is not an object"),
+        ('{"nftables": [{"table": {"family": "ip", "name": "cni_hostport"}}]}', "bad table"),
+        (
+            '{"nftables": [{"table": {"family": "ip", "name": "cni_hostport", "handle": "x"}}]}',
+            "bad table",
+        ),
+        (
+            '{"nftables": [{"rule": {"family": "ip", "table": "cni_hostport", "chain": "a b",'
+            ' "handle": 1, "expr": []}}]}',
+            "bad rule",
+        ),
+        (
+            '{"nftables": [{"rule": {"family": "ip", "table": "cni_hostport", "chain": "c",'
+            ' "handle": 1, "expr": [{"a": 1, "b": 2}]}}]}',
+            "bad rule",
+        ),
+        ("\x00", "binary"),
+    ],
+)
+def test_malformed_input_names_its_source(text: str, words: str) -> None:
+    with pytest.raises(BadInput) as err:
+        rs.parse(text, "/tmp/node.json")
+    message = str(err.value)
+    assert message.startswith("/tmp/node.json: not `nft -j list` output")
+    assert words in message
+    assert "\n" not in message
