@@ -267,6 +267,9 @@ def test_a_chain_pending_as_stale_waits_while_a_container_is_being_added(lab: La
     writes the cache entry only at the end. Its new namespace is there all along: while
     a namespace younger than --min-age, in no cache entry, holds the address a chain
     DNATs to, that chain is not removed."""
+    # A cached live container: an empty cache is no source of liveness (SPEC §3 gc).
+    lab.add("mynet", "live", "10.88.0.60/16",
+            [{"hostPort": 8083, "containerPort": 80, "protocol": "tcp"}])  # fmt: skip
     lab.add("mynet", "back", "10.88.0.61/16", PORT_A, cache=False)
     lab.add("mynet", "other", "10.88.0.62/16", PORT_B, cache=False)
     doc = lab.json("gc", "--yes", "--min-age", "3s")
