@@ -37,7 +37,14 @@ STATUS_STYLE = {
 
 
 SCHEMA = 2
-BACKEND = "iptables"  # the only backend this version reads and writes
+BACKEND = "iptables"  # rows and chains of the plugin's iptables backend
+
+
+def backend_of_chain(chain: Optional[str]) -> Optional[str]:
+    """Problems and gc rows name an nft rule's chain `nft:...` (ops/check/nft.py, ops/gc.py)."""
+    if chain is None:
+        return None
+    return "nftables" if chain == "nft" or chain.startswith("nft:") else BACKEND
 SHORT_ID = 12  # as podman and docker show container IDs
 
 
@@ -391,12 +398,21 @@ def split_fix(fix: str) -> Tuple[Optional[str], str]:
     return match.group(1), prose
 
 
+def _problem_backend(p: Problem) -> Optional[str]:
+    """nftables for the nft problems, none for a container in both, else iptables."""
+    if str(p.kind) == "both-backends":
+        return None
+    if str(p.kind).startswith("nft-"):
+        return "nftables"
+    return backend_of_chain(p.chain) or BACKEND
+
+
 def problem_json(p: Problem) -> Dict[str, Any]:
     command, prose = split_fix(p.fix)
     why = "; ".join(part for part in (p.why, prose) if part)
     return {
         "kind": str(p.kind),
-        "backend": BACKEND,
+        "backend": _problem_backend(p),
         "family": p.family,
         "chain": p.chain,
         "network": p.network,
@@ -584,7 +600,7 @@ def gc_chain_json(
     c: GcChain, pending: bool = False, min_age: Optional[float] = None
 ) -> Dict[str, Any]:
     doc: Dict[str, Any] = {
-        "backend": BACKEND,
+        "backend": backend_of_chain(c.chain),
         "chain": c.chain,
         "chain_type": c.kind,
         "family": c.family,

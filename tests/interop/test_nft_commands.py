@@ -204,7 +204,7 @@ def test_mixed_node(node: str, tmp_path: Path) -> None:
     _plugin_add(node, tmp_path, OLD, cached=False)
     rows = _rows(node, tmp_path)
     assert {(r[0], r[9]) for r in rows} == {
-        ("ipt1", None), ("iptdead", None), ("web1", "nftables"), ("old1", "nftables"),
+        ("ipt1", "iptables"), ("iptdead", "iptables"), ("web1", "nftables"), ("old1", "nftables"),
     }  # fmt: skip
     check = _pmctl(node, tmp_path, "check", "-o", "json")
     kinds = {(p["kind"], p["container_id"]) for p in json.loads(check.stdout)["problems"]}

@@ -408,3 +408,13 @@ def test_ctrl_c_is_one_line_and_exit_130():
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and out == "" and err == "portmapctl: aborted\n"
+
+
+@pytest.mark.parametrize("command", ["list", "check"])
+def test_nftables_documents_follow_the_schema(command):
+    nft = ["--nft-snapshot", str(ROOT / "examples/nft/ruleset.json"),
+           "--cni-cache-dir", str(ROOT / "examples/nft/cni-cache")]  # fmt: skip
+    done = pmctl(command, *nft, "-o", "json")
+    document = validate_document(command, done.stdout)
+    rows = document["mappings"] if command == "list" else document["problems"]
+    assert rows and {r["backend"] for r in rows} == {"nftables"}
