@@ -11,9 +11,7 @@ longer than it must be, nor shorter).
 
 from __future__ import annotations
 
-import configparser
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -22,34 +20,12 @@ from typing import List
 import pytest
 import realplugin as rp
 import yaml
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-MANIFEST = DEPLOY / "kubernetes" / "portmapctl-gc.yaml"
-SERVICE = DEPLOY / "systemd" / "portmapctl-gc.service"
-
-
-def gc_argv(line: str) -> List[str]:
-    """The arguments after `portmapctl` in a shell line or ExecStart=."""
-    words = shlex.split(line)
-    for i, word in enumerate(words):
-        if os.path.basename(word) == "portmapctl":
-            return words[i + 1 :]
-    raise AssertionError(f"no portmapctl command in {line!r}")
-
+from deploy_helpers import DEPLOY, MANIFEST, SERVICE, gc_argv, read_unit  # noqa: F401
 
 # --- Kubernetes --------------------------------------------------------------------------
 
 
 # --- systemd -----------------------------------------------------------------------------
-
-
-def read_unit(path: Path) -> configparser.ConfigParser:
-    # systemd units are ini-like; keys are case-sensitive and may repeat (last one wins
-    # for the keys used here).
-    unit = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
-    unit.optionxform = str  # type: ignore[assignment,method-assign]
-    unit.read_string(path.read_text())
-    return unit
 
 
 # --- the capabilities, for real ------------------------------------------------------------

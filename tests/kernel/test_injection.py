@@ -17,32 +17,12 @@ from typing import List
 
 import pytest
 import realplugin as rp
+from injection_helpers import HOSTILE_COMMENTS, _lines  # noqa: F401
 from pmctl import assert_error, run
 from test_gc import Node_, _ports, _without
 
 from portmapctl.iptables.chains import TOPLEVEL_DNAT, chain_name
-from portmapctl.iptables.ruleset import parse_save, rule_target, split_line
-
-HOSTILE_COMMENTS = [
-    'evil" -j ACCEPT',
-    'x" -j ACCEPT\\" -A INPUT -j DROP',
-    "-A INPUT -j ACCEPT",
-    "COMMIT",
-    "' ; $(reboot) `id` | & > *",
-    "\\",
-    '\\"',
-    "ünï 容器 \u2028 \u202e",
-    '"',
-    "",
-]
-
-
-def _lines(text: str) -> List[List[str]]:
-    """The restore text's command lines, split as iptables-restore splits them."""
-    lines = text.split("\n")
-    assert lines[0] == "*nat" and lines[-2:] == ["COMMIT", ""], text
-    return [split_line(line) for line in lines[1:-2]]
-
+from portmapctl.iptables.ruleset import parse_save, rule_target
 
 # --- against the kernel ---------------------------------------------------------------
 

@@ -6,51 +6,27 @@ then list/delete on real conntrack tables in throwaway network namespaces."""
 from __future__ import annotations
 
 import errno
-import os
-import shutil
 import socket
 import struct
-import subprocess
-import uuid
-from typing import Callable, Iterator
 
 import pytest
+from conntrack_helpers import (  # noqa: F401
+    REQUIRE_NETNS,
+    addresses,
+    entries,
+    make_netns,
+    netns,
+    ports,
+    run,
+    udp,
+    unavailable,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.host import conntrack
 from portmapctl.host.conntrack import ConntrackEntry, delete, list_udp, stale_entries
-from portmapctl.host.netns import entered
-
-
-def udp(
-    src: str = "192.0.2.7",
-    dst: str = "10.0.0.1",
-    sport: int = 40000,
-    dport: int = 5353,
-    reply_src: str | None = None,
-    reply_sport: int | None = None,
-    family: int = 4,
-    zone: int = 0,
-    ct_id: int | None = None,
-) -> ConntrackEntry:
-    """An entry as the kernel shows it; DNATed when reply_src/reply_sport are given."""
-    return ConntrackEntry(
-        family=family,
-        protocol="udp",
-        src=src,
-        dst=dst,
-        sport=sport,
-        dport=dport,
-        reply_src=reply_src or dst,
-        reply_dst=src,
-        reply_sport=reply_sport or dport,
-        reply_dport=sport,
-        zone=zone,
-        ct_id=ct_id,
-    )
-
 
 # --- the DNAT helper and the stale selection ------------------------------------------
 
@@ -87,11 +63,6 @@ def test_stale_keeps_families_apart_and_compares_addresses_not_text() -> None:
 def test_stale_rejects_a_bad_address() -> None:
     with pytest.raises(BadInput, match="10.88.0.999"):
         stale_entries([udp()], {(4, 5353): "10.88.0.999"})
-
-
-ports = st.sampled_from([53, 5353, 8053])
-addresses = st.sampled_from(["10.0.0.1", "10.88.0.5", "10.88.0.9"])
-entries = st.builds(udp, dst=addresses, dport=ports, reply_src=st.none() | addresses)
 
 
 @given(st.lists(entries), st.dictionaries(st.tuples(st.just(4), ports), addresses))
@@ -298,53 +269,5 @@ def test_missing_netlink_family_is_a_host_problem(fake_socket: type[FakeSocket])
 
 
 # --- real conntrack tables in throwaway network namespaces --------------------------------
-
-REQUIRE_NETNS = os.environ.get("PORTMAPCTL_REQUIRE_NETNS") == "1"
-
-
-def unavailable(reason: str) -> None:
-    if REQUIRE_NETNS:
-        pytest.fail(f"{reason}, and PORTMAPCTL_REQUIRE_NETNS=1")
-    pytest.skip(reason)
-
-
-def run(*args: str) -> str:
-    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
-
-
-@pytest.fixture
-def make_netns() -> Iterator[Callable[[], str]]:
-    """Creates fresh namespaces on demand; deletes them all afterwards."""
-    if os.geteuid() != 0:
-        unavailable("needs root")
-    for tool in ("ip", "conntrack"):
-        if shutil.which(tool) is None:
-            unavailable(f"needs the {tool} command")
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"pmt-ct-{uuid.uuid4().hex[:10]}"
-        result = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-        if result.returncode:
-            unavailable(f"cannot create a network namespace: {result.stderr.strip()}")
-        made.append(name)
-        return name
-
-    try:
-        yield make
-    finally:
-        for name in made:
-            subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-@pytest.fixture
-def netns(make_netns: Callable[[], str]) -> Iterator[str]:
-    """A fresh namespace that the test runs in, with working conntrack."""
-    name = make_netns()
-    with entered(name):
-        probe = subprocess.run(["conntrack", "-L"], capture_output=True, text=True)
-        if probe.returncode:
-            unavailable(f"conntrack does not work here: {probe.stderr.strip()}")
-        yield name
 
 

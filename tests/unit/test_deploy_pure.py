@@ -17,7 +17,6 @@ rule tests on the metrics the example node really gives (docs/monitoring.md).
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 import shlex
@@ -30,15 +29,13 @@ from typing import Dict, List
 import pytest
 import typer
 import yaml
+from deploy_helpers import DEPLOY, MANIFEST, SERVICE, gc_argv, read_unit  # noqa: F401
 
 from portmapctl.cli import app
 from portmapctl.host import paths
 from portmapctl.iptables.access import BACKEND_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
-MANIFEST = DEPLOY / "kubernetes" / "portmapctl-gc.yaml"
-SERVICE = DEPLOY / "systemd" / "portmapctl-gc.service"
 TIMER = DEPLOY / "systemd" / "portmapctl-gc.timer"
 CHECK_SERVICE = DEPLOY / "systemd" / "portmapctl-check.service"
 CHECK_TIMER = DEPLOY / "systemd" / "portmapctl-check.timer"
@@ -49,15 +46,6 @@ XTABLES_LOCK = "/run/xtables.lock"
 # and Debian's prometheus-node-exporter package (the systemd units).
 K8S_TEXTFILE_DIR = "/var/lib/node_exporter/textfile_collector"
 DEBIAN_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
-
-
-def gc_argv(line: str) -> List[str]:
-    """The arguments after `portmapctl` in a shell line or ExecStart=."""
-    words = shlex.split(line)
-    for i, word in enumerate(words):
-        if os.path.basename(word) == "portmapctl":
-            return words[i + 1 :]
-    raise AssertionError(f"no portmapctl command in {line!r}")
 
 
 def parse_with_cli(argv: List[str]) -> Dict[str, object]:
@@ -187,15 +175,6 @@ def test_daemonset_mounts_the_host_paths_portmapctl_uses(daemonset):
 
 
 # --- systemd -----------------------------------------------------------------------------
-
-
-def read_unit(path: Path) -> configparser.ConfigParser:
-    # systemd units are ini-like; keys are case-sensitive and may repeat (last one wins
-    # for the keys used here).
-    unit = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
-    unit.optionxform = str  # type: ignore[assignment,method-assign]
-    unit.read_string(path.read_text())
-    return unit
 
 
 def test_service_runs_quiet_gc_once_with_only_the_capabilities_it_needs():

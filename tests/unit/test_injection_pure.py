@@ -17,30 +17,17 @@ import base64
 import json
 import re
 from pathlib import Path
-from typing import List
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from injection_helpers import HOSTILE_COMMENTS, _lines  # noqa: F401
 from pmctl import run
 
 from portmapctl.errors import BadInput
 from portmapctl.iptables.chains import TOPLEVEL_DNAT, chain_name, dnat_chain_name
 from portmapctl.iptables.planner import plan_setup, plan_teardown
-from portmapctl.iptables.ruleset import parse_save, rule_target, split_line
-
-HOSTILE_COMMENTS = [
-    'evil" -j ACCEPT',
-    'x" -j ACCEPT\\" -A INPUT -j DROP',
-    "-A INPUT -j ACCEPT",
-    "COMMIT",
-    "' ; $(reboot) `id` | & > *",
-    "\\",
-    '\\"',
-    "ünï 容器 \u2028 \u202e",
-    '"',
-    "",
-]
+from portmapctl.iptables.ruleset import parse_save, rule_target
 
 
 def _saved(text: str) -> str:
@@ -75,13 +62,6 @@ def _dump(comment: str) -> str:
             "",
         ]
     )
-
-
-def _lines(text: str) -> List[List[str]]:
-    """The restore text's command lines, split as iptables-restore splits them."""
-    lines = text.split("\n")
-    assert lines[0] == "*nat" and lines[-2:] == ["COMMIT", ""], text
-    return [split_line(line) for line in lines[1:-2]]
 
 
 def _check_teardown_text(comment: str) -> None:
