@@ -39,9 +39,16 @@ def addresses(i: int) -> tuple[str, str]:
     return f"10.{64 + (i >> 16) % 64}.{(i >> 8) & 255}.{i & 255}", "10.0.0.1"
 
 
+def destination_local() -> None:
+    """Make the entries' destination one of this namespace's own addresses: flush-udp
+    only ever deletes flows to the node itself (forwarded flows are left alone)."""
+    subprocess.run(["ip", "addr", "replace", "10.0.0.1/32", "dev", "lo"], check=True)
+
+
 def create(count: int, ports: list[int], first: int = 0) -> None:
     """count entries, as batched netlink creates (the codec of portmapctl.host.conntrack):
     the fastest way found here (see setup_methods)."""
+    destination_local()
     messages = []
     for seq, i in enumerate(range(first, first + count), 1):
         src, dst = addresses(i)
