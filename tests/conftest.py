@@ -17,8 +17,6 @@ from pathlib import Path
 import pytest
 import realplugin
 
-REQUIRE_ENV = "PORTMAPCTL_REQUIRE_NETNS"
-
 # Tests never read the machine's own CNI cache (/var/lib/cni): a command run without
 # --cni-cache-dir gets this directory, which does not exist, so a test that forgot to
 # name its cache sees "no cache" here and on every other machine alike.
@@ -26,13 +24,7 @@ os.environ["PORTMAPCTL_CNI_CACHE_DIR"] = "/nonexistent/portmapctl-tests-name-a-c
 REPORT_ENV = "PORTMAPCTL_NETNS_REPORT"
 
 
-def _require(available: tuple[bool, str]) -> None:
-    ok, reason = available
-    if ok:
-        return
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
+_require = realplugin.require
 
 
 _netns_nodeids: set[str] = set()

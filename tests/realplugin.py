@@ -366,6 +366,29 @@ def write_cni_cache(
 
 
 @functools.cache
+def require(available: tuple[bool, str]) -> None:
+    """Skip with the reason, or fail under PORTMAPCTL_REQUIRE_NETNS=1 (CI: nothing that
+    needs root, the plugins or podman may be skipped there)."""
+    import pytest  # here: benchmarks import this module without pytest
+
+    ok, reason = available
+    if ok:
+        return
+    if os.environ.get("PORTMAPCTL_REQUIRE_NETNS") == "1":
+        pytest.fail(f"PORTMAPCTL_REQUIRE_NETNS=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def port_mapping(
+    host: int, container: int, proto: str = "tcp", host_ip: str | None = None
+) -> dict[str, Any]:
+    """One entry of the plugin's runtimeConfig.portMappings."""
+    entry: dict[str, Any] = {"hostPort": host, "containerPort": container, "protocol": proto}
+    if host_ip is not None:
+        entry["hostIP"] = host_ip
+    return entry
+
+
 @functools.cache
 def netns_available() -> tuple[bool, str]:
     """Whether this process can make network namespaces (root, ``ip netns``)."""

@@ -156,8 +156,11 @@ def mapping_from_options(
     conditions_v6: Optional[str],
     cni_config: Optional[str],
     ifname: str,
+    *,
+    backend: str,
 ) -> MappingConfig:
-    """Validate the mapping options (shared by add and check) into a MappingConfig."""
+    """Validate the mapping options (shared by add and check) into a MappingConfig,
+    held to --backend."""
     from portmapctl.cni import config as cni_json
     from portmapctl.core import validate
     from portmapctl.errors import BadInput
@@ -174,11 +177,10 @@ def mapping_from_options(
             raise BadInput(f"--cni-config cannot be combined with {', '.join(given)}")
         source = "<stdin>" if cni_config == "-" else cni_config
         conf = cni_json.load_json(files.read_text(cni_config, "--cni-config"), source)
-        return validate.buildable(
-            cni_json.plugin_config(
-                conf, validate.cni_name(container, "container ID"), source, ifname=ifname
-            )
+        parsed = cni_json.plugin_config(
+            conf, validate.cni_name(container, "container ID"), source, ifname=ifname
         )
+        return with_backend(validate.buildable(parsed), backend)
     if network is None:
         raise BadInput("--network is required (or give --cni-config)")
     if not publish:
@@ -195,7 +197,7 @@ def mapping_from_options(
         conditions_v6=validate.conditions(conditions_v6, "--conditions-v6"),
         masq_all=masq_all,
     )
-    return validate.buildable(config)
+    return with_backend(validate.buildable(config), backend)
 
 
 def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
@@ -256,8 +258,8 @@ def add_command(
         conditions_v6,
         cni_config,
         ifname,
+        backend=common.backend.value,
     )
-    config = with_backend(config, common.backend.value)
     options = common.node_options()
     with opened(options, write=not dry_run) as node:
         clashes = shadow_warnings(config, node.read())

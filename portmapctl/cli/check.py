@@ -127,10 +127,8 @@ def check_command(
                 conditions_v6,
                 cni_config,
                 ifname,
+                backend=common.backend.value,
             )
-            from portmapctl.cli.add import with_backend
-
-            config = with_backend(config, common.backend.value)
         snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
         if repair and (snapshots or nft_snapshot):
             raise BadInput("--repair changes the node: it cannot be used with --snapshot")

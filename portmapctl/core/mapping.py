@@ -64,3 +64,22 @@ class MappingConfig:
     @property
     def families(self) -> Tuple[int, ...]:
         return tuple(f for f in (4, 6) if self.address(f) is not None)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One host port taken to a container, as a node has it (iptables: a DNAT rule of a
+    per-container chain; nftables: a rule of hostports, see nftables.inventory)."""
+
+    network: Optional[str]
+    container_id: Optional[str]
+    family: int
+    protocol: str
+    host_ip: Optional[str]
+    host_port: int
+    container_ip: str
+    container_port: int
+    snat: bool
+    chain: str
+    status: Tuple[str, ...]
+    shadowed_by: Optional[str] = None  # what takes this port first

@@ -31,6 +31,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
+from portmapctl.core.mapping import Mapping
 from portmapctl.core.status import Status
 from portmapctl.iptables import shapes
 from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT, is_plugin_chain
@@ -41,23 +42,6 @@ _COMMENT = re.compile(r'(?:dnat|snat) name: "(?P<network>[^"]*)" id: "(?P<id>[^"
 ProtoPort = Tuple[str, int]
 _JUMPS = ("-j", "-g")
 
-
-@dataclass(frozen=True)
-class Mapping:
-    """One DNAT rule of a per-container chain: a host port taken to a container."""
-
-    network: Optional[str]
-    container_id: Optional[str]
-    family: int
-    protocol: str
-    host_ip: Optional[str]
-    host_port: int
-    container_ip: str
-    container_port: int
-    snat: bool
-    chain: str
-    status: Tuple[str, ...]
-    shadowed_by: Optional[str] = None  # the chain that takes this port first
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import ProblemKind, Status
 from portmapctl.nftables.planner import entry_ok, hostports_all_ok, missing_by_container
 from portmapctl.nftables.ruleset import (
@@ -61,19 +61,10 @@ class Owner:
 
 
 @dataclass(frozen=True)
-class NftMapping:
-    network: Optional[str]
-    container_id: Optional[str]
-    family: int
-    protocol: str
-    host_ip: Optional[str]
-    host_port: int
-    container_ip: str
-    container_port: int
-    snat: bool
-    chain: str
-    status: Tuple[str, ...]
-    shadowed_by: Optional[str] = None  # the container ID that takes this port first
+class NftMapping(Mapping):
+    """A Mapping of the nftables backend: `chain` is the nft chain of the rule and
+    `shadowed_by` the container ID that takes its port first."""
+
     handle: int = 0
     backend: str = BACKEND
     chain_type: str = CHAIN_TYPE

@@ -7,23 +7,16 @@ Every test here needs root, podman and namespaces: each module sets
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import podmanlab
 import pytest
-
-REQUIRE_ENV = "PORTMAPCTL_REQUIRE_NETNS"
+import realplugin
 
 
 def _require() -> None:
-    ok, reason = podmanlab.available()
-    if ok:
-        return
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
+    realplugin.require(podmanlab.available())
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ Each test plays a node in a fresh namespace and runs `portmapctl` as a process w
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -23,12 +22,7 @@ V191 = "v1.9.1"
 
 @pytest.fixture(autouse=True)
 def _upstream_binaries() -> None:
-    ok, reason = upstream.available()
-    if ok:
-        return
-    if os.environ.get("PORTMAPCTL_REQUIRE_NETNS") == "1":
-        pytest.fail(f"PORTMAPCTL_REQUIRE_NETNS=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
+    rp.require(upstream.available())
 
 
 @pytest.fixture
@@ -40,11 +34,7 @@ def node() -> Iterator[str]:
         rp.delete_netns(name)
 
 
-def _pm(host: int, container: int, proto: str = "tcp", host_ip: str | None = None) -> dict:
-    entry = {"hostPort": host, "containerPort": container, "protocol": proto}
-    if host_ip is not None:
-        entry["hostIP"] = host_ip
-    return entry
+_pm = rp.port_mapping
 
 
 WEB = ("web1", ["10.88.0.5/16", "fd00:88::5/64"], [_pm(8080, 80), _pm(5353, 53, "udp")])

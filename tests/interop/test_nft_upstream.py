@@ -12,8 +12,7 @@ The binaries come from `<repo>/../shared/reference/upstream/bin` (or
 
 from __future__ import annotations
 
-import os
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Iterator, List, Sequence
 
 import nftcases
 import pytest
@@ -32,12 +31,7 @@ pytestmark = pytest.mark.netns
 
 @pytest.fixture(autouse=True)
 def _upstream_binaries() -> None:
-    ok, reason = upstream.available()
-    if ok:
-        return
-    if os.environ.get("PORTMAPCTL_REQUIRE_NETNS") == "1":
-        pytest.fail(f"PORTMAPCTL_REQUIRE_NETNS=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
+    rp.require(upstream.available())
 
 
 @pytest.fixture
@@ -49,11 +43,7 @@ def node() -> Iterator[str]:
         rp.delete_netns(name)
 
 
-def _pm(host: int, container: int, proto: str = "tcp", host_ip: str | None = None) -> dict:
-    entry: Dict[str, Any] = {"hostPort": host, "containerPort": container, "protocol": proto}
-    if host_ip is not None:
-        entry["hostIP"] = host_ip
-    return entry
+_pm = rp.port_mapping
 
 
 def _step(cid: str, network: str, ips: Sequence[str], ports: Sequence[dict], **options) -> dict:

@@ -21,7 +21,6 @@ import base64
 import functools
 import io
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -388,16 +387,7 @@ def _ports(*specs: str) -> List[dict]:
     return found
 
 
-def _require(available: tuple[bool, str]) -> None:
-    """As tests/conftest.py's: skip, or fail under PORTMAPCTL_REQUIRE_NETNS=1. Not
-    imported from there: `from conftest import` finds whichever conftest module was
-    loaded first, and in one session over every tier that is tests/e2e/conftest.py."""
-    ok, reason = available
-    if ok:
-        return
-    if os.environ.get("PORTMAPCTL_REQUIRE_NETNS") == "1":
-        pytest.fail(f"PORTMAPCTL_REQUIRE_NETNS=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
+_require = rp.require
 
 
 @pytest.fixture(scope="module")
