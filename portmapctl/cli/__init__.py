@@ -7,18 +7,14 @@ one line on stderr with its SPEC §4 exit code, never a traceback (unless -v).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
 import sys
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Tuple
 
 import typer
 
 from portmapctl import __version__
-from portmapctl.cli import add as add_cli
-from portmapctl.cli import check as check_cli
-from portmapctl.cli import flush_udp as flush_udp_cli
-from portmapctl.cli import gc as gc_cli
-from portmapctl.cli import list as list_cli
 from portmapctl.cli._common import _isatty
 from portmapctl.errors import PortmapctlError
 
@@ -37,14 +33,38 @@ Exit codes: 0 done (check: healthy), 1 problems found / could not apply,
 2 bad input, 3 environment (not root, no iptables, no such namespace).
 """
 
-COMMANDS: Tuple[Tuple[str, Callable[..., Any], str], ...] = (
-    ("list", list_cli.list_command, list_cli.EXAMPLES),
-    ("add", add_cli.add_command, add_cli.EXAMPLES),
-    ("check", check_cli.check_command, check_cli.EXAMPLES),
-    ("gc", gc_cli.gc_command, gc_cli.EXAMPLES),
-    ("flush-udp", flush_udp_cli.flush_udp_command, flush_udp_cli.EXAMPLES),
+
+
+class CommandModule(NamedTuple):
+    """Where a command lives: `portmapctl.cli.<module>.<function>`, with EXAMPLES."""
+
+    name: str
+    module: str
+    function: str
+
+
+COMMAND_MODULES: Tuple[CommandModule, ...] = (
+    CommandModule("list", "list", "list_command"),
+    CommandModule("add", "add", "add_command"),
+    CommandModule("check", "check", "check_command"),
+    CommandModule("gc", "gc", "gc_command"),
+    CommandModule("flush-udp", "flush_udp", "flush_udp_command"),
 )
-"""Every command: name, function, examples (the epilog of its --help)."""
+"""Every command, in --help's order. A command's module is imported only when that
+command runs (or the whole app is built for --help): each one imports typer option
+declarations and its own library entry points, which the others do not need."""
+
+
+class Command(NamedTuple):
+    name: str
+    function: Callable[..., Any]
+    examples: str
+
+
+def load_command(entry: CommandModule) -> Command:
+    """The command's function and examples (the epilog of its --help), imported now."""
+    module = importlib.import_module(f"portmapctl.cli.{entry.module}")
+    return Command(entry.name, getattr(module, entry.function), module.EXAMPLES)
 
 
 def _version(value: bool) -> None:
@@ -73,13 +93,20 @@ def build_app(only: Optional[str] = None) -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     built.callback()(_root)
-    chosen = [c for c in COMMANDS if c[0] == only] or COMMANDS
-    for name, function, examples in chosen:
+    chosen = [c for c in COMMAND_MODULES if c.name == only] or COMMAND_MODULES
+    for name, function, examples in map(load_command, chosen):
         built.command(name, epilog=examples)(function)
     return built
 
 
-app = build_app()
+def __getattr__(name: str) -> Any:
+    """`app` (every command) and `COMMANDS` are built on first use: a run of one
+    command imports that command's module only."""
+    if name == "app":
+        return build_app()
+    if name == "COMMANDS":
+        return tuple(map(load_command, COMMAND_MODULES))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _verbose(argv: List[str]) -> bool:
@@ -97,8 +124,8 @@ def _click_command(args: List[str]) -> Any:
     command, else the whole app. Typer builds every command's options from its
     signature, 12 ms for all five, a tenth of what `add` takes (SPEC §6)."""
     name = args[0] if args else None
-    known = any(c[0] == name for c in COMMANDS)
-    return typer.main.get_command(build_app(name) if known else app)
+    known = any(c.name == name for c in COMMAND_MODULES)
+    return typer.main.get_command(build_app(name if known else None))
 
 
 class Interrupted(BaseException):

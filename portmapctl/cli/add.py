@@ -262,8 +262,16 @@ def add_command(
     )
     options = common.node_options()
     with opened(options, write=not dry_run) as node:
-        clashes = shadow_warnings(config, node.read())
-        result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp)
+        if config.backend == "nftables":
+            # (The iptables table as before: an nftables mapping has no entry chain.)
+            clashes = shadow_warnings(config, node.read())
+            result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp)
+        else:
+            # What add read (or listed meanwhile): not a second read of the whole table.
+            result = add(
+                node, config, dry_run=dry_run, flush_udp=not no_flush_udp, look_around=True
+            )
+            clashes = shadow_warnings(config, result.seen)
     for warning in clashes:
         out.warn(warning)
     for warning in result.warnings:
@@ -292,6 +300,10 @@ def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[
     address). iptables takes the first entry rule and the plugin appends, so a new
     mapping is shadowed by the one that wins there now; a mapping re-added keeps its
     place, and shadows (or is shadowed by) what the table says."""
+    from portmapctl.iptables.chains import is_plugin_chain
+
+    if not any(is_plugin_chain(name) for table in tables.values() for name in table.chains):
+        return []  # no other mapping to meet (the inventory's import is not free)
     from portmapctl.core.status import Status
     from portmapctl.iptables import inventory
 
