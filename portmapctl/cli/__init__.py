@@ -1,7 +1,8 @@
 """The command line: a thin layer over the library (one small module per command).
 
-`main()` runs the typer app in non-standalone mode so that every failure becomes
-one line on stderr with its SPEC §4 exit code, never a traceback (unless -v).
+`main()` runs the typer app (cli/typer_app.py) in non-standalone mode so that every
+failure becomes one line on stderr with its SPEC §4 exit code, never a traceback
+(unless -v); `add` with plain options is parsed by cli/add_fast.py, without typer.
 """
 
 from __future__ import annotations
@@ -12,27 +13,8 @@ import signal
 import sys
 from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Tuple
 
-import typer
-
-from portmapctl import __version__
 from portmapctl.cli._common import _isatty
 from portmapctl.errors import PortmapctlError
-
-HELP = """Inspect and repair the NAT chains and UDP conntrack state that the CNI
-portmap plugin leaves on a node.
-
-Examples:
-
-\b
-  portmapctl list
-
-\b
-  portmapctl add --network mynet --container abc123 --ip 10.88.0.5/16 -p 8080:80
-
-Exit codes: 0 done (check: healthy), 1 problems found / could not apply,
-2 bad input, 3 environment (not root, no iptables, no such namespace).
-"""
-
 
 
 class CommandModule(NamedTuple):
@@ -67,45 +49,15 @@ def load_command(entry: CommandModule) -> Command:
     return Command(entry.name, getattr(module, entry.function), module.EXAMPLES)
 
 
-def _version(value: bool) -> None:
-    if value:
-        sys.stdout.write(f"portmapctl {__version__}\n")
-        raise typer.Exit(0)
-
-
-def _root(
-    version: Optional[bool] = typer.Option(
-        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """Inspect and repair the state of the CNI portmap plugin."""
-
-
-def build_app(only: Optional[str] = None) -> typer.Typer:
-    """The typer app with every command, or with the one named `only` (when it is one)."""
-    built = typer.Typer(
-        name="portmapctl",
-        help=HELP,
-        no_args_is_help=True,
-        add_completion=True,
-        pretty_exceptions_enable=False,
-        rich_markup_mode=None,
-        context_settings={"help_option_names": ["-h", "--help"]},
-    )
-    built.callback()(_root)
-    chosen = [c for c in COMMAND_MODULES if c.name == only] or COMMAND_MODULES
-    for name, function, examples in map(load_command, chosen):
-        built.command(name, epilog=examples)(function)
-    return built
-
-
 def __getattr__(name: str) -> Any:
     """`app` (every command) and `COMMANDS` are built on first use: a run of one
-    command imports that command's module only."""
-    if name == "app":
-        return build_app()
+    command imports that command's module only (and `add` not even typer)."""
     if name == "COMMANDS":
         return tuple(map(load_command, COMMAND_MODULES))
+    if name in ("app", "HELP", "build_app", "_click_command"):
+        from portmapctl.cli import typer_app as built
+
+        return built.build_app() if name == "app" else getattr(built, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -117,15 +69,6 @@ def _one_line(text: str) -> str:
     """The message as one printable line: a newline or an escape sequence in a name
     or path the user gave must not start a line of its own or steer the terminal."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _click_command(args: List[str]) -> Any:
-    """The click command to run: for `portmapctl COMMAND ...` an app holding that one
-    command, else the whole app. Typer builds every command's options from its
-    signature, 12 ms for all five, a tenth of what `add` takes (SPEC §6)."""
-    name = args[0] if args else None
-    known = any(c.name == name for c in COMMAND_MODULES)
-    return typer.main.get_command(build_app(name if known else None))
 
 
 class Interrupted(BaseException):
@@ -158,14 +101,44 @@ def _interrupted() -> None:
     sys.exit(130)
 
 
+def _typer_failure(err: Exception) -> None:
+    """Exit as typer's own exceptions ask (when typer ran: the fast path has none)."""
+    typer = sys.modules.get("typer")
+    if typer is None:
+        return
+    if isinstance(err, typer.Abort):
+        _interrupted()
+    if isinstance(err, typer.Exit):
+        sys.exit(err.exit_code)
+    if isinstance(err, typer.TyperException):
+        # Usage errors (typer's click): its message, and where to read more.
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = " ".join(err.format_message().split())  # type: ignore[attr-defined]
+        sys.stderr.write(f"portmapctl: error: {_one_line(message)}{hint}\n")
+        sys.exit(getattr(err, "exit_code", 2))
+
+
+def _by_typer(args: List[str]) -> Callable[[], Any]:
+    from portmapctl.cli.typer_app import _click_command
+
+    command = _click_command(args)
+    return lambda: command.main(args=args, prog_name="portmapctl", standalone_mode=False)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
+    from portmapctl.cli import add_fast
+
     args = sys.argv[1:] if argv is None else argv
     if not args:
         args = ["--help"]
-    command = _click_command(args)
+    # `add` as scripts and runtimes call it is parsed without typer (SPEC §6: typer's
+    # import is a third of add's time); anything else, --help and every mistake
+    # included, goes to typer, which has the only words for them.
+    run = add_fast.runner(args) or _by_typer(args)
     try:
         with _ctrl_c_raises_interrupted():
-            code = command.main(args=args, prog_name="portmapctl", standalone_mode=False)
+            code = run()
     except PortmapctlError as err:
         if _verbose(args):
             raise
@@ -173,18 +146,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(err.exit_code)
     except BrokenPipeError:
         sys.exit(0)
-    except (Interrupted, KeyboardInterrupt, typer.Abort):
+    except (Interrupted, KeyboardInterrupt):
         _interrupted()
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except typer.TyperException as err:
-        # Usage errors (typer's click): its message, and where to read more.
-        ctx = getattr(err, "ctx", None)
-        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        message = " ".join(err.format_message().split())  # type: ignore[attr-defined]
-        sys.stderr.write(f"portmapctl: error: {_one_line(message)}{hint}\n")
-        sys.exit(getattr(err, "exit_code", 2))
     except Exception as err:  # noqa: BLE001 - the one place that turns every failure into a line
+        _typer_failure(err)
         if _verbose(args):
             raise
         sys.stderr.write(

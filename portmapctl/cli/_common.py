@@ -8,8 +8,6 @@ works as people type it (SPEC §3).
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import json
 import os
 import sys
@@ -25,12 +23,9 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
-    get_type_hints,
 )
 
-import typer
-
-from portmapctl.host.paths import CNI_CACHE_DIR, DEFAULT_CNI_CACHE_DIRS, MULTUS_CACHE_DIR
+from portmapctl.host.paths import CNI_CACHE_DIR, DEFAULT_CNI_CACHE_DIRS
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -38,10 +33,11 @@ if TYPE_CHECKING:
     from portmapctl.ops.metrics import Recorder
     from portmapctl.ops.node import NodeOptions
 
+# Annotated: re-exported for the command modules' option declarations.
 try:
-    from typing import Annotated
+    from typing import Annotated  # noqa: F401
 except ImportError:  # Python 3.8
-    from typing_extensions import Annotated  # type: ignore[assignment]
+    from typing_extensions import Annotated  # type: ignore[assignment]  # noqa: F401
 
 
 class BackendChoice(str, Enum):
@@ -89,46 +85,6 @@ class ProtoChoice(str, Enum):
 NETNS_DIR = "/run/netns"
 
 
-def _cache_dir(ctx: typer.Context) -> Tuple[str, ...]:
-    value = (ctx.params or {}).get("cni_cache_dir")
-    if isinstance(value, str) and value:
-        return (value,)
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    return DEFAULT_CNI_CACHE_DIRS
-
-
-def complete_container(ctx: typer.Context, incomplete: str) -> List[Tuple[str, str]]:
-    """Container IDs from the CNI cache (with their network as the hint)."""
-    try:
-        from portmapctl.cni.cache import cached_names
-
-        return [
-            (container, f"network {network}")
-            for network, container in sorted(cached_names(_cache_dir(ctx)), key=lambda n: n[1])
-            if container.startswith(incomplete)
-        ]
-    except Exception:  # noqa: BLE001 - a completion must never print a traceback
-        return []
-
-
-def complete_network(ctx: typer.Context, incomplete: str) -> List[Tuple[str, str]]:
-    """Network names from the CNI cache (with how many containers they hold)."""
-    try:
-        from portmapctl.cni.cache import cached_names
-
-        counts: dict = {}
-        for network, _container in cached_names(_cache_dir(ctx)):
-            counts[network] = counts.get(network, 0) + 1
-        return [
-            (network, f"{count} cached container{'s' if count != 1 else ''}")
-            for network, count in sorted(counts.items())
-            if network.startswith(incomplete)
-        ]
-    except Exception:  # noqa: BLE001 - a completion must never print a traceback
-        return []
-
-
 def complete_netns(incomplete: str) -> List[str]:
     """Names of the namespaces `ip netns` knows (a path is completed by the shell)."""
     try:
@@ -137,169 +93,40 @@ def complete_netns(incomplete: str) -> List[str]:
         return []
 
 
-PANEL = "Common options"
-
-# The options every command takes (SPEC §3), declared once: `common_options` adds them
-# to each command's signature and hands the command one `Common` value.
-COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
-    (
-        "backend",
-        Annotated[
-            BackendChoice,
-            typer.Option(
-                "--backend",
-                help="Which of the plugin's backends to work on: auto follows each"
-                " container's cached config.",
-                rich_help_panel=PANEL,
-            ),
-        ],
-        BackendChoice.auto,
-    ),
-    (
-        "iptables",
-        Annotated[
-            IptablesChoice,
-            typer.Option(
-                "--iptables",
-                envvar="PORTMAPCTL_IPTABLES",
-                help="How iptables is read and written: auto picks what the host's iptables is.",
-                rich_help_panel=PANEL,
-            ),
-        ],
-        IptablesChoice.auto,
-    ),
-    (
-        "family",
-        Annotated[
-            FamilyChoice,
-            typer.Option("--family", help="Address families to work on.", rich_help_panel=PANEL),
-        ],
-        FamilyChoice.all,
-    ),
-    (
-        "netns",
-        Annotated[
-            Optional[str],
-            typer.Option(
-                "--netns",
-                metavar="NAME|PATH",
-                help="Work inside this network namespace (/run/netns/NAME or a path).",
-                rich_help_panel=PANEL,
-                autocompletion=complete_netns,
-            ),
-        ],
-        None,
-    ),
-    (
-        "cni_cache_dir",
-        Annotated[
-            Optional[List[str]],
-            typer.Option(
-                "--cni-cache-dir",
-                metavar="DIR",
-                # Several directories in the variable: separated by spaces (click's rule).
-                envvar="PORTMAPCTL_CNI_CACHE_DIR",
-                help=f"libcni's cache directory, results/ below it (repeat for more;"
-                f" default {CNI_CACHE_DIR} and, where it exists, {MULTUS_CACHE_DIR}).",
-                rich_help_panel=PANEL,
-            ),
-        ],
-        None,
-    ),
-    (
-        "output",
-        Annotated[
-            OutputChoice,
-            typer.Option(
-                "--output",
-                "-o",
-                help="Table (fits 80 columns), wide table (all columns), or JSON.",
-                rich_help_panel=PANEL,
-            ),
-        ],
-        OutputChoice.table,
-    ),
-    (
-        "no_headers",
-        Annotated[
-            bool,
-            typer.Option(
-                "--no-headers", help="Tables without the header line.", rich_help_panel=PANEL
-            ),
-        ],
-        False,
-    ),
-    (
-        "no_trunc",
-        Annotated[
-            bool,
-            typer.Option(
-                "--no-trunc",
-                help="Full container IDs and texts (tables show 12-character IDs).",
-                rich_help_panel=PANEL,
-            ),
-        ],
-        False,
-    ),
-    (
-        "no_color",
-        Annotated[
-            bool,
-            typer.Option(
-                "--no-color",
-                help="Plain output (also: NO_COLOR, or stdout not a terminal; FORCE_COLOR forces"
-                " colour).",
-                rich_help_panel=PANEL,
-            ),
-        ],
-        False,
-    ),
-    (
-        "quiet",
-        Annotated[
-            bool,
-            typer.Option(
-                "--quiet", "-q", help="Print the summary line only.", rich_help_panel=PANEL
-            ),
-        ],
-        False,
-    ),
-    (
-        "verbose",
-        Annotated[
-            bool,
-            typer.Option(
-                "--verbose",
-                "-v",
-                help="Print more (and tracebacks on errors).",
-                rich_help_panel=PANEL,
-            ),
-        ],
-        False,
-    ),
+# The names of the common options, in COMMON_PARAMETERS' order (cli/_options.py, where
+# typer declares them: imported only when typer parses a command line).
+COMMON_NAMES = (
+    "backend",
+    "iptables",
+    "family",
+    "netns",
+    "cni_cache_dir",
+    "output",
+    "no_headers",
+    "no_trunc",
+    "no_color",
+    "quiet",
+    "verbose",
+)
+_TYPER_DECLARED = (
+    "PANEL",
+    "COMMON_PARAMETERS",
+    "NftSnapshotOpt",
+    "MetricsFileOpt",
+    "common_options",
+    "complete_container",
+    "complete_network",
 )
 
-# Not common: only the commands that report metrics take it (list, check, gc).
-NftSnapshotOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--nft-snapshot",
-        metavar="FILE",
-        help="Read `nft -j list ruleset` output ('-' for stdin), not the kernel.",
-    ),
-]
-MetricsFileOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--metrics-file",
-        metavar="PATH",
-        envvar="PORTMAPCTL_METRICS_FILE",
-        help="Also write this run's Prometheus metrics to PATH (a .prom file in the"
-        " node_exporter's textfile directory), atomically. A failed write is a warning,"
-        " never a failed command.",
-        show_envvar=True,
-    ),
-]
+
+def __getattr__(name: str) -> Any:
+    """The typer declarations, from cli/_options.py, for the modules that import them
+    from here (every command module): typer is imported then, not before."""
+    if name in _TYPER_DECLARED:
+        from portmapctl.cli import _options
+
+        return getattr(_options, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def families(value: FamilyChoice) -> Tuple[int, ...]:
@@ -402,37 +229,6 @@ class Common:
             backend=self.backend.value,
             nft_snapshot=nft_snapshot,
         )
-
-
-_COMMON_NAMES = tuple(name for name, _, _ in COMMON_PARAMETERS)
-
-
-def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """`command(common: Common, **its own options)` as a typer command that also takes
-    the common options: they are declared once (COMMON_PARAMETERS), after its own in
-    `--help`, and reach the command as one `Common`."""
-    own = inspect.signature(command)
-    hints = get_type_hints(command, include_extras=True)
-    parameters = [
-        p.replace(annotation=hints.get(p.name, p.annotation))
-        for p in own.parameters.values()
-        if p.name != "common"
-    ]
-    parameters += [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint)
-        for name, hint, default in COMMON_PARAMETERS
-    ]
-
-    @functools.wraps(command)
-    def run(**values: Any) -> Any:
-        given = {name: values.pop(name) for name in _COMMON_NAMES}
-        if given["cni_cache_dir"] is not None:
-            given["cni_cache_dir"] = tuple(given["cni_cache_dir"]) or None
-        return command(common=Common(**given), **values)
-
-    run.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
-    run.__annotations__ = {p.name: p.annotation for p in parameters}
-    return run
 
 
 BUSY_AFTER = 1.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import List, Optional
 
 import typer
 
@@ -13,11 +13,11 @@ from portmapctl.cli._common import (
     complete_container,
     complete_network,
 )
-from portmapctl.iptables.chains import dnat_chain_name
 
-if TYPE_CHECKING:
-    from portmapctl.core.mapping import MappingConfig
-    from portmapctl.iptables.ruleset import NatTable
+# The implementation: without typer, for add's fast path (cli/add_fast.py) too.
+from portmapctl.cli.add_run import mapping_from_options, shadow_warnings, with_backend
+
+__all__ = ["add_command", "mapping_from_options", "shadow_warnings", "with_backend"]
 
 # \b: click keeps the next paragraph as written (an example must stay one line).
 EXAMPLES = """
@@ -143,78 +143,6 @@ IfName = Annotated[
 ]
 
 
-def mapping_from_options(
-    network: Optional[str],
-    container: Optional[str],
-    ip: Optional[List[str]],
-    publish: Optional[List[str]],
-    no_snat: bool,
-    masq_all: bool,
-    mark_bit: Optional[int],
-    external_setmark_chain: Optional[str],
-    conditions_v4: Optional[str],
-    conditions_v6: Optional[str],
-    cni_config: Optional[str],
-    ifname: str,
-    *,
-    backend: str,
-) -> MappingConfig:
-    """Validate the mapping options (shared by add and check) into a MappingConfig,
-    held to --backend."""
-    from portmapctl.cni import config as cni_json
-    from portmapctl.core import validate
-    from portmapctl.errors import BadInput
-    from portmapctl.host import files
-
-    if container is None:
-        raise BadInput("--container is required")
-    ifname = validate.ifname(ifname)
-    if cni_config is not None:
-        given = [
-            name for name, value in (("--network", network), ("--ip", ip), ("-p", publish)) if value
-        ]
-        if given:
-            raise BadInput(f"--cni-config cannot be combined with {', '.join(given)}")
-        source = "<stdin>" if cni_config == "-" else cni_config
-        conf = cni_json.load_json(files.read_text(cni_config, "--cni-config"), source)
-        parsed = cni_json.plugin_config(
-            conf, validate.cni_name(container, "container ID"), source, ifname=ifname
-        )
-        return with_backend(validate.buildable(parsed), backend)
-    if network is None:
-        raise BadInput("--network is required (or give --cni-config)")
-    if not publish:
-        raise BadInput("give at least one -p [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]")
-    config = validate.mapping_config(
-        network=network,
-        container_id=container,
-        addresses=[validate.interface(value) for value in ip or []],
-        ports=[validate.port_spec(spec) for spec in publish],
-        snat=not no_snat,
-        mark=mark_bit,
-        external_setmark_chain=external_setmark_chain,
-        conditions_v4=validate.conditions(conditions_v4, "--conditions-v4"),
-        conditions_v6=validate.conditions(conditions_v6, "--conditions-v6"),
-        masq_all=masq_all,
-    )
-    return with_backend(validate.buildable(config), backend)
-
-
-def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
-    """--backend against the config's own `backend` key (from --cni-config)."""
-    from dataclasses import replace
-
-    from portmapctl.errors import BadInput
-
-    if backend == "auto":
-        return config
-    if config.backend not in (None, backend):
-        raise BadInput(
-            f'--backend {backend} contradicts the config\'s "backend": "{config.backend}"'
-        )
-    return replace(config, backend=backend)
-
-
 @common_options
 def add_command(
     common: Common,
@@ -240,116 +168,22 @@ def add_command(
     """Create a container's port mappings, idempotently, as the plugin's ADD would.
     Prints what it did on stdout (with --dry-run: the transaction); warns on stderr
     when a host port is already taken."""
-    from portmapctl import render
-    from portmapctl.ops.add import add
-    from portmapctl.ops.node import opened
+    from portmapctl.cli import add_run
 
-    out = common.out()
-    config = mapping_from_options(
-        network,
-        container,
-        ip,
-        publish,
-        no_snat,
-        masq_all,
-        mark_bit,
-        external_setmark_chain,
-        conditions_v4,
-        conditions_v6,
-        cni_config,
-        ifname,
-        backend=common.backend.value,
+    add_run.run(
+        common,
+        network=network,
+        container=container,
+        ip=ip,
+        publish=publish,
+        no_snat=no_snat,
+        masq_all=masq_all,
+        mark_bit=mark_bit,
+        external_setmark_chain=external_setmark_chain,
+        conditions_v4=conditions_v4,
+        conditions_v6=conditions_v6,
+        cni_config=cni_config,
+        ifname=ifname,
+        no_flush_udp=no_flush_udp,
+        dry_run=dry_run,
     )
-    options = common.node_options()
-    with opened(options, write=not dry_run) as node:
-        if config.backend == "nftables":
-            # (The iptables table as before: an nftables mapping has no entry chain.)
-            clashes = shadow_warnings(config, node.read())
-            result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp)
-        else:
-            # What add read (or listed meanwhile): not a second read of the whole table.
-            result = add(
-                node, config, dry_run=dry_run, flush_udp=not no_flush_udp, look_around=True
-            )
-            clashes = shadow_warnings(config, result.seen)
-    for warning in clashes:
-        out.warn(warning)
-    for warning in result.warnings:
-        out.warn(warning)
-    if out.json:
-        out.print_json(render.add_json(result, common.cache().json(), clashes))
-        return
-    # An nftables mapping has no chain of its own: its rules carry the container ID.
-    chain = "nftables rules" if config.backend == "nftables" else dnat_chain_name(config)
-    who = f"{config.network}/{render.short_id(config.container_id, out.no_trunc)}"
-    if dry_run:
-        if result.transactions:
-            out.show_text(render.transactions_text(result.transactions))
-            out.summary(f"would add {chain} ({who}) (dry run)")
-        else:
-            out.summary(f"unchanged: {chain} ({who}) is already in place (dry run)")
-        return
-    if result.changed:
-        out.summary(f"added {chain} ({who})")
-    else:
-        out.summary(f"unchanged: {chain} ({who}) is already in place")
-
-
-def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[str]:
-    """Host ports another container maps too (same family and protocol, overlapping host
-    address). iptables takes the first entry rule and the plugin appends, so a new
-    mapping is shadowed by the one that wins there now; a mapping re-added keeps its
-    place, and shadows (or is shadowed by) what the table says."""
-    from portmapctl.iptables.chains import is_plugin_chain
-
-    if not any(is_plugin_chain(name) for table in tables.values() for name in table.chains):
-        return []  # no other mapping to meet (the inventory's import is not free)
-    from portmapctl.core.status import Status
-    from portmapctl.iptables import inventory
-
-    found = inventory.build(tables)
-    own = dnat_chain_name(config)
-    warnings = []
-    for port in config.ports:
-        for family in config.families:
-            if family not in tables or not port.applies_to(family):
-                continue
-            key = (family, port.protocol, port.host_port, port.host_ip_for_rule())
-            same = [m for m in found.mappings if _same_port(m, *key)]
-            mine = [m for m in same if m.chain == own]
-            others = [m for m in same if m.chain != own]
-            where = f"IPv{family} {port.protocol}/{port.host_port}"
-            if not mine:
-                # New: appended after all of them; the one that wins now keeps winning.
-                winners = [m for m in others if Status.SHADOWED not in m.status] or others
-                if winners:
-                    warnings.append(
-                        f"{where} is mapped first to {_owner(winners[0])}: this mapping"
-                        " will be shadowed (it gets no traffic there)"
-                    )
-                continue
-            for m in others:
-                if any(x.shadowed_by == m.chain for x in mine):
-                    warnings.append(
-                        f"{where} is mapped first to {_owner(m)}: this mapping is"
-                        " shadowed (it gets no traffic there)"
-                    )
-                elif m.shadowed_by == own:
-                    warnings.append(
-                        f"{where} is mapped to {_owner(m)} too: this mapping comes first"
-                        " and shadows it"
-                    )
-    return warnings
-
-
-def _same_port(m: Any, family: int, protocol: str, host_port: int, host_ip: Optional[str]) -> bool:
-    return (
-        m.family == family
-        and m.protocol == protocol
-        and m.host_port == host_port
-        and (host_ip is None or m.host_ip is None or m.host_ip == host_ip)
-    )
-
-
-def _owner(m: Any) -> str:
-    return f"{m.network or '?'}/{(m.container_id or '?')[:12]} ({m.chain})"

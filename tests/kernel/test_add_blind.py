@@ -205,3 +205,43 @@ def test_adds_while_the_plugin_adds_and_deletes(host_ns):
         entries = Counter(rule_target(r) for r in open_backend(mode).read(4).rules(TOPLEVEL_DNAT))
     assert len(entries) == 1 + len(ours) + len(plugin_live)
     assert set(entries.values()) == {2}
+
+
+def _warnings(done) -> List[str]:
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [line for line in done.stderr.splitlines() if line.startswith("portmapctl: warning:")]
+
+
+def test_shadow_warning_without_a_save_says_what_the_whole_table_says(host_ns, iptables_mode):
+    """Written without a read, add lists CNI-HOSTPORT-DNAT alone (and the chains its
+    rules for the same port numbers jump to): the warnings are those of the dry run,
+    which reads and plans against the whole table. Around the new mappings: a port
+    taken on every address, one taken on one host IP only, and a port whose number
+    contains the new one's (18080 holds "8080": found by text, then told apart)."""
+    taken = [
+        ("a", "10.88.0.2/16", [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+        ("b", "10.88.0.3/16", [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]),
+        (
+            "c",
+            "10.88.0.4/16",
+            [{"hostPort": 9090, "containerPort": 90, "protocol": "tcp", "hostIP": "192.0.2.1"}],
+        ),
+    ]
+    for cid, ip, ports in taken:
+        conf = rp.plugin_conf(NET, [ip], ports)
+        done = rp.run_plugin("ADD", host_ns, cid, conf, mode=iptables_mode)
+        assert done.returncode == 0, done.stdout + done.stderr
+    cases = [
+        ("d", ["-p", "8080:80"], 1),  # shadowed by a
+        ("e", ["-p", "8081:80", "-p", "18081:81/udp"], 0),
+        ("f", ["-p", "198.51.100.1:9090:90"], 0),  # another host IP than c's
+        ("g", ["-p", "9090:90"], 1),  # every address, 192.0.2.1 included: c comes first
+        ("h", ["-p", "80:80"], 0),  # a number inside others' (8080, 18080)
+    ]
+    for cid, ports, expected in cases:
+        args = ["add", "--netns", host_ns, "--iptables", iptables_mode, "--network", NET]
+        args += ["--container", cid, "--ip", f"10.88.1.{ord(cid)}/16", *ports]
+        dry = _warnings(run([*args, "--dry-run"]))
+        assert len(dry) == expected, dry
+        assert _warnings(run(args)) == dry
+    _no_duplicates(host_ns, iptables_mode)

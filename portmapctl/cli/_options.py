@@ -1,0 +1,267 @@
+"""The common options as typer declares them (SPEC §3), and `common_options`, which
+adds them to a command.
+
+Apart from cli/_common.py (which re-exports these names) so that what a command runs
+with, `Common` and `Output`, can be imported without typer: `add`'s fast path
+(cli/add_fast.py) parses its options with the standard library.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, List, Optional, Tuple, get_type_hints
+
+import typer
+
+from portmapctl.cli._common import (
+    COMMON_NAMES,
+    Annotated,
+    BackendChoice,
+    Common,
+    FamilyChoice,
+    IptablesChoice,
+    OutputChoice,
+    complete_netns,
+)
+from portmapctl.host.paths import CNI_CACHE_DIR, DEFAULT_CNI_CACHE_DIRS, MULTUS_CACHE_DIR
+
+# Completion of values (typer `autocompletion=`): typer reads their annotations, so
+# they live where typer is imported.
+
+def _cache_dir(ctx: typer.Context) -> Tuple[str, ...]:
+    value = (ctx.params or {}).get("cni_cache_dir")
+    if isinstance(value, str) and value:
+        return (value,)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return DEFAULT_CNI_CACHE_DIRS
+
+
+def complete_container(ctx: typer.Context, incomplete: str) -> List[Tuple[str, str]]:
+    """Container IDs from the CNI cache (with their network as the hint)."""
+    try:
+        from portmapctl.cni.cache import cached_names
+
+        return [
+            (container, f"network {network}")
+            for network, container in sorted(cached_names(_cache_dir(ctx)), key=lambda n: n[1])
+            if container.startswith(incomplete)
+        ]
+    except Exception:  # noqa: BLE001 - a completion must never print a traceback
+        return []
+
+
+def complete_network(ctx: typer.Context, incomplete: str) -> List[Tuple[str, str]]:
+    """Network names from the CNI cache (with how many containers they hold)."""
+    try:
+        from portmapctl.cni.cache import cached_names
+
+        counts: dict = {}
+        for network, _container in cached_names(_cache_dir(ctx)):
+            counts[network] = counts.get(network, 0) + 1
+        return [
+            (network, f"{count} cached container{'s' if count != 1 else ''}")
+            for network, count in sorted(counts.items())
+            if network.startswith(incomplete)
+        ]
+    except Exception:  # noqa: BLE001 - a completion must never print a traceback
+        return []
+
+
+
+PANEL = "Common options"
+
+# The options every command takes (SPEC §3), declared once: `common_options` adds them
+# to each command's signature and hands the command one `Common` value.
+COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
+    (
+        "backend",
+        Annotated[
+            BackendChoice,
+            typer.Option(
+                "--backend",
+                help="Which of the plugin's backends to work on: auto follows each"
+                " container's cached config.",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        BackendChoice.auto,
+    ),
+    (
+        "iptables",
+        Annotated[
+            IptablesChoice,
+            typer.Option(
+                "--iptables",
+                envvar="PORTMAPCTL_IPTABLES",
+                help="How iptables is read and written: auto picks what the host's iptables is.",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        IptablesChoice.auto,
+    ),
+    (
+        "family",
+        Annotated[
+            FamilyChoice,
+            typer.Option("--family", help="Address families to work on.", rich_help_panel=PANEL),
+        ],
+        FamilyChoice.all,
+    ),
+    (
+        "netns",
+        Annotated[
+            Optional[str],
+            typer.Option(
+                "--netns",
+                metavar="NAME|PATH",
+                help="Work inside this network namespace (/run/netns/NAME or a path).",
+                rich_help_panel=PANEL,
+                autocompletion=complete_netns,
+            ),
+        ],
+        None,
+    ),
+    (
+        "cni_cache_dir",
+        Annotated[
+            Optional[List[str]],
+            typer.Option(
+                "--cni-cache-dir",
+                metavar="DIR",
+                # Several directories in the variable: separated by spaces (click's rule).
+                envvar="PORTMAPCTL_CNI_CACHE_DIR",
+                help=f"libcni's cache directory, results/ below it (repeat for more;"
+                f" default {CNI_CACHE_DIR} and, where it exists, {MULTUS_CACHE_DIR}).",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        None,
+    ),
+    (
+        "output",
+        Annotated[
+            OutputChoice,
+            typer.Option(
+                "--output",
+                "-o",
+                help="Table (fits 80 columns), wide table (all columns), or JSON.",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        OutputChoice.table,
+    ),
+    (
+        "no_headers",
+        Annotated[
+            bool,
+            typer.Option(
+                "--no-headers", help="Tables without the header line.", rich_help_panel=PANEL
+            ),
+        ],
+        False,
+    ),
+    (
+        "no_trunc",
+        Annotated[
+            bool,
+            typer.Option(
+                "--no-trunc",
+                help="Full container IDs and texts (tables show 12-character IDs).",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        False,
+    ),
+    (
+        "no_color",
+        Annotated[
+            bool,
+            typer.Option(
+                "--no-color",
+                help="Plain output (also: NO_COLOR, or stdout not a terminal; FORCE_COLOR forces"
+                " colour).",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        False,
+    ),
+    (
+        "quiet",
+        Annotated[
+            bool,
+            typer.Option(
+                "--quiet", "-q", help="Print the summary line only.", rich_help_panel=PANEL
+            ),
+        ],
+        False,
+    ),
+    (
+        "verbose",
+        Annotated[
+            bool,
+            typer.Option(
+                "--verbose",
+                "-v",
+                help="Print more (and tracebacks on errors).",
+                rich_help_panel=PANEL,
+            ),
+        ],
+        False,
+    ),
+)
+
+# Not common: only the commands that report metrics take it (list, check, gc).
+NftSnapshotOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--nft-snapshot",
+        metavar="FILE",
+        help="Read `nft -j list ruleset` output ('-' for stdin), not the kernel.",
+    ),
+]
+MetricsFileOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--metrics-file",
+        metavar="PATH",
+        envvar="PORTMAPCTL_METRICS_FILE",
+        help="Also write this run's Prometheus metrics to PATH (a .prom file in the"
+        " node_exporter's textfile directory), atomically. A failed write is a warning,"
+        " never a failed command.",
+        show_envvar=True,
+    ),
+]
+
+
+# (COMMON_NAMES, in cli/_common.py, lists the same names: tests/unit/test_fast_paths_pure.py)
+
+
+def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`command(common: Common, **its own options)` as a typer command that also takes
+    the common options: they are declared once (COMMON_PARAMETERS), after its own in
+    `--help`, and reach the command as one `Common`."""
+    own = inspect.signature(command)
+    hints = get_type_hints(command, include_extras=True)
+    parameters = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in own.parameters.values()
+        if p.name != "common"
+    ]
+    parameters += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint)
+        for name, hint, default in COMMON_PARAMETERS
+    ]
+
+    @functools.wraps(command)
+    def run(**values: Any) -> Any:
+        given = {name: values.pop(name) for name in COMMON_NAMES}
+        if given["cni_cache_dir"] is not None:
+            given["cni_cache_dir"] = tuple(given["cni_cache_dir"]) or None
+        return command(common=Common(**given), **values)
+
+    run.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in parameters}
+    return run
+

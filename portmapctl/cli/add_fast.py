@@ -1,0 +1,153 @@
+"""`portmapctl add` parsed with the standard library, before typer is imported.
+
+`add` is what runtimes and scripts call once per container, where start-up is most of
+the cost (SPEC §6: typer's import alone is a third of an `add` into 1,000 containers).
+Only command lines spelled the plain way are taken: every option by its own name,
+`--name value` or `--name=value`, values that do not start with "-", choices among
+their values. Anything else -- --help, a mistake, a completion request, `-qv`, `--` --
+returns None and typer parses it, so help, error messages and exit codes are typer's
+(tests/unit/test_add_fast.py holds the two to the same result).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List, Optional
+
+# Option name -> (parameter, kind). Kinds: "flag", "value", "many" (repeatable),
+# "int", or the choices of an Enum option. The same names as cli/add.py and
+# cli/_options.py declare for typer.
+_CHOICES = {
+    "backend": ("auto", "iptables", "nftables"),
+    "iptables": ("auto", "nft", "legacy", "iptc"),
+    "family": ("4", "6", "all", "v4", "v6"),
+    "output": ("table", "wide", "json"),
+}
+OPTIONS: Dict[str, tuple] = {
+    "--network": ("network", "value"),
+    "--container": ("container", "value"),
+    "--ip": ("ip", "many"),
+    "--publish": ("publish", "many"),
+    "-p": ("publish", "many"),
+    "--no-snat": ("no_snat", "flag"),
+    "--masq-all": ("masq_all", "flag"),
+    "--mark-bit": ("mark_bit", "int"),
+    "--external-setmark-chain": ("external_setmark_chain", "value"),
+    "--conditions-v4": ("conditions_v4", "value"),
+    "--conditions-v6": ("conditions_v6", "value"),
+    "--cni-config": ("cni_config", "value"),
+    "--ifname": ("ifname", "value"),
+    "--no-flush-udp": ("no_flush_udp", "flag"),
+    "--dry-run": ("dry_run", "flag"),
+    "--backend": ("backend", _CHOICES["backend"]),
+    "--iptables": ("iptables", _CHOICES["iptables"]),
+    "--family": ("family", _CHOICES["family"]),
+    "--netns": ("netns", "value"),
+    "--cni-cache-dir": ("cni_cache_dir", "many"),
+    "--output": ("output", _CHOICES["output"]),
+    "-o": ("output", _CHOICES["output"]),
+    "--no-headers": ("no_headers", "flag"),
+    "--no-trunc": ("no_trunc", "flag"),
+    "--no-color": ("no_color", "flag"),
+    "--quiet": ("quiet", "flag"),
+    "-q": ("quiet", "flag"),
+    "--verbose": ("verbose", "flag"),
+    "-v": ("verbose", "flag"),
+}
+# Options typer also reads from the environment when not given (envvar=).
+ENVIRONMENT = {"iptables": "PORTMAPCTL_IPTABLES", "cni_cache_dir": "PORTMAPCTL_CNI_CACHE_DIR"}
+COMPLETION_ENV = "_PORTMAPCTL_COMPLETE"
+
+
+def parse(args: List[str]) -> Optional[Dict[str, Any]]:
+    """`add`'s options as typer hands them to the command (the common ones included),
+    or None when typer must parse this command line."""
+    if not args or args[0] != "add" or os.environ.get(COMPLETION_ENV):
+        return None
+    given: Dict[str, Any] = {}
+    words = iter(args[1:])
+    for word in words:
+        name, equals, attached = word.partition("=")
+        if name not in OPTIONS or not name.startswith("--") and equals:
+            return None  # a positional, --help, `-p8080:80`, `-qv`, `--`, a typo
+        parameter, kind = OPTIONS[name]
+        if kind == "flag":
+            if equals:
+                return None
+            given[parameter] = True
+            continue
+        value = attached if equals else next(words, None)
+        if value is None or value.startswith("-") and value != "-":
+            return None  # missing, or what click might read as an option: typer's call
+        if kind == "many":
+            given.setdefault(parameter, []).append(value)
+        elif kind == "int":
+            if not (value.isascii() and value.isdigit()):
+                return None
+            given[parameter] = int(value)
+        elif isinstance(kind, tuple) and value not in kind:
+            return None
+        else:
+            given[parameter] = value
+    for parameter, variable in ENVIRONMENT.items():
+        value = os.environ.get(variable, "")
+        if parameter in given or not value:
+            continue
+        if parameter == "iptables":
+            if value not in _CHOICES["iptables"]:
+                return None
+            given[parameter] = value
+        else:
+            # click splits a repeatable option's variable at whitespace
+            if not value.split():
+                return None
+            given[parameter] = value.split()
+    return given
+
+
+def runner(args: List[str]) -> Optional[Callable[[], Any]]:
+    """What `portmapctl ARGS` runs, when ARGS is an `add` this module can parse."""
+    given = parse(args)
+    if given is None:
+        return None
+    from portmapctl.cli import add_run
+    from portmapctl.cli._common import (
+        COMMON_NAMES,
+        BackendChoice,
+        Common,
+        FamilyChoice,
+        IptablesChoice,
+        OutputChoice,
+    )
+
+    enums = {
+        "backend": BackendChoice,
+        "iptables": IptablesChoice,
+        "family": FamilyChoice,
+        "output": OutputChoice,
+    }
+    common: Dict[str, Any] = {}
+    for name in COMMON_NAMES:
+        if name in given:
+            value = given.pop(name)
+            common[name] = enums[name](value) if name in enums else value
+    if "cni_cache_dir" in common:
+        common["cni_cache_dir"] = tuple(common["cni_cache_dir"])
+    options: Dict[str, Any] = {
+        "network": None,
+        "container": None,
+        "ip": None,
+        "publish": None,
+        "no_snat": False,
+        "masq_all": False,
+        "mark_bit": None,
+        "external_setmark_chain": None,
+        "conditions_v4": None,
+        "conditions_v6": None,
+        "cni_config": None,
+        "ifname": "eth0",
+        "no_flush_udp": False,
+        "dry_run": False,
+    }
+    options.update(given)
+    return lambda: add_run.run(Common(**common), **options)
