@@ -103,6 +103,8 @@ def run(
     no_flush_udp: bool,
     dry_run: bool,
 ) -> None:
+    from dataclasses import replace
+
     from portmapctl import render
     from portmapctl.ops.add import add
     from portmapctl.ops.node import opened
@@ -124,6 +126,9 @@ def run(
         backend=common.backend.value,
     )
     options = common.node_options()
+    if config.backend != "nftables":
+        # Written to iptables: nft is not opened (its modules alone are 5-15 ms).
+        options = replace(options, backend="iptables")
     with opened(options, write=not dry_run) as node:
         if config.backend == "nftables":
             # (The iptables table as before: an nftables mapping has no entry chain.)

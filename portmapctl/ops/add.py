@@ -7,7 +7,6 @@ container (IPv4, SNAT on) and a flush of the mapped UDP ports' conntrack entries
 
 from __future__ import annotations
 
-import logging
 import subprocess
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple, TypeVar
@@ -27,8 +26,14 @@ from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target,
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.node import Node
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def _debug(message: str, *args: object) -> None:
+    """A -v detail (logging is imported only then: 3-5 ms of every add otherwise)."""
+    import logging
+
+    logging.getLogger(__name__).debug(message, *args)
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,7 @@ def _in_background(work: Callable[[], T]) -> Callable[[], Optional[T]]:
         try:
             box["result"] = work()
         except (PortmapctlError, OSError) as err:
-            log.debug("listing CNI-HOSTPORT-DNAT for the shadow warning failed: %s", err)
+            _debug("listing CNI-HOSTPORT-DNAT for the shadow warning failed: %s", err)
 
     thread = threading.Thread(target=run, name="shadow-listing", daemon=True)
     thread.start()
@@ -195,7 +200,7 @@ def _apply_blind(node: Node, wanted: List[Chain], family: int) -> Optional[Trans
     try:
         node.backend.apply(txn)
     except ApplyFailed as err:
-        log.debug("IPv%s: planned without a read, refused (%s): reading the table", family, err)
+        _debug("IPv%s: planned without a read, refused (%s): reading the table", family, err)
         return None
     return txn.without_checks()
 

@@ -218,8 +218,8 @@ def flush(
     mappings: List[Mapping] = []
     warnings: Tuple[str, ...] = ()
     if ports is None or container is not None or stale_only:
-        tables = node.read()
-        attachments = node.read_cache()
+        # The cache is read while the saves run (as for list): nothing is changed here.
+        tables, attachments = node.read_with_cache()
         warnings = tuple(cni_cache.warnings(attachments))
         mappings = udp_mappings(node_mappings(node, tables, attachments))
     keys = select_ports(mappings, families, ports=ports, container=container)
