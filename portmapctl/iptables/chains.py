@@ -10,13 +10,18 @@ pure: no process, no kernel.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from portmapctl.core.mapping import MappingConfig, PortMapping
 from portmapctl.iptables.ruleset import Args, normalize
+
+try:
+    # CPython's own SHA-512: hashlib would load OpenSSL first, 2-3 ms of every run.
+    from _sha512 import sha512
+except ImportError:  # another interpreter
+    from hashlib import sha512
 
 TOPLEVEL_DNAT = "CNI-HOSTPORT-DNAT"
 SETMARK = "CNI-HOSTPORT-SETMARK"
@@ -39,7 +44,7 @@ def is_plugin_chain(name: str) -> bool:
 
 def chain_name(network: str, container_id: str, prefix: str = "DN-") -> str:
     """The plugin's name: CNI- + prefix + hex SHA-512(network + id), 28 characters."""
-    digest = hashlib.sha512((network + container_id).encode()).hexdigest()
+    digest = sha512((network + container_id).encode()).hexdigest()
     return ("CNI-" + prefix + digest)[:28]
 
 
