@@ -127,7 +127,7 @@ def run(
     )
     options = common.node_options()
     if config.backend != "nftables":
-        # Written to iptables: nft is not opened (its modules alone are 5-15 ms).
+        # Written to iptables: nft is not opened (importing its modules alone is ~15 ms).
         options = replace(options, backend="iptables")
     with opened(options, write=not dry_run) as node:
         if config.backend == "nftables":
