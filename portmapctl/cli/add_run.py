@@ -183,7 +183,13 @@ def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[
             if family not in tables or not port.applies_to(family):
                 continue
             key = (family, port.protocol, port.host_port, port.host_ip_for_rule())
-            same = [m for m in found.mappings if _same_port(m, *key)]
+            # A chain no entry rule jumps to (orphan) gets no traffic: it neither shadows
+            # nor is shadowed, and one of this container's is appended to like a new one.
+            same = [
+                m
+                for m in found.mappings
+                if _same_port(m, *key) and Status.ORPHAN not in m.status
+            ]
             mine = [m for m in same if m.chain == own]
             others = [m for m in same if m.chain != own]
             where = f"IPv{family} {port.protocol}/{port.host_port}"
