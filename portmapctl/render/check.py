@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.render.table import SHORT_ID, Piece, count, short_id, table, wrap
 
@@ -48,21 +48,26 @@ def check_text(
     header: bool = True,
 ) -> Text:
     """SPEC §3 check: one row per problem (KIND, FAM, CONTAINER, PROBLEM; wide adds
-    NETWORK and CHAIN), then once per kind why it matters and the fix, whole; then the
-    summary line. `width` is the terminal's (None: piped, nothing is cut): rows are cut
-    to it with `…` unless `full_ids` (--no-trunc), so no row wraps."""
+    NETWORK, CHAIN and, last, the RULE at issue, whole), then once per kind why it
+    matters and the fix, whole; then the summary line. `width` is the terminal's (None:
+    piped, nothing is cut): rows are cut to it with `…` unless `full_ids` (--no-trunc)
+    or `wide`, so no row of the default table wraps."""
     problems = list(result.problems)
     ids = {p.container_id for p in problems if p.container_id}
     headers = ["KIND", "FAM", "CONTAINER"] + (["NETWORK", "CHAIN"] if wide else []) + ["PROBLEM"]
+    if wide:
+        headers.append("RULE")
     rows = []
     details = []
     for p in problems:
         detail = p.detail if full_ids else _shorten_ids(p.detail, ids)
         row = [str(p.kind), f"v{p.family}" if p.family else "-", short_id(p.container_id, full_ids)]
         if wide:
-            row += [p.network or "-", p.chain or "-"]
+            row += [p.network or "-", p.chain or "-", detail]
+            details.append([Piece(rule_cell(p.rules))])
+        else:
+            details.append([Piece(detail)])
         rows.append(row)
-        details.append([Piece(detail)])
     cut = width is not None and not full_ids and not wide
     out = table(
         headers,
@@ -97,6 +102,21 @@ def check_text(
                 out.append(command + "\n")
     out.rstrip()
     return out
+
+
+RULES_APART = "; "
+"""Between the rules of one problem in the RULE column (JSON: one rule a line)."""
+
+
+def rule_cell(rules: Sequence[str]) -> str:
+    """The RULE cell: the rules at issue, whole; `-` for a problem about no rule."""
+    return RULES_APART.join(rules) or "-"
+
+
+def rule_text(rules: Sequence[str]) -> Optional[str]:
+    """JSON `rule`: the rules at issue one a line (iptables-save lines; nft: the rule
+    text), null for a problem about no rule."""
+    return "\n".join(rules) or None
 
 
 def check_summary(result: CheckResult) -> str:

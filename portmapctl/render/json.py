@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
 from typing import Mapping as MappingT
 
-from portmapctl.render.check import check_summary, split_fix
+from portmapctl.render.check import check_summary, rule_text, split_fix
 
 if TYPE_CHECKING:
     from portmapctl.iptables.inventory import ChainInfo, Mapping
@@ -140,6 +140,8 @@ def problem_json(p: Problem) -> Dict[str, Any]:
         "detail": p.detail,
         "why": why,
         "fix": command,
+        # The rules at issue, one a line (offending, or wanted and missing); null: none.
+        "rule": rule_text(getattr(p, "rules", ())),
     }
 
 

@@ -8,7 +8,7 @@ repaired by one `nft -f` transaction (nftables/planner.py), never in iptables.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
@@ -18,6 +18,10 @@ from portmapctl.iptables.ruleset import NatTable
 from portmapctl.ops.check.diagnose import Problem
 from portmapctl.ops.check.hints import Fixes
 from portmapctl.ops.node import Node
+
+if TYPE_CHECKING:
+    from portmapctl.nftables.inventory import NftMapping
+    from portmapctl.nftables.ruleset import Ruleset
 
 STALE = ProblemKind.STALE.value
 SHADOWED = ProblemKind.SHADOWED.value
@@ -66,7 +70,7 @@ def nft_problems(
         return [], configured_nft(attachments), 0, []
     from portmapctl.ops import nft
 
-    _live, parts, found = nft.build(node, attachments, iptables_owners(tables, attachments))
+    live, parts, found = nft.build(node, attachments, iptables_owners(tables, attachments))
     nft_ids = {a.container_id for a in parts.nftables}
     if node.nft_unusable is not None:
         if parts.nftables:
@@ -87,6 +91,7 @@ def nft_problems(
                 p.detail,
                 fix,
                 _NFT_WHY.get(p.kind.value, ""),
+                p.rules,
             )
         )
     seen_stale = set()
@@ -103,6 +108,7 @@ def nft_problems(
                     "nftables rules of a container the CNI cache does not know",
                     fixes.gc,
                     "its host ports stay taken by a container that is gone",
+                    _rule_text(live, m),
                 )
             )
         if "shadowed" in m.status:
@@ -127,6 +133,7 @@ def nft_problems(
                     f"{m.protocol}/{m.host_port} goes to {m.shadowed_by} first",
                     shadow_fix,
                     "nftables is first-match-wins: this mapping gets no traffic",
+                    _rule_text(live, m),
                 )
             )
     for cid in parts.both:
@@ -144,6 +151,13 @@ def nft_problems(
         )
     compared = sum(len(a.mapping.families) for a in parts.nftables if a.mapping is not None)
     return problems, nft_ids, compared, []
+
+
+def _rule_text(live: Ruleset, m: NftMapping) -> Tuple[str, ...]:
+    """The nft rule of a row (found by its handle), as `nft list` prints it."""
+    table = live.table(m.family)
+    rules = table.rules_of(m.chain) if table is not None else ()
+    return tuple(r.body.text(m.family) for r in rules if r.handle == m.handle)
 
 
 def _added_at(attachment: Attachment) -> Tuple[int, str]:
@@ -245,6 +259,7 @@ def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) 
                     f"{len(missing)} rule(s) missing: {texts}",
                     fix,
                     _NFT_WHY[kind],
+                    tuple(body.text(family) for _chain, body in missing),
                 )  # fmt: skip
             )
     return problems
