@@ -124,3 +124,15 @@ def test_at_80_columns_the_default_table_stays_unwrapped_and_wide_stays_whole():
     (shadowed,) = saved_lines(ROOT / "examples" / "node.v4.save", "8c41d07a2e9f4b13web2")
     assert code == 1 and "…" not in wide
     assert shadowed in wide.replace("\r", "").split("\n")[2]  # whole, on its row
+
+
+def test_the_wide_example_in_the_docs_is_a_real_run():
+    """docs/commands/check.md shows `-o wide` and `-o json` on the example node: the
+    output printed there is what those commands print today."""
+    page = (ROOT / "docs" / "commands" / "check.md").read_text()
+    for option in ("wide", "json"):
+        prompt = f"$ portmapctl check -o {option} " + " ".join(
+            str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT)) else a for a in EXAMPLE
+        )
+        shown = page.split(prompt + "\n", 1)[1].split("```", 1)[0]
+        assert shown == invoke("check", "-o", option, *EXAMPLE).replace(str(ROOT) + "/", "")
