@@ -444,12 +444,11 @@ PROGRESS_AFTER_ENV = "PORTMAPCTL_PROGRESS_AFTER"
 
 
 def progress_after() -> float:
-    value = os.environ.get(PROGRESS_AFTER_ENV, "")
     try:
-        seconds = float(value)
-    except ValueError:
+        seconds = float(os.environ.get(PROGRESS_AFTER_ENV) or PROGRESS_AFTER)
+    except ValueError:  # not a number: the default, as for an unset variable
         return PROGRESS_AFTER
-    return seconds if 0 <= seconds <= 3600 else PROGRESS_AFTER
+    return min(max(seconds, 0.0), 3600.0)
 
 
 @contextlib.contextmanager

@@ -62,13 +62,8 @@ def status_pieces(words: Iterable[str]) -> List[Piece]:
     return [Piece(word, STATUS_STYLE.get(word, "")) for word in words]
 
 
-def grid(
-    headers: List[str],
-    rows: List[List[str]],
-    status: List[Iterable[str]],
-    header: bool = True,
-    status_header: str = "STATUS",
-) -> Text:
+def grid(headers: List[str], rows: List[List[str]], status: List[Iterable[str]],
+         header: bool = True, status_header: str = "STATUS") -> Text:  # fmt: skip
     """Columns padded to width, then the status words, each coloured (list, gc)."""
     return table(headers + [status_header], rows, [status_pieces(w) for w in status], header)
 
