@@ -136,3 +136,32 @@ def test_the_wide_example_in_the_docs_is_a_real_run():
         )
         shown = page.split(prompt + "\n", 1)[1].split("```", 1)[0]
         assert shown == invoke("check", "-o", option, *EXAMPLE).replace(str(ROOT) + "/", "")
+
+
+def test_nftables_problems_show_the_rule_as_nft_list_prints_it():
+    """The nftables side (examples/nft: `nft list` text next to its `nft -j` JSON): a
+    stale and a shadowed container's rule, found by handle, as nft printed it."""
+    nft = ROOT / "examples" / "nft"
+    args = ["check", "--nft-snapshot", str(nft / "ruleset.json"), "--cni-cache-dir",
+            str(nft / "cni-cache"), "--family", "4"]  # fmt: skip
+    document = json.loads(invoke(*args, "-o", "json"))
+    jsonschema.validate(document, SCHEMA)
+    printed = [line.strip() for line in (nft / "ruleset.nft").read_text().splitlines()]
+    rules = {p["kind"]: p["rule"] for p in document["problems"] if p["backend"] == "nftables"}
+    assert rules["stale"] in printed and "b7e0f2c94d1a4e85oldjob" in rules["stale"]
+    assert rules["shadowed"] in printed and "8c41d07a2e9f4b13web2" in rules["shadowed"]
+
+
+def test_a_rule_the_config_does_not_make_and_one_missing_are_the_rules_shown(tmp_path):
+    """In web's chain on the example node: its first mark rule rewritten to another
+    port. The rewritten rule is extra (shown as in the dump), the original missing."""
+    dump = ROOT / "examples" / "node.v4.save"
+    original = saved_lines(dump, "-A CNI-DN-27a3997738f625df8206e -s 10.88.0.0/16")[0]
+    changed = original.replace("--dport 8080", "--dport 8081")
+    edited = tmp_path / "edited.v4.save"
+    edited.write_text(dump.read_text().replace(original, changed))
+    args = ["check", "--snapshot", str(edited), "--family", "4", *EXAMPLE[4:], "-o", "json"]
+    problems = [p for p in json.loads(invoke(*args))["problems"]
+                if p["chain"] == "CNI-DN-27a3997738f625df8206e"]  # fmt: skip
+    rules = {p["kind"]: p["rule"] for p in problems}
+    assert rules == {"missing-rules": original, "extra-rules": changed}
