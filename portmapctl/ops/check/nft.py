@@ -21,7 +21,7 @@ from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
     from portmapctl.nftables.inventory import NftMapping
-    from portmapctl.nftables.ruleset import Ruleset
+    from portmapctl.nftables.ruleset import Rule, Ruleset
 
 STALE = ProblemKind.STALE.value
 SHADOWED = ProblemKind.SHADOWED.value
@@ -95,6 +95,7 @@ def nft_problems(
             )
         )
     seen_stale = set()
+    rules = _by_handle(live)
     for m in found.mappings:
         if "stale" in m.status and (m.container_id, m.family) not in seen_stale:
             seen_stale.add((m.container_id, m.family))
@@ -108,7 +109,7 @@ def nft_problems(
                     "nftables rules of a container the CNI cache does not know",
                     fixes.gc,
                     "its host ports stay taken by a container that is gone",
-                    _rule_text(live, m),
+                    _rule_text(rules, m),
                 )
             )
         if "shadowed" in m.status:
@@ -133,7 +134,7 @@ def nft_problems(
                     f"{m.protocol}/{m.host_port} goes to {m.shadowed_by} first",
                     shadow_fix,
                     "nftables is first-match-wins: this mapping gets no traffic",
-                    _rule_text(live, m),
+                    _rule_text(rules, m),
                 )
             )
     for cid in parts.both:
@@ -153,11 +154,20 @@ def nft_problems(
     return problems, nft_ids, compared, []
 
 
-def _rule_text(live: Ruleset, m: NftMapping) -> Tuple[str, ...]:
-    """The nft rule of a row (found by its handle), as `nft list` prints it."""
-    table = live.table(m.family)
-    rules = table.rules_of(m.chain) if table is not None else ()
-    return tuple(r.body.text(m.family) for r in rules if r.handle == m.handle)
+def _by_handle(live: Ruleset) -> Dict[Tuple[int, int], Rule]:
+    """Every rule by (family, handle): a handle is unique in its table."""
+    return {
+        (family, rule.handle): rule
+        for family, table in live.tables.items()
+        for rules in table.rules.values()
+        for rule in rules
+    }
+
+
+def _rule_text(rules: ReadOnly[Tuple[int, int], Rule], m: NftMapping) -> Tuple[str, ...]:
+    """The nft rule of a row, as `nft list` prints it."""
+    rule = rules.get((m.family, m.handle))
+    return (rule.body.text(m.family),) if rule is not None else ()
 
 
 def _added_at(attachment: Attachment) -> Tuple[int, str]:
