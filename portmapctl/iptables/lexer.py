@@ -18,7 +18,7 @@ iptables-save's own lines have a narrower form: words between single spaces, eac
 either bare or wholly quoted (xtables_save_string quotes every value that is not
 letters, digits, `_` and `-`, and escapes `"`, `\\` and `'`). Lines of that form take
 one of two fast paths (no quote at all; quoted words between single spaces); any
-other line, the careful loop.
+other line, the careful loop (tests/unit/test_lexer.py holds them to it).
 """
 
 from __future__ import annotations
@@ -56,14 +56,21 @@ def split_words(line: str) -> List[str]:
 
 def _split_saved_form(line: str) -> Optional[List[str]]:
     """The words of a line in iptables-save's form (each quoted word alone between
-    single spaces, none doubled), or None for any other line. One regular-expression
-    split: a nat table of 5,000 containers has 10,000 quoted comments."""
-    parts = _QUOTED.split(line)  # outside, quoted, outside, ..., outside
+    single spaces, none doubled), or None for any other line. One split of the line:
+    at its quotes when it has no backslash (kube-proxy's comments), else with the
+    regular expression (the plugin's comments escape their quotes)."""
+    escaped = "\\" in line
+    if escaped:
+        parts = _QUOTED.split(line)  # outside, quoted, outside, ..., outside
+    else:
+        parts = line.split('"')  # the same, when nothing is escaped
+        if not len(parts) & 1:
+            return None  # an odd number of quotes: the last does not close
     last = len(parts) - 1
     words: List[str] = []
     for k in range(0, last + 1, 2):
         free = parts[k]
-        if '"' in free:
+        if escaped and '"' in free:
             return None  # a quote that does not close
         # The bare words around quoted ones, without the single spaces that part them.
         if k == 0:
@@ -87,7 +94,7 @@ def _split_saved_form(line: str) -> Optional[List[str]]:
             words += split
         if k < last:
             word = parts[k + 1]
-            words.append(_ESCAPE.sub(_ESCAPED, word) if "\\" in word else word)
+            words.append(_ESCAPE.sub(_ESCAPED, word) if escaped and "\\" in word else word)
     return words
 
 

@@ -10,7 +10,7 @@ from typing import List
 
 import pytest
 from fixtures_lib import NAMES, save_text
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portmapctl.iptables.lexer import _split_carefully, _split_saved_form, split_words
@@ -106,6 +106,7 @@ LINE_CHARS = st.sampled_from(['"', "\\", " ", " ", "\t", "a", "b", "-", "\x1c", 
                               "\u2003", "\r", "é"])  # fmt: skip
 
 
+@settings(max_examples=500)
 @given(st.text(LINE_CHARS, max_size=16))
 def test_the_fast_paths_agree_with_the_careful_loop(line: str) -> None:
     try:
