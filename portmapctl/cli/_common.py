@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import (
     TYPE_CHECKING,
+    Annotated,
     Any,
     Callable,
     Dict,
@@ -38,11 +39,6 @@ if TYPE_CHECKING:
 
     from portmapctl.ops.metrics import Recorder
     from portmapctl.ops.node import NodeOptions
-
-try:
-    from typing import Annotated
-except ImportError:  # Python 3.8
-    from typing_extensions import Annotated  # type: ignore[assignment]
 
 
 class BackendChoice(str, Enum):
@@ -87,8 +83,6 @@ class ProtoChoice(str, Enum):
 # They run on every TAB press: cheap sources only (the CNI cache, /run/netns), never
 # iptables (root, slow), and never an error: anything odd gives no suggestions.
 
-NETNS_DIR = "/run/netns"
-
 
 def _cache_dir(ctx: typer.Context) -> Tuple[str, ...]:
     value = (ctx.params or {}).get("cni_cache_dir")
@@ -132,8 +126,10 @@ def complete_network(ctx: typer.Context, incomplete: str) -> List[Tuple[str, str
 
 def complete_netns(incomplete: str) -> List[str]:
     """Names of the namespaces `ip netns` knows (a path is completed by the shell)."""
+    from portmapctl.host.netns import NETNS_RUN_DIR
+
     try:
-        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(incomplete))
+        return sorted(n for n in os.listdir(NETNS_RUN_DIR) if n.startswith(incomplete))
     except OSError:
         return []
 
