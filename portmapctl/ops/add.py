@@ -21,8 +21,9 @@ from portmapctl.iptables.chains import (
     is_plugin_chain,
     wanted_chains,
 )
+from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.planner import plan_blind, plan_setup, read_before_blind
-from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target, split_line
+from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.node import Node
 
@@ -136,7 +137,7 @@ def neighbours(node: Node, family: int, config: MappingConfig) -> Optional[NatTa
             "--dport" not in line or any(number in line for number in numbers)
         ):
             try:
-                kept.append(tuple(split_line(line)[2:]))
+                kept.append(tuple(split_words(line)[2:]))
             except ValueError:
                 continue  # unreadable: it cannot be judged either way
     chains = {TOPLEVEL_DNAT: SavedChain(TOPLEVEL_DNAT, "-", tuple(kept))}
