@@ -26,7 +26,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from portmapctl.cni import config as cni_config
 from portmapctl.core import validate
@@ -149,11 +149,13 @@ def read_entries(
     found: List[Attachment] = []
     pending = list(paths)
     failed: List[Tuple[str, BadInput]] = []
+    # The containers of one network carry the same config: decoded once per read.
+    configs: Dict[str, Any] = {}
     for attempt in range(tries):
         failed = []
         for path in pending:
             try:
-                found.append(read_attachment(path, namespaces))
+                found.append(read_attachment(path, namespaces, configs))
             except BadInput as err:
                 if os.path.lexists(path):
                     failed.append((path, err))
@@ -244,7 +246,13 @@ def cached_names(cache_dirs: CacheDirs, limit: int = 4096) -> List[Tuple[str, st
     return sorted(found)
 
 
-def read_attachment(path: str, namespaces: Optional[NamespaceView] = None) -> Attachment:
+def read_attachment(
+    path: str,
+    namespaces: Optional[NamespaceView] = None,
+    configs: Optional[Dict[str, Any]] = None,
+) -> Attachment:
+    """One cache file. `configs`: the base64 configs already decoded (read-only) in this
+    read, by their text."""
     source = f"CNI cache file {path}"
     text = files.read_text(path, "CNI cache file", MAX_CACHE_FILE_BYTES, regular_only=True)
     cached = cni_config.ensure_mapping(cni_config.load_json(text, source), source)
@@ -255,7 +263,14 @@ def read_attachment(path: str, namespaces: Optional[NamespaceView] = None) -> At
     ifname = cached.get("ifName") or ""
     if not isinstance(ifname, str):
         raise BadInput(f"{source}: ifName must be a string")
-    conf = _portmap_conf(_decode_config(cached.get("config"), source), source)
+    encoded = cached.get("config")
+    if configs is not None and isinstance(encoded, str) and encoded in configs:
+        decoded = configs[encoded]
+    else:
+        decoded = _decode_config(encoded, source)
+        if configs is not None and isinstance(encoded, str):
+            configs[encoded] = decoded
+    conf = _portmap_conf(decoded, source)
     network = cached.get("networkName") or (conf or {}).get("name") or ""
     network = _named(network, "network name", source)
     capability = cached.get("capabilityArgs") or {}
