@@ -269,7 +269,7 @@ def test_a_half_written_file_is_read_again_until_complete(tmp_path):
 def test_a_file_removed_while_reading_is_not_live(tmp_path, monkeypatch):
     path = write(tmp_path / "results", "mynet-abc123-eth0", "{")
 
-    def removed(path_: str, namespaces: Any = None) -> Attachment:
+    def removed(path_: str, *rest: Any) -> Attachment:  # (namespaces, configs)
         os.unlink(path_)
         raise BadInput("cannot read CNI cache file: No such file or directory")
 
