@@ -127,6 +127,8 @@ def _merge(chains: Sequence[Chain]) -> List[Chain]:
         if have is None:
             merged[chain.name] = chain
             continue
+        if chain == have:
+            continue  # the usual case: every container wants the same shared chain
         merged[chain.name] = Chain(
             chain.name,
             rules=tuple(dict.fromkeys(have.rules + chain.rules)),

@@ -15,6 +15,7 @@ from portmapctl.iptables.access import Backend
 from portmapctl.iptables.access.memory import MemoryBackend
 from portmapctl.iptables.chains import (
     TOPLEVEL_DNAT,
+    Chain,
     dnat_chain_name,
     wanted_chains,
 )
@@ -43,6 +44,22 @@ if TYPE_CHECKING:
 # --- repair ---------------------------------------------------------------------------
 
 
+class _RenderedOnce(Transaction):
+    """A planned transaction whose restore text is made once: iptables-restore and the
+    report both need it (0.3 s each at 5,000 containers). Never changed once planned."""
+
+    def render(self) -> str:
+        text = self.__dict__.get("_text")
+        if text is None:
+            text = self.__dict__["_text"] = super().render()
+        return text
+
+
+def _setup(wanted: Sequence[Chain], live: NatTable) -> Transaction:
+    txn = plan_setup(wanted, live)
+    return _RenderedOnce(txn.family, txn.ops)
+
+
 def _plan(
     configs: Optional[Sequence[MappingConfig]], single: Optional[MappingConfig]
 ) -> Callable[[NatTable], Transaction]:
@@ -50,9 +67,9 @@ def _plan(
 
     def plan(live: NatTable) -> Transaction:
         if single is not None:
-            return plan_setup(wanted_chains(single, live.family), live)
+            return _setup(wanted_chains(single, live.family), live)
         shared, per_container = wanted_on_node(configs, live.family, live)
-        return plan_setup([*shared, *(chain for _, chain in per_container)], live)
+        return _setup([*shared, *(chain for _, chain in per_container)], live)
 
     return plan
 
@@ -139,7 +156,7 @@ def _repair_family(
 
     def plan_shared(live: NatTable) -> Transaction:
         shared, _ = wanted_on_node(usable(live), family, live)
-        return plan_setup(shared, live)
+        return _setup(shared, live)
 
     txn = node.converge(family, plan_shared)  # the shared chains failing fails the family
     if txn:
@@ -153,7 +170,7 @@ def _repair_family(
             if _missing_reference(config, live) is not None:
                 return Transaction(family)
             shared, per_container = wanted_on_node([config], family, live)
-            return plan_setup([*shared, *(chain for _, chain in per_container)], live)
+            return _setup([*shared, *(chain for _, chain in per_container)], live)
 
         try:
             txn = node.converge(family, plan_one)
