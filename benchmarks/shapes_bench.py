@@ -34,6 +34,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -249,6 +250,7 @@ def shape_repair(mode: str, versions: Versions, n: int, runs: int, sample: int) 
             for _ in range(runs):
                 for doer in doers:
                     emptied(mode)
+                    cpu_before = _children_cpu()
                     if doer == "restore":
                         took = sum(restore_seconds(mode, f, t) for f, t in texts.items())
                     else:
@@ -260,8 +262,13 @@ def shape_repair(mode: str, versions: Versions, n: int, runs: int, sample: int) 
                     }
                     if len(made) != n:
                         raise BenchError(f"{doer}: {len(made)} chains made, wanted {n}")
+                    cpu = _children_cpu() - cpu_before
                     samples.setdefault(doer, []).append(took)
-                    log(f"    repair N={n} {doer}: {fmt(took)}  (load {os.getloadavg()[0]:.1f})")
+                    samples.setdefault(f"{doer}_cpu", []).append(cpu)
+                    log(
+                        f"    repair N={n} {doer}: {fmt(took)}, CPU {fmt(cpu)}"
+                        f" (load {os.getloadavg()[0]:.1f})"
+                    )
     finally:
         node.close()
     found: Dict[str, Any] = {k: stats(v) for k, v in samples.items()}
@@ -269,9 +276,18 @@ def shape_repair(mode: str, versions: Versions, n: int, runs: int, sample: int) 
     ratios = sorted(a / r for a, r in zip(samples["after"], samples["restore"]))
     found["ratio_median"] = ratios[len(ratios) // 2]
     found["ratio_min"], found["ratio_max"] = ratios[0], ratios[-1]
+    # CPU seconds (user + system, the process and what it ran) depend much less on
+    # what else runs on the machine than wall clock does.
+    found["cpu_ratio"] = found["after_cpu"]["median"] / found["restore_cpu"]["median"]
     if sample:
         found.update(_plugin_add(mode, everyone, n, sample))
     return found
+
+
+def _children_cpu() -> float:
+    """User + system seconds of every child process waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _plugin_add(mode: str, everyone: List[Dict[str, Any]], n: int, sample: int) -> Dict[str, Any]:
@@ -543,10 +559,10 @@ def print_tables(r: Dict[str, Any]) -> None:
             )
     if "repair" in r:
         print(
-            "\n| missing | repair before | repair after | one restore | after / restore (per round) |"
-            " plugin ADD x N |"
+            "\n| missing | repair before | repair after | one restore | after / restore"
+            " (per round) | CPU after / restore | plugin ADD x N |"
         )
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for n, g in r["repair"].items():
             plugin = (
                 f"{fmt(g['plugin_add_total'])} ({fmt(g['plugin_add']['median'])} each)"
@@ -556,7 +572,8 @@ def print_tables(r: Dict[str, Any]) -> None:
             print(
                 f"| {n} | {cell(g['before']) if 'before' in g else '-'} | {cell(g['after'])} |"
                 f" {cell(g['restore'])} | {g['ratio_median']:.2f}× ({g['ratio_min']:.2f}–"
-                f"{g['ratio_max']:.2f}) | {plugin} |"
+                f"{g['ratio_max']:.2f}) | {fmt(g['after_cpu']['median'])} /"
+                f" {fmt(g['restore_cpu']['median'])}: {g['cpu_ratio']:.2f}× | {plugin} |"
             )
     if "kube" in r:
         k = r["kube"]
