@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 import typer
 
@@ -151,8 +151,11 @@ def gc_command(
                 return
             confirmed = frozenset((c.family, c.chain) for c in preview.removed)
             options = replace(options, only=confirmed)
-        with opened(node_opts, write=not dry_run) as node, out.busy("removing chains"):
-            result = gc(node, sources, options)
+        doing = "looking for chains to remove" if dry_run else "removing chains"
+        with opened(node_opts, write=not dry_run) as node, out.progress(doing) as progress:
+            # After a confirmation the count is known before the first transaction.
+            known = len(options.only) if options.only is not None else 0
+            result = gc(node, sources, options, _counting(progress, known))
         if recorder is not None:
             recorder.note_gc(result, node_opts.families)
         if not ask:
@@ -170,6 +173,15 @@ def gc_command(
                 f"removed {done} (see above), but could not record the chains still pending:"
                 f" {result.state_error} (free space in the run directory)"
             )
+
+
+def _counting(
+    progress: Optional[Callable[[int, int], None]], known: int
+) -> Optional[Callable[[int, int], None]]:
+    """gc's (chains removed, chains planned so far) as the bar's (done, total)."""
+    if progress is None:
+        return None
+    return lambda done, planned: progress(done, max(planned, known))
 
 
 def _show(

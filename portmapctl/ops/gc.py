@@ -49,7 +49,7 @@ from portmapctl.ops import gc_state
 from portmapctl.ops.node import APPLY_TRIES, Node
 
 if TYPE_CHECKING:
-    pass
+    from typing import Callable
 
 DEFAULT_MIN_AGE = 120.0
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
@@ -438,9 +438,18 @@ def _adding(
     return sorted(found), frozenset(a for addresses in found.values() for a in addresses)
 
 
-def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResult:
+def gc(
+    node: Node,
+    sources: Sources,
+    options: GcOptions = GcOptions(),
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> GcResult:
+    """Plan and (unless a dry run) apply the removal, family by family.
+
+    `progress(done, total)`, if given, hears of the chains: before each family's
+    transaction (removed so far, of those planned so far) and after it."""
     from portmapctl.ops import gc_nft  # it builds on this module's values
-    """Plan and (unless a dry run) apply the removal, family by family."""
+
     require_source(sources, node.options.cache_dirs)
     cache_dirs = present_dirs(node.options.cache_dirs)
     use_cache = bool(cache_dirs)
@@ -511,6 +520,9 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
                 if warning not in warnings:
                     warnings.append(warning)
             latest.append(found)
+            if progress is not None:
+                before = sum(len(p.removed) for p in plans)
+                progress(before, before + len(found.removed))
             return found.transaction
 
         try:
@@ -526,6 +538,9 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
             break
         done = latest[-1]
         plans.append(done)
+        if progress is not None:
+            gone = sum(len(p.removed) for p in plans)
+            progress(gone, gone)
         if txn and options.dry_run:  # shown with -v; an applied one was rendered already
             transactions[family] = txn.render()
         remembered.update(done.seen)

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 import realplugin as rp
@@ -338,11 +338,12 @@ def test_valid_attachments_and_keep(nft_node: Node_, tmp_path):
     node.check("a1")
 
 
-def _on_terminal(argv: List[str], answer: bytes) -> tuple:
+def _on_terminal(argv: List[str], answer: bytes, env: Optional[dict] = None) -> tuple:
     """Run portmapctl with a terminal on stdin/stderr (where gc asks and shows its
-    preview), answer its prompt; returns (exit code, the terminal's text, stdout)."""
+    preview), answer its prompt; returns (exit code, the terminal's text, stdout).
+    `env` adds to (or overrides) the environment, 250 columns and NO_COLOR."""
     master, slave = pty.openpty()
-    env = dict(os.environ, NO_COLOR="1", COLUMNS="250")
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "250", **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "portmapctl", *argv], stdin=slave,
                             stdout=subprocess.PIPE, stderr=slave, env=env)  # fmt: skip
     os.close(slave)

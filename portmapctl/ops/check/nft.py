@@ -8,7 +8,7 @@ repaired by one `nft -f` transaction (nftables/planner.py), never in iptables.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
@@ -18,6 +18,10 @@ from portmapctl.iptables.ruleset import NatTable
 from portmapctl.ops.check.diagnose import Problem
 from portmapctl.ops.check.hints import Fixes
 from portmapctl.ops.node import Node
+
+if TYPE_CHECKING:
+    from portmapctl.nftables.inventory import NftMapping
+    from portmapctl.nftables.ruleset import Rule, Ruleset
 
 STALE = ProblemKind.STALE.value
 SHADOWED = ProblemKind.SHADOWED.value
@@ -66,7 +70,7 @@ def nft_problems(
         return [], configured_nft(attachments), 0, []
     from portmapctl.ops import nft
 
-    _live, parts, found = nft.build(node, attachments, iptables_owners(tables, attachments))
+    live, parts, found = nft.build(node, attachments, iptables_owners(tables, attachments))
     nft_ids = {a.container_id for a in parts.nftables}
     if node.nft_unusable is not None:
         if parts.nftables:
@@ -87,9 +91,11 @@ def nft_problems(
                 p.detail,
                 fix,
                 _NFT_WHY.get(p.kind.value, ""),
+                p.rules,
             )
         )
     seen_stale = set()
+    rules = _by_handle(live)
     for m in found.mappings:
         if "stale" in m.status and (m.container_id, m.family) not in seen_stale:
             seen_stale.add((m.container_id, m.family))
@@ -103,6 +109,7 @@ def nft_problems(
                     "nftables rules of a container the CNI cache does not know",
                     fixes.gc,
                     "its host ports stay taken by a container that is gone",
+                    _rule_text(rules, m),
                 )
             )
         if "shadowed" in m.status:
@@ -127,6 +134,7 @@ def nft_problems(
                     f"{m.protocol}/{m.host_port} goes to {m.shadowed_by} first",
                     shadow_fix,
                     "nftables is first-match-wins: this mapping gets no traffic",
+                    _rule_text(rules, m),
                 )
             )
     for cid in parts.both:
@@ -144,6 +152,22 @@ def nft_problems(
         )
     compared = sum(len(a.mapping.families) for a in parts.nftables if a.mapping is not None)
     return problems, nft_ids, compared, []
+
+
+def _by_handle(live: Ruleset) -> Dict[Tuple[int, int], Rule]:
+    """Every rule by (family, handle): a handle is unique in its table."""
+    return {
+        (family, rule.handle): rule
+        for family, table in live.tables.items()
+        for rules in table.rules.values()
+        for rule in rules
+    }
+
+
+def _rule_text(rules: ReadOnly[Tuple[int, int], Rule], m: NftMapping) -> Tuple[str, ...]:
+    """The nft rule of a row, as `nft list` prints it."""
+    rule = rules.get((m.family, m.handle))
+    return (rule.body.text(m.family),) if rule is not None else ()
 
 
 def _added_at(attachment: Attachment) -> Tuple[int, str]:
@@ -245,6 +269,7 @@ def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) 
                     f"{len(missing)} rule(s) missing: {texts}",
                     fix,
                     _NFT_WHY[kind],
+                    tuple(body.text(family) for _chain, body in missing),
                 )  # fmt: skip
             )
     return problems
