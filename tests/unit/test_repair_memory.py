@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import pytest
 
@@ -19,6 +19,8 @@ from portmapctl.iptables.chains import TOPLEVEL_DNAT, dnat_chain_name, wanted_ch
 from portmapctl.iptables.planner import plan_setup
 from portmapctl.iptables.ruleset import NatTable, parse_save, rule_target
 from portmapctl.iptables.transaction import Transaction
+from portmapctl.nftables.access.memory import MemoryNft
+from portmapctl.nftables.ruleset import Ruleset
 from portmapctl.ops import check as check_lib
 from portmapctl.ops.node import Node, NodeOptions
 
@@ -157,3 +159,26 @@ def test_a_second_repair_changes_nothing():
     second = check_lib.repair(node_on(backend), flush_udp=False)
     assert not second.repaired and not second.fixed
     assert len(backend.applies) == applied
+
+
+class CountingNft(MemoryNft):
+    """The nftables fake, counting reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def read(self, families: Iterable[int] = (4, 6)) -> Ruleset:
+        self.reads += 1
+        return super().read(families)
+
+
+def test_nftables_is_read_once_when_nothing_is_written_there():
+    """With nftables looked at (--backend auto) and no nft-backed container, the check
+    before, the backend split and the check after share one read of nftables."""
+    backend, nft = Recording(flushed_tables()), CountingNft()
+    node = Node(NodeOptions(cache_dirs=(EXAMPLE_CACHE,)), backend, nft)
+    result = check_lib.repair(node, flush_udp=False)
+    assert result.repaired and "nft" not in result.transactions
+    assert nft.reads == 1
+    assert sorted(backend.reads) == [4, 6]

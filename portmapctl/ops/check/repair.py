@@ -2,7 +2,8 @@
 diagnosis compares against and applies through `Node.converge`. It only creates what is
 missing (a cached container's own chain is rewritten when its rules differ, as the
 plugin's ADD would), never deletes another container's chain, and leaves stale state
-to `gc`."""
+to `gc`. The node is read once: the check after the repair is of the tables as the
+applied transactions left them, in memory (`_Planned`)."""
 
 from __future__ import annotations
 
