@@ -27,9 +27,21 @@ dead DNAT until idle).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Dict,
+    FrozenSet,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni import config as cni_config
@@ -46,10 +58,11 @@ from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops import gc_state
+from portmapctl.ops.gc_state import ChainKey
 from portmapctl.ops.node import APPLY_TRIES, Node
 
 if TYPE_CHECKING:
-    pass
+    from portmapctl.ops.gc_nft import NftPlan
 
 DEFAULT_MIN_AGE = 120.0
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
@@ -251,16 +264,12 @@ class FamilyPlan:
     kept: int
     shared_removed: Tuple[str, ...]  # CNI-HOSTPORT-SNAT, once empty
     freed_udp_ports: Tuple[int, ...]  # UDP host ports mapped before, not after
-    seen: Mapping[str, gc_state.Seen]  # every chain not live now, for the state file
+    seen: Mapping[ChainKey, gc_state.Seen]  # every chain not live now, for the state file
     transaction: Transaction
     # UDP host ports of removed chains that another chain still maps, and the UDP
     # mappings left: a flow the removed chain DNATed keeps its dead destination.
     remapped_udp_ports: Tuple[int, ...] = ()
     remaining_udp: Tuple[inventory.Mapping, ...] = ()
-
-
-def state_key(family: int, chain: str) -> str:
-    return f"{family} {chain}"
 
 
 def fingerprint(chain: ChainInfo) -> str:
@@ -294,7 +303,7 @@ def _gc_chain(chain: ChainInfo, ports: Tuple[ProtoPort, ...], seen_seconds: floa
 def plan_family(
     table: NatTable,
     live: Liveness,
-    seen: Mapping[str, gc_state.Seen],
+    seen: Mapping[ChainKey, gc_state.Seen],
     now: float,
     min_age: float,
     only: Optional[FrozenSet[Tuple[int, str]]] = None,
@@ -317,7 +326,7 @@ def plan_family(
     derived = live.derived_chains(chains)
     removable: List[ChainInfo] = []
     pending: List[GcChain] = []
-    new_seen: Dict[str, gc_state.Seen] = {}
+    new_seen: Dict[ChainKey, gc_state.Seen] = {}
     kept = 0
     for chain in chains:
         if not is_plugin_chain(chain.name):
@@ -325,7 +334,7 @@ def plan_family(
         if live.is_live(chain, derived) or not live.in_scope(chain):
             kept += 1
             continue
-        key = state_key(family, chain.name)
+        key = ChainKey(family, chain.name)
         mark = fingerprint(chain)
         before = seen.get(key)
         first = before.first_seen if before is not None and before.fingerprint == mark else now
@@ -350,7 +359,7 @@ def plan_family(
     return FamilyPlan(
         family,
         tuple(
-            _gc_chain(c, ports[c.name], now - new_seen[state_key(family, c.name)].first_seen)
+            _gc_chain(c, ports[c.name], now - new_seen[ChainKey(family, c.name)].first_seen)
             for c in removable
         ),
         tuple(pending),
@@ -438,9 +447,28 @@ def _adding(
     return sorted(found), frozenset(a for addresses in found.values() for a in addresses)
 
 
-def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResult:
+@dataclass(frozen=True)
+class GcPlan:
+    """A whole run planned from one read of the node (every table, then the cache):
+    what a prompt shows, and what `apply_gc` then applies as it is, re-reading and
+    re-planning only a family whose table changed meanwhile."""
+
+    sources: Sources
+    options: GcOptions
+    families: Tuple[FamilyPlan, ...]
+    nft: Optional[NftPlan]  # None: nftables not looked at
+    seen: Mapping[ChainKey, gc_state.Seen]  # the state file as read
+    remembered: Mapping[ChainKey, gc_state.Seen]  # sightings of what is not looked at
+    namespace: str
+    cache_dirs: Tuple[str, ...]
+    view: Optional[NamespaceView]
+    warnings: Tuple[str, ...]
+
+
+def plan_gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcPlan:
+    """Read the node once and plan every family (nothing is changed)."""
     from portmapctl.ops import gc_nft  # it builds on this module's values
-    """Plan and (unless a dry run) apply the removal, family by family."""
+
     require_source(sources, node.options.cache_dirs)
     cache_dirs = present_dirs(node.options.cache_dirs)
     use_cache = bool(cache_dirs)
@@ -450,111 +478,166 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
     namespace = gc_state.namespace_key(node.options.netns)
     seen, state_warnings = gc_state.load(options.state_dir, namespace)
     warnings = list(state_warnings)
-    # Sightings of families not looked at this run stay as they are.
     families = node.families
+    with_nft = node.nft is not None and gc_nft.speaks_for_nft(sources, use_cache)
     nft_families = families if node.nft is not None else ()
-    remembered: Dict[str, gc_state.Seen] = {
+    # Sightings of families not looked at this run stay as they are.
+    remembered = {
         key: value
         for key, value in seen.items()
-        if not (
-            (gc_nft.nft_key_family(key) in nft_families)
-            if key.startswith("nft")
-            else int(key.split(" ", 1)[0]) in families
-        )
+        if key.family not in (nft_families if key.nft else families)
     }
+    # Every table first, the cache after them: a container whose ADD finished in
+    # between counts as live (the other order could miss it).
+    tables = node.read(families)
+    nft_rules = node.read_nft_to_change(options.dry_run) if with_nft else None
+    attachments = read_cache_while_planning(node, cache_dirs, warnings) if use_cache else None
+    plans = tuple(
+        _plan_table(
+            tables[f], attachments, sources, options, seen, view, cache_dirs, warnings, True
+        )
+        for f in families
+    )
+    nft = None
+    if nft_rules is not None:
+        nft = gc_nft.plan_nft(nft_rules, attachments, sources, options, seen, families)
+    return GcPlan(
+        sources,
+        options,
+        plans,
+        nft,
+        seen,
+        remembered,
+        namespace,
+        cache_dirs,
+        view,
+        tuple(warnings),
+    )
+
+
+def _plan_table(
+    table: NatTable,
+    attachments: Optional[List[Attachment]],
+    sources: Sources,
+    options: GcOptions,
+    seen: Mapping[ChainKey, gc_state.Seen],
+    view: Optional[NamespaceView],
+    cache_dirs: Sequence[str],
+    warnings: List[str],
+    by_number: bool,
+) -> FamilyPlan:
+    """plan_family with what the sources say; `attachments` read after `table`."""
+    if (
+        attachments == []
+        and not (sources.documents or sources.keep or sources.remove_all)
+        and inventory.per_container_chains(table)
+    ):
+        # SPEC §3 gc: an existing but empty cache says nothing about liveness
+        # (a wrong --cni-cache-dir, a wiped disk): no plan to remove everything.
+        where = " and ".join(results_dir(d) for d in cache_dirs)
+        raise BadInput(
+            f"the CNI cache at {where} is empty but there are portmap chains:"
+            " nothing says which containers are live (give --valid-attachments or --keep, or --all to remove every"
+            " per-container chain)"
+        )
+    if attachments is not None and sources.netns_liveness:
+        require_namespaces(attachments)
+    adding, addresses = _adding(view, attachments, options.min_age)
+    found = plan_family(
+        table,
+        liveness(sources, attachments),
+        seen,
+        gc_state.clock(),
+        options.min_age,
+        options.only,
+        hold=addresses,
+        by_number=by_number,
+    )
+    if addresses and any(c.seen_seconds >= options.min_age for c in found.pending):
+        warning = (
+            f"a network namespace younger than --min-age and in no CNI cache entry"
+            f" ({', '.join(adding[:3])}{', ...' if len(adding) > 3 else ''}) holds an"
+            " address a stale chain DNATs to: its container is being added, so that"
+            " chain is not removed this run"
+        )
+        if warning not in warnings:
+            warnings.append(warning)
+    return found
+
+
+def apply_gc(node: Node, planned: GcPlan) -> GcResult:
+    """Apply the plan (unless a dry run) family by family, record the sightings, and
+    flush the UDP conntrack entries of the ports unmapped. A family whose table
+    changed since it was read is read again (the cache after it) and re-planned."""
+    from portmapctl.ops import gc_nft
+
+    options, sources = planned.options, planned.sources
+    warnings = list(planned.warnings)
+    remembered: Dict[ChainKey, gc_state.Seen] = dict(planned.remembered)
     plans: List[FamilyPlan] = []
     transactions: Dict[int, str] = {}
     failure: Optional[ApplyFailed] = None
-    for family in families:
-        latest: List[FamilyPlan] = []
+    for first in planned.families:
+        family = first.family
+        # The first re-plan is the second try; the last try deletes by text: slower
+        # on a big chain, but a plugin call elsewhere in CNI-HOSTPORT-DNAT does not
+        # make it fail (the guards do, and on a busy node they may every time).
+        tries = itertools.count(2)
 
-        def plan(table: NatTable, latest: List[FamilyPlan] = latest) -> Transaction:
-            # The cache is read after the table: a container whose ADD finished in
-            # between counts as live (the other order could miss it).
-            attachments = read_cache_while_planning(node, cache_dirs, warnings) if use_cache else None
-            if (
-                attachments == []
-                and not (sources.documents or sources.keep or sources.remove_all)
-                and inventory.per_container_chains(table)
-            ):
-                # SPEC §3 gc: an existing but empty cache says nothing about liveness
-                # (a wrong --cni-cache-dir, a wiped disk): no plan to remove everything.
-                where = " and ".join(results_dir(d) for d in cache_dirs)
-                raise BadInput(
-                    f"the CNI cache at {where} is empty but there are portmap chains:"
-                    " nothing says which containers are live (give --valid-attachments or --keep, or --all to remove every"
-                    " per-container chain)"
-                )
-            if attachments is not None and sources.netns_liveness:
-                require_namespaces(attachments)
-            adding, addresses = _adding(view, attachments, options.min_age)
-            found = plan_family(
-                table,
-                liveness(sources, attachments),
-                seen,
-                gc_state.clock(),
-                options.min_age,
-                options.only,
-                hold=addresses,
-                # The last try deletes by text: slower on a big chain, but a plugin
-                # call elsewhere in CNI-HOSTPORT-DNAT does not make it fail (the
-                # by-number guard does, and on a busy node it may every time).
-                by_number=len(latest) < APPLY_TRIES - 1,
+        def replan(table: NatTable, tries: Iterator[int] = tries) -> FamilyPlan:
+            attachments = (
+                read_cache_while_planning(node, planned.cache_dirs, warnings)
+                if planned.cache_dirs
+                else None
             )
-            if addresses and any(c.seen_seconds >= options.min_age for c in found.pending):
-                warning = (
-                    f"a network namespace younger than --min-age and in no CNI cache entry"
-                    f" ({', '.join(adding[:3])}{', ...' if len(adding) > 3 else ''}) holds an"
-                    " address a stale chain DNATs to: its container is being added, so that"
-                    " chain is not removed this run"
-                )
-                if warning not in warnings:
-                    warnings.append(warning)
-            latest.append(found)
-            return found.transaction
+            by_number = next(tries) < APPLY_TRIES
+            return _plan_table(
+                table, attachments, sources, options, planned.seen, planned.view,
+                planned.cache_dirs, warnings, by_number,
+            )  # fmt: skip
 
         try:
-            txn = node.converge(family, plan, options.dry_run)
+            done = node.converge(family, replan, options.dry_run, planned=first)
         except ApplyFailed as err:
             done_before = sum(len(p.removed) for p in plans)
             failure = ApplyFailed(
                 f"IPv{family}: {err}"
                 + (f" (earlier families: {done_before} chains removed)" if done_before else "")
             )
-            if latest:
-                remembered.update(latest[-1].seen)  # nothing went: remember all of it
+            remembered.update(first.seen)  # nothing went: remember all of it
             break
-        done = latest[-1]
         plans.append(done)
-        if txn and options.dry_run:  # shown with -v; an applied one was rendered already
-            transactions[family] = txn.render()
+        if done.transaction and options.dry_run:
+            transactions[family] = done.transaction.render()  # shown with -v
         remembered.update(done.seen)
         if not options.dry_run:
             for chain in done.removed:
-                remembered.pop(state_key(family, chain.chain), None)
+                remembered.pop(ChainKey(family, chain.chain), None)
     nft_removed: List[GcChain] = []
     nft_pending: List[GcChain] = []
     nft_freed: Dict[int, Set[int]] = {}
     nft_kept = 0
-    if failure is None and node.nft is not None:
+    if failure is None and planned.nft is not None:
         try:
-            text, nft_done = gc_nft.gc_nftables(node, sources, options, seen, cache_dirs, warnings)
+            text, nft_done = gc_nft.apply_nft(
+                node, planned.nft, sources, options, planned.seen, planned.cache_dirs, warnings
+            )
         except ApplyFailed as err:
             failure = ApplyFailed(f"nftables: {err}")
         else:
-            if nft_done is not None:
-                nft_removed, nft_pending, nft_seen, nft_freed, nft_kept = nft_done
-                remembered.update(nft_seen)
-                if not options.dry_run:
-                    for chain in nft_removed:
-                        remembered.pop(gc_nft.nft_key(chain.family, chain.container_id or ""), None)
+            nft_removed, nft_pending = nft_done.removed, nft_done.pending
+            nft_freed, nft_kept = nft_done.freed, nft_done.kept
+            remembered.update(nft_done.seen)
+            if not options.dry_run:
+                for chain in nft_removed:
+                    remembered.pop(ChainKey(chain.family, chain.chain), None)
             if text and options.dry_run:
                 transactions["nft"] = text  # type: ignore[index]
     # Every run records its sightings, a dry run (and gc's interactive preview) too:
     # otherwise --min-age would never start counting for someone who looks first.
     state_error: Optional[str] = None
     try:
-        gc_state.save(options.state_dir, namespace, remembered)
+        gc_state.save(options.state_dir, planned.namespace, remembered)
     except HostProblem as err:
         if options.dry_run:
             warnings.append(f"sightings not recorded: {err}")
@@ -587,6 +670,11 @@ def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResu
         tuple(warnings) + flush_warnings,
         state_error,
     )
+
+
+def gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcResult:
+    """Plan and (unless a dry run) apply the removal, family by family."""
+    return apply_gc(node, plan_gc(node, sources, options))
 
 
 def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:

@@ -7,7 +7,18 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Protocol,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.errors import ApplyFailed, HostProblem
@@ -23,6 +34,16 @@ if TYPE_CHECKING:
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
 APPLY_TRIES = 3
+
+
+class HoldsTransaction(Protocol):
+    """A plan that carries the transaction it needs (gc's FamilyPlan)."""
+
+    @property
+    def transaction(self) -> Transaction: ...
+
+
+Planned = TypeVar("Planned", bound=Union[Transaction, HoldsTransaction])
 CAP_NET_ADMIN = 12
 
 
@@ -80,9 +101,32 @@ class Node:
             self.nft_unusable = err
             return EMPTY
 
-    def converge_nft(self, plan: Callable[[Ruleset], NftTransaction], dry_run: bool = False) -> str:
+    def read_nft_to_change(self, dry_run: bool = False) -> Ruleset:
+        """The tables as converge_nft's first try reads them (for a plan made ahead,
+        then given to it as `planned`)."""
+        from portmapctl.nftables.ruleset import EMPTY
+
+        if self.nft_unusable is not None:
+            raise self.nft_unusable
+        if self.nft is None:
+            return EMPTY
+        if dry_run or not self.nft.writable:
+            return self.read_nft()
+        return self.nft.read(self.options.families)
+
+    def converge_nft(
+        self,
+        plan: Callable[[Ruleset], NftTransaction],
+        dry_run: bool = False,
+        planned: Optional[NftTransaction] = None,
+    ) -> str:
         """One `nft -f` transaction for both families, re-planned when the tables
-        changed under us; returns its text ("" when nothing was needed)."""
+        changed under us; returns its text ("" when nothing was needed).
+
+        `planned`: the first try's transaction, planned from read_nft_to_change (gc
+        plans before it asks); `plan` makes the later ones. Deleting by handle, it
+        fails whole when a rule went meanwhile (handles are never reused).
+        """
         from portmapctl.nftables.node import converge
 
         if self.nft_unusable is not None:
@@ -90,8 +134,18 @@ class Node:
         if self.nft is None:
             return ""
         if dry_run or not self.nft.writable:
-            return plan(self.read_nft()).render()
-        return converge(self.nft, plan, self.options.families).text
+            return (planned if planned is not None else plan(self.read_nft())).render()
+        if planned is None:
+            return converge(self.nft, plan, self.options.families).text
+        if not planned:
+            return ""
+        first = [planned]
+
+        def first_then_plan(live: Ruleset) -> NftTransaction:
+            # nftables.node.converge reads before every try: the first read is spent.
+            return first.pop() if first else plan(live)
+
+        return converge(self.nft, first_then_plan, self.options.families).text
 
     @property
     def families(self) -> Tuple[int, ...]:
@@ -150,21 +204,32 @@ class Node:
         return found["tables"], cache  # type: ignore[return-value]
 
     def converge(
-        self, family: int, plan: Callable[[NatTable], Transaction], dry_run: bool = False
-    ) -> Transaction:
+        self,
+        family: int,
+        plan: Callable[[NatTable], Planned],
+        dry_run: bool = False,
+        planned: Optional[Planned] = None,
+    ) -> Planned:
         """Read, plan, apply; when the table changed under us (the plugin ran), again.
 
+        `plan` returns a Transaction, or a plan holding one as `.transaction` (gc's,
+        with what it removes). `planned`: the first try's, made ahead from a table
+        read before (gc plans, then asks); the later tries read and call `plan`.
         Every try is one whole transaction, so a failed try changes nothing.
-        Returns the transaction that was applied (or would be, in a dry run).
+        Returns what `plan` returned for the try that was applied (or would be, in a
+        dry run).
         """
         error: Optional[ApplyFailed] = None
-        for _ in range(APPLY_TRIES):
-            txn = plan(self.backend.read(family))
+        for attempt in range(APPLY_TRIES):
+            found = planned if attempt == 0 and planned is not None else None
+            if found is None:
+                found = plan(self.backend.read(family))
+            txn = found if isinstance(found, Transaction) else found.transaction
             if dry_run or not txn:
-                return txn
+                return found
             try:
                 self.backend.apply(txn)
-                return txn
+                return found
             except ApplyFailed as err:
                 error = err
         outcome = (
@@ -188,17 +253,31 @@ def has_net_admin() -> bool:
 
 
 @contextlib.contextmanager
-def opened(options: NodeOptions, write: bool = False) -> Iterator[Node]:
-    """Enter the namespace, pick the backend, and (to write) take the lock."""
+def opened(options: NodeOptions, write: bool = False, lock_now: bool = True) -> Iterator[Node]:
+    """Enter the namespace, pick the backend, and (to write) take the lock.
+
+    lock_now=False: the caller takes it later with `locked` (interactive gc reads and
+    plans, then asks, and only then writes: no other run waits on a person).
+    """
     if write and not options.offline and not has_net_admin():
         raise HostProblem("changing iptables needs root (or CAP_NET_ADMIN): run with sudo")
     with netns.entered(options.netns):
         node = Node(options, _iptables_access(options), _nft_access(options))
-        if write and not options.offline:
-            with lock.held():
+        if write and lock_now:
+            with locked(node):
                 yield node
         else:
             yield node
+
+
+@contextlib.contextmanager
+def locked(node: Node) -> Iterator[None]:
+    """The portmapctl lock, to change the node (none needed offline)."""
+    if node.options.offline:
+        yield
+        return
+    with lock.held():
+        yield
 
 
 def _iptables_access(options: NodeOptions) -> Backend:
