@@ -62,6 +62,7 @@ from portmapctl.ops.gc_state import ChainKey
 from portmapctl.ops.node import APPLY_TRIES, Node
 
 if TYPE_CHECKING:
+    from portmapctl.nftables.ruleset import Ruleset
     from portmapctl.ops.gc_nft import NftPlan
 
 DEFAULT_MIN_AGE = 120.0
@@ -406,10 +407,17 @@ class GcResult:
         return bool(self.removed or self.shared_removed)
 
 
-def read_cache_while_planning(node: Node, dirs: Sequence[str], warnings: List[str]) -> List[Attachment]:
+def read_cache_while_planning(
+    node: Node, dirs: Sequence[str], warnings: List[str]
+) -> List[Attachment]:
     """The cache (cni.cache reads a half-written file again); `dirs` were present at
     the start: one gone since would make its containers look stale."""
-    found = node.read_cache()
+    return _checked_cache(node.read_cache(), dirs, warnings)
+
+
+def _checked_cache(
+    found: Optional[List[Attachment]], dirs: Sequence[str], warnings: List[str]
+) -> List[Attachment]:
     missing = [d for d in dirs if d not in present_dirs(dirs)]
     if found is None or missing:
         gone = ", ".join(results_dir(d) for d in (missing or dirs))
@@ -487,11 +495,19 @@ def plan_gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> G
         for key, value in seen.items()
         if key.family not in (nft_families if key.nft else families)
     }
+
+    def read() -> Tuple[Dict[int, NatTable], Optional[Ruleset]]:
+        tables = node.read(families)
+        return tables, node.read_nft_to_change(options.dry_run) if with_nft else None
+
     # Every table first, the cache after them: a container whose ADD finished in
     # between counts as live (the other order could miss it).
-    tables = node.read(families)
-    nft_rules = node.read_nft_to_change(options.dry_run) if with_nft else None
-    attachments = read_cache_while_planning(node, cache_dirs, warnings) if use_cache else None
+    attachments: Optional[List[Attachment]] = None
+    if use_cache:
+        (tables, nft_rules), found = node.read_then_cache(read)
+        attachments = _checked_cache(found, cache_dirs, warnings)
+    else:
+        tables, nft_rules = read()
     plans = tuple(
         _plan_table(
             tables[f], attachments, sources, options, seen, view, cache_dirs, warnings, True

@@ -44,6 +44,8 @@ class HoldsTransaction(Protocol):
 
 
 Planned = TypeVar("Planned", bound=Union[Transaction, HoldsTransaction])
+Read = TypeVar("Read")
+Other = TypeVar("Other")
 CAP_NET_ADMIN = 12
 
 
@@ -179,29 +181,40 @@ class Node:
         its creator's); errors come out as from read() and then read_cache().
         Commands that change the node read in their own order (gc: tables first).
         """
-        import threading
+        return _side_by_side(self.read, self.read_cache)
 
-        found: Dict[str, object] = {}
+    def read_then_cache(
+        self, read: Callable[[], Read]
+    ) -> Tuple[Read, Optional[List[cni_cache.Attachment]]]:
+        """read(), then the CNI cache, as a command that removes by the cache needs
+        them (gc: a container whose ADD finished after the tables were read must count
+        as live), in about the time of the slower of the two.
 
-        def save() -> None:
-            try:
-                found["tables"] = self.read()
-            except BaseException as err:  # noqa: BLE001 - re-raised below, in this thread
-                found["error"] = err
+        The cache files are parsed while `read` runs (it waits on iptables-save);
+        once it is done, the directories are listed again and the files that appeared
+        meanwhile are read too: what the cache holds after the read is all in. A file
+        gone meanwhile still counts (its container stays live one run more, never goes
+        early). The order is read_cache's.
+        """
+        view = self.namespace_view()
+        dirs = self.options.cache_dirs
 
-        saver = threading.Thread(target=save, name="iptables-save", daemon=True)
-        saver.start()
-        try:
-            cache = self.read_cache()
-        except BaseException:
-            saver.join()
-            if "error" in found:  # the tables' problem first, as read() then read_cache()
-                raise found["error"] from None  # type: ignore[misc]
-            raise
-        saver.join()
-        if "error" in found:
-            raise found["error"]  # type: ignore[misc]
-        return found["tables"], cache  # type: ignore[return-value]
+        def first_reading() -> Tuple[List[str], List[cni_cache.Attachment]]:
+            paths = cni_cache.cache_paths(dirs) or []
+            return paths, cni_cache.read_entries(paths, view)
+
+        tables, (paths, found) = _side_by_side(read, first_reading)
+        later = cni_cache.cache_paths(dirs)
+        if later is None:
+            return tables, None  # gone while we read: as read_cache says
+        known = set(paths)
+        found += cni_cache.read_entries([p for p in later if p not in known], view)
+        by_path: Dict[str, List[cni_cache.Attachment]] = {}
+        for attachment in found:
+            by_path.setdefault(attachment.path, []).append(attachment)
+        listed = set(later)
+        order = later + [p for p in paths if p not in listed]
+        return tables, [a for path in order for a in by_path.get(path, ())]
 
     def converge(
         self,
@@ -238,6 +251,37 @@ class Node:
             else "nothing changed"
         )
         raise ApplyFailed(f"gave up after {APPLY_TRIES} tries, {outcome}: {error}")
+
+
+def _side_by_side(
+    background: Callable[[], Read], foreground: Callable[[], Other]
+) -> Tuple[Read, Other]:
+    """background() in a thread while foreground() runs here; errors come out as if
+    background() had run first. The thread is in the namespace this one has entered
+    (a new thread starts in its creator's)."""
+    import threading
+
+    found: Dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            found["value"] = background()
+        except BaseException as err:  # noqa: BLE001 - re-raised below, in this thread
+            found["error"] = err
+
+    worker = threading.Thread(target=run, name="iptables-save", daemon=True)
+    worker.start()
+    try:
+        other = foreground()
+    except BaseException:
+        worker.join()
+        if "error" in found:  # background's problem first, as if it had run first
+            raise found["error"] from None  # type: ignore[misc]
+        raise
+    worker.join()
+    if "error" in found:
+        raise found["error"]  # type: ignore[misc]
+    return found["value"], other  # type: ignore[return-value]
 
 
 def has_net_admin() -> bool:

@@ -26,7 +26,6 @@ from portmapctl.iptables.inventory import build
 from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable, parse_save, rule_target
 from portmapctl.ops import gc_state
-from portmapctl.ops.gc_state import ChainKey
 from portmapctl.ops.gc import (
     Sources,
     ValidAttachments,
@@ -35,6 +34,7 @@ from portmapctl.ops.gc import (
     parse_valid_attachments,
     plan_family,
 )
+from portmapctl.ops.gc_state import ChainKey
 
 # --- valid-attachments documents ----------------------------------------------------------
 
