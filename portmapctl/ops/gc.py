@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
+    Callable,
     Dict,
     FrozenSet,
     Iterator,
@@ -472,6 +473,12 @@ class GcPlan:
     view: Optional[NamespaceView]
     warnings: Tuple[str, ...]
 
+    @property
+    def removing(self) -> int:
+        """How many chains (and nftables containers per family) it removes."""
+        nft = len(self.nft.removed) if self.nft is not None else 0
+        return sum(len(p.removed) for p in self.families) + nft
+
 
 def plan_gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcPlan:
     """Read the node once and plan every family (nothing is changed)."""
@@ -581,11 +588,18 @@ def _plan_table(
     return found
 
 
-def apply_gc(node: Node, planned: GcPlan) -> GcResult:
+# Called after each transaction with (chains removed so far, chains planned in all).
+Progress = Callable[[int, int], None]
+
+
+def apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress] = None) -> GcResult:
     """Apply the plan (unless a dry run) family by family, record the sightings, and
     flush the UDP conntrack entries of the ports unmapped. A family whose table
-    changed since it was read is read again (the cache after it) and re-planned."""
+    changed since it was read is read again (the cache after it) and re-planned.
+    `progress` (a progress bar): called after each family's transaction."""
     from portmapctl.ops import gc_nft
+
+    total = planned.removing
 
     options, sources = planned.options, planned.sources
     warnings = list(planned.warnings)
@@ -623,6 +637,8 @@ def apply_gc(node: Node, planned: GcPlan) -> GcResult:
             remembered.update(first.seen)  # nothing went: remember all of it
             break
         plans.append(done)
+        if progress is not None:
+            progress(sum(len(p.removed) for p in plans), total)
         if done.transaction and options.dry_run:
             transactions[family] = done.transaction.render()  # shown with -v
         remembered.update(done.seen)
@@ -642,6 +658,8 @@ def apply_gc(node: Node, planned: GcPlan) -> GcResult:
             failure = ApplyFailed(f"nftables: {err}")
         else:
             nft_removed, nft_pending = nft_done.removed, nft_done.pending
+            if progress is not None:
+                progress(sum(len(p.removed) for p in plans) + len(nft_removed), total)
             nft_freed, nft_kept = nft_done.freed, nft_done.kept
             remembered.update(nft_done.seen)
             if not options.dry_run:

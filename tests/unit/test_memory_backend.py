@@ -169,8 +169,16 @@ def test_interactive_gc_reads_once_plans_asks_then_applies_that_plan(tmp_path, m
     preview = gc_lib.apply_gc(node, replace(planned, options=replace(options, dry_run=True)))
     assert preview.removed and not backend.applied
     confirmed = frozenset((c.family, c.chain) for c in preview.removed)
-    done = gc_lib.apply_gc(node, replace(planned, options=replace(options, only=confirmed)))
+    calls: List[Tuple[int, int]] = []
+    done = gc_lib.apply_gc(
+        node,
+        replace(planned, options=replace(options, only=confirmed)),
+        progress=lambda removed, total: calls.append((removed, total)),
+    )
     assert done.removed == preview.removed
+    # One call per family, counting up to all of it (render's progress bar).
+    total = len(done.removed)
+    assert len(calls) == len(planned.families) and calls[-1] == (total, total)
     assert sorted(backend.reads) == [4, 6] and len(cache_files_read) == files  # no re-read
     assert [txn.render() for txn in backend.applied] == [
         p.transaction.render() for p in planned.families if p.transaction
