@@ -17,9 +17,10 @@ cache, a bare list, `--keep` alone and `--all` speak for every network.
 
 A chain that is not live is removed only once it has been seen not live and unchanged
 for `min_age` (gc_state keeps the first sightings): an ADD in progress has its chain
-in place before libcni writes the cache entry. Per family, one transaction
-(planner.plan_teardown) through Node.converge, which re-reads and re-plans when the
-plugin changed the table meanwhile. Afterwards, the UDP conntrack entries of host
+in place before libcni writes the cache entry. `plan_gc` reads the node once (every
+table, then the cache) and plans; `apply_gc` applies that plan, per family one
+transaction (planner.plan_teardown) through Node.converge, which re-reads and re-plans
+a family whose table the plugin changed meanwhile (an interactive run asks in between). Afterwards, the UDP conntrack entries of host
 ports no longer mapped go (the plugin's DEL leaves them; their flows would keep a
 dead DNAT until idle).
 """
