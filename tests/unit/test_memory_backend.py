@@ -176,9 +176,10 @@ def test_interactive_gc_reads_once_plans_asks_then_applies_that_plan(tmp_path, m
         progress=lambda removed, total: calls.append((removed, total)),
     )
     assert done.removed == preview.removed
-    # One call per family, counting up to all of it (render's progress bar).
+    # The total up front, then one call per family, counting up to all of it (the bar).
     total = len(done.removed)
-    assert len(calls) == len(planned.families) and calls[-1] == (total, total)
+    assert calls[0] == (0, total) and len(calls) == 1 + len(planned.families)
+    assert calls[-1] == (total, total)
     assert sorted(backend.reads) == [4, 6] and len(cache_files_read) == files  # no re-read
     assert [txn.render() for txn in backend.applied] == [
         p.transaction.render() for p in planned.families if p.transaction
