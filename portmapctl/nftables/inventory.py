@@ -26,7 +26,6 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import ProblemKind, Status
-from portmapctl.nftables.planner import entry_ok, hostports_all_ok, missing_by_container
 from portmapctl.nftables.ruleset import (
     FAMILY_NAMES,
     HOSTIP_HOSTPORTS,
@@ -41,7 +40,6 @@ from portmapctl.nftables.ruleset import (
     Ruleset,
     Table,
 )
-from portmapctl.nftables.wanted import wanted
 
 BACKEND = "nftables"
 CHAIN_TYPE = "nft-rule"
@@ -222,6 +220,9 @@ def _families_needed(nft_backed: Sequence[Owner]) -> Dict[int, bool]:
 
 def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Problem]:
     """What the plugin's shared structure lacks in `families` (family -> SNAT needed)."""
+    # Here, not at the top: `list` builds rows only and needs neither module.
+    from portmapctl.nftables.planner import entry_ok, hostports_all_ok
+
     problems: List[Problem] = []
     for family in sorted(families):
         table = ruleset.table(family)
@@ -290,6 +291,9 @@ def _structure_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[P
 
 
 def _rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem]:
+    from portmapctl.nftables.planner import missing_by_container
+    from portmapctl.nftables.wanted import wanted
+
     problems = []
     for family in (4, 6):
         owners: List[Owner] = []
