@@ -133,11 +133,14 @@ def list_command(
             for warning in warnings(attachments):
                 out.warn(warning)
             found = inventory.build(tables, attachments)
-            if recorder is not None:
-                recorder.note_node(found.mappings, found.chains, tuple(tables))
             mappings = list(found.mappings)
             if reader is not None:
                 mappings += _nft_rows(node, reader, attachments, found, out)
+            if recorder is not None:
+                from portmapctl.ops.nft import backends_read
+
+                read = backends_read(node, tuple(tables))
+                recorder.note_node(mappings, found.chains, tuple(tables), tuple(read), read)
             counts = None
             if conntrack:
                 if options.offline:

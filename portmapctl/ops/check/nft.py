@@ -8,7 +8,7 @@ repaired by one `nft -f` transaction (nftables/planner.py), never in iptables.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
@@ -18,6 +18,9 @@ from portmapctl.iptables.ruleset import NatTable
 from portmapctl.ops.check.diagnose import Problem
 from portmapctl.ops.check.hints import Fixes
 from portmapctl.ops.node import Node
+
+if TYPE_CHECKING:
+    from portmapctl.nftables.inventory import NftInventory
 
 STALE = ProblemKind.STALE.value
 SHADOWED = ProblemKind.SHADOWED.value
@@ -53,17 +56,24 @@ def configured_nft(attachments: Optional[Sequence[Attachment]]) -> set:
     }
 
 
+class NftCheck(NamedTuple):
+    problems: List[Problem]
+    nft_ids: Set[str]  # IDs of nft-backed containers
+    compared: int  # (container, family) pairs compared with the tables
+    notes: List[str]
+    found: Optional[NftInventory]  # the rows read (None: nftables not looked at)
+
+
 def nft_problems(
     node: Node,
     tables: ReadOnly[int, NatTable],
     attachments: Optional[Sequence[Attachment]],
     fixes: Fixes,
-) -> Tuple[List[Problem], set, int, List[str]]:
-    """(problems, IDs of nft-backed containers, mappings compared, notes)."""
+) -> NftCheck:
     if node.nft is None:
         # nftables not looked at (--backend iptables, iptables dumps only): containers
         # configured for it are still not expected in iptables.
-        return [], configured_nft(attachments), 0, []
+        return NftCheck([], configured_nft(attachments), 0, [], None)
     from portmapctl.ops import nft
 
     _live, parts, found = nft.build(node, attachments, iptables_owners(tables, attachments))
@@ -71,7 +81,7 @@ def nft_problems(
     if node.nft_unusable is not None:
         if parts.nftables:
             raise node.nft_unusable  # nft state is needed and cannot be read
-        return [], nft_ids, 0, []
+        return NftCheck([], nft_ids, 0, [], None)
     problems: List[Problem] = []
     for p in found.problems:
         if node.options.families and p.family not in node.options.families:
@@ -143,7 +153,7 @@ def nft_problems(
             )
         )
     compared = sum(len(a.mapping.families) for a in parts.nftables if a.mapping is not None)
-    return problems, nft_ids, compared, []
+    return NftCheck(problems, nft_ids, compared, [], found)
 
 
 def _added_at(attachment: Attachment) -> Tuple[int, str]:

@@ -55,8 +55,9 @@ def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckRes
     found = inventory.build(tables, attachments)
     from portmapctl.ops.check.nft import nft_problems
 
-    nft_found, nft_ids, nft_compared, nft_notes = nft_problems(node, tables, attachments, fixes)
-    notes += nft_notes
+    nft = nft_problems(node, tables, attachments, fixes)
+    nft_found, nft_ids, nft_compared = nft.problems, nft.nft_ids, nft.compared
+    notes += nft.notes
     problems, compared = diagnose(
         tables,
         attachments,
@@ -83,6 +84,7 @@ def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckRes
         chains,
         notes=tuple(notes),
         found=found,
+        nft_found=nft.found,
         warnings=tuple(cni_cache.warnings(attachments)),
     )
 
