@@ -26,18 +26,32 @@ from portmapctl.nftables.transaction import Transaction
 
 MIN_VERSION = (1, 0, 1)
 TIMEOUT_SECONDS = 120
-_VERSION = re.compile(r"nftables v(\d+)\.(\d+)(?:\.(\d+))?")
+# Patterns as text: `re` compiles them when first used (a version check, an error),
+# not on every start (compiling them was 5 ms of each `list`).
+_VERSION = r"nftables v(\d+)\.(\d+)(?:\.(\d+))?"
+_ERRNO = r"Error: (?:Could not process rule: )?([^\n]*)"
 # `{"nftables": [{"metainfo": {"version": "1.0.6", ...`: what `nft -j` prints first.
-_LISTED_VERSION = re.compile(r'"metainfo": \{"version": "(\d+)\.(\d+)(?:\.(\d+))?"')
-_ERRNO = re.compile(r"Error: (?:Could not process rule: )?([^\n]*)")
+_LISTED_VERSION = '{"nftables": [{"metainfo": {"version": "'
 
 
 def parse_version(text: str) -> Optional[Tuple[int, int, int]]:
     """`nftables v1.0.6 (Lester Gooch #5)` -> (1, 0, 6)."""
-    match = _VERSION.search(text)
+    match = re.search(_VERSION, text)
     if not match:
         return None
     return int(match[1]), int(match[2]), int(match[3] or 0)
+
+
+def _listed_version(out: str) -> Optional[Tuple[int, int, int]]:
+    """The version in the metainfo a `nft -j list` document starts with, else None."""
+    if not out.startswith(_LISTED_VERSION):
+        return None
+    end = out.find('"', len(_LISTED_VERSION), len(_LISTED_VERSION) + 32)
+    parts = out[len(_LISTED_VERSION) : end].split(".") if end > 0 else []
+    if not 2 <= len(parts) <= 3 or not all(p.isdigit() and p.isascii() for p in parts):
+        return None
+    major, minor, patch = (int(p) for p in (*parts, "0")[:3])
+    return major, minor, patch
 
 
 def _too_old(version: Tuple[int, int, int]) -> str:
@@ -47,7 +61,7 @@ def _too_old(version: Tuple[int, int, int]) -> str:
 
 def first_error(stderr: str) -> str:
     """The errno text of nft's first error ("No such file or directory"), else its line."""
-    match = _ERRNO.search(stderr)
+    match = re.search(_ERRNO, stderr)
     if match:
         # "No such file or directory; did you mean table ... in family ip?": the errno part.
         return match[1].split(";", 1)[0].strip()
@@ -141,9 +155,8 @@ class RealNft:
         if self._checked:
             return
         for out in outputs:
-            match = _LISTED_VERSION.search(out, 0, 512)
-            if match:
-                listed = (int(match[1]), int(match[2]), int(match[3] or 0))
+            listed = _listed_version(out)
+            if listed is not None:
                 if listed < MIN_VERSION:
                     raise NftUnusable(_too_old(listed))
                 self._checked = True
