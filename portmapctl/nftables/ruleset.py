@@ -22,10 +22,9 @@ from enum import Enum
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from portmapctl.errors import BadInput
+from portmapctl.nftables import FAMILY_NAMES, TABLE  # noqa: F401 - re-exported
 
-TABLE = "cni_hostport"
 TABLE_COMMENT = "CNI portmap plugin"
-FAMILY_NAMES = {4: "ip", 6: "ip6"}
 FAMILIES = {"ip": 4, "ip6": 6}
 
 # The plugin's chains (v1.9.1; v1.6/v1.7 lack hostports_all).

@@ -17,12 +17,15 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 from portmapctl.errors import HostProblem
+from portmapctl.nftables import FAMILY_NAMES, TABLE
 from portmapctl.nftables.access import NftApplyFailed, NftUnusable
-from portmapctl.nftables.ruleset import FAMILY_NAMES, TABLE, Ruleset, parse_many
-from portmapctl.nftables.transaction import Transaction
+
+if TYPE_CHECKING:
+    from portmapctl.nftables.ruleset import Ruleset
+    from portmapctl.nftables.transaction import Transaction
 
 MIN_VERSION = (1, 0, 1)
 TIMEOUT_SECONDS = 120
@@ -125,6 +128,9 @@ class RealNft:
                 )
         except OSError as err:
             raise HostProblem(f"cannot run {self.binary()}: {err.strerror}") from None
+        # Imported while nft lists: the parser's import is not on the way to nft's start.
+        from portmapctl.nftables.ruleset import parse_many
+
         done: List[Tuple[int, subprocess.CompletedProcess]] = []
         for family, proc in procs.items():
             try:
