@@ -150,7 +150,7 @@ def check_command(
                     if result.nft_found is not None:
                         mappings += result.nft_found.mappings
                     read = backends_read(node, result.families)
-                    recorder.note_node(mappings, found.chains, result.families, tuple(read), read)
+                    recorder.note_node(mappings, found.chains, result.families, read)
         for warning in result.warnings:
             out.warn(warning)
         cache = common.cache()

@@ -140,7 +140,7 @@ def list_command(
                 from portmapctl.ops.nft import backends_read
 
                 read = backends_read(node, tuple(tables))
-                recorder.note_node(mappings, found.chains, tuple(tables), tuple(read), read)
+                recorder.note_node(mappings, found.chains, tuple(tables), read)
             counts = None
             if conntrack:
                 if options.offline:

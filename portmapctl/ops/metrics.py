@@ -427,16 +427,13 @@ class Recorder:
         self.findings = replace(self.findings, **given)
 
     def note_node(
-        self,
-        mappings: Iterable[Any],
-        chains: Iterable[Any],
-        families: Sequence[int],
-        backends: Sequence[str] = (IPTABLES,),
-        families_of: Optional[Dict[str, Sequence[int]]] = None,
-    ) -> None:
-        """An inventory of the whole node (never a filtered view of it): the rows of
-        every backend in `backends` (those that were read)."""
-        self.note(node_findings(mappings, chains, families, backends, families_of))
+        self, mappings: Iterable[Any], chains: Iterable[Any], families: Sequence[int],
+        read: Optional[Dict[str, Sequence[int]]] = None,
+    ) -> None:  # fmt: skip
+        """An inventory of the whole node (never a filtered view of it). `read`: the
+        backends that were read, each with its families (None: iptables only)."""
+        backends = tuple(read) if read is not None else (IPTABLES,)
+        self.note(node_findings(mappings, chains, families, backends, read))
 
     def note_problems(self, problems: Iterable[Any]) -> None:
         self.note(Findings(problems=problem_findings(problems)))
