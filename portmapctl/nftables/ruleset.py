@@ -396,7 +396,9 @@ def _add_object(
     family = _ours(obj, "table")
     if family is None:
         return
-    parts = tables.setdefault(family, {"chains": {}, "rules": {}, "handle": 0})
+    parts = tables.get(family)
+    if parts is None:  # (setdefault would build the default for each of 4,000 rules)
+        parts = tables[family] = {"chains": {}, "rules": {}, "handle": 0}
     if kind == "chain":
         name = _name(obj["name"])
         base = None
@@ -412,7 +414,10 @@ def _add_object(
     if not isinstance(exprs, list):
         raise ValueError("expr is not a list")
     rule = Rule(family, chain, _handle(obj), values.body(exprs, comment))
-    parts["rules"].setdefault(chain, []).append(rule)
+    rules = parts["rules"].get(chain)
+    if rules is None:
+        rules = parts["rules"][chain] = []
+    rules.append(rule)
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*\Z")
