@@ -16,6 +16,8 @@ Measured, in the same run, medians of 5 (min-max):
   bare `nft -j list table ip cni_hostport` (target: within 3x), interleaved round by
   round, wall clock and CPU time (user + system of the process and its children);
   `--baseline DIR` adds another checkout's two lists to the same rounds (before/after);
+  `--instructions` also counts each command's instructions with valgrind (callgrind):
+  a figure the machine's load does not move;
 - `portmapctl gc` of N stale containers vs upstream v1.9.1's DEL of each (target:
   >= 100x). Up to 100 containers every DEL runs; above, 3 samples of 20 DELs at table
   sizes N, N/2 and N/10 (the table is shrunk by bulk removal between samples) and the
@@ -124,6 +126,27 @@ def timed_cpu(argv: Sequence[str], env: Dict[str, str] | None = None) -> Tuple[f
     return elapsed, cpu
 
 
+def instructions(argv: Sequence[str], env: Dict[str, str] | None = None) -> int:
+    """Instructions the command and all its children run, counted by valgrind's
+    callgrind (user space): unlike a clock, the same on a loaded machine as on an idle
+    one. The command runs 20-50x slower under it."""
+    out = Path(tempfile.mkdtemp(prefix="pmt-nftbench-cg-"))
+    try:
+        # `ip netns exec NS CMD`: callgrind goes inside, around CMD and its children.
+        split = 4 if list(argv[:2]) == ["ip", "netns"] else 0
+        wrapped = [*argv[:split], "valgrind", "--tool=callgrind", "--trace-children=yes",
+                   f"--callgrind-out-file={out}/cg.%p", *argv[split:]]  # fmt: skip
+        subprocess.run(wrapped, capture_output=True, env=env, check=True)
+        total = 0
+        for dump in out.glob("cg.*"):
+            for line in dump.read_text(errors="replace").splitlines():
+                if line.startswith("summary:"):
+                    total += int(line.split()[1])
+        return total
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def stats(samples: List[float]) -> dict:
     return {
         "median": statistics.median(samples),
@@ -150,7 +173,9 @@ def pmctl_env(root: Path = ROOT) -> Dict[str, str]:
 
 
 def pmctl(ns: str, *args: str) -> List[str]:
-    return ["ip", "netns", "exec", ns, sys.executable, "-m", "portmapctl", *args]
+    # -P: `-m` would put the working directory first on sys.path, ahead of PYTHONPATH,
+    # and a --baseline run started in this checkout would import this checkout.
+    return ["ip", "netns", "exec", ns, sys.executable, "-P", "-m", "portmapctl", *args]
 
 
 def check_equal_to_plugin() -> None:
@@ -168,7 +193,9 @@ def check_equal_to_plugin() -> None:
     print("N = 10: one setup transaction == 10 upstream v1.9.1 ADDs (rule for rule)")
 
 
-def bench_list(count: int, runs: int = RUNS, baseline: Path | None = None) -> dict:
+def bench_list(
+    count: int, runs: int = RUNS, baseline: Path | None = None, count_instructions: bool = False
+) -> dict:
     """bare nft, `list --backend nftables`, `list` (auto), and the same two of a
     `baseline` checkout, interleaved round by round so that the machine's load falls on
     all of them alike."""
@@ -199,6 +226,9 @@ def bench_list(count: int, runs: int = RUNS, baseline: Path | None = None) -> di
                 wall, cpu = timed_cpu(argv, env)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
+        counted = {}
+        if count_instructions:
+            counted = {name: instructions(argv, env) for name, (argv, env) in commands.items()}
         rows = subprocess.run(pmctl(ns, *args, "-o", "json"), capture_output=True, text=True,
                               env=pmctl_env(), check=True).stdout  # fmt: skip
         mappings = len(json.loads(rows)["mappings"])
@@ -210,6 +240,8 @@ def bench_list(count: int, runs: int = RUNS, baseline: Path | None = None) -> di
     found: dict = {"built_seconds": made}
     for name in commands:
         found[name] = {**stats(walls[name]), "cpu": stats(cpus[name])}
+        if name in counted:
+            found[name]["instructions"] = counted[name]
     return found
 
 
@@ -312,8 +344,11 @@ def ms(value: float) -> str:
 
 
 def report(results: dict) -> str:
-    lines = ["| N | command | wall median (min-max) | ratio | CPU median | CPU ratio |",
-             "| ---: | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    counted = any("instructions" in r["bare_nft"] for r in results["list"].values())
+    lines = ["| N | command | wall median (min-max) | ratio | CPU median | CPU ratio |"
+             + (" instructions | ratio |" if counted else ""),
+             "| ---: | --- | ---: | ---: | ---: | ---: |"
+             + (" ---: | ---: |" if counted else "")]  # fmt: skip
     names = {
         "bare_nft": "bare `nft -j list table ip cni_hostport`",
         "list_nftables": "`list --backend nftables`",
@@ -327,11 +362,15 @@ def report(results: dict) -> str:
             if key not in r:
                 continue
             m = r[key]
-            lines.append(
+            line = (
                 f"| {int(n):,} | {label} | {ms(m['median'])} ({ms(m['min'])}-{ms(m['max'])}) "
                 f"| {m['median'] / bare['median']:.1f}x | {ms(m['cpu']['median'])} "
                 f"| {m['cpu']['median'] / bare['cpu']['median']:.1f}x |"
             )
+            if counted:
+                line += (f" {m['instructions'] / 1e6:,.0f} M "
+                         f"| {m['instructions'] / bare['instructions']:.2f}x |")  # fmt: skip
+            lines.append(line)
     if not results["gc"]:
         return "\n".join(lines) + "\n"
     lines += ["", "| N | `gc` of N stale | upstream v1.9.1 DEL of each | speed-up | how |",
@@ -360,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=RUNS, help="rounds of the list figures")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="another checkout whose list runs in the same rounds")  # fmt: skip
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count each list command's instructions (valgrind)")
     args = parser.parse_args(argv)
     for probe in (rp.netns_available, upstream.available):
         ok, reason = probe()
@@ -375,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_equal_to_plugin()
     results: dict = {"list": {}, "gc": {}, "load": os.getloadavg()}
     for n in args.sizes:
-        results["list"][n] = bench_list(n, args.runs, args.baseline)
+        results["list"][n] = bench_list(n, args.runs, args.baseline, args.instructions)
         print(f"N = {n}: list {results['list'][n]['list_nftables']['median']:.3f} s, "
               f"bare nft {results['list'][n]['bare_nft']['median']:.3f} s")  # fmt: skip
         if args.list_only:
