@@ -179,8 +179,9 @@ def shape_gc(mode: str, versions: Versions, s: int, runs: int, sample: int) -> D
     live = everyone[0::2]
     stale = everyone[1::2]
     samples: Dict[str, List[float]] = {}
-    # Before, deleting by text is quadratic: over 120 s (the restore's time-out) at 5,000.
-    with_before = "before" in versions.paths and s <= 2000
+    # 0.1 deleted by text, quadratic (over 120 s at 5,000, the restore's time-out); since
+    # 0.2 (by number) it is linear, so "before" runs at every size.
+    with_before = "before" in versions.paths
     doers: List[str] = ["after", *(["before"] if with_before else [])]
     doers += ["restore_by_number", "restore_rebuild"]
     for _ in range(runs):
@@ -441,6 +442,7 @@ def main() -> None:
     parser.add_argument("--before", default="main", help="git ref for 'before' ('' for none)")
     parser.add_argument("--sizes", help="override the N of every shape, comma-separated")
     parser.add_argument("--out", default=str(OUT / "shapes.json"))
+    parser.add_argument("--gc-runs", type=int, help="runs of each gc doer (default 3, 2 quick)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (network namespaces, iptables)")
@@ -475,9 +477,10 @@ def main() -> None:
         results["startup"] = shape_startup(versions, 5 if quick else 10)
     if "gc" in shapes:
         results["gc"] = {}
-        for s in sizes or ([100, 500] if quick else [500, 1000, 5000]):
-            log(f"gc: {s} stale among {2 * s}")
-            results["gc"][s] = shape_gc(args.mode, versions, s, 1 if s >= 5000 else runs, 3)
+        for s in sizes or ([100, 500] if quick else [1000, 2000, 5000]):
+            log(f"gc: {s} stale among {2 * s} (load {os.getloadavg()[0]:.1f})")
+            results["gc"][s] = shape_gc(args.mode, versions, s, args.gc_runs or runs, 3)
+            results["gc"][s]["load"] = os.getloadavg()
     if "repair" in shapes:
         results["repair"] = {}
         for n in sizes or ([100, 1000] if quick else [100, 1000, 5000]):
@@ -513,9 +516,9 @@ def print_tables(r: Dict[str, Any]) -> None:
     if "gc" in r:
         print(
             "\n| stale / total | gc before | gc after | restore by number | restore rebuild |"
-            " after / best restore | plugin DEL x S |"
+            " after / best restore | plugin DEL x S | load after |"
         )
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for s, g in r["gc"].items():
             best = min(g["restore_by_number"]["median"], g["restore_rebuild"]["median"])
             print(
@@ -523,6 +526,7 @@ def print_tables(r: Dict[str, Any]) -> None:
                 f" {cell(g['after'])} | {cell(g['restore_by_number'])} | {cell(g['restore_rebuild'])} |"
                 f" {g['after']['median'] / best:.2f}× | {fmt(g['plugin_del_total'])}"
                 f" ({fmt(g['plugin_del']['median'])} each) |"
+                + (f" {g['load'][0]:.1f} |" if "load" in g else "")
             )
     if "repair" in r:
         print(

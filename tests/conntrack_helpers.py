@@ -9,7 +9,6 @@ import uuid
 from typing import Callable, Iterator
 
 import pytest
-from hypothesis import strategies as st
 
 from portmapctl.host.conntrack import ConntrackEntry
 from portmapctl.host.netns import entered
@@ -41,15 +40,6 @@ def udp(
         zone=zone,
         ct_id=ct_id,
     )
-
-
-ports = st.sampled_from([53, 5353, 8053])
-
-
-addresses = st.sampled_from(["10.0.0.1", "10.88.0.5", "10.88.0.9"])
-
-
-entries = st.builds(udp, dst=addresses, dport=ports, reply_src=st.none() | addresses)
 
 
 REQUIRE_NETNS = os.environ.get("PORTMAPCTL_REQUIRE_NETNS") == "1"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import List
 
-from portmapctl.iptables.ruleset import split_line
+from portmapctl.iptables.lexer import split_words
 
 HOSTILE_COMMENTS = [
     'evil" -j ACCEPT',
@@ -24,4 +24,4 @@ def _lines(text: str) -> List[List[str]]:
     """The restore text's command lines, split as iptables-restore splits them."""
     lines = text.split("\n")
     assert lines[0] == "*nat" and lines[-2:] == ["COMMIT", ""], text
-    return [split_line(line) for line in lines[1:-2]]
+    return [split_words(line) for line in lines[1:-2]]

@@ -13,10 +13,12 @@ import inspect
 import json
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from enum import Enum
 from typing import (
     TYPE_CHECKING,
+    Annotated,
     Any,
     Callable,
     Dict,
@@ -37,11 +39,6 @@ if TYPE_CHECKING:
 
     from portmapctl.ops.metrics import Recorder
     from portmapctl.ops.node import NodeOptions
-
-try:
-    from typing import Annotated
-except ImportError:  # Python 3.8
-    from typing_extensions import Annotated  # type: ignore[assignment]
 
 
 class BackendChoice(str, Enum):
@@ -86,8 +83,6 @@ class ProtoChoice(str, Enum):
 # They run on every TAB press: cheap sources only (the CNI cache, /run/netns), never
 # iptables (root, slow), and never an error: anything odd gives no suggestions.
 
-NETNS_DIR = "/run/netns"
-
 
 def _cache_dir(ctx: typer.Context) -> Tuple[str, ...]:
     value = (ctx.params or {}).get("cni_cache_dir")
@@ -131,8 +126,10 @@ def complete_network(ctx: typer.Context, incomplete: str) -> List[Tuple[str, str
 
 def complete_netns(incomplete: str) -> List[str]:
     """Names of the namespaces `ip netns` knows (a path is completed by the shell)."""
+    from portmapctl.host.netns import NETNS_RUN_DIR
+
     try:
-        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(incomplete))
+        return sorted(n for n in os.listdir(NETNS_RUN_DIR) if n.startswith(incomplete))
     except OSError:
         return []
 
@@ -435,8 +432,20 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-BUSY_AFTER = 1.0
-"""Seconds of work before a spinner shows (SPEC §3: progress for work over ~1 s)."""
+PROGRESS_AFTER = 1.0
+"""Seconds of work before progress shows (SPEC §3: progress for work over ~1 s)."""
+
+PROGRESS_AFTER_ENV = "PORTMAPCTL_PROGRESS_AFTER"
+"""Overrides PROGRESS_AFTER (seconds, e.g. 0 to see it at once: tests, demos)."""
+
+
+def progress_after() -> float:
+    try:
+        seconds = float(os.environ.get(PROGRESS_AFTER_ENV) or PROGRESS_AFTER)
+    except ValueError:  # not a number: the default, as for an unset variable
+        return PROGRESS_AFTER
+    return min(max(seconds, 0.0), 3600.0)
+
 
 @contextlib.contextmanager
 def metrics_recording(
@@ -462,10 +471,65 @@ def metrics_recording(
         yield recorder
 
 
-PROGRESS_FROM = 2000
-"""Fewer items than this are done before a progress bar could be read: no bar."""
-
 ProgressCallback = Callable[[int, int], None]
+
+
+class _Display:
+    """The progress shown on stderr: a spinner while the amount of work is unknown, a
+    bar with `N/M` once a count comes in. Started by a timer (short work shows
+    nothing), refreshed by rich's own thread, erased when done."""
+
+    def __init__(self, console: Callable[[], Console], description: str) -> None:
+        self._console = console
+        self._description = description
+        self._guard = threading.Lock()
+        self._counts: Optional[Tuple[int, int]] = None
+        self._shown: Optional[Any] = None  # the rich Progress on screen
+        self._counted = False  # it shows counts (else: a spinner)
+        self._over = False
+
+    def update(self, done: int, total: int) -> None:
+        with self._guard:
+            self._counts = (done, total)
+            if self._shown is None:
+                return
+            if not self._counted:  # the first count: from a spinner to a bar
+                self._shown.stop()
+                self._show()
+            else:
+                self._shown.update(self._shown.task_ids[0], completed=done, total=total)
+
+    def start(self) -> None:
+        with self._guard:
+            if not self._over and self._shown is None:
+                self._show()
+
+    def stop(self) -> None:
+        with self._guard:
+            self._over = True
+            if self._shown is not None:
+                self._shown.stop()
+
+    def _show(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._counted = self._counts is not None
+        columns: List[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
+        if self._counted:  # 20 wide: the whole line fits 80 columns
+            columns += [BarColumn(bar_width=20), MofNCompleteColumn()]
+        columns.append(TimeElapsedColumn())
+        shown = Progress(*columns, console=self._console(), transient=True)
+        done, total = self._counts if self._counts is not None else (0, None)
+        shown.add_task(self._description, total=total, completed=done)
+        shown.start()
+        self._shown = shown
 
 
 @dataclass
@@ -575,47 +639,16 @@ class Output:
         sys.stderr.write(f"portmapctl: warning: {text}\n")
 
     @contextlib.contextmanager
-    def busy(self, description: str, after: float = BUSY_AFTER) -> Iterator[None]:
-        """A spinner on stderr while work of unknown length runs, once it has run for
-        `after` seconds (short work shows nothing); terminal only, not with -q or JSON;
-        erased when done."""
-        if self.quiet or self.json or not _isatty(sys.stderr):
-            yield
-            return
-        import threading
-
-        shown: List[Any] = []
-        guard = threading.Lock()
-
-        def start() -> None:
-            with guard:
-                if shown is not None and not shown:
-                    status = self._console(stderr=True).status(description + " ...")
-                    status.start()
-                    shown.append(status)
-
-        timer = threading.Timer(after, start)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-            with guard:
-                for status in shown:
-                    status.stop()
-                shown.append(None)  # too late to start now
-
-    @contextlib.contextmanager
     def progress(
-        self, description: str, min_total: int = PROGRESS_FROM
+        self, description: str, after: Optional[float] = None
     ) -> Iterator[Optional[ProgressCallback]]:
-        """A progress bar on stderr for long work, as a `(done, total)` callback.
+        """Progress on stderr for work that may be long, with a `(done, total)` callback.
 
-        Yields None -- no bar, and nothing for the library to call -- unless stderr
-        is a terminal and neither -q nor JSON output was asked for. The bar shows up
-        only once `total` reaches `min_total` (short work is over before it could be
-        read) and is erased when done, so it never ends up in a log or a pipe.
+        Yields None -- nothing shown, nothing for the library to call -- unless stderr
+        is a terminal and neither -q nor JSON output was asked for. Shows only once the
+        work has run `after` seconds (default PROGRESS_AFTER, env PORTMAPCTL_PROGRESS_AFTER):
+        a spinner, or a bar with `N/M` once the callback gave a count. Erased when
+        done, so it never ends up in a log or a pipe, and stdout is never touched.
 
             with out.progress("deleting UDP conntrack entries") as progress:
                 result = flush(node, ..., progress=progress)
@@ -623,21 +656,21 @@ class Output:
         if self.quiet or self.json or not _isatty(sys.stderr):
             yield None
             return
-        from rich.progress import Progress
+        display = _Display(lambda: self._console(stderr=True), description)
+        timer = threading.Timer(progress_after() if after is None else after, display.start)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield display.update
+        finally:
+            timer.cancel()
+            display.stop()
 
-        with contextlib.ExitStack() as stack:
-            bars: List[Progress] = []
-
-            def update(done: int, total: int) -> None:
-                if not bars:
-                    if total < min_total:
-                        return
-                    bar = Progress(console=self._console(stderr=True), transient=True)
-                    bars.append(stack.enter_context(bar))
-                    bar.add_task(description, total=total)
-                bars[0].update(bars[0].task_ids[0], completed=done, total=total)
-
-            yield update
+    @contextlib.contextmanager
+    def busy(self, description: str, after: Optional[float] = None) -> Iterator[None]:
+        """A spinner on stderr while work of unknown length runs (see progress)."""
+        with self.progress(description, after):
+            yield
 
 
 def _force_color() -> bool:

@@ -117,6 +117,15 @@ def read_cache(
     `namespaces` judges whether each entry's network namespace is still there (None:
     not judged, as for a --snapshot from another node).
     """
+    paths = cache_paths(cache_dirs)
+    if paths is None:
+        return None
+    return read_entries(paths, namespaces)
+
+
+def cache_paths(cache_dirs: CacheDirs) -> Optional[List[str]]:
+    """The cache files (None when there is no cache at all), in the order read_cache
+    reads them."""
     folders = [results_dir(d) for d in present_dirs(cache_dirs)]
     if not folders:
         return None
@@ -135,7 +144,7 @@ def read_cache(
             if entry.startswith(".") or not os.path.isfile(path):
                 continue  # libcni writes through temporary files
             paths.append(path)
-    return read_entries(paths, namespaces)
+    return paths
 
 
 def read_entries(

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import itertools
 import os
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterable, Iterator
 
 from portmapctl.errors import BadInput, HostProblem
 
@@ -137,29 +136,6 @@ def delete(
     return deleted
 
 
-def stale_entries(
-    entries: Iterable[ConntrackEntry], current: Mapping[tuple[int, int], str]
-) -> list[ConntrackEntry]:
-    """The entries that would misroute, given the current mappings
-    (family, host port) -> container address.
-
-    An entry's traffic goes to its reply source. Under a mapped port that must be the
-    container's current address: another address is an old DNAT destination, or the
-    original destination of an entry never DNATed (its flow began before the rules
-    existed and bypasses them until it goes idle). Under an unmapped port the traffic
-    must reach the host, so only DNATed entries are stale.
-    """
-    wanted = {key: _address(address) for key, address in current.items()}
-
-    def misroutes(entry: ConntrackEntry) -> bool:
-        target = wanted.get((entry.family, entry.dport))
-        if target is None:
-            return entry.dnat
-        return ipaddress.ip_address(entry.reply_src) != target
-
-    return [entry for entry in entries if misroutes(entry)]
-
-
 # --- validation -------------------------------------------------------------------
 
 
@@ -174,13 +150,6 @@ def _port(port: int) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise BadInput(f"invalid port {port!r}: use a number from 1 to 65535")
     return port
-
-
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        raise BadInput(f"invalid container address {text!r}") from None
 
 
 # --- netlink ----------------------------------------------------------------------

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
@@ -36,12 +36,41 @@ from portmapctl.core.status import Status
 from portmapctl.iptables import shapes
 from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT, is_plugin_chain
 from portmapctl.iptables.ruleset import Args, NatTable, option_value, options, rule_target
+from portmapctl.iptables.shapes import ProtoPort
 
 _COMMENT = re.compile(r'(?:dnat|snat) name: "(?P<network>[^"]*)" id: "(?P<id>[^"]*)(?P<end>"?)\Z')
 
-ProtoPort = Tuple[str, int]
 _JUMPS = ("-j", "-g")
 
+
+class Identity(NamedTuple):
+    """Whose a chain or rule is: its network and container ID, None where unknown."""
+
+    network: Optional[str]
+    container_id: Optional[str]
+
+
+_NOBODY = Identity(None, None)
+
+
+class PortMatch(NamedTuple):
+    """What a per-port rule of a CNI-DN- chain matches."""
+
+    protocol: str
+    host_port: int
+    host_ip: Optional[str]  # without its prefix length
+
+
+class DnatRule(NamedTuple):
+    """One DNAT rule of a CNI-DN- chain, with whether a mark rule (hairpin or
+    localhost SNAT) for the same match comes before it."""
+
+    protocol: str
+    host_port: int
+    host_ip: Optional[str]
+    container_ip: str
+    container_port: int
+    snat: bool
 
 
 @dataclass(frozen=True)
@@ -78,7 +107,7 @@ class ChainInfo:
         for rule in self.rules:
             parsed = _parse_port_rule(rule)
             if parsed:
-                found[(parsed[0], parsed[1])] = None
+                found[(parsed.protocol, parsed.host_port)] = None
         for entry in self.entries:
             for proto_port in entry.ports:
                 found.setdefault(proto_port, None)
@@ -100,16 +129,16 @@ class Inventory:
 # option_value five times per rule was half of `list`'s own time at 5,000 containers.
 
 
-def parse_comment(args: Sequence[str]) -> Tuple[Optional[str], Optional[str]]:
+def parse_comment(args: Sequence[str]) -> Identity:
     return _identity_of(option_value(args, "--comment"))
 
 
-def _identity_of(comment: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+def _identity_of(comment: Optional[str]) -> Identity:
     match = _COMMENT.match(comment) if comment else None
     if not match:
-        return None, None
+        return _NOBODY
     # A comment cut at 255 bytes loses the end of the ID: the network is still sure.
-    return match["network"], match["id"] if match["end"] else None
+    return Identity(match["network"], match["id"] if match["end"] else None)
 
 
 def _entry_ports_of(opts: ReadOnly[str, str]) -> Tuple[ProtoPort, ...]:
@@ -131,17 +160,17 @@ def _strip_prefix(address: Optional[str]) -> Optional[str]:
     return address.split("/", 1)[0]
 
 
-def _parse_port_rule(args: Sequence[str]) -> Optional[Tuple[str, int, Optional[str]]]:
-    """(protocol, host port, host IP) of a per-port rule, or None."""
+def _parse_port_rule(args: Sequence[str]) -> Optional[PortMatch]:
+    """What a per-port rule matches, or None for another rule."""
     return _port_rule_of(options(args))
 
 
-def _port_rule_of(opts: ReadOnly[str, str]) -> Optional[Tuple[str, int, Optional[str]]]:
+def _port_rule_of(opts: ReadOnly[str, str]) -> Optional[PortMatch]:
     proto = opts.get("-p")
     port = opts.get("--dport")
     if not proto or not port or not port.isdigit():
         return None
-    return proto, int(port), _strip_prefix(opts.get("-d"))
+    return PortMatch(proto, int(port), _strip_prefix(opts.get("-d")))
 
 
 def _overlap(a: Optional[str], b: Optional[str]) -> bool:
@@ -241,7 +270,7 @@ def _family(
         for name in names
         if name.startswith(SNAT_PREFIX)
     }
-    owners = {name: _identity(by_chain.get(name), entries[name])[1] for name in names}
+    owners = {name: _identity(by_chain.get(name), entries[name]).container_id for name in names}
     shadowing = _shadowing(table, entries, port_rules, owners)
 
     mappings: List[Mapping] = []
@@ -332,25 +361,20 @@ def _family(
     return mappings, chains
 
 
-def _identity(
-    attachment: Optional[Attachment], entries: Iterable[EntryRule]
-) -> Tuple[Optional[str], Optional[str]]:
+def _identity(attachment: Optional[Attachment], entries: Iterable[EntryRule]) -> Identity:
     """Who a chain belongs to: the cache knows for sure; else the entry comments."""
     if attachment is not None:
-        return attachment.network, attachment.container_id
+        return Identity(attachment.network, attachment.container_id)
     for entry in entries:
         if entry.network is not None:
-            return entry.network, entry.container_id
-    return None, None
+            return Identity(entry.network, entry.container_id)
+    return _NOBODY
 
 
-PortRule = Tuple[str, int, Optional[str], str, int, bool]
-
-
-def _port_rules(rules: Sequence[Args]) -> List[PortRule]:
-    """(proto, host port, host IP, container IP, container port, snat) per DNAT rule."""
-    marked: Set[Tuple[str, int, Optional[str]]] = set()
-    found: List[PortRule] = []
+def _port_rules(rules: Sequence[Args]) -> List[DnatRule]:
+    """The chain's DNAT rules."""
+    marked: Set[PortMatch] = set()
+    found: List[DnatRule] = []
     for args in rules:
         opts = options(args)
         parsed = _port_rule_of(opts)
@@ -360,7 +384,7 @@ def _port_rules(rules: Sequence[Args]) -> List[PortRule]:
         if target == "DNAT":
             destination = shapes.split_destination(opts.get("--to-destination") or "")
             if destination:
-                found.append((*parsed, destination[0], destination[1], parsed in marked))
+                found.append(DnatRule(*parsed, *destination, parsed in marked))
         elif target is not None:
             # A hairpin or localhost mark rule (to SETMARK or an external chain). Not
             # "has -s": with masqAll the hairpin source is 0.0.0.0/0, which
@@ -372,7 +396,7 @@ def _port_rules(rules: Sequence[Args]) -> List[PortRule]:
 def _shadowing(
     table: NatTable,
     entries: ReadOnly[str, List[EntryRule]],
-    port_rules: ReadOnly[str, List[PortRule]],
+    port_rules: ReadOnly[str, List[DnatRule]],
     owners: Optional[ReadOnly[str, Optional[str]]] = None,
 ) -> Dict[Tuple[str, str, int, Optional[str]], str]:
     """(chain, proto, port, host IP) -> the chain that wins that port first.
@@ -418,7 +442,7 @@ def _shadowing(
 def _missing_ports(
     name: str,
     entries: Sequence[EntryRule],
-    port_rules: Sequence[PortRule],
+    port_rules: Sequence[DnatRule],
     other: Optional[NatTable],
     attachment: Optional[Attachment],
     family: int,

@@ -1,6 +1,7 @@
 """`iptables-save` text, read into a nat table, and the one normal form for rules.
 
-This module and `transaction.py` are the only ones that know iptables' text syntax.
+This module, `lexer.py` (a line into words) and `transaction.py` are the only ones
+that know iptables' text syntax.
 
 A rule is kept as its argument tokens after `-A CHAIN`, unquoted, exactly as
 `iptables-save` printed them. That printed form is our normal form: rules we generate
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import BadInput
+from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.spelling import canonical
 
 Args = Tuple[str, ...]
@@ -66,84 +68,6 @@ class NatTable:
 
 
 # --- reading -----------------------------------------------------------------
-
-
-_WORDS = re.compile(r'"(?:[^"\\]|\\.)*"(?=\s|$)|[^\s"]+(?=\s|$)')
-_ESCAPE = re.compile(r"\\(.)")
-# A quoted word, its text captured (the same language as in _WORDS, unrolled: faster).
-_QUOTED = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"')
-
-
-def split_line(line: str) -> List[str]:
-    """Split a rule line the way iptables-restore does.
-
-    Double quotes group words; inside quotes a backslash escapes the next character.
-    Outside quotes a backslash is an ordinary character.
-    """
-    if '"' not in line:
-        return line.split()
-    tokens = _split_saved(line)
-    if tokens is not None:
-        return tokens
-    # Every word either wholly quoted or free of quotes, blanks of any kind between;
-    # anything else goes through the careful loop below.
-    if not _WORDS.sub("", line).strip():
-        return [_ESCAPE.sub(r"\1", w[1:-1]) if w[0] == '"' else w for w in _WORDS.findall(line)]
-    return _split_carefully(line)
-
-
-def _split_saved(line: str) -> Optional[List[str]]:
-    """The words of a line as iptables-save prints it (each quoted word alone between
-    single spaces), or None for any other line. One regular-expression split instead
-    of two passes of _WORDS: a nat table of 5,000 containers has 10,000 quoted
-    comments, and this halves their cost."""
-    parts = _QUOTED.split(line)  # outside, quoted, outside, ..., outside
-    last = len(parts) - 1
-    tokens: List[str] = []
-    for k in range(0, last + 1, 2):
-        free = parts[k]
-        if '"' in free:
-            return None  # a quote that does not close
-        if k > 0 and not free.startswith(" ") and not (k == last and not free):
-            return None  # a quoted word glued to what follows it
-        if k < last and not free.endswith(" ") and not (k == 0 and not free):
-            return None  # ... or to what precedes it
-        tokens += free.split()
-        if k < last:
-            word = parts[k + 1]
-            tokens.append(_ESCAPE.sub(r"\1", word) if "\\" in word else word)
-    return tokens
-
-
-def _split_carefully(line: str) -> List[str]:
-    tokens: List[str] = []
-    current: List[str] = []
-    in_token = in_quotes = escaped = False
-    for char in line:
-        if in_quotes:
-            if escaped:
-                current.append(char)
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_quotes = False
-            else:
-                current.append(char)
-        elif char == '"':
-            in_quotes = in_token = True
-        elif char in " \t\r\n":
-            if in_token:
-                tokens.append("".join(current))
-                current, in_token = [], False
-        else:
-            current.append(char)
-            in_token = True
-    if in_quotes:
-        raise ValueError("unterminated quote")
-    if in_token:
-        tokens.append("".join(current))
-    return tokens
 
 
 # Rules of the built-in chains are always read whole: entry rules and their shadows.
@@ -204,7 +128,10 @@ def parse_save(
                 if chain_rules is not None:
                     chain_rules.append((line,))
                     continue
-            tokens = line.split() if '"' not in line else _split_or_bad(line, source, number)
+            try:
+                tokens = split_words(line)
+            except ValueError as err:
+                raise _bad(source, number, str(err)) from None
             if len(tokens) < 2:
                 raise _bad(source, number, "rule without a chain")
             if strict:
@@ -247,21 +174,6 @@ def parse_save(
             name, policy = parts[0], parts[1]
             chains[name] = SavedChain(name, policy)
             rules.setdefault(name, [])
-        elif line.startswith("-A "):
-            try:
-                tokens = split_line(line)
-            except ValueError as err:
-                raise bad(str(err)) from None
-            if len(tokens) < 2:
-                raise bad("rule without a chain")
-            if strict and table == "nat":
-                refused = restore_refusal(tokens[2:])
-                if refused:
-                    raise bad(f"iptables-restore would refuse it: {refused}")
-            chain = tokens[1]
-            if chain not in rules:
-                raise bad(f"rule for undeclared chain {chain!r}")
-            rules[chain].append(tuple(tokens[2:]))
         else:
             raise bad(f"unexpected line {line[:60]!r}")
     if table is not None:
@@ -304,13 +216,6 @@ def restore_refusal(args: Sequence[str]) -> Optional[str]:
 
 def _bad(source: str, number: int, why: str) -> BadInput:
     return BadInput(f"{source}: line {number}: {why}")
-
-
-def _split_or_bad(line: str, source: str, number: int) -> List[str]:
-    try:
-        return split_line(line)
-    except ValueError as err:
-        raise _bad(source, number, str(err)) from None
 
 
 # --- looking into rules --------------------------------------------------------

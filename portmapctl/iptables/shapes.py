@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from enum import Enum
-from typing import FrozenSet, List, Optional, Sequence, Tuple
+from typing import FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.iptables.chains import (
@@ -103,7 +103,14 @@ def is_dead_destination(value: Optional[str]) -> bool:
     return value in _DEAD_DESTINATIONS
 
 
-def split_destination(value: str) -> Optional[Tuple[str, int]]:
+class Destination(NamedTuple):
+    """A DNAT target's --to-destination."""
+
+    address: str
+    port: int
+
+
+def split_destination(value: str) -> Optional[Destination]:
     """`10.88.0.5:80` or `[fd00::5]:80` -> (address, port)."""
     if value.startswith("["):
         address, _, port = value[1:].partition("]:")
@@ -111,7 +118,7 @@ def split_destination(value: str) -> Optional[Tuple[str, int]]:
         address, _, port = value.rpartition(":")
     if not address or not port.isdigit():
         return None
-    return address, int(port)
+    return Destination(address, int(port))
 
 
 def classify_rule(args: Sequence[str]) -> Optional[PortRule]:
@@ -136,7 +143,7 @@ def classify_rule(args: Sequence[str]) -> Optional[PortRule]:
         to = split_destination(opts.get("--to-destination") or "")
         if to is None:
             return None
-        return PortRule(Role.DNAT, proto, int(port), host_ip, dead, source, to[0], to[1])
+        return PortRule(Role.DNAT, proto, int(port), host_ip, dead, source, to.address, to.port)
     if target is None:
         return None
     if source is None:

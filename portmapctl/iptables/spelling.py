@@ -16,9 +16,15 @@ rewrites still shows as a problem, as before.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple
 
-Option = Tuple[bool, str, Tuple[str, ...]]  # (negated, --name, values)
+
+class Option(NamedTuple):
+    """One option of a rule as written: `! --ctstate NEW`, `-s 10.0.0.0/8`."""
+
+    negated: bool
+    name: str  # with its dashes
+    values: Tuple[str, ...]
 
 # The bit order iptables prints flag lists in (libxt_conntrack.c, libxt_addrtype.c).
 _CTSTATES = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
@@ -80,11 +86,11 @@ def _split(options: Sequence[str]) -> List[Option]:
         if token == "!":
             negate = True
         elif token.startswith("--"):
-            parsed.append((negate, token, ()))
+            parsed.append(Option(negate, token, ()))
             negate = False
         elif parsed:
-            neg, name, values = parsed[-1]
-            parsed[-1] = (neg, name, (*values, token))
+            last = parsed[-1]
+            parsed[-1] = last._replace(values=(*last.values, token))
         else:
             return []  # not options as normalize() leaves them: leave them alone
     return parsed
@@ -101,13 +107,13 @@ def canonical(match: str, options: Sequence[str]) -> List[str]:
         return list(options)
     if values:
         parsed = [
-            (neg, name, tuple(values[name](v) for v in vals) if name in values else vals)
-            for neg, name, vals in parsed
+            o._replace(values=tuple(values[o.name](v) for v in o.values)) if o.name in values else o
+            for o in parsed
         ]
     if order:
         rank = {name: i for i, name in enumerate(order)}
-        parsed = sorted(parsed, key=lambda o: rank.get(o[1], len(order)))
+        parsed = sorted(parsed, key=lambda o: rank.get(o.name, len(order)))
     out: List[str] = []
-    for neg, name, vals in parsed:
-        out.extend((["!"] if neg else []) + [name, *vals])
+    for option in parsed:
+        out.extend((["!"] if option.negated else []) + [option.name, *option.values])
     return out

@@ -77,6 +77,7 @@ class Problem:
     container_id: Optional[str]
     detail: str
     backend: str = BACKEND
+    rules: Tuple[str, ...] = ()  # the rules at issue, as `nft list` prints them
 
 
 @dataclass(frozen=True)
@@ -365,6 +366,7 @@ def _rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Proble
                     owner.network,
                     owner.container_id,
                     f"{len(found)} rule(s) missing: {texts}",
+                    rules=tuple(body.text(family) for _chain, body in found),
                 )
             )
     return problems

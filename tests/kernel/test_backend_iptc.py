@@ -95,11 +95,12 @@ def test_split_rule_groups_options_by_their_extension():
     )
     assert parts.generic == ((True, "-s", ("10.0.0.0/8",)), (False, "-p", ("tcp",)))
     assert parts.matches == (
-        ("comment", ((False, "comment", ("--odd",)),)),
-        ("tcp", ((True, "dport", ("80",)), (False, "tcp-flags", ("SYN,ACK", "SYN")))),
-        ("physdev", ((True, "physdev-is-bridged", ()),)),
+        ("comment", ((False, "--comment", ("--odd",)),)),
+        ("tcp", ((True, "--dport", ("80",)), (False, "--tcp-flags", ("SYN,ACK", "SYN")))),
+        ("physdev", ((True, "--physdev-is-bridged", ()),)),
     )
-    assert parts.target == ("-j", "DNAT", ((False, "to-destination", ("10.1.1.1:80",)),))
+    assert parts.target == ("-j", "DNAT", ((False, "--to-destination", ("10.1.1.1:80",)),))
+    assert parts.target.options[0].name == "--to-destination" and parts.matches[1].name == "tcp"
     assert split_rule(["-d", "1.2.3.4/32"], _arity).target is None
 
 

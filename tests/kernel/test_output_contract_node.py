@@ -140,3 +140,53 @@ def test_add_warns_when_the_host_port_is_taken(node: Node_):
     listing = json.loads(run(["list", *common(node), "-o", "json"]).stdout)
     second = [m for m in listing["mappings"] if m["container_id"] == "second"]
     assert second and "shadowed" in second[0]["status"]
+
+
+def _stale_chains(node: Node_, count: int) -> None:
+    """`count` containers' chains as the plugin writes them, none of them in the cache,
+    in one iptables-restore (the plugin one by one would take minutes)."""
+    import subprocess
+
+    import realplugin as rp
+
+    lines = ["*nat", "-N CNI-HOSTPORT-DNAT" if "CNI-HOSTPORT-DNAT" not in
+             "\n".join(node.lines(4)) else ""]  # fmt: skip
+    for n in range(count):
+        cid = f"gone{n:04d}"
+        chain = chain_name("gcnet", cid)
+        port = 20000 + n
+        comment = f'"dnat name: \\"gcnet\\" id: \\"{cid}\\""'
+        lines += [
+            f"-N {chain}",
+            f"-A {chain} -p tcp -m tcp --dport {port} -j DNAT --to-destination 10.88.1.{n % 250 + 1}:80",
+            f"-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment {comment} -m multiport"
+            f" --dports {port} -j {chain}",
+        ]  # fmt: skip
+    text = "\n".join(line for line in lines if line) + "\nCOMMIT\n"
+    restore = rp.tool_path("iptables-restore", node.mode)
+    subprocess.run(["ip", "netns", "exec", node.ns, restore, "--noflush"], input=text,
+                   text=True, check=True)  # fmt: skip
+
+
+def test_gc_shows_its_counts_on_the_terminal_and_leaves_stdout_alone(node: Node_):
+    """Item 4: progress of a long gc, with N/M of the chains, on stderr (a terminal),
+    80 columns; stdout is what it is without it, byte for byte. The 1-second delay is
+    lowered through PORTMAPCTL_PROGRESS_AFTER (a long one keeps it off)."""
+    count = 300
+    argv = ["gc", *common(node), "--family", "4", "--all", "--min-age", "0", "--no-flush-udp"]
+    outputs = []
+    for after in ("0", "3600"):
+        _stale_chains(node, count)
+        env = {"COLUMNS": "80", "PORTMAPCTL_PROGRESS_AFTER": after}
+        code, terminal, stdout = _on_terminal(argv, b"y", env)
+        assert code == 0, terminal
+        assert not [line for line in node.lines(4) if "gone0" in line]
+        outputs.append((terminal, stdout))
+    (shown, with_bar), (quiet, without) = outputs
+    assert with_bar == without, "stdout does not change with the progress display"
+    assert stdout.splitlines()[-1].startswith(f"gc: removed {count} chains of {count} containers")
+    assert f"0/{count}" in shown and f"{count}/{count}" in shown and "removing chains" in shown
+    assert f"/{count}" not in quiet.split("Remove")[-1], "no display below the delay"
+    assert "\x1b[2K" in shown, "the display is erased"
+    bar = [line for line in re.split(r"[\r\n]|\x1b\[[0-9;?]*[A-Za-z]", shown) if f"/{count}" in line]
+    assert bar and max(map(len, bar)) <= 80, bar

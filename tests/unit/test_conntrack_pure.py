@@ -1,6 +1,6 @@
 """(The tests of this subject that need root are in tests/kernel/test_conntrack.py.)
 
-portmapctl.host.conntrack: the stale selection and the netlink codec without a kernel,
+portmapctl.host.conntrack: the DNAT helper and the netlink codec without a kernel,
 then list/delete on real conntrack tables in throwaway network namespaces."""
 
 from __future__ import annotations
@@ -12,11 +12,8 @@ import struct
 import pytest
 from conntrack_helpers import (  # noqa: F401
     REQUIRE_NETNS,
-    addresses,
-    entries,
     make_netns,
     netns,
-    ports,
     run,
     udp,
     unavailable,
@@ -26,54 +23,15 @@ from hypothesis import strategies as st
 
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.host import conntrack
-from portmapctl.host.conntrack import ConntrackEntry, delete, list_udp, stale_entries
+from portmapctl.host.conntrack import ConntrackEntry, delete, list_udp
 
-# --- the DNAT helper and the stale selection ------------------------------------------
+# --- the DNAT helper ------------------------------------------------------------------
 
 
 def test_dnat_tells_translated_entries() -> None:
     assert not udp().dnat
     assert udp(reply_src="10.88.0.5", reply_sport=53).dnat
     assert udp(reply_sport=53).dnat  # same address, other port: still translated
-
-
-def test_stale_selects_old_destinations_and_untranslated_flows() -> None:
-    current = udp(sport=1, reply_src="10.88.0.5", reply_sport=53)
-    old = udp(sport=2, reply_src="10.88.0.9", reply_sport=53)
-    never = udp(sport=3)
-    direct = udp(sport=4, dst="10.88.0.5")  # sent straight to the container
-    entries = [current, old, never, direct]
-    assert stale_entries(entries, {(4, 5353): "10.88.0.5"}) == [old, never]
-
-
-def test_stale_under_unmapped_port_is_only_dnated() -> None:
-    dnated = udp(dport=8053, reply_src="10.88.0.5", reply_sport=53)
-    plain = udp(dport=8053)
-    assert stale_entries([dnated, plain], {(4, 5353): "10.88.0.5"}) == [dnated]
-
-
-def test_stale_keeps_families_apart_and_compares_addresses_not_text() -> None:
-    v6 = udp(family=6, src="fd00::7", dst="fd00::1", reply_src="fd00::88:5", reply_sport=53)
-    v4 = udp(reply_src="10.88.0.5", reply_sport=53)
-    current = {(6, 5353): "fd00:0::0088:0005", (4, 5353): "10.88.0.5"}
-    assert stale_entries([v6, v4], current) == []
-    assert stale_entries([v6, v4], {(4, 5353): "10.88.0.5"}) == [v6]
-
-
-def test_stale_rejects_a_bad_address() -> None:
-    with pytest.raises(BadInput, match="10.88.0.999"):
-        stale_entries([udp()], {(4, 5353): "10.88.0.999"})
-
-
-@given(st.lists(entries), st.dictionaries(st.tuples(st.just(4), ports), addresses))
-def test_stale_properties(items: list[ConntrackEntry], current: dict[tuple[int, int], str]) -> None:
-    stale = stale_entries(items, current)
-    assert [entry for entry in items if entry in stale] == stale
-    for entry in stale:
-        mapped_to = current.get((entry.family, entry.dport))
-        assert entry.reply_src != mapped_to
-        assert mapped_to is not None or entry.dnat
-    assert stale_entries(stale, current) == stale
 
 
 # --- argument checks that need no kernel ---------------------------------------------

@@ -3,7 +3,7 @@
 The shortcuts taken for speed (SPEC §6, benchmarks/bench.py) answer exactly as the
 plain ways they replace.
 
-- ruleset: the one-split reading of quoted lines, `options()` for option_value;
+- ruleset: `options()` for option_value (the lexer's fast paths: test_lexer.py);
 - render.grid: text and style spans put together at once, as Text.append makes them;
 - cli: a command's app built alone parses, helps and fails like the whole app;
 - Node.read_with_cache: the saves run from a thread, in the namespace entered, and
@@ -18,7 +18,6 @@ from typing import Iterable, List
 
 import pytest
 import typer
-from fixtures_lib import NAMES, save_text
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,56 +25,10 @@ from portmapctl import render
 from portmapctl.cli import COMMANDS, _click_command, app
 from portmapctl.cni import cache as cni_cache
 from portmapctl.errors import BadInput, HostProblem
-from portmapctl.iptables.ruleset import (
-    _ESCAPE,
-    _WORDS,
-    NatTable,
-    _split_carefully,
-    _split_saved,
-    option_value,
-    options,
-    split_line,
-)
+from portmapctl.iptables.ruleset import NatTable, option_value, options
 from portmapctl.ops.node import Node, NodeOptions
 
 # --- ruleset --------------------------------------------------------------------------
-
-# Quotes, backslashes, blanks of several kinds and line-breaking characters: the
-# places where the fast split could go wrong.
-LINE_CHARS = st.sampled_from(['"', "\\", " ", " ", "\t", "a", "b", "-", "\x1c", "\x85", "é"])
-
-
-def split_in_two_passes(line: str) -> List[str]:
-    """split_line as it was: the whole-line regular expression, then the careful loop."""
-    if '"' not in line:
-        return line.split()
-    if not _WORDS.sub("", line).strip():
-        return [_ESCAPE.sub(r"\1", w[1:-1]) if w[0] == '"' else w for w in _WORDS.findall(line)]
-    return _split_carefully(line)
-
-
-@given(st.text(LINE_CHARS, max_size=16))
-def test_the_fast_split_agrees_with_the_two_pass_one(line):
-    try:
-        before = split_in_two_passes(line)
-    except ValueError:
-        assert _split_saved(line) is None  # an unterminated quote: never the fast path
-        with pytest.raises(ValueError):
-            split_line(line)
-        return
-    assert split_line(line) == before
-    fast = _split_saved(line)
-    assert fast is None or fast == before
-
-
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("family", [4, 6])
-def test_every_saved_line_takes_the_fast_path(name, family):
-    """iptables-save's own lines never fall back to the slow loops."""
-    for line in save_text(name, family).splitlines():
-        if line.startswith("-A ") and '"' in line:
-            assert _split_saved(line) == _split_carefully(line)
-
 
 TOKENS = st.sampled_from(["-p", "-d", "--dport", "-s", "tcp", "80", "-j", "X", "!"])
 

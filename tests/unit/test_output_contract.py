@@ -127,10 +127,10 @@ def test_check_of_many_stale_chains_says_why_once_and_sums_up():
     assert f"{5:064x}" in full
 
 
-def test_check_wide_adds_network_and_chain():
+def test_check_wide_adds_network_chain_and_rule():
     done = pmctl("check", *EXAMPLE, "-o", "wide")
     header = done.stdout.splitlines()[0].split()
-    assert header == ["KIND", "FAM", "CONTAINER", "NETWORK", "CHAIN", "PROBLEM"]
+    assert header == ["KIND", "FAM", "CONTAINER", "NETWORK", "CHAIN", "PROBLEM", "RULE"]
     assert "CNI-DN-e1c8843393f54b3655873" in done.stdout
 
 

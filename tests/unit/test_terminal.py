@@ -14,6 +14,7 @@ import pty
 import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -148,26 +149,45 @@ def terminal_stderr(monkeypatch):
     os.close(master)
 
 
-def _work(out: Output, total: int, min_total: int = 10) -> None:
-    with out.progress("deleting things", min_total=min_total) as progress:
+def _work(out: Output, total: int, after: float, pause: float = 0.0) -> None:
+    with out.progress("deleting things", after=after) as progress:
         assert progress is not None
         for done in range(0, total + 1, max(1, total // 4)):
             progress(done, total)
+            time.sleep(pause)
 
 
 def test_progress_bar_on_a_terminal_only_for_long_work(terminal_stderr, monkeypatch):
     terminal = terminal_stderr()
-    _work(Output(), total=5)
+    _work(Output(), total=100, after=0.5)
     assert _drain(terminal, 0.2) == b"", "short work: no bar"
-    _work(Output(), total=100)
+    _work(Output(), total=100, after=0.0, pause=0.1)
     shown = _drain(terminal).decode()
-    assert "deleting things" in shown and "100%" in shown
+    assert "deleting things" in shown and "100/100" in shown
     assert any(c in shown for c in SGR_COLOUR)
     assert shown.rstrip().endswith("\x1b[2K"), "the bar is erased when done"
     monkeypatch.setenv("NO_COLOR", "1")
-    _work(Output(), total=100)
+    _work(Output(), total=100, after=0.0, pause=0.1)
     plain = _drain(terminal).decode()
     assert "deleting things" in plain and not any(c in plain for c in SGR_COLOUR)
+
+
+def test_progress_starts_as_a_spinner_and_turns_into_counts(terminal_stderr, monkeypatch):
+    """No count yet (reading): a spinner without N/M; the first count: a bar with it.
+    The delay comes from PORTMAPCTL_PROGRESS_AFTER when not given."""
+    monkeypatch.setenv("PORTMAPCTL_PROGRESS_AFTER", "0")
+    terminal = terminal_stderr()
+    with Output().progress("removing chains") as progress:
+        assert progress is not None
+        time.sleep(0.3)
+        spinning = _drain(terminal, 0.1).decode()
+        progress(0, 1100)
+        time.sleep(0.3)
+        progress(600, 1100)
+        time.sleep(0.3)
+    counted = _drain(terminal).decode()
+    assert "removing chains" in spinning and "/" not in spinning
+    assert "0/1100" in counted and "600/1100" in counted
 
 
 @pytest.mark.parametrize(
@@ -177,12 +197,12 @@ def test_progress_bar_on_a_terminal_only_for_long_work(terminal_stderr, monkeypa
 )
 def test_no_progress_bar_when_quiet_or_json(terminal_stderr, out):
     terminal = terminal_stderr()
-    with out.progress("deleting things", min_total=0) as progress:
+    with out.progress("deleting things", after=0.0) as progress:
         assert progress is None
     assert _drain(terminal, 0.2) == b""
 
 
 def test_no_progress_bar_off_a_terminal(capsys):
-    with Output().progress("deleting things", min_total=0) as progress:
+    with Output().progress("deleting things", after=0.0) as progress:
         assert progress is None
     assert capsys.readouterr().err == ""

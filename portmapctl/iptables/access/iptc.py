@@ -65,11 +65,12 @@ import socket
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem, PortmapctlError
 from portmapctl.host.lock import flock_within
 from portmapctl.iptables.ruleset import Args, NatTable, format_rule, parse_save
+from portmapctl.iptables.spelling import Option
 from portmapctl.iptables.transaction import Op, OpKind, Transaction
 
 XT_LOCK_NAME = "/run/xtables.lock"  # iptables' own lock (XTABLES_LOCKFILE overrides it)
@@ -160,31 +161,44 @@ def interface_text(letter: str, name: bytes, mask: bytes, inverted: bool) -> str
     return f"{' !' if inverted else ''} -{letter} {''.join(out)}"
 
 
+class MatchPart(NamedTuple):
+    """`-m NAME` and its options."""
+
+    name: str
+    options: Tuple[Option, ...]
+
+
+class TargetPart(NamedTuple):
+    """`-j NAME` (or `-g NAME`) and its options."""
+
+    jump: str  # -j or -g
+    name: str
+    options: Tuple[Option, ...]
+
+
 @dataclass(frozen=True)
 class RuleParts:
-    """A rule in saved form, split the way it is built: generic options, matches, target.
+    """A rule in saved form, split the way it is built: generic options (`-s`, `-d`,
+    `-i`, `-o`, `-p`, `-f`), matches, and the target (None for a rule without one)."""
 
-    Each option is (negated, option, values); `generic` options are `-s`, `-d`, `-i`,
-    `-o`, `-p`, `-f`; a match or the target is (name, options); the target is
-    (`-j` or `-g`, name, options) or None for a rule without one.
-    """
-
-    generic: Tuple[Tuple[bool, str, Tuple[str, ...]], ...]
-    matches: Tuple[Tuple[str, Tuple[Tuple[bool, str, Tuple[str, ...]], ...]], ...]
-    target: Optional[Tuple[str, str, Tuple[Tuple[bool, str, Tuple[str, ...]], ...]]]
+    generic: Tuple[Option, ...]
+    matches: Tuple[MatchPart, ...]
+    target: Optional[TargetPart]
 
 
 def split_rule(args: Sequence[str], takes_value) -> RuleParts:
-    """Split saved-form tokens into RuleParts.
+    """Group a rule's words (as the lexer split them) into RuleParts.
 
     `takes_value(module, option)` says whether an extension's option takes a value
     (True), none (False), or is unknown (None); only the extensions know, since a
     value may itself start with a dash (a comment, say).
     """
-    generic: List[Tuple[bool, str, Tuple[str, ...]]] = []
-    matches: List[Tuple[str, List[Tuple[bool, str, Tuple[str, ...]]]]] = []
-    target: Optional[Tuple[str, str, List[Tuple[bool, str, Tuple[str, ...]]]]] = None
-    owner: Optional[Tuple[str, str, List[Tuple[bool, str, Tuple[str, ...]]]]] = None
+    generic: List[Option] = []
+    match_names: List[str] = []
+    match_options: List[List[Option]] = []
+    target: Optional[Tuple[str, str]] = None  # (-j or -g, name)
+    target_options: List[Option] = []
+    owner: Optional[Tuple[str, str, List[Option]]] = None  # (kind, module, its options)
     negate = False
     i = 0
     while i < len(args):
@@ -198,23 +212,23 @@ def split_rule(args: Sequence[str], takes_value) -> RuleParts:
         if token in ("-s", "-d", "-i", "-o", "-p"):
             if owner is not None:
                 raise ValueError(f"{token} after a match or target")
-            generic.append((negate, token, (_value(args, i),)))
+            generic.append(Option(negate, token, (_value(args, i),)))
             i += 2
         elif token == "-f":
-            generic.append((negate, token, ()))
+            generic.append(Option(negate, token, ()))
             i += 1
         elif token == "-m":
             if negate or target is not None:
                 raise ValueError("misplaced -m")
-            options: List[Tuple[bool, str, Tuple[str, ...]]] = []
-            matches.append((_value(args, i), options))
-            owner = ("match", _value(args, i), options)
+            match_names.append(_value(args, i))
+            match_options.append([])
+            owner = ("match", match_names[-1], match_options[-1])
             i += 2
         elif token in ("-j", "-g"):
             if negate or target is not None:
                 raise ValueError(f"misplaced {token}")
-            target = (token, _value(args, i), [])
-            owner = ("target", target[1], target[2])
+            target = (token, _value(args, i))
+            owner = ("target", target[1], target_options)
             i += 2
         elif token.startswith("--") and owner is not None:
             kind, module, options = owner
@@ -232,7 +246,7 @@ def split_rule(args: Sequence[str], takes_value) -> RuleParts:
                     j += 1
             elif wants:
                 raise ValueError(f"option {token} needs a value")
-            options.append((negate, token[2:], tuple(values)))
+            options.append(Option(negate, token, tuple(values)))
             i = j
         else:
             raise ValueError(f"unexpected {token!r}")
@@ -241,8 +255,8 @@ def split_rule(args: Sequence[str], takes_value) -> RuleParts:
         raise ValueError("'!' at the end")
     return RuleParts(
         tuple(generic),
-        tuple((name, tuple(options)) for name, options in matches),
-        None if target is None else (target[0], target[1], tuple(target[2])),
+        tuple(MatchPart(n, tuple(o)) for n, o in zip(match_names, match_options)),
+        None if target is None else TargetPart(*target, tuple(target_options)),
     )
 
 
@@ -695,8 +709,12 @@ class _Session:
                 != 1
             ):
                 raise ValueError(f"no rule {op.args[0]} in chain {op.chain}: {table.strerror()}")
+        elif op.kind is OpKind.CHECK:
+            # Never sent here: ops/add.py plans without reading (with -C lines) only
+            # for a backend whose `checks` is true, and this one has none.
+            raise ValueError("python-iptables cannot check a rule inside a transaction (-C)")
         else:
-            raise ValueError(f"unknown transaction op {op.kind!r}")
+            raise AssertionError(f"unknown op kind {op.kind!r}")  # OpKind is closed
 
     def build(self, args: Args) -> Any:
         """A python-iptables Rule holding the entry iptables builds from these tokens."""
@@ -723,7 +741,7 @@ class _Session:
         for name, options in parts.matches:
             match = rule.create_match(name)
             for negated, option, values in options:
-                match.parse(option, ["!", *values] if negated else list(values))
+                match.parse(option[2:], ["!", *values] if negated else list(values))
             # Not rule.final_check(): it round-trips options through shlex (docstring).
             match._final_check()
         if parts.target is None:
@@ -738,7 +756,7 @@ class _Session:
             else:
                 target = rule.create_target(name, goto=goto)
             for negated, option, values in options:
-                target.parse(option, ["!", *values] if negated else list(values))
+                target.parse(option[2:], ["!", *values] if negated else list(values))
             target._final_check()
         return rule
 

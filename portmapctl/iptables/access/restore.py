@@ -15,7 +15,8 @@ import time
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import ApplyFailed, HostProblem
-from portmapctl.iptables.ruleset import Args, NatTable, parse_save, split_line, unreadable_note
+from portmapctl.iptables.lexer import split_words
+from portmapctl.iptables.ruleset import Args, NatTable, parse_save, unreadable_note
 from portmapctl.iptables.transaction import Transaction
 
 # Seconds iptables-restore waits for the xtables lock before giving up (legacy
@@ -121,7 +122,7 @@ class RestoreBackend:
         for line in done.stdout.split("\n"):
             if line.startswith(f"-A {chain} "):
                 try:
-                    rules.append(tuple(split_line(line)[2:]))
+                    rules.append(tuple(split_words(line)[2:]))
                 except ValueError:
                     return None
         return tuple(rules)

@@ -19,6 +19,7 @@ from typing import Mapping as ReadOnly
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import DEFAULT_MARK_BIT, MappingConfig
 from portmapctl.core.status import ProblemKind
+from portmapctl.errors import BadInput
 from portmapctl.iptables import inventory, shapes
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
@@ -67,6 +68,9 @@ class Problem:
     detail: str
     fix: str
     why: str = ""
+    # The rules at issue as iptables-save prints them (`-A CHAIN ...`; nft: the rule
+    # text): the offending ones, or the wanted ones that are missing (check -o wide).
+    rules: Tuple[str, ...] = ()
 
     @property
     def key(self) -> Tuple[str, Optional[int], Optional[str], Optional[str], Optional[str]]:
@@ -207,6 +211,10 @@ def _check_shared(chain: Chain, live: NatTable, fixes: Fixes) -> List[Problem]:
                 " (flushed by firewalld or a script?)",
                 fix,
                 why,
+                _saved_all(
+                    [(entry, rule) for entry in chain.entry_chains for rule in chain.entry_rules]
+                    + [(chain.name, rule) for rule in chain.rules]
+                ),
             )
         ]
     problems = []
@@ -223,6 +231,7 @@ def _check_shared(chain: Chain, live: NatTable, fixes: Fixes) -> List[Problem]:
                     f"rule missing: {format_rule('-A', chain.name, rule)}",
                     fix,
                     why,
+                    _saved(chain.name, [rule]),
                 )
             )
     jump_why = {
@@ -244,6 +253,7 @@ def _check_shared(chain: Chain, live: NatTable, fixes: Fixes) -> List[Problem]:
                         f"{entry_chain} does not jump to {chain.name}",
                         fix,
                         jump_why.get(entry_chain, why),
+                        _saved(entry_chain, [rule]),
                     )
                 )
     return problems
@@ -288,8 +298,8 @@ def _check_container(
     name = wanted.name
     who = (config.network, config.container_id)
 
-    def problem(kind: str, detail: str, why: str) -> Problem:
-        return Problem(kind, family, name, *who, detail, fix, why)
+    def problem(kind: str, detail: str, why: str, rules: Tuple[str, ...]) -> Problem:
+        return Problem(kind, family, name, *who, detail, fix, why, rules)
 
     ports = _config_ports(config, family)
     if not live.has_chain(name):
@@ -300,7 +310,10 @@ def _check_container(
             )
         return [
             problem(
-                ProblemKind.MISSING_CHAIN, detail, "the container's host ports are not forwarded"
+                ProblemKind.MISSING_CHAIN,
+                detail,
+                "the container's host ports are not forwarded",
+                _saved(name, wanted.rules) + _saved(TOPLEVEL_DNAT, wanted.entry_rules),
             )
         ]
     problems = []
@@ -315,6 +328,7 @@ def _check_container(
                 "some of its host ports are not forwarded"
                 if dnat_gone
                 else "hairpin and localhost connections to its host ports fail (no masquerade mark)",
+                _saved(name, missing),
             )
         )
     if exact:
@@ -326,6 +340,7 @@ def _check_container(
                     f"{len(extra)} rules its cached config does not make: {_rules_text(name, extra)}",
                     "the chain does not match the container's config (an old address or port?):"
                     " traffic may go to the wrong place",
+                    _saved(name, extra),
                 )
             )
         elif not missing and live_rules != wanted.rules:
@@ -334,6 +349,7 @@ def _check_container(
                     ProblemKind.RULES_ORDER,
                     "the right rules in the wrong order (or repeated)",
                     "iptables stops at the DNAT rule: a mark rule after it never runs",
+                    _saved(name, wanted.rules),
                 )
             )
     index = entries if entries is not None else _entry_index(live)
@@ -348,6 +364,7 @@ def _check_container(
                 f"no entry rule in {TOPLEVEL_DNAT} for {ports}"
                 f" ({len(missing_entries)} of {len(wanted.entry_rules)} missing)",
                 "nothing sends those host ports to the chain: they are not forwarded",
+                _saved(TOPLEVEL_DNAT, missing_entries),
             )
         )
     if exact:
@@ -359,6 +376,7 @@ def _check_container(
                     f"{TOPLEVEL_DNAT} has entry rules its cached config does not make:"
                     f" {_rules_text(TOPLEVEL_DNAT, extra_entries)}",
                     "host ports the container no longer maps are still sent to it",
+                    _saved(TOPLEVEL_DNAT, extra_entries),
                 )
             )
     return problems
@@ -399,6 +417,7 @@ def _inventory_problems(
                     if live
                     else fixes.gc,
                     "nothing creates or uses these chains any more; they only take up the table",
+                    _entries_or_rules(c),
                 )
             )
             continue
@@ -416,6 +435,7 @@ def _inventory_problems(
                     fixes.gc,
                     "the container is gone but its host ports stay taken: a new container on"
                     " them gets no traffic",
+                    _entries_or_rules(c),
                 )
             )
             continue
@@ -430,6 +450,7 @@ def _inventory_problems(
                         f"no rule enters this chain ({ports})",
                         fixes.gc,
                         "it forwards nothing and nothing will ever remove it but gc",
+                        _saved(c.name, c.rules),
                     )
                 )
             if ProblemKind.INCOMPLETE in c.status:
@@ -444,6 +465,7 @@ def _inventory_problems(
                         "re-create the mapping (`portmapctl add ...`), or `portmapctl gc` it if"
                         " the container is gone",
                         _FALLS_THROUGH_WHY,
+                        _entries_for(c, c.missing_ports),
                     )
                 )
         if ProblemKind.DEAD in c.status:
@@ -511,6 +533,10 @@ def _dead_problem(found: inventory.Inventory, c: inventory.ChainInfo, fixes: Fix
         f" or {fixes.gc} once it is gone",
         "a rule that never matches: the mapping forwards nothing and takes no port from"
         f" anyone; iptables returns from the chain and goes on down {TOPLEVEL_DNAT}",
+        _saved(
+            c.name,
+            [r for r in c.rules if shapes.is_dead_destination(option_value(r, "-d") or "")],
+        ),
     )
 
 
@@ -545,6 +571,7 @@ def _shadow_problem(
         fix,
         "iptables uses the first matching rule in CNI-HOSTPORT-DNAT: this container gets no"
         " traffic on those ports",
+        _entries_for(loser, [(m.protocol, m.host_port) for m in rows]),
     )
 
 
@@ -598,6 +625,7 @@ def _duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
                     f"delete one copy: {fixes.iptables(live.family, '-D', saved.name, rule)}",
                     "a sign that a script or another tool re-adds the plugin's rules; every"
                     " packet walks each copy",
+                    _saved(saved.name, [rule]),
                 )
             )
     return problems
@@ -641,6 +669,38 @@ def split_brain(
             )
         )
     return problems
+
+
+# --- the rules a problem is about ------------------------------------------------------
+
+
+def _saved_line(chain: str, rule: Args) -> str:
+    try:
+        return format_rule("-A", chain, rule)
+    except BadInput:  # a control character read from a dump: shown escaped, never run
+        return " ".join(["-A", chain, *(t.encode("unicode_escape").decode() for t in rule)])
+
+
+def _saved(chain: str, rules: Sequence[Args]) -> Tuple[str, ...]:
+    """Rules of `chain` as iptables-save prints them."""
+    return tuple(_saved_line(chain, rule) for rule in rules)
+
+
+def _saved_all(rules: Sequence[Tuple[str, Args]]) -> Tuple[str, ...]:
+    return tuple(_saved_line(chain, rule) for chain, rule in rules)
+
+
+def _entries_or_rules(c: inventory.ChainInfo) -> Tuple[str, ...]:
+    """The rules that jump to a chain (they take its host ports), else its own rules."""
+    if c.entries:
+        return _saved_all([(e.chain, e.args) for e in c.entries])
+    return _saved(c.name, c.rules)
+
+
+def _entries_for(c: inventory.ChainInfo, ports: Sequence[Tuple[str, int]]) -> Tuple[str, ...]:
+    """The entry rules of a chain that name one of `ports`."""
+    wanted = set(ports)
+    return _saved_all([(e.chain, e.args) for e in c.entries if wanted & set(e.ports)])
 
 
 # --- the checks -----------------------------------------------------------------------

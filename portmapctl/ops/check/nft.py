@@ -21,8 +21,8 @@ from portmapctl.ops.check.hints import Fixes
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
-    from portmapctl.nftables.inventory import NftInventory
-    from portmapctl.nftables.ruleset import Ruleset
+    from portmapctl.nftables.inventory import NftInventory, NftMapping
+    from portmapctl.nftables.ruleset import Rule, Ruleset
     from portmapctl.ops.nft import Split
 
 STALE = ProblemKind.STALE.value
@@ -101,9 +101,11 @@ def nft_problems(
                 p.detail,
                 fix,
                 _NFT_WHY.get(p.kind.value, ""),
+                p.rules,
             )
         )
     seen_stale: Set[Tuple[Optional[str], int]] = set()
+    rules = _by_handle(live)
     for m in found.mappings:
         if "stale" in m.status and (m.container_id, m.family) not in seen_stale:
             seen_stale.add((m.container_id, m.family))
@@ -117,6 +119,7 @@ def nft_problems(
                     "nftables rules of a container the CNI cache does not know",
                     fixes.gc,
                     "its host ports stay taken by a container that is gone",
+                    _rule_text(rules, m),
                 )
             )
         if "shadowed" in m.status:
@@ -141,6 +144,7 @@ def nft_problems(
                     f"{m.protocol}/{m.host_port} goes to {m.shadowed_by} first",
                     shadow_fix,
                     "nftables is first-match-wins: this mapping gets no traffic",
+                    _rule_text(rules, m),
                 )
             )
     problems += _leftover_problems(node, live, parts, attachments, fixes, seen_stale)
@@ -186,6 +190,7 @@ def _leftover_problems(
             continue
         cid, family = left.container_id, left.family
         rules = f"{len(left.rules)} masquerade rule(s) for {left.address}"
+        texts = tuple(r.body.text(family) for r in left.rules)  # -o wide, JSON `rules`
         if attachments is not None and cid not in cached:
             if (cid, family) in seen_stale:
                 continue  # said once per container and family
@@ -201,6 +206,7 @@ def _leftover_problems(
                     fixes.gc,
                     "the container is gone; its leftover rules would masquerade a later"
                     " container given the same address",
+                    texts,
                 )
             )
             continue
@@ -220,6 +226,7 @@ def _leftover_problems(
                 f" handle: nft delete rule ip|ip6 {TABLE} {MASQUERADING} handle N",
                 "the container's host ports are not forwarded, and its leftover rules would"
                 " masquerade a later container given the same address",
+                texts,
             )
         )
     return problems
@@ -230,6 +237,22 @@ def _network_of(attachments: Optional[Sequence[Attachment]], container_id: str) 
         if attachment.container_id == container_id:
             return attachment.network
     return None
+
+
+def _by_handle(live: Ruleset) -> Dict[Tuple[int, int], Rule]:
+    """Every rule by (family, handle): a handle is unique in its table."""
+    return {
+        (family, rule.handle): rule
+        for family, table in live.tables.items()
+        for rules in table.rules.values()
+        for rule in rules
+    }
+
+
+def _rule_text(rules: ReadOnly[Tuple[int, int], Rule], m: NftMapping) -> Tuple[str, ...]:
+    """The nft rule of a row, as `nft list` prints it."""
+    rule = rules.get((m.family, m.handle))
+    return (rule.body.text(m.family),) if rule is not None else ()
 
 
 def _added_at(attachment: Attachment) -> Tuple[int, str]:
@@ -331,6 +354,7 @@ def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) 
                     f"{len(missing)} rule(s) missing: {texts}",
                     fix,
                     _NFT_WHY[kind],
+                    tuple(body.text(family) for _chain, body in missing),
                 )  # fmt: skip
             )
     return problems

@@ -1,0 +1,21 @@
+"""`add` (and every --dry-run or -v that shows a transaction): the transaction texts."""
+
+from __future__ import annotations
+
+from typing import Any
+from typing import Mapping as MappingT
+
+
+def transactions_text(transactions: MappingT[Any, str]) -> str:
+    """Restore texts per family, each under a `# IPv4: iptables-restore --noflush` line;
+    the nftables transaction (key "nft", both families) under `# nftables: nft -f -`."""
+
+    def header(key: Any) -> str:
+        if key == "nft":
+            return "# nftables: nft -f -"
+        return f"# IPv{key}: {'ip6tables' if key == 6 else 'iptables'}-restore --noflush"
+
+    return "".join(
+        f"{header(key)}\n{text}"
+        for key, text in sorted(transactions.items(), key=lambda kv: (kv[0] == "nft", str(kv[0])))
+    )

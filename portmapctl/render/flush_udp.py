@@ -1,0 +1,74 @@
+"""`flush-udp`: one line per conntrack entry and why it goes, the summary line."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, List, Optional
+
+from portmapctl.render.table import Piece, table
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+    from portmapctl.ops.flush_udp import Doomed, FlushResult
+
+FLUSH_WHY = {
+    "mapped": "mapped host port",
+    "given": "port given",
+    "old-destination": "old DNAT destination: the port now goes to {wanted}",
+    "not-dnated": "never DNATed: bypasses the mapping to {wanted}",
+    "unmapped": "DNATed, but nothing maps this port now",
+}
+FLUSH_STYLE = {"old-destination": "red", "not-dnated": "red", "unmapped": "yellow"}
+
+
+def flush_why(d: Doomed) -> str:
+    return FLUSH_WHY.get(d.reason, d.reason).format(wanted=", ".join(d.wanted) or "-")
+
+
+def _endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def flush_table(result: FlushResult) -> Text:
+    """One line per entry: family, source, destination, ports, where the replies come
+    from (the DNAT destination), why it goes (coloured by the reason)."""
+    headers = ["FAM", "SOURCE", "DESTINATION", "PORTS", "REPLY FROM", "WHY"]
+    rows = [
+        [
+            f"v{d.entry.family}",
+            d.entry.src,
+            d.entry.dst,
+            f"{d.entry.sport}->{d.entry.dport}",
+            _endpoint(d.entry.reply_src, d.entry.reply_sport),
+        ]
+        for d in result.doomed
+    ]
+    why = [[Piece(flush_why(d), FLUSH_STYLE.get(d.reason, ""))] for d in result.doomed]
+    return table(headers, rows, why)
+
+
+def _flush_ports_text(result: FlushResult) -> str:
+    families: Dict[int, List[str]] = {}
+    for family, port in result.ports:
+        families.setdefault(port, []).append(f"v{family}")
+    if len(families) > 8:
+        return f"{len(families)} host ports"
+    shown = ", ".join(f"{port} ({'/'.join(fams)})" for port, fams in sorted(families.items()))
+    return ("host port " if len(families) == 1 else "host ports ") + shown
+
+
+def flush_summary(result: FlushResult, container: Optional[str] = None) -> str:
+    """The one line that says what happened (or would)."""
+    if not result.ports:
+        whose = f" of a container {container}*" if container else ""
+        return f"no mapped UDP host ports{whose}: nothing to flush"
+    count = result.deleted
+    noun = "entry" if count == 1 else "entries"
+    verb = "would delete" if result.dry_run else "deleted"
+    line = f"{verb} {count} UDP conntrack {noun} to {_flush_ports_text(result)}"
+    if result.stale_only and result.kept:
+        line += f"; kept {result.kept} that reach their container or the host"
+    gone = len(result.doomed) - result.deleted
+    if not result.dry_run and gone > 0:
+        line += f"; {gone} had gone already"
+    return line

@@ -1,0 +1,99 @@
+"""`gc`: the table of what was (or would be) removed and what waits, the summary line."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, List, Optional
+
+from portmapctl.render.table import count, grid, short_id
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+    from portmapctl.ops.gc import GcChain, GcResult
+
+
+def _ports_cell(c: GcChain) -> str:
+    return ",".join(f"{port}/{proto}" for proto, port in c.host_ports) or "-"
+
+
+def duration_text(seconds: float) -> str:
+    """`45s`, `1m40s`, `2h05m`: what --min-age accepts back."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+
+def removable_text(c: GcChain, min_age: float, now: Optional[float] = None) -> str:
+    """`removable in 1m40s, at 02:19:02` (local time): when a later run removes it."""
+    import time
+
+    left = max(min_age - c.seen_seconds, 0.0)
+    at = time.strftime("%H:%M:%S", time.localtime((time.time() if now is None else now) + left))
+    return f"removable in {duration_text(left + 0.999)}, at {at}"
+
+
+def gc_table(
+    result: GcResult,
+    min_age: Optional[float] = None,
+    preview: bool = False,
+    wide: bool = False,
+    full_ids: bool = False,
+    header: bool = True,
+) -> Text:
+    """One row per chain removed (in a dry run or the preview: to be removed) and per
+    pending one, with when a later run can remove it; TYPE and CHAIN only when `wide`
+    (the table fits 80 columns without them).
+
+    A plain grid, not a rich Table: gc of 1,000 containers lists 1,000 rows.
+    """
+    headers = ["FAM", "TYPE", "NETWORK", "CONTAINER", "HOST PORTS", "CHAIN", "SEEN"]
+    rows: List[List[str]] = []
+    statuses: List[Iterable[str]] = []
+    verb = "to remove" if preview else "would remove" if result.dry_run else "removed"
+
+    def row(c: GcChain) -> List[str]:
+        return [f"v{c.family}", c.kind, c.network or "-", short_id(c.container_id, full_ids)] + [
+            _ports_cell(c),
+            c.chain,
+            duration_text(c.seen_seconds),
+        ]
+
+    for c in result.removed:
+        rows.append(row(c))
+        statuses.append([verb])
+    for family, name in result.shared_removed:
+        rows.append([f"v{family}", "shared", "-", "-", "-", name, "-"])
+        statuses.append([verb])
+    for c in result.pending:
+        rows.append(row(c))
+        statuses.append([removable_text(c, min_age) if min_age is not None else "pending"])
+    if not wide:
+        for column in (headers.index("CHAIN"), headers.index("TYPE")):
+            del headers[column]
+            for cells in rows:
+                del cells[column]
+    return grid(headers, rows, statuses, header=header)
+
+
+def gc_summary(result: GcResult, asked_dry_run: Optional[bool] = None) -> str:
+    """One line for a cron log; "(dry run)" only when --dry-run was asked."""
+    dry_run = result.dry_run if asked_dry_run is None else asked_dry_run
+    containers = {(c.network, c.container_id) for c in result.removed if c.container_id}
+    verb = "would remove" if result.dry_run else "removed"
+    parts = [
+        f"{verb} {count(len(result.removed), 'chain')} of {count(len(containers), 'container')}"
+    ]
+    if not result.changes:
+        parts = ["nothing to remove now"]
+    if result.shared_removed:
+        parts[0] += " and " + ", ".join(f"{name} (v{fam})" for fam, name in result.shared_removed)
+    parts.append(f"{len(result.pending)} pending")
+    parts.append(f"{result.kept} kept")
+    if not result.dry_run and result.changes:
+        deleted = result.conntrack_deleted
+        parts.append(f"{deleted} UDP conntrack entr{'y' if deleted == 1 else 'ies'} deleted")
+    return "gc" + (" (dry run)" if dry_run else "") + ": " + ", ".join(parts)

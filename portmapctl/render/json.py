@@ -1,0 +1,239 @@
+"""Schema 2 JSON documents of every command (SPEC §3 "JSON output").
+
+JSON keys are part of the interface: add new ones, never rename. Schema 2 speaks one
+vocabulary (docs/json.md, docs/schema/*.json): `chain`, `chain_type`, `backend`,
+`network`, `container_id`, `family`, `protocol`, `host_ip`, `host_port`,
+`container_ip`, `container_port`; `kind` is only a problem's kind; `fix` is a command
+or null. Addresses are plain strings without brackets or prefix; absent values are null.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
+from typing import Mapping as MappingT
+
+from portmapctl.render.check import check_summary, rule_text, split_fix
+
+if TYPE_CHECKING:
+    from portmapctl.iptables.inventory import ChainInfo, Mapping
+    from portmapctl.ops.add import AddResult
+    from portmapctl.ops.check import CheckResult, Problem
+    from portmapctl.ops.flush_udp import FlushResult
+    from portmapctl.ops.gc import GcChain, GcResult
+
+SCHEMA = 2
+BACKEND = "iptables"  # rows and chains of the plugin's iptables backend
+
+
+def backend_of_chain(chain: Optional[str]) -> Optional[str]:
+    """Problems and gc rows name an nft rule's chain `nft:...` (ops/check/nft.py, ops/gc.py)."""
+    if chain is None:
+        return None
+    return "nftables" if chain == "nft" or chain.startswith("nft:") else BACKEND
+
+
+def document(cache: Optional[MappingT[str, Any]], **body: Any) -> Dict[str, Any]:
+    """A schema 2 document: `schema` and `cache` first, then the command's keys."""
+    return {"schema": SCHEMA, "cache": dict(cache) if cache is not None else None, **body}
+
+
+# --- list ------------------------------------------------------------------------------
+
+
+def mapping_json(m: Mapping, conntrack: Optional[MappingT[Mapping, int]] = None) -> Dict[str, Any]:
+    doc: Dict[str, Any] = {
+        "backend": BACKEND,
+        "network": m.network,
+        "container_id": m.container_id,
+        "family": m.family,
+        "protocol": m.protocol,
+        "host_ip": m.host_ip,
+        "host_port": m.host_port,
+        "container_ip": m.container_ip,
+        "container_port": m.container_port,
+        "snat": m.snat,
+        "chain": m.chain,
+        "status": list(m.status),
+    }
+    if m.shadowed_by:
+        doc["shadowed_by"] = m.shadowed_by
+    backend = getattr(m, "backend", None)
+    if backend is not None:
+        # nftables rows (iptables ones get the key with JSON schema 2).
+        doc["backend"] = backend
+        doc["chain_type"] = getattr(m, "chain_type", None)
+    if conntrack is not None and m.protocol == "udp":
+        doc["conntrack_entries"] = conntrack.get(m, 0)
+    return doc
+
+
+def chain_json(c: ChainInfo) -> Dict[str, Any]:
+    return {
+        "backend": BACKEND,
+        "chain": c.name,
+        "chain_type": c.kind,
+        "family": c.family,
+        "network": c.network,
+        "container_id": c.container_id,
+        "status": list(c.status),
+    }
+
+
+def list_json(
+    mappings: Iterable[Mapping],
+    chains: Iterable[ChainInfo],
+    conntrack: Optional[MappingT[Mapping, int]] = None,
+    cache: Optional[MappingT[str, Any]] = None,
+    total: Optional[int] = None,
+) -> Dict[str, Any]:
+    rows = [mapping_json(m, conntrack) for m in mappings]
+    return document(
+        cache,
+        mappings=rows,
+        chains=[chain_json(c) for c in chains],
+        # How many mappings there are before the filters (equal to len(mappings) without).
+        total_mappings=len(rows) if total is None else total,
+    )
+
+
+# --- add -------------------------------------------------------------------------------
+
+
+def add_json(
+    result: AddResult,
+    cache: Optional[MappingT[str, Any]] = None,
+    warnings: Iterable[str] = (),
+) -> Dict[str, Any]:
+    return document(
+        cache,
+        backend=getattr(result, "backend", BACKEND),
+        dry_run=result.dry_run,
+        changed=result.changed,
+        chains=list(result.chains),
+        transaction={str(f): text for f, text in sorted(result.transactions.items())},
+        warnings=[*warnings, *result.warnings],
+    )
+
+
+# --- check -----------------------------------------------------------------------------
+
+
+def _problem_backend(p: Problem) -> Optional[str]:
+    """nftables for the nft problems, none for a container in both, else iptables."""
+    if str(p.kind) == "both-backends":
+        return None
+    if str(p.kind).startswith("nft-"):
+        return "nftables"
+    return backend_of_chain(p.chain) or BACKEND
+
+
+def problem_json(p: Problem) -> Dict[str, Any]:
+    command, prose = split_fix(p.fix)
+    why = "; ".join(part for part in (p.why, prose) if part)
+    return {
+        "kind": str(p.kind),
+        "backend": _problem_backend(p),
+        "family": p.family,
+        "chain": p.chain,
+        "network": p.network,
+        "container_id": p.container_id,
+        "detail": p.detail,
+        "why": why,
+        "fix": command,
+        # The rules at issue, one a line (offending, or wanted and missing); null: none.
+        "rule": rule_text(getattr(p, "rules", ())),
+    }
+
+
+def check_json(result: CheckResult, cache: Optional[MappingT[str, Any]] = None) -> Dict[str, Any]:
+    """SPEC §3: healthy, repaired, problems; plus what a repair fixed."""
+    doc = document(
+        cache,
+        healthy=result.healthy,
+        repaired=result.repaired,
+        problems=[problem_json(p) for p in result.problems],
+        fixed=[problem_json(p) for p in result.fixed],
+        summary=check_summary(result),
+    )
+    if result.unrepaired:  # only after a repair that had to leave containers out
+        doc["unrepaired"] = [
+            {"family": f, "network": n, "container_id": c, "chain": chain, "why": why}
+            for f, n, c, chain, why in result.unrepaired
+        ]
+    return doc
+
+
+# --- gc --------------------------------------------------------------------------------
+
+
+def _host_ports_json(c: GcChain) -> List[Dict[str, Any]]:
+    return [{"protocol": proto, "host_port": port} for proto, port in c.host_ports]
+
+
+def gc_chain_json(
+    c: GcChain, pending: bool = False, min_age: Optional[float] = None
+) -> Dict[str, Any]:
+    doc: Dict[str, Any] = {
+        "backend": backend_of_chain(c.chain),
+        "chain": c.chain,
+        "chain_type": c.kind,
+        "family": c.family,
+        "network": c.network,
+        "container_id": c.container_id,
+        "host_ports": _host_ports_json(c),
+    }
+    if pending:
+        doc["seen_seconds"] = c.seen_seconds
+        doc["removable_in_seconds"] = (
+            max(min_age - c.seen_seconds, 0.0) if min_age is not None else None
+        )
+    return doc
+
+
+def gc_json(
+    result: GcResult,
+    min_age: Optional[float] = None,
+    cache: Optional[MappingT[str, Any]] = None,
+) -> Dict[str, Any]:
+    return document(
+        cache,
+        dry_run=result.dry_run,
+        min_age_seconds=min_age,
+        removed=[gc_chain_json(c) for c in result.removed],
+        pending=[gc_chain_json(c, pending=True, min_age=min_age) for c in result.pending],
+        kept=result.kept,
+        conntrack_deleted=result.conntrack_deleted,
+        # Shared chains removed once empty (the legacy CNI-HOSTPORT-SNAT).
+        shared_removed=[
+            {"backend": BACKEND, "chain": name, "family": fam}
+            for fam, name in result.shared_removed
+        ],
+        warnings=list(result.warnings),
+    )
+
+
+# --- flush-udp -------------------------------------------------------------------------
+
+
+def flush_json(result: FlushResult, cache: Optional[MappingT[str, Any]] = None) -> Dict[str, Any]:
+    """SPEC §3: dry_run, deleted (in a dry run: what would be), count; plus why.
+    The original destination is the mapped host port: `host_ip`/`host_port`."""
+    return document(
+        cache,
+        dry_run=result.dry_run,
+        deleted=[
+            {
+                "family": d.entry.family,
+                "protocol": "udp",
+                "src": d.entry.src,
+                "sport": d.entry.sport,
+                "host_ip": d.entry.dst,
+                "host_port": d.entry.dport,
+                "reply_src": d.entry.reply_src,
+                "reply_sport": d.entry.reply_sport,
+                "reason": d.reason,
+            }
+            for d in result.doomed
+        ],
+        count=result.deleted,
+    )

@@ -1,0 +1,150 @@
+"""`list`: the mapping table, its order and its summary line (SPEC §3 list)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
+from typing import Mapping as MappingT
+
+from portmapctl.render.table import STATUS_STYLE, count, grid, short_id
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+    from portmapctl.iptables.inventory import ChainInfo, Mapping
+
+
+def sort_key(m: Mapping) -> Tuple[Any, ...]:
+    """SPEC §3 list: network, container, family, protocol, host port (a container's
+    rows stand together; unnamed ones last)."""
+    return (
+        m.network is None,
+        m.network or "",
+        m.container_id is None,
+        m.container_id or "",
+        m.family,
+        m.protocol,
+        m.host_port,
+        m.host_ip or "",
+        m.chain,
+    )
+
+
+def chain_sort_key(c: ChainInfo) -> Tuple[Any, ...]:
+    return (
+        c.network is None,
+        c.network or "",
+        c.container_id is None,
+        c.container_id or "",
+        c.family,
+        c.name,
+    )
+
+
+def host_address(m: Mapping) -> str:
+    if m.host_ip is None:
+        return f"*:{m.host_port}"
+    return f"[{m.host_ip}]:{m.host_port}" if ":" in m.host_ip else f"{m.host_ip}:{m.host_port}"
+
+
+def container_address(m: Mapping) -> str:
+    ip = f"[{m.container_ip}]" if ":" in m.container_ip else m.container_ip
+    return f"{ip}:{m.container_port}"
+
+
+def list_summary(
+    mappings: List[Mapping], chains: List[ChainInfo], total: Optional[int] = None
+) -> str:
+    """`7 mappings of 4 containers: 5 ok, 1 stale, 1 shadowed` (statuses counted per row;
+    chains without a DNAT rule, such as legacy SN- chains, counted apart); with filters
+    that leave fewer, `2 of 7 mappings match: ...`."""
+    with_rows = {(m.chain, m.family) for m in mappings}
+    bare = [c for c in chains if (c.name, c.family) not in with_rows]
+    containers = {m.container_id or m.chain for m in mappings} | {
+        c.container_id or c.name for c in bare
+    }
+    words: Dict[str, int] = {}
+    for status in [m.status for m in mappings] + [c.status for c in bare]:
+        for word in status:
+            words[str(word)] = words.get(str(word), 0) + 1
+    if total is not None and total != len(mappings):
+        head = f"{len(mappings)} of {count(total, 'mapping')} match"
+    else:
+        head = f"{count(len(mappings), 'mapping')} of {count(len(containers), 'container')}"
+    if bare:
+        head += f", {count(len(bare), 'chain')} without a mapping"
+    order = [str(s) for s in STATUS_STYLE]
+    ranked = sorted(words.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+    return head + (": " + ", ".join(f"{n} {w}" for w, n in ranked) if ranked else "")
+
+
+def list_table(
+    mappings: List[Mapping],
+    chains: List[ChainInfo],
+    conntrack: Optional[MappingT[Mapping, int]] = None,
+    wide: bool = True,
+    full_ids: bool = False,
+    header: bool = True,
+) -> Text:
+    """The list table; without `wide` the CHAIN column is left out (80 columns)."""
+    headers = ["NETWORK", "CONTAINER", "FAM", "PROTO", "HOST", "CONTAINER ADDR", "SNAT", "CHAIN"]
+    if conntrack is not None:
+        headers.append("CONNTRACK")
+    rows, statuses = _list_rows(mappings, chains, conntrack, full_ids)
+    if not wide:
+        column = headers.index("CHAIN")
+        del headers[column]
+        for row in rows:
+            del row[column]
+    return grid(headers, rows, statuses, header=header)
+
+
+def _list_rows(
+    mappings: List[Mapping],
+    chains: List[ChainInfo],
+    conntrack: Optional[MappingT[Mapping, int]],
+    full_ids: bool,
+) -> Tuple[List[List[str]], List[Iterable[str]]]:
+    rows: List[List[str]] = []
+    statuses: List[Iterable[str]] = []
+    for m in mappings:
+        row = [
+            m.network or "-",
+            short_id(m.container_id, full_ids),
+            f"v{m.family}",
+            m.protocol,
+            host_address(m),
+            container_address(m),
+            "yes" if m.snat else "no",
+            _chain_cell(m),
+        ]
+        if conntrack is not None:
+            row.append(str(conntrack.get(m, 0)) if m.protocol == "udp" else "-")
+        rows.append(row)
+        statuses.append(m.status)
+    # Chains with no DNAT rule (legacy SN- chains, emptied chains) still get a line.
+    with_rows = {(m.chain, m.family) for m in mappings}
+    for c in chains:
+        if (c.name, c.family) in with_rows:
+            continue
+        row = [
+            c.network or "-",
+            short_id(c.container_id, full_ids),
+            f"v{c.family}",
+            "-",
+            "-",
+            "-",
+            "-",
+            c.name,
+        ]
+        if conntrack is not None:
+            row.append("-")
+        rows.append(row)
+        statuses.append(c.status)
+    return rows, statuses
+
+
+def _chain_cell(m: Mapping) -> str:
+    """iptables: the CNI-DN- chain; nftables: `nft:` + the chain of the rule."""
+    if getattr(m, "backend", None) == "nftables":
+        return f"nft:{m.chain}"
+    return m.chain
