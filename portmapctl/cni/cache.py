@@ -273,7 +273,8 @@ def read_attachment(path: str, namespaces: Optional[NamespaceView] = None) -> At
     result = cached.get("result")
     mapping = None
     raw_ports = _ports_given(conf, capability, source) if conf is not None else None
-    if raw_ports and cni_config.result_addresses(result, ifname or None, source):
+    addresses = cni_config.result_addresses(result, ifname or None, source) if raw_ports else []
+    if addresses:
         plugin_conf = dict(conf or {}, name=network, prevResult=result)
         mapping = cni_config.plugin_config(
             plugin_conf,
@@ -281,6 +282,7 @@ def read_attachment(path: str, namespaces: Optional[NamespaceView] = None) -> At
             source,
             ifname=ifname or None,
             port_mappings_override=raw_ports,
+            addresses=addresses,  # parsed once: a third of reading a 1,000-entry cache
         )
     # else: no ports, or no address (an L2 network with empty IPAM): the plugin
     # forwards nothing, and neither does anything else expect it to.

@@ -91,8 +91,11 @@ def plugin_config(
     source: str,
     ifname: Optional[str] = "eth0",
     port_mappings_override: Any = None,
+    addresses: Optional[List[Interface]] = None,
 ) -> MappingConfig:
-    """The portmap plugin's stdin (or the portmap entry of a cached conflist)."""
+    """The portmap plugin's stdin (or the portmap entry of a cached conflist).
+
+    `addresses`: those of `prevResult`, when the caller has them already."""
     if not isinstance(conf, dict):
         raise BadInput(f"{source}: the network config must be a JSON object")
     runtime = conf.get("runtimeConfig") or {}
@@ -119,7 +122,11 @@ def plugin_config(
         config = mapping_config(
             network=conf.get("name", ""),
             container_id=container_id,
-            addresses=result_addresses(conf.get("prevResult"), ifname, source),
+            addresses=(
+                addresses
+                if addresses is not None
+                else result_addresses(conf.get("prevResult"), ifname, source)
+            ),
             ports=port_mappings(raw_ports, source),
             snat=snat,
             mark=conf.get("markMasqBit"),

@@ -386,6 +386,7 @@ def _repaired(
         notes=after.notes,
         warnings=after.warnings + tuple(warnings),
         found=after.found,
+        nft_found=after.nft_found,
         unrepaired=tuple((u.family, u.network, u.container_id, u.chain, u.why) for u in unrepaired),
     )
 

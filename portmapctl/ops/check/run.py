@@ -80,8 +80,9 @@ def _check_node(
     found = inventory.build(tables, attachments)
     from portmapctl.ops.check.nft import nft_problems
 
-    nft_found, nft_ids, nft_compared, nft_notes = nft_problems(node, tables, attachments, fixes)
-    notes += nft_notes
+    nft = nft_problems(node, tables, attachments, fixes)
+    nft_found, nft_ids, nft_compared = nft.problems, nft.nft_ids, nft.compared
+    notes += nft.notes
     problems, compared = diagnose(
         tables,
         attachments,
@@ -108,6 +109,7 @@ def _check_node(
         chains,
         notes=tuple(notes),
         found=found,
+        nft_found=nft.found,
         warnings=tuple(cni_cache.warnings(attachments)),
     )
 
