@@ -2,6 +2,7 @@
 
     sudo python benchmarks/nft_bench.py              # N = 100 and 1,000
     sudo python benchmarks/nft_bench.py --sizes 100  # one size
+    sudo python benchmarks/nft_bench.py --list-only --runs 7 --baseline ../main
 
 For each N a throwaway namespace ("the node") gets N nft-backed containers of network
 `bench` (one IPv4 address, one tcp and one udp host port each, SNAT on), written by
@@ -12,7 +13,11 @@ every container (for `list`), or one unrelated entry (for `gc`, so all N are sta
 
 Measured, in the same run, medians of 5 (min-max):
 - `portmapctl list --backend nftables` and `portmapctl list` (auto: iptables too) vs a
-  bare `nft -j list table ip cni_hostport` (target: within 3x);
+  bare `nft -j list table ip cni_hostport` (target: within 3x), interleaved round by
+  round, wall clock and CPU time (user + system of the process and its children);
+  `--baseline DIR` adds another checkout's two lists to the same rounds (before/after);
+  `--instructions` also counts each command's instructions with valgrind (callgrind):
+  a figure the machine's load does not move;
 - `portmapctl gc` of N stale containers vs upstream v1.9.1's DEL of each (target:
   >= 100x). Up to 100 containers every DEL runs; above, 3 samples of 20 DELs at table
   sizes N, N/2 and N/10 (the table is shrunk by bulk removal between samples) and the
@@ -30,6 +35,7 @@ import argparse
 import ipaddress
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -37,7 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -103,12 +109,42 @@ def bodies(ns: str) -> dict:
 
 
 def timed(argv: Sequence[str], env: Dict[str, str] | None = None) -> float:
+    return timed_cpu(argv, env)[0]
+
+
+def timed_cpu(argv: Sequence[str], env: Dict[str, str] | None = None) -> Tuple[float, float]:
+    """(wall clock, CPU seconds of the process and its children: user + system). On a
+    shared machine the CPU time moves less with the load than the wall clock."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(list(argv), capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed: {done.stderr}")
-    return elapsed
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return elapsed, cpu
+
+
+def instructions(argv: Sequence[str], env: Dict[str, str] | None = None) -> int:
+    """Instructions the command and all its children run, counted by valgrind's
+    callgrind (user space): unlike a clock, the same on a loaded machine as on an idle
+    one. The command runs 20-50x slower under it."""
+    out = Path(tempfile.mkdtemp(prefix="pmt-nftbench-cg-"))
+    try:
+        # `ip netns exec NS CMD`: callgrind goes inside, around CMD and its children.
+        split = 4 if list(argv[:2]) == ["ip", "netns"] else 0
+        wrapped = [*argv[:split], "valgrind", "--tool=callgrind", "--trace-children=yes",
+                   f"--callgrind-out-file={out}/cg.%p", *argv[split:]]  # fmt: skip
+        subprocess.run(wrapped, capture_output=True, env=env, check=True)
+        total = 0
+        for dump in out.glob("cg.*"):
+            for line in dump.read_text(errors="replace").splitlines():
+                if line.startswith("summary:"):
+                    total += int(line.split()[1])
+        return total
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def stats(samples: List[float]) -> dict:
@@ -124,20 +160,22 @@ def repeat(fn: Callable[[], float], runs: int = RUNS) -> dict:
     return stats([fn() for _ in range(runs)])
 
 
-def pmctl_env() -> Dict[str, str]:
+def pmctl_env(root: Path = ROOT) -> Dict[str, str]:
     # As a user runs it: bytecode cached (bench.py drops the variable too).
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("PORTMAPCTL_") and k != "PYTHONDONTWRITEBYTECODE"
     }
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(root)
     env["NO_COLOR"] = "1"
     return env
 
 
 def pmctl(ns: str, *args: str) -> List[str]:
-    return ["ip", "netns", "exec", ns, sys.executable, "-m", "portmapctl", *args]
+    # -P: `-m` would put the working directory first on sys.path, ahead of PYTHONPATH,
+    # and a --baseline run started in this checkout would import this checkout.
+    return ["ip", "netns", "exec", ns, sys.executable, "-P", "-m", "portmapctl", *args]
 
 
 def check_equal_to_plugin() -> None:
@@ -155,7 +193,12 @@ def check_equal_to_plugin() -> None:
     print("N = 10: one setup transaction == 10 upstream v1.9.1 ADDs (rule for rule)")
 
 
-def bench_list(count: int) -> dict:
+def bench_list(
+    count: int, runs: int = RUNS, baseline: Path | None = None, count_instructions: bool = False
+) -> dict:
+    """bare nft, `list --backend nftables`, `list` (auto), and the same two of a
+    `baseline` checkout, interleaved round by round so that the machine's load falls on
+    all of them alike."""
     containers = [container(i) for i in range(count)]
     ns = rp.create_netns("pmt-nftbench")
     cache = Path(tempfile.mkdtemp(prefix="pmt-nftbench-cache-"))
@@ -163,24 +206,43 @@ def bench_list(count: int) -> dict:
         made = build(ns, containers)
         for c in containers:
             rp.write_cni_cache(cache, NETWORK, c["id"], "eth0", conf(c), c["ports"], [c["ip"]])
-        env = pmctl_env()
-        bare = repeat(
-            lambda: timed(
-                ["ip", "netns", "exec", ns, "nft", "-j", "list", "table", "ip", "cni_hostport"]
-            )  # fmt: skip
-        )
         args = ["list", "--cni-cache-dir", str(cache)]
-        nft_only = repeat(lambda: timed(pmctl(ns, *args, "--backend", "nftables"), env))
-        auto = repeat(lambda: timed(pmctl(ns, *args), env))
+        commands = {
+            "bare_nft": (["ip", "netns", "exec", ns, "nft", "-j", "list", "table", "ip",
+                          "cni_hostport"], None),
+            "list_nftables": (pmctl(ns, *args, "--backend", "nftables"), pmctl_env()),
+            "list_auto": (pmctl(ns, *args), pmctl_env()),
+        }  # fmt: skip
+        if baseline is not None:
+            commands["baseline_list_nftables"] = (
+                pmctl(ns, *args, "--backend", "nftables"), pmctl_env(baseline))  # fmt: skip
+            commands["baseline_list_auto"] = (pmctl(ns, *args), pmctl_env(baseline))
+        for argv, env in commands.values():
+            timed(argv, env)  # warm: page cache, bytecode
+        walls: Dict[str, List[float]] = {name: [] for name in commands}
+        cpus: Dict[str, List[float]] = {name: [] for name in commands}
+        for _ in range(runs):
+            for name, (argv, env) in commands.items():
+                wall, cpu = timed_cpu(argv, env)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+        counted = {}
+        if count_instructions:
+            counted = {name: instructions(argv, env) for name, (argv, env) in commands.items()}
         rows = subprocess.run(pmctl(ns, *args, "-o", "json"), capture_output=True, text=True,
-                              env=env, check=True).stdout  # fmt: skip
+                              env=pmctl_env(), check=True).stdout  # fmt: skip
         mappings = len(json.loads(rows)["mappings"])
         if mappings != 2 * count:
             raise SystemExit(f"list showed {mappings} mappings, wanted {2 * count}")
     finally:
         rp.delete_netns(ns)
         shutil.rmtree(cache, ignore_errors=True)
-    return {"built_seconds": made, "bare_nft": bare, "list_nftables": nft_only, "list_auto": auto}
+    found: dict = {"built_seconds": made}
+    for name in commands:
+        found[name] = {**stats(walls[name]), "cpu": stats(cpus[name])}
+        if name in counted:
+            found[name]["instructions"] = counted[name]
+    return found
 
 
 def _bulk_remove(ns: str, ids: Sequence[str]) -> None:
@@ -282,16 +344,35 @@ def ms(value: float) -> str:
 
 
 def report(results: dict) -> str:
-    lines = ["| N | bare `nft -j list table ip cni_hostport` | `list --backend nftables` | ratio |"
-             " `list` (auto) | ratio |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    counted = any("instructions" in r["bare_nft"] for r in results["list"].values())
+    lines = ["| N | command | wall median (min-max) | ratio | CPU median | CPU ratio |"
+             + (" instructions | ratio |" if counted else ""),
+             "| ---: | --- | ---: | ---: | ---: | ---: |"
+             + (" ---: | ---: |" if counted else "")]  # fmt: skip
+    names = {
+        "bare_nft": "bare `nft -j list table ip cni_hostport`",
+        "list_nftables": "`list --backend nftables`",
+        "list_auto": "`list` (auto: iptables-save too)",
+        "baseline_list_nftables": "baseline `list --backend nftables`",
+        "baseline_list_auto": "baseline `list` (auto)",
+    }
     for n, r in sorted(results["list"].items(), key=lambda kv: int(kv[0])):
-        bare, nft, auto = r["bare_nft"], r["list_nftables"], r["list_auto"]
-        lines.append(
-            f"| {int(n):,} | {ms(bare['median'])} ({ms(bare['min'])}-{ms(bare['max'])}) "
-            f"| {ms(nft['median'])} ({ms(nft['min'])}-{ms(nft['max'])}) "
-            f"| {nft['median'] / bare['median']:.1f}x "
-            f"| {ms(auto['median'])} | {auto['median'] / bare['median']:.1f}x |"
-        )
+        bare = r["bare_nft"]
+        for key, label in names.items():
+            if key not in r:
+                continue
+            m = r[key]
+            line = (
+                f"| {int(n):,} | {label} | {ms(m['median'])} ({ms(m['min'])}-{ms(m['max'])}) "
+                f"| {m['median'] / bare['median']:.1f}x | {ms(m['cpu']['median'])} "
+                f"| {m['cpu']['median'] / bare['cpu']['median']:.1f}x |"
+            )
+            if counted:
+                line += (f" {m['instructions'] / 1e6:,.0f} M "
+                         f"| {m['instructions'] / bare['instructions']:.2f}x |")  # fmt: skip
+            lines.append(line)
+    if not results["gc"]:
+        return "\n".join(lines) + "\n"
     lines += ["", "| N | `gc` of N stale | upstream v1.9.1 DEL of each | speed-up | how |",
               "| ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
     for n, r in sorted(results["gc"].items(), key=lambda kv: int(kv[0])):
@@ -314,6 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--no-plugin-add-del", action="store_true")
+    parser.add_argument("--list-only", action="store_true", help="only the list figures")
+    parser.add_argument("--runs", type=int, default=RUNS, help="rounds of the list figures")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="another checkout whose list runs in the same rounds")  # fmt: skip
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count each list command's instructions (valgrind)")
     args = parser.parse_args(argv)
     for probe in (rp.netns_available, upstream.available):
         ok, reason = probe()
@@ -322,16 +409,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 3
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "portmapctl")],
                    check=True)  # fmt: skip
-    check_equal_to_plugin()
+    if args.baseline is not None:
+        subprocess.run([sys.executable, "-m", "compileall", "-q",
+                        str(args.baseline / "portmapctl")], check=True)  # fmt: skip
+    if not args.list_only:
+        check_equal_to_plugin()
     results: dict = {"list": {}, "gc": {}, "load": os.getloadavg()}
     for n in args.sizes:
-        results["list"][n] = bench_list(n)
+        results["list"][n] = bench_list(n, args.runs, args.baseline, args.instructions)
         print(f"N = {n}: list {results['list'][n]['list_nftables']['median']:.3f} s, "
               f"bare nft {results['list'][n]['bare_nft']['median']:.3f} s")  # fmt: skip
+        if args.list_only:
+            continue
         results["gc"][n] = bench_gc(n)
         print(f"N = {n}: gc {results['gc'][n]['gc_seconds']:.2f} s, "
               f"plugin DELs {results['gc'][n]['plugin_del_total']:.1f} s")  # fmt: skip
-    if not args.no_plugin_add_del:
+    if not args.no_plugin_add_del and not args.list_only:
         results["plugin"] = bench_plugin_add_del()
     results["load_after"] = os.getloadavg()
     OUT.mkdir(parents=True, exist_ok=True)

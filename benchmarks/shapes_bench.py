@@ -13,7 +13,8 @@ UDP host port per container, every tenth with a host IP, every tenth dual-stack)
   same IPv4 change (two are timed: deleting the entry rules by number, and rebuilding
   CNI-HOSTPORT-DNAT with -F and the live rules re-appended), and the plugin's DEL of a
   sample of stale containers (times S).
-- repair: N containers in the cache, the nat table emptied as a firewall flush does.
+- repair: N containers in the cache, the nat table emptied as a firewall flush does
+  before each try (one node; the doers take turns, --repair-runs rounds).
   `check --repair` vs one bare restore creating the same (IPv4 and IPv6 both, as
   bench.fill makes them, but in one restore per family), and the plugin's ADD of a
   sample (times N). The namespace has a `cni0` with the pod subnet, so route_localnet
@@ -33,6 +34,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -179,8 +181,9 @@ def shape_gc(mode: str, versions: Versions, s: int, runs: int, sample: int) -> D
     live = everyone[0::2]
     stale = everyone[1::2]
     samples: Dict[str, List[float]] = {}
-    # Before, deleting by text is quadratic: over 120 s (the restore's time-out) at 5,000.
-    with_before = "before" in versions.paths and s <= 2000
+    # 0.1 deleted by text, quadratic (over 120 s at 5,000, the restore's time-out); since
+    # 0.2 (by number) it is linear, so "before" runs at every size.
+    with_before = "before" in versions.paths
     doers: List[str] = ["after", *(["before"] if with_before else [])]
     doers += ["restore_by_number", "restore_rebuild"]
     for _ in range(runs):
@@ -234,18 +237,21 @@ def emptied(mode: str) -> None:
 
 
 def shape_repair(mode: str, versions: Versions, n: int, runs: int, sample: int) -> Dict[str, Any]:
+    """One node of N cached containers, flushed before each try; the doers take turns
+    (`runs` rounds), so that each round sees the same load."""
     everyone = [container(i) for i in range(n)]
     samples: Dict[str, List[float]] = {}
     doers = ["after", *(["before"] if "before" in versions.paths else []), "restore"]
     texts = {t.family: t.render() for t in _merged(fill_transactions(everyone, first=True))}
-    for _ in range(runs):
-        for doer in doers:
-            node = Node(mode, everyone, cache=True)
-            try:
-                with entered(node.name):
-                    with_pod_interface()
+    node = Node(mode, everyone, cache=True)
+    try:
+        with entered(node.name):
+            with_pod_interface()
+            runner = Runner(mode, node.cache_dir)
+            for _ in range(runs):
+                for doer in doers:
                     emptied(mode)
-                    runner = Runner(mode, node.cache_dir)
+                    cpu_before = _children_cpu()
                     if doer == "restore":
                         took = sum(restore_seconds(mode, f, t) for f, t in texts.items())
                     else:
@@ -257,10 +263,37 @@ def shape_repair(mode: str, versions: Versions, n: int, runs: int, sample: int) 
                     }
                     if len(made) != n:
                         raise BenchError(f"{doer}: {len(made)} chains made, wanted {n}")
-            finally:
-                node.close()
-            samples.setdefault(doer, []).append(took)
-            log(f"    repair N={n} {doer}: {fmt(took)}")
+                    cpu = _children_cpu() - cpu_before
+                    samples.setdefault(doer, []).append(took)
+                    samples.setdefault(f"{doer}_cpu", []).append(cpu)
+                    log(
+                        f"    repair N={n} {doer}: {fmt(took)}, CPU {fmt(cpu)}"
+                        f" (load {os.getloadavg()[0]:.1f})"
+                    )
+    finally:
+        node.close()
+    found: Dict[str, Any] = {k: stats(v) for k, v in samples.items()}
+    # The ratio per round (ours over the restore of the same round), as the load moves.
+    ratios = sorted(a / r for a, r in zip(samples["after"], samples["restore"]))
+    found["ratio_median"] = ratios[len(ratios) // 2]
+    found["ratio_min"], found["ratio_max"] = ratios[0], ratios[-1]
+    # CPU seconds (user + system, the process and what it ran) depend much less on
+    # what else runs on the machine than wall clock does.
+    found["cpu_ratio"] = found["after_cpu"]["median"] / found["restore_cpu"]["median"]
+    if sample:
+        found.update(_plugin_add(mode, everyone, n, sample))
+    return found
+
+
+def _children_cpu() -> float:
+    """User + system seconds of every child process waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _plugin_add(mode: str, everyone: List[Dict[str, Any]], n: int, sample: int) -> Dict[str, Any]:
+    """The plugin's ADD of `sample` containers into a node of N (times N: a repair
+    container by container, as 0.1's was)."""
     node = Node(mode, [], cache=True)
     try:
         with entered(node.name):
@@ -274,10 +307,7 @@ def shape_repair(mode: str, versions: Versions, n: int, runs: int, sample: int) 
             per = [runner.plugin("ADD", c) for c in chosen]
     finally:
         node.close()
-    found: Dict[str, Any] = {k: stats(v) for k, v in samples.items()}
-    found["plugin_add"] = stats(per)
-    found["plugin_add_total"] = stats(per)["median"] * n
-    return found
+    return {"plugin_add": stats(per), "plugin_add_total": stats(per)["median"] * n}
 
 
 def _merged(txns: Sequence[Transaction]) -> List[Transaction]:
@@ -441,6 +471,9 @@ def main() -> None:
     parser.add_argument("--before", default="main", help="git ref for 'before' ('' for none)")
     parser.add_argument("--sizes", help="override the N of every shape, comma-separated")
     parser.add_argument("--out", default=str(OUT / "shapes.json"))
+    parser.add_argument("--repair-runs", type=int, help="rounds of the repair shape")
+    parser.add_argument("--no-plugin", action="store_true", help="repair: no plugin ADD sample")
+    parser.add_argument("--gc-runs", type=int, help="runs of each gc doer (default 3, 2 quick)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (network namespaces, iptables)")
@@ -475,14 +508,17 @@ def main() -> None:
         results["startup"] = shape_startup(versions, 5 if quick else 10)
     if "gc" in shapes:
         results["gc"] = {}
-        for s in sizes or ([100, 500] if quick else [500, 1000, 5000]):
-            log(f"gc: {s} stale among {2 * s}")
-            results["gc"][s] = shape_gc(args.mode, versions, s, 1 if s >= 5000 else runs, 3)
+        for s in sizes or ([100, 500] if quick else [1000, 2000, 5000]):
+            log(f"gc: {s} stale among {2 * s} (load {os.getloadavg()[0]:.1f})")
+            results["gc"][s] = shape_gc(args.mode, versions, s, args.gc_runs or runs, 3)
+            results["gc"][s]["load"] = os.getloadavg()
     if "repair" in shapes:
         results["repair"] = {}
-        for n in sizes or ([100, 1000] if quick else [100, 1000, 5000]):
+        for n in sizes or ([100, 1000] if quick else [1000, 2000, 5000]):
             log(f"repair: {n} missing")
-            results["repair"][n] = shape_repair(args.mode, versions, n, 1 if n >= 5000 else runs, 3)
+            repair_runs = args.repair_runs or runs
+            sample = 0 if args.no_plugin else 3
+            results["repair"][n] = shape_repair(args.mode, versions, n, repair_runs, sample)
     if "kube" in shapes:
         log("kube: 50,000 rules + 100 containers")
         rules = 5000 if quick else 50000
@@ -513,9 +549,9 @@ def print_tables(r: Dict[str, Any]) -> None:
     if "gc" in r:
         print(
             "\n| stale / total | gc before | gc after | restore by number | restore rebuild |"
-            " after / best restore | plugin DEL x S |"
+            " after / best restore | plugin DEL x S | load after |"
         )
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for s, g in r["gc"].items():
             best = min(g["restore_by_number"]["median"], g["restore_rebuild"]["median"])
             print(
@@ -523,18 +559,25 @@ def print_tables(r: Dict[str, Any]) -> None:
                 f" {cell(g['after'])} | {cell(g['restore_by_number'])} | {cell(g['restore_rebuild'])} |"
                 f" {g['after']['median'] / best:.2f}× | {fmt(g['plugin_del_total'])}"
                 f" ({fmt(g['plugin_del']['median'])} each) |"
+                + (f" {g['load'][0]:.1f} |" if "load" in g else "")
             )
     if "repair" in r:
         print(
-            "\n| missing | repair before | repair after | one restore | after / restore |"
-            " plugin ADD x N |"
+            "\n| missing | repair before | repair after | one restore | after / restore"
+            " (per round) | CPU after / restore | plugin ADD x N |"
         )
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for n, g in r["repair"].items():
+            plugin = (
+                f"{fmt(g['plugin_add_total'])} ({fmt(g['plugin_add']['median'])} each)"
+                if "plugin_add" in g
+                else "-"
+            )
             print(
                 f"| {n} | {cell(g['before']) if 'before' in g else '-'} | {cell(g['after'])} |"
-                f" {cell(g['restore'])} | {g['after']['median'] / g['restore']['median']:.2f}× |"
-                f" {fmt(g['plugin_add_total'])} ({fmt(g['plugin_add']['median'])} each) |"
+                f" {cell(g['restore'])} | {g['ratio_median']:.2f}× ({g['ratio_min']:.2f}–"
+                f"{g['ratio_max']:.2f}) | {fmt(g['after_cpu']['median'])} /"
+                f" {fmt(g['restore_cpu']['median'])}: {g['cpu_ratio']:.2f}× | {plugin} |"
             )
     if "kube" in r:
         k = r["kube"]

@@ -58,7 +58,10 @@ def add(container: str, ips: List[str], ports: List[dict], cached: bool, mode: s
     conf = rp.plugin_conf("podman", ips, ports)
     rp.run_plugin("ADD", NS, container, conf, mode=mode, check=True)
     if cached:
-        rp.write_cni_cache(CACHE, "podman", container, "eth0", conf, ports, ips)
+        # The entry names a namespace that exists (the node's own stands in for the
+        # container's): a path that does not would make it a zombie.
+        netns = str(Path("/run/netns", NS))
+        rp.write_cni_cache(CACHE, "podman", container, "eth0", conf, ports, ips, netns=netns)
 
 
 def conntrack(*args: str) -> None:

@@ -143,8 +143,14 @@ def check_command(
             if recorder is not None:
                 recorder.note_problems(result.problems)
                 if result.found is not None:  # the whole node was looked at
+                    from portmapctl.ops.nft import backends_read
+
                     found = result.found
-                    recorder.note_node(found.mappings, found.chains, result.families)
+                    mappings = list(found.mappings)
+                    if result.nft_found is not None:
+                        mappings += result.nft_found.mappings
+                    read = backends_read(node, result.families)
+                    recorder.note_node(mappings, found.chains, result.families, read)
         for warning in result.warnings:
             out.warn(warning)
         cache = common.cache()

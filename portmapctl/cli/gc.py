@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
@@ -100,8 +100,15 @@ def gc_command(
     from portmapctl import render
     from portmapctl.core import validate
     from portmapctl.errors import BadInput
-    from portmapctl.ops.gc import GcOptions, Sources, gc, read_valid_attachments, require_source
-    from portmapctl.ops.node import opened
+    from portmapctl.ops.gc import (
+        GcOptions,
+        Sources,
+        apply_gc,
+        plan_gc,
+        read_valid_attachments,
+        require_source,
+    )
+    from portmapctl.ops.node import locked, opened
 
     out = common.out()
     with metrics_recording(metrics_file, "gc", common.cache_dirs, out) as recorder:
@@ -124,38 +131,46 @@ def gc_command(
         cache = common.cache()
         # Said after gc has run: a refusal (no source of liveness) is its one error line.
         other_source = bool(sources.documents or sources.keep or remove_all)
-        if ask:
-            # The preview is a dry run that records its sightings like any run (so
-            # --min-age counts from here), shown on stderr: stdout is for the result.
-            with opened(node_opts) as node, out.busy("reading the ruleset"):
-                preview = gc(node, sources, replace(options, dry_run=True))
-            out.cache_note(cache, other_source)
-            if not preview.changes:
-                if recorder is not None:
-                    recorder.note_gc(preview, node_opts.families)
-                _show(out, preview, options.min_age, cache, asked_dry_run=False)
-                return
-            out.show(
-                render.gc_table(
-                    preview, options.min_age, preview=True, wide=out.wide, full_ids=out.no_trunc
-                ),
-                stderr=True,
-            )
-            count = len(preview.removed) + len(preview.shared_removed)
-            if not typer.confirm(
-                f"Remove {render.count(count, 'chain')}?", default=False, err=True
-            ):
-                out.message("nothing removed")
-                if recorder is not None:
-                    recorder.note_gc(preview, node_opts.families)
-                return
-            confirmed = frozenset((c.family, c.chain) for c in preview.removed)
-            options = replace(options, only=confirmed)
-        doing = "looking for chains to remove" if dry_run else "removing chains"
-        with opened(node_opts, write=not dry_run) as node, out.progress(doing) as progress:
-            # After a confirmation the count is known before the first transaction.
-            known = len(options.only) if options.only is not None else 0
-            result = gc(node, sources, options, _counting(progress, known))
+        # Asking: read and plan once, without the lock (no other run waits on a
+        # person), ask, then take the lock and apply that plan; a table changed
+        # meanwhile fails its transaction whole, and that family is read and planned
+        # again (Node.converge), limited to what was confirmed.
+        with opened(node_opts, write=not dry_run, lock_now=not ask) as node:
+            with out.busy("reading the ruleset"):
+                planned = plan_gc(node, sources, options)
+            if ask:
+                # The preview is a dry run that records its sightings like any run (so
+                # --min-age counts from here), shown on stderr: stdout is for the result.
+                preview = apply_gc(node, replace(planned, options=replace(options, dry_run=True)))
+                out.cache_note(cache, other_source)
+                if not preview.changes:
+                    if recorder is not None:
+                        recorder.note_gc(preview, node_opts.families)
+                    _show(out, preview, options.min_age, cache, asked_dry_run=False)
+                    return
+                out.show(
+                    render.gc_table(
+                        preview, options.min_age, preview=True, wide=out.wide,
+                        full_ids=out.no_trunc,
+                    ),
+                    stderr=True,
+                )  # fmt: skip
+                count = len(preview.removed) + len(preview.shared_removed)
+                if not typer.confirm(
+                    f"Remove {render.count(count, 'chain')}?", default=False, err=True
+                ):
+                    out.message("nothing removed")
+                    if recorder is not None:
+                        recorder.note_gc(preview, node_opts.families)
+                    return
+                confirmed = frozenset((c.family, c.chain) for c in preview.removed)
+                options = replace(options, only=confirmed)
+                with locked(node), out.progress("removing chains") as progress:
+                    result = apply_gc(node, replace(planned, options=options), progress)
+            else:
+                doing = "looking for chains to remove" if dry_run else "removing chains"
+                with out.progress(doing) as progress:
+                    result = apply_gc(node, planned, progress)
         if recorder is not None:
             recorder.note_gc(result, node_opts.families)
         if not ask:
@@ -173,15 +188,6 @@ def gc_command(
                 f"removed {done} (see above), but could not record the chains still pending:"
                 f" {result.state_error} (free space in the run directory)"
             )
-
-
-def _counting(
-    progress: Optional[Callable[[int, int], None]], known: int
-) -> Optional[Callable[[int, int], None]]:
-    """gc's (chains removed, chains planned so far) as the bar's (done, total)."""
-    if progress is None:
-        return None
-    return lambda done, planned: progress(done, max(planned, known))
 
 
 def _show(

@@ -105,9 +105,7 @@ def list_command(
     container, family, protocol and host port; a summary line follows.
 
     Filters of one kind repeat (either matches); different filters must all hold."""
-    from portmapctl import render
     from portmapctl.core import validate
-    from portmapctl.iptables import inventory
     from portmapctl.ops.node import opened
 
     out = common.out()
@@ -122,17 +120,27 @@ def list_command(
         options = common.node_options(snapshots, nft_snapshot)
         with opened(options) as node, out.busy("reading the ruleset and the CNI cache"):
             reader = _start_nft_read(node)
+            # Imported while nft lists its tables (ops.nft for _nft_rows, only then).
+            from portmapctl import render
+            from portmapctl.iptables import inventory
+
+            if reader is not None:
+                import portmapctl.ops.nft  # noqa: F401
+
             tables, attachments = node.read_with_cache()
             from portmapctl.cni.cache import warnings
 
             for warning in warnings(attachments):
                 out.warn(warning)
             found = inventory.build(tables, attachments)
-            if recorder is not None:
-                recorder.note_node(found.mappings, found.chains, tuple(tables))
             mappings = list(found.mappings)
             if reader is not None:
                 mappings += _nft_rows(node, reader, attachments, found, out)
+            if recorder is not None:
+                from portmapctl.ops.nft import backends_read
+
+                read = backends_read(node, tuple(tables))
+                recorder.note_node(mappings, found.chains, tuple(tables), read)
             counts = None
             if conntrack:
                 if options.offline:

@@ -94,7 +94,8 @@ def plugin_config(
     addresses: Optional[List[Interface]] = None,
 ) -> MappingConfig:
     """The portmap plugin's stdin (or the portmap entry of a cached conflist).
-    `addresses`: result_addresses of its prevResult, when the caller has them."""
+
+    `addresses`: those of `prevResult`, when the caller has them already."""
     if not isinstance(conf, dict):
         raise BadInput(f"{source}: the network config must be a JSON object")
     runtime = conf.get("runtimeConfig") or {}

@@ -56,7 +56,8 @@ def split_words(line: str) -> List[str]:
 
 def _split_saved_form(line: str) -> Optional[List[str]]:
     """The words of a line in iptables-save's form (each quoted word alone between
-    single spaces, none doubled), or None for any other line. One split of the line:
+    single spaces, none doubled), or None for any other line without a tab or a
+    newline (split_words sends those to the careful loop first). One split of the line:
     at its quotes when it has no backslash (kube-proxy's comments), else with the
     regular expression (the plugin's comments escape their quotes)."""
     escaped = "\\" in line

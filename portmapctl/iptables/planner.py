@@ -216,8 +216,15 @@ def _delete_rules(
     fails the try; numbers are never applied to a chain that moved. What the count
     cannot see, an ADD and a DEL that cancel out in the same window, is caught by the
     -X of every chain removed here, in every case but one: see docs/performance.md.
-    (A flush and re-append of the kept rules is slower, 2.9 s against 1.2 s for 5,000
-    of 10,000, and loses a rule appended meanwhile unless guarded the same way.)
+    Rebuilding the chain instead (-F, the kept rules appended again) was measured
+    against this for every share removed (docs/performance.md, gc): it wins from about
+    80% of the chain removed and loses below about 65% (one append costs
+    iptables-nft-restore 2-3 deletes by number). It is not done: a flush loses a rule
+    the plugin appended meanwhile, and the count guard alone misses an ADD and a DEL
+    that cancel out; the check that the last rule is still the one read (delete it by
+    number, then -X its chain, which fails while the rule read still enters it) is
+    refused by nf_tables (CHAIN_DEL busy) whenever a -F of the chain follows in the
+    same transaction.
     """
     if not by_number or len(positions) < BY_NUMBER_FROM:
         for i in positions:

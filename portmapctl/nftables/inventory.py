@@ -26,7 +26,6 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import ProblemKind, Status
-from portmapctl.nftables.planner import entry_ok, hostports_all_ok, missing_by_container
 from portmapctl.nftables.ruleset import (
     FAMILY_NAMES,
     HOSTIP_HOSTPORTS,
@@ -41,7 +40,6 @@ from portmapctl.nftables.ruleset import (
     Ruleset,
     Table,
 )
-from portmapctl.nftables.wanted import wanted
 
 BACKEND = "nftables"
 CHAIN_TYPE = "nft-rule"
@@ -207,6 +205,50 @@ def build(
     return NftInventory(tuple(rows), tuple(found_problems), owners is not None)
 
 
+# --- leftovers --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A container's masquerade rules for an address none of its DNAT rules (in that
+    family) sends traffic to: left when its DNAT rules went (deleted by hand, a DEL
+    cut short). The plugin's DEL or gc removes them with the container; nothing else."""
+
+    family: int
+    container_id: str
+    address: str
+    rules: Tuple[Rule, ...]
+
+    @property
+    def handles(self) -> Tuple[int, ...]:
+        return tuple(r.handle for r in self.rules)
+
+
+def leftovers(ruleset: Ruleset) -> List[Leftover]:
+    """Every Leftover, by family, container ID and address."""
+    from portmapctl.nftables.node import is_plugin_rule
+
+    found: List[Leftover] = []
+    for family in sorted(ruleset.tables):
+        table = ruleset.tables[family]
+        ip = FAMILY_NAMES[family]
+        dnat_to = {
+            (rule.comment, rule.body.action.addr)
+            for chain in EVALUATION_ORDER
+            for rule in table.rules_of(chain)
+            if rule.body.action.kind is ActionKind.DNAT
+        }
+        left: Dict[Tuple[str, str], List[Rule]] = {}
+        for rule in table.rules_of(MASQUERADING):
+            address = rule.body.value(f"{ip} daddr")
+            if not is_plugin_rule(rule) or address is None:
+                continue
+            if (rule.comment, address) not in dnat_to:
+                left.setdefault((rule.comment or "", address), []).append(rule)
+        found += [Leftover(family, cid, addr, tuple(rules)) for (cid, addr), rules in sorted(left.items())]
+    return found
+
+
 # --- problems ---------------------------------------------------------------------------
 
 
@@ -223,6 +265,9 @@ def _families_needed(nft_backed: Sequence[Owner]) -> Dict[int, bool]:
 
 def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Problem]:
     """What the plugin's shared structure lacks in `families` (family -> SNAT needed)."""
+    # Here, not at the top: `list` builds rows only and needs neither module.
+    from portmapctl.nftables.planner import entry_ok, hostports_all_ok
+
     problems: List[Problem] = []
     for family in sorted(families):
         table = ruleset.table(family)
@@ -291,6 +336,9 @@ def _structure_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[P
 
 
 def _rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem]:
+    from portmapctl.nftables.planner import missing_by_container
+    from portmapctl.nftables.wanted import wanted
+
     problems = []
     for family in (4, 6):
         owners: List[Owner] = []

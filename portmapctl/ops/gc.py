@@ -17,9 +17,10 @@ cache, a bare list, `--keep` alone and `--all` speak for every network.
 
 A chain that is not live is removed only once it has been seen not live and unchanged
 for `min_age` (gc_state keeps the first sightings): an ADD in progress has its chain
-in place before libcni writes the cache entry. Per family, one transaction
-(planner.plan_teardown) through Node.converge, which re-reads and re-plans when the
-plugin changed the table meanwhile. Afterwards, the UDP conntrack entries of host
+in place before libcni writes the cache entry. `plan_gc` reads the node once (every
+table, then the cache) and plans; `apply_gc` applies that plan, per family one
+transaction (planner.plan_teardown) through Node.converge, which re-reads and re-plans
+a family whose table the plugin changed meanwhile (an interactive run asks in between). Afterwards, the UDP conntrack entries of host
 ports no longer mapped go (the plugin's DEL leaves them; their flows would keep a
 dead DNAT until idle).
 """
@@ -27,9 +28,22 @@ dead DNAT until idle).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni import config as cni_config
@@ -46,10 +60,12 @@ from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops import gc_state
+from portmapctl.ops.gc_state import ChainKey
 from portmapctl.ops.node import APPLY_TRIES, Node
 
 if TYPE_CHECKING:
-    from typing import Callable
+    from portmapctl.nftables.ruleset import Ruleset
+    from portmapctl.ops.gc_nft import NftPlan
 
 DEFAULT_MIN_AGE = 120.0
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
@@ -251,16 +267,12 @@ class FamilyPlan:
     kept: int
     shared_removed: Tuple[str, ...]  # CNI-HOSTPORT-SNAT, once empty
     freed_udp_ports: Tuple[int, ...]  # UDP host ports mapped before, not after
-    seen: Mapping[str, gc_state.Seen]  # every chain not live now, for the state file
+    seen: Mapping[ChainKey, gc_state.Seen]  # every chain not live now, for the state file
     transaction: Transaction
     # UDP host ports of removed chains that another chain still maps, and the UDP
     # mappings left: a flow the removed chain DNATed keeps its dead destination.
     remapped_udp_ports: Tuple[int, ...] = ()
     remaining_udp: Tuple[inventory.Mapping, ...] = ()
-
-
-def state_key(family: int, chain: str) -> str:
-    return f"{family} {chain}"
 
 
 def fingerprint(chain: ChainInfo) -> str:
@@ -294,7 +306,7 @@ def _gc_chain(chain: ChainInfo, ports: Tuple[ProtoPort, ...], seen_seconds: floa
 def plan_family(
     table: NatTable,
     live: Liveness,
-    seen: Mapping[str, gc_state.Seen],
+    seen: Mapping[ChainKey, gc_state.Seen],
     now: float,
     min_age: float,
     only: Optional[FrozenSet[Tuple[int, str]]] = None,
@@ -317,7 +329,7 @@ def plan_family(
     derived = live.derived_chains(chains)
     removable: List[ChainInfo] = []
     pending: List[GcChain] = []
-    new_seen: Dict[str, gc_state.Seen] = {}
+    new_seen: Dict[ChainKey, gc_state.Seen] = {}
     kept = 0
     for chain in chains:
         if not is_plugin_chain(chain.name):
@@ -325,7 +337,7 @@ def plan_family(
         if live.is_live(chain, derived) or not live.in_scope(chain):
             kept += 1
             continue
-        key = state_key(family, chain.name)
+        key = ChainKey(family, chain.name)
         mark = fingerprint(chain)
         before = seen.get(key)
         first = before.first_seen if before is not None and before.fingerprint == mark else now
@@ -350,7 +362,7 @@ def plan_family(
     return FamilyPlan(
         family,
         tuple(
-            _gc_chain(c, ports[c.name], now - new_seen[state_key(family, c.name)].first_seen)
+            _gc_chain(c, ports[c.name], now - new_seen[ChainKey(family, c.name)].first_seen)
             for c in removable
         ),
         tuple(pending),
@@ -397,10 +409,17 @@ class GcResult:
         return bool(self.removed or self.shared_removed)
 
 
-def read_cache_while_planning(node: Node, dirs: Sequence[str], warnings: List[str]) -> List[Attachment]:
+def read_cache_while_planning(
+    node: Node, dirs: Sequence[str], warnings: List[str]
+) -> List[Attachment]:
     """The cache (cni.cache reads a half-written file again); `dirs` were present at
     the start: one gone since would make its containers look stale."""
-    found = node.read_cache()
+    return _checked_cache(node.read_cache(), dirs, warnings)
+
+
+def _checked_cache(
+    found: Optional[List[Attachment]], dirs: Sequence[str], warnings: List[str]
+) -> List[Attachment]:
     missing = [d for d in dirs if d not in present_dirs(dirs)]
     if found is None or missing:
         gone = ", ".join(results_dir(d) for d in (missing or dirs))
@@ -438,16 +457,32 @@ def _adding(
     return sorted(found), frozenset(a for addresses in found.values() for a in addresses)
 
 
-def gc(
-    node: Node,
-    sources: Sources,
-    options: GcOptions = GcOptions(),
-    progress: Optional[Callable[[int, int], None]] = None,
-) -> GcResult:
-    """Plan and (unless a dry run) apply the removal, family by family.
+@dataclass(frozen=True)
+class GcPlan:
+    """A whole run planned from one read of the node (every table, then the cache):
+    what a prompt shows, and what `apply_gc` then applies as it is, re-reading and
+    re-planning only a family whose table changed meanwhile."""
 
-    `progress(done, total)`, if given, hears of the chains: before each family's
-    transaction (removed so far, of those planned so far) and after it."""
+    sources: Sources
+    options: GcOptions
+    families: Tuple[FamilyPlan, ...]
+    nft: Optional[NftPlan]  # None: nftables not looked at
+    seen: Mapping[ChainKey, gc_state.Seen]  # the state file as read
+    remembered: Mapping[ChainKey, gc_state.Seen]  # sightings of what is not looked at
+    namespace: str
+    cache_dirs: Tuple[str, ...]
+    view: Optional[NamespaceView]
+    warnings: Tuple[str, ...]
+
+    @property
+    def removing(self) -> int:
+        """How many chains (and nftables containers per family) it removes."""
+        nft = len(self.nft.removed) if self.nft is not None else 0
+        return sum(len(p.removed) for p in self.families) + nft
+
+
+def plan_gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcPlan:
+    """Read the node once and plan every family (nothing is changed)."""
     from portmapctl.ops import gc_nft  # it builds on this module's values
 
     require_source(sources, node.options.cache_dirs)
@@ -459,117 +494,188 @@ def gc(
     namespace = gc_state.namespace_key(node.options.netns)
     seen, state_warnings = gc_state.load(options.state_dir, namespace)
     warnings = list(state_warnings)
-    # Sightings of families not looked at this run stay as they are.
     families = node.families
+    with_nft = node.nft is not None and gc_nft.speaks_for_nft(sources, use_cache)
     nft_families = families if node.nft is not None else ()
-    remembered: Dict[str, gc_state.Seen] = {
+    # Sightings of families not looked at this run stay as they are.
+    remembered = {
         key: value
         for key, value in seen.items()
-        if not (
-            (gc_nft.nft_key_family(key) in nft_families)
-            if key.startswith("nft")
-            else int(key.split(" ", 1)[0]) in families
-        )
+        if key.family not in (nft_families if key.nft else families)
     }
+
+    def read() -> Tuple[Dict[int, NatTable], Optional[Ruleset]]:
+        tables = node.read(families)
+        return tables, node.read_nft_to_change(options.dry_run) if with_nft else None
+
+    # Every table first, the cache after them: a container whose ADD finished in
+    # between counts as live (the other order could miss it).
+    attachments: Optional[List[Attachment]] = None
+    if use_cache:
+        (tables, nft_rules), found = node.read_then_cache(read)
+        attachments = _checked_cache(found, cache_dirs, warnings)
+    else:
+        tables, nft_rules = read()
+    plans = tuple(
+        _plan_table(
+            tables[f], attachments, sources, options, seen, view, cache_dirs, warnings, True
+        )
+        for f in families
+    )
+    nft = None
+    if nft_rules is not None:
+        nft = gc_nft.plan_nft(nft_rules, attachments, sources, options, seen, families)
+    return GcPlan(
+        sources,
+        options,
+        plans,
+        nft,
+        seen,
+        remembered,
+        namespace,
+        cache_dirs,
+        view,
+        tuple(warnings),
+    )
+
+
+def _plan_table(
+    table: NatTable,
+    attachments: Optional[List[Attachment]],
+    sources: Sources,
+    options: GcOptions,
+    seen: Mapping[ChainKey, gc_state.Seen],
+    view: Optional[NamespaceView],
+    cache_dirs: Sequence[str],
+    warnings: List[str],
+    by_number: bool,
+) -> FamilyPlan:
+    """plan_family with what the sources say; `attachments` read after `table`."""
+    if (
+        attachments == []
+        and not (sources.documents or sources.keep or sources.remove_all)
+        and inventory.per_container_chains(table)
+    ):
+        # SPEC §3 gc: an existing but empty cache says nothing about liveness
+        # (a wrong --cni-cache-dir, a wiped disk): no plan to remove everything.
+        where = " and ".join(results_dir(d) for d in cache_dirs)
+        raise BadInput(
+            f"the CNI cache at {where} is empty but there are portmap chains:"
+            " nothing says which containers are live (give --valid-attachments or --keep, or --all to remove every"
+            " per-container chain)"
+        )
+    if attachments is not None and sources.netns_liveness:
+        require_namespaces(attachments)
+    adding, addresses = _adding(view, attachments, options.min_age)
+    found = plan_family(
+        table,
+        liveness(sources, attachments),
+        seen,
+        gc_state.clock(),
+        options.min_age,
+        options.only,
+        hold=addresses,
+        by_number=by_number,
+    )
+    if addresses and any(c.seen_seconds >= options.min_age for c in found.pending):
+        warning = (
+            f"a network namespace younger than --min-age and in no CNI cache entry"
+            f" ({', '.join(adding[:3])}{', ...' if len(adding) > 3 else ''}) holds an"
+            " address a stale chain DNATs to: its container is being added, so that"
+            " chain is not removed this run"
+        )
+        if warning not in warnings:
+            warnings.append(warning)
+    return found
+
+
+# Called after each transaction with (chains removed so far, chains planned in all).
+Progress = Callable[[int, int], None]
+
+
+def apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress] = None) -> GcResult:
+    """Apply the plan (unless a dry run) family by family, record the sightings, and
+    flush the UDP conntrack entries of the ports unmapped. A family whose table
+    changed since it was read is read again (the cache after it) and re-planned.
+    `progress(done, total)` (a progress bar): called before the first transaction and
+    after each family's."""
+    from portmapctl.ops import gc_nft
+
+    total = planned.removing
+    if progress is not None:
+        progress(0, total)
+
+    options, sources = planned.options, planned.sources
+    warnings = list(planned.warnings)
+    remembered: Dict[ChainKey, gc_state.Seen] = dict(planned.remembered)
     plans: List[FamilyPlan] = []
     transactions: Dict[int, str] = {}
     failure: Optional[ApplyFailed] = None
-    for family in families:
-        latest: List[FamilyPlan] = []
+    for first in planned.families:
+        family = first.family
+        # The first re-plan is the second try; the last try deletes by text: slower
+        # on a big chain, but a plugin call elsewhere in CNI-HOSTPORT-DNAT does not
+        # make it fail (the guards do, and on a busy node they may every time).
+        tries = itertools.count(2)
 
-        def plan(table: NatTable, latest: List[FamilyPlan] = latest) -> Transaction:
-            # The cache is read after the table: a container whose ADD finished in
-            # between counts as live (the other order could miss it).
-            attachments = read_cache_while_planning(node, cache_dirs, warnings) if use_cache else None
-            if (
-                attachments == []
-                and not (sources.documents or sources.keep or sources.remove_all)
-                and inventory.per_container_chains(table)
-            ):
-                # SPEC §3 gc: an existing but empty cache says nothing about liveness
-                # (a wrong --cni-cache-dir, a wiped disk): no plan to remove everything.
-                where = " and ".join(results_dir(d) for d in cache_dirs)
-                raise BadInput(
-                    f"the CNI cache at {where} is empty but there are portmap chains:"
-                    " nothing says which containers are live (give --valid-attachments or --keep, or --all to remove every"
-                    " per-container chain)"
-                )
-            if attachments is not None and sources.netns_liveness:
-                require_namespaces(attachments)
-            adding, addresses = _adding(view, attachments, options.min_age)
-            found = plan_family(
-                table,
-                liveness(sources, attachments),
-                seen,
-                gc_state.clock(),
-                options.min_age,
-                options.only,
-                hold=addresses,
-                # The last try deletes by text: slower on a big chain, but a plugin
-                # call elsewhere in CNI-HOSTPORT-DNAT does not make it fail (the
-                # by-number guard does, and on a busy node it may every time).
-                by_number=len(latest) < APPLY_TRIES - 1,
+        def replan(table: NatTable, tries: Iterator[int] = tries) -> FamilyPlan:
+            attachments = (
+                read_cache_while_planning(node, planned.cache_dirs, warnings)
+                if planned.cache_dirs
+                else None
             )
-            if addresses and any(c.seen_seconds >= options.min_age for c in found.pending):
-                warning = (
-                    f"a network namespace younger than --min-age and in no CNI cache entry"
-                    f" ({', '.join(adding[:3])}{', ...' if len(adding) > 3 else ''}) holds an"
-                    " address a stale chain DNATs to: its container is being added, so that"
-                    " chain is not removed this run"
-                )
-                if warning not in warnings:
-                    warnings.append(warning)
-            latest.append(found)
-            if progress is not None:
-                before = sum(len(p.removed) for p in plans)
-                progress(before, before + len(found.removed))
-            return found.transaction
+            by_number = next(tries) < APPLY_TRIES
+            return _plan_table(
+                table, attachments, sources, options, planned.seen, planned.view,
+                planned.cache_dirs, warnings, by_number,
+            )  # fmt: skip
 
         try:
-            txn = node.converge(family, plan, options.dry_run)
+            done = node.converge(family, replan, options.dry_run, planned=first)
         except ApplyFailed as err:
             done_before = sum(len(p.removed) for p in plans)
             failure = ApplyFailed(
                 f"IPv{family}: {err}"
                 + (f" (earlier families: {done_before} chains removed)" if done_before else "")
             )
-            if latest:
-                remembered.update(latest[-1].seen)  # nothing went: remember all of it
+            remembered.update(first.seen)  # nothing went: remember all of it
             break
-        done = latest[-1]
         plans.append(done)
         if progress is not None:
-            gone = sum(len(p.removed) for p in plans)
-            progress(gone, gone)
-        if txn and options.dry_run:  # shown with -v; an applied one was rendered already
-            transactions[family] = txn.render()
+            progress(sum(len(p.removed) for p in plans), total)
+        if done.transaction and options.dry_run:
+            transactions[family] = done.transaction.render()  # shown with -v
         remembered.update(done.seen)
         if not options.dry_run:
             for chain in done.removed:
-                remembered.pop(state_key(family, chain.chain), None)
+                remembered.pop(ChainKey(family, chain.chain), None)
     nft_removed: List[GcChain] = []
     nft_pending: List[GcChain] = []
     nft_freed: Dict[int, Set[int]] = {}
     nft_kept = 0
-    if failure is None and node.nft is not None:
+    if failure is None and planned.nft is not None:
         try:
-            text, nft_done = gc_nft.gc_nftables(node, sources, options, seen, cache_dirs, warnings)
+            text, nft_done = gc_nft.apply_nft(
+                node, planned.nft, sources, options, planned.seen, planned.cache_dirs, warnings
+            )
         except ApplyFailed as err:
             failure = ApplyFailed(f"nftables: {err}")
         else:
-            if nft_done is not None:
-                nft_removed, nft_pending, nft_seen, nft_freed, nft_kept = nft_done
-                remembered.update(nft_seen)
-                if not options.dry_run:
-                    for chain in nft_removed:
-                        remembered.pop(gc_nft.nft_key(chain.family, chain.container_id or ""), None)
+            nft_removed, nft_pending = nft_done.removed, nft_done.pending
+            if progress is not None:
+                progress(sum(len(p.removed) for p in plans) + len(nft_removed), total)
+            nft_freed, nft_kept = nft_done.freed, nft_done.kept
+            remembered.update(nft_done.seen)
+            if not options.dry_run:
+                for chain in nft_removed:
+                    remembered.pop(ChainKey(chain.family, chain.chain), None)
             if text and options.dry_run:
                 transactions["nft"] = text  # type: ignore[index]
     # Every run records its sightings, a dry run (and gc's interactive preview) too:
     # otherwise --min-age would never start counting for someone who looks first.
     state_error: Optional[str] = None
     try:
-        gc_state.save(options.state_dir, namespace, remembered)
+        gc_state.save(options.state_dir, planned.namespace, remembered)
     except HostProblem as err:
         if options.dry_run:
             warnings.append(f"sightings not recorded: {err}")
@@ -602,6 +708,16 @@ def gc(
         tuple(warnings) + flush_warnings,
         state_error,
     )
+
+
+def gc(
+    node: Node,
+    sources: Sources,
+    options: GcOptions = GcOptions(),
+    progress: Optional[Progress] = None,
+) -> GcResult:
+    """Plan and (unless a dry run) apply the removal, family by family."""
+    return apply_gc(node, plan_gc(node, sources, options), progress)
 
 
 def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:

@@ -1,9 +1,12 @@
 """When `gc` first saw each chain that is not live: /run/portmapctl/gc-state.json.
 
 `gc --min-age` removes a chain only once it has seen it not live and unchanged for
-that long (SPEC §3), so the first sighting must outlive the run. The file holds, per
-network namespace, `"<family> <chain>" -> {fingerprint, first_seen}`; gc rewrites its
-namespace's part on every run, which forgets chains that became live, changed or went.
+that long (SPEC §3), so the first sighting must outlive the run. In memory a sighting
+is keyed by `ChainKey(family, chain)`; the file holds, per network namespace,
+`"<family> <chain>" -> {fingerprint, first_seen}` (an nftables container's rules:
+`"nft<family> <container ID>"`), the format 0.2 wrote, so either version reads the
+other's file. gc rewrites its namespace's part on every run, which forgets chains
+that became live, changed or went.
 
 Times are CLOCK_BOOTTIME seconds: wall-clock jumps (NTP, a wrong clock set right)
 must not age a chain early. A different boot ID (after a reboot, should /run not be a
@@ -22,7 +25,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from portmapctl.errors import HostProblem
 from portmapctl.host.lock import safe_run_dir
@@ -33,6 +36,38 @@ MAX_STATE_BYTES = 16 * 1024 * 1024
 # A namespace's part nobody has updated for this long belongs to a namespace that is
 # gone (namespace inode numbers are reused, so it must not linger).
 FORGET_NAMESPACE_SECONDS = 24 * 3600.0
+
+
+# The chain field of an nftables container's rules (they have no chain of their own).
+NFT_PREFIX = "nft:"
+
+
+class ChainKey(NamedTuple):
+    """What a sighting is of: an iptables chain of one family, or (chain
+    `nft:<container ID>`) a container's rules in that family's nftables table."""
+
+    family: int
+    chain: str
+
+    @property
+    def nft(self) -> bool:
+        return self.chain.startswith(NFT_PREFIX)
+
+    def text(self) -> str:
+        """The key as the file spells it."""
+        if self.nft:
+            return f"nft{self.family} {self.chain[len(NFT_PREFIX):]}"
+        return f"{self.family} {self.chain}"
+
+    @classmethod
+    def parse(cls, text: str) -> Optional[ChainKey]:
+        """The key of `text` as written by `text()` (or 0.2); None if it is not one."""
+        family, _, name = text.partition(" ")
+        nft = family.startswith("nft")
+        family = family[3:] if nft else family
+        if family not in ("4", "6") or not name:
+            return None
+        return cls(int(family), NFT_PREFIX + name if nft else name)
 
 
 @dataclass(frozen=True)
@@ -105,7 +140,7 @@ def _read_document(state_dir: str) -> Tuple[dict, List[str]]:
     return document, []
 
 
-def load(state_dir: str, namespace: str) -> Tuple[Dict[str, Seen], List[str]]:
+def load(state_dir: str, namespace: str) -> Tuple[Dict[ChainKey, Seen], List[str]]:
     """The chains seen in this namespace, and warnings about the file."""
     document, warnings = _read_document(state_dir)
     part = document.get("namespaces", {}).get(namespace)
@@ -113,14 +148,14 @@ def load(state_dir: str, namespace: str) -> Tuple[Dict[str, Seen], List[str]]:
     if not isinstance(chains, dict):
         return {}, warnings
     now = clock()
-    found: Dict[str, Seen] = {}
-    for key, value in chains.items():
-        if not isinstance(value, dict):
+    found: Dict[ChainKey, Seen] = {}
+    for text, value in chains.items():
+        key = ChainKey.parse(text) if isinstance(text, str) else None
+        if key is None or not isinstance(value, dict):
             continue
         fingerprint, first_seen = value.get("fingerprint"), value.get("first_seen")
         if (
-            isinstance(key, str)
-            and isinstance(fingerprint, str)
+            isinstance(fingerprint, str)
             and isinstance(first_seen, (int, float))
             and not isinstance(first_seen, bool)
             and 0 <= first_seen <= now  # a time from the future is not to be trusted
@@ -129,7 +164,7 @@ def load(state_dir: str, namespace: str) -> Tuple[Dict[str, Seen], List[str]]:
     return found, warnings
 
 
-def save(state_dir: str, namespace: str, chains: Mapping[str, Seen]) -> None:
+def save(state_dir: str, namespace: str, chains: Mapping[ChainKey, Seen]) -> None:
     """Replace this namespace's part of the file; drop parts nobody updates any more."""
     safe_run_dir(state_dir)
     document, _ = _read_document(state_dir)
@@ -146,8 +181,8 @@ def save(state_dir: str, namespace: str, chains: Mapping[str, Seen]) -> None:
         namespaces[namespace] = {
             "updated": now,
             "chains": {
-                key: {"fingerprint": seen.fingerprint, "first_seen": seen.first_seen}
-                for key, seen in sorted(chains.items())
+                key.text(): {"fingerprint": seen.fingerprint, "first_seen": seen.first_seen}
+                for key, seen in sorted(chains.items(), key=lambda item: item[0].text())
             },
         }
     text = json.dumps(

@@ -76,6 +76,13 @@ CHAIN_STATUSES = {
     "legacy-snat": tuple(s.value for s in _LEGACY_SNAT_STATUSES),
 }
 IPTABLES = "iptables"
+NFTABLES = "nftables"
+# A mapping of the plugin's nftables backend is one rule of its shared chains: it can
+# be ok, stale, shadowed or zombie (nftables/inventory.py), never orphan, incomplete,
+# legacy or dead, which describe iptables' per-container chains. It has no chains of
+# its own either: `chains` stays an iptables count.
+_NFT_STATUSES = (Status.OK, Status.STALE, Status.SHADOWED, Status.ZOMBIE)
+MAPPING_STATUSES = {IPTABLES: STATUSES, NFTABLES: tuple(s.value for s in _NFT_STATUSES)}
 
 
 # --- the report: plain values ---------------------------------------------------------
@@ -173,15 +180,19 @@ def node_findings(
     chains: Iterable[Any],
     families: Sequence[int],
     backends: Sequence[str] = (IPTABLES,),
+    families_of: Optional[Dict[str, Sequence[int]]] = None,
 ) -> Findings:
-    """Counts of an inventory's mappings and chains, zero-filled for every backend and
-    family that was read."""
+    """Counts of an inventory's mappings (of either backend: a row's `backend`, else
+    iptables) and chains, zero-filled for every backend and family that was read
+    (`families_of`: a backend's own families, where they differ)."""
     mapping_counts: Dict[Tuple[str, int, str], int] = {}
     chain_counts: Dict[Tuple[str, int, str, str], int] = {}
     for backend in backends:
-        for family in families:
-            for status in STATUSES:
+        for family in (families_of or {}).get(backend, families):
+            for status in MAPPING_STATUSES.get(backend, STATUSES):
                 mapping_counts[(backend, family, status)] = 0
+            if backend != IPTABLES:
+                continue
             for chain_type, statuses in CHAIN_STATUSES.items():
                 for status in statuses:
                     chain_counts[(backend, family, chain_type, status)] = 0
@@ -415,9 +426,14 @@ class Recorder:
         given = {k: v for k, v in vars(findings).items() if v is not None}
         self.findings = replace(self.findings, **given)
 
-    def note_node(self, mappings: Iterable[Any], chains: Iterable[Any], families: Sequence[int]):
-        """An inventory of the whole node (never a filtered view of it)."""
-        self.note(node_findings(mappings, chains, families))
+    def note_node(
+        self, mappings: Iterable[Any], chains: Iterable[Any], families: Sequence[int],
+        read: Optional[Dict[str, Sequence[int]]] = None,
+    ) -> None:  # fmt: skip
+        """An inventory of the whole node (never a filtered view of it). `read`: the
+        backends that were read, each with its families (None: iptables only)."""
+        backends = tuple(read) if read is not None else (IPTABLES,)
+        self.note(node_findings(mappings, chains, families, backends, read))
 
     def note_problems(self, problems: Iterable[Any]) -> None:
         self.note(Findings(problems=problem_findings(problems)))

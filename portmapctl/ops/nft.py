@@ -8,7 +8,7 @@ Per container, as the plugin decides (nftables/node.py `choose`): the cached con
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, List, Optional, Sequence, Set, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.nftables import inventory as nft_inventory
@@ -74,3 +74,17 @@ def build(
         problems=problems,
     )
     return live, parts, found
+
+
+def backends_read(node: Node, iptables_families: Sequence[int]) -> Dict[str, Tuple[int, ...]]:
+    """The plugin's backends a command's read of `node` covered, with their families
+    (for --metrics-file: counts are zero-filled only where something was looked at)."""
+    from portmapctl.nftables.inventory import BACKEND
+
+    options = node.options
+    found: Dict[str, Tuple[int, ...]] = {}
+    if options.uses_iptables and (not options.offline or options.snapshots):
+        found["iptables"] = tuple(iptables_families)
+    if node.nft is not None and node.nft_unusable is None:
+        found[BACKEND] = tuple(options.families)
+    return found

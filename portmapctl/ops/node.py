@@ -7,7 +7,18 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Protocol,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.errors import ApplyFailed, HostProblem
@@ -23,6 +34,18 @@ if TYPE_CHECKING:
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
 APPLY_TRIES = 3
+
+
+class HoldsTransaction(Protocol):
+    """A plan that carries the transaction it needs (gc's FamilyPlan)."""
+
+    @property
+    def transaction(self) -> Transaction: ...
+
+
+Planned = TypeVar("Planned", bound=Union[Transaction, HoldsTransaction])
+Read = TypeVar("Read")
+Other = TypeVar("Other")
 CAP_NET_ADMIN = 12
 
 
@@ -80,9 +103,32 @@ class Node:
             self.nft_unusable = err
             return EMPTY
 
-    def converge_nft(self, plan: Callable[[Ruleset], NftTransaction], dry_run: bool = False) -> str:
+    def read_nft_to_change(self, dry_run: bool = False) -> Ruleset:
+        """The tables as converge_nft's first try reads them (for a plan made ahead,
+        then given to it as `planned`)."""
+        from portmapctl.nftables.ruleset import EMPTY
+
+        if self.nft_unusable is not None:
+            raise self.nft_unusable
+        if self.nft is None:
+            return EMPTY
+        if dry_run or not self.nft.writable:
+            return self.read_nft()
+        return self.nft.read(self.options.families)
+
+    def converge_nft(
+        self,
+        plan: Callable[[Ruleset], NftTransaction],
+        dry_run: bool = False,
+        planned: Optional[NftTransaction] = None,
+    ) -> str:
         """One `nft -f` transaction for both families, re-planned when the tables
-        changed under us; returns its text ("" when nothing was needed)."""
+        changed under us; returns its text ("" when nothing was needed).
+
+        `planned`: the first try's transaction, planned from read_nft_to_change (gc
+        plans before it asks); `plan` makes the later ones. Deleting by handle, it
+        fails whole when a rule went meanwhile (handles are never reused).
+        """
         from portmapctl.nftables.node import converge
 
         if self.nft_unusable is not None:
@@ -90,8 +136,18 @@ class Node:
         if self.nft is None:
             return ""
         if dry_run or not self.nft.writable:
-            return plan(self.read_nft()).render()
-        return converge(self.nft, plan, self.options.families).text
+            return (planned if planned is not None else plan(self.read_nft())).render()
+        if planned is None:
+            return converge(self.nft, plan, self.options.families).text
+        if not planned:
+            return ""
+        first = [planned]
+
+        def first_then_plan(live: Ruleset) -> NftTransaction:
+            # nftables.node.converge reads before every try: the first read is spent.
+            return first.pop() if first else plan(live)
+
+        return converge(self.nft, first_then_plan, self.options.families).text
 
     @property
     def families(self) -> Tuple[int, ...]:
@@ -125,46 +181,68 @@ class Node:
         its creator's); errors come out as from read() and then read_cache().
         Commands that change the node read in their own order (gc: tables first).
         """
-        import threading
+        return _side_by_side(self.read, self.read_cache)
 
-        found: Dict[str, object] = {}
+    def read_then_cache(
+        self, read: Callable[[], Read]
+    ) -> Tuple[Read, Optional[List[cni_cache.Attachment]]]:
+        """read(), then the CNI cache, as a command that removes by the cache needs
+        them (gc: a container whose ADD finished after the tables were read must count
+        as live), in about the time of the slower of the two.
 
-        def save() -> None:
-            try:
-                found["tables"] = self.read()
-            except BaseException as err:  # noqa: BLE001 - re-raised below, in this thread
-                found["error"] = err
+        The cache files are parsed while `read` runs (it waits on iptables-save);
+        once it is done, the directories are listed again and the files that appeared
+        meanwhile are read too: what the cache holds after the read is all in. A file
+        gone meanwhile still counts (its container stays live one run more, never goes
+        early). The order is read_cache's.
+        """
+        view = self.namespace_view()
+        dirs = self.options.cache_dirs
 
-        saver = threading.Thread(target=save, name="iptables-save", daemon=True)
-        saver.start()
-        try:
-            cache = self.read_cache()
-        except BaseException:
-            saver.join()
-            if "error" in found:  # the tables' problem first, as read() then read_cache()
-                raise found["error"] from None  # type: ignore[misc]
-            raise
-        saver.join()
-        if "error" in found:
-            raise found["error"]  # type: ignore[misc]
-        return found["tables"], cache  # type: ignore[return-value]
+        def first_reading() -> Tuple[List[str], List[cni_cache.Attachment]]:
+            paths = cni_cache.cache_paths(dirs) or []
+            return paths, cni_cache.read_entries(paths, view)
+
+        tables, (paths, found) = _side_by_side(read, first_reading)
+        later = cni_cache.cache_paths(dirs)
+        if later is None:
+            return tables, None  # gone while we read: as read_cache says
+        known = set(paths)
+        found += cni_cache.read_entries([p for p in later if p not in known], view)
+        by_path: Dict[str, List[cni_cache.Attachment]] = {}
+        for attachment in found:
+            by_path.setdefault(attachment.path, []).append(attachment)
+        listed = set(later)
+        order = later + [p for p in paths if p not in listed]
+        return tables, [a for path in order for a in by_path.get(path, ())]
 
     def converge(
-        self, family: int, plan: Callable[[NatTable], Transaction], dry_run: bool = False
-    ) -> Transaction:
+        self,
+        family: int,
+        plan: Callable[[NatTable], Planned],
+        dry_run: bool = False,
+        planned: Optional[Planned] = None,
+    ) -> Planned:
         """Read, plan, apply; when the table changed under us (the plugin ran), again.
 
+        `plan` returns a Transaction, or a plan holding one as `.transaction` (gc's,
+        with what it removes). `planned`: the first try's, made ahead from a table
+        read before (gc plans, then asks); the later tries read and call `plan`.
         Every try is one whole transaction, so a failed try changes nothing.
-        Returns the transaction that was applied (or would be, in a dry run).
+        Returns what `plan` returned for the try that was applied (or would be, in a
+        dry run).
         """
         error: Optional[ApplyFailed] = None
-        for _ in range(APPLY_TRIES):
-            txn = plan(self.backend.read(family))
+        for attempt in range(APPLY_TRIES):
+            found = planned if attempt == 0 and planned is not None else None
+            if found is None:
+                found = plan(self.backend.read(family))
+            txn = found if isinstance(found, Transaction) else found.transaction
             if dry_run or not txn:
-                return txn
+                return found
             try:
                 self.backend.apply(txn)
-                return txn
+                return found
             except ApplyFailed as err:
                 error = err
         outcome = (
@@ -173,6 +251,37 @@ class Node:
             else "nothing changed"
         )
         raise ApplyFailed(f"gave up after {APPLY_TRIES} tries, {outcome}: {error}")
+
+
+def _side_by_side(
+    background: Callable[[], Read], foreground: Callable[[], Other]
+) -> Tuple[Read, Other]:
+    """background() in a thread while foreground() runs here; errors come out as if
+    background() had run first. The thread is in the namespace this one has entered
+    (a new thread starts in its creator's)."""
+    import threading
+
+    found: Dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            found["value"] = background()
+        except BaseException as err:  # noqa: BLE001 - re-raised below, in this thread
+            found["error"] = err
+
+    worker = threading.Thread(target=run, name="iptables-save", daemon=True)
+    worker.start()
+    try:
+        other = foreground()
+    except BaseException:
+        worker.join()
+        if "error" in found:  # background's problem first, as if it had run first
+            raise found["error"] from None  # type: ignore[misc]
+        raise
+    worker.join()
+    if "error" in found:
+        raise found["error"]  # type: ignore[misc]
+    return found["value"], other  # type: ignore[return-value]
 
 
 def has_net_admin() -> bool:
@@ -188,17 +297,31 @@ def has_net_admin() -> bool:
 
 
 @contextlib.contextmanager
-def opened(options: NodeOptions, write: bool = False) -> Iterator[Node]:
-    """Enter the namespace, pick the backend, and (to write) take the lock."""
+def opened(options: NodeOptions, write: bool = False, lock_now: bool = True) -> Iterator[Node]:
+    """Enter the namespace, pick the backend, and (to write) take the lock.
+
+    lock_now=False: the caller takes it later with `locked` (interactive gc reads and
+    plans, then asks, and only then writes: no other run waits on a person).
+    """
     if write and not options.offline and not has_net_admin():
         raise HostProblem("changing iptables needs root (or CAP_NET_ADMIN): run with sudo")
     with netns.entered(options.netns):
         node = Node(options, _iptables_access(options), _nft_access(options))
-        if write and not options.offline:
-            with lock.held():
+        if write and lock_now:
+            with locked(node):
                 yield node
         else:
             yield node
+
+
+@contextlib.contextmanager
+def locked(node: Node) -> Iterator[None]:
+    """The portmapctl lock, to change the node (none needed offline)."""
+    if node.options.offline:
+        yield
+        return
+    with lock.held():
+        yield
 
 
 def _iptables_access(options: NodeOptions) -> Backend:

@@ -38,8 +38,8 @@ from portmapctl.ops.gc import (
     GcOptions,
     Sources,
     gc,
-    state_key,
 )
+from portmapctl.ops.gc_state import ChainKey
 from portmapctl.ops.node import Node, NodeOptions
 
 # --- valid-attachments documents ----------------------------------------------------------
@@ -286,7 +286,7 @@ def test_min_age_keeps_new_chains_pending_and_forgets_changed_or_live_ones(nft_n
     ]
     state = json.loads(Path("/run/portmapctl", gc_state.STATE_FILE).read_text())
     mine = [part for key, part in state["namespaces"].items() if key.startswith(node.ns + "@")]
-    assert len(mine) == 1 and list(mine[0]["chains"]) == [state_key(4, chain_name("gcnet", young))]
+    assert len(mine) == 1 and list(mine[0]["chains"]) == [ChainKey(4, chain_name("gcnet", young)).text()]
     assert stat.S_IMODE(Path("/run/portmapctl", gc_state.STATE_FILE).stat().st_mode) == 0o600
 
     time.sleep(0.6)
@@ -468,7 +468,7 @@ def test_gc_gives_up_cleanly_when_the_table_keeps_changing(node: Node_, tmp_path
     node.check("old3")
     with netns.entered(node.ns):
         seen, _ = gc_state.load(str(run_dir), gc_state.namespace_key(node.ns))
-    assert state_key(4, chain_name("gcnet", "old3")) in seen
+    assert ChainKey(4, chain_name("gcnet", "old3")) in seen
 
 
 # --- the plugin and gc at the same time ---------------------------------------------------------

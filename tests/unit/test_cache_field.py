@@ -269,7 +269,7 @@ def test_a_half_written_file_is_read_again_until_complete(tmp_path):
 def test_a_file_removed_while_reading_is_not_live(tmp_path, monkeypatch):
     path = write(tmp_path / "results", "mynet-abc123-eth0", "{")
 
-    def removed(path_: str, *rest: Any) -> Attachment:  # (namespaces, configs)
+    def removed(path_: str, namespaces: Any = None) -> Attachment:
         os.unlink(path_)
         raise BadInput("cannot read CNI cache file: No such file or directory")
 
@@ -346,3 +346,61 @@ def test_only_the_plugins_exact_names_are_per_container_chains():
     assert inventory.build({4: tbl}, []).chains == ()
     plan = plan_family(tbl, liveness(Sources(remove_all=True), None), {}, 1000.0, 0.0)
     assert plan.removed == () and not plan.transaction
+
+
+# --- gc: the cache read beside the tables, as if after them ---------------------------------
+
+
+def test_read_then_cache_holds_what_the_cache_holds_after_the_read(tmp_path):
+    """Node.read_then_cache parses the cache while the tables are read (gc), yet must
+    give what a read of the cache after them gives: an ADD that finished during the
+    read is in; a DEL that finished during it keeps its container (live one run more,
+    never removed early); the order is read_cache's."""
+    from portmapctl.iptables.access.memory import MemoryBackend
+    from portmapctl.ops.node import Node, NodeOptions
+
+    results = tmp_path / "results"
+    write(results, "mynet-bbb-eth0", entry(cid="bbb"))
+    gone = write(results, "mynet-ddd-eth0", entry(cid="ddd"))
+    node = Node(NodeOptions(cache_dirs=(str(tmp_path),)), MemoryBackend())
+    first_reading_done = threading.Event()
+    real_read_entries = cni_cache.read_entries
+
+    def read_entries_then_tell(paths, namespaces=None):
+        found = real_read_entries(paths, namespaces)
+        first_reading_done.set()
+        return found
+
+    def read_while_the_plugin_works() -> str:
+        # The cache is read beside this read: change it after that.
+        assert first_reading_done.wait(10)
+        write(results, "mynet-aaa-eth0", entry(cid="aaa"))  # an ADD finished
+        write(results, "mynet-ccc-eth0", entry(cid="ccc"))
+        gone.unlink()  # a DEL finished
+        return "tables"
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cni_cache, "read_entries", read_entries_then_tell)
+        tables, found = node.read_then_cache(read_while_the_plugin_works)
+    assert tables == "tables"
+    assert [a.container_id for a in found] == ["aaa", "bbb", "ccc", "ddd"]
+    assert [a.container_id for a in read_cache(str(tmp_path))] == ["aaa", "bbb", "ccc"]
+
+
+def test_read_then_cache_raises_the_tables_problem_first(tmp_path):
+    from portmapctl.errors import HostProblem
+    from portmapctl.iptables.access.memory import MemoryBackend
+    from portmapctl.ops.node import Node, NodeOptions
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results").chmod(0)  # the cache cannot be read either (unless root)
+    node = Node(NodeOptions(cache_dirs=(str(tmp_path),)), MemoryBackend())
+
+    def broken() -> None:
+        raise HostProblem("iptables-save failed")
+
+    try:
+        with pytest.raises(HostProblem, match="iptables-save failed"):
+            node.read_then_cache(broken)
+    finally:
+        (tmp_path / "results").chmod(0o755)

@@ -33,8 +33,8 @@ from portmapctl.ops.gc import (
     liveness,
     parse_valid_attachments,
     plan_family,
-    state_key,
 )
+from portmapctl.ops.gc_state import ChainKey
 
 # --- valid-attachments documents ----------------------------------------------------------
 
@@ -190,7 +190,7 @@ def test_min_age_waits_and_a_changed_chain_starts_over():
     again = _plan(tbl, live, seen=changed, now=1060.0, min_age=60.0)
     assert again.removed == () and all(c.seen_seconds == 0 for c in again.pending)
     # A live chain is not remembered.
-    assert state_key(4, _chain_names(tbl)["ctr2"]) not in done.seen
+    assert ChainKey(4, _chain_names(tbl)["ctr2"]) not in done.seen
 
 
 def test_fingerprint_ignores_position_but_not_content():
@@ -314,18 +314,58 @@ def test_teardown_refuses_shared_and_foreign_chains():
 
 def test_state_round_trip_safe_and_per_namespace(tmp_path):
     run_dir = tmp_path / "run"
-    seen = {"4 CNI-DN-x": gc_state.Seen("f" * 32, gc_state.clock() - 5)}
+    seen = {
+        ChainKey(4, "CNI-DN-x"): gc_state.Seen("f" * 32, gc_state.clock() - 5),
+        ChainKey(4, "nft:3f2a9c1e"): gc_state.Seen("a" * 16, gc_state.clock() - 5),
+    }
     gc_state.save(str(run_dir), "ns-a", seen)
-    gc_state.save(str(run_dir), "ns-b", {"6 CNI-DN-y": gc_state.Seen("e" * 32, 1.0)})
+    gc_state.save(str(run_dir), "ns-b", {ChainKey(6, "CNI-DN-y"): gc_state.Seen("e" * 32, 1.0)})
     assert gc_state.load(str(run_dir), "ns-a") == (seen, [])
-    assert set(gc_state.load(str(run_dir), "ns-b")[0]) == {"6 CNI-DN-y"}
+    assert set(gc_state.load(str(run_dir), "ns-b")[0]) == {ChainKey(6, "CNI-DN-y")}
     path = run_dir / gc_state.STATE_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
     assert [p.name for p in run_dir.iterdir()] == [gc_state.STATE_FILE]  # no temporary left
     gc_state.save(str(run_dir), "ns-a", {})
     assert gc_state.load(str(run_dir), "ns-a") == ({}, [])
-    assert set(gc_state.load(str(run_dir), "ns-b")[0]) == {"6 CNI-DN-y"}
+    assert set(gc_state.load(str(run_dir), "ns-b")[0]) == {ChainKey(6, "CNI-DN-y")}
+
+
+def test_state_file_of_0_2_is_read_and_written_back_in_its_format(tmp_path):
+    """0.2 keyed the file by strings ("4 CNI-DN-...", "nft6 <ID>"); so does this version
+    on disk (ChainKey in memory): a file 0.2 left is read, and 0.2 reads ours."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    then = round(gc_state.clock() - 30, 3)
+    dn, sn = "CNI-DN-0123456789abcdef01234", "CNI-SN-0123456789abcdef01234"
+    chains = {
+        f"4 {dn}": {"fingerprint": "a" * 32, "first_seen": then},
+        f"6 {sn}": {"fingerprint": "b" * 32, "first_seen": then},
+        "nft6 3f2a9c1e": {"fingerprint": "c" * 16, "first_seen": then},
+        "x bogus": {"fingerprint": "d" * 32, "first_seen": then},  # not a key: skipped
+    }
+    # As 0.2 wrote it: json.dumps with separators (",", ":"), keys sorted.
+    written_by_0_2 = json.dumps(
+        {
+            "version": 1,
+            "boot_id": gc_state._boot_id(),
+            "namespaces": {"ns": {"updated": then, "chains": chains}},
+        },
+        separators=(",", ":"),
+    )
+    (run_dir / gc_state.STATE_FILE).write_text(written_by_0_2)
+    found, warnings = gc_state.load(str(run_dir), "ns")
+    assert warnings == []
+    assert found == {
+        ChainKey(4, dn): gc_state.Seen("a" * 32, then),
+        ChainKey(6, sn): gc_state.Seen("b" * 32, then),
+        ChainKey(6, "nft:3f2a9c1e"): gc_state.Seen("c" * 16, then),
+    }
+    assert ChainKey(6, "nft:3f2a9c1e").nft and not ChainKey(4, dn).nft
+    gc_state.save(str(run_dir), "ns", found)
+    again = json.loads((run_dir / gc_state.STATE_FILE).read_text())
+    del chains["x bogus"]
+    assert again["namespaces"]["ns"]["chains"] == chains
 
 
 def test_state_distrusts_what_it_cannot_vouch_for(tmp_path):
@@ -347,7 +387,7 @@ def test_state_distrusts_what_it_cannot_vouch_for(tmp_path):
     path.write_text(json.dumps(dict(document, boot_id="another boot")))
     assert gc_state.load(str(run_dir), "ns") == ({}, [])
     path.write_text(json.dumps(document))
-    assert gc_state.load(str(run_dir), "ns")[0] == {"4 a": gc_state.Seen("f", 1.0)}
+    assert gc_state.load(str(run_dir), "ns")[0] == {ChainKey(4, "a"): gc_state.Seen("f", 1.0)}
 
 
 def test_state_refuses_symlinks(tmp_path):

@@ -112,12 +112,13 @@ def test_the_fast_paths_agree_with_the_careful_loop(line: str) -> None:
     try:
         careful = _split_carefully(line)
     except ValueError:
-        assert _split_saved_form(line) is None  # never a fast path
+        if "\t" not in line:
+            assert _split_saved_form(line) is None  # never a fast path
         with pytest.raises(ValueError):
             split_words(line)
         return
     assert split_words(line) == careful
-    if '"' in line:
+    if '"' in line and "\t" not in line:  # the saved-form path's precondition
         fast = _split_saved_form(line)
         assert fast is None or fast == careful
 

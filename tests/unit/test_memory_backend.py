@@ -7,7 +7,9 @@ here it lets gc, check --repair and add be tested as library calls on a laptop.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import List, Tuple
 
 import pytest
 from fixtures_lib import configs, table
@@ -17,8 +19,8 @@ from portmapctl.cni.cache import read_cache
 from portmapctl.errors import ApplyFailed
 from portmapctl.iptables import inventory
 from portmapctl.iptables.access.memory import MemoryBackend
-from portmapctl.iptables.chains import dnat_chain_name
-from portmapctl.iptables.ruleset import parse_save
+from portmapctl.iptables.chains import chain_name, dnat_chain_name
+from portmapctl.iptables.ruleset import NatTable, SavedChain, parse_save, rule_target
 from portmapctl.ops import check as check_lib
 from portmapctl.ops import gc as gc_lib
 from portmapctl.ops.add import add
@@ -124,3 +126,98 @@ def test_add_of_a_fixture_matches_the_plugin_s_own_table(monkeypatch, tmp_path):
     plugin = table("basic", 4)
     for name, chain in plugin.chains.items():
         assert written.rules(name) == chain.rules, name
+
+
+class CountingBackend(MemoryBackend):
+    """Counts the reads, as the kernel backends' saves."""
+
+    def __init__(self, tables) -> None:
+        super().__init__(tables)
+        self.reads: List[int] = []
+
+    def read(self, family: int):
+        self.reads.append(family)
+        return super().read(family)
+
+
+def _counted_node(monkeypatch) -> Tuple[Node, CountingBackend, List[str]]:
+    from portmapctl.cni import cache as cni_cache
+
+    node = example_node()
+    backend = CountingBackend(node.backend.tables)
+    node.backend = backend
+    cache_files_read: List[str] = []
+    real = cni_cache.read_attachment
+
+    def counted(path, namespaces=None):
+        cache_files_read.append(path)
+        return real(path, namespaces)
+
+    monkeypatch.setattr(cni_cache, "read_attachment", counted)
+    return node, backend, cache_files_read
+
+
+def test_interactive_gc_reads_once_plans_asks_then_applies_that_plan(tmp_path, monkeypatch):
+    """What `gc` on a terminal does: plan (one read of each table, one of the cache),
+    show the preview, then apply that very plan: nothing is read again."""
+    node, backend, cache_files_read = _counted_node(monkeypatch)
+    options = gc_lib.GcOptions(min_age=0, flush_udp=False, state_dir=str(tmp_path))
+    planned = gc_lib.plan_gc(node, gc_lib.Sources(), options)
+    assert sorted(backend.reads) == [4, 6]
+    files = len(cache_files_read)
+    assert files and len(set(cache_files_read)) == files  # each cache file read once
+    preview = gc_lib.apply_gc(node, replace(planned, options=replace(options, dry_run=True)))
+    assert preview.removed and not backend.applied
+    confirmed = frozenset((c.family, c.chain) for c in preview.removed)
+    calls: List[Tuple[int, int]] = []
+    done = gc_lib.apply_gc(
+        node,
+        replace(planned, options=replace(options, only=confirmed)),
+        progress=lambda removed, total: calls.append((removed, total)),
+    )
+    assert done.removed == preview.removed
+    # The total up front, then one call per family, counting up to all of it (the bar).
+    total = len(done.removed)
+    assert calls[0] == (0, total) and len(calls) == 1 + len(planned.families)
+    assert calls[-1] == (total, total)
+    assert sorted(backend.reads) == [4, 6] and len(cache_files_read) == files  # no re-read
+    assert [txn.render() for txn in backend.applied] == [
+        p.transaction.render() for p in planned.families if p.transaction
+    ]
+
+
+def test_a_change_after_the_prompt_fails_the_plan_and_the_replan_keeps_to_what_was_confirmed(
+    tmp_path, monkeypatch
+):
+    """The plugin ran between the preview and the answer: its DEL took the confirmed
+    chain's entry rule (the planned -D no longer matches), and an ADD made a chain that
+    looks stale too. The transaction is refused whole, that family is read again, and
+    only what was confirmed may go: the new chain stays."""
+    node, backend, cache_files_read = _counted_node(monkeypatch)
+    options = gc_lib.GcOptions(min_age=0, flush_udp=False, state_dir=str(tmp_path))
+    planned = gc_lib.plan_gc(node, gc_lib.Sources(), options)
+    [first] = [p for p in planned.families if p.removed]
+    family = first.family
+    [gone] = first.removed
+    confirmed = frozenset({(family, gone.chain)})
+    table = backend.tables[family]
+    newcomer = chain_name("othernet", "f00dcafe")
+    chains = {}
+    for name, chain in table.chains.items():
+        rules = tuple(r for r in chain.rules if rule_target(r) != gone.chain)
+        copies = tuple(
+            tuple(newcomer if a == gone.chain else a for a in r)
+            for r in chain.rules
+            if rule_target(r) == gone.chain
+        )
+        chains[name] = SavedChain(name, chain.policy, rules + copies)
+    chains[newcomer] = SavedChain(newcomer, "-", table.rules(gone.chain))
+    backend.tables[family] = NatTable(family, chains)
+    reads_before = len(backend.reads)
+    done = gc_lib.apply_gc(node, replace(planned, options=replace(options, only=confirmed)))
+    assert len(backend.reads) == reads_before + 1  # that family, read again
+    assert {c.chain for c in done.removed} == {gone.chain}
+    after = backend.tables[family]
+    assert not after.has_chain(gone.chain) and after.has_chain(newcomer)
+    assert any(rule_target(r) == newcomer for c in after.chains.values() for r in c.rules)
+    assert newcomer in {c.chain for c in done.pending}

@@ -10,11 +10,13 @@ by tests/kernel/test_nft_conformance.py.
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import TYPE_CHECKING, Iterable, Protocol
 
 from portmapctl.errors import ApplyFailed, HostProblem
-from portmapctl.nftables.ruleset import Ruleset
-from portmapctl.nftables.transaction import Transaction
+
+if TYPE_CHECKING:
+    from portmapctl.nftables.ruleset import Ruleset
+    from portmapctl.nftables.transaction import Transaction
 
 
 class NftApplyFailed(ApplyFailed):

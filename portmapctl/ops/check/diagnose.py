@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Collection, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Collection, Dict, FrozenSet, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
@@ -51,6 +51,9 @@ from portmapctl.ops.check.hints import (
     _rules_text,
     _who,
 )
+
+if TYPE_CHECKING:
+    from portmapctl.nftables.inventory import NftInventory
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class CheckResult:
     warnings: Tuple[str, ...] = ()
     # The node as check read it (node scope): what --metrics-file counts.
     found: Optional[inventory.Inventory] = field(default=None, compare=False, repr=False)
+    # The nftables rows as check read them (None: nftables not looked at).
+    nft_found: Optional[NftInventory] = field(default=None, compare=False, repr=False)
     # What a repair could not make: (family, network, container ID, chain, why).
     unrepaired: Tuple[Tuple[int, str, str, str, str], ...] = ()
 
@@ -131,6 +136,8 @@ def _merge(chains: Sequence[Chain]) -> List[Chain]:
         if have is None:
             merged[chain.name] = chain
             continue
+        if chain == have:
+            continue  # the usual case: every container wants the same shared chain
         merged[chain.name] = Chain(
             chain.name,
             rules=tuple(dict.fromkeys(have.rules + chain.rules)),

@@ -8,23 +8,26 @@ repaired by one `nft -f` transaction (nftables/planner.py), never in iptables.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
 from portmapctl.iptables.ruleset import NatTable
+from portmapctl.nftables.ruleset import MASQUERADING, TABLE
 from portmapctl.ops.check.diagnose import Problem
 from portmapctl.ops.check.hints import Fixes
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
-    from portmapctl.nftables.inventory import NftMapping
+    from portmapctl.nftables.inventory import NftInventory, NftMapping
     from portmapctl.nftables.ruleset import Rule, Ruleset
+    from portmapctl.ops.nft import Split
 
 STALE = ProblemKind.STALE.value
 SHADOWED = ProblemKind.SHADOWED.value
+INCOMPLETE = ProblemKind.INCOMPLETE.value
 
 
 _NFT_WHY = {
@@ -57,17 +60,24 @@ def configured_nft(attachments: Optional[Sequence[Attachment]]) -> set:
     }
 
 
+class NftCheck(NamedTuple):
+    problems: List[Problem]
+    nft_ids: Set[str]  # IDs of nft-backed containers
+    compared: int  # (container, family) pairs compared with the tables
+    notes: List[str]
+    found: Optional[NftInventory]  # the rows read (None: nftables not looked at)
+
+
 def nft_problems(
     node: Node,
     tables: ReadOnly[int, NatTable],
     attachments: Optional[Sequence[Attachment]],
     fixes: Fixes,
-) -> Tuple[List[Problem], set, int, List[str]]:
-    """(problems, IDs of nft-backed containers, mappings compared, notes)."""
+) -> NftCheck:
     if node.nft is None:
         # nftables not looked at (--backend iptables, iptables dumps only): containers
         # configured for it are still not expected in iptables.
-        return [], configured_nft(attachments), 0, []
+        return NftCheck([], configured_nft(attachments), 0, [], None)
     from portmapctl.ops import nft
 
     live, parts, found = nft.build(node, attachments, iptables_owners(tables, attachments))
@@ -75,7 +85,7 @@ def nft_problems(
     if node.nft_unusable is not None:
         if parts.nftables:
             raise node.nft_unusable  # nft state is needed and cannot be read
-        return [], nft_ids, 0, []
+        return NftCheck([], nft_ids, 0, [], None)
     problems: List[Problem] = []
     for p in found.problems:
         if node.options.families and p.family not in node.options.families:
@@ -94,7 +104,7 @@ def nft_problems(
                 p.rules,
             )
         )
-    seen_stale = set()
+    seen_stale: Set[Tuple[Optional[str], int]] = set()
     rules = _by_handle(live)
     for m in found.mappings:
         if "stale" in m.status and (m.container_id, m.family) not in seen_stale:
@@ -137,6 +147,7 @@ def nft_problems(
                     _rule_text(rules, m),
                 )
             )
+    problems += _leftover_problems(node, live, parts, attachments, fixes, seen_stale)
     for cid in parts.both:
         problems.append(
             Problem(
@@ -151,7 +162,81 @@ def nft_problems(
             )
         )
     compared = sum(len(a.mapping.families) for a in parts.nftables if a.mapping is not None)
-    return problems, nft_ids, compared, []
+    return NftCheck(problems, nft_ids, compared, [], found)
+
+
+def _leftover_problems(
+    node: Node,
+    live: Ruleset,
+    parts: Split,
+    attachments: Optional[Sequence[Attachment]],
+    fixes: Fixes,
+    seen_stale: Set[Tuple[Optional[str], int]],
+) -> List[Problem]:
+    """Masquerade rules left without their container's DNAT rules (nftables/inventory.py
+    `leftovers`): `stale` when the cache does not know the container (gc removes them),
+    else `incomplete` (the container's rules are there only in part), unless its
+    cached config is compared already (`nft-missing-rules` names the DNAT rules to
+    re-create) or its rules are in both backends (`both-backends`)."""
+    from portmapctl.nftables.inventory import leftovers
+
+    cached = {a.container_id for a in attachments or ()}
+    compared = {
+        a.container_id for a in parts.nftables if a.mapping is not None and not a.zombie
+    }
+    problems: List[Problem] = []
+    for left in leftovers(live):
+        if node.options.families and left.family not in node.options.families:
+            continue
+        cid, family = left.container_id, left.family
+        rules = f"{len(left.rules)} masquerade rule(s) for {left.address}"
+        texts = tuple(r.body.text(family) for r in left.rules)  # -o wide, JSON `rules`
+        if attachments is not None and cid not in cached:
+            if (cid, family) in seen_stale:
+                continue  # said once per container and family
+            seen_stale.add((cid, family))
+            problems.append(
+                Problem(
+                    STALE,
+                    family,
+                    f"nft:{MASQUERADING}",
+                    None,
+                    cid,
+                    f"{rules}, no DNAT rule: left of a container the CNI cache does not know",
+                    fixes.gc,
+                    "the container is gone; its leftover rules would masquerade a later"
+                    " container given the same address",
+                    texts,
+                )
+            )
+            continue
+        if cid in compared or cid in parts.both:
+            continue
+        handles = ", ".join(map(str, left.handles))
+        problems.append(
+            Problem(
+                INCOMPLETE,
+                family,
+                f"nft:{MASQUERADING}",
+                _network_of(attachments, cid),
+                cid,
+                f"{rules} (handle {handles}) but no DNAT rule of the container to it:"
+                " left behind",
+                f"{fixes.gc} once the container is gone; while it runs, by hand, for each"
+                f" handle: nft delete rule ip|ip6 {TABLE} {MASQUERADING} handle N",
+                "the container's host ports are not forwarded, and its leftover rules would"
+                " masquerade a later container given the same address",
+                texts,
+            )
+        )
+    return problems
+
+
+def _network_of(attachments: Optional[Sequence[Attachment]], container_id: str) -> Optional[str]:
+    for attachment in attachments or ():
+        if attachment.container_id == container_id:
+            return attachment.network
+    return None
 
 
 def _by_handle(live: Ruleset) -> Dict[Tuple[int, int], Rule]:

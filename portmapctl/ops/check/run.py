@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.cni import cache as cni_cache
@@ -43,20 +44,45 @@ def _other_flavour(
     return (used, other), tables, []
 
 
+@dataclass(frozen=True)
+class NodeTables:
+    """What check reads of the node's iptables: the backend's tables, and the same
+    families in the other flavour (split brain), with why those could not be read."""
+
+    tables: Dict[int, NatTable]
+    other_tables: Dict[int, NatTable]
+    flavours: Optional[Tuple[str, str]]  # (used, other); None: no other flavour here
+    notes: Tuple[str, ...] = ()
+
+
+def read_tables(node: Node) -> NodeTables:
+    """One read of each family (and of the other flavour's, for split brain)."""
+    tables = node.read()
+    flavours, other_tables, notes = _other_flavour(node, tuple(tables))
+    return NodeTables(tables, other_tables, flavours, tuple(notes))
+
+
 def check_node(node: Node) -> CheckResult:
     """Check the whole node against its CNI cache (see the module doc)."""
     return _check_node(node, node.read_cache())  # a malformed file: BadInput, named
 
 
-def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckResult:
-    tables = node.read()
-    flavours, other_tables, notes = _other_flavour(node, tuple(tables))
+def _check_node(
+    node: Node, attachments: Optional[List[Attachment]], read: Optional[NodeTables] = None
+) -> CheckResult:
+    """The check of `read` (the node's tables as read, or as a repair left them),
+    reading them first when not given."""
+    if read is None:
+        read = read_tables(node)
+    tables, flavours, other_tables = read.tables, read.flavours, read.other_tables
+    notes = list(read.notes)
     fixes = fixes_for(node, attachments is not None)
     found = inventory.build(tables, attachments)
     from portmapctl.ops.check.nft import nft_problems
 
-    nft_found, nft_ids, nft_compared, nft_notes = nft_problems(node, tables, attachments, fixes)
-    notes += nft_notes
+    nft = nft_problems(node, tables, attachments, fixes)
+    nft_found, nft_ids, nft_compared = nft.problems, nft.nft_ids, nft.compared
+    notes += nft.notes
     problems, compared = diagnose(
         tables,
         attachments,
@@ -83,6 +109,7 @@ def _check_node(node: Node, attachments: Optional[List[Attachment]]) -> CheckRes
         chains,
         notes=tuple(notes),
         found=found,
+        nft_found=nft.found,
         warnings=tuple(cni_cache.warnings(attachments)),
     )
 
@@ -105,9 +132,14 @@ def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
             mappings_checked=len(families),
             chain=f"nft:{config.container_id}",
         )
-    tables = node.read(families)
+    return mapping_result(config, node.read(families))
+
+
+def mapping_result(config: MappingConfig, tables: Dict[int, NatTable]) -> CheckResult:
+    """The check of one mapping in these tables (as read, or as a repair left them)."""
     fix = "run the same command with --repair"
     problems, compared = diagnose_mapping(tables, config, fix)
+    families = tuple(tables)
     return CheckResult(
         tuple(problems),
         families,

@@ -1,0 +1,184 @@
+"""`check --repair` reads the node once: the check after it is of the tables as the
+applied transactions left them, in memory (ops/check/repair.py `_Planned`), and a
+transaction iptables refuses (the plugin changed the table meanwhile) is re-planned
+from a fresh read. Through the memory backend, no root (the kernel side is
+tests/kernel/test_check.py and test_field_repair.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional
+
+import pytest
+
+from portmapctl.cni.cache import read_cache
+from portmapctl.errors import ApplyFailed
+from portmapctl.iptables.access.memory import MemoryBackend
+from portmapctl.iptables.chains import TOPLEVEL_DNAT, dnat_chain_name, wanted_chains
+from portmapctl.iptables.planner import plan_setup
+from portmapctl.iptables.ruleset import NatTable, parse_save, rule_target
+from portmapctl.iptables.transaction import Transaction
+from portmapctl.nftables.access.memory import MemoryNft
+from portmapctl.nftables.ruleset import Ruleset
+from portmapctl.ops import check as check_lib
+from portmapctl.ops.node import Node, NodeOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_CACHE = str(ROOT / "examples" / "cni-cache")
+EMPTY_NAT = (
+    "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    ":POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+)
+
+
+class Recording:
+    """The memory backend, counting reads and applies; `before_apply` runs before
+    each apply (the plugin changing the table between our read and our write)."""
+
+    name = "memory"
+    writable = True
+
+    def __init__(self, tables: Dict[int, NatTable]) -> None:
+        self.memory = MemoryBackend(tables)
+        self.reads: List[int] = []
+        self.applies: List[int] = []
+        self.refused = 0
+        self.before_apply: Optional[Callable[[Transaction], None]] = None
+
+    def read(self, family: int) -> NatTable:
+        self.reads.append(family)
+        return self.memory.read(family)
+
+    def apply(self, txn: Transaction) -> None:
+        if self.before_apply is not None:
+            self.before_apply(txn)
+        self.applies.append(txn.family)
+        try:
+            self.memory.apply(txn)
+        except ApplyFailed:
+            self.refused += 1
+            raise
+
+
+@pytest.fixture(autouse=True)
+def no_side_effects(monkeypatch):
+    """No route_localnet or conntrack on the machine running the tests: record who."""
+    made: List[str] = []
+    monkeypatch.setattr(
+        sys.modules["portmapctl.ops.check.repair"], "after_setup_many",
+        lambda changed, flush: made.extend(c.container_id for c, _ in changed) or [],
+    )  # fmt: skip
+    return made
+
+
+def example_tables() -> Dict[int, NatTable]:
+    return {f: parse_save((ROOT / "examples" / f"node.v{f}.save").read_text(), f) for f in (4, 6)}
+
+
+def flushed_tables() -> Dict[int, NatTable]:
+    return {f: parse_save(EMPTY_NAT, f) for f in (4, 6)}
+
+
+def node_on(backend: Recording) -> Node:
+    # --backend iptables: the tests are about iptables reads (no nft on a laptop).
+    return Node(NodeOptions(cache_dirs=(EXAMPLE_CACHE,), backend="iptables"), backend)
+
+
+def cached_configs():
+    return [a.mapping for a in read_cache(EXAMPLE_CACHE) if a.mapping is not None]
+
+
+@pytest.mark.parametrize("tables", [flushed_tables, example_tables], ids=["flushed", "example"])
+def test_repair_reads_each_family_once_and_checks_the_planned_tables(tables, no_side_effects):
+    backend = Recording(tables())
+    result = check_lib.repair(node_on(backend), flush_udp=False)
+    assert result.repaired and result.fixed
+    assert sorted(backend.reads) == [4, 6]  # the check before; nothing read after applying
+    # What the check after saw in memory is what a fresh check of the node finds.
+    fresh = check_lib.check_node(node_on(Recording(backend.memory.tables)))
+    assert result.problems == fresh.problems
+    assert result.mappings_checked == fresh.mappings_checked
+    assert result.chains_seen == fresh.chains_seen
+    assert {p.kind for p in result.problems}.isdisjoint({"missing-chain", "missing-toplevel"})
+    assert no_side_effects
+
+
+def test_a_flushed_node_is_repaired_whole_and_reported_healthy_from_memory():
+    backend = Recording(flushed_tables())
+    result = check_lib.repair(node_on(backend), flush_udp=False)
+    for config in cached_configs():
+        for family in config.families:
+            assert backend.memory.tables[family].has_chain(dnat_chain_name(config))
+    # The example cache has a zombie (never repaired, still reported) and nothing else.
+    fresh = check_lib.check_node(node_on(Recording(backend.memory.tables)))
+    assert [p.kind for p in result.problems] == [p.kind for p in fresh.problems]
+    assert len(result.fixed) > len(result.problems)
+
+
+def test_a_refused_restore_is_re_planned_from_a_fresh_read():
+    """The plugin's ADD of one cached container lands between our read and our write:
+    our `-N` of its chain is refused (nothing changes), the family is read again and
+    the plan made without it goes in; the check after stays in memory."""
+    backend = Recording(flushed_tables())
+    config = next(c for c in cached_configs() if 4 in c.families)
+
+    def plugin_adds_first(txn: Transaction) -> None:
+        if txn.family == 4 and backend.before_apply is not None:
+            backend.before_apply = None  # the plugin runs once
+            live = backend.memory.read(4)
+            backend.memory.apply(plan_setup(wanted_chains(config, 4), live))
+
+    backend.before_apply = plugin_adds_first
+    result = check_lib.repair(node_on(backend), flush_udp=False)
+    assert backend.refused == 1
+    assert sorted(backend.reads) == [4, 4, 6]  # once each, and IPv4 again after the refusal
+    assert backend.applies.count(4) == 2
+    fresh = check_lib.check_node(node_on(Recording(backend.memory.tables)))
+    assert result.problems == fresh.problems
+    # The plugin's chain is kept and its entry rules are not made twice.
+    name = dnat_chain_name(config)
+    entries = [r for r in backend.memory.tables[4].rules(TOPLEVEL_DNAT) if rule_target(r) == name]
+    assert entries and len(entries) == len(set(entries))
+
+
+def test_repair_of_one_mapping_reads_its_families_once():
+    backend = Recording(flushed_tables())
+    config = next(c for c in cached_configs() if 4 in c.families)
+    result = check_lib.repair(node_on(backend), config, flush_udp=False)
+    assert result.repaired and not result.problems and result.fixed
+    assert sorted(backend.reads) == sorted(config.families)
+    again = check_lib.check_mapping(node_on(Recording(backend.memory.tables)), config)
+    assert again.problems == () and again.mappings_checked == result.mappings_checked
+
+
+def test_a_second_repair_changes_nothing():
+    backend = Recording(flushed_tables())
+    check_lib.repair(node_on(backend), flush_udp=False)
+    applied = len(backend.applies)
+    second = check_lib.repair(node_on(backend), flush_udp=False)
+    assert not second.repaired and not second.fixed
+    assert len(backend.applies) == applied
+
+
+class CountingNft(MemoryNft):
+    """The nftables fake, counting reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def read(self, families: Iterable[int] = (4, 6)) -> Ruleset:
+        self.reads += 1
+        return super().read(families)
+
+
+def test_nftables_is_read_once_when_nothing_is_written_there():
+    """With nftables looked at (--backend auto) and no nft-backed container, the check
+    before, the backend split and the check after share one read of nftables."""
+    backend, nft = Recording(flushed_tables()), CountingNft()
+    node = Node(NodeOptions(cache_dirs=(EXAMPLE_CACHE,)), backend, nft)
+    result = check_lib.repair(node, flush_udp=False)
+    assert result.repaired and "nft" not in result.transactions
+    assert nft.reads == 1
+    assert sorted(backend.reads) == [4, 6]
