@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
@@ -359,6 +359,77 @@ def _family(
             )
         )
     return mappings, chains
+
+
+@dataclass(frozen=True)
+class ChainFacts:
+    """What `gc` needs of one per-container chain, without the statuses `build` judges
+    (shadowing, missing ports: they cost a pass over every chain and the other family,
+    and gc asks none of it). Identity as `build` gives it without a cache."""
+
+    name: str
+    family: int
+    kind: str  # "dnat" or "legacy-snat"
+    network: Optional[str]
+    container_id: Optional[str]
+    entries: Tuple[EntryRule, ...]
+    rules: Tuple[Args, ...]
+    # Host ports it maps, as ChainInfo.host_ports; none for a legacy CNI-SN- chain (its
+    # --dport is the container port).
+    host_ports: Tuple[ProtoPort, ...]
+    container_ips: FrozenSet[str]  # where its DNAT rules send traffic
+
+
+def chain_facts(table: NatTable) -> List[ChainFacts]:
+    """Every per-container chain of the table, in `build`'s order, each rule looked
+    into once (gc at 5,000 stale of 10,000: `build` and host_ports parsed every port
+    rule twice and judged shadowing nobody asked for)."""
+    names = per_container_chains(table)
+    entries = entry_rules(table, set(names))
+    found: List[ChainFacts] = []
+    for name in names:
+        chain_entries = entries[name]
+        network, container_id = _identity(None, chain_entries)
+        if network is None:
+            # The twin chain of the same hash (v0.6 made both) knows whose it is.
+            twin = (
+                shapes.paired_snat_chain(name)
+                if name.startswith(DNAT_PREFIX)
+                else shapes.paired_dnat_chain(name)
+            )
+            if twin in entries:
+                network, container_id = _identity(None, entries[twin])
+        rules = table.rules(name)
+        if not name.startswith(DNAT_PREFIX):
+            found.append(
+                ChainFacts(
+                    name, table.family, "legacy-snat", network, container_id,
+                    tuple(chain_entries), rules, (), frozenset(),
+                )  # fmt: skip
+            )
+            continue
+        ports: Dict[ProtoPort, None] = {}
+        addresses: Set[str] = set()
+        for args in rules:
+            opts = options(args)
+            parsed = _port_rule_of(opts)
+            if parsed is None:
+                continue
+            ports[(parsed.protocol, parsed.host_port)] = None
+            if rule_target(args) == "DNAT":
+                destination = shapes.split_destination(opts.get("--to-destination") or "")
+                if destination:
+                    addresses.add(destination[0])
+        for entry in chain_entries:
+            for proto_port in entry.ports:
+                ports.setdefault(proto_port, None)
+        found.append(
+            ChainFacts(
+                name, table.family, "dnat", network, container_id,
+                tuple(chain_entries), rules, tuple(ports), frozenset(addresses),
+            )  # fmt: skip
+        )
+    return found
 
 
 def _identity(attachment: Optional[Attachment], entries: Iterable[EntryRule]) -> Identity:

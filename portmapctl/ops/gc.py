@@ -43,6 +43,7 @@ from typing import (
     Sequence,
     Set,
     Tuple,
+    Union,
 )
 
 from portmapctl.cni import cache as cni_cache
@@ -55,7 +56,7 @@ from portmapctl.host.netns import NamespaceView, NetnsState, fresh_uncached, loc
 from portmapctl.host.paths import RUN_DIR
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, chain_name, is_plugin_chain
-from portmapctl.iptables.inventory import ChainInfo
+from portmapctl.iptables.inventory import ChainFacts, ChainInfo
 from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import OpKind, Transaction
@@ -71,6 +72,8 @@ DEFAULT_MIN_AGE = 120.0
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
 
 ProtoPort = Tuple[str, int]
+# gc plans from ChainFacts; a ChainInfo (list, check) answers the same questions.
+AnyChain = Union[ChainFacts, ChainInfo]
 
 
 # --- sources of liveness ------------------------------------------------------------
@@ -166,7 +169,7 @@ class Liveness:
     networks: FrozenSet[str] = frozenset()  # networks the sources name
     scope: Optional[FrozenSet[str]] = None  # None: the sources speak for every network
 
-    def derived_chains(self, chains: Sequence[ChainInfo]) -> FrozenSet[str]:
+    def derived_chains(self, chains: Sequence[AnyChain]) -> FrozenSet[str]:
         """Chain names that (network seen, live ID) pairs give: match by name first."""
         networks = set(self.networks)
         for chain in chains:
@@ -179,7 +182,7 @@ class Liveness:
             for prefix in ("DN-", "SN-")
         )
 
-    def is_live(self, chain: ChainInfo, derived: FrozenSet[str]) -> bool:
+    def is_live(self, chain: AnyChain, derived: FrozenSet[str]) -> bool:
         if chain.name in self.chains or chain.name in derived:
             return True
         ids = {e.container_id for e in chain.entries if e.container_id}
@@ -191,7 +194,7 @@ class Liveness:
             return True
         return any(cid.startswith(prefix) for cid in ids for prefix in self.keep)
 
-    def in_scope(self, chain: ChainInfo) -> bool:
+    def in_scope(self, chain: AnyChain) -> bool:
         if self.scope is None:
             return True
         networks = {e.network for e in chain.entries if e.network}
@@ -275,7 +278,7 @@ class FamilyPlan:
     remaining_udp: Tuple[inventory.Mapping, ...] = ()
 
 
-def fingerprint(chain: ChainInfo) -> str:
+def fingerprint(chain: AnyChain) -> str:
     """The chain's rules and the rules entering it (not their positions: another
     chain's entry rules going away must not restart the clock)."""
     digest = hashlib.sha256()
@@ -286,12 +289,7 @@ def fingerprint(chain: ChainInfo) -> str:
     return digest.hexdigest()[:32]
 
 
-def _host_ports(chain: ChainInfo) -> Tuple[ProtoPort, ...]:
-    # A legacy SN- chain's --dport is the container port; only DN- chains map host ports.
-    return () if chain.kind == "legacy-snat" else chain.host_ports
-
-
-def _gc_chain(chain: ChainInfo, ports: Tuple[ProtoPort, ...], seen_seconds: float) -> GcChain:
+def _gc_chain(chain: ChainFacts, ports: Tuple[ProtoPort, ...], seen_seconds: float) -> GcChain:
     return GcChain(
         chain.name,
         chain.family,
@@ -320,14 +318,10 @@ def plan_family(
     address is being added) stays pending, its clock running.
     """
     family = table.family
-    built = inventory.build({family: table})
-    chains = built.chains
-    targets: Dict[str, Set[str]] = {}
-    for row in built.mappings:
-        targets.setdefault(row.chain, set()).add(row.container_ip)
-    ports = {chain.name: _host_ports(chain) for chain in chains}
+    chains = inventory.chain_facts(table)
+    ports = {chain.name: chain.host_ports for chain in chains}
     derived = live.derived_chains(chains)
-    removable: List[ChainInfo] = []
+    removable: List[ChainFacts] = []
     pending: List[GcChain] = []
     new_seen: Dict[ChainKey, gc_state.Seen] = {}
     kept = 0
@@ -343,7 +337,7 @@ def plan_family(
         first = before.first_seen if before is not None and before.fingerprint == mark else now
         new_seen[key] = gc_state.Seen(mark, first)
         allowed = only is None or (family, chain.name) in only
-        held = bool(hold and targets.get(chain.name, set()) & hold)
+        held = bool(hold and chain.container_ips & hold)
         if now - first >= min_age and allowed and not held:
             removable.append(chain)
         else:
@@ -353,7 +347,15 @@ def plan_family(
     still_mapped = _udp_ports(ports, set(ports) - gone)
     freed = _udp_ports(ports, gone) - still_mapped
     remapped = _udp_ports(ports, gone) & still_mapped
-    remaining = tuple(m for m in built.mappings if m.protocol == "udp" and m.chain not in gone)
+    remaining: Tuple[inventory.Mapping, ...] = ()
+    if remapped:
+        # Only then are the mappings left needed (flush-udp --stale-only's judgement):
+        # the whole inventory, statuses and all.
+        remaining = tuple(
+            m
+            for m in inventory.build({family: table}).mappings
+            if m.protocol == "udp" and m.chain not in gone
+        )
     shared = tuple(
         op.chain
         for op in txn.ops
@@ -372,7 +374,7 @@ def plan_family(
         new_seen,
         txn,
         tuple(sorted(remapped)),
-        remaining if remapped else (),
+        remaining,
     )
 
 
