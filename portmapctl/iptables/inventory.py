@@ -411,13 +411,15 @@ def chain_facts(table: NatTable) -> List[ChainFacts]:
         ports: Dict[ProtoPort, None] = {}
         addresses: Set[str] = set()
         for args in rules:
-            opts = options(args)
-            parsed = _port_rule_of(opts)
-            if parsed is None:
+            # What _port_rule_of reads, asked of the rule directly (tuple.index, in C):
+            # a dict per rule was most of this loop.
+            proto, port = option_value(args, "-p"), option_value(args, "--dport")
+            if not proto or not port or not port.isdigit():
                 continue
-            ports[(parsed.protocol, parsed.host_port)] = None
+            ports[(proto, int(port))] = None
             if rule_target(args) == "DNAT":
-                destination = shapes.split_destination(opts.get("--to-destination") or "")
+                to = option_value(args, "--to-destination")
+                destination = shapes.split_destination(to or "")
                 if destination:
                     addresses.add(destination[0])
         for entry in chain_entries:

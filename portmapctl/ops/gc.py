@@ -62,7 +62,7 @@ from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops import gc_state
 from portmapctl.ops.gc_state import ChainKey
-from portmapctl.ops.node import APPLY_TRIES, Node
+from portmapctl.ops.node import APPLY_TRIES, Node, side_by_side
 
 if TYPE_CHECKING:
     from portmapctl.nftables.ruleset import Ruleset
@@ -507,8 +507,12 @@ def plan_gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> G
     }
 
     def read() -> Tuple[Dict[int, NatTable], Optional[Ruleset]]:
-        tables = node.read(families)
-        return tables, node.read_nft_to_change(options.dry_run) if with_nft else None
+        if not with_nft:
+            return node.read(families), None
+        # nft lists (and its modules load) while iptables-save runs, not after it.
+        return side_by_side(
+            lambda: node.read(families), lambda: node.read_nft_to_change(options.dry_run)
+        )
 
     # Every table first, the cache after them: a container whose ADD finished in
     # between counts as live (the other order could miss it).

@@ -181,7 +181,7 @@ class Node:
         its creator's); errors come out as from read() and then read_cache().
         Commands that change the node read in their own order (gc: tables first).
         """
-        return _side_by_side(self.read, self.read_cache)
+        return side_by_side(self.read, self.read_cache)
 
     def read_then_cache(
         self, read: Callable[[], Read]
@@ -203,7 +203,7 @@ class Node:
             paths = cni_cache.cache_paths(dirs) or []
             return paths, cni_cache.read_entries(paths, view)
 
-        tables, (paths, found) = _side_by_side(read, first_reading)
+        tables, (paths, found) = side_by_side(read, first_reading)
         later = cni_cache.cache_paths(dirs)
         if later is None:
             return tables, None  # gone while we read: as read_cache says
@@ -253,7 +253,7 @@ class Node:
         raise ApplyFailed(f"gave up after {APPLY_TRIES} tries, {outcome}: {error}")
 
 
-def _side_by_side(
+def side_by_side(
     background: Callable[[], Read], foreground: Callable[[], Other]
 ) -> Tuple[Read, Other]:
     """background() in a thread while foreground() runs here; errors come out as if
