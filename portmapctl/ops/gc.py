@@ -412,11 +412,12 @@ class GcResult:
 
 
 def read_cache_while_planning(
-    node: Node, dirs: Sequence[str], warnings: List[str]
+    node: Node, dirs: Sequence[str], warnings: List[str], judge_namespaces: bool = True
 ) -> List[Attachment]:
     """The cache (cni.cache reads a half-written file again); `dirs` were present at
-    the start: one gone since would make its containers look stale."""
-    return _checked_cache(node.read_cache(), dirs, warnings)
+    the start: one gone since would make its containers look stale. Namespaces are
+    judged only for --netns-liveness (judge_namespaces)."""
+    return _checked_cache(node.read_cache(judge_namespaces), dirs, warnings)
 
 
 def _checked_cache(
@@ -518,7 +519,9 @@ def plan_gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> G
     # between counts as live (the other order could miss it).
     attachments: Optional[List[Attachment]] = None
     if use_cache:
-        (tables, nft_rules), found = node.read_then_cache(read)
+        # A cache entry's namespace matters only to --netns-liveness: not looked up
+        # otherwise (a stat or two per entry).
+        (tables, nft_rules), found = node.read_then_cache(read, sources.netns_liveness)
         attachments = _checked_cache(found, cache_dirs, warnings)
     else:
         tables, nft_rules = read()
@@ -626,7 +629,9 @@ def apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress] = None) -
 
         def replan(table: NatTable, tries: Iterator[int] = tries) -> FamilyPlan:
             attachments = (
-                read_cache_while_planning(node, planned.cache_dirs, warnings)
+                read_cache_while_planning(
+                    node, planned.cache_dirs, warnings, sources.netns_liveness
+                )
                 if planned.cache_dirs
                 else None
             )

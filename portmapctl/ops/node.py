@@ -169,8 +169,11 @@ class Node:
         live = not self.options.snapshots and self.backend.name in BACKEND_NAMES
         return NamespaceView() if live else None
 
-    def read_cache(self) -> Optional[List[cni_cache.Attachment]]:
-        return cni_cache.read_cache(self.options.cache_dirs, self.namespace_view())
+    def read_cache(self, judge_namespaces: bool = True) -> Optional[List[cni_cache.Attachment]]:
+        """judge_namespaces=False: each entry's namespace is not looked up (a stat per
+        entry; gc needs it only for --netns-liveness), its netns_state UNKNOWN."""
+        view = self.namespace_view() if judge_namespaces else None
+        return cni_cache.read_cache(self.options.cache_dirs, view)
 
     def read_with_cache(self) -> Tuple[Dict[int, NatTable], Optional[List[cni_cache.Attachment]]]:
         """read() and read_cache() at once, for a command that only looks (`list`).
@@ -184,7 +187,7 @@ class Node:
         return side_by_side(self.read, self.read_cache)
 
     def read_then_cache(
-        self, read: Callable[[], Read]
+        self, read: Callable[[], Read], judge_namespaces: bool = True
     ) -> Tuple[Read, Optional[List[cni_cache.Attachment]]]:
         """read(), then the CNI cache, as a command that removes by the cache needs
         them (gc: a container whose ADD finished after the tables were read must count
@@ -194,9 +197,9 @@ class Node:
         once it is done, the directories are listed again and the files that appeared
         meanwhile are read too: what the cache holds after the read is all in. A file
         gone meanwhile still counts (its container stays live one run more, never goes
-        early). The order is read_cache's.
+        early). The order is read_cache's; judge_namespaces as there.
         """
-        view = self.namespace_view()
+        view = self.namespace_view() if judge_namespaces else None
         dirs = self.options.cache_dirs
 
         def first_reading() -> Tuple[List[str], List[cni_cache.Attachment]]:
