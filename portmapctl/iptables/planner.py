@@ -16,7 +16,7 @@ that jumps to them, in an order iptables-nft accepts.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
@@ -134,7 +134,12 @@ def _plan_chain(chain: Chain, live: NatTable, txn: Transaction) -> None:
                 txn.append(entry_chain, rule)
 
 
-def plan_teardown(live: NatTable, chains: Iterable[str], by_number: bool = True) -> Transaction:
+def plan_teardown(
+    live: NatTable,
+    chains: Iterable[str],
+    by_number: bool = True,
+    entering: Optional[Mapping[str, Iterable[int]]] = None,
+) -> Transaction:
     """Remove these per-container chains (CNI-DN-/CNI-SN-) and every rule entering them.
 
     Also removes the legacy CNI-HOSTPORT-SNAT (and the rules jumping to it) when
@@ -142,6 +147,10 @@ def plan_teardown(live: NatTable, chains: Iterable[str], by_number: bool = True)
 
     by_number=False (gc's last try, when the guard kept failing on a busy node: any
     plugin call into the chain fails it) deletes every rule by its text.
+
+    `entering`: the positions (0-based, by chain) of every rule in `live` that jumps
+    to one of `chains`, when the caller has them (gc's inventory found them): the
+    table's rules are then not scanned again (90,000 at 10,000 containers).
 
     A chain losing few rules (under BY_NUMBER_FROM) has them deleted by their text: if
     the table changed since `live` was read, a delete no longer matches (or a -X finds
@@ -177,12 +186,11 @@ def plan_teardown(live: NatTable, chains: Iterable[str], by_number: bool = True)
     for chain in live.chains.values():
         if chain.name in targets or (drop_snat and chain.name == OLD_TOPLEVEL_SNAT):
             continue  # emptied whole below
-        _delete_rules(
-            txn,
-            chain,
-            [i for i, r in enumerate(chain.rules) if rule_target(r) in targets],
-            by_number,
-        )
+        if entering is not None:
+            positions = sorted(entering.get(chain.name, ()))
+        else:
+            positions = [i for i, r in enumerate(chain.rules) if rule_target(r) in targets]
+        _delete_rules(txn, chain, positions, by_number)
     if drop_snat:
         txn.flush(OLD_TOPLEVEL_SNAT)
     for name in remove:

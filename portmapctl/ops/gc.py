@@ -342,7 +342,11 @@ def plan_family(
             removable.append(chain)
         else:
             pending.append(_gc_chain(chain, ports[chain.name], now - first))
-    txn = plan_teardown(table, [c.name for c in removable], by_number)
+    entering: Dict[str, List[int]] = {}
+    for chain in removable:
+        for entry in chain.entries:
+            entering.setdefault(entry.chain, []).append(entry.index)
+    txn = plan_teardown(table, [c.name for c in removable], by_number, entering)
     gone = {c.name for c in removable}
     still_mapped = _udp_ports(ports, set(ports) - gone)
     freed = _udp_ports(ports, gone) - still_mapped
