@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 import pytest
-from fixtures_lib import table
+from fixtures_lib import NAMES, save_text, table
 from gc_helpers import Node_, node  # noqa: F401
 
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, TOPLEVEL_DNAT, chain_name
-from portmapctl.iptables.inventory import build
+from portmapctl.iptables.inventory import build, chain_facts
 from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable, parse_save, rule_target
 from portmapctl.ops import gc_state
@@ -418,3 +418,38 @@ def test_state_refuses_symlinks(tmp_path):
 # --- the plugin and gc at the same time ---------------------------------------------------------
 
 
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("family", [4, 6])
+def test_chain_facts_say_what_the_inventory_says(name, family):
+    """gc plans from inventory.chain_facts, one pass without statuses: it must see
+    each chain as inventory.build does (identity, entries, rules, ports, addresses)."""
+    tbl = table(name, family)
+    built = build({family: tbl})
+    facts = chain_facts(tbl)
+    assert [f.name for f in facts] == [c.name for c in built.chains]
+    for fact, chain in zip(facts, built.chains):
+        assert (fact.family, fact.kind, fact.network, fact.container_id) == (
+            chain.family, chain.kind, chain.network, chain.container_id,
+        )  # fmt: skip
+        assert fact.entries == chain.entries and fact.rules == chain.rules
+        assert fact.host_ports == (() if chain.kind == "legacy-snat" else chain.host_ports)
+        assert fact.container_ips == {m.container_ip for m in built.mappings if m.chain == chain.name}
+        assert fingerprint(fact) == fingerprint(chain)
+
+
+def test_plan_keeps_the_udp_mappings_left_when_a_removed_port_stays_mapped():
+    """Two containers on 8080/udp (the shadowed fixture, in UDP): ctr-a goes, ctr-b
+    keeps the port. Its flows are judged (flush-udp --stale-only) against the UDP
+    mappings left, which are worked out only then."""
+    tbl = parse_save(save_text("shadowed", 4).replace("tcp", "udp"), 4)
+    names = _chain_names(tbl)
+    plan = _plan(tbl, liveness(Sources(keep=("ctr-b",)), None))
+    assert {c.chain for c in plan.removed} == {names["ctr-a"]}
+    assert plan.remapped_udp_ports == (8080,) and plan.freed_udp_ports == ()
+    left = [m for m in build({4: tbl}).mappings if m.chain == names["ctr-b"]]
+    assert left and plan.remaining_udp == tuple(left)
+    # Nothing left mapped: no mappings carried.
+    gone = _plan(tbl, liveness(Sources(remove_all=True), None))
+    assert gone.freed_udp_ports == (8080,) and gone.remaining_udp == ()
