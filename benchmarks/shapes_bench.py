@@ -181,6 +181,7 @@ def shape_gc(mode: str, versions: Versions, s: int, runs: int, sample: int) -> D
     live = everyone[0::2]
     stale = everyone[1::2]
     samples: Dict[str, List[float]] = {}
+    cpus: Dict[str, List[float]] = {}
     # 0.1 deleted by text, quadratic (over 120 s at 5,000, the restore's time-out); since
     # 0.2 (by number) it is linear, so "before" runs at every size.
     with_before = "before" in versions.paths
@@ -193,14 +194,19 @@ def shape_gc(mode: str, versions: Versions, s: int, runs: int, sample: int) -> D
                 bench.write_cache(node.cache_dir, live)
                 with entered(node.name):
                     runner = Runner(mode, node.cache_dir)
+                    text = None
+                    if doer not in ("after", "before"):
+                        text = teardown_texts(mode, [c["id"] for c in stale])[doer]
+                    cpu = _children_cpu()
                     if doer in ("after", "before"):
                         took = portmapctl(
                             versions, doer, runner, "gc", "--yes", "--min-age", "0", "-q"
                         )
                     else:
-                        took = restore_seconds(
-                            mode, 4, teardown_texts(mode, [c["id"] for c in stale])[doer]
-                        )
+                        took = restore_seconds(mode, 4, text or "")
+                    # CPU seconds of the process and every process it waited for (the
+                    # saves and restores): the work, whatever the load did to the wall.
+                    cpus.setdefault(doer, []).append(_children_cpu() - cpu)
                     left = {
                         n for n in RestoreBackend(mode).read(4).chains if n.startswith(DNAT_PREFIX)
                     }
@@ -220,6 +226,7 @@ def shape_gc(mode: str, versions: Versions, s: int, runs: int, sample: int) -> D
     finally:
         node.close()
     found: Dict[str, Any] = {k: stats(v) for k, v in samples.items()}
+    found.update({f"{k}_cpu": stats(v) for k, v in cpus.items()})
     found["plugin_del"] = stats(per)
     found["plugin_del_total"] = stats(per)["median"] * s
     return found
@@ -561,6 +568,18 @@ def print_tables(r: Dict[str, Any]) -> None:
                 f" ({fmt(g['plugin_del']['median'])} each) |"
                 + (f" {g['load'][0]:.1f} |" if "load" in g else "")
             )
+    if "gc" in r and "after_cpu" in next(iter(r["gc"].values())):
+        print(
+            "\n| stale / total | CPU gc before | CPU gc after | CPU restore by number |"
+            " CPU restore rebuild |"
+        )
+        print("| --- | --- | --- | --- | --- |")
+        for s, g in r["gc"].items():
+            cells = [
+                cell(g[f"{k}_cpu"]) if f"{k}_cpu" in g else "-"
+                for k in ("before", "after", "restore_by_number", "restore_rebuild")
+            ]
+            print(f"| {s} / {2 * int(s)} | " + " | ".join(cells) + " |")
     if "repair" in r:
         print(
             "\n| missing | repair before | repair after | one restore | after / restore"
