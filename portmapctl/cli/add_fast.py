@@ -113,10 +113,12 @@ def runner(args: List[str]) -> Optional[Callable[[], Any]]:
     from portmapctl.cli import add_run
     from portmapctl.cli._common import (
         COMMON_NAMES,
+        MAPPING_NAMES,
         BackendChoice,
         Common,
         FamilyChoice,
         IptablesChoice,
+        MappingOptions,
         OutputChoice,
     )
 
@@ -133,21 +135,6 @@ def runner(args: List[str]) -> Optional[Callable[[], Any]]:
             common[name] = enums[name](value) if name in enums else value
     if "cni_cache_dir" in common:
         common["cni_cache_dir"] = tuple(common["cni_cache_dir"])
-    options: Dict[str, Any] = {
-        "network": None,
-        "container": None,
-        "ip": None,
-        "publish": None,
-        "no_snat": False,
-        "masq_all": False,
-        "mark_bit": None,
-        "external_setmark_chain": None,
-        "conditions_v4": None,
-        "conditions_v6": None,
-        "cni_config": None,
-        "ifname": "eth0",
-        "no_flush_udp": False,
-        "dry_run": False,
-    }
-    options.update(given)
-    return lambda: add_run.run(Common(**common), **options)
+    mapping = MappingOptions(**{name: given.pop(name) for name in MAPPING_NAMES if name in given})
+    flags = {"no_flush_udp": False, "dry_run": False, **given}  # add's own options
+    return lambda: add_run.run(Common(**common), mapping, **flags)
