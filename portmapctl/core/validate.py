@@ -29,7 +29,9 @@ _TARGET_WORD = re.compile(r"-[^-]*[jg].*|--(?:j|ju|jum|jump|g|go|got|goto)(?:=.*
 # than by ip_interface (a tenth of reading a 1,000-entry CNI cache); any other form goes
 # to ipaddress, whose result this equals.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4_INTERFACE = re.compile(rf"({_OCTET})\.({_OCTET})\.({_OCTET})\.({_OCTET})/(3[0-2]|[12]?[0-9])\Z")
+_IPV4_INTERFACE = re.compile(
+    rf"({_OCTET})\.({_OCTET})\.({_OCTET})\.({_OCTET})/(3[0-2]|[12]?[0-9])\Z"
+)
 _PORT_SPEC = re.compile(
     r"(?:(?P<host_ip>\[[^\]]*\]|[^:\[\]]+):)?(?P<host_port>[^:/]+):(?P<container_port>[^:/]+)"
     r"(?:/(?P<proto>[^/]*))?\Z"
