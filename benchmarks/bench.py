@@ -3,6 +3,8 @@
     sudo python benchmarks/bench.py            # the full run (N = 10, 100, 1,000, 5,000)
     sudo python benchmarks/bench.py --quick    # N = 10, 100, 1,000, fewer runs and samples
     sudo python benchmarks/bench.py --profile 5000   # cProfile of list/add/check/gc at N
+    sudo python -P benchmarks/bench.py --list-only --baseline ../main --instructions
+                                               # list vs iptables-save only, before/after
 
 Writes benchmarks/out/results.json (git-ignored) and regenerates docs/performance.md and
 docs/performance.png from it (benchmarks/report.py, which can also be run on its own).
@@ -46,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -575,6 +578,58 @@ def machine() -> Dict[str, Any]:
     }
 
 
+# --- list only: this checkout against a baseline checkout, in the same rounds ------------
+
+
+def checkout_env(root: Path) -> Dict[str, str]:
+    """user_env() importing portmapctl from the checkout `root` (run with python -P)."""
+    return {**user_env(), "PYTHONPATH": str(root)}
+
+
+def list_argv(node: Node, *args: str) -> List[str]:
+    # -P: `-m` puts the working directory ahead of PYTHONPATH otherwise.
+    extra = [] if node.mode == rp_host_flavour() else ["--iptables", node.mode]
+    return [sys.executable, "-P", "-m", "portmapctl", "list", *args, *extra,
+            "--cni-cache-dir", node.cache_dir]  # fmt: skip
+
+
+def list_only(mode: str, n: int, runs: int, baseline: Optional[Path], count: bool) -> Dict:
+    """`list` of N containers vs a bare `iptables-save -t nat` (and the baseline
+    checkout's `list`), interleaved round by round; with `count`, instructions too."""
+    from nft_bench import instructions
+
+    containers = [container(i) for i in range(n)]
+    with Node(mode, containers) as node, entered(node.name):
+        commands = {
+            "save": ([rp.tool_path("iptables-save", mode), "-t", "nat"], None),
+            "list": (list_argv(node), checkout_env(ROOT)),
+        }
+        if baseline is not None:
+            commands["baseline_list"] = (list_argv(node), checkout_env(baseline))
+        for argv, env in commands.values():
+            timed(argv, env=env)  # warm: page cache, bytecode
+        samples = alternate(
+            {name: partial(timed, argv, env=env) for name, (argv, env) in commands.items()},
+            runs,
+        )
+        if count:
+            for name, (argv, env) in commands.items():
+                samples[name]["instructions"] = instructions(argv, env)
+    return samples
+
+
+def print_list_only(n: int, found: Dict[str, Stats]) -> None:
+    save = found["save"]
+    log(f"N = {n}: load average {load()}")
+    for name, figures in found.items():
+        line = (f"  {name:14} median {figures['median']:.3f} s (min {figures['min']:.3f}, "
+                f"max {figures['max']:.3f}) = {figures['median'] / save['median']:.2f}x save")  # fmt: skip
+        if "instructions" in figures:
+            line += (f"; {figures['instructions'] / 1e6:,.0f} M instructions "
+                     f"= {figures['instructions'] / save['instructions']:.2f}x save")  # fmt: skip
+        log(line)
+
+
 # --- profiling (SPEC §6 issue: find where the time goes) ---------------------------------------
 
 
@@ -654,6 +709,13 @@ def main() -> None:
     parser.add_argument("--out", default=str(OUT / "results.json"), help="the JSON to write")
     parser.add_argument("--no-docs", action="store_true", help="do not regenerate docs/")
     parser.add_argument("--profile", type=int, metavar="N", help="only profile the commands at N")
+    parser.add_argument("--list-only", action="store_true",
+                        help="only list vs iptables-save at --sizes (default 1000)")  # fmt: skip
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="--list-only: another checkout's list in the same rounds")  # fmt: skip
+    parser.add_argument("--runs", type=int, default=7, help="--list-only: rounds")
+    parser.add_argument("--instructions", action="store_true",
+                        help="--list-only: also count instructions (valgrind)")  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (network namespaces, iptables, conntrack)")
@@ -665,6 +727,14 @@ def main() -> None:
         raise SystemExit("--sizes: each 1 to 9000 (host ports 10000+N and 40000+N)")
     CONTAINER_NETNS = rp.container_netns()
     compile_bytecode()
+    if args.list_only:
+        if args.baseline is not None:
+            subprocess.run([sys.executable, "-m", "compileall", "-q",
+                            str(args.baseline / "portmapctl")], check=True, env=user_env())  # fmt: skip
+        for n in sizes or [1000]:
+            print_list_only(n, list_only(args.mode, n, args.runs, args.baseline,
+                                         args.instructions))  # fmt: skip
+        return
     if args.profile:
         log(f"profiling at N={args.profile} ({args.mode})")
         profile(args.mode, args.profile)

@@ -171,6 +171,39 @@ def cache_info(dirs: Sequence[str]) -> CacheInfo:
 
 
 @dataclass(frozen=True)
+class MappingOptions:
+    """The options that describe one mapping (add, and check of one mapping), as given:
+    cli/add_run.mapping_from_options validates them into a MappingConfig."""
+
+    network: Optional[str] = None
+    container: Optional[str] = None
+    ip: Optional[List[str]] = None
+    publish: Optional[List[str]] = None
+    no_snat: bool = False
+    masq_all: bool = False
+    mark_bit: Optional[int] = None
+    external_setmark_chain: Optional[str] = None
+    conditions_v4: Optional[str] = None
+    conditions_v6: Optional[str] = None
+    cni_config: Optional[str] = None
+    ifname: str = "eth0"
+
+    @property
+    def given(self) -> bool:
+        """Whether any was given (check then checks that mapping, not the node)."""
+        return (
+            any((self.network, self.container, self.ip, self.publish, self.cni_config))
+            or any((self.external_setmark_chain, self.no_snat, self.masq_all))
+            or any(v is not None for v in (self.conditions_v4, self.conditions_v6))
+            or self.mark_bit is not None
+            or self.ifname != "eth0"
+        )
+
+
+MAPPING_NAMES = tuple(MappingOptions.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
 class Common:
     """The common options of one run, parsed."""
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, List, Optional, Tuple, get_type_hints
+from typing import Any, Callable, List, Optional, Sequence, Tuple, get_type_hints
 
 import typer
 
 from portmapctl.cli._common import (
-    COMMON_NAMES,
     Annotated,
     BackendChoice,
     Common,
@@ -238,30 +237,55 @@ MetricsFileOpt = Annotated[
 # (COMMON_NAMES, in cli/_common.py, lists the same names: tests/unit/test_fast_paths_pure.py)
 
 
-def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """`command(common: Common, **its own options)` as a typer command that also takes
-    the common options: they are declared once (COMMON_PARAMETERS), after its own in
-    `--help`, and reach the command as one `Common`."""
-    own = inspect.signature(command)
-    hints = get_type_hints(command, include_extras=True)
-    parameters = [
-        p.replace(annotation=hints.get(p.name, p.annotation))
-        for p in own.parameters.values()
-        if p.name != "common"
-    ]
-    parameters += [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint)
-        for name, hint, default in COMMON_PARAMETERS
-    ]
+def option_group(
+    name: str,
+    parameters: Sequence[Tuple[str, Any, Any]],
+    build: Callable[..., Any],
+    at_end: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator: the command's parameter `name` becomes the options `parameters`
+    (name, typer annotation, default) in its typer signature -- where `name` stood, or
+    after the command's own with `at_end` -- and reaches the command as one value,
+    `build(**their values)`. Declared once, shared by every command that takes them."""
+    names = [option for option, _, _ in parameters]
 
-    @functools.wraps(command)
-    def run(**values: Any) -> Any:
-        given = {name: values.pop(name) for name in COMMON_NAMES}
-        if given["cni_cache_dir"] is not None:
-            given["cni_cache_dir"] = tuple(given["cni_cache_dir"]) or None
-        return command(common=Common(**given), **values)
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = inspect.signature(command)
+        hints = get_type_hints(command, include_extras=True)
+        signature: List[inspect.Parameter] = []
+        for parameter in own.parameters.values():
+            if parameter.name != name:
+                hint = hints.get(parameter.name, parameter.annotation)
+                signature.append(parameter.replace(annotation=hint))
+            elif not at_end:
+                signature += [
+                    inspect.Parameter(option, parameter.kind, default=default, annotation=hint)
+                    for option, hint, default in parameters
+                ]
+        if at_end:
+            signature += [
+                inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=h)
+                for option, h, d in parameters
+            ]
 
-    run.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
-    run.__annotations__ = {p.name: p.annotation for p in parameters}
-    return run
+        @functools.wraps(command)
+        def run(**values: Any) -> Any:
+            group = build(**{option: values.pop(option) for option in names})
+            return command(**{name: group}, **values)
 
+        run.__signature__ = own.replace(parameters=signature)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in signature}
+        return run
+
+    return decorate
+
+
+def _common(**given: Any) -> Common:
+    if given["cni_cache_dir"] is not None:
+        given["cni_cache_dir"] = tuple(given["cni_cache_dir"]) or None
+    return Common(**given)
+
+
+# `command(common: Common, **its own options)` as a typer command that also takes the
+# common options, after its own in `--help`.
+common_options = option_group("common", COMMON_PARAMETERS, _common, at_end=True)

@@ -9,15 +9,23 @@ import typer
 from portmapctl.cli._common import (
     Annotated,
     Common,
+    MappingOptions,
     common_options,
     complete_container,
     complete_network,
 )
+from portmapctl.cli._options import option_group
 
 # The implementation: without typer, for add's fast path (cli/add_fast.py) too.
 from portmapctl.cli.add_run import mapping_from_options, shadow_warnings, with_backend
 
-__all__ = ["add_command", "mapping_from_options", "shadow_warnings", "with_backend"]
+__all__ = [
+    "add_command",
+    "mapping_from_options",
+    "mapping_options",
+    "shadow_warnings",
+    "with_backend",
+]
 
 # \b: click keeps the next paragraph as written (an example must stay one line).
 EXAMPLES = """
@@ -142,22 +150,33 @@ IfName = Annotated[
     ),
 ]
 
+# add and check declare these once: `mapping: MappingOptions` in a command's signature
+# stands for all of them, in this order, in its --help.
+mapping_options = option_group(
+    "mapping",
+    (
+        ("network", Network, None),
+        ("container", Container, None),
+        ("ip", Ips, None),
+        ("publish", Ports, None),
+        ("no_snat", NoSnat, False),
+        ("masq_all", MasqAll, False),
+        ("mark_bit", MarkBit, None),
+        ("external_setmark_chain", ExternalSetmark, None),
+        ("conditions_v4", ConditionsV4, None),
+        ("conditions_v6", ConditionsV6, None),
+        ("cni_config", CniConfig, None),
+        ("ifname", IfName, "eth0"),
+    ),
+    MappingOptions,
+)
+
 
 @common_options
+@mapping_options
 def add_command(
     common: Common,
-    network: Network = None,
-    container: Container = None,
-    ip: Ips = None,
-    publish: Ports = None,
-    no_snat: NoSnat = False,
-    masq_all: MasqAll = False,
-    mark_bit: MarkBit = None,
-    external_setmark_chain: ExternalSetmark = None,
-    conditions_v4: ConditionsV4 = None,
-    conditions_v6: ConditionsV6 = None,
-    cni_config: CniConfig = None,
-    ifname: IfName = "eth0",
+    mapping: MappingOptions = MappingOptions(),
     no_flush_udp: Annotated[
         bool, typer.Option("--no-flush-udp", help="Keep the mapped UDP ports' conntrack entries.")
     ] = False,
@@ -170,20 +189,4 @@ def add_command(
     when a host port is already taken."""
     from portmapctl.cli import add_run
 
-    add_run.run(
-        common,
-        network=network,
-        container=container,
-        ip=ip,
-        publish=publish,
-        no_snat=no_snat,
-        masq_all=masq_all,
-        mark_bit=mark_bit,
-        external_setmark_chain=external_setmark_chain,
-        conditions_v4=conditions_v4,
-        conditions_v6=conditions_v6,
-        cni_config=cni_config,
-        ifname=ifname,
-        no_flush_udp=no_flush_udp,
-        dry_run=dry_run,
-    )
+    add_run.run(common, mapping, no_flush_udp=no_flush_udp, dry_run=dry_run)

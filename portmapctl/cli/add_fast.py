@@ -14,15 +14,19 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, List, Optional
 
+from portmapctl.cli._common import BackendChoice, FamilyChoice, IptablesChoice, OutputChoice
+
+# The options whose values are an Enum's (cli/_common.py: no typer there).
+_ENUMS = {
+    "backend": BackendChoice,
+    "iptables": IptablesChoice,
+    "family": FamilyChoice,
+    "output": OutputChoice,
+}
+_CHOICES = {name: tuple(member.value for member in enum) for name, enum in _ENUMS.items()}
 # Option name -> (parameter, kind). Kinds: "flag", "value", "many" (repeatable),
 # "int", or the choices of an Enum option. The same names as cli/add.py and
 # cli/_options.py declare for typer.
-_CHOICES = {
-    "backend": ("auto", "iptables", "nftables"),
-    "iptables": ("auto", "nft", "legacy", "iptc"),
-    "family": ("4", "6", "all", "v4", "v6"),
-    "output": ("table", "wide", "json"),
-}
 OPTIONS: Dict[str, tuple] = {
     "--network": ("network", "value"),
     "--container": ("container", "value"),
@@ -113,41 +117,18 @@ def runner(args: List[str]) -> Optional[Callable[[], Any]]:
     from portmapctl.cli import add_run
     from portmapctl.cli._common import (
         COMMON_NAMES,
-        BackendChoice,
+        MAPPING_NAMES,
         Common,
-        FamilyChoice,
-        IptablesChoice,
-        OutputChoice,
+        MappingOptions,
     )
 
-    enums = {
-        "backend": BackendChoice,
-        "iptables": IptablesChoice,
-        "family": FamilyChoice,
-        "output": OutputChoice,
-    }
     common: Dict[str, Any] = {}
     for name in COMMON_NAMES:
         if name in given:
             value = given.pop(name)
-            common[name] = enums[name](value) if name in enums else value
+            common[name] = _ENUMS[name](value) if name in _ENUMS else value
     if "cni_cache_dir" in common:
         common["cni_cache_dir"] = tuple(common["cni_cache_dir"])
-    options: Dict[str, Any] = {
-        "network": None,
-        "container": None,
-        "ip": None,
-        "publish": None,
-        "no_snat": False,
-        "masq_all": False,
-        "mark_bit": None,
-        "external_setmark_chain": None,
-        "conditions_v4": None,
-        "conditions_v6": None,
-        "cni_config": None,
-        "ifname": "eth0",
-        "no_flush_udp": False,
-        "dry_run": False,
-    }
-    options.update(given)
-    return lambda: add_run.run(Common(**common), **options)
+    mapping = MappingOptions(**{name: given.pop(name) for name in MAPPING_NAMES if name in given})
+    flags = {"no_flush_udp": False, "dry_run": False, **given}  # add's own options
+    return lambda: add_run.run(Common(**common), mapping, **flags)

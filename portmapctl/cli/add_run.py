@@ -8,27 +8,12 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from portmapctl.iptables.chains import dnat_chain_name
 
 if TYPE_CHECKING:
-    from portmapctl.cli._common import Common
+    from portmapctl.cli._common import Common, MappingOptions
     from portmapctl.core.mapping import MappingConfig
     from portmapctl.iptables.ruleset import NatTable
 
 
-def mapping_from_options(
-    network: Optional[str],
-    container: Optional[str],
-    ip: Optional[List[str]],
-    publish: Optional[List[str]],
-    no_snat: bool,
-    masq_all: bool,
-    mark_bit: Optional[int],
-    external_setmark_chain: Optional[str],
-    conditions_v4: Optional[str],
-    conditions_v6: Optional[str],
-    cni_config: Optional[str],
-    ifname: str,
-    *,
-    backend: str,
-) -> MappingConfig:
+def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingConfig:
     """Validate the mapping options (shared by add and check) into a MappingConfig,
     held to --backend."""
     from portmapctl.cni import config as cni_json
@@ -36,9 +21,11 @@ def mapping_from_options(
     from portmapctl.errors import BadInput
     from portmapctl.host import files
 
+    network, container, ip, publish = mapping.network, mapping.container, mapping.ip, mapping.publish
+    cni_config = mapping.cni_config
     if container is None:
         raise BadInput("--container is required")
-    ifname = validate.ifname(ifname)
+    ifname = validate.ifname(mapping.ifname)
     if cni_config is not None:
         given = [
             name for name, value in (("--network", network), ("--ip", ip), ("-p", publish)) if value
@@ -60,12 +47,12 @@ def mapping_from_options(
         container_id=container,
         addresses=[validate.interface(value) for value in ip or []],
         ports=[validate.port_spec(spec) for spec in publish],
-        snat=not no_snat,
-        mark=mark_bit,
-        external_setmark_chain=external_setmark_chain,
-        conditions_v4=validate.conditions(conditions_v4, "--conditions-v4"),
-        conditions_v6=validate.conditions(conditions_v6, "--conditions-v6"),
-        masq_all=masq_all,
+        snat=not mapping.no_snat,
+        mark=mapping.mark_bit,
+        external_setmark_chain=mapping.external_setmark_chain,
+        conditions_v4=validate.conditions(mapping.conditions_v4, "--conditions-v4"),
+        conditions_v6=validate.conditions(mapping.conditions_v6, "--conditions-v6"),
+        masq_all=mapping.masq_all,
     )
     return with_backend(validate.buildable(config), backend)
 
@@ -85,24 +72,7 @@ def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
     return replace(config, backend=backend)
 
 
-def run(
-    common: Common,
-    *,
-    network: Optional[str],
-    container: Optional[str],
-    ip: Optional[List[str]],
-    publish: Optional[List[str]],
-    no_snat: bool,
-    masq_all: bool,
-    mark_bit: Optional[int],
-    external_setmark_chain: Optional[str],
-    conditions_v4: Optional[str],
-    conditions_v6: Optional[str],
-    cni_config: Optional[str],
-    ifname: str,
-    no_flush_udp: bool,
-    dry_run: bool,
-) -> None:
+def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run: bool) -> None:
     from dataclasses import replace
 
     from portmapctl import render
@@ -110,21 +80,7 @@ def run(
     from portmapctl.ops.node import opened
 
     out = common.out()
-    config = mapping_from_options(
-        network,
-        container,
-        ip,
-        publish,
-        no_snat,
-        masq_all,
-        mark_bit,
-        external_setmark_chain,
-        conditions_v4,
-        conditions_v6,
-        cni_config,
-        ifname,
-        backend=common.backend.value,
-    )
+    config = mapping_from_options(mapping, backend=common.backend.value)
     options = common.node_options()
     if config.backend != "nftables":
         # Written to iptables: nft is not opened (importing its modules alone is ~15 ms).

@@ -10,26 +10,13 @@ import typer
 from portmapctl.cli._common import (
     Annotated,
     Common,
+    MappingOptions,
     MetricsFileOpt,
     NftSnapshotOpt,
     common_options,
     metrics_recording,
 )
-from portmapctl.cli.add import (
-    CniConfig,
-    ConditionsV4,
-    ConditionsV6,
-    Container,
-    ExternalSetmark,
-    IfName,
-    Ips,
-    MarkBit,
-    MasqAll,
-    Network,
-    NoSnat,
-    Ports,
-    mapping_from_options,
-)
+from portmapctl.cli.add import mapping_from_options, mapping_options
 
 EXAMPLES = """
 Examples:
@@ -55,6 +42,7 @@ cache file included), 3 environment.
 
 
 @common_options
+@mapping_options
 def check_command(
     common: Common,
     repair: Annotated[
@@ -64,18 +52,7 @@ def check_command(
             help="Re-create what is missing (never deletes a live mapping), then check again.",
         ),
     ] = False,
-    network: Network = None,
-    container: Container = None,
-    ip: Ips = None,
-    publish: Ports = None,
-    no_snat: NoSnat = False,
-    masq_all: MasqAll = False,
-    mark_bit: MarkBit = None,
-    external_setmark_chain: ExternalSetmark = None,
-    conditions_v4: ConditionsV4 = None,
-    conditions_v6: ConditionsV6 = None,
-    cni_config: CniConfig = None,
-    ifname: IfName = "eth0",
+    mapping: MappingOptions = MappingOptions(),
     no_flush_udp: Annotated[
         bool,
         typer.Option(
@@ -106,29 +83,10 @@ def check_command(
     out = common.out()
     # Exit 1 (problems found) is a run that did its work.
     with metrics_recording(metrics_file, "check", common.cache_dirs, out, (0, 1)) as recorder:
-        mapping_given = (
-            any((network, container, ip, publish, cni_config, external_setmark_chain))
-            or any((no_snat, masq_all, conditions_v4 is not None, conditions_v6 is not None))
-            or mark_bit is not None
-            or ifname != "eth0"
-        )
+        mapping_given = mapping.given
         config = None
         if mapping_given:
-            config = mapping_from_options(
-                network,
-                container,
-                ip,
-                publish,
-                no_snat,
-                masq_all,
-                mark_bit,
-                external_setmark_chain,
-                conditions_v4,
-                conditions_v6,
-                cni_config,
-                ifname,
-                backend=common.backend.value,
-            )
+            config = mapping_from_options(mapping, backend=common.backend.value)
         snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
         if repair and (snapshots or nft_snapshot):
             raise BadInput("--repair changes the node: it cannot be used with --snapshot")

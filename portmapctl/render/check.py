@@ -160,10 +160,15 @@ def check_healthy_line(result: CheckResult) -> str:
         )
     if not result.mappings_checked and not result.chains_seen:
         return f"healthy: no cached port mappings and no portmap chains ({where})"
+    # What was compared: one chain per cached container and family, or under the
+    # nftables backend that container's rules for the family.
+    chains = result.mappings_checked - result.nft_checked
+    compared = " and ".join(
+        ([count(chains, "chain")] if chains else [])
+        + ([count(result.nft_checked, "nftables rule set")] if result.nft_checked else [])
+    ) or count(0, "chain")
     return (
-        # One chain per cached container and family: that is what was compared.
-        f"healthy: all {count(result.mappings_checked, 'chain')} of the cached containers"
-        f" are in place ({where}),"
+        f"healthy: all {compared} of the cached containers are in place ({where}),"
         " with their top-level chains and jumps; nothing stale, orphaned or shadowed"
     )
 

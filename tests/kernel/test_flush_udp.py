@@ -198,7 +198,7 @@ def test_blackhole_after_mapping_ends_with_the_flush(
             server.settimeout(timeout)
             try:
                 return server.recvfrom(100)[0] == b"ping"
-            except socket.timeout:
+            except TimeoutError:
                 return False
 
         # A node already in use: its nat table (hence conntrack) is active. Without it,

@@ -56,8 +56,8 @@ LEFT_TO_TYPER: List[Tuple[List[str], Dict[str, str]]] = [
 def _captured(monkeypatch, call) -> Any:
     seen: List[Any] = []
 
-    def capture(common: Any, **options: Any) -> None:
-        seen.append((common, options))
+    def capture(common: Any, mapping: Any, **options: Any) -> None:
+        seen.append((common, mapping, options))
 
     monkeypatch.setattr(add_run, "run", capture)
     try:
@@ -84,7 +84,7 @@ def test_what_the_fast_path_takes_reaches_add_as_typer_hands_it(monkeypatch, arg
         lambda: _click_command(args).main(args=args, prog_name="portmapctl", standalone_mode=False),
     )
     assert _captured(monkeypatch, fast) == by_typer
-    assert isinstance(by_typer, tuple) and len(by_typer) == 2
+    assert isinstance(by_typer, tuple) and len(by_typer) == 3  # (common, mapping, flags)
 
 
 @pytest.mark.parametrize("args, env", LEFT_TO_TYPER)

@@ -223,6 +223,45 @@ def test_name_readings():
     assert name_readings("nodashes") == [] and name_readings("x-y") == []
 
 
+def test_one_networks_config_is_decoded_once_and_never_stands_in_for_another(
+    tmp_path, monkeypatch
+):
+    """The containers of a network share their conflist bytes: decoded once per read.
+    Only the very same text is taken from the memo, and only what decoded cleanly."""
+    decoded = []
+    real = cni_cache._decode_config
+
+    def counted(value: Any, source: str) -> Any:
+        decoded.append(value)
+        return real(value, source)
+
+    monkeypatch.setattr(cni_cache, "_decode_config", counted)
+    folder = tmp_path / "results"
+    for i in range(3):
+        write(folder, f"mynet-ok{i}-eth0", entry(cid=f"ok{i}"))
+    nosnat = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": False}
+    write(folder, "mynet-nosnat-eth0", entry(cid="nosnat", portmap=nosnat))
+    broken = entry(cid="broken")
+    broken["config"] = broken["config"][:-8] + "!!!!!!!!"  # same network, bad base64
+    write(folder, "mynet-broken-eth0", broken)
+    bad_type = entry(cid="badtype")
+    bad_type["config"] = base64.b64encode(b'{"name": "mynet", "plugins": 7}').decode()
+    write(folder, "mynet-badtype-eth0", bad_type)
+    write(folder, "mynet-badtype2-eth0", dict(bad_type, containerId="badtype2"))
+    paths = cni_cache.cache_paths(str(tmp_path)) or []
+    found = {a.container_id: a for a in cni_cache.read_entries(paths, tries=1)}
+    assert sorted(found) == ["badtype", "badtype2", "broken", "nosnat", "ok0", "ok1", "ok2"]
+    assert all(found[f"ok{i}"].mapping.snat for i in range(3))
+    assert found["nosnat"].mapping is not None and not found["nosnat"].mapping.snat
+    assert "not valid base64" in found["broken"].problem
+    # A config that fails is decoded again for each file: each names its own file.
+    assert "badtype-eth0: the cached config's plugins" in found["badtype"].problem
+    assert "badtype2-eth0: the cached config's plugins" in found["badtype2"].problem
+    good = entry()["config"]
+    assert decoded.count(good) == 1 and decoded.count(bad_type["config"]) == 2
+    assert len(decoded) == 5  # ok*, nosnat, broken, badtype, badtype2
+
+
 # --- 3. capabilities ---------------------------------------------------------------------
 
 
@@ -269,7 +308,7 @@ def test_a_half_written_file_is_read_again_until_complete(tmp_path):
 def test_a_file_removed_while_reading_is_not_live(tmp_path, monkeypatch):
     path = write(tmp_path / "results", "mynet-abc123-eth0", "{")
 
-    def removed(path_: str, namespaces: Any = None) -> Attachment:
+    def removed(path_: str, namespaces: Any = None, *, configs: Any = None) -> Attachment:
         os.unlink(path_)
         raise BadInput("cannot read CNI cache file: No such file or directory")
 

@@ -468,3 +468,17 @@ def test_cli_mapping_options_check_one_mapping(tmp_path):
 # --- against the kernel, with the real plugin ---------------------------------------------
 
 
+
+
+def test_the_healthy_line_counts_chains_and_nftables_rule_sets_apart():
+    """An nft-backed container has rules, not a chain: the line says what it compared."""
+    from portmapctl.ops.check.diagnose import CheckResult
+    from portmapctl.render import check_healthy_line
+
+    def line(compared: int, nft: int) -> str:
+        result = CheckResult((), (4, 6), "node", True, compared, nft_checked=nft)
+        return check_healthy_line(result).split(" are in place")[0]
+
+    assert line(3, 0) == "healthy: all 3 chains of the cached containers"
+    assert line(2, 2) == "healthy: all 2 nftables rule sets of the cached containers"
+    assert line(3, 1) == "healthy: all 2 chains and 1 nftables rule set of the cached containers"

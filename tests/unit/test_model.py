@@ -7,7 +7,9 @@ import ipaddress
 import pytest
 from fixtures_lib import NAMES, configs, table
 
+from portmapctl.core import validate
 from portmapctl.core.mapping import MappingConfig, PortMapping
+from portmapctl.errors import BadInput
 from portmapctl.iptables import chains as model
 from portmapctl.iptables.chains import chain_name, wanted_chains
 from portmapctl.iptables.planner import plan_setup
@@ -111,3 +113,28 @@ def test_host_ip_of_the_other_family_skips_the_rules_but_not_the_entry():
 def test_long_comments_are_cut_like_the_plugin_and_the_kernel_do():
     assert model.trim_comment("x" * 255) == "x" * 255
     assert model.trim_comment("x" * 300) == "x" * 253 + "..."
+
+
+def test_container_addresses_read_as_ipaddress_reads_them():
+    """validate.interface parses plain IPv4 IP/PREFIX itself (the CNI cache's hot path):
+    what it accepts, refuses and returns must be ipaddress's, edge cases included."""
+    octets = ["0", "1", "9", "10", "99", "100", "199", "200", "249", "250", "255", "256",
+              "00", "01", "010", "300", "2555", "٣", "+1", " 1"]  # fmt: skip
+    prefixes = ["0", "8", "9", "16", "24", "29", "30", "32", "33", "08", "016", "", "٨",
+                "255.255.0.0", "0.0.255.255", "16 ", "-1"]  # fmt: skip
+    values = [f"{o}.{o2}.3.{o}/{p}" for o in octets for o2 in ("0", "255", o) for p in prefixes]
+    values += ["1.2.3/8", "1.2.3.4.5/8", "1.2.3.4/8\n", "fd00::5/64", "fe80::1%eth0/64"]
+    for value in values:
+        try:
+            want = ipaddress.ip_interface(value)
+        except ValueError:
+            want = None
+        if want is not None and getattr(want, "scope_id", None):
+            want = None  # a zone cannot go in a rule
+        try:
+            got = validate.interface(value)
+        except BadInput:
+            got = None
+        assert type(got) is type(want) and got == want, value
+        if want is not None:
+            assert (str(got), got.network, got.netmask) == (str(want), want.network, want.netmask)

@@ -102,6 +102,9 @@ class CheckResult:
     # What a repair could not make: (family, network, container ID, chain, why).
     unrepaired: Tuple[Tuple[int, str, str, str, str], ...] = ()
 
+    # Of mappings_checked, those kept in nftables (a container's rules, not a chain).
+    nft_checked: int = 0
+
     @property
     def healthy(self) -> bool:
         return not self.problems

@@ -380,6 +380,7 @@ def _repaired(
         after.mappings_checked,
         after.chains_seen,
         after.chain,
+        nft_checked=after.nft_checked,
         repaired=bool(transactions),
         fixed=fixed,
         transactions=transactions,

@@ -107,6 +107,7 @@ def _check_node(
         attachments is not None,
         compared,
         chains,
+        nft_checked=nft_compared,
         notes=tuple(notes),
         found=found,
         nft_found=nft.found,
