@@ -500,7 +500,7 @@ def main() -> None:
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else None
     runs = 2 if quick else 3
     results: Dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "before": versions.before,
         "after": subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
