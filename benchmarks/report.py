@@ -335,7 +335,9 @@ def growth(doc: Doc) -> List[str]:
         " time at N = 10) plus a part linear in the table size (saving, parsing and"
         " planning ~9 rules per container; for `gc` also restoring ~4 commands per"
         " container, for `list` and `check` also reading N cache files). `add` changes one"
-        " container, yet pays for the whole table: one save and one parse. The plugin runs"
+        " container and reads no table: one restore whose checks refuse a stale"
+        " assumption, then a listing of `CNI-HOSTPORT-DNAT` for its warning; what still"
+        " grows with the table is the restore itself and that listing. The plugin runs"
         " one `iptables` process per rule it checks or writes, and under nf_tables each"
         " of them fetches the ruleset: one ADD, DEL or CHECK is itself linear in the table"
         " size, so doing one for each of N containers grows as N².",
