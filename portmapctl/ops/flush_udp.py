@@ -15,7 +15,8 @@ plugin's DNAT matches nothing else, so a forwarded flow (a container's DNS query
 a server outside) is never touched. The current mappings come from the inventory (`inventory.build`).
 
 Also used by `add` (the plugin's flush of the ports it maps: `flush_ports`), by `gc`
-(the ports it unmapped: `flush_ports`) and by `list --conntrack` (`count_per_mapping`).
+(`plan`, over one listing of the ports it unmapped and of those another chain still
+maps: ops/gc.flush_udp_after) and by `list --conntrack` (`count_per_mapping`).
 """
 
 from __future__ import annotations
