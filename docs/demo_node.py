@@ -84,6 +84,9 @@ def up() -> None:
         sys.exit(f"{NS} exists already: `{sys.argv[0]} down` first")
     subprocess.run(["ip", "netns", "add", NS], check=True)
     subprocess.run(["ip", "-n", NS, "link", "set", "lo", "up"], check=True)
+    # The node's own address, which the UDP flows below are sent to: flush-udp only
+    # looks at flows to the node's addresses (a forwarded flow met no mapping).
+    subprocess.run(["ip", "-n", NS, "addr", "add", "203.0.113.1/32", "dev", "lo"], check=True)
     (CACHE / "results").mkdir(parents=True, exist_ok=True)
     RUN.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not Path("/var/lib/cni").exists():
