@@ -120,12 +120,9 @@ def list_command(
         options = common.node_options(snapshots, nft_snapshot)
         with opened(options) as node, out.busy("reading the ruleset and the CNI cache"):
             reader = _start_nft_read(node)
-            # Imported while nft lists its tables (ops.nft for _nft_rows, only then).
+            # Imported while nft lists its tables.
             from portmapctl import render
             from portmapctl.iptables import inventory
-
-            if reader is not None:
-                import portmapctl.ops.nft  # noqa: F401
 
             tables, attachments = node.read_with_cache()
             from portmapctl.cni.cache import warnings
@@ -259,12 +256,16 @@ def _start_nft_read(node: Any) -> Optional[Tuple[Any, dict]]:
 
 def _nft_rows(node: Any, started: Tuple[Any, dict], cache: Any, found: Any, out: Any) -> list:
     """The rows of the plugin's nftables backend, in the iptables rows' order."""
-    from portmapctl.ops import nft
-
     reader, box = started
     reader.join()
     if "error" in box:
         raise box["error"]
+    if not box["live"].tables and node.nft_unusable is None:
+        # No plugin table, hence no rows: the nftables modules need not even be imported
+        # (15 ms of an iptables node's list). Unusable nft still warns, below.
+        return []
+    from portmapctl.ops import nft
+
     owners = {c.container_id for c in found.chains if c.container_id}
     _live, split, nft_found = nft.build(node, cache, owners, problems=False, live=box["live"])
     if node.nft_unusable is not None and split.nftables:
