@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import typer
 
@@ -109,7 +111,7 @@ def list_command(
     from portmapctl.ops.node import opened
 
     out = common.out()
-    with metrics_recording(metrics_file, "list", common.cache_dirs, out) as recorder:
+    with _gc_paused(), metrics_recording(metrics_file, "list", common.cache_dirs, out) as recorder:
         ports = tuple(validate.port(p, "--port") for p in port or ())
         for name in network or ():
             validate.cni_name(name, "network name")
@@ -235,6 +237,22 @@ class Filters:
             and not self.protocols
             and (not self.statuses or any(str(s) in self.statuses for s in c.status))
         )
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while list builds its rows: hundreds of
+    thousands of small objects, none in a cycle, all kept to the end; each collection
+    walked them again for nothing (3.5% of list's instructions at 1,000 containers)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _start_nft_read(node: Any) -> Optional[Tuple[Any, dict]]:
     """nft lists its tables while the cache is read and iptables-save runs."""
     if node.nft is None:
