@@ -160,8 +160,12 @@ def list_command(
             tuple(p.value for p in proto or ()),
             tuple(s.value for s in status or ()),
         )
-        rows = sorted((m for m in mappings if wanted.mapping(m)), key=render.sort_key)
-        chains = [c for c in found.chains if wanted.chain(c)]
+        # Without filters every row and chain stays: not asked one by one.
+        rows = sorted(
+            (m for m in mappings if wanted.mapping(m)) if wanted.any else mappings,
+            key=render.sort_key,
+        )
+        chains = [c for c in found.chains if wanted.chain(c)] if wanted.any else list(found.chains)
         if wanted.by_row:
             # A chain stays when one of its rows does (or, without rows, when it matches).
             kept = {(m.chain, m.family) for m in rows}
