@@ -461,7 +461,8 @@ def _port_rules(rules: Sequence[Args]) -> List[DnatRule]:
         parsed = _port_rule_of(opts)
         if parsed is None:
             continue
-        target = rule_target(args)
+        # A jump's target is last (mark rules): rule_target only for DNAT's options.
+        target = args[-1] if args[-2] in _JUMPS else rule_target(args)
         if target == "DNAT":
             destination = shapes.split_destination(opts.get("--to-destination") or "")
             if destination:
