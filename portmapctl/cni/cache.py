@@ -26,7 +26,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 from portmapctl.cni import config as cni_config
 from portmapctl.core import validate
@@ -160,6 +160,27 @@ def _is_file(entry: os.DirEntry) -> bool:
         return False
 
 
+class JudgesNamespaces(Protocol):
+    """What read_attachment asks about an entry's namespace (a NamespaceView)."""
+
+    def state(self, path: Optional[str]) -> NetnsState: ...
+
+
+class NamespaceMemo:
+    """A view's answer per namespace path, asked once per read: entries that name the
+    same namespace (a pod's containers, its several interfaces) cost one stat."""
+
+    def __init__(self, view: JudgesNamespaces) -> None:
+        self._view = view
+        self._states: Dict[Optional[str], NetnsState] = {}
+
+    def state(self, path: Optional[str]) -> NetnsState:
+        found = self._states.get(path)
+        if found is None:
+            found = self._states[path] = self._view.state(path)
+        return found
+
+
 def read_entries(
     paths: Iterable[str],
     namespaces: Optional[NamespaceView] = None,
@@ -172,11 +193,12 @@ def read_entries(
     pending = list(paths)
     failed: List[Tuple[str, BadInput]] = []
     configs = ConfigMemo()
+    judge = NamespaceMemo(namespaces) if namespaces is not None else None
     for attempt in range(tries):
         failed = []
         for path in pending:
             try:
-                found.append(read_attachment(path, namespaces, configs=configs))
+                found.append(read_attachment(path, judge, configs=configs))
             except BadInput as err:
                 if os.path.lexists(path):
                     failed.append((path, err))
@@ -291,7 +313,7 @@ class ConfigMemo:
 
 def read_attachment(
     path: str,
-    namespaces: Optional[NamespaceView] = None,
+    namespaces: Optional[JudgesNamespaces] = None,
     *,
     configs: Optional[ConfigMemo] = None,
 ) -> Attachment:

@@ -233,9 +233,16 @@ def build(
     by_chain: Dict[str, Attachment] = {}
     # Where several entries name one chain (two interfaces; the readings of an
     # unreadable file's name), a readable, not-zombie one speaks for it.
-    for attachment in sorted(attachments or (), key=_rank, reverse=True):
-        by_chain[attachment.dnat_chain] = attachment
-        by_chain[attachment.snat_chain] = attachment
+    ranked = (
+        sorted(attachments or (), key=_rank, reverse=True)
+        if len({_rank(a) for a in attachments or ()}) > 1
+        else attachments or ()  # all alike (the usual case): the order the sort keeps
+    )
+    for attachment in ranked:
+        dnat_chain = attachment.dnat_chain
+        by_chain[dnat_chain] = attachment
+        # The same hash (network + ID) under the other prefix: one SHA-512, not two.
+        by_chain[shapes.paired_snat_chain(dnat_chain)] = attachment
     all_mappings: List[Mapping] = []
     all_chains: List[ChainInfo] = []
     for family in sorted(tables):
@@ -270,14 +277,15 @@ def _family(
         for name in names
         if name.startswith(SNAT_PREFIX)
     }
-    owners = {name: _identity(by_chain.get(name), entries[name]).container_id for name in names}
+    identities = {name: _identity(by_chain.get(name), entries[name]) for name in names}
+    owners = {name: identity.container_id for name, identity in identities.items()}
     shadowing = _shadowing(table, entries, port_rules, owners)
 
     mappings: List[Mapping] = []
     chains: List[ChainInfo] = []
     for name in names:
         attachment = by_chain.get(name)
-        network, container_id = _identity(attachment, entries[name])
+        network, container_id = identities[name]
         if network is None:
             # The twin chain of the same hash (v0.6 made both) knows whose it is.
             twin = (
@@ -320,7 +328,7 @@ def _family(
             row_status = list(status)
             snat = snat or (proto, container_ip, container_port) in masqueraded
             winner = shadowing.get((name, proto, port, host_ip))
-            if _is_dead(host_ip):
+            if host_ip is not None and _is_dead(host_ip):
                 row_status.append(Status.DEAD)
             elif winner:
                 row_status.append(Status.SHADOWED)
@@ -453,7 +461,8 @@ def _port_rules(rules: Sequence[Args]) -> List[DnatRule]:
         parsed = _port_rule_of(opts)
         if parsed is None:
             continue
-        target = rule_target(args)
+        # A jump's target is last (mark rules): rule_target only for DNAT's options.
+        target = args[-1] if args[-2] in _JUMPS else rule_target(args)
         if target == "DNAT":
             destination = shapes.split_destination(opts.get("--to-destination") or "")
             if destination:

@@ -62,10 +62,13 @@ def list_summary(
     containers = {m.container_id or m.chain for m in mappings} | {
         c.container_id or c.name for c in bare
     }
-    words: Dict[str, int] = {}
+    counted: Dict[str, int] = {}
     for status in [m.status for m in mappings] + [c.status for c in bare]:
         for word in status:
-            words[str(word)] = words.get(str(word), 0) + 1
+            # A Status and its plain word are one key (equal, same hash): str() once per
+            # word below, not twice per row (Enum.__str__ is a Python call).
+            counted[word] = counted.get(word, 0) + 1
+    words = {str(word): n for word, n in counted.items()}
     if total is not None and total != len(mappings):
         head = f"{len(mappings)} of {count(total, 'mapping')} match"
     else:
