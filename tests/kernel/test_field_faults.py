@@ -90,7 +90,9 @@ def test_ctrl_c_at_any_moment_once_main_runs_is_one_line(tmp_path):
     argv = [sys.executable, "-m", "portmapctl", "list", "--snapshot",
             str(FIXTURES / "basic.v4.save"), "--cni-cache-dir", str(cache)]  # fmt: skip
     ours = 0
-    for delay in (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7):
+    # From early (the interpreter's own start) to late: a fast machine runs the whole
+    # command in about 0.1 s, a loaded one takes several times that.
+    for delay in (0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7):
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True, env=dict(os.environ, NO_COLOR="1"))  # fmt: skip
         time.sleep(delay)
