@@ -1,0 +1,190 @@
+"""Where gc learns which containers are live (SPEC §3 gc): the CNI cache, CNI GC
+`cni.dev/valid-attachments` documents and `--keep`, combined into one `Liveness`.
+Pure but for reading a document file; ops/gc.py plans with it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import FrozenSet, Optional, Sequence, Set, Tuple, Union
+
+from portmapctl.cni import config as cni_config
+from portmapctl.cni.cache import Attachment, cache_present, results_dir
+from portmapctl.core import validate
+from portmapctl.errors import BadInput, HostProblem
+from portmapctl.host import files
+from portmapctl.host.netns import NetnsState
+from portmapctl.iptables.chains import chain_name
+from portmapctl.iptables.inventory import ChainFacts, ChainInfo
+
+VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
+# gc plans from ChainFacts; a ChainInfo (list, check) answers the same questions.
+AnyChain = Union[ChainFacts, ChainInfo]
+
+
+@dataclass(frozen=True)
+class ValidAttachments:
+    """A `cni.dev/valid-attachments` document: its network (None for a bare list)."""
+
+    network: Optional[str]
+    container_ids: FrozenSet[str]
+    source: str
+
+
+def parse_valid_attachments(text: str, source: str) -> ValidAttachments:
+    """A bare list `[{"containerID", "ifname"}, ...]`, or an object holding the key
+    (a network config as CNI GC passes it; its `name`, when present, is the network)."""
+    document = cni_config.load_json(text, source)
+    network = None
+    if isinstance(document, dict):
+        if VALID_ATTACHMENTS_KEY not in document:
+            raise BadInput(f"{source}: no {VALID_ATTACHMENTS_KEY!r} key in the document")
+        if document.get("name") is not None:
+            network = validate.cni_name(document["name"], f"network name in {source}")
+        document = document[VALID_ATTACHMENTS_KEY]
+    if not isinstance(document, list):
+        raise BadInput(
+            f"{source}: {VALID_ATTACHMENTS_KEY} must be a list of"
+            ' {"containerID": ..., "ifname": ...} objects'
+        )
+    ids = set()
+    for entry in document:
+        if not isinstance(entry, dict) or "containerID" not in entry:
+            raise BadInput(f"{source}: every valid attachment needs a containerID")
+        ifname = entry.get("ifname")
+        if ifname is not None and not isinstance(ifname, str):
+            raise BadInput(f"{source}: ifname must be a string")
+        ids.add(validate.cni_name(entry["containerID"], f"container ID in {source}"))
+    return ValidAttachments(network, frozenset(ids), source)
+
+
+def read_valid_attachments(path: str) -> ValidAttachments:
+    """The document in `path` (`-`: standard input)."""
+    source = "<stdin>" if path == "-" else path
+    return parse_valid_attachments(files.read_text(path, "--valid-attachments"), source)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What says which containers are live, besides the node's CNI cache."""
+
+    documents: Tuple[ValidAttachments, ...] = ()
+    keep: Tuple[str, ...] = ()
+    remove_all: bool = False
+    # --netns-liveness: a cache entry whose network namespace is gone (a zombie) does
+    # not make its container live.
+    netns_liveness: bool = False
+
+
+def require_source(sources: Sources, cache_dirs: Sequence[str]) -> None:
+    """Refuse (exit 2) when nothing says what is live and --all was not given."""
+    if sources.documents or sources.keep or sources.remove_all or cache_present(cache_dirs):
+        return
+    where = " or ".join(results_dir(d) for d in cache_dirs)
+    raise BadInput(
+        f"nothing says which containers are live (no CNI cache at {where},"
+        " no --valid-attachments, no --keep): give one, or --all to remove every"
+        " per-container chain"
+    )
+
+
+def require_namespaces(attachments: Sequence[Attachment]) -> None:
+    """--netns-liveness needs to see the namespaces the cache names (exit 3 if not):
+    where it cannot, every entry would look like a zombie."""
+    unseen = sorted({a.netns for a in attachments if a.netns_state == NetnsState.UNSEEN})
+    if unseen:
+        directory = os.path.dirname(unseen[0] or "") or "?"
+        raise HostProblem(
+            f"--netns-liveness: the network namespaces the CNI cache names are not visible"
+            f" here ({directory}: not the host's, or empty): mount the host's"
+            f" {directory} (and run in the host's PID namespace for /proc paths), or drop"
+            " --netns-liveness"
+        )
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """Everything the sources say, merged."""
+
+    chains: FrozenSet[str] = frozenset()  # exact chain names of live attachments
+    ids: FrozenSet[str] = frozenset()  # container IDs live on any network
+    keep: Tuple[str, ...] = ()  # --keep: IDs or ID prefixes
+    networks: FrozenSet[str] = frozenset()  # networks the sources name
+    scope: Optional[FrozenSet[str]] = None  # None: the sources speak for every network
+
+    def derived_chains(self, chains: Sequence[AnyChain]) -> FrozenSet[str]:
+        """Chain names that (network seen, live ID) pairs give: match by name first."""
+        networks = set(self.networks)
+        for chain in chains:
+            networks.update(e.network for e in chain.entries if e.network)
+        ids = self.ids | {k for k in self.keep if _is_cni_name(k)}
+        return frozenset(
+            chain_name(network, cid, prefix)
+            for network in networks
+            for cid in ids
+            for prefix in ("DN-", "SN-")
+        )
+
+    def is_live(self, chain: AnyChain, derived: FrozenSet[str]) -> bool:
+        if chain.name in self.chains or chain.name in derived:
+            return True
+        ids = {e.container_id for e in chain.entries if e.container_id}
+        if chain.container_id:
+            # Also a chain nothing enters: a v0.6 CNI-SN- chain is its CNI-DN- twin's
+            # (inventory pairs them by hash, iptables/shapes.py).
+            ids.add(chain.container_id)
+        if ids & self.ids:
+            return True
+        return any(cid.startswith(prefix) for cid in ids for prefix in self.keep)
+
+    def in_scope(self, chain: AnyChain) -> bool:
+        if self.scope is None:
+            return True
+        networks = {e.network for e in chain.entries if e.network}
+        return bool(networks) and networks <= self.scope
+
+
+def _is_cni_name(value: str) -> bool:
+    try:
+        validate.cni_name(value, "container ID")
+    except BadInput:
+        return False
+    return True
+
+
+def liveness(sources: Sources, attachments: Optional[Sequence[Attachment]]) -> Liveness:
+    """Merge the sources. A cache entry makes its container live by ID on every network
+    (SPEC §3: a Multus pod's delegate chain is kept by its outer entry too), except a
+    zombie's with --netns-liveness."""
+    chains: Set[str] = set()
+    ids: Set[str] = set()
+    networks: Set[str] = set()
+    scoped: Set[str] = set()
+    for attachment in attachments or ():
+        networks.add(attachment.network)
+        if sources.netns_liveness and attachment.zombie:
+            continue
+        chains.update((attachment.dnat_chain, attachment.snat_chain))
+        ids.add(attachment.container_id)
+    for document in sources.documents:
+        if document.network is None:
+            ids.update(document.container_ids)
+            continue
+        networks.add(document.network)
+        scoped.add(document.network)
+        for cid in document.container_ids:
+            chains.update(chain_name(document.network, cid, p) for p in ("DN-", "SN-"))
+    everywhere = (
+        attachments is not None
+        or sources.remove_all
+        or any(d.network is None for d in sources.documents)
+        or not sources.documents  # --keep alone: SPEC says it is a source of its own
+    )
+    return Liveness(
+        frozenset(chains),
+        frozenset(ids),
+        tuple(sources.keep),
+        frozenset(networks),
+        None if everywhere else frozenset(scoped),
+    )
