@@ -250,6 +250,22 @@ class _Values:
         self.lefts: Dict[Tuple[str, str], str] = {}
         self.matches: Dict[Tuple[str, str, Any], Match] = {}
         self.names: Set[str] = set()  # chain names found valid
+        # A container's address is in its DNAT rules and twice in its masquerade rule.
+        self.addresses: Dict[str, str] = {}
+
+    def address(self, value: str) -> str:
+        found = self.addresses.get(value)
+        if found is None:
+            found = self.addresses[value] = _address(value)
+        return found
+
+    def right(self, value: Any) -> str:
+        if type(value) is str:
+            try:
+                return self.address(value)
+            except ValueError:
+                return value
+        return _right(value)
 
     def chain_name(self, value: Any) -> str:
         if type(value) is not str or value not in self.names:
@@ -274,7 +290,7 @@ class _Values:
             key = (left, op, right) if type(right) in (int, str) else None
             found = self.matches.get(key) if key is not None else None
             if found is None:
-                found = Match(left, op, _right(right))
+                found = Match(left, op, self.right(right))
                 if key is not None:
                     self.matches[key] = found
             return found
@@ -295,7 +311,7 @@ class _Values:
                 port = value.get("port")
                 action = Action(
                     ActionKind.DNAT,
-                    addr=_address(str(value["addr"])),
+                    addr=self.address(str(value["addr"])),
                     port=int(port) if port is not None else None,
                 )
             elif key == "masquerade":

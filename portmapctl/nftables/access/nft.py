@@ -170,12 +170,31 @@ def _text(fd: int) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _wait(process: subprocess.Popen, timeout: float) -> None:
+    """process.wait(timeout), woken by the exit itself: Popen.wait with a timeout polls,
+    sleeping up to 50 ms between looks (half the time nft takes for 1,000 containers)."""
+    try:
+        exited = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # Linux before 5.3
+        process.wait(timeout=timeout)
+        return
+    try:
+        import select
+
+        readable, _, _ = select.select([exited], [], [], timeout)
+    finally:
+        os.close(exited)
+    if not readable:
+        raise subprocess.TimeoutExpired(process.args, timeout)
+    process.wait()
+
+
 def finish(running: Running) -> subprocess.CompletedProcess:
     """Wait for a listing; its output as a CompletedProcess (text). Frees its files."""
     process = running.process
     try:
         try:
-            process.wait(timeout=TIMEOUT_SECONDS)
+            _wait(process, TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
