@@ -38,7 +38,14 @@ VALUES: Dict[str, Optional[Tuple[str, ...]]] = {
     "--port": None,
     "--proto": ("tcp", "udp", "sctp"),
     "--status": (
-        "ok", "stale", "shadowed", "orphan", "incomplete", "legacy", "dead", "zombie"
+        "ok",
+        "stale",
+        "shadowed",
+        "orphan",
+        "incomplete",
+        "legacy",
+        "dead",
+        "zombie",
     ),  # fmt: skip
     "--metrics-file": None,
     "--backend": ("auto", "iptables", "nftables"),

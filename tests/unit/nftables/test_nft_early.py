@@ -187,7 +187,9 @@ def test_a_started_listing_is_taken_once(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(log.read_text().splitlines()) == 6
 
 
-def test_a_listing_not_asked_for_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_listing_not_asked_for_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     binary, _log = _fake_nft(tmp_path, nftcases.json_text("v191-basic"))
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     started = EarlyListing.start([4, 6])
@@ -245,7 +247,9 @@ def test_a_bad_value_stops_the_listing(tmp_path: Path) -> None:
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     done = _run(["list", "--backend", "nftables", "--port", "0"], tmp_path)
     assert done.returncode == 2
-    assert done.stderr == "portmapctl: error: invalid --port '0': must be a number from 1 to 65535\n"
+    assert (
+        done.stderr == "portmapctl: error: invalid --port '0': must be a number from 1 to 65535\n"
+    )
     pid = marker.read_text().split()[0] if marker.exists() else None
     if pid is not None:  # started: it must be gone (killed, reaped) when list exits
         alive = subprocess.run(["kill", "-0", pid], capture_output=True)
