@@ -46,7 +46,7 @@ VALUES: Dict[str, Optional[Tuple[str, ...]]] = {
         "legacy",
         "dead",
         "zombie",
-    ),  # fmt: skip
+    ),
     "--metrics-file": None,
     "--backend": ("auto", "iptables", "nftables"),
     "--iptables": ("auto", "nft", "legacy", "iptc"),
