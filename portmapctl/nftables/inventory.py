@@ -99,6 +99,8 @@ def _dnat_fields(rule: Rule) -> Optional[Tuple[str, int, Optional[str]]]:
     ip = FAMILY_NAMES[rule.family]
     proto, port = None, None
     for match in body.matches:
+        if "dport" not in match.left:  # (most matches: no need to split them)
+            continue
         left = match.left.split()
         if len(left) == 2 and left[1] == "dport" and match.op == "==" and match.right.isdigit():
             proto, port = left[0], int(match.right)

@@ -292,6 +292,8 @@ class _Values:
         return found
 
     def right(self, value: Any) -> str:
+        if type(value) is int:  # a port (not a bool: its type is bool)
+            return str(value)
         if type(value) is str:
             try:
                 return self.address(value)
