@@ -123,12 +123,15 @@ def start_listings(binary: str, families: Iterable[int]) -> List[Running]:
     started: List[Running] = []
     try:
         for family in families:
-            out, err = _memory_file("nft-out"), _memory_file("nft-err")
+            files: List[int] = []
             try:
+                files += [_memory_file("nft-out")]
+                files += [_memory_file("nft-err")]
+                out, err = files
                 # stdin: inherited, as subprocess.run would.
                 process = subprocess.Popen(_listing_argv(binary, family), stdout=out, stderr=err)
             except BaseException:
-                _close((out, err))
+                _close(files)
                 raise
             started.append(Running(family, process, out, err))
     except OSError as err:
