@@ -396,9 +396,8 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions) -> GcPlan:
     live = liveness(sources, attachments)  # the same for every family
     plans = tuple(
         _plan_table(
-            tables[f], attachments, sources, options, seen, view, cache_dirs, warnings, True,
-            live,
-        )  # fmt: skip
+            tables[f], attachments, sources, options, seen, view, cache_dirs, warnings, True, live
+        )
         for f in families
     )
     nft = None
