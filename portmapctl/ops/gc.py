@@ -40,6 +40,7 @@ from typing import (
     Iterator,
     List,
     Mapping,
+    NamedTuple,
     Optional,
     Sequence,
     Set,
@@ -323,6 +324,13 @@ def _adding(
     return sorted(found), frozenset(a for addresses in found.values() for a in addresses)
 
 
+class Applied(NamedTuple):
+    """How a family applied ahead went: the plan that went in, or why none did."""
+
+    plan: Optional[FamilyPlan]
+    failure: Optional[ApplyFailed]
+
+
 @dataclass(frozen=True)
 class GcPlan:
     """A whole run planned from one read of the node (every table, then the cache):
@@ -339,6 +347,8 @@ class GcPlan:
     cache_dirs: Tuple[str, ...]
     view: Optional[NamespaceView]
     warnings: Tuple[str, ...]
+    # Families applied while the others were planned (plan_gc's apply_early).
+    applied: Mapping[int, Applied] = field(default_factory=dict)
 
     @property
     def removing(self) -> int:
@@ -347,13 +357,26 @@ class GcPlan:
         return sum(len(p.removed) for p in self.families) + nft
 
 
-def plan_gc(node: Node, sources: Sources, options: GcOptions = GcOptions()) -> GcPlan:
-    """Read the node once and plan every family (nothing is changed)."""
+def plan_gc(
+    node: Node, sources: Sources, options: GcOptions = GcOptions(), apply_early: bool = False
+) -> GcPlan:
+    """Read the node once and plan every family (nothing is changed).
+
+    apply_early (a run that asks nobody, not a dry run): the family with the smaller
+    table is planned first and applied (Node.converge, as apply_gc would) while the
+    others are planned: its restore (0.1 s for IPv6 at 5,000 stale of 10,000) then
+    costs no time of its own. Each family is still one transaction of its own,
+    planned from the tables read first and the cache read after them; apply_gc
+    reports it in its place. A failure there is apply_gc's to report, after the
+    other families went in as they would have (so the node ends as with the
+    families applied in order); only when one of those fails has the family ahead
+    gone in where in order it would not have been tried (the message says so).
+    """
     with collector_paused():
-        return _plan_gc(node, sources, options)
+        return _plan_gc(node, sources, options, apply_early and not options.dry_run)
 
 
-def _plan_gc(node: Node, sources: Sources, options: GcOptions) -> GcPlan:
+def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool) -> GcPlan:
     from portmapctl.ops import gc_nft  # it builds on this module's values
 
     require_source(sources, node.options.cache_dirs)
@@ -394,12 +417,41 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions) -> GcPlan:
     else:
         tables, nft_rules = read()
     live = liveness(sources, attachments)  # the same for every family
-    plans = tuple(
-        _plan_table(
-            tables[f], attachments, sources, options, seen, view, cache_dirs, warnings, True, live
-        )
-        for f in families
-    )
+
+    def plan(family: int) -> FamilyPlan:
+        return _plan_table(
+            tables[family], attachments, sources, options, seen, view, cache_dirs, warnings,
+            True, live,
+        )  # fmt: skip
+
+    planned: Dict[int, FamilyPlan] = {}
+    applied: Dict[int, Applied] = {}
+    if apply_early and len(families) > 1:
+        ahead = min(families, key=lambda f: len(tables[f].chains))
+        planned[ahead] = plan(ahead)
+        if planned[ahead].transaction:
+            # Its re-plans (a try refused) warn into a list of their own, merged after.
+            ahead_warnings: List[str] = []
+
+            def apply_ahead() -> Applied:
+                try:
+                    done = _converge_family(
+                        node, planned[ahead], sources, options, seen, view, cache_dirs,
+                        ahead_warnings,
+                    )  # fmt: skip
+                except ApplyFailed as err:
+                    return Applied(None, err)
+                return Applied(done, None)
+
+            applied[ahead], rest = side_by_side(
+                apply_ahead, lambda: {f: plan(f) for f in families if f != ahead}
+            )
+            planned.update(rest)
+            warnings += [w for w in dict.fromkeys(ahead_warnings) if w not in warnings]
+    for family in families:
+        if family not in planned:
+            planned[family] = plan(family)
+    plans = tuple(planned[f] for f in families)
     nft = None
     if nft_rules is not None:
         nft = gc_nft.plan_nft(nft_rules, attachments, sources, options, seen, families)
@@ -414,6 +466,7 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions) -> GcPlan:
         cache_dirs,
         view,
         tuple(warnings),
+        applied,
     )
 
 
@@ -469,6 +522,57 @@ def _plan_table(
     return found
 
 
+def _converge_family(
+    node: Node,
+    first: FamilyPlan,
+    sources: Sources,
+    options: GcOptions,
+    seen: Mapping[ChainKey, gc_state.Seen],
+    view: Optional[NamespaceView],
+    cache_dirs: Sequence[str],
+    warnings: List[str],
+) -> FamilyPlan:
+    """Apply one family's plan; re-read and re-plan while its table changed meanwhile
+    (Node.converge). Returns the plan applied; ApplyFailed after the last try."""
+    # The first re-plan is the second try; the last try deletes by text: slower
+    # on a big chain, but a plugin call elsewhere in CNI-HOSTPORT-DNAT does not
+    # make it fail (the guards do, and on a busy node they may every time).
+    tries = itertools.count(2)
+
+    def replan(table: NatTable) -> FamilyPlan:
+        attachments = (
+            read_cache_while_planning(node, cache_dirs, warnings, sources.netns_liveness)
+            if cache_dirs
+            else None
+        )
+        by_number = next(tries) < APPLY_TRIES
+        return _plan_table(
+            table, attachments, sources, options, seen, view, cache_dirs, warnings, by_number
+        )
+
+    return node.converge(first.family, replan, options.dry_run, planned=first)
+
+
+def _family_failure(
+    family: int, err: ApplyFailed, plans: Sequence[FamilyPlan], planned: GcPlan
+) -> ApplyFailed:
+    """The one error line of a family that failed, with what the others removed."""
+    order = [p.family for p in planned.families]
+    earlier = set(order[: order.index(family)])
+    before = sum(len(p.removed) for p in plans if p.family in earlier)
+    # Later in the order, yet applied: ahead of the others (plan_gc's apply_early).
+    ahead = [p for p in plans if p.family not in earlier]
+    return ApplyFailed(
+        f"IPv{family}: {err}"
+        + (f" (earlier families: {before} chains removed)" if before else "")
+        + "".join(
+            f" (IPv{p.family} was applied ahead of it: {len(p.removed)} chains removed)"
+            for p in ahead
+            if p.removed
+        )
+    )
+
+
 # Called after each transaction with (chains removed so far, chains planned in all).
 Progress = Callable[[int, int], None]
 
@@ -496,37 +600,29 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
     plans: List[FamilyPlan] = []
     transactions: Dict[int, str] = {}
     failure: Optional[ApplyFailed] = None
+    failed_family = 0
     for first in planned.families:
         family = first.family
-        # The first re-plan is the second try; the last try deletes by text: slower
-        # on a big chain, but a plugin call elsewhere in CNI-HOSTPORT-DNAT does not
-        # make it fail (the guards do, and on a busy node they may every time).
-        tries = itertools.count(2)
-
-        def replan(table: NatTable, tries: Iterator[int] = tries) -> FamilyPlan:
-            attachments = (
-                read_cache_while_planning(
-                    node, planned.cache_dirs, warnings, sources.netns_liveness
-                )
-                if planned.cache_dirs
-                else None
-            )
-            by_number = next(tries) < APPLY_TRIES
-            return _plan_table(
-                table, attachments, sources, options, planned.seen, planned.view,
-                planned.cache_dirs, warnings, by_number,
-            )  # fmt: skip
-
-        try:
-            done = node.converge(family, replan, options.dry_run, planned=first)
-        except ApplyFailed as err:
-            done_before = sum(len(p.removed) for p in plans)
-            failure = ApplyFailed(
-                f"IPv{family}: {err}"
-                + (f" (earlier families: {done_before} chains removed)" if done_before else "")
-            )
+        ahead = planned.applied.get(family)
+        done: Optional[FamilyPlan] = None
+        error: Optional[ApplyFailed] = None
+        if ahead is not None:
+            done, error = ahead.plan, ahead.failure
+        elif failure is not None:
+            continue  # after a family failed, the later ones are not tried
+        else:
+            try:
+                done = _converge_family(
+                    node, first, sources, options, planned.seen, planned.view,
+                    planned.cache_dirs, warnings,
+                )  # fmt: skip
+            except ApplyFailed as err:
+                error = err
+        if done is None:
+            if failure is None:
+                failure, failed_family = error, family
             remembered.update(first.seen)  # nothing went: remember all of it
-            break
+            continue
         plans.append(done)
         if progress is not None:
             progress(sum(len(p.removed) for p in plans), total)
@@ -536,6 +632,8 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
         if not options.dry_run:
             for chain in done.removed:
                 remembered.pop(ChainKey(family, chain.chain), None)
+    if failure is not None:
+        failure = _family_failure(failed_family, failure, plans, planned)
     nft_removed: List[GcChain] = []
     nft_pending: List[GcChain] = []
     nft_freed: Dict[int, Set[int]] = {}
@@ -603,8 +701,9 @@ def gc(
     options: GcOptions = GcOptions(),
     progress: Optional[Progress] = None,
 ) -> GcResult:
-    """Plan and (unless a dry run) apply the removal, family by family."""
-    return apply_gc(node, plan_gc(node, sources, options), progress)
+    """Plan and (unless a dry run) apply the removal, family by family (the smaller
+    table's applied while the others are planned: plan_gc's apply_early)."""
+    return apply_gc(node, plan_gc(node, sources, options, apply_early=True), progress)
 
 
 def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:
