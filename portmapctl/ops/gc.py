@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import (
     TYPE_CHECKING,
     Callable,
@@ -418,11 +418,10 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         tables, nft_rules = read()
     live = liveness(sources, attachments)  # the same for every family
 
+    planning = _Planning(sources, options, seen, view, cache_dirs, warnings)
+
     def plan(family: int) -> FamilyPlan:
-        return _plan_table(
-            tables[family], attachments, sources, options, seen, view, cache_dirs, warnings,
-            True, live,
-        )  # fmt: skip
+        return _plan_table(tables[family], attachments, planning, True, live)
 
     planned: Dict[int, FamilyPlan] = {}
     applied: Dict[int, Applied] = {}
@@ -436,9 +435,8 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
             def apply_ahead() -> Applied:
                 try:
                     done = _converge_family(
-                        node, planned[ahead], sources, options, seen, view, cache_dirs,
-                        ahead_warnings,
-                    )  # fmt: skip
+                        node, planned[ahead], replace(planning, warnings=ahead_warnings)
+                    )
                 except ApplyFailed as err:
                     return Applied(None, err)
                 return Applied(done, None)
@@ -470,20 +468,28 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
     )
 
 
+@dataclass(frozen=True)
+class _Planning:
+    """What planning a family takes besides its table, the same for every try."""
+
+    sources: Sources
+    options: GcOptions
+    seen: Mapping[ChainKey, gc_state.Seen]  # the state file as read
+    view: Optional[NamespaceView]
+    cache_dirs: Sequence[str]
+    warnings: List[str]  # where warnings go (appended to)
+
+
 def _plan_table(
     table: NatTable,
     attachments: Optional[List[Attachment]],
-    sources: Sources,
-    options: GcOptions,
-    seen: Mapping[ChainKey, gc_state.Seen],
-    view: Optional[NamespaceView],
-    cache_dirs: Sequence[str],
-    warnings: List[str],
+    planning: _Planning,
     by_number: bool,
     live: Optional[Liveness] = None,
 ) -> FamilyPlan:
     """plan_family with what the sources say; `attachments` read after `table`
     (`live`: what they say, when the caller has merged them already)."""
+    sources, options, warnings = planning.sources, planning.options, planning.warnings
     if (
         attachments == []
         and not (sources.documents or sources.keep or sources.remove_all)
@@ -491,7 +497,7 @@ def _plan_table(
     ):
         # SPEC §3 gc: an existing but empty cache says nothing about liveness
         # (a wrong --cni-cache-dir, a wiped disk): no plan to remove everything.
-        where = " and ".join(results_dir(d) for d in cache_dirs)
+        where = " and ".join(results_dir(d) for d in planning.cache_dirs)
         raise BadInput(
             f"the CNI cache at {where} is empty but there are portmap chains:"
             " nothing says which containers are live (give --valid-attachments or --keep, or --all to remove every"
@@ -499,11 +505,11 @@ def _plan_table(
         )
     if attachments is not None and sources.netns_liveness:
         require_namespaces(attachments)
-    adding, addresses = _adding(view, attachments, options.min_age)
+    adding, addresses = _adding(planning.view, attachments, options.min_age)
     found = plan_family(
         table,
         live if live is not None else liveness(sources, attachments),
-        seen,
+        planning.seen,
         gc_state.clock(),
         options.min_age,
         options.only,
@@ -522,16 +528,7 @@ def _plan_table(
     return found
 
 
-def _converge_family(
-    node: Node,
-    first: FamilyPlan,
-    sources: Sources,
-    options: GcOptions,
-    seen: Mapping[ChainKey, gc_state.Seen],
-    view: Optional[NamespaceView],
-    cache_dirs: Sequence[str],
-    warnings: List[str],
-) -> FamilyPlan:
+def _converge_family(node: Node, first: FamilyPlan, planning: _Planning) -> FamilyPlan:
     """Apply one family's plan; re-read and re-plan while its table changed meanwhile
     (Node.converge). Returns the plan applied; ApplyFailed after the last try."""
     # The first re-plan is the second try; the last try deletes by text: slower
@@ -541,16 +538,16 @@ def _converge_family(
 
     def replan(table: NatTable) -> FamilyPlan:
         attachments = (
-            read_cache_while_planning(node, cache_dirs, warnings, sources.netns_liveness)
-            if cache_dirs
+            read_cache_while_planning(
+                node, planning.cache_dirs, planning.warnings, planning.sources.netns_liveness
+            )
+            if planning.cache_dirs
             else None
         )
         by_number = next(tries) < APPLY_TRIES
-        return _plan_table(
-            table, attachments, sources, options, seen, view, cache_dirs, warnings, by_number
-        )
+        return _plan_table(table, attachments, planning, by_number)
 
-    return node.converge(first.family, replan, options.dry_run, planned=first)
+    return node.converge(first.family, replan, planning.options.dry_run, planned=first)
 
 
 def _family_failure(
@@ -601,6 +598,7 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
     transactions: Dict[int, str] = {}
     failure: Optional[ApplyFailed] = None
     failed_family = 0
+    planning = _Planning(sources, options, planned.seen, planned.view, planned.cache_dirs, warnings)
     for first in planned.families:
         family = first.family
         ahead = planned.applied.get(family)
@@ -612,10 +610,7 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
             continue  # after a family failed, the later ones are not tried
         else:
             try:
-                done = _converge_family(
-                    node, first, sources, options, planned.seen, planned.view,
-                    planned.cache_dirs, warnings,
-                )  # fmt: skip
+                done = _converge_family(node, first, planning)
             except ApplyFailed as err:
                 error = err
         if done is None:
