@@ -88,8 +88,8 @@ def collector_paused() -> Iterator[None]:
 
     Reading 10,000 containers makes about a million tuples, strings and records and
     no reference cycle; with the collector on they set off collection after
-    collection, each walking them again (about 10% of the Python side's CPU at
-    5,000 stale of 10,000). Before collecting resumes, what exists is frozen (left
+    collection, each walking them again (10-30% of parsing and planning at 5,000
+    stale of 10,000, on one process and one table). Before collecting resumes, what exists is frozen (left
     out of later collections; still freed by reference counting when dropped), or the
     first young collection would walk all of it at once. One command per process:
     what the freeze keeps from the cyclic collector lives to the end of it anyway.
@@ -360,7 +360,8 @@ class GcPlan:
 def plan_gc(
     node: Node, sources: Sources, options: GcOptions = GcOptions(), apply_early: bool = False
 ) -> GcPlan:
-    """Read the node once and plan every family (nothing is changed).
+    """Read the node once and plan every family; nothing is changed unless
+    apply_early.
 
     apply_early (a run that asks nobody, not a dry run): the family with the smaller
     table is planned first and applied (Node.converge, as apply_gc would) while the
