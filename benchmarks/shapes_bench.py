@@ -24,6 +24,8 @@ UDP host port per container, every tenth with a host IP, every tenth dual-stack)
     refuse "the chain gained a rule". SPEC §5 forbids that, so gc never rebuilds.
   The ratios are to the by-number restore, per round (ours over the restore of the
   same round, as the load moves), and of the CPU seconds (process and children).
+  Each round starts with the next doer (the kernel frees the namespace before it
+  meanwhile, 10,000 chains: a fixed order would always charge it to the same one).
 - repair: N containers in the cache, the nat table emptied as a firewall flush does
   before each try (one node; the doers take turns, --repair-runs rounds).
   `check --repair` vs one bare restore creating the same (IPv4 and IPv6 both, as
@@ -201,8 +203,12 @@ def shape_gc(mode: str, versions: Versions, s: int, runs: int, sample: int) -> D
     with_before = "before" in versions.paths
     doers: List[str] = ["after", *(["before"] if with_before else [])]
     doers += ["restore_by_number", "restore_rebuild"]
-    for _ in range(runs):
-        for doer in doers:
+    for round_ in range(runs):
+        # Each round starts with the next doer: a namespace of 10,000 chains deleted is
+        # freed by the kernel afterwards, on the CPU the next doer wants, so a doer
+        # always in the same place would always pay for the one before it.
+        turn = round_ % len(doers)
+        for doer in doers[turn:] + doers[:turn]:
             node = Node(mode, everyone, cache=False)
             try:
                 bench.write_cache(node.cache_dir, live)
