@@ -3,13 +3,14 @@ the fast path (cli/add_fast.py). No typer here: the fast path never imports it."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from portmapctl.iptables.chains import dnat_chain_name
 
 if TYPE_CHECKING:
     from portmapctl.cli._common import Common, MappingOptions
     from portmapctl.core.mapping import MappingConfig
+    from portmapctl.iptables.access.nfnl import Claims
     from portmapctl.iptables.ruleset import NatTable
 
 
@@ -73,14 +74,18 @@ def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
 
 
 def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run: bool) -> None:
+    out = common.out()
+    config = mapping_from_options(mapping, backend=common.backend.value)
+    # The shadow warning's look at CNI-HOSTPORT-DNAT starts now, before the rest of add
+    # is imported: its dump is then done before add's restore commits.
+    claims = None if dry_run else _claims_ahead(common, config)
+
     from dataclasses import replace
 
     from portmapctl import render
     from portmapctl.ops.add import add
     from portmapctl.ops.node import opened
 
-    out = common.out()
-    config = mapping_from_options(mapping, backend=common.backend.value)
     options = common.node_options()
     if config.backend != "nftables":
         # Written to iptables: nft is not opened (importing its modules alone is ~15 ms).
@@ -93,7 +98,12 @@ def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run:
         else:
             # What add read (or listed meanwhile): not a second read of the whole table.
             result = add(
-                node, config, dry_run=dry_run, flush_udp=not no_flush_udp, look_around=True
+                node,
+                config,
+                dry_run=dry_run,
+                flush_udp=not no_flush_udp,
+                look_around=True,
+                claims=claims,
             )
             clashes = shadow_warnings(config, result.seen)
     for warning in clashes:
@@ -117,6 +127,30 @@ def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run:
         out.summary(f"added {chain} ({who})")
     else:
         out.summary(f"unchanged: {chain} ({who}) is already in place")
+
+
+def _claims_ahead(common: Common, config: MappingConfig) -> Optional[Callable[[], Claims]]:
+    """nfnl.in_background for this mapping, when it is written to iptables-nft (the
+    only place that dump reads); None otherwise, or when that cannot be told yet."""
+    from portmapctl.cli._common import families
+    from portmapctl.errors import PortmapctlError
+
+    if config.backend == "nftables":
+        return None
+    flavour = common.iptables.value
+    if flavour == "auto":
+        from portmapctl.iptables.access import host_flavour
+
+        try:
+            flavour = host_flavour()
+        except PortmapctlError:
+            return None  # opening the node says so
+    if flavour != "nft":
+        return None
+    from portmapctl.iptables.access import nfnl
+
+    wanted = [f for f in config.families if f in families(common.family)]
+    return nfnl.in_background(common.netns, config, wanted)
 
 
 def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[str]:

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Collection,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+)
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import ApplyFailed, PortmapctlError
@@ -26,6 +36,9 @@ from portmapctl.iptables.planner import plan_blind, plan_setup, read_before_blin
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.node import Node
+
+if TYPE_CHECKING:
+    from portmapctl.iptables.access.nfnl import Claims
 
 T = TypeVar("T")
 
@@ -57,8 +70,11 @@ def add(
     dry_run: bool = False,
     flush_udp: bool = True,
     look_around: bool = False,
+    claims: Optional[Callable[[], Claims]] = None,
 ) -> AddResult:
-    """`look_around`: also fill AddResult.seen (what the shadow warning reads)."""
+    """`look_around`: also fill AddResult.seen (what the shadow warning reads).
+    `claims`: nfnl.in_background for this config, started by the caller already (the
+    CLI starts it before importing this module); else add starts it when it is useful."""
     if config.backend == "nftables":
         return _add_nft(node, config, dry_run=dry_run, flush_udp=flush_udp)
     transactions: Dict[int, str] = {}
@@ -69,6 +85,13 @@ def add(
     wanted_by_family = {family: wanted_chains(config, family) for family in families}
     seen: Dict[int, NatTable] = {}
     blind: List[int] = []
+    # What the blind plan leaves to read (nf_tables), the interface towards the
+    # container and the shadow warning's look at CNI-HOSTPORT-DNAT, all side by side
+    # and before the restore (none of them depends on it): one process's wait instead
+    # of four after one another.
+    ahead = _Ahead.start(
+        node, config, wanted_by_family, dry_run=dry_run, look=look_around, claims=claims
+    )
     for family in families:
         wanted = wanted_by_family[family]
         chains += [c.name for c in wanted if c.name not in chains]
@@ -78,7 +101,7 @@ def add(
             return plan_setup(w, live)
 
         try:
-            txn = None if dry_run else _apply_blind(node, wanted, family)
+            txn = None if dry_run else _apply_blind(node, wanted, family, ahead.chains)
             if txn is None:
                 txn = node.converge(family, plan, dry_run)
             else:
@@ -92,28 +115,99 @@ def add(
             ) from None
         if txn:
             transactions[family] = txn.render()
-    # Written without a read, the families' CNI-HOSTPORT-DNAT is listed now, while
-    # route_localnet and the UDP flush run (not during the restore: a listing that
-    # overlaps a commit restarts, and both fetch the chain: at 5,000 containers 0.7 s
-    # together against 0.5 s one after the other).
-    looking = (
-        _in_background(lambda: {f: neighbours(node, f, config) for f in blind})
-        if look_around and blind
-        else None
-    )
     warnings: List[str] = []
     if not dry_run and families:
-        warnings += after_setup(config, families, flush_udp)
-    if looking is not None:
+        warnings += after_setup(config, families, flush_udp, ahead.interfaces())
+    if look_around and blind:
         own = dnat_chain_name(config)
-        for family, view in (looking() or {}).items():
+        for family, view in ahead.views(node, config, blind).items():
             if view is not None:
-                # The chain was new (its -N went in): its entry rules, listed now, were
-                # not there before.
+                # Listed after the -N went in (or during it): the chain's own entry
+                # rules were not there before.
                 seen[family] = _without(view, own)
     return AddResult(
         dry_run, bool(transactions), tuple(chains), transactions, tuple(warnings), seen
     )
+
+
+class _Ahead:
+    """What add starts before its restore and collects after: the rules the blind plan
+    must find (read_before_blind, under nf_tables), the route towards the container
+    (route_localnet), and which CNI-HOSTPORT-DNAT rules may claim one of the new host
+    ports (nfnl.in_background: its netlink dump runs while the rest waits on
+    processes)."""
+
+    def __init__(
+        self,
+        chains: Dict[Tuple[int, str], Optional[Tuple[Args, ...]]],
+        routes: Optional[Callable[[], Optional[Dict[str, str]]]],
+        claims: Optional[Callable[[], Claims]],
+    ) -> None:
+        self.chains = chains
+        self._routes = routes
+        self._claims = claims
+
+    @classmethod
+    def start(
+        cls,
+        node: Node,
+        config: MappingConfig,
+        wanted_by_family: Dict[int, List[Chain]],
+        *,
+        dry_run: bool,
+        look: bool,
+        claims: Optional[Callable[[], Claims]],
+    ) -> _Ahead:
+        backend = node.backend
+        if dry_run or not getattr(backend, "cheap_chain_reads", False):
+            return cls({}, None, None)  # a dry run reads the table; legacy: as before
+        if look and claims is None:
+            from portmapctl.iptables.access import nfnl
+
+            claims = nfnl.in_background(None, config, list(wanted_by_family))
+        routes = None
+        address = config.address(4)
+        if config.snat and 4 in wanted_by_family and address is not None:
+            ip = str(address.ip)
+            routes = _in_background(lambda: route_interfaces([ip]), "ip route get")
+        wanted = [
+            (family, chain)
+            for family, chains in wanted_by_family.items()
+            for chain in read_before_blind(chains)
+        ]
+        read = backend.read_chains(wanted) if wanted else {}  # type: ignore[attr-defined]
+        return cls(read, routes, claims if look else None)
+
+    def interfaces(self) -> Optional[Dict[str, str]]:
+        """route_interfaces of the container's IPv4 address, when looked up ahead."""
+        return self._routes() if self._routes is not None else None
+
+    def views(
+        self, node: Node, config: MappingConfig, families: Sequence[int]
+    ) -> Dict[int, Optional[NatTable]]:
+        """What the shadow warning needs of each family (see `neighbours`): when the
+        netlink dump found no rule that may claim one of the ports, that is an empty
+        CNI-HOSTPORT-DNAT, without listing it; else it is listed as iptables prints it."""
+        claims = self._claims() if self._claims is not None else {}
+        own = dnat_chain_name(config)
+        found: Dict[int, Optional[NatTable]] = {}
+        for family in families:
+            kept = claims.get(family)
+            if kept is not None and not any(
+                # A rule that jumps elsewhere than to a per-container chain (or to
+                # this container's, made just now) claims nothing for the warning.
+                rule.target is None
+                or (rule.target != own and rule.target.startswith(DNAT_PREFIX))
+                for rule in kept
+            ):
+                empty = SavedChain(TOPLEVEL_DNAT, "-", ())
+                found[family] = NatTable(family, {TOPLEVEL_DNAT: empty})
+                continue
+            try:
+                found[family] = neighbours(node, family, config)
+            except (PortmapctlError, OSError) as err:
+                _debug("listing CNI-HOSTPORT-DNAT for the shadow warning failed: %s", err)
+        return found
 
 
 def neighbours(node: Node, family: int, config: MappingConfig) -> Optional[NatTable]:
@@ -160,9 +254,10 @@ def _without(view: NatTable, chain: str) -> NatTable:
     return NatTable(view.family, chains)
 
 
-def _in_background(work: Callable[[], T]) -> Callable[[], Optional[T]]:
+def _in_background(work: Callable[[], T], what: str) -> Callable[[], Optional[T]]:
     """Run `work` in a thread (which starts in this thread's namespace); the returned
-    call waits for its result, None when it failed (logged: it only feeds a warning)."""
+    call waits for its result, None when it failed (logged: the caller does without it,
+    or does it again)."""
     import threading
 
     box: Dict[str, T] = {}
@@ -171,9 +266,9 @@ def _in_background(work: Callable[[], T]) -> Callable[[], Optional[T]]:
         try:
             box["result"] = work()
         except (PortmapctlError, OSError) as err:
-            _debug("listing CNI-HOSTPORT-DNAT for the shadow warning failed: %s", err)
+            _debug("%s ahead of the restore failed: %s", what, err)
 
-    thread = threading.Thread(target=run, name="shadow-listing", daemon=True)
+    thread = threading.Thread(target=run, name=what, daemon=True)
     thread.start()
 
     def result() -> Optional[T]:
@@ -183,18 +278,26 @@ def _in_background(work: Callable[[], T]) -> Callable[[], Optional[T]]:
     return result
 
 
-def _apply_blind(node: Node, wanted: List[Chain], family: int) -> Optional[Transaction]:
+def _apply_blind(
+    node: Node,
+    wanted: List[Chain],
+    family: int,
+    read: Optional[Dict[Tuple[int, str], Optional[Tuple[Args, ...]]]] = None,
+) -> Optional[Transaction]:
     """A new container on a working node, without reading the table (planner.plan_blind):
     the transaction applied (its -C lines left out), or None when iptables-restore
     refused it (nothing changed: the shared chains are not complete, or the container's
     chain exists) or the backend cannot check (python-iptables); then the caller reads
-    and plans as usual."""
+    and plans as usual. `read`: the chains read_before_blind names, listed ahead."""
     if not getattr(node.backend, "checks", False):
         return None
     read_first = getattr(node.backend, "cheap_chain_reads", False)
     if read_first:
         for chain, rules in read_before_blind(wanted).items():
-            present = node.backend.read_chain(family, chain)  # type: ignore[attr-defined]
+            if read is not None and (family, chain) in read:
+                present = read[(family, chain)]
+            else:
+                present = node.backend.read_chain(family, chain)  # type: ignore[attr-defined]
             if present is None or any(rule not in present for rule in rules):
                 return None
     txn = plan_blind(wanted, family, read_first)
@@ -253,13 +356,21 @@ def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: boo
 
 
 
-def after_setup(config: MappingConfig, families: Sequence[int], flush_udp: bool) -> List[str]:
-    """The plugin's two side effects; failures are warnings, as in the plugin."""
-    return after_setup_many([(config, families)], flush_udp)
+def after_setup(
+    config: MappingConfig,
+    families: Sequence[int],
+    flush_udp: bool,
+    interfaces: Optional[Dict[str, str]] = None,
+) -> List[str]:
+    """The plugin's two side effects; failures are warnings, as in the plugin.
+    `interfaces`: route_interfaces of the container's address, looked up already."""
+    return after_setup_many([(config, families)], flush_udp, interfaces)
 
 
 def after_setup_many(
-    done: Sequence[Tuple[MappingConfig, Sequence[int]]], flush_udp: bool
+    done: Sequence[Tuple[MappingConfig, Sequence[int]]],
+    flush_udp: bool,
+    interfaces: Optional[Dict[str, str]] = None,
 ) -> List[str]:
     """after_setup for many containers at once (`check --repair`): one `ip -batch` for
     every route lookup, route_localnet written once per interface, and one conntrack
@@ -271,12 +382,13 @@ def after_setup_many(
         address = config.address(4)
         if config.snat and 4 in families and address is not None:
             addresses.append(str(address.ip))
-    if addresses:
+    if addresses and interfaces is None:
         try:
             interfaces = route_interfaces(addresses)
         except OSError as err:
             interfaces = {}
             warnings.append(f"could not set route_localnet: cannot run ip: {err.strerror}")
+    if addresses and interfaces is not None:
         for interface in sorted(set(interfaces.values())):
             try:
                 _route_localnet(interface)
