@@ -185,29 +185,37 @@ class _Ahead:
     def views(
         self, node: Node, config: MappingConfig, families: Sequence[int]
     ) -> Dict[int, Optional[NatTable]]:
-        """What the shadow warning needs of each family (see `neighbours`): when the
-        netlink dump found no rule that may claim one of the ports, that is an empty
-        CNI-HOSTPORT-DNAT, without listing it; else it is listed as iptables prints it."""
+        """shadow_views of what the netlink dump found (nothing: listed as before)."""
         claims = self._claims() if self._claims is not None else {}
-        own = dnat_chain_name(config)
-        found: Dict[int, Optional[NatTable]] = {}
-        for family in families:
-            kept = claims.get(family)
-            if kept is not None and not any(
-                # A rule that jumps elsewhere than to a per-container chain (or to
-                # this container's, made just now) claims nothing for the warning.
-                rule.target is None
-                or (rule.target != own and rule.target.startswith(DNAT_PREFIX))
-                for rule in kept
-            ):
-                empty = SavedChain(TOPLEVEL_DNAT, "-", ())
-                found[family] = NatTable(family, {TOPLEVEL_DNAT: empty})
-                continue
-            try:
-                found[family] = neighbours(node, family, config)
-            except (PortmapctlError, OSError) as err:
-                _debug("listing CNI-HOSTPORT-DNAT for the shadow warning failed: %s", err)
-        return found
+        return shadow_views(node, config, families, claims)
+
+
+def shadow_views(
+    node: Node, config: MappingConfig, families: Sequence[int], claims: Claims
+) -> Dict[int, Optional[NatTable]]:
+    """What the shadow warning needs of each family, for a mapping whose chain is new:
+    when nfnl found no rule of CNI-HOSTPORT-DNAT that may claim one of its host ports
+    (`claims`, by family), an empty CNI-HOSTPORT-DNAT, without listing it; else (or
+    when the family could not be dumped) `neighbours`, listed as iptables prints it.
+    None for a family: it could not be listed."""
+    own = dnat_chain_name(config)
+    found: Dict[int, Optional[NatTable]] = {}
+    for family in families:
+        kept = claims.get(family)
+        if kept is not None and not any(
+            # A rule that jumps elsewhere than to a per-container chain (or to this
+            # container's, when the dump came after its restore) claims nothing here.
+            rule.target is None or (rule.target != own and rule.target.startswith(DNAT_PREFIX))
+            for rule in kept
+        ):
+            empty = SavedChain(TOPLEVEL_DNAT, "-", ())
+            found[family] = NatTable(family, {TOPLEVEL_DNAT: empty})
+            continue
+        try:
+            found[family] = neighbours(node, family, config)
+        except (PortmapctlError, OSError) as err:
+            _debug("listing CNI-HOSTPORT-DNAT for the shadow warning failed: %s", err)
+    return found
 
 
 def neighbours(node: Node, family: int, config: MappingConfig) -> Optional[NatTable]:

@@ -74,7 +74,7 @@ _MULTIPORT_DPORTS = (
     b"\x34\x00\x03\x00"  # NFTA_MATCH_INFO, 48 bytes
     b"\x01"  # flags: XT_MULTIPORT_DESTINATION
 )
-_MULTIPORT = b"multiport\x00"
+_MULTIPORT = b"\x0e\x00\x01\x00multiport\x00"  # any multiport match, by its name
 # Offsets in xt_multiport_v1, from its `count` byte (just after the pattern).
 _PORTS_AT = 1
 _PFLAGS_AT = 31
