@@ -23,7 +23,17 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from typing import TYPE_CHECKING, Callable, Collection, Dict, List, NamedTuple, Optional, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Collection,
+    Dict,
+    FrozenSet,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+)
 
 from portmapctl.host.conntrack import (
     _NETLINK_NETFILTER,
@@ -75,11 +85,15 @@ _MULTIPORT_DPORTS = (
     b"\x01"  # flags: XT_MULTIPORT_DESTINATION
 )
 _MULTIPORT = b"\x0e\x00\x01\x00multiport\x00"  # any multiport match, by its name
-# Offsets in xt_multiport_v1, from its `count` byte (just after the pattern).
-_PORTS_AT = 1
-_PFLAGS_AT = 31
-_INVERT_AT = 46
+# The rest of xt_multiport_v1 after the pattern: count, ports[15], then pflags[15]
+# and invert, all zero for single ports, not negated.
+_COUNT_AT = len(_MULTIPORT_DPORTS)
 _MAX_PORTS = 15
+_PFLAGS_AT = 1 + 2 * _MAX_PORTS  # from the count
+_NO_RANGES = bytes(_MAX_PORTS + 1)
+_PORTS = [struct.Struct(f"={count}H") for count in range(_MAX_PORTS + 1)]
+_HEAD = struct.Struct("=IHH")  # nlmsghdr: length, type, flags
+_RULE_MESSAGE = (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_NEWRULE
 
 
 class KeptRule(NamedTuple):
@@ -97,7 +111,7 @@ def rules_for_ports(
     packet to one of `ports` on, in their order; [] when none can. None when the chain
     cannot be read this way: no such chain or table, no nf_tables, not allowed, or the
     ruleset kept changing during the dump."""
-    wanted = [struct.pack("=H", port) for port in ports]
+    wanted = frozenset(ports)
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
     except OSError:
@@ -116,7 +130,7 @@ def rules_for_ports(
 
 
 def _dump(
-    sock: socket.socket, family: int, table: str, chain: str, wanted: List[bytes]
+    sock: socket.socket, family: int, table: str, chain: str, wanted: FrozenSet[int]
 ) -> Optional[List[KeptRule]]:
     """One dump; None when the kernel says it was interrupted by a change."""
     body = (
@@ -133,53 +147,48 @@ def _dump(
     kept: List[KeptRule] = []
     index = 0
     torn = False
-    unpack = _NLMSGHDR.unpack_from
     header = _NLMSGHDR.size
+    # Where the multiport match sits in a rule: the same in every rule of one shape,
+    # so it is looked for there first.
+    guess = 0
     while True:
         buf = sock.recv(_RECV_SIZE)
         offset = 0
         size = len(buf)
+        # One pass over the rules, the fewest calls per rule (10,000 at 5,000
+        # containers): the rule's bytes are scanned once, by `count`.
         while offset + header <= size:
-            length, kind, flags, _seq, _pid = unpack(buf, offset)
-            if length < header:
-                raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
+            length, kind, flags = _HEAD.unpack_from(buf, offset)
             end = offset + length
-            if kind == _NLMSG_DONE:
-                return None if torn else kept
-            if kind == _NLMSG_ERROR:
-                (code,) = struct.unpack_from("=i", buf, offset + header)
-                raise OSError(-code or errno.EIO, "netlink error")
+            if kind != _RULE_MESSAGE:
+                if length < header:
+                    raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
+                if kind == _NLMSG_DONE:
+                    return None if torn else kept
+                if kind == _NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", buf, offset + header)
+                    raise OSError(-code or errno.EIO, "netlink error")
             if flags & _NLM_F_DUMP_INTR:
                 torn = True
-            if not _passes_by(buf, offset, end, wanted):
+            at = offset + guess
+            if not buf.startswith(_MULTIPORT_DPORTS, at):
+                at = buf.find(_MULTIPORT_DPORTS, offset, end)
+                guess = at - offset
+            # Passed by: one multiport match, --dports, 1 to 15 single ports (no
+            # ranges: pflags all zero), not negated, none of them wanted.
+            if at < 0 or buf.count(_MULTIPORT, offset, end) != 1:
                 kept.append(KeptRule(index, _target(buf, offset, end)))
+            else:
+                info = at + _COUNT_AT
+                count = buf[info]
+                if (
+                    not 0 < count <= _MAX_PORTS
+                    or not buf.startswith(_NO_RANGES, info + _PFLAGS_AT)
+                    or not wanted.isdisjoint(_PORTS[count].unpack_from(buf, info + 1))
+                ):
+                    kept.append(KeptRule(index, _target(buf, offset, end)))
             index += 1
             offset = (end + 3) & ~3
-
-
-def _passes_by(buf: bytes, start: int, end: int, wanted: List[bytes]) -> bool:
-    """Whether the rule in buf[start:end] is one multiport --dports match that names
-    none of the `wanted` ports (each packed in host order)."""
-    found = buf.find(_MULTIPORT_DPORTS, start, end)
-    if found < 0:
-        return False
-    if buf.count(_MULTIPORT, start, end) != 1:
-        return False  # another multiport match
-    info = found + len(_MULTIPORT_DPORTS)  # the `count` byte
-    count = buf[info]
-    if not 1 <= count <= _MAX_PORTS or buf[info + _INVERT_AT]:
-        return False
-    if any(buf[info + _PFLAGS_AT : info + _PFLAGS_AT + count]):
-        return False  # a range (a:b): not the plugin's, read as printed
-    first = info + _PORTS_AT
-    last = first + 2 * count
-    for port in wanted:
-        at = buf.find(port, first, last)
-        while at >= 0:
-            if (at - first) % 2 == 0:
-                return False
-            at = buf.find(port, at + 1, last)
-    return True
 
 
 def _target(buf: bytes, start: int, end: int) -> Optional[str]:
