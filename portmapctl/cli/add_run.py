@@ -3,15 +3,15 @@ the fast path (cli/add_fast.py). No typer here: the fast path never imports it."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from portmapctl.iptables.chains import dnat_chain_name
 
 if TYPE_CHECKING:
     from portmapctl.cli._common import Common, MappingOptions
     from portmapctl.core.mapping import MappingConfig
-    from portmapctl.iptables.access.nfnl import Claims
     from portmapctl.iptables.ruleset import NatTable
+    from portmapctl.ops.add_ahead import Ahead
 
 
 def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingConfig:
@@ -76,9 +76,8 @@ def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
 def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run: bool) -> None:
     out = common.out()
     config = mapping_from_options(mapping, backend=common.backend.value)
-    # The shadow warning's look at CNI-HOSTPORT-DNAT starts now, before the rest of add
-    # is imported: its dump is then done before add's restore commits.
-    claims = None if dry_run else _claims_ahead(common, config)
+    # add's reads start now, before the rest of add is imported (ops/add_ahead.py).
+    ahead = None if dry_run else _ahead(common, config)
 
     from dataclasses import replace
 
@@ -103,7 +102,7 @@ def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run:
                 dry_run=dry_run,
                 flush_udp=not no_flush_udp,
                 look_around=True,
-                claims=claims,
+                ahead=ahead,
             )
             clashes = shadow_warnings(config, result.seen)
     for warning in clashes:
@@ -129,9 +128,9 @@ def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run:
         out.summary(f"unchanged: {chain} ({who}) is already in place")
 
 
-def _claims_ahead(common: Common, config: MappingConfig) -> Optional[Callable[[], Claims]]:
-    """nfnl.in_background for this mapping, when it is written to iptables-nft (the
-    only place that dump reads); None otherwise, or when that cannot be told yet."""
+def _ahead(common: Common, config: MappingConfig) -> Optional[Ahead]:
+    """add_ahead.Ahead for this mapping when it is written to iptables-nft (where add
+    uses those reads); None otherwise, or when that cannot be told yet."""
     from portmapctl.cli._common import families
     from portmapctl.errors import PortmapctlError
 
@@ -147,10 +146,13 @@ def _claims_ahead(common: Common, config: MappingConfig) -> Optional[Callable[[]
             return None  # opening the node says so
     if flavour != "nft":
         return None
-    from portmapctl.iptables.access import nfnl
+    from portmapctl.ops.add_ahead import Ahead
 
     wanted = [f for f in config.families if f in families(common.family)]
-    return nfnl.in_background(common.netns, config, wanted)
+    try:
+        return Ahead.start(common.netns, config, wanted)
+    except PortmapctlError:
+        return None  # add meets it again, and says so
 
 
 def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[str]:

@@ -7,11 +7,9 @@ container (IPv4, SNAT on) and a flush of the mapped UDP ports' conntrack entries
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
-    Callable,
     Collection,
     Dict,
     List,
@@ -35,6 +33,7 @@ from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.planner import plan_blind, plan_setup, read_before_blind
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.transaction import Transaction
+from portmapctl.ops.add_ahead import Ahead, route_interfaces
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
@@ -70,11 +69,11 @@ def add(
     dry_run: bool = False,
     flush_udp: bool = True,
     look_around: bool = False,
-    claims: Optional[Callable[[], Claims]] = None,
+    ahead: Optional[Ahead] = None,
 ) -> AddResult:
     """`look_around`: also fill AddResult.seen (what the shadow warning reads).
-    `claims`: nfnl.in_background for this config, started by the caller already (the
-    CLI starts it before importing this module); else add starts it when it is useful."""
+    `ahead`: add_ahead.Ahead for this config, started by the caller (the CLI starts it
+    before it imports this module); else add starts it where it helps (iptables-nft)."""
     if config.backend == "nftables":
         return _add_nft(node, config, dry_run=dry_run, flush_udp=flush_udp)
     transactions: Dict[int, str] = {}
@@ -85,13 +84,13 @@ def add(
     wanted_by_family = {family: wanted_chains(config, family) for family in families}
     seen: Dict[int, NatTable] = {}
     blind: List[int] = []
-    # What the blind plan leaves to read (nf_tables), the interface towards the
-    # container and the shadow warning's look at CNI-HOSTPORT-DNAT, all side by side
-    # and before the restore (none of them depends on it): one process's wait instead
-    # of four after one another.
-    ahead = _Ahead.start(
-        node, config, wanted_by_family, dry_run=dry_run, look=look_around, claims=claims
-    )
+    # The reads the blind plan needs (iptables-nft), all side by side and before the
+    # restore: see add_ahead.
+    if dry_run or not getattr(node.backend, "cheap_chain_reads", False):
+        ahead = None  # a dry run reads the table; legacy: each read gets it whole
+    elif ahead is None:
+        ahead = Ahead.start(None, config, families, look=look_around)
+    read = ahead.chains() if ahead is not None else None
     for family in families:
         wanted = wanted_by_family[family]
         chains += [c.name for c in wanted if c.name not in chains]
@@ -101,7 +100,7 @@ def add(
             return plan_setup(w, live)
 
         try:
-            txn = None if dry_run else _apply_blind(node, wanted, family, ahead.chains)
+            txn = None if dry_run else _apply_blind(node, wanted, family, read)
             if txn is None:
                 txn = node.converge(family, plan, dry_run)
             else:
@@ -117,10 +116,12 @@ def add(
             transactions[family] = txn.render()
     warnings: List[str] = []
     if not dry_run and families:
-        warnings += after_setup(config, families, flush_udp, ahead.interfaces())
+        interfaces = ahead.interfaces() if ahead is not None else None
+        warnings += after_setup(config, families, flush_udp, interfaces)
     if look_around and blind:
         own = dnat_chain_name(config)
-        for family, view in ahead.views(node, config, blind).items():
+        claims = ahead.claims() if ahead is not None else {}
+        for family, view in shadow_views(node, config, blind, claims).items():
             if view is not None:
                 # Listed after the -N went in (or during it): the chain's own entry
                 # rules were not there before.
@@ -128,66 +129,6 @@ def add(
     return AddResult(
         dry_run, bool(transactions), tuple(chains), transactions, tuple(warnings), seen
     )
-
-
-class _Ahead:
-    """What add starts before its restore and collects after: the rules the blind plan
-    must find (read_before_blind, under nf_tables), the route towards the container
-    (route_localnet), and which CNI-HOSTPORT-DNAT rules may claim one of the new host
-    ports (nfnl.in_background: its netlink dump runs while the rest waits on
-    processes)."""
-
-    def __init__(
-        self,
-        chains: Dict[Tuple[int, str], Optional[Tuple[Args, ...]]],
-        routes: Optional[Callable[[], Optional[Dict[str, str]]]],
-        claims: Optional[Callable[[], Claims]],
-    ) -> None:
-        self.chains = chains
-        self._routes = routes
-        self._claims = claims
-
-    @classmethod
-    def start(
-        cls,
-        node: Node,
-        config: MappingConfig,
-        wanted_by_family: Dict[int, List[Chain]],
-        *,
-        dry_run: bool,
-        look: bool,
-        claims: Optional[Callable[[], Claims]],
-    ) -> _Ahead:
-        backend = node.backend
-        if dry_run or not getattr(backend, "cheap_chain_reads", False):
-            return cls({}, None, None)  # a dry run reads the table; legacy: as before
-        if look and claims is None:
-            from portmapctl.iptables.access import nfnl
-
-            claims = nfnl.in_background(None, config, list(wanted_by_family))
-        routes = None
-        address = config.address(4)
-        if config.snat and 4 in wanted_by_family and address is not None:
-            ip = str(address.ip)
-            routes = _in_background(lambda: route_interfaces([ip]), "ip route get")
-        wanted = [
-            (family, chain)
-            for family, chains in wanted_by_family.items()
-            for chain in read_before_blind(chains)
-        ]
-        read = backend.read_chains(wanted) if wanted else {}  # type: ignore[attr-defined]
-        return cls(read, routes, claims if look else None)
-
-    def interfaces(self) -> Optional[Dict[str, str]]:
-        """route_interfaces of the container's IPv4 address, when looked up ahead."""
-        return self._routes() if self._routes is not None else None
-
-    def views(
-        self, node: Node, config: MappingConfig, families: Sequence[int]
-    ) -> Dict[int, Optional[NatTable]]:
-        """shadow_views of what the netlink dump found (nothing: listed as before)."""
-        claims = self._claims() if self._claims is not None else {}
-        return shadow_views(node, config, families, claims)
 
 
 def shadow_views(
@@ -260,30 +201,6 @@ def _without(view: NatTable, chain: str) -> NatTable:
         rules = tuple(r for r in entry.rules if rule_target(r) != chain)
         chains[TOPLEVEL_DNAT] = SavedChain(TOPLEVEL_DNAT, entry.policy, rules)
     return NatTable(view.family, chains)
-
-
-def _in_background(work: Callable[[], T], what: str) -> Callable[[], Optional[T]]:
-    """Run `work` in a thread (which starts in this thread's namespace); the returned
-    call waits for its result, None when it failed (logged: the caller does without it,
-    or does it again)."""
-    import threading
-
-    box: Dict[str, T] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = work()
-        except (PortmapctlError, OSError) as err:
-            _debug("%s ahead of the restore failed: %s", what, err)
-
-    thread = threading.Thread(target=run, name=what, daemon=True)
-    thread.start()
-
-    def result() -> Optional[T]:
-        thread.join()
-        return box.get("result")
-
-    return result
 
 
 def _apply_blind(
@@ -430,31 +347,6 @@ def flush_keys(keys: Collection[Tuple[int, int]]) -> int:
         sorted({family for family, _ in keys}), sorted({port for _, port in keys})
     )
     return conntrack.delete([e for e in entries if (e.family, e.dport) in keys])
-
-
-def route_interfaces(addresses: Sequence[str]) -> Dict[str, str]:
-    """The interface the kernel routes each address through: `ip route get` for all of
-    them in one `ip -batch` process (-force: an address without a route is skipped,
-    not the end of the batch). Addresses without a route are left out."""
-    done = subprocess.run(
-        ["ip", "-o", "-force", "-batch", "-"],
-        input="".join(f"route get {a}\n" for a in addresses),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    wanted = set(addresses)
-    found: Dict[str, str] = {}
-    for line in done.stdout.splitlines():
-        words = line.split()
-        # "10.88.0.5 dev cni0 src 10.88.0.1 uid 0 \    cache": the address comes first
-        # (after "local"/"broadcast"... for such routes), as the kernel spells it.
-        first = next((i for i, word in enumerate(words[:2]) if word in wanted), None)
-        if first is None:
-            continue
-        if "dev" in words[first:]:
-            found[words[first]] = words[words.index("dev", first) + 1]
-    return found
 
 
 def route_interface(address: str) -> Optional[str]:

@@ -25,7 +25,6 @@ import socket
 import struct
 from typing import (
     TYPE_CHECKING,
-    Callable,
     Collection,
     Dict,
     FrozenSet,
@@ -234,38 +233,14 @@ def _target(buf: bytes, start: int, end: int) -> Optional[str]:
 Claims = Dict[int, Optional[List[KeptRule]]]
 
 
-def in_background(
-    netns: Optional[str], config: MappingConfig, families: Sequence[int]
-) -> Callable[[], Claims]:
-    """rules_for_ports of CNI-HOSTPORT-DNAT for the mapping's host ports in each family,
-    in a thread that enters `netns` itself (the CLI starts it before the rest of add is
-    even imported, so that the dump is done before add's own restore commits: a dump
-    that overlaps a commit is torn, and is taken again). The returned call waits for
-    the answer; a family that could not be read gives None."""
-    ports = {
-        family: sorted({p.host_port for p in config.ports if p.applies_to(family)})
+def dnat_claims(config: MappingConfig, families: Sequence[int]) -> Claims:
+    """rules_for_ports of CNI-HOSTPORT-DNAT for the mapping's host ports, by family
+    (what add's shadow warning needs; ops/add_ahead.py runs it in a thread)."""
+    return {
+        family: rules_for_ports(
+            family,
+            TOPLEVEL_DNAT,
+            sorted({p.host_port for p in config.ports if p.applies_to(family)}),
+        )
         for family in families
     }
-    import threading
-
-    found: Claims = {}
-
-    def run() -> None:
-        from portmapctl.errors import PortmapctlError
-        from portmapctl.host.netns import entered
-
-        try:
-            with entered(netns):
-                for family, family_ports in ports.items():
-                    found[family] = rules_for_ports(family, TOPLEVEL_DNAT, family_ports)
-        except PortmapctlError:
-            pass  # the command itself meets (and reports) the namespace's problem
-
-    thread = threading.Thread(target=run, name="CNI-HOSTPORT-DNAT dump", daemon=True)
-    thread.start()
-
-    def result() -> Claims:
-        thread.join()
-        return {family: found.get(family) for family in ports}
-
-    return result
