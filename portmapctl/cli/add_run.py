@@ -3,14 +3,16 @@ the fast path (cli/add_fast.py). No typer here: the fast path never imports it."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+import contextlib
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from portmapctl.iptables.chains import dnat_chain_name
 
 if TYPE_CHECKING:
-    from portmapctl.cli._common import Common, MappingOptions
+    from portmapctl.cli._common import Common, MappingOptions, Output
     from portmapctl.core.mapping import MappingConfig
     from portmapctl.iptables.ruleset import NatTable
+    from portmapctl.ops.add import AddResult
     from portmapctl.ops.add_ahead import Ahead
 
 
@@ -76,12 +78,24 @@ def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
 def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run: bool) -> None:
     out = common.out()
     config = mapping_from_options(mapping, backend=common.backend.value)
-    # add's reads start now, before the rest of add is imported (ops/add_ahead.py).
-    ahead = None if dry_run else _ahead(common, config)
+    with contextlib.ExitStack() as held:
+        # add's work starts now, under the lock, before the rest of add is imported
+        # (ops/add_ahead.py); the imports and the node's opening overlap it.
+        ahead = None if dry_run else _ahead(common, config, held)
+        result, clashes = _add(common, config, ahead, no_flush_udp=no_flush_udp, dry_run=dry_run)
+    _report(common, out, config, result, clashes, dry_run)
 
+
+def _add(
+    common: Common,
+    config: MappingConfig,
+    ahead: Optional[Ahead],
+    *,
+    no_flush_udp: bool,
+    dry_run: bool,
+) -> Tuple[AddResult, List[str]]:
     from dataclasses import replace
 
-    from portmapctl import render
     from portmapctl.ops.add import add
     from portmapctl.ops.node import opened
 
@@ -89,7 +103,8 @@ def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run:
     if config.backend != "nftables":
         # Written to iptables: nft is not opened (importing its modules alone is ~15 ms).
         options = replace(options, backend="iptables")
-    with opened(options, write=not dry_run) as node:
+    # With `ahead`, the lock is held already.
+    with opened(options, write=not dry_run, lock_now=ahead is None) as node:
         if config.backend == "nftables":
             # (The iptables table as before: an nftables mapping has no entry chain.)
             clashes = shadow_warnings(config, node.read())
@@ -105,6 +120,19 @@ def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run:
                 ahead=ahead,
             )
             clashes = shadow_warnings(config, result.seen)
+    return result, clashes
+
+
+def _report(
+    common: Common,
+    out: Output,
+    config: MappingConfig,
+    result: AddResult,
+    clashes: List[str],
+    dry_run: bool,
+) -> None:
+    from portmapctl import render
+
     for warning in clashes:
         out.warn(warning)
     for warning in result.warnings:
@@ -128,13 +156,16 @@ def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run:
         out.summary(f"unchanged: {chain} ({who}) is already in place")
 
 
-def _ahead(common: Common, config: MappingConfig) -> Optional[Ahead]:
-    """add_ahead.Ahead for this mapping when it is written to iptables-nft (where add
-    uses those reads); None otherwise, or when that cannot be told yet."""
+def _ahead(common: Common, config: MappingConfig, held: contextlib.ExitStack) -> Optional[Ahead]:
+    """add_ahead.Ahead for this mapping, started under the portmapctl lock (entered on
+    `held`), when it is written to iptables-nft by root; None otherwise (then add
+    opens, checks and locks in its usual order, and says what is wrong)."""
+    import os
+
     from portmapctl.cli._common import families
     from portmapctl.errors import PortmapctlError
 
-    if config.backend == "nftables":
+    if config.backend == "nftables" or os.geteuid() != 0:
         return None
     flavour = common.iptables.value
     if flavour == "auto":
@@ -143,16 +174,29 @@ def _ahead(common: Common, config: MappingConfig) -> Optional[Ahead]:
         try:
             flavour = host_flavour()
         except PortmapctlError:
-            return None  # opening the node says so
+            return None
     if flavour != "nft":
         return None
+    if common.netns is not None:
+        from portmapctl.host.netns import resolve
+
+        try:
+            if not os.path.exists(resolve(common.netns)):
+                return None
+        except PortmapctlError:
+            return None
+    from portmapctl.host import lock
     from portmapctl.ops.add_ahead import Ahead
 
+    held.enter_context(lock.held())
     wanted = [f for f in config.families if f in families(common.family)]
     try:
-        return Ahead.start(common.netns, config, wanted)
+        ahead = Ahead.start(common.netns, config, wanted)
     except PortmapctlError:
         return None  # add meets it again, and says so
+    # Whatever happens meanwhile, the lock goes only once the write is over.
+    held.callback(ahead.written)
+    return ahead
 
 
 def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[str]:

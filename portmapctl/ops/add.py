@@ -30,10 +30,10 @@ from portmapctl.iptables.chains import (
     wanted_chains,
 )
 from portmapctl.iptables.lexer import split_words
-from portmapctl.iptables.planner import plan_blind, plan_setup, read_before_blind
+from portmapctl.iptables.planner import plan_setup
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.transaction import Transaction
-from portmapctl.ops.add_ahead import Ahead, route_interfaces
+from portmapctl.ops.add_ahead import Ahead, apply_blind, route_interfaces
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
@@ -84,13 +84,13 @@ def add(
     wanted_by_family = {family: wanted_chains(config, family) for family in families}
     seen: Dict[int, NatTable] = {}
     blind: List[int] = []
-    # The reads the blind plan needs (iptables-nft), all side by side and before the
-    # restore: see add_ahead.
+    # A new container on iptables-nft: written without reading the table, its reads
+    # and restore in a thread (add_ahead), started by the CLI before it imported this.
     if dry_run or not getattr(node.backend, "cheap_chain_reads", False):
         ahead = None  # a dry run reads the table; legacy: each read gets it whole
     elif ahead is None:
         ahead = Ahead.start(None, config, families, look=look_around)
-    read = ahead.chains() if ahead is not None else None
+    written = ahead.written() if ahead is not None else {}
     for family in families:
         wanted = wanted_by_family[family]
         chains += [c.name for c in wanted if c.name not in chains]
@@ -100,14 +100,19 @@ def add(
             return plan_setup(w, live)
 
         try:
-            txn = None if dry_run else _apply_blind(node, wanted, family, read)
+            if dry_run:
+                txn = None
+            elif family in written or ahead is not None:
+                txn = written.get(family)
+            else:
+                txn = apply_blind(node.backend, wanted, family)
             if txn is None:
                 txn = node.converge(family, plan, dry_run)
             else:
                 blind.append(family)
         except ApplyFailed as err:
             # Each family is its own transaction: say which went in and which did not.
-            done = [f"IPv{f}" for f in transactions]
+            done = [f"IPv{f}" for f in families if f in transactions or written.get(f)]
             raise ApplyFailed(
                 f"IPv{family}: {err}" + (f" ({', '.join(done)} was applied)" if done else ""),
                 maybe_applied=err.maybe_applied,
@@ -201,37 +206,6 @@ def _without(view: NatTable, chain: str) -> NatTable:
         rules = tuple(r for r in entry.rules if rule_target(r) != chain)
         chains[TOPLEVEL_DNAT] = SavedChain(TOPLEVEL_DNAT, entry.policy, rules)
     return NatTable(view.family, chains)
-
-
-def _apply_blind(
-    node: Node,
-    wanted: List[Chain],
-    family: int,
-    read: Optional[Dict[Tuple[int, str], Optional[Tuple[Args, ...]]]] = None,
-) -> Optional[Transaction]:
-    """A new container on a working node, without reading the table (planner.plan_blind):
-    the transaction applied (its -C lines left out), or None when iptables-restore
-    refused it (nothing changed: the shared chains are not complete, or the container's
-    chain exists) or the backend cannot check (python-iptables); then the caller reads
-    and plans as usual. `read`: the chains read_before_blind names, listed ahead."""
-    if not getattr(node.backend, "checks", False):
-        return None
-    read_first = getattr(node.backend, "cheap_chain_reads", False)
-    if read_first:
-        for chain, rules in read_before_blind(wanted).items():
-            if read is not None and (family, chain) in read:
-                present = read[(family, chain)]
-            else:
-                present = node.backend.read_chain(family, chain)  # type: ignore[attr-defined]
-            if present is None or any(rule not in present for rule in rules):
-                return None
-    txn = plan_blind(wanted, family, read_first)
-    try:
-        node.backend.apply(txn)
-    except ApplyFailed as err:
-        _debug("IPv%s: planned without a read, refused (%s): reading the table", family, err)
-        return None
-    return txn.without_checks()
 
 
 def nft_refusals(config: MappingConfig) -> None:

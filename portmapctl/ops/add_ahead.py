@@ -18,27 +18,31 @@ from __future__ import annotations
 import subprocess
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
-from portmapctl.errors import PortmapctlError
+from portmapctl.errors import ApplyFailed, PortmapctlError
 
 if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig
+    from portmapctl.iptables.access import Backend
     from portmapctl.iptables.access.nfnl import Claims
+    from portmapctl.iptables.chains import Chain
     from portmapctl.iptables.ruleset import Args
+    from portmapctl.iptables.transaction import Transaction
 
 T = TypeVar("T")
+SWITCH_INTERVAL = 0.0005
 ChainReads = Dict[Tuple[int, str], Optional[Tuple["Args", ...]]]
 
 
 class Ahead:
-    """The three reads, running; each accessor waits for its own."""
+    """The work, running; each accessor waits for its own part."""
 
     def __init__(
         self,
-        chains: Callable[[], Optional[ChainReads]],
+        written: Callable[[], Optional[Dict[int, Optional[Transaction]]]],
         routes: Callable[[], Optional[Dict[str, str]]],
         claims: Callable[[], Optional[Claims]],
     ) -> None:
-        self._chains = chains
+        self._written = written
         self._routes = routes
         self._claims = claims
 
@@ -51,18 +55,30 @@ class Ahead:
         *,
         look: bool = True,
     ) -> Ahead:
-        """Start the reads for a new container written to iptables-nft (the caller knows
-        the flavour). `look`: the shadow warning's too."""
-        from portmapctl.iptables.access.restore import RestoreBackend
-        from portmapctl.iptables.chains import wanted_chains
-        from portmapctl.iptables.planner import read_before_blind
+        """Start the work for a container written to iptables-nft (the caller knows the
+        flavour, and holds the portmapctl lock). `look`: the shadow warning's read too."""
+        import sys
+        import threading
 
-        wanted = [
-            (family, chain)
-            for family in families
-            for chain in read_before_blind(wanted_chains(config, family))
-        ]
-        chains = _in_thread(netns, lambda: RestoreBackend("nft").read_chains(wanted), "reads")
+        from portmapctl.iptables.access.restore import RestoreBackend
+
+        # The threads start processes and read netlink while this one imports the rest
+        # of add: they get the GIL back within 0.5 ms, not the default 5 ms, so each
+        # step of theirs does not wait for the imports.
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        from portmapctl.iptables.chains import wanted_chains
+
+        backend = RestoreBackend("nft")
+        wanted = {family: wanted_chains(config, family) for family in families}
+        settled = threading.Event()  # the write is over: a torn dump can be taken again
+
+        def write() -> Dict[int, Optional[Transaction]]:
+            try:
+                return write_blind(backend, wanted)
+            finally:
+                settled.set()
+
+        written = _in_thread(netns, write, "blind write")
         address = config.address(4)
         routes: Callable[[], Optional[Dict[str, str]]] = lambda: None  # noqa: E731
         if config.snat and 4 in families and address is not None:
@@ -72,13 +88,15 @@ class Ahead:
         if look:
             from portmapctl.iptables.access import nfnl
 
-            claims = _in_thread(netns, lambda: nfnl.dnat_claims(config, families), "nfnl")
-        return cls(chains, routes, claims)
+            claims = _in_thread(
+                netns, lambda: nfnl.dnat_claims(config, families, settled.wait), "nfnl"
+            )
+        return cls(written, routes, claims)
 
-    def chains(self) -> Optional[ChainReads]:
-        """read_chains of what read_before_blind names (None: the reads failed; the
-        caller reads again, and meets the problem itself)."""
-        return self._chains()
+    def written(self) -> Dict[int, Optional[Transaction]]:
+        """write_blind's transaction by family: None (or no entry) where the caller must
+        read and plan (refused, or the reads failed: the caller meets that again)."""
+        return self._written() or {}
 
     def interfaces(self) -> Optional[Dict[str, str]]:
         """route_interfaces of the container's IPv4 address (None: not looked up)."""
@@ -87,6 +105,67 @@ class Ahead:
     def claims(self) -> Claims:
         """nfnl.dnat_claims by family ({}: not looked at, or failed)."""
         return self._claims() or {}
+
+
+def write_blind(
+    backend: Backend, wanted: Dict[int, List[Chain]]
+) -> Dict[int, Optional[Transaction]]:
+    """apply_blind for each family, with the chains read_before_blind names listed
+    first, all at once. A family whose reads or restore fail gets None."""
+    from portmapctl.iptables.planner import read_before_blind
+
+    pairs = [(f, chain) for f, chains in wanted.items() for chain in read_before_blind(chains)]
+    try:
+        read = backend.read_chains(pairs) if pairs else {}  # type: ignore[attr-defined]
+    except PortmapctlError:
+        return {}
+    done: Dict[int, Optional[Transaction]] = {}
+    for family, chains in wanted.items():
+        try:
+            done[family] = apply_blind(backend, chains, family, read)
+        except PortmapctlError:
+            done[family] = None
+    return done
+
+
+def apply_blind(
+    backend: Backend,
+    wanted: List[Chain],
+    family: int,
+    read: Optional[ChainReads] = None,
+) -> Optional[Transaction]:
+    """A new container on a working node, without reading the table (planner.plan_blind):
+    the transaction applied (its -C lines left out), or None when iptables-restore
+    refused it (nothing changed: the shared chains are not complete, or the container's
+    chain exists) or the backend cannot check (python-iptables); then the caller reads
+    and plans as usual. `read`: the chains read_before_blind names, listed ahead."""
+    from portmapctl.iptables.planner import plan_blind, read_before_blind
+
+    if not getattr(backend, "checks", False):
+        return None
+    read_first = getattr(backend, "cheap_chain_reads", False)
+    if read_first:
+        for chain, rules in read_before_blind(wanted).items():
+            if read is not None and (family, chain) in read:
+                present = read[(family, chain)]
+            else:
+                present = backend.read_chain(family, chain)  # type: ignore[attr-defined]
+            if present is None or any(rule not in present for rule in rules):
+                return None
+    txn = plan_blind(wanted, family, read_first)
+    try:
+        backend.apply(txn)
+    except ApplyFailed as err:
+        _debug("IPv%s: planned without a read, refused (%s): reading the table", family, err)
+        return None
+    return txn.without_checks()
+
+
+def _debug(message: str, *args: object) -> None:
+    """A -v detail (logging is imported only then: 3-5 ms of every add otherwise)."""
+    import logging
+
+    logging.getLogger("portmapctl.ops.add").debug(message, *args)
 
 
 def _in_thread(
@@ -106,9 +185,7 @@ def _in_thread(
             with entered(netns):
                 box["result"] = work()
         except (PortmapctlError, OSError) as err:
-            import logging
-
-            logging.getLogger(__name__).debug("%s ahead of add's restore failed: %s", what, err)
+            _debug("%s, ahead of the rest of add, failed: %s", what, err)
 
     thread = threading.Thread(target=run, name=what, daemon=True)
     thread.start()

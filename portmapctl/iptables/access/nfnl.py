@@ -25,6 +25,7 @@ import socket
 import struct
 from typing import (
     TYPE_CHECKING,
+    Callable,
     Collection,
     Dict,
     FrozenSet,
@@ -104,12 +105,17 @@ class KeptRule(NamedTuple):
 
 
 def rules_for_ports(
-    family: int, chain: str, ports: Collection[int], table: str = "nat"
+    family: int,
+    chain: str,
+    ports: Collection[int],
+    table: str = "nat",
+    before_retry: Optional[Callable[[], object]] = None,
 ) -> Optional[List[KeptRule]]:
     """The rules of `chain` (iptables-nft, current network namespace) that may send a
     packet to one of `ports` on, in their order; [] when none can. None when the chain
-    cannot be read this way: no such chain or table, no nf_tables, not allowed, or the
-    ruleset kept changing during the dump."""
+    cannot be read this way (no nf_tables, not allowed) or the ruleset kept changing
+    during the dump. A dump that a commit tore is taken again, after `before_retry()`
+    (add waits there for its own restore to be over)."""
     wanted = frozenset(ports)
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
@@ -117,7 +123,9 @@ def rules_for_ports(
         return None
     try:
         sock.bind((0, 0))
-        for _ in range(_TRIES):
+        for attempt in range(_TRIES):
+            if attempt and before_retry is not None:
+                before_retry()
             kept = _dump(sock, family, table, chain, wanted)
             if kept is not None:
                 return kept
@@ -233,7 +241,11 @@ def _target(buf: bytes, start: int, end: int) -> Optional[str]:
 Claims = Dict[int, Optional[List[KeptRule]]]
 
 
-def dnat_claims(config: MappingConfig, families: Sequence[int]) -> Claims:
+def dnat_claims(
+    config: MappingConfig,
+    families: Sequence[int],
+    before_retry: Optional[Callable[[], object]] = None,
+) -> Claims:
     """rules_for_ports of CNI-HOSTPORT-DNAT for the mapping's host ports, by family
     (what add's shadow warning needs; ops/add_ahead.py runs it in a thread)."""
     return {
@@ -241,6 +253,7 @@ def dnat_claims(config: MappingConfig, families: Sequence[int]) -> Claims:
             family,
             TOPLEVEL_DNAT,
             sorted({p.host_port for p in config.ports if p.applies_to(family)}),
+            before_retry=before_retry,
         )
         for family in families
     }
