@@ -444,8 +444,7 @@ def shape_add(mode: str, versions: Versions, n: int, runs: int) -> Dict[str, Any
 
         def restore_add() -> float:
             config = bench.mapping(next(fresh))
-            txn = plan_blind(wanted_chains(config, 4), 4, mode == "nft")
-            return restore_seconds(mode, 4, txn.render())
+            return restore_seconds(mode, 4, plan_blind(wanted_chains(config, 4), 4).render())
 
         actions: Dict[str, Callable[[], float]] = {
             "after": lambda: ours("after"),

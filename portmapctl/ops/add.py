@@ -84,8 +84,8 @@ def add(
     wanted_by_family = {family: wanted_chains(config, family) for family in families}
     seen: Dict[int, NatTable] = {}
     blind: List[int] = []
-    # A new container on iptables-nft: written without reading the table, its reads
-    # and restore in a thread (add_ahead), started by the CLI before it imported this.
+    # A new container on iptables-nft: written without reading the table, the restore
+    # in a thread (add_ahead), started by the CLI before it imported this module.
     if dry_run or not getattr(node.backend, "cheap_chain_reads", False):
         ahead = None  # a dry run reads the table; legacy: each read gets it whole
     elif ahead is None:
