@@ -30,7 +30,7 @@ from portmapctl.iptables.chains import (
     wanted_chains,
 )
 from portmapctl.iptables.lexer import split_words
-from portmapctl.iptables.planner import plan_setup
+from portmapctl.iptables.planner import plan_blind, plan_setup
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.add_ahead import Ahead, apply_blind, route_interfaces
@@ -105,7 +105,7 @@ def add(
             elif family in written or ahead is not None:
                 txn = written.get(family)
             else:
-                txn = apply_blind(node.backend, wanted, family)
+                txn = apply_blind(node.backend, plan_blind(wanted, family))
             if txn is None:
                 txn = node.converge(family, plan, dry_run)
             else:

@@ -7,7 +7,9 @@ the plan cannot go in blind still ends as the plugin's.
 - the UDP conntrack entries to the new host port made before the rules went in are
   flushed, the others kept; with an empty conntrack table the dump is spared and
   nothing goes wrong; --no-flush-udp keeps them;
-- with --netns, the threads work in that namespace, not the caller's.
+- with --netns, the threads work in that namespace, not the caller's;
+- with every option shape of the fixtures, the checks read ahead find the plugin's
+  shared rules (add goes in blind) and the table is the plugin's own.
 """
 
 from __future__ import annotations
@@ -16,8 +18,15 @@ import json
 
 import pytest
 import realplugin as rp
+from fixtures_lib import NAMES, conf
 from flush_udp_helpers import ct_args, ct_sports, ns_run, route_localnet
 from pmctl import run
+
+from portmapctl.cni import config as cni_config
+from portmapctl.host.netns import entered
+from portmapctl.iptables.access import open_backend
+from portmapctl.iptables.chains import wanted_chains
+from portmapctl.ops.add_ahead import write_blind
 
 pytestmark = pytest.mark.netns
 
@@ -84,3 +93,44 @@ def test_the_work_ahead_happens_in_the_namespace_given(host_ns):
     )
     assert done.returncode == 0, done.stderr
     assert "will be shadowed" in done.stderr
+
+
+def _fixture_conf(name: str, index: int, container_id: str, port_shift: int) -> dict:
+    """The plugin's stdin for container `index` of a fixture (its options, its
+    addresses), under another ID and with its host ports shifted."""
+    data = conf(name)
+    container = data["containers"][index]
+    ports = [dict(pm, hostPort=pm["hostPort"] + port_shift) for pm in container["portMappings"]]
+    plugin = dict(data["options"], cniVersion="0.4.0", name=data["network"], type="portmap")
+    plugin["runtimeConfig"] = {"portMappings": ports}
+    plugin["prevResult"] = rp.prev_result(container["ips"])
+    return plugin
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if conf(n).get("mode", "nft") == "nft"])
+def test_every_option_shape_goes_in_blind_and_as_the_plugin_would(name, host_ns):
+    """On a node the plugin set up with a fixture's options (conditions, masqAll, an
+    external mark chain, a mark bit, host IPs...), the next container's checks, read
+    ahead with `iptables -S`, find every shared rule: add goes in blind, and the table
+    is the one the plugin's own ADD of that container makes."""
+    rp.require(rp.mode_available("nft"))
+    other = rp.create_netns("pmt-ahead")
+    try:
+        first = _fixture_conf(name, 0, "first", 0)
+        second = _fixture_conf(name, 0, "second", 1000)
+        for ns in (host_ns, other):
+            if "externalSetMarkChain" in first:  # the admin's chain, made beforehand
+                rp.iptables(ns, ["-t", "nat", "-N", first["externalSetMarkChain"]])
+            done = rp.run_plugin("ADD", ns, "first", first)
+            assert done.returncode == 0, done.stdout + done.stderr
+        config = cni_config.plugin_config(second, "second", name)
+        with entered(host_ns):
+            backend = open_backend("nft")
+            written = write_blind(backend, {f: wanted_chains(config, f) for f in config.families})
+        assert written and all(txn is not None for txn in written.values()), written
+        done = rp.run_plugin("ADD", other, "second", second)
+        assert done.returncode == 0, done.stdout + done.stderr
+        for family in (4, 6):
+            assert rp.nat_rules(rp.save(host_ns, family)) == rp.nat_rules(rp.save(other, family))
+    finally:
+        rp.delete_netns(other)
