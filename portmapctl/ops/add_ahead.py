@@ -15,21 +15,18 @@ imported: that import and the restore run at once.
 from __future__ import annotations
 
 import subprocess
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, TypeVar
 
 from portmapctl.errors import ApplyFailed, PortmapctlError
-from portmapctl.iptables.transaction import OpKind
 
 if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig
     from portmapctl.iptables.access import Backend
     from portmapctl.iptables.access.nfnl import Claims
     from portmapctl.iptables.chains import Chain
-    from portmapctl.iptables.ruleset import Args
     from portmapctl.iptables.transaction import Transaction
 
 T = TypeVar("T")
-ChainReads = Dict[Tuple[int, str], Optional[Tuple["Args", ...]]]
 SWITCH_INTERVAL = 0.0005
 
 
@@ -110,68 +107,42 @@ class Ahead:
 def write_blind(
     backend: Backend, wanted: Dict[int, List[Chain]]
 ) -> Dict[int, Optional[Transaction]]:
-    """apply_blind for each family (under nf_tables, every family's reads at once); a
-    family whose reads or restore cannot run gets None."""
+    """apply_blind for each family; a family whose restore cannot run gets None."""
     from portmapctl.iptables.planner import plan_blind
 
-    plans = {family: plan_blind(chains, family) for family, chains in wanted.items()}
-    read: Optional[ChainReads] = None
-    if getattr(backend, "cheap_chain_reads", False):
-        pairs = [(family, chain) for family, txn in plans.items() for chain in _checked(txn)]
-        try:
-            read = backend.read_chains(pairs)  # type: ignore[attr-defined]
-        except PortmapctlError:
-            return {}
     done: Dict[int, Optional[Transaction]] = {}
-    for family, txn in plans.items():
+    for family, chains in wanted.items():
         try:
-            done[family] = apply_blind(backend, txn, read)
+            done[family] = apply_blind(backend, plan_blind(chains, family))
         except PortmapctlError:
             done[family] = None
     return done
 
 
-def apply_blind(
-    backend: Backend, txn: Transaction, read: Optional[ChainReads] = None
-) -> Optional[Transaction]:
+def apply_blind(backend: Backend, txn: Transaction) -> Optional[Transaction]:
     """A new container on a working node, without reading the table: planner.plan_blind's
     transaction `txn` applied (what it changed returned: its -C lines left out), or None
-    when it cannot go in so (nothing changed: a shared chain or rule, or a jump into
-    one, is missing, or the container's chain exists; or the backend cannot check,
-    python-iptables); then the caller reads and plans as usual.
+    when iptables-restore refused it (nothing changed: a shared chain or rule, or a jump
+    into one, is missing, or the container's chain exists) or the backend cannot check
+    (python-iptables); then the caller reads and plans as usual.
 
-    Under nf_tables the -C lines are not sent: each is a read of its chain instead
-    (`read`, listed ahead by the caller, else here), and the restore carries only the
-    -N of the container's chain (refused whole if it exists by then) and the rules.
-    A -C makes iptables-nft fetch the rules of every chain the transaction names, and
-    the -A of the entry rules names CNI-HOSTPORT-DNAT, two rules per container: the
-    restore took 3 / 11 / 70-100 ms with them at 100 / 1,000 / 5,000 containers, 2 / 4
-    / 16-29 ms without (benchmarks/shapes_bench.py). The rules read are the shared ones
-    (the plugin makes them once and never removes them), so reading them first holds
-    what the -C held: a plugin ADD or DEL meanwhile does not touch them."""
+    Every check is in the transaction, the jumps into CNI-HOSTPORT-DNAT from PREROUTING
+    and OUTPUT too (reading those two chains first, as before, cost two processes on
+    the way to the restore and saved nothing measurable: the -A of the entry rules
+    makes iptables-nft fetch CNI-HOSTPORT-DNAT's rules anyway). Sending no -C at all
+    (every check a read of its chain first) makes the restore itself flat -- 2 / 4 /
+    16-29 ms at 100 / 1,000 / 5,000 containers against 3 / 11 / 70-100 -- but was not
+    faster end to end: the quicker commit then lands during the shadow warning's dump
+    of CNI-HOSTPORT-DNAT (nfnl), which is torn and taken again (measured side by side,
+    benchmarks/shapes_bench.py)."""
     if not getattr(backend, "checks", False):
         return None
-    if getattr(backend, "cheap_chain_reads", False):
-        family = txn.family
-        if read is None:
-            read = backend.read_chains([(family, c) for c in _checked(txn)])  # type: ignore[attr-defined]
-        for op in txn.ops:
-            if op.kind is OpKind.CHECK:
-                present = read.get((family, op.chain))
-                if present is None or op.args not in present:
-                    return None
-        txn = txn.without_checks()
     try:
         backend.apply(txn)
     except ApplyFailed as err:
         _debug("IPv%s: planned without a read, refused (%s): reading the table", txn.family, err)
         return None
     return txn.without_checks()
-
-
-def _checked(txn: Transaction) -> List[str]:
-    """The chains the transaction's -C lines look into."""
-    return list(dict.fromkeys(op.chain for op in txn.ops if op.kind is OpKind.CHECK))
 
 
 def _debug(message: str, *args: object) -> None:

@@ -8,7 +8,7 @@ the plan cannot go in blind still ends as the plugin's.
   flushed, the others kept; with an empty conntrack table the dump is spared and
   nothing goes wrong; --no-flush-udp keeps them;
 - with --netns, the threads work in that namespace, not the caller's;
-- with every option shape of the fixtures, the checks read ahead find the plugin's
+- with every option shape of the fixtures, the blind plan's checks find the plugin's
   shared rules (add goes in blind) and the table is the plugin's own.
 """
 
@@ -110,9 +110,9 @@ def _fixture_conf(name: str, index: int, container_id: str, port_shift: int) -> 
 @pytest.mark.parametrize("name", [n for n in NAMES if conf(n).get("mode", "nft") == "nft"])
 def test_every_option_shape_goes_in_blind_and_as_the_plugin_would(name, host_ns):
     """On a node the plugin set up with a fixture's options (conditions, masqAll, an
-    external mark chain, a mark bit, host IPs...), the next container's checks, read
-    ahead with `iptables -S`, find every shared rule: add goes in blind, and the table
-    is the one the plugin's own ADD of that container makes."""
+    external mark chain, a mark bit, host IPs...), the next container's checks (-C in
+    the restore) find every shared rule: add goes in blind, and the table is the one
+    the plugin's own ADD of that container makes."""
     rp.require(rp.mode_available("nft"))
     other = rp.create_netns("pmt-ahead")
     try:

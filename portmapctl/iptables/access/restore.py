@@ -114,7 +114,17 @@ class RestoreBackend:
         or cannot be listed. Under nf_tables this fetches that chain only: 2 ms for
         PREROUTING whatever the table's size, where a save of 5,000 containers takes
         0.3 s."""
-        return _chain_rules(chain, self.list_chain(family, chain))
+        text = self.list_chain(family, chain)
+        if text is None:
+            return None
+        rules = []
+        for line in text.split("\n"):
+            if line.startswith(f"-A {chain} "):
+                try:
+                    rules.append(tuple(split_words(line)[2:]))
+                except ValueError:
+                    return None
+        return tuple(rules)
 
     def list_chain(self, family: int, chain: str) -> Optional[str]:
         """`iptables -t nat -S CHAIN` as printed (None when it fails): for a caller that
@@ -122,35 +132,6 @@ class RestoreBackend:
         argv = [self._binary(family, ""), "-w", str(lock_wait_seconds()), "-t", "nat"]
         done = self._run([*argv, "-S", chain])
         return done.stdout if done.returncode == 0 else None
-
-    def read_chains(
-        self, wanted: Sequence[Tuple[int, str]]
-    ) -> Dict[Tuple[int, str], Optional[Tuple[Args, ...]]]:
-        """read_chain of each (family, chain), every listing started before any is
-        waited for: one process's time for all of them (add's checks, read ahead)."""
-        argvs = {
-            (family, chain): [
-                self._binary(family, ""), "-w", str(lock_wait_seconds()), "-t", "nat", "-S", chain
-            ]
-            for family, chain in wanted
-        }  # fmt: skip
-        running: Dict[Tuple[int, str], subprocess.Popen] = {}
-        found: Dict[Tuple[int, str], Optional[Tuple[Args, ...]]] = {}
-        with _reaped(running.values()):
-            for key, argv in argvs.items():
-                try:
-                    running[key] = _start(argv, stdin=False)
-                except OSError as err:
-                    raise HostProblem(f"cannot run {argv[0]}: {err.strerror}") from None
-            deadline = time.monotonic() + tool_timeout()
-            for key, process in running.items():
-                try:
-                    out, _ = process.communicate(timeout=max(deadline - time.monotonic(), 0))
-                except subprocess.TimeoutExpired:
-                    raise _timed_out(argvs[key][0]) from None
-                text = _decode(out) if process.returncode == 0 else None
-                found[key] = _chain_rules(key[1], text)
-        return found
 
     def read_families(self, families: Sequence[int]) -> Dict[int, NatTable]:
         """Both families at once: the two saves run side by side."""
@@ -202,21 +183,6 @@ class RestoreBackend:
                     f" program holds it), nothing changed: {message}"
                 )
             raise ApplyFailed(f"{argv[0]} refused the transaction, nothing changed: {message}")
-
-
-def _chain_rules(chain: str, text: Optional[str]) -> Optional[Tuple[Args, ...]]:
-    """The rules in `iptables -S CHAIN`'s output (None: no output, or a line that
-    cannot be split)."""
-    if text is None:
-        return None
-    rules = []
-    for line in text.split("\n"):
-        if line.startswith(f"-A {chain} "):
-            try:
-                rules.append(tuple(split_words(line)[2:]))
-            except ValueError:
-                return None
-    return tuple(rules)
 
 
 def tool_timeout() -> float:
