@@ -168,6 +168,8 @@ def _ahead(common: Common, config: MappingConfig, held: contextlib.ExitStack) ->
 
     if config.backend == "nftables" or os.geteuid() != 0:
         return None
+    if any(not folder for folder in common.cache_dirs):
+        return None  # node_options refuses it: before the lock, as always
     flavour = common.iptables.value
     if flavour == "auto":
         from portmapctl.iptables.access import host_flavour
