@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from portmapctl.iptables.chains import dnat_chain_name
 
+_CAP_NET_ADMIN = 12
+
 if TYPE_CHECKING:
     from portmapctl.cli._common import Common, MappingOptions, Output
     from portmapctl.core.mapping import MappingConfig
@@ -159,15 +161,15 @@ def _report(
 
 def _ahead(common: Common, config: MappingConfig, held: contextlib.ExitStack) -> Optional[Ahead]:
     """add_ahead.Ahead for this mapping, started under the portmapctl lock (entered on
-    `held`), when it is written to iptables-nft by root; None otherwise (then add
+    `held`), when it is written to iptables-nft with CAP_NET_ADMIN; None otherwise (add
     opens, checks and locks in its usual order, and says what is wrong)."""
     import os
 
     from portmapctl.cli._common import families
     from portmapctl.errors import PortmapctlError
 
-    if config.backend == "nftables" or os.geteuid() != 0:
-        return None
+    if config.backend == "nftables" or not _net_admin():
+        return None  # without the capability add says so first, having touched nothing
     if any(not folder for folder in common.cache_dirs):
         return None  # node_options refuses it: before the lock, as always
     flavour = common.iptables.value
@@ -200,6 +202,17 @@ def _ahead(common: Common, config: MappingConfig, held: contextlib.ExitStack) ->
     # Whatever happens meanwhile, the lock goes only once the write is over.
     held.callback(ahead.written)
     return ahead
+
+
+def _net_admin() -> bool:
+    """CAP_NET_ADMIN in the effective set, from /proc/self/status (False when unsure:
+    then nothing starts ahead, and add's own check speaks)."""
+    try:
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("CapEff:"))
+        return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
+    except (OSError, StopIteration, ValueError, IndexError):
+        return False
 
 
 def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[str]:
