@@ -448,7 +448,7 @@ def shape_add(mode: str, versions: Versions, n: int, runs: int) -> Dict[str, Any
     with Node(mode, [container(i) for i in range(n)], cache=True) as node, entered(node.name):
         with_pod_interface()
         runner = Runner(mode, node.cache_dir)
-        fresh = iter(container(i, plain=True) for i in range(n, n + 3 * runs))
+        fresh = iter(container(i, plain=True) for i in range(n, n + 4 * runs))
 
         def ours(which: str) -> float:
             c = next(fresh)
@@ -461,11 +461,17 @@ def shape_add(mode: str, versions: Versions, n: int, runs: int) -> Dict[str, Any
         ipt = rp.tool_path("iptables", mode)
         # What reading less could cost: one chain listed (under nf_tables each listing
         # fetches the whole ruleset), the whole save, and the restore add sends when
-        # it reads nothing, made a no-op (its -C checks only).
+        # it reads nothing, made a no-op (its -C checks only); and that restore itself,
+        # for one more container: the floor of add's cost (the kernel's commit).
         probe = plan_blind(
             wanted_chains(bench.mapping(container(n + 999, plain=True)), 4), 4, mode == "nft"
         )
         checks_only = Transaction(4, [op for op in probe.ops if op.kind == "check"]).render()
+
+        def restore_add() -> float:
+            config = bench.mapping(next(fresh))
+            return restore_seconds(mode, 4, plan_blind(wanted_chains(config, 4), 4).render())
+
         actions: Dict[str, Callable[[], float]] = {
             "after": lambda: ours("after"),
             "plugin_add": lambda: runner.plugin("ADD", next(fresh)),
@@ -473,6 +479,7 @@ def shape_add(mode: str, versions: Versions, n: int, runs: int) -> Dict[str, Any
             "list_prerouting": lambda: timed([ipt, "-t", "nat", "-S", "PREROUTING"]),
             "save": lambda: runner.save(4),
             "restore_checks": lambda: restore_seconds(mode, 4, checks_only),
+            "restore_add": restore_add,
         }
         if "before" in versions.paths:
             actions["before"] = lambda: ours("before")
@@ -509,6 +516,7 @@ def main() -> None:
         "--no-plugin", action="store_true", help="no plugin ADD (repair) or DEL (gc) sample"
     )
     parser.add_argument("--gc-runs", type=int, help="runs of each gc doer (default 3, 2 quick)")
+    parser.add_argument("--add-runs", type=int, help="rounds of the add shape (default 4, 3 quick)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (network namespaces, iptables)")
@@ -563,7 +571,7 @@ def main() -> None:
         results["add"] = {}
         for n in sizes or ([10, 100, 1000] if quick else [10, 100, 1000, 5000]):
             log(f"add: into {n}")
-            results["add"][n] = shape_add(args.mode, versions, n, runs + 1)
+            results["add"][n] = shape_add(args.mode, versions, n, args.add_runs or runs + 1)
     results["seconds"] = time.perf_counter() - started
     results["load_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -662,13 +670,14 @@ def print_tables(r: Dict[str, Any]) -> None:
         if all("save" in g for g in r["add"].values()):
             print(
                 "\n| N | iptables -S CNI-HOSTPORT-DNAT | iptables -S PREROUTING |"
-                " iptables-save -t nat | restore of add's -C checks |"
+                " iptables-save -t nat | restore of add's -C checks | restore of one add |"
             )
-            print("| --- | --- | --- | --- | --- |")
+            print("| --- | --- | --- | --- | --- | --- |")
             for n, g in r["add"].items():
                 print(
                     f"| {n} | {cell(g['list_dnat'])} | {cell(g['list_prerouting'])} |"
                     f" {cell(g['save'])} | {cell(g['restore_checks'])} |"
+                    f" {cell(g['restore_add']) if 'restore_add' in g else '-'} |"
                 )
 
 

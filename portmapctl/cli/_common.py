@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import threading
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import (
     TYPE_CHECKING,
@@ -22,6 +21,7 @@ from typing import (
     Dict,
     Iterator,
     List,
+    NamedTuple,
     Optional,
     Sequence,
     Tuple,
@@ -132,8 +132,7 @@ def families(value: FamilyChoice) -> Tuple[int, ...]:
     return (int(value.value.lstrip("v")),)
 
 
-@dataclass(frozen=True)
-class CacheInfo:
+class CacheInfo(NamedTuple):
     """Which CNI cache a command used: said on stderr and in every JSON document."""
 
     dirs: Tuple[str, ...]
@@ -171,8 +170,7 @@ def cache_info(dirs: Sequence[str]) -> CacheInfo:
     return CacheInfo(tuple(dirs), present, entries)
 
 
-@dataclass(frozen=True)
-class MappingOptions:
+class MappingOptions(NamedTuple):
     """The options that describe one mapping (add, and check of one mapping), as given:
     cli/add_run.mapping_from_options validates them into a MappingConfig."""
 
@@ -201,11 +199,10 @@ class MappingOptions:
         )
 
 
-MAPPING_NAMES = tuple(MappingOptions.__dataclass_fields__)
+MAPPING_NAMES = MappingOptions._fields
 
 
-@dataclass(frozen=True)
-class Common:
+class Common(NamedTuple):
     """The common options of one run, parsed."""
 
     backend: BackendChoice = BackendChoice.auto
@@ -220,7 +217,7 @@ class Common:
     quiet: bool = False
     verbose: bool = False
     # The nft listing entry.py started for this run (nftables/early.py), not an option.
-    early_nft: Optional[EarlyListing] = field(default=None, compare=False, repr=False)
+    early_nft: Optional[EarlyListing] = None
 
     @property
     def cache_dirs(self) -> Tuple[str, ...]:
@@ -364,8 +361,7 @@ class _Display:
         self._shown = shown
 
 
-@dataclass
-class Output:
+class Output(NamedTuple):
     """Where results and messages go (SPEC §3 output contract): the result (table and
     summary line, or JSON; with -q the summary line alone) on stdout; warnings,
     remarks, progress and prompts on stderr."""

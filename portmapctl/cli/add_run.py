@@ -3,14 +3,19 @@ the fast path (cli/add_fast.py). No typer here: the fast path never imports it."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+import contextlib
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from portmapctl.iptables.chains import dnat_chain_name
 
+_CAP_NET_ADMIN = 12
+
 if TYPE_CHECKING:
-    from portmapctl.cli._common import Common, MappingOptions
+    from portmapctl.cli._common import Common, MappingOptions, Output
     from portmapctl.core.mapping import MappingConfig
     from portmapctl.iptables.ruleset import NatTable
+    from portmapctl.ops.add import AddResult
+    from portmapctl.ops.add_ahead import Ahead
 
 
 def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingConfig:
@@ -73,19 +78,36 @@ def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
 
 
 def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run: bool) -> None:
+    out = common.out()
+    config = mapping_from_options(mapping, backend=common.backend.value)
+    with contextlib.ExitStack() as held:
+        # add's work starts now, under the lock, before the rest of add is imported
+        # (ops/add_ahead.py); the imports and the node's opening overlap it.
+        ahead = None if dry_run else _ahead(common, config, held)
+        result, clashes = _add(common, config, ahead, no_flush_udp=no_flush_udp, dry_run=dry_run)
+    _report(common, out, config, result, clashes, dry_run)
+
+
+def _add(
+    common: Common,
+    config: MappingConfig,
+    ahead: Optional[Ahead],
+    *,
+    no_flush_udp: bool,
+    dry_run: bool,
+) -> Tuple[AddResult, List[str]]:
     from dataclasses import replace
 
-    from portmapctl import render
+    import portmapctl.render  # noqa: F401 - for _report: imported while the write runs
     from portmapctl.ops.add import add
     from portmapctl.ops.node import opened
 
-    out = common.out()
-    config = mapping_from_options(mapping, backend=common.backend.value)
     options = common.node_options()
     if config.backend != "nftables":
         # Written to iptables: nft is not opened (importing its modules alone is ~15 ms).
         options = replace(options, backend="iptables")
-    with opened(options, write=not dry_run) as node:
+    # With `ahead`, the lock is held already.
+    with opened(options, write=not dry_run, lock_now=ahead is None) as node:
         if config.backend == "nftables":
             # (The iptables table as before: an nftables mapping has no entry chain.)
             clashes = shadow_warnings(config, node.read())
@@ -93,9 +115,27 @@ def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run:
         else:
             # What add read (or listed meanwhile): not a second read of the whole table.
             result = add(
-                node, config, dry_run=dry_run, flush_udp=not no_flush_udp, look_around=True
+                node,
+                config,
+                dry_run=dry_run,
+                flush_udp=not no_flush_udp,
+                look_around=True,
+                ahead=ahead,
             )
             clashes = shadow_warnings(config, result.seen)
+    return result, clashes
+
+
+def _report(
+    common: Common,
+    out: Output,
+    config: MappingConfig,
+    result: AddResult,
+    clashes: List[str],
+    dry_run: bool,
+) -> None:
+    from portmapctl import render
+
     for warning in clashes:
         out.warn(warning)
     for warning in result.warnings:
@@ -117,6 +157,62 @@ def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run:
         out.summary(f"added {chain} ({who})")
     else:
         out.summary(f"unchanged: {chain} ({who}) is already in place")
+
+
+def _ahead(common: Common, config: MappingConfig, held: contextlib.ExitStack) -> Optional[Ahead]:
+    """add_ahead.Ahead for this mapping, started under the portmapctl lock (entered on
+    `held`), when it is written to iptables-nft with CAP_NET_ADMIN; None otherwise (add
+    opens, checks and locks in its usual order, and says what is wrong)."""
+    import os
+
+    from portmapctl.cli._common import families
+    from portmapctl.errors import PortmapctlError
+
+    if config.backend == "nftables" or not _net_admin():
+        return None  # without the capability add says so first, having touched nothing
+    if any(not folder for folder in common.cache_dirs):
+        return None  # node_options refuses it: before the lock, as always
+    flavour = common.iptables.value
+    if flavour == "auto":
+        from portmapctl.iptables.access import host_flavour
+
+        try:
+            flavour = host_flavour()
+        except PortmapctlError:
+            return None
+    if flavour != "nft":
+        return None
+    if common.netns is not None:
+        from portmapctl.host.netns import resolve
+
+        try:
+            if not os.path.exists(resolve(common.netns)):
+                return None
+        except PortmapctlError:
+            return None
+    from portmapctl.host import lock
+    from portmapctl.ops.add_ahead import Ahead
+
+    held.enter_context(lock.held())
+    wanted = [f for f in config.families if f in families(common.family)]
+    try:
+        ahead = Ahead.start(common.netns, config, wanted)
+    except PortmapctlError:
+        return None  # add meets it again, and says so
+    # Whatever happens meanwhile, the lock goes only once the write is over.
+    held.callback(ahead.written)
+    return ahead
+
+
+def _net_admin() -> bool:
+    """CAP_NET_ADMIN in the effective set, from /proc/self/status (False when unsure:
+    then nothing starts ahead, and add's own check speaks)."""
+    try:
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("CapEff:"))
+        return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
+    except (OSError, StopIteration, ValueError, IndexError):
+        return False
 
 
 def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[str]:

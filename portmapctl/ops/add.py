@@ -7,9 +7,17 @@ container (IPv4, SNAT on) and a flush of the mapped UDP ports' conntrack entries
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Collection,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+)
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import ApplyFailed, PortmapctlError
@@ -22,10 +30,14 @@ from portmapctl.iptables.chains import (
     wanted_chains,
 )
 from portmapctl.iptables.lexer import split_words
-from portmapctl.iptables.planner import plan_blind, plan_setup, read_before_blind
+from portmapctl.iptables.planner import plan_blind, plan_setup
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.transaction import Transaction
+from portmapctl.ops.add_ahead import Ahead, apply_blind, route_interfaces
 from portmapctl.ops.node import Node
+
+if TYPE_CHECKING:
+    from portmapctl.iptables.access.nfnl import Claims
 
 T = TypeVar("T")
 
@@ -57,8 +69,11 @@ def add(
     dry_run: bool = False,
     flush_udp: bool = True,
     look_around: bool = False,
+    ahead: Optional[Ahead] = None,
 ) -> AddResult:
-    """`look_around`: also fill AddResult.seen (what the shadow warning reads)."""
+    """`look_around`: also fill AddResult.seen (what the shadow warning reads).
+    `ahead`: add_ahead.Ahead for this config, started by the caller (the CLI starts it
+    before it imports this module); else add starts it where it helps (iptables-nft)."""
     if config.backend == "nftables":
         return _add_nft(node, config, dry_run=dry_run, flush_udp=flush_udp)
     transactions: Dict[int, str] = {}
@@ -69,6 +84,13 @@ def add(
     wanted_by_family = {family: wanted_chains(config, family) for family in families}
     seen: Dict[int, NatTable] = {}
     blind: List[int] = []
+    # A new container on iptables-nft: written without reading the table, the restore
+    # in a thread (add_ahead), started by the CLI before it imported this module.
+    if dry_run or not getattr(node.backend, "cheap_chain_reads", False):
+        ahead = None  # a dry run reads the table; legacy: each read gets it whole
+    elif ahead is None:
+        ahead = Ahead.start(None, config, families, look=look_around)
+    written = ahead.written() if ahead is not None else {}
     for family in families:
         wanted = wanted_by_family[family]
         chains += [c.name for c in wanted if c.name not in chains]
@@ -78,42 +100,68 @@ def add(
             return plan_setup(w, live)
 
         try:
-            txn = None if dry_run else _apply_blind(node, wanted, family)
+            if dry_run:
+                txn = None
+            elif family in written or ahead is not None:
+                txn = written.get(family)
+            else:
+                txn = apply_blind(node.backend, plan_blind(wanted, family))
             if txn is None:
                 txn = node.converge(family, plan, dry_run)
             else:
                 blind.append(family)
         except ApplyFailed as err:
             # Each family is its own transaction: say which went in and which did not.
-            done = [f"IPv{f}" for f in transactions]
+            done = [f"IPv{f}" for f in families if f in transactions or written.get(f)]
             raise ApplyFailed(
                 f"IPv{family}: {err}" + (f" ({', '.join(done)} was applied)" if done else ""),
                 maybe_applied=err.maybe_applied,
             ) from None
         if txn:
             transactions[family] = txn.render()
-    # Written without a read, the families' CNI-HOSTPORT-DNAT is listed now, while
-    # route_localnet and the UDP flush run (not during the restore: a listing that
-    # overlaps a commit restarts, and both fetch the chain: at 5,000 containers 0.7 s
-    # together against 0.5 s one after the other).
-    looking = (
-        _in_background(lambda: {f: neighbours(node, f, config) for f in blind})
-        if look_around and blind
-        else None
-    )
     warnings: List[str] = []
     if not dry_run and families:
-        warnings += after_setup(config, families, flush_udp)
-    if looking is not None:
+        interfaces = ahead.interfaces() if ahead is not None else None
+        warnings += after_setup(config, families, flush_udp, interfaces)
+    if look_around and blind:
         own = dnat_chain_name(config)
-        for family, view in (looking() or {}).items():
+        claims = ahead.claims() if ahead is not None else {}
+        for family, view in shadow_views(node, config, blind, claims).items():
             if view is not None:
-                # The chain was new (its -N went in): its entry rules, listed now, were
-                # not there before.
+                # Listed after the -N went in (or during it): the chain's own entry
+                # rules were not there before.
                 seen[family] = _without(view, own)
     return AddResult(
         dry_run, bool(transactions), tuple(chains), transactions, tuple(warnings), seen
     )
+
+
+def shadow_views(
+    node: Node, config: MappingConfig, families: Sequence[int], claims: Claims
+) -> Dict[int, Optional[NatTable]]:
+    """What the shadow warning needs of each family, for a mapping whose chain is new:
+    when nfnl found no rule of CNI-HOSTPORT-DNAT that may claim one of its host ports
+    (`claims`, by family), an empty CNI-HOSTPORT-DNAT, without listing it; else (or
+    when the family could not be dumped) `neighbours`, listed as iptables prints it.
+    None for a family: it could not be listed."""
+    own = dnat_chain_name(config)
+    found: Dict[int, Optional[NatTable]] = {}
+    for family in families:
+        kept = claims.get(family)
+        if kept is not None and not any(
+            # A rule that jumps elsewhere than to a per-container chain (or to this
+            # container's, when the dump came after its restore) claims nothing here.
+            rule.target is None or (rule.target != own and rule.target.startswith(DNAT_PREFIX))
+            for rule in kept
+        ):
+            empty = SavedChain(TOPLEVEL_DNAT, "-", ())
+            found[family] = NatTable(family, {TOPLEVEL_DNAT: empty})
+            continue
+        try:
+            found[family] = neighbours(node, family, config)
+        except (PortmapctlError, OSError) as err:
+            _debug("listing CNI-HOSTPORT-DNAT for the shadow warning failed: %s", err)
+    return found
 
 
 def neighbours(node: Node, family: int, config: MappingConfig) -> Optional[NatTable]:
@@ -158,52 +206,6 @@ def _without(view: NatTable, chain: str) -> NatTable:
         rules = tuple(r for r in entry.rules if rule_target(r) != chain)
         chains[TOPLEVEL_DNAT] = SavedChain(TOPLEVEL_DNAT, entry.policy, rules)
     return NatTable(view.family, chains)
-
-
-def _in_background(work: Callable[[], T]) -> Callable[[], Optional[T]]:
-    """Run `work` in a thread (which starts in this thread's namespace); the returned
-    call waits for its result, None when it failed (logged: it only feeds a warning)."""
-    import threading
-
-    box: Dict[str, T] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = work()
-        except (PortmapctlError, OSError) as err:
-            _debug("listing CNI-HOSTPORT-DNAT for the shadow warning failed: %s", err)
-
-    thread = threading.Thread(target=run, name="shadow-listing", daemon=True)
-    thread.start()
-
-    def result() -> Optional[T]:
-        thread.join()
-        return box.get("result")
-
-    return result
-
-
-def _apply_blind(node: Node, wanted: List[Chain], family: int) -> Optional[Transaction]:
-    """A new container on a working node, without reading the table (planner.plan_blind):
-    the transaction applied (its -C lines left out), or None when iptables-restore
-    refused it (nothing changed: the shared chains are not complete, or the container's
-    chain exists) or the backend cannot check (python-iptables); then the caller reads
-    and plans as usual."""
-    if not getattr(node.backend, "checks", False):
-        return None
-    read_first = getattr(node.backend, "cheap_chain_reads", False)
-    if read_first:
-        for chain, rules in read_before_blind(wanted).items():
-            present = node.backend.read_chain(family, chain)  # type: ignore[attr-defined]
-            if present is None or any(rule not in present for rule in rules):
-                return None
-    txn = plan_blind(wanted, family, read_first)
-    try:
-        node.backend.apply(txn)
-    except ApplyFailed as err:
-        _debug("IPv%s: planned without a read, refused (%s): reading the table", family, err)
-        return None
-    return txn.without_checks()
 
 
 def nft_refusals(config: MappingConfig) -> None:
@@ -253,13 +255,21 @@ def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: boo
 
 
 
-def after_setup(config: MappingConfig, families: Sequence[int], flush_udp: bool) -> List[str]:
-    """The plugin's two side effects; failures are warnings, as in the plugin."""
-    return after_setup_many([(config, families)], flush_udp)
+def after_setup(
+    config: MappingConfig,
+    families: Sequence[int],
+    flush_udp: bool,
+    interfaces: Optional[Dict[str, str]] = None,
+) -> List[str]:
+    """The plugin's two side effects; failures are warnings, as in the plugin.
+    `interfaces`: route_interfaces of the container's address, looked up already."""
+    return after_setup_many([(config, families)], flush_udp, interfaces)
 
 
 def after_setup_many(
-    done: Sequence[Tuple[MappingConfig, Sequence[int]]], flush_udp: bool
+    done: Sequence[Tuple[MappingConfig, Sequence[int]]],
+    flush_udp: bool,
+    interfaces: Optional[Dict[str, str]] = None,
 ) -> List[str]:
     """after_setup for many containers at once (`check --repair`): one `ip -batch` for
     every route lookup, route_localnet written once per interface, and one conntrack
@@ -271,12 +281,13 @@ def after_setup_many(
         address = config.address(4)
         if config.snat and 4 in families and address is not None:
             addresses.append(str(address.ip))
-    if addresses:
+    if addresses and interfaces is None:
         try:
             interfaces = route_interfaces(addresses)
         except OSError as err:
             interfaces = {}
             warnings.append(f"could not set route_localnet: cannot run ip: {err.strerror}")
+    if addresses and interfaces is not None:
         for interface in sorted(set(interfaces.values())):
             try:
                 _route_localnet(interface)
@@ -304,6 +315,8 @@ def flush_keys(keys: Collection[Tuple[int, int]]) -> int:
     """Delete the UDP conntrack entries to these (family, host port) pairs: one dump and
     one delete for all of them, whatever their number. (Not through ops.flush_udp:
     that imports the inventory, which add does not need.)"""
+    if _no_conntrack_entries():
+        return 0
     from portmapctl.host import conntrack  # imported only when there is work
 
     entries = conntrack.list_udp(
@@ -312,29 +325,17 @@ def flush_keys(keys: Collection[Tuple[int, int]]) -> int:
     return conntrack.delete([e for e in entries if (e.family, e.dport) in keys])
 
 
-def route_interfaces(addresses: Sequence[str]) -> Dict[str, str]:
-    """The interface the kernel routes each address through: `ip route get` for all of
-    them in one `ip -batch` process (-force: an address without a route is skipped,
-    not the end of the batch). Addresses without a route are left out."""
-    done = subprocess.run(
-        ["ip", "-o", "-force", "-batch", "-"],
-        input="".join(f"route get {a}\n" for a in addresses),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    wanted = set(addresses)
-    found: Dict[str, str] = {}
-    for line in done.stdout.splitlines():
-        words = line.split()
-        # "10.88.0.5 dev cni0 src 10.88.0.1 uid 0 \    cache": the address comes first
-        # (after "local"/"broadcast"... for such routes), as the kernel spells it.
-        first = next((i for i, word in enumerate(words[:2]) if word in wanted), None)
-        if first is None:
-            continue
-        if "dev" in words[first:]:
-            found[words[first]] = words[words.index("dev", first) + 1]
-    return found
+def _no_conntrack_entries() -> bool:
+    """Whether this namespace's conntrack table is empty (nf_conntrack_count is 0): then
+    there is nothing to flush, and the dump is spared. A dump walks the kernel's whole
+    conntrack hash, every namespace's buckets, whatever this one holds: 4-5 ms each
+    here with no entry at all. Entries made after this read came after the restore,
+    through the new rules: they are the ones a flush must keep."""
+    try:
+        with open("/proc/sys/net/netfilter/nf_conntrack_count") as count:
+            return count.read().strip() == "0"
+    except (OSError, ValueError):
+        return False  # cannot tell (no conntrack module?): the dump says what it finds
 
 
 def route_interface(address: str) -> Optional[str]:

@@ -107,8 +107,8 @@ def test_refused_blind_plan_falls_back_and_stays_idempotent(host_ns, iptables_mo
     assert done.returncode == 0, done.stderr
     conf = rp.plugin_conf(NET, ["10.88.0.3/16"], _ports(8001, 9001))
     _check(host_ns, iptables_mode, "second", conf)
-    # The jump into CNI-HOSTPORT-DNAT gone: nf_tables finds it by listing PREROUTING
-    # first, legacy by the transaction's -C; either way the full path puts it back.
+    # The jump into CNI-HOSTPORT-DNAT gone: the transaction's -C refuses it, and the
+    # full path puts it back.
     jump = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"]
     rp.iptables(host_ns, ["-t", "nat", "-D", "PREROUTING", *jump], mode=iptables_mode)
     done = _pm_add(host_ns, iptables_mode, "third", "10.88.0.4/16", 8002, 9002)

@@ -1,0 +1,206 @@
+"""What `add` does ahead: its write and its reads, started as early as they can be.
+
+On iptables-nft, `add` writes a new container without reading the table: one
+`iptables-restore` whose checks refuse it whole when the node is not as assumed
+(planner.plan_blind; then add reads and plans as usual). Beside it, two reads that do
+not depend on it: the interface towards the container (`ip route get`, for
+route_localnet) and which rules of CNI-HOSTPORT-DNAT may claim one of its host ports
+(iptables/access/nfnl.py, for the shadow warning). Each runs in a thread of its own
+(which enters --netns itself), so they overlap each other and whatever the caller
+does meanwhile: the CLI starts them, under the portmapctl lock, right after checking
+its options, before the rest of add (ops/add.py, ops/node.py, render) is even
+imported: that import and the restore run at once.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, TypeVar
+
+from portmapctl.errors import ApplyFailed, PortmapctlError
+
+if TYPE_CHECKING:
+    from portmapctl.core.mapping import MappingConfig
+    from portmapctl.iptables.access import Backend
+    from portmapctl.iptables.access.nfnl import Claims
+    from portmapctl.iptables.chains import Chain
+    from portmapctl.iptables.transaction import Transaction
+
+T = TypeVar("T")
+SWITCH_INTERVAL = 0.0005
+
+
+class Ahead:
+    """The work, running; each accessor waits for its own part."""
+
+    def __init__(
+        self,
+        written: Callable[[], Optional[Dict[int, Optional[Transaction]]]],
+        routes: Callable[[], Optional[Dict[str, str]]],
+        claims: Callable[[], Optional[Claims]],
+    ) -> None:
+        self._written = written
+        self._routes = routes
+        self._claims = claims
+
+    @classmethod
+    def start(
+        cls,
+        netns: Optional[str],
+        config: MappingConfig,
+        families: Sequence[int],
+        *,
+        look: bool = True,
+    ) -> Ahead:
+        """Start the work for a container written to iptables-nft (the caller knows the
+        flavour, and holds the portmapctl lock). `look`: the shadow warning's read too."""
+        import sys
+        import threading
+
+        from portmapctl.iptables.access.restore import RestoreBackend
+
+        # The threads start processes and read netlink while this one imports the rest
+        # of add: they get the GIL back within 0.5 ms, not the default 5 ms, so each
+        # step of theirs does not wait for the imports.
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        from portmapctl.iptables.chains import wanted_chains
+
+        backend = RestoreBackend("nft")
+        wanted = {family: wanted_chains(config, family) for family in families}
+        settled = threading.Event()  # the write is over: a torn dump can be taken again
+
+        def write() -> Dict[int, Optional[Transaction]]:
+            try:
+                return write_blind(backend, wanted)
+            finally:
+                settled.set()
+
+        written = _in_thread(netns, write, "blind write")
+        address = config.address(4)
+        routes: Callable[[], Optional[Dict[str, str]]] = lambda: None  # noqa: E731
+        if config.snat and 4 in families and address is not None:
+            ip = str(address.ip)
+            routes = _in_thread(netns, lambda: route_interfaces([ip]), "ip route get")
+        claims: Callable[[], Optional[Claims]] = lambda: None  # noqa: E731
+        if look:
+            from portmapctl.iptables.access import nfnl
+
+            claims = _in_thread(
+                netns, lambda: nfnl.dnat_claims(config, families, settled.wait), "nfnl"
+            )
+        return cls(written, routes, claims)
+
+    def written(self) -> Dict[int, Optional[Transaction]]:
+        """write_blind's transaction by family: None (or no entry) where the caller must
+        read and plan (refused, or the reads failed: the caller meets that again)."""
+        return self._written() or {}
+
+    def interfaces(self) -> Optional[Dict[str, str]]:
+        """route_interfaces of the container's IPv4 address (None: not looked up)."""
+        return self._routes()
+
+    def claims(self) -> Claims:
+        """nfnl.dnat_claims by family ({}: not looked at, or failed)."""
+        return self._claims() or {}
+
+
+def write_blind(
+    backend: Backend, wanted: Dict[int, List[Chain]]
+) -> Dict[int, Optional[Transaction]]:
+    """apply_blind for each family; a family whose restore cannot run gets None."""
+    from portmapctl.iptables.planner import plan_blind
+
+    done: Dict[int, Optional[Transaction]] = {}
+    for family, chains in wanted.items():
+        try:
+            done[family] = apply_blind(backend, plan_blind(chains, family))
+        except PortmapctlError:
+            done[family] = None
+    return done
+
+
+def apply_blind(backend: Backend, txn: Transaction) -> Optional[Transaction]:
+    """A new container on a working node, without reading the table: planner.plan_blind's
+    transaction `txn` applied (what it changed returned: its -C lines left out), or None
+    when iptables-restore refused it (nothing changed: a shared chain or rule, or a jump
+    into one, is missing, or the container's chain exists) or the backend cannot check
+    (python-iptables); then the caller reads and plans as usual.
+
+    Every check is in the transaction, the jumps into CNI-HOSTPORT-DNAT from PREROUTING
+    and OUTPUT too (reading those two chains first, as before, cost two processes on
+    the way to the restore and saved nothing measurable: the -A of the entry rules
+    makes iptables-nft fetch CNI-HOSTPORT-DNAT's rules anyway). Sending no -C at all
+    (every check a read of its chain first) makes the restore itself flat -- 2 / 4 /
+    16-29 ms at 100 / 1,000 / 5,000 containers against 3 / 11 / 70-100 -- but was not
+    faster end to end: the quicker commit then lands during the shadow warning's dump
+    of CNI-HOSTPORT-DNAT (nfnl), which is torn and taken again (measured side by side,
+    benchmarks/shapes_bench.py)."""
+    if not getattr(backend, "checks", False):
+        return None
+    try:
+        backend.apply(txn)
+    except ApplyFailed as err:
+        _debug("IPv%s: planned without a read, refused (%s): reading the table", txn.family, err)
+        return None
+    return txn.without_checks()
+
+
+def _debug(message: str, *args: object) -> None:
+    """A -v detail (logging is imported only then: 3-5 ms of every add otherwise)."""
+    import logging
+
+    logging.getLogger("portmapctl.ops.add").debug(message, *args)
+
+
+def _in_thread(
+    netns: Optional[str], work: Callable[[], T], what: str
+) -> Callable[[], Optional[T]]:
+    """Run `work` in a thread inside `netns` (None: the namespace this thread is in,
+    which a new thread starts in); the returned call waits for its result, None when
+    it failed (logged at -v: the caller does without it, or does it again)."""
+    import threading
+
+    box: Dict[str, T] = {}
+
+    def run() -> None:
+        from portmapctl.host.netns import entered
+
+        try:
+            with entered(netns):
+                box["result"] = work()
+        except (PortmapctlError, OSError) as err:
+            _debug("%s, ahead of the rest of add, failed: %s", what, err)
+
+    thread = threading.Thread(target=run, name=what, daemon=True)
+    thread.start()
+
+    def result() -> Optional[T]:
+        thread.join()
+        return box.get("result")
+
+    return result
+
+
+def route_interfaces(addresses: Sequence[str]) -> Dict[str, str]:
+    """The interface the kernel routes each address through: `ip route get` for all of
+    them in one `ip -batch` process (-force: an address without a route is skipped,
+    not the end of the batch). Addresses without a route are left out."""
+    done = subprocess.run(
+        ["ip", "-o", "-force", "-batch", "-"],
+        input="".join(f"route get {a}\n" for a in addresses),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wanted = set(addresses)
+    found: Dict[str, str] = {}
+    for line in done.stdout.splitlines():
+        words: List[str] = line.split()
+        # "10.88.0.5 dev cni0 src 10.88.0.1 uid 0 \    cache": the address comes first
+        # (after "local"/"broadcast"... for such routes), as the kernel spells it.
+        first = next((i for i, word in enumerate(words[:2]) if word in wanted), None)
+        if first is None:
+            continue
+        if "dev" in words[first:]:
+            found[words[first]] = words[words.index("dev", first) + 1]
+    return found
