@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import typer
 
@@ -20,6 +18,7 @@ from portmapctl.cli._common import (
     complete_network,
     metrics_recording,
 )
+from portmapctl.cli._gc_pause import gc_paused
 from portmapctl.core.status import Status
 
 # \b: click keeps the next paragraph as written (an example must stay one line).
@@ -111,7 +110,7 @@ def list_command(
     from portmapctl.ops.node import opened
 
     out = common.out()
-    with _gc_paused(), metrics_recording(metrics_file, "list", common.cache_dirs, out) as recorder:
+    with gc_paused(), metrics_recording(metrics_file, "list", common.cache_dirs, out) as recorder:
         ports = tuple(validate.port(p, "--port") for p in port or ())
         for name in network or ():
             validate.cni_name(name, "network name")
@@ -241,20 +240,6 @@ class Filters:
             and not self.protocols
             and (not self.statuses or any(str(s) in self.statuses for s in c.status))
         )
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while list builds its rows: hundreds of
-    thousands of small objects, none in a cycle, all kept to the end; each collection
-    walked them again for nothing (3.5% of list's instructions at 1,000 containers)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _start_nft_read(node: Any) -> Optional[Tuple[Any, dict]]:

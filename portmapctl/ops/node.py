@@ -257,11 +257,14 @@ class Node:
 
 
 def side_by_side(
-    background: Callable[[], Read], foreground: Callable[[], Other]
+    background: Callable[[], Read],
+    foreground: Callable[[], Other],
+    foreground_first: bool = False,
 ) -> Tuple[Read, Other]:
     """background() in a thread while foreground() runs here; errors come out as if
-    background() had run first. The thread is in the namespace this one has entered
-    (a new thread starts in its creator's)."""
+    background() had run first (`foreground_first`: as if foreground() had). The
+    thread is in the namespace this one has entered (a new thread starts in its
+    creator's)."""
     import threading
 
     found: Dict[str, object] = {}
@@ -278,7 +281,7 @@ def side_by_side(
         other = foreground()
     except BaseException:
         worker.join()
-        if "error" in found:  # background's problem first, as if it had run first
+        if "error" in found and not foreground_first:  # as if background had run first
             raise found["error"] from None  # type: ignore[misc]
         raise
     worker.join()
