@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from portmapctl.core.mapping import MappingConfig, PortMapping
-from portmapctl.iptables.ruleset import Args, normalize
+from portmapctl.iptables.ruleset import Args, normal_entry_rule, normal_port_rule, normalize
 
 try:
     # CPython's own SHA-512: hashlib would load OpenSSL first, 2-3 ms of every run.
@@ -163,54 +163,52 @@ def dnat_chain(config: MappingConfig, family: int) -> Optional[Chain]:
     name = dnat_chain_name(config)
     comment = dnat_comment(config.network, config.container_id)
     conditions = config.conditions_v6 if family == 6 else config.conditions_v4
-    entry_rules = tuple(
-        normalize(
-            [
-                "-m",
-                "comment",
-                "--comment",
-                comment,
-                "-m",
-                "multiport",
-                "-p",
-                proto,
-                "--destination-ports",
-                ports,
-                *conditions,
-                "-j",
-                name,
-            ],
-            family,
+    if conditions:
+        entry_rules = tuple(
+            normalize(
+                [
+                    "-m",
+                    "comment",
+                    "--comment",
+                    comment,
+                    "-m",
+                    "multiport",
+                    "-p",
+                    proto,
+                    "--destination-ports",
+                    ports,
+                    *conditions,
+                    "-j",
+                    name,
+                ],
+                family,
+            )
+            for proto, ports in _port_groups(config.ports)
         )
-        for proto, ports in _port_groups(config.ports)
-    )
+    else:  # the same rules without conditions, built in saved form directly
+        entry_rules = tuple(
+            normal_entry_rule(comment, proto, ports, name, family)
+            for proto, ports in _port_groups(config.ports)
+        )
     hairpin_source = (
         ("::/0" if family == 6 else "0.0.0.0/0") if config.masq_all else str(address.network)
     )
     container_ip = address.ip.compressed
     destination = f"[{container_ip}]" if family == 6 else container_ip
     rules: List[Args] = []
+    mark = (setmark_target(config),)
     for port in config.ports:
         if not port.applies_to(family):
             continue
-        base = ["-p", port.protocol, "--dport", str(port.host_port)]
-        host_ip = port.host_ip_for_rule()
-        if host_ip:
-            base += ["-d", host_ip]
+        # The plugin's `-p P --dport N [-d HOSTIP] [-s SOURCE] -j ...`, in saved form.
+        proto, host_port, host_ip = port.protocol, str(port.host_port), port.host_ip_for_rule()
+        host_ip = host_ip or None
         if config.snat:
-            rules.append(
-                normalize([*base, "-s", hairpin_source, "-j", setmark_target(config)], family)
-            )
+            rules.append(normal_port_rule(proto, host_port, host_ip, hairpin_source, mark, family))
             if family == 4 and not config.masq_all:
-                rules.append(
-                    normalize([*base, "-s", "127.0.0.1", "-j", setmark_target(config)], family)
-                )
-        rules.append(
-            normalize(
-                [*base, "-j", "DNAT", "--to-destination", f"{destination}:{port.container_port}"],
-                family,
-            )
-        )
+                rules.append(normal_port_rule(proto, host_port, host_ip, "127.0.0.1", mark, family))
+        dnat = ("DNAT", "--to-destination", f"{destination}:{port.container_port}")
+        rules.append(normal_port_rule(proto, host_port, host_ip, None, dnat, family))
     return Chain(name, rules=tuple(rules), entry_chains=(TOPLEVEL_DNAT,), entry_rules=entry_rules)
 
 

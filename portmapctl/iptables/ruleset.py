@@ -401,6 +401,69 @@ def normalize(args: Iterable[str], family: int) -> Args:
     return tuple(out)
 
 
+# The plugin's own rules, in their normal form without the walk above: `check` makes
+# every cached container's chain (4 rules a container), and normalize() was most of
+# its diagnosis. Each builder gives exactly what normalize() gives for the tokens its
+# docstring names (tests/unit/test_ruleset_builders.py, with hypothesis), and hands
+# anything outside the plain case to normalize() itself.
+_PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
+# Tokens normalize() reads as something else than a plain value.
+_SPECIAL_TOKENS = frozenset({"!", "-j", "-g", *_GENERIC_ALIASES})
+
+
+def _plain_values(values: Iterable[str]) -> bool:
+    return not any(value in _SPECIAL_TOKENS for value in values)
+
+
+def normal_port_rule(
+    protocol: str,
+    port: str,
+    destination: Optional[str],
+    source: Optional[str],
+    target: Sequence[str],
+    family: int,
+) -> Args:
+    """normalize(["-p", protocol, "--dport", port] + ["-d", destination] (when given)
+    + ["-s", source] (when given) + ["-j", *target], family): a rule of a CNI-DN- chain
+    as the plugin writes it, in saved form."""
+    args = ["-p", protocol, "--dport", port]
+    if destination is not None:
+        args += ["-d", destination]
+    if source is not None:
+        args += ["-s", source]
+    args += ["-j", *target]
+    values = [port, *target]
+    values += [] if destination is None else [destination]
+    values += [] if source is None else [source]
+    if protocol not in _PORT_PROTOCOLS or not target or not _plain_values(values):
+        return normalize(args, family)
+    out: List[str] = []
+    # Addresses normalized (and refused) in the order normalize() meets them.
+    normal_destination = None if destination is None else _normal_address(destination, family)
+    normal_source = None if source is None else _normal_address(source, family)
+    if normal_source is not None and not normal_source.endswith("/0"):
+        out += ["-s", normal_source]
+    if normal_destination is not None and not normal_destination.endswith("/0"):
+        out += ["-d", normal_destination]
+    out += ["-p", protocol, "-m", protocol, "--dport", port, "-j", *target]
+    return tuple(out)
+
+
+def normal_entry_rule(comment: str, protocol: str, ports: str, target: str, family: int) -> Args:
+    """normalize(["-m", "comment", "--comment", comment, "-m", "multiport", "-p",
+    protocol, "--destination-ports", ports, "-j", target], family): an entry rule of
+    CNI-HOSTPORT-DNAT as the plugin writes it without conditions, in saved form."""
+    values = (comment, protocol, ports, target)
+    if protocol not in _PORT_PROTOCOLS or not _plain_values(values):
+        return normalize(
+            ["-m", "comment", "--comment", comment, "-m", "multiport", "-p", protocol,
+             "--destination-ports", ports, "-j", target],
+            family,
+        )  # fmt: skip
+    return ("-p", protocol, "-m", "comment", "--comment", _stored_comment(comment),
+            "-m", "multiport", "--dports", ports, "-j", target)  # fmt: skip
+
+
 def _stored_comment(text: str) -> str:
     """The kernel keeps at most 255 bytes of a comment; iptables cuts the rest."""
     raw = text.encode()
