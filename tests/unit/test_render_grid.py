@@ -17,7 +17,8 @@ def test_the_control_codes_stripped_are_richs():
     assert strip_control_codes(every) == rich_strip(every)
 
 
-NAMES = st.lists(st.sampled_from(["a", "é", " ", "\x07", "\r", "\t", "[b]", "-"]), max_size=5).map("".join)
+PARTS = ["a", "é", " ", "\x07", "\r", "\t", "[b]", "-"]
+NAMES = st.lists(st.sampled_from(PARTS), max_size=5).map("".join)
 
 
 @settings(max_examples=300, deadline=None)
