@@ -2,7 +2,8 @@
 
 `main()` runs the typer app (cli/typer_app.py) in non-standalone mode so that every
 failure becomes one line on stderr with its SPEC §4 exit code, never a traceback
-(unless -v); `add` with plain options is parsed by cli/add_fast.py, without typer.
+(unless -v); `add` and `list` with plain options are parsed by cli/add_fast.py and
+cli/list_fast.py, without typer.
 """
 
 from __future__ import annotations
@@ -127,15 +128,16 @@ def _by_typer(args: List[str]) -> Callable[[], Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    from portmapctl.cli import add_fast
+    from portmapctl.cli import add_fast, list_fast
 
     args = sys.argv[1:] if argv is None else argv
     if not args:
         args = ["--help"]
-    # `add` as scripts and runtimes call it is parsed without typer (SPEC §6: typer's
-    # import is a third of add's time); anything else, --help and every mistake
-    # included, goes to typer, which has the only words for them.
-    run = add_fast.runner(args) or _by_typer(args)
+    # `add` as scripts and runtimes call it, and a plain `list`, are parsed without
+    # typer (SPEC §6: typer's import is a third of add's time, a fifth of list's);
+    # anything else, --help and every mistake included, goes to typer, which has the
+    # only words for them.
+    run = add_fast.runner(args) or list_fast.runner(args) or _by_typer(args)
     try:
         with _ctrl_c_raises_interrupted():
             code = run()

@@ -1,0 +1,43 @@
+"""`portmapctl list` parsed with the standard library, before typer is imported.
+
+`list` is what people and monitoring run most, and typer's import and command set-up
+are a fifth of a `list` of 1,000 containers (SPEC §6: at most 5x a bare iptables-save).
+Plain command lines only, as for add (cli/add_fast.py, whose parser this uses): every
+option by its own name, values that do not start with "-", choices among their values.
+--proto and --status (case-insensitive choices), --help, mistakes, completion requests
+and anything unusual go to typer (tests/unit/test_list_fast.py holds the two to the
+same result).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+from portmapctl.cli import add_fast
+from portmapctl.cli._common import COMMON_NAMES
+
+# The common options as add's fast path knows them, and list's own (cli/list.py).
+OPTIONS: Dict[str, tuple] = {
+    **{name: spec for name, spec in add_fast.OPTIONS.items() if spec[0] in COMMON_NAMES},
+    "--container": ("container", "many"),
+    "--network": ("network", "many"),
+    "--port": ("port", "many"),
+    "--snapshot": ("snapshot", "value"),
+    "--snapshot6": ("snapshot6", "value"),
+    "--nft-snapshot": ("nft_snapshot", "value"),
+    "--conntrack": ("conntrack", "flag"),
+    "--metrics-file": ("metrics_file", "value"),
+}
+# Left to typer: their values are choices typer matches case-insensitively.
+TYPER_ONLY = ("--proto", "--status")
+
+
+def runner(args: List[str]) -> Optional[Callable[[], Any]]:
+    """What `portmapctl ARGS` runs, when ARGS is a `list` this module can parse."""
+    given = add_fast.parse(args, "list", OPTIONS)
+    if given is None:
+        return None
+    from portmapctl.cli import list_run
+
+    common = add_fast.pop_common(given)
+    return lambda: list_run.run(common, **given)
