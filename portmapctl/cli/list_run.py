@@ -39,12 +39,14 @@ def run(
         snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
         options = common.node_options(snapshots, nft_snapshot)
         with opened(options) as node, out.busy("reading the ruleset and the CNI cache"):
+            # iptables-save first (the longest to run), then nft; the modules below are
+            # imported and the cache read while they run.
+            started = node.start_read()
             reader = _start_nft_read(node)
-            # Imported while nft lists its tables.
             from portmapctl import render
             from portmapctl.iptables import inventory
 
-            tables, attachments = node.read_with_cache()
+            tables, attachments = node.read_with_cache(started)
             from portmapctl.cni.cache import warnings
 
             for warning in warnings(attachments):
