@@ -76,7 +76,7 @@ def check_command(
     one row per problem, then why each kind matters and the command that fixes it."""
     # The library is imported here, not at the top: `--help` and other commands stay fast.
     from portmapctl import render
-    from portmapctl.cli._gc_pause import gc_paused
+    from portmapctl.core.pause import gc_paused
     from portmapctl.errors import BadInput
     from portmapctl.ops import check as check_lib
     from portmapctl.ops.node import opened

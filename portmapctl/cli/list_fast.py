@@ -1,4 +1,5 @@
-"""`portmapctl list` parsed with the standard library, before typer is imported.
+"""`portmapctl list` (and `flush-udp`) parsed with the standard library, before typer
+is imported.
 
 `list` is what people and monitoring run most, and typer's import and command set-up
 are a fifth of a `list` of 1,000 containers (SPEC §6: at most 5x a bare iptables-save).
@@ -30,14 +31,29 @@ OPTIONS: Dict[str, tuple] = {
 }
 # Left to typer: their values are choices typer matches case-insensitively.
 TYPER_ONLY = ("--proto", "--status")
+# `flush-udp` (cli/flush_udp.py), the other command that reads the whole node.
+FLUSH_OPTIONS: Dict[str, tuple] = {
+    **{name: spec for name, spec in add_fast.OPTIONS.items() if spec[0] in COMMON_NAMES},
+    "--port": ("port", "many"),
+    "--container": ("container", "value"),
+    "--stale-only": ("stale_only", "flag"),
+    "--dry-run": ("dry_run", "flag"),
+}
 
 
 def runner(args: List[str]) -> Optional[Callable[[], Any]]:
-    """What `portmapctl ARGS` runs, when ARGS is a `list` this module can parse."""
+    """What `portmapctl ARGS` runs, when ARGS is a `list` or a `flush-udp` this module
+    can parse."""
     given = add_fast.parse(args, "list", OPTIONS)
-    if given is None:
-        return None
-    from portmapctl.cli import list_run
+    if given is not None:
+        from portmapctl.cli import list_run
 
-    common = add_fast.pop_common(given)
-    return lambda: list_run.run(common, **given)
+        common = add_fast.pop_common(given)
+        return lambda: list_run.run(common, **given)
+    given = add_fast.parse(args, "flush-udp", FLUSH_OPTIONS)
+    if given is not None:
+        from portmapctl.cli import flush_udp_run
+
+        common = add_fast.pop_common(given)
+        return lambda: flush_udp_run.run(common, **given)
+    return None

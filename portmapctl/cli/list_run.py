@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
 from portmapctl.cli._common import Common, metrics_recording
-from portmapctl.cli._gc_pause import gc_paused
+from portmapctl.core.pause import gc_paused
 
 
 def run(

@@ -126,3 +126,59 @@ def test_bad_input_says_the_same_either_way(monkeypatch, capsys, args):
         outcomes.append((done.value.code, captured.out, captured.err))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] == 2 and outcomes[0][2].startswith("portmapctl: error: ")
+
+
+# --- flush-udp, the other command that reads the whole node ---------------------------
+
+FLUSH_TAKEN: List[List[str]] = [
+    ["flush-udp"],
+    ["flush-udp", "--port", "53", "--port=5353", "--dry-run", "--stale-only"],
+    ["flush-udp", "--container", "3f2a", "-o", "json", "--cni-cache-dir", "/c", "-q"],
+    ["flush-udp", "--netns=ns1", "--family", "4", "--iptables", "legacy", "--no-color"],
+    ["flush-udp", "--container", "a", "--container", "b"],  # the last, as typer
+]
+FLUSH_LEFT: List[List[str]] = [
+    ["flush-udp", "--help"],
+    ["flush-udp", "--port"],
+    ["flush-udp", "--dry-run=yes"],
+    ["flush-udp", "--snapshot", "x"],
+]
+
+
+def _captured_flush(monkeypatch, call) -> Any:
+    from portmapctl.cli import flush_udp_run
+
+    seen: List[Any] = []
+    monkeypatch.setattr(flush_udp_run, "run", lambda common, **options: seen.append(
+        (common, {"port": None, "container": None, "stale_only": False, "dry_run": False,
+                  **options})))  # fmt: skip
+    try:
+        outcome = call()
+    except SystemExit as done:  # pragma: no cover - a failure shows what typer said
+        outcome = ("exit", done.code)
+    return seen[0] if seen else outcome
+
+
+@pytest.mark.parametrize("args", FLUSH_TAKEN)
+def test_what_the_fast_path_takes_reaches_flush_udp_as_typer_hands_it(monkeypatch, args):
+    _environment(monkeypatch, {})
+    fast = list_fast.runner(args)
+    assert fast is not None
+    by_typer = _captured_flush(
+        monkeypatch,
+        lambda: _click_command(args).main(args=args, prog_name="portmapctl", standalone_mode=False),
+    )
+    assert isinstance(by_typer, tuple) and len(by_typer) == 2
+    assert _captured_flush(monkeypatch, fast) == by_typer
+
+
+@pytest.mark.parametrize("args", FLUSH_LEFT)
+def test_other_flush_udp_lines_go_to_typer(monkeypatch, args):
+    _environment(monkeypatch, {})
+    assert list_fast.runner(args) is None
+
+
+def test_the_fast_path_knows_every_option_typer_declares_for_flush_udp():
+    command = _click_command(["flush-udp"]).commands["flush-udp"]
+    declared = {opt for param in command.params for opt in param.opts}
+    assert declared == set(list_fast.FLUSH_OPTIONS)

@@ -1,4 +1,4 @@
-"""The cyclic garbage collector paused while a read-only command builds its results."""
+"""The cyclic garbage collector paused while a command builds its (acyclic) results."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Iterator
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while `list` or `check` builds its rows and
+    """The cyclic garbage collector off while `list`, `check` or `flush-udp` builds its
+    rows and
     problems: hundreds of thousands of small objects, none in a cycle, all kept to the
     end; each collection walked them again for nothing (3.5% of list's instructions at
     1,000 containers, 2.7% of check's)."""
