@@ -12,10 +12,15 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
-from portmapctl.core.mapping import MappingConfig, PortMapping
-from portmapctl.iptables.ruleset import Args, normal_entry_rule, normal_port_rule, normalize
+if TYPE_CHECKING:
+    from portmapctl.core.mapping import MappingConfig, PortMapping
+    from portmapctl.iptables.ruleset import Args
+
+# The rule generators import ruleset (normalize) when they first run: the chain names
+# alone (add's fast path, every command's --help through cli/add_run.py) need neither
+# it nor ipaddress.
 
 try:
     # CPython's own SHA-512: hashlib would load OpenSSL first, 2-3 ms of every run.
@@ -106,6 +111,8 @@ def _mark(bit: int) -> str:
 # once per container (a third of check's normalize() calls). Chain values are frozen.
 @functools.cache
 def toplevel_dnat_chain(family: int) -> Chain:
+    from portmapctl.iptables.ruleset import normalize
+
     return Chain(
         TOPLEVEL_DNAT,
         entry_chains=("PREROUTING", "OUTPUT"),
@@ -117,6 +124,8 @@ def toplevel_dnat_chain(family: int) -> Chain:
 
 @functools.cache
 def setmark_chain(mark_bit: int, family: int) -> Chain:
+    from portmapctl.iptables.ruleset import normalize
+
     rule = ["-m", "comment", "--comment", "CNI portfwd masquerade mark"]
     return Chain(
         SETMARK, rules=(normalize([*rule, "-j", "MARK", "--set-xmark", _mark(mark_bit)], family),)
@@ -125,6 +134,8 @@ def setmark_chain(mark_bit: int, family: int) -> Chain:
 
 @functools.cache
 def masq_chain(mark_bit: int, family: int) -> Chain:
+    from portmapctl.iptables.ruleset import normalize
+
     entry = ["-m", "comment", "--comment", "CNI portfwd requiring masquerade", "-j", MASQ]
     return Chain(
         MASQ,
@@ -157,6 +168,8 @@ def _port_groups(ports: Tuple[PortMapping, ...]) -> List[Tuple[str, str]]:
 @functools.lru_cache(maxsize=32768)
 def dnat_chain(config: MappingConfig, family: int) -> Optional[Chain]:
     """The per-container CNI-DN- chain for one family, or None without an address."""
+    from portmapctl.iptables.ruleset import normal_entry_rule, normal_port_rule, normalize
+
     address = config.address(family)
     if address is None:
         return None
