@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING, Callable, Iterable, List, NamedTuple, Optional
 from portmapctl.core.status import Status
 
 if TYPE_CHECKING:
-    from rich.text import Span, Text
+    from rich.text import Text
+
+# A style span (start, end, style): rich's Span is this NamedTuple, made when drawn.
+SpanTuple = Tuple[int, int, str]
 
 STATUS_STYLE = {
     Status.OK: "green",
@@ -65,10 +68,8 @@ def status_pieces(words: Iterable[str]) -> List[Piece]:
 def grid(headers: List[str], rows: List[List[str]], status: List[Iterable[str]],
          header: bool = True, status_header: str = "STATUS") -> Grid:  # fmt: skip
     """Columns padded to width, then the status words, each coloured (list, gc)."""
-    layout, rows, last = _laid_out(
-        headers + [status_header], rows, [status_pieces(w) for w in status], header
-    )
-    return Grid(*_clean_text(layout, rows, last))
+    last = [status_pieces(w) for w in status]
+    return Grid(*_text_and_spans(headers + [status_header], rows, last, header, "", None, False))
 
 
 class Grid:
@@ -77,7 +78,7 @@ class Grid:
     `plain` and never imports rich (rich.text and rich.control: a tenth of `list`'s
     start-up)."""
 
-    def __init__(self, text: str, spans: List[Tuple[int, int, str]]) -> None:
+    def __init__(self, text: str, spans: List[SpanTuple]) -> None:
         self._text = text
         self._spans = spans
         # What Text.rstrip() leaves (the text has no control codes to strip).
@@ -91,7 +92,7 @@ class Grid:
         return out
 
     @property
-    def spans(self) -> List[Span]:
+    def spans(self) -> List[SpanTuple]:
         return self.__rich__().spans
 
 
@@ -114,27 +115,16 @@ def table(
     """
     from rich.text import Span, Text
 
-    layout, rows, last = _laid_out(
-        headers, rows, last, header,
-        first_style=first_style, width=width, strip_lines=strip_lines,
-    )  # fmt: skip
-    plain, spans = _clean_text(layout, rows, last)
+    plain, spans = _text_and_spans(headers, rows, last, header, first_style, width, strip_lines)
     out = Text(plain, spans=[Span(*span) for span in spans])
     out.rstrip()
     return out
 
 
-def _laid_out(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    last: Sequence[Sequence[Piece]],
-    header: bool = True,
-    *,
-    first_style: str = "",
-    width: Optional[int] = None,
-    strip_lines: bool = False,
-) -> Tuple[_Layout, Sequence[Sequence[str]], Sequence[Sequence[Piece]]]:
-    """The columns' widths (and the last cells cut to `width`): see table()."""
+def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
+                    last: Sequence[Sequence[Piece]], header: bool, first_style: str,
+                    width: Optional[int], strip_lines: bool) -> Tuple[str, List[SpanTuple]]:  # fmt: skip
+    """table()'s text and spans (start, end, style), before rich: see table()."""
     shown = headers[:-1]
     if all(len(row) == len(shown) for row in rows):
         columns = list(zip(*rows)) or [()] * len(shown)
@@ -147,12 +137,6 @@ def _laid_out(
         room = width - (sum(widths) + 2 * len(widths))
         last = [fit(pieces, room) for pieces in last]
     layout = _Layout(list(headers), widths, header, first_style, strip_lines)
-    return layout, rows, last
-
-
-def _clean_text(
-    layout: _Layout, rows: Sequence[Sequence[str]], last: Sequence[Sequence[Piece]]
-) -> Tuple[str, List[Tuple[int, int, str]]]:
     plain, spans = _grid_text(layout, rows, last, _same)
     if strip_control_codes(plain) != plain:
         # Text.append drops control codes from each piece: offsets must be counted
@@ -190,7 +174,7 @@ def _grid_text(
     rows: Sequence[Sequence[str]],
     last: Sequence[Sequence[Piece]],
     clean: Callable[[str], str],
-) -> Tuple[str, List[Tuple[int, int, str]]]:
+) -> Tuple[str, List[SpanTuple]]:
     """The grid's text and style spans (start, end, style), as Text.append piece by
     piece would make them.
 

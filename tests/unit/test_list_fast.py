@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Tuple
 
 import pytest
+from test_add_fast import _environment
 
 from portmapctl.cli import list_fast, list_run
 from portmapctl.cli.typer_app import _click_command
@@ -59,13 +60,6 @@ def _captured(monkeypatch, call) -> Any:
     except SystemExit as done:  # pragma: no cover - a failure shows what typer said
         outcome = ("exit", done.code)
     return seen[0] if seen else outcome
-
-
-def _environment(monkeypatch, env: Dict[str, str]) -> None:
-    for name in ("PORTMAPCTL_IPTABLES", "PORTMAPCTL_CNI_CACHE_DIR", "_PORTMAPCTL_COMPLETE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
 
 
 def _defaults(options: Dict[str, Any]) -> Dict[str, Any]:
