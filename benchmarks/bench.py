@@ -1,5 +1,16 @@
 """SPEC §6, side by side with the real plugin: every figure, in one run, on one machine.
 
+Run it on the interpreter users run portmapctl on: the README installs it in a venv of
+Debian's python3 (an optimised build), and so does this, once:
+
+    sudo python3 -m venv /opt/pmt-bench
+    sudo /opt/pmt-bench/bin/pip install . pyroute2 matplotlib
+    sudo /opt/pmt-bench/bin/python benchmarks/bench.py   # re-install after changing the tree
+
+(A development interpreter built without optimisation, such as a default pyenv build, makes
+every Python-bound figure 20-30% slower and its bare start-up 4x: 35-40 ms for `python -c
+pass` against 8-10 ms. The interpreter measured is written into the results and the page.)
+
     sudo python benchmarks/bench.py            # the full run (N = 10, 100, 1,000, 5,000)
     sudo python benchmarks/bench.py --quick    # N = 10, 100, 1,000, fewer runs and samples
     sudo python benchmarks/bench.py --profile 5000   # cProfile of list/add/check/gc at N
@@ -553,6 +564,14 @@ def _first_line(argv: List[str]) -> str:
     return ((done.stdout or done.stderr).strip().splitlines() or ["?"])[0]
 
 
+def interpreter() -> str:
+    """Which python runs portmapctl here, in words for the page: its build matters (see
+    the module's docstring)."""
+    where = "Debian's python3" if sys.base_prefix == "/usr" else f"python at {sys.base_prefix}"
+    venv = " in a venv" if sys.prefix != sys.base_prefix else ""
+    return f"{where} {platform.python_version()}{venv}"
+
+
 def machine() -> Dict[str, Any]:
     cpu = "?"
     with open("/proc/cpuinfo") as info:
@@ -573,6 +592,7 @@ def machine() -> Dict[str, Any]:
         + _first_line(["dpkg-query", "-W", "-f", "${Version}", "containernetworking-plugins"]),
         "conntrack": _first_line(["conntrack", "--version"]),
         "python": platform.python_version(),
+        "interpreter": interpreter(),
         "portmapctl": __version__,
         "portmapctl_argv": portmapctl_argv(),
     }

@@ -389,7 +389,8 @@ def markdown(doc: Doc, kept: str) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['os']}, kernel"
         f" {m['kernel']}; {m['iptables']} (the `{doc['mode']}` flavour measured);"
-        f" {m['plugin']} (`/usr/lib/cni/portmap`); {m['conntrack']}; Python {m['python']};"
+        f" {m['plugin']} (`/usr/lib/cni/portmap`); {m['conntrack']};"
+        f" {m.get('interpreter') or 'Python ' + m['python']};"
         f" portmapctl {m['portmapctl']}. Load average (1, 5, 15 min) at the start"
         f" {fmt_load(doc['load_start'])}, at the end {fmt_load(doc['load_end'])} (other"
         " work ran on the machine).",

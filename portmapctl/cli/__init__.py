@@ -120,24 +120,29 @@ def _typer_failure(err: Exception) -> None:
         sys.exit(getattr(err, "exit_code", 2))
 
 
-def _by_typer(args: List[str]) -> Callable[[], Any]:
+def _by_typer(args: List[str], early_nft: Any = None) -> Callable[[], Any]:
     from portmapctl.cli.typer_app import _click_command
 
     command = _click_command(args)
-    return lambda: command.main(args=args, prog_name="portmapctl", standalone_mode=False)
+    # early_nft: the context's `obj`, where the common options find it (cli/_options.py).
+    return lambda: command.main(
+        args=args, prog_name="portmapctl", standalone_mode=False, obj=early_nft
+    )
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None, early_nft: Any = None) -> None:
+    """Run the command line. `early_nft`: the nft listing entry.py started for it
+    (nftables/early.py), for the command's read to take."""
     from portmapctl.cli import add_fast, list_fast
 
     args = sys.argv[1:] if argv is None else argv
     if not args:
         args = ["--help"]
-    # `add` as scripts and runtimes call it, and a plain `list`, are parsed without
-    # typer (SPEC §6: typer's import is a third of add's time, a fifth of list's);
-    # anything else, --help and every mistake included, goes to typer, which has the
-    # only words for them.
-    run = add_fast.runner(args) or list_fast.runner(args) or _by_typer(args)
+    # `add` as scripts and runtimes call it, and a plain `list` (or `flush-udp`), are
+    # parsed without typer (SPEC §6: typer's import is a third of add's time, a fifth
+    # of list's); anything else, --help and every mistake included, goes to typer,
+    # which has the only words for them.
+    run = add_fast.runner(args) or list_fast.runner(args, early_nft) or _by_typer(args, early_nft)
     try:
         with _ctrl_c_raises_interrupted():
             code = run()

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import (
     TYPE_CHECKING,
@@ -32,6 +32,7 @@ from portmapctl.host.paths import CNI_CACHE_DIR, DEFAULT_CNI_CACHE_DIRS
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
+    from portmapctl.nftables.access.nft import EarlyListing
     from portmapctl.ops.metrics import Recorder
     from portmapctl.ops.node import NodeOptions
 
@@ -218,6 +219,8 @@ class Common:
     no_color: bool = False
     quiet: bool = False
     verbose: bool = False
+    # The nft listing entry.py started for this run (nftables/early.py), not an option.
+    early_nft: Optional[EarlyListing] = field(default=None, compare=False, repr=False)
 
     @property
     def cache_dirs(self) -> Tuple[str, ...]:
@@ -257,6 +260,7 @@ class Common:
             snapshots=snapshots or {},
             backend=self.backend.value,
             nft_snapshot=nft_snapshot,
+            early_nft=self.early_nft,
         )
 
 

@@ -237,16 +237,22 @@ MetricsFileOpt = Annotated[
 # (COMMON_NAMES, in cli/_common.py, lists the same names: tests/unit/test_fast_paths_pure.py)
 
 
+# The name under which typer hands a command built with `with_context` its context.
+CONTEXT_PARAMETER = "typer_context"
+
+
 def option_group(
     name: str,
     parameters: Sequence[Tuple[str, Any, Any]],
     build: Callable[..., Any],
     at_end: bool = False,
+    with_context: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A decorator: the command's parameter `name` becomes the options `parameters`
     (name, typer annotation, default) in its typer signature -- where `name` stood, or
     after the command's own with `at_end` -- and reaches the command as one value,
-    `build(**their values)`. Declared once, shared by every command that takes them."""
+    `build(**their values)`. Declared once, shared by every command that takes them.
+    `with_context`: build also gets `context=` the click context (not an option)."""
     names = [option for option, _, _ in parameters]
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -267,11 +273,20 @@ def option_group(
                 inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=h)
                 for option, h, d in parameters
             ]
+        if with_context:
+            # typer passes the context to a parameter of this type (it is no option).
+            signature.append(
+                inspect.Parameter(
+                    CONTEXT_PARAMETER, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context
+                )
+            )
 
         @functools.wraps(command)
         def run(**values: Any) -> Any:
-            group = build(**{option: values.pop(option) for option in names})
-            return command(**{name: group}, **values)
+            given = {option: values.pop(option) for option in names}
+            if with_context:
+                given["context"] = values.pop(CONTEXT_PARAMETER, None)
+            return command(**{name: build(**given)}, **values)
 
         run.__signature__ = own.replace(parameters=signature)  # type: ignore[attr-defined]
         run.__annotations__ = {p.name: p.annotation for p in signature}
@@ -280,12 +295,14 @@ def option_group(
     return decorate
 
 
-def _common(**given: Any) -> Common:
+def _common(context: Any = None, **given: Any) -> Common:
     if given["cni_cache_dir"] is not None:
         given["cni_cache_dir"] = tuple(given["cni_cache_dir"]) or None
-    return Common(**given)
+    # The context's obj: the nft listing entry.py started for `list` (nftables/early.py).
+    early_nft = getattr(context, "obj", None)
+    return Common(**given, early_nft=early_nft)
 
 
 # `command(common: Common, **its own options)` as a typer command that also takes the
 # common options, after its own in `--help`.
-common_options = option_group("common", COMMON_PARAMETERS, _common, at_end=True)
+common_options = option_group("common", COMMON_PARAMETERS, _common, at_end=True, with_context=True)

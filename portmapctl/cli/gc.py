@@ -137,7 +137,8 @@ def gc_command(
         # again (Node.converge), limited to what was confirmed.
         with opened(node_opts, write=not dry_run, lock_now=not ask) as node:
             with out.busy("reading the ruleset"):
-                planned = plan_gc(node, sources, options)
+                # Not asking: the smaller family goes in while the other is planned.
+                planned = plan_gc(node, sources, options, apply_early=not ask)
             if ask:
                 # The preview is a dry run that records its sightings like any run (so
                 # --min-age counts from here), shown on stderr: stdout is for the result.

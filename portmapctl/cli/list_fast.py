@@ -41,14 +41,17 @@ FLUSH_OPTIONS: Dict[str, tuple] = {
 }
 
 
-def runner(args: List[str]) -> Optional[Callable[[], Any]]:
+def runner(args: List[str], early_nft: Any = None) -> Optional[Callable[[], Any]]:
     """What `portmapctl ARGS` runs, when ARGS is a `list` or a `flush-udp` this module
-    can parse."""
+    can parse. `early_nft`: the nft listing entry.py started for a `list`
+    (nftables/early.py), handed on as typer's path hands it (Common.early_nft)."""
     given = add_fast.parse(args, "list", OPTIONS)
     if given is not None:
+        from dataclasses import replace
+
         from portmapctl.cli import list_run
 
-        common = add_fast.pop_common(given)
+        common = replace(add_fast.pop_common(given), early_nft=early_nft)
         return lambda: list_run.run(common, **given)
     given = add_fast.parse(args, "flush-udp", FLUSH_OPTIONS)
     if given is not None:

@@ -187,7 +187,9 @@ def plan_teardown(
         if chain.name in targets or (drop_snat and chain.name == OLD_TOPLEVEL_SNAT):
             continue  # emptied whole below
         if entering is not None:
-            positions = sorted(entering.get(chain.name, ()))
+            if chain.name not in entering:
+                continue  # most of the table (15,000 chains at 10,000 containers)
+            positions = sorted(entering[chain.name])
         else:
             positions = [i for i, r in enumerate(chain.rules) if rule_target(r) in targets]
         _delete_rules(txn, chain, positions, by_number)

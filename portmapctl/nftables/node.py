@@ -11,16 +11,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Collection, Dict, Iterable, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterable, List, Optional, Set, Tuple
 
 from portmapctl.errors import ApplyFailed, BadInput
 from portmapctl.nftables.access import NftAccess, NftApplyFailed
 from portmapctl.nftables.ruleset import CONTAINER_CHAINS, MASQUERADING, ActionKind, Rule, Ruleset
-from portmapctl.nftables.transaction import Transaction
+
+if TYPE_CHECKING:  # (imported by what plans, not by `list`, which only reads)
+    from portmapctl.nftables.transaction import Transaction
 
 ATTEMPTS = 3
 # What a table changed under us looks like: a handle or chain gone, a chain made
@@ -125,6 +126,8 @@ class DeadContainer:
     @property
     def fingerprint(self) -> str:
         """Changes when any of its rules is replaced (a new ADD gets new handles)."""
+        import hashlib  # here: `list` imports this module and never needs it
+
         items = sorted(f"{r.family} {r.chain} {r.handle}" for r in self.rules)
         return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
 

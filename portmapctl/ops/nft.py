@@ -67,10 +67,12 @@ def build(
     if live is None:
         live = node.read_nft()
     parts = split(attachments, live, iptables_owners, node.options.backend)
+    # nft_backed: compared with what the plugin would write, only for the problems.
+    backed = parts.nftables if problems else ()
     found = nft_inventory.build(
         live,
         owners(attachments),
-        nft_backed=[Owner(a.network, a.container_id, a.mapping, a.zombie) for a in parts.nftables],
+        nft_backed=[Owner(a.network, a.container_id, a.mapping, a.zombie) for a in backed],
         problems=problems,
     )
     return live, parts, found

@@ -30,6 +30,7 @@ from portmapctl.iptables.transaction import Transaction
 
 if TYPE_CHECKING:
     from portmapctl.nftables.access import NftAccess, NftUnusable
+    from portmapctl.nftables.access.nft import EarlyListing
     from portmapctl.nftables.ruleset import Ruleset
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
@@ -64,6 +65,9 @@ class NodeOptions:
     snapshots: Dict[int, str] = field(default_factory=dict)
     backend: str = "auto"
     nft_snapshot: Optional[str] = None
+    # An nft listing started before the command line was parsed (entry.py, for `list`):
+    # the first read takes it if it is the one that read would start.
+    early_nft: Optional[EarlyListing] = field(default=None, compare=False, repr=False)
 
     @property
     def offline(self) -> bool:
@@ -361,4 +365,4 @@ def _nft_access(options: NodeOptions) -> Optional[NftAccess]:
         return None  # iptables dumps only: no nftables state to read
     from portmapctl.nftables.access.nft import RealNft
 
-    return RealNft()
+    return RealNft(early=options.early_nft)

@@ -471,6 +471,68 @@ def test_gc_gives_up_cleanly_when_the_table_keeps_changing(node: Node_, tmp_path
     assert ChainKey(4, chain_name("gcnet", "old3")) in seen
 
 
+def _refusing(tmp_path: Path, tool: str) -> dict:
+    """PATH with a `tool` in front of the real one that refuses every transaction
+    (iptables-restore's exit 1, nothing applied)."""
+    folder = tmp_path / "refusing"
+    folder.mkdir(exist_ok=True)
+    script = folder / tool
+    script.write_text("#!/bin/bash\ncat > /dev/null\necho 'refused by the test' >&2\nexit 1\n")
+    script.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+def _two_families_stale(node: Node_) -> Dict[int, set]:
+    """One live container, one stale dual-stack and one stale IPv4-only: the IPv6
+    table is the smaller one, so `gc --yes` applies IPv6 while it plans IPv4."""
+    node.add("gcnet", "live1", ["10.88.0.11/16", "fd00::11/64"], _ports("8080/tcp"))
+    node.add("gcnet", "old1", ["10.88.0.12/16", "fd00::12/64"], _ports("8081/tcp"), cache=False)
+    node.add("gcnet", "old4", ["10.88.0.14/16"], _ports("8084/tcp"), cache=False)
+    before = {f: _containers(node, f) for f in (4, 6)}
+    assert before == {4: {"live1", "old1", "old4"}, 6: {"live1", "old1"}}
+    return before
+
+
+def test_a_family_applied_ahead_that_fails_leaves_the_other_as_in_order(nft_node, tmp_path):
+    """IPv6 goes in while IPv4 is planned; when it is refused (every try), IPv4 still
+    goes in, as it would have first in family order, and the line says so."""
+    node = nft_node
+    _two_families_stale(node)
+    env = _refusing(tmp_path, "ip6tables-nft-restore")
+    done = run(["gc", "--yes", "--min-age", "0", "--netns", node.ns, "--iptables", "nft",
+                "--cni-cache-dir", str(node.cache)], env=env)  # fmt: skip
+    assert_error(done, 1, "IPv6: gave up after 3 tries, nothing changed", "refused by the test",
+                 "(earlier families: 2 chains removed)")  # fmt: skip
+    assert {f: _containers(node, f) for f in (4, 6)} == {4: {"live1"}, 6: {"live1", "old1"}}
+    node.check("live1")
+    assert node.gc("--yes", "--min-age", "0").returncode == 0  # the rest, once it can
+    assert _containers(node, 6) == {"live1"}
+
+
+def test_a_family_that_fails_after_the_other_went_in_ahead_says_so(nft_node, tmp_path):
+    """IPv4 refused (every try) after IPv6 went in ahead of it: IPv6's removal stands
+    (its own whole transaction), IPv4 is untouched, the line names both, and the
+    IPv4 chains stay remembered as seen."""
+    node = nft_node
+    _two_families_stale(node)
+    env = _refusing(tmp_path, "iptables-nft-restore")
+    run_dir = tmp_path / "run"
+    env["PORTMAPCTL_RUN_DIR"] = str(run_dir)
+    done = run(["gc", "--yes", "--min-age", "0", "--netns", node.ns, "--iptables", "nft",
+                "--cni-cache-dir", str(node.cache)], env=env)  # fmt: skip
+    assert_error(done, 1, "IPv4: gave up after 3 tries, nothing changed",
+                 "(IPv6 was applied ahead of it: 1 chains removed)")  # fmt: skip
+    assert {f: _containers(node, f) for f in (4, 6)} == {4: {"live1", "old1", "old4"},
+                                                         6: {"live1"}}  # fmt: skip
+    node.check("live1")
+    with netns.entered(node.ns):
+        seen, _ = gc_state.load(str(run_dir), gc_state.namespace_key(node.ns))
+    assert {key for key in seen if key.family == 4} == {
+        ChainKey(4, chain_name("gcnet", cid)) for cid in ("old1", "old4")
+    }
+    assert not [key for key in seen if key.family == 6]  # removed: forgotten
+
+
 # --- the plugin and gc at the same time ---------------------------------------------------------
 
 

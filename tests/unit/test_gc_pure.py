@@ -213,6 +213,41 @@ def test_fingerprint_ignores_position_but_not_content():
     assert fingerprint(chains["ctr1"]) != fingerprint(chains["ctr3"])
 
 
+def test_fingerprint_is_the_digest_0_2_wrote():
+    """The state file keeps fingerprints across versions: hashed as one text now, they
+    must be 0.2's digest of the same lines fed one by one (or every pending chain's
+    --min-age clock would restart on upgrade)."""
+    import hashlib
+
+    tbl = table("three-containers", 4)
+    for chain in build({4: tbl}).chains:
+        digest = hashlib.sha256()  # 0.2's way, line by line
+        for rule in chain.rules:
+            digest.update(b"R\0" + "\0".join(rule).encode() + b"\n")
+        for entry_chain, args in sorted((e.chain, e.args) for e in chain.entries):
+            digest.update(
+                b"E\0" + entry_chain.encode() + b"\0" + "\0".join(args).encode() + b"\n"
+            )
+        assert chain.rules and chain.entries
+        assert fingerprint(chain) == digest.hexdigest()[:32]
+
+
+def test_liveness_hashes_only_pairs_no_cache_entry_names():
+    """A (network, ID) pair a cache entry names has its chain names in `chains`
+    already; derived_chains adds only the others (another network's chain of a live
+    ID), each CNI-SN- name the CNI-DN- one's hash."""
+    from portmapctl.cni.cache import Attachment
+
+    tbl = table("three-containers", 4)
+    facts = chain_facts(tbl)
+    live = liveness(Sources(), [Attachment("othernet", "ctr3", "eth0", "/y", None)])
+    assert live.chains == {chain_name("othernet", "ctr3"), chain_name("othernet", "ctr3", "SN-")}
+    assert live.derived_chains(facts) == {
+        chain_name("mynet", "ctr3"),
+        chain_name("mynet", "ctr3", "SN-"),
+    }
+
+
 def test_only_limits_removal_to_what_was_confirmed():
     tbl = table("three-containers", 4)
     names = _chain_names(tbl)

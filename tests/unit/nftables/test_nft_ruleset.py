@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import fields
 
 import nftcases
 import pytest
@@ -163,3 +164,46 @@ def test_malformed_input_names_its_source(text: str, words: str) -> None:
     assert message.startswith("/tmp/node.json: not `nft -j list` output")
     assert words in message
     assert "\n" not in message
+
+
+def test_the_parsers_own_constructors_make_what_init_makes() -> None:
+    """The parser builds its frozen values without their __init__ (speed): the same
+    values, equal and hashing alike, every field set."""
+    for cls in (rs.Match, rs.Action, rs.RuleBody, rs.Rule):
+        assert not hasattr(cls, "__post_init__") and "__slots__" not in vars(cls)
+    match = rs._made_match("tcp dport", "==", "80")
+    by_init = Match("tcp dport", "==", "80")
+    assert match == by_init and hash(match) == hash(by_init)
+    dnat = rs._made_dnat("10.0.0.1", None)
+    assert dnat == rs.Action(ActionKind.DNAT, addr="10.0.0.1") and dnat.target is None
+    body = rs._made_body((match,), dnat, "c1")
+    assert body == rs.RuleBody((match,), rs.Action(ActionKind.DNAT, addr="10.0.0.1"), "c1")
+    rule = rs._made_rule(4, "hostports", 7, body)
+    rule_by_init = rs.Rule(4, "hostports", 7, body)
+    assert rule == rule_by_init and hash(rule) == hash(rule_by_init)
+    assert rule.comment == "c1" and repr(rule) == repr(rule_by_init)
+    for made in (match, dnat, body, rule):
+        assert set(vars(made)) == {f.name for f in fields(type(made))}
+        with pytest.raises(AttributeError):
+            made.x = 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"handle": True}, "handle True"),
+        ({"handle": -1}, "handle -1"),
+        ({"handle": "1"}, "handle '1'"),
+        ({"comment": 5}, "comment is not a string"),
+        ({"expr": {}}, "expr is not a list"),
+        ({"family": []}, "unhashable type"),
+        ({"expr": [{"dnat": {"addr": "nope", "port": 1}}]}, "does not appear to be an IPv4"),
+    ],
+)
+def test_a_bad_rule_names_what_is_wrong(change: dict, words: str) -> None:
+    rule = {"family": "ip", "table": "cni_hostport", "chain": "hostports", "handle": 3,
+            "expr": [], **change}  # fmt: skip
+    with pytest.raises(BadInput) as err:
+        rs.parse(json.dumps({"nftables": [{"rule": rule}]}), "src")
+    assert str(err.value).startswith("src: not `nft -j list` output (item 0: bad rule: ")
+    assert words in str(err.value)
