@@ -2,7 +2,8 @@
 
 `main()` runs the typer app (cli/typer_app.py) in non-standalone mode so that every
 failure becomes one line on stderr with its SPEC §4 exit code, never a traceback
-(unless -v); `add` with plain options is parsed by cli/add_fast.py, without typer.
+(unless -v); `add` and `list` with plain options are parsed by cli/add_fast.py and
+cli/list_fast.py, without typer.
 """
 
 from __future__ import annotations
@@ -132,15 +133,16 @@ def _by_typer(args: List[str], early_nft: Any = None) -> Callable[[], Any]:
 def main(argv: Optional[List[str]] = None, early_nft: Any = None) -> None:
     """Run the command line. `early_nft`: the nft listing entry.py started for it
     (nftables/early.py), for the command's read to take."""
-    from portmapctl.cli import add_fast
+    from portmapctl.cli import add_fast, list_fast
 
     args = sys.argv[1:] if argv is None else argv
     if not args:
         args = ["--help"]
-    # `add` as scripts and runtimes call it is parsed without typer (SPEC §6: typer's
-    # import is a third of add's time); anything else, --help and every mistake
-    # included, goes to typer, which has the only words for them.
-    run = add_fast.runner(args) or _by_typer(args, early_nft)
+    # `add` as scripts and runtimes call it, and a plain `list` (or `flush-udp`), are
+    # parsed without typer (SPEC §6: typer's import is a third of add's time, a fifth
+    # of list's); anything else, --help and every mistake included, goes to typer,
+    # which has the only words for them.
+    run = add_fast.runner(args) or list_fast.runner(args, early_nft) or _by_typer(args, early_nft)
     try:
         with _ctrl_c_raises_interrupted():
             code = run()

@@ -12,9 +12,12 @@ returns None and typer parses it, so help, error messages and exit codes are typ
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from portmapctl.cli._common import BackendChoice, FamilyChoice, IptablesChoice, OutputChoice
+
+if TYPE_CHECKING:
+    from portmapctl.cli._common import Common
 
 # The options whose values are an Enum's (cli/_common.py: no typer there).
 _ENUMS = {
@@ -63,18 +66,22 @@ ENVIRONMENT = {"iptables": "PORTMAPCTL_IPTABLES", "cni_cache_dir": "PORTMAPCTL_C
 COMPLETION_ENV = "_PORTMAPCTL_COMPLETE"
 
 
-def parse(args: List[str]) -> Optional[Dict[str, Any]]:
+def parse(
+    args: List[str], command: str = "add", options: Optional[Dict[str, tuple]] = None
+) -> Optional[Dict[str, Any]]:
     """`add`'s options as typer hands them to the command (the common ones included),
-    or None when typer must parse this command line."""
-    if not args or args[0] != "add" or os.environ.get(COMPLETION_ENV):
+    or None when typer must parse this command line. `command` and its `options` (in
+    OPTIONS' form): another command's plain command lines (cli/list_fast.py)."""
+    known = OPTIONS if options is None else options
+    if not args or args[0] != command or os.environ.get(COMPLETION_ENV):
         return None
     given: Dict[str, Any] = {}
     words = iter(args[1:])
     for word in words:
         name, equals, attached = word.partition("=")
-        if name not in OPTIONS or not name.startswith("--") and equals:
+        if name not in known or not name.startswith("--") and equals:
             return None  # a positional, --help, `-p8080:80`, `-qv`, `--`, a typo
-        parameter, kind = OPTIONS[name]
+        parameter, kind = known[name]
         if kind == "flag":
             if equals:
                 return None
@@ -115,12 +122,17 @@ def runner(args: List[str]) -> Optional[Callable[[], Any]]:
     if given is None:
         return None
     from portmapctl.cli import add_run
-    from portmapctl.cli._common import (
-        COMMON_NAMES,
-        MAPPING_NAMES,
-        Common,
-        MappingOptions,
-    )
+    from portmapctl.cli._common import MAPPING_NAMES, MappingOptions
+
+    common = pop_common(given)
+    mapping = MappingOptions(**{name: given.pop(name) for name in MAPPING_NAMES if name in given})
+    flags = {"no_flush_udp": False, "dry_run": False, **given}  # add's own options
+    return lambda: add_run.run(common, mapping, **flags)
+
+
+def pop_common(given: Dict[str, Any]) -> Common:
+    """The common options out of what parse() found (they are taken out of `given`)."""
+    from portmapctl.cli._common import COMMON_NAMES, Common
 
     common: Dict[str, Any] = {}
     for name in COMMON_NAMES:
@@ -129,6 +141,4 @@ def runner(args: List[str]) -> Optional[Callable[[], Any]]:
             common[name] = _ENUMS[name](value) if name in _ENUMS else value
     if "cni_cache_dir" in common:
         common["cni_cache_dir"] = tuple(common["cni_cache_dir"])
-    mapping = MappingOptions(**{name: given.pop(name) for name in MAPPING_NAMES if name in given})
-    flags = {"no_flush_udp": False, "dry_run": False, **given}  # add's own options
-    return lambda: add_run.run(Common(**common), mapping, **flags)
+    return Common(**common)

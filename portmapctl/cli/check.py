@@ -76,13 +76,15 @@ def check_command(
     one row per problem, then why each kind matters and the command that fixes it."""
     # The library is imported here, not at the top: `--help` and other commands stay fast.
     from portmapctl import render
+    from portmapctl.core.pause import gc_paused
     from portmapctl.errors import BadInput
     from portmapctl.ops import check as check_lib
     from portmapctl.ops.node import opened
 
     out = common.out()
     # Exit 1 (problems found) is a run that did its work.
-    with metrics_recording(metrics_file, "check", common.cache_dirs, out, (0, 1)) as recorder:
+    metrics = metrics_recording(metrics_file, "check", common.cache_dirs, out, (0, 1))
+    with gc_paused(), metrics as recorder:
         mapping_given = mapping.given
         config = None
         if mapping_given:

@@ -62,34 +62,8 @@ def flush_udp_command(
     """Delete UDP conntrack entries to mapped host ports, so that their flows go
     through the current DNAT rules again (ends the UDP blackhole after a container
     moves)."""
-    from portmapctl import render
-    from portmapctl.core import validate
-    from portmapctl.ops.flush_udp import flush
-    from portmapctl.ops.node import opened
+    from portmapctl.cli import flush_udp_run
 
-    out = common.out()
-    ports = None if port is None else sorted({validate.port(p, "--port") for p in port})
-    if container is not None:
-        validate.cni_name(container, "container ID")
-    options = common.node_options()
-    with (
-        opened(options, write=not dry_run) as node,
-        out.progress("deleting UDP conntrack entries") as progress,
-    ):
-        result = flush(
-            node,
-            ports=ports,
-            container=container,
-            stale_only=stale_only,
-            dry_run=dry_run,
-            progress=progress,
-        )
-    for warning in result.warnings:
-        out.warn(warning)
-    if out.json:
-        out.print_json(render.flush_json(result, common.cache().json()))
-        return
-    if result.doomed and (dry_run or common.verbose):
-        out.show(render.flush_table(result))
-        out.blank()
-    out.summary(render.flush_summary(result, container))
+    flush_udp_run.run(
+        common, port=port, container=container, stale_only=stale_only, dry_run=dry_run
+    )

@@ -12,10 +12,15 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
-from portmapctl.core.mapping import MappingConfig, PortMapping
-from portmapctl.iptables.ruleset import Args, normalize
+if TYPE_CHECKING:
+    from portmapctl.core.mapping import MappingConfig, PortMapping
+    from portmapctl.iptables.ruleset import Args
+
+# The rule generators import ruleset (normalize) when they first run: the chain names
+# alone (add's fast path, every command's --help through cli/add_run.py) need neither
+# it nor ipaddress.
 
 try:
     # CPython's own SHA-512: hashlib would load OpenSSL first, 2-3 ms of every run.
@@ -106,6 +111,8 @@ def _mark(bit: int) -> str:
 # once per container (a third of check's normalize() calls). Chain values are frozen.
 @functools.cache
 def toplevel_dnat_chain(family: int) -> Chain:
+    from portmapctl.iptables.ruleset import normalize
+
     return Chain(
         TOPLEVEL_DNAT,
         entry_chains=("PREROUTING", "OUTPUT"),
@@ -117,6 +124,8 @@ def toplevel_dnat_chain(family: int) -> Chain:
 
 @functools.cache
 def setmark_chain(mark_bit: int, family: int) -> Chain:
+    from portmapctl.iptables.ruleset import normalize
+
     rule = ["-m", "comment", "--comment", "CNI portfwd masquerade mark"]
     return Chain(
         SETMARK, rules=(normalize([*rule, "-j", "MARK", "--set-xmark", _mark(mark_bit)], family),)
@@ -125,6 +134,8 @@ def setmark_chain(mark_bit: int, family: int) -> Chain:
 
 @functools.cache
 def masq_chain(mark_bit: int, family: int) -> Chain:
+    from portmapctl.iptables.ruleset import normalize
+
     entry = ["-m", "comment", "--comment", "CNI portfwd requiring masquerade", "-j", MASQ]
     return Chain(
         MASQ,
@@ -157,60 +168,60 @@ def _port_groups(ports: Tuple[PortMapping, ...]) -> List[Tuple[str, str]]:
 @functools.lru_cache(maxsize=32768)
 def dnat_chain(config: MappingConfig, family: int) -> Optional[Chain]:
     """The per-container CNI-DN- chain for one family, or None without an address."""
+    from portmapctl.iptables.ruleset import normal_entry_rule, normal_port_rule, normalize
+
     address = config.address(family)
     if address is None:
         return None
     name = dnat_chain_name(config)
     comment = dnat_comment(config.network, config.container_id)
     conditions = config.conditions_v6 if family == 6 else config.conditions_v4
-    entry_rules = tuple(
-        normalize(
-            [
-                "-m",
-                "comment",
-                "--comment",
-                comment,
-                "-m",
-                "multiport",
-                "-p",
-                proto,
-                "--destination-ports",
-                ports,
-                *conditions,
-                "-j",
-                name,
-            ],
-            family,
+    if conditions:
+        entry_rules = tuple(
+            normalize(
+                [
+                    "-m",
+                    "comment",
+                    "--comment",
+                    comment,
+                    "-m",
+                    "multiport",
+                    "-p",
+                    proto,
+                    "--destination-ports",
+                    ports,
+                    *conditions,
+                    "-j",
+                    name,
+                ],
+                family,
+            )
+            for proto, ports in _port_groups(config.ports)
         )
-        for proto, ports in _port_groups(config.ports)
-    )
+    else:  # the same rules without conditions, built in saved form directly
+        entry_rules = tuple(
+            normal_entry_rule(comment, proto, ports, name, family)
+            for proto, ports in _port_groups(config.ports)
+        )
     hairpin_source = (
         ("::/0" if family == 6 else "0.0.0.0/0") if config.masq_all else str(address.network)
     )
     container_ip = address.ip.compressed
     destination = f"[{container_ip}]" if family == 6 else container_ip
     rules: List[Args] = []
+    mark = (setmark_target(config),)
     for port in config.ports:
         if not port.applies_to(family):
             continue
-        base = ["-p", port.protocol, "--dport", str(port.host_port)]
-        host_ip = port.host_ip_for_rule()
-        if host_ip:
-            base += ["-d", host_ip]
+        # The plugin's `-p P --dport N [-d HOSTIP] [-s SOURCE] -j ...`, in saved form.
+        proto, host_port, host_ip = port.protocol, str(port.host_port), port.host_ip_for_rule()
+        host_ip = host_ip or None
         if config.snat:
-            rules.append(
-                normalize([*base, "-s", hairpin_source, "-j", setmark_target(config)], family)
-            )
+            rules.append(normal_port_rule(proto, host_port, host_ip, hairpin_source, mark, family))
             if family == 4 and not config.masq_all:
-                rules.append(
-                    normalize([*base, "-s", "127.0.0.1", "-j", setmark_target(config)], family)
-                )
-        rules.append(
-            normalize(
-                [*base, "-j", "DNAT", "--to-destination", f"{destination}:{port.container_port}"],
-                family,
-            )
-        )
+                rules.append(normal_port_rule(proto, host_port, host_ip, "127.0.0.1", mark, family))
+        dnat = ("DNAT", "--to-destination", f"{destination}:{port.container_port}")
+        rules.append(normal_port_rule(proto, host_port, host_ip, None, dnat, family))
     return Chain(name, rules=tuple(rules), entry_chains=(TOPLEVEL_DNAT,), entry_rules=entry_rules)
 
 

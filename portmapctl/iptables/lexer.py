@@ -95,8 +95,16 @@ def _split_saved_form(line: str) -> Optional[List[str]]:
             words += split
         if k < last:
             word = parts[k + 1]
-            words.append(_ESCAPE.sub(_ESCAPED, word) if escaped and "\\" in word else word)
+            words.append(_unescaped(word) if escaped and "\\" in word else word)
     return words
+
+
+def _unescaped(word: str) -> str:
+    """A quoted word's text: each backslash takes the next character as it is. When
+    every backslash escapes a quote (the plugin's comments), str.replace does it."""
+    if word.count("\\") == word.count('\\"'):
+        return word.replace('\\"', '"')
+    return _ESCAPE.sub(_ESCAPED, word)
 
 
 def _split_carefully(line: str) -> List[str]:

@@ -107,16 +107,19 @@ def parse_save(
     rules: Dict[str, List[Args]] = {}
     table: Optional[str] = None
     seen_nat = False
+    # Asked of the whole text once, not of every line: most texts have neither.
+    carriage_returns = "\r" in text
+    binary = "\x00" in text
     # Lines end at "\n" only, as iptables-restore reads them: str.splitlines() would
     # also cut at \x1c, \x85 or \u2028 inside a quoted comment.
     for number, line in enumerate(text.split("\n"), 1):
-        if line.endswith("\r"):
+        if carriage_returns and line.endswith("\r"):
             line = line[:-1]
         if table == "nat" and line.startswith("-A "):
             # The bulk of the text (9 lines per container), first: none of the checks
             # below but this one can fire for such a line. (A closure per line, as
             # below, cost a tenth of the time.)
-            if "\x00" in line:
+            if binary and "\x00" in line:
                 raise _bad(source, number, "binary data, not iptables-save output")
             if skip_foreign and "CNI-" not in line and not line.startswith(_BUILTIN_RULE):
                 # Another tool's rule that cannot jump to (or be) a portmap chain: on a
@@ -128,10 +131,13 @@ def parse_save(
                 if chain_rules is not None:
                     chain_rules.append((line,))
                     continue
-            try:
-                tokens = split_words(line)
-            except ValueError as err:
-                raise _bad(source, number, str(err)) from None
+            # split_words' first fast path, inline (no newline can be in a line here).
+            tokens = line.split(" ") if '"' not in line and "\t" not in line else []
+            if not all(tokens) or not tokens:
+                try:
+                    tokens = split_words(line)
+                except ValueError as err:
+                    raise _bad(source, number, str(err)) from None
             if len(tokens) < 2:
                 raise _bad(source, number, "rule without a chain")
             if strict:
@@ -399,6 +405,69 @@ def normalize(args: Iterable[str], family: int) -> Args:
         out.extend(["-m", name, *canonical(name, options)])
     out.extend(target)
     return tuple(out)
+
+
+# The plugin's own rules, in their normal form without the walk above: `check` makes
+# every cached container's chain (4 rules a container), and normalize() was most of
+# its diagnosis. Each builder gives exactly what normalize() gives for the tokens its
+# docstring names (tests/unit/test_ruleset_builders.py, with hypothesis), and hands
+# anything outside the plain case to normalize() itself.
+_PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
+# Tokens normalize() reads as something else than a plain value.
+_SPECIAL_TOKENS = frozenset({"!", "-j", "-g", *_GENERIC_ALIASES})
+
+
+def _plain_values(values: Iterable[str]) -> bool:
+    return not any(value in _SPECIAL_TOKENS for value in values)
+
+
+def normal_port_rule(
+    protocol: str,
+    port: str,
+    destination: Optional[str],
+    source: Optional[str],
+    target: Sequence[str],
+    family: int,
+) -> Args:
+    """normalize(["-p", protocol, "--dport", port] + ["-d", destination] (when given)
+    + ["-s", source] (when given) + ["-j", *target], family): a rule of a CNI-DN- chain
+    as the plugin writes it, in saved form."""
+    args = ["-p", protocol, "--dport", port]
+    if destination is not None:
+        args += ["-d", destination]
+    if source is not None:
+        args += ["-s", source]
+    args += ["-j", *target]
+    values = [port, *target]
+    values += [] if destination is None else [destination]
+    values += [] if source is None else [source]
+    if protocol not in _PORT_PROTOCOLS or not target or not _plain_values(values):
+        return normalize(args, family)
+    out: List[str] = []
+    # Addresses normalized (and refused) in the order normalize() meets them.
+    normal_destination = None if destination is None else _normal_address(destination, family)
+    normal_source = None if source is None else _normal_address(source, family)
+    if normal_source is not None and not normal_source.endswith("/0"):
+        out += ["-s", normal_source]
+    if normal_destination is not None and not normal_destination.endswith("/0"):
+        out += ["-d", normal_destination]
+    out += ["-p", protocol, "-m", protocol, "--dport", port, "-j", *target]
+    return tuple(out)
+
+
+def normal_entry_rule(comment: str, protocol: str, ports: str, target: str, family: int) -> Args:
+    """normalize(["-m", "comment", "--comment", comment, "-m", "multiport", "-p",
+    protocol, "--destination-ports", ports, "-j", target], family): an entry rule of
+    CNI-HOSTPORT-DNAT as the plugin writes it without conditions, in saved form."""
+    values = (comment, protocol, ports, target)
+    if protocol not in _PORT_PROTOCOLS or not _plain_values(values):
+        return normalize(
+            ["-m", "comment", "--comment", comment, "-m", "multiport", "-p", protocol,
+             "--destination-ports", ports, "-j", target],
+            family,
+        )  # fmt: skip
+    return ("-p", protocol, "-m", "comment", "--comment", _stored_comment(comment),
+            "-m", "multiport", "--dports", ports, "-j", target)  # fmt: skip
 
 
 def _stored_comment(text: str) -> str:

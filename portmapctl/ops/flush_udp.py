@@ -38,6 +38,7 @@ from typing import (
 )
 
 from portmapctl.cni import cache as cni_cache
+from portmapctl.core.pause import gc_paused
 from portmapctl.host import conntrack
 from portmapctl.host.addresses import LocalAddresses, local_addresses
 from portmapctl.host.conntrack import ConntrackEntry
@@ -220,9 +221,11 @@ def flush(
     warnings: Tuple[str, ...] = ()
     if ports is None or container is not None or stale_only:
         # The cache is read while the saves run (as for list): nothing is changed here.
-        tables, attachments = node.read_with_cache()
-        warnings = tuple(cni_cache.warnings(attachments))
-        mappings = udp_mappings(node_mappings(node, tables, attachments))
+        # The rows are acyclic and kept to the end: no cyclic collections (as list).
+        with gc_paused():
+            tables, attachments = node.read_with_cache()
+            warnings = tuple(cni_cache.warnings(attachments))
+            mappings = udp_mappings(node_mappings(node, tables, attachments))
     keys = select_ports(mappings, families, ports=ports, container=container)
     if not keys:
         return FlushResult(dry_run, stale_only, (), (), 0, 0, warnings)
@@ -255,10 +258,15 @@ def node_mappings(node: Node, tables: Any, attachments: Any) -> List[Mapping]:
     found = inventory.build(tables, attachments)
     mappings: List[Mapping] = list(found.mappings)
     if node.nft is not None:
+        live = node.read_nft()
+        if not live.tables:
+            # No plugin table, no rows: the nftables modules need not be imported.
+            return mappings
         from portmapctl.ops import nft
 
         owners = {c.container_id for c in found.chains if c.container_id}
-        mappings += nft.build(node, attachments, owners)[2].mappings  # same fields, duck-typed
+        rows = nft.build(node, attachments, owners, live=live)[2].mappings
+        mappings += rows  # same fields, duck-typed
     return mappings
 
 

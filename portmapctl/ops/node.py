@@ -179,7 +179,17 @@ class Node:
         view = self.namespace_view() if judge_namespaces else None
         return cni_cache.read_cache(self.options.cache_dirs, view)
 
-    def read_with_cache(self) -> Tuple[Dict[int, NatTable], Optional[List[cni_cache.Attachment]]]:
+    def start_read(self) -> Callable[[], Dict[int, NatTable]]:
+        """read() in two steps where the backend can (iptables-save of both families
+        starts now); the function returned gives what read() would."""
+        start_read = getattr(self.backend, "start_read", None)
+        if start_read is not None and len(self.families) > 1:
+            return start_read(self.families)
+        return self.read
+
+    def read_with_cache(
+        self, started: Optional[Callable[[], Dict[int, NatTable]]] = None
+    ) -> Tuple[Dict[int, NatTable], Optional[List[cni_cache.Attachment]]]:
         """read() and read_cache() at once, for a command that only looks (`list`).
 
         The cache is read while iptables-save runs on the other core: 0.07 s of the
@@ -187,8 +197,9 @@ class Node:
         thread, which is in the namespace this one has entered (a new thread starts in
         its creator's); errors come out as from read() and then read_cache().
         Commands that change the node read in their own order (gc: tables first).
+        `started`: what start_read() returned, when the saves were started before.
         """
-        return side_by_side(self.read, self.read_cache)
+        return side_by_side(started or self.read, self.read_cache)
 
     def read_then_cache(
         self, read: Callable[[], Read], judge_namespaces: bool = True
@@ -261,11 +272,14 @@ class Node:
 
 
 def side_by_side(
-    background: Callable[[], Read], foreground: Callable[[], Other]
+    background: Callable[[], Read],
+    foreground: Callable[[], Other],
+    foreground_first: bool = False,
 ) -> Tuple[Read, Other]:
     """background() in a thread while foreground() runs here; errors come out as if
-    background() had run first. The thread is in the namespace this one has entered
-    (a new thread starts in its creator's)."""
+    background() had run first (`foreground_first`: as if foreground() had). The
+    thread is in the namespace this one has entered (a new thread starts in its
+    creator's)."""
     import threading
 
     found: Dict[str, object] = {}
@@ -282,7 +296,7 @@ def side_by_side(
         other = foreground()
     except BaseException:
         worker.join()
-        if "error" in found:  # background's problem first, as if it had run first
+        if "error" in found and not foreground_first:  # as if background had run first
             raise found["error"] from None  # type: ignore[misc]
         raise
     worker.join()

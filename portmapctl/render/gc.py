@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING, Iterable, List, Optional
 from portmapctl.render.table import count, grid, short_id
 
 if TYPE_CHECKING:
-    from rich.text import Text
-
     from portmapctl.ops.gc import GcChain, GcResult
+    from portmapctl.render.table import Grid
 
 
 def _ports_cell(c: GcChain) -> str:
@@ -43,7 +42,7 @@ def gc_table(
     wide: bool = False,
     full_ids: bool = False,
     header: bool = True,
-) -> Text:
+) -> Grid:
     """One row per chain removed (in a dry run or the preview: to be removed) and per
     pending one, with when a later run can remove it; TYPE and CHAIN only when `wide`
     (the table fits 80 columns without them).

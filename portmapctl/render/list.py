@@ -8,9 +8,8 @@ from typing import Mapping as MappingT
 from portmapctl.render.table import STATUS_STYLE, count, grid, short_id
 
 if TYPE_CHECKING:
-    from rich.text import Text
-
     from portmapctl.iptables.inventory import ChainInfo, Mapping
+    from portmapctl.render.table import Grid
 
 
 def sort_key(m: Mapping) -> Tuple[Any, ...]:
@@ -87,7 +86,7 @@ def list_table(
     wide: bool = True,
     full_ids: bool = False,
     header: bool = True,
-) -> Text:
+) -> Grid:
     """The list table; without `wide` the CHAIN column is left out (80 columns)."""
     headers = ["NETWORK", "CONTAINER", "FAM", "PROTO", "HOST", "CONTAINER ADDR", "SNAT", "CHAIN"]
     if conntrack is not None:

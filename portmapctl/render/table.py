@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING, Callable, Iterable, List, NamedTuple, Optional
 from portmapctl.core.status import Status
 
 if TYPE_CHECKING:
-    from rich.text import Span, Text
+    from rich.text import Text
+
+# A style span (start, end, style): rich's Span is this NamedTuple, made when drawn.
+SpanTuple = Tuple[int, int, str]
 
 STATUS_STYLE = {
     Status.OK: "green",
@@ -63,9 +66,34 @@ def status_pieces(words: Iterable[str]) -> List[Piece]:
 
 
 def grid(headers: List[str], rows: List[List[str]], status: List[Iterable[str]],
-         header: bool = True, status_header: str = "STATUS") -> Text:  # fmt: skip
+         header: bool = True, status_header: str = "STATUS") -> Grid:  # fmt: skip
     """Columns padded to width, then the status words, each coloured (list, gc)."""
-    return table(headers + [status_header], rows, [status_pieces(w) for w in status], header)
+    last = [status_pieces(w) for w in status]
+    return Grid(*_text_and_spans(headers + [status_header], rows, last, header, "", None, False))
+
+
+class Grid:
+    """A finished table as its plain text and style spans: the Text that table() would
+    return, made only when something draws it (`__rich__`). Piped output takes
+    `plain` and never imports rich (rich.text and rich.control: a tenth of `list`'s
+    start-up)."""
+
+    def __init__(self, text: str, spans: List[SpanTuple]) -> None:
+        self._text = text
+        self._spans = spans
+        # What Text.rstrip() leaves (the text has no control codes to strip).
+        self.plain = text.rstrip()
+
+    def __rich__(self) -> Text:
+        from rich.text import Span, Text
+
+        out = Text(self._text, spans=[Span(*span) for span in self._spans])
+        out.rstrip()
+        return out
+
+    @property
+    def spans(self) -> List[SpanTuple]:
+        return self.__rich__().spans
 
 
 def table(
@@ -85,9 +113,18 @@ def table(
     cuts the last cell with `…` so no row wraps; `strip_lines` drops the spaces a row
     ends with. Rows may be shorter or longer than the headers (extra cells are dropped).
     """
-    from rich.control import strip_control_codes
-    from rich.text import Text
+    from rich.text import Span, Text
 
+    plain, spans = _text_and_spans(headers, rows, last, header, first_style, width, strip_lines)
+    out = Text(plain, spans=[Span(*span) for span in spans])
+    out.rstrip()
+    return out
+
+
+def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
+                    last: Sequence[Sequence[Piece]], header: bool, first_style: str,
+                    width: Optional[int], strip_lines: bool) -> Tuple[str, List[SpanTuple]]:  # fmt: skip
+    """table()'s text and spans (start, end, style), before rich: see table()."""
     shown = headers[:-1]
     if all(len(row) == len(shown) for row in rows):
         columns = list(zip(*rows)) or [()] * len(shown)
@@ -105,9 +142,19 @@ def table(
         # Text.append drops control codes from each piece: offsets must be counted
         # after that (rare: a name from a dump with a control character in it).
         plain, spans = _grid_text(layout, rows, last, strip_control_codes)
-    out = Text(plain, spans=spans)
-    out.rstrip()
-    return out
+    return plain, spans
+
+
+# The control codes rich's Text drops from what it is given (rich.control
+# STRIP_CONTROL_CODES: bell, backspace, vertical tab, form feed, carriage return), as
+# a translate table here: importing rich.control costs more than a whole `list` of
+# 100 containers spends on its table (tests/unit/test_render_grid.py holds the two
+# to the same result).
+_STRIPPED = dict.fromkeys((7, 8, 11, 12, 13))
+
+
+def strip_control_codes(text: str) -> str:
+    return text.translate(_STRIPPED)
 
 
 class _Layout(NamedTuple):
@@ -127,19 +174,18 @@ def _grid_text(
     rows: Sequence[Sequence[str]],
     last: Sequence[Sequence[Piece]],
     clean: Callable[[str], str],
-) -> Tuple[str, List[Span]]:
-    """The grid's text and style spans, as Text.append piece by piece would make them.
+) -> Tuple[str, List[SpanTuple]]:
+    """The grid's text and style spans (start, end, style), as Text.append piece by
+    piece would make them.
 
     Put together here and handed to Text once: Text.append per piece took 0.1 s for
     10,000 rows.
     """
-    from rich.text import Span
-
     widths = layout.widths
     head = "  ".join(h.ljust(w) for h, w in zip(layout.headers, widths))
     head = clean(head + f"  {layout.headers[-1]}").rstrip() + "\n"
     pieces = [head] if layout.header else []
-    spans = [Span(0, len(head), "bold")] if layout.header else []
+    spans = [(0, len(head), "bold")] if layout.header else []
     offset = len(head) if layout.header else 0
     for row, cell in zip(rows, last):
         padded = [c.ljust(w) for c, w in zip(row, widths)]
@@ -147,7 +193,7 @@ def _grid_text(
             first = clean(padded[0])
             rest = clean("  " + "  ".join(padded[1:]) + "  ")
             if first:
-                spans.append(Span(offset, offset + len(first), layout.first_style))
+                spans.append((offset, offset + len(first), layout.first_style))
             line = first + rest
         else:
             line = clean("  ".join(padded) + "  ")
@@ -166,7 +212,7 @@ def _grid_text(
             if layout.strip_lines and i == len(cell) - 1:
                 piece_text = piece_text.rstrip()
             if piece.style and piece_text:
-                spans.append(Span(offset, offset + len(piece_text), piece.style))
+                spans.append((offset, offset + len(piece_text), piece.style))
             pieces.append(piece_text)
             offset += len(piece_text)
         pieces.append("\n")

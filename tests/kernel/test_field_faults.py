@@ -69,14 +69,18 @@ def _gone(pids: List[int], within: float = 5.0) -> bool:
 # --- item 17: Ctrl-C during start-up ----------------------------------------------------
 
 
-def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path):
-    # A KeyboardInterrupt raised by the import of typer is exactly what Ctrl-C during
-    # the slowest part of start-up does, without depending on timing.
-    shim = tmp_path / "shim" / "typer"
+@pytest.mark.parametrize(
+    "command, module",
+    [("check", "typer"), ("list", "base64")],  # a plain list does not import typer
+)
+def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path, command, module):
+    # A KeyboardInterrupt raised by the import of a module the command loads is exactly
+    # what Ctrl-C during the slowest part of start-up does, without depending on timing.
+    shim = tmp_path / "shim" / module
     shim.mkdir(parents=True)
     (shim / "__init__.py").write_text("raise KeyboardInterrupt\n")
     path = f"{shim.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    done = run(["list", "--snapshot", str(FIXTURES / "basic.v4.save")], env={"PYTHONPATH": path})
+    done = run([command, "--snapshot", str(FIXTURES / "basic.v4.save")], env={"PYTHONPATH": path})
     assert done.returncode == 130, done.stderr
     assert done.stderr == "portmapctl: aborted\n"
     assert done.stdout == ""

@@ -132,3 +132,11 @@ def test_every_saved_line_takes_a_fast_path(name: str, family: int) -> None:
             assert _split_saved_form(line) == _split_carefully(line), line
         elif line.startswith("-A "):
             assert line.split(" ") == _split_carefully(line), line
+
+
+@settings(max_examples=1000)
+@given(st.text(st.sampled_from(["\\", '"', "a", " ", "\n"]), max_size=12))
+def test_unescaping_by_replace_is_the_regular_expressions(word: str) -> None:
+    from portmapctl.iptables.lexer import _ESCAPE, _ESCAPED, _unescaped
+
+    assert _unescaped(word) == _ESCAPE.sub(_ESCAPED, word)

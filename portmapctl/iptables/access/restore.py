@@ -7,12 +7,13 @@ family to write, whatever the number of containers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
 import subprocess
 import time
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.iptables.lexer import split_words
@@ -135,17 +136,30 @@ class RestoreBackend:
 
     def read_families(self, families: Sequence[int]) -> Dict[int, NatTable]:
         """Both families at once: the two saves run side by side."""
+        return self.start_read(families)()
+
+    def start_read(self, families: Sequence[int]) -> Callable[[], Dict[int, NatTable]]:
+        """read_families in two steps: the saves start now, and the function returned
+        waits for them and parses (a caller does other work meanwhile: `list` starts
+        nft and reads the CNI cache while iptables-save runs). Call it, once: it reaps
+        the processes whatever happens."""
         argvs = {f: [self._binary(f, "save"), "-t", "nat"] for f in families}
         running: Dict[int, subprocess.Popen] = {}
+        try:
+            for f, argv in argvs.items():
+                running[f] = _start(argv, stdin=False)
+        except OSError as err:
+            with _reaped(running.values()):
+                raise HostProblem(f"cannot run iptables-save: {err.strerror}") from None
+        return functools.partial(self._finish_read, argvs, running)
+
+    def _finish_read(
+        self, argvs: Dict[int, List[str]], running: Dict[int, subprocess.Popen]
+    ) -> Dict[int, NatTable]:
         outputs: Dict[int, tuple] = {}
         # Every save still running is killed on the way out, whatever happens: a
         # hung one, an error in the other, Ctrl-C.
         with _reaped(running.values()):
-            try:
-                for f, argv in argvs.items():
-                    running[f] = _start(argv, stdin=False)
-            except OSError as err:
-                raise HostProblem(f"cannot run iptables-save: {err.strerror}") from None
             deadline = time.monotonic() + tool_timeout()
             for f, process in running.items():
                 try:

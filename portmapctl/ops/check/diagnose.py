@@ -306,9 +306,8 @@ def _check_container(
     def problem(kind: str, detail: str, why: str, rules: Tuple[str, ...]) -> Problem:
         return Problem(kind, family, name, *who, detail, fix, why, rules)
 
-    ports = _config_ports(config, family)
     if not live.has_chain(name):
-        detail = f"chain missing for {ports}"
+        detail = f"chain missing for {_config_ports(config, family)}"
         if elsewhere:
             detail += (
                 f" (it is in the {elsewhere} tables: is the plugin using iptables-{elsewhere}?)"
@@ -407,7 +406,6 @@ def _inventory_problems(
 
     for c in found.chains:
         who = (c.network, c.container_id)
-        ports = _ports_text(c.host_ports)
         if c.kind == "legacy-snat":
             live = c.name in live_chains
             problems.append(
@@ -436,7 +434,8 @@ def _inventory_problems(
                     c.family,
                     c.name,
                     *who,
-                    f"no CNI cache entry for {_who(*who)}{also}; it maps {ports}",
+                    f"no CNI cache entry for {_who(*who)}{also};"
+                    f" it maps {_ports_text(c.host_ports)}",
                     fixes.gc,
                     "the container is gone but its host ports stay taken: a new container on"
                     " them gets no traffic",
@@ -452,7 +451,7 @@ def _inventory_problems(
                         c.family,
                         c.name,
                         *who,
-                        f"no rule enters this chain ({ports})",
+                        f"no rule enters this chain ({_ports_text(c.host_ports)})",
                         fixes.gc,
                         "it forwards nothing and nothing will ever remove it but gc",
                         _saved(c.name, c.rules),
@@ -614,6 +613,8 @@ def _duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
     """Identical rules jumping to a portmap chain, more than once in one chain."""
     problems = []
     for saved in live.chains.values():
+        if len(set(saved.rules)) == len(saved.rules):
+            continue  # no rule twice in this chain (the usual case: a set, in C)
         counts = Counter(r for r in saved.rules if _is_portmap_chain(rule_target(r) or ""))
         for rule, count in counts.items():
             if count < 2:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment
@@ -18,7 +18,10 @@ from portmapctl.iptables.ruleset import (
 )
 from portmapctl.ops.check.diagnose import CheckResult, diagnose, diagnose_mapping
 from portmapctl.ops.check.hints import _flavour, fixes_for
-from portmapctl.ops.node import Node
+from portmapctl.ops.node import Node, side_by_side
+
+if TYPE_CHECKING:
+    from portmapctl.nftables.ruleset import Ruleset
 
 
 def _other_flavour(
@@ -47,24 +50,36 @@ def _other_flavour(
 @dataclass(frozen=True)
 class NodeTables:
     """What check reads of the node's iptables: the backend's tables, and the same
-    families in the other flavour (split brain), with why those could not be read."""
+    families in the other flavour (split brain), with why those could not be read;
+    `nft_live`: the plugin's nftables tables when read with them (else None)."""
 
     tables: Dict[int, NatTable]
     other_tables: Dict[int, NatTable]
     flavours: Optional[Tuple[str, str]]  # (used, other); None: no other flavour here
     notes: Tuple[str, ...] = ()
+    nft_live: Optional[Ruleset] = None
 
 
-def read_tables(node: Node) -> NodeTables:
-    """One read of each family (and of the other flavour's, for split brain)."""
+def read_tables(node: Node, with_nft: bool = False) -> NodeTables:
+    """One read of each family (and of the other flavour's, for split brain); with
+    `with_nft`, then nftables' tables as nft_problems would read them."""
     tables = node.read()
     flavours, other_tables, notes = _other_flavour(node, tuple(tables))
-    return NodeTables(tables, other_tables, flavours, tuple(notes))
+    nft_live = node.read_nft() if with_nft and node.nft is not None else None
+    return NodeTables(tables, other_tables, flavours, tuple(notes), nft_live)
 
 
 def check_node(node: Node) -> CheckResult:
-    """Check the whole node against its CNI cache (see the module doc)."""
-    return _check_node(node, node.read_cache())  # a malformed file: BadInput, named
+    """Check the whole node against its CNI cache (see the module doc).
+
+    The tables are read (iptables-save and nft run as processes) while the cache is
+    parsed here; errors come out in the order of reading one after the other: the
+    cache's first (a malformed file: BadInput, named), then the tables'.
+    """
+    read, attachments = side_by_side(
+        lambda: read_tables(node, with_nft=True), node.read_cache, foreground_first=True
+    )
+    return _check_node(node, attachments, read)
 
 
 def _check_node(
@@ -80,7 +95,7 @@ def _check_node(
     found = inventory.build(tables, attachments)
     from portmapctl.ops.check.nft import nft_problems
 
-    nft = nft_problems(node, tables, attachments, fixes)
+    nft = nft_problems(node, tables, attachments, fixes, read.nft_live)
     nft_found, nft_ids, nft_compared = nft.problems, nft.nft_ids, nft.compared
     notes += nft.notes
     problems, compared = diagnose(

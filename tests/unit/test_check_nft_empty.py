@@ -1,0 +1,88 @@
+"""check's shortcut for a node without the plugin's nftables tables (ops/check/nft.py):
+it must find exactly what the full nftables pass finds, on nodes where it applies, and
+stand aside where it does not (a table, a container configured for nftables, or
+--backend nftables)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from portmapctl.cni.cache import read_cache
+from portmapctl.iptables.access.memory import MemoryBackend
+from portmapctl.iptables.ruleset import parse_save
+from portmapctl.nftables.access.memory import MemoryNft
+from portmapctl.ops.check import nft as check_nft
+from portmapctl.ops.check.hints import Fixes
+from portmapctl.ops.node import Node, NodeOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_CACHE = ROOT / "examples" / "cni-cache"
+
+
+def example_tables():
+    return {f: parse_save((ROOT / "examples" / f"node.v{f}.save").read_text(), f) for f in (4, 6)}
+
+
+def full_pass(node: Node, tables, attachments):
+    """What nft_problems' whole nftables pass starts from: (the split, the inventory)."""
+    from portmapctl.ops import nft
+
+    _live, parts, found = nft.build(
+        node, attachments, check_nft.iptables_owners(tables, attachments)
+    )
+    return parts, found
+
+
+def nft_configured_cache(tmp_path: Path) -> str:
+    """The example cache with one container's config saying `"backend": "nftables"`."""
+    cache = tmp_path / "cache"
+    shutil.copytree(EXAMPLE_CACHE, cache)
+    first = sorted((cache / "results").iterdir())[0]
+    entry = json.loads(first.read_text())
+    conf = json.loads(base64.b64decode(entry["config"]))
+    for plugin in conf.get("plugins", [conf]):
+        if plugin.get("type") == "portmap":
+            plugin["backend"] = "nftables"
+    entry["config"] = base64.b64encode(json.dumps(conf).encode()).decode()
+    first.write_text(json.dumps(entry))
+    return str(cache)
+
+
+@pytest.mark.parametrize("cache", [str(EXAMPLE_CACHE), None], ids=["cache", "no-cache"])
+def test_an_iptables_node_without_nft_tables_gives_what_the_full_pass_gives(cache):
+    tables = example_tables()
+    node = Node(
+        NodeOptions(cache_dirs=(cache or "/nonexistent",)), MemoryBackend(tables), MemoryNft()
+    )
+    attachments = read_cache(cache) if cache else None
+    short = check_nft.nft_problems(node, tables, attachments, Fixes())
+    parts, found = full_pass(node, tables, attachments)
+    # The full pass finds no problem, no row, nothing nft-backed, nothing compared.
+    assert not found.problems and not found.mappings and not parts.nftables and not parts.both
+    assert short.problems == [] and short.nft_ids == set() and short.compared == 0
+    assert short.notes == [] and short.found is None
+
+
+def test_the_shortcut_stands_aside_for_a_container_configured_for_nftables(tmp_path):
+    cache = nft_configured_cache(tmp_path)
+    tables = example_tables()
+    node = Node(NodeOptions(cache_dirs=(cache,)), MemoryBackend(tables), MemoryNft())
+    attachments = read_cache(cache)
+    found = check_nft.nft_problems(node, tables, attachments, Fixes())
+    # Its table is missing: the full pass says so.
+    assert found.nft_ids and found.found is not None
+    assert any(p.kind == "nft-missing-table" for p in found.problems)
+
+
+def test_the_shortcut_stands_aside_for_backend_nftables():
+    tables = example_tables()
+    options = NodeOptions(cache_dirs=(str(EXAMPLE_CACHE),), backend="nftables")
+    node = Node(options, MemoryBackend(tables), MemoryNft())
+    attachments = read_cache(str(EXAMPLE_CACHE))
+    found = check_nft.nft_problems(node, tables, attachments, Fixes())
+    assert found.found is not None and found.nft_ids
