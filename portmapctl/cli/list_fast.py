@@ -47,11 +47,9 @@ def runner(args: List[str], early_nft: Any = None) -> Optional[Callable[[], Any]
     (nftables/early.py), handed on as typer's path hands it (Common.early_nft)."""
     given = add_fast.parse(args, "list", OPTIONS)
     if given is not None:
-        from dataclasses import replace
-
         from portmapctl.cli import list_run
 
-        common = replace(add_fast.pop_common(given), early_nft=early_nft)
+        common = add_fast.pop_common(given)._replace(early_nft=early_nft)
         return lambda: list_run.run(common, **given)
     given = add_fast.parse(args, "flush-udp", FLUSH_OPTIONS)
     if given is not None:
