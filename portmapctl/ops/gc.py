@@ -28,7 +28,6 @@ dead DNAT until idle).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 from dataclasses import dataclass, field, replace
@@ -37,7 +36,6 @@ from typing import (
     Callable,
     Dict,
     FrozenSet,
-    Iterator,
     List,
     Mapping,
     NamedTuple,
@@ -49,6 +47,7 @@ from typing import (
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment, present_dirs, results_dir
+from portmapctl.core.pause import gc_paused
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem
 from portmapctl.host.netns import NamespaceView, fresh_uncached, local_addresses
 from portmapctl.host.paths import RUN_DIR
@@ -80,31 +79,6 @@ if TYPE_CHECKING:
     from portmapctl.ops.gc_nft import NftPlan
 
 DEFAULT_MIN_AGE = 120.0
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while gc reads, plans and applies.
-
-    Reading 10,000 containers makes about a million tuples, strings and records and
-    no reference cycle; with the collector on they set off collection after
-    collection, each walking them again (10-30% of parsing and planning at 5,000
-    stale of 10,000, on one process and one table). Before collecting resumes, what exists is frozen (left
-    out of later collections; still freed by reference counting when dropped), or the
-    first young collection would walk all of it at once. One command per process:
-    what the freeze keeps from the cyclic collector lives to the end of it anyway.
-    """
-    import gc as collector
-
-    if not collector.isenabled():
-        yield  # paused by a caller already: it resumes
-        return
-    collector.disable()
-    try:
-        yield
-    finally:
-        collector.freeze()
-        collector.enable()
 
 
 # --- planning -----------------------------------------------------------------------
@@ -373,7 +347,7 @@ def plan_gc(
     families applied in order); only when one of those fails has the family ahead
     gone in where in order it would not have been tried (the message says so).
     """
-    with collector_paused():
+    with gc_paused(freeze=True):
         return _plan_gc(node, sources, options, apply_early and not options.dry_run)
 
 
@@ -581,7 +555,7 @@ def apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress] = None) -
     changed since it was read is read again (the cache after it) and re-planned.
     `progress(done, total)` (a progress bar): called before the first transaction and
     after each family's."""
-    with collector_paused():
+    with gc_paused(freeze=True):
         return _apply_gc(node, planned, progress)
 
 
