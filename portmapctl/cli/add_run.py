@@ -98,7 +98,6 @@ def _add(
 ) -> Tuple[AddResult, List[str]]:
     from dataclasses import replace
 
-    import portmapctl.render  # noqa: F401 - for _report: imported while the write runs
     from portmapctl.ops.add import add
     from portmapctl.ops.node import opened
 
