@@ -85,6 +85,8 @@ class NodeOptions:
 
 @dataclass
 class Node:
+    """A node opened for a command: its backends, read and written under the lock."""
+
     options: NodeOptions
     backend: Backend
     nft: Optional[NftAccess] = None
