@@ -21,10 +21,8 @@ if TYPE_CHECKING:
 def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingConfig:
     """Validate the mapping options (shared by add and check) into a MappingConfig,
     held to --backend."""
-    from portmapctl.cni import config as cni_json
     from portmapctl.core import validate
     from portmapctl.errors import BadInput
-    from portmapctl.host import files
 
     network, container, ip, publish = mapping.network, mapping.container, mapping.ip, mapping.publish
     cni_config = mapping.cni_config
@@ -32,6 +30,9 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
         raise BadInput("--container is required")
     ifname = validate.ifname(mapping.ifname)
     if cni_config is not None:
+        from portmapctl.cni import config as cni_json
+        from portmapctl.host import files
+
         given = [
             name for name, value in (("--network", network), ("--ip", ip), ("-p", publish)) if value
         ]
@@ -98,7 +99,6 @@ def _add(
 ) -> Tuple[AddResult, List[str]]:
     from dataclasses import replace
 
-    import portmapctl.render  # noqa: F401 - for _report: imported while the write runs
     from portmapctl.ops.add import add
     from portmapctl.ops.node import opened
 

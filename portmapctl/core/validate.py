@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import shlex
 from typing import Any, Iterable, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import DEFAULT_MARK_BIT, Interface, MappingConfig, PortMapping
@@ -152,6 +151,8 @@ def conditions(value: Any, what: str) -> Tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
+        import shlex  # only here: every `add` imports this module
+
         try:
             words: Sequence[Any] = shlex.split(value)
         except ValueError as err:

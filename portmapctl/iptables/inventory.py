@@ -116,6 +116,8 @@ class ChainInfo:
 
 @dataclass(frozen=True)
 class Inventory:
+    """What build() found: the mappings, the chains behind them, and the tables read."""
+
     mappings: Tuple[Mapping, ...]
     chains: Tuple[ChainInfo, ...]
     cache_present: bool

@@ -66,6 +66,8 @@ class Op:
 
 @dataclass
 class Transaction:
+    """One family's iptables-restore input, in order."""
+
     family: int
     ops: List[Op] = field(default_factory=list)
 

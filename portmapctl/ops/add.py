@@ -51,6 +51,8 @@ def _debug(message: str, *args: object) -> None:
 
 @dataclass(frozen=True)
 class AddResult:
+    """What add did (or, with dry_run, would do), for the report."""
+
     dry_run: bool
     changed: bool
     chains: Tuple[str, ...]

@@ -20,7 +20,6 @@ from typing import (
     Union,
 )
 
-from portmapctl.cni import cache as cni_cache
 from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.host import lock, netns, paths
 from portmapctl.host.netns import NamespaceView
@@ -29,6 +28,7 @@ from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 
 if TYPE_CHECKING:
+    from portmapctl.cni import cache as cni_cache
     from portmapctl.nftables.access import NftAccess, NftUnusable
     from portmapctl.nftables.access.nft import EarlyListing
     from portmapctl.nftables.ruleset import Ruleset
@@ -85,6 +85,8 @@ class NodeOptions:
 
 @dataclass
 class Node:
+    """A node opened for a command: its backends, read and written under the lock."""
+
     options: NodeOptions
     backend: Backend
     nft: Optional[NftAccess] = None
@@ -176,6 +178,8 @@ class Node:
     def read_cache(self, judge_namespaces: bool = True) -> Optional[List[cni_cache.Attachment]]:
         """judge_namespaces=False: each entry's namespace is not looked up (a stat per
         entry; gc needs it only for --netns-liveness), its netns_state UNKNOWN."""
+        from portmapctl.cni import cache as cni_cache  # ~15M instructions: not for add
+
         view = self.namespace_view() if judge_namespaces else None
         return cni_cache.read_cache(self.options.cache_dirs, view)
 
@@ -214,6 +218,8 @@ class Node:
         gone meanwhile still counts (its container stays live one run more, never goes
         early). The order is read_cache's; judge_namespaces as there.
         """
+        from portmapctl.cni import cache as cni_cache
+
         view = self.namespace_view() if judge_namespaces else None
         dirs = self.options.cache_dirs
 

@@ -5,57 +5,74 @@ schema 2 documents of every command), and one per command for its table, text an
 summary line (`list`, `check`, `gc`, `flush_udp`, `add`). The names are gathered here,
 so commands write `render.check_text(...)`. Nothing here imports rich at import time:
 only drawing a table does.
+
+Each submodule is imported when one of its names is first used (module __getattr__),
+not with the package: `add` needs three of the seven, and importing all of them costs
+every run ~10M instructions (SPEC §6).
 """
 
-from portmapctl.render.add import transactions_text
-from portmapctl.render.check import (
-    check_fixed_lines,
-    check_healthy_line,
-    check_summary,
-    check_text,
-    split_fix,
-)
-from portmapctl.render.flush_udp import (
-    FLUSH_STYLE,
-    FLUSH_WHY,
-    flush_summary,
-    flush_table,
-    flush_why,
-)
-from portmapctl.render.gc import duration_text, gc_summary, gc_table, removable_text
-from portmapctl.render.json import (
-    BACKEND,
-    SCHEMA,
-    add_json,
-    backend_of_chain,
-    chain_json,
-    check_json,
-    document,
-    flush_json,
-    gc_chain_json,
-    gc_json,
-    list_json,
-    mapping_json,
-    problem_json,
-)
-from portmapctl.render.list import (
-    chain_sort_key,
-    container_address,
-    host_address,
-    list_summary,
-    list_table,
-    sort_key,
-)
-from portmapctl.render.table import (
-    SHORT_ID,
-    STATUS_STYLE,
-    Piece,
-    count,
-    grid,
-    short_id,
-    status_text,
-    table,
-)
+from importlib import import_module
+from typing import Any, Dict, List
+
+# Which submodule each name comes from.
+_HOME: Dict[str, str] = {
+    "transactions_text": "add",
+    "check_fixed_lines": "check",
+    "check_healthy_line": "check",
+    "check_summary": "check",
+    "check_text": "check",
+    "split_fix": "check",
+    "FLUSH_STYLE": "flush_udp",
+    "FLUSH_WHY": "flush_udp",
+    "flush_summary": "flush_udp",
+    "flush_table": "flush_udp",
+    "flush_why": "flush_udp",
+    "duration_text": "gc",
+    "gc_summary": "gc",
+    "gc_table": "gc",
+    "removable_text": "gc",
+    "BACKEND": "json",
+    "SCHEMA": "json",
+    "add_json": "json",
+    "backend_of_chain": "json",
+    "chain_json": "json",
+    "check_json": "json",
+    "document": "json",
+    "flush_json": "json",
+    "gc_chain_json": "json",
+    "gc_json": "json",
+    "list_json": "json",
+    "mapping_json": "json",
+    "problem_json": "json",
+    "chain_sort_key": "list",
+    "container_address": "list",
+    "host_address": "list",
+    "list_summary": "list",
+    "list_table": "list",
+    "sort_key": "list",
+    "SHORT_ID": "table",
+    "STATUS_STYLE": "table",
+    "Piece": "table",
+    "count": "table",
+    "grid": "table",
+    "short_id": "table",
+    "status_text": "table",
+    "table": "table",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # the next use is a plain lookup
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted({*globals(), *_HOME})
+
 
 __all__ = [
     "BACKEND",
