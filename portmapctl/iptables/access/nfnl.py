@@ -167,6 +167,10 @@ def _dump(
         while offset + header <= size:
             length, kind, flags = _HEAD.unpack_from(buf, offset)
             end = offset + length
+            # Before NLMSG_DONE returns: the kernel marks DONE too when the ruleset
+            # changed after the last batch of rules went out (netlink_dump_done).
+            if flags & _NLM_F_DUMP_INTR:
+                torn = True
             if kind != _RULE_MESSAGE:
                 if length < header:
                     raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
@@ -175,8 +179,6 @@ def _dump(
                 if kind == _NLMSG_ERROR:
                     (code,) = struct.unpack_from("=i", buf, offset + header)
                     raise OSError(-code or errno.EIO, "netlink error")
-            if flags & _NLM_F_DUMP_INTR:
-                torn = True
             at = offset + guess
             if not buf.startswith(_MULTIPORT_DPORTS, at):
                 at = buf.find(_MULTIPORT_DPORTS, offset, end)
