@@ -4,7 +4,7 @@ Run it on the interpreter users run portmapctl on: the README installs it in a v
 Debian's python3 (an optimised build), and so does this, once:
 
     sudo python3 -m venv /opt/pmt-bench
-    sudo /opt/pmt-bench/bin/pip install . pyroute2 matplotlib
+    sudo /opt/pmt-bench/bin/pip install ".[bench]"
     sudo /opt/pmt-bench/bin/python benchmarks/bench.py   # re-install after changing the tree
 
 (A development interpreter built without optimisation, such as a default pyenv build, makes
