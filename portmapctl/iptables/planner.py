@@ -16,16 +16,15 @@ that jumps to them, in an order iptables-nft accepts.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Iterable, List, Mapping, Optional
 
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
     OLD_TOPLEVEL_SNAT,
-    TOPLEVEL_DNAT,
     Chain,
     is_plugin_chain,
 )
-from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
+from portmapctl.iptables.ruleset import NatTable, SavedChain, rule_target
 from portmapctl.iptables.transaction import Transaction
 
 # From this many rules deleted out of one chain, by position (behind a guard) rather
@@ -45,30 +44,13 @@ def plan_setup(wanted: Iterable[Chain], live: NatTable) -> Transaction:
     return txn
 
 
-def read_before_blind(wanted: Iterable[Chain]) -> Dict[str, Tuple[Args, ...]]:
-    """The rules plan_blind leaves to the caller to find by reading their chains (by
-    chain): the jumps into CNI-HOSTPORT-DNAT (from PREROUTING and OUTPUT). A `-C` of a
-    rule jumping to a chain makes iptables-nft fetch that chain's rules, and
-    CNI-HOSTPORT-DNAT holds two per container: 146 ms at 5,000 containers, against
-    2 ms for `iptables -S PREROUTING` (benchmarks/shapes_bench.py, add)."""
-    found: Dict[str, Tuple[Args, ...]] = {}
-    for chain in wanted:
-        if chain.shared and chain.name == TOPLEVEL_DNAT:
-            for entry_chain in chain.entry_chains:
-                found[entry_chain] = found.get(entry_chain, ()) + chain.entry_rules
-    return found
-
-
-def plan_blind(wanted: Iterable[Chain], family: int, read_first: bool = False) -> Transaction:
+def plan_blind(wanted: Iterable[Chain], family: int) -> Transaction:
     """What plan_setup plans when every shared chain is complete and every
     per-container chain is absent (a new container on a working node), planned without
     reading the table; the transaction itself checks that this is so.
 
     - a shared chain's rules and its entry rules: `-C` each (iptables-restore refuses
-      the whole transaction when one is missing, or the chain is); with read_first
-      (nf_tables) but for the jumps into CNI-HOSTPORT-DNAT, which the caller reads
-      first (read_before_blind): the plugin never removes them, and
-      CNI-HOSTPORT-DNAT's existence is still checked here, by the -A into it;
+      the whole transaction when one is missing, or the chain is);
     - a per-container chain: `-N` (refused when it exists), its rules, and its entry
       rules appended (or inserted first): none can be there, as nothing can jump to a
       chain that does not exist.
@@ -83,8 +65,6 @@ def plan_blind(wanted: Iterable[Chain], family: int, read_first: bool = False) -
         if chain.shared:
             for rule in chain.rules:
                 txn.check(chain.name, rule)
-            if read_first and chain.name == TOPLEVEL_DNAT:
-                continue  # its entry rules: read_before_blind, the caller's
             for entry_chain in chain.entry_chains:
                 for rule in chain.entry_rules:
                     txn.check(entry_chain, rule)

@@ -16,7 +16,6 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
-    TypeVar,
 )
 
 from portmapctl.core.mapping import MappingConfig
@@ -33,20 +32,11 @@ from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.planner import plan_blind, plan_setup
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.transaction import Transaction
-from portmapctl.ops.add_ahead import Ahead, apply_blind, route_interfaces
+from portmapctl.ops.add_ahead import Ahead, apply_blind, debug, route_interfaces
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
     from portmapctl.iptables.access.nfnl import Claims
-
-T = TypeVar("T")
-
-
-def _debug(message: str, *args: object) -> None:
-    """A -v detail (logging is imported only then: 3-5 ms of every add otherwise)."""
-    import logging
-
-    logging.getLogger(__name__).debug(message, *args)
 
 
 @dataclass(frozen=True)
@@ -162,7 +152,7 @@ def shadow_views(
         try:
             found[family] = neighbours(node, family, config)
         except (PortmapctlError, OSError) as err:
-            _debug("listing CNI-HOSTPORT-DNAT for the shadow warning failed: %s", err)
+            debug("listing CNI-HOSTPORT-DNAT for the shadow warning failed: %s", err)
     return found
 
 

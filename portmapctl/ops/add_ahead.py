@@ -140,12 +140,12 @@ def apply_blind(backend: Backend, txn: Transaction) -> Optional[Transaction]:
     try:
         backend.apply(txn)
     except ApplyFailed as err:
-        _debug("IPv%s: planned without a read, refused (%s): reading the table", txn.family, err)
+        debug("IPv%s: planned without a read, refused (%s): reading the table", txn.family, err)
         return None
     return txn.without_checks()
 
 
-def _debug(message: str, *args: object) -> None:
+def debug(message: str, *args: object) -> None:
     """A -v detail (logging is imported only then: 3-5 ms of every add otherwise)."""
     import logging
 
@@ -169,7 +169,7 @@ def _in_thread(
             with entered(netns):
                 box["result"] = work()
         except (PortmapctlError, OSError) as err:
-            _debug("%s, ahead of the rest of add, failed: %s", what, err)
+            debug("%s, ahead of the rest of add, failed: %s", what, err)
 
     thread = threading.Thread(target=run, name=what, daemon=True)
     thread.start()
