@@ -16,7 +16,7 @@ that jumps to them, in an order iptables-nft accepts.
 
 from __future__ import annotations
 
-from typing import Iterable, List, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping, Optional
 
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
@@ -25,7 +25,7 @@ from portmapctl.iptables.chains import (
     is_plugin_chain,
 )
 from portmapctl.iptables.ruleset import NatTable, SavedChain, rule_target
-from portmapctl.iptables.transaction import Transaction
+from portmapctl.iptables.transaction import Removal, Transaction
 
 # From this many rules deleted out of one chain, by position (behind a guard) rather
 # than by text. Measured (iptables-nft-restore, a chain of 10,000 rules): 1 rule
@@ -121,6 +121,7 @@ def plan_teardown(
     entering: Optional[Mapping[str, Iterable[int]]] = None,
 ) -> Transaction:
     """Remove these per-container chains (CNI-DN-/CNI-SN-) and every rule entering them.
+    The transaction also records the change as what goes (`Transaction.removal`).
 
     Also removes the legacy CNI-HOSTPORT-SNAT (and the rules jumping to it) when
     nothing but entries of removed chains is left in it. Every other rule stays.
@@ -160,6 +161,7 @@ def plan_teardown(
         rule_target(rule) in targets for rule in snat_rules
     )
     txn = Transaction(live.family)
+    deleted: Dict[str, List[int]] = {}  # by chain that stays: positions of rules going
     for name in remove:
         if name.startswith(DNAT_PREFIX):
             txn.flush(name)
@@ -173,6 +175,8 @@ def plan_teardown(
         else:
             positions = [i for i, r in enumerate(chain.rules) if rule_target(r) in targets]
         _delete_rules(txn, chain, positions, by_number)
+        if positions:
+            deleted[chain.name] = positions
     if drop_snat:
         txn.flush(OLD_TOPLEVEL_SNAT)
     for name in remove:
@@ -186,7 +190,16 @@ def plan_teardown(
                 continue
             going = [i for i, r in enumerate(chain.rules) if rule_target(r) == OLD_TOPLEVEL_SNAT]
             _delete_rules(txn, chain, going, by_number)
+            if going:
+                deleted[chain.name] = sorted({*deleted.get(chain.name, ()), *going})
         txn.delete_chain(OLD_TOPLEVEL_SNAT)
+    if txn:
+        txn.removal = Removal(
+            tuple(remove) + ((OLD_TOPLEVEL_SNAT,) if drop_snat else ()),
+            {name: tuple(positions) for name, positions in deleted.items()},
+            {name: live.rules(name) for name in deleted},
+            live.generation,
+        )
     return txn
 
 
@@ -214,7 +227,10 @@ def _delete_rules(
     that cancel out; the check that the last rule is still the one read (delete it by
     number, then -X its chain, which fails while the rule read still enters it) is
     refused by nf_tables (CHAIN_DEL busy) whenever a -F of the chain follows in the
-    same transaction.
+    same transaction. (On iptables-nft the transaction's `removal` goes instead, as one
+    nf_tables batch the kernel refuses when anything changed since the read: that one
+    can rebuild safely, iptables/access/nfnl_batch.py. This text is what legacy
+    iptables, python-iptables and the fallback apply.)
     """
     if not by_number or len(positions) < BY_NUMBER_FROM:
         for i in positions:

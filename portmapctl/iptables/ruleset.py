@@ -47,10 +47,16 @@ class SavedChain:
 
 @dataclass(frozen=True)
 class NatTable:
-    """The nat table of one address family. `chains` keeps iptables-save's order."""
+    """The nat table of one address family. `chains` keeps iptables-save's order.
+
+    `generation`: the nf_tables ruleset generation it was read at, when the backend
+    could tell that nothing committed while it read (iptables-nft); None otherwise. It
+    lets gc's removal be refused whole by the kernel if anything changed since
+    (iptables/access/nfnl_batch.py). Not part of the table's value."""
 
     family: int
     chains: Dict[str, SavedChain] = field(default_factory=dict)
+    generation: Optional[int] = field(default=None, compare=False, repr=False)
 
     def rules(self, chain: str) -> Tuple[Args, ...]:
         found = self.chains.get(chain)

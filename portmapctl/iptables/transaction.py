@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import List, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from portmapctl.iptables.ruleset import Args, format_rule
 
@@ -64,12 +64,30 @@ class Op:
         return format_rule(_COMMAND[self.kind], self.chain, args)
 
 
+@dataclass(frozen=True)
+class Removal:
+    """What a teardown transaction takes away, for a backend that removes it by identity
+    rather than by replaying the text (iptables/access/nfnl_batch.py: nf_tables, by
+    rule handle, refused whole when the ruleset moved since `generation`).
+
+    `chains` go whole, with their rules; `rules[chain]` are the positions (0-based) of
+    the rules deleted from a chain that stays, in `read[chain]`, that chain as read.
+    """
+
+    chains: Tuple[str, ...]
+    rules: Mapping[str, Tuple[int, ...]]
+    read: Mapping[str, Tuple[Args, ...]]
+    generation: Optional[int]
+
+
 @dataclass
 class Transaction:
-    """One family's iptables-restore input, in order."""
+    """One family's iptables-restore input, in order. `removal`: the same change as
+    what goes (plan_teardown sets it), for a backend that can apply it that way."""
 
     family: int
     ops: List[Op] = field(default_factory=list)
+    removal: Optional[Removal] = field(default=None, compare=False, repr=False)
 
     def new_chain(self, chain: str) -> None:
         """Create `chain`; the transaction fails if it exists by then."""

@@ -254,8 +254,9 @@ def test_restore_sigkilled_while_it_waits_for_the_lock_is_retried(legacy_node):
 
 
 def test_each_family_is_one_restore_transaction(node, tmp_path):
-    """Whatever the command, each family it changes is written by exactly one
-    `iptables-restore --noflush -w` run."""
+    """Each family `add` changes is written by exactly one `iptables-restore --noflush
+    -w` run; `gc`'s removals on nf_tables by none: one nf_tables batch per family
+    (tests/kernel/test_nfnl_batch.py counts the commits)."""
     env: dict = {}
     logs = {}
     for tool in ("iptables-nft-restore", "ip6tables-nft-restore"):
@@ -272,9 +273,11 @@ def test_each_family_is_one_restore_transaction(node, tmp_path):
         done = run([*command, *common], env=env)
         assert done.returncode == 0, done.stderr
         for log in logs.values():
-            calls = log.read_text().splitlines()
+            calls = log.read_text().splitlines() if log.exists() else []
             # add in a family without the shared chains (here IPv6): first its plan
             # without a read, which iptables-restore refuses whole
             # (tests/kernel/test_add_blind.py), then the one that writes.
-            assert len(calls) in ((1, 2) if command is add else (1,)), (command[0], calls)
+            # gc's removals on nf_tables are one nf_tables batch per family, not a
+            # restore (tests/kernel/test_nfnl_batch.py counts the commits).
+            assert len(calls) in ((1, 2) if command is add else (0,)), (command[0], calls)
             assert all(call.split()[1:] == ["--noflush", "-w", "10"] for call in calls)

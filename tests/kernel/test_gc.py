@@ -499,6 +499,7 @@ def test_a_family_applied_ahead_that_fails_leaves_the_other_as_in_order(nft_node
     node = nft_node
     _two_families_stale(node)
     env = _refusing(tmp_path, "ip6tables-nft-restore")
+    env["PORTMAPCTL_NFT_BATCH"] = "0"  # the removal through iptables-restore, refused
     done = run(["gc", "--yes", "--min-age", "0", "--netns", node.ns, "--iptables", "nft",
                 "--cni-cache-dir", str(node.cache)], env=env)  # fmt: skip
     assert_error(done, 1, "IPv6: gave up after 3 tries, nothing changed", "refused by the test",
@@ -516,6 +517,7 @@ def test_a_family_that_fails_after_the_other_went_in_ahead_says_so(nft_node, tmp
     node = nft_node
     _two_families_stale(node)
     env = _refusing(tmp_path, "iptables-nft-restore")
+    env["PORTMAPCTL_NFT_BATCH"] = "0"  # the removal through iptables-restore, refused
     run_dir = tmp_path / "run"
     env["PORTMAPCTL_RUN_DIR"] = str(run_dir)
     done = run(["gc", "--yes", "--min-age", "0", "--netns", node.ns, "--iptables", "nft",

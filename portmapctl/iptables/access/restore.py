@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import ApplyFailed, HostProblem
@@ -27,6 +28,9 @@ WAIT_ENV = "PORTMAPCTL_XTABLES_WAIT"
 # Seconds before a hung iptables tool is killed; PORTMAPCTL_IPTABLES_TIMEOUT overrides.
 TOOL_TIMEOUT_SECONDS = 120.0
 TIMEOUT_ENV = "PORTMAPCTL_IPTABLES_TIMEOUT"
+# "0": gc's removals on nf_tables go through iptables-restore too, as every other
+# change does (iptables/access/nfnl_batch.py says why they do not by default).
+NFT_BATCH_ENV = "PORTMAPCTL_NFT_BATCH"
 
 
 def lock_wait_seconds() -> int:
@@ -51,6 +55,9 @@ class RestoreBackend:
         # Listing one chain is cheap under nf_tables (that chain is fetched); legacy
         # iptables gets the whole table and waits for the xtables lock for it.
         self.cheap_chain_reads = flavour == "nft"
+        # Generation before -> after each of our own nf_tables batches that was the only
+        # commit in between (see _removed_by_handle).
+        self._committed: Dict[int, int] = {}
 
     def _binary(self, family: int, tool: str) -> str:
         name = f"{'ip6tables' if family == 6 else 'iptables'}-{self.flavour}"
@@ -105,10 +112,11 @@ class RestoreBackend:
 
     def read(self, family: int) -> NatTable:
         argv = [self._binary(family, "save"), "-t", "nat"]
+        before = self._generation()
         done = self._run(argv)
         if done.returncode != 0:
             raise _host_problem(argv[0], done.stderr)
-        return _parse(done.stdout, family, argv[0])
+        return self._stamped(_parse(done.stdout, family, argv[0]), before)
 
     def read_chain(self, family: int, chain: str) -> Optional[Tuple[Args, ...]]:
         """One chain's rules (`iptables -t nat -S CHAIN`), None when it does not exist
@@ -144,6 +152,7 @@ class RestoreBackend:
         nft and reads the CNI cache while iptables-save runs). Call it, once: it reaps
         the processes whatever happens."""
         argvs = {f: [self._binary(f, "save"), "-t", "nat"] for f in families}
+        before = self._generation()
         running: Dict[int, subprocess.Popen] = {}
         try:
             for f, argv in argvs.items():
@@ -151,10 +160,13 @@ class RestoreBackend:
         except OSError as err:
             with _reaped(running.values()):
                 raise HostProblem(f"cannot run iptables-save: {err.strerror}") from None
-        return functools.partial(self._finish_read, argvs, running)
+        return functools.partial(self._finish_read, argvs, running, before)
 
     def _finish_read(
-        self, argvs: Dict[int, List[str]], running: Dict[int, subprocess.Popen]
+        self,
+        argvs: Dict[int, List[str]],
+        running: Dict[int, subprocess.Popen],
+        before: Optional[int] = None,
     ) -> Dict[int, NatTable]:
         outputs: Dict[int, tuple] = {}
         # Every save still running is killed on the way out, whatever happens: a
@@ -171,11 +183,32 @@ class RestoreBackend:
             if running[family].returncode != 0:
                 raise _host_problem(argvs[family][0], _decode(stderr))
             tables[family] = _parse(_decode(stdout), family, argvs[family][0])
+        after = self._generation() if before is not None else None
+        if before is not None and after == before:
+            tables = {f: replace(table, generation=before) for f, table in tables.items()}
         return tables
+
+    def _generation(self) -> Optional[int]:
+        """nf_tables' ruleset generation now (nft flavour; None otherwise, or when it
+        cannot be read)."""
+        if self.flavour != "nft":
+            return None
+        from portmapctl.iptables.access import nfnl_batch
+
+        return nfnl_batch.generation()
+
+    def _stamped(self, table: NatTable, before: Optional[int]) -> NatTable:
+        """The table with the generation it was read at, when none moved it meanwhile
+        (the generations before and after the read agree)."""
+        if before is None or self._generation() != before:
+            return table
+        return replace(table, generation=before)
 
     def apply(self, txn: Transaction) -> None:
         text = txn.render()
         if not text:
+            return
+        if self._removed_by_handle(txn):
             return
         argv = [self._binary(txn.family, "restore"), "--noflush", "-w", str(lock_wait_seconds())]
         done = self._run(argv, text)
@@ -197,6 +230,38 @@ class RestoreBackend:
                     f" program holds it), nothing changed: {message}"
                 )
             raise ApplyFailed(f"{argv[0]} refused the transaction, nothing changed: {message}")
+
+
+    def _removed_by_handle(self, txn: Transaction) -> bool:
+        """Apply a teardown as one nf_tables batch guarded by the generation its table
+        was read at (iptables/access/nfnl_batch.py says why): True when it went in.
+        ApplyFailed when the ruleset moved since (the caller reads again and
+        re-plans); False when it cannot go that way (the restore text then does)."""
+        removal = txn.removal
+        if self.flavour != "nft" or removal is None or removal.generation is None:
+            return False
+        if os.environ.get(NFT_BATCH_ENV, "").strip() == "0":
+            return False
+        import logging
+
+        from portmapctl.iptables.access import nfnl_batch
+
+        # Our own earlier batch moved the generation from the one both families were
+        # read at: this family's table is still as read (the batch did not touch it).
+        read_at = removal.generation
+        while read_at in self._committed:
+            read_at = self._committed[read_at]
+        result = nfnl_batch.apply_removal(txn.family, removal, read_at)
+        if result.outcome is nfnl_batch.Outcome.CHANGED:
+            raise ApplyFailed(f"the nat table changed since it was read ({result.why}), nothing changed")
+        log = logging.getLogger("portmapctl.iptables")
+        if result.outcome is nfnl_batch.Outcome.UNAVAILABLE:
+            log.debug("IPv%s: not as one nf_tables batch (%s): iptables-restore", txn.family, result.why)
+            return False
+        log.debug("IPv%s: applied as one nf_tables batch: %s", txn.family, result.why)
+        if result.generation == read_at + 1:
+            self._committed[read_at] = read_at + 1  # ours was the only commit since
+        return True
 
 
 def tool_timeout() -> float:
