@@ -30,7 +30,7 @@ from test_gc import _ports, _refusing
 
 from portmapctl.errors import ApplyFailed
 from portmapctl.host.netns import entered
-from portmapctl.iptables.access import nfnl_batch, open_backend
+from portmapctl.iptables.access import nfgen, nfnl_batch, open_backend
 from portmapctl.iptables.access.nfnl_batch import Outcome
 from portmapctl.iptables.access.restore import RestoreBackend
 from portmapctl.iptables.chains import TOPLEVEL_DNAT, chain_name, is_plugin_chain
@@ -195,10 +195,10 @@ def test_both_families_read_at_one_generation_apply_in_turn(nft_node):
         backend = RestoreBackend("nft")
         tables = backend.read_families((4, 6))
         assert tables[4].generation == tables[6].generation is not None
-        start = nfnl_batch.generation()
+        start = nfgen.generation()
         backend.apply(plan_teardown(tables[6], stale))
         backend.apply(plan_teardown(tables[4], stale))  # not refused: the move was ours
-        assert nfnl_batch.generation() == start + 2
+        assert nfgen.generation() == start + 2
     for family in (4, 6):
         assert not any(name in line for line in node.lines(family) for name in stale)
     node.check("d0")
@@ -211,7 +211,7 @@ def test_gc_commits_once_per_family_and_not_through_iptables_restore(nft_node, t
         ips = [f"10.88.7.{i + 1}/16", f"fd00:7::{i + 1}/64"]
         node.add("bnet", f"e{i}", ips, _ports(f"{9300 + i}/tcp", f"{9400 + i}/udp"), cache=i % 2 == 0)
     with entered(node.ns):
-        start = nfnl_batch.generation()
+        start = nfgen.generation()
     # iptables-restore refuses everything: gc does not need it on nf_tables.
     for name, value in _refusing(tmp_path, "iptables-nft-restore").items():
         monkeypatch.setenv(name, value)
@@ -219,7 +219,7 @@ def test_gc_commits_once_per_family_and_not_through_iptables_restore(nft_node, t
     done = node.gc("--yes", "--min-age", "0")
     assert done.returncode == 0, done.stderr
     with entered(node.ns):
-        assert nfnl_batch.generation() == start + 2
+        assert nfgen.generation() == start + 2
     for cid in ("e0", "e2", "e4"):
         node.check(cid)
     # The same with the batch turned off: the refusing restore is what gc runs.

@@ -40,26 +40,20 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
-from portmapctl.host.conntrack import (
-    _NETLINK_NETFILTER,
-    _NFGENMSG,
-    _NLA,
-    _NLM_F_DUMP,
-    _NLM_F_REQUEST,
-    _NLMSG_DONE,
-    _NLMSG_ERROR,
-    _NLMSGHDR,
-    _attrs,
-    _nla,
-)
+from portmapctl.host.conntrack import _NLA, _NLM_F_DUMP, _NLMSG_DONE, _attrs, _nla
+from portmapctl.iptables.access import nfgen
+from portmapctl.iptables.access.nfgen import HEADER as _NLMSGHDR
+from portmapctl.iptables.access.nfgen import NFGENMSG as _NFGENMSG
+from portmapctl.iptables.access.nfgen import NLM_F_REQUEST as _NLM_F_REQUEST
+from portmapctl.iptables.access.nfgen import NLMSG_ERROR as _NLMSG_ERROR
 from portmapctl.iptables.access.nfnl import _target
 from portmapctl.iptables.ruleset import Args, rule_target
 from portmapctl.iptables.transaction import Removal
 
-_SUBSYS = 10  # NFNL_SUBSYS_NFTABLES
+_SUBSYS = nfgen.SUBSYS_NFTABLES
 _BATCH_BEGIN, _BATCH_END = 0x10, 0x11  # NFNL_MSG_BATCH_BEGIN / _END
 _BATCH_GENID = 1  # NFNL_BATCH_GENID
-_DELCHAIN, _NEWRULE, _GETRULE, _DELRULE, _NEWGEN, _GETGEN = 5, 6, 7, 8, 15, 16
+_DELCHAIN, _NEWRULE, _GETRULE, _DELRULE = 5, 6, 7, 8
 _NLM_F_CREATE, _NLM_F_APPEND = 0x400, 0x800
 _NLM_F_DUMP_INTR = 0x10
 _NFPROTO = {4: 2, 6: 10}  # NFPROTO_IPV4, NFPROTO_IPV6
@@ -67,11 +61,9 @@ _RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_EXPRESSIONS = 1, 2, 3, 4
 _RULE_COMPAT, _RULE_USERDATA = 5, 7
 _COMPAT_PROTO, _COMPAT_FLAGS, _COMPAT_INVERT = 1, 2, 1  # NFT_RULE_COMPAT_F_INV
 _CHAIN_TABLE, _CHAIN_NAME = 1, 3
-_GEN_ID = 1
 _EXPR_NAME, _EXPR_DATA, _MATCH_NAME = 1, 2, 1
 _NLA_F_NESTED = 0x8000
 _NLA_TYPE = 0x3FFF
-_SOL_NETLINK, _NETLINK_CAP_ACK = 270, 10
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
 _BE32, _BE64 = struct.Struct("!I"), struct.Struct("!Q")
 _ERROR = struct.Struct("=i")
@@ -149,21 +141,11 @@ class _Changed(Exception):
     """The ruleset moved while we dumped it."""
 
 
-def generation() -> Optional[int]:
-    """The nf_tables ruleset generation of the current thread's network namespace (it
-    moves with every commit); None when it cannot be asked."""
-    try:
-        with _socket() as sock:
-            return _generation(sock, 1)
-    except OSError:
-        return None
-
-
 def apply_removal(family: int, removal: Removal, read_at: int, table: str = "nat") -> Result:
     """Remove what `removal` says from the iptables-nft `table` of `family`, in one
     batch the kernel applies only if the ruleset is still at generation `read_at`."""
     try:
-        with _socket() as sock:
+        with nfgen.open_socket() as sock:
             return _apply(sock, family, removal, read_at, table)
     except _Changed:
         return Result(Outcome.CHANGED, "the ruleset changed while it was read")
@@ -171,73 +153,13 @@ def apply_removal(family: int, removal: Removal, read_at: int, table: str = "nat
         return Result(Outcome.UNAVAILABLE, f"nf_tables netlink: {err.strerror or err}")
 
 
-def _socket() -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
-    try:
-        sock.bind((0, 0))
-        # Errors come back without the request they answer: a refused batch of 10,000
-        # messages then fits the receive buffer.
-        sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _message(kind: int, flags: int, family: int, seq: int, body: bytes, res_id: int = 0) -> bytes:
-    payload = _NFGENMSG.pack(family, 0, res_id) + body
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(payload), kind, flags, seq, 0) + payload
-
-
-def _nft(msg: int) -> int:
-    return (_SUBSYS << 8) | msg
-
-
-def _generation(sock: socket.socket, seq: int) -> int:
-    sock.send(_message(_nft(_GETGEN), _NLM_F_REQUEST, socket.AF_UNSPEC, seq, b""))
-    found, errors = _replies_until(sock, seq)
-    if errors:
-        raise OSError(-errors[0][1], "the generation could not be read")
-    return found
-
-
-def _replies_until(sock: socket.socket, gen_seq: int) -> Tuple[int, List[Tuple[int, int]]]:
-    """Read the socket until the answer to GETGEN number `gen_seq`: that generation,
-    and every error (seq, negative errno) that came before it. A batch is processed
-    within its send, so its errors are queued before an answer asked after it."""
-    errors: List[Tuple[int, int]] = []
-    header = _NLMSGHDR.size
-    while True:
-        try:
-            buf = sock.recv(1 << 20)
-        except OSError as err:
-            if err.errno != errno.ENOBUFS:
-                raise
-            # Replies were dropped: only errors are sent for a batch, so it failed.
-            errors.append((0, -errno.ENOBUFS))
-            continue
-        offset = 0
-        while offset + header <= len(buf):
-            length, kind, _flags, seq = _HEAD.unpack_from(buf, offset)
-            if length < header:
-                raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
-            if kind == _NLMSG_ERROR:
-                (code,) = _ERROR.unpack_from(buf, offset + header)
-                if code:
-                    errors.append((seq, code))
-                if code and seq == gen_seq:
-                    return 0, errors
-            elif kind == _nft(_NEWGEN) and seq == gen_seq:
-                span = _attrs(buf, offset + header + _NFGENMSG.size, offset + length).get(_GEN_ID)
-                if span is None:
-                    raise OSError(errno.EBADMSG, "a generation without its number")
-                return _BE32.unpack_from(buf, span[0])[0], errors
-            offset += (length + 3) & ~3
-
-
 def _dump_chain(sock: socket.socket, family: int, table: str, chain: str) -> List[_Rule]:
     body = _nla(_RULE_TABLE, table.encode() + b"\0") + _nla(_RULE_CHAIN, chain.encode() + b"\0")
-    sock.send(_message(_nft(_GETRULE), _NLM_F_REQUEST | _NLM_F_DUMP, _NFPROTO[family], 2, body))
+    sock.send(
+        nfgen.message(
+            nfgen.nftables(_GETRULE), _NLM_F_REQUEST | _NLM_F_DUMP, _NFPROTO[family], 2, body
+        )
+    )
     rules: List[_Rule] = []
     torn = False
     header = _NLMSGHDR.size
@@ -257,7 +179,7 @@ def _dump_chain(sock: socket.socket, family: int, table: str, chain: str) -> Lis
             if kind == _NLMSG_ERROR:
                 (code,) = _ERROR.unpack_from(buf, offset + header)
                 raise OSError(-code or errno.EIO, f"cannot list chain {chain}")
-            if kind == _nft(_NEWRULE):
+            if kind == nfgen.nftables(_NEWRULE):
                 rules.append(_Rule(buf, offset, end))
             offset = (end + 3) & ~3
 
@@ -330,7 +252,7 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
     # Every chain that loses rules, dumped at the generation the table was read at:
     # position i of the dump is then rule i as read (the kernel keeps their order).
     dumps = {chain: _dump_chain(sock, family, table, chain) for chain in removal.rules}
-    if dumps and _generation(sock, 3) != read_at:
+    if dumps and nfgen.ask(sock, 3) != read_at:
         raise _Changed()
     for chain, positions in removal.rules.items():
         read = removal.read.get(chain, ())
@@ -354,12 +276,16 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
             f" {len(kept)} kept"
         )
         if rebuild:
-            chain_ops.append(_message(_nft(_DELRULE), _NLM_F_REQUEST, _NFPROTO[family], seq, where))
+            chain_ops.append(
+                nfgen.message(
+                    nfgen.nftables(_DELRULE), _NLM_F_REQUEST, _NFPROTO[family], seq, where
+                )
+            )
             seq += 1
             for i, compat in zip(kept, compats):
                 chain_ops.append(
-                    _message(
-                        _nft(_NEWRULE),
+                    nfgen.message(
+                        nfgen.nftables(_NEWRULE),
                         _NLM_F_REQUEST | _NLM_F_CREATE | _NLM_F_APPEND,
                         _NFPROTO[family],
                         seq,
@@ -370,8 +296,8 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
         else:
             for i in positions:
                 chain_ops.append(
-                    _message(
-                        _nft(_DELRULE),
+                    nfgen.message(
+                        nfgen.nftables(_DELRULE),
                         _NLM_F_REQUEST,
                         _NFPROTO[family],
                         seq,
@@ -385,20 +311,24 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
         where = _nla(_RULE_TABLE, table.encode() + b"\0") + _nla(
             _RULE_CHAIN, chain.encode() + b"\0"
         )
-        chain_ops.append(_message(_nft(_DELRULE), _NLM_F_REQUEST, _NFPROTO[family], seq, where))
+        chain_ops.append(
+            nfgen.message(nfgen.nftables(_DELRULE), _NLM_F_REQUEST, _NFPROTO[family], seq, where)
+        )
         seq += 1
     for chain in removal.chains:
         named = _nla(_CHAIN_TABLE, table.encode() + b"\0") + _nla(
             _CHAIN_NAME, chain.encode() + b"\0"
         )
-        chain_ops.append(_message(_nft(_DELCHAIN), _NLM_F_REQUEST, _NFPROTO[family], seq, named))
+        chain_ops.append(
+            nfgen.message(nfgen.nftables(_DELCHAIN), _NLM_F_REQUEST, _NFPROTO[family], seq, named)
+        )
         seq += 1
     if not chain_ops:
         return Result(Outcome.APPLIED, "nothing to remove", read_at)
     begin_seq = 9
     batch = b"".join(
         [
-            _message(
+            nfgen.message(
                 _BATCH_BEGIN,
                 _NLM_F_REQUEST,
                 socket.AF_UNSPEC,
@@ -407,12 +337,14 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
                 socket.htons(_SUBSYS),
             ),
             *chain_ops,
-            _message(_BATCH_END, _NLM_F_REQUEST, socket.AF_UNSPEC, seq, b"", socket.htons(_SUBSYS)),
+            nfgen.message(
+                _BATCH_END, _NLM_F_REQUEST, socket.AF_UNSPEC, seq, b"", socket.htons(_SUBSYS)
+            ),
         ]
     )
     _room_for(sock, len(batch))
     sock.send(batch)
-    after, errors = _replies_until_generation(sock, seq + 1)
+    after, errors = nfgen.replies_until(sock, seq + 1)
     if not errors:
         how.append(f"{len(removal.chains)} chains deleted")
         return Result(Outcome.APPLIED, "; ".join(how), after)
@@ -423,11 +355,6 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
         Outcome.UNAVAILABLE,
         f"nf_tables refused the batch (message {seq_ - begin_seq}): {_strerror(-code)}",
     )
-
-
-def _replies_until_generation(sock: socket.socket, seq: int) -> Tuple[int, List[Tuple[int, int]]]:
-    sock.send(_message(_nft(_GETGEN), _NLM_F_REQUEST, socket.AF_UNSPEC, seq, b""))
-    return _replies_until(sock, seq)
 
 
 def _room_for(sock: socket.socket, size: int) -> None:

@@ -193,9 +193,9 @@ class RestoreBackend:
         cannot be read)."""
         if self.flavour != "nft":
             return None
-        from portmapctl.iptables.access import nfnl_batch
+        from portmapctl.iptables.access import nfgen
 
-        return nfnl_batch.generation()
+        return nfgen.generation()
 
     def _stamped(self, table: NatTable, before: Optional[int]) -> NatTable:
         """The table with the generation it was read at, when none moved it meanwhile

@@ -1,0 +1,114 @@
+"""The nf_tables ruleset generation: a number the kernel moves with every commit in a
+network namespace. RestoreBackend reads it before and after each iptables-nft-save:
+when both agree, nothing committed while the table was read, and the table is stamped
+with it (NatTable.generation). gc's removal is then sent as a batch the kernel applies
+only at that generation (nfnl_batch.py). Kept apart from nfnl_batch so that reading a
+table costs one import of `socket` (1 ms) and two round trips (0.1 ms), no more.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from typing import List, Optional, Tuple
+
+NETLINK_NETFILTER = 12
+SUBSYS_NFTABLES = 10
+NLM_F_REQUEST = 0x1
+NLMSG_ERROR = 2
+_NFT_MSG_NEWGEN, _NFT_MSG_GETGEN = 15, 16
+_NFTA_GEN_ID = 1
+_SOL_NETLINK, _NETLINK_CAP_ACK = 270, 10
+HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, port id
+NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
+_ATTR = struct.Struct("=HH")
+_ERROR = struct.Struct("=i")
+_BE32 = struct.Struct("!I")
+
+
+def message(kind: int, flags: int, family: int, seq: int, body: bytes, res_id: int = 0) -> bytes:
+    """One netfilter netlink message: header, nfgenmsg, then `body` (attributes)."""
+    payload = NFGENMSG.pack(family, 0, res_id) + body
+    return HEADER.pack(HEADER.size + len(payload), kind, flags, seq, 0) + payload
+
+
+def nftables(msg: int) -> int:
+    """The message type of nf_tables message `msg` (NFT_MSG_*)."""
+    return (SUBSYS_NFTABLES << 8) | msg
+
+
+def open_socket() -> socket.socket:
+    """A netfilter netlink socket in the calling thread's network namespace."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    try:
+        sock.bind((0, 0))
+        # Errors come back without the request they answer: a refused batch of 10,000
+        # messages then still fits the receive buffer.
+        sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def generation() -> Optional[int]:
+    """The current network namespace's ruleset generation; None when it cannot be
+    asked (no nf_tables, not allowed)."""
+    try:
+        with open_socket() as sock:
+            return ask(sock, 1)
+    except OSError:
+        return None
+
+
+def ask(sock: socket.socket, seq: int) -> int:
+    """The generation now, asked on `sock` (OSError when the kernel refuses)."""
+    found, errors = replies_until(sock, seq)
+    if errors:
+        raise OSError(-errors[0][1], "the ruleset generation could not be read")
+    return found
+
+
+def replies_until(sock: socket.socket, seq: int) -> Tuple[int, List[Tuple[int, int]]]:
+    """Ask for the generation (request number `seq`) and read the socket until its
+    answer: the generation, and every error (seq, negative errno) that came before.
+    The kernel handles a batch within its send, so a batch's errors are all queued
+    before the answer to a question sent after it."""
+    sock.send(message(nftables(_NFT_MSG_GETGEN), NLM_F_REQUEST, socket.AF_UNSPEC, seq, b""))
+    errors: List[Tuple[int, int]] = []
+    while True:
+        try:
+            buf = sock.recv(1 << 20)
+        except OSError as err:
+            if err.errno != errno.ENOBUFS:
+                raise
+            # Replies were dropped: for a batch only errors are sent, so it failed.
+            errors.append((0, -errno.ENOBUFS))
+            continue
+        offset = 0
+        while offset + HEADER.size <= len(buf):
+            length, kind, _flags, number, _port = HEADER.unpack_from(buf, offset)
+            if length < HEADER.size:
+                raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
+            if kind == NLMSG_ERROR:
+                (code,) = _ERROR.unpack_from(buf, offset + HEADER.size)
+                if code:
+                    errors.append((number, code))
+                    if number == seq:
+                        return 0, errors
+            elif kind == nftables(_NFT_MSG_NEWGEN) and number == seq:
+                return _generation_in(buf, offset, length), errors
+            offset += (length + 3) & ~3
+
+
+def _generation_in(buf: bytes, offset: int, length: int) -> int:
+    at, end = offset + HEADER.size + NFGENMSG.size, offset + length
+    while at + _ATTR.size <= end:
+        size, kind = _ATTR.unpack_from(buf, at)
+        if size < _ATTR.size:
+            break
+        if kind & 0x3FFF == _NFTA_GEN_ID and size >= 8:
+            return _BE32.unpack_from(buf, at + _ATTR.size)[0]
+        at += (size + 3) & ~3
+    raise OSError(errno.EBADMSG, "a generation message without its number")
