@@ -162,6 +162,8 @@ def log(text: str) -> None:
 
 
 def fmt(seconds: float) -> str:
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
@@ -453,11 +455,48 @@ def shape_kube(mode: str, versions: Versions, rules: int, n: int, runs: int) -> 
 # --- add ---------------------------------------------------------------------------------
 
 
+def kernel_commit_of_one_jump() -> float:
+    """The kernel's commit alone of what every add (and every plugin ADD) commits: one
+    more rule jumping to a chain, appended to CNI-HOSTPORT-DNAT (a copy of its first
+    rule, sent as one nf_tables batch), timed from the send to the kernel's answer; then
+    removed again. nf_tables validates the table's jump graph on such a commit."""
+    import socket
+
+    from portmapctl.host.conntrack import _nla
+    from portmapctl.iptables.access import nfgen, nfnl_batch
+
+    with nfgen.open_socket() as sock:
+        first = nfnl_batch._dump_chain(sock, 4, "nat", TOPLEVEL_DNAT)[0]
+        where = _nla(1, b"nat\0") + _nla(2, TOPLEVEL_DNAT.encode() + b"\0")
+        compat = nfnl_batch._compat(("-p", "tcp")) or b""
+        generation = nfgen.ask(sock, 1)
+        begin = nfgen.message(0x10, 1, 0, 2, _nla(1, generation.to_bytes(4, "big")), socket.htons(10))
+        rule = nfgen.message(nfgen.nftables(6), 0xC01, 2, 3, where + first.body() + compat)
+        end = nfgen.message(0x11, 1, 0, 4, b"", socket.htons(10))
+        started = time.perf_counter()
+        sock.send(begin + rule + end)
+        _after, errors = nfgen.replies_until(sock, 5)
+        took = time.perf_counter() - started
+        if errors:
+            raise BenchError(f"appending one rule by nf_tables batch: {errors}")
+        last = nfnl_batch._dump_chain(sock, 4, "nat", TOPLEVEL_DNAT)[-1]
+        delete = nfgen.message(
+            nfgen.nftables(8), 1, 2, 7, where + _nla(3, last.handle().to_bytes(8, "big"))
+        )
+        sock.send(
+            nfgen.message(0x10, 1, 0, 6, b"", socket.htons(10))
+            + delete
+            + nfgen.message(0x11, 1, 0, 8, b"", socket.htons(10))
+        )
+        nfgen.replies_until(sock, 9)
+    return took
+
+
 def shape_add(mode: str, versions: Versions, n: int, runs: int) -> Dict[str, Any]:
     with Node(mode, [container(i) for i in range(n)], cache=True) as node, entered(node.name):
         with_pod_interface()
         runner = Runner(mode, node.cache_dir)
-        fresh = iter(container(i, plain=True) for i in range(n, n + 4 * runs))
+        fresh = iter(container(i, plain=True) for i in range(n, n + 6 * runs))
 
         def ours(which: str) -> float:
             c = next(fresh)
@@ -480,9 +519,10 @@ def shape_add(mode: str, versions: Versions, n: int, runs: int) -> Dict[str, Any
             [op for op in probe.ops if op.kind == "check" and TOPLEVEL_DNAT not in op.args],
         ).render()
 
-        def restore_add() -> float:
+        def restore_add(checks: bool = True) -> float:
             config = bench.mapping(next(fresh))
-            return restore_seconds(mode, 4, plan_blind(wanted_chains(config, 4), 4).render())
+            txn = plan_blind(wanted_chains(config, 4), 4)
+            return restore_seconds(mode, 4, (txn if checks else txn.without_checks()).render())
 
         actions: Dict[str, Callable[[], float]] = {
             "after": lambda: ours("after"),
@@ -492,6 +532,11 @@ def shape_add(mode: str, versions: Versions, n: int, runs: int) -> Dict[str, Any
             "save": lambda: runner.save(4),
             "restore_checks": lambda: restore_seconds(mode, 4, checks_only),
             "restore_add": restore_add,
+            # The same restore without its -C lines: with any -C in it iptables-nft
+            # fetches the rules of every chain named, CNI-HOSTPORT-DNAT (appended to)
+            # among them; without, only those chains (the kernel's commit remains).
+            "restore_writes": lambda: restore_add(checks=False),
+            "commit_jump": kernel_commit_of_one_jump,
         }
         if "before" in versions.paths:
             actions["before"] = lambda: ours("before")
@@ -689,13 +734,16 @@ def print_tables(r: Dict[str, Any]) -> None:
             print(
                 "\n| N | iptables -S CNI-HOSTPORT-DNAT | iptables -S PREROUTING |"
                 " iptables-save -t nat | restore of add's -C checks (but the jumps into CNI-HOSTPORT-DNAT) | restore of one add |"
+                " the same without its -C lines | the kernel's commit of one entry rule |"
             )
-            print("| --- | --- | --- | --- | --- | --- |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- |")
             for n, g in r["add"].items():
                 print(
                     f"| {n} | {cell(g['list_dnat'])} | {cell(g['list_prerouting'])} |"
                     f" {cell(g['save'])} | {cell(g['restore_checks'])} |"
                     f" {cell(g['restore_add']) if 'restore_add' in g else '-'} |"
+                    f" {cell(g['restore_writes']) if 'restore_writes' in g else '-'} |"
+                    f" {cell(g['commit_jump']) if 'commit_jump' in g else '-'} |"
                 )
 
 

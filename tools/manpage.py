@@ -29,7 +29,9 @@ DESCRIPTION = [
     " containers left behind (gc) and deletes UDP conntrack entries that misroute"
     " (flush-udp).",
     "Each address family is read with one iptables-save and changed with one atomic"
-    " iptables-restore --noflush transaction, waiting for the xtables lock. Only the"
+    " iptables-restore --noflush transaction, waiting for the xtables lock (gc's"
+    " removal on nf_tables: one nf_tables batch that the kernel refuses whole when the"
+    " ruleset changed since it was read). Only the"
     " CNI-HOSTPORT-*, CNI-DN-* and CNI-SN-* chains and the rules that jump to them are"
     " ever written. Runs that change a node serialise on a lock file. Every value given"
     " on the command line or read from a file is validated before anything is written.",
@@ -85,6 +87,11 @@ FILES = [
 
 ENVIRONMENT = [
     ("PORTMAPCTL_IPTABLES", "Default for --iptables: auto, nft, legacy or iptc."),
+    (
+        "PORTMAPCTL_NFT_BATCH",
+        "0: gc's removal on nf_tables goes through iptables-restore too, not as one"
+        " nf_tables batch.",
+    ),
     (
         "NO_COLOR",
         "When set and not empty, output has no colour, as with --no-color.",
