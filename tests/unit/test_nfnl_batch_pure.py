@@ -65,7 +65,8 @@ def test_a_dump_that_is_not_the_chain_read_is_refused():
     [
         (("-p", "tcp", "-m", "multiport", "--dports", "80", "-j", "X"), 6, 0),
         (("-p", "udp", "-j", "X"), 17, 0),
-        (("!", "-p", "sctp", "-j", "X"), 132, 1),
+        (("!", "-p", "sctp", "-j", "X"), 132, 2),  # NFT_RULE_COMPAT_F_INV is bit 1
+        (("-m", "comment", "--comment", "-p", "-p", "udp", "-j", "X"), 17, 0),
         (("-p", "6", "-j", "X"), 6, 0),
         (("-m", "comment", "--comment", "v0.6: no -p", "-j", "X"), 0, 0),
     ],

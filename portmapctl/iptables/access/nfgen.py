@@ -38,10 +38,16 @@ def nftables(msg: int) -> int:
     return (SUBSYS_NFTABLES << 8) | msg
 
 
+# Seconds to wait for the kernel's answer: it answers within the send (a batch is
+# handled in the sender's system call), so only a lost answer ever waits this long.
+ANSWER_TIMEOUT = 30.0
+
+
 def open_socket() -> socket.socket:
     """A netfilter netlink socket in the calling thread's network namespace."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     try:
+        sock.settimeout(ANSWER_TIMEOUT)
         sock.bind((0, 0))
         # Errors come back without the request they answer: a refused batch of 10,000
         # messages then still fits the receive buffer.
@@ -83,8 +89,15 @@ def replies_until(sock: socket.socket, seq: int) -> Tuple[int, List[Tuple[int, i
         except OSError as err:
             if err.errno != errno.ENOBUFS:
                 raise
-            # Replies were dropped: for a batch only errors are sent, so it failed.
+            # Replies were dropped (for a batch only errors are sent, so it failed),
+            # the answer to our question perhaps with them: what is queued is read,
+            # then the question asked again, under a number of its own.
             errors.append((0, -errno.ENOBUFS))
+            _drain(sock)
+            seq += 1
+            sock.send(
+                message(nftables(_NFT_MSG_GETGEN), NLM_F_REQUEST, socket.AF_UNSPEC, seq, b"")
+            )
             continue
         offset = 0
         while offset + HEADER.size <= len(buf):
@@ -100,6 +113,23 @@ def replies_until(sock: socket.socket, seq: int) -> Tuple[int, List[Tuple[int, i
             elif kind == nftables(_NFT_MSG_NEWGEN) and number == seq:
                 return _generation_in(buf, offset, length), errors
             offset += (length + 3) & ~3
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read and drop whatever is queued on the socket now."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        while True:
+            try:
+                sock.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno != errno.ENOBUFS:
+                    raise
+    finally:
+        sock.settimeout(timeout)
 
 
 def _generation_in(buf: bytes, offset: int, length: int) -> int:

@@ -14,8 +14,12 @@ SPEC §5; its guarantees hold, see docs/architecture.md):
   when the ruleset moved under it, it replays its commands on the new ruleset.
 - This batch carries the generation the table was read at (NFNL_BATCH_GENID, the
   attribute iptables-nft-restore itself sends): the kernel refuses the whole batch with
-  ERESTART when anything committed since, and gc reads again and re-plans, as SPEC §5
-  asks. So a rebuild is safe, and a delete by handle exactly as safe as one by text.
+  ERESTART when anything committed since (checked first with an empty batch at a wrong
+  generation: a kernel that ignored the attribute gets the restore text instead). So a
+  rebuild is safe, and a delete by handle exactly as safe as one by text. Refused, the
+  caller applies the restore text planned from the same read, whose own checks refuse
+  it when our chains moved (then gc reads again and re-plans, as SPEC §5 asks): a node
+  where other tables commit all the time still converges.
 - The rules appended again are the kernel's own bytes from a dump taken at that
   generation (their expressions and comment; the protocol the xt matches are checked
   against comes from the rule as read): `iptables-save` prints the same text in the
@@ -59,7 +63,8 @@ _NLM_F_DUMP_INTR = 0x10
 _NFPROTO = {4: 2, 6: 10}  # NFPROTO_IPV4, NFPROTO_IPV6
 _RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_EXPRESSIONS = 1, 2, 3, 4
 _RULE_COMPAT, _RULE_USERDATA = 5, 7
-_COMPAT_PROTO, _COMPAT_FLAGS, _COMPAT_INVERT = 1, 2, 1  # NFT_RULE_COMPAT_F_INV
+_COMPAT_PROTO, _COMPAT_FLAGS = 1, 2
+_COMPAT_INVERT = 1 << 1  # NFT_RULE_COMPAT_F_INV (bit 0 is F_UNUSED, refused)
 _CHAIN_TABLE, _CHAIN_NAME = 1, 3
 _EXPR_NAME, _EXPR_DATA, _MATCH_NAME = 1, 2, 1
 _NLA_F_NESTED = 0x8000
@@ -88,8 +93,9 @@ _PROTOCOLS.update({"icmpv6": 58, "ipv6-icmp": 58})
 
 class Outcome(str, Enum):
     APPLIED = "applied"
-    CHANGED = "changed"  # the ruleset moved since the read: read again and re-plan
-    UNAVAILABLE = "unavailable"  # not this way: the caller applies the restore text
+    CHANGED = "changed"  # the ruleset moved since the read: nothing changed
+    UNAVAILABLE = "unavailable"  # not this way, nothing changed: the restore text can
+    UNKNOWN = "unknown"  # sent, but no answer could be read: it may have gone in, whole
 
 
 @dataclass(frozen=True)
@@ -199,17 +205,25 @@ def _plain(buf: bytes, span: Tuple[int, int]) -> bool:
     head = _NLA.size
     while at + head <= stop:
         size, _kind = _NLA.unpack_from(buf, at)
+        if size < 2 * head or at + size > stop:
+            return False
         name_size, name_kind = _NLA.unpack_from(buf, at + head)
-        if size < head or name_kind & _NLA_TYPE != _EXPR_NAME or name_size < head:
+        if name_kind & _NLA_TYPE != _EXPR_NAME or name_size < head:
             return False
         name_end = at + head + name_size
+        if name_end > at + size:
+            return False
         word = buf[at + 2 * head : name_end].rstrip(b"\0")
         if word not in _PLAIN_EXPRESSIONS:
             return False
         if word == b"match":
             data = (name_end + 3) & ~3  # NFTA_EXPR_DATA, then NFTA_MATCH_NAME in it
+            if data + 2 * head > at + size:
+                return False
             match_size, match_kind = _NLA.unpack_from(buf, data + head)
             if match_kind & _NLA_TYPE != _MATCH_NAME or match_size < head:
+                return False
+            if data + head + match_size > at + size:
                 return False
             if buf[data + 2 * head : data + head + match_size].rstrip(b"\0") not in _PLAIN_MATCHES:
                 return False
@@ -222,6 +236,8 @@ def _compat(args: Args) -> Optional[bytes]:
     checked against, from `-p` as read (None: one this module does not know)."""
     proto, invert = 0, False
     for i, word in enumerate(args):
+        if i > 0 and args[i - 1] == "--comment":
+            continue  # a comment's text, whatever it says
         if word in ("-p", "--protocol") and i + 1 < len(args):
             name = args[i + 1].lower()
             number = int(name) if name.isdigit() else _PROTOCOLS.get(name)
@@ -342,9 +358,14 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
             ),
         ]
     )
+    if not _kernel_checks_generation(sock, read_at):
+        return Result(Outcome.UNAVAILABLE, "this kernel does not check a batch's generation")
     _room_for(sock, len(batch))
     sock.send(batch)
-    after, errors = nfgen.replies_until(sock, seq + 1)
+    try:
+        after, errors = nfgen.replies_until(sock, seq + 1)
+    except OSError as err:
+        return Result(Outcome.UNKNOWN, f"no answer from nf_tables: {err.strerror or err}")
     if not errors:
         how.append(f"{len(removal.chains)} chains deleted")
         return Result(Outcome.APPLIED, "; ".join(how), after)
@@ -355,6 +376,26 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
         Outcome.UNAVAILABLE,
         f"nf_tables refused the batch (message {seq_ - begin_seq}): {_strerror(-code)}",
     )
+
+
+def _kernel_checks_generation(sock: socket.socket, read_at: int) -> bool:
+    """Whether the kernel refuses a batch for a generation that is not the current one
+    (NFNL_BATCH_GENID; a kernel that ignored it would apply a stale rebuild). Asked
+    with an empty batch, which changes nothing either way."""
+    wrong = (read_at + 0x7FFFFFFF) & 0xFFFFFFFF or 1
+    sock.send(
+        nfgen.message(
+            _BATCH_BEGIN,
+            _NLM_F_REQUEST,
+            socket.AF_UNSPEC,
+            4,
+            _nla(_BATCH_GENID, _BE32.pack(wrong)),
+            socket.htons(_SUBSYS),
+        )
+        + nfgen.message(_BATCH_END, _NLM_F_REQUEST, socket.AF_UNSPEC, 5, b"", socket.htons(_SUBSYS))
+    )
+    _now, errors = nfgen.replies_until(sock, 6)
+    return any(seq == 4 and code == -errno.ERESTART for seq, code in errors)
 
 
 def _room_for(sock: socket.socket, size: int) -> None:

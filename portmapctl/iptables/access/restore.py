@@ -234,9 +234,10 @@ class RestoreBackend:
 
     def _removed_by_handle(self, txn: Transaction) -> bool:
         """Apply a teardown as one nf_tables batch guarded by the generation its table
-        was read at (iptables/access/nfnl_batch.py says why): True when it went in.
-        ApplyFailed when the ruleset moved since (the caller reads again and
-        re-plans); False when it cannot go that way (the restore text then does)."""
+        was read at (iptables/access/nfnl_batch.py says why): True when it went in;
+        False when it did not (refused because the ruleset moved, or not possible):
+        the restore text then applies it, or refuses it when our chains moved.
+        ApplyFailed(maybe_applied) when it was sent and no answer came back."""
         removal = txn.removal
         if self.flavour != "nft" or removal is None or removal.generation is None:
             return False
@@ -252,15 +253,22 @@ class RestoreBackend:
         while read_at in self._committed:
             read_at = self._committed[read_at]
         result = nfnl_batch.apply_removal(txn.family, removal, read_at)
-        if result.outcome is nfnl_batch.Outcome.CHANGED:
-            raise ApplyFailed(f"the nat table changed since it was read ({result.why}), nothing changed")
         log = logging.getLogger("portmapctl.iptables")
-        if result.outcome is nfnl_batch.Outcome.UNAVAILABLE:
+        if result.outcome is nfnl_batch.Outcome.UNKNOWN:
+            raise ApplyFailed(
+                f"the nf_tables batch was sent but {result.why} (it went in whole or not at all)",
+                maybe_applied=True,
+            )
+        if result.outcome is not nfnl_batch.Outcome.APPLIED:
+            # Refused whole (the ruleset moved: on a busy node, often elsewhere than
+            # in our chains) or not possible: the restore text, whose own guards refuse
+            # it when our chains moved, as before the batch.
             log.debug("IPv%s: not as one nf_tables batch (%s): iptables-restore", txn.family, result.why)
             return False
         log.debug("IPv%s: applied as one nf_tables batch: %s", txn.family, result.why)
-        if result.generation == read_at + 1:
-            self._committed[read_at] = read_at + 1  # ours was the only commit since
+        following = (read_at + 1) & 0xFFFFFFFF or 1  # the kernel skips generation 0
+        if result.generation == following:
+            self._committed[read_at] = following  # ours was the only commit since
         return True
 
 
