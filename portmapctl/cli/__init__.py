@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import signal
 import sys
 from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Tuple
@@ -81,15 +82,32 @@ def _ctrl_c_raises_interrupted() -> Iterator[None]:
     def raise_interrupted(signum: int, frame: Any) -> None:
         raise Interrupted()
 
+    def unraisable(event: Any) -> None:
+        # Ctrl-C landed in code whose exceptions Python can only print and drop (a
+        # weakref callback, such as the import system's module-lock one): the signal
+        # is sent again a moment later, from a thread, to be taken where it can end
+        # the command (sent from here, it would be taken in here and dropped again).
+        if isinstance(event.exc_value, Interrupted):
+            import threading
+
+            again = threading.Timer(0.005, os.kill, (os.getpid(), signal.SIGINT))
+            again.daemon = True
+            again.start()
+        else:
+            previous_hook(event)
+
     try:
         previous = signal.signal(signal.SIGINT, raise_interrupted)
     except ValueError:  # not the main thread (an embedding program): leave it be
         yield
         return
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
 
 
 def _interrupted() -> None:

@@ -5,6 +5,8 @@ no traceback, nothing changed."""
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,20 @@ def test_help_and_version_work_and_exit_zero():
     assert ok(["--version"]).startswith("portmapctl ")
     for command in ([], ["list"], ["add"]):
         assert "Examples" in ok([*command, "--help"])
+
+
+def test_ctrl_c_that_python_could_only_print_is_taken_again():
+    """A Ctrl-C landing in code whose exceptions Python prints and drops (a __del__, a
+    weakref callback such as the import system's) must still end the command: the
+    signal is sent again, and taken where it can be raised."""
+    from portmapctl.cli import Interrupted, _ctrl_c_raises_interrupted
+
+    class Dropping:
+        def __del__(self) -> None:
+            raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        with _ctrl_c_raises_interrupted():
+            Dropping()  # its __del__ raises: Python can only report that
+            time.sleep(5)  # the signal sent again ends this at once
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
