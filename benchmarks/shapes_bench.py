@@ -462,7 +462,7 @@ def kernel_commit_of_one_jump() -> float:
     removed again. nf_tables validates the table's jump graph on such a commit."""
     import socket
 
-    from portmapctl.host.conntrack import _nla
+    from portmapctl.host.netlink import nla as _nla
     from portmapctl.iptables.access import nfgen, nfnl_batch
 
     with nfgen.open_socket() as sock:

@@ -22,15 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Iterator
 
 from portmapctl.errors import BadInput, HostProblem
+from portmapctl.host.netlink import HEADER as _NLMSGHDR
+from portmapctl.host.netlink import NETLINK_NETFILTER as _NETLINK_NETFILTER
+from portmapctl.host.netlink import NFGENMSG as _NFGENMSG
+from portmapctl.host.netlink import NLM_F_ACK as _NLM_F_ACK
+from portmapctl.host.netlink import NLM_F_DUMP as _NLM_F_DUMP
+from portmapctl.host.netlink import NLM_F_REQUEST as _NLM_F_REQUEST
+from portmapctl.host.netlink import NLMSG_DONE as _NLMSG_DONE
+from portmapctl.host.netlink import NLMSG_ERROR as _NLMSG_ERROR
+from portmapctl.host.netlink import attrs as _attrs
+from portmapctl.host.netlink import nest as _nest
+from portmapctl.host.netlink import nla as _nla
 
-# Kernel ABI: linux/netlink.h, linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h.
-_NLMSG_ERROR = 2
-_NLMSG_DONE = 3
-_NLM_F_REQUEST = 0x1
-_NLM_F_ACK = 0x4
-_NLM_F_DUMP = 0x300
-_NLA_F_NESTED = 0x8000
-_NLA_TYPE_MASK = 0x3FFF
+# Kernel ABI: linux/netfilter/nfnetlink_conntrack.h (the framing: host/netlink.py).
 _NFNL_SUBSYS_CTNETLINK = 1
 _IPCTNL_MSG_CT_GET = 1
 _IPCTNL_MSG_CT_DELETE = 2
@@ -51,14 +55,10 @@ _FILTER_PROTO_DST_PORT = 1 << 5
 _IP_ATTRS = {socket.AF_INET: (1, 2), socket.AF_INET6: (3, 4)}
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
-_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, seq, port id
-_NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
-_NLA = struct.Struct("=HH")  # length, type
 _ERRNO = struct.Struct("=i")
 _BE16 = struct.Struct("!H")
 _BE32 = struct.Struct("!I")
 
-_NETLINK_NETFILTER = 12
 # Each acknowledgement takes about 1 KiB of the receive buffer (1 MiB asked, which the
 # kernel doubles, as pyroute2 sets it up); a batch must fit, or the kernel drops acks
 # and the count is lost.
@@ -260,15 +260,6 @@ def _raise_if_error(buf: bytes, start: int) -> None:
         raise OSError(-code, os.strerror(-code))
 
 
-def _nla(kind: int, payload: bytes) -> bytes:
-    size = _NLA.size + len(payload)
-    return _NLA.pack(size, kind) + payload + bytes(-size % 4)
-
-
-def _nest(kind: int, *attrs: bytes) -> bytes:
-    return _nla(kind | _NLA_F_NESTED, b"".join(attrs))
-
-
 def _message(msg_type: int, flags: int, af: int, seq: int, *attrs: bytes) -> bytes:
     body = _NFGENMSG.pack(af, 0, 0) + b"".join(attrs)
     kind = (_NFNL_SUBSYS_CTNETLINK << 8) | msg_type
@@ -305,17 +296,6 @@ def _delete_message(entry: ConntrackEntry, seq: int) -> bytes:
         attrs.append(_nla(_CTA_ZONE, _BE16.pack(entry.zone)))
     return _message(_IPCTNL_MSG_CT_DELETE, _NLM_F_REQUEST | _NLM_F_ACK, af, seq, *attrs)
 
-
-def _attrs(buf: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
-    """Attribute type -> (start, end) of its payload."""
-    found = {}
-    while start + _NLA.size <= end:
-        size, kind = _NLA.unpack_from(buf, start)
-        if size < _NLA.size:
-            break
-        found[kind & _NLA_TYPE_MASK] = (start + _NLA.size, start + size)
-        start += (size + 3) & ~3
-    return found
 
 
 def _parse_tuple(buf: bytes, span: tuple[int, int], af: int) -> tuple[str, str, int, int] | None:

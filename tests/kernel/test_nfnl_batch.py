@@ -347,7 +347,7 @@ def test_many_refused_messages_are_all_answered_and_nothing_hangs(nft_node):
     (the question asked again after the overflow), with the errors, in bounded time."""
     node = nft_node
     node.add("bnet", "m0", ["10.88.12.1/16"], _ports("9900/tcp"))
-    from portmapctl.host.conntrack import _nla
+    from portmapctl.host.netlink import nla as _nla
 
     where = _nla(1, b"nat\0") + _nla(2, TOPLEVEL_DNAT.encode() + b"\0")
     missing = ((1 << 40) + i for i in range(30_000))  # no rule has such a handle

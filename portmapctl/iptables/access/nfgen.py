@@ -13,24 +13,20 @@ import socket
 import struct
 from typing import List, Optional, Tuple
 
-NETLINK_NETFILTER = 12
+from portmapctl.host import netlink as nl
+
 SUBSYS_NFTABLES = 10
-NLM_F_REQUEST = 0x1
-NLMSG_ERROR = 2
 _NFT_MSG_NEWGEN, _NFT_MSG_GETGEN = 15, 16
 _NFTA_GEN_ID = 1
 _SOL_NETLINK, _NETLINK_CAP_ACK = 270, 10
-HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, port id
-NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
-_ATTR = struct.Struct("=HH")
 _ERROR = struct.Struct("=i")
 _BE32 = struct.Struct("!I")
 
 
 def message(kind: int, flags: int, family: int, seq: int, body: bytes, res_id: int = 0) -> bytes:
     """One netfilter netlink message: header, nfgenmsg, then `body` (attributes)."""
-    payload = NFGENMSG.pack(family, 0, res_id) + body
-    return HEADER.pack(HEADER.size + len(payload), kind, flags, seq, 0) + payload
+    payload = nl.NFGENMSG.pack(family, 0, res_id) + body
+    return nl.HEADER.pack(nl.HEADER.size + len(payload), kind, flags, seq, 0) + payload
 
 
 def nftables(msg: int) -> int:
@@ -45,7 +41,7 @@ ANSWER_TIMEOUT = 30.0
 
 def open_socket() -> socket.socket:
     """A netfilter netlink socket in the calling thread's network namespace."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
     try:
         sock.settimeout(ANSWER_TIMEOUT)
         sock.bind((0, 0))
@@ -81,7 +77,7 @@ def replies_until(sock: socket.socket, seq: int) -> Tuple[int, List[Tuple[int, i
     answer: the generation, and every error (seq, negative errno) that came before.
     The kernel handles a batch within its send, so a batch's errors are all queued
     before the answer to a question sent after it."""
-    sock.send(message(nftables(_NFT_MSG_GETGEN), NLM_F_REQUEST, socket.AF_UNSPEC, seq, b""))
+    sock.send(message(nftables(_NFT_MSG_GETGEN), nl.NLM_F_REQUEST, socket.AF_UNSPEC, seq, b""))
     errors: List[Tuple[int, int]] = []
     while True:
         try:
@@ -96,16 +92,16 @@ def replies_until(sock: socket.socket, seq: int) -> Tuple[int, List[Tuple[int, i
             _drain(sock)
             seq += 1
             sock.send(
-                message(nftables(_NFT_MSG_GETGEN), NLM_F_REQUEST, socket.AF_UNSPEC, seq, b"")
+                message(nftables(_NFT_MSG_GETGEN), nl.NLM_F_REQUEST, socket.AF_UNSPEC, seq, b"")
             )
             continue
         offset = 0
-        while offset + HEADER.size <= len(buf):
-            length, kind, _flags, number, _port = HEADER.unpack_from(buf, offset)
-            if length < HEADER.size:
+        while offset + nl.HEADER.size <= len(buf):
+            length, kind, _flags, number, _port = nl.HEADER.unpack_from(buf, offset)
+            if length < nl.HEADER.size:
                 raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
-            if kind == NLMSG_ERROR:
-                (code,) = _ERROR.unpack_from(buf, offset + HEADER.size)
+            if kind == nl.NLMSG_ERROR:
+                (code,) = _ERROR.unpack_from(buf, offset + nl.HEADER.size)
                 if code:
                     errors.append((number, code))
                     if number == seq:
@@ -133,12 +129,9 @@ def _drain(sock: socket.socket) -> None:
 
 
 def _generation_in(buf: bytes, offset: int, length: int) -> int:
-    at, end = offset + HEADER.size + NFGENMSG.size, offset + length
-    while at + _ATTR.size <= end:
-        size, kind = _ATTR.unpack_from(buf, at)
-        if size < _ATTR.size:
-            break
-        if kind & 0x3FFF == _NFTA_GEN_ID and size >= 8:
-            return _BE32.unpack_from(buf, at + _ATTR.size)[0]
-        at += (size + 3) & ~3
-    raise OSError(errno.EBADMSG, "a generation message without its number")
+    span = nl.attrs(buf, offset + nl.HEADER.size + nl.NFGENMSG.size, offset + length).get(
+        _NFTA_GEN_ID
+    )
+    if span is None or span[1] - span[0] < 4:
+        raise OSError(errno.EBADMSG, "a generation message without its number")
+    return _BE32.unpack_from(buf, span[0])[0]

@@ -35,17 +35,7 @@ from typing import (
     Sequence,
 )
 
-from portmapctl.host.conntrack import (
-    _NETLINK_NETFILTER,
-    _NFGENMSG,
-    _NLM_F_DUMP,
-    _NLM_F_REQUEST,
-    _NLMSG_DONE,
-    _NLMSG_ERROR,
-    _NLMSGHDR,
-    _attrs,
-    _nla,
-)
+from portmapctl.host import netlink as nl
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 
 if TYPE_CHECKING:
@@ -118,7 +108,7 @@ def rules_for_ports(
     (add waits there for its own restore to be over)."""
     wanted = frozenset(ports)
     try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
     except OSError:
         return None
     try:
@@ -141,20 +131,20 @@ def _dump(
 ) -> Optional[List[KeptRule]]:
     """One dump; None when the kernel says it was interrupted by a change."""
     body = (
-        _NFGENMSG.pack(_NFPROTO[family], 0, 0)
-        + _nla(_NFTA_RULE_TABLE, table.encode() + b"\x00")
-        + _nla(_NFTA_RULE_CHAIN, chain.encode() + b"\x00")
+        nl.NFGENMSG.pack(_NFPROTO[family], 0, 0)
+        + nl.nla(_NFTA_RULE_TABLE, table.encode() + b"\x00")
+        + nl.nla(_NFTA_RULE_CHAIN, chain.encode() + b"\x00")
     )
     kind = (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_GETRULE
     sock.sendto(
-        _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
+        nl.HEADER.pack(nl.HEADER.size + len(body), kind, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, 1, 0)
         + body,
         (0, 0),
     )
     kept: List[KeptRule] = []
     index = 0
     torn = False
-    header = _NLMSGHDR.size
+    header = nl.HEADER.size
     # Where the multiport match sits in a rule: the same in every rule of one shape,
     # so it is looked for there first.
     guess = 0
@@ -174,9 +164,9 @@ def _dump(
             if kind != _RULE_MESSAGE:
                 if length < header:
                     raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
-                if kind == _NLMSG_DONE:
+                if kind == nl.NLMSG_DONE:
                     return None if torn else kept
-                if kind == _NLMSG_ERROR:
+                if kind == nl.NLMSG_ERROR:
                     (code,) = struct.unpack_from("=i", buf, offset + header)
                     raise OSError(-code or errno.EIO, "netlink error")
             at = offset + guess
@@ -203,7 +193,7 @@ def _dump(
 def _target(buf: bytes, start: int, end: int) -> Optional[str]:
     """The chain the rule jumps or goes to: its last expression, `immediate` with a
     jump or goto verdict. None when it has none or cannot be read."""
-    rule = _attrs(buf, start + _NLMSGHDR.size + _NFGENMSG.size, end)
+    rule = nl.attrs(buf, start + nl.HEADER.size + nl.NFGENMSG.size, end)
     span = rule.get(_NFTA_RULE_EXPRESSIONS)
     if span is None:
         return None
@@ -218,17 +208,17 @@ def _target(buf: bytes, start: int, end: int) -> Optional[str]:
         at += (size + 3) & ~3
     if last is None:
         return None
-    expression = _attrs(buf, *last)
+    expression = nl.attrs(buf, *last)
     name, data = expression.get(_NFTA_EXPR_NAME), expression.get(_NFTA_EXPR_DATA)
     if name is None or data is None or buf[name[0] : name[1]].rstrip(b"\x00") != b"immediate":
         return None
-    verdict_data = _attrs(buf, *data).get(_NFTA_IMMEDIATE_DATA)
+    verdict_data = nl.attrs(buf, *data).get(_NFTA_IMMEDIATE_DATA)
     if verdict_data is None:
         return None
-    verdict_span = _attrs(buf, *verdict_data).get(_NFTA_DATA_VERDICT)
+    verdict_span = nl.attrs(buf, *verdict_data).get(_NFTA_DATA_VERDICT)
     if verdict_span is None:
         return None
-    verdict = _attrs(buf, *verdict_span)
+    verdict = nl.attrs(buf, *verdict_span)
     code, chain = verdict.get(_NFTA_VERDICT_CODE), verdict.get(_NFTA_VERDICT_CHAIN)
     if code is None or chain is None or code[1] - code[0] != 4:
         return None

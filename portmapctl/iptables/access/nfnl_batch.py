@@ -44,12 +44,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
-from portmapctl.host.conntrack import _NLA, _NLM_F_DUMP, _NLMSG_DONE, _attrs, _nla
+from portmapctl.host import netlink as nl
 from portmapctl.iptables.access import nfgen
-from portmapctl.iptables.access.nfgen import HEADER as _NLMSGHDR
-from portmapctl.iptables.access.nfgen import NFGENMSG as _NFGENMSG
-from portmapctl.iptables.access.nfgen import NLM_F_REQUEST as _NLM_F_REQUEST
-from portmapctl.iptables.access.nfgen import NLMSG_ERROR as _NLMSG_ERROR
 from portmapctl.iptables.access.nfnl import _target
 from portmapctl.iptables.ruleset import Args, rule_target
 from portmapctl.iptables.transaction import Removal
@@ -67,8 +63,6 @@ _COMPAT_PROTO, _COMPAT_FLAGS = 1, 2
 _COMPAT_INVERT = 1 << 1  # NFT_RULE_COMPAT_F_INV (bit 0 is F_UNUSED, refused)
 _CHAIN_TABLE, _CHAIN_NAME = 1, 3
 _EXPR_NAME, _EXPR_DATA, _MATCH_NAME = 1, 2, 1
-_NLA_F_NESTED = 0x8000
-_NLA_TYPE = 0x3FFF
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
 _BE32, _BE64 = struct.Struct("!I"), struct.Struct("!Q")
 _ERROR = struct.Struct("=i")
@@ -115,7 +109,7 @@ class _Rule(NamedTuple):
     end: int
 
     def attributes(self) -> Dict[int, Tuple[int, int]]:
-        return _attrs(self.buf, self.start + _NLMSGHDR.size + _NFGENMSG.size, self.end)
+        return nl.attrs(self.buf, self.start + nl.HEADER.size + nl.NFGENMSG.size, self.end)
 
     def handle(self) -> int:
         span = self.attributes().get(_RULE_HANDLE)
@@ -160,15 +154,15 @@ def apply_removal(family: int, removal: Removal, read_at: int, table: str = "nat
 
 
 def _dump_chain(sock: socket.socket, family: int, table: str, chain: str) -> List[_Rule]:
-    body = _nla(_RULE_TABLE, table.encode() + b"\0") + _nla(_RULE_CHAIN, chain.encode() + b"\0")
+    body = nl.nla(_RULE_TABLE, table.encode() + b"\0") + nl.nla(_RULE_CHAIN, chain.encode() + b"\0")
     sock.send(
         nfgen.message(
-            nfgen.nftables(_GETRULE), _NLM_F_REQUEST | _NLM_F_DUMP, _NFPROTO[family], 2, body
+            nfgen.nftables(_GETRULE), nl.NLM_F_REQUEST | nl.NLM_F_DUMP, _NFPROTO[family], 2, body
         )
     )
     rules: List[_Rule] = []
     torn = False
-    header = _NLMSGHDR.size
+    header = nl.HEADER.size
     while True:
         buf = sock.recv(1 << 16)
         offset = 0
@@ -178,11 +172,11 @@ def _dump_chain(sock: socket.socket, family: int, table: str, chain: str) -> Lis
                 raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
             end = offset + length
             torn = torn or bool(flags & _NLM_F_DUMP_INTR)
-            if kind == _NLMSG_DONE:
+            if kind == nl.NLMSG_DONE:
                 if torn:
                     raise _Changed()
                 return rules
-            if kind == _NLMSG_ERROR:
+            if kind == nl.NLMSG_ERROR:
                 (code,) = _ERROR.unpack_from(buf, offset + header)
                 raise OSError(-code or errno.EIO, f"cannot list chain {chain}")
             if kind == nfgen.nftables(_NEWRULE):
@@ -192,7 +186,7 @@ def _dump_chain(sock: socket.socket, family: int, table: str, chain: str) -> Lis
 
 def _whole(buf: bytes, span: Tuple[int, int]) -> bytes:
     """An attribute with its header, padded, from the span of its payload."""
-    attribute = buf[span[0] - _NLA.size : span[1]]
+    attribute = buf[span[0] - nl.ATTR.size : span[1]]
     return attribute + bytes(-len(attribute) % 4)
 
 
@@ -202,13 +196,13 @@ def _plain(buf: bytes, span: Tuple[int, int]) -> bool:
     expression's name first, and a match's name first in its data
     (nf_tables_fill_expr_info, nft_match_dump); anything else is not plain."""
     at, stop = span
-    head = _NLA.size
+    head = nl.ATTR.size
     while at + head <= stop:
-        size, _kind = _NLA.unpack_from(buf, at)
+        size, _kind = nl.ATTR.unpack_from(buf, at)
         if size < 2 * head or at + size > stop:
             return False
-        name_size, name_kind = _NLA.unpack_from(buf, at + head)
-        if name_kind & _NLA_TYPE != _EXPR_NAME or name_size < head:
+        name_size, name_kind = nl.ATTR.unpack_from(buf, at + head)
+        if name_kind & nl.NLA_TYPE_MASK != _EXPR_NAME or name_size < head:
             return False
         name_end = at + head + name_size
         if name_end > at + size:
@@ -220,8 +214,8 @@ def _plain(buf: bytes, span: Tuple[int, int]) -> bool:
             data = (name_end + 3) & ~3  # NFTA_EXPR_DATA, then NFTA_MATCH_NAME in it
             if data + 2 * head > at + size:
                 return False
-            match_size, match_kind = _NLA.unpack_from(buf, data + head)
-            if match_kind & _NLA_TYPE != _MATCH_NAME or match_size < head:
+            match_size, match_kind = nl.ATTR.unpack_from(buf, data + head)
+            if match_kind & nl.NLA_TYPE_MASK != _MATCH_NAME or match_size < head:
                 return False
             if data + head + match_size > at + size:
                 return False
@@ -245,9 +239,9 @@ def _compat(args: Args) -> Optional[bytes]:
                 return None
             proto, invert = number, i > 0 and args[i - 1] == "!"
     flags = _COMPAT_INVERT if invert else 0
-    return _nla(
-        _RULE_COMPAT | _NLA_F_NESTED,
-        _nla(_COMPAT_PROTO, _BE32.pack(proto)) + _nla(_COMPAT_FLAGS, _BE32.pack(flags)),
+    return nl.nla(
+        _RULE_COMPAT | nl.NLA_F_NESTED,
+        nl.nla(_COMPAT_PROTO, _BE32.pack(proto)) + nl.nla(_COMPAT_FLAGS, _BE32.pack(flags)),
     )
 
 
@@ -284,7 +278,7 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
             and all(c is not None for c in compats)
             and all(dumped[i].plain() for i in kept)
         )
-        where = _nla(_RULE_TABLE, table.encode() + b"\0") + _nla(
+        where = nl.nla(_RULE_TABLE, table.encode() + b"\0") + nl.nla(
             _RULE_CHAIN, chain.encode() + b"\0"
         )
         how.append(
@@ -294,7 +288,7 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
         if rebuild:
             chain_ops.append(
                 nfgen.message(
-                    nfgen.nftables(_DELRULE), _NLM_F_REQUEST, _NFPROTO[family], seq, where
+                    nfgen.nftables(_DELRULE), nl.NLM_F_REQUEST, _NFPROTO[family], seq, where
                 )
             )
             seq += 1
@@ -302,7 +296,7 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
                 chain_ops.append(
                     nfgen.message(
                         nfgen.nftables(_NEWRULE),
-                        _NLM_F_REQUEST | _NLM_F_CREATE | _NLM_F_APPEND,
+                        nl.NLM_F_REQUEST | _NLM_F_CREATE | _NLM_F_APPEND,
                         _NFPROTO[family],
                         seq,
                         where + dumped[i].body() + (compat or b""),
@@ -314,29 +308,29 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
                 chain_ops.append(
                     nfgen.message(
                         nfgen.nftables(_DELRULE),
-                        _NLM_F_REQUEST,
+                        nl.NLM_F_REQUEST,
                         _NFPROTO[family],
                         seq,
-                        where + _nla(_RULE_HANDLE, _BE64.pack(dumped[i].handle())),
+                        where + nl.nla(_RULE_HANDLE, _BE64.pack(dumped[i].handle())),
                     )
                 )
                 seq += 1
     # The chains that go: all flushed first (CNI-HOSTPORT-SNAT's jumps into CNI-SN-
     # chains go with it), then deleted, when nothing enters them any more.
     for chain in removal.chains:
-        where = _nla(_RULE_TABLE, table.encode() + b"\0") + _nla(
+        where = nl.nla(_RULE_TABLE, table.encode() + b"\0") + nl.nla(
             _RULE_CHAIN, chain.encode() + b"\0"
         )
         chain_ops.append(
-            nfgen.message(nfgen.nftables(_DELRULE), _NLM_F_REQUEST, _NFPROTO[family], seq, where)
+            nfgen.message(nfgen.nftables(_DELRULE), nl.NLM_F_REQUEST, _NFPROTO[family], seq, where)
         )
         seq += 1
     for chain in removal.chains:
-        named = _nla(_CHAIN_TABLE, table.encode() + b"\0") + _nla(
+        named = nl.nla(_CHAIN_TABLE, table.encode() + b"\0") + nl.nla(
             _CHAIN_NAME, chain.encode() + b"\0"
         )
         chain_ops.append(
-            nfgen.message(nfgen.nftables(_DELCHAIN), _NLM_F_REQUEST, _NFPROTO[family], seq, named)
+            nfgen.message(nfgen.nftables(_DELCHAIN), nl.NLM_F_REQUEST, _NFPROTO[family], seq, named)
         )
         seq += 1
     if not chain_ops:
@@ -346,15 +340,15 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
         [
             nfgen.message(
                 _BATCH_BEGIN,
-                _NLM_F_REQUEST,
+                nl.NLM_F_REQUEST,
                 socket.AF_UNSPEC,
                 begin_seq,
-                _nla(_BATCH_GENID, _BE32.pack(read_at)),
+                nl.nla(_BATCH_GENID, _BE32.pack(read_at)),
                 socket.htons(_SUBSYS),
             ),
             *chain_ops,
             nfgen.message(
-                _BATCH_END, _NLM_F_REQUEST, socket.AF_UNSPEC, seq, b"", socket.htons(_SUBSYS)
+                _BATCH_END, nl.NLM_F_REQUEST, socket.AF_UNSPEC, seq, b"", socket.htons(_SUBSYS)
             ),
         ]
     )
@@ -386,13 +380,13 @@ def _kernel_checks_generation(sock: socket.socket, read_at: int) -> bool:
     sock.send(
         nfgen.message(
             _BATCH_BEGIN,
-            _NLM_F_REQUEST,
+            nl.NLM_F_REQUEST,
             socket.AF_UNSPEC,
             4,
-            _nla(_BATCH_GENID, _BE32.pack(wrong)),
+            nl.nla(_BATCH_GENID, _BE32.pack(wrong)),
             socket.htons(_SUBSYS),
         )
-        + nfgen.message(_BATCH_END, _NLM_F_REQUEST, socket.AF_UNSPEC, 5, b"", socket.htons(_SUBSYS))
+        + nfgen.message(_BATCH_END, nl.NLM_F_REQUEST, socket.AF_UNSPEC, 5, b"", socket.htons(_SUBSYS))
     )
     _now, errors = nfgen.replies_until(sock, 6)
     return any(seq == 4 and code == -errno.ERESTART for seq, code in errors)
