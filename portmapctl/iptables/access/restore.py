@@ -114,9 +114,11 @@ class RestoreBackend:
         argv = [self._binary(family, "save"), "-t", "nat"]
         before = self._generation()
         done = self._run(argv)
+        read_at = self._read_at(before)
         if done.returncode != 0:
             raise _host_problem(argv[0], done.stderr)
-        return self._stamped(_parse(done.stdout, family, argv[0]), before)
+        table = _parse(done.stdout, family, argv[0])
+        return table if read_at is None else replace(table, generation=read_at)
 
     def read_chain(self, family: int, chain: str) -> Optional[Tuple[Args, ...]]:
         """One chain's rules (`iptables -t nat -S CHAIN`), None when it does not exist
@@ -178,14 +180,13 @@ class RestoreBackend:
                     outputs[f] = process.communicate(timeout=max(deadline - time.monotonic(), 0))
                 except subprocess.TimeoutExpired:
                     raise _timed_out(argvs[f][0]) from None
+        read_at = self._read_at(before)  # asked before the parse: a shorter window
         tables = {}
         for family, (stdout, stderr) in outputs.items():
             if running[family].returncode != 0:
                 raise _host_problem(argvs[family][0], _decode(stderr))
-            tables[family] = _parse(_decode(stdout), family, argvs[family][0])
-        after = self._generation() if before is not None else None
-        if before is not None and after == before:
-            tables = {f: replace(table, generation=before) for f, table in tables.items()}
+            table = _parse(_decode(stdout), family, argvs[family][0])
+            tables[family] = table if read_at is None else replace(table, generation=read_at)
         return tables
 
     def _generation(self) -> Optional[int]:
@@ -197,12 +198,13 @@ class RestoreBackend:
 
         return nfgen.generation()
 
-    def _stamped(self, table: NatTable, before: Optional[int]) -> NatTable:
-        """The table with the generation it was read at, when none moved it meanwhile
-        (the generations before and after the read agree)."""
+    def _read_at(self, before: Optional[int]) -> Optional[int]:
+        """The generation a save that began at `before` and has just ended read its
+        table at, when nothing committed meanwhile (the generation has not moved);
+        None when that cannot be told."""
         if before is None or self._generation() != before:
-            return table
-        return replace(table, generation=before)
+            return None
+        return before
 
     def apply(self, txn: Transaction) -> None:
         text = txn.render()
