@@ -148,6 +148,18 @@ def _by_typer(args: List[str], early_nft: Any = None) -> Callable[[], Any]:
     )
 
 
+def _show_details() -> None:
+    """-v: the library's details on stderr, one line each (how a change was applied,
+    why a plan was refused and made again). logging is imported only then."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("portmapctl: %(message)s"))
+    library = logging.getLogger("portmapctl")
+    library.addHandler(handler)
+    library.setLevel(logging.DEBUG)
+
+
 def main(argv: Optional[List[str]] = None, early_nft: Any = None) -> None:
     """Run the command line. `early_nft`: the nft listing entry.py started for it
     (nftables/early.py), for the command's read to take."""
@@ -161,6 +173,8 @@ def main(argv: Optional[List[str]] = None, early_nft: Any = None) -> None:
     # of list's); anything else, --help and every mistake included, goes to typer,
     # which has the only words for them.
     run = add_fast.runner(args) or list_fast.runner(args, early_nft) or _by_typer(args, early_nft)
+    if _verbose(args):
+        _show_details()
     try:
         with _ctrl_c_raises_interrupted():
             code = run()

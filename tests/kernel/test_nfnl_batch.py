@@ -401,3 +401,16 @@ def test_gc_on_a_node_where_other_tables_keep_changing_still_converges(nft_node)
     assert not any(chain_name("bnet", f"n{i}") in lines for i in (1, 3, 5, 7))
     for cid in ("n0", "n2", "n4", "n6"):
         node.check(cid)
+
+
+def test_gc_verbose_says_how_each_family_was_removed(nft_node):
+    node = nft_node
+    for i in range(4):
+        node.add("bnet", f"v{i}", [f"10.88.14.{i + 1}/16"], _ports(f"{9990 + i}/tcp"), cache=i == 0)
+    done = node.gc("--yes", "--min-age", "0", "-v", "--family", "4")
+    assert done.returncode == 0, done.stderr
+    told = [line for line in done.stderr.splitlines() if "nf_tables batch" in line]
+    assert told == [
+        f"portmapctl: IPv4: applied as one nf_tables batch: {TOPLEVEL_DNAT}: by handle,"
+        " 3 rules out, 1 kept; 3 chains deleted"
+    ], done.stderr
