@@ -460,35 +460,26 @@ def kernel_commit_of_one_jump() -> float:
     more rule jumping to a chain, appended to CNI-HOSTPORT-DNAT (a copy of its first
     rule, sent as one nf_tables batch), timed from the send to the kernel's answer; then
     removed again. nf_tables validates the table's jump graph on such a commit."""
-    import socket
-
-    from portmapctl.host.netlink import nla as _nla
+    from portmapctl.host.netlink import nla
     from portmapctl.iptables.access import nfgen, nfnl_batch
 
+    where = nfnl_batch._where("nat", TOPLEVEL_DNAT)
+    append, delete = nfgen.nftables(6), nfgen.nftables(8)  # NFT_MSG_NEWRULE, _DELRULE
     with nfgen.open_socket() as sock:
         first = nfnl_batch._dump_chain(sock, 4, "nat", TOPLEVEL_DNAT)[0]
-        where = _nla(1, b"nat\0") + _nla(2, TOPLEVEL_DNAT.encode() + b"\0")
         compat = nfnl_batch._compat(("-p", "tcp")) or b""
-        generation = nfgen.ask(sock, 1)
-        begin = nfgen.message(0x10, 1, 0, 2, _nla(1, generation.to_bytes(4, "big")), socket.htons(10))
-        rule = nfgen.message(nfgen.nftables(6), 0xC01, 2, 3, where + first.body() + compat)
-        end = nfgen.message(0x11, 1, 0, 4, b"", socket.htons(10))
+        rule = nfgen.message(append, 0xC01, 2, 3, where + first.body() + compat)  # appended
+        batch = nfnl_batch._batch([rule], nfgen.ask(sock, 1), 2, 4)
         started = time.perf_counter()
-        sock.send(begin + rule + end)
+        sock.send(batch)
         _after, errors = nfgen.replies_until(sock, 5)
         took = time.perf_counter() - started
         if errors:
             raise BenchError(f"appending one rule by nf_tables batch: {errors}")
         last = nfnl_batch._dump_chain(sock, 4, "nat", TOPLEVEL_DNAT)[-1]
-        delete = nfgen.message(
-            nfgen.nftables(8), 1, 2, 7, where + _nla(3, last.handle().to_bytes(8, "big"))
-        )
-        sock.send(
-            nfgen.message(0x10, 1, 0, 6, b"", socket.htons(10))
-            + delete
-            + nfgen.message(0x11, 1, 0, 8, b"", socket.htons(10))
-        )
-        nfgen.replies_until(sock, 9)
+        gone = nfgen.message(delete, 1, 2, 7, where + nla(3, last.handle().to_bytes(8, "big")))
+        sock.send(nfnl_batch._batch([gone], nfgen.ask(sock, 6), 8, 9))
+        nfgen.replies_until(sock, 10)
     return took
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Iterator
 
 from portmapctl.errors import BadInput, HostProblem
+from portmapctl.host.netlink import ERRNO as _ERRNO
 from portmapctl.host.netlink import HEADER as _NLMSGHDR
 from portmapctl.host.netlink import NETLINK_NETFILTER as _NETLINK_NETFILTER
 from portmapctl.host.netlink import NFGENMSG as _NFGENMSG
@@ -55,7 +56,6 @@ _FILTER_PROTO_DST_PORT = 1 << 5
 _IP_ATTRS = {socket.AF_INET: (1, 2), socket.AF_INET6: (3, 4)}
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
-_ERRNO = struct.Struct("=i")
 _BE16 = struct.Struct("!H")
 _BE32 = struct.Struct("!I")
 

@@ -24,6 +24,7 @@ NLA_TYPE_MASK = 0x3FFF
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, port id
 NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
 ATTR = struct.Struct("=HH")  # nlattr: length, type
+ERRNO = struct.Struct("=i")  # what NLMSG_ERROR carries first: 0 or a negative errno
 
 
 def nla(kind: int, payload: bytes) -> bytes:

@@ -19,7 +19,6 @@ SUBSYS_NFTABLES = 10
 _NFT_MSG_NEWGEN, _NFT_MSG_GETGEN = 15, 16
 _NFTA_GEN_ID = 1
 _SOL_NETLINK, _NETLINK_CAP_ACK = 270, 10
-_ERROR = struct.Struct("=i")
 _BE32 = struct.Struct("!I")
 
 
@@ -101,7 +100,7 @@ def replies_until(sock: socket.socket, seq: int) -> Tuple[int, List[Tuple[int, i
             if length < nl.HEADER.size:
                 raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
             if kind == nl.NLMSG_ERROR:
-                (code,) = _ERROR.unpack_from(buf, offset + nl.HEADER.size)
+                (code,) = nl.ERRNO.unpack_from(buf, offset + nl.HEADER.size)
                 if code:
                     errors.append((number, code))
                     if number == seq:

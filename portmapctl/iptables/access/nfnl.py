@@ -167,7 +167,7 @@ def _dump(
                 if kind == nl.NLMSG_DONE:
                     return None if torn else kept
                 if kind == nl.NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", buf, offset + header)
+                    (code,) = nl.ERRNO.unpack_from(buf, offset + header)
                     raise OSError(-code or errno.EIO, "netlink error")
             at = offset + guess
             if not buf.startswith(_MULTIPORT_DPORTS, at):

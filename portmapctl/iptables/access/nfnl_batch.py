@@ -61,12 +61,10 @@ _RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_EXPRESSIONS = 1, 2, 3, 4
 _RULE_COMPAT, _RULE_USERDATA = 5, 7
 _COMPAT_PROTO, _COMPAT_FLAGS = 1, 2
 _COMPAT_INVERT = 1 << 1  # NFT_RULE_COMPAT_F_INV (bit 0 is F_UNUSED, refused)
-_CHAIN_TABLE, _CHAIN_NAME = 1, 3
+_CHAIN_NAME = 3  # (NFTA_CHAIN_TABLE is 1, as NFTA_RULE_TABLE)
 _EXPR_NAME, _EXPR_DATA, _MATCH_NAME = 1, 2, 1
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
 _BE32, _BE64 = struct.Struct("!I"), struct.Struct("!Q")
-_ERROR = struct.Struct("=i")
-_HEAD = struct.Struct("=IHHI")  # nlmsghdr without the port id: length, type, flags, seq
 
 # A chain is rebuilt when deleting by handle would walk more rule steps than this many
 # per rule appended again (measured: one re-append costs the kernel about as much as a
@@ -153,11 +151,36 @@ def apply_removal(family: int, removal: Removal, read_at: int, table: str = "nat
         return Result(Outcome.UNAVAILABLE, f"nf_tables netlink: {err.strerror or err}")
 
 
+def _where(table: str, chain: str, chain_attribute: int = _RULE_CHAIN) -> bytes:
+    """The table and chain attributes a rule message (or, with NFTA_CHAIN_NAME, a chain
+    message: the table attribute is 1 in both) names its place with."""
+    return nl.nla(_RULE_TABLE, table.encode() + b"\0") + nl.nla(
+        chain_attribute, chain.encode() + b"\0"
+    )
+
+
+def _batch(messages: Sequence[bytes], generation: int, begin_seq: int, end_seq: int) -> bytes:
+    """`messages` between NFNL_MSG_BATCH_BEGIN (carrying `generation`: the kernel
+    refuses the batch unless the ruleset is at it) and NFNL_MSG_BATCH_END."""
+    res_id = socket.htons(_SUBSYS)
+    genid = nl.nla(_BATCH_GENID, _BE32.pack(generation))
+    return b"".join(
+        [
+            nfgen.message(_BATCH_BEGIN, nl.NLM_F_REQUEST, socket.AF_UNSPEC, begin_seq, genid, res_id),
+            *messages,
+            nfgen.message(_BATCH_END, nl.NLM_F_REQUEST, socket.AF_UNSPEC, end_seq, b"", res_id),
+        ]
+    )
+
+
 def _dump_chain(sock: socket.socket, family: int, table: str, chain: str) -> List[_Rule]:
-    body = nl.nla(_RULE_TABLE, table.encode() + b"\0") + nl.nla(_RULE_CHAIN, chain.encode() + b"\0")
     sock.send(
         nfgen.message(
-            nfgen.nftables(_GETRULE), nl.NLM_F_REQUEST | nl.NLM_F_DUMP, _NFPROTO[family], 2, body
+            nfgen.nftables(_GETRULE),
+            nl.NLM_F_REQUEST | nl.NLM_F_DUMP,
+            _NFPROTO[family],
+            2,
+            _where(table, chain),
         )
     )
     rules: List[_Rule] = []
@@ -167,7 +190,7 @@ def _dump_chain(sock: socket.socket, family: int, table: str, chain: str) -> Lis
         buf = sock.recv(1 << 16)
         offset = 0
         while offset + header <= len(buf):
-            length, kind, flags, _seq = _HEAD.unpack_from(buf, offset)
+            length, kind, flags, _seq, _port = nl.HEADER.unpack_from(buf, offset)
             if length < header:
                 raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
             end = offset + length
@@ -177,7 +200,7 @@ def _dump_chain(sock: socket.socket, family: int, table: str, chain: str) -> Lis
                     raise _Changed()
                 return rules
             if kind == nl.NLMSG_ERROR:
-                (code,) = _ERROR.unpack_from(buf, offset + header)
+                (code,) = nl.ERRNO.unpack_from(buf, offset + header)
                 raise OSError(-code or errno.EIO, f"cannot list chain {chain}")
             if kind == nfgen.nftables(_NEWRULE):
                 rules.append(_Rule(buf, offset, end))
@@ -278,9 +301,7 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
             and all(c is not None for c in compats)
             and all(dumped[i].plain() for i in kept)
         )
-        where = nl.nla(_RULE_TABLE, table.encode() + b"\0") + nl.nla(
-            _RULE_CHAIN, chain.encode() + b"\0"
-        )
+        where = _where(table, chain)
         how.append(
             f"{chain}: {'rebuilt' if rebuild else 'by handle'}, {len(positions)} rules out,"
             f" {len(kept)} kept"
@@ -317,41 +338,17 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
                 seq += 1
     # The chains that go: all flushed first (CNI-HOSTPORT-SNAT's jumps into CNI-SN-
     # chains go with it), then deleted, when nothing enters them any more.
-    for chain in removal.chains:
-        where = nl.nla(_RULE_TABLE, table.encode() + b"\0") + nl.nla(
-            _RULE_CHAIN, chain.encode() + b"\0"
-        )
-        chain_ops.append(
-            nfgen.message(nfgen.nftables(_DELRULE), nl.NLM_F_REQUEST, _NFPROTO[family], seq, where)
-        )
-        seq += 1
-    for chain in removal.chains:
-        named = nl.nla(_CHAIN_TABLE, table.encode() + b"\0") + nl.nla(
-            _CHAIN_NAME, chain.encode() + b"\0"
-        )
-        chain_ops.append(
-            nfgen.message(nfgen.nftables(_DELCHAIN), nl.NLM_F_REQUEST, _NFPROTO[family], seq, named)
-        )
-        seq += 1
+    for kind, attribute in ((_DELRULE, _RULE_CHAIN), (_DELCHAIN, _CHAIN_NAME)):
+        for chain in removal.chains:
+            where = _where(table, chain, attribute)
+            chain_ops.append(
+                nfgen.message(nfgen.nftables(kind), nl.NLM_F_REQUEST, _NFPROTO[family], seq, where)
+            )
+            seq += 1
     if not chain_ops:
         return Result(Outcome.APPLIED, "nothing to remove", read_at)
     begin_seq = 9
-    batch = b"".join(
-        [
-            nfgen.message(
-                _BATCH_BEGIN,
-                nl.NLM_F_REQUEST,
-                socket.AF_UNSPEC,
-                begin_seq,
-                nl.nla(_BATCH_GENID, _BE32.pack(read_at)),
-                socket.htons(_SUBSYS),
-            ),
-            *chain_ops,
-            nfgen.message(
-                _BATCH_END, nl.NLM_F_REQUEST, socket.AF_UNSPEC, seq, b"", socket.htons(_SUBSYS)
-            ),
-        ]
-    )
+    batch = _batch(chain_ops, read_at, begin_seq, seq)
     if not _kernel_checks_generation(sock, read_at):
         return Result(Outcome.UNAVAILABLE, "this kernel does not check a batch's generation")
     _room_for(sock, len(batch))
@@ -377,17 +374,7 @@ def _kernel_checks_generation(sock: socket.socket, read_at: int) -> bool:
     (NFNL_BATCH_GENID; a kernel that ignored it would apply a stale rebuild). Asked
     with an empty batch, which changes nothing either way."""
     wrong = (read_at + 0x7FFFFFFF) & 0xFFFFFFFF or 1
-    sock.send(
-        nfgen.message(
-            _BATCH_BEGIN,
-            nl.NLM_F_REQUEST,
-            socket.AF_UNSPEC,
-            4,
-            nl.nla(_BATCH_GENID, _BE32.pack(wrong)),
-            socket.htons(_SUBSYS),
-        )
-        + nfgen.message(_BATCH_END, nl.NLM_F_REQUEST, socket.AF_UNSPEC, 5, b"", socket.htons(_SUBSYS))
-    )
+    sock.send(_batch([], wrong, 4, 5))
     _now, errors = nfgen.replies_until(sock, 6)
     return any(seq == 4 and code == -errno.ERESTART for seq, code in errors)
 
