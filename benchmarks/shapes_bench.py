@@ -461,24 +461,24 @@ def kernel_commit_of_one_jump() -> float:
     rule, sent as one nf_tables batch), timed from the send to the kernel's answer; then
     removed again. nf_tables validates the table's jump graph on such a commit."""
     from portmapctl.host.netlink import nla
-    from portmapctl.iptables.access import nfgen, nfnl_batch
+    from portmapctl.iptables.access import nfgen, nfmsg, nfnl_rules
 
-    where = nfnl_batch._where("nat", TOPLEVEL_DNAT)
+    where = nfmsg.where("nat", TOPLEVEL_DNAT)
     append, delete = nfgen.nftables(6), nfgen.nftables(8)  # NFT_MSG_NEWRULE, _DELRULE
     with nfgen.open_socket() as sock:
-        first = nfnl_batch._dump_chain(sock, 4, "nat", TOPLEVEL_DNAT)[0]
-        compat = nfnl_batch._compat(("-p", "tcp")) or b""
+        first = nfmsg.dump_chain(sock, 4, "nat", TOPLEVEL_DNAT)[0]
+        compat = nfnl_rules.compat(("-p", "tcp")) or b""
         rule = nfgen.message(append, 0xC01, 2, 3, where + first.body() + compat)  # appended
-        batch = nfnl_batch._batch([rule], nfgen.ask(sock, 1), 2, 4)
+        batch = nfmsg.batch([rule], nfgen.ask(sock, 1), 2, 4)
         started = time.perf_counter()
         sock.send(batch)
         _after, errors = nfgen.replies_until(sock, 5)
         took = time.perf_counter() - started
         if errors:
             raise BenchError(f"appending one rule by nf_tables batch: {errors}")
-        last = nfnl_batch._dump_chain(sock, 4, "nat", TOPLEVEL_DNAT)[-1]
+        last = nfmsg.dump_chain(sock, 4, "nat", TOPLEVEL_DNAT)[-1]
         gone = nfgen.message(delete, 1, 2, 7, where + nla(3, last.handle().to_bytes(8, "big")))
-        sock.send(nfnl_batch._batch([gone], nfgen.ask(sock, 6), 8, 9))
+        sock.send(nfmsg.batch([gone], nfgen.ask(sock, 6), 8, 9))
         nfgen.replies_until(sock, 10)
     return took
 

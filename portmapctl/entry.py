@@ -64,7 +64,7 @@ def _exit_now(code: Union[int, None]) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
-        _run(args)
+        _run(args, program=argv is None)
     except SystemExit as done:
         # (A bool is an int: sys.exit(True) exits 1 both ways.)
         if argv is None and args[:1] == ["add"] and isinstance(done.code, (int, type(None))):
@@ -105,16 +105,20 @@ def _inspect_on_first_use() -> None:
     sys.modules["inspect"] = stand_in
 
 
-def _run(args: List[str]) -> None:
+def _run(args: List[str], program: bool = False) -> None:
     try:
         if args == ["--version"]:
             from portmapctl import __version__
 
             sys.stdout.write(f"portmapctl {__version__}\n")
             return
-        early_nft = None
+        early_nft = early_claims = None
         if args[:1] == ["add"]:
             _inspect_on_first_use()
+            if program:  # (it forks: not inside another program's process)
+                from portmapctl.ops.add_early import start as start_claims
+
+                early_claims = start_claims(args)
         if args[:1] == ["list"]:
             from portmapctl.nftables.early import start
 
@@ -122,7 +126,7 @@ def _run(args: List[str]) -> None:
         try:
             from portmapctl.cli import main as cli_main
 
-            cli_main(args, early_nft)
+            cli_main(args, early_nft, early_claims)
         finally:
             if early_nft is not None:
                 early_nft.close()  # not taken (a usage error, say): stopped, unread

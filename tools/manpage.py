@@ -89,8 +89,8 @@ ENVIRONMENT = [
     ("PORTMAPCTL_IPTABLES", "Default for --iptables: auto, nft, legacy or iptc."),
     (
         "PORTMAPCTL_NFT_BATCH",
-        "0: gc's removal on nf_tables goes through iptables-restore too, not as one"
-        " nf_tables batch.",
+        "0: gc's removal and add's write on nf_tables go through iptables-restore too,"
+        " not as one nf_tables batch.",
     ),
     (
         "NO_COLOR",

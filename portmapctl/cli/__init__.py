@@ -160,9 +160,10 @@ def _show_details() -> None:
     library.setLevel(logging.DEBUG)
 
 
-def main(argv: Optional[List[str]] = None, early_nft: Any = None) -> None:
+def main(argv: Optional[List[str]] = None, early_nft: Any = None, early_claims: Any = None) -> None:
     """Run the command line. `early_nft`: the nft listing entry.py started for it
-    (nftables/early.py), for the command's read to take."""
+    (nftables/early.py), for the command's read to take; `early_claims`: the dump
+    behind add's shadow warning, started for a plain `add` (ops/add_early.py)."""
     from portmapctl.cli import add_fast, list_fast
 
     args = sys.argv[1:] if argv is None else argv
@@ -172,7 +173,11 @@ def main(argv: Optional[List[str]] = None, early_nft: Any = None) -> None:
     # parsed without typer (SPEC §6: typer's import is a third of add's time, a fifth
     # of list's); anything else, --help and every mistake included, goes to typer,
     # which has the only words for them.
-    run = add_fast.runner(args) or list_fast.runner(args, early_nft) or _by_typer(args, early_nft)
+    run = (
+        add_fast.runner(args, early_claims)
+        or list_fast.runner(args, early_nft)
+        or _by_typer(args, early_nft)
+    )
     if _verbose(args):
         _show_details()
     try:

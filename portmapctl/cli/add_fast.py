@@ -116,8 +116,9 @@ def parse(
     return given
 
 
-def runner(args: List[str]) -> Optional[Callable[[], Any]]:
-    """What `portmapctl ARGS` runs, when ARGS is an `add` this module can parse."""
+def runner(args: List[str], early_claims: Any = None) -> Optional[Callable[[], Any]]:
+    """What `portmapctl ARGS` runs, when ARGS is an `add` this module can parse.
+    `early_claims`: ops/add_early.EarlyClaims, started for these ARGS (or None)."""
     given = parse(args)
     if given is None:
         return None
@@ -127,6 +128,8 @@ def runner(args: List[str]) -> Optional[Callable[[], Any]]:
     common = pop_common(given)
     mapping = MappingOptions(**{name: given.pop(name) for name in MAPPING_NAMES if name in given})
     flags = {"no_flush_udp": False, "dry_run": False, **given}  # add's own options
+    if early_claims is not None:
+        flags["early_claims"] = early_claims  # (typer's path has none to hand over)
     return lambda: add_run.run(common, mapping, **flags)
 
 

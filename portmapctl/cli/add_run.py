@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from portmapctl.iptables.ruleset import NatTable
     from portmapctl.ops.add import AddResult
     from portmapctl.ops.add_ahead import Ahead
+    from portmapctl.ops.add_early import EarlyClaims
 
 
 def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingConfig:
@@ -78,13 +79,20 @@ def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
     return replace(config, backend=backend)
 
 
-def run(common: Common, mapping: MappingOptions, *, no_flush_udp: bool, dry_run: bool) -> None:
+def run(
+    common: Common,
+    mapping: MappingOptions,
+    *,
+    no_flush_udp: bool,
+    dry_run: bool,
+    early_claims: Optional[EarlyClaims] = None,
+) -> None:
     out = common.out()
     config = mapping_from_options(mapping, backend=common.backend.value)
     with contextlib.ExitStack() as held:
         # add's work starts now, under the lock, before the rest of add is imported
         # (ops/add_ahead.py); the imports and the node's opening overlap it.
-        ahead = None if dry_run else _ahead(common, config, held)
+        ahead = None if dry_run else _ahead(common, config, held, early_claims)
         result, clashes = _add(common, config, ahead, no_flush_udp=no_flush_udp, dry_run=dry_run)
     _report(common, out, config, result, clashes, dry_run)
 
@@ -159,7 +167,12 @@ def _report(
         out.summary(f"unchanged: {chain} ({who}) is already in place")
 
 
-def _ahead(common: Common, config: MappingConfig, held: contextlib.ExitStack) -> Optional[Ahead]:
+def _ahead(
+    common: Common,
+    config: MappingConfig,
+    held: contextlib.ExitStack,
+    early_claims: Optional[EarlyClaims] = None,
+) -> Optional[Ahead]:
     """add_ahead.Ahead for this mapping, started under the portmapctl lock (entered on
     `held`), when it is written to iptables-nft with CAP_NET_ADMIN; None otherwise (add
     opens, checks and locks in its usual order, and says what is wrong)."""
@@ -196,7 +209,7 @@ def _ahead(common: Common, config: MappingConfig, held: contextlib.ExitStack) ->
     held.enter_context(lock.held())
     wanted = [f for f in config.families if f in families(common.family)]
     try:
-        ahead = Ahead.start(common.netns, config, wanted)
+        ahead = Ahead.start(common.netns, config, wanted, early=early_claims)
     except PortmapctlError:
         return None  # add meets it again, and says so
     # Whatever happens meanwhile, the lock goes only once the write is over.

@@ -15,16 +15,17 @@ imported: that import and the restore run at once.
 from __future__ import annotations
 
 import subprocess
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from portmapctl.errors import ApplyFailed, PortmapctlError
 
 if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig
     from portmapctl.iptables.access import Backend
-    from portmapctl.iptables.access.nfnl import Claims
+    from portmapctl.iptables.access.nfnl import Claims, KeptRule
     from portmapctl.iptables.chains import Chain
     from portmapctl.iptables.transaction import Transaction
+    from portmapctl.ops.add_early import EarlyClaims
 
 T = TypeVar("T")
 SWITCH_INTERVAL = 0.0005
@@ -51,9 +52,12 @@ class Ahead:
         families: Sequence[int],
         *,
         look: bool = True,
+        early: Optional[EarlyClaims] = None,
     ) -> Ahead:
         """Start the work for a container written to iptables-nft (the caller knows the
-        flavour, and holds the portmapctl lock). `look`: the shadow warning's read too."""
+        flavour, and holds the portmapctl lock). `look`: the shadow warning's read too;
+        `early`: that read, started before the lock (ops/add_early.py), kept when it
+        shows the chain as the write found it, else taken again."""
         import sys
         import threading
 
@@ -63,17 +67,24 @@ class Ahead:
         # of add: they get the GIL back within 0.5 ms, not the default 5 ms, so each
         # step of theirs does not wait for the imports.
         sys.setswitchinterval(SWITCH_INTERVAL)
-        from portmapctl.iptables.chains import wanted_chains
+        from portmapctl.iptables.chains import TOPLEVEL_DNAT, wanted_chains
 
         backend = RestoreBackend("nft")
         wanted = {family: wanted_chains(config, family) for family in families}
         settled = threading.Event()  # the write is over: a torn dump can be taken again
+        committed: List[Tuple[int, int]] = []  # the generations of nfnl_add's commit
 
         def write() -> Dict[int, Optional[Transaction]]:
             try:
-                return write_blind(backend, wanted)
+                verdict = early.iptables_verified() if early is not None else None
+                done = write_new(wanted, committed, verdict)
+                return done if done is not None else write_blind(backend, wanted)
             finally:
                 settled.set()
+
+        def own_commit() -> Optional[Tuple[int, int]]:
+            settled.wait()
+            return committed[0] if committed else None
 
         written = _in_thread(netns, write, "blind write")
         address = config.address(4)
@@ -85,9 +96,32 @@ class Ahead:
         if look:
             from portmapctl.iptables.access import nfnl
 
-            claims = _in_thread(
-                netns, lambda: nfnl.dnat_claims(config, families, settled.wait), "nfnl"
-            )
+            def dump_again(family: int) -> Optional[List[KeptRule]]:
+                ports = {p.host_port for p in config.ports if p.applies_to(family)}
+                return nfnl.rules_for_ports(
+                    family, TOPLEVEL_DNAT, sorted(ports), before_retry=settled.wait,
+                    own_commit=own_commit,
+                )  # fmt: skip
+
+            if early is None:
+                claims = _in_thread(netns, lambda: {f: dump_again(f) for f in families}, "nfnl")
+            else:
+
+                def early_or_again() -> Claims:
+                    dumped = early.dumped(netns, frozenset(p.host_port for p in config.ports))
+                    ours = own_commit()
+                    claims: Claims = {}
+                    for family in families:
+                        found = dumped.get(family)
+                        if found is not None and ours is not None and found.taken_at(ours[0], ours):
+                            debug("IPv%s: the shadow warning's dump, taken as add started", family)
+                            claims[family] = found.kept
+                        else:
+                            debug("IPv%s: the shadow warning's dump, taken again", family)
+                            claims[family] = dump_again(family)
+                    return claims
+
+                claims = _in_thread(netns, early_or_again, "nfnl")
         return cls(written, routes, claims)
 
     def written(self) -> Dict[int, Optional[Transaction]]:
@@ -102,6 +136,52 @@ class Ahead:
     def claims(self) -> Claims:
         """nfnl.dnat_claims by family ({}: not looked at, or failed)."""
         return self._claims() or {}
+
+
+def write_new(
+    wanted: Dict[int, List[Chain]],
+    committed: List[Tuple[int, int]],
+    iptables_verified: Optional[bool] = None,
+) -> Optional[Dict[int, Optional[Transaction]]]:
+    """The new container as one nf_tables batch (iptables/access/nfnl_add.py), every
+    family at once: each family's transaction (what changed), or None for each when the
+    node is not as planner.plan_blind assumes (the caller reads and plans). None when
+    it cannot go that way (an iptables whose bytes are not pinned, a rule of a shape
+    nfnl_rules does not write, PORTMAPCTL_NFT_BATCH=0): write_blind then. The
+    generations of the commit are put in `committed`. `iptables_verified`: what
+    add_early's child found of `iptables --version` (None: ask it here)."""
+    import os
+
+    from portmapctl.iptables.access import nfnl_add
+    from portmapctl.iptables.access.restore import NFT_BATCH_ENV
+    from portmapctl.iptables.planner import plan_blind
+
+    if os.environ.get(NFT_BATCH_ENV, "").strip() == "0" or not wanted:
+        return None
+    if iptables_verified is None:  # (add_early's child has not asked already)
+        try:
+            iptables_verified = nfnl_add.verified(nfnl_add.iptables_version())
+        except OSError as err:
+            debug("iptables --version: %s", err)
+            return None
+    plans = [nfnl_add.plan(family, chains) for family, chains in wanted.items()]
+    if not iptables_verified:
+        debug("this iptables' bytes are not pinned: iptables-restore writes the container")
+        return None
+    if any(one is None for one in plans):
+        debug("a rule nfnl_rules does not write: iptables-restore writes the container")
+        return None
+    result = nfnl_add.apply_new([one for one in plans if one is not None])
+    debug("nf_tables batch: %s (%s)", result.outcome.value, result.why)
+    if result.outcome is nfnl_add.Outcome.UNAVAILABLE:
+        return None
+    if result.outcome is nfnl_add.Outcome.REFUSED:
+        return {family: None for family in wanted}
+    if result.commit is not None:
+        committed.append(result.commit)
+    return {
+        family: plan_blind(chains, family).without_checks() for family, chains in wanted.items()
+    }
 
 
 def write_blind(
@@ -146,15 +226,16 @@ def apply_blind(backend: Backend, txn: Transaction) -> Optional[Transaction]:
 
 
 def debug(message: str, *args: object) -> None:
-    """A -v detail (logging is imported only then: 3-5 ms of every add otherwise)."""
-    import logging
+    """A -v detail. -v imports logging to show them (cli/__init__.py); without it
+    nothing would be shown, and importing logging costs 3-5 ms of every add."""
+    import sys
 
-    logging.getLogger("portmapctl.ops.add").debug(message, *args)
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("portmapctl.ops.add").debug(message, *args)
 
 
-def _in_thread(
-    netns: Optional[str], work: Callable[[], T], what: str
-) -> Callable[[], Optional[T]]:
+def _in_thread(netns: Optional[str], work: Callable[[], T], what: str) -> Callable[[], Optional[T]]:
     """Run `work` in a thread inside `netns` (None: the namespace this thread is in,
     which a new thread starts in); the returned call waits for its result, None when
     it failed (logged at -v: the caller does without it, or does it again)."""

@@ -18,7 +18,7 @@ import json
 
 import pytest
 import realplugin as rp
-from fixtures_lib import NAMES, conf
+from fixtures_lib import NAMES, added_first, conf
 from flush_udp_helpers import ct_args, ct_sports, ns_run, route_localnet
 from pmctl import run
 
@@ -95,18 +95,6 @@ def test_the_work_ahead_happens_in_the_namespace_given(host_ns):
     assert "will be shadowed" in done.stderr
 
 
-def _fixture_conf(name: str, index: int, container_id: str, port_shift: int) -> dict:
-    """The plugin's stdin for container `index` of a fixture (its options, its
-    addresses), under another ID and with its host ports shifted."""
-    data = conf(name)
-    container = data["containers"][index]
-    ports = [dict(pm, hostPort=pm["hostPort"] + port_shift) for pm in container["portMappings"]]
-    plugin = dict(data["options"], cniVersion="0.4.0", name=data["network"], type="portmap")
-    plugin["runtimeConfig"] = {"portMappings": ports}
-    plugin["prevResult"] = rp.prev_result(container["ips"])
-    return plugin
-
-
 @pytest.mark.parametrize("name", [n for n in NAMES if conf(n).get("mode", "nft") == "nft"])
 def test_every_option_shape_goes_in_blind_and_as_the_plugin_would(name, host_ns):
     """On a node the plugin set up with a fixture's options (conditions, masqAll, an
@@ -116,13 +104,7 @@ def test_every_option_shape_goes_in_blind_and_as_the_plugin_would(name, host_ns)
     rp.require(rp.mode_available("nft"))
     other = rp.create_netns("pmt-ahead")
     try:
-        first = _fixture_conf(name, 0, "first", 0)
-        second = _fixture_conf(name, 0, "second", 1000)
-        for ns in (host_ns, other):
-            if "externalSetMarkChain" in first:  # the admin's chain, made beforehand
-                rp.iptables(ns, ["-t", "nat", "-N", first["externalSetMarkChain"]])
-            done = rp.run_plugin("ADD", ns, "first", first)
-            assert done.returncode == 0, done.stdout + done.stderr
+        _first, second = added_first(name, (host_ns, other))
         config = cni_config.plugin_config(second, "second", name)
         with entered(host_ns):
             backend = open_backend("nft")

@@ -7,7 +7,8 @@ Afterwards every plugin call has succeeded, no live container was removed, the
 node is what the live set says (a final gc takes what was stale, and `check` against
 the whole live set is healthy), and no two portmapctl runs interleaved: every
 iptables-save/-restore each of them ran (recorded by a wrapper in front of the real
-binaries) falls inside that run's own turn on /run/portmapctl/lock.
+binaries) falls inside that run's own turn on /run/portmapctl/lock (add's nf_tables
+batch has no tool to record: tests/kernel/test_nfnl_add.py holds it to the lock).
 
 This builds on tests/kernel/test_gc.py::test_concurrent_plugin_add_del_and_gc_loop (the
 plugin against gc alone) and adds the other writers and the interleaving check.
@@ -185,13 +186,15 @@ def test_plugin_gc_repair_and_add_at_once(host_ns, tmp_path):
     assert not set(removed) & (ever_live | set(own)), "gc removed a live container"
 
     # No two portmapctl runs interleaved: their turns (first save to last restore) are
-    # disjoint, and every one of them that wrote did so inside its own turn.
+    # disjoint, and every one of them that wrote did so inside its own turn. (An add
+    # on iptables-nft writes one nf_tables batch itself, no tool to record: that it
+    # does so only under the lock is test_nfnl_add.py's; an add that the batch could
+    # not serve runs iptables-restore and is recorded here.)
     turns = sorted(_turns(log).values())
-    assert len(turns) == sum(len(r) for r in runs.values())
+    assert len(runs["gc"]) + len(runs["repair"]) <= len(turns) <= sum(map(len, runs.values()))
     for (_, end, _), (next_start, _, _) in zip(turns, turns[1:]):
         assert end < next_start, "two portmapctl runs used iptables at the same time"
     transactions = sum(n for _, _, n in turns)
-    assert transactions >= len(own)
     repaired = [d for d in runs["repair"] if json.loads(d.stdout)["repaired"]]
     assert flushed, "nothing was flushed underneath: the repairs had nothing to do"
 

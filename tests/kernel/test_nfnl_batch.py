@@ -36,7 +36,7 @@ from test_gc import _ports, _refusing
 
 from portmapctl.errors import ApplyFailed
 from portmapctl.host.netns import entered
-from portmapctl.iptables.access import nfgen, nfnl_batch, open_backend
+from portmapctl.iptables.access import nfgen, nfmsg, nfnl_batch, open_backend
 from portmapctl.iptables.access.nfnl_batch import Outcome
 from portmapctl.iptables.access.restore import RestoreBackend
 from portmapctl.iptables.chains import TOPLEVEL_DNAT, chain_name, is_plugin_chain
@@ -272,13 +272,13 @@ def test_a_commit_just_before_the_batch_is_sent_is_refused_by_the_kernel(nft_nod
         node.add("bnet", f"g{i}", [f"10.88.9.{i + 1}/16"], _ports(f"{9600 + i}/tcp"))
     table = _read(node.ns, 4)
     txn = plan_teardown(table, [chain_name("bnet", f"g{i}") for i in (1, 3, 5)])
-    real_room_for = nfnl_batch._room_for
+    real_room_for = nfmsg.room_for
 
     def plugin_add_then_room_for(sock, size):
         node.add("bnet", "late", ["10.88.9.50/16"], _ports("9650/tcp"))
         real_room_for(sock, size)
 
-    monkeypatch.setattr(nfnl_batch, "_room_for", plugin_add_then_room_for)
+    monkeypatch.setattr(nfmsg, "room_for", plugin_add_then_room_for)
     with entered(node.ns):
         result = nfnl_batch.apply_removal(4, txn.removal, table.generation)
     assert result.outcome is Outcome.CHANGED, result.why

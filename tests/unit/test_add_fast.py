@@ -118,7 +118,7 @@ def test_bad_input_says_the_same_either_way(monkeypatch, capsys, args):
     outcomes = []
     for fast in (True, False):
         if not fast:
-            monkeypatch.setattr(add_fast, "runner", lambda args: None)
+            monkeypatch.setattr(add_fast, "runner", lambda args, early_claims=None: None)
         with pytest.raises(SystemExit) as done:
             main(list(args))
         captured = capsys.readouterr()

@@ -12,7 +12,7 @@ from typing import List
 import pytest
 from fixtures_lib import NAMES, save_text
 
-from portmapctl.iptables.access import nfnl_batch
+from portmapctl.iptables.access import nfmsg, nfnl_batch
 from portmapctl.iptables.access.memory import MemoryBackend
 from portmapctl.iptables.chains import TOPLEVEL_DNAT, is_plugin_chain
 from portmapctl.iptables.planner import plan_teardown
@@ -21,12 +21,12 @@ from portmapctl.iptables.ruleset import NatTable, SavedChain, parse_save, rule_t
 HERE = Path(__file__).resolve().parents[1] / "fixtures/nfnl"
 
 
-def _dumped() -> List[nfnl_batch._Rule]:
+def _dumped() -> List[nfmsg.DumpedRule]:
     buf = (HERE / "dnat.v4.bin").read_bytes()
     rules, at = [], 0
     while at < len(buf):
         (length,) = struct.unpack_from("=I", buf, at)
-        rules.append(nfnl_batch._Rule(buf, at, at + length))
+        rules.append(nfmsg.DumpedRule(buf, at, at + length))
         at += (length + 3) & ~3
     return rules
 
@@ -40,7 +40,7 @@ def test_the_dump_reads_as_the_chain_iptables_saved():
     assert len(rules) == len(read) == 5
     assert len({r.handle() for r in rules}) == 5
     # The rate-limited foreign rule cannot be appended again; the plugin's rules can.
-    assert [r.plain() for r in rules] == [False, True, True, True, True]
+    assert [nfnl_batch._plain(r) for r in rules] == [False, True, True, True, True]
     assert [r.target() for r in rules] == [None, *(rule_target(a) for a in read[1:])]
     for rule in rules[1:]:
         body = rule.body()
@@ -58,31 +58,6 @@ def test_a_dump_that_is_not_the_chain_read_is_refused():
     assert "does not jump" in nfnl_batch._disagreement(shifted, rules, [0, 2], gone)
     # A rule entering a chain that goes, left out of the plan.
     assert "planned to go" in nfnl_batch._disagreement(read, rules, [1], gone)
-
-
-@pytest.mark.parametrize(
-    "args, proto, flags",
-    [
-        (("-p", "tcp", "-m", "multiport", "--dports", "80", "-j", "X"), 6, 0),
-        (("-p", "udp", "-j", "X"), 17, 0),
-        (("!", "-p", "sctp", "-j", "X"), 132, 2),  # NFT_RULE_COMPAT_F_INV is bit 1
-        (("-m", "comment", "--comment", "-p", "-p", "udp", "-j", "X"), 17, 0),
-        (("-p", "6", "-j", "X"), 6, 0),
-        (("-m", "comment", "--comment", "v0.6: no -p", "-j", "X"), 0, 0),
-    ],
-)
-def test_rules_are_appended_again_with_their_protocol(args, proto, flags):
-    compat = nfnl_batch._compat(args)
-    assert compat is not None
-    # NFTA_RULE_COMPAT (nested), then NFTA_RULE_COMPAT_PROTO and _FLAGS, big-endian.
-    assert struct.unpack("=HH", compat[:4]) == (20, 5 | 0x8000)
-    assert struct.unpack("!I", compat[8:12])[0] == proto
-    assert struct.unpack("!I", compat[16:20])[0] == flags
-
-
-def test_a_protocol_it_does_not_know_is_never_guessed():
-    assert nfnl_batch._compat(("-p", "gre", "-j", "X")) is None
-    assert nfnl_batch._compat(("-p", "300", "-j", "X")) is None
 
 
 def test_rebuilding_is_for_many_rules_out_of_a_shared_chain():
@@ -112,7 +87,7 @@ def test_the_removal_recorded_is_the_change_the_restore_text_makes(name, by_numb
     for family in (4, 6):
         table = parse_save(save_text(name, family), family)
         chains = [c for c in table.chains if is_plugin_chain(c)]
-        for removed in ([chains[:1], chains[::2], chains] if chains else []):
+        for removed in [chains[:1], chains[::2], chains] if chains else []:
             txn = plan_teardown(table, removed, by_number=by_number)
             assert txn.removal is not None
             for chain, positions in txn.removal.rules.items():

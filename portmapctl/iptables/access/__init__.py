@@ -9,13 +9,15 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-from typing import Dict, Optional, Protocol
+from typing import TYPE_CHECKING, Dict, Optional, Protocol
 
 from portmapctl.errors import BadInput, HostProblem
-from portmapctl.iptables.ruleset import NatTable
-from portmapctl.iptables.transaction import Transaction
+
+if TYPE_CHECKING:
+    # (Not imported to run: add's early dump imports this package first, and the
+    # sooner it starts the better; ops/add_early.py.)
+    from portmapctl.iptables.ruleset import NatTable
+    from portmapctl.iptables.transaction import Transaction
 
 BACKEND_NAMES = ("auto", "nft", "legacy", "iptc")
 
@@ -34,6 +36,9 @@ def host_flavour() -> str:
 
     That is what the plugin runs, so it is where the plugin's rules are.
     """
+    import shutil
+    import subprocess
+
     path = shutil.which("iptables")
     if path is None:
         raise HostProblem("no iptables command found: install iptables (nft or legacy)")

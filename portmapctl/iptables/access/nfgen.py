@@ -53,6 +53,11 @@ def open_socket() -> socket.socket:
     return sock
 
 
+def following(generation: int) -> int:
+    """The generation one commit after `generation` makes (the kernel skips 0)."""
+    return (generation + 1) & 0xFFFFFFFF or 1
+
+
 def generation() -> Optional[int]:
     """The current network namespace's ruleset generation; None when it cannot be
     asked (no nf_tables, not allowed)."""

@@ -13,6 +13,11 @@ rule there can claim one of the ports, and a caller with rules to judge reads th
 iptables prints them (ops/add.py). At 5,000 containers (10,000 rules) the dump is
 about a sixth of `iptables -S CNI-HOSTPORT-DNAT`'s cost and needs no parsing of text.
 
+Whether a commit tore a dump is told by the ruleset generation asked right before and
+right after it (the kernel answers both on the same socket, around the whole dump):
+equal, nothing committed meanwhile. `add` starts its dump as early as it can
+(ops/add_early.py) and keeps it when the only commit during it was its own.
+
 The kernel ABI: linux/netfilter/nf_tables.h, nfnetlink.h; xt_multiport.h for the
 match's data (struct xt_multiport_v1, in host byte order as iptables wrote it).
 tests/kernel/test_nfnl.py holds this to `iptables -S` on tables of every plugin shape.
@@ -24,7 +29,6 @@ import errno
 import socket
 import struct
 from typing import (
-    TYPE_CHECKING,
     Callable,
     Collection,
     Dict,
@@ -32,19 +36,15 @@ from typing import (
     List,
     NamedTuple,
     Optional,
-    Sequence,
+    Tuple,
 )
 
 from portmapctl.host import netlink as nl
-from portmapctl.iptables.chains import TOPLEVEL_DNAT
-
-if TYPE_CHECKING:
-    from portmapctl.core.mapping import MappingConfig
+from portmapctl.iptables.access import nfgen
 
 _NFNL_SUBSYS_NFTABLES = 10
 _NFT_MSG_GETRULE = 7
 _NFT_MSG_NEWRULE = 6  # the type of each rule in a dump
-_NLM_F_DUMP_INTR = 0x10  # the ruleset changed while the dump ran: it may be torn
 _NFPROTO = {4: 2, 6: 10}  # NFPROTO_IPV4, NFPROTO_IPV6
 _NFTA_RULE_TABLE = 1
 _NFTA_RULE_CHAIN = 2
@@ -82,7 +82,7 @@ _MAX_PORTS = 15
 _PFLAGS_AT = 1 + 2 * _MAX_PORTS  # from the count
 _NO_RANGES = bytes(_MAX_PORTS + 1)
 _PORTS = [struct.Struct(f"={count}H") for count in range(_MAX_PORTS + 1)]
-_HEAD = struct.Struct("=IHH")  # nlmsghdr: length, type, flags
+_HEAD = struct.Struct("=IH")  # nlmsghdr: length, type
 _RULE_MESSAGE = (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_NEWRULE
 
 
@@ -94,18 +94,69 @@ class KeptRule(NamedTuple):
     target: Optional[str]
 
 
+# The generations one commit of ours was applied at and made (nfnl_add.Result.commit),
+# once it is over; None when we made none that way.
+OwnCommit = Callable[[], Optional[Tuple[int, int]]]
+
+
+class Dumped(NamedTuple):
+    """rules_for_ports' answer from one dump, and the ruleset generations asked right
+    before and right after it (equal: nothing committed while it ran)."""
+
+    kept: List[KeptRule]
+    started: int
+    ended: int
+
+    def taken_at(self, generation: int, own_commit: Optional[Tuple[int, int]]) -> bool:
+        """Whether this is the chain as it was at `generation`, give or take what our
+        own commit appended: nothing else committed from the dump's start to its end.
+        `own_commit`: the generation our commit was applied at and the one the kernel
+        said right after it (nfnl_add.Result.commit), or None."""
+        window = {generation}
+        if own_commit is not None and own_commit == (generation, nfgen.following(generation)):
+            window.add(own_commit[1])  # (when the kernel said more, another came after)
+        # Generations only move on, one per commit: both ends in the window, and not
+        # the other way round, means no commit but ours.
+        return {self.started, self.ended} <= window and not (
+            self.started != generation and self.ended == generation
+        )
+
+
 def rules_for_ports(
     family: int,
     chain: str,
     ports: Collection[int],
     table: str = "nat",
     before_retry: Optional[Callable[[], object]] = None,
+    own_commit: Optional[OwnCommit] = None,
 ) -> Optional[List[KeptRule]]:
     """The rules of `chain` (iptables-nft, current network namespace) that may send a
     packet to one of `ports` on, in their order; [] when none can. None when the chain
     cannot be read this way (no nf_tables, not allowed) or the ruleset kept changing
     during the dump. A dump that a commit tore is taken again, after `before_retry()`
-    (add waits there for its own restore to be over)."""
+    (add waits there for its own write to be over) -- unless that commit was the only
+    one while the dump ran and `own_commit` says it was ours (add's batch, which only
+    appends to the chain: the dump then holds every rule that was there before it, in
+    their places, and perhaps some of ours after them)."""
+    for attempt in range(_TRIES):
+        if attempt and before_retry is not None:
+            before_retry()
+        dumped = dump_for_ports(family, chain, ports, table)
+        if dumped is None:
+            return None
+        if dumped.started == dumped.ended:
+            return dumped.kept
+        ours = own_commit() if own_commit is not None else None
+        if ours is not None and dumped.taken_at(ours[0], ours):
+            return dumped.kept  # torn by our own commit alone
+    return None
+
+
+def dump_for_ports(
+    family: int, chain: str, ports: Collection[int], table: str = "nat"
+) -> Optional[Dumped]:
+    """One dump for rules_for_ports, between two reads of the generation; None when the
+    chain cannot be read this way."""
     wanted = frozenset(ports)
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
@@ -113,13 +164,9 @@ def rules_for_ports(
         return None
     try:
         sock.bind((0, 0))
-        for attempt in range(_TRIES):
-            if attempt and before_retry is not None:
-                before_retry()
-            kept = _dump(sock, family, table, chain, wanted)
-            if kept is not None:
-                return kept
-        return None
+        started = nfgen.ask(sock, 1)
+        kept = _dump(sock, family, table, chain, wanted)
+        return Dumped(kept, started, nfgen.ask(sock, 1))
     except OSError:
         return None
     finally:
@@ -128,8 +175,8 @@ def rules_for_ports(
 
 def _dump(
     sock: socket.socket, family: int, table: str, chain: str, wanted: FrozenSet[int]
-) -> Optional[List[KeptRule]]:
-    """One dump; None when the kernel says it was interrupted by a change."""
+) -> List[KeptRule]:
+    """One dump. (Whether a commit tore it: the generations around it say.)"""
     body = (
         nl.NFGENMSG.pack(_NFPROTO[family], 0, 0)
         + nl.nla(_NFTA_RULE_TABLE, table.encode() + b"\x00")
@@ -143,7 +190,6 @@ def _dump(
     )
     kept: List[KeptRule] = []
     index = 0
-    torn = False
     header = nl.HEADER.size
     # Where the multiport match sits in a rule: the same in every rule of one shape,
     # so it is looked for there first.
@@ -155,17 +201,13 @@ def _dump(
         # One pass over the rules, the fewest calls per rule (10,000 at 5,000
         # containers): the rule's bytes are scanned once, by `count`.
         while offset + header <= size:
-            length, kind, flags = _HEAD.unpack_from(buf, offset)
+            length, kind = _HEAD.unpack_from(buf, offset)
             end = offset + length
-            # Before NLMSG_DONE returns: the kernel marks DONE too when the ruleset
-            # changed after the last batch of rules went out (netlink_dump_done).
-            if flags & _NLM_F_DUMP_INTR:
-                torn = True
             if kind != _RULE_MESSAGE:
                 if length < header:
                     raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
                 if kind == nl.NLMSG_DONE:
-                    return None if torn else kept
+                    return kept
                 if kind == nl.NLMSG_ERROR:
                     (code,) = nl.ERRNO.unpack_from(buf, offset + header)
                     raise OSError(-code or errno.EIO, "netlink error")
@@ -231,21 +273,3 @@ def _target(buf: bytes, start: int, end: int) -> Optional[str]:
 
 
 Claims = Dict[int, Optional[List[KeptRule]]]
-
-
-def dnat_claims(
-    config: MappingConfig,
-    families: Sequence[int],
-    before_retry: Optional[Callable[[], object]] = None,
-) -> Claims:
-    """rules_for_ports of CNI-HOSTPORT-DNAT for the mapping's host ports, by family
-    (what add's shadow warning needs; ops/add_ahead.py runs it in a thread)."""
-    return {
-        family: rules_for_ports(
-            family,
-            TOPLEVEL_DNAT,
-            sorted({p.host_port for p in config.ports if p.applies_to(family)}),
-            before_retry=before_retry,
-        )
-        for family in families
-    }

@@ -37,34 +37,18 @@ The kernel ABI: linux/netfilter/nfnetlink.h, nf_tables.h.
 from __future__ import annotations
 
 import errno
-import os
 import socket
-import struct
 from dataclasses import dataclass
 from enum import Enum
-from typing import Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
+from typing import FrozenSet, List, Optional, Sequence
 
 from portmapctl.host import netlink as nl
-from portmapctl.iptables.access import nfgen
-from portmapctl.iptables.access.nfnl import _target
+from portmapctl.iptables.access import nfgen, nfmsg, nfnl_rules
+from portmapctl.iptables.access.nfmsg import NFPROTO, Changed, DumpedRule
 from portmapctl.iptables.ruleset import Args, rule_target
 from portmapctl.iptables.transaction import Removal
 
-_SUBSYS = nfgen.SUBSYS_NFTABLES
-_BATCH_BEGIN, _BATCH_END = 0x10, 0x11  # NFNL_MSG_BATCH_BEGIN / _END
-_BATCH_GENID = 1  # NFNL_BATCH_GENID
-_DELCHAIN, _NEWRULE, _GETRULE, _DELRULE = 5, 6, 7, 8
-_NLM_F_CREATE, _NLM_F_APPEND = 0x400, 0x800
-_NLM_F_DUMP_INTR = 0x10
-_NFPROTO = {4: 2, 6: 10}  # NFPROTO_IPV4, NFPROTO_IPV6
-_RULE_TABLE, _RULE_CHAIN, _RULE_HANDLE, _RULE_EXPRESSIONS = 1, 2, 3, 4
-_RULE_COMPAT, _RULE_USERDATA = 5, 7
-_COMPAT_PROTO, _COMPAT_FLAGS = 1, 2
-_COMPAT_INVERT = 1 << 1  # NFT_RULE_COMPAT_F_INV (bit 0 is F_UNUSED, refused)
-_CHAIN_NAME = 3  # (NFTA_CHAIN_TABLE is 1, as NFTA_RULE_TABLE)
-_EXPR_NAME, _EXPR_DATA, _MATCH_NAME = 1, 2, 1
-_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
-_BE32, _BE64 = struct.Struct("!I"), struct.Struct("!Q")
+_EXPR_NAME, _MATCH_NAME = 1, 1
 
 # A chain is rebuilt when deleting by handle would walk more rule steps than this many
 # per rule appended again (measured: one re-append costs the kernel about as much as a
@@ -79,8 +63,6 @@ _PLAIN_EXPRESSIONS = frozenset(
     {b"meta", b"cmp", b"payload", b"bitwise", b"counter", b"immediate", b"match"}
 )
 _PLAIN_MATCHES = frozenset({b"comment", b"multiport", b"tcp", b"udp"})
-_PROTOCOLS = {"all": 0, "icmp": 1, "tcp": 6, "udp": 17, "dccp": 33, "sctp": 132}
-_PROTOCOLS.update({"icmpv6": 58, "ipv6-icmp": 58})
 
 
 class Outcome(str, Enum):
@@ -98,126 +80,27 @@ class Result:
     generation: Optional[int] = None
 
 
-class _Rule(NamedTuple):
-    """One rule of a dump, where its message sits: parsed only as far as it is used
-    (10,000 rules at 5,000 containers)."""
-
-    buf: bytes
-    start: int
-    end: int
-
-    def attributes(self) -> Dict[int, Tuple[int, int]]:
-        return nl.attrs(self.buf, self.start + nl.HEADER.size + nl.NFGENMSG.size, self.end)
-
-    def handle(self) -> int:
-        span = self.attributes().get(_RULE_HANDLE)
-        if span is None:
-            raise OSError(errno.EBADMSG, "a rule without its handle")
-        return _BE64.unpack_from(self.buf, span[0])[0]
-
-    def target(self) -> Optional[str]:
-        """The chain it jumps or goes to, when it does."""
-        return _target(self.buf, self.start, self.end)
-
-    def body(self) -> bytes:
-        """Its expressions and userdata attributes, as dumped."""
-        found = self.attributes()
-        expressions = found.get(_RULE_EXPRESSIONS)
-        if expressions is None:
-            raise OSError(errno.EBADMSG, "a rule without expressions")
-        body = _whole(self.buf, expressions)
-        userdata = found.get(_RULE_USERDATA)
-        return body + _whole(self.buf, userdata) if userdata is not None else body
-
-    def plain(self) -> bool:
-        """Only _PLAIN_EXPRESSIONS: it can be appended again as it is."""
-        expressions = self.attributes().get(_RULE_EXPRESSIONS)
-        return expressions is not None and _plain(self.buf, expressions)
-
-
-class _Changed(Exception):
-    """The ruleset moved while we dumped it."""
-
-
 def apply_removal(family: int, removal: Removal, read_at: int, table: str = "nat") -> Result:
     """Remove what `removal` says from the iptables-nft `table` of `family`, in one
     batch the kernel applies only if the ruleset is still at generation `read_at`."""
     try:
         with nfgen.open_socket() as sock:
             return _apply(sock, family, removal, read_at, table)
-    except _Changed:
+    except Changed:
         return Result(Outcome.CHANGED, "the ruleset changed while it was read")
     except OSError as err:
         return Result(Outcome.UNAVAILABLE, f"nf_tables netlink: {err.strerror or err}")
 
 
-def _where(table: str, chain: str, chain_attribute: int = _RULE_CHAIN) -> bytes:
-    """The table and chain attributes a rule message (or, with NFTA_CHAIN_NAME, a chain
-    message: the table attribute is 1 in both) names its place with."""
-    return nl.nla(_RULE_TABLE, table.encode() + b"\0") + nl.nla(
-        chain_attribute, chain.encode() + b"\0"
-    )
-
-
-def _batch(messages: Sequence[bytes], generation: int, begin_seq: int, end_seq: int) -> bytes:
-    """`messages` between NFNL_MSG_BATCH_BEGIN (carrying `generation`: the kernel
-    refuses the batch unless the ruleset is at it) and NFNL_MSG_BATCH_END."""
-    res_id = socket.htons(_SUBSYS)
-    genid = nl.nla(_BATCH_GENID, _BE32.pack(generation))
-    return b"".join(
-        [
-            nfgen.message(_BATCH_BEGIN, nl.NLM_F_REQUEST, socket.AF_UNSPEC, begin_seq, genid, res_id),
-            *messages,
-            nfgen.message(_BATCH_END, nl.NLM_F_REQUEST, socket.AF_UNSPEC, end_seq, b"", res_id),
-        ]
-    )
-
-
-def _dump_chain(sock: socket.socket, family: int, table: str, chain: str) -> List[_Rule]:
-    sock.send(
-        nfgen.message(
-            nfgen.nftables(_GETRULE),
-            nl.NLM_F_REQUEST | nl.NLM_F_DUMP,
-            _NFPROTO[family],
-            2,
-            _where(table, chain),
-        )
-    )
-    rules: List[_Rule] = []
-    torn = False
-    header = nl.HEADER.size
-    while True:
-        buf = sock.recv(1 << 16)
-        offset = 0
-        while offset + header <= len(buf):
-            length, kind, flags, _seq, _port = nl.HEADER.unpack_from(buf, offset)
-            if length < header:
-                raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
-            end = offset + length
-            torn = torn or bool(flags & _NLM_F_DUMP_INTR)
-            if kind == nl.NLMSG_DONE:
-                if torn:
-                    raise _Changed()
-                return rules
-            if kind == nl.NLMSG_ERROR:
-                (code,) = nl.ERRNO.unpack_from(buf, offset + header)
-                raise OSError(-code or errno.EIO, f"cannot list chain {chain}")
-            if kind == nfgen.nftables(_NEWRULE):
-                rules.append(_Rule(buf, offset, end))
-            offset = (end + 3) & ~3
-
-
-def _whole(buf: bytes, span: Tuple[int, int]) -> bytes:
-    """An attribute with its header, padded, from the span of its payload."""
-    attribute = buf[span[0] - nl.ATTR.size : span[1]]
-    return attribute + bytes(-len(attribute) % 4)
-
-
-def _plain(buf: bytes, span: Tuple[int, int]) -> bool:
-    """Whether every expression in this NFTA_RULE_EXPRESSIONS payload is one of
-    _PLAIN_EXPRESSIONS (a match: one of _PLAIN_MATCHES). The kernel puts an
+def _plain(rule: DumpedRule) -> bool:
+    """Whether every expression of the rule is one of _PLAIN_EXPRESSIONS (a match: one
+    of _PLAIN_MATCHES): it can be appended again as it is. The kernel puts an
     expression's name first, and a match's name first in its data
     (nf_tables_fill_expr_info, nft_match_dump); anything else is not plain."""
+    span = rule.expressions()
+    if span is None:
+        return False
+    buf = rule.buf
     at, stop = span
     head = nl.ATTR.size
     while at + head <= stop:
@@ -248,26 +131,6 @@ def _plain(buf: bytes, span: Tuple[int, int]) -> bool:
     return True
 
 
-def _compat(args: Args) -> Optional[bytes]:
-    """NFTA_RULE_COMPAT for a rule appended again: the protocol its xt matches are
-    checked against, from `-p` as read (None: one this module does not know)."""
-    proto, invert = 0, False
-    for i, word in enumerate(args):
-        if i > 0 and args[i - 1] == "--comment":
-            continue  # a comment's text, whatever it says
-        if word in ("-p", "--protocol") and i + 1 < len(args):
-            name = args[i + 1].lower()
-            number = int(name) if name.isdigit() else _PROTOCOLS.get(name)
-            if number is None or number > 255:
-                return None
-            proto, invert = number, i > 0 and args[i - 1] == "!"
-    flags = _COMPAT_INVERT if invert else 0
-    return nl.nla(
-        _RULE_COMPAT | nl.NLA_F_NESTED,
-        nl.nla(_COMPAT_PROTO, _BE32.pack(proto)) + nl.nla(_COMPAT_FLAGS, _BE32.pack(flags)),
-    )
-
-
 def worth_rebuilding(chain: str, positions: Sequence[int], kept: int) -> bool:
     """Whether flushing `chain` and appending its `kept` rules again costs the kernel
     less than deleting the rules at `positions` (0-based) by handle: each lookup by
@@ -284,9 +147,9 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
     seq = 10
     # Every chain that loses rules, dumped at the generation the table was read at:
     # position i of the dump is then rule i as read (the kernel keeps their order).
-    dumps = {chain: _dump_chain(sock, family, table, chain) for chain in removal.rules}
+    dumps = {chain: nfmsg.dump_chain(sock, family, table, chain) for chain in removal.rules}
     if dumps and nfgen.ask(sock, 3) != read_at:
-        raise _Changed()
+        raise Changed()
     for chain, positions in removal.rules.items():
         read = removal.read.get(chain, ())
         dumped = dumps[chain]
@@ -295,13 +158,13 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
             return Result(Outcome.UNAVAILABLE, f"{chain}: {mismatch}")
         going = frozenset(positions)
         kept = [i for i in range(len(read)) if i not in going]
-        compats = [_compat(read[i]) for i in kept]
+        compats = [nfnl_rules.compat(read[i]) for i in kept]
         rebuild = (
             worth_rebuilding(chain, positions, len(kept))
             and all(c is not None for c in compats)
-            and all(dumped[i].plain() for i in kept)
+            and all(_plain(dumped[i]) for i in kept)
         )
-        where = _where(table, chain)
+        where = nfmsg.where(table, chain)
         how.append(
             f"{chain}: {'rebuilt' if rebuild else 'by handle'}, {len(positions)} rules out,"
             f" {len(kept)} kept"
@@ -309,16 +172,16 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
         if rebuild:
             chain_ops.append(
                 nfgen.message(
-                    nfgen.nftables(_DELRULE), nl.NLM_F_REQUEST, _NFPROTO[family], seq, where
+                    nfgen.nftables(nfmsg.DELRULE), nl.NLM_F_REQUEST, NFPROTO[family], seq, where
                 )
             )
             seq += 1
             for i, compat in zip(kept, compats):
                 chain_ops.append(
                     nfgen.message(
-                        nfgen.nftables(_NEWRULE),
-                        nl.NLM_F_REQUEST | _NLM_F_CREATE | _NLM_F_APPEND,
-                        _NFPROTO[family],
+                        nfgen.nftables(nfmsg.NEWRULE),
+                        nl.NLM_F_REQUEST | nfmsg.NLM_F_CREATE | nfmsg.NLM_F_APPEND,
+                        NFPROTO[family],
                         seq,
                         where + dumped[i].body() + (compat or b""),
                     )
@@ -328,30 +191,30 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
             for i in positions:
                 chain_ops.append(
                     nfgen.message(
-                        nfgen.nftables(_DELRULE),
+                        nfgen.nftables(nfmsg.DELRULE),
                         nl.NLM_F_REQUEST,
-                        _NFPROTO[family],
+                        NFPROTO[family],
                         seq,
-                        where + nl.nla(_RULE_HANDLE, _BE64.pack(dumped[i].handle())),
+                        where + nl.nla(nfmsg.RULE_HANDLE, dumped[i].handle().to_bytes(8, "big")),
                     )
                 )
                 seq += 1
     # The chains that go: all flushed first (CNI-HOSTPORT-SNAT's jumps into CNI-SN-
     # chains go with it), then deleted, when nothing enters them any more.
-    for kind, attribute in ((_DELRULE, _RULE_CHAIN), (_DELCHAIN, _CHAIN_NAME)):
+    for kind, attribute in ((nfmsg.DELRULE, nfmsg.RULE_CHAIN), (nfmsg.DELCHAIN, nfmsg.CHAIN_NAME)):
         for chain in removal.chains:
-            where = _where(table, chain, attribute)
+            where = nfmsg.where(table, chain, attribute)
             chain_ops.append(
-                nfgen.message(nfgen.nftables(kind), nl.NLM_F_REQUEST, _NFPROTO[family], seq, where)
+                nfgen.message(nfgen.nftables(kind), nl.NLM_F_REQUEST, NFPROTO[family], seq, where)
             )
             seq += 1
     if not chain_ops:
         return Result(Outcome.APPLIED, "nothing to remove", read_at)
     begin_seq = 9
-    batch = _batch(chain_ops, read_at, begin_seq, seq)
-    if not _kernel_checks_generation(sock, read_at):
+    batch = nfmsg.batch(chain_ops, read_at, begin_seq, seq)
+    if not nfmsg.kernel_checks_generation(sock, read_at):
         return Result(Outcome.UNAVAILABLE, "this kernel does not check a batch's generation")
-    _room_for(sock, len(batch))
+    nfmsg.room_for(sock, len(batch))
     sock.send(batch)
     try:
         after, errors = nfgen.replies_until(sock, seq + 1)
@@ -365,37 +228,12 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
     seq_, code = errors[0]
     return Result(
         Outcome.UNAVAILABLE,
-        f"nf_tables refused the batch (message {seq_ - begin_seq}): {_strerror(-code)}",
+        f"nf_tables refused the batch (message {seq_ - begin_seq}): {nfmsg.strerror(-code)}",
     )
 
 
-def _kernel_checks_generation(sock: socket.socket, read_at: int) -> bool:
-    """Whether the kernel refuses a batch for a generation that is not the current one
-    (NFNL_BATCH_GENID; a kernel that ignored it would apply a stale rebuild). Asked
-    with an empty batch, which changes nothing either way."""
-    wrong = (read_at + 0x7FFFFFFF) & 0xFFFFFFFF or 1
-    sock.send(_batch([], wrong, 4, 5))
-    _now, errors = nfgen.replies_until(sock, 6)
-    return any(seq == 4 and code == -errno.ERESTART for seq, code in errors)
-
-
-def _room_for(sock: socket.socket, size: int) -> None:
-    """A send buffer the whole batch fits in: the kernel takes a batch in one message."""
-    wanted = size + (1 << 16)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, wanted)
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wanted)
-    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < wanted:
-        raise OSError(errno.EMSGSIZE, f"a batch of {size} bytes does not fit the send buffer")
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 1 << 22)
-    except OSError:
-        pass  # errors only come back on failure; ENOBUFS then still says "failed"
-
-
 def _disagreement(
-    read: Sequence[Args], dumped: Sequence[_Rule], deleted: Sequence[int], gone: FrozenSet[str]
+    read: Sequence[Args], dumped: Sequence[DumpedRule], deleted: Sequence[int], gone: FrozenSet[str]
 ) -> str:
     """Why the dump cannot be the chain as read ("" when it can): the same number of
     rules, every rule deleted jumping to a chain that goes, as read, and every rule read
@@ -417,7 +255,3 @@ def _disagreement(
     if entering != len(deleted):
         return f"{entering} rules enter the chains removed, {len(deleted)} planned to go"
     return ""
-
-
-def _strerror(code: int) -> str:
-    return os.strerror(code) if code > 0 else f"error {code}"

@@ -233,7 +233,6 @@ class RestoreBackend:
                 )
             raise ApplyFailed(f"{argv[0]} refused the transaction, nothing changed: {message}")
 
-
     def _removed_by_handle(self, txn: Transaction) -> bool:
         """Apply a teardown as one nf_tables batch guarded by the generation its table
         was read at (iptables/access/nfnl_batch.py says why): True when it went in;
@@ -247,7 +246,7 @@ class RestoreBackend:
             return False
         import logging
 
-        from portmapctl.iptables.access import nfnl_batch
+        from portmapctl.iptables.access import nfgen, nfnl_batch
 
         # Our own earlier batch moved the generation from the one both families were
         # read at: this family's table is still as read (the batch did not touch it).
@@ -265,10 +264,12 @@ class RestoreBackend:
             # Refused whole (the ruleset moved: on a busy node, often elsewhere than
             # in our chains) or not possible: the restore text, whose own guards refuse
             # it when our chains moved, as before the batch.
-            log.debug("IPv%s: not as one nf_tables batch (%s): iptables-restore", txn.family, result.why)
+            log.debug(
+                "IPv%s: not as one nf_tables batch (%s): iptables-restore", txn.family, result.why
+            )
             return False
         log.debug("IPv%s: applied as one nf_tables batch: %s", txn.family, result.why)
-        following = (read_at + 1) & 0xFFFFFFFF or 1  # the kernel skips generation 0
+        following = nfgen.following(read_at)
         if result.generation == following:
             self._committed[read_at] = following  # ours was the only commit since
         return True

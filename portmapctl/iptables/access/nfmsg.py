@@ -1,0 +1,211 @@
+"""nf_tables messages that gc's removal (nfnl_batch.py) and add's write (nfnl_add.py)
+both send: where a rule or chain is, one chain's rules dumped, a batch carrying the
+generation it must apply at, and whether the kernel checks that generation at all.
+
+The kernel ABI: linux/netfilter/nfnetlink.h, nf_tables.h.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from portmapctl.host import netlink as nl
+from portmapctl.iptables.access import nfgen
+from portmapctl.iptables.access.nfnl import _target
+
+NFPROTO = {4: 2, 6: 10}  # NFPROTO_IPV4, NFPROTO_IPV6
+GETTABLE, GETCHAIN, NEWCHAIN, DELCHAIN, NEWRULE, GETRULE, DELRULE = 1, 4, 3, 5, 6, 7, 8
+NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x200, 0x400, 0x800
+RULE_TABLE, RULE_CHAIN, RULE_HANDLE, RULE_EXPRESSIONS, RULE_USERDATA = 1, 2, 3, 4, 7
+CHAIN_NAME = 3  # (NFTA_CHAIN_TABLE is 1, as NFTA_RULE_TABLE)
+TABLE_NAME, TABLE_USE = 1, 3
+_BATCH_BEGIN, _BATCH_END = 0x10, 0x11  # NFNL_MSG_BATCH_BEGIN / _END
+_BATCH_GENID = 1  # NFNL_BATCH_GENID
+_NLM_F_DUMP_INTR = 0x10
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
+_BE32, _BE64 = struct.Struct("!I"), struct.Struct("!Q")
+
+
+class Changed(Exception):
+    """The ruleset moved while we dumped it."""
+
+
+class DumpedRule(NamedTuple):
+    """One rule of a dump, where its message sits: parsed only as far as it is used
+    (10,000 rules at 5,000 containers)."""
+
+    buf: bytes
+    start: int
+    end: int
+
+    def attributes(self) -> Dict[int, Tuple[int, int]]:
+        return nl.attrs(self.buf, self.start + nl.HEADER.size + nl.NFGENMSG.size, self.end)
+
+    def handle(self) -> int:
+        span = self.attributes().get(RULE_HANDLE)
+        if span is None:
+            raise OSError(errno.EBADMSG, "a rule without its handle")
+        return _BE64.unpack_from(self.buf, span[0])[0]
+
+    def target(self) -> Optional[str]:
+        """The chain it jumps or goes to, when it does."""
+        return _target(self.buf, self.start, self.end)
+
+    def expressions(self) -> Optional[Tuple[int, int]]:
+        """Where its NFTA_RULE_EXPRESSIONS payload is."""
+        return self.attributes().get(RULE_EXPRESSIONS)
+
+    def body(self) -> bytes:
+        """Its expressions and userdata attributes, as dumped."""
+        found = self.attributes()
+        expressions = found.get(RULE_EXPRESSIONS)
+        if expressions is None:
+            raise OSError(errno.EBADMSG, "a rule without expressions")
+        body = whole(self.buf, expressions)
+        userdata = found.get(RULE_USERDATA)
+        return body + whole(self.buf, userdata) if userdata is not None else body
+
+
+def where(table: str, chain: str, chain_attribute: int = RULE_CHAIN) -> bytes:
+    """The table and chain attributes a rule message (or, with CHAIN_NAME, a chain
+    message: the table attribute is 1 in both) names its place with."""
+    return nl.nla(RULE_TABLE, table.encode() + b"\0") + nl.nla(
+        chain_attribute, chain.encode() + b"\0"
+    )
+
+
+def batch(messages: Sequence[bytes], generation: int, begin_seq: int, end_seq: int) -> bytes:
+    """`messages` between NFNL_MSG_BATCH_BEGIN (carrying `generation`: the kernel
+    refuses the batch unless the ruleset is at it) and NFNL_MSG_BATCH_END."""
+    res_id = socket.htons(nfgen.SUBSYS_NFTABLES)
+    genid = nl.nla(_BATCH_GENID, _BE32.pack(generation))
+    return b"".join(
+        [
+            nfgen.message(
+                _BATCH_BEGIN, nl.NLM_F_REQUEST, socket.AF_UNSPEC, begin_seq, genid, res_id
+            ),
+            *messages,
+            nfgen.message(_BATCH_END, nl.NLM_F_REQUEST, socket.AF_UNSPEC, end_seq, b"", res_id),
+        ]
+    )
+
+
+def dump_chain(sock: socket.socket, family: int, table: str, chain: str) -> List[DumpedRule]:
+    """Every rule of one chain, in order (Changed: a commit tore the dump; OSError
+    ENOENT: no such chain)."""
+    sock.send(
+        nfgen.message(
+            nfgen.nftables(GETRULE),
+            nl.NLM_F_REQUEST | nl.NLM_F_DUMP,
+            NFPROTO[family],
+            2,
+            where(table, chain),
+        )
+    )
+    rules: List[DumpedRule] = []
+    torn = False
+    header = nl.HEADER.size
+    while True:
+        buf = sock.recv(1 << 16)
+        offset = 0
+        while offset + header <= len(buf):
+            length, kind, flags, _seq, _port = nl.HEADER.unpack_from(buf, offset)
+            if length < header:
+                raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
+            end = offset + length
+            torn = torn or bool(flags & _NLM_F_DUMP_INTR)
+            if kind == nl.NLMSG_DONE:
+                if torn:
+                    raise Changed()
+                return rules
+            if kind == nl.NLMSG_ERROR:
+                (code,) = nl.ERRNO.unpack_from(buf, offset + header)
+                raise OSError(-code or errno.EIO, f"cannot list chain {chain}")
+            if kind == nfgen.nftables(NEWRULE):
+                rules.append(DumpedRule(buf, offset, end))
+            offset = (end + 3) & ~3
+
+
+def chain_exists(sock: socket.socket, family: int, table: str, chain: str) -> bool:
+    """NFT_MSG_GETCHAIN of one chain: its message comes back, or ENOENT."""
+    sock.send(
+        nfgen.message(
+            nfgen.nftables(GETCHAIN),
+            nl.NLM_F_REQUEST,
+            NFPROTO[family],
+            3,
+            where(table, chain, CHAIN_NAME),
+        )
+    )
+    buf = sock.recv(1 << 16)
+    _length, kind, _flags, _seq, _port = nl.HEADER.unpack_from(buf, 0)
+    if kind == nl.NLMSG_ERROR:
+        (code,) = nl.ERRNO.unpack_from(buf, nl.HEADER.size)
+        if code == -errno.ENOENT:
+            return False
+        raise OSError(-code or errno.EIO, f"cannot ask for chain {chain}")
+    return True
+
+
+def table_chains(sock: socket.socket, family: int, table: str) -> int:
+    """How many chains `table` holds (NFTA_TABLE_USE of NFT_MSG_GETTABLE): about the
+    number of containers of a plugin's nat table, one round trip. 0: no such table."""
+    sock.send(
+        nfgen.message(
+            nfgen.nftables(GETTABLE),
+            nl.NLM_F_REQUEST,
+            NFPROTO[family],
+            3,
+            nl.nla(TABLE_NAME, table.encode() + b"\0"),
+        )
+    )
+    buf = sock.recv(1 << 16)
+    length, kind, _flags, _seq, _port = nl.HEADER.unpack_from(buf, 0)
+    if kind == nl.NLMSG_ERROR:
+        (code,) = nl.ERRNO.unpack_from(buf, nl.HEADER.size)
+        if code == -errno.ENOENT:
+            return 0
+        raise OSError(-code or errno.EIO, f"cannot ask for table {table}")
+    found = nl.attrs(buf, nl.HEADER.size + nl.NFGENMSG.size, length).get(TABLE_USE)
+    if found is None or found[1] - found[0] != 4:
+        raise OSError(errno.EBADMSG, "a table without its number of chains")
+    return _BE32.unpack_from(buf, found[0])[0]
+
+
+def whole(buf: bytes, span: Tuple[int, int]) -> bytes:
+    """An attribute with its header, padded, from the span of its payload."""
+    attribute = buf[span[0] - nl.ATTR.size : span[1]]
+    return attribute + bytes(-len(attribute) % 4)
+
+
+def kernel_checks_generation(sock: socket.socket, read_at: int) -> bool:
+    """Whether the kernel refuses a batch for a generation that is not the current one
+    (NFNL_BATCH_GENID; a kernel that ignored it would apply a stale plan). Asked
+    with an empty batch, which changes nothing either way."""
+    wrong = (read_at + 0x7FFFFFFF) & 0xFFFFFFFF or 1
+    sock.send(batch([], wrong, 4, 5))
+    _now, errors = nfgen.replies_until(sock, 6)
+    return any(seq == 4 and code == -errno.ERESTART for seq, code in errors)
+
+
+def room_for(sock: socket.socket, size: int) -> None:
+    """A send buffer the whole batch fits in: the kernel takes a batch in one message."""
+    wanted = size + (1 << 16)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, wanted)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wanted)
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < wanted:
+        raise OSError(errno.EMSGSIZE, f"a batch of {size} bytes does not fit the send buffer")
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 1 << 22)
+    except OSError:
+        pass  # errors only come back on failure; ENOBUFS then still says "failed"
+
+
+def strerror(code: int) -> str:
+    return os.strerror(code) if code > 0 else f"error {code}"

@@ -1,0 +1,231 @@
+"""The dump behind add's shadow warning, started as the process starts, on big nodes.
+
+Which rules of CNI-HOSTPORT-DNAT may claim one of the new container's host ports is one
+nf_tables dump of that chain (iptables/access/nfnl.py): two rules per container, about
+30 ms of the kernel's time and 10 ms of Python at 5,000 containers, more than the rest
+of add's growth with the table. While Python imports add (one core busy for some 40 ms)
+the machine's other core is idle: for an `add` run as the program, entry.py asks how
+many chains the nat table holds (one round trip) and, from FORK_FROM_CHAINS on, forks
+a child that dumps there while the parent imports, and that also runs `iptables
+--version` for nfnl_add's gate first. A child, not a thread: the parsing of 10,000
+rules would otherwise hold the GIL the imports need. On smaller nodes the fork costs
+more than it saves, and add dumps in a thread under its lock as before.
+
+Nothing here is trusted: the command line is read leniently (no imports on the way to
+the fork), and add keeps the dump only when it matches what add then checked and did
+(ops/add_ahead.py): the same network namespace, every host port of the mapping among
+those dumped for, and the chain exactly as add's own nf_tables batch found it -- the
+generations asked around the dump are the one the batch was applied at, or that and
+the one it made (nfnl.Dumped.taken_at). Otherwise (the ruleset moved in between, add
+wrote another way, the line was not what it seemed) add dumps again under its lock,
+as it did before. The child only reads; a command line that turns out wrong wastes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import TYPE_CHECKING, ContextManager, Dict, FrozenSet, List, Optional, Tuple
+
+from portmapctl.errors import PortmapctlError
+
+if TYPE_CHECKING:
+    from portmapctl.iptables.access.nfnl import Dumped
+
+_BATCH_ENV = "PORTMAPCTL_NFT_BATCH"  # restore.NFT_BATCH_ENV (not imported: see above)
+_VERIFIED, _NOT_VERIFIED = b"1\n", b"0\n"  # the child's first line
+# The child is forked for a nat table of this many chains (about one per container) or
+# more. Measured (docs/performance.md, add): at 5,000 containers it takes 20 ms off an
+# add of 125 ms; at 1,000 the fork and its copied pages cost more than the dump they
+# move off the GIL (+3 ms), at 100 about 5 ms. Below, add dumps in a thread as before.
+FORK_FROM_CHAINS = 2000
+
+
+class EarlyClaims:
+    """The dump, running in a child process of its own: forked before add imports
+    anything much, so that neither the kernel's work nor the parsing of its answer
+    competes with add's own Python for the GIL (as a thread would). The child first
+    runs `iptables --version` for nfnl_add's gate and says what it found, then dumps:
+    the write need not wait for the dump, nor run that process itself."""
+
+    def __init__(self, args: List[str], smallest: int = 0) -> None:
+        """Fork the child for the add command line `args`, if its nat table holds at
+        least `smallest` chains (the child is spared on a small node)."""
+        self.ports: FrozenSet[int] = frozenset()
+        self.netns: Optional[str] = None
+        self._box: Optional[Dict[int, Dumped]] = None
+        self._verdict: Optional[bytes] = None  # the child's first line, once read
+        self._reading = threading.Lock()  # the write and the warning read one pipe
+        self._pid = 0
+        self._pipe = -1
+        read = _read_line(args)
+        if read is None:
+            return
+        self.ports, self.netns, families = read
+        if smallest and _chains(self.netns, families[0]) < smallest:
+            return
+        reading, writing = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: dump, answer, and leave without any of the parent's exit
+            code = 1
+            try:
+                os.close(reading)
+                _answer(writing, self.netns, families, self.ports)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(writing)
+        self._pid, self._pipe = pid, reading
+
+    def iptables_verified(self) -> Optional[bool]:
+        """Whether the child found the iptables whose bytes nfnl_rules writes (None:
+        it could not tell, or no child runs)."""
+        with self._reading:
+            if self._verdict is None and self._pid:
+                self._verdict = b""
+                while len(self._verdict) < len(_VERIFIED) and (
+                    chunk := os.read(self._pipe, len(_VERIFIED) - len(self._verdict))
+                ):
+                    self._verdict += chunk
+        if self._verdict in (_VERIFIED, _NOT_VERIFIED):
+            return self._verdict == _VERIFIED
+        return None
+
+    def dumped(self, netns: Optional[str], ports: FrozenSet[int]) -> Dict[int, Dumped]:
+        """Each family's dump, once it is over, if it was taken in `netns` for at least
+        `ports` (else none)."""
+        self.iptables_verified()  # (the pipe's first line)
+        with self._reading:
+            if self._box is None:
+                self._box = self._collect()
+        if netns != self.netns or not ports <= self.ports:
+            return {}
+        return self._box
+
+    def _collect(self) -> Dict[int, Dumped]:
+        if not self._pid or self._verdict not in (_VERIFIED, _NOT_VERIFIED):
+            return {}
+        import marshal
+
+        from portmapctl.iptables.access.nfnl import Dumped, KeptRule
+
+        chunks = []
+        try:
+            while chunk := os.read(self._pipe, 1 << 16):
+                chunks.append(chunk)
+        finally:
+            os.close(self._pipe)
+            _status = os.waitpid(self._pid, 0)
+        try:
+            answer = marshal.loads(b"".join(chunks))
+            return {
+                family: Dumped([KeptRule(i, t) for i, t in kept], started, ended)
+                for family, (kept, started, ended) in answer.items()
+            }
+        except (EOFError, ValueError, TypeError):
+            return {}  # the child failed: add dumps again itself
+
+
+def _answer(
+    pipe: int, netns: Optional[str], families: Tuple[int, ...], ports: FrozenSet[int]
+) -> None:
+    """In the child: whether iptables is the pinned one (a line), then each family's
+    dump, as marshal data, on `pipe`."""
+    import marshal
+
+    from portmapctl.iptables.access import nfnl_add
+    from portmapctl.iptables.access.nfnl import dump_for_ports
+    from portmapctl.iptables.chains import TOPLEVEL_DNAT
+
+    try:
+        verified = nfnl_add.verified(nfnl_add.iptables_version())
+    except OSError:
+        verified = False
+    _write(pipe, _VERIFIED if verified else _NOT_VERIFIED)
+    answer = {}
+    with _namespace(netns):
+        for family in families:
+            found = dump_for_ports(family, TOPLEVEL_DNAT, ports)
+            if found is not None:
+                kept = [(rule.index, rule.target) for rule in found.kept]
+                answer[family] = (kept, found.started, found.ended)
+    _write(pipe, marshal.dumps(answer))
+
+
+def _write(pipe: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(pipe, data) :]
+
+
+def start(args: List[str]) -> Optional[EarlyClaims]:
+    """The dump for `portmapctl ARGS` (an add run as the program), started; None where
+    it cannot serve, or where forking is unsafe (another thread runs)."""
+    if os.environ.get(_BATCH_ENV, "").strip() == "0" or "--dry-run" in args:
+        return None
+    if threading.active_count() != 1:
+        return None
+    try:
+        return EarlyClaims(args, FORK_FROM_CHAINS)
+    except (OSError, PortmapctlError):
+        return None
+
+
+# Options of add whose value is the next word (or after "="), as cli/add_fast.py knows
+# them; the others are flags.
+_VALUED = {
+    "--network", "--container", "--ip", "--publish", "-p", "--mark-bit",
+    "--external-setmark-chain", "--conditions-v4", "--conditions-v6", "--cni-config",
+    "--ifname", "--backend", "--iptables", "--family", "--netns", "--cni-cache-dir",
+    "--output", "-o",
+}  # fmt: skip
+
+
+def _chains(netns: Optional[str], family: int) -> int:
+    """How many chains the nat table of `family` holds (one per container, about)."""
+    from portmapctl.iptables.access import nfgen, nfmsg
+
+    with _namespace(netns), nfgen.open_socket() as sock:
+        return nfmsg.table_chains(sock, family, "nat")
+
+
+def _namespace(netns: Optional[str]) -> ContextManager[object]:
+    if netns is None:
+        return contextlib.nullcontext()
+    from portmapctl.host.netns import entered  # (its import costs 4 ms: only then)
+
+    return entered(netns)
+
+
+def _read_line(args: List[str]) -> Optional[Tuple[FrozenSet[int], Optional[str], Tuple[int, ...]]]:
+    """(host ports, --netns, families) of an add command line, read leniently; None for
+    a line this dump cannot serve (ports from --cni-config, nftables, dry run)."""
+    values: Dict[str, List[str]] = {}
+    words = iter(args[1:])
+    for word in words:
+        name, equals, attached = word.partition("=")
+        if name in _VALUED:
+            value = attached if equals else next(words, None)
+            if value is None:
+                return None
+            values.setdefault(name.replace("--publish", "-p"), []).append(value)
+    if "--cni-config" in values or values.get("--backend", ["auto"])[-1] == "nftables":
+        return None
+    ports = _host_ports(values.get("-p", []))
+    if not ports:
+        return None
+    family = values.get("--family", ["all"])[-1].lstrip("v")
+    families = (4, 6) if family == "all" else (int(family),) if family in ("4", "6") else ()
+    return ports, values.get("--netns", [None])[-1], families
+
+
+def _host_ports(specs: List[str]) -> FrozenSet[int]:
+    """The host ports of `-p [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]` specs; empty when
+    one cannot be read this simply (add's own checks say what is wrong)."""
+    ports = set()
+    for spec in specs:
+        words = spec.split("/", 1)[0].rsplit(":", 2)
+        if len(words) < 2 or not (words[-2].isascii() and words[-2].isdigit()):
+            return frozenset()
+        ports.add(int(words[-2]))
+    return frozenset(ports)

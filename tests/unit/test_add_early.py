@@ -1,0 +1,125 @@
+"""ops/add_early.py and what decides whether its dump is kept, without a kernel: the
+command line read leniently (host ports, --netns, families; nothing for the lines it
+cannot serve), and nfnl.Dumped.taken_at -- a dump is the chain as add's batch found it
+only when no commit but add's own came while it ran."""
+
+from __future__ import annotations
+
+import pytest
+
+from portmapctl.iptables.access import nfgen
+from portmapctl.iptables.access.nfnl import Dumped
+from portmapctl.ops import add_early
+
+BASE = ["add", "--network", "n", "--container", "c", "--ip", "10.88.0.5/16"]
+
+
+@pytest.mark.parametrize(
+    "args, ports, netns, families",
+    [
+        ([*BASE, "-p", "8080:80", "-p", "5353:53/udp"], {8080, 5353}, None, (4, 6)),
+        ([*BASE, "--publish=127.0.0.1:8080:80", "--netns", "node1"], {8080}, "node1", (4, 6)),
+        ([*BASE, "-p", "[::1]:8443:443/tcp", "--family", "6"], {8443}, None, (6,)),
+        ([*BASE, "-p", "1:2", "--family=v4", "--netns=a", "--netns", "b"], {1}, "b", (4,)),
+        # An option's value that looks like one of the options read is its value.
+        (["add", "--network", "-p", "-p", "9:9"], {9}, None, (4, 6)),
+    ],
+)
+def test_the_line_is_read_for_what_the_dump_needs(args, ports, netns, families):
+    assert add_early._read_line(args) == (frozenset(ports), netns, families)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        BASE,  # no -p
+        [*BASE, "-p", "http:80"],
+        [*BASE, "-p", "8080"],
+        [*BASE, "-p"],
+        ["add", "--container", "c", "--cni-config", "conf.json"],  # ports in the file
+        [*BASE, "-p", "1:1", "--backend", "nftables"],
+    ],
+)
+def test_lines_it_cannot_serve_start_nothing(args):
+    assert add_early._read_line(args) is None
+
+
+def test_nothing_starts_for_a_dry_run_or_with_the_batch_off(monkeypatch):
+    assert add_early.start([*BASE, "-p", "1:1", "--dry-run"]) is None
+    monkeypatch.setenv("PORTMAPCTL_NFT_BATCH", "0")
+    assert add_early.start([*BASE, "-p", "1:1"]) is None
+
+
+def test_a_dump_is_kept_only_for_the_netns_and_ports_add_then_uses():
+    early = add_early.EarlyClaims(["add", "-p", "no-port"])  # read: nothing dumped
+    assert early.dumped(None, frozenset({1})) == {}
+    early.ports, early.netns = frozenset({1, 2}), "a"
+    early._box = {4: Dumped([], 5, 5)}
+    assert early.dumped("a", frozenset({1})) == {4: Dumped([], 5, 5)}
+    assert early.dumped("a", frozenset({1, 3})) == {}  # a port it did not look for
+    assert early.dumped(None, frozenset({1})) == {}  # another namespace
+
+
+G = 41
+
+
+@pytest.mark.parametrize(
+    "started, ended, own, kept",
+    [
+        (G, G, None, True),  # nothing committed: the chain at G
+        (G, G, (G, G + 1), True),  # over before our commit
+        (G, G + 1, (G, G + 1), True),  # torn by our commit alone
+        (G + 1, G + 1, (G, G + 1), True),  # after our commit: ours are told apart
+        (G, G + 1, None, False),  # torn, and not by us
+        (G - 1, G, (G, G + 1), False),  # someone committed before our read
+        (G - 1, G - 1, (G, G + 1), False),
+        (G, G + 2, (G, G + 1), False),
+        (G + 1, G + 2, (G, G + 1), False),
+        (G, G + 1, (G, G + 2), False),  # another commit right after ours: can't tell
+        (G, G, (G, G + 2), True),
+    ],
+)
+def test_a_dump_is_the_chain_as_read_only_when_no_other_commit_came(started, ended, own, kept):
+    assert Dumped([], started, ended).taken_at(G, own) is kept
+
+
+def test_the_generation_after_the_last_is_one():
+    top = 0xFFFFFFFF
+    assert nfgen.following(top) == 1  # the kernel skips 0
+    assert Dumped([], top, 1).taken_at(top, (top, 1))
+
+
+def _fed(data: bytes) -> add_early.EarlyClaims:
+    """An EarlyClaims reading `data` as its child's answer (no child forked: a pipe
+    written here, and a child that has already been waited for stands in)."""
+    import os
+
+    early = add_early.EarlyClaims(["add", "-p", "no-port"])
+    reading, writing = os.pipe()
+    os.write(writing, data)
+    os.close(writing)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    early._pid, early._pipe = pid, reading
+    early.ports, early.netns = frozenset({80}), None
+    return early
+
+
+def test_the_childs_answer_is_its_verdict_then_its_dumps():
+    import marshal
+
+    answer = marshal.dumps({4: ([(3, "CNI-DN-x"), (7, None)], 9, 10)})
+    early = _fed(b"1\n" + answer)
+    assert early.iptables_verified() is True
+    assert early.iptables_verified() is True  # read once
+    found = early.dumped(None, frozenset({80}))[4]
+    assert found.kept == [(3, "CNI-DN-x"), (7, None)] and (found.started, found.ended) == (9, 10)
+    assert _fed(b"0\n" + answer).iptables_verified() is False
+
+
+def test_a_child_that_said_nothing_or_garbage_gives_nothing():
+    early = _fed(b"")
+    assert early.iptables_verified() is None and early.dumped(None, frozenset({80})) == {}
+    early = _fed(b"1\nnot marshal data")
+    assert early.iptables_verified() is True and early.dumped(None, frozenset({80})) == {}
