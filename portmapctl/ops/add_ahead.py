@@ -158,20 +158,24 @@ def write_new(
 
     if os.environ.get(NFT_BATCH_ENV, "").strip() == "0" or not wanted:
         return None
+    version = None
     if iptables_verified is None:  # (add_early's child has not asked already)
         try:
-            iptables_verified = nfnl_add.verified(nfnl_add.iptables_version())
+            version = nfnl_add.iptables_version()  # read when the batch is ready to go
         except OSError as err:
             debug("iptables --version: %s", err)
             return None
     plans = [nfnl_add.plan(family, chains) for family, chains in wanted.items()]
-    if not iptables_verified:
-        debug("this iptables' bytes are not pinned: iptables-restore writes the container")
-        return None
     if any(one is None for one in plans):
+        if version is not None:
+            nfnl_add.verified(version)  # (reaped)
         debug("a rule nfnl_rules does not write: iptables-restore writes the container")
         return None
-    result = nfnl_add.apply_new([one for one in plans if one is not None])
+
+    def pinned() -> bool:
+        return nfnl_add.verified(version) if version is not None else bool(iptables_verified)
+
+    result = nfnl_add.apply_new([one for one in plans if one is not None], pinned)
     debug("nf_tables batch: %s (%s)", result.outcome.value, result.why)
     if result.outcome is nfnl_add.Outcome.UNAVAILABLE:
         return None

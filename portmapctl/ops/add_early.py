@@ -28,8 +28,6 @@ import os
 import threading
 from typing import TYPE_CHECKING, ContextManager, Dict, FrozenSet, List, Optional, Tuple
 
-from portmapctl.errors import PortmapctlError
-
 if TYPE_CHECKING:
     from portmapctl.iptables.access.nfnl import Dumped
 
@@ -167,7 +165,7 @@ def start(args: List[str]) -> Optional[EarlyClaims]:
         return None
     try:
         return EarlyClaims(args, FORK_FROM_CHAINS)
-    except (OSError, PortmapctlError):
+    except Exception:  # noqa: BLE001 - only a head start: add does it all itself without
         return None
 
 
@@ -215,7 +213,9 @@ def _read_line(args: List[str]) -> Optional[Tuple[FrozenSet[int], Optional[str],
     if not ports:
         return None
     family = values.get("--family", ["all"])[-1].lstrip("v")
-    families = (4, 6) if family == "all" else (int(family),) if family in ("4", "6") else ()
+    if family not in ("all", "4", "6"):
+        return None  # add says what is wrong with it
+    families = (4, 6) if family == "all" else (int(family),)
     return ports, values.get("--netns", [None])[-1], families
 
 

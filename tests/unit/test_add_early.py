@@ -38,6 +38,7 @@ def test_the_line_is_read_for_what_the_dump_needs(args, ports, netns, families):
         [*BASE, "-p"],
         ["add", "--container", "c", "--cni-config", "conf.json"],  # ports in the file
         [*BASE, "-p", "1:1", "--backend", "nftables"],
+        [*BASE, "-p", "1:1", "--family", "5"],  # add says what is wrong
     ],
 )
 def test_lines_it_cannot_serve_start_nothing(args):
@@ -46,6 +47,7 @@ def test_lines_it_cannot_serve_start_nothing(args):
 
 def test_nothing_starts_for_a_dry_run_or_with_the_batch_off(monkeypatch):
     assert add_early.start([*BASE, "-p", "1:1", "--dry-run"]) is None
+    assert add_early.start([*BASE, "-p", "1:1", "--netns", "no/such"]) is None  # never raises
     monkeypatch.setenv("PORTMAPCTL_NFT_BATCH", "0")
     assert add_early.start([*BASE, "-p", "1:1"]) is None
 

@@ -34,12 +34,13 @@ Only with an iptables whose bytes tests/kernel/test_nfnl_add.py pins
 from __future__ import annotations
 
 import errno
+import functools
 import shutil
 import socket
 import subprocess
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.host import netlink as nl
 from portmapctl.iptables.access import nfgen, nfmsg, nfnl_rules
@@ -150,14 +151,18 @@ def plan(family: int, chains: Sequence[Chain]) -> Optional[_Plan]:
     )
 
 
-def apply_new(plans: Sequence[_Plan]) -> Result:
+def apply_new(plans: Sequence[_Plan], pinned: Callable[[], bool] = lambda: True) -> Result:
     """Write the plans' chains and rules (every family in one batch), checked and
-    guarded as the module says. Call in the network namespace to write to."""
+    guarded as the module says. Call in the network namespace to write to. `pinned()`
+    (asked once, right before the first send): whether this iptables' bytes are the
+    ones nfnl_rules writes (`iptables --version`, run meanwhile); if not, nothing is
+    sent (UNAVAILABLE)."""
+    gate = functools.lru_cache(maxsize=None)(pinned)
     try:
         with nfgen.open_socket() as sock:
             for _attempt in range(_TRIES):
                 try:
-                    result = _attempt_once(sock, plans)
+                    result = _attempt_once(sock, plans, gate)
                 except Changed:
                     continue
                 if result is not None:
@@ -167,7 +172,9 @@ def apply_new(plans: Sequence[_Plan]) -> Result:
     return Result(Outcome.UNAVAILABLE, "the ruleset kept changing while it was read")
 
 
-def _attempt_once(sock: socket.socket, plans: Sequence[_Plan]) -> Optional[Result]:
+def _attempt_once(
+    sock: socket.socket, plans: Sequence[_Plan], pinned: Callable[[], bool]
+) -> Optional[Result]:
     """One read and one batch: a Result, or None when the batch met a newer
     generation (then everything is read again)."""
     read_at = nfgen.ask(sock, 1)
@@ -209,6 +216,8 @@ def _attempt_once(sock: socket.socket, plans: Sequence[_Plan]) -> Optional[Resul
     seq = first + len(messages)
     if not messages:
         return Result(Outcome.APPLIED, "nothing to write")
+    if not pinned():
+        return Result(Outcome.UNAVAILABLE, "this iptables' bytes are not pinned")
     if not nfmsg.kernel_checks_generation(sock, read_at):
         return Result(Outcome.UNAVAILABLE, "this kernel does not check a batch's generation")
     begin_seq = 9
