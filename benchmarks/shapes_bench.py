@@ -469,7 +469,7 @@ def kernel_commit_of_one_jump() -> float:
         first = nfmsg.dump_chain(sock, 4, "nat", TOPLEVEL_DNAT)[0]
         compat = nfnl_rules.compat(("-p", "tcp")) or b""
         rule = nfgen.message(append, 0xC01, 2, 3, where + first.body() + compat)  # appended
-        batch = nfmsg.batch([rule], nfgen.ask(sock, 1), 2, 4)
+        batch = nfgen.batch([rule], nfgen.ask(sock, 1), 2, 4)
         started = time.perf_counter()
         sock.send(batch)
         _after, errors = nfgen.replies_until(sock, 5)
@@ -478,7 +478,7 @@ def kernel_commit_of_one_jump() -> float:
             raise BenchError(f"appending one rule by nf_tables batch: {errors}")
         last = nfmsg.dump_chain(sock, 4, "nat", TOPLEVEL_DNAT)[-1]
         gone = nfgen.message(delete, 1, 2, 7, where + nla(3, last.handle().to_bytes(8, "big")))
-        sock.send(nfmsg.batch([gone], nfgen.ask(sock, 6), 8, 9))
+        sock.send(nfgen.batch([gone], nfgen.ask(sock, 6), 8, 9))
         nfgen.replies_until(sock, 10)
     return took
 

@@ -130,5 +130,7 @@ def _run(args: List[str], program: bool = False) -> None:
         finally:
             if early_nft is not None:
                 early_nft.close()  # not taken (a usage error, say): stopped, unread
+            if early_claims is not None:
+                early_claims.close()  # (taken: over already; else ended, unread)
     except KeyboardInterrupt:
         _interrupted()

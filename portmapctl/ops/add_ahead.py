@@ -253,7 +253,7 @@ def _in_thread(netns: Optional[str], work: Callable[[], T], what: str) -> Callab
         try:
             with entered(netns):
                 box["result"] = work()
-        except (PortmapctlError, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - add does without it, or does it again
             debug("%s, ahead of the rest of add, failed: %s", what, err)
 
     thread = threading.Thread(target=run, name=what, daemon=True)

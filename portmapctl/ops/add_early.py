@@ -11,8 +11,8 @@ a child that dumps there while the parent imports, and that also runs `iptables
 rules would otherwise hold the GIL the imports need. On smaller nodes the fork costs
 more than it saves, and add dumps in a thread under its lock as before.
 
-Nothing here is trusted: the command line is read leniently (no imports on the way to
-the fork), and add keeps the dump only when it matches what add then checked and did
+Nothing here is trusted: the command line is read leniently (before add checks it),
+and add keeps the dump only when it matches what add then checked and did
 (ops/add_ahead.py): the same network namespace, every host port of the mapping among
 those dumped for, and the chain exactly as add's own nf_tables batch found it -- the
 generations asked around the dump are the one the batch was applied at, or that and
@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
+import time
 from typing import TYPE_CHECKING, ContextManager, Dict, FrozenSet, List, Optional, Tuple
 
 if TYPE_CHECKING:
@@ -38,6 +40,9 @@ _VERIFIED, _NOT_VERIFIED = b"1\n", b"0\n"  # the child's first line
 # add of 125 ms; at 1,000 the fork and its copied pages cost more than the dump they
 # move off the GIL (+3 ms), at 100 about 5 ms. Below, add dumps in a thread as before.
 FORK_FROM_CHAINS = 2000
+# How long add waits for each part of the child's answer (its `iptables --version` is
+# bounded at 10 s itself): then it does without, as on a small node.
+WAIT_SECONDS = 15.0
 
 
 class EarlyClaims:
@@ -45,7 +50,9 @@ class EarlyClaims:
     anything much, so that neither the kernel's work nor the parsing of its answer
     competes with add's own Python for the GIL (as a thread would). The child first
     runs `iptables --version` for nfnl_add's gate and says what it found, then dumps:
-    the write need not wait for the dump, nor run that process itself."""
+    the write waits for that first line only, never for the dump, and need not run
+    that process itself. Every read of the child's answer is bounded (WAIT_SECONDS):
+    add holds its lock meanwhile. close() ends a child nobody read."""
 
     def __init__(self, args: List[str], smallest: int = 0) -> None:
         """Fork the child for the add command line `args`, if its nat table holds at
@@ -54,7 +61,10 @@ class EarlyClaims:
         self.netns: Optional[str] = None
         self._box: Optional[Dict[int, Dumped]] = None
         self._verdict: Optional[bytes] = None  # the child's first line, once read
-        self._reading = threading.Lock()  # the write and the warning read one pipe
+        # One pipe, read first for the verdict (by the write), then for the dump (by
+        # the warning): each part under its own lock, the verdict's never held long.
+        self._verdict_read = threading.Lock()
+        self._body_read = threading.Lock()
         self._pid = 0
         self._pipe = -1
         read = _read_line(args)
@@ -69,6 +79,7 @@ class EarlyClaims:
             code = 1
             try:
                 os.close(reading)
+                _detach_stdio()
                 _answer(writing, self.netns, families, self.ports)
                 code = 0
             finally:
@@ -78,14 +89,10 @@ class EarlyClaims:
 
     def iptables_verified(self) -> Optional[bool]:
         """Whether the child found the iptables whose bytes nfnl_rules writes (None:
-        it could not tell, or no child runs)."""
-        with self._reading:
-            if self._verdict is None and self._pid:
-                self._verdict = b""
-                while len(self._verdict) < len(_VERIFIED) and (
-                    chunk := os.read(self._pipe, len(_VERIFIED) - len(self._verdict))
-                ):
-                    self._verdict += chunk
+        it could not tell in time, or no child runs)."""
+        with self._verdict_read:
+            if self._verdict is None:
+                self._verdict = self._read(len(_VERIFIED)) if self._pid else b""
         if self._verdict in (_VERIFIED, _NOT_VERIFIED):
             return self._verdict == _VERIFIED
         return None
@@ -93,36 +100,68 @@ class EarlyClaims:
     def dumped(self, netns: Optional[str], ports: FrozenSet[int]) -> Dict[int, Dumped]:
         """Each family's dump, once it is over, if it was taken in `netns` for at least
         `ports` (else none)."""
-        self.iptables_verified()  # (the pipe's first line)
-        with self._reading:
+        verified = self.iptables_verified()  # (the pipe's first line comes first)
+        with self._body_read:
             if self._box is None:
-                self._box = self._collect()
+                self._box = self._collect() if verified is not None else {}
+                self.close()
         if netns != self.netns or not ports <= self.ports:
             return {}
         return self._box
 
+    def close(self) -> None:
+        """The child ended (killed if still at work) and waited for, the pipe closed."""
+        if self._pipe >= 0:
+            os.close(self._pipe)
+            self._pipe = -1
+        if self._pid:
+            try:
+                os.kill(self._pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # over already (it is waited for below all the same)
+            os.waitpid(self._pid, 0)
+            self._pid = 0
+
     def _collect(self) -> Dict[int, Dumped]:
-        if not self._pid or self._verdict not in (_VERIFIED, _NOT_VERIFIED):
-            return {}
         import marshal
 
         from portmapctl.iptables.access.nfnl import Dumped, KeptRule
 
-        chunks = []
         try:
-            while chunk := os.read(self._pipe, 1 << 16):
-                chunks.append(chunk)
-        finally:
-            os.close(self._pipe)
-            _status = os.waitpid(self._pid, 0)
-        try:
-            answer = marshal.loads(b"".join(chunks))
+            answer = marshal.loads(self._read(None))
             return {
                 family: Dumped([KeptRule(i, t) for i, t in kept], started, ended)
                 for family, (kept, started, ended) in answer.items()
             }
         except (EOFError, ValueError, TypeError):
-            return {}  # the child failed: add dumps again itself
+            return {}  # the child failed or did not finish in time: add dumps again
+
+    def _read(self, size: Optional[int]) -> bytes:
+        """`size` bytes of the pipe (None: all of it, to its end), or less when it
+        ends or WAIT_SECONDS pass first."""
+        import select
+
+        deadline = time.monotonic() + WAIT_SECONDS
+        got = b""
+        while size is None or len(got) < size:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._pipe], [], [], left)[0]:
+                break
+            chunk = os.read(self._pipe, 1 << 16 if size is None else size - len(got))
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+def _detach_stdio() -> None:
+    """The child's standard streams on /dev/null: one who reads add's output to its
+    end (a runtime, `$(portmapctl add ...)`) must not wait for the child too."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
 
 
 def _answer(

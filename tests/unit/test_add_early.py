@@ -125,3 +125,50 @@ def test_a_child_that_said_nothing_or_garbage_gives_nothing():
     assert early.iptables_verified() is None and early.dumped(None, frozenset({80})) == {}
     early = _fed(b"1\nnot marshal data")
     assert early.iptables_verified() is True and early.dumped(None, frozenset({80})) == {}
+
+
+def test_the_verdict_never_waits_for_the_dump(monkeypatch):
+    """The write (holding the portmapctl lock) asks for the verdict while the warning's
+    thread reads the dump, still under way: it gets the verdict at once."""
+    import os
+    import threading
+    import time
+
+    monkeypatch.setattr(add_early, "WAIT_SECONDS", 3.0)
+    early = add_early.EarlyClaims(["add", "-p", "no-port"])
+    reading, writing = os.pipe()
+    os.write(writing, b"1\n")  # the verdict; the dump still to come
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    early._pid, early._pipe = pid, reading
+    assert early.iptables_verified() is True
+    reader = threading.Thread(target=early.dumped, args=(None, frozenset()))
+    reader.start()
+    time.sleep(0.2)  # it holds the dump's lock, waiting on the pipe
+    started = time.monotonic()
+    assert early.iptables_verified() is True
+    assert time.monotonic() - started < 0.1
+    os.close(writing)  # the child's end: the dump is over (empty: nothing kept)
+    reader.join()
+    assert early.dumped(None, frozenset()) == {}
+
+
+def test_a_silent_child_is_given_up_on_in_time(monkeypatch):
+    import os
+    import time
+
+    monkeypatch.setattr(add_early, "WAIT_SECONDS", 0.3)
+    early = add_early.EarlyClaims(["add", "-p", "no-port"])
+    reading, writing = os.pipe()  # nothing ever written, never closed
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    early._pid, early._pipe = pid, reading
+    started = time.monotonic()
+    assert early.iptables_verified() is None
+    assert early.dumped(None, frozenset()) == {}  # and the child is ended, waited for
+    assert time.monotonic() - started < 2
+    assert early._pid == 0
+    os.close(writing)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from portmapctl.host import netlink as nl
 
 SUBSYS_NFTABLES = 10
 _NFT_MSG_NEWGEN, _NFT_MSG_GETGEN = 15, 16
+_BATCH_BEGIN, _BATCH_END = 0x10, 0x11  # NFNL_MSG_BATCH_BEGIN / _END
+_BATCH_GENID = 1  # NFNL_BATCH_GENID
 _NFTA_GEN_ID = 1
 _SOL_NETLINK, _NETLINK_CAP_ACK = 270, 10
 _BE32 = struct.Struct("!I")
@@ -59,13 +61,46 @@ def following(generation: int) -> int:
 
 
 def generation() -> Optional[int]:
-    """The current network namespace's ruleset generation; None when it cannot be
-    asked (no nf_tables, not allowed)."""
+    """The current network namespace's ruleset generation, with no commit under way
+    (settled_at); None when it cannot be asked (no nf_tables, not allowed) or a commit
+    kept it moving."""
     try:
         with open_socket() as sock:
-            return ask(sock, 1)
+            found = ask(sock, 1)
+            return found if settled_at(sock, found, 2) else None
     except OSError:
         return None
+
+
+def settled_at(sock: socket.socket, generation: int, seq: int) -> bool:
+    """Whether the ruleset is at `generation` with no commit under way, so that what is
+    read from now on shows that generation until it moves. A commit moves the number
+    before it makes its changes visible to readers, so a number alone may be ahead of
+    what a dump would show; the kernel answers an (empty) batch carrying a generation
+    only under its commit mutex, once any commit under way is over. False: it moved.
+    (An empty batch commits nothing; a kernel that ignores the number answers yes, and
+    whether it does is nfmsg.kernel_checks_generation's question.)"""
+    sock.send(batch([], generation, seq, seq + 1))
+    _now, errors = replies_until(sock, seq + 2)
+    if any(number == seq and code == -errno.ERESTART for number, code in errors):
+        return False
+    if errors:
+        raise OSError(-errors[0][1], "the ruleset generation could not be checked")
+    return True
+
+
+def batch(messages: Sequence[bytes], generation: int, begin_seq: int, end_seq: int) -> bytes:
+    """`messages` between NFNL_MSG_BATCH_BEGIN (carrying `generation`: the kernel
+    refuses the batch unless the ruleset is at it) and NFNL_MSG_BATCH_END."""
+    res_id = socket.htons(SUBSYS_NFTABLES)
+    genid = nl.nla(_BATCH_GENID, _BE32.pack(generation))
+    return b"".join(
+        [
+            message(_BATCH_BEGIN, nl.NLM_F_REQUEST, socket.AF_UNSPEC, begin_seq, genid, res_id),
+            *messages,
+            message(_BATCH_END, nl.NLM_F_REQUEST, socket.AF_UNSPEC, end_seq, b"", res_id),
+        ]
+    )
 
 
 def ask(sock: socket.socket, seq: int) -> int:

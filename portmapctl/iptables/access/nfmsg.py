@@ -1,6 +1,7 @@
 """nf_tables messages that gc's removal (nfnl_batch.py) and add's write (nfnl_add.py)
-both send: where a rule or chain is, one chain's rules dumped, a batch carrying the
-generation it must apply at, and whether the kernel checks that generation at all.
+both send: where a rule or chain is, one chain's rules dumped, a chain or a table asked
+for, and whether the kernel checks a batch's generation at all (the batch itself is
+nfgen.batch).
 
 The kernel ABI: linux/netfilter/nfnetlink.h, nf_tables.h.
 """
@@ -11,7 +12,7 @@ import errno
 import os
 import socket
 import struct
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from portmapctl.host import netlink as nl
 from portmapctl.iptables.access import nfgen
@@ -23,8 +24,6 @@ NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x200, 0x400, 0x800
 RULE_TABLE, RULE_CHAIN, RULE_HANDLE, RULE_EXPRESSIONS, RULE_USERDATA = 1, 2, 3, 4, 7
 CHAIN_NAME = 3  # (NFTA_CHAIN_TABLE is 1, as NFTA_RULE_TABLE)
 TABLE_NAME, TABLE_USE = 1, 3
-_BATCH_BEGIN, _BATCH_END = 0x10, 0x11  # NFNL_MSG_BATCH_BEGIN / _END
-_BATCH_GENID = 1  # NFNL_BATCH_GENID
 _NLM_F_DUMP_INTR = 0x10
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
 _BE32, _BE64 = struct.Struct("!I"), struct.Struct("!Q")
@@ -75,22 +74,6 @@ def where(table: str, chain: str, chain_attribute: int = RULE_CHAIN) -> bytes:
     message: the table attribute is 1 in both) names its place with."""
     return nl.nla(RULE_TABLE, table.encode() + b"\0") + nl.nla(
         chain_attribute, chain.encode() + b"\0"
-    )
-
-
-def batch(messages: Sequence[bytes], generation: int, begin_seq: int, end_seq: int) -> bytes:
-    """`messages` between NFNL_MSG_BATCH_BEGIN (carrying `generation`: the kernel
-    refuses the batch unless the ruleset is at it) and NFNL_MSG_BATCH_END."""
-    res_id = socket.htons(nfgen.SUBSYS_NFTABLES)
-    genid = nl.nla(_BATCH_GENID, _BE32.pack(generation))
-    return b"".join(
-        [
-            nfgen.message(
-                _BATCH_BEGIN, nl.NLM_F_REQUEST, socket.AF_UNSPEC, begin_seq, genid, res_id
-            ),
-            *messages,
-            nfgen.message(_BATCH_END, nl.NLM_F_REQUEST, socket.AF_UNSPEC, end_seq, b"", res_id),
-        ]
     )
 
 
@@ -187,7 +170,7 @@ def kernel_checks_generation(sock: socket.socket, read_at: int) -> bool:
     (NFNL_BATCH_GENID; a kernel that ignored it would apply a stale plan). Asked
     with an empty batch, which changes nothing either way."""
     wrong = (read_at + 0x7FFFFFFF) & 0xFFFFFFFF or 1
-    sock.send(batch([], wrong, 4, 5))
+    sock.send(nfgen.batch([], wrong, 4, 5))
     _now, errors = nfgen.replies_until(sock, 6)
     return any(seq == 4 and code == -errno.ERESTART for seq, code in errors)
 

@@ -14,8 +14,9 @@ iptables prints them (ops/add.py). At 5,000 containers (10,000 rules) the dump i
 about a sixth of `iptables -S CNI-HOSTPORT-DNAT`'s cost and needs no parsing of text.
 
 Whether a commit tore a dump is told by the ruleset generation asked right before and
-right after it (the kernel answers both on the same socket, around the whole dump):
-equal, nothing committed meanwhile. `add` starts its dump as early as it can
+right after it (the kernel answers both on the same socket, around the whole dump), the
+first once no commit is under way (nfgen.settled_at): equal, nothing committed
+meanwhile. `add` starts its dump as early as it can
 (ops/add_early.py) and keeps it when the only commit during it was its own.
 
 The kernel ABI: linux/netfilter/nf_tables.h, nfnetlink.h; xt_multiport.h for the
@@ -59,6 +60,7 @@ _NFTA_VERDICT_CHAIN = 2
 _NFT_JUMPS = (-3, -4)  # NFT_JUMP, NFT_GOTO
 _BE32_SIGNED = struct.Struct("!i")
 _RECV_SIZE = 1 << 16
+_UNSETTLED = -1  # a dump's start when no generation can be vouched for (none is < 1)
 _TRIES = 3
 
 # The expression of `-m multiport --dports ...` as iptables-nft 1.8 writes it: a
@@ -165,8 +167,10 @@ def dump_for_ports(
     try:
         sock.bind((0, 0))
         started = nfgen.ask(sock, 1)
+        if not nfgen.settled_at(sock, started, 2):
+            started = _UNSETTLED  # a commit was under way: the dump may predate it
         kept = _dump(sock, family, table, chain, wanted)
-        return Dumped(kept, started, nfgen.ask(sock, 1))
+        return Dumped(kept, started, nfgen.ask(sock, 5))
     except OSError:
         return None
     finally:

@@ -14,28 +14,32 @@ assumption, checked here rather than inside a restore):
 
 1. The rules are encoded first (nfnl_rules.py); a shape it does not know is UNAVAILABLE
    and nothing was read.
-2. At one generation G: the container's chain is asked for (it must not exist), and
-   every chain holding a shared rule the plan relies on (PREROUTING, OUTPUT and
-   POSTROUTING's jumps, CNI-HOSTPORT-SETMARK's and -MASQ's rules) is dumped; each
-   such rule must be there, byte for byte as this iptables writes it (counters aside).
-   When one is not, or the chain exists, the outcome is REFUSED: nothing was sent, and
-   add reads the table whole and plans as before.
+2. At one generation G (asked, then settled: no commit under way, nfgen.settled_at):
+   the container's chain is asked for (it must not exist), and every chain holding a
+   shared rule the plan relies on (PREROUTING, OUTPUT and POSTROUTING's jumps,
+   CNI-HOSTPORT-SETMARK's and -MASQ's rules) is dumped; each such rule must be there,
+   byte for byte as this iptables writes it (counters aside), and the generation still
+   G afterwards. When a rule is not there, or the chain exists, the outcome is
+   REFUSED: nothing was sent, and add reads the table whole and plans as before.
 3. One batch, carrying G: the chain, its rules, its entry rules appended to
    CNI-HOSTPORT-DNAT, for every family at once. The kernel applies all of it or none:
    ERESTART when anything committed since G (read again, up to three times), ENOENT
    when a chain jumped to or appended to is missing (REFUSED), nothing else expected.
 
-The generation's kernel check is asked for first with an empty batch at a wrong
-generation, as gc's batch does: a kernel that ignored it would apply a stale plan.
-Only with an iptables whose bytes tests/kernel/test_nfnl_add.py pins
-(nfnl_rules.VERIFIED_IPTABLES): `iptables --version` runs beside the reads.
+Right before the batch goes: `pinned()` says whether this iptables is one whose bytes
+tests/kernel/test_nfnl_add.py pins (nfnl_rules.VERIFIED_IPTABLES; `iptables --version`
+ran meanwhile, or in add_early's child), and an empty batch at a wrong generation
+checks that the kernel refuses one, as gc's batch does (a kernel that ignored the
+generation would apply a stale plan). Either not so: UNAVAILABLE, nothing sent.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import os
 import shutil
+import signal
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -88,7 +92,12 @@ def iptables_version() -> subprocess.Popen[str]:
     """`iptables --version`, started (read with `verified`)."""
     path = shutil.which("iptables") or "iptables"
     return subprocess.Popen(
-        [path, "--version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [path, "--version"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # (killed with whatever it starts, should it hang)
     )
 
 
@@ -98,8 +107,11 @@ def verified(version: subprocess.Popen[str]) -> bool:
     try:
         out, _ = version.communicate(timeout=10)
     except subprocess.TimeoutExpired:
-        version.kill()
-        version.communicate()
+        try:
+            os.killpg(version.pid, signal.SIGKILL)
+            version.communicate(timeout=1)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # (a grandchild holding its output open: not waited for)
         return False
     words = out.split()
     # "iptables v1.8.9 (nf_tables)"
@@ -178,6 +190,8 @@ def _attempt_once(
     """One read and one batch: a Result, or None when the batch met a newer
     generation (then everything is read again)."""
     read_at = nfgen.ask(sock, 1)
+    if not nfgen.settled_at(sock, read_at, 2):  # (what is read from now on shows read_at)
+        raise Changed()
     for one in plans:
         for name in one.new_chains:
             if nfmsg.chain_exists(sock, one.family, _TABLE, name):
@@ -198,7 +212,7 @@ def _attempt_once(
                 return Result(
                     Outcome.REFUSED, f"IPv{one.family}: {chain} lacks a rule of the plugin's"
                 )
-    if nfgen.ask(sock, 2) != read_at:
+    if nfgen.ask(sock, 5) != read_at:
         raise Changed()
     # (family, message, flags, attributes), in the order the kernel is to apply them.
     ops: List[Tuple[int, int, int, bytes]] = []
@@ -221,7 +235,7 @@ def _attempt_once(
     if not nfmsg.kernel_checks_generation(sock, read_at):
         return Result(Outcome.UNAVAILABLE, "this kernel does not check a batch's generation")
     begin_seq = 9
-    sock.send(nfmsg.batch(messages, read_at, begin_seq, seq))
+    sock.send(nfgen.batch(messages, read_at, begin_seq, seq))
     try:
         after, errors = nfgen.replies_until(sock, seq + 1)
     except OSError as err:

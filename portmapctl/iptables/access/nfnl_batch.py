@@ -211,7 +211,7 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
     if not chain_ops:
         return Result(Outcome.APPLIED, "nothing to remove", read_at)
     begin_seq = 9
-    batch = nfmsg.batch(chain_ops, read_at, begin_seq, seq)
+    batch = nfgen.batch(chain_ops, read_at, begin_seq, seq)
     if not nfmsg.kernel_checks_generation(sock, read_at):
         return Result(Outcome.UNAVAILABLE, "this kernel does not check a batch's generation")
     nfmsg.room_for(sock, len(batch))

@@ -3,9 +3,11 @@ saved form (Args) -> the NFTA_RULE_EXPRESSIONS attribute iptables-nft sends for 
 byte for byte as the kernel then dumps it (counters at zero). What `add` sends as one
 nf_tables batch (nfnl_add.py), and what it compares the shared rules it finds with.
 
-Only the shapes the plugin writes with no conditions are known here; anything else
-(`--conditions-v4`, sctp, ranges, a negation, an external mark chain, an unknown
-match or target) gives None, and the caller writes with iptables-restore as before.
+Only the shapes the plugin writes are known here, conditions made of them included
+(`--conditions-v4 "-d 10.0.0.0/8"`); anything else (sctp, ranges, a negation, an
+interface, an external mark chain, an unknown match or target, a value iptables-save
+would print otherwise) gives None, and the caller writes with iptables-restore as
+before.
 The shapes, in the order iptables-nft builds a rule (nft_ipv4_add / nft_ipv6_add):
 
     -p P          meta l4proto, cmp (one byte)
@@ -36,6 +38,7 @@ where the kernel header says so, as iptables fills them in).
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from typing import Iterator, List, Optional, Tuple
 
@@ -68,6 +71,7 @@ _MULTIPORT_MAX = 15
 _ADDRTYPE_LOCAL = 1 << 2  # XT_ADDRTYPE_LOCAL (1 << RTN_LOCAL)
 _NAT_MAP_IPS, _NAT_PROTO_SPECIFIED = 1, 2
 _JUMP_PREFIX = "CNI-"  # a -j that is a chain, never an extension's target
+_NUMBER = re.compile(r"0x[0-9a-fA-F]{1,8}|[1-9][0-9]{0,9}|0")
 
 
 def _counter_element() -> bytes:
@@ -92,7 +96,7 @@ def compat(args: Args) -> Optional[bytes]:
             continue  # a comment's text, whatever it says
         if word in ("-p", "--protocol") and i + 1 < len(args):
             name = args[i + 1].lower()
-            number = int(name) if name.isdigit() else _PROTOCOLS.get(name)
+            number = int(name) if name.isascii() and name.isdigit() else _PROTOCOLS.get(name)
             if number is None or number > 255:
                 return None
             proto, invert = number, i > 0 and args[i - 1] == "!"
@@ -134,7 +138,7 @@ def expressions(args: Args, family: int) -> Optional[bytes]:
     after `-A CHAIN`) of `family`'s nat table; None when it is not a known shape."""
     try:
         return nla(_RULE_EXPRESSIONS, b"".join(_build(list(args), family)))
-    except (_Unknown, ValueError):
+    except (_Unknown, ValueError, struct.error, OverflowError):
         return None
 
 
@@ -287,6 +291,8 @@ def _l4proto(number: int) -> Iterator[bytes]:
 def _address(text: str, family: int, offset: int) -> Iterator[bytes]:
     """add_addr of iptables-nft: the leading bytes the mask covers whole are compared;
     a mask that ends inside a byte compares the whole address, masked."""
+    if "%" in text:
+        raise _Unknown("an address with a zone, which iptables refuses")
     network = ipaddress.ip_network(text, strict=True)
     if network.version != family or network.prefixlen == 0:
         raise _Unknown("an address of another family, or /0")
@@ -343,8 +349,11 @@ def _comment(text: str) -> bytes:
 
 
 def _port(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 0xFFFF:
-        raise _Unknown("not one port")
+    """A port as iptables takes it and iptables-save prints it (no leading zero)."""
+    if not (text.isascii() and text.isdigit()) or text != str(int(text)):
+        raise _Unknown("not one port as iptables-save prints it")
+    if not 0 < int(text) <= 0xFFFF:
+        raise _Unknown("not a port")
     return int(text)
 
 
@@ -360,8 +369,18 @@ def _multiport(text: str) -> bytes:
 
 
 def _value_mask(text: str) -> Tuple[int, int]:
-    value, _, mask = text.partition("/")
-    return int(value, 0), int(mask, 0) if mask else 0xFFFFFFFF
+    """`VALUE[/MASK]` of a mark, each as iptables-save prints it (0x... or decimal)."""
+    value, slash, mask = text.partition("/")
+    return _u32_number(value), _u32_number(mask) if slash else 0xFFFFFFFF
+
+
+def _u32_number(text: str) -> int:
+    if not _NUMBER.fullmatch(text):
+        raise _Unknown("a number iptables-save would not print")
+    number = int(text, 0)
+    if number > 0xFFFFFFFF:
+        raise _Unknown("more than 32 bits")
+    return number
 
 
 def _dnat(text: str, family: int) -> bytes:
