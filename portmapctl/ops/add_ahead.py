@@ -76,8 +76,7 @@ class Ahead:
 
         def write() -> Dict[int, Optional[Transaction]]:
             try:
-                verdict = early.iptables_verified() if early is not None else None
-                done = write_new(wanted, committed, verdict)
+                done = write_new(wanted, committed)
                 return done if done is not None else write_blind(backend, wanted)
             finally:
                 settled.set()
@@ -139,17 +138,14 @@ class Ahead:
 
 
 def write_new(
-    wanted: Dict[int, List[Chain]],
-    committed: List[Tuple[int, int]],
-    iptables_verified: Optional[bool] = None,
+    wanted: Dict[int, List[Chain]], committed: List[Tuple[int, int]]
 ) -> Optional[Dict[int, Optional[Transaction]]]:
     """The new container as one nf_tables batch (iptables/access/nfnl_add.py), every
     family at once: each family's transaction (what changed), or None for each when the
     node is not as planner.plan_blind assumes (the caller reads and plans). None when
     it cannot go that way (an iptables whose bytes are not pinned, a rule of a shape
     nfnl_rules does not write, PORTMAPCTL_NFT_BATCH=0): write_blind then. The
-    generations of the commit are put in `committed`. `iptables_verified`: what
-    add_early's child found of `iptables --version` (None: ask it here)."""
+    generations of the commit are put in `committed`."""
     import os
 
     from portmapctl.iptables.access import nfnl_add
@@ -158,24 +154,19 @@ def write_new(
 
     if os.environ.get(NFT_BATCH_ENV, "").strip() == "0" or not wanted:
         return None
-    version = None
-    if iptables_verified is None:  # (add_early's child has not asked already)
-        try:
-            version = nfnl_add.iptables_version()  # read when the batch is ready to go
-        except OSError as err:
-            debug("iptables --version: %s", err)
-            return None
+    try:
+        version = nfnl_add.iptables_version()  # read when the batch is ready to go
+    except OSError as err:
+        debug("iptables --version: %s", err)
+        return None
     plans = [nfnl_add.plan(family, chains) for family, chains in wanted.items()]
     if any(one is None for one in plans):
-        if version is not None:
-            nfnl_add.verified(version)  # (reaped)
+        nfnl_add.verified(version)  # (waited for)
         debug("a rule nfnl_rules does not write: iptables-restore writes the container")
         return None
-
-    def pinned() -> bool:
-        return nfnl_add.verified(version) if version is not None else bool(iptables_verified)
-
-    result = nfnl_add.apply_new([one for one in plans if one is not None], pinned)
+    result = nfnl_add.apply_new(
+        [one for one in plans if one is not None], lambda: nfnl_add.verified(version)
+    )
     debug("nf_tables batch: %s (%s)", result.outcome.value, result.why)
     if result.outcome is nfnl_add.Outcome.UNAVAILABLE:
         return None

@@ -6,10 +6,9 @@ nf_tables dump of that chain (iptables/access/nfnl.py): two rules per container,
 of add's growth with the table. While Python imports add (one core busy for some 40 ms)
 the machine's other core is idle: for an `add` run as the program, entry.py asks how
 many chains the nat table holds (one round trip) and, from FORK_FROM_CHAINS on, forks
-a child that dumps there while the parent imports, and that also runs `iptables
---version` for nfnl_add's gate first. A child, not a thread: the parsing of 10,000
-rules would otherwise hold the GIL the imports need. On smaller nodes the fork costs
-more than it saves, and add dumps in a thread under its lock as before.
+a child that dumps there while the parent imports. A child, not a thread: the parsing
+of 10,000 rules would otherwise hold the GIL the imports need. On smaller nodes the
+fork costs more than it saves, and add dumps in a thread under its lock as before.
 
 Nothing here is trusted: the command line is read leniently (before add checks it),
 and add keeps the dump only when it matches what add then checked and did
@@ -34,25 +33,21 @@ if TYPE_CHECKING:
     from portmapctl.iptables.access.nfnl import Dumped
 
 _BATCH_ENV = "PORTMAPCTL_NFT_BATCH"  # restore.NFT_BATCH_ENV (not imported: see above)
-_VERIFIED, _NOT_VERIFIED = b"1\n", b"0\n"  # the child's first line
 # The child is forked for a nat table of this many chains (about one per container) or
 # more. Measured (docs/performance.md, add): at 5,000 containers it takes 20 ms off an
 # add of 125 ms; at 1,000 the fork and its copied pages cost more than the dump they
 # move off the GIL (+3 ms), at 100 about 5 ms. Below, add dumps in a thread as before.
 FORK_FROM_CHAINS = 2000
-# How long add waits for each part of the child's answer (its `iptables --version` is
-# bounded at 10 s itself): then it does without, as on a small node.
+# How long add waits for the child's answer: then it does without, as on a small node.
 WAIT_SECONDS = 15.0
 
 
 class EarlyClaims:
     """The dump, running in a child process of its own: forked before add imports
     anything much, so that neither the kernel's work nor the parsing of its answer
-    competes with add's own Python for the GIL (as a thread would). The child first
-    runs `iptables --version` for nfnl_add's gate and says what it found, then dumps:
-    the write waits for that first line only, never for the dump, and need not run
-    that process itself. Every read of the child's answer is bounded (WAIT_SECONDS):
-    add holds its lock meanwhile. close() ends a child nobody read."""
+    competes with add's own Python for the GIL (as a thread would). Reading its answer
+    is bounded (WAIT_SECONDS: add holds its lock meanwhile); close() ends a child
+    nobody read."""
 
     def __init__(self, args: List[str], smallest: int = 0) -> None:
         """Fork the child for the add command line `args`, if its nat table holds at
@@ -60,11 +55,7 @@ class EarlyClaims:
         self.ports: FrozenSet[int] = frozenset()
         self.netns: Optional[str] = None
         self._box: Optional[Dict[int, Dumped]] = None
-        self._verdict: Optional[bytes] = None  # the child's first line, once read
-        # One pipe, read first for the verdict (by the write), then for the dump (by
-        # the warning): each part under its own lock, the verdict's never held long.
-        self._verdict_read = threading.Lock()
-        self._body_read = threading.Lock()
+        self._reading = threading.Lock()
         self._pid = 0
         self._pipe = -1
         read = _read_line(args)
@@ -87,23 +78,12 @@ class EarlyClaims:
         os.close(writing)
         self._pid, self._pipe = pid, reading
 
-    def iptables_verified(self) -> Optional[bool]:
-        """Whether the child found the iptables whose bytes nfnl_rules writes (None:
-        it could not tell in time, or no child runs)."""
-        with self._verdict_read:
-            if self._verdict is None:
-                self._verdict = self._read(len(_VERIFIED)) if self._pid else b""
-        if self._verdict in (_VERIFIED, _NOT_VERIFIED):
-            return self._verdict == _VERIFIED
-        return None
-
     def dumped(self, netns: Optional[str], ports: FrozenSet[int]) -> Dict[int, Dumped]:
         """Each family's dump, once it is over, if it was taken in `netns` for at least
         `ports` (else none)."""
-        verified = self.iptables_verified()  # (the pipe's first line comes first)
-        with self._body_read:
+        with self._reading:
             if self._box is None:
-                self._box = self._collect() if verified is not None else {}
+                self._box = self._collect() if self._pid else {}
                 self.close()
         if netns != self.netns or not ports <= self.ports:
             return {}
@@ -128,7 +108,7 @@ class EarlyClaims:
         from portmapctl.iptables.access.nfnl import Dumped, KeptRule
 
         try:
-            answer = marshal.loads(self._read(None))
+            answer = marshal.loads(self._read_all())
             return {
                 family: Dumped([KeptRule(i, t) for i, t in kept], started, ended)
                 for family, (kept, started, ended) in answer.items()
@@ -136,22 +116,20 @@ class EarlyClaims:
         except (EOFError, ValueError, TypeError):
             return {}  # the child failed or did not finish in time: add dumps again
 
-    def _read(self, size: Optional[int]) -> bytes:
-        """`size` bytes of the pipe (None: all of it, to its end), or less when it
-        ends or WAIT_SECONDS pass first."""
+    def _read_all(self) -> bytes:
+        """The pipe to its end, or what came before WAIT_SECONDS passed."""
         import select
 
         deadline = time.monotonic() + WAIT_SECONDS
-        got = b""
-        while size is None or len(got) < size:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._pipe], [], [], left)[0]:
+        chunks = []
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([self._pipe], [], [], left)[0]:
                 break
-            chunk = os.read(self._pipe, 1 << 16 if size is None else size - len(got))
+            chunk = os.read(self._pipe, 1 << 16)
             if not chunk:
                 break
-            got += chunk
-        return got
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def _detach_stdio() -> None:
@@ -167,19 +145,12 @@ def _detach_stdio() -> None:
 def _answer(
     pipe: int, netns: Optional[str], families: Tuple[int, ...], ports: FrozenSet[int]
 ) -> None:
-    """In the child: whether iptables is the pinned one (a line), then each family's
-    dump, as marshal data, on `pipe`."""
+    """In the child: each family's dump, as marshal data on `pipe`."""
     import marshal
 
-    from portmapctl.iptables.access import nfnl_add
     from portmapctl.iptables.access.nfnl import dump_for_ports
     from portmapctl.iptables.chains import TOPLEVEL_DNAT
 
-    try:
-        verified = nfnl_add.verified(nfnl_add.iptables_version())
-    except OSError:
-        verified = False
-    _write(pipe, _VERIFIED if verified else _NOT_VERIFIED)
     answer = {}
     with _namespace(netns):
         for family in families:
@@ -187,10 +158,7 @@ def _answer(
             if found is not None:
                 kept = [(rule.index, rule.target) for rule in found.kept]
                 answer[family] = (kept, found.started, found.ended)
-    _write(pipe, marshal.dumps(answer))
-
-
-def _write(pipe: int, data: bytes) -> None:
+    data = marshal.dumps(answer)
     while data:
         data = data[os.write(pipe, data) :]
 

@@ -91,15 +91,17 @@ def test_the_generation_after_the_last_is_one():
     assert Dumped([], top, 1).taken_at(top, (top, 1))
 
 
-def _fed(data: bytes) -> add_early.EarlyClaims:
+def _fed(data: bytes, *, ends: bool = True) -> add_early.EarlyClaims:
     """An EarlyClaims reading `data` as its child's answer (no child forked: a pipe
-    written here, and a child that has already been waited for stands in)."""
+    written here; the stand-in child exits at once). `ends`: the pipe is closed after
+    `data` (else it stays open, as a child still at work leaves it)."""
     import os
 
     early = add_early.EarlyClaims(["add", "-p", "no-port"])
     reading, writing = os.pipe()
     os.write(writing, data)
-    os.close(writing)
+    if ends:
+        os.close(writing)
     pid = os.fork()
     if pid == 0:
         os._exit(0)
@@ -108,67 +110,34 @@ def _fed(data: bytes) -> add_early.EarlyClaims:
     return early
 
 
-def test_the_childs_answer_is_its_verdict_then_its_dumps():
+def test_the_childs_answer_is_each_familys_dump():
     import marshal
 
-    answer = marshal.dumps({4: ([(3, "CNI-DN-x"), (7, None)], 9, 10)})
-    early = _fed(b"1\n" + answer)
-    assert early.iptables_verified() is True
-    assert early.iptables_verified() is True  # read once
+    early = _fed(marshal.dumps({4: ([(3, "CNI-DN-x"), (7, None)], 9, 10)}))
     found = early.dumped(None, frozenset({80}))[4]
     assert found.kept == [(3, "CNI-DN-x"), (7, None)] and (found.started, found.ended) == (9, 10)
-    assert _fed(b"0\n" + answer).iptables_verified() is False
+    assert early._pid == 0 and early._pipe == -1  # waited for, closed
+    assert early.dumped(None, frozenset({80}))[4] == found  # read once
 
 
 def test_a_child_that_said_nothing_or_garbage_gives_nothing():
-    early = _fed(b"")
-    assert early.iptables_verified() is None and early.dumped(None, frozenset({80})) == {}
-    early = _fed(b"1\nnot marshal data")
-    assert early.iptables_verified() is True and early.dumped(None, frozenset({80})) == {}
-
-
-def test_the_verdict_never_waits_for_the_dump(monkeypatch):
-    """The write (holding the portmapctl lock) asks for the verdict while the warning's
-    thread reads the dump, still under way: it gets the verdict at once."""
-    import os
-    import threading
-    import time
-
-    monkeypatch.setattr(add_early, "WAIT_SECONDS", 3.0)
-    early = add_early.EarlyClaims(["add", "-p", "no-port"])
-    reading, writing = os.pipe()
-    os.write(writing, b"1\n")  # the verdict; the dump still to come
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    early._pid, early._pipe = pid, reading
-    assert early.iptables_verified() is True
-    reader = threading.Thread(target=early.dumped, args=(None, frozenset()))
-    reader.start()
-    time.sleep(0.2)  # it holds the dump's lock, waiting on the pipe
-    started = time.monotonic()
-    assert early.iptables_verified() is True
-    assert time.monotonic() - started < 0.1
-    os.close(writing)  # the child's end: the dump is over (empty: nothing kept)
-    reader.join()
-    assert early.dumped(None, frozenset()) == {}
+    assert _fed(b"").dumped(None, frozenset({80})) == {}
+    assert _fed(b"not marshal data").dumped(None, frozenset({80})) == {}
 
 
 def test_a_silent_child_is_given_up_on_in_time(monkeypatch):
-    import os
     import time
 
     monkeypatch.setattr(add_early, "WAIT_SECONDS", 0.3)
-    early = add_early.EarlyClaims(["add", "-p", "no-port"])
-    reading, writing = os.pipe()  # nothing ever written, never closed
-    pid = os.fork()
-    if pid == 0:
-        time.sleep(30)
-        os._exit(0)
-    early._pid, early._pipe = pid, reading
+    early = _fed(b"", ends=False)  # nothing written, the pipe left open
     started = time.monotonic()
-    assert early.iptables_verified() is None
-    assert early.dumped(None, frozenset()) == {}  # and the child is ended, waited for
+    assert early.dumped(None, frozenset({80})) == {}
     assert time.monotonic() - started < 2
-    assert early._pid == 0
-    os.close(writing)
+    assert early._pid == 0  # and the child is ended, waited for
+
+
+def test_an_unread_child_is_ended_by_close():
+    early = _fed(b"", ends=False)
+    early.close()
+    early.close()  # twice: nothing left to do
+    assert early._pid == 0 and early._pipe == -1

@@ -28,7 +28,7 @@ assumption, checked here rather than inside a restore):
 
 Right before the batch goes: `pinned()` says whether this iptables is one whose bytes
 tests/kernel/test_nfnl_add.py pins (nfnl_rules.VERIFIED_IPTABLES; `iptables --version`
-ran meanwhile, or in add_early's child), and an empty batch at a wrong generation
+ran meanwhile), and an empty batch at a wrong generation
 checks that the kernel refuses one, as gc's batch does (a kernel that ignored the
 generation would apply a stale plan). Either not so: UNAVAILABLE, nothing sent.
 """
