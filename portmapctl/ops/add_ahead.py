@@ -159,14 +159,18 @@ def write_new(
     except OSError as err:
         debug("iptables --version: %s", err)
         return None
-    plans = [nfnl_add.plan(family, chains) for family, chains in wanted.items()]
-    if any(one is None for one in plans):
-        nfnl_add.verified(version)  # (waited for)
-        debug("a rule nfnl_rules does not write: iptables-restore writes the container")
-        return None
-    result = nfnl_add.apply_new(
-        [one for one in plans if one is not None], lambda: nfnl_add.verified(version)
-    )
+    try:
+        plans = [nfnl_add.plan(family, chains) for family, chains in wanted.items()]
+        if any(one is None for one in plans):
+            debug("a rule nfnl_rules does not write: iptables-restore writes the container")
+            return None
+        result = nfnl_add.apply_new(
+            [one for one in plans if one is not None], lambda: nfnl_add.verified(version)
+        )
+    finally:
+        if version.poll() is None:  # (not asked: the batch never got that far)
+            version.kill()
+            version.wait()
     debug("nf_tables batch: %s (%s)", result.outcome.value, result.why)
     if result.outcome is nfnl_add.Outcome.UNAVAILABLE:
         return None

@@ -55,7 +55,8 @@ class EarlyClaims:
         self.ports: FrozenSet[int] = frozenset()
         self.netns: Optional[str] = None
         self._box: Optional[Dict[int, Dumped]] = None
-        self._reading = threading.Lock()
+        self._reading = threading.Lock()  # the one reader of the pipe
+        self._state = threading.Lock()  # _pid and _pipe, read or changed
         self._pid = 0
         self._pipe = -1
         read = _read_line(args)
@@ -83,24 +84,44 @@ class EarlyClaims:
         `ports` (else none)."""
         with self._reading:
             if self._box is None:
-                self._box = self._collect() if self._pid else {}
-                self.close()
+                self._box = self._collect() if self._pipe >= 0 else {}
+                self._release()
         if netns != self.netns or not ports <= self.ports:
             return {}
         return self._box
 
     def close(self) -> None:
-        """The child ended (killed if still at work) and waited for, the pipe closed."""
-        if self._pipe >= 0:
-            os.close(self._pipe)
-            self._pipe = -1
-        if self._pid:
+        """End the child (killed if still at work): entry.py's, from the main thread,
+        whether or not add read it. A reader at work meanwhile then meets the pipe's
+        end at once, and closes and waits itself; else it is done here."""
+        with self._state:
+            if self._pid:  # (not waited for yet: the number is still our child's)
+                try:
+                    os.kill(self._pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self._reading.acquire(blocking=False):
             try:
-                os.kill(self._pid, signal.SIGKILL)
+                self._release()
+            finally:
+                self._reading.release()
+
+    def _release(self) -> None:
+        """The pipe closed and the child waited for, once (under `_reading`)."""
+        with self._state:
+            pid, pipe = self._pid, self._pipe
+            self._pid, self._pipe = 0, -1
+        if pipe >= 0:
+            os.close(pipe)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)  # (over, usually: then nothing happens)
             except ProcessLookupError:
-                pass  # over already (it is waited for below all the same)
-            os.waitpid(self._pid, 0)
-            self._pid = 0
+                pass
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
     def _collect(self) -> Dict[int, Dumped]:
         import marshal

@@ -350,3 +350,19 @@ def test_on_a_big_node_the_dump_forked_as_add_starts_is_the_warnings(host_ns, tm
         assert [line for line in again.stderr.splitlines() if "warning:" in line] == warnings
     finally:
         rp.delete_netns(small)
+
+
+def test_settling_the_generation_changes_nothing(host_ns):
+    """nfgen.settled_at sends an empty batch carrying the generation: on this kernel it
+    commits nothing (the generation stays, add's and gc's reads rely on it) and a
+    stale number is told apart."""
+    rp.require(rp.mode_available("nft"))
+    _node(host_ns)
+    with entered(host_ns), nfgen.open_socket() as sock:
+        now = nfgen.ask(sock, 1)
+        for i in range(20):
+            assert nfgen.settled_at(sock, now, 10 + 4 * i)
+        assert nfgen.ask(sock, 200) == now
+        assert not nfgen.settled_at(sock, nfgen.following(now), 300)
+        assert nfgen.generation() == now == nfgen.generation(settled=False)
+

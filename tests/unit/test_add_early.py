@@ -141,3 +141,41 @@ def test_an_unread_child_is_ended_by_close():
     early.close()
     early.close()  # twice: nothing left to do
     assert early._pid == 0 and early._pipe == -1
+
+
+def test_close_from_another_thread_while_the_dump_is_read_ends_it_cleanly():
+    """entry.py closes from the main thread while add's warning thread may still be
+    reading the dump: the child is killed, the reader meets the pipe's end and closes
+    and waits itself; neither raises, nothing is closed or waited for twice."""
+    import os
+    import threading
+    import time
+
+    early = add_early.EarlyClaims(["add", "-p", "no-port"])
+    reading, writing = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a child at work: it holds the pipe's other end
+        os.close(reading)
+        time.sleep(30)
+        os._exit(0)
+    os.close(writing)
+    early._pid, early._pipe = pid, reading
+    early.ports = frozenset({80})
+    failures = []
+
+    def read() -> None:
+        try:
+            assert early.dumped(None, frozenset({80})) == {}
+        except BaseException as err:  # noqa: BLE001 - reported below
+            failures.append(err)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    early.close()
+    reader.join(5)
+    assert not reader.is_alive() and not failures, failures
+    assert time.monotonic() - started < 2
+    assert early._pid == 0 and early._pipe == -1
+    early.close()  # again: nothing left

@@ -60,14 +60,17 @@ def following(generation: int) -> int:
     return (generation + 1) & 0xFFFFFFFF or 1
 
 
-def generation() -> Optional[int]:
-    """The current network namespace's ruleset generation, with no commit under way
-    (settled_at); None when it cannot be asked (no nf_tables, not allowed) or a commit
-    kept it moving."""
+def generation(settled: bool = True) -> Optional[int]:
+    """The current network namespace's ruleset generation; `settled`: with no commit
+    under way (settled_at), asked again up to three times when one was. None when it
+    cannot be asked (no nf_tables, not allowed) or commits kept it moving."""
     try:
         with open_socket() as sock:
-            found = ask(sock, 1)
-            return found if settled_at(sock, found, 2) else None
+            for attempt in range(3):
+                found = ask(sock, 1 + 4 * attempt)
+                if not settled or settled_at(sock, found, 2 + 4 * attempt):
+                    return found
+            return None
     except OSError:
         return None
 
@@ -79,7 +82,9 @@ def settled_at(sock: socket.socket, generation: int, seq: int) -> bool:
     what a dump would show; the kernel answers an (empty) batch carrying a generation
     only under its commit mutex, once any commit under way is over. False: it moved.
     (An empty batch commits nothing; a kernel that ignores the number answers yes, and
-    whether it does is nfmsg.kernel_checks_generation's question.)"""
+    whether it does is nfmsg.kernel_checks_generation's question. That an empty batch
+    moves nothing, nor sends a notification, is the kernel's early return for an empty
+    commit; tests/kernel/test_nfnl_add.py pins it on the kernel tested.)"""
     sock.send(batch([], generation, seq, seq + 1))
     _now, errors = replies_until(sock, seq + 2)
     if any(number == seq and code == -errno.ERESTART for number, code in errors):

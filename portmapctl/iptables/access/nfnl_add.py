@@ -115,6 +115,8 @@ def verified(version: subprocess.Popen[str]) -> bool:
     (False too when it does not answer within 10 s)."""
     try:
         out, _ = version.communicate(timeout=10)
+    except ValueError:  # (not text)
+        return False
     except subprocess.TimeoutExpired:
         try:
             os.killpg(version.pid, signal.SIGKILL)

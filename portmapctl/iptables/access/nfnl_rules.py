@@ -369,7 +369,8 @@ def _multiport(text: str) -> bytes:
 
 
 def _value_mask(text: str) -> Tuple[int, int]:
-    """`VALUE[/MASK]` of a mark, each as iptables-save prints it (0x... or decimal)."""
+    """`VALUE[/MASK]` of a mark, each in hex (0x...) or decimal: as iptables reads them,
+    but for octal (a leading 0), which Python would not read the same way."""
     value, slash, mask = text.partition("/")
     return _u32_number(value), _u32_number(mask) if slash else 0xFFFFFFFF
 
@@ -392,6 +393,8 @@ def _dnat(text: str, family: int) -> bytes:
         host, port = text[1:].split("]:", 1)
     else:
         host, _, port = text.rpartition(":")
+    if "%" in host:
+        raise _Unknown("an address with a zone")
     address = ipaddress.ip_address(host)
     if address.version != family:
         raise _Unknown("an address of another family")

@@ -189,20 +189,21 @@ class RestoreBackend:
             tables[family] = table if read_at is None else replace(table, generation=read_at)
         return tables
 
-    def _generation(self) -> Optional[int]:
+    def _generation(self, settled: bool = True) -> Optional[int]:
         """nf_tables' ruleset generation now (nft flavour; None otherwise, or when it
-        cannot be read)."""
+        cannot be read); `settled`: once no commit is under way (nfgen.generation)."""
         if self.flavour != "nft":
             return None
         from portmapctl.iptables.access import nfgen
 
-        return nfgen.generation()
+        return nfgen.generation(settled)
 
     def _read_at(self, before: Optional[int]) -> Optional[int]:
         """The generation a save that began at `before` and has just ended read its
         table at, when nothing committed meanwhile (the generation has not moved);
-        None when that cannot be told."""
-        if before is None or self._generation() != before:
+        None when that cannot be told. (Not settled: a commit still under way now
+        is not in the save, and moves the number before it shows.)"""
+        if before is None or self._generation(settled=False) != before:
             return None
         return before
 
