@@ -146,13 +146,11 @@ def write_new(
     it cannot go that way (an iptables whose bytes are not pinned, a rule of a shape
     nfnl_rules does not write, PORTMAPCTL_NFT_BATCH=0): write_blind then. The
     generations of the commit are put in `committed`."""
-    import os
 
-    from portmapctl.iptables.access import nfnl_add
-    from portmapctl.iptables.access.restore import NFT_BATCH_ENV
+    from portmapctl.iptables.access import nfgen, nfnl_add
     from portmapctl.iptables.planner import plan_blind
 
-    if os.environ.get(NFT_BATCH_ENV, "").strip() == "0" or not wanted:
+    if not nfgen.batches_on() or not wanted:
         return None
     try:
         version = nfnl_add.iptables_version()  # read when the batch is ready to go

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, ContextManager, Dict, FrozenSet, List, Optiona
 if TYPE_CHECKING:
     from portmapctl.iptables.access.nfnl import Dumped
 
-_BATCH_ENV = "PORTMAPCTL_NFT_BATCH"  # restore.NFT_BATCH_ENV (not imported: see above)
 # The child is forked for a nat table of this many chains (about one per container) or
 # more. Measured (docs/performance.md, add): at 5,000 containers it takes 20 ms off an
 # add of 125 ms; at 1,000 the fork and its copied pages cost more than the dump they
@@ -187,7 +186,9 @@ def _answer(
 def start(args: List[str]) -> Optional[EarlyClaims]:
     """The dump for `portmapctl ARGS` (an add run as the program), started; None where
     it cannot serve, or where forking is unsafe (another thread runs)."""
-    if os.environ.get(_BATCH_ENV, "").strip() == "0" or "--dry-run" in args:
+    from portmapctl.iptables.access import nfgen
+
+    if not nfgen.batches_on() or "--dry-run" in args:
         return None
     if threading.active_count() != 1:
         return None
@@ -195,16 +196,6 @@ def start(args: List[str]) -> Optional[EarlyClaims]:
         return EarlyClaims(args, FORK_FROM_CHAINS)
     except Exception:  # noqa: BLE001 - only a head start: add does it all itself without
         return None
-
-
-# Options of add whose value is the next word (or after "="), as cli/add_fast.py knows
-# them; the others are flags.
-_VALUED = {
-    "--network", "--container", "--ip", "--publish", "-p", "--mark-bit",
-    "--external-setmark-chain", "--conditions-v4", "--conditions-v6", "--cni-config",
-    "--ifname", "--backend", "--iptables", "--family", "--netns", "--cni-cache-dir",
-    "--output", "-o",
-}  # fmt: skip
 
 
 def _chains(netns: Optional[str], family: int) -> int:
@@ -226,25 +217,28 @@ def _namespace(netns: Optional[str]) -> ContextManager[object]:
 def _read_line(args: List[str]) -> Optional[Tuple[FrozenSet[int], Optional[str], Tuple[int, ...]]]:
     """(host ports, --netns, families) of an add command line, read leniently; None for
     a line this dump cannot serve (ports from --cni-config, nftables, dry run)."""
-    values: Dict[str, List[str]] = {}
+    from portmapctl.cli.add_fast import OPTIONS  # (add's options, by name and kind)
+
+    values: Dict[str, List[str]] = {}  # by parameter
     words = iter(args[1:])
     for word in words:
         name, equals, attached = word.partition("=")
-        if name in _VALUED:
+        parameter, kind = OPTIONS.get(name, (None, "flag"))
+        if parameter is not None and kind != "flag":
             value = attached if equals else next(words, None)
             if value is None:
                 return None
-            values.setdefault(name.replace("--publish", "-p"), []).append(value)
-    if "--cni-config" in values or values.get("--backend", ["auto"])[-1] == "nftables":
+            values.setdefault(parameter, []).append(value)
+    if "cni_config" in values or values.get("backend", ["auto"])[-1] == "nftables":
         return None
-    ports = _host_ports(values.get("-p", []))
+    ports = _host_ports(values.get("publish", []))
     if not ports:
         return None
-    family = values.get("--family", ["all"])[-1].lstrip("v")
+    family = values.get("family", ["all"])[-1].lstrip("v")
     if family not in ("all", "4", "6"):
         return None  # add says what is wrong with it
     families = (4, 6) if family == "all" else (int(family),)
-    return ports, values.get("--netns", [None])[-1], families
+    return ports, values.get("netns", [None])[-1], families
 
 
 def _host_ports(specs: List[str]) -> FrozenSet[int]:

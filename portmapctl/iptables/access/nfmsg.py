@@ -12,11 +12,11 @@ import errno
 import os
 import socket
 import struct
+from enum import Enum
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from portmapctl.host import netlink as nl
 from portmapctl.iptables.access import nfgen
-from portmapctl.iptables.access.nfnl import _target
 
 NFPROTO = {4: 2, 6: 10}  # NFPROTO_IPV4, NFPROTO_IPV6
 GETTABLE, GETCHAIN, NEWCHAIN, DELCHAIN, NEWRULE, GETRULE, DELRULE = 1, 4, 3, 5, 6, 7, 8
@@ -25,8 +25,22 @@ RULE_TABLE, RULE_CHAIN, RULE_HANDLE, RULE_EXPRESSIONS, RULE_USERDATA = 1, 2, 3, 
 CHAIN_NAME = 3  # (NFTA_CHAIN_TABLE is 1, as NFTA_RULE_TABLE)
 TABLE_NAME, TABLE_USE = 1, 3
 _NLM_F_DUMP_INTR = 0x10
+_LIST_ELEM, _EXPR_NAME, _EXPR_DATA = 1, 1, 2
+_IMMEDIATE_DATA, _DATA_VERDICT, _VERDICT_CODE, _VERDICT_CHAIN = 2, 2, 1, 2
+_NFT_JUMPS = (-3, -4)  # NFT_JUMP, NFT_GOTO
+_BE32_SIGNED = struct.Struct("!i")
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
 _BE32, _BE64 = struct.Struct("!I"), struct.Struct("!Q")
+
+
+class Outcome(str, Enum):
+    """What came of one of our batches (gc's removal, add's write)."""
+
+    APPLIED = "applied"
+    CHANGED = "changed"  # gc: the ruleset moved since the read, nothing changed
+    REFUSED = "refused"  # add: the node is not as the plan assumes, read it and plan
+    UNAVAILABLE = "unavailable"  # not this way, nothing changed: iptables-restore can
+    UNKNOWN = "unknown"  # gc: sent, no answer could be read: it may have gone in, whole
 
 
 class Changed(Exception):
@@ -52,7 +66,7 @@ class DumpedRule(NamedTuple):
 
     def target(self) -> Optional[str]:
         """The chain it jumps or goes to, when it does."""
-        return _target(self.buf, self.start, self.end)
+        return jump_target(self.buf, self.start, self.end)
 
     def expressions(self) -> Optional[Tuple[int, int]]:
         """Where its NFTA_RULE_EXPRESSIONS payload is."""
@@ -77,18 +91,18 @@ def where(table: str, chain: str, chain_attribute: int = RULE_CHAIN) -> bytes:
     )
 
 
+def dump_request(family: int, table: str, chain: str, seq: int) -> bytes:
+    """NFT_MSG_GETRULE as a dump of one chain: the kernel sends that chain's rules only."""
+    return nfgen.message(
+        nfgen.nftables(GETRULE), nl.NLM_F_REQUEST | nl.NLM_F_DUMP, NFPROTO[family], seq,
+        where(table, chain),
+    )  # fmt: skip
+
+
 def dump_chain(sock: socket.socket, family: int, table: str, chain: str) -> List[DumpedRule]:
     """Every rule of one chain, in order (Changed: a commit tore the dump; OSError
     ENOENT: no such chain)."""
-    sock.send(
-        nfgen.message(
-            nfgen.nftables(GETRULE),
-            nl.NLM_F_REQUEST | nl.NLM_F_DUMP,
-            NFPROTO[family],
-            2,
-            where(table, chain),
-        )
-    )
+    sock.send(dump_request(family, table, chain, 2))
     rules: List[DumpedRule] = []
     torn = False
     header = nl.HEADER.size
@@ -157,6 +171,46 @@ def table_chains(sock: socket.socket, family: int, table: str) -> int:
     if found is None or found[1] - found[0] != 4:
         raise OSError(errno.EBADMSG, "a table without its number of chains")
     return _BE32.unpack_from(buf, found[0])[0]
+
+
+def jump_target(buf: bytes, start: int, end: int) -> Optional[str]:
+    """The chain the rule jumps or goes to: its last expression, `immediate` with a
+    jump or goto verdict. None when it has none or cannot be read."""
+    rule = nl.attrs(buf, start + nl.HEADER.size + nl.NFGENMSG.size, end)
+    span = rule.get(RULE_EXPRESSIONS)
+    if span is None:
+        return None
+    last = None
+    at, stop = span
+    while at + 4 <= stop:
+        size, kind = struct.unpack_from("=HH", buf, at)
+        if size < 4:
+            return None
+        if kind & 0x3FFF == _LIST_ELEM:
+            last = (at + 4, at + size)
+        at += (size + 3) & ~3
+    if last is None:
+        return None
+    expression = nl.attrs(buf, *last)
+    name, data = expression.get(_EXPR_NAME), expression.get(_EXPR_DATA)
+    if name is None or data is None or buf[name[0] : name[1]].rstrip(b"\x00") != b"immediate":
+        return None
+    verdict_data = nl.attrs(buf, *data).get(_IMMEDIATE_DATA)
+    if verdict_data is None:
+        return None
+    verdict_span = nl.attrs(buf, *verdict_data).get(_DATA_VERDICT)
+    if verdict_span is None:
+        return None
+    verdict = nl.attrs(buf, *verdict_span)
+    code, chain = verdict.get(_VERDICT_CODE), verdict.get(_VERDICT_CHAIN)
+    if code is None or chain is None or code[1] - code[0] != 4:
+        return None
+    if _BE32_SIGNED.unpack_from(buf, code[0])[0] not in _NFT_JUMPS:
+        return None
+    try:
+        return buf[chain[0] : chain[1]].rstrip(b"\x00").decode("ascii")
+    except UnicodeDecodeError:
+        return None
 
 
 def whole(buf: bytes, span: Tuple[int, int]) -> bytes:

@@ -41,24 +41,8 @@ from typing import (
 )
 
 from portmapctl.host import netlink as nl
-from portmapctl.iptables.access import nfgen
+from portmapctl.iptables.access import nfgen, nfmsg
 
-_NFNL_SUBSYS_NFTABLES = 10
-_NFT_MSG_GETRULE = 7
-_NFT_MSG_NEWRULE = 6  # the type of each rule in a dump
-_NFPROTO = {4: 2, 6: 10}  # NFPROTO_IPV4, NFPROTO_IPV6
-_NFTA_RULE_TABLE = 1
-_NFTA_RULE_CHAIN = 2
-_NFTA_RULE_EXPRESSIONS = 4
-_NFTA_LIST_ELEM = 1
-_NFTA_EXPR_NAME = 1
-_NFTA_EXPR_DATA = 2
-_NFTA_IMMEDIATE_DATA = 2
-_NFTA_DATA_VERDICT = 2
-_NFTA_VERDICT_CODE = 1
-_NFTA_VERDICT_CHAIN = 2
-_NFT_JUMPS = (-3, -4)  # NFT_JUMP, NFT_GOTO
-_BE32_SIGNED = struct.Struct("!i")
 _RECV_SIZE = 1 << 16
 _UNSETTLED = -1  # a dump's start when no generation can be vouched for (none is < 1)
 _TRIES = 3
@@ -85,7 +69,7 @@ _PFLAGS_AT = 1 + 2 * _MAX_PORTS  # from the count
 _NO_RANGES = bytes(_MAX_PORTS + 1)
 _PORTS = [struct.Struct(f"={count}H") for count in range(_MAX_PORTS + 1)]
 _HEAD = struct.Struct("=IH")  # nlmsghdr: length, type
-_RULE_MESSAGE = (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_NEWRULE
+_RULE_MESSAGE = nfgen.nftables(nfmsg.NEWRULE)
 
 
 class KeptRule(NamedTuple):
@@ -181,17 +165,7 @@ def _dump(
     sock: socket.socket, family: int, table: str, chain: str, wanted: FrozenSet[int]
 ) -> List[KeptRule]:
     """One dump. (Whether a commit tore it: the generations around it say.)"""
-    body = (
-        nl.NFGENMSG.pack(_NFPROTO[family], 0, 0)
-        + nl.nla(_NFTA_RULE_TABLE, table.encode() + b"\x00")
-        + nl.nla(_NFTA_RULE_CHAIN, chain.encode() + b"\x00")
-    )
-    kind = (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_GETRULE
-    sock.sendto(
-        nl.HEADER.pack(nl.HEADER.size + len(body), kind, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, 1, 0)
-        + body,
-        (0, 0),
-    )
+    sock.sendto(nfmsg.dump_request(family, table, chain, 1), (0, 0))
     kept: List[KeptRule] = []
     index = 0
     header = nl.HEADER.size
@@ -222,7 +196,7 @@ def _dump(
             # Passed by: one multiport match, --dports, 1 to 15 single ports (no
             # ranges: pflags all zero), not negated, none of them wanted.
             if at < 0 or buf.count(_MULTIPORT, offset, end) != 1:
-                kept.append(KeptRule(index, _target(buf, offset, end)))
+                kept.append(KeptRule(index, nfmsg.jump_target(buf, offset, end)))
             else:
                 info = at + _COUNT_AT
                 count = buf[info]
@@ -231,49 +205,9 @@ def _dump(
                     or not buf.startswith(_NO_RANGES, info + _PFLAGS_AT)
                     or not wanted.isdisjoint(_PORTS[count].unpack_from(buf, info + 1))
                 ):
-                    kept.append(KeptRule(index, _target(buf, offset, end)))
+                    kept.append(KeptRule(index, nfmsg.jump_target(buf, offset, end)))
             index += 1
             offset = (end + 3) & ~3
-
-
-def _target(buf: bytes, start: int, end: int) -> Optional[str]:
-    """The chain the rule jumps or goes to: its last expression, `immediate` with a
-    jump or goto verdict. None when it has none or cannot be read."""
-    rule = nl.attrs(buf, start + nl.HEADER.size + nl.NFGENMSG.size, end)
-    span = rule.get(_NFTA_RULE_EXPRESSIONS)
-    if span is None:
-        return None
-    last = None
-    at, stop = span
-    while at + 4 <= stop:
-        size, kind = struct.unpack_from("=HH", buf, at)
-        if size < 4:
-            return None
-        if kind & 0x3FFF == _NFTA_LIST_ELEM:
-            last = (at + 4, at + size)
-        at += (size + 3) & ~3
-    if last is None:
-        return None
-    expression = nl.attrs(buf, *last)
-    name, data = expression.get(_NFTA_EXPR_NAME), expression.get(_NFTA_EXPR_DATA)
-    if name is None or data is None or buf[name[0] : name[1]].rstrip(b"\x00") != b"immediate":
-        return None
-    verdict_data = nl.attrs(buf, *data).get(_NFTA_IMMEDIATE_DATA)
-    if verdict_data is None:
-        return None
-    verdict_span = nl.attrs(buf, *verdict_data).get(_NFTA_DATA_VERDICT)
-    if verdict_span is None:
-        return None
-    verdict = nl.attrs(buf, *verdict_span)
-    code, chain = verdict.get(_NFTA_VERDICT_CODE), verdict.get(_NFTA_VERDICT_CHAIN)
-    if code is None or chain is None or code[1] - code[0] != 4:
-        return None
-    if _BE32_SIGNED.unpack_from(buf, code[0])[0] not in _NFT_JUMPS:
-        return None
-    try:
-        return buf[chain[0] : chain[1]].rstrip(b"\x00").decode("ascii")
-    except UnicodeDecodeError:
-        return None
 
 
 Claims = Dict[int, Optional[List[KeptRule]]]

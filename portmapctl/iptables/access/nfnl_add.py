@@ -42,12 +42,12 @@ import shutil
 import signal
 import socket
 import subprocess
-from enum import Enum
 from typing import (
     TYPE_CHECKING,
     Callable,
     Dict,
     FrozenSet,
+    Iterator,
     List,
     NamedTuple,
     Optional,
@@ -58,7 +58,7 @@ from typing import (
 
 from portmapctl.host import netlink as nl
 from portmapctl.iptables.access import nfgen, nfmsg, nfnl_rules
-from portmapctl.iptables.access.nfmsg import NFPROTO, Changed
+from portmapctl.iptables.access.nfmsg import NFPROTO, Changed, Outcome
 
 if TYPE_CHECKING:
     from portmapctl.iptables.chains import Chain
@@ -68,12 +68,6 @@ _TRIES = 3
 _NEW_CHAIN = nl.NLM_F_REQUEST | nfmsg.NLM_F_CREATE | nfmsg.NLM_F_EXCL
 _APPENDED = nl.NLM_F_REQUEST | nfmsg.NLM_F_CREATE | nfmsg.NLM_F_APPEND
 _TABLE = "nat"
-
-
-class Outcome(str, Enum):
-    APPLIED = "applied"
-    REFUSED = "refused"  # the node is not as the plan assumes: read the table, plan
-    UNAVAILABLE = "unavailable"  # not this way (nothing sent): iptables-restore can
 
 
 class Result(NamedTuple):
@@ -140,38 +134,37 @@ def plan(family: int, chains: Sequence[Chain]) -> Optional[_Plan]:
     new_chains: List[str] = []
     rules: List[Tuple[str, bytes]] = []
     relies_on: Dict[str, Set[bytes]] = {}
-
-    def encoded(args: Tuple[str, ...]) -> Optional[bytes]:
-        return nfnl_rules.expressions(args, family)
-
     for chain in chains:
-        if chain.shared:
-            for where, wanted in [(chain.name, chain.rules)] + [
-                (entry, chain.entry_rules) for entry in chain.entry_chains
-            ]:
-                for args in wanted:
-                    body = encoded(args)
-                    if body is None:
-                        return None
-                    relies_on.setdefault(where, set()).add(body)
-            continue
-        if chain.prepend_entry:
-            return None
-        new_chains.append(chain.name)
-        for where, wanted in [(chain.name, chain.rules)] + [
-            (entry, chain.entry_rules) for entry in chain.entry_chains
-        ]:
-            for args in wanted:
-                body, compat = encoded(args), nfnl_rules.compat(args)
-                if body is None or compat is None:
-                    return None
-                rules.append((where, body + compat))
+        if not chain.shared:
+            if chain.prepend_entry:
+                return None
+            new_chains.append(chain.name)
+        for where, args in _placed(chain):
+            body = nfnl_rules.expressions(args, family)
+            if body is None:
+                return None
+            if chain.shared:  # there already: checked, not written
+                relies_on.setdefault(where, set()).add(body)
+                continue
+            compat = nfnl_rules.compat(args)
+            if compat is None:
+                return None
+            rules.append((where, body + compat))
     return _Plan(
         family,
         tuple(new_chains),
         tuple(rules),
         {chain: frozenset(bodies) for chain, bodies in relies_on.items()},
     )
+
+
+def _placed(chain: Chain) -> Iterator[Tuple[str, Tuple[str, ...]]]:
+    """(the chain it is in, the rule) for the chain's rules, then its entry rules."""
+    for args in chain.rules:
+        yield chain.name, args
+    for entry in chain.entry_chains:
+        for args in chain.entry_rules:
+            yield entry, args
 
 
 def apply_new(plans: Sequence[_Plan], pinned: Callable[[], bool] = lambda: True) -> Result:

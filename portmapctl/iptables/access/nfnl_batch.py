@@ -39,12 +39,11 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass
-from enum import Enum
 from typing import FrozenSet, List, Optional, Sequence
 
 from portmapctl.host import netlink as nl
 from portmapctl.iptables.access import nfgen, nfmsg, nfnl_rules
-from portmapctl.iptables.access.nfmsg import NFPROTO, Changed, DumpedRule
+from portmapctl.iptables.access.nfmsg import NFPROTO, Changed, DumpedRule, Outcome
 from portmapctl.iptables.ruleset import Args, rule_target
 from portmapctl.iptables.transaction import Removal
 
@@ -63,13 +62,6 @@ _PLAIN_EXPRESSIONS = frozenset(
     {b"meta", b"cmp", b"payload", b"bitwise", b"counter", b"immediate", b"match"}
 )
 _PLAIN_MATCHES = frozenset({b"comment", b"multiport", b"tcp", b"udp"})
-
-
-class Outcome(str, Enum):
-    APPLIED = "applied"
-    CHANGED = "changed"  # the ruleset moved since the read: nothing changed
-    UNAVAILABLE = "unavailable"  # not this way, nothing changed: the restore text can
-    UNKNOWN = "unknown"  # sent, but no answer could be read: it may have gone in, whole
 
 
 @dataclass(frozen=True)

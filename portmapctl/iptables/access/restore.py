@@ -28,9 +28,6 @@ WAIT_ENV = "PORTMAPCTL_XTABLES_WAIT"
 # Seconds before a hung iptables tool is killed; PORTMAPCTL_IPTABLES_TIMEOUT overrides.
 TOOL_TIMEOUT_SECONDS = 120.0
 TIMEOUT_ENV = "PORTMAPCTL_IPTABLES_TIMEOUT"
-# "0": gc's removals on nf_tables go through iptables-restore too, as every other
-# change does (iptables/access/nfnl_batch.py says why they do not by default).
-NFT_BATCH_ENV = "PORTMAPCTL_NFT_BATCH"
 
 
 def lock_wait_seconds() -> int:
@@ -243,11 +240,13 @@ class RestoreBackend:
         removal = txn.removal
         if self.flavour != "nft" or removal is None or removal.generation is None:
             return False
-        if os.environ.get(NFT_BATCH_ENV, "").strip() == "0":
+        from portmapctl.iptables.access import nfgen
+
+        if not nfgen.batches_on():
             return False
         import logging
 
-        from portmapctl.iptables.access import nfgen, nfnl_batch
+        from portmapctl.iptables.access import nfnl_batch
 
         # Our own earlier batch moved the generation from the one both families were
         # read at: this family's table is still as read (the batch did not touch it).
