@@ -15,7 +15,6 @@ import signal
 import sys
 from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Tuple
 
-from portmapctl.cli._common import _isatty
 from portmapctl.errors import PortmapctlError
 
 
@@ -115,6 +114,8 @@ def _interrupted() -> None:
     prompt), and exit 130 as shells do."""
     # A second Ctrl-C while the line is written must not turn into a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from portmapctl.cli._common import _isatty
+
     fresh = "\n" if _isatty(sys.stderr) else ""
     sys.stderr.write(f"{fresh}portmapctl: aborted\n")  # the words of entry.py's line
     sys.exit(130)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
+from portmapctl.cli import add_options
 from portmapctl.cli._common import BackendChoice, FamilyChoice, IptablesChoice, OutputChoice
 
 if TYPE_CHECKING:
@@ -27,39 +28,11 @@ _ENUMS = {
     "output": OutputChoice,
 }
 _CHOICES = {name: tuple(member.value for member in enum) for name, enum in _ENUMS.items()}
-# Option name -> (parameter, kind). Kinds: "flag", "value", "many" (repeatable),
-# "int", or the choices of an Enum option. The same names as cli/add.py and
-# cli/_options.py declare for typer.
+# Option name -> (parameter, kind), cli/add_options.py's table with each Enum option's
+# choices put in.
 OPTIONS: Dict[str, tuple] = {
-    "--network": ("network", "value"),
-    "--container": ("container", "value"),
-    "--ip": ("ip", "many"),
-    "--publish": ("publish", "many"),
-    "-p": ("publish", "many"),
-    "--no-snat": ("no_snat", "flag"),
-    "--masq-all": ("masq_all", "flag"),
-    "--mark-bit": ("mark_bit", "int"),
-    "--external-setmark-chain": ("external_setmark_chain", "value"),
-    "--conditions-v4": ("conditions_v4", "value"),
-    "--conditions-v6": ("conditions_v6", "value"),
-    "--cni-config": ("cni_config", "value"),
-    "--ifname": ("ifname", "value"),
-    "--no-flush-udp": ("no_flush_udp", "flag"),
-    "--dry-run": ("dry_run", "flag"),
-    "--backend": ("backend", _CHOICES["backend"]),
-    "--iptables": ("iptables", _CHOICES["iptables"]),
-    "--family": ("family", _CHOICES["family"]),
-    "--netns": ("netns", "value"),
-    "--cni-cache-dir": ("cni_cache_dir", "many"),
-    "--output": ("output", _CHOICES["output"]),
-    "-o": ("output", _CHOICES["output"]),
-    "--no-headers": ("no_headers", "flag"),
-    "--no-trunc": ("no_trunc", "flag"),
-    "--no-color": ("no_color", "flag"),
-    "--quiet": ("quiet", "flag"),
-    "-q": ("quiet", "flag"),
-    "--verbose": ("verbose", "flag"),
-    "-v": ("verbose", "flag"),
+    name: (parameter, _CHOICES[parameter] if kind == "choice" else kind)
+    for name, (parameter, kind) in add_options.OPTIONS.items()
 }
 # Options typer also reads from the environment when not given (envvar=).
 ENVIRONMENT = {"iptables": "PORTMAPCTL_IPTABLES", "cni_cache_dir": "PORTMAPCTL_CNI_CACHE_DIR"}

@@ -216,8 +216,11 @@ def _namespace(netns: Optional[str]) -> ContextManager[object]:
 
 def _read_line(args: List[str]) -> Optional[Tuple[FrozenSet[int], Optional[str], Tuple[int, ...]]]:
     """(host ports, --netns, families) of an add command line, read leniently; None for
-    a line this dump cannot serve (ports from --cni-config, nftables, dry run)."""
-    from portmapctl.cli.add_fast import OPTIONS  # (add's options, by name and kind)
+    a line this dump cannot serve (ports from --cni-config, nftables, dry run). The
+    families are --family's, and of those only the ones an --ip is given in: a mapping
+    has no rules in a family it has no address of (the IPv6 dump is spared for an
+    IPv4 container)."""
+    from portmapctl.cli.add_options import OPTIONS  # (no imports: the fork comes first)
 
     values: Dict[str, List[str]] = {}  # by parameter
     words = iter(args[1:])
@@ -238,6 +241,13 @@ def _read_line(args: List[str]) -> Optional[Tuple[FrozenSet[int], Optional[str],
     if family not in ("all", "4", "6"):
         return None  # add says what is wrong with it
     families = (4, 6) if family == "all" else (int(family),)
+    addresses = values.get("ip", [])
+    if addresses:
+        # (An IPv6 address has a colon, an IPv4 one none; add checks them.)
+        given = {6 if ":" in address else 4 for address in addresses}
+        families = tuple(f for f in families if f in given)
+        if not families:
+            return None  # nothing to write: nothing to dump
     return ports, values.get("netns", [None])[-1], families
 
 

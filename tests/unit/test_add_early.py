@@ -17,10 +17,18 @@ BASE = ["add", "--network", "n", "--container", "c", "--ip", "10.88.0.5/16"]
 @pytest.mark.parametrize(
     "args, ports, netns, families",
     [
-        ([*BASE, "-p", "8080:80", "-p", "5353:53/udp"], {8080, 5353}, None, (4, 6)),
-        ([*BASE, "--publish=127.0.0.1:8080:80", "--netns", "node1"], {8080}, "node1", (4, 6)),
-        ([*BASE, "-p", "[::1]:8443:443/tcp", "--family", "6"], {8443}, None, (6,)),
+        ([*BASE, "-p", "8080:80", "-p", "5353:53/udp"], {8080, 5353}, None, (4,)),
+        ([*BASE, "--publish=127.0.0.1:8080:80", "--netns", "node1"], {8080}, "node1", (4,)),
+        (
+            [*BASE, "--ip=fd00::5/64", "-p", "[::1]:8443:443/tcp", "--family", "6"],
+            {8443},
+            None,
+            (6,),
+        ),
         ([*BASE, "-p", "1:2", "--family=v4", "--netns=a", "--netns", "b"], {1}, "b", (4,)),
+        # Dual-stack: both families; none given: add says so, the dump takes both.
+        ([*BASE, "--ip", "fd00::5/64", "-p", "1:2"], {1}, None, (4, 6)),
+        (["add", "-p", "1:2", "--network", "n"], {1}, None, (4, 6)),
         # An option's value that looks like one of the options read is its value.
         (["add", "--network", "-p", "-p", "9:9"], {9}, None, (4, 6)),
     ],
@@ -39,6 +47,7 @@ def test_the_line_is_read_for_what_the_dump_needs(args, ports, netns, families):
         ["add", "--container", "c", "--cni-config", "conf.json"],  # ports in the file
         [*BASE, "-p", "1:1", "--backend", "nftables"],
         [*BASE, "-p", "1:1", "--family", "5"],  # add says what is wrong
+        [*BASE, "-p", "1:1", "--family", "6"],  # an IPv4 container: nothing in IPv6
     ],
 )
 def test_lines_it_cannot_serve_start_nothing(args):
@@ -179,3 +188,31 @@ def test_close_from_another_thread_while_the_dump_is_read_ends_it_cleanly():
     assert time.monotonic() - started < 2
     assert early._pid == 0 and early._pipe == -1
     early.close()  # again: nothing left
+
+
+def test_the_line_is_read_without_the_cli_modules():
+    """The child forks once the line is read and the table counted: what that imports
+    first, add waits for (cli/add_options.py imports nothing; cli/_common.py, enum and
+    dataclasses come after the fork)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "from portmapctl.ops import add_early\n"
+        "assert add_early._read_line(['add', '-p', '1:2', '--ip', '10.0.0.2/8'])\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('portmapctl'))))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+    )
+    loaded = set(done.stdout.split())
+    assert "portmapctl.cli.add_options" in loaded
+    assert not loaded & {"portmapctl.cli._common", "portmapctl.cli.add_fast"}, loaded
