@@ -28,6 +28,9 @@ BASE = ["add", "--network", "n", "--container", "c", "--ip", "10.88.0.5/16"]
         ([*BASE, "-p", "1:2", "--family=v4", "--netns=a", "--netns", "b"], {1}, "b", (4,)),
         # Dual-stack: both families; none given: add says so, the dump takes both.
         ([*BASE, "--ip", "fd00::5/64", "-p", "1:2"], {1}, None, (4, 6)),
+        (["add", "--ip=10.0.0.1/8", "--ip=fd00::1/64", "-p", "1:2"], {1}, None, (4, 6)),
+        # An IPv4-mapped IPv6 address is IPv6 to add too (ipaddress).
+        (["add", "--ip", "::ffff:10.0.0.1/120", "-p", "1:2"], {1}, None, (6,)),
         (["add", "-p", "1:2", "--network", "n"], {1}, None, (4, 6)),
         # An option's value that looks like one of the options read is its value.
         (["add", "--network", "-p", "-p", "9:9"], {9}, None, (4, 6)),
@@ -216,3 +219,42 @@ def test_the_line_is_read_without_the_cli_modules():
     loaded = set(done.stdout.split())
     assert "portmapctl.cli.add_options" in loaded
     assert not loaded & {"portmapctl.cli._common", "portmapctl.cli.add_fast"}, loaded
+
+
+def test_a_family_the_child_did_not_dump_is_dumped_again(monkeypatch):
+    """The child dumps only the families an --ip is given in (_read_line): for any other
+    family add's mapping has, Ahead dumps it itself, never goes without."""
+    from portmapctl.core import validate
+    from portmapctl.iptables.access import nfnl
+    from portmapctl.ops import add_ahead
+
+    config = validate.mapping_config(
+        network="n", container_id="c",
+        addresses=[validate.interface("10.88.0.5/16"), validate.interface("fd00::5/64")],
+        ports=[validate.port_spec("8080:80")],
+    )  # fmt: skip
+
+    def write_new(wanted, committed):
+        committed.append((7, 8))  # applied at 7, made 8: as nfnl_add reports
+        return {family: None for family in wanted}
+
+    dumped_again = []
+
+    def rules_for_ports(family, chain, ports, **_):
+        dumped_again.append(family)
+        return [nfnl.KeptRule(0, "CNI-DN-fresh")]
+
+    class Early:
+        def dumped(self, netns, ports):
+            return {4: Dumped([nfnl.KeptRule(3, "CNI-DN-early")], 7, 7)}  # IPv4 only
+
+    monkeypatch.setattr(add_ahead, "write_new", write_new)
+    monkeypatch.setattr(add_ahead, "route_interfaces", lambda addresses: {})
+    monkeypatch.setattr(nfnl, "rules_for_ports", rules_for_ports)
+    ahead = add_ahead.Ahead.start(None, config, [4, 6], early=Early())  # type: ignore[arg-type]
+    claims = ahead.claims()
+    assert claims == {
+        4: [nfnl.KeptRule(3, "CNI-DN-early")],
+        6: [nfnl.KeptRule(0, "CNI-DN-fresh")],
+    }
+    assert dumped_again == [6]
