@@ -311,15 +311,56 @@ _VALUED_OPTIONS = (set().union(*_MATCH_OPTIONS.values()) | set(_PROTO_OPTIONS)) 
 
 @functools.lru_cache(maxsize=4096)
 def _normal_address(value: str, family: int) -> str:
+    """`ADDRESS[/MASK]` of -s/-d as iptables-save prints it: the address masked, then
+    `/N` for a mask of N leading ones (given as a length or as an address), else the
+    mask in address form -- iptables takes any mask, and 10.0.0.0/0.0.255.255 is not
+    10.0.0.0/16 (ipaddress would read that mask as a host mask)."""
     # Cached: a node's rules repeat few addresses (127.0.0.1, the pod subnets), and
     # ipaddress took a third of normalize() when `check` generates every container's.
+    text, slash, mask_text = value.partition("/")
+    address = _rule_address(text, value, family)
+    width = address.max_prefixlen
+    every = (1 << width) - 1
+    if not slash:
+        mask = every
+    elif mask_text.isascii() and mask_text.isdigit():
+        if int(mask_text) > width:
+            raise BadInput(f"invalid address {value!r} in rule")
+        mask = every ^ (every >> int(mask_text))
+    else:
+        mask = int(_rule_address(mask_text, value, family))
+    ones = bin(mask).count("1")
+    masked = type(address)(int(address) & mask)
+    if mask == every ^ (every >> ones):
+        return f"{_printed(masked)}/{ones}"
+    return f"{_printed(masked)}/{_printed(type(address)(mask))}"
+
+
+def _rule_address(
+    text: str, value: str, family: int
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
-        network = ipaddress.ip_network(value, strict=False)
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise BadInput(f"invalid address {value!r} in rule") from None
-    if network.version != family:
+    if "%" in text:  # (a zone: ipaddress takes one, iptables does not)
+        raise BadInput(f"invalid address {value!r} in rule")
+    if address.version != family:
         raise BadInput(f"address {value!r} is not IPv{family}")
-    return f"{network.network_address.compressed}/{network.prefixlen}"
+    return address
+
+
+def _printed(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """As iptables prints it (inet_ntop): an IPv6 address whose first 96 bits are
+    ::ffff:0:0/96 or zero (but ::/112) ends in dotted IPv4, where ipaddress writes
+    hex."""
+    if address.version == 6:
+        value = int(address)
+        high, low = value >> 32, value & 0xFFFFFFFF
+        if high == 0xFFFF or high == 0 and value >> 16:
+            prefix = "::ffff:" if high else "::"
+            return prefix + str(ipaddress.IPv4Address(low))
+    return address.compressed
 
 
 def normalize(args: Iterable[str], family: int) -> Args:

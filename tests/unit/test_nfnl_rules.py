@@ -114,6 +114,9 @@ def test_every_shape_of_the_plugin_is_among_them():
         ("-i", "eth0", "-j", "CNI-X"),
         ("-s", "0.0.0.0/0", "-j", "CNI-X"),
         ("-s", "fd00::/64", "-j", "CNI-X"),  # an IPv6 address in the IPv4 table
+        # A mask that is not a prefix (iptables takes it as it is): no pinned bytes.
+        ("-s", "0.0.0.0/0.0.255.255", "-j", "CNI-X"),
+        ("-d", "10.0.2.0/255.0.255.0", "-j", "CNI-X"),
         ("-j", "DNAT", "--to-destination", "10.0.0.1"),  # no port
         ("-j", "CNI-X", "--foo"),
         ("-p", "tcp"),

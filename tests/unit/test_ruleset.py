@@ -148,6 +148,44 @@ def test_normalize_ipv6_addresses():
     )
 
 
+@pytest.mark.parametrize(
+    "given, family, saved",
+    [
+        # iptables takes any mask as it is: one of leading ones prints as a length...
+        ("10.1.2.3/255.255.0.0", 4, "10.1.0.0/16"),
+        # ...any other as an address, the address masked (ipaddress would read
+        # 0.0.255.255 as a host mask, /16: another rule).
+        ("10.0.0.0/0.0.255.255", 4, "0.0.0.0/0.0.255.255"),
+        ("10.1.2.3/255.0.255.0", 4, "10.0.2.0/255.0.255.0"),
+        ("fd00::1/ffff::ffff", 6, "fd00::1/ffff::ffff"),
+        ("2001:db8::1/ffff:ffff::", 6, "2001:db8::/32"),
+        # inet_ntop's dotted tail, where ipaddress writes hex.
+        ("::ffff:10.1.2.3", 6, "::ffff:10.1.2.3/128"),
+        ("::10.1.2.3", 6, "::10.1.2.3/128"),
+        ("::102", 6, "::102/128"),
+    ],
+)
+def test_normalize_masks_as_iptables_prints_them(given, family, saved):
+    # (Held to iptables itself: tests/kernel/test_address_reference.py.)
+    assert normalize(["-s", given, "-j", "X"], family) == ("-s", saved, "-j", "X")
+    assert normalize(["-s", "10.1.2.3/0.0.0.0", "-j", "X"], 4) == ("-j", "X")  # as /0
+
+
+@pytest.mark.parametrize(
+    "address, family",
+    [
+        ("10.0.0.0/33", 4),
+        ("10.0.0.0/ffff::", 4),
+        ("fd00::/129", 6),
+        ("fd00::/255.0.0.0", 6),
+        ("fe80::1%eth0/64", 6),  # a zone: ip6tables finds no such host
+    ],
+)
+def test_normalize_rejects_a_mask_iptables_refuses(address, family):
+    with pytest.raises(BadInput):
+        normalize(["-s", address, "-j", "X"], family)
+
+
 def test_normalize_rejects_wrong_family_and_garbage():
     with pytest.raises(BadInput):
         normalize(["-s", "fd00::1", "-j", "X"], 4)

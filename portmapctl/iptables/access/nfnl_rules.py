@@ -293,6 +293,11 @@ def _address(text: str, family: int, offset: int) -> Iterator[bytes]:
     a mask that ends inside a byte compares the whole address, masked."""
     if "%" in text:
         raise _Unknown("an address with a zone, which iptables refuses")
+    mask = text.partition("/")[2]
+    if mask and not mask.isdigit():
+        # A mask that is not N leading ones (saved form prints it as an address): not
+        # a shape whose bytes are pinned, and ipaddress would read it as a host mask.
+        raise _Unknown("a mask that is not a prefix")
     network = ipaddress.ip_network(text, strict=True)
     if network.version != family or network.prefixlen == 0:
         raise _Unknown("an address of another family, or /0")
