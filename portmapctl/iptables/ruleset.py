@@ -309,6 +309,95 @@ _FLAG_OPTIONS = {"--syn", "-f", "--limit-iface-in", "--limit-iface-out"}  # addr
 _VALUED_OPTIONS = (set().union(*_MATCH_OPTIONS.values()) | set(_PROTO_OPTIONS)) - _FLAG_OPTIONS
 
 
+# `--syn` of the tcp match, as iptables stores and prints it.
+_SYN = ("--tcp-flags", "FIN,SYN,RST,ACK", "SYN")
+# TCP flags as the tcp match names them, in the order it prints them.
+_TCP_FLAGS = (("FIN", 0x01), ("SYN", 0x02), ("RST", 0x04), ("PSH", 0x08), ("ACK", 0x10), ("URG", 0x20))
+
+
+def _tcp_flags(value: str) -> str:
+    """A --tcp-flags list as the tcp match prints it: its flags in the match's order,
+    ALL as every flag, NONE (or none at all) as NONE."""
+    bits = 0
+    for word in value.split(","):
+        word = word.upper()
+        if word == "ALL":
+            bits |= 0x3F
+        elif word != "NONE":
+            flag = next((b for n, b in _TCP_FLAGS if n == word), None)
+            if flag is None:
+                raise BadInput(f"unknown TCP flag {word!r} in rule")
+            bits |= flag
+    return ",".join(n for n, b in _TCP_FLAGS if bits & b) or "NONE"
+# The protocol names libxtables knows without /etc/protocols (xtables_chain_protos),
+# in its order: iptables-save prints a number by the name /etc/protocols gives it
+# (getprotobynumber), else by the first name here for it, else as the number.
+_XTABLES_PROTOCOLS = (
+    ("tcp", 6), ("sctp", 132), ("udp", 17), ("udplite", 136), ("icmp", 1),
+    ("ipv6-icmp", 58), ("icmpv6", 58), ("esp", 50), ("ah", 51), ("ipv6-mh", 135),
+    ("mh", 135), ("all", 0),
+)  # fmt: skip
+_ETC_PROTOCOLS = "/etc/protocols"
+_C_NUMBER = re.compile(r"0x([0-9a-f]+)|0([0-7]*)|[1-9][0-9]*", re.ASCII)
+
+
+@functools.lru_cache(maxsize=256)
+def _normal_protocol(value: str) -> Optional[str]:
+    """-p's value as iptables-save prints it; None for `all` (and 0), which it leaves
+    out. Read as iptables reads it: lower-cased, then a number (0x hex and 0 octal
+    too, up to 255), `all`, a name or alias in /etc/protocols, or one of libxtables'
+    own names; `-p 6` is saved as `-p tcp`, `-p 58` and `-p icmpv6` as `-p ipv6-icmp`
+    (tests/kernel/test_normal_form_reference.py holds this to iptables)."""
+    name = value.lower()
+    if name in _PORT_PROTOCOLS:
+        return name  # (the plugin's: each prints as itself)
+    number = _protocol_number(name)
+    if number is None:
+        raise BadInput(f"unknown protocol {value!r} in rule")
+    if number == 0:
+        return None
+    named = _etc_protocols()[1].get(number)
+    if named is not None:
+        return named
+    return next((known for known, n in _XTABLES_PROTOCOLS if n == number), str(number))
+
+
+def _protocol_number(name: str) -> Optional[int]:
+    spelled = _C_NUMBER.fullmatch(name)
+    if spelled is not None:  # strtoul's base 0: "0x11" and "021" are 17
+        hexadecimal, octal = spelled.group(1), spelled.group(2)
+        number = int(hexadecimal, 16) if hexadecimal else int(octal, 8) if octal else int(name)
+        return number if number <= 255 else None
+    if name == "all":
+        return 0
+    found = _etc_protocols()[0].get(name)
+    if found is not None:
+        return found
+    return next((n for known, n in _XTABLES_PROTOCOLS if known == name), None)
+
+
+@functools.lru_cache(maxsize=1)
+def _etc_protocols() -> Tuple[Dict[str, int], Dict[int, str]]:
+    """/etc/protocols as getprotobyname and getprotobynumber read it: every name and
+    alias to its number, every number to the first name given it. Empty when the
+    file cannot be read (iptables then knows only its own names)."""
+    by_name: Dict[str, int] = {}
+    by_number: Dict[int, str] = {}
+    try:
+        with open(_ETC_PROTOCOLS, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                words = line.partition("#")[0].split()
+                if len(words) < 2 or not words[1].isdigit():
+                    continue
+                number = int(words[1])
+                by_number.setdefault(number, words[0])
+                for alias in (words[0], *words[2:]):
+                    by_name.setdefault(alias, number)
+    except OSError:
+        pass
+    return by_name, by_number
+
+
 @functools.lru_cache(maxsize=4096)
 def _normal_address(value: str, family: int) -> str:
     """`ADDRESS[/MASK]` of -s/-d as iptables-save prints it: the address masked, then
@@ -404,8 +493,13 @@ def normalize(args: Iterable[str], family: int) -> Args:
                     i += 2  # "anywhere": iptables-save prints nothing for it
                     continue
             elif token == "-p":
-                value = value.lower()
-                proto = value
+                protocol = _normal_protocol(value)
+                if protocol is None and prefix:
+                    raise BadInput(f"'! -p {value}' in rule would never match (iptables refuses it)")
+                if protocol is None:
+                    i += 2  # `all`: iptables-save prints nothing for it
+                    continue
+                value = proto = protocol
             generic[token] = prefix + [token, value]
             i += 2
             continue
@@ -437,7 +531,17 @@ def normalize(args: Iterable[str], family: int) -> Args:
         takes_value = token in _VALUED_OPTIONS or (
             i + 1 < len(tokens) and not tokens[i + 1].startswith("-") and tokens[i + 1] != "!"
         )
-        if token in _FLAG_OPTIONS or not takes_value:
+        if spelled == "--syn":
+            options.extend(prefix + list(_SYN))  # what iptables keeps of it
+            i += 1
+        elif spelled == "--tcp-flags" and name == "tcp":
+            # Two values: the flags looked at, and those of them that must be set.
+            if i + 2 >= len(tokens):
+                raise BadInput("--tcp-flags in rule needs two values (mask and set flags)")
+            flags = [_tcp_flags(tokens[i + 1]), _tcp_flags(tokens[i + 2])]
+            options.extend(prefix + [spelled, *flags])
+            i += 3
+        elif token in _FLAG_OPTIONS or not takes_value:
             options.extend(prefix + [spelled])
             i += 1
         else:

@@ -172,6 +172,39 @@ def test_normalize_masks_as_iptables_prints_them(given, family, saved):
 
 
 @pytest.mark.parametrize(
+    "given, saved",
+    [
+        # A protocol as iptables reads it (lower-cased; a number, 0x hex or 0 octal;
+        # a name or alias) and prints it (/etc/protocols' name, else libxtables').
+        ("-p 6", "-p tcp"),
+        ("-p TCP", "-p tcp"),
+        ("-p 0x11", "-p udp"),
+        ("-p 021", "-p udp"),
+        ("-p all", ""),
+        ("-p 0", ""),
+        ("-p 253", "-p 253"),
+        ("-p 17 --dport 53", "-p udp -m udp --dport 53"),
+        ("-p tcp --syn", "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN"),
+        ("-p tcp ! --syn", "-p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN"),
+        ("-p tcp --tcp-flags ack,SYN syn", "-p tcp -m tcp --tcp-flags SYN,ACK SYN"),
+        ("-p tcp --tcp-flags ALL NONE", "-p tcp -m tcp --tcp-flags FIN,SYN,RST,PSH,ACK,URG NONE"),
+    ],
+)
+def test_normalize_protocols_and_tcp_flags_as_iptables_prints_them(given, saved):
+    # (Held to iptables itself: tests/kernel/test_normal_form_reference.py.)
+    rule = [*given.split(), "-j", "X"]
+    assert normalize(rule, 4) == (*saved.split(), "-j", "X")
+
+
+@pytest.mark.parametrize(
+    "words", ["! -p all", "-p 256", "-p 08", "-p nosuch", "-p tcp --tcp-flags SYN,X SYN"]
+)
+def test_normalize_rejects_what_iptables_rejects(words):
+    with pytest.raises(BadInput):
+        normalize([*words.split(), "-j", "X"], 4)
+
+
+@pytest.mark.parametrize(
     "address, family",
     [
         ("10.0.0.0/33", 4),
