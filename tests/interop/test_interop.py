@@ -20,7 +20,7 @@ from pmctl import ok
 from portmapctl.iptables.chains import DNAT_PREFIX, dnat_chain_name
 
 # Cases that cover IPv6, host IPs, SNAT off, mark bits, external setmark chains,
-# conditions, 20 ports of one protocol, sctp, several containers, foreign rules.
+# conditions (with masks and --syn), 20 ports of one protocol, sctp, several containers, foreign rules.
 CASES = [
     "basic",
     "dual-stack",
@@ -31,6 +31,8 @@ CASES = [
     "external-setmark",
     "conditions",
     "conditions-physdev",
+    "conditions-masks",
+    "conditions-syn",
     "many-ports",
     "sctp",
     "three-containers",

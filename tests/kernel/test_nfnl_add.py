@@ -89,7 +89,9 @@ def test_the_batch_leaves_what_the_plugins_add_leaves(name, host_ns):
                 or "externalSetMarkChain" in second
                 or any(
                     # (a mask that is not a prefix: iptables prints it as an address)
-                    "physdev" in c or c == "!" or not c.partition("/")[2].isdigit() and "/" in c
+                    "physdev" in c
+                    or c in ("!", "--syn")
+                    or ("/" in c and not c.partition("/")[2].isdigit())
                     for c in (*config.conditions_v4, *config.conditions_v6)
                 )
             ), name
