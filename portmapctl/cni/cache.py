@@ -349,6 +349,9 @@ def read_attachment(
             port_mappings_override=raw_ports,
             addresses=addresses,  # parsed once: a third of reading a 1,000-entry cache
         )
+        if (mapping.conditions_v4 or mapping.conditions_v6) and mapping.backend != "nftables":
+            # Free-form: what no rule can be made of is this entry's problem alone.
+            validate.buildable(mapping, source)
     # else: no ports, or no address (an L2 network with empty IPAM): the plugin
     # forwards nothing, and neither does anything else expect it to.
     netns = _netns(cached.get("netns"), result, ifname)

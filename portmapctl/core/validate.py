@@ -221,14 +221,15 @@ def mapping_config(
     )
 
 
-def buildable(config: MappingConfig) -> MappingConfig:
+def buildable(config: MappingConfig, source: Optional[str] = None) -> MappingConfig:
     """`config` if every family it has can be turned into rules, else BadInput.
 
     The conditions are free-form iptables arguments: one that names an address of the
     other family, or an option of no match, only shows when the rules are made. For
     options given by hand that must be before anything is written (not found by the
-    second family after the first was applied). Cache files are not held to this:
-    one odd entry must not stop `gc`.
+    second family after the first was applied). For a cache file (`source`), so that
+    its entry is reported as one that cannot be read, and the rest of the node still
+    handled, instead of stopping `check` when it makes every container's rules.
     """
     from portmapctl.iptables.chains import wanted_chains
 
@@ -236,6 +237,8 @@ def buildable(config: MappingConfig) -> MappingConfig:
         try:
             wanted_chains(config, family)
         except BadInput as err:
+            if source is not None:
+                raise BadInput(f"{source}: conditionsV{family}: {err}") from None
             raise BadInput(
                 f"invalid mapping for IPv{family}: {err} (see --conditions-v{family})"
             ) from None

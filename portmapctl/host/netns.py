@@ -176,7 +176,7 @@ def fresh_uncached(
     """
     if max_age <= 0:
         return []
-    cached_paths = {os.path.realpath(p) for p in cached if p and os.path.isabs(p)}
+    cached_paths = {_resolved(p) for p in cached if p and os.path.isabs(p)}
     directories = {os.path.dirname(p) for p in cached_paths if not p.startswith("/proc/")}
     directories.add(os.path.realpath(NETNS_RUN_DIR))
     now = time.time() if now is None else now
@@ -200,6 +200,15 @@ def fresh_uncached(
             if now - born < max_age:
                 found.append(path)
     return found
+
+
+def _resolved(path: str) -> str:
+    """realpath, or the path as written when it cannot be resolved (a cache entry's
+    /proc/PID/ns/net of a process we may not look into raises PermissionError)."""
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return os.path.normpath(path)
 
 
 def local_addresses(path: str) -> Set[str]:

@@ -320,7 +320,9 @@ def _tcp_flags(value: str) -> str:
     ALL as every flag, NONE (or none at all) as NONE."""
     bits = 0
     for word in value.split(","):
-        word = word.upper()
+        word = word.upper() if word.isascii() else "?"  # (iptables folds ASCII only)
+        if not word:
+            continue  # (iptables splits with strtok: empty items are skipped)
         if word == "ALL":
             bits |= 0x3F
         elif word != "NONE":
@@ -332,10 +334,10 @@ def _tcp_flags(value: str) -> str:
 # The protocol names libxtables knows without /etc/protocols (xtables_chain_protos),
 # in its order: iptables-save prints a number by the name /etc/protocols gives it
 # (getprotobynumber), else by the first name here for it, else as the number.
-_XTABLES_PROTOCOLS = (
+XTABLES_PROTOCOLS = (
     ("tcp", 6), ("sctp", 132), ("udp", 17), ("udplite", 136), ("icmp", 1),
-    ("ipv6-icmp", 58), ("icmpv6", 58), ("esp", 50), ("ah", 51), ("ipv6-mh", 135),
-    ("mh", 135), ("all", 0),
+    ("ipv6-icmp", 58), ("icmpv6", 58), ("esp", 50), ("ah", 51),
+    ("mobility-header", 135), ("ipv6-mh", 135), ("mh", 135), ("all", 0),
 )  # fmt: skip
 _ETC_PROTOCOLS = "/etc/protocols"
 _C_NUMBER = re.compile(r"0x([0-9a-f]+)|0([0-7]*)|[1-9][0-9]*", re.ASCII)
@@ -348,10 +350,10 @@ def _normal_protocol(value: str) -> Optional[str]:
     too, up to 255), `all`, a name or alias in /etc/protocols, or one of libxtables'
     own names; `-p 6` is saved as `-p tcp`, `-p 58` and `-p icmpv6` as `-p ipv6-icmp`
     (tests/kernel/test_normal_form_reference.py holds this to iptables)."""
-    name = value.lower()
+    name = value.lower() if value.isascii() else ""  # (iptables folds ASCII only)
     if name in _PORT_PROTOCOLS:
         return name  # (the plugin's: each prints as itself)
-    number = _protocol_number(name)
+    number = protocol_number(name)
     if number is None:
         raise BadInput(f"unknown protocol {value!r} in rule")
     if number == 0:
@@ -359,21 +361,32 @@ def _normal_protocol(value: str) -> Optional[str]:
     named = _etc_protocols()[1].get(number)
     if named is not None:
         return named
-    return next((known for known, n in _XTABLES_PROTOCOLS if n == number), str(number))
+    return next((known for known, n in XTABLES_PROTOCOLS if n == number), str(number))
 
 
-def _protocol_number(name: str) -> Optional[int]:
-    spelled = _C_NUMBER.fullmatch(name)
-    if spelled is not None:  # strtoul's base 0: "0x11" and "021" are 17
-        hexadecimal, octal = spelled.group(1), spelled.group(2)
-        number = int(hexadecimal, 16) if hexadecimal else int(octal, 8) if octal else int(name)
-        return number if number <= 255 else None
+def protocol_number(name: str) -> Optional[int]:
+    """A lower-case `-p` value as iptables reads it: a number, `all`, a name or alias
+    in /etc/protocols, or one of libxtables' names; None when iptables refuses it (a
+    name of a number over 255 among them: iptables-nft would cut it to 8 bits)."""
+    number = _c_number(name)
+    if number is not None or name.isdigit():
+        return number if number is not None and number <= 255 else None
     if name == "all":
         return 0
     found = _etc_protocols()[0].get(name)
-    if found is not None:
-        return found
-    return next((n for known, n in _XTABLES_PROTOCOLS if known == name), None)
+    if found is None:
+        found = next((n for known, n in XTABLES_PROTOCOLS if known == name), None)
+    return found if found is not None and found <= 255 else None
+
+
+def _c_number(text: str) -> Optional[int]:
+    """`text` read as strtoul reads it with base 0 ("0x11" and "021" are 17), whole;
+    None when it is not such a number."""
+    spelled = _C_NUMBER.fullmatch(text.lower())
+    if spelled is None:
+        return None
+    hexadecimal, octal = spelled.group(1), spelled.group(2)
+    return int(hexadecimal, 16) if hexadecimal else int(octal, 8) if octal else int(text)
 
 
 @functools.lru_cache(maxsize=1)
@@ -412,10 +425,11 @@ def _normal_address(value: str, family: int) -> str:
     every = (1 << width) - 1
     if not slash:
         mask = every
-    elif mask_text.isascii() and mask_text.isdigit():
-        if int(mask_text) > width:
+    elif _c_number(mask_text) is not None or mask_text.isdigit():
+        length = _c_number(mask_text)  # (as strtoul reads it: /010 is /8)
+        if length is None or length > width:
             raise BadInput(f"invalid address {value!r} in rule")
-        mask = every ^ (every >> int(mask_text))
+        mask = every ^ (every >> length)
     else:
         mask = int(_rule_address(mask_text, value, family))
     ones = bin(mask).count("1")
@@ -531,14 +545,20 @@ def normalize(args: Iterable[str], family: int) -> Args:
         takes_value = token in _VALUED_OPTIONS or (
             i + 1 < len(tokens) and not tokens[i + 1].startswith("-") and tokens[i + 1] != "!"
         )
+        if spelled in ("--syn", "--tcp-flags"):
+            if name != "tcp" or "--tcp-flags" in options:
+                raise BadInput(f"{spelled} in rule outside one tcp match (iptables refuses it)")
         if spelled == "--syn":
             options.extend(prefix + list(_SYN))  # what iptables keeps of it
             i += 1
-        elif spelled == "--tcp-flags" and name == "tcp":
+        elif spelled == "--tcp-flags":
             # Two values: the flags looked at, and those of them that must be set.
             if i + 2 >= len(tokens):
                 raise BadInput("--tcp-flags in rule needs two values (mask and set flags)")
             flags = [_tcp_flags(tokens[i + 1]), _tcp_flags(tokens[i + 2])]
+            if flags[0] == "NONE":
+                # Looks at no flag: the two iptables flavours save it differently.
+                raise BadInput("--tcp-flags in rule looks at no flag")
             options.extend(prefix + [spelled, *flags])
             i += 3
         elif token in _FLAG_OPTIONS or not takes_value:

@@ -36,6 +36,11 @@ _ADDRTYPES = ("UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST",
 # after the listed ones.
 _ORDER: Dict[str, Tuple[str, ...]] = {
     "addrtype": ("--src-type", "--dst-type", "--limit-iface-in", "--limit-iface-out"),
+    # The protocol matches print their options in a fixed order (libxt_tcp.c,
+    # libxt_udp.c, libxt_sctp.c), whatever order they were given in.
+    "tcp": ("--sport", "--dport", "--tcp-option", "--tcp-flags"),
+    "udp": ("--sport", "--dport"),
+    "sctp": ("--sport", "--dport", "--chunk-types"),
     "conntrack": ("--ctstate", "--ctproto", "--ctorigsrc", "--ctorigdst", "--ctreplsrc",
                   "--ctrepldst", "--ctorigsrcport", "--ctorigdstport", "--ctreplsrcport",
                   "--ctrepldstport", "--ctstatus", "--ctexpire", "--ctdir"),  # fmt: skip

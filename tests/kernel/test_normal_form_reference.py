@@ -24,6 +24,7 @@ ADDRESSES = [
     (4, "10.0.0.0/0.0.255.255"),  # not /16: any mask is taken as it is
     (4, "10.1.2.3/255.0.255.0"),
     (4, "10.1.2.3/0"),
+    (4, "10.1.2.3/010"),  # a length as strtoul reads it: /8
     (6, "fd00::1"),
     (6, "fd00::1/64"),
     (6, "fd00::1/ffff:ffff::"),
@@ -53,10 +54,14 @@ RULES = [
     (4, "-p tcp --tcp-flags ACK,SYN SYN"),
     (4, "-p tcp --tcp-flags ALL NONE"),
     (4, "-m tcp -p tcp --tcp-flags syn,rst,ack,fin syn"),
+    (4, "-p tcp --tcp-flags SYN,,ACK, SYN"),  # empty items skipped
+    (4, "-p tcp --syn --sport 1024:65535"),  # the tcp match's own order
+    (4, "-p udp --dport 53 --sport 1:2"),
     (6, "-p 58"),  # ipv6-icmp
     (6, "-p icmpv6"),
     (6, "-p 135"),  # /etc/protocols' mobility-header before libxtables' ipv6-mh
     (6, "-p mh"),
+    (6, "-p mobility-header"),
 ]
 
 
@@ -95,6 +100,9 @@ def test_a_condition_is_normal_as_iptables_prints_it(host_ns, iptables_mode, fam
         (4, "-p tcp --tcp-flags SYN"),
         (4, "-p tcp --tcp-flags SYN,BOGUS SYN"),
         (4, "-s 10.0.0.0/33"),
+        (4, "-s 10.0.0.0/08"),  # not a number to strtoul
+        (4, "-p udp --syn"),
+        (4, "-p tcp --syn --tcp-flags SYN SYN"),
     ],
 )
 def test_what_iptables_refuses_normalize_refuses(host_ns, iptables_mode, family, words):

@@ -217,6 +217,28 @@ def test_an_unreadable_entry_is_skipped_and_its_container_stays_live(tmp_path):
     assert "f00d-1" in live.ids
 
 
+def test_an_entry_whose_conditions_make_no_rule_stops_nothing(tmp_path):
+    """Conditions are free-form: one no rule can be made of (an address iptables
+    reads otherwise) is that entry's problem, reported as one that cannot be read; its
+    container stays live by name, and check models every other container."""
+    odd = {
+        "type": "portmap",
+        "capabilities": {"portMappings": True},
+        "conditionsV4": ["-s", "010.0.0.1"],
+    }
+    good = write(tmp_path / "results", "mynet-abc123-eth0", entry())
+    bad = write(tmp_path / "results", "mynet-def456-eth0", entry(cid="def456", portmap=odd))
+    found = cni_cache.read_entries([str(good), str(bad)], wait=0.0)
+    assert [a.container_id for a in found if a.problem is None] == ["abc123"]
+    [warning] = cni_cache.warnings(found)
+    assert "conditionsV4" in warning and "010.0.0.1" in warning
+    assert "def456" in liveness(Sources(), found).ids
+    # The same conditions with a mask iptables takes: read, and modelled.
+    odd["conditionsV4"] = ["-s", "10.0.0.0/0.0.255.255"]
+    fine = write(tmp_path / "results", "mynet-def456-eth0", entry(cid="def456", portmap=odd))
+    assert read_attachment(str(fine)).mapping is not None
+
+
 def test_name_readings():
     assert name_readings("net-abc-eth0") == [("net", "abc", "eth0")]
     assert ("a-b", "c", "d-e") in name_readings("a-b-c-d-e")
@@ -443,3 +465,33 @@ def test_read_then_cache_raises_the_tables_problem_first(tmp_path):
             node.read_then_cache(broken)
     finally:
         (tmp_path / "results").chmod(0o755)
+
+
+def test_a_cached_namespace_path_that_cannot_be_resolved_is_taken_as_written(
+    tmp_path, monkeypatch
+):
+    """gc looks for young namespaces no cache entry names; a cache entry's
+    /proc/PID/ns/net that realpath may not follow (PermissionError: another process's
+    namespace link) is compared as written instead of ending gc with an internal
+    error."""
+    from portmapctl.host import netns
+
+    real = os.path.realpath
+
+    def realpath(path, *args, **kwargs):
+        if path.startswith("/proc/"):
+            raise PermissionError(13, "Permission denied", path)
+        return real(path, *args, **kwargs)
+
+    class View:
+        def directory_visible(self, directory):
+            return directory == str(tmp_path)
+
+        def is_namespace(self, path):
+            return True
+
+    (tmp_path / "young").write_text("")
+    monkeypatch.setattr(netns.os.path, "realpath", realpath)
+    monkeypatch.setattr(netns, "NETNS_RUN_DIR", str(tmp_path))
+    cached = ["/proc/4242/ns/net", str(tmp_path / "named")]
+    assert netns.fresh_uncached(View(), cached, max_age=60.0) == [str(tmp_path / "young")]

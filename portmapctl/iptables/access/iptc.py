@@ -69,7 +69,14 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem, PortmapctlError
 from portmapctl.host.lock import flock_within
-from portmapctl.iptables.ruleset import Args, NatTable, format_rule, parse_save
+from portmapctl.iptables.ruleset import (
+    XTABLES_PROTOCOLS,
+    Args,
+    NatTable,
+    format_rule,
+    parse_save,
+    protocol_number,
+)
 from portmapctl.iptables.spelling import Option
 from portmapctl.iptables.transaction import Op, OpKind, Transaction
 
@@ -80,18 +87,6 @@ _BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")
 XTF_TRY_LOAD = 2
 XTTYPE_NONE = 0
 # Names iptables uses for protocols /etc/protocols does not know (xtables_chain_protos).
-CHAIN_PROTOS = {
-    "tcp": 6,
-    "sctp": 132,
-    "udp": 17,
-    "udplite": 136,
-    "icmp": 1,
-    "icmpv6": 58,
-    "esp": 50,
-    "ah": 51,
-    "mh": 135,
-    "all": 0,
-}
 
 
 @dataclass(frozen=True)
@@ -663,7 +658,7 @@ class _Session:
             if entry:
                 name = _ProtoEnt.from_address(entry).p_name.decode()
             else:
-                name = next((n for n, v in CHAIN_PROTOS.items() if v == number), str(number))
+                name = next((n for n, v in XTABLES_PROTOCOLS if v == number), str(number))
             self._proto_names[number] = name
         return name
 
@@ -846,18 +841,11 @@ def _in4(address: Any) -> bytes:
 
 
 def _proto_number(name: str) -> int:
-    """A protocol as iptables parses `-p`: a number, `all`, /etc/protocols, its own list."""
-    if name.isdigit():
-        return int(name)
-    if name == "all":
-        return 0
-    try:
-        return socket.getprotobyname(name)
-    except OSError:
-        pass
-    if name in CHAIN_PROTOS:
-        return CHAIN_PROTOS[name]
-    raise ValueError(f"unknown protocol {name!r}")
+    """A protocol as iptables parses `-p` (ruleset.protocol_number)."""
+    number = protocol_number(name.lower())
+    if number is None:
+        raise ValueError(f"unknown protocol {name!r}")
+    return number
 
 
 def _clean(err: BaseException) -> str:
