@@ -16,7 +16,7 @@ rewrites still shows as a problem, as before.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 
 class Option(NamedTuple):
@@ -84,6 +84,68 @@ _VALUES: Dict[str, Dict[str, Callable[[str], str]]] = {
 }
 
 
+# The limit match (libxt_limit.c): a rate is kept as a period in 1/10,000 s, and
+# printed back in the largest unit that gives a whole number per unit (120/min is
+# saved as 2/sec); without --limit it is 3/hour, and a burst of 5 is not printed.
+_LIMIT_SCALE = 10_000
+_LIMIT_UNITS = (("second", 1), ("minute", 60), ("hour", 3600), ("day", 86400))
+_LIMIT_PRINTED = (("day", 86400), ("hour", 3600), ("min", 60), ("sec", 1))
+_LIMIT_DEFAULT = ("--limit", "3/hour")
+_LIMIT_BURST = "5"
+
+
+def _limit_period(rate: str) -> Optional[int]:
+    """`N[/UNIT]` as libxt_limit reads it (UNIT any beginning of second, minute, hour
+    or day, any case); None when iptables would refuse it."""
+    number, slash, unit = rate.partition("/")
+    multiple = 1
+    if slash:
+        unit = unit.lower()
+        found = [m for name, m in _LIMIT_UNITS if unit and name.startswith(unit)]
+        if not found or not unit.isascii():
+            return None
+        multiple = found[0]
+    digits = number[: len(number) - len(number.lstrip("0123456789"))] if number else ""
+    if not digits or int(digits) == 0:
+        return None  # (atoi: leading digits; none, or 0, is refused)
+    return _LIMIT_SCALE * multiple // int(digits) or None
+
+
+def _limit_rate(period: int) -> str:
+    """print_rate of libxt_limit.c."""
+    units = [(name, _LIMIT_SCALE * m) for name, m in _LIMIT_PRINTED]
+    chosen = 0
+    for i in range(1, len(units)):
+        scale = units[i][1]
+        if period > scale or scale // period < scale % period:
+            break
+        chosen = i
+    name, scale = units[chosen]
+    return f"{scale // period}/{name}"
+
+
+def _limit(parsed: List[Option]) -> Optional[List[Option]]:
+    """The limit match's options as iptables-save prints them; None when they are not
+    plain (then they are left as they are)."""
+    rate, burst = _LIMIT_DEFAULT[1], _LIMIT_BURST
+    for option in parsed:
+        if option.negated or len(option.values) != 1:
+            return None
+        if option.name == "--limit":
+            rate = option.values[0]
+        elif option.name == "--limit-burst":
+            burst = option.values[0]
+        else:
+            return None
+    period = _limit_period(rate)
+    if period is None or not burst.isdigit():
+        return None
+    found = [Option(False, "--limit", (_limit_rate(period),))]
+    if int(burst) != int(_LIMIT_BURST):
+        found.append(Option(False, "--limit-burst", (str(int(burst)),)))
+    return found
+
+
 def _split(options: Sequence[str]) -> List[Option]:
     parsed: List[Option] = []
     negate = False
@@ -103,6 +165,11 @@ def _split(options: Sequence[str]) -> List[Option]:
 
 def canonical(match: str, options: Sequence[str]) -> List[str]:
     """The options of `-m match` as iptables-save prints them."""
+    if match == "limit":
+        limited = _limit(_split(options))
+        if limited is None:
+            return list(options)
+        return [word for option in limited for word in (option.name, *option.values)]
     values = _VALUES.get(match)
     order = _ORDER.get(match)
     if values is None and order is None:

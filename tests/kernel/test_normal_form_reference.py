@@ -3,7 +3,8 @@ plugin (--conditions-v4/-v6, conditionsV4/V6), ruleset.normalize writes what
 iptables-save prints back after the plugin's `iptables -A` with the same words, so
 portmapctl writes, and recognises, the rule the plugin leaves. Addresses with any
 mask (a length, leading ones, or any other mask, which iptables takes as it is),
-protocols by number, alias or /etc/protocols name, --syn and --tcp-flags. What
+protocols by number, alias or /etc/protocols name, --syn and --tcp-flags, the
+limit match's rate. What
 iptables refuses, normalize refuses. The unit half: tests/unit/test_ruleset.py."""
 
 from __future__ import annotations
@@ -62,6 +63,18 @@ RULES = [
     (6, "-p 135"),  # /etc/protocols' mobility-header before libxtables' ipv6-mh
     (6, "-p mh"),
     (6, "-p mobility-header"),
+    # The limit match: a rate is printed in the largest unit that gives a whole number.
+    (4, "-m limit --limit 10/second"),
+    (4, "-m limit"),  # 3/hour
+    (4, "-m limit --limit 120/min"),  # 2/sec
+    (4, "-m limit --limit 100/m"),
+    (4, "-m limit --limit 5/s --limit-burst 10"),
+    (4, "-m limit --limit-burst 5 --limit 2/h"),
+    (4, "-m limit --limit 7/hour"),
+    (4, "-m limit --limit 3"),
+    (4, "-m limit --limit 90/minute"),
+    (4, "-m limit --limit 1000/sec"),
+    (6, "-m limit --limit 25/MIN --limit-burst 1"),
 ]
 
 

@@ -188,6 +188,11 @@ def test_normalize_masks_as_iptables_prints_them(given, family, saved):
         ("-p tcp ! --syn", "-p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN"),
         ("-p tcp --tcp-flags ack,SYN syn", "-p tcp -m tcp --tcp-flags SYN,ACK SYN"),
         ("-p tcp --tcp-flags ALL NONE", "-p tcp -m tcp --tcp-flags FIN,SYN,RST,PSH,ACK,URG NONE"),
+        # The limit match's rate, as libxt_limit prints it back.
+        ("-m limit --limit 10/second", "-m limit --limit 10/sec"),
+        ("-m limit", "-m limit --limit 3/hour"),
+        ("-m limit --limit 120/min --limit-burst 5", "-m limit --limit 2/sec"),
+        ("-m limit --limit-burst 7 --limit 90/m", "-m limit --limit 90/min --limit-burst 7"),
     ],
 )
 def test_normalize_protocols_and_tcp_flags_as_iptables_prints_them(given, saved):
