@@ -258,3 +258,39 @@ def test_a_family_the_child_did_not_dump_is_dumped_again(monkeypatch):
         6: [nfnl.KeptRule(0, "CNI-DN-fresh")],
     }
     assert dumped_again == [6]
+
+
+def test_a_dump_that_shows_a_rule_twice_is_torn_whatever_its_generations():
+    """The kernel resumes a rule dump by position: a rule put in or taken out before
+    the point where one 32 KB part ends shows the next part's first rule twice, or
+    not at all. tests/kernel/test_nfnl.py's churn met such dumps between two equal
+    generations; one rule twice (by its handle) marks the dump torn, and it is taken
+    again (rules_for_ports), never answered from."""
+    import struct
+    from pathlib import Path
+
+    from portmapctl.host import netlink as nl
+    from portmapctl.iptables.access import nfnl
+
+    rules = (Path(__file__).resolve().parents[1] / "fixtures/nfnl/dnat.v4.bin").read_bytes()
+    done = struct.pack("=IHHII", nl.HEADER.size + 4, nl.NLMSG_DONE, 2, 1, 0) + bytes(4)
+    (first,) = struct.unpack_from("=I", rules, 0)
+    first_rule = rules[: (first + 3) & ~3]
+
+    class Socket:
+        def __init__(self, parts):
+            self.parts = list(parts)
+
+        def sendto(self, *_):
+            pass
+
+        def recv(self, _size):
+            return self.parts.pop(0)
+
+    kept, doubled = nfnl._dump(Socket([rules, done]), 4, "nat", "X", frozenset({1}))
+    assert not doubled and kept  # (the fixture's foreign rule is kept: no ports)
+    # The first rule again at the start of the next part, as after a shift.
+    again, doubled = nfnl._dump(Socket([rules, first_rule, done]), 4, "nat", "X", frozenset({1}))
+    assert doubled
+    torn = Dumped(again, 5, nfnl._TORN)
+    assert not torn.taken_at(5, None) and not torn.taken_at(5, (5, 6))

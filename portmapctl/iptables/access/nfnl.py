@@ -16,7 +16,8 @@ about a sixth of `iptables -S CNI-HOSTPORT-DNAT`'s cost and needs no parsing of 
 Whether a commit tore a dump is told by the ruleset generation asked right before and
 right after it (the kernel answers both on the same socket, around the whole dump), the
 first once no commit is under way (nfgen.settled_at): equal, nothing committed
-meanwhile. `add` starts its dump as early as it can
+meanwhile. A dump that shows a rule twice (by its handle) is torn whatever the
+generations say (see _dump). `add` starts its dump as early as it can
 (ops/add_early.py) and keeps it when the only commit during it was its own.
 
 The kernel ABI: linux/netfilter/nf_tables.h, nfnetlink.h; xt_multiport.h for the
@@ -37,6 +38,7 @@ from typing import (
     List,
     NamedTuple,
     Optional,
+    Set,
     Tuple,
 )
 
@@ -45,6 +47,10 @@ from portmapctl.iptables.access import nfgen, nfmsg
 
 _RECV_SIZE = 1 << 16
 _UNSETTLED = -1  # a dump's start when no generation can be vouched for (none is < 1)
+_TORN = -2  # a dump's end when it showed a rule twice: torn, whatever the generations say
+# The attribute header of NFTA_RULE_HANDLE (12 bytes: the header and a be64), the first
+# such bytes after a rule message's table and chain names.
+_HANDLE = struct.pack("=HH", 12, nfmsg.RULE_HANDLE)
 _TRIES = 3
 
 # The expression of `-m multiport --dports ...` as iptables-nft 1.8 writes it: a
@@ -153,8 +159,9 @@ def dump_for_ports(
         started = nfgen.ask(sock, 1)
         if not nfgen.settled_at(sock, started, 2):
             started = _UNSETTLED  # a commit was under way: the dump may predate it
-        kept = _dump(sock, family, table, chain, wanted)
-        return Dumped(kept, started, nfgen.ask(sock, 5))
+        kept, doubled = _dump(sock, family, table, chain, wanted)
+        ended = nfgen.ask(sock, 5)
+        return Dumped(kept, started, _TORN if doubled else ended)
     except OSError:
         return None
     finally:
@@ -163,11 +170,18 @@ def dump_for_ports(
 
 def _dump(
     sock: socket.socket, family: int, table: str, chain: str, wanted: FrozenSet[int]
-) -> List[KeptRule]:
-    """One dump. (Whether a commit tore it: the generations around it say.)"""
+) -> Tuple[List[KeptRule], bool]:
+    """One dump, and whether it showed a rule twice (by its handle). Whether a commit
+    tore it the generations around it say; a rule shown twice says so too, whatever
+    they say: tests/kernel/test_nfnl.py's churn met such dumps with equal generations
+    (the kernel resumes a dump by position, so a shift between two parts repeats a
+    rule), and a repeated rule is the one sign that needs no generation."""
     sock.sendto(nfmsg.dump_request(family, table, chain, 1), (0, 0))
     kept: List[KeptRule] = []
     index = 0
+    handles: Set[bytes] = set()
+    handle_at = 0
+    doubled = False
     header = nl.HEADER.size
     # Where the multiport match sits in a rule: the same in every rule of one shape,
     # so it is looked for there first.
@@ -185,10 +199,23 @@ def _dump(
                 if length < header:
                     raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
                 if kind == nl.NLMSG_DONE:
-                    return kept
+                    return kept, doubled
                 if kind == nl.NLMSG_ERROR:
                     (code,) = nl.ERRNO.unpack_from(buf, offset + header)
                     raise OSError(-code or errno.EIO, "netlink error")
+            else:
+                # (Where the handle sits is the same in every rule of one chain, but
+                # for the padding that aligns it: looked for there first.)
+                at = offset + handle_at
+                if not buf.startswith(_HANDLE, at):
+                    at = buf.find(_HANDLE, offset + header + nl.NFGENMSG.size, end)
+                    if at < 0:
+                        raise OSError(errno.EBADMSG, "a rule without its handle")
+                    handle_at = at - offset
+                handle = buf[at + 4 : at + 12]
+                if handle in handles:
+                    doubled = True
+                handles.add(handle)
             at = offset + guess
             if not buf.startswith(_MULTIPORT_DPORTS, at):
                 at = buf.find(_MULTIPORT_DPORTS, offset, end)
