@@ -17,15 +17,19 @@ targets are kept token for token.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import BadInput
 from portmapctl.iptables.lexer import split_words
-from portmapctl.iptables.spelling import canonical
+from portmapctl.iptables.spelling import (
+    SYN,
+    canonical,
+    normal_address,
+    normal_protocol,
+    tcp_flags,
+)
 
 Args = Tuple[str, ...]
 
@@ -309,163 +313,6 @@ _FLAG_OPTIONS = {"--syn", "-f", "--limit-iface-in", "--limit-iface-out"}  # addr
 _VALUED_OPTIONS = (set().union(*_MATCH_OPTIONS.values()) | set(_PROTO_OPTIONS)) - _FLAG_OPTIONS
 
 
-# `--syn` of the tcp match, as iptables stores and prints it.
-_SYN = ("--tcp-flags", "FIN,SYN,RST,ACK", "SYN")
-# TCP flags as the tcp match names them, in the order it prints them.
-_TCP_FLAGS = (("FIN", 0x01), ("SYN", 0x02), ("RST", 0x04), ("PSH", 0x08), ("ACK", 0x10), ("URG", 0x20))
-
-
-def _tcp_flags(value: str) -> str:
-    """A --tcp-flags list as the tcp match prints it: its flags in the match's order,
-    ALL as every flag, NONE (or none at all) as NONE."""
-    bits = 0
-    for word in value.split(","):
-        word = word.upper() if word.isascii() else "?"  # (iptables folds ASCII only)
-        if not word:
-            continue  # (iptables splits with strtok: empty items are skipped)
-        if word == "ALL":
-            bits |= 0x3F
-        elif word != "NONE":
-            flag = next((b for n, b in _TCP_FLAGS if n == word), None)
-            if flag is None:
-                raise BadInput(f"unknown TCP flag {word!r} in rule")
-            bits |= flag
-    return ",".join(n for n, b in _TCP_FLAGS if bits & b) or "NONE"
-# The protocol names libxtables knows without /etc/protocols (xtables_chain_protos),
-# in its order: iptables-save prints a number by the name /etc/protocols gives it
-# (getprotobynumber), else by the first name here for it, else as the number.
-XTABLES_PROTOCOLS = (
-    ("tcp", 6), ("sctp", 132), ("udp", 17), ("udplite", 136), ("icmp", 1),
-    ("ipv6-icmp", 58), ("icmpv6", 58), ("esp", 50), ("ah", 51),
-    ("mobility-header", 135), ("ipv6-mh", 135), ("mh", 135), ("all", 0),
-)  # fmt: skip
-_ETC_PROTOCOLS = "/etc/protocols"
-_C_NUMBER = re.compile(r"0x([0-9a-f]+)|0([0-7]*)|[1-9][0-9]*", re.ASCII)
-
-
-@functools.lru_cache(maxsize=256)
-def _normal_protocol(value: str) -> Optional[str]:
-    """-p's value as iptables-save prints it; None for `all` (and 0), which it leaves
-    out. Read as iptables reads it: lower-cased, then a number (0x hex and 0 octal
-    too, up to 255), `all`, a name or alias in /etc/protocols, or one of libxtables'
-    own names; `-p 6` is saved as `-p tcp`, `-p 58` and `-p icmpv6` as `-p ipv6-icmp`
-    (tests/kernel/test_normal_form_reference.py holds this to iptables)."""
-    name = value.lower() if value.isascii() else ""  # (iptables folds ASCII only)
-    if name in _PORT_PROTOCOLS:
-        return name  # (the plugin's: each prints as itself)
-    number = protocol_number(name)
-    if number is None:
-        raise BadInput(f"unknown protocol {value!r} in rule")
-    if number == 0:
-        return None
-    named = _etc_protocols()[1].get(number)
-    if named is not None:
-        return named
-    return next((known for known, n in XTABLES_PROTOCOLS if n == number), str(number))
-
-
-def protocol_number(name: str) -> Optional[int]:
-    """A lower-case `-p` value as iptables reads it: a number, `all`, a name or alias
-    in /etc/protocols, or one of libxtables' names; None when iptables refuses it (a
-    name of a number over 255 among them: iptables-nft would cut it to 8 bits)."""
-    number = _c_number(name)
-    if number is not None or name.isdigit():
-        return number if number is not None and number <= 255 else None
-    if name == "all":
-        return 0
-    found = _etc_protocols()[0].get(name)
-    if found is None:
-        found = next((n for known, n in XTABLES_PROTOCOLS if known == name), None)
-    return found if found is not None and found <= 255 else None
-
-
-def _c_number(text: str) -> Optional[int]:
-    """`text` read as strtoul reads it with base 0 ("0x11" and "021" are 17), whole;
-    None when it is not such a number."""
-    spelled = _C_NUMBER.fullmatch(text.lower())
-    if spelled is None:
-        return None
-    hexadecimal, octal = spelled.group(1), spelled.group(2)
-    return int(hexadecimal, 16) if hexadecimal else int(octal, 8) if octal else int(text)
-
-
-@functools.lru_cache(maxsize=1)
-def _etc_protocols() -> Tuple[Dict[str, int], Dict[int, str]]:
-    """/etc/protocols as getprotobyname and getprotobynumber read it: every name and
-    alias to its number, every number to the first name given it. Empty when the
-    file cannot be read (iptables then knows only its own names)."""
-    by_name: Dict[str, int] = {}
-    by_number: Dict[int, str] = {}
-    try:
-        with open(_ETC_PROTOCOLS, encoding="utf-8", errors="replace") as lines:
-            for line in lines:
-                words = line.partition("#")[0].split()
-                if len(words) < 2 or not words[1].isdigit():
-                    continue
-                number = int(words[1])
-                by_number.setdefault(number, words[0])
-                for alias in (words[0], *words[2:]):
-                    by_name.setdefault(alias, number)
-    except OSError:
-        pass
-    return by_name, by_number
-
-
-@functools.lru_cache(maxsize=4096)
-def _normal_address(value: str, family: int) -> str:
-    """`ADDRESS[/MASK]` of -s/-d as iptables-save prints it: the address masked, then
-    `/N` for a mask of N leading ones (given as a length or as an address), else the
-    mask in address form -- iptables takes any mask, and 10.0.0.0/0.0.255.255 is not
-    10.0.0.0/16 (ipaddress would read that mask as a host mask)."""
-    # Cached: a node's rules repeat few addresses (127.0.0.1, the pod subnets), and
-    # ipaddress took a third of normalize() when `check` generates every container's.
-    text, slash, mask_text = value.partition("/")
-    address = _rule_address(text, value, family)
-    width = address.max_prefixlen
-    every = (1 << width) - 1
-    if not slash:
-        mask = every
-    elif _c_number(mask_text) is not None or mask_text.isdigit():
-        length = _c_number(mask_text)  # (as strtoul reads it: /010 is /8)
-        if length is None or length > width:
-            raise BadInput(f"invalid address {value!r} in rule")
-        mask = every ^ (every >> length)
-    else:
-        mask = int(_rule_address(mask_text, value, family))
-    ones = bin(mask).count("1")
-    masked = type(address)(int(address) & mask)
-    if mask == every ^ (every >> ones):
-        return f"{_printed(masked)}/{ones}"
-    return f"{_printed(masked)}/{_printed(type(address)(mask))}"
-
-
-def _rule_address(
-    text: str, value: str, family: int
-) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        raise BadInput(f"invalid address {value!r} in rule") from None
-    if "%" in text:  # (a zone: ipaddress takes one, iptables does not)
-        raise BadInput(f"invalid address {value!r} in rule")
-    if address.version != family:
-        raise BadInput(f"address {value!r} is not IPv{family}")
-    return address
-
-
-def _printed(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    """As iptables prints it (inet_ntop): an IPv6 address whose first 96 bits are
-    ::ffff:0:0/96 or zero (but ::/112) ends in dotted IPv4, where ipaddress writes
-    hex."""
-    if address.version == 6:
-        value = int(address)
-        high, low = value >> 32, value & 0xFFFFFFFF
-        if high == 0xFFFF or high == 0 and value >> 16:
-            prefix = "::ffff:" if high else "::"
-            return prefix + str(ipaddress.IPv4Address(low))
-    return address.compressed
-
-
 def normalize(args: Iterable[str], family: int) -> Args:
     """Rewrite rule arguments into the form `iptables-save` prints them in.
 
@@ -502,14 +349,16 @@ def normalize(args: Iterable[str], family: int) -> Args:
                 continue
             value = _need_value(tokens, i)
             if token in ("-s", "-d"):
-                value = _normal_address(value, family)
+                value = normal_address(value, family)
                 if value.endswith("/0") and not prefix:
                     i += 2  # "anywhere": iptables-save prints nothing for it
                     continue
             elif token == "-p":
-                protocol = _normal_protocol(value)
+                protocol = normal_protocol(value)
                 if protocol is None and prefix:
-                    raise BadInput(f"'! -p {value}' in rule would never match (iptables refuses it)")
+                    raise BadInput(
+                        f"'! -p {value}' in rule would never match (iptables refuses it)"
+                    )
                 if protocol is None:
                     i += 2  # `all`: iptables-save prints nothing for it
                     continue
@@ -549,13 +398,13 @@ def normalize(args: Iterable[str], family: int) -> Args:
             if name != "tcp" or "--tcp-flags" in options:
                 raise BadInput(f"{spelled} in rule outside one tcp match (iptables refuses it)")
         if spelled == "--syn":
-            options.extend(prefix + list(_SYN))  # what iptables keeps of it
+            options.extend(prefix + list(SYN))  # what iptables keeps of it
             i += 1
         elif spelled == "--tcp-flags":
             # Two values: the flags looked at, and those of them that must be set.
             if i + 2 >= len(tokens):
                 raise BadInput("--tcp-flags in rule needs two values (mask and set flags)")
-            flags = [_tcp_flags(tokens[i + 1]), _tcp_flags(tokens[i + 2])]
+            flags = [tcp_flags(tokens[i + 1]), tcp_flags(tokens[i + 2])]
             if flags[0] == "NONE":
                 # Looks at no flag: the two iptables flavours save it differently.
                 raise BadInput("--tcp-flags in rule looks at no flag")
@@ -616,8 +465,8 @@ def normal_port_rule(
         return normalize(args, family)
     out: List[str] = []
     # Addresses normalized (and refused) in the order normalize() meets them.
-    normal_destination = None if destination is None else _normal_address(destination, family)
-    normal_source = None if source is None else _normal_address(source, family)
+    normal_destination = None if destination is None else normal_address(destination, family)
+    normal_source = None if source is None else normal_address(source, family)
     if normal_source is not None and not normal_source.endswith("/0"):
         out += ["-s", normal_source]
     if normal_destination is not None and not normal_destination.endswith("/0"):

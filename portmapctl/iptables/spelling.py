@@ -12,11 +12,20 @@ written, for the matches conditions use. Learned from iptables 1.8.9, nft and le
 alike (tests/unit/test_spelling.py, tests/kernel/test_field_check.py with the real
 plugin). A match not known here is compared as written: for it, a spelling iptables
 rewrites still shows as a problem, as before.
+
+The values any rule may hold are here too: an address with its mask, a protocol, the
+tcp match's flags (normal_address, normal_protocol, tcp_flags), as iptables reads and
+prints them (tests/kernel/test_normal_form_reference.py).
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import re
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from portmapctl.errors import BadInput
 
 
 class Option(NamedTuple):
@@ -189,3 +198,166 @@ def canonical(match: str, options: Sequence[str]) -> List[str]:
     for option in parsed:
         out.extend((["!"] if option.negated else []) + [option.name, *option.values])
     return out
+
+
+# --- values every rule may hold: addresses, protocols, and the tcp match's flags ---------
+# (normalize() in ruleset.py puts -s/-d, -p, --syn and --tcp-flags through these.)
+
+# `--syn` of the tcp match, as iptables stores and prints it.
+SYN = ("--tcp-flags", "FIN,SYN,RST,ACK", "SYN")
+# TCP flags as the tcp match names them, in the order it prints them.
+_TCP_FLAGS = (
+    ("FIN", 0x01), ("SYN", 0x02), ("RST", 0x04), ("PSH", 0x08), ("ACK", 0x10), ("URG", 0x20),
+)  # fmt: skip
+
+
+def tcp_flags(value: str) -> str:
+    """A --tcp-flags list as the tcp match prints it: its flags in the match's order,
+    ALL as every flag, NONE (or none at all) as NONE."""
+    bits = 0
+    for word in value.split(","):
+        word = word.upper() if word.isascii() else "?"  # (iptables folds ASCII only)
+        if not word:
+            continue  # (iptables splits with strtok: empty items are skipped)
+        if word == "ALL":
+            bits |= 0x3F
+        elif word != "NONE":
+            flag = next((b for n, b in _TCP_FLAGS if n == word), None)
+            if flag is None:
+                raise BadInput(f"unknown TCP flag {word!r} in rule")
+            bits |= flag
+    return ",".join(n for n, b in _TCP_FLAGS if bits & b) or "NONE"
+
+# The protocol names libxtables knows without /etc/protocols (xtables_chain_protos),
+# in its order: iptables-save prints a number by the name /etc/protocols gives it
+# (getprotobynumber), else by the first name here for it, else as the number.
+XTABLES_PROTOCOLS = (
+    ("tcp", 6), ("sctp", 132), ("udp", 17), ("udplite", 136), ("icmp", 1),
+    ("ipv6-icmp", 58), ("icmpv6", 58), ("esp", 50), ("ah", 51),
+    ("mobility-header", 135), ("ipv6-mh", 135), ("mh", 135), ("all", 0),
+)  # fmt: skip
+_ETC_PROTOCOLS = "/etc/protocols"
+_C_NUMBER = re.compile(r"0x([0-9a-f]+)|0([0-7]*)|[1-9][0-9]*", re.ASCII)
+
+
+@functools.lru_cache(maxsize=256)
+def normal_protocol(value: str) -> Optional[str]:
+    """-p's value as iptables-save prints it; None for `all` (and 0), which it leaves
+    out. Read as iptables reads it: lower-cased, then a number (0x hex and 0 octal
+    too, up to 255), `all`, a name or alias in /etc/protocols, or one of libxtables'
+    own names; `-p 6` is saved as `-p tcp`, `-p 58` and `-p icmpv6` as `-p ipv6-icmp`
+    (tests/kernel/test_normal_form_reference.py holds this to iptables)."""
+    name = value.lower() if value.isascii() else ""  # (iptables folds ASCII only)
+    if name in ("tcp", "udp", "sctp"):
+        return name  # (the plugin's: each prints as itself)
+    number = protocol_number(name)
+    if number is None:
+        raise BadInput(f"unknown protocol {value!r} in rule")
+    if number == 0:
+        return None
+    named = _etc_protocols()[1].get(number)
+    if named is not None:
+        return named
+    return next((known for known, n in XTABLES_PROTOCOLS if n == number), str(number))
+
+
+def protocol_number(name: str) -> Optional[int]:
+    """A lower-case `-p` value as iptables reads it: a number, `all`, a name or alias
+    in /etc/protocols, or one of libxtables' names; None when iptables refuses it (a
+    name of a number over 255 among them: iptables-nft would cut it to 8 bits)."""
+    number = _c_number(name)
+    if number is not None or name.isdigit():
+        return number if number is not None and number <= 255 else None
+    if name == "all":
+        return 0
+    found = _etc_protocols()[0].get(name)
+    if found is None:
+        found = next((n for known, n in XTABLES_PROTOCOLS if known == name), None)
+    return found if found is not None and found <= 255 else None
+
+
+def _c_number(text: str) -> Optional[int]:
+    """`text` read as strtoul reads it with base 0 ("0x11" and "021" are 17), whole;
+    None when it is not such a number."""
+    spelled = _C_NUMBER.fullmatch(text.lower())
+    if spelled is None:
+        return None
+    hexadecimal, octal = spelled.group(1), spelled.group(2)
+    return int(hexadecimal, 16) if hexadecimal else int(octal, 8) if octal else int(text)
+
+
+@functools.lru_cache(maxsize=1)
+def _etc_protocols() -> Tuple[Dict[str, int], Dict[int, str]]:
+    """/etc/protocols as getprotobyname and getprotobynumber read it: every name and
+    alias to its number, every number to the first name given it. Empty when the
+    file cannot be read (iptables then knows only its own names)."""
+    by_name: Dict[str, int] = {}
+    by_number: Dict[int, str] = {}
+    try:
+        with open(_ETC_PROTOCOLS, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                words = line.partition("#")[0].split()
+                if len(words) < 2 or not words[1].isdigit():
+                    continue
+                number = int(words[1])
+                by_number.setdefault(number, words[0])
+                for alias in (words[0], *words[2:]):
+                    by_name.setdefault(alias, number)
+    except OSError:
+        pass
+    return by_name, by_number
+
+
+@functools.lru_cache(maxsize=4096)
+def normal_address(value: str, family: int) -> str:
+    """`ADDRESS[/MASK]` of -s/-d as iptables-save prints it: the address masked, then
+    `/N` for a mask of N leading ones (given as a length or as an address), else the
+    mask in address form -- iptables takes any mask, and 10.0.0.0/0.0.255.255 is not
+    10.0.0.0/16 (ipaddress would read that mask as a host mask)."""
+    # Cached: a node's rules repeat few addresses (127.0.0.1, the pod subnets), and
+    # ipaddress took a third of normalize() when `check` generates every container's.
+    text, slash, mask_text = value.partition("/")
+    address = _rule_address(text, value, family)
+    width = address.max_prefixlen
+    every = (1 << width) - 1
+    if not slash:
+        mask = every
+    elif _c_number(mask_text) is not None or mask_text.isdigit():
+        length = _c_number(mask_text)  # (as strtoul reads it: /010 is /8)
+        if length is None or length > width:
+            raise BadInput(f"invalid address {value!r} in rule")
+        mask = every ^ (every >> length)
+    else:
+        mask = int(_rule_address(mask_text, value, family))
+    ones = bin(mask).count("1")
+    masked = type(address)(int(address) & mask)
+    if mask == every ^ (every >> ones):
+        return f"{_printed(masked)}/{ones}"
+    return f"{_printed(masked)}/{_printed(type(address)(mask))}"
+
+
+def _rule_address(
+    text: str, value: str, family: int
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise BadInput(f"invalid address {value!r} in rule") from None
+    if "%" in text:  # (a zone: ipaddress takes one, iptables does not)
+        raise BadInput(f"invalid address {value!r} in rule")
+    if address.version != family:
+        raise BadInput(f"address {value!r} is not IPv{family}")
+    return address
+
+
+def _printed(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """As iptables prints it (inet_ntop): an IPv6 address whose first 96 bits are
+    ::ffff:0:0/96 or zero (but ::/112) ends in dotted IPv4, where ipaddress writes
+    hex."""
+    if address.version == 6:
+        value = int(address)
+        high, low = value >> 32, value & 0xFFFFFFFF
+        if high == 0xFFFF or high == 0 and value >> 16:
+            prefix = "::ffff:" if high else "::"
+            return prefix + str(ipaddress.IPv4Address(low))
+    return address.compressed

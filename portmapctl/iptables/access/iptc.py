@@ -69,15 +69,8 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem, PortmapctlError
 from portmapctl.host.lock import flock_within
-from portmapctl.iptables.ruleset import (
-    XTABLES_PROTOCOLS,
-    Args,
-    NatTable,
-    format_rule,
-    parse_save,
-    protocol_number,
-)
-from portmapctl.iptables.spelling import Option
+from portmapctl.iptables.ruleset import Args, NatTable, format_rule, parse_save
+from portmapctl.iptables.spelling import XTABLES_PROTOCOLS, Option, protocol_number
 from portmapctl.iptables.transaction import Op, OpKind, Transaction
 
 XT_LOCK_NAME = "/run/xtables.lock"  # iptables' own lock (XTABLES_LOCKFILE overrides it)
@@ -841,7 +834,7 @@ def _in4(address: Any) -> bytes:
 
 
 def _proto_number(name: str) -> int:
-    """A protocol as iptables parses `-p` (ruleset.protocol_number)."""
+    """A protocol as iptables parses `-p` (spelling.protocol_number)."""
     number = protocol_number(name.lower())
     if number is None:
         raise ValueError(f"unknown protocol {name!r}")
