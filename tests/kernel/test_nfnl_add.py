@@ -151,13 +151,14 @@ def test_the_plugin_checks_and_deletes_what_the_batch_wrote(host_ns):
 
 
 def _refused(ns: str, config) -> nfnl_add.Result:
-    saved = {f: rp.save(ns, f) for f in (4, 6)}
+    # (Without iptables-save's "# Generated ... on TIME" lines: a second may tick.)
+    saved = {f: rp.strip_save_comments(rp.save(ns, f)) for f in (4, 6)}
     before = nfgen_of(ns)
     with entered(ns):
         result = nfnl_add.apply_new(_plans(config))
     assert result.outcome is Outcome.REFUSED, result.why
     assert nfgen_of(ns) == before  # nothing committed
-    assert {f: rp.save(ns, f) for f in (4, 6)} == saved
+    assert {f: rp.strip_save_comments(rp.save(ns, f)) for f in (4, 6)} == saved
     return result
 
 
