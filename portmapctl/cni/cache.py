@@ -12,9 +12,11 @@ libcni with a cache of its own (`/var/lib/cni/multus/results`), while the runtim
 cache holds only the outer `multus-cni-network` entry. They are read together.
 
 libcni writes a file in place (no rename): a read can catch it half-written, so a
-file that does not parse is read again a few times. One that still cannot be
-understood is skipped with a warning, and its container stays live by the file's
-name (SPEC §5: one bad record never stops the node's work).
+file that cannot be read or is not yet one whole JSON document is read again a few
+times. One that parses is complete: what is wrong in it then stays wrong, and it is
+not read again. A file that cannot be understood is skipped with a warning, and its
+container stays live by the file's name (SPEC §5: one bad record never stops the
+node's work).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from portmapctl.host.netns import NamespaceView, NetnsState
 from portmapctl.iptables.chains import chain_name
 
 MAX_CACHE_FILE_BYTES = 16 * 1024 * 1024
-# A half-written file is complete a moment later: read the failures again, all at once.
+# A half-written file is complete a moment later: read those again, all at once.
 READ_TRIES = 4
 RETRY_SECONDS = 0.1
 # Splitting NETWORK-CONTAINERID-IFNAME at every pair of dashes: bounded for odd names.
@@ -148,6 +150,11 @@ def cache_paths(cache_dirs: CacheDirs) -> Optional[List[str]]:
     return paths
 
 
+class _Unfinished(BadInput):
+    """A cache file that could not be read as one whole JSON document: perhaps being
+    written (libcni truncates, then writes), so worth reading again."""
+
+
 def _entry_name(entry: os.DirEntry) -> str:
     return entry.name
 
@@ -187,7 +194,8 @@ def read_entries(
     tries: int = READ_TRIES,
     wait: Optional[float] = None,
 ) -> List[Attachment]:
-    """The attachments of these cache files, each file read again while it fails."""
+    """The attachments of these cache files, a file read again while it is not yet a
+    whole JSON document (a file that is, but holds something wrong, is reported at once)."""
     wait = RETRY_SECONDS if wait is None else wait
     found: List[Attachment] = []
     pending = list(paths)
@@ -200,9 +208,12 @@ def read_entries(
             try:
                 found.append(read_attachment(path, judge, configs=configs))
             except BadInput as err:
-                if os.path.lexists(path):
+                if not os.path.lexists(path):
+                    continue  # removed by a DEL between listing and reading: not live
+                if isinstance(err, _Unfinished):
                     failed.append((path, err))
-                # else: removed by a DEL between listing and reading: not live
+                else:
+                    found += unreadable(path, str(err))
         if not failed:
             break
         pending = [path for path, _ in failed]
@@ -320,8 +331,12 @@ def read_attachment(
     """The attachment of one cache file. `configs`: the configs decoded so far in this
     read (read_entries passes one for all its files)."""
     source = f"CNI cache file {path}"
-    text = files.read_text(path, "CNI cache file", MAX_CACHE_FILE_BYTES, regular_only=True)
-    cached = cni_config.ensure_mapping(cni_config.load_json(text, source), source)
+    try:
+        text = files.read_text(path, "CNI cache file", MAX_CACHE_FILE_BYTES, regular_only=True)
+        document = cni_config.load_json(text, source)
+    except BadInput as err:
+        raise _Unfinished(str(err)) from None
+    cached = cni_config.ensure_mapping(document, source)
     kind = cached.get("kind")
     if kind != "cniCacheV1":
         raise BadInput(f"{source}: unknown kind {kind!r} (expected cniCacheV1)")

@@ -327,6 +327,29 @@ def test_a_half_written_file_is_read_again_until_complete(tmp_path):
     assert found[0].mapping is not None
 
 
+def test_a_whole_file_with_something_wrong_is_read_once(tmp_path, monkeypatch):
+    """Only a file that is not yet one JSON document may be half-written: one that
+    parses is complete, and what is wrong in it is reported without reading it again
+    (and without waiting between reads). The half-written one beside it is read again."""
+    wrong = entry()
+    wrong["kind"] = "cniCacheV2"
+    whole = write(tmp_path / "results", "mynet-abc123-eth0", wrong)
+    half = write(tmp_path / "results", "mynet-def456-eth0", "{")
+    reads = {str(whole): 0, str(half): 0}
+    real = cni_cache.files.read_text
+
+    def counted(path: str, *args: Any, **kwargs: Any) -> str:
+        reads[path] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(cni_cache.files, "read_text", counted)
+    found = cni_cache.read_entries([str(whole), str(half)], tries=3, wait=0)
+    assert reads == {str(whole): 1, str(half): 3}
+    problems = {a.container_id: a.problem for a in found}
+    assert "unknown kind" in (problems["abc123"] or "")
+    assert problems["def456"] is not None
+
+
 def test_a_file_removed_while_reading_is_not_live(tmp_path, monkeypatch):
     path = write(tmp_path / "results", "mynet-abc123-eth0", "{")
 
