@@ -85,6 +85,8 @@ _BUILTIN_RULE = tuple(f"-A {name} " for name in BUILTIN_NAT_CHAINS)
 
 
 _UNREADABLE_RE = re.compile(r"^# Table `nat' is incompatible.*$", re.MULTILINE)
+# `iptables-save -c` puts each rule's counters first: "[PACKETS:BYTES] -A CHAIN ...".
+_COUNTERS_RE = re.compile(r"^\[\d+:\d+\] (?=-A )", re.MULTILINE)
 
 
 def unreadable_note(text: str) -> Optional[str]:
@@ -105,6 +107,7 @@ def parse_save(
     stay right (`list` on a kube-proxy node of 50,000 rules: docs/performance.md).
     Nothing portmapctl does looks into such a rule; it is never written back.
 
+    Rule counters (`iptables-save -c`) are left out: they are not part of the rule.
     Text without a nat table gives an empty table: nothing of the plugin's is there.
     Raises BadInput, naming the line, for text that is not iptables-save output.
     `strict` (a --snapshot: text from a file, not from iptables-save itself) also
@@ -113,6 +116,9 @@ def parse_save(
     note = unreadable_note(text)
     if note is not None:
         raise BadInput(f"{source}: the nat table could not be saved ({note}): nothing to read")
+    if "\n[" in text:
+        # Saved with -c (a support bundle's dump): the rules are the same without them.
+        text = _COUNTERS_RE.sub("", text)
     chains: Dict[str, SavedChain] = {}
     rules: Dict[str, List[Args]] = {}
     table: Optional[str] = None

@@ -141,6 +141,23 @@ def test_modes_do_not_see_each_other(host_ns: str) -> None:
     assert rp.nat_rules(rp.save(host_ns, 4, "nft")) == []
 
 
+def test_a_save_with_counters_reads_as_the_save_without(
+    host_ns: str, iptables_mode: rp.Mode
+) -> None:
+    """`iptables-save -c` (how support bundles often take the dump) puts each rule's
+    counters first; a --snapshot of it is the same node."""
+    from portmapctl.iptables.ruleset import parse_save
+
+    _add(host_ns, iptables_mode)
+    # Traffic is not needed: a rule's counters are printed whatever they hold.
+    tool = rp.tool_path("iptables-save", iptables_mode)
+    counted = rp._run([rp._ip(), "netns", "exec", host_ns, tool, "-c", "-t", "nat"], check=True).stdout
+    assert "\n[0:0] -A CNI-HOSTPORT-DNAT " in counted
+    plain = rp.save(host_ns, 4, iptables_mode)
+    assert parse_save(counted, 4, strict=True) == parse_save(plain, 4, strict=True)
+    assert parse_save(counted, 4).chains[CHAIN].rules  # (the plugin's rules, read)
+
+
 @pytest.mark.parametrize("name", sorted(CAPTURE.CASES))
 def test_fixture_matches_the_plugin_today(host_ns: str, name: str) -> None:
     case = CAPTURE.CASES[name]

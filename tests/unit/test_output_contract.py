@@ -245,6 +245,19 @@ def test_check_fix_is_a_command_or_null_and_prose_goes_in_why():
     assert stale["fix"].startswith("portmapctl gc")
 
 
+def test_without_a_cache_no_fix_is_a_command_with_a_placeholder():
+    """gc needs a source of liveness where there is no cache: no command runs as it
+    stands, so `fix` is null and what to give gc is said in `why`."""
+    node = ("--snapshot", str(ROOT / "tests/fixtures/legacy-sn.v4.save"))
+    done = pmctl("check", *node, "--cni-cache-dir", "/nonexistent", "-o", "json")
+    doc = json.loads(done.stdout)
+    [legacy] = [p for p in doc["problems"] if p["kind"] == "legacy"]
+    assert legacy["fix"] is None and "--valid-attachments FILE" in legacy["why"]
+    assert "FILE" not in doc["summary"]
+    for problem in doc["problems"]:
+        assert problem["fix"] is None or "FILE" not in problem["fix"], problem
+
+
 def test_the_schemas_refuse_schema_1_words():
     doc = json.loads(pmctl("list", *EXAMPLE, "-o", "json").stdout)
     doc["chains"][0]["name"] = doc["chains"][0]["chain"]

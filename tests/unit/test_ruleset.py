@@ -248,3 +248,17 @@ def test_quote_round_trips_through_the_restore_tokenizer(token):
 def test_quote_refuses_control_characters(evil):
     with pytest.raises(BadInput):
         quote(evil)
+
+
+def test_rule_counters_of_a_save_with_c_are_left_out():
+    """`iptables-save -c` writes "[PACKETS:BYTES] -A ...": the same rules (the real
+    dump with counters: tests/interop/test_realplugin.py)."""
+    plain = save_text("basic", 4)
+    counted = "\n".join(
+        f"[{n}:{60 * n}] {line}" if line.startswith("-A ") else line
+        for n, line in enumerate(plain.split("\n"))
+    )
+    assert counted.count("] -A ") == plain.count("\n-A ")
+    assert parse_save(counted, 4, strict=True) == parse_save(plain, 4, strict=True)
+    with pytest.raises(BadInput, match="unexpected line"):
+        parse_save(counted.replace("] -A ", "] -I ", 1), 4)

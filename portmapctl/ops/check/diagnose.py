@@ -427,15 +427,21 @@ def _inventory_problems(
         if c.name in derived.get(c.family, ()):
             pass
         elif ProblemKind.STALE in c.status:
+            # One row: gc removes the chain, whatever else is wrong with it (said here).
             also = " and nothing enters it" if ProblemKind.ORPHAN in c.status else ""
+            maps = _ports_text([p for p in c.host_ports if p not in c.missing_ports])
+            if ProblemKind.INCOMPLETE in c.status:
+                maps += (
+                    f"; entry rules send {_ports_text(c.missing_ports)} here but no rule"
+                    " DNATs them"
+                )
             problems.append(
                 Problem(
                     ProblemKind.STALE,
                     c.family,
                     c.name,
                     *who,
-                    f"no CNI cache entry for {_who(*who)}{also};"
-                    f" it maps {_ports_text(c.host_ports)}",
+                    f"no CNI cache entry for {_who(*who)}{also}; it maps {maps}",
                     fixes.gc,
                     "the container is gone but its host ports stay taken: a new container on"
                     " them gets no traffic",

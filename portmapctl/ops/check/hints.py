@@ -35,8 +35,13 @@ class Fixes:
     def gc(self) -> str:
         if self.cache_present:
             return f"portmapctl gc{self.suffix}"
-        # gc refuses to guess which containers are live without a source of liveness.
-        return f"portmapctl gc --valid-attachments FILE{self.suffix}"
+        # gc refuses to guess which containers are live without a source of liveness:
+        # no command runs as it stands, so this is prose (JSON `fix` is then null).
+        return (
+            f"`portmapctl gc --valid-attachments FILE{self.suffix}` (with no CNI cache"
+            " here, gc must be told which containers are live: a CNI GC document, or"
+            " --keep ID)"
+        )
 
     def iptables(self, family: int, command: str, chain: str, args: Args) -> str:
         return command_line(family, self.flavour, command, chain, args)
