@@ -44,7 +44,7 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
         parsed = cni_json.plugin_config(
             conf, validate.cni_name(container, "container ID"), source, ifname=ifname
         )
-        return with_backend(validate.buildable(parsed), backend)
+        return validate.buildable(with_backend(parsed, backend))
     if network is None:
         raise BadInput("--network is required (or give --cni-config)")
     if not publish:
@@ -61,7 +61,7 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
         conditions_v6=validate.conditions(mapping.conditions_v6, "--conditions-v6"),
         masq_all=mapping.masq_all,
     )
-    return with_backend(validate.buildable(config), backend)
+    return validate.buildable(with_backend(config, backend))
 
 
 def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
@@ -89,12 +89,28 @@ def run(
 ) -> None:
     out = common.out()
     config = mapping_from_options(mapping, backend=common.backend.value)
+    _in_a_chosen_family(config, common)
     with contextlib.ExitStack() as held:
         # add's work starts now, under the lock, before the rest of add is imported
         # (ops/add_ahead.py); the imports and the node's opening overlap it.
         ahead = None if dry_run else _ahead(common, config, held, early_claims)
         result, clashes = _add(common, config, ahead, no_flush_udp=no_flush_udp, dry_run=dry_run)
     _report(common, out, config, result, clashes, dry_run)
+
+
+def _in_a_chosen_family(config: MappingConfig, common: Common) -> None:
+    """BadInput when --family leaves none of the mapping's addresses: there is nothing
+    to write, which is no "already in place"."""
+    from portmapctl.cli._common import families
+    from portmapctl.errors import BadInput
+
+    chosen = families(common.family)
+    if not any(family in chosen for family in config.families):
+        missing = " or ".join(f"IPv{family}" for family in chosen)
+        raise BadInput(
+            f"nothing to add: the mapping has no {missing} address (--ip) and --family"
+            f" {common.family.value} leaves out the others"
+        )
 
 
 def _add(

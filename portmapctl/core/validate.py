@@ -24,6 +24,14 @@ _IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
 # Words iptables' getopt reads as a target: -j/-g (also with the value attached, or
 # bundled after flags such as -4jACCEPT) and unambiguous prefixes of --jump/--goto.
 _TARGET_WORD = re.compile(r"-[^-]*[jg].*|--(?:j|ju|jum|jump|g|go|got|goto)(?:=.*)?", re.DOTALL)
+# Words iptables reads as a command or a table of its own: in conditions (appended to
+# the plugin's own -A/-C/-D) iptables refuses them ("Cannot use -A with -A"), so the
+# plugin's ADD fails; refused here, before anything is written or retried.
+_COMMAND_WORD = re.compile(
+    r"-[ACDIRLSFZNXPEthV].*|--(?:append|check|delete|insert|replace|list|list-rules|flush"
+    r"|zero|new-chain|delete-chain|policy|rename-chain|table|help|version)(?:=.*)?",
+    re.DOTALL,
+)
 # IPv4 IP/PREFIX as ipaddress reads it (no leading zeros), ASCII only: parsed 2x faster
 # than by ip_interface (a tenth of reading a 1,000-entry CNI cache); any other form goes
 # to ipaddress, whose result this equals.
@@ -168,6 +176,11 @@ def conditions(value: Any, what: str) -> Tuple[str, ...]:
             raise BadInput(f"invalid {what}: {shown(word)} holds control characters")
         if _TARGET_WORD.fullmatch(word):
             raise BadInput(f"invalid {what}: conditions cannot set a target ({shown(word)})")
+        if _COMMAND_WORD.fullmatch(word):
+            raise BadInput(
+                f"invalid {what}: conditions are match options, not a command or table"
+                f" ({shown(word)})"
+            )
     return tuple(words)
 
 
@@ -233,6 +246,21 @@ def buildable(config: MappingConfig, source: Optional[str] = None) -> MappingCon
     """
     from portmapctl.iptables.chains import wanted_chains
 
+    if config.backend == "nftables":
+        return config  # (nft conditions are nft's to judge: ops/add.py)
+    # As the plugin: conditions whose first word is no option are nftables syntax, and
+    # without "backend": "nftables" the plugin writes iptables rules, so it refuses them.
+    nft_style = [
+        f"conditionsV{family}"
+        for family, words in ((4, config.conditions_v4), (6, config.conditions_v6))
+        if words and words[0][:1] not in ("-", "!")
+    ]
+    if nft_style:
+        where = f"{source}: " if source is not None else ""
+        raise BadInput(
+            f"{where}iptables backend was requested but configuration contains"
+            f" nftables-specific options [{' '.join(nft_style)}]"
+        )
     for family in config.families:
         try:
             wanted_chains(config, family)

@@ -308,6 +308,25 @@ CACHE_FILES = {
         ),
         "cannot set a target",
     ),
+    # nftables conditions without "backend": "nftables": the plugin refuses that ADD.
+    "conditions-nft": (
+        _cache_document(
+            config=_b64(
+                {
+                    "name": NET,
+                    "plugins": [
+                        {"type": "bridge"},
+                        {
+                            "type": "portmap",
+                            "capabilities": {"portMappings": True},
+                            "conditionsV4": ["ip saddr 192.168.0.0/16"],
+                        },
+                    ],
+                }
+            )
+        ),
+        "nftables-specific",
+    ),
 }
 
 VALID_ATTACHMENTS = {

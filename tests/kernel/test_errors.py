@@ -50,6 +50,13 @@ BAD_ADD = [
     (["-p", "8080:80", "--external-setmark-chain", "bad chain"], "invalid external setmark chain"),
     (["-p", "8080:80", "--conditions-v4", "-j ACCEPT"], "cannot set a target"),
     (["-p", "8080:80", "--conditions-v4", "'unterminated"], "invalid --conditions-v4"),
+    # A newline splits into words like a space: the -A it carries is refused as a word.
+    (["-p", "8080:80", "--conditions-v4", "-s 1.2.3.4\n-A INPUT -p tcp"], "not a command"),
+    (["-p", "8080:80", "--conditions-v4", "-t filter"], "not a command or table"),
+    # The plugin's iptables backend refuses nftables conditions (upstream/FACTS.md).
+    (["-p", "8080:80", "--conditions-v4", "ip saddr 192.168.0.0/16"], "nftables-specific"),
+    # --family leaving out the mapping's only address: nothing to add, not "in place".
+    (["-p", "8080:80", "--family", "6"], "no IPv6 address"),
     (["-p", "8080:80", "--iptables", "bogus"], "--iptables"),
     (["-p", "8080:80", "--family", "5"], "--family"),
     (["-p", "8080:80", "--no-such-option"], "No such option"),
