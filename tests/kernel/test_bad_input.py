@@ -269,6 +269,13 @@ CNI_CONFIGS = {
     "snat-string": (_portmap_config(snat="no"), "snat must be true or false"),
 }
 
+def _with_conditions_v4(conditions: list) -> dict:
+    """A cache document whose portmap config has these conditionsV4."""
+    portmap = {"type": "portmap", "capabilities": {"portMappings": True}}
+    plugins = [{"type": "bridge"}, {**portmap, "conditionsV4": conditions}]
+    return _cache_document(config=_b64({"name": NET, "plugins": plugins}))
+
+
 CACHE_FILES = {
     "id-injection": (_cache_document(containerId='x" -j ACCEPT'), "invalid container ID"),
     "id-newline": (_cache_document(containerId="x\n-A INPUT -j ACCEPT"), "invalid container ID"),
@@ -291,40 +298,12 @@ CACHE_FILES = {
         "invalid container address",
     ),
     "conditions": (
-        _cache_document(
-            config=_b64(
-                {
-                    "name": NET,
-                    "plugins": [
-                        {"type": "bridge"},
-                        {
-                            "type": "portmap",
-                            "capabilities": {"portMappings": True},
-                            "conditionsV4": ["--goto", "X"],
-                        },
-                    ],
-                }
-            )
-        ),
+        _with_conditions_v4(["--goto", "X"]),
         "cannot set a target",
     ),
     # nftables conditions without "backend": "nftables": the plugin refuses that ADD.
     "conditions-nft": (
-        _cache_document(
-            config=_b64(
-                {
-                    "name": NET,
-                    "plugins": [
-                        {"type": "bridge"},
-                        {
-                            "type": "portmap",
-                            "capabilities": {"portMappings": True},
-                            "conditionsV4": ["ip saddr 192.168.0.0/16"],
-                        },
-                    ],
-                }
-            )
-        ),
+        _with_conditions_v4(["ip saddr 192.168.0.0/16"]),
         "nftables-specific",
     ),
 }
