@@ -93,3 +93,58 @@ def test_relative_links_resolve(page):
         assert resolved.exists(), f"{page.relative_to(ROOT)}: broken link {target}"
         if anchor and resolved.suffix == ".md":
             assert anchor in _anchors(resolved), f"{page.relative_to(ROOT)}: no #{anchor}"
+
+
+def console_examples(page: Path) -> Iterator[Tuple[int, List[str], List[str]]]:
+    """(line number, argv after `portmapctl`, the output lines shown) of each example."""
+    lines = page.read_text().splitlines()
+    in_console = False
+    found: List[Tuple[int, List[str], List[str]]] = []
+    for number, line in enumerate(lines, 1):
+        if line.startswith("```"):
+            in_console = line.strip() == "```console"
+            continue
+        if not in_console:
+            continue
+        if line.startswith("$ "):
+            words = shlex.split(line[2:]) if not line.endswith("\\") else []
+            words = words[1:] if words[:1] == ["sudo"] else words
+            found.append((number, words[1:] if words[:1] == ["portmapctl"] else [], []))
+        elif found:
+            found[-1][2].append(line)
+    yield from found
+
+
+def _reads_only_files(argv: List[str]) -> bool:
+    """An example that reads dumps and a cache it names: runnable here, without root and
+    without this machine's /var/lib/cni (those without --cni-cache-dir would read it)."""
+    return (
+        any(option in argv for option in ("--snapshot", "--nft-snapshot"))
+        and "--cni-cache-dir" in argv
+        and "--netns" not in argv
+    )
+
+
+@pytest.mark.parametrize(
+    "page", [*PAGES, ROOT / "README.md"], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_examples_that_read_only_files_show_what_they_print_today(page):
+    """The output shown under each such example is what the command prints today, piped
+    (stderr and stdout together, in any order: the page shows them as a terminal
+    interleaves them)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR")}
+    env.update(NO_COLOR="1", PYTHONPATH=str(ROOT))
+    for number, argv, shown in console_examples(page):
+        if not argv or not _reads_only_files(argv):
+            continue
+        done = subprocess.run(
+            [sys.executable, "-m", "portmapctl", *argv],
+            cwd=ROOT, capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        printed = (done.stderr + done.stdout).rstrip("\n").split("\n")
+        where = f"{page.relative_to(ROOT)}:{number}: portmapctl {' '.join(argv)}"
+        assert sorted(printed) == sorted(shown), where
