@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -17,6 +17,9 @@ from portmapctl.cli._common import (
     metrics_recording,
 )
 from portmapctl.cli.add import mapping_from_options, mapping_options
+
+if TYPE_CHECKING:
+    from portmapctl.ops.check import CheckResult
 
 EXAMPLES = """
 Examples:
@@ -97,7 +100,7 @@ def check_command(
             if repair:
                 result = check_lib.repair(node, config, flush_udp=not no_flush_udp)
             elif config is not None:
-                result = check_lib.check_mapping(node, config)
+                result = _with_repair_command(check_lib.check_mapping(node, config))
             else:
                 result = check_lib.check_node(node)
             if recorder is not None:
@@ -139,3 +142,28 @@ def check_command(
                 out.blank()
             out.summary(render.check_summary(result))
         return 0 if result.healthy else 1
+
+
+def _with_repair_command(result: CheckResult) -> CheckResult:
+    """The check of one mapping, its fixes spelled as the command to run: this one, with
+    --repair (what to output is left out: the repair's own output is its business)."""
+    import shlex
+    from dataclasses import replace
+
+    from portmapctl.ops.check.run import SAME_WITH_REPAIR
+
+    if sys.argv[1:2] != ["check"]:
+        return result  # (called in-process, not as the program: no command line to give)
+    words, skip = [], False
+    for word in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif word in ("-o", "--output"):
+            skip = True
+        elif not word.startswith(("-o", "--output=")) and word not in ("-q", "--quiet"):
+            words.append(word)
+    command = shlex.join(["portmapctl", *words, "--repair"])
+    problems = tuple(
+        replace(p, fix=command) if p.fix == SAME_WITH_REPAIR else p for p in result.problems
+    )
+    return replace(result, problems=problems)

@@ -4,6 +4,7 @@ kernel with the real plugin in throwaway namespaces."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 import realplugin as rp
@@ -323,6 +324,9 @@ def test_single_mapping_check_and_repair(host_ns, iptables_mode, tmp_path):
         ("missing-chain", 4, _chain(container_id)),
         ("missing-chain", 6, _chain(container_id)),
     ]
+    # The fix is the command that was run, with --repair (its output options left out).
+    fixes = {p["fix"] for p in json.loads(done.stdout)["problems"]}
+    assert fixes == {shlex.join(["portmapctl", *args[:-2], "--repair"])}
     done = run([*args, "--repair"])
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["repaired"] is True

@@ -334,7 +334,8 @@ def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) 
     live = node.read_nft(families)
     if node.nft_unusable is not None:
         raise node.nft_unusable
-    fix = "run the same command with --repair"
+    from portmapctl.ops.check.run import SAME_WITH_REPAIR as fix
+
     problems: List[Problem] = []
     for p in structure_problems(live, {f: config.snat for f in families}):
         problems.append(

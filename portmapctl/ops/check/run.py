@@ -151,10 +151,14 @@ def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
     return mapping_result(config, node.read(families))
 
 
+# The fix of a problem of one mapping: the CLI spells it as the command that was run
+# (cli/check.py); a library caller gets these words.
+SAME_WITH_REPAIR = "run the same command with --repair"
+
+
 def mapping_result(config: MappingConfig, tables: Dict[int, NatTable]) -> CheckResult:
     """The check of one mapping in these tables (as read, or as a repair left them)."""
-    fix = "run the same command with --repair"
-    problems, compared = diagnose_mapping(tables, config, fix)
+    problems, compared = diagnose_mapping(tables, config, SAME_WITH_REPAIR)
     families = tuple(tables)
     return CheckResult(
         tuple(problems),
