@@ -144,8 +144,10 @@ def cache_paths(cache_dirs: CacheDirs) -> Optional[List[str]]:
             # for stale. The environment's problem (exit 3), not the input's.
             raise HostProblem(f"cannot read the CNI cache {folder}: {err.strerror}") from None
         for entry in entries:
-            if entry.name.startswith(".") or not _is_file(entry):
+            if entry.name.startswith("."):
                 continue  # libcni writes through temporary files
+            # Anything else is an entry, also what is no file (a directory, a dangling
+            # symlink): read, it is reported, and its name keeps its container live.
             paths.append(entry.path)
     return paths
 
@@ -157,14 +159,6 @@ class _Unfinished(BadInput):
 
 def _entry_name(entry: os.DirEntry) -> str:
     return entry.name
-
-
-def _is_file(entry: os.DirEntry) -> bool:
-    """os.path.isfile of the entry (a symlink is followed), False when it is gone."""
-    try:
-        return entry.is_file()
-    except OSError:
-        return False
 
 
 class JudgesNamespaces(Protocol):
@@ -333,6 +327,11 @@ def read_attachment(
     source = f"CNI cache file {path}"
     try:
         text = files.read_text(path, "CNI cache file", MAX_CACHE_FILE_BYTES, regular_only=True)
+    except BadInput as err:
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise  # no file at all (a directory, a dangling link): nothing to wait for
+        raise _Unfinished(str(err)) from None
+    try:
         document = cni_config.load_json(text, source)
     except BadInput as err:
         raise _Unfinished(str(err)) from None

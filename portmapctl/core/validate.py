@@ -273,6 +273,10 @@ def buildable(config: MappingConfig, source: Optional[str] = None) -> MappingCon
     return config
 
 
+# A wait longer than a year is a typo (`99999h`), not a policy.
+MAX_DURATION_DAYS = 366
+
+
 def duration(value: str) -> float:
     """`30s`, `5m`, `1h30m`, `1m40s`, `2h`, `1d` or plain seconds (`0`) into seconds:
     what the outputs print is accepted back."""
@@ -282,4 +286,7 @@ def duration(value: str) -> float:
     if not parts or joined != text or (len(parts) > 1 and not all(u for _, u in parts)):
         raise BadInput(f"invalid duration {shown(value)}: use e.g. 30s, 5m, 1h30m or 0")
     scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-    return sum(float(number) * scale[unit] for number, unit in parts)
+    seconds = sum(float(number) * scale[unit] for number, unit in parts)
+    if seconds > MAX_DURATION_DAYS * 86400:
+        raise BadInput(f"invalid duration {shown(value)}: at most {MAX_DURATION_DAYS}d")
+    return seconds

@@ -31,7 +31,11 @@ def removable_text(c: GcChain, min_age: float, now: Optional[float] = None) -> s
     import time
 
     left = max(min_age - c.seen_seconds, 0.0)
-    at = time.strftime("%H:%M:%S", time.localtime((time.time() if now is None else now) + left))
+    start = time.time() if now is None else now
+    when = time.localtime(start + left)
+    # A time of day alone names the wrong day once the wait ends on another one.
+    same_day = time.localtime(start)[:3] == when[:3]
+    at = time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", when)
     return f"removable in {duration_text(left + 0.999)}, at {at}"
 
 

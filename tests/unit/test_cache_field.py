@@ -350,6 +350,22 @@ def test_a_whole_file_with_something_wrong_is_read_once(tmp_path, monkeypatch):
     assert problems["def456"] is not None
 
 
+def test_an_entry_that_is_no_file_is_reported_and_keeps_its_container_live(tmp_path):
+    """libcni writes regular files; a directory or a dangling symlink in results/ is
+    not one, but its name still says which container it was for: reported (once, not
+    waited for), and that container stays live for gc."""
+    results = tmp_path / "results"
+    (results / "mynet-dir123-eth0").mkdir(parents=True)
+    (results / "mynet-link456-eth0").symlink_to(tmp_path / "nowhere")
+    write(results, "mynet-abc123-eth0", entry())
+    found = read_cache(str(tmp_path))
+    problems = {a.container_id: a.problem for a in found}
+    assert problems["abc123"] is None
+    assert problems["dir123"] and problems["link456"]
+    assert len(cni_cache.warnings(found)) == 2
+    assert liveness(Sources(), found).ids >= {"abc123", "dir123", "link456"}
+
+
 def test_a_file_removed_while_reading_is_not_live(tmp_path, monkeypatch):
     path = write(tmp_path / "results", "mynet-abc123-eth0", "{")
 

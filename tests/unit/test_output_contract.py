@@ -181,6 +181,22 @@ def test_inputs_accept_what_outputs_print():
     assert validate.duration("2h05m") == 7500
     with pytest.raises(BadInput):
         validate.duration("1h30")
+    # A year is the most: beyond, a typo (and a time of day that names no day).
+    assert validate.duration("366d") == 366 * 86400
+    with pytest.raises(BadInput, match="at most 366d"):
+        validate.duration("99999999999h")
+
+
+def test_a_removal_on_another_day_says_which_day():
+    import time
+
+    from portmapctl.ops.gc import GcChain
+    from portmapctl.render.gc import removable_text
+
+    chain = GcChain("CNI-DN-x", 4, "dnat", "net", "ctr", (), seen_seconds=0.0)
+    now = time.mktime((2026, 12, 1, 12, 0, 0, 0, 0, -1))
+    assert removable_text(chain, 100, now) == "removable in 1m40s, at 12:01:40"
+    assert removable_text(chain, 2 * 86400, now) == "removable in 48h00m, at 2026-12-03 12:00:00"
 
 
 def test_list_help_explains_the_statuses():
