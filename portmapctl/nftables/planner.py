@@ -3,8 +3,11 @@
 setup: add only what is missing, creating the table and chains the way the plugin's
 ADD does (v1.9.1 shape). A rule counts as present when an equal rule (same matches,
 action and comment, compared as values) is in the chain the plugin would look in;
-host-IP rules that v1.6/v1.7 put in `hostip_hostports` count too: an older version's
-working shape is healthy and left alone.
+host-IP rules that v1.6/v1.7 put in `hostip_hostports` count too. What it makes of
+the node's shared entry (prerouting, output, hostports_all) is the caller's `Entries`:
+`check --repair` keeps any working shape (an older version's, another ADD's
+conditions), `add` writes it as the v1.9.1 ADD does every time (its own conditions,
+the v1.9 jumps), changing nothing when it is already exactly that.
 
 teardown: delete by handle every rule whose comment is one of the given container IDs
 in the chains the plugin's DEL searches (hostports, hostip_hostports, masquerading).
@@ -14,6 +17,7 @@ Tables and base chains stay, as after the plugin's last DEL.
 from __future__ import annotations
 
 from collections import Counter
+from enum import Enum
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.nftables.ruleset import (
@@ -107,19 +111,60 @@ def _missing(table: Optional[Table], wanted: Sequence[WantedFamily]) -> List[Tup
     return [(chain, body) for _index, chain, body in missing_by_container(table, wanted)]
 
 
-def setup(live: Ruleset, wanted: Iterable[WantedFamily]) -> Transaction:
+class Entries(str, Enum):
+    """What setup makes of a family's prerouting, output and hostports_all.
+
+    Every plugin ADD (v1.6.2, v1.7.1 and v1.9.1 alike: forwardPorts in
+    portmap_nftables.go) flushes prerouting and output and writes them again with its
+    own container's conditions; v1.9 flushes and refills hostports_all too. So a node's
+    entry is whatever the last ADD wrote, and each command reads that its own way:
+    """
+
+    # check --repair: the entry is the node's, not one container's. Any working shape
+    # stays (v1.6/v1.7 jumps, the conditions another network's ADD left); only a
+    # missing or broken one is written, with the last cached container's conditions.
+    KEEP = "keep"
+    # add: we are that ADD, run now. prerouting and output become exactly
+    # `[this container's conditions] fib daddr type local jump hostports_all` and
+    # hostports_all exactly its two jumps, as v1.9.1 leaves them (a v1.7 table is
+    # upgraded, the previous conditions replaced). Where they are that already, nothing
+    # is written: a second identical add changes nothing.
+    REWRITE = "rewrite"
+
+
+def setup(
+    live: Ruleset, wanted: Iterable[WantedFamily], entries: Entries = Entries.KEEP
+) -> Transaction:
     """What to add so that every container of `wanted` is as the plugin's ADD leaves it."""
     by_family: Dict[int, List[WantedFamily]] = {}
     for want in wanted:
         by_family.setdefault(want.family, []).append(want)
     txn = Transaction()
     for family in sorted(by_family):
-        _setup_family(txn, live.table(family), family, by_family[family])
+        _setup_family(txn, live.table(family), family, by_family[family], entries)
     return txn
 
 
+def _entries_to_write(
+    table: Optional[Table], entry: RuleBody, entries: Entries
+) -> Tuple[List[str], bool]:
+    """The base chains setup (flushes and) writes `entry` into, and whether it refills
+    hostports_all."""
+    if entries is Entries.REWRITE:
+        rewrite = [c for c in (PREROUTING, OUTPUT) if tuple(_bodies(table, c)) != (entry,)]
+        return rewrite, not hostports_all_ok(table)
+    rewrite = [c for c in (PREROUTING, OUTPUT) if not entry_ok(table, c)]
+    # hostports_all matters where a base chain jumps to it, or will once we rewrite one.
+    refill = not hostports_all_ok(table) and bool(rewrite or _uses_hostports_all(table))
+    return rewrite, refill
+
+
 def _setup_family(
-    txn: Transaction, table: Optional[Table], family: int, wanted: Sequence[WantedFamily]
+    txn: Transaction,
+    table: Optional[Table],
+    family: int,
+    wanted: Sequence[WantedFamily],
+    entries: Entries,
 ) -> None:
     chains = {} if table is None else table.chains
     if table is None:
@@ -127,21 +172,21 @@ def _setup_family(
     for name in REGULAR_CHAINS:
         if name not in chains:
             txn.add_chain(family, name)
-    broken_entries = [c for c in (PREROUTING, OUTPUT) if not entry_ok(table, c)]
-    # hostports_all matters where a base chain jumps to it, or will once we rewrite one.
-    if not hostports_all_ok(table) and (broken_entries or _uses_hostports_all(table)):
+    # Conditions are node-wide and last-writer-wins in the plugin: the last container
+    # written decides, as if its ADD had run last.
+    entry = wanted[-1].entry
+    rewrite, refill = _entries_to_write(table, entry, entries)
+    if refill:
         txn.flush_chain(family, HOSTPORTS_ALL)
         for body in HOSTPORTS_ALL_RULES:
             txn.add_rule(family, HOSTPORTS_ALL, body)
     for name in (PREROUTING, OUTPUT):
         if name not in chains:
             txn.add_chain(family, name, BASE_CHAINS[name])
-        if name in broken_entries:
+        if name in rewrite:
             if name in chains:
                 txn.flush_chain(family, name)
-            # Conditions are node-wide and last-writer-wins in the plugin: the last
-            # container written decides, as if its ADD had run last.
-            txn.add_rule(family, name, wanted[-1].entry)
+            txn.add_rule(family, name, entry)
     if MASQUERADING not in chains and any(w.snat for w in wanted):
         txn.add_chain(family, MASQUERADING, BASE_CHAINS[MASQUERADING])
     for chain, body in _missing(table, wanted):

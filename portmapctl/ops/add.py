@@ -231,7 +231,11 @@ def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: boo
         check_condition(condition)
     families = [f for f in config.families if f in node.families]
     want = [w for f in families if (w := wanted(config, f)) is not None]
-    text = node.converge_nft(lambda live: planner.setup(live, want), dry_run=dry_run)
+    # As the ADD itself: the entry rewritten to this container's conditions and the v1.9
+    # shape (planner.Entries says why), not kept as check --repair keeps it.
+    text = node.converge_nft(
+        lambda live: planner.setup(live, want, planner.Entries.REWRITE), dry_run=dry_run
+    )
     warnings: List[str] = []
     if not dry_run and families:
         warnings += after_setup(config, families, flush_udp)

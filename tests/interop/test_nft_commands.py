@@ -26,13 +26,17 @@ def _upstream_binaries() -> None:
     rp.require(upstream.available())
 
 
-@pytest.fixture
-def node() -> Iterator[str]:
-    name = rp.create_netns("pmt-nftcmd")
+def _namespace(prefix: str) -> Iterator[str]:
+    name = rp.create_netns(prefix)
     try:
         yield name
     finally:
         rp.delete_netns(name)
+
+
+@pytest.fixture
+def node() -> Iterator[str]:
+    yield from _namespace("pmt-nftcmd")
 
 
 _pm = rp.port_mapping
@@ -363,3 +367,132 @@ def test_metrics_count_the_plugins_nft_rows(node: str, tmp_path: Path) -> None:
     assert {k: v for k, v in counts.items() if v} == {("4", "ok"): 2, ("4", "stale"): 1,
                                                       ("6", "ok"): 2}  # fmt: skip
     assert counts[("6", "stale")] == 0  # zero-filled: the family was read
+
+
+# --- add into an existing table: as the plugin's ADD of the same container on the same
+# node. Every plugin ADD flushes prerouting and output and writes them again with its own
+# conditions (v1.9 refills hostports_all too), so the newest ADD decides the node's entry.
+# Twin namespaces start from the same plugin-made table; the plugin's ADD goes into one,
+# portmapctl add into the other, and `nft list ruleset` (no handles) must be the same. ---
+
+
+@pytest.fixture
+def twin() -> Iterator[str]:
+    """The reference node: where the plugin's own ADD goes."""
+    yield from _namespace("pmt-nfttwin")
+
+
+COND_V4 = ["ip saddr 192.168.0.0/16"]
+COND_V6 = ["ip6 saddr != fd00:99::/64"]
+COND_ENTRY = "ip saddr 192.168.0.0/16 fib daddr type local jump hostports_all"
+
+
+def _conf(network: str, ctr, **opts) -> dict:
+    _cid, ips, ports = ctr
+    return upstream.nft_conf(network, ips, ports, **opts)
+
+
+def _on_both(nodes, cache: Path, version: str, network: str, ctr, **opts) -> dict:
+    """The plugin's ADD of `ctr` in every one of `nodes` (the same starting table), cached."""
+    conf = _conf(network, ctr, **opts)
+    for ns in nodes:
+        upstream.run(version, "ADD", ns, ctr[0], conf, check=True)
+    rp.write_cni_cache(cache, network, ctr[0], "eth0", conf, ctr[2], ctr[1])
+    return conf
+
+
+def _spec(pm: dict) -> str:
+    host_ip = pm.get("hostIP")
+    host = "" if host_ip is None else (f"[{host_ip}]:" if ":" in host_ip else f"{host_ip}:")
+    return f"{host}{pm['hostPort']}:{pm['containerPort']}/{pm['protocol']}"
+
+
+def _add_args(network: str, ctr, conditions_v4=(), conditions_v6=()) -> List[str]:
+    cid, ips, ports = ctr
+    args = ["add", "--backend", "nftables", "--network", network, "--container", cid]
+    for ip in ips:
+        args += ["--ip", ip]
+    for pm in ports:
+        args += ["-p", _spec(pm)]
+    for condition in conditions_v4:
+        args += ["--conditions-v4", condition]
+    for condition in conditions_v6:
+        args += ["--conditions-v6", condition]
+    return args
+
+
+def _ours_then_the_plugins(node: str, twin: str, cache: Path, network: str, ctr, **opts) -> dict:
+    """portmapctl add of `ctr` in `node`, the v1.9.1 ADD of it in `twin`: the same ruleset.
+
+    Then the second add changes nothing, and `check --repair` finds nothing to do.
+    """
+    conf = _conf(network, ctr, **opts)
+    args = _add_args(network, ctr, opts.get("conditions_v4", ()), opts.get("conditions_v6", ()))
+    done = _pmctl(node, cache, *args)
+    assert done.returncode == 0, done.stderr
+    upstream.run(V191, "ADD", twin, ctr[0], conf, check=True)
+    ours = upstream.ruleset_text(node)
+    assert ours == upstream.ruleset_text(twin)
+    again = _pmctl(node, cache, *args, "-o", "json")
+    assert json.loads(again.stdout)["changed"] is False, again.stdout
+    assert upstream.ruleset_text(node) == ours
+    rp.write_cni_cache(cache, network, ctr[0], "eth0", conf, ctr[2], ctr[1])
+    repaired = _pmctl(node, cache, "check", "--repair", "-o", "json")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert json.loads(repaired.stdout)["repaired"] is False, repaired.stdout
+    assert upstream.ruleset_text(node) == ours
+    upstream.run(V191, "CHECK", node, ctr[0], conf, check=True)
+    return conf
+
+
+def test_add_writes_the_conditions_of_the_newest_add(node: str, twin: str, tmp_path: Path) -> None:
+    """old1 without conditions, then new1 with: both base chains get new1's conditions."""
+    _on_both((node, twin), tmp_path, V191, "podman", OLD)
+    new = ("new1", ["10.88.0.17/16"], [_pm(9091, 91)])
+    _ours_then_the_plugins(node, twin, tmp_path, "condnet", new, conditions_v4=COND_V4)
+    assert upstream.ruleset_text(node).count(COND_ENTRY) == 2  # prerouting and output
+
+
+def test_add_drops_the_conditions_when_the_newest_add_has_none(
+    node: str, twin: str, tmp_path: Path
+) -> None:
+    """old1 with conditions in both families, then new1 (IPv4 only) without: IPv4's
+    conditions go, IPv6's stay (the ADD touches only the families of its container)."""
+    _on_both((node, twin), tmp_path, V191, "condnet", OLD, conditions_v4=COND_V4,
+             conditions_v6=COND_V6)  # fmt: skip
+    new = ("new1", ["10.88.0.17/16"], [_pm(9091, 91)])
+    _ours_then_the_plugins(node, twin, tmp_path, "podman", new)
+    text = upstream.ruleset_text(node)
+    assert COND_ENTRY not in text
+    assert text.count("ip6 saddr != fd00:99::/64 fib daddr type local jump hostports_all") == 2
+
+
+def test_add_into_a_v171_table_upgrades_it_as_v191_does(
+    node: str, twin: str, tmp_path: Path
+) -> None:
+    """v1.7.1's entry (jumps to hostip_hostports and hostports, no hostports_all) becomes
+    v1.9.1's, in both families; old1's host-IP rule stays in hostip_hostports, reached."""
+    old = (
+        "old1",
+        ["10.88.0.6/16", "fd00:88::6/64"],
+        [_pm(9090, 90, host_ip="127.0.0.1"), _pm(9092, 92, "udp", "::1"), _pm(9093, 93)],
+    )
+    _on_both((node, twin), tmp_path, "v1.7.1", "podman", old)
+    new = ("new1", ["10.88.0.7/16", "fd00:88::7/64"], [_pm(9091, 91), _pm(5300, 53, "udp")])
+    before = upstream.ruleset_text(node)
+    dry = _pmctl(node, tmp_path, *_add_args("podman", new), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    for line in (
+        "add chain ip cni_hostport hostports_all",
+        "flush chain ip cni_hostport prerouting",
+        "add rule ip cni_hostport prerouting fib daddr type local jump hostports_all",
+        "flush chain ip6 cni_hostport output",
+        "add rule ip6 cni_hostport output fib daddr type local jump hostports_all",
+    ):
+        assert line in dry.stdout.splitlines(), dry.stdout
+    assert upstream.ruleset_text(node) == before
+    conf = _ours_then_the_plugins(node, twin, tmp_path, "podman", new)
+    assert "jump hostip_hostports\n\t\tjump hostports\n" in upstream.ruleset_text(node)
+    for cid, c in (("old1", _conf("podman", old)), ("new1", conf)):
+        upstream.run(V191, "DEL", node, cid, c, check=True)
+    assert _container_rules(node) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import nftcases
 import pytest
 
@@ -192,3 +194,81 @@ def test_unsafe_conditions_and_comments_are_refused() -> None:
     with pytest.raises(BadInput, match="refusing rule comment"):
         planner.setup(ruleset.EMPTY, _wanted([bad_id]))
     assert Transaction().render() == ""
+
+
+# --- add (Entries.REWRITE): the node's entry as the plugin's ADD of this container leaves
+# it. Every ADD flushes prerouting/output and writes them with its own conditions, and
+# v1.9 refills hostports_all: the newest ADD decides. (tests/interop/test_nft_commands.py
+# holds the same to the real v1.9.1 ADD, byte for byte.) ---
+
+
+def _entry_texts(live: ruleset.Ruleset, family: int) -> dict:
+    table = live.tables[family]
+    return {
+        chain: [r.body.text(family) for r in table.rules_of(chain)]
+        for chain in ("prerouting", "output", "hostports_all")
+    }
+
+
+V19_ENTRY = {
+    "prerouting": ["fib daddr type local jump hostports_all"],
+    "output": ["fib daddr type local jump hostports_all"],
+    "hostports_all": ["jump hostip_hostports", "jump hostports"],
+}
+
+
+def _added(case: str, config, entries: planner.Entries) -> MemoryNft:
+    fake = MemoryNft(nftcases.live(case))
+    fake.apply(planner.setup(fake.read(), _wanted([config]), entries))
+    return fake
+
+
+def _new1(config, **changes):
+    return dataclasses.replace(config, container_id="new1", **changes)
+
+
+def test_add_upgrades_a_v17_table_to_the_v19_entry() -> None:
+    """v1.7.1's two jumps in prerouting/output give way to v1.9.1's one; the old host-IP
+    rules stay in hostip_hostports, which hostports_all reaches."""
+    old = nftcases.config_of(nftcases.steps("v171-hostip")[0])
+    fake = _added("v171-hostip", _new1(old, ports=old.ports[1:2]), planner.Entries.REWRITE)
+    live = fake.read()
+    for family in (4, 6):
+        assert _entry_texts(live, family) == V19_ENTRY
+        assert live.tables[family].rules_of("hostip_hostports")
+    # check --repair's reading of the same node: the v1.7 entry is healthy, left alone.
+    kept = _added("v171-hostip", _new1(old, ports=old.ports[1:2]), planner.Entries.KEEP).read()
+    before = nftcases.live("v171-hostip")
+    for family in (4, 6):
+        for chain in ("prerouting", "output"):
+            assert kept.tables[family].rules_of(chain) == before.tables[family].rules_of(chain)
+
+
+def test_add_writes_its_own_conditions_and_drops_the_last_ones() -> None:
+    """v191-several's last ADD left conditions; an add without any removes them (IPv4,
+    the family the container has), one with other conditions puts those."""
+    plain = nftcases.config_of(nftcases.steps("v191-basic")[0])
+    v4_only = _new1(plain, addresses=plain.addresses[:1])
+    live = _added("v191-several", v4_only, planner.Entries.REWRITE).read()
+    assert _entry_texts(live, 4) == V19_ENTRY
+    assert _entry_texts(live, 6) == _entry_texts(nftcases.live("v191-several"), 6)
+    other = _new1(v4_only, conditions_v4=("ip saddr 10.0.0.0/8",))
+    live = _added("v191-several", other, planner.Entries.REWRITE).read()
+    assert _entry_texts(live, 4)["prerouting"] == [
+        "ip saddr 10.0.0.0/8 fib daddr type local jump hostports_all"
+    ]
+
+
+@pytest.mark.parametrize("case", nftcases.CASES)
+def test_add_twice_changes_nothing_the_second_time(case: str) -> None:
+    config = _new1(nftcases.config_of(nftcases.steps("v191-several")[-1]))
+    fake = _added(case, config, planner.Entries.REWRITE)
+    assert not planner.setup(fake.read(), _wanted([config]), planner.Entries.REWRITE)
+    assert not planner.setup(fake.read(), _wanted([config]))  # nor would repair
+
+
+def test_add_on_the_entry_it_would_write_writes_no_entry() -> None:
+    """The plugin rewrites an entry that is already right; we leave it (same listing)."""
+    config = _new1(nftcases.config_of(nftcases.steps("v191-basic")[0]))
+    text = planner.setup(nftcases.live("v191-basic"), _wanted([config]), planner.Entries.REWRITE)
+    assert not any(op.chain in ("prerouting", "output", "hostports_all") for op in text.ops)
