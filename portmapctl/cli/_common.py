@@ -245,6 +245,12 @@ class Common(NamedTuple):
             raise BadInput(
                 f"--cni-cache-dir is empty: give a directory (default {CNI_CACHE_DIR})"
             )
+        if (snapshots or nft_snapshot) and self.netns is not None:
+            # Silently reading the file would pass for a look at that namespace.
+            raise BadInput(
+                "--netns reads a namespace's tables and a snapshot is read from a file:"
+                " give one or the other"
+            )
         if snapshots and nft_snapshot and "-" in (*snapshots.values(), nft_snapshot):
             raise BadInput(
                 "only one of --snapshot/--snapshot6/--nft-snapshot can read standard input"

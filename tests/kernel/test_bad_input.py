@@ -733,6 +733,12 @@ def _cases() -> List[Case]:
         add(f"{command} two snapshots from stdin",
             lambda n, c=command: [c, "--snapshot", "-", "--nft-snapshot", "-"],
             "only one of --snapshot/--snapshot6/--nft-snapshot")  # fmt: skip
+        add(f"{command} --nft-snapshot with --netns",
+            lambda n, c=command: [c, "--nft-snapshot", "/dev/null", "--netns", n.ns],
+            "give one or the other")  # fmt: skip
+        add(f"{command} --snapshot with --netns",
+            lambda n, c=command: [c, "--snapshot", "/dev/null", "--netns", n.ns],
+            "give one or the other")  # fmt: skip
     add("check --repair with --nft-snapshot",
         lambda n: ["check", "--repair", "--nft-snapshot", "/dev/null"], "--snapshot")  # fmt: skip
     add("add --backend nftables with --external-setmark-chain",
