@@ -149,6 +149,15 @@ def _by_typer(args: List[str], early_nft: Any = None) -> Callable[[], Any]:
     )
 
 
+def _no_command() -> None:
+    """No command is a usage error (SPEC §4: exit 2): the help goes to stderr, where
+    a script's mistake is seen, not into what it reads (`--help` asked for it:
+    stdout, exit 0)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        _by_typer(["--help"])()
+    sys.exit(2)
+
+
 def _show_details() -> None:
     """-v: the library's details on stderr, one line each (how a change was applied,
     why a plan was refused and made again). logging is imported only then."""
@@ -168,8 +177,9 @@ def main(argv: Optional[List[str]] = None, early_nft: Any = None, early_claims: 
     from portmapctl.cli import add_fast, list_fast
 
     args = sys.argv[1:] if argv is None else argv
-    if not args:
-        args = ["--help"]
+    # A shell's TAB runs us without arguments too, with click's completion variable set.
+    if not args and not os.environ.get(add_fast.COMPLETION_ENV):
+        _no_command()
     # `add` as scripts and runtimes call it, and a plain `list` (or `flush-udp`), are
     # parsed without typer (SPEC §6: typer's import is a third of add's time, a fifth
     # of list's); anything else, --help and every mistake included, goes to typer,

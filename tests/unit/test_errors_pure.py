@@ -64,6 +64,18 @@ def test_help_and_version_work_and_exit_zero():
         assert "Examples" in ok([*command, "--help"])
 
 
+def test_no_command_is_a_usage_error_with_the_help_on_stderr():
+    """SPEC §4: a usage error is exit 2; the help it shows is for the person, not for
+    the script that forgot the command (stdout stays empty). Asked for, it is the
+    result: stdout, exit 0."""
+    done = run([])
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("Usage: portmapctl ") and "Examples" in done.stderr
+    asked = run(["--help"])
+    assert asked.returncode == 0 and asked.stderr == ""
+    assert asked.stdout == done.stderr
+
+
 def test_ctrl_c_that_python_could_only_print_is_taken_again():
     """A Ctrl-C landing in code whose exceptions Python prints and drops (a __del__, a
     weakref callback such as the import system's) must still end the command: the
