@@ -157,10 +157,9 @@ def gc_command(
                     stderr=True,
                 )  # fmt: skip
                 count = len(preview.removed) + len(preview.shared_removed)
-                if not typer.confirm(
-                    f"Remove {render.count(count, 'chain')}?", default=False, err=True
-                ):
-                    out.message("nothing removed")
+                answer = _answer(f"Remove {render.count(count, 'chain')}?")
+                if not answer:
+                    out.message("nothing removed" + ("" if answer is False else NO_ANSWER))
                     if recorder is not None:
                         recorder.note_gc(preview, node_opts.families)
                     return
@@ -189,6 +188,23 @@ def gc_command(
                 f"removed {done} (see above), but could not record the chains still pending:"
                 f" {result.state_error} (free space in the run directory)"
             )
+
+
+NO_ANSWER = ": no answer (end of input)"
+
+
+def _answer(question: str) -> Optional[bool]:
+    """The person's yes or no; None at end of input (Ctrl-D, stdin closed), which
+    counts as the default answer, no. click turns both end of input and
+    KeyboardInterrupt into Abort; Ctrl-C reaches us as cli.Interrupted (exit 130), so
+    an Abort caused by EOFError is no interruption."""
+    try:
+        return typer.confirm(question, default=False, err=True)
+    except typer.Abort as abort:
+        if not isinstance(abort.__context__, EOFError):
+            raise
+        sys.stderr.write("\n")  # ends the prompt's line: no Enter was pressed
+        return None
 
 
 def _show(

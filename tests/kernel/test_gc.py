@@ -397,6 +397,24 @@ def test_on_a_terminal_gc_asks_first(nft_node: Node_):
     assert node.lines(4) == _without(before, {chain_name("gcnet", "stale1")})
 
 
+def test_end_of_input_at_gc_prompt_is_the_default_answer_no(nft_node: Node_):
+    """Ctrl-D (stdin at its end) answers the prompt as Enter does: no, nothing removed,
+    said in one line, exit 0; 130 is Ctrl-C's alone."""
+    node = nft_node
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
+    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    before = node.lines(4)
+    argv = ["gc", "--netns", node.ns, "--iptables", "nft", "--cni-cache-dir", str(node.cache),
+            "--min-age", "0"]  # fmt: skip
+    code, shown, stdout = _on_terminal(argv, b"\x04")  # VEOF at a line's start: end of input
+    assert code == 0, shown
+    # (click writes the prompt's last character, a space, to stdout)
+    assert "aborted" not in shown and stdout.strip() == ""
+    said = shown.replace("\r", "").split("[y/N]:", 1)[1]
+    assert said.strip("\n").splitlines() == ["nothing removed: no answer (end of input)"]
+    assert node.lines(4) == before
+
+
 # --- retries when the plugin changes the table meanwhile -------------------------------------
 
 
