@@ -34,7 +34,8 @@ Examples:
   portmapctl check -o json --cni-cache-dir /var/lib/cni
 
 \b
-  portmapctl check --network mynet --container abc123 --ip 10.88.0.5/16 -p 8080:80
+  portmapctl check --network mynet --container abc123 --ip 10.88.0.5/16 \\
+      -p 8080:80
 
 \b
   portmapctl check --container abc123 --cni-config portmap.json --repair

@@ -24,13 +24,13 @@ Statuses (a row can have several):
 
 \b
   ok          in place: the host port reaches the container
-  stale       no CNI cache entry names the container (it is gone): gc removes it
+  stale       no CNI cache entry names the container (gone): gc removes it
   shadowed    an earlier rule takes the same host port to another container:
               this one gets no traffic (iptables is first-match-wins)
   orphan      a CNI-DN- chain that no rule enters
   incomplete  an entry rule names a port the chain has no DNAT rule for
   legacy      a CNI-SN- chain of plugins before 2018
-  dead        a rule that can never match (-d 0.0.0.0/32, plugins before v0.8.7)
+  dead        a rule that never matches (-d 0.0.0.0/32, plugins before v0.8.7)
   zombie      cached, but the container's network namespace is gone
 
 Examples:
@@ -45,7 +45,8 @@ Examples:
   portmapctl list --container 3f2a --proto udp --conntrack
 
 \b
-  portmapctl list -o json --snapshot iptables-save.txt --snapshot6 ip6tables-save.txt
+  portmapctl list -o json --snapshot iptables-save.txt \\
+      --snapshot6 ip6tables-save.txt
 """
 
 

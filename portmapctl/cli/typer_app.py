@@ -19,7 +19,8 @@ Examples:
   portmapctl list
 
 \b
-  portmapctl add --network mynet --container abc123 --ip 10.88.0.5/16 -p 8080:80
+  portmapctl add --network mynet --container abc123 --ip 10.88.0.5/16 \\
+      -p 8080:80
 
 Exit codes: 0 done (check: healthy), 1 problems found / could not apply,
 2 bad input, 3 environment (not root, no iptables, no such namespace).

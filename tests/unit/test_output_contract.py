@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -17,9 +18,11 @@ from typing import List
 
 import jsonschema
 import pytest
+import typer
 from test_terminal import EXAMPLE, ROOT, run_on_terminal
 
 from portmapctl import render
+from portmapctl.cli import app
 from portmapctl.cli._common import Output, cache_info
 from portmapctl.cli.add import shadow_warnings
 from portmapctl.core import validate
@@ -203,6 +206,24 @@ def test_list_help_explains_the_statuses():
     out = pmctl("list", "--help", env={"COLUMNS": "80"}).stdout
     for word in ("ok", "stale", "shadowed", "orphan", "incomplete", "legacy", "dead", "zombie"):
         assert f"\n    {word} " in out, word
+
+
+@pytest.mark.parametrize("command", [[], ["list"], ["add"], ["check"], ["gc"], ["flush-udp"]])
+def test_help_fits_80_columns_and_its_wrapped_examples_still_paste(command):
+    out = pmctl(*command, "--help", env={"COLUMNS": "80"}).stdout
+    assert "Examples:" in out
+    assert [line for line in out.splitlines() if len(line) > 80] == []
+    # An example wrapped with " \" is one command to a shell: one portmapctl accepts.
+    root = typer.main.get_command(app)
+    examples = [
+        shlex.split(line)[1:]
+        for line in out.replace(" \\\n", " ").splitlines()
+        if line.lstrip().startswith("portmapctl ")
+    ]
+    assert examples
+    for argv in examples:
+        name, found, rest = root.resolve_command(root.make_context("portmapctl", argv), argv)
+        found.make_context(name, rest)
 
 
 # --- item 3: which cache was used --------------------------------------------------------
