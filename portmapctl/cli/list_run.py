@@ -111,6 +111,7 @@ def run(
                     wide=out.wide,
                     full_ids=out.no_trunc,
                     header=not out.no_headers,
+                    width=out.width(),
                 )
             )
             out.blank()

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 from typing import Mapping as MappingT
 
-from portmapctl.render.table import STATUS_STYLE, count, grid, short_id
+from portmapctl.render.table import (
+    STATUS_STYLE,
+    Cuttable,
+    count,
+    cut_address,
+    cut_end,
+    grid,
+    short_id,
+)
 
 if TYPE_CHECKING:
     from portmapctl.iptables.inventory import ChainInfo, Mapping
@@ -79,6 +87,16 @@ def list_summary(
     return head + (": " + ", ".join(f"{n} {w}" for w, n in ranked) if ranked else "")
 
 
+# What a terminal's width may cut (SPEC §3: the table fits it): the network name from
+# its end, an address in its middle with the port whole; not the short container ID,
+# the words (FAM, PROTO, SNAT), counts or the statuses, which are what a row says.
+LIST_CUTS = {
+    "NETWORK": Cuttable(len("NETWORK"), cut_end),
+    "HOST": Cuttable(12, cut_address),
+    "CONTAINER ADDR": Cuttable(len("CONTAINER ADDR"), cut_address),
+}
+
+
 def list_table(
     mappings: List[Mapping],
     chains: List[ChainInfo],
@@ -86,18 +104,25 @@ def list_table(
     wide: bool = True,
     full_ids: bool = False,
     header: bool = True,
+    width: Optional[int] = None,
 ) -> Grid:
-    """The list table; without `wide` the CHAIN column is left out (80 columns)."""
+    """The list table; without `wide` the CHAIN column is left out (80 columns).
+    `width` is the terminal's (None: piped, nothing is cut): rows are fitted to it
+    (LIST_CUTS, then the statuses cut with `…`) unless `full_ids` (--no-trunc) or
+    `wide` (all of everything)."""
     headers = ["NETWORK", "CONTAINER", "FAM", "PROTO", "HOST", "CONTAINER ADDR", "SNAT", "CHAIN"]
     if conntrack is not None:
-        headers.append("CONNTRACK")
+        headers.append("FLOWS")  # UDP conntrack entries (a short word: 80 columns)
     rows, statuses = _list_rows(mappings, chains, conntrack, full_ids)
     if not wide:
         column = headers.index("CHAIN")
         del headers[column]
         for row in rows:
             del row[column]
-    return grid(headers, rows, statuses, header=header)
+    if width is None or full_ids or wide:
+        return grid(headers, rows, statuses, header=header)
+    cuts = {headers.index(name): cut for name, cut in LIST_CUTS.items()}
+    return grid(headers, rows, statuses, header=header, width=width, cuts=cuts)
 
 
 def _list_rows(

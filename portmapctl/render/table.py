@@ -7,7 +7,17 @@ Text, its plain string and style spans put together at once (a few milliseconds 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Iterable,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from portmapctl.core.status import Status
 
@@ -29,6 +39,18 @@ STATUS_STYLE = {
 }
 
 SHORT_ID = 12  # as podman and docker show container IDs
+
+
+class Cuttable(NamedTuple):
+    """How a column may be narrowed to meet a terminal's width: to no fewer than
+    `minimum` characters (at least its header's), each cell by `cut(cell, room)`."""
+
+    minimum: int
+    cut: Callable[[str, int], str]
+
+
+Cuts = Mapping[int, Cuttable]
+"""The columns (by index) that may be cut, and how."""
 
 
 class Piece(NamedTuple):
@@ -66,10 +88,13 @@ def status_pieces(words: Iterable[str]) -> List[Piece]:
 
 
 def grid(headers: List[str], rows: List[List[str]], status: List[Iterable[str]],
-         header: bool = True, status_header: str = "STATUS") -> Grid:  # fmt: skip
-    """Columns padded to width, then the status words, each coloured (list, gc)."""
+         header: bool = True, status_header: str = "STATUS", width: Optional[int] = None,
+         cuts: Optional[Cuts] = None) -> Grid:  # fmt: skip
+    """Columns padded to width, then the status words, each coloured (list, gc); a
+    `width` (a terminal's) is met as table() meets it."""
     last = [status_pieces(w) for w in status]
-    return Grid(*_text_and_spans(headers + [status_header], rows, last, header, "", None, False))
+    headers = headers + [status_header]
+    return Grid(*_text_and_spans(headers, rows, last, header, "", width, False, cuts or {}))
 
 
 class Grid:
@@ -105,17 +130,22 @@ def table(
     first_style: str = "",
     width: Optional[int] = None,
     strip_lines: bool = False,
+    cuts: Optional[Cuts] = None,
 ) -> Text:
     """The grid: `rows` padded under `headers[:-1]`, then each row's `last` cell (its
     pieces joined by ",") unpadded, under `headers[-1]`; the header line in bold.
 
     `first_style` styles the first column (padding included); `width` (a terminal's)
-    cuts the last cell with `…` so no row wraps; `strip_lines` drops the spaces a row
-    ends with. Rows may be shorter or longer than the headers (extra cells are dropped).
+    is met so no row wraps: the columns in `cuts` are narrowed first (the widest
+    first), as far as their minimums, to leave the last cell whole; what still does not
+    fit is cut from the last cell with `…`. `strip_lines` drops the spaces a row ends
+    with. Rows may be shorter or longer than the headers (extra cells are dropped).
     """
     from rich.text import Span, Text
 
-    plain, spans = _text_and_spans(headers, rows, last, header, first_style, width, strip_lines)
+    plain, spans = _text_and_spans(
+        headers, rows, last, header, first_style, width, strip_lines, cuts or {}
+    )
     out = Text(plain, spans=[Span(*span) for span in spans])
     out.rstrip()
     return out
@@ -123,7 +153,8 @@ def table(
 
 def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
                     last: Sequence[Sequence[Piece]], header: bool, first_style: str,
-                    width: Optional[int], strip_lines: bool) -> Tuple[str, List[SpanTuple]]:  # fmt: skip
+                    width: Optional[int], strip_lines: bool,
+                    cuts: Cuts) -> Tuple[str, List[SpanTuple]]:  # fmt: skip
     """table()'s text and spans (start, end, style), before rich: see table()."""
     shown = headers[:-1]
     if all(len(row) == len(shown) for row in rows):
@@ -134,6 +165,8 @@ def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
         for row in rows:
             widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
     if width is not None:
+        if cuts:
+            rows, widths = _narrowed(rows, widths, last, headers[-1], cuts, width)
         room = width - (sum(widths) + 2 * len(widths))
         last = [fit(pieces, room) for pieces in last]
     layout = _Layout(list(headers), widths, header, first_style, strip_lines)
@@ -218,6 +251,56 @@ def _grid_text(
         pieces.append("\n")
         offset += 1
     return "".join(pieces), spans
+
+
+def _narrowed(rows: Sequence[Sequence[str]], widths: List[int], last: Sequence[Sequence[Piece]],
+              last_header: str, cuts: Cuts,
+              width: int) -> Tuple[Sequence[Sequence[str]], List[int]]:  # fmt: skip
+    """The rows and widths with the `cuts` columns narrowed, so that the rows fit
+    `width` with their last cells whole (or the columns are at their minimums)."""
+    whole = max([len(last_header), *(len(",".join(p.text for p in cell)) for cell in last)])
+    room = width - 2 * len(widths) - whole
+    narrowed = list(widths)
+    for _ in range(sum(widths) - room):
+        # The widest first: a long name gives way before a short address is cut.
+        above = [i for i, c in cuts.items() if i < len(narrowed) and narrowed[i] > c.minimum]
+        if not above:
+            break
+        narrowed[max(above, key=narrowed.__getitem__)] -= 1
+    changed = [i for i, (old, new) in enumerate(zip(widths, narrowed)) if new < old]
+    if not changed:
+        return rows, widths
+    cut_rows = []
+    for row in rows:
+        row = list(row)
+        for i in changed:
+            if i < len(row) and len(row[i]) > narrowed[i]:
+                row[i] = cuts[i].cut(row[i], narrowed[i])
+        cut_rows.append(row)
+    return cut_rows, narrowed
+
+
+def cut_end(text: str, room: int) -> str:
+    """`text` in `room` characters: its start, then `…` (a name: its start tells it
+    apart, as a container ID's does)."""
+    return text if len(text) <= room else text[: max(room - 1, 0)] + "…"
+
+
+def cut_address(text: str, room: int) -> str:
+    """An `address:port` (IPv6 in brackets) in `room` characters: the port whole, the
+    address cut in its middle with `…` (its start tells the network, its end the
+    host); the end cut when not even that fits."""
+    if len(text) <= room:
+        return text
+    address, colon, port = text.rpartition(":")
+    bracketed = address.startswith("[") and address.endswith("]")
+    inner = address[1:-1] if bracketed else address
+    kept = room - len(colon + port) - (2 if bracketed else 0) - 1  # beside the "…"
+    if not colon or kept < 2:
+        return cut_end(text, room)
+    head = (kept + 1) // 2
+    inner = inner[:head] + "…" + inner[len(inner) - (kept - head) :]
+    return ("[" + inner + "]" if bracketed else inner) + colon + port
 
 
 def fit(pieces: Sequence[Piece], room: int) -> List[Piece]:

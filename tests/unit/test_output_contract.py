@@ -26,7 +26,7 @@ from portmapctl.cli import app
 from portmapctl.cli._common import Output, cache_info
 from portmapctl.cli.add import shadow_warnings
 from portmapctl.core import validate
-from portmapctl.core.mapping import PortMapping
+from portmapctl.core.mapping import Mapping, PortMapping
 from portmapctl.core.status import ProblemKind
 from portmapctl.errors import BadInput
 from portmapctl.host import lock
@@ -149,6 +149,55 @@ def test_list_fits_80_columns_without_the_chain_column_and_sums_up():
     assert lines[-1] == "7 mappings of 4 containers: 4 ok, 1 stale, 1 shadowed, 1 orphan"
     wide = pmctl("list", *EXAMPLE, "-o", "wide").stdout
     assert "CHAIN" in wide.splitlines()[0]
+
+
+LONG_V6 = "fd00:1111:2222:3333:4444:5555:6666:7777"
+
+
+def long_mapping(container_id: str, status=("ok",)) -> Mapping:
+    return Mapping("a-very-long-network-name.example", container_id, 6, "udp", LONG_V6, 65535,
+                   LONG_V6, 65535, True, "CNI-DN-0123456789abcdef01234", status)  # fmt: skip
+
+
+def test_list_fits_a_terminal_by_cutting_names_and_addresses_never_ports_or_statuses():
+    mappings = [long_mapping("3f2a9c1e5b7d4a60web"), long_mapping("8c41d07a2e9f", ("stale",))]
+    table = render.list_table(mappings, [], wide=False, width=80).plain
+    lines = table.split("\n")
+    assert all(len(line) <= 80 for line in lines), table
+    for line in lines[1:]:
+        network, container, _fam, _proto, host, address, _snat, status = line.split()
+        assert network.startswith("a-very-") and network.endswith("…")
+        assert container in ("3f2a9c1e5b7d", "8c41d07a2e9f")
+        for cut in (host, address):  # the port whole, the address cut in its middle
+            assert cut.startswith("[fd") and cut.endswith("7]:65535") and "…" in cut
+        assert status in ("ok", "stale")
+    # --conntrack's FLOWS column too: docs/commands/list.md's rows, 83 columns with the
+    # header CONNTRACK, fit whole (beside two 47-character addresses, no row of these
+    # columns fits 80: the statuses are cut then).
+    mapped = Mapping("podman", "3f2a9c1e5b7d", 6, "udp", None, 5353, "fd00:88::5", 53, True,
+                     "CNI-DN-0123456789abcdef01234", ("ok",))  # fmt: skip
+    assert render.list_table([mapped], [], {mapped: 0}, wide=False, width=80).plain == (
+        "NETWORK  CONTAINER     FAM  PROTO  HOST    CONTAINER ADDR   SNAT  FLOWS  STATUS\n"
+        "podman   3f2a9c1e5b7d  v6   udp    *:5353  [fd00:88::5]:53  yes   0      ok"
+    )
+    # Off a terminal, with --no-trunc, and in -o wide, everything stays whole.
+    for whole in (
+        render.list_table(mappings, [], wide=False),
+        render.list_table(mappings, [], wide=False, width=80, full_ids=True),
+        render.list_table(mappings, [], wide=True, width=80),
+    ):
+        assert "a-very-long-network-name.example" in whole.plain
+        assert f"[{LONG_V6}]:65535  [{LONG_V6}]:65535" in whole.plain
+
+
+def test_list_at_80_columns_cuts_a_long_network_name_and_pipes_keep_it():
+    save = ("--snapshot", str(FIXTURES / "long-comment.v4.save"), "--cni-cache-dir", CACHE[1])
+    code, out, _ = at_80("list", *save)
+    lines = lines_of(out.rstrip("\r\n"))
+    assert code == 0 and all(len(line) <= 80 for line in lines), lines
+    assert lines[1].startswith("long-network-name-…  -")
+    piped = pmctl("list", *save).stdout
+    assert piped.startswith("NETWORK") and "long-network-name-for-comment-truncation  -" in piped
 
 
 def test_list_sorts_a_containers_rows_together():
