@@ -458,7 +458,14 @@ class Output(NamedTuple):
             self.warn(note)
 
     def summary(self, line: str) -> None:
-        """The result's one summary line: on stdout, -q included (it is all -q prints)."""
+        """The result's one summary line: on stdout, -q included (it is all -q prints).
+        On a terminal it is word-wrapped at the width (nothing wraps there, SPEC §3);
+        piped it stays one line, as the scripts that read it expect."""
+        width = self.width()
+        if width is not None and len(line) > width:
+            from portmapctl.render.table import wrap
+
+            line = "\n".join(wrap(line, width, ""))
         sys.stdout.write(line + "\n")
 
     def print_json(self, document: Any) -> None:

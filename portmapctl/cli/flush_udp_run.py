@@ -45,6 +45,8 @@ def run(
         out.print_json(render.flush_json(result, common.cache().json()))
         return
     if result.doomed and (dry_run or common.verbose):
-        out.show(render.flush_table(result))
+        # Cut to the terminal's width unless everything was asked for whole.
+        whole = out.no_trunc or out.wide
+        out.show(render.flush_table(result, width=None if whole else out.width()))
         out.blank()
     out.summary(render.flush_summary(result, container))

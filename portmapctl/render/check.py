@@ -107,9 +107,54 @@ def check_text(
                 out.append(line + "\n")
             if command:
                 out.append("  fix: ", style="bold")
-                out.append(command + "\n")
+                out.append("\n".join(command_lines(command, width, len("  fix: "))) + "\n")
     out.rstrip()
     return out
+
+
+def command_lines(command: str, width: Optional[int], indent: int) -> List[str]:
+    """A fix command, whole (SPEC §3: never cut), in lines that fit `width` after an
+    `indent` (None: one line). It is wrapped only at the spaces a shell splits words at,
+    each line but the last ending in ` \\`, so that a copy of the lines pasted into a
+    shell is still the one command; a word longer than the line stays whole."""
+    if width is None or indent + len(command) <= width:
+        return [command]
+    lines: List[str] = []
+    line = ""
+    for word in _shell_words(command):
+        if line and indent + len(f"{line} {word} \\") > width:
+            lines.append(line + " \\")
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    # The lines after the first start under the command's first word.
+    return lines[:1] + [" " * indent + rest for rest in lines[1:]]
+
+
+def _shell_words(command: str) -> List[str]:
+    """`command` split at its spaces outside quotes and backslash escapes (where a shell
+    splits it), each word spelled as given (shlex.split would unquote them)."""
+    words: List[str] = []
+    word = ""
+    quote = ""
+    escaped = False
+    for char in command:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == " ":
+            if word:
+                words.append(word)
+            word = ""
+            continue
+        word += char
+    return words + ([word] if word else [])
 
 
 RULES_APART = "; "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Optional
 
-from portmapctl.render.table import Piece, table
+from portmapctl.render.table import Cuttable, Piece, cut_address, cut_middle, table
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -29,9 +29,19 @@ def _endpoint(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def flush_table(result: FlushResult) -> Text:
+# What a terminal's width may cut (the widest first): the addresses in their middle,
+# a port whole; then WHY, from its end (it starts with the reason).
+FLUSH_CUTS = {
+    1: Cuttable(12, cut_middle),  # SOURCE
+    2: Cuttable(12, cut_middle),  # DESTINATION
+    4: Cuttable(12, cut_address),  # REPLY FROM
+}
+
+
+def flush_table(result: FlushResult, width: Optional[int] = None) -> Text:
     """One line per entry: family, source, destination, ports, where the replies come
-    from (the DNAT destination), why it goes (coloured by the reason)."""
+    from (the DNAT destination), why it goes (coloured by the reason). `width` is the
+    terminal's (None: nothing is cut)."""
     headers = ["FAM", "SOURCE", "DESTINATION", "PORTS", "REPLY FROM", "WHY"]
     rows = [
         [
@@ -44,7 +54,7 @@ def flush_table(result: FlushResult) -> Text:
         for d in result.doomed
     ]
     why = [[Piece(flush_why(d), FLUSH_STYLE.get(d.reason, ""))] for d in result.doomed]
-    return table(headers, rows, why)
+    return table(headers, rows, why, width=width, cuts=FLUSH_CUTS)
 
 
 def _flush_ports_text(result: FlushResult) -> str:

@@ -288,19 +288,28 @@ def cut_end(text: str, room: int) -> str:
 
 def cut_address(text: str, room: int) -> str:
     """An `address:port` (IPv6 in brackets) in `room` characters: the port whole, the
-    address cut in its middle with `…` (its start tells the network, its end the
-    host); the end cut when not even that fits."""
+    address cut in its middle (cut_middle); the end cut when not even that fits."""
     if len(text) <= room:
         return text
     address, colon, port = text.rpartition(":")
     bracketed = address.startswith("[") and address.endswith("]")
     inner = address[1:-1] if bracketed else address
-    kept = room - len(colon + port) - (2 if bracketed else 0) - 1  # beside the "…"
-    if not colon or kept < 2:
+    kept = room - len(colon + port) - (2 if bracketed else 0)
+    if not colon or kept < 3:
         return cut_end(text, room)
-    head = (kept + 1) // 2
-    inner = inner[:head] + "…" + inner[len(inner) - (kept - head) :]
+    inner = cut_middle(inner, kept)
     return ("[" + inner + "]" if bracketed else inner) + colon + port
+
+
+def cut_middle(text: str, room: int) -> str:
+    """`text` in `room` characters: its start, `…`, its end (an address: the start
+    tells the network, the end the host)."""
+    if len(text) <= room:
+        return text
+    if room < 3:
+        return cut_end(text, room)
+    head = room // 2
+    return text[:head] + "…" + text[len(text) - (room - 1 - head) :]
 
 
 def fit(pieces: Sequence[Piece], room: int) -> List[Piece]:

@@ -11,6 +11,7 @@ with real UDP traffic through the DNAT rules.
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import fixtures_lib
 import pytest
@@ -199,6 +200,55 @@ def test_json_has_the_spec_keys_and_table_says_why() -> None:
     assert render.flush_summary(gone).endswith("; 1 had gone already")
     nothing = FlushResult(False, False, (), (), 0, 0)
     assert "nothing to flush" in render.flush_summary(nothing, "zzz")
+
+
+def test_dry_run_table_and_summary_fit_an_80_column_terminal(monkeypatch) -> None:
+    """The audit's run: rows of 108-113 columns and a summary of 109 on a terminal of
+    80. The rows are cut (addresses in their middle, ports whole; WHY from its end),
+    the summary word-wrapped; piped, both stay whole, one line each."""
+    import os
+    import pty
+
+    from test_terminal import _drain
+
+    from portmapctl.cli._common import Output
+
+    v6 = udp("2001:db8:4444:5555:6666:7777:8888:9999", "fd00:1111:2222:3333::1", 40012, 5353,
+             "fd00:88:0:1:2:3:4:9", 53, family=6)  # fmt: skip
+    result = FlushResult(
+        True, True, ((4, 5353), (6, 5353)),
+        (Doomed(OLD, OLD_DESTINATION, ("10.88.0.5",)), Doomed(NEVER, NOT_DNATED, ("10.88.0.5",)),
+         Doomed(v6, OLD_DESTINATION, ("fd00:88:0:1:2:3:4:5",))),
+        3, 1,
+    )  # fmt: skip
+    table = render.flush_table(result, width=80).plain.split("\n")
+    assert all(len(line) <= 80 for line in table), table
+    assert table[1].split()[:5] == ["v4", "192.0.2.7", "10.0.0.1", "2->5353", "10.88.0.9:53"]
+    assert table[1].split(maxsplit=5)[5].startswith("old DNAT destinatio")
+    assert table[2].split(maxsplit=5)[5].startswith("never DNATed")
+    assert table[1].endswith("…") and table[2].endswith("…")
+    _fam, source, destination, ports, reply, _why = table[3].split(maxsplit=5)
+    assert source.startswith("2001:") and source.endswith("9999") and "…" in source
+    assert destination.startswith("fd00:") and destination.endswith("::1")
+    assert ports == "40012->5353" and reply.startswith("[fd0") and reply.endswith("9]:53")
+    whole = render.flush_table(result).plain
+    assert "2001:db8:4444:5555:6666:7777:8888:9999" in whole and "…" not in whole
+    summary = render.flush_summary(result)
+    assert len(summary) > 80
+    # The summary line as the command writes it: on a terminal of 80 columns, then piped.
+    master, slave = pty.openpty()
+    monkeypatch.setenv("COLUMNS", "80")
+    with os.fdopen(slave, "w", buffering=1) as terminal:
+        monkeypatch.setattr("sys.stdout", terminal)
+        Output().summary(summary)
+    shown = _drain(master).decode().replace("\r", "").splitlines()
+    os.close(master)
+    assert len(shown) == 2 and all(len(line) <= 80 for line in shown)
+    assert " ".join(shown) == summary
+    piped = io.StringIO()
+    monkeypatch.setattr("sys.stdout", piped)
+    Output().summary(summary)
+    assert piped.getvalue() == summary + "\n"
 
 
 # --- real conntrack tables ------------------------------------------------------------------

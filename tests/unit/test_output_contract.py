@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -74,16 +75,16 @@ def test_check_at_80_columns_one_row_per_problem_why_and_fix_once_then_a_summary
     code, out, err = at_80("check", *EXAMPLE)
     assert code == 1 and err == ""
     lines = lines_of(out.rstrip("\r\n"))
-    # Nothing wraps; only a fix command longer than the terminal stays whole (to paste).
-    long = [line for line in lines if len(line) > 80 and not line.startswith("  fix: ")]
-    assert not long, long
+    assert [line for line in lines if len(line) > 80] == []  # nothing wraps
     assert all(line == line.rstrip() for line in lines), "no trailing spaces"
     assert lines[0].split() == ["KIND", "FAM", "CONTAINER", "PROBLEM"]
     rows = lines[1 : lines.index("")]
     assert [r.split()[0] for r in rows] == ["missing-entry", "shadowed", "stale"]
     assert all(len(r.split()[2]) == 12 for r in rows), "12-character IDs"
-    # Each kind explained once, the fix command whole on its own line.
-    fixes = [line.strip() for line in lines if line.strip().startswith("fix: ")]
+    # Each kind explained once, the fix command whole on its own lines (continued with
+    # " \\" where the checkout's path makes it longer than the terminal).
+    pasted = re.sub(r" \\\n +", " ", "\n".join(lines)).split("\n")
+    fixes = [line.strip() for line in pasted if line.strip().startswith("fix: ")]
     assert fixes == [
         "fix: portmapctl check --repair --cni-cache-dir " + CACHE[1],
         "fix: portmapctl gc --cni-cache-dir " + CACHE[1],
@@ -128,6 +129,52 @@ def test_check_of_many_stale_chains_says_why_once_and_sums_up():
     assert render.check_summary(result) == "1094 stale -> portmapctl gc"
     full = render.check_text(result, width=80, full_ids=True).plain
     assert f"{5:064x}" in full
+
+
+def test_a_fix_command_longer_than_the_terminal_is_wrapped_to_paste_whole():
+    """SPEC §3: the fix is printed whole (never cut); at 80 columns nothing wraps. So
+    a long command is wrapped at the spaces a shell splits it at, each line but the
+    last ending in " \\": pasted into a shell, the lines are the one command."""
+    fix = ("portmapctl gc --netns /proc/1234567/ns/net --cni-cache-dir /var/lib/cni"
+           " --cni-cache-dir '/srv/cni cache/of the second runtime' --family 4")  # fmt: skip
+    problem = Problem(ProblemKind.STALE, 4, "CNI-DN-0123456789abcdef01234", "podman",
+                      "0123456789abcdef", "no CNI cache entry", fix, "ports stay taken")  # fmt: skip
+    result = CheckResult((problem,), (4,), "node", True, 1, 1)
+    lines = render.check_text(result, width=80).plain.split("\n")
+    assert all(len(line) <= 80 for line in lines), lines
+    start = next(i for i, line in enumerate(lines) if line.startswith("  fix: "))
+    shown = lines[start:]
+    assert len(shown) > 1 and all(line.endswith(" \\") for line in shown[:-1])
+    assert all(line.startswith(" " * len("  fix: ")) for line in shown[1:])
+    pasted = "\n".join(shown)[len("  fix: ") :]
+    assert shlex.split(pasted.replace(" \\\n", " ")) == shlex.split(fix)
+    assert "'/srv/cni cache/of the second runtime'" in pasted  # a quoted word stays whole
+    piped = render.check_text(result).plain.split("\n")
+    assert piped[-1] == "  fix: " + fix
+
+
+@pytest.mark.parametrize(
+    "snapshots, summary",
+    [
+        (("--snapshot", str(FIXTURES / "field/plugins-643-dead.v4.save")),
+         "5 problems: 2 missing-toplevel, 1 missing-toplevel-rule, 1 orphan, 1 dead"
+         " (fixes above)"),
+        (("--snapshot", str(FIXTURES / "basic.v4.save"),
+          "--snapshot6", str(FIXTURES / "basic.v6.save")),
+         "healthy: 1 portmap chains look sound (IPv4 and IPv6); no CNI cache to compare"
+         " them with"),
+    ],
+)  # fmt: skip
+def test_summary_lines_are_word_wrapped_on_a_terminal_and_one_line_piped(snapshots, summary):
+    args = ("check", *snapshots, "--cni-cache-dir", "/nonexistent")
+    assert len(summary) > 80
+    code, out, _ = at_80(*args)
+    lines = lines_of(out.rstrip("\r\n"))
+    assert [line for line in lines if len(line) > 80] == []
+    wrapped = lines[-2:]
+    assert " ".join(wrapped) == summary and len(wrapped[0]) > 70
+    assert pmctl(*args).stdout.splitlines()[-1] == summary
+    assert pmctl(*args, "-q").stdout == summary + "\n"
 
 
 def test_check_wide_adds_network_chain_and_rule():
