@@ -199,9 +199,11 @@ def check_healthy_line(result: CheckResult) -> str:
     if result.scope == "mapping":
         return f"healthy: {result.chain} and its entry rules are in place ({where})"
     if not result.cache_present:
+        one = result.chains_seen == 1
         return (
-            f"healthy: {result.chains_seen} portmap chains look sound ({where});"
-            " no CNI cache to compare them with"
+            f"healthy: {count(result.chains_seen, 'portmap chain')}"
+            f" {'looks' if one else 'look'} sound ({where});"
+            f" no CNI cache to compare {'it' if one else 'them'} with"
         )
     if not result.mappings_checked and not result.chains_seen:
         return f"healthy: no cached port mappings and no portmap chains ({where})"

@@ -161,8 +161,8 @@ def test_a_fix_command_longer_than_the_terminal_is_wrapped_to_paste_whole():
          " (fixes above)"),
         (("--snapshot", str(FIXTURES / "basic.v4.save"),
           "--snapshot6", str(FIXTURES / "basic.v6.save")),
-         "healthy: 1 portmap chains look sound (IPv4 and IPv6); no CNI cache to compare"
-         " them with"),
+         "healthy: 1 portmap chain looks sound (IPv4 and IPv6); no CNI cache to compare"
+         " it with"),
     ],
 )  # fmt: skip
 def test_summary_lines_are_word_wrapped_on_a_terminal_and_one_line_piped(snapshots, summary):
