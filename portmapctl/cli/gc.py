@@ -152,7 +152,7 @@ def gc_command(
                 out.show(
                     render.gc_table(
                         preview, options.min_age, preview=True, wide=out.wide,
-                        full_ids=out.no_trunc,
+                        full_ids=out.no_trunc, width=out.width(sys.stderr),
                     ),
                     stderr=True,
                 )  # fmt: skip
@@ -220,8 +220,9 @@ def _show(
     if result.removed or result.pending or result.shared_removed:
         out.show(
             render.gc_table(
-                result, min_age, wide=out.wide, full_ids=out.no_trunc, header=not out.no_headers
-            )
+                result, min_age, wide=out.wide, full_ids=out.no_trunc,
+                header=not out.no_headers, width=out.width(),
+            )  # fmt: skip
         )
         out.blank()
     out.summary(render.gc_summary(result, asked_dry_run))

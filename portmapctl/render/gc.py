@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, List, Optional
 
-from portmapctl.render.table import count, grid, short_id
+from portmapctl.render.table import Cuttable, count, cut_end, grid, short_id
 
 if TYPE_CHECKING:
     from portmapctl.ops.gc import GcChain, GcResult
@@ -46,10 +46,12 @@ def gc_table(
     wide: bool = False,
     full_ids: bool = False,
     header: bool = True,
+    width: Optional[int] = None,
 ) -> Grid:
     """One row per chain removed (in a dry run or the preview: to be removed) and per
     pending one, with when a later run can remove it; TYPE and CHAIN only when `wide`
-    (the table fits 80 columns without them).
+    (the table fits 80 columns without them). `width` (a terminal's; None: piped) is
+    met by cutting NETWORK and HOST PORTS (GC_CUTS), unless `wide` or `full_ids`.
 
     A plain grid, not a rich Table: gc of 1,000 containers lists 1,000 rows.
     """
@@ -79,7 +81,18 @@ def gc_table(
             del headers[column]
             for cells in rows:
                 del cells[column]
-    return grid(headers, rows, statuses, header=header)
+    if width is None or wide or full_ids:
+        return grid(headers, rows, statuses, header=header)
+    cuts = {headers.index(name): cut for name, cut in GC_CUTS.items()}
+    return grid(headers, rows, statuses, header=header, width=width, cuts=cuts)
+
+
+# What gives way on a narrow terminal: a long network name, then a long list of ports
+# (the container's ID, the age and when it goes stay whole).
+GC_CUTS = {
+    "NETWORK": Cuttable(len("NETWORK"), cut_end),
+    "HOST PORTS": Cuttable(len("HOST PORTS"), cut_end),
+}
 
 
 def gc_summary(result: GcResult, asked_dry_run: Optional[bool] = None) -> str:

@@ -564,3 +564,23 @@ def test_nftables_documents_follow_the_schema(command):
     document = validate_document(command, done.stdout)
     rows = document["mappings"] if command == "list" else document["problems"]
     assert rows and {r["backend"] for r in rows} == {"nftables"}
+
+
+def test_gc_table_fits_a_terminal_by_cutting_the_network_and_ports():
+    """gc's table, like list's: on a terminal of 80 columns a long network name and a
+    long port list give way (with …); the ID, the age and the status stay whole; piped,
+    everything is whole."""
+    from portmapctl.ops.gc import GcChain, GcResult
+    from portmapctl.render.gc import gc_table
+
+    ports = tuple(("tcp", 20000 + i) for i in range(12))
+    chain = GcChain(
+        "CNI-DN-70a29d9dc18bc4d652ea5", 4, "dnat", "a-very-long-network-name.example",
+        "0123456789abcdef", ports, seen_seconds=30.0,
+    )  # fmt: skip
+    result = GcResult(False, (), (chain,), kept=0, conntrack_deleted=0)
+    narrow = gc_table(result, 120.0, width=80).plain.splitlines()
+    assert max(len(line) for line in narrow) <= 80, narrow
+    assert "…" in narrow[1] and "0123456789ab " in narrow[1] and "removable in 1m30s" in narrow[1]
+    whole = gc_table(result, 120.0).plain
+    assert "a-very-long-network-name.example" in whole and "20011/tcp" in whole
