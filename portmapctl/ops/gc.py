@@ -65,11 +65,13 @@ from portmapctl.ops.gc_liveness import (  # noqa: F401 - re-exported: gc's publi
     Liveness,
     Sources,
     ValidAttachments,
+    empty_cache_refusal,
     liveness,
     parse_valid_attachments,
     read_valid_attachments,
     require_namespaces,
     require_source,
+    says_nothing,
 )
 from portmapctl.ops.gc_state import ChainKey
 from portmapctl.ops.node import APPLY_TRIES, Node, side_by_side
@@ -393,6 +395,11 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         tables, nft_rules = read()
     live = liveness(sources, attachments)  # the same for every family
 
+    nft = None
+    if nft_rules is not None:
+        # Before any family is planned (and one applied ahead): a refusal (an empty
+        # cache) comes before anything is changed.
+        nft = gc_nft.plan_nft(nft_rules, attachments, sources, options, seen, families, cache_dirs)
     planning = _Planning(sources, options, seen, view, cache_dirs, warnings)
 
     def plan(family: int) -> FamilyPlan:
@@ -425,9 +432,6 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         if family not in planned:
             planned[family] = plan(family)
     plans = tuple(planned[f] for f in families)
-    nft = None
-    if nft_rules is not None:
-        nft = gc_nft.plan_nft(nft_rules, attachments, sources, options, seen, families)
     return GcPlan(
         sources,
         options,
@@ -465,18 +469,9 @@ def _plan_table(
     """plan_family with what the sources say; `attachments` read after `table`
     (`live`: what they say, when the caller has merged them already)."""
     sources, options, warnings = planning.sources, planning.options, planning.warnings
-    if (
-        attachments == []
-        and not (sources.documents or sources.keep or sources.remove_all)
-        and inventory.per_container_chains(table)
-    ):
-        # SPEC §3 gc: an existing but empty cache says nothing about liveness
-        # (a wrong --cni-cache-dir, a wiped disk): no plan to remove everything.
-        where = " and ".join(results_dir(d) for d in planning.cache_dirs)
-        raise BadInput(
-            f"the CNI cache at {where} is empty but there are portmap chains:"
-            " nothing says which containers are live (give --valid-attachments or --keep, or --all to remove every"
-            " per-container chain)"
+    if says_nothing(sources, attachments) and inventory.per_container_chains(table):
+        raise empty_cache_refusal(
+            planning.cache_dirs, "portmap chains", "every per-container chain"
         )
     if attachments is not None and sources.netns_liveness:
         require_namespaces(attachments)

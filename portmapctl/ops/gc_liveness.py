@@ -90,6 +90,23 @@ def require_source(sources: Sources, cache_dirs: Sequence[str]) -> None:
     )
 
 
+def says_nothing(sources: Sources, attachments: Optional[Sequence[Attachment]]) -> bool:
+    """SPEC §3 gc: an existing but empty cache (a wrong --cni-cache-dir, a wiped disk)
+    is no source of liveness; with no other source, nothing says what is live. The
+    same rule for every backend: a plan from it would remove everything."""
+    return attachments == [] and not (sources.documents or sources.keep or sources.remove_all)
+
+
+def empty_cache_refusal(cache_dirs: Sequence[str], found: str, everything: str) -> BadInput:
+    """The one line for `says_nothing` on a node that holds `found` (exit 2)."""
+    where = " and ".join(results_dir(d) for d in cache_dirs)
+    return BadInput(
+        f"the CNI cache at {where} is empty but there are {found}:"
+        " nothing says which containers are live (give --valid-attachments or --keep,"
+        f" or --all to remove {everything})"
+    )
+
+
 def require_namespaces(attachments: Sequence[Attachment]) -> None:
     """--netns-liveness needs to see the namespaces the cache names (exit 3 if not):
     where it cannot, every entry would look like a zombie."""

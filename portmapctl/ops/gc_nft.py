@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, NamedTuple, Optional, Seq
 from portmapctl.cni.cache import Attachment
 from portmapctl.ops import gc_state
 from portmapctl.ops.gc import GcChain, GcOptions, Sources, read_cache_while_planning
+from portmapctl.ops.gc_liveness import empty_cache_refusal, says_nothing
 from portmapctl.ops.gc_state import NFT_PREFIX, ChainKey
 from portmapctl.ops.node import Node
 
@@ -70,12 +71,25 @@ def plan_nft(
     options: GcOptions,
     seen: Mapping[ChainKey, gc_state.Seen],
     families: Sequence[int],
+    cache_dirs: Sequence[str] = (),
 ) -> NftPlan:
-    """What gc does to the nftables tables. Pure: the caller reads and applies."""
-    from portmapctl.nftables.node import dead_containers
+    """What gc does to the nftables tables. Pure: the caller reads and applies.
+    `cache_dirs`: where `attachments` were read (named when they are none)."""
+    from portmapctl.nftables.node import dead_containers, is_plugin_rule
     from portmapctl.nftables.ruleset import CONTAINER_CHAINS
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
+    if says_nothing(sources, attachments) and any(
+        is_plugin_rule(rule)
+        for family, table in live_rules.tables.items()
+        if family in families
+        for chain in CONTAINER_CHAINS
+        for rule in table.rules_of(chain)
+    ):
+        # As for the iptables chains (gc.py _plan_table), whatever --backend says.
+        raise empty_cache_refusal(
+            cache_dirs, "portmap rules in nftables (cni_hostport)", "every container's rules"
+        )
     ids = _nft_live_ids(sources, attachments)
 
     def is_live(cid: str) -> bool:
@@ -146,7 +160,9 @@ def apply_nft(
 
     def replan(live_rules: Ruleset) -> NftTransaction:
         attachments = read_cache_while_planning(node, cache_dirs, warnings) if cache_dirs else None
-        applied.append(plan_nft(live_rules, attachments, sources, options, seen, node.families))
+        applied.append(
+            plan_nft(live_rules, attachments, sources, options, seen, node.families, cache_dirs)
+        )
         return applied[-1].transaction
 
     text = node.converge_nft(replan, dry_run=options.dry_run, planned=planned.transaction)

@@ -496,3 +496,39 @@ def test_add_into_a_v171_table_upgrades_it_as_v191_does(
     for cid, c in (("old1", _conf("podman", old)), ("new1", conf)):
         upstream.run(V191, "DEL", node, cid, c, check=True)
     assert _container_rules(node) == []
+
+
+# --- an existing but empty cache is no source of liveness (SPEC §3 gc), for the
+# nftables rules as for the iptables chains. ---
+
+
+def test_gc_refuses_an_empty_cache_while_nft_rules_exist(node: str, tmp_path: Path) -> None:
+    _plugin_add(node, tmp_path, WEB, cached=False)
+    (tmp_path / "results").mkdir()
+    before = _container_rules(node)
+    for backend in ("auto", "nftables"):
+        for args in (["--dry-run"], ["--yes", "--min-age", "0"]):
+            done = _pmctl(node, tmp_path, "gc", "--backend", backend, *args)
+            pmctl.assert_error(done, 2, "is empty but there are portmap")
+    assert _container_rules(node) == before
+    kept = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "--keep", "web1", "-o", "json")
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["removed"] == [] and _container_rules(node) == before
+    everything = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "--all")
+    assert everything.returncode == 0, everything.stderr
+    assert _container_rules(node) == []
+
+
+def test_gc_refuses_an_empty_cache_on_a_mixed_node_whatever_the_backend(
+    node: str, tmp_path: Path
+) -> None:
+    ipt = upstream.nft_conf("podman", ["10.88.0.20/16"], [_pm(8100, 80)], backend="iptables")
+    upstream.run(V191, "ADD", node, "ipt1", ipt, check=True)
+    _plugin_add(node, tmp_path, WEB, cached=False)
+    (tmp_path / "results").mkdir()
+    nft_before, ipt_before = _container_rules(node), rp.save(node, 4)
+    for backend in ("auto", "nftables", "iptables"):
+        done = _pmctl(node, tmp_path, "gc", "--backend", backend, "--yes", "--min-age", "0")
+        pmctl.assert_error(done, 2, "is empty but there are portmap")
+    assert _container_rules(node) == nft_before
+    assert rp.strip_save_comments(rp.save(node, 4)) == rp.strip_save_comments(ipt_before)
