@@ -26,6 +26,14 @@ class Split:
     nftables: Tuple[Attachment, ...]
     both: Tuple[str, ...]  # container IDs with rules in both backends
 
+    @property
+    def expected(self) -> Tuple[Attachment, ...]:
+        """The nft-backed attachments whose rules must be there, as the plugin's ADD
+        wrote them: what check compares and --repair makes, from this one list. As on
+        the iptables side (check/diagnose.py cached_configs), a zombie's are not
+        expected: its container is gone, so it is reported, never re-created."""
+        return tuple(a for a in self.nftables if a.mapping is not None and not a.zombie)
+
 
 def split(
     attachments: Optional[Sequence[Attachment]],
@@ -68,7 +76,7 @@ def build(
         live = node.read_nft()
     parts = split(attachments, live, iptables_owners, node.options.backend)
     # nft_backed: compared with what the plugin would write, only for the problems.
-    backed = parts.nftables if problems else ()
+    backed = parts.expected if problems else ()
     found = nft_inventory.build(
         live,
         owners(attachments),

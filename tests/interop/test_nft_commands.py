@@ -532,3 +532,57 @@ def test_gc_refuses_an_empty_cache_on_a_mixed_node_whatever_the_backend(
         pmctl.assert_error(done, 2, "is empty but there are portmap")
     assert _container_rules(node) == nft_before
     assert rp.strip_save_comments(rp.save(node, 4)) == rp.strip_save_comments(ipt_before)
+
+
+# --- zombies (SPEC §3 check): a cache entry whose network namespace is gone is
+# reported, and its nftables rules are never re-created by --repair. ---
+
+ZOMB = ("zomb1", ["10.88.0.30/16", "fd00:88::30/64"], [_pm(7100, 70), _pm(7101, 71, "udp")])
+OK1 = ("ok1", ["10.88.0.31/16"], [_pm(7200, 80)])
+
+
+def _zombie_node(ns: str, cache: Path) -> dict:
+    """zomb1 added by v1.9.1, its cache entry naming a namespace that does not exist;
+    ok1 a normal cached container. Returns ok1's config."""
+    cid, ips, ports = ZOMB
+    conf = upstream.nft_conf("podman", ips, ports)
+    upstream.run(V191, "ADD", ns, cid, conf, check=True)
+    rp.write_cni_cache(cache, "podman", cid, "eth0", conf, ports, ips,
+                       netns="/run/netns/does-not-exist")  # fmt: skip
+    return _plugin_add(ns, cache, OK1)
+
+
+def _delete_rules(ns: str, container_id: str, chains: tuple) -> None:
+    for rule in _rules_of(ns, container_id):
+        if rule["chain"] in chains:
+            upstream.nft(ns, "delete", "rule", rule["family"], "cni_hostport", rule["chain"],
+                         "handle", str(rule["handle"]))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["all-rules-by-handle", "dnat-rules-by-handle", "flushed-chains"],
+)
+def test_repair_never_recreates_a_zombies_nft_rules(node: str, tmp_path: Path, damage) -> None:
+    ok1 = _zombie_node(node, tmp_path)
+    listed = _rows(node, tmp_path)
+    assert {r[8] for r in listed if r[0] == "zomb1"} == {("zombie",)}
+    if damage == "flushed-chains":
+        for family in ("ip", "ip6"):
+            for chain in ("hostports", "masquerading"):
+                upstream.nft(node, "flush", "chain", family, "cni_hostport", chain)
+    elif damage == "dnat-rules-by-handle":
+        # The masquerade-only (incomplete) case: its DNAT rules gone, the rest left.
+        _delete_rules(node, "zomb1", ("hostports", "hostip_hostports"))
+    else:
+        _delete_rules(node, "zomb1", ("hostports", "hostip_hostports", "masquerading"))
+    zombie_left = _rules_of(node, "zomb1")
+    repaired = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    doc = json.loads(repaired.stdout)
+    assert ("zombie", "zomb1") in {(p["kind"], p["container_id"]) for p in doc["problems"]}
+    assert _rules_of(node, "zomb1") == zombie_left, "re-created a zombie's rules"
+    upstream.run(V191, "CHECK", node, "ok1", ok1, check=True)
+    again = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    assert json.loads(again.stdout)["repaired"] is False
+    assert _rules_of(node, "zomb1") == zombie_left

@@ -174,7 +174,7 @@ def nft_problems(
                 _NFT_WHY["both-backends"],
             )
         )
-    compared = sum(len(a.mapping.families) for a in parts.nftables if a.mapping is not None)
+    compared = sum(len(a.mapping.families) for a in parts.expected if a.mapping is not None)
     return NftCheck(problems, nft_ids, compared, [], found)
 
 
@@ -194,9 +194,7 @@ def _leftover_problems(
     from portmapctl.nftables.inventory import leftovers
 
     cached = {a.container_id for a in attachments or ()}
-    compared = {
-        a.container_id for a in parts.nftables if a.mapping is not None and not a.zombie
-    }
+    compared = {a.container_id for a in parts.expected}
     problems: List[Problem] = []
     for left in leftovers(live):
         if node.options.families and left.family not in node.options.families:
@@ -293,9 +291,10 @@ def nft_repair(
     parts = nft.split(
         attachments, node.read_nft(), iptables_owners(tables, attachments), node.options.backend
     )
-    # In ADD order (the cache files' modification times): the rule order the plugin
-    # would have made, and the last ADD's conditions in prerouting/output, as on the node.
-    configs = [a.mapping for a in sorted(parts.nftables, key=_added_at) if a.mapping is not None]
+    # What the check compares against (no zombie's rules), in ADD order (the cache
+    # files' modification times): the rule order the plugin would have made, and the
+    # last ADD's conditions in prerouting/output, as on the node.
+    configs = [a.mapping for a in sorted(parts.expected, key=_added_at) if a.mapping is not None]
     if not configs:
         return "", []
     want = [w for c in configs for f in node.options.families if (w := wanted(c, f)) is not None]
