@@ -356,20 +356,44 @@ def _structure_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[P
 
 
 def _rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem]:
-    from portmapctl.nftables.planner import missing_by_container
+    """Each compared container's rules against what the plugin's ADD writes, exactly
+    (SPEC §3 check): what is missing, and what of its own is there that it would not
+    have written (planner.unwanted: what --repair deletes)."""
+    from portmapctl.nftables.planner import missing_by_container, unwanted
     from portmapctl.nftables.wanted import wanted
 
+    compared = [o for o in nft_backed if o.mapping is not None and not o.zombie]
+    networks: Dict[str, str] = {}
+    for owner in compared:
+        networks.setdefault(owner.container_id, owner.network)
     problems = []
     for family in (4, 6):
         owners: List[Owner] = []
         wants = []
-        for owner in nft_backed:
-            if owner.mapping is None or owner.zombie:
-                continue
-            want = wanted(owner.mapping, family)
+        for owner in compared:
+            want = wanted(owner.mapping, family) if owner.mapping is not None else None
             if want is not None:
                 owners.append(owner)
                 wants.append(want)
+        extra: Dict[str, List[Rule]] = {}
+        for rule in unwanted(ruleset.table(family), wants, networks.keys()):
+            extra.setdefault(rule.comment or "", []).append(rule)
+        for cid in sorted(extra):
+            rules = extra[cid]
+            texts = tuple(r.body.text(family) for r in rules)
+            handles = ", ".join(str(r.handle) for r in rules)
+            problems.append(
+                Problem(
+                    ProblemKind.EXTRA_RULES,
+                    family,
+                    rules[0].chain,
+                    networks[cid],
+                    cid,
+                    f"{len(rules)} rule(s) its cached config does not make (handle {handles}):"
+                    f" {'; '.join(texts)}",
+                    rules=texts,
+                )
+            )
         if not wants:
             continue
         missing: Dict[int, List] = {}

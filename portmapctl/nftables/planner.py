@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from enum import Enum
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.nftables.ruleset import (
     CONTAINER_CHAINS,
@@ -29,6 +29,7 @@ from portmapctl.nftables.ruleset import (
     OUTPUT,
     PREROUTING,
     ActionKind,
+    Rule,
     RuleBody,
     Ruleset,
     Table,
@@ -103,6 +104,48 @@ def missing_by_container(
                 else:
                     found.append((index, chain, body))
     return found
+
+
+def unwanted(
+    table: Optional[Table], wanted: Sequence[WantedFamily], ids: Collection[str]
+) -> List[Rule]:
+    """The rules of the containers `ids` (by their comment) that none of their wanted
+    rules in this family is: an old address or port, a rule written by hand. nftables
+    is first-match-wins, so such a DNAT rule before the right one takes the traffic
+    elsewhere; the node check reports them (`extra-rules`) and --repair deletes them.
+
+    `ids` are every container compared, with or without an address in this family
+    (none: all its rules here are unwanted). Only the plugin's own kinds of rule count
+    (nftables/node.py `is_plugin_rule`), as for gc: anything else in these chains is
+    nobody's to remove. A wanted rule repeated is not unwanted (as on the iptables side).
+    """
+    from portmapctl.nftables.node import is_plugin_rule  # (node imports this module's users)
+
+    if table is None or not ids:
+        return []
+    dnat = {body for want in wanted for body in want.hostports}
+    masq = {body for want in wanted for body in want.masquerading}
+    found = []
+    for chain in CONTAINER_CHAINS:
+        bodies = masq if chain == MASQUERADING else dnat
+        for rule in table.rules_of(chain):
+            if rule.comment in ids and rule.body not in bodies and is_plugin_rule(rule):
+                found.append(rule)
+    return found
+
+
+def repair(
+    live: Ruleset, wanted: Sequence[WantedFamily], ids: Collection[str], families: Iterable[int]
+) -> Transaction:
+    """`check --repair`: the containers `ids` exactly as `wanted`: their unwanted rules
+    deleted by handle, then what is missing added (setup), in one transaction."""
+    txn = Transaction()
+    for family in sorted(set(families)):
+        want = [w for w in wanted if w.family == family]
+        for rule in unwanted(live.table(family), want, ids):
+            txn.delete_rule(family, rule.chain, rule.handle, rule.body)
+    txn.ops += setup(live, wanted).ops
+    return txn
 
 
 def _missing(table: Optional[Table], wanted: Sequence[WantedFamily]) -> List[Tuple[str, RuleBody]]:

@@ -37,7 +37,7 @@ class Op:
     family: int
     chain: Optional[str] = None
     base: Optional[BaseHook] = None  # ADD_CHAIN of a base chain
-    body: Optional[RuleBody] = None  # ADD_RULE
+    body: Optional[RuleBody] = None  # ADD_RULE; DELETE_RULE: the rule, when known
     handle: Optional[int] = None  # DELETE_RULE
 
     def line(self) -> str:
@@ -101,8 +101,11 @@ class Transaction:
         _check_body(body)
         self.ops.append(Op(OpKind.ADD_RULE, family, chain, body=body))
 
-    def delete_rule(self, family: int, chain: str, handle: int) -> None:
-        self.ops.append(Op(OpKind.DELETE_RULE, family, chain, handle=int(handle)))
+    def delete_rule(
+        self, family: int, chain: str, handle: int, body: Optional[RuleBody] = None
+    ) -> None:
+        """By handle only; `body` says whose rule it was (never written out)."""
+        self.ops.append(Op(OpKind.DELETE_RULE, family, chain, body=body, handle=int(handle)))
 
     def __bool__(self) -> bool:
         return bool(self.ops)

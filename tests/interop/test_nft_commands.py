@@ -586,3 +586,65 @@ def test_repair_never_recreates_a_zombies_nft_rules(node: str, tmp_path: Path, d
     again = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
     assert json.loads(again.stdout)["repaired"] is False
     assert _rules_of(node, "zomb1") == zombie_left
+
+
+# --- SPEC §3 check: a cached container's rules must be there EXACTLY: a rule of its
+# own that its config does not make (an old address, one written by hand) is
+# `extra-rules`, and --repair deletes it; nobody else's rule is touched. ---
+
+
+def test_a_cached_containers_wrong_rule_is_extra_and_repair_removes_it(
+    node: str, tmp_path: Path
+) -> None:
+    web1 = ("web1", ["10.88.0.5/16"], [_pm(8080, 80), _pm(5353, 53, "udp")])
+    web = _plugin_add(node, tmp_path, web1)
+    api = _plugin_add(node, tmp_path, API)
+    _plugin_add(node, tmp_path, OLD, cached=False)
+    # Someone's own rules in the plugin's chains: no comment, and another ID's.
+    upstream.nft(node, "add", "rule", "ip", "cni_hostport", "hostports", "tcp", "dport", "6000",
+                 "dnat", "to", "10.88.0.50:60")  # fmt: skip
+    [tcp] = [r for r in _rules_of(node, "web1") if r["chain"] == "hostports"
+             and r["expr"][0]["match"]["left"]["payload"]["protocol"] == "tcp"]  # fmt: skip
+    upstream.nft(node, "delete", "rule", "ip", "cni_hostport", "hostports", "handle",
+                 str(tcp["handle"]))  # fmt: skip
+    upstream.nft(node, "insert", "rule", "ip", "cni_hostport", "hostports", "tcp", "dport",
+                 "8080", "dnat", "to", "10.88.0.99:80", "comment", '"web1"')  # fmt: skip
+    upstream.nft(node, "add", "rule", "ip", "cni_hostport", "masquerading", "ip", "saddr",
+                 "10.88.0.77", "ip", "daddr", "10.88.0.77", "masquerade", "comment", '"web1"')  # fmt: skip
+    others = [r for r in json.loads(upstream.ruleset_json(node))["nftables"]
+              if "rule" in r and r["rule"].get("comment") != "web1"]  # fmt: skip
+
+    broken = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    problems = json.loads(broken.stdout)["problems"]
+    web_kinds = {(p["kind"], p["family"]) for p in problems if p["container_id"] == "web1"}
+    assert web_kinds == {("extra-rules", 4), ("nft-missing-rules", 4)}
+    [extra] = [p for p in problems if p["kind"] == "extra-rules"]
+    assert set(extra["rule"].splitlines()) == {
+        'tcp dport 8080 dnat to 10.88.0.99:80 comment "web1"',
+        'ip saddr 10.88.0.77 ip daddr 10.88.0.77 masquerade comment "web1"',
+    }
+    assert extra["fix"].startswith("portmapctl check --repair")
+    assert not any(p["container_id"] == "api1" for p in problems)
+
+    repaired = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr  # the stale ones stay
+    doc = json.loads(repaired.stdout)
+    assert {(p["kind"], p["container_id"]) for p in doc["fixed"]} == {
+        ("extra-rules", "web1"), ("nft-missing-rules", "web1"),
+    }  # fmt: skip
+    after = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert {(p["kind"], p["container_id"]) for p in json.loads(after.stdout)["problems"]} == {
+        ("stale", "old1"), ("stale", None),
+    }  # fmt: skip
+    dnat = [r["expr"][-1]["dnat"] for r in _rules_of(node, "web1") if r["chain"] == "hostports"]
+    assert sorted((d["addr"], d["port"]) for d in dnat) == [("10.88.0.5", 53), ("10.88.0.5", 80)]
+    masq = {r["expr"][0]["match"]["right"] for r in _rules_of(node, "web1")
+            if r["chain"] == "masquerading"}  # fmt: skip
+    assert masq == {"10.88.0.5", "127.0.0.1"}
+    # Every other rule, the uncached container's and the comment-less one included,
+    # exactly as it was (same handles).
+    assert [r for r in json.loads(upstream.ruleset_json(node))["nftables"]
+            if "rule" in r and r["rule"].get("comment") != "web1"] == others  # fmt: skip
+    for cid, conf in (("web1", web), ("api1", api)):
+        upstream.run(V191, "CHECK", node, cid, conf, check=True)

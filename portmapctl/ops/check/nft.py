@@ -36,6 +36,8 @@ _NFT_WHY = {
     "nft-missing-entry": "prerouting/output no longer send traffic to the host-port rules",
     "nft-missing-jumps": "hostports_all no longer reaches the host-port rules",
     "nft-missing-rules": "a cached container's host ports are not forwarded",
+    "extra-rules": "the container's rules do not match its config (an old address or port?):"
+    " nftables is first-match-wins, so traffic may go to the wrong place",
     "both-backends": "the plugin's DEL cleans one backend only: the other's rules leak",
 }
 
@@ -298,10 +300,12 @@ def nft_repair(
     if not configs:
         return "", []
     want = [w for c in configs for f in node.options.families if (w := wanted(c, f)) is not None]
+    ids = {c.container_id for c in configs}
     planned: List[NftTransaction] = []
 
-    def plan(live: object) -> NftTransaction:
-        txn = planner.setup(live, want)  # type: ignore[arg-type]
+    def plan(live: Ruleset) -> NftTransaction:
+        # Exactly as compared: their own unwanted rules go too (never anyone else's).
+        txn = planner.repair(live, want, ids, node.options.families)
         planned.append(txn)
         return txn
 
@@ -313,7 +317,8 @@ def nft_repair(
     for op in planned[-1].ops:
         if op.kind is OpKind.ADD_RULE and op.chain in (PREROUTING, OUTPUT):
             dark.add(op.family)
-        elif op.kind is OpKind.ADD_RULE and op.body is not None and op.body.comment:
+        elif op.body is not None and op.body.comment:
+            # A rule of the container added or deleted: where its traffic goes changed.
             touched.setdefault(op.body.comment, set()).add(op.family)
     changed = []
     for c in configs:

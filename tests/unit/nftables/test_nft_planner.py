@@ -272,3 +272,62 @@ def test_add_on_the_entry_it_would_write_writes_no_entry() -> None:
     config = _new1(nftcases.config_of(nftcases.steps("v191-basic")[0]))
     text = planner.setup(nftcases.live("v191-basic"), _wanted([config]), planner.Entries.REWRITE)
     assert not any(op.chain in ("prerouting", "output", "hostports_all") for op in text.ops)
+
+
+@pytest.mark.parametrize("case", nftcases.CASES)
+def test_nothing_any_plugin_version_wrote_is_unwanted(case: str) -> None:
+    """check's `extra-rules` and repair's deletes: none on what the plugins left (the
+    v1.6/v1.7 host-IP rules in hostip_hostports included)."""
+    live = nftcases.live(case)
+    configs = nftcases.live_configs(case)
+    ids = {c.container_id for c in configs}
+    for family in (4, 6):
+        want = [w for w in _wanted(configs) if w.family == family]
+        assert planner.unwanted(live.table(family), want, ids) == []
+    assert planner.repair(live, _wanted(configs), ids, (4, 6)).ops == (
+        planner.setup(live, _wanted(configs)).ops
+    )
+
+
+def test_repair_deletes_a_compared_containers_own_wrong_rules_only() -> None:
+    """A wrong DNAT rule of a compared container, put first: deleted by handle, the
+    right one added; another container's rules and a rule that is not the plugin's
+    kind (an accept carrying the ID) are left."""
+    from dataclasses import replace
+
+    case = "v191-several"
+    configs = nftcases.live_configs(case)
+    mine, other = configs[0].container_id, configs[1].container_id
+    fake = MemoryNft(nftcases.live(case))
+    [right, *_] = [w for w in _wanted(configs[:1]) if w.family == 4][0].hostports
+    wrong = replace(right, action=replace(right.action, addr="10.88.0.99"))
+    other_kind = ruleset.Action(ruleset.ActionKind.OTHER, raw="accept")
+    accept = ruleset.RuleBody(right.matches, other_kind, mine)
+    theirs = replace(wrong, comment=other)
+    txn = Transaction()
+    for body in (wrong, theirs):
+        txn.add_rule(4, "hostports", body)
+    fake.apply(txn)
+    table = fake.read().table(4)
+    [handle] = [r.handle for r in table.rules_of("hostports") if r.body == right]
+    gone = Transaction()
+    gone.delete_rule(4, "hostports", handle)
+    fake.apply(gone)
+    live = fake.read()
+    live = replace(live, tables={**live.tables, 4: replace(
+        live.tables[4],
+        rules={**live.tables[4].rules, "hostports": (
+            *live.tables[4].rules_of("hostports"),
+            ruleset.Rule(4, "hostports", 999, accept),
+        )},
+    )})  # fmt: skip
+    ids = {c.container_id for c in configs[:1]}
+    want4 = [w for w in _wanted(configs[:1]) if w.family == 4]
+    [found] = planner.unwanted(live.table(4), want4, ids)
+    assert found.body == wrong
+    txn = planner.repair(live, _wanted(configs[:1]), ids, (4, 6))
+    lines = txn.render().splitlines()
+    assert lines == [
+        f"delete rule ip cni_hostport hostports handle {found.handle}",
+        f"add rule ip cni_hostport hostports {right.text(4)}",
+    ]
