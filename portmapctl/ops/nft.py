@@ -93,7 +93,7 @@ def backends_read(node: Node, iptables_families: Sequence[int]) -> Dict[str, Tup
 
     options = node.options
     found: Dict[str, Tuple[int, ...]] = {}
-    if options.uses_iptables and (not options.offline or options.snapshots):
+    if options.reads_iptables:
         found["iptables"] = tuple(iptables_families)
     if node.nft is not None and node.nft_unusable is None:
         found[BACKEND] = tuple(options.families)

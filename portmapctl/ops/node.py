@@ -24,6 +24,7 @@ from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.host import lock, netns, paths
 from portmapctl.host.netns import NamespaceView
 from portmapctl.iptables.access import BACKEND_NAMES, Backend, open_backend
+from portmapctl.iptables.access.unread import Unread
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 
@@ -81,6 +82,12 @@ class NodeOptions:
     @property
     def uses_nft(self) -> bool:
         return self.backend != "iptables"
+
+    @property
+    def reads_iptables(self) -> bool:
+        """iptables is looked at: the kernel's, or the dumps given (an --nft-snapshot
+        alone reads no iptables, --backend nftables none at all)."""
+        return self.uses_iptables and (not self.offline or bool(self.snapshots))
 
 
 @dataclass
@@ -172,7 +179,10 @@ class Node:
         """How to judge cached namespaces: only on a live node, read through one of the
         kernel backends (a snapshot's cache comes from another node; the memory backend
         is a test's node). None: not judged."""
-        live = not self.options.snapshots and self.backend.name in BACKEND_NAMES
+        # --backend nftables on a live node reads nftables from the kernel: judged too.
+        # (By name: a repair wraps the backend, repair._Planned.)
+        kernel = self.backend.name in (*BACKEND_NAMES, Unread.name)
+        live = not self.options.offline and kernel
         return NamespaceView() if live else None
 
     def read_cache(self, judge_namespaces: bool = True) -> Optional[List[cni_cache.Attachment]]:
@@ -352,6 +362,8 @@ def locked(node: Node) -> Iterator[None]:
 
 
 def _iptables_access(options: NodeOptions) -> Backend:
+    if not options.uses_iptables and not options.offline:
+        return Unread()
     if options.offline or not options.uses_iptables:
         # Only the dumps given are read: an --nft-snapshot alone reads no iptables.
         from portmapctl.iptables.access.snapshot import SnapshotBackend

@@ -559,11 +559,14 @@ def _delete_rules(ns: str, container_id: str, chains: tuple) -> None:
                          "handle", str(rule["handle"]))  # fmt: skip
 
 
+@pytest.mark.parametrize("backend", ["auto", "nftables"])
 @pytest.mark.parametrize(
     "damage",
     ["all-rules-by-handle", "dnat-rules-by-handle", "flushed-chains"],
 )
-def test_repair_never_recreates_a_zombies_nft_rules(node: str, tmp_path: Path, damage) -> None:
+def test_repair_never_recreates_a_zombies_nft_rules(
+    node: str, tmp_path: Path, damage: str, backend: str
+) -> None:
     ok1 = _zombie_node(node, tmp_path)
     listed = _rows(node, tmp_path)
     assert {r[8] for r in listed if r[0] == "zomb1"} == {("zombie",)}
@@ -577,15 +580,32 @@ def test_repair_never_recreates_a_zombies_nft_rules(node: str, tmp_path: Path, d
     else:
         _delete_rules(node, "zomb1", ("hostports", "hostip_hostports", "masquerading"))
     zombie_left = _rules_of(node, "zomb1")
-    repaired = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    repaired = _pmctl(node, tmp_path, "check", "--backend", backend, "--repair", "-o", "json")
     assert repaired.returncode == 1, repaired.stdout + repaired.stderr
     doc = json.loads(repaired.stdout)
     assert ("zombie", "zomb1") in {(p["kind"], p["container_id"]) for p in doc["problems"]}
     assert _rules_of(node, "zomb1") == zombie_left, "re-created a zombie's rules"
     upstream.run(V191, "CHECK", node, "ok1", ok1, check=True)
-    again = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    again = _pmctl(node, tmp_path, "check", "--backend", backend, "--repair", "-o", "json")
     assert json.loads(again.stdout)["repaired"] is False
     assert _rules_of(node, "zomb1") == zombie_left
+
+
+def test_check_backend_judges_only_that_backends_zombies(node: str, tmp_path: Path) -> None:
+    _zombie_node(node, tmp_path)
+    cid, ips, ports = IPT
+    ipt = upstream.nft_conf("podman", ips, ports, backend="iptables")
+    upstream.run(V191, "ADD", node, cid, ipt, check=True)
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", ipt, ports, ips,
+                       netns="/run/netns/does-not-exist-either")  # fmt: skip
+    zombies = {}
+    for backend in ("auto", "nftables", "iptables"):
+        done = _pmctl(node, tmp_path, "check", "--backend", backend, "-o", "json")
+        assert done.returncode == 1, (backend, done.stdout + done.stderr)
+        problems = json.loads(done.stdout)["problems"]
+        assert {p["kind"] for p in problems} == {"zombie"}, (backend, problems)
+        zombies[backend] = {p["container_id"] for p in problems}
+    assert zombies == {"auto": {"zomb1", "ipt1"}, "nftables": {"zomb1"}, "iptables": {"ipt1"}}
 
 
 # --- SPEC §3 check: a cached container's rules must be there EXACTLY: a rule of its
@@ -648,3 +668,78 @@ def test_a_cached_containers_wrong_rule_is_extra_and_repair_removes_it(
             if "rule" in r and r["rule"].get("comment") != "web1"] == others  # fmt: skip
     for cid, conf in (("web1", web), ("api1", api)):
         upstream.run(V191, "CHECK", node, cid, conf, check=True)
+
+
+# --- --backend narrows what check looks at: with --backend nftables nothing is expected
+# of iptables (it is not read), with --backend iptables nothing of nftables. ---
+
+IPT = ("ipt1", ["10.88.0.40/16"], [_pm(8140, 80)])
+
+
+def _mixed_v191_node(ns: str, cache: Path) -> dict:
+    """web1 on v1.9.1's nftables backend and ipt1 on its iptables backend, both cached."""
+    cid, ips, ports = IPT
+    ipt = upstream.nft_conf("podman", ips, ports, backend="iptables")
+    upstream.run(V191, "ADD", ns, cid, ipt, check=True)
+    rp.write_cni_cache(cache, "podman", cid, "eth0", ipt, ports, ips)
+    return {"web1": _plugin_add(ns, cache, WEB), "ipt1": ipt}
+
+
+def _plugin_tables(ns: str) -> str:
+    """The plugin's nftables tables (not iptables-nft's `ip nat`)."""
+    return "".join(upstream.nft(ns, "list", "table", f, "cni_hostport").stdout for f in ("ip", "ip6"))
+
+
+def test_check_backend_looks_only_at_that_backend(node: str, tmp_path: Path) -> None:
+    _mixed_v191_node(node, tmp_path)
+    for backend in ("auto", "nftables", "iptables"):
+        done = _pmctl(node, tmp_path, "check", "--backend", backend, "-o", "json")
+        assert done.returncode == 0, (backend, done.stdout + done.stderr)
+        assert json.loads(done.stdout)["problems"] == []
+    # Each backend's damage is seen only by a check that looks at that backend.
+    upstream.nft(node, "flush", "chain", "ip", "cni_hostport", "hostports")
+    rp.iptables(node, ["-t", "nat", "-F", "CNI-HOSTPORT-DNAT"])
+    seen = {}
+    for backend in ("nftables", "iptables"):
+        done = _pmctl(node, tmp_path, "check", "--backend", backend, "-o", "json")
+        assert done.returncode == 1, (backend, done.stdout + done.stderr)
+        seen[backend] = {(p["kind"], p["container_id"]) for p in json.loads(done.stdout)["problems"]}
+    assert seen["nftables"] == {("nft-missing-rules", "web1")}
+    assert seen["iptables"] == {("missing-entry", "ipt1")}
+
+
+def test_check_backend_repair_repairs_only_that_backend(node: str, tmp_path: Path) -> None:
+    confs = _mixed_v191_node(node, tmp_path)
+    upstream.nft(node, "flush", "chain", "ip", "cni_hostport", "hostports")
+    rp.iptables(node, ["-t", "nat", "-F", "CNI-HOSTPORT-DNAT"])
+    ipt_broken = rp.save(node, 4)
+    done = _pmctl(node, tmp_path, "check", "--backend", "nftables", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    upstream.run(V191, "CHECK", node, "web1", confs["web1"], check=True)
+    assert rp.strip_save_comments(rp.save(node, 4)) == rp.strip_save_comments(ipt_broken)
+    assert upstream.run(V191, "CHECK", node, "ipt1", confs["ipt1"]).returncode != 0
+    nft_after = _plugin_tables(node)
+    upstream.nft(node, "flush", "chain", "ip", "cni_hostport", "hostports")
+    nft_broken = _plugin_tables(node)
+    done = _pmctl(node, tmp_path, "check", "--backend", "iptables", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    upstream.run(V191, "CHECK", node, "ipt1", confs["ipt1"], check=True)
+    assert _plugin_tables(node) == nft_broken != nft_after
+    healthy = _pmctl(node, tmp_path, "check", "--repair")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    for cid in ("web1", "ipt1"):
+        upstream.run(V191, "CHECK", node, cid, confs[cid], check=True)
+
+
+def test_gc_backend_nftables_netns_liveness_removes_the_zombies_rules(
+    node: str, tmp_path: Path
+) -> None:
+    """--backend nftables reads nftables from the kernel: the cache's namespaces are
+    judged there too (before, never: --netns-liveness removed nothing)."""
+    ok1 = _zombie_node(node, tmp_path)
+    done = _pmctl(node, tmp_path, "gc", "--backend", "nftables", "--yes", "--min-age", "0",
+                  "--netns-liveness", "-o", "json")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {c["container_id"] for c in json.loads(done.stdout)["removed"]} == {"zomb1"}
+    assert _rules_of(node, "zomb1") == []
+    upstream.run(V191, "CHECK", node, "ok1", ok1, check=True)

@@ -726,19 +726,23 @@ def diagnose(
     other_tables: Optional[ReadOnly[int, NatTable]] = None,
     flavours: Optional[Tuple[str, str]] = None,
     found: Optional[inventory.Inventory] = None,
-    nft_backed: Collection[str] = (),
+    not_expected: Collection[str] = (),
+    judged: Optional[Collection[str]] = None,
 ) -> Tuple[List[Problem], int]:
     """Every problem of a node (pure). Returns (problems, mappings compared).
 
     `attachments` is the CNI cache (None: there is none). `other_tables` are the same
     families read from the other iptables flavour; `flavours` is (used, other).
     `found` is the inventory of `tables` and `attachments`, when the caller has it.
-    Containers in `nft_backed` (IDs) keep their rules in nftables: nothing of them is
-    expected in iptables.
+    Of the containers in `not_expected` (IDs) nothing is expected in iptables: their
+    rules are in nftables, or iptables is not looked at (--backend nftables).
+    `judged` (None: every one) are the containers whose cache entries are judged
+    (zombies): those of the backends looked at (a zombie's fix, gc with the same
+    --backend, would not reach another backend's rules).
     """
     configs = cached_configs(attachments) if attachments is not None else None
-    if configs is not None and nft_backed:
-        configs = [c for c in configs if c.container_id not in nft_backed]
+    if configs is not None and not_expected:
+        configs = [c for c in configs if c.container_id not in not_expected]
     problems: List[Problem] = []
     other_flavour = flavours[1] if flavours else None
     if other_tables and flavours:
@@ -765,7 +769,8 @@ def diagnose(
     live_names = {dnat_chain_name(c) for c in configs or ()}
     live_names |= {a.snat_chain for a in attachments or ()}
     problems += _inventory_problems(found, derived, live_names, fixes)
-    problems += _zombies(attachments or (), tables, fixes)
+    entries = [a for a in attachments or () if judged is None or a.container_id in judged]
+    problems += _zombies(entries, tables, fixes)
     for family in sorted(tables):
         problems += _duplicates(tables[family], fixes)
     return problems, compared

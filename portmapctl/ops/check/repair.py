@@ -310,7 +310,9 @@ def repair(
     transactions: Dict = {}
     changed: Dict[str, Tuple[MappingConfig, List[int]]] = {}
     unrepaired: List[Unrepaired] = []
-    for family in node.families:
+    # --backend nftables: iptables is neither looked at nor written (nothing is expected
+    # there, and the check before found nothing).
+    for family in node.families if node.options.reads_iptables else ():
         if configs:
             txns, family_unrepaired = _repair_family(node, family, configs)
             unrepaired += family_unrepaired

@@ -98,6 +98,13 @@ def _check_node(
     nft = nft_problems(node, tables, attachments, fixes, read.nft_live)
     nft_found, nft_ids, nft_compared = nft.problems, nft.nft_ids, nft.compared
     notes += nft.notes
+    # --backend narrows what is looked at: nothing is expected of a backend not looked
+    # at, and the cache entries of the containers it holds are not judged.
+    cached = {a.container_id for a in attachments or ()}
+    reads_iptables = node.options.reads_iptables
+    judged = (cached - nft_ids if reads_iptables else set()) | (
+        nft_ids if node.nft is not None else set()
+    )
     problems, compared = diagnose(
         tables,
         attachments,
@@ -105,7 +112,8 @@ def _check_node(
         other_tables=other_tables,
         flavours=flavours,
         found=found,
-        nft_backed=nft_ids,
+        not_expected=nft_ids if reads_iptables else cached,
+        judged=judged,
     )
     problems += nft_found
     compared += nft_compared

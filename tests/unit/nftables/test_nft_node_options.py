@@ -48,3 +48,23 @@ def test_offline_options() -> None:
         assert node.nft is None  # iptables dumps only: no nftables state
     with opened(NodeOptions(backend="iptables", nft_snapshot=SNAPSHOT)) as node:
         assert node.nft is None
+
+
+def test_backend_nftables_neither_reads_nor_writes_iptables() -> None:
+    """What stands for iptables there reads empty and refuses a write with one line
+    that says why (before: a read-only --snapshot's line, with no --snapshot given)."""
+    from portmapctl.errors import BadInput
+    from portmapctl.iptables.access.unread import Unread
+    from portmapctl.iptables.transaction import Transaction
+    from portmapctl.ops.node import _iptables_access
+
+    options = NodeOptions(backend="nftables")
+    assert not options.reads_iptables
+    assert NodeOptions(nft_snapshot=SNAPSHOT).reads_iptables is False
+    assert NodeOptions(backend="iptables", snapshots={4: "/dev/null"}).reads_iptables
+    backend = _iptables_access(options)
+    assert isinstance(backend, Unread) and not backend.read(4).chains
+    with pytest.raises(BadInput, match="^--backend nftables does not look at iptables"):
+        backend.apply(Transaction(4))
+    # Live: the cache's namespaces are judged (a zombie is one), as on any live read.
+    assert Node(options, backend, None).namespace_view() is not None
