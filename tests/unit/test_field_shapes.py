@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import pytest
 import realplugin
 from pmctl import assert_error, run
 
@@ -36,18 +37,27 @@ def snapshot(tmp_path: Path, name: str, body: Optional[str] = None) -> str:
     return str(path)
 
 
-def cache(tmp_path: Path, *containers, masq_all: bool = False) -> str:
-    """A CNI cache with (container ID, IP/prefix, [(host port, container port, proto)])."""
+def cache(tmp_path: Path, *containers, masq_all: bool = False, network: str = "mynet") -> str:
+    """A CNI cache with (container ID, IP/prefix, [(host port, container port, proto)]);
+    a port may carry a fourth item, its host IP."""
     directory = tmp_path / "cache"
     (directory / "results").mkdir(parents=True, exist_ok=True)
     for cid, ip, ports in containers:
         mappings = [
-            {"hostPort": h, "containerPort": c, "protocol": p, "hostIP": ""} for h, c, p in ports
+            {"hostPort": h, "containerPort": c, "protocol": p, "hostIP": "".join(host)}
+            for h, c, p, *host in ports
         ]
-        conf = realplugin.plugin_conf("mynet", [ip], mappings)
+        conf = realplugin.plugin_conf(network, [ip], mappings)
         if masq_all:
             conf["masqAll"] = True
-        realplugin.write_cni_cache(directory, "mynet", cid, "eth0", conf, mappings, [ip])
+        realplugin.write_cni_cache(directory, network, cid, "eth0", conf, mappings, [ip])
+    return str(directory)
+
+
+def empty_cache(tmp_path: Path) -> str:
+    """A CNI cache directory with no entries: every chain is stale."""
+    directory = tmp_path / "empty-cache"
+    (directory / "results").mkdir(parents=True, exist_ok=True)
     return str(directory)
 
 
@@ -346,3 +356,194 @@ def test_repair_plans_nothing_for_an_old_working_shape(tmp_path):
     live = parse_save(text("v0.7-prepend-hairpin"), 4)
     assert len(configs) == 2
     assert not _plan(configs, None)(live)
+
+
+# --- posted dumps: nerdctl (lima), cilium#6499 (v0.6), flannel UDP (hwchiu), podman ------
+
+NERDCTL_8082 = "default-3d263c6a1c710edc1362764464c073ca834ec9adc0766411772f2b7a3dd1de0f"
+NERDCTL_HOSTIP = "default-c93e2a3a2264f98647f0d33dc80d88de81c0710bf30ea822e2ed19213f9c53b5"
+NERDCTL_EMPTY = "default-393bd750d06186633a02b44487765ce038b7df434bfb16027ca1903bf5f3dc31"
+LIMA_8082 = "CNI-DN-04579c7bb67f4c3f6cca0"
+LIMA_HOSTIP = "CNI-DN-2e2f8d5b91929ef9fc152"
+LIMA_EMPTY = "CNI-DN-2d72aeb202429907277c5"
+CILIUM_A = "883b02f84c3cdd3e5e8432fecab3306a6a180c32aa0a6c78a0378d532cbe9d13"
+CILIUM_DN_A = "CNI-DN-c20774ee0bf22c7e19507"
+CILIUM_SN_A = "CNI-SN-c20774ee0bf22c7e19507"
+CILIUM_DN_B = "CNI-DN-9b37bc50e0ab952351885"
+HWCHIU_ID = "c55a611c4b8e8a4bef86ac05a3328258a858165b3bf4a3982997f9662bd82916"
+HWCHIU_DN = "CNI-DN-eb9116f984fef9374c9e2"
+PODMAN_A = "fa36b49b8bea7190b08c43e96ab22615774c259264cbebcac1ab598114f062b4"
+PODMAN_B = "47c6c0a0689ac856ca395ac0390bbaec5c53fc8d29f2089a19a84b8312cad638"
+PODMAN_DN_A = "CNI-DN-fcb138bbe0a69715574a4"
+PODMAN_DN_B = "CNI-DN-01a0df798eef277db5129"
+
+
+def statuses(found: dict) -> dict:
+    """chain -> its status words: a mapping row's, else (no DNAT rule) the chain's."""
+    by_chain = {c["chain"]: c["status"] for c in found["chains"]}
+    by_chain.update({m["chain"]: m["status"] for m in found["mappings"]})
+    return by_chain
+
+
+def read_node(save: str, cache_dir: str) -> tuple:
+    """(each chain's statuses from `list`, `check`'s JSON) for one dump and cache."""
+    return statuses(list_json(save, cache_dir)), check_json(save, cache_dir)
+
+
+def lima_cache(tmp_path: Path) -> str:
+    # The two containers the test data says run: 8082 and 127.0.0.1:8081.
+    return cache(
+        tmp_path,
+        (NERDCTL_8082, "10.4.0.10/24", [(8082, 80, "tcp")]),
+        (NERDCTL_HOSTIP, "10.4.0.7/24", [(8081, 80, "tcp", "127.0.0.1")]),
+        network="bridge",
+    )
+
+
+def test_nerdctl_dump_without_cache(tmp_path):
+    save = snapshot(tmp_path, "lima-nerdctl-hostip")
+    found = list_json(save, no_cache(tmp_path))
+    assert statuses(found) == {
+        LIMA_8082: ["ok"],
+        LIMA_HOSTIP: ["ok"],
+        LIMA_EMPTY: ["incomplete"],
+    }
+    (hostip,) = rows(found, LIMA_HOSTIP)
+    assert (hostip["host_ip"], hostip["host_port"], hostip["container_ip"]) == (
+        "127.0.0.1",
+        8081,
+        "10.4.0.7",
+    )
+    assert (hostip["network"], hostip["container_id"]) == ("bridge", NERDCTL_HOSTIP)
+    (working,) = rows(found, LIMA_8082)
+    assert (working["host_ip"], working["host_port"]) == (None, 8082)
+    # The bridge plugin's own CNI-<hash> chains are no portmap chains.
+    assert {c["chain"] for c in found["chains"]} == {LIMA_8082, LIMA_HOSTIP, LIMA_EMPTY}
+    checked = check_json(save, no_cache(tmp_path))
+    assert kinds(checked) == ["incomplete"] and checked["exit"] == 1
+    # The empty chain returns: the next entry's chain takes tcp/8082, nothing is shadowed.
+    assert LIMA_8082 in problem(checked, "incomplete", LIMA_EMPTY)["detail"]
+
+
+def test_nerdctl_dump_with_an_empty_cache(tmp_path):
+    listed, checked = read_node(snapshot(tmp_path, "lima-nerdctl-hostip"), empty_cache(tmp_path))
+    assert listed == {
+        LIMA_8082: ["stale"],
+        LIMA_HOSTIP: ["stale"],
+        LIMA_EMPTY: ["stale", "incomplete"],
+    }
+    # One row a stale chain (gc removes it whole); its missing DNAT is said in it.
+    assert kinds(checked) == ["stale"] * 3 and checked["exit"] == 1
+    assert "tcp/8082" in problem(checked, "stale", LIMA_EMPTY)["detail"]
+
+
+def test_nerdctl_dump_with_its_two_running_containers_cached(tmp_path):
+    listed, checked = read_node(snapshot(tmp_path, "lima-nerdctl-hostip"), lima_cache(tmp_path))
+    assert listed == {LIMA_8082: ["ok"], LIMA_HOSTIP: ["ok"], LIMA_EMPTY: ["stale", "incomplete"]}
+    # The host-IP chain is exactly what the plugin makes for 127.0.0.1:8081.
+    assert kinds(checked, LIMA_HOSTIP) == [] and kinds(checked, LIMA_8082) == []
+    assert kinds(checked) == ["stale"]
+
+
+def test_v06_post_without_cache(tmp_path):
+    save = snapshot(tmp_path, "cilium-6499-v0.6")
+    found = list_json(save, no_cache(tmp_path))
+    by_port = {(m["chain"], m["protocol"], m["host_port"]): m["status"] for m in found["mappings"]}
+    # Port-less entries of different ports: neither shadows the other.
+    assert by_port == {(CILIUM_DN_A, "udp", 41529): ["ok"], (CILIUM_DN_B, "udp", 43407): ["ok"]}
+    chains = {c["chain"]: c for c in found["chains"]}
+    assert chains[CILIUM_SN_A]["status"] == ["legacy"]
+    assert chains[CILIUM_SN_A]["chain_type"] == "legacy-snat"
+    assert (chains[CILIUM_SN_A]["network"], chains[CILIUM_SN_A]["container_id"]) == (
+        "cilium-portmap",
+        CILIUM_A,
+    )
+    checked = check_json(save, no_cache(tmp_path))
+    # The post shows no PREROUTING/OUTPUT jump; a v0.6 node needs no SETMARK/MASQ.
+    assert kinds(checked) == ["legacy", "missing-jump", "missing-jump"]
+    assert kinds(checked, CILIUM_SN_A) == ["legacy"]
+
+
+def test_v06_post_with_an_empty_cache(tmp_path):
+    listed, checked = read_node(snapshot(tmp_path, "cilium-6499-v0.6"), empty_cache(tmp_path))
+    assert listed == {
+        CILIUM_DN_A: ["stale"],
+        CILIUM_DN_B: ["stale"],
+        CILIUM_SN_A: ["stale", "legacy"],
+    }
+    assert kinds(checked) == ["legacy", "stale", "stale"] and checked["exit"] == 1
+    assert "(stale)" in problem(checked, "legacy", CILIUM_SN_A)["detail"]
+
+
+def test_posted_udp_hairpin32_chain_is_healthy(tmp_path):
+    save = snapshot(tmp_path, "hwchiu-flannel-udp-hairpin32")
+    found = list_json(save, no_cache(tmp_path))
+    (row,) = found["mappings"]
+    assert (row["network"], row["container_id"], row["protocol"], row["host_port"]) == (
+        "cbr0",
+        HWCHIU_ID,
+        "udp",
+        20001,
+    )
+    assert row["status"] == ["ok"] and row["snat"] is True
+    checked = check_json(save, no_cache(tmp_path))
+    # `grep 20001` kept none of the shared rules: they are reported, the chain is not.
+    assert kinds(checked) == [
+        "missing-jump",
+        "missing-jump",
+        "missing-toplevel",
+        "missing-toplevel-rule",
+    ]
+    assert kinds(checked, HWCHIU_DN) == []
+    cached = cache(tmp_path, (HWCHIU_ID, "10.244.0.6/24", [(20001, 20001, "udp")]), network="cbr0")
+    assert rows(list_json(save, cached), HWCHIU_DN)[0]["status"] == ["ok"]
+    # The v0.7 - v0.8.5 shape of its cached config: no missing or extra rules.
+    assert kinds(check_json(save, cached), HWCHIU_DN) == []
+
+
+def test_posted_udp_hairpin32_chain_with_an_empty_cache(tmp_path):
+    save = snapshot(tmp_path, "hwchiu-flannel-udp-hairpin32")
+    listed, checked = read_node(save, empty_cache(tmp_path))
+    assert listed == {HWCHIU_DN: ["stale"]}
+    assert kinds(checked) == ["stale"] and checked["exit"] == 1
+
+
+def test_podman_dump_beside_docker_and_libvirt(tmp_path):
+    save = snapshot(tmp_path, "x-monitor-podman-docker-libvirt")
+    found = list_json(save, no_cache(tmp_path))
+    assert statuses(found) == {PODMAN_DN_A: ["ok"], PODMAN_DN_B: ["ok"]}
+    assert {(m["container_id"], m["host_port"], m["container_ip"]) for m in found["mappings"]} == {
+        (PODMAN_A, 9070, "10.88.0.6"),
+        (PODMAN_B, 9080, "10.88.0.7"),
+    }
+    checked = check_json(save, no_cache(tmp_path))
+    assert checked["problems"] == [] and checked["exit"] == 0
+    cached = cache(
+        tmp_path,
+        (PODMAN_A, "10.88.0.6/16", [(9070, 80, "tcp")]),
+        (PODMAN_B, "10.88.0.7/16", [(9080, 80, "tcp")]),
+        network="podman",
+    )
+    checked = check_json(save, cached)
+    assert checked["problems"] == [] and checked["exit"] == 0
+
+
+def test_podman_dump_with_an_empty_cache(tmp_path):
+    save = snapshot(tmp_path, "x-monitor-podman-docker-libvirt")
+    listed, checked = read_node(save, empty_cache(tmp_path))
+    assert listed == {PODMAN_DN_A: ["stale"], PODMAN_DN_B: ["stale"]}
+    assert kinds(checked) == ["stale", "stale"] and checked["exit"] == 1
+
+
+@pytest.mark.parametrize(
+    "name", ["lima-nerdctl-hostip", "x-monitor-podman-docker-libvirt"]
+)  # fmt: skip
+def test_gc_of_posted_nodes_touches_only_portmap_chains(name):
+    # Nothing live: every CNI-DN- chain and its entry go; the bridge plugin's CNI-<hash>
+    # chains (one shares its hash prefix with a CNI-DN- chain), DOCKER and LIBVIRT_PRT stay.
+    body = text(name)
+    plan = _gc_plan(body)
+    dn = {ln.split()[0][1:] for ln in body.splitlines() if ln.startswith(":CNI-DN-")}
+    assert {c.chain for c in plan.removed} == dn
+    touched = {op.chain for op in plan.transaction.ops}
+    assert touched == dn | {"CNI-HOSTPORT-DNAT"}

@@ -27,13 +27,15 @@ def field(name: str) -> NatTable:
     return parse_save((FIELD / f"{name}.v4.save").read_text(), 4, name)
 
 
-def config(cid: str, ip: str, *ports: PortMapping, **options) -> MappingConfig:
-    return MappingConfig("mynet", cid, (ipaddress.ip_interface(ip),), tuple(ports), **options)
+def config(
+    cid: str, ip: str, *ports: PortMapping, network: str = "mynet", **options
+) -> MappingConfig:
+    return MappingConfig(network, cid, (ipaddress.ip_interface(ip),), tuple(ports), **options)
 
 
 def test_every_field_fixture_names_its_source():
     files = sorted(FIELD.glob("*.save"))
-    assert len(files) >= 7
+    assert len(files) >= 11
     readme = (FIELD / "README.md").read_text()
     for path in files:
         head = path.read_text().splitlines()[0]
@@ -205,3 +207,97 @@ def test_mark_bit_and_setmark_use():
     assert shapes.uses_setmark(field("v0.7-prepend-hairpin"))
     assert shapes.mark_bit_in(field("v0.6-portless-entries")) is None
     assert not shapes.uses_setmark(field("v0.6-portless-entries"))
+
+
+# --- posted dumps of nerdctl, cilium (v0.6), flannel (v0.7 - v0.8.5), podman ---------
+
+# lima-nerdctl-hostip: network "bridge"; container IDs as posted, and their chains.
+NERDCTL_8082 = "default-3d263c6a1c710edc1362764464c073ca834ec9adc0766411772f2b7a3dd1de0f"
+NERDCTL_HOSTIP = "default-c93e2a3a2264f98647f0d33dc80d88de81c0710bf30ea822e2ed19213f9c53b5"
+NERDCTL_EMPTY = "default-393bd750d06186633a02b44487765ce038b7df434bfb16027ca1903bf5f3dc31"
+NERDCTL = {
+    NERDCTL_8082: "CNI-DN-04579c7bb67f4c3f6cca0",
+    NERDCTL_HOSTIP: "CNI-DN-2e2f8d5b91929ef9fc152",
+    NERDCTL_EMPTY: "CNI-DN-2d72aeb202429907277c5",
+}
+CILIUM_A = "883b02f84c3cdd3e5e8432fecab3306a6a180c32aa0a6c78a0378d532cbe9d13"
+CILIUM_B = "00f324f7e68994294c2a2edde64e823d93d7338ba6e9646f252ea412d8ae1163"
+HWCHIU_ID = "c55a611c4b8e8a4bef86ac05a3328258a858165b3bf4a3982997f9662bd82916"
+
+
+def test_posted_chain_names_are_the_plugins_hash():
+    # Namespaced nerdctl IDs ("default-...") hash like any other ID.
+    for cid, chain in NERDCTL.items():
+        assert chain_name("bridge", cid) == chain
+    assert chain_name("cilium-portmap", CILIUM_A) == "CNI-DN-c20774ee0bf22c7e19507"
+    assert chain_name("cilium-portmap", CILIUM_A, "SN-") == "CNI-SN-c20774ee0bf22c7e19507"
+    assert chain_name("cilium-portmap", CILIUM_B) == "CNI-DN-9b37bc50e0ab952351885"
+    assert chain_name("cbr0", HWCHIU_ID) == "CNI-DN-eb9116f984fef9374c9e2"
+
+
+def test_posted_nerdctl_host_ip_chain_and_empty_chain():
+    table = field("lima-nerdctl-hostip")
+    working, hostip, empty = (NERDCTL[c] for c in (NERDCTL_8082, NERDCTL_HOSTIP, NERDCTL_EMPTY))
+    shape, rules = shapes.classify_chain(table.rules(hostip))
+    assert shape is Shape.CURRENT
+    assert [(r.role, r.host_ip) for r in rules] == [
+        (Role.HAIRPIN_SUBNET, "127.0.0.1"),
+        (Role.LOCALHOST, "127.0.0.1"),
+        (Role.DNAT, "127.0.0.1"),
+    ]
+    assert table.rules(empty) == ()
+    # The empty chain's entry is first for tcp/8082 but takes nothing: the next does.
+    entries = table.rules("CNI-HOSTPORT-DNAT")
+    assert [e[-1] for e in entries] == [hostip, empty, working]
+    assert shapes.entry_ports(entries[1], ()) == (("tcp", 8082),)
+    assert shapes.first_taker(table, "tcp", 8082, -1) == working
+    assert shapes.first_taker(table, "tcp", 8081, -1) == hostip
+
+
+@pytest.mark.parametrize(
+    ("cid", "ip", "port", "network"),
+    [
+        (NERDCTL_8082, "10.4.0.10/24", PortMapping(8082, 80), "bridge"),
+        (NERDCTL_HOSTIP, "10.4.0.7/24", PortMapping(8081, 80, host_ip="127.0.0.1"), "bridge"),
+    ],
+)
+def test_posted_nerdctl_chains_are_the_current_plugins_exactly(cid, ip, port, network):
+    found = shapes.as_found(config(cid, ip, port, network=network), 4, field("lima-nerdctl-hostip"))
+    assert found is not None and found[0] is Shape.CURRENT
+
+
+def test_posted_v06_portless_entries_claim_their_chains_udp_port():
+    table = field("cilium-6499-v0.6")
+    entries = table.rules("CNI-HOSTPORT-DNAT")
+    assert [shapes.classify_entry(e) for e in entries] == [EntryShape.PORTLESS] * 2
+    claimed = [shapes.entry_ports(e, table.rules(e[-1])) for e in entries]
+    assert claimed == [(("udp", 41529),), (("udp", 43407),)]
+    shape, rules = shapes.classify_chain(table.rules("CNI-DN-c20774ee0bf22c7e19507"))
+    assert shape is None and [r.role for r in rules] == [Role.DNAT]
+    assert (rules[0].container_ip, rules[0].container_port) == ("10.56.4.152", 7788)
+    sn = "CNI-SN-c20774ee0bf22c7e19507"
+    assert shapes.paired_dnat_chain(sn) == "CNI-DN-c20774ee0bf22c7e19507"
+    assert not shapes.uses_setmark(table) and shapes.mark_bit_in(table) is None
+
+
+def test_posted_udp_hairpin_on_the_pod_address_is_the_v07_shape():
+    table = field("hwchiu-flannel-udp-hairpin32")
+    shape, rules = shapes.classify_chain(table.rules("CNI-DN-eb9116f984fef9374c9e2"))
+    assert shape is Shape.HAIRPIN_HOST
+    assert [(r.role, r.protocol, r.dead) for r in rules] == [
+        (Role.HAIRPIN_HOST, "udp", False),
+        (Role.LOCALHOST, "udp", False),
+        (Role.DNAT, "udp", False),
+    ]
+    cfg = config(HWCHIU_ID, "10.244.0.6/24", PortMapping(20001, 20001, "udp"), network="cbr0")
+    found = shapes.as_found(cfg, 4, table)
+    assert found is not None and found[0] is Shape.HAIRPIN_HOST
+
+
+def test_posted_podman_chains_beside_docker_and_libvirt():
+    table = field("x-monitor-podman-docker-libvirt")
+    for chain in ("CNI-DN-fcb138bbe0a69715574a4", "CNI-DN-01a0df798eef277db5129"):
+        assert shapes.classify_chain(table.rules(chain))[0] is Shape.CURRENT
+    assert shapes.mark_bit_in(table) == 13 and shapes.uses_setmark(table)
+    # The DOCKER jump before CNI-HOSTPORT-DNAT in PREROUTING takes no port.
+    assert shapes.first_taker(table, "tcp", 9070, -1) == "CNI-DN-fcb138bbe0a69715574a4"
