@@ -185,6 +185,24 @@ def test_v06_chains_are_not_missing_or_extra_rules(tmp_path):
     assert kinds(checked) == ["legacy", "legacy", "shadowed"]
 
 
+def test_a_v06_node_with_its_cache_still_needs_its_jumps(tmp_path):
+    """v0.6 made no SETMARK/MASQ, but it entered CNI-HOSTPORT-DNAT from PREROUTING and
+    OUTPUT as every version since: with the containers cached, missing jumps are still
+    missing (a firewall reload), and the repair writes what v0.6 wrote there."""
+    body = _without("v0.6-portless-entries", ["-A PREROUTING ", "-A OUTPUT "])
+    both = cache(
+        tmp_path,
+        (ID_A, "10.88.0.5/16", [(8080, 80, "tcp")]),
+        (ID_B, "10.88.0.6/16", [(8080, 80, "tcp"), (9090, 90, "tcp")]),
+    )
+    checked = check_json(snapshot(tmp_path, "x", body), both)
+    assert kinds(checked) == ["legacy", "legacy", "missing-jump", "missing-jump", "shadowed"]
+    assert {p["chain"] for p in checked["problems"] if p["kind"] == "missing-jump"} == {
+        "PREROUTING", "OUTPUT",
+    }  # fmt: skip
+    assert "missing-toplevel" not in kinds(checked)  # (no SETMARK/MASQ wanted, as before)
+
+
 def test_a_stale_address_is_still_reported_in_an_old_shape(tmp_path):
     save = snapshot(tmp_path, "v0.7-prepend-hairpin")
     moved = cache(

@@ -180,7 +180,9 @@ def wanted_on_node(
         old = shapes.as_found(config, family, live)
         for chain in wanted_chains(config, family):
             if chain.shared:
-                if old is None or old[0] is not shapes.Shape.V0_6:
+                # v0.6 made no SETMARK/MASQ, but entered CNI-HOSTPORT-DNAT from
+                # PREROUTING and OUTPUT as every version since: those jumps are wanted.
+                if old is None or old[0] is not shapes.Shape.V0_6 or chain.name == TOPLEVEL_DNAT:
                     shared.append(chain)
             else:
                 per_container.append((config, old[1] if old else chain))
