@@ -163,7 +163,7 @@ def gc_command(
                     if recorder is not None:
                         recorder.note_gc(preview, node_opts.families)
                     return
-                confirmed = frozenset((c.family, c.chain) for c in preview.removed)
+                confirmed = frozenset(c.key for c in preview.removed)
                 options = replace(options, only=confirmed)
                 with locked(node), out.progress("removing chains") as progress:
                     result = apply_gc(node, replace(planned, options=options), progress)

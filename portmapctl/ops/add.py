@@ -52,6 +52,7 @@ class AddResult:
     # table converge read, or (when add wrote without reading) CNI-HOSTPORT-DNAT and the
     # chains its rules for the mapping's host ports jump to (`neighbours`).
     seen: Dict[int, NatTable] = field(default_factory=dict)
+    backend: str = "iptables"  # the plugin's backend written (JSON `backend`)
 
 
 def add(
@@ -223,6 +224,7 @@ def nft_refusals(config: MappingConfig) -> None:
 def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: bool) -> AddResult:
     """The v1.9.1 ADD in nftables: both families in one `nft -f` transaction."""
     from portmapctl.nftables import planner
+    from portmapctl.nftables.ruleset import HOSTPORTS, MASQUERADING
     from portmapctl.nftables.transaction import check_condition
     from portmapctl.nftables.wanted import wanted
 
@@ -240,12 +242,16 @@ def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: boo
     if not dry_run and families:
         warnings += after_setup(config, families, flush_udp)
     transactions = {"nft": text} if text else {}
+    # The nft chains its rules are in (JSON `chain` is a chain's name in every
+    # document, never the container ID): hostports, and masquerading with SNAT.
+    chains = (HOSTPORTS, MASQUERADING) if any(w.masquerading for w in want) else (HOSTPORTS,)
     return AddResult(
         dry_run,
         bool(text),
-        (f"nft:{config.container_id}",),
+        chains,
         transactions,
         tuple(warnings),  # type: ignore[arg-type]
+        backend="nftables",
     )
 
 

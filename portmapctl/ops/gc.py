@@ -88,15 +88,26 @@ DEFAULT_MIN_AGE = 120.0
 
 @dataclass(frozen=True)
 class GcChain:
-    """A per-container chain gc removes (or would), or waits on (pending)."""
+    """A per-container chain gc removes (or would), or waits on (pending); for the
+    nftables backend one container's rules in one family (`chain`: the nft chain of
+    its DNAT rules, as list and check name it, never the container ID)."""
 
     chain: str
     family: int
-    kind: str  # "dnat" | "legacy-snat"
+    kind: str  # "dnat" | "legacy-snat" | "nft-rule"
     network: Optional[str]
     container_id: Optional[str]
     host_ports: Tuple[ProtoPort, ...]
     seen_seconds: float
+    backend: str = "iptables"
+
+    @property
+    def key(self) -> ChainKey:
+        """What sightings and a prompt's confirmation are keyed by: an nftables
+        container's rules have no chain of their own (gc_state.ChainKey)."""
+        if self.backend == "nftables":
+            return ChainKey(self.family, f"{gc_state.NFT_PREFIX}{self.container_id}")
+        return ChainKey(self.family, self.chain)
 
 
 @dataclass(frozen=True)
@@ -618,7 +629,7 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
             remembered.update(nft_done.seen)
             if not options.dry_run:
                 for chain in nft_removed:
-                    remembered.pop(ChainKey(chain.family, chain.chain), None)
+                    remembered.pop(chain.key, None)
             if text and options.dry_run:
                 transactions["nft"] = text  # type: ignore[index]
     # Every run records its sightings, a dry run (and gc's interactive preview) too:

@@ -15,16 +15,18 @@ from portmapctl.ops.gc_state import NFT_PREFIX, ChainKey
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
-    from portmapctl.nftables.ruleset import Ruleset
+    from portmapctl.nftables.ruleset import Rule, Ruleset
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
 
 # Its rules carry the bare container ID and no network: liveness is by ID (the cache's
 # IDs on any network, bare valid-attachments lists, --keep), and a network-scoped
 # valid-attachments document alone speaks for no nftables rule. One GcChain per
-# (family, container): chain "nft:<ID>", kind "nft-rule".
+# (family, container): kind "nft-rule", chain the nft chain of its DNAT rules (what list
+# and check name), keyed for --min-age and a prompt by container ID (GcChain.key).
 
 NFT_KIND = "nft-rule"
+NFT_BACKEND = "nftables"
 
 
 def nft_key(family: int, container_id: str) -> ChainKey:
@@ -113,13 +115,14 @@ def plan_nft(
             first = before.first_seen if before and before.fingerprint == mark else now
             new_seen[key] = gc_state.Seen(mark, first)
             item = GcChain(
-                key.chain,
+                _chain_of(rules),
                 family,
                 NFT_KIND,
                 None,
                 dead.container_id,
                 ports,
                 round(max(now - first, 0.0), 1),
+                NFT_BACKEND,
             )
             allowed = options.only is None or (family, key.chain) in options.only
             if now - first >= options.min_age and allowed:
@@ -143,6 +146,16 @@ def plan_nft(
         }
     )
     return NftPlan(removed, pending, new_seen, {f: p for f, p in freed.items() if p}, kept, txn)
+
+
+def _chain_of(rules: Sequence[Rule]) -> str:
+    """The chain a container's rules are named by: that of its first DNAT rule in
+    evaluation order (hostip_hostports before hostports, as list's rows); its
+    masquerade rules go with it. Only masquerade rules left: `masquerading`."""
+    from portmapctl.nftables.inventory import EVALUATION_ORDER
+
+    chains = {rule.chain for rule in rules}
+    return next((c for c in EVALUATION_ORDER if c in chains), None) or rules[0].chain
 
 
 def apply_nft(

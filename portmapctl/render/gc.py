@@ -63,7 +63,8 @@ def gc_table(
     def row(c: GcChain) -> List[str]:
         return [f"v{c.family}", c.kind, c.network or "-", short_id(c.container_id, full_ids)] + [
             _ports_cell(c),
-            c.chain,
+            # As list's and check's tables: an nft chain is `nft:<chain>`.
+            f"nft:{c.chain}" if c.backend == "nftables" else c.chain,
             duration_text(c.seen_seconds),
         ]
 

@@ -25,11 +25,23 @@ SCHEMA = 2
 BACKEND = "iptables"  # rows and chains of the plugin's iptables backend
 
 
+# Check's problems name an nft chain `nft:<chain>` (bare `nft`: none) for the text
+# table's humans (ops/check/nft.py); JSON says `backend` and the bare chain, as list's
+# rows do (docs/json.md: one vocabulary in every document).
+NFT_TEXT_PREFIX = "nft:"
+
+
 def backend_of_chain(chain: Optional[str]) -> Optional[str]:
-    """Problems and gc rows name an nft rule's chain `nft:...` (ops/check/nft.py, ops/gc.py)."""
     if chain is None:
         return None
-    return "nftables" if chain == "nft" or chain.startswith("nft:") else BACKEND
+    return "nftables" if chain == "nft" or chain.startswith(NFT_TEXT_PREFIX) else BACKEND
+
+
+def bare_chain(chain: Optional[str]) -> Optional[str]:
+    """A problem's chain as JSON spells it: `nft:hostports` -> `hostports`, `nft` -> null."""
+    if chain is None or backend_of_chain(chain) == BACKEND:
+        return chain
+    return chain[len(NFT_TEXT_PREFIX) :] or None
 
 
 def document(cache: Optional[MappingT[str, Any]], **body: Any) -> Dict[str, Any]:
@@ -134,7 +146,7 @@ def problem_json(p: Problem) -> Dict[str, Any]:
         "kind": str(p.kind),
         "backend": _problem_backend(p),
         "family": p.family,
-        "chain": p.chain,
+        "chain": bare_chain(p.chain),
         "network": p.network,
         "container_id": p.container_id,
         "detail": p.detail,
@@ -174,7 +186,7 @@ def gc_chain_json(
     c: GcChain, pending: bool = False, min_age: Optional[float] = None
 ) -> Dict[str, Any]:
     doc: Dict[str, Any] = {
-        "backend": backend_of_chain(c.chain),
+        "backend": c.backend,
         "chain": c.chain,
         "chain_type": c.kind,
         "family": c.family,

@@ -126,9 +126,9 @@ def test_gc_removes_exactly_the_dead(node: str, tmp_path: Path) -> None:
     before = _container_rules(node)
     dry = _pmctl(node, tmp_path, "gc", "--dry-run", "--min-age", "0", "-o", "json")
     assert dry.returncode == 0, dry.stderr
-    assert {(c["chain"], c["family"]) for c in json.loads(dry.stdout)["removed"]} == {
-        ("nft:old1", 4), ("nft:old1", 6),
-    }  # fmt: skip
+    assert {
+        (c["chain"], c["container_id"], c["family"]) for c in json.loads(dry.stdout)["removed"]
+    } == {("hostports", "old1", 4), ("hostports", "old1", 6)}
     assert _container_rules(node) == before
     done = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0")
     assert done.returncode == 0, done.stderr
@@ -279,8 +279,8 @@ def test_gc_min_age_waits_and_counts_the_live(node: str, tmp_path: Path) -> None
     assert first.returncode == 0, first.stderr
     doc = json.loads(first.stdout)
     assert doc["removed"] == [] and doc["kept"] == 2  # web1 in both families
-    assert {(c["chain"], c["family"]) for c in doc["pending"]} == {
-        ("nft:old1", 4), ("nft:old1", 6),
+    assert {(c["chain"], c["container_id"], c["family"]) for c in doc["pending"]} == {
+        ("hostports", "old1", 4), ("hostports", "old1", 6),
     }  # fmt: skip
     assert ("ip", "hostports", "old1") in _container_rules(node)
     later = pmctl.run([*args, "--min-age", "0"], env=env)

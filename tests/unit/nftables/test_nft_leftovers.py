@@ -92,7 +92,7 @@ def test_not_cached_is_stale(tmp_path: Path) -> None:
         ("stale", 4, GONE),
         ("stale", 6, GONE),
     }
-    assert all(p["chain"] == "nft:masquerading" and "gc" in p["fix"] for p in problems)
+    assert all(p["chain"] == "masquerading" and "gc" in p["fix"] for p in problems)
 
 
 def test_cached_and_nft_backed_is_missing_rules_only(tmp_path: Path) -> None:
