@@ -12,7 +12,14 @@ Statuses, as SPEC §3:
   shadowed  an earlier rule in evaluation order (hostip_hostports before hostports,
             as both v1.9's hostports_all and v1.6/v1.7's base chains jump) takes the
             same protocol and host port, on an overlapping host IP, to another
-            container: nftables is first-match-wins as iptables is
+            container (or a rule that is not the plugin's does: `shadowed_by` is then
+            `handle N`): nftables is first-match-wins as iptables is
+
+A DNAT rule in hostports/hostip_hostports that is not the plugin's (no comment, or one
+that is no container ID: nftables/node.py is_plugin_rule, the test gc removes by) is
+no row, as a foreign rule in CNI-HOSTPORT-DNAT is none on the iptables side: it names
+no container, so it can be neither stale nor anyone's to remove. It still takes its
+port first; `NftInventory.foreign` lists it for check's note.
 
 Health problems of the structure (a flushed or deleted table, say) are `Problem`s:
 missing table, base chain, entry rule or hostports_all jumps, and, given the cached
@@ -26,6 +33,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import ProblemKind, Status
+from portmapctl.nftables.node import is_plugin_rule
 from portmapctl.nftables.ruleset import (
     FAMILY_NAMES,
     HOSTIP_HOSTPORTS,
@@ -81,10 +89,26 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class Foreign:
+    """A DNAT rule in a host-port chain that is not the plugin's (an admin's)."""
+
+    family: int
+    chain: str
+    handle: int
+    text: str  # as `nft list` prints it
+
+    @property
+    def label(self) -> str:
+        """How a row shadowed by it names it (`shadowed_by`): it has no container."""
+        return f"handle {self.handle}"
+
+
+@dataclass(frozen=True)
 class NftInventory:
     mappings: Tuple[NftMapping, ...]
     problems: Tuple[Problem, ...]
     cache_present: bool
+    foreign: Tuple[Foreign, ...] = ()
 
     def container_ids(self) -> Set[str]:
         return {m.container_id for m in self.mappings if m.container_id}
@@ -173,6 +197,7 @@ def build(
     by_id = _Owners(owners or ())
     rows: List[NftMapping] = []
     found_problems: List[Problem] = []
+    foreign: List[Foreign] = []
     for family in sorted(ruleset.tables):
         table = ruleset.tables[family]
         masq = _masqueraded(table)
@@ -184,6 +209,12 @@ def build(
                 if fields is None or action.kind is not ActionKind.DNAT or action.addr is None:
                     continue
                 proto, port, host_ip = fields
+                if not is_plugin_rule(rule):
+                    # Nobody's: no row, but it takes the port before any later rule.
+                    alien = Foreign(family, chain, rule.handle, rule.body.text(family))
+                    foreign.append(alien)
+                    claims.setdefault((proto, port), []).append((host_ip, alien.label))
+                    continue
                 cid = rule.comment
                 owner = by_id.owner(cid, family, action.addr)
                 status: List[str] = []
@@ -222,7 +253,7 @@ def build(
     rows.sort(
         key=lambda m: (m.network or "", m.container_id or "", m.family, m.protocol, m.host_port)
     )
-    return NftInventory(tuple(rows), tuple(found_problems), owners is not None)
+    return NftInventory(tuple(rows), tuple(found_problems), owners is not None, tuple(foreign))
 
 
 # --- leftovers --------------------------------------------------------------------------

@@ -121,6 +121,7 @@ def nft_problems(
         )
     seen_stale: Set[Tuple[Optional[str], int]] = set()
     rules = _by_handle(live)
+    foreign = {(f.family, f.label): f for f in found.foreign}
     for m in found.mappings:
         if "stale" in m.status and (m.container_id, m.family) not in seen_stale:
             seen_stale.add((m.container_id, m.family))
@@ -143,12 +144,20 @@ def nft_problems(
                 for w in found.mappings
                 if w.family == m.family
             )
-            shadow_fix = (
-                f"{fixes.gc} (the winner is stale)"
-                if winner_stale
-                else "two containers claim one host port: re-create one of them with another"
-                " host port"
-            )
+            alien = foreign.get((m.family, m.shadowed_by))
+            if alien is not None:
+                # No command of ours may delete a rule that is not the plugin's.
+                shadow_fix = (
+                    f"a rule that is not the plugin's ({alien.text}) takes the port first:"
+                    " delete it, or re-create the container with another host port"
+                )
+            elif winner_stale:
+                shadow_fix = f"{fixes.gc} (the winner is stale)"
+            else:
+                shadow_fix = (
+                    "two containers claim one host port: re-create one of them with another"
+                    " host port"
+                )
             problems.append(
                 Problem(
                     SHADOWED,
@@ -177,7 +186,25 @@ def nft_problems(
             )
         )
     compared = sum(len(a.mapping.families) for a in parts.expected if a.mapping is not None)
-    return NftCheck(problems, nft_ids, compared, [], found)
+    return NftCheck(problems, nft_ids, compared, _foreign_notes(node, found), found)
+
+
+def _foreign_notes(node: Node, found: NftInventory) -> List[str]:
+    """DNAT rules in the plugin's host-port chains that are not the plugin's: said, not
+    a problem. As a foreign rule in CNI-HOSTPORT-DNAT on the iptables side they name no
+    container, so nothing is stale or missing, and no command of ours touches them (gc
+    keeps them: a `gc` fix would never make check pass). They matter only when they
+    take a container's port first: that container is `shadowed`."""
+    notes = []
+    for f in found.foreign:
+        if node.options.families and f.family not in node.options.families:
+            continue
+        where = f"{'ip' if f.family == 4 else 'ip6'} {TABLE} {f.chain}"
+        notes.append(
+            f"{where} handle {f.handle} is not the plugin's (its comment names no container):"
+            f" left alone: {f.text}"
+        )
+    return notes
 
 
 def _leftover_problems(

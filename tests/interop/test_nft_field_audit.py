@@ -1,0 +1,75 @@
+"""What a field audit against the real v1.9.1 plugin found, replayed: every test plays
+a node in a fresh namespace with upstream's binary and runs `portmapctl` on it as an
+operator would (temp CNI cache; never the machine's /var/lib/cni)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import realplugin as rp
+import upstream
+from test_nft_commands import WEB, _container_rules, _plugin_add, _pmctl, node  # noqa: F401
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture(autouse=True)
+def _upstream_binaries() -> None:
+    rp.require(upstream.available())
+
+
+def _rules_of(ns: str, chain: str) -> list:
+    return [
+        obj["rule"]
+        for obj in json.loads(upstream.ruleset_json(ns))["nftables"]
+        if "rule" in obj and obj["rule"]["table"] == "cni_hostport" and obj["rule"]["chain"] == chain
+    ]
+
+
+# --- rules in hostports that are not the plugin's ---------------------------------------
+
+
+def test_foreign_rules_in_hostports_are_no_stale_mappings(node: str, tmp_path: Path) -> None:
+    """An admin's DNAT rules in hostports (no comment, a comment that is no container
+    ID) were `stale` with fix `portmapctl gc`, which (rightly) keeps them: check stayed at
+    exit 1 for ever. They name no container: no row, no problem, a note; gc keeps them."""
+    _plugin_add(node, tmp_path, WEB)
+    upstream.nft(node, "add", "rule", "ip", "cni_hostport", "hostports",
+                 "tcp", "dport", "2222", "dnat", "to", "10.0.0.1:22")  # fmt: skip
+    upstream.nft(node, "add", "rule", "ip", "cni_hostport", "hostports", "tcp", "dport",
+                 "2223", "dnat", "to", "10.0.0.1:22", "comment", '"admin: ssh fwd"')  # fmt: skip
+    before = _rules_of(node, "hostports")
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["problems"] == []
+    assert checked.stderr.count("is not the plugin's") == 2
+    listed = json.loads(_pmctl(node, tmp_path, "list", "-o", "json").stdout)["mappings"]
+    assert {m["container_id"] for m in listed} == {"web1"}
+    assert all(m["status"] == ["ok"] for m in listed)
+    gc = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
+    assert gc.returncode == 0 and json.loads(gc.stdout)["removed"] == []
+    assert _rules_of(node, "hostports") == before
+
+
+def test_a_foreign_rule_taking_a_containers_port_first_shadows_it(
+    node: str, tmp_path: Path
+) -> None:
+    """Inserted before web1's rule for tcp/8080, an admin's rule gets the traffic: web1's
+    mapping is `shadowed` by that rule (`handle N`), with no command as the fix (no
+    command of ours deletes someone else's rule) and what to do in `why`."""
+    _plugin_add(node, tmp_path, WEB)
+    upstream.nft(node, "insert", "rule", "ip", "cni_hostport", "hostports",
+                 "tcp", "dport", "8080", "dnat", "to", "10.0.0.1:22")  # fmt: skip
+    (alien,) = [r for r in _rules_of(node, "hostports") if "comment" not in r]
+    listed = json.loads(_pmctl(node, tmp_path, "list", "-o", "json").stdout)["mappings"]
+    shadowed = [m for m in listed if "shadowed" in m["status"]]
+    assert [(m["family"], m["protocol"], m["host_port"], m["shadowed_by"]) for m in shadowed] == [
+        (4, "tcp", 8080, f"handle {alien['handle']}")
+    ]
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 1
+    (problem,) = json.loads(checked.stdout)["problems"]
+    assert problem["kind"] == "shadowed" and problem["fix"] is None
+    assert "not the plugin's" in problem["why"] and problem["container_id"] == "web1"
