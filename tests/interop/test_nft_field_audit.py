@@ -5,6 +5,7 @@ operator would (temp CNI cache; never the machine's /var/lib/cni)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,47 @@ def test_a_foreign_rule_taking_a_containers_port_first_shadows_it(
     (problem,) = json.loads(checked.stdout)["problems"]
     assert problem["kind"] == "shadowed" and problem["fix"] is None
     assert "not the plugin's" in problem["why"] and problem["container_id"] == "web1"
+
+
+# --- a container in both backends -------------------------------------------------------
+
+BOTH = ("both1", ["10.88.0.9/16"], [rp.port_mapping(8090, 90)])
+
+
+def _run_steps(ns: str, why: str) -> None:
+    """Every `command` in a problem's why, run in the node's namespace as a person would."""
+    steps = [part.split("`")[0] for part in why.split("`")[1::2]]
+    assert steps, why
+    for step in steps:
+        subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", step], check=True)
+
+
+@pytest.mark.parametrize("cached", ["nftables", "iptables"])
+def test_both_backends_says_how_to_remove_the_copy_the_config_does_not_use(
+    node: str, tmp_path: Path, cached: str
+) -> None:
+    """v1.9.1 ADD of both1 with backend=iptables, then backend=nftables: its fix was
+    `portmapctl gc`, which keeps both (the container is live). Now the fix is null and
+    `why` holds the commands that remove the copy in the backend the cached config
+    does not use; run, check is healthy and the plugin's CHECK of the cached config
+    passes."""
+    other = "iptables" if cached == "nftables" else "nftables"
+    _plugin_add(node, tmp_path, BOTH, cached=False, backend=other)
+    conf = _plugin_add(node, tmp_path, BOTH, backend=cached)
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 1
+    (problem,) = json.loads(checked.stdout)["problems"]
+    assert (problem["kind"], problem["container_id"], problem["fix"]) == (
+        "both-backends", "both1", None,
+    )  # fmt: skip
+    assert f"remove its {other} copy by hand" in problem["why"]
+    assert problem["rule"]
+    gc = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
+    assert json.loads(gc.stdout)["removed"] == []  # why gc was no fix
+    _run_steps(node, problem["why"])
+    after = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert after.returncode == 0, after.stdout + after.stderr
+    upstream.run("v1.9.1", "CHECK", node, "both1", conf, check=True)
+    in_nft = ("ip", "hostports", "both1") in _container_rules(node)
+    assert in_nft == (cached == "nftables")
+    assert ("CNI-DN-" in rp.save(node, 4)) == (cached == "iptables")

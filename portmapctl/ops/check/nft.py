@@ -14,7 +14,7 @@ from typing import Mapping as ReadOnly
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
-from portmapctl.iptables.ruleset import NatTable
+from portmapctl.iptables.ruleset import NatTable, format_rule
 from portmapctl.nftables.ruleset import MASQUERADING, TABLE
 from portmapctl.ops.check.diagnose import Problem
 from portmapctl.ops.check.hints import Fixes
@@ -173,18 +173,7 @@ def nft_problems(
             )
     problems += _leftover_problems(node, live, parts, attachments, fixes, seen_stale)
     for cid in parts.both:
-        problems.append(
-            Problem(
-                "both-backends",
-                None,
-                None,
-                None,
-                cid,
-                "rules in both iptables and nftables",
-                fixes.gc,
-                _NFT_WHY["both-backends"],
-            )
-        )
+        problems.append(_both_backends(cid, tables, live, attachments, fixes))
     compared = sum(len(a.mapping.families) for a in parts.expected if a.mapping is not None)
     return NftCheck(problems, nft_ids, compared, _foreign_notes(node, found), found)
 
@@ -270,6 +259,61 @@ def _leftover_problems(
             )
         )
     return problems
+
+
+def _both_backends(
+    cid: str,
+    tables: ReadOnly[int, NatTable],
+    live: Ruleset,
+    attachments: Optional[Sequence[Attachment]],
+    fixes: Fixes,
+) -> Problem:
+    """A container with rules in both backends. Its cache entry keeps it live, so gc
+    keeps both copies (a `gc` fix did nothing), and no command of ours deletes a live
+    container's rules: the fix is null, and `why` says, command by command, how to
+    remove the copy in the backend its cached config does not use (the plugin's DEL
+    cleans only that one; no config: the one the plugin's default, iptables, does)."""
+    from portmapctl.iptables.inventory import entry_rules
+    from portmapctl.nftables.node import Backend
+
+    owner = next((a for a in attachments or () if a.container_id == cid), None)
+    configured = owner.mapping.backend if owner is not None and owner.mapping else None
+    keep = Backend(configured) if configured in ("iptables", "nftables") else Backend.IPTABLES
+    steps: List[str] = []
+    rules: List[str] = []
+    if keep is Backend.NFTABLES:
+        chains = {a.dnat_chain for a in attachments or () if a.container_id == cid}
+        for family in sorted(tables):
+            table = tables[family]
+            for chain in sorted(c for c in chains if table.has_chain(c)):
+                for entry in entry_rules(table, {chain})[chain]:
+                    steps.append(fixes.iptables(family, "-D", entry.chain, entry.args))
+                    rules.append(format_rule("-A", entry.chain, entry.args))
+                steps.append(fixes.iptables(family, "-F", chain, ()))
+                steps.append(fixes.iptables(family, "-X", chain, ()))
+                rules += [format_rule("-A", chain, r) for r in table.rules(chain)]
+    else:
+        for (family, _handle), rule in sorted(_by_handle(live).items()):
+            if rule.comment != cid:
+                continue
+            ip = "ip" if family == 4 else "ip6"
+            steps.append(f"nft delete rule {ip} {TABLE} {rule.chain} handle {rule.handle}")
+            rules.append(rule.body.text(family))
+    other = "iptables" if keep is Backend.NFTABLES else "nftables"
+    how = "; ".join(f"`{step}`" for step in steps)
+    return Problem(
+        ProblemKind.BOTH_BACKENDS.value,
+        None,
+        None,
+        _network_of(attachments, cid),
+        cid,
+        f"rules in both iptables and nftables; its cached config uses {keep.value}",
+        # Prose, not a command: JSON `fix` is null and this goes to `why` (gc keeps a
+        # live container's rules in both backends).
+        f"remove its {other} copy by hand (gc keeps both: the container is live): {how}",
+        _NFT_WHY["both-backends"],
+        tuple(rules),
+    )
 
 
 def _network_of(attachments: Optional[Sequence[Attachment]], container_id: str) -> Optional[str]:
