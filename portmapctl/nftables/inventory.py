@@ -74,6 +74,10 @@ class NftMapping(Mapping):
     handle: int = 0
     backend: str = BACKEND
     chain_type: str = CHAIN_TYPE
+    # The rule's matches beyond protocol, host port and host address (an `iifname`,
+    # a source): the row cannot say them in its columns, so it carries them as `nft
+    # list` prints them rather than claim every packet to the port (JSON `conditions`).
+    conditions: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,20 +121,42 @@ class NftInventory:
 # --- rows -------------------------------------------------------------------------------
 
 
-def _dnat_fields(rule: Rule) -> Optional[Tuple[str, int, Optional[str]]]:
-    """(protocol, host port, host IP) of a host-port rule, else None."""
-    body = rule.body
-    ip = FAMILY_NAMES[rule.family]
-    proto, port = None, None
-    for match in body.matches:
-        if "dport" not in match.left:  # (most matches: no need to split them)
-            continue
-        left = match.left.split()
-        if len(left) == 2 and left[1] == "dport" and match.op == "==" and match.right.isdigit():
-            proto, port = left[0], int(match.right)
-    if proto is None or port is None:
+# A port set or range wider than this is no list of rows (a rule written by hand).
+MAX_EXPANDED_PORTS = 256
+
+
+def dport_values(right: str) -> Optional[Tuple[int, ...]]:
+    """The host ports a `dport ==` match names: `8080`, `{ 7000, 7001 }`, `7000-7010`
+    (small ranges; anything else: None, such as a named set)."""
+    items = right[1:-1].split(",") if right.startswith("{") and right.endswith("}") else [right]
+    ports: List[int] = []
+    for item in (i.strip() for i in items):
+        low, dash, high = item.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            return None
+        ports += range(int(low), int(high if dash else low) + 1)
+    if not ports or len(ports) > MAX_EXPANDED_PORTS or not all(0 < p < 65536 for p in ports):
         return None
-    return proto, port, body.value(f"{ip} daddr")
+    return tuple(dict.fromkeys(ports))
+
+
+def _dnat_fields(rule: Rule) -> Optional[Tuple[str, Tuple[int, ...], Optional[str], Tuple[str, ...]]]:
+    """(protocol, host ports, host IP, the other matches' text) of a host-port rule,
+    else None (no `tcp|udp|sctp dport` it can read)."""
+    body = rule.body
+    daddr = f"{FAMILY_NAMES[rule.family]} daddr"
+    proto, ports = None, None
+    others = []
+    for match in body.matches:
+        left = match.left.split() if "dport" in match.left else ()
+        if len(left) == 2 and left[1] == "dport" and match.op == "==" and ports is None:
+            ports = dport_values(match.right)
+            proto = left[0]
+        elif not (match.left == daddr and match.op == "=="):
+            others.append(match.text())
+    if proto is None or not ports:
+        return None
+    return proto, ports, body.value(daddr), tuple(others)
 
 
 def _masqueraded(table: Table) -> Set[Tuple[Optional[str], str]]:
@@ -208,45 +234,53 @@ def build(
                 action = rule.body.action
                 if fields is None or action.kind is not ActionKind.DNAT or action.addr is None:
                     continue
-                proto, port, host_ip = fields
+                proto, ports, host_ip, conditions = fields
                 if not is_plugin_rule(rule):
                     # Nobody's: no row, but it takes the port before any later rule.
                     alien = Foreign(family, chain, rule.handle, rule.body.text(family))
                     foreign.append(alien)
-                    claims.setdefault((proto, port), []).append((host_ip, alien.label))
+                    if not conditions:
+                        for port in ports:
+                            claims.setdefault((proto, port), []).append((host_ip, alien.label))
                     continue
                 cid = rule.comment
                 owner = by_id.owner(cid, family, action.addr)
-                status: List[str] = []
+                base: List[str] = []
                 if owners is not None and owner is None:
-                    status.append(Status.STALE.value)
+                    base.append(Status.STALE.value)
                 if owner is not None and owner.zombie:
-                    status.append(Status.ZOMBIE.value)
-                winner = None
-                for other_ip, other_cid in claims.get((proto, port), ()):
-                    if other_cid != cid and _overlap(host_ip, other_ip):
-                        winner = other_cid
-                        break
-                claims.setdefault((proto, port), []).append((host_ip, cid))
-                if winner is not None:
-                    status.append(Status.SHADOWED.value)
-                rows.append(
-                    NftMapping(
-                        owner.network if owner else None,
-                        cid,
-                        family,
-                        proto,
-                        host_ip,
-                        port,
-                        action.addr,
-                        action.port if action.port is not None else port,
-                        (cid, action.addr) in masq,
-                        chain,
-                        tuple(status) or (Status.OK.value,),
-                        winner,
-                        rule.handle,
+                    base.append(Status.ZOMBIE.value)
+                for port in ports:  # a port set: one row per port, as the plugin's rules
+                    status = list(base)
+                    winner = None
+                    for other_ip, other_cid in claims.get((proto, port), ()):
+                        if other_cid != cid and _overlap(host_ip, other_ip):
+                            winner = other_cid
+                            break
+                    if not conditions:
+                        # A rule with conditions of its own takes only some of the port's
+                        # packets: it may lose them, it takes them from nobody for sure.
+                        claims.setdefault((proto, port), []).append((host_ip, cid))
+                    if winner is not None:
+                        status.append(Status.SHADOWED.value)
+                    rows.append(
+                        NftMapping(
+                            owner.network if owner else None,
+                            cid,
+                            family,
+                            proto,
+                            host_ip,
+                            port,
+                            action.addr,
+                            action.port if action.port is not None else port,
+                            (cid, action.addr) in masq,
+                            chain,
+                            tuple(status) or (Status.OK.value,),
+                            winner,
+                            rule.handle,
+                            conditions=conditions,
+                        )
                     )
-                )
     if problems:  # `list` shows rows only: no need to compare with the cached configs
         found_problems += _structure_problems(ruleset, list(nft_backed))
         found_problems += _rule_problems(ruleset, list(nft_backed))

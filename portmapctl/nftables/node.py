@@ -164,6 +164,8 @@ def dead_containers(live: Ruleset, is_live: Callable[[str], bool]) -> List[DeadC
             for rule in table.rules_of(chain):
                 if is_plugin_rule(rule) and not is_live(rule.comment or ""):
                     found.setdefault(rule.comment or "", []).append(rule)
+    from portmapctl.nftables.inventory import dport_values
+
     dead = []
     for cid in sorted(found):
         ports: Dict[Tuple[int, str, int], None] = {}
@@ -172,8 +174,10 @@ def dead_containers(live: Ruleset, is_live: Callable[[str], bool]) -> List[DeadC
                 continue
             for match in rule.body.matches:
                 left = match.left.split()
-                if len(left) == 2 and left[1] == "dport" and match.right.isdigit():
-                    ports[(rule.family, left[0], int(match.right))] = None
+                if len(left) == 2 and left[1] == "dport" and match.op == "==":
+                    # A port set too: list has a row for each, its UDP flows are flushed.
+                    for port in dport_values(match.right) or ():
+                        ports[(rule.family, left[0], port)] = None
         dead.append(DeadContainer(cid, tuple(found[cid]), tuple(ports)))
     return dead
 

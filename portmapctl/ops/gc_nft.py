@@ -184,6 +184,7 @@ def apply_nft(
 
 def _nft_udp_ports(live_rules: Ruleset, gone: Set[Tuple[int, int]]) -> Dict[int, Set[int]]:
     """family -> UDP host ports the rules not in `gone` (family, handle) still map."""
+    from portmapctl.nftables.inventory import dport_values
     from portmapctl.nftables.ruleset import CONTAINER_CHAINS
 
     found: Dict[int, Set[int]] = {}
@@ -192,7 +193,7 @@ def _nft_udp_ports(live_rules: Ruleset, gone: Set[Tuple[int, int]]) -> Dict[int,
             for rule in table.rules_of(chain):
                 if (family, rule.handle) in gone:
                     continue
-                port = rule.body.value("udp dport")
-                if port is not None and port.isdigit():
-                    found.setdefault(family, set()).add(int(port))
+                ports = rule.body.value("udp dport")
+                if ports is not None:
+                    found.setdefault(family, set()).update(dport_values(ports) or ())
     return found

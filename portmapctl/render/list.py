@@ -49,8 +49,12 @@ def chain_sort_key(c: ChainInfo) -> Tuple[Any, ...]:
 
 def host_address(m: Mapping) -> str:
     if m.host_ip is None:
-        return f"*:{m.host_port}"
-    return f"[{m.host_ip}]:{m.host_port}" if ":" in m.host_ip else f"{m.host_ip}:{m.host_port}"
+        address = f"*:{m.host_port}"
+    else:
+        address = f"[{m.host_ip}]:{m.host_port}" if ":" in m.host_ip else f"{m.host_ip}:{m.host_port}"
+    # An nftables rule's own conditions narrow who reaches the port: never `*` alone.
+    conditions = getattr(m, "conditions", ())
+    return f"{address} if {' '.join(conditions)}" if conditions else address
 
 
 def container_address(m: Mapping) -> str:

@@ -118,3 +118,44 @@ def test_both_backends_says_how_to_remove_the_copy_the_config_does_not_use(
     in_nft = ("ip", "hostports", "both1") in _container_rules(node)
     assert in_nft == (cached == "nftables")
     assert ("CNI-DN-" in rp.save(node, 4)) == (cached == "iptables")
+
+
+# --- rules list could not read ----------------------------------------------------------
+
+
+def test_every_containers_dnat_rule_has_a_row_and_check_and_gc_agree(
+    node: str, tmp_path: Path
+) -> None:
+    """A port set had no row (yet gc removed it), an `iifname` rule was listed as
+    `*:8080`. Now: one row per port of a set, a rule's own conditions on its rows
+    (JSON `conditions`, the text's HOST column), and what list calls stale is what
+    check calls stale and what gc removes. A conditional rule takes no port from a
+    later one (it gets only some of the packets)."""
+    _plugin_add(node, tmp_path, WEB)
+    upstream.nft(node, "add", "rule", "ip", "cni_hostport", "hostports", "tcp", "dport",
+                 "{ 7000, 7001 }", "dnat", "to", "10.0.0.1", "comment", '"weird1"')  # fmt: skip
+    upstream.nft(node, "insert", "rule", "ip", "cni_hostport", "hostports", "iifname", "eth0",
+                 "tcp", "dport", "8080", "dnat", "to", "10.0.0.2:80", "comment", '"weird2"')  # fmt: skip
+    listed = json.loads(_pmctl(node, tmp_path, "list", "-o", "json").stdout)["mappings"]
+    weird = {
+        (m["container_id"], m["host_port"], m["container_port"], tuple(m.get("conditions", ())),
+         tuple(m["status"]))
+        for m in listed if m["container_id"] != "web1"
+    }  # fmt: skip
+    assert weird == {
+        ("weird1", 7000, 7000, (), ("stale",)),
+        ("weird1", 7001, 7001, (), ("stale",)),
+        ("weird2", 8080, 80, ('iifname "eth0"',), ("stale",)),
+    }
+    assert all(m["status"] == ["ok"] for m in listed if m["container_id"] == "web1")
+    text = _pmctl(node, tmp_path, "list", "--no-trunc").stdout
+    assert '*:8080 if iifname "eth0"' in text
+    checked = json.loads(_pmctl(node, tmp_path, "check", "-o", "json").stdout)["problems"]
+    assert {(p["kind"], p["container_id"]) for p in checked} == {
+        ("stale", "weird1"), ("stale", "weird2"),
+    }  # fmt: skip
+    gc = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
+    removed = json.loads(gc.stdout)["removed"]
+    assert {(c["container_id"], tuple(sorted(p["host_port"] for p in c["host_ports"])))
+            for c in removed} == {("weird1", (7000, 7001)), ("weird2", (8080,))}  # fmt: skip
+    assert _pmctl(node, tmp_path, "check").returncode == 0
