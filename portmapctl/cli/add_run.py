@@ -89,28 +89,17 @@ def run(
 ) -> None:
     out = common.out()
     config = mapping_from_options(mapping, backend=common.backend.value)
-    _in_a_chosen_family(config, common)
+    from portmapctl.cli._common import families
+    from portmapctl.core import validate
+
+    # Checked before the lock and the write start (ops/add_ahead.py).
+    validate.chosen_families(config, families(common.family), "add")
     with contextlib.ExitStack() as held:
         # add's work starts now, under the lock, before the rest of add is imported
         # (ops/add_ahead.py); the imports and the node's opening overlap it.
         ahead = None if dry_run else _ahead(common, config, held, early_claims)
         result, clashes = _add(common, config, ahead, no_flush_udp=no_flush_udp, dry_run=dry_run)
     _report(common, out, config, result, clashes, dry_run)
-
-
-def _in_a_chosen_family(config: MappingConfig, common: Common) -> None:
-    """BadInput when --family leaves none of the mapping's addresses: there is nothing
-    to write, which is no "already in place"."""
-    from portmapctl.cli._common import families
-    from portmapctl.errors import BadInput
-
-    chosen = families(common.family)
-    if not any(family in chosen for family in config.families):
-        missing = " or ".join(f"IPv{family}" for family in chosen)
-        raise BadInput(
-            f"nothing to add: the mapping has no {missing} address (--ip) and --family"
-            f" {common.family.value} leaves out the others"
-        )
 
 
 def _add(

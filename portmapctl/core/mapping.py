@@ -83,3 +83,7 @@ class Mapping:
     chain: str
     status: Tuple[str, ...]
     shadowed_by: Optional[str] = None  # what takes this port first
+    # The rule's matches beyond protocol, host port and host address (an nftables rule's
+    # `iifname`, a source): the columns cannot say them, so the row carries them as the
+    # backend prints them rather than claim every packet to the port (JSON `conditions`).
+    conditions: Tuple[str, ...] = ()

@@ -234,6 +234,25 @@ def mapping_config(
     )
 
 
+def iptables_style(conditions: Sequence[str]) -> bool:
+    """Whether conditions are iptables arguments, as the plugin tells (v1.6 on): the
+    first word an option (`-s`) or a negation (`!`); else they are nftables syntax."""
+    return bool(conditions) and conditions[0][:1] in ("-", "!")
+
+
+def chosen_families(config: MappingConfig, chosen: Sequence[int], what: str) -> Tuple[int, ...]:
+    """The families of `chosen` (--family) the mapping has an address in; BadInput when
+    none: there is nothing to `what` (add, check), which is no "in place" either."""
+    found = tuple(family for family in config.families if family in chosen)
+    if not found:
+        missing = " or ".join(f"IPv{family}" for family in chosen) or "chosen"
+        raise BadInput(
+            f"nothing to {what}: the mapping has no {missing} address (--ip), and --family"
+            " leaves out the others"
+        )
+    return found
+
+
 def buildable(config: MappingConfig, source: Optional[str] = None) -> MappingConfig:
     """`config` if every family it has can be turned into rules, else BadInput.
 
@@ -253,7 +272,7 @@ def buildable(config: MappingConfig, source: Optional[str] = None) -> MappingCon
     nft_style = [
         f"conditionsV{family}"
         for family, words in ((4, config.conditions_v4), (6, config.conditions_v6))
-        if words and words[0][:1] not in ("-", "!")
+        if words and not iptables_style(words)
     ]
     if nft_style:
         where = f"{source}: " if source is not None else ""

@@ -74,10 +74,6 @@ class NftMapping(Mapping):
     handle: int = 0
     backend: str = BACKEND
     chain_type: str = CHAIN_TYPE
-    # The rule's matches beyond protocol, host port and host address (an `iifname`,
-    # a source): the row cannot say them in its columns, so it carries them as `nft
-    # list` prints them rather than claim every packet to the port (JSON `conditions`).
-    conditions: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -277,8 +273,8 @@ def build(
                             chain,
                             tuple(status) or (Status.OK.value,),
                             winner,
-                            rule.handle,
-                            conditions=conditions,
+                            conditions,
+                            handle=rule.handle,
                         )
                     )
     if problems:  # `list` shows rows only: no need to compare with the cached configs

@@ -203,6 +203,7 @@ def _without(view: NatTable, chain: str) -> NatTable:
 
 def nft_refusals(config: MappingConfig) -> None:
     """What the plugin refuses for its nftables backend, refused the same way."""
+    from portmapctl.core import validate
     from portmapctl.errors import BadInput
 
     iptables_only = []
@@ -212,7 +213,7 @@ def nft_refusals(config: MappingConfig) -> None:
         ("conditionsV4", config.conditions_v4),
         ("conditionsV6", config.conditions_v6),
     ):
-        if conditions and conditions[0][:1] in ("-", "!"):
+        if validate.iptables_style(conditions):
             iptables_only.append(name)
     if iptables_only:
         raise BadInput(

@@ -86,6 +86,11 @@ DEFAULT_MIN_AGE = 120.0
 # --- planning -----------------------------------------------------------------------
 
 
+# One container's rules in one family of the nftables backend (ops/gc_nft.py), as
+# list and check call them (nftables/inventory.py CHAIN_TYPE).
+NFT_KIND = "nft-rule"
+
+
 @dataclass(frozen=True)
 class GcChain:
     """A per-container chain gc removes (or would), or waits on (pending); for the
@@ -94,18 +99,22 @@ class GcChain:
 
     chain: str
     family: int
-    kind: str  # "dnat" | "legacy-snat" | "nft-rule"
+    kind: str  # "dnat" | "legacy-snat" | NFT_KIND
     network: Optional[str]
     container_id: Optional[str]
     host_ports: Tuple[ProtoPort, ...]
     seen_seconds: float
-    backend: str = "iptables"
+
+    @property
+    def backend(self) -> str:
+        """The plugin backend it is in: its kind says (JSON `backend`)."""
+        return "nftables" if self.kind == NFT_KIND else "iptables"
 
     @property
     def key(self) -> ChainKey:
         """What sightings and a prompt's confirmation are keyed by: an nftables
         container's rules have no chain of their own (gc_state.ChainKey)."""
-        if self.backend == "nftables":
+        if self.kind == NFT_KIND:
             return ChainKey(self.family, f"{gc_state.NFT_PREFIX}{self.container_id}")
         return ChainKey(self.family, self.chain)
 

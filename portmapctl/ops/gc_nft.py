@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, NamedTuple, Optional, Seq
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.ops import gc_state
-from portmapctl.ops.gc import GcChain, GcOptions, Sources, read_cache_while_planning
+from portmapctl.ops.gc import NFT_KIND, GcChain, GcOptions, Sources, read_cache_while_planning
 from portmapctl.ops.gc_liveness import empty_cache_refusal, says_nothing
 from portmapctl.ops.gc_state import NFT_PREFIX, ChainKey
 from portmapctl.ops.node import Node
@@ -24,9 +24,6 @@ if TYPE_CHECKING:
 # valid-attachments document alone speaks for no nftables rule. One GcChain per
 # (family, container): kind "nft-rule", chain the nft chain of its DNAT rules (what list
 # and check name), keyed for --min-age and a prompt by container ID (GcChain.key).
-
-NFT_KIND = "nft-rule"
-NFT_BACKEND = "nftables"
 
 
 def nft_key(family: int, container_id: str) -> ChainKey:
@@ -122,7 +119,6 @@ def plan_nft(
                 dead.container_id,
                 ports,
                 round(max(now - first, 0.0), 1),
-                NFT_BACKEND,
             )
             allowed = options.only is None or (family, key.chain) in options.only
             if now - first >= options.min_age and allowed:

@@ -32,9 +32,9 @@ def _endpoint(address: str, port: int) -> str:
 # What a terminal's width may cut (the widest first): the addresses in their middle,
 # a port whole; then WHY, from its end (it starts with the reason).
 FLUSH_CUTS = {
-    1: Cuttable(12, cut_middle),  # SOURCE
-    2: Cuttable(12, cut_middle),  # DESTINATION
-    4: Cuttable(12, cut_address),  # REPLY FROM
+    "SOURCE": Cuttable(12, cut_middle),
+    "DESTINATION": Cuttable(12, cut_middle),
+    "REPLY FROM": Cuttable(12, cut_address),
 }
 
 

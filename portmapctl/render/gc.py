@@ -25,7 +25,6 @@ def duration_text(seconds: float) -> str:
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
-
 def removable_text(c: GcChain, min_age: float, now: Optional[float] = None) -> str:
     """`removable in 1m40s, at 02:19:02` (local time): when a later run removes it."""
     import time
@@ -37,6 +36,14 @@ def removable_text(c: GcChain, min_age: float, now: Optional[float] = None) -> s
     same_day = time.localtime(start)[:3] == when[:3]
     at = time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", when)
     return f"removable in {duration_text(left + 0.999)}, at {at}"
+
+
+# What gives way on a narrow terminal: a long network name, then a long list of ports
+# (the container's ID, the age and when it goes stay whole).
+GC_CUTS = {
+    "NETWORK": Cuttable(len("NETWORK"), cut_end),
+    "HOST PORTS": Cuttable(len("HOST PORTS"), cut_end),
+}
 
 
 def gc_table(
@@ -82,18 +89,8 @@ def gc_table(
             del headers[column]
             for cells in rows:
                 del cells[column]
-    if width is None or wide or full_ids:
-        return grid(headers, rows, statuses, header=header)
-    cuts = {headers.index(name): cut for name, cut in GC_CUTS.items()}
-    return grid(headers, rows, statuses, header=header, width=width, cuts=cuts)
-
-
-# What gives way on a narrow terminal: a long network name, then a long list of ports
-# (the container's ID, the age and when it goes stay whole).
-GC_CUTS = {
-    "NETWORK": Cuttable(len("NETWORK"), cut_end),
-    "HOST PORTS": Cuttable(len("HOST PORTS"), cut_end),
-}
+    whole = full_ids or wide
+    return grid(headers, rows, statuses, header, width=None if whole else width, cuts=GC_CUTS)
 
 
 def gc_summary(result: GcResult, asked_dry_run: Optional[bool] = None) -> str:

@@ -74,10 +74,9 @@ def mapping_json(m: Mapping, conntrack: Optional[MappingT[Mapping, int]] = None)
         # nftables rows (iptables ones get the key with JSON schema 2).
         doc["backend"] = backend
         doc["chain_type"] = getattr(m, "chain_type", None)
-        conditions = getattr(m, "conditions", ())
-        if conditions:
-            # nftables: the rule's matches the other keys cannot say (`iifname "eth0"`).
-            doc["conditions"] = list(conditions)
+    if m.conditions:
+        # (nftables) the rule's matches the other keys cannot say (`iifname "eth0"`).
+        doc["conditions"] = list(m.conditions)
     if conntrack is not None and m.protocol == "udp":
         doc["conntrack_entries"] = conntrack.get(m, 0)
     return doc

@@ -51,10 +51,11 @@ def host_address(m: Mapping) -> str:
     if m.host_ip is None:
         address = f"*:{m.host_port}"
     else:
-        address = f"[{m.host_ip}]:{m.host_port}" if ":" in m.host_ip else f"{m.host_ip}:{m.host_port}"
+        address = (
+            f"[{m.host_ip}]:{m.host_port}" if ":" in m.host_ip else f"{m.host_ip}:{m.host_port}"
+        )
     # An nftables rule's own conditions narrow who reaches the port: never `*` alone.
-    conditions = getattr(m, "conditions", ())
-    return f"{address} if {' '.join(conditions)}" if conditions else address
+    return f"{address} if {' '.join(m.conditions)}" if m.conditions else address
 
 
 def container_address(m: Mapping) -> str:
@@ -123,10 +124,8 @@ def list_table(
         del headers[column]
         for row in rows:
             del row[column]
-    if width is None or full_ids or wide:
-        return grid(headers, rows, statuses, header=header)
-    cuts = {headers.index(name): cut for name, cut in LIST_CUTS.items()}
-    return grid(headers, rows, statuses, header=header, width=width, cuts=cuts)
+    whole = full_ids or wide
+    return grid(headers, rows, statuses, header, width=None if whole else width, cuts=LIST_CUTS)
 
 
 def _list_rows(

@@ -49,8 +49,8 @@ class Cuttable(NamedTuple):
     cut: Callable[[str, int], str]
 
 
-Cuts = Mapping[int, Cuttable]
-"""The columns (by index) that may be cut, and how."""
+Cuts = Mapping[str, Cuttable]
+"""The columns (by header) that may be cut, and how."""
 
 
 class Piece(NamedTuple):
@@ -165,8 +165,9 @@ def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
         for row in rows:
             widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
     if width is not None:
-        if cuts:
-            rows, widths = _narrowed(rows, widths, last, headers[-1], cuts, width)
+        by_index = {i: cuts[name] for i, name in enumerate(shown) if name in cuts}
+        if by_index:
+            rows, widths = _narrowed(rows, widths, last, headers[-1], by_index, width)
         room = width - (sum(widths) + 2 * len(widths))
         last = [fit(pieces, room) for pieces in last]
     layout = _Layout(list(headers), widths, header, first_style, strip_lines)
@@ -254,7 +255,7 @@ def _grid_text(
 
 
 def _narrowed(rows: Sequence[Sequence[str]], widths: List[int], last: Sequence[Sequence[Piece]],
-              last_header: str, cuts: Cuts,
+              last_header: str, cuts: Mapping[int, Cuttable],
               width: int) -> Tuple[Sequence[Sequence[str]], List[int]]:  # fmt: skip
     """The rows and widths with the `cuts` columns narrowed, so that the rows fit
     `width` with their last cells whole (or the columns are at their minimums)."""

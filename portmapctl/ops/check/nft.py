@@ -15,6 +15,7 @@ from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
 from portmapctl.iptables.ruleset import NatTable, format_rule
+from portmapctl.nftables import FAMILY_NAMES
 from portmapctl.nftables.ruleset import MASQUERADING, TABLE
 from portmapctl.ops.check.diagnose import Problem
 from portmapctl.ops.check.hints import Fixes
@@ -188,7 +189,7 @@ def _foreign_notes(node: Node, found: NftInventory) -> List[str]:
     for f in found.foreign:
         if node.options.families and f.family not in node.options.families:
             continue
-        where = f"{'ip' if f.family == 4 else 'ip6'} {TABLE} {f.chain}"
+        where = f"{FAMILY_NAMES[f.family]} {TABLE} {f.chain}"
         notes.append(
             f"{where} handle {f.handle} is not the plugin's (its comment names no container):"
             f" left alone: {f.text}"
@@ -275,6 +276,7 @@ def _both_backends(
     cleans only that one; no config: the one the plugin's default, iptables, does)."""
     from portmapctl.iptables.inventory import entry_rules
     from portmapctl.nftables.node import Backend
+    from portmapctl.nftables.transaction import Op, OpKind
 
     owner = next((a for a in attachments or () if a.container_id == cid), None)
     configured = owner.mapping.backend if owner is not None and owner.mapping else None
@@ -296,8 +298,8 @@ def _both_backends(
         for (family, _handle), rule in sorted(_by_handle(live).items()):
             if rule.comment != cid:
                 continue
-            ip = "ip" if family == 4 else "ip6"
-            steps.append(f"nft delete rule {ip} {TABLE} {rule.chain} handle {rule.handle}")
+            delete = Op(OpKind.DELETE_RULE, family, rule.chain, handle=rule.handle)
+            steps.append(f"nft {delete.line()}")
             rules.append(rule.body.text(family))
     other = "iptables" if keep is Backend.NFTABLES else "nftables"
     how = "; ".join(f"`{step}`" for step in steps)

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment
+from portmapctl.core import validate
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.errors import BadInput, HostProblem
+from portmapctl.errors import HostProblem
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chains import (
     dnat_chain_name,
@@ -140,12 +141,7 @@ def _check_node(
 
 def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
     """Check one mapping as the plugin's CHECK does (a missing chain is a failure)."""
-    families = tuple(f for f in config.families if f in node.families)
-    if not families:
-        raise BadInput(
-            f"the mapping has no address in the families checked"
-            f" (IPv{'/IPv'.join(map(str, node.families)) or '-'})"
-        )
+    families = validate.chosen_families(config, node.families, "check")
     if nft_mapping(node, config):
         from portmapctl.ops.check import nft
 
