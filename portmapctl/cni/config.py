@@ -31,17 +31,38 @@ def load_json(text: str, source: str) -> Any:
         raise BadInput(f"{source}: not valid JSON ({err})") from None
 
 
+# The fields of the plugin's PortMapEntry, by their case-folded JSON names.
+PORT_MAPPING_FIELDS = {
+    name.casefold(): name for name in ("hostPort", "containerPort", "protocol", "hostIP")
+}
+
+
+def _go_fields(entry: Mapping[str, Any]) -> dict:
+    """`entry` as Go's encoding/json fills the plugin's PortMapEntry: keys match the
+    field names without regard to case, and of two spellings the later one wins.
+    go-cni's PortMapping has no JSON tags, so containerd and Nomad (through libcni)
+    cache `{"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}`,
+    which the plugin reads as it reads `hostPort`."""
+    fields: dict = {}
+    for key, value in entry.items():
+        name = PORT_MAPPING_FIELDS.get(key.casefold()) if isinstance(key, str) else None
+        if name is not None:
+            fields[name] = value
+    return fields
+
+
 def _port_mapping(entry: Any, source: str) -> PortMapping:
     if not isinstance(entry, dict):
         raise BadInput(f"{source}: each port mapping must be an object")
-    if "hostPort" not in entry or "containerPort" not in entry:
+    fields = _go_fields(entry)
+    if "hostPort" not in fields or "containerPort" not in fields:
         raise BadInput(f"{source}: port mapping {shown(entry)} needs hostPort and containerPort")
-    raw_ip = entry.get("hostIP") or ""
+    raw_ip = fields.get("hostIP") or ""
     try:
         return PortMapping(
-            host_port=port(entry["hostPort"], "hostPort"),
-            container_port=port(entry["containerPort"], "containerPort"),
-            protocol=protocol(entry.get("protocol") or "tcp"),
+            host_port=port(fields["hostPort"], "hostPort"),
+            container_port=port(fields["containerPort"], "containerPort"),
+            protocol=protocol(fields.get("protocol") or "tcp"),
             host_ip=host_ip(raw_ip) if raw_ip else "",
         )
     except BadInput as err:

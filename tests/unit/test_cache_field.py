@@ -245,9 +245,7 @@ def test_name_readings():
     assert name_readings("nodashes") == [] and name_readings("x-y") == []
 
 
-def test_one_networks_config_is_decoded_once_and_never_stands_in_for_another(
-    tmp_path, monkeypatch
-):
+def test_one_networks_config_is_decoded_once_and_never_stands_in_for_another(tmp_path, monkeypatch):
     """The containers of a network share their conflist bytes: decoded once per read.
     Only the very same text is taken from the memo, and only what decoded cleanly."""
     decoded = []
@@ -422,9 +420,7 @@ def test_zombie_entries_are_reported_and_not_expected():
 def _basic_attachments():
     from fixtures_lib import configs
 
-    return [
-        Attachment(c.network, c.container_id, "eth0", "/c", c) for c in configs("basic")
-    ]
+    return [Attachment(c.network, c.container_id, "eth0", "/c", c) for c in configs("basic")]
 
 
 # --- 4. only the plugin's names ----------------------------------------------------------
@@ -433,8 +429,13 @@ def _basic_attachments():
 def test_only_the_plugins_exact_names_are_per_container_chains():
     assert is_plugin_chain("CNI-DN-70a29d9dc18bc4d652ea5")
     assert is_plugin_chain("CNI-SN-70a29d9dc18bc4d652ea5")
-    for name in ("CNI-DN-admin-redirects", "CNI-DN-70a29d9dc18bc4d652ea", "CNI-DN-",
-                 "CNI-DN-70A29D9DC18BC4D652EA5", "CNI-DN-70a29d9dc18bc4d652ea5x"):
+    for name in (
+        "CNI-DN-admin-redirects",
+        "CNI-DN-70a29d9dc18bc4d652ea",
+        "CNI-DN-",
+        "CNI-DN-70A29D9DC18BC4D652EA5",
+        "CNI-DN-70a29d9dc18bc4d652ea5x",
+    ):
         assert not is_plugin_chain(name), name  # fmt: skip
     save = table("basic", 4).chains  # noqa: F841 - the fixture parses
     text = (
@@ -506,9 +507,7 @@ def test_read_then_cache_raises_the_tables_problem_first(tmp_path):
         (tmp_path / "results").chmod(0o755)
 
 
-def test_a_cached_namespace_path_that_cannot_be_resolved_is_taken_as_written(
-    tmp_path, monkeypatch
-):
+def test_a_cached_namespace_path_that_cannot_be_resolved_is_taken_as_written(tmp_path, monkeypatch):
     """gc looks for young namespaces no cache entry names; a cache entry's
     /proc/PID/ns/net that realpath may not follow (PermissionError: another process's
     namespace link) is compared as written instead of ending gc with an internal
@@ -534,3 +533,59 @@ def test_a_cached_namespace_path_that_cannot_be_resolved_is_taken_as_written(
     monkeypatch.setattr(netns, "NETNS_RUN_DIR", str(tmp_path))
     cached = ["/proc/4242/ns/net", str(tmp_path / "named")]
     assert netns.fresh_uncached(View(), cached, max_age=60.0) == [str(tmp_path / "young")]
+
+
+# --- Nomad / containerd: go-cni's port mappings ----------------------------------------
+
+# Nomad's bridge conflist (client/allocrunner/networking_bridge_linux.go, marshalled by
+# Go with tabs), as libcni caches it for an allocation.
+NOMAD_CONFLIST = {
+    "cniVersion": "0.4.0",
+    "name": "nomad",
+    "plugins": [
+        {"type": "loopback"},
+        {
+            "type": "bridge",
+            "bridge": "nomad",
+            "ipMasq": True,
+            "isGateway": True,
+            "forceAddress": True,
+            "hairpinMode": False,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "172.26.64.0/20"}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+            },
+        },
+        {"type": "firewall", "backend": "iptables", "iptablesAdminChainName": "NOMAD-ADMIN"},
+        {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+    ],
+}
+
+
+def test_go_cni_port_mappings_are_read_as_the_plugin_reads_them(tmp_path):
+    """go-cni's PortMapping has no JSON tags: Nomad (and containerd) cache
+    `HostPort`/`ContainerPort`/`Protocol`/`HostIP`, which the plugin's Go decoder
+    matches without regard to case. 0.1 skipped every such entry as unreadable: check
+    called a flushed Nomad node healthy and repair re-created nothing."""
+    alloc = "6b235529-8111-4bbe-520b-d639b1d2a94e"
+    ports = [
+        {"HostPort": 25432, "ContainerPort": 5432, "Protocol": "tcp", "HostIP": "192.0.2.10"},
+        {"HostPort": 25432, "ContainerPort": 5432, "Protocol": "udp", "HostIP": "192.0.2.10"},
+        {"HostPort": 8080, "ContainerPort": 8080, "Protocol": "tcp", "HostIP": ""},
+        # Of two spellings of one field the later one wins, as in Go.
+        {"hostPort": 1, "HOSTPORT": 9090, "containerport": 90, "PROTOCOL": "udp"},
+    ]
+    doc = entry("nomad", alloc, ports=ports, config=NOMAD_CONFLIST, netns=f"/var/run/netns/{alloc}")
+    found = read_attachment(str(write(tmp_path, f"nomad-{alloc}-eth0", doc)))
+    assert found.problem is None
+    assert found.mapping is not None
+    assert [
+        (p.protocol, p.host_ip, p.host_port, p.container_port) for p in found.mapping.ports
+    ] == [
+        ("tcp", "192.0.2.10", 25432, 5432),
+        ("udp", "192.0.2.10", 25432, 5432),
+        ("tcp", "", 8080, 8080),
+        ("udp", "", 9090, 90),
+    ]
+    assert found.dnat_chain == chain_name("nomad", alloc)
