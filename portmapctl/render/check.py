@@ -33,15 +33,26 @@ _FULL_ID = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{52}\b")
 _ID_LIKE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{{SHORT_ID},}}")
 
 
+def _in_path(text: str, match: re.Match) -> bool:
+    """Whether the match is part of an absolute path (a word starting with "/"): an ID
+    that names a file (Nomad's /var/run/netns/<allocation ID>) stays whole, since a cut
+    path names nothing; `network/ID` is no path."""
+    start = match.start()
+    word_start = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start)) + 1
+    return start > word_start and text[word_start] == "/"
+
+
 def _shorten_ids(text: str, ids: AbstractSet[str]) -> str:
     """Full container IDs in a problem's text as the 12 characters tables show.
 
     Looks each ID-like word up in `ids` (a set): checking every ID against every text
     took 9 s for 5,000 stale chains."""
-    text = _FULL_ID.sub(r"\1", text)
+    text = _FULL_ID.sub(lambda m: m.group() if _in_path(text, m) else m.group(1), text)
 
     def short(match: re.Match) -> str:
         word = match.group()
+        if _in_path(text, match):
+            return word
         bare = word.rstrip(".")  # the end of a sentence
         return bare[:SHORT_ID] + word[len(bare) :] if bare in ids else word
 

@@ -584,3 +584,27 @@ def test_gc_table_fits_a_terminal_by_cutting_the_network_and_ports():
     assert "…" in narrow[1] and "0123456789ab " in narrow[1] and "removable in 1m30s" in narrow[1]
     whole = gc_table(result, 120.0).plain
     assert "a-very-long-network-name.example" in whole and "20011/tcp" in whole
+
+
+def test_a_container_id_in_a_path_is_not_cut():
+    """Nomad names an allocation's namespace by its ID (/var/run/netns/<alloc ID>): the
+    table shows the ID short, but the path in the text whole (0.1 cut it to a path that
+    does not exist); a 64-hex ID that names a file likewise."""
+    alloc = "2d413095-8fb8-42c9-8036-cabf8157bf60"
+    hexid = f"{7:064x}"
+    problems = tuple(
+        Problem(
+            ProblemKind.ZOMBIE,
+            4,
+            f"CNI-DN-{n:021x}",
+            "nomad",
+            cid,
+            f"cached, but its network namespace /var/run/netns/{cid} is gone; {cid} is not repaired",
+            "portmapctl gc --netns-liveness",
+            "the runtime forgot the container without a CNI DEL",
+        )
+        for n, cid in enumerate((alloc, hexid))
+    )
+    text = render.check_text(CheckResult(problems, (4, 6), "node", True, 2, 2), width=250).plain
+    for cid in (alloc, hexid):
+        assert f"/var/run/netns/{cid} is gone; {cid[:12]} is not repaired" in text
