@@ -417,6 +417,32 @@ def test_zombie_entries_are_reported_and_not_expected():
     assert liveness(Sources(netns_liveness=True), [zombie]).ids == frozenset()
 
 
+def test_a_zombie_with_no_chain_left_is_not_sent_to_gc_again():
+    """After `gc --netns-liveness` removed a zombie's chain its cache entry stays (the
+    runtime's): check still names the zombie, but its fix is no longer that gc, which
+    would change nothing (0.1 sent cron and operators round that loop forever). An
+    nftables-backed zombie's rules are not in iptables: gc is still its fix."""
+    from portmapctl.render.check import split_fix
+
+    [config] = [c for c in cached_configs(_basic_attachments())]
+    zombie = Attachment(
+        config.network, config.container_id, "eth0", "/var/lib/cni/results/x-eth0", config,
+        "/run/netns/gone", NetnsState.GONE,
+    )  # fmt: skip
+    empty = parse_save("*nat\nCOMMIT\n", 4)
+    [problem] = diagnose_mod({4: empty}, [zombie])[0]
+    assert problem.kind == "zombie"
+    command, prose = split_fix(problem.fix)
+    assert command is None
+    assert "/var/lib/cni/results/x-eth0" in prose
+    # Its chain still there: gc removes it.
+    [problem] = diagnose_mod({4: table("basic", 4)}, [zombie])[0]
+    assert split_fix(problem.fix)[0] is not None and "--netns-liveness" in problem.fix
+    # nftables-backed: its rules are not in iptables, gc reaches them.
+    [problem] = diagnose_mod({4: empty}, [zombie], not_expected={config.container_id})[0]
+    assert split_fix(problem.fix)[0] is not None and "--netns-liveness" in problem.fix
+
+
 def _basic_attachments():
     from fixtures_lib import configs
 

@@ -434,8 +434,7 @@ def _inventory_problems(
             maps = _ports_text([p for p in c.host_ports if p not in c.missing_ports])
             if ProblemKind.INCOMPLETE in c.status:
                 maps += (
-                    f"; entry rules send {_ports_text(c.missing_ports)} here but no rule"
-                    " DNATs them"
+                    f"; entry rules send {_ports_text(c.missing_ports)} here but no rule DNATs them"
                 )
             problems.append(
                 Problem(
@@ -588,9 +587,16 @@ def _shadow_problem(
 
 
 def _zombies(
-    attachments: Sequence[Attachment], tables: ReadOnly[int, NatTable], fixes: Fixes
+    attachments: Sequence[Attachment],
+    tables: ReadOnly[int, NatTable],
+    fixes: Fixes,
+    nft_backed: Collection[str] = (),
 ) -> List[Problem]:
-    """Cache entries whose network namespace is gone, that have or would have chains."""
+    """Cache entries whose network namespace is gone, that have or would have chains.
+
+    gc --netns-liveness removes a zombie's chains (or, for the `nft_backed` IDs, its
+    nftables rules), never its cache entry: once an iptables-backed zombie has no chain
+    left, gc has nothing more to do, and the fix is the runtime's (or a person's)."""
     problems: List[Problem] = []
     seen = set()
     for a in attachments:
@@ -609,7 +615,10 @@ def _zombies(
                 a.network,
                 a.container_id,
                 f"cached, but its network namespace {a.netns} is gone{where}; not repaired",
-                f"{fixes.gc} --netns-liveness",
+                f"{fixes.gc} --netns-liveness"
+                if present or a.container_id in nft_backed
+                else f"nothing of it is left for gc to remove: delete its cache entry {a.path}"
+                " once the runtime is done with the container",
                 "the runtime forgot the container without a CNI DEL: its cache entry keeps"
                 " its host ports taken",
             )
@@ -772,7 +781,7 @@ def diagnose(
     live_names |= {a.snat_chain for a in attachments or ()}
     problems += _inventory_problems(found, derived, live_names, fixes)
     entries = [a for a in attachments or () if judged is None or a.container_id in judged]
-    problems += _zombies(entries, tables, fixes)
+    problems += _zombies(entries, tables, fixes, not_expected)
     for family in sorted(tables):
         problems += _duplicates(tables[family], fixes)
     return problems, compared
