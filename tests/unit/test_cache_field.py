@@ -17,6 +17,7 @@ from fixtures_lib import table
 
 from portmapctl.cli._common import Common
 from portmapctl.cni import cache as cni_cache
+from portmapctl.cni import config as cni_config
 from portmapctl.cni.cache import Attachment, name_readings, read_attachment, read_cache
 from portmapctl.errors import BadInput
 from portmapctl.host import paths
@@ -441,6 +442,46 @@ def test_a_zombie_with_no_chain_left_is_not_sent_to_gc_again():
     # nftables-backed: its rules are not in iptables, gc reaches them.
     [problem] = diagnose_mod({4: empty}, [zombie], not_expected={config.container_id})[0]
     assert split_fix(problem.fix)[0] is not None and "--netns-liveness" in problem.fix
+
+
+def test_a_container_shadowed_by_a_zombie_is_sent_to_gc_netns_liveness():
+    """Nomad's leak: an allocation's pause container vanished (DEL failed, the cache
+    entry stays, its namespace is gone) and a new allocation got the same static port.
+    The winner's container is gone: the fix is gc --netns-liveness, not "re-create one
+    of them with another host port" (0.1)."""
+    gone, new = "51182c63-4a4b-47e4-ab12-41e4d7d56768", "44c2598d-b6e0-4d0e-9a39-2f6e2f0c1a11"
+    lines = ["*nat", ":CNI-HOSTPORT-DNAT - [0:0]"]
+    for cid, ip in ((gone, "172.26.64.2"), (new, "172.26.64.3")):
+        chain = chain_name("nomad", cid)
+        lines += [
+            f":{chain} - [0:0]",
+            f"-A {chain} -p tcp -m tcp --dport 8080 -j DNAT --to-destination {ip}:8080",
+        ]
+    for cid in (gone, new):
+        lines.append(
+            f'-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"nomad\\"'
+            f' id: \\"{cid}\\"" -m multiport --dports 8080 -j {chain_name("nomad", cid)}'
+        )
+    tbl = parse_save("\n".join([*lines, "COMMIT", ""]), 4)
+    doc = {"HostPort": 8080, "ContainerPort": 8080, "Protocol": "tcp", "HostIP": ""}
+    found = []
+    for cid, ip, netns in ((gone, "172.26.64.2", NetnsState.GONE), (new, "172.26.64.3", None)):
+        result = {"cniVersion": "0.4.0", "ips": [{"version": "4", "address": f"{ip}/20"}]}
+        config = cni_config.plugin_config(
+            {"name": "nomad", "type": "portmap", "snat": False, "prevResult": result},
+            cid,
+            "test",
+            port_mappings_override=[doc],
+        )
+        found.append(
+            Attachment("nomad", cid, "eth0", f"/c/{cid}", config, "/run/netns/x",
+                       netns or NetnsState.PRESENT)
+        )  # fmt: skip
+    problems = {p.kind: p for p in diagnose_mod({4: tbl}, found)[0] if p.container_id}
+    assert sorted(problems) == ["shadowed", "zombie"]
+    assert problems["shadowed"].container_id == new
+    assert "--netns-liveness" in problems["shadowed"].fix
+    assert "re-create" not in problems["shadowed"].fix
 
 
 def _basic_attachments():

@@ -561,17 +561,23 @@ def _shadow_problem(
     for m in rows:
         winners.setdefault(m.shadowed_by or "?", []).append(f"{m.protocol}/{m.host_port}")
     parts = []
-    winner_stale = False
+    winner_stale = winner_zombie = False
     for name, ports in winners.items():
         winner = by_chain.get((name, loser.family))
         who = _who(winner.network, winner.container_id) if winner else "?"
         winner_stale = winner_stale or (winner is not None and ProblemKind.STALE in winner.status)
+        # A zombie's container is gone too (Nomad: a new allocation on the static port
+        # of one whose pause container vanished), but only gc --netns-liveness removes it.
+        winner_zombie = winner_zombie or (
+            winner is not None and ProblemKind.ZOMBIE in winner.status
+        )
         parts.append(f"{', '.join(ports)} taken first by {name} ({who}), which wins")
-    fix = (
-        f"{fixes.gc} (the winner is stale)"
-        if winner_stale
-        else "two containers claim one host port: re-create one of them with another host port"
-    )
+    if winner_stale:
+        fix = f"{fixes.gc} (the winner is stale)"
+    elif winner_zombie:
+        fix = f"{fixes.gc} --netns-liveness (the winner is a zombie)"
+    else:
+        fix = "two containers claim one host port: re-create one of them with another host port"
     return Problem(
         ProblemKind.SHADOWED,
         loser.family,
