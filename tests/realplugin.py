@@ -362,6 +362,37 @@ def write_cni_cache(
     return path
 
 
+def nomad_conflist(ipam_dir: str | None = None) -> dict[str, Any]:
+    """Nomad's bridge network list (client/allocrunner/networking_bridge_linux.go, its
+    defaults): loopback, bridge with ipMasq, firewall with the admin chain NOMAD-ADMIN,
+    portmap. `ipam_dir`: where host-local keeps its state (a test's folder)."""
+    ipam: dict[str, Any] = {
+        "type": "host-local",
+        "ranges": [[{"subnet": "172.26.64.0/20"}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+    }
+    if ipam_dir is not None:
+        ipam["dataDir"] = ipam_dir
+    return {
+        "cniVersion": "0.4.0",
+        "name": "nomad",
+        "plugins": [
+            {"type": "loopback"},
+            {
+                "type": "bridge",
+                "bridge": "nomad",
+                "ipMasq": True,
+                "isGateway": True,
+                "forceAddress": True,
+                "hairpinMode": False,
+                "ipam": ipam,
+            },
+            {"type": "firewall", "backend": "iptables", "iptablesAdminChainName": "NOMAD-ADMIN"},
+            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+        ],
+    }
+
+
 # --- prerequisites ----------------------------------------------------------------------
 
 

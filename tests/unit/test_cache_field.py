@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import pytest
 from fixtures_lib import table
+from realplugin import nomad_conflist
 
 from portmapctl.cli._common import Common
 from portmapctl.cni import cache as cni_cache
@@ -604,31 +605,6 @@ def test_a_cached_namespace_path_that_cannot_be_resolved_is_taken_as_written(tmp
 
 # --- Nomad / containerd: go-cni's port mappings ----------------------------------------
 
-# Nomad's bridge conflist (client/allocrunner/networking_bridge_linux.go, marshalled by
-# Go with tabs), as libcni caches it for an allocation.
-NOMAD_CONFLIST = {
-    "cniVersion": "0.4.0",
-    "name": "nomad",
-    "plugins": [
-        {"type": "loopback"},
-        {
-            "type": "bridge",
-            "bridge": "nomad",
-            "ipMasq": True,
-            "isGateway": True,
-            "forceAddress": True,
-            "hairpinMode": False,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": "172.26.64.0/20"}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
-            },
-        },
-        {"type": "firewall", "backend": "iptables", "iptablesAdminChainName": "NOMAD-ADMIN"},
-        {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
-    ],
-}
-
 
 def test_go_cni_port_mappings_are_read_as_the_plugin_reads_them(tmp_path):
     """go-cni's PortMapping has no JSON tags: Nomad (and containerd) cache
@@ -643,7 +619,9 @@ def test_go_cni_port_mappings_are_read_as_the_plugin_reads_them(tmp_path):
         # Of two spellings of one field the later one wins, as in Go.
         {"hostPort": 1, "HOSTPORT": 9090, "containerport": 90, "PROTOCOL": "udp"},
     ]
-    doc = entry("nomad", alloc, ports=ports, config=NOMAD_CONFLIST, netns=f"/var/run/netns/{alloc}")
+    doc = entry(
+        "nomad", alloc, ports=ports, config=nomad_conflist(), netns=f"/var/run/netns/{alloc}"
+    )
     found = read_attachment(str(write(tmp_path, f"nomad-{alloc}-eth0", doc)))
     assert found.problem is None
     assert found.mapping is not None
