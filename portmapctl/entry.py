@@ -61,8 +61,29 @@ def _exit_now(code: Union[int, None]) -> None:
     os._exit(code or 0)
 
 
+def _open_closed_std_streams() -> None:
+    """A standard descriptor the caller closed (`<&-`, `>&-`, some supervisors) is
+    /dev/null for this run. Python leaves sys.stdin/stdout/stderr None then: gc's
+    terminal test and every write would end in an internal error instead of
+    "not on a terminal: give --yes" or a finished run, and the next file opened
+    (lock, state) would take the free number that child processes see as their
+    own stdin/stdout/stderr."""
+    import os
+
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if getattr(sys, name) is not None:
+            continue
+        new = os.open(os.devnull, os.O_RDWR)
+        if new != fd:
+            os.dup2(new, fd)
+            os.close(new)
+        setattr(sys, name, open(fd, mode, encoding="utf-8", errors="backslashreplace"))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if argv is None:
+        _open_closed_std_streams()
     try:
         _run(args, program=argv is None)
     except SystemExit as done:

@@ -1,0 +1,53 @@
+"""portmapctl run by cron, a supervisor or a script with standard descriptors closed
+(`<&-`, `>&-`): one line and the SPEC §4 exit code, never an internal error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_closed(args: Sequence[str], closed: Sequence[int]) -> subprocess.CompletedProcess:
+    """`portmapctl ARGS` with the descriptors `closed` closed in the child."""
+
+    def close() -> None:
+        for fd in closed:
+            os.close(fd)
+
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "portmapctl", *args],
+        stdin=None if 0 in closed else subprocess.DEVNULL,
+        stdout=None if 1 in closed else subprocess.PIPE,
+        stderr=None if 2 in closed else subprocess.PIPE,
+        preexec_fn=close,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1"),
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_gc_with_stdin_closed_wants_yes(tmp_path):
+    (tmp_path / "results").mkdir()
+    done = run_closed(["gc", "--cni-cache-dir", str(tmp_path)], closed=[0])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "portmapctl: error: not on a terminal: give --yes to remove chains (or --dry-run to look)\n"
+    )
+
+
+@pytest.mark.parametrize("args", [["--version"], ["list", "--snapshot", "SNAPSHOT"]])
+def test_stdout_closed_is_a_finished_run(tmp_path, args):
+    snapshot = tmp_path / "nat.save"
+    snapshot.write_text("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
+    args = [str(snapshot) if a == "SNAPSHOT" else a for a in args]
+    done = run_closed(args, closed=[1])
+    assert done.returncode == 0, done.stderr
+    assert "error" not in done.stderr
