@@ -197,9 +197,14 @@ def _answer(question: str) -> Optional[bool]:
     """The person's yes or no; None at end of input (Ctrl-D, stdin closed), which
     counts as the default answer, no. click turns both end of input and
     KeyboardInterrupt into Abort; Ctrl-C reaches us as cli.Interrupted (exit 130), so
-    an Abort caused by EOFError is no interruption."""
+    an Abort caused by EOFError is no interruption. All of the prompt goes to stderr."""
+    import contextlib
+
     try:
-        return typer.confirm(question, default=False, err=True)
+        # click (typer's copy) writes the prompt's last character, a space, to stdout
+        # ("for readline"): a stray byte in the result of `gc > file` or `gc -o json`.
+        with contextlib.redirect_stdout(sys.stderr):
+            return typer.confirm(question, default=False, err=True)
     except typer.Abort as abort:
         if not isinstance(abort.__context__, EOFError):
             raise

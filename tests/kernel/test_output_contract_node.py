@@ -190,3 +190,18 @@ def test_gc_shows_its_counts_on_the_terminal_and_leaves_stdout_alone(node: Node_
     assert "\x1b[2K" in shown, "the display is erased"
     bar = [line for line in re.split(r"[\r\n]|\x1b\[[0-9;?]*[A-Za-z]", shown) if f"/{count}" in line]
     assert bar and max(map(len, bar)) <= 80, bar
+
+
+def test_the_gc_prompt_leaves_stdout_alone(node: Node_):
+    """The prompt is all on the terminal (stderr): click writes its last character, a
+    space, to stdout unless told otherwise, a stray byte in `gc -o json > file`."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    node.add("gcnet", "gone1", ["10.88.0.12/16"], _ports("8081/tcp"), cache=False)
+    argv = ["gc", *common(node), "--min-age", "0"]
+    code, terminal, stdout = _on_terminal(argv, b"n")
+    assert code == 0, terminal
+    assert "Remove 1 chain? [y/N]:" in terminal and "nothing removed" in terminal
+    assert stdout == ""
+    code, terminal, stdout = _on_terminal([*argv, "-o", "json"], b"y")
+    assert code == 0, terminal
+    assert stdout.startswith("{") and valid("gc", stdout)["removed"], stdout
