@@ -27,6 +27,7 @@ here too, so it is always one line and exit 130 (SPEC §3 output contract).
 
 from __future__ import annotations
 
+import io
 import sys
 from typing import List, Optional, Union
 
@@ -80,10 +81,55 @@ def _open_closed_std_streams() -> None:
         setattr(sys, name, open(fd, mode, encoding="utf-8", errors="backslashreplace"))
 
 
+class _ReaderMayLeave(io.TextIOWrapper):
+    """stdout or stderr whose reader may go away (`| head -1`, a journald restarted
+    under a timer's unit): from the first EPIPE on, what is written goes to /dev/null,
+    and the command runs to its end and exits with its own code. Raised, the error
+    ended a finished gc in click's silent exit 1 ("could not apply") and a failed run
+    in its metrics, and cut a run short where a warning could not be written."""
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return super().write(text)
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except BrokenPipeError:
+            self._to_devnull()
+            super().flush()
+
+    def _to_devnull(self) -> None:
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.fileno())
+        os.close(devnull)
+
+
+def _survive_a_reader_leaving() -> None:
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if type(stream) is not io.TextIOWrapper:  # replaced by the caller: theirs
+            continue
+        stream.flush()
+        settings = dict(
+            encoding=stream.encoding,
+            errors=stream.errors,
+            line_buffering=stream.line_buffering,
+            write_through=stream.write_through,
+        )
+        setattr(sys, name, _ReaderMayLeave(stream.detach(), **settings))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if argv is None:
         _open_closed_std_streams()
+        _survive_a_reader_leaving()
     try:
         _run(args, program=argv is None)
     except SystemExit as done:

@@ -51,3 +51,31 @@ def test_stdout_closed_is_a_finished_run(tmp_path, args):
     done = run_closed(args, closed=[1])
     assert done.returncode == 0, done.stderr
     assert "error" not in done.stderr
+
+
+def test_a_reader_that_left_changes_no_outcome(tmp_path):
+    """stdout a pipe nobody reads any more (`| head -1` done, a restarted journald):
+    the command still ends with its own exit code and its metrics, and says no error."""
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    snapshot = tmp_path / "nat.save"
+    snapshot.write_text("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
+    metrics = tmp_path / "portmapctl-check.prom"
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-P", "-m", "portmapctl", "check", "--snapshot", str(snapshot)]
+            + ["--cni-cache-dir", str(tmp_path / "cni"), "--metrics-file", str(metrics)],
+            stdin=subprocess.DEVNULL,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1"),
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert done.returncode == 0, done.stderr
+    assert "error" not in done.stderr and "Exception" not in done.stderr
+    assert 'portmapctl_last_run_success{command="check"} 1.0' in metrics.read_text()
