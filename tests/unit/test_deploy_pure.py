@@ -145,6 +145,44 @@ def test_daemonset_writes_check_and_gc_metrics_to_the_textfile_directory(daemons
     assert volumes[metrics["name"]] == {"path": K8S_TEXTFILE_DIR, "type": "DirectoryOrCreate"}
 
 
+CONTAINERFILE = DEPLOY / "kubernetes" / "Containerfile"
+
+
+def containerfile_packages() -> List[str]:
+    """The Debian packages the image's `apt-get install` lines install."""
+    text = CONTAINERFILE.read_text().replace("\\\n", " ")
+    found: List[str] = []
+    for match in re.finditer(r"apt-get install ([^&\n]*)", text):
+        found += [w for w in match.group(1).split() if not w.startswith("-")]
+    return found
+
+
+def test_the_image_has_every_tool_the_daemonsets_gc_runs(daemonset):
+    """The tools gc runs with the DaemonSet's options (both iptables flavours, and nft
+    for --backend auto), found where this Debian host has them, each from a package the
+    Containerfile installs: the node's own binaries are not in the pod."""
+    from portmapctl.iptables.access.restore import RestoreBackend
+    from portmapctl.nftables.access.nft import find_nft
+
+    if shutil.which("dpkg") is None:
+        pytest.skip("needs dpkg (a Debian host) to tell which package ships a tool")
+    params = parse_with_cli(gc_argv(daemonset_commands(daemonset)["gc"].split("||")[0]))
+    tools = [
+        RestoreBackend(flavour)._binary(family, tool)
+        for flavour in ("nft", "legacy")
+        for family in (4, 6)
+        for tool in ("save", "restore")
+    ]
+    if getattr(params["backend"], "value", params["backend"]) in ("auto", "nftables"):
+        tools.append(find_nft())
+    installed = containerfile_packages()
+    assert "iptables" in installed, installed
+    for tool in tools:
+        owner = subprocess.run(["dpkg", "-S", os.path.realpath(tool)], capture_output=True,
+                               text=True, check=True).stdout.split(":")[0]  # fmt: skip
+        assert owner in installed, f"{tool} is in {owner}, which the image does not install"
+
+
 def test_daemonset_is_unprivileged_with_exactly_net_admin_and_net_raw(daemonset):
     (container,) = daemonset["spec"]["template"]["spec"]["containers"]
     security = container["securityContext"]
