@@ -67,13 +67,29 @@ def flock_within(
             time.sleep(poll)
 
 
-def holder(fd: int) -> Optional[int]:
-    """The PID the lock's holder wrote into the file (None if unreadable)."""
+PROC_LOCKS = "/proc/locks"
+
+
+def holder(fd: int, proc_locks: str = PROC_LOCKS) -> Optional[int]:
+    """The PID that holds the flock on `fd`'s file, as the kernel says (None if it
+    cannot tell). Not the PID a portmapctl holder writes into the file: that outlives
+    its run, so while `flock(1)` or an older portmapctl holds the lock it names the
+    last run, gone or its number reused, and from a pod's PID namespace it is another
+    process on the node. /proc/locks gives the holder in our PID namespace (0 for one
+    outside it)."""
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        info = os.fstat(fd)
+        with open(proc_locks, encoding="ascii", errors="replace") as handle:
+            table = handle.read()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2261102 0 EOF"; "1: -> FLOCK ..." waits.
+        words = line.split()
+        if len(words) >= 6 and words[1] == "FLOCK" and words[5] == where:
+            return int(words[4]) if words[4].isdigit() and words[4] != "0" else None
+    return None
 
 
 def say_waiting(path: str, pid: Optional[int]) -> None:

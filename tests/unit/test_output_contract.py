@@ -467,6 +467,58 @@ def test_waiting_for_the_lock_says_who_holds_it(tmp_path, capfd):
     )
 
 
+def test_the_waiting_message_names_the_holder_not_the_last_run(tmp_path, capfd):
+    """The lock file keeps the PID of the last portmapctl run that held it; while
+    something else holds the lock (flock(1), an older portmapctl, a run in another
+    PID namespace) that number is a process gone, or another one: not to be named."""
+    run_dir = tmp_path / "run"
+    with lock.held(str(run_dir)):
+        pass  # our PID is in the file now, and we do not hold the lock
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True); time.sleep(2.5)\n",
+            str(run_dir / "lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with lock.held(str(run_dir), wait=10):
+        pass
+    holder.wait(timeout=10)
+    err = capfd.readouterr().err
+    assert err == f"portmapctl: waiting for the portmapctl lock held by PID {holder.pid}" + (
+        f" ({run_dir}/lock)\n"
+    )
+
+
+def test_the_holder_is_read_from_the_kernels_lock_table(tmp_path):
+    path = tmp_path / "lock"
+    path.write_text("4242\n")  # what a run long gone wrote
+    info = os.stat(path)
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    table = tmp_path / "locks"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        table.write_text(f"1: -> FLOCK  ADVISORY  WRITE 99 {where} 0 EOF\n")
+        assert lock.holder(fd, str(table)) is None, "a waiter holds nothing"
+        table.write_text(f"1: FLOCK  ADVISORY  WRITE 0 {where} 0 EOF\n")
+        assert lock.holder(fd, str(table)) is None, "outside our PID namespace"
+        table.write_text(
+            f"1: POSIX  ADVISORY  WRITE 7 {where} 0 EOF\n"
+            f"2: FLOCK  ADVISORY  WRITE 1234 {where} 0 EOF\n"
+        )
+        assert lock.holder(fd, str(table)) == 1234
+        assert lock.holder(fd, str(tmp_path / "absent")) is None
+    finally:
+        os.close(fd)
+
+
 def test_no_waiting_message_when_the_lock_is_free(tmp_path, capfd):
     with lock.held(str(tmp_path / "run"), wait=1):
         pass
