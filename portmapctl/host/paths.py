@@ -5,6 +5,7 @@ and for hosts where several independent portmapctl setups must not share one loc
 """
 
 import os
+from typing import Optional
 
 # libcni's cache: the runtime's own, and the one Multus gives libcni for the delegate
 # networks (its `cniDir`, this by default). Read both by default (SPEC §3): on a Multus
@@ -13,3 +14,14 @@ CNI_CACHE_DIR = "/var/lib/cni"
 MULTUS_CACHE_DIR = "/var/lib/cni/multus"
 DEFAULT_CNI_CACHE_DIRS = (CNI_CACHE_DIR, MULTUS_CACHE_DIR)
 RUN_DIR = os.environ.get("PORTMAPCTL_RUN_DIR") or "/run/portmapctl"
+
+# Where a distribution puts iptables and nft. Not on cron's PATH (Debian's cron runs
+# jobs with /usr/bin:/bin), nor on many users': looked in after PATH.
+SBIN_DIRS = "/usr/sbin:/sbin"
+
+
+def find_tool(name: str) -> Optional[str]:
+    """The path of the command `name`: on PATH, else in the sbin directories."""
+    import shutil
+
+    return shutil.which(name) or shutil.which(name, path=SBIN_DIRS)

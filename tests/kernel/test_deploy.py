@@ -78,3 +78,40 @@ def test_the_deployed_capabilities_are_enough_and_needed(host_ns, iptables_mode,
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("\n") == 1 and "removed 1 chain" in done.stdout, done.stdout
     assert "CNI-DN-" not in rp.save(host_ns, 4, iptables_mode)
+
+
+# --- cron ------------------------------------------------------------------------------------
+
+
+@pytest.mark.netns
+def test_a_cron_job_finds_iptables_off_crons_path(host_ns, tmp_path):
+    """Debian's cron runs jobs with PATH=/usr/bin:/bin, where no iptables is (it is in
+    /usr/sbin): `--iptables auto` must still find the host's iptables, as the tools
+    it runs are found."""
+    if not os.path.exists("/usr/sbin/iptables") or os.path.exists("/usr/bin/iptables"):
+        pytest.skip("needs iptables in /usr/sbin only, as Debian has it")
+    (tmp_path / "results").mkdir()
+    conf = rp.plugin_conf(
+        "mynet", ["10.88.0.5/16"], [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    )
+    rp.run_plugin("ADD", host_ns, "gone1", conf, mode="nft", check=True)
+    live = rp.plugin_conf("mynet", ["10.88.0.6/16"], [])
+    rp.write_cni_cache(tmp_path, "mynet", "live1", "eth0", live, [], ["10.88.0.6/16"])
+    root = Path(__file__).resolve().parents[2]
+    argv = ["gc", "--yes", "-q", "--min-age", "0", "--netns", host_ns]
+    done = subprocess.run(
+        [sys.executable, "-m", "portmapctl", *argv, "--cni-cache-dir", str(tmp_path)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(root),
+            "PORTMAPCTL_RUN_DIR": str(tmp_path / "run"),
+        },
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "removed 1 chain" in done.stdout, done.stdout
+    assert "CNI-DN-" not in rp.save(host_ns, 4, "nft")

@@ -10,6 +10,7 @@ import pytest
 from pmctl import ok
 
 from portmapctl.errors import BadInput, HostProblem
+from portmapctl.host import paths
 from portmapctl.iptables.access import host_flavour, open_backend
 from portmapctl.iptables.access.snapshot import SnapshotBackend
 from portmapctl.iptables.transaction import Transaction
@@ -31,8 +32,23 @@ def test_auto_follows_the_iptables_command_on_path(tmp_path, monkeypatch, flavou
 
 def test_no_iptables_at_all_is_an_environment_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(paths, "SBIN_DIRS", str(tmp_path))
     with pytest.raises(HostProblem, match="no iptables"):
         open_backend("auto")
+
+
+def test_iptables_off_path_is_found_in_sbin(tmp_path, monkeypatch):
+    """cron's PATH (/usr/bin:/bin) has no iptables: the sbin directories do."""
+    (tmp_path / "bin").mkdir()
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    multi = sbin / "xtables-nft-multi"
+    multi.write_text("#!/bin/sh\nexit 0\n")
+    multi.chmod(0o755)
+    (sbin / "iptables").symlink_to(multi)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(paths, "SBIN_DIRS", str(sbin))
+    assert host_flavour() == "nft"
 
 
 def test_unknown_backend_is_bad_input():

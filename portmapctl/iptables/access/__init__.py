@@ -36,10 +36,11 @@ def host_flavour() -> str:
 
     That is what the plugin runs, so it is where the plugin's rules are.
     """
-    import shutil
     import subprocess
 
-    path = shutil.which("iptables")
+    from portmapctl.host.paths import find_tool
+
+    path = find_tool("iptables")
     if path is None:
         raise HostProblem("no iptables command found: install iptables (nft or legacy)")
     target = os.path.basename(os.path.realpath(path))

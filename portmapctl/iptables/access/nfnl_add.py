@@ -38,7 +38,6 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -57,6 +56,7 @@ from typing import (
 )
 
 from portmapctl.host import netlink as nl
+from portmapctl.host.paths import find_tool
 from portmapctl.iptables.access import nfgen, nfmsg, nfnl_rules
 from portmapctl.iptables.access.nfmsg import NFPROTO, Changed, Outcome
 
@@ -93,7 +93,7 @@ class _Plan(NamedTuple):
 
 def iptables_version() -> subprocess.Popen[str]:
     """`iptables --version`, started (read with `verified`)."""
-    path = shutil.which("iptables") or "iptables"
+    path = find_tool("iptables") or "iptables"
     return subprocess.Popen(
         [path, "--version"],
         stdin=subprocess.DEVNULL,

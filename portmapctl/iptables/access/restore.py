@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -17,6 +16,7 @@ from dataclasses import replace
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import ApplyFailed, HostProblem
+from portmapctl.host.paths import find_tool
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.ruleset import Args, NatTable, parse_save, unreadable_note
 from portmapctl.iptables.transaction import Transaction
@@ -59,7 +59,7 @@ class RestoreBackend:
     def _binary(self, family: int, tool: str) -> str:
         name = f"{'ip6tables' if family == 6 else 'iptables'}-{self.flavour}"
         name += f"-{tool}" if tool else ""
-        path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+        path = find_tool(name)
         if path is None:
             raise HostProblem(f"{name} not found: install the iptables package ({self.flavour})")
         return path

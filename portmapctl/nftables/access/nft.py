@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Iterable, List, NamedTuple, Optional, Tuple
 
 from portmapctl.errors import HostProblem
+from portmapctl.host.paths import find_tool
 from portmapctl.nftables import FAMILY_NAMES, TABLE
 from portmapctl.nftables.access import NftApplyFailed, NftUnusable
 
@@ -82,7 +82,7 @@ def first_error(stderr: str) -> str:
 
 def find_nft() -> str:
     """The `nft` to run: on PATH, else in the sbin directories (not on a user's PATH)."""
-    path = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
+    path = find_tool("nft")
     if path is None:
         raise NftUnusable(
             "nft not found: install nftables (1.0.1 or later) to work with the "
