@@ -32,7 +32,7 @@ import yaml
 from deploy_helpers import DEPLOY, MANIFEST, SERVICE, gc_argv, read_unit  # noqa: F401
 
 from portmapctl.cli import app
-from portmapctl.host import paths
+from portmapctl.host import netns, paths
 from portmapctl.iptables.access import BACKEND_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,6 +210,21 @@ def test_daemonset_mounts_the_host_paths_portmapctl_uses(daemonset):
     assert not mounts[paths.RUN_DIR].get("readOnly"), "the lock and gc state are written"
     assert not mounts[XTABLES_LOCK].get("readOnly")
     assert container["securityContext"].get("readOnlyRootFilesystem") is True
+
+
+def test_daemonset_sees_the_nodes_network_namespaces(daemonset):
+    """gc keeps a stale-looking chain while a young namespace holds its address (an ADD
+    in progress, host/netns.fresh_uncached): only if it can see the node's namespaces,
+    including those made after the pod started."""
+    pod = daemonset["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v["hostPath"] for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert netns.NETNS_RUN_DIR in mounts, f"{netns.NETNS_RUN_DIR} is not mounted"
+    mount = mounts[netns.NETNS_RUN_DIR]
+    assert volumes[mount["name"]]["path"] == netns.NETNS_RUN_DIR
+    assert mount.get("readOnly") is True
+    assert mount.get("mountPropagation") == "HostToContainer"
 
 
 # --- systemd -----------------------------------------------------------------------------
