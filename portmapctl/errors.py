@@ -37,3 +37,8 @@ class ApplyFailed(PortmapctlError):
     def __init__(self, message: str = "", maybe_applied: bool = False) -> None:
         super().__init__(message)
         self.maybe_applied = maybe_applied
+
+
+class Interrupted(BaseException):
+    """Ctrl-C, as the CLI raises it. Not a KeyboardInterrupt: typer turns that into a
+    silent exit 130. Not an Exception: no `except Exception` may swallow it."""

@@ -15,7 +15,7 @@ import signal
 import sys
 from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Tuple
 
-from portmapctl.errors import PortmapctlError
+from portmapctl.errors import Interrupted, PortmapctlError
 
 
 class CommandModule(NamedTuple):
@@ -70,10 +70,6 @@ def _one_line(text: str) -> str:
     """The message as one printable line: a newline or an escape sequence in a name
     or path the user gave must not start a line of its own or steer the terminal."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-class Interrupted(BaseException):
-    """Ctrl-C. Not a KeyboardInterrupt: typer turns that into a silent exit 130."""
 
 
 @contextlib.contextmanager

@@ -469,10 +469,12 @@ def recording(
     an exit (typer.Exit / SystemExit) whose code is not in `ok_exit_codes`. Ctrl-C
     writes nothing: the run neither finished nor failed.
     """
+    from portmapctl.errors import Interrupted
+
     recorder = Recorder(command, cache_dirs)
     try:
         yield recorder
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):  # (the CLI's Ctrl-C is the second)
         raise
     except BaseException as err:  # noqa: B036 - reported, then re-raised as it was
         _finish(recorder, path, warn, _is_exit(err) and _exit_code(err) in ok_exit_codes)

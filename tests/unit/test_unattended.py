@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -79,3 +81,26 @@ def test_a_reader_that_left_changes_no_outcome(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "error" not in done.stderr and "Exception" not in done.stderr
     assert 'portmapctl_last_run_success{command="check"} 1.0' in metrics.read_text()
+
+
+def test_ctrl_c_leaves_the_metrics_file_alone(tmp_path):
+    """Interrupted, a run neither finished nor failed: its metrics stay the last run's
+    (docs/monitoring.md), not a failure that lasts until the next run."""
+    fifo = tmp_path / "snapshot"
+    os.mkfifo(fifo)  # nobody writes it: list waits there until Ctrl-C
+    metrics = tmp_path / "portmapctl-list.prom"
+    argv = ["list", "--snapshot", str(fifo), "--metrics-file", str(metrics)]
+    running = subprocess.Popen(
+        [sys.executable, "-P", "-m", "portmapctl", *argv, "--cni-cache-dir", str(tmp_path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1"),
+        text=True,
+    )
+    time.sleep(1.5)  # (typer and the command imported, waiting in open())
+    running.send_signal(signal.SIGINT)
+    _, stderr = running.communicate(timeout=30)
+    assert running.returncode == 130, stderr
+    assert stderr.endswith("portmapctl: aborted\n")
+    assert not metrics.exists()
