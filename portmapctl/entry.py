@@ -122,7 +122,10 @@ def _survive_a_reader_leaving() -> None:
             line_buffering=stream.line_buffering,
             write_through=stream.write_through,
         )
-        setattr(sys, name, _ReaderMayLeave(stream.detach(), **settings))
+        wrapped = _ReaderMayLeave(stream.detach(), **settings)
+        setattr(sys, name, wrapped)
+        if getattr(sys, f"__{name}__") is stream:  # (detached: unusable as it was)
+            setattr(sys, f"__{name}__", wrapped)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
