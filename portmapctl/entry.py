@@ -74,11 +74,22 @@ def _open_closed_std_streams() -> None:
     for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
         if getattr(sys, name) is not None:
             continue
-        new = os.open(os.devnull, os.O_RDWR)
-        if new != fd:
+        new = os.open(os.devnull, os.O_RDWR)  # the lowest free number: `fd`, as a rule
+        if new != fd and not _in_use(fd):
             os.dup2(new, fd)
             os.close(new)
-        setattr(sys, name, open(fd, mode, encoding="utf-8", errors="backslashreplace"))
+            new = fd
+        setattr(sys, name, open(new, mode, encoding="utf-8", errors="backslashreplace"))
+
+
+def _in_use(fd: int) -> bool:
+    import os
+
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 class _ReaderMayLeave(io.TextIOWrapper):
