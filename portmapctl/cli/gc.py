@@ -124,7 +124,9 @@ def gc_command(
         node_opts = common.node_options()
         require_source(sources, node_opts.cache_dirs)
         ask = not dry_run and not yes
-        if ask and not sys.stdin.isatty():
+        # Asking needs the person to see the question (stderr) and answer it (stdin):
+        # `gc 2>log` on a terminal would otherwise wait for an answer to nothing shown.
+        if ask and not (sys.stdin.isatty() and sys.stderr.isatty()):
             raise BadInput("not on a terminal: give --yes to remove chains (or --dry-run to look)")
         if ask and valid_attachments == "-":
             raise BadInput("--valid-attachments - reads stdin, so gc cannot ask there: add --yes")

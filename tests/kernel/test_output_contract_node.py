@@ -205,3 +205,37 @@ def test_the_gc_prompt_leaves_stdout_alone(node: Node_):
     code, terminal, stdout = _on_terminal([*argv, "-o", "json"], b"y")
     assert code == 0, terminal
     assert stdout.startswith("{") and valid("gc", stdout)["removed"], stdout
+
+
+def test_gc_does_not_ask_where_the_question_cannot_be_seen(node: Node_, tmp_path):
+    """`gc 2>log` on a terminal: stdin is the terminal but the question would go to the
+    log, and gc would wait for an answer to nothing shown. It refuses as off a terminal
+    (exit 2, one line, in the log), and changes nothing."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    node.add("gcnet", "gone1", ["10.88.0.12/16"], _ports("8081/tcp"), cache=False)
+    before = node.lines(4)
+    log = tmp_path / "log"
+    master, slave = pty.openpty()
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "portmapctl", "gc", *common(node), "--min-age", "0"],
+            stdin=slave, stdout=subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    os.close(slave)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.write(master, b"n\n")  # it asked where nobody sees it: answer, to end it
+        proc.wait(timeout=20)
+    finally:
+        os.close(master)
+    text = log.read_text()
+    assert proc.returncode == 2, text
+    assert text.startswith("portmapctl: ") and "give --yes" in text and text.count("\n") == 1
+    assert proc.stdout.read() == b""
+    assert node.lines(4) == before
