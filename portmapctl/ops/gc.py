@@ -74,7 +74,7 @@ from portmapctl.ops.gc_liveness import (  # noqa: F401 - re-exported: gc's publi
     says_nothing,
 )
 from portmapctl.ops.gc_state import ChainKey
-from portmapctl.ops.node import APPLY_TRIES, Node, side_by_side
+from portmapctl.ops.node import APPLY_TRIES, Node, locked, side_by_side
 
 if TYPE_CHECKING:
     from portmapctl.nftables.ruleset import Ruleset
@@ -645,7 +645,13 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
     # otherwise --min-age would never start counting for someone who looks first.
     state_error: Optional[str] = None
     try:
-        gc_state.save(options.state_dir, planned.namespace, remembered)
+        if options.dry_run:
+            # Read without the lock (a dry run writes no rules; the preview waits on
+            # a person): a gc may have saved since, so only this run's changes go in.
+            with locked(node):
+                gc_state.save(options.state_dir, planned.namespace, remembered, planned.seen)
+        else:
+            gc_state.save(options.state_dir, planned.namespace, remembered)
     except HostProblem as err:
         if options.dry_run:
             warnings.append(f"sightings not recorded: {err}")

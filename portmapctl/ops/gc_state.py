@@ -143,10 +143,14 @@ def _read_document(state_dir: str) -> Tuple[dict, List[str]]:
 def load(state_dir: str, namespace: str) -> Tuple[Dict[ChainKey, Seen], List[str]]:
     """The chains seen in this namespace, and warnings about the file."""
     document, warnings = _read_document(state_dir)
+    return _sightings(document, namespace), warnings
+
+
+def _sightings(document: dict, namespace: str) -> Dict[ChainKey, Seen]:
     part = document.get("namespaces", {}).get(namespace)
     chains = part.get("chains") if isinstance(part, dict) else None
     if not isinstance(chains, dict):
-        return {}, warnings
+        return {}
     now = clock()
     found: Dict[ChainKey, Seen] = {}
     for text, value in chains.items():
@@ -161,13 +165,25 @@ def load(state_dir: str, namespace: str) -> Tuple[Dict[ChainKey, Seen], List[str
             and 0 <= first_seen <= now  # a time from the future is not to be trusted
         ):
             found[key] = Seen(fingerprint, float(first_seen))
-    return found, warnings
+    return found
 
 
-def save(state_dir: str, namespace: str, chains: Mapping[ChainKey, Seen]) -> None:
-    """Replace this namespace's part of the file; drop parts nobody updates any more."""
+def save(
+    state_dir: str,
+    namespace: str,
+    chains: Mapping[ChainKey, Seen],
+    since: Optional[Mapping[ChainKey, Seen]] = None,
+) -> None:
+    """Replace this namespace's part of the file; drop parts nobody updates any more.
+
+    `since`: what this run loaded, for a run that did not hold the lock from its
+    load to this save (a dry run, gc's preview). Another gc may have saved in
+    between, so only this run's own changes go onto the part as it is now
+    (`merged`); the caller holds the lock for this call."""
     safe_run_dir(state_dir)
     document, _ = _read_document(state_dir)
+    if since is not None:
+        chains = merged(_sightings(document, namespace), since, chains)
     now = clock()
     namespaces = {
         key: part
@@ -190,6 +206,29 @@ def save(state_dir: str, namespace: str, chains: Mapping[ChainKey, Seen]) -> Non
         separators=(",", ":"),
     )
     _write_atomically(_path(state_dir), text.encode())
+
+
+def merged(
+    current: Mapping[ChainKey, Seen],
+    loaded: Mapping[ChainKey, Seen],
+    ours: Mapping[ChainKey, Seen],
+) -> Dict[ChainKey, Seen]:
+    """The sightings on file (`current`) with the changes of a run that loaded
+    `loaded` and ends with `ours`. What this run forgot is forgotten; what it left
+    as it was stays as the other run left it (forgotten too if that run forgot it:
+    written back, an old first sighting would let --min-age pass for a container
+    being added again under the same chain); of two sightings of one chain the later
+    one is kept. Each rule can only delay a removal, never hasten one."""
+    result = dict(current)
+    for key in loaded.keys() - ours.keys():
+        result.pop(key, None)
+    for key, seen in ours.items():
+        if loaded.get(key) == seen:
+            continue
+        other = result.get(key)
+        if other is None or other.first_seen <= seen.first_seen:
+            result[key] = seen
+    return result
 
 
 def _write_atomically(path: str, data: bytes) -> None:

@@ -100,6 +100,10 @@ class Node:
     # Why nft could not be used (no nft, too old) when --backend auto met that: iptables
     # work goes on, and whatever needs nft state raises it.
     nft_unusable: Optional[NftUnusable] = None
+    # Set while `locked` holds the lock for this node: a second `locked` inside (a dry
+    # run's save of its sightings, under a library caller's write) must not wait on
+    # the lock this process holds already (flock(2) would, for a second descriptor).
+    holds_lock: bool = field(default=False, compare=False, repr=False)
 
     def read_nft(self, families: Optional[Tuple[int, ...]] = None) -> Ruleset:
         """The plugin's nftables tables (empty when not looked at)."""
@@ -354,11 +358,15 @@ def opened(options: NodeOptions, write: bool = False, lock_now: bool = True) -> 
 @contextlib.contextmanager
 def locked(node: Node) -> Iterator[None]:
     """The portmapctl lock, to change the node (none needed offline)."""
-    if node.options.offline:
+    if node.options.offline or node.holds_lock:
         yield
         return
     with lock.held():
-        yield
+        node.holds_lock = True
+        try:
+            yield
+        finally:
+            node.holds_lock = False
 
 
 def _iptables_access(options: NodeOptions) -> Backend:

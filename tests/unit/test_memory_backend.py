@@ -221,3 +221,46 @@ def test_a_change_after_the_prompt_fails_the_plan_and_the_replan_keeps_to_what_w
     assert not after.has_chain(gone.chain) and after.has_chain(newcomer)
     assert any(rule_target(r) == newcomer for c in after.chains.values() for r in c.rules)
     assert newcomer in {c.chain for c in done.pending}
+
+
+def test_a_preview_does_not_write_back_what_a_gc_in_between_forgot(tmp_path, monkeypatch):
+    """gc's preview (and a dry run) reads the sightings without the lock. A gc that
+    saves in between may forget a chain (it was live, or gone, when that gc read); the
+    preview's save must not bring back its old first sighting: written back, it would
+    let --min-age pass at once for a container being added again under that chain."""
+    from functools import partial
+
+    from portmapctl.host import lock
+    from portmapctl.ops import gc_state
+    from portmapctl.ops import node as node_module
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    monkeypatch.setattr(node_module.lock, "held", partial(lock.held, str(run_dir)))
+    node = example_node()
+    namespace = gc_state.namespace_key(node.options.netns)
+    options = gc_lib.GcOptions(min_age=3600, flush_udp=False, state_dir=str(tmp_path))
+    looked = gc_lib.gc(node, gc_lib.Sources(), replace(options, dry_run=True))
+    first, _ = gc_state.load(str(tmp_path), namespace)
+    assert looked.pending and len(first) == len(looked.pending)  # the stale chains, seen
+    planned = gc_lib.plan_gc(node, gc_lib.Sources(), options)
+    assert planned.seen == first
+    gc_state.save(str(tmp_path), namespace, {})  # another gc, meanwhile: it forgot them
+    preview = gc_lib.apply_gc(node, replace(planned, options=replace(options, dry_run=True)))
+    assert preview.pending and not preview.warnings
+    assert gc_state.load(str(tmp_path), namespace)[0] == {}
+
+
+def test_merged_sightings_only_ever_delay_a_removal():
+    from portmapctl.ops.gc_state import ChainKey, Seen, merged
+
+    a, b, c, d = (ChainKey(4, f"CNI-DN-{n}") for n in "abcd")
+    current = {a: Seen("x", 5.0), c: Seen("z", 9.0)}  # b: forgotten by the other run
+    loaded = {a: Seen("x", 5.0), b: Seen("y", 1.0), c: Seen("z", 2.0)}
+    ours = {a: Seen("x", 5.0), b: Seen("y", 1.0), c: Seen("z", 3.0), d: Seen("w", 7.0)}
+    assert merged(current, loaded, ours) == {
+        a: Seen("x", 5.0),  # as it was
+        c: Seen("z", 9.0),  # the other run's later sighting wins over ours
+        d: Seen("w", 7.0),  # ours, new
+    }
+    assert merged(current, loaded, {b: Seen("y", 1.0)}) == {}  # this run forgot a and c
