@@ -84,6 +84,9 @@ class EntryRule:
     network: Optional[str]
     container_id: Optional[str]
     ports: Tuple[ProtoPort, ...]
+    # Its matches beyond the plugin's own (the network's conditionsV4/V6, as saved): such
+    # a rule sends only some of its ports' packets to the chain.
+    conditions: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,35 @@ def _entry_ports_of(opts: ReadOnly[str, str]) -> Tuple[ProtoPort, ...]:
     return tuple(found)
 
 
+# The matches of the plugin's own entry rules, as saved (with the number of values
+# each takes): `-p PROTO -m comment --comment C -m multiport --dports PORTS -j CHAIN`.
+_ENTRY_OWN = {"-p": 1, "--comment": 1, "--dports": 1, "--dport": 1, "-j": 1, "-g": 1}
+_ENTRY_OWN_MODULES = ("comment", "multiport", "tcp", "udp", "sctp")
+
+
+def entry_conditions(args: Sequence[str]) -> Tuple[str, ...]:
+    """What an entry rule matches beyond the plugin's own matches: the conditions it
+    was given (`! -s 10.0.0.0/8`, `-m physdev ! --physdev-is-bridged`), as saved."""
+    found: List[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token in _ENTRY_OWN and (not found or found[-1] != "!"):
+            i += 1 + _ENTRY_OWN[token]
+        elif token == "-m" and i + 2 < len(args) and args[i + 1] in _ENTRY_OWN_MODULES:
+            # A module of our own is followed by its option: conditions' options of
+            # the same module (`-m tcp --tcp-flags ...`) keep their `-m`.
+            if args[i + 2] in _ENTRY_OWN:
+                i += 2
+            else:
+                found += args[i : i + 2]
+                i += 2
+        else:
+            found.append(token)
+            i += 1
+    return tuple(found)
+
+
 def _strip_prefix(address: Optional[str]) -> Optional[str]:
     if address is None:
         return None
@@ -219,6 +251,7 @@ def entry_rules(table: NatTable, targets: Set[str]) -> Dict[str, List[EntryRule]
                         network,
                         container_id,
                         ports,
+                        entry_conditions(args) if chain.name == TOPLEVEL_DNAT else (),
                     )
                 )
     return found
@@ -348,6 +381,7 @@ def _family(
                     name,
                     tuple(row_status) or (Status.OK,),
                     winner,
+                    _conditions_of(entries[name], proto, port),
                 )
             )
         if any(row.shadowed_by for row in chain_rows):
@@ -454,6 +488,18 @@ def _identity(attachment: Optional[Attachment], entries: Iterable[EntryRule]) ->
     return _NOBODY
 
 
+def _conditions_of(entries: Iterable[EntryRule], proto: str, port: int) -> Tuple[str, ...]:
+    """The conditions under which the entry rules send proto/port to their chain:
+    none when one of them sends it unconditionally."""
+    conditions: Tuple[str, ...] = ()
+    for entry in entries:
+        if entry.chain == TOPLEVEL_DNAT and (proto, port) in entry.ports:
+            if not entry.conditions:
+                return ()
+            conditions = conditions or entry.conditions
+    return conditions
+
+
 def _port_rules(rules: Sequence[Args]) -> List[DnatRule]:
     """The chain's DNAT rules."""
     marked: Set[PortMatch] = set()
@@ -493,14 +539,19 @@ def _shadowing(
     # The entry rules are already parsed (`entries`): their CNI-HOSTPORT-DNAT ones, in
     # the chain's order.
     toplevel = sorted(
-        (entry.index, target, entry.ports)
+        (entry.index, target, entry.ports, bool(entry.conditions))
         for target in port_rules
         for entry in entries.get(target, ())
         if entry.chain == TOPLEVEL_DNAT
     )
-    for _index, target, ports in toplevel:
+    # A rule with conditions takes only some of its ports' packets: it may lose them,
+    # it takes them from nobody for sure (as an nftables rule with conditions).
+    takes_all: Set[Tuple[str, ProtoPort]] = set()
+    for _index, target, ports, has_conditions in toplevel:
         for proto_port in ports:
             claims.setdefault(proto_port, []).append(target)
+            if not has_conditions:
+                takes_all.add((target, proto_port))
     hosts: Dict[Tuple[str, str, int], List[Optional[str]]] = {}
     for chain, rules in port_rules.items():
         for proto, port, host_ip, *_ in rules:
@@ -516,6 +567,8 @@ def _shadowing(
                 if earlier == chain:
                     break
                 if owner is not None and owners.get(earlier) == owner:
+                    continue
+                if (earlier, (proto, port)) not in takes_all:
                     continue
                 if any(_overlap(host_ip, other) for other in hosts.get((earlier, proto, port), ())):
                     shadowed[(chain, proto, port, host_ip)] = earlier

@@ -159,7 +159,13 @@ def judge(
     if _ip(entry.family, entry.reply_src) in wanted:
         # Includes a flow sent straight to the container's address (no DNAT needed).
         return None, shown
-    return (OLD_DESTINATION if entry.dnat else NOT_DNATED), shown
+    if entry.dnat:
+        return OLD_DESTINATION, shown
+    # Never DNATed: it bypasses a mapping that takes every packet to its port, but a
+    # mapping with conditions (conditionsV4/V6) leaves the rest to the host itself.
+    if all(m.conditions for m in winners):
+        return None, shown
+    return NOT_DNATED, shown
 
 
 def plan(

@@ -3,6 +3,8 @@ containerd's go-cni, whose cache entries carry what go-cni marshals."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pmctl
@@ -47,3 +49,58 @@ def test_containerd_port_mappings_are_read_and_checked(host_ns: str, tmp_path: P
     # What the repair wrote is what the plugin's CHECK expects, in both families.
     checked = rp.run_check(host_ns, POD, conf)
     assert [proc.returncode for proc in checked] == [0, 0], [proc.stderr for proc in checked]
+
+
+def _conntrack(host_ns: str, *args: str) -> None:
+    subprocess.run(
+        [rp._ip(), "netns", "exec", host_ns, "conntrack", "-I", "-p", "udp", "-t", "100", *args],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_conditions_v4_shadow_nothing_and_keep_the_hosts_flows(
+    host_ns: str, tmp_path: Path
+) -> None:
+    """Two networks map udp/5353; the first has `conditionsV4: ["!", "-s",
+    "192.168.0.0/16"]`, so packets from 192.168.0.0/16 go on to the second container:
+    neither is shadowed. With the guarded one alone, a flow from 192.168.5.7 that was
+    never DNATed is the host's own, not stale (0.1 deleted it, and called the second
+    container shadowed)."""
+    ports = [{"HostPort": 5353, "ContainerPort": 53, "Protocol": "udp", "HostIP": ""}]
+    guarded = rp.plugin_conf(
+        NETWORK, ["10.244.1.2/24"], ports, conditions_v4=["!", "-s", "192.168.0.0/16"]
+    )
+    rp.run_plugin("ADD", host_ns, POD, guarded, check=True)
+    rp.write_cni_cache(tmp_path, NETWORK, POD, "eth0", guarded, ports, ["10.244.1.2/24"])
+    rp.run_plugin(
+        "ADD", host_ns, "lan", rp.plugin_conf("other-net", ["10.245.1.2/24"], ports), check=True
+    )
+    args = _node_args(host_ns, tmp_path) + ["--family", "4", "-o", "json"]
+
+    rows = json.loads(pmctl.ok(["list", *args]))["mappings"]
+    assert [(r["container_id"], r["status"], r.get("conditions")) for r in rows] == [
+        (POD, ["ok"], ["!", "-s", "192.168.0.0/16"]),
+        ("lan", ["stale"], None),  # not in the cache: stale, never shadowed
+    ]
+
+    rp.run_plugin(
+        "DEL", host_ns, "lan", rp.plugin_conf("other-net", ["10.245.1.2/24"], ports), check=True
+    )
+    subprocess.run(
+        [rp._ip(), "-n", host_ns, "addr", "add", "192.0.2.1/24", "dev", "lo"], check=True
+    )
+    _conntrack(
+        host_ns, "-s", "192.168.5.7", "-d", "192.0.2.1", "--sport", "1111", "--dport", "5353"
+    )
+    _conntrack(host_ns, "-s", "10.1.5.7", "-d", "192.0.2.1", "--sport", "1112", "--dport", "5353")
+    _conntrack(
+        host_ns, "-s", "10.1.5.8", "-d", "192.0.2.1", "--sport", "1113", "--dport", "5353",
+        "-r", "10.244.1.9", "-q", "10.1.5.8", "--reply-port-src", "53", "--reply-port-dst", "1113",
+    )  # fmt: skip
+    flushed = json.loads(pmctl.ok(["flush-udp", "--stale-only", "--dry-run", *args]))
+    # Only the flow DNATed to an address that is not the container's misroutes. Whether
+    # the conditions match a flow is not judged: a flow never DNATed may be the host's.
+    assert [(d["src"], d["reason"]) for d in flushed["deleted"]] == [
+        ("10.1.5.8", "old-destination")
+    ]

@@ -141,6 +141,20 @@ def test_stale_only_honours_host_ip_and_shadowing() -> None:
     ]
 
 
+def test_stale_only_keeps_what_conditions_leave_to_the_host() -> None:
+    """A mapping with conditionsV4 DNATs only the packets they match: a flow it left
+    alone is the host's own, not one that began before the rule (0.1 deleted it)."""
+    guarded = dataclasses.replace(mapping(), conditions=("!", "-s", "192.168.0.0/16"))
+    assert plan([CURRENT, OLD, NEVER], {(4, 5353)}, [guarded], stale_only=True) == [
+        Doomed(OLD, OLD_DESTINATION, ("10.88.0.5",))
+    ]
+    # Another container after it takes the rest of the port: never DNATed misroutes.
+    rest = mapping("10.88.0.7", container_id="def456")
+    assert plan([NEVER], {(4, 5353)}, [guarded, rest], stale_only=True) == [
+        Doomed(NEVER, NOT_DNATED, ("10.88.0.5", "10.88.0.7"))
+    ]
+
+
 def test_stale_only_survives_a_foreign_dnat_range() -> None:
     odd = mapping("10.88.0.5-10.88.0.9")  # not the plugin's, but a dump may hold it
     assert plan([CURRENT], {(4, 5353)}, [odd], stale_only=True) == [

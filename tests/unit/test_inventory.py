@@ -89,6 +89,50 @@ def test_host_ip_only_shadows_an_overlapping_host_ip():
     assert {m.status for m in found.mappings} == {("ok",), ("shadowed",)}
 
 
+def test_an_entry_rule_with_conditions_shadows_nothing_and_its_rows_say_them():
+    """conditionsV4 on the first container's network: its entry rule takes only the
+    packets from outside 192.168.0.0/16, the rest go on to the second container (0.1
+    called the second shadowed, and the first row claimed every packet to *:8080)."""
+    text = (Path(__file__).parents[1] / "fixtures" / "shadowed.v4.save").read_text()
+    first, second = (dnat_chain_name(c) for c in configs("shadowed"))
+    entry = next(
+        line for line in text.splitlines() if line.startswith("-A CNI-HOSTPORT-DNAT -p tcp")
+    )
+    assert entry.endswith(f"-j {first}")
+    guarded = text.replace(
+        entry, entry.replace("-A CNI-HOSTPORT-DNAT ", "-A CNI-HOSTPORT-DNAT ! -s 192.168.0.0/16 ")
+    )
+    found = inventory.build({4: parse_save(guarded, 4)})
+    by_chain = {m.chain: m for m in found.mappings}
+    assert (by_chain[first].status, by_chain[first].conditions) == (
+        ("ok",),
+        ("!", "-s", "192.168.0.0/16"),
+    )
+    assert (by_chain[second].status, by_chain[second].conditions) == (("ok",), ())
+    assert by_chain[second].shadowed_by is None
+    # Conditions of the later rule change nothing: the first still takes every packet.
+    entry2 = next(line for line in text.splitlines() if line.endswith(f"-j {second}"))
+    late = text.replace(
+        entry2, entry2.replace("-A CNI-HOSTPORT-DNAT ", "-A CNI-HOSTPORT-DNAT -s 10.0.0.0/8 ")
+    )
+    by_chain = {m.chain: m for m in inventory.build({4: parse_save(late, 4)}).mappings}
+    assert by_chain[second].status == ("shadowed",) and by_chain[second].shadowed_by == first
+    assert by_chain[second].conditions == ("-s", "10.0.0.0/8")
+
+
+def test_entry_conditions_are_what_the_plugin_did_not_write():
+    assert inventory.entry_conditions(
+        ["-p", "tcp", "-m", "comment", "--comment", "dnat x", "-m", "multiport",
+         "--dports", "8080", "-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN",
+         "-j", "CNI-DN-x"]
+    ) == ("-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN")  # fmt: skip
+    assert inventory.entry_conditions(
+        ["!", "-p", "udp", "-m", "comment", "--comment", "x", "-j", "CNI-DN-x"]
+    ) == ("!", "-p", "udp")
+    plain = ["-p", "udp", "-m", "comment", "--comment", "x", "-m", "multiport"]
+    assert inventory.entry_conditions([*plain, "--dports", "53", "-j", "CNI-DN-x"]) == ()
+
+
 def test_legacy_snat_chains_are_listed_as_legacy():
     found = _inventory("legacy-sn")
     legacy = [c for c in found.chains if c.kind == "legacy-snat"]
