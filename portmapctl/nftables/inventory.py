@@ -48,6 +48,7 @@ from portmapctl.nftables.ruleset import (
     Ruleset,
     Table,
 )
+from portmapctl.nftables.wanted import FIB_LOCAL
 
 BACKEND = "nftables"
 CHAIN_TYPE = "nft-rule"
@@ -155,6 +156,26 @@ def _dnat_fields(rule: Rule) -> Optional[Tuple[str, Tuple[int, ...], Optional[st
     return proto, ports, body.value(daddr), tuple(others)
 
 
+def _entry_conditions(table: Table) -> Tuple[str, ...]:
+    """The node's conditions (conditionsV4/V6) on the prerouting rule that sends local
+    traffic to the host-port rules: every mapping of the table takes only the packets
+    they match. None when some such rule has none."""
+    found: Tuple[str, ...] = ()
+    for rule in table.rules_of(PREROUTING):
+        action = rule.body.action
+        if action.kind is not ActionKind.JUMP or action.target not in (
+            HOSTPORTS_ALL,
+            HOSTIP_HOSTPORTS,
+            HOSTPORTS,
+        ):
+            continue
+        conditions = tuple(m.text() for m in rule.body.matches if m != FIB_LOCAL)
+        if not conditions:
+            return ()
+        found = found or conditions
+    return found
+
+
 def _masqueraded(table: Table) -> Set[Tuple[Optional[str], str]]:
     """(container ID, container IP) pairs with the hairpin masquerade rule."""
     found = set()
@@ -223,6 +244,7 @@ def build(
     for family in sorted(ruleset.tables):
         table = ruleset.tables[family]
         masq = _masqueraded(table)
+        node_conditions = _entry_conditions(table)
         claims: Dict[Tuple[str, int], List[Tuple[Optional[str], Optional[str]]]] = {}
         for chain in EVALUATION_ORDER:
             for rule in table.rules_of(chain):
@@ -273,7 +295,7 @@ def build(
                             chain,
                             tuple(status) or (Status.OK.value,),
                             winner,
-                            conditions,
+                            node_conditions + conditions,
                             handle=rule.handle,
                         )
                     )

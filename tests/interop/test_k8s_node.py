@@ -8,7 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pmctl
+import pytest
 import realplugin as rp
+import upstream
 
 NETWORK = "k8s-pod-network"
 POD = "a1" * 32  # a sandbox ID as containerd makes them: 64 hex digits
@@ -104,3 +106,30 @@ def test_conditions_v4_shadow_nothing_and_keep_the_hosts_flows(
     assert [(d["src"], d["reason"]) for d in flushed["deleted"]] == [
         ("10.1.5.8", "old-destination")
     ]
+
+
+def test_nft_conditions_v4_keep_the_hosts_flows(host_ns: str, tmp_path: Path) -> None:
+    """The nftables backend puts conditionsV4 on prerouting's jump to the host-port
+    rules: every mapping takes only the packets they match. A flow they leave out was
+    never DNATed and is the host's (0.1 deleted it as stale); the rows say them."""
+    up_ok, reason = upstream.available()
+    if not up_ok:
+        pytest.skip(reason)
+    ports = [{"hostPort": 5353, "containerPort": 53, "protocol": "udp"}]
+    conf = upstream.nft_conf(
+        NETWORK, ["10.244.1.2/24"], ports, conditions_v4=["ip saddr != 192.168.0.0/16"]
+    )
+    upstream.run("v1.9.1", "ADD", host_ns, POD, conf, check=True)
+    rp.write_cni_cache(tmp_path, NETWORK, POD, "eth0", conf, ports, ["10.244.1.2/24"])
+    args = _node_args(host_ns, tmp_path) + ["--family", "4", "-o", "json"]
+    [row] = json.loads(pmctl.ok(["list", *args]))["mappings"]
+    assert (row["status"], row["conditions"]) == (["ok"], ["ip saddr != 192.168.0.0/16"])
+
+    subprocess.run(
+        [rp._ip(), "-n", host_ns, "addr", "add", "192.0.2.1/24", "dev", "lo"], check=True
+    )
+    _conntrack(
+        host_ns, "-s", "192.168.5.7", "-d", "192.0.2.1", "--sport", "1111", "--dport", "5353"
+    )
+    flushed = json.loads(pmctl.ok(["flush-udp", "--stale-only", "--dry-run", *args]))
+    assert flushed["deleted"] == []
