@@ -110,15 +110,22 @@ class NamespaceView:
             self._nsfs = None
 
     def is_namespace(self, path: str) -> Optional[bool]:
+        """True for a network namespace file, False when nothing is at `path`, None
+        when something else is there: that cannot be judged."""
         try:
             info = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             return False
         except OSError:
             return None
-        # Every namespace file shares the nsfs device; an empty file left after the
-        # namespace was unmounted (or anything else at that name) does not.
-        return self._nsfs is not None and info.st_dev == self._nsfs
+        # Every namespace file shares the nsfs device. A file that does not is what a
+        # mount namespace sees of a namespace mounted after it was cut off from the
+        # host's mounts (a DaemonSet's hostPath /run/netns without HostToContainer
+        # propagation): the runtime's empty mount point, its namespace alive. Runtimes
+        # remove the file with the namespace, so a file left is no sign of one gone.
+        if self._nsfs is not None and info.st_dev == self._nsfs:
+            return True
+        return None
 
     def directory_visible(self, directory: str) -> bool:
         """Whether the namespaces kept in `directory` can be seen from here.

@@ -3,8 +3,12 @@ containerd's go-cni, whose cache entries carry what go-cni marshals."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pmctl
@@ -133,3 +137,63 @@ def test_nft_conditions_v4_keep_the_hosts_flows(host_ns: str, tmp_path: Path) ->
     )
     flushed = json.loads(pmctl.ok(["flush-udp", "--stale-only", "--dry-run", *args]))
     assert flushed["deleted"] == []
+
+
+def test_netns_liveness_in_a_mount_namespace_cut_off_from_the_hosts_mounts(
+    host_ns: str, tmp_path: Path
+) -> None:
+    """A DaemonSet mounting the host's /run/netns without HostToContainer propagation
+    sees the namespace of every pod made after it started as a plain empty file (the
+    runtime's mount point, its mount not propagated). That pod is live: never a zombie,
+    and gc --netns-liveness keeps it (0.1 removed its chain); a pod whose namespace is
+    gone (file removed, as runtimes do) is still one."""
+    cut_off = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "120"])
+    later = ""
+    try:
+        # Until sleep runs, the process may not have its own mount namespace yet.
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{cut_off.pid}/comm").read_text().strip() != "sleep":
+            assert time.monotonic() < deadline, "unshare did not start"
+            time.sleep(0.01)
+        later = rp.create_netns("pmt-pod")  # made after the mount namespace was cut off
+        gone = rp.create_netns("pmt-pod")
+        try:
+            for cid, netns, ip in (
+                (POD, later, "10.244.1.2/24"),
+                ("zombie", gone, "10.244.1.3/24"),
+            ):
+                ports = [
+                    {
+                        "HostPort": 8080 if cid == POD else 8081,
+                        "ContainerPort": 80,
+                        "Protocol": "tcp",
+                    }
+                ]
+                conf = rp.plugin_conf(NETWORK, [ip], ports)
+                rp.run_plugin(
+                    "ADD", host_ns, cid, conf, container_ns=f"/run/netns/{netns}", check=True
+                )
+                rp.write_cni_cache(
+                    tmp_path, NETWORK, cid, "eth0", conf, ports, [ip], netns=f"/run/netns/{netns}"
+                )
+        finally:
+            rp.delete_netns(gone)
+        argv = ["nsenter", "-m", "-t", str(cut_off.pid), sys.executable, "-m", "portmapctl"]
+        common = [*_node_args(host_ns, tmp_path), "--family", "4", "-o", "json"]
+        env = dict(os.environ, NO_COLOR="1")
+        env.setdefault("PYTHONPATH", str(Path(__file__).parents[2]))  # this checkout
+        run = functools.partial(subprocess.run, capture_output=True, text=True, env=env)
+
+        listed = run([*argv, "list", *common])
+        assert listed.returncode == 0, listed.stderr
+        statuses = {m["container_id"]: m["status"] for m in json.loads(listed.stdout)["mappings"]}
+        assert statuses == {POD: ["ok"], "zombie": ["zombie"]}
+        planned = run([*argv, "gc", "--dry-run", "--netns-liveness", "--min-age", "0", *common])
+        assert planned.returncode == 0, planned.stderr
+        removed = [c["container_id"] for c in json.loads(planned.stdout)["removed"]]
+        assert removed == ["zombie"]
+    finally:
+        cut_off.kill()
+        cut_off.wait()
+        if later:
+            rp.delete_netns(later)
