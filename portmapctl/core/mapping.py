@@ -83,7 +83,9 @@ class Mapping:
     chain: str
     status: Tuple[str, ...]
     shadowed_by: Optional[str] = None  # what takes this port first
-    # The rule's matches beyond protocol, host port and host address (an nftables rule's
-    # `iifname`, a source): the columns cannot say them, so the row carries them as the
-    # backend prints them rather than claim every packet to the port (JSON `conditions`).
+    # The matches beyond protocol, host port and host address that traffic must meet to
+    # get here (the network's conditionsV4/V6 on its entry rules or nftables jump, an
+    # nftables rule's own `iifname`): the columns cannot say them, so the row carries
+    # them as the backend prints them rather than claim every packet to the port (JSON
+    # `conditions`).
     conditions: Tuple[str, ...] = ()

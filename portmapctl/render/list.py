@@ -54,7 +54,8 @@ def host_address(m: Mapping) -> str:
         address = (
             f"[{m.host_ip}]:{m.host_port}" if ":" in m.host_ip else f"{m.host_ip}:{m.host_port}"
         )
-    # An nftables rule's own conditions narrow who reaches the port: never `*` alone.
+    # Conditions (conditionsV4/V6, an nftables rule's own) narrow who reaches the
+    # port: never `*` alone.
     return f"{address} if {' '.join(m.conditions)}" if m.conditions else address
 
 
