@@ -347,6 +347,7 @@ def opened(options: NodeOptions, write: bool = False, lock_now: bool = True) -> 
     if write and not options.offline and not has_net_admin():
         raise HostProblem("changing iptables needs root (or CAP_NET_ADMIN): run with sudo")
     with netns.entered(options.netns):
+        options = _as_the_plugin_chooses(options)
         node = Node(options, _iptables_access(options), _nft_access(options))
         if write and lock_now:
             with locked(node):
@@ -367,6 +368,21 @@ def locked(node: Node) -> Iterator[None]:
             yield
         finally:
             node.holds_lock = False
+
+
+def _as_the_plugin_chooses(options: NodeOptions) -> NodeOptions:
+    """--backend auto where there is no iptables command but nft: the plugin, given no
+    `backend` key, takes iptables only if `iptables` works, else nftables (a node with
+    nftables alone: kube-proxy's nftables mode on a system without iptables). So do
+    we, rather than stop at "no iptables command found"."""
+    import shutil
+    from dataclasses import replace
+
+    if options.backend != "auto" or options.iptables != "auto" or options.offline:
+        return options
+    if shutil.which("iptables") is not None or shutil.which("nft") is None:
+        return options
+    return replace(options, backend="nftables")
 
 
 def _iptables_access(options: NodeOptions) -> Backend:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -197,3 +198,45 @@ def test_netns_liveness_in_a_mount_namespace_cut_off_from_the_hosts_mounts(
         cut_off.wait()
         if later:
             rp.delete_netns(later)
+
+
+def test_backend_auto_without_iptables_follows_the_plugin_to_nftables(
+    host_ns: str, tmp_path: Path
+) -> None:
+    """A node with nft and no iptables command (kube-proxy in nftables mode on a system
+    without iptables): the plugin, given no `backend` key, takes nftables there. So does
+    --backend auto (0.1 stopped every command: "no iptables command found")."""
+    up_ok, reason = upstream.available()
+    if not up_ok:
+        pytest.skip(reason)
+    nft_only = tmp_path / "bin"
+    nft_only.mkdir()
+    (nft_only / "nft").symlink_to(shutil.which("nft", path=rp.SYSTEM_PATH) or "/usr/sbin/nft")
+    ports = [{"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}]
+    conf = upstream.nft_conf(NETWORK, ["10.244.1.2/24"], ports, backend=None)
+    env = {
+        "PATH": str(nft_only),
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": POD,
+        "CNI_NETNS": rp.container_netns(),
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": rp.CNI_PATH,
+    }
+    added = subprocess.run(
+        [rp._ip(), "netns", "exec", host_ns, str(upstream.binary("v1.9.1"))],
+        input=json.dumps(conf),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert "cni_hostport" in upstream.ruleset_text(host_ns)  # the plugin chose nftables
+    rp.write_cni_cache(tmp_path / "cni", NETWORK, POD, "eth0", conf, ports, ["10.244.1.2/24"])
+    args = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"), "-o", "json"]
+    without_iptables = {"PATH": str(nft_only)}
+
+    [row] = json.loads(pmctl.ok(["list", *args], env=without_iptables))["mappings"]
+    assert (row["backend"], row["container_id"], row["status"]) == ("nftables", POD, ["ok"])
+    assert json.loads(pmctl.ok(["check", *args], env=without_iptables))["healthy"] is True
+    planned = json.loads(pmctl.ok(["gc", "--dry-run", *args], env=without_iptables))
+    assert (planned["removed"], planned["kept"]) == ([], 1)
