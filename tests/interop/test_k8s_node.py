@@ -240,3 +240,14 @@ def test_backend_auto_without_iptables_follows_the_plugin_to_nftables(
     assert json.loads(pmctl.ok(["check", *args], env=without_iptables))["healthy"] is True
     planned = json.loads(pmctl.ok(["gc", "--dry-run", *args], env=without_iptables))
     assert (planned["removed"], planned["kept"]) == ([], 1)
+
+    # With an iptables nat table there (portmapctl in an image without iptables, on a
+    # node whose plugin uses iptables), nothing is guessed: exit 3, as before.
+    for mode in ("nft", "legacy"):
+        node = rp.create_netns("pmt-node")  # a fresh one each: tables outlive their chains
+        try:
+            rp.iptables(node, ["-t", "nat", "-N", "KUBE-MARK-MASQ"], mode=mode)
+            stopped = pmctl.run(["list", "--netns", node, *args[2:]], env=without_iptables)
+            pmctl.assert_error(stopped, 3, "no iptables command found")
+        finally:
+            rp.delete_netns(node)
