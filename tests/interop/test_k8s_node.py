@@ -251,3 +251,30 @@ def test_backend_auto_without_iptables_follows_the_plugin_to_nftables(
             pmctl.assert_error(stopped, 3, "no iptables command found")
         finally:
             rp.delete_netns(node)
+
+
+def test_nft_port_kept_by_a_zombie_says_how_to_free_it(host_ns: str, tmp_path: Path) -> None:
+    """Pod sandbox restart on the nftables backend, the old sandbox forgotten by the
+    runtime (its namespace gone, its cache entry left): the new sandbox's rule comes
+    second, and check's fix for it is gc --netns-liveness (0.1: re-create a container
+    with another host port)."""
+    up_ok, reason = upstream.available()
+    if not up_ok:
+        pytest.skip(reason)
+    ports = [{"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}]
+    old_ns = rp.create_netns("pmt-pod")
+    for cid, ip, netns in (("old", "10.244.1.2/24", old_ns), (POD, "10.244.1.3/24", None)):
+        conf = upstream.nft_conf(NETWORK, [ip], ports)
+        upstream.run("v1.9.1", "ADD", host_ns, cid, conf, check=True)
+        rp.write_cni_cache(
+            tmp_path, NETWORK, cid, "eth0", conf, ports, [ip],
+            netns=f"/run/netns/{netns}" if netns else None,
+        )  # fmt: skip
+    rp.delete_netns(old_ns)  # the runtime forgot the old sandbox
+    checked = pmctl.run(["check", *_node_args(host_ns, tmp_path), "-o", "json"])
+    assert checked.returncode == 1, checked.stderr
+    problems = json.loads(checked.stdout)["problems"]
+    [shadowed] = [p for p in problems if p["kind"] == "shadowed"]
+    assert shadowed["container_id"] == POD
+    assert shadowed["fix"].endswith("--netns-liveness"), shadowed
+    assert "zombie" in shadowed["why"]

@@ -140,11 +140,12 @@ def nft_problems(
                 )
             )
         if "shadowed" in m.status:
-            winner_stale = any(
-                w.container_id == m.shadowed_by and "stale" in w.status
+            winner_status = {
+                word
                 for w in found.mappings
-                if w.family == m.family
-            )
+                if w.family == m.family and w.container_id == m.shadowed_by
+                for word in w.status
+            }
             alien = foreign.get((m.family, m.shadowed_by))
             if alien is not None:
                 # No command of ours may delete a rule that is not the plugin's.
@@ -152,8 +153,11 @@ def nft_problems(
                     f"a rule that is not the plugin's ({alien.text}) takes the port first:"
                     " delete it, or re-create the container with another host port"
                 )
-            elif winner_stale:
+            elif "stale" in winner_status:
                 shadow_fix = f"{fixes.gc} (the winner is stale)"
+            elif "zombie" in winner_status:
+                # A pod sandbox the runtime forgot keeps the port from its successor.
+                shadow_fix = f"{fixes.gc} --netns-liveness (the winner is a zombie)"
             else:
                 shadow_fix = (
                     "two containers claim one host port: re-create one of them with another"
