@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from typing import Optional, Sequence
@@ -16,13 +18,25 @@ def run(
     stdin: Optional[str] = None,
     env: Optional[dict] = None,
     unprivileged: bool = False,
+    hide: Sequence[str] = (),
 ) -> subprocess.CompletedProcess:
     """`portmapctl ARGS` through `python -m portmapctl`, stdin closed unless given.
 
     `unprivileged` runs it without CAP_NET_ADMIN and CAP_SYS_ADMIN (still uid 0, so
     the interpreter under /root stays readable): what iptables sees as "not root".
+    `hide`: commands (paths) that are not there for this run: /dev/null is mounted over
+    each in a mount namespace of its own (a PATH without them is not enough: the tools
+    are also looked for in the sbin directories, as under cron).
     """
     argv = [sys.executable, "-m", "portmapctl", *args]
+    if hide:
+        # (Tools by their paths: the run's own PATH may leave them out.)
+        tool = {name: shutil.which(name) or name for name in ("unshare", "mount", "sh")}
+        hidden = " ".join(shlex.quote(path) for path in hide)
+        mount = shlex.quote(tool["mount"])
+        script = f'for f in {hidden}; do {mount} --bind /dev/null "$f" || exit 97; done; exec "$@"'
+        argv = [tool["unshare"], "-m", "--propagation", "private", tool["sh"], "-c", script,
+                "sh", *argv]  # fmt: skip
     if unprivileged:
         drop = "-net_admin,-sys_admin,-net_raw"
         argv = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *argv]

@@ -375,13 +375,13 @@ def _as_the_plugin_chooses(options: NodeOptions) -> NodeOptions:
     `backend` key, takes iptables only if `iptables` works, else nftables (a node with
     nftables alone: kube-proxy's nftables mode on a system without iptables). So do
     we, rather than stop at "no iptables command found"."""
-    import shutil
     from dataclasses import replace
 
     if options.backend != "auto" or options.iptables != "auto" or options.offline:
         return options
-    nft = shutil.which("nft")
-    if shutil.which("iptables") is not None or nft is None or _iptables_nat_present(nft):
+    # (Found as the tools are found: on PATH, else in the sbin directories cron leaves out.)
+    nft = paths.find_tool("nft")
+    if paths.find_tool("iptables") is not None or nft is None or _iptables_nat_present(nft):
         # A nat table of iptables here: the plugin's iptables may work where it runs
         # (portmapctl in an image without iptables): stop, never guess nftables.
         return options

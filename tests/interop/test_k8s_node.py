@@ -233,12 +233,14 @@ def test_backend_auto_without_iptables_follows_the_plugin_to_nftables(
     assert "cni_hostport" in upstream.ruleset_text(host_ns)  # the plugin chose nftables
     rp.write_cni_cache(tmp_path / "cni", NETWORK, POD, "eth0", conf, ports, ["10.244.1.2/24"])
     args = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"), "-o", "json"]
-    without_iptables = {"PATH": str(nft_only)}
+    # No iptables on PATH, nor in the sbin directories portmapctl also looks in.
+    iptables = [p for p in ("/usr/sbin/iptables", "/usr/sbin/ip6tables") if os.path.exists(p)]
+    without_iptables = {"env": {"PATH": str(nft_only)}, "hide": iptables}
 
-    [row] = json.loads(pmctl.ok(["list", *args], env=without_iptables))["mappings"]
+    [row] = json.loads(pmctl.ok(["list", *args], **without_iptables))["mappings"]
     assert (row["backend"], row["container_id"], row["status"]) == ("nftables", POD, ["ok"])
-    assert json.loads(pmctl.ok(["check", *args], env=without_iptables))["healthy"] is True
-    planned = json.loads(pmctl.ok(["gc", "--dry-run", *args], env=without_iptables))
+    assert json.loads(pmctl.ok(["check", *args], **without_iptables))["healthy"] is True
+    planned = json.loads(pmctl.ok(["gc", "--dry-run", *args], **without_iptables))
     assert (planned["removed"], planned["kept"]) == ([], 1)
 
     # With an iptables nat table there (portmapctl in an image without iptables, on a
@@ -247,7 +249,7 @@ def test_backend_auto_without_iptables_follows_the_plugin_to_nftables(
         node = rp.create_netns("pmt-node")  # a fresh one each: tables outlive their chains
         try:
             rp.iptables(node, ["-t", "nat", "-N", "KUBE-MARK-MASQ"], mode=mode)
-            stopped = pmctl.run(["list", "--netns", node, *args[2:]], env=without_iptables)
+            stopped = pmctl.run(["list", "--netns", node, *args[2:]], **without_iptables)
             pmctl.assert_error(stopped, 3, "no iptables command found")
         finally:
             rp.delete_netns(node)
