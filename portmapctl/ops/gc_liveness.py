@@ -78,15 +78,26 @@ class Sources:
     netns_liveness: bool = False
 
 
+def _other_source(sources: Sources) -> bool:
+    """A source besides the cache. A valid-attachments document that lists no
+    attachment is none, as an empty cache is none (SPEC §3): a script whose query
+    failed writes `[]` as readily as a runtime with nothing running does, and the
+    plan from it would remove every chain; `--all` says that on purpose."""
+    return bool(
+        any(d.container_ids for d in sources.documents) or sources.keep or sources.remove_all
+    )
+
+
 def require_source(sources: Sources, cache_dirs: Sequence[str]) -> None:
     """Refuse (exit 2) when nothing says what is live and --all was not given."""
-    if sources.documents or sources.keep or sources.remove_all or cache_present(cache_dirs):
+    if _other_source(sources) or cache_present(cache_dirs):
         return
     where = " or ".join(results_dir(d) for d in cache_dirs)
+    documents = ", ".join(d.source for d in sources.documents)
+    given = f"{documents} lists no attachment" if documents else "no --valid-attachments"
     raise BadInput(
         f"nothing says which containers are live (no CNI cache at {where},"
-        " no --valid-attachments, no --keep): give one, or --all to remove every"
-        " per-container chain"
+        f" {given}, no --keep): give one, or --all to remove every per-container chain"
     )
 
 
@@ -94,7 +105,7 @@ def says_nothing(sources: Sources, attachments: Optional[Sequence[Attachment]]) 
     """SPEC §3 gc: an existing but empty cache (a wrong --cni-cache-dir, a wiped disk)
     is no source of liveness; with no other source, nothing says what is live. The
     same rule for every backend: a plan from it would remove everything."""
-    return attachments == [] and not (sources.documents or sources.keep or sources.remove_all)
+    return attachments == [] and not _other_source(sources)
 
 
 def empty_cache_refusal(cache_dirs: Sequence[str], found: str, everything: str) -> BadInput:

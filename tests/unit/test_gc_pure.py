@@ -488,3 +488,34 @@ def test_plan_keeps_the_udp_mappings_left_when_a_removed_port_stays_mapped():
     # Nothing left mapped: no mappings carried.
     gone = _plan(tbl, liveness(Sources(remove_all=True), None))
     assert gone.freed_udp_ports == (8080,) and gone.remaining_udp == ()
+
+
+def test_a_document_that_lists_no_attachment_is_no_source_of_liveness(tmp_path):
+    """An empty valid-attachments list is what a script whose query failed writes, as
+    readily as a runtime with nothing running: like an empty cache (SPEC §3), it says
+    nothing, and gc refuses without --all rather than remove every chain."""
+    import pmctl
+
+    from portmapctl.ops.gc_liveness import require_source, says_nothing
+
+    empty = ValidAttachments(None, frozenset(), "<stdin>")
+    absent = (str(tmp_path / "no-cache"),)
+    with pytest.raises(BadInput, match="<stdin> lists no attachment"):
+        require_source(Sources(documents=(empty,)), absent)
+    assert says_nothing(Sources(documents=(empty,)), [])
+    # Anything else that speaks is a source again.
+    listed = ValidAttachments(None, frozenset({"ctr1"}), "doc")
+    for sources in (
+        Sources(documents=(empty, listed)),
+        Sources(documents=(empty,), keep=("ctr1",)),
+        Sources(documents=(empty,), remove_all=True),
+    ):
+        require_source(sources, absent)
+        assert not says_nothing(sources, [])
+    # The command: refused before it looks at any namespace (this one does not exist).
+    done = pmctl.run(
+        ["gc", "--yes", "--netns", "pmt-no-such-ns", "--cni-cache-dir", absent[0],
+         "--valid-attachments", "-"],
+        stdin='{"cni.dev/valid-attachments": []}',
+    )  # fmt: skip
+    pmctl.assert_error(done, 2, "lists no attachment", "--all")
