@@ -484,3 +484,20 @@ def test_the_healthy_line_counts_chains_and_nftables_rule_sets_apart():
     assert line(3, 0) == "healthy: all 3 chains of the cached containers"
     assert line(2, 2) == "healthy: all 2 nftables rule sets of the cached containers"
     assert line(3, 1) == "healthy: all 2 chains and 1 nftables rule set of the cached containers"
+
+
+def test_on_an_empty_cache_the_stale_fix_is_no_gc_that_refuses(tmp_path):
+    """An empty cache is no source of liveness (SPEC §3): plain `gc` refuses there
+    (exit 2), so check must not give it as the fix of its stale chains: the fix says
+    what gc must be told (JSON fix null, the prose in why), as with no cache at all."""
+    (tmp_path / "results").mkdir()
+    done = run(
+        ["check", "-o", "json", "--cni-cache-dir", str(tmp_path),
+         "--snapshot", str(EXAMPLES / "node.v4.save"), "--snapshot6", str(EXAMPLES / "node.v6.save")]
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    stale = [p for p in json.loads(done.stdout)["problems"] if p["kind"] == "stale"]
+    assert stale
+    for problem in stale:
+        assert problem["fix"] is None
+        assert "portmapctl gc --valid-attachments FILE" in problem["why"]

@@ -39,8 +39,8 @@ class Fixes:
         # no command runs as it stands, so this is prose (JSON `fix` is then null).
         return (
             f"`portmapctl gc --valid-attachments FILE{self.suffix}` (with no CNI cache"
-            " here, gc must be told which containers are live: a CNI GC document, or"
-            " --keep ID)"
+            " entry here, gc must be told which containers are live: a CNI GC document,"
+            " or --keep ID)"
         )
 
     def iptables(self, family: int, command: str, chain: str, args: Args) -> str:

@@ -92,7 +92,9 @@ def _check_node(
         read = read_tables(node)
     tables, flavours, other_tables = read.tables, read.flavours, read.other_tables
     notes = list(read.notes)
-    fixes = fixes_for(node, attachments is not None)
+    # An empty cache is no source of liveness for gc either (SPEC §3): the fix that
+    # names plain gc would be refused.
+    fixes = fixes_for(node, bool(attachments))
     found = inventory.build(tables, attachments)
     from portmapctl.ops.check.nft import nft_problems
 
