@@ -225,6 +225,12 @@ def check_healthy_line(result: CheckResult) -> str:
         ([count(chains, "chain")] if chains else [])
         + ([count(result.nft_checked, "nftables rule set")] if result.nft_checked else [])
     ) or count(0, "chain")
+    if result.mappings_checked == 1:
+        return (
+            f"healthy: the {compared.split(' ', 1)[1]} of the cached container is in place"
+            f" ({where}), with its top-level chains and jumps; nothing stale, orphaned or"
+            " shadowed"
+        )
     return (
         f"healthy: all {compared} of the cached containers are in place ({where}),"
         " with their top-level chains and jumps; nothing stale, orphaned or shadowed"
