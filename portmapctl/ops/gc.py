@@ -651,7 +651,9 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
             with locked(node):
                 gc_state.save(options.state_dir, planned.namespace, remembered, planned.seen)
         else:
-            gc_state.save(options.state_dir, planned.namespace, remembered)
+            # Under the lock, but the plan may be older than the lock (gc read it
+            # before asking): only this run's changes go in, as for the preview.
+            gc_state.save(options.state_dir, planned.namespace, remembered, planned.seen)
     except HostProblem as err:
         if options.dry_run:
             warnings.append(f"sightings not recorded: {err}")

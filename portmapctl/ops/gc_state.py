@@ -177,7 +177,8 @@ def save(
     """Replace this namespace's part of the file; drop parts nobody updates any more.
 
     `since`: what this run loaded, for a run that did not hold the lock from its
-    load to this save (a dry run, gc's preview). Another gc may have saved in
+    load to this save (a dry run, gc's preview, the gc confirmed after it; under the
+    lock throughout, it changes nothing). Another gc may have saved in
     between, so only this run's own changes go onto the part as it is now
     (`merged`); the caller holds the lock for this call."""
     safe_run_dir(state_dir)

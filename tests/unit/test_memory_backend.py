@@ -223,11 +223,10 @@ def test_a_change_after_the_prompt_fails_the_plan_and_the_replan_keeps_to_what_w
     assert newcomer in {c.chain for c in done.pending}
 
 
-def test_a_preview_does_not_write_back_what_a_gc_in_between_forgot(tmp_path, monkeypatch):
-    """gc's preview (and a dry run) reads the sightings without the lock. A gc that
-    saves in between may forget a chain (it was live, or gone, when that gc read); the
-    preview's save must not bring back its old first sighting: written back, it would
-    let --min-age pass at once for a container being added again under that chain."""
+def _planned_then_forgotten(tmp_path, monkeypatch):
+    """A gc plan read while the state file held the example's stale chains, and the
+    file after another gc forgot them all (it saw them live, or gone): the node, the
+    plan, and a reader of this namespace's sightings."""
     from functools import partial
 
     from portmapctl.host import lock
@@ -246,9 +245,36 @@ def test_a_preview_does_not_write_back_what_a_gc_in_between_forgot(tmp_path, mon
     planned = gc_lib.plan_gc(node, gc_lib.Sources(), options)
     assert planned.seen == first
     gc_state.save(str(tmp_path), namespace, {})  # another gc, meanwhile: it forgot them
-    preview = gc_lib.apply_gc(node, replace(planned, options=replace(options, dry_run=True)))
+    return node, planned, lambda: gc_state.load(str(tmp_path), namespace)[0]
+
+
+def test_a_preview_does_not_write_back_what_a_gc_in_between_forgot(tmp_path, monkeypatch):
+    """gc's preview (and a dry run) reads the sightings without the lock. A gc that
+    saves in between may forget a chain (it was live, or gone, when that gc read); the
+    preview's save must not bring back its old first sighting: written back, it would
+    let --min-age pass at once for a container being added again under that chain."""
+    node, planned, sightings = _planned_then_forgotten(tmp_path, monkeypatch)
+    options = replace(planned.options, dry_run=True)
+    preview = gc_lib.apply_gc(node, replace(planned, options=options))
     assert preview.pending and not preview.warnings
-    assert gc_state.load(str(tmp_path), namespace)[0] == {}
+    assert sightings() == {}
+
+
+def test_a_confirmed_gc_does_not_write_back_what_a_gc_during_the_question_forgot(
+    tmp_path, monkeypatch
+):
+    """gc that asks reads the sightings before the question and applies after it,
+    under the lock taken only then. A gc that saves while the person answers may forget
+    a chain (live, or gone, at its read); the confirmed run's save must not bring back
+    its old first sighting (it would let --min-age pass at once for a container being
+    added again under that chain), as the preview's save does not."""
+    from portmapctl.ops.node import locked
+
+    node, planned, sightings = _planned_then_forgotten(tmp_path, monkeypatch)
+    with locked(node):  # the answer was yes
+        done = gc_lib.apply_gc(node, planned)
+    assert done.pending and not done.removed and done.state_error is None
+    assert sightings() == {}
 
 
 def test_merged_sightings_only_ever_delay_a_removal():
