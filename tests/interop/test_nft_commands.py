@@ -745,3 +745,27 @@ def test_gc_backend_nftables_netns_liveness_removes_the_zombies_rules(
     assert {c["container_id"] for c in json.loads(done.stdout)["removed"]} == {"zomb1"}
     assert _rules_of(node, "zomb1") == []
     upstream.run(V191, "CHECK", node, "ok1", ok1, check=True)
+
+
+def test_a_nft_zombie_with_no_rule_left_is_not_sent_to_gc_again(node: str, tmp_path: Path) -> None:
+    """Once gc --netns-liveness removed an nftables-backed zombie's rules, its cache
+    entry stays (the runtime's): check still names the zombie, but its fix is no longer
+    that gc, which removes nothing more (check stayed at exit 1 with it, forever), as
+    for an iptables-backed zombie with no chain left."""
+    _zombie_node(node, tmp_path)
+    before = json.loads(_pmctl(node, tmp_path, "check", "-o", "json").stdout)["problems"]
+    [zombie] = [p for p in before if p["kind"] == "zombie"]
+    assert zombie["container_id"] == "zomb1" and zombie["fix"].endswith("--netns-liveness")
+    done = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "--netns-liveness")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _rules_of(node, "zomb1") == []
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 1, checked.stderr
+    [zombie] = [p for p in json.loads(checked.stdout)["problems"] if p["kind"] == "zombie"]
+    assert zombie["fix"] is None, zombie
+    assert "nothing of it is left for gc to remove" in zombie["why"]
+    assert "zomb1" in zombie["why"]  # the cache file to delete
+    again = _pmctl(
+        node, tmp_path, "gc", "--yes", "--min-age", "0", "--netns-liveness", "-o", "json"
+    )
+    assert json.loads(again.stdout)["removed"] == []  # (what the old fix led to)

@@ -423,7 +423,7 @@ def test_a_zombie_with_no_chain_left_is_not_sent_to_gc_again():
     """After `gc --netns-liveness` removed a zombie's chain its cache entry stays (the
     runtime's): check still names the zombie, but its fix is no longer that gc, which
     would change nothing (0.1 sent cron and operators round that loop forever). An
-    nftables-backed zombie's rules are not in iptables: gc is still its fix."""
+    nftables-backed zombie's rules are not in iptables: gc is its fix while it has some."""
     from portmapctl.render.check import split_fix
 
     [config] = [c for c in cached_configs(_basic_attachments())]
@@ -441,8 +441,14 @@ def test_a_zombie_with_no_chain_left_is_not_sent_to_gc_again():
     [problem] = diagnose_mod({4: table("basic", 4)}, [zombie])[0]
     assert split_fix(problem.fix)[0] is not None and "--netns-liveness" in problem.fix
     # nftables-backed: its rules are not in iptables, gc reaches them.
-    [problem] = diagnose_mod({4: empty}, [zombie], not_expected={config.container_id})[0]
+    ids = {config.container_id}
+    [problem] = diagnose_mod({4: empty}, [zombie], not_expected=ids)[0]
     assert split_fix(problem.fix)[0] is not None and "--netns-liveness" in problem.fix
+    [problem] = diagnose_mod({4: empty}, [zombie], not_expected=ids, nft_owners=ids)[0]
+    assert split_fix(problem.fix)[0] is not None and "--netns-liveness" in problem.fix
+    # ... while it has rules there: none left, and it is as with no chain left.
+    [problem] = diagnose_mod({4: empty}, [zombie], not_expected=ids, nft_owners=set())[0]
+    assert split_fix(problem.fix)[0] is None and "/var/lib/cni/results/x-eth0" in problem.fix
 
 
 def test_a_container_shadowed_by_a_zombie_is_sent_to_gc_netns_liveness():

@@ -597,12 +597,14 @@ def _zombies(
     tables: ReadOnly[int, NatTable],
     fixes: Fixes,
     nft_backed: Collection[str] = (),
+    nft_owners: Optional[Collection[str]] = None,
 ) -> List[Problem]:
     """Cache entries whose network namespace is gone, that have or would have chains.
 
     gc --netns-liveness removes a zombie's chains (or, for the `nft_backed` IDs, its
-    nftables rules), never its cache entry: once an iptables-backed zombie has no chain
-    left, gc has nothing more to do, and the fix is the runtime's (or a person's)."""
+    nftables rules: those of `nft_owners`, the IDs with rules left; None when not
+    known), never its cache entry: once a zombie has nothing left there, gc has
+    nothing more to do, and the fix is the runtime's (or a person's)."""
     problems: List[Problem] = []
     seen = set()
     for a in attachments:
@@ -622,7 +624,11 @@ def _zombies(
                 a.container_id,
                 f"cached, but its network namespace {a.netns} is gone{where}; not repaired",
                 f"{fixes.gc} --netns-liveness"
-                if present or a.container_id in nft_backed
+                if present
+                or (
+                    a.container_id in nft_backed
+                    and (nft_owners is None or a.container_id in nft_owners)
+                )
                 else f"nothing of it is left for gc to remove: delete its cache entry {a.path}"
                 " once the runtime is done with the container",
                 "the runtime forgot the container without a CNI DEL: its cache entry keeps"
@@ -745,6 +751,7 @@ def diagnose(
     found: Optional[inventory.Inventory] = None,
     not_expected: Collection[str] = (),
     judged: Optional[Collection[str]] = None,
+    nft_owners: Optional[Collection[str]] = None,
 ) -> Tuple[List[Problem], int]:
     """Every problem of a node (pure). Returns (problems, mappings compared).
 
@@ -755,7 +762,8 @@ def diagnose(
     rules are in nftables, or iptables is not looked at (--backend nftables).
     `judged` (None: every one) are the containers whose cache entries are judged
     (zombies): those of the backends looked at (a zombie's fix, gc with the same
-    --backend, would not reach another backend's rules).
+    --backend, would not reach another backend's rules). `nft_owners`: the IDs with
+    rules left in the plugin's nftables tables (None: not known).
     """
     configs = cached_configs(attachments) if attachments is not None else None
     if configs is not None and not_expected:
@@ -787,7 +795,7 @@ def diagnose(
     live_names |= {a.snat_chain for a in attachments or ()}
     problems += _inventory_problems(found, derived, live_names, fixes)
     entries = [a for a in attachments or () if judged is None or a.container_id in judged]
-    problems += _zombies(entries, tables, fixes, not_expected)
+    problems += _zombies(entries, tables, fixes, not_expected, nft_owners)
     for family in sorted(tables):
         problems += _duplicates(tables[family], fixes)
     return problems, compared

@@ -69,6 +69,8 @@ class NftCheck(NamedTuple):
     compared: int  # (container, family) pairs compared with the tables
     notes: List[str]
     found: Optional[NftInventory]  # the rows read (None: nftables not looked at)
+    # IDs with a rule left in the plugin's tables (what gc can remove); None: not read.
+    owners: Optional[Set[str]] = None
 
 
 def nft_problems(
@@ -180,7 +182,10 @@ def nft_problems(
     for cid in parts.both:
         problems.append(_both_backends(cid, tables, live, attachments, fixes))
     compared = sum(len(a.mapping.families) for a in parts.expected if a.mapping is not None)
-    return NftCheck(problems, nft_ids, compared, _foreign_notes(node, found), found)
+    from portmapctl.nftables.node import owners_in
+
+    notes = _foreign_notes(node, found)
+    return NftCheck(problems, nft_ids, compared, notes, found, owners_in(live))
 
 
 def _foreign_notes(node: Node, found: NftInventory) -> List[str]:

@@ -117,6 +117,7 @@ def _check_node(
         found=found,
         not_expected=nft_ids if reads_iptables else cached,
         judged=judged,
+        nft_owners=nft.owners,
     )
     problems += nft_found
     compared += nft_compared
