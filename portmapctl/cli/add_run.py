@@ -265,7 +265,10 @@ def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[
             where = f"IPv{family} {port.protocol}/{port.host_port}"
             if not mine:
                 # New: appended after all of them; the one that wins now keeps winning.
-                winners = [m for m in others if Status.SHADOWED not in m.status] or others
+                # One with conditions (conditionsV4/V6) takes only some packets: the
+                # rest go on, so it shadows nothing (as list and check say).
+                takers = [m for m in others if not m.conditions]
+                winners = [m for m in takers if Status.SHADOWED not in m.status] or takers
                 if winners:
                     warnings.append(
                         f"{where} is mapped first to {_owner(winners[0])}: this mapping"

@@ -436,6 +436,31 @@ def test_add_warns_when_its_mapping_will_be_shadowed():
     ]
 
 
+def test_add_warns_only_of_a_mapping_that_takes_every_packet_first():
+    """An earlier entry rule with conditions (conditionsV4/V6) takes only the packets
+    they match: it shadows nothing (list and check say so), and add must not warn that
+    the new mapping gets no traffic because of it. The one that takes the rest does."""
+    from portmapctl.iptables.ruleset import parse_save
+
+    text = (ROOT / "examples/node.v4.save").read_text()
+    [first] = [
+        line
+        for line in text.splitlines()
+        if line.startswith("-A CNI-HOSTPORT-DNAT -p tcp") and "3f2a9c1e5b7d4a60web" in line
+    ]
+    guarded = text.replace(first, first.replace(" -p tcp", " ! -s 192.168.0.0/16 -p tcp"))
+    config = validate.mapping_config(
+        network="podman",
+        container_id="newone",
+        addresses=[validate.interface("10.88.0.9/16")],
+        ports=[PortMapping(8080, 80)],
+    )
+    [warning] = shadow_warnings(config, {4: parse_save(guarded, 4)})
+    assert "tcp/8080 is mapped first to podman/8c41d07a2e9f" in warning
+    alone = "\n".join(line for line in guarded.splitlines() if "8c41d07a2e9f4b13web2" not in line)
+    assert shadow_warnings(config, {4: parse_save(alone + "\n", 4)}) == []
+
+
 # --- item 4: waiting for the lock, progress only on a terminal ----------------------------
 
 
