@@ -373,3 +373,39 @@ def test_repair_needs_root(host_ns, tmp_path):
         unprivileged=True,
     )
     assert_error(done, 3)
+
+
+def test_repair_makes_no_copy_of_what_the_other_flavour_holds(host_ns, tmp_path):
+    """The plugin wrote legacy tables (its PATH runs iptables-legacy), check looks at
+    nf_tables (--iptables nft, or auto on a host whose own iptables is nft): what is
+    missing here but there is not made here, where a copy makes a split brain (both
+    DNAT; the plugin's DEL leaves the copy). 0.1 copied the whole family into nft."""
+    _plugin_node(host_ns, "legacy", tmp_path, CONTAINERS)
+    doc = _check(host_ns, "nft", tmp_path, "--repair")
+    assert not doc["repaired"] and not doc["healthy"]
+    assert ("missing-chain", 4, _chain("ctr1")) in _problems(doc)
+    for p in doc["problems"]:
+        assert p["kind"] in ("missing-toplevel", "missing-chain"), p
+        assert "legacy tables" in p["detail"] and p["fix"] is None, p
+        assert "--iptables legacy" in p["why"], p
+    assert _state(host_ns, "nft") == {4: [], 6: []}
+    assert _check(host_ns, "legacy", tmp_path)["healthy"]
+
+    # Both flavours in use (ctr4 by iptables-nft): only what the legacy tables hold is
+    # left; ctr4's entry rule, gone, comes back.
+    ctr4 = ("ctr4", ["10.88.0.14/16"], [{"hostPort": 8084, "containerPort": 80, "protocol": "tcp"}])
+    _plugin_node(host_ns, "nft", tmp_path, [ctr4])
+    entry = next(line for line in _state(host_ns, "nft")[4] if "-A CNI-HOSTPORT-DNAT" in line)
+    rp.iptables(host_ns, ["-t", "nat", "-D", *shlex.split(entry)[1:]], mode="nft")
+    done = run(
+        ["check", "--repair", "--netns", host_ns, "--iptables", "nft",
+         "--cni-cache-dir", str(tmp_path)]
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "repaired: IPv4 missing-entry " + _chain("ctr4") in done.stderr
+    assert f"could not repair IPv4 mynet/ctr1 ({_chain('ctr1')}): its chain is in the legacy" in (
+        done.stderr
+    )
+    after = "\n".join(_state(host_ns, "nft")[4])
+    assert entry in after and _chain("ctr4") in after
+    assert not any(_chain(c) in after for c in ("ctr1", "ctr2", "ctr3"))

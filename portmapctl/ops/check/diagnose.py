@@ -192,7 +192,10 @@ def wanted_on_node(
 # --- comparing ------------------------------------------------------------------------
 
 
-def _check_shared(chain: Chain, live: NatTable, fixes: Fixes) -> List[Problem]:
+def _check_shared(
+    chain: Chain, live: NatTable, fixes: Fixes, elsewhere: Optional[str] = None
+) -> List[Problem]:
+    """`elsewhere` names the other iptables flavour when the chain exists there."""
     family = live.family
     fix = fixes.repair
     why = {
@@ -207,6 +210,11 @@ def _check_shared(chain: Chain, live: NatTable, fixes: Fixes) -> List[Problem]:
         if chain.entry_chains:
             plural = "s" if len(chain.entry_chains) > 1 else ""
             jumps = f" and the {'/'.join(chain.entry_chains)} jump{plural} to it"
+        detail = f"chain {chain.name}{jumps} {'are' if jumps else 'is'} gone" + (
+            f" (it is in the {elsewhere} tables: is the plugin using iptables-{elsewhere}?)"
+            if elsewhere
+            else " (flushed by firewalld or a script?)"
+        )
         return [
             Problem(
                 ProblemKind.MISSING_TOPLEVEL,
@@ -214,9 +222,8 @@ def _check_shared(chain: Chain, live: NatTable, fixes: Fixes) -> List[Problem]:
                 chain.name,
                 None,
                 None,
-                f"chain {chain.name}{jumps} {'are' if jumps else 'is'} gone"
-                " (flushed by firewalld or a script?)",
-                fix,
+                detail,
+                fixes.only_in(elsewhere) if elsewhere else fix,
                 why,
                 _saved_all(
                     [(entry, rule) for entry in chain.entry_chains for rule in chain.entry_rules]
@@ -292,13 +299,15 @@ def _check_container(
     *,
     exact: bool,
     elsewhere: Optional[str] = None,
+    elsewhere_fix: Optional[str] = None,
     entries: Optional[_EntryIndex] = None,
 ) -> List[Problem]:
     """One container's CNI-DN- chain and its entry rules against the live table.
 
     `exact` (node check) also reports rules that should not be there and a wrong
     order; without it, exactly the plugin's CHECK: every wanted rule present.
-    `elsewhere` names the other iptables flavour when the chain exists there.
+    `elsewhere` names the other iptables flavour when the chain exists there, and
+    `elsewhere_fix` is the fix of the chain missing here then.
     `entries` is `_entry_index(live)`, made once by a caller that checks many.
     """
     family = live.family
@@ -314,6 +323,8 @@ def _check_container(
             detail += (
                 f" (it is in the {elsewhere} tables: is the plugin using iptables-{elsewhere}?)"
             )
+            # Repair leaves it (a copy here would be a split brain): not its command.
+            fix = elsewhere_fix or fix
         return [
             problem(
                 ProblemKind.MISSING_CHAIN,
@@ -779,7 +790,8 @@ def diagnose(
         other = (other_tables or {}).get(family)
         shared, per_container = wanted_on_node(configs, family, live)
         for chain in shared:
-            problems += _check_shared(chain, live, fixes)
+            there = other_flavour if other is not None and other.has_chain(chain.name) else None
+            problems += _check_shared(chain, live, fixes, elsewhere=there)
         derived[family] = set()
         index = _entry_index(live)
         for config, chain in per_container:
@@ -787,7 +799,14 @@ def diagnose(
             derived[family].add(chain.name)
             elsewhere = other_flavour if other is not None and other.has_chain(chain.name) else None
             problems += _check_container(
-                config, chain, live, fixes.repair, exact=True, elsewhere=elsewhere, entries=index
+                config,
+                chain,
+                live,
+                fixes.repair,
+                exact=True,
+                elsewhere=elsewhere,
+                elsewhere_fix=fixes.only_in(elsewhere) if elsewhere else None,
+                entries=index,
             )
     if found is None:
         found = inventory.build(tables, attachments)

@@ -46,6 +46,16 @@ class Fixes:
     def iptables(self, family: int, command: str, chain: str, args: Args) -> str:
         return command_line(family, self.flavour, command, chain, args)
 
+    def only_in(self, other: str) -> str:
+        """The fix of a chain missing here that the other flavour's tables hold: prose,
+        as repair leaves it (the plugin may well run that other iptables)."""
+        return (
+            f"--repair leaves it, as a copy in the {self.flavour} tables would make a split"
+            f" brain. If the plugin runs iptables-{other}, run portmapctl with --iptables"
+            f" {other}; if it runs iptables-{self.flavour}, first remove the portmap chains"
+            f" from the {other} tables"
+        )
+
 
 def fixes_for(node: Node, cache_present: bool = True) -> Fixes:
     options = node.options

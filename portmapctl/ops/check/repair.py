@@ -124,6 +124,52 @@ def _missing_reference(config: MappingConfig, live: NatTable) -> Optional[str]:
     return None
 
 
+@dataclass(frozen=True)
+class _Elsewhere:
+    """What of one family a repair leaves because the other iptables flavour holds it."""
+
+    whole_family: bool  # CNI-HOSTPORT-DNAT is there, not here: nothing is written here
+    chains: frozenset  # per-container chains there and not here
+    unrepaired: Tuple[Unrepaired, ...]
+
+
+def _in_other_flavour(
+    live: NatTable,
+    other: NatTable,
+    configs: Optional[Sequence[MappingConfig]],
+    flavours: Tuple[str, str],
+) -> _Elsewhere:
+    """A chain missing here that the other flavour's tables hold is not made here: the
+    kernel applies both, so a copy would be a split brain (SPEC §2), and it is evidence
+    that the plugin runs the other iptables (its PATH, a bundled one; or this command's
+    --iptables): its rules there work, a copy here would outlive the plugin's DEL. With
+    the top-level CNI-HOSTPORT-DNAT there and not here, nothing of the family is made."""
+    used, other_name = flavours
+    family = live.family
+    whole = other.has_chain(TOPLEVEL_DNAT) and not live.has_chain(TOPLEVEL_DNAT)
+    chains = set()
+    unrepaired = []
+    for config in configs or ():
+        name = dnat_chain_name(config)
+        if family not in config.families or live.has_chain(name):
+            continue
+        if whole or other.has_chain(name):
+            where = "its chain is" if other.has_chain(name) else f"{TOPLEVEL_DNAT} is"
+            chains.add(name)
+            unrepaired.append(
+                Unrepaired(
+                    family,
+                    config.network,
+                    config.container_id,
+                    name,
+                    f"{where} in the {other_name} tables and not in the {used} ones this"
+                    " repair writes (a copy would make a split brain): is the plugin using"
+                    f" iptables-{other_name}?",
+                )
+            )
+    return _Elsewhere(whole, frozenset(chains), tuple(unrepaired))
+
+
 def _repair_family(
     node: Node, family: int, configs: Sequence[MappingConfig]
 ) -> Tuple[List[Transaction], List[Unrepaired]]:
@@ -313,11 +359,20 @@ def repair(
     # --backend nftables: iptables is neither looked at nor written (nothing is expected
     # there, and the check before found nothing).
     for family in node.families if node.options.reads_iptables else ():
-        if configs:
-            txns, family_unrepaired = _repair_family(node, family, configs)
+        other = read.other_tables.get(family)
+        if other is not None and read.flavours is not None:
+            elsewhere = _in_other_flavour(read.tables[family], other, configs, read.flavours)
+            unrepaired += elsewhere.unrepaired
+            if elsewhere.whole_family:
+                continue
+            configs_here = [c for c in configs or () if dnat_chain_name(c) not in elsewhere.chains]
+        else:
+            configs_here = list(configs or ())
+        if configs_here:
+            txns, family_unrepaired = _repair_family(node, family, configs_here)
             unrepaired += family_unrepaired
         else:
-            txn = node.converge(family, _plan(configs, None))
+            txn = node.converge(family, _plan(None if configs is None else configs_here, None))
             txns = [txn] if txn else []
         if not txns:
             continue
