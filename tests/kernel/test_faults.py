@@ -195,12 +195,17 @@ def legacy_node(host_ns):
     return host_ns
 
 
-def test_xtables_lock_held_longer_than_the_wait_fails_cleanly(legacy_node):
+@pytest.mark.parametrize("mode", ["legacy", "iptc"])
+def test_xtables_lock_held_longer_than_the_wait_fails_cleanly(legacy_node, mode):
+    """PORTMAPCTL_XTABLES_WAIT is the wait of every path that takes the lock (0.1:
+    python-iptables waited its own 10 s whatever it said)."""
     before = _state(legacy_node, "legacy")
+    # python-iptables is for a host whose iptables is legacy: this run's is.
+    env = {WAIT_ENV: "1", "PATH": f"{rp.bin_dir('legacy')}:{os.environ['PATH']}"}
     holder = LockHolder()
     try:
         started = time.monotonic()
-        done = run(_add_args(legacy_node, "legacy", "--family", "4"), env={WAIT_ENV: "1"})
+        done = run(_add_args(legacy_node, mode, "--family", "4"), env=env)
         elapsed = time.monotonic() - started
     finally:
         holder.release()
@@ -208,8 +213,10 @@ def test_xtables_lock_held_longer_than_the_wait_fails_cleanly(legacy_node):
         done,
         1,
         f"gave up after {APPLY_TRIES} tries, nothing changed",
-        "waiting 1 s for the xtables lock",
+        "waiting 1 s for the xtables lock" if mode == "legacy" else "xtables lock",
     )
+    if mode == "iptc":
+        assert "for 1 s" in done.stderr, done.stderr
     # Bounded: three tries of a one-second wait, not three of the default ten.
     assert APPLY_TRIES * 1 <= elapsed < APPLY_TRIES * 1 + 4
     assert _state(legacy_node, "legacy") == before

@@ -69,12 +69,12 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem, PortmapctlError
 from portmapctl.host.lock import flock_within
+from portmapctl.iptables.access.restore import lock_wait_seconds
 from portmapctl.iptables.ruleset import Args, NatTable, format_rule, parse_save
 from portmapctl.iptables.spelling import XTABLES_PROTOCOLS, Option, protocol_number
 from portmapctl.iptables.transaction import Op, OpKind, Transaction
 
 XT_LOCK_NAME = "/run/xtables.lock"  # iptables' own lock (XTABLES_LOCKFILE overrides it)
-LOCK_WAIT_SECONDS = 10.0
 VERDICTS = ("ACCEPT", "DROP", "QUEUE", "RETURN")
 _BYTES_REPR = re.compile(r"""\bb(['"])(.*?)\1""")
 XTF_TRY_LOAD = 2
@@ -303,9 +303,11 @@ class IptcBackend:
     name = "iptc"
     writable = True
 
-    def __init__(self, lock_wait: float = LOCK_WAIT_SECONDS) -> None:
+    def __init__(self, lock_wait: Optional[float] = None) -> None:
         self._lib = _load()
-        self.lock_wait = lock_wait
+        # The wait iptables-legacy-restore -w is given (PORTMAPCTL_XTABLES_WAIT, or 10 s):
+        # the lock is the same, and so is the operator's setting for it.
+        self.lock_wait = lock_wait_seconds() if lock_wait is None else lock_wait
 
     def read(self, family: int) -> NatTable:
         return parse_save(self.save_text(family), family, source="python-iptables")
