@@ -36,13 +36,19 @@ def host_flavour() -> str:
 
     That is what the plugin runs, so it is where the plugin's rules are.
     """
-    import subprocess
-
     from portmapctl.host.paths import find_tool
 
     path = find_tool("iptables")
     if path is None:
         raise HostProblem("no iptables command found: install iptables (nft or legacy)")
+    return tool_flavour(path)
+
+
+def tool_flavour(path: str) -> str:
+    """Which iptables the command at `path` (`iptables` or `ip6tables`) is: "nft" or
+    "legacy" (iptables before 1.8, whose tools have no flavour in their names, is legacy)."""
+    import subprocess
+
     target = os.path.basename(os.path.realpath(path))
     if "legacy" in target:
         return "legacy"

@@ -55,14 +55,30 @@ class RestoreBackend:
         # Generation before -> after each of our own nf_tables batches that was the only
         # commit in between (see _removed_by_handle).
         self._committed: Dict[int, int] = {}
+        self._plain: Dict[str, bool] = {}  # _plain_is_mine's answers
 
     def _binary(self, family: int, tool: str) -> str:
-        name = f"{'ip6tables' if family == 6 else 'iptables'}-{self.flavour}"
-        name += f"-{tool}" if tool else ""
+        command = "ip6tables" if family == 6 else "iptables"
+        name = f"{command}-{self.flavour}" + (f"-{tool}" if tool else "")
         path = find_tool(name)
+        if path is None and self._plain_is_mine(command):
+            # iptables before 1.8 (CentOS 7, Ubuntu 18.04) names its legacy tools
+            # plainly: iptables-save, no iptables-legacy-save.
+            path = find_tool(command + (f"-{tool}" if tool else ""))
         if path is None:
             raise HostProblem(f"{name} not found: install the iptables package ({self.flavour})")
         return path
+
+    def _plain_is_mine(self, command: str) -> bool:
+        """Whether the plain `iptables` (`ip6tables`) is of this backend's flavour
+        (asked once per command)."""
+        known = self._plain.get(command)
+        if known is None:
+            from portmapctl.iptables.access import tool_flavour
+
+            path = find_tool(command)
+            known = self._plain[command] = path is not None and tool_flavour(path) == self.flavour
+        return known
 
     def _run(self, argv: List[str], stdin: str = "") -> subprocess.CompletedProcess:
         """Run one tool; a write that does not finish in time is ApplyFailed (it may

@@ -1,0 +1,48 @@
+"""Nodes whose plugin runs legacy iptables, as they are in the field."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import realplugin as rp
+from pmctl import run
+
+from portmapctl.iptables.chains import chain_name
+
+PORTS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+
+
+def test_iptables_before_1_8_whose_legacy_tools_have_plain_names(host_ns, tmp_path):
+    """iptables before 1.8 (CentOS 7, Ubuntu 18.04) has xtables-multi behind plain
+    iptables/iptables-save/iptables-restore, and no iptables-legacy-* names: auto
+    finds it legacy, and its plain tools are the ones to run (0.1: exit 3,
+    "iptables-legacy-save not found"). Made here with the legacy binary under the old
+    name, the 1.8 binaries hidden."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], PORTS)
+    rp.run_plugin("ADD", host_ns, "old1", conf, mode="legacy", check=True)
+    rp.write_cni_cache(tmp_path / "cni", "mynet", "old1", "eth0", conf, PORTS, ["10.88.0.5/16"])
+    old = tmp_path / "sbin"
+    old.mkdir()
+    shutil.copy2("/usr/sbin/xtables-legacy-multi", old / "xtables-multi")
+    for tool in rp._TOOLS[4] + rp._TOOLS[6]:
+        (old / tool).symlink_to("xtables-multi")
+    hidden = sorted({os.path.realpath(f"/usr/sbin/iptables-{m}") for m in ("legacy", "nft")})
+    env = {"PATH": f"{old}:/usr/bin:/bin"}
+
+    def pm(*args: str):
+        argv = [*args, "--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"), "-o", "json"]
+        return run(argv, env=env, hide=hidden)
+
+    done = pm("list")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["mappings"]
+    assert [(r["container_id"], r["host_port"], r["status"]) for r in rows] == [
+        ("old1", 8080, ["ok"])
+    ]
+    done = pm("add", "--network", "mynet", "--container", "old2", "--ip", "10.88.0.6/16",
+              "-p", "8081:80", "--family", "4")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert chain_name("mynet", "old2") in rp.save(host_ns, 4, "legacy")
+    assert chain_name("mynet", "old2") not in rp.save(host_ns, 4, "nft")
