@@ -15,8 +15,8 @@ MULTUS_CACHE_DIR = "/var/lib/cni/multus"
 DEFAULT_CNI_CACHE_DIRS = (CNI_CACHE_DIR, MULTUS_CACHE_DIR)
 RUN_DIR = os.environ.get("PORTMAPCTL_RUN_DIR") or "/run/portmapctl"
 
-# Where a distribution puts iptables and nft. Not on cron's PATH (Debian's cron runs
-# jobs with /usr/bin:/bin), nor on many users': looked in after PATH.
+# Where a distribution puts iptables, nft (and, on RHEL, ip). Not on cron's PATH
+# (Debian's cron runs jobs with /usr/bin:/bin), nor on many users': looked in after PATH.
 SBIN_DIRS = "/usr/sbin:/sbin"
 
 

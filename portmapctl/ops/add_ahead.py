@@ -263,8 +263,11 @@ def route_interfaces(addresses: Sequence[str]) -> Dict[str, str]:
     """The interface the kernel routes each address through: `ip route get` for all of
     them in one `ip -batch` process (-force: an address without a route is skipped,
     not the end of the batch). Addresses without a route are left out."""
+    from portmapctl.host.paths import find_tool
+
+    # Found as iptables is: RHEL/CentOS keep ip in /usr/sbin, off cron's PATH.
     done = subprocess.run(
-        ["ip", "-o", "-force", "-batch", "-"],
+        [find_tool("ip") or "ip", "-o", "-force", "-batch", "-"],
         input="".join(f"route get {a}\n" for a in addresses),
         capture_output=True,
         text=True,

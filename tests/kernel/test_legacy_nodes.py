@@ -46,3 +46,27 @@ def test_iptables_before_1_8_whose_legacy_tools_have_plain_names(host_ns, tmp_pa
     assert done.returncode == 0, done.stderr
     assert chain_name("mynet", "old2") in rp.save(host_ns, 4, "legacy")
     assert chain_name("mynet", "old2") not in rp.save(host_ns, 4, "nft")
+
+
+def test_add_under_cron_sets_route_localnet_with_ip_only_in_sbin(host_ns, tmp_path):
+    """A RHEL/CentOS node's cron job: PATH=/usr/bin:/bin, and `ip` only in /usr/sbin.
+    add (and check --repair) must still find it for route_localnet, as the plugin's
+    ADD sets it (0.1 ran `ip` from PATH alone: a warning, and localhost connections to
+    the mapped port failed). A PATH without `ip` stands for that here."""
+    ns = ["ip", "-n", host_ns]
+    for args in (["link", "add", "cni0", "type", "bridge"],
+                 ["addr", "add", "10.88.0.1/16", "dev", "cni0"],
+                 ["link", "set", "cni0", "up"]):  # fmt: skip
+        rp._run([*ns, *args], check=True)
+    knob = "/proc/sys/net/ipv4/conf/cni0/route_localnet"
+    nothing = tmp_path / "bin"
+    nothing.mkdir()
+    done = run(
+        ["add", "--netns", host_ns, "--iptables", "legacy", "--network", "mynet",
+         "--container", "cron1", "--ip", "10.88.0.5/16", "-p", "8080:80", "--family", "4"],
+        env={"PATH": str(nothing)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "route_localnet" not in done.stderr
+    assert rp._run(["ip", "netns", "exec", host_ns, "cat", knob]).stdout.strip() == "1"
+    assert chain_name("mynet", "cron1") in rp.save(host_ns, 4, "legacy")
