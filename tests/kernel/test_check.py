@@ -4,6 +4,7 @@ kernel with the real plugin in throwaway namespaces."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 
 import pytest
@@ -409,3 +410,26 @@ def test_repair_makes_no_copy_of_what_the_other_flavour_holds(host_ns, tmp_path)
     after = "\n".join(_state(host_ns, "nft")[4])
     assert entry in after and _chain("ctr4") in after
     assert not any(_chain(c) in after for c in ("ctr1", "ctr2", "ctr3"))
+
+
+def test_repair_keeps_the_host_port_with_the_container_added_first(host_ns, tmp_path):
+    """Two live containers on one host port: the first ADD's entry rule comes first
+    and takes the traffic. After a flush, repair re-creates them in ADD order (the
+    cache files' times), so the port stays with that container (0.1: in file-name
+    order, which here handed it to the other one)."""
+    port = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    first, second = ("zzz1", ["10.88.0.30/16"], port), ("aaa1", ["10.88.0.31/16"], port)
+    _plugin_node(host_ns, "legacy", tmp_path, [first, second])
+    for at, cid in enumerate(("zzz1", "aaa1")):
+        os.utime(tmp_path / "results" / f"mynet-{cid}-eth0", (1_000_000 + at,) * 2)
+
+    def entries():
+        return [line for line in _state(host_ns, "legacy")[4] if "-A CNI-HOSTPORT-DNAT" in line]
+
+    before = entries()
+    assert _chain("zzz1") in before[0]
+    for args in (["-F"], ["-X"]):
+        rp.iptables(host_ns, ["-t", "nat", *args], mode="legacy")
+    doc = _check(host_ns, "legacy", tmp_path, "--repair", "--family", "4")
+    assert doc["repaired"] and _problems(doc) == [("shadowed", 4, _chain("aaa1"))]
+    assert entries() == before

@@ -332,8 +332,16 @@ def repair(
         if node.nft_unusable is None:
             node.nft = _ReadOnceNft(node.nft, live_nft)
     before = _check_node(node, attachments, read)
-    configs = cached_configs(attachments) if attachments is not None else None
     from portmapctl.ops.check import nft as check_nft
+
+    # In ADD order (the cache files' modification times), as nft_repair: the entry
+    # rules are appended in this order, and of two containers on one host port the
+    # first keeps it, as it did before (a flush); file-name order would hand it over.
+    configs = (
+        cached_configs(sorted(attachments, key=check_nft._added_at))
+        if attachments is not None
+        else None
+    )
 
     nft_ids: set = set()
     if attachments is not None:
