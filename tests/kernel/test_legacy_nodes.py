@@ -70,3 +70,20 @@ def test_add_under_cron_sets_route_localnet_with_ip_only_in_sbin(host_ns, tmp_pa
     assert "route_localnet" not in done.stderr
     assert rp._run(["ip", "netns", "exec", host_ns, "cat", knob]).stdout.strip() == "1"
     assert chain_name("mynet", "cron1") in rp.save(host_ns, 4, "legacy")
+
+
+def test_check_on_a_node_without_the_other_flavour_says_so_plainly(host_ns, tmp_path):
+    """A legacy node without iptables-nft (iptables before 1.8; RHEL 8 the other way
+    round) cannot have a split brain: check says it did not look, and does not tell
+    the operator to install the other iptables (0.1: 'install the iptables package
+    (nft)', on every run)."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], PORTS)
+    rp.run_plugin("ADD", host_ns, "one1", conf, mode="legacy", check=True)
+    rp.write_cni_cache(tmp_path / "cni", "mynet", "one1", "eth0", conf, PORTS, ["10.88.0.5/16"])
+    done = run(
+        ["check", "--netns", host_ns, "--iptables", "legacy", "--cni-cache-dir",
+         str(tmp_path / "cni")],
+        hide=[os.path.realpath("/usr/sbin/iptables-nft")],  # every -nft tool is this one
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr == "not looking for split brain: no iptables-nft here\n"

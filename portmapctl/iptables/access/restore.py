@@ -69,6 +69,14 @@ class RestoreBackend:
             raise HostProblem(f"{name} not found: install the iptables package ({self.flavour})")
         return path
 
+    def installed(self, family: int) -> bool:
+        """Whether this flavour's save tool is here (for a family)."""
+        try:
+            self._binary(family, "save")
+        except HostProblem:
+            return False
+        return True
+
     def _plain_is_mine(self, command: str) -> bool:
         """Whether the plain `iptables` (`ip6tables`) is of this backend's flavour
         (asked once per command)."""

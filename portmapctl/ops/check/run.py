@@ -38,6 +38,10 @@ def _other_flavour(
     backend = RestoreBackend(other)
     tables: Dict[int, NatTable] = {}
     for family in families:
+        if not backend.installed(family):
+            # (RHEL 8 has no iptables-legacy, iptables before 1.8 no iptables-nft: that is
+            # no problem to be fixed by installing it.)
+            return None, {}, [f"not looking for split brain: no iptables-{other} here"]
         try:
             # Reading legacy tables that do not exist would create them: ask first.
             if backend.has_nat_table(family):
