@@ -230,6 +230,22 @@ def test_not_root_is_an_environment_error(monkeypatch):
     assert_error(done, 3, "permission denied", "root")
 
 
+@pytest.mark.netns
+def test_without_net_raw_the_error_names_it(host_ns):
+    """CAP_NET_ADMIN without CAP_NET_RAW (a DaemonSet that added only NET_ADMIN):
+    libiptc's raw socket is refused, and the line says which capability is missing
+    (0.1: 'run as root (or with CAP_NET_ADMIN)', which the process had)."""
+    pytest.importorskip("iptc", reason="python-iptables is not installed")
+    drop = "-net_raw"
+    env = dict(os.environ, NO_COLOR="1", PATH=f"{rp.bin_dir('legacy')}:{os.environ['PATH']}")
+    done = subprocess.run(
+        ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", sys.executable, "-m",
+         "portmapctl", "list", "--iptables", "iptc", "--netns", host_ns],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert_error(done, 3, "permission denied", "CAP_NET_RAW")
+
+
 def _without(path: str, scratch: Path, *args: str) -> subprocess.CompletedProcess:
     """`portmapctl ARGS` in a private mount namespace where `path` is hidden under an
     empty file or directory bind-mounted over it: what a missing package looks like."""

@@ -493,9 +493,10 @@ class _Session:
         except self._lib.ip4tc.IPTCError as err:
             message = _clean(err)
             if "ermission denied" in message or "must be root" in message:
+                # libiptc opens a raw socket: CAP_NET_ADMIN alone is not enough.
                 raise HostProblem(
                     f"python-iptables cannot open {what}: permission denied:"
-                    " run as root (or with CAP_NET_ADMIN)"
+                    " run as root (CAP_NET_ADMIN and CAP_NET_RAW)"
                 ) from None
             raise HostProblem(f"python-iptables cannot open {what}: {message}") from None
         return table
