@@ -433,3 +433,25 @@ def test_repair_keeps_the_host_port_with_the_container_added_first(host_ns, tmp_
     doc = _check(host_ns, "legacy", tmp_path, "--repair", "--family", "4")
     assert doc["repaired"] and _problems(doc) == [("shadowed", 4, _chain("aaa1"))]
     assert entries() == before
+
+
+def test_repair_after_a_flush_is_not_stopped_by_shared_chains_a_del_left_elsewhere(
+    host_ns, tmp_path
+):
+    """The other flavour holds only the shared chains a plugin DEL leaves behind (no
+    container's chain): no sign that the plugin writes there, so a flushed nat table
+    is repaired as ever (the guard against split-brain copies must not stop it)."""
+    port = [{"hostPort": 8090, "containerPort": 80, "protocol": "tcp"}]
+    old = rp.plugin_conf("mynet", ["10.88.0.40/16"], port)
+    rp.run_plugin("ADD", host_ns, "gone1", old, mode="legacy", check=True)
+    rp.run_plugin("DEL", host_ns, "gone1", old, mode="legacy", check=True)
+    left = _state(host_ns, "legacy")[4]
+    assert ":CNI-HOSTPORT-DNAT - [0:0]" in left and not any("CNI-DN-" in line for line in left)
+    _plugin_node(host_ns, "nft", tmp_path, CONTAINERS[:1])
+    made = _state(host_ns, "nft")
+    for args in (["-F"], ["-X"]):
+        rp.iptables(host_ns, ["-t", "nat", *args], mode="nft")
+    doc = _check(host_ns, "nft", tmp_path, "--repair", "--family", "4")
+    assert doc["repaired"]
+    assert _problems(doc) == [("split-brain", 4, None)]  # the leftovers, reported
+    assert _state(host_ns, "nft")[4] == made[4]

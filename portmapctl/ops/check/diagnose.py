@@ -192,6 +192,19 @@ def wanted_on_node(
 # --- comparing ------------------------------------------------------------------------
 
 
+def held_elsewhere(live: NatTable, other: Optional[NatTable]) -> bool:
+    """Whether the family's portmap state is in the other iptables flavour's table:
+    CNI-HOSTPORT-DNAT and per-container chains there, no CNI-HOSTPORT-DNAT here (the
+    plugin runs that other iptables?). Shared chains alone there are what a DEL leaves
+    behind: no sign of where the plugin writes now."""
+    return (
+        other is not None
+        and other.has_chain(TOPLEVEL_DNAT)
+        and not live.has_chain(TOPLEVEL_DNAT)
+        and any(name.startswith(DNAT_PREFIX) for name in other.chains)
+    )
+
+
 def _check_shared(
     chain: Chain, live: NatTable, fixes: Fixes, elsewhere: Optional[str] = None
 ) -> List[Problem]:
@@ -789,9 +802,14 @@ def diagnose(
         live = tables[family]
         other = (other_tables or {}).get(family)
         shared, per_container = wanted_on_node(configs, family, live)
+        there = other_flavour if held_elsewhere(live, other) else None
         for chain in shared:
-            there = other_flavour if other is not None and other.has_chain(chain.name) else None
-            problems += _check_shared(chain, live, fixes, elsewhere=there)
+            problems += _check_shared(
+                chain,
+                live,
+                fixes,
+                elsewhere=there if other is not None and other.has_chain(chain.name) else None,
+            )
         derived[family] = set()
         index = _entry_index(live)
         for config, chain in per_container:

@@ -27,7 +27,12 @@ from portmapctl.iptables.ruleset import (
 )
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops.add import after_setup, after_setup_many
-from portmapctl.ops.check.diagnose import CheckResult, cached_configs, wanted_on_node
+from portmapctl.ops.check.diagnose import (
+    CheckResult,
+    cached_configs,
+    held_elsewhere,
+    wanted_on_node,
+)
 from portmapctl.ops.check.run import (
     _check_node,
     check_mapping,
@@ -142,11 +147,11 @@ def _in_other_flavour(
     """A chain missing here that the other flavour's tables hold is not made here: the
     kernel applies both, so a copy would be a split brain (SPEC §2), and it is evidence
     that the plugin runs the other iptables (its PATH, a bundled one; or this command's
-    --iptables): its rules there work, a copy here would outlive the plugin's DEL. With
-    the top-level CNI-HOSTPORT-DNAT there and not here, nothing of the family is made."""
+    --iptables): its rules there work, a copy here would outlive the plugin's DEL. When
+    the family's state is there (diagnose.held_elsewhere), nothing of it is made."""
     used, other_name = flavours
     family = live.family
-    whole = other.has_chain(TOPLEVEL_DNAT) and not live.has_chain(TOPLEVEL_DNAT)
+    whole = held_elsewhere(live, other)
     chains = set()
     unrepaired = []
     for config in configs or ():
