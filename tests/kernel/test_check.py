@@ -455,3 +455,17 @@ def test_repair_after_a_flush_is_not_stopped_by_shared_chains_a_del_left_elsewhe
     assert doc["repaired"]
     assert _problems(doc) == [("split-brain", 4, None)]  # the leftovers, reported
     assert _state(host_ns, "nft")[4] == made[4]
+
+
+def test_repair_after_a_flush_is_not_stopped_by_stale_chains_elsewhere(host_ns, tmp_path):
+    """The other flavour holds a container chain, but of no cached container (one the
+    plugin failed to DEL there, long ago): no sign that the plugin writes there, so a
+    flushed nat table is repaired as ever."""
+    _plugin_node(host_ns, "legacy", tmp_path / "old", CONTAINERS[1:2])  # ctr2: not cached
+    _plugin_node(host_ns, "nft", tmp_path, CONTAINERS[:1])
+    made = _state(host_ns, "nft")
+    for args in (["-F"], ["-X"]):
+        rp.iptables(host_ns, ["-t", "nat", *args], mode="nft")
+    doc = _check(host_ns, "nft", tmp_path, "--repair", "--family", "4")
+    assert doc["repaired"] and ("split-brain", 4, None) in _problems(doc)
+    assert _state(host_ns, "nft")[4] == made[4]

@@ -192,16 +192,17 @@ def wanted_on_node(
 # --- comparing ------------------------------------------------------------------------
 
 
-def held_elsewhere(live: NatTable, other: Optional[NatTable]) -> bool:
+def held_elsewhere(live: NatTable, other: Optional[NatTable], chains: Collection[str]) -> bool:
     """Whether the family's portmap state is in the other iptables flavour's table:
-    CNI-HOSTPORT-DNAT and per-container chains there, no CNI-HOSTPORT-DNAT here (the
-    plugin runs that other iptables?). Shared chains alone there are what a DEL leaves
-    behind: no sign of where the plugin writes now."""
+    CNI-HOSTPORT-DNAT and the chain of a cached container (`chains`: their names) there,
+    no CNI-HOSTPORT-DNAT here (the plugin runs that other iptables?). Shared chains
+    alone there are what a DEL leaves behind, stale chains what it failed to remove:
+    no sign of where the plugin writes now."""
     return (
         other is not None
         and other.has_chain(TOPLEVEL_DNAT)
         and not live.has_chain(TOPLEVEL_DNAT)
-        and any(name.startswith(DNAT_PREFIX) for name in other.chains)
+        and any(other.has_chain(name) for name in chains)
     )
 
 
@@ -802,7 +803,8 @@ def diagnose(
         live = tables[family]
         other = (other_tables or {}).get(family)
         shared, per_container = wanted_on_node(configs, family, live)
-        there = other_flavour if held_elsewhere(live, other) else None
+        cached_here = [chain.name for _, chain in per_container]
+        there = other_flavour if held_elsewhere(live, other, cached_here) else None
         for chain in shared:
             problems += _check_shared(
                 chain,

@@ -151,7 +151,8 @@ def _in_other_flavour(
     the family's state is there (diagnose.held_elsewhere), nothing of it is made."""
     used, other_name = flavours
     family = live.family
-    whole = held_elsewhere(live, other)
+    mine = [dnat_chain_name(c) for c in configs or () if family in c.families]
+    whole = held_elsewhere(live, other, mine)
     chains = set()
     unrepaired = []
     for config in configs or ():
