@@ -57,19 +57,23 @@ def choose(
     container_id: str,
     nft_owners: Collection[str],
     iptables_owners: Collection[str],
+    keyless: Backend = Backend.IPTABLES,
 ) -> Backend:
     """The plugin's own choice for a container.
 
     The cached config's `backend` key decides. Without it the plugin takes iptables
     when iptables works; a container whose rules are in nftables only was added while
     it did not, and its DEL would look there too only under the same conditions: we
-    follow the rules. Nothing anywhere: iptables, the plugin's default.
+    follow the rules. Nothing anywhere: `keyless`, what the plugin takes on this node
+    for a config without the key (iptables, unless the node has no iptables).
     """
     if configured in (Backend.IPTABLES.value, Backend.NFTABLES.value):
         return Backend(configured)
     if container_id in nft_owners and container_id not in iptables_owners:
         return Backend.NFTABLES
-    return Backend.IPTABLES
+    if container_id in iptables_owners and container_id not in nft_owners:
+        return Backend.IPTABLES
+    return keyless
 
 
 @dataclass(frozen=True)

@@ -39,18 +39,21 @@ def split(
     attachments: Optional[Sequence[Attachment]],
     nft_live: Ruleset,
     iptables_owners: Collection[str],
-    backend: str = "auto",
+    keyless: str = "iptables",
 ) -> Split:
+    """`keyless`: the backend the plugin takes on this node for a config without a
+    `backend` key (NodeOptions.keyless). --backend narrows only what is looked at: a
+    container without the key whose rules are not in nftables is iptables' (the plugin
+    takes iptables wherever iptables works) even under --backend nftables, where no
+    iptables is read, so check never expects, nor --repair writes, nftables rules for
+    it."""
     nft_owners = owners_in(nft_live)
+    default = Backend(keyless)
     ipt: List[Attachment] = []
     nft: List[Attachment] = []
     for attachment in attachments or ():
         configured = attachment.mapping.backend if attachment.mapping is not None else None
-        if backend in ("iptables", "nftables"):
-            # --backend narrows what is looked at; a container configured for the other
-            # backend is still not ours to write there.
-            configured = configured or backend
-        chosen = choose(configured, attachment.container_id, nft_owners, iptables_owners)
+        chosen = choose(configured, attachment.container_id, nft_owners, iptables_owners, default)
         (nft if chosen is Backend.NFTABLES else ipt).append(attachment)
     both = sorted(set(nft_owners) & set(iptables_owners))
     return Split(tuple(ipt), tuple(nft), tuple(both))
@@ -74,7 +77,7 @@ def build(
     nftables inventory (with its problems unless told otherwise)."""
     if live is None:
         live = node.read_nft()
-    parts = split(attachments, live, iptables_owners, node.options.backend)
+    parts = split(attachments, live, iptables_owners, node.options.keyless)
     # nft_backed: compared with what the plugin would write, only for the problems.
     backed = parts.expected if problems else ()
     found = nft_inventory.build(

@@ -66,6 +66,10 @@ class NodeOptions:
     snapshots: Dict[int, str] = field(default_factory=dict)
     backend: str = "auto"
     nft_snapshot: Optional[str] = None
+    # The backend the plugin takes on this node for a config without a `backend` key:
+    # iptables wherever iptables works; nftables only where the node has none
+    # (_as_the_plugin_chooses). Never --backend itself: that narrows what is looked at.
+    keyless: str = "iptables"
     # An nft listing started before the command line was parsed (entry.py, for `list`):
     # the first read takes it if it is the one that read would start.
     early_nft: Optional[EarlyListing] = field(default=None, compare=False, repr=False)
@@ -374,18 +378,22 @@ def _as_the_plugin_chooses(options: NodeOptions) -> NodeOptions:
     """--backend auto where there is no iptables command but nft: the plugin, given no
     `backend` key, takes iptables only if `iptables` works, else nftables (a node with
     nftables alone: kube-proxy's nftables mode on a system without iptables). So do
-    we, rather than stop at "no iptables command found"."""
+    we, rather than stop at "no iptables command found". --backend nftables on such a
+    node: containers without the key are nftables' too (`keyless`)."""
     from dataclasses import replace
 
-    if options.backend != "auto" or options.iptables != "auto" or options.offline:
+    if options.offline or options.backend == "iptables":
+        return options
+    if options.backend == "auto" and options.iptables != "auto":
         return options
     # (Found as the tools are found: on PATH, else in the sbin directories cron leaves out.)
     nft = paths.find_tool("nft")
     if paths.find_tool("iptables") is not None or nft is None or _iptables_nat_present(nft):
         # A nat table of iptables here: the plugin's iptables may work where it runs
-        # (portmapctl in an image without iptables): stop, never guess nftables.
+        # (portmapctl in an image without iptables): stop, never guess nftables. Under
+        # --backend nftables, containers without the key stay iptables' (not looked at).
         return options
-    return replace(options, backend="nftables")
+    return replace(options, backend="nftables", keyless="nftables")
 
 
 def _iptables_nat_present(nft: str) -> bool:

@@ -81,8 +81,16 @@ def test_the_shortcut_stands_aside_for_a_container_configured_for_nftables(tmp_p
 
 def test_the_shortcut_stands_aside_for_backend_nftables():
     tables = example_tables()
-    options = NodeOptions(cache_dirs=(str(EXAMPLE_CACHE),), backend="nftables")
+    # A node without iptables (keyless: the plugin takes nftables for a config without
+    # the key; --backend nftables reads no iptables): the example's containers are
+    # nftables' and their tables missing.
+    options = NodeOptions(cache_dirs=(str(EXAMPLE_CACHE),), backend="nftables", keyless="nftables")
     node = Node(options, MemoryBackend(tables), MemoryNft())
     attachments = read_cache(str(EXAMPLE_CACHE))
-    found = check_nft.nft_problems(node, tables, attachments, Fixes())
+    found = check_nft.nft_problems(node, {}, attachments, Fixes())
     assert found.found is not None and found.nft_ids
+    # Where iptables works they stay iptables' (not looked at): nothing is expected.
+    options = NodeOptions(cache_dirs=(str(EXAMPLE_CACHE),), backend="nftables")
+    node = Node(options, MemoryBackend(tables), MemoryNft())
+    found = check_nft.nft_problems(node, {}, attachments, Fixes())
+    assert found.found is not None and not found.nft_ids and not found.problems

@@ -259,8 +259,7 @@ def _leftover_problems(
                 f"nft:{MASQUERADING}",
                 _network_of(attachments, cid),
                 cid,
-                f"{rules} (handle {handles}) but no DNAT rule of the container to it:"
-                " left behind",
+                f"{rules} (handle {handles}) but no DNAT rule of the container to it: left behind",
                 f"{fixes.gc} once the container is gone; while it runs, by hand, for each"
                 f" handle: nft delete rule ip|ip6 {TABLE} {MASQUERADING} handle N",
                 "the container's host ports are not forwarded, and its leftover rules would"
@@ -373,7 +372,7 @@ def nft_repair(
 
     tables = node.read()
     parts = nft.split(
-        attachments, node.read_nft(), iptables_owners(tables, attachments), node.options.backend
+        attachments, node.read_nft(), iptables_owners(tables, attachments), node.options.keyless
     )
     # What the check compares against (no zombie's rules), in ADD order (the cache
     # files' modification times): the rule order the plugin would have made, and the

@@ -362,7 +362,7 @@ def repair(
                 attachments,
                 node.read_nft(),
                 check_nft.iptables_owners(read.tables, attachments),
-                node.options.backend,
+                node.options.keyless,
             )
             excluded = nft_ids = {a.container_id for a in parts.nftables}
         if configs is not None:

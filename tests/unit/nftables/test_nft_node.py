@@ -19,6 +19,11 @@ def test_choose_as_the_plugin() -> None:
     assert node.choose(None, "a", {"a"}, {"a"}) is Backend.IPTABLES
     assert node.choose(None, "a", set(), set()) is Backend.IPTABLES
     assert node.choose("bogus", "a", {"a"}, set()) is Backend.NFTABLES
+    # A node without iptables: the plugin takes nftables for a config without the key;
+    # where the rules are, or the key, still decides first.
+    assert node.choose(None, "a", set(), set(), Backend.NFTABLES) is Backend.NFTABLES
+    assert node.choose(None, "a", set(), {"a"}, Backend.NFTABLES) is Backend.IPTABLES
+    assert node.choose("iptables", "a", set(), set(), Backend.NFTABLES) is Backend.IPTABLES
 
 
 def test_owners() -> None:
