@@ -25,7 +25,12 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
     from portmapctl.core import validate
     from portmapctl.errors import BadInput
 
-    network, container, ip, publish = mapping.network, mapping.container, mapping.ip, mapping.publish
+    network, container, ip, publish = (
+        mapping.network,
+        mapping.container,
+        mapping.ip,
+        mapping.publish,
+    )
     cni_config = mapping.cni_config
     if container is None:
         raise BadInput("--container is required")
@@ -98,7 +103,9 @@ def run(
         # add's work starts now, under the lock, before the rest of add is imported
         # (ops/add_ahead.py); the imports and the node's opening overlap it.
         ahead = None if dry_run else _ahead(common, config, held, early_claims)
-        result, clashes = _add(common, config, ahead, no_flush_udp=no_flush_udp, dry_run=dry_run)
+        config, result, clashes = _add(
+            common, config, ahead, no_flush_udp=no_flush_udp, dry_run=dry_run
+        )
     _report(common, out, config, result, clashes, dry_run)
 
 
@@ -109,18 +116,25 @@ def _add(
     *,
     no_flush_udp: bool,
     dry_run: bool,
-) -> Tuple[AddResult, List[str]]:
+) -> Tuple[MappingConfig, AddResult, List[str]]:
+    """Writes `config` where its plugin would; returns it with the backend it went to."""
     from dataclasses import replace
 
+    from portmapctl.host import paths
     from portmapctl.ops.add import add
     from portmapctl.ops.node import opened
 
     options = common.node_options()
-    if config.backend != "nftables":
+    keyless_here = config.backend is None and options.backend == "auto"
+    if config.backend != "nftables" and not (keyless_here and paths.find_tool("iptables") is None):
         # Written to iptables: nft is not opened (importing its modules alone is ~15 ms).
         options = replace(options, backend="iptables")
     # With `ahead`, the lock is held already.
     with opened(options, write=not dry_run, lock_now=ahead is None) as node:
+        if keyless_here and node.options.keyless == "nftables":
+            # No iptables on this node: the plugin, given no `backend` key, takes its
+            # nftables backend (as list, check and gc read it), so add writes there.
+            config = replace(config, backend="nftables")
         if config.backend == "nftables":
             # (The iptables table as before: an nftables mapping has no entry chain.)
             clashes = shadow_warnings(config, node.read())
@@ -136,7 +150,7 @@ def _add(
                 ahead=ahead,
             )
             clashes = shadow_warnings(config, result.seen)
-    return result, clashes
+    return config, result, clashes
 
 
 def _report(
@@ -256,9 +270,7 @@ def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[
             # A chain no entry rule jumps to (orphan) gets no traffic: it neither shadows
             # nor is shadowed, and one of this container's is appended to like a new one.
             same = [
-                m
-                for m in found.mappings
-                if _same_port(m, *key) and Status.ORPHAN not in m.status
+                m for m in found.mappings if _same_port(m, *key) and Status.ORPHAN not in m.status
             ]
             mine = [m for m in same if m.chain == own]
             others = [m for m in same if m.chain != own]

@@ -9,6 +9,9 @@ with `--netns`; the real plugins judge the result (CHECK).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
@@ -98,3 +101,45 @@ def test_backend_nftables_never_expects_or_writes_nft_rules_for_keyless_iptables
     upstream.run(V191, "CHECK", node, "nft1", confs["nft1"], check=True)
     for result in rp.run_check(node, "deb1", confs["deb1"]):
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_add_of_a_keyless_config_where_there_is_no_iptables_writes_what_the_plugin_does(
+    node: str, tmp_path: Path
+) -> None:
+    """A node with nft and no iptables command: the plugin, given no `backend` key,
+    takes nftables, and list, check and gc follow it there (--backend auto). add
+    stopped instead ("no iptables command found", exit 3); it now writes the plugin's
+    nftables rules, which the plugin's CHECK (run the same way) accepts."""
+    nft_only = tmp_path / "bin"
+    nft_only.mkdir()
+    (nft_only / "nft").symlink_to(shutil.which("nft", path=rp.SYSTEM_PATH) or "/usr/sbin/nft")
+    iptables = [p for p in ("/usr/sbin/iptables", "/usr/sbin/ip6tables") if os.path.exists(p)]
+    hidden = {"env": {"PATH": str(nft_only)}, "hide": iptables}
+    conf = upstream.nft_conf("podman", ["10.88.0.5/16"], [_pm(8080, 80)], backend=None)
+    conf_file = tmp_path / "conf.json"
+    conf_file.write_text(json.dumps(conf))
+    args = ["--netns", node, "--cni-cache-dir", str(tmp_path / "cni")]
+    done = pmctl.run(["add", "--container", "k1", "--cni-config", str(conf_file), *args, "-o",
+                      "json"], **hidden)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["changed"] is True
+    assert 'comment "k1"' in upstream.nft(node, "list", "table", "ip", "cni_hostport").stdout
+    env = {
+        "PATH": str(nft_only),
+        "CNI_COMMAND": "CHECK",
+        "CNI_CONTAINERID": "k1",
+        "CNI_NETNS": rp.container_netns(),
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": rp.CNI_PATH,
+    }
+    checked = subprocess.run(
+        [rp._ip(), "netns", "exec", node, str(upstream.binary(V191))],
+        input=json.dumps(conf), env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # Nothing in iptables: the plugin's table there was never made.
+    assert "CNI-" not in rp.save(node, 4)
+    # Where iptables is, the same config still goes to iptables, as the plugin's does.
+    done = pmctl.run(["add", "--container", "k2", "--cni-config", str(conf_file), *args])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CNI-DN-" in rp.save(node, 4)
