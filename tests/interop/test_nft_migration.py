@@ -143,3 +143,40 @@ def test_add_of_a_keyless_config_where_there_is_no_iptables_writes_what_the_plug
     done = pmctl.run(["add", "--container", "k2", "--cni-config", str(conf_file), *args])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "CNI-DN-" in rp.save(node, 4)
+
+
+def test_check_says_when_the_plugin_will_look_for_a_keyless_containers_rules_elsewhere(
+    node: str, tmp_path: Path
+) -> None:
+    """v1.9.1 without a `backend` key, run where iptables did not work, put auto1 in
+    nftables. With iptables working, the plugin takes iptables for that config on every
+    call: its CHECK fails and its DEL leaves the nftables rules. Those rules are auto1's
+    and in place, so check stays healthy, and says so on stderr (it said nothing)."""
+    no_iptables = tmp_path / "noipt"
+    no_iptables.mkdir()
+    for tool in ("iptables", "ip6tables"):
+        (no_iptables / tool).symlink_to(shutil.which("false", path=rp.SYSTEM_PATH) or "/bin/false")
+    conf = _cached(tmp_path, "auto1", upstream.nft_conf("podman", ["10.88.0.14/16"],
+                                                       [_pm(8004, 80)], backend=None))  # fmt: skip
+
+    def plugin(command: str, path: str) -> subprocess.CompletedProcess:
+        env = {"PATH": path, "CNI_COMMAND": command, "CNI_CONTAINERID": "auto1",
+               "CNI_NETNS": rp.container_netns(), "CNI_IFNAME": "eth0", "CNI_PATH": rp.CNI_PATH}  # fmt: skip
+        return subprocess.run([rp._ip(), "netns", "exec", node, str(upstream.binary(V191))],
+                              input=json.dumps(conf), env=env, capture_output=True, text=True)  # fmt: skip
+
+    added = plugin("ADD", f"{no_iptables}:{rp.SYSTEM_PATH}")
+    assert added.returncode == 0, added.stdout + added.stderr
+    done = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["problems"] == []
+    [note] = [line for line in done.stderr.splitlines() if "auto1" in line]
+    assert "CHECK fails" in note and "DEL leaves these rules" in note, note
+    # What the note says, the plugin does.
+    assert plugin("CHECK", rp.SYSTEM_PATH).returncode != 0
+    assert plugin("DEL", rp.SYSTEM_PATH).returncode == 0
+    assert 'comment "auto1"' in upstream.nft(node, "list", "table", "ip", "cni_hostport").stdout
+    # A config that says nftables gets no such note.
+    _cached(tmp_path, "auto1", {**conf, "backend": "nftables"})
+    done = _pmctl(node, tmp_path, "check")
+    assert done.returncode == 0 and "auto1" not in done.stderr, done.stderr

@@ -184,8 +184,29 @@ def nft_problems(
     compared = sum(len(a.mapping.families) for a in parts.expected if a.mapping is not None)
     from portmapctl.nftables.node import owners_in
 
-    notes = _foreign_notes(node, found)
+    notes = _foreign_notes(node, found) + _keyless_notes(node, parts)
     return NftCheck(problems, nft_ids, compared, notes, found, owners_in(live))
+
+
+def _keyless_notes(node: Node, parts: Split) -> List[str]:
+    """Containers the plugin put in nftables, with no `backend` key, while it found
+    iptables unusable, on a node with iptables now (NodeOptions.keyless): the plugin
+    takes iptables for them on every call from now on. Their rules are in place (no
+    problem), but its CHECK fails and its DEL leaves these rules behind (gc removes
+    them once the cache entry is gone): worth knowing before it happens."""
+    if node.options.keyless != "iptables" or node.options.offline:
+        return []
+    notes = []
+    for a in parts.nftables:
+        if a.mapping is None or a.mapping.backend is not None or a.zombie:
+            continue
+        notes.append(
+            f"{a.network}/{a.container_id}: its rules are in nftables, but its cached config"
+            ' has no "backend" key, for which the plugin takes iptables wherever iptables'
+            " works, as it does here: then its CHECK fails and its DEL leaves these rules"
+            " (gc removes them once the container is gone)"
+        )
+    return notes
 
 
 def _foreign_notes(node: Node, found: NftInventory) -> List[str]:
