@@ -96,7 +96,9 @@ def gc_table(
 def gc_summary(result: GcResult, asked_dry_run: Optional[bool] = None) -> str:
     """One line for a cron log; "(dry run)" only when --dry-run was asked."""
     dry_run = result.dry_run if asked_dry_run is None else asked_dry_run
-    containers = {(c.network, c.container_id) for c in result.removed if c.container_id}
+    # By ID, as list counts them: a container's nftables rules name no network, so
+    # (network, ID) made one container with rules in both backends two.
+    containers = {c.container_id for c in result.removed if c.container_id}
     verb = "would remove" if result.dry_run else "removed"
     parts = [
         f"{verb} {count(len(result.removed), 'chain')} of {count(len(containers), 'container')}"

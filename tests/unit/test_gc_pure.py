@@ -519,3 +519,19 @@ def test_a_document_that_lists_no_attachment_is_no_source_of_liveness(tmp_path):
         stdin='{"cni.dev/valid-attachments": []}',
     )  # fmt: skip
     pmctl.assert_error(done, 2, "lists no attachment", "--all")
+
+
+def test_the_summary_counts_a_container_in_both_backends_once() -> None:
+    """A dead container with an iptables chain and nftables rules (re-added after the
+    network switched backends) is one container, as list counts it; the nftables rows
+    name no network, and 0.1 counted (network, ID) pairs: "3 chains of 3 containers"."""
+    from portmapctl.ops.gc import NFT_KIND, GcChain, GcResult
+    from portmapctl.render.gc import gc_summary
+
+    removed = (
+        GcChain("CNI-DN-faf37fff854eed34720e8", 4, "dnat", "podman", "re1", (), 0.0),
+        GcChain("hostports", 4, NFT_KIND, None, "re1", (), 0.0),
+        GcChain("hostports", 4, NFT_KIND, None, "gone1", (), 0.0),
+    )
+    summary = gc_summary(GcResult(False, removed, (), 2, 0))
+    assert summary.startswith("gc: removed 3 chains of 2 containers,"), summary
