@@ -94,3 +94,20 @@ def test_the_shortcut_stands_aside_for_backend_nftables():
     node = Node(options, MemoryBackend(tables), MemoryNft())
     found = check_nft.nft_problems(node, {}, attachments, Fixes())
     assert found.found is not None and not found.nft_ids and not found.problems
+
+
+def test_a_stale_container_is_explained_alike_in_either_backend():
+    """check explains each kind once (SPEC §3): on a node with stale containers in both
+    backends the two stale whys said the same thing in other words, so "stale:" was
+    explained twice."""
+    import nftcases
+
+    from portmapctl.ops.check.run import check_node
+
+    options = NodeOptions(cache_dirs=(str(EXAMPLE_CACHE),))
+    node = Node(options, MemoryBackend(example_tables()), MemoryNft(nftcases.live("v191-several")))
+    problems = [p for p in check_node(node).problems if p.kind == "stale"]
+    backends = {p.chain.startswith("nft:") for p in problems}
+    assert backends == {True, False}, problems  # stale ones in both
+    dnat = [p for p in problems if not p.chain.startswith("nft:masquerading")]
+    assert len({p.why for p in dnat}) == 1, {p.why for p in dnat}

@@ -137,7 +137,8 @@ def nft_problems(
                     m.container_id,
                     "nftables rules of a container the CNI cache does not know",
                     fixes.gc,
-                    "its host ports stay taken by a container that is gone",
+                    "the container is gone but its host ports stay taken: a new container on"
+                    " them gets no traffic",
                     _rule_text(rules, m),
                 )
             )
