@@ -1,9 +1,10 @@
 """Live tables x wanted rules -> the smallest `nft -f` transaction.
 
 setup: add only what is missing, creating the table and chains the way the plugin's
-ADD does (v1.9.1 shape). A rule counts as present when an equal rule (same matches,
-action and comment, compared as values) is in the chain the plugin would look in;
-host-IP rules that v1.6/v1.7 put in `hostip_hostports` count too. What it makes of
+ADD does (v1.9.1 shape; in a v1.6/v1.7 table that keeps its entry, as that ADD did:
+host-IP rules in `hostip_hostports`, no `hostports_all`). A rule counts as present when
+an equal rule (same matches, action and comment, compared as values) is in the chain the
+plugin would look in; host-IP rules that v1.6/v1.7 put in `hostip_hostports` count too. What it makes of
 the node's shared entry (prerouting, output, hostports_all) is the caller's `Entries`:
 `check --repair` keeps any working shape (an older version's, another ADD's
 conditions), `add` writes it as the v1.9.1 ADD does every time (its own conditions,
@@ -212,13 +213,17 @@ def _setup_family(
     chains = {} if table is None else table.chains
     if table is None:
         txn.add_table(family)
-    for name in REGULAR_CHAINS:
-        if name not in chains:
-            txn.add_chain(family, name)
     # Conditions are node-wide and last-writer-wins in the plugin: the last container
     # written decides, as if its ADD had run last.
     entry = wanted[-1].entry
     rewrite, refill = _entries_to_write(table, entry, entries)
+    # A v1.6/v1.7 table that stays one (check --repair keeps its working entry): what is
+    # missing goes where that plugin's ADD puts it (host-IP rules in hostip_hostports,
+    # no hostports_all), so its CHECK, which counts host-IP rules there, passes again.
+    old_shape = table is not None and not rewrite and not refill and not _uses_hostports_all(table)
+    for name in REGULAR_CHAINS:
+        if name not in chains and not (old_shape and name == HOSTPORTS_ALL):
+            txn.add_chain(family, name)
     if refill:
         txn.flush_chain(family, HOSTPORTS_ALL)
         for body in HOSTPORTS_ALL_RULES:
@@ -233,7 +238,14 @@ def _setup_family(
     if MASQUERADING not in chains and any(w.snat for w in wanted):
         txn.add_chain(family, MASQUERADING, BASE_CHAINS[MASQUERADING])
     for chain, body in _missing(table, wanted):
+        if old_shape and chain == HOSTPORTS and _host_ip_rule(body):
+            chain = HOSTIP_HOSTPORTS
         txn.add_rule(family, chain, body)
+
+
+def _host_ip_rule(body: RuleBody) -> bool:
+    """A DNAT rule for one host address (`ip|ip6 daddr H` first)."""
+    return bool(body.matches) and body.matches[0].left.endswith(" daddr")
 
 
 def teardown(

@@ -180,3 +180,22 @@ def test_check_says_when_the_plugin_will_look_for_a_keyless_containers_rules_els
     _cached(tmp_path, "auto1", {**conf, "backend": "nftables"})
     done = _pmctl(node, tmp_path, "check")
     assert done.returncode == 0 and "auto1" not in done.stderr, done.stderr
+
+
+def test_repair_in_a_v171_table_passes_v171_check_again(node: str, tmp_path: Path) -> None:
+    """A node whose plugin is still v1.7.1: its table has no hostports_all and its
+    host-IP rules in hostip_hostports. check --repair of the container after its rules
+    were flushed gives back exactly what v1.7.1 wrote, so v1.7.1's CHECK passes again
+    (0.1 put the host-IP rule in hostports: the CHECK then failed, `missing hostport
+    rules in "hostip_hostports" chain`)."""
+    ports = [_pm(8011, 80), _pm(8012, 80, host_ip="127.0.0.1")]
+    conf = _cached(tmp_path, "n17", upstream.nft_conf("podman", ["10.88.0.21/16"], ports))
+    upstream.run("v1.7.1", "ADD", node, "n17", conf, check=True)
+    before = _plugin_tables(node)
+    for chain in ("hostports", "hostip_hostports"):
+        upstream.nft(node, "flush", "chain", "ip", "cni_hostport", chain)
+    assert upstream.run("v1.7.1", "CHECK", node, "n17", conf).returncode != 0
+    done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _plugin_tables(node) == before
+    upstream.run("v1.7.1", "CHECK", node, "n17", conf, check=True)

@@ -331,3 +331,19 @@ def test_repair_deletes_a_compared_containers_own_wrong_rules_only() -> None:
         f"delete rule ip cni_hostport hostports handle {found.handle}",
         f"add rule ip cni_hostport hostports {right.text(4)}",
     ]
+
+
+def test_repair_in_a_v17_table_writes_what_v17_wrote() -> None:
+    """check --repair keeps a working v1.6/v1.7 entry; what it re-creates there goes
+    where that plugin's ADD puts it: host-IP rules in hostip_hostports (v1.7.1's CHECK
+    counts them there), no hostports_all. 0.1 put them in hostports and added an empty,
+    unreached hostports_all, and v1.7.1's CHECK of the container then failed."""
+    case = "v171-hostip"
+    fake = MemoryNft(nftcases.live(case))
+    fake.apply(planner.teardown(fake.read(), {"old1"}))
+    fake.apply(planner.setup(fake.read(), _wanted(nftcases.live_configs(case))))
+    repaired = _bodies(fake.read())
+    for (family, chain), (_base, bodies) in _bodies(nftcases.live(case)).items():
+        # (Re-created rules come after the ones left, as a plugin ADD appends them.)
+        assert sorted(map(str, repaired[(family, chain)][1])) == sorted(map(str, bodies)), chain
+    assert repaired.keys() == _bodies(nftcases.live(case)).keys()
