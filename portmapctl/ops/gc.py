@@ -133,6 +133,8 @@ class FamilyPlan:
     # mappings left: a flow the removed chain DNATed keeps its dead destination.
     remapped_udp_ports: Tuple[int, ...] = ()
     remaining_udp: Tuple[inventory.Mapping, ...] = ()
+    # Every UDP host port the chains left map (the nftables side's removal needs it).
+    mapped_udp_ports: FrozenSet[int] = frozenset()
 
 
 def fingerprint(chain: AnyChain) -> str:
@@ -235,6 +237,7 @@ def plan_family(
         txn,
         tuple(sorted(remapped)),
         remaining,
+        frozenset(still_mapped),
     )
 
 
@@ -621,8 +624,8 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
         failure = _family_failure(failed_family, failure, plans, planned)
     nft_removed: List[GcChain] = []
     nft_pending: List[GcChain] = []
-    nft_freed: Dict[int, Set[int]] = {}
     nft_kept = 0
+    nft_done: Optional[NftPlan] = None
     if failure is None and planned.nft is not None:
         try:
             text, nft_done = gc_nft.apply_nft(
@@ -634,7 +637,7 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
             nft_removed, nft_pending = nft_done.removed, nft_done.pending
             if progress is not None:
                 progress(sum(len(p.removed) for p in plans) + len(nft_removed), total)
-            nft_freed, nft_kept = nft_done.freed, nft_done.kept
+            nft_kept = nft_done.kept
             remembered.update(nft_done.seen)
             if not options.dry_run:
                 for chain in nft_removed:
@@ -663,16 +666,15 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
             # caller ends with this as the one error line (exit 3). Not remembering the
             # sightings only makes later runs wait --min-age again: nothing unsafe.
             state_error = str(err)
-    work = [p for p in plans if p.freed_udp_ports or p.remapped_udp_ports]
-    for family, ports in sorted(nft_freed.items()):
-        # The nftables side's freed ports, flushed the same way (no chain maps them).
-        work.append(
-            FamilyPlan(family, (), (), 0, (), tuple(sorted(ports)), {}, Transaction(family))
-        )
+    work, shared_ports = _udp_work(plans, nft_done)
     deleted, flush_warnings = 0, ()
-    if not options.dry_run and options.flush_udp and work:
+    if not options.dry_run and options.flush_udp and (work or shared_ports):
         # Also when a later family failed: what went in the others went for good.
         deleted, flush_warnings = flush_udp_after(work)
+        if shared_ports:
+            more, more_warnings = _flush_shared(node, shared_ports)
+            deleted += more
+            flush_warnings += more_warnings
     if failure is not None:
         raise failure
     return GcResult(
@@ -697,6 +699,61 @@ def gc(
     """Plan and (unless a dry run) apply the removal, family by family (the smaller
     table's applied while the others are planned: plan_gc's apply_early)."""
     return apply_gc(node, plan_gc(node, sources, options, apply_early=True), progress)
+
+
+def _udp_work(
+    plans: Sequence[FamilyPlan], nft_done: Optional[NftPlan]
+) -> Tuple[List[FamilyPlan], Dict[int, Set[int]]]:
+    """The UDP host ports the removal touched, split by how their flows are judged:
+    the plans flush_udp_after takes (ports nothing maps any more in either backend:
+    every flow; ports only iptables chains still map: the misrouting ones, judged by
+    the iptables mappings left), and per family the ports whose flows must be judged
+    against both backends' mappings left (another backend still maps them, or, in
+    nftables, another container's rule). A port freed in one backend but mapped in the
+    other is no freed port: its live container's flows stay."""
+    nft_mapped = nft_done.mapped if nft_done is not None else {}
+    ipt_mapped = {p.family: p.mapped_udp_ports for p in plans}
+    shared: Dict[int, Set[int]] = {}
+    work: List[FamilyPlan] = []
+    for p in plans:
+        other = nft_mapped.get(p.family, set())
+        crossing = {n for n in (*p.freed_udp_ports, *p.remapped_udp_ports) if n in other}
+        if crossing:
+            shared.setdefault(p.family, set()).update(crossing)
+        freed = tuple(n for n in p.freed_udp_ports if n not in other)
+        remapped = tuple(n for n in p.remapped_udp_ports if n not in other)
+        if freed or remapped:
+            work.append(replace(p, freed_udp_ports=freed, remapped_udp_ports=remapped))
+    if nft_done is not None:
+        families = sorted({*nft_done.freed, *nft_done.remapped})
+        for family in families:
+            gone = nft_done.freed.get(family, set()) | nft_done.remapped.get(family, set())
+            mapped = nft_mapped.get(family, set()) | ipt_mapped.get(family, frozenset())
+            if gone & mapped:
+                shared.setdefault(family, set()).update(gone & mapped)
+            freed = tuple(sorted(gone - mapped))
+            if freed:
+                # No rule of either backend maps them: every flow goes (no chain needed).
+                work.append(FamilyPlan(family, (), (), 0, (), freed, {}, Transaction(family)))
+    return work, shared
+
+
+def _flush_shared(node: Node, ports: Dict[int, Set[int]]) -> Tuple[int, Tuple[str, ...]]:
+    """The misrouting flows (flush-udp --stale-only) of ports the removal left mapped
+    by a container of either backend, judged by both backends' mappings as they are
+    now (read again: a rare case, a port shared across backends or in nftables)."""
+    from portmapctl.ops import flush_udp as flushing
+
+    try:
+        mappings = flushing.node_mappings(node, node.read(), None)
+        deleted = sum(
+            flushing.flush_ports((family,), sorted(found), keep=mappings)
+            for family, found in sorted(ports.items())
+        )
+    except Exception as err:  # noqa: BLE001 - reported, never fatal after the removal
+        shown = ", ".join(f"{p}/v{f}" for f, found in sorted(ports.items()) for p in sorted(found))
+        return 0, (f"could not flush the misrouting UDP conntrack entries of {shown}: {err}",)
+    return deleted, ()
 
 
 def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:

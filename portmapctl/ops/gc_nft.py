@@ -51,6 +51,12 @@ class NftPlan(NamedTuple):
     freed: Dict[int, Set[int]]  # UDP host ports per family no rule maps any more
     kept: int  # live (family, container) pairs
     transaction: NftTransaction
+    # UDP host ports per family of removed rules that another nftables rule still maps
+    # (a flow the removed rule DNATed keeps its dead destination), and every UDP host
+    # port the rules left map: gc judges the flows of a port the other backend still
+    # maps, or this one, as flush-udp --stale-only does (ops/gc.py).
+    remapped: Dict[int, Set[int]] = {}
+    mapped: Dict[int, Set[int]] = {}
 
 
 def speaks_for_nft(sources: Sources, use_cache: bool) -> bool:
@@ -131,6 +137,7 @@ def plan_nft(
     # UDP ports another rule still maps are not freed.
     still = _nft_udp_ports(live_rules, {(op.family, op.handle or 0) for op in txn.ops})
     freed = {f: ports - still.get(f, set()) for f, ports in gone_udp.items()}
+    remapped = {f: ports & still.get(f, set()) for f, ports in gone_udp.items()}
     kept = len(
         {
             (family, rule.comment)
@@ -141,7 +148,16 @@ def plan_nft(
             if rule.comment and is_live(rule.comment)
         }
     )
-    return NftPlan(removed, pending, new_seen, {f: p for f, p in freed.items() if p}, kept, txn)
+    return NftPlan(
+        removed,
+        pending,
+        new_seen,
+        {f: p for f, p in freed.items() if p},
+        kept,
+        txn,
+        {f: p for f, p in remapped.items() if p},
+        still,
+    )
 
 
 def _chain_of(rules: Sequence[Rule]) -> str:

@@ -199,3 +199,62 @@ def test_repair_in_a_v171_table_passes_v171_check_again(node: str, tmp_path: Pat
     assert done.returncode == 0, done.stdout + done.stderr
     assert _plugin_tables(node) == before
     upstream.run("v1.7.1", "CHECK", node, "n17", conf, check=True)
+
+
+def _flows(ns: str) -> set:
+    """(destination port, DNAT destination) of the namespace's UDP conntrack entries."""
+    out = subprocess.run([rp._ip(), "netns", "exec", ns, "conntrack", "-L", "-p", "udp"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    found = set()
+    for line in out.splitlines():
+        # The original direction's dport= comes first, the reply's src= second.
+        dports = [w.split("=", 1)[1] for w in line.split() if w.startswith("dport=")]
+        srcs = [w.split("=", 1)[1] for w in line.split() if w.startswith("src=")]
+        found.add((int(dports[0]), srcs[1]))
+    return found
+
+
+def test_gc_flushes_the_dead_containers_flows_of_a_port_still_mapped_in_either_backend(
+    node: str, tmp_path: Path
+) -> None:
+    """gc deletes the UDP flows the removal left pointing at a dead container, and only
+    those, wherever the port is still mapped (SPEC §3, as flush-udp --stale-only).
+    0.1 judged each backend alone: a port a dead nftables container shared with a live
+    one kept its flows to the dead address (the seed commit's misrouting), and a port
+    freed in one backend but mapped in the other lost its live container's flows too."""
+    # The flows' destination is the node's own address: only such flows met a mapping.
+    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/24", "dev", "lo"], check=True)
+    # Port 5010: dead in nftables, live in iptables. 5020: dead and live in nftables.
+    # 5030: dead in iptables, live in nftables. 5040: dead in nftables alone.
+    upstream.run(V191, "ADD", node, "dead10", upstream.nft_conf(
+        "podman", ["10.88.0.91/16"], [_pm(5010, 53, "udp")]), check=True)  # fmt: skip
+    live10 = rp.plugin_conf("podman", ["10.88.0.92/16"], [_pm(5010, 53, "udp")])
+    rp.run_plugin("ADD", node, "live10", live10, check=True)
+    _cached(tmp_path, "live10", live10)
+    for cid, ip, port, cached in (("dead20", "10.88.0.95", 5020, False),
+                                  ("live20", "10.88.0.96", 5020, True),
+                                  ("live30", "10.88.0.98", 5030, True),
+                                  ("dead40", "10.88.0.99", 5040, False)):  # fmt: skip
+        conf = upstream.nft_conf("podman", [f"{ip}/16"], [_pm(port, 53, "udp")])
+        upstream.run(V191, "ADD", node, cid, conf, check=True)
+        if cached:
+            _cached(tmp_path, cid, conf)
+    dead30 = rp.plugin_conf("podman", ["10.88.0.97/16"], [_pm(5030, 53, "udp")])
+    rp.run_plugin("ADD", node, "dead30", dead30, check=True)
+    flows = {(5010, "10.88.0.91"), (5010, "10.88.0.92"), (5020, "10.88.0.95"),
+             (5020, "10.88.0.96"), (5030, "10.88.0.97"), (5030, "10.88.0.98"),
+             (5040, "10.88.0.99")}  # fmt: skip
+    for sport, (dport, to) in enumerate(sorted(flows), start=41000):
+        subprocess.run([rp._ip(), "netns", "exec", node, "conntrack", "-I", "-p", "udp",
+                        "-s", "192.0.3.2", "-d", "192.0.3.1", "--sport", str(sport),
+                        "--dport", str(dport), "--reply-src", to, "--reply-port-src", "53",
+                        "--reply-dst", "192.0.3.2", "--reply-port-dst", str(sport), "-t", "100"],
+                       check=True, capture_output=True)  # fmt: skip
+    assert _flows(node) == flows
+    done = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert {c["container_id"] for c in doc["removed"]} == {"dead10", "dead20", "dead30", "dead40"}
+    live = {(5010, "10.88.0.92"), (5020, "10.88.0.96"), (5030, "10.88.0.98")}
+    assert _flows(node) == live
+    assert doc["conntrack_deleted"] == len(flows) - len(live)
