@@ -48,15 +48,48 @@ def split(
     iptables is read, so check never expects, nor --repair writes, nftables rules for
     it."""
     nft_owners = owners_in(nft_live)
+    targets = _dnat_targets(nft_live)
     default = Backend(keyless)
     ipt: List[Attachment] = []
     nft: List[Attachment] = []
+    ipt_ids: Set[str] = set()
     for attachment in attachments or ():
+        cid = attachment.container_id
         configured = attachment.mapping.backend if attachment.mapping is not None else None
-        chosen = choose(configured, attachment.container_id, nft_owners, iptables_owners, default)
+        # The evidence is the attachment's own: its network's chain (by its name, where
+        # the caller gives chain names), and nftables rules DNATing to its address (they
+        # name no network: a container on two networks, one per backend, must not make
+        # the other network's attachment look nft-backed).
+        in_ipt = attachment.dnat_chain in iptables_owners or cid in iptables_owners
+        in_nft = cid in nft_owners and _dnats_to(attachment, targets.get(cid))
+        chosen = choose(configured, cid, {cid} if in_nft else (), {cid} if in_ipt else (), default)
         (nft if chosen is Backend.NFTABLES else ipt).append(attachment)
-    both = sorted(set(nft_owners) & set(iptables_owners))
+        if in_ipt:
+            ipt_ids.add(cid)
+    both = sorted(set(nft_owners) & ipt_ids)
     return Split(tuple(ipt), tuple(nft), tuple(both))
+
+
+def _dnat_targets(live: Ruleset) -> Dict[str, Set[str]]:
+    """container ID -> the addresses its nftables DNAT rules send to."""
+    from portmapctl.nftables.ruleset import CONTAINER_CHAINS, ActionKind
+
+    found: Dict[str, Set[str]] = {}
+    for table in live.tables.values():
+        for chain in CONTAINER_CHAINS:
+            for rule in table.rules_of(chain):
+                action = rule.body.action
+                if rule.comment and action.kind is ActionKind.DNAT and action.addr:
+                    found.setdefault(rule.comment, set()).add(action.addr)
+    return found
+
+
+def _dnats_to(attachment: Attachment, targets: Optional[Set[str]]) -> bool:
+    """Whether the container's nftables rules are this attachment's: they DNAT to one
+    of its addresses (no DNAT rule, or no address known: they are taken as its)."""
+    if not targets or attachment.mapping is None or not attachment.mapping.addresses:
+        return True
+    return any(a.ip.compressed in targets for a in attachment.mapping.addresses)
 
 
 def owners(attachments: Optional[Sequence[Attachment]]) -> Optional[List[Owner]]:

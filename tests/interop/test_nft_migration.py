@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -258,3 +259,45 @@ def test_gc_flushes_the_dead_containers_flows_of_a_port_still_mapped_in_either_b
     live = {(5010, "10.88.0.92"), (5020, "10.88.0.96"), (5030, "10.88.0.98")}
     assert _flows(node) == live
     assert doc["conntrack_deleted"] == len(flows) - len(live)
+
+
+def test_a_container_on_two_networks_one_per_backend_is_no_copy_to_remove(
+    node: str, tmp_path: Path
+) -> None:
+    """A container on two networks (podman --network oldnet,newnet), newnet switched
+    to nftables and oldnet not: one cache entry per backend, rules in both, all live.
+    0.1 judged backends by container ID: it reported `both-backends` and told the
+    operator to delete oldnet's chain by hand; once that chain was gone, it expected
+    oldnet's mapping in nftables (the ID's rules were there) and --repair wrote it there.
+    Now each cache entry is judged by its own evidence."""
+    old = rp.plugin_conf("oldnet", ["10.88.0.5/16"], [_pm(8600, 80)])
+    rp.run_plugin("ADD", node, "multi", old, check=True)
+    rp.write_cni_cache(tmp_path, "oldnet", "multi", "eth0", old, [_pm(8600, 80)], ["10.88.0.5/16"])
+    new = upstream.nft_conf("newnet", ["10.89.0.5/16"], [_pm(8600, 80)])
+    new["prevResult"]["interfaces"][0]["name"] = "eth1"
+    upstream.run(V191, "ADD", node, "multi", new, ifname="eth1", check=True)
+    rp.write_cni_cache(tmp_path, "newnet", "multi", "eth1", new, [_pm(8600, 80)], ["10.89.0.5/16"])
+    healthy = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert json.loads(healthy.stdout)["problems"] == []
+    tables = _plugin_tables(node)
+    ipt_before = rp.nat_rules(rp.save(node, 4))
+    chain = next(line.split()[1] for line in ipt_before if line.startswith("-A CNI-DN-"))
+    entry = next(line for line in ipt_before if line.startswith("-A CNI-HOSTPORT-DNAT"))
+    rp.iptables(node, ["-t", "nat", "-D", "CNI-HOSTPORT-DNAT", *shlex.split(entry)[2:]])
+    rp.iptables(node, ["-t", "nat", "-F", chain])
+    rp.iptables(node, ["-t", "nat", "-X", chain])
+    broken = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert broken.returncode == 1
+    problems = json.loads(broken.stdout)["problems"]
+    assert {(p["kind"], p["network"], p["chain"]) for p in problems} == {
+        ("missing-chain", "oldnet", chain)
+    }
+    assert "multi" not in broken.stderr  # (no note: oldnet's rules are not in nftables)
+    repaired = _pmctl(node, tmp_path, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert rp.nat_rules(rp.save(node, 4)) == ipt_before
+    assert _plugin_tables(node) == tables
+    for result in rp.run_check(node, "multi", old):
+        assert result.returncode == 0, result.stdout + result.stderr
+    upstream.run(V191, "CHECK", node, "multi", new, ifname="eth1", check=True)

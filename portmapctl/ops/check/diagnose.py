@@ -777,6 +777,7 @@ def diagnose(
     not_expected: Collection[str] = (),
     judged: Optional[Collection[str]] = None,
     nft_owners: Optional[Collection[str]] = None,
+    nft_entries: Collection[Tuple[str, str]] = (),
 ) -> Tuple[List[Problem], int]:
     """Every problem of a node (pure). Returns (problems, mappings compared).
 
@@ -784,15 +785,21 @@ def diagnose(
     families read from the other iptables flavour; `flavours` is (used, other).
     `found` is the inventory of `tables` and `attachments`, when the caller has it.
     Of the containers in `not_expected` (IDs) nothing is expected in iptables: their
-    rules are in nftables, or iptables is not looked at (--backend nftables).
+    rules are in nftables, or iptables is not looked at (--backend nftables); nor of
+    the cache entries `nft_entries` ((network, ID): nft-backed ones; a container on
+    two networks may have one entry per backend).
     `judged` (None: every one) are the containers whose cache entries are judged
     (zombies): those of the backends looked at (a zombie's fix, gc with the same
     --backend, would not reach another backend's rules). `nft_owners`: the IDs with
     rules left in the plugin's nftables tables (None: not known).
     """
     configs = cached_configs(attachments) if attachments is not None else None
-    if configs is not None and not_expected:
-        configs = [c for c in configs if c.container_id not in not_expected]
+    if configs is not None and (not_expected or nft_entries):
+        configs = [
+            c
+            for c in configs
+            if c.container_id not in not_expected and (c.network, c.container_id) not in nft_entries
+        ]
     problems: List[Problem] = []
     other_flavour = flavours[1] if flavours else None
     if other_tables and flavours:
@@ -834,7 +841,8 @@ def diagnose(
     live_names |= {a.snat_chain for a in attachments or ()}
     problems += _inventory_problems(found, derived, live_names, fixes)
     entries = [a for a in attachments or () if judged is None or a.container_id in judged]
-    problems += _zombies(entries, tables, fixes, not_expected, nft_owners)
+    nft_backed = {*not_expected, *(cid for _network, cid in nft_entries)}
+    problems += _zombies(entries, tables, fixes, nft_backed, nft_owners)
     for family in sorted(tables):
         problems += _duplicates(tables[family], fixes)
     return problems, compared

@@ -8,7 +8,18 @@ repaired by one `nft -f` transaction (nftables/planner.py), never in iptables.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
@@ -46,9 +57,10 @@ _NFT_WHY = {
 def iptables_owners(
     tables: ReadOnly[int, NatTable], attachments: Optional[Sequence[Attachment]]
 ) -> set:
-    """Cached containers whose CNI-DN- chain is in iptables."""
+    """The CNI-DN- chains of cached containers that are in iptables (by name: the
+    evidence of each cached network, ops/nft.py split)."""
     return {
-        a.container_id
+        a.dnat_chain
         for a in attachments or ()
         if any(t.has_chain(a.dnat_chain) for t in tables.values())
     }
@@ -71,6 +83,13 @@ class NftCheck(NamedTuple):
     found: Optional[NftInventory]  # the rows read (None: nftables not looked at)
     # IDs with a rule left in the plugin's tables (what gc can remove); None: not read.
     owners: Optional[Set[str]] = None
+    # (network, ID) of the nft-backed cache entries: nothing of them is expected in
+    # iptables. By entry, not ID: a container on two networks may have one per backend.
+    nft_keys: FrozenSet[Tuple[str, str]] = frozenset()
+
+
+def _keys(attachments: Iterable[Attachment]) -> FrozenSet[Tuple[str, str]]:
+    return frozenset((a.network, a.container_id) for a in attachments)
 
 
 def nft_problems(
@@ -85,7 +104,14 @@ def nft_problems(
     if node.nft is None:
         # nftables not looked at (--backend iptables, iptables dumps only): containers
         # configured for it are still not expected in iptables.
-        return NftCheck([], configured_nft(attachments), 0, [], None)
+        configured = [
+            a
+            for a in attachments or ()
+            if a.mapping is not None and a.mapping.backend == "nftables"
+        ]
+        return NftCheck(
+            [], {a.container_id for a in configured}, 0, [], None, nft_keys=_keys(configured)
+        )
     if live is None:
         live = node.read_nft()
     if not live.tables and node.options.backend != "nftables" and not configured_nft(attachments):
@@ -103,7 +129,7 @@ def nft_problems(
     if node.nft_unusable is not None:
         if parts.nftables:
             raise node.nft_unusable  # nft state is needed and cannot be read
-        return NftCheck([], nft_ids, 0, [], None)
+        return NftCheck([], nft_ids, 0, [], None, nft_keys=_keys(parts.nftables))
     problems: List[Problem] = []
     for p in found.problems:
         if node.options.families and p.family not in node.options.families:
@@ -181,12 +207,16 @@ def nft_problems(
             )
     problems += _leftover_problems(node, live, parts, attachments, fixes, seen_stale)
     for cid in parts.both:
-        problems.append(_both_backends(cid, tables, live, attachments, fixes))
+        problem = _both_backends(cid, tables, live, parts, fixes)
+        if problem is not None:
+            problems.append(problem)
     compared = sum(len(a.mapping.families) for a in parts.expected if a.mapping is not None)
     from portmapctl.nftables.node import owners_in
 
     notes = _foreign_notes(node, found) + _keyless_notes(node, parts)
-    return NftCheck(problems, nft_ids, compared, notes, found, owners_in(live))
+    return NftCheck(
+        problems, nft_ids, compared, notes, found, owners_in(live), _keys(parts.nftables)
+    )
 
 
 def _keyless_notes(node: Node, parts: Split) -> List[str]:
@@ -296,25 +326,29 @@ def _both_backends(
     cid: str,
     tables: ReadOnly[int, NatTable],
     live: Ruleset,
-    attachments: Optional[Sequence[Attachment]],
+    parts: Split,
     fixes: Fixes,
-) -> Problem:
-    """A container with rules in both backends. Its cache entry keeps it live, so gc
-    keeps both copies (a `gc` fix did nothing), and no command of ours deletes a live
-    container's rules: the fix is null, and `why` says, command by command, how to
-    remove the copy in the backend its cached config does not use (the plugin's DEL
-    cleans only that one; no config: the one the plugin's default, iptables, does)."""
+) -> Optional[Problem]:
+    """A container with a copy of its rules in the backend its cached config does not
+    use. Its cache entry keeps it live, so gc keeps both copies (a `gc` fix did
+    nothing), and no command of ours deletes a live container's rules: the fix is null,
+    and `why` says, command by command, how to remove that copy (the plugin's DEL
+    cleans only the other; no config: the one the plugin's default, iptables, does).
+
+    A copy is judged per cached network: the iptables chain of a network whose cached
+    config uses nftables, or nftables rules when no cached network of the container
+    uses nftables. A container on two networks, one per backend (a network switched to
+    nftables, the other not), has rules in both and nothing to remove: None."""
     from portmapctl.iptables.inventory import entry_rules
     from portmapctl.nftables.node import Backend
     from portmapctl.nftables.transaction import Op, OpKind
 
-    owner = next((a for a in attachments or () if a.container_id == cid), None)
-    configured = owner.mapping.backend if owner is not None and owner.mapping else None
-    keep = Backend(configured) if configured in ("iptables", "nftables") else Backend.IPTABLES
+    in_nft = [a for a in parts.nftables if a.container_id == cid]
     steps: List[str] = []
     rules: List[str] = []
-    if keep is Backend.NFTABLES:
-        chains = {a.dnat_chain for a in attachments or () if a.container_id == cid}
+    if in_nft:
+        keep, network = Backend.NFTABLES, in_nft[0].network
+        chains = {a.dnat_chain for a in in_nft}
         for family in sorted(tables):
             table = tables[family]
             for chain in sorted(c for c in chains if table.has_chain(c)):
@@ -325,19 +359,23 @@ def _both_backends(
                 steps.append(fixes.iptables(family, "-X", chain, ()))
                 rules += [format_rule("-A", chain, r) for r in table.rules(chain)]
     else:
+        keep = Backend.IPTABLES
+        network = next((a.network for a in parts.iptables if a.container_id == cid), None)
         for (family, _handle), rule in sorted(_by_handle(live).items()):
             if rule.comment != cid:
                 continue
             delete = Op(OpKind.DELETE_RULE, family, rule.chain, handle=rule.handle)
             steps.append(f"nft {delete.line()}")
             rules.append(rule.body.text(family))
+    if not steps:
+        return None  # each copy is a cached network's own
     other = "iptables" if keep is Backend.NFTABLES else "nftables"
     how = "; ".join(f"`{step}`" for step in steps)
     return Problem(
         ProblemKind.BOTH_BACKENDS.value,
         None,
         None,
-        _network_of(attachments, cid),
+        network,
         cid,
         f"rules in both iptables and nftables; its cached config uses {keep.value}",
         # Prose, not a command: JSON `fix` is null and this goes to `why` (gc keeps a

@@ -354,7 +354,11 @@ def repair(
         if node.nft is None:
             # nftables not looked at: containers configured for it still get nothing
             # in iptables, and nothing is written in nftables.
-            excluded = check_nft.configured_nft(attachments)
+            excluded = {
+                (a.network, a.container_id)
+                for a in attachments
+                if a.mapping is not None and a.mapping.backend == "nftables"
+            }
         else:
             from portmapctl.ops import nft
 
@@ -364,9 +368,11 @@ def repair(
                 check_nft.iptables_owners(read.tables, attachments),
                 node.options.keyless,
             )
-            excluded = nft_ids = {a.container_id for a in parts.nftables}
+            # By cache entry: a container on two networks may have one per backend.
+            excluded = {(a.network, a.container_id) for a in parts.nftables}
+            nft_ids = {a.container_id for a in parts.nftables}
         if configs is not None:
-            configs = [c for c in configs if c.container_id not in excluded]
+            configs = [c for c in configs if (c.network, c.container_id) not in excluded]
     transactions: Dict = {}
     changed: Dict[str, Tuple[MappingConfig, List[int]]] = {}
     unrepaired: List[Unrepaired] = []

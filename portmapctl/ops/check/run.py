@@ -119,9 +119,10 @@ def _check_node(
         other_tables=other_tables,
         flavours=flavours,
         found=found,
-        not_expected=nft_ids if reads_iptables else cached,
+        not_expected=() if reads_iptables else cached,
         judged=judged,
         nft_owners=nft.owners,
+        nft_entries=nft.nft_keys,
     )
     problems += nft_found
     compared += nft_compared
