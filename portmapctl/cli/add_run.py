@@ -138,6 +138,7 @@ def _add(
         if config.backend == "nftables":
             # (The iptables table as before: an nftables mapping has no entry chain.)
             clashes = shadow_warnings(config, node.read())
+            clashes += nft_shadow_warnings(config, node.read_nft())
             result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp)
         else:
             # What add read (or listed meanwhile): not a second read of the whole table.
@@ -298,6 +299,37 @@ def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[
                         f"{where} is mapped to {_owner(m)} too: this mapping comes first"
                         " and shadows it"
                     )
+    return warnings
+
+
+def nft_shadow_warnings(config: MappingConfig, live: Any) -> List[str]:
+    """Host ports another container's nftables rule maps too (same family and
+    protocol, overlapping host address), as shadow_warnings says them for iptables:
+    nftables is first-match-wins too, and the plugin's ADD appends, so a new mapping
+    is shadowed by the rule that wins there now; one re-added keeps its rule's place."""
+    if not live.tables:
+        return []  # no plugin table: no other mapping to meet
+    from portmapctl.core.status import Status
+    from portmapctl.nftables import inventory as nft_inventory
+
+    found = nft_inventory.build(live, problems=False)
+    warnings = []
+    for port in config.ports:
+        for family in config.families:
+            if family not in live.tables or not port.applies_to(family):
+                continue
+            key = (family, port.protocol, port.host_port, port.host_ip_for_rule())
+            same = [m for m in found.mappings if _same_port(m, *key)]
+            mine = [m for m in same if m.container_id == config.container_id]
+            others = [m for m in same if m.container_id != config.container_id]
+            winners = [m for m in others if Status.SHADOWED not in m.status] or others
+            if not winners or any(Status.SHADOWED not in m.status for m in mine):
+                continue  # nobody else, or its own rule is there and wins
+            warnings.append(
+                f"IPv{family} {port.protocol}/{port.host_port} is mapped first to"
+                f" {(winners[0].container_id or '?')[:12]} (nftables {winners[0].chain}):"
+                f" this mapping {'is' if mine else 'will be'} shadowed (it gets no traffic there)"
+            )
     return warnings
 
 

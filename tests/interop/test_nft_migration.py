@@ -301,3 +301,27 @@ def test_a_container_on_two_networks_one_per_backend_is_no_copy_to_remove(
     for result in rp.run_check(node, "multi", old):
         assert result.returncode == 0, result.stdout + result.stderr
     upstream.run(V191, "CHECK", node, "multi", new, ifname="eth1", check=True)
+
+
+def test_add_in_nftables_warns_of_a_port_another_container_maps_first(
+    node: str, tmp_path: Path
+) -> None:
+    """add says when a host port is already taken (its --help); in nftables it never
+    did. The plugin appends, and nftables is first-match-wins: the new mapping gets no
+    traffic, which the plugin's CHECK (it only counts rules) does not see either."""
+    first = upstream.nft_conf("podman", ["10.88.0.21/16"], [_pm(8011, 80)])
+    upstream.run(V191, "ADD", node, "nft1", _cached(tmp_path, "nft1", first), check=True)
+    args = ["add", "--backend", "nftables", "--network", "podman", "--ip"]
+    done = _pmctl(node, tmp_path, *args, "10.88.0.22/16", "--container", "nft2",
+                  "-p", "127.0.0.1:8011:80", "-o", "json")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    [warning] = json.loads(done.stdout)["warnings"]
+    assert warning.startswith("IPv4 tcp/8011 is mapped first to nft1 (nftables hostports)")
+    assert warning in done.stderr
+    # Its own rule again (a second add) and another port: nothing to say.
+    again = _pmctl(node, tmp_path, *args, "10.88.0.21/16", "--container", "nft1",
+                   "-p", "8011:80", "-o", "json")  # fmt: skip
+    assert json.loads(again.stdout)["warnings"] == [], again.stderr
+    other = _pmctl(node, tmp_path, *args, "10.88.0.23/16", "--container", "nft3",
+                   "-p", "8012:80", "-o", "json")  # fmt: skip
+    assert json.loads(other.stdout)["warnings"] == [], other.stderr
