@@ -325,3 +325,21 @@ def test_add_in_nftables_warns_of_a_port_another_container_maps_first(
     other = _pmctl(node, tmp_path, *args, "10.88.0.23/16", "--container", "nft3",
                    "-p", "8012:80", "-o", "json")  # fmt: skip
     assert json.loads(other.stdout)["warnings"] == [], other.stderr
+
+
+def test_a_zombies_problem_says_its_rules_are_in_nftables(node: str, tmp_path: Path) -> None:
+    """A zombie's problem says where its rules still are: an iptables one names its
+    chain's families; an nftables one said nothing of its rules, and its JSON named
+    the iptables backend and a CNI-DN- chain that does not exist."""
+    ports = [_pm(8004, 80)]
+    conf = upstream.nft_conf("podman", ["10.88.0.14/16"], ports)
+    upstream.run(V191, "ADD", node, "zomb1", conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "zomb1", "eth0", conf, ports, ["10.88.0.14/16"],
+                       netns="/run/netns/pmt-migr-gone")  # fmt: skip
+    done = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    [zombie] = json.loads(done.stdout)["problems"]
+    assert zombie["kind"] == "zombie"
+    assert "its rules are still in nftables" in zombie["detail"], zombie
+    assert (zombie["backend"], zombie["chain"]) == ("nftables", None), zombie
+    assert zombie["fix"].endswith("--netns-liveness")

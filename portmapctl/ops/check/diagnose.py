@@ -640,20 +640,21 @@ def _zombies(
             continue  # no port mappings: nothing of portmap's to say about it
         seen.add(a.dnat_chain)
         where = f"; its chain is still in IPv{'/IPv'.join(map(str, present))}" if present else ""
+        owned = nft_owners is not None and a.container_id in nft_owners
+        in_nft = owned or a.container_id in nft_backed
+        if owned:
+            where += "; its rules are still in nftables"
         problems.append(
             Problem(
                 ProblemKind.ZOMBIE,
                 present[0] if len(present) == 1 else None,
-                a.dnat_chain,
+                # An nftables container's: no chain of its own (JSON backend nftables).
+                a.dnat_chain if present or not in_nft else "nft",
                 a.network,
                 a.container_id,
                 f"cached, but its network namespace {a.netns} is gone{where}; not repaired",
                 f"{fixes.gc} --netns-liveness"
-                if present
-                or (
-                    a.container_id in nft_backed
-                    and (nft_owners is None or a.container_id in nft_owners)
-                )
+                if present or owned or (a.container_id in nft_backed and nft_owners is None)
                 else f"nothing of it is left for gc to remove: delete its cache entry {a.path}"
                 " once the runtime is done with the container",
                 "the runtime forgot the container without a CNI DEL: its cache entry keeps"
