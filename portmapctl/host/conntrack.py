@@ -46,6 +46,7 @@ _CTA_ZONE = 18
 _CTA_FILTER = 25
 _CTA_TUPLE_IP = 1
 _CTA_TUPLE_PROTO = 2
+_CTA_TUPLE_ZONE = 3
 _CTA_PROTO_NUM = 1
 _CTA_PROTO_SRC_PORT = 2
 _CTA_PROTO_DST_PORT = 3
@@ -297,7 +298,6 @@ def _delete_message(entry: ConntrackEntry, seq: int) -> bytes:
     return _message(_IPCTNL_MSG_CT_DELETE, _NLM_F_REQUEST | _NLM_F_ACK, af, seq, *attrs)
 
 
-
 def _parse_tuple(buf: bytes, span: tuple[int, int], af: int) -> tuple[str, str, int, int] | None:
     """(src, dst, sport, dport) of a UDP tuple; None for another protocol."""
     parts = _attrs(buf, *span)
@@ -329,7 +329,10 @@ def _parse_entry(
     reply = _parse_tuple(buf, attrs[_CTA_TUPLE_REPLY], af)
     if reply is None:
         return None
-    zone = attrs.get(_CTA_ZONE)
+    # A zone of both directions comes as CTA_ZONE; a zone of the original direction
+    # only (`ct original zone set`, `conntrack --orig-zone`) as CTA_TUPLE_ZONE in the
+    # original tuple, and the kernel finds the entry by its tuple only with that zone.
+    zone = attrs.get(_CTA_ZONE) or _attrs(buf, *attrs[_CTA_TUPLE_ORIG]).get(_CTA_TUPLE_ZONE)
     ct_id = attrs.get(_CTA_ID)
     return ConntrackEntry(
         4 if af == socket.AF_INET else 6,

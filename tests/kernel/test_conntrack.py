@@ -166,6 +166,24 @@ def test_delete_spares_a_newer_entry_and_another_zone(netns: str) -> None:
 
 
 @pytest.mark.netns
+def test_delete_finds_entries_of_a_one_direction_zone(netns: str) -> None:
+    """A zone of the original direction only (`ct original zone set`) comes in the
+    original tuple, not as CTA_ZONE: read as zone 0, the entry was never found to
+    delete (flush-udp counted it deleted in its list, and it stayed)."""
+    insert("192.0.2.7", "10.0.0.1", 40001, 5353)
+    for sport, zone in ((40002, "--orig-zone"), (40003, "--reply-zone")):
+        run("conntrack", "-I", "-p", "udp", "-s", "192.0.2.7", "-d", "10.0.0.1", "--sport",
+            str(sport), "--dport", "5353", "-t", "100", zone, "9")  # fmt: skip
+    listed = list_udp(dports=[5353])
+    # The reply-direction zone does not take part in finding the original tuple.
+    assert sorted((e.sport, e.zone) for e in listed) == [(40001, 0), (40002, 9), (40003, 0)]
+    assert delete([e for e in listed if e.sport == 40002]) == 1
+    assert sorted(e.sport for e in list_udp(dports=[5353])) == [40001, 40003]
+    assert delete(list_udp(dports=[5353])) == 2
+    assert list_udp() == []
+
+
+@pytest.mark.netns
 def test_real_dnat_traffic(make_netns: Callable[[], str]) -> None:
     """A datagram from a peer to the host's port 5353, DNATed by a PREROUTING rule back
     to the peer's port 53, as the portmap plugin's rules do for a container."""
