@@ -301,14 +301,19 @@ def flush_ports(
 def count_per_mapping(mappings: Iterable[Mapping]) -> Dict[Mapping, int]:
     """`list --conntrack`: the number of UDP entries per UDP mapping (family, host
     port, and host IP when the mapping has one). An entry counts for every mapping
-    that covers it, shadowed ones too: it is under their port."""
+    that covers it, shadowed ones too: it is under their port. Only flows to the
+    node's own addresses count, the ones flush-udp looks at: a forwarded flow to the
+    same port elsewhere (a container's DNS query) never met the mapping."""
     udp = udp_mappings(mappings)
     counts: Dict[Mapping, int] = dict.fromkeys(udp, 0)
     if not udp:
         return counts
     by_key = _index(udp)
     families: Set[int] = {m.family for m in udp}
+    local = local_addresses(sorted(families))
     for entry in conntrack.list_udp(sorted(families), sorted({m.host_port for m in udp})):
+        if (entry.family, entry.dst) not in local:
+            continue
         for m in by_key.get((entry.family, entry.dport), ()):
             if _covers(m, entry):
                 counts[m] += 1

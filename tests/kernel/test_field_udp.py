@@ -92,6 +92,16 @@ def test_plain_flush_never_deletes_forwarded_flows_either(dns_node):
     assert _sports(ns) == {41001}
 
 
+def test_list_conntrack_counts_no_forwarded_flow(dns_node):
+    """FLOWS counts what flush-udp looks at: the two flows to the node's own address,
+    not the forwarded query that only shares the port (it said 3)."""
+    ns, cache = dns_node
+    done = run(["list", "--netns", ns, "--cni-cache-dir", str(cache), "--conntrack", "-o", "json"])
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["mappings"]
+    assert [(r["host_port"], r["conntrack_entries"]) for r in rows] == [(53, 2)]
+
+
 UDP = [{"hostPort": 6000, "containerPort": 60, "protocol": "udp"}]
 
 
