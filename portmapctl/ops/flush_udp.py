@@ -238,8 +238,10 @@ def flush(
     entries = conntrack.list_udp(
         sorted({family for family, _ in keys}), sorted({port for _, port in keys})
     )
-    looked_at = [e for e in entries if (e.family, e.dport) in keys]
     local = local_addresses(sorted({family for family, _ in keys}))
+    # Only flows to the node's own addresses are looked at, and counted as kept: a
+    # forwarded flow that only shares the port is none of a mapping's business.
+    looked_at = [e for e in entries if (e.family, e.dport) in keys and (e.family, e.dst) in local]
     doomed = sorted(
         plan(looked_at, keys, mappings, stale_only=stale_only, local=local),
         key=lambda d: _order(d.entry),
