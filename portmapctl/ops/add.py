@@ -115,7 +115,10 @@ def add(
     warnings: List[str] = []
     if not dry_run and families:
         interfaces = ahead.interfaces() if ahead is not None else None
-        warnings += after_setup(config, families, flush_udp, interfaces)
+        # The flush moves the port's flows onto the new rules; with nothing written
+        # (a second add) there is no move, and deleting the live flows would drop
+        # replies already on their way (add is idempotent, SPEC §3).
+        warnings += after_setup(config, families, flush_udp and bool(transactions), interfaces)
     if look_around and blind:
         own = dnat_chain_name(config)
         claims = ahead.claims() if ahead is not None else {}
@@ -241,7 +244,7 @@ def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: boo
     )
     warnings: List[str] = []
     if not dry_run and families:
-        warnings += after_setup(config, families, flush_udp)
+        warnings += after_setup(config, families, flush_udp and bool(text))  # as above
     transactions = {"nft": text} if text else {}
     # The nft chains its rules are in (JSON `chain` is a chain's name in every
     # document, never the container ID): hostports, and masquerading with SNAT.
@@ -254,8 +257,6 @@ def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: boo
         tuple(warnings),  # type: ignore[arg-type]
         backend="nftables",
     )
-
-
 
 
 def after_setup(

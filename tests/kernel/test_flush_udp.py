@@ -181,7 +181,6 @@ def test_library_flush_reports_progress_and_flush_ports_keeps(host_ns: str) -> N
 # --- real traffic: the blackhole of the seed commit, and its end ------------------------------
 
 
-
 @pytest.mark.parametrize("who_flushes", ["add", "flush-udp"])
 def test_blackhole_after_mapping_ends_with_the_flush(
     host_ns: str, container: str, capsys: pytest.CaptureFixture[str], who_flushes: str
@@ -254,6 +253,29 @@ def test_add_flushes_its_udp_host_ports(
     assert ct_sports(host_ns) == (everything if no_flush else everything - {40001, 40002})
 
 
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_a_second_add_keeps_the_flows_the_first_one_routed(
+    host_ns: str, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    """add is idempotent: a run that writes nothing moves no flow to new rules, so it
+    has nothing to flush; it deleted every live flow of the port (replies in flight
+    were lost) on each run of an "ensure the mapping" script."""
+    args = ["add", "--netns", host_ns, "--network", "mynet", "--container", "abc123",
+            "--ip", "10.88.0.5/16", "-p", "5353:53/udp"]  # fmt: skip
+    if backend == "nftables":
+        args += ["--backend", "nftables"]
+    ct_insert(host_ns, "192.0.2.1", "10.0.0.1", 40001, 5353)  # before the mapping
+    code, _, err = cli(capsys, *args)
+    assert code == 0 and "warning" not in err, err
+    assert 40001 not in ct_sports(host_ns)
+    assert ("cni_hostport" in ns_run(host_ns, "nft", "list", "tables")) == (backend == "nftables")
+    ct_insert(host_ns, "192.0.2.2", "10.0.0.1", 40002, 5353, "10.88.0.5", 53)  # through it
+    code, out, err = cli(capsys, *args, "-o", "json")
+    assert code == 0 and "warning" not in err, err
+    assert json.loads(out)["changed"] is False
+    assert 40002 in ct_sports(host_ns)
+
+
 @pytest.mark.parametrize("snat", [True, False], ids=["snat", "no-snat"])
 def test_add_sets_route_localnet_towards_the_container(
     host_ns: str, capsys: pytest.CaptureFixture[str], snat: bool
@@ -315,5 +337,3 @@ def test_no_conntrack_support_exits_3(
         "portmapctl: error: cannot list conntrack entries: Protocol not supported;"
         " this kernel offers no conntrack netlink: modprobe nf_conntrack_netlink"
     ]
-
-
