@@ -264,16 +264,21 @@ def after_setup(
     families: Sequence[int],
     flush_udp: bool,
     interfaces: Optional[Dict[str, str]] = None,
+    *,
+    local_only: bool = False,
 ) -> List[str]:
     """The plugin's two side effects; failures are warnings, as in the plugin.
-    `interfaces`: route_interfaces of the container's address, looked up already."""
-    return after_setup_many([(config, families)], flush_udp, interfaces)
+    `interfaces`: route_interfaces of the container's address, looked up already.
+    `local_only`: flush only flows to the node's own addresses (flush_keys)."""
+    return after_setup_many([(config, families)], flush_udp, interfaces, local_only=local_only)
 
 
 def after_setup_many(
     done: Sequence[Tuple[MappingConfig, Sequence[int]]],
     flush_udp: bool,
     interfaces: Optional[Dict[str, str]] = None,
+    *,
+    local_only: bool = False,
 ) -> List[str]:
     """after_setup for many containers at once (`check --repair`): one `ip -batch` for
     every route lookup, route_localnet written once per interface, and one conntrack
@@ -307,7 +312,7 @@ def after_setup_many(
     }
     if flush_udp and keys:
         try:
-            flush_keys(keys)
+            flush_keys(keys, local_only=local_only)
         except Exception as err:  # noqa: BLE001 - the plugin only logs this too
             ports = sorted({port for _, port in keys})
             shown = ", ".join(str(p) for p in ports[:10]) + (", ..." if len(ports) > 10 else "")
@@ -315,10 +320,15 @@ def after_setup_many(
     return warnings
 
 
-def flush_keys(keys: Collection[Tuple[int, int]]) -> int:
+def flush_keys(keys: Collection[Tuple[int, int]], *, local_only: bool = False) -> int:
     """Delete the UDP conntrack entries to these (family, host port) pairs: one dump and
     one delete for all of them, whatever their number. (Not through ops.flush_udp:
-    that imports the inventory, which add does not need.)"""
+    that imports the inventory, which add does not need.)
+
+    The plugin's ADD deletes every entry under the port; with `local_only` (check
+    --repair, which is no plugin ADD) only flows to the node's own addresses go: a
+    forwarded flow (a container's DNS query outside, a client of a container's own
+    address) never met a mapping (SPEC §3 flush-udp)."""
     if _no_conntrack_entries():
         return 0
     from portmapctl.host import conntrack  # imported only when there is work
@@ -326,7 +336,13 @@ def flush_keys(keys: Collection[Tuple[int, int]]) -> int:
     entries = conntrack.list_udp(
         sorted({family for family, _ in keys}), sorted({port for _, port in keys})
     )
-    return conntrack.delete([e for e in entries if (e.family, e.dport) in keys])
+    mine = [e for e in entries if (e.family, e.dport) in keys]
+    if local_only:
+        from portmapctl.host.addresses import local_addresses
+
+        local = local_addresses(sorted({family for family, _ in keys}))
+        mine = [e for e in mine if (e.family, e.dst) in local]
+    return conntrack.delete(mine)
 
 
 def _no_conntrack_entries() -> bool:

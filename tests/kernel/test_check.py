@@ -339,33 +339,23 @@ def test_single_mapping_check_and_repair(host_ns, iptables_mode, tmp_path):
 
 
 def test_repair_flushes_udp_conntrack_of_what_it_recreated(host_ns, tmp_path):
-    """While the mapping was gone, a UDP flow got an un-NATed conntrack entry; it would
-    keep bypassing the re-created DNAT until idle (the seed commit's blackhole)."""
+    """While the mapping was gone, a UDP flow to the node got an un-NATed conntrack
+    entry; it would keep bypassing the re-created DNAT until idle (the seed commit's
+    blackhole). Forwarded flows on the same port met no mapping and stay: a container's
+    query to a server outside, a client of a container's own address (repair deleted
+    them, as the plugin's ADD does)."""
     _plugin_node(host_ns, "nft", tmp_path, CONTAINERS[1:2])
     rp.iptables(host_ns, ["-t", "nat", "-F", "CNI-HOSTPORT-DNAT"])
+    rp._run(["ip", "-n", host_ns, "addr", "add", "192.0.2.2/32", "dev", "lo"], check=True)
     conntrack = ["ip", "netns", "exec", host_ns, "conntrack"]
-    rp._run(
-        [
-            *conntrack,
-            "-I",
-            "-p",
-            "udp",
-            "-s",
-            "192.0.2.1",
-            "-d",
-            "192.0.2.2",
-            "--sport",
-            "40000",
-            "--dport",
-            "5353",
-            "-t",
-            "100",
-        ],
-        check=True,
-    )
-    assert "dport=5353" in rp._run([*conntrack, "-L", "-p", "udp"]).stdout
+    for sport, dst in ((40000, "192.0.2.2"), (40001, "8.8.8.8"), (40002, "10.88.0.12")):
+        rp._run([*conntrack, "-I", "-p", "udp", "-s", "192.0.2.1", "-d", dst, "--sport",
+                 str(sport), "--dport", "5353", "-t", "100"], check=True)  # fmt: skip
+    assert rp._run([*conntrack, "-L", "-p", "udp"]).stdout.count("dport=5353") == 3
     assert _check(host_ns, "nft", tmp_path, "--repair")["repaired"]
-    assert "dport=5353" not in rp._run([*conntrack, "-L", "-p", "udp"]).stdout
+    left = rp._run([*conntrack, "-L", "-p", "udp"]).stdout
+    assert "sport=40000" not in left
+    assert "sport=40001" in left and "sport=40002" in left
 
 
 def test_repair_needs_root(host_ns, tmp_path):

@@ -62,7 +62,9 @@ def test_repair_of_many_sets_route_localnet_and_flushes_udp_in_one_go(host_ns, t
     # The firewall flush: every mapping of ctr0..ctr3 gone; ctr4, ctr5 keep theirs.
     for i in range(4):
         rp.iptables(host_ns, ["-t", "nat", "-F", f"CNI-DN-{_dn(containers[i][0])}"])
-    # Flows that went un-NATed meanwhile, one per UDP port, and one to a port nobody maps.
+    # Flows to the node that went un-NATed meanwhile, one per UDP port, and one to a
+    # port nobody maps (only flows to the node's own addresses are repair's to flush).
+    ns_run(host_ns, "ip", "addr", "add", "192.0.2.2/32", "dev", "lo")
     for i, (_, _, ports) in enumerate(containers):
         ct_insert(host_ns, "192.0.2.1", "192.0.2.2", 41000 + i, ports[-1]["hostPort"])
     ct_insert(host_ns, "192.0.2.1", "192.0.2.2", 41999, 6000)

@@ -412,10 +412,10 @@ def repair(
             transactions["nft"] = text  # both families, one `nft -f` transaction
     warnings: List[str] = [u.text for u in unrepaired]
     for c, fams in nft_changed:
-        warnings += after_setup(c, fams, flush_udp)
+        warnings += after_setup(c, fams, flush_udp, local_only=True)
     # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
     # un-NATed path it took while the mapping was missing.
-    warnings += after_setup_many(list(changed.values()), flush_udp)
+    warnings += after_setup_many(list(changed.values()), flush_udp, local_only=True)
     now = {family: planned.read(family) for family in read.tables}
     after = _check_node(node, attachments, replace(read, tables=now))
     return _repaired(before, after, transactions, warnings, unrepaired)
@@ -434,7 +434,9 @@ def _repair_mapping(node: Node, config: MappingConfig, flush_udp: bool) -> Check
         if txn:
             transactions[family] = txn.render()
             families += [family] if _changed(txn, [config]) else []
-    warnings = after_setup_many([(config, families)], flush_udp) if families else []
+    warnings = (
+        after_setup_many([(config, families)], flush_udp, local_only=True) if families else []
+    )
     after = mapping_result(config, {family: planned.read(family) for family in before.families})
     return _repaired(before, after, transactions, warnings, [])
 
@@ -480,7 +482,7 @@ def _repair_nft_mapping(
     for condition in (*config.conditions_v4, *config.conditions_v6):
         check_condition(condition)
     text, families = check_nft.repair_mapping(node, config, before.families)
-    warnings = after_setup(config, families, flush_udp) if families else []
+    warnings = after_setup(config, families, flush_udp, local_only=True) if families else []
     after = check_mapping(node, config)
     remaining = {p.key for p in after.problems}
     return CheckResult(
