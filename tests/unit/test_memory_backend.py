@@ -31,9 +31,7 @@ EXAMPLE_CACHE = str(ROOT / "examples" / "cni-cache")
 
 
 def example_node(cache_dir: str = EXAMPLE_CACHE) -> Node:
-    tables = {
-        f: parse_save((ROOT / "examples" / f"node.v{f}.save").read_text(), f) for f in (4, 6)
-    }
+    tables = {f: parse_save((ROOT / "examples" / f"node.v{f}.save").read_text(), f) for f in (4, 6)}
     return Node(NodeOptions(cache_dirs=(cache_dir,)), MemoryBackend(tables))
 
 
@@ -82,15 +80,19 @@ def test_repair_recreates_what_a_flush_removed(monkeypatch):
     side_effects = []
     # The package's `repair` is the function; the module is in sys.modules.
     monkeypatch.setattr(
-        sys.modules["portmapctl.ops.check.repair"], "after_setup_many",
-        lambda changed, flush: side_effects.extend(c.container_id for c, _ in changed) or [],
+        sys.modules["portmapctl.ops.check.repair"],
+        "after_setup_many",
+        lambda changed, flush, **_: side_effects.extend(c.container_id for c, _ in changed) or [],
     )
     node = example_node()
     healthy_first = check_lib.repair(node, flush_udp=False)
     assert healthy_first.repaired  # the example node misses an entry rule
     flushed = {
-        f: parse_save("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n"
-                      ":OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n", f)
+        f: parse_save(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n"
+            ":OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n",
+            f,
+        )
         for f in (4, 6)
     }
     node = Node(node.options, MemoryBackend(flushed))

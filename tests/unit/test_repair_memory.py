@@ -67,7 +67,7 @@ def no_side_effects(monkeypatch):
     made: List[str] = []
     monkeypatch.setattr(
         sys.modules["portmapctl.ops.check.repair"], "after_setup_many",
-        lambda changed, flush: made.extend(c.container_id for c, _ in changed) or [],
+        lambda changed, flush, **_: made.extend(c.container_id for c, _ in changed) or [],
     )  # fmt: skip
     return made
 
