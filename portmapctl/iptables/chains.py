@@ -41,7 +41,6 @@ _PLUGIN_CHAIN = re.compile(r"CNI-(?:DN|SN)-[0-9a-f]{21}\Z")
 MAX_PORTS_PER_MULTIPORT = 15
 
 
-
 def is_plugin_chain(name: str) -> bool:
     """Whether `name` is a per-container chain name as the plugin makes them."""
     return _PLUGIN_CHAIN.match(name) is not None
@@ -222,7 +221,15 @@ def dnat_chain(config: MappingConfig, family: int) -> Optional[Chain]:
                 rules.append(normal_port_rule(proto, host_port, host_ip, "127.0.0.1", mark, family))
         dnat = ("DNAT", "--to-destination", f"{destination}:{port.container_port}")
         rules.append(normal_port_rule(proto, host_port, host_ip, None, dnat, family))
-    return Chain(name, rules=tuple(rules), entry_chains=(TOPLEVEL_DNAT,), entry_rules=entry_rules)
+    # The plugin adds each rule only if `iptables -C` does not find it (insertUnique):
+    # two mappings of one host port (8080->80, 8080->81) share their mark rules, which
+    # it writes once. dict.fromkeys keeps the first of each, in order.
+    return Chain(
+        name,
+        rules=tuple(dict.fromkeys(rules)),
+        entry_chains=(TOPLEVEL_DNAT,),
+        entry_rules=tuple(dict.fromkeys(entry_rules)),
+    )
 
 
 def wanted_chains(config: MappingConfig, family: int) -> List[Chain]:
