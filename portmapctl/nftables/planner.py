@@ -149,12 +149,6 @@ def repair(
     return txn
 
 
-def _missing(table: Optional[Table], wanted: Sequence[WantedFamily]) -> List[Tuple[str, RuleBody]]:
-    """What `wanted` lacks, in the plugin's order: each container's DNAT rules, then
-    its masquerade rules."""
-    return [(chain, body) for _index, chain, body in missing_by_container(table, wanted)]
-
-
 class Entries(str, Enum):
     """What setup makes of a family's prerouting, output and hostports_all.
 
@@ -237,10 +231,63 @@ def _setup_family(
             txn.add_rule(family, name, entry)
     if MASQUERADING not in chains and any(w.snat for w in wanted):
         txn.add_chain(family, MASQUERADING, BASE_CHAINS[MASQUERADING])
-    for chain, body in _missing(table, wanted):
-        if old_shape and chain == HOSTPORTS and _host_ip_rule(body):
-            chain = HOSTIP_HOSTPORTS
-        txn.add_rule(family, chain, body)
+    missing = missing_by_container(table, wanted)
+    groups: Dict[Tuple[int, str], List[RuleBody]] = {}
+    for index, chain, body in missing:
+        groups.setdefault((index, chain), []).append(body)
+    for (index, chain), bodies in groups.items():
+        for body, position, before in _placed(table, chain, wanted[index], bodies):
+            if old_shape and chain == HOSTPORTS and _host_ip_rule(body):
+                txn.add_rule(family, HOSTIP_HOSTPORTS, body)
+            else:
+                txn.add_rule(family, chain, body, position, before)
+
+
+def _placed(
+    table: Optional[Table], chain: str, want: WantedFamily, missing: List[RuleBody]
+) -> List[Tuple[RuleBody, Optional[int], bool]]:
+    """(rule, position handle, before) for a container's missing rules in `chain`, so
+    that its rules end up in the plugin's order. nftables is first-match-wins: a
+    missing 8080->80 appended after 8080->81 would send the port elsewhere, and one
+    appended after another container's rule for the same port would lose it. A rule
+    goes before the container's next wanted rule still there; those after its last one
+    go right after that one (emitted last first, each `add ... position H` then lands
+    before the previous); with none of its rules left, they are appended, as the
+    plugin's ADD appends.
+    """
+    order = want.masquerading if chain == MASQUERADING else want.hostports
+    handles: Dict[RuleBody, List[int]] = {}
+    if table is not None:
+        for rule in table.rules_of(chain):
+            if rule.comment == want.container_id:
+                handles.setdefault(rule.body, []).append(rule.handle)
+    lost = Counter(missing)
+    # Each wanted rule in order: the handle it has here, or None when missing (or, for
+    # a rule counted present elsewhere, unknown: then it is neither written nor used).
+    slots: List[Tuple[RuleBody, Optional[int], bool]] = []
+    for body in order:
+        if lost[body] > 0:
+            lost[body] -= 1
+            slots.append((body, None, True))
+        else:
+            slots.append((body, (handles.get(body) or [None]).pop(0), False))
+    placed: List[Tuple[RuleBody, Optional[int], bool]] = []
+    tail: List[RuleBody] = []
+    last: Optional[int] = None
+    for position, (body, handle, absent) in enumerate(slots):
+        if handle is not None:
+            last = handle
+            continue
+        if not absent:
+            continue
+        following = next((h for _b, h, _a in slots[position + 1 :] if h is not None), None)
+        if following is not None:
+            placed.append((body, following, True))
+        else:
+            tail.append(body)
+    if last is None:
+        return placed + [(body, None, False) for body in tail]
+    return placed + [(body, last, False) for body in reversed(tail)]
 
 
 def _host_ip_rule(body: RuleBody) -> bool:

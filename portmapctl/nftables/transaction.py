@@ -5,8 +5,8 @@ Built up step by step (as in knftables), printed as `nft -f` text (that is what
 `delete rule ... handle N` of a rule that went away meanwhile fails all of it, and the
 caller re-reads and re-plans, never forces.
 
-Only the plugin's own vocabulary is written: add table/chain, flush chain, add rule,
-delete rule by handle. Text from a cache or a dump reaches the output only as a
+Only the plugin's own vocabulary is written: add table/chain, flush chain, add rule (or
+insert it, at a handle's position), delete rule by handle. Text from a cache or a dump reaches the output only as a
 validated value (a container ID, an address, a port) or, for the plugin's
 nft-syntax conditions, after `check_condition` refused anything that could end a
 command or open a block.
@@ -39,6 +39,10 @@ class Op:
     base: Optional[BaseHook] = None  # ADD_CHAIN of a base chain
     body: Optional[RuleBody] = None  # ADD_RULE; DELETE_RULE: the rule, when known
     handle: Optional[int] = None  # DELETE_RULE
+    # ADD_RULE at a place: before (`insert rule ... position H`) or after (`add rule
+    # ... position H`) the rule with handle H; None appends.
+    position: Optional[int] = None
+    before: bool = False
 
     def line(self) -> str:
         where = f"{FAMILY_NAMES[self.family]} {TABLE}"
@@ -53,7 +57,11 @@ class Op:
             return f"flush chain {where} {self.chain}"
         if self.kind is OpKind.ADD_RULE:
             assert self.body is not None
-            return f"add rule {where} {self.chain} {self.body.text(self.family)}"
+            verb, at = "add", ""
+            if self.position is not None:
+                verb = "insert" if self.before else "add"
+                at = f" position {self.position}"
+            return f"{verb} rule {where} {self.chain}{at} {self.body.text(self.family)}"
         return f"delete rule {where} {self.chain} handle {self.handle}"
 
 
@@ -97,9 +105,18 @@ class Transaction:
     def flush_chain(self, family: int, chain: str) -> None:
         self.ops.append(Op(OpKind.FLUSH_CHAIN, family, chain))
 
-    def add_rule(self, family: int, chain: str, body: RuleBody) -> None:
+    def add_rule(
+        self,
+        family: int,
+        chain: str,
+        body: RuleBody,
+        position: Optional[int] = None,
+        before: bool = False,
+    ) -> None:
+        """Append, or with `position` put it before/after the rule of that handle."""
         _check_body(body)
-        self.ops.append(Op(OpKind.ADD_RULE, family, chain, body=body))
+        op = Op(OpKind.ADD_RULE, family, chain, body=body, position=position, before=before)
+        self.ops.append(op)
 
     def delete_rule(
         self, family: int, chain: str, handle: int, body: Optional[RuleBody] = None

@@ -171,7 +171,14 @@ class MemoryNft:
             handle = table.allocate()  # the kernel numbers the rule before it checks a jump
             if action.kind is ActionKind.JUMP and action.target not in table.chains:
                 raise _Failed(op, ENOENT)
-            chain.rules.append(Rule(op.family, op.chain, handle, op.body))
+            rule = Rule(op.family, op.chain, handle, op.body)
+            if op.position is None:
+                chain.rules.append(rule)
+            else:
+                at = [i for i, r in enumerate(chain.rules) if r.handle == op.position]
+                if not at:
+                    raise _Failed(op, ENOENT)
+                chain.rules.insert(at[0] if op.before else at[0] + 1, rule)
         elif op.kind is OpKind.DELETE_RULE:
             kept = [r for r in chain.rules if r.handle != op.handle]
             if len(kept) == len(chain.rules):

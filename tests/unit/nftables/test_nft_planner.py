@@ -327,9 +327,12 @@ def test_repair_deletes_a_compared_containers_own_wrong_rules_only() -> None:
     assert found.body == wrong
     txn = planner.repair(live, _wanted(configs[:1]), ids, (4, 6))
     lines = txn.render().splitlines()
+    # The right rule goes back where the plugin had it: before the container's next one.
+    following = want4[0].hostports[1]
+    [at] = [r.handle for r in live.table(4).rules_of("hostports") if r.body == following]
     assert lines == [
         f"delete rule ip cni_hostport hostports handle {found.handle}",
-        f"add rule ip cni_hostport hostports {right.text(4)}",
+        f"insert rule ip cni_hostport hostports position {at} {right.text(4)}",
     ]
 
 
