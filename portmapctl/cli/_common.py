@@ -182,8 +182,8 @@ class MappingOptions(NamedTuple):
     masq_all: bool = False
     mark_bit: Optional[int] = None
     external_setmark_chain: Optional[str] = None
-    conditions_v4: Optional[str] = None
-    conditions_v6: Optional[str] = None
+    conditions_v4: Optional[List[str]] = None  # each a string of words; repeats add up
+    conditions_v6: Optional[List[str]] = None
     cni_config: Optional[str] = None
     ifname: str = "eth0"
 
@@ -242,9 +242,7 @@ class Common(NamedTuple):
 
         dirs = self.cache_dirs
         if any(not d for d in dirs):
-            raise BadInput(
-                f"--cni-cache-dir is empty: give a directory (default {CNI_CACHE_DIR})"
-            )
+            raise BadInput(f"--cni-cache-dir is empty: give a directory (default {CNI_CACHE_DIR})")
         if (snapshots or nft_snapshot) and self.netns is not None:
             # Silently reading the file would pass for a look at that namespace.
             raise BadInput(

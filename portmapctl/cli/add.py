@@ -114,7 +114,7 @@ ExternalSetmark = Annotated[
     ),
 ]
 ConditionsV4 = Annotated[
-    Optional[str],
+    Optional[List[str]],
     typer.Option(
         "--conditions-v4",
         metavar="ARGS",
@@ -123,7 +123,7 @@ ConditionsV4 = Annotated[
     ),
 ]
 ConditionsV6 = Annotated[
-    Optional[str],
+    Optional[List[str]],
     typer.Option(
         "--conditions-v6",
         metavar="ARGS",

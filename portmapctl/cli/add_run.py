@@ -62,8 +62,8 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
         snat=not mapping.no_snat,
         mark=mapping.mark_bit,
         external_setmark_chain=mapping.external_setmark_chain,
-        conditions_v4=validate.conditions(mapping.conditions_v4, "--conditions-v4"),
-        conditions_v6=validate.conditions(mapping.conditions_v6, "--conditions-v6"),
+        conditions_v4=validate.conditions(_words(mapping.conditions_v4), "--conditions-v4"),
+        conditions_v6=validate.conditions(_words(mapping.conditions_v6), "--conditions-v6"),
         masq_all=mapping.masq_all,
     )
     return validate.buildable(with_backend(config, backend))
@@ -344,3 +344,9 @@ def _same_port(m: Any, family: int, protocol: str, host_port: int, host_ip: Opti
 
 def _owner(m: Any) -> str:
     return f"{m.network or '?'}/{(m.container_id or '?')[:12]} ({m.chain})"
+
+
+def _words(values: Optional[List[str]]) -> Optional[str]:
+    """A repeated --conditions-vN: every one applies (the last alone silently dropped
+    the others, writing entry rules broader than asked), as one string of words."""
+    return None if not values else " ".join(values)

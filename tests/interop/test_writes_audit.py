@@ -120,3 +120,33 @@ def test_nft_repair_puts_a_lost_rule_back_in_the_plugins_order(
                       str(tmp_path), "--no-flush-udp"])  # fmt: skip
     assert "repaired: IPv4 nft-missing-rules" in done.stdout + done.stderr, done.stderr
     assert upstream.ruleset_text(twin_ns) == upstream.ruleset_text(host_ns)
+
+
+def test_repeated_iptables_conditions_all_apply(
+    host_ns: str, twin_ns: str, iptables_mode: rp.Mode
+) -> None:
+    """`--conditions-v4 "-s 192.168.0.0/16" --conditions-v4 "! -i eth0"` is the config's
+    `conditionsV4: ["-s", "192.168.0.0/16", "!", "-i", "eth0"]`; the last alone was
+    kept, and the entry rules matched every source."""
+    ports = [rp.port_mapping(8080, 80)]
+    words = ["-s", "192.168.0.0/16", "!", "-i", "eth0"]
+    conf = rp.plugin_conf(NETWORK, ["10.88.0.5/16"], ports, conditions_v4=words)
+    rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode=iptables_mode, check=True)
+    ok(["add", "--netns", twin_ns, "--iptables", iptables_mode, "--container", CONTAINER,
+        "--network", NETWORK, "--ip", "10.88.0.5/16", "-p", "8080:80", "--no-flush-udp",
+        "--conditions-v4", "-s 192.168.0.0/16", "--conditions-v4", "! -i eth0"])  # fmt: skip
+    assert _saves(twin_ns, iptables_mode) == _saves(host_ns, iptables_mode)
+
+
+def test_repeated_nft_conditions_all_apply(host_ns: str, twin_ns: str) -> None:
+    """The same with `--backend nftables` and nft conditions (parsed by the fast path),
+    against v1.9.1 with `conditionsV4: ["ip saddr != 192.168.0.0/16", "iifname \\"eth0\\""]`."""
+    require(upstream.available())
+    conditions = ["ip saddr != 192.168.0.0/16", 'iifname "eth0"']
+    ports = [rp.port_mapping(8080, 80)]
+    conf = upstream.nft_conf(NETWORK, ["10.88.0.5/16"], ports, conditions_v4=conditions)
+    upstream.run("v1.9.1", "ADD", host_ns, CONTAINER, conf, check=True)
+    ok(["add", "--netns", twin_ns, "--backend", "nftables", "--container", CONTAINER,
+        "--network", NETWORK, "--ip", "10.88.0.5/16", "-p", "8080:80", "--no-flush-udp",
+        "--conditions-v4", conditions[0], "--conditions-v4", conditions[1]])  # fmt: skip
+    assert upstream.ruleset_text(twin_ns) == upstream.ruleset_text(host_ns)
