@@ -6,9 +6,9 @@ Built up step by step (as in knftables), printed as `nft -f` text (that is what
 caller re-reads and re-plans, never forces.
 
 Only the plugin's own vocabulary is written: add table/chain, flush chain, add rule (or
-insert it, at a handle's position), delete rule by handle. Text from a cache or a dump reaches the output only as a
-validated value (a container ID, an address, a port) or, for the plugin's
-nft-syntax conditions, after `check_condition` refused anything that could end a
+insert it, at a handle's position), delete rule by handle. Text from a cache or a dump
+reaches the output only as a validated value (a container ID, an address, a port) or,
+for the plugin's nft-syntax conditions, after `check_condition` refused anything that could end a
 command or open a block.
 """
 

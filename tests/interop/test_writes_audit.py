@@ -150,3 +150,16 @@ def test_repeated_nft_conditions_all_apply(host_ns: str, twin_ns: str) -> None:
         "--network", NETWORK, "--ip", "10.88.0.5/16", "-p", "8080:80", "--no-flush-udp",
         "--conditions-v4", conditions[0], "--conditions-v4", conditions[1]])  # fmt: skip
     assert upstream.ruleset_text(twin_ns) == upstream.ruleset_text(host_ns)
+
+
+def test_check_calls_the_plugins_duplicate_host_ports_healthy(host_ns: str, tmp_path: Path) -> None:
+    """The plugin's own state for 8080->80 and 8080->81 has the mark rules once: check
+    said `rules-order` (it expected them twice) and --repair would rewrite the chain."""
+    ports = [rp.port_mapping(8080, 80), rp.port_mapping(8080, 81)]
+    conf = rp.plugin_conf(NETWORK, DUAL, ports)
+    rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode="nft", check=True)
+    rp.write_cni_cache(tmp_path, NETWORK, CONTAINER, "eth0", conf, ports, DUAL)
+    done = pmctl.run(["check", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir",
+                      str(tmp_path)])  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("healthy"), done.stdout
