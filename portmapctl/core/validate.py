@@ -95,7 +95,10 @@ def host_ip(value: Any) -> str:
     # ipaddress takes a zone ("fe80::1%eth0", any text after the %): iptables does not.
     if getattr(address, "scope_id", None):
         raise BadInput(f"invalid host IP {shown(value)}: a zone (%...) cannot go in a rule")
-    return address.compressed
+    # Go's net.IP treats ::ffff:a.b.c.d as the IPv4 a.b.c.d (To4), and so does the
+    # plugin: its rules are IPv4 ones, `-d a.b.c.d`.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).compressed
 
 
 def interface(value: Any) -> Interface:

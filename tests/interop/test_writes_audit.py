@@ -163,3 +163,16 @@ def test_check_calls_the_plugins_duplicate_host_ports_healthy(host_ns: str, tmp_
                       str(tmp_path)])  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("healthy"), done.stdout
+
+
+def test_ipv4_mapped_host_ip_is_an_ipv4_rule(host_ns: str, twin_ns: str) -> None:
+    """hostIP `::ffff:127.0.0.1` is IPv4 to the plugin (Go's To4): `-d 127.0.0.1` in
+    iptables, nothing in ip6tables. portmapctl wrote `-d ::ffff:127.0.0.1/128` IPv6
+    rules instead, which the plugin's CHECK refused."""
+    ports = [rp.port_mapping(8080, 80, host_ip="::ffff:127.0.0.1")]
+    conf = rp.plugin_conf(NETWORK, DUAL, ports)
+    rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode="nft", check=True)
+    _add(twin_ns, "nft", conf)
+    assert _saves(twin_ns, "nft") == _saves(host_ns, "nft")
+    for done in rp.run_check(twin_ns, CONTAINER, conf, mode="nft"):
+        assert done.returncode == 0, done.stdout + done.stderr

@@ -138,3 +138,16 @@ def test_container_addresses_read_as_ipaddress_reads_them():
         assert type(got) is type(want) and got == want, value
         if want is not None:
             assert (str(got), got.network, got.netmask) == (str(want), want.network, want.netmask)
+
+
+@pytest.mark.parametrize(
+    ("given", "family", "rule_ip"),
+    [("::ffff:127.0.0.1", 4, "127.0.0.1"), ("[::ffff:10.1.2.3]", 4, "10.1.2.3"),
+     ("::ffff:0.0.0.0", 4, None), ("::1", 6, "::1")],
+)  # fmt: skip
+def test_an_ipv4_mapped_host_ip_is_ipv4_as_in_go(given: str, family: int, rule_ip) -> None:
+    """Go's net.IP.To4 makes ::ffff:a.b.c.d the IPv4 a.b.c.d: the plugin writes its
+    rules in iptables with `-d a.b.c.d` (measured: Debian 1.1.1, v1.6.2, v1.9.1)."""
+    port = PortMapping(8080, 80, "tcp", validate.host_ip(given))
+    assert port.applies_to(family) and not port.applies_to(10 - family)
+    assert port.host_ip_for_rule() == rule_ip
