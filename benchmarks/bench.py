@@ -703,11 +703,33 @@ def profile(mode: str, n: int) -> None:
         log(f"  {path.relative_to(ROOT)}")
 
 
+# `python -m cProfile` writes its file at interpreter exit, which `add` skips (it ends
+# with os._exit once its output is flushed: portmapctl/entry.py): this also writes it then.
+_PROFILED = """
+import cProfile, os, runpy, sys
+path = sys.argv.pop(1)
+profile = cProfile.Profile()
+exit_now = os._exit
+def _exit(code):
+    profile.disable()
+    profile.dump_stats(path)
+    exit_now(code)
+os._exit = _exit
+sys.argv[0] = "portmapctl"
+profile.enable()
+try:
+    runpy.run_module("portmapctl", run_name="__main__", alter_sys=True)
+finally:
+    profile.disable()
+    profile.dump_stats(path)
+"""
+
+
 def _profile_one(name: str, args: List[str], env: Dict[str, str], pstats: Any) -> None:
     prof = OUT / f"profile-{name}.prof"
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "portmapctl", *args],
+        [sys.executable, "-c", _PROFILED, str(prof), *args],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     elapsed = time.perf_counter() - started
