@@ -102,7 +102,7 @@ def run(
             out.print_json(render.list_json(rows, chains, counts, cache.json(), total))
             return
         summary = render.list_summary(rows, chains, total if wanted.any else None)
-        if rows or chains:
+        if (rows or chains) and not out.quiet:  # -q: the summary line alone
             out.show(
                 render.list_table(
                     rows,
