@@ -224,10 +224,19 @@ def _ahead(
         except PortmapctlError:
             return None
     from portmapctl.host import lock
+    from portmapctl.host.netns import entered
+    from portmapctl.iptables.access.restore import RestoreBackend
     from portmapctl.ops.add_ahead import Ahead
+    from portmapctl.ops.flavour_guard import refuse_a_copy
 
     held.enter_context(lock.held())
     wanted = [f for f in config.families if f in families(common.family)]
+    here = RestoreBackend("nft")
+    with entered(common.netns):
+        # Before anything is written: no copy of a chain the legacy tables hold.
+        refuse_a_copy(
+            "nft", config, wanted, lambda f: here.list_chain(f, dnat_chain_name(config)) is not None
+        )
     try:
         ahead = Ahead.start(common.netns, config, wanted, early=early_claims)
     except PortmapctlError:

@@ -33,6 +33,7 @@ from portmapctl.iptables.planner import plan_blind, plan_setup
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.add_ahead import Ahead, apply_blind, debug, route_interfaces
+from portmapctl.ops.flavour_guard import flavour_of, refuse_a_copy
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
@@ -77,6 +78,15 @@ def add(
     wanted_by_family = {family: wanted_chains(config, family) for family in families}
     seen: Dict[int, NatTable] = {}
     blind: List[int] = []
+    used = flavour_of(node.backend.name)
+    if ahead is None and used is not None:
+        # (With `ahead`, the CLI asked before it started the write.)
+        refuse_a_copy(
+            used,
+            config,
+            families,
+            lambda f: node.backend.read(f).has_chain(dnat_chain_name(config)),
+        )
     # A new container on iptables-nft: written without reading the table, the restore
     # in a thread (add_ahead), started by the CLI before it imported this module.
     if dry_run or not getattr(node.backend, "cheap_chain_reads", False):

@@ -40,6 +40,8 @@ from portmapctl.ops.check.run import (
     nft_mapping,
     read_tables,
 )
+from portmapctl.ops.flavour_guard import flavour_of, split_why
+from portmapctl.ops.flavour_guard import held_elsewhere as held_elsewhere_flavour
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
@@ -160,19 +162,9 @@ def _in_other_flavour(
         if family not in config.families or live.has_chain(name):
             continue
         if whole or other.has_chain(name):
-            where = "its chain is" if other.has_chain(name) else f"{TOPLEVEL_DNAT} is"
+            why = split_why(used, other_name, whole_family=not other.has_chain(name))
             chains.add(name)
-            unrepaired.append(
-                Unrepaired(
-                    family,
-                    config.network,
-                    config.container_id,
-                    name,
-                    f"{where} in the {other_name} tables and not in the {used} ones this"
-                    " repair writes (a copy would make a split brain): is the plugin using"
-                    f" iptables-{other_name}?",
-                )
-            )
+            unrepaired.append(Unrepaired(family, config.network, config.container_id, name, why))
     return _Elsewhere(whole, frozenset(chains), tuple(unrepaired))
 
 
@@ -429,7 +421,21 @@ def _repair_mapping(node: Node, config: MappingConfig, flush_udp: bool) -> Check
     before = check_mapping(node, config)
     transactions: Dict = {}
     families: List[int] = []  # where its chain or entry rules were (re)made
+    unrepaired: List[Unrepaired] = []
+    used = flavour_of(planned.name)
+    if used is not None:
+        # As the whole-node repair: no copy of a chain only the other flavour holds.
+        name = dnat_chain_name(config)
+        other = "legacy" if used == "nft" else "nft"
+        for family in held_elsewhere_flavour(
+            used, config, before.families, lambda f: planned.read(f).has_chain(name)
+        ):
+            why = split_why(used, other)
+            unrepaired.append(Unrepaired(family, config.network, config.container_id, name, why))
+    left = {u.family for u in unrepaired}
     for family in before.families:
+        if family in left:
+            continue
         txn = node.converge(family, _plan(None, config))
         if txn:
             transactions[family] = txn.render()
@@ -437,8 +443,9 @@ def _repair_mapping(node: Node, config: MappingConfig, flush_udp: bool) -> Check
     warnings = (
         after_setup_many([(config, families)], flush_udp, local_only=True) if families else []
     )
+    warnings += [u.text for u in unrepaired]
     after = mapping_result(config, {family: planned.read(family) for family in before.families})
-    return _repaired(before, after, transactions, warnings, [])
+    return _repaired(before, after, transactions, warnings, unrepaired)
 
 
 def _repaired(

@@ -1,0 +1,77 @@
+"""add and check --repair of one mapping on a split node (rules in both iptables
+flavours): no copy of a container's chain in the flavour in use when the other one
+holds it (the whole-node repair's guard, tests/kernel/test_check.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import realplugin as rp
+from pmctl import assert_error, run
+
+from portmapctl.iptables.chains import chain_name
+
+PORTS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+MAPPING = ["--network", "mynet", "--ip", "10.88.0.5/16", "-p", "8080:80", "--family", "4"]
+
+
+def _plugin_add(host_ns, container_id, mode):
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], PORTS)
+    rp.run_plugin("ADD", host_ns, container_id, conf, mode=mode, check=True)
+
+
+@pytest.mark.parametrize(
+    "plugin_mode, ours, extra",
+    [
+        # The node's iptables is nft (auto): the fast path (nf_tables batch) and the
+        # read-and-plan path of a dry run; legacy in use, the plugin's copy in nft.
+        ("legacy", "nft", ["--iptables", "auto"]),
+        ("legacy", "nft", ["--iptables", "nft", "--dry-run"]),
+        ("nft", "legacy", ["--iptables", "legacy"]),
+    ],
+)
+def test_add_makes_no_copy_of_a_chain_the_other_flavour_holds(host_ns, plugin_mode, ours, extra):
+    """The plugin wrote ctrA's chain in one flavour (the node's iptables alternative
+    was switched since); add of ctrA, same mapping, in the other flavour refuses with
+    one line that says where its rules are, exit 3, and writes nothing (before: a copy,
+    both DNATing, which the plugin's DEL leaves behind). A new container is written
+    where portmapctl is told (auto: where `iptables` points, as the plugin's ADD)."""
+    _plugin_add(host_ns, "ctrA", plugin_mode)
+    before = rp.nat_rules(rp.save(host_ns, 4, ours))
+    done = run(["add", "--netns", host_ns, "--container", "ctrA", *MAPPING, *extra])
+    assert_error(done, 3, chain_name("mynet", "ctrA"), f"in the {plugin_mode} tables",
+                 f"--iptables {plugin_mode}")  # fmt: skip
+    assert rp.nat_rules(rp.save(host_ns, 4, ours)) == before
+    assert chain_name("mynet", "ctrA") not in rp.save(host_ns, 4, ours)
+    assert chain_name("mynet", "ctrA") in rp.save(host_ns, 4, plugin_mode)
+
+    if "--dry-run" in extra:
+        return
+    new = ["--network", "mynet", "--ip", "10.88.0.6/16", "-p", "8081:80", "--family", "4"]
+    done = run(["add", "--netns", host_ns, "--container", "ctrB", *new, *extra])
+    assert done.returncode == 0, done.stderr
+    assert chain_name("mynet", "ctrB") in rp.save(host_ns, 4, ours)
+    assert chain_name("mynet", "ctrB") not in rp.save(host_ns, 4, plugin_mode)
+
+
+def test_check_repair_of_one_mapping_makes_no_copy(host_ns):
+    """check --repair with mapping options for a container whose chain only the legacy
+    tables hold, nft in use: as the whole-node repair, it writes nothing, says why on
+    one line, and the problem stays (exit 1)."""
+    _plugin_add(host_ns, "ctrA", "legacy")
+    argv = ["check", "--netns", host_ns, "--iptables", "nft", "--container", "ctrA", *MAPPING]
+    done = run([*argv, "--repair"])
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert (
+        f"could not repair IPv4 mynet/ctrA ({chain_name('mynet', 'ctrA')}): its chain is in"
+        " the legacy tables and not in the nft ones" in done.stderr
+    )
+    assert chain_name("mynet", "ctrA") not in rp.save(host_ns, 4, "nft")
+    assert "CNI-HOSTPORT-DNAT" not in rp.save(host_ns, 4, "nft")
+    doc = json.loads(run([*argv, "--repair", "-o", "json"]).stdout)
+    assert not doc["repaired"] and not doc["healthy"]
+    # With legacy in use, the same command finds it healthy.
+    done = run([*argv[:4], "legacy", *argv[5:]])
+    assert done.returncode == 0, done.stdout + done.stderr
