@@ -42,3 +42,9 @@ class ApplyFailed(PortmapctlError):
 class Interrupted(BaseException):
     """Ctrl-C, as the CLI raises it. Not a KeyboardInterrupt: typer turns that into a
     silent exit 130. Not an Exception: no `except Exception` may swallow it."""
+
+
+class Terminated(Interrupted):
+    """SIGTERM (a DaemonSet pod deleted, a systemd timer stopped), raised by the CLI as
+    Ctrl-C is, so that every `finally` runs (temporary files go) before the process
+    ends: one line, then death by SIGTERM itself."""

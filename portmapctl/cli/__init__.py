@@ -15,7 +15,7 @@ import signal
 import sys
 from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Tuple
 
-from portmapctl.errors import Interrupted, PortmapctlError
+from portmapctl.errors import Interrupted, PortmapctlError, Terminated
 
 
 class CommandModule(NamedTuple):
@@ -74,8 +74,12 @@ def _one_line(text: str) -> str:
 
 @contextlib.contextmanager
 def _ctrl_c_raises_interrupted() -> Iterator[None]:
+    """Ctrl-C raises Interrupted, SIGTERM Terminated: the command's `finally` blocks
+    run (a temporary file is removed, a child process reaped) before it ends. An
+    iptables-restore or nf_tables batch under way commits whole or not at all."""
+
     def raise_interrupted(signum: int, frame: Any) -> None:
-        raise Interrupted()
+        raise Terminated() if signum == signal.SIGTERM else Interrupted()
 
     def unraisable(event: Any) -> None:
         # Ctrl-C landed in code whose exceptions Python can only print and drop (a
@@ -85,7 +89,8 @@ def _ctrl_c_raises_interrupted() -> Iterator[None]:
         if isinstance(event.exc_value, Interrupted):
             import threading
 
-            again = threading.Timer(0.005, os.kill, (os.getpid(), signal.SIGINT))
+            number = signal.SIGTERM if isinstance(event.exc_value, Terminated) else signal.SIGINT
+            again = threading.Timer(0.005, os.kill, (os.getpid(), number))
             again.daemon = True
             again.start()
         else:
@@ -96,12 +101,14 @@ def _ctrl_c_raises_interrupted() -> Iterator[None]:
     except ValueError:  # not the main thread (an embedding program): leave it be
         yield
         return
+    previous_term = signal.signal(signal.SIGTERM, raise_interrupted)
     previous_hook = sys.unraisablehook
     sys.unraisablehook = unraisable
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
         sys.unraisablehook = previous_hook
 
 
@@ -115,6 +122,20 @@ def _interrupted() -> None:
     fresh = "\n" if _isatty(sys.stderr) else ""
     sys.stderr.write(f"{fresh}portmapctl: aborted\n")  # the words of entry.py's line
     sys.exit(130)
+
+
+def _terminated() -> None:
+    """SIGTERM, once the command's `finally` blocks ran: one line, then the process
+    ends by SIGTERM itself, as it would have without us (shells and Kubernetes say
+    143; systemd counts it a clean stop, where an exit 143 would be a failure)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one: no traceback
+    sys.stderr.write("portmapctl: terminated\n")
+    with contextlib.suppress(Exception):
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+    sys.exit(128 + signal.SIGTERM)  # (only if SIGTERM is blocked: the same code)
 
 
 def _typer_failure(err: Exception) -> None:
@@ -197,6 +218,8 @@ def main(argv: Optional[List[str]] = None, early_nft: Any = None, early_claims: 
         sys.exit(err.exit_code)
     except BrokenPipeError:
         sys.exit(0)
+    except Terminated:
+        _terminated()
     except (Interrupted, KeyboardInterrupt):
         _interrupted()
     except Exception as err:  # noqa: BLE001 - the one place that turns every failure into a line

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import time
+from typing import Pattern
 
 from portmapctl.errors import BadInput
 
@@ -69,3 +71,31 @@ def read_text(
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise BadInput(f"{what} {source}: not text (binary data?)") from None
+
+
+# A writer running now is never that slow: its temporary file is older than this only
+# when the writer was killed.
+STALE_SECONDS = 60.0
+
+
+def remove_stale(path: str, suffix: Pattern[str]) -> None:
+    """Remove the temporary files a killed writer left beside `path` (its name, then
+    `suffix`): only those names, only regular files, only older than a minute (a
+    writer running now is never that slow), so they neither pile up nor get in the way.
+    Best effort: what cannot be looked at or removed stays."""
+    folder, name = os.path.split(path)
+    try:
+        entries = os.listdir(folder or ".")
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        if not entry.startswith(name) or not suffix.fullmatch(entry[len(name) :]):
+            continue
+        found = os.path.join(folder, entry)
+        try:
+            info = os.lstat(found)
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > STALE_SECONDS:
+                os.unlink(found)
+        except OSError:
+            continue

@@ -22,12 +22,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from portmapctl.errors import HostProblem
+from portmapctl.host.files import remove_stale
 from portmapctl.host.lock import safe_run_dir
 
 STATE_FILE = "gc-state.json"
@@ -56,7 +58,7 @@ class ChainKey(NamedTuple):
     def text(self) -> str:
         """The key as the file spells it."""
         if self.nft:
-            return f"nft{self.family} {self.chain[len(NFT_PREFIX):]}"
+            return f"nft{self.family} {self.chain[len(NFT_PREFIX) :]}"
         return f"{self.family} {self.chain}"
 
     @classmethod
@@ -237,8 +239,11 @@ def _write_atomically(path: str, data: bytes) -> None:
 
     O_EXCL|O_NOFOLLOW: the new file is ours, not something planted at that name;
     rename(2) replaces a symlink at `path` rather than writing through it. Readers
-    see the old file or the new one, never half of one.
+    see the old file or the new one, never half of one. The temporary file goes on
+    any way out, SIGTERM's (cli raises it as Terminated) included; one an earlier run
+    left when it could not clean up (SIGKILL, a crash) goes on the next save.
     """
+    remove_stale(path, _TEMPORARY)
     temporary = f"{path}.{os.getpid()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(2):
@@ -260,9 +265,15 @@ def _write_atomically(path: str, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(temporary, path)
-    except OSError as err:
+    except BaseException as err:  # noqa: B036 - the file goes, the error goes on as it was
         try:
             os.unlink(temporary)
         except OSError:
             pass
-        raise HostProblem(f"cannot write {path}: {err.strerror}") from None
+        if isinstance(err, OSError):
+            raise HostProblem(f"cannot write {path}: {err.strerror}") from None
+        raise
+
+
+# The temporary files of _write_atomically: the state file's name, a PID, ".tmp".
+_TEMPORARY = re.compile(r"\.[0-9]+\.tmp")

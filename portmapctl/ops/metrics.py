@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -398,14 +400,26 @@ def write(report: MetricsReport, path: str) -> Optional[str]:
     os.umask(umask & ~0o044)
     try:
         # Temporary file next to `path` (same file system: rename is atomic), removed
-        # by prometheus_client when writing it fails.
+        # by prometheus_client when writing it fails with an Exception, here when
+        # anything else ends it (SIGTERM: cli's Terminated); one a killed run left
+        # (SIGKILL) goes now. Its name is prometheus_client's: path.PID.THREAD.
+        from portmapctl.host.files import remove_stale
+
+        remove_stale(path, _TEMPORARY)
         write_to_textfile(path, registry(report))
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
         reason = getattr(err, "strerror", None) or str(err)
         return f"could not write the metrics file {shown}: {reason}"
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(f"{path}.{os.getpid()}.{threading.current_thread().ident}")
+        raise
     finally:
         os.umask(umask)
     return None
+
+
+_TEMPORARY = re.compile(r"\.[0-9]+\.[0-9]+")
 
 
 # --- timing a run ------------------------------------------------------------------------

@@ -1,0 +1,134 @@
+"""gc killed by SIGTERM (a DaemonSet pod deleted, a systemd timer stopped) while it
+writes its --min-age state or its metrics file: a real process, a real signal. The
+moment is held open by a hook in the process (PMT_HOOK: the write's fsync, or the
+metrics' rendering, sleeps once its temporary file exists), the only stand-in."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import realplugin as rp
+
+from portmapctl.ops import gc_state
+
+PORTS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+
+# Runs portmapctl as its console script does, with the write held open at one point.
+HOOK = """
+import os, sys, time
+marker, where = os.environ["PMT_MARKER"], os.environ["PMT_HOOK"]
+
+def hold():
+    open(marker, "w").close()
+    time.sleep(60)
+
+if where == "state":
+    real_fsync = os.fsync
+    def fsync(fd):
+        real_fsync(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            hold()
+    os.fsync = fsync
+else:
+    import prometheus_client.exposition as exposition
+    real_latest = exposition.generate_latest
+    def generate_latest(*args, **kwargs):
+        hold()  # (the temporary file is open already)
+        return real_latest(*args, **kwargs)
+    exposition.generate_latest = generate_latest
+from portmapctl.entry import main
+main()
+"""
+
+
+def _node(host_ns, tmp_path):
+    """A chain of a container nobody keeps (so gc's --min-age records a sighting)."""
+    for n in range(3):
+        conf = rp.plugin_conf("mynet", [f"10.88.0.{5 + n}/16"], PORTS)
+        rp.run_plugin("ADD", host_ns, f"gone{n}", conf, check=True)
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    run_dir = tmp_path / "run"
+    argv = ["gc", "--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"),
+            "--keep", "other1", "--min-age", "1h", "--yes", "-q"]  # fmt: skip
+    return argv, run_dir, {"PORTMAPCTL_RUN_DIR": str(run_dir)}
+
+
+def _killed_while_writing(argv, env, where, marker):
+    full = dict(os.environ, PMT_MARKER=str(marker), PMT_HOOK=where, **env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOOK, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the write never started"
+            time.sleep(0.01)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return child.returncode, out, err
+
+
+def test_sigterm_during_the_state_save_leaves_no_temporary_file(host_ns, tmp_path):
+    """0.1: the default SIGTERM killed gc at once: gc-state.json.PID.tmp stayed in the
+    run directory (one more with each killed run), and nothing was said. Now the file
+    goes, one line says so, and the process still ends by SIGTERM (shells: 143)."""
+    argv, run_dir, env = _node(host_ns, tmp_path)
+    code, out, err = _killed_while_writing(argv, env, "state", tmp_path / "marker")
+    assert [n for n in os.listdir(run_dir) if n.startswith(gc_state.STATE_FILE + ".")] == []
+    assert code == -signal.SIGTERM, err
+    assert err == "portmapctl: terminated\n"
+
+
+def test_sigterm_during_the_metrics_write_leaves_no_temporary_file(host_ns, tmp_path):
+    argv, run_dir, env = _node(host_ns, tmp_path)
+    metrics = tmp_path / "textfile" / "portmapctl-gc.prom"
+    metrics.parent.mkdir()
+    argv += ["--metrics-file", str(metrics)]
+    code, out, err = _killed_while_writing(argv, env, "metrics", tmp_path / "marker")
+    assert os.listdir(metrics.parent) == []
+    assert code == -signal.SIGTERM, err
+    assert err == "portmapctl: terminated\n"
+
+
+def test_stale_temporary_files_of_killed_runs_go_on_the_next_save(host_ns, tmp_path):
+    """A SIGKILLed run cannot clean up: its temporary files go with the next save,
+    only those of our own names and older than a minute (a writer running now is
+    never that slow); anything else in the directories stays."""
+    import pmctl
+
+    argv, run_dir, env = _node(host_ns, tmp_path)
+    metrics = tmp_path / "textfile" / "portmapctl-gc.prom"
+    metrics.parent.mkdir()
+    run_dir.mkdir(mode=0o700)
+    old = time.time() - 120
+    stale = [run_dir / f"{gc_state.STATE_FILE}.4242.tmp", Path(f"{metrics}.4242.139872")]
+    kept = [
+        run_dir / f"{gc_state.STATE_FILE}.4243.tmp",  # fresh: maybe a writer at work
+        run_dir / "something-else.4242.tmp",  # not ours
+        Path(f"{metrics}.old"),  # not the writer's name
+        metrics.parent / "node.prom.4242.139872",  # another exporter's
+    ]
+    for path in stale + kept:
+        path.write_text("x")
+    for path in [*stale, *kept[1:]]:
+        os.utime(path, (old, old))
+    done = pmctl.run([*argv, "--metrics-file", str(metrics)], env=env)
+    assert done.returncode == 0, done.stderr
+    assert (run_dir / gc_state.STATE_FILE).exists() and metrics.exists()
+    assert [p for p in stale if p.exists()] == []
+    assert [p for p in kept if not p.exists()] == []
