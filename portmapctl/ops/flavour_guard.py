@@ -26,6 +26,11 @@ def flavour_of(backend_name: str) -> Optional[str]:
     return _FLAVOURS.get(backend_name)
 
 
+def other_flavour(flavour: str) -> str:
+    """legacy for nft, nft for legacy."""
+    return "legacy" if flavour == "nft" else "nft"
+
+
 def split_why(used: str, other: str, whole_family: bool = False) -> str:
     """Why a container is left unwritten (the words of every repair that leaves one)."""
     where = "CNI-HOSTPORT-DNAT is" if whole_family else "its chain is"
@@ -45,7 +50,7 @@ def held_elsewhere(
     from portmapctl.iptables.access.restore import RestoreBackend
     from portmapctl.iptables.chains import dnat_chain_name
 
-    other = RestoreBackend("legacy" if used == "nft" else "nft")
+    other = RestoreBackend(other_flavour(used))
     name = dnat_chain_name(config)
     found = []
     for family in families:
@@ -69,7 +74,7 @@ def refuse_a_copy(
     found = held_elsewhere(used, config, families, here)
     if not found:
         return
-    other = "legacy" if used == "nft" else "nft"
+    other = other_flavour(used)
     fams = "/".join(f"IPv{f}" for f in found)
     raise HostProblem(
         f"{fams} chain {dnat_chain_name(config)} of {config.network}/{config.container_id}"

@@ -75,3 +75,20 @@ def test_check_repair_of_one_mapping_makes_no_copy(host_ns):
     # With legacy in use, the same command finds it healthy.
     done = run([*argv[:4], "legacy", *argv[5:]])
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_check_of_one_mapping_says_where_the_chain_is_not_to_repair(host_ns):
+    """Plain check of one mapping whose chain only the legacy tables hold, nft in use:
+    the missing chain names the legacy tables, and its fix is not --repair (which
+    leaves such a chain, above) but --iptables legacy or removing the legacy copy."""
+    _plugin_add(host_ns, "ctrA", "legacy")
+    argv = ["check", "--netns", host_ns, "--iptables", "nft", "--container", "ctrA", *MAPPING]
+    doc = json.loads(run([*argv, "-o", "json"]).stdout)
+    (problem,) = doc["problems"]
+    assert problem["kind"] == "missing-chain"
+    assert "it is in the legacy tables" in problem["detail"]
+    assert problem["fix"] is None  # prose: in `why`, never a command that would not run
+    assert "--iptables legacy" in problem["why"]
+    done = run(argv)
+    assert done.returncode == 1
+    assert "--repair" not in done.stdout.replace("--repair leaves it", "")

@@ -51,6 +51,7 @@ from portmapctl.ops.check.hints import (
     _rules_text,
     _who,
 )
+from portmapctl.ops.flavour_guard import other_flavour
 
 if TYPE_CHECKING:
     from portmapctl.nftables.inventory import NftInventory
@@ -850,9 +851,13 @@ def diagnose(
 
 
 def diagnose_mapping(
-    tables: ReadOnly[int, NatTable], config: MappingConfig, fix: str
+    tables: ReadOnly[int, NatTable],
+    config: MappingConfig,
+    fix: str,
+    elsewhere: ReadOnly[int, str] = {},  # noqa: B006 - read only
 ) -> Tuple[List[Problem], int]:
-    """What the plugin's CHECK verifies for one mapping, a missing chain included."""
+    """What the plugin's CHECK verifies for one mapping, a missing chain included.
+    `elsewhere`: the other iptables flavour, by family, where it alone holds the chain."""
     problems: List[Problem] = []
     compared = 0
     for family in config.families:
@@ -862,5 +867,14 @@ def diagnose_mapping(
         if wanted is None:
             continue
         compared += 1
-        problems += _check_container(config, wanted, tables[family], fix, exact=False)
+        other = elsewhere.get(family)
+        problems += _check_container(
+            config,
+            wanted,
+            tables[family],
+            fix,
+            exact=False,
+            elsewhere=other,
+            elsewhere_fix=Fixes(flavour=other_flavour(other)).only_in(other) if other else None,
+        )
     return problems, compared

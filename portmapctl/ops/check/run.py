@@ -160,7 +160,24 @@ def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
             mappings_checked=len(families),
             chain=f"nft:{config.container_id}",
         )
-    return mapping_result(config, node.read(families))
+    tables = node.read(families)
+    return mapping_result(config, tables, _chain_elsewhere(node, config, tables))
+
+
+def _chain_elsewhere(
+    node: Node, config: MappingConfig, tables: Dict[int, NatTable]
+) -> Dict[int, str]:
+    """The families whose chain is missing here and held by the other iptables flavour
+    (a split node): --repair leaves it there, so its fix is not --repair."""
+    from portmapctl.ops.flavour_guard import flavour_of, held_elsewhere, other_flavour
+
+    used = flavour_of(node.backend.name)
+    name = dnat_chain_name(config)
+    missing = [family for family, table in tables.items() if not table.has_chain(name)]
+    if used is None or not missing:
+        return {}
+    found = held_elsewhere(used, config, missing, lambda family: False)
+    return {family: other_flavour(used) for family in found}
 
 
 # The fix of a problem of one mapping: the CLI spells it as the command that was run
@@ -168,9 +185,14 @@ def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
 SAME_WITH_REPAIR = "run the same command with --repair"
 
 
-def mapping_result(config: MappingConfig, tables: Dict[int, NatTable]) -> CheckResult:
-    """The check of one mapping in these tables (as read, or as a repair left them)."""
-    problems, compared = diagnose_mapping(tables, config, SAME_WITH_REPAIR)
+def mapping_result(
+    config: MappingConfig,
+    tables: Dict[int, NatTable],
+    elsewhere: Optional[Dict[int, str]] = None,
+) -> CheckResult:
+    """The check of one mapping in these tables (as read, or as a repair left them);
+    `elsewhere`: the families whose chain only the other iptables flavour holds."""
+    problems, compared = diagnose_mapping(tables, config, SAME_WITH_REPAIR, elsewhere or {})
     families = tuple(tables)
     return CheckResult(
         tuple(problems),
