@@ -40,7 +40,7 @@ def split_why(used: str, other: str, whole_family: bool = False) -> str:
     )
 
 
-def held_elsewhere(
+def families_only_in_other_flavour(
     used: str, config: MappingConfig, families: Sequence[int], here: Callable[[int], bool]
 ) -> List[int]:
     """The families in which the other flavour holds the container's chain and this
@@ -71,7 +71,7 @@ def refuse_a_copy(
     from portmapctl.errors import HostProblem
     from portmapctl.iptables.chains import dnat_chain_name
 
-    found = held_elsewhere(used, config, families, here)
+    found = families_only_in_other_flavour(used, config, families, here)
     if not found:
         return
     other = other_flavour(used)

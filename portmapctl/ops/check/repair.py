@@ -40,8 +40,7 @@ from portmapctl.ops.check.run import (
     nft_mapping,
     read_tables,
 )
-from portmapctl.ops.flavour_guard import flavour_of, split_why
-from portmapctl.ops.flavour_guard import held_elsewhere as held_elsewhere_flavour
+from portmapctl.ops.flavour_guard import families_only_in_other_flavour, flavour_of, split_why
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
@@ -427,7 +426,7 @@ def _repair_mapping(node: Node, config: MappingConfig, flush_udp: bool) -> Check
         # As the whole-node repair: no copy of a chain only the other flavour holds.
         name = dnat_chain_name(config)
         other = "legacy" if used == "nft" else "nft"
-        for family in held_elsewhere_flavour(
+        for family in families_only_in_other_flavour(
             used, config, before.families, lambda f: planned.read(f).has_chain(name)
         ):
             why = split_why(used, other)

@@ -169,14 +169,18 @@ def _chain_elsewhere(
 ) -> Dict[int, str]:
     """The families whose chain is missing here and held by the other iptables flavour
     (a split node): --repair leaves it there, so its fix is not --repair."""
-    from portmapctl.ops.flavour_guard import flavour_of, held_elsewhere, other_flavour
+    from portmapctl.ops.flavour_guard import (
+        families_only_in_other_flavour,
+        flavour_of,
+        other_flavour,
+    )
 
     used = flavour_of(node.backend.name)
     name = dnat_chain_name(config)
     missing = [family for family, table in tables.items() if not table.has_chain(name)]
     if used is None or not missing:
         return {}
-    found = held_elsewhere(used, config, missing, lambda family: False)
+    found = families_only_in_other_flavour(used, config, missing, lambda family: False)
     return {family: other_flavour(used) for family in found}
 
 
