@@ -278,6 +278,19 @@ def nat_rules(text: str) -> list[str]:
     ]
 
 
+def udp_flows(ns: str) -> set[tuple[int, str]]:
+    """(destination port, DNAT destination) of the namespace's UDP conntrack entries."""
+    out = subprocess.run([_ip(), "netns", "exec", ns, "conntrack", "-L", "-p", "udp"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    found = set()
+    for line in out.splitlines():
+        # The original direction's dport= comes first, the reply's src= second.
+        dports = [w.split("=", 1)[1] for w in line.split() if w.startswith("dport=")]
+        srcs = [w.split("=", 1)[1] for w in line.split() if w.startswith("src=")]
+        found.add((int(dports[0]), srcs[1]))
+    return found
+
+
 # --- libcni cache -----------------------------------------------------------------------
 
 

@@ -265,16 +265,17 @@ def node_mappings(node: Node, tables: Any, attachments: Any) -> List[Mapping]:
     """Every mapping of the node: iptables chains and the plugin's nftables rules."""
     found = inventory.build(tables, attachments)
     mappings: List[Mapping] = list(found.mappings)
-    if node.nft is not None:
-        live = node.read_nft()
-        if not live.tables:
-            # No plugin table, no rows: the nftables modules need not be imported.
-            return mappings
-        from portmapctl.ops import nft
+    # Where nftables is not looked at (--backend iptables) its rules still route
+    # flows: a flow they take is no stale one (read for that alone).
+    live = node.read_nft_evidence()
+    if not live.tables:
+        # No plugin table, no rows: the nftables modules need not be imported.
+        return mappings
+    from portmapctl.ops import nft
 
-        owners = {c.container_id for c in found.chains if c.container_id}
-        rows = nft.build(node, attachments, owners, live=live)[2].mappings
-        mappings += rows  # same fields, duck-typed
+    owners = {c.container_id for c in found.chains if c.container_id}
+    rows = nft.build(node, attachments, owners, live=live)[2].mappings
+    mappings += rows  # same fields, duck-typed
     return mappings
 
 

@@ -666,7 +666,8 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
             # caller ends with this as the one error line (exit 3). Not remembering the
             # sightings only makes later runs wait --min-age again: nothing unsafe.
             state_error = str(err)
-    work, shared_ports = _udp_work(plans, nft_done)
+    nft_mapped = nft_done.mapped if nft_done is not None else _unread_nft_udp(node, plans)
+    work, shared_ports = _udp_work(plans, nft_mapped, nft_done)
     deleted, flush_warnings = 0, ()
     if not options.dry_run and options.flush_udp and (work or shared_ports):
         # Also when a later family failed: what went in the others went for good.
@@ -701,8 +702,25 @@ def gc(
     return apply_gc(node, plan_gc(node, sources, options, apply_early=True), progress)
 
 
+def _unread_nft_udp(node: Node, plans: Sequence[FamilyPlan]) -> Dict[int, Set[int]]:
+    """The UDP host ports the plugin's nftables rules map where gc did not look at
+    nftables (--backend iptables): read only when the removal touched a UDP port, so
+    that a port freed in iptables but mapped by a live nftables container keeps that
+    container's flows."""
+    if not any(p.freed_udp_ports or p.remapped_udp_ports for p in plans):
+        return {}
+    live = node.read_nft_evidence()
+    if not live.tables:
+        return {}
+    from portmapctl.ops.gc_nft import nft_udp_ports
+
+    return nft_udp_ports(live, set())
+
+
 def _udp_work(
-    plans: Sequence[FamilyPlan], nft_done: Optional[NftPlan]
+    plans: Sequence[FamilyPlan],
+    nft_mapped: Mapping[int, Set[int]],
+    nft_done: Optional[NftPlan],
 ) -> Tuple[List[FamilyPlan], Dict[int, Set[int]]]:
     """The UDP host ports the removal touched, split by how their flows are judged:
     the plans flush_udp_after takes (ports nothing maps any more in either backend:
@@ -711,7 +729,6 @@ def _udp_work(
     against both backends' mappings left (another backend still maps them, or, in
     nftables, another container's rule). A port freed in one backend but mapped in the
     other is no freed port: its live container's flows stay."""
-    nft_mapped = nft_done.mapped if nft_done is not None else {}
     ipt_mapped = {p.family: p.mapped_udp_ports for p in plans}
     shared: Dict[int, Set[int]] = {}
     work: List[FamilyPlan] = []

@@ -135,7 +135,7 @@ def plan_nft(
             else:
                 pending.append(item)
     # UDP ports another rule still maps are not freed.
-    still = _nft_udp_ports(live_rules, {(op.family, op.handle or 0) for op in txn.ops})
+    still = nft_udp_ports(live_rules, {(op.family, op.handle or 0) for op in txn.ops})
     freed = {f: ports - still.get(f, set()) for f, ports in gone_udp.items()}
     remapped = {f: ports & still.get(f, set()) for f, ports in gone_udp.items()}
     kept = len(
@@ -194,7 +194,7 @@ def apply_nft(
     return text, applied[-1]
 
 
-def _nft_udp_ports(live_rules: Ruleset, gone: Set[Tuple[int, int]]) -> Dict[int, Set[int]]:
+def nft_udp_ports(live_rules: Ruleset, gone: Set[Tuple[int, int]]) -> Dict[int, Set[int]]:
     """family -> UDP host ports the rules not in `gone` (family, handle) still map."""
     from portmapctl.nftables.inventory import dport_values
     from portmapctl.nftables.ruleset import CONTAINER_CHAINS

@@ -124,6 +124,26 @@ class Node:
             self.nft_unusable = err
             return EMPTY
 
+    def read_nft_evidence(self) -> Ruleset:
+        """The plugin's nftables tables, also where nftables is not looked at
+        (--backend iptables): only to tell which cache entries are nftables' (a config
+        without the `backend` key whose rules are there alone), so that nothing of
+        theirs is expected, or written, in iptables. Empty offline, and where nft cannot
+        be used (the plugin's nftables backend runs nft: it wrote nothing there)."""
+        from portmapctl.nftables.access import NftUnusable
+        from portmapctl.nftables.ruleset import EMPTY
+
+        if self.nft is not None:
+            return self.read_nft()
+        if self.options.offline or self.options.backend != "iptables":
+            return EMPTY
+        from portmapctl.nftables.access.nft import RealNft
+
+        try:
+            return RealNft().read(self.options.families)
+        except NftUnusable:
+            return EMPTY
+
     def read_nft_to_change(self, dry_run: bool = False) -> Ruleset:
         """The tables as converge_nft's first try reads them (for a plan made ahead,
         then given to it as `planned`)."""

@@ -202,19 +202,6 @@ def test_repair_in_a_v171_table_passes_v171_check_again(node: str, tmp_path: Pat
     upstream.run("v1.7.1", "CHECK", node, "n17", conf, check=True)
 
 
-def _flows(ns: str) -> set:
-    """(destination port, DNAT destination) of the namespace's UDP conntrack entries."""
-    out = subprocess.run([rp._ip(), "netns", "exec", ns, "conntrack", "-L", "-p", "udp"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    found = set()
-    for line in out.splitlines():
-        # The original direction's dport= comes first, the reply's src= second.
-        dports = [w.split("=", 1)[1] for w in line.split() if w.startswith("dport=")]
-        srcs = [w.split("=", 1)[1] for w in line.split() if w.startswith("src=")]
-        found.add((int(dports[0]), srcs[1]))
-    return found
-
-
 def test_gc_flushes_the_dead_containers_flows_of_a_port_still_mapped_in_either_backend(
     node: str, tmp_path: Path
 ) -> None:
@@ -251,13 +238,13 @@ def test_gc_flushes_the_dead_containers_flows_of_a_port_still_mapped_in_either_b
                         "--dport", str(dport), "--reply-src", to, "--reply-port-src", "53",
                         "--reply-dst", "192.0.3.2", "--reply-port-dst", str(sport), "-t", "100"],
                        check=True, capture_output=True)  # fmt: skip
-    assert _flows(node) == flows
+    assert rp.udp_flows(node) == flows
     done = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
     assert done.returncode == 0, done.stdout + done.stderr
     doc = json.loads(done.stdout)
     assert {c["container_id"] for c in doc["removed"]} == {"dead10", "dead20", "dead30", "dead40"}
     live = {(5010, "10.88.0.92"), (5020, "10.88.0.96"), (5030, "10.88.0.98")}
-    assert _flows(node) == live
+    assert rp.udp_flows(node) == live
     assert doc["conntrack_deleted"] == len(flows) - len(live)
 
 
@@ -343,3 +330,76 @@ def test_a_zombies_problem_says_its_rules_are_in_nftables(node: str, tmp_path: P
     assert "its rules are still in nftables" in zombie["detail"], zombie
     assert (zombie["backend"], zombie["chain"]) == ("nftables", None), zombie
     assert zombie["fix"].endswith("--netns-liveness")
+
+
+def test_backend_iptables_neither_expects_nor_writes_iptables_rules_for_a_keyless_nft_container(
+    node: str, tmp_path: Path
+) -> None:
+    """nft1 was added by v1.9.1 with `"backend": "nftables"`; its cache entry has no
+    `backend` key (Debian's 1.1.1 cache, a hand edit): its rules, in nftables alone, say
+    where it is, as a plain check judges it. 0.1's --backend iptables read no nftables
+    and called it missing-chain, and --repair wrote it an iptables chain: its port
+    mapped twice, in a backend the plugin's DEL never looks at."""
+    deb = rp.plugin_conf("podman", ["10.88.0.11/16"], [_pm(8001, 80)])
+    rp.run_plugin("ADD", node, "deb1", deb, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "deb1", "eth0", deb, [_pm(8001, 80)], ["10.88.0.11/16"])
+    nft = upstream.nft_conf("podman", ["10.88.0.21/16"], [_pm(8011, 80)])
+    upstream.run(V191, "ADD", node, "nft1", nft, check=True)
+    keyless = {k: v for k, v in nft.items() if k != "backend"}
+    rp.write_cni_cache(tmp_path, "podman", "nft1", "eth0", keyless, [_pm(8011, 80)],
+                       ["10.88.0.21/16"])  # fmt: skip
+    plain = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    before = rp.save(node, 4)
+    done = _pmctl(node, tmp_path, "check", "--backend", "iptables", "-o", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["problems"] == []
+    [note] = [line for line in done.stderr.splitlines() if "--backend iptables" in line]
+    assert "1 cached container" in note and "not checked" in note, note
+    repaired = _pmctl(node, tmp_path, "check", "--backend", "iptables", "--repair", "-o", "json")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert json.loads(repaired.stdout)["repaired"] is False
+    assert rp.strip_save_comments(rp.save(node, 4)) == rp.strip_save_comments(before)
+    # iptables' own containers are still checked and repaired there.
+    rp.iptables(node, ["-t", "nat", "-F", "CNI-HOSTPORT-DNAT"])
+    broken = _pmctl(node, tmp_path, "check", "--backend", "iptables", "-o", "json")
+    assert broken.returncode == 1
+    problems = json.loads(broken.stdout)["problems"]
+    assert {(p["kind"], p["container_id"]) for p in problems} == {("missing-entry", "deb1")}
+    fixed = _pmctl(node, tmp_path, "check", "--backend", "iptables", "--repair")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "nft1" not in "".join(rp.nat_rules(rp.save(node, 4)))
+    for result in rp.run_check(node, "deb1", deb):
+        assert result.returncode == 0, result.stdout + result.stderr
+    upstream.run(V191, "CHECK", node, "nft1", nft, check=True)
+
+
+def test_gc_backend_iptables_keeps_the_flows_of_a_port_a_live_nft_container_maps(
+    node: str, tmp_path: Path
+) -> None:
+    """dead30 (iptables, not cached) and live30 (nftables, cached) map UDP 5030. gc
+    --backend iptables removes dead30's chain: the port is no freed port, live30 still
+    maps it (in nftables, which gc does not change but still reads for that), so only
+    the flows to dead30 go. 0.1 read no nftables and deleted live30's flows too."""
+    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/24", "dev", "lo"], check=True)
+    live = upstream.nft_conf("podman", ["10.88.0.98/16"], [_pm(5030, 53, "udp")])
+    upstream.run(V191, "ADD", node, "live30", live, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "live30", "eth0", live, [_pm(5030, 53, "udp")],
+                       ["10.88.0.98/16"])  # fmt: skip
+    dead = rp.plugin_conf("podman", ["10.88.0.97/16"], [_pm(5030, 53, "udp")])
+    rp.run_plugin("ADD", node, "dead30", dead, check=True)
+    for sport, to in ((41000, "10.88.0.97"), (41001, "10.88.0.98")):
+        subprocess.run([rp._ip(), "netns", "exec", node, "conntrack", "-I", "-p", "udp",
+                        "-s", "192.0.3.2", "-d", "192.0.3.1", "--sport", str(sport),
+                        "--dport", "5030", "--reply-src", to, "--reply-port-src", "53",
+                        "--reply-dst", "192.0.3.2", "--reply-port-dst", str(sport), "-t", "100"],
+                       check=True, capture_output=True)  # fmt: skip
+    assert rp.udp_flows(node) == {(5030, "10.88.0.97"), (5030, "10.88.0.98")}
+    done = _pmctl(node, tmp_path, "gc", "--backend", "iptables", "--yes", "--min-age", "0",
+                  "-o", "json")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert {c["container_id"] for c in doc["removed"]} == {"dead30"}
+    assert rp.udp_flows(node) == {(5030, "10.88.0.98")}
+    assert doc["conntrack_deleted"] == 1
+    upstream.run(V191, "CHECK", node, "live30", live, check=True)

@@ -66,6 +66,28 @@ def iptables_owners(
     }
 
 
+def nft_backed_unread(
+    node: Node, tables: ReadOnly[int, NatTable], attachments: Optional[Sequence[Attachment]]
+) -> List[Attachment]:
+    """The nft-backed cache entries where nftables is not looked at, judged as a plain
+    check judges them (ops/nft.py split): by their `backend` key, else by evidence --
+    under --backend iptables nftables is still read for that (Node.read_nft_evidence),
+    so a keyless container whose rules are in nftables alone is never called
+    missing-chain, nor given an iptables chain by --repair (its ports mapped twice, in
+    a backend its plugin's DEL never looks at)."""
+    if not attachments:
+        return []
+    live = node.read_nft_evidence()
+    if not live.tables:
+        # No plugin table: only a `backend` key makes an entry nftables' (and ops.nft
+        # need not be imported).
+        return [a for a in attachments if a.mapping is not None and a.mapping.backend == "nftables"]
+    from portmapctl.ops import nft
+
+    owners = iptables_owners(tables, attachments)
+    return list(nft.split(attachments, live, owners, node.options.keyless).nftables)
+
+
 def configured_nft(attachments: Optional[Sequence[Attachment]]) -> set:
     """IDs of cached containers whose config says `"backend": "nftables"`."""
     return {
@@ -102,16 +124,18 @@ def nft_problems(
     """nftables' part of a node check; `live`: the tables as read already (else read
     here)."""
     if node.nft is None:
-        # nftables not looked at (--backend iptables, iptables dumps only): containers
-        # configured for it are still not expected in iptables.
-        configured = [
-            a
-            for a in attachments or ()
-            if a.mapping is not None and a.mapping.backend == "nftables"
-        ]
-        return NftCheck(
-            [], {a.container_id for a in configured}, 0, [], None, nft_keys=_keys(configured)
-        )
+        # nftables not looked at (--backend iptables, iptables dumps only): nothing of
+        # it is checked, and nothing of the containers it holds is expected in iptables.
+        backed = nft_backed_unread(node, tables, attachments)
+        ids = {a.container_id for a in backed}
+        notes = []
+        if ids and node.options.backend == "iptables":
+            notes.append(
+                f"--backend iptables: {len(ids)} cached container(s) are the plugin's"
+                " nftables' (their config's backend key, or their rules are in nftables"
+                " alone): not checked"
+            )
+        return NftCheck([], ids, 0, notes, None, nft_keys=_keys(backed))
     if live is None:
         live = node.read_nft()
     if not live.tables and node.options.backend != "nftables" and not configured_nft(attachments):

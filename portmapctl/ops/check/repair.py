@@ -343,12 +343,11 @@ def repair(
     nft_ids: set = set()
     if attachments is not None:
         if node.nft is None:
-            # nftables not looked at: containers configured for it still get nothing
-            # in iptables, and nothing is written in nftables.
+            # nftables not looked at: its containers (by key or evidence) still get
+            # nothing in iptables, and nothing is written in nftables.
             excluded = {
                 (a.network, a.container_id)
-                for a in attachments
-                if a.mapping is not None and a.mapping.backend == "nftables"
+                for a in check_nft.nft_backed_unread(node, read.tables, attachments)
             }
         else:
             from portmapctl.ops import nft
