@@ -47,7 +47,11 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
         source = "<stdin>" if cni_config == "-" else cni_config
         conf = cni_json.load_json(files.read_text(cni_config, "--cni-config"), source)
         parsed = cni_json.plugin_config(
-            conf, validate.cni_name(container, "container ID"), source, ifname=ifname
+            conf,
+            validate.cni_name(container, "container ID"),
+            source,
+            ifname=ifname,
+            writes_to_backend=None if backend == "auto" else backend,
         )
         return validate.buildable(with_backend(parsed, backend))
     if network is None:

@@ -11,6 +11,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 
 from portmapctl.core.mapping import Interface, MappingConfig, PortMapping
 from portmapctl.core.validate import (
+    PROTOCOLS,
     conditions,
     host_ip,
     interface,
@@ -51,7 +52,7 @@ def _go_fields(entry: Mapping[str, Any]) -> dict:
     return fields
 
 
-def _port_mapping(entry: Any, source: str) -> PortMapping:
+def _port_mapping(entry: Any, source: str, backend: Optional[str] = None) -> PortMapping:
     if not isinstance(entry, dict):
         raise BadInput(f"{source}: each port mapping must be an object")
     fields = _go_fields(entry)
@@ -59,22 +60,48 @@ def _port_mapping(entry: Any, source: str) -> PortMapping:
         raise BadInput(f"{source}: port mapping {shown(entry)} needs hostPort and containerPort")
     raw_ip = fields.get("hostIP") or ""
     try:
+        host_port = port(fields["hostPort"], "hostPort")
+        container_port = port(fields["containerPort"], "containerPort")
+        address = host_ip(raw_ip) if raw_ip else ""
+        refused = plugin_refuses(fields.get("protocol"), backend)
+        if refused:
+            raise BadInput(f"port mapping {shown(entry)}: {refused}")
         return PortMapping(
-            host_port=port(fields["hostPort"], "hostPort"),
-            container_port=port(fields["containerPort"], "containerPort"),
-            protocol=protocol(fields.get("protocol") or "tcp"),
-            host_ip=host_ip(raw_ip) if raw_ip else "",
+            host_port=host_port,
+            container_port=container_port,
+            protocol=protocol(fields["protocol"]),
+            host_ip=address,
         )
     except BadInput as err:
         raise BadInput(f"{source}: {err}") from None
 
 
-def port_mappings(value: Any, source: str) -> Tuple[PortMapping, ...]:
+def plugin_refuses(raw_protocol: Any, backend: Optional[str]) -> str:
+    """Why the plugin's ADD fails for a port mapping's `protocol` ("" if it does not).
+    Debian's 1.1.1 and upstream v1.6.2-v1.9.1 (tests/interop/test_protocol_refusals.py):
+    without one (absent, null, "") every backend writes `-p  --dport` or `dport`, which
+    iptables and nft reject; nftables writes the word as given, and nft knows only
+    lower-case tcp/udp/sctp (iptables lower-cases it, so "TCP" works there). `backend`:
+    the one the config selects (None: iptables, the plugin's default)."""
+    if raw_protocol is None or raw_protocol == "":
+        return "no protocol: the plugin's ADD fails without one (give tcp, udp or sctp)"
+    spelled = raw_protocol if isinstance(raw_protocol, str) else ""
+    if backend == "nftables" and spelled not in PROTOCOLS and spelled.lower() in PROTOCOLS:
+        return (
+            f"protocol {shown(spelled)}: the plugin's nftables backend fails on it"
+            f' (nft takes it only in lower case: "{spelled.lower()}")'
+        )
+    return ""
+
+
+def port_mappings(
+    value: Any, source: str, backend: Optional[str] = None
+) -> Tuple[PortMapping, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
         raise BadInput(f"{source}: portMappings must be a list")
-    return tuple(_port_mapping(entry, source) for entry in value)
+    return tuple(_port_mapping(entry, source, backend) for entry in value)
 
 
 def result_addresses(result: Any, ifname: Optional[str], source: str) -> List[Interface]:
@@ -113,10 +140,13 @@ def plugin_config(
     ifname: Optional[str] = "eth0",
     port_mappings_override: Any = None,
     addresses: Optional[List[Interface]] = None,
+    writes_to_backend: Optional[str] = None,
 ) -> MappingConfig:
     """The portmap plugin's stdin (or the portmap entry of a cached conflist).
 
-    `addresses`: those of `prevResult`, when the caller has them already."""
+    `addresses`: those of `prevResult`, when the caller has them already.
+    `writes_to_backend`: where rules go for a config without a `backend` key (add
+    --backend nftables), for what the plugin refuses there."""
     if not isinstance(conf, dict):
         raise BadInput(f"{source}: the network config must be a JSON object")
     runtime = conf.get("runtimeConfig") or {}
@@ -139,6 +169,9 @@ def plugin_config(
     if backend is not None and backend not in ("iptables", "nftables"):
         # As the plugin: `failed to parse config: unrecognized backend "nft"`.
         raise BadInput(f"{source}: unrecognized backend {shown(backend)}: use iptables or nftables")
+    # The backend the rules go to decides what the plugin refuses (add --backend
+    # nftables writes a keyless config there).
+    writes_to = backend or writes_to_backend
     try:
         config = mapping_config(
             network=conf.get("name", ""),
@@ -148,7 +181,7 @@ def plugin_config(
                 if addresses is not None
                 else result_addresses(conf.get("prevResult"), ifname, source)
             ),
-            ports=port_mappings(raw_ports, source),
+            ports=port_mappings(raw_ports, source, writes_to),
             snat=snat,
             mark=conf.get("markMasqBit"),
             external_setmark_chain=conf.get("externalSetMarkChain"),

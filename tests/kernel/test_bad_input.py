@@ -203,7 +203,9 @@ def _portmap_config(**changes: object) -> dict:
         "cniVersion": "0.4.0",
         "name": NET,
         "type": "portmap",
-        "runtimeConfig": {"portMappings": [{"hostPort": 9191, "containerPort": 91}]},
+        "runtimeConfig": {
+            "portMappings": [{"hostPort": 9191, "containerPort": 91, "protocol": "tcp"}]
+        },
         "prevResult": {"ips": [{"address": "10.88.0.60/16"}, {"address": "fd00::60/64"}]},
         **changes,
     }

@@ -297,7 +297,9 @@ def test_without_the_capability_the_runtime_ports_are_not_the_plugins(tmp_path):
     static = entry(
         portmap={
             "type": "portmap",
-            "runtimeConfig": {"portMappings": [{"hostPort": 9090, "containerPort": 90}]},
+            "runtimeConfig": {
+                "portMappings": [{"hostPort": 9090, "containerPort": 90, "protocol": "tcp"}]
+            },
         }
     )
     found = read_attachment(str(write(tmp_path, "c", static))).mapping
@@ -640,3 +642,56 @@ def test_go_cni_port_mappings_are_read_as_the_plugin_reads_them(tmp_path):
         ("udp", "", 9090, 90),
     ]
     assert found.dnat_chain == chain_name("nomad", alloc)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "backend", "refused"),
+    [
+        (None, None, "no protocol"),
+        ("", "iptables", "no protocol"),
+        (None, "nftables", "no protocol"),
+        ("TCP", None, ""),  # iptables lower-cases it: the plugin's ADD works
+        ("TCP", "iptables", ""),
+        ("TCP", "nftables", "nftables backend"),
+        ("Sctp", "nftables", "nftables backend"),
+        ("udp", "nftables", ""),
+    ],
+)
+def test_the_protocols_the_plugins_add_refuses(protocol, backend, refused):
+    """Pinned to Debian's 1.1.1 and upstream v1.6.2-v1.9.1 by
+    tests/interop/test_protocol_refusals.py. 0.1 read a missing protocol as tcp and
+    "TCP" as tcp in nftables too: add wrote what the plugin refuses."""
+    pm = {"hostPort": 8080, "containerPort": 80}
+    if protocol is not None:
+        pm["protocol"] = protocol
+    conf = {"name": "net", "runtimeConfig": {"portMappings": [pm]},
+            "prevResult": {"ips": [{"address": "10.88.0.5/16"}]}}  # fmt: skip
+    if backend is not None:
+        conf["backend"] = backend
+    if refused:
+        with pytest.raises(BadInput, match=refused):
+            cni_config.plugin_config(conf, "c1", "conf.json")
+    else:
+        config = cni_config.plugin_config(conf, "c1", "conf.json")
+        assert [p.protocol for p in config.ports] == [protocol.lower()]
+
+
+def test_add_backend_nftables_refuses_what_the_nftables_plugin_refuses():
+    """A config without the key, written to nftables (add --backend nftables)."""
+    pm = {"hostPort": 8080, "containerPort": 80, "protocol": "TCP"}
+    conf = {"name": "net", "runtimeConfig": {"portMappings": [pm]},
+            "prevResult": {"ips": [{"address": "10.88.0.5/16"}]}}  # fmt: skip
+    assert cni_config.plugin_config(conf, "c1", "conf.json").ports[0].protocol == "tcp"
+    with pytest.raises(BadInput, match="nftables backend"):
+        cni_config.plugin_config(conf, "c1", "conf.json", writes_to_backend="nftables")
+
+
+def test_a_cached_mapping_without_protocol_is_one_entry_that_cannot_be_read(tmp_path):
+    """No successful ADD leaves it (the plugin refuses it): a hand edit. Reported once,
+    its container live by its file name, and no mapping expected of it."""
+    doc = entry(ports=[{"hostPort": 8080, "containerPort": 80}])
+    path = write(tmp_path / "results", "mynet-abc123-eth0", doc)
+    [found] = [a for a in cni_cache.read_entries([str(path)]) if a.container_id == "abc123"]
+    assert found.mapping is None and "no protocol" in (found.problem or "")
+    [warning] = cni_cache.warnings([found])
+    assert "no protocol" in warning and "kept as live" in warning

@@ -140,7 +140,9 @@ def test_base64_config_cannot_smuggle_a_target(tmp_path):
         "networkName": "mynet",
         "ifName": "eth0",
         "config": base64.b64encode(json.dumps(conf).encode()).decode(),
-        "capabilityArgs": {"portMappings": [{"hostPort": 80, "containerPort": 80}]},
+        "capabilityArgs": {
+            "portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "tcp"}]
+        },
         "result": {"ips": [{"address": "10.88.0.5/16"}]},
     }
     (tmp_path / "results").mkdir()

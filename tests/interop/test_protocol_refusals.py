@@ -1,0 +1,113 @@
+"""The `protocol` of a port mapping the plugin's ADD refuses: without one, with every
+plugin and backend; in another case than tcp/udp/sctp, with the nftables backend
+(v1.6.2, v1.7.1 and v1.9.1 write it as given into `nft -f`; iptables lower-cases it).
+`add --cni-config` refuses exactly those, as the plugin would for the backend the
+config selects; a cache entry holding one (a hand edit, a foreign runtime: no
+successful ADD makes one) is reported once and given no rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+
+import pmctl
+import pytest
+import realplugin as rp
+import upstream
+
+pytestmark = pytest.mark.netns
+
+# (plugin, backend key): Debian's 1.1.1 has no nftables backend.
+PLUGINS = [("debian", None)] + [
+    (version, backend)
+    for version in ("v1.6.2", "v1.7.1", "v1.9.1")
+    for backend in (None, "nftables")
+]
+ENTRIES: Dict[str, Dict[str, Any]] = {
+    "absent": {"hostPort": 8080, "containerPort": 80},
+    "null": {"hostPort": 8080, "containerPort": 80, "protocol": None},
+    "empty": {"hostPort": 8080, "containerPort": 80, "protocol": ""},
+    "TCP": {"hostPort": 8080, "containerPort": 80, "protocol": "TCP"},
+    "Udp": {"hostPort": 8080, "containerPort": 80, "protocol": "Udp"},
+    "tcp": {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _upstream_binaries() -> None:
+    rp.require(upstream.available())
+
+
+@pytest.fixture
+def twins() -> Iterator[tuple[str, str]]:
+    names = (rp.create_netns("pmt-proto-p"), rp.create_netns("pmt-proto-m"))
+    try:
+        yield names
+    finally:
+        for name in names:
+            rp.delete_netns(name)
+
+
+def _conf(entry: Dict[str, Any], backend: Optional[str]) -> Dict[str, Any]:
+    return upstream.nft_conf("podman", ["10.88.0.5/16"], [entry], backend=backend)
+
+
+def _plugin_add(plugin: str, ns: str, conf: Dict[str, Any]) -> bool:
+    if plugin == "debian":
+        return rp.run_plugin("ADD", ns, "c1", conf).returncode == 0
+    return upstream.run(plugin, "ADD", ns, "c1", conf).returncode == 0
+
+
+def _written(ns: str) -> str:
+    """What either backend holds of the plugin's (nothing, on a fresh namespace)."""
+    tables = upstream.nft(ns, "list", "tables").stdout
+    return "".join(line for line in rp.nat_rules(rp.save(ns, 4)) if "CNI-" in line) + (
+        tables if "cni_hostport" in tables else ""
+    )
+
+
+@pytest.mark.parametrize("case", sorted(ENTRIES))
+@pytest.mark.parametrize(("plugin", "backend"), PLUGINS)
+def test_add_cni_config_refuses_what_the_plugins_add_refuses(
+    twins: tuple[str, str], tmp_path: Path, plugin: str, backend: Optional[str], case: str
+) -> None:
+    plugin_ns, ours_ns = twins
+    conf = _conf(ENTRIES[case], backend)
+    accepted = _plugin_add(plugin, plugin_ns, conf)
+    refused = case in ("absent", "null", "empty") or (backend == "nftables" and case != "tcp")
+    assert accepted is not refused, (plugin, backend, case)
+    path = tmp_path / "conf.json"
+    path.write_text(json.dumps(conf))
+    done = pmctl.run(["add", "--container", "c1", "--cni-config", str(path), "--netns", ours_ns])
+    if refused:
+        pmctl.assert_error(done, 2, str(path), "8080")
+        assert _written(ours_ns) == ""
+    else:
+        assert done.returncode == 0, done.stderr
+        assert _written(ours_ns) != ""
+
+
+def test_a_cache_entry_the_plugin_would_have_refused_gets_no_rules(
+    twins: tuple[str, str], tmp_path: Path
+) -> None:
+    """A cached mapping without a protocol, and one of "TCP" in a config that says
+    nftables: no ADD of the plugin writes rules for them. check says so once per entry
+    (as of any entry that cannot be read; the containers stay live), expects nothing of
+    them and --repair writes nothing for them; list runs on."""
+    ns = twins[1]
+    for cid, ip, entry, backend in (("noproto", "10.88.0.6", ENTRIES["absent"], None),
+                                    ("upper", "10.88.0.7", ENTRIES["TCP"], "nftables")):  # fmt: skip
+        conf = upstream.nft_conf("podman", [f"{ip}/16"], [entry], backend=backend)
+        rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, [entry], [f"{ip}/16"])
+    for args in (["check"], ["check", "--repair"], ["list"]):
+        done = pmctl.run([*args, "-o", "json", "--netns", ns, "--cni-cache-dir", str(tmp_path)])
+        assert done.returncode == 0, (args, done.stdout + done.stderr)
+        if args[0] == "check":
+            doc = json.loads(done.stdout)
+            assert doc["problems"] == [] and doc.get("repaired") in (None, False), doc
+        lines = done.stderr.splitlines()
+        [noproto] = [line for line in lines if "podman-noproto-eth0" in line]
+        [upper] = [line for line in lines if "podman-upper-eth0" in line]
+        assert "no protocol" in noproto and "'TCP'" in upper, lines
+    assert _written(ns) == ""
