@@ -140,9 +140,9 @@ def _add(
             # nftables backend (as list, check and gc read it), so add writes there.
             config = replace(config, backend="nftables")
         if config.backend == "nftables":
-            # (The iptables table as before: an nftables mapping has no entry chain.)
-            clashes = shadow_warnings(config, node.read())
-            clashes += nft_shadow_warnings(config, node.read_nft())
+            # (The tables as before: a re-added mapping keeps its rules' place.)
+            clashes = nft_shadow_warnings(config, node.read_nft())
+            clashes += contest_warnings(node, config)
             result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp)
         else:
             # What add read (or listed meanwhile): not a second read of the whole table.
@@ -155,7 +155,42 @@ def _add(
                 ahead=ahead,
             )
             clashes = shadow_warnings(config, result.seen)
+            clashes += contest_warnings(node, config)
     return config, result, clashes
+
+
+def contest_warnings(node: Any, config: MappingConfig) -> List[str]:
+    """Host ports the other plugin backend maps too (same family and protocol,
+    overlapping host address, another container): which mapping gets the traffic is
+    the kernel's hook order, so this one is contested (core/contest.py decides, as for
+    list and check)."""
+    from portmapctl.ops.add import as_rows, other_backend_rows
+
+    wanted = [f for f in config.families if f in node.families]
+    others = other_backend_rows(node, config, wanted)
+    if not others:
+        return []  # the usual node: one backend (nothing more imported)
+    from portmapctl.core.contest import backend_of, contests
+
+    mine = as_rows(config, wanted)
+    found = contests([*mine, *others])
+    warnings = []
+    for row in mine:
+        if row not in found:
+            continue
+        other = found[row][0]
+        # (nftables names no network: add reads no cache to find it.)
+        who = (
+            _owner(other)
+            if other.network
+            else f"{(other.container_id or '?')[:12]} ({other.chain})"
+        )
+        warnings.append(
+            f"IPv{row.family} {row.protocol}/{row.host_port} is mapped in"
+            f" {backend_of(other)} too, to {who}: this mapping is contested"
+            " (the kernel's hook order decides which of them gets the traffic)"
+        )
+    return warnings
 
 
 def _report(

@@ -32,6 +32,8 @@ Statuses (a row can have several):
   legacy      a CNI-SN- chain of plugins before 2018
   dead        a rule that never matches (-d 0.0.0.0/32, plugins before v0.8.7)
   zombie      cached, but the container's network namespace is gone
+  contested   the same host port is mapped in the other backend (iptables
+              and nftables): the kernel's hook order decides which gets it
 
 Examples:
 

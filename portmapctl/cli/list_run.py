@@ -54,7 +54,14 @@ def run(
             found = inventory.build(tables, attachments)
             mappings = list(found.mappings)
             if reader is not None:
-                mappings += _nft_rows(node, reader, attachments, found, out)
+                nft_rows = _nft_rows(node, reader, attachments, found, out)
+                if nft_rows and mappings:
+                    from portmapctl.core.contest import marked
+
+                    # One port in both backends: which wins is the kernel's hook order.
+                    mappings = marked(mappings + nft_rows)
+                else:
+                    mappings += nft_rows
             if recorder is not None:
                 from portmapctl.ops.nft import backends_read
 
@@ -118,8 +125,6 @@ def run(
         elif not mappings and not found.chains:
             summary = "no portmap chains found"
         out.summary(summary)
-
-
 
 
 @dataclass(frozen=True)
@@ -204,5 +209,3 @@ def _nft_rows(node: Any, started: Tuple[Any, dict], cache: Any, found: Any, out:
     if not nft_found.mappings:
         return []
     return list(nft_found.mappings)
-
-

@@ -17,6 +17,9 @@ class Status(str, Enum):
     LEGACY = "legacy"  # a CNI-SN- chain from plugins before 2018
     DEAD = "dead"  # a rule that can never match (-d 0.0.0.0/32, plugins < v0.8.7)
     ZOMBIE = "zombie"  # cached, but the container's network namespace is gone
+    # Not in SPEC §3's list: the same port mapped live in the other plugin backend
+    # (iptables and nftables hook nat at one priority; no dump says which wins).
+    CONTESTED = "contested"
 
     def __str__(self) -> str:
         return self.value
@@ -53,6 +56,7 @@ class ProblemKind(str, Enum):
     NFT_MISSING_JUMPS = "nft-missing-jumps"  # hostports_all lacks its two jumps
     NFT_MISSING_RULES = "nft-missing-rules"  # a cached nft-backed container lacks rules
     BOTH_BACKENDS = "both-backends"  # one container's rules in iptables and nftables
+    CONTESTED = "contested"  # one host port mapped in iptables and in nftables
 
     def __str__(self) -> str:
         return self.value

@@ -46,6 +46,7 @@ VALUES: Dict[str, Optional[Tuple[str, ...]]] = {
         "legacy",
         "dead",
         "zombie",
+        "contested",
     ),
     "--metrics-file": None,
     "--backend": ("auto", "iptables", "nftables"),

@@ -18,7 +18,7 @@ from typing import (
     Tuple,
 )
 
-from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.errors import ApplyFailed, PortmapctlError
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
@@ -212,6 +212,88 @@ def _without(view: NatTable, chain: str) -> NatTable:
         rules = tuple(r for r in entry.rules if rule_target(r) != chain)
         chains[TOPLEVEL_DNAT] = SavedChain(TOPLEVEL_DNAT, entry.policy, rules)
     return NatTable(view.family, chains)
+
+
+def as_rows(config: MappingConfig, families: Sequence[int]) -> List[Mapping]:
+    """The rows `list` will show for `config` once added, in its backend: what the
+    warning of a host port contested by the other backend compares (core/contest.py)."""
+    from portmapctl.nftables.inventory import NftMapping
+    from portmapctl.nftables.ruleset import HOSTIP_HOSTPORTS, HOSTPORTS
+
+    nft = config.backend == "nftables"
+    rows: List[Mapping] = []
+    for family in families:
+        address = config.address(family)
+        if address is None:
+            continue
+        conditions = config.conditions_v4 if family == 4 else config.conditions_v6
+        for p in config.ports:
+            if not p.applies_to(family):
+                continue
+            host_ip = p.host_ip_for_rule()
+            fields = (
+                config.network,
+                config.container_id,
+                family,
+                p.protocol,
+                host_ip,
+                p.host_port,
+                address.ip.compressed,
+                p.container_port,
+                config.snat,
+            )
+            if nft:
+                chain = HOSTIP_HOSTPORTS if host_ip else HOSTPORTS
+                rows.append(NftMapping(*fields, chain, ("ok",), None, conditions))
+            else:
+                rows.append(Mapping(*fields, dnat_chain_name(config), ("ok",), None, conditions))
+    return rows
+
+
+def other_backend_rows(node: Node, config: MappingConfig, families: Sequence[int]) -> List[Mapping]:
+    """The rows of the backend `config` is not written to, read only where that backend
+    has something on the node: iptables' (for an nftables mapping), else nftables' when
+    its cni_hostport table exists (a netlink question first: no nft runs on the usual
+    iptables node)."""
+    if config.backend == "nftables":
+        from portmapctl.iptables import inventory
+
+        return list(inventory.build(_iptables_tables(node, families)).mappings)
+    from portmapctl.iptables.access.nfmsg import tables_present
+    from portmapctl.nftables import TABLE
+
+    present = tables_present(families, TABLE)
+    if not present:
+        return []
+    from portmapctl.nftables import inventory as nft_inventory
+    from portmapctl.nftables.access import NftUnusable
+    from portmapctl.nftables.access.nft import RealNft
+
+    try:
+        live = RealNft().read(present)
+    except (NftUnusable, PortmapctlError) as err:
+        debug("reading nftables for the contested warning failed: %s", err)
+        return []
+    return list(nft_inventory.build(live, problems=False).mappings)
+
+
+def _iptables_tables(node: Node, families: Sequence[int]) -> Dict[int, NatTable]:
+    """iptables' tables for the warning, also under --backend nftables (which narrows
+    what is written, and gives the node no iptables to read): where the node has a nat
+    table (asked first: a legacy read would create one), none where it cannot tell."""
+    if node.options.reads_iptables:
+        return node.read(tuple(families))
+    if node.options.offline:
+        return {}
+    from portmapctl.iptables.access import open_backend
+
+    try:
+        backend = open_backend(node.options.iptables)
+        has_table = getattr(backend, "has_nat_table", lambda _family: True)
+        return {f: backend.read(f) for f in families if has_table(f)}
+    except (PortmapctlError, OSError) as err:
+        debug("reading iptables for the contested warning failed: %s", err)
+        return {}
 
 
 def nft_refusals(config: MappingConfig) -> None:

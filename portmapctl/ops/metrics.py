@@ -71,6 +71,7 @@ _DNAT_STATUSES = (
     Status.ORPHAN,
     Status.INCOMPLETE,
     Status.ZOMBIE,
+    Status.CONTESTED,
 )
 _LEGACY_SNAT_STATUSES = (Status.LEGACY, Status.STALE, Status.ORPHAN, Status.ZOMBIE)
 CHAIN_STATUSES = {
@@ -80,10 +81,10 @@ CHAIN_STATUSES = {
 IPTABLES = "iptables"
 NFTABLES = "nftables"
 # A mapping of the plugin's nftables backend is one rule of its shared chains: it can
-# be ok, stale, shadowed or zombie (nftables/inventory.py), never orphan, incomplete,
+# be ok, stale, shadowed, zombie (nftables/inventory.py) or contested (core/contest.py), never orphan, incomplete,
 # legacy or dead, which describe iptables' per-container chains. It has no chains of
 # its own either: `chains` stays an iptables count.
-_NFT_STATUSES = (Status.OK, Status.STALE, Status.SHADOWED, Status.ZOMBIE)
+_NFT_STATUSES = (Status.OK, Status.STALE, Status.SHADOWED, Status.ZOMBIE, Status.CONTESTED)
 MAPPING_STATUSES = {IPTABLES: STATUSES, NFTABLES: tuple(s.value for s in _NFT_STATUSES)}
 
 

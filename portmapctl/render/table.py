@@ -36,6 +36,7 @@ STATUS_STYLE = {
     Status.LEGACY: "magenta",
     Status.DEAD: "red",
     Status.ZOMBIE: "yellow",
+    Status.CONTESTED: "red",
 }
 
 SHORT_ID = 12  # as podman and docker show container IDs

@@ -13,7 +13,7 @@ import os
 import socket
 import struct
 from enum import Enum
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from portmapctl.host import netlink as nl
 from portmapctl.iptables.access import nfgen
@@ -146,6 +146,18 @@ def chain_exists(sock: socket.socket, family: int, table: str, chain: str) -> bo
             return False
         raise OSError(-code or errno.EIO, f"cannot ask for chain {chain}")
     return True
+
+
+def tables_present(families: Sequence[int], table: str) -> Tuple[int, ...]:
+    """The families in which `table` exists in this network namespace (one GETTABLE
+    each, about 0.1 ms): a command that only may need it (add's warning of a port the
+    plugin's nftables backend maps too) runs no `nft` where there is none. Empty when
+    it cannot tell (no netfilter netlink): nothing to read then either."""
+    try:
+        with nfgen.open_socket() as sock:
+            return tuple(f for f in families if table_chains(sock, f, table) > 0)
+    except OSError:
+        return ()
 
 
 def table_chains(sock: socket.socket, family: int, table: str) -> int:

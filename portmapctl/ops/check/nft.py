@@ -33,6 +33,7 @@ from portmapctl.ops.check.hints import Fixes
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
+    from portmapctl.iptables import inventory
     from portmapctl.nftables.inventory import NftInventory, NftMapping
     from portmapctl.nftables.ruleset import Rule, Ruleset
     from portmapctl.ops.nft import Split
@@ -408,6 +409,73 @@ def _both_backends(
         _NFT_WHY["both-backends"],
         tuple(rules),
     )
+
+
+_CONTESTED_WHY = (
+    "iptables' and nftables' nat hooks run at one priority (dstnat, -100): the order in"
+    " which the kernel registered them, which no dump shows, decides which of the two"
+    " mappings gets the port's traffic; the other gets none"
+)
+
+
+def contested_problems(
+    found: Optional[inventory.Inventory],
+    nft_found: Optional[NftInventory],
+    live: Optional[Ruleset],
+    fixes: Fixes,
+) -> List[Problem]:
+    """One `contested` problem per mapping whose host port the other backend maps too
+    (core/contest.py says which), naming the other side. Its fix removes that side when
+    it is stale or a zombie (as shadowed's does when the winner is); otherwise no command
+    of ours can pick a winner: prose (JSON `fix` null)."""
+    if found is None or nft_found is None or not found.mappings or not nft_found.mappings:
+        return []
+    from portmapctl.core.contest import backend_of, contests
+    from portmapctl.ops.check.diagnose import _entries_for
+
+    chains = {(c.name, c.family): c for c in found.chains}
+    rules = _by_handle(live) if live is not None else {}
+    problems: List[Problem] = []
+    for row, others in contests([*found.mappings, *nft_found.mappings]).items():
+        other = others[0]
+        backend = backend_of(row)
+        if backend == "iptables":
+            chain = chains.get((row.chain, row.family))
+            where = row.chain
+            shown = _entries_for(chain, [(row.protocol, row.host_port)]) if chain else ()
+            place = other.chain
+        else:
+            where = f"nft:{row.chain}"
+            shown = _rule_text(rules, row)  # type: ignore[arg-type]
+            place = other.chain
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        who = f"{other.network or '?'}/{other.container_id or '?'}"
+        if STALE in other.status:
+            fix = f"{fixes.gc} (the other side is stale)"
+        elif ProblemKind.ZOMBIE.value in other.status:
+            fix = f"{fixes.gc} --netns-liveness (the other side is a zombie)"
+        else:
+            fix = (
+                "both are live, and no command of ours picks a winner: re-create one of them"
+                " on another host port, or finish the migration (re-create the iptables one"
+                ' with "backend": "nftables")'
+            )
+        problems.append(
+            Problem(
+                ProblemKind.CONTESTED.value,
+                row.family,
+                where,
+                row.network,
+                row.container_id,
+                f"{row.protocol}/{row.host_port} is also mapped in {backend_of(other)} to"
+                f" {who} ({place}){more}; the kernel's hook order decides which gets the"
+                " traffic",
+                fix,
+                _CONTESTED_WHY,
+                shown,
+            )
+        )
+    return problems
 
 
 def _network_of(attachments: Optional[Sequence[Attachment]], container_id: str) -> Optional[str]:

@@ -100,7 +100,7 @@ def _check_node(
     # names plain gc would be refused.
     fixes = fixes_for(node, bool(attachments))
     found = inventory.build(tables, attachments)
-    from portmapctl.ops.check.nft import nft_problems
+    from portmapctl.ops.check.nft import contested_problems, nft_problems
 
     nft = nft_problems(node, tables, attachments, fixes, read.nft_live)
     nft_found, nft_ids, nft_compared = nft.problems, nft.nft_ids, nft.compared
@@ -125,6 +125,7 @@ def _check_node(
         nft_entries=nft.nft_keys,
     )
     problems += nft_found
+    problems += contested_problems(found, nft.found, read.nft_live, fixes)
     compared += nft_compared
     if attachments is None:
         notes.append(

@@ -1,0 +1,84 @@
+"""Cross-backend collisions: one host port mapped in iptables and in nftables at once.
+
+On a node in the middle of a backend migration the plugin's iptables chains
+(CNI-HOSTPORT-DNAT) and its nftables table (cni_hostport) both hook nat at priority
+-100 (dstnat). Which of two mappings of one port gets the traffic depends on the order
+the kernel registered the hooks, which no dump shows: neither is `shadowed`, both are
+`contested`. Pure and backend-neutral: rows of either inventory in, pairs out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+
+from portmapctl.core.mapping import Mapping
+from portmapctl.core.status import Status
+
+M = TypeVar("M", bound=Mapping)
+
+IPTABLES = "iptables"
+
+# A row that takes no traffic of its port for sure contests nothing: the backend's own
+# winner speaks for a shadowed row; a dead rule matches no packet; an orphan chain is
+# entered by no rule.
+_TAKES_NOTHING = frozenset((Status.SHADOWED, Status.DEAD, Status.ORPHAN))
+
+
+def backend_of(row: Mapping) -> str:
+    """The plugin backend a row is in (nftables rows say so; iptables rows predate it)."""
+    return getattr(row, "backend", IPTABLES)
+
+
+def _takes_port(row: Mapping) -> bool:
+    # A row with conditions takes only some of the port's packets: as within one
+    # backend (a conditional rule shadows nothing), it contests nothing.
+    return not row.conditions and not any(s in _TAKES_NOTHING for s in row.status)
+
+
+def _overlap(a: Optional[str], b: Optional[str]) -> bool:
+    return a is None or b is None or a == b
+
+
+def contests(rows: Iterable[M]) -> Dict[M, Tuple[M, ...]]:
+    """Each contested row -> the other backend's rows it collides with (same family,
+    protocol and host port, overlapping host IP, another container), in input order.
+    Empty unless both backends have rows."""
+    by_port: Dict[Tuple[int, str, int], List[M]] = {}
+    backends = set()
+    for row in rows:
+        if _takes_port(row):
+            by_port.setdefault((row.family, row.protocol, row.host_port), []).append(row)
+            backends.add(backend_of(row))
+    found: Dict[M, Tuple[M, ...]] = {}
+    if len(backends) < 2:
+        return found  # the usual node: one backend, nothing to compare
+    for same in by_port.values():
+        if len({backend_of(r) for r in same}) < 2:
+            continue
+        for row in same:
+            others = tuple(
+                o
+                for o in same
+                if backend_of(o) != backend_of(row)
+                and _overlap(row.host_ip, o.host_ip)
+                # A container with rules in both backends (both-backends) does not
+                # contest itself.
+                and (row.container_id is None or o.container_id != row.container_id)
+            )
+            if others:
+                found[row] = others
+    return found
+
+
+def marked(rows: Sequence[M]) -> List[M]:
+    """`rows` with `contested` added to the status of each contested one."""
+    found = contests(rows)
+    if not found:
+        return list(rows)
+    return [
+        replace(r, status=(*(s for s in r.status if s != Status.OK), Status.CONTESTED))
+        if r in found
+        else r
+        for r in rows
+    ]
