@@ -111,8 +111,11 @@ def check_command(
 
                     found = result.found
                     mappings = list(found.mappings)
-                    if result.nft_found is not None:
-                        mappings += result.nft_found.mappings
+                    if result.nft_found is not None and result.nft_found.mappings:
+                        from portmapctl.core.contest import marked
+
+                        # Counted as list counts them (contested as well).
+                        mappings = marked(mappings + list(result.nft_found.mappings))
                     read = backends_read(node, result.families)
                     recorder.note_node(mappings, found.chains, result.families, read)
         for warning in result.warnings:

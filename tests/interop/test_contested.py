@@ -104,6 +104,18 @@ def test_one_port_in_both_backends_is_contested_in_list_and_check(
         assert "hook order" in p["detail"]
         assert p["fix"] is None  # both live: no command of ours picks a winner
         assert "another host port" in p["why"] and "finish the migration" in p["why"]
+    # --metrics-file counts them alike from list and check, one per backend.
+    for command in ("list", "check"):
+        metrics = tmp_path / f"{command}.prom"
+        _pmctl(node, tmp_path, command, "--metrics-file", str(metrics))
+        counted = {
+            line.split("{")[1].split(",")[0] + " " + line.split()[-1]
+            for line in metrics.read_text().splitlines()
+            if line.startswith("portmapctl_mappings{")
+            and 'status="contested"' in line
+            and 'family="4"' in line
+        }
+        assert counted == {'backend="iptables" 1.0', 'backend="nftables" 1.0'}, command
     # --repair does not "fix" it, and says so by its exit code.
     repaired = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
     assert repaired.returncode == 1, repaired.stdout + repaired.stderr
