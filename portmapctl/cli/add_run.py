@@ -156,6 +156,7 @@ def _add(
             )
             clashes = shadow_warnings(config, result.seen)
             clashes += contest_warnings(node, config)
+            clashes += foreign_warnings(result)
     return config, result, clashes
 
 
@@ -294,6 +295,18 @@ def _net_admin() -> bool:
         return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
     except (OSError, StopIteration, ValueError, IndexError):
         return False
+
+
+def foreign_warnings(result: AddResult) -> List[str]:
+    """Host ports of the mapping another tool's nat rule takes before PREROUTING's jump
+    to CNI-HOSTPORT-DNAT (add's AddResult.taken; iptables/foreign.py)."""
+    verb = "will be" if result.changed or result.dry_run else "is"
+    return [
+        f"IPv{family} {proto}/{port} is taken first by a rule outside the plugin's chains"
+        f" ({rule}): this mapping {verb} shadowed (it gets no traffic there)"
+        for family, taken in sorted(result.taken.items())
+        for (proto, port), rule in sorted(taken.items())
+    ]
 
 
 def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[str]:

@@ -26,7 +26,9 @@ Statuses (a row can have several):
   ok          in place: the host port reaches the container
   stale       no CNI cache entry names the container (gone): gc removes it
   shadowed    an earlier rule takes the same host port to another container:
-              this one gets no traffic (iptables is first-match-wins)
+              this one gets no traffic (iptables is first-match-wins); also
+              (beyond SPEC §3) another tool's nat rule ahead of PREROUTING's
+              jump to CNI-HOSTPORT-DNAT (Docker -p, a kube-proxy NodePort)
   orphan      a CNI-DN- chain that no rule enters
   incomplete  an entry rule names a port the chain has no DNAT rule for
   legacy      a CNI-SN- chain of plugins before 2018

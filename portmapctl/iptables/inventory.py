@@ -6,7 +6,10 @@ tables already read by a backend and the cache already read by `cni_cache`.
 Statuses, as SPEC §3 defines them:
   stale       the container has no entry in the CNI cache (said only with a cache)
   shadowed    an earlier entry rule in CNI-HOSTPORT-DNAT sends the same protocol and
-              host port (overlapping host IP) to another container's chain
+              host port (overlapping host IP) to another container's chain; or
+              (beyond SPEC §3) another tool's rule takes it before PREROUTING's jump to
+              CNI-HOSTPORT-DNAT (iptables/foreign.py): shadowed_by is then that rule
+              as iptables-save prints it (`-A DOCKER ...`)
   orphan      a per-container chain that no rule enters
   incomplete  an entry rule names a port for which the chain has no DNAT rule
   legacy      a CNI-SN- chain from plugin versions before 2018
@@ -33,7 +36,7 @@ from typing import Mapping as ReadOnly
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import Mapping
 from portmapctl.core.status import Status
-from portmapctl.iptables import shapes
+from portmapctl.iptables import foreign, shapes
 from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT, is_plugin_chain
 from portmapctl.iptables.ruleset import Args, NatTable, option_value, options, rule_target
 from portmapctl.iptables.shapes import ProtoPort
@@ -315,6 +318,11 @@ def _family(
     identities = {name: _identity(by_chain.get(name), entries[name]) for name in names}
     owners = {name: identity.container_id for name, identity in identities.items()}
     shadowing = _shadowing(table, entries, port_rules, owners)
+    # Another tool's rule ahead of the plugin's entry takes a port before any chain.
+    taken = foreign.takers(
+        foreign.table_reader(table),
+        {(proto, port) for rules in port_rules.values() for proto, port, *_ in rules},
+    )
 
     mappings: List[Mapping] = []
     chains: List[ChainInfo] = []
@@ -363,6 +371,8 @@ def _family(
             row_status = list(status)
             snat = snat or (proto, container_ip, container_port) in masqueraded
             winner = shadowing.get((name, proto, port, host_ip))
+            if (proto, port) in taken and _entered(entries[name], proto, port):
+                winner = taken[(proto, port)]
             if host_ip is not None and _is_dead(host_ip):
                 row_status.append(Status.DEAD)
             elif winner:
@@ -486,6 +496,12 @@ def _identity(attachment: Optional[Attachment], entries: Iterable[EntryRule]) ->
         if entry.network is not None:
             return Identity(entry.network, entry.container_id)
     return _NOBODY
+
+
+def _entered(entries: Iterable[EntryRule], proto: str, port: int) -> bool:
+    """Whether an entry rule in CNI-HOSTPORT-DNAT sends proto/port to the chain (what a
+    foreign rule ahead of the plugin's entry can take from it)."""
+    return any(e.chain == TOPLEVEL_DNAT and (proto, port) in e.ports for e in entries)
 
 
 def _conditions_of(entries: Iterable[EntryRule], proto: str, port: int) -> Tuple[str, ...]:

@@ -20,6 +20,7 @@ from typing import (
 
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.errors import ApplyFailed, PortmapctlError
+from portmapctl.iptables import foreign
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
     TOPLEVEL_DNAT,
@@ -31,6 +32,7 @@ from portmapctl.iptables.chains import (
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.planner import plan_blind, plan_setup
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
+from portmapctl.iptables.shapes import ProtoPort
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.add_ahead import Ahead, apply_blind, debug, route_interfaces
 from portmapctl.ops.flavour_guard import flavour_of, refuse_a_copy
@@ -54,6 +56,9 @@ class AddResult:
     # chains its rules for the mapping's host ports jump to (`neighbours`).
     seen: Dict[int, NatTable] = field(default_factory=dict)
     backend: str = "iptables"  # the plugin's backend written (JSON `backend`)
+    # Per family, the mapping's (protocol, host port)s another tool's nat rule takes
+    # before PREROUTING's jump to CNI-HOSTPORT-DNAT -> that rule (iptables/foreign.py).
+    taken: Dict[int, Dict[ProtoPort, str]] = field(default_factory=dict)
 
 
 def add(
@@ -129,6 +134,12 @@ def add(
         # (a second add) there is no move, and deleting the live flows would drop
         # replies already on their way (add is idempotent, SPEC §3).
         warnings += after_setup(config, families, flush_udp and bool(transactions), interfaces)
+    taken: Dict[int, Dict[ProtoPort, str]] = {}
+    if look_around:
+        for family in families:
+            found = foreign_takers(node, config, family, seen.get(family))
+            if found:
+                taken[family] = found
     if look_around and blind:
         own = dnat_chain_name(config)
         claims = ahead.claims() if ahead is not None else {}
@@ -138,8 +149,47 @@ def add(
                 # rules were not there before.
                 seen[family] = _without(view, own)
     return AddResult(
-        dry_run, bool(transactions), tuple(chains), transactions, tuple(warnings), seen
+        dry_run,
+        bool(transactions),
+        tuple(chains),
+        transactions,
+        tuple(warnings),
+        seen,
+        taken=taken,
     )
+
+
+def foreign_takers(
+    node: Node, config: MappingConfig, family: int, table: Optional[NatTable]
+) -> Dict[ProtoPort, str]:
+    """The mapping's ports another tool's rule takes first: from the table converge
+    read, else from PREROUTING and the few chains its benign jumps reach, listed one
+    by one (`iptables -S CHAIN`: on iptables-nft that chain only, whatever the table's
+    size; their lines split only when they may matter). Nothing when it cannot tell."""
+    wanted = {(p.protocol, p.host_port) for p in config.ports if p.applies_to(family)}
+    if not wanted:
+        return {}
+    list_chain = getattr(node.backend, "list_chain", None)
+    if table is not None or list_chain is None:
+        try:
+            table = table if table is not None else node.backend.read(family)
+        except (PortmapctlError, OSError) as err:
+            debug("reading the table for the foreign-rule warning failed: %s", err)
+            return {}
+        return foreign.takers(foreign.table_reader(table), wanted)
+
+    def listed(chain: str) -> Optional[Tuple[Args, ...]]:
+        try:
+            text = list_chain(family, chain)
+        except (PortmapctlError, OSError) as err:
+            debug("listing %s for the foreign-rule warning failed: %s", chain, err)
+            return None
+        if text is None:
+            return None  # no such chain: an extension target (MARK, LOG, ...)
+        prefix = f"-A {chain} "
+        return tuple((line,) for line in text.split("\n") if line.startswith(prefix))
+
+    return foreign.takers(listed, wanted)
 
 
 def shadow_views(

@@ -577,6 +577,17 @@ def _dead_problem(found: inventory.Inventory, c: inventory.ChainInfo, fixes: Fix
     )
 
 
+_FOREIGN_FIX = (
+    "the node's other NAT owner (kube-proxy NodePort, Docker -p, a hand-written rule)"
+    " holds this port: free it there or re-create the container on another host port"
+)
+_FOREIGN_WHY = (
+    "iptables uses the first rule that ends NAT for a packet: a rule ahead of PREROUTING's"
+    " jump to CNI-HOSTPORT-DNAT takes those ports, and this container gets no traffic on"
+    " them"
+)
+
+
 def _shadow_problem(
     loser: inventory.ChainInfo,
     rows: Sequence[inventory.Mapping],
@@ -587,8 +598,15 @@ def _shadow_problem(
     for m in rows:
         winners.setdefault(m.shadowed_by or "?", []).append(f"{m.protocol}/{m.host_port}")
     parts = []
-    winner_stale = winner_zombie = False
+    winner_stale = winner_zombie = foreign = False
     for name, ports in winners.items():
+        if name.startswith("-A "):
+            # Another tool's rule ahead of the plugin's entry (iptables/foreign.py).
+            foreign = True
+            parts.append(
+                f"{', '.join(ports)} taken first by a rule outside the plugin's chains: {name}"
+            )
+            continue
         winner = by_chain.get((name, loser.family))
         who = _who(winner.network, winner.container_id) if winner else "?"
         winner_stale = winner_stale or (winner is not None and ProblemKind.STALE in winner.status)
@@ -598,7 +616,10 @@ def _shadow_problem(
             winner is not None and ProblemKind.ZOMBIE in winner.status
         )
         parts.append(f"{', '.join(ports)} taken first by {name} ({who}), which wins")
-    if winner_stale:
+    if foreign:
+        # No command of ours may touch another tool's rule: prose (JSON fix null).
+        fix = _FOREIGN_FIX
+    elif winner_stale:
         fix = f"{fixes.gc} (the winner is stale)"
     elif winner_zombie:
         fix = f"{fixes.gc} --netns-liveness (the winner is a zombie)"
@@ -612,8 +633,10 @@ def _shadow_problem(
         loser.container_id,
         "; ".join(parts),
         fix,
-        "iptables uses the first matching rule in CNI-HOSTPORT-DNAT: this container gets no"
-        " traffic on those ports",
+        _FOREIGN_WHY
+        if foreign
+        else "iptables uses the first matching rule in CNI-HOSTPORT-DNAT: this container gets"
+        " no traffic on those ports",
         _entries_for(loser, [(m.protocol, m.host_port) for m in rows]),
     )
 

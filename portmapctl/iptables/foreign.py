@@ -1,0 +1,238 @@
+"""Host ports another tool's nat rules take before the plugin's entry rule.
+
+The plugin appends `-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT`;
+Docker (`-j DOCKER`, then `-A DOCKER ! -i docker0 ... --dport 8080 -j DNAT`) and
+kube-proxy (`-j KUBE-SERVICES` ... `-j KUBE-NODEPORTS`, then `--dport 30080 -j
+KUBE-EXT-...`) usually sit ahead of it. A packet such a rule DNATs, REDIRECTs or
+ACCEPTs never reaches the plugin's chain: the container's mapping gets nothing.
+
+`takers` walks PREROUTING in order up to the jump to CNI-HOSTPORT-DNAT, descending
+into jumps and gotos to non-plugin chains (each chain once per path). Only external
+traffic is judged: a rule reached only from OUTPUT takes locally made connections,
+while the hostPort still serves the network, so it is not reported.
+
+No false alarms: a rule counts only when every condition on it, and on the jumps that
+led to it, holds for every packet the plugin's entry takes (`_BENIGN`: comments,
+`-m tcp/udp/multiport`, `-p`, `--dport(s)` covering the port, `-m addrtype
+--dst-type LOCAL`, a negated `! -i`). A rule with any other condition (-s, -d, -i,
+marks, conntrack, statistic, ...) takes only some packets: it shadows nothing, and a
+jump with one is not followed (kube-proxy's per-service jumps carry `-d CLUSTER-IP`,
+so the walk stays in a handful of small chains). How deep it looks: a benign jump
+covering the port into kube-proxy's per-service chains (KUBE-EXT-, KUBE-SVC-,
+KUBE-SVL-, KUBE-FW-, KUBE-XLB-) counts as taking it without looking inside (they DNAT
+to an endpoint, or mark the packet for dropping: either way the container gets none
+of it); any other chain is walked, and a rule in it takes the port if it would on
+its own. A goto ends the walk after its chain (what it does not take never comes
+back to the plugin's entry: reported as nothing, not as everything).
+
+Another tool's rules are kept unsplit by the save parser (ruleset.parse_save); here
+a rule is split only when a text test says it may matter: it names one of the wanted
+ports, or none at all and has a target.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Collection, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+
+from portmapctl.iptables.chains import TOPLEVEL_DNAT
+from portmapctl.iptables.lexer import split_words
+from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, Args, NatTable, format_rule
+from portmapctl.iptables.shapes import ProtoPort
+
+# Reads a chain's rules (lexed, or a one-token placeholder: the saved line), None when
+# there is no such chain (then the target is an extension such as MARK).
+ChainReader = Callable[[str], Optional[Sequence[Args]]]
+
+_TAKES = frozenset({"DNAT", "REDIRECT", "ACCEPT", "NETMAP"})
+_KUBE_SERVICE = ("KUBE-EXT-", "KUBE-SVC-", "KUBE-SVL-", "KUBE-FW-", "KUBE-XLB-")
+_MATCHES = frozenset({"comment", "tcp", "udp", "sctp", "multiport", "addrtype"})
+_PORTS = re.compile(r" --dports? ([0-9:,]+)")
+_DEPTH = 16  # chains on one path: far beyond any real node's nesting
+
+Ranges = Optional[Tuple[Tuple[int, int], ...]]  # None: every port
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A rule's conditions, when all are benign."""
+
+    proto: Optional[str]
+    ports: Ranges
+    target: Optional[str]
+    goto: bool
+
+
+def takers(read: ChainReader, wanted: Collection[ProtoPort]) -> Dict[ProtoPort, str]:
+    """(protocol, host port) -> the foreign rule, as iptables-save prints it, that takes
+    it first. Nothing when PREROUTING has no jump to CNI-HOSTPORT-DNAT (then no mapping
+    gets external traffic at all; that is another problem)."""
+    prerouting = read("PREROUTING")
+    if not wanted or not prerouting or not any(_jumps_to_entry(r) for r in prerouting):
+        return {}
+    walk = _Walk(read, set(wanted), sorted({port for _, port in wanted}))
+    walk.chain("PREROUTING", None, None, None, frozenset())
+    return walk.taken
+
+
+def table_reader(table: NatTable) -> ChainReader:
+    """A saved table as a ChainReader."""
+    return lambda name: table.chains[name].rules if name in table.chains else None
+
+
+def _jumps_to_entry(args: Args) -> bool:
+    if len(args) == 1:
+        return args[0].endswith(f" -j {TOPLEVEL_DNAT}")
+    return len(args) >= 2 and args[-2] in ("-j", "-g") and args[-1] == TOPLEVEL_DNAT
+
+
+@dataclass
+class _Walk:
+    """One walk's state: the ports not yet taken, those taken, chains read so far."""
+
+    read: ChainReader
+    left: Set[ProtoPort]
+    numbers: List[int]  # sorted port numbers of `left`, for the text test
+    taken: Dict[ProtoPort, str] = field(default_factory=dict)
+    _chains: Dict[str, Optional[Sequence[Args]]] = field(default_factory=dict)
+
+    def rules(self, name: str) -> Optional[Sequence[Args]]:
+        if name not in self._chains:
+            self._chains[name] = self.read(name)
+        return self._chains[name]
+
+    def chain(
+        self,
+        name: str,
+        proto: Optional[str],
+        ports: Ranges,
+        named: Optional[str],
+        path: FrozenSet[str],
+    ) -> bool:
+        """Walks `name` for packets of `proto`/`ports` (the path's matches); `named` is
+        the rule to report (the first on the path to match a port). True: the walk is
+        over (the plugin's entry, or a goto, was reached)."""
+        path = path | {name}
+        for args in self.rules(name) or ():
+            if not self.left:
+                return True
+            if _jumps_to_entry(args):
+                return True
+            text = args[0] if len(args) == 1 else format_rule("-A", name, args)
+            if not self._may_matter(text):
+                continue
+            rule = _read(args)
+            if rule is None:
+                continue  # a condition that not every packet meets (or unreadable)
+            rule_proto = rule.proto or proto
+            if proto and rule.proto and rule.proto != proto:
+                continue
+            rule_ports = _intersect(ports, rule.ports)
+            if rule_ports == ():
+                continue
+            reported = named or (text if rule.ports is not None else None)
+            target = rule.target
+            if target in _TAKES or (target == "RETURN" and name in BUILTIN_NAT_CHAINS):
+                self._take(rule_proto, rule_ports, reported or text)
+            elif target == "RETURN":
+                if rule.proto is None and rule.ports is None:
+                    return False  # every packet here goes back
+            elif target and target.startswith(_KUBE_SERVICE) and rule.ports is not None:
+                self._take(rule_proto, rule_ports, reported or text)
+            elif (
+                target
+                and target not in path
+                and len(path) < _DEPTH
+                and not target.startswith("CNI-")
+            ):
+                if self.rules(target) is None:
+                    continue  # an extension (MARK, LOG, ...): the packet goes on
+                if self.chain(target, rule_proto, rule_ports, reported, path) or rule.goto:
+                    return True
+        return False
+
+    def _may_matter(self, text: str) -> bool:
+        """The text test: a rule naming ports matters only when one is wanted; a rule
+        with no target (a counter) never."""
+        found = _PORTS.search(text)
+        if found is None:
+            return " -j " in text or " -g " in text
+        return _covers_any(_ranges(found.group(1)), self.numbers)
+
+    def _take(self, proto: Optional[str], ports: Ranges, text: str) -> None:
+        for proto_port in sorted(self.left):
+            if (proto is None or proto == proto_port[0]) and _within(proto_port[1], ports):
+                self.taken[proto_port] = text
+                self.left.discard(proto_port)
+
+
+def _read(args: Args) -> Optional[_Rule]:
+    """The rule's protocol, ports and target, or None when a condition is not benign."""
+    if len(args) == 1:
+        try:
+            args = tuple(split_words(args[0])[2:])
+        except ValueError:
+            return None
+    proto: Optional[str] = None
+    ports: Ranges = None
+    i, n = 0, len(args)
+    while i < n:
+        word = args[i]
+        value = args[i + 1] if i + 1 < n else ""
+        if word in ("-j", "-g"):
+            return _Rule(proto, ports, value or None, word == "-g")
+        if word == "!":
+            # Only `! -i IF`: the plugin's entry takes traffic from every interface.
+            if value != "-i":
+                return None
+            i += 3
+            continue
+        if word == "-p":
+            proto = {"6": "tcp", "17": "udp", "132": "sctp", "all": None}.get(value, value)
+        elif word == "-m":
+            if value not in _MATCHES:
+                return None
+        elif word in ("--dport", "--dports"):
+            ports = _ranges(value)
+        elif word == "--dst-type":
+            if value != "LOCAL":
+                return None
+        elif word != "--comment":
+            return None
+        i += 2
+    return _Rule(proto, ports, None, False)
+
+
+def _ranges(spec: str) -> Tuple[Tuple[int, int], ...]:
+    found = []
+    for part in spec.split(","):
+        low, _, high = part.partition(":")
+        try:
+            found.append((int(low or 0), int(high or 65535) if _ else int(low)))
+        except ValueError:
+            continue
+    return tuple(found)
+
+
+def _intersect(outer: Ranges, inner: Ranges) -> Ranges:
+    if outer is None:
+        return inner
+    if inner is None:
+        return outer
+    return tuple(
+        (max(a, c), min(b, d)) for a, b in outer for c, d in inner if max(a, c) <= min(b, d)
+    )
+
+
+def _within(port: int, ports: Ranges) -> bool:
+    return ports is None or any(low <= port <= high for low, high in ports)
+
+
+def _covers_any(ports: Tuple[Tuple[int, int], ...], numbers: Sequence[int]) -> bool:
+    for low, high in ports:
+        at = bisect.bisect_left(numbers, low)
+        if at < len(numbers) and numbers[at] <= high:
+            return True
+    return False

@@ -1,0 +1,177 @@
+"""Another tool's nat rule ahead of the plugin's entry takes a mapped host port: the
+real plugin's container on tcp/8080 (or 30080), and a Docker- or kube-proxy-shaped
+rule before PREROUTING's jump to CNI-HOSTPORT-DNAT. list says `shadowed`, check
+exit 1 with the rule named and no command as the fix, add warns; rules that take only
+some packets, or come after the plugin's jump, take nothing (iptables/foreign.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Sequence
+
+import pmctl
+import pytest
+import realplugin as rp
+
+NETWORK = "k8s-pod-network"
+POD = "b2" * 32
+IPS = ["10.244.1.2/24"]
+
+DOCKER_RULE = (
+    "-A DOCKER ! -i docker0 -p tcp -m tcp --dport {port} -j DNAT --to-destination 172.17.0.2:80"
+)
+NODEPORT_RULE = (
+    '-A KUBE-NODEPORTS -p tcp -m comment --comment "ns/svc:http" -m tcp --dport {port}'
+    " -j KUBE-EXT-ABCDEFGHIJKLMNOP"
+)
+
+
+def _ports(port: int) -> List[dict]:
+    return [{"HostPort": port, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}]
+
+
+def _container(host_ns: str, cache: Path, port: int, mode: rp.Mode) -> List[str]:
+    """The plugin's container on tcp/`port`, cached; the options that read this node."""
+    conf = rp.plugin_conf(NETWORK, IPS, _ports(port))
+    rp.run_plugin("ADD", host_ns, POD, conf, mode=mode, check=True)
+    rp.write_cni_cache(cache, NETWORK, POD, "eth0", conf, _ports(port), IPS)
+    return ["--netns", host_ns, "--cni-cache-dir", str(cache), "--family", "4",
+            "--iptables", mode]  # fmt: skip
+
+
+def _nat(host_ns: str, mode: rp.Mode, *rules: Sequence[str]) -> None:
+    for rule in rules:
+        rp.iptables(host_ns, ["-t", "nat", *rule], mode=mode)
+
+
+def _docker(host_ns: str, mode: rp.Mode, port: int, *, first: bool = True) -> None:
+    """Docker's shape: PREROUTING -> DOCKER (the docker0 RETURN, then a -p DNAT)."""
+    jump = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"]
+    _nat(
+        host_ns, mode,
+        ["-N", "DOCKER"],
+        ["-I", "PREROUTING", "1", *jump] if first else ["-A", "PREROUTING", *jump],
+        ["-A", "DOCKER", "-i", "docker0", "-j", "RETURN"],
+        ["-A", "DOCKER", "!", "-i", "docker0", "-p", "tcp", "-m", "tcp", "--dport", str(port),
+         "-j", "DNAT", "--to-destination", "172.17.0.2:80"],
+    )  # fmt: skip
+
+
+def _kube(host_ns: str, mode: rp.Mode, port: int) -> None:
+    """kube-proxy's shape: PREROUTING -> KUBE-SERVICES (a ClusterIP rule, then the
+    NodePort jump last) -> KUBE-NODEPORTS -> KUBE-EXT- -> KUBE-SVC- -> KUBE-SEP-."""
+    ext, svc, sep = (
+        "KUBE-EXT-ABCDEFGHIJKLMNOP",
+        "KUBE-SVC-ABCDEFGHIJKLMNOP",
+        "KUBE-SEP-ABCDEFGHIJKLMNOP",
+    )
+    comment = ["-m", "comment", "--comment"]
+    _nat(
+        host_ns, mode,
+        *(["-N", chain] for chain in ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-MARK-MASQ", ext, svc, sep)),
+        ["-I", "PREROUTING", "1", *comment, "kubernetes service portals", "-j", "KUBE-SERVICES"],
+        ["-A", "KUBE-SERVICES", "-d", "10.96.0.20/32", "-p", "tcp", *comment, "ns/svc:http cluster IP",
+         "-m", "tcp", "--dport", "80", "-j", svc],
+        ["-A", "KUBE-SERVICES", *comment,
+         "kubernetes service nodeports; NOTE: this must be the last rule in this chain",
+         "-m", "addrtype", "--dst-type", "LOCAL", "-j", "KUBE-NODEPORTS"],
+        ["-A", "KUBE-NODEPORTS", "-p", "tcp", *comment, "ns/svc:http", "-m", "tcp", "--dport",
+         str(port), "-j", ext],
+        ["-A", ext, *comment, "masquerade traffic for ns/svc:http external destinations",
+         "-j", "KUBE-MARK-MASQ"],
+        ["-A", ext, "-j", svc],
+        ["-A", svc, *comment, "ns/svc:http -> 10.244.2.5:8080", "-j", sep],
+        ["-A", sep, "-p", "tcp", *comment, "ns/svc:http", "-m", "tcp", "-j", "DNAT",
+         "--to-destination", "10.244.2.5:8080"],
+    )  # fmt: skip
+
+
+def _list(args: List[str]) -> List[tuple]:
+    rows = json.loads(pmctl.ok(["list", *args, "-o", "json"]))["mappings"]
+    return [(r["host_port"], r["status"], r.get("shadowed_by")) for r in rows]
+
+
+def _assert_shadowed(args: List[str], port: int, rule: str) -> None:
+    assert _list(args) == [(port, ["shadowed"], rule)]
+    table = pmctl.run(["list", *args])
+    assert "shadowed" in table.stdout, table.stdout + table.stderr
+    checked = pmctl.run(["check", *args, "-o", "json"])
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    problems = json.loads(checked.stdout)["problems"]
+    assert [(p["kind"], p["fix"]) for p in problems] == [("shadowed", None)]
+    assert problems[0]["detail"] == (
+        f"tcp/{port} taken first by a rule outside the plugin's chains: {rule}"
+    )
+    text = pmctl.run(["check", *args])
+    assert text.returncode == 1 and "kube-proxy NodePort, Docker -p" in text.stdout, text.stdout
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_docker_dnat_ahead_of_the_plugin_shadows_its_port(
+    host_ns: str, tmp_path: Path, mode: rp.Mode
+) -> None:
+    args = _container(host_ns, tmp_path, 8080, mode)
+    assert _list(args) == [(8080, ["ok"], None)]
+    _docker(host_ns, mode, 8080)
+    assert DOCKER_RULE.format(port=8080) in rp.save(host_ns, 4, mode)
+    _assert_shadowed(args, 8080, DOCKER_RULE.format(port=8080))
+
+
+def test_a_kube_proxy_nodeport_ahead_of_the_plugin_shadows_its_port(
+    host_ns: str, tmp_path: Path
+) -> None:
+    args = _container(host_ns, tmp_path, 30080, "nft")
+    _kube(host_ns, "nft", 30080)
+    assert NODEPORT_RULE.format(port=30080) in rp.save(host_ns, 4)
+    _assert_shadowed(args, 30080, NODEPORT_RULE.format(port=30080))
+
+
+def test_rules_that_take_only_some_packets_or_come_later_shadow_nothing(
+    host_ns: str, tmp_path: Path
+) -> None:
+    """Docker's rule for another port, a DNAT with `-s 10.0.0.0/8`, one after the
+    plugin's jump, one in a chain entered through `-d 10.96.0.10/32`: all ahead of (or
+    beside) the container's tcp/8080, none takes every packet of it."""
+    args = _container(host_ns, tmp_path, 8080, "nft")
+    dnat = ["-p", "tcp", "-m", "tcp", "--dport", "8080", "-j", "DNAT",
+            "--to-destination", "172.17.0.9:80"]  # fmt: skip
+    _docker(host_ns, "nft", 9090)
+    _nat(
+        host_ns, "nft",
+        ["-I", "PREROUTING", "1", "-s", "10.0.0.0/8", *dnat],
+        ["-A", "PREROUTING", *dnat],
+        ["-N", "CLUSTER-IP"],
+        ["-I", "PREROUTING", "1", "-d", "10.96.0.10/32", "-j", "CLUSTER-IP"],
+        ["-A", "CLUSTER-IP", *dnat],
+    )  # fmt: skip
+    assert _list(args) == [(8080, ["ok"], None)]
+    checked = pmctl.run(["check", *args])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # ... and the same walk does see Docker's chain, once its rule names this port.
+    _nat(host_ns, "nft", ["-A", "DOCKER", "!", "-i", "docker0", *dnat])
+    assert _list(args)[0][1] == ["shadowed"]
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_add_warns_when_a_foreign_rule_takes_the_port_first(
+    host_ns: str, tmp_path: Path, mode: rp.Mode
+) -> None:
+    rp.run_plugin(
+        "ADD", host_ns, "other", rp.plugin_conf("net", ["10.88.0.9/16"], _ports(7070)),
+        mode=mode, check=True,
+    )  # fmt: skip
+    _docker(host_ns, mode, 8080)
+    base = ["add", "--netns", host_ns, "--iptables", mode, "--family", "4", "--network",
+            "mynet", "--container", "abc123", "--ip", "10.88.0.5/16"]  # fmt: skip
+    warning = (
+        "IPv4 tcp/8080 is taken first by a rule outside the plugin's chains"
+        f" ({DOCKER_RULE.format(port=8080)}): this mapping will be shadowed"
+    )
+    dry = pmctl.run([*base, "-p", "8080:80", "--dry-run", "-o", "json"])
+    assert dry.returncode == 0, dry.stderr
+    assert warning in dry.stderr
+    assert any(warning in w for w in json.loads(dry.stdout)["warnings"])
+    added = pmctl.run([*base, "-p", "8080:80", "-p", "9090:90"])
+    assert added.returncode == 0, added.stderr
+    assert warning in added.stderr and "9090" not in added.stderr

@@ -1,0 +1,159 @@
+"""The walk of iptables/foreign.py: which host ports another tool's nat rule takes
+before PREROUTING's jump to CNI-HOSTPORT-DNAT, on saves shaped like real ones (the
+real iptables-nft save tests/fixtures/foreign.v4.save: kube-proxy's KUBE-SERVICES,
+Docker's DOCKER chain, the plugin's container on tcp/8080 and udp/5353)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Tuple
+
+import pytest
+
+from portmapctl.iptables import foreign, inventory
+from portmapctl.iptables.ruleset import parse_save
+from portmapctl.ops.check.diagnose import _shadow_problem
+from portmapctl.ops.check.hints import Fixes
+from portmapctl.render.check import split_fix
+
+SAVE = (Path(__file__).parents[1] / "fixtures" / "foreign.v4.save").read_text()
+WANTED = {("tcp", 8080), ("udp", 5353)}
+DOCKER = "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80"
+NODEPORT = (
+    '-A KUBE-NODEPORTS -p tcp -m comment --comment "ns/svc:http" -m tcp --dport 8080'
+    " -j KUBE-EXT-ABCDEFGHIJKLMNOP"
+)
+
+
+def _save(*rules: str, chains: Tuple[str, ...] = (), before: str = "-A KUBE-SERVICES -d") -> str:
+    """The fixture with `rules` (and `chains` declared) put before the line `before`."""
+    text = SAVE.replace(
+        ":DOCKER - [0:0]", "".join(f":{c} - [0:0]\n" for c in chains) + ":DOCKER - [0:0]"
+    )
+    return text.replace(before, "".join(f"{r}\n" for r in rules) + before, 1)
+
+
+def _takers(text: str, wanted=WANTED) -> Dict[Tuple[str, int], str]:
+    table = parse_save(text, 4, skip_foreign=True)  # as the backends read it
+    return foreign.takers(foreign.table_reader(table), wanted)
+
+
+def test_the_real_save_as_it_is_takes_nothing() -> None:
+    assert _takers(SAVE) == {}
+
+
+def test_a_docker_dnat_takes_its_port_and_no_other() -> None:
+    assert _takers(_save(DOCKER)) == {("tcp", 8080): DOCKER}
+
+
+def test_a_kube_proxy_nodeport_takes_its_port_without_looking_inside() -> None:
+    text = _save(
+        '-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must'
+        ' be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS',
+        NODEPORT,
+        chains=("KUBE-NODEPORTS", "KUBE-EXT-ABCDEFGHIJKLMNOP"),
+        before="COMMIT",
+    )
+    assert _takers(text) == {("tcp", 8080): NODEPORT}
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "-A PREROUTING -p tcp -m multiport --dports 8000:8100,9000 -j REDIRECT --to-ports 3128",
+        "-A PREROUTING -p tcp -m tcp --dport 8080 -j ACCEPT",
+        "-A DOCKER -p tcp -m tcp --dport 8080:8090 -j DNAT --to-destination 172.17.0.3:80",
+    ],
+)
+def test_redirect_accept_and_ranges_take_the_port(rule: str) -> None:
+    before = (
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER"
+        if "PREROUTING" in rule
+        else "-A KUBE-SERVICES -d"
+    )
+    assert _takers(_save(rule, before=before)) == {("tcp", 8080): rule}
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        # Docker's rule for another port; another protocol.
+        [DOCKER.replace("8080", "9090")],
+        [DOCKER.replace("tcp", "udp")],
+        # Conditions that not every packet meets.
+        [DOCKER.replace("! -i docker0", "-s 10.0.0.0/8")],
+        [DOCKER.replace("! -i docker0", "-i eth0")],
+        [DOCKER.replace("-m tcp", "-m statistic --mode random --probability 0.5 -m tcp")],
+        [DOCKER.replace("-m tcp", "-m mark --mark 0x1 -m tcp")],
+        [DOCKER.replace("--dport 8080", "! --dport 22")],
+        # A jump that only some packets take: not followed.
+        [
+            "-A PREROUTING -d 10.96.0.10/32 -j CLUSTER-IP",
+            "-A CLUSTER-IP -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.244.0.9:80",
+        ],
+        # A RETURN for every packet before the DNAT.
+        ["-A DOCKER -j RETURN", DOCKER],
+    ],
+)
+def test_rules_that_take_only_some_packets_take_nothing(rules) -> None:
+    at = (
+        "-A PREROUTING -m comment"
+        if rules[0].startswith("-A PREROUTING")
+        else "-A KUBE-SERVICES -d"
+    )
+    assert _takers(_save(*rules, chains=("CLUSTER-IP",), before=at)) == {}
+
+
+def test_rules_after_the_plugins_jump_take_nothing() -> None:
+    rule = "-A PREROUTING -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.0.0.9:80"
+    assert _takers(_save(rule, before="-A OUTPUT ! -d")) == {}
+
+
+def test_output_alone_takes_nothing() -> None:
+    """OUTPUT's DOCKER jump has `! -d 127.0.0.0/8`; with it benign, still nothing: only
+    PREROUTING (the network's traffic) is judged."""
+    text = _save(DOCKER).replace("-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n", "")
+    text = text.replace("-A OUTPUT ! -d 127.0.0.0/8 -m", "-A OUTPUT -m")
+    assert _takers(text) == {}
+
+
+def test_no_entry_jump_no_verdict() -> None:
+    text = _save(DOCKER).replace(
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n", ""
+    )
+    assert _takers(text) == {}
+
+
+def test_jump_loops_end() -> None:
+    text = _save(
+        "-A LOOP-A -j LOOP-B", "-A LOOP-B -j LOOP-A", "-A LOOP-B -p udp -m udp --dport 5353 -j REDIRECT",
+        "-A PREROUTING -j LOOP-A", chains=("LOOP-A", "LOOP-B"), before="-A PREROUTING -m comment",
+    )  # fmt: skip
+    assert _takers(text) == {("udp", 5353): "-A LOOP-B -p udp -m udp --dport 5353 -j REDIRECT"}
+
+
+def test_only_the_few_rules_that_may_matter_are_split(monkeypatch) -> None:
+    """A kube-proxy KUBE-SERVICES of 2,000 ClusterIP rules on other ports: none split."""
+    services = [
+        f"-A KUBE-SERVICES -d 10.96.{i // 250}.{i % 250}/32 -p tcp -m comment --comment"
+        f' "ns/s{i}:http cluster IP" -m tcp --dport {1000 + i} -j KUBE-SVC-NPX46M4PTMTKRN6Y'
+        for i in range(2000)
+        if 1000 + i != 8080
+    ]
+    text = _save(*services, DOCKER)
+    split = []
+    real = foreign.split_words
+    monkeypatch.setattr(foreign, "split_words", lambda line: split.append(line) or real(line))
+    assert _takers(text) == {("tcp", 8080): DOCKER}
+    assert len(split) <= 3, split
+
+
+def test_list_and_check_say_shadowed_with_the_rule() -> None:
+    table = parse_save(_save(DOCKER), 4, skip_foreign=True)
+    found = inventory.build({4: table})
+    rows = [(m.protocol, m.host_port, m.status, m.shadowed_by) for m in found.mappings]
+    assert rows == [("tcp", 8080, ("shadowed",), DOCKER), ("udp", 5353, ("ok",), None)]
+    (chain,) = found.chains
+    problem = _shadow_problem(chain, [found.mappings[0]], {(chain.name, 4): chain}, Fixes())
+    assert problem.detail == f"tcp/8080 taken first by a rule outside the plugin's chains: {DOCKER}"
+    assert split_fix(problem.fix)[0] is None
