@@ -34,8 +34,18 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass, field
-from typing import Callable, Collection, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+from typing import (
+    Callable,
+    Collection,
+    Dict,
+    FrozenSet,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.lexer import split_words
@@ -50,14 +60,15 @@ _TAKES = frozenset({"DNAT", "REDIRECT", "ACCEPT", "NETMAP"})
 _KUBE_SERVICE = ("KUBE-EXT-", "KUBE-SVC-", "KUBE-SVL-", "KUBE-FW-", "KUBE-XLB-")
 _MATCHES = frozenset({"comment", "tcp", "udp", "sctp", "multiport", "addrtype"})
 _PORTS = re.compile(r" --dports? ([0-9:,]+)")
+_ADDRESSED = ("-s ", "-d ", "-i ", "-o ", "! -s ", "! -d ", "! -o ")
 _DEPTH = 16  # chains on one path: far beyond any real node's nesting
 
 Ranges = Optional[Tuple[Tuple[int, int], ...]]  # None: every port
 
 
-@dataclass(frozen=True)
-class _Rule:
-    """A rule's conditions, when all are benign."""
+class _Rule(NamedTuple):
+    """A rule's conditions, when all are benign. (NamedTuples, not dataclasses, here:
+    add imports this module on every run, and a dataclass costs a millisecond.)"""
 
     proto: Optional[str]
     ports: Ranges
@@ -88,15 +99,15 @@ def _jumps_to_entry(args: Args) -> bool:
     return len(args) >= 2 and args[-2] in ("-j", "-g") and args[-1] == TOPLEVEL_DNAT
 
 
-@dataclass
 class _Walk:
     """One walk's state: the ports not yet taken, those taken, chains read so far."""
 
-    read: ChainReader
-    left: Set[ProtoPort]
-    numbers: List[int]  # sorted port numbers of `left`, for the text test
-    taken: Dict[ProtoPort, str] = field(default_factory=dict)
-    _chains: Dict[str, Optional[Sequence[Args]]] = field(default_factory=dict)
+    def __init__(self, read: ChainReader, left: Set[ProtoPort], numbers: List[int]) -> None:
+        self.read = read
+        self.left = left
+        self.numbers = numbers  # sorted port numbers of `left`, for the text test
+        self.taken: Dict[ProtoPort, str] = {}
+        self._chains: Dict[str, Optional[Sequence[Args]]] = {}
 
     def rules(self, name: str) -> Optional[Sequence[Args]]:
         if name not in self._chains:
@@ -156,6 +167,12 @@ class _Walk:
     def _may_matter(self, text: str) -> bool:
         """The text test: a rule naming ports matters only when one is wanted; a rule
         with no target (a counter) never."""
+        # iptables-save (and -S) print -s, -d, -i, -o first, right after the chain:
+        # kube-proxy's ClusterIP rules (`-d 10.96.0.1/32 ... --dport 80`), thousands
+        # of them, are passed by here, unsplit, even when port 80 is mapped.
+        chain_end = text.find(" ", 3)
+        if text.startswith(_ADDRESSED, chain_end + 1):
+            return False
         found = _PORTS.search(text)
         if found is None:
             return " -j " in text or " -g " in text

@@ -132,19 +132,22 @@ def test_jump_loops_end() -> None:
     assert _takers(text) == {("udp", 5353): "-A LOOP-B -p udp -m udp --dport 5353 -j REDIRECT"}
 
 
-def test_only_the_few_rules_that_may_matter_are_split(monkeypatch) -> None:
-    """A kube-proxy KUBE-SERVICES of 2,000 ClusterIP rules on other ports: none split."""
+@pytest.mark.parametrize("base", [1000, 80])
+def test_only_the_few_rules_that_may_matter_are_split(monkeypatch, base: int) -> None:
+    """A kube-proxy KUBE-SERVICES of 2,000 ClusterIP rules: none split, on other ports
+    (1000 + i) or on the mapped port itself (all on 80, as a node's web services are)."""
     services = [
         f"-A KUBE-SERVICES -d 10.96.{i // 250}.{i % 250}/32 -p tcp -m comment --comment"
-        f' "ns/s{i}:http cluster IP" -m tcp --dport {1000 + i} -j KUBE-SVC-NPX46M4PTMTKRN6Y'
+        f' "ns/s{i}:http cluster IP" -m tcp --dport {base + i if base > 80 else 80}'
+        " -j KUBE-SVC-NPX46M4PTMTKRN6Y"
         for i in range(2000)
-        if 1000 + i != 8080
+        if base + i != 8080
     ]
     text = _save(*services, DOCKER)
     split = []
     real = foreign.split_words
     monkeypatch.setattr(foreign, "split_words", lambda line: split.append(line) or real(line))
-    assert _takers(text) == {("tcp", 8080): DOCKER}
+    assert _takers(text, WANTED | {("tcp", 80)}) == {("tcp", 8080): DOCKER}
     assert len(split) <= 3, split
 
 
