@@ -45,13 +45,13 @@ def _nat(host_ns: str, mode: rp.Mode, *rules: Sequence[str]) -> None:
         rp.iptables(host_ns, ["-t", "nat", *rule], mode=mode)
 
 
-def _docker(host_ns: str, mode: rp.Mode, port: int, *, first: bool = True) -> None:
+def _docker(host_ns: str, mode: rp.Mode, port: int) -> None:
     """Docker's shape: PREROUTING -> DOCKER (the docker0 RETURN, then a -p DNAT)."""
     jump = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"]
     _nat(
         host_ns, mode,
         ["-N", "DOCKER"],
-        ["-I", "PREROUTING", "1", *jump] if first else ["-A", "PREROUTING", *jump],
+        ["-I", "PREROUTING", "1", *jump],
         ["-A", "DOCKER", "-i", "docker0", "-j", "RETURN"],
         ["-A", "DOCKER", "!", "-i", "docker0", "-p", "tcp", "-m", "tcp", "--dport", str(port),
          "-j", "DNAT", "--to-destination", "172.17.0.2:80"],
