@@ -76,16 +76,38 @@ class _Rule(NamedTuple):
     goto: bool
 
 
-def takers(read: ChainReader, wanted: Collection[ProtoPort]) -> Dict[ProtoPort, str]:
+def takers(
+    read: ChainReader, wanted: Collection[ProtoPort], entry_appended: bool = False
+) -> Dict[ProtoPort, str]:
     """(protocol, host port) -> the foreign rule, as iptables-save prints it, that takes
     it first. Nothing when PREROUTING has no jump to CNI-HOSTPORT-DNAT (then no mapping
-    gets external traffic at all; that is another problem)."""
+    gets external traffic at all; that is another problem), unless `entry_appended`:
+    add, whose write appends that jump where it is missing (the first container on a
+    Docker node), judges all of PREROUTING then."""
+    if not wanted:
+        return {}
     prerouting = read("PREROUTING")
-    if not wanted or not prerouting or not any(_jumps_to_entry(r) for r in prerouting):
+    if not prerouting:
+        return {}
+    if not entry_appended and not any(_jumps_to_entry(r) for r in prerouting):
         return {}
     walk = _Walk(read, set(wanted), sorted({port for _, port in wanted}))
     walk.chain("PREROUTING", None, None, None, frozenset())
     return walk.taken
+
+
+def listing_reader(list_chain: Callable[[str], Optional[str]]) -> ChainReader:
+    """`iptables -S CHAIN` output (None: no such chain) as a ChainReader: each rule kept
+    whole, as a one-token placeholder, split by the walk only when it may matter."""
+
+    def read(chain: str) -> Optional[Sequence[Args]]:
+        text = list_chain(chain)
+        if text is None:
+            return None  # no such chain: an extension target (MARK, LOG, ...)
+        prefix = f"-A {chain} "
+        return tuple((line,) for line in text.split("\n") if line.startswith(prefix))
+
+    return read
 
 
 def table_reader(table: NatTable) -> ChainReader:

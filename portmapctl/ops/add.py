@@ -34,7 +34,14 @@ from portmapctl.iptables.planner import plan_blind, plan_setup
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.shapes import ProtoPort
 from portmapctl.iptables.transaction import Transaction
-from portmapctl.ops.add_ahead import Ahead, apply_blind, debug, route_interfaces
+from portmapctl.ops.add_ahead import (
+    Ahead,
+    apply_blind,
+    chain_lister,
+    debug,
+    foreign_wanted,
+    route_interfaces,
+)
 from portmapctl.ops.flavour_guard import flavour_of, refuse_a_copy
 from portmapctl.ops.node import Node
 
@@ -137,7 +144,8 @@ def add(
     taken: Dict[int, Dict[ProtoPort, str]] = {}
     if look_around:
         for family in families:
-            found = foreign_takers(node, config, family, seen.get(family))
+            listed = ahead.taken() if ahead is not None else None
+            found = foreign_takers(node, config, family, seen.get(family), listed)
             if found:
                 taken[family] = found
     if look_around and blind:
@@ -160,13 +168,18 @@ def add(
 
 
 def foreign_takers(
-    node: Node, config: MappingConfig, family: int, table: Optional[NatTable]
+    node: Node,
+    config: MappingConfig,
+    family: int,
+    table: Optional[NatTable],
+    listed: Optional[Dict[int, Dict[ProtoPort, str]]] = None,
 ) -> Dict[ProtoPort, str]:
     """The mapping's ports another tool's rule takes first: from the table converge
-    read, else from PREROUTING and the few chains its benign jumps reach, listed one
-    by one (`iptables -S CHAIN`: on iptables-nft that chain only, whatever the table's
-    size; their lines split only when they may matter). Nothing when it cannot tell."""
-    wanted = {(p.protocol, p.host_port) for p in config.ports if p.applies_to(family)}
+    read, else from what Ahead listed meanwhile (`listed`), else from PREROUTING and the
+    few chains its benign jumps reach, listed now one by one (`iptables -S CHAIN`: on
+    iptables-nft that chain only, whatever the table's size; their lines split only
+    when they may matter). Nothing when it cannot tell."""
+    wanted = foreign_wanted(config, family)
     if not wanted:
         return {}
     list_chain = getattr(node.backend, "list_chain", None)
@@ -176,20 +189,11 @@ def foreign_takers(
         except (PortmapctlError, OSError) as err:
             debug("reading the table for the foreign-rule warning failed: %s", err)
             return {}
-        return foreign.takers(foreign.table_reader(table), wanted)
-
-    def listed(chain: str) -> Optional[Tuple[Args, ...]]:
-        try:
-            text = list_chain(family, chain)
-        except (PortmapctlError, OSError) as err:
-            debug("listing %s for the foreign-rule warning failed: %s", chain, err)
-            return None
-        if text is None:
-            return None  # no such chain: an extension target (MARK, LOG, ...)
-        prefix = f"-A {chain} "
-        return tuple((line,) for line in text.split("\n") if line.startswith(prefix))
-
-    return foreign.takers(listed, wanted)
+        return foreign.takers(foreign.table_reader(table), wanted, entry_appended=True)
+    if listed is not None and family in listed:
+        return listed[family]
+    reader = foreign.listing_reader(chain_lister(list_chain, family))
+    return foreign.takers(reader, wanted, entry_appended=True)
 
 
 def shadow_views(

@@ -15,7 +15,7 @@ imported: that import and the restore run at once.
 from __future__ import annotations
 
 import subprocess
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from portmapctl.errors import ApplyFailed, PortmapctlError
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from portmapctl.iptables.access import Backend
     from portmapctl.iptables.access.nfnl import Claims, KeptRule
     from portmapctl.iptables.chains import Chain
+    from portmapctl.iptables.shapes import ProtoPort
     from portmapctl.iptables.transaction import Transaction
     from portmapctl.ops.add_early import EarlyClaims
 
@@ -39,10 +40,12 @@ class Ahead:
         written: Callable[[], Optional[Dict[int, Optional[Transaction]]]],
         routes: Callable[[], Optional[Dict[str, str]]],
         claims: Callable[[], Optional[Claims]],
+        taken: Callable[[], Optional[Dict[int, Dict[ProtoPort, str]]]],
     ) -> None:
         self._written = written
         self._routes = routes
         self._claims = claims
+        self._taken = taken
 
     @classmethod
     def start(
@@ -92,8 +95,27 @@ class Ahead:
             ip = str(address.ip)
             routes = _in_thread(netns, lambda: route_interfaces([ip]), "ip route get")
         claims: Callable[[], Optional[Claims]] = lambda: None  # noqa: E731
+        taken: Callable[[], Optional[Dict[int, Dict[ProtoPort, str]]]] = lambda: None  # noqa: E731
         if look:
+            from portmapctl.iptables import foreign
             from portmapctl.iptables.access import nfnl
+
+            def foreign_takers() -> Dict[int, Dict[ProtoPort, str]]:
+                # After the write: the first container's write adds PREROUTING's jump,
+                # and only what is ahead of that jump takes anything.
+                settled.wait()
+                return {
+                    family: foreign.takers(
+                        foreign.listing_reader(chain_lister(backend.list_chain, family)),
+                        foreign_wanted(config, family),
+                        entry_appended=True,
+                    )
+                    for family in families
+                }
+
+            # PREROUTING and the chains its benign jumps reach: a few ms of iptables -S
+            # each, while add's own thread sets route_localnet and flushes conntrack.
+            taken = _in_thread(netns, foreign_takers, "foreign rules")
 
             def dump_again(family: int) -> Optional[List[KeptRule]]:
                 ports = {p.host_port for p in config.ports if p.applies_to(family)}
@@ -121,7 +143,7 @@ class Ahead:
                     return claims
 
                 claims = _in_thread(netns, early_or_again, "nfnl")
-        return cls(written, routes, claims)
+        return cls(written, routes, claims, taken)
 
     def written(self) -> Dict[int, Optional[Transaction]]:
         """write_blind's transaction by family: None (or no entry) where the caller must
@@ -135,6 +157,33 @@ class Ahead:
     def claims(self) -> Claims:
         """nfnl.dnat_claims by family ({}: not looked at, or failed)."""
         return self._claims() or {}
+
+    def taken(self) -> Optional[Dict[int, Dict[ProtoPort, str]]]:
+        """foreign.takers by family, from PREROUTING and the chains it reaches as
+        listed beside the write (None: not looked at, or failed: add lists them)."""
+        return self._taken()
+
+
+def foreign_wanted(config: MappingConfig, family: int) -> Set[ProtoPort]:
+    """The (protocol, host port) pairs of `config` in `family`: what a foreign rule
+    ahead of the plugin's entry may take."""
+    return {(p.protocol, p.host_port) for p in config.ports if p.applies_to(family)}
+
+
+def chain_lister(
+    list_chain: Callable[[int, str], Optional[str]], family: int
+) -> Callable[[str], Optional[str]]:
+    """`list_chain` of one family, a failure logged at -v and read as no such chain
+    (the foreign-rule warning does without it)."""
+
+    def one(chain: str) -> Optional[str]:
+        try:
+            return list_chain(family, chain)
+        except (PortmapctlError, OSError) as err:
+            debug("listing %s for the foreign-rule warning failed: %s", chain, err)
+            return None
+
+    return one
 
 
 def write_new(

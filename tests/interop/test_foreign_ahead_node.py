@@ -175,3 +175,17 @@ def test_add_warns_when_a_foreign_rule_takes_the_port_first(
     added = pmctl.run([*base, "-p", "8080:80", "-p", "9090:90"])
     assert added.returncode == 0, added.stderr
     assert warning in added.stderr and "9090" not in added.stderr
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_the_first_container_on_a_docker_node_is_warned_of_too(host_ns: str, mode: rp.Mode) -> None:
+    """No plugin chain yet: the add itself appends PREROUTING's jump to
+    CNI-HOSTPORT-DNAT, behind Docker's. The warning judges PREROUTING as the write
+    left it (on iptables-nft the listing runs beside the rest of add, after the write),
+    not as it was before, when no jump meant nothing to judge."""
+    _docker(host_ns, mode, 8080)
+    done = pmctl.run(["add", "--netns", host_ns, "--iptables", mode, "--family", "4",
+                      "--network", "mynet", "--container", "first1", "--ip", "10.88.0.5/16",
+                      "-p", "8080:80"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "IPv4 tcp/8080 is taken first by a rule outside the plugin's chains" in done.stderr
