@@ -143,10 +143,12 @@ class _Walk:
         ports: Ranges,
         named: Optional[str],
         path: FrozenSet[str],
+        returned: FrozenSet[ProtoPort] = frozenset(),
     ) -> bool:
         """Walks `name` for packets of `proto`/`ports` (the path's matches); `named` is
-        the rule to report (the first on the path to match a port). True: the walk is
-        over (the plugin's entry, or a goto, was reached)."""
+        the rule to report (the first on the path to match a port); `returned`: ports a
+        RETURN on the path sent back already (no later rule of its chain sees them).
+        True: the walk is over (the plugin's entry, or a goto, was reached)."""
         path = path | {name}
         for args in self.rules(name) or ():
             if not self.left:
@@ -168,12 +170,15 @@ class _Walk:
             reported = named or (text if rule.ports is not None else None)
             target = rule.target
             if target in _TAKES or (target == "RETURN" and name in BUILTIN_NAT_CHAINS):
-                self._take(rule_proto, rule_ports, reported or text)
+                self._take(rule_proto, rule_ports, reported or text, returned)
             elif target == "RETURN":
                 if rule.proto is None and rule.ports is None:
                     return False  # every packet here goes back
+                # Some go back (a proxy's `--dport 22 -j RETURN` before its REDIRECT):
+                # the rest of this chain never sees them.
+                returned = returned | self._covered(rule_proto, rule_ports)
             elif target and target.startswith(_KUBE_SERVICE) and rule.ports is not None:
-                self._take(rule_proto, rule_ports, reported or text)
+                self._take(rule_proto, rule_ports, reported or text, returned)
             elif (
                 target
                 and target not in path
@@ -182,7 +187,10 @@ class _Walk:
             ):
                 if self.rules(target) is None:
                     continue  # an extension (MARK, LOG, ...): the packet goes on
-                if self.chain(target, rule_proto, rule_ports, reported, path) or rule.goto:
+                if (
+                    self.chain(target, rule_proto, rule_ports, reported, path, returned)
+                    or rule.goto
+                ):
                     return True
         return False
 
@@ -200,11 +208,20 @@ class _Walk:
             return " -j " in text or " -g " in text
         return _covers_any(_ranges(found.group(1)), self.numbers)
 
-    def _take(self, proto: Optional[str], ports: Ranges, text: str) -> None:
-        for proto_port in sorted(self.left):
-            if (proto is None or proto == proto_port[0]) and _within(proto_port[1], ports):
-                self.taken[proto_port] = text
-                self.left.discard(proto_port)
+    def _covered(self, proto: Optional[str], ports: Ranges) -> FrozenSet[ProtoPort]:
+        """The ports not yet taken that packets of `proto`/`ports` may be for."""
+        return frozenset(
+            proto_port
+            for proto_port in self.left
+            if (proto is None or proto == proto_port[0]) and _within(proto_port[1], ports)
+        )
+
+    def _take(
+        self, proto: Optional[str], ports: Ranges, text: str, returned: FrozenSet[ProtoPort]
+    ) -> None:
+        for proto_port in sorted(self._covered(proto, ports) - returned):
+            self.taken[proto_port] = text
+            self.left.discard(proto_port)
 
 
 def _read(args: Args) -> Optional[_Rule]:

@@ -160,3 +160,51 @@ def test_list_and_check_say_shadowed_with_the_rule() -> None:
     problem = _shadow_problem(chain, [found.mappings[0]], {(chain.name, 4): chain}, Fixes())
     assert problem.detail == f"tcp/8080 taken first by a rule outside the plugin's chains: {DOCKER}"
     assert split_fix(problem.fix)[0] is None
+
+
+PROXY_ENTRY = "-A PREROUTING -p tcp -j PROXY"
+
+
+@pytest.mark.parametrize(
+    "returning",
+    [
+        "-A PROXY -p tcp -m tcp --dport 8080 -j RETURN",  # the mapped port alone
+        "-A PROXY -p tcp -m multiport --dports 22,8000:8100 -j RETURN",
+        "-A PROXY -p tcp -j RETURN",  # every packet the jump sends (it says -p tcp)
+    ],
+)
+def test_a_port_a_chain_returns_is_not_taken_by_its_later_rules(returning: str) -> None:
+    # A transparent proxy: the ports it returns first reach the plugin's entry.
+    text = _save(
+        PROXY_ENTRY,
+        returning,
+        "-A PROXY -p tcp -j REDIRECT --to-ports 3128",
+        chains=("PROXY",),
+        before="-A PREROUTING -m addrtype",
+    )
+    assert _takers(text) == {}
+
+
+def test_a_returned_port_is_returned_in_the_chains_a_later_rule_jumps_to() -> None:
+    text = _save(
+        PROXY_ENTRY,
+        "-A PROXY -p tcp -m tcp --dport 8080 -j RETURN",
+        "-A PROXY -j TPROXY-ALL",
+        "-A TPROXY-ALL -p tcp -j REDIRECT --to-ports 3128",
+        chains=("PROXY", "TPROXY-ALL"),
+        before="-A PREROUTING -m addrtype",
+    )
+    assert _takers(text) == {}
+
+
+def test_a_port_returned_from_a_chain_is_taken_by_its_callers_later_rule() -> None:
+    redirect = "-A PREROUTING -p tcp -m tcp --dport 8080 -j REDIRECT --to-ports 3128"
+    text = _save(
+        PROXY_ENTRY,
+        "-A PROXY -p tcp -m tcp --dport 8080 -j RETURN",
+        "-A PROXY -p tcp -j REDIRECT --to-ports 3129",
+        redirect,
+        chains=("PROXY",),
+        before="-A PREROUTING -m addrtype",
+    )
+    assert _takers(text) == {("tcp", 8080): redirect}
