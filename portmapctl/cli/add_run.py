@@ -37,7 +37,7 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
     ifname = validate.ifname(mapping.ifname)
     if cni_config is not None:
         from portmapctl.cni import config as cni_json
-        from portmapctl.host import files
+        from portmapctl.host import files, paths
 
         given = [
             name for name, value in (("--network", network), ("--ip", ip), ("-p", publish)) if value
@@ -46,12 +46,17 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
             raise BadInput(f"--cni-config cannot be combined with {', '.join(given)}")
         source = "<stdin>" if cni_config == "-" else cni_config
         conf = cni_json.load_json(files.read_text(cni_config, "--cni-config"), source)
+        writes_to = None if backend == "auto" else backend
+        if writes_to is None and paths.find_tool("iptables") is None:
+            # No iptables: the plugin, and _add after it, take nftables for a config
+            # without the key, so what that backend refuses is refused here too.
+            writes_to = "nftables"
         parsed = cni_json.plugin_config(
             conf,
             validate.cni_name(container, "container ID"),
             source,
             ifname=ifname,
-            writes_to_backend=None if backend == "auto" else backend,
+            writes_to_backend=writes_to,
         )
         return validate.buildable(with_backend(parsed, backend))
     if network is None:

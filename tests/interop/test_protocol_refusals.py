@@ -111,3 +111,37 @@ def test_a_cache_entry_the_plugin_would_have_refused_gets_no_rules(
         [upper] = [line for line in lines if "podman-upper-eth0" in line]
         assert "no protocol" in noproto and "'TCP'" in upper, lines
     assert _written(ns) == ""
+
+
+def test_a_keyless_config_where_there_is_no_iptables_is_refused_as_nftables(
+    twins: tuple[str, str], tmp_path: Path
+) -> None:
+    """No iptables command, nft there: the plugin takes nftables for a config without
+    the `backend` key, and fails on "TCP" there; add writes that config to nftables
+    too (--backend auto), so it refuses it as the nftables backend's, not as iptables'."""
+    import os
+    import shutil
+    import subprocess
+
+    plugin_ns, ours_ns = twins
+    nft_only = tmp_path / "bin"
+    nft_only.mkdir()
+    (nft_only / "nft").symlink_to(shutil.which("nft", path=rp.SYSTEM_PATH) or "/usr/sbin/nft")
+    conf = _conf(ENTRIES["TCP"], None)
+    env = {"PATH": str(nft_only), "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1",
+           "CNI_NETNS": rp.container_netns(), "CNI_IFNAME": "eth0", "CNI_PATH": rp.CNI_PATH}  # fmt: skip
+    added = subprocess.run(
+        [rp._ip(), "netns", "exec", plugin_ns, str(upstream.binary("v1.9.1"))],
+        input=json.dumps(conf), env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert added.returncode != 0 and _written(plugin_ns) == "", added.stdout + added.stderr
+    path = tmp_path / "conf.json"
+    path.write_text(json.dumps(conf))
+    iptables = [p for p in ("/usr/sbin/iptables", "/usr/sbin/ip6tables") if os.path.exists(p)]
+    done = pmctl.run(
+        ["add", "--container", "c1", "--cni-config", str(path), "--netns", ours_ns],
+        env={"PATH": str(nft_only)},
+        hide=iptables,
+    )
+    pmctl.assert_error(done, 2, str(path), "8080", "nftables")
+    assert _written(ours_ns) == ""
