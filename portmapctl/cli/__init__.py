@@ -127,7 +127,8 @@ def _interrupted() -> None:
 def _terminated() -> None:
     """SIGTERM, once the command's `finally` blocks ran: one line, then the process
     ends by SIGTERM itself, as it would have without us (shells and Kubernetes say
-    143; systemd counts it a clean stop, where an exit 143 would be a failure)."""
+    143; systemd, for a Type=oneshot unit, a clean stop only with SuccessExitStatus=
+    SIGTERM, which deploy/systemd's units list: it never counts an exit 143 so)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one: no traceback
     sys.stderr.write("portmapctl: terminated\n")
     with contextlib.suppress(Exception):

@@ -264,7 +264,7 @@ def test_check_service_writes_check_metrics_and_fails_only_on_errors():
     assert params["command"] == "check" and params["quiet"] is True
     assert params["repair"] is False, "monitoring never changes the node"
     assert_writes_metrics(params, DEBIAN_TEXTFILE_DIR)
-    assert service["SuccessExitStatus"].split() == ["1"], "exit 1: problems found, not failed"
+    assert service["SuccessExitStatus"].split() == ["1", "SIGTERM"], "exit 1: problems found"
     assert service["StandardOutput"] == "null"
     gc_service = read_unit(SERVICE)["Service"]
     for key in ("CapabilityBoundingSet", "NoNewPrivileges", "ProtectSystem", "UMask"):
@@ -272,6 +272,17 @@ def test_check_service_writes_check_metrics_and_fails_only_on_errors():
     assert read_unit(CHECK_SERVICE)["Unit"]["ConditionPathIsDirectory"] == (
         f"{paths.CNI_CACHE_DIR}/results"
     )
+
+
+@pytest.mark.parametrize("service_path", [SERVICE, CHECK_SERVICE])
+def test_a_stop_mid_run_is_a_clean_stop_of_the_oneshot_unit(service_path):
+    """portmapctl stopped by SIGTERM cleans up and ends by SIGTERM (cli._terminated).
+    systemd judges a Type=oneshot's main process as a command's (EXIT_CLEAN_COMMAND:
+    exit 0 alone is clean, no signal is), so without SIGTERM in SuccessExitStatus= a
+    `systemctl stop` or a shutdown during a run leaves the unit failed."""
+    service = read_unit(service_path)["Service"]
+    assert service["Type"] == "oneshot"
+    assert "SIGTERM" in service.get("SuccessExitStatus", "").split()
 
 
 @pytest.mark.parametrize(
