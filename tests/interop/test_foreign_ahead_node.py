@@ -189,3 +189,22 @@ def test_the_first_container_on_a_docker_node_is_warned_of_too(host_ns: str, mod
                       "-p", "8080:80"])  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "IPv4 tcp/8080 is taken first by a rule outside the plugin's chains" in done.stderr
+
+
+def test_a_proxy_that_returns_the_mapped_port_before_its_redirect_shadows_nothing(
+    host_ns: str, tmp_path: Path
+) -> None:
+    """A transparent proxy ahead of the plugin: every tcp packet but those it RETURNs
+    first (the container's 8080) is redirected. 8080 reaches CNI-HOSTPORT-DNAT: ok, and
+    check healthy (the walk said the REDIRECT took it: shadowed, exit 1)."""
+    args = _container(host_ns, tmp_path, 8080, "nft")
+    _nat(
+        host_ns, "nft",
+        ["-N", "PROXY"],
+        ["-I", "PREROUTING", "1", "-p", "tcp", "-j", "PROXY"],
+        ["-A", "PROXY", "-p", "tcp", "-m", "multiport", "--dports", "22,8000:8100", "-j", "RETURN"],
+        ["-A", "PROXY", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "3128"],
+    )  # fmt: skip
+    assert _list(args) == [(8080, ["ok"], None)]
+    checked = pmctl.run(["check", *args])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
