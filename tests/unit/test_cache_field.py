@@ -27,7 +27,7 @@ from portmapctl.iptables import inventory
 from portmapctl.iptables.chains import chain_name, is_plugin_chain
 from portmapctl.iptables.ruleset import parse_save
 from portmapctl.ops.check import diagnose as diagnose_mod
-from portmapctl.ops.check.diagnose import cached_configs
+from portmapctl.ops.check.expected import cached_configs
 from portmapctl.ops.gc import Sources, liveness, plan_family
 
 PORTS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]

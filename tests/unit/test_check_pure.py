@@ -474,7 +474,7 @@ def test_cli_mapping_options_check_one_mapping(tmp_path):
 
 def test_the_healthy_line_counts_chains_and_nftables_rule_sets_apart():
     """An nft-backed container has rules, not a chain: the line says what it compared."""
-    from portmapctl.ops.check.diagnose import CheckResult
+    from portmapctl.ops.check.problem import CheckResult
     from portmapctl.render import check_healthy_line
 
     def line(compared: int, nft: int) -> str:

@@ -12,8 +12,8 @@ import pytest
 
 from portmapctl.iptables import foreign, inventory
 from portmapctl.iptables.ruleset import parse_save
-from portmapctl.ops.check.diagnose import _shadow_problem
 from portmapctl.ops.check.hints import Fixes
+from portmapctl.ops.check.node_problems import shadow_problem as _shadow_problem
 from portmapctl.render.check import split_fix
 
 SAVE = (Path(__file__).parents[1] / "fixtures" / "foreign.v4.save").read_text()

@@ -28,8 +28,8 @@ from portmapctl.core.status import ProblemKind
 from portmapctl.iptables.ruleset import NatTable, format_rule
 from portmapctl.nftables import FAMILY_NAMES
 from portmapctl.nftables.ruleset import MASQUERADING, TABLE
-from portmapctl.ops.check.diagnose import Problem
 from portmapctl.ops.check.hints import Fixes
+from portmapctl.ops.check.problem import Problem, entries_for
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
@@ -431,7 +431,6 @@ def contested_problems(
     if found is None or nft_found is None or not found.mappings or not nft_found.mappings:
         return []
     from portmapctl.core.contest import backend_of, contests
-    from portmapctl.ops.check.diagnose import _entries_for
 
     chains = {(c.name, c.family): c for c in found.chains}
     rules = _by_handle(live) if live is not None else {}
@@ -442,7 +441,7 @@ def contested_problems(
         if backend == "iptables":
             chain = chains.get((row.chain, row.family))
             where = row.chain
-            shown = _entries_for(chain, [(row.protocol, row.host_port)]) if chain else ()
+            shown = entries_for(chain, [(row.protocol, row.host_port)]) if chain else ()
             place = other.chain
         else:
             where = f"nft:{row.chain}"

@@ -27,12 +27,9 @@ from portmapctl.iptables.ruleset import (
 )
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops.add import after_setup, after_setup_many
-from portmapctl.ops.check.diagnose import (
-    CheckResult,
-    cached_configs,
-    held_elsewhere,
-    wanted_on_node,
-)
+from portmapctl.ops.check.compare import held_elsewhere
+from portmapctl.ops.check.expected import cached_configs, wanted_on_node
+from portmapctl.ops.check.problem import CheckResult
 from portmapctl.ops.check.run import (
     _check_node,
     check_mapping,
@@ -149,7 +146,7 @@ def _in_other_flavour(
     kernel applies both, so a copy would be a split brain (SPEC §2), and it is evidence
     that the plugin runs the other iptables (its PATH, a bundled one; or this command's
     --iptables): its rules there work, a copy here would outlive the plugin's DEL. When
-    the family's state is there (diagnose.held_elsewhere), nothing of it is made."""
+    the family's state is there (compare.held_elsewhere), nothing of it is made."""
     used, other_name = flavours
     family = live.family
     mine = [dnat_chain_name(c) for c in configs or () if family in c.families]

@@ -17,8 +17,9 @@ from portmapctl.iptables.chains import (
 from portmapctl.iptables.ruleset import (
     NatTable,
 )
-from portmapctl.ops.check.diagnose import CheckResult, diagnose, diagnose_mapping
+from portmapctl.ops.check.diagnose import diagnose, diagnose_mapping
 from portmapctl.ops.check.hints import _flavour, fixes_for
+from portmapctl.ops.check.problem import CheckResult
 from portmapctl.ops.node import Node, side_by_side
 
 if TYPE_CHECKING:

@@ -1,0 +1,235 @@
+"""Wanted chains against the live table: the shared chains and their jumps, and one
+container's CNI-DN- chain and entry rules (exactly, or as the plugin's CHECK)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Dict, FrozenSet, List, Optional, Tuple
+
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.status import ProblemKind
+from portmapctl.iptables.chains import MASQ, SETMARK, TOPLEVEL_DNAT, Chain
+from portmapctl.iptables.ruleset import Args, NatTable, format_rule, option_value, rule_target
+from portmapctl.ops.check.hints import Fixes, _config_ports, _rules_text
+from portmapctl.ops.check.problem import Problem, saved_lines, saved_rules
+
+
+def held_elsewhere(live: NatTable, other: Optional[NatTable], chains: Collection[str]) -> bool:
+    """Whether the family's portmap state is in the other iptables flavour's table:
+    CNI-HOSTPORT-DNAT and the chain of a cached container (`chains`: their names) there,
+    no CNI-HOSTPORT-DNAT here (the plugin runs that other iptables?). Shared chains
+    alone there are what a DEL leaves behind, stale chains what it failed to remove:
+    no sign of where the plugin writes now."""
+    return (
+        other is not None
+        and other.has_chain(TOPLEVEL_DNAT)
+        and not live.has_chain(TOPLEVEL_DNAT)
+        and any(other.has_chain(name) for name in chains)
+    )
+
+
+def check_shared(
+    chain: Chain, live: NatTable, fixes: Fixes, elsewhere: Optional[str] = None
+) -> List[Problem]:
+    """`elsewhere` names the other iptables flavour when the chain exists there."""
+    family = live.family
+    fix = fixes.repair
+    why = {
+        TOPLEVEL_DNAT: "no host port on this node is forwarded to its container",
+        SETMARK: "hairpin and localhost connections to mapped ports are not marked for"
+        " masquerade, so they fail",
+        MASQ: "marked connections are not masqueraded: hairpin and localhost connections"
+        " to mapped ports fail",
+    }.get(chain.name, "the plugin's shared structure is incomplete")
+    if not live.has_chain(chain.name):
+        jumps = ""
+        if chain.entry_chains:
+            plural = "s" if len(chain.entry_chains) > 1 else ""
+            jumps = f" and the {'/'.join(chain.entry_chains)} jump{plural} to it"
+        detail = f"chain {chain.name}{jumps} {'are' if jumps else 'is'} gone" + (
+            f" (it is in the {elsewhere} tables: is the plugin using iptables-{elsewhere}?)"
+            if elsewhere
+            else " (flushed by firewalld or a script?)"
+        )
+        return [
+            Problem(
+                ProblemKind.MISSING_TOPLEVEL,
+                family,
+                chain.name,
+                None,
+                None,
+                detail,
+                fixes.only_in(elsewhere) if elsewhere else fix,
+                why,
+                saved_lines(
+                    [(entry, rule) for entry in chain.entry_chains for rule in chain.entry_rules]
+                    + [(chain.name, rule) for rule in chain.rules]
+                ),
+            )
+        ]
+    problems = []
+    live_rules = live.rules(chain.name)
+    for rule in chain.rules:
+        if rule not in live_rules:
+            problems.append(
+                Problem(
+                    ProblemKind.MISSING_TOPLEVEL_RULE,
+                    family,
+                    chain.name,
+                    None,
+                    None,
+                    f"rule missing: {format_rule('-A', chain.name, rule)}",
+                    fix,
+                    why,
+                    saved_rules(chain.name, [rule]),
+                )
+            )
+    jump_why = {
+        "PREROUTING": "connections from other hosts to mapped host ports are not forwarded",
+        "OUTPUT": "connections from the node itself to mapped host ports are not forwarded",
+        "POSTROUTING": why,
+    }
+    for entry_chain in chain.entry_chains:
+        present = live.rules(entry_chain)
+        for rule in chain.entry_rules:
+            if rule not in present:
+                problems.append(
+                    Problem(
+                        ProblemKind.MISSING_JUMP,
+                        family,
+                        entry_chain,
+                        None,
+                        None,
+                        f"{entry_chain} does not jump to {chain.name}",
+                        fix,
+                        jump_why.get(entry_chain, why),
+                        saved_rules(entry_chain, [rule]),
+                    )
+                )
+    return problems
+
+
+@dataclass(frozen=True)
+class EntryIndex:
+    """CNI-HOSTPORT-DNAT's rules, indexed once per table. A node check looks up every
+    container's entry rules there; scanning the chain (2 rules per container) for each
+    container made it quadratic: 20 s at 5,000 containers (benchmarks/bench.py)."""
+
+    present: FrozenSet[Args]
+    by_target: Dict[Optional[str], List[Args]]
+
+
+def entry_index(live: NatTable) -> EntryIndex:
+    by_target: Dict[Optional[str], List[Args]] = {}
+    rules = live.rules(TOPLEVEL_DNAT)
+    for rule in rules:
+        by_target.setdefault(rule_target(rule), []).append(rule)
+    return EntryIndex(frozenset(rules), by_target)
+
+
+def check_container(
+    config: MappingConfig,
+    wanted: Chain,
+    live: NatTable,
+    fix: str,
+    *,
+    exact: bool,
+    elsewhere: Optional[str] = None,
+    elsewhere_fix: Optional[str] = None,
+    entries: Optional[EntryIndex] = None,
+) -> List[Problem]:
+    """One container's CNI-DN- chain and its entry rules against the live table.
+
+    `exact` (node check) also reports rules that should not be there and a wrong
+    order; without it, exactly the plugin's CHECK: every wanted rule present.
+    `elsewhere` names the other iptables flavour when the chain exists there, and
+    `elsewhere_fix` is the fix of the chain missing here then.
+    `entries` is `entry_index(live)`, made once by a caller that checks many.
+    """
+    family = live.family
+    name = wanted.name
+    who = (config.network, config.container_id)
+
+    def problem(kind: str, detail: str, why: str, rules: Tuple[str, ...]) -> Problem:
+        return Problem(kind, family, name, *who, detail, fix, why, rules)
+
+    if not live.has_chain(name):
+        detail = f"chain missing for {_config_ports(config, family)}"
+        if elsewhere:
+            detail += (
+                f" (it is in the {elsewhere} tables: is the plugin using iptables-{elsewhere}?)"
+            )
+            # Repair leaves it (a copy here would be a split brain): not its command.
+            fix = elsewhere_fix or fix
+        return [
+            problem(
+                ProblemKind.MISSING_CHAIN,
+                detail,
+                "the container's host ports are not forwarded",
+                saved_rules(name, wanted.rules) + saved_rules(TOPLEVEL_DNAT, wanted.entry_rules),
+            )
+        ]
+    problems = []
+    live_rules = live.rules(name)
+    missing = [r for r in wanted.rules if r not in live_rules]
+    if missing:
+        dnat_gone = any(rule_target(r) == "DNAT" for r in missing)
+        problems.append(
+            problem(
+                ProblemKind.MISSING_RULES,
+                f"{len(missing)} of {len(wanted.rules)} rules missing: {_rules_text(name, missing)}",
+                "some of its host ports are not forwarded"
+                if dnat_gone
+                else "hairpin and localhost connections to its host ports fail (no masquerade mark)",
+                saved_rules(name, missing),
+            )
+        )
+    if exact:
+        extra = [r for r in live_rules if r not in wanted.rules]
+        if extra:
+            problems.append(
+                problem(
+                    ProblemKind.EXTRA_RULES,
+                    f"{len(extra)} rules its cached config does not make: {_rules_text(name, extra)}",
+                    "the chain does not match the container's config (an old address or port?):"
+                    " traffic may go to the wrong place",
+                    saved_rules(name, extra),
+                )
+            )
+        elif not missing and live_rules != wanted.rules:
+            problems.append(
+                problem(
+                    ProblemKind.RULES_ORDER,
+                    "the right rules in the wrong order (or repeated)",
+                    "iptables stops at the DNAT rule: a mark rule after it never runs",
+                    saved_rules(name, wanted.rules),
+                )
+            )
+    index = entries if entries is not None else entry_index(live)
+    missing_entries = [r for r in wanted.entry_rules if r not in index.present]
+    if missing_entries:
+        ports = ", ".join(
+            f"{option_value(r, '-p')}/{option_value(r, '--dports')}" for r in missing_entries
+        )
+        problems.append(
+            problem(
+                ProblemKind.MISSING_ENTRY,
+                f"no entry rule in {TOPLEVEL_DNAT} for {ports}"
+                f" ({len(missing_entries)} of {len(wanted.entry_rules)} missing)",
+                "nothing sends those host ports to the chain: they are not forwarded",
+                saved_rules(TOPLEVEL_DNAT, missing_entries),
+            )
+        )
+    if exact:
+        extra_entries = [r for r in index.by_target.get(name, ()) if r not in wanted.entry_rules]
+        if extra_entries:
+            problems.append(
+                problem(
+                    ProblemKind.EXTRA_ENTRY,
+                    f"{TOPLEVEL_DNAT} has entry rules its cached config does not make:"
+                    f" {_rules_text(TOPLEVEL_DNAT, extra_entries)}",
+                    "host ports the container no longer maps are still sent to it",
+                    saved_rules(TOPLEVEL_DNAT, extra_entries),
+                )
+            )
+    return problems

@@ -1,0 +1,364 @@
+"""Problems of what is on the node, whatever any one config wants: what `list` marks
+(stale, orphan, incomplete, dead, shadowed, legacy), zombies, duplicate entry rules,
+and portmap chains in both iptables flavours (split brain)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
+from typing import Mapping as ReadOnly
+
+from portmapctl.cni.cache import Attachment
+from portmapctl.core.status import ProblemKind
+from portmapctl.iptables import inventory, shapes
+from portmapctl.iptables.chains import DNAT_PREFIX, SHARED_CHAINS, SNAT_PREFIX, TOPLEVEL_DNAT
+from portmapctl.iptables.ruleset import NatTable, format_rule, option_value, rule_target
+from portmapctl.ops.check.hints import Fixes, _names_text, _ports_text, _who
+from portmapctl.ops.check.problem import (
+    Problem,
+    entries_for,
+    entries_or_rules,
+    saved_rules,
+)
+
+
+def inventory_problems(
+    found: inventory.Inventory,
+    derived: ReadOnly[int, set],
+    live_chains: set,
+    fixes: Fixes,
+) -> List[Problem]:
+    """What `list` marks, for chains the cached-config comparison does not cover.
+
+    `derived[family]` are the chains compared with a cached config: for them only
+    shadowing is added here (the comparison already says what is missing).
+    """
+    problems: List[Problem] = []
+    by_chain = {(c.name, c.family): c for c in found.chains}
+    shadowed: Dict[Tuple[str, int], List[inventory.Mapping]] = {}
+    for m in found.mappings:
+        if m.shadowed_by:
+            shadowed.setdefault((m.chain, m.family), []).append(m)
+
+    for c in found.chains:
+        who = (c.network, c.container_id)
+        if c.kind == "legacy-snat":
+            live = c.name in live_chains
+            problems.append(
+                Problem(
+                    ProblemKind.LEGACY,
+                    c.family,
+                    c.name,
+                    *who,
+                    f"pre-2018 SNAT chain of {_who(*who)}"
+                    + (" (stale)" if ProblemKind.STALE in c.status else ""),
+                    "harmless while the container runs; `portmapctl gc` removes it once it is gone"
+                    if live
+                    else fixes.gc,
+                    "nothing creates or uses these chains any more; they only take up the table",
+                    entries_or_rules(c),
+                )
+            )
+            continue
+        if c.name in derived.get(c.family, ()):
+            pass
+        elif ProblemKind.STALE in c.status:
+            # One row: gc removes the chain, whatever else is wrong with it (said here).
+            also = " and nothing enters it" if ProblemKind.ORPHAN in c.status else ""
+            maps = _ports_text([p for p in c.host_ports if p not in c.missing_ports])
+            if ProblemKind.INCOMPLETE in c.status:
+                maps += (
+                    f"; entry rules send {_ports_text(c.missing_ports)} here but no rule DNATs them"
+                )
+            problems.append(
+                Problem(
+                    ProblemKind.STALE,
+                    c.family,
+                    c.name,
+                    *who,
+                    f"no CNI cache entry for {_who(*who)}{also}; it maps {maps}",
+                    fixes.gc,
+                    "the container is gone but its host ports stay taken: a new container on"
+                    " them gets no traffic",
+                    entries_or_rules(c),
+                )
+            )
+            continue
+        else:
+            if ProblemKind.ORPHAN in c.status:
+                problems.append(
+                    Problem(
+                        ProblemKind.ORPHAN,
+                        c.family,
+                        c.name,
+                        *who,
+                        f"no rule enters this chain ({_ports_text(c.host_ports)})",
+                        fixes.gc,
+                        "it forwards nothing and nothing will ever remove it but gc",
+                        saved_rules(c.name, c.rules),
+                    )
+                )
+            if ProblemKind.INCOMPLETE in c.status:
+                problems.append(
+                    Problem(
+                        ProblemKind.INCOMPLETE,
+                        c.family,
+                        c.name,
+                        *who,
+                        f"entry rules send {_ports_text(c.missing_ports)} here but no rule"
+                        f" DNATs them; {_falls_through(found, c, c.missing_ports)}",
+                        "re-create the mapping (`portmapctl add ...`), or `portmapctl gc` it if"
+                        " the container is gone",
+                        _FALLS_THROUGH_WHY,
+                        entries_for(c, c.missing_ports),
+                    )
+                )
+        if ProblemKind.DEAD in c.status:
+            problems.append(_dead_problem(found, c, fixes))
+        rows = shadowed.get((c.name, c.family))
+        if rows:
+            problems.append(shadow_problem(c, rows, by_chain, fixes))
+    return problems
+
+
+_FALLS_THROUGH_WHY = (
+    "iptables returns from a chain with no matching rule and goes on down"
+    f" {TOPLEVEL_DNAT}: a later entry rule's chain takes those ports, or if none does the"
+    " connection reaches the node itself; the container gets none of it"
+)
+
+
+def _falls_through(
+    found: inventory.Inventory,
+    chain: inventory.ChainInfo,
+    ports: Sequence[Tuple[str, int]],
+    host_ip: Optional[str] = None,
+) -> str:
+    """Where those ports' connections go instead (for a problem's detail): the chain
+    has no matching rule, so it returns and CNI-HOSTPORT-DNAT goes on."""
+    table = found.tables.get(chain.family)
+    after = min((e.index for e in chain.entries if e.chain == TOPLEVEL_DNAT), default=None)
+    taken: Dict[str, List[str]] = {}
+    alone: List[str] = []
+    for proto, port in ports:
+        taker = None
+        if table is not None and after is not None:
+            taker = shapes.first_taker(table, proto, port, after, host_ip)
+        if taker is None:
+            alone.append(f"{proto}/{port}")
+        else:
+            taken.setdefault(taker, []).append(f"{proto}/{port}")
+    parts = []
+    for taker, words in taken.items():
+        other = next(
+            (o for o in found.chains if o.name == taker and o.family == chain.family), None
+        )
+        who = _who(other.network, other.container_id) if other else "?"
+        parts.append(f"{taker} ({who}) takes {', '.join(words)} instead")
+    if alone:
+        parts.append(f"no later chain takes {', '.join(alone)}: the node itself gets them")
+    return "; ".join(parts)
+
+
+def _dead_problem(found: inventory.Inventory, c: inventory.ChainInfo, fixes: Fixes) -> Problem:
+    dead = [m for m in found.mappings if m.chain == c.name and m.family == c.family]
+    dead = [m for m in dead if ProblemKind.DEAD in m.status]
+    ports = [(m.protocol, m.host_port) for m in dead]
+    where = dead[0].host_ip if dead else "0.0.0.0"
+    prefix = 128 if ":" in (where or "") else 32
+    return Problem(
+        ProblemKind.DEAD,
+        c.family,
+        c.name,
+        c.network,
+        c.container_id,
+        f"{_ports_text(ports)} only for destination {where}/{prefix} (host IP {where} as"
+        f" plugins before v0.8.7 wrote it), which no packet has; {_falls_through(found, c, ports)}",
+        "re-create the container under a current plugin (it writes no -d for 0.0.0.0),"
+        f" or {fixes.gc} once it is gone",
+        "a rule that never matches: the mapping forwards nothing and takes no port from"
+        f" anyone; iptables returns from the chain and goes on down {TOPLEVEL_DNAT}",
+        saved_rules(
+            c.name,
+            [r for r in c.rules if shapes.is_dead_destination(option_value(r, "-d") or "")],
+        ),
+    )
+
+
+_FOREIGN_FIX = (
+    "the node's other NAT owner (kube-proxy NodePort, Docker -p, a hand-written rule)"
+    " holds this port: free it there or re-create the container on another host port"
+)
+_FOREIGN_WHY = (
+    "iptables uses the first rule that ends NAT for a packet: a rule ahead of PREROUTING's"
+    " jump to CNI-HOSTPORT-DNAT takes those ports, and this container gets no traffic on"
+    " them"
+)
+
+
+def shadow_problem(
+    loser: inventory.ChainInfo,
+    rows: Sequence[inventory.Mapping],
+    by_chain: ReadOnly[Tuple[str, int], inventory.ChainInfo],
+    fixes: Fixes,
+) -> Problem:
+    winners: Dict[str, List[str]] = {}
+    for m in rows:
+        winners.setdefault(m.shadowed_by or "?", []).append(f"{m.protocol}/{m.host_port}")
+    parts = []
+    winner_stale = winner_zombie = foreign = False
+    for name, ports in winners.items():
+        if name.startswith("-A "):
+            # Another tool's rule ahead of the plugin's entry (iptables/foreign.py).
+            foreign = True
+            parts.append(
+                f"{', '.join(ports)} taken first by a rule outside the plugin's chains: {name}"
+            )
+            continue
+        winner = by_chain.get((name, loser.family))
+        who = _who(winner.network, winner.container_id) if winner else "?"
+        winner_stale = winner_stale or (winner is not None and ProblemKind.STALE in winner.status)
+        # A zombie's container is gone too (Nomad: a new allocation on the static port
+        # of one whose pause container vanished), but only gc --netns-liveness removes it.
+        winner_zombie = winner_zombie or (
+            winner is not None and ProblemKind.ZOMBIE in winner.status
+        )
+        parts.append(f"{', '.join(ports)} taken first by {name} ({who}), which wins")
+    if foreign:
+        # No command of ours may touch another tool's rule: prose (JSON fix null).
+        fix = _FOREIGN_FIX
+    elif winner_stale:
+        fix = f"{fixes.gc} (the winner is stale)"
+    elif winner_zombie:
+        fix = f"{fixes.gc} --netns-liveness (the winner is a zombie)"
+    else:
+        fix = "two containers claim one host port: re-create one of them with another host port"
+    return Problem(
+        ProblemKind.SHADOWED,
+        loser.family,
+        loser.name,
+        loser.network,
+        loser.container_id,
+        "; ".join(parts),
+        fix,
+        _FOREIGN_WHY
+        if foreign
+        else "iptables uses the first matching rule in CNI-HOSTPORT-DNAT: this container gets"
+        " no traffic on those ports",
+        entries_for(loser, [(m.protocol, m.host_port) for m in rows]),
+    )
+
+
+def zombies(
+    attachments: Sequence[Attachment],
+    tables: ReadOnly[int, NatTable],
+    fixes: Fixes,
+    nft_backed: Collection[str] = (),
+    nft_owners: Optional[Collection[str]] = None,
+) -> List[Problem]:
+    """Cache entries whose network namespace is gone, that have or would have chains.
+
+    gc --netns-liveness removes a zombie's chains (or, for the `nft_backed` IDs, its
+    nftables rules: those of `nft_owners`, the IDs with rules left; None when not
+    known), never its cache entry: once a zombie has nothing left there, gc has
+    nothing more to do, and the fix is the runtime's (or a person's)."""
+    problems: List[Problem] = []
+    seen = set()
+    for a in attachments:
+        if not a.zombie or a.dnat_chain in seen:
+            continue
+        present = [f for f in sorted(tables) if tables[f].has_chain(a.dnat_chain)]
+        if a.mapping is None and not present:
+            continue  # no port mappings: nothing of portmap's to say about it
+        seen.add(a.dnat_chain)
+        where = f"; its chain is still in IPv{'/IPv'.join(map(str, present))}" if present else ""
+        owned = nft_owners is not None and a.container_id in nft_owners
+        in_nft = owned or a.container_id in nft_backed
+        if owned:
+            where += "; its rules are still in nftables"
+        problems.append(
+            Problem(
+                ProblemKind.ZOMBIE,
+                present[0] if len(present) == 1 else None,
+                # An nftables container's: no chain of its own (JSON backend nftables).
+                a.dnat_chain if present or not in_nft else "nft",
+                a.network,
+                a.container_id,
+                f"cached, but its network namespace {a.netns} is gone{where}; not repaired",
+                f"{fixes.gc} --netns-liveness"
+                if present or owned or (a.container_id in nft_backed and nft_owners is None)
+                else f"nothing of it is left for gc to remove: delete its cache entry {a.path}"
+                " once the runtime is done with the container",
+                "the runtime forgot the container without a CNI DEL: its cache entry keeps"
+                " its host ports taken",
+            )
+        )
+    return problems
+
+
+def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
+    """Identical rules jumping to a portmap chain, more than once in one chain."""
+    problems = []
+    for saved in live.chains.values():
+        if len(set(saved.rules)) == len(saved.rules):
+            continue  # no rule twice in this chain (the usual case: a set, in C)
+        counts = Counter(r for r in saved.rules if _is_portmap_chain(rule_target(r) or ""))
+        for rule, count in counts.items():
+            if count < 2:
+                continue
+            network, container_id = inventory.parse_comment(rule)
+            problems.append(
+                Problem(
+                    ProblemKind.DUPLICATE_ENTRY,
+                    live.family,
+                    saved.name,
+                    network,
+                    container_id,
+                    f"{count} copies of {format_rule('-A', saved.name, rule)}",
+                    f"delete one copy: {fixes.iptables(live.family, '-D', saved.name, rule)}",
+                    "a sign that a script or another tool re-adds the plugin's rules; every"
+                    " packet walks each copy",
+                    saved_rules(saved.name, [rule]),
+                )
+            )
+    return problems
+
+
+def _is_portmap_chain(name: str) -> bool:
+    return name in SHARED_CHAINS or name.startswith((DNAT_PREFIX, SNAT_PREFIX))
+
+
+def split_brain(
+    tables: ReadOnly[int, NatTable],
+    other_tables: ReadOnly[int, NatTable],
+    used: str,
+    other: str,
+) -> List[Problem]:
+    """Portmap chains present in both flavours' tables (empty tables do not count)."""
+    problems = []
+    for family in sorted(tables):
+        other_table = other_tables.get(family)
+        if other_table is None:
+            continue
+        both = [
+            n for n in tables[family].chains if _is_portmap_chain(n) and other_table.has_chain(n)
+        ]
+        if not both:
+            continue
+        tool = "ip6tables" if family == 6 else "iptables"
+        problems.append(
+            Problem(
+                ProblemKind.SPLIT_BRAIN,
+                family,
+                None,
+                None,
+                None,
+                f"{len(both)} portmap chains are in both the {used} and the {other} tables:"
+                f" {_names_text(both)}",
+                f"find which iptables the plugin runs (`{tool} --version`), then remove the"
+                f" portmap chains from the other one ({tool}-{other}-save -t nat shows them)",
+                "the kernel applies both copies but each iptables shows only its own: mappings"
+                " work on one node and not on another, and gc or the plugin cleans only one",
+            )
+        )
+    return problems

@@ -1,0 +1,101 @@
+"""What `check` reports: a Problem, a CheckResult, and the rules a problem is about
+as iptables-save prints them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
+
+from portmapctl.errors import BadInput
+from portmapctl.iptables import inventory
+from portmapctl.iptables.ruleset import Args, format_rule
+
+if TYPE_CHECKING:
+    from portmapctl.nftables.inventory import NftInventory
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong on the node: what, where, why it matters, and what fixes it."""
+
+    kind: str
+    family: Optional[int]
+    chain: Optional[str]
+    network: Optional[str]
+    container_id: Optional[str]
+    detail: str
+    fix: str
+    why: str = ""
+    # The rules at issue as iptables-save prints them (`-A CHAIN ...`; nft: the rule
+    # text): the offending ones, or the wanted ones that are missing (check -o wide).
+    rules: Tuple[str, ...] = ()
+
+    @property
+    def key(self) -> Tuple[str, Optional[int], Optional[str], Optional[str], Optional[str]]:
+        """Identity across two checks (details carry counts that change)."""
+        return (self.kind, self.family, self.chain, self.network, self.container_id)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What a check (or a repair and the check after it) found."""
+
+    problems: Tuple[Problem, ...]
+    families: Tuple[int, ...]
+    # "node": the whole node from the CNI cache; "mapping": one given mapping.
+    scope: str = "node"
+    cache_present: bool = False
+    mappings_checked: int = 0  # (container, family) pairs compared with the table
+    chains_seen: int = 0  # per-container chains on the node (node scope)
+    chain: Optional[str] = None  # the mapping's chain (mapping scope)
+    repaired: bool = False
+    fixed: Tuple[Problem, ...] = ()
+    transactions: Dict[int, str] = field(default_factory=dict)
+    notes: Tuple[str, ...] = ()
+    warnings: Tuple[str, ...] = ()
+    # The node as check read it (node scope): what --metrics-file counts.
+    found: Optional[inventory.Inventory] = field(default=None, compare=False, repr=False)
+    # The nftables rows as check read them (None: nftables not looked at).
+    nft_found: Optional[NftInventory] = field(default=None, compare=False, repr=False)
+    # What a repair could not make: (family, network, container ID, chain, why).
+    unrepaired: Tuple[Tuple[int, str, str, str, str], ...] = ()
+
+    # Of mappings_checked, those kept in nftables (a container's rules, not a chain).
+    nft_checked: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+
+# --- the rules a problem is about ------------------------------------------------------
+
+
+def _saved_line(chain: str, rule: Args) -> str:
+    try:
+        return format_rule("-A", chain, rule)
+    except BadInput:  # a control character read from a dump: shown escaped, never run
+        return " ".join(["-A", chain, *(t.encode("unicode_escape").decode() for t in rule)])
+
+
+def saved_rules(chain: str, rules: Sequence[Args]) -> Tuple[str, ...]:
+    """Rules of `chain` as iptables-save prints them."""
+    return tuple(_saved_line(chain, rule) for rule in rules)
+
+
+def saved_lines(rules: Sequence[Tuple[str, Args]]) -> Tuple[str, ...]:
+    """(chain, rule) pairs as iptables-save prints them."""
+    return tuple(_saved_line(chain, rule) for chain, rule in rules)
+
+
+def entries_or_rules(c: inventory.ChainInfo) -> Tuple[str, ...]:
+    """The rules that jump to a chain (they take its host ports), else its own rules."""
+    if c.entries:
+        return saved_lines([(e.chain, e.args) for e in c.entries])
+    return saved_rules(c.name, c.rules)
+
+
+def entries_for(c: inventory.ChainInfo, ports: Sequence[Tuple[str, int]]) -> Tuple[str, ...]:
+    """The entry rules of a chain that name one of `ports`."""
+    wanted = set(ports)
+    return saved_lines([(e.chain, e.args) for e in c.entries if wanted & set(e.ports)])
