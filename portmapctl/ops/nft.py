@@ -30,7 +30,7 @@ class Split:
     def expected(self) -> Tuple[Attachment, ...]:
         """The nft-backed attachments whose rules must be there, as the plugin's ADD
         wrote them: what check compares and --repair makes, from this one list. As on
-        the iptables side (check/diagnose.py cached_configs), a zombie's are not
+        the iptables side (check/expected.py cached_configs), a zombie's are not
         expected: its container is gone, so it is reported, never re-created."""
         return tuple(a for a in self.nftables if a.mapping is not None and not a.zombie)
 
