@@ -4,7 +4,7 @@ the fast path (cli/add_fast.py). No typer here: the fast path never imports it."
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from portmapctl.iptables.chains import dnat_chain_name
 
@@ -112,8 +112,14 @@ def run(
         # add's work starts now, under the lock, before the rest of add is imported
         # (ops/add_ahead.py); the imports and the node's opening overlap it.
         ahead = None if dry_run else _ahead(common, config, held, early_claims)
+        listed = None if dry_run or ahead is not None else _early_foreign(common, config)
         config, result, clashes = _add(
-            common, config, ahead, no_flush_udp=no_flush_udp, dry_run=dry_run
+            common,
+            config,
+            ahead,
+            no_flush_udp=no_flush_udp,
+            dry_run=dry_run,
+            foreign_listed=listed,
         )
     _report(common, out, config, result, clashes, dry_run)
 
@@ -125,6 +131,7 @@ def _add(
     *,
     no_flush_udp: bool,
     dry_run: bool,
+    foreign_listed: Optional[Callable[[], Any]] = None,
 ) -> Tuple[MappingConfig, AddResult, List[str]]:
     """Writes `config` where its plugin would; returns it with the backend it went to."""
     from dataclasses import replace
@@ -158,6 +165,7 @@ def _add(
                 flush_udp=not no_flush_udp,
                 look_around=True,
                 ahead=ahead,
+                foreign_listed=foreign_listed,
             )
             clashes = shadow_warnings(config, result.seen)
             clashes += contest_warnings(node, config)
@@ -241,33 +249,14 @@ def _ahead(
     """add_ahead.Ahead for this mapping, started under the portmapctl lock (entered on
     `held`), when it is written to iptables-nft with CAP_NET_ADMIN; None otherwise (add
     opens, checks and locks in its usual order, and says what is wrong)."""
-    import os
 
     from portmapctl.cli._common import families
     from portmapctl.errors import PortmapctlError
 
-    if config.backend == "nftables" or not _net_admin():
-        return None  # without the capability add says so first, having touched nothing
     if any(not folder for folder in common.cache_dirs):
         return None  # node_options refuses it: before the lock, as always
-    flavour = common.iptables.value
-    if flavour == "auto":
-        from portmapctl.iptables.access import host_flavour
-
-        try:
-            flavour = host_flavour()
-        except PortmapctlError:
-            return None
-    if flavour != "nft":
+    if _flavour_ahead(common, config) != "nft":
         return None
-    if common.netns is not None:
-        from portmapctl.host.netns import resolve
-
-        try:
-            if not os.path.exists(resolve(common.netns)):
-                return None
-        except PortmapctlError:
-            return None
     from portmapctl.host import lock
     from portmapctl.host.netns import entered
     from portmapctl.iptables.access.restore import RestoreBackend
@@ -289,6 +278,50 @@ def _ahead(
     # Whatever happens meanwhile, the lock goes only once the write is over.
     held.callback(ahead.written)
     return ahead
+
+
+def _early_foreign(common: Common, config: MappingConfig) -> Optional[Callable[[], Any]]:
+    """add_ahead.early_foreign_takers for a mapping written to legacy iptables with
+    CAP_NET_ADMIN (iptables-nft has Ahead; anything else lists them after the write)."""
+
+    from portmapctl.cli._common import families
+
+    if _flavour_ahead(common, config) != "legacy":
+        return None
+    from portmapctl.ops.add_ahead import early_foreign_takers
+
+    wanted = [f for f in config.families if f in families(common.family)]
+    return early_foreign_takers(common.netns, config, wanted, "legacy")
+
+
+def _flavour_ahead(common: Common, config: MappingConfig) -> Optional[str]:
+    """The iptables flavour (nft, legacy) `config` will be written to, when add's work
+    may start before the rest of add is imported; None when it may not: the nftables
+    backend, no CAP_NET_ADMIN (add says so first, having touched nothing), a flavour
+    or --netns that add will refuse (and say why, in its usual order)."""
+    import os
+
+    from portmapctl.errors import PortmapctlError
+
+    if config.backend == "nftables" or not _net_admin():
+        return None
+    flavour = common.iptables.value
+    if flavour == "auto":
+        from portmapctl.iptables.access import host_flavour
+
+        try:
+            flavour = host_flavour()
+        except PortmapctlError:
+            return None
+    if common.netns is not None:
+        from portmapctl.host.netns import resolve
+
+        try:
+            if not os.path.exists(resolve(common.netns)):
+                return None
+        except PortmapctlError:
+            return None
+    return flavour
 
 
 def _net_admin() -> bool:

@@ -92,6 +92,7 @@ def takers(
     if not entry_appended and not any(_jumps_to_entry(r) for r in prerouting):
         return {}
     walk = _Walk(read, set(wanted), sorted({port for _, port in wanted}))
+    walk.known("PREROUTING", prerouting)  # read once: a listing may cost a whole table
     walk.chain("PREROUTING", None, None, None, frozenset())
     return walk.taken
 
@@ -130,6 +131,10 @@ class _Walk:
         self.numbers = numbers  # sorted port numbers of `left`, for the text test
         self.taken: Dict[ProtoPort, str] = {}
         self._chains: Dict[str, Optional[Sequence[Args]]] = {}
+
+    def known(self, name: str, rules: Optional[Sequence[Args]]) -> None:
+        """`name`'s rules, read already."""
+        self._chains[name] = rules
 
     def rules(self, name: str) -> Optional[Sequence[Args]]:
         if name not in self._chains:

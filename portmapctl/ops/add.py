@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
+    Callable,
     Collection,
     Dict,
     List,
@@ -76,10 +77,13 @@ def add(
     flush_udp: bool = True,
     look_around: bool = False,
     ahead: Optional[Ahead] = None,
+    foreign_listed: Optional[Callable[[], Optional[Dict[int, Dict[ProtoPort, str]]]]] = None,
 ) -> AddResult:
     """`look_around`: also fill AddResult.seen (what the shadow warning reads).
     `ahead`: add_ahead.Ahead for this config, started by the caller (the CLI starts it
-    before it imports this module); else add starts it where it helps (iptables-nft)."""
+    before it imports this module); else add starts it where it helps (iptables-nft).
+    `foreign_listed`: the foreign-rule walk over listed chains, started by the CLI
+    where there is no `ahead` (legacy: add_ahead.early_foreign_takers)."""
     if config.backend == "nftables":
         return _add_nft(node, config, dry_run=dry_run, flush_udp=flush_udp)
     transactions: Dict[int, str] = {}
@@ -144,7 +148,10 @@ def add(
     taken: Dict[int, Dict[ProtoPort, str]] = {}
     if look_around:
         for family in families:
-            listed = ahead.taken() if ahead is not None else None
+            if ahead is not None:
+                listed = ahead.taken()
+            else:
+                listed = foreign_listed() if foreign_listed is not None else None
             found = foreign_takers(node, config, family, seen.get(family), listed)
             if found:
                 taken[family] = found

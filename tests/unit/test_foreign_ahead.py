@@ -208,3 +208,30 @@ def test_a_port_returned_from_a_chain_is_taken_by_its_callers_later_rule() -> No
         before="-A PREROUTING -m addrtype",
     )
     assert _takers(text) == {("tcp", 8080): redirect}
+
+
+def test_each_chain_is_read_once() -> None:
+    """A listing may fetch the whole table from the kernel (legacy iptables -S): the
+    walk asks for PREROUTING and every chain it enters once."""
+    from collections import Counter
+
+    table = {
+        "PREROUTING": (
+            ("-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",),
+            ("-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT",),
+        ),
+        "DOCKER": (
+            (
+                "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80",
+            ),
+        ),
+    }
+    asked: Counter = Counter()
+
+    def read(name: str):
+        asked[name] += 1
+        return table.get(name)
+
+    found = foreign.takers(read, {("tcp", 8080)})
+    assert set(found) == {("tcp", 8080)}
+    assert asked == Counter({"PREROUTING": 1, "DOCKER": 1})
