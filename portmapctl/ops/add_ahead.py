@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig
     from portmapctl.iptables.access import Backend
     from portmapctl.iptables.access.nfnl import Claims, KeptRule
+    from portmapctl.iptables.access.restore import RestoreBackend
     from portmapctl.iptables.chains import Chain
     from portmapctl.iptables.shapes import ProtoPort
     from portmapctl.iptables.transaction import Transaction
@@ -97,21 +98,11 @@ class Ahead:
         claims: Callable[[], Optional[Claims]] = lambda: None  # noqa: E731
         taken: Callable[[], Optional[Dict[int, Dict[ProtoPort, str]]]] = lambda: None  # noqa: E731
         if look:
-            from portmapctl.iptables import foreign
             from portmapctl.iptables.access import nfnl
 
             def foreign_takers() -> Dict[int, Dict[ProtoPort, str]]:
-                # After the write: the first container's write adds PREROUTING's jump,
-                # and only what is ahead of that jump takes anything.
-                settled.wait()
-                return {
-                    family: foreign.takers(
-                        foreign.listing_reader(chain_lister(backend.list_chain, family)),
-                        foreign_wanted(config, family),
-                        entry_appended=True,
-                    )
-                    for family in families
-                }
+                settled.wait()  # not an iptables -S racing the batch's commit
+                return listed_foreign_takers(backend, config, families)
 
             # PREROUTING and the chains its benign jumps reach: a few ms of iptables -S
             # each, while add's own thread sets route_localnet and flushes conntrack.
@@ -172,22 +163,30 @@ def early_foreign_takers(
     fetches the whole table from the kernel, ~20 ms at 1,000 containers, which the
     imports of the rest of add now hide). Judged as the write will leave PREROUTING
     (`entry_appended`), so listing it before the write gives the same answer."""
-    from portmapctl.iptables import foreign
     from portmapctl.iptables.access.restore import RestoreBackend
 
     backend = RestoreBackend(flavour)
+    return _in_thread(
+        netns, lambda: listed_foreign_takers(backend, config, families), "foreign rules"
+    )
 
-    def takers() -> Dict[int, Dict[ProtoPort, str]]:
-        return {
-            family: foreign.takers(
-                foreign.listing_reader(chain_lister(backend.list_chain, family)),
-                foreign_wanted(config, family),
-                entry_appended=True,
-            )
-            for family in families
-        }
 
-    return _in_thread(netns, takers, "foreign rules")
+def listed_foreign_takers(
+    backend: RestoreBackend, config: MappingConfig, families: Sequence[int]
+) -> Dict[int, Dict[ProtoPort, str]]:
+    """foreign.takers by family over chains listed one by one (`iptables -S CHAIN`),
+    judged as add's write leaves PREROUTING (its jump to CNI-HOSTPORT-DNAT appended
+    where missing)."""
+    from portmapctl.iptables import foreign
+
+    return {
+        family: foreign.takers(
+            foreign.listing_reader(chain_lister(backend.list_chain, family)),
+            foreign_wanted(config, family),
+            entry_appended=True,
+        )
+        for family in families
+    }
 
 
 def foreign_wanted(config: MappingConfig, family: int) -> Set[ProtoPort]:
