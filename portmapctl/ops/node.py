@@ -128,8 +128,9 @@ class Node:
         """The plugin's nftables tables, also where nftables is not looked at
         (--backend iptables): only to tell which cache entries are nftables' (a config
         without the `backend` key whose rules are there alone), so that nothing of
-        theirs is expected, or written, in iptables. Empty offline, and where nft cannot
-        be used (the plugin's nftables backend runs nft: it wrote nothing there)."""
+        theirs is expected, or written, in iptables. Empty offline, beside iptables in
+        memory, and where nft cannot be used (the plugin's nftables backend runs nft: it
+        wrote nothing there)."""
         from portmapctl.nftables.access import NftUnusable
         from portmapctl.nftables.ruleset import EMPTY
 
@@ -137,6 +138,8 @@ class Node:
             return self.read_nft()
         if self.options.offline or self.options.backend != "iptables":
             return EMPTY
+        if self.backend.name not in BACKEND_NAMES:
+            return EMPTY  # iptables in memory: a test's node, whose nftables is not this host's
         from portmapctl.nftables.access.nft import RealNft
 
         try:
