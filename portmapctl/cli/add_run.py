@@ -181,14 +181,19 @@ def contest_warnings(node: Any, config: MappingConfig) -> List[str]:
     from portmapctl.ops.add import as_rows, other_backend_rows
 
     wanted = [f for f in config.families if f in node.families]
-    others = other_backend_rows(node, config, wanted)
-    if not others:
+    others, taken = other_backend_rows(node, config, wanted)
+    if not others and not taken:
         return []  # the usual node: one backend (nothing more imported)
-    from portmapctl.core.contest import backend_of, contests
+    from portmapctl.core.contest import backend_of, contests, foreign_contested
 
     mine = as_rows(config, wanted)
     found = contests([*mine, *others])
-    warnings = []
+    warnings = [
+        f"IPv{row.family} {row.protocol}/{row.host_port} is taken by an iptables rule"
+        f" outside the plugin's chains too ({rule}): this mapping is contested (the"
+        " kernel's hook order decides which of them gets the traffic)"
+        for row, rule in foreign_contested(mine, taken).items()
+    ]
     for row in mine:
         if row not in found:
             continue

@@ -113,9 +113,12 @@ def check_command(
                     mappings = list(found.mappings)
                     if result.nft_found is not None and result.nft_found.mappings:
                         from portmapctl.core.contest import marked
+                        from portmapctl.iptables.foreign import nft_takers
 
                         # Counted as list counts them (contested as well).
-                        mappings = marked(mappings + list(result.nft_found.mappings))
+                        nft_rows = list(result.nft_found.mappings)
+                        taken = nft_takers(found.tables, nft_rows)
+                        mappings = marked(mappings + nft_rows, taken)
                     read = backends_read(node, result.families)
                     recorder.note_node(mappings, found.chains, result.families, read)
         for warning in result.warnings:

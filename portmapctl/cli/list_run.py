@@ -55,11 +55,13 @@ def run(
             mappings = list(found.mappings)
             if reader is not None:
                 nft_rows = _nft_rows(node, reader, attachments, found, out)
-                if nft_rows and mappings:
+                taken = _foreign_takers(tables, nft_rows)
+                if nft_rows and (mappings or taken):
                     from portmapctl.core.contest import marked
 
-                    # One port in both backends: which wins is the kernel's hook order.
-                    mappings = marked(mappings + nft_rows)
+                    # One port in both backends, or an nftables port another tool's
+                    # iptables rule takes: which wins is the kernel's hook order.
+                    mappings = marked(mappings + nft_rows, taken)
                 else:
                     mappings += nft_rows
             if recorder is not None:
@@ -188,6 +190,15 @@ def _start_nft_read(node: Any) -> Optional[Tuple[Any, dict]]:
     reader = threading.Thread(target=read_nft, name="nft", daemon=True)
     reader.start()
     return reader, box
+
+
+def _foreign_takers(tables: Any, nft_rows: list) -> dict:
+    """The nftables rows' ports another tool's iptables nat rule takes (foreign.py)."""
+    if not nft_rows or not any(t.rules("PREROUTING") for t in tables.values()):
+        return {}
+    from portmapctl.iptables import foreign
+
+    return foreign.nft_takers(tables, nft_rows)
 
 
 def _nft_rows(node: Any, started: Tuple[Any, dict], cache: Any, found: Any, out: Any) -> list:

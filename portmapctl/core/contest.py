@@ -5,12 +5,18 @@ On a node in the middle of a backend migration the plugin's iptables chains
 -100 (dstnat). Which of two mappings of one port gets the traffic depends on the order
 the kernel registered the hooks, which no dump shows: neither is `shadowed`, both are
 `contested`. Pure and backend-neutral: rows of either inventory in, pairs out.
+
+The same holds for another tool's iptables nat rule that takes the port of an
+nftables mapping (iptables/foreign.py's nft_takers: Docker's DNAT, a kube-proxy
+NodePort, a hand-written REDIRECT): one hook, one priority, an unknown order. Such
+rows are contested too (`foreign_contested`), the rule named by check and add.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Mapping as ReadOnly
 
 from portmapctl.core.mapping import Mapping
 from portmapctl.core.status import Status
@@ -71,9 +77,27 @@ def contests(rows: Iterable[M]) -> Dict[M, Tuple[M, ...]]:
     return found
 
 
-def marked(rows: Sequence[M]) -> List[M]:
-    """`rows` with `contested` added to the status of each contested one."""
-    found = contests(rows)
+PortKey = Tuple[int, str, int]  # family, protocol, host port
+
+
+def foreign_contested(rows: Iterable[M], taken: Optional[ReadOnly[PortKey, str]]) -> Dict[M, str]:
+    """Each nftables row whose port another tool's rule takes at the same hook priority
+    (`taken`: (family, protocol, host port) -> that rule) -> the rule."""
+    if not taken:
+        return {}
+    return {
+        row: taken[key]
+        for row in rows
+        if backend_of(row) != IPTABLES
+        and _takes_port(row)
+        and (key := (row.family, row.protocol, row.host_port)) in taken
+    }
+
+
+def marked(rows: Sequence[M], taken: Optional[ReadOnly[PortKey, str]] = None) -> List[M]:
+    """`rows` with `contested` added to the status of each contested one: by the other
+    backend's rows, or by another tool's rule (`taken`, see foreign_contested)."""
+    found = {**contests(rows), **foreign_contested(rows, taken)}
     if not found:
         return list(rows)
     return [

@@ -25,6 +25,14 @@ of it); any other chain is walked, and a rule in it takes the port if it would o
 its own. A goto ends the walk after its chain (what it does not take never comes
 back to the plugin's entry: reported as nothing, not as everything).
 
+For a mapping of the plugin's nftables backend (`past_entry`) the question is another:
+it has no iptables entry at all, and iptables' nat PREROUTING hooks at the priority
+of cni_hostport's prerouting chain (dstnat, -100). A rule anywhere in PREROUTING's walk
+takes the port for iptables' hook: the jump to CNI-HOSTPORT-DNAT is passed by (that
+chain holds no rule for the port unless an iptables mapping contests it, which
+core/contest.py reports already), and none is needed. Which hook runs first no dump
+shows: the nftables mapping is contested by that rule, not shadowed.
+
 Another tool's rules are kept unsplit by the save parser (ruleset.parse_save); here
 a rule is split only when a text test says it may matter: it names one of the wanted
 ports, or none at all and has a target.
@@ -35,11 +43,14 @@ from __future__ import annotations
 import bisect
 import re
 from typing import (
+    Any,
     Callable,
     Collection,
     Dict,
     FrozenSet,
+    Iterable,
     List,
+    Mapping,
     NamedTuple,
     Optional,
     Sequence,
@@ -77,7 +88,10 @@ class _Rule(NamedTuple):
 
 
 def takers(
-    read: ChainReader, wanted: Collection[ProtoPort], entry_appended: bool = False
+    read: ChainReader,
+    wanted: Collection[ProtoPort],
+    entry_appended: bool = False,
+    past_entry: bool = False,
 ) -> Dict[ProtoPort, str]:
     """(protocol, host port) -> the foreign rule, as iptables-save prints it, that takes
     it first. Nothing when PREROUTING has no jump to CNI-HOSTPORT-DNAT (then no mapping
@@ -89,12 +103,31 @@ def takers(
     prerouting = read("PREROUTING")
     if not prerouting:
         return {}
-    if not entry_appended and not any(_jumps_to_entry(r) for r in prerouting):
+    if not (entry_appended or past_entry) and not any(_jumps_to_entry(r) for r in prerouting):
         return {}
-    walk = _Walk(read, set(wanted), sorted({port for _, port in wanted}))
+    walk = _Walk(read, set(wanted), sorted({port for _, port in wanted}), past_entry)
     walk.known("PREROUTING", prerouting)  # read once: a listing may cost a whole table
     walk.chain("PREROUTING", None, None, None, frozenset())
     return walk.taken
+
+
+def nft_takers(
+    tables: Mapping[int, NatTable], rows: Iterable[Any]
+) -> Dict[Tuple[int, str, int], str]:
+    """(family, protocol, host port) of the nftables rows (core Mappings of backend
+    "nftables") -> the iptables rule that takes that port at the same hook priority
+    (`past_entry`). Nothing without an iptables table of the family."""
+    wanted: Dict[int, Set[ProtoPort]] = {}
+    for row in rows:
+        if getattr(row, "backend", None) == "nftables" and row.family in tables:
+            wanted.setdefault(row.family, set()).add((row.protocol, row.host_port))
+    return {
+        (family, proto, port): rule
+        for family, ports in wanted.items()
+        for (proto, port), rule in takers(
+            table_reader(tables[family]), ports, past_entry=True
+        ).items()
+    }
 
 
 def listing_reader(list_chain: Callable[[str], Optional[str]]) -> ChainReader:
@@ -125,8 +158,11 @@ def _jumps_to_entry(args: Args) -> bool:
 class _Walk:
     """One walk's state: the ports not yet taken, those taken, chains read so far."""
 
-    def __init__(self, read: ChainReader, left: Set[ProtoPort], numbers: List[int]) -> None:
+    def __init__(
+        self, read: ChainReader, left: Set[ProtoPort], numbers: List[int], past_entry: bool
+    ) -> None:
         self.read = read
+        self.past_entry = past_entry
         self.left = left
         self.numbers = numbers  # sorted port numbers of `left`, for the text test
         self.taken: Dict[ProtoPort, str] = {}
@@ -159,6 +195,8 @@ class _Walk:
             if not self.left:
                 return True
             if _jumps_to_entry(args):
+                if self.past_entry:
+                    continue  # an nftables port: back from CNI-HOSTPORT-DNAT untouched
                 return True
             text = args[0] if len(args) == 1 else format_rule("-A", name, args)
             if not self._may_matter(text):

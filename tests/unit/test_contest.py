@@ -113,3 +113,31 @@ def test_one_backend_alone_contests_nothing() -> None:
     assert not contests(_ipt("shadowed"))
     assert not contests(_nft("v191-shadowed"))
     assert marked(_ipt("basic")) == _ipt("basic")
+
+
+def test_another_tools_iptables_rule_contests_an_nftables_row() -> None:
+    """Docker's DNAT of tcp/8080 (the real iptables-nft save tests/fixtures/
+    foreign.v4.save) on v191-shadowed's port: ctr-a, nftables' winner, is contested
+    (iptables' PREROUTING hooks at cni_hostport's priority), ctr-b, shadowed within
+    nftables, is not; iptables rows are never contested by the rule (it shadows them)."""
+    from portmapctl.core.contest import foreign_contested
+    from portmapctl.iptables import foreign
+    from portmapctl.iptables.ruleset import parse_save
+
+    save = (fixtures_lib.FIXTURES / "foreign.v4.save").read_text()
+    docker = (
+        "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80"
+    )
+    table = parse_save(save.replace("COMMIT", f"{docker}\nCOMMIT", 1), 4, skip_foreign=True)
+    nft = _nft("v191-shadowed")
+    taken = foreign.nft_takers({4: table}, nft)
+    assert taken == {(4, "tcp", 8080): docker}
+    ipt = _ipt("basic")
+    assert {
+        (m.container_id, rule) for m, rule in foreign_contested([*ipt, *nft], taken).items()
+    } == {("ctr-a", docker)}
+    rows = marked(nft, taken)
+    assert {m.container_id: m.status for m in rows} == {
+        "ctr-a": (Status.CONTESTED,),
+        "ctr-b": ("shadowed",),
+    }

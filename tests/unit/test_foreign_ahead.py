@@ -235,3 +235,25 @@ def test_each_chain_is_read_once() -> None:
     found = foreign.takers(read, {("tcp", 8080)})
     assert set(found) == {("tcp", 8080)}
     assert asked == Counter({"PREROUTING": 1, "DOCKER": 1})
+
+
+def test_for_nftables_ports_the_plugins_jump_ends_nothing() -> None:
+    """An nftables mapping has no iptables entry: a rule after PREROUTING's jump to
+    CNI-HOSTPORT-DNAT (which holds no rule for its port) takes it for iptables' hook
+    all the same (`past_entry`), as does one on a node with no such jump at all."""
+    redirect = "-A PREROUTING -p tcp -m tcp --dport 9000 -j REDIRECT --to-ports 3128"
+    after = _save(redirect, before="-A POSTROUTING")
+    table = parse_save(after, 4, skip_foreign=True)
+    wanted = {("tcp", 9000)}
+    assert foreign.takers(foreign.table_reader(table), wanted) == {}
+    assert foreign.takers(foreign.table_reader(table), wanted, past_entry=True) == {
+        ("tcp", 9000): redirect
+    }
+    jumpless = parse_save(
+        after.replace("-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n", ""),
+        4,
+        skip_foreign=True,
+    )
+    assert foreign.takers(foreign.table_reader(jumpless), wanted, past_entry=True) == {
+        ("tcp", 9000): redirect
+    }

@@ -418,6 +418,14 @@ _CONTESTED_WHY = (
 )
 
 
+_CONTESTED_WHY_FOREIGN = (
+    "iptables' nat PREROUTING and the plugin's nftables prerouting chain hook at one"
+    " priority (dstnat, -100): the order in which the kernel registered them, which no"
+    " dump shows, decides whether another tool's iptables rule or this mapping gets"
+    " the port's traffic"
+)
+
+
 def contested_problems(
     found: Optional[inventory.Inventory],
     nft_found: Optional[NftInventory],
@@ -425,16 +433,38 @@ def contested_problems(
     fixes: Fixes,
 ) -> List[Problem]:
     """One `contested` problem per mapping whose host port the other backend maps too
-    (core/contest.py says which), naming the other side. Its fix removes that side when
+    (core/contest.py says which), naming the other side; one per nftables mapping
+    whose port another tool's iptables nat rule takes (iptables/foreign.py). Its fix removes that side when
     it is stale or a zombie (as shadowed's does when the winner is); otherwise no command
     of ours can pick a winner: prose (JSON `fix` null)."""
-    if found is None or nft_found is None or not found.mappings or not nft_found.mappings:
+    if found is None or nft_found is None or not nft_found.mappings:
         return []
-    from portmapctl.core.contest import backend_of, contests
+    from portmapctl.core.contest import backend_of, contests, foreign_contested
+    from portmapctl.iptables import foreign
 
-    chains = {(c.name, c.family): c for c in found.chains}
     rules = _by_handle(live) if live is not None else {}
     problems: List[Problem] = []
+    taken = foreign.nft_takers(found.tables, nft_found.mappings)
+    for row, rule in foreign_contested(nft_found.mappings, taken).items():
+        problems.append(
+            Problem(
+                ProblemKind.CONTESTED.value,
+                row.family,
+                f"nft:{row.chain}",
+                row.network,
+                row.container_id,
+                f"{row.protocol}/{row.host_port} is also taken by an iptables rule outside"
+                f" the plugin's chains ({rule}); the kernel's hook order decides which gets"
+                " the traffic",
+                "free the port in that tool's rules, or re-create the container on another"
+                " host port",
+                _CONTESTED_WHY_FOREIGN,
+                _rule_text(rules, row),  # type: ignore[arg-type]
+            )
+        )
+    if not found.mappings:
+        return problems
+    chains = {(c.name, c.family): c for c in found.chains}
     for row, others in contests([*found.mappings, *nft_found.mappings]).items():
         other = others[0]
         backend = backend_of(row)
