@@ -153,8 +153,10 @@ def _add(
             config = replace(config, backend="nftables")
         if config.backend == "nftables":
             # (The tables as before: a re-added mapping keeps its rules' place.)
-            clashes = nft_shadow_warnings(config, node.read_nft())
+            live = node.read_nft()
+            clashes = nft_shadow_warnings(config, live)
             clashes += contest_warnings(node, config)
+            clashes += hook_warnings(node, config, live)
             result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp)
         else:
             # What add read (or listed meanwhile): not a second read of the whole table.
@@ -169,8 +171,38 @@ def _add(
             )
             clashes = shadow_warnings(config, result.seen)
             clashes += contest_warnings(node, config)
+            clashes += hook_warnings(node, config)
             clashes += foreign_warnings(result)
     return config, result, clashes
+
+
+def hook_warnings(node: Any, config: MappingConfig, live: Any = None) -> List[str]:
+    """Host ports another nftables table's nat prerouting hook takes (a hand-written nft
+    firewall): before the plugin's hook (shadowed), or at its priority (contested);
+    nftables/foreign.py. One netlink question on the usual node. `live`: the plugin's
+    nftables tables as read (its prerouting chain's priority), for an nftables add."""
+    from portmapctl.nftables.foreign import live_hooks
+
+    hooks = live_hooks(node)
+    if not hooks:
+        return []
+    from portmapctl.core.status import Status
+    from portmapctl.nftables.foreign import node_hooked
+    from portmapctl.ops.add import as_rows
+
+    mine = as_rows(config, [f for f in config.families if f in node.families])
+    return [
+        f"IPv{row.family} {row.protocol}/{row.host_port} is taken"
+        + (
+            f" first by another nftables table's nat hook ({rule}): this mapping is"
+            " shadowed (it gets no traffic there)"
+            if word == Status.SHADOWED
+            else f" by another nftables table's nat hook at the plugin's priority too ({rule}):"
+            " this mapping is contested (the kernel's hook order decides which of them gets"
+            " the traffic)"
+        )
+        for row, (word, rule) in node_hooked(node, mine, live, hooks).items()
+    ]
 
 
 def contest_warnings(node: Any, config: MappingConfig) -> List[str]:

@@ -53,17 +53,27 @@ def run(
                 out.warn(warning)
             found = inventory.build(tables, attachments)
             mappings = list(found.mappings)
+            nft_rows: list = []
+            taken: dict = {}
             if reader is not None:
                 nft_rows = _nft_rows(node, reader, attachments, found, out)
                 taken = _foreign_takers(tables, nft_rows)
-                if nft_rows and (mappings or taken):
-                    from portmapctl.core.contest import marked
+            both = bool(nft_rows and (mappings or taken))
+            mappings += nft_rows
+            if mappings:
+                from portmapctl.core.contest import hook_marked
+                from portmapctl.nftables.foreign import node_hooked
 
-                    # One port in both backends, or an nftables port another tool's
-                    # iptables rule takes: which wins is the kernel's hook order.
-                    mappings = marked(mappings + nft_rows, taken)
-                else:
-                    mappings += nft_rows
+                # Another nftables table's nat prerouting hook (a hand-written nft
+                # firewall): by its priority against the plugin's.
+                live = reader[1].get("live") if reader is not None else None
+                mappings = hook_marked(mappings, node_hooked(node, mappings, live))
+            if both:
+                from portmapctl.core.contest import marked
+
+                # One port in both backends, or an nftables port another tool's
+                # iptables rule takes: which wins is the kernel's hook order.
+                mappings = marked(mappings, taken)
             if recorder is not None:
                 from portmapctl.ops.nft import backends_read
 

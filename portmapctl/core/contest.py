@@ -10,12 +10,17 @@ The same holds for another tool's iptables nat rule that takes the port of an
 nftables mapping (iptables/foreign.py's nft_takers: Docker's DNAT, a kube-proxy
 NodePort, a hand-written REDIRECT): one hook, one priority, an unknown order. Such
 rows are contested too (`foreign_contested`), the rule named by check and add.
+
+Another nftables table's nat prerouting hook (a hand-written nft firewall,
+nftables/foreign.py) is judged by priority against the row's own hook (`hooked`):
+earlier takes the port (`shadowed`, `shadowed_by` that rule as `nft list` prints
+it), the same priority is the hook order again (`contested`), later takes nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 from typing import Mapping as ReadOnly
 
 from portmapctl.core.mapping import Mapping
@@ -94,6 +99,45 @@ def foreign_contested(rows: Iterable[M], taken: Optional[ReadOnly[PortKey, str]]
     }
 
 
+def hooked(
+    rows: Iterable[M],
+    taken: Optional[ReadOnly[PortKey, Tuple[int, str]]],
+    priority: Callable[[M], int],
+) -> Dict[M, Tuple[str, str]]:
+    """Each row whose port another table's nat prerouting hook takes (`taken`:
+    (family, protocol, host port) -> (that hook's priority, the rule)) -> (shadowed or
+    contested, the rule), by that priority against the row's own (`priority`)."""
+    found: Dict[M, Tuple[str, str]] = {}
+    for row in rows:
+        hit = taken.get((row.family, row.protocol, row.host_port)) if taken else None
+        if hit is None or not _takes_port(row):
+            continue
+        own = priority(row)
+        if hit[0] < own:
+            found[row] = (Status.SHADOWED, hit[1])
+        elif hit[0] == own:
+            found[row] = (Status.CONTESTED, hit[1])
+    return found
+
+
+def hook_marked(rows: Sequence[M], found: ReadOnly[M, Tuple[str, str]]) -> List[M]:
+    """`rows` with what `hooked` found added (a shadowed row names the rule)."""
+    if not found:
+        return list(rows)
+    marked_rows = []
+    for row in rows:
+        if row not in found:
+            marked_rows.append(row)
+            continue
+        word, rule = found[row]
+        status = (*(s for s in row.status if s not in (Status.OK, word)), word)
+        if word == Status.SHADOWED:
+            marked_rows.append(replace(row, status=status, shadowed_by=row.shadowed_by or rule))
+        else:
+            marked_rows.append(replace(row, status=status))
+    return marked_rows
+
+
 def marked(rows: Sequence[M], taken: Optional[ReadOnly[PortKey, str]] = None) -> List[M]:
     """`rows` with `contested` added to the status of each contested one: by the other
     backend's rows, or by another tool's rule (`taken`, see foreign_contested)."""
@@ -102,7 +146,7 @@ def marked(rows: Sequence[M], taken: Optional[ReadOnly[PortKey, str]] = None) ->
         return list(rows)
     return [
         replace(r, status=(*(s for s in r.status if s != Status.OK), Status.CONTESTED))
-        if r in found
+        if r in found and Status.CONTESTED not in r.status
         else r
         for r in rows
     ]

@@ -155,17 +155,40 @@ def _jumps_to_entry(args: Args) -> bool:
     return len(args) >= 2 and args[-2] in ("-j", "-g") and args[-1] == TOPLEVEL_DNAT
 
 
-class _Walk:
+class PortsLeft:
+    """The ports a walk has not seen taken yet, and those taken (with the rule that
+    takes each): what iptables' walk here and nftables/foreign.py's share."""
+
+    def __init__(self, left: Set[ProtoPort]) -> None:
+        self.left = left
+        self.taken: Dict[ProtoPort, str] = {}
+
+    def _covered(self, proto: Optional[str], ports: Ranges) -> FrozenSet[ProtoPort]:
+        """The ports not yet taken that packets of `proto`/`ports` may be for."""
+        return frozenset(
+            proto_port
+            for proto_port in self.left
+            if (proto is None or proto == proto_port[0]) and within(proto_port[1], ports)
+        )
+
+    def _take(
+        self, proto: Optional[str], ports: Ranges, text: str, returned: FrozenSet[ProtoPort]
+    ) -> None:
+        for proto_port in sorted(self._covered(proto, ports) - returned):
+            self.taken[proto_port] = text
+            self.left.discard(proto_port)
+
+
+class _Walk(PortsLeft):
     """One walk's state: the ports not yet taken, those taken, chains read so far."""
 
     def __init__(
         self, read: ChainReader, left: Set[ProtoPort], numbers: List[int], past_entry: bool
     ) -> None:
+        super().__init__(left)
         self.read = read
         self.past_entry = past_entry
-        self.left = left
         self.numbers = numbers  # sorted port numbers of `left`, for the text test
-        self.taken: Dict[ProtoPort, str] = {}
         self._chains: Dict[str, Optional[Sequence[Args]]] = {}
 
     def known(self, name: str, rules: Optional[Sequence[Args]]) -> None:
@@ -207,7 +230,7 @@ class _Walk:
             rule_proto = rule.proto or proto
             if proto and rule.proto and rule.proto != proto:
                 continue
-            rule_ports = _intersect(ports, rule.ports)
+            rule_ports = intersect(ports, rule.ports)
             if rule_ports == ():
                 continue
             reported = named or (text if rule.ports is not None else None)
@@ -250,21 +273,6 @@ class _Walk:
         if found is None:
             return " -j " in text or " -g " in text
         return _covers_any(_ranges(found.group(1)), self.numbers)
-
-    def _covered(self, proto: Optional[str], ports: Ranges) -> FrozenSet[ProtoPort]:
-        """The ports not yet taken that packets of `proto`/`ports` may be for."""
-        return frozenset(
-            proto_port
-            for proto_port in self.left
-            if (proto is None or proto == proto_port[0]) and _within(proto_port[1], ports)
-        )
-
-    def _take(
-        self, proto: Optional[str], ports: Ranges, text: str, returned: FrozenSet[ProtoPort]
-    ) -> None:
-        for proto_port in sorted(self._covered(proto, ports) - returned):
-            self.taken[proto_port] = text
-            self.left.discard(proto_port)
 
 
 def _read(args: Args) -> Optional[_Rule]:
@@ -315,7 +323,7 @@ def _ranges(spec: str) -> Tuple[Tuple[int, int], ...]:
     return tuple(found)
 
 
-def _intersect(outer: Ranges, inner: Ranges) -> Ranges:
+def intersect(outer: Ranges, inner: Ranges) -> Ranges:
     if outer is None:
         return inner
     if inner is None:
@@ -325,7 +333,7 @@ def _intersect(outer: Ranges, inner: Ranges) -> Ranges:
     )
 
 
-def _within(port: int, ports: Ranges) -> bool:
+def within(port: int, ports: Ranges) -> bool:
     return ports is None or any(low <= port <= high for low, high in ports)
 
 

@@ -103,3 +103,124 @@ def test_docker_rule_on_an_nftables_port_contests_it(node: str, tmp_path: Path) 
             f" ({DOCKER_RULE}): this mapping is contested (the kernel's hook order"
             " decides which of them gets the traffic)"
         ], out.stdout
+
+
+# A hand-written nft firewall beside the plugin's tables, at three priorities.
+HANDMADE = """
+table ip early {
+  chain pre {
+    type nat hook prerouting priority dstnat - 10; policy accept;
+    fib daddr type local tcp dport 8080 dnat to 10.0.0.9:80
+    ip saddr 10.0.0.0/8 tcp dport 9090 dnat to 10.0.0.9:90
+    tcp dport 7070 counter redirect to :3128
+  }
+}
+table inet same {
+  chain pre {
+    type nat hook prerouting priority dstnat; policy accept;
+    jump ports
+  }
+  chain ports {
+    tcp dport { 8081, 7071 } dnat ip to 10.0.0.9:80
+  }
+}
+table ip late {
+  chain pre {
+    type nat hook prerouting priority dstnat + 10; policy accept;
+    tcp dport { 8082, 7072 } dnat to 10.0.0.9:80
+  }
+}
+"""
+
+
+def _statuses(args: List[str]) -> dict:
+    rows = json.loads(pmctl.ok(["list", *args, "-o", "json"]))["mappings"]
+    return {(r["backend"], r["host_port"]): (r["status"], r.get("shadowed_by")) for r in rows}
+
+
+def test_other_nft_tables_take_ports_by_priority(node: str, tmp_path: Path) -> None:
+    """Earlier than the plugin's hook (dstnat - 10): shadowed by the rule as `nft list`
+    prints it; at its priority (dstnat): contested; later (dstnat + 10): nothing. For
+    the nftables backend (upstream v1.9.1) and the iptables one (Debian's plugin on
+    iptables-nft: iptables' nat PREROUTING hooks at dstnat too) alike; a rule for some
+    packets (ip saddr) takes nothing. Both said `ok`, check was healthy."""
+    rp.require(rp.plugin_available())
+    ports = [rp.port_mapping(p, 80) for p in (8080, 8081, 8082, 9090)]
+    conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
+    upstream.run(V191, "ADD", node, CID, conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, ["10.88.0.21/16"])
+    ipt_ports = [rp.port_mapping(p, 80) for p in (7070, 7071, 7072)]
+    ipt_conf = rp.plugin_conf("podman", ["10.88.0.11/16"], ipt_ports)
+    rp.run_plugin("ADD", node, "nftfor0b", ipt_conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "nftfor0b", "eth0", ipt_conf, ipt_ports,
+                       ["10.88.0.11/16"])  # fmt: skip
+    upstream.nft(node, "-f", "-", stdin=HANDMADE)
+    args = _args(node, tmp_path)
+    redirect = "tcp dport 7070 counter packets 0 bytes 0 redirect to :3128"
+    assert _statuses(args) == {
+        ("nftables", 8080): (
+            ["shadowed"],
+            "fib daddr type local tcp dport 8080 dnat to 10.0.0.9:80",
+        ),
+        ("nftables", 8081): (["contested"], None),
+        ("nftables", 8082): (["ok"], None),
+        ("nftables", 9090): (["ok"], None),
+        ("iptables", 7070): (["shadowed"], redirect),
+        ("iptables", 7071): (["contested"], None),
+        ("iptables", 7072): (["ok"], None),
+    }
+    done = pmctl.run(["check", *args, "-o", "json"])
+    assert done.returncode == 1, done.stdout + done.stderr
+    found = {
+        (p["kind"], p["container_id"], p["detail"].split(" ")[0])
+        for p in json.loads(done.stdout)["problems"]
+    }
+    assert found == {
+        ("shadowed", CID, "tcp/8080"),
+        ("contested", CID, "tcp/8081"),
+        ("shadowed", "nftfor0b", "tcp/7070"),
+        ("contested", "nftfor0b", "tcp/7071"),
+    }
+    same = "tcp dport { 7071, 8081 } dnat ip to 10.0.0.9:80"  # nft sorts the set
+    for backend in ("nftables", "iptables"):
+        out = pmctl.run(["add", "--backend", backend, "--network", "podman", "--ip",
+                         "10.88.0.31/16", *args, "--container", f"nftfor0{backend[0]}x",
+                         "-p", "8080:80", "-p", "8081:80", "-p", "8082:80", "--dry-run",
+                         "-o", "json"])  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        warnings = [w for w in json.loads(out.stdout)["warnings"] if "nat hook" in w]
+        assert warnings == [
+            "IPv4 tcp/8080 is taken first by another nftables table's nat hook"
+            " (fib daddr type local tcp dport 8080 dnat to 10.0.0.9:80): this mapping is"
+            " shadowed (it gets no traffic there)",
+            "IPv4 tcp/8081 is taken by another nftables table's nat hook at the plugin's"
+            f" priority too ({same}): this mapping is contested (the kernel's hook order"
+            " decides which of them gets the traffic)",
+        ], (backend, out.stdout)
+
+
+def test_a_kube_proxy_nftables_nodeport_on_a_host_port_is_contested(
+    node: str, tmp_path: Path
+) -> None:
+    """kube-proxy in nftables mode (its table as tests/fixtures/nft_foreign/
+    ip-kube-proxy.txt: nat-prerouting at dstnat, the NodePorts in a verdict map): a
+    NodePort that is also a hostPort is contested; the row said `ok`."""
+    ports = [rp.port_mapping(30080, 80), rp.port_mapping(30090, 80)]
+    conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
+    upstream.run(V191, "ADD", node, CID, conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, ["10.88.0.21/16"])
+    kube = Path(__file__).parents[1] / "fixtures" / "nft_foreign" / "ip-kube-proxy.txt"
+    text = "\n".join(line.split(" # handle ")[0] for line in kube.read_text().splitlines())
+    upstream.nft(node, "-f", "-", stdin=text)
+    args = _args(node, tmp_path)
+    assert _statuses(args) == {
+        ("nftables", 30080): (["contested"], None),
+        ("nftables", 30090): (["ok"], None),
+    }
+    done = pmctl.run(["check", *args, "-o", "json"])
+    assert done.returncode == 1, done.stdout + done.stderr
+    [problem] = json.loads(done.stdout)["problems"]
+    assert (
+        problem["kind"] == "contested"
+        and "vmap @service-nodeports (tcp . 30080 : goto" in (problem["detail"])
+    )

@@ -650,3 +650,66 @@ def repair_mapping(
     want = [w for f in families if (w := wanted(config, f)) is not None]
     text = node.converge_nft(lambda live: planner.setup(live, want))
     return text, ([w.family for w in want] if text else [])
+
+
+_HOOK_WHY = {
+    ProblemKind.SHADOWED.value: (
+        "nat hooks run by priority, and nat is decided once per connection: another"
+        " nftables table's nat prerouting hook that runs before the plugin's takes those"
+        " ports, and this container gets no traffic on them"
+    ),
+    ProblemKind.CONTESTED.value: (
+        "another nftables table's nat prerouting hook runs at the plugin's priority: the"
+        " order in which the kernel registered them, which no dump shows, decides which"
+        " gets the port's traffic"
+    ),
+}
+
+
+def hook_problems(
+    node: Node,
+    found: Optional[inventory.Inventory],
+    nft_found: Optional[NftInventory],
+    live: Optional[Ruleset],
+) -> List[Problem]:
+    """One problem per mapping (either backend) whose port another nftables table's nat
+    prerouting hook takes: shadowed by an earlier hook, contested at the same priority
+    (nftables/foreign.py). No command of ours touches another tool's table: prose."""
+    rows = [*(found.mappings if found else ()), *(nft_found.mappings if nft_found else ())]
+    if not rows:
+        return []
+    from portmapctl.nftables.foreign import node_hooked
+
+    hooked = node_hooked(node, rows, live)
+    if not hooked:
+        return []
+    rules = _by_handle(live) if live is not None else {}
+    problems: List[Problem] = []
+    for row, (word, rule) in hooked.items():
+        nft = getattr(row, "backend", "iptables") != "iptables"
+        if word == ProblemKind.SHADOWED.value:
+            detail = (
+                f"{row.protocol}/{row.host_port} taken first by another nftables table's"
+                f" nat hook (an earlier priority): {rule}"
+            )
+        else:
+            detail = (
+                f"{row.protocol}/{row.host_port} is also taken by another nftables table's"
+                f" nat hook at the plugin's priority ({rule}); the kernel's hook order"
+                " decides which gets the traffic"
+            )
+        problems.append(
+            Problem(
+                word,
+                row.family,
+                f"nft:{row.chain}" if nft else row.chain,
+                row.network,
+                row.container_id,
+                detail,
+                "the node's other NAT owner (a hand-written nft table) holds this port:"
+                " free it there or re-create the container on another host port",
+                _HOOK_WHY[word],
+                _rule_text(rules, row) if nft else (),  # type: ignore[arg-type]
+            )
+        )
+    return problems

@@ -101,7 +101,7 @@ def _check_node(
     # names plain gc would be refused.
     fixes = fixes_for(node, bool(attachments))
     found = inventory.build(tables, attachments)
-    from portmapctl.ops.check.nft import contested_problems, nft_problems
+    from portmapctl.ops.check.nft import contested_problems, hook_problems, nft_problems
 
     nft = nft_problems(node, tables, attachments, fixes, read.nft_live)
     nft_found, nft_ids, nft_compared = nft.problems, nft.nft_ids, nft.compared
@@ -127,6 +127,7 @@ def _check_node(
     )
     problems += nft_found
     problems += contested_problems(found, nft.found, read.nft_live, fixes)
+    problems += hook_problems(node, found, nft.found, read.nft_live)
     compared += nft_compared
     if attachments is None:
         notes.append(

@@ -1,0 +1,507 @@
+"""Host ports another nftables table's nat prerouting hook takes.
+
+A hand-written nft firewall (`table ip nat { chain prerouting { type nat hook
+prerouting priority dstnat; ... tcp dport 8080 dnat to 10.0.0.9:80 } }`) runs beside
+the plugin's tables. Hooks run by priority: one lower (earlier) than the plugin's
+prerouting chain (cni_hostport's, or iptables' nat PREROUTING: -100, dstnat) takes
+the port first, so the mapping is `shadowed` by that rule; at the same priority the
+order the kernel registered the hooks decides, which no dump shows: `contested`; a
+later one never sees the packet the plugin DNATed (nat runs once per connection).
+
+Which tables have such a hook is asked over netlink first (one NFT_MSG_GETCHAIN
+dump, about a millisecond): `nft` runs only for a table that has one, so the usual
+node (the plugin's tables, iptables-nft's `nat`) pays nothing more. firewalld's
+`inet firewalld` hooks at dstnat + 10: later, read and never counted.
+
+No false alarms, as iptables/foreign.py: a rule counts only when every condition on
+it and on the jumps that led to it holds for every packet the plugin's entry takes
+(`_conditions`: a protocol, a destination port set or range covering the port,
+`fib daddr type local`, `ip daddr != 127.0.0.0/8`, counters, comments); a rule with
+anything else (addresses, interfaces, marks, other `!=`, named sets, ...) takes only
+some packets, or cannot be judged: it takes nothing, and a jump with one is not
+followed. A `meta l4proto . th dport vmap` is judged element by element (kube-proxy's
+NodePorts, `_vmap`). A rule takes its ports when it
+DNATs, REDIRECTs or ACCEPTs (nat's accept ends the hook: the plugin's chain never
+sees the packet); `return` sends its packets back (no later rule of that chain sees
+them); jumps and gotos are walked, each chain once per path.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
+
+from portmapctl.host import netlink as nl
+from portmapctl.iptables.foreign import PortsLeft, Ranges, intersect
+
+# NFPROTO_* of the tables whose hooks see IPv4 / IPv6 packets.
+_FAMILY_NAMES = {1: "inet", 2: "ip", 10: "ip6"}
+_SEES = {1: (4, 6), 2: (4,), 10: (6,)}
+_GETCHAIN, _NEWCHAIN = 4, 3
+_CHAIN_TABLE, _CHAIN_NAME, _CHAIN_HOOK, _CHAIN_TYPE = 1, 3, 4, 7
+_HOOK_NUM, _HOOK_PRIORITY = 1, 2
+_PREROUTING = 0  # NF_INET_PRE_ROUTING
+_BE32 = struct.Struct("!i")
+_DEPTH = 16
+_TAKES = frozenset({"dnat", "redirect", "accept"})
+_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
+
+# Where the plugin's own prerouting hooks are: its nftables table, and iptables' nat
+# table as iptables-nft writes it (read as iptables by iptables/foreign.py).
+PLUGIN_TABLES = frozenset({("ip", "cni_hostport"), ("ip6", "cni_hostport")})
+IPTABLES_NAT = frozenset({("ip", "nat", "PREROUTING"), ("ip6", "nat", "PREROUTING")})
+IPTABLES_PRIORITY = -100  # NF_IP_PRI_NAT_DST: iptables' nat PREROUTING, legacy or nft
+
+ProtoPort = Tuple[str, int]
+# (family 4/6, protocol, host port) -> (the hook's priority, the rule as `nft list`
+# prints it)
+Taken = Dict[Tuple[int, str, int], Tuple[int, str]]
+
+
+class Hook(NamedTuple):
+    """A base chain of type nat at hook prerouting, in another tool's table."""
+
+    family: str  # ip, ip6, inet
+    table: str
+    chain: str
+    priority: int
+
+
+def nat_prerouting_hooks(sock: socket.socket) -> List[Hook]:
+    """Every nat prerouting base chain of the namespace but the plugin's own and
+    iptables-nft's (one GETCHAIN dump of every family)."""
+    from portmapctl.iptables.access import nfgen
+
+    sock.send(nfgen.message(nfgen.nftables(_GETCHAIN), nl.NLM_F_REQUEST | nl.NLM_F_DUMP, 0, 5, b""))
+    found: List[Hook] = []
+    header = nl.HEADER.size
+    while True:
+        buf = sock.recv(1 << 20)
+        offset = 0
+        while offset + header <= len(buf):
+            length, kind, _flags, _seq, _port = nl.HEADER.unpack_from(buf, offset)
+            if length < header:
+                raise OSError("a netlink message shorter than its header")
+            end = offset + length
+            if kind == nl.NLMSG_DONE:
+                return found
+            if kind == nl.NLMSG_ERROR:
+                (code,) = nl.ERRNO.unpack_from(buf, offset + header)
+                raise OSError(-code, "cannot list the nftables chains")
+            if kind == nfgen.nftables(_NEWCHAIN):
+                hook = _hook(buf, offset, end)
+                if hook is not None:
+                    found.append(hook)
+            offset = (end + 3) & ~3
+
+
+def _hook(buf: bytes, offset: int, end: int) -> Optional[Hook]:
+    family = buf[offset + nl.HEADER.size]
+    name = _FAMILY_NAMES.get(family)
+    attrs = nl.attrs(buf, offset + nl.HEADER.size + nl.NFGENMSG.size, end)
+    if name is None or _CHAIN_HOOK not in attrs or _CHAIN_TYPE not in attrs:
+        return None
+    if _string(buf, attrs[_CHAIN_TYPE]) != "nat":
+        return None
+    start, stop = attrs[_CHAIN_HOOK]
+    hook = nl.attrs(buf, start, stop)
+    if _HOOK_NUM not in hook or _HOOK_PRIORITY not in hook:
+        return None
+    if _BE32.unpack_from(buf, hook[_HOOK_NUM][0])[0] != _PREROUTING:
+        return None
+    table, chain = _string(buf, attrs[_CHAIN_TABLE]), _string(buf, attrs[_CHAIN_NAME])
+    if (name, table) in PLUGIN_TABLES or (name, table, chain) in IPTABLES_NAT:
+        return None
+    return Hook(name, table, chain, _BE32.unpack_from(buf, hook[_HOOK_PRIORITY][0])[0])
+
+
+def _string(buf: bytes, span: Tuple[int, int]) -> str:
+    return buf[span[0] : span[1]].rstrip(b"\0").decode(errors="replace")
+
+
+def read_takers(
+    hooks: Iterable[Hook],
+    wanted: Dict[int, FrozenSet[ProtoPort]],
+    run: Callable[[List[str]], str],
+) -> Taken:
+    """What the hooks' tables take of `wanted` (by family), each table listed with `run`
+    (nft's arguments -> its stdout) twice: as JSON (the rules) and as text (how `nft
+    list` prints them). The earliest hook wins a port."""
+    by_table: Dict[Tuple[str, str], List[Hook]] = {}
+    for hook in hooks:
+        if any(wanted.get(f) for f in _SEES[_nfproto(hook.family)]):
+            by_table.setdefault((hook.family, hook.table), []).append(hook)
+    taken: Taken = {}
+    for (family, table), table_hooks in by_table.items():
+        listing = run(["-j", "list", "table", family, table])
+        text = run(["-a", "list", "table", family, table])
+        for hook in sorted(table_hooks, key=lambda h: h.priority):
+            for seen in _SEES[_nfproto(family)]:
+                found = takers(listing, text, hook.chain, wanted.get(seen, frozenset()), table)
+                for (proto, port), rule in found.items():
+                    key = (seen, proto, port)
+                    if key not in taken or hook.priority < taken[key][0]:
+                        taken[key] = (hook.priority, rule)
+    return taken
+
+
+def _nfproto(name: str) -> int:
+    return next(k for k, v in _FAMILY_NAMES.items() if v == name)
+
+
+def takers(
+    listing: str, text: str, chain: str, wanted: FrozenSet[ProtoPort], table: str = ""
+) -> Dict[ProtoPort, str]:
+    """(protocol, host port) -> the rule of the table (`nft -j list table` output, and
+    `nft -a list table` for the words) that takes it, walking from base chain `chain`."""
+    if not wanted:
+        return {}
+    import json
+
+    chains: Dict[str, List[Dict[str, Any]]] = {}
+    maps: Dict[str, Any] = {}
+    for obj in json.loads(listing).get("nftables", ()):
+        rule = obj.get("rule") if isinstance(obj, dict) else None
+        if isinstance(rule, dict):
+            chains.setdefault(str(rule.get("chain")), []).append(rule)
+        named = obj.get("map") if isinstance(obj, dict) else None
+        if isinstance(named, dict) and named.get("map") == "verdict":
+            maps[f"@{named.get('name')}"] = named.get("elem", [])
+    walk = _Walk(chains, _printed(text), set(wanted), maps)
+    walk.kube = table == _KUBE_TABLE
+    walk.chain(chain, None, None, None, frozenset())
+    return walk.taken
+
+
+def _printed(text: str) -> Dict[int, str]:
+    """handle -> the rule as `nft list` prints it (the `# handle N` that -a adds cut)."""
+    found = {}
+    for line in text.splitlines():
+        words, _, handle = line.strip().rpartition(" # handle ")
+        if words and handle.isdigit() and not words.endswith("{"):
+            found[int(handle)] = words
+    return found
+
+
+class _Rule(NamedTuple):
+    proto: Optional[str]
+    ports: Ranges
+    verdict: str  # dnat, redirect, accept, jump, goto, return, vmap, "" (none)
+    target: Optional[str]  # a chain; for vmap the map: `@name` or its inline elements
+    elements: Any = None
+
+
+# kube-proxy's nftables mode: a NodePort's `meta l4proto . th dport vmap
+# @service-nodeports` sends it to `external-...` (or `service-...`), which DNATs to an
+# endpoint or drops it: either way the container gets none of it (as KUBE-EXT- in
+# iptables/foreign.py), so such a verdict takes the port without looking inside.
+_KUBE_TABLE, _KUBE_SERVICE = "kube-proxy", ("external-", "service-")
+
+
+class _Walk(PortsLeft):
+    def __init__(
+        self,
+        chains: Dict[str, List[Dict[str, Any]]],
+        printed: Dict[int, str],
+        left: set,
+        maps: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        super().__init__(left)
+        self.chains = chains
+        self.printed = printed
+        self.maps = maps or {}
+        self.kube = False  # kube-proxy's table: its service chains are not walked
+
+    def chain(
+        self,
+        name: str,
+        proto: Optional[str],
+        ports: Ranges,
+        named: Optional[str],
+        path: FrozenSet[str],
+        returned: FrozenSet[ProtoPort] = frozenset(),
+    ) -> bool:
+        """True: the walk is over (a goto's chain ended it)."""
+        path = path | {name}
+        for obj in self.chains.get(name, ()):
+            if not self.left:
+                return True
+            rule = _conditions(obj.get("expr", ()))
+            if rule is None or (proto and rule.proto and rule.proto != proto):
+                continue
+            rule_proto = rule.proto or proto
+            rule_ports = intersect(ports, rule.ports)
+            if rule_ports == ():
+                continue
+            text = self.printed.get(obj.get("handle", -1), f"handle {obj.get('handle')}")
+            reported = named or (text if rule.ports is not None else None)
+            if rule.verdict in _TAKES:
+                self._take(rule_proto, rule_ports, reported or text, returned)
+            elif rule.verdict == "return":
+                if rule.proto is None and rule.ports is None:
+                    return False
+                returned = returned | self._covered(rule_proto, rule_ports)
+            elif rule.verdict in ("jump", "goto") and rule.target:
+                if rule.target in path or len(path) >= _DEPTH:
+                    continue
+                ended = self.chain(rule.target, rule_proto, rule_ports, reported, path, returned)
+                if ended or rule.verdict == "goto":
+                    return True
+            elif rule.verdict == "vmap":
+                self._vmap(rule, rule_proto, rule_ports, text, path, returned)
+        return False
+
+    def _vmap(
+        self,
+        rule: _Rule,
+        proto: Optional[str],
+        ports: Ranges,
+        text: str,
+        path: FrozenSet[str],
+        returned: FrozenSet[ProtoPort],
+    ) -> None:
+        """`meta l4proto . th dport vmap` (a named map or inline elements): each element
+        is a protocol and a port with its verdict. A packet no element matches goes on
+        to the next rule, so the walk goes on after this one."""
+        elements = self.maps.get(rule.target, ()) if rule.target else rule.elements
+        for element in elements or ():
+            key, verdict = _element(element)
+            if key is None or (proto and key[0] != proto):
+                continue
+            port_ranges = intersect(ports, ((key[1], key[1]),))
+            if port_ranges == ():
+                continue
+            kind, target = verdict
+            if kind in _TAKES or (
+                kind in ("jump", "goto") and target and target.startswith(_KUBE_SERVICE)
+                and self.kube
+            ):  # fmt: skip
+                element_text = f"{key[0]} . {key[1]} : {kind}" + (f" {target}" if target else "")
+                self._take(key[0], port_ranges, f"{text} ({element_text})", returned)
+            elif kind in ("jump", "goto") and target and target not in path:
+                if len(path) < _DEPTH:
+                    self.chain(target, key[0], port_ranges, text, path, returned)
+
+
+def _conditions(exprs: Iterable[Any]) -> Optional[_Rule]:
+    """The rule's protocol, ports and verdict, or None when a condition is not benign."""
+    proto: Optional[str] = None
+    ports: Ranges = None
+    for expr in exprs:
+        if not isinstance(expr, dict) or len(expr) != 1:
+            return None
+        ((kind, value),) = expr.items()
+        if kind == "counter":
+            continue
+        if kind in _TAKES or kind == "return":
+            return _Rule(proto, ports, kind, None)
+        if kind in ("jump", "goto"):
+            target = value.get("target") if isinstance(value, dict) else None
+            return _Rule(proto, ports, kind, str(target) if target else None)
+        if kind == "vmap":
+            return _vmap_rule(proto, ports, value)
+        if kind == "match" and _not_loopback(value):
+            # kube-proxy's NodePorts skip loopback destinations; the packets a host
+            # port is for (from the network, to the node's addresses) all pass.
+            continue
+        if kind != "match" or not isinstance(value, dict) or value.get("op") not in ("==", "in"):
+            return None
+        left, right = value.get("left"), value.get("right")
+        if not isinstance(left, dict):
+            return None
+        payload, meta, fib = left.get("payload"), left.get("meta"), left.get("fib")
+        if isinstance(payload, dict) and payload.get("field") == "dport":
+            protocol = payload.get("protocol")
+            if protocol in _PROTOCOLS:
+                if proto is not None and proto != protocol:
+                    return _Rule(proto, (), "", None)  # matches no packet
+                proto = str(protocol)
+            elif protocol != "th":
+                return None
+            found = _ranges(right)
+            if found is None:
+                return None
+            ports = intersect(ports, found)
+        elif isinstance(meta, dict) and meta.get("key") == "l4proto" and right in _PROTOCOLS:
+            if proto is not None and proto != right:
+                return _Rule(proto, (), "", None)
+            proto = str(right)
+        elif (
+            isinstance(fib, dict)
+            and fib.get("result") == "type"
+            and fib.get("flags") == ["daddr"]
+            and right == "local"
+        ):
+            continue  # the plugin's entry matches only local destinations too
+        else:
+            return None
+    return _Rule(proto, ports, "", None)
+
+
+_PORT_KEY = [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]
+_LOOPBACK = {"ip": ("127.0.0.0", 8), "ip6": ("::1", 128)}
+
+
+def _vmap_rule(proto: Optional[str], ports: Ranges, value: Any) -> Optional[_Rule]:
+    """`meta l4proto . th dport vmap @map` or `vmap { tcp . 8080 : goto x, ... }`;
+    any other key (addresses: kube-proxy's ClusterIPs) is not judged."""
+    if not isinstance(value, dict) or value.get("key") != {"concat": _PORT_KEY}:
+        return None
+    data = value.get("data")
+    if isinstance(data, str) and data.startswith("@"):
+        return _Rule(proto, ports, "vmap", data)
+    if isinstance(data, dict) and isinstance(data.get("set"), list):
+        return _Rule(proto, ports, "vmap", None, data["set"])
+    return None
+
+
+def _element(element: Any) -> Tuple[Optional[ProtoPort], Tuple[str, Optional[str]]]:
+    """A vmap element `[{"concat": ["tcp", 30080]}, {"goto": {"target": "x"}}]` ->
+    ((protocol, port), (verdict, chain)); (None, ...) when it is no such pair."""
+    nothing: Tuple[Optional[ProtoPort], Tuple[str, Optional[str]]] = (None, ("", None))
+    if not isinstance(element, list) or len(element) != 2:
+        return nothing
+    key, verdict = element
+    pair = key.get("concat") if isinstance(key, dict) else None
+    if not isinstance(pair, list) or len(pair) != 2 or not isinstance(verdict, dict):
+        return nothing
+    proto, port = pair
+    if proto not in _PROTOCOLS or not isinstance(port, int) or isinstance(port, bool):
+        return nothing
+    if len(verdict) != 1:
+        return nothing
+    ((kind, detail),) = verdict.items()
+    target = detail.get("target") if isinstance(detail, dict) else None
+    return (str(proto), port), (str(kind), str(target) if target else None)
+
+
+def _not_loopback(value: Any) -> bool:
+    """`ip daddr != 127.0.0.0/8` (`ip6 daddr != ::1`)."""
+    if not isinstance(value, dict) or value.get("op") != "!=":
+        return False
+    left, right = value.get("left"), value.get("right")
+    payload = left.get("payload") if isinstance(left, dict) else None
+    if not isinstance(payload, dict) or payload.get("field") != "daddr":
+        return False
+    loopback = _LOOPBACK.get(str(payload.get("protocol")))
+    prefix = right.get("prefix") if isinstance(right, dict) else None
+    if loopback is None:
+        return False
+    if isinstance(prefix, dict):
+        return (prefix.get("addr"), prefix.get("len")) == loopback
+    return loopback[1] == 128 and right == loopback[0]
+
+
+def _ranges(right: Any) -> Optional[Tuple[Tuple[int, int], ...]]:
+    """A port match's right side: a port, a range, or an anonymous set of them."""
+    if isinstance(right, bool):
+        return None
+    if isinstance(right, int):
+        return ((right, right),)
+    if isinstance(right, dict) and "range" in right:
+        low, high = right["range"]
+        return ((int(low), int(high)),) if isinstance(low, int) and isinstance(high, int) else None
+    if isinstance(right, dict) and isinstance(right.get("set"), list):
+        found: List[Tuple[int, int]] = []
+        for element in right["set"]:
+            part = _ranges(element)
+            if part is None:
+                return None
+            found.extend(part)
+        return tuple(found)
+    return None  # a named set (@name), a map, ...: not judged
+
+
+def run_nft(binary: str) -> Callable[[List[str]], str]:
+    """`nft ARGS` -> its stdout (OSError when it fails)."""
+
+    def run(args: List[str]) -> str:
+        done = subprocess.run(
+            [binary, *args], capture_output=True, text=True, timeout=30, check=False
+        )
+        if done.returncode != 0:
+            raise OSError(f"nft {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    return run
+
+
+def live_hooks(node: Any) -> List[Hook]:
+    """The nat prerouting hooks of other tables on a live node (one netlink dump;
+    empty offline, on a test's memory node, or when it cannot tell)."""
+    if node.namespace_view() is None:
+        return []
+    from portmapctl.iptables.access import nfgen
+
+    try:
+        with nfgen.open_socket() as sock:
+            return nat_prerouting_hooks(sock)
+    except OSError as err:
+        _debug("listing the nftables chains for other nat hooks failed: %s", err)
+        return []
+
+
+def node_hooked(
+    node: Any,
+    rows: Sequence[Any],
+    nft_live: Optional[Any],
+    hooks: Optional[List[Hook]] = None,
+) -> Dict[Any, Tuple[str, str]]:
+    """The rows (either backend) whose port another nftables table's nat prerouting
+    hook takes: shadowed (an earlier hook) or contested (the same priority), with the
+    rule (core/contest.hooked). `hooks`: live_hooks(node), asked here when not given;
+    nft runs only for a table that has one, so the usual node pays one netlink dump.
+    Nothing when it cannot tell (said with -v)."""
+    if not rows:
+        return {}
+    hooks = live_hooks(node) if hooks is None else hooks
+    if not hooks:
+        return {}
+    import subprocess
+
+    from portmapctl.core.contest import hooked
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.nftables.access.nft import find_nft
+
+    wanted: Dict[int, Set[ProtoPort]] = {}
+    for row in rows:
+        wanted.setdefault(row.family, set()).add((row.protocol, row.host_port))
+    try:
+        binary = getattr(node.nft, "binary", find_nft)()
+        taken = read_takers(hooks, {f: frozenset(p) for f, p in wanted.items()}, run_nft(binary))
+    except (OSError, ValueError, subprocess.SubprocessError, PortmapctlError) as err:
+        _debug("reading other nftables tables' nat hooks failed: %s", err)
+        return {}
+    own = {
+        family: chain.base.priority
+        for family, table in (nft_live.tables.items() if nft_live is not None else ())
+        for chain in (table.chains.get("prerouting"),)
+        if chain is not None and chain.base is not None
+    }
+
+    def priority(row: Any) -> int:
+        if getattr(row, "backend", "iptables") == "iptables":
+            return IPTABLES_PRIORITY
+        return own.get(row.family, IPTABLES_PRIORITY)  # dstnat, as the plugin writes it
+
+    return hooked(rows, taken, priority)
+
+
+def _debug(message: str, *args: object) -> None:
+    from portmapctl.ops.add_ahead import debug
+
+    debug(message, *args)

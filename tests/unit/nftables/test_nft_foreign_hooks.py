@@ -1,0 +1,111 @@
+"""Other nftables tables' nat prerouting hooks (nftables/foreign.py) and how a row is
+judged against them (core/contest.hooked), on real `nft -j list table` and `nft -a
+list table` output (tests/fixtures/nft_foreign: a hand-written `table ip nat` at
+dstnat - 10, an `inet fw` at dstnat, and firewalld's default nat chains at dstnat + 10,
+as nft 1.0.6 lists them)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import List
+
+import nftcases
+
+from portmapctl.core.contest import hook_marked, hooked
+from portmapctl.core.status import Status
+from portmapctl.nftables import foreign
+from portmapctl.nftables import inventory as nft_inventory
+
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "nft_foreign"
+WANTED = frozenset(
+    {
+        ("tcp", 8080),
+        ("tcp", 7150),
+        ("tcp", 9090),
+        ("udp", 5353),
+        ("udp", 53),
+        ("tcp", 8081),
+        ("tcp", 22),
+    }  # fmt: skip
+)
+FIB_DNAT = "fib daddr type local tcp dport 8080 dnat to 10.0.0.9:80"
+
+
+def _table(name: str):
+    return (FIXTURES / f"{name}.json").read_text(), (FIXTURES / f"{name}.txt").read_text()
+
+
+def test_plain_port_matches_with_dnat_redirect_accept_take_their_ports() -> None:
+    """fib daddr type local (the plugin's own entry condition), a set with a range, a
+    counter, udp accept, a jump into a chain: taken, named as `nft list` prints the
+    rule; `ip saddr 10.0.0.0/8 ... dport 9090` takes only some packets: nothing."""
+    listing, text = _table("ip-nat")
+    assert foreign.takers(listing, text, "prerouting", WANTED) == {
+        ("tcp", 8080): FIB_DNAT,
+        ("tcp", 7150): "tcp dport { 7000, 7100-7200 } counter packets 0 bytes 0 redirect to :3128",
+        ("udp", 5353): "udp dport 5353 accept",
+        ("udp", 53): 'udp dport 53 dnat to 10.0.0.1 comment "dns"',
+    }
+
+
+def test_firewalld_default_nat_chains_take_nothing() -> None:
+    """firewalld's nat_PREROUTING (iifname goto, empty zone chains): nothing, whatever
+    the port; and its hook runs at dstnat + 10, after the plugin's."""
+    listing, text = _table("inet-firewalld")
+    assert foreign.takers(listing, text, "nat_PREROUTING", WANTED) == {}
+
+
+def _run(args: List[str]) -> str:
+    name = f"{args[-2]}-{args[-1]}"
+    listing, text = _table(name)
+    return listing if args[0] == "-j" else text
+
+
+def test_the_earliest_hook_wins_a_port_and_inet_sees_both_families() -> None:
+    hooks = [
+        foreign.Hook("inet", "fw", "pre", -100),
+        foreign.Hook("ip", "nat", "prerouting", -110),
+        foreign.Hook("inet", "firewalld", "nat_PREROUTING", -90),
+    ]
+    taken = foreign.read_takers(hooks, {4: WANTED, 6: WANTED}, _run)
+    assert taken[(4, "tcp", 8080)] == (-110, FIB_DNAT)
+    assert taken[(4, "tcp", 8081)] == (-100, "tcp dport 8081 dnat ip to 10.0.0.9:80")
+    assert (6, "tcp", 8080) not in taken  # table ip nat sees IPv4 only
+    assert (4, "tcp", 22) not in taken
+
+
+def test_a_row_is_shadowed_before_its_own_hook_contested_at_it_and_left_after() -> None:
+    """v191-shadowed's ctr-a (tcp/8080, ok) against a hook at -110, -100, -90; ctr-b,
+    shadowed within nftables already, takes nothing and is judged by nothing."""
+    rows = list(nft_inventory.build(nftcases.live("v191-shadowed"), problems=False).mappings)
+    ctr_a = next(r for r in rows if r.container_id == "ctr-a")
+    for priority, expected in ((-110, Status.SHADOWED), (-100, Status.CONTESTED), (-90, None)):
+        found = hooked(rows, {(4, "tcp", 8080): (priority, FIB_DNAT)}, lambda _row: -100)
+        assert found == ({ctr_a: (expected, FIB_DNAT)} if expected else {}), priority
+    marked = hook_marked(rows, {ctr_a: (Status.SHADOWED, FIB_DNAT)})
+    assert [(r.container_id, r.status, r.shadowed_by) for r in marked] == [
+        ("ctr-a", (Status.SHADOWED,), FIB_DNAT),
+        *((r.container_id, r.status, r.shadowed_by) for r in rows if r is not ctr_a),
+    ]
+    conditional = replace(ctr_a, conditions=('iifname != "lo"',))
+    assert hooked([conditional], {(4, "tcp", 8080): (-110, FIB_DNAT)}, lambda _row: -100) == {}
+
+
+def test_kube_proxy_nftables_nodeports_take_their_ports() -> None:
+    """kube-proxy's nftables mode: nat-prerouting -> services -> `fib daddr type local
+    ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports`: a
+    NodePort's element (goto external-...) takes its port without looking inside; the
+    ClusterIP vmap (keyed by address) takes nothing, nor a port with no element."""
+    listing, text = _table("ip-kube-proxy")
+    rule = (
+        "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap"
+        " @service-nodeports"
+    )
+    wanted = frozenset({("tcp", 30080), ("udp", 30053), ("tcp", 80), ("tcp", 30081)})
+    assert foreign.takers(listing, text, "nat-prerouting", wanted, "kube-proxy") == {
+        ("tcp", 30080): f"{rule} (tcp . 30080 : goto external-4GDCUZ2U-ns/svc/tcp/http)",
+        ("udp", 30053): f"{rule} (udp . 30053 : goto external-ABCDEFGH-ns/dns/udp/dns)",
+    }
+    # Another table's chain of that name is walked: its rules mark, and take nothing.
+    assert foreign.takers(listing, text, "nat-prerouting", wanted, "not-kube-proxy") == {}
