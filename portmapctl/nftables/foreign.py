@@ -56,6 +56,7 @@ _CHAIN_TABLE, _CHAIN_NAME, _CHAIN_HOOK, _CHAIN_TYPE = 1, 3, 4, 7
 _HOOK_NUM, _HOOK_PRIORITY = 1, 2
 _PREROUTING = 0  # NF_INET_PRE_ROUTING
 _BE32 = struct.Struct("!i")
+_NAT_TYPE = nl.ATTR.pack(8, _CHAIN_TYPE) + b"nat\0"
 _DEPTH = 16
 _TAKES = frozenset({"dnat", "redirect", "accept"})
 _PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
@@ -102,7 +103,9 @@ def nat_prerouting_hooks(sock: socket.socket) -> List[Hook]:
             if kind == nl.NLMSG_ERROR:
                 (code,) = nl.ERRNO.unpack_from(buf, offset + header)
                 raise OSError(-code, "cannot list the nftables chains")
-            if kind == nfgen.nftables(_NEWCHAIN):
+            # Only a nat base chain carries NFTA_CHAIN_TYPE "nat": a byte search (in C)
+            # passes the thousands of others (iptables-nft's per-container chains).
+            if kind == nfgen.nftables(_NEWCHAIN) and buf.find(_NAT_TYPE, offset, end) >= 0:
                 hook = _hook(buf, offset, end)
                 if hook is not None:
                     found.append(hook)
