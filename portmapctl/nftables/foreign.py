@@ -154,7 +154,9 @@ def read_takers(
         text = run(["-a", "list", "table", family, table])
         for hook in sorted(table_hooks, key=lambda h: h.priority):
             for seen in _SEES[_nfproto(family)]:
-                found = takers(listing, text, hook.chain, wanted.get(seen, frozenset()), table)
+                found = takers(
+                    listing, text, hook.chain, wanted.get(seen, frozenset()), table, seen
+                )
                 for (proto, port), rule in found.items():
                     key = (seen, proto, port)
                     if key not in taken or hook.priority < taken[key][0]:
@@ -167,7 +169,12 @@ def _nfproto(name: str) -> int:
 
 
 def takers(
-    listing: str, text: str, chain: str, wanted: FrozenSet[ProtoPort], table: str = ""
+    listing: str,
+    text: str,
+    chain: str,
+    wanted: FrozenSet[ProtoPort],
+    table: str = "",
+    family: int = 4,
 ) -> Dict[ProtoPort, str]:
     """(protocol, host port) -> the rule of the table (`nft -j list table` output, and
     `nft -a list table` for the words) that takes it, walking from base chain `chain`."""
@@ -185,6 +192,7 @@ def takers(
         if isinstance(named, dict) and named.get("map") == "verdict":
             maps[f"@{named.get('name')}"] = named.get("elem", [])
     walk = _Walk(chains, _printed(text), set(wanted), maps)
+    walk.family = family
     walk.kube = table == _KUBE_TABLE
     walk.chain(chain, None, None, None, frozenset())
     return walk.taken
@@ -228,6 +236,7 @@ class _Walk(PortsLeft):
         self.printed = printed
         self.maps = maps or {}
         self.kube = False  # kube-proxy's table: its service chains are not walked
+        self.family = 4  # the packets walked (an inet table sees both)
 
     def chain(
         self,
@@ -243,7 +252,7 @@ class _Walk(PortsLeft):
         for obj in self.chains.get(name, ()):
             if not self.left:
                 return True
-            rule = _conditions(obj.get("expr", ()))
+            rule = _conditions(obj.get("expr", ()), self.family)
             if rule is None or (proto and rule.proto and rule.proto != proto):
                 continue
             rule_proto = rule.proto or proto
@@ -300,7 +309,11 @@ class _Walk(PortsLeft):
                     self.chain(target, key[0], port_ranges, text, path, returned)
 
 
-def _conditions(exprs: Iterable[Any]) -> Optional[_Rule]:
+_NFPROTO_NAMES = {"ipv4": 4, "ipv6": 6}
+_NAT_FAMILIES = {"ip": 4, "ip6": 6}
+
+
+def _conditions(exprs: Iterable[Any], family: int = 4) -> Optional[_Rule]:
     """The rule's protocol, ports and verdict, or None when a condition is not benign."""
     proto: Optional[str] = None
     ports: Ranges = None
@@ -311,12 +324,20 @@ def _conditions(exprs: Iterable[Any]) -> Optional[_Rule]:
         if kind == "counter":
             continue
         if kind in _TAKES or kind == "return":
+            nat_family = value.get("family") if isinstance(value, dict) else None
+            if _NAT_FAMILIES.get(str(nat_family), family) != family:
+                # `dnat ip to` in an inet table leaves IPv6 packets alone.
+                return _Rule(proto, ports, "", None)
             return _Rule(proto, ports, kind, None)
         if kind in ("jump", "goto"):
             target = value.get("target") if isinstance(value, dict) else None
             return _Rule(proto, ports, kind, str(target) if target else None)
         if kind == "vmap":
             return _vmap_rule(proto, ports, value)
+        if kind == "match" and _nfproto_match(value) is not None:
+            if _nfproto_match(value) != family:
+                return _Rule(proto, (), "", None)  # the other family's rule
+            continue
         if kind == "match" and _not_loopback(value):
             # kube-proxy's NodePorts skip loopback destinations; the packets a host
             # port is for (from the network, to the node's addresses) all pass.
@@ -390,6 +411,15 @@ def _element(element: Any) -> Tuple[Optional[ProtoPort], Tuple[str, Optional[str
     ((kind, detail),) = verdict.items()
     target = detail.get("target") if isinstance(detail, dict) else None
     return (str(proto), port), (str(kind), str(target) if target else None)
+
+
+def _nfproto_match(value: Any) -> Optional[int]:
+    """`meta nfproto ipv4` (firewalld's forward ports in its inet table): 4 or 6."""
+    if not isinstance(value, dict) or value.get("op") != "==":
+        return None
+    if value.get("left") != {"meta": {"key": "nfproto"}}:
+        return None
+    return _NFPROTO_NAMES.get(str(value.get("right")))
 
 
 def _not_loopback(value: Any) -> bool:

@@ -72,6 +72,7 @@ def test_the_earliest_hook_wins_a_port_and_inet_sees_both_families() -> None:
     assert taken[(4, "tcp", 8080)] == (-110, FIB_DNAT)
     assert taken[(4, "tcp", 8081)] == (-100, "tcp dport 8081 dnat ip to 10.0.0.9:80")
     assert (6, "tcp", 8080) not in taken  # table ip nat sees IPv4 only
+    assert (6, "tcp", 8081) not in taken  # `dnat ip to`: IPv4 packets only
     assert (4, "tcp", 22) not in taken
 
 
@@ -109,3 +110,18 @@ def test_kube_proxy_nftables_nodeports_take_their_ports() -> None:
     }
     # Another table's chain of that name is walked: its rules mark, and take nothing.
     assert foreign.takers(listing, text, "nat-prerouting", wanted, "not-kube-proxy") == {}
+
+
+def test_an_inet_tables_family_specific_dnat_takes_that_family_only() -> None:
+    """`dnat ip to` in an inet table leaves IPv6 packets alone (the kernel's inet nat
+    acts only on its own family), as does a rule under `meta nfproto ipv4`."""
+    listing, text = _table("inet-fw")
+    rule = "tcp dport 8081 dnat ip to 10.0.0.9:80"
+    assert foreign.takers(listing, text, "pre", WANTED, "fw", 4) == {("tcp", 8081): rule}
+    assert foreign.takers(listing, text, "pre", WANTED, "fw", 6) == {}
+    nfproto = listing.replace(
+        '"expr": [',
+        '"expr": [{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}}, ',
+    )
+    assert foreign.takers(nfproto, text, "pre", WANTED, "fw", 4) == {("tcp", 8081): rule}
+    assert foreign.takers(nfproto, text, "pre", WANTED, "fw", 6) == {}
