@@ -29,11 +29,10 @@ from portmapctl.iptables.ruleset import NatTable, format_rule
 from portmapctl.nftables import FAMILY_NAMES
 from portmapctl.nftables.ruleset import MASQUERADING, TABLE
 from portmapctl.ops.check.hints import Fixes
-from portmapctl.ops.check.problem import Problem, entries_for
+from portmapctl.ops.check.problem import Problem
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
-    from portmapctl.iptables import inventory
     from portmapctl.nftables.inventory import NftInventory, NftMapping
     from portmapctl.nftables.ruleset import Rule, Ruleset
     from portmapctl.ops.nft import Split
@@ -174,7 +173,7 @@ def nft_problems(
             )
         )
     seen_stale: Set[Tuple[Optional[str], int]] = set()
-    rules = _by_handle(live)
+    rules = rules_by_handle(live)
     foreign = {(f.family, f.label): f for f in found.foreign}
     for m in found.mappings:
         if "stale" in m.status and (m.container_id, m.family) not in seen_stale:
@@ -190,7 +189,7 @@ def nft_problems(
                     fixes.gc,
                     "the container is gone but its host ports stay taken: a new container on"
                     " them gets no traffic",
-                    _rule_text(rules, m),
+                    rule_text(rules, m),
                 )
             )
         if "shadowed" in m.status:
@@ -227,7 +226,7 @@ def nft_problems(
                     f"{m.protocol}/{m.host_port} goes to {m.shadowed_by} first",
                     shadow_fix,
                     "nftables is first-match-wins: this mapping gets no traffic",
-                    _rule_text(rules, m),
+                    rule_text(rules, m),
                 )
             )
     problems += _leftover_problems(node, live, parts, attachments, fixes, seen_stale)
@@ -386,7 +385,7 @@ def _both_backends(
     else:
         keep = Backend.IPTABLES
         network = next((a.network for a in parts.iptables if a.container_id == cid), None)
-        for (family, _handle), rule in sorted(_by_handle(live).items()):
+        for (family, _handle), rule in sorted(rules_by_handle(live).items()):
             if rule.comment != cid:
                 continue
             delete = Op(OpKind.DELETE_RULE, family, rule.chain, handle=rule.handle)
@@ -411,102 +410,6 @@ def _both_backends(
     )
 
 
-_CONTESTED_WHY = (
-    "iptables' and nftables' nat hooks run at one priority (dstnat, -100): the order in"
-    " which the kernel registered them, which no dump shows, decides which of the two"
-    " mappings gets the port's traffic; the other gets none"
-)
-
-
-_CONTESTED_WHY_FOREIGN = (
-    "iptables' nat PREROUTING and the plugin's nftables prerouting chain hook at one"
-    " priority (dstnat, -100): the order in which the kernel registered them, which no"
-    " dump shows, decides whether another tool's iptables rule or this mapping gets"
-    " the port's traffic"
-)
-
-
-def contested_problems(
-    found: Optional[inventory.Inventory],
-    nft_found: Optional[NftInventory],
-    live: Optional[Ruleset],
-    fixes: Fixes,
-) -> List[Problem]:
-    """One `contested` problem per mapping whose host port the other backend maps too
-    (core/contest.py says which), naming the other side; one per nftables mapping
-    whose port another tool's iptables nat rule takes (iptables/foreign.py). Its fix removes that side when
-    it is stale or a zombie (as shadowed's does when the winner is); otherwise no command
-    of ours can pick a winner: prose (JSON `fix` null)."""
-    if found is None or nft_found is None or not nft_found.mappings:
-        return []
-    from portmapctl.core.contest import backend_of, contests, foreign_contested
-    from portmapctl.iptables import foreign
-
-    rules = _by_handle(live) if live is not None else {}
-    problems: List[Problem] = []
-    taken = foreign.nft_takers(found.tables, nft_found.mappings)
-    for row, rule in foreign_contested(nft_found.mappings, taken).items():
-        problems.append(
-            Problem(
-                ProblemKind.CONTESTED.value,
-                row.family,
-                f"nft:{row.chain}",
-                row.network,
-                row.container_id,
-                f"{row.protocol}/{row.host_port} is also taken by an iptables rule outside"
-                f" the plugin's chains ({rule}); the kernel's hook order decides which gets"
-                " the traffic",
-                "free the port in that tool's rules, or re-create the container on another"
-                " host port",
-                _CONTESTED_WHY_FOREIGN,
-                _rule_text(rules, row),  # type: ignore[arg-type]
-            )
-        )
-    if not found.mappings:
-        return problems
-    chains = {(c.name, c.family): c for c in found.chains}
-    for row, others in contests([*found.mappings, *nft_found.mappings]).items():
-        other = others[0]
-        backend = backend_of(row)
-        if backend == "iptables":
-            chain = chains.get((row.chain, row.family))
-            where = row.chain
-            shown = entries_for(chain, [(row.protocol, row.host_port)]) if chain else ()
-            place = other.chain
-        else:
-            where = f"nft:{row.chain}"
-            shown = _rule_text(rules, row)  # type: ignore[arg-type]
-            place = other.chain
-        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
-        who = f"{other.network or '?'}/{other.container_id or '?'}"
-        if STALE in other.status:
-            fix = f"{fixes.gc} (the other side is stale)"
-        elif ProblemKind.ZOMBIE.value in other.status:
-            fix = f"{fixes.gc} --netns-liveness (the other side is a zombie)"
-        else:
-            fix = (
-                "both are live, and no command of ours picks a winner: re-create one of them"
-                " on another host port, or finish the migration (re-create the iptables one"
-                ' with "backend": "nftables")'
-            )
-        problems.append(
-            Problem(
-                ProblemKind.CONTESTED.value,
-                row.family,
-                where,
-                row.network,
-                row.container_id,
-                f"{row.protocol}/{row.host_port} is also mapped in {backend_of(other)} to"
-                f" {who} ({place}){more}; the kernel's hook order decides which gets the"
-                " traffic",
-                fix,
-                _CONTESTED_WHY,
-                shown,
-            )
-        )
-    return problems
-
-
 def _network_of(attachments: Optional[Sequence[Attachment]], container_id: str) -> Optional[str]:
     for attachment in attachments or ():
         if attachment.container_id == container_id:
@@ -514,7 +417,7 @@ def _network_of(attachments: Optional[Sequence[Attachment]], container_id: str) 
     return None
 
 
-def _by_handle(live: Ruleset) -> Dict[Tuple[int, int], Rule]:
+def rules_by_handle(live: Ruleset) -> Dict[Tuple[int, int], Rule]:
     """Every rule by (family, handle): a handle is unique in its table."""
     return {
         (family, rule.handle): rule
@@ -524,7 +427,7 @@ def _by_handle(live: Ruleset) -> Dict[Tuple[int, int], Rule]:
     }
 
 
-def _rule_text(rules: ReadOnly[Tuple[int, int], Rule], m: NftMapping) -> Tuple[str, ...]:
+def rule_text(rules: ReadOnly[Tuple[int, int], Rule], m: NftMapping) -> Tuple[str, ...]:
     """The nft rule of a row, as `nft list` prints it."""
     rule = rules.get((m.family, m.handle))
     return (rule.body.text(m.family),) if rule is not None else ()
@@ -650,66 +553,3 @@ def repair_mapping(
     want = [w for f in families if (w := wanted(config, f)) is not None]
     text = node.converge_nft(lambda live: planner.setup(live, want))
     return text, ([w.family for w in want] if text else [])
-
-
-_HOOK_WHY = {
-    ProblemKind.SHADOWED.value: (
-        "nat hooks run by priority, and nat is decided once per connection: another"
-        " nftables table's nat prerouting hook that runs before the plugin's takes those"
-        " ports, and this container gets no traffic on them"
-    ),
-    ProblemKind.CONTESTED.value: (
-        "another nftables table's nat prerouting hook runs at the plugin's priority: the"
-        " order in which the kernel registered them, which no dump shows, decides which"
-        " gets the port's traffic"
-    ),
-}
-
-
-def hook_problems(
-    node: Node,
-    found: Optional[inventory.Inventory],
-    nft_found: Optional[NftInventory],
-    live: Optional[Ruleset],
-) -> List[Problem]:
-    """One problem per mapping (either backend) whose port another nftables table's nat
-    prerouting hook takes: shadowed by an earlier hook, contested at the same priority
-    (nftables/foreign.py). No command of ours touches another tool's table: prose."""
-    rows = [*(found.mappings if found else ()), *(nft_found.mappings if nft_found else ())]
-    if not rows:
-        return []
-    from portmapctl.nftables.foreign import node_hooked
-
-    hooked = node_hooked(node, rows, live)
-    if not hooked:
-        return []
-    rules = _by_handle(live) if live is not None else {}
-    problems: List[Problem] = []
-    for row, (word, rule) in hooked.items():
-        nft = getattr(row, "backend", "iptables") != "iptables"
-        if word == ProblemKind.SHADOWED.value:
-            detail = (
-                f"{row.protocol}/{row.host_port} taken first by another nftables table's"
-                f" nat hook (an earlier priority): {rule}"
-            )
-        else:
-            detail = (
-                f"{row.protocol}/{row.host_port} is also taken by another nftables table's"
-                f" nat hook at the plugin's priority ({rule}); the kernel's hook order"
-                " decides which gets the traffic"
-            )
-        problems.append(
-            Problem(
-                word,
-                row.family,
-                f"nft:{row.chain}" if nft else row.chain,
-                row.network,
-                row.container_id,
-                detail,
-                "the node's other NAT owner (a hand-written nft table) holds this port:"
-                " free it there or re-create the container on another host port",
-                _HOOK_WHY[word],
-                _rule_text(rules, row) if nft else (),  # type: ignore[arg-type]
-            )
-        )
-    return problems

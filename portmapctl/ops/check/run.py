@@ -101,7 +101,8 @@ def _check_node(
     # names plain gc would be refused.
     fixes = fixes_for(node, bool(attachments))
     found = inventory.build(tables, attachments)
-    from portmapctl.ops.check.nft import contested_problems, hook_problems, nft_problems
+    from portmapctl.ops.check.crossed import contested_problems, hook_problems
+    from portmapctl.ops.check.nft import nft_problems
 
     nft = nft_problems(node, tables, attachments, fixes, read.nft_live)
     nft_found, nft_ids, nft_compared = nft.problems, nft.nft_ids, nft.compared

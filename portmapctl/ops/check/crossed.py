@@ -1,0 +1,179 @@
+"""check's problems between a host port's owners on the node: the plugin's other
+backend (`contested`: core/contest.py), another tool's iptables rule on an nftables
+mapping's port (iptables/foreign.py), and other nftables tables' nat prerouting hooks
+(nftables/foreign.py). None of them is the plugin's to repair: their fix is gc when the
+other side is stale, else prose."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, List, Optional
+
+from portmapctl.core.status import ProblemKind
+from portmapctl.ops.check.hints import Fixes
+from portmapctl.ops.check.nft import STALE, rule_text, rules_by_handle
+from portmapctl.ops.check.problem import Problem, entries_for
+from portmapctl.ops.node import Node
+
+if TYPE_CHECKING:
+    from portmapctl.iptables import inventory
+    from portmapctl.nftables.inventory import NftInventory
+    from portmapctl.nftables.ruleset import Ruleset
+
+
+_CONTESTED_WHY = (
+    "iptables' and nftables' nat hooks run at one priority (dstnat, -100): the order in"
+    " which the kernel registered them, which no dump shows, decides which of the two"
+    " mappings gets the port's traffic; the other gets none"
+)
+
+
+_CONTESTED_WHY_FOREIGN = (
+    "iptables' nat PREROUTING and the plugin's nftables prerouting chain hook at one"
+    " priority (dstnat, -100): the order in which the kernel registered them, which no"
+    " dump shows, decides whether another tool's iptables rule or this mapping gets"
+    " the port's traffic"
+)
+
+
+def contested_problems(
+    found: Optional[inventory.Inventory],
+    nft_found: Optional[NftInventory],
+    live: Optional[Ruleset],
+    fixes: Fixes,
+) -> List[Problem]:
+    """One `contested` problem per mapping whose host port the other backend maps too
+    (core/contest.py says which), naming the other side; one per nftables mapping
+    whose port another tool's iptables nat rule takes (iptables/foreign.py). Its fix removes that side when
+    it is stale or a zombie (as shadowed's does when the winner is); otherwise no command
+    of ours can pick a winner: prose (JSON `fix` null)."""
+    if found is None or nft_found is None or not nft_found.mappings:
+        return []
+    from portmapctl.core.contest import backend_of, contests, foreign_contested
+    from portmapctl.iptables import foreign
+
+    rules = rules_by_handle(live) if live is not None else {}
+    problems: List[Problem] = []
+    taken = foreign.nft_takers(found.tables, nft_found.mappings)
+    for row, rule in foreign_contested(nft_found.mappings, taken).items():
+        problems.append(
+            Problem(
+                ProblemKind.CONTESTED.value,
+                row.family,
+                f"nft:{row.chain}",
+                row.network,
+                row.container_id,
+                f"{row.protocol}/{row.host_port} is also taken by an iptables rule outside"
+                f" the plugin's chains ({rule}); the kernel's hook order decides which gets"
+                " the traffic",
+                "free the port in that tool's rules, or re-create the container on another"
+                " host port",
+                _CONTESTED_WHY_FOREIGN,
+                rule_text(rules, row),  # type: ignore[arg-type]
+            )
+        )
+    if not found.mappings:
+        return problems
+    chains = {(c.name, c.family): c for c in found.chains}
+    for row, others in contests([*found.mappings, *nft_found.mappings]).items():
+        other = others[0]
+        backend = backend_of(row)
+        if backend == "iptables":
+            chain = chains.get((row.chain, row.family))
+            where = row.chain
+            shown = entries_for(chain, [(row.protocol, row.host_port)]) if chain else ()
+            place = other.chain
+        else:
+            where = f"nft:{row.chain}"
+            shown = rule_text(rules, row)  # type: ignore[arg-type]
+            place = other.chain
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        who = f"{other.network or '?'}/{other.container_id or '?'}"
+        if STALE in other.status:
+            fix = f"{fixes.gc} (the other side is stale)"
+        elif ProblemKind.ZOMBIE.value in other.status:
+            fix = f"{fixes.gc} --netns-liveness (the other side is a zombie)"
+        else:
+            fix = (
+                "both are live, and no command of ours picks a winner: re-create one of them"
+                " on another host port, or finish the migration (re-create the iptables one"
+                ' with "backend": "nftables")'
+            )
+        problems.append(
+            Problem(
+                ProblemKind.CONTESTED.value,
+                row.family,
+                where,
+                row.network,
+                row.container_id,
+                f"{row.protocol}/{row.host_port} is also mapped in {backend_of(other)} to"
+                f" {who} ({place}){more}; the kernel's hook order decides which gets the"
+                " traffic",
+                fix,
+                _CONTESTED_WHY,
+                shown,
+            )
+        )
+    return problems
+
+
+_HOOK_WHY = {
+    ProblemKind.SHADOWED.value: (
+        "nat hooks run by priority, and nat is decided once per connection: another"
+        " nftables table's nat prerouting hook that runs before the plugin's takes those"
+        " ports, and this container gets no traffic on them"
+    ),
+    ProblemKind.CONTESTED.value: (
+        "another nftables table's nat prerouting hook runs at the plugin's priority: the"
+        " order in which the kernel registered them, which no dump shows, decides which"
+        " gets the port's traffic"
+    ),
+}
+
+
+def hook_problems(
+    node: Node,
+    found: Optional[inventory.Inventory],
+    nft_found: Optional[NftInventory],
+    live: Optional[Ruleset],
+) -> List[Problem]:
+    """One problem per mapping (either backend) whose port another nftables table's nat
+    prerouting hook takes: shadowed by an earlier hook, contested at the same priority
+    (nftables/foreign.py). No command of ours touches another tool's table: prose."""
+    rows = [*(found.mappings if found else ()), *(nft_found.mappings if nft_found else ())]
+    if not rows:
+        return []
+    from portmapctl.nftables.foreign import node_hooked
+
+    hooked = node_hooked(node, rows, live)
+    if not hooked:
+        return []
+    rules = rules_by_handle(live) if live is not None else {}
+    problems: List[Problem] = []
+    for row, (word, rule) in hooked.items():
+        nft = getattr(row, "backend", "iptables") != "iptables"
+        if word == ProblemKind.SHADOWED.value:
+            detail = (
+                f"{row.protocol}/{row.host_port} taken first by another nftables table's"
+                f" nat hook (an earlier priority): {rule}"
+            )
+        else:
+            detail = (
+                f"{row.protocol}/{row.host_port} is also taken by another nftables table's"
+                f" nat hook at the plugin's priority ({rule}); the kernel's hook order"
+                " decides which gets the traffic"
+            )
+        problems.append(
+            Problem(
+                word,
+                row.family,
+                f"nft:{row.chain}" if nft else row.chain,
+                row.network,
+                row.container_id,
+                detail,
+                "the node's other NAT owner (a hand-written nft table) holds this port:"
+                " free it there or re-create the container on another host port",
+                _HOOK_WHY[word],
+                rule_text(rules, row) if nft else (),  # type: ignore[arg-type]
+            )
+        )
+    return problems
