@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -460,18 +460,32 @@ def shape_kube(mode: str, versions: Versions, rules: int, n: int, runs: int) -> 
 # --- add ---------------------------------------------------------------------------------
 
 
-def kernel_commit_of_one_jump() -> float:
+def kernel_commit_of_one_jump(unreached: bool = False) -> float:
     """The kernel's commit alone of what every add (and every plugin ADD) commits: one
     more rule jumping to a chain, appended to CNI-HOSTPORT-DNAT (a copy of its first
     rule, sent as one nf_tables batch), timed from the send to the kernel's answer; then
-    removed again. nf_tables validates the table's jump graph on such a commit."""
+    removed again. nf_tables validates the table's jump graph on such a commit.
+    `unreached`: the same rule appended to a chain of its own that nothing jumps to
+    (created and removed around it): what that validation costs wherever the rule goes."""
     from portmapctl.host.netlink import nla
     from portmapctl.iptables.access import nfgen, nfmsg, nfnl_rules
 
-    where = nfmsg.where("nat", TOPLEVEL_DNAT)
     append, delete = nfgen.nftables(6), nfgen.nftables(8)  # NFT_MSG_NEWRULE, _DELRULE
+    new_chain, del_chain = nfgen.nftables(3), nfgen.nftables(5)  # NFT_MSG_NEWCHAIN, _DELCHAIN
+    chain = "PMCTL-BENCH-UNREACHED" if unreached else TOPLEVEL_DNAT
+    where = nfmsg.where("nat", chain)
+    named = nfmsg.where("nat", chain, nfmsg.CHAIN_NAME)
     with nfgen.open_socket() as sock:
+
+        def send(messages: List[bytes], seq: int) -> List[Tuple[int, int]]:
+            end = seq + 1 + len(messages)
+            sock.send(nfgen.batch(messages, nfgen.ask(sock, seq), seq + 1, end))
+            return nfgen.replies_until(sock, end)[1]
+
         first = nfmsg.dump_chain(sock, 4, "nat", TOPLEVEL_DNAT)[0]
+        if unreached and send([nfgen.message(new_chain, 0x601, 2, 20, named)], 10):
+            raise BenchError("creating a chain by nf_tables batch failed")
+        time.sleep(0.05)  # (the kernel's work after a commit is over)
         compat = nfnl_rules.compat(("-p", "tcp")) or b""
         rule = nfgen.message(append, 0xC01, 2, 3, where + first.body() + compat)  # appended
         batch = nfgen.batch([rule], nfgen.ask(sock, 1), 2, 4)
@@ -481,10 +495,13 @@ def kernel_commit_of_one_jump() -> float:
         took = time.perf_counter() - started
         if errors:
             raise BenchError(f"appending one rule by nf_tables batch: {errors}")
-        last = nfmsg.dump_chain(sock, 4, "nat", TOPLEVEL_DNAT)[-1]
-        gone = nfgen.message(delete, 1, 2, 7, where + nla(3, last.handle().to_bytes(8, "big")))
-        sock.send(nfgen.batch([gone], nfgen.ask(sock, 6), 8, 9))
-        nfgen.replies_until(sock, 10)
+        if unreached:
+            flush = nfgen.message(delete, 1, 2, 40, where)
+            send([flush, nfgen.message(del_chain, 1, 2, 41, named)], 30)
+        else:
+            last = nfmsg.dump_chain(sock, 4, "nat", TOPLEVEL_DNAT)[-1]
+            handle = nla(3, last.handle().to_bytes(8, "big"))
+            send([nfgen.message(delete, 1, 2, 7, where + handle)], 6)
     return took
 
 
@@ -597,9 +614,9 @@ def shape_growth(mode: str, versions: Versions, small: int, big: int, runs: int)
                 raise BenchError("the nfnl dump of CNI-HOSTPORT-DNAT failed")
             return took
 
-        def commit() -> float:
+        def commit(unreached: bool = False) -> float:
             with entered(large.name):
-                return kernel_commit_of_one_jump()
+                return kernel_commit_of_one_jump(unreached)
 
         actions: Dict[str, Callable[[], float]] = {}
         for which in versions.paths:
@@ -613,6 +630,7 @@ def shape_growth(mode: str, versions: Versions, small: int, big: int, runs: int)
             dump_big_cpu=lambda: dump(cpu=True),
             dump_big_busy_cpu=lambda: dump(busy=True, cpu=True),
             commit_big=commit,
+            commit_unreached_big=lambda: commit(unreached=True),
         )
         found: Dict[str, Any] = alternate(actions, runs)
     for which in versions.paths:
@@ -847,12 +865,14 @@ def print_tables(r: Dict[str, Any]) -> None:
                 )
         print(
             f"\n| at {big} | nfnl dump of CNI-HOSTPORT-DNAT | the same beside a busy process |"
-            " the kernel's commit of one entry rule |\n| --- | --- | --- | --- |"
+            " the kernel's commit of one entry rule |"
+            " the same rule in a chain nothing jumps to |\n| --- | --- | --- | --- | --- |"
         )
         print(
             f"| wall | {cell(g['dump_big'])} | {cell(g['dump_big_busy'])} | {cell(g['commit_big'])} |"
+            f" {cell(g['commit_unreached_big'])} |"
         )
-        print(f"| CPU | {cell(g['dump_big_cpu'])} | {cell(g['dump_big_busy_cpu'])} | |")
+        print(f"| CPU | {cell(g['dump_big_cpu'])} | {cell(g['dump_big_busy_cpu'])} | | |")
 
 
 if __name__ == "__main__":
