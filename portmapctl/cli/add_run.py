@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from portmapctl.iptables.chains import dnat_chain_name
 
-_CAP_NET_ADMIN = 12
-
 if TYPE_CHECKING:
     from portmapctl.cli._common import Common, MappingOptions, Output
     from portmapctl.core.mapping import MappingConfig
@@ -362,14 +360,11 @@ def _flavour_ahead(common: Common, config: MappingConfig) -> Optional[str]:
 
 
 def _net_admin() -> bool:
-    """CAP_NET_ADMIN in the effective set, from /proc/self/status (False when unsure:
-    then nothing starts ahead, and add's own check speaks)."""
-    try:
-        with open("/proc/self/status") as status:
-            line = next(line for line in status if line.startswith("CapEff:"))
-        return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
-    except (OSError, StopIteration, ValueError, IndexError):
-        return False
+    """CAP_NET_ADMIN in the effective set (False when unsure: then nothing starts
+    ahead, and add's own check speaks)."""
+    from portmapctl.host.privilege import CAP_NET_ADMIN, effective
+
+    return effective(CAP_NET_ADMIN) is True
 
 
 def foreign_warnings(result: AddResult) -> List[str]:

@@ -48,7 +48,6 @@ class HoldsTransaction(Protocol):
 Planned = TypeVar("Planned", bound=Union[Transaction, HoldsTransaction])
 Read = TypeVar("Read")
 Other = TypeVar("Other")
-CAP_NET_ADMIN = 12
 
 
 @dataclass(frozen=True)
@@ -354,14 +353,10 @@ def side_by_side(
 
 def has_net_admin() -> bool:
     """CAP_NET_ADMIN in the effective set (root without it cannot change iptables)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.geteuid() == 0
+    from portmapctl.host.privilege import CAP_NET_ADMIN, effective
+
+    found = effective(CAP_NET_ADMIN)
+    return os.geteuid() == 0 if found is None else found
 
 
 @contextlib.contextmanager

@@ -87,3 +87,32 @@ def test_check_on_a_node_without_the_other_flavour_says_so_plainly(host_ns, tmp_
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stderr == "not looking for split brain: no iptables-nft here\n"
+
+
+def test_reading_legacy_where_there_is_no_legacy_table_creates_none(host_ns, tmp_path):
+    """`--iptables legacy` on a node whose legacy nat tables do not exist (an nf_tables
+    node): list, check, gc and flush-udp read them as empty and leave them absent.
+    Before, each read ran iptables-legacy-save, which creates the empty legacy nat
+    table (IPv4 and IPv6): a read changed the node, and iptables-nft then warns about
+    legacy tables on every call. A write (add) creates it, as asked."""
+    cache = str(tmp_path / "cni")
+
+    def legacy_nat() -> list:
+        out = []
+        for name in ("ip_tables_names", "ip6_tables_names"):
+            done = rp._run(["ip", "netns", "exec", host_ns, "cat", f"/proc/net/{name}"])
+            out.append("nat" in done.stdout.split())
+        return out
+
+    assert legacy_nat() == [False, False]
+    for command in (["list"], ["check"], ["gc", "--all", "--yes", "--min-age", "0"],
+                    ["flush-udp", "--dry-run"]):  # fmt: skip
+        done = run([*command, "--iptables", "legacy", "--netns", host_ns, "--cni-cache-dir", cache])
+        assert done.returncode == 0, (command, done.stderr)
+        assert legacy_nat() == [False, False], command
+    done = run(["add", "--iptables", "legacy", "--netns", host_ns, "--network", "mynet",
+                "--container", "c1", "--ip", "10.88.0.5/16", "-p", "8080:80",
+                "--cni-cache-dir", cache])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert legacy_nat()[0]
+    assert chain_name("mynet", "c1") in rp.save(host_ns, 4, "legacy")

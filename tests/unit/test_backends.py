@@ -69,3 +69,27 @@ def test_list_reads_a_snapshot_from_stdin():
     doc = json.loads(ok(["list", "--snapshot6", "-", "-o", "json"], stdin=text))
     assert {m["family"] for m in doc["mappings"]} == {6}
     assert {m["container_ip"] for m in doc["mappings"]} == {"fd00::5"}
+
+
+def test_legacy_tables_that_do_not_exist_are_read_as_empty_without_a_save(tmp_path, monkeypatch):
+    """iptables-legacy-save (and iptables-legacy -S) create the empty legacy nat table
+    they read where there was none: a family whose table the kernel does not list is
+    read as empty and nothing is run for it; the other family is saved as usual."""
+    from portmapctl.iptables.access import restore
+
+    ran = tmp_path / "ran"
+    for tool in ("iptables-legacy-save", "iptables-legacy", "ip6tables-legacy-save"):
+        script = tmp_path / tool
+        body = "*nat\n:PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-DNAT - [0:0]\nCOMMIT\n"
+        script.write_text(f"#!/bin/sh\necho {tool} >> {ran}\nprintf '{body}'\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(paths, "SBIN_DIRS", str(tmp_path))
+    monkeypatch.setattr(restore, "legacy_nat_present", lambda family: family == 6, raising=False)
+    backend = restore.RestoreBackend("legacy")
+    tables = backend.read_families((4, 6))
+    assert list(tables) == [4, 6]
+    assert not tables[4].chains and "CNI-HOSTPORT-DNAT" in tables[6].chains
+    assert not backend.read(4).chains
+    assert backend.list_chain(4, "PREROUTING") is None
+    assert ran.read_text().split() == ["ip6tables-legacy-save"]

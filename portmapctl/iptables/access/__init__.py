@@ -63,6 +63,31 @@ def tool_flavour(path: str) -> str:
     return "nft" if "nf_tables" in version else "legacy"
 
 
+def legacy_nat_present(family: int) -> bool:
+    """Whether the legacy (x_tables) nat table of `family` exists in the namespace the
+    calling thread is in, asked without creating it: `iptables-legacy-save -t nat`,
+    `iptables-legacy -S` and libiptc all create empty legacy tables where there were
+    none (and iptables-nft then warns about them on every call), so a read of a table
+    that is not there must not be made at all. True when it cannot be told, and
+    without the capabilities a read needs (the read then fails with its own line)."""
+    from portmapctl.host.privilege import CAP_NET_ADMIN, CAP_NET_RAW, effective
+
+    if effective(CAP_NET_ADMIN, CAP_NET_RAW) is not True:
+        # Reading would fail (or could not be told): let the read say why, as always.
+        return True
+    name = "ip6_tables_names" if family == 6 else "ip_tables_names"
+    # thread-self: the namespace this thread entered, not the process's first one.
+    for folder in ("/proc/thread-self/net", "/proc/net"):
+        try:
+            with open(f"{folder}/{name}") as names:
+                return "nat" in names.read().split()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True  # cannot tell: reading is the safe answer
+    return False  # no x_tables at all: the legacy module is not even loaded
+
+
 def open_backend(
     name: str = "auto",
     snapshots: Optional[Dict[int, str]] = None,

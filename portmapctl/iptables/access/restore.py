@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.host.paths import find_tool
+from portmapctl.iptables.access import legacy_nat_present
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.ruleset import Args, NatTable, parse_save, unreadable_note
 from portmapctl.iptables.transaction import Transaction
@@ -117,22 +118,17 @@ class RestoreBackend:
         iptables-nft then warns about them forever), so the legacy flavour asks the
         kernel's list of x_tables instead. Reading nf_tables creates nothing.
         """
-        if self.flavour == "nft":
-            return True
-        name = "ip6_tables_names" if family == 6 else "ip_tables_names"
-        # thread-self: the namespace this thread entered, not the process's first one.
-        for folder in ("/proc/thread-self/net", "/proc/net"):
-            try:
-                with open(f"{folder}/{name}") as names:
-                    return "nat" in names.read().split()
-            except FileNotFoundError:
-                continue
-            except OSError:
-                return True  # cannot tell: reading is the safe answer
-        return False  # no x_tables at all: the legacy module is not even loaded
+        return self.flavour == "nft" or legacy_nat_present(family)
+
+    def _empty(self, family: int) -> NatTable:
+        """The table of a family whose legacy nat table does not exist: read as empty,
+        without running the save that would create it (a read changes nothing)."""
+        return _parse("", family, self._binary(family, "save"))
 
     def read(self, family: int) -> NatTable:
         argv = [self._binary(family, "save"), "-t", "nat"]
+        if not self.has_nat_table(family):
+            return self._empty(family)
         before = self._generation()
         done = self._run(argv)
         read_at = self._read_at(before)
@@ -162,6 +158,8 @@ class RestoreBackend:
         """`iptables -t nat -S CHAIN` as printed (None when it fails): for a caller that
         parses only the lines it needs (add's shadow warning, in a chain of 10,000)."""
         argv = [self._binary(family, ""), "-w", str(lock_wait_seconds()), "-t", "nat"]
+        if not self.has_nat_table(family):
+            return None  # (no table, no chain: and listing it would create the table)
         done = self._run([*argv, "-S", chain])
         return done.stdout if done.returncode == 0 else None
 
@@ -175,6 +173,8 @@ class RestoreBackend:
         nft and reads the CNI cache while iptables-save runs). Call it, once: it reaps
         the processes whatever happens."""
         argvs = {f: [self._binary(f, "save"), "-t", "nat"] for f in families}
+        absent = {f: self._empty(f) for f in families if not self.has_nat_table(f)}
+        argvs = {f: argv for f, argv in argvs.items() if f not in absent}
         before = self._generation()
         running: Dict[int, subprocess.Popen] = {}
         try:
@@ -183,13 +183,14 @@ class RestoreBackend:
         except OSError as err:
             with _reaped(running.values()):
                 raise HostProblem(f"cannot run iptables-save: {err.strerror}") from None
-        return functools.partial(self._finish_read, argvs, running, before)
+        return functools.partial(self._finish_read, argvs, running, before, absent)
 
     def _finish_read(
         self,
         argvs: Dict[int, List[str]],
         running: Dict[int, subprocess.Popen],
         before: Optional[int] = None,
+        absent: Optional[Dict[int, NatTable]] = None,
     ) -> Dict[int, NatTable]:
         outputs: Dict[int, tuple] = {}
         # Every save still running is killed on the way out, whatever happens: a
@@ -208,7 +209,8 @@ class RestoreBackend:
                 raise _host_problem(argvs[family][0], _decode(stderr))
             table = _parse(_decode(stdout), family, argvs[family][0])
             tables[family] = table if read_at is None else replace(table, generation=read_at)
-        return tables
+        tables.update(absent or {})
+        return dict(sorted(tables.items()))  # (IPv4 first, as asked)
 
     def _generation(self, settled: bool = True) -> Optional[int]:
         """nf_tables' ruleset generation now (nft flavour; None otherwise, or when it
