@@ -16,7 +16,7 @@ a server outside) is never touched. The current mappings come from the inventory
 
 Also used by `add` (the plugin's flush of the ports it maps: `flush_ports`), by `gc`
 (`plan`, over one listing of the ports it unmapped and of those another chain still
-maps: ops/gc.flush_udp_after) and by `list --conntrack` (`count_per_mapping`).
+maps: ops/gc/udp.py flush_udp_after) and by `list --conntrack` (`count_per_mapping`).
 """
 
 from __future__ import annotations

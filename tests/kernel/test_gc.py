@@ -33,13 +33,13 @@ from portmapctl.iptables.access.restore import RestoreBackend
 from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, TOPLEVEL_DNAT, chain_name
 from portmapctl.iptables.inventory import build
 from portmapctl.iptables.ruleset import NatTable, parse_save
-from portmapctl.ops import gc_state
 from portmapctl.ops.gc import (
     GcOptions,
     Sources,
     gc,
 )
-from portmapctl.ops.gc_state import ChainKey
+from portmapctl.ops.gc import state as gc_state
+from portmapctl.ops.gc.state import ChainKey
 from portmapctl.ops.node import Node, NodeOptions
 
 # --- valid-attachments documents ----------------------------------------------------------

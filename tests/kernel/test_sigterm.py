@@ -14,7 +14,7 @@ from pathlib import Path
 
 import realplugin as rp
 
-from portmapctl.ops import gc_state
+from portmapctl.ops.gc import state as gc_state
 
 PORTS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
 

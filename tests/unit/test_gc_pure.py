@@ -25,7 +25,6 @@ from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, TOPLEVEL_DNAT, chain_n
 from portmapctl.iptables.inventory import build, chain_facts
 from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable, parse_save, rule_target
-from portmapctl.ops import gc_state
 from portmapctl.ops.gc import (
     Sources,
     ValidAttachments,
@@ -34,7 +33,8 @@ from portmapctl.ops.gc import (
     parse_valid_attachments,
     plan_family,
 )
-from portmapctl.ops.gc_state import ChainKey
+from portmapctl.ops.gc import state as gc_state
+from portmapctl.ops.gc.state import ChainKey
 
 # --- valid-attachments documents ----------------------------------------------------------
 
@@ -496,7 +496,7 @@ def test_a_document_that_lists_no_attachment_is_no_source_of_liveness(tmp_path):
     nothing, and gc refuses without --all rather than remove every chain."""
     import pmctl
 
-    from portmapctl.ops.gc_liveness import require_source, says_nothing
+    from portmapctl.ops.gc.liveness import require_source, says_nothing
 
     empty = ValidAttachments(None, frozenset(), "<stdin>")
     absent = (str(tmp_path / "no-cache"),)

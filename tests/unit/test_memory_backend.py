@@ -232,8 +232,8 @@ def _planned_then_forgotten(tmp_path, monkeypatch):
     from functools import partial
 
     from portmapctl.host import lock
-    from portmapctl.ops import gc_state
     from portmapctl.ops import node as node_module
+    from portmapctl.ops.gc import state as gc_state
 
     run_dir = tmp_path / "run"
     run_dir.mkdir(mode=0o700)
@@ -280,7 +280,7 @@ def test_a_confirmed_gc_does_not_write_back_what_a_gc_during_the_question_forgot
 
 
 def test_merged_sightings_only_ever_delay_a_removal():
-    from portmapctl.ops.gc_state import ChainKey, Seen, merged
+    from portmapctl.ops.gc.state import ChainKey, Seen, merged
 
     a, b, c, d = (ChainKey(4, f"CNI-DN-{n}") for n in "abcd")
     current = {a: Seen("x", 5.0), c: Seen("z", 9.0)}  # b: forgotten by the other run

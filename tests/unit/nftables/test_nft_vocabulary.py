@@ -19,7 +19,7 @@ from pmctl import run
 from portmapctl import render
 from portmapctl.nftables.ruleset import CONTAINER_CHAINS, MASQUERADING
 from portmapctl.ops.gc import GcOptions, GcResult, Sources
-from portmapctl.ops.gc_nft import plan_nft
+from portmapctl.ops.gc.nft import plan_nft
 
 CASE = "v191-shadowed"
 SNAP = str(nftcases.HERE / f"{CASE}.nft.json")

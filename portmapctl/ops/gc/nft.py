@@ -1,17 +1,18 @@
 """gc of the plugin's nftables backend (v1.6 on): which containers' rules go, one
 `nft -f` transaction deleting them by handle, their sightings for --min-age. The
-iptables side and the run as a whole are in gc.py, which calls `plan_nft` and
-`apply_nft`."""
+iptables side and the run as a whole are in family.py, plan.py and apply.py, which
+call `plan_nft` and `apply_nft`."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni.cache import Attachment
-from portmapctl.ops import gc_state
-from portmapctl.ops.gc import NFT_KIND, GcChain, GcOptions, Sources, read_cache_while_planning
-from portmapctl.ops.gc_liveness import empty_cache_refusal, says_nothing
-from portmapctl.ops.gc_state import NFT_PREFIX, ChainKey
+from portmapctl.ops.gc import state as gc_state
+from portmapctl.ops.gc.liveness import Sources, empty_cache_refusal, says_nothing
+from portmapctl.ops.gc.plan import GcOptions, read_cache_while_planning
+from portmapctl.ops.gc.result import NFT_KIND, GcChain
+from portmapctl.ops.gc.state import NFT_PREFIX, ChainKey
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class NftPlan(NamedTuple):
     # UDP host ports per family of removed rules that another nftables rule still maps
     # (a flow the removed rule DNATed keeps its dead destination), and every UDP host
     # port the rules left map: gc judges the flows of a port the other backend still
-    # maps, or this one, as flush-udp --stale-only does (ops/gc.py).
+    # maps, or this one, as flush-udp --stale-only does (udp.py).
     remapped: Dict[int, Set[int]] = {}
     mapped: Dict[int, Set[int]] = {}
 
@@ -91,7 +92,7 @@ def plan_nft(
         for chain in CONTAINER_CHAINS
         for rule in table.rules_of(chain)
     ):
-        # As for the iptables chains (gc.py _plan_table), whatever --backend says.
+        # As for the iptables chains (plan.py _plan_table), whatever --backend says.
         raise empty_cache_refusal(
             cache_dirs, "portmap rules in nftables (cni_hostport)", "every container's rules"
         )

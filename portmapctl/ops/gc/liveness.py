@@ -1,6 +1,6 @@
 """Where gc learns which containers are live (SPEC §3 gc): the CNI cache, CNI GC
 `cni.dev/valid-attachments` documents and `--keep`, combined into one `Liveness`.
-Pure but for reading a document file; ops/gc.py plans with it.
+Pure but for reading a document file; plan.py plans with it.
 """
 
 from __future__ import annotations

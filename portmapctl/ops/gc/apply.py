@@ -1,0 +1,183 @@
+"""Applying a gc plan: per family one transaction through Node.converge (a family
+applied ahead by plan_gc reported in its place), then the nftables side, the
+sightings saved for --min-age, and the UDP conntrack flush after (udp.py); the
+GcResult, or the one error line of a family that failed. Apart from plan.py: an
+interactive gc plans, asks, and only then applies what was shown.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
+
+from portmapctl.core.pause import gc_paused
+from portmapctl.errors import ApplyFailed, HostProblem
+from portmapctl.ops.gc import state as gc_state
+from portmapctl.ops.gc.family import FamilyPlan
+from portmapctl.ops.gc.liveness import Sources
+from portmapctl.ops.gc.plan import GcOptions, GcPlan, Planning, converge_family, plan_gc
+from portmapctl.ops.gc.result import GcChain, GcResult
+from portmapctl.ops.gc.state import ChainKey
+from portmapctl.ops.gc.udp import flush_shared, flush_udp_after, udp_work, unread_nft_udp
+from portmapctl.ops.node import Node, locked
+
+if TYPE_CHECKING:
+    from portmapctl.ops.gc.nft import NftPlan
+
+
+def _family_failure(
+    family: int, err: ApplyFailed, plans: Sequence[FamilyPlan], planned: GcPlan
+) -> ApplyFailed:
+    """The one error line of a family that failed, with what the others removed."""
+    order = [p.family for p in planned.families]
+    earlier = set(order[: order.index(family)])
+    before = sum(len(p.removed) for p in plans if p.family in earlier)
+    # Later in the order, yet applied: ahead of the others (plan_gc's apply_early).
+    ahead = [p for p in plans if p.family not in earlier]
+    return ApplyFailed(
+        f"IPv{family}: {err}"
+        + (f" (earlier families: {before} chains removed)" if before else "")
+        + "".join(
+            f" (IPv{p.family} was applied ahead of it: {len(p.removed)} chains removed)"
+            for p in ahead
+            if p.removed
+        )
+    )
+
+
+# Called after each transaction with (chains removed so far, chains planned in all).
+Progress = Callable[[int, int], None]
+
+
+def apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress] = None) -> GcResult:
+    """Apply the plan (unless a dry run) family by family, record the sightings, and
+    flush the UDP conntrack entries of the ports unmapped. A family whose table
+    changed since it was read is read again (the cache after it) and re-planned.
+    `progress(done, total)` (a progress bar): called before the first transaction and
+    after each family's."""
+    with gc_paused(freeze=True):
+        return _apply_gc(node, planned, progress)
+
+
+def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcResult:
+    from portmapctl.ops.gc import nft as gc_nft  # loaded only when a run applies, as in plan.py
+
+    total = planned.removing
+    if progress is not None:
+        progress(0, total)
+
+    options, sources = planned.options, planned.sources
+    warnings = list(planned.warnings)
+    remembered: Dict[ChainKey, gc_state.Seen] = dict(planned.remembered)
+    plans: List[FamilyPlan] = []
+    transactions: Dict[int, str] = {}
+    failure: Optional[ApplyFailed] = None
+    failed_family = 0
+    planning = Planning(sources, options, planned.seen, planned.view, planned.cache_dirs, warnings)
+    for first in planned.families:
+        family = first.family
+        ahead = planned.applied.get(family)
+        done: Optional[FamilyPlan] = None
+        error: Optional[ApplyFailed] = None
+        if ahead is not None:
+            done, error = ahead.plan, ahead.failure
+        elif failure is not None:
+            continue  # after a family failed, the later ones are not tried
+        else:
+            try:
+                done = converge_family(node, first, planning)
+            except ApplyFailed as err:
+                error = err
+        if done is None:
+            if failure is None:
+                failure, failed_family = error, family
+            remembered.update(first.seen)  # nothing went: remember all of it
+            continue
+        plans.append(done)
+        if progress is not None:
+            progress(sum(len(p.removed) for p in plans), total)
+        if done.transaction and options.dry_run:
+            transactions[family] = done.transaction.render()  # shown with -v
+        remembered.update(done.seen)
+        if not options.dry_run:
+            for chain in done.removed:
+                remembered.pop(ChainKey(family, chain.chain), None)
+    if failure is not None:
+        failure = _family_failure(failed_family, failure, plans, planned)
+    nft_removed: List[GcChain] = []
+    nft_pending: List[GcChain] = []
+    nft_kept = 0
+    nft_done: Optional[NftPlan] = None
+    if failure is None and planned.nft is not None:
+        try:
+            text, nft_done = gc_nft.apply_nft(
+                node, planned.nft, sources, options, planned.seen, planned.cache_dirs, warnings
+            )
+        except ApplyFailed as err:
+            failure = ApplyFailed(f"nftables: {err}")
+        else:
+            nft_removed, nft_pending = nft_done.removed, nft_done.pending
+            if progress is not None:
+                progress(sum(len(p.removed) for p in plans) + len(nft_removed), total)
+            nft_kept = nft_done.kept
+            remembered.update(nft_done.seen)
+            if not options.dry_run:
+                for chain in nft_removed:
+                    remembered.pop(chain.key, None)
+            if text and options.dry_run:
+                transactions["nft"] = text  # type: ignore[index]
+    # Every run records its sightings, a dry run (and gc's interactive preview) too:
+    # otherwise --min-age would never start counting for someone who looks first.
+    state_error: Optional[str] = None
+    try:
+        if options.dry_run:
+            # Read without the lock (a dry run writes no rules; the preview waits on
+            # a person): a gc may have saved since, so only this run's changes go in.
+            with locked(node):
+                gc_state.save(options.state_dir, planned.namespace, remembered, planned.seen)
+        else:
+            # Under the lock, but the plan may be older than the lock (gc read it
+            # before asking): only this run's changes go in, as for the preview.
+            gc_state.save(options.state_dir, planned.namespace, remembered, planned.seen)
+    except HostProblem as err:
+        if options.dry_run:
+            warnings.append(f"sightings not recorded: {err}")
+        else:
+            # /run full or read-only: the chains are gone already.
+            # What was done is still reported and the conntrack flush still runs; the
+            # caller ends with this as the one error line (exit 3). Not remembering the
+            # sightings only makes later runs wait --min-age again: nothing unsafe.
+            state_error = str(err)
+    nft_mapped = nft_done.mapped if nft_done is not None else unread_nft_udp(node, plans)
+    work, shared_ports = udp_work(plans, nft_mapped, nft_done)
+    deleted, flush_warnings = 0, ()
+    if not options.dry_run and options.flush_udp and (work or shared_ports):
+        # Also when a later family failed: what went in the others went for good.
+        deleted, flush_warnings = flush_udp_after(work)
+        if shared_ports:
+            more, more_warnings = flush_shared(node, shared_ports)
+            deleted += more
+            flush_warnings += more_warnings
+    if failure is not None:
+        raise failure
+    return GcResult(
+        options.dry_run,
+        tuple(c for p in plans for c in p.removed) + tuple(nft_removed),
+        tuple(c for p in plans for c in p.pending) + tuple(nft_pending),
+        sum(p.kept for p in plans) + nft_kept,
+        deleted,
+        tuple((p.family, name) for p in plans for name in p.shared_removed),
+        transactions,
+        tuple(warnings) + flush_warnings,
+        state_error,
+    )
+
+
+def gc(
+    node: Node,
+    sources: Sources,
+    options: GcOptions = GcOptions(),
+    progress: Optional[Progress] = None,
+) -> GcResult:
+    """Plan and (unless a dry run) apply the removal, family by family (the smaller
+    table's applied while the others are planned: plan_gc's apply_early)."""
+    return apply_gc(node, plan_gc(node, sources, options, apply_early=True), progress)

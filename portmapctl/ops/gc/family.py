@@ -1,0 +1,149 @@
+"""One family's gc plan, from its table alone: which not-live chains go now, which
+wait for --min-age, the teardown transaction, and the UDP host ports the removal
+frees or leaves mapped. Pure (the caller reads and applies); apart from plan.py, which
+reads the node and plans a whole run with it, so that it is tested on tables alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+
+from portmapctl.iptables import inventory
+from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, is_plugin_chain
+from portmapctl.iptables.inventory import ChainFacts
+from portmapctl.iptables.planner import plan_teardown
+from portmapctl.iptables.ruleset import NatTable
+from portmapctl.iptables.shapes import ProtoPort
+from portmapctl.iptables.transaction import OpKind, Transaction
+from portmapctl.ops.gc import state as gc_state
+from portmapctl.ops.gc.liveness import AnyChain, Liveness
+from portmapctl.ops.gc.result import GcChain
+from portmapctl.ops.gc.state import ChainKey
+
+
+@dataclass(frozen=True)
+class FamilyPlan:
+    family: int
+    removed: Tuple[GcChain, ...]
+    pending: Tuple[GcChain, ...]
+    kept: int
+    shared_removed: Tuple[str, ...]  # CNI-HOSTPORT-SNAT, once empty
+    freed_udp_ports: Tuple[int, ...]  # UDP host ports mapped before, not after
+    seen: Mapping[ChainKey, gc_state.Seen]  # every chain not live now, for the state file
+    transaction: Transaction
+    # UDP host ports of removed chains that another chain still maps, and the UDP
+    # mappings left: a flow the removed chain DNATed keeps its dead destination.
+    remapped_udp_ports: Tuple[int, ...] = ()
+    remaining_udp: Tuple[inventory.Mapping, ...] = ()
+    # Every UDP host port the chains left map (the nftables side's removal needs it).
+    mapped_udp_ports: FrozenSet[int] = frozenset()
+
+
+def fingerprint(chain: AnyChain) -> str:
+    """The chain's rules and the rules entering it (not their positions: another
+    chain's entry rules going away must not restart the clock). Hashed as one text,
+    the same bytes 0.2 hashed line by line (so its state file's sightings still hold)."""
+    lines = ["R\0" + "\0".join(rule) + "\n" for rule in chain.rules]
+    for entry_chain, args in sorted((e.chain, e.args) for e in chain.entries):
+        lines.append("E\0" + entry_chain + "\0" + "\0".join(args) + "\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()[:32]
+
+
+def _gc_chain(chain: ChainFacts, ports: Tuple[ProtoPort, ...], seen_seconds: float) -> GcChain:
+    return GcChain(
+        chain.name,
+        chain.family,
+        chain.kind,
+        chain.network,
+        chain.container_id,
+        ports,
+        round(max(seen_seconds, 0.0), 1),
+    )
+
+
+def plan_family(
+    table: NatTable,
+    live: Liveness,
+    seen: Mapping[ChainKey, gc_state.Seen],
+    now: float,
+    min_age: float,
+    only: Optional[FrozenSet[Tuple[int, str]]] = None,
+    hold: FrozenSet[str] = frozenset(),
+    by_number: bool = True,
+) -> FamilyPlan:
+    """What gc does to one family's table. Pure: the caller reads and applies.
+
+    `seen` is the state file's memory; `only` (confirmed at a prompt) limits what
+    may go now; a chain that DNATs to an address in `hold` (a container with that
+    address is being added) stays pending, its clock running.
+    """
+    family = table.family
+    chains = inventory.chain_facts(table)
+    ports = {chain.name: chain.host_ports for chain in chains}
+    derived = live.derived_chains(chains)
+    removable: List[ChainFacts] = []
+    pending: List[GcChain] = []
+    new_seen: Dict[ChainKey, gc_state.Seen] = {}
+    kept = 0
+    for chain in chains:
+        if not is_plugin_chain(chain.name):
+            continue  # not the plugin's name: never ours to remove (inventory skips them)
+        if live.is_live(chain, derived) or not live.in_scope(chain):
+            kept += 1
+            continue
+        key = ChainKey(family, chain.name)
+        mark = fingerprint(chain)
+        before = seen.get(key)
+        first = before.first_seen if before is not None and before.fingerprint == mark else now
+        new_seen[key] = gc_state.Seen(mark, first)
+        allowed = only is None or (family, chain.name) in only
+        held = bool(hold and chain.container_ips & hold)
+        if now - first >= min_age and allowed and not held:
+            removable.append(chain)
+        else:
+            pending.append(_gc_chain(chain, ports[chain.name], now - first))
+    entering: Dict[str, List[int]] = {}
+    for chain in removable:
+        for entry in chain.entries:
+            entering.setdefault(entry.chain, []).append(entry.index)
+    txn = plan_teardown(table, [c.name for c in removable], by_number, entering)
+    gone = {c.name for c in removable}
+    still_mapped = _udp_ports(ports, set(ports) - gone)
+    freed = _udp_ports(ports, gone) - still_mapped
+    remapped = _udp_ports(ports, gone) & still_mapped
+    remaining: Tuple[inventory.Mapping, ...] = ()
+    if remapped:
+        # Only then are the mappings left needed (flush-udp --stale-only's judgement):
+        # the whole inventory, statuses and all.
+        remaining = tuple(
+            m
+            for m in inventory.build({family: table}).mappings
+            if m.protocol == "udp" and m.chain not in gone
+        )
+    shared = tuple(
+        op.chain
+        for op in txn.ops
+        if op.kind is OpKind.DELETE_CHAIN and op.chain == OLD_TOPLEVEL_SNAT
+    )
+    return FamilyPlan(
+        family,
+        tuple(
+            _gc_chain(c, ports[c.name], now - new_seen[ChainKey(family, c.name)].first_seen)
+            for c in removable
+        ),
+        tuple(pending),
+        kept,
+        shared,
+        tuple(sorted(freed)),
+        new_seen,
+        txn,
+        tuple(sorted(remapped)),
+        remaining,
+        frozenset(still_mapped),
+    )
+
+
+def _udp_ports(ports: Mapping[str, Tuple[ProtoPort, ...]], names: Set[str]) -> Set[int]:
+    return {port for name in names for proto, port in ports[name] if proto == "udp"}

@@ -1,0 +1,330 @@
+"""A whole gc run planned from one read of the node: every table, then the cache,
+liveness from the sources, and per family a FamilyPlan (family.py), with the
+nftables side beside it (nft.py). Also re-planning a family whose table changed
+(converge_family), since a run that asks nobody applies one family while it plans
+the others (plan_gc's apply_early). Apart from apply.py, which applies the plan a
+prompt showed, and from family.py, whose plan of a table is pure.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from typing import (
+    TYPE_CHECKING,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
+
+from portmapctl.cni import cache as cni_cache
+from portmapctl.cni.cache import Attachment, present_dirs, results_dir
+from portmapctl.core.pause import gc_paused
+from portmapctl.errors import ApplyFailed, BadInput, HostProblem
+from portmapctl.host.netns import NamespaceView, fresh_uncached, local_addresses
+from portmapctl.host.paths import RUN_DIR
+from portmapctl.iptables import inventory
+from portmapctl.iptables.ruleset import NatTable
+from portmapctl.ops.gc import state as gc_state
+from portmapctl.ops.gc.family import FamilyPlan, plan_family
+from portmapctl.ops.gc.liveness import (
+    Liveness,
+    Sources,
+    empty_cache_refusal,
+    liveness,
+    require_namespaces,
+    require_source,
+    says_nothing,
+)
+from portmapctl.ops.gc.state import ChainKey
+from portmapctl.ops.node import APPLY_TRIES, Node, side_by_side
+
+if TYPE_CHECKING:
+    from portmapctl.nftables.ruleset import Ruleset
+    from portmapctl.ops.gc.nft import NftPlan
+
+DEFAULT_MIN_AGE = 120.0
+
+
+@dataclass(frozen=True)
+class GcOptions:
+    min_age: float = DEFAULT_MIN_AGE
+    dry_run: bool = False
+    flush_udp: bool = True
+    only: Optional[FrozenSet[Tuple[int, str]]] = None  # what a prompt confirmed
+    state_dir: str = RUN_DIR
+
+
+def read_cache_while_planning(
+    node: Node, dirs: Sequence[str], warnings: List[str], judge_namespaces: bool = True
+) -> List[Attachment]:
+    """The cache (cni.cache reads a half-written file again); `dirs` were present at
+    the start: one gone since would make its containers look stale. Namespaces are
+    judged only for --netns-liveness (judge_namespaces)."""
+    return _checked_cache(node.read_cache(judge_namespaces), dirs, warnings)
+
+
+def _checked_cache(
+    found: Optional[List[Attachment]], dirs: Sequence[str], warnings: List[str]
+) -> List[Attachment]:
+    missing = [d for d in dirs if d not in present_dirs(dirs)]
+    if found is None or missing:
+        gone = ", ".join(results_dir(d) for d in (missing or dirs))
+        raise HostProblem(
+            f"the CNI cache {gone} disappeared while gc ran: nothing removed from this family"
+        )
+    for warning in cni_cache.warnings(found):
+        if warning not in warnings:
+            warnings.append(warning)
+    return found
+
+
+def _adding(
+    view: Optional[NamespaceView],
+    attachments: Optional[Sequence[Attachment]],
+    min_age: float,
+) -> Tuple[List[str], FrozenSet[str]]:
+    """Namespaces that look like an ADD in progress (see netns.fresh_uncached).
+
+    A container started again with the ID (and ports, and address) of a chain pending
+    as stale gets that very chain back from the plugin, unchanged: nothing in the
+    table tells, and its cache entry comes only at the end of the ADD. Its new
+    namespace does tell: it is young, in no cache entry, and already holds the
+    address the chain DNATs to (the plugins before portmap put it there). Returns
+    (those namespaces, their addresses).
+    """
+    if view is None or min_age <= 0:
+        return [], frozenset()
+    cached = [a.netns for a in attachments or () if a.netns]
+    found: Dict[str, Set[str]] = {}
+    for path in fresh_uncached(view, cached, min_age):
+        addresses = local_addresses(path) - {"127.0.0.1", "::1"}
+        if addresses:
+            found[path] = addresses
+    return sorted(found), frozenset(a for addresses in found.values() for a in addresses)
+
+
+class Applied(NamedTuple):
+    """How a family applied ahead went: the plan that went in, or why none did."""
+
+    plan: Optional[FamilyPlan]
+    failure: Optional[ApplyFailed]
+
+
+@dataclass(frozen=True)
+class GcPlan:
+    """A whole run planned from one read of the node (every table, then the cache):
+    what a prompt shows, and what `apply_gc` then applies as it is, re-reading and
+    re-planning only a family whose table changed meanwhile."""
+
+    sources: Sources
+    options: GcOptions
+    families: Tuple[FamilyPlan, ...]
+    nft: Optional[NftPlan]  # None: nftables not looked at
+    seen: Mapping[ChainKey, gc_state.Seen]  # the state file as read
+    remembered: Mapping[ChainKey, gc_state.Seen]  # sightings of what is not looked at
+    namespace: str
+    cache_dirs: Tuple[str, ...]
+    view: Optional[NamespaceView]
+    warnings: Tuple[str, ...]
+    # Families applied while the others were planned (plan_gc's apply_early).
+    applied: Mapping[int, Applied] = field(default_factory=dict)
+
+    @property
+    def removing(self) -> int:
+        """How many chains (and nftables containers per family) it removes."""
+        nft = len(self.nft.removed) if self.nft is not None else 0
+        return sum(len(p.removed) for p in self.families) + nft
+
+
+def plan_gc(
+    node: Node, sources: Sources, options: GcOptions = GcOptions(), apply_early: bool = False
+) -> GcPlan:
+    """Read the node once and plan every family; nothing is changed unless
+    apply_early.
+
+    apply_early (a run that asks nobody, not a dry run): the family with the smaller
+    table is planned first and applied (Node.converge, as apply_gc would) while the
+    others are planned: its restore (0.1 s for IPv6 at 5,000 stale of 10,000) then
+    costs no time of its own. Each family is still one transaction of its own,
+    planned from the tables read first and the cache read after them; apply_gc
+    reports it in its place. A failure there is apply_gc's to report, after the
+    other families went in as they would have (so the node ends as with the
+    families applied in order); only when one of those fails has the family ahead
+    gone in where in order it would not have been tried (the message says so).
+    """
+    with gc_paused(freeze=True):
+        return _plan_gc(node, sources, options, apply_early and not options.dry_run)
+
+
+def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool) -> GcPlan:
+    from portmapctl.ops.gc import nft as gc_nft  # it builds on this module's values
+
+    require_source(sources, node.options.cache_dirs)
+    cache_dirs = present_dirs(node.options.cache_dirs)
+    use_cache = bool(cache_dirs)
+    if sources.netns_liveness and not use_cache:
+        raise BadInput("--netns-liveness judges CNI cache entries: there is no CNI cache here")
+    view = node.namespace_view()
+    namespace = gc_state.namespace_key(node.options.netns)
+    seen, state_warnings = gc_state.load(options.state_dir, namespace)
+    warnings = list(state_warnings)
+    families = node.families
+    with_nft = node.nft is not None and gc_nft.speaks_for_nft(sources, use_cache)
+    nft_families = families if node.nft is not None else ()
+    # Sightings of families not looked at this run stay as they are.
+    remembered = {
+        key: value
+        for key, value in seen.items()
+        if key.family not in (nft_families if key.nft else families)
+    }
+
+    def read() -> Tuple[Dict[int, NatTable], Optional[Ruleset]]:
+        if not with_nft:
+            return node.read(families), None
+        # nft lists (and its modules load) while iptables-save runs, not after it.
+        return side_by_side(
+            lambda: node.read(families), lambda: node.read_nft_to_change(options.dry_run)
+        )
+
+    # Every table first, the cache after them: a container whose ADD finished in
+    # between counts as live (the other order could miss it).
+    attachments: Optional[List[Attachment]] = None
+    if use_cache:
+        # A cache entry's namespace matters only to --netns-liveness: not looked up
+        # otherwise (a stat or two per entry).
+        (tables, nft_rules), found = node.read_then_cache(read, sources.netns_liveness)
+        attachments = _checked_cache(found, cache_dirs, warnings)
+    else:
+        tables, nft_rules = read()
+    live = liveness(sources, attachments)  # the same for every family
+
+    nft = None
+    if nft_rules is not None:
+        # Before any family is planned (and one applied ahead): a refusal (an empty
+        # cache) comes before anything is changed.
+        nft = gc_nft.plan_nft(nft_rules, attachments, sources, options, seen, families, cache_dirs)
+    planning = Planning(sources, options, seen, view, cache_dirs, warnings)
+
+    def plan(family: int) -> FamilyPlan:
+        return _plan_table(tables[family], attachments, planning, True, live)
+
+    planned: Dict[int, FamilyPlan] = {}
+    applied: Dict[int, Applied] = {}
+    if apply_early and len(families) > 1:
+        ahead = min(families, key=lambda f: len(tables[f].chains))
+        planned[ahead] = plan(ahead)
+        if planned[ahead].transaction:
+            # Its re-plans (a try refused) warn into a list of their own, merged after.
+            ahead_warnings: List[str] = []
+
+            def apply_ahead() -> Applied:
+                try:
+                    done = converge_family(
+                        node, planned[ahead], replace(planning, warnings=ahead_warnings)
+                    )
+                except ApplyFailed as err:
+                    return Applied(None, err)
+                return Applied(done, None)
+
+            applied[ahead], rest = side_by_side(
+                apply_ahead, lambda: {f: plan(f) for f in families if f != ahead}
+            )
+            planned.update(rest)
+            warnings += [w for w in dict.fromkeys(ahead_warnings) if w not in warnings]
+    for family in families:
+        if family not in planned:
+            planned[family] = plan(family)
+    plans = tuple(planned[f] for f in families)
+    return GcPlan(
+        sources,
+        options,
+        plans,
+        nft,
+        seen,
+        remembered,
+        namespace,
+        cache_dirs,
+        view,
+        tuple(warnings),
+        applied,
+    )
+
+
+@dataclass(frozen=True)
+class Planning:
+    """What planning a family takes besides its table, the same for every try."""
+
+    sources: Sources
+    options: GcOptions
+    seen: Mapping[ChainKey, gc_state.Seen]  # the state file as read
+    view: Optional[NamespaceView]
+    cache_dirs: Sequence[str]
+    warnings: List[str]  # where warnings go (appended to)
+
+
+def _plan_table(
+    table: NatTable,
+    attachments: Optional[List[Attachment]],
+    planning: Planning,
+    by_number: bool,
+    live: Optional[Liveness] = None,
+) -> FamilyPlan:
+    """plan_family with what the sources say; `attachments` read after `table`
+    (`live`: what they say, when the caller has merged them already)."""
+    sources, options, warnings = planning.sources, planning.options, planning.warnings
+    if says_nothing(sources, attachments) and inventory.per_container_chains(table):
+        raise empty_cache_refusal(
+            planning.cache_dirs, "portmap chains", "every per-container chain"
+        )
+    if attachments is not None and sources.netns_liveness:
+        require_namespaces(attachments)
+    adding, addresses = _adding(planning.view, attachments, options.min_age)
+    found = plan_family(
+        table,
+        live if live is not None else liveness(sources, attachments),
+        planning.seen,
+        gc_state.clock(),
+        options.min_age,
+        options.only,
+        hold=addresses,
+        by_number=by_number,
+    )
+    if addresses and any(c.seen_seconds >= options.min_age for c in found.pending):
+        warning = (
+            f"a network namespace younger than --min-age and in no CNI cache entry"
+            f" ({', '.join(adding[:3])}{', ...' if len(adding) > 3 else ''}) holds an"
+            " address a stale chain DNATs to: its container is being added, so that"
+            " chain is not removed this run"
+        )
+        if warning not in warnings:
+            warnings.append(warning)
+    return found
+
+
+def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> FamilyPlan:
+    """Apply one family's plan; re-read and re-plan while its table changed meanwhile
+    (Node.converge). Returns the plan applied; ApplyFailed after the last try."""
+    # The first re-plan is the second try; the last try deletes by text: slower
+    # on a big chain, but a plugin call elsewhere in CNI-HOSTPORT-DNAT does not
+    # make it fail (the guards do, and on a busy node they may every time).
+    tries = itertools.count(2)
+
+    def replan(table: NatTable) -> FamilyPlan:
+        attachments = (
+            read_cache_while_planning(
+                node, planning.cache_dirs, planning.warnings, planning.sources.netns_liveness
+            )
+            if planning.cache_dirs
+            else None
+        )
+        by_number = next(tries) < APPLY_TRIES
+        return _plan_table(table, attachments, planning, by_number)
+
+    return node.converge(first.family, replan, planning.options.dry_run, planned=first)

@@ -1,0 +1,61 @@
+"""What `gc` reports: each chain it removed or waits on (GcChain) and the run's
+GcResult. Apart from the planning and applying that produce them: the renderers,
+JSON and metrics read these values and nothing else of gc."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+from portmapctl.iptables.shapes import ProtoPort
+from portmapctl.ops.gc import state as gc_state
+from portmapctl.ops.gc.state import ChainKey
+
+# One container's rules in one family of the nftables backend (ops/gc/nft.py), as
+# list and check call them (nftables/inventory.py CHAIN_TYPE).
+NFT_KIND = "nft-rule"
+
+
+@dataclass(frozen=True)
+class GcChain:
+    """A per-container chain gc removes (or would), or waits on (pending); for the
+    nftables backend one container's rules in one family (`chain`: the nft chain of
+    its DNAT rules, as list and check name it, never the container ID)."""
+
+    chain: str
+    family: int
+    kind: str  # "dnat" | "legacy-snat" | NFT_KIND
+    network: Optional[str]
+    container_id: Optional[str]
+    host_ports: Tuple[ProtoPort, ...]
+    seen_seconds: float
+
+    @property
+    def backend(self) -> str:
+        """The plugin backend it is in: its kind says (JSON `backend`)."""
+        return "nftables" if self.kind == NFT_KIND else "iptables"
+
+    @property
+    def key(self) -> ChainKey:
+        """What sightings and a prompt's confirmation are keyed by: an nftables
+        container's rules have no chain of their own (gc_state.ChainKey)."""
+        if self.kind == NFT_KIND:
+            return ChainKey(self.family, f"{gc_state.NFT_PREFIX}{self.container_id}")
+        return ChainKey(self.family, self.chain)
+
+
+@dataclass(frozen=True)
+class GcResult:
+    dry_run: bool
+    removed: Tuple[GcChain, ...]
+    pending: Tuple[GcChain, ...]
+    kept: int
+    conntrack_deleted: int
+    shared_removed: Tuple[Tuple[int, str], ...] = ()  # (family, CNI-HOSTPORT-SNAT)
+    transactions: Dict[int, str] = field(default_factory=dict)
+    warnings: Tuple[str, ...] = ()
+    state_error: Optional[str] = None  # the state file could not be written
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.removed or self.shared_removed)

@@ -1,0 +1,126 @@
+"""The UDP conntrack entries gc's removal leaves pointing nowhere (the plugin's DEL
+leaves them; their flows would keep a dead DNAT until idle): which host ports'
+flows go, judged against what either plugin backend still maps, and their flush.
+Apart from apply.py: it runs after the rules are gone, and fails only as a warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+from portmapctl.iptables.transaction import Transaction
+from portmapctl.ops.gc.family import FamilyPlan
+from portmapctl.ops.node import Node
+
+if TYPE_CHECKING:
+    from portmapctl.ops.gc.nft import NftPlan
+
+
+def unread_nft_udp(node: Node, plans: Sequence[FamilyPlan]) -> Dict[int, Set[int]]:
+    """The UDP host ports the plugin's nftables rules map where gc did not look at
+    nftables (--backend iptables): read only when the removal touched a UDP port, so
+    that a port freed in iptables but mapped by a live nftables container keeps that
+    container's flows."""
+    if not any(p.freed_udp_ports or p.remapped_udp_ports for p in plans):
+        return {}
+    live = node.read_nft_evidence()
+    if not live.tables:
+        return {}
+    from portmapctl.ops.gc.nft import nft_udp_ports
+
+    return nft_udp_ports(live, set())
+
+
+def udp_work(
+    plans: Sequence[FamilyPlan],
+    nft_mapped: Mapping[int, Set[int]],
+    nft_done: Optional[NftPlan],
+) -> Tuple[List[FamilyPlan], Dict[int, Set[int]]]:
+    """The UDP host ports the removal touched, split by how their flows are judged:
+    the plans flush_udp_after takes (ports nothing maps any more in either backend:
+    every flow; ports only iptables chains still map: the misrouting ones, judged by
+    the iptables mappings left), and per family the ports whose flows must be judged
+    against both backends' mappings left (another backend still maps them, or, in
+    nftables, another container's rule). A port freed in one backend but mapped in the
+    other is no freed port: its live container's flows stay."""
+    ipt_mapped = {p.family: p.mapped_udp_ports for p in plans}
+    shared: Dict[int, Set[int]] = {}
+    work: List[FamilyPlan] = []
+    for p in plans:
+        other = nft_mapped.get(p.family, set())
+        crossing = {n for n in (*p.freed_udp_ports, *p.remapped_udp_ports) if n in other}
+        if crossing:
+            shared.setdefault(p.family, set()).update(crossing)
+        freed = tuple(n for n in p.freed_udp_ports if n not in other)
+        remapped = tuple(n for n in p.remapped_udp_ports if n not in other)
+        if freed or remapped:
+            work.append(replace(p, freed_udp_ports=freed, remapped_udp_ports=remapped))
+    if nft_done is not None:
+        families = sorted({*nft_done.freed, *nft_done.remapped})
+        for family in families:
+            gone = nft_done.freed.get(family, set()) | nft_done.remapped.get(family, set())
+            mapped = nft_mapped.get(family, set()) | ipt_mapped.get(family, frozenset())
+            if gone & mapped:
+                shared.setdefault(family, set()).update(gone & mapped)
+            freed = tuple(sorted(gone - mapped))
+            if freed:
+                # No rule of either backend maps them: every flow goes (no chain needed).
+                work.append(FamilyPlan(family, (), (), 0, (), freed, {}, Transaction(family)))
+    return work, shared
+
+
+def flush_shared(node: Node, ports: Dict[int, Set[int]]) -> Tuple[int, Tuple[str, ...]]:
+    """The misrouting flows (flush-udp --stale-only) of ports the removal left mapped
+    by a container of either backend, judged by both backends' mappings as they are
+    now (read again: a rare case, a port shared across backends or in nftables)."""
+    from portmapctl.ops import flush_udp as flushing
+
+    try:
+        mappings = flushing.node_mappings(node, node.read(), None)
+        deleted = sum(
+            flushing.flush_ports((family,), sorted(found), keep=mappings)
+            for family, found in sorted(ports.items())
+        )
+    except Exception as err:  # noqa: BLE001 - reported, never fatal after the removal
+        shown = ", ".join(f"{p}/v{f}" for f, found in sorted(ports.items()) for p in sorted(found))
+        return 0, (f"could not flush the misrouting UDP conntrack entries of {shown}: {err}",)
+    return deleted, ()
+
+
+def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:
+    """Delete the UDP conntrack entries the removal left pointing nowhere, per family:
+    every flow to a host port no chain maps any more, and the misrouting ones (as
+    `flush-udp --stale-only`) of a removed chain's port that another chain still maps
+    (the removed chain, entered first, had taken the flow to its dead container).
+    Only flows to the node's own addresses: a forwarded flow met no mapping.
+
+    The chains are gone by now, so a failure here is a warning (as in the plugin's
+    ADD), not a failed gc: the entries expire when their flows go idle.
+    """
+    from portmapctl.host import conntrack  # imported only when there is work
+    from portmapctl.host.addresses import local_addresses
+    from portmapctl.ops import flush_udp as flushing
+
+    deleted = 0
+    warnings = []
+    for plan in sorted(plans, key=lambda p: p.family):
+        family = plan.family
+        family_ports = sorted({*plan.freed_udp_ports, *plan.remapped_udp_ports})
+        try:
+            local = local_addresses((family,))
+            entries = conntrack.list_udp((family,), family_ports)
+            freed = {(family, port) for port in plan.freed_udp_ports}
+            remapped = {(family, port) for port in plan.remapped_udp_ports}
+            doomed = flushing.plan(entries, freed, (), local=local)
+            doomed += flushing.plan(
+                entries, remapped, plan.remaining_udp, stale_only=True, local=local
+            )
+            deleted += conntrack.delete([d.entry for d in doomed])
+        except Exception as err:  # noqa: BLE001 - reported, never fatal after the removal
+            shown = ",".join(str(p) for p in family_ports[:10])
+            more = "..." if len(family_ports) > 10 else ""
+            warnings.append(
+                f"could not flush IPv{family} UDP conntrack entries for ports {shown}{more}: {err}"
+            )
+    return deleted, tuple(warnings)
