@@ -38,3 +38,10 @@ def test_readme_install_works_where_system_pip_refuses_and_the_unit_finds_it():
     unit = (ROOT / "deploy/systemd/portmapctl-gc.service").read_text()
     exec_start = re.search(r"^ExecStart=(\S+)", unit, re.M)
     assert exec_start and exec_start[1] == link == "/usr/local/bin/portmapctl"
+
+
+def test_readme_stays_short():
+    """The owner's rule: what it is, set-up, a tour, exit codes, the performance table;
+    the details live in docs/ (linked from its "More" list)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 180, f"README.md has {len(lines)} lines: move details to docs/"
