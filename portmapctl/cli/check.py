@@ -109,18 +109,8 @@ def check_command(
                 if result.found is not None:  # the whole node was looked at
                     from portmapctl.ops.nft import backends_read
 
-                    found = result.found
-                    mappings = list(found.mappings)
-                    if result.nft_found is not None and result.nft_found.mappings:
-                        from portmapctl.core.contest import marked
-                        from portmapctl.iptables.foreign import nft_takers
-
-                        # Counted as list counts them (contested as well).
-                        nft_rows = list(result.nft_found.mappings)
-                        taken = nft_takers(found.tables, nft_rows)
-                        mappings = marked(mappings + nft_rows, taken)
                     read = backends_read(node, result.families)
-                    recorder.note_node(mappings, found.chains, result.families, read)
+                    recorder.note_node(result.rows, result.found.chains, result.families, read)
         for warning in result.warnings:
             out.warn(warning)
         cache = common.cache()

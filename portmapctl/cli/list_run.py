@@ -52,28 +52,18 @@ def run(
             for warning in warnings(attachments):
                 out.warn(warning)
             found = inventory.build(tables, attachments)
-            mappings = list(found.mappings)
             nft_rows: list = []
-            taken: dict = {}
             if reader is not None:
                 nft_rows = _nft_rows(node, reader, attachments, found, out)
-                taken = _foreign_takers(tables, nft_rows)
-            both = bool(nft_rows and (mappings or taken))
-            mappings += nft_rows
-            if mappings:
-                from portmapctl.core.contest import hook_marked
-                from portmapctl.nftables.foreign import node_hooked
+            mappings: list = []
+            if found.mappings or nft_rows:
+                from portmapctl.ops.owners import node_rows, read_owners
 
-                # Another nftables table's nat prerouting hook (a hand-written nft
-                # firewall): by its priority against the plugin's.
+                # Other owners of the rows' ports: another nftables table's nat hook,
+                # the other backend, another tool's iptables rule (ops/owners.py).
                 live = reader[1].get("live") if reader is not None else None
-                mappings = hook_marked(mappings, node_hooked(node, mappings, live))
-            if both:
-                from portmapctl.core.contest import marked
-
-                # One port in both backends, or an nftables port another tool's
-                # iptables rule takes: which wins is the kernel's hook order.
-                mappings = marked(mappings, taken)
+                owners = read_owners(node, tables, found.mappings, nft_rows, live)
+                mappings = node_rows(found.mappings, nft_rows, owners)
             if recorder is not None:
                 from portmapctl.ops.nft import backends_read
 
@@ -200,15 +190,6 @@ def _start_nft_read(node: Any) -> Optional[Tuple[Any, dict]]:
     reader = threading.Thread(target=read_nft, name="nft", daemon=True)
     reader.start()
     return reader, box
-
-
-def _foreign_takers(tables: Any, nft_rows: list) -> dict:
-    """The nftables rows' ports another tool's iptables nat rule takes (foreign.py)."""
-    if not nft_rows or not any(t.rules("PREROUTING") for t in tables.values()):
-        return {}
-    from portmapctl.iptables import foreign
-
-    return foreign.nft_takers(tables, nft_rows)
 
 
 def _nft_rows(node: Any, started: Tuple[Any, dict], cache: Any, found: Any, out: Any) -> list:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator, List
+from typing import Dict, Iterator, List, Tuple
 
 import pmctl
 import pytest
@@ -138,12 +138,9 @@ def _statuses(args: List[str]) -> dict:
     return {(r["backend"], r["host_port"]): (r["status"], r.get("shadowed_by")) for r in rows}
 
 
-def test_other_nft_tables_take_ports_by_priority(node: str, tmp_path: Path) -> None:
-    """Earlier than the plugin's hook (dstnat - 10): shadowed by the rule as `nft list`
-    prints it; at its priority (dstnat): contested; later (dstnat + 10): nothing. For
-    the nftables backend (upstream v1.9.1) and the iptables one (Debian's plugin on
-    iptables-nft: iptables' nat PREROUTING hooks at dstnat too) alike; a rule for some
-    packets (ip saddr) takes nothing. Both said `ok`, check was healthy."""
+def _behind_handmade(node: str, tmp_path: Path) -> None:
+    """A container of each backend (upstream v1.9.1's nftables: 8080-8082, 9090;
+    Debian's iptables: 7070-7072), then HANDMADE's tables beside them."""
     rp.require(rp.plugin_available())
     ports = [rp.port_mapping(p, 80) for p in (8080, 8081, 8082, 9090)]
     conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
@@ -155,6 +152,15 @@ def test_other_nft_tables_take_ports_by_priority(node: str, tmp_path: Path) -> N
     rp.write_cni_cache(tmp_path, "podman", "nftfor0b", "eth0", ipt_conf, ipt_ports,
                        ["10.88.0.11/16"])  # fmt: skip
     upstream.nft(node, "-f", "-", stdin=HANDMADE)
+
+
+def test_other_nft_tables_take_ports_by_priority(node: str, tmp_path: Path) -> None:
+    """Earlier than the plugin's hook (dstnat - 10): shadowed by the rule as `nft list`
+    prints it; at its priority (dstnat): contested; later (dstnat + 10): nothing. For
+    the nftables backend (upstream v1.9.1) and the iptables one (Debian's plugin on
+    iptables-nft: iptables' nat PREROUTING hooks at dstnat too) alike; a rule for some
+    packets (ip saddr) takes nothing. Both said `ok`, check was healthy."""
+    _behind_handmade(node, tmp_path)
     args = _args(node, tmp_path)
     redirect = "tcp dport 7070 counter packets 0 bytes 0 redirect to :3128"
     assert _statuses(args) == {
@@ -224,3 +230,42 @@ def test_a_kube_proxy_nftables_nodeport_on_a_host_port_is_contested(
         problem["kind"] == "contested"
         and "vmap @service-nodeports (tcp . 30080 : goto" in (problem["detail"])
     )
+
+
+def _mapping_samples(path: Path) -> Dict[Tuple[str, ...], str]:
+    """portmapctl_mappings samples of a metrics file, keyed by their labels but the
+    command's."""
+    found = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("portmapctl_mappings{"):
+            labels, _, value = line.partition("} ")
+            pairs = sorted(
+                p for p in labels.split("{", 1)[1].split(",") if not p.startswith("command=")
+            )
+            found[tuple(pairs)] = value
+    return found
+
+
+def test_check_counts_the_mappings_list_counts(node: str, tmp_path: Path) -> None:
+    """check --metrics-file counted a mapping another nftables table's earlier hook
+    shadows (or one at its priority contests) as `ok`, while list counted it `shadowed`
+    (`contested`): an alert on one command's series missed what the other's raised."""
+    _behind_handmade(node, tmp_path)
+    args = _args(node, tmp_path)
+    samples = {}
+    for command in ("list", "check"):
+        path = tmp_path / f"{command}.prom"
+        done = pmctl.run([command, *args, "--metrics-file", str(path)])
+        assert done.returncode in (0, 1), done.stdout + done.stderr
+        samples[command] = _mapping_samples(path)
+    assert samples["check"] == samples["list"]
+    for backend, status, count in (
+        ("nftables", "shadowed", "1.0"),
+        ("nftables", "contested", "1.0"),
+        ("nftables", "ok", "2.0"),
+        ("iptables", "shadowed", "1.0"),
+        ("iptables", "contested", "1.0"),
+        ("iptables", "ok", "1.0"),
+    ):
+        key = (f'backend="{backend}"', 'family="4"', f'status="{status}"')
+        assert samples["check"][key] == count, (key, samples["check"])

@@ -12,7 +12,7 @@ from portmapctl.core.status import ProblemKind
 from portmapctl.ops.check.hints import Fixes
 from portmapctl.ops.check.nft import STALE, rule_text, rules_by_handle
 from portmapctl.ops.check.problem import Problem, entries_for
-from portmapctl.ops.node import Node
+from portmapctl.ops.owners import Owners
 
 if TYPE_CHECKING:
     from portmapctl.iptables import inventory
@@ -40,21 +40,21 @@ def contested_problems(
     nft_found: Optional[NftInventory],
     live: Optional[Ruleset],
     fixes: Fixes,
+    owners: Owners,
 ) -> List[Problem]:
     """One `contested` problem per mapping whose host port the other backend maps too
     (core/contest.py says which), naming the other side; one per nftables mapping
-    whose port another tool's iptables nat rule takes (iptables/foreign.py). Its fix removes that side when
+    whose port another tool's iptables nat rule takes (`owners.taken`,
+    iptables/foreign.py). Its fix removes that side when
     it is stale or a zombie (as shadowed's does when the winner is); otherwise no command
     of ours can pick a winner: prose (JSON `fix` null)."""
     if found is None or nft_found is None or not nft_found.mappings:
         return []
     from portmapctl.core.contest import backend_of, contests, foreign_contested
-    from portmapctl.iptables import foreign
 
     rules = rules_by_handle(live) if live is not None else {}
     problems: List[Problem] = []
-    taken = foreign.nft_takers(found.tables, nft_found.mappings)
-    for row, rule in foreign_contested(nft_found.mappings, taken).items():
+    for row, rule in foreign_contested(nft_found.mappings, owners.taken).items():
         problems.append(
             Problem(
                 ProblemKind.CONTESTED.value,
@@ -130,26 +130,16 @@ _HOOK_WHY = {
 }
 
 
-def hook_problems(
-    node: Node,
-    found: Optional[inventory.Inventory],
-    nft_found: Optional[NftInventory],
-    live: Optional[Ruleset],
-) -> List[Problem]:
+def hook_problems(live: Optional[Ruleset], owners: Owners) -> List[Problem]:
     """One problem per mapping (either backend) whose port another nftables table's nat
-    prerouting hook takes: shadowed by an earlier hook, contested at the same priority
-    (nftables/foreign.py). No command of ours touches another tool's table: prose."""
-    rows = [*(found.mappings if found else ()), *(nft_found.mappings if nft_found else ())]
-    if not rows:
-        return []
-    from portmapctl.nftables.foreign import node_hooked
-
-    hooked = node_hooked(node, rows, live)
-    if not hooked:
+    prerouting hook takes (`owners.hooked`): shadowed by an earlier hook, contested at
+    the same priority (nftables/foreign.py). No command of ours touches another tool's
+    table: prose."""
+    if not owners.hooked:
         return []
     rules = rules_by_handle(live) if live is not None else {}
     problems: List[Problem] = []
-    for row, (word, rule) in hooked.items():
+    for row, (word, rule) in owners.hooked.items():
         nft = getattr(row, "backend", "iptables") != "iptables"
         if word == ProblemKind.SHADOWED.value:
             detail = (

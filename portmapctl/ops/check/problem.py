@@ -4,14 +4,12 @@ as iptables-save prints them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
+from portmapctl.core.mapping import Mapping
 from portmapctl.errors import BadInput
 from portmapctl.iptables import inventory
 from portmapctl.iptables.ruleset import Args, format_rule
-
-if TYPE_CHECKING:
-    from portmapctl.nftables.inventory import NftInventory
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,9 @@ class CheckResult:
     warnings: Tuple[str, ...] = ()
     # The node as check read it (node scope): what --metrics-file counts.
     found: Optional[inventory.Inventory] = field(default=None, compare=False, repr=False)
-    # The nftables rows as check read them (None: nftables not looked at).
-    nft_found: Optional[NftInventory] = field(default=None, compare=False, repr=False)
+    # The node's rows (iptables', then nftables'), with the statuses their ports' other
+    # owners give (ops/owners.py), as list shows them: what --metrics-file counts.
+    rows: Tuple[Mapping, ...] = field(default=(), compare=False, repr=False)
     # What a repair could not make: (family, network, container ID, chain, why).
     unrepaired: Tuple[Tuple[int, str, str, str, str], ...] = ()
 

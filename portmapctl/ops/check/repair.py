@@ -468,7 +468,7 @@ def _repaired(
         notes=after.notes,
         warnings=after.warnings + tuple(warnings),
         found=after.found,
-        nft_found=after.nft_found,
+        rows=after.rows,
         unrepaired=tuple((u.family, u.network, u.container_id, u.chain, u.why) for u in unrepaired),
     )
 

@@ -21,6 +21,7 @@ from portmapctl.ops.check.diagnose import diagnose, diagnose_mapping
 from portmapctl.ops.check.hints import _flavour, fixes_for
 from portmapctl.ops.check.problem import CheckResult
 from portmapctl.ops.node import Node, side_by_side
+from portmapctl.ops.owners import node_rows, read_owners
 
 if TYPE_CHECKING:
     from portmapctl.nftables.ruleset import Ruleset
@@ -127,8 +128,11 @@ def _check_node(
         nft_entries=nft.nft_keys,
     )
     problems += nft_found
-    problems += contested_problems(found, nft.found, read.nft_live, fixes)
-    problems += hook_problems(node, found, nft.found, read.nft_live)
+    # The ports' other owners, read once: problems here, the rows' statuses below.
+    nft_rows = nft.found.mappings if nft.found is not None else ()
+    owners = read_owners(node, tables, found.mappings, nft_rows, read.nft_live)
+    problems += contested_problems(found, nft.found, read.nft_live, fixes, owners)
+    problems += hook_problems(read.nft_live, owners)
     compared += nft_compared
     if attachments is None:
         notes.append(
@@ -146,7 +150,7 @@ def _check_node(
         nft_checked=nft_compared,
         notes=tuple(notes),
         found=found,
-        nft_found=nft.found,
+        rows=tuple(node_rows(found.mappings, nft_rows, owners)),
         warnings=tuple(cni_cache.warnings(attachments)),
     )
 

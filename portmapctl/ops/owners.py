@@ -1,0 +1,64 @@
+"""A mapped host port's other owners on the node, read once per command, and the
+node's rows with every status they give (core/contest.py): list shows these rows,
+check reports the same owners as problems (ops/check/crossed.py), and both count
+the rows alike in --metrics-file.
+
+The owners: another nftables table's nat prerouting hook (nftables/foreign.py:
+`shadowed` by an earlier one, `contested` at the plugin's priority), the plugin's
+other backend and another tool's iptables nat rule on an nftables row's port
+(iptables/foreign.py: `contested`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from portmapctl.core.contest import PortKey
+
+
+@dataclass(frozen=True)
+class Owners:
+    """What other than a row itself takes its host port."""
+
+    # (family, protocol, host port) of an nftables row -> another tool's iptables rule
+    # that takes it at the same hook priority (iptables/foreign.py nft_takers).
+    taken: Dict[PortKey, str] = field(default_factory=dict)
+    # A row (either backend) -> (shadowed or contested, another nftables table's rule
+    # that takes its port: nftables/foreign.py node_hooked).
+    hooked: Dict[Any, Tuple[str, str]] = field(default_factory=dict)
+
+
+def read_owners(
+    node: Any,
+    tables: Mapping[int, Any],
+    rows: Sequence[Any],
+    nft_rows: Sequence[Any],
+    nft_live: Optional[Any],
+) -> Owners:
+    """The owners of the ports of `rows` (iptables) and `nft_rows` (the plugin's
+    nftables, `nft_live` as read; None: not read): the usual node pays one netlink
+    dump, and nft runs only for another table with a nat prerouting hook."""
+    taken: Dict[PortKey, str] = {}
+    if nft_rows and any(t.rules("PREROUTING") for t in tables.values()):
+        from portmapctl.iptables.foreign import nft_takers
+
+        taken = nft_takers(tables, nft_rows)
+    hooked: Dict[Any, Tuple[str, str]] = {}
+    if rows or nft_rows:
+        from portmapctl.nftables.foreign import node_hooked
+
+        hooked = node_hooked(node, [*rows, *nft_rows], nft_live)
+    return Owners(taken, hooked)
+
+
+def node_rows(rows: Sequence[Any], nft_rows: Sequence[Any], owners: Owners) -> List[Any]:
+    """The node's rows (iptables', then nftables') with every status their ports'
+    other owners give: another nftables table's hook first (a row it shadows contests
+    nothing), then `contested` between the backends and by another tool's rule."""
+    from portmapctl.core.contest import hook_marked, marked
+
+    mappings = hook_marked([*rows, *nft_rows], owners.hooked)
+    if nft_rows and (rows or owners.taken):
+        # (Only then can a row be contested: no pass over an iptables node's rows.)
+        mappings = marked(mappings, owners.taken)
+    return mappings
