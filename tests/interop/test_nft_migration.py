@@ -83,6 +83,10 @@ def test_backend_nftables_never_expects_or_writes_nft_rules_for_keyless_iptables
     done = _pmctl(node, tmp_path, "check", "--backend", "nftables", "-o", "json")
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["problems"] == []
+    # Healthy, and said to be of nftables' part alone: deb1 and up1 were not checked.
+    [note] = [line for line in done.stderr.splitlines() if "--backend nftables" in line]
+    assert "2 cached container(s) are the plugin's iptables'" in note, note
+    assert note.endswith("not checked"), note
     repaired = _pmctl(node, tmp_path, "check", "--backend", "nftables", "--repair", "-o", "json")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert json.loads(repaired.stdout)["repaired"] is False

@@ -96,6 +96,31 @@ def test_the_shortcut_stands_aside_for_backend_nftables():
     assert found.found is not None and not found.nft_ids and not found.problems
 
 
+def test_backend_nftables_says_how_many_iptables_containers_it_did_not_check(tmp_path):
+    """--backend nftables judges nothing of the cached containers the plugin keeps in
+    iptables (run.py `judged`): check said "healthy" of a mixed node without saying
+    that part was skipped, as --backend iptables says of nftables' containers."""
+    from portmapctl.iptables.access.unread import Unread
+    from portmapctl.ops.check.run import check_node
+
+    cache = nft_configured_cache(tmp_path)  # one of the three configured for nftables
+    options = NodeOptions(cache_dirs=(cache,), backend="nftables")
+    notes = check_node(Node(options, Unread(), MemoryNft())).notes
+    assert [n for n in notes if n.startswith("--backend")] == [
+        "--backend nftables: 2 cached container(s) are the plugin's iptables' (their"
+        " config's backend key, or no rules of theirs in nftables): not checked"
+    ]
+    # Where the plugin takes nftables for a config without the key, all three are
+    # nftables' (and judged); a check not narrowed by --backend skips nothing.
+    keyless = NodeOptions(cache_dirs=(cache,), backend="nftables", keyless="nftables")
+    plain = NodeOptions(cache_dirs=(cache,))
+    for node in (
+        Node(keyless, Unread(), MemoryNft()),
+        Node(plain, MemoryBackend(example_tables()), MemoryNft()),
+    ):
+        assert not [n for n in check_node(node).notes if n.startswith("--backend")]
+
+
 def test_a_stale_container_is_explained_alike_in_either_backend():
     """check explains each kind once (SPEC §3): on a node with stale containers in both
     backends the two stale whys said the same thing in other words, so "stale:" was

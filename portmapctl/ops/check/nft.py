@@ -130,11 +130,8 @@ def nft_problems(
         ids = {a.container_id for a in backed}
         notes = []
         if ids and node.options.backend == "iptables":
-            notes.append(
-                f"--backend iptables: {len(ids)} cached container(s) are the plugin's"
-                " nftables' (their config's backend key, or their rules are in nftables"
-                " alone): not checked"
-            )
+            why = "their config's backend key, or their rules are in nftables alone"
+            notes.append(_not_checked("iptables", len(ids), "nftables", why))
         return NftCheck([], ids, 0, notes, None, nft_keys=_keys(backed))
     if live is None:
         live = node.read_nft()
@@ -238,8 +235,23 @@ def nft_problems(
     from portmapctl.nftables.node import owners_in
 
     notes = _foreign_notes(node, found) + _keyless_notes(node, parts)
+    # --backend nftables reads no iptables: the containers the plugin keeps there are
+    # not judged (run.py), as --backend iptables says of nftables' above.
+    iptables_ids = {a.container_id for a in parts.iptables} - nft_ids
+    if iptables_ids and node.options.backend == "nftables":
+        why = "their config's backend key, or no rules of theirs in nftables"
+        notes.append(_not_checked("nftables", len(iptables_ids), "iptables", why))
     return NftCheck(
         problems, nft_ids, compared, notes, found, owners_in(live), _keys(parts.nftables)
+    )
+
+
+def _not_checked(looked_at: str, count: int, held_in: str, why: str) -> str:
+    """The note of a check narrowed by --backend: the cached containers of the backend
+    it did not look at."""
+    return (
+        f"--backend {looked_at}: {count} cached container(s) are the plugin's {held_in}'"
+        f" ({why}): not checked"
     )
 
 
