@@ -269,3 +269,39 @@ def test_check_counts_the_mappings_list_counts(node: str, tmp_path: Path) -> Non
     ):
         key = (f'backend="{backend}"', 'family="4"', f'status="{status}"')
         assert samples["check"][key] == count, (key, samples["check"])
+
+
+EARLY_6060 = """
+table ip early {
+  chain pre {
+    type nat hook prerouting priority dstnat - 10; policy accept;
+    tcp dport 6060 dnat to 10.0.0.9:80
+  }
+}
+"""
+
+
+def test_a_port_another_table_takes_first_is_not_also_contested(node: str, tmp_path: Path) -> None:
+    """One host port in both plugin backends, and a hand-written table whose hook runs
+    before both takes it: each row is shadowed, and neither contests the other (no
+    traffic reaches either). list said so; check also reported each as contested with
+    the other backend, a second problem with a fix that could not help."""
+    rp.require(rp.plugin_available())
+    ports = [rp.port_mapping(6060, 80)]
+    conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
+    upstream.run(V191, "ADD", node, CID, conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, ["10.88.0.21/16"])
+    ipt_conf = rp.plugin_conf("podman", ["10.88.0.11/16"], ports)
+    rp.run_plugin("ADD", node, "nftfor0c", ipt_conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "nftfor0c", "eth0", ipt_conf, ports, ["10.88.0.11/16"])
+    upstream.nft(node, "-f", "-", stdin=EARLY_6060)
+    args = _args(node, tmp_path)
+    rule = "tcp dport 6060 dnat to 10.0.0.9:80"
+    assert _statuses(args) == {
+        ("nftables", 6060): (["shadowed"], rule),
+        ("iptables", 6060): (["shadowed"], rule),
+    }
+    done = pmctl.run(["check", *args, "-o", "json"])
+    assert done.returncode == 1, done.stdout + done.stderr
+    found = sorted((p["kind"], p["container_id"]) for p in json.loads(done.stdout)["problems"])
+    assert found == [("shadowed", CID), ("shadowed", "nftfor0c")]

@@ -50,11 +50,17 @@ def contested_problems(
     of ours can pick a winner: prose (JSON `fix` null)."""
     if found is None or nft_found is None or not nft_found.mappings:
         return []
-    from portmapctl.core.contest import backend_of, contests, foreign_contested
+    from portmapctl.core.contest import backend_of, contests, foreign_contested, hook_marked
 
     rules = rules_by_handle(live) if live is not None else {}
     problems: List[Problem] = []
-    for row, rule in foreign_contested(nft_found.mappings, owners.taken).items():
+    # As list marks them (ops/owners.py node_rows): a row another table's earlier hook
+    # shadows gets no traffic, so it contests nothing and nothing contests it.
+    rows, nft_rows = (
+        hook_marked(found.mappings, owners.hooked),
+        hook_marked(nft_found.mappings, owners.hooked),
+    )
+    for row, rule in foreign_contested(nft_rows, owners.taken).items():
         problems.append(
             Problem(
                 ProblemKind.CONTESTED.value,
@@ -71,10 +77,10 @@ def contested_problems(
                 rule_text(rules, row),  # type: ignore[arg-type]
             )
         )
-    if not found.mappings:
+    if not rows:
         return problems
     chains = {(c.name, c.family): c for c in found.chains}
-    for row, others in contests([*found.mappings, *nft_found.mappings]).items():
+    for row, others in contests([*rows, *nft_rows]).items():
         other = others[0]
         backend = backend_of(row)
         if backend == "iptables":
