@@ -106,6 +106,7 @@ def run(
 
     # Checked before the lock and the write start (ops/add_ahead.py).
     validate.chosen_families(config, families(common.family), "add")
+    config = _followed(common, config, out)
     with contextlib.ExitStack() as held:
         # add's work starts now, under the lock, before the rest of add is imported
         # (ops/add_ahead.py); the imports and the node's opening overlap it.
@@ -120,6 +121,53 @@ def run(
             foreign_listed=listed,
         )
     _report(common, out, config, result, clashes, dry_run)
+
+
+def _followed(common: Common, config: MappingConfig, out: Output) -> MappingConfig:
+    """A mapping without a `backend` key (under --backend auto) whose container the
+    plugin keeps in nftables (its rules are in the plugin's tables alone: ops/nft.py
+    kept_in_nftables) goes there, with a note; else as given. Asked before the write
+    starts, only where a `cni_hostport` table exists (one netlink question elsewhere)."""
+    if config.backend is not None or common.backend.value != "auto" or not _net_admin():
+        return config
+    from portmapctl.cli._common import families
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.host.netns import entered
+    from portmapctl.iptables.access.nfmsg import tables_present
+    from portmapctl.nftables import TABLE
+
+    wanted = [f for f in config.families if f in families(common.family)]
+    try:
+        with entered(common.netns):
+            present = tables_present(wanted, TABLE)
+            if not present or not _kept_in_nftables(common, config, present):
+                return config
+    except PortmapctlError:  # (NftUnusable among them)
+        return config  # (add meets it again, and says so in its usual order)
+    from dataclasses import replace
+
+    out.message(
+        f"{config.network}/{config.container_id}: its rules are in the plugin's nftables"
+        " tables alone, so the plugin keeps it there: added in nftables (give --backend"
+        " iptables for iptables)"
+    )
+    return replace(config, backend="nftables")
+
+
+def _kept_in_nftables(common: Common, config: MappingConfig, present: Tuple[int, ...]) -> bool:
+    from portmapctl.iptables.access import open_backend
+    from portmapctl.nftables.access.nft import RealNft
+    from portmapctl.ops.nft import kept_in_nftables
+
+    live = RealNft().read(present)
+    name = dnat_chain_name(config)
+
+    def in_iptables() -> bool:
+        backend = open_backend(common.iptables.value)
+        has_table = getattr(backend, "has_nat_table", lambda _family: True)
+        return any(backend.read(f).has_chain(name) for f in present if has_table(f))
+
+    return kept_in_nftables(config, live, in_iptables)
 
 
 def _add(

@@ -8,9 +8,10 @@ Per container, as the plugin decides (nftables/node.py `choose`): the cached con
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni.cache import Attachment
+from portmapctl.core.mapping import MappingConfig
 from portmapctl.nftables import inventory as nft_inventory
 from portmapctl.nftables.inventory import NftInventory, Owner
 from portmapctl.nftables.node import Backend, choose, owners_in
@@ -87,9 +88,30 @@ def _dnat_targets(live: Ruleset) -> Dict[str, Set[str]]:
 def _dnats_to(attachment: Attachment, targets: Optional[Set[str]]) -> bool:
     """Whether the container's nftables rules are this attachment's: they DNAT to one
     of its addresses (no DNAT rule, or no address known: they are taken as its)."""
-    if not targets or attachment.mapping is None or not attachment.mapping.addresses:
+    return _to_one_of(attachment.mapping, targets)
+
+
+def _to_one_of(config: Optional[MappingConfig], targets: Optional[Set[str]]) -> bool:
+    if not targets or config is None or not config.addresses:
         return True
-    return any(a.ip.compressed in targets for a in attachment.mapping.addresses)
+    return any(a.ip.compressed in targets for a in config.addresses)
+
+
+def kept_in_nftables(
+    config: MappingConfig, live: Ruleset, in_iptables: Callable[[], bool], keyless: str = "iptables"
+) -> bool:
+    """For a mapping given without a `backend` key (add, a one-mapping check and its
+    --repair, under --backend auto): whether the plugin keeps its container in
+    nftables, by the rule a cached container is followed by (`choose`): its rules are
+    in the plugin's tables, DNATing to one of its addresses, and `in_iptables()` (asked
+    only then) finds no chain of it there. Such a mapping is checked, repaired and added
+    there: written to iptables too, the container would be mapped in both backends, one
+    of them where the plugin's DEL for it never looks."""
+    cid = config.container_id
+    if cid not in owners_in(live) or not _to_one_of(config, _dnat_targets(live).get(cid)):
+        return False
+    in_ipt = {cid} if in_iptables() else set()
+    return choose(None, cid, {cid}, in_ipt, Backend(keyless)) is Backend.NFTABLES
 
 
 def owners(attachments: Optional[Sequence[Attachment]]) -> Optional[List[Owner]]:

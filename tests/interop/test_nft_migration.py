@@ -407,3 +407,38 @@ def test_gc_backend_iptables_keeps_the_flows_of_a_port_a_live_nft_container_maps
     assert rp.udp_flows(node) == {(5030, "10.88.0.98")}
     assert doc["conntrack_deleted"] == 1
     upstream.run(V191, "CHECK", node, "live30", live, check=True)
+
+
+def test_a_mapping_given_without_a_backend_follows_its_containers_rules_into_nftables(
+    node: str, tmp_path: Path
+) -> None:
+    """nft1 was added by v1.9.1 with `"backend": "nftables"`. Its mapping given on the
+    command line (no backend key, --backend auto): one-mapping check and its --repair,
+    and add, follow its rules there, as list, check and gc follow a cached container
+    (its rules are in nftables alone). Before, check said its chain was missing and
+    --repair (or add) wrote an iptables copy: the container mapped in both backends,
+    the copy where the plugin's DEL never looks. A container with no rules anywhere
+    still goes to iptables, the plugin's choice for a config without the key."""
+    confs = _keyless_iptables_node(node, tmp_path)
+
+    def iptables() -> str:
+        return rp.strip_save_comments(rp.save(node, 4, "nft"))
+
+    before = iptables()
+    nft1 = ["--network", "podman", "--container", "nft1", "--ip", "10.88.0.21/16", "-p", "8011:80"]
+    done = _pmctl(node, tmp_path, "check", *nft1)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "podman/nft1: its rules are in the plugin's nftables tables alone" in done.stderr
+    for command in (["check", "--repair"], ["add"]):
+        done = _pmctl(node, tmp_path, *command, *nft1)
+        assert done.returncode == 0, (command, done.stdout + done.stderr)
+        assert iptables() == before, command
+    # One more port for it: in nftables, beside its others.
+    done = _pmctl(node, tmp_path, "add", *nft1, "-p", "8012:80")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "tcp dport 8012 dnat" in _plugin_tables(node) and iptables() == before
+    upstream.run(V191, "CHECK", node, "nft1", confs["nft1"], check=True)
+    new = ["--network", "podman", "--container", "new1", "--ip", "10.88.0.31/16", "-p", "8031:80"]
+    done = _pmctl(node, tmp_path, "add", *new)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dport 8031" in iptables() and "8031" not in _plugin_tables(node)

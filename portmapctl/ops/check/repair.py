@@ -33,6 +33,7 @@ from portmapctl.ops.check.problem import CheckResult
 from portmapctl.ops.check.run import (
     _check_node,
     check_mapping,
+    followed,
     mapping_result,
     nft_mapping,
     read_tables,
@@ -410,8 +411,10 @@ def repair(
 
 def _repair_mapping(node: Node, config: MappingConfig, flush_udp: bool) -> CheckResult:
     """`check --repair` of one mapping given on the command line."""
+    config, notes = followed(node, config)
     if nft_mapping(node, config):
-        return _repair_nft_mapping(node, config, check_mapping(node, config), flush_udp)
+        done = _repair_nft_mapping(node, config, check_mapping(node, config), flush_udp)
+        return replace(done, notes=notes + done.notes)
     node, planned = _planned_node(node)
     before = check_mapping(node, config)
     transactions: Dict = {}

@@ -158,6 +158,7 @@ def _check_node(
 def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
     """Check one mapping as the plugin's CHECK does (a missing chain is a failure)."""
     families = validate.chosen_families(config, node.families, "check")
+    config, notes = followed(node, config)
     if nft_mapping(node, config):
         from portmapctl.ops.check import nft
 
@@ -167,6 +168,7 @@ def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
             "mapping",
             mappings_checked=len(families),
             chain=f"nft:{config.container_id}",
+            notes=notes,
         )
     tables = node.read(families)
     return mapping_result(config, tables, _chain_elsewhere(node, config, tables))
@@ -213,6 +215,35 @@ def mapping_result(
         mappings_checked=compared,
         chain=dnat_chain_name(config),
     )
+
+
+def followed(node: Node, config: MappingConfig) -> Tuple[MappingConfig, Tuple[str, ...]]:
+    """`config` with the backend the plugin keeps its container in, where the command
+    line said none and --backend is auto (ops/nft.py kept_in_nftables: its rules are in
+    the plugin's nftables tables alone), with the note that says so; else as given."""
+    if config.backend is not None or node.options.backend != "auto" or node.nft is None:
+        return config, ()
+    live = node.read_nft()
+    if not live.tables:
+        return config, ()
+    from dataclasses import replace
+
+    from portmapctl.ops.nft import kept_in_nftables
+
+    name = dnat_chain_name(config)
+    families = validate.chosen_families(config, node.families, "check")
+
+    def in_iptables() -> bool:
+        return any(table.has_chain(name) for table in node.read(families).values())
+
+    if not kept_in_nftables(config, live, in_iptables, node.options.keyless):
+        return config, ()
+    note = (
+        f"{config.network}/{config.container_id}: its rules are in the plugin's nftables"
+        " tables alone, so the plugin keeps it there: checked in nftables (give"
+        " --backend iptables to check iptables)"
+    )
+    return replace(config, backend="nftables"), (note,)
 
 
 def nft_mapping(node: Node, config: MappingConfig) -> bool:
