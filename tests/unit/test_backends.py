@@ -85,7 +85,7 @@ def test_legacy_tables_that_do_not_exist_are_read_as_empty_without_a_save(tmp_pa
         script.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(paths, "SBIN_DIRS", str(tmp_path))
-    monkeypatch.setattr(restore, "legacy_nat_present", lambda family: family == 6, raising=False)
+    monkeypatch.setattr(restore, "legacy_read_skipped", lambda family: family == 4)
     backend = restore.RestoreBackend("legacy")
     tables = backend.read_families((4, 6))
     assert list(tables) == [4, 6]

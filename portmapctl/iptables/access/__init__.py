@@ -68,13 +68,7 @@ def legacy_nat_present(family: int) -> bool:
     calling thread is in, asked without creating it: `iptables-legacy-save -t nat`,
     `iptables-legacy -S` and libiptc all create empty legacy tables where there were
     none (and iptables-nft then warns about them on every call), so a read of a table
-    that is not there must not be made at all. True when it cannot be told, and
-    without the capabilities a read needs (the read then fails with its own line)."""
-    from portmapctl.host.privilege import CAP_NET_ADMIN, CAP_NET_RAW, effective
-
-    if effective(CAP_NET_ADMIN, CAP_NET_RAW) is not True:
-        # Reading would fail (or could not be told): let the read say why, as always.
-        return True
+    that is not there must not be made at all. True when it cannot be told."""
     name = "ip6_tables_names" if family == 6 else "ip_tables_names"
     # thread-self: the namespace this thread entered, not the process's first one.
     for folder in ("/proc/thread-self/net", "/proc/net"):
@@ -86,6 +80,15 @@ def legacy_nat_present(family: int) -> bool:
         except OSError:
             return True  # cannot tell: reading is the safe answer
     return False  # no x_tables at all: the legacy module is not even loaded
+
+
+def legacy_read_skipped(family: int) -> bool:
+    """Whether a read of the legacy nat table of `family` is answered as empty without
+    running anything: the table is not there, and the process could read it if it were
+    (without the capabilities the read runs, and fails with its own line, as always)."""
+    from portmapctl.host.privilege import CAP_NET_ADMIN, CAP_NET_RAW, effective
+
+    return not legacy_nat_present(family) and effective(CAP_NET_ADMIN, CAP_NET_RAW) is True
 
 
 def open_backend(

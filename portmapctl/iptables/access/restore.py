@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.host.paths import find_tool
-from portmapctl.iptables.access import legacy_nat_present
+from portmapctl.iptables.access import legacy_nat_present, legacy_read_skipped
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.ruleset import Args, NatTable, parse_save, unreadable_note
 from portmapctl.iptables.transaction import Transaction
@@ -120,6 +120,11 @@ class RestoreBackend:
         """
         return self.flavour == "nft" or legacy_nat_present(family)
 
+    def _skipped(self, family: int) -> bool:
+        """Whether a read of `family` is answered as empty, nothing run (see
+        legacy_read_skipped)."""
+        return self.flavour == "legacy" and legacy_read_skipped(family)
+
     def _empty(self, family: int) -> NatTable:
         """The table of a family whose legacy nat table does not exist: read as empty,
         without running the save that would create it (a read changes nothing)."""
@@ -127,7 +132,7 @@ class RestoreBackend:
 
     def read(self, family: int) -> NatTable:
         argv = [self._binary(family, "save"), "-t", "nat"]
-        if not self.has_nat_table(family):
+        if self._skipped(family):
             return self._empty(family)
         before = self._generation()
         done = self._run(argv)
@@ -158,7 +163,7 @@ class RestoreBackend:
         """`iptables -t nat -S CHAIN` as printed (None when it fails): for a caller that
         parses only the lines it needs (add's shadow warning, in a chain of 10,000)."""
         argv = [self._binary(family, ""), "-w", str(lock_wait_seconds()), "-t", "nat"]
-        if not self.has_nat_table(family):
+        if self._skipped(family):
             return None  # (no table, no chain: and listing it would create the table)
         done = self._run([*argv, "-S", chain])
         return done.stdout if done.returncode == 0 else None
@@ -173,7 +178,7 @@ class RestoreBackend:
         nft and reads the CNI cache while iptables-save runs). Call it, once: it reaps
         the processes whatever happens."""
         argvs = {f: [self._binary(f, "save"), "-t", "nat"] for f in families}
-        absent = {f: self._empty(f) for f in families if not self.has_nat_table(f)}
+        absent = {f: self._empty(f) for f in families if self._skipped(f)}
         argvs = {f: argv for f, argv in argvs.items() if f not in absent}
         before = self._generation()
         running: Dict[int, subprocess.Popen] = {}
