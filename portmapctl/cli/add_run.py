@@ -106,7 +106,7 @@ def run(
 
     # Checked before the lock and the write start (ops/add_ahead.py).
     validate.chosen_families(config, families(common.family), "add")
-    config = _followed(common, config, out)
+    config, nft_live = _followed(common, config, out)
     with contextlib.ExitStack() as held:
         # add's work starts now, under the lock, before the rest of add is imported
         # (ops/add_ahead.py); the imports and the node's opening overlap it.
@@ -119,31 +119,38 @@ def run(
             no_flush_udp=no_flush_udp,
             dry_run=dry_run,
             foreign_listed=listed,
+            nft_live=nft_live,
         )
     _report(common, out, config, result, clashes, dry_run)
 
 
-def _followed(common: Common, config: MappingConfig, out: Output) -> MappingConfig:
+def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[MappingConfig, Any]:
     """A mapping without a `backend` key (under --backend auto) whose container the
     plugin keeps in nftables (its rules are in the plugin's tables alone: ops/nft.py
     kept_in_nftables) goes there, with a note; else as given. Asked before the write
-    starts, only where a `cni_hostport` table exists (one netlink question elsewhere)."""
+    starts, only where a `cni_hostport` table exists (one netlink question elsewhere).
+    Also the plugin's nftables tables as read for it (None: not read), which the
+    contested warning then reads instead of listing them again."""
     if config.backend is not None or common.backend.value != "auto" or not _net_admin():
-        return config
+        return config, None
     from portmapctl.cli._common import families
     from portmapctl.errors import PortmapctlError
     from portmapctl.host.netns import entered
     from portmapctl.iptables.access.nfmsg import tables_present
     from portmapctl.nftables import TABLE
+    from portmapctl.nftables.access.nft import RealNft
 
     wanted = [f for f in config.families if f in families(common.family)]
     try:
         with entered(common.netns):
             present = tables_present(wanted, TABLE)
-            if not present or not _kept_in_nftables(common, config, present):
-                return config
+            if not present:
+                return config, None
+            live = RealNft().read(present)
+            if not _kept_in_nftables(common, config, live, present):
+                return config, live
     except PortmapctlError:  # (NftUnusable among them)
-        return config  # (add meets it again, and says so in its usual order)
+        return config, None  # (add meets it again, and says so in its usual order)
     from dataclasses import replace
 
     out.message(
@@ -151,15 +158,15 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> MappingConf
         " tables alone, so the plugin keeps it there: added in nftables (give --backend"
         " iptables for iptables)"
     )
-    return replace(config, backend="nftables")
+    return replace(config, backend="nftables"), None
 
 
-def _kept_in_nftables(common: Common, config: MappingConfig, present: Tuple[int, ...]) -> bool:
+def _kept_in_nftables(
+    common: Common, config: MappingConfig, live: Any, present: Tuple[int, ...]
+) -> bool:
     from portmapctl.iptables.access import open_backend
-    from portmapctl.nftables.access.nft import RealNft
     from portmapctl.ops.nft import kept_in_nftables
 
-    live = RealNft().read(present)
     name = dnat_chain_name(config)
 
     def in_iptables() -> bool:
@@ -178,8 +185,10 @@ def _add(
     no_flush_udp: bool,
     dry_run: bool,
     foreign_listed: Optional[Callable[[], Any]] = None,
+    nft_live: Any = None,
 ) -> Tuple[MappingConfig, AddResult, List[str]]:
-    """Writes `config` where its plugin would; returns it with the backend it went to."""
+    """Writes `config` where its plugin would; returns it with the backend it went to.
+    `nft_live`: the plugin's nftables tables as _followed read them (None: not read)."""
     from dataclasses import replace
 
     from portmapctl.host import paths
@@ -216,7 +225,7 @@ def _add(
                 foreign_listed=foreign_listed,
             )
             clashes = shadow_warnings(config, result.seen)
-            clashes += contest_warnings(node, config)
+            clashes += contest_warnings(node, config, nft_live)
             clashes += hook_warnings(node, config)
             clashes += foreign_warnings(result)
     return config, result, clashes
@@ -251,15 +260,15 @@ def hook_warnings(node: Any, config: MappingConfig, live: Any = None) -> List[st
     ]
 
 
-def contest_warnings(node: Any, config: MappingConfig) -> List[str]:
+def contest_warnings(node: Any, config: MappingConfig, nft_live: Any = None) -> List[str]:
     """Host ports the other plugin backend maps too (same family and protocol,
     overlapping host address, another container): which mapping gets the traffic is
     the kernel's hook order, so this one is contested (core/contest.py decides, as for
-    list and check)."""
+    list and check). `nft_live`: the plugin's nftables tables, read already."""
     from portmapctl.ops.add import as_rows, other_backend_rows
 
     wanted = [f for f in config.families if f in node.families]
-    others, taken = other_backend_rows(node, config, wanted)
+    others, taken = other_backend_rows(node, config, wanted, nft_live)
     if not others and not taken:
         return []  # the usual node: one backend (nothing more imported)
     from portmapctl.core.contest import backend_of, contests, foreign_contested

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
+    Any,
     Callable,
     Collection,
     Dict,
@@ -312,35 +313,38 @@ def as_rows(config: MappingConfig, families: Sequence[int]) -> List[Mapping]:
 
 
 def other_backend_rows(
-    node: Node, config: MappingConfig, families: Sequence[int]
+    node: Node, config: MappingConfig, families: Sequence[int], nft_live: Any = None
 ) -> Tuple[List[Mapping], Dict[Tuple[int, str, int], str]]:
     """The rows of the backend `config` is not written to, read only where that backend
     has something on the node: iptables' (for an nftables mapping), else nftables' when
     its cni_hostport table exists (a netlink question first: no nft runs on the usual
     iptables node). For an nftables mapping also the ports of it another tool's
-    iptables nat rule takes at the same hook priority (foreign.nft_takers)."""
+    iptables nat rule takes at the same hook priority (foreign.nft_takers). `nft_live`:
+    the plugin's nftables tables, read already (then not listed again)."""
     if config.backend == "nftables":
         from portmapctl.iptables import foreign, inventory
 
         tables = _iptables_tables(node, families)
         rows = list(inventory.build(tables).mappings)
         return rows, foreign.nft_takers(tables, as_rows(config, families))
-    from portmapctl.iptables.access.nfmsg import tables_present
-    from portmapctl.nftables import TABLE
+    if nft_live is None:
+        from portmapctl.iptables.access.nfmsg import tables_present
+        from portmapctl.nftables import TABLE
 
-    present = tables_present(families, TABLE)
-    if not present:
-        return [], {}
+        present = tables_present(families, TABLE)
+        if not present:
+            return [], {}
+        from portmapctl.nftables.access import NftUnusable
+        from portmapctl.nftables.access.nft import RealNft
+
+        try:
+            nft_live = RealNft().read(present)
+        except (NftUnusable, PortmapctlError) as err:
+            debug("reading nftables for the contested warning failed: %s", err)
+            return [], {}
     from portmapctl.nftables import inventory as nft_inventory
-    from portmapctl.nftables.access import NftUnusable
-    from portmapctl.nftables.access.nft import RealNft
 
-    try:
-        live = RealNft().read(present)
-    except (NftUnusable, PortmapctlError) as err:
-        debug("reading nftables for the contested warning failed: %s", err)
-        return [], {}
-    return list(nft_inventory.build(live, problems=False).mappings), {}
+    return list(nft_inventory.build(nft_live, problems=False).mappings), {}
 
 
 def _iptables_tables(node: Node, families: Sequence[int]) -> Dict[int, NatTable]:
