@@ -63,6 +63,14 @@ def tool_flavour(path: str) -> str:
     return "nft" if "nf_tables" in version else "legacy"
 
 
+# What iptables-legacy-save prints of a nat table it has just created: its built-in
+# chains, empty. A table that is not there reads as this, without being created.
+NEW_NAT_TABLE = (
+    "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    ":POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+)
+
+
 def legacy_nat_present(family: int) -> bool:
     """Whether the legacy (x_tables) nat table of `family` exists in the namespace the
     calling thread is in, asked without creating it: `iptables-legacy-save -t nat`,

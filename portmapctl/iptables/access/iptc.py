@@ -69,7 +69,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem, PortmapctlError
 from portmapctl.host.lock import flock_within
-from portmapctl.iptables.access import legacy_read_skipped
+from portmapctl.iptables.access import NEW_NAT_TABLE, legacy_read_skipped
 from portmapctl.iptables.access.restore import lock_wait_seconds
 from portmapctl.iptables.ruleset import Args, NatTable, format_rule, parse_save
 from portmapctl.iptables.spelling import XTABLES_PROTOCOLS, Option, protocol_number
@@ -313,7 +313,7 @@ class IptcBackend:
     def read(self, family: int) -> NatTable:
         if legacy_read_skipped(family):
             # libiptc would create the table it opens: a read changes nothing.
-            return parse_save("", family, source="python-iptables")
+            return parse_save(NEW_NAT_TABLE, family, source="python-iptables")
         return parse_save(self.save_text(family), family, source="python-iptables")
 
     def save_text(self, family: int) -> str:

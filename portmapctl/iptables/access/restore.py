@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.host.paths import find_tool
-from portmapctl.iptables.access import legacy_nat_present, legacy_read_skipped
+from portmapctl.iptables.access import NEW_NAT_TABLE, legacy_nat_present, legacy_read_skipped
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.ruleset import Args, NatTable, parse_save, unreadable_note
 from portmapctl.iptables.transaction import Transaction
@@ -126,9 +126,10 @@ class RestoreBackend:
         return self.flavour == "legacy" and legacy_read_skipped(family)
 
     def _empty(self, family: int) -> NatTable:
-        """The table of a family whose legacy nat table does not exist: read as empty,
-        without running the save that would create it (a read changes nothing)."""
-        return _parse("", family, self._binary(family, "save"))
+        """The table of a family whose legacy nat table does not exist: read as the save
+        would print it once created (its built-in chains, empty), without running the
+        save that would create it (a read changes nothing)."""
+        return _parse(NEW_NAT_TABLE, family, self._binary(family, "save"))
 
     def read(self, family: int) -> NatTable:
         argv = [self._binary(family, "save"), "-t", "nat"]
