@@ -319,17 +319,18 @@ def _report(
     # An nftables mapping has no chain of its own: its rules carry the container ID.
     chain = "nftables rules" if config.backend == "nftables" else dnat_chain_name(config)
     who = f"{config.network}/{render.short_id(config.container_id, out.no_trunc)}"
+    are = "are" if config.backend == "nftables" else "is"
     if dry_run:
         if result.transactions:
             out.show_text(render.transactions_text(result.transactions))
             out.summary(f"would add {chain} ({who}) (dry run)")
         else:
-            out.summary(f"unchanged: {chain} ({who}) is already in place (dry run)")
+            out.summary(f"unchanged: {chain} ({who}) {are} already in place (dry run)")
         return
     if result.changed:
         out.summary(f"added {chain} ({who})")
     else:
-        out.summary(f"unchanged: {chain} ({who}) is already in place")
+        out.summary(f"unchanged: {chain} ({who}) {are} already in place")
 
 
 def _ahead(

@@ -429,10 +429,12 @@ def test_a_mapping_given_without_a_backend_follows_its_containers_rules_into_nft
     done = _pmctl(node, tmp_path, "check", *nft1)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "podman/nft1: its rules are in the plugin's nftables tables alone" in done.stderr
+    assert done.stdout == "healthy: the nftables rules of nft1 are in place (IPv4)\n"
     for command in (["check", "--repair"], ["add"]):
         done = _pmctl(node, tmp_path, *command, *nft1)
         assert done.returncode == 0, (command, done.stdout + done.stderr)
         assert iptables() == before, command
+    assert done.stdout == "unchanged: nftables rules (podman/nft1) are already in place\n"
     # One more port for it: in nftables, beside its others.
     done = _pmctl(node, tmp_path, "add", *nft1, "-p", "8012:80")
     assert done.returncode == 0, done.stdout + done.stderr
