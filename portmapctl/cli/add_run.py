@@ -138,7 +138,6 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
     from portmapctl.host.netns import entered
     from portmapctl.iptables.access.nfmsg import tables_present
     from portmapctl.nftables import TABLE
-    from portmapctl.nftables.access.nft import RealNft
 
     wanted = [f for f in config.families if f in families(common.family)]
     try:
@@ -146,6 +145,9 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
             present = tables_present(wanted, TABLE)
             if not present:
                 return config, None
+            # (Imported only here: the usual iptables node never loads nft's access.)
+            from portmapctl.nftables.access.nft import RealNft
+
             live = RealNft().read(present)
             if not _kept_in_nftables(common, config, live, present):
                 return config, live
@@ -153,6 +155,17 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
         return config, None  # (add meets it again, and says so in its usual order)
     from dataclasses import replace
 
+    from portmapctl.errors import BadInput
+    from portmapctl.ops.add import nft_refusals
+
+    try:
+        nft_refusals(config)
+    except BadInput as err:
+        # One line, before anything is said or written: the user asked for no backend.
+        raise BadInput(
+            f"{config.network}/{config.container_id}: its rules are in the plugin's nftables"
+            f" tables alone, which refuse this: {err} (give --backend iptables for iptables)"
+        ) from None
     out.message(
         f"{config.network}/{config.container_id}: its rules are in the plugin's nftables"
         " tables alone, so the plugin keeps it there: added in nftables (give --backend"

@@ -223,6 +223,9 @@ def followed(node: Node, config: MappingConfig) -> Tuple[MappingConfig, Tuple[st
     the plugin's nftables tables alone), with the note that says so; else as given."""
     if config.backend is not None or node.options.backend != "auto" or node.nft is None:
         return config, ()
+    families = validate.chosen_families(config, node.families, "check")
+    if not _plugin_tables_may_exist(node, families):
+        return config, ()  # the usual iptables node: one netlink question, no nft run
     live = node.read_nft()
     if not live.tables:
         return config, ()
@@ -231,7 +234,6 @@ def followed(node: Node, config: MappingConfig) -> Tuple[MappingConfig, Tuple[st
     from portmapctl.ops.nft import kept_in_nftables
 
     name = dnat_chain_name(config)
-    families = validate.chosen_families(config, node.families, "check")
 
     def in_iptables() -> bool:
         return any(table.has_chain(name) for table in node.read(families).values())
@@ -244,6 +246,19 @@ def followed(node: Node, config: MappingConfig) -> Tuple[MappingConfig, Tuple[st
         " --backend iptables to check iptables)"
     )
     return replace(config, backend="nftables"), (note,)
+
+
+def _plugin_tables_may_exist(node: Node, families: Sequence[int]) -> bool:
+    """False only when netlink says this host's namespace has no `cni_hostport` table
+    in `families` (a node in memory, or offline, is not asked)."""
+    from portmapctl.nftables.access.nft import RealNft
+
+    if not isinstance(node.nft, RealNft):
+        return True
+    from portmapctl.iptables.access.nfmsg import tables_present
+    from portmapctl.nftables import TABLE
+
+    return bool(tables_present(families, TABLE))
 
 
 def nft_mapping(node: Node, config: MappingConfig) -> bool:
