@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
+from portmapctl.errors import HostProblem
 from portmapctl.iptables.chains import dnat_chain_name
 
 if TYPE_CHECKING:
@@ -146,12 +147,18 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
             if not present:
                 return config, None
             # (Imported only here: the usual iptables node never loads nft's access.)
+            from portmapctl.nftables.access import NftUnusable
             from portmapctl.nftables.access.nft import RealNft
 
-            live = RealNft().read(present)
+            try:
+                live = RealNft().read(present)
+            except NftUnusable as err:
+                raise _cannot_tell(config, err) from None
             if not _kept_in_nftables(common, config, live, present):
                 return config, live
-    except PortmapctlError:  # (NftUnusable among them)
+    except PortmapctlError as err:
+        if isinstance(err, _CannotTell):
+            raise
         return config, None  # (add meets it again, and says so in its usual order)
     from dataclasses import replace
 
@@ -168,10 +175,24 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
         ) from None
     out.message(
         f"{config.network}/{config.container_id}: its rules are in the plugin's nftables"
-        " tables alone, so the plugin keeps it there: added in nftables (give --backend"
+        " tables alone, so the plugin keeps it there: it goes to nftables (give --backend"
         " iptables for iptables)"
     )
     return replace(config, backend="nftables"), None
+
+
+class _CannotTell(HostProblem):
+    """The plugin's nftables tables are here and nft cannot read them (exit 3)."""
+
+
+def _cannot_tell(config: MappingConfig, err: Exception) -> _CannotTell:
+    """When in doubt, write nothing: the container may be the plugin's in nftables, and
+    an iptables copy would be mapped twice."""
+    return _CannotTell(
+        f"the plugin's nftables tables are here but nft cannot read them ({err}): cannot"
+        f" tell whether it keeps {config.network}/{config.container_id} there; give"
+        " --backend iptables or --backend nftables"
+    )
 
 
 def _kept_in_nftables(

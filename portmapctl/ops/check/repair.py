@@ -411,7 +411,7 @@ def repair(
 
 def _repair_mapping(node: Node, config: MappingConfig, flush_udp: bool) -> CheckResult:
     """`check --repair` of one mapping given on the command line."""
-    config, notes = followed(node, config)
+    config, notes = followed(node, config, writing=True)
     if nft_mapping(node, config):
         done = _repair_nft_mapping(node, config, check_mapping(node, config), flush_udp)
         return replace(done, notes=notes + done.notes)

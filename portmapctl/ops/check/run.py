@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.cni import cache as cni_cache
@@ -171,7 +171,8 @@ def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
             notes=notes,
         )
     tables = node.read(families)
-    return mapping_result(config, tables, _chain_elsewhere(node, config, tables))
+    result = mapping_result(config, tables, _chain_elsewhere(node, config, tables))
+    return replace(result, notes=notes + result.notes) if notes else result
 
 
 def _chain_elsewhere(
@@ -217,20 +218,36 @@ def mapping_result(
     )
 
 
-def followed(node: Node, config: MappingConfig) -> Tuple[MappingConfig, Tuple[str, ...]]:
+def followed(
+    node: Node, config: MappingConfig, writing: bool = False
+) -> Tuple[MappingConfig, Tuple[str, ...]]:
     """`config` with the backend the plugin keeps its container in, where the command
     line said none and --backend is auto (ops/nft.py kept_in_nftables: its rules are in
-    the plugin's nftables tables alone), with the note that says so; else as given."""
+    the plugin's nftables tables alone), with the note that says so; else as given.
+    Where the plugin's tables exist and nft cannot read them, `writing` (--repair)
+    stops (HostProblem): an iptables copy of a container kept there would map it twice;
+    a check says so in a note."""
     if config.backend is not None or node.options.backend != "auto" or node.nft is None:
         return config, ()
     families = validate.chosen_families(config, node.families, "check")
     if not _plugin_tables_may_exist(node, families):
         return config, ()  # the usual iptables node: one netlink question, no nft run
     live = node.read_nft()
+    if node.nft_unusable is not None and isinstance(node.nft, _real_nft()):
+        who = f"{config.network}/{config.container_id}"
+        if writing:
+            raise HostProblem(
+                f"the plugin's nftables tables are here but nft cannot read them"
+                f" ({node.nft_unusable}): cannot tell whether it keeps {who} there; give"
+                " --backend iptables or --backend nftables"
+            )
+        return config, (
+            f"the plugin's nftables tables are here but nft cannot read them"
+            f" ({node.nft_unusable}): {who} was checked in iptables, where the plugin"
+            " keeps it unless its config says nftables",
+        )
     if not live.tables:
         return config, ()
-    from dataclasses import replace
-
     from portmapctl.ops.nft import kept_in_nftables
 
     name = dnat_chain_name(config)
@@ -246,6 +263,12 @@ def followed(node: Node, config: MappingConfig) -> Tuple[MappingConfig, Tuple[st
         " --backend iptables to check iptables)"
     )
     return replace(config, backend="nftables"), (note,)
+
+
+def _real_nft() -> type:
+    from portmapctl.nftables.access.nft import RealNft
+
+    return RealNft
 
 
 def _plugin_tables_may_exist(node: Node, families: Sequence[int]) -> bool:
