@@ -153,46 +153,37 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
             try:
                 live = RealNft().read(present)
             except NftUnusable as err:
-                raise _cannot_tell(config, err) from None
+                from portmapctl.ops.nft import cannot_tell
+
+                raise _CannotTell(cannot_tell(config, err)) from None
             if not _kept_in_nftables(common, config, live, present):
                 return config, live
-    except PortmapctlError as err:
-        if isinstance(err, _CannotTell):
-            raise
+    except _CannotTell:
+        raise
+    except PortmapctlError:
         return config, None  # (add meets it again, and says so in its usual order)
     from dataclasses import replace
 
     from portmapctl.errors import BadInput
     from portmapctl.ops.add import nft_refusals
+    from portmapctl.ops.nft import kept_there
 
     try:
         nft_refusals(config)
     except BadInput as err:
         # One line, before anything is said or written: the user asked for no backend.
         raise BadInput(
-            f"{config.network}/{config.container_id}: its rules are in the plugin's nftables"
-            f" tables alone, which refuse this: {err} (give --backend iptables for iptables)"
+            f"{kept_there(config)}, which refuse this: {err} (give --backend iptables for iptables)"
         ) from None
     out.message(
-        f"{config.network}/{config.container_id}: its rules are in the plugin's nftables"
-        " tables alone, so the plugin keeps it there: it goes to nftables (give --backend"
-        " iptables for iptables)"
+        f"{kept_there(config)}, so the plugin keeps it there: it goes to nftables (give"
+        " --backend iptables for iptables)"
     )
     return replace(config, backend="nftables"), None
 
 
 class _CannotTell(HostProblem):
     """The plugin's nftables tables are here and nft cannot read them (exit 3)."""
-
-
-def _cannot_tell(config: MappingConfig, err: Exception) -> _CannotTell:
-    """When in doubt, write nothing: the container may be the plugin's in nftables, and
-    an iptables copy would be mapped twice."""
-    return _CannotTell(
-        f"the plugin's nftables tables are here but nft cannot read them ({err}): cannot"
-        f" tell whether it keeps {config.network}/{config.container_id} there; give"
-        " --backend iptables or --backend nftables"
-    )
 
 
 def _kept_in_nftables(

@@ -97,6 +97,25 @@ def _to_one_of(config: Optional[MappingConfig], targets: Optional[Set[str]]) -> 
     return any(a.ip.compressed in targets for a in config.addresses)
 
 
+def kept_there(config: MappingConfig) -> str:
+    """What kept_in_nftables found, as the notes and errors that follow it begin."""
+    return (
+        f"{config.network}/{config.container_id}: its rules are in the plugin's nftables"
+        " tables alone"
+    )
+
+
+def cannot_tell(config: MappingConfig, why: object) -> str:
+    """Why a write of a mapping without a `backend` key stops where the plugin's tables
+    exist and nft cannot read them: when in doubt, nothing is written (an iptables copy
+    of a container kept there would map it twice)."""
+    return (
+        f"the plugin's nftables tables are here but nft cannot read them ({why}): cannot"
+        f" tell whether it keeps {config.network}/{config.container_id} there; give"
+        " --backend iptables or --backend nftables"
+    )
+
+
 def kept_in_nftables(
     config: MappingConfig, live: Ruleset, in_iptables: Callable[[], bool], keyless: str = "iptables"
 ) -> bool:

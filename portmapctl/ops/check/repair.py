@@ -32,7 +32,7 @@ from portmapctl.ops.check.expected import cached_configs, wanted_on_node
 from portmapctl.ops.check.problem import CheckResult
 from portmapctl.ops.check.run import (
     _check_node,
-    check_mapping,
+    check_followed,
     followed,
     mapping_result,
     nft_mapping,
@@ -413,10 +413,10 @@ def _repair_mapping(node: Node, config: MappingConfig, flush_udp: bool) -> Check
     """`check --repair` of one mapping given on the command line."""
     config, notes = followed(node, config, writing=True)
     if nft_mapping(node, config):
-        done = _repair_nft_mapping(node, config, check_mapping(node, config), flush_udp)
+        done = _repair_nft_mapping(node, config, check_followed(node, config), flush_udp)
         return replace(done, notes=notes + done.notes)
     node, planned = _planned_node(node)
-    before = check_mapping(node, config)
+    before = check_followed(node, config)
     transactions: Dict = {}
     families: List[int] = []  # where its chain or entry rules were (re)made
     unrepaired: List[Unrepaired] = []
@@ -488,7 +488,7 @@ def _repair_nft_mapping(
         check_condition(condition)
     text, families = check_nft.repair_mapping(node, config, before.families)
     warnings = after_setup(config, families, flush_udp, local_only=True) if families else []
-    after = check_mapping(node, config)
+    after = check_followed(node, config)
     remaining = {p.key for p in after.problems}
     return CheckResult(
         after.problems,

@@ -156,9 +156,18 @@ def _check_node(
 
 
 def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
-    """Check one mapping as the plugin's CHECK does (a missing chain is a failure)."""
-    families = validate.chosen_families(config, node.families, "check")
+    """Check one mapping as the plugin's CHECK does (a missing chain is a failure), in
+    the backend its container is followed to (`followed`)."""
     config, notes = followed(node, config)
+    return check_followed(node, config, notes)
+
+
+def check_followed(
+    node: Node, config: MappingConfig, notes: Tuple[str, ...] = ()
+) -> CheckResult:
+    """check_mapping of a mapping `followed` has been asked about already (--repair
+    checks before and after: the node is not asked again)."""
+    families = validate.chosen_families(config, node.families, "check")
     if nft_mapping(node, config):
         from portmapctl.ops.check import nft
 
@@ -233,22 +242,18 @@ def followed(
     if not _plugin_tables_may_exist(node, families):
         return config, ()  # the usual iptables node: one netlink question, no nft run
     live = node.read_nft()
+    from portmapctl.ops.nft import cannot_tell, kept_in_nftables, kept_there
+
     if node.nft_unusable is not None and isinstance(node.nft, _real_nft()):
-        who = f"{config.network}/{config.container_id}"
         if writing:
-            raise HostProblem(
-                f"the plugin's nftables tables are here but nft cannot read them"
-                f" ({node.nft_unusable}): cannot tell whether it keeps {who} there; give"
-                " --backend iptables or --backend nftables"
-            )
+            raise HostProblem(cannot_tell(config, node.nft_unusable))
         return config, (
             f"the plugin's nftables tables are here but nft cannot read them"
-            f" ({node.nft_unusable}): {who} was checked in iptables, where the plugin"
-            " keeps it unless its config says nftables",
+            f" ({node.nft_unusable}): {config.network}/{config.container_id} was checked"
+            " in iptables, where the plugin keeps it unless its config says nftables",
         )
     if not live.tables:
         return config, ()
-    from portmapctl.ops.nft import kept_in_nftables
 
     name = dnat_chain_name(config)
 
@@ -258,8 +263,7 @@ def followed(
     if not kept_in_nftables(config, live, in_iptables, node.options.keyless):
         return config, ()
     note = (
-        f"{config.network}/{config.container_id}: its rules are in the plugin's nftables"
-        " tables alone, so the plugin keeps it there: checked in nftables (give"
+        f"{kept_there(config)}, so the plugin keeps it there: checked in nftables (give"
         " --backend iptables to check iptables)"
     )
     return replace(config, backend="nftables"), (note,)
@@ -274,9 +278,7 @@ def _real_nft() -> type:
 def _plugin_tables_may_exist(node: Node, families: Sequence[int]) -> bool:
     """False only when netlink says this host's namespace has no `cni_hostport` table
     in `families` (a node in memory, or offline, is not asked)."""
-    from portmapctl.nftables.access.nft import RealNft
-
-    if not isinstance(node.nft, RealNft):
+    if not isinstance(node.nft, _real_nft()):
         return True
     from portmapctl.iptables.access.nfmsg import tables_present
     from portmapctl.nftables import TABLE
