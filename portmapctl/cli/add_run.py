@@ -126,14 +126,29 @@ def run(
 
 
 def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[MappingConfig, Any]:
-    """A mapping without a `backend` key (under --backend auto) whose container the
-    plugin keeps in nftables (its rules are in the plugin's tables alone: ops/nft.py
-    kept_in_nftables) goes there, with a note; else as given. Asked before the write
-    starts, only where a `cni_hostport` table exists (one netlink question elsewhere).
+    """A mapping without a `backend` key (under --backend auto) goes where the plugin
+    keeps its container: the backend its cached config names (cni/cache.py
+    configured_backend), else nftables when its rules are in the plugin's tables alone
+    (ops/nft.py kept_in_nftables), with a note; else as given. Asked before the write
+    starts; the rules only where a `cni_hostport` table exists (one netlink question
+    elsewhere).
     Also the plugin's nftables tables as read for it (None: not read), which the
     contested warning then reads instead of listing them again."""
     if config.backend is not None or common.backend.value != "auto" or not _net_admin():
         return config, None
+    from dataclasses import replace
+
+    from portmapctl.cni.cache import configured_backend
+
+    # The container's cached config first: the plugin's ADD was given it, and its DEL
+    # looks in that backend alone, whatever rules are left (after a flush, none).
+    cached = configured_backend(common.cache_dirs, config.network, config.container_id)
+    if cached == "iptables":
+        return replace(config, backend=cached), None
+    if cached == "nftables":
+        from portmapctl.ops.nft import configured_there
+
+        return _goes_to_nftables(config, out, configured_there(config)), None
     from portmapctl.cli._common import families
     from portmapctl.errors import PortmapctlError
     from portmapctl.host.netns import entered
@@ -162,24 +177,32 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
         raise
     except PortmapctlError:
         return config, None  # (add meets it again, and says so in its usual order)
+    from portmapctl.ops.nft import kept_there
+
+    return _goes_to_nftables(config, out, kept_there(config)), None
+
+
+def _goes_to_nftables(config: MappingConfig, out: Output, why: str) -> MappingConfig:
+    """`config` bound for nftables, where `why` says the plugin keeps its container,
+    with the note that says so; one line and nothing written when nftables refuses it
+    (the user asked for no backend)."""
     from dataclasses import replace
 
     from portmapctl.errors import BadInput
     from portmapctl.ops.add import nft_refusals
-    from portmapctl.ops.nft import kept_there
 
     try:
         nft_refusals(config)
     except BadInput as err:
-        # One line, before anything is said or written: the user asked for no backend.
         raise BadInput(
-            f"{kept_there(config)}, which refuse this: {err} (give --backend iptables for iptables)"
+            f"{why}, so it goes to nftables, which refuses it: {err} (give --backend"
+            " iptables for iptables)"
         ) from None
     out.message(
-        f"{kept_there(config)}, so the plugin keeps it there: it goes to nftables (give"
-        " --backend iptables for iptables)"
+        f"{why}, so the plugin keeps it there: it goes to nftables (give --backend iptables"
+        " for iptables)"
     )
-    return replace(config, backend="nftables"), None
+    return replace(config, backend="nftables")
 
 
 class _CannotTell(HostProblem):

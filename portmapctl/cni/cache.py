@@ -262,6 +262,34 @@ def warnings(attachments: Optional[Sequence[Attachment]]) -> List[str]:
     ]
 
 
+def configured_backend(cache_dirs: CacheDirs, network: str, container_id: str) -> Optional[str]:
+    """The `backend` key ("iptables", "nftables") of the portmap config libcni cached
+    for this container on this network, when its entries name one and agree; else None
+    (no entry, no key, entries that disagree or cannot be read: the caller decides as
+    it would without the cache). For a mapping given on the command line without the
+    key: the plugin's ADD for this container was given the cached config, and its DEL
+    looks in that backend alone. Only the files libcni names for the two
+    (`NETWORK-CONTAINERID-IFNAME`) are read; nothing here fails the command."""
+    prefix = f"{network}-{container_id}-"
+    found = set()
+    for cache_dir in _dirs(cache_dirs):
+        folder = results_dir(cache_dir)
+        try:
+            names = [name for name in os.listdir(folder) if name.startswith(prefix)]
+        except OSError:
+            continue
+        for name in names:
+            try:
+                attachment = read_attachment(os.path.join(folder, name))
+            except BadInput:
+                continue  # (list and check report it; its key is not known)
+            mapping = attachment.mapping
+            # (The prefix also matches network "a", container "b-c" for "a-b"/"c".)
+            if (attachment.network, attachment.container_id) == (network, container_id):
+                found.add(mapping.backend if mapping is not None else None)
+    return found.pop() if len(found) == 1 else None
+
+
 def cached_names(cache_dirs: CacheDirs, limit: int = 4096) -> List[Tuple[str, str]]:
     """(network, container ID) of each cached attachment, for shell completion.
 

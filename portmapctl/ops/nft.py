@@ -105,6 +105,12 @@ def kept_there(config: MappingConfig) -> str:
     )
 
 
+def configured_there(config: MappingConfig) -> str:
+    """What cni/cache.py configured_backend found, as the notes and errors that follow
+    it begin: the container's cached config names nftables."""
+    return f'{config.network}/{config.container_id}: its cached config says "backend": "nftables"'
+
+
 def cannot_tell(config: MappingConfig, why: object) -> str:
     """Why a write of a mapping without a `backend` key stops where the plugin's tables
     exist and nft cannot read them: when in doubt, nothing is written (an iptables copy

@@ -418,8 +418,11 @@ def test_a_mapping_given_without_a_backend_follows_its_containers_rules_into_nft
     (its rules are in nftables alone). Before, check said its chain was missing and
     --repair (or add) wrote an iptables copy: the container mapped in both backends,
     the copy where the plugin's DEL never looks. A container with no rules anywhere
-    still goes to iptables, the plugin's choice for a config without the key."""
+    still goes to iptables, the plugin's choice for a config without the key. (nft1's
+    cache entry is removed first: its cached key would decide before its rules, as the
+    next test shows.)"""
     confs = _keyless_iptables_node(node, tmp_path)
+    (tmp_path / "results" / "podman-nft1-eth0").unlink()
 
     def iptables() -> str:
         return rp.strip_save_comments(rp.save(node, 4, "nft"))
@@ -444,3 +447,46 @@ def test_a_mapping_given_without_a_backend_follows_its_containers_rules_into_nft
     done = _pmctl(node, tmp_path, "add", *new)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "dport 8031" in iptables() and "8031" not in _plugin_tables(node)
+
+
+def test_a_mapping_given_without_a_backend_follows_its_cached_config_when_no_rules_are_left(
+    node: str, tmp_path: Path
+) -> None:
+    """nft1's cached config says `"backend": "nftables"`; a firewall reload then dropped
+    the plugin's tables, so no rule of it is left anywhere. Given on the command line
+    without a backend key, its mapping follows the cached config, as the plugin's
+    CHECK and DEL for it do: check finds it missing in nftables, and --repair and add
+    put it back there, where v1.9.1's CHECK finds it. Before, all three went by the
+    rules alone, found none, and took iptables: --repair and add wrote an iptables copy
+    the plugin's DEL for nft1 never removes. A container whose cached config says
+    `"backend": "iptables"` is checked in iptables, though its rules are in nftables."""
+    confs = _keyless_iptables_node(node, tmp_path)
+
+    def iptables() -> str:
+        return rp.strip_save_comments(rp.save(node, 4, "nft"))
+
+    before = iptables()
+    nft1 = ["--network", "podman", "--container", "nft1", "--ip", "10.88.0.21/16", "-p", "8011:80"]
+    note = 'podman/nft1: its cached config says "backend": "nftables", so the plugin keeps it there'
+    for command in (["check", "--repair"], ["add"]):
+        upstream.nft(node, "delete", "table", "ip", "cni_hostport")
+        done = _pmctl(node, tmp_path, "check", *nft1)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert note in done.stderr and "nft" in done.stdout, done.stdout + done.stderr
+        done = _pmctl(node, tmp_path, *command, *nft1)
+        assert done.returncode == 0, (command, done.stdout + done.stderr)
+        assert note in done.stderr, (command, done.stderr)
+        assert iptables() == before, command
+        upstream.run(V191, "CHECK", node, "nft1", confs["nft1"], check=True)
+    # Its cached config says iptables: checked there, whatever nftables holds.
+    ipt = upstream.nft_conf("podman", ["10.88.0.41/16"], [_pm(8041, 80)], backend="iptables")
+    _cached(tmp_path, "ipt1", ipt)
+    ipt1 = ["--network", "podman", "--container", "ipt1", "--ip", "10.88.0.41/16", "-p", "8041:80"]
+    done = _pmctl(node, tmp_path, "add", "--backend", "nftables", *ipt1)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = _pmctl(node, tmp_path, "check", *ipt1)
+    assert done.returncode == 1 and done.stderr == "", done.stdout + done.stderr
+    assert (
+        done.stdout.startswith("KIND")
+        and "missing-chain  v4   ipt1       chain missing" in done.stdout
+    )

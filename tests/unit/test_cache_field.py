@@ -695,3 +695,40 @@ def test_a_cached_mapping_without_protocol_is_one_entry_that_cannot_be_read(tmp_
     assert found.mapping is None and "no protocol" in (found.problem or "")
     [warning] = cni_cache.warnings([found])
     assert "no protocol" in warning and "kept as live" in warning
+
+
+def _with_backend(backend: Optional[str], network: str = "net", cid: str = "c1") -> dict:
+    portmap = {"type": "portmap", "capabilities": {"portMappings": True}}
+    if backend is not None:
+        portmap["backend"] = backend
+    return entry(network, cid, portmap=portmap)
+
+
+def test_the_backend_a_containers_cached_config_names_is_found_for_its_network(tmp_path):
+    """A mapping given on the command line without a `backend` key follows its
+    container's cached config (add, one-mapping check): the key of the entries libcni
+    names NETWORK-CONTAINERID-IFNAME, read from them, not from the name alone."""
+    runtime, multus = tmp_path / "cni", tmp_path / "multus"
+    write(runtime / "results", "net-c1-eth0", _with_backend("nftables"))
+    write(runtime / "results", "net-c2-eth0", _with_backend("iptables", cid="c2"))
+    write(runtime / "results", "net-c3-eth0", _with_backend(None, cid="c3"))
+    # Network "net", container "c4-x": its name also starts with "net-c4-".
+    write(runtime / "results", "net-c4-x-eth0", _with_backend("nftables", cid="c4-x"))
+    # One container, two interfaces on one network (in two caches) that disagree.
+    write(runtime / "results", "net-c5-eth0", _with_backend("nftables", cid="c5"))
+    write(multus / "results", "net-c5-net1", _with_backend("iptables", cid="c5"))
+    write(runtime / "results", "net-c6-eth0", "{not json")
+    dirs = (str(runtime), str(multus), str(tmp_path / "absent"))
+    found = {cid: cni_cache.configured_backend(dirs, "net", cid) for cid in
+             ("c1", "c2", "c3", "c4", "c4-x", "c5", "c6", "c7")}  # fmt: skip
+    assert found == {
+        "c1": "nftables",
+        "c2": "iptables",
+        "c3": None,  # no key: the caller decides as without the cache
+        "c4": None,  # the file is c4-x's
+        "c4-x": "nftables",
+        "c5": None,  # they disagree: the caller decides as without the cache
+        "c6": None,  # cannot be read (list and check report it)
+        "c7": None,  # not cached
+    }
+    assert cni_cache.configured_backend(dirs, "other", "c1") is None

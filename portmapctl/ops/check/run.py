@@ -231,13 +231,25 @@ def followed(
     node: Node, config: MappingConfig, writing: bool = False
 ) -> Tuple[MappingConfig, Tuple[str, ...]]:
     """`config` with the backend the plugin keeps its container in, where the command
-    line said none and --backend is auto (ops/nft.py kept_in_nftables: its rules are in
-    the plugin's nftables tables alone), with the note that says so; else as given.
+    line said none and --backend is auto (the one its cached config names, else
+    ops/nft.py kept_in_nftables: its rules are in the plugin's nftables tables alone),
+    with the note that says so; else as given.
     Where the plugin's tables exist and nft cannot read them, `writing` (--repair)
     stops (HostProblem): an iptables copy of a container kept there would map it twice;
     a check says so in a note."""
     if config.backend is not None or node.options.backend != "auto" or node.nft is None:
         return config, ()
+    from portmapctl.cni.cache import configured_backend
+
+    # The container's cached config first: the plugin's CHECK is given it, and looks in
+    # that backend alone, whatever rules are left.
+    cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
+    if cached == "iptables":
+        return replace(config, backend=cached), ()
+    if cached == "nftables":
+        from portmapctl.ops.nft import configured_there
+
+        return replace(config, backend=cached), (_checked_in_nftables(configured_there(config)),)
     families = validate.chosen_families(config, node.families, "check")
     if not _plugin_tables_may_exist(node, families):
         return config, ()  # the usual iptables node: one netlink question, no nft run
@@ -262,11 +274,14 @@ def followed(
 
     if not kept_in_nftables(config, live, in_iptables, node.options.keyless):
         return config, ()
-    note = (
-        f"{kept_there(config)}, so the plugin keeps it there: checked in nftables (give"
-        " --backend iptables to check iptables)"
+    return replace(config, backend="nftables"), (_checked_in_nftables(kept_there(config)),)
+
+
+def _checked_in_nftables(why: str) -> str:
+    return (
+        f"{why}, so the plugin keeps it there: checked in nftables (give --backend iptables"
+        " to check iptables)"
     )
-    return replace(config, backend="nftables"), (note,)
 
 
 def _real_nft() -> type:
