@@ -92,3 +92,34 @@ def test_check_of_one_mapping_says_where_the_chain_is_not_to_repair(host_ns):
     done = run(argv)
     assert done.returncode == 1
     assert "--repair" not in done.stdout.replace("--repair leaves it", "")
+
+
+def test_node_check_offers_no_repair_that_repair_refuses(host_ns, tmp_path):
+    """Whole-node check, nft in use, the plugin's state in the legacy tables (ctrA's
+    chain and CNI-HOSTPORT-DNAT there), and a cached ctrB whose chain is in neither:
+    check --repair writes nothing for ctrB (a copy in nft would be a split brain), so
+    check says the same of ctrB's missing chain as of ctrA's: it names where the
+    plugin's state is, and its fix is prose, not `check --repair` (before: ctrB's
+    problem offered `portmapctl check --repair`, which then refused it)."""
+    _plugin_add(host_ns, "ctrA", "legacy")
+    for cid, address in (("ctrA", "10.88.0.5/16"), ("ctrB", "10.88.0.6/16")):
+        conf = rp.plugin_conf("mynet", [address], PORTS)
+        rp.write_cni_cache(tmp_path, "mynet", cid, "eth0", conf, PORTS, [address])
+    argv = ["check", "--netns", host_ns, "--iptables", "nft", "--family", "4",
+            "--cni-cache-dir", str(tmp_path)]  # fmt: skip
+    doc = json.loads(run([*argv, "-o", "json"]).stdout)
+    missing = {p["container_id"]: p for p in doc["problems"] if p["kind"] == "missing-chain"}
+    assert set(missing) == {"ctrA", "ctrB"}
+    assert "CNI-HOSTPORT-DNAT is in the legacy tables" in missing["ctrB"]["detail"]
+    for problem in missing.values():
+        assert problem["fix"] is None, problem
+        assert "--iptables legacy" in problem["why"]
+    done = run(argv)
+    assert done.returncode == 1
+    assert "check --repair" not in done.stdout
+
+    done = run([*argv, "--repair"])
+    assert done.returncode == 1
+    assert "could not repair IPv4 mynet/ctrB" in done.stderr
+    assert "CNI-HOSTPORT-DNAT is in the legacy tables" in done.stderr
+    assert "CNI-HOSTPORT-DNAT" not in rp.save(host_ns, 4, "nft")

@@ -137,13 +137,15 @@ def check_container(
     elsewhere: Optional[str] = None,
     elsewhere_fix: Optional[str] = None,
     entries: Optional[EntryIndex] = None,
+    held_there: str = "it",
 ) -> List[Problem]:
     """One container's CNI-DN- chain and its entry rules against the live table.
 
     `exact` (node check) also reports rules that should not be there and a wrong
     order; without it, exactly the plugin's CHECK: every wanted rule present.
     `elsewhere` names the other iptables flavour when the chain exists there, and
-    `elsewhere_fix` is the fix of the chain missing here then.
+    `elsewhere_fix` is the fix of the chain missing here then; `held_there` what of
+    the plugin's the other flavour holds ("it", the chain; or CNI-HOSTPORT-DNAT).
     `entries` is `entry_index(live)`, made once by a caller that checks many.
     """
     family = live.family
@@ -157,7 +159,8 @@ def check_container(
         detail = f"chain missing for {_config_ports(config, family)}"
         if elsewhere:
             detail += (
-                f" (it is in the {elsewhere} tables: is the plugin using iptables-{elsewhere}?)"
+                f" ({held_there} is in the {elsewhere} tables: is the plugin using"
+                f" iptables-{elsewhere}?)"
             )
             # Repair leaves it (a copy here would be a split brain): not its command.
             fix = elsewhere_fix or fix

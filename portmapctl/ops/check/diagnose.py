@@ -16,7 +16,7 @@ from typing import Mapping as ReadOnly
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.iptables import inventory
-from portmapctl.iptables.chains import dnat_chain, dnat_chain_name
+from portmapctl.iptables.chains import TOPLEVEL_DNAT, dnat_chain, dnat_chain_name
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.ops.check.compare import (
     check_container,
@@ -94,7 +94,10 @@ def diagnose(
         for config, chain in per_container:
             compared += 1
             derived[family].add(chain.name)
-            elsewhere = other_flavour if other is not None and other.has_chain(chain.name) else None
+            held = other is not None and other.has_chain(chain.name)
+            # With the family's state there, repair makes no chain here, held there or
+            # not (repair._in_other_flavour): its fix is not --repair either.
+            elsewhere = other_flavour if held or there else None
             problems += check_container(
                 config,
                 chain,
@@ -104,6 +107,7 @@ def diagnose(
                 elsewhere=elsewhere,
                 elsewhere_fix=fixes.only_in(elsewhere) if elsewhere else None,
                 entries=index,
+                held_there="it" if held else TOPLEVEL_DNAT,
             )
     if found is None:
         found = inventory.build(tables, attachments)
