@@ -9,7 +9,9 @@ ACCEPTs never reaches the plugin's chain: the container's mapping gets nothing.
 `takers` walks PREROUTING in order up to the jump to CNI-HOSTPORT-DNAT, descending
 into jumps and gotos to non-plugin chains (each chain once per path). Only external
 traffic is judged: a rule reached only from OUTPUT takes locally made connections,
-while the hostPort still serves the network, so it is not reported.
+while the hostPort still serves the network, so it is not reported. A mapping bound
+to a loopback host IP (127.0.0.1, ::1) serves no network: its connections come
+through OUTPUT alone, and no PREROUTING rule takes anything from it (`local_only`).
 
 No false alarms: a rule counts only when every condition on it, and on the jumps that
 led to it, holds for every packet the plugin's entry takes (`_BENIGN`: comments,
@@ -85,6 +87,14 @@ class _Rule(NamedTuple):
     ports: Ranges
     target: Optional[str]
     goto: bool
+
+
+def local_only(host_ip: Optional[str]) -> bool:
+    """Whether a mapping's host IP is a loopback address: only the node's own
+    connections reach it (through OUTPUT), so PREROUTING's rules cannot take it."""
+    import ipaddress
+
+    return bool(host_ip) and ipaddress.ip_address(host_ip).is_loopback
 
 
 def takers(

@@ -371,7 +371,11 @@ def _family(
             row_status = list(status)
             snat = snat or (proto, container_ip, container_port) in masqueraded
             winner = shadowing.get((name, proto, port, host_ip))
-            if (proto, port) in taken and _entered(entries[name], proto, port):
+            if (
+                (proto, port) in taken
+                and not foreign.local_only(host_ip)
+                and _entered(entries[name], proto, port)
+            ):
                 winner = taken[(proto, port)]
             if host_ip is not None and _is_dead(host_ip):
                 row_status.append(Status.DEAD)

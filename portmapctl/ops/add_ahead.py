@@ -191,8 +191,14 @@ def listed_foreign_takers(
 
 def foreign_wanted(config: MappingConfig, family: int) -> Set[ProtoPort]:
     """The (protocol, host port) pairs of `config` in `family`: what a foreign rule
-    ahead of the plugin's entry may take."""
-    return {(p.protocol, p.host_port) for p in config.ports if p.applies_to(family)}
+    ahead of the plugin's entry may take (nothing of a loopback host IP's)."""
+    from portmapctl.iptables.foreign import local_only
+
+    return {
+        (p.protocol, p.host_port)
+        for p in config.ports
+        if p.applies_to(family) and not local_only(p.host_ip)
+    }
 
 
 def chain_lister(

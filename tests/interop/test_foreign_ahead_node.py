@@ -208,3 +208,32 @@ def test_a_proxy_that_returns_the_mapped_port_before_its_redirect_shadows_nothin
     assert _list(args) == [(8080, ["ok"], None)]
     checked = pmctl.run(["check", *args])
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("host_ip", ["127.0.0.1", "10.0.0.1"])
+def test_a_loopback_host_ip_is_not_shadowed_by_prerouting(host_ns, tmp_path, host_ip):
+    """A mapping bound to 127.0.0.1 gets no external traffic: only the node's own
+    connections reach it, through OUTPUT, never PREROUTING. A firewall's
+    `-A PREROUTING -p tcp -m multiport --dports 9000,9001 -j ACCEPT` ahead of the plugin's jump takes
+    nothing from it: list says ok, check is healthy, add warns of nothing (before:
+    `shadowed`, exit 1, and a warning). The same rule still shadows the port on any
+    other host address (10.0.0.1 here)."""
+    ports = [{"hostPort": 9000, "containerPort": 80, "protocol": "tcp", "hostIP": host_ip}]
+    conf = rp.plugin_conf(NETWORK, IPS, ports)
+    rp.run_plugin("ADD", host_ns, POD, conf, check=True)
+    rp.write_cni_cache(tmp_path, NETWORK, POD, "eth0", conf, ports, IPS)
+    _nat(host_ns, "nft", ["-I", "PREROUTING", "1", "-p", "tcp", "-m", "multiport", "--dports",
+                          "9000,9001", "-j", "ACCEPT"])  # fmt: skip
+    opts = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path), "--family", "4"]
+    loopback = host_ip == "127.0.0.1"
+
+    (row,) = json.loads(pmctl.run(["list", *opts, "-o", "json"]).stdout)["mappings"]
+    assert row["host_ip"] == host_ip
+    assert row["status"] == (["ok"] if loopback else ["shadowed"])
+    done = pmctl.run(["check", *opts])
+    assert done.returncode == (0 if loopback else 1), done.stdout + done.stderr
+    add = ["add", *opts, "--network", "other", "--container", "c2", "--ip", "10.244.1.3/24",
+           "-p", f"{host_ip}:9001:80"]  # fmt: skip
+    done = pmctl.run(add)
+    assert done.returncode == 0, done.stderr
+    assert ("IPv4 tcp/9001" in done.stderr) is not loopback, done.stderr
