@@ -11,7 +11,8 @@ into jumps and gotos to non-plugin chains (each chain once per path). Only exter
 traffic is judged: a rule reached only from OUTPUT takes locally made connections,
 while the hostPort still serves the network, so it is not reported. A mapping bound
 to a loopback host IP (127.0.0.1, ::1) serves no network: its connections come
-through OUTPUT alone, and no PREROUTING rule takes anything from it (`local_only`).
+through OUTPUT alone, so OUTPUT is walked for it instead (`local_only`), the same way
+(Docker's OUTPUT jump carries `! -d 127.0.0.0/8`: not followed).
 
 No false alarms: a rule counts only when every condition on it, and on the jumps that
 led to it, holds for every packet the plugin's entry takes (`_BENIGN`: comments,
@@ -91,7 +92,7 @@ class _Rule(NamedTuple):
 
 def local_only(host_ip: Optional[str]) -> bool:
     """Whether a mapping's host IP is a loopback address: only the node's own
-    connections reach it (through OUTPUT), so PREROUTING's rules cannot take it."""
+    connections reach it (through OUTPUT), so only OUTPUT's rules can take it."""
     import ipaddress
 
     return bool(host_ip) and ipaddress.ip_address(host_ip).is_loopback
@@ -102,22 +103,24 @@ def takers(
     wanted: Collection[ProtoPort],
     entry_appended: bool = False,
     past_entry: bool = False,
+    hook: str = "PREROUTING",
 ) -> Dict[ProtoPort, str]:
     """(protocol, host port) -> the foreign rule, as iptables-save prints it, that takes
     it first. Nothing when PREROUTING has no jump to CNI-HOSTPORT-DNAT (then no mapping
     gets external traffic at all; that is another problem), unless `entry_appended`:
     add, whose write appends that jump where it is missing (the first container on a
-    Docker node), judges all of PREROUTING then."""
+    Docker node), judges all of PREROUTING then. `hook` "OUTPUT": the walk of the
+    node's own connections, for loopback host IPs (`local_only`)."""
     if not wanted:
         return {}
-    prerouting = read("PREROUTING")
-    if not prerouting:
+    first = read(hook)
+    if not first:
         return {}
-    if not (entry_appended or past_entry) and not any(_jumps_to_entry(r) for r in prerouting):
+    if not (entry_appended or past_entry) and not any(_jumps_to_entry(r) for r in first):
         return {}
     walk = _Walk(read, set(wanted), sorted({port for _, port in wanted}), past_entry)
-    walk.known("PREROUTING", prerouting)  # read once: a listing may cost a whole table
-    walk.chain("PREROUTING", None, None, None, frozenset())
+    walk.known(hook, first)  # read once: a listing may cost a whole table
+    walk.chain(hook, None, None, None, frozenset())
     return walk.taken
 
 

@@ -8,7 +8,8 @@ Statuses, as SPEC §3 defines them:
   shadowed    an earlier entry rule in CNI-HOSTPORT-DNAT sends the same protocol and
               host port (overlapping host IP) to another container's chain; or
               (beyond SPEC §3) another tool's rule takes it before PREROUTING's jump to
-              CNI-HOSTPORT-DNAT (iptables/foreign.py): shadowed_by is then that rule
+              CNI-HOSTPORT-DNAT (OUTPUT's for a loopback host IP; iptables/foreign.py):
+              shadowed_by is then that rule
               as iptables-save prints it (`-A DOCKER ...`)
   orphan      a per-container chain that no rule enters
   incomplete  an entry rule names a port for which the chain has no DNAT rule
@@ -318,11 +319,18 @@ def _family(
     identities = {name: _identity(by_chain.get(name), entries[name]) for name in names}
     owners = {name: identity.container_id for name, identity in identities.items()}
     shadowing = _shadowing(table, entries, port_rules, owners)
-    # Another tool's rule ahead of the plugin's entry takes a port before any chain.
-    taken = foreign.takers(
-        foreign.table_reader(table),
-        {(proto, port) for rules in port_rules.values() for proto, port, *_ in rules},
-    )
+    # Another tool's rule ahead of the plugin's entry takes a port before any chain:
+    # ahead of PREROUTING's, or for a loopback host IP (the node's own connections
+    # alone), OUTPUT's.
+    wanted: Dict[bool, Set[ProtoPort]] = {False: set(), True: set()}
+    for rules in port_rules.values():
+        for proto, port, host_ip, *_ in rules:
+            wanted[foreign.local_only(host_ip)].add((proto, port))
+    reader = foreign.table_reader(table)
+    taken = {
+        False: foreign.takers(reader, wanted[False]),
+        True: foreign.takers(reader, wanted[True], hook="OUTPUT"),
+    }
 
     mappings: List[Mapping] = []
     chains: List[ChainInfo] = []
@@ -371,12 +379,9 @@ def _family(
             row_status = list(status)
             snat = snat or (proto, container_ip, container_port) in masqueraded
             winner = shadowing.get((name, proto, port, host_ip))
-            if (
-                (proto, port) in taken
-                and not foreign.local_only(host_ip)
-                and _entered(entries[name], proto, port)
-            ):
-                winner = taken[(proto, port)]
+            ahead = taken[foreign.local_only(host_ip)]
+            if (proto, port) in ahead and _entered(entries[name], proto, port):
+                winner = ahead[(proto, port)]
             if host_ip is not None and _is_dead(host_ip):
                 row_status.append(Status.DEAD)
             elif winner:

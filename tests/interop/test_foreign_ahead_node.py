@@ -237,3 +237,28 @@ def test_a_loopback_host_ip_is_not_shadowed_by_prerouting(host_ns, tmp_path, hos
     done = pmctl.run(add)
     assert done.returncode == 0, done.stderr
     assert ("IPv4 tcp/9001" in done.stderr) is not loopback, done.stderr
+
+
+@pytest.mark.parametrize("host_ip", ["127.0.0.1", "10.0.0.1"])
+def test_a_loopback_host_ip_is_shadowed_by_an_output_rule(host_ns, tmp_path, host_ip):
+    """The other side: a rule ahead of OUTPUT's jump to CNI-HOSTPORT-DNAT
+    (`-A OUTPUT -p tcp --dport 9000 -j ACCEPT`) takes every connection a mapping on
+    127.0.0.1 gets: list says `shadowed`, check names the rule, exit 1 (before: ok,
+    healthy). A mapping on another host IP still serves the network: not shadowed."""
+    ports = [{"hostPort": 9000, "containerPort": 80, "protocol": "tcp", "hostIP": host_ip}]
+    conf = rp.plugin_conf(NETWORK, IPS, ports)
+    rp.run_plugin("ADD", host_ns, POD, conf, check=True)
+    rp.write_cni_cache(tmp_path, NETWORK, POD, "eth0", conf, ports, IPS)
+    _nat(host_ns, "nft", ["-I", "OUTPUT", "1", "-p", "tcp", "--dport", "9000", "-j", "ACCEPT"])
+    opts = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path), "--family", "4"]
+    loopback = host_ip == "127.0.0.1"
+
+    (row,) = json.loads(pmctl.run(["list", *opts, "-o", "json"]).stdout)["mappings"]
+    assert row["status"] == (["shadowed"] if loopback else ["ok"])
+    done = pmctl.run(["check", *opts, "-o", "json"])
+    assert done.returncode == (1 if loopback else 0), done.stdout + done.stderr
+    if loopback:
+        (problem,) = json.loads(done.stdout)["problems"]
+        assert problem["kind"] == "shadowed"
+        assert "-A OUTPUT -p tcp -m tcp --dport 9000 -j ACCEPT" in problem["detail"]
+        assert "OUTPUT" in problem["why"]

@@ -191,8 +191,8 @@ _FOREIGN_FIX = (
 )
 _FOREIGN_WHY = (
     "iptables uses the first rule that ends NAT for a packet: a rule ahead of PREROUTING's"
-    " jump to CNI-HOSTPORT-DNAT takes those ports, and this container gets no traffic on"
-    " them"
+    " jump to CNI-HOSTPORT-DNAT (OUTPUT's, for a loopback host IP) takes those ports, and"
+    " this container gets no traffic on them"
 )
 
 
