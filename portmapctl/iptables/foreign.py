@@ -11,7 +11,7 @@ into jumps and gotos to non-plugin chains (each chain once per path). Only exter
 traffic is judged: a rule reached only from OUTPUT takes locally made connections,
 while the hostPort still serves the network, so it is not reported. A mapping bound
 to a loopback host IP (127.0.0.1, ::1) serves no network: its connections come
-through OUTPUT alone, so OUTPUT is walked for it instead (`local_only`), the same way
+through OUTPUT alone, so OUTPUT is walked for it instead (`hook_of`), the same way
 (Docker's OUTPUT jump carries `! -d 127.0.0.0/8`: not followed).
 
 No false alarms: a rule counts only when every condition on it, and on the jumps that
@@ -90,12 +90,23 @@ class _Rule(NamedTuple):
     goto: bool
 
 
-def local_only(host_ip: Optional[str]) -> bool:
-    """Whether a mapping's host IP is a loopback address: only the node's own
-    connections reach it (through OUTPUT), so only OUTPUT's rules can take it."""
+def hook_of(host_ip: Optional[str]) -> str:
+    """The nat chain whose rules come before the plugin's entry for a mapping on
+    `host_ip`: OUTPUT for a loopback address (only the node's own connections reach
+    it), else PREROUTING (the network's traffic, what a host port is for)."""
     import ipaddress
 
-    return bool(host_ip) and ipaddress.ip_address(host_ip).is_loopback
+    return "OUTPUT" if host_ip and ipaddress.ip_address(host_ip).is_loopback else "PREROUTING"
+
+
+def hooked_takers(
+    read: ChainReader, wanted: Mapping[str, Collection[ProtoPort]], entry_appended: bool = False
+) -> Dict[ProtoPort, str]:
+    """`takers` of each hook's ports (`wanted`: by `hook_of`), merged: add's warning."""
+    found: Dict[ProtoPort, str] = {}
+    for hook, ports in wanted.items():
+        found.update(takers(read, ports, entry_appended, hook=hook))
+    return found
 
 
 def takers(
@@ -110,7 +121,7 @@ def takers(
     gets external traffic at all; that is another problem), unless `entry_appended`:
     add, whose write appends that jump where it is missing (the first container on a
     Docker node), judges all of PREROUTING then. `hook` "OUTPUT": the walk of the
-    node's own connections, for loopback host IPs (`local_only`)."""
+    node's own connections, for loopback host IPs (`hook_of`)."""
     if not wanted:
         return {}
     first = read(hook)

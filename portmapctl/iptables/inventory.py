@@ -322,15 +322,12 @@ def _family(
     # Another tool's rule ahead of the plugin's entry takes a port before any chain:
     # ahead of PREROUTING's, or for a loopback host IP (the node's own connections
     # alone), OUTPUT's.
-    wanted: Dict[bool, Set[ProtoPort]] = {False: set(), True: set()}
+    wanted: Dict[str, Set[ProtoPort]] = {}
     for rules in port_rules.values():
         for proto, port, host_ip, *_ in rules:
-            wanted[foreign.local_only(host_ip)].add((proto, port))
+            wanted.setdefault(foreign.hook_of(host_ip), set()).add((proto, port))
     reader = foreign.table_reader(table)
-    taken = {
-        False: foreign.takers(reader, wanted[False]),
-        True: foreign.takers(reader, wanted[True], hook="OUTPUT"),
-    }
+    taken = {hook: foreign.takers(reader, ports, hook=hook) for hook, ports in wanted.items()}
 
     mappings: List[Mapping] = []
     chains: List[ChainInfo] = []
@@ -379,7 +376,7 @@ def _family(
             row_status = list(status)
             snat = snat or (proto, container_ip, container_port) in masqueraded
             winner = shadowing.get((name, proto, port, host_ip))
-            ahead = taken[foreign.local_only(host_ip)]
+            ahead = taken.get(foreign.hook_of(host_ip), {})
             if (proto, port) in ahead and _entered(entries[name], proto, port):
                 winner = ahead[(proto, port)]
             if host_ip is not None and _is_dead(host_ip):

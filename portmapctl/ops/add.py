@@ -197,11 +197,11 @@ def foreign_takers(
         except (PortmapctlError, OSError) as err:
             debug("reading the table for the foreign-rule warning failed: %s", err)
             return {}
-        return foreign.takers(foreign.table_reader(table), wanted, entry_appended=True)
+        return foreign.hooked_takers(foreign.table_reader(table), wanted, entry_appended=True)
     if listed is not None and family in listed:
         return listed[family]
     reader = foreign.listing_reader(chain_lister(list_chain, family))
-    return foreign.takers(reader, wanted, entry_appended=True)
+    return foreign.hooked_takers(reader, wanted, entry_appended=True)
 
 
 def shadow_views(

@@ -180,7 +180,7 @@ def listed_foreign_takers(
     from portmapctl.iptables import foreign
 
     return {
-        family: foreign.takers(
+        family: foreign.hooked_takers(
             foreign.listing_reader(chain_lister(backend.list_chain, family)),
             foreign_wanted(config, family),
             entry_appended=True,
@@ -189,16 +189,16 @@ def listed_foreign_takers(
     }
 
 
-def foreign_wanted(config: MappingConfig, family: int) -> Set[ProtoPort]:
-    """The (protocol, host port) pairs of `config` in `family`: what a foreign rule
-    ahead of the plugin's entry may take (nothing of a loopback host IP's)."""
-    from portmapctl.iptables.foreign import local_only
+def foreign_wanted(config: MappingConfig, family: int) -> Dict[str, Set[ProtoPort]]:
+    """The (protocol, host port) pairs of `config` in `family`, by the nat chain whose
+    foreign rules may take them ahead of the plugin's entry (foreign.hook_of)."""
+    from portmapctl.iptables.foreign import hook_of
 
-    return {
-        (p.protocol, p.host_port)
-        for p in config.ports
-        if p.applies_to(family) and not local_only(p.host_ip)
-    }
+    wanted: Dict[str, Set[ProtoPort]] = {}
+    for p in config.ports:
+        if p.applies_to(family):
+            wanted.setdefault(hook_of(p.host_ip), set()).add((p.protocol, p.host_port))
+    return wanted
 
 
 def chain_lister(

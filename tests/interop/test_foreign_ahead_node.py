@@ -242,14 +242,16 @@ def test_a_loopback_host_ip_is_not_shadowed_by_prerouting(host_ns, tmp_path, hos
 @pytest.mark.parametrize("host_ip", ["127.0.0.1", "10.0.0.1"])
 def test_a_loopback_host_ip_is_shadowed_by_an_output_rule(host_ns, tmp_path, host_ip):
     """The other side: a rule ahead of OUTPUT's jump to CNI-HOSTPORT-DNAT
-    (`-A OUTPUT -p tcp --dport 9000 -j ACCEPT`) takes every connection a mapping on
-    127.0.0.1 gets: list says `shadowed`, check names the rule, exit 1 (before: ok,
-    healthy). A mapping on another host IP still serves the network: not shadowed."""
+    (`-A OUTPUT -p tcp -m multiport --dports 9000,9001 -j ACCEPT`) takes every
+    connection a mapping on 127.0.0.1 gets: list says `shadowed`, add warns, check
+    names the rule, exit 1 (before: ok, no warning, healthy). A mapping on another
+    host IP still serves the network: not shadowed."""
     ports = [{"hostPort": 9000, "containerPort": 80, "protocol": "tcp", "hostIP": host_ip}]
     conf = rp.plugin_conf(NETWORK, IPS, ports)
     rp.run_plugin("ADD", host_ns, POD, conf, check=True)
     rp.write_cni_cache(tmp_path, NETWORK, POD, "eth0", conf, ports, IPS)
-    _nat(host_ns, "nft", ["-I", "OUTPUT", "1", "-p", "tcp", "--dport", "9000", "-j", "ACCEPT"])
+    _nat(host_ns, "nft", ["-I", "OUTPUT", "1", "-p", "tcp", "-m", "multiport", "--dports",
+                          "9000,9001", "-j", "ACCEPT"])  # fmt: skip
     opts = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path), "--family", "4"]
     loopback = host_ip == "127.0.0.1"
 
@@ -260,5 +262,10 @@ def test_a_loopback_host_ip_is_shadowed_by_an_output_rule(host_ns, tmp_path, hos
     if loopback:
         (problem,) = json.loads(done.stdout)["problems"]
         assert problem["kind"] == "shadowed"
-        assert "-A OUTPUT -p tcp -m tcp --dport 9000 -j ACCEPT" in problem["detail"]
+        assert "-A OUTPUT -p tcp -m multiport --dports 9000,9001 -j ACCEPT" in problem["detail"]
         assert "OUTPUT" in problem["why"]
+    add = ["add", *opts, "--network", "other", "--container", "c2", "--ip", "10.244.1.3/24",
+           "-p", f"{host_ip}:9001:80"]  # fmt: skip
+    done = pmctl.run(add)
+    assert done.returncode == 0, done.stderr
+    assert ("IPv4 tcp/9001 is taken first" in done.stderr) is loopback, done.stderr
