@@ -165,3 +165,6 @@ def test_a_rule_the_config_does_not_make_and_one_missing_are_the_rules_shown(tmp
                 if p["chain"] == "CNI-DN-27a3997738f625df8206e"]  # fmt: skip
     rules = {p["kind"]: p["rule"] for p in problems}
     assert rules == {"missing-rules": original, "extra-rules": changed}
+    # One rule is one rule (it said "1 rules").
+    details = {p["kind"]: p["detail"] for p in problems}
+    assert details["extra-rules"].startswith("1 rule its cached config does not make: ")

@@ -193,7 +193,8 @@ def check_container(
             problems.append(
                 problem(
                     ProblemKind.EXTRA_RULES,
-                    f"{len(extra)} rules its cached config does not make: {_rules_text(name, extra)}",
+                    f"{len(extra)} {'rule' if len(extra) == 1 else 'rules'} its cached config"
+                    f" does not make: {_rules_text(name, extra)}",
                     "the chain does not match the container's config (an old address or port?):"
                     " traffic may go to the wrong place",
                     saved_rules(name, extra),
