@@ -25,8 +25,10 @@ covering the port into kube-proxy's per-service chains (KUBE-EXT-, KUBE-SVC-,
 KUBE-SVL-, KUBE-FW-, KUBE-XLB-) counts as taking it without looking inside (they DNAT
 to an endpoint, or mark the packet for dropping: either way the container gets none
 of it); any other chain is walked, and a rule in it takes the port if it would on
-its own. A goto ends the walk after its chain (what it does not take never comes
-back to the plugin's entry: reported as nothing, not as everything).
+its own. A goto ends its chain for the packets it sends (they never come back to
+the rules after it: what its chain does not take is reported as nothing, not as
+everything); a goto with conditions (`-p udp -g X`) leaves the other packets to the
+rules after it.
 
 For a mapping of the plugin's nftables backend (`past_entry`) the question is another:
 it has no iptables entry at all, and iptables' nat PREROUTING hooks at the priority
@@ -236,7 +238,7 @@ class _Walk(PortsLeft):
         """Walks `name` for packets of `proto`/`ports` (the path's matches); `named` is
         the rule to report (the first on the path to match a port); `returned`: ports a
         RETURN on the path sent back already (no later rule of its chain sees them).
-        True: the walk is over (the plugin's entry, or a goto, was reached)."""
+        True: the walk is over (the plugin's entry was reached, or nothing is left)."""
         path = path | {name}
         for args in self.rules(name) or ():
             if not self.left:
@@ -277,11 +279,14 @@ class _Walk(PortsLeft):
             ):
                 if self.rules(target) is None:
                     continue  # an extension (MARK, LOG, ...): the packet goes on
-                if (
-                    self.chain(target, rule_proto, rule_ports, reported, path, returned)
-                    or rule.goto
-                ):
+                if self.chain(target, rule_proto, rule_ports, reported, path, returned):
                     return True
+                if rule.goto:
+                    # What it sends never comes back to this chain (its end returns
+                    # to the caller's caller); the other packets go on here.
+                    if rule.proto is None and rule.ports is None:
+                        return False
+                    returned = returned | self._covered(rule_proto, rule_ports)
         return False
 
     def _may_matter(self, text: str) -> bool:

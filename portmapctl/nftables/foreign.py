@@ -16,14 +16,16 @@ node (the plugin's tables, iptables-nft's `nat`) pays nothing more. firewalld's
 No false alarms, as iptables/foreign.py: a rule counts only when every condition on
 it and on the jumps that led to it holds for every packet the plugin's entry takes
 (`_conditions`: a protocol, a destination port set or range covering the port,
-`fib daddr type local`, `ip daddr != 127.0.0.0/8`, counters, comments); a rule with
-anything else (addresses, interfaces, marks, other `!=`, named sets, ...) takes only
-some packets, or cannot be judged: it takes nothing, and a jump with one is not
-followed. A `meta l4proto . th dport vmap` is judged element by element (kube-proxy's
+`fib daddr type local`, `ip daddr != 127.0.0.0/8`, counters, comments; a named port
+set, `tcp dport @ports`, by the elements it holds now, intervals too); a rule with
+anything else (addresses, interfaces, marks, other `!=`, maps, ...) takes only some
+packets, or cannot be judged: it takes nothing, and a jump with one is not followed. A `meta l4proto . th dport vmap` is judged element by element (kube-proxy's
 NodePorts, `_vmap`). A rule takes its ports when it
 DNATs, REDIRECTs or ACCEPTs (nat's accept ends the hook: the plugin's chain never
 sees the packet); `return` sends its packets back (no later rule of that chain sees
-them); jumps and gotos are walked, each chain once per path.
+them); jumps and gotos are walked, each chain once per path. A goto ends its chain
+only for the packets it sends (`meta l4proto udp goto x`: tcp goes on to the next
+rule); the end of the chain it went to returns to the caller's caller.
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ def takers(
 
     chains: Dict[str, List[Dict[str, Any]]] = {}
     maps: Dict[str, Any] = {}
+    sets: Dict[str, Any] = {}
     for obj in json.loads(listing).get("nftables", ()):
         rule = obj.get("rule") if isinstance(obj, dict) else None
         if isinstance(rule, dict):
@@ -191,7 +194,11 @@ def takers(
         named = obj.get("map") if isinstance(obj, dict) else None
         if isinstance(named, dict) and named.get("map") == "verdict":
             maps[f"@{named.get('name')}"] = named.get("elem", [])
-    walk = _Walk(chains, _printed(text), set(wanted), maps)
+        port_set = obj.get("set") if isinstance(obj, dict) else None
+        if isinstance(port_set, dict) and port_set.get("type") == "inet_service":
+            # `tcp dport @ports`: judged by the set's elements as listed now.
+            sets[f"@{port_set.get('name')}"] = {"set": port_set.get("elem", [])}
+    walk = _Walk(chains, _printed(text), set(wanted), maps, sets)
     walk.family = family
     walk.kube = table == _KUBE_TABLE
     walk.chain(chain, None, None, None, frozenset())
@@ -230,11 +237,13 @@ class _Walk(PortsLeft):
         printed: Dict[int, str],
         left: set,
         maps: Optional[Dict[str, Any]] = None,
+        sets: Optional[Dict[str, Any]] = None,
     ) -> None:
         super().__init__(left)
         self.chains = chains
         self.printed = printed
         self.maps = maps or {}
+        self.sets = sets or {}
         self.kube = False  # kube-proxy's table: its service chains are not walked
         self.family = 4  # the packets walked (an inet table sees both)
 
@@ -247,12 +256,12 @@ class _Walk(PortsLeft):
         path: FrozenSet[str],
         returned: FrozenSet[ProtoPort] = frozenset(),
     ) -> bool:
-        """True: the walk is over (a goto's chain ended it)."""
+        """True: the walk is over (nothing is left to find)."""
         path = path | {name}
         for obj in self.chains.get(name, ()):
             if not self.left:
                 return True
-            rule = _conditions(obj.get("expr", ()), self.family)
+            rule = _conditions(obj.get("expr", ()), self.family, self.sets)
             if rule is None or (proto and rule.proto and rule.proto != proto):
                 continue
             rule_proto = rule.proto or proto
@@ -270,9 +279,14 @@ class _Walk(PortsLeft):
             elif rule.verdict in ("jump", "goto") and rule.target:
                 if rule.target in path or len(path) >= _DEPTH:
                     continue
-                ended = self.chain(rule.target, rule_proto, rule_ports, reported, path, returned)
-                if ended or rule.verdict == "goto":
+                if self.chain(rule.target, rule_proto, rule_ports, reported, path, returned):
                     return True
+                if rule.verdict == "goto":
+                    # The packets it sends never come back to this chain (its end
+                    # returns to the caller's caller); the others go on here.
+                    if rule.proto is None and rule.ports is None:
+                        return False
+                    returned = returned | self._covered(rule_proto, rule_ports)
             elif rule.verdict == "vmap":
                 self._vmap(rule, rule_proto, rule_ports, text, path, returned)
         return False
@@ -313,8 +327,11 @@ _NFPROTO_NAMES = {"ipv4": 4, "ipv6": 6}
 _NAT_FAMILIES = {"ip": 4, "ip6": 6}
 
 
-def _conditions(exprs: Iterable[Any], family: int = 4) -> Optional[_Rule]:
-    """The rule's protocol, ports and verdict, or None when a condition is not benign."""
+def _conditions(
+    exprs: Iterable[Any], family: int = 4, sets: Optional[Dict[str, Any]] = None
+) -> Optional[_Rule]:
+    """The rule's protocol, ports and verdict, or None when a condition is not benign.
+    `sets`: the table's named port sets (`@name` -> an anonymous set of its elements)."""
     proto: Optional[str] = None
     ports: Ranges = None
     for expr in exprs:
@@ -356,6 +373,8 @@ def _conditions(exprs: Iterable[Any], family: int = 4) -> Optional[_Rule]:
                 proto = str(protocol)
             elif protocol != "th":
                 return None
+            if isinstance(right, str) and sets is not None:
+                right = sets.get(right, right)
             found = _ranges(right)
             if found is None:
                 return None
@@ -448,6 +467,8 @@ def _ranges(right: Any) -> Optional[Tuple[Tuple[int, int], ...]]:
     if isinstance(right, dict) and "range" in right:
         low, high = right["range"]
         return ((int(low), int(high)),) if isinstance(low, int) and isinstance(high, int) else None
+    if isinstance(right, dict) and isinstance(right.get("elem"), dict):
+        return _ranges(right["elem"].get("val"))  # an element with a counter, timeout...
     if isinstance(right, dict) and isinstance(right.get("set"), list):
         found: List[Tuple[int, int]] = []
         for element in right["set"]:
@@ -456,7 +477,7 @@ def _ranges(right: Any) -> Optional[Tuple[Tuple[int, int], ...]]:
                 return None
             found.extend(part)
         return tuple(found)
-    return None  # a named set (@name), a map, ...: not judged
+    return None  # a map, a set of another table, ...: not judged
 
 
 def run_nft(binary: str) -> Callable[[List[str]], str]:

@@ -305,3 +305,94 @@ def test_a_port_another_table_takes_first_is_not_also_contested(node: str, tmp_p
     assert done.returncode == 1, done.stdout + done.stderr
     found = sorted((p["kind"], p["container_id"]) for p in json.loads(done.stdout)["problems"])
     assert found == [("shadowed", CID), ("shadowed", "nftfor0c")]
+
+
+# A firewall's named sets (one of them an interval set) and conditional gotos.
+SETS_AND_GOTOS = """
+table ip fw {
+  set ports {
+    type inet_service
+    elements = { 8080 }
+  }
+  set span {
+    type inet_service
+    flags interval
+    elements = { 8082-8083 }
+  }
+  chain pre {
+    type nat hook prerouting priority dstnat - 10; policy accept;
+    tcp dport @ports dnat to 10.0.0.9:80
+    tcp dport @span dnat to 10.0.0.9:80
+    meta l4proto udp goto udp_only
+    tcp dport 8081 dnat to 10.0.0.9:80
+    jump sub
+  }
+  chain udp_only {
+    udp dport 9999 dnat to 10.0.0.9:99
+  }
+  chain sub {
+    tcp dport 7777 goto elsewhere
+    tcp dport 8084 dnat to 10.0.0.9:84
+  }
+  chain elsewhere {
+  }
+}
+"""
+
+
+def test_named_sets_and_conditional_gotos_are_walked(node: str, tmp_path: Path) -> None:
+    """A named port set (interval too) was not judged, and a goto with a condition
+    ended the whole walk: every row said `ok`, check was healthy, while the
+    firewall's earlier hook took 8080-8084. A goto ends its chain only for what it
+    sends (tcp goes on past `meta l4proto udp goto`), and the end of a chain a
+    nested goto went to returns to the caller's caller (8084 after `jump sub`)."""
+    ports = [rp.port_mapping(p, 80) for p in range(8080, 8086)]
+    ports.append(rp.port_mapping(5353, 53, "udp"))
+    conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
+    upstream.run(V191, "ADD", node, CID, conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, ["10.88.0.21/16"])
+    upstream.nft(node, "-f", "-", stdin=SETS_AND_GOTOS)
+    args = _args(node, tmp_path)
+    by = {
+        8080: "tcp dport @ports dnat to 10.0.0.9:80",
+        8081: "tcp dport 8081 dnat to 10.0.0.9:80",
+        8082: "tcp dport @span dnat to 10.0.0.9:80",
+        8083: "tcp dport @span dnat to 10.0.0.9:80",
+        8084: "tcp dport 8084 dnat to 10.0.0.9:84",
+    }
+    expected = {("nftables", p): (["shadowed"], rule) for p, rule in by.items()}
+    expected[("nftables", 8085)] = (["ok"], None)
+    expected[("nftables", 5353)] = (["ok"], None)
+    assert _statuses(args) == expected
+    done = pmctl.run(["check", *args, "-o", "json"])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert sorted(p["detail"].split(" ")[0] for p in json.loads(done.stdout)["problems"]) == [
+        f"tcp/{p}" for p in sorted(by)
+    ]
+
+
+def test_an_iptables_conditional_goto_ends_only_its_packets(node: str, tmp_path: Path) -> None:
+    """`-p udp -g X` ahead of a tcp DNAT ended the walk of PREROUTING: the DNAT that
+    takes the port first (Debian's plugin, iptables) or at the same hook priority
+    (upstream v1.9.1, nftables) was not seen, and both rows said `ok`."""
+    rp.require(rp.plugin_available())
+    _nft_container(node, tmp_path)  # 8080, 9090 in nftables
+    ipt_ports = [rp.port_mapping(7070, 80)]
+    ipt_conf = rp.plugin_conf("podman", ["10.88.0.11/16"], ipt_ports)
+    rp.run_plugin("ADD", node, "nftfor0b", ipt_conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "nftfor0b", "eth0", ipt_conf, ipt_ports,
+                       ["10.88.0.11/16"])  # fmt: skip
+    for rule in (
+        ["-N", "UDPONLY"],
+        ["-A", "UDPONLY", "-p", "udp", "-m", "udp", "--dport", "9999", "-j", "REDIRECT"],
+        ["-I", "PREROUTING", "1", "-p", "udp", "-g", "UDPONLY"],
+        ["-I", "PREROUTING", "2", "-p", "tcp", "-m", "multiport", "--dports",
+         "7070,9090", "-j", "REDIRECT"],
+    ):  # fmt: skip
+        rp.iptables(node, ["-t", "nat", *rule])
+    statuses = {k: v[0] for k, v in _statuses(_args(node, tmp_path)).items()}
+    assert statuses == {
+        ("nftables", 8080): ["ok"],
+        ("nftables", 9090): ["contested"],
+        ("iptables", 7070): ["shadowed"],
+    }
