@@ -17,7 +17,8 @@ No false alarms, as iptables/foreign.py: a rule counts only when every condition
 it and on the jumps that led to it holds for every packet the plugin's entry takes
 (`_conditions`: a protocol, a destination port set or range covering the port,
 `fib daddr type local`, `ip daddr != 127.0.0.0/8`, counters, comments; a named port
-set, `tcp dport @ports`, by the elements it holds now, intervals too); a rule with
+set, `tcp dport @ports`, by the elements it holds now, intervals too; a `dnat to tcp
+dport map @m` takes only the ports its map has a value for); a rule with
 anything else (addresses, interfaces, marks, other `!=`, maps, ...) takes only some
 packets, or cannot be judged: it takes nothing, and a jump with one is not followed. A `meta l4proto . th dport vmap` is judged element by element (kube-proxy's
 NodePorts, `_vmap`). A rule takes its ports when it
@@ -194,6 +195,10 @@ def takers(
         named = obj.get("map") if isinstance(obj, dict) else None
         if isinstance(named, dict) and named.get("map") == "verdict":
             maps[f"@{named.get('name')}"] = named.get("elem", [])
+        elif isinstance(named, dict) and named.get("type") == "inet_service":
+            # `dnat to tcp dport map @m`: the ports it has a value for.
+            keys = [e[0] if isinstance(e, list) and e else e for e in named.get("elem", [])]
+            sets[f"@{named.get('name')}"] = {"set": keys}
         port_set = obj.get("set") if isinstance(obj, dict) else None
         if isinstance(port_set, dict) and port_set.get("type") == "inet_service":
             # `tcp dport @ports`: judged by the set's elements as listed now.
@@ -345,6 +350,10 @@ def _conditions(
             if _NAT_FAMILIES.get(str(nat_family), family) != family:
                 # `dnat ip to` in an inet table leaves IPv6 packets alone.
                 return _Rule(proto, ports, "", None)
+            mapped = _mapped(value)
+            if mapped is not None:
+                # A packet whose port the map has no value for goes on untouched.
+                return _mapped_rule(proto, ports, kind, mapped, sets)
             return _Rule(proto, ports, kind, None)
         if kind in ("jump", "goto"):
             target = value.get("target") if isinstance(value, dict) else None
@@ -393,6 +402,46 @@ def _conditions(
         else:
             return None
     return _Rule(proto, ports, "", None)
+
+
+def _mapped(value: Any) -> Optional[Dict[str, Any]]:
+    """The map of `dnat to tcp dport map { 9000 : 10.0.0.9 }` (its address or port),
+    or None when the rule's target is plain."""
+    for part in value.values() if isinstance(value, dict) else ():
+        if isinstance(part, dict) and isinstance(part.get("map"), dict):
+            return part["map"]
+    return None
+
+
+def _mapped_rule(
+    proto: Optional[str],
+    ports: Ranges,
+    kind: str,
+    mapped: Dict[str, Any],
+    sets: Optional[Dict[str, Any]],
+) -> Optional[_Rule]:
+    """A dnat/redirect through a map keyed by the destination port takes the ports
+    the map has values for; keyed by anything else, it cannot be judged (None)."""
+    left = mapped.get("key")
+    payload = left.get("payload") if isinstance(left, dict) else None
+    data = mapped.get("data")
+    if not isinstance(payload, dict) or payload.get("field") != "dport":
+        return None
+    protocol = payload.get("protocol")
+    if protocol not in _PROTOCOLS and protocol != "th":
+        return None
+    if isinstance(data, str):
+        data = (sets or {}).get(data)
+    elif isinstance(data, dict) and isinstance(data.get("set"), list):
+        data = {"set": [e[0] if isinstance(e, list) and e else e for e in data["set"]]}
+    found = _ranges(data)
+    if found is None:
+        return None
+    if protocol in _PROTOCOLS:
+        if proto is not None and proto != protocol:
+            return _Rule(proto, (), "", None)
+        proto = str(protocol)
+    return _Rule(proto, intersect(ports, found), kind, None)
 
 
 _PORT_KEY = [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]

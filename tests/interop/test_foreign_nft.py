@@ -396,3 +396,35 @@ def test_an_iptables_conditional_goto_ends_only_its_packets(node: str, tmp_path:
         ("nftables", 9090): ["contested"],
         ("iptables", 7070): ["shadowed"],
     }
+
+
+DNAT_MAPS = """
+table ip fw {
+  map by_port {
+    type inet_service : ipv4_addr
+    elements = { 8085 : 10.0.0.9 }
+  }
+  chain pre {
+    type nat hook prerouting priority dstnat - 10; policy accept;
+    dnat to tcp dport map { 9000 : 10.0.0.9 }
+    dnat to tcp dport map @by_port
+  }
+}
+"""
+
+
+def test_a_dnat_through_a_port_map_takes_only_its_keys(node: str, tmp_path: Path) -> None:
+    """`dnat to tcp dport map { 9000 : ... }` was read as a DNAT of every packet: every
+    row of every protocol was `shadowed` by it (a false alarm on the whole node). It
+    takes the ports its map (inline or named) has a value for, tcp only."""
+    ports = [rp.port_mapping(8080, 80), rp.port_mapping(8085, 85)]
+    ports.append(rp.port_mapping(5353, 53, "udp"))
+    conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
+    upstream.run(V191, "ADD", node, CID, conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, ["10.88.0.21/16"])
+    upstream.nft(node, "-f", "-", stdin=DNAT_MAPS)
+    assert _statuses(_args(node, tmp_path)) == {
+        ("nftables", 8080): (["ok"], None),
+        ("nftables", 8085): (["shadowed"], "dnat to tcp dport map @by_port"),
+        ("nftables", 5353): (["ok"], None),
+    }
