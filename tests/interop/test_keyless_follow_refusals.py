@@ -5,6 +5,7 @@ on stderr, the exit code of SPEC §4, nothing written in either backend."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterator
@@ -68,3 +69,30 @@ def test_where_nft_cannot_read_the_plugins_tables_nothing_is_written(
     done = pmctl.run(["check", *nft1, *where], env=env)
     assert done.returncode == 1, done.stdout + done.stderr  # (no iptables chain)
     assert "nft cannot read them" in done.stderr and "checked in iptables" in done.stderr
+
+
+def test_a_one_mapping_repair_follows_a_cached_nftables_config_whose_rules_are_gone(
+    node: str, tmp_path: Path
+) -> None:
+    """nft1's cached config says `"backend": "nftables"` and all its rules are gone: a
+    one-mapping check (no --backend) looked for a CNI-DN- chain and --repair wrote
+    one in iptables, where the plugin never looks for nft1 (its DEL leaves it behind).
+    It is checked and repaired in nftables, with a note, and upstream CHECK passes."""
+    ips = ["10.88.0.21/16"]
+    ports = [rp.port_mapping(8011, 80), rp.port_mapping(5311, 53, "udp")]
+    conf = upstream.nft_conf("podman", ips, ports)
+    upstream.run("v1.9.1", "ADD", node, "nft1", conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "nft1", "eth0", conf, ports, ips)
+    upstream.run("v1.9.1", "DEL", node, "nft1", conf, check=True)  # the rules are gone
+    nft1 = ["--network", "podman", "--container", "nft1", "--ip", ips[0]]
+    nft1 += ["-p", "8011:80", "-p", "5311:53/udp"]
+    where = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
+    done = pmctl.run(["check", *nft1, *where, "-o", "json"])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert {p["backend"] for p in json.loads(done.stdout)["problems"]} == {"nftables"}
+    assert '"backend": "nftables"' in done.stderr
+    done = pmctl.run(["check", "--repair", *nft1, *where])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CNI-DN-" not in rp.save(node, 4, "nft")
+    assert 'comment "nft1"' in upstream.ruleset_text(node)
+    upstream.run("v1.9.1", "CHECK", node, "nft1", conf, check=True)
