@@ -64,6 +64,10 @@ def run(
                 live = reader[1].get("live") if reader is not None else None
                 owners = read_owners(node, tables, found.mappings, nft_rows, live)
                 mappings = node_rows(found.mappings, nft_rows, owners)
+                from portmapctl.ops.owners import unsure_warnings
+
+                for warning in unsure_warnings(owners):
+                    out.warn(warning)
             if recorder is not None:
                 from portmapctl.ops.nft import backends_read
 

@@ -143,10 +143,13 @@ def read_takers(
     hooks: Iterable[Hook],
     wanted: Dict[int, FrozenSet[ProtoPort]],
     run: Callable[[List[str]], str],
+    unsure: Optional[Taken] = None,
 ) -> Taken:
     """What the hooks' tables take of `wanted` (by family), each table listed with `run`
     (nft's arguments -> its stdout) twice: as JSON (the rules) and as text (how `nft
-    list` prints them). The earliest hook wins a port."""
+    list` prints them). The earliest hook wins a port. `unsure` (when given) gets the
+    ports a rule takes only some packets of, or cannot be judged for, and no rule takes
+    whole (the earliest such hook's rule)."""
     by_table: Dict[Tuple[str, str], List[Hook]] = {}
     for hook in hooks:
         if any(wanted.get(f) for f in _SEES[_nfproto(hook.family)]):
@@ -157,13 +160,21 @@ def read_takers(
         text = run(["-a", "list", "table", family, table])
         for hook in sorted(table_hooks, key=lambda h: h.priority):
             for seen in _SEES[_nfproto(family)]:
+                maybe: Dict[ProtoPort, str] = {}
                 found = takers(
-                    listing, text, hook.chain, wanted.get(seen, frozenset()), table, seen
+                    listing, text, hook.chain, wanted.get(seen, frozenset()), table, seen, maybe
                 )
                 for (proto, port), rule in found.items():
                     key = (seen, proto, port)
                     if key not in taken or hook.priority < taken[key][0]:
                         taken[key] = (hook.priority, rule)
+                for (proto, port), rule in maybe.items():
+                    key = (seen, proto, port)
+                    if unsure is not None and (key not in unsure or hook.priority < unsure[key][0]):
+                        unsure[key] = (hook.priority, rule)
+    if unsure:
+        for key in [k for k in unsure if k in taken and taken[k][0] <= unsure[k][0]]:
+            del unsure[key]
     return taken
 
 
@@ -178,9 +189,12 @@ def takers(
     wanted: FrozenSet[ProtoPort],
     table: str = "",
     family: int = 4,
+    unsure: Optional[Dict[ProtoPort, str]] = None,
 ) -> Dict[ProtoPort, str]:
     """(protocol, host port) -> the rule of the table (`nft -j list table` output, and
-    `nft -a list table` for the words) that takes it, walking from base chain `chain`."""
+    `nft -a list table` for the words) that takes it, walking from base chain `chain`.
+    `unsure` (when given) gets the ports no rule takes whole but one may take some
+    packets of (a condition not judged: `ip saddr 10.0.0.0/8 tcp dport 8080 dnat ...`)."""
     if not wanted:
         return {}
     import json
@@ -207,6 +221,8 @@ def takers(
     walk.family = family
     walk.kube = table == _KUBE_TABLE
     walk.chain(chain, None, None, None, frozenset())
+    if unsure is not None:
+        unsure.update((k, v) for k, v in walk.unsure.items() if k not in walk.taken)
     return walk.taken
 
 
@@ -249,6 +265,7 @@ class _Walk(PortsLeft):
         self.printed = printed
         self.maps = maps or {}
         self.sets = sets or {}
+        self.unsure: Dict[ProtoPort, str] = {}  # ports a rule may take some packets of
         self.kube = False  # kube-proxy's table: its service chains are not walked
         self.family = 4  # the packets walked (an inet table sees both)
 
@@ -267,7 +284,10 @@ class _Walk(PortsLeft):
             if not self.left:
                 return True
             rule = _conditions(obj.get("expr", ()), self.family, self.sets)
-            if rule is None or (proto and rule.proto and rule.proto != proto):
+            if rule is None:
+                self._maybe(obj, proto, ports, returned)
+                continue
+            if proto and rule.proto and rule.proto != proto:
                 continue
             rule_proto = rule.proto or proto
             rule_ports = intersect(ports, rule.ports)
@@ -295,6 +315,25 @@ class _Walk(PortsLeft):
             elif rule.verdict == "vmap":
                 self._vmap(rule, rule_proto, rule_ports, text, path, returned)
         return False
+
+    def _maybe(
+        self, obj: Dict[str, Any], proto: Optional[str], ports: Ranges, returned: FrozenSet
+    ) -> None:
+        """A rule that cannot be judged: the ports it would take if its other conditions
+        held are ports nobody can say get all their packets (`unsure`)."""
+        rule = _partial(obj.get("expr", ()), self.family, self.sets)
+        if (
+            rule is None
+            or rule.verdict not in _TAKES
+            or (proto and rule.proto not in (None, proto))
+        ):
+            return
+        rule_ports = intersect(ports, rule.ports)
+        if rule_ports == ():
+            return
+        text = self.printed.get(obj.get("handle", -1), f"handle {obj.get('handle')}")
+        for proto_port in sorted(self._covered(rule.proto or proto, rule_ports) - returned):
+            self.unsure.setdefault(proto_port, text)
 
     def _vmap(
         self,
@@ -402,6 +441,21 @@ def _conditions(
         else:
             return None
     return _Rule(proto, ports, "", None)
+
+
+_VERDICTS = _TAKES | {"return", "jump", "goto", "vmap", "counter"}
+
+
+def _partial(exprs: Iterable[Any], family: int, sets: Optional[Dict[str, Any]]) -> Optional[_Rule]:
+    """A rule `_conditions` cannot judge, read as if the conditions it cannot judge
+    held (its protocol, ports and verdict as far as they can be read)."""
+    kept = [
+        expr
+        for expr in exprs
+        if isinstance(expr, dict)
+        and (set(expr) & _VERDICTS or _conditions([expr], family, sets) is not None)
+    ]
+    return _conditions(kept, family, sets)
 
 
 def _mapped(value: Any) -> Optional[Dict[str, Any]]:
@@ -563,12 +617,15 @@ def node_hooked(
     rows: Sequence[Any],
     nft_live: Optional[Any],
     hooks: Optional[List[Hook]] = None,
+    unsure: Optional[Dict[Any, str]] = None,
 ) -> Dict[Any, Tuple[str, str]]:
     """The rows (either backend) whose port another nftables table's nat prerouting
     hook takes: shadowed (an earlier hook) or contested (the same priority), with the
     rule (core/contest.hooked). `hooks`: live_hooks(node), asked here when not given;
     nft runs only for a table that has one, so the usual node pays one netlink dump.
-    Nothing when it cannot tell (said with -v)."""
+    Nothing when it cannot tell (said with -v). `unsure` (when given) gets the rows no
+    such rule takes whole, but one at or before their hook may take some packets of
+    (row -> that rule): what cannot be judged is said, never called ok or shadowed."""
     if not rows:
         return {}
     hooks = live_hooks(node) if hooks is None else hooks
@@ -585,7 +642,10 @@ def node_hooked(
         wanted.setdefault(row.family, set()).add((row.protocol, row.host_port))
     try:
         binary = getattr(node.nft, "binary", find_nft)()
-        taken = read_takers(hooks, {f: frozenset(p) for f, p in wanted.items()}, run_nft(binary))
+        maybe: Taken = {}
+        taken = read_takers(
+            hooks, {f: frozenset(p) for f, p in wanted.items()}, run_nft(binary), maybe
+        )
     except (OSError, ValueError, subprocess.SubprocessError, PortmapctlError) as err:
         _debug("reading other nftables tables' nat hooks failed: %s", err)
         return {}
@@ -601,7 +661,13 @@ def node_hooked(
             return IPTABLES_PRIORITY
         return own.get(row.family, IPTABLES_PRIORITY)  # dstnat, as the plugin writes it
 
-    return hooked(rows, taken, priority)
+    found = hooked(rows, taken, priority)
+    if unsure is not None:
+        for row in rows:
+            hit = maybe.get((row.family, row.protocol, row.host_port))
+            if hit is not None and row not in found and hit[0] <= priority(row):
+                unsure[row] = hit[1]
+    return found
 
 
 def _debug(message: str, *args: object) -> None:

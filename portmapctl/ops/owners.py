@@ -26,6 +26,9 @@ class Owners:
     # A row (either backend) -> (shadowed or contested, another nftables table's rule
     # that takes its port: nftables/foreign.py node_hooked).
     hooked: Dict[Any, Tuple[str, str]] = field(default_factory=dict)
+    # A row -> a rule of another nftables table's nat hook, at or before the row's,
+    # that may take some of its packets: a condition no dump can judge (`ip saddr`).
+    unsure: Dict[Any, str] = field(default_factory=dict)
 
 
 def read_owners(
@@ -44,11 +47,26 @@ def read_owners(
 
         taken = nft_takers(tables, nft_rows)
     hooked: Dict[Any, Tuple[str, str]] = {}
+    unsure: Dict[Any, str] = {}
     if rows or nft_rows:
         from portmapctl.nftables.foreign import node_hooked
 
-        hooked = node_hooked(node, [*rows, *nft_rows], nft_live)
-    return Owners(taken, hooked)
+        hooked = node_hooked(node, [*rows, *nft_rows], nft_live, unsure=unsure)
+    return Owners(taken, hooked, unsure)
+
+
+def unsure_warnings(owners: Owners) -> List[str]:
+    """One line per row whose traffic cannot be judged (Owners.unsure): its status
+    stays what the rules that can be judged give, and this says what was not."""
+    return [
+        f"cannot tell whether IPv{row.family} {row.protocol}/{row.host_port}"
+        f" ({row.network}/{row.container_id}) gets all its traffic: another nftables"
+        f" table's nat hook, at or before the plugin's, may take some of it ({rule})"
+        for row, rule in sorted(
+            owners.unsure.items(),
+            key=lambda item: (item[0].family, item[0].protocol, item[0].host_port),
+        )
+    ]
 
 
 def node_rows(rows: Sequence[Any], nft_rows: Sequence[Any], owners: Owners) -> List[Any]:

@@ -428,3 +428,28 @@ def test_a_dnat_through_a_port_map_takes_only_its_keys(node: str, tmp_path: Path
         ("nftables", 8085): (["shadowed"], "dnat to tcp dport map @by_port"),
         ("nftables", 5353): (["ok"], None),
     }
+
+
+def test_a_rule_for_some_packets_of_a_port_is_said_not_called_ok(node: str, tmp_path: Path) -> None:
+    """HANDMADE's earlier hook DNATs tcp/9090 from 10.0.0.0/8 only: whether the mapping
+    gets its traffic depends on where it comes from, which no dump says. The row stays
+    `ok` (no false alarm, exit codes unchanged) and list and check say on stderr that
+    they cannot tell, naming the rule; before, nothing was said. A later hook's rule
+    (dstnat + 10) is never said."""
+    _behind_handmade(node, tmp_path)
+    upstream.nft(node, "add", "rule", "ip", "late", "pre", "ip", "saddr", "10.0.0.0/8",
+                 "tcp", "dport", "8080", "dnat", "to", "10.0.0.9:80")  # fmt: skip
+    args = _args(node, tmp_path)
+    said = (
+        f"portmapctl: warning: cannot tell whether IPv4 tcp/9090 (podman/{CID}) gets all"
+        " its traffic: another nftables table's nat hook, at or before the plugin's, may"
+        " take some of it (ip saddr 10.0.0.0/8 tcp dport 9090 dnat to 10.0.0.9:90)"
+    )
+    done = pmctl.run(["list", *args, "-o", "json"])
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [said]
+    rows = {r["host_port"]: r["status"] for r in json.loads(done.stdout)["mappings"]}
+    assert rows[9090] == ["ok"]
+    done = pmctl.run(["check", *args])
+    assert done.returncode == 1  # (HANDMADE's shadowed and contested ports)
+    assert said in done.stderr.splitlines() and "tcp/9090" not in done.stdout

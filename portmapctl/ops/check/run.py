@@ -21,7 +21,7 @@ from portmapctl.ops.check.diagnose import diagnose, diagnose_mapping
 from portmapctl.ops.check.hints import _flavour, fixes_for
 from portmapctl.ops.check.problem import CheckResult
 from portmapctl.ops.node import Node, side_by_side
-from portmapctl.ops.owners import node_rows, read_owners
+from portmapctl.ops.owners import node_rows, read_owners, unsure_warnings
 
 if TYPE_CHECKING:
     from portmapctl.nftables.ruleset import Ruleset
@@ -151,7 +151,7 @@ def _check_node(
         notes=tuple(notes),
         found=found,
         rows=tuple(node_rows(found.mappings, nft_rows, owners)),
-        warnings=tuple(cni_cache.warnings(attachments)),
+        warnings=(*cni_cache.warnings(attachments), *unsure_warnings(owners)),
     )
 
 
