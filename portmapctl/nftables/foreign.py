@@ -266,6 +266,9 @@ class _Walk(PortsLeft):
         self.maps = maps or {}
         self.sets = sets or {}
         self.unsure: Dict[ProtoPort, str] = {}  # ports a rule may take some packets of
+        # The jump not judged that the walk went through (`iifname "wan" jump x`):
+        # what the chains below it take, they take only maybe.
+        self.doubt: Optional[str] = None
         self.kube = False  # kube-proxy's table: its service chains are not walked
         self.family = 4  # the packets walked (an inet table sees both)
 
@@ -285,7 +288,7 @@ class _Walk(PortsLeft):
                 return True
             rule = _conditions(obj.get("expr", ()), self.family, self.sets)
             if rule is None:
-                self._maybe(obj, proto, ports, returned)
+                self._maybe(obj, proto, ports, path, returned)
                 continue
             if proto and rule.proto and rule.proto != proto:
                 continue
@@ -317,22 +320,45 @@ class _Walk(PortsLeft):
         return False
 
     def _maybe(
-        self, obj: Dict[str, Any], proto: Optional[str], ports: Ranges, returned: FrozenSet
+        self,
+        obj: Dict[str, Any],
+        proto: Optional[str],
+        ports: Ranges,
+        path: FrozenSet[str],
+        returned: FrozenSet[ProtoPort],
     ) -> None:
         """A rule that cannot be judged: the ports it would take if its other conditions
-        held are ports nobody can say get all their packets (`unsure`)."""
+        held are ports nobody can say get all their packets (`unsure`); the chain a
+        jump or goto of it reaches is walked in doubt (what it takes, it takes maybe)."""
         rule = _partial(obj.get("expr", ()), self.family, self.sets)
-        if (
-            rule is None
-            or rule.verdict not in _TAKES
-            or (proto and rule.proto not in (None, proto))
-        ):
+        if rule is None or (proto and rule.proto not in (None, proto)):
             return
         rule_ports = intersect(ports, rule.ports)
         if rule_ports == ():
             return
         text = self.printed.get(obj.get("handle", -1), f"handle {obj.get('handle')}")
-        for proto_port in sorted(self._covered(rule.proto or proto, rule_ports) - returned):
+        if rule.verdict in _TAKES:
+            self._doubted(rule.proto or proto, rule_ports, text, returned)
+        elif rule.verdict in ("jump", "goto") and rule.target and rule.target not in path:
+            if len(path) < _DEPTH:
+                outer, self.doubt = self.doubt, self.doubt or text
+                try:
+                    self.chain(rule.target, rule.proto or proto, rule_ports, None, path, returned)
+                finally:
+                    self.doubt = outer
+
+    def _take(
+        self, proto: Optional[str], ports: Ranges, text: str, returned: FrozenSet[ProtoPort]
+    ) -> None:
+        if self.doubt is None:
+            super()._take(proto, ports, text, returned)
+        else:
+            self._doubted(proto, ports, f"{self.doubt}, then {text}", returned)
+
+    def _doubted(
+        self, proto: Optional[str], ports: Ranges, text: str, returned: FrozenSet[ProtoPort]
+    ) -> None:
+        for proto_port in sorted(self._covered(proto, ports) - returned):
             self.unsure.setdefault(proto_port, text)
 
     def _vmap(

@@ -434,22 +434,42 @@ def test_a_rule_for_some_packets_of_a_port_is_said_not_called_ok(node: str, tmp_
     """HANDMADE's earlier hook DNATs tcp/9090 from 10.0.0.0/8 only: whether the mapping
     gets its traffic depends on where it comes from, which no dump says. The row stays
     `ok` (no false alarm, exit codes unchanged) and list and check say on stderr that
-    they cannot tell, naming the rule; before, nothing was said. A later hook's rule
-    (dstnat + 10) is never said."""
+    they cannot tell, naming the rule; before, nothing was said. So for a DNAT in a
+    chain a jump not judged leads to (OpenWrt fw4's `iifname "wan" jump dstnat_wan`).
+    A later hook's rule (dstnat + 10) is never said."""
     _behind_handmade(node, tmp_path)
     upstream.nft(node, "add", "rule", "ip", "late", "pre", "ip", "saddr", "10.0.0.0/8",
                  "tcp", "dport", "8080", "dnat", "to", "10.0.0.9:80")  # fmt: skip
+    upstream.nft(node, "-f", "-", stdin=FW4)
     args = _args(node, tmp_path)
-    said = (
-        f"portmapctl: warning: cannot tell whether IPv4 tcp/9090 (podman/{CID}) gets all"
+    said = [
+        f"portmapctl: warning: cannot tell whether IPv4 tcp/{port} (podman/{CID}) gets all"
         " its traffic: another nftables table's nat hook, at or before the plugin's, may"
-        " take some of it (ip saddr 10.0.0.0/8 tcp dport 9090 dnat to 10.0.0.9:90)"
-    )
+        f" take some of it ({rule})"
+        for port, rule in (
+            (8082, 'iifname "wan" jump dstnat_wan, then tcp dport 8082 dnat ip to 10.0.0.9:80'),
+            (9090, "ip saddr 10.0.0.0/8 tcp dport 9090 dnat to 10.0.0.9:90"),
+        )
+    ]
     done = pmctl.run(["list", *args, "-o", "json"])
     assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines() == [said]
+    assert done.stderr.splitlines() == said
     rows = {r["host_port"]: r["status"] for r in json.loads(done.stdout)["mappings"]}
-    assert rows[9090] == ["ok"]
+    assert rows[8082] == rows[9090] == ["ok"]
     done = pmctl.run(["check", *args])
     assert done.returncode == 1  # (HANDMADE's shadowed and contested ports)
-    assert said in done.stderr.splitlines() and "tcp/9090" not in done.stdout
+    assert [line for line in done.stderr.splitlines() if "cannot tell" in line] == said
+    assert "tcp/9090" not in done.stdout and "tcp/8082" not in done.stdout
+
+
+FW4 = """
+table inet fw4 {
+  chain dstnat {
+    type nat hook prerouting priority dstnat - 5; policy accept;
+    iifname "wan" jump dstnat_wan
+  }
+  chain dstnat_wan {
+    tcp dport 8082 dnat ip to 10.0.0.9:80
+  }
+}
+"""
