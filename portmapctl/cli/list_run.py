@@ -56,6 +56,7 @@ def run(
             if reader is not None:
                 nft_rows = _nft_rows(node, reader, attachments, found, out)
             mappings: list = []
+            owners = None
             if found.mappings or nft_rows:
                 from portmapctl.ops.owners import node_rows, read_owners
 
@@ -64,10 +65,6 @@ def run(
                 live = reader[1].get("live") if reader is not None else None
                 owners = read_owners(node, tables, found.mappings, nft_rows, live)
                 mappings = node_rows(found.mappings, nft_rows, owners)
-                from portmapctl.ops.owners import unsure_warnings
-
-                for warning in unsure_warnings(owners):
-                    out.warn(warning)
             if recorder is not None:
                 from portmapctl.ops.nft import backends_read
 
@@ -93,6 +90,12 @@ def run(
             tuple(p.value for p in proto or ()),
             tuple(s.value for s in status or ()),
         )
+        if owners is not None and owners.unsure:
+            from portmapctl.ops.owners import unsure_warnings
+
+            # Said of the rows shown only (list --container X is about X).
+            for warning in unsure_warnings(owners, wanted.mapping if wanted.any else None):
+                out.warn(warning)
         # Without filters every row and chain stays: not asked one by one.
         rows = sorted(
             (m for m in mappings if wanted.mapping(m)) if wanted.any else mappings,

@@ -11,7 +11,7 @@ other backend and another tool's iptables nat rule on an nftables row's port
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from portmapctl.core.contest import PortKey
 
@@ -55,15 +55,16 @@ def read_owners(
     return Owners(taken, hooked, unsure)
 
 
-def unsure_warnings(owners: Owners) -> List[str]:
-    """One line per row whose traffic cannot be judged (Owners.unsure): its status
-    stays what the rules that can be judged give, and this says what was not."""
+def unsure_warnings(owners: Owners, keep: Optional[Callable[[Any], bool]] = None) -> List[str]:
+    """One line per row whose traffic cannot be judged (Owners.unsure), of the rows
+    `keep` keeps: its status stays what the rules that can be judged give, and this
+    says what was not."""
     return [
         f"cannot tell whether IPv{row.family} {row.protocol}/{row.host_port}"
         f" ({row.network}/{row.container_id}) gets all its traffic: another nftables"
         f" table's nat hook, at or before the plugin's, may take some of it ({rule})"
         for row, rule in sorted(
-            owners.unsure.items(),
+            ((row, rule) for row, rule in owners.unsure.items() if keep is None or keep(row)),
             key=lambda item: (item[0].family, item[0].protocol, item[0].host_port),
         )
     ]

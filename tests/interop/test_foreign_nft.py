@@ -456,6 +456,9 @@ def test_a_rule_for_some_packets_of_a_port_is_said_not_called_ok(node: str, tmp_
     assert done.stderr.splitlines() == said
     rows = {r["host_port"]: r["status"] for r in json.loads(done.stdout)["mappings"]}
     assert rows[8082] == rows[9090] == ["ok"]
+    # Said of the rows shown only.
+    done = pmctl.run(["list", *args, "--container", "nftfor0b"])
+    assert done.returncode == 0 and "cannot tell" not in done.stderr, done.stderr
     done = pmctl.run(["check", *args])
     assert done.returncode == 1  # (HANDMADE's shadowed and contested ports)
     assert [line for line in done.stderr.splitlines() if "cannot tell" in line] == said
