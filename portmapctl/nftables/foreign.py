@@ -316,7 +316,7 @@ class _Walk(PortsLeft):
                         return False
                     returned = returned | self._covered(rule_proto, rule_ports)
             elif rule.verdict == "vmap":
-                self._vmap(rule, rule_proto, rule_ports, text, path, returned)
+                returned = returned | self._vmap(rule, rule_proto, rule_ports, text, path, returned)
         return False
 
     def _maybe(
@@ -369,11 +369,13 @@ class _Walk(PortsLeft):
         text: str,
         path: FrozenSet[str],
         returned: FrozenSet[ProtoPort],
-    ) -> None:
+    ) -> FrozenSet[ProtoPort]:
         """`meta l4proto . th dport vmap` (a named map or inline elements): each element
         is a protocol and a port with its verdict. A packet no element matches goes on
-        to the next rule, so the walk goes on after this one."""
+        to the next rule, so the walk goes on after this one; the ports of `goto` and
+        `return` elements never come back to it (returned)."""
         elements = self.maps.get(rule.target, ()) if rule.target else rule.elements
+        gone: FrozenSet[ProtoPort] = frozenset()
         for element in elements or ():
             key, verdict = _element(element)
             if key is None or (proto and key[0] != proto):
@@ -391,6 +393,9 @@ class _Walk(PortsLeft):
             elif kind in ("jump", "goto") and target and target not in path:
                 if len(path) < _DEPTH:
                     self.chain(target, key[0], port_ranges, text, path, returned)
+            if kind in ("goto", "return"):
+                gone = gone | self._covered(key[0], port_ranges)
+        return gone
 
 
 _NFPROTO_NAMES = {"ipv4": 4, "ipv6": 6}

@@ -325,6 +325,8 @@ table ip fw {
     tcp dport @span dnat to 10.0.0.9:80
     meta l4proto udp goto udp_only
     tcp dport 8081 dnat to 10.0.0.9:80
+    meta l4proto . th dport vmap { tcp . 8085 : goto elsewhere }
+    tcp dport 8085 dnat to 10.0.0.9:85
     jump sub
   }
   chain udp_only {
@@ -345,7 +347,9 @@ def test_named_sets_and_conditional_gotos_are_walked(node: str, tmp_path: Path) 
     ended the whole walk: every row said `ok`, check was healthy, while the
     firewall's earlier hook took 8080-8084. A goto ends its chain only for what it
     sends (tcp goes on past `meta l4proto udp goto`), and the end of a chain a
-    nested goto went to returns to the caller's caller (8084 after `jump sub`)."""
+    nested goto went to returns to the caller's caller (8084 after `jump sub`). A vmap
+    element's goto sends its port away for good: the DNAT after it never sees tcp/8085
+    (it was `shadowed` by it)."""
     ports = [rp.port_mapping(p, 80) for p in range(8080, 8086)]
     ports.append(rp.port_mapping(5353, 53, "udp"))
     conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
