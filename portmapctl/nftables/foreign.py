@@ -130,9 +130,15 @@ def _hook(buf: bytes, offset: int, end: int) -> Optional[Hook]:
     if _BE32.unpack_from(buf, hook[_HOOK_NUM][0])[0] != _PREROUTING:
         return None
     table, chain = _string(buf, attrs[_CHAIN_TABLE]), _string(buf, attrs[_CHAIN_NAME])
-    if (name, table) in PLUGIN_TABLES or (name, table, chain) in IPTABLES_NAT:
+    priority = _BE32.unpack_from(buf, hook[_HOOK_PRIORITY][0])[0]
+    if (name, table) in PLUGIN_TABLES:
         return None
-    return Hook(name, table, chain, _BE32.unpack_from(buf, hook[_HOOK_PRIORITY][0])[0])
+    # iptables-nft makes its nat PREROUTING at -100, always: a `table ip nat` chain
+    # PREROUTING written with nft at another priority is a firewall's (iptables-nft-save
+    # shows none of its rules: "contains incompatible base-chains").
+    if (name, table, chain) in IPTABLES_NAT and priority == IPTABLES_PRIORITY:
+        return None
+    return Hook(name, table, chain, priority)
 
 
 def _string(buf: bytes, span: Tuple[int, int]) -> str:

@@ -480,3 +480,28 @@ table inet fw4 {
   }
 }
 """
+
+
+NATIVE_NAT = """
+table ip nat {
+  chain PREROUTING {
+    type nat hook prerouting priority dstnat - 10; policy accept;
+    tcp dport 8080 dnat to 10.0.0.9:80
+  }
+}
+"""
+
+
+def test_an_nft_table_named_like_iptables_nat_at_another_priority_is_read(
+    node: str, tmp_path: Path
+) -> None:
+    """A firewall written with nft as `table ip nat { chain PREROUTING ... }` at dstnat
+    - 10 was passed by as iptables' own nat table (iptables-nft-save shows none of its
+    rules: "contains incompatible base-chains"), so the port it takes first said `ok`.
+    iptables-nft makes that chain at -100 only: at any other priority it is read."""
+    _nft_container(node, tmp_path)
+    upstream.nft(node, "-f", "-", stdin=NATIVE_NAT)
+    assert _statuses(_args(node, tmp_path)) == {
+        ("nftables", 8080): (["shadowed"], "tcp dport 8080 dnat to 10.0.0.9:80"),
+        ("nftables", 9090): (["ok"], None),
+    }
