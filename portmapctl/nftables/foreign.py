@@ -380,27 +380,30 @@ class _Walk(PortsLeft):
         is a protocol and a port with its verdict. A packet no element matches goes on
         to the next rule, so the walk goes on after this one; the ports of `goto` and
         `return` elements never come back to it (returned)."""
-        elements = self.maps.get(rule.target, ()) if rule.target else rule.elements
+        alone = rule.target == _SINGLE
+        elements = rule.elements if alone or not rule.target else self.maps.get(rule.target, ())
         gone: FrozenSet[ProtoPort] = frozenset()
         for element in elements or ():
-            key, verdict = _element(element)
-            if key is None or (proto and key[0] != proto):
+            key, verdict = _element(element, rule.proto or "*" if alone else None)
+            if key is None or (proto and key[0] not in (None, proto)):
                 continue
             port_ranges = intersect(ports, ((key[1], key[1]),))
             if port_ranges == ():
                 continue
             kind, target = verdict
+            key_proto = key[0] or proto
             if kind in _TAKES or (
                 kind in ("jump", "goto") and target and target.startswith(_KUBE_SERVICE)
                 and self.kube
             ):  # fmt: skip
-                element_text = f"{key[0]} . {key[1]} : {kind}" + (f" {target}" if target else "")
-                self._take(key[0], port_ranges, f"{text} ({element_text})", returned)
+                named = str(key[1]) if alone else f"{key[0]} . {key[1]}"
+                element_text = f"{named} : {kind}" + (f" {target}" if target else "")
+                self._take(key_proto, port_ranges, f"{text} ({element_text})", returned)
             elif kind in ("jump", "goto") and target and target not in path:
                 if len(path) < _DEPTH:
-                    self.chain(target, key[0], port_ranges, text, path, returned)
+                    self.chain(target, key_proto, port_ranges, text, path, returned)
             if kind in ("goto", "return"):
-                gone = gone | self._covered(key[0], port_ranges)
+                gone = gone | self._covered(key_proto, port_ranges)
         return gone
 
 
@@ -535,16 +538,32 @@ def _mapped_rule(
     return _Rule(proto, intersect(ports, found), kind, None)
 
 
+_SINGLE = "{ports}"  # _Rule.target of a vmap keyed by the port alone (inline elements)
 _PORT_KEY = [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]
 _LOOPBACK = {"ip": ("127.0.0.0", 8), "ip6": ("::1", 128)}
 
 
 def _vmap_rule(proto: Optional[str], ports: Ranges, value: Any) -> Optional[_Rule]:
-    """`meta l4proto . th dport vmap @map` or `vmap { tcp . 8080 : goto x, ... }`;
-    any other key (addresses: kube-proxy's ClusterIPs) is not judged."""
-    if not isinstance(value, dict) or value.get("key") != {"concat": _PORT_KEY}:
+    """`meta l4proto . th dport vmap @map` or `vmap { tcp . 8080 : goto x, ... }`, and
+    `tcp dport vmap { 8080 : accept }` (inline: its elements are ports alone); any
+    other key (addresses: kube-proxy's ClusterIPs) is not judged."""
+    if not isinstance(value, dict):
         return None
-    data = value.get("data")
+    key, data = value.get("key"), value.get("data")
+    single = key.get("payload") if isinstance(key, dict) else None
+    if isinstance(single, dict) and single.get("field") == "dport":
+        protocol = single.get("protocol")
+        if protocol in _PROTOCOLS:
+            if proto is not None and proto != protocol:
+                return _Rule(proto, (), "", None)
+            proto = str(protocol)
+        elif protocol != "th":
+            return None
+        if isinstance(data, dict) and isinstance(data.get("set"), list):
+            return _Rule(proto, ports, "vmap", _SINGLE, data["set"])
+        return None
+    if key != {"concat": _PORT_KEY}:
+        return None
     if isinstance(data, str) and data.startswith("@"):
         return _Rule(proto, ports, "vmap", data)
     if isinstance(data, dict) and isinstance(data.get("set"), list):
@@ -552,24 +571,33 @@ def _vmap_rule(proto: Optional[str], ports: Ranges, value: Any) -> Optional[_Rul
     return None
 
 
-def _element(element: Any) -> Tuple[Optional[ProtoPort], Tuple[str, Optional[str]]]:
+def _element(
+    element: Any, single: Optional[str] = None
+) -> Tuple[Optional[Tuple[Optional[str], int]], Tuple[str, Optional[str]]]:
     """A vmap element `[{"concat": ["tcp", 30080]}, {"goto": {"target": "x"}}]` ->
-    ((protocol, port), (verdict, chain)); (None, ...) when it is no such pair."""
-    nothing: Tuple[Optional[ProtoPort], Tuple[str, Optional[str]]] = (None, ("", None))
+    ((protocol, port), (verdict, chain)); (None, ...) when it is no such pair. A port
+    alone (`tcp dport vmap`) gets `single`, the rule's protocol (None: any)."""
+    nothing: Tuple[Optional[Tuple[Optional[str], int]], Tuple[str, Optional[str]]] = (
+        None,
+        ("", None),
+    )
     if not isinstance(element, list) or len(element) != 2:
         return nothing
     key, verdict = element
+    if single is not None and isinstance(key, int) and not isinstance(key, bool):
+        key = {"concat": [single, key]}
     pair = key.get("concat") if isinstance(key, dict) else None
     if not isinstance(pair, list) or len(pair) != 2 or not isinstance(verdict, dict):
         return nothing
     proto, port = pair
-    if proto not in _PROTOCOLS or not isinstance(port, int) or isinstance(port, bool):
+    if proto not in (*_PROTOCOLS, single) or not isinstance(port, int) or isinstance(port, bool):
         return nothing
     if len(verdict) != 1:
         return nothing
     ((kind, detail),) = verdict.items()
     target = detail.get("target") if isinstance(detail, dict) else None
-    return (str(proto), port), (str(kind), str(target) if target else None)
+    any_proto = proto == "*"  # `th dport vmap`: every protocol
+    return (None if any_proto else str(proto), port), (str(kind), str(target) if target else None)
 
 
 def _nfproto_match(value: Any) -> Optional[int]:

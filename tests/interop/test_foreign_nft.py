@@ -505,3 +505,38 @@ def test_an_nft_table_named_like_iptables_nat_at_another_priority_is_read(
         ("nftables", 8080): (["shadowed"], "tcp dport 8080 dnat to 10.0.0.9:80"),
         ("nftables", 9090): (["ok"], None),
     }
+
+
+PORT_VMAPS = """
+table ip vm {
+  chain pre {
+    type nat hook prerouting priority dstnat - 10; policy accept;
+    tcp dport vmap { 8080 : accept, 9999 : goto x }
+    th dport vmap { 8081 : jump x }
+  }
+  chain x {
+    dnat to 10.0.0.9
+  }
+}
+"""
+
+
+def test_a_vmap_keyed_by_the_port_alone_is_judged(node: str, tmp_path: Path) -> None:
+    """`tcp dport vmap { 8080 : accept }` and `th dport vmap { 8081 : jump x }` were
+    not judged (only `meta l4proto . th dport` keys were): the ports they take first
+    said `ok`. Each element is judged as the rule it stands for; a port with no
+    element (sctp/8082) is left alone."""
+    ports = [rp.port_mapping(8080, 80), rp.port_mapping(8081, 81, "udp")]
+    ports.append(rp.port_mapping(8082, 82, "sctp"))
+    conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
+    upstream.run(V191, "ADD", node, CID, conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, ["10.88.0.21/16"])
+    upstream.nft(node, "-f", "-", stdin=PORT_VMAPS)
+    assert _statuses(_args(node, tmp_path)) == {
+        ("nftables", 8080): (
+            ["shadowed"],
+            "tcp dport vmap { 8080 : accept, 9999 : goto x } (8080 : accept)",
+        ),
+        ("nftables", 8081): (["shadowed"], "th dport vmap { 8081 : jump x }"),
+        ("nftables", 8082): (["ok"], None),
+    }
