@@ -307,6 +307,14 @@ def test_a_port_another_table_takes_first_is_not_also_contested(node: str, tmp_p
     assert found == [("shadowed", CID), ("shadowed", "nftfor0c")]
 
 
+def _mapped_behind(node: str, tmp_path: Path, ports: List[dict], table: str) -> None:
+    """CID (upstream v1.9.1, nftables) mapping `ports`, then another tool's `table`."""
+    conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
+    upstream.run(V191, "ADD", node, CID, conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, ["10.88.0.21/16"])
+    upstream.nft(node, "-f", "-", stdin=table)
+
+
 # A firewall's named sets (one of them an interval set) and conditional gotos.
 SETS_AND_GOTOS = """
 table ip fw {
@@ -352,10 +360,7 @@ def test_named_sets_and_conditional_gotos_are_walked(node: str, tmp_path: Path) 
     (it was `shadowed` by it)."""
     ports = [rp.port_mapping(p, 80) for p in range(8080, 8086)]
     ports.append(rp.port_mapping(5353, 53, "udp"))
-    conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
-    upstream.run(V191, "ADD", node, CID, conf, check=True)
-    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, ["10.88.0.21/16"])
-    upstream.nft(node, "-f", "-", stdin=SETS_AND_GOTOS)
+    _mapped_behind(node, tmp_path, ports, SETS_AND_GOTOS)
     args = _args(node, tmp_path)
     by = {
         8080: "tcp dport @ports dnat to 10.0.0.9:80",
@@ -423,10 +428,7 @@ def test_a_dnat_through_a_port_map_takes_only_its_keys(node: str, tmp_path: Path
     takes the ports its map (inline or named) has a value for, tcp only."""
     ports = [rp.port_mapping(8080, 80), rp.port_mapping(8085, 85)]
     ports.append(rp.port_mapping(5353, 53, "udp"))
-    conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
-    upstream.run(V191, "ADD", node, CID, conf, check=True)
-    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, ["10.88.0.21/16"])
-    upstream.nft(node, "-f", "-", stdin=DNAT_MAPS)
+    _mapped_behind(node, tmp_path, ports, DNAT_MAPS)
     assert _statuses(_args(node, tmp_path)) == {
         ("nftables", 8080): (["ok"], None),
         ("nftables", 8085): (["shadowed"], "dnat to tcp dport map @by_port"),
@@ -528,10 +530,7 @@ def test_a_vmap_keyed_by_the_port_alone_is_judged(node: str, tmp_path: Path) -> 
     element (sctp/8082) is left alone."""
     ports = [rp.port_mapping(8080, 80), rp.port_mapping(8081, 81, "udp")]
     ports.append(rp.port_mapping(8082, 82, "sctp"))
-    conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
-    upstream.run(V191, "ADD", node, CID, conf, check=True)
-    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, ["10.88.0.21/16"])
-    upstream.nft(node, "-f", "-", stdin=PORT_VMAPS)
+    _mapped_behind(node, tmp_path, ports, PORT_VMAPS)
     assert _statuses(_args(node, tmp_path)) == {
         ("nftables", 8080): (
             ["shadowed"],
