@@ -280,8 +280,8 @@ def _add(
 
 
 def hook_warnings(node: Any, config: MappingConfig, live: Any = None) -> List[str]:
-    """Host ports another nftables table's nat prerouting hook takes (a hand-written nft
-    firewall): before the plugin's hook (shadowed), or at its priority (contested);
+    """Host ports another nftables table's nat prerouting hook (output, for a loopback
+    host IP) takes (a hand-written nft firewall): before the plugin's hook (shadowed), or at its priority (contested);
     nftables/foreign.py. One netlink question on the usual node. `live`: the plugin's
     nftables tables as read (its prerouting chain's priority), for an nftables add."""
     from portmapctl.nftables.foreign import live_hooks

@@ -11,7 +11,8 @@ nftables mapping (iptables/foreign.py's nft_takers: Docker's DNAT, a kube-proxy
 NodePort, a hand-written REDIRECT): one hook, one priority, an unknown order. Such
 rows are contested too (`foreign_contested`), the rule named by check and add.
 
-Another nftables table's nat prerouting hook (a hand-written nft firewall,
+Another nftables table's nat prerouting hook, or output hook for a row on a loopback
+host IP (a hand-written nft firewall,
 nftables/foreign.py) is judged by priority against the row's own hook (`hooked`):
 earlier takes the port (`shadowed`, `shadowed_by` that rule as `nft list` prints
 it), the same priority is the hook order again (`contested`), later takes nothing.
@@ -83,19 +84,29 @@ def contests(rows: Iterable[M]) -> Dict[M, Tuple[M, ...]]:
 
 
 PortKey = Tuple[int, str, int]  # family, protocol, host port
+# ... and whether the host IP is a loopback address: its connections pass the nat
+# output hook, the others' prerouting, so another tool's rule in one takes only these.
+HookPortKey = Tuple[int, str, int, bool]
 
 
-def foreign_contested(rows: Iterable[M], taken: Optional[ReadOnly[PortKey, str]]) -> Dict[M, str]:
+def hook_port_key(row: Mapping) -> HookPortKey:
+    import ipaddress
+
+    loopback = bool(row.host_ip) and ipaddress.ip_address(str(row.host_ip)).is_loopback
+    return (row.family, row.protocol, row.host_port, loopback)
+
+
+def foreign_contested(
+    rows: Iterable[M], taken: Optional[ReadOnly[HookPortKey, str]]
+) -> Dict[M, str]:
     """Each nftables row whose port another tool's rule takes at the same hook priority
-    (`taken`: (family, protocol, host port) -> that rule) -> the rule."""
+    (`taken`: hook_port_key -> that rule) -> the rule."""
     if not taken:
         return {}
     return {
         row: taken[key]
         for row in rows
-        if backend_of(row) != IPTABLES
-        and _takes_port(row)
-        and (key := (row.family, row.protocol, row.host_port)) in taken
+        if backend_of(row) != IPTABLES and _takes_port(row) and (key := hook_port_key(row)) in taken
     }
 
 
@@ -104,7 +115,7 @@ def hooked(
     taken: Optional[ReadOnly[PortKey, Tuple[int, str]]],
     priority: Callable[[M], int],
 ) -> Dict[M, Tuple[str, str]]:
-    """Each row whose port another table's nat prerouting hook takes (`taken`:
+    """Each row whose port another table's nat hook takes (`taken`:
     (family, protocol, host port) -> (that hook's priority, the rule)) -> (shadowed or
     contested, the rule), by that priority against the row's own (`priority`)."""
     found: Dict[M, Tuple[str, str]] = {}
@@ -138,7 +149,7 @@ def hook_marked(rows: Sequence[M], found: ReadOnly[M, Tuple[str, str]]) -> List[
     return marked_rows
 
 
-def marked(rows: Sequence[M], taken: Optional[ReadOnly[PortKey, str]] = None) -> List[M]:
+def marked(rows: Sequence[M], taken: Optional[ReadOnly[HookPortKey, str]] = None) -> List[M]:
     """`rows` with `contested` added to the status of each contested one: by the other
     backend's rows, or by another tool's rule (`taken`, see foreign_contested)."""
     found = {**contests(rows), **foreign_contested(rows, taken)}

@@ -32,7 +32,8 @@ rules after it.
 
 For a mapping of the plugin's nftables backend (`past_entry`) the question is another:
 it has no iptables entry at all, and iptables' nat PREROUTING hooks at the priority
-of cni_hostport's prerouting chain (dstnat, -100). A rule anywhere in PREROUTING's walk
+of cni_hostport's prerouting chain (dstnat, -100), its OUTPUT at that of cni_hostport's
+output chain (-100: walked for a loopback host IP, as above). A rule anywhere in PREROUTING's walk
 takes the port for iptables' hook: the jump to CNI-HOSTPORT-DNAT is passed by (that
 chain holds no rule for the port unless an iptables mapping contests it, which
 core/contest.py reports already), and none is needed. Which hook runs first no dump
@@ -139,19 +140,27 @@ def takers(
 
 def nft_takers(
     tables: Mapping[int, NatTable], rows: Iterable[Any]
-) -> Dict[Tuple[int, str, int], str]:
-    """(family, protocol, host port) of the nftables rows (core Mappings of backend
-    "nftables") -> the iptables rule that takes that port at the same hook priority
-    (`past_entry`). Nothing without an iptables table of the family."""
-    wanted: Dict[int, Set[ProtoPort]] = {}
+) -> Dict[Tuple[int, str, int, bool], str]:
+    """(family, protocol, host port, loopback: core/contest.hook_port_key) of the
+    nftables rows (core Mappings of backend "nftables") -> the iptables rule that takes
+    that port at the same hook priority (`past_entry`): in OUTPUT for a loopback host
+    IP (cni_hostport's output chain and iptables' nat OUTPUT both hook at -100), else
+    PREROUTING (`hook_of`). Nothing without an iptables table of the family."""
+    from portmapctl.core.contest import hook_port_key
+
+    wanted: Dict[Tuple[int, bool], Set[ProtoPort]] = {}
     for row in rows:
         if getattr(row, "backend", None) == "nftables" and row.family in tables:
-            wanted.setdefault(row.family, set()).add((row.protocol, row.host_port))
+            family, proto, port, loopback = hook_port_key(row)
+            wanted.setdefault((family, loopback), set()).add((proto, port))
     return {
-        (family, proto, port): rule
-        for family, ports in wanted.items()
+        (family, proto, port, loopback): rule
+        for (family, loopback), ports in wanted.items()
         for (proto, port), rule in takers(
-            table_reader(tables[family]), ports, past_entry=True
+            table_reader(tables[family]),
+            ports,
+            past_entry=True,
+            hook="OUTPUT" if loopback else "PREROUTING",
         ).items()
     }
 

@@ -1,4 +1,4 @@
-"""Host ports another nftables table's nat prerouting hook takes.
+"""Host ports another nftables table's nat prerouting (or output) hook takes.
 
 A hand-written nft firewall (`table ip nat { chain prerouting { type nat hook
 prerouting priority dstnat; ... tcp dport 8080 dnat to 10.0.0.9:80 } }`) runs beside
@@ -7,6 +7,11 @@ prerouting chain (cni_hostport's, or iptables' nat PREROUTING: -100, dstnat) tak
 the port first, so the mapping is `shadowed` by that rule; at the same priority the
 order the kernel registered the hooks decides, which no dump shows: `contested`; a
 later one never sees the packet the plugin DNATed (nat runs once per connection).
+A mapping on a loopback host IP (127.0.0.1, ::1) serves no network: only the node's
+own connections reach it, through the nat output hook, so it is judged against other
+tables' output hooks (the plugin's output chain: -100 too), and no prerouting rule
+takes anything from it (iptables/foreign.py's hook_of, the same choice). An output
+walk's packets are for a loopback address: `ip daddr != 127.0.0.0/8` matches none.
 
 Which tables have such a hook is asked over netlink first (one NFT_MSG_GETCHAIN
 dump, about a millisecond): `nft` runs only for a table that has one, so the usual
@@ -57,18 +62,23 @@ _SEES = {1: (4, 6), 2: (4,), 10: (6,)}
 _GETCHAIN, _NEWCHAIN = 4, 3
 _CHAIN_TABLE, _CHAIN_NAME, _CHAIN_HOOK, _CHAIN_TYPE = 1, 3, 4, 7
 _HOOK_NUM, _HOOK_PRIORITY = 1, 2
-_PREROUTING = 0  # NF_INET_PRE_ROUTING
+# NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT: the network's packets, the node's own.
+_HOOKS = {0: "prerouting", 3: "output"}
 _BE32 = struct.Struct("!i")
 _NAT_TYPE = nl.ATTR.pack(8, _CHAIN_TYPE) + b"nat\0"
 _DEPTH = 16
 _TAKES = frozenset({"dnat", "redirect", "accept"})
 _PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
 
-# Where the plugin's own prerouting hooks are: its nftables table, and iptables' nat
-# table as iptables-nft writes it (read as iptables by iptables/foreign.py).
+# Where the plugin's own nat hooks are: its nftables table, and iptables' nat table as
+# iptables-nft writes it (read as iptables by iptables/foreign.py).
 PLUGIN_TABLES = frozenset({("ip", "cni_hostport"), ("ip6", "cni_hostport")})
-IPTABLES_NAT = frozenset({("ip", "nat", "PREROUTING"), ("ip6", "nat", "PREROUTING")})
-IPTABLES_PRIORITY = -100  # NF_IP_PRI_NAT_DST: iptables' nat PREROUTING, legacy or nft
+IPTABLES_NAT = frozenset(
+    (family, "nat", chain) for family in ("ip", "ip6") for chain in ("PREROUTING", "OUTPUT")
+)
+# NF_IP_PRI_NAT_DST: iptables' nat PREROUTING and OUTPUT, legacy or nft; every
+# upstream nftables backend writes cni_hostport's prerouting (dstnat) and output there.
+IPTABLES_PRIORITY = -100
 
 ProtoPort = Tuple[str, int]
 # (family 4/6, protocol, host port) -> (the hook's priority, the rule as `nft list`
@@ -77,17 +87,18 @@ Taken = Dict[Tuple[int, str, int], Tuple[int, str]]
 
 
 class Hook(NamedTuple):
-    """A base chain of type nat at hook prerouting, in another tool's table."""
+    """A base chain of type nat at hook prerouting or output, in another tool's table."""
 
     family: str  # ip, ip6, inet
     table: str
     chain: str
     priority: int
+    hook: str = "prerouting"  # or output: where the node's own connections pass
 
 
-def nat_prerouting_hooks(sock: socket.socket) -> List[Hook]:
-    """Every nat prerouting base chain of the namespace but the plugin's own and
-    iptables-nft's (one GETCHAIN dump of every family)."""
+def nat_hooks(sock: socket.socket) -> List[Hook]:
+    """Every nat prerouting and output base chain of the namespace but the plugin's own
+    and iptables-nft's (one GETCHAIN dump of every family)."""
     from portmapctl.iptables.access import nfgen
 
     sock.send(nfgen.message(nfgen.nftables(_GETCHAIN), nl.NLM_F_REQUEST | nl.NLM_F_DUMP, 0, 5, b""))
@@ -127,18 +138,19 @@ def _hook(buf: bytes, offset: int, end: int) -> Optional[Hook]:
     hook = nl.attrs(buf, start, stop)
     if _HOOK_NUM not in hook or _HOOK_PRIORITY not in hook:
         return None
-    if _BE32.unpack_from(buf, hook[_HOOK_NUM][0])[0] != _PREROUTING:
+    where = _HOOKS.get(_BE32.unpack_from(buf, hook[_HOOK_NUM][0])[0])
+    if where is None:
         return None
     table, chain = _string(buf, attrs[_CHAIN_TABLE]), _string(buf, attrs[_CHAIN_NAME])
     priority = _BE32.unpack_from(buf, hook[_HOOK_PRIORITY][0])[0]
     if (name, table) in PLUGIN_TABLES:
         return None
-    # iptables-nft makes its nat PREROUTING at -100, always: a `table ip nat` chain
-    # PREROUTING written with nft at another priority is a firewall's (iptables-nft-save
-    # shows none of its rules: "contains incompatible base-chains").
+    # iptables-nft makes its nat PREROUTING and OUTPUT at -100, always: a `table ip nat`
+    # chain PREROUTING written with nft at another priority is a firewall's
+    # (iptables-nft-save shows none of its rules: "contains incompatible base-chains").
     if (name, table, chain) in IPTABLES_NAT and priority == IPTABLES_PRIORITY:
         return None
-    return Hook(name, table, chain, priority)
+    return Hook(name, table, chain, priority, where)
 
 
 def _string(buf: bytes, span: Tuple[int, int]) -> str:
@@ -150,15 +162,17 @@ def read_takers(
     wanted: Dict[int, FrozenSet[ProtoPort]],
     run: Callable[[List[str]], str],
     unsure: Optional[Taken] = None,
+    where: str = "prerouting",
 ) -> Taken:
     """What the hooks' tables take of `wanted` (by family), each table listed with `run`
     (nft's arguments -> its stdout) twice: as JSON (the rules) and as text (how `nft
     list` prints them). The earliest hook wins a port. `unsure` (when given) gets the
     ports a rule takes only some packets of, or cannot be judged for, and no rule takes
-    whole (the earliest such hook's rule)."""
+    whole (the earliest such hook's rule). `where`: the hooks judged (output: the node's
+    own connections to a loopback host IP, the packets walked)."""
     by_table: Dict[Tuple[str, str], List[Hook]] = {}
     for hook in hooks:
-        if any(wanted.get(f) for f in _SEES[_nfproto(hook.family)]):
+        if hook.hook == where and any(wanted.get(f) for f in _SEES[_nfproto(hook.family)]):
             by_table.setdefault((hook.family, hook.table), []).append(hook)
     taken: Taken = {}
     for (family, table), table_hooks in by_table.items():
@@ -168,7 +182,14 @@ def read_takers(
             for seen in _SEES[_nfproto(family)]:
                 maybe: Dict[ProtoPort, str] = {}
                 found = takers(
-                    listing, text, hook.chain, wanted.get(seen, frozenset()), table, seen, maybe
+                    listing,
+                    text,
+                    hook.chain,
+                    wanted.get(seen, frozenset()),
+                    table,
+                    seen,
+                    maybe,
+                    loopback=where == "output",
                 )
                 for (proto, port), rule in found.items():
                     key = (seen, proto, port)
@@ -196,11 +217,13 @@ def takers(
     table: str = "",
     family: int = 4,
     unsure: Optional[Dict[ProtoPort, str]] = None,
+    loopback: bool = False,
 ) -> Dict[ProtoPort, str]:
     """(protocol, host port) -> the rule of the table (`nft -j list table` output, and
     `nft -a list table` for the words) that takes it, walking from base chain `chain`.
     `unsure` (when given) gets the ports no rule takes whole but one may take some
-    packets of (a condition not judged: `ip saddr 10.0.0.0/8 tcp dport 8080 dnat ...`)."""
+    packets of (a condition not judged: `ip saddr 10.0.0.0/8 tcp dport 8080 dnat ...`).
+    `loopback`: the packets walked are for a loopback address (an output hook)."""
     if not wanted:
         return {}
     import json
@@ -225,6 +248,7 @@ def takers(
             sets[f"@{port_set.get('name')}"] = {"set": port_set.get("elem", [])}
     walk = _Walk(chains, _printed(text), set(wanted), maps, sets)
     walk.family = family
+    walk.loopback = loopback
     walk.kube = table == _KUBE_TABLE
     walk.chain(chain, None, None, None, frozenset())
     if unsure is not None:
@@ -277,6 +301,7 @@ class _Walk(PortsLeft):
         self.doubt: Optional[str] = None
         self.kube = False  # kube-proxy's table: its service chains are not walked
         self.family = 4  # the packets walked (an inet table sees both)
+        self.loopback = False  # ... and whether they are for a loopback address
 
     def chain(
         self,
@@ -292,7 +317,7 @@ class _Walk(PortsLeft):
         for obj in self.chains.get(name, ()):
             if not self.left:
                 return True
-            rule = _conditions(obj.get("expr", ()), self.family, self.sets)
+            rule = _conditions(obj.get("expr", ()), self.family, self.sets, self.loopback)
             if rule is None:
                 self._maybe(obj, proto, ports, path, returned)
                 continue
@@ -336,7 +361,7 @@ class _Walk(PortsLeft):
         """A rule that cannot be judged: the ports it would take if its other conditions
         held are ports nobody can say get all their packets (`unsure`); the chain a
         jump or goto of it reaches is walked in doubt (what it takes, it takes maybe)."""
-        rule = _partial(obj.get("expr", ()), self.family, self.sets)
+        rule = _partial(obj.get("expr", ()), self.family, self.sets, self.loopback)
         if rule is None or (proto and rule.proto not in (None, proto)):
             return
         rule_ports = intersect(ports, rule.ports)
@@ -412,10 +437,14 @@ _NAT_FAMILIES = {"ip": 4, "ip6": 6}
 
 
 def _conditions(
-    exprs: Iterable[Any], family: int = 4, sets: Optional[Dict[str, Any]] = None
+    exprs: Iterable[Any],
+    family: int = 4,
+    sets: Optional[Dict[str, Any]] = None,
+    loopback: bool = False,
 ) -> Optional[_Rule]:
     """The rule's protocol, ports and verdict, or None when a condition is not benign.
-    `sets`: the table's named port sets (`@name` -> an anonymous set of its elements)."""
+    `sets`: the table's named port sets (`@name` -> an anonymous set of its elements).
+    `loopback`: the packets are for a loopback address (a loopback host IP's)."""
     proto: Optional[str] = None
     ports: Ranges = None
     for expr in exprs:
@@ -445,7 +474,10 @@ def _conditions(
             continue
         if kind == "match" and _not_loopback(value):
             # kube-proxy's NodePorts skip loopback destinations; the packets a host
-            # port is for (from the network, to the node's addresses) all pass.
+            # port is for (from the network, to the node's addresses) all pass, and
+            # those to a loopback host IP none.
+            if loopback:
+                return _Rule(proto, (), "", None)
             continue
         if kind != "match" or not isinstance(value, dict) or value.get("op") not in ("==", "in"):
             return None
@@ -486,16 +518,18 @@ def _conditions(
 _VERDICTS = _TAKES | {"return", "jump", "goto", "vmap", "counter"}
 
 
-def _partial(exprs: Iterable[Any], family: int, sets: Optional[Dict[str, Any]]) -> Optional[_Rule]:
+def _partial(
+    exprs: Iterable[Any], family: int, sets: Optional[Dict[str, Any]], loopback: bool = False
+) -> Optional[_Rule]:
     """A rule `_conditions` cannot judge, read as if the conditions it cannot judge
     held (its protocol, ports and verdict as far as they can be read)."""
     kept = [
         expr
         for expr in exprs
         if isinstance(expr, dict)
-        and (set(expr) & _VERDICTS or _conditions([expr], family, sets) is not None)
+        and (set(expr) & _VERDICTS or _conditions([expr], family, sets, loopback) is not None)
     ]
-    return _conditions(kept, family, sets)
+    return _conditions(kept, family, sets, loopback)
 
 
 def _mapped(value: Any) -> Optional[Dict[str, Any]]:
@@ -663,15 +697,15 @@ def run_nft(binary: str) -> Callable[[List[str]], str]:
 
 
 def live_hooks(node: Any) -> List[Hook]:
-    """The nat prerouting hooks of other tables on a live node (one netlink dump;
-    empty offline, on a test's memory node, or when it cannot tell)."""
+    """The nat prerouting and output hooks of other tables on a live node (one netlink
+    dump; empty offline, on a test's memory node, or when it cannot tell)."""
     if node.namespace_view() is None:
         return []
     from portmapctl.iptables.access import nfgen
 
     try:
         with nfgen.open_socket() as sock:
-            return nat_prerouting_hooks(sock)
+            return nat_hooks(sock)
     except OSError as err:
         _debug("listing the nftables chains for other nat hooks failed: %s", err)
         return []
@@ -684,13 +718,16 @@ def node_hooked(
     hooks: Optional[List[Hook]] = None,
     unsure: Optional[Dict[Any, str]] = None,
 ) -> Dict[Any, Tuple[str, str]]:
-    """The rows (either backend) whose port another nftables table's nat prerouting
-    hook takes: shadowed (an earlier hook) or contested (the same priority), with the
-    rule (core/contest.hooked). `hooks`: live_hooks(node), asked here when not given;
-    nft runs only for a table that has one, so the usual node pays one netlink dump.
-    Nothing when it cannot tell (said with -v). `unsure` (when given) gets the rows no
-    such rule takes whole, but one at or before their hook may take some packets of
-    (row -> that rule): what cannot be judged is said, never called ok or shadowed."""
+    """The rows (either backend) whose port another nftables table's nat hook takes:
+    shadowed (an earlier hook) or contested (the same priority), with the rule
+    (core/contest.hooked). A row's hook is the one its connections pass: output for a
+    loopback host IP (the node's own connections alone reach it), else prerouting.
+    `hooks`: live_hooks(node), asked here when not given; nft runs only for a table
+    that has a hook some row passes, once per table, so the usual node pays one
+    netlink dump. Nothing when it cannot tell (said with -v). `unsure` (when given)
+    gets the rows no such rule takes whole, but one at or before their hook may take
+    some packets of (row -> that rule): what cannot be judged is said, never called ok
+    or shadowed."""
     if not rows:
         return {}
     hooks = live_hooks(node) if hooks is None else hooks
@@ -700,39 +737,68 @@ def node_hooked(
 
     from portmapctl.core.contest import hooked
     from portmapctl.errors import PortmapctlError
+    from portmapctl.iptables.foreign import hook_of
     from portmapctl.nftables.access.nft import find_nft
 
-    wanted: Dict[int, Set[ProtoPort]] = {}
-    for row in rows:
-        wanted.setdefault(row.family, set()).add((row.protocol, row.host_port))
-    try:
-        binary = getattr(node.nft, "binary", find_nft)()
-        maybe: Taken = {}
-        taken = read_takers(
-            hooks, {f: frozenset(p) for f, p in wanted.items()}, run_nft(binary), maybe
-        )
-    except (OSError, ValueError, subprocess.SubprocessError, PortmapctlError) as err:
-        _debug("reading other nftables tables' nat hooks failed: %s", err)
-        return {}
+    def where(row: Any) -> str:
+        return hook_of(row.host_ip).lower()
+
     own = {
-        family: chain.base.priority
+        (family, chain.base.hook): chain.base.priority
         for family, table in (nft_live.tables.items() if nft_live is not None else ())
-        for chain in (table.chains.get("prerouting"),)
-        if chain is not None and chain.base is not None
+        for chain in table.chains.values()
+        if chain.base is not None and chain.base.type == "nat"
     }
 
     def priority(row: Any) -> int:
         if getattr(row, "backend", "iptables") == "iptables":
             return IPTABLES_PRIORITY
-        return own.get(row.family, IPTABLES_PRIORITY)  # dstnat, as the plugin writes it
+        # -100 when not read: every upstream version writes both chains there.
+        return own.get((row.family, where(row)), IPTABLES_PRIORITY)
 
-    found = hooked(rows, taken, priority)
-    if unsure is not None:
-        for row in rows:
-            hit = maybe.get((row.family, row.protocol, row.host_port))
-            if hit is not None and row not in found and hit[0] <= priority(row):
-                unsure[row] = hit[1]
+    by_hook: Dict[str, List[Any]] = {}
+    for row in rows:
+        by_hook.setdefault(where(row), []).append(row)
+    found: Dict[Any, Tuple[str, str]] = {}
+    listed: Dict[Tuple[str, ...], str] = {}
+    for hook, hook_rows in by_hook.items():
+        wanted: Dict[int, Set[ProtoPort]] = {}
+        for row in hook_rows:
+            wanted.setdefault(row.family, set()).add((row.protocol, row.host_port))
+        try:
+            binary = getattr(node.nft, "binary", find_nft)()
+            maybe: Taken = {}
+            taken = read_takers(
+                hooks,
+                {f: frozenset(p) for f, p in wanted.items()},
+                _listed_once(run_nft(binary), listed),
+                maybe,
+                hook,
+            )
+        except (OSError, ValueError, subprocess.SubprocessError, PortmapctlError) as err:
+            _debug("reading other nftables tables' nat %s hooks failed: %s", hook, err)
+            continue
+        found.update(hooked(hook_rows, taken, priority))
+        if unsure is not None:
+            for row in hook_rows:
+                hit = maybe.get((row.family, row.protocol, row.host_port))
+                if hit is not None and row not in found and hit[0] <= priority(row):
+                    unsure[row] = hit[1]
     return found
+
+
+def _listed_once(
+    run: Callable[[List[str]], str], listed: Dict[Tuple[str, ...], str]
+) -> Callable[[List[str]], str]:
+    """`run`, each listing asked once (a table with both hooks is read for both)."""
+
+    def once(args: List[str]) -> str:
+        key = tuple(args)
+        if key not in listed:
+            listed[key] = run(args)
+        return listed[key]
+
+    return once
 
 
 def _debug(message: str, *args: object) -> None:

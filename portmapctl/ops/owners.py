@@ -3,7 +3,8 @@ node's rows with every status they give (core/contest.py): list shows these rows
 check reports the same owners as problems (ops/check/crossed.py), and both count
 the rows alike in --metrics-file.
 
-The owners: another nftables table's nat prerouting hook (nftables/foreign.py:
+The owners: another nftables table's nat prerouting hook, or output hook for a
+loopback host IP (nftables/foreign.py:
 `shadowed` by an earlier one, `contested` at the plugin's priority), the plugin's
 other backend and another tool's iptables nat rule on an nftables row's port
 (iptables/foreign.py: `contested`)."""
@@ -13,16 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from portmapctl.core.contest import PortKey
+from portmapctl.core.contest import HookPortKey
 
 
 @dataclass(frozen=True)
 class Owners:
     """What other than a row itself takes its host port."""
 
-    # (family, protocol, host port) of an nftables row -> another tool's iptables rule
-    # that takes it at the same hook priority (iptables/foreign.py nft_takers).
-    taken: Dict[PortKey, str] = field(default_factory=dict)
+    # An nftables row's hook_port_key -> another tool's iptables rule that takes its
+    # port at the same hook priority (iptables/foreign.py nft_takers).
+    taken: Dict[HookPortKey, str] = field(default_factory=dict)
     # A row (either backend) -> (shadowed or contested, another nftables table's rule
     # that takes its port: nftables/foreign.py node_hooked).
     hooked: Dict[Any, Tuple[str, str]] = field(default_factory=dict)
@@ -40,9 +41,9 @@ def read_owners(
 ) -> Owners:
     """The owners of the ports of `rows` (iptables) and `nft_rows` (the plugin's
     nftables, `nft_live` as read; None: not read): the usual node pays one netlink
-    dump, and nft runs only for another table with a nat prerouting hook."""
-    taken: Dict[PortKey, str] = {}
-    if nft_rows and any(t.rules("PREROUTING") for t in tables.values()):
+    dump, and nft runs only for another table with a nat hook some row passes."""
+    taken: Dict[HookPortKey, str] = {}
+    if nft_rows and any(t.rules("PREROUTING") or t.rules("OUTPUT") for t in tables.values()):
         from portmapctl.iptables.foreign import nft_takers
 
         taken = nft_takers(tables, nft_rows)

@@ -539,3 +539,145 @@ def test_a_vmap_keyed_by_the_port_alone_is_judged(node: str, tmp_path: Path) -> 
         ("nftables", 8081): (["shadowed"], "th dport vmap { 8081 : jump x }"),
         ("nftables", 8082): (["ok"], None),
     }
+
+
+def _loopback_and_not(node: str, tmp_path: Path, table: str) -> List[str]:
+    """A container of each backend mapping a port on 127.0.0.1 and one on every
+    address (upstream v1.9.1's nftables: 9000 on 127.0.0.1, 9001; Debian's iptables:
+    7000 on 127.0.0.1, 7001), then another tool's `table`. The list arguments."""
+    rp.require(rp.plugin_available())
+    _mapped_behind(node, tmp_path, [rp.port_mapping(9000, 80, host_ip="127.0.0.1"),
+                                    rp.port_mapping(9001, 80)], table)  # fmt: skip
+    ports = [rp.port_mapping(7000, 80, host_ip="127.0.0.1"), rp.port_mapping(7001, 80)]
+    conf = rp.plugin_conf("podman", ["10.88.0.11/16"], ports)
+    rp.run_plugin("ADD", node, "nftfor0b", conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "nftfor0b", "eth0", conf, ports, ["10.88.0.11/16"])
+    return _args(node, tmp_path)
+
+
+def _hook_warnings(args: List[str], port: int) -> List[str]:
+    """add's (dry run, nftables) warnings of another table's nat hook for 127.0.0.1:port."""
+    done = pmctl.run(["add", *args, "--backend", "nftables", "--network", "podman", "--ip",
+                      "10.88.0.31/16", "--container", "nftfor0c", "-p", f"127.0.0.1:{port}:80",
+                      "--dry-run", "-o", "json"])  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [w for w in json.loads(done.stdout)["warnings"] if "nftables table's nat" in w]
+
+
+def _problem_ports(args: List[str]) -> List[Tuple[str, str]]:
+    done = pmctl.run(["check", *args, "-o", "json"])
+    problems = json.loads(done.stdout)["problems"]
+    assert done.returncode == (1 if problems else 0), done.stdout + done.stderr
+    return sorted((p["kind"], p["detail"].split(" ")[0]) for p in problems)
+
+
+PREROUTING_FW = """
+table ip fw {
+  chain pre {
+    type nat hook prerouting priority dstnat - 10; policy accept;
+    tcp dport { 7000, 7001, 9000, 9001 } dnat to 10.0.0.9
+  }
+}
+"""
+
+
+def test_a_loopback_mapping_is_not_judged_by_another_tables_prerouting(
+    node: str, tmp_path: Path
+) -> None:
+    """Only the node's own connections reach a mapping on 127.0.0.1, through the nat
+    output hook: another table's earlier prerouting DNAT of its port takes nothing
+    from it (before: `shadowed`, check exit 1, a false alarm), in either backend. The
+    same rule still shadows the port mapped on every address."""
+    args = _loopback_and_not(node, tmp_path, PREROUTING_FW)
+    rule = "tcp dport { 7000, 7001, 9000, 9001 } dnat to 10.0.0.9"
+    assert _statuses(args) == {
+        ("nftables", 9000): (["ok"], None),
+        ("nftables", 9001): (["shadowed"], rule),
+        ("iptables", 7000): (["ok"], None),
+        ("iptables", 7001): (["shadowed"], rule),
+    }
+    assert _problem_ports(args) == [("shadowed", "tcp/7001"), ("shadowed", "tcp/9001")]
+    assert _hook_warnings(args, 9000) == []
+
+
+OUTPUT_FW = """
+table ip fw {
+  chain out {
+    type nat hook output priority -110; policy accept;
+    ip daddr != 127.0.0.0/8 tcp dport 7000 dnat to 10.0.0.9
+    tcp dport 9000 dnat to 10.0.0.9
+    tcp dport 7000 accept
+    tcp dport { 7001, 9001 } dnat to 10.0.0.9
+  }
+}
+table inet same {
+  chain out {
+    type nat hook output priority -100; policy accept;
+    tcp dport 9000 dnat ip to 10.0.0.9
+  }
+}
+"""
+
+
+def test_a_loopback_mapping_is_judged_by_another_tables_output_hook(
+    node: str, tmp_path: Path
+) -> None:
+    """Another table's nat output hook at an earlier priority than the plugin's (-100)
+    that DNATs or accepts the port of a mapping on 127.0.0.1 takes every connection
+    to it first: `shadowed`, naming the rule (before: `ok`, check healthy; output
+    hooks were never looked at). A rule for other destinations only (`ip daddr !=
+    127.0.0.0/8`) takes nothing from it; the mappings on every address get the
+    network's traffic and stay `ok`."""
+    args = _loopback_and_not(node, tmp_path, OUTPUT_FW)
+    assert _statuses(args) == {
+        ("nftables", 9000): (["shadowed"], "tcp dport 9000 dnat to 10.0.0.9"),
+        ("nftables", 9001): (["ok"], None),
+        ("iptables", 7000): (["shadowed"], "tcp dport 7000 accept"),
+        ("iptables", 7001): (["ok"], None),
+    }
+    assert _problem_ports(args) == [("shadowed", "tcp/7000"), ("shadowed", "tcp/9000")]
+    assert _hook_warnings(args, 9000) == [
+        "IPv4 tcp/9000 is taken first by another nftables table's nat hook (tcp dport 9000"
+        " dnat to 10.0.0.9): this mapping is shadowed (it gets no traffic there)"
+    ]
+
+
+def test_an_output_hook_at_the_plugins_priority_contests_a_loopback_mapping(
+    node: str, tmp_path: Path
+) -> None:
+    """At the plugin's own output priority (-100) the kernel's hook order decides:
+    `contested` (before: `ok`)."""
+    args = _loopback_and_not(node, tmp_path, OUTPUT_FW.replace("priority -110", "priority -90"))
+    assert _statuses(args) == {
+        ("nftables", 9000): (["contested"], None),
+        ("nftables", 9001): (["ok"], None),
+        ("iptables", 7000): (["ok"], None),
+        ("iptables", 7001): (["ok"], None),
+    }
+    assert _problem_ports(args) == [("contested", "tcp/9000")]
+
+
+def test_an_iptables_rule_contests_a_loopback_nftables_mapping_from_output(
+    node: str, tmp_path: Path
+) -> None:
+    """iptables' nat PREROUTING and cni_hostport's prerouting hook at one priority,
+    but a mapping on 127.0.0.1 gets the node's own connections only, through the nat
+    output hook: another tool's PREROUTING rule for its port contests nothing (before:
+    `contested`, check exit 1); its OUTPUT rule, at cni_hostport's output priority
+    (-100), does. The port mapped on every address is contested by PREROUTING's."""
+    ports = [rp.port_mapping(9000, 80, host_ip="127.0.0.1"), rp.port_mapping(9001, 80)]
+    _mapped_behind(node, tmp_path, ports, "")
+    rp.iptables(node, ["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-m", "multiport",
+                       "--dports", "9000,9001", "-j", "REDIRECT"])  # fmt: skip
+    args = _args(node, tmp_path)
+    assert _statuses(args) == {
+        ("nftables", 9000): (["ok"], None),
+        ("nftables", 9001): (["contested"], None),
+    }
+    assert _problem_ports(args) == [("contested", "tcp/9001")]
+    rp.iptables(node, ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-m", "tcp",
+                       "--dport", "9000", "-j", "ACCEPT"])  # fmt: skip
+    assert _statuses(args) == {
+        ("nftables", 9000): (["contested"], None),
+        ("nftables", 9001): (["contested"], None),
+    }

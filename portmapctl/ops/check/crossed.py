@@ -1,7 +1,7 @@
 """check's problems between a host port's owners on the node: the plugin's other
 backend (`contested`: core/contest.py), another tool's iptables rule on an nftables
-mapping's port (iptables/foreign.py), and other nftables tables' nat prerouting hooks
-(nftables/foreign.py). None of them is the plugin's to repair: their fix is gc when the
+mapping's port (iptables/foreign.py), and other nftables tables' nat prerouting (output,
+for a loopback host IP) hooks (nftables/foreign.py). None of them is the plugin's to repair: their fix is gc when the
 other side is stale, else prose."""
 
 from __future__ import annotations
@@ -125,20 +125,21 @@ def contested_problems(
 _HOOK_WHY = {
     ProblemKind.SHADOWED.value: (
         "nat hooks run by priority, and nat is decided once per connection: another"
-        " nftables table's nat prerouting hook that runs before the plugin's takes those"
-        " ports, and this container gets no traffic on them"
+        " nftables table's nat hook (prerouting; output for a loopback host IP) that runs"
+        " before the plugin's takes those ports, and this container gets no traffic on"
+        " them"
     ),
     ProblemKind.CONTESTED.value: (
-        "another nftables table's nat prerouting hook runs at the plugin's priority: the"
-        " order in which the kernel registered them, which no dump shows, decides which"
-        " gets the port's traffic"
+        "another nftables table's nat hook (prerouting; output for a loopback host IP)"
+        " runs at the plugin's priority: the order in which the kernel registered them,"
+        " which no dump shows, decides which gets the port's traffic"
     ),
 }
 
 
 def hook_problems(live: Optional[Ruleset], owners: Owners) -> List[Problem]:
     """One problem per mapping (either backend) whose port another nftables table's nat
-    prerouting hook takes (`owners.hooked`): shadowed by an earlier hook, contested at
+    hook takes (`owners.hooked`; prerouting, output for a loopback host IP): shadowed by an earlier hook, contested at
     the same priority (nftables/foreign.py). No command of ours touches another tool's
     table: prose."""
     if not owners.hooked:
