@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 from typing import Mapping as ReadOnly
 
-from portmapctl.core.mapping import Mapping
+from portmapctl.core.mapping import Mapping, loopback
 from portmapctl.core.status import Status
 
 M = TypeVar("M", bound=Mapping)
@@ -90,10 +90,7 @@ HookPortKey = Tuple[int, str, int, bool]
 
 
 def hook_port_key(row: Mapping) -> HookPortKey:
-    import ipaddress
-
-    loopback = bool(row.host_ip) and ipaddress.ip_address(str(row.host_ip)).is_loopback
-    return (row.family, row.protocol, row.host_port, loopback)
+    return (row.family, row.protocol, row.host_port, loopback(row.host_ip))
 
 
 def foreign_contested(

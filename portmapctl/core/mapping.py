@@ -16,6 +16,13 @@ Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 DEFAULT_MARK_BIT = 13
 
 
+def loopback(host_ip: Optional[str]) -> bool:
+    """A mapping on this host IP serves the node's own connections alone (127.0.0.1,
+    ::1): they pass the nat output hook, never prerouting, so what another tool's rule
+    takes of them is judged there (iptables/foreign.py, nftables/foreign.py)."""
+    return bool(host_ip) and ipaddress.ip_address(str(host_ip)).is_loopback
+
+
 @dataclass(frozen=True)
 class PortMapping:
     """One entry of the plugin's `runtimeConfig.portMappings`."""

@@ -64,6 +64,7 @@ from typing import (
     Tuple,
 )
 
+from portmapctl.core.mapping import loopback
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, Args, NatTable, format_rule
@@ -97,9 +98,7 @@ def hook_of(host_ip: Optional[str]) -> str:
     """The nat chain whose rules come before the plugin's entry for a mapping on
     `host_ip`: OUTPUT for a loopback address (only the node's own connections reach
     it), else PREROUTING (the network's traffic, what a host port is for)."""
-    import ipaddress
-
-    return "OUTPUT" if host_ip and ipaddress.ip_address(host_ip).is_loopback else "PREROUTING"
+    return "OUTPUT" if loopback(host_ip) else "PREROUTING"
 
 
 def hooked_takers(
