@@ -286,15 +286,26 @@ def hook_warnings(node: Any, config: MappingConfig, live: Any = None) -> List[st
     nftables tables as read (its prerouting chain's priority), for an nftables add."""
     from portmapctl.nftables.foreign import live_hooks
 
-    hooks = live_hooks(node)
-    if not hooks:
+    try:
+        hooks = live_hooks(node)
+    except OSError as err:
+        hooks = []
+        unread = [f"the nftables chains cannot be listed ({err})"]
+    else:
+        unread = []
+    if not hooks and not unread:
         return []
     from portmapctl.core.status import Status
     from portmapctl.nftables.foreign import node_hooked
     from portmapctl.ops.add import as_rows
 
     mine = as_rows(config, [f for f in config.families if f in node.families])
+    hooked = node_hooked(node, mine, live, hooks) if hooks else None
+    unread += hooked.unread if hooked is not None else ()
     return [
+        f"cannot tell whether another nftables table's nat hook takes these ports: {why}"
+        for why in unread
+    ] + [
         f"IPv{row.family} {row.protocol}/{row.host_port} is taken"
         + (
             f" first by another nftables table's nat hook ({rule}): this mapping is"
@@ -304,7 +315,7 @@ def hook_warnings(node: Any, config: MappingConfig, live: Any = None) -> List[st
             " this mapping is contested (the kernel's hook order decides which of them gets"
             " the traffic)"
         )
-        for row, (word, rule) in node_hooked(node, mine, live, hooks).items()
+        for row, (word, rule) in (hooked.taken if hooked is not None else {}).items()
     ]
 
 

@@ -90,7 +90,7 @@ def run(
             tuple(p.value for p in proto or ()),
             tuple(s.value for s in status or ()),
         )
-        if owners is not None and owners.unsure:
+        if owners is not None and (owners.unsure or owners.unread):
             from portmapctl.ops.owners import unsure_warnings
 
             # Said of the rows shown only (list --container X is about X).

@@ -18,6 +18,8 @@ NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
+# Set on a dump's messages when the ruleset changed while it ran: it may miss or repeat.
+NLM_F_DUMP_INTR = 0x10
 NLA_F_NESTED = 0x8000
 NLA_TYPE_MASK = 0x3FFF
 

@@ -36,9 +36,11 @@ rule); the end of the chain it went to returns to the caller's caller.
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import subprocess
+from dataclasses import dataclass, field
 from typing import (
     Any,
     Callable,
@@ -100,19 +102,24 @@ def nat_hooks(sock: socket.socket) -> List[Hook]:
     """Every nat prerouting and output base chain of the namespace but the plugin's own
     and iptables-nft's (one GETCHAIN dump of every family)."""
     from portmapctl.iptables.access import nfgen
+    from portmapctl.iptables.access.nfmsg import Changed
 
     sock.send(nfgen.message(nfgen.nftables(_GETCHAIN), nl.NLM_F_REQUEST | nl.NLM_F_DUMP, 0, 5, b""))
     found: List[Hook] = []
     header = nl.HEADER.size
+    torn = False
     while True:
         buf = sock.recv(1 << 20)
         offset = 0
         while offset + header <= len(buf):
-            length, kind, _flags, _seq, _port = nl.HEADER.unpack_from(buf, offset)
+            length, kind, flags, _seq, _port = nl.HEADER.unpack_from(buf, offset)
             if length < header:
                 raise OSError("a netlink message shorter than its header")
             end = offset + length
+            torn = torn or bool(flags & nl.NLM_F_DUMP_INTR)
             if kind == nl.NLMSG_DONE:
+                if torn:
+                    raise Changed()  # (a chain may be missing from it)
                 return found
             if kind == nl.NLMSG_ERROR:
                 (code,) = nl.ERRNO.unpack_from(buf, offset + header)
@@ -696,19 +703,45 @@ def run_nft(binary: str) -> Callable[[List[str]], str]:
     return run
 
 
+# A dump the ruleset changed under is asked again, this many times in all.
+_HOOK_DUMPS = 3
+# A kernel without nf_tables (or netfilter netlink): no other table can hook anything.
+_NO_NFTABLES = frozenset({errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT, errno.EOPNOTSUPP})
+
+
 def live_hooks(node: Any) -> List[Hook]:
     """The nat prerouting and output hooks of other tables on a live node (one netlink
-    dump; empty offline, on a test's memory node, or when it cannot tell)."""
+    dump; empty offline, or on a test's memory node). OSError when they cannot be
+    listed: then nobody can tell what they take."""
     if node.namespace_view() is None:
         return []
     from portmapctl.iptables.access import nfgen
+    from portmapctl.iptables.access.nfmsg import Changed
 
-    try:
-        with nfgen.open_socket() as sock:
-            return nat_hooks(sock)
-    except OSError as err:
-        _debug("listing the nftables chains for other nat hooks failed: %s", err)
-        return []
+    for _ in range(_HOOK_DUMPS):
+        try:
+            with nfgen.open_socket() as sock:
+                return nat_hooks(sock)
+        except Changed:
+            continue
+        except OSError as err:
+            if err.errno in _NO_NFTABLES:
+                return []
+            raise
+    raise OSError("the nftables chains kept changing while they were listed")
+
+
+@dataclass(frozen=True)
+class Hooked:
+    """What other tables' nat hooks do to the rows node_hooked was given."""
+
+    # row -> (shadowed or contested, the rule that takes its port: core/contest.hooked)
+    taken: Dict[Any, Tuple[str, str]] = field(default_factory=dict)
+    # row -> a rule at or before its hook that may take some of its packets (a
+    # condition not judged): said, never called ok or shadowed
+    unsure: Dict[Any, str] = field(default_factory=dict)
+    # why some rows' hooks could not be read (none of them is then judged)
+    unread: Tuple[str, ...] = ()
 
 
 def node_hooked(
@@ -716,23 +749,22 @@ def node_hooked(
     rows: Sequence[Any],
     nft_live: Optional[Any],
     hooks: Optional[List[Hook]] = None,
-    unsure: Optional[Dict[Any, str]] = None,
-) -> Dict[Any, Tuple[str, str]]:
+) -> Hooked:
     """The rows (either backend) whose port another nftables table's nat hook takes:
     shadowed (an earlier hook) or contested (the same priority), with the rule
     (core/contest.hooked). A row's hook is the one its connections pass: output for a
     loopback host IP (the node's own connections alone reach it), else prerouting.
     `hooks`: live_hooks(node), asked here when not given; nft runs only for a table
     that has a hook some row passes, once per table, so the usual node pays one
-    netlink dump. Nothing when it cannot tell (said with -v). `unsure` (when given)
-    gets the rows no such rule takes whole, but one at or before their hook may take
-    some packets of (row -> that rule): what cannot be judged is said, never called ok
-    or shadowed."""
+    netlink dump. What cannot be read is said in Hooked.unread."""
     if not rows:
-        return {}
-    hooks = live_hooks(node) if hooks is None else hooks
+        return Hooked()
+    try:
+        hooks = live_hooks(node) if hooks is None else hooks
+    except OSError as err:
+        return Hooked(unread=(f"the nftables chains cannot be listed ({err})",))
     if not hooks:
-        return {}
+        return Hooked()
     import subprocess
 
     from portmapctl.core.contest import hooked
@@ -760,6 +792,8 @@ def node_hooked(
     for row in rows:
         by_hook.setdefault(where(row), []).append(row)
     found: Dict[Any, Tuple[str, str]] = {}
+    unsure: Dict[Any, str] = {}
+    unread: List[str] = []
     listed: Dict[Tuple[str, ...], str] = {}
     for hook, hook_rows in by_hook.items():
         wanted: Dict[int, Set[ProtoPort]] = {}
@@ -776,15 +810,14 @@ def node_hooked(
                 hook,
             )
         except (OSError, ValueError, subprocess.SubprocessError, PortmapctlError) as err:
-            _debug("reading other nftables tables' nat %s hooks failed: %s", hook, err)
+            unread.append(f"the tables of the nat {hook} hooks cannot be read ({err})")
             continue
         found.update(hooked(hook_rows, taken, priority))
-        if unsure is not None:
-            for row in hook_rows:
-                hit = maybe.get((row.family, row.protocol, row.host_port))
-                if hit is not None and row not in found and hit[0] <= priority(row):
-                    unsure[row] = hit[1]
-    return found
+        for row in hook_rows:
+            hit = maybe.get((row.family, row.protocol, row.host_port))
+            if hit is not None and row not in found and hit[0] <= priority(row):
+                unsure[row] = hit[1]
+    return Hooked(found, unsure, tuple(unread))
 
 
 def _listed_once(
@@ -799,9 +832,3 @@ def _listed_once(
         return listed[key]
 
     return once
-
-
-def _debug(message: str, *args: object) -> None:
-    from portmapctl.ops.add_ahead import debug
-
-    debug(message, *args)

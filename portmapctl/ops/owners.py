@@ -30,6 +30,8 @@ class Owners:
     # A row -> a rule of another nftables table's nat hook, at or before the row's,
     # that may take some of its packets: a condition no dump can judge (`ip saddr`).
     unsure: Dict[Any, str] = field(default_factory=dict)
+    # Why some rows' other nftables hooks could not be read (nftables/foreign.py).
+    unread: Tuple[str, ...] = ()
 
 
 def read_owners(
@@ -47,20 +49,23 @@ def read_owners(
         from portmapctl.iptables.foreign import nft_takers
 
         taken = nft_takers(tables, nft_rows)
-    hooked: Dict[Any, Tuple[str, str]] = {}
-    unsure: Dict[Any, str] = {}
-    if rows or nft_rows:
-        from portmapctl.nftables.foreign import node_hooked
+    if not (rows or nft_rows):
+        return Owners(taken)
+    from portmapctl.nftables.foreign import node_hooked
 
-        hooked = node_hooked(node, [*rows, *nft_rows], nft_live, unsure=unsure)
-    return Owners(taken, hooked, unsure)
+    hooked = node_hooked(node, [*rows, *nft_rows], nft_live)
+    return Owners(taken, hooked.taken, hooked.unsure, hooked.unread)
 
 
 def unsure_warnings(owners: Owners, keep: Optional[Callable[[Any], bool]] = None) -> List[str]:
     """One line per row whose traffic cannot be judged (Owners.unsure), of the rows
     `keep` keeps: its status stays what the rules that can be judged give, and this
-    says what was not."""
-    return [
+    says what was not; first, one per part of the node that could not be read."""
+    unread = [
+        f"cannot tell whether another nftables table's nat hook takes mapped ports: {why}"
+        for why in owners.unread
+    ]
+    return unread + [
         f"cannot tell whether IPv{row.family} {row.protocol}/{row.host_port}"
         f" ({row.network}/{row.container_id}) gets all its traffic: another nftables"
         f" table's nat hook, at or before the plugin's, may take some of it ({rule})"

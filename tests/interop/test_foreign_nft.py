@@ -8,6 +8,8 @@ packet meets (-s) raises nothing (iptables/foreign.py, past_entry)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
@@ -681,3 +683,41 @@ def test_an_iptables_rule_contests_a_loopback_nftables_mapping_from_output(
         ("nftables", 9000): (["contested"], None),
         ("nftables", 9001): (["contested"], None),
     }
+
+
+def test_a_table_whose_hook_cannot_be_read_is_said_not_taken_for_nothing(
+    node: str, tmp_path: Path
+) -> None:
+    """Another table's earlier nat hook DNATs 8080 (NATIVE_NAT's shape, as `fw`), and
+    nft cannot list that table (an `nft` first on PATH fails for it alone). Before, the
+    row said a plain `ok`, list and check said nothing and add warned of nothing (the
+    failure was a -v note): now each says, in one line on stderr, that it cannot tell
+    whether another table's hook takes the ports. Statuses and exit codes stay what the
+    rules that could be read give (no false alarm)."""
+    ports = [rp.port_mapping(8080, 80)]
+    _mapped_behind(node, tmp_path, ports, NATIVE_NAT.replace("table ip nat", "table ip fw"))
+    real = shutil.which("nft") or "/usr/sbin/nft"
+    wrapper = tmp_path / "bin" / "nft"
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        '#!/bin/sh\ncase "$*" in *"table ip fw"*) echo "Error: no" >&2; exit 1;; esac\n'
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    env = {"PATH": f"{wrapper.parent}:{os.environ['PATH']}"}
+    args = _args(node, tmp_path)
+    done = pmctl.run(["list", *args, "-o", "json"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert [r["status"] for r in json.loads(done.stdout)["mappings"]] == [["ok"]]
+    said = "cannot tell whether another nftables table's nat hook takes mapped ports"
+    assert said in done.stderr and "prerouting" in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    done = pmctl.run(["check", *args], env=env)
+    assert done.returncode == 0 and said in done.stderr, done.stdout + done.stderr
+    mapping = ["--network", "podman", "--container", CID, "--ip", "10.88.0.21/16", "-p", "8080:80"]
+    done = pmctl.run(["add", "--dry-run", "--backend", "nftables", *mapping, *args], env=env)
+    assert done.returncode == 0, done.stderr
+    assert "cannot tell whether another nftables table's nat hook takes these ports" in done.stderr
+    # Readable again: shadowed, as before.
+    done = pmctl.run(["list", *args, "-o", "json"])
+    assert [r["status"] for r in json.loads(done.stdout)["mappings"]] == [["shadowed"]]

@@ -24,7 +24,6 @@ NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x200, 0x400, 0x800
 RULE_TABLE, RULE_CHAIN, RULE_HANDLE, RULE_EXPRESSIONS, RULE_USERDATA = 1, 2, 3, 4, 7
 CHAIN_NAME = 3  # (NFTA_CHAIN_TABLE is 1, as NFTA_RULE_TABLE)
 TABLE_NAME, TABLE_USE = 1, 3
-_NLM_F_DUMP_INTR = 0x10
 _LIST_ELEM, _EXPR_NAME, _EXPR_DATA = 1, 1, 2
 _IMMEDIATE_DATA, _DATA_VERDICT, _VERDICT_CODE, _VERDICT_CHAIN = 2, 2, 1, 2
 _NFT_JUMPS = (-3, -4)  # NFT_JUMP, NFT_GOTO
@@ -114,7 +113,7 @@ def dump_chain(sock: socket.socket, family: int, table: str, chain: str) -> List
             if length < header:
                 raise OSError(errno.EBADMSG, "a netlink message shorter than its header")
             end = offset + length
-            torn = torn or bool(flags & _NLM_F_DUMP_INTR)
+            torn = torn or bool(flags & nl.NLM_F_DUMP_INTR)
             if kind == nl.NLMSG_DONE:
                 if torn:
                     raise Changed()

@@ -6,14 +6,17 @@ as nft 1.0.6 lists them)."""
 
 from __future__ import annotations
 
+import errno
 from dataclasses import replace
 from pathlib import Path
 from typing import List
 
 import nftcases
+import pytest
 
 from portmapctl.core.contest import hook_marked, hooked
 from portmapctl.core.status import Status
+from portmapctl.host import netlink as nl
 from portmapctl.nftables import foreign
 from portmapctl.nftables import inventory as nft_inventory
 
@@ -125,3 +128,58 @@ def test_an_inet_tables_family_specific_dnat_takes_that_family_only() -> None:
     )
     assert foreign.takers(nfproto, text, "pre", WANTED, "fw", 4) == {("tcp", 8081): rule}
     assert foreign.takers(nfproto, text, "pre", WANTED, "fw", 6) == {}
+
+
+class _Dump:
+    """A netfilter netlink socket whose GETCHAIN dump is one NLMSG_DONE, flagged as
+    torn (NLM_F_DUMP_INTR: the ruleset changed while it ran) or not."""
+
+    def __init__(self, torn: bool) -> None:
+        flags = 0x10 if torn else 0  # NLM_F_DUMP_INTR
+        self.answer = nl.HEADER.pack(20, nl.NLMSG_DONE, flags, 5, 0) + nl.ERRNO.pack(0)
+
+    def __enter__(self) -> _Dump:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def send(self, data: bytes) -> int:
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        return self.answer
+
+
+class _LiveNode:
+    def namespace_view(self) -> object:
+        return object()
+
+
+def test_a_torn_hook_dump_is_asked_again_and_one_that_stays_torn_is_said(monkeypatch) -> None:
+    """A chain dump the ruleset changed under may miss the very chain that takes a
+    port: it was read as complete (the flag was not looked at). It is asked again; one
+    that stays torn is an error (list and check then say they cannot tell), and a kernel
+    without nf_tables has no other table to read (no error)."""
+    from portmapctl.iptables.access import nfgen
+
+    dumps: List[_Dump] = []
+
+    def opened(*torn: bool):
+        dumps[:] = [_Dump(t) for t in torn]
+        return lambda: dumps.pop(0)
+
+    monkeypatch.setattr(nfgen, "open_socket", opened(True, True, False))
+    assert foreign.live_hooks(_LiveNode()) == [] and dumps == []
+    monkeypatch.setattr(nfgen, "open_socket", opened(True, True, True, False))
+    with pytest.raises(OSError, match="kept changing"):
+        foreign.live_hooks(_LiveNode())
+    monkeypatch.setattr(nfgen, "open_socket", opened(True, True, True))
+    hooked = foreign.node_hooked(_LiveNode(), [object()], None)
+    assert hooked.taken == {} and len(hooked.unread) == 1
+
+    def no_nftables() -> None:
+        raise OSError(errno.EPROTONOSUPPORT, "Protocol not supported")
+
+    monkeypatch.setattr(nfgen, "open_socket", no_nftables)
+    assert foreign.live_hooks(_LiveNode()) == []
