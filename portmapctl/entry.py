@@ -97,25 +97,34 @@ class _ReaderMayLeave(io.TextIOWrapper):
     under a timer's unit): from the first EPIPE on, what is written goes to /dev/null,
     and the command runs to its end and exits with its own code. Raised, the error
     ended a finished gc in click's silent exit 1 ("could not apply") and a failed run
-    in its metrics, and cut a run short where a warning could not be written."""
+    in its metrics, and cut a run short where a warning could not be written.
+
+    Any other write error (`> check.json` on a full disk: ENOSPC, EIO, EDQUOT) is met
+    the same way, and remembered in `lost`: the output a script reads is incomplete,
+    so main() ends such a run with exit 3, not the command's 0 or 1 (a check's 1 would
+    read as "problems found" in a file cut short)."""
+
+    lost: Optional[str] = None  # why the output could not be written, once it could not
 
     def write(self, text: str) -> int:
         try:
             return super().write(text)
-        except BrokenPipeError:
-            self._to_devnull()
+        except OSError as err:
+            self._to_devnull(err)
             return super().write(text)
 
     def flush(self) -> None:
         try:
             super().flush()
-        except BrokenPipeError:
-            self._to_devnull()
+        except OSError as err:
+            self._to_devnull(err)
             super().flush()
 
-    def _to_devnull(self) -> None:
+    def _to_devnull(self, err: OSError) -> None:
         import os
 
+        if not isinstance(err, BrokenPipeError) and self.lost is None:
+            self.lost = err.strerror or type(err).__name__
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, self.fileno())
         os.close(devnull)
@@ -147,10 +156,37 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         _run(args, program=argv is None)
     except SystemExit as done:
+        code = _unless_output_lost(done.code) if argv is None else done.code
         # (A bool is an int: sys.exit(True) exits 1 both ways.)
-        if argv is None and args[:1] == ["add"] and isinstance(done.code, (int, type(None))):
-            _exit_now(done.code)
-        raise
+        if argv is None and args[:1] == ["add"] and isinstance(code, (int, type(None))):
+            _exit_now(code)
+        if code == done.code:
+            raise
+        raise SystemExit(code) from None
+    if argv is None:
+        code = _unless_output_lost(None)
+        if code is not None:
+            raise SystemExit(code)
+
+
+def _unless_output_lost(code: Union[int, str, None]) -> Union[int, str, None]:
+    """The exit code, or 3 with one line when a run that would end 0 or 1 could not
+    write all of its output to stdout (flushed here: a file's buffer is written only
+    now). A code that already says the run failed otherwise (2, 3, 130) stays."""
+    stream = sys.stdout
+    if not isinstance(stream, _ReaderMayLeave):
+        return code
+    stream.flush()
+    if stream.lost is None or code not in (None, 0, 1):
+        return code
+    sys.stderr.write(
+        f"portmapctl: error: could not write the output ({stream.lost}): what stdout"
+        " got is incomplete; the command itself ran to its end\n"
+    )
+    sys.stderr.flush()
+    from portmapctl.errors import HostProblem
+
+    return HostProblem.exit_code  # SPEC §4: the environment
 
 
 def _inspect_on_first_use() -> None:

@@ -104,3 +104,52 @@ def test_ctrl_c_leaves_the_metrics_file_alone(tmp_path):
     assert running.returncode == 130, stderr
     assert stderr.endswith("portmapctl: aborted\n")
     assert not metrics.exists()
+
+
+def _to_a_full_disk(args: Sequence[str], stderr_full: bool = False) -> subprocess.CompletedProcess:
+    """`portmapctl ARGS > /dev/full` (`2> /dev/full` too with `stderr_full`): a log file
+    or `> check.json` on a full file system, every write ENOSPC."""
+    with open("/dev/full", "w") as full:
+        return subprocess.run(
+            [sys.executable, "-P", "-m", "portmapctl", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=full,
+            stderr=full if stderr_full else subprocess.PIPE,
+            env=dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1"),
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_output_lost_to_a_full_disk_is_exit_3_never_problems_found(tmp_path, output):
+    """0.2: `check -o json > check.json` on a full disk said "internal error: OSError"
+    and exit 1, which a script reads as "problems found" (docs/exit-codes.md's example
+    then alerts with a truncated file), and the metrics said the run failed. Now the run
+    goes to its end (metrics: it did its work) and ends 3, one line saying the output is
+    incomplete."""
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    snapshot = tmp_path / "nat.save"
+    snapshot.write_text("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
+    metrics = tmp_path / "portmapctl-check.prom"
+    done = _to_a_full_disk(
+        ["check", "--snapshot", str(snapshot), "--cni-cache-dir", str(tmp_path / "cni"),
+         "-o", output, "--metrics-file", str(metrics)]
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "portmapctl: error: could not write the output (No space left on device): what"
+        " stdout got is incomplete; the command itself ran to its end"
+    )
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+    assert 'portmapctl_last_run_success{command="check"} 1.0' in metrics.read_text()
+
+
+def test_a_full_disk_keeps_a_failures_own_exit_code(tmp_path):
+    """Exit 2 stays 2 (the run failed for its own reason), whether or not its line could
+    be written; 0.2 ended a usage error whose stderr was full in exit 1."""
+    assert _to_a_full_disk(["check", "--bogus"], stderr_full=True).returncode == 2
+    done = _to_a_full_disk(["check", "--snapshot", str(tmp_path / "none.save")])
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
