@@ -139,6 +139,16 @@ def _terminated() -> None:
     sys.exit(128 + signal.SIGTERM)  # (only if SIGTERM is blocked: the same code)
 
 
+def _signal_behind(err: BaseException) -> Optional[BaseException]:
+    """The Ctrl-C or SIGTERM an error was raised from, if any: Python 3.11 wraps what a
+    descriptor's __set_name__ raised in a RuntimeError, so a signal landing while a
+    dataclass is made (a module still importing) was an "internal error", exit 1."""
+    cause = err.__cause__
+    while cause is not None and not isinstance(cause, (Interrupted, KeyboardInterrupt)):
+        cause = cause.__cause__
+    return cause
+
+
 def _typer_failure(err: Exception) -> None:
     """Exit as typer's own exceptions ask (when typer ran: the fast path has none)."""
     typer = sys.modules.get("typer")
@@ -224,6 +234,11 @@ def main(argv: Optional[List[str]] = None, early_nft: Any = None, early_claims: 
     except (Interrupted, KeyboardInterrupt):
         _interrupted()
     except Exception as err:  # noqa: BLE001 - the one place that turns every failure into a line
+        signalled = _signal_behind(err)
+        if isinstance(signalled, Terminated):
+            _terminated()
+        if signalled is not None:
+            _interrupted()
         _typer_failure(err)
         if _verbose(args):
             raise

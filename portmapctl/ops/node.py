@@ -340,9 +340,14 @@ def side_by_side(
     worker.start()
     try:
         other = foreground()
-    except BaseException:
+    except BaseException as err:
         worker.join()
-        if "error" in found and not foreground_first:  # as if background had run first
+        # As if background had run first; but Ctrl-C or SIGTERM here is the run's end,
+        # whatever the background met meanwhile (sent to the process group, by a
+        # terminal or systemd, it also killed the background's nft or iptables-save,
+        # whose "failed" was the exit 3 said instead of "aborted" or "terminated").
+        interrupted = not isinstance(err, Exception)
+        if "error" in found and not foreground_first and not interrupted:
             raise found["error"] from None  # type: ignore[misc]
         raise
     worker.join()
