@@ -309,6 +309,32 @@ def full_run_dir(tmp_path):
         subprocess.run(["umount", "-l", str(run_dir)], check=False)
 
 
+def test_gc_whose_output_goes_to_a_full_disk_removes_records_and_exits_3(node, tmp_path):
+    """A cron line `portmapctl gc --yes --metrics-file ... >> /var/log/portmapctl.log` on a
+    full /var: 0.2 removed the chains, then said "internal error: OSError" (exit 1: "could
+    not apply") and its metrics said the run had failed, with no chain removed. Now the
+    metrics say what it did and the exit is 3, one line: the output is incomplete."""
+    ns, cache = node
+    rp.run_plugin("ADD", ns, "stale1", rp.plugin_conf("mynet", ["10.88.0.13/16"], UDP), check=True)
+    metrics = tmp_path / "portmapctl-gc.prom"
+    argv = [sys.executable, "-m", "portmapctl", "gc", "--netns", ns, "--cni-cache-dir",
+            str(cache), "--yes", "--min-age", "0", "--metrics-file", str(metrics)]  # fmt: skip
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE,
+                              text=True, env=dict(os.environ, PORTMAPCTL_RUN_DIR=str(tmp_path / "run"),
+                                                  NO_COLOR="1"), timeout=120)  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert done.stderr == (
+        "portmapctl: error: could not write the output (No space left on device): what"
+        " stdout got is incomplete; the command itself ran to its end\n"
+    )
+    assert chain_name("mynet", "stale1") not in rp.save(ns)
+    assert chain_name("mynet", "live1") in rp.save(ns)
+    written = metrics.read_text()
+    assert 'portmapctl_last_run_success{command="gc"} 1.0' in written
+    assert 'portmapctl_gc_chains_removed{command="gc",family="4"} 1.0' in written
+
+
 def test_gc_with_a_full_run_dir_reports_what_it_did_flushes_and_exits_3(node, full_run_dir):
     ns, cache = node
     stale = rp.plugin_conf("mynet", ["10.88.0.13/16"], UDP)
