@@ -262,6 +262,7 @@ class Common(NamedTuple):
             backend=self.backend.value,
             nft_snapshot=nft_snapshot,
             early_nft=self.early_nft,
+            quiet=self.quiet,
         )
 
 

@@ -415,7 +415,7 @@ def _ahead(
     from portmapctl.ops.add_ahead import Ahead
     from portmapctl.ops.flavour_guard import refuse_a_copy
 
-    held.enter_context(lock.held())
+    held.enter_context(lock.held(say_waiting=not common.quiet))
     wanted = [f for f in config.families if f in families(common.family)]
     here = RestoreBackend("nft")
     with entered(common.netns):

@@ -92,7 +92,7 @@ def holder(fd: int, proc_locks: str = PROC_LOCKS) -> Optional[int]:
     return None
 
 
-def say_waiting(path: str, pid: Optional[int]) -> None:
+def _say_waiting(path: str, pid: Optional[int]) -> None:
     """The line an operator sees while another run holds the lock (on stderr)."""
     who = f"PID {pid}" if pid is not None else "another process"
     sys.stderr.write(f"portmapctl: waiting for the portmapctl lock held by {who} ({path})\n")
@@ -100,7 +100,12 @@ def say_waiting(path: str, pid: Optional[int]) -> None:
 
 
 @contextlib.contextmanager
-def held(run_dir: str = RUN_DIR, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+def held(
+    run_dir: str = RUN_DIR, wait: float = LOCK_WAIT_SECONDS, say_waiting: bool = True
+) -> Iterator[None]:
+    """The portmapctl lock, waited for up to `wait` seconds (HostProblem after). After
+    SAY_WAITING_AFTER seconds of waiting, a line on stderr names who holds it, unless
+    not `say_waiting` (-q: a cron job mails whatever stderr gets)."""
     safe_run_dir(run_dir)
     path = os.path.join(run_dir, "lock")
     try:
@@ -113,7 +118,8 @@ def held(run_dir: str = RUN_DIR, wait: float = LOCK_WAIT_SECONDS) -> Iterator[No
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
             raise HostProblem(f"{path} is not a regular file owned by us: refusing to use it")
-        if not flock_within(fd, wait, on_wait=lambda: say_waiting(path, holder(fd))):
+        announce = (lambda: _say_waiting(path, holder(fd))) if say_waiting else None
+        if not flock_within(fd, wait, on_wait=announce):
             pid = holder(fd)
             who = f" (PID {pid})" if pid is not None else ""
             raise HostProblem(

@@ -72,6 +72,8 @@ class NodeOptions:
     # An nft listing started before the command line was parsed (entry.py, for `list`):
     # the first read takes it if it is the one that read would start.
     early_nft: Optional[EarlyListing] = field(default=None, compare=False, repr=False)
+    # -q: nothing on stderr but problems (no "waiting for the lock" line for cron to mail).
+    quiet: bool = False
 
     @property
     def offline(self) -> bool:
@@ -389,7 +391,7 @@ def locked(node: Node) -> Iterator[None]:
     if node.options.offline or node.holds_lock:
         yield
         return
-    with lock.held():
+    with lock.held(say_waiting=not node.options.quiet):
         node.holds_lock = True
         try:
             yield

@@ -224,3 +224,28 @@ def test_plugin_gc_repair_and_add_at_once(host_ns, tmp_path):
         f" {len(runs['add'])} add, {len(flushed)} chains flushed underneath;"
         f" {transactions} restore transactions, {len(turns)} lock turns"
     )
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_quiet_run_waits_for_the_lock_without_a_word(host_ns, tmp_path, quiet):
+    """Two cron jobs overlap: the second waits for the lock. Under -q it said so on
+    stderr all the same ("waiting for the portmapctl lock held by ..."), a line cron
+    mails although nothing is wrong; without -q the line stays (a person waits)."""
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        ["python3", "-c",
+         "import sys, time\nfrom portmapctl.host import lock\n"
+         "with lock.held(sys.argv[1]):\n    print('held', flush=True); time.sleep(2)\n",
+         str(run_dir)],
+        stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    argv = ["check", "--repair", "--netns", host_ns, "--cni-cache-dir", str(tmp_path)]
+    done = run([*argv, *(["-q"] if quiet else [])], env={"PORTMAPCTL_RUN_DIR": str(run_dir)})
+    holder.wait(timeout=10)
+    assert done.returncode == 0, done.stdout + done.stderr
+    waited = [
+        line for line in done.stderr.splitlines() if "waiting for the portmapctl lock" in line
+    ]
+    assert len(waited) == (0 if quiet else 1), done.stderr
