@@ -99,9 +99,10 @@ class _ReaderMayLeave(io.TextIOWrapper):
     ended a finished gc in click's silent exit 1 ("could not apply") and a failed run
     in its metrics, and cut a run short where a warning could not be written.
 
-    Any other write error (`> check.json` on a full disk: ENOSPC, EIO, EDQUOT) is met
-    the same way, and remembered in `lost`: the output a script reads is incomplete,
-    so main() ends such a run with exit 3, not the command's 0 or 1 (a check's 1 would
+    So is a socket's peer that reset the connection, or a terminal that hung up. Any
+    other write error (`> check.json` on a full disk: ENOSPC, EIO, EDQUOT) is met the
+    same way, and remembered in `lost`: the output a script reads is incomplete, so
+    main() ends such a run with exit 3, not the command's 0 or 1 (a check's 1 would
     read as "problems found" in a file cut short)."""
 
     lost: Optional[str] = None  # why the output could not be written, once it could not
@@ -123,11 +124,28 @@ class _ReaderMayLeave(io.TextIOWrapper):
     def _to_devnull(self, err: OSError) -> None:
         import os
 
-        if not isinstance(err, BrokenPipeError) and self.lost is None:
+        if self.lost is None and not _reader_left(err, self.fileno()):
             self.lost = err.strerror or type(err).__name__
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, self.fileno())
         os.close(devnull)
+
+
+def _reader_left(err: OSError, fd: int) -> bool:
+    """Whether `err` says the reader of `fd` went away (no file was cut short): EPIPE
+    or ESHUTDOWN, a socket's ECONNRESET or ECONNABORTED, a terminal's EIO (hung up)."""
+    import errno
+    import os
+    import stat
+
+    if isinstance(err, ConnectionError):
+        return True
+    if err.errno != errno.EIO:
+        return False
+    try:
+        return stat.S_ISCHR(os.fstat(fd).st_mode)  # (a file on a failing disk: a file)
+    except OSError:
+        return False
 
 
 def _survive_a_reader_leaving() -> None:

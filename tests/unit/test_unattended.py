@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import os
+import pty
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -55,27 +58,33 @@ def test_stdout_closed_is_a_finished_run(tmp_path, args):
     assert "error" not in done.stderr
 
 
-def test_a_reader_that_left_changes_no_outcome(tmp_path):
-    """stdout a pipe nobody reads any more (`| head -1` done, a restarted journald):
-    the command still ends with its own exit code and its metrics, and says no error."""
+def _check_writing_to(stdout: int, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`portmapctl check ARGS` of an empty node (a snapshot, an empty cache), its stdout
+    the descriptor `stdout`."""
     (tmp_path / "cni" / "results").mkdir(parents=True)
     snapshot = tmp_path / "nat.save"
     snapshot.write_text("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "portmapctl", "check", "--snapshot", str(snapshot)]
+        + ["--cni-cache-dir", str(tmp_path / "cni"), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1"),
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_reader_that_left_changes_no_outcome(tmp_path):
+    """stdout a pipe nobody reads any more (`| head -1` done, a restarted journald):
+    the command still ends with its own exit code and its metrics, and says no error."""
     metrics = tmp_path / "portmapctl-check.prom"
     reader, writer = os.pipe()
     os.close(reader)
     try:
-        done = subprocess.run(
-            [sys.executable, "-P", "-m", "portmapctl", "check", "--snapshot", str(snapshot)]
-            + ["--cni-cache-dir", str(tmp_path / "cni"), "--metrics-file", str(metrics)],
-            stdin=subprocess.DEVNULL,
-            stdout=writer,
-            stderr=subprocess.PIPE,
-            env=dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1"),
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = _check_writing_to(writer, tmp_path, "--metrics-file", str(metrics))
     finally:
         os.close(writer)
     assert done.returncode == 0, done.stderr
@@ -153,3 +162,47 @@ def test_a_full_disk_keeps_a_failures_own_exit_code(tmp_path):
     done = _to_a_full_disk(["check", "--snapshot", str(tmp_path / "none.save")])
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.splitlines()) == 1, done.stderr
+
+
+def _reset_socket() -> socket.socket:
+    """A connected TCP socket whose peer has gone with a reset (a `kubectl exec`, `nc`
+    or socket unit's client that hung up): its next write is ECONNRESET."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        ours = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
+    time.sleep(0.1)  # (the reset arrives)
+    return ours
+
+
+def _hung_up_terminal() -> int:
+    """The terminal side of a pty whose master is closed (the ssh session or terminal
+    window went away): its writes are EIO."""
+    master, terminal = pty.openpty()
+    os.close(master)
+    return terminal
+
+
+@pytest.mark.parametrize("reader", ["socket reset", "terminal hung up"])
+def test_a_reader_that_left_another_way_is_no_lost_output(tmp_path, reader):
+    """A reader that went away is a reader that went away, as for EPIPE (`| head -1`):
+    a socket's peer that reset the connection (ECONNRESET), a terminal that hung up
+    (EIO). The command ends with its own code, no error said; 3 and "what stdout got is
+    incomplete" are for output lost on its way to a file (a full disk)."""
+    if reader == "socket reset":
+        sock = _reset_socket()
+        stdout = sock.fileno()
+    else:
+        sock, stdout = None, _hung_up_terminal()
+    try:
+        done = _check_writing_to(stdout, tmp_path)
+    finally:
+        if sock is not None:
+            sock.close()
+        else:
+            os.close(stdout)
+    assert done.returncode == 0, done.stderr
+    assert "error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
