@@ -164,38 +164,44 @@ def _string(buf: bytes, span: Tuple[int, int]) -> str:
     return buf[span[0] : span[1]].rstrip(b"\0").decode(errors="replace")
 
 
+class HookTakers(NamedTuple):
+    """What other tables' hooks take of the ports asked: (family, protocol, port) ->
+    (the hook's priority, the rule)."""
+
+    taken: Taken  # whole, by the earliest hook
+    # Only some packets of, maybe (a condition not judged), and no rule at or before
+    # that hook takes them whole: the earliest such hook's rule.
+    unsure: Taken
+
+
 def read_takers(
     hooks: Iterable[Hook],
     wanted: Dict[int, FrozenSet[ProtoPort]],
     run: Callable[[List[str]], str],
-    unsure: Optional[Taken] = None,
     where: str = "prerouting",
-) -> Taken:
+) -> HookTakers:
     """What the hooks' tables take of `wanted` (by family), each table listed with `run`
     (nft's arguments -> its stdout) twice: as JSON (the rules) and as text (how `nft
-    list` prints them). The earliest hook wins a port. `unsure` (when given) gets the
-    ports a rule takes only some packets of, or cannot be judged for, and no rule takes
-    whole (the earliest such hook's rule). `where`: the hooks judged (output: the node's
-    own connections to a loopback host IP, the packets walked)."""
+    list` prints them). The earliest hook wins a port. `where`: the hooks judged
+    (output: the node's own connections to a loopback host IP, the packets walked)."""
     by_table: Dict[Tuple[str, str], List[Hook]] = {}
     for hook in hooks:
         if hook.hook == where and any(wanted.get(f) for f in _SEES[_nfproto(hook.family)]):
             by_table.setdefault((hook.family, hook.table), []).append(hook)
     taken: Taken = {}
+    unsure: Taken = {}
     for (family, table), table_hooks in by_table.items():
         listing = run(["-j", "list", "table", family, table])
         text = run(["-a", "list", "table", family, table])
         for hook in sorted(table_hooks, key=lambda h: h.priority):
             for seen in _SEES[_nfproto(family)]:
-                maybe: Dict[ProtoPort, str] = {}
-                found = takers(
+                found, maybe = _walked(
                     listing,
                     text,
                     hook.chain,
                     wanted.get(seen, frozenset()),
                     table,
                     seen,
-                    maybe,
                     loopback=where == "output",
                 )
                 for (proto, port), rule in found.items():
@@ -204,12 +210,10 @@ def read_takers(
                         taken[key] = (hook.priority, rule)
                 for (proto, port), rule in maybe.items():
                     key = (seen, proto, port)
-                    if unsure is not None and (key not in unsure or hook.priority < unsure[key][0]):
+                    if key not in unsure or hook.priority < unsure[key][0]:
                         unsure[key] = (hook.priority, rule)
-    if unsure:
-        for key in [k for k in unsure if k in taken and taken[k][0] <= unsure[k][0]]:
-            del unsure[key]
-    return taken
+    unsure = {k: v for k, v in unsure.items() if k not in taken or taken[k][0] > v[0]}
+    return HookTakers(taken, unsure)
 
 
 def _nfproto(name: str) -> int:
@@ -223,16 +227,27 @@ def takers(
     wanted: FrozenSet[ProtoPort],
     table: str = "",
     family: int = 4,
-    unsure: Optional[Dict[ProtoPort, str]] = None,
     loopback: bool = False,
 ) -> Dict[ProtoPort, str]:
     """(protocol, host port) -> the rule of the table (`nft -j list table` output, and
     `nft -a list table` for the words) that takes it, walking from base chain `chain`.
-    `unsure` (when given) gets the ports no rule takes whole but one may take some
-    packets of (a condition not judged: `ip saddr 10.0.0.0/8 tcp dport 8080 dnat ...`).
     `loopback`: the packets walked are for a loopback address (an output hook)."""
+    return _walked(listing, text, chain, wanted, table, family, loopback)[0]
+
+
+def _walked(
+    listing: str,
+    text: str,
+    chain: str,
+    wanted: FrozenSet[ProtoPort],
+    table: str,
+    family: int,
+    loopback: bool,
+) -> Tuple[Dict[ProtoPort, str], Dict[ProtoPort, str]]:
+    """`takers`, and the ports no rule takes whole but one may take some packets of (a
+    condition not judged: `ip saddr 10.0.0.0/8 tcp dport 8080 dnat ...`)."""
     if not wanted:
-        return {}
+        return {}, {}
     import json
 
     chains: Dict[str, List[Dict[str, Any]]] = {}
@@ -258,9 +273,7 @@ def takers(
     walk.loopback = loopback
     walk.kube = table == _KUBE_TABLE
     walk.chain(chain, None, None, None, frozenset())
-    if unsure is not None:
-        unsure.update((k, v) for k, v in walk.unsure.items() if k not in walk.taken)
-    return walk.taken
+    return walk.taken, {k: v for k, v in walk.unsure.items() if k not in walk.taken}
 
 
 def _printed(text: str) -> Dict[int, str]:
@@ -801,12 +814,10 @@ def node_hooked(
             wanted.setdefault(row.family, set()).add((row.protocol, row.host_port))
         try:
             binary = getattr(node.nft, "binary", find_nft)()
-            maybe: Taken = {}
-            taken = read_takers(
+            taken, maybe = read_takers(
                 hooks,
                 {f: frozenset(p) for f, p in wanted.items()},
                 _listed_once(run_nft(binary), listed),
-                maybe,
                 hook,
             )
         except (OSError, ValueError, subprocess.SubprocessError, PortmapctlError) as err:

@@ -71,7 +71,7 @@ def test_the_earliest_hook_wins_a_port_and_inet_sees_both_families() -> None:
         foreign.Hook("ip", "nat", "prerouting", -110),
         foreign.Hook("inet", "firewalld", "nat_PREROUTING", -90),
     ]
-    taken = foreign.read_takers(hooks, {4: WANTED, 6: WANTED}, _run)
+    taken = foreign.read_takers(hooks, {4: WANTED, 6: WANTED}, _run).taken
     assert taken[(4, "tcp", 8080)] == (-110, FIB_DNAT)
     assert taken[(4, "tcp", 8081)] == (-100, "tcp dport 8081 dnat ip to 10.0.0.9:80")
     assert (6, "tcp", 8080) not in taken  # table ip nat sees IPv4 only
