@@ -138,11 +138,16 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
         return config, None
     from dataclasses import replace
 
-    from portmapctl.cni.cache import configured_backend
+    from portmapctl.cni.entries import entry_paths
 
     # The container's cached config first: the plugin's ADD was given it, and its DEL
     # looks in that backend alone, whatever rules are left (after a flush, none).
-    cached = configured_backend(common.cache_dirs, config.network, config.container_id)
+    cached = None
+    paths = entry_paths(common.cache_dirs, config.network, config.container_id)
+    if paths:  # (cni/cache.py's imports only for a container that has an entry)
+        from portmapctl.cni.cache import backend_in
+
+        cached = backend_in(paths, config.network, config.container_id)
     if cached == "iptables":
         return replace(config, backend=cached), None
     if cached == "nftables":

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 from portmapctl.cni import config as cni_config
+from portmapctl.cni.entries import entry_paths
 from portmapctl.core import validate
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import BadInput, HostProblem
@@ -270,23 +271,20 @@ def configured_backend(cache_dirs: CacheDirs, network: str, container_id: str) -
     key: the plugin's ADD for this container was given the cached config, and its DEL
     looks in that backend alone. Only the files libcni names for the two
     (`NETWORK-CONTAINERID-IFNAME`) are read; nothing here fails the command."""
-    prefix = f"{network}-{container_id}-"
+    return backend_in(entry_paths(cache_dirs, network, container_id), network, container_id)
+
+
+def backend_in(paths: Sequence[str], network: str, container_id: str) -> Optional[str]:
+    """configured_backend of the entries `paths` (cni/entries.py entry_paths)."""
     found = set()
-    for cache_dir in _dirs(cache_dirs):
-        folder = results_dir(cache_dir)
+    for path in paths:
         try:
-            names = [name for name in os.listdir(folder) if name.startswith(prefix)]
-        except OSError:
-            continue
-        for name in names:
-            try:
-                attachment = read_attachment(os.path.join(folder, name))
-            except BadInput:
-                continue  # (list and check report it; its key is not known)
-            mapping = attachment.mapping
-            # (The prefix also matches network "a", container "b-c" for "a-b"/"c".)
-            if (attachment.network, attachment.container_id) == (network, container_id):
-                found.add(mapping.backend if mapping is not None else None)
+            attachment = read_attachment(path)
+        except BadInput:
+            continue  # (list and check report it; its key is not known)
+        mapping = attachment.mapping
+        if (attachment.network, attachment.container_id) == (network, container_id):
+            found.add(mapping.backend if mapping is not None else None)
     return found.pop() if len(found) == 1 else None
 
 
