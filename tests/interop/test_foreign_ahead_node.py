@@ -210,6 +210,19 @@ def test_a_proxy_that_returns_the_mapped_port_before_its_redirect_shadows_nothin
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def _on_host_ip_behind_an_accept(host_ns: str, tmp_path, host_ip: str, chain: str) -> list:
+    """POD (Debian's plugin) mapping tcp/9000 on `host_ip`, behind a firewall's
+    `-I CHAIN 1 -p tcp -m multiport --dports 9000,9001 -j ACCEPT`; the options that
+    read this node."""
+    ports = [{"hostPort": 9000, "containerPort": 80, "protocol": "tcp", "hostIP": host_ip}]
+    conf = rp.plugin_conf(NETWORK, IPS, ports)
+    rp.run_plugin("ADD", host_ns, POD, conf, check=True)
+    rp.write_cni_cache(tmp_path, NETWORK, POD, "eth0", conf, ports, IPS)
+    _nat(host_ns, "nft", ["-I", chain, "1", "-p", "tcp", "-m", "multiport", "--dports",
+                          "9000,9001", "-j", "ACCEPT"])  # fmt: skip
+    return ["--netns", host_ns, "--cni-cache-dir", str(tmp_path), "--family", "4"]
+
+
 @pytest.mark.parametrize("host_ip", ["127.0.0.1", "10.0.0.1"])
 def test_a_loopback_host_ip_is_not_shadowed_by_prerouting(host_ns, tmp_path, host_ip):
     """A mapping bound to 127.0.0.1 gets no external traffic: only the node's own
@@ -218,13 +231,7 @@ def test_a_loopback_host_ip_is_not_shadowed_by_prerouting(host_ns, tmp_path, hos
     nothing from it: list says ok, check is healthy, add warns of nothing (before:
     `shadowed`, exit 1, and a warning). The same rule still shadows the port on any
     other host address (10.0.0.1 here)."""
-    ports = [{"hostPort": 9000, "containerPort": 80, "protocol": "tcp", "hostIP": host_ip}]
-    conf = rp.plugin_conf(NETWORK, IPS, ports)
-    rp.run_plugin("ADD", host_ns, POD, conf, check=True)
-    rp.write_cni_cache(tmp_path, NETWORK, POD, "eth0", conf, ports, IPS)
-    _nat(host_ns, "nft", ["-I", "PREROUTING", "1", "-p", "tcp", "-m", "multiport", "--dports",
-                          "9000,9001", "-j", "ACCEPT"])  # fmt: skip
-    opts = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path), "--family", "4"]
+    opts = _on_host_ip_behind_an_accept(host_ns, tmp_path, host_ip, "PREROUTING")
     loopback = host_ip == "127.0.0.1"
 
     (row,) = json.loads(pmctl.run(["list", *opts, "-o", "json"]).stdout)["mappings"]
@@ -246,13 +253,7 @@ def test_a_loopback_host_ip_is_shadowed_by_an_output_rule(host_ns, tmp_path, hos
     connection a mapping on 127.0.0.1 gets: list says `shadowed`, add warns, check
     names the rule, exit 1 (before: ok, no warning, healthy). A mapping on another
     host IP still serves the network: not shadowed."""
-    ports = [{"hostPort": 9000, "containerPort": 80, "protocol": "tcp", "hostIP": host_ip}]
-    conf = rp.plugin_conf(NETWORK, IPS, ports)
-    rp.run_plugin("ADD", host_ns, POD, conf, check=True)
-    rp.write_cni_cache(tmp_path, NETWORK, POD, "eth0", conf, ports, IPS)
-    _nat(host_ns, "nft", ["-I", "OUTPUT", "1", "-p", "tcp", "-m", "multiport", "--dports",
-                          "9000,9001", "-j", "ACCEPT"])  # fmt: skip
-    opts = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path), "--family", "4"]
+    opts = _on_host_ip_behind_an_accept(host_ns, tmp_path, host_ip, "OUTPUT")
     loopback = host_ip == "127.0.0.1"
 
     (row,) = json.loads(pmctl.run(["list", *opts, "-o", "json"]).stdout)["mappings"]
