@@ -289,7 +289,7 @@ def hook_warnings(node: Any, config: MappingConfig, live: Any = None) -> List[st
     host IP) takes (a hand-written nft firewall): before the plugin's hook (shadowed), or at its priority (contested);
     nftables/foreign.py. One netlink question on the usual node. `live`: the plugin's
     nftables tables as read (its prerouting chain's priority), for an nftables add."""
-    from portmapctl.nftables.foreign import live_hooks
+    from portmapctl.nftables.hooks import live_hooks
 
     try:
         hooks = live_hooks(node)

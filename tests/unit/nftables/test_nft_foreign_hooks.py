@@ -18,6 +18,7 @@ from portmapctl.core.contest import hook_marked, hooked
 from portmapctl.core.status import Status
 from portmapctl.host import netlink as nl
 from portmapctl.nftables import foreign
+from portmapctl.nftables import hooks as nft_hooks
 from portmapctl.nftables import inventory as nft_inventory
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "nft_foreign"
@@ -67,9 +68,9 @@ def _run(args: List[str]) -> str:
 
 def test_the_earliest_hook_wins_a_port_and_inet_sees_both_families() -> None:
     hooks = [
-        foreign.Hook("inet", "fw", "pre", -100),
-        foreign.Hook("ip", "nat", "prerouting", -110),
-        foreign.Hook("inet", "firewalld", "nat_PREROUTING", -90),
+        nft_hooks.Hook("inet", "fw", "pre", -100),
+        nft_hooks.Hook("ip", "nat", "prerouting", -110),
+        nft_hooks.Hook("inet", "firewalld", "nat_PREROUTING", -90),
     ]
     taken = foreign.read_takers(hooks, {4: WANTED, 6: WANTED}, _run).taken
     assert taken[(4, "tcp", 8080)] == (-110, FIB_DNAT)
@@ -170,10 +171,10 @@ def test_a_torn_hook_dump_is_asked_again_and_one_that_stays_torn_is_said(monkeyp
         return lambda: dumps.pop(0)
 
     monkeypatch.setattr(nfgen, "open_socket", opened(True, True, False))
-    assert foreign.live_hooks(_LiveNode()) == [] and dumps == []
+    assert nft_hooks.live_hooks(_LiveNode()) == [] and dumps == []
     monkeypatch.setattr(nfgen, "open_socket", opened(True, True, True, False))
     with pytest.raises(OSError, match="kept changing"):
-        foreign.live_hooks(_LiveNode())
+        nft_hooks.live_hooks(_LiveNode())
     monkeypatch.setattr(nfgen, "open_socket", opened(True, True, True))
     hooked = foreign.node_hooked(_LiveNode(), [object()], None)
     assert hooked.taken == {} and len(hooked.unread) == 1
@@ -182,4 +183,4 @@ def test_a_torn_hook_dump_is_asked_again_and_one_that_stays_torn_is_said(monkeyp
         raise OSError(errno.EPROTONOSUPPORT, "Protocol not supported")
 
     monkeypatch.setattr(nfgen, "open_socket", no_nftables)
-    assert foreign.live_hooks(_LiveNode()) == []
+    assert nft_hooks.live_hooks(_LiveNode()) == []
