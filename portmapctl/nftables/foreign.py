@@ -398,6 +398,9 @@ def _conditions(
             if loopback:
                 return _Rule(proto, (), "", None)
             continue
+        if kind == "match" and loopback and _daddr_elsewhere(value):
+            # (`ip daddr 192.168.5.5 tcp dport 8081 dnat ...`: another address's.)
+            return _Rule(proto, (), "", None)
         if kind != "match" or not isinstance(value, dict) or value.get("op") not in ("==", "in"):
             return None
         left, right = value.get("left"), value.get("right")
@@ -577,6 +580,29 @@ def _not_loopback(value: Any) -> bool:
     if isinstance(prefix, dict):
         return (prefix.get("addr"), prefix.get("len")) == loopback
     return loopback[1] == 128 and right == loopback[0]
+
+
+def _daddr_elsewhere(value: Any) -> bool:
+    """`ip daddr 192.168.5.5` (`ip6 daddr fd00::/64`, ...): a destination with no
+    loopback address in it, which no connection to a loopback host IP has."""
+    import ipaddress
+
+    if not isinstance(value, dict) or value.get("op") not in ("==", "in"):
+        return False
+    left, right = value.get("left"), value.get("right")
+    payload = left.get("payload") if isinstance(left, dict) else None
+    if not isinstance(payload, dict) or payload.get("field") != "daddr":
+        return False
+    loopback = _LOOPBACK.get(str(payload.get("protocol")))
+    prefix = right.get("prefix") if isinstance(right, dict) else None
+    spelled = f"{prefix.get('addr')}/{prefix.get('len')}" if isinstance(prefix, dict) else right
+    if loopback is None or not isinstance(spelled, str):
+        return False  # (a set, a range, a map: not judged)
+    try:
+        where = ipaddress.ip_network(spelled, strict=False)
+    except ValueError:
+        return False
+    return not where.overlaps(ipaddress.ip_network(f"{loopback[0]}/{loopback[1]}"))
 
 
 def _ranges(right: Any) -> Optional[Tuple[Tuple[int, int], ...]]:

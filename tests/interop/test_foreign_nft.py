@@ -721,3 +721,32 @@ def test_a_table_whose_hook_cannot_be_read_is_said_not_taken_for_nothing(
     # Readable again: shadowed, as before.
     done = pmctl.run(["list", *args, "-o", "json"])
     assert [r["status"] for r in json.loads(done.stdout)["mappings"]] == [["shadowed"]]
+
+
+ANOTHER_ADDRESS = """
+table ip fw {
+  chain out {
+    type nat hook output priority -110; policy accept;
+    ip daddr 192.168.5.5 tcp dport { 7000, 9000 } dnat to 10.0.0.9
+    ip daddr 127.0.0.1 tcp dport 9001 dnat to 10.0.0.9
+  }
+}
+"""
+
+
+def test_an_output_rule_for_another_address_is_nothing_to_a_loopback_mapping(
+    node: str, tmp_path: Path
+) -> None:
+    """An earlier output hook's `ip daddr 192.168.5.5 tcp dport 9000 dnat ...` (a
+    netavark-style rule for a container on another host IP) never meets a connection
+    to 127.0.0.1:9000: before, list and check said they could not tell whether the
+    loopback mappings got all their traffic. A rule for a loopback destination the
+    walk cannot judge (`ip daddr 127.0.0.1`, port 9001 on every address) is not
+    judged, and says nothing of a mapping the output hook is not walked for."""
+    args = _loopback_and_not(node, tmp_path, ANOTHER_ADDRESS)
+    done = pmctl.run(["list", *args, "-o", "json"])
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    rows = {r["host_port"]: r["status"] for r in json.loads(done.stdout)["mappings"]}
+    assert rows == {9000: ["ok"], 9001: ["ok"], 7000: ["ok"], 7001: ["ok"]}
+    done = pmctl.run(["check", *args])
+    assert done.returncode == 0 and "cannot tell" not in done.stderr, done.stdout + done.stderr
