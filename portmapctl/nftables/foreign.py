@@ -496,7 +496,7 @@ def _mapped_rule(
 
 _SINGLE = "{ports}"  # _Rule.target of a vmap keyed by the port alone (inline elements)
 _PORT_KEY = [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]
-_LOOPBACK = {"ip": ("127.0.0.0", 8), "ip6": ("::1", 128)}
+_LOOPBACK = {"ip": "127.0.0.0/8", "ip6": "::1/128"}
 
 
 def _vmap_rule(proto: Optional[str], ports: Ranges, value: Any) -> Optional[_Rule]:
@@ -565,21 +565,30 @@ def _nfproto_match(value: Any) -> Optional[int]:
     return _NFPROTO_NAMES.get(str(value.get("right")))
 
 
-def _not_loopback(value: Any) -> bool:
-    """`ip daddr != 127.0.0.0/8` (`ip6 daddr != ::1`)."""
-    if not isinstance(value, dict) or value.get("op") != "!=":
-        return False
+def _daddr(value: Any, ops: Tuple[str, ...]) -> Optional[Tuple[str, Optional[str]]]:
+    """A match of `ip daddr` (`ip6 daddr`) with one of `ops`: (the family's loopback
+    network, the address or prefix matched as text; None for a set, a range, a map)."""
+    if not isinstance(value, dict) or value.get("op") not in ops:
+        return None
     left, right = value.get("left"), value.get("right")
     payload = left.get("payload") if isinstance(left, dict) else None
     if not isinstance(payload, dict) or payload.get("field") != "daddr":
-        return False
+        return None
     loopback = _LOOPBACK.get(str(payload.get("protocol")))
-    prefix = right.get("prefix") if isinstance(right, dict) else None
     if loopback is None:
+        return None
+    prefix = right.get("prefix") if isinstance(right, dict) else None
+    spelled = f"{prefix.get('addr')}/{prefix.get('len')}" if isinstance(prefix, dict) else right
+    return loopback, spelled if isinstance(spelled, str) else None
+
+
+def _not_loopback(value: Any) -> bool:
+    """`ip daddr != 127.0.0.0/8` (`ip6 daddr != ::1`)."""
+    found = _daddr(value, ("!=",))
+    if found is None or found[1] is None:
         return False
-    if isinstance(prefix, dict):
-        return (prefix.get("addr"), prefix.get("len")) == loopback
-    return loopback[1] == 128 and right == loopback[0]
+    loopback, spelled = found
+    return spelled in (loopback, loopback.split("/")[0] if loopback.endswith("/128") else None)
 
 
 def _daddr_elsewhere(value: Any) -> bool:
@@ -587,22 +596,15 @@ def _daddr_elsewhere(value: Any) -> bool:
     loopback address in it, which no connection to a loopback host IP has."""
     import ipaddress
 
-    if not isinstance(value, dict) or value.get("op") not in ("==", "in"):
-        return False
-    left, right = value.get("left"), value.get("right")
-    payload = left.get("payload") if isinstance(left, dict) else None
-    if not isinstance(payload, dict) or payload.get("field") != "daddr":
-        return False
-    loopback = _LOOPBACK.get(str(payload.get("protocol")))
-    prefix = right.get("prefix") if isinstance(right, dict) else None
-    spelled = f"{prefix.get('addr')}/{prefix.get('len')}" if isinstance(prefix, dict) else right
-    if loopback is None or not isinstance(spelled, str):
+    found = _daddr(value, ("==", "in"))
+    if found is None or found[1] is None:
         return False  # (a set, a range, a map: not judged)
+    loopback, spelled = found
     try:
         where = ipaddress.ip_network(spelled, strict=False)
     except ValueError:
         return False
-    return not where.overlaps(ipaddress.ip_network(f"{loopback[0]}/{loopback[1]}"))
+    return not where.overlaps(ipaddress.ip_network(loopback))
 
 
 def _ranges(right: Any) -> Optional[Tuple[Tuple[int, int], ...]]:
