@@ -10,8 +10,14 @@ later one never sees the packet the plugin DNATed (nat runs once per connection)
 A mapping on a loopback host IP (127.0.0.1, ::1) serves no network: only the node's
 own connections reach it, through the nat output hook, so it is judged against other
 tables' output hooks (the plugin's output chain: -100 too), and no prerouting rule
-takes anything from it (iptables/foreign.py's hook_of, the same choice). An output
-walk's packets are for a loopback address: `ip daddr != 127.0.0.0/8` matches none.
+takes anything from it (iptables/foreign.py's hook_of, the same choice).
+
+A mapping on one host IP is walked with its packets' destination known (`dest`): a
+rule's `ip daddr` match (an address or a prefix, `==` or `!=`) holds for all of them
+or for none (netavark's `ip daddr 192.168.5.5 tcp dport 8080 dnat ...` is another host
+IP's mapping, or this one's). A mapping on every address is walked for every address
+of the node that is not loopback: `ip daddr != 127.0.0.0/8` holds for all its packets,
+a loopback destination for none, and any other address for only some: not judged.
 
 Which tables have such a hook is asked over netlink first (nftables/hooks.py: one
 NFT_MSG_GETCHAIN dump, about a millisecond): `nft` runs only for a table that has one,
@@ -21,7 +27,7 @@ so the usual node (the plugin's tables, iptables-nft's `nat`) pays nothing more.
 No false alarms, as iptables/foreign.py: a rule counts only when every condition on
 it and on the jumps that led to it holds for every packet the plugin's entry takes
 (`_conditions`: a protocol, a destination port set or range covering the port,
-`fib daddr type local`, `ip daddr != 127.0.0.0/8`, counters, comments; a named port
+`fib daddr type local`, `ip daddr` as above, counters, comments; a named port
 set, `tcp dport @ports`, by the elements it holds now, intervals too; a `dnat to tcp
 dport map @m` takes only the ports its map has a value for); a rule with
 anything else (addresses, interfaces, marks, other `!=`, maps, ...) takes only some
@@ -82,11 +88,14 @@ def read_takers(
     wanted: Dict[int, FrozenSet[ProtoPort]],
     run: Callable[[List[str]], str],
     where: str = "prerouting",
+    dest: Optional[str] = None,
 ) -> HookTakers:
     """What the hooks' tables take of `wanted` (by family), each table listed with `run`
     (nft's arguments -> its stdout) twice: as JSON (the rules) and as text (how `nft
     list` prints them). The earliest hook wins a port. `where`: the hooks judged
-    (output: the node's own connections to a loopback host IP, the packets walked)."""
+    (output: the node's own connections to a loopback host IP, the packets walked).
+    `dest`: the host IP the packets are for (None: every address of the node that is
+    not loopback, a mapping on every address)."""
     by_table: Dict[Tuple[str, str], List[Hook]] = {}
     for hook in hooks:
         if hook.hook == where and any(wanted.get(f) for f in _SEES[hook.family]):
@@ -105,7 +114,7 @@ def read_takers(
                     wanted.get(seen, frozenset()),
                     table,
                     seen,
-                    loopback=where == "output",
+                    dest,
                 )
                 for (proto, port), rule in found.items():
                     key = (seen, proto, port)
@@ -126,12 +135,12 @@ def takers(
     wanted: FrozenSet[ProtoPort],
     table: str = "",
     family: int = 4,
-    loopback: bool = False,
+    dest: Optional[str] = None,
 ) -> Dict[ProtoPort, str]:
     """(protocol, host port) -> the rule of the table (`nft -j list table` output, and
     `nft -a list table` for the words) that takes it, walking from base chain `chain`.
-    `loopback`: the packets walked are for a loopback address (an output hook)."""
-    return _walked(listing, text, chain, wanted, table, family, loopback)[0]
+    `dest`: the host IP the packets walked are for (None: any non-loopback one)."""
+    return _walked(listing, text, chain, wanted, table, family, dest)[0]
 
 
 def _walked(
@@ -141,7 +150,7 @@ def _walked(
     wanted: FrozenSet[ProtoPort],
     table: str,
     family: int,
-    loopback: bool,
+    dest: Optional[str],
 ) -> Tuple[Dict[ProtoPort, str], Dict[ProtoPort, str]]:
     """`takers`, and the ports no rule takes whole but one may take some packets of (a
     condition not judged: `ip saddr 10.0.0.0/8 tcp dport 8080 dnat ...`)."""
@@ -169,7 +178,7 @@ def _walked(
             sets[f"@{port_set.get('name')}"] = {"set": port_set.get("elem", [])}
     walk = _Walk(chains, _printed(text), set(wanted), maps, sets)
     walk.family = family
-    walk.loopback = loopback
+    walk.dest = dest
     walk.kube = table == _KUBE_TABLE
     walk.chain(chain, None, None, None, frozenset())
     return walk.taken, {k: v for k, v in walk.unsure.items() if k not in walk.taken}
@@ -220,7 +229,7 @@ class _Walk(PortsLeft):
         self.doubt: Optional[str] = None
         self.kube = False  # kube-proxy's table: its service chains are not walked
         self.family = 4  # the packets walked (an inet table sees both)
-        self.loopback = False  # ... and whether they are for a loopback address
+        self.dest: Optional[str] = None  # ... and their host IP (None: any not loopback)
 
     def chain(
         self,
@@ -236,7 +245,7 @@ class _Walk(PortsLeft):
         for obj in self.chains.get(name, ()):
             if not self.left:
                 return True
-            rule = _conditions(obj.get("expr", ()), self.family, self.sets, self.loopback)
+            rule = _conditions(obj.get("expr", ()), self.family, self.sets, self.dest)
             if rule is None:
                 self._maybe(obj, proto, ports, path, returned)
                 continue
@@ -280,7 +289,7 @@ class _Walk(PortsLeft):
         """A rule that cannot be judged: the ports it would take if its other conditions
         held are ports nobody can say get all their packets (`unsure`); the chain a
         jump or goto of it reaches is walked in doubt (what it takes, it takes maybe)."""
-        rule = _partial(obj.get("expr", ()), self.family, self.sets, self.loopback)
+        rule = _partial(obj.get("expr", ()), self.family, self.sets, self.dest)
         if rule is None or (proto and rule.proto not in (None, proto)):
             return
         rule_ports = intersect(ports, rule.ports)
@@ -359,11 +368,11 @@ def _conditions(
     exprs: Iterable[Any],
     family: int = 4,
     sets: Optional[Dict[str, Any]] = None,
-    loopback: bool = False,
+    dest: Optional[str] = None,
 ) -> Optional[_Rule]:
     """The rule's protocol, ports and verdict, or None when a condition is not benign.
     `sets`: the table's named port sets (`@name` -> an anonymous set of its elements).
-    `loopback`: the packets are for a loopback address (a loopback host IP's)."""
+    `dest`: the host IP the packets are for (None: any of the node's not loopback)."""
     proto: Optional[str] = None
     ports: Ranges = None
     for expr in exprs:
@@ -391,16 +400,13 @@ def _conditions(
             if _nfproto_match(value) != family:
                 return _Rule(proto, (), "", None)  # the other family's rule
             continue
-        if kind == "match" and _not_loopback(value):
-            # kube-proxy's NodePorts skip loopback destinations; the packets a host
-            # port is for (from the network, to the node's addresses) all pass, and
-            # those to a loopback host IP none.
-            if loopback:
-                return _Rule(proto, (), "", None)
+        holds = _daddr_holds(value, family, dest) if kind == "match" else None
+        if holds is not None:
+            # (kube-proxy's NodePorts: `ip daddr != 127.0.0.0/8`; netavark's mapping on
+            # one host IP: `ip daddr 192.168.5.5`.)
+            if not holds:
+                return _Rule(proto, (), "", None)  # matches none of the walk's packets
             continue
-        if kind == "match" and loopback and _daddr_elsewhere(value):
-            # (`ip daddr 192.168.5.5 tcp dport 8081 dnat ...`: another address's.)
-            return _Rule(proto, (), "", None)
         if kind != "match" or not isinstance(value, dict) or value.get("op") not in ("==", "in"):
             return None
         left, right = value.get("left"), value.get("right")
@@ -441,7 +447,7 @@ _VERDICTS = _TAKES | {"return", "jump", "goto", "vmap", "counter"}
 
 
 def _partial(
-    exprs: Iterable[Any], family: int, sets: Optional[Dict[str, Any]], loopback: bool = False
+    exprs: Iterable[Any], family: int, sets: Optional[Dict[str, Any]], dest: Optional[str] = None
 ) -> Optional[_Rule]:
     """A rule `_conditions` cannot judge, read as if the conditions it cannot judge
     held (its protocol, ports and verdict as far as they can be read)."""
@@ -449,9 +455,9 @@ def _partial(
         expr
         for expr in exprs
         if isinstance(expr, dict)
-        and (set(expr) & _VERDICTS or _conditions([expr], family, sets, loopback) is not None)
+        and (set(expr) & _VERDICTS or _conditions([expr], family, sets, dest) is not None)
     ]
-    return _conditions(kept, family, sets, loopback)
+    return _conditions(kept, family, sets, dest)
 
 
 def _mapped(value: Any) -> Optional[Dict[str, Any]]:
@@ -496,7 +502,7 @@ def _mapped_rule(
 
 _SINGLE = "{ports}"  # _Rule.target of a vmap keyed by the port alone (inline elements)
 _PORT_KEY = [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]
-_LOOPBACK = {"ip": "127.0.0.0/8", "ip6": "::1/128"}
+_LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
 
 
 def _vmap_rule(proto: Optional[str], ports: Ranges, value: Any) -> Optional[_Rule]:
@@ -565,46 +571,39 @@ def _nfproto_match(value: Any) -> Optional[int]:
     return _NFPROTO_NAMES.get(str(value.get("right")))
 
 
-def _daddr(value: Any, ops: Tuple[str, ...]) -> Optional[Tuple[str, Optional[str]]]:
-    """A match of `ip daddr` (`ip6 daddr`) with one of `ops`: (the family's loopback
-    network, the address or prefix matched as text; None for a set, a range, a map)."""
-    if not isinstance(value, dict) or value.get("op") not in ops:
+def _daddr_holds(value: Any, family: int, dest: Optional[str]) -> Optional[bool]:
+    """Whether a match of `ip daddr` (`ip6 daddr`) with an address or a prefix holds
+    for the walk's packets, those of `family` for host IP `dest` (None: any address of
+    the node that is not loopback): True for all of them, False for none, None when
+    it is no such match or holds for only some (a set, a range, a map: not judged)."""
+    if not isinstance(value, dict) or value.get("op") not in ("==", "in", "!="):
         return None
     left, right = value.get("left"), value.get("right")
     payload = left.get("payload") if isinstance(left, dict) else None
     if not isinstance(payload, dict) or payload.get("field") != "daddr":
         return None
-    loopback = _LOOPBACK.get(str(payload.get("protocol")))
-    if loopback is None:
+    version = _NAT_FAMILIES.get(str(payload.get("protocol")))
+    if version is None:
         return None
+    if version != family:
+        return False  # (an inet table: the other family's packets never match it)
     prefix = right.get("prefix") if isinstance(right, dict) else None
     spelled = f"{prefix.get('addr')}/{prefix.get('len')}" if isinstance(prefix, dict) else right
-    return loopback, spelled if isinstance(spelled, str) else None
-
-
-def _not_loopback(value: Any) -> bool:
-    """`ip daddr != 127.0.0.0/8` (`ip6 daddr != ::1`)."""
-    found = _daddr(value, ("!=",))
-    if found is None or found[1] is None:
-        return False
-    loopback, spelled = found
-    return spelled in (loopback, loopback.split("/")[0] if loopback.endswith("/128") else None)
-
-
-def _daddr_elsewhere(value: Any) -> bool:
-    """`ip daddr 192.168.5.5` (`ip6 daddr fd00::/64`, ...): a destination with no
-    loopback address in it, which no connection to a loopback host IP has."""
+    if not isinstance(spelled, str):
+        return None
     import ipaddress
 
-    found = _daddr(value, ("==", "in"))
-    if found is None or found[1] is None:
-        return False  # (a set, a range, a map: not judged)
-    loopback, spelled = found
     try:
         where = ipaddress.ip_network(spelled, strict=False)
     except ValueError:
-        return False
-    return not where.overlaps(ipaddress.ip_network(loopback))
+        return None
+    if dest is not None:
+        inside = ipaddress.ip_address(dest) in where
+    elif where.subnet_of(ipaddress.ip_network(_LOOPBACK[version])):  # type: ignore[arg-type]
+        inside = False  # no packet of a mapping on every address is for loopback
+    else:
+        return None
+    return inside if value["op"] != "!=" else not inside
 
 
 def _ranges(right: Any) -> Optional[Tuple[Tuple[int, int], ...]]:
@@ -700,14 +699,15 @@ def node_hooked(
         # -100 when not read: every upstream version writes both chains there.
         return own.get((row.family, where(row)), IPTABLES_PRIORITY)
 
-    by_hook: Dict[str, List[Any]] = {}
+    # Rows are walked by hook and by host IP (a rule's `ip daddr` is judged for it).
+    by_hook: Dict[Tuple[str, Optional[str]], List[Any]] = {}
     for row in rows:
-        by_hook.setdefault(where(row), []).append(row)
+        by_hook.setdefault((where(row), _dest(row.host_ip)), []).append(row)
     found: Dict[Any, Tuple[str, str]] = {}
     unsure: Dict[Any, str] = {}
     unread: List[str] = []
     listed: Dict[Tuple[str, ...], str] = {}
-    for hook, hook_rows in by_hook.items():
+    for (hook, dest), hook_rows in by_hook.items():
         wanted: Dict[int, Set[ProtoPort]] = {}
         for row in hook_rows:
             wanted.setdefault(row.family, set()).add((row.protocol, row.host_port))
@@ -718,9 +718,12 @@ def node_hooked(
                 {f: frozenset(p) for f, p in wanted.items()},
                 _listed_once(run_nft(binary), listed),
                 hook,
+                dest,
             )
         except (OSError, ValueError, subprocess.SubprocessError, PortmapctlError) as err:
-            unread.append(f"the tables of the nat {hook} hooks cannot be read ({err})")
+            said = f"the tables of the nat {hook} hooks cannot be read ({err})"
+            if said not in unread:
+                unread.append(said)
             continue
         found.update(hooked(hook_rows, taken, priority))
         for row in hook_rows:
@@ -728,6 +731,15 @@ def node_hooked(
             if hit is not None and row not in found and hit[0] <= priority(row):
                 unsure[row] = hit[1]
     return Hooked(found, unsure, tuple(unread))
+
+
+def _dest(host_ip: Optional[str]) -> Optional[str]:
+    """The one address a row's packets are for, None for a mapping on every address."""
+    import ipaddress
+
+    if not host_ip or ipaddress.ip_address(host_ip).is_unspecified:
+        return None
+    return str(host_ip)
 
 
 def _listed_once(

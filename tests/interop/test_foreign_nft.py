@@ -750,3 +750,69 @@ def test_an_output_rule_for_another_address_is_nothing_to_a_loopback_mapping(
     assert rows == {9000: ["ok"], 9001: ["ok"], 7000: ["ok"], 7001: ["ok"]}
     done = pmctl.run(["check", *args])
     assert done.returncode == 0 and "cannot tell" not in done.stderr, done.stdout + done.stderr
+
+
+# netavark's shape (its nftables driver): a container's mapping on one host IP is
+# `ip daddr HOSTIP tcp dport PORT`, on every address `tcp dport PORT` alone.
+ONE_HOST_IP = """
+table ip nv {
+  chain pre {
+    type nat hook prerouting priority dstnat - 10; policy accept;
+    ip daddr 192.168.5.5 tcp dport { 7000, 7001, 9000, 9001 } dnat to 10.0.0.9
+    ip daddr != 192.168.5.0/24 tcp dport { 7002, 9002 } dnat to 10.0.0.9
+  }
+}
+"""
+
+
+def test_another_tables_rule_for_one_host_ip_is_judged_for_each_host_ip(
+    node: str, tmp_path: Path
+) -> None:
+    """An earlier prerouting hook's `ip daddr 192.168.5.5 tcp dport 9000 dnat ...` takes
+    every connection of a mapping on 192.168.5.5:9000 (before: `ok`, and list said it
+    could not tell), none of one on 192.168.6.6:9001 (before: a 'cannot tell' line on
+    every run), and only some of a mapping on every address (still 'cannot tell'). The
+    same for `ip daddr != PREFIX`, and for both backends."""
+    rp.require(rp.plugin_available())
+    ports = [rp.port_mapping(9000, 80, host_ip="192.168.5.5"),
+             rp.port_mapping(9001, 80, host_ip="192.168.6.6"),
+             rp.port_mapping(9002, 80, host_ip="192.168.6.6")]  # fmt: skip
+    _mapped_behind(node, tmp_path, ports, ONE_HOST_IP)
+    ipt_ports = [rp.port_mapping(7000, 80, host_ip="192.168.5.5"),
+                 rp.port_mapping(7001, 80),
+                 rp.port_mapping(7002, 80, host_ip="192.168.5.6")]  # fmt: skip
+    conf = rp.plugin_conf("podman", ["10.88.0.11/16"], ipt_ports)
+    rp.run_plugin("ADD", node, "nftfor0b", conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "nftfor0b", "eth0", conf, ipt_ports, ["10.88.0.11/16"])
+    args = _args(node, tmp_path)
+    taken = "ip daddr 192.168.5.5 tcp dport { 7000, 7001, 9000, 9001 } dnat to 10.0.0.9"
+    elsewhere = "ip daddr != 192.168.5.0/24 tcp dport { 7002, 9002 } dnat to 10.0.0.9"
+    done = pmctl.run(["list", *args, "-o", "json"])
+    assert done.returncode == 0, done.stderr
+    rows = {(r["backend"], r["host_port"]): (r["status"], r.get("shadowed_by"))
+            for r in json.loads(done.stdout)["mappings"]}  # fmt: skip
+    assert rows == {
+        ("nftables", 9000): (["shadowed"], taken),
+        ("nftables", 9001): (["ok"], None),
+        ("nftables", 9002): (["shadowed"], elsewhere),
+        ("iptables", 7000): (["shadowed"], taken),
+        ("iptables", 7001): (["ok"], None),
+        ("iptables", 7002): (["ok"], None),
+    }
+    # Only the mapping on every address is left in doubt, and said so once.
+    assert "cannot tell" in done.stderr and "7001" in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert _problem_ports(args) == [
+        ("shadowed", "tcp/7000"), ("shadowed", "tcp/9000"), ("shadowed", "tcp/9002")
+    ]  # fmt: skip
+    mapping = ["--network", "podman", "--ip", "10.88.0.31/16", "--container", "nftfor0c"]
+    done = pmctl.run(["add", *args, "--backend", "nftables", *mapping, "-p",
+                      "192.168.7.7:9000:80", "--dry-run"])  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    done = pmctl.run(["add", *args, "--backend", "nftables", *mapping, "-p",
+                      "192.168.5.5:9001:80", "--dry-run"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (
+        "portmapctl: warning: IPv4 tcp/9001 is taken first by another nftables table's nat"
+        f" hook ({taken}): this mapping is shadowed (it gets no traffic there)\n"
+    )

@@ -184,3 +184,36 @@ def test_a_torn_hook_dump_is_asked_again_and_one_that_stays_torn_is_said(monkeyp
 
     monkeypatch.setattr(nfgen, "open_socket", no_nftables)
     assert nft_hooks.live_hooks(_LiveNode()) == []
+
+
+DADDR_PORTS = frozenset(("tcp", p) for p in range(8080, 8086))
+
+
+def _daddr_walk(family: int, dest):
+    listing, text = _table("inet-daddr")
+    found, maybe = foreign._walked(listing, text, "pre", DADDR_PORTS, "nv", family, dest)
+    return sorted(port for _, port in found), sorted(port for _, port in maybe)
+
+
+@pytest.mark.parametrize(
+    ("family", "dest", "taken", "unsure"),
+    [
+        # A mapping on every address: a loopback destination is none of its packets,
+        # `!= ::1` all of them; other addresses only some.
+        (4, None, [], [8080, 8081, 8082, 8085]),
+        (6, None, [8084], []),
+        # A mapping on one host IP: each `ip daddr` holds for all its packets or none.
+        (4, "192.168.5.5", [8080, 8082], [8085]),
+        (4, "192.168.6.9", [8081, 8082], [8085]),
+        (4, "192.168.7.7", [], [8085]),
+        (6, "fd00::5", [8084], []),
+        # An output walk's loopback destination.
+        (4, "127.0.0.1", [8082, 8083], [8085]),
+        (6, "::1", [], []),
+    ],
+)
+def test_ip_daddr_is_judged_for_the_host_ip_walked(family, dest, taken, unsure) -> None:
+    """`ip daddr ADDRESS|PREFIX` and `!=` (nft 1.0.6's listing of an inet table) hold
+    for all or none of a mapping's packets on one host IP; an `ip daddr` match never
+    holds for an IPv6 packet (nor `ip6 daddr` for IPv4); an address set is not judged."""
+    assert _daddr_walk(family, dest) == (taken, unsure)
