@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 from typing import Mapping as ReadOnly
 
-from portmapctl.core.mapping import Mapping, loopback
+from portmapctl.core.mapping import Mapping, destination
 from portmapctl.core.status import Status
 
 M = TypeVar("M", bound=Mapping)
@@ -84,13 +84,14 @@ def contests(rows: Iterable[M]) -> Dict[M, Tuple[M, ...]]:
 
 
 PortKey = Tuple[int, str, int]  # family, protocol, host port
-# ... and whether the host IP is a loopback address: its connections pass the nat
-# output hook, the others' prerouting, so another tool's rule in one takes only these.
-HookPortKey = Tuple[int, str, int, bool]
+# ... and the one address its connections are for (None: every address): a loopback
+# one's pass the nat output hook, the others' prerouting, and another tool's rule for
+# one destination takes all or none of them (core/mapping.destination).
+HookPortKey = Tuple[int, str, int, Optional[str]]
 
 
 def hook_port_key(row: Mapping) -> HookPortKey:
-    return (row.family, row.protocol, row.host_port, loopback(row.host_ip))
+    return (row.family, row.protocol, row.host_port, destination(row.host_ip))
 
 
 def foreign_contested(

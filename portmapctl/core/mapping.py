@@ -23,6 +23,15 @@ def loopback(host_ip: Optional[str]) -> bool:
     return bool(host_ip) and ipaddress.ip_address(str(host_ip)).is_loopback
 
 
+def destination(host_ip: Optional[str]) -> Optional[str]:
+    """The one address a mapping's connections are for, None for a mapping on every
+    address (no host IP, 0.0.0.0, ::): another tool's rule for one destination (`-d`,
+    `ip daddr`) is judged for it (iptables/foreign.py, nftables/foreign.py)."""
+    if not host_ip or ipaddress.ip_address(str(host_ip)).is_unspecified:
+        return None
+    return str(host_ip)
+
+
 @dataclass(frozen=True)
 class PortMapping:
     """One entry of the plugin's `runtimeConfig.portMappings`."""

@@ -15,12 +15,18 @@ through OUTPUT alone, so OUTPUT is walked for it instead (`hook_of`), the same w
 (Docker's OUTPUT jump carries `! -d 127.0.0.0/8`: not followed).
 
 No false alarms: a rule counts only when every condition on it, and on the jumps that
-led to it, holds for every packet the plugin's entry takes (`_BENIGN`: comments,
+led to it, holds for every packet the plugin's entry takes (`_read`: comments,
 `-m tcp/udp/multiport`, `-p`, `--dport(s)` covering the port, `-m addrtype
---dst-type LOCAL`, a negated `! -i`). A rule with any other condition (-s, -d, -i,
-marks, conntrack, statistic, ...) takes only some packets: it shadows nothing, and a
-jump with one is not followed (kube-proxy's per-service jumps carry `-d CLUSTER-IP`,
-so the walk stays in a handful of small chains). How deep it looks: a benign jump
+--dst-type LOCAL`, a negated `! -i`, and `-d` as below). A rule with any other
+condition (-s, -i, marks, conntrack, statistic, ...) takes only some packets: it
+shadows nothing, and a jump with one is not followed (kube-proxy's per-service jumps
+carry `-d CLUSTER-IP`, so the walk stays in a handful of small chains). A mapping on
+one host IP is walked with its packets' destination known (`dest`): `-d ADDR[/LEN]`,
+or `! -d`, holds for all of them or none (Docker's `-A DOCKER -d 192.168.1.5/32 ! -i
+docker0 -p tcp --dport 8080 -j DNAT` takes a mapping on 192.168.1.5:8080 whole, and
+nothing of one on another address). A mapping on every address is walked for every
+address of the node that is not loopback: `! -d 127.0.0.0/8` holds for all of its
+packets, any other `-d` only for some. How deep it looks: a benign jump
 covering the port into kube-proxy's per-service chains (KUBE-EXT-, KUBE-SVC-,
 KUBE-SVL-, KUBE-FW-, KUBE-XLB-) counts as taking it without looking inside (they DNAT
 to an endpoint, or mark the packet for dropping: either way the container gets none
@@ -48,6 +54,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import (
     Any,
     Callable,
@@ -62,6 +69,7 @@ from typing import (
     Sequence,
     Set,
     Tuple,
+    Union,
 )
 
 from portmapctl.core.mapping import loopback
@@ -82,6 +90,7 @@ _ADDRESSED = ("-s ", "-d ", "-i ", "-o ", "! -s ", "! -d ", "! -o ")
 _DEPTH = 16  # chains on one path: far beyond any real node's nesting
 
 Ranges = Optional[Tuple[Tuple[int, int], ...]]  # None: every port
+Address = Union[IPv4Address, IPv6Address]
 
 
 class _Rule(NamedTuple):
@@ -102,12 +111,15 @@ def hook_of(host_ip: Optional[str]) -> str:
 
 
 def hooked_takers(
-    read: ChainReader, wanted: Mapping[str, Collection[ProtoPort]], entry_appended: bool = False
+    read: ChainReader,
+    wanted: Mapping[Optional[str], Collection[ProtoPort]],
+    entry_appended: bool = False,
 ) -> Dict[ProtoPort, str]:
-    """`takers` of each hook's ports (`wanted`: by `hook_of`), merged: add's warning."""
+    """`takers` of each destination's ports (`wanted`: by core/mapping.destination),
+    merged: add's warning."""
     found: Dict[ProtoPort, str] = {}
-    for hook, ports in wanted.items():
-        found.update(takers(read, ports, entry_appended, hook=hook))
+    for dest, ports in wanted.items():
+        found.update(takers(read, ports, entry_appended, dest=dest))
     return found
 
 
@@ -116,22 +128,25 @@ def takers(
     wanted: Collection[ProtoPort],
     entry_appended: bool = False,
     past_entry: bool = False,
-    hook: str = "PREROUTING",
+    dest: Optional[str] = None,
 ) -> Dict[ProtoPort, str]:
     """(protocol, host port) -> the foreign rule, as iptables-save prints it, that takes
     it first. Nothing when PREROUTING has no jump to CNI-HOSTPORT-DNAT (then no mapping
     gets external traffic at all; that is another problem), unless `entry_appended`:
     add, whose write appends that jump where it is missing (the first container on a
-    Docker node), judges all of PREROUTING then. `hook` "OUTPUT": the walk of the
-    node's own connections, for loopback host IPs (`hook_of`)."""
+    Docker node), judges all of PREROUTING then. `dest`: the one host IP the ports are
+    mapped on (core/mapping.destination; None: every address); for a loopback one the
+    walk is OUTPUT's, of the node's own connections (`hook_of`)."""
     if not wanted:
         return {}
+    hook = hook_of(dest)
     first = read(hook)
     if not first:
         return {}
     if not (entry_appended or past_entry) and not any(_jumps_to_entry(r) for r in first):
         return {}
     walk = _Walk(read, set(wanted), sorted({port for _, port in wanted}), past_entry)
+    walk.dest = None if dest is None else ip_address(dest)
     walk.known(hook, first)  # read once: a listing may cost a whole table
     walk.chain(hook, None, None, None, frozenset())
     return walk.taken
@@ -140,26 +155,23 @@ def takers(
 def nft_takers(
     tables: Mapping[int, NatTable], rows: Iterable[Any]
 ) -> Dict[Tuple[int, str, int, bool], str]:
-    """(family, protocol, host port, loopback: core/contest.hook_port_key) of the
+    """(family, protocol, host port, destination: core/contest.hook_port_key) of the
     nftables rows (core Mappings of backend "nftables") -> the iptables rule that takes
     that port at the same hook priority (`past_entry`): in OUTPUT for a loopback host
     IP (cni_hostport's output chain and iptables' nat OUTPUT both hook at -100), else
     PREROUTING (`hook_of`). Nothing without an iptables table of the family."""
     from portmapctl.core.contest import hook_port_key
 
-    wanted: Dict[Tuple[int, bool], Set[ProtoPort]] = {}
+    wanted: Dict[Tuple[int, Optional[str]], Set[ProtoPort]] = {}
     for row in rows:
         if getattr(row, "backend", None) == "nftables" and row.family in tables:
-            family, proto, port, loopback = hook_port_key(row)
-            wanted.setdefault((family, loopback), set()).add((proto, port))
+            family, proto, port, dest = hook_port_key(row)
+            wanted.setdefault((family, dest), set()).add((proto, port))
     return {
-        (family, proto, port, loopback): rule
-        for (family, loopback), ports in wanted.items()
+        (family, proto, port, dest): rule
+        for (family, dest), ports in wanted.items()
         for (proto, port), rule in takers(
-            table_reader(tables[family]),
-            ports,
-            past_entry=True,
-            hook="OUTPUT" if loopback else "PREROUTING",
+            table_reader(tables[family]), ports, past_entry=True, dest=dest
         ).items()
     }
 
@@ -223,6 +235,7 @@ class _Walk(PortsLeft):
         self.read = read
         self.past_entry = past_entry
         self.numbers = numbers  # sorted port numbers of `left`, for the text test
+        self.dest: Optional[Address] = None  # the packets' host IP (None: any not loopback)
         self._chains: Dict[str, Optional[Sequence[Args]]] = {}
 
     def known(self, name: str, rules: Optional[Sequence[Args]]) -> None:
@@ -258,7 +271,7 @@ class _Walk(PortsLeft):
             text = args[0] if len(args) == 1 else format_rule("-A", name, args)
             if not self._may_matter(text):
                 continue
-            rule = _read(args)
+            rule = _read(args, self.dest)
             if rule is None:
                 continue  # a condition that not every packet meets (or unreadable)
             rule_proto = rule.proto or proto
@@ -302,9 +315,13 @@ class _Walk(PortsLeft):
         with no target (a counter) never."""
         # iptables-save (and -S) print -s, -d, -i, -o first, right after the chain:
         # kube-proxy's ClusterIP rules (`-d 10.96.0.1/32 ... --dport 80`), thousands
-        # of them, are passed by here, unsplit, even when port 80 is mapped.
+        # of them, are passed by here, unsplit, even when port 80 is mapped, unless the
+        # walk is for one destination (`-d` is judged then: all or nothing).
         chain_end = text.find(" ", 3)
-        if text.startswith(_ADDRESSED, chain_end + 1):
+        if text.startswith(_ADDRESSED, chain_end + 1) and not (
+            text.startswith(("! -d 127.", "! -d ::1/"), chain_end + 1)
+            or (self.dest is not None and text.startswith(("-d ", "! -d "), chain_end + 1))
+        ):
             return False
         found = _PORTS.search(text)
         if found is None:
@@ -312,8 +329,9 @@ class _Walk(PortsLeft):
         return _covers_any(_ranges(found.group(1)), self.numbers)
 
 
-def _read(args: Args) -> Optional[_Rule]:
-    """The rule's protocol, ports and target, or None when a condition is not benign."""
+def _read(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]:
+    """The rule's protocol, ports and target, or None when a condition is not benign.
+    `dest`: the packets' one host IP (None: any address of the node not loopback)."""
     if len(args) == 1:
         try:
             args = tuple(split_words(args[0])[2:])
@@ -327,11 +345,20 @@ def _read(args: Args) -> Optional[_Rule]:
         value = args[i + 1] if i + 1 < n else ""
         if word in ("-j", "-g"):
             return _Rule(proto, ports, value or None, word == "-g")
-        if word == "!":
-            # Only `! -i IF`: the plugin's entry takes traffic from every interface.
-            if value != "-i":
+        if word == "!" or word == "-d":
+            negated = word == "!"
+            if negated and value == "-i":
+                # `! -i IF`: the plugin's entry takes traffic from every interface.
+                i += 3
+                continue
+            if negated and value != "-d":
                 return None
-            i += 3
+            holds = _daddr_holds(args[i + 2] if negated and i + 2 < n else value, dest)
+            if holds is None:
+                return None
+            if holds == negated:
+                return _Rule(proto, (), None, False)  # matches none of the packets
+            i += 3 if negated else 2
             continue
         if word == "-p":
             proto = {"6": "tcp", "17": "udp", "132": "sctp", "all": None}.get(value, value)
@@ -347,6 +374,20 @@ def _read(args: Args) -> Optional[_Rule]:
             return None
         i += 2
     return _Rule(proto, ports, None, False)
+
+
+def _daddr_holds(spec: str, dest: Optional[Address]) -> Optional[bool]:
+    """Whether `-d spec` holds for all the walk's packets (True), none (False), or only
+    some (None: a mapping on every address, and an address that is not loopback)."""
+    try:
+        where = ip_network(spec, strict=False)
+    except ValueError:
+        return None
+    if dest is not None:
+        return dest in where
+    if where.is_loopback:
+        return False  # no packet of a mapping on every address is for loopback
+    return None
 
 
 def _ranges(spec: str) -> Tuple[Tuple[int, int], ...]:

@@ -35,7 +35,7 @@ from typing import Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Sequen
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
-from portmapctl.core.mapping import Mapping
+from portmapctl.core.mapping import Mapping, destination
 from portmapctl.core.status import Status
 from portmapctl.iptables import foreign, shapes
 from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT, is_plugin_chain
@@ -322,12 +322,13 @@ def _family(
     # Another tool's rule ahead of the plugin's entry takes a port before any chain:
     # ahead of PREROUTING's, or for a loopback host IP (the node's own connections
     # alone), OUTPUT's.
-    wanted: Dict[str, Set[ProtoPort]] = {}
+    # By destination: a rule's `-d` holds for all of a host IP's connections or none.
+    wanted: Dict[Optional[str], Set[ProtoPort]] = {}
     for rules in port_rules.values():
         for proto, port, host_ip, *_ in rules:
-            wanted.setdefault(foreign.hook_of(host_ip), set()).add((proto, port))
+            wanted.setdefault(destination(host_ip), set()).add((proto, port))
     reader = foreign.table_reader(table)
-    taken = {hook: foreign.takers(reader, ports, hook=hook) for hook, ports in wanted.items()}
+    taken = {dest: foreign.takers(reader, ports, dest=dest) for dest, ports in wanted.items()}
 
     mappings: List[Mapping] = []
     chains: List[ChainInfo] = []
@@ -376,7 +377,7 @@ def _family(
             row_status = list(status)
             snat = snat or (proto, container_ip, container_port) in masqueraded
             winner = shadowing.get((name, proto, port, host_ip))
-            ahead = taken.get(foreign.hook_of(host_ip), {})
+            ahead = taken.get(destination(host_ip), {})
             if (proto, port) in ahead and _entered(entries[name], proto, port):
                 winner = ahead[(proto, port)]
             if host_ip is not None and _is_dead(host_ip):

@@ -679,6 +679,7 @@ def node_hooked(
     import subprocess
 
     from portmapctl.core.contest import hooked
+    from portmapctl.core.mapping import destination
     from portmapctl.errors import PortmapctlError
     from portmapctl.iptables.foreign import hook_of
     from portmapctl.nftables.access.nft import find_nft
@@ -702,7 +703,7 @@ def node_hooked(
     # Rows are walked by hook and by host IP (a rule's `ip daddr` is judged for it).
     by_hook: Dict[Tuple[str, Optional[str]], List[Any]] = {}
     for row in rows:
-        by_hook.setdefault((where(row), _dest(row.host_ip)), []).append(row)
+        by_hook.setdefault((where(row), destination(row.host_ip)), []).append(row)
     found: Dict[Any, Tuple[str, str]] = {}
     unsure: Dict[Any, str] = {}
     unread: List[str] = []
@@ -731,15 +732,6 @@ def node_hooked(
             if hit is not None and row not in found and hit[0] <= priority(row):
                 unsure[row] = hit[1]
     return Hooked(found, unsure, tuple(unread))
-
-
-def _dest(host_ip: Optional[str]) -> Optional[str]:
-    """The one address a row's packets are for, None for a mapping on every address."""
-    import ipaddress
-
-    if not host_ip or ipaddress.ip_address(host_ip).is_unspecified:
-        return None
-    return str(host_ip)
 
 
 def _listed_once(

@@ -189,15 +189,16 @@ def listed_foreign_takers(
     }
 
 
-def foreign_wanted(config: MappingConfig, family: int) -> Dict[str, Set[ProtoPort]]:
-    """The (protocol, host port) pairs of `config` in `family`, by the nat chain whose
-    foreign rules may take them ahead of the plugin's entry (foreign.hook_of)."""
-    from portmapctl.iptables.foreign import hook_of
+def foreign_wanted(config: MappingConfig, family: int) -> Dict[Optional[str], Set[ProtoPort]]:
+    """The (protocol, host port) pairs of `config` in `family`, by the one host IP they
+    are mapped on (core/mapping.destination, None: every address): foreign rules are
+    walked for each (iptables/foreign.takers)."""
+    from portmapctl.core.mapping import destination
 
-    wanted: Dict[str, Set[ProtoPort]] = {}
+    wanted: Dict[Optional[str], Set[ProtoPort]] = {}
     for p in config.ports:
         if p.applies_to(family):
-            wanted.setdefault(hook_of(p.host_ip), set()).add((p.protocol, p.host_port))
+            wanted.setdefault(destination(p.host_ip), set()).add((p.protocol, p.host_port))
     return wanted
 
 

@@ -270,3 +270,52 @@ def test_a_loopback_host_ip_is_shadowed_by_an_output_rule(host_ns, tmp_path, hos
     done = pmctl.run(add)
     assert done.returncode == 0, done.stderr
     assert ("IPv4 tcp/9001 is taken first" in done.stderr) is loopback, done.stderr
+
+
+DOCKER_ON_ONE_IP = (
+    "-A DOCKER -d 192.168.1.5/32 ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT"
+    " --to-destination 172.17.0.2:80"
+)
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_docker_publish_on_one_host_ip_shadows_that_address_alone(
+    host_ns: str, tmp_path: Path, mode: rp.Mode
+) -> None:
+    """Docker's `-p 192.168.1.5:8080:80` (`-A DOCKER -d 192.168.1.5/32 ...`) ahead of
+    the plugin's mappings of 8080 on 192.168.1.5 and on 192.168.1.6: the first gets no
+    connection (before: `ok`; `-d` was never judged), the second all of its own. list,
+    check and each of add's paths say so."""
+    ports = [{"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ip}
+             for ip in ("192.168.1.5", "192.168.1.6")]  # fmt: skip
+    conf = rp.plugin_conf(NETWORK, IPS, ports)
+    rp.run_plugin("ADD", host_ns, POD, conf, mode=mode, check=True)
+    rp.write_cni_cache(tmp_path, NETWORK, POD, "eth0", conf, ports, IPS)
+    args = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path), "--family", "4",
+            "--iptables", mode]  # fmt: skip
+    _docker(host_ns, mode, 9999)
+    _nat(host_ns, mode, ["-A", "DOCKER", "-d", "192.168.1.5/32", "!", "-i", "docker0", "-p",
+                         "tcp", "-m", "tcp", "--dport", "8080", "-j", "DNAT",
+                         "--to-destination", "172.17.0.2:80"])  # fmt: skip
+    assert DOCKER_ON_ONE_IP in rp.save(host_ns, 4, mode)
+    rows = json.loads(pmctl.ok(["list", *args, "-o", "json"]))["mappings"]
+    assert sorted((r["host_ip"], r["status"], r.get("shadowed_by")) for r in rows) == [
+        ("192.168.1.5", ["shadowed"], DOCKER_ON_ONE_IP),
+        ("192.168.1.6", ["ok"], None),
+    ]
+    checked = pmctl.run(["check", *args, "-o", "json"])
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert [(p["kind"], p["detail"]) for p in json.loads(checked.stdout)["problems"]] == [
+        ("shadowed", f"tcp/8080 taken first by a rule outside the plugin's chains: {DOCKER_ON_ONE_IP}")
+    ]  # fmt: skip
+    base = ["add", "--netns", host_ns, "--iptables", mode, "--family", "4", "--network",
+            "mynet", "--container", "abc123", "--ip", "10.88.0.5/16"]  # fmt: skip
+    warning = (
+        f"IPv4 tcp/8080 is taken first by a rule outside the plugin's chains ({DOCKER_ON_ONE_IP})"
+    )
+    for extra in (["--dry-run"], []):
+        elsewhere = pmctl.run([*base, "-p", "192.168.1.7:8080:80", *extra])
+        assert elsewhere.returncode == 0 and "outside" not in elsewhere.stderr, elsewhere.stderr
+    there = pmctl.run([*base[:-4], "--container", "abc124", "--ip", "10.88.0.6/16", "-p",
+                       "192.168.1.5:8080:80"])  # fmt: skip
+    assert there.returncode == 0 and warning in there.stderr, there.stderr

@@ -131,7 +131,7 @@ def test_another_tools_iptables_rule_contests_an_nftables_row() -> None:
     table = parse_save(save.replace("COMMIT", f"{docker}\nCOMMIT", 1), 4, skip_foreign=True)
     nft = _nft("v191-shadowed")
     taken = foreign.nft_takers({4: table}, nft)
-    assert taken == {(4, "tcp", 8080, False): docker}
+    assert taken == {(4, "tcp", 8080, None): docker}
     ipt = _ipt("basic")
     assert {
         (m.container_id, rule) for m, rule in foreign_contested([*ipt, *nft], taken).items()

@@ -257,3 +257,46 @@ def test_for_nftables_ports_the_plugins_jump_ends_nothing() -> None:
     assert foreign.takers(foreign.table_reader(jumpless), wanted, past_entry=True) == {
         ("tcp", 9000): redirect
     }
+
+
+DOCKER_ON_ONE_IP = (
+    "-A DOCKER -d 192.168.1.5/32 ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT"
+    " --to-destination 172.17.0.2:80"
+)
+
+
+@pytest.mark.parametrize(
+    ("rule", "dest", "taken"),
+    [
+        # Docker's publish on one host IP (`-p 192.168.1.5:8080:80`): all of that
+        # address's connections, none of another's, only some of every address's.
+        (DOCKER_ON_ONE_IP, "192.168.1.5", True),
+        (DOCKER_ON_ONE_IP, "192.168.1.6", False),
+        (DOCKER_ON_ONE_IP, None, False),
+        # A prefix, and `! -d`.
+        (DOCKER_ON_ONE_IP.replace("192.168.1.5/32", "192.168.0.0/16"), "192.168.1.6", True),
+        (DOCKER_ON_ONE_IP.replace("-d", "! -d", 1), "192.168.1.5", False),
+        (DOCKER_ON_ONE_IP.replace("-d", "! -d", 1), "192.168.1.6", True),
+        # `! -d 127.0.0.0/8` holds for every connection of a mapping on every address.
+        (DOCKER_ON_ONE_IP.replace("-d 192.168.1.5/32", "! -d 127.0.0.0/8"), None, True),
+        (DOCKER_ON_ONE_IP.replace("-d 192.168.1.5/32", "-d 127.0.0.1/32"), None, False),
+    ],
+)
+def test_a_destination_is_judged_for_the_host_ip_walked(rule, dest, taken) -> None:
+    """`-d ADDR[/LEN]` and `! -d` hold for all of a mapping's connections on one host IP
+    or none (before: never judged, the rule took nothing: a mapping on 192.168.1.5:8080
+    behind Docker's publish on that address said `ok`)."""
+    table = parse_save(_save(rule), 4, skip_foreign=True)
+    found = foreign.takers(foreign.table_reader(table), WANTED, dest=dest)
+    assert found == ({("tcp", 8080): rule} if taken else {})
+
+
+def test_a_loopback_destination_walks_output_and_judges_its_docker_jump() -> None:
+    """For 127.0.0.1 the walk is OUTPUT's: Docker's `! -d 127.0.0.0/8` jump meets none
+    of its connections, a rule for 127.0.0.1 all of them."""
+    rule = "-A OUTPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 8080 -j ACCEPT"
+    table = parse_save(_save(DOCKER.replace("! -i docker0 ", "")), 4, skip_foreign=True)
+    assert foreign.takers(foreign.table_reader(table), WANTED, dest="127.0.0.1") == {}
+    table = parse_save(_save(rule, before="-A OUTPUT ! -d"), 4, skip_foreign=True)
+    found = foreign.takers(foreign.table_reader(table), WANTED, dest="127.0.0.1")
+    assert found == {("tcp", 8080): rule}
