@@ -379,10 +379,25 @@ def opened(options: NodeOptions, write: bool = False, lock_now: bool = True) -> 
         options = _as_the_plugin_chooses(options)
         node = Node(options, _iptables_access(options), _nft_access(options))
         if write and lock_now:
-            with locked(node):
+            with locked(node), _tools_stopped(node):
                 yield node
         else:
-            yield node
+            with _tools_stopped(node):
+                yield node
+
+
+@contextlib.contextmanager
+def _tools_stopped(node: Node) -> Iterator[None]:
+    """On the way out (SIGTERM, Ctrl-C, an error), kill the iptables tools still
+    running: a save that a thread waits on (side_by_side) is not reaped by that thread
+    when the main one ends the run, and would outlive us, hung, for good. Inside the
+    lock: a restore under way is stopped before another run may write."""
+    try:
+        yield
+    finally:
+        stop = getattr(node.backend, "stop_tools", None)
+        if stop is not None:
+            stop()
 
 
 @contextlib.contextmanager

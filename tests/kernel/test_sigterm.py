@@ -5,6 +5,7 @@ metrics' rendering, sleeps once its temporary file exists), the only stand-in.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import realplugin as rp
 
 from portmapctl.ops.gc import state as gc_state
@@ -132,3 +134,74 @@ def test_stale_temporary_files_of_killed_runs_go_on_the_next_save(host_ns, tmp_p
     assert (run_dir / gc_state.STATE_FILE).exists() and metrics.exists()
     assert [p for p in stale if p.exists()] == []
     assert [p for p in kept if not p.exists()] == []
+
+
+# An iptables-nft-save that hangs (a stuck kernel, a held lock): it says its PID, then
+# sleeps as that very process.
+HUNG_SAVE = '#!/bin/sh\necho $$ >> "$PMT_PIDS"\nexec sleep 600\n'
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("command", [["list"], ["check"], ["gc", "--yes", "-q", "--keep", "c1"]])
+def test_sigterm_during_a_hung_iptables_save_leaves_no_save_behind(host_ns, tmp_path, command):
+    """The saves of both families are waited for in a thread while the main one reads
+    the CNI cache. SIGTERM to portmapctl alone (`kill
+    PID`, systemd's KillMode=mixed) ended the run by the signal while that thread still
+    waited: the hung iptables-save children outlived it, one pair more each run of a
+    cron job. Now the run stops them on its way out."""
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    for tool in ("iptables-nft-save", "ip6tables-nft-save"):
+        (shims / tool).write_text(HUNG_SAVE)
+        (shims / tool).chmod(0o755)
+    (shims / "iptables").symlink_to("/usr/sbin/iptables-nft")
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    pids = tmp_path / "pids"
+    env = dict(
+        os.environ,
+        PATH=f"{shims}:{os.environ['PATH']}",
+        PMT_PIDS=str(pids),
+        PORTMAPCTL_RUN_DIR=str(tmp_path / "run"),
+        PORTMAPCTL_IPTABLES="auto",
+    )
+    argv = [*command, "--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"),
+            "--backend", "iptables"]  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-m", "portmapctl", *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # the signal reaches portmapctl alone, not its children
+    )
+    started: list = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(started) < 2:
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the saves never started"
+            time.sleep(0.05)
+            started = pids.read_text().split() if pids.exists() else []
+        time.sleep(0.3)  # (the cache is read meanwhile: an empty one, at once)
+        child.send_signal(signal.SIGTERM)
+        _out, err = child.communicate(timeout=30)
+        time.sleep(0.2)
+        left = [int(pid) for pid in started if _alive(int(pid))]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for pid in pids.read_text().split() if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+    assert left == []
+    assert child.returncode == -signal.SIGTERM, err
+    assert err == "portmapctl: terminated\n"

@@ -57,6 +57,9 @@ class RestoreBackend:
         # commit in between (see _removed_by_handle).
         self._committed: Dict[int, int] = {}
         self._plain: Dict[str, bool] = {}  # _plain_is_mine's answers
+        # Every tool started, for stop_tools: a save a thread waits on (beside the
+        # cache read) is not reaped by that thread when SIGTERM ends the run.
+        self._tools: List[subprocess.Popen] = []
 
     def _binary(self, family: int, tool: str) -> str:
         command = "ip6tables" if family == 6 else "iptables"
@@ -94,7 +97,7 @@ class RestoreBackend:
         have gone in, whole), a read is an environment problem (exit 3)."""
         reading = not stdin
         try:
-            process = _start(argv, stdin=not reading)
+            process = self._start(argv, stdin=not reading)
         except OSError as err:
             raise HostProblem(f"cannot run {argv[0]}: {err.strerror}") from None
         with _reaped([process]):
@@ -110,6 +113,19 @@ class RestoreBackend:
         return subprocess.CompletedProcess(
             argv, process.returncode, _decode(out), _decode(err_text)
         )
+
+    def _start(self, argv: List[str], stdin: bool) -> subprocess.Popen:
+        process = _start(argv, stdin)
+        self._tools = [tool for tool in self._tools if tool.poll() is None] + [process]
+        return process
+
+    def stop_tools(self) -> None:
+        """Kill whatever tool is still running (the run ends: none outlives us)."""
+        for process in self._tools:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        self._tools = []
 
     def has_nat_table(self, family: int) -> bool:
         """Whether there can be anything to read, asked without creating anything.
@@ -185,7 +201,7 @@ class RestoreBackend:
         running: Dict[int, subprocess.Popen] = {}
         try:
             for f, argv in argvs.items():
-                running[f] = _start(argv, stdin=False)
+                running[f] = self._start(argv, stdin=False)
         except OSError as err:
             with _reaped(running.values()):
                 raise HostProblem(f"cannot run iptables-save: {err.strerror}") from None
