@@ -55,6 +55,12 @@ def run(
             nft_rows: list = []
             if reader is not None:
                 nft_rows = _nft_rows(node, reader, attachments, found, out)
+            if not found.chains and not nft_rows:
+                from portmapctl.ops.flavour_guard import chains_elsewhere
+
+                elsewhere = chains_elsewhere(node.backend.name, tables)
+                if elsewhere is not None:
+                    out.warn(elsewhere)
             mappings: list = []
             owners = None
             if found.mappings or nft_rows:

@@ -1,4 +1,5 @@
-"""No copy of a container's chain in the other iptables flavour (split brain).
+"""No copy of a container's chain in the other iptables flavour (split brain), and no
+silence where the plugin's chains are all in the other flavour (chains_elsewhere).
 
 A node can hold rules in both iptables flavours (legacy x_tables and nf_tables): the
 kernel applies both, so a container's chain written in the flavour in use while the
@@ -12,10 +13,11 @@ ADD does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Mapping, Optional, Sequence
 
 if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig
+    from portmapctl.iptables.ruleset import NatTable
 
 # The flavour each live iptables backend writes (python-iptables: legacy tables only).
 _FLAVOURS = {"nft": "nft", "legacy": "legacy", "iptc": "legacy"}
@@ -81,4 +83,40 @@ def refuse_a_copy(
         f" is in the {other} tables, not in the {used} ones add writes: nothing written"
         f" (a copy would make a split brain). If the plugin runs iptables-{other}, run"
         f" with --iptables {other}; else remove the {other} copy first"
+    )
+
+
+def chains_elsewhere(backend_name: str, tables: Mapping[int, NatTable]) -> Optional[str]:
+    """The warning for iptables tables, as read, that hold none of the plugin's chains
+    while the other flavour's hold CNI-HOSTPORT-DNAT: list would show an empty node and
+    gc remove nothing, and say nothing of why (a DaemonSet image whose `iptables` is
+    the other flavour than the node's, PORTMAPCTL_IPTABLES not set). None otherwise;
+    the other flavour is asked only for a node that looks empty."""
+    used = flavour_of(backend_name)
+    if used is None or any(_plugins(table) for table in tables.values()):
+        return None
+    from portmapctl.iptables.access.restore import RestoreBackend
+    from portmapctl.iptables.chains import TOPLEVEL_DNAT
+
+    other = other_flavour(used)
+    backend = RestoreBackend(other)
+    for family in tables:
+        if not backend.installed(family) or not backend.has_nat_table(family):
+            continue
+        if backend.list_chain(family, TOPLEVEL_DNAT) is not None:
+            return (
+                f"no portmap chains in the iptables-{used} tables read, but the iptables-{other}"
+                f" ones hold {TOPLEVEL_DNAT}: if the plugin runs iptables-{other}, run with"
+                f" --iptables {other} (or PORTMAPCTL_IPTABLES={other})"
+            )
+    return None
+
+
+def _plugins(table: NatTable) -> bool:
+    """Whether the table holds any chain of the plugin's (shared or per container)."""
+    from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT
+
+    return any(
+        name == TOPLEVEL_DNAT or name.startswith((DNAT_PREFIX, SNAT_PREFIX))
+        for name in table.chains
     )

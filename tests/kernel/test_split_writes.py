@@ -123,3 +123,37 @@ def test_node_check_offers_no_repair_that_repair_refuses(host_ns, tmp_path):
     assert "could not repair IPv4 mynet/ctrB" in done.stderr
     assert "CNI-HOSTPORT-DNAT is in the legacy tables" in done.stderr
     assert "CNI-HOSTPORT-DNAT" not in rp.save(host_ns, 4, "nft")
+
+
+@pytest.mark.parametrize(("plugin_mode", "ours"), [("nft", "legacy"), ("legacy", "nft")])
+def test_list_and_gc_say_when_the_plugins_chains_are_all_in_the_other_flavour(
+    host_ns, tmp_path, plugin_mode, ours
+):
+    """The plugin wrote in one flavour, portmapctl reads the other (a DaemonSet image
+    whose `iptables` is not the node's): list found no chains and gc removed nothing,
+    exit 0 and not a word why (before); now each says where the plugin's chains are
+    and which option reads them, and still changes nothing. Said only when the
+    flavour read holds none of the plugin's chains."""
+    _plugin_add(host_ns, "ctrA", plugin_mode)
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    node = ["--netns", host_ns, "--family", "4", "--cni-cache-dir", str(cache)]
+    args = [*node, "--iptables", ours]
+    said = (
+        f"portmapctl: warning: no portmap chains in the iptables-{ours} tables read, but the"
+        f" iptables-{plugin_mode} ones hold CNI-HOSTPORT-DNAT: if the plugin runs"
+        f" iptables-{plugin_mode}, run with --iptables {plugin_mode}"
+    )
+    before = rp.nat_rules(rp.save(host_ns, 4, plugin_mode))
+    listed = run(["list", *args])
+    assert listed.returncode == 0 and listed.stdout.strip() == "no portmap chains found"
+    assert said in listed.stderr, listed.stderr
+    done = run(["gc", *args, "--yes", "--all", "--min-age", "0", "-o", "json"])
+    assert done.returncode == 0, done.stderr
+    assert said in done.stderr and json.loads(done.stdout)["removed"] == []
+    assert any(said.removeprefix("portmapctl: warning: ") in w
+               for w in json.loads(done.stdout)["warnings"])  # fmt: skip
+    assert rp.nat_rules(rp.save(host_ns, 4, plugin_mode)) == before
+    # The flavour the plugin uses: nothing to say.
+    listed = run(["list", *node, "--iptables", plugin_mode])
+    assert listed.returncode == 0 and "no portmap chains in" not in listed.stderr, listed.stderr
