@@ -18,9 +18,15 @@ if TYPE_CHECKING:
     from portmapctl.ops.add_early import EarlyClaims
 
 
+class ForwardsNothing(Exception):
+    """A --cni-config for which the plugin's ADD and CHECK touch no rule (no port
+    mappings, or no container address): add writes nothing, check expects nothing.
+    Its text: the file and why."""
+
+
 def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingConfig:
     """Validate the mapping options (shared by add and check) into a MappingConfig,
-    held to --backend."""
+    held to --backend. ForwardsNothing for a --cni-config the plugin does nothing for."""
     from portmapctl.core import validate
     from portmapctl.errors import BadInput
 
@@ -50,6 +56,11 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
             # No iptables: the plugin, and _add after it, take nftables for a config
             # without the key, so what that backend refuses is refused here too.
             writes_to = "nftables"
+        idle = cni_json.forwards_nothing(conf, ifname, source)
+        if idle and not cni_json.result_addresses(conf["prevResult"], ifname, source):
+            raise ForwardsNothing(f"{source} {idle}")
+        # The rest of the config is still held to what the plugin's parseConfig
+        # refuses, which it reads before it looks at the ports.
         parsed = cni_json.plugin_config(
             conf,
             validate.cni_name(container, "container ID"),
@@ -57,6 +68,8 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
             ifname=ifname,
             writes_to_backend=writes_to,
         )
+        if idle:
+            raise ForwardsNothing(f"{source} {idle}")
         return validate.buildable(with_backend(parsed, backend))
     if network is None:
         raise BadInput("--network is required (or give --cni-config)")
@@ -101,7 +114,11 @@ def run(
     early_claims: Optional[EarlyClaims] = None,
 ) -> None:
     out = common.out()
-    config = mapping_from_options(mapping, backend=common.backend.value)
+    try:
+        config = mapping_from_options(mapping, backend=common.backend.value)
+    except ForwardsNothing as idle:
+        _report_nothing(common, out, str(idle), dry_run)
+        return
     from portmapctl.cli._common import families
     from portmapctl.core import validate
 
@@ -395,6 +412,18 @@ def _report(
         out.summary(f"added {chain} ({who})")
     else:
         out.summary(f"unchanged: {chain} ({who}) {are} already in place")
+
+
+def _report_nothing(common: Common, out: Output, why: str, dry_run: bool) -> None:
+    """add of a config the plugin's ADD returns from at once: nothing written, exit 0."""
+    from portmapctl import render
+    from portmapctl.ops.add import AddResult
+
+    if out.json:
+        result = AddResult(dry_run=dry_run, changed=False, chains=(), transactions={})
+        out.print_json(render.add_json(result, common.cache().json()))
+        return
+    out.summary(f"nothing to add: {why}; the plugin adds no rule for it")
 
 
 def _ahead(

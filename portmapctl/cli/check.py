@@ -17,8 +17,10 @@ from portmapctl.cli._common import (
     metrics_recording,
 )
 from portmapctl.cli.add import mapping_from_options, mapping_options
+from portmapctl.cli.add_run import ForwardsNothing
 
 if TYPE_CHECKING:
+    from portmapctl.cli._common import Output
     from portmapctl.ops.check import CheckResult
 
 EXAMPLES = """
@@ -92,7 +94,11 @@ def check_command(
         mapping_given = mapping.given
         config = None
         if mapping_given:
-            config = mapping_from_options(mapping, backend=common.backend.value)
+            try:
+                config = mapping_from_options(mapping, backend=common.backend.value)
+            except ForwardsNothing as idle:
+                # The plugin's CHECK passes at once: nothing is expected, nothing to repair.
+                return _nothing_expected(common, out, str(idle))
         snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
         if repair and (snapshots or nft_snapshot):
             raise BadInput("--repair changes the node: it cannot be used with --snapshot")
@@ -139,6 +145,18 @@ def check_command(
                 out.blank()
             out.summary(render.check_summary(result))
         return 0 if result.healthy else 1
+
+
+def _nothing_expected(common: Common, out: Output, why: str) -> int:
+    from portmapctl import render
+    from portmapctl.ops.check.problem import CheckResult
+
+    result = CheckResult(problems=(), families=(), scope="mapping", notes=(why,))
+    if out.json:
+        out.print_json(render.check_json(result, common.cache().json()))
+    else:
+        out.summary(render.check_summary(result))
+    return 0
 
 
 def _with_repair_command(result: CheckResult) -> CheckResult:

@@ -133,6 +133,23 @@ def result_addresses(result: Any, ifname: Optional[str], source: str) -> List[In
     return [found[f] for f in sorted(found)]
 
 
+def forwards_nothing(conf: Any, ifname: Optional[str], source: str) -> str:
+    """Why the plugin's ADD and CHECK leave every rule alone for this stdin ("" when
+    they act): no port mappings (libcni passes no `runtimeConfig` for a container
+    without ports, as containerd and CRI-O do for every pod without a hostPort), or a
+    `prevResult` without an address on the interface (an L2-only network). Both
+    return before a rule is read or written (main.go cmdAdd, cmdCheck)."""
+    if not isinstance(conf, dict) or not isinstance(conf.get("prevResult"), dict):
+        return ""  # (the plugin refuses these: plugin_config says why)
+    runtime = conf.get("runtimeConfig") or {}
+    ports = runtime.get("portMappings") if isinstance(runtime, dict) else None
+    if ports is None or ports == []:
+        return "maps no ports (runtimeConfig.portMappings is empty)"
+    if not result_addresses(conf["prevResult"], ifname, source):
+        return f"gives {ifname or 'the container'} no address (prevResult.ips)"
+    return ""
+
+
 def plugin_config(
     conf: Any,
     container_id: str,

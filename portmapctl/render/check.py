@@ -208,6 +208,8 @@ def check_healthy_line(result: CheckResult) -> str:
     """The one reassuring line of a healthy check."""
     where = _families_text(result.families)
     if result.scope == "mapping":
+        if result.chain is None and result.notes:  # (a config the plugin does nothing for)
+            return f"healthy: {result.notes[0]}; the plugin expects no rule for it"
         if (result.chain or "").startswith("nft:"):  # (nftables: no chain of its own)
             return f"healthy: the nftables rules of {result.chain[4:]} are in place ({where})"
         return f"healthy: {result.chain} and its entry rules are in place ({where})"

@@ -280,3 +280,60 @@ def test_nft_port_kept_by_a_zombie_says_how_to_free_it(host_ns: str, tmp_path: P
     assert shadowed["container_id"] == POD
     assert shadowed["fix"].endswith("--netns-liveness"), shadowed
     assert "zombie" in shadowed["why"]
+
+
+def _no_ports_stdins() -> dict[str, dict]:
+    """What libcni hands portmap for pods it forwards nothing for: containerd and CRI-O
+    pass no runtimeConfig for a pod without a hostPort (every such pod runs the
+    plugin), and an L2-only network gives no address."""
+    plain = rp.plugin_conf(NETWORK, IPS, [])
+    del plain["runtimeConfig"]
+    plain["capabilities"] = {"portMappings": True}
+    empty = {**rp.plugin_conf(NETWORK, IPS, []), "runtimeConfig": {"portMappings": []}}
+    no_address = rp.plugin_conf(NETWORK, [], CONTAINERD_PORTS)
+    return {
+        "no runtimeConfig": plain,
+        "empty portMappings": empty,
+        "no runtimeConfig, nftables": {**plain, "backend": "nftables"},
+        "no address": no_address,
+    }
+
+
+def _node_rules(host_ns: str) -> tuple[str, str, str]:
+    return (
+        rp.strip_save_comments(rp.save(host_ns, 4)),
+        rp.strip_save_comments(rp.save(host_ns, 6)),
+        upstream.ruleset_text(host_ns),
+    )
+
+
+@pytest.mark.parametrize("case", list(_no_ports_stdins()))
+def test_cni_config_the_plugin_forwards_nothing_for_writes_nothing(
+    host_ns: str, tmp_path: Path, case: str
+) -> None:
+    """0.2: add --cni-config with a pod's stdin that maps no ports wrote the top-level
+    chains, an empty CNI-DN- chain in both families (nftables: the table and the pod's
+    masquerade rules) and said 'added'; check --cni-config called the node broken
+    ('chain missing', exit 1) and --repair wrote the same. The plugin's ADD and CHECK
+    return at once for it, so add writes nothing and check is healthy."""
+    rp.require(upstream.available())
+    conf = _no_ports_stdins()[case]
+    before = _node_rules(host_ns)
+    # The real plugins: Debian's and v1.9.1 succeed and leave the node as it was.
+    assert rp.run_plugin("ADD", host_ns, POD, conf).returncode == 0
+    upstream.run("v1.9.1", "ADD", host_ns, POD, conf, check=True)
+    upstream.run("v1.9.1", "CHECK", host_ns, POD, conf, check=True)
+    assert _node_rules(host_ns) == before
+
+    path = tmp_path / "stdin.json"
+    path.write_text(json.dumps(conf))
+    node = ["--netns", host_ns, "--container", POD, "--cni-config", str(path)]
+    added = pmctl.run(["add", *node])
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.startswith("nothing to add: ") and added.stderr == ""
+    checked = pmctl.run(["check", "--repair", *node])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.startswith("healthy: ")
+    assert _node_rules(host_ns) == before
+    as_json = json.loads(pmctl.ok(["add", *node, "-o", "json"]))
+    assert (as_json["changed"], as_json["chains"], as_json["transaction"]) == (False, [], {})
