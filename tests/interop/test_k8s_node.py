@@ -337,3 +337,38 @@ def test_cni_config_the_plugin_forwards_nothing_for_writes_nothing(
     assert _node_rules(host_ns) == before
     as_json = json.loads(pmctl.ok(["add", *node, "-o", "json"]))
     assert (as_json["changed"], as_json["chains"], as_json["transaction"]) == (False, [], {})
+
+
+def test_a_zombie_attachment_of_a_live_container_is_not_sent_to_gc(
+    host_ns: str, tmp_path: Path
+) -> None:
+    """A container on two networks whose DEL on one failed (podman: the network's config
+    was gone), then restarted on the other alone: that network's cache entry names the
+    old, gone namespace (a zombie), the other's the new one. gc --netns-liveness keeps
+    the zombie's chain (liveness is by container ID, SPEC §3), so check's fix for it must
+    not be that command (0.2: 'gc --netns-liveness', which removed nothing, and check
+    stayed at exit 1 with the same fix forever)."""
+    old_ns = rp.create_netns("pmt-pod")
+    ports = [{"hostPort": 8600, "containerPort": 80, "protocol": "tcp"}]
+    for network, ip, netns in (("neta", "10.88.0.5/16", None), ("netb", "10.89.0.5/16", old_ns)):
+        conf = rp.plugin_conf(network, [ip], ports)
+        assert rp.run_plugin("ADD", host_ns, POD, conf).returncode == 0
+        rp.write_cni_cache(
+            tmp_path, network, POD, "eth0", conf, ports, [ip],
+            netns=f"/run/netns/{netns}" if netns else None,
+        )  # fmt: skip
+    rp.delete_netns(old_ns)
+    args = _node_args(host_ns, tmp_path)
+    before = rp.strip_save_comments(rp.save(host_ns, 4))
+
+    gc = pmctl.run(["gc", "--yes", "--min-age", "0", "--netns-liveness", *args])
+    assert gc.returncode == 0, gc.stderr
+    # Kept: the container is live on neta.
+    assert rp.strip_save_comments(rp.save(host_ns, 4)) == before
+
+    checked = pmctl.run(["check", *args, "-o", "json"])
+    assert checked.returncode == 1, checked.stderr
+    [zombie] = [p for p in json.loads(checked.stdout)["problems"] if p["kind"] == "zombie"]
+    assert zombie["network"] == "netb"
+    assert zombie["fix"] is None, zombie  # no command of ours removes it
+    assert "live on neta" in zombie["why"] and "DEL for netb" in zombie["why"], zombie

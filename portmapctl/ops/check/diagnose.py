@@ -10,7 +10,7 @@ the plugin's CHECK verifies for one mapping, except that a missing chain is a fa
 
 from __future__ import annotations
 
-from typing import Collection, Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Set, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
@@ -116,7 +116,11 @@ def diagnose(
     problems += inventory_problems(found, derived, live_names, fixes)
     entries = [a for a in attachments or () if judged is None or a.container_id in judged]
     nft_backed = {*not_expected, *(cid for _network, cid in nft_entries)}
-    problems += zombies(entries, tables, fixes, nft_backed, nft_owners)
+    live_on: Dict[str, Set[str]] = {}
+    for a in attachments or ():
+        if not a.zombie:
+            live_on.setdefault(a.container_id, set()).add(a.network)
+    problems += zombies(entries, tables, fixes, nft_backed, nft_owners, live_on)
     for family in sorted(tables):
         problems += duplicates(tables[family], fixes)
     return problems, compared

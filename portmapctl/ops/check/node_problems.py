@@ -255,13 +255,16 @@ def zombies(
     fixes: Fixes,
     nft_backed: Collection[str] = (),
     nft_owners: Optional[Collection[str]] = None,
+    live_on: Optional[ReadOnly[str, Collection[str]]] = None,
 ) -> List[Problem]:
     """Cache entries whose network namespace is gone, that have or would have chains.
 
     gc --netns-liveness removes a zombie's chains (or, for the `nft_backed` IDs, its
     nftables rules: those of `nft_owners`, the IDs with rules left; None when not
     known), never its cache entry: once a zombie has nothing left there, gc has
-    nothing more to do, and the fix is the runtime's (or a person's)."""
+    nothing more to do, and the fix is the runtime's (or a person's). Nor does it
+    remove them while another entry whose namespace is there keeps the container
+    live (`live_on`: container ID -> those entries' networks): liveness is by ID."""
     problems: List[Problem] = []
     seen = set()
     for a in attachments:
@@ -285,7 +288,7 @@ def zombies(
                 a.network,
                 a.container_id,
                 f"cached, but its network namespace {a.netns} is gone{where}; not repaired",
-                f"{fixes.gc} --netns-liveness"
+                _zombie_fix(a, fixes, in_nft, (live_on or {}).get(a.container_id))
                 if present or owned or (a.container_id in nft_backed and nft_owners is None)
                 else f"nothing of it is left for gc to remove: delete its cache entry {a.path}"
                 " once the runtime is done with the container",
@@ -294,6 +297,27 @@ def zombies(
             )
         )
     return problems
+
+
+def _zombie_fix(
+    a: Attachment, fixes: Fixes, in_nft: bool, live_on: Optional[Collection[str]]
+) -> str:
+    """gc --netns-liveness, unless the container is live on another network: gc keeps
+    every chain of a live container ID (SPEC §3), so that command would change nothing."""
+    if not live_on:
+        return f"{fixes.gc} --netns-liveness"
+    kept = (
+        f"gc keeps its rules: the container is live on {', '.join(sorted(live_on))}"
+        " (a cache entry whose namespace is there), and liveness is by container ID"
+    )
+    if in_nft:
+        # The plugin's nftables DEL deletes every rule with the container ID: the live
+        # network's too.
+        return f"{kept}; they go when the container does"
+    return (
+        f"{kept}; the plugin's DEL for {a.network} removes them, then delete its cache"
+        f" entry {a.path}"
+    )
 
 
 def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
