@@ -140,14 +140,15 @@ def plan_teardown(
     `_delete_rules`): each -D by text searches the chain from the top, comparing rule
     after rule, so 5,000 of them in a chain of 10,000 took 53 s (quadratic), by position
     1.2 s. The order matters:
-    - the CNI-DN- chains are flushed first: iptables-nft-restore takes 1.9 s for the
-      transaction that removes 5,000 containers this way, 3.1 s when the flushes come
-      after the deletes (0.18 s and 0.22 s for 1,000; benchmarks/bench.py, gc);
+    - the CNI-DN- chains are emptied first (their rules deleted by text, not flushed:
+      `_empty_chain`; flushes first took iptables-nft-restore 1.9 s for the
+      transaction that removes 5,000 containers, 3.1 s when they came after the
+      deletes; benchmarks/bench.py, gc);
     - entry rules chain by chain, in the order they stand (deleting 2,000 in order
       takes 0.3 s, in random order 2.5 s: each -D searches from the top);
-    - every chain is flushed before any is deleted, and deleted only once nothing
+    - every chain is emptied before any is deleted, and deleted only once nothing
       jumps to it (iptables-nft refuses a -X of a chain still referenced);
-    - CNI-HOSTPORT-SNAT is flushed, then the CNI-SN- chains go, then the jumps to
+    - CNI-HOSTPORT-SNAT is flushed, then the CNI-SN- chains are emptied, then the jumps to
       CNI-HOSTPORT-SNAT, then the chain itself: the one order found that
       iptables-nft accepts (other orders fail with CHAIN_DEL ... busy).
     """
@@ -164,7 +165,7 @@ def plan_teardown(
     deleted: Dict[str, List[int]] = {}  # by chain that stays: positions of rules going
     for name in remove:
         if name.startswith(DNAT_PREFIX):
-            txn.flush(name)
+            _empty_chain(txn, live, name)
     for chain in live.chains.values():
         if chain.name in targets or (drop_snat and chain.name == OLD_TOPLEVEL_SNAT):
             continue  # emptied whole below
@@ -181,7 +182,7 @@ def plan_teardown(
         txn.flush(OLD_TOPLEVEL_SNAT)
     for name in remove:
         if not name.startswith(DNAT_PREFIX):  # CNI-SN-: in the order FACTS found
-            txn.flush(name)
+            _empty_chain(txn, live, name)
     for name in remove:
         txn.delete_chain(name)
     if drop_snat:
@@ -201,6 +202,16 @@ def plan_teardown(
             live.generation,
         )
     return txn
+
+
+def _empty_chain(txn: Transaction, live: NatTable, name: str) -> None:
+    """Empty a chain that goes by deleting the rules read, each by its text, not by a
+    flush: its -X then fails the transaction when the chain holds anything else by
+    then, and a -D when a rule read is gone. A container started again between the
+    read and the write (an interactive gc waits for its answer meanwhile) has the
+    same chain and entry rule, but other rules in it: it is live and must stay."""
+    for rule in live.rules(name):
+        txn.delete(name, rule)
 
 
 def _delete_rules(

@@ -490,6 +490,45 @@ def test_gc_gives_up_cleanly_when_the_table_keeps_changing(node: Node_, tmp_path
     assert ChainKey(4, chain_name("gcnet", "old3")) in seen
 
 
+class LateRacingBackend(RestoreBackend):
+    """The real restore backend; `race` (the real plugin) runs once just before the
+    first apply: the window between an interactive gc's plan and its answer."""
+
+    def __init__(self, flavour: str, race) -> None:
+        super().__init__(flavour)
+        self.race = race
+
+    def apply(self, txn) -> None:
+        if self.race is not None:
+            self.race, race = None, self.race
+            race()
+        super().apply(txn)
+
+
+def test_a_container_added_again_after_the_plan_keeps_its_chain(node: Node_, tmp_path):
+    # A stopped container (its chain left, no cache entry) is started again while gc
+    # waits to apply its plan: the plugin's DEL and ADD give the same chain (same
+    # network and ID) with the same entry rule but another address, and libcni writes
+    # the cache entry. The chain is live now and not what gc judged: it must stay.
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    node.add("gcnet", "back", ["10.88.0.12/16"], _ports("8081/tcp"), cache=False)
+
+    def started_again() -> None:
+        done = rp.run_plugin("DEL", node.ns, "back", node.confs["back"], mode=node.mode)
+        assert done.returncode == 0, done.stderr
+        node.add("gcnet", "back", ["10.88.0.22/16"], _ports("8081/tcp"))
+
+    options = NodeOptions(
+        iptables=node.mode, families=(4,), netns=node.ns, cache_dirs=(str(node.cache),)
+    )
+    racing = Node(options, LateRacingBackend(node.mode, started_again))
+    with netns.entered(node.ns):
+        result = gc(racing, Sources(), GcOptions(min_age=0, state_dir=str(tmp_path / "run")))
+    assert result.removed == ()
+    assert _containers(node) == {"live1", "back"}
+    node.check("back")
+
+
 def _refusing(tmp_path: Path, tool: str) -> dict:
     """PATH with a `tool` in front of the real one that refuses every transaction
     (iptables-restore's exit 1, nothing applied)."""

@@ -264,8 +264,14 @@ def _check_teardown(tbl: NatTable, removed: Sequence[str]) -> None:
     """Properties every teardown has: deletes only what jumps to removed chains, all of
     it, in chain order, and no -X of a chain something still jumps to."""
     txn = plan_teardown(tbl, removed)
-    deletes = [op for op in txn.ops if op.kind == "delete"]
     gone_chains = {op.chain for op in txn.ops if op.kind == "delete-chain"}
+    # A chain that goes is emptied rule by rule, by text, each exactly as read: its -X
+    # then fails if anything else is in it by then (planner._empty_chain).
+    emptying = [op for op in txn.ops if op.kind == "delete" and op.chain in gone_chains]
+    for name in gone_chains:
+        if name != OLD_TOPLEVEL_SNAT:
+            assert [op.args for op in emptying if op.chain == name] == list(tbl.rules(name))
+    deletes = [op for op in txn.ops if op.kind == "delete" and op.chain not in gone_chains]
     assert set(removed) <= gone_chains
     for op in deletes:
         assert rule_target(op.args) in gone_chains
@@ -290,8 +296,8 @@ def _check_teardown(tbl: NatTable, removed: Sequence[str]) -> None:
                 if rule_target(d.args) == op.chain and position[id(d)] > position[id(op)]
             ]
             assert not later, f"-X {op.chain} before a rule jumping to it is gone"
-            flushes = [f for f in txn.ops if f.kind == "flush" and f.chain == op.chain]
-            assert flushes and position[id(flushes[0])] < position[id(op)]
+            emptied = [e for e in emptying if e.chain == op.chain]
+            assert all(position[id(e)] < position[id(op)] for e in emptied)
 
 
 def test_teardown_of_dnat_chains():
@@ -299,9 +305,18 @@ def test_teardown_of_dnat_chains():
     names = _chain_names(tbl)
     _check_teardown(tbl, [names["ctr1"], names["ctr3"]])
     txn = plan_teardown(tbl, [names["ctr2"]])
-    # ctr2 has two entry rules (tcp, udp); nothing shared goes. Its chain is flushed
-    # first (the faster order for iptables-nft-restore: planner.plan_teardown).
-    assert [op.kind for op in txn.ops] == ["flush", "delete", "delete", "delete-chain"]
+    # ctr2 has two entry rules (tcp, udp); nothing shared goes. Its chain is emptied
+    # first (the faster order for iptables-nft-restore: planner.plan_teardown), by
+    # deleting each of its rules as read: no flush, which would take rules gc never saw.
+    own = len(tbl.rules(names["ctr2"]))
+    assert own > 0
+    assert [(op.kind, op.chain) for op in txn.ops] == [
+        *[("delete", names["ctr2"])] * own,
+        ("delete", TOPLEVEL_DNAT),
+        ("delete", TOPLEVEL_DNAT),
+        ("delete-chain", names["ctr2"]),
+    ]
+    assert not any(op.kind == "flush" for op in txn.ops)
 
 
 def test_teardown_of_legacy_snat_in_the_order_nf_tables_accepts():
@@ -311,11 +326,11 @@ def test_teardown_of_legacy_snat_in_the_order_nf_tables_accepts():
     _check_teardown(tbl, [dn, sn])
     txn = plan_teardown(tbl, [sn])
     kinds = [(op.kind, op.chain) for op in txn.ops]
-    # FACTS: flush CNI-HOSTPORT-SNAT, flush and delete the SN- chains, then the
+    # FACTS: flush CNI-HOSTPORT-SNAT, empty and delete the SN- chains, then the
     # POSTROUTING jump, then CNI-HOSTPORT-SNAT itself.
     assert kinds == [
         ("flush", OLD_TOPLEVEL_SNAT),
-        ("flush", sn),
+        *[("delete", sn)] * len(tbl.rules(sn)),
         ("delete-chain", sn),
         ("delete", "POSTROUTING"),
         ("delete-chain", OLD_TOPLEVEL_SNAT),

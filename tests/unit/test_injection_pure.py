@@ -73,7 +73,11 @@ def _check_teardown_text(comment: str) -> None:
     for op, words in zip(txn.ops, read_back):
         command = {"delete": "-D", "flush": "-F", "delete-chain": "-X"}[op.kind]
         assert words == [command, op.chain, *op.args]
-    deleted = [words[2:] for words in read_back if words[0] == "-D"]
+    deleted = [words[2:] for words in read_back if words[:2] == ["-D", TOPLEVEL_DNAT]]
+    # The stale chain itself is emptied rule by rule, each as read.
+    assert [words[2:] for words in read_back if words[:2] == ["-D", STALE]] == [
+        list(r) for r in live.rules(STALE)
+    ]
     # The two rules that jump to the stale chain go (comment and all), nothing else.
     wanted = [list(r) for r in live.rules(TOPLEVEL_DNAT) if rule_target(r) == STALE]
     assert deleted == wanted and len(wanted) == 2
