@@ -4,7 +4,7 @@ the fast path (cli/add_fast.py). No typer here: the fast path never imports it."
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import HostProblem
 from portmapctl.iptables.chains import dnat_chain_name
@@ -90,6 +90,23 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
     return validate.buildable(with_backend(config, backend))
 
 
+def refuse_short_id(cache_dirs: Sequence[str], config: MappingConfig) -> None:
+    """A short ID as list and check print it (a prefix of a cached container's ID on
+    the network) names another chain than that container's: add and check --repair
+    would write rules for a container nobody runs, check would report its chain
+    missing. Refused (exit 2) with the whole ID to give."""
+    from portmapctl.cni.entries import longer_id
+
+    whole = longer_id(cache_dirs, config.network, config.container_id)
+    if whole is not None:
+        from portmapctl.errors import BadInput
+
+        raise BadInput(
+            f"--container {config.container_id} is short for {config.network}/{whole} in"
+            f" the CNI cache: give the whole ID (the plugin names the chain after it)"
+        )
+
+
 def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
     """--backend against the config's own `backend` key (from --cni-config)."""
     from dataclasses import replace
@@ -119,6 +136,7 @@ def run(
     except ForwardsNothing as idle:
         _report_nothing(common, out, str(idle), dry_run)
         return
+    refuse_short_id(common.cache_dirs, config)
     from portmapctl.cli._common import families
     from portmapctl.core import validate
 

@@ -16,7 +16,7 @@ from portmapctl.cli._common import (
     common_options,
     metrics_recording,
 )
-from portmapctl.cli.add import mapping_from_options, mapping_options
+from portmapctl.cli.add import mapping_from_options, mapping_options, refuse_short_id
 from portmapctl.cli.add_run import ForwardsNothing
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ def check_command(
             except ForwardsNothing as idle:
                 # The plugin's CHECK passes at once: nothing is expected, nothing to repair.
                 return _nothing_expected(common, out, str(idle))
+            refuse_short_id(common.cache_dirs, config)
         snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
         if repair and (snapshots or nft_snapshot):
             raise BadInput("--repair changes the node: it cannot be used with --snapshot")

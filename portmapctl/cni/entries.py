@@ -5,7 +5,7 @@ cni/cache.py (which reads them) costs ~5 ms, paid only where there is one to rea
 from __future__ import annotations
 
 import os
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 
 def entry_paths(
@@ -23,3 +23,40 @@ def entry_paths(
             continue
         found += [os.path.join(folder, name) for name in names if name.startswith(prefix)]
     return found
+
+
+def longer_id(
+    cache_dirs: Union[str, Sequence[str]], network: str, container_id: str
+) -> Optional[str]:
+    """The cached ID on `network` that `container_id` is a proper prefix of (the short
+    ID list and check print), when the cache has no entry for `container_id` itself;
+    else None. A chain is named after the whole ID: the short one names another."""
+    if entry_paths(cache_dirs, network, container_id):
+        return None
+    start = f"{network}-{container_id}"
+    for cache_dir in (cache_dirs,) if isinstance(cache_dirs, str) else cache_dirs:
+        try:
+            names = os.listdir(os.path.join(cache_dir, "results"))
+        except OSError:
+            continue
+        for name in names:
+            # A '-' after the prefix ends the ID there (or goes on in an ID with a
+            # dash, which is not the short form of anything list prints).
+            if name.startswith(start) and name[len(start) :][:1] not in ("", "-"):
+                return _container_id(os.path.join(cache_dir, "results", name), network)
+    return None
+
+
+def _container_id(path: str, network: str) -> str:
+    """The entry's `containerId`; from its name where it cannot be read (an ifname
+    with a '-' then shows in the ID: the message only has to point at it)."""
+    import json
+
+    try:
+        with open(path, "rb") as file:
+            found = json.load(file).get("containerId")
+        if isinstance(found, str) and found:
+            return found
+    except (OSError, ValueError, AttributeError):
+        pass
+    return os.path.basename(path)[len(network) + 1 :].rpartition("-")[0]
