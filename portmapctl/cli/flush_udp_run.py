@@ -47,6 +47,7 @@ def run(
     if result.doomed and (dry_run or common.verbose):
         # Cut to the terminal's width unless everything was asked for whole.
         whole = out.no_trunc or out.wide
-        out.show(render.flush_table(result, width=None if whole else out.width()))
+        width = None if whole else out.width()
+        out.show(render.flush_table(result, width=width, header=not out.no_headers))
         out.blank()
     out.summary(render.flush_summary(result, container))

@@ -38,10 +38,10 @@ FLUSH_CUTS = {
 }
 
 
-def flush_table(result: FlushResult, width: Optional[int] = None) -> Text:
+def flush_table(result: FlushResult, width: Optional[int] = None, header: bool = True) -> Text:
     """One line per entry: family, source, destination, ports, where the replies come
     from (the DNAT destination), why it goes (coloured by the reason). `width` is the
-    terminal's (None: nothing is cut)."""
+    terminal's (None: nothing is cut); `header` False for --no-headers."""
     headers = ["FAM", "SOURCE", "DESTINATION", "PORTS", "REPLY FROM", "WHY"]
     rows = [
         [
@@ -54,7 +54,7 @@ def flush_table(result: FlushResult, width: Optional[int] = None) -> Text:
         for d in result.doomed
     ]
     why = [[Piece(flush_why(d), FLUSH_STYLE.get(d.reason, ""))] for d in result.doomed]
-    return table(headers, rows, why, width=width, cuts=FLUSH_CUTS)
+    return table(headers, rows, why, header, width=width, cuts=FLUSH_CUTS)
 
 
 def _flush_ports_text(result: FlushResult) -> str:

@@ -123,6 +123,22 @@ def test_plain_flush_takes_all_of_the_mapped_ports(
     assert ct_sports(node) == ALL - mapped
 
 
+def test_no_headers_leaves_the_header_line_out(
+    node: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--no-headers (SPEC §3, every command's tables): the dry run's rows alone, then
+    the summary; it printed the FAM SOURCE ... header line all the same."""
+    for extra in ([], ["-o", "wide"], ["--stale-only"]):
+        code, out, err = cli(capsys, "flush-udp", "--netns", node, "--dry-run", "--no-headers",
+                             *extra)  # fmt: skip
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0].split()[0] in ("v4", "v6"), (extra, lines[0])
+        assert not any(line.startswith("FAM") for line in lines)
+        assert lines[-1].startswith("would delete ")
+    assert ct_sports(node) == ALL
+
+
 @pytest.mark.parametrize(
     ("args", "deleted"),
     [
