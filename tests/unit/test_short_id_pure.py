@@ -1,0 +1,32 @@
+"""cni/entries.longer_id: which cached ID a given --container is the short form of."""
+
+from __future__ import annotations
+
+import json
+
+from portmapctl.cni.entries import longer_id
+
+FULL = "3f2a9c1e5b7d" + "0" * 51 + "1"
+
+
+def _entry(cache, network: str, container: str, ifname: str = "eth0") -> None:
+    results = cache / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    body = {"kind": "cniCacheV1", "containerId": container, "networkName": network}
+    (results / f"{network}-{container}-{ifname}").write_text(json.dumps(body))
+
+
+def test_a_prefix_of_a_cached_id_names_the_whole_one(tmp_path):
+    _entry(tmp_path, "podman", FULL, ifname="net-1")  # an ifname with a '-' too
+    assert longer_id(str(tmp_path), "podman", FULL[:12]) == FULL
+    assert longer_id([str(tmp_path / "none"), str(tmp_path)], "podman", "3f") == FULL
+
+
+def test_no_short_form_where_the_id_is_cached_or_ends_at_a_dash(tmp_path):
+    _entry(tmp_path, "podman", FULL)
+    _entry(tmp_path, "podman", "job-web-1")
+    assert longer_id(str(tmp_path), "podman", FULL) is None  # the whole ID
+    assert longer_id(str(tmp_path), "other", FULL[:12]) is None  # another network
+    assert longer_id(str(tmp_path), "podman", "job") is None  # "job-..." ends at a '-'
+    assert longer_id(str(tmp_path), "podman", "c9d8e7f6a5b4") is None
+    assert longer_id(str(tmp_path / "missing"), "podman", FULL[:12]) is None
