@@ -5,7 +5,11 @@ cni/cache.py (which reads them) costs ~5 ms, paid only where there is one to rea
 from __future__ import annotations
 
 import os
+import re
 from typing import List, Optional, Sequence, Union
+
+# What runtimes name containers with: hex (podman, containerd, CRI-O) or a UUID (Nomad).
+_RUNTIME_ID = re.compile(r"[0-9a-fA-F-]+")
 
 
 def entry_paths(
@@ -28,23 +32,33 @@ def entry_paths(
 def longer_id(
     cache_dirs: Union[str, Sequence[str]], network: str, container_id: str
 ) -> Optional[str]:
-    """The cached ID on `network` that `container_id` is a proper prefix of (the short
-    ID list and check print), when the cache has no entry for `container_id` itself;
-    else None. A chain is named after the whole ID: the short one names another."""
-    if entry_paths(cache_dirs, network, container_id):
+    """The cached ID on `network` that `container_id` is a short form of (a proper
+    prefix of an ID longer than the tables print whole: render/table.SHORT_ID), when the
+    cache has no entry for `container_id` itself; else None. A chain is named after
+    the whole ID: the short one names another. Only a runtime's kind of ID (hex, a
+    UUID's dashes) is taken for a short form: `web` beside a cached `webserver-01`
+    is a container of its own."""
+    if not _RUNTIME_ID.fullmatch(container_id):
         return None
-    start = f"{network}-{container_id}"
+    own, start = f"{network}-{container_id}-", f"{network}-{container_id}"
+    found = None
     for cache_dir in (cache_dirs,) if isinstance(cache_dirs, str) else cache_dirs:
         try:
             names = os.listdir(os.path.join(cache_dir, "results"))
         except OSError:
             continue
         for name in names:
+            if name.startswith(own):
+                return None  # its own entry (one listing answers both questions)
             # A '-' after the prefix ends the ID there (or goes on in an ID with a
             # dash, which is not the short form of anything list prints).
-            if name.startswith(start) and name[len(start) :][:1] not in ("", "-"):
-                return _container_id(os.path.join(cache_dir, "results", name), network)
-    return None
+            if found is None and name.startswith(start) and name[len(start) :][:1] != "-":
+                from portmapctl.render.table import SHORT_ID  # (rarely: a near miss)
+
+                whole = _container_id(os.path.join(cache_dir, "results", name), network)
+                if len(whole) > SHORT_ID:
+                    found = whole
+    return found
 
 
 def _container_id(path: str, network: str) -> str:

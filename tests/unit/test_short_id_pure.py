@@ -30,3 +30,15 @@ def test_no_short_form_where_the_id_is_cached_or_ends_at_a_dash(tmp_path):
     assert longer_id(str(tmp_path), "podman", "job") is None  # "job-..." ends at a '-'
     assert longer_id(str(tmp_path), "podman", "c9d8e7f6a5b4") is None
     assert longer_id(str(tmp_path / "missing"), "podman", FULL[:12]) is None
+
+
+def test_a_hand_named_container_is_no_short_form_of_another(tmp_path):
+    """IDs a runtime does not make (hand-named, as in the README's tour) are containers
+    of their own: `web` beside `webserver-01`, `c1` beside `c10` (printed whole);
+    a hex prefix of a cached ID longer than the tables print is still a short form."""
+    _entry(tmp_path / "a", "podman", "webserver-01")
+    _entry(tmp_path / "a", "podman", "c10")
+    assert longer_id(str(tmp_path / "a"), "podman", "web") is None
+    assert longer_id(str(tmp_path / "a"), "podman", "c1") is None
+    _entry(tmp_path / "b", "podman", "c1d2e3f4a5b6c7")
+    assert longer_id(str(tmp_path / "b"), "podman", "c1d2") == "c1d2e3f4a5b6c7"
