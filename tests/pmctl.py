@@ -70,3 +70,16 @@ def assert_error(done: subprocess.CompletedProcess, code: int, *words: str) -> N
     for word in words:
         assert word in lines[0], (word, lines[0])
     assert done.stdout == ""
+
+
+def without_cache_note(stderr: str) -> str:
+    """stderr without the line every command says when the CNI cache is missing or
+    empty (SPEC §3): for tests about another line, run where no cache is named."""
+    return "".join(
+        line
+        for line in stderr.splitlines(keepends=True)
+        if not (
+            line.startswith("portmapctl: warning: no CNI cache at ")
+            or (line.startswith("portmapctl: warning: the CNI cache at ") and "is empty" in line)
+        )
+    )

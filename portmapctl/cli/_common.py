@@ -155,6 +155,21 @@ class CacheInfo(NamedTuple):
         return None
 
 
+def cache_glance(dirs: Sequence[str]) -> CacheInfo:
+    """Whether there is a cache with an entry in it, without counting them all (`entries`
+    is 0 or 1): what the note needs, at no cost per entry (add, at 5,000 of them)."""
+    present = False
+    for folder in dirs:
+        try:
+            with os.scandir(os.path.join(folder, "results")) as names:
+                present = True
+                if any(not n.name.startswith(".") for n in names):
+                    return CacheInfo(tuple(dirs), True, 1)
+        except OSError:
+            continue
+    return CacheInfo(tuple(dirs), present, 0)
+
+
 def cache_info(dirs: Sequence[str]) -> CacheInfo:
     """Counted by listing results/ (cheap): the entries libcni wrote, not temporary files."""
     present = False
@@ -449,11 +464,13 @@ class Output(NamedTuple):
         if not self.quiet:
             sys.stdout.write("\n")
 
-    def cache_note(self, cache: CacheInfo, quiet_ok: bool = False) -> None:
-        """Say once, on stderr, when no cache or an empty one was found (SPEC §3):
-        a wrong --cni-cache-dir must not turn stale into ok silently."""
+    def cache_note(self, cache: CacheInfo) -> None:
+        """Say once, on stderr, when no cache or an empty one was found (SPEC §3: every
+        command): a wrong --cni-cache-dir must not turn stale into ok silently, nor
+        make gc with --keep remove what the cache would have kept, nor add and check
+        of one mapping miss the backend its cached config names."""
         note = cache.note()
-        if note is not None and not quiet_ok:
+        if note is not None:
             self.warn(note)
 
     def summary(self, line: str) -> None:

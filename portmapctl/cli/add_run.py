@@ -58,6 +58,9 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
             writes_to = "nftables"
         idle = cni_json.forwards_nothing(conf, ifname, source)
         if idle and not cni_json.result_addresses(conf["prevResult"], ifname, source):
+            # (Its names are still checked: bad input is refused, whatever it asks.)
+            validate.cni_name(container, "container ID")
+            validate.cni_name(conf.get("name"), "network name")
             raise ForwardsNothing(f"{source} {idle}")
         # The rest of the config is still held to what the plugin's parseConfig
         # refuses, which it reads before it looks at the ports.
@@ -412,6 +415,7 @@ def _report(
         out.warn(warning)
     for warning in result.warnings:
         out.warn(warning)
+    _cache_note(common, out)
     if out.json:
         out.print_json(render.add_json(result, common.cache().json(), clashes))
         return
@@ -432,11 +436,20 @@ def _report(
         out.summary(f"unchanged: {chain} ({who}) {are} already in place")
 
 
+def _cache_note(common: Common, out: Output) -> None:
+    """SPEC §3's note of a missing or empty cache (add follows a container's cached
+    backend and refuses its short ID by it): a glance at results/, not a count."""
+    from portmapctl.cli._common import cache_glance
+
+    out.cache_note(cache_glance(common.cache_dirs))
+
+
 def _report_nothing(common: Common, out: Output, why: str, dry_run: bool) -> None:
     """add of a config the plugin's ADD returns from at once: nothing written, exit 0."""
     from portmapctl import render
     from portmapctl.ops.add import AddResult
 
+    _cache_note(common, out)
     if out.json:
         result = AddResult(dry_run=dry_run, changed=False, chains=(), transactions={})
         out.print_json(render.add_json(result, common.cache().json()))

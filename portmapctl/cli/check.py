@@ -125,7 +125,7 @@ def check_command(
             if note.startswith("no CNI cache in"):
                 continue  # said once below, as by every command
             out.message(note)
-        out.cache_note(cache, mapping_given)
+        out.cache_note(cache)
         if out.json:
             out.print_json(render.check_json(result, cache.json()))
         else:
@@ -153,8 +153,10 @@ def _nothing_expected(common: Common, out: Output, why: str) -> int:
     from portmapctl.ops.check.problem import CheckResult
 
     result = CheckResult(problems=(), families=(), scope="mapping", notes=(why,))
+    cache = common.cache()
+    out.cache_note(cache)
     if out.json:
-        out.print_json(render.check_json(result, common.cache().json()))
+        out.print_json(render.check_json(result, cache.json()))
     else:
         out.summary(render.check_summary(result))
     return 0

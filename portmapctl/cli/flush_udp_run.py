@@ -41,8 +41,10 @@ def run(
         )
     for warning in result.warnings:
         out.warn(warning)
+    cache = common.cache()
+    out.cache_note(cache)  # (SPEC §3: every command says so)
     if out.json:
-        out.print_json(render.flush_json(result, common.cache().json()))
+        out.print_json(render.flush_json(result, cache.json()))
         return
     if result.doomed and (dry_run or common.verbose):
         # Cut to the terminal's width unless everything was asked for whole.

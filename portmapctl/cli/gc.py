@@ -131,8 +131,8 @@ def gc_command(
         if ask and valid_attachments == "-":
             raise BadInput("--valid-attachments - reads stdin, so gc cannot ask there: add --yes")
         cache = common.cache()
-        # Said after gc has run: a refusal (no source of liveness) is its one error line.
-        other_source = bool(sources.documents or sources.keep or remove_all)
+        # The cache note is said after gc has run: a refusal (no source of liveness) is
+        # its one error line.
         # Asking: read and plan once, without the lock (no other run waits on a
         # person), ask, then take the lock and apply that plan; a table changed
         # meanwhile fails its transaction whole, and that family is read and planned
@@ -145,7 +145,7 @@ def gc_command(
                 # The preview is a dry run that records its sightings like any run (so
                 # --min-age counts from here), shown on stderr: stdout is for the result.
                 preview = apply_gc(node, replace(planned, options=replace(options, dry_run=True)))
-                out.cache_note(cache, other_source)
+                out.cache_note(cache)
                 if not preview.changes:
                     if recorder is not None:
                         recorder.note_gc(preview, node_opts.families)
@@ -176,7 +176,7 @@ def gc_command(
         if recorder is not None:
             recorder.note_gc(result, node_opts.families)
         if not ask:
-            out.cache_note(cache, other_source)
+            out.cache_note(cache)
         _show(out, result, options.min_age, cache, asked_dry_run=dry_run)
         if common.verbose and dry_run:
             sys.stderr.write(render.transactions_text(result.transactions))

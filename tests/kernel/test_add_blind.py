@@ -21,7 +21,7 @@ from typing import Dict, List
 
 import pytest
 import realplugin as rp
-from pmctl import run
+from pmctl import run, without_cache_note
 
 from portmapctl.cni import config as cni_config
 from portmapctl.errors import ApplyFailed
@@ -209,7 +209,8 @@ def test_adds_while_the_plugin_adds_and_deletes(host_ns):
 
 def _warnings(done) -> List[str]:
     assert done.returncode == 0, done.stdout + done.stderr
-    return [line for line in done.stderr.splitlines() if line.startswith("portmapctl: warning:")]
+    said = without_cache_note(done.stderr)
+    return [line for line in said.splitlines() if line.startswith("portmapctl: warning:")]
 
 
 def test_shadow_warning_without_a_save_says_what_the_whole_table_says(host_ns, iptables_mode):

@@ -239,3 +239,32 @@ def test_gc_does_not_ask_where_the_question_cannot_be_seen(node: Node_, tmp_path
     assert text.startswith("portmapctl: ") and "give --yes" in text and text.count("\n") == 1
     assert proc.stdout.read() == b""
     assert node.lines(4) == before
+
+
+@pytest.mark.parametrize("cache", ["missing", "empty"])
+def test_every_command_says_once_when_there_is_no_cache(node: Node_, tmp_path, cache):
+    """SPEC §3: with no cache directory, or an empty one, every command says so once on
+    stderr (before: add, flush-udp, check of one mapping and gc with --keep said
+    nothing; a wrong --cni-cache-dir then went unnoticed where the cache decides: gc
+    --keep removes what it would have kept, add misses a container's cached backend)."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    where = tmp_path / cache
+    if cache == "empty":
+        (where / "results").mkdir(parents=True)
+    said = "no CNI cache at" if cache == "missing" else "is empty: no container is known"
+    mapping = ["--network", "gcnet", "--container", "c2", "--ip", "10.88.0.12/16", "-p", "8081:80"]
+    args = ["--netns", node.ns, "--iptables", node.mode, "--cni-cache-dir", str(where)]
+    for argv in (
+        ["list"],
+        ["check"],
+        ["check", *mapping],
+        ["add", *mapping, "--dry-run"],
+        ["add", *mapping, "--dry-run", "-o", "json"],
+        ["gc", "--dry-run", "--keep", "live1"],
+        ["flush-udp", "--dry-run"],
+        ["flush-udp", "--dry-run", "-o", "json"],
+    ):
+        done = run([*argv, *args])
+        assert done.returncode in (0, 1), (argv, done.stderr)
+        lines = [line for line in done.stderr.splitlines() if said in line]
+        assert len(lines) == 1 and lines[0].startswith("portmapctl: warning: "), (argv, done.stderr)
