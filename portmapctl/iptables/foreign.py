@@ -146,7 +146,9 @@ def takers(
     if not (entry_appended or past_entry) and not any(_jumps_to_entry(r) for r in first):
         return {}
     walk = _Walk(read, set(wanted), sorted({port for _, port in wanted}), past_entry)
-    walk.dest = None if dest is None else ip_address(dest)
+    if dest is not None:
+        walk.dest = ip_address(dest)
+        walk.dest_text = f"{walk.dest}/{walk.dest.max_prefixlen}"  # as iptables prints it
     walk.known(hook, first)  # read once: a listing may cost a whole table
     walk.chain(hook, None, None, None, frozenset())
     return walk.taken
@@ -180,12 +182,19 @@ def listing_reader(list_chain: Callable[[str], Optional[str]]) -> ChainReader:
     """`iptables -S CHAIN` output (None: no such chain) as a ChainReader: each rule kept
     whole, as a one-token placeholder, split by the walk only when it may matter."""
 
+    listed: Dict[str, Optional[Sequence[Args]]] = {}  # each chain listed once
+
     def read(chain: str) -> Optional[Sequence[Args]]:
-        text = list_chain(chain)
-        if text is None:
-            return None  # no such chain: an extension target (MARK, LOG, ...)
-        prefix = f"-A {chain} "
-        return tuple((line,) for line in text.split("\n") if line.startswith(prefix))
+        if chain not in listed:
+            text = list_chain(chain)
+            prefix = f"-A {chain} "
+            # (None: no such chain, an extension target: MARK, LOG, ...)
+            listed[chain] = (
+                None
+                if text is None
+                else tuple((line,) for line in text.split("\n") if line.startswith(prefix))
+            )
+        return listed[chain]
 
     return read
 
@@ -236,6 +245,7 @@ class _Walk(PortsLeft):
         self.past_entry = past_entry
         self.numbers = numbers  # sorted port numbers of `left`, for the text test
         self.dest: Optional[Address] = None  # the packets' host IP (None: any not loopback)
+        self.dest_text = ""  # ... as `-d` prints it ("192.168.1.5/32")
         self._chains: Dict[str, Optional[Sequence[Args]]] = {}
 
     def known(self, name: str, rules: Optional[Sequence[Args]]) -> None:
@@ -317,16 +327,36 @@ class _Walk(PortsLeft):
         # kube-proxy's ClusterIP rules (`-d 10.96.0.1/32 ... --dport 80`), thousands
         # of them, are passed by here, unsplit, even when port 80 is mapped, unless the
         # walk is for one destination (`-d` is judged then: all or nothing).
-        chain_end = text.find(" ", 3)
-        if text.startswith(_ADDRESSED, chain_end + 1) and not (
-            text.startswith(("! -d 127.", "! -d ::1/"), chain_end + 1)
-            or (self.dest is not None and text.startswith(("-d ", "! -d "), chain_end + 1))
-        ):
-            return False
+        start = text.find(" ", 3) + 1  # (after the chain's name)
+        judged = False  # a `-d` judged for the walk's one destination
+        if text.startswith(_ADDRESSED, start):
+            if self.dest is not None and text.startswith(("-d ", "! -d "), start):
+                judged = True
+            elif not text.startswith(("! -d 127.", "! -d ::1/"), start):
+                return False
         found = _PORTS.search(text)
         if found is None:
-            return " -j " in text or " -g " in text
-        return _covers_any(_ranges(found.group(1)), self.numbers)
+            matters = " -j " in text or " -g " in text
+        else:
+            matters = _covers_any(_ranges(found.group(1)), self.numbers)
+        # A rule for another address than the walk's (a ClusterIP's, 10.96.0.1:80, on a
+        # node whose mapping is on 192.168.1.5:80) is passed unsplit too.
+        return matters and not (judged and self._for_another_address(text, start))
+
+    def _for_another_address(self, text: str, start: int) -> bool:
+        """Whether the rule's `-d` (`! -d`) right at `start` holds for none of the
+        walk's packets (those for `dest`): what `_read` would find, without the split."""
+        negated = text.startswith("!", start)
+        word = start + (6 if negated else 3)
+        end = text.find(" ", word)
+        spec = text[word : end if end >= 0 else None]
+        if spec == self.dest_text:
+            holds: Optional[bool] = True
+        elif self.dest_text.endswith("/32") and spec.endswith("/32"):
+            holds = False  # (iptables prints an IPv4 address one way: no parse needed)
+        else:
+            holds = _daddr_holds(spec, self.dest)
+        return holds is negated
 
 
 def _read(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]:

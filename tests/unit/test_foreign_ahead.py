@@ -132,10 +132,13 @@ def test_jump_loops_end() -> None:
     assert _takers(text) == {("udp", 5353): "-A LOOP-B -p udp -m udp --dport 5353 -j REDIRECT"}
 
 
+@pytest.mark.parametrize("dest", [None, "192.168.1.5"])
 @pytest.mark.parametrize("base", [1000, 80])
-def test_only_the_few_rules_that_may_matter_are_split(monkeypatch, base: int) -> None:
+def test_only_the_few_rules_that_may_matter_are_split(monkeypatch, base: int, dest) -> None:
     """A kube-proxy KUBE-SERVICES of 2,000 ClusterIP rules: none split, on other ports
-    (1000 + i) or on the mapped port itself (all on 80, as a node's web services are)."""
+    (1000 + i) or on the mapped port itself (all on 80, as a node's web services are),
+    for a mapping on every address or on one host IP (whose walk judges `-d`: before,
+    that walk split every ClusterIP rule on a mapped port, again for each host IP)."""
     services = [
         f"-A KUBE-SERVICES -d 10.96.{i // 250}.{i % 250}/32 -p tcp -m comment --comment"
         f' "ns/s{i}:http cluster IP" -m tcp --dport {base + i if base > 80 else 80}'
@@ -147,8 +150,34 @@ def test_only_the_few_rules_that_may_matter_are_split(monkeypatch, base: int) ->
     split = []
     real = foreign.split_words
     monkeypatch.setattr(foreign, "split_words", lambda line: split.append(line) or real(line))
-    assert _takers(text, WANTED | {("tcp", 80)}) == {("tcp", 8080): DOCKER}
+    table = parse_save(text, 4, skip_foreign=True)
+    found = foreign.takers(foreign.table_reader(table), WANTED | {("tcp", 80)}, dest=dest)
+    assert found == {("tcp", 8080): DOCKER}
     assert len(split) <= 3, split
+
+
+def test_each_chain_is_listed_once_for_every_host_ips_walk() -> None:
+    """add walks the rules once per host IP of its mappings (a rule's `-d` holds for
+    all of one's connections or none), over chains listed one by one (`iptables -S
+    CHAIN`, a process each): each chain is listed once for all those walks (before:
+    again for each host IP)."""
+    from collections import Counter
+
+    from portmapctl.iptables.ruleset import format_rule
+
+    table = parse_save(_save(DOCKER), 4)
+    listed: Counter = Counter()
+
+    def list_chain(chain: str):
+        listed[chain] += 1
+        if chain not in table.chains:
+            return None
+        return "\n".join(format_rule("-A", chain, r) for r in table.rules(chain))
+
+    wanted = {None: {("tcp", 8080)}, "192.168.1.5": {("tcp", 8080)}, "10.0.0.7": {("tcp", 8081)}}
+    found = foreign.hooked_takers(foreign.listing_reader(list_chain), wanted)
+    assert found == {("tcp", 8080): DOCKER}
+    assert listed["PREROUTING"] == 1 and max(listed.values()) == 1, listed
 
 
 def test_list_and_check_say_shadowed_with_the_rule() -> None:
