@@ -56,21 +56,28 @@ def longer_id(
                 from portmapctl.render.table import SHORT_ID  # (rarely: a near miss)
 
                 whole = _container_id(os.path.join(cache_dir, "results", name), network)
-                if len(whole) > SHORT_ID:
+                # (Another network's entry starts so too, `podman-default-kube-network-`
+                # beside `--network podman --container de`: its ID does not.)
+                if whole is not None and len(whole) > SHORT_ID and whole.startswith(container_id):
                     found = whole
     return found
 
 
-def _container_id(path: str, network: str) -> str:
-    """The entry's `containerId`; from its name where it cannot be read (an ifname
-    with a '-' then shows in the ID: the message only has to point at it)."""
+def _container_id(path: str, network: str) -> Optional[str]:
+    """The entry's `containerId`, None when it is another network's entry; from its
+    name where it cannot be read, if that is a runtime's kind of ID (an ifname with a
+    '-' then shows in the ID: the message only has to point at it)."""
     import json
 
     try:
         with open(path, "rb") as file:
-            found = json.load(file).get("containerId")
+            body = json.load(file)
+        found, named = body.get("containerId"), body.get("networkName")
+        if isinstance(named, str) and named != network:
+            return None
         if isinstance(found, str) and found:
             return found
     except (OSError, ValueError, AttributeError):
         pass
-    return os.path.basename(path)[len(network) + 1 :].rpartition("-")[0]
+    guessed = os.path.basename(path)[len(network) + 1 :].rpartition("-")[0]
+    return guessed if _RUNTIME_ID.fullmatch(guessed) else None

@@ -42,3 +42,18 @@ def test_a_hand_named_container_is_no_short_form_of_another(tmp_path):
     assert longer_id(str(tmp_path / "a"), "podman", "c1") is None
     _entry(tmp_path / "b", "podman", "c1d2e3f4a5b6c7")
     assert longer_id(str(tmp_path / "b"), "podman", "c1d2") == "c1d2e3f4a5b6c7"
+
+
+def test_another_networks_entry_is_not_a_longer_id(tmp_path):
+    """libcni names an entry NETWORK-ID-IFNAME: podman's `podman-default-kube-network`
+    entries start as `--network podman --container de...` would. Their containers are
+    on another network, and their IDs do not start so: not a short form (before: add
+    and check refused `de` as short for that container)."""
+    _entry(tmp_path, "podman-default-kube-network", FULL)
+    assert longer_id(str(tmp_path), "podman", "de") is None
+    assert longer_id(str(tmp_path), "podman", "def") is None
+    (tmp_path / "results" / f"podman-default-kube-network-{FULL}-eth0").write_text("{")
+    assert longer_id(str(tmp_path), "podman", "de") is None  # unreadable: by its name
+    # A network named on as the short form goes, whose container's ID starts so too.
+    _entry(tmp_path, "podman-3f2a", FULL)
+    assert longer_id(str(tmp_path), "podman", "3f") is None
