@@ -55,7 +55,9 @@ def run(
             nft_rows: list = []
             if reader is not None:
                 nft_rows = _nft_rows(node, reader, attachments, found, out)
-            if not found.chains and not nft_rows:
+            # (Where the plugin's nftables tables are, even empty, the plugin is
+            # there: nothing to say of the other flavour, as gc says nothing.)
+            if not found.chains and not (reader is not None and reader[1]["live"].tables):
                 from portmapctl.ops.flavour_guard import chains_elsewhere
 
                 elsewhere = chains_elsewhere(node.backend.name, tables)

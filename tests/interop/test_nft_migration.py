@@ -490,3 +490,27 @@ def test_a_mapping_given_without_a_backend_follows_its_cached_config_when_no_rul
         done.stdout.startswith("KIND")
         and "missing-chain  v4   ipt1       chain missing" in done.stdout
     )
+
+
+def test_an_nftables_node_with_legacy_leftovers_is_not_sent_to_iptables_legacy(
+    node: str, tmp_path: Path
+) -> None:
+    """An nftables-backend node that once ran the plugin on iptables-legacy (its
+    CNI-HOSTPORT-DNAT left there, as DEL leaves it), whose last container has gone: its
+    cni_hostport tables are the plugin's state, so list says nothing of the other
+    flavour, as gc does not (before: list told to run with --iptables legacy, where
+    the plugin has nothing)."""
+    old = rp.plugin_conf("podman", ["10.88.0.5/16"], [_pm(8080, 80)])
+    rp.run_plugin("ADD", node, "old1", old, mode="legacy", check=True)
+    rp.run_plugin("DEL", node, "old1", old, mode="legacy", check=True)
+    assert ":CNI-HOSTPORT-DNAT" in rp.save(node, 4, "legacy")
+    conf = _cached(
+        tmp_path, "nft1", upstream.nft_conf("podman", ["10.88.0.21/16"], [_pm(8081, 80)])
+    )
+    upstream.run(V191, "ADD", node, "nft1", conf, check=True)
+    upstream.run(V191, "DEL", node, "nft1", conf, check=True)
+    assert "table ip cni_hostport" in upstream.ruleset_text(node)
+    for command in (["list"], ["gc", "--dry-run", "--min-age", "0"]):
+        done = _pmctl(node, tmp_path, *command)
+        assert done.returncode == 0, done.stderr
+        assert "iptables-legacy" not in done.stderr, done.stderr
