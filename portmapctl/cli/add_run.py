@@ -57,18 +57,19 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
             # without the key, so what that backend refuses is refused here too.
             writes_to = "nftables"
         idle = cni_json.forwards_nothing(conf, ifname, source)
+        stand_in = None
         if idle and not cni_json.result_addresses(conf["prevResult"], ifname, source):
-            # (Its names are still checked: bad input is refused, whatever it asks.)
-            validate.cni_name(container, "container ID")
-            validate.cni_name(conf.get("name"), "network name")
-            raise ForwardsNothing(f"{source} {idle}")
-        # The rest of the config is still held to what the plugin's parseConfig
-        # refuses, which it reads before it looks at the ports.
+            # No address: one stands in (nothing is built from it), so that the config
+            # is held to all the rest below, as the plugin's is.
+            stand_in = [validate.interface("192.0.2.1/32")]
+        # Held to what the plugin's parseConfig refuses (bad names, mark bit, ports,
+        # ...), which it reads before it looks at the ports or the address.
         parsed = cni_json.plugin_config(
             conf,
             validate.cni_name(container, "container ID"),
             source,
             ifname=ifname,
+            addresses=stand_in,
             writes_to_backend=writes_to,
         )
         if idle:

@@ -340,6 +340,26 @@ def test_cni_config_the_plugin_forwards_nothing_for_writes_nothing(
     assert (as_json["changed"], as_json["chains"], as_json["transaction"]) == (False, [], {})
 
 
+@pytest.mark.parametrize("case", ["no address", "no runtimeConfig"])
+def test_a_config_the_plugin_refuses_is_refused_though_it_forwards_nothing(
+    host_ns: str, tmp_path: Path, case: str
+) -> None:
+    """The plugin's parseConfig reads the whole config before ADD and CHECK look at the
+    ports or the address: a mark bit of 40 fails it ('MasqMarkBit must be between 0 and
+    31'), with or without either. add and check refuse it (exit 2; before: 'nothing to
+    add', exit 0, for a config without an address)."""
+    conf = {**_no_ports_stdins()[case], "markMasqBit": 40}
+    refused = rp.run_plugin("ADD", host_ns, POD, conf)
+    assert refused.returncode != 0 and "MasqMarkBit" in refused.stdout, refused.stdout
+    path = tmp_path / "stdin.json"
+    path.write_text(json.dumps(conf))
+    node = ["--netns", host_ns, "--container", POD, "--cni-config", str(path)]
+    before = _node_rules(host_ns)
+    for command in (["add"], ["check", "--repair"]):
+        pmctl.assert_error(pmctl.run([*command, *node]), 2, "mark bit 40")
+    assert _node_rules(host_ns) == before
+
+
 def test_a_zombie_attachment_of_a_live_container_is_not_sent_to_gc(
     host_ns: str, tmp_path: Path
 ) -> None:
