@@ -356,7 +356,7 @@ class _Walk(PortsLeft):
             holds = False  # (iptables prints an IPv4 address one way: no parse needed)
         else:
             holds = _daddr_holds(spec, self.dest)
-        return holds is negated
+        return holds is not None and holds == negated
 
 
 def _read(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]:
@@ -375,21 +375,22 @@ def _read(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]:
         value = args[i + 1] if i + 1 < n else ""
         if word in ("-j", "-g"):
             return _Rule(proto, ports, value or None, word == "-g")
-        if word == "!" or word == "-d":
+        if word == "!" and value == "-i":
+            i += 3  # `! -i IF`: the plugin's entry takes traffic from every interface
+            continue
+        if word == "-d" or (word == "!" and value == "-d"):
+            # `-d SPEC` (`! -d SPEC`): for all of the walk's packets or for none.
             negated = word == "!"
-            if negated and value == "-i":
-                # `! -i IF`: the plugin's entry takes traffic from every interface.
-                i += 3
-                continue
-            if negated and value != "-d":
-                return None
-            holds = _daddr_holds(args[i + 2] if negated and i + 2 < n else value, dest)
+            spec = (args[i + 2] if i + 2 < n else "") if negated else value
+            holds = _daddr_holds(spec, dest)
             if holds is None:
-                return None
+                return None  # for some of them only
             if holds == negated:
                 return _Rule(proto, (), None, False)  # matches none of the packets
             i += 3 if negated else 2
             continue
+        if word == "!":
+            return None  # any other negated condition: some packets only
         if word == "-p":
             proto = {"6": "tcp", "17": "udp", "132": "sctp", "all": None}.get(value, value)
         elif word == "-m":
