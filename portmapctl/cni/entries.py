@@ -9,6 +9,9 @@ import re
 from typing import List, Optional, Sequence, Union
 
 # What runtimes name containers with: hex (podman, containerd, CRI-O) or a UUID (Nomad).
+# A short form is at least this long (`docker ps` habits: 8 and more; list prints 12):
+# a shorter hex ID begins a cached one too often to be refused for it.
+MIN_SHORT = 8
 _RUNTIME_ID = re.compile(r"[0-9a-fA-F-]+")
 
 
@@ -36,9 +39,10 @@ def longer_id(
     prefix of an ID longer than the tables print whole: render/table.SHORT_ID), when the
     cache has no entry for `container_id` itself; else None. A chain is named after
     the whole ID: the short one names another. Only a runtime's kind of ID (hex, a
-    UUID's dashes) is taken for a short form: `web` beside a cached `webserver-01`
-    is a container of its own."""
-    if not _RUNTIME_ID.fullmatch(container_id):
+    UUID's dashes), MIN_SHORT characters or more, is taken for a short form: `web`
+    beside a cached `webserver-01` is a container of its own, and so is `cafe` (a
+    hand-named hex ID that a cached one begins with, 1 in 65,536 per entry)."""
+    if len(container_id) < MIN_SHORT or not _RUNTIME_ID.fullmatch(container_id):
         return None
     own, start = f"{network}-{container_id}-", f"{network}-{container_id}"
     found = None

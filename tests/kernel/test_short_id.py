@@ -35,7 +35,7 @@ def test_the_short_id_printed_is_refused_by_add_and_check(host_ns, tmp_path):
         ["add", *_mapping(SHORT)],
         ["check", *_mapping(SHORT)],
         ["check", "--repair", *_mapping(SHORT)],
-        ["add", *_mapping(SHORT[:4]), "--dry-run"],
+        ["add", *_mapping(SHORT[:8]), "--dry-run"],
     ):
         assert_error(run([*argv, *common]), 2, f"--container {SHORT[: len(argv[4])]}", FULL)
     assert rp.strip_save_comments(rp.save(host_ns)) == rp.strip_save_comments(before)

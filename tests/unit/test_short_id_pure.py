@@ -19,7 +19,9 @@ def _entry(cache, network: str, container: str, ifname: str = "eth0") -> None:
 def test_a_prefix_of_a_cached_id_names_the_whole_one(tmp_path):
     _entry(tmp_path, "podman", FULL, ifname="net-1")  # an ifname with a '-' too
     assert longer_id(str(tmp_path), "podman", FULL[:12]) == FULL
-    assert longer_id([str(tmp_path / "none"), str(tmp_path)], "podman", "3f") == FULL
+    assert longer_id([str(tmp_path / "none"), str(tmp_path)], "podman", FULL[:8]) == FULL
+    # Shorter than 8: a hand-named hex ID (`cafe`) a cached one begins with is no short form.
+    assert longer_id(str(tmp_path), "podman", FULL[:7]) is None
 
 
 def test_no_short_form_where_the_id_is_cached_or_ends_at_a_dash(tmp_path):
@@ -41,19 +43,19 @@ def test_a_hand_named_container_is_no_short_form_of_another(tmp_path):
     assert longer_id(str(tmp_path / "a"), "podman", "web") is None
     assert longer_id(str(tmp_path / "a"), "podman", "c1") is None
     _entry(tmp_path / "b", "podman", "c1d2e3f4a5b6c7")
-    assert longer_id(str(tmp_path / "b"), "podman", "c1d2") == "c1d2e3f4a5b6c7"
+    assert longer_id(str(tmp_path / "b"), "podman", "c1d2e3f4") == "c1d2e3f4a5b6c7"
 
 
 def test_another_networks_entry_is_not_a_longer_id(tmp_path):
-    """libcni names an entry NETWORK-ID-IFNAME: podman's `podman-default-kube-network`
-    entries start as `--network podman --container de...` would. Their containers are
-    on another network, and their IDs do not start so: not a short form (before: add
-    and check refused `de` as short for that container)."""
-    _entry(tmp_path, "podman-default-kube-network", FULL)
-    assert longer_id(str(tmp_path), "podman", "de") is None
-    assert longer_id(str(tmp_path), "podman", "def") is None
-    (tmp_path / "results" / f"podman-default-kube-network-{FULL}-eth0").write_text("{")
-    assert longer_id(str(tmp_path), "podman", "de") is None  # unreadable: by its name
+    """libcni names an entry NETWORK-ID-IFNAME: a network `podman-deadbeefcafe-net`'s
+    entries start as `--network podman --container deadbeefca...` would. Their
+    containers are on another network, and their IDs do not start so: not a short form
+    (before faa4d7b: add and check refused it as short for that container)."""
+    _entry(tmp_path, "podman-deadbeefcafe-net", FULL)
+    assert longer_id(str(tmp_path), "podman", "deadbeefca") is None
+    assert longer_id(str(tmp_path), "podman", "deadbeefcafe") is None
+    (tmp_path / "results" / f"podman-deadbeefcafe-net-{FULL}-eth0").write_text("{")
+    assert longer_id(str(tmp_path), "podman", "deadbeefca") is None  # unreadable: by its name
     # A network named on as the short form goes, whose container's ID starts so too.
-    _entry(tmp_path, "podman-3f2a", FULL)
-    assert longer_id(str(tmp_path), "podman", "3f") is None
+    _entry(tmp_path, "podman-3f2a9c1e5b7d", FULL)
+    assert longer_id(str(tmp_path), "podman", FULL[:8]) is None
