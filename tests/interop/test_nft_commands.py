@@ -7,6 +7,7 @@ Each test plays a node in a fresh namespace and runs `portmapctl` as a process w
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterator, List
 
@@ -769,3 +770,35 @@ def test_a_nft_zombie_with_no_rule_left_is_not_sent_to_gc_again(node: str, tmp_p
         node, tmp_path, "gc", "--yes", "--min-age", "0", "--netns-liveness", "-o", "json"
     )
     assert json.loads(again.stdout)["removed"] == []  # (what the old fix led to)
+
+
+@pytest.mark.parametrize("conditioned_first", [True, False])
+def test_repair_of_one_mapping_keeps_the_newest_adds_conditions(
+    node: str, tmp_path: Path, conditioned_first: bool
+) -> None:
+    """prerouting lost its rule; `check --repair` of ONE mapping writes it with the
+    conditions of the newest cached ADD, as the node-wide repair does: not with the
+    repaired container's own, which would restrict every other container's ports to its
+    sources (or drop the sources the newest ADD restricted them to), and which check
+    then calls healthy."""
+    cond = ("cond1", ["10.90.0.5/16"], [_pm(6000, 60)])
+    plain = ("plain1", ["10.88.0.5/16"], [_pm(8080, 80)])
+    order = [("condnet", cond, COND_V4), ("podman", plain, None)]
+    if not conditioned_first:
+        order.reverse()
+    confs = {}
+    for when, (network, ctr, conditions) in enumerate(order):
+        confs[ctr[0]] = _on_both((node,), tmp_path, V191, network, ctr, conditions_v4=conditions)
+        entry = tmp_path / "results" / f"{network}-{ctr[0]}-eth0"
+        os.utime(entry, ns=(10**18 + when, 10**18 + when))  # ADD order, unambiguous
+    before = upstream.ruleset_text(node)
+    assert (COND_ENTRY in before) is not conditioned_first
+    upstream.nft(node, "flush", "chain", "ip", "cni_hostport", "prerouting")
+    older = order[0][1][0]  # the container whose conditions are not the node's
+    done = pmctl.run(
+        ["check", "--repair", "--backend", "nftables", "--container", older, "--cni-config",
+         "-", "--netns", node, "--cni-cache-dir", str(tmp_path), "--no-flush-udp"],
+        stdin=json.dumps(confs[older]),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert upstream.ruleset_text(node) == before

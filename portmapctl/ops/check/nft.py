@@ -8,6 +8,7 @@ repaired by one `nft -f` transaction (nftables/planner.py), never in iptables.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import (
     TYPE_CHECKING,
     Dict,
@@ -452,6 +453,21 @@ def _added_at(attachment: Attachment) -> Tuple[int, str]:
         return 0, attachment.path
 
 
+def _expected_in_add_order(node: Node, attachments: Sequence[Attachment]) -> List[MappingConfig]:
+    """What the check compares against (no zombie's rules), in ADD order (the cache
+    files' modification times): the rule order the plugin would have made, and the
+    last ADD's conditions in prerouting/output, as on the node."""
+    from portmapctl.ops import nft
+
+    parts = nft.split(
+        attachments,
+        node.read_nft(),
+        iptables_owners(node.read(), attachments),
+        node.options.keyless,
+    )
+    return [a.mapping for a in sorted(parts.expected, key=_added_at) if a.mapping is not None]
+
+
 def nft_repair(
     node: Node, attachments: Optional[Sequence[Attachment]], dry_run: bool
 ) -> Tuple[str, List[Tuple[MappingConfig, List[int]]]]:
@@ -464,16 +480,8 @@ def nft_repair(
     from portmapctl.nftables.transaction import OpKind
     from portmapctl.nftables.transaction import Transaction as NftTransaction
     from portmapctl.nftables.wanted import wanted
-    from portmapctl.ops import nft
 
-    tables = node.read()
-    parts = nft.split(
-        attachments, node.read_nft(), iptables_owners(tables, attachments), node.options.keyless
-    )
-    # What the check compares against (no zombie's rules), in ADD order (the cache
-    # files' modification times): the rule order the plugin would have made, and the
-    # last ADD's conditions in prerouting/output, as on the node.
-    configs = [a.mapping for a in sorted(parts.expected, key=_added_at) if a.mapping is not None]
+    configs = _expected_in_add_order(node, attachments)
     if not configs:
         return "", []
     want = [w for c in configs for f in node.options.families if (w := wanted(c, f)) is not None]
@@ -563,5 +571,13 @@ def repair_mapping(
     from portmapctl.nftables.wanted import wanted
 
     want = [w for f in families if (w := wanted(config, f)) is not None]
+    # prerouting/output are the node's, not this container's: where one must be written
+    # again, it gets the conditions of the newest cached ADD of its family, as the
+    # node-wide repair writes it (this container's would apply to every container).
+    attachments = node.read_cache()
+    if attachments:
+        newest = {w.family: w.entry for c in _expected_in_add_order(node, attachments)
+                  for f in families if (w := wanted(c, f)) is not None}  # fmt: skip
+        want = [replace(w, entry=newest.get(w.family, w.entry)) for w in want]
     text = node.converge_nft(lambda live: planner.setup(live, want))
     return text, ([w.family for w in want] if text else [])
