@@ -315,7 +315,11 @@ def build(
 class Leftover:
     """A container's masquerade rules for an address none of its DNAT rules (in that
     family) sends traffic to: left when its DNAT rules went (deleted by hand, a DEL
-    cut short). The plugin's DEL or gc removes them with the container; nothing else."""
+    cut short). The plugin's DEL or gc removes them with the container; nothing else.
+    Not when the container has DNAT rules in the other family: the plugin's ADD writes
+    masquerade rules for each address of the container, DNAT rules only for mappings
+    of that family (a dual-stack container whose host IPs are all IPv6 gets IPv4
+    masquerade rules alone), and its DEL removes both families at once."""
 
     family: int
     container_id: str
@@ -332,21 +336,25 @@ def leftovers(ruleset: Ruleset) -> List[Leftover]:
     from portmapctl.nftables.node import is_plugin_rule
 
     found: List[Leftover] = []
-    for family in sorted(ruleset.tables):
-        table = ruleset.tables[family]
-        ip = FAMILY_NAMES[family]
-        dnat_to = {
+    dnat_to = {
+        family: {
             (rule.comment, rule.body.action.addr)
             for chain in EVALUATION_ORDER
             for rule in table.rules_of(chain)
             if rule.body.action.kind is ActionKind.DNAT
         }
+        for family, table in ruleset.tables.items()
+    }
+    for family in sorted(ruleset.tables):
+        table = ruleset.tables[family]
+        ip = FAMILY_NAMES[family]
+        elsewhere = {cid for f, pairs in dnat_to.items() if f != family for cid, _addr in pairs}
         left: Dict[Tuple[str, str], List[Rule]] = {}
         for rule in table.rules_of(MASQUERADING):
             address = rule.body.value(f"{ip} daddr")
-            if not is_plugin_rule(rule) or address is None:
+            if not is_plugin_rule(rule) or address is None or rule.comment in elsewhere:
                 continue
-            if (rule.comment, address) not in dnat_to:
+            if (rule.comment, address) not in dnat_to[family]:
                 left.setdefault((rule.comment or "", address), []).append(rule)
         found += [Leftover(family, cid, addr, tuple(rules)) for (cid, addr), rules in sorted(left.items())]
     return found

@@ -802,3 +802,27 @@ def test_repair_of_one_mapping_keeps_the_newest_adds_conditions(
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert upstream.ruleset_text(node) == before
+
+
+def test_masquerade_alone_in_one_family_is_the_plugins_shape_not_a_leftover(
+    node: str, tmp_path: Path
+) -> None:
+    """A dual-stack container whose only host IP is ::1: v1.9.1 writes IPv4 masquerade
+    rules and no IPv4 DNAT rule (its ADD masquerades every address of the container).
+    Without a CNI cache, check called them `incomplete` (exit 1: "host ports are not
+    forwarded", a gc to run once the container is gone) for a healthy container."""
+    ctr = ("v6host1", ["10.88.0.5/16", "fd00:88::5/64"], [_pm(8181, 80, host_ip="::1")])
+    upstream.run(V191, "ADD", node, ctr[0], _conf("podman", ctr), check=True)
+    assert "ip saddr 127.0.0.1 ip daddr 10.88.0.5 masquerade" in upstream.ruleset_text(node)
+    done = _pmctl(node, tmp_path / "nonexistent", "check", "-o", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["problems"] == []
+    # Its IPv6 DNAT rules gone too (a DEL cut short): the IPv4 ones are left behind again.
+    handle = json.loads(upstream.nft(node, "-j", "list", "chain", "ip6", "cni_hostport",
+                                     "hostports").stdout)["nftables"][-1]["rule"]["handle"]  # fmt: skip
+    upstream.nft(node, "delete", "rule", "ip6", "cni_hostport", "hostports", "handle", str(handle))
+    done = _pmctl(node, tmp_path / "nonexistent", "check", "-o", "json")
+    assert {(p["kind"], p["family"]) for p in json.loads(done.stdout)["problems"]} == {
+        ("incomplete", 4),
+        ("incomplete", 6),
+    }
