@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 
@@ -30,6 +30,22 @@ def destination(host_ip: Optional[str]) -> Optional[str]:
     if not host_ip or ipaddress.ip_address(str(host_ip)).is_unspecified:
         return None
     return str(host_ip)
+
+
+def destined(where: str, dest: Any) -> Optional[bool]:
+    """Whether the connections of a mapping on `dest` (`destination`: one address, or
+    None for every address of the node that is not loopback) are for an address in
+    `where` (an address or a prefix, as a rule's `-d` or `ip daddr` names it): all of
+    them (True), none (False), or only some (None; also for what is not an address)."""
+    try:
+        network = ipaddress.ip_network(where, strict=False)
+    except ValueError:
+        return None
+    if dest is not None:
+        return ipaddress.ip_address(dest) in network
+    if network.is_loopback:
+        return False  # no connection of a mapping on every address is for loopback
+    return None
 
 
 @dataclass(frozen=True)

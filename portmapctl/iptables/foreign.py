@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import (
     Any,
     Callable,
@@ -72,7 +72,7 @@ from typing import (
     Union,
 )
 
-from portmapctl.core.mapping import loopback
+from portmapctl.core.mapping import destined, loopback
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, Args, NatTable, format_rule
@@ -355,7 +355,7 @@ class _Walk(PortsLeft):
         elif self.dest_text.endswith("/32") and spec.endswith("/32"):
             holds = False  # (iptables prints an IPv4 address one way: no parse needed)
         else:
-            holds = _daddr_holds(spec, self.dest)
+            holds = destined(spec, self.dest)
         return holds is not None and holds == negated
 
 
@@ -382,7 +382,7 @@ def _read(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]:
             # `-d SPEC` (`! -d SPEC`): for all of the walk's packets or for none.
             negated = word == "!"
             spec = (args[i + 2] if i + 2 < n else "") if negated else value
-            holds = _daddr_holds(spec, dest)
+            holds = destined(spec, dest)
             if holds is None:
                 return None  # for some of them only
             if holds == negated:
@@ -405,20 +405,6 @@ def _read(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]:
             return None
         i += 2
     return _Rule(proto, ports, None, False)
-
-
-def _daddr_holds(spec: str, dest: Optional[Address]) -> Optional[bool]:
-    """Whether `-d spec` holds for all the walk's packets (True), none (False), or only
-    some (None: a mapping on every address, and an address that is not loopback)."""
-    try:
-        where = ip_network(spec, strict=False)
-    except ValueError:
-        return None
-    if dest is not None:
-        return dest in where
-    if where.is_loopback:
-        return False  # no packet of a mapping on every address is for loopback
-    return None
 
 
 def _ranges(spec: str) -> Tuple[Tuple[int, int], ...]:

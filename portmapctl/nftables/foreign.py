@@ -502,7 +502,6 @@ def _mapped_rule(
 
 _SINGLE = "{ports}"  # _Rule.target of a vmap keyed by the port alone (inline elements)
 _PORT_KEY = [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]
-_LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
 
 
 def _vmap_rule(proto: Optional[str], ports: Ranges, value: Any) -> Optional[_Rule]:
@@ -591,17 +590,10 @@ def _daddr_holds(value: Any, family: int, dest: Optional[str]) -> Optional[bool]
     spelled = f"{prefix.get('addr')}/{prefix.get('len')}" if isinstance(prefix, dict) else right
     if not isinstance(spelled, str):
         return None
-    import ipaddress
+    from portmapctl.core.mapping import destined
 
-    try:
-        where = ipaddress.ip_network(spelled, strict=False)
-    except ValueError:
-        return None
-    if dest is not None:
-        inside = ipaddress.ip_address(dest) in where
-    elif where.subnet_of(ipaddress.ip_network(_LOOPBACK[version])):  # type: ignore[arg-type]
-        inside = False  # no packet of a mapping on every address is for loopback
-    else:
+    inside = destined(spelled, dest)
+    if inside is None:
         return None
     return inside if value["op"] != "!=" else not inside
 
