@@ -276,3 +276,54 @@ def test_gc_flushes_udp_flows_misrouted_by_a_stale_chain(node: Node) -> None:
     assert misrouted == [], "gc left flows that follow the removed container"
     node.send_udp(NODE_IP, UDP_PORT, CLIENT_PORT)
     assert {f["reply_src"] for f in node.udp_flows(UDP_PORT)} == {new_ip}
+
+
+# --- 6. check --repair against podman's own network reload ----------------------------------
+
+
+def portmap_rules(node: Node) -> set[str]:
+    """The plugin's part of the node's nat table (its chains, their rules and the jumps
+    to them), as a set: repair and podman write the same rules in their own order."""
+    names = ("CNI-HOSTPORT-", "CNI-DN-")
+    return {
+        line
+        for line in node.nat_rules()
+        if any(word.lstrip(":").startswith(names) for word in line.split())
+    }
+
+
+def test_check_repair_writes_what_podman_network_reload_writes(node: Node) -> None:
+    node.network("pma", "10.89.90.0/24")
+    node.network("pmb", "10.89.91.0/24")
+    node.network("pmnosnat", "10.89.92.0/24")
+    conflist = node.netconf_dir / "pmnosnat.conflist"
+    config = json.loads(conflist.read_text())
+    for plugin in config["plugins"]:
+        if plugin["type"] == "portmap":
+            plugin["snat"] = False
+    conflist.write_text(json.dumps(config))
+    node.start("web", ["pma"], ["8080:80", "5353:53/udp"], WEB)
+    node.start("lo", ["pma"], ["127.0.0.1:9000:80"], WEB)
+    node.start("pinned", ["pmb"], [f"{NODE_IP}:8081:80"], WEB)
+    node.start("both", ["pma", "pmb"], ["8090:80"], WEB)
+    node.start("nosnat", ["pmnosnat"], ["8095:80"], WEB)
+    gone = node.start("gone", ["pmb"], ["8099:80"], WEB)
+    gone_chain = the_chain(listing(node), gone)["chain"]
+    node.kill_and_forget(gone)
+    healthy = portmap_rules(node)
+
+    node.ns("iptables", "-w", "-t", "nat", "-F")
+    done = node.portmapctl("check", "--repair")
+    assert done.returncode == 1, done.stdout + done.stderr  # the zombie remains
+    repaired = portmap_rules(node)
+    node.ns("iptables", "-w", "-t", "nat", "-F")
+    node.podman("network", "reload", "--all", check=False)
+    assert portmap_rules(node) == repaired
+    # The zombie's rules are the only ones neither writes again (-F keeps its empty chain).
+    assert repaired <= healthy
+    assert healthy - repaired == lines_naming(list(healthy), gone_chain) - {
+        f":{gone_chain} - [0:0]"
+    }
+    assert node.portmapctl("check").returncode == 1
+    assert node.http_get(NODE_IP, 8080) == PAGE
+    assert node.http_get(NODE_IP, 8095) == PAGE
