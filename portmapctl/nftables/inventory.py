@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Mapping as ReadOnly
 
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import ProblemKind, Status
@@ -48,7 +49,7 @@ from portmapctl.nftables.ruleset import (
     Ruleset,
     Table,
 )
-from portmapctl.nftables.wanted import FIB_LOCAL
+from portmapctl.nftables.wanted import FIB_LOCAL, WantedFamily
 
 BACKEND = "nftables"
 CHAIN_TYPE = "nft-rule"
@@ -446,11 +447,45 @@ def _structure_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[P
     return structure_problems(ruleset, families)
 
 
+def extra_rules(
+    table: Optional[Table],
+    family: int,
+    wants: Sequence[WantedFamily],
+    networks: ReadOnly[str, str],
+    said: str = "its cached config",
+) -> List[Problem]:
+    """One `extra-rules` per container of `networks` (ID -> network) holding rules in
+    this family that none of `wants` is (planner.unwanted: what --repair deletes).
+    `said`: whose config it is (the node check's cached one, or the mapping given)."""
+    from portmapctl.nftables.planner import unwanted
+
+    found: Dict[str, List[Rule]] = {}
+    for rule in unwanted(table, wants, networks.keys()):
+        found.setdefault(rule.comment or "", []).append(rule)
+    problems = []
+    for cid in sorted(found):
+        rules = found[cid]
+        texts = tuple(r.body.text(family) for r in rules)
+        handles = ", ".join(str(r.handle) for r in rules)
+        problems.append(
+            Problem(
+                ProblemKind.EXTRA_RULES,
+                family,
+                rules[0].chain,
+                networks[cid],
+                cid,
+                f"{len(rules)} rule(s) {said} does not make (handle {handles}): {'; '.join(texts)}",
+                rules=texts,
+            )
+        )
+    return problems
+
+
 def _rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem]:
     """Each compared container's rules against what the plugin's ADD writes, exactly
     (SPEC §3 check): what is missing, and what of its own is there that it would not
     have written (planner.unwanted: what --repair deletes)."""
-    from portmapctl.nftables.planner import missing_by_container, unwanted
+    from portmapctl.nftables.planner import missing_by_container
     from portmapctl.nftables.wanted import wanted
 
     compared = [o for o in nft_backed if o.mapping is not None and not o.zombie]
@@ -466,25 +501,7 @@ def _rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Proble
             if want is not None:
                 owners.append(owner)
                 wants.append(want)
-        extra: Dict[str, List[Rule]] = {}
-        for rule in unwanted(ruleset.table(family), wants, networks.keys()):
-            extra.setdefault(rule.comment or "", []).append(rule)
-        for cid in sorted(extra):
-            rules = extra[cid]
-            texts = tuple(r.body.text(family) for r in rules)
-            handles = ", ".join(str(r.handle) for r in rules)
-            problems.append(
-                Problem(
-                    ProblemKind.EXTRA_RULES,
-                    family,
-                    rules[0].chain,
-                    networks[cid],
-                    cid,
-                    f"{len(rules)} rule(s) its cached config does not make (handle {handles}):"
-                    f" {'; '.join(texts)}",
-                    rules=texts,
-                )
-            )
+        problems += extra_rules(ruleset.table(family), family, wants, networks)
         if not wants:
             continue
         missing: Dict[int, List] = {}

@@ -136,13 +136,19 @@ def unwanted(
 
 
 def repair(
-    live: Ruleset, wanted: Sequence[WantedFamily], ids: Collection[str], families: Iterable[int]
+    live: Ruleset,
+    wanted: Sequence[WantedFamily],
+    ids: Collection[str],
+    families: Iterable[int],
+    also: Sequence[WantedFamily] = (),
 ) -> Transaction:
     """`check --repair`: the containers `ids` exactly as `wanted`: their unwanted rules
-    deleted by handle, then what is missing added (setup), in one transaction."""
+    deleted by handle, then what is missing added (setup), in one transaction. `also`:
+    more of their rules that are not unwanted, left as they are (the same container's
+    on another network, when one mapping is repaired)."""
     txn = Transaction()
     for family in sorted(set(families)):
-        want = [w for w in wanted if w.family == family]
+        want = [w for w in (*wanted, *also) if w.family == family]
         for rule in unwanted(live.table(family), want, ids):
             txn.delete_rule(family, rule.chain, rule.handle, rule.body)
     txn.ops += setup(live, wanted).ops

@@ -826,3 +826,104 @@ def test_masquerade_alone_in_one_family_is_the_plugins_shape_not_a_leftover(
         ("incomplete", 4),
         ("incomplete", 6),
     }
+
+
+# --- check of ONE nft-backed mapping: the container's own rules its config does not
+# make are `extra-rules`, as in the node check, and its --repair deletes them by handle. ---
+
+C1 = ("c1", ["10.88.0.5/16", "fd00:88::5/64"],
+      [_pm(8080, 80), _pm(5353, 53, "udp"), _pm(9090, 90, host_ip="127.0.0.1")])  # fmt: skip
+WRONG = ("tcp", "dport", "8080", "dnat", "to", "10.88.0.5:81", "comment", '"c1"')
+
+
+def _one(ns: str, cache: Path, conf_path: Path, *args: str):
+    """`check --cni-config` of c1 (the runtime gives the container ID beside the config)."""
+    return _pmctl(ns, cache, "check", "--container", "c1", "--cni-config", str(conf_path),
+                  "--no-flush-udp", "-o", "json", *args)  # fmt: skip
+
+
+def test_one_mapping_check_reports_a_wrong_rule_of_its_container_and_repair_deletes_it(
+    node: str, tmp_path: Path
+) -> None:
+    """The plugin's own rules, even twice over (a re-ADD duplicates every rule), are no
+    problem; a rule of the container its config does not make, put first, is
+    `extra-rules` (port 8080 goes to :81): the old check called it healthy, and --repair
+    (the planner's setup) left it. --repair deletes it alone, by handle: another
+    container's wrong rule, an admin's rule and another table stay."""
+    conf = _plugin_add(node, tmp_path, C1)
+    upstream.run(V191, "ADD", node, "c1", conf, check=True)  # a re-ADD: every rule twice
+    _plugin_add(node, tmp_path, API)
+    path = tmp_path / "c1.json"
+    path.write_text(json.dumps(conf))
+    healthy = _one(node, tmp_path, path)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert json.loads(healthy.stdout)["problems"] == []
+
+    upstream.nft(node, "insert", "rule", "ip", "cni_hostport", "hostports", *WRONG)
+    # Not c1's to repair: api1's own wrong rule, an admin's rule, another table.
+    upstream.nft(node, "add", "rule", "ip", "cni_hostport", "hostports", "tcp", "dport", "9191",
+                 "dnat", "to", "10.88.0.6:91", "comment", '"api1"')  # fmt: skip
+    upstream.nft(node, "add", "rule", "ip", "cni_hostport", "hostports", "tcp", "dport", "6000",
+                 "dnat", "to", "10.88.0.50:60")  # fmt: skip
+    upstream.nft(node, "add", "table", "ip", "other")
+    upstream.nft(node, "add", "chain", "ip", "other", "c", "{ type nat hook prerouting priority"
+                 " 100; }")  # fmt: skip
+    upstream.nft(node, "add", "rule", "ip", "other", "c", *WRONG)
+    broken = _one(node, tmp_path, path)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    [extra] = json.loads(broken.stdout)["problems"]
+    assert (extra["kind"], extra["family"], extra["container_id"]) == ("extra-rules", 4, "c1")
+    assert extra["rule"] == 'tcp dport 8080 dnat to 10.88.0.5:81 comment "c1"'
+    assert extra["detail"].startswith("1 rule(s) its config does not make (handle ")
+    # The mapping options say the same.
+    options = ["check", "--backend", "nftables", "--network", "podman", "--container", "c1",
+               "--ip", "10.88.0.5/16", "--ip", "fd00:88::5/64", "-p", "8080:80",
+               "-p", "5353:53/udp", "-p", "127.0.0.1:9090:90", "-o", "json"]  # fmt: skip
+    by_options = _pmctl(node, tmp_path, *options)
+    assert by_options.returncode == 1, by_options.stdout + by_options.stderr
+    [same] = json.loads(by_options.stdout)["problems"]
+    assert {**same, "fix": None} == {**extra, "fix": None}  # (the fix repeats the command)
+    # So does the node check.
+    node_wide = json.loads(_pmctl(node, tmp_path, "check", "-o", "json").stdout)["problems"]
+    assert [p["rule"] for p in node_wide if p["container_id"] == "c1"] == [extra["rule"]]
+
+    others = [r for r in json.loads(upstream.ruleset_json(node))["nftables"]
+              if "rule" in r and r["rule"].get("comment") != "c1"]  # fmt: skip
+    ours = sorted(json.dumps(r) for r in _rules_of(node, "c1") if r["expr"][-1].get("dnat")
+                  != {"addr": "10.88.0.5", "port": 81})  # fmt: skip
+    repaired = _one(node, tmp_path, path, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    doc = json.loads(repaired.stdout)
+    assert [p["kind"] for p in doc["fixed"]] == ["extra-rules"]
+    # Only that rule deleted: the others by handle as they were, the duplicates too.
+    assert sorted(json.dumps(r) for r in _rules_of(node, "c1")) == ours
+    assert [r for r in json.loads(upstream.ruleset_json(node))["nftables"]
+            if "rule" in r and r["rule"].get("comment") != "c1"] == others  # fmt: skip
+    upstream.run(V191, "CHECK", node, "c1", conf, check=True)
+
+
+def test_one_mapping_check_counts_the_containers_other_network_as_its_own(
+    node: str, tmp_path: Path
+) -> None:
+    """One container on two nft-backed networks: the plugin's comment is the container
+    ID alone, so each network's rules carry it. Checking one network's mapping, the
+    other's rules are the container's own (the node check counts them so), not extra;
+    --repair deletes only the rule neither config makes."""
+    first = _on_both((node,), tmp_path, V191, "podman", ("c1", ["10.88.0.5/16"], [_pm(8080, 80)]))
+    second = _on_both((node,), tmp_path, V191, "other", ("c1", ["10.89.0.5/16"], [_pm(8181, 80)]))
+    path = tmp_path / "c1.json"
+    path.write_text(json.dumps(first))
+    healthy = _one(node, tmp_path, path)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    upstream.nft(node, "insert", "rule", "ip", "cni_hostport", "hostports", *WRONG)
+    broken = _one(node, tmp_path, path)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert [p["rule"] for p in json.loads(broken.stdout)["problems"]] == [
+        'tcp dport 8080 dnat to 10.88.0.5:81 comment "c1"'
+    ]
+    repaired = _one(node, tmp_path, path, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "10.88.0.5:81" not in upstream.ruleset_text(node)
+    for conf in (first, second):
+        upstream.run(V191, "CHECK", node, "c1", conf, check=True)
+    assert _pmctl(node, tmp_path, "check").returncode == 0

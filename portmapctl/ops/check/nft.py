@@ -35,7 +35,9 @@ from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
     from portmapctl.nftables.inventory import NftInventory, NftMapping
+    from portmapctl.nftables.inventory import Problem as InventoryProblem
     from portmapctl.nftables.ruleset import Rule, Ruleset
+    from portmapctl.nftables.wanted import WantedFamily
     from portmapctl.ops.nft import Split
 
 STALE = ProblemKind.STALE.value
@@ -152,24 +154,11 @@ def nft_problems(
         if parts.nftables:
             raise node.nft_unusable  # nft state is needed and cannot be read
         return NftCheck([], nft_ids, 0, [], None, nft_keys=_keys(parts.nftables))
-    problems: List[Problem] = []
-    for p in found.problems:
-        if node.options.families and p.family not in node.options.families:
-            continue
-        fix = fixes.repair
-        problems.append(
-            Problem(
-                p.kind.value,
-                p.family,
-                f"nft:{p.chain or ''}".rstrip(":") or "nft",
-                p.network,
-                p.container_id,
-                p.detail,
-                fix,
-                _NFT_WHY.get(p.kind.value, ""),
-                p.rules,
-            )
-        )
+    problems = [
+        _problem(p, fixes.repair)
+        for p in found.problems
+        if not node.options.families or p.family in node.options.families
+    ]
     seen_stale: Set[Tuple[Optional[str], int]] = set()
     rules = rules_by_handle(live)
     foreign = {(f.family, f.label): f for f in found.foreign}
@@ -244,6 +233,15 @@ def nft_problems(
         notes.append(_not_checked("nftables", len(iptables_ids), "iptables", why))
     return NftCheck(
         problems, nft_ids, compared, notes, found, owners_in(live), _keys(parts.nftables)
+    )
+
+
+def _problem(p: InventoryProblem, fix: str) -> Problem:
+    """An nftables inventory problem as check reports it (`repair` fixes each kind)."""
+    where = f"nft:{p.chain or ''}".rstrip(":") or "nft"
+    why = _NFT_WHY.get(p.kind.value, "")
+    return Problem(
+        p.kind.value, p.family, where, p.network, p.container_id, p.detail, fix, why, p.rules
     )
 
 
@@ -515,8 +513,10 @@ def nft_repair(
 
 def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) -> List[Problem]:
     """One nft-backed mapping, as upstream v1.9.1's CHECK (which only counts rules)
-    would want it, but exactly: its rules, and the structure that reaches them."""
-    from portmapctl.nftables.inventory import structure_problems
+    would want it, but exactly: its rules, and the structure that reaches them; and,
+    beyond that CHECK, the container's own rules its config does not make
+    (`extra-rules`, as the node check: first-match-wins sends the port elsewhere)."""
+    from portmapctl.nftables.inventory import extra_rules, structure_problems
     from portmapctl.nftables.planner import missing_rules
     from portmapctl.nftables.wanted import wanted
 
@@ -525,25 +525,19 @@ def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) 
         raise node.nft_unusable
     from portmapctl.ops.check.run import SAME_WITH_REPAIR as fix
 
-    problems: List[Problem] = []
-    for p in structure_problems(live, {f: config.snat for f in families}):
-        problems.append(
-            Problem(
-                p.kind.value,
-                p.family,
-                f"nft:{p.chain or ''}".rstrip(":") or "nft",
-                None,
-                None,
-                p.detail,
-                fix,
-                _NFT_WHY.get(p.kind.value, ""),
-            )  # fmt: skip
-        )
+    structure = structure_problems(live, {f: config.snat for f in families})
+    problems = [_problem(p, fix) for p in structure]
+    others = _elsewhere(node, config, families, node.read_cache())
     for family in families:
         want = wanted(config, family)
         if want is None:
             continue
-        missing = missing_rules(live.table(family), want)
+        table = live.table(family)
+        wants = [want, *(w for w in others if w.family == family)]
+        own = {config.container_id: config.network}
+        extra = extra_rules(table, family, wants, own, "its config")
+        problems += [_problem(p, fix) for p in extra]
+        missing = missing_rules(table, want)
         if missing:
             texts = "; ".join(body.text(family) for _chain, body in missing)
             kind = ProblemKind.NFT_MISSING_RULES.value
@@ -563,21 +557,46 @@ def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) 
     return problems
 
 
+def _elsewhere(
+    node: Node,
+    config: MappingConfig,
+    families: Tuple[int, ...],
+    attachments: Optional[Sequence[Attachment]],
+) -> List[WantedFamily]:
+    """What the plugin wrote for the container's nft-backed cache entries of other
+    networks: their rules carry the same comment (the container ID alone), so they are
+    the container's own, never extra, as the node check counts them."""
+    from portmapctl.nftables.wanted import wanted
+
+    cid, network = config.container_id, config.network
+    if not any(a.container_id == cid and a.network != network for a in attachments or ()):
+        return []  # the common case: the cache is not split by backend for nothing
+    return [w for c in _expected_in_add_order(node, attachments or [])
+            if c.container_id == cid and c.network != network
+            for f in families if (w := wanted(c, f)) is not None]  # fmt: skip
+
+
 def repair_mapping(
     node: Node, config: MappingConfig, families: Tuple[int, ...]
 ) -> Tuple[str, List[int]]:
-    """Make one nft-backed mapping as the plugin's ADD would: its text and families."""
+    """Make one nft-backed mapping as the plugin's ADD would, and delete the rules of
+    its container that its config does not make (what check_mapping calls extra): the
+    transaction's text and the families written."""
     from portmapctl.nftables import planner
     from portmapctl.nftables.wanted import wanted
 
     want = [w for f in families if (w := wanted(config, f)) is not None]
+    attachments = node.read_cache()
+    others = _elsewhere(node, config, families, attachments)
     # prerouting/output are the node's, not this container's: where one must be written
     # again, it gets the conditions of the newest cached ADD of its family, as the
     # node-wide repair writes it (this container's would apply to every container).
-    attachments = node.read_cache()
     if attachments:
         newest = {w.family: w.entry for c in _expected_in_add_order(node, attachments)
                   for f in families if (w := wanted(c, f)) is not None}  # fmt: skip
         want = [replace(w, entry=newest.get(w.family, w.entry)) for w in want]
-    text = node.converge_nft(lambda live: planner.setup(live, want))
+    # Exactly as checked: the container's own unwanted rules go too, by handle
+    # (never anyone else's), as the node-wide repair does.
+    ids, kept = {config.container_id}, [w.family for w in want]
+    text = node.converge_nft(lambda live: planner.repair(live, want, ids, kept, others))
     return text, ([w.family for w in want] if text else [])

@@ -336,6 +336,38 @@ def test_repair_deletes_a_compared_containers_own_wrong_rules_only() -> None:
     ]
 
 
+def test_repair_of_one_network_keeps_the_containers_rules_of_another() -> None:
+    """One container on two networks: both networks' rules carry its ID alone. Repairing
+    one network's mapping (`also`: the other's wanted rules) deletes only the rule that
+    neither makes, and adds nothing of the other network (not the mapping repaired)."""
+    configs = nftcases.live_configs("v191-several")
+    given = configs[0]
+    second = dataclasses.replace(configs[1], network="other", container_id=given.container_id)
+    fake = MemoryNft(nftcases.live("v191-several"))
+    fake.apply(planner.setup(fake.read(), _wanted([second])))
+    [right, *_] = [w for w in _wanted([given]) if w.family == 4][0].hostports
+    wrong = dataclasses.replace(right, action=dataclasses.replace(right.action, port=81))
+    txn = Transaction()
+    txn.add_rule(4, "hostports", wrong)
+    fake.apply(txn)
+    [elsewhere, *_] = [w for w in _wanted([second]) if w.family == 4][0].hostports
+    table = fake.read().table(4)
+    [handle] = [r.handle for r in table.rules_of("hostports") if r.body == elsewhere]
+    gone = Transaction()
+    gone.delete_rule(4, "hostports", handle)  # the other network's own repair's to add
+    fake.apply(gone)
+    live = fake.read()
+    [wrong_handle] = [r.handle for r in live.table(4).rules_of("hostports") if r.body == wrong]
+    ids = {given.container_id}
+    txn = planner.repair(live, _wanted([given]), ids, (4, 6), also=_wanted([second]))
+    assert txn.render().splitlines() == [
+        f"delete rule ip cni_hostport hostports handle {wrong_handle}"
+    ]
+    # Without `also`, the other network's rules would go too.
+    deletes = planner.repair(live, _wanted([given]), ids, (4, 6)).render().count("delete rule")
+    assert deletes > 1
+
+
 def test_repair_in_a_v17_table_writes_what_v17_wrote() -> None:
     """check --repair keeps a working v1.6/v1.7 entry; what it re-creates there goes
     where that plugin's ADD puts it: host-IP rules in hostip_hostports (v1.7.1's CHECK
