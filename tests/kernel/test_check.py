@@ -338,6 +338,41 @@ def test_single_mapping_check_and_repair(host_ns, iptables_mode, tmp_path):
     assert json.loads(done.stdout)["repaired"] is False
 
 
+def test_single_mapping_check_reports_a_wrong_rule_its_repair_rewrites(
+    host_ns, iptables_mode, tmp_path
+):
+    """A DNAT rule of the container's chain that its config does not make, put first (the
+    port now goes to :81): the plugin's CHECK passes (it asks only that the wanted rules
+    exist), and so did check of that one mapping, exit 0, while its --repair rewrote the
+    chain. Now it is `extra-rules`, exit 1, as the node check and the nftables backend's
+    one-mapping check say; --repair puts the plugin's chain back, byte for byte."""
+    mode = iptables_mode
+    container_id, ips, ports = CONTAINERS[2]
+    conf = rp.plugin_conf("mynet", ips, ports)
+    rp.run_plugin("ADD", host_ns, container_id, conf, mode=mode, check=True)
+    made = rp.nat_rules(rp.save(host_ns, 4, mode))
+    chain = _chain(container_id)
+    wrong = ["-I", chain, "1", "-p", "tcp", "-m", "tcp", "--dport", str(ports[0]["hostPort"]),
+             "-j", "DNAT", "--to-destination", f"{ips[0].split('/')[0]}:81"]  # fmt: skip
+    rp.iptables(host_ns, ["-t", "nat", *wrong], mode=mode)
+    for proc in rp.run_check(host_ns, container_id, conf, mode=mode):
+        assert proc.returncode == 0, proc.stdout  # the plugin sees nothing wrong
+    path = tmp_path / "conf.json"
+    path.write_text(json.dumps(conf))
+    args = ["check", "--netns", host_ns, "--iptables", mode, "--container", container_id,
+            "--cni-config", str(path), "--family", "4", "-o", "json"]  # fmt: skip
+    done = run(args)
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert _problems(json.loads(done.stdout)) == [("extra-rules", 4, chain)]
+    assert problems[0]["detail"].startswith("1 rule its config does not make: ")
+    assert ":81" in problems[0]["detail"]
+    done = run([*args, "--repair"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rp.nat_rules(rp.save(host_ns, 4, mode)) == made
+    assert run(args).returncode == 0
+
+
 def test_repair_flushes_udp_conntrack_of_what_it_recreated(host_ns, tmp_path):
     """While the mapping was gone, a UDP flow to the node got an un-NATed conntrack
     entry; it would keep bypassing the re-created DNAT until idle (the seed commit's

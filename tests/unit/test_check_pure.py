@@ -283,7 +283,9 @@ def test_mapping_check_is_the_plugins_check_without_the_seed_bug():
     gone = {4: tables[4], 6: parse_save(EMPTY_NAT, 6)}
     problems, _ = check.diagnose_mapping(gone, config, "fix")
     assert _kinds(problems) == [("missing-chain", 6, dnat_chain_name(config))]
-    # The plugin's CHECK only asks that wanted rules exist: an extra one is no failure.
+    # The plugin's CHECK only asks that wanted rules exist; a rule of its chain that
+    # the config does not make is `extra-rules` here too, as the node check and the
+    # nftables backend's one-mapping check say, and what --repair rewrites.
     extra = {
         4: parse_save(
             save_text("dual-stack", 4).replace(
@@ -292,7 +294,9 @@ def test_mapping_check_is_the_plugins_check_without_the_seed_bug():
             4,
         )
     }
-    assert check.diagnose_mapping(extra, config, "fix") == ([], 1)
+    problems, compared = check.diagnose_mapping(extra, config, "fix")
+    assert compared == 1 and _kinds(problems) == [("extra-rules", 4, dnat_chain_name(config))]
+    assert problems[0].detail.startswith("1 rule its config does not make: ")
 
 
 def test_fix_commands_carry_the_options_check_ran_with():

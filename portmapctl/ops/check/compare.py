@@ -138,12 +138,14 @@ def check_container(
     elsewhere_fix: Optional[str] = None,
     entries: Optional[EntryIndex] = None,
     held_there: str = "it",
+    said: str = "its cached config",
 ) -> List[Problem]:
     """One container's CNI-DN- chain and its entry rules against the live table.
 
-    `exact` (node check) also reports rules that should not be there and a wrong
-    order; without it, exactly the plugin's CHECK: every wanted rule present.
-    `elsewhere` names the other iptables flavour when the chain exists there, and
+    `exact` also reports rules that should not be there and a wrong order (what
+    --repair rewrites); without it, exactly the plugin's CHECK: every wanted rule
+    present. `said`: whose config it is (the node check's cached one, or the mapping
+    given). `elsewhere` names the other iptables flavour when the chain exists there, and
     `elsewhere_fix` is the fix of the chain missing here then; `held_there` what of
     the plugin's the other flavour holds ("it", the chain; or CNI-HOSTPORT-DNAT).
     `entries` is `entry_index(live)`, made once by a caller that checks many.
@@ -193,7 +195,7 @@ def check_container(
             problems.append(
                 problem(
                     ProblemKind.EXTRA_RULES,
-                    f"{len(extra)} {'rule' if len(extra) == 1 else 'rules'} its cached config"
+                    f"{len(extra)} {'rule' if len(extra) == 1 else 'rules'} {said}"
                     f" does not make: {_rules_text(name, extra)}",
                     "the chain does not match the container's config (an old address or port?):"
                     " traffic may go to the wrong place",
@@ -230,7 +232,7 @@ def check_container(
             problems.append(
                 problem(
                     ProblemKind.EXTRA_ENTRY,
-                    f"{TOPLEVEL_DNAT} has entry rules its cached config does not make:"
+                    f"{TOPLEVEL_DNAT} has entry rules {said} does not make:"
                     f" {_rules_text(TOPLEVEL_DNAT, extra_entries)}",
                     "host ports the container no longer maps are still sent to it",
                     saved_rules(TOPLEVEL_DNAT, extra_entries),

@@ -132,7 +132,10 @@ def diagnose_mapping(
     fix: str,
     elsewhere: ReadOnly[int, str] = {},  # noqa: B006 - read only
 ) -> Tuple[List[Problem], int]:
-    """What the plugin's CHECK verifies for one mapping, a missing chain included.
+    """What the plugin's CHECK verifies for one mapping, a missing chain included, and
+    what --repair of it rewrites: rules of its chain, and entry rules to it, that the
+    config given does not make, or in another order (as the nftables backend's check
+    of one mapping reports its container's rules the config does not make).
     `elsewhere`: the other iptables flavour, by family, where it alone holds the chain."""
     problems: List[Problem] = []
     compared = 0
@@ -149,7 +152,8 @@ def diagnose_mapping(
             wanted,
             tables[family],
             fix,
-            exact=False,
+            exact=True,
+            said="its config",
             elsewhere=other,
             elsewhere_fix=Fixes(flavour=other_flavour(other)).only_in(other) if other else None,
         )
