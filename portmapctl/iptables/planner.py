@@ -6,7 +6,8 @@ The semantics follow the plugin's ADD, minus its needless churn:
 - a shared chain (CNI-HOSTPORT-*) is created when missing; its missing rules and
   entry rules are added (appended, or inserted first for MASQ), never flushed;
 - a per-container chain is left alone when its rules are exactly the wanted ones,
-  otherwise rewritten whole (the plugin tears it down and sets it up again);
+  otherwise rewritten whole (the plugin tears it down and sets it up again): the
+  rules read deleted by text behind an emptiness guard (`_rewrite`), never flushed;
 - entry rules that jump to a per-container chain but are no longer wanted are
   deleted; wanted ones that are missing are appended.
 
@@ -94,9 +95,7 @@ def _plan_chain(chain: Chain, live: NatTable, txn: Transaction) -> None:
             if rule not in live_rules:
                 txn.append(chain.name, rule)
     elif live_rules != chain.rules:
-        txn.flush(chain.name)
-        for rule in chain.rules:
-            txn.append(chain.name, rule)
+        _rewrite(txn, live, chain)
 
     for entry_chain in chain.entry_chains:
         present = live.rules(entry_chain)
@@ -112,6 +111,24 @@ def _plan_chain(chain: Chain, live: NatTable, txn: Transaction) -> None:
         else:
             for rule in missing:
                 txn.append(entry_chain, rule)
+
+
+def _rewrite(txn: Transaction, live: NatTable, chain: Chain) -> None:
+    """A per-container chain's rules replaced, failing the transaction unless the chain
+    still holds exactly the rules read. A flush would take whatever is there by then:
+    a container started again between the read and the write (the plugin's DEL and
+    ADD: the same chain and entry rule, its new address's rules) would get the old
+    address's rules back, and the re-plan would never see it. So the rules read are
+    deleted by text (a -D fails when one is gone), then the guard of `_delete_rules`
+    with a count of 0 (its -X fails while the chain holds anything else), then the
+    wanted rules appended."""
+    _empty_chain(txn, live, chain.name)
+    txn.new_chain(GUARD_CHAIN)
+    txn.append(chain.name, ("-j", GUARD_CHAIN))
+    txn.delete_number(chain.name, 1)
+    txn.delete_chain(GUARD_CHAIN)
+    for rule in chain.rules:
+        txn.append(chain.name, rule)
 
 
 def plan_teardown(
@@ -205,11 +222,12 @@ def plan_teardown(
 
 
 def _empty_chain(txn: Transaction, live: NatTable, name: str) -> None:
-    """Empty a chain that goes by deleting the rules read, each by its text, not by a
-    flush: its -X then fails the transaction when the chain holds anything else by
-    then, and a -D when a rule read is gone. A container started again between the
-    read and the write (an interactive gc waits for its answer meanwhile) has the
-    same chain and entry rule, but other rules in it: it is live and must stay."""
+    """Empty a chain by deleting the rules read, each by its text, not by a flush: a
+    -D fails the transaction when a rule read is gone, and what follows (gc's -X of
+    the chain, a rewrite's guard) when the chain holds anything else by then. A
+    container started again between the read and the write (an interactive gc waits
+    for its answer meanwhile) has the same chain and entry rule, but other rules in
+    it: it is live, and its rules must stay."""
     for rule in live.rules(name):
         txn.delete(name, rule)
 

@@ -182,3 +182,48 @@ def test_nftables_is_read_once_when_nothing_is_written_there():
     assert result.repaired and "nft" not in result.transactions
     assert nft.reads == 1
     assert sorted(backend.reads) == [4, 6]
+
+
+def test_a_container_restarted_before_the_write_is_planned_as_the_cache_holds_it_now(tmp_path):
+    """The plugin restarts a container whose chain the repair rewrites (DEL and ADD: the
+    same chain, a new address, a new cache entry) between the repair's plan and its
+    write: the rewrite is refused (the rules read are gone), and the re-plan reads the
+    cache entry again: the plugin's rules stay, the old address is not written back,
+    and the check after judges the container as it is now (the kernel side:
+    tests/kernel/test_repair_race.py)."""
+    import json
+    import shutil
+
+    cache = tmp_path / "cni-cache"
+    shutil.copytree(EXAMPLE_CACHE, cache)
+    entry = cache / "results" / "podman-3f2a9c1e5b7d4a60web-eth0"
+    options = NodeOptions(cache_dirs=(str(cache),), backend="iptables")
+    backend = Recording(flushed_tables())
+    check_lib.repair(Node(options, backend), flush_udp=False)
+    (old,) = [a.mapping for a in read_cache(str(cache)) if a.path == str(entry)]
+    name = dnat_chain_name(old)
+    backend.memory.apply(_appended(name, ("-p", "udp", "--dport", "9", "-j", "RETURN")))
+
+    def restarted(txn: Transaction) -> None:
+        if txn.family == 4 and backend.before_apply is not None:
+            backend.before_apply = None
+            document = json.loads(entry.read_text())
+            document["result"]["ips"][0]["address"] = "10.88.0.55/16"
+            entry.write_text(json.dumps(document))
+            (new,) = [a.mapping for a in read_cache(str(cache)) if a.path == str(entry)]
+            backend.memory.apply(plan_setup(wanted_chains(new, 4), backend.memory.read(4)))
+
+    backend.before_apply = restarted
+    backend.reads.clear()
+    result = check_lib.repair(Node(options, backend), flush_udp=False)
+    assert backend.refused == 1
+    rules = [" ".join(r) for r in backend.memory.tables[4].rules(name)]
+    assert any("10.88.0.55" in r for r in rules)
+    assert not any("10.88.0.5:" in r or "10.88.0.5/" in r for r in rules)
+    assert [p for p in result.problems if p.chain == name] == []
+
+
+def _appended(chain: str, rule: tuple) -> Transaction:
+    txn = Transaction(4)
+    txn.append(chain, rule)
+    return txn

@@ -42,6 +42,7 @@ from portmapctl.ops.flavour_guard import families_only_in_other_flavour, flavour
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
+    from portmapctl.cni.cache import Attachment
     from portmapctl.nftables.access import NftAccess
     from portmapctl.nftables.ruleset import Ruleset
     from portmapctl.nftables.transaction import Transaction as NftTransaction
@@ -66,17 +67,108 @@ def _setup(wanted: Sequence[Chain], live: NatTable) -> Transaction:
 
 
 def _plan(
-    configs: Optional[Sequence[MappingConfig]], single: Optional[MappingConfig]
+    configs: Optional[Sequence[MappingConfig]],
+    single: Optional[MappingConfig],
+    cache: Optional[_CacheNow] = None,
 ) -> Callable[[NatTable], Transaction]:
-    """The planner for one family: what the check compares against, made to exist."""
+    """The planner for one family: what the check compares against, made to exist.
+    `cache`: the cached configs of containers whose chain the plan would change are
+    read again first (`_CacheNow`); `single` (given on the command line) never is."""
+
+    def setup(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
+        shared, per_container = wanted_on_node(these, live.family, live)
+        return _setup([*shared, *(chain for _, chain in per_container)], live)
 
     def plan(live: NatTable) -> Transaction:
         if single is not None:
             return _setup(wanted_chains(single, live.family), live)
-        shared, per_container = wanted_on_node(configs, live.family, live)
-        return _setup([*shared, *(chain for _, chain in per_container)], live)
+        if cache is None or configs is None:
+            return setup(live, configs)  # type: ignore[arg-type]
+        return cache.plan(live, configs, setup)
 
     return plan
+
+
+class _CacheNow:
+    """The cached configs a repair plans from, as the cache holds them after the table
+    was read, for every container whose existing chain (or entry rules) a plan changes.
+
+    The cache is read before the tables; a plugin DEL and ADD of one container in
+    between or after (a restart: the same network and ID, so the same chain and entry
+    rule, a new address, a new cache entry) leaves a chain that differs from the
+    config read first. Planned from that config, a repair would rewrite the plugin's
+    fresh rules with the old address's. So once a plan is made, the cache entry of each
+    container whose chain the table holds and the plan writes is read again (after the
+    table: at least as new), and the plan made again from what it says: a container
+    gone, a zombie or now nftables-backed is left alone, one changed is planned as it
+    is now. A refused try (the chain changed after the read) reads both again:
+    `Node.converge` calls the plan with a fresh table. A chain the table lacks is made
+    from the config read first: its -N fails if the plugin made it meanwhile.
+    Remembers what it read (`now`, by chain), for what the repair reports after."""
+
+    def __init__(self, node: Node, attachments: Sequence[Attachment]) -> None:
+        self.node = node
+        self.paths: Dict[str, str] = {}
+        for attachment in attachments:
+            if attachment.mapping is not None:
+                self.paths.setdefault(dnat_chain_name(attachment.mapping), attachment.path)
+        self.now: Dict[str, Optional[Attachment]] = {}  # by chain, as read again
+        self.reads = 0  # cache entries read again (for tests)
+
+    def current(self, configs: Iterable[MappingConfig]) -> List[MappingConfig]:
+        """`configs` as last read: each replaced by its entry read again, or left out."""
+        found = []
+        for config in configs:
+            name = dnat_chain_name(config)
+            if name in self.now:
+                attachment = self.now[name]
+                if attachment is None:
+                    continue
+                config = attachment.mapping  # type: ignore[assignment]
+            found.append(config)
+        return found
+
+    def plan(
+        self,
+        live: NatTable,
+        configs: Sequence[MappingConfig],
+        setup: Callable[[NatTable, Sequence[MappingConfig]], Transaction],
+    ) -> Transaction:
+        these = self.current(configs)
+        txn = setup(live, these)
+        changing = [c for c in _changed(txn, these) if live.has_chain(dnat_chain_name(c))]
+        if not changing:
+            return txn
+        self._read_again(changing)
+        again = self.current(configs)
+        return txn if again == these else setup(live, again)
+
+    def _read_again(self, configs: Sequence[MappingConfig]) -> None:
+        from portmapctl.cni.cache import read_entries
+
+        names = {dnat_chain_name(c): self.paths.get(dnat_chain_name(c)) for c in configs}
+        paths = [path for path in names.values() if path is not None]
+        self.reads += len(paths)
+        found = read_entries(paths, self.node.namespace_view())
+        by_path = {a.path: a for a in found if a.mapping is not None and not a.zombie}
+        for name, path in names.items():
+            attachment = by_path.get(path) if path is not None else None
+            same_chain = attachment is not None and dnat_chain_name(attachment.mapping) == name
+            nft_now = attachment is not None and attachment.mapping.backend == "nftables"
+            self.now[name] = attachment if same_chain and not nft_now else None
+
+    def refreshed(self, attachments: Sequence[Attachment]) -> List[Attachment]:
+        """`attachments` with each entry read again as it was read (gone: left out)."""
+        if not self.now:
+            return list(attachments)
+        again = {self.paths[name]: a for name, a in self.now.items() if name in self.paths}
+        found = []
+        for attachment in attachments:
+            if attachment.path in again:
+                attachment = again[attachment.path]  # type: ignore[assignment]
+            if attachment is not None:
+                found.append(attachment)
+        return found
 
 
 def _changed(txn: Transaction, configs: Sequence[MappingConfig]) -> List[MappingConfig]:
@@ -166,7 +258,7 @@ def _in_other_flavour(
 
 
 def _repair_family(
-    node: Node, family: int, configs: Sequence[MappingConfig]
+    node: Node, family: int, configs: Sequence[MappingConfig], cache: Optional[_CacheNow] = None
 ) -> Tuple[List[Transaction], List[Unrepaired]]:
     """Repair one family container by container where needed (SPEC §5: one bad record
     stops nothing). First everything in one transaction, as always; when iptables
@@ -187,7 +279,7 @@ def _repair_family(
         return kept
 
     def plan_all(live: NatTable) -> Transaction:
-        return _plan(usable(live), None)(live)
+        return _plan(usable(live), None, cache)(live)
 
     try:
         txn = node.converge(family, plan_all)
@@ -211,8 +303,7 @@ def _repair_family(
         def plan_one(live: NatTable, config: MappingConfig = config) -> Transaction:
             if _missing_reference(config, live) is not None:
                 return Transaction(family)
-            shared, per_container = wanted_on_node([config], family, live)
-            return _setup([*shared, *(chain for _, chain in per_container)], live)
+            return _plan([config], None, cache)(live)
 
         try:
             txn = node.converge(family, plan_one)
@@ -364,6 +455,7 @@ def repair(
     transactions: Dict = {}
     changed: Dict[str, Tuple[MappingConfig, List[int]]] = {}
     unrepaired: List[Unrepaired] = []
+    cache = _CacheNow(node, attachments) if attachments is not None else None
     # --backend nftables: iptables is neither looked at nor written (nothing is expected
     # there, and the check before found nothing).
     for family in node.families if node.options.reads_iptables else ():
@@ -377,7 +469,7 @@ def repair(
         else:
             configs_here = list(configs or ())
         if configs_here:
-            txns, family_unrepaired = _repair_family(node, family, configs_here)
+            txns, family_unrepaired = _repair_family(node, family, configs_here, cache)
             unrepaired += family_unrepaired
         else:
             txn = node.converge(family, _plan(None if configs is None else configs_here, None))
@@ -387,7 +479,7 @@ def repair(
         transactions[family] = "".join(t.render() for t in txns)
         left_out = {u.chain for u in unrepaired if u.family == family}
         for txn in txns:
-            for c in _changed(txn, configs or []):
+            for c in _changed(txn, cache.current(configs or []) if cache else configs or []):
                 if dnat_chain_name(c) in left_out:
                     continue  # nothing of it was made: no route_localnet, no flush
                 fams = changed.setdefault(dnat_chain_name(c), (c, []))[1]
@@ -405,6 +497,8 @@ def repair(
     # un-NATed path it took while the mapping was missing.
     warnings += after_setup_many(list(changed.values()), flush_udp, local_only=True)
     now = {family: planned.read(family) for family in read.tables}
+    if cache is not None and attachments is not None:
+        attachments = cache.refreshed(attachments)  # what the plans were made from
     after = _check_node(node, attachments, replace(read, tables=now))
     return _repaired(before, after, transactions, warnings, unrepaired)
 

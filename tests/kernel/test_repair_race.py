@@ -1,0 +1,147 @@
+"""`check --repair` while the plugin restarts a container (its DEL, then its ADD: the
+same network and ID, so the same chain and entry rule, a new address and a new cache
+entry) between the repair's reads and its write. The repair must leave the plugin's
+fresh rules, never write the old address's back (iptables/planner._rewrite: the rules
+read deleted by text behind a guard; ops/check/repair._CacheNow: the cache entry read
+again for every chain a plan changes). Real plugin, real iptables, both flavours."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable, List, Optional
+
+import pytest
+import realplugin as rp
+from gc_helpers import Node_, node  # noqa: F401
+
+from portmapctl.core.mapping import MappingConfig, PortMapping
+from portmapctl.errors import ApplyFailed
+from portmapctl.host import netns
+from portmapctl.iptables.access.restore import RestoreBackend
+from portmapctl.iptables.chains import chain_name
+from portmapctl.iptables.transaction import OpKind
+from portmapctl.ops.add import add
+from portmapctl.ops.check.repair import repair
+from portmapctl.ops.node import Node, NodeOptions
+
+pytestmark = pytest.mark.netns
+
+
+class Racing:
+    """A real backend; `race` (the real plugin) runs once, just before the first read
+    (`before_read`) or the first apply. Everything else is the backend's own."""
+
+    def __init__(self, backend, race: Callable[[], None], before_read: bool) -> None:
+        self.backend = backend
+        self.race: Optional[Callable[[], None]] = race
+        self.before_read = before_read
+        self.refused = 0  # planned transactions (no -C) iptables refused
+
+    cheap_chain_reads = False  # add: no write ahead in threads, past this wrapper
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+    def _run_race(self) -> None:
+        if self.race is not None:
+            self.race, race = None, self.race
+            race()
+
+    def read(self, family: int):
+        if self.before_read:
+            self._run_race()
+        return self.backend.read(family)
+
+    def apply(self, txn) -> None:
+        if any(op.kind is OpKind.CHECK for op in txn.ops):
+            self.backend.apply(txn)  # add's blind try (planner.plan_blind): not raced
+            return
+        self._run_race()
+        try:
+            self.backend.apply(txn)
+        except ApplyFailed:
+            self.refused += 1
+            raise
+
+
+def _ports(port: int) -> List[dict]:
+    return [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]
+
+
+RACES = pytest.mark.parametrize("before_read", [False, True], ids=["before-apply", "before-read"])
+
+
+@RACES
+def test_a_container_restarted_during_a_repair_keeps_the_plugins_rules(
+    node: Node_,  # noqa: F811
+    before_read: bool,
+):
+    _repair_while_restarted(node, RestoreBackend(node.mode), before_read)
+
+
+@RACES
+def test_the_same_through_python_iptables(host_ns, tmp_path, before_read: bool):
+    pytest.importorskip("iptc", reason="python-iptables is not installed")
+    if not rp.mode_available("legacy")[0]:
+        pytest.skip(rp.mode_available("legacy")[1])
+    from portmapctl.iptables.access.iptc import IptcBackend
+
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    _repair_while_restarted(Node_(host_ns, "legacy", tmp_path / "cni"), IptcBackend(), before_read)
+
+
+def _repair_while_restarted(node: Node_, backend, before_read: bool) -> None:  # noqa: F811
+    # "back"'s chain holds a rule its config does not make: the repair rewrites it. The
+    # plugin restarts the container (10.88.0.12 -> 10.88.0.22) after the repair read
+    # the cache: before the repair reads the table, or after it planned.
+    node.add("racenet", "live1", ["10.88.0.11/16"], _ports(8080))
+    node.add("racenet", "back", ["10.88.0.12/16"], _ports(8081))
+    chain = chain_name("racenet", "back", "DN-")
+    node.ipt(4, "-A", chain, "-p", "udp", "--dport", "9", "-j", "RETURN")
+
+    def restarted() -> None:
+        done = rp.run_plugin("DEL", node.ns, "back", node.confs["back"], mode=node.mode)
+        assert done.returncode == 0, done.stderr
+        node.add("racenet", "back", ["10.88.0.22/16"], _ports(8081))
+
+    options = NodeOptions(
+        iptables=node.mode, families=(4,), netns=node.ns, cache_dirs=(str(node.cache),)
+    )
+    racing = Node(options, Racing(backend, restarted, before_read))  # type: ignore[arg-type]
+    with netns.entered(node.ns):
+        result = repair(racing, flush_udp=False)
+    saved = rp.strip_save_comments(rp.save(node.ns, 4, node.mode))
+    assert "10.88.0.12" not in saved  # the old address's rules were not written back
+    node.check("back")  # the plugin's own rules for the new address, whole
+    node.check("live1")
+    # The check after the repair judges the container as the cache holds it now.
+    assert [p for p in result.problems if p.container_id == "back"] == []
+
+
+def test_add_over_a_restarted_container_is_replanned_then_applied(node: Node_):  # noqa: F811
+    # `add` of an existing container's mapping: the operator's config is what add
+    # makes, but from a read after the plugin's write, never over it from the read
+    # before: the first transaction is refused, the re-plan applies.
+    node.add("racenet", "back", ["10.88.0.12/16"], _ports(8081))
+    old_conf = node.confs["back"]
+    chain = chain_name("racenet", "back", "DN-")
+    node.ipt(4, "-A", chain, "-p", "udp", "--dport", "9", "-j", "RETURN")
+
+    def restarted() -> None:
+        done = rp.run_plugin("DEL", node.ns, "back", old_conf, mode=node.mode)
+        assert done.returncode == 0, done.stderr
+        node.add("racenet", "back", ["10.88.0.22/16"], _ports(8081))
+
+    given = MappingConfig(
+        "racenet", "back", (ipaddress.ip_interface("10.88.0.12/16"),), (PortMapping(8081, 80),)
+    )
+    options = NodeOptions(
+        iptables=node.mode, families=(4,), netns=node.ns, cache_dirs=(str(node.cache),)
+    )
+    backend = Racing(RestoreBackend(node.mode), restarted, before_read=False)
+    with netns.entered(node.ns):
+        add(Node(options, backend), given, flush_udp=False)  # type: ignore[arg-type]
+    assert backend.refused == 1  # the plan made before the plugin's write was not forced
+    for done in rp.run_check(node.ns, "back", old_conf, mode=node.mode):
+        assert done.returncode == 0, done.stderr  # the operator's config, whole
+    assert "10.88.0.22" not in rp.strip_save_comments(rp.save(node.ns, 4, node.mode))
