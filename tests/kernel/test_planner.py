@@ -47,8 +47,10 @@ def test_a_changed_per_container_chain_is_emptied_by_text_and_rewritten():
         (OpKind.DELETE_NUMBER, ("1",)),
     ]
     assert all(kind is OpKind.APPEND for kind, _ in own[len(read) + 2 :])
+    # One guard chain for the transaction: made first, removed last.
     guard = [op.kind for op in txn.ops if op.chain == GUARD_CHAIN]
     assert guard == [OpKind.NEW_CHAIN, OpKind.DELETE_CHAIN]
+    assert txn.ops[0].chain == txn.ops[-1].chain == GUARD_CHAIN
     assert "-D CNI-HOSTPORT-DNAT" in text  # the old entry rules go
 
 
