@@ -187,7 +187,7 @@ def cache_info(dirs: Sequence[str]) -> CacheInfo:
 
 class MappingOptions(NamedTuple):
     """The options that describe one mapping (add, and check of one mapping), as given:
-    cli/add_run.mapping_from_options validates them into a MappingConfig."""
+    cli/add_config.mapping_from_options validates them into a MappingConfig."""
 
     network: Optional[str] = None
     container: Optional[str] = None

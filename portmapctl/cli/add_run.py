@@ -4,8 +4,9 @@ the fast path (cli/add_fast.py). No typer here: the fast path never imports it."
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
+from portmapctl.cli.add_config import ForwardsNothing, mapping_from_options, refuse_short_id
 from portmapctl.errors import HostProblem
 from portmapctl.iptables.chains import dnat_chain_name
 
@@ -16,114 +17,6 @@ if TYPE_CHECKING:
     from portmapctl.ops.add import AddResult
     from portmapctl.ops.add_ahead import Ahead
     from portmapctl.ops.add_early import EarlyClaims
-
-
-class ForwardsNothing(Exception):
-    """A --cni-config for which the plugin's ADD and CHECK touch no rule (no port
-    mappings, or no container address): add writes nothing, check expects nothing.
-    Its text: the file and why."""
-
-
-def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingConfig:
-    """Validate the mapping options (shared by add and check) into a MappingConfig,
-    held to --backend. ForwardsNothing for a --cni-config the plugin does nothing for."""
-    from portmapctl.core import validate
-    from portmapctl.errors import BadInput
-
-    network, container, ip, publish = (
-        mapping.network,
-        mapping.container,
-        mapping.ip,
-        mapping.publish,
-    )
-    cni_config = mapping.cni_config
-    if container is None:
-        raise BadInput("--container is required")
-    ifname = validate.ifname(mapping.ifname)
-    if cni_config is not None:
-        from portmapctl.cni import config as cni_json
-        from portmapctl.host import files, paths
-
-        given = [
-            name for name, value in (("--network", network), ("--ip", ip), ("-p", publish)) if value
-        ]
-        if given:
-            raise BadInput(f"--cni-config cannot be combined with {', '.join(given)}")
-        source = "<stdin>" if cni_config == "-" else cni_config
-        conf = cni_json.load_json(files.read_text(cni_config, "--cni-config"), source)
-        writes_to = None if backend == "auto" else backend
-        if writes_to is None and paths.find_tool("iptables") is None:
-            # No iptables: the plugin, and _add after it, take nftables for a config
-            # without the key, so what that backend refuses is refused here too.
-            writes_to = "nftables"
-        idle = cni_json.forwards_nothing(conf, ifname, source)
-        stand_in = None
-        if idle and not cni_json.result_addresses(conf["prevResult"], ifname, source):
-            # No address: one stands in (nothing is built from it), so that the config
-            # is held to all the rest below, as the plugin's is.
-            stand_in = [validate.interface("192.0.2.1/32")]
-        # Held to what the plugin's parseConfig refuses (bad names, mark bit, ports,
-        # ...), which it reads before it looks at the ports or the address.
-        parsed = cni_json.plugin_config(
-            conf,
-            validate.cni_name(container, "container ID"),
-            source,
-            ifname=ifname,
-            addresses=stand_in,
-            writes_to_backend=writes_to,
-        )
-        if idle:
-            raise ForwardsNothing(f"{source} {idle}")
-        return validate.buildable(with_backend(parsed, backend))
-    if network is None:
-        raise BadInput("--network is required (or give --cni-config)")
-    if not publish:
-        raise BadInput("give at least one -p [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]")
-    config = validate.mapping_config(
-        network=network,
-        container_id=container,
-        addresses=[validate.interface(value) for value in ip or []],
-        ports=[validate.port_spec(spec) for spec in publish],
-        snat=not mapping.no_snat,
-        mark=mapping.mark_bit,
-        external_setmark_chain=mapping.external_setmark_chain,
-        conditions_v4=validate.conditions(_words(mapping.conditions_v4), "--conditions-v4"),
-        conditions_v6=validate.conditions(_words(mapping.conditions_v6), "--conditions-v6"),
-        masq_all=mapping.masq_all,
-    )
-    return validate.buildable(with_backend(config, backend))
-
-
-def refuse_short_id(cache_dirs: Sequence[str], config: MappingConfig) -> None:
-    """A short ID as list and check print it (a prefix of a cached container's ID on
-    the network) names another chain than that container's: add and check --repair
-    would write rules for a container nobody runs, check would report its chain
-    missing. Refused (exit 2) with the whole ID to give."""
-    from portmapctl.cni.entries import longer_id
-
-    whole = longer_id(cache_dirs, config.network, config.container_id)
-    if whole is not None:
-        from portmapctl.errors import BadInput
-
-        raise BadInput(
-            f"--container {config.container_id} is short for {config.network}/{whole} in"
-            f" the CNI cache: give the whole ID (the plugin names the chain after it)"
-        )
-
-
-def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
-    """--backend against the config's own `backend` key (from --cni-config)."""
-    from dataclasses import replace
-
-    from portmapctl.errors import BadInput
-
-    if backend == "auto":
-        return config
-    if config.backend not in (None, backend):
-        raise BadInput(
-            f'--backend {backend} contradicts the config\'s "backend": "{config.backend}"'
-        )
-    return replace(config, backend=backend)
 
 
 def run(
@@ -658,9 +551,3 @@ def _same_port(m: Any, family: int, protocol: str, host_port: int, host_ip: Opti
 
 def _owner(m: Any) -> str:
     return f"{m.network or '?'}/{(m.container_id or '?')[:12]} ({m.chain})"
-
-
-def _words(values: Optional[List[str]]) -> Optional[str]:
-    """A repeated --conditions-vN: every one applies (the last alone silently dropped
-    the others, writing entry rules broader than asked), as one string of words."""
-    return None if not values else " ".join(values)

@@ -17,7 +17,7 @@ from portmapctl.cli._common import (
     metrics_recording,
 )
 from portmapctl.cli.add import mapping_from_options, mapping_options, refuse_short_id
-from portmapctl.cli.add_run import ForwardsNothing
+from portmapctl.cli.add_config import ForwardsNothing
 
 if TYPE_CHECKING:
     from portmapctl.cli._common import Output
