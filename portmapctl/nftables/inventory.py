@@ -453,14 +453,17 @@ def extra_rules(
     wants: Sequence[WantedFamily],
     networks: ReadOnly[str, str],
     said: str = "its cached config",
+    addresses: Optional[Iterable[str]] = None,
 ) -> List[Problem]:
     """One `extra-rules` per container of `networks` (ID -> network) holding rules in
     this family that none of `wants` is (planner.unwanted: what --repair deletes).
-    `said`: whose config it is (the node check's cached one, or the mapping given)."""
+    `said`: whose config it is (the node check's cached one, or the mapping given);
+    `addresses`: only rules for these container addresses (planner.unwanted)."""
     from portmapctl.nftables.planner import unwanted
 
     found: Dict[str, List[Rule]] = {}
-    for rule in unwanted(table, wants, networks.keys()):
+    only = None if addresses is None else set(addresses)
+    for rule in unwanted(table, wants, networks.keys(), only):
         found.setdefault(rule.comment or "", []).append(rule)
     problems = []
     for cid in sorted(found):

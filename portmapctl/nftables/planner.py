@@ -108,7 +108,10 @@ def missing_by_container(
 
 
 def unwanted(
-    table: Optional[Table], wanted: Sequence[WantedFamily], ids: Collection[str]
+    table: Optional[Table],
+    wanted: Sequence[WantedFamily],
+    ids: Collection[str],
+    addresses: Optional[Collection[str]] = None,
 ) -> List[Rule]:
     """The rules of the containers `ids` (by their comment) that none of their wanted
     rules in this family is: an old address or port, a rule written by hand. nftables
@@ -119,6 +122,8 @@ def unwanted(
     (none: all its rules here are unwanted). Only the plugin's own kinds of rule count
     (nftables/node.py `is_plugin_rule`), as for gc: anything else in these chains is
     nobody's to remove. A wanted rule repeated is not unwanted (as on the iptables side).
+    `addresses`: only rules for these container addresses (`container_address`), when
+    the caller knows one attachment alone; see ops/check/nft.check_mapping.
     """
     from portmapctl.nftables.node import is_plugin_rule  # (node imports this module's users)
 
@@ -131,8 +136,16 @@ def unwanted(
         bodies = masq if chain == MASQUERADING else dnat
         for rule in table.rules_of(chain):
             if rule.comment in ids and rule.body not in bodies and is_plugin_rule(rule):
-                found.append(rule)
+                if addresses is None or container_address(rule) in addresses:
+                    found.append(rule)
     return found
+
+
+def container_address(rule: Rule) -> Optional[str]:
+    """The container address a plugin rule is for: its DNAT's, its masquerade's daddr."""
+    if rule.body.action.kind is ActionKind.DNAT:
+        return rule.body.action.addr
+    return rule.body.value(f"{'ip6' if rule.family == 6 else 'ip'} daddr")
 
 
 def repair(
@@ -141,15 +154,16 @@ def repair(
     ids: Collection[str],
     families: Iterable[int],
     also: Sequence[WantedFamily] = (),
+    addresses: Optional[Collection[str]] = None,
 ) -> Transaction:
     """`check --repair`: the containers `ids` exactly as `wanted`: their unwanted rules
     deleted by handle, then what is missing added (setup), in one transaction. `also`:
     more of their rules that are not unwanted, left as they are (the same container's
-    on another network, when one mapping is repaired)."""
+    on another network, when one mapping is repaired); `addresses`: as for `unwanted`."""
     txn = Transaction()
     for family in sorted(set(families)):
         want = [w for w in (*wanted, *also) if w.family == family]
-        for rule in unwanted(live.table(family), want, ids):
+        for rule in unwanted(live.table(family), want, ids, addresses):
             txn.delete_rule(family, rule.chain, rule.handle, rule.body)
     txn.ops += setup(live, wanted).ops
     return txn

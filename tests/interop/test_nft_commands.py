@@ -902,6 +902,20 @@ def test_one_mapping_check_reports_a_wrong_rule_of_its_container_and_repair_dele
     upstream.run(V191, "CHECK", node, "c1", conf, check=True)
 
 
+def _wrong_rule_alone_repaired(node: str, tmp_path: Path, path: Path) -> None:
+    """c1's WRONG rule put first: the one problem of the check of c1's mapping at
+    `path`, and what its --repair deletes."""
+    upstream.nft(node, "insert", "rule", "ip", "cni_hostport", "hostports", *WRONG)
+    broken = _one(node, tmp_path, path)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert [p["rule"] for p in json.loads(broken.stdout)["problems"]] == [
+        'tcp dport 8080 dnat to 10.88.0.5:81 comment "c1"'
+    ]
+    repaired = _one(node, tmp_path, path, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "10.88.0.5:81" not in upstream.ruleset_text(node)
+
+
 def test_one_mapping_check_counts_the_containers_other_network_as_its_own(
     node: str, tmp_path: Path
 ) -> None:
@@ -915,15 +929,26 @@ def test_one_mapping_check_counts_the_containers_other_network_as_its_own(
     path.write_text(json.dumps(first))
     healthy = _one(node, tmp_path, path)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-    upstream.nft(node, "insert", "rule", "ip", "cni_hostport", "hostports", *WRONG)
-    broken = _one(node, tmp_path, path)
-    assert broken.returncode == 1, broken.stdout + broken.stderr
-    assert [p["rule"] for p in json.loads(broken.stdout)["problems"]] == [
-        'tcp dport 8080 dnat to 10.88.0.5:81 comment "c1"'
-    ]
-    repaired = _one(node, tmp_path, path, "--repair")
-    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    assert "10.88.0.5:81" not in upstream.ruleset_text(node)
+    _wrong_rule_alone_repaired(node, tmp_path, path)
     for conf in (first, second):
         upstream.run(V191, "CHECK", node, "c1", conf, check=True)
     assert _pmctl(node, tmp_path, "check").returncode == 0
+
+
+def test_one_mapping_repair_keeps_the_containers_rules_on_a_network_not_cached(
+    node: str, tmp_path: Path
+) -> None:
+    """The container's other network has no cache entry here (another cache dir, a lost
+    file): its rules carry the same comment (the container ID alone), but they are for
+    another address, so they may be live. The check of one mapping judged them by its
+    config alone: extra-rules, and --repair deleted them (port 8181 no longer
+    forwarded). Only the rules for the config's own addresses are its to judge."""
+    first = _on_both((node,), tmp_path, V191, "podman", ("c1", ["10.88.0.5/16"], [_pm(8080, 80)]))
+    second = _conf("other", ("c1", ["10.89.0.5/16"], [_pm(8181, 80)]))
+    upstream.run(V191, "ADD", node, "c1", second, check=True)  # not cached
+    path = tmp_path / "c1.json"
+    path.write_text(json.dumps(first))
+    _wrong_rule_alone_repaired(node, tmp_path, path)
+    text = upstream.ruleset_text(node)
+    assert 'tcp dport 8181 dnat to 10.89.0.5:80 comment "c1"' in text
+    assert 'ip saddr 10.89.0.5 ip daddr 10.89.0.5 masquerade comment "c1"' in text

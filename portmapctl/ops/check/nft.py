@@ -535,7 +535,7 @@ def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) 
         table = live.table(family)
         wants = [want, *(w for w in others if w.family == family)]
         own = {config.container_id: config.network}
-        extra = extra_rules(table, family, wants, own, "its config")
+        extra = extra_rules(table, family, wants, own, "its config", _addresses(config))
         problems += [_problem(p, fix) for p in extra]
         missing = missing_rules(table, want)
         if missing:
@@ -576,6 +576,15 @@ def _elsewhere(
             for f in families if (w := wanted(c, f)) is not None]  # fmt: skip
 
 
+def _addresses(config: MappingConfig) -> Tuple[str, ...]:
+    """The container addresses of the mapping given: of its container's rules, only
+    those for them are its config's to judge. The plugin's comment is the container ID
+    alone, so a rule for another address may be the same container's on a network the
+    cache does not hold (another cache dir, a lost entry): liveness in doubt, kept."""
+    found = (config.address(family) for family in (4, 6))
+    return tuple(a.ip.compressed for a in found if a is not None)
+
+
 def repair_mapping(
     node: Node, config: MappingConfig, families: Tuple[int, ...]
 ) -> Tuple[str, List[int]]:
@@ -598,5 +607,6 @@ def repair_mapping(
     # Exactly as checked: the container's own unwanted rules go too, by handle
     # (never anyone else's), as the node-wide repair does.
     ids, kept = {config.container_id}, [w.family for w in want]
-    text = node.converge_nft(lambda live: planner.repair(live, want, ids, kept, others))
+    mine = _addresses(config)
+    text = node.converge_nft(lambda live: planner.repair(live, want, ids, kept, others, mine))
     return text, ([w.family for w in want] if text else [])
