@@ -295,13 +295,30 @@ def legacy_masquerades(rules: Sequence[Args]) -> FrozenSet[Tuple[str, str, int]]
 # --- the shapes a cached config may be found in ----------------------------------------
 
 
-def _has_unspecified_host_ip(config: MappingConfig, family: int) -> bool:
-    # Versions before v0.8.7 wrote such a port as a dead -d: not a working shape.
-    return any(
-        p.host_ip and ipaddress.ip_address(p.host_ip).is_unspecified
+def _unspecified_host_ports(config: MappingConfig, family: int) -> FrozenSet[ProtoPort]:
+    """The ports with host IP 0.0.0.0 (::): versions before v0.8.7 wrote `-d` of it."""
+    return frozenset(
+        (p.protocol, p.host_port)
         for p in config.ports
-        if p.applies_to(family)
+        if p.applies_to(family) and p.host_ip and ipaddress.ip_address(p.host_ip).is_unspecified
     )
+
+
+def _as_written_before_v0_8_7(chain: Chain, dead: FrozenSet[ProtoPort], family: int) -> Chain:
+    """`chain` with `-d 0.0.0.0/32` (`-d ::/128`) on the rules of `dead` ports, where
+    iptables-save prints it (after -s, before -p): how those versions wrote host IP
+    0.0.0.0. Such a chain never matches (status dead); found exactly, it is its
+    version's shape, and --repair writing the current one would bring the mapping back
+    and take its port from whichever container gets it now."""
+    unspecified = "::/128" if family == 6 else "0.0.0.0/32"
+    rules = []
+    for args in chain.rules:
+        read = classify_rule(args)
+        if read is not None and read.host_ip is None and (read.protocol, read.host_port) in dead:
+            at = args.index("-p")
+            args = (*args[:at], "-d", unspecified, *args[at:])
+        rules.append(args)
+    return dataclasses.replace(chain, rules=tuple(rules))
 
 
 def accepted_chains(config: MappingConfig, family: int) -> List[Tuple[Shape, Chain]]:
@@ -316,8 +333,7 @@ def accepted_chains(config: MappingConfig, family: int) -> List[Tuple[Shape, Cha
         # Plugins before v1.2.0 (Debian's 1.1.1 among them) ignore the key.
         plain = dnat_chain(dataclasses.replace(config, masq_all=False), family) or current
         found.append((Shape.CURRENT, plain))
-    if _has_unspecified_host_ip(config, family):
-        return found
+    older: List[Tuple[Shape, Chain]] = []  # versions before v0.8.6
     address = config.address(family)
     if config.snat and address is not None:
         own = f"{address.ip.compressed}/{address.max_prefixlen}"
@@ -327,7 +343,7 @@ def accepted_chains(config: MappingConfig, family: int) -> List[Tuple[Shape, Cha
                   for i, tok in enumerate(args))
             for args in plain.rules
         )  # fmt: skip
-        found.append((Shape.HAIRPIN_HOST, dataclasses.replace(plain, rules=rules)))
+        older.append((Shape.HAIRPIN_HOST, dataclasses.replace(plain, rules=rules)))
     conditions = config.conditions_v6 if family == 6 else config.conditions_v4
     comment = next(
         (args[i + 1] for args in plain.entry_rules for i, t in enumerate(args) if t == "--comment"),
@@ -338,10 +354,17 @@ def accepted_chains(config: MappingConfig, family: int) -> List[Tuple[Shape, Cha
             ["-m", "comment", "--comment", comment, *conditions, "-j", plain.name], family
         )
         dnat_only = tuple(r for r in plain.rules if rule_target(r) == "DNAT")
-        found.append(
+        older.append(
             (Shape.V0_6, dataclasses.replace(plain, rules=dnat_only, entry_rules=(entry,)))
         )
-    return found
+    dead = _unspecified_host_ports(config, family)
+    if not dead:
+        return found + older
+    # Host IP 0.0.0.0 as v0.8.6 (the current shape), v0.7-v0.8.5 and v0.6 wrote it.
+    return found + [
+        (shape, _as_written_before_v0_8_7(chain, dead, family))
+        for shape, chain in [(Shape.CURRENT, plain), *older]
+    ]
 
 
 def as_found(config: MappingConfig, family: int, live: NatTable) -> Optional[Tuple[Shape, Chain]]:

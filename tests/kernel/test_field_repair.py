@@ -68,3 +68,35 @@ def test_repair_leaves_an_old_working_shape_alone(host_ns, tmp_path, name):
     doc = json.loads(done.stdout)
     assert doc["healthy"] and not doc["repaired"] and doc["problems"] == []
     assert rp.nat_rules(rp.save(host_ns, 4)) == before
+
+
+@pytest.mark.netns
+def test_repair_leaves_a_dead_chain_dead_and_the_live_port_where_it_is(
+    host_ns, tmp_path, iptables_mode
+):
+    """v0.8.5 wrote A's host IP 0.0.0.0 as `-d 0.0.0.0/32` (dead), entered before B's
+    working chain for the same tcp/2202. --repair must not bring A's mapping back: it
+    rewrote A's chain in the current shape, A's entry rule came first and B, the
+    container that had the port's traffic, got none (listed shadowed afterwards)."""
+    saved = (FIELD / "v0.8.5-dead-before-working.v4.save").read_text()
+    rp._run(
+        [rp._ip(), "netns", "exec", host_ns, rp.tool_path("iptables-restore", iptables_mode)],
+        input=saved,
+        check=True,
+    )
+    for cid, ip, host_ip in ((ID_A, "10.88.0.5/16", "0.0.0.0"), (ID_B, "10.88.0.6/16", "")):
+        mappings = [{"hostPort": 2202, "containerPort": 22, "protocol": "tcp", "hostIP": host_ip}]
+        conf = rp.plugin_conf("mynet", [ip], mappings)
+        rp.write_cni_cache(tmp_path, "mynet", cid, "eth0", conf, mappings, [ip])
+    before = rp.nat_rules(rp.save(host_ns, 4, iptables_mode))
+    common = ["--netns", host_ns, "--family", "4", "--iptables", iptables_mode,
+              "--cni-cache-dir", str(tmp_path), "-o", "json"]  # fmt: skip
+    done = run(["check", "--repair", *common])
+    assert done.returncode == 1, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert not doc["repaired"] and [p["kind"] for p in doc["problems"]] == ["dead"]
+    assert rp.nat_rules(rp.save(host_ns, 4, iptables_mode)) == before
+    listed = json.loads(run(["list", *common]).stdout)["mappings"]
+    assert {(m["container_id"], tuple(m["status"])) for m in listed} == {
+        (ID_A, ("dead",)), (ID_B, ("ok",)),
+    }  # fmt: skip

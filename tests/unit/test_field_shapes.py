@@ -126,6 +126,49 @@ def test_dead_rule_is_listed_dead_and_shadows_nothing(tmp_path):
     assert "0.0.0.0/32" in problem(checked, "dead", DN_A)["detail"]
 
 
+def test_a_cached_dead_chain_is_dead_alone_and_its_repair_takes_no_port(tmp_path):
+    """A chain an old plugin wrote for host IP 0.0.0.0 is in its version's exact shape:
+    with its container cached it is `dead` (what check says to do about it), never
+    missing/extra rules for --repair to rewrite into a working chain. That rewrite
+    (before) put A's chain, entered first, on tcp/2202 and took the port from B, the
+    live container that had its traffic: B became shadowed."""
+    save = snapshot(tmp_path, "v0.8.5-dead-before-working")
+    both = cache(
+        tmp_path,
+        (ID_A, "10.88.0.5/16", [(2202, 22, "tcp", "0.0.0.0")]),
+        (ID_B, "10.88.0.6/16", [(2202, 22, "tcp")]),
+    )
+    checked = check_json(save, both)
+    assert kinds(checked) == ["dead"] and checked["exit"] == 1
+    assert problem(checked, "dead", DN_A)["container_id"] == ID_A
+
+    from portmapctl.cni.cache import read_cache
+    from portmapctl.iptables.ruleset import parse_save
+    from portmapctl.ops import check
+    from portmapctl.ops.check.repair import _plan
+
+    configs = check.cached_configs(read_cache(both))
+    assert len(configs) == 2
+    assert not _plan(configs, None)(parse_save(text("v0.8.5-dead-before-working"), 4))
+
+
+def test_a_dead_v06_chain_is_dead_alone(tmp_path):
+    # v0.6 wrote host IP 0.0.0.0 as a dead -d too: B's chain, entered first, is dead
+    # on tcp/8080 (A gets it) and working on 9090; nothing for --repair to rewrite.
+    body = text("v0.6-portless-entries").replace(
+        f"-A {DN_B} -p tcp -m tcp --dport 8080",
+        f"-A {DN_B} -d 0.0.0.0/32 -p tcp -m tcp --dport 8080",
+    )
+    both = cache(
+        tmp_path,
+        (ID_A, "10.88.0.5/16", [(8080, 80, "tcp")]),
+        (ID_B, "10.88.0.6/16", [(8080, 80, "tcp", "0.0.0.0"), (9090, 90, "tcp")]),
+    )
+    checked = check_json(snapshot(tmp_path, "x", body), both)
+    assert kinds(checked) == ["dead", "legacy", "legacy"]
+    assert problem(checked, "dead", DN_B)["container_id"] == ID_B
+
+
 def test_posted_dead_chain_is_dead(tmp_path):
     # plugins#643 as posted: the chain alone, entered by nothing.
     found = list_json(snapshot(tmp_path, "plugins-643-dead"), no_cache(tmp_path))

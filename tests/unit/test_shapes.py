@@ -188,10 +188,33 @@ def test_masq_all_config_accepts_a_plugin_that_ignored_the_key():
     assert shapes_found[Shape.CURRENT].rules == shapes.accepted_chains(plain, 4)[0][1].rules
 
 
-def test_the_dead_shape_is_never_accepted():
+def test_the_dead_shape_is_found_as_its_version_wrote_it():
+    # Host IP 0.0.0.0 as v0.7-v0.8.5 wrote it: found exactly, so --repair leaves it
+    # (it would otherwise bring the mapping back and take tcp/2202 from 8c1d2e3f4a5b).
     cfg = config(ID_A, "10.88.0.5/16", PortMapping(2202, 22, host_ip="0.0.0.0"))
-    assert shapes.as_found(cfg, 4, field("v0.8.5-dead-before-working")) is None
-    assert [s for s, _ in shapes.accepted_chains(cfg, 4)] == [Shape.CURRENT]
+    table = field("v0.8.5-dead-before-working")
+    found = shapes.as_found(cfg, 4, table)
+    assert found is not None and found[0] is Shape.HAIRPIN_HOST
+    assert found[1].rules == table.rules(found[1].name)
+    accepted = shapes.accepted_chains(cfg, 4)
+    assert [s for s, _ in accepted] == [
+        Shape.CURRENT,
+        Shape.CURRENT,
+        Shape.HAIRPIN_HOST,
+        Shape.V0_6,
+    ]
+    # The current shape, first, writes no -d; every older one writes -d 0.0.0.0/32.
+    assert not any("0.0.0.0/32" in rule for rule in accepted[0][1].rules)
+    assert all(all("0.0.0.0/32" in rule for rule in chain.rules) for _, chain in accepted[1:])
+
+
+def test_the_dead_shape_in_ipv6_is_dash_d_unspecified_128():
+    cfg = config(ID_A, "fd00::5/64", PortMapping(2202, 22, host_ip="::"))
+    (current, *older) = shapes.accepted_chains(cfg, 6)
+    assert not any("::/128" in rule for rule in current[1].rules)
+    assert older and all(
+        rule[rule.index("-d") + 1] == "::/128" for _, chain in older for rule in chain.rules
+    )
 
 
 def test_a_changed_port_matches_no_shape():
