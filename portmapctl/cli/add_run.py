@@ -467,8 +467,8 @@ def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[
     from portmapctl.core.status import Status
     from portmapctl.iptables import inventory
 
-    found = inventory.build(tables)
     own = dnat_chain_name(config)
+    found = inventory.build({f: _as_added(config, t) for f, t in tables.items()})
     warnings = []
     for port in config.ports:
         for family in config.families:
@@ -507,6 +507,22 @@ def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[
                         " and shadows it"
                     )
     return warnings
+
+
+def _as_added(config: MappingConfig, table: NatTable) -> NatTable:
+    """`table` with this container's existing chain holding what add writes there (its
+    entry rules keep their place): a chain a plugin before v0.8.7 wrote dead (`-d
+    0.0.0.0/32`) takes its ports once add rewrites it, from whoever has them now."""
+    from dataclasses import replace
+
+    from portmapctl.iptables.chains import dnat_chain
+
+    wanted = dnat_chain(config, table.family)
+    found = table.chains.get(wanted.name) if wanted else None
+    if wanted is None or found is None or found.rules == wanted.rules:
+        return table
+    chains = {**table.chains, wanted.name: replace(found, rules=wanted.rules)}
+    return replace(table, chains=chains)
 
 
 def nft_shadow_warnings(config: MappingConfig, live: Any) -> List[str]:

@@ -608,3 +608,24 @@ def test_gc_of_posted_nodes_touches_only_portmap_chains(name):
     assert {c.chain for c in plan.removed} == dn
     touched = {op.chain for op in plan.transaction.ops}
     assert touched == dn | {"CNI-HOSTPORT-DNAT"}
+
+
+def test_add_over_a_dead_chain_warns_it_takes_the_port_of_the_container_behind():
+    """add of A (host IP 0.0.0.0) on the v0.8.5 node rewrites A's dead chain in the
+    current shape, and A's entry rule, first, then takes tcp/2202 from B, which had
+    its traffic: add said nothing (it judged the table as it was, A dead)."""
+    from portmapctl.cli.add_run import shadow_warnings
+    from portmapctl.core import validate
+    from portmapctl.core.mapping import PortMapping
+    from portmapctl.iptables.ruleset import parse_save
+
+    config = validate.mapping_config(
+        network="mynet",
+        container_id=ID_A,
+        addresses=[validate.interface("10.88.0.5/16")],
+        ports=[PortMapping(2202, 22, host_ip="0.0.0.0")],
+    )
+    table = parse_save(text("v0.8.5-dead-before-working"), 4)
+    [warning] = shadow_warnings(config, {4: table})
+    assert f"tcp/2202 is mapped to mynet/{ID_B[:12]} ({DN_B}) too" in warning
+    assert warning.endswith("this mapping comes first and shadows it")
