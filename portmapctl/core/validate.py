@@ -117,6 +117,11 @@ def interface(value: Any) -> Interface:
         raise BadInput(
             f"invalid container address {shown(value)}: a zone (%...) cannot go in a rule"
         )
+    # ::ffff:a.b.c.d/P is the container's IPv4 address to the plugin (Go's To4), its
+    # mask the last 32 bits of P's: a.b.c.d/(P-96), /0 below 96 (IPNet's own reading).
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        return ipaddress.IPv4Interface((mapped, max(address.network.prefixlen - 96, 0)))
     return address
 
 

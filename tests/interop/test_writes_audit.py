@@ -165,6 +165,41 @@ def test_check_calls_the_plugins_duplicate_host_ports_healthy(host_ns: str, tmp_
     assert done.stdout.startswith("healthy"), done.stdout
 
 
+@pytest.mark.parametrize(
+    "ips", [["::ffff:10.88.0.5/112"], ["::ffff:10.88.0.5/64", "fd00::5/64"]], ids=["/112", "dual"]
+)
+def test_ipv4_mapped_container_address_is_ipv4(
+    host_ns: str, twin_ns: str, iptables_mode: rp.Mode, tmp_path: Path, ips: list
+) -> None:
+    """prevResult's ::ffff:10.88.0.5 is the container's IPv4 address to the plugin (Go's
+    To4; /64 gives `-s 0.0.0.0/0`, no -s): IPv4 rules to 10.88.0.5. portmapctl wrote
+    ip6tables rules to [::ffff:a58:5] instead, and the node check called the plugin's
+    own chain missing in IPv6 (its --repair wrote those rules)."""
+    ports = [rp.port_mapping(8080, 80), rp.port_mapping(5353, 53, "udp")]
+    conf = rp.plugin_conf(NETWORK, ips, ports)
+    rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode=iptables_mode, check=True)
+    _add(twin_ns, iptables_mode, conf)
+    assert _saves(twin_ns, iptables_mode) == _saves(host_ns, iptables_mode)
+    if len(ips) == 1:  # (Debian's CHECK fails any dual-stack container: run_check)
+        done = rp.run_plugin("CHECK", twin_ns, CONTAINER, conf, mode=iptables_mode, family=4)
+        assert done.returncode == 0, done.stdout + done.stderr
+    rp.write_cni_cache(tmp_path, NETWORK, CONTAINER, "eth0", conf, ports, ips)
+    done = pmctl.run(["check", "--netns", host_ns, "--iptables", iptables_mode,
+                      "--cni-cache-dir", str(tmp_path)])  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("healthy"), done.stdout
+
+
+def test_ipv4_mapped_container_address_in_nftables(host_ns: str, twin_ns: str) -> None:
+    """The same for v1.9.1's nftables backend: `dnat ip to 10.88.0.5:80` in table ip."""
+    require(upstream.available())
+    ips = ["::ffff:10.88.0.5/112", "fd00::5/64"]
+    conf = upstream.nft_conf(NETWORK, ips, [rp.port_mapping(8080, 80)])
+    upstream.run("v1.9.1", "ADD", host_ns, CONTAINER, conf, check=True)
+    _add(twin_ns, "nft", conf)
+    assert upstream.ruleset_text(twin_ns) == upstream.ruleset_text(host_ns)
+    upstream.run("v1.9.1", "CHECK", twin_ns, CONTAINER, conf, check=True)
+
+
 def test_ipv4_mapped_host_ip_is_an_ipv4_rule(host_ns: str, twin_ns: str) -> None:
     """hostIP `::ffff:127.0.0.1` is IPv4 to the plugin (Go's To4): `-d 127.0.0.1` in
     iptables, nothing in ip6tables. portmapctl wrote `-d ::ffff:127.0.0.1/128` IPv6

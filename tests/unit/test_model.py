@@ -151,3 +151,17 @@ def test_an_ipv4_mapped_host_ip_is_ipv4_as_in_go(given: str, family: int, rule_i
     port = PortMapping(8080, 80, "tcp", validate.host_ip(given))
     assert port.applies_to(family) and not port.applies_to(10 - family)
     assert port.host_ip_for_rule() == rule_ip
+
+
+@pytest.mark.parametrize(
+    ("given", "plugin_result"),
+    [("::ffff:10.88.0.5/112", "10.88.0.5/16"), ("::FFFF:a58:305/104", "10.88.3.5/8"),
+     ("::ffff:10.88.2.5/128", "10.88.2.5/32"), ("::ffff:10.88.0.5/64", "10.88.0.5/0")],
+)  # fmt: skip
+def test_an_ipv4_mapped_container_address_is_ipv4_as_in_go(given: str, plugin_result: str) -> None:
+    """The plugin's ADD (Debian 1.1.1, v1.6.2-v1.9.1) takes prevResult's
+    ::ffff:a.b.c.d/P as the container's IPv4 address and returns it as plugin_result
+    (IPNet.String: the mask's last 32 bits); its rules are IPv4 ones. portmapctl kept
+    an IPv6 address: add wrote ip6tables rules to [::ffff:a58:5], check called the
+    plugin's IPv4 chain missing in IPv6 and --repair wrote them."""
+    assert validate.interface(given) == ipaddress.IPv4Interface(plugin_result)
