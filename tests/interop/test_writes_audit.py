@@ -211,3 +211,27 @@ def test_ipv4_mapped_host_ip_is_an_ipv4_rule(host_ns: str, twin_ns: str) -> None
     assert _saves(twin_ns, "nft") == _saves(host_ns, "nft")
     for done in rp.run_check(twin_ns, CONTAINER, conf, mode="nft"):
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_lost_empty_chain_is_named_and_repaired_as_the_plugin_made_it(
+    host_ns: str, iptables_mode: rp.Mode, tmp_path: Path
+) -> None:
+    """A dual-stack container published on 0.0.0.0 only: the plugin's IPv6 chain is
+    empty, its entry rule names the port. With IPv6's nat table flushed, check said
+    `chain missing for ` (nothing after it); --repair makes the plugin's state again."""
+    ports = [rp.port_mapping(8086, 80, host_ip="0.0.0.0")]
+    conf = rp.plugin_conf(NETWORK, DUAL, ports)
+    rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode=iptables_mode, check=True)
+    rp.write_cni_cache(tmp_path, NETWORK, CONTAINER, "eth0", conf, ports, DUAL)
+    plugins = _saves(host_ns, iptables_mode)
+    for flag in ("-F", "-X"):
+        rp.iptables(host_ns, ["-t", "nat", flag], family=6, mode=iptables_mode)
+    args = ["check", "--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir",
+            str(tmp_path), "--no-flush-udp"]  # fmt: skip
+    done = pmctl.run([*args, "-o", "json"])
+    assert done.returncode == 1, done.stderr
+    (lost,) = [p for p in json.loads(done.stdout)["problems"] if p["kind"] == "missing-chain"]
+    assert (lost["family"], lost["container_id"]) == (6, CONTAINER)
+    assert lost["detail"] == "chain missing (empty as the plugin makes it: every host IP is IPv4)"
+    ok([*args, "--repair"])
+    assert _saves(host_ns, iptables_mode) == plugins

@@ -158,7 +158,14 @@ def check_container(
         return Problem(kind, family, name, *who, detail, fix, why, rules)
 
     if not live.has_chain(name):
-        detail = f"chain missing for {_config_ports(config, family)}"
+        ports = _config_ports(config, family)
+        other = 10 - family
+        detail = (
+            f"chain missing for {ports}"
+            if ports
+            # The plugin still makes the chain and its entry rule here, empty.
+            else f"chain missing (empty as the plugin makes it: every host IP is IPv{other})"
+        )
         if elsewhere:
             detail += (
                 f" ({held_there} is in the {elsewhere} tables: is the plugin using"
