@@ -159,7 +159,7 @@ def check_container(
 
     if not live.has_chain(name):
         ports = _config_ports(config, family)
-        other = 10 - family
+        other = 6 if family == 4 else 4
         detail = (
             f"chain missing for {ports}"
             if ports
