@@ -95,3 +95,25 @@ def test_legacy_tables_that_do_not_exist_are_read_as_empty_without_a_save(tmp_pa
     assert backend.read(4) == tables[4]
     assert backend.list_chain(4, "PREROUTING") is None
     assert ran.read_text().split() == ["ip6tables-legacy-save"]
+
+
+def test_no_ip6tables_names_the_package_and_the_way_round_it(tmp_path, monkeypatch):
+    """Alpine and minimal images ship ip6tables apart: with only iptables there, every
+    command's default `--family all` stops at IPv6 (exit 3). The line says what to
+    install, and that --family 4 looks at IPv4 alone (0.1: 'install the iptables
+    package', which is installed)."""
+    from portmapctl.iptables.access import restore
+
+    save = tmp_path / "iptables-nft-save"
+    save.write_text("#!/bin/sh\nprintf '*nat\\n:PREROUTING ACCEPT [0:0]\\nCOMMIT\\n'\n")
+    save.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(paths, "SBIN_DIRS", str(tmp_path))
+    backend = restore.RestoreBackend("nft")
+    assert "PREROUTING" in backend.read(4).chains
+    with pytest.raises(HostProblem) as raised:
+        backend.read(6)
+    assert str(raised.value) == (
+        "ip6tables-nft-save not found: install ip6tables (nft),"
+        " or give --family 4 to look at IPv4 only"
+    )

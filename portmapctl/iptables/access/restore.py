@@ -70,6 +70,13 @@ class RestoreBackend:
             # plainly: iptables-save, no iptables-legacy-save.
             path = find_tool(command + (f"-{tool}" if tool else ""))
         if path is None:
+            if family == 6:
+                # Alpine and minimal images ship ip6tables apart; the plugin itself needs
+                # it only for containers with an IPv6 address.
+                raise HostProblem(
+                    f"{name} not found: install ip6tables ({self.flavour}),"
+                    " or give --family 4 to look at IPv4 only"
+                )
             raise HostProblem(f"{name} not found: install the iptables package ({self.flavour})")
         return path
 
