@@ -43,10 +43,11 @@ def mapping(
     family: int = 4,
     protocol: str = "udp",
     shadowed_by: Optional[str] = None,
+    container_port: int = 53,
 ) -> Mapping:
     return Mapping(
-        "mynet", container_id, family, protocol, host_ip, host_port, container_ip, 53,
-        True, "CNI-DN-x", ("ok",), shadowed_by,
+        "mynet", container_id, family, protocol, host_ip, host_port, container_ip,
+        container_port, True, "CNI-DN-x", ("ok",), shadowed_by,
     )  # fmt: skip
 
 
@@ -57,7 +58,8 @@ some_ports = st.sampled_from([5353, 6000, 8053])
 
 
 entries = st.builds(udp, dst=addresses, dport=some_ports, sport=st.integers(1, 65535),
-                    reply_src=st.none() | addresses)  # fmt: skip
+                    reply_src=st.none() | addresses,
+                    reply_sport=st.none() | st.sampled_from([53, 54]))  # fmt: skip
 
 
 mappings = st.builds(mapping, container_ip=addresses, host_port=some_ports,

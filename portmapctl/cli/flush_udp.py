@@ -51,8 +51,8 @@ def flush_udp_command(
         bool,
         typer.Option(
             "--stale-only",
-            help="Only entries that misroute: DNATed to an address that is not the"
-            " container's now, or never DNATed.",
+            help="Only entries that misroute: DNATed to an address and port that are not"
+            " the container's now, or never DNATed.",
         ),
     ] = False,
     dry_run: Annotated[

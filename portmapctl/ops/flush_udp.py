@@ -8,8 +8,9 @@ message). Deleting the entry makes the next datagram go through the rules again.
 
 Which entries: those whose original destination port is a mapped UDP host port (or a
 port given), per family. With stale_only, only those that misroute: their replies come
-from an address that is not the current container's (an old DNAT destination, or the
-host itself for a flow never DNATed); a DNATed entry under a port nobody maps any
+from an address and port that are not the current container's (an old DNAT
+destination, the same address on an old container port too, or the host itself for a
+flow never DNATed); a DNATed entry under a port nobody maps any
 more misroutes too. Only flows to the node's own addresses are looked at: the
 plugin's DNAT matches nothing else, so a forwarded flow (a container's DNS query to
 a server outside) is never touched. The current mappings come from the inventory (`inventory.build`).
@@ -50,7 +51,7 @@ from portmapctl.ops.node import Node
 MAPPED = "mapped"  # the port is a mapped UDP host port
 GIVEN = "given"  # the port was asked for (--port) and is not mapped
 # --stale-only: the entry misroutes.
-OLD_DESTINATION = "old-destination"  # DNATed to an address that is not the container's
+OLD_DESTINATION = "old-destination"  # DNATed elsewhere than the container's address:port
 NOT_DNATED = "not-dnated"  # never DNATed: its flow began before the rule, bypasses it
 UNMAPPED = "unmapped"  # DNATed, but nothing maps this port (or address) any more
 REASONS = (MAPPED, GIVEN, OLD_DESTINATION, NOT_DNATED, UNMAPPED)
@@ -154,18 +155,35 @@ def judge(
     if not winners:
         # Nothing maps this destination: its traffic belongs to the host itself.
         return (UNMAPPED if entry.dnat else None), ()
-    wanted = {_ip(m.family, m.container_ip): m.container_ip for m in winners}
-    shown = tuple(sorted(wanted.values()))
-    if _ip(entry.family, entry.reply_src) in wanted:
-        # Includes a flow sent straight to the container's address (no DNAT needed).
-        return None, shown
+    # The DNAT destination is an address and a port: a container given the same
+    # address with another container port does not take a flow DNATed to the old one.
+    wanted = {(_ip(m.family, m.container_ip), m.container_port) for m in winners}
+    replier = _ip(entry.family, entry.reply_src)
+    addresses = {address for address, _ in wanted}
+    if (replier, entry.reply_sport) in wanted or (not entry.dnat and replier in addresses):
+        # The second: a flow sent straight to the container's address (no DNAT needed).
+        return None, _shown(winners, ())
     if entry.dnat:
-        return OLD_DESTINATION, shown
+        return OLD_DESTINATION, _shown(winners, (replier,) if replier in addresses else ())
     # Never DNATed: it bypasses a mapping that takes every packet to its port, but a
     # mapping with conditions (conditionsV4/V6) leaves the rest to the host itself.
     if all(m.conditions for m in winners):
-        return None, shown
-    return NOT_DNATED, shown
+        return None, _shown(winners, ())
+    return NOT_DNATED, _shown(winners, ())
+
+
+def _shown(winners: Sequence[Mapping], ported: Collection[Optional[bytes]]) -> Tuple[str, ...]:
+    """Where the port goes now, as the WHY column says it: the container addresses,
+    with the port for those in `ported` (the entry went to that address, another port)."""
+    shown = set()
+    for m in winners:
+        if _ip(m.family, m.container_ip) not in ported:
+            shown.add(m.container_ip)
+        elif m.family == 6:
+            shown.add(f"[{m.container_ip}]:{m.container_port}")
+        else:
+            shown.add(f"{m.container_ip}:{m.container_port}")
+    return tuple(sorted(shown))
 
 
 def plan(

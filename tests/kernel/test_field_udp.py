@@ -11,12 +11,14 @@ the real plugin and real conntrack tables.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 from typing import Optional
 
 import pytest
 import realplugin as rp
+from flush_udp_helpers import container  # noqa: F401
 from pmctl import run
 
 NODE_IP = "10.0.0.1"  # one of the node's own addresses (on lo)
@@ -147,3 +149,54 @@ def test_gc_no_flush_udp_leaves_them(host_ns, tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["conntrack_deleted"] == 0
     assert _sports(host_ns) == {42001}
+
+
+def test_gc_flushes_the_flows_a_removed_chain_sent_to_the_same_address_on_another_port(
+    host_ns, container, tmp_path
+):
+    """Real traffic. The leaked chain of "old" (entered first) DNATs 6000/udp to
+    CTR_IP:53; "new", given the same address, maps the port to CTR_IP:54 now. After gc
+    removes "old", its flow still went to :53 -- the same address, so --stale-only's
+    judgement kept it (address only), and the client's datagrams never reached :54
+    while it kept sending."""
+    from flush_udp_helpers import CTR_IP, HOST_IP
+
+    from portmapctl.host.netns import entered
+
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    old = rp.plugin_conf("mynet", [f"{CTR_IP}/24"], [{"hostPort": 6000, "containerPort": 53,
+                                                       "protocol": "udp"}])  # fmt: skip
+    rp.run_plugin("ADD", host_ns, "old", old, check=True)
+    with entered(container):
+        servers = {port: socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for port in (53, 54)}
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with servers[53], servers[54], client:
+        for port, server in servers.items():
+            server.bind((CTR_IP, port))
+            server.settimeout(0.3)
+        client.bind((CTR_IP, 0))
+
+        def reaches() -> set:
+            client.sendto(b"ping", (HOST_IP, 6000))
+            got = set()
+            for port, server in servers.items():
+                try:
+                    got |= {port} if server.recvfrom(100)[0] == b"ping" else set()
+                except TimeoutError:
+                    pass
+            return got
+
+        assert reaches() == {53}
+        new = rp.plugin_conf("mynet", [f"{CTR_IP}/24"], [{"hostPort": 6000, "containerPort": 54,
+                                                           "protocol": "udp"}])  # fmt: skip
+        rp.run_plugin("ADD", host_ns, "new", new, check=True)  # flushes; old's chain wins
+        _cache(cache, "mynet", "new", new)
+        assert reaches() == {53}
+        done = run(["gc", "--netns", host_ns, "--cni-cache-dir", str(cache), "--yes",
+                    "--min-age", "0", "-o", "json"])  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert [r["container_id"] for r in result["removed"]] == ["old"]
+        assert result["conntrack_deleted"] == 1
+        assert reaches() == {54}

@@ -125,7 +125,8 @@ def test_stale_only_compares_addresses_not_spelling() -> None:
 
 
 def test_stale_only_honours_host_ip_and_shadowing() -> None:
-    on_lo = mapping("10.88.0.6", host_port=6000, host_ip="127.0.0.1", container_id="def456")
+    on_lo = mapping("10.88.0.6", host_port=6000, host_ip="127.0.0.1", container_id="def456",
+                    container_port=60)  # fmt: skip
     to_lo = udp(sport=1, dst="127.0.0.1", dport=6000, reply_src="10.88.0.6", reply_sport=60)
     to_host = udp(sport=2, dport=6000)  # another address: the rule does not take it
     old_to_host = udp(sport=3, dport=6000, reply_src="10.88.0.6", reply_sport=60)
@@ -139,6 +140,20 @@ def test_stale_only_honours_host_ip_and_shadowing() -> None:
     assert plan([CURRENT, to_loser], {(4, 5353)}, [loser, winner], stale_only=True) == [
         Doomed(to_loser, OLD_DESTINATION, ("10.88.0.5",))
     ]
+
+
+def test_stale_only_takes_a_flow_to_the_same_address_on_an_old_port() -> None:
+    """The container at 10.88.0.5 maps 5353 to its port 54 now; a flow DNATed to
+    10.88.0.5:53 (its old port, or an old container's with the same address) misroutes.
+    It was kept: only the reply's address was compared."""
+    moved = mapping(container_port=54)
+    to_54 = udp(sport=7, reply_src="10.88.0.5", reply_sport=54)
+    assert plan([CURRENT, to_54, DIRECT], {(4, 5353)}, [moved], stale_only=True) == [
+        Doomed(CURRENT, OLD_DESTINATION, ("10.88.0.5:54",))
+    ]
+    v6 = udp("2001:db8::7", "fd00::1", 1, 5353, "fd00::5", 53, family=6)
+    assert plan([v6], {(6, 5353)}, [mapping("fd00::5", family=6, container_port=54)],
+                stale_only=True) == [Doomed(v6, OLD_DESTINATION, ("[fd00::5]:54",))]  # fmt: skip
 
 
 def test_stale_only_keeps_what_conditions_leave_to_the_host() -> None:
@@ -177,8 +192,11 @@ def test_plan_properties(
             m for m in current
             if m.host_port == d.entry.dport and m.host_ip in (None, d.entry.dst)
         ]  # fmt: skip
-        # Never deleted: an entry whose replies come from a covering mapping's container.
-        assert d.entry.reply_src not in {m.container_ip for m in covering}
+        # Never deleted: an entry whose replies come from a covering mapping's container
+        # and port, or one sent straight to a container's address.
+        replier = (d.entry.reply_src, d.entry.reply_sport)
+        assert replier not in {(m.container_ip, m.container_port) for m in covering}
+        assert d.entry.dnat or d.entry.dst not in {m.container_ip for m in covering}
         assert covering or d.entry.dnat
     # Deleting the stale ones leaves nothing stale.
     survivors = [e for e in items if e not in {d.entry for d in stale}]
