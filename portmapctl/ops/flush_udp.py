@@ -250,7 +250,7 @@ def flush(
             tables, attachments = node.read_with_cache()
             warnings = tuple(cni_cache.warnings(attachments))
             mappings = udp_mappings(node_mappings(node, tables, attachments))
-    keys = select_ports(mappings, families, ports=ports, container=container)
+    keys = select_ports(_worked_on(node, mappings), families, ports=ports, container=container)
     if not keys:
         return FlushResult(dry_run, stale_only, (), (), 0, 0, warnings)
     entries = conntrack.list_udp(
@@ -277,6 +277,17 @@ def flush(
         len(looked_at) - len(doomed),
         warnings,
     )
+
+
+def _worked_on(node: Node, mappings: List[Mapping]) -> List[Mapping]:
+    """The mappings of the backends the command works on: under --backend iptables the
+    plugin's nftables rows are read only to judge flows (node_mappings), their ports
+    are not this run's to flush."""
+    if node.nft is not None or not mappings:
+        return mappings
+    from portmapctl.nftables.inventory import NftMapping
+
+    return [m for m in mappings if not isinstance(m, NftMapping)]
 
 
 def node_mappings(node: Node, tables: Any, attachments: Any) -> List[Mapping]:

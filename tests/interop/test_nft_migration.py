@@ -409,6 +409,34 @@ def test_gc_backend_iptables_keeps_the_flows_of_a_port_a_live_nft_container_maps
     upstream.run(V191, "CHECK", node, "live30", live, check=True)
 
 
+def test_flush_udp_backend_iptables_leaves_the_ports_only_nftables_maps(
+    node: str, tmp_path: Path
+) -> None:
+    """ipt31 (iptables) maps UDP 5031, nft32 (nftables) UDP 5032. flush-udp --backend
+    iptables works on iptables' ports alone, as list does: it deleted nft32's flows too
+    (nftables, read under --backend iptables only to judge flows, chose the ports)."""
+    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/24", "dev", "lo"], check=True)
+    ipt = rp.plugin_conf("podman", ["10.88.0.31/16"], [_pm(5031, 53, "udp")])
+    rp.run_plugin("ADD", node, "ipt31", ipt, check=True)
+    _cached(tmp_path, "ipt31", ipt)
+    nft = upstream.nft_conf("podman", ["10.88.0.32/16"], [_pm(5032, 53, "udp")])
+    upstream.run(V191, "ADD", node, "nft32", nft, check=True)
+    _cached(tmp_path, "nft32", nft)
+    for sport, port, to in ((41031, 5031, "10.88.0.31"), (41032, 5032, "10.88.0.32")):
+        subprocess.run([rp._ip(), "netns", "exec", node, "conntrack", "-I", "-p", "udp",
+                        "-s", "192.0.3.2", "-d", "192.0.3.1", "--sport", str(sport),
+                        "--dport", str(port), "--reply-src", to, "--reply-port-src", "53",
+                        "--reply-dst", "192.0.3.2", "--reply-port-dst", str(sport), "-t", "100"],
+                       check=True, capture_output=True)  # fmt: skip
+    both = {(5031, "10.88.0.31"), (5032, "10.88.0.32")}
+    assert rp.udp_flows(node) == both
+    for extra in (["--container", "nft32"], []):
+        done = _pmctl(node, tmp_path, "flush-udp", "--backend", "iptables", "-o", "json", *extra)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert rp.udp_flows(node) == (both if extra else {(5032, "10.88.0.32")})
+    assert json.loads(done.stdout)["count"] == 1
+
+
 def test_a_mapping_given_without_a_backend_follows_its_containers_rules_into_nftables(
     node: str, tmp_path: Path
 ) -> None:
