@@ -56,13 +56,13 @@ def run(
             if reader is not None:
                 nft_rows = _nft_rows(node, reader, attachments, found, out)
             # (Where the plugin's nftables tables are, even empty, the plugin is
-            # there: nothing to say of the other flavour, as gc says nothing.)
-            if not found.chains and not (reader is not None and reader[1]["live"].tables):
-                from portmapctl.ops.flavour_guard import chains_elsewhere
+            # there: only containers' chains in the other flavour are worth a word.)
+            from portmapctl.ops.flavour_guard import chains_elsewhere
 
-                elsewhere = chains_elsewhere(node.backend.name, tables)
-                if elsewhere is not None:
-                    out.warn(elsewhere)
+            nft_here = reader is not None and bool(reader[1]["live"].tables)
+            elsewhere = chains_elsewhere(node.backend.name, tables, nft_here)
+            if elsewhere is not None:
+                out.warn(elsewhere)
             mappings: list = []
             owners = None
             if found.mappings or nft_rows:

@@ -1,5 +1,6 @@
 """No copy of a container's chain in the other iptables flavour (split brain), and no
-silence where the plugin's chains are all in the other flavour (chains_elsewhere).
+silence where the plugin's chains are all, or partly, in the other flavour
+(chains_elsewhere).
 
 A node can hold rules in both iptables flavours (legacy x_tables and nf_tables): the
 kernel applies both, so a container's chain written in the flavour in use while the
@@ -86,30 +87,71 @@ def refuse_a_copy(
     )
 
 
-def chains_elsewhere(backend_name: str, tables: Mapping[int, NatTable]) -> Optional[str]:
-    """The warning for iptables tables, as read, that hold none of the plugin's chains
-    while the other flavour's hold CNI-HOSTPORT-DNAT: list would show an empty node and
-    gc remove nothing, and say nothing of why (a DaemonSet image whose `iptables` is
-    the other flavour than the node's, PORTMAPCTL_IPTABLES not set). None otherwise;
-    the other flavour is asked only for a node that looks empty."""
+def chains_elsewhere(
+    backend_name: str, tables: Mapping[int, NatTable], plugin_here: bool = False
+) -> Optional[str]:
+    """The warning of list and gc where the other flavour holds plugin state this run
+    does not read. Two cases: the tables read (and, `plugin_here` False, the plugin's
+    nftables tables) hold none of the plugin's chains while the other flavour's hold
+    CNI-HOSTPORT-DNAT: list would show an empty node and gc remove nothing (a
+    DaemonSet image whose `iptables` is the other flavour than the node's); or the
+    other flavour's CNI-HOSTPORT-DNAT enters containers' chains: a node half moved
+    between flavours, whose chains there (live or dead, forwarding their ports in the
+    kernel all the same) list never shows and gc never removes. An empty
+    CNI-HOSTPORT-DNAT left there (the plugin's DEL leaves it) is no such state.
+    None otherwise, or for a snapshot."""
     used = flavour_of(backend_name)
-    if used is None or any(_plugins(table) for table in tables.values()):
+    if used is None:
         return None
     from portmapctl.iptables.access.restore import RestoreBackend
     from portmapctl.iptables.chains import TOPLEVEL_DNAT
 
+    here = plugin_here or any(_plugins(table) for table in tables.values())
     other = other_flavour(used)
     backend = RestoreBackend(other)
+    entered: List[str] = []
     for family in tables:
         if not backend.installed(family) or not backend.has_nat_table(family):
             continue
-        if backend.list_chain(family, TOPLEVEL_DNAT) is not None:
+        listed = backend.list_chain(family, TOPLEVEL_DNAT)
+        if listed is None:
+            continue
+        if not here:
             return (
                 f"no portmap chains in the iptables-{used} tables read, but the iptables-{other}"
                 f" ones hold {TOPLEVEL_DNAT}: if the plugin runs iptables-{other}, run with"
                 f" --iptables {other} (or PORTMAPCTL_IPTABLES={other})"
             )
-    return None
+        entered.extend(f"IPv{family} {chain}" for chain in _entered(listed))
+    if not entered:
+        return None
+    return (
+        f"the iptables-{other} tables also hold {len(entered)} container chain(s) entered"
+        f" from {TOPLEVEL_DNAT} ({', '.join(entered[:3])}{', ...' if len(entered) > 3 else ''}),"
+        f" which this run (iptables-{used}) does not read: list shows none of them and gc"
+        f" removes none; run with --iptables {other} to see them, and `portmapctl check`"
+        f" for the split brain"
+    )
+
+
+def _entered(listed: str) -> List[str]:
+    """The per-container chains that `iptables -S CNI-HOSTPORT-DNAT` output jumps to,
+    each once, in order."""
+    from portmapctl.iptables.chains import is_plugin_chain
+    from portmapctl.iptables.lexer import split_words
+
+    found: List[str] = []
+    for line in listed.splitlines():
+        if not line.startswith("-A "):
+            continue
+        try:
+            words = split_words(line)
+        except ValueError:
+            continue  # (a line iptables would not print: not the plugin's)
+        target = words[words.index("-j") + 1] if "-j" in words[:-1] else ""
+        if is_plugin_chain(target) and target not in found:
+            found.append(target)
+    return found
 
 
 def _plugins(table: NatTable) -> bool:

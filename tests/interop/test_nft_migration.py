@@ -542,3 +542,31 @@ def test_an_nftables_node_with_legacy_leftovers_is_not_sent_to_iptables_legacy(
         done = _pmctl(node, tmp_path, *command)
         assert done.returncode == 0, done.stderr
         assert "iptables-legacy" not in done.stderr, done.stderr
+
+
+def test_an_nftables_node_with_live_legacy_containers_says_list_and_gc_do_not_read_them(
+    node: str, tmp_path: Path
+) -> None:
+    """An nftables-backend node whose older containers the plugin made on
+    iptables-legacy (one live, one dead), iptables-nft in use: list showed the nftables
+    row alone and gc removed nothing, not a word of the legacy chains that still
+    DNAT their ports (before: the warning was left out wherever the plugin's nftables
+    tables are, since 3eaf847). Both now say so; nothing of legacy is changed."""
+    old = _cached(tmp_path, "leg1", rp.plugin_conf("podman", ["10.88.0.5/16"], [_pm(8080, 80)]))
+    rp.run_plugin("ADD", node, "leg1", old, mode="legacy", check=True)
+    dead = rp.plugin_conf("podman", ["10.88.0.7/16"], [_pm(8082, 80)])
+    rp.run_plugin("ADD", node, "legdead", dead, mode="legacy", check=True)
+    conf = _cached(
+        tmp_path, "nft1", upstream.nft_conf("podman", ["10.88.0.21/16"], [_pm(8081, 80)])
+    )
+    upstream.run(V191, "ADD", node, "nft1", conf, check=True)
+    before = rp.nat_rules(rp.save(node, 4, "legacy"))
+    for command in (["list"], ["gc", "--yes", "--min-age", "0"]):
+        done = _pmctl(node, tmp_path, *command, "--iptables", "nft")
+        assert done.returncode == 0, done.stderr
+        assert "the iptables-legacy tables also hold 2 container chain(s)" in done.stderr, (
+            command,
+            done.stderr,
+        )
+        assert "--iptables legacy" in done.stderr
+    assert rp.nat_rules(rp.save(node, 4, "legacy")) == before

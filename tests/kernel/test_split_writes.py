@@ -125,6 +125,17 @@ def test_node_check_offers_no_repair_that_repair_refuses(host_ns, tmp_path):
     assert "CNI-HOSTPORT-DNAT" not in rp.save(host_ns, 4, "nft")
 
 
+def _gc_says(args, said):
+    """gc --yes --min-age 0 -o json: exit 0, `said` on stderr and in its JSON warnings;
+    its document."""
+    done = run(["gc", *args, "--yes", "--min-age", "0", "-o", "json"])
+    assert done.returncode == 0, done.stderr
+    assert said in done.stderr, done.stderr
+    doc = json.loads(done.stdout)
+    assert any(said.removeprefix("portmapctl: warning: ") in w for w in doc["warnings"])
+    return doc
+
+
 @pytest.mark.parametrize(("plugin_mode", "ours"), [("nft", "legacy"), ("legacy", "nft")])
 def test_list_and_gc_say_when_the_plugins_chains_are_all_in_the_other_flavour(
     host_ns, tmp_path, plugin_mode, ours
@@ -148,12 +159,50 @@ def test_list_and_gc_say_when_the_plugins_chains_are_all_in_the_other_flavour(
     listed = run(["list", *args])
     assert listed.returncode == 0 and listed.stdout.strip() == "no portmap chains found"
     assert said in listed.stderr, listed.stderr
-    done = run(["gc", *args, "--yes", "--all", "--min-age", "0", "-o", "json"])
-    assert done.returncode == 0, done.stderr
-    assert said in done.stderr and json.loads(done.stdout)["removed"] == []
-    assert any(said.removeprefix("portmapctl: warning: ") in w
-               for w in json.loads(done.stdout)["warnings"])  # fmt: skip
+    assert _gc_says([*args, "--all"], said)["removed"] == []
     assert rp.nat_rules(rp.save(host_ns, 4, plugin_mode)) == before
     # The flavour the plugin uses: nothing to say.
     listed = run(["list", *node, "--iptables", plugin_mode])
     assert listed.returncode == 0 and "no portmap chains in" not in listed.stderr, listed.stderr
+
+
+@pytest.mark.parametrize(("other", "ours"), [("legacy", "nft"), ("nft", "legacy")])
+def test_list_and_gc_say_when_some_containers_chains_are_in_the_other_flavour(
+    host_ns, tmp_path, other, ours
+):
+    """A node half moved between flavours: ctrA's chain in the flavour read, ctrB's
+    (live) and ctrC's (dead: no cache entry) in the other, both DNATing in the kernel.
+    list showed ctrA alone and gc removed nothing of ctrC, exit 0 and not a word
+    (before: only a flavour with none of the plugin's chains was warned of); each now
+    names the other flavour's entered chains on stderr (gc's JSON warnings too), and
+    still changes nothing there."""
+    cache = tmp_path / "cni"
+    for cid, address, port, mode in (("ctrA", "10.88.0.5/16", 8080, ours),
+                                     ("ctrB", "10.88.0.6/16", 8081, other),
+                                     ("ctrC", "10.88.0.7/16", 8082, other)):  # fmt: skip
+        ports = [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]
+        conf = rp.plugin_conf("mynet", [address], ports)
+        rp.run_plugin("ADD", host_ns, cid, conf, mode=mode, check=True)
+        if cid != "ctrC":
+            rp.write_cni_cache(cache, "mynet", cid, "eth0", conf, ports, [address])
+    args = ["--netns", host_ns, "--family", "4", "--cni-cache-dir", str(cache), "--iptables", ours]
+    said = (
+        f"portmapctl: warning: the iptables-{other} tables also hold 2 container chain(s)"
+        f" entered from CNI-HOSTPORT-DNAT (IPv4 {chain_name('mynet', 'ctrB')}, IPv4"
+        f" {chain_name('mynet', 'ctrC')}), which this run (iptables-{ours}) does not read"
+    )
+    before = rp.nat_rules(rp.save(host_ns, 4, other))
+    listed = run(["list", *args])
+    assert listed.returncode == 0, listed.stderr
+    assert "ctrA" in listed.stdout and "ctrB" not in listed.stdout
+    assert said in listed.stderr, listed.stderr
+    _gc_says(args, said)
+    assert rp.nat_rules(rp.save(host_ns, 4, other)) == before
+    # Once the other flavour's containers are gone (its shared chains left, as the
+    # plugin's DEL leaves them), nothing to say.
+    gone = run(["gc", "--netns", host_ns, "--family", "4", "--cni-cache-dir", str(tmp_path / "none"),
+                "--iptables", other, "--all", "--yes", "--min-age", "0"])  # fmt: skip
+    assert gone.returncode == 0, gone.stderr
+    assert ":CNI-HOSTPORT-DNAT" in rp.save(host_ns, 4, other)
+    listed = run(["list", *args])
+    assert listed.returncode == 0 and "iptables-" + other not in listed.stderr, listed.stderr

@@ -203,12 +203,11 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         attachments = _checked_cache(found, cache_dirs, warnings)
     else:
         tables, nft_rules = read()
-    if not (nft_rules and nft_rules.tables):
-        from portmapctl.ops.flavour_guard import chains_elsewhere
+    from portmapctl.ops.flavour_guard import chains_elsewhere
 
-        elsewhere = chains_elsewhere(node.backend.name, tables)
-        if elsewhere is not None:
-            warnings.append(elsewhere)
+    elsewhere = chains_elsewhere(node.backend.name, tables, bool(nft_rules and nft_rules.tables))
+    if elsewhere is not None:
+        warnings.append(elsewhere)
     live = liveness(sources, attachments)  # the same for every family
 
     nft = None
