@@ -148,18 +148,13 @@ class Node:
         except NftUnusable:
             return EMPTY
 
-    def read_nft_to_change(self, dry_run: bool = False) -> Ruleset:
+    def read_nft_to_change(self) -> Ruleset:
         """The tables as converge_nft's first try reads them (for a plan made ahead,
-        then given to it as `planned`)."""
-        from portmapctl.nftables.ruleset import EMPTY
-
+        then given to it as `planned`); as read_nft, nft unusable under --backend auto
+        is noted (nft_unusable) for the caller to judge, and read as no table."""
         if self.nft_unusable is not None:
             raise self.nft_unusable
-        if self.nft is None:
-            return EMPTY
-        if dry_run or not self.nft.writable:
-            return self.read_nft()
-        return self.nft.read(self.options.families)
+        return self.read_nft()
 
     def converge_nft(
         self,

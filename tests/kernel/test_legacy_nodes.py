@@ -141,3 +141,41 @@ def test_check_without_net_raw_on_an_nf_tables_node_looks_for_split_brain_quietl
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "split brain" not in done.stderr, done.stderr
+
+
+def test_gc_on_a_node_without_nft_removes_the_dead_iptables_chains(host_ns, tmp_path):
+    """A node without the nftables package (CentOS 7, a slim DaemonSet image): gc
+    under --backend auto failed every run, exit 3 'nft not found', and removed no dead
+    chain (before; list and check went on with iptables). The plugin cannot have used
+    nftables there (it runs nft): gc now removes the dead iptables chains, exit 0, and
+    keeps the live one; where a cached config says "backend": "nftables" it stops, as
+    check does (exit 3), nothing changed."""
+    cache = tmp_path / "cni"
+    for cid, address, port in (("live1", "10.88.0.5/16", 8080), ("dead1", "10.88.0.6/16", 8081)):
+        ports = [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]
+        conf = rp.plugin_conf("mynet", [address], ports)
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="legacy", check=True)
+        if cid == "live1":
+            rp.write_cni_cache(cache, "mynet", cid, "eth0", conf, ports, [address])
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--yes",
+            "--min-age", "0", "--cni-cache-dir", str(cache)]  # fmt: skip
+    no_nft = [os.path.realpath(shutil.which("nft") or "/usr/sbin/nft")]
+    done = run(argv, hide=no_nft)
+    assert done.returncode == 0, done.stderr
+    saved = rp.save(host_ns, 4, "legacy")
+    assert chain_name("mynet", "dead1") not in saved
+    assert chain_name("mynet", "live1") in saved
+
+    ports = [{"hostPort": 9090, "containerPort": 90, "protocol": "tcp"}]
+    nft_conf = {**rp.plugin_conf("mynet", ["10.88.0.7/16"], ports), "backend": "nftables"}
+    rp.write_cni_cache(cache, "mynet", "nft1", "eth0", nft_conf, ports, ["10.88.0.7/16"])
+    rp.run_plugin("ADD", host_ns, "dead2", rp.plugin_conf("mynet", ["10.88.0.8/16"], ports),
+                  mode="legacy", check=True)  # fmt: skip
+    before = rp.nat_rules(rp.save(host_ns, 4, "legacy"))
+    done = run(argv, hide=no_nft)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "portmapctl: error: nft not found: install nftables (1.0.1 or later) to work with"
+        " the plugin's nftables backend"
+    ]
+    assert rp.nat_rules(rp.save(host_ns, 4, "legacy")) == before

@@ -189,9 +189,7 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         if not with_nft:
             return node.read(families), None
         # nft lists (and its modules load) while iptables-save runs, not after it.
-        return side_by_side(
-            lambda: node.read(families), lambda: node.read_nft_to_change(options.dry_run)
-        )
+        return side_by_side(lambda: node.read(families), node.read_nft_to_change)
 
     # Every table first, the cache after them: a container whose ADD finished in
     # between counts as live (the other order could miss it).
@@ -208,6 +206,16 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
     elsewhere = chains_elsewhere(node.backend.name, tables, bool(nft_rules and nft_rules.tables))
     if elsewhere is not None:
         warnings.append(elsewhere)
+    if node.nft_unusable is not None:
+        # No usable nft under --backend auto: the plugin cannot use nftables here either
+        # (it runs nft), so its removal is skipped and iptables' goes on, as check does;
+        # unless a cached config says nftables (check: exit 3 too). Sightings stay.
+        from portmapctl.ops.check.nft import configured_nft
+
+        if configured_nft(attachments):
+            raise node.nft_unusable
+        nft_rules = None
+        remembered.update({key: value for key, value in seen.items() if key.nft})
     live = liveness(sources, attachments)  # the same for every family
 
     nft = None
