@@ -206,3 +206,42 @@ def test_list_and_gc_say_when_some_containers_chains_are_in_the_other_flavour(
     assert ":CNI-HOSTPORT-DNAT" in rp.save(host_ns, 4, other)
     listed = run(["list", *args])
     assert listed.returncode == 0 and "iptables-" + other not in listed.stderr, listed.stderr
+
+
+@pytest.mark.parametrize(("other", "ours"), [("legacy", "nft"), ("nft", "legacy")])
+def test_check_names_the_other_flavours_chains_the_cache_does_not(host_ns, tmp_path, other, ours):
+    """The half-moved node of the test above, checked: ctrB (cached) gets its problem
+    saying where its chain is; ctrC (no cache entry) was not said at all, and with an
+    empty cache check called the node healthy, 'no portmap chains', exit 0 and not a
+    word (QA). Now a note names the chains only the other flavour holds that the cache
+    does not, and how to see and remove them; nothing changes there."""
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    for cid, address, port, mode in (("ctrA", "10.88.0.5/16", 8080, ours),
+                                     ("ctrB", "10.88.0.6/16", 8081, other),
+                                     ("ctrC", "10.88.0.7/16", 8082, other)):  # fmt: skip
+        ports = [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]
+        conf = rp.plugin_conf("mynet", [address], ports)
+        rp.run_plugin("ADD", host_ns, cid, conf, mode=mode, check=True)
+        if cid != "ctrC":
+            rp.write_cni_cache(cache, "mynet", cid, "eth0", conf, ports, [address])
+    args = ["--netns", host_ns, "--family", "4", "--iptables", ours]
+    note = (
+        f"the iptables-{other} tables hold 1 container chain(s) that this check"
+        f" (iptables-{ours}) does not judge and the CNI cache does not name"
+        f" ({chain_name('mynet', 'ctrC')}): see them with `portmapctl list --iptables {other}`"
+    )
+    before = rp.nat_rules(rp.save(host_ns, 4, other))
+    done = run(["check", *args, "--cni-cache-dir", str(cache)])
+    assert done.returncode == 1, done.stdout + done.stderr  # ctrB's chain is not here
+    assert note in " ".join(done.stderr.split()), done.stderr
+    assert chain_name("mynet", "ctrB") not in done.stderr
+    # No cache entry at all: every chain there is named (ctrA's, here, is stale).
+    empty = tmp_path / "empty"
+    (empty / "results").mkdir(parents=True)
+    done = run(["check", *args, "--cni-cache-dir", str(empty)])
+    assert done.returncode == 1, done.stdout + done.stderr
+    names = sorted(chain_name("mynet", c) for c in ("ctrB", "ctrC"))
+    said = " ".join(done.stderr.split())
+    assert "hold 2 container chain(s)" in said and ", ".join(names) in said, done.stderr
+    assert rp.nat_rules(rp.save(host_ns, 4, other)) == before

@@ -12,6 +12,7 @@ from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import HostProblem
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chains import (
+    DNAT_PREFIX,
     dnat_chain_name,
 )
 from portmapctl.iptables.ruleset import (
@@ -139,6 +140,9 @@ def _check_node(
             f"no CNI cache in {' or '.join(d + '/results' for d in node.options.cache_dirs)}:"
             " cached mappings and stale chains were not checked (give --cni-cache-dir)"
         )
+    elsewhere = _uncached_elsewhere(read, attachments)
+    if elsewhere is not None:
+        notes.append(elsewhere)
     chains = sum(len(inventory.per_container_chains(t)) for t in tables.values())
     return CheckResult(
         tuple(problems),
@@ -155,6 +159,36 @@ def _check_node(
     )
 
 
+def _uncached_elsewhere(read: NodeTables, attachments: Optional[List[Attachment]]) -> Optional[str]:
+    """The note for containers' chains only the other flavour holds, of containers the
+    cache does not name (a cached one's problem says where its chain is): on a node
+    half moved between flavours, stale ones there forward their ports in the kernel
+    all the same, and no run in this flavour judges them (list and gc say so too:
+    flavour_guard.chains_elsewhere)."""
+    if read.flavours is None:
+        return None
+    used, other = read.flavours
+    cached = {dnat_chain_name(a.mapping) for a in attachments or () if a.mapping is not None}
+    names = sorted(
+        {
+            name
+            for family, table in read.other_tables.items()
+            for name in table.chains
+            if name.startswith(DNAT_PREFIX)
+            and name not in cached
+            and not (family in read.tables and read.tables[family].has_chain(name))
+        }
+    )
+    if not names:
+        return None
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return (
+        f"the iptables-{other} tables hold {len(names)} container chain(s) that this check"
+        f" (iptables-{used}) does not judge and the CNI cache does not name ({shown}):"
+        f" see them with `portmapctl list --iptables {other}`"
+    )
+
+
 def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
     """Check one mapping as the plugin's CHECK does (a missing chain is a failure), in
     the backend its container is followed to (`followed`)."""
@@ -162,9 +196,7 @@ def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
     return check_followed(node, config, notes)
 
 
-def check_followed(
-    node: Node, config: MappingConfig, notes: Tuple[str, ...] = ()
-) -> CheckResult:
+def check_followed(node: Node, config: MappingConfig, notes: Tuple[str, ...] = ()) -> CheckResult:
     """check_mapping of a mapping `followed` has been asked about already (--repair
     checks before and after: the node is not asked again)."""
     families = validate.chosen_families(config, node.families, "check")
