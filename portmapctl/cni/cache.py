@@ -79,6 +79,15 @@ class Attachment:
         return self.netns_state == NetnsState.GONE
 
 
+def added_at(attachment: Attachment) -> Tuple[int, str]:
+    """When libcni wrote the entry (its file's modification time; then its path): the
+    order of the plugin's ADDs, which decides the order of the rules they appended."""
+    try:
+        return os.stat(attachment.path).st_mtime_ns, attachment.path
+    except OSError:
+        return 0, attachment.path
+
+
 def results_dir(cache_dir: str) -> str:
     return os.path.join(cache_dir, "results")
 

@@ -3,9 +3,9 @@ configs, in one family (older plugins' shapes as found are wanted as they are)."
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from portmapctl.cni.cache import Attachment
+from portmapctl.cni.cache import Attachment, added_at
 from portmapctl.core.mapping import DEFAULT_MARK_BIT, MappingConfig
 from portmapctl.iptables import shapes
 from portmapctl.iptables.chains import (
@@ -22,41 +22,68 @@ from portmapctl.iptables.ruleset import NatTable
 
 
 def cached_configs(attachments: Optional[Sequence[Attachment]]) -> List[MappingConfig]:
-    """The mapping of every cached attachment that has one, one per chain name.
-
-    Two attachments of one container on one network (two interfaces) would share a
-    chain; the plugin would make them overwrite each other, we keep the first.
+    """The mapping of every cached attachment that has one, those sharing a chain
+    together, in ADD order (cached_groups).
     A zombie's mapping is not expected (and so never repaired): its container is gone.
     """
-    found: Dict[str, MappingConfig] = {}
-    for attachment in attachments or ():
-        if attachment.mapping is not None and not attachment.zombie:
-            found.setdefault(dnat_chain_name(attachment.mapping), attachment.mapping)
-    return list(found.values())
+    return [
+        a.mapping  # type: ignore[misc]
+        for group in cached_groups(
+            a for a in attachments or () if a.mapping is not None and not a.zombie
+        ).values()
+        for a in group
+    ]
+
+
+def cached_groups(attachments: Iterable[Attachment]) -> Dict[str, List[Attachment]]:
+    """The attachments with a mapping, by the name of their chain, in ADD order.
+
+    Attachments of one container on one network through several interfaces (Multus
+    naming a network twice: net1, net2) share one chain, which the plugin's ADD of
+    each fills with the rules it lacks (wanted_on_node joins them), in the order of
+    those ADDs (cache.added_at): the rules' order on the node. One interface cached
+    twice (in two cache directories) counts once, as first read.
+    """
+    groups: Dict[str, Dict[str, Attachment]] = {}
+    for attachment in attachments:
+        if attachment.mapping is not None:
+            group = groups.setdefault(dnat_chain_name(attachment.mapping), {})
+            group.setdefault(attachment.ifname, attachment)
+    found = {}
+    for name, group in groups.items():
+        members = list(group.values())
+        if len(members) > 1:  # (the file times only where they decide something)
+            members.sort(key=added_at)
+        found[name] = members
+    return found
+
+
+def _joined(have: Chain, chain: Chain) -> Chain:
+    """`have` with what a later ADD of `chain` appends: the rules it lacks, in order
+    (the plugin adds each rule only if `iptables -C` does not find it)."""
+    if chain == have:
+        return have
+    return Chain(
+        have.name,
+        rules=tuple(dict.fromkeys(have.rules + chain.rules)),
+        entry_chains=tuple(dict.fromkeys(have.entry_chains + chain.entry_chains)),
+        entry_rules=tuple(dict.fromkeys(have.entry_rules + chain.entry_rules)),
+        prepend_entry=have.prepend_entry,
+        table=have.table,
+    )
 
 
 def _merge(chains: Sequence[Chain]) -> List[Chain]:
-    """Shared chains wanted by several containers, as one chain each.
+    """Chains wanted several times (shared chains; a container's chain wanted by each
+    of its interfaces on one network), as one chain each.
 
-    The plugin appends a shared chain's rules only when missing, so containers with
+    The plugin appends a chain's rules only when missing, so containers with
     different mark bits leave one SETMARK rule each: their union is what is wanted.
     """
     merged: Dict[str, Chain] = {}
     for chain in chains:
         have = merged.get(chain.name)
-        if have is None:
-            merged[chain.name] = chain
-            continue
-        if chain == have:
-            continue  # the usual case: every container wants the same shared chain
-        merged[chain.name] = Chain(
-            chain.name,
-            rules=tuple(dict.fromkeys(have.rules + chain.rules)),
-            entry_chains=tuple(dict.fromkeys(have.entry_chains + chain.entry_chains)),
-            entry_rules=tuple(dict.fromkeys(have.entry_rules + chain.entry_rules)),
-            prepend_entry=have.prepend_entry,
-            table=have.table,
-        )
+        merged[chain.name] = chain if have is None else _joined(have, chain)
     return list(merged.values())
 
 
@@ -83,7 +110,9 @@ def wanted_on_node(
             found += [setmark_chain(bit, family), masq_chain(bit, family)]
         return found, []
     shared: List[Chain] = []
-    per_container: List[Tuple[MappingConfig, Chain]] = []
+    # By chain name: a container's interfaces on one network share its chain, which
+    # the first one's config speaks for in messages.
+    per_container: Dict[str, Tuple[MappingConfig, Chain]] = {}
     for config in configs:
         old = shapes.as_found(config, family, live)
         for chain in wanted_chains(config, family):
@@ -92,6 +121,10 @@ def wanted_on_node(
                 # PREROUTING and OUTPUT as every version since: those jumps are wanted.
                 if old is None or old[0] is not shapes.Shape.V0_6 or chain.name == TOPLEVEL_DNAT:
                     shared.append(chain)
-            else:
-                per_container.append((config, old[1] if old else chain))
-    return _merge(shared), per_container
+                continue
+            mine = old[1] if old else chain
+            have = per_container.get(mine.name)
+            per_container[mine.name] = (
+                (config, mine) if have is None else (have[0], _joined(have[1], mine))
+            )
+    return _merge(shared), list(per_container.values())

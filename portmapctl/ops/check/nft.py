@@ -7,7 +7,6 @@ repaired by one `nft -f` transaction (nftables/planner.py), never in iptables.
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from typing import (
     TYPE_CHECKING,
@@ -23,7 +22,7 @@ from typing import (
 )
 from typing import Mapping as ReadOnly
 
-from portmapctl.cni.cache import Attachment
+from portmapctl.cni.cache import Attachment, added_at
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
 from portmapctl.iptables.ruleset import NatTable, format_rule
@@ -444,13 +443,6 @@ def rule_text(rules: ReadOnly[Tuple[int, int], Rule], m: NftMapping) -> Tuple[st
     return (rule.body.text(m.family),) if rule is not None else ()
 
 
-def _added_at(attachment: Attachment) -> Tuple[int, str]:
-    try:
-        return os.stat(attachment.path).st_mtime_ns, attachment.path
-    except OSError:
-        return 0, attachment.path
-
-
 def _expected_in_add_order(node: Node, attachments: Sequence[Attachment]) -> List[MappingConfig]:
     """What the check compares against (no zombie's rules), in ADD order (the cache
     files' modification times): the rule order the plugin would have made, and the
@@ -463,7 +455,7 @@ def _expected_in_add_order(node: Node, attachments: Sequence[Attachment]) -> Lis
         iptables_owners(node.read(), attachments),
         node.options.keyless,
     )
-    return [a.mapping for a in sorted(parts.expected, key=_added_at) if a.mapping is not None]
+    return [a.mapping for a in sorted(parts.expected, key=added_at) if a.mapping is not None]
 
 
 def nft_repair(

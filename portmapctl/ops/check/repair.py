@@ -28,7 +28,7 @@ from portmapctl.iptables.ruleset import (
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops.add import after_setup, after_setup_many
 from portmapctl.ops.check.compare import held_elsewhere
-from portmapctl.ops.check.expected import cached_configs, wanted_on_node
+from portmapctl.ops.check.expected import cached_configs, cached_groups, wanted_on_node
 from portmapctl.ops.check.problem import CheckResult
 from portmapctl.ops.check.run import (
     _check_node,
@@ -108,24 +108,27 @@ class _CacheNow:
 
     def __init__(self, node: Node, attachments: Sequence[Attachment]) -> None:
         self.node = node
-        self.paths: Dict[str, str] = {}
+        self.paths: Dict[str, List[str]] = {}  # by chain: one entry per interface
         for attachment in attachments:
             if attachment.mapping is not None:
-                self.paths.setdefault(dnat_chain_name(attachment.mapping), attachment.path)
-        self.now: Dict[str, Optional[Attachment]] = {}  # by chain, as read again
+                name = dnat_chain_name(attachment.mapping)
+                self.paths.setdefault(name, []).append(attachment.path)
+        self.now: Dict[str, List[Attachment]] = {}  # by chain, as read again (gone: [])
+        self.by_path: Dict[str, Optional[Attachment]] = {}  # each entry read again
         self.reads = 0  # cache entries read again (for tests)
 
     def current(self, configs: Iterable[MappingConfig]) -> List[MappingConfig]:
-        """`configs` as last read: each replaced by its entry read again, or left out."""
+        """`configs` as last read: the configs of a chain whose entries were read again
+        replaced by theirs (none where they are gone)."""
         found = []
+        replaced = set()
         for config in configs:
             name = dnat_chain_name(config)
-            if name in self.now:
-                attachment = self.now[name]
-                if attachment is None:
-                    continue
-                config = attachment.mapping  # type: ignore[assignment]
-            found.append(config)
+            if name not in self.now:
+                found.append(config)
+            elif name not in replaced:
+                replaced.add(name)
+                found += [a.mapping for a in self.now[name]]  # type: ignore[misc]
         return found
 
     def plan(
@@ -146,26 +149,26 @@ class _CacheNow:
     def _read_again(self, configs: Sequence[MappingConfig]) -> None:
         from portmapctl.cni.cache import read_entries
 
-        names = {dnat_chain_name(c): self.paths.get(dnat_chain_name(c)) for c in configs}
-        paths = [path for path in names.values() if path is not None]
+        names = {dnat_chain_name(c) for c in configs}
+        paths = {path: name for name in names for path in self.paths.get(name, ())}
         self.reads += len(paths)
-        found = read_entries(paths, self.node.namespace_view())
+        found = read_entries(list(paths), self.node.namespace_view())
         by_path = {a.path: a for a in found if a.mapping is not None and not a.zombie}
-        for name, path in names.items():
-            attachment = by_path.get(path) if path is not None else None
+        for path, name in paths.items():
+            attachment = by_path.get(path)
             same_chain = attachment is not None and dnat_chain_name(attachment.mapping) == name
             nft_now = attachment is not None and attachment.mapping.backend == "nftables"
-            self.now[name] = attachment if same_chain and not nft_now else None
+            self.by_path[path] = attachment if same_chain and not nft_now else None
+        groups = cached_groups(a for p in paths if (a := self.by_path[p]) is not None)
+        for name in names:
+            self.now[name] = groups.get(name, [])
 
     def refreshed(self, attachments: Sequence[Attachment]) -> List[Attachment]:
         """`attachments` with each entry read again as it was read (gone: left out)."""
-        if not self.now:
-            return list(attachments)
-        again = {self.paths[name]: a for name, a in self.now.items() if name in self.paths}
         found = []
         for attachment in attachments:
-            if attachment.path in again:
-                attachment = again[attachment.path]  # type: ignore[assignment]
+            if attachment.path in self.by_path:
+                attachment = self.by_path[attachment.path]  # type: ignore[assignment]
             if attachment is not None:
                 found.append(attachment)
         return found
@@ -296,22 +299,27 @@ def _repair_family(
     if txn:
         applied.append(txn)
     failed: List[Unrepaired] = []
+    # Each chain alone: with all the configs that want it (a container's interfaces on
+    # one network share it; planned from one, the others' rules would go).
+    by_chain: Dict[str, List[MappingConfig]] = {}
     for config in configs:
-        if family not in config.families or dnat_chain_name(config) in skipped:
-            continue
+        name = dnat_chain_name(config)
+        if family in config.families and name not in skipped:
+            by_chain.setdefault(name, []).append(config)
+    for name, group in by_chain.items():
 
-        def plan_one(live: NatTable, config: MappingConfig = config) -> Transaction:
-            if _missing_reference(config, live) is not None:
+        def plan_one(live: NatTable, group: List[MappingConfig] = group) -> Transaction:
+            if any(_missing_reference(c, live) is not None for c in group):
                 return Transaction(family)
-            return _plan([config], None, cache)(live)
+            return _plan(group, None, cache)(live)
 
         try:
             txn = node.converge(family, plan_one)
         except ApplyFailed as err:
-            name = dnat_chain_name(config)
+            first = group[0]
             failed.append(
                 Unrepaired(
-                    family, config.network, config.container_id, name, f"iptables refused it: {err}"
+                    family, first.network, first.container_id, name, f"iptables refused it: {err}"
                 )  # fmt: skip
             )
             continue
@@ -418,16 +426,13 @@ def repair(
         if node.nft_unusable is None:
             node.nft = _ReadOnceNft(node.nft, live_nft)
     before = _check_node(node, attachments, read)
+    from portmapctl.cni.cache import added_at
     from portmapctl.ops.check import nft as check_nft
 
     # In ADD order (the cache files' modification times), as nft_repair: the entry
     # rules are appended in this order, and of two containers on one host port the
     # first keeps it, as it did before (a flush); file-name order would hand it over.
-    configs = (
-        cached_configs(sorted(attachments, key=check_nft._added_at))
-        if attachments is not None
-        else None
-    )
+    configs = cached_configs(sorted(attachments, key=added_at)) if attachments is not None else None
 
     nft_ids: set = set()
     if attachments is not None:
@@ -453,7 +458,7 @@ def repair(
         if configs is not None:
             configs = [c for c in configs if (c.network, c.container_id) not in excluded]
     transactions: Dict = {}
-    changed: Dict[str, Tuple[MappingConfig, List[int]]] = {}
+    changed: Dict[MappingConfig, Tuple[MappingConfig, List[int]]] = {}
     unrepaired: List[Unrepaired] = []
     cache = _CacheNow(node, attachments) if attachments is not None else None
     # --backend nftables: iptables is neither looked at nor written (nothing is expected
@@ -482,7 +487,8 @@ def repair(
             for c in _changed(txn, cache.current(configs or []) if cache else configs or []):
                 if dnat_chain_name(c) in left_out:
                     continue  # nothing of it was made: no route_localnet, no flush
-                fams = changed.setdefault(dnat_chain_name(c), (c, []))[1]
+                # By config: each interface sharing the chain has its own address.
+                fams = changed.setdefault(c, (c, []))[1]
                 if family not in fams:
                     fams.append(family)
     nft_changed: List[Tuple[MappingConfig, List[int]]] = []

@@ -1,0 +1,124 @@
+"""Runtime cache layouts against the real plugin and real iptables, in throwaway
+namespaces, through the command line as an operator or a cron job runs it.
+
+Multus attaches one network to a pod more than once when its selection annotation
+names it twice (`macvlan-conf, macvlan-conf`: interfaces net1 and net2, SR-IOV pods
+asking for two VFs of one resource), each with port mappings of its own. libcni
+caches one entry per interface (NETWORK-CONTAINERID-net1, -net2), but the plugin's
+chain is named after the network and the container alone: both ADDs write into the
+one CNI-DN- chain, each appending the rules it lacks, and into CNI-HOSTPORT-DNAT an
+entry rule each (chain.go setup, insertUnique).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+import realplugin as rp
+from pmctl import run
+
+from portmapctl.iptables.chains import chain_name
+
+NETWORK = "macvlan-conf"
+CID = "5f0c" * 16
+# (ifname, address, port mappings): what Multus hands each delegate ADD.
+ATTACHMENTS: Tuple[Tuple[str, str, List[dict]], ...] = (
+    ("net1", "10.77.0.5/16", [rp.port_mapping(8080, 80)]),
+    ("net2", "10.77.0.6/16", [rp.port_mapping(9090, 90)]),
+)
+
+
+def _conf(ifname: str, ip: str, ports: List[dict]) -> dict:
+    conf = rp.plugin_conf(NETWORK, [ip], ports)
+    conf["prevResult"]["interfaces"][0]["name"] = ifname  # the delegate's interface
+    return conf
+
+
+@pytest.fixture
+def twice(host_ns: str, tmp_path: Path) -> Tuple[str, Path, Dict[str, dict]]:
+    """The pod attached to one network twice, added as Multus adds it (net1, then
+    net2), its entries cached with the modification times of that order."""
+    if not rp.mode_available("nft")[0]:
+        pytest.skip(rp.mode_available("nft")[1])
+    cache = tmp_path / "multus"
+    confs = {}
+    stamp = time.time() - 60
+    for ifname, ip, ports in ATTACHMENTS:
+        conf = confs[ifname] = _conf(ifname, ip, ports)
+        rp.run_plugin("ADD", host_ns, CID, conf, mode="nft", ifname=ifname, check=True)
+        path = rp.write_cni_cache(cache, NETWORK, CID, ifname, conf, ports, [ip])
+        stamp += 1
+        os.utime(path, (stamp, stamp))
+    return host_ns, cache, confs
+
+
+def _pm(host_ns: str, cache: Path, *args: str):
+    return run([*args, "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(cache),
+                "-o", "json"])  # fmt: skip
+
+
+def _rules(host_ns: str) -> List[str]:
+    return rp.nat_rules(rp.save(host_ns, 4, "nft"))
+
+
+def _plugin_checks(host_ns: str, confs: Dict[str, dict]) -> None:
+    for ifname, conf in confs.items():
+        for done in rp.run_check(host_ns, CID, conf, mode="nft", ifname=ifname):
+            assert done.returncode == 0, f"{ifname}: {done.stdout} {done.stderr}"
+
+
+def test_a_pod_on_one_network_twice_is_healthy_and_repair_keeps_both_mappings(twice):
+    """check called net2's rules extra-rules and extra-entry ('its cached config does
+    not make'), exit 1, and check --repair deleted them: host port 9090 no longer
+    forwarded, though both cache entries are there and the plugin's CHECK passes."""
+    host_ns, cache, confs = twice
+    added = _rules(host_ns)
+    chain = chain_name(NETWORK, CID)
+    assert any("--to-destination 10.77.0.6:90" in r and chain in r for r in added)
+
+    done = _pm(host_ns, cache, "check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["problems"] == []
+
+    done = _pm(host_ns, cache, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _rules(host_ns) == added, "check --repair changed the plugin's rules"
+    _plugin_checks(host_ns, confs)
+
+
+def test_repair_after_a_flush_writes_both_attachments_rules_as_the_plugin_did(twice):
+    """A firewall reload flushes the nat table: the repair makes the chain the two
+    ADDs made (net1's rules, then net2's), not net1's alone."""
+    host_ns, cache, confs = twice
+    added = _rules(host_ns)
+    rp.iptables(host_ns, ["-t", "nat", "-F"], mode="nft")
+    rp.iptables(host_ns, ["-t", "nat", "-X"], mode="nft")
+
+    done = _pm(host_ns, cache, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _rules(host_ns) == added
+    _plugin_checks(host_ns, confs)
+    assert _pm(host_ns, cache, "check").returncode == 0
+
+
+def test_repair_of_one_attachments_lost_rule_keeps_the_others(twice):
+    """net2's DNAT rule deleted by hand: the repair reads both entries again (the
+    chain exists and changes) and puts back the chain the two ADDs made."""
+    host_ns, cache, confs = twice
+    added = _rules(host_ns)
+    chain = chain_name(NETWORK, CID)
+    rp.iptables(host_ns, ["-t", "nat", "-D", chain, "-p", "tcp", "-m", "tcp", "--dport", "9090",
+                          "-j", "DNAT", "--to-destination", "10.77.0.6:90"], mode="nft")  # fmt: skip
+
+    done = _pm(host_ns, cache, "check")
+    assert done.returncode == 1
+    assert [p["kind"] for p in json.loads(done.stdout)["problems"]] == ["missing-rules"]
+    done = _pm(host_ns, cache, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _rules(host_ns) == added
+    _plugin_checks(host_ns, confs)
