@@ -122,3 +122,33 @@ def test_repair_of_one_attachments_lost_rule_keeps_the_others(twice):
     assert done.returncode == 0, done.stdout + done.stderr
     assert _rules(host_ns) == added
     _plugin_checks(host_ns, confs)
+
+
+@pytest.mark.parametrize("given", ["net1", "net2"])
+def test_check_of_one_attachment_leaves_the_other_interfaces_rules(twice, tmp_path, given):
+    """check --cni-config of net1's (or net2's) stdin called the other interface's rules
+    'its config does not make' (exit 1) and its --repair deleted them; the plugin's
+    CHECK of either passes. The other cached interfaces' rules are the chain's too."""
+    host_ns, cache, confs = twice
+    added = _rules(host_ns)
+    stdin = tmp_path / f"{given}.json"
+    stdin.write_text(json.dumps(confs[given]))
+    one = ("check", "--container", CID, "--cni-config", str(stdin), "--ifname", given)
+
+    done = _pm(host_ns, cache, *one)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = _pm(host_ns, cache, *one, "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _rules(host_ns) == added
+
+    # Its own lost DNAT rule comes back where the plugin's ADD put it.
+    chain = chain_name(NETWORK, CID)
+    ip, port = ("10.77.0.5", "8080:80") if given == "net1" else ("10.77.0.6", "9090:90")
+    host, to = port.split(":")
+    rp.iptables(host_ns, ["-t", "nat", "-D", chain, "-p", "tcp", "-m", "tcp", "--dport", host,
+                          "-j", "DNAT", "--to-destination", f"{ip}:{to}"], mode="nft")  # fmt: skip
+    assert _pm(host_ns, cache, *one).returncode == 1
+    done = _pm(host_ns, cache, *one, "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _rules(host_ns) == added
+    _plugin_checks(host_ns, confs)

@@ -16,7 +16,7 @@ from typing import Mapping as ReadOnly
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.iptables import inventory
-from portmapctl.iptables.chains import TOPLEVEL_DNAT, dnat_chain, dnat_chain_name
+from portmapctl.iptables.chains import TOPLEVEL_DNAT, dnat_chain_name
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.ops.check.compare import (
     check_container,
@@ -24,7 +24,7 @@ from portmapctl.ops.check.compare import (
     entry_index,
     held_elsewhere,
 )
-from portmapctl.ops.check.expected import cached_configs, wanted_on_node
+from portmapctl.ops.check.expected import cached_configs, joined_dnat_chain, wanted_on_node
 from portmapctl.ops.check.hints import Fixes
 from portmapctl.ops.check.node_problems import (
     duplicates,
@@ -131,19 +131,22 @@ def diagnose_mapping(
     config: MappingConfig,
     fix: str,
     elsewhere: ReadOnly[int, str] = {},  # noqa: B006 - read only
+    sharing: Sequence[MappingConfig] = (),
 ) -> Tuple[List[Problem], int]:
     """What the plugin's CHECK verifies for one mapping, a missing chain included, and
     what --repair of it rewrites: rules of its chain, and entry rules to it, that the
     config given does not make, or in another order (as the nftables backend's check
     of one mapping reports its container's rules the config does not make).
-    `elsewhere`: the other iptables flavour, by family, where it alone holds the chain."""
+    `elsewhere`: the other iptables flavour, by family, where it alone holds the chain.
+    `sharing` (expected.sharing_chain): the configs whose rules the chain holds, the
+    container's other cached interfaces on the network with `config` (none: it alone)."""
     problems: List[Problem] = []
     compared = 0
     for family in config.families:
         if family not in tables:
             continue
-        wanted = dnat_chain(config, family)
-        if wanted is None:
+        wanted = joined_dnat_chain(sharing or (config,), family)
+        if wanted is None or config.address(family) is None:
             continue
         compared += 1
         other = elsewhere.get(family)

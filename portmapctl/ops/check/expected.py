@@ -3,6 +3,7 @@ configs, in one family (older plugins' shapes as found are wanted as they are)."
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.cni.cache import Attachment, added_at
@@ -12,6 +13,7 @@ from portmapctl.iptables.chains import (
     DNAT_PREFIX,
     TOPLEVEL_DNAT,
     Chain,
+    dnat_chain,
     dnat_chain_name,
     masq_chain,
     setmark_chain,
@@ -56,6 +58,46 @@ def cached_groups(attachments: Iterable[Attachment]) -> Dict[str, List[Attachmen
             members.sort(key=added_at)
         found[name] = members
     return found
+
+
+def sharing_chain(
+    config: MappingConfig, attachments: Iterable[Attachment]
+) -> Tuple[MappingConfig, ...]:
+    """`config` (one mapping given) and the cached mappings of its container's other
+    interfaces on its network, whose ADDs appended their rules to the same chain, in
+    ADD order: `config` in place of the entry with its addresses, else last (the
+    newest ADD). With one interface cached, `config` alone: it stands for that one."""
+    iptables = (
+        a
+        for a in attachments
+        if a.mapping is not None and not a.zombie and a.mapping.backend != "nftables"
+    )
+    group = cached_groups(iptables).get(dnat_chain_name(config), [])
+    if len(group) < 2:
+        return (config,)
+    mine = (config.address(4), config.address(6))
+    found = [
+        config if (a.mapping.address(4), a.mapping.address(6)) == mine else a.mapping  # type: ignore[union-attr]
+        for a in group
+    ]
+    return tuple(dict.fromkeys([*found, config]))  # type: ignore[list-item]
+
+
+def joined_dnat_chain(configs: Sequence[MappingConfig], family: int) -> Optional[Chain]:
+    """The CNI-DN- chain the ADDs of `configs` (sharing_chain) leave in one family."""
+    chains = [chain for chain in (dnat_chain(c, family) for c in configs) if chain is not None]
+    return functools.reduce(_joined, chains) if chains else None
+
+
+def wanted_sharing(
+    config: MappingConfig, sharing: Sequence[MappingConfig], family: int
+) -> List[Chain]:
+    """wanted_chains of `config`, its CNI-DN- chain holding the rules of `sharing` too."""
+    chains = wanted_chains(config, family)
+    joined = joined_dnat_chain(sharing, family)
+    if not chains or joined is None:
+        return chains
+    return [*chains[:-1], joined]
 
 
 def _joined(have: Chain, chain: Chain) -> Chain:

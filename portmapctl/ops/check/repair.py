@@ -18,7 +18,6 @@ from portmapctl.iptables.chains import (
     TOPLEVEL_DNAT,
     Chain,
     dnat_chain_name,
-    wanted_chains,
 )
 from portmapctl.iptables.planner import plan_setup
 from portmapctl.iptables.ruleset import (
@@ -28,7 +27,12 @@ from portmapctl.iptables.ruleset import (
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops.add import after_setup, after_setup_many
 from portmapctl.ops.check.compare import held_elsewhere
-from portmapctl.ops.check.expected import cached_configs, cached_groups, wanted_on_node
+from portmapctl.ops.check.expected import (
+    cached_configs,
+    cached_groups,
+    wanted_on_node,
+    wanted_sharing,
+)
 from portmapctl.ops.check.problem import CheckResult
 from portmapctl.ops.check.run import (
     _check_node,
@@ -37,6 +41,7 @@ from portmapctl.ops.check.run import (
     mapping_result,
     nft_mapping,
     read_tables,
+    sharing_of,
 )
 from portmapctl.ops.flavour_guard import families_only_in_other_flavour, flavour_of, split_why
 from portmapctl.ops.node import Node
@@ -70,10 +75,12 @@ def _plan(
     configs: Optional[Sequence[MappingConfig]],
     single: Optional[MappingConfig],
     cache: Optional[_CacheNow] = None,
+    sharing: Sequence[MappingConfig] = (),
 ) -> Callable[[NatTable], Transaction]:
     """The planner for one family: what the check compares against, made to exist.
     `cache`: the cached configs of containers whose chain the plan would change are
-    read again first (`_CacheNow`); `single` (given on the command line) never is."""
+    read again first (`_CacheNow`); `single` (given on the command line) never is, and
+    `sharing` (run.sharing_of) is what else its chain holds."""
 
     def setup(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
         shared, per_container = wanted_on_node(these, live.family, live)
@@ -81,7 +88,7 @@ def _plan(
 
     def plan(live: NatTable) -> Transaction:
         if single is not None:
-            return _setup(wanted_chains(single, live.family), live)
+            return _setup(wanted_sharing(single, sharing or (single,), live.family), live)
         if cache is None or configs is None:
             return setup(live, configs)  # type: ignore[arg-type]
         return cache.plan(live, configs, setup)
@@ -531,10 +538,11 @@ def _repair_mapping(node: Node, config: MappingConfig, flush_udp: bool) -> Check
             why = split_why(used, other)
             unrepaired.append(Unrepaired(family, config.network, config.container_id, name, why))
     left = {u.family for u in unrepaired}
+    sharing = sharing_of(node, config)
     for family in before.families:
         if family in left:
             continue
-        txn = node.converge(family, _plan(None, config))
+        txn = node.converge(family, _plan(None, config, sharing=sharing))
         if txn:
             transactions[family] = txn.render()
             families += [family] if _changed(txn, [config]) else []
@@ -542,7 +550,8 @@ def _repair_mapping(node: Node, config: MappingConfig, flush_udp: bool) -> Check
         after_setup_many([(config, families)], flush_udp, local_only=True) if families else []
     )
     warnings += [u.text for u in unrepaired]
-    after = mapping_result(config, {family: planned.read(family) for family in before.families})
+    tables = {family: planned.read(family) for family in before.families}
+    after = mapping_result(config, tables, sharing=sharing)
     return _repaired(before, after, transactions, warnings, unrepaired)
 
 

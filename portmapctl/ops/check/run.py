@@ -19,6 +19,7 @@ from portmapctl.iptables.ruleset import (
     NatTable,
 )
 from portmapctl.ops.check.diagnose import diagnose, diagnose_mapping
+from portmapctl.ops.check.expected import sharing_chain
 from portmapctl.ops.check.hints import _flavour, fixes_for
 from portmapctl.ops.check.problem import CheckResult
 from portmapctl.ops.node import Node, side_by_side
@@ -212,7 +213,8 @@ def check_followed(node: Node, config: MappingConfig, notes: Tuple[str, ...] = (
             notes=notes,
         )
     tables = node.read(families)
-    result = mapping_result(config, tables, _chain_elsewhere(node, config, tables))
+    sharing = sharing_of(node, config)
+    result = mapping_result(config, tables, _chain_elsewhere(node, config, tables), sharing)
     return replace(result, notes=notes + result.notes) if notes else result
 
 
@@ -241,14 +243,33 @@ def _chain_elsewhere(
 SAME_WITH_REPAIR = "run the same command with --repair"
 
 
+def sharing_of(node: Node, config: MappingConfig) -> Tuple[MappingConfig, ...]:
+    """expected.sharing_chain of `config` by the container's cache entries on its
+    network (a Multus pod attached to it twice: net1, net2 fill one chain)."""
+    from portmapctl.cni.entries import entry_paths
+
+    paths = entry_paths(node.options.cache_dirs, config.network, config.container_id)
+    if len(paths) < 2:
+        return (config,)
+    found = cni_cache.read_entries(paths, node.namespace_view())
+    mine = [
+        a for a in found if (a.network, a.container_id) == (config.network, config.container_id)
+    ]
+    return sharing_chain(config, mine)
+
+
 def mapping_result(
     config: MappingConfig,
     tables: Dict[int, NatTable],
     elsewhere: Optional[Dict[int, str]] = None,
+    sharing: Sequence[MappingConfig] = (),
 ) -> CheckResult:
     """The check of one mapping in these tables (as read, or as a repair left them);
-    `elsewhere`: the families whose chain only the other iptables flavour holds."""
-    problems, compared = diagnose_mapping(tables, config, SAME_WITH_REPAIR, elsewhere or {})
+    `elsewhere`: the families whose chain only the other iptables flavour holds;
+    `sharing`: sharing_of(config)."""
+    problems, compared = diagnose_mapping(
+        tables, config, SAME_WITH_REPAIR, elsewhere or {}, sharing
+    )
     families = tuple(tables)
     return CheckResult(
         tuple(problems),
