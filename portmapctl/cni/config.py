@@ -104,6 +104,11 @@ def port_mappings(
     return tuple(_port_mapping(entry, source, backend) for entry in value)
 
 
+# Results of these versions (a conflist of cniVersion 0.2.0: libcni caches the result,
+# and hands it to portmap as prevResult, in that version) spell addresses their own way.
+LEGACY_RESULT_VERSIONS = ("0.1.0", "0.2.0")
+
+
 def result_addresses(result: Any, ifname: Optional[str], source: str) -> List[Interface]:
     """The container's addresses from a CNI result, first of each family.
 
@@ -112,6 +117,11 @@ def result_addresses(result: Any, ifname: Optional[str], source: str) -> List[In
     """
     if result is None:
         return []
+    if isinstance(result, dict) and result.get("cniVersion") in LEGACY_RESULT_VERSIONS:
+        # No `ips` there: `ip4` and `ip6` ({"ip": "10.88.0.5/16", ...}), which the plugin
+        # converts to addresses of no interface (types/020), so none is skipped.
+        legacy = (result.get("ip4"), result.get("ip6"))
+        result = {"ips": [{"address": c.get("ip")} for c in legacy if isinstance(c, dict)]}
     # `"ips": null` is Go's empty list (a result without addresses: L2-only IPAM).
     if not isinstance(result, dict) or not isinstance(result.get("ips") or [], list):
         raise BadInput(f"{source}: the CNI result must be an object with an 'ips' list")

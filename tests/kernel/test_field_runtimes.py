@@ -152,3 +152,34 @@ def test_check_of_one_attachment_leaves_the_other_interfaces_rules(twice, tmp_pa
     assert done.returncode == 0, done.stdout + done.stderr
     assert _rules(host_ns) == added
     _plugin_checks(host_ns, confs)
+
+
+def test_a_cni_0_2_0_network_is_checked_and_repaired(host_ns, tmp_path):
+    """A conflist of cniVersion 0.2.0: libcni hands portmap, and caches, a result that
+    spells its address `ip4` (no `ips`); the plugin converts it and maps the port. The
+    cached container was taken for one without an address: after a flush check said
+    'healthy: no cached port mappings', exit 0, and --repair made nothing."""
+    if not rp.mode_available("nft")[0]:
+        pytest.skip(rp.mode_available("nft")[1])
+    cid, ports = "0a2b" * 16, [rp.port_mapping(8080, 80)]
+    conf = rp.plugin_conf("oldnet", ["10.88.0.5/16"], ports, cni_version="0.2.0")
+    conf["prevResult"] = {"cniVersion": "0.2.0", "dns": {},
+                          "ip4": {"ip": "10.88.0.5/16", "gateway": "10.88.0.1"}}  # fmt: skip
+    rp.run_plugin("ADD", host_ns, cid, conf, mode="nft", check=True)
+    path = rp.write_cni_cache(tmp_path, "oldnet", cid, "eth0", conf, ports, ["10.88.0.5/16"])
+    entry = json.loads(path.read_text())
+    entry["result"] = conf["prevResult"]
+    path.write_text(json.dumps(entry))
+    added = _rules(host_ns)
+    assert any("--to-destination 10.88.0.5:80" in r for r in added)
+    assert _pm(host_ns, tmp_path, "check").returncode == 0
+
+    rp.iptables(host_ns, ["-t", "nat", "-F"], mode="nft")
+    rp.iptables(host_ns, ["-t", "nat", "-X"], mode="nft")
+    done = _pm(host_ns, tmp_path, "check")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "missing-chain" in [p["kind"] for p in json.loads(done.stdout)["problems"]]
+    done = _pm(host_ns, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _rules(host_ns) == added
+
