@@ -70,6 +70,21 @@ class AddResult:
     taken: Dict[int, Dict[ProtoPort, str]] = field(default_factory=dict)
 
 
+def _wanted(node: Node, config: MappingConfig, families: List[int]) -> Dict[int, List[Chain]]:
+    """The chains to set up per family. The container's other cached interfaces on the
+    network (a Multus pod attached to it twice: net1, net2) appended their rules to the
+    same chain, as the plugin's ADD of this one would to theirs: kept (check's wanted)."""
+    from portmapctl.cni.entries import entry_paths
+
+    if len(entry_paths(node.options.cache_dirs, config.network, config.container_id)) > 1:
+        from portmapctl.ops.check.expected import wanted_sharing
+        from portmapctl.ops.check.run import sharing_of
+
+        sharing = sharing_of(node, config)
+        return {family: wanted_sharing(config, sharing, family) for family in families}
+    return {family: wanted_chains(config, family) for family in families}
+
+
 def add(
     node: Node,
     config: MappingConfig,
@@ -92,7 +107,7 @@ def add(
     families = [f for f in config.families if f in node.families]
     # Every family's chains first: one that cannot be built (a condition of the wrong
     # family, say) is bad input before any family is written, not after the first.
-    wanted_by_family = {family: wanted_chains(config, family) for family in families}
+    wanted_by_family = _wanted(node, config, families)
     seen: Dict[int, NatTable] = {}
     blind: List[int] = []
     used = flavour_of(node.backend.name)

@@ -183,3 +183,16 @@ def test_a_cni_0_2_0_network_is_checked_and_repaired(host_ns, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert _rules(host_ns) == added
 
+
+def test_add_of_one_attachment_keeps_the_other_interfaces_rules(twice, tmp_path):
+    """add --cni-config of net2's stdin rewrote the chain to net2's rules alone: net1's
+    host port 8080 no longer forwarded (the plugin's ADD of net2 appends to the chain)."""
+    host_ns, cache, confs = twice
+    added = _rules(host_ns)
+    stdin = tmp_path / "net2.json"
+    stdin.write_text(json.dumps(confs["net2"]))
+    done = run(["add", "--container", CID, "--cni-config", str(stdin), "--ifname", "net2",
+                "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(cache)])  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _rules(host_ns) == added
+    _plugin_checks(host_ns, confs)
