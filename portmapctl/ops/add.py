@@ -70,19 +70,29 @@ class AddResult:
     taken: Dict[int, Dict[ProtoPort, str]] = field(default_factory=dict)
 
 
-def _wanted(node: Node, config: MappingConfig, families: List[int]) -> Dict[int, List[Chain]]:
-    """The chains to set up per family. The container's other cached interfaces on the
-    network (a Multus pod attached to it twice: net1, net2) appended their rules to the
-    same chain, as the plugin's ADD of this one would to theirs: kept (check's wanted)."""
-    from portmapctl.cni.entries import entry_paths
+def _sharing(node: Node, config: MappingConfig) -> Callable[[NatTable, List[Chain]], List[Chain]]:
+    """`chains` (wanted_chains of the config) as set up in `live`. Where `live` holds the
+    container's chain already, its other cached interfaces on the network (a Multus
+    pod attached to it twice: net1, net2) appended their rules to it, as the plugin's
+    ADD of this one appends to theirs: kept (check's wanted, expected.wanted_sharing).
+    A new chain holds this config's rules alone, as the plugin's ADD makes it. The
+    cache is asked once, and only then: not on the path of a new container."""
+    found: List[Tuple[MappingConfig, ...]] = []
 
-    if len(entry_paths(node.options.cache_dirs, config.network, config.container_id)) > 1:
+    def wanted(live: NatTable, chains: List[Chain]) -> List[Chain]:
+        if not live.has_chain(dnat_chain_name(config)):
+            return chains
+        if not found:
+            from portmapctl.ops.check.run import sharing_of
+
+            found.append(sharing_of(node, config))
+        if len(found[0]) < 2:
+            return chains
         from portmapctl.ops.check.expected import wanted_sharing
-        from portmapctl.ops.check.run import sharing_of
 
-        sharing = sharing_of(node, config)
-        return {family: wanted_sharing(config, sharing, family) for family in families}
-    return {family: wanted_chains(config, family) for family in families}
+        return wanted_sharing(config, found[0], live.family)
+
+    return wanted
 
 
 def add(
@@ -107,7 +117,8 @@ def add(
     families = [f for f in config.families if f in node.families]
     # Every family's chains first: one that cannot be built (a condition of the wrong
     # family, say) is bad input before any family is written, not after the first.
-    wanted_by_family = _wanted(node, config, families)
+    wanted_by_family = {family: wanted_chains(config, family) for family in families}
+    sharing = _sharing(node, config)
     seen: Dict[int, NatTable] = {}
     blind: List[int] = []
     used = flavour_of(node.backend.name)
@@ -132,7 +143,7 @@ def add(
 
         def plan(live: NatTable, w: List[Chain] = wanted, f: int = family) -> Transaction:
             seen[f] = live  # the last try's read: the table this transaction was made for
-            return plan_setup(w, live)
+            return plan_setup(sharing(live, w), live)
 
         try:
             if dry_run:

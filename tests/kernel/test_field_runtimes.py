@@ -196,3 +196,27 @@ def test_add_of_one_attachment_keeps_the_other_interfaces_rules(twice, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert _rules(host_ns) == added
     _plugin_checks(host_ns, confs)
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_add_of_one_attachment_into_no_chain_writes_its_rules_alone(host_ns, tmp_path, mode):
+    """After a firewall flush (no chain left), add of net2 writes net2's rules alone, as
+    the plugin's ADD of net2 makes the chain: net1's, though cached, are the repair's to
+    put back (check --repair), not add's. Before, iptables-legacy's add (which plans
+    without reading the table) wrote net1's too, iptables-nft's (written ahead) did not."""
+    if not rp.mode_available(mode)[0]:
+        pytest.skip(rp.mode_available(mode)[1])
+    cache = tmp_path / "multus"
+    confs = {ifname: _conf(ifname, ip, ports) for ifname, ip, ports in ATTACHMENTS}
+    for ifname, ip, ports in ATTACHMENTS:
+        rp.write_cni_cache(cache, NETWORK, CID, ifname, confs[ifname], ports, [ip])
+    rp.run_plugin("ADD", host_ns, CID, confs["net2"], mode=mode, ifname="net2", check=True)
+    plugin = rp.nat_rules(rp.save(host_ns, 4, mode))
+    rp.run_plugin("DEL", host_ns, CID, confs["net2"], mode=mode, ifname="net2", check=True)
+    stdin = tmp_path / "net2.json"
+    stdin.write_text(json.dumps(confs["net2"]))
+    done = run(["add", "--container", CID, "--cni-config", str(stdin), "--ifname", "net2",
+                "--netns", host_ns, "--iptables", mode, "--cni-cache-dir", str(cache),
+                "--family", "4"])  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rp.nat_rules(rp.save(host_ns, 4, mode)) == plugin
