@@ -443,7 +443,7 @@ def rule_text(rules: ReadOnly[Tuple[int, int], Rule], m: NftMapping) -> Tuple[st
     return (rule.body.text(m.family),) if rule is not None else ()
 
 
-def _expected_in_add_order(node: Node, attachments: Sequence[Attachment]) -> List[MappingConfig]:
+def _expected_in_add_order(node: Node, attachments: Sequence[Attachment]) -> List[Attachment]:
     """What the check compares against (no zombie's rules), in ADD order (the cache
     files' modification times): the rule order the plugin would have made, and the
     last ADD's conditions in prerouting/output, as on the node."""
@@ -455,41 +455,118 @@ def _expected_in_add_order(node: Node, attachments: Sequence[Attachment]) -> Lis
         iptables_owners(node.read(), attachments),
         node.options.keyless,
     )
-    return [a.mapping for a in sorted(parts.expected, key=added_at) if a.mapping is not None]
+    return [a for a in sorted(parts.expected, key=added_at) if a.mapping is not None]
+
+
+def _expected_configs(node: Node, attachments: Sequence[Attachment]) -> List[MappingConfig]:
+    return [a.mapping for a in _expected_in_add_order(node, attachments)]  # type: ignore[misc]
+
+
+class _CacheAgain:
+    """The nft-backed cache entries a repair plans from, as the cache holds them after
+    the tables were read, for every container whose rules a plan changes.
+
+    The cache is read before the tables; a plugin restart of a container in between
+    (DEL, then ADD: the same ID, so the same comment, a new address and cache entry)
+    leaves rules that differ from the entry read first, and a DEL alone leaves none.
+    Planned from that entry, the repair deleted the plugin's fresh rules and wrote the
+    old address's back, or re-made a deleted container's. So the entries of the
+    containers a plan changes are read again (after the tables: at least as new) and
+    the plan made again from them: a container gone, a zombie or no longer nft-backed
+    is left alone. Every try reads them again (converge_nft reads the tables first)."""
+
+    def __init__(self, node: Node, expected: Sequence[Attachment]) -> None:
+        self.node = node
+        self.expected = list(expected)
+        self.now: Dict[str, Optional[Attachment]] = {}  # by path, as read again
+
+    def attachments(self) -> List[Attachment]:
+        found = [self.now.get(a.path, a) if a.path in self.now else a for a in self.expected]
+        return [a for a in found if a is not None]
+
+    def configs(self) -> List[MappingConfig]:
+        return [a.mapping for a in self.attachments() if a.mapping is not None]
+
+    def read_again(self, ids: Iterable[str]) -> bool:
+        """Read the entries of the containers `ids` again; whether any differs."""
+        from portmapctl.cni.cache import read_entries
+
+        ids = set(ids)
+        paths = [a.path for a in self.expected if a.container_id in ids]
+        if not paths:
+            return False
+        found = {a.path: a for a in read_entries(paths, self.node.namespace_view())}
+        before = self.configs()
+        for a in self.expected:
+            if a.path not in paths:
+                continue
+            now = found.get(a.path)
+            kept = (
+                now is not None
+                and now.mapping is not None
+                and not now.zombie
+                and now.container_id == a.container_id
+                and now.mapping.backend != "iptables"
+            )
+            self.now[a.path] = now if kept else None
+        return self.configs() != before
+
+    def refreshed(self, attachments: Sequence[Attachment]) -> List[Attachment]:
+        """`attachments` with each entry read again as it was read (gone: left out)."""
+        found = [self.now.get(a.path, a) if a.path in self.now else a for a in attachments]
+        return [a for a in found if a is not None]
+
+
+class NftRepaired(NamedTuple):
+    """What nft_repair did: its `nft -f` text, the (config, families) it (re)made,
+    for the ADD's side effects, and the cache entries as the plan last read them."""
+
+    text: str
+    changed: List[Tuple[MappingConfig, List[int]]]
+    attachments: Optional[List[Attachment]]
 
 
 def nft_repair(
     node: Node, attachments: Optional[Sequence[Attachment]], dry_run: bool
-) -> Tuple[str, List[Tuple[MappingConfig, List[int]]]]:
-    """One `nft -f` transaction adding what nft-backed cached containers lack; its
-    text and the (config, families) it (re)made, for the ADD's side effects."""
+) -> NftRepaired:
+    """One `nft -f` transaction adding what nft-backed cached containers lack."""
     if node.nft is None or attachments is None:
-        return "", []
+        return NftRepaired("", [], None if attachments is None else list(attachments))
     from portmapctl.nftables import planner
     from portmapctl.nftables.ruleset import OUTPUT, PREROUTING
     from portmapctl.nftables.transaction import OpKind
     from portmapctl.nftables.transaction import Transaction as NftTransaction
     from portmapctl.nftables.wanted import wanted
 
-    configs = _expected_in_add_order(node, attachments)
-    if not configs:
-        return "", []
-    want = [w for c in configs for f in node.options.families if (w := wanted(c, f)) is not None]
-    ids = {c.container_id for c in configs}
-    planned: List[NftTransaction] = []
+    cache = _CacheAgain(node, _expected_in_add_order(node, attachments))
+    if not cache.expected:
+        return NftRepaired("", [], list(attachments))
+    families = node.options.families
+    planned: List[Tuple[NftTransaction, List[MappingConfig]]] = []
+
+    def plan_from(configs: List[MappingConfig], live: Ruleset) -> NftTransaction:
+        want = [w for c in configs for f in families if (w := wanted(c, f)) is not None]
+        # Exactly as compared: their own unwanted rules go too (never anyone else's).
+        return planner.repair(live, want, {c.container_id for c in configs}, families)
 
     def plan(live: Ruleset) -> NftTransaction:
-        # Exactly as compared: their own unwanted rules go too (never anyone else's).
-        txn = planner.repair(live, want, ids, node.options.families)
-        planned.append(txn)
+        configs = cache.configs()
+        txn = plan_from(configs, live)
+        changing = {op.body.comment for op in txn.ops if op.body is not None and op.body.comment}
+        if cache.read_again(changing):
+            configs = cache.configs()
+            txn = plan_from(configs, live)
+        planned.append((txn, configs))
         return txn
 
     text = node.converge_nft(plan, dry_run=dry_run)
+    now = cache.refreshed(attachments)
     if not text or not planned:
-        return text, []
+        return NftRepaired(text, [], now)
+    txn, configs = planned[-1]
     touched: Dict[str, set] = {}
     dark: set = set()  # families whose entry rules were rewritten: every mapping was dark
-    for op in planned[-1].ops:
+    for op in txn.ops:
         if op.kind is OpKind.ADD_RULE and op.chain in (PREROUTING, OUTPUT):
             dark.add(op.family)
         elif op.body is not None and op.body.comment:
@@ -497,10 +574,10 @@ def nft_repair(
             touched.setdefault(op.body.comment, set()).add(op.family)
     changed = []
     for c in configs:
-        families = sorted({f for f in c.families if f in dark} | touched.get(c.container_id, set()))
-        if families:
-            changed.append((c, families))
-    return text, changed
+        fams = sorted({f for f in c.families if f in dark} | touched.get(c.container_id, set()))
+        if fams:
+            changed.append((c, fams))
+    return NftRepaired(text, changed, now)
 
 
 def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) -> List[Problem]:
@@ -563,7 +640,7 @@ def _elsewhere(
     cid, network = config.container_id, config.network
     if not any(a.container_id == cid and a.network != network for a in attachments or ()):
         return []  # the common case: the cache is not split by backend for nothing
-    return [w for c in _expected_in_add_order(node, attachments or [])
+    return [w for c in _expected_configs(node, attachments or [])
             if c.container_id == cid and c.network != network
             for f in families if (w := wanted(c, f)) is not None]  # fmt: skip
 
@@ -593,7 +670,7 @@ def repair_mapping(
     # again, it gets the conditions of the newest cached ADD of its family, as the
     # node-wide repair writes it (this container's would apply to every container).
     if attachments:
-        newest = {w.family: w.entry for c in _expected_in_add_order(node, attachments)
+        newest = {w.family: w.entry for c in _expected_configs(node, attachments)
                   for f in families if (w := wanted(c, f)) is not None}  # fmt: skip
         want = [replace(w, entry=newest.get(w.family, w.entry)) for w in want]
     # Exactly as checked: the container's own unwanted rules go too, by handle

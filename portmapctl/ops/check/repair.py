@@ -500,7 +500,7 @@ def repair(
                     fams.append(family)
     nft_changed: List[Tuple[MappingConfig, List[int]]] = []
     if nft_ids:
-        text, nft_changed = check_nft.nft_repair(node, attachments, dry_run=False)
+        text, nft_changed, attachments = check_nft.nft_repair(node, attachments, dry_run=False)
         if text:
             transactions["nft"] = text  # both families, one `nft -f` transaction
     warnings: List[str] = [u.text for u in unrepaired]

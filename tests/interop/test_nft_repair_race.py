@@ -1,0 +1,109 @@
+"""`check --repair` of an nft-backed node while the real upstream plugin restarts a
+container (its DEL, then its ADD: the same ID, a new address, a new cache entry)
+between the repair's read of the cache and its read of the tables. The repair must
+leave the plugin's fresh rules, never write the old address's back: it reads the cache
+entry of every container its plan changes again, after the tables
+(ops/check/nft._CacheAgain), as the iptables repair does (ops/check/repair._CacheNow,
+tests/kernel/test_repair_race.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import pytest
+import realplugin as rp
+import upstream
+
+from portmapctl.host import netns
+from portmapctl.ops.check.repair import repair
+from portmapctl.ops.node import Node, NodeOptions, _iptables_access, _nft_access
+
+pytestmark = pytest.mark.netns
+
+V191 = "v1.9.1"
+
+
+@pytest.fixture(autouse=True)
+def _upstream_binaries() -> None:
+    rp.require(upstream.available())
+
+
+@pytest.fixture
+def node() -> Iterator[str]:
+    name = rp.create_netns("pmt-nftrace")
+    try:
+        yield name
+    finally:
+        rp.delete_netns(name)
+
+
+class RacingNft:
+    """The real nftables access; `race` (the real plugin) runs once, just before the
+    first read of the tables. Everything else is the access's own."""
+
+    def __init__(self, access, race: Callable[[], None]) -> None:
+        self.access = access
+        self.race: Optional[Callable[[], None]] = race
+
+    def __getattr__(self, name: str):
+        return getattr(self.access, name)
+
+    def read(self, *args, **kwargs):
+        if self.race is not None:
+            self.race, race = None, self.race
+            race()
+        return self.access.read(*args, **kwargs)
+
+
+def _add(ns: str, cache: Path, cid: str, ip: str, port: int) -> dict:
+    ports = [rp.port_mapping(port, 80)]
+    conf = upstream.nft_conf("podman", [ip], ports)
+    upstream.run(V191, "ADD", ns, cid, conf, check=True)
+    rp.write_cni_cache(cache, "podman", cid, "eth0", conf, ports, [ip])
+    return conf
+
+
+@pytest.mark.parametrize("gone", [False, True], ids=["restarted", "deleted"])
+def test_a_container_restarted_during_a_repair_keeps_the_plugins_rules(
+    node: str, tmp_path: Path, gone: bool
+) -> None:
+    # The repair has work (live1's DNAT rule lost). Between its read of the cache and
+    # its read of the tables, the plugin restarts "back" (10.88.0.12 -> 10.88.0.22),
+    # or deletes it for good (libcni drops its cache entry after the DEL).
+    live1 = _add(node, tmp_path, "live1", "10.88.0.11/16", 8080)
+    old = _add(node, tmp_path, "back", "10.88.0.12/16", 8081)
+    handle = next(
+        obj["rule"]["handle"]
+        for obj in json.loads(upstream.ruleset_json(node))["nftables"]
+        if "rule" in obj and obj["rule"]["chain"] == "hostports"
+        and obj["rule"].get("comment") == "live1"
+    )  # fmt: skip
+    upstream.nft(node, "delete", "rule", "ip", "cni_hostport", "hostports", "handle", str(handle))
+    new: dict = {}
+
+    def restarted() -> None:
+        upstream.run(V191, "DEL", node, "back", old, check=True)
+        (tmp_path / "results" / "podman-back-eth0").unlink()
+        if not gone:
+            new.update(_add(node, tmp_path, "back", "10.88.0.22/16", 8081))
+
+    options = NodeOptions(families=(4,), netns=node, cache_dirs=(str(tmp_path),))
+    with netns.entered(node):
+        racing = Node(
+            options, _iptables_access(options), RacingNft(_nft_access(options), restarted)
+        )
+        result = repair(racing, flush_udp=False)
+    ruleset = upstream.ruleset_text(node)
+    assert "10.88.0.12" not in ruleset  # the old address's rules were not written back
+    assert "10.88.0.11:80" in ruleset  # live1's lost rule was repaired
+    upstream.run(V191, "CHECK", node, "live1", live1, check=True)
+    if gone:
+        assert "back" not in ruleset
+    else:
+        assert "tcp dport 8081 dnat to 10.88.0.22:80" in ruleset
+        upstream.run(V191, "CHECK", node, "back", new, check=True)
+    # The check after the repair judges the container as the cache holds it now.
+    assert [p for p in result.problems if p.container_id == "back"] == []
+    assert result.repaired
