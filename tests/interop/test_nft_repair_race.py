@@ -107,3 +107,44 @@ def test_a_container_restarted_during_a_repair_keeps_the_plugins_rules(
     # The check after the repair judges the container as the cache holds it now.
     assert [p for p in result.problems if p.container_id == "back"] == []
     assert result.repaired
+
+
+def test_a_container_added_again_after_the_tables_were_read_is_left_alone(
+    node: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The plugin's DEL of "back" comes before the repair reads the tables (its rules
+    # gone), its ADD again with a new address and cache entry after that read, before
+    # the repair reads the entry again. Planned from the new entry, the repair added
+    # the rules the plugin had just added: every rule of "back" twice.
+    from portmapctl.cni import cache as cni_cache
+
+    live1 = _add(node, tmp_path, "live1", "10.88.0.11/16", 8080)
+    old = _add(node, tmp_path, "back", "10.88.0.12/16", 8081)
+    new: dict = {}
+    read_entries = cni_cache.read_entries
+    raced: list = []  # the ADD came between the read of the tables and the entry's
+
+    def added_again(*args, **kwargs):
+        if not new:
+            raced.append(True)
+            new.update(_add(node, tmp_path, "back", "10.88.0.22/16", 8081))
+        return read_entries(*args, **kwargs)
+
+    def deleted() -> None:
+        upstream.run(V191, "DEL", node, "back", old, check=True)
+        (tmp_path / "results" / "podman-back-eth0").unlink()
+        monkeypatch.setattr(cni_cache, "read_entries", added_again)
+
+    options = NodeOptions(families=(4,), netns=node, cache_dirs=(str(tmp_path),))
+    with netns.entered(node):
+        racing = Node(options, _iptables_access(options), RacingNft(_nft_access(options), deleted))
+        repair(racing, flush_udp=False)
+    if not new:  # the repair never read the entry again: the plugin's ADD comes now
+        new.update(_add(node, tmp_path, "back", "10.88.0.22/16", 8081))
+    ruleset = upstream.ruleset_text(node)
+    assert "10.88.0.12" not in ruleset
+    assert ruleset.count("dnat to 10.88.0.22:80") == 1
+    assert ruleset.count("ip saddr 127.0.0.1 ip daddr 10.88.0.22 masquerade") == 1
+    upstream.run(V191, "CHECK", node, "back", new, check=True)
+    upstream.run(V191, "CHECK", node, "live1", live1, check=True)
+    assert raced

@@ -471,21 +471,24 @@ class _CacheAgain:
     leaves rules that differ from the entry read first, and a DEL alone leaves none.
     Planned from that entry, the repair deleted the plugin's fresh rules and wrote the
     old address's back, or re-made a deleted container's. So the entries of the
-    containers a plan changes are read again (after the tables: at least as new) and
-    the plan made again from them: a container gone, a zombie or no longer nft-backed
-    is left alone. Every try reads them again (converge_nft reads the tables first)."""
+    containers a plan changes are read again (after the tables) and the plan made
+    again without every container whose entry is gone, a zombie, no longer nft-backed
+    or changed: the plugin ran for it meanwhile, maybe after the tables were read
+    (planned from its new entry, the repair would add the rules the plugin's ADD is
+    adding: each twice). Every try reads them again (converge_nft reads the tables
+    first). The check after judges them by the entry read again (`now`)."""
 
     def __init__(self, node: Node, expected: Sequence[Attachment]) -> None:
         self.node = node
         self.expected = list(expected)
         self.now: Dict[str, Optional[Attachment]] = {}  # by path, as read again
-
-    def attachments(self) -> List[Attachment]:
-        found = [self.now.get(a.path, a) if a.path in self.now else a for a in self.expected]
-        return [a for a in found if a is not None]
+        self.left_alone: Set[str] = set()  # paths whose entry is not as first read
 
     def configs(self) -> List[MappingConfig]:
-        return [a.mapping for a in self.attachments() if a.mapping is not None]
+        """What the plan makes: the entries as first read, but of the containers left
+        alone none (a container's rules are judged by all its networks at once)."""
+        alone = {a.container_id for a in self.expected if a.path in self.left_alone}
+        return [a.mapping for a in self.expected if a.container_id not in alone]  # type: ignore[misc]
 
     def read_again(self, ids: Iterable[str]) -> bool:
         """Read the entries of the containers `ids` again; whether any differs."""
@@ -509,6 +512,8 @@ class _CacheAgain:
                 and now.mapping.backend != "iptables"
             )
             self.now[a.path] = now if kept else None
+            if not kept or now.mapping != a.mapping:  # type: ignore[union-attr]
+                self.left_alone.add(a.path)
         return self.configs() != before
 
     def refreshed(self, attachments: Sequence[Attachment]) -> List[Attachment]:
