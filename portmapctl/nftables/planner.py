@@ -1,8 +1,9 @@
 """Live tables x wanted rules -> the smallest `nft -f` transaction.
 
 setup: add only what is missing, creating the table and chains the way the plugin's
-ADD does (v1.9.1 shape; in a v1.6/v1.7 table that keeps its entry, as that ADD did:
-host-IP rules in `hostip_hostports`, no `hostports_all`). A rule counts as present when
+ADD does (v1.9.1 shape; under `check --repair`, in a table of v1.6/v1.7's layout as
+that ADD did: its two-jump entry, host-IP rules in `hostip_hostports`, no
+`hostports_all`; `layout` tells one from what is on the node). A rule counts as present when
 an equal rule (same matches, action and comment, compared as values) is in the chain the
 plugin would look in; host-IP rules that v1.6/v1.7 put in `hostip_hostports` count too. What it makes of
 the node's shared entry (prerouting, output, hostports_all) is the caller's `Entries`:
@@ -42,6 +43,7 @@ from portmapctl.nftables.wanted import (
     HOSTPORTS_ALL_RULES,
     REGULAR_CHAINS,
     WantedFamily,
+    old_entry_rules,
 )
 
 
@@ -50,20 +52,52 @@ def _bodies(table: Optional[Table], chain: str) -> List[RuleBody]:
 
 
 def entry_ok(table: Optional[Table], chain: str) -> bool:
-    """Does base chain `chain` send local traffic to the container rules?
+    """Does base chain `chain` send local traffic to the container rules?"""
+    return _entry_layout(table, chain) is not None
 
-    v1.9: a rule ending `fib daddr type local jump hostports_all` (conditions before
-    it are the node's, last writer wins, so any are fine). v1.6/v1.7: jumps to both
-    hostip_hostports and hostports.
-    """
+
+class Layout(str, Enum):
+    """The shape of a table's entry, by the plugin versions that write it."""
+
+    # v1.9: a rule ending `fib daddr type local jump hostports_all` (conditions before
+    # it are the node's, last writer wins, so any are fine).
+    V19 = "v1.9"
+    # v1.6/v1.7: jumps to both hostip_hostports and hostports, no hostports_all; host-IP
+    # rules in hostip_hostports.
+    V16 = "v1.6"
+
+
+def _entry_layout(table: Optional[Table], chain: str) -> Optional[Layout]:
+    """The layout of base chain `chain`'s working entry, or None when it has none."""
     targets = set()
     for body in _bodies(table, chain):
         if body.action.kind is not ActionKind.JUMP:
             continue
         if body.action.target == HOSTPORTS_ALL and body.matches[-1:] == (FIB_LOCAL,):
-            return True
+            return Layout.V19
         targets.add(body.action.target)
-    return {HOSTIP_HOSTPORTS, HOSTPORTS} <= targets
+    return Layout.V16 if {HOSTIP_HOSTPORTS, HOSTPORTS} <= targets else None
+
+
+def layout(live: Ruleset, family: int) -> Layout:
+    """The layout the plugin keeps in `family`'s table, told from the node: a working
+    entry says it (prerouting's first); with none left, the hostports_all chain, which
+    every v1.9 ADD creates and no v1.6/v1.7 ADD does, or else a host-IP rule in
+    hostports, where only v1.9 puts one. A family without its table follows the other
+    family's (one plugin wrote both); no table at all tells nothing: the current
+    plugin's (v1.9)."""
+    table = live.table(family)
+    if table is None:
+        table = live.table(6 if family == 4 else 4)
+    if table is None:
+        return Layout.V19
+    for chain in (PREROUTING, OUTPUT):
+        found = _entry_layout(table, chain)
+        if found is not None:
+            return found
+    if HOSTPORTS_ALL in table.chains or any(map(_host_ip_rule, _bodies(table, HOSTPORTS))):
+        return Layout.V19
+    return Layout.V16
 
 
 def hostports_all_ok(table: Optional[Table]) -> bool:
@@ -199,19 +233,27 @@ def setup(
         by_family.setdefault(want.family, []).append(want)
     txn = Transaction()
     for family in sorted(by_family):
-        _setup_family(txn, live.table(family), family, by_family[family], entries)
+        # A v1.6/v1.7 table stays one under check --repair, its entry lost or not: what
+        # is missing goes where that plugin's ADD puts it (its two-jump entry, host-IP
+        # rules in hostip_hostports, no hostports_all), so its CHECK, which counts
+        # host-IP rules there, passes again and nothing of v1.9's is written on a node
+        # that does not run it.
+        old = entries is Entries.KEEP and layout(live, family) is Layout.V16
+        _setup_family(txn, live.table(family), family, by_family[family], entries, old)
     return txn
 
 
 def _entries_to_write(
-    table: Optional[Table], entry: RuleBody, entries: Entries
+    table: Optional[Table], entry: RuleBody, entries: Entries, old: bool
 ) -> Tuple[List[str], bool]:
-    """The base chains setup (flushes and) writes `entry` into, and whether it refills
+    """The base chains setup (flushes and) writes the entry into, and whether it refills
     hostports_all."""
     if entries is Entries.REWRITE:
         rewrite = [c for c in (PREROUTING, OUTPUT) if tuple(_bodies(table, c)) != (entry,)]
         return rewrite, not hostports_all_ok(table)
     rewrite = [c for c in (PREROUTING, OUTPUT) if not entry_ok(table, c)]
+    if old:
+        return rewrite, False
     # hostports_all matters where a base chain jumps to it, or will once we rewrite one.
     refill = not hostports_all_ok(table) and bool(rewrite or _uses_hostports_all(table))
     return rewrite, refill
@@ -223,6 +265,7 @@ def _setup_family(
     family: int,
     wanted: Sequence[WantedFamily],
     entries: Entries,
+    old_shape: bool,
 ) -> None:
     chains = {} if table is None else table.chains
     if table is None:
@@ -230,11 +273,7 @@ def _setup_family(
     # Conditions are node-wide and last-writer-wins in the plugin: the last container
     # written decides, as if its ADD had run last.
     entry = wanted[-1].entry
-    rewrite, refill = _entries_to_write(table, entry, entries)
-    # A v1.6/v1.7 table that stays one (check --repair keeps its working entry): what is
-    # missing goes where that plugin's ADD puts it (host-IP rules in hostip_hostports,
-    # no hostports_all), so its CHECK, which counts host-IP rules there, passes again.
-    old_shape = table is not None and not rewrite and not refill and not _uses_hostports_all(table)
+    rewrite, refill = _entries_to_write(table, entry, entries, old_shape)
     for name in REGULAR_CHAINS:
         if name not in chains and not (old_shape and name == HOSTPORTS_ALL):
             txn.add_chain(family, name)
@@ -248,7 +287,8 @@ def _setup_family(
         if name in rewrite:
             if name in chains:
                 txn.flush_chain(family, name)
-            txn.add_rule(family, name, entry)
+            for body in old_entry_rules(name, entry) if old_shape else (entry,):
+                txn.add_rule(family, name, body)
     if MASQUERADING not in chains and any(w.snat for w in wanted):
         txn.add_chain(family, MASQUERADING, BASE_CHAINS[MASQUERADING])
     missing = missing_by_container(table, wanted)

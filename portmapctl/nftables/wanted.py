@@ -63,6 +63,18 @@ def entry_rule(conditions: Tuple[Match, ...] = ()) -> RuleBody:
     return RuleBody((*conditions, FIB_LOCAL), Action(ActionKind.JUMP, target=HOSTPORTS_ALL))
 
 
+def old_entry_rules(chain: str, entry: RuleBody) -> Tuple[RuleBody, ...]:
+    """What v1.6/v1.7's ADD writes in base chain `chain` with the conditions of `entry`
+    (v1.9's rule): prerouting `[cond] jump hostip_hostports`, `[cond] jump hostports`;
+    output the same with `fib daddr type local` before its jump to hostports alone."""
+    conditions = entry.matches[:-1]
+    last = (*conditions, FIB_LOCAL) if chain == OUTPUT else conditions
+    return (
+        RuleBody(conditions, Action(ActionKind.JUMP, target=HOSTIP_HOSTPORTS)),
+        RuleBody(last, Action(ActionKind.JUMP, target=HOSTPORTS)),
+    )
+
+
 @dataclass(frozen=True)
 class WantedFamily:
     """One container's rules in one family, as the plugin's ADD writes them."""

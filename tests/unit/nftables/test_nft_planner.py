@@ -382,3 +382,77 @@ def test_repair_in_a_v17_table_writes_what_v17_wrote() -> None:
         # (Re-created rules come after the ones left, as a plugin ADD appends them.)
         assert sorted(map(str, repaired[(family, chain)][1])) == sorted(map(str, bodies)), chain
     assert repaired.keys() == _bodies(nftcases.live(case)).keys()
+
+
+# --- check --repair in a table of v1.6/v1.7's layout whose entry was lost: the layout
+# is told from what is left on the node (no hostports_all chain, host-IP rules in
+# hostip_hostports), and what comes back is what that plugin's ADD wrote. ---
+
+
+@pytest.mark.parametrize("case", ["v162-hostip", "v171-hostip"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_repair_after_flush_table_of_a_v16_v17_node_gives_back_its_own_layout(
+    case: str, family: int
+) -> None:
+    """`nft flush table` on a v1.6/v1.7 node: the chains stay, none of them hostports_all.
+    0.1 wrote v1.9's entry, hostports_all and host-IP rules in hostports there (the node's
+    own CHECK then failed for a host-IP container: `missing hostport rules in
+    "hostip_hostports" chain`)."""
+    fake = MemoryNft(nftcases.live(case))
+    fake.flush_table(family)
+    configs = nftcases.live_configs(case)
+    fake.apply(planner.setup(fake.read(), _wanted(configs)))
+    assert _bodies(fake.read()) == _bodies(nftcases.live(case))
+    assert not planner.setup(fake.read(), _wanted(configs))
+
+
+def test_repair_of_one_lost_entry_chain_of_a_v17_node_writes_v17s_entry() -> None:
+    """prerouting lost alone: output's v1.7 entry says the layout; prerouting gets v1.7's
+    two jumps with the container's conditions, not v1.9's fib rule and hostports_all."""
+    case = "v171-hostip"
+    live = nftcases.live(case)
+    configs = nftcases.live_configs(case)
+    fake = MemoryNft(live)
+    fake.apply(_flushed(4, "prerouting"))
+    text = planner.setup(fake.read(), _wanted(configs)).render()
+    assert "hostports_all" not in text, text
+    fake.apply(planner.setup(fake.read(), _wanted(configs)))
+    assert _bodies(fake.read()) == _bodies(live)
+
+
+def _flushed(family: int, chain: str) -> Transaction:
+    txn = Transaction()
+    txn.flush_chain(family, chain)
+    return txn
+
+
+def test_layout_is_told_from_the_node() -> None:
+    """A working entry decides; with none, the hostports_all chain (v1.9 ADD always makes
+    it), or else a host-IP rule in hostports (only v1.9 puts one there); a family without
+    its table follows the other; no table at all: v1.9."""
+    v16, v19 = planner.Layout.V16, planner.Layout.V19
+    assert planner.layout(ruleset.EMPTY, 4) is v19
+    assert planner.layout(nftcases.live("v171-hostip"), 6) is v16
+    assert planner.layout(nftcases.live("v191-several"), 4) is v19
+    # An upgraded node: v1.9's entry, a v1.7 host-IP rule left in hostip_hostports.
+    assert planner.layout(nftcases.live("upgrade"), 4) is v19
+    for case, expected in (("v171-hostip", v16), ("v191-several", v19)):
+        fake = MemoryNft(nftcases.live(case))
+        fake.flush_table(4)
+        assert planner.layout(fake.read(), 4) is expected, case
+        fake.delete_table(4)
+        assert planner.layout(fake.read(), 4) is expected, case
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_repair_after_delete_table_of_a_v17_node_follows_the_other_familys_table(
+    family: int,
+) -> None:
+    """One family's table deleted on a v1.7 node: the other family's table tells the
+    layout, and the re-created table is v1.7.1's (0.1 made it v1.9's: host-IP rules in
+    hostports, where v1.7.1's CHECK does not count them)."""
+    case = "v171-hostip"
+    fake = MemoryNft(nftcases.live(case))
+    fake.delete_table(family)
+    fake.apply(planner.setup(fake.read(), _wanted(nftcases.live_configs(case))))
+    assert _bodies(fake.read()) == _bodies(nftcases.live(case))
