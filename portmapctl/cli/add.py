@@ -148,7 +148,9 @@ IfName = Annotated[
     typer.Option(
         "--ifname",
         metavar="NAME",
-        help="With --cni-config: the container interface whose addresses count (CNI_IFNAME).",
+        help="With --cni-config: the container interface whose addresses count"
+        " (CNI_IFNAME). Cache entries of its container's other interfaces on the network"
+        " share its chain: their rules are kept.",
         rich_help_panel="Mapping",
     ),
 ]

@@ -53,6 +53,7 @@ def run(
             dry_run=dry_run,
             foreign_listed=listed,
             nft_live=nft_live,
+            ifname=mapping.ifname,
         )
     _report(common, out, config, result, clashes, dry_run)
 
@@ -171,6 +172,7 @@ def _add(
     dry_run: bool,
     foreign_listed: Optional[Callable[[], Any]] = None,
     nft_live: Any = None,
+    ifname: Optional[str] = None,
 ) -> Tuple[MappingConfig, AddResult, List[str]]:
     """Writes `config` where its plugin would; returns it with the backend it went to.
     `nft_live`: the plugin's nftables tables as _followed read them (None: not read)."""
@@ -208,6 +210,7 @@ def _add(
                 look_around=True,
                 ahead=ahead,
                 foreign_listed=foreign_listed,
+                ifname=ifname,
             )
             clashes = shadow_warnings(config, result.seen)
             clashes += contest_warnings(node, config, nft_live)

@@ -106,9 +106,11 @@ def check_command(
         options = common.node_options(snapshots, nft_snapshot)
         with opened(options, write=repair) as node, out.busy("checking"):
             if repair:
-                result = check_lib.repair(node, config, flush_udp=not no_flush_udp)
+                result = check_lib.repair(
+                    node, config, flush_udp=not no_flush_udp, ifname=mapping.ifname
+                )
             elif config is not None:
-                result = _with_repair_command(check_lib.check_mapping(node, config))
+                result = _with_repair_command(check_lib.check_mapping(node, config, mapping.ifname))
             else:
                 result = check_lib.check_node(node)
             if recorder is not None:

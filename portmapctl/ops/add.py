@@ -70,12 +70,15 @@ class AddResult:
     taken: Dict[int, Dict[ProtoPort, str]] = field(default_factory=dict)
 
 
-def _sharing(node: Node, config: MappingConfig) -> Callable[[NatTable, List[Chain]], List[Chain]]:
+def _sharing(
+    node: Node, config: MappingConfig, ifname: Optional[str]
+) -> Callable[[NatTable, List[Chain]], List[Chain]]:
     """`chains` (wanted_chains of the config) as set up in `live`. Where `live` holds the
     container's chain already, its other cached interfaces on the network (a Multus
-    pod attached to it twice: net1, net2) appended their rules to it, as the plugin's
-    ADD of this one appends to theirs: kept (check's wanted, expected.wanted_sharing).
-    A new chain holds this config's rules alone, as the plugin's ADD makes it. The
+    pod attached to it twice: net1, net2; `ifname` is this config's) appended their
+    rules to it, as the plugin's ADD of this one appends to theirs: kept (check's
+    wanted: run.sharing_of, expected.wanted_sharing). A new chain holds this config's
+    rules alone, as the plugin's ADD makes it (its early blind write included). The
     cache is asked once, and only then: not on the path of a new container."""
     found: List[Tuple[MappingConfig, ...]] = []
 
@@ -85,7 +88,7 @@ def _sharing(node: Node, config: MappingConfig) -> Callable[[NatTable, List[Chai
         if not found:
             from portmapctl.ops.check.run import sharing_of
 
-            found.append(sharing_of(node, config))
+            found.append(sharing_of(node, config, ifname))
         if len(found[0]) < 2:
             return chains
         from portmapctl.ops.check.expected import wanted_sharing
@@ -104,12 +107,15 @@ def add(
     look_around: bool = False,
     ahead: Optional[Ahead] = None,
     foreign_listed: Optional[Callable[[], Optional[Dict[int, Dict[ProtoPort, str]]]]] = None,
+    ifname: Optional[str] = None,
 ) -> AddResult:
     """`look_around`: also fill AddResult.seen (what the shadow warning reads).
     `ahead`: add_ahead.Ahead for this config, started by the caller (the CLI starts it
     before it imports this module); else add starts it where it helps (iptables-nft).
     `foreign_listed`: the foreign-rule walk over listed chains, started by the CLI
-    where there is no `ahead` (legacy: add_ahead.early_foreign_takers)."""
+    where there is no `ahead` (legacy: add_ahead.early_foreign_takers).
+    `ifname`: the interface it is for (its container's others on the network share its
+    chain: _sharing)."""
     if config.backend == "nftables":
         return _add_nft(node, config, dry_run=dry_run, flush_udp=flush_udp)
     transactions: Dict[int, str] = {}
@@ -118,7 +124,7 @@ def add(
     # Every family's chains first: one that cannot be built (a condition of the wrong
     # family, say) is bad input before any family is written, not after the first.
     wanted_by_family = {family: wanted_chains(config, family) for family in families}
-    sharing = _sharing(node, config)
+    sharing = _sharing(node, config, ifname)
     seen: Dict[int, NatTable] = {}
     blind: List[int] = []
     used = flavour_of(node.backend.name)

@@ -66,6 +66,19 @@ def _rules(host_ns: str) -> List[str]:
     return rp.nat_rules(rp.save(host_ns, 4, "nft"))
 
 
+def _net2_given(confs: Dict[str, dict], tmp_path: Path) -> Tuple[str, ...]:
+    """net2's mapping as its delegate ADD's stdin gives it (--cni-config, --ifname)."""
+    stdin = tmp_path / "net2.json"
+    stdin.write_text(json.dumps(confs["net2"]))
+    return ("--container", CID, "--cni-config", str(stdin), "--ifname", "net2")
+
+
+def _add_net2(host_ns: str, cache: Path, confs: Dict[str, dict], tmp_path: Path) -> None:
+    done = run(["add", *_net2_given(confs, tmp_path), "--netns", host_ns, "--iptables", "nft",
+                "--cni-cache-dir", str(cache)])  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def _plugin_checks(host_ns: str, confs: Dict[str, dict]) -> None:
     for ifname, conf in confs.items():
         for done in rp.run_check(host_ns, CID, conf, mode="nft", ifname=ifname):
@@ -189,11 +202,7 @@ def test_add_of_one_attachment_keeps_the_other_interfaces_rules(twice, tmp_path)
     host port 8080 no longer forwarded (the plugin's ADD of net2 appends to the chain)."""
     host_ns, cache, confs = twice
     added = _rules(host_ns)
-    stdin = tmp_path / "net2.json"
-    stdin.write_text(json.dumps(confs["net2"]))
-    done = run(["add", "--container", CID, "--cni-config", str(stdin), "--ifname", "net2",
-                "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(cache)])  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    _add_net2(host_ns, cache, confs, tmp_path)
     assert _rules(host_ns) == added
     _plugin_checks(host_ns, confs)
 
@@ -220,3 +229,23 @@ def test_add_of_one_attachment_into_no_chain_writes_its_rules_alone(host_ns, tmp
                 "--family", "4"])  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert rp.nat_rules(rp.save(host_ns, 4, mode)) == plugin
+
+
+@pytest.mark.parametrize("command", ["check", "check-repair", "add"])
+def test_a_second_interface_not_cached_yet_keeps_the_first_ones_rules(twice, tmp_path, command):
+    """net2 given (--cni-config of its stdin, --ifname net2) while the cache holds net1's
+    entry alone (libcni writes net2's after the whole ADD; a runtime that keeps no cache
+    for it): check called net1's rules 'its config does not make' (exit 1), and --repair
+    and add rewrote the chain to net2's rules alone, host port 8080 no longer forwarded,
+    where the plugin's ADD of net2 appends to net1's rules and its CHECK passes."""
+    host_ns, cache, confs = twice
+    added = _rules(host_ns)
+    os.unlink(cache / "results" / f"{NETWORK}-{CID}-net2")
+    if command == "add":
+        _add_net2(host_ns, cache, confs, tmp_path)
+    else:
+        repair = ["--repair"] if command == "check-repair" else []
+        done = _pm(host_ns, cache, "check", *_net2_given(confs, tmp_path), *repair)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert _rules(host_ns) == added
+    _plugin_checks(host_ns, confs)

@@ -61,25 +61,27 @@ def cached_groups(attachments: Iterable[Attachment]) -> Dict[str, List[Attachmen
 
 
 def sharing_chain(
-    config: MappingConfig, attachments: Iterable[Attachment]
+    config: MappingConfig, attachments: Iterable[Attachment], ifname: Optional[str] = None
 ) -> Tuple[MappingConfig, ...]:
-    """`config` (one mapping given) and the cached mappings of its container's other
-    interfaces on its network, whose ADDs appended their rules to the same chain, in
-    ADD order: `config` in place of the entry with its addresses, else last (the
-    newest ADD). With one interface cached, `config` alone: it stands for that one."""
+    """`config` (one mapping given, for interface `ifname`) and the cached mappings of
+    its container's other interfaces on its network, whose ADDs appended their rules to
+    the same chain, in ADD order: `config` in place of the entry of `ifname` (none
+    cached: of the entry with its addresses), else last (the newest ADD). One entry of
+    another interface counts too: a second interface whose entry is not written yet
+    (libcni writes it after the whole ADD), or not cached, shares that one's chain."""
     iptables = (
         a
         for a in attachments
         if a.mapping is not None and not a.zombie and a.mapping.backend != "nftables"
     )
     group = cached_groups(iptables).get(dnat_chain_name(config), [])
-    if len(group) < 2:
-        return (config,)
-    mine = (config.address(4), config.address(6))
-    found = [
-        config if (a.mapping.address(4), a.mapping.address(6)) == mine else a.mapping  # type: ignore[union-attr]
+    mine = [a for a in group if a.ifname == ifname] or [
+        a
         for a in group
+        if (a.mapping.address(4), a.mapping.address(6))  # type: ignore[union-attr]
+        == (config.address(4), config.address(6))
     ]
+    found = [config if a in mine else a.mapping for a in group]
     return tuple(dict.fromkeys([*found, config]))  # type: ignore[list-item]
 
 

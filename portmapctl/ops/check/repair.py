@@ -428,7 +428,11 @@ def _planned_node(node: Node) -> Tuple[Node, _Planned]:
 
 
 def repair(
-    node: Node, config: Optional[MappingConfig] = None, *, flush_udp: bool = True
+    node: Node,
+    config: Optional[MappingConfig] = None,
+    *,
+    flush_udp: bool = True,
+    ifname: Optional[str] = None,
 ) -> CheckResult:
     """Create what is missing (cached mappings, or `config`, and the top-level
     structure), then check again. Returns the check after, with what was fixed and
@@ -440,7 +444,7 @@ def repair(
     if node.options.offline or (node.options.uses_iptables and not node.backend.writable):
         raise BadInput("--repair changes the node: it cannot work on a --snapshot")
     if config is not None:
-        return _repair_mapping(node, config, flush_udp)
+        return _repair_mapping(node, config, flush_udp, ifname)
     node, planned = _planned_node(node)
     attachments = node.read_cache()
     read = read_tables(node)
@@ -532,14 +536,16 @@ def repair(
     return _repaired(before, after, transactions, warnings, unrepaired)
 
 
-def _repair_mapping(node: Node, config: MappingConfig, flush_udp: bool) -> CheckResult:
-    """`check --repair` of one mapping given on the command line."""
+def _repair_mapping(
+    node: Node, config: MappingConfig, flush_udp: bool, ifname: Optional[str]
+) -> CheckResult:
+    """`check --repair` of one mapping given on the command line (for `ifname`)."""
     config, notes = followed(node, config, writing=True)
     if nft_mapping(node, config):
         done = _repair_nft_mapping(node, config, check_followed(node, config), flush_udp)
         return replace(done, notes=notes + done.notes)
     node, planned = _planned_node(node)
-    before = check_followed(node, config)
+    before = check_followed(node, config, ifname=ifname)
     transactions: Dict = {}
     families: List[int] = []  # where its chain or entry rules were (re)made
     unrepaired: List[Unrepaired] = []
@@ -554,7 +560,7 @@ def _repair_mapping(node: Node, config: MappingConfig, flush_udp: bool) -> Check
             why = split_why(used, other)
             unrepaired.append(Unrepaired(family, config.network, config.container_id, name, why))
     left = {u.family for u in unrepaired}
-    sharing = sharing_of(node, config)
+    sharing = sharing_of(node, config, ifname)
     for family in before.families:
         if family in left:
             continue

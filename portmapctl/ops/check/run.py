@@ -190,14 +190,16 @@ def _uncached_elsewhere(read: NodeTables, attachments: Optional[List[Attachment]
     )
 
 
-def check_mapping(node: Node, config: MappingConfig) -> CheckResult:
+def check_mapping(node: Node, config: MappingConfig, ifname: Optional[str] = None) -> CheckResult:
     """Check one mapping as the plugin's CHECK does (a missing chain is a failure), in
-    the backend its container is followed to (`followed`)."""
+    the backend its container is followed to (`followed`); `ifname`: its interface."""
     config, notes = followed(node, config)
-    return check_followed(node, config, notes)
+    return check_followed(node, config, notes, ifname)
 
 
-def check_followed(node: Node, config: MappingConfig, notes: Tuple[str, ...] = ()) -> CheckResult:
+def check_followed(
+    node: Node, config: MappingConfig, notes: Tuple[str, ...] = (), ifname: Optional[str] = None
+) -> CheckResult:
     """check_mapping of a mapping `followed` has been asked about already (--repair
     checks before and after: the node is not asked again)."""
     families = validate.chosen_families(config, node.families, "check")
@@ -213,7 +215,7 @@ def check_followed(node: Node, config: MappingConfig, notes: Tuple[str, ...] = (
             notes=notes,
         )
     tables = node.read(families)
-    sharing = sharing_of(node, config)
+    sharing = sharing_of(node, config, ifname)
     result = mapping_result(config, tables, _chain_elsewhere(node, config, tables), sharing)
     return replace(result, notes=notes + result.notes) if notes else result
 
@@ -243,19 +245,23 @@ def _chain_elsewhere(
 SAME_WITH_REPAIR = "run the same command with --repair"
 
 
-def sharing_of(node: Node, config: MappingConfig) -> Tuple[MappingConfig, ...]:
-    """expected.sharing_chain of `config` by the container's cache entries on its
-    network (a Multus pod attached to it twice: net1, net2 fill one chain)."""
-    from portmapctl.cni.entries import entry_paths
+def sharing_of(
+    node: Node, config: MappingConfig, ifname: Optional[str] = None
+) -> Tuple[MappingConfig, ...]:
+    """expected.sharing_chain of `config` (given for interface `ifname`) by the
+    container's cache entries on its network (a Multus pod attached to it twice: net1,
+    net2 fill one chain)."""
+    from portmapctl.cni.entries import shared_entry_paths
 
-    paths = entry_paths(node.options.cache_dirs, config.network, config.container_id)
-    if len(paths) < 2:
+    cache_dirs = node.options.cache_dirs
+    paths = shared_entry_paths(cache_dirs, config.network, config.container_id, ifname)
+    if not paths:
         return (config,)
     found = cni_cache.read_entries(paths, node.namespace_view())
     mine = [
         a for a in found if (a.network, a.container_id) == (config.network, config.container_id)
     ]
-    return sharing_chain(config, mine)
+    return sharing_chain(config, mine, ifname)
 
 
 def mapping_result(
