@@ -249,3 +249,30 @@ def test_a_second_interface_not_cached_yet_keeps_the_first_ones_rules(twice, tmp
         assert done.returncode == 0, done.stdout + done.stderr
     assert _rules(host_ns) == added
     _plugin_checks(host_ns, confs)
+
+
+def test_the_plugins_del_of_one_interface_is_repaired_for_the_other(twice):
+    """The plugin's DEL of net1 deletes the whole chain, net2's rules with it (teardown
+    by chain name; its CHECK of net2 fails after), and libcni drops net1's entry: check
+    calls net2's chain missing, --repair makes it as the plugin's ADD of net2 alone
+    would (its CHECK passes), and gc leaves the container's chain."""
+    host_ns, cache, confs = twice
+    rp.run_plugin("DEL", host_ns, CID, confs["net1"], mode="nft", ifname="net1", check=True)
+    os.unlink(cache / "results" / f"{NETWORK}-{CID}-net1")
+    assert not any(chain_name(NETWORK, CID) in r for r in _rules(host_ns))
+
+    done = _pm(host_ns, cache, "check")
+    assert done.returncode == 1
+    assert [p["kind"] for p in json.loads(done.stdout)["problems"]] == ["missing-chain"]
+    assert _pm(host_ns, cache, "check", "--repair").returncode == 0
+    repaired = _rules(host_ns)
+    _plugin_checks(host_ns, {"net2": confs["net2"]})
+    done = _pm(host_ns, cache, "gc", "--yes", "--min-age", "0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _rules(host_ns) == repaired
+
+    # The same as the plugin's ADD of net2 alone makes on a fresh node.
+    rp.iptables(host_ns, ["-t", "nat", "-F"], mode="nft")
+    rp.iptables(host_ns, ["-t", "nat", "-X"], mode="nft")
+    rp.run_plugin("ADD", host_ns, CID, confs["net2"], mode="nft", ifname="net2", check=True)
+    assert _rules(host_ns) == repaired
