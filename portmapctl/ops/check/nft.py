@@ -1,13 +1,12 @@
-"""check and --repair over the plugin's nftables backend.
+"""check over the plugin's nftables backend.
 
 Containers are split by backend as the plugin chooses (ops/nft.py); the nft-backed
-ones are compared with what upstream v1.9.1's ADD writes (nftables/inventory.py) and
-repaired by one `nft -f` transaction (nftables/planner.py), never in iptables.
+ones are compared with what upstream v1.9.1's ADD writes (nftables/inventory.py).
+Their repair, one `nft -f` transaction, is ops/check/nft_repair.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import (
     TYPE_CHECKING,
     Dict,
@@ -443,7 +442,7 @@ def rule_text(rules: ReadOnly[Tuple[int, int], Rule], m: NftMapping) -> Tuple[st
     return (rule.body.text(m.family),) if rule is not None else ()
 
 
-def _expected_in_add_order(node: Node, attachments: Sequence[Attachment]) -> List[Attachment]:
+def expected_in_add_order(node: Node, attachments: Sequence[Attachment]) -> List[Attachment]:
     """What the check compares against (no zombie's rules), in ADD order (the cache
     files' modification times): the rule order the plugin would have made, and the
     last ADD's conditions in prerouting/output, as on the node."""
@@ -458,131 +457,8 @@ def _expected_in_add_order(node: Node, attachments: Sequence[Attachment]) -> Lis
     return [a for a in sorted(parts.expected, key=added_at) if a.mapping is not None]
 
 
-def _expected_configs(node: Node, attachments: Sequence[Attachment]) -> List[MappingConfig]:
-    return [a.mapping for a in _expected_in_add_order(node, attachments)]  # type: ignore[misc]
-
-
-class _CacheAgain:
-    """The nft-backed cache entries a repair plans from, as the cache holds them after
-    the tables were read, for every container whose rules a plan changes.
-
-    The cache is read before the tables; a plugin restart of a container in between
-    (DEL, then ADD: the same ID, so the same comment, a new address and cache entry)
-    leaves rules that differ from the entry read first, and a DEL alone leaves none.
-    Planned from that entry, the repair deleted the plugin's fresh rules and wrote the
-    old address's back, or re-made a deleted container's. So the entries of the
-    containers a plan changes are read again (after the tables) and the plan made
-    again without every container whose entry is gone, a zombie, no longer nft-backed
-    or changed: the plugin ran for it meanwhile, maybe after the tables were read
-    (planned from its new entry, the repair would add the rules the plugin's ADD is
-    adding: each twice). Every try reads them again (converge_nft reads the tables
-    first). The check after judges them by the entry read again (`now`)."""
-
-    def __init__(self, node: Node, expected: Sequence[Attachment]) -> None:
-        self.node = node
-        self.expected = list(expected)
-        self.now: Dict[str, Optional[Attachment]] = {}  # by path, as read again
-        self.left_alone: Set[str] = set()  # paths whose entry is not as first read
-
-    def configs(self) -> List[MappingConfig]:
-        """What the plan makes: the entries as first read, but of the containers left
-        alone none (a container's rules are judged by all its networks at once)."""
-        alone = {a.container_id for a in self.expected if a.path in self.left_alone}
-        return [a.mapping for a in self.expected if a.container_id not in alone]  # type: ignore[misc]
-
-    def read_again(self, ids: Iterable[str]) -> bool:
-        """Read the entries of the containers `ids` again; whether any differs."""
-        from portmapctl.cni.cache import read_entries
-
-        ids = set(ids)
-        paths = [a.path for a in self.expected if a.container_id in ids]
-        if not paths:
-            return False
-        found = {a.path: a for a in read_entries(paths, self.node.namespace_view())}
-        before = self.configs()
-        for a in self.expected:
-            if a.path not in paths:
-                continue
-            now = found.get(a.path)
-            kept = (
-                now is not None
-                and now.mapping is not None
-                and not now.zombie
-                and now.container_id == a.container_id
-                and now.mapping.backend != "iptables"
-            )
-            self.now[a.path] = now if kept else None
-            if not kept or now.mapping != a.mapping:  # type: ignore[union-attr]
-                self.left_alone.add(a.path)
-        return self.configs() != before
-
-    def refreshed(self, attachments: Sequence[Attachment]) -> List[Attachment]:
-        """`attachments` with each entry read again as it was read (gone: left out)."""
-        found = [self.now.get(a.path, a) if a.path in self.now else a for a in attachments]
-        return [a for a in found if a is not None]
-
-
-class NftRepaired(NamedTuple):
-    """What nft_repair did: its `nft -f` text, the (config, families) it (re)made,
-    for the ADD's side effects, and the cache entries as the plan last read them."""
-
-    text: str
-    changed: List[Tuple[MappingConfig, List[int]]]
-    attachments: Optional[List[Attachment]]
-
-
-def nft_repair(
-    node: Node, attachments: Optional[Sequence[Attachment]], dry_run: bool
-) -> NftRepaired:
-    """One `nft -f` transaction adding what nft-backed cached containers lack."""
-    if node.nft is None or attachments is None:
-        return NftRepaired("", [], None if attachments is None else list(attachments))
-    from portmapctl.nftables import planner
-    from portmapctl.nftables.ruleset import OUTPUT, PREROUTING
-    from portmapctl.nftables.transaction import OpKind
-    from portmapctl.nftables.transaction import Transaction as NftTransaction
-    from portmapctl.nftables.wanted import wanted
-
-    cache = _CacheAgain(node, _expected_in_add_order(node, attachments))
-    if not cache.expected:
-        return NftRepaired("", [], list(attachments))
-    families = node.options.families
-    planned: List[Tuple[NftTransaction, List[MappingConfig]]] = []
-
-    def plan_from(configs: List[MappingConfig], live: Ruleset) -> NftTransaction:
-        want = [w for c in configs for f in families if (w := wanted(c, f)) is not None]
-        # Exactly as compared: their own unwanted rules go too (never anyone else's).
-        return planner.repair(live, want, {c.container_id for c in configs}, families)
-
-    def plan(live: Ruleset) -> NftTransaction:
-        configs = cache.configs()
-        txn = plan_from(configs, live)
-        changing = {op.body.comment for op in txn.ops if op.body is not None and op.body.comment}
-        if cache.read_again(changing):
-            configs = cache.configs()
-            txn = plan_from(configs, live)
-        planned.append((txn, configs))
-        return txn
-
-    text = node.converge_nft(plan, dry_run=dry_run)
-    now = cache.refreshed(attachments)
-    if not text or not planned:
-        return NftRepaired(text, [], now)
-    txn, configs = planned[-1]
-    touched: Dict[str, set] = {}
-    dark: set = set()  # families whose entry rules were rewritten: every mapping was dark
-    for op in txn.ops:
-        if op.kind is OpKind.ADD_RULE and op.chain in (PREROUTING, OUTPUT):
-            dark.add(op.family)
-        elif op.body is not None and op.body.comment:
-            # A rule of the container added or deleted: where its traffic goes changed.
-            touched.setdefault(op.body.comment, set()).add(op.family)
-    changed = []
-    for c in configs:
-        fams = sorted({f for f in c.families if f in dark} | touched.get(c.container_id, set()))
-        if fams:
-            changed.append((c, fams))
-    return NftRepaired(text, changed, now)
+def expected_configs(node: Node, attachments: Sequence[Attachment]) -> List[MappingConfig]:
+    return [a.mapping for a in expected_in_add_order(node, attachments)]  # type: ignore[misc]
 
 
 def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) -> List[Problem]:
@@ -601,7 +477,7 @@ def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) 
 
     structure = structure_problems(live, {f: config.snat for f in families})
     problems = [_problem(p, fix) for p in structure]
-    others = _elsewhere(node, config, families, node.read_cache())
+    others = other_networks(node, config, families, node.read_cache())
     for family in families:
         want = wanted(config, family)
         if want is None:
@@ -609,7 +485,7 @@ def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) 
         table = live.table(family)
         wants = [want, *(w for w in others if w.family == family)]
         own = {config.container_id: config.network}
-        extra = extra_rules(table, family, wants, own, "its config", _addresses(config))
+        extra = extra_rules(table, family, wants, own, "its config", own_addresses(config))
         problems += [_problem(p, fix) for p in extra]
         missing = missing_rules(table, want)
         if missing:
@@ -631,7 +507,7 @@ def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) 
     return problems
 
 
-def _elsewhere(
+def other_networks(
     node: Node,
     config: MappingConfig,
     families: Tuple[int, ...],
@@ -645,42 +521,15 @@ def _elsewhere(
     cid, network = config.container_id, config.network
     if not any(a.container_id == cid and a.network != network for a in attachments or ()):
         return []  # the common case: the cache is not split by backend for nothing
-    return [w for c in _expected_configs(node, attachments or [])
+    return [w for c in expected_configs(node, attachments or [])
             if c.container_id == cid and c.network != network
             for f in families if (w := wanted(c, f)) is not None]  # fmt: skip
 
 
-def _addresses(config: MappingConfig) -> Tuple[str, ...]:
+def own_addresses(config: MappingConfig) -> Tuple[str, ...]:
     """The container addresses of the mapping given: of its container's rules, only
     those for them are its config's to judge. The plugin's comment is the container ID
     alone, so a rule for another address may be the same container's on a network the
     cache does not hold (another cache dir, a lost entry): liveness in doubt, kept."""
     found = (config.address(family) for family in (4, 6))
     return tuple(a.ip.compressed for a in found if a is not None)
-
-
-def repair_mapping(
-    node: Node, config: MappingConfig, families: Tuple[int, ...]
-) -> Tuple[str, List[int]]:
-    """Make one nft-backed mapping as the plugin's ADD would, and delete the rules of
-    its container that its config does not make (what check_mapping calls extra): the
-    transaction's text and the families written."""
-    from portmapctl.nftables import planner
-    from portmapctl.nftables.wanted import wanted
-
-    want = [w for f in families if (w := wanted(config, f)) is not None]
-    attachments = node.read_cache()
-    others = _elsewhere(node, config, families, attachments)
-    # prerouting/output are the node's, not this container's: where one must be written
-    # again, it gets the conditions of the newest cached ADD of its family, as the
-    # node-wide repair writes it (this container's would apply to every container).
-    if attachments:
-        newest = {w.family: w.entry for c in _expected_configs(node, attachments)
-                  for f in families if (w := wanted(c, f)) is not None}  # fmt: skip
-        want = [replace(w, entry=newest.get(w.family, w.entry)) for w in want]
-    # Exactly as checked: the container's own unwanted rules go too, by handle
-    # (never anyone else's), as the node-wide repair does.
-    ids, kept = {config.container_id}, [w.family for w in want]
-    mine = _addresses(config)
-    text = node.converge_nft(lambda live: planner.repair(live, want, ids, kept, others, mine))
-    return text, ([w.family for w in want] if text else [])

@@ -455,6 +455,7 @@ def repair(
     before = _check_node(node, attachments, read)
     from portmapctl.cni.cache import added_at
     from portmapctl.ops.check import nft as check_nft
+    from portmapctl.ops.check import nft_repair
 
     # In ADD order (the cache files' modification times), as nft_repair: the entry
     # rules are appended in this order, and of two containers on one host port the
@@ -520,7 +521,7 @@ def repair(
                     fams.append(family)
     nft_changed: List[Tuple[MappingConfig, List[int]]] = []
     if nft_ids:
-        text, nft_changed, attachments = check_nft.nft_repair(node, attachments, dry_run=False)
+        text, nft_changed, attachments = nft_repair.nft_repair(node, attachments, dry_run=False)
         if text:
             transactions["nft"] = text  # both families, one `nft -f` transaction
     warnings: List[str] = [u.text for u in unrepaired]
@@ -612,12 +613,12 @@ def _repair_nft_mapping(
 ) -> CheckResult:
     from portmapctl.nftables.transaction import check_condition
     from portmapctl.ops.add import nft_refusals
-    from portmapctl.ops.check import nft as check_nft
+    from portmapctl.ops.check import nft_repair
 
     nft_refusals(config)
     for condition in (*config.conditions_v4, *config.conditions_v6):
         check_condition(condition)
-    text, families = check_nft.repair_mapping(node, config, before.families)
+    text, families = nft_repair.repair_mapping(node, config, before.families)
     warnings = after_setup(config, families, flush_udp, local_only=True) if families else []
     after = check_followed(node, config)
     remaining = {p.key for p in after.problems}
