@@ -43,7 +43,10 @@ output chain (-100: walked for a loopback host IP, as above). A rule anywhere in
 takes the port for iptables' hook: the jump to CNI-HOSTPORT-DNAT is passed by (that
 chain holds no rule for the port unless an iptables mapping contests it, which
 core/contest.py reports already), and none is needed. Which hook runs first no dump
-shows: the nftables mapping is contested by that rule, not shadowed.
+shows: the nftables mapping is contested by that rule, not shadowed. An ACCEPT (or a
+RETURN from PREROUTING itself) takes nothing from it: it ends iptables' nat table
+without a NAT binding, and the kernel then calls the next nat hook at that hook point
+(nf_nat_inet_fn), the plugin's (a kernel test sends the packets).
 
 Another tool's rules are kept unsplit by the save parser (ruleset.parse_save); here
 a rule is split only when a text test says it may matter: it names one of the wanted
@@ -233,6 +236,11 @@ class PortsLeft:
             self.taken[proto_port] = text
             self.left.discard(proto_port)
 
+    def _leave(self, proto: Optional[str], ports: Ranges, returned: FrozenSet[ProtoPort]) -> None:
+        """The ports whose packets leave the walked table without a NAT binding (an
+        accept): no later rule of it sees them, and nothing here takes them."""
+        self.left.difference_update(self._covered(proto, ports) - returned)
+
 
 class _Walk(PortsLeft):
     """One walk's state: the ports not yet taken, those taken, chains read so far."""
@@ -292,7 +300,12 @@ class _Walk(PortsLeft):
                 continue
             reported = named or (text if rule.ports is not None else None)
             target = rule.target
-            if target in _TAKES or (target == "RETURN" and name in BUILTIN_NAT_CHAINS):
+            ends_table = target == "ACCEPT" or (target == "RETURN" and name in BUILTIN_NAT_CHAINS)
+            if self.past_entry and ends_table:
+                # It ends iptables' nat table, not the connection's NAT: the kernel
+                # calls the next nat hook, the plugin's nftables chain.
+                self._leave(rule_proto, rule_ports, returned)
+            elif target in _TAKES or ends_table:
                 self._take(rule_proto, rule_ports, reported or text, returned)
             elif target == "RETURN":
                 if rule.proto is None and rule.ports is None:

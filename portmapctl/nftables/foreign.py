@@ -33,8 +33,10 @@ dport map @m` takes only the ports its map has a value for); a rule with
 anything else (addresses, interfaces, marks, other `!=`, maps, ...) takes only some
 packets, or cannot be judged: it takes nothing, and a jump with one is not followed. A `meta l4proto . th dport vmap` is judged element by element (kube-proxy's
 NodePorts, `_vmap`). A rule takes its ports when it
-DNATs, REDIRECTs or ACCEPTs (nat's accept ends the hook: the plugin's chain never
-sees the packet); `return` sends its packets back (no later rule of that chain sees
+DNATs, REDIRECTs or DROPs. An `accept` takes nothing: it ends only its own table's
+chains for the packet, no NAT bound, and the kernel calls the next nat chain at that
+hook (nf_nat_inet_fn), the plugin's too; no later rule of its table sees the packet
+(the port is left alone, as after a dnat a later hook never sees it); `return` sends its packets back (no later rule of that chain sees
 them); jumps and gotos are walked, each chain once per path. A goto ends its chain
 only for the packets it sends (`meta l4proto udp goto x`: tcp goes on to the next
 rule); the end of the chain it went to returns to the caller's caller.
@@ -64,7 +66,11 @@ from portmapctl.nftables.hooks import IPTABLES_PRIORITY, Hook, live_hooks
 # The families (4, 6) of the packets a table's hooks see, by the table's family.
 _SEES = {"inet": (4, 6), "ip": (4,), "ip6": (6,)}
 _DEPTH = 16
-_TAKES = frozenset({"dnat", "redirect", "accept"})
+# What decides a new connection's NAT at this hook (or ends the packet): a `dnat`, a
+# `redirect`, a `drop`. An `accept` only leaves its table: the kernel then calls the
+# next nat chain at the hook point (nf_nat_inet_fn), the plugin's included.
+_TAKES = frozenset({"dnat", "redirect", "drop"})
+_LEAVES = "accept"
 _PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
 
 ProtoPort = Tuple[str, int]
@@ -230,6 +236,10 @@ class _Walk(PortsLeft):
         self.kube = False  # kube-proxy's table: its service chains are not walked
         self.family = 4  # the packets walked (an inet table sees both)
         self.dest: Optional[str] = None  # ... and their host IP (None: any not loopback)
+        # Ports some packets of which an accept under a condition not judged let out
+        # of the table (`ip saddr 10.0.0.0/8 tcp dport 9090 accept`): on to the
+        # plugin's chain. A later rule takes the others only: maybe, never whole.
+        self.escaped: Set[ProtoPort] = set()
 
     def chain(
         self,
@@ -259,6 +269,8 @@ class _Walk(PortsLeft):
             reported = named or (text if rule.ports is not None else None)
             if rule.verdict in _TAKES:
                 self._take(rule_proto, rule_ports, reported or text, returned)
+            elif rule.verdict == _LEAVES:
+                self._leave(rule_proto, rule_ports, returned)
             elif rule.verdict == "return":
                 if rule.proto is None and rule.ports is None:
                     return False
@@ -298,6 +310,8 @@ class _Walk(PortsLeft):
         text = self.printed.get(obj.get("handle", -1), f"handle {obj.get('handle')}")
         if rule.verdict in _TAKES:
             self._doubted(rule.proto or proto, rule_ports, text, returned)
+        elif rule.verdict == _LEAVES:
+            self.escaped |= self._covered(rule.proto or proto, rule_ports) - returned
         elif rule.verdict in ("jump", "goto") and rule.target and rule.target not in path:
             if len(path) < _DEPTH:
                 outer, self.doubt = self.doubt, self.doubt or text
@@ -310,9 +324,16 @@ class _Walk(PortsLeft):
         self, proto: Optional[str], ports: Ranges, text: str, returned: FrozenSet[ProtoPort]
     ) -> None:
         if self.doubt is None:
-            super()._take(proto, ports, text, returned)
+            super()._take(proto, ports, text, returned | self.escaped)
+            self._doubted(proto, ports, text, returned)  # (the escaped ones, left)
         else:
             self._doubted(proto, ports, f"{self.doubt}, then {text}", returned)
+
+    def _leave(self, proto: Optional[str], ports: Ranges, returned: FrozenSet[ProtoPort]) -> None:
+        if self.doubt is None:
+            super()._leave(proto, ports, returned)
+        else:  # (below a jump not judged: only some packets leave)
+            self.escaped |= self._covered(proto, ports) - returned
 
     def _doubted(
         self, proto: Optional[str], ports: Ranges, text: str, returned: FrozenSet[ProtoPort]
@@ -352,6 +373,8 @@ class _Walk(PortsLeft):
                 named = str(key[1]) if alone else f"{key[0]} . {key[1]}"
                 element_text = f"{named} : {kind}" + (f" {target}" if target else "")
                 self._take(key_proto, port_ranges, f"{text} ({element_text})", returned)
+            elif kind == _LEAVES:
+                self._leave(key_proto, port_ranges, returned)
             elif kind in ("jump", "goto") and target and target not in path:
                 if len(path) < _DEPTH:
                     self.chain(target, key_proto, port_ranges, text, path, returned)
@@ -381,7 +404,7 @@ def _conditions(
         ((kind, value),) = expr.items()
         if kind == "counter":
             continue
-        if kind in _TAKES or kind == "return":
+        if kind in _TAKES or kind in ("return", _LEAVES):
             nat_family = value.get("family") if isinstance(value, dict) else None
             if _NAT_FAMILIES.get(str(nat_family), family) != family:
                 # `dnat ip to` in an inet table leaves IPv6 packets alone.
@@ -443,7 +466,7 @@ def _conditions(
     return _Rule(proto, ports, "", None)
 
 
-_VERDICTS = _TAKES | {"return", "jump", "goto", "vmap", "counter"}
+_VERDICTS = _TAKES | {_LEAVES, "return", "jump", "goto", "vmap", "counter"}
 
 
 def _partial(

@@ -515,7 +515,7 @@ PORT_VMAPS = """
 table ip vm {
   chain pre {
     type nat hook prerouting priority dstnat - 10; policy accept;
-    tcp dport vmap { 8080 : accept, 9999 : goto x }
+    tcp dport vmap { 8080 : drop, 9999 : goto x }
     th dport vmap { 8081 : jump x }
   }
   chain x {
@@ -526,7 +526,7 @@ table ip vm {
 
 
 def test_a_vmap_keyed_by_the_port_alone_is_judged(node: str, tmp_path: Path) -> None:
-    """`tcp dport vmap { 8080 : accept }` and `th dport vmap { 8081 : jump x }` were
+    """`tcp dport vmap { 8080 : drop }` and `th dport vmap { 8081 : jump x }` were
     not judged (only `meta l4proto . th dport` keys were): the ports they take first
     said `ok`. Each element is judged as the rule it stands for; a port with no
     element (sctp/8082) is left alone."""
@@ -536,7 +536,7 @@ def test_a_vmap_keyed_by_the_port_alone_is_judged(node: str, tmp_path: Path) -> 
     assert _statuses(_args(node, tmp_path)) == {
         ("nftables", 8080): (
             ["shadowed"],
-            "tcp dport vmap { 8080 : accept, 9999 : goto x } (8080 : accept)",
+            "tcp dport vmap { 8080 : drop, 9999 : goto x } (8080 : drop)",
         ),
         ("nftables", 8081): (["shadowed"], "th dport vmap { 8081 : jump x }"),
         ("nftables", 8082): (["ok"], None),
@@ -608,7 +608,7 @@ table ip fw {
     type nat hook output priority -110; policy accept;
     ip daddr != 127.0.0.0/8 tcp dport 7000 dnat to 10.0.0.9
     tcp dport 9000 dnat to 10.0.0.9
-    tcp dport 7000 accept
+    tcp dport 7000 drop
     tcp dport { 7001, 9001 } dnat to 10.0.0.9
   }
 }
@@ -625,7 +625,7 @@ def test_a_loopback_mapping_is_judged_by_another_tables_output_hook(
     node: str, tmp_path: Path
 ) -> None:
     """Another table's nat output hook at an earlier priority than the plugin's (-100)
-    that DNATs or accepts the port of a mapping on 127.0.0.1 takes every connection
+    that DNATs or drops the port of a mapping on 127.0.0.1 takes every connection
     to it first: `shadowed`, naming the rule (before: `ok`, check healthy; output
     hooks were never looked at). A rule for other destinations only (`ip daddr !=
     127.0.0.0/8`) takes nothing from it; the mappings on every address get the
@@ -634,7 +634,7 @@ def test_a_loopback_mapping_is_judged_by_another_tables_output_hook(
     assert _statuses(args) == {
         ("nftables", 9000): (["shadowed"], "tcp dport 9000 dnat to 10.0.0.9"),
         ("nftables", 9001): (["ok"], None),
-        ("iptables", 7000): (["shadowed"], "tcp dport 7000 accept"),
+        ("iptables", 7000): (["shadowed"], "tcp dport 7000 drop"),
         ("iptables", 7001): (["ok"], None),
     }
     assert _problem_ports(args) == [("shadowed", "tcp/7000"), ("shadowed", "tcp/9000")]
@@ -678,7 +678,7 @@ def test_an_iptables_rule_contests_a_loopback_nftables_mapping_from_output(
     }
     assert _problem_ports(args) == [("contested", "tcp/9001")]
     rp.iptables(node, ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-m", "tcp",
-                       "--dport", "9000", "-j", "ACCEPT"])  # fmt: skip
+                       "--dport", "9000", "-j", "REDIRECT"])  # fmt: skip
     assert _statuses(args) == {
         ("nftables", 9000): (["contested"], None),
         ("nftables", 9001): (["contested"], None),

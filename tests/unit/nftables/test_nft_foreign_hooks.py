@@ -40,17 +40,34 @@ def _table(name: str):
     return (FIXTURES / f"{name}.json").read_text(), (FIXTURES / f"{name}.txt").read_text()
 
 
-def test_plain_port_matches_with_dnat_redirect_accept_take_their_ports() -> None:
+def test_plain_port_matches_with_dnat_redirect_take_their_ports() -> None:
     """fib daddr type local (the plugin's own entry condition), a set with a range, a
-    counter, udp accept, a jump into a chain: taken, named as `nft list` prints the
-    rule; `ip saddr 10.0.0.0/8 ... dport 9090` takes only some packets: nothing."""
+    counter, a jump into a chain: taken, named as `nft list` prints the rule; `ip saddr
+    10.0.0.0/8 ... dport 9090` takes only some packets: nothing; `udp dport 5353
+    accept` nothing at all (tests/interop/test_foreign_verdicts_traffic.py)."""
     listing, text = _table("ip-nat")
     assert foreign.takers(listing, text, "prerouting", WANTED) == {
         ("tcp", 8080): FIB_DNAT,
         ("tcp", 7150): "tcp dport { 7000, 7100-7200 } counter packets 0 bytes 0 redirect to :3128",
-        ("udp", 5353): "udp dport 5353 accept",
         ("udp", 53): 'udp dport 53 dnat to 10.0.0.1 comment "dns"',
     }
+
+
+def test_accept_leaves_its_table_and_drop_takes_the_port() -> None:
+    """An accept (a rule, a vmap element) ends only its own table: the kernel calls the
+    plugin's nat chain next, and no later rule of the table (udp/5353's dnat, 8082's)
+    sees the packet; a drop ends the packet. An accept for some packets (9090, from
+    10.0.0.0/8) lets those through: the redirect after it takes the rest, maybe."""
+    listing, text = _table("ip-verdicts")
+    wanted = frozenset({("udp", 5353), ("tcp", 8081), ("tcp", 8082), ("tcp", 8083),
+                        ("tcp", 9090)})  # fmt: skip
+    assert foreign._walked(listing, text, "prerouting", wanted, "verdicts", 4, None) == (
+        {
+            ("tcp", 8081): "tcp dport 8081 drop",
+            ("tcp", 8083): "tcp dport vmap { 8082 : accept, 8083 : drop } (8083 : drop)",
+        },
+        {("tcp", 9090): "tcp dport 9090 redirect to :3128"},
+    )
 
 
 def test_firewalld_default_nat_chains_take_nothing() -> None:
