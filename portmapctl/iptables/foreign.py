@@ -32,9 +32,11 @@ KUBE-SVL-, KUBE-FW-, KUBE-XLB-) counts as taking it without looking inside (they
 to an endpoint, or mark the packet for dropping: either way the container gets none
 of it); any other chain is walked, and a rule in it takes the port if it would on
 its own. A goto ends its chain for the packets it sends (they never come back to
-the rules after it: what its chain does not take is reported as nothing, not as
-everything); a goto with conditions (`-p udp -g X`) leaves the other packets to the
-rules after it.
+the rules after it; a goto with conditions, `-p udp -g X`, leaves the other packets to
+the rules after it): from another tool's chain they return to its caller, which goes
+on; from PREROUTING (OUTPUT) itself there is no caller, and what the chain it went to
+does not take meets the built-in chain's policy, ACCEPT: the plugin's jump further
+down never sees it, as after an ACCEPT.
 
 For a mapping of the plugin's nftables backend (`past_entry`) the question is another:
 it has no iptables entry at all, and iptables' nat PREROUTING hooks at the priority
@@ -44,9 +46,10 @@ takes the port for iptables' hook: the jump to CNI-HOSTPORT-DNAT is passed by (t
 chain holds no rule for the port unless an iptables mapping contests it, which
 core/contest.py reports already), and none is needed. Which hook runs first no dump
 shows: the nftables mapping is contested by that rule, not shadowed. An ACCEPT (or a
-RETURN from PREROUTING itself) takes nothing from it: it ends iptables' nat table
-without a NAT binding, and the kernel then calls the next nat hook at that hook point
-(nf_nat_inet_fn), the plugin's (a kernel test sends the packets).
+RETURN from PREROUTING itself, or the end of a chain PREROUTING went to with -g) takes
+nothing from it: it ends iptables' nat table without a NAT binding, and the kernel then
+calls the next nat hook at that hook point (nf_nat_inet_fn), the plugin's (an interop
+test sends the packets).
 
 Another tool's rules are kept unsplit by the save parser (ruleset.parse_save); here
 a rule is split only when a text test says it may matter: it names one of the wanted
@@ -300,12 +303,9 @@ class _Walk(PortsLeft):
                 continue
             reported = named or (text if rule.ports is not None else None)
             target = rule.target
-            ends_table = target == "ACCEPT" or (target == "RETURN" and name in BUILTIN_NAT_CHAINS)
-            if self.past_entry and ends_table:
-                # It ends iptables' nat table, not the connection's NAT: the kernel
-                # calls the next nat hook, the plugin's nftables chain.
-                self._leave(rule_proto, rule_ports, returned)
-            elif target in _TAKES or ends_table:
+            if target == "ACCEPT" or (target == "RETURN" and name in BUILTIN_NAT_CHAINS):
+                self._end_table(rule_proto, rule_ports, reported or text, returned)
+            elif target in _TAKES:
                 self._take(rule_proto, rule_ports, reported or text, returned)
             elif target == "RETURN":
                 if rule.proto is None and rule.ports is None:
@@ -325,13 +325,28 @@ class _Walk(PortsLeft):
                     continue  # an extension (MARK, LOG, ...): the packet goes on
                 if self.chain(target, rule_proto, rule_ports, reported, path, returned):
                     return True
-                if rule.goto:
+                if rule.goto and name in BUILTIN_NAT_CHAINS:
+                    # No caller to return to: what its chain did not take meets the
+                    # built-in chain's policy, ACCEPT, as if accepted here.
+                    self._end_table(rule_proto, rule_ports, reported or text, returned)
+                elif rule.goto:
                     # What it sends never comes back to this chain (its end returns
                     # to the caller's caller); the other packets go on here.
                     if rule.proto is None and rule.ports is None:
                         return False
                     returned = returned | self._covered(rule_proto, rule_ports)
         return False
+
+    def _end_table(
+        self, proto: Optional[str], ports: Ranges, text: str, returned: FrozenSet[ProtoPort]
+    ) -> None:
+        """Packets that leave the nat table here unNATed: the plugin's jump further down
+        never sees them (taken); for an nftables mapping (`past_entry`) the kernel then
+        calls the next nat hook, the plugin's chain, which DNATs them (left)."""
+        if self.past_entry:
+            self._leave(proto, ports, returned)
+        else:
+            self._take(proto, ports, text, returned)
 
     def _may_matter(self, text: str) -> bool:
         """The text test: a rule naming ports matters only when one is wanted; a rule

@@ -183,3 +183,33 @@ def test_an_iptables_accept_or_return_leaves_an_nftables_mapping_alone(
         8083: ["contested"],
         8084: ["ok"],
     }
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_goto_from_prerouting_takes_what_its_chain_leaves(
+    node: Tuple[str, str], tmp_path: Path, mode: rp.Mode
+) -> None:
+    """`-A PREROUTING ... -g X`: what X does not take (X empty, or its RETURN) has no
+    caller to go back to and meets PREROUTING's policy, ACCEPT, never the plugin's jump
+    below: the mapping gets nothing (0.1: `ok`). From a chain PREROUTING jumped to
+    (-j OUTER, whose -g INNER returns), the packet comes back to PREROUTING: `ok`."""
+    rp.require(rp.plugin_available())
+    rp.require(rp.mode_available(mode))
+    node_ns, client = node
+    ports = _ports(8085, 8086, 8087, 8088)
+    conf = rp.plugin_conf("podman", [f"{CTR_IP}/16"], ports)
+    rp.run_plugin("ADD", node_ns, CID, conf, mode=mode, check=True)
+    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, [f"{CTR_IP}/16"])
+    for rule in (["-N", "EMPTY"], ["-N", "RET"], ["-N", "OUTER"],
+                 ["-A", "RET", "-p", "tcp", "--dport", "8086", "-j", "RETURN"],
+                 ["-A", "OUTER", "-p", "tcp", "--dport", "8088", "-g", "EMPTY"],
+                 ["-I", "PREROUTING", "-p", "tcp", "--dport", "8085", "-g", "EMPTY"],
+                 ["-I", "PREROUTING", "-p", "tcp", "--dport", "8086", "-g", "RET"],
+                 ["-I", "PREROUTING", "-p", "tcp", "--dport", "8088", "-j", "OUTER"]):  # fmt: skip
+        rp.iptables(node_ns, ["-t", "nat", *rule], mode=mode)
+    args = ["--netns", node_ns, "--cni-cache-dir", str(tmp_path), "--family", "4"]
+    args += ["--iptables", mode]
+
+    reached = {port: _reached(client, port) for port in (8085, 8086, 8087, 8088)}
+    assert reached == {8085: False, 8086: False, 8087: True, 8088: True}
+    assert _statuses(args) == {port: ["ok"] if reached[port] else ["shadowed"] for port in reached}
