@@ -34,8 +34,13 @@ OPTIONS: Dict[str, tuple] = {
     name: (parameter, _CHOICES[parameter] if kind == "choice" else kind)
     for name, (parameter, kind) in add_options.OPTIONS.items()
 }
-# Options typer also reads from the environment when not given (envvar=).
-ENVIRONMENT = {"iptables": "PORTMAPCTL_IPTABLES", "cni_cache_dir": "PORTMAPCTL_CNI_CACHE_DIR"}
+# Options typer also reads from the environment when not given (envvar=); each only
+# for a command that has it (list's --metrics-file, not add's).
+ENVIRONMENT = {
+    "iptables": "PORTMAPCTL_IPTABLES",
+    "cni_cache_dir": "PORTMAPCTL_CNI_CACHE_DIR",
+    "metrics_file": "PORTMAPCTL_METRICS_FILE",
+}
 COMPLETION_ENV = "_PORTMAPCTL_COMPLETE"
 
 
@@ -73,19 +78,21 @@ def parse(
             return None
         else:
             given[parameter] = value
+    kinds = dict(known.values())
     for parameter, variable in ENVIRONMENT.items():
         value = os.environ.get(variable, "")
-        if parameter in given or not value:
+        if parameter not in kinds or parameter in given or not value:
             continue
-        if parameter == "iptables":
-            if value not in _CHOICES["iptables"]:
-                return None
-            given[parameter] = value
-        else:
+        kind = kinds[parameter]
+        if kind == "many":
             # click splits a repeatable option's variable at whitespace
             if not value.split():
                 return None
             given[parameter] = value.split()
+        elif isinstance(kind, tuple) and value not in kind:
+            return None
+        else:
+            given[parameter] = value
     return given
 
 

@@ -28,6 +28,7 @@ TAKEN: List[Tuple[List[str], Dict[str, str]]] = [
     (BASE, {"PORTMAPCTL_IPTABLES": "legacy", "PORTMAPCTL_CNI_CACHE_DIR": "/x  /y"}),
     ([*BASE, "--iptables", "nft", "--cni-cache-dir", "/z"], {"PORTMAPCTL_IPTABLES": "legacy"}),
     (BASE, {"PORTMAPCTL_IPTABLES": "", "PORTMAPCTL_CNI_CACHE_DIR": ""}),
+    (BASE, {"PORTMAPCTL_METRICS_FILE": "/m.prom"}),  # (not add's: left alone)
 ]
 
 LEFT_TO_TYPER: List[Tuple[List[str], Dict[str, str]]] = [
@@ -68,7 +69,8 @@ def _captured(monkeypatch, call) -> Any:
 
 
 def _environment(monkeypatch, env: Dict[str, str]) -> None:
-    for name in ("PORTMAPCTL_IPTABLES", "PORTMAPCTL_CNI_CACHE_DIR", "_PORTMAPCTL_COMPLETE"):
+    for name in ("PORTMAPCTL_IPTABLES", "PORTMAPCTL_CNI_CACHE_DIR", "PORTMAPCTL_METRICS_FILE",
+                 "_PORTMAPCTL_COMPLETE"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -3,6 +3,7 @@ leaves everything else -- help, mistakes, --proto/--status, unusual spellings --
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, List, Tuple
 
 import pytest
@@ -24,6 +25,9 @@ TAKEN: List[Tuple[List[str], Dict[str, str]]] = [
     (["list"], {"PORTMAPCTL_IPTABLES": "legacy", "PORTMAPCTL_CNI_CACHE_DIR": "/x  /y"}),
     (["list", "--iptables", "nft", "--cni-cache-dir", "/z"], {"PORTMAPCTL_IPTABLES": "legacy"}),
     (["list"], {"PORTMAPCTL_IPTABLES": "", "PORTMAPCTL_CNI_CACHE_DIR": ""}),
+    (["list"], {"PORTMAPCTL_METRICS_FILE": "/m dir/list.prom"}),
+    (["list", "--metrics-file", "/given.prom"], {"PORTMAPCTL_METRICS_FILE": "/env.prom"}),
+    (["list"], {"PORTMAPCTL_METRICS_FILE": ""}),
 ]
 
 LEFT_TO_TYPER: List[Tuple[List[str], Dict[str, str]]] = [
@@ -62,11 +66,15 @@ def _captured(monkeypatch, call) -> Any:
     return seen[0] if seen else outcome
 
 
+# list_run.run's own parameters, read before a test puts its stand-in in its place
+# (whose signature, `common, **options`, would leave no option to compare).
+_RUN_PARAMETERS = inspect.signature(list_run.run).parameters
+
+
 def _defaults(options: Dict[str, Any]) -> Dict[str, Any]:
     """What list_run.run sees for an option not passed: its default."""
-    import inspect
-
-    params = inspect.signature(list_run.run).parameters
+    params = _RUN_PARAMETERS
+    assert set(options) <= set(params), options
     return {name: options.get(name, params[name].default) for name in list(params)[1:]}
 
 

@@ -390,6 +390,18 @@ def test_check_from_the_environment_variable_reports_its_problems(tmp_path):
     assert samples[key("mappings", **labels)] == 1
 
 
+@pytest.mark.parametrize("output", [[], ["-o", "json"], ["--port", "9000"]])
+def test_list_from_the_environment_variable_writes_the_file(tmp_path, output):
+    """list's plain command lines are parsed without typer (cli/list_fast.py), which
+    read PORTMAPCTL_METRICS_FILE nowhere: `list` from a cron job or a pod given the
+    variable wrote no file, with no word said. Now as with --metrics-file."""
+    path = tmp_path / "portmapctl-list.prom"
+    done = run_cli(["list", *SNAPSHOT_ARGS, *output], env={"PORTMAPCTL_METRICS_FILE": str(path)})
+    assert done.returncode == 0 and done.stderr == ""
+    labels = dict(backend="iptables", family="4", status="ok", command="list")
+    assert samples_of(path)[key("mappings", **labels)] == 2
+
+
 def test_an_empty_environment_variable_asks_for_no_file(tmp_path):
     done = pmctl.run(["list", *SNAPSHOT_ARGS], env={"PORTMAPCTL_METRICS_FILE": ""})
     assert done.returncode == 0 and done.stderr == ""
