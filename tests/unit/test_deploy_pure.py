@@ -522,6 +522,11 @@ def promtool_test_rules(tmp_path: Path, series: List[dict], cases: List[dict]) -
         "evaluation_interval": "1m",
         "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": cases}],
     }
+    run_promtool_test(tmp_path, test)
+
+
+def run_promtool_test(tmp_path: Path, test: dict) -> None:
+    """`promtool test rules` of the test file `test` (its rule files in `tmp_path`)."""
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(test))
     done = subprocess.run(
         [promtool(), "test", "rules", "test.yaml"],
@@ -577,3 +582,45 @@ def test_the_missing_metrics_alert_fires_where_nobody_writes_them(tmp_path):
         },
     ]
     promtool_test_rules(tmp_path, series, cases)
+
+
+def _documented_query(what: str) -> str:
+    """The PromQL docs/monitoring.md's "Some queries" gives for `what`."""
+    found = re.search(rf"^- {re.escape(what)}: `([^`]+)`", MONITORING.read_text(), re.M)
+    assert found, f"docs/monitoring.md gives no query for {what!r}"
+    return found.group(1)
+
+
+def test_the_empty_cache_query_names_only_nodes_with_an_empty_cache(tmp_path):
+    """gc reports each CNI cache directory it reads, by default /var/lib/cni and
+    /var/lib/cni/multus: on a node without Multus the second is absent, 0 entries. The
+    documented query compared each directory alone, so it named every such node as one
+    whose cache is empty (where gc would refuse), a false alarm on most of a fleet."""
+    query = _documented_query("nodes whose cache is empty")
+    series = []
+    for instance, entries in (("node1", 3), ("node2", 0)):
+        for directory, count in (("/var/lib/cni", entries), ("/var/lib/cni/multus", 0)):
+            labels = {"command": "gc", "dir": directory, "instance": instance, "job": "node"}
+            series.append(
+                {"series": _series("portmapctl_cni_cache_entries", labels), "values": f"{count}x5"}
+            )
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": query,
+                        "eval_time": "2m",
+                        "exp_samples": [
+                            {"labels": '{command="gc",instance="node2",job="node"}', "value": 0}
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    run_promtool_test(tmp_path, test)
