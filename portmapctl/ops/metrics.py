@@ -262,6 +262,13 @@ def _family(family: int) -> str:
     return str(family)
 
 
+def _label_path(path: str) -> str:
+    """A path as a label value: the file is UTF-8, a path's bytes need not be (Python
+    holds those as surrogates, which no UTF-8 writer takes: the file was never written
+    again, each run one warning). Such bytes are shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _families(report: MetricsReport) -> Iterator[Any]:
     """The report as prometheus_client metric families (HELP, TYPE, samples)."""
     from prometheus_client.core import GaugeMetricFamily
@@ -302,8 +309,9 @@ def _families(report: MetricsReport) -> Iterator[Any]:
             "cni_cache_entries", "Attachments in the CNI cache directory's results/.", ["dir"]
         )
         for cache in report.cache_dirs:
-            present.add_metric([command, cache.path], 1 if cache.present else 0)
-            entries.add_metric([command, cache.path], cache.entries)
+            where = _label_path(cache.path)
+            present.add_metric([command, where], 1 if cache.present else 0)
+            entries.add_metric([command, where], cache.entries)
         yield present
         yield entries
 

@@ -204,6 +204,18 @@ def test_cache_dirs_absent_and_counted(tmp_path):
     assert metrics.cache_dir(gone) == metrics.CacheDir(gone, False, 0)
 
 
+def test_a_cache_dir_whose_name_is_not_utf8_still_gets_its_file_written(tmp_path):
+    """`--cni-cache-dir` of bytes that are not UTF-8 (Python holds them as surrogates):
+    the file could not be encoded, so it was never written again, one warning a run,
+    the alerts on its age the only sign. The label shows such a byte as \\xff."""
+    folder = os.fsdecode(os.fsencode(str(tmp_path)) + b"/cache\xff")
+    os.makedirs(os.path.join(folder, "results"))
+    path = tmp_path / "portmapctl-check.prom"
+    assert metrics.write(report(cache_dirs=(metrics.cache_dir(folder),)), str(path)) is None
+    samples = samples_of(path)
+    assert samples[key("cni_cache_present", command="check", dir=f"{tmp_path}/cache\\xff")] == 1
+
+
 # --- writing: atomic, never fatal --------------------------------------------------------
 
 
