@@ -157,6 +157,19 @@ def containerfile_packages() -> List[str]:
     return found
 
 
+def test_the_image_is_tagged_with_the_version_it_is_built_from(daemonset):
+    """0.2.0 left the DaemonSet on image tag 0.1.0 (and the Containerfile's build line
+    with it): an image rebuilt under the same tag changes no pod spec, so nothing rolls
+    out, and nodes that hold the old image (IfNotPresent, a tag that is not `latest`)
+    keep running the old portmapctl, its metrics' build_info the only sign."""
+    from portmapctl import __version__
+
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    assert container["image"].rpartition(":")[2] == __version__
+    built = re.findall(r"docker build .* -t (\S+) ", CONTAINERFILE.read_text())
+    assert built == [container["image"]]
+
+
 def test_the_image_has_every_tool_the_daemonsets_gc_runs(daemonset):
     """The tools gc runs with the DaemonSet's options (both iptables flavours, and nft
     for --backend auto), found where this Debian host has them, each from a package the
