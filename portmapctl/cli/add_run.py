@@ -198,6 +198,7 @@ def _add(
             live = node.read_nft()
             clashes = nft_shadow_warnings(config, live)
             clashes += contest_warnings(node, config)
+            clashes += other_flavour_warnings(node, config)
             clashes += hook_warnings(node, config, live)
             result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp)
         else:
@@ -216,6 +217,7 @@ def _add(
             clashes += contest_warnings(node, config, nft_live)
             clashes += hook_warnings(node, config)
             clashes += foreign_warnings(result)
+            clashes += other_flavour_warnings(node, config)
     return config, result, clashes
 
 
@@ -256,6 +258,31 @@ def hook_warnings(node: Any, config: MappingConfig, live: Any = None) -> List[st
             " the traffic)"
         )
         for row, (word, rule) in (hooked.taken if hooked is not None else {}).items()
+    ]
+
+
+def other_flavour_warnings(node: Any, config: MappingConfig) -> List[str]:
+    """Host ports another tool's rule in the other iptables flavour's nat table takes
+    (Docker on iptables-legacy beside the plugin on iptables-nft, or the reverse): that
+    table hooks at the plugin's priority, so this mapping is contested (ops/owners.py
+    judges list's and check's rows the same way). Nothing is run where that flavour has
+    no nat table (flavour_guard.other_flavour_readers)."""
+    from portmapctl.ops.flavour_guard import other_flavour_readers
+
+    families = [f for f in config.families if f in node.families]
+    other = other_flavour_readers(node.backend.name, families)
+    if other is None:
+        return []
+    from portmapctl.core.contest import crossed
+    from portmapctl.iptables.foreign import same_priority_takers
+    from portmapctl.ops.add import as_rows
+
+    mine = as_rows(config, families)
+    return [
+        f"IPv{row.family} {row.protocol}/{row.host_port} is taken by a rule in the"
+        f" iptables-{other[0]} nat table too ({rule}): this mapping is contested (the"
+        " kernel's hook order decides which of them gets the traffic)"
+        for row, rule in crossed(mine, same_priority_takers(other[1], mine)).items()
     ]
 
 

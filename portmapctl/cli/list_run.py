@@ -71,7 +71,10 @@ def run(
                 # Other owners of the rows' ports: another nftables table's nat hook,
                 # the other backend, another tool's iptables rule (ops/owners.py).
                 live = reader[1].get("live") if reader is not None else None
-                owners = read_owners(node, tables, found.mappings, nft_rows, live)
+                from portmapctl.ops.flavour_guard import other_flavour_readers
+
+                other = other_flavour_readers(node.backend.name, tuple(tables))
+                owners = read_owners(node, tables, found.mappings, nft_rows, live, other)
                 mappings = node_rows(found.mappings, nft_rows, owners)
             if recorder is not None:
                 from portmapctl.ops.nft import backends_read

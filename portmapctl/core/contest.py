@@ -11,6 +11,14 @@ nftables mapping (iptables/foreign.py's nft_takers: Docker's DNAT, a kube-proxy
 NodePort, a hand-written REDIRECT): one hook, one priority, an unknown order. Such
 rows are contested too (`foreign_contested`), the rule named by check and add.
 
+So is a row of either backend whose port a rule in the OTHER iptables flavour's nat
+table takes (`crossed`: Docker on iptables-legacy, the plugin on iptables-nft, or the
+reverse): legacy's nat chains, iptables-nft's and cni_hostport's all hook at -100, and
+of nat chains at one hook and priority the kernel runs the one registered LAST first
+(measured with real connections, both orders: tests/interop/
+test_foreign_verdicts_traffic.py);
+nothing a dump shows says which was registered when, or re-created since.
+
 Another nftables table's nat prerouting hook, or output hook for a row on a loopback
 host IP (a hand-written nft firewall,
 nftables/foreign.py) is judged by priority against the row's own hook (`hooked`):
@@ -99,12 +107,23 @@ def foreign_contested(
 ) -> Dict[M, str]:
     """Each nftables row whose port another tool's rule takes at the same hook priority
     (`taken`: hook_port_key -> that rule) -> the rule."""
+    return crossed(rows, taken, nft_only=True)
+
+
+def crossed(
+    rows: Iterable[M], taken: Optional[ReadOnly[HookPortKey, str]], nft_only: bool = False
+) -> Dict[M, str]:
+    """Each row (of either backend, or nftables only) whose port a rule of another nat
+    table at the row's own hook priority takes (`taken`: hook_port_key -> that rule; the
+    other iptables flavour's, ops/owners.py) -> the rule."""
     if not taken:
         return {}
     return {
         row: taken[key]
         for row in rows
-        if backend_of(row) != IPTABLES and _takes_port(row) and (key := hook_port_key(row)) in taken
+        if not (nft_only and backend_of(row) == IPTABLES)
+        and _takes_port(row)
+        and (key := hook_port_key(row)) in taken
     }
 
 
@@ -147,10 +166,15 @@ def hook_marked(rows: Sequence[M], found: ReadOnly[M, Tuple[str, str]]) -> List[
     return marked_rows
 
 
-def marked(rows: Sequence[M], taken: Optional[ReadOnly[HookPortKey, str]] = None) -> List[M]:
+def marked(
+    rows: Sequence[M],
+    taken: Optional[ReadOnly[HookPortKey, str]] = None,
+    other_flavour: Optional[ReadOnly[HookPortKey, str]] = None,
+) -> List[M]:
     """`rows` with `contested` added to the status of each contested one: by the other
-    backend's rows, or by another tool's rule (`taken`, see foreign_contested)."""
-    found = {**contests(rows), **foreign_contested(rows, taken)}
+    backend's rows, by another tool's rule (`taken`, see foreign_contested), or by a
+    rule in the other iptables flavour's nat table (`other_flavour`, see crossed)."""
+    found = {**contests(rows), **foreign_contested(rows, taken), **crossed(rows, other_flavour)}
     if not found:
         return list(rows)
     return [

@@ -51,6 +51,11 @@ nothing from it: it ends iptables' nat table without a NAT binding, and the kern
 calls the next nat hook at that hook point (nf_nat_inet_fn), the plugin's (an interop
 test sends the packets).
 
+The other iptables flavour's nat table (legacy beside iptables-nft) is such a table
+for a row of either backend: it hooks at -100 too, and its own jump to
+CNI-HOSTPORT-DNAT (a split brain, check's other problem) is passed by the same way
+(`same_priority_takers`, ops/owners.py).
+
 Another tool's rules are kept unsplit by the save parser (ruleset.parse_save); here
 a rule is split only when a text test says it may matter: it names one of the wanted
 ports, or none at all and has a target.
@@ -162,24 +167,38 @@ def takers(
 
 def nft_takers(
     tables: Mapping[int, NatTable], rows: Iterable[Any]
-) -> Dict[Tuple[int, str, int, bool], str]:
+) -> Dict[Tuple[int, str, int, Optional[str]], str]:
     """(family, protocol, host port, destination: core/contest.hook_port_key) of the
     nftables rows (core Mappings of backend "nftables") -> the iptables rule that takes
     that port at the same hook priority (`past_entry`): in OUTPUT for a loopback host
     IP (cni_hostport's output chain and iptables' nat OUTPUT both hook at -100), else
     PREROUTING (`hook_of`). Nothing without an iptables table of the family."""
+    return same_priority_takers(
+        {family: table_reader(table) for family, table in tables.items()},
+        (row for row in rows if getattr(row, "backend", None) == "nftables"),
+    )
+
+
+def same_priority_takers(
+    readers: Mapping[int, ChainReader], rows: Iterable[Any]
+) -> Dict[Tuple[int, str, int, Optional[str]], str]:
+    """hook_port_key of each row -> the rule of a nat table (`readers`, by family) that
+    hooks at the row's own priority and takes its port, walked as past_entry (the
+    table's own jump to CNI-HOSTPORT-DNAT passed by): an nftables row against
+    iptables', or a row of either backend against the other iptables flavour's table
+    (legacy's and iptables-nft's nat chains both hook at -100; ops/owners.py)."""
     from portmapctl.core.contest import hook_port_key
 
     wanted: Dict[Tuple[int, Optional[str]], Set[ProtoPort]] = {}
     for row in rows:
-        if getattr(row, "backend", None) == "nftables" and row.family in tables:
+        if row.family in readers:
             family, proto, port, dest = hook_port_key(row)
             wanted.setdefault((family, dest), set()).add((proto, port))
     return {
         (family, proto, port, dest): rule
         for (family, dest), ports in wanted.items()
         for (proto, port), rule in takers(
-            table_reader(tables[family]), ports, past_entry=True, dest=dest
+            readers[family], ports, past_entry=True, dest=dest
         ).items()
     }
 

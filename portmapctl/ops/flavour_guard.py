@@ -1,6 +1,7 @@
 """No copy of a container's chain in the other iptables flavour (split brain), and no
 silence where the plugin's chains are all, or partly, in the other flavour
-(chains_elsewhere).
+(chains_elsewhere); and list's reading of the other flavour's nat table, where another
+tool's rules may take mapped ports (other_flavour_readers, ops/owners.py).
 
 A node can hold rules in both iptables flavours (legacy x_tables and nf_tables): the
 kernel applies both, so a container's chain written in the flavour in use while the
@@ -14,10 +15,12 @@ ADD does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, List, Mapping, Optional, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig
+    from portmapctl.iptables.foreign import ChainReader
     from portmapctl.iptables.ruleset import NatTable
 
 # The flavour each live iptables backend writes (python-iptables: legacy tables only).
@@ -132,6 +135,45 @@ def chains_elsewhere(
         f" removes none; run with --iptables {other} to see them, and `portmapctl check`"
         f" for the split brain"
     )
+
+
+def other_flavour_readers(
+    backend_name: str, families: Sequence[int]
+) -> Optional[Tuple[str, Dict[int, ChainReader]]]:
+    """list's view of the other iptables flavour's nat table, for another tool's rules
+    there that take a mapped port (ops/owners.py): its name and, per family where it has
+    a nat table, a reader of its chains. Nothing is run where it has none: legacy's is
+    looked for in /proc (a read would create it), iptables-nft's with one netlink
+    GETTABLE; then iptables-nft lists only the chains the walk reaches (`-S CHAIN`, a
+    few ms each), legacy is saved once. None for a snapshot or a fake, or where the
+    other flavour's tool is missing."""
+    used = flavour_of(backend_name)
+    if used is None:
+        return None
+    from portmapctl.errors import HostProblem
+    from portmapctl.iptables.access.restore import RestoreBackend
+    from portmapctl.iptables.foreign import listing_reader, table_reader
+
+    other = other_flavour(used)
+    backend = RestoreBackend(other)
+    if other == "nft":
+        from portmapctl.iptables.access.nfmsg import tables_present
+
+        present: Sequence[int] = tables_present(families, "nat")
+    else:
+        present = [family for family in families if backend.has_nat_table(family)]
+    readers: Dict[int, ChainReader] = {}
+    for family in present:
+        if not backend.installed(family):
+            continue
+        if other == "nft":
+            readers[family] = listing_reader(partial(backend.list_chain, family))
+            continue
+        try:
+            readers[family] = table_reader(backend.read(family))
+        except HostProblem:
+            continue  # (unreadable: as the split-brain check, nothing said of it)
+    return (other, readers) if readers else None
 
 
 def _entered(listed: str) -> List[str]:

@@ -7,7 +7,9 @@ The owners: another nftables table's nat prerouting hook, or output hook for a
 loopback host IP (nftables/foreign.py:
 `shadowed` by an earlier one, `contested` at the plugin's priority), the plugin's
 other backend and another tool's iptables nat rule on an nftables row's port
-(iptables/foreign.py: `contested`)."""
+(iptables/foreign.py: `contested`), and another tool's rule in the other iptables
+flavour's nat table on any row's port (`contested`: that table hooks at the plugin's
+priority, in an order no dump shows; flavour_guard.other_flavour_readers)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ class Owners:
     unsure: Dict[Any, str] = field(default_factory=dict)
     # Why some rows' other nftables hooks could not be read (nftables/foreign.py).
     unread: Tuple[str, ...] = ()
+    # A row's hook_port_key -> a rule of the other iptables flavour's nat table (named
+    # "iptables-legacy: -A ...") that takes its port at the row's hook priority.
+    other_flavour: Dict[HookPortKey, str] = field(default_factory=dict)
 
 
 def read_owners(
@@ -40,10 +45,13 @@ def read_owners(
     rows: Sequence[Any],
     nft_rows: Sequence[Any],
     nft_live: Optional[Any],
+    other: Optional[Tuple[str, Mapping[int, Any]]] = None,
 ) -> Owners:
     """The owners of the ports of `rows` (iptables) and `nft_rows` (the plugin's
     nftables, `nft_live` as read; None: not read): the usual node pays one netlink
-    dump, and nft runs only for another table with a nat hook some row passes."""
+    dump, and nft runs only for another table with a nat hook some row passes.
+    `other`: the other iptables flavour's name and its nat table by family, as chain
+    readers (iptables/foreign.py; only the families where it has one)."""
     taken: Dict[HookPortKey, str] = {}
     if nft_rows and any(t.rules("PREROUTING") or t.rules("OUTPUT") for t in tables.values()):
         from portmapctl.iptables.foreign import nft_takers
@@ -51,10 +59,18 @@ def read_owners(
         taken = nft_takers(tables, nft_rows)
     if not (rows or nft_rows):
         return Owners(taken)
+    crossed: Dict[HookPortKey, str] = {}
+    if other is not None and other[1]:
+        from portmapctl.iptables.foreign import same_priority_takers
+
+        crossed = {
+            key: f"iptables-{other[0]}: {rule}"
+            for key, rule in same_priority_takers(other[1], [*rows, *nft_rows]).items()
+        }
     from portmapctl.nftables.foreign import node_hooked
 
     hooked = node_hooked(node, [*rows, *nft_rows], nft_live)
-    return Owners(taken, hooked.taken, hooked.unsure, hooked.unread)
+    return Owners(taken, hooked.taken, hooked.unsure, hooked.unread, crossed)
 
 
 def unsure_warnings(owners: Owners, keep: Optional[Callable[[Any], bool]] = None) -> List[str]:
@@ -83,7 +99,7 @@ def node_rows(rows: Sequence[Any], nft_rows: Sequence[Any], owners: Owners) -> L
     from portmapctl.core.contest import hook_marked, marked
 
     mappings = hook_marked([*rows, *nft_rows], owners.hooked)
-    if nft_rows and (rows or owners.taken):
+    if (nft_rows and (rows or owners.taken)) or owners.other_flavour:
         # (Only then can a row be contested: no pass over an iptables node's rows.)
-        mappings = marked(mappings, owners.taken)
+        mappings = marked(mappings, owners.taken, owners.other_flavour)
     return mappings

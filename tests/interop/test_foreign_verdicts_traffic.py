@@ -213,3 +213,59 @@ def test_a_goto_from_prerouting_takes_what_its_chain_leaves(
     reached = {port: _reached(client, port) for port in (8085, 8086, 8087, 8088)}
     assert reached == {8085: False, 8086: False, 8087: True, 8088: True}
     assert _statuses(args) == {port: ["ok"] if reached[port] else ["shadowed"] for port in reached}
+
+
+def _docker(node_ns: str, mode: rp.Mode) -> None:
+    """Docker's nat rules (a DNAT of 8080 to a gone address, an ACCEPT of 8082), in the
+    iptables flavour `mode`."""
+    for rule in (["-N", "DOCKER"],
+                 ["-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"],
+                 ["-A", "DOCKER", "-i", "docker0", "-j", "RETURN"],
+                 ["-A", "DOCKER", "!", "-i", "docker0", "-p", "tcp", "--dport", "8080",
+                  "-j", "DNAT", "--to-destination", "172.17.0.2:80"],
+                 ["-A", "DOCKER", "-p", "tcp", "--dport", "8082", "-j", "ACCEPT"]):  # fmt: skip
+        rp.iptables(node_ns, ["-t", "nat", *rule], mode=mode)
+
+
+@pytest.mark.parametrize("first", ["plugin", "docker"])
+@pytest.mark.parametrize(("mode", "other"), [("nft", "legacy"), ("legacy", "nft")])
+def test_another_tools_rule_in_the_other_iptables_flavour_contests_the_port(
+    node: Tuple[str, str], tmp_path: Path, mode: rp.Mode, other: rp.Mode, first: str
+) -> None:
+    """The plugin on iptables-`mode`, Docker on iptables-`other` (dockerd bundling its
+    own iptables): both nat tables hook PREROUTING at -100, and the kernel runs the one
+    it registered LAST first (measured here: the table written second gets 8080). No
+    dump shows that order: 8080 is `contested` in both orders, never ok (0.1: ok,
+    check healthy) nor shadowed; Docker's ACCEPT (8082) leaves only its own table."""
+    rp.require(rp.plugin_available())
+    rp.require(rp.mode_available(mode))
+    rp.require(rp.mode_available(other))
+    node_ns, client = node
+    ports = _ports(8080, 8081, 8082)
+    conf = rp.plugin_conf("podman", [f"{CTR_IP}/16"], ports)
+    if first == "docker":
+        _docker(node_ns, other)
+    rp.run_plugin("ADD", node_ns, CID, conf, mode=mode, check=True)
+    if first == "plugin":
+        _docker(node_ns, other)
+    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, [f"{CTR_IP}/16"])
+    args = ["--netns", node_ns, "--cni-cache-dir", str(tmp_path), "--family", "4"]
+    args += ["--iptables", mode]
+
+    reached = {port: _reached(client, port) for port in (8080, 8081, 8082)}
+    assert reached == {8080: first == "docker", 8081: True, 8082: True}
+    assert _statuses(args) == {8080: ["contested"], 8081: ["ok"], 8082: ["ok"]}
+    done = pmctl.run(["check", *args, "-o", "json"])
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert [(p["kind"], p["detail"].split(" ")[0]) for p in problems] == [("contested", "tcp/8080")]
+    assert f"iptables-{other}: -A DOCKER ! -i docker0" in problems[0]["detail"]
+    # add warns of it too: another container (dry run, then written) on 8080 and 9090.
+    add = ["add", "--netns", node_ns, "--iptables", mode, "--family", "4", "--network",
+           "podman", "--container", "second1", "--ip", "10.88.0.6/16",
+           "-p", "8080:80", "-p", "9090:80"]  # fmt: skip
+    warning = f"IPv4 tcp/8080 is taken by a rule in the iptables-{other} nat table too"
+    for run in ([*add, "--dry-run"], add):
+        done = pmctl.run(run)
+        assert done.returncode == 0, done.stderr
+        assert warning in done.stderr and "9090" not in done.stderr, done.stderr

@@ -9,7 +9,7 @@ from typing import List, Set, Tuple
 import fixtures_lib
 import nftcases
 
-from portmapctl.core.contest import contests, marked
+from portmapctl.core.contest import backend_of, contests, marked
 from portmapctl.core.mapping import Mapping
 from portmapctl.core.status import Status
 from portmapctl.iptables import inventory
@@ -140,4 +140,45 @@ def test_another_tools_iptables_rule_contests_an_nftables_row() -> None:
     assert {m.container_id: m.status for m in rows} == {
         "ctr-a": (Status.CONTESTED,),
         "ctr-b": ("shadowed",),
+    }
+
+
+def test_another_tools_rule_in_the_other_iptables_flavour_contests_rows_of_both_backends() -> None:
+    """The other flavour's nat table (the real save tests/fixtures/foreign.v4.save, read
+    as legacy's beside an iptables-nft node) hooks at the plugin's priority: Docker's
+    DNAT of tcp/8080 there contests basic's abc123 (iptables) and v191-shadowed's ctr-a
+    (nftables), never ctr-b (shadowed within nftables); its ACCEPT of udp/5353 ends
+    only its own table (nothing); the plugin's own chains there (a split brain, check's
+    other problem) take nothing."""
+    from portmapctl.core.contest import crossed
+    from portmapctl.iptables.foreign import same_priority_takers, table_reader
+    from portmapctl.iptables.ruleset import parse_save
+
+    save = (fixtures_lib.FIXTURES / "foreign.v4.save").read_text()
+    rows = [*_ipt("basic"), *_nft("v191-shadowed")]
+    split_brain_only = parse_save(save, 4, skip_foreign=True)
+    assert same_priority_takers({4: table_reader(split_brain_only)}, rows) == {}
+
+    docker = (
+        "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80"
+    )
+    accept = "-A DOCKER -p udp -m udp --dport 5353 -j ACCEPT"
+    table = parse_save(save.replace("COMMIT", f"{docker}\n{accept}\nCOMMIT", 1), 4, True)
+    taken = same_priority_takers({4: table_reader(table)}, rows)
+    assert taken == {(4, "tcp", 8080, None): docker}
+    assert {
+        (backend_of(m), m.container_id, m.family, m.protocol, m.host_port)
+        for m in crossed(rows, taken)
+    } == {("iptables", "abc123", 4, "tcp", 8080), ("nftables", "ctr-a", 4, "tcp", 8080)}
+    # Each backend's rows alone: no row of the other backend contests them.
+    statuses = {
+        (backend_of(m), m.container_id, m.protocol, m.host_port): m.status
+        for part in (_ipt("basic"), _nft("v191-shadowed"))
+        for m in marked(part, None, taken)
+    }
+    assert statuses == {
+        ("iptables", "abc123", "tcp", 8080): (Status.CONTESTED,),
+        ("iptables", "abc123", "udp", 5353): (Status.OK,),
+        ("nftables", "ctr-a", "tcp", 8080): (Status.CONTESTED,),
+        ("nftables", "ctr-b", "tcp", 8080): ("shadowed",),
     }

@@ -1,7 +1,8 @@
 """check's problems between a host port's owners on the node: the plugin's other
 backend (`contested`: core/contest.py), another tool's iptables rule on an nftables
 mapping's port (iptables/foreign.py), and other nftables tables' nat prerouting (output,
-for a loopback host IP) hooks (nftables/foreign.py). None of them is the plugin's to repair: their fix is gc when the
+for a loopback host IP) hooks (nftables/foreign.py), and another tool's rule in the other
+iptables flavour's nat table (ops/owners.py). None of them is the plugin's to repair: their fix is gc when the
 other side is stale, else prose."""
 
 from __future__ import annotations
@@ -117,6 +118,54 @@ def contested_problems(
                 fix,
                 _CONTESTED_WHY,
                 shown,
+            )
+        )
+    return problems
+
+
+_OTHER_FLAVOUR_WHY = (
+    "iptables-legacy's and iptables-nft's nat tables, and the plugin's nftables chains,"
+    " hook at one priority (dstnat, -100), and the kernel runs the nat chain it"
+    " registered last first: which of the two gets the port's traffic depends on which"
+    " table was created (or re-created) later, which no dump shows"
+)
+
+
+def other_flavour_problems(
+    found: Optional[inventory.Inventory],
+    nft_found: Optional[NftInventory],
+    live: Optional[Ruleset],
+    owners: Owners,
+) -> List[Problem]:
+    """One `contested` problem per mapping (either backend) whose port another tool's
+    rule in the other iptables flavour's nat table takes (`owners.other_flavour`). No
+    command of ours touches another tool's rules: prose."""
+    if not owners.other_flavour:
+        return []
+    from portmapctl.core.contest import crossed, hook_marked
+
+    rows = [*(found.mappings if found else ()), *(nft_found.mappings if nft_found else ())]
+    rules = rules_by_handle(live) if live is not None and nft_found is not None else {}
+    problems: List[Problem] = []
+    # As list marks them: a row another nftables table's earlier hook shadows gets
+    # no traffic, so nothing contests it.
+    for row, rule in crossed(hook_marked(rows, owners.hooked), owners.other_flavour).items():
+        nft = getattr(row, "backend", "iptables") != "iptables"
+        problems.append(
+            Problem(
+                ProblemKind.CONTESTED.value,
+                row.family,
+                f"nft:{row.chain}" if nft else row.chain,
+                row.network,
+                row.container_id,
+                f"{row.protocol}/{row.host_port} is also taken by a rule in the other"
+                f" iptables flavour's nat table ({rule}); the kernel's hook order decides"
+                " which gets the traffic",
+                "free the port in that tool's rules (a tool that runs the other iptables"
+                " flavour: Docker's own iptables?), or re-create the container on another"
+                " host port",
+                _OTHER_FLAVOUR_WHY,
+                rule_text(rules, row) if nft else (),  # type: ignore[arg-type]
             )
         )
     return problems

@@ -26,6 +26,7 @@ from portmapctl.ops.node import Node, side_by_side
 from portmapctl.ops.owners import node_rows, read_owners, unsure_warnings
 
 if TYPE_CHECKING:
+    from portmapctl.iptables.foreign import ChainReader
     from portmapctl.nftables.ruleset import Ruleset
 
 
@@ -78,6 +79,16 @@ def read_tables(node: Node, with_nft: bool = False) -> NodeTables:
     return NodeTables(tables, other_tables, flavours, tuple(notes), nft_live)
 
 
+def _other_readers(read: NodeTables) -> Optional[Tuple[str, Dict[int, ChainReader]]]:
+    """The other flavour's tables (read for split brain) as ops/owners.py reads them:
+    another tool's rules there may take mapped ports."""
+    if read.flavours is None or not read.other_tables:
+        return None
+    from portmapctl.iptables.foreign import table_reader
+
+    return read.flavours[1], {f: table_reader(t) for f, t in read.other_tables.items()}
+
+
 def check_node(node: Node) -> CheckResult:
     """Check the whole node against its CNI cache (see the module doc).
 
@@ -104,7 +115,11 @@ def _check_node(
     # names plain gc would be refused.
     fixes = fixes_for(node, bool(attachments))
     found = inventory.build(tables, attachments)
-    from portmapctl.ops.check.crossed import contested_problems, hook_problems
+    from portmapctl.ops.check.crossed import (
+        contested_problems,
+        hook_problems,
+        other_flavour_problems,
+    )
     from portmapctl.ops.check.nft import nft_problems
 
     nft = nft_problems(node, tables, attachments, fixes, read.nft_live)
@@ -132,8 +147,11 @@ def _check_node(
     problems += nft_found
     # The ports' other owners, read once: problems here, the rows' statuses below.
     nft_rows = nft.found.mappings if nft.found is not None else ()
-    owners = read_owners(node, tables, found.mappings, nft_rows, read.nft_live)
+    owners = read_owners(
+        node, tables, found.mappings, nft_rows, read.nft_live, _other_readers(read)
+    )
     problems += contested_problems(found, nft.found, read.nft_live, fixes, owners)
+    problems += other_flavour_problems(found, nft.found, read.nft_live, owners)
     problems += hook_problems(read.nft_live, owners)
     compared += nft_compared
     if attachments is None:
