@@ -39,7 +39,8 @@ hook (nf_nat_inet_fn), the plugin's too; no later rule of its table sees the pac
 (the port is left alone, as after a dnat a later hook never sees it); `return` sends its packets back (no later rule of that chain sees
 them); jumps and gotos are walked, each chain once per path. A goto ends its chain
 only for the packets it sends (`meta l4proto udp goto x`: tcp goes on to the next
-rule); the end of the chain it went to returns to the caller's caller.
+rule); the end of the chain it went to returns to the caller's caller. What falls off
+the base chain (or returns from it) meets its policy: `policy drop` takes it.
 """
 
 from __future__ import annotations
@@ -167,10 +168,14 @@ def _walked(
     chains: Dict[str, List[Dict[str, Any]]] = {}
     maps: Dict[str, Any] = {}
     sets: Dict[str, Any] = {}
+    policy = None
     for obj in json.loads(listing).get("nftables", ()):
         rule = obj.get("rule") if isinstance(obj, dict) else None
         if isinstance(rule, dict):
             chains.setdefault(str(rule.get("chain")), []).append(rule)
+        base = obj.get("chain") if isinstance(obj, dict) else None
+        if isinstance(base, dict) and base.get("name") == chain:
+            policy = base.get("policy")
         named = obj.get("map") if isinstance(obj, dict) else None
         if isinstance(named, dict) and named.get("map") == "verdict":
             maps[f"@{named.get('name')}"] = named.get("elem", [])
@@ -187,6 +192,11 @@ def _walked(
     walk.dest = dest
     walk.kube = table == _KUBE_TABLE
     walk.chain(chain, None, None, None, frozenset())
+    if policy == "drop":
+        # What no rule took or accepted falls off the base chain (or returns from it)
+        # to its policy: NF_DROP ends the packet in nf_nat_inet_fn, the plugin's chain
+        # never sees it (an interop test sends the packets).
+        walk._take(None, None, f"{chain}: policy drop", frozenset())
     return walk.taken, {k: v for k, v in walk.unsure.items() if k not in walk.taken}
 
 

@@ -148,6 +148,41 @@ def test_another_tables_accept_leaves_the_port_and_its_drop_takes_it(
     ]
 
 
+# A firewall's nat chain that lets through only what it accepts.
+POLICY_DROP = """table ip handmade {
+  chain pre {
+    type nat hook prerouting priority dstnat - 10; policy drop;
+    tcp dport 8080 accept
+  }
+}
+"""
+
+
+def test_another_tables_policy_drop_takes_what_it_does_not_accept(
+    node: Tuple[str, str], tmp_path: Path
+) -> None:
+    """`policy drop` on another table's nat chain: what no rule of it accepts is
+    dropped (8081, 8084: no rule names them), the accepted port reaches the plugin's
+    DNAT. 0.1 (and the walk that judged only rules): every port `ok`, check healthy."""
+    rp.require(rp.plugin_available())
+    node_ns, client = node
+    ports = _ports(8080, 8081, 8084)
+    conf = rp.plugin_conf("podman", [f"{CTR_IP}/16"], ports)
+    rp.run_plugin("ADD", node_ns, CID, conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, [f"{CTR_IP}/16"])
+    upstream.nft(node_ns, "-f", "-", stdin=POLICY_DROP)
+    args = ["--netns", node_ns, "--cni-cache-dir", str(tmp_path), "--family", "4"]
+
+    reached = {port: _reached(client, port) for port in (8080, 8081, 8084)}
+    assert reached == {8080: True, 8081: False, 8084: False}
+    assert _statuses(args) == {port: ["ok"] if reached[port] else ["shadowed"] for port in reached}
+    done = pmctl.run(["check", *args, "-o", "json"])
+    assert done.returncode == 1, done.stdout + done.stderr
+    details = sorted(p["detail"] for p in json.loads(done.stdout)["problems"])
+    assert [d.split(" ")[0] for d in details] == ["tcp/8081", "tcp/8084"]
+    assert all(d.endswith("pre: policy drop") for d in details), details
+
+
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_an_iptables_accept_or_return_leaves_an_nftables_mapping_alone(
     node: Tuple[str, str], tmp_path: Path, mode: rp.Mode

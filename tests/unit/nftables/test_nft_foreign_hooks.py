@@ -70,6 +70,19 @@ def test_accept_leaves_its_table_and_drop_takes_the_port() -> None:
     )
 
 
+def test_a_base_chains_policy_drop_takes_what_falls_off_it() -> None:
+    """`policy drop` on another table's nat chain (nft allows it; iptables' nat does
+    not): what no rule takes or accepts meets it and is dropped (the kernel's
+    nf_nat_inet_fn returns NF_DROP), 8081 too, which no rule names; what an accept lets
+    out (22) reaches the plugin's chain; 9090's accept from 10.0.0.0/8 only: maybe."""
+    listing, text = _table("ip-policy-drop")
+    wanted = frozenset({("tcp", 22), ("tcp", 8080), ("tcp", 8081), ("tcp", 9090)})
+    assert foreign._walked(listing, text, "pre", wanted, "fw", 4, None) == (
+        {("tcp", 8080): "tcp dport 8080 dnat to 10.0.0.9:80", ("tcp", 8081): "pre: policy drop"},
+        {("tcp", 9090): "pre: policy drop"},
+    )
+
+
 def test_firewalld_default_nat_chains_take_nothing() -> None:
     """firewalld's nat_PREROUTING (iifname goto, empty zone chains): nothing, whatever
     the port; and its hook runs at dstnat + 10, after the plugin's."""
