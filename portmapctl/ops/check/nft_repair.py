@@ -5,6 +5,8 @@ iptables. What they compare against is ops/check/nft.py's."""
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
     from portmapctl.nftables.ruleset import Ruleset
 
 
+# How far a file's modification time (the kernel's coarse clock) may lag time.time_ns().
+_CLOCK_SLACK_NS = 50_000_000
+
+
 class _CacheAgain:
     """The nft-backed cache entries a repair plans from, as the cache holds them after
     the tables were read, for every container whose rules a plan changes.
@@ -35,12 +41,17 @@ class _CacheAgain:
     again without every container whose entry is gone, a zombie, no longer nft-backed
     or changed: the plugin ran for it meanwhile, maybe after the tables were read
     (planned from its new entry, the repair would add the rules the plugin's ADD is
-    adding: each twice). Every try reads them again (converge_nft reads the tables
-    first). The check after judges them by the entry read again (`now`)."""
+    adding: each twice). An entry written again since the repair began is changed
+    too, whatever it holds (the same address again: a static IP). Every try reads
+    them again (converge_nft reads the tables first). The check after judges them by
+    the entry read again (`now`)."""
 
     def __init__(self, node: Node, expected: Sequence[Attachment]) -> None:
         self.node = node
         self.expected = list(expected)
+        # Before any read of the tables a plan is made from. A file's modification
+        # time comes from the kernel's coarse clock, up to a tick behind this one.
+        self.since = time.time_ns() - _CLOCK_SLACK_NS
         self.now: Dict[str, Optional[Attachment]] = {}  # by path, as read again
         self.left_alone: Set[str] = set()  # paths whose entry is not as first read
 
@@ -72,9 +83,17 @@ class _CacheAgain:
                 and now.mapping.backend != "iptables"
             )
             self.now[a.path] = now if kept else None
-            if not kept or now.mapping != a.mapping:  # type: ignore[union-attr]
+            if not kept or now.mapping != a.mapping or self._written_since(a.path):  # type: ignore[union-attr]
                 self.left_alone.add(a.path)
         return self.configs() != before
+
+    def _written_since(self, path: str) -> bool:
+        """Whether libcni wrote the entry after the repair began (it writes it after the
+        plugin's ADD is done): then that ADD may have come after the tables' read."""
+        try:
+            return os.stat(path).st_mtime_ns >= self.since
+        except OSError:
+            return True  # (gone again: the plugin is running for it)
 
     def refreshed(self, attachments: Sequence[Attachment]) -> List[Attachment]:
         """`attachments` with each entry read again as it was read (gone: left out)."""
