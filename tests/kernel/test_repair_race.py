@@ -8,6 +8,8 @@ again for every chain a plan changes). Real plugin, real iptables, both flavours
 from __future__ import annotations
 
 import ipaddress
+import os
+import time
 from typing import Callable, List, Optional
 
 import pytest
@@ -173,3 +175,39 @@ def test_a_container_deleted_before_the_table_was_read_is_not_made_again(
     assert "10.88.0.12" not in saved and chain_name("racenet", "back", "DN-") not in saved
     node.check("live1")
     assert [p for p in result.problems if p.container_id == "back"] == []
+
+
+def test_the_plugins_del_of_one_interface_before_the_table_was_read_is_not_made_again(
+    host_ns: str, tmp_path
+) -> None:
+    """A pod attached to one network twice (net1, net2: one chain, both ADDs appended
+    to it). The plugin's DEL of net1 (it deletes the whole chain, net2's rules too;
+    then libcni drops net1's entry) after the repair read the cache and before it read
+    the table: the chain was made again from both entries read first, net1's DNAT to
+    its gone address back. net2's entry is still there, so the chain is made, as the
+    plugin's ADD of net2 alone makes it (its CHECK passes), without net1's rules."""
+    rp.require(rp.mode_available("nft"))
+    cache = tmp_path / "multus"
+    cid, confs = "5f0d" * 16, {}
+    stamp = time.time() - 60
+    for ifname, ip, port in (("net1", "10.77.0.5/16", 8080), ("net2", "10.77.0.6/16", 9090)):
+        conf = confs[ifname] = rp.plugin_conf("racenet", [ip], _ports(port))
+        conf["prevResult"]["interfaces"][0]["name"] = ifname  # the delegate's interface
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="nft", ifname=ifname, check=True)
+        path = rp.write_cni_cache(cache, "racenet", cid, ifname, conf, _ports(port), [ip])
+        stamp += 1
+        os.utime(path, (stamp, stamp))
+
+    def deleted() -> None:
+        rp.run_plugin("DEL", host_ns, cid, confs["net1"], mode="nft", ifname="net1", check=True)
+        (cache / "results" / f"racenet-{cid}-net1").unlink()
+
+    options = NodeOptions(iptables="nft", families=(4,), netns=host_ns, cache_dirs=(str(cache),))
+    racing = Node(options, Racing(RestoreBackend("nft"), deleted, True))  # type: ignore[arg-type]
+    with netns.entered(host_ns):
+        repair(racing, flush_udp=False)
+    saved = rp.strip_save_comments(rp.save(host_ns, 4, "nft"))
+    assert "10.77.0.5" not in saved and "dport 8080" not in saved, saved
+    assert "--dport 9090 -j DNAT --to-destination 10.77.0.6:80" in saved, saved
+    for done in rp.run_check(host_ns, cid, confs["net2"], mode="nft", ifname="net2"):
+        assert done.returncode == 0, done.stdout + done.stderr

@@ -118,10 +118,12 @@ class _CacheNow:
     def __init__(self, node: Node, attachments: Sequence[Attachment]) -> None:
         self.node = node
         self.paths: Dict[str, List[str]] = {}  # by chain: one entry per interface
+        self.first: Dict[str, List[Attachment]] = {}  # ... as read first
         for attachment in attachments:
             if attachment.mapping is not None:
                 name = dnat_chain_name(attachment.mapping)
                 self.paths.setdefault(name, []).append(attachment.path)
+                self.first.setdefault(name, []).append(attachment)
         self.now: Dict[str, List[Attachment]] = {}  # by chain, as read again (gone: [])
         self.by_path: Dict[str, Optional[Attachment]] = {}  # each entry read again
         self.reads = 0  # cache entries read again (for tests)
@@ -158,16 +160,18 @@ class _CacheNow:
         return txn if again == these else setup(live, again)
 
     def _gone(self, configs: Sequence[MappingConfig]) -> None:
-        """The chains to be made whose every cache entry is gone since the cache was read:
-        the plugin's DEL of their container (libcni removes the entry after it) before
-        the table was read, which would otherwise be made again. Only asked whether the
-        files are there (a repair of 5,000 missing containers: 15 ms), not read: a
-        container added again meanwhile has its chain by then, and the -N fails."""
+        """The chains to be made some of whose cache entries are gone since the cache
+        was read: the plugin's DEL of their container (libcni removes the entry after
+        it) before the table was read, which would otherwise be made again; of one
+        interface of a pod on the network twice (the DEL deletes the whole chain), made
+        from the other interfaces' entries alone. Only asked whether the files are there
+        (a repair of 5,000 missing containers: 15 ms), not read: a container added
+        again meanwhile has its chain by then, and the -N fails."""
         for name in {dnat_chain_name(c) for c in configs} - set(self.now):
-            paths = self.paths.get(name, ())
-            if paths and not any(os.path.exists(path) for path in paths):
-                self.by_path.update(dict.fromkeys(paths))
-                self.now[name] = []
+            gone = [path for path in self.paths.get(name, ()) if not os.path.exists(path)]
+            if gone:
+                self.by_path.update(dict.fromkeys(gone))
+                self.now[name] = [a for a in self.first[name] if a.path not in gone]
 
     def _read_again(self, configs: Sequence[MappingConfig]) -> None:
         from portmapctl.cni.cache import read_entries
