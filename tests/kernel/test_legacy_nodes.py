@@ -179,3 +179,33 @@ def test_gc_on_a_node_without_nft_removes_the_dead_iptables_chains(host_ns, tmp_
         " the plugin's nftables backend"
     ]
     assert rp.nat_rules(rp.save(host_ns, 4, "legacy")) == before
+
+
+def test_a_legacy_node_without_an_nf_tables_nat_table_runs_no_iptables_nft(host_ns, tmp_path):
+    """list, check and gc on a legacy node look at the other flavour (split brain, the
+    chains-elsewhere warnings, other tools' rules there); iptables-nft ran for it even
+    where nf_tables holds no nat table at all, a process per family and per command.
+    Its nat table is now asked of the kernel first (one netlink round trip): nothing of
+    iptables-nft runs here, and the run's results are unchanged."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], PORTS)
+    rp.run_plugin("ADD", host_ns, "leg1", conf, mode="legacy", check=True)
+    rp.write_cni_cache(tmp_path / "cni", "mynet", "leg1", "eth0", conf, PORTS, ["10.88.0.5/16"])
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    log = tmp_path / "ran"
+    for tool in ("iptables-nft", "iptables-nft-save", "ip6tables-nft", "ip6tables-nft-save"):
+        shim = shims / tool
+        shim.write_text(f'#!/bin/sh\necho {tool} "$@" >> {log}\nexec /usr/sbin/{tool} "$@"\n')
+        shim.chmod(0o755)
+    env = {"PATH": f"{shims}:{os.environ['PATH']}"}
+    node = ["--netns", host_ns, "--iptables", "legacy", "--cni-cache-dir", str(tmp_path / "cni")]
+    for command in (["list"], ["check"], ["gc", "--yes", "--min-age", "0"]):
+        done = run([*command, *node], env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert not log.exists(), log.read_text()
+    # Where nf_tables has a nat table, it is looked at as before.
+    rp._run(
+        ["ip", "netns", "exec", host_ns, "iptables-nft", "-t", "nat", "-N", "OTHER"], check=True
+    )
+    assert run(["list", *node], env=env).returncode == 0
+    assert "iptables-nft" in log.read_text()

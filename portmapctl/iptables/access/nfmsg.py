@@ -159,6 +159,16 @@ def tables_present(families: Sequence[int], table: str) -> Tuple[int, ...]:
         return ()
 
 
+def table_present(family: int, table: str) -> bool:
+    """Whether `table` exists in `family` here; True where that cannot be asked (no
+    netfilter netlink): then the caller reads, as before."""
+    try:
+        with nfgen.open_socket() as sock:
+            return table_chains(sock, family, table) > 0
+    except OSError:
+        return True
+
+
 def table_chains(sock: socket.socket, family: int, table: str) -> int:
     """How many chains `table` holds (NFTA_TABLE_USE of NFT_MSG_GETTABLE): about the
     number of containers of a plugin's nat table, one round trip. 0: no such table."""

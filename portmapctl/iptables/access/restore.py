@@ -139,9 +139,15 @@ class RestoreBackend:
 
         `iptables-legacy-save` creates empty legacy tables where there were none (and
         iptables-nft then warns about them forever), so the legacy flavour asks the
-        kernel's list of x_tables instead. Reading nf_tables creates nothing.
-        """
-        return self.flavour == "nft" or legacy_nat_present(family)
+        kernel's list of x_tables instead. Reading nf_tables creates nothing, but costs
+        a process: the nft flavour asks the kernel whether its `nat` table is there
+        (one netlink round trip; a legacy node's look at the other flavour runs no
+        iptables-nft where it has no table)."""
+        if self.flavour == "nft":
+            from portmapctl.iptables.access.nfmsg import table_present
+
+            return table_present(family, "nat")
+        return legacy_nat_present(family)
 
     def _skipped(self, family: int) -> bool:
         """Whether a read of `family` is answered as empty, nothing run (see
