@@ -166,6 +166,19 @@ def test_list_and_gc_say_when_the_plugins_chains_are_all_in_the_other_flavour(
     assert listed.returncode == 0 and "no portmap chains in" not in listed.stderr, listed.stderr
 
 
+def _half_moved(host_ns: str, cache, ours: str, other: str) -> None:
+    """A node half moved between flavours: ctrA's chain in `ours`, ctrB's (live, cached)
+    and ctrC's (dead: no cache entry) in `other`, each DNATing in the kernel."""
+    for cid, address, port, mode in (("ctrA", "10.88.0.5/16", 8080, ours),
+                                     ("ctrB", "10.88.0.6/16", 8081, other),
+                                     ("ctrC", "10.88.0.7/16", 8082, other)):  # fmt: skip
+        ports = [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]
+        conf = rp.plugin_conf("mynet", [address], ports)
+        rp.run_plugin("ADD", host_ns, cid, conf, mode=mode, check=True)
+        if cid != "ctrC":
+            rp.write_cni_cache(cache, "mynet", cid, "eth0", conf, ports, [address])
+
+
 @pytest.mark.parametrize(("other", "ours"), [("legacy", "nft"), ("nft", "legacy")])
 def test_list_and_gc_say_when_some_containers_chains_are_in_the_other_flavour(
     host_ns, tmp_path, other, ours
@@ -177,14 +190,7 @@ def test_list_and_gc_say_when_some_containers_chains_are_in_the_other_flavour(
     names the other flavour's entered chains on stderr (gc's JSON warnings too), and
     still changes nothing there."""
     cache = tmp_path / "cni"
-    for cid, address, port, mode in (("ctrA", "10.88.0.5/16", 8080, ours),
-                                     ("ctrB", "10.88.0.6/16", 8081, other),
-                                     ("ctrC", "10.88.0.7/16", 8082, other)):  # fmt: skip
-        ports = [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]
-        conf = rp.plugin_conf("mynet", [address], ports)
-        rp.run_plugin("ADD", host_ns, cid, conf, mode=mode, check=True)
-        if cid != "ctrC":
-            rp.write_cni_cache(cache, "mynet", cid, "eth0", conf, ports, [address])
+    _half_moved(host_ns, cache, ours, other)
     args = ["--netns", host_ns, "--family", "4", "--cni-cache-dir", str(cache), "--iptables", ours]
     said = (
         f"portmapctl: warning: the iptables-{other} tables also hold 2 container chain(s)"
@@ -217,14 +223,7 @@ def test_check_names_the_other_flavours_chains_the_cache_does_not(host_ns, tmp_p
     does not, and how to see and remove them; nothing changes there."""
     cache = tmp_path / "cni"
     (cache / "results").mkdir(parents=True)
-    for cid, address, port, mode in (("ctrA", "10.88.0.5/16", 8080, ours),
-                                     ("ctrB", "10.88.0.6/16", 8081, other),
-                                     ("ctrC", "10.88.0.7/16", 8082, other)):  # fmt: skip
-        ports = [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]
-        conf = rp.plugin_conf("mynet", [address], ports)
-        rp.run_plugin("ADD", host_ns, cid, conf, mode=mode, check=True)
-        if cid != "ctrC":
-            rp.write_cni_cache(cache, "mynet", cid, "eth0", conf, ports, [address])
+    _half_moved(host_ns, cache, ours, other)
     args = ["--netns", host_ns, "--family", "4", "--iptables", ours]
     note = (
         f"the iptables-{other} tables hold 1 container chain(s) that this check"
