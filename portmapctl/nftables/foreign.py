@@ -26,7 +26,7 @@ so the usual node (the plugin's tables, iptables-nft's `nat`) pays nothing more.
 
 No false alarms, as iptables/foreign.py: a rule counts only when every condition on
 it and on the jumps that led to it holds for every packet the plugin's entry takes
-(`_conditions`: a protocol, a destination port set or range covering the port,
+(foreign_rule.py `conditions`: a protocol, a destination port set or range covering the port,
 `fib daddr type local`, `ip daddr` as above, counters, comments; a named port
 set, `tcp dport @ports`, by the elements it holds now, intervals too; a `dnat to tcp
 dport map @m` takes only the ports its map has a value for); a rule with
@@ -62,17 +62,20 @@ from typing import (
 )
 
 from portmapctl.iptables.foreign import PortsLeft, Ranges, intersect
+from portmapctl.nftables.foreign_rule import (
+    LEAVES,
+    SINGLE,
+    TAKES,
+    ReadRule,
+    conditions,
+    partial,
+    vmap_element,
+)
 from portmapctl.nftables.hooks import IPTABLES_PRIORITY, Hook, live_hooks
 
 # The families (4, 6) of the packets a table's hooks see, by the table's family.
 _SEES = {"inet": (4, 6), "ip": (4,), "ip6": (6,)}
 _DEPTH = 16
-# What decides a new connection's NAT at this hook (or ends the packet): a `dnat`, a
-# `redirect`, a `drop`. An `accept` only leaves its table: the kernel then calls the
-# next nat chain at the hook point (nf_nat_inet_fn), the plugin's included.
-_TAKES = frozenset({"dnat", "redirect", "drop"})
-_LEAVES = "accept"
-_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
 
 ProtoPort = Tuple[str, int]
 # (family 4/6, protocol, host port) -> (the hook's priority, the rule as `nft list`
@@ -210,14 +213,6 @@ def _printed(text: str) -> Dict[int, str]:
     return found
 
 
-class _Rule(NamedTuple):
-    proto: Optional[str]
-    ports: Ranges
-    verdict: str  # dnat, redirect, accept, jump, goto, return, vmap, "" (none)
-    target: Optional[str]  # a chain; for vmap the map: `@name` or its inline elements
-    elements: Any = None
-
-
 # kube-proxy's nftables mode: a NodePort's `meta l4proto . th dport vmap
 # @service-nodeports` sends it to `external-...` (or `service-...`), which DNATs to an
 # endpoint or drops it: either way the container gets none of it (as KUBE-EXT- in
@@ -265,7 +260,7 @@ class _Walk(PortsLeft):
         for obj in self.chains.get(name, ()):
             if not self.left:
                 return True
-            rule = _conditions(obj.get("expr", ()), self.family, self.sets, self.dest)
+            rule = conditions(obj.get("expr", ()), self.family, self.sets, self.dest)
             if rule is None:
                 self._maybe(obj, proto, ports, path, returned)
                 continue
@@ -277,9 +272,9 @@ class _Walk(PortsLeft):
                 continue
             text = self.printed.get(obj.get("handle", -1), f"handle {obj.get('handle')}")
             reported = named or (text if rule.ports is not None else None)
-            if rule.verdict in _TAKES:
+            if rule.verdict in TAKES:
                 self._take(rule_proto, rule_ports, reported or text, returned)
-            elif rule.verdict == _LEAVES:
+            elif rule.verdict == LEAVES:
                 self._leave(rule_proto, rule_ports, returned)
             elif rule.verdict == "return":
                 if rule.proto is None and rule.ports is None:
@@ -311,16 +306,16 @@ class _Walk(PortsLeft):
         """A rule that cannot be judged: the ports it would take if its other conditions
         held are ports nobody can say get all their packets (`unsure`); the chain a
         jump or goto of it reaches is walked in doubt (what it takes, it takes maybe)."""
-        rule = _partial(obj.get("expr", ()), self.family, self.sets, self.dest)
+        rule = partial(obj.get("expr", ()), self.family, self.sets, self.dest)
         if rule is None or (proto and rule.proto not in (None, proto)):
             return
         rule_ports = intersect(ports, rule.ports)
         if rule_ports == ():
             return
         text = self.printed.get(obj.get("handle", -1), f"handle {obj.get('handle')}")
-        if rule.verdict in _TAKES:
+        if rule.verdict in TAKES:
             self._doubted(rule.proto or proto, rule_ports, text, returned)
-        elif rule.verdict == _LEAVES:
+        elif rule.verdict == LEAVES:
             self.escaped |= self._covered(rule.proto or proto, rule_ports) - returned
         elif rule.verdict in ("jump", "goto") and rule.target and rule.target not in path:
             if len(path) < _DEPTH:
@@ -353,7 +348,7 @@ class _Walk(PortsLeft):
 
     def _vmap(
         self,
-        rule: _Rule,
+        rule: ReadRule,
         proto: Optional[str],
         ports: Ranges,
         text: str,
@@ -364,11 +359,11 @@ class _Walk(PortsLeft):
         is a protocol and a port with its verdict. A packet no element matches goes on
         to the next rule, so the walk goes on after this one; the ports of `goto` and
         `return` elements never come back to it (returned)."""
-        alone = rule.target == _SINGLE
+        alone = rule.target == SINGLE
         elements = rule.elements if alone or not rule.target else self.maps.get(rule.target, ())
         gone: FrozenSet[ProtoPort] = frozenset()
         for element in elements or ():
-            key, verdict = _element(element, rule.proto or "*" if alone else None)
+            key, verdict = vmap_element(element, rule.proto or "*" if alone else None)
             if key is None or (proto and key[0] not in (None, proto)):
                 continue
             port_ranges = intersect(ports, ((key[1], key[1]),))
@@ -376,14 +371,14 @@ class _Walk(PortsLeft):
                 continue
             kind, target = verdict
             key_proto = key[0] or proto
-            if kind in _TAKES or (
+            if kind in TAKES or (
                 kind in ("jump", "goto") and target and target.startswith(_KUBE_SERVICE)
                 and self.kube
             ):  # fmt: skip
                 named = str(key[1]) if alone else f"{key[0]} . {key[1]}"
                 element_text = f"{named} : {kind}" + (f" {target}" if target else "")
                 self._take(key_proto, port_ranges, f"{text} ({element_text})", returned)
-            elif kind == _LEAVES:
+            elif kind == LEAVES:
                 self._leave(key_proto, port_ranges, returned)
             elif kind in ("jump", "goto") and target and target not in path:
                 if len(path) < _DEPTH:
@@ -391,266 +386,6 @@ class _Walk(PortsLeft):
             if kind in ("goto", "return"):
                 gone = gone | self._covered(key_proto, port_ranges)
         return gone
-
-
-_NFPROTO_NAMES = {"ipv4": 4, "ipv6": 6}
-_NAT_FAMILIES = {"ip": 4, "ip6": 6}
-
-
-def _conditions(
-    exprs: Iterable[Any],
-    family: int = 4,
-    sets: Optional[Dict[str, Any]] = None,
-    dest: Optional[str] = None,
-) -> Optional[_Rule]:
-    """The rule's protocol, ports and verdict, or None when a condition is not benign.
-    `sets`: the table's named port sets (`@name` -> an anonymous set of its elements).
-    `dest`: the host IP the packets are for (None: any of the node's not loopback)."""
-    proto: Optional[str] = None
-    ports: Ranges = None
-    for expr in exprs:
-        if not isinstance(expr, dict) or len(expr) != 1:
-            return None
-        ((kind, value),) = expr.items()
-        if kind == "counter":
-            continue
-        if kind in _TAKES or kind in ("return", _LEAVES):
-            nat_family = value.get("family") if isinstance(value, dict) else None
-            if _NAT_FAMILIES.get(str(nat_family), family) != family:
-                # `dnat ip to` in an inet table leaves IPv6 packets alone.
-                return _Rule(proto, ports, "", None)
-            mapped = _mapped(value)
-            if mapped is not None:
-                # A packet whose port the map has no value for goes on untouched.
-                return _mapped_rule(proto, ports, kind, mapped, sets)
-            return _Rule(proto, ports, kind, None)
-        if kind in ("jump", "goto"):
-            target = value.get("target") if isinstance(value, dict) else None
-            return _Rule(proto, ports, kind, str(target) if target else None)
-        if kind == "vmap":
-            return _vmap_rule(proto, ports, value)
-        if kind == "match" and _nfproto_match(value) is not None:
-            if _nfproto_match(value) != family:
-                return _Rule(proto, (), "", None)  # the other family's rule
-            continue
-        holds = _daddr_holds(value, family, dest) if kind == "match" else None
-        if holds is not None:
-            # (kube-proxy's NodePorts: `ip daddr != 127.0.0.0/8`; netavark's mapping on
-            # one host IP: `ip daddr 192.168.5.5`.)
-            if not holds:
-                return _Rule(proto, (), "", None)  # matches none of the walk's packets
-            continue
-        if kind != "match" or not isinstance(value, dict) or value.get("op") not in ("==", "in"):
-            return None
-        left, right = value.get("left"), value.get("right")
-        if not isinstance(left, dict):
-            return None
-        payload, meta, fib = left.get("payload"), left.get("meta"), left.get("fib")
-        if isinstance(payload, dict) and payload.get("field") == "dport":
-            protocol = payload.get("protocol")
-            if protocol in _PROTOCOLS:
-                if proto is not None and proto != protocol:
-                    return _Rule(proto, (), "", None)  # matches no packet
-                proto = str(protocol)
-            elif protocol != "th":
-                return None
-            if isinstance(right, str) and sets is not None:
-                right = sets.get(right, right)
-            found = _ranges(right)
-            if found is None:
-                return None
-            ports = intersect(ports, found)
-        elif isinstance(meta, dict) and meta.get("key") == "l4proto" and right in _PROTOCOLS:
-            if proto is not None and proto != right:
-                return _Rule(proto, (), "", None)
-            proto = str(right)
-        elif (
-            isinstance(fib, dict)
-            and fib.get("result") == "type"
-            and fib.get("flags") == ["daddr"]
-            and right == "local"
-        ):
-            continue  # the plugin's entry matches only local destinations too
-        else:
-            return None
-    return _Rule(proto, ports, "", None)
-
-
-_VERDICTS = _TAKES | {_LEAVES, "return", "jump", "goto", "vmap", "counter"}
-
-
-def _partial(
-    exprs: Iterable[Any], family: int, sets: Optional[Dict[str, Any]], dest: Optional[str] = None
-) -> Optional[_Rule]:
-    """A rule `_conditions` cannot judge, read as if the conditions it cannot judge
-    held (its protocol, ports and verdict as far as they can be read)."""
-    kept = [
-        expr
-        for expr in exprs
-        if isinstance(expr, dict)
-        and (set(expr) & _VERDICTS or _conditions([expr], family, sets, dest) is not None)
-    ]
-    return _conditions(kept, family, sets, dest)
-
-
-def _mapped(value: Any) -> Optional[Dict[str, Any]]:
-    """The map of `dnat to tcp dport map { 9000 : 10.0.0.9 }` (its address or port),
-    or None when the rule's target is plain."""
-    for part in value.values() if isinstance(value, dict) else ():
-        if isinstance(part, dict) and isinstance(part.get("map"), dict):
-            return part["map"]
-    return None
-
-
-def _mapped_rule(
-    proto: Optional[str],
-    ports: Ranges,
-    kind: str,
-    mapped: Dict[str, Any],
-    sets: Optional[Dict[str, Any]],
-) -> Optional[_Rule]:
-    """A dnat/redirect through a map keyed by the destination port takes the ports
-    the map has values for; keyed by anything else, it cannot be judged (None)."""
-    left = mapped.get("key")
-    payload = left.get("payload") if isinstance(left, dict) else None
-    data = mapped.get("data")
-    if not isinstance(payload, dict) or payload.get("field") != "dport":
-        return None
-    protocol = payload.get("protocol")
-    if protocol not in _PROTOCOLS and protocol != "th":
-        return None
-    if isinstance(data, str):
-        data = (sets or {}).get(data)
-    elif isinstance(data, dict) and isinstance(data.get("set"), list):
-        data = {"set": [e[0] if isinstance(e, list) and e else e for e in data["set"]]}
-    found = _ranges(data)
-    if found is None:
-        return None
-    if protocol in _PROTOCOLS:
-        if proto is not None and proto != protocol:
-            return _Rule(proto, (), "", None)
-        proto = str(protocol)
-    return _Rule(proto, intersect(ports, found), kind, None)
-
-
-_SINGLE = "{ports}"  # _Rule.target of a vmap keyed by the port alone (inline elements)
-_PORT_KEY = [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]
-
-
-def _vmap_rule(proto: Optional[str], ports: Ranges, value: Any) -> Optional[_Rule]:
-    """`meta l4proto . th dport vmap @map` or `vmap { tcp . 8080 : goto x, ... }`, and
-    `tcp dport vmap { 8080 : accept }` (inline: its elements are ports alone); any
-    other key (addresses: kube-proxy's ClusterIPs) is not judged."""
-    if not isinstance(value, dict):
-        return None
-    key, data = value.get("key"), value.get("data")
-    single = key.get("payload") if isinstance(key, dict) else None
-    if isinstance(single, dict) and single.get("field") == "dport":
-        protocol = single.get("protocol")
-        if protocol in _PROTOCOLS:
-            if proto is not None and proto != protocol:
-                return _Rule(proto, (), "", None)
-            proto = str(protocol)
-        elif protocol != "th":
-            return None
-        if isinstance(data, dict) and isinstance(data.get("set"), list):
-            return _Rule(proto, ports, "vmap", _SINGLE, data["set"])
-        return None
-    if key != {"concat": _PORT_KEY}:
-        return None
-    if isinstance(data, str) and data.startswith("@"):
-        return _Rule(proto, ports, "vmap", data)
-    if isinstance(data, dict) and isinstance(data.get("set"), list):
-        return _Rule(proto, ports, "vmap", None, data["set"])
-    return None
-
-
-def _element(
-    element: Any, single: Optional[str] = None
-) -> Tuple[Optional[Tuple[Optional[str], int]], Tuple[str, Optional[str]]]:
-    """A vmap element `[{"concat": ["tcp", 30080]}, {"goto": {"target": "x"}}]` ->
-    ((protocol, port), (verdict, chain)); (None, ...) when it is no such pair. A port
-    alone (`tcp dport vmap`) gets `single`, the rule's protocol (None: any)."""
-    nothing: Tuple[Optional[Tuple[Optional[str], int]], Tuple[str, Optional[str]]] = (
-        None,
-        ("", None),
-    )
-    if not isinstance(element, list) or len(element) != 2:
-        return nothing
-    key, verdict = element
-    if single is not None and isinstance(key, int) and not isinstance(key, bool):
-        key = {"concat": [single, key]}
-    pair = key.get("concat") if isinstance(key, dict) else None
-    if not isinstance(pair, list) or len(pair) != 2 or not isinstance(verdict, dict):
-        return nothing
-    proto, port = pair
-    if proto not in (*_PROTOCOLS, single) or not isinstance(port, int) or isinstance(port, bool):
-        return nothing
-    if len(verdict) != 1:
-        return nothing
-    ((kind, detail),) = verdict.items()
-    target = detail.get("target") if isinstance(detail, dict) else None
-    any_proto = proto == "*"  # `th dport vmap`: every protocol
-    return (None if any_proto else str(proto), port), (str(kind), str(target) if target else None)
-
-
-def _nfproto_match(value: Any) -> Optional[int]:
-    """`meta nfproto ipv4` (firewalld's forward ports in its inet table): 4 or 6."""
-    if not isinstance(value, dict) or value.get("op") != "==":
-        return None
-    if value.get("left") != {"meta": {"key": "nfproto"}}:
-        return None
-    return _NFPROTO_NAMES.get(str(value.get("right")))
-
-
-def _daddr_holds(value: Any, family: int, dest: Optional[str]) -> Optional[bool]:
-    """Whether a match of `ip daddr` (`ip6 daddr`) with an address or a prefix holds
-    for the walk's packets, those of `family` for host IP `dest` (None: any address of
-    the node that is not loopback): True for all of them, False for none, None when
-    it is no such match or holds for only some (a set, a range, a map: not judged)."""
-    if not isinstance(value, dict) or value.get("op") not in ("==", "in", "!="):
-        return None
-    left, right = value.get("left"), value.get("right")
-    payload = left.get("payload") if isinstance(left, dict) else None
-    if not isinstance(payload, dict) or payload.get("field") != "daddr":
-        return None
-    version = _NAT_FAMILIES.get(str(payload.get("protocol")))
-    if version is None:
-        return None
-    if version != family:
-        return False  # (an inet table: the other family's packets never match it)
-    prefix = right.get("prefix") if isinstance(right, dict) else None
-    spelled = f"{prefix.get('addr')}/{prefix.get('len')}" if isinstance(prefix, dict) else right
-    if not isinstance(spelled, str):
-        return None
-    from portmapctl.core.mapping import destined
-
-    inside = destined(spelled, dest)
-    if inside is None:
-        return None
-    return inside if value["op"] != "!=" else not inside
-
-
-def _ranges(right: Any) -> Optional[Tuple[Tuple[int, int], ...]]:
-    """A port match's right side: a port, a range, or an anonymous set of them."""
-    if isinstance(right, bool):
-        return None
-    if isinstance(right, int):
-        return ((right, right),)
-    if isinstance(right, dict) and "range" in right:
-        low, high = right["range"]
-        return ((int(low), int(high)),) if isinstance(low, int) and isinstance(high, int) else None
-    if isinstance(right, dict) and isinstance(right.get("elem"), dict):
-        return _ranges(right["elem"].get("val"))  # an element with a counter, timeout...
-    if isinstance(right, dict) and isinstance(right.get("set"), list):
-        found: List[Tuple[int, int]] = []
-        for element in right["set"]:
-            part = _ranges(element)
-            if part is None:
-                return None
-            found.extend(part)
-        return tuple(found)
-    return None  # a map, a set of another table, ...: not judged
 
 
 def run_nft(binary: str) -> Callable[[List[str]], str]:
