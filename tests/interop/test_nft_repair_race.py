@@ -3,7 +3,7 @@ container (its DEL, then its ADD: the same ID, a new address, a new cache entry)
 between the repair's read of the cache and its read of the tables. The repair must
 leave the plugin's fresh rules, never write the old address's back: it reads the cache
 entry of every container its plan changes again, after the tables
-(ops/check/nft_repair._CacheAgain), as the iptables repair does (ops/check/repair._CacheNow,
+(ops/check/nft_repair._CacheAgain), as the iptables repair does (ops/check/cache_now.CacheNow,
 tests/kernel/test_repair_race.py)."""
 
 from __future__ import annotations

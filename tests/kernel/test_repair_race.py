@@ -2,7 +2,7 @@
 same network and ID, so the same chain and entry rule, a new address and a new cache
 entry) between the repair's reads and its write. The repair must leave the plugin's
 fresh rules, never write the old address's back (iptables/planner._rewrite: the rules
-read deleted by text behind a guard; ops/check/repair._CacheNow: the cache entry read
+read deleted by text behind a guard; ops/check/cache_now.CacheNow: the cache entry read
 again for every chain a plan changes). Real plugin, real iptables, both flavours."""
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ applied transactions left them, in memory (`_Planned`)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -16,21 +15,19 @@ from portmapctl.errors import ApplyFailed, BadInput
 from portmapctl.iptables.access import Backend
 from portmapctl.iptables.access.memory import MemoryBackend
 from portmapctl.iptables.chains import (
-    TOPLEVEL_DNAT,
     Chain,
     dnat_chain_name,
 )
 from portmapctl.iptables.planner import plan_setup
 from portmapctl.iptables.ruleset import (
     NatTable,
-    rule_target,
 )
-from portmapctl.iptables.transaction import OpKind, Transaction
+from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.add import after_setup, after_setup_many
+from portmapctl.ops.check.cache_now import CacheNow, changed_mappings
 from portmapctl.ops.check.compare import held_elsewhere
 from portmapctl.ops.check.expected import (
     cached_configs,
-    cached_groups,
     wanted_on_node,
     wanted_sharing,
 )
@@ -48,7 +45,6 @@ from portmapctl.ops.flavour_guard import families_only_in_other_flavour, flavour
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
-    from portmapctl.cni.cache import Attachment
     from portmapctl.nftables.access import NftAccess
     from portmapctl.nftables.ruleset import Ruleset
     from portmapctl.nftables.transaction import Transaction as NftTransaction
@@ -75,12 +71,12 @@ def _setup(wanted: Sequence[Chain], live: NatTable) -> Transaction:
 def _plan(
     configs: Optional[Sequence[MappingConfig]],
     single: Optional[MappingConfig],
-    cache: Optional[_CacheNow] = None,
+    cache: Optional[CacheNow] = None,
     sharing: Sequence[MappingConfig] = (),
 ) -> Callable[[NatTable], Transaction]:
     """The planner for one family: what the check compares against, made to exist.
     `cache`: the cached configs of containers whose chain the plan would change are
-    read again first (`_CacheNow`); `single` (given on the command line) never is, and
+    read again first (`CacheNow`); `single` (given on the command line) never is, and
     `sharing` (run.sharing_of) is what else its chain holds."""
 
     def setup(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
@@ -95,129 +91,6 @@ def _plan(
         return cache.plan(live, configs, setup)
 
     return plan
-
-
-class _CacheNow:
-    """The cached configs a repair plans from, as the cache holds them after the table
-    was read, for every container whose existing chain (or entry rules) a plan changes.
-
-    The cache is read before the tables; a plugin DEL and ADD of one container in
-    between or after (a restart: the same network and ID, so the same chain and entry
-    rule, a new address, a new cache entry) leaves a chain that differs from the
-    config read first. Planned from that config, a repair would rewrite the plugin's
-    fresh rules with the old address's. So once a plan is made, the cache entry of each
-    container whose chain the table holds and the plan writes is read again (after the
-    table: at least as new), and the plan made again from what it says: a container
-    gone, a zombie or now nftables-backed is left alone, one changed is planned as it
-    is now. A refused try (the chain changed after the read) reads both again:
-    `Node.converge` calls the plan with a fresh table. A chain the table lacks is made
-    from the config read first (its -N fails if the plugin made it meanwhile), unless
-    every cache entry of it is gone by then (`_gone`: the plugin's DEL).
-    Remembers what it read (`now`, by chain), for what the repair reports after."""
-
-    def __init__(self, node: Node, attachments: Sequence[Attachment]) -> None:
-        self.node = node
-        self.paths: Dict[str, List[str]] = {}  # by chain: one entry per interface
-        self.first: Dict[str, List[Attachment]] = {}  # ... as read first
-        for attachment in attachments:
-            if attachment.mapping is not None:
-                name = dnat_chain_name(attachment.mapping)
-                self.paths.setdefault(name, []).append(attachment.path)
-                self.first.setdefault(name, []).append(attachment)
-        self.now: Dict[str, List[Attachment]] = {}  # by chain, as read again (gone: [])
-        self.by_path: Dict[str, Optional[Attachment]] = {}  # each entry read again
-        self.reads = 0  # cache entries read again (for tests)
-
-    def current(self, configs: Iterable[MappingConfig]) -> List[MappingConfig]:
-        """`configs` as last read: the configs of a chain whose entries were read again
-        replaced by theirs (none where they are gone)."""
-        found = []
-        replaced = set()
-        for config in configs:
-            name = dnat_chain_name(config)
-            if name not in self.now:
-                found.append(config)
-            elif name not in replaced:
-                replaced.add(name)
-                found += [a.mapping for a in self.now[name]]  # type: ignore[misc]
-        return found
-
-    def plan(
-        self,
-        live: NatTable,
-        configs: Sequence[MappingConfig],
-        setup: Callable[[NatTable, Sequence[MappingConfig]], Transaction],
-    ) -> Transaction:
-        these = self.current(configs)
-        txn = setup(live, these)
-        changed = _changed(txn, these)
-        changing = [c for c in changed if live.has_chain(dnat_chain_name(c))]
-        made = [c for c in changed if not live.has_chain(dnat_chain_name(c))]
-        if changing:
-            self._read_again(changing)
-        self._gone(made)
-        again = self.current(configs)
-        return txn if again == these else setup(live, again)
-
-    def _gone(self, configs: Sequence[MappingConfig]) -> None:
-        """The chains to be made some of whose cache entries are gone since the cache
-        was read: the plugin's DEL of their container (libcni removes the entry after
-        it) before the table was read, which would otherwise be made again; of one
-        interface of a pod on the network twice (the DEL deletes the whole chain), made
-        from the other interfaces' entries alone. Only asked whether the files are there
-        (a repair of 5,000 missing containers: 15 ms), not read: a container added
-        again meanwhile has its chain by then, and the -N fails."""
-        for name in {dnat_chain_name(c) for c in configs} - set(self.now):
-            gone = [path for path in self.paths.get(name, ()) if not os.path.exists(path)]
-            if gone:
-                self.by_path.update(dict.fromkeys(gone))
-                self.now[name] = [a for a in self.first[name] if a.path not in gone]
-
-    def _read_again(self, configs: Sequence[MappingConfig]) -> None:
-        from portmapctl.cni.cache import read_entries
-
-        names = {dnat_chain_name(c) for c in configs}
-        paths = {path: name for name in names for path in self.paths.get(name, ())}
-        self.reads += len(paths)
-        found = read_entries(list(paths), self.node.namespace_view())
-        by_path = {a.path: a for a in found if a.mapping is not None and not a.zombie}
-        for path, name in paths.items():
-            attachment = by_path.get(path)
-            same_chain = attachment is not None and dnat_chain_name(attachment.mapping) == name
-            nft_now = attachment is not None and attachment.mapping.backend == "nftables"
-            self.by_path[path] = attachment if same_chain and not nft_now else None
-        groups = cached_groups(a for p in paths if (a := self.by_path[p]) is not None)
-        for name in names:
-            self.now[name] = groups.get(name, [])
-
-    def refreshed(self, attachments: Sequence[Attachment]) -> List[Attachment]:
-        """`attachments` with each entry read again as it was read (gone: left out)."""
-        found = []
-        for attachment in attachments:
-            if attachment.path in self.by_path:
-                attachment = self.by_path[attachment.path]  # type: ignore[assignment]
-            if attachment is not None:
-                found.append(attachment)
-        return found
-
-
-def _changed(txn: Transaction, configs: Sequence[MappingConfig]) -> List[MappingConfig]:
-    """The mappings a repair (re)made: their chain or entry rules were written, or the
-    jumps into CNI-HOSTPORT-DNAT were (then every mapping of the family was dark)."""
-    touched = set()
-    whole_family = False
-    for op in txn.ops:
-        target = rule_target(op.args) if op.args else None
-        touched.update({op.chain, target})
-        if (op.kind is OpKind.NEW_CHAIN and op.chain == TOPLEVEL_DNAT) or (
-            op.chain in ("PREROUTING", "OUTPUT") and target == TOPLEVEL_DNAT
-        ):
-            whole_family = True
-    return [
-        c
-        for c in configs
-        if txn.family in c.families and (whole_family or dnat_chain_name(c) in touched)
-    ]
 
 
 @dataclass(frozen=True)
@@ -288,7 +161,7 @@ def _in_other_flavour(
 
 
 def _repair_family(
-    node: Node, family: int, configs: Sequence[MappingConfig], cache: Optional[_CacheNow] = None
+    node: Node, family: int, configs: Sequence[MappingConfig], cache: Optional[CacheNow] = None
 ) -> Tuple[List[Transaction], List[Unrepaired]]:
     """Repair one family container by container where needed (SPEC §5: one bad record
     stops nothing). First everything in one transaction, as always; when iptables
@@ -492,7 +365,7 @@ def repair(
     transactions: Dict = {}
     changed: Dict[MappingConfig, Tuple[MappingConfig, List[int]]] = {}
     unrepaired: List[Unrepaired] = []
-    cache = _CacheNow(node, attachments) if attachments is not None else None
+    cache = CacheNow(node, attachments) if attachments is not None else None
     # --backend nftables: iptables is neither looked at nor written (nothing is expected
     # there, and the check before found nothing).
     for family in node.families if node.options.reads_iptables else ():
@@ -516,7 +389,9 @@ def repair(
         transactions[family] = "".join(t.render() for t in txns)
         left_out = {u.chain for u in unrepaired if u.family == family}
         for txn in txns:
-            for c in _changed(txn, cache.current(configs or []) if cache else configs or []):
+            for c in changed_mappings(
+                txn, cache.current(configs or []) if cache else configs or []
+            ):
                 if dnat_chain_name(c) in left_out:
                     continue  # nothing of it was made: no route_localnet, no flush
                 # By config: each interface sharing the chain has its own address.
@@ -572,7 +447,7 @@ def _repair_mapping(
         txn = node.converge(family, _plan(None, config, sharing=sharing))
         if txn:
             transactions[family] = txn.render()
-            families += [family] if _changed(txn, [config]) else []
+            families += [family] if changed_mappings(txn, [config]) else []
     warnings = (
         after_setup_many([(config, families)], flush_udp, local_only=True) if families else []
     )
