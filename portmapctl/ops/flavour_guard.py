@@ -142,11 +142,11 @@ def other_flavour_readers(
 ) -> Optional[Tuple[str, Dict[int, ChainReader]]]:
     """list's view of the other iptables flavour's nat table, for another tool's rules
     there that take a mapped port (ops/owners.py): its name and, per family where it has
-    a nat table, a reader of its chains. Nothing is run where it has none: legacy's is
-    looked for in /proc (a read would create it), iptables-nft's with one netlink
-    GETTABLE; then iptables-nft lists only the chains the walk reaches (`-S CHAIN`, a
-    few ms each), legacy is saved once. None for a snapshot or a fake, or where the
-    other flavour's tool is missing."""
+    a nat table, a reader of its chains. Nothing is run where it has none
+    (RestoreBackend.has_nat_table: legacy's looked for in /proc, as a read would create
+    it; iptables-nft's with one netlink GETTABLE); then iptables-nft lists only the
+    chains the walk reaches (`-S CHAIN`, a few ms each), legacy is saved once. None for
+    a snapshot or a fake, or where the other flavour's tool is missing."""
     used = flavour_of(backend_name)
     if used is None:
         return None
@@ -156,12 +156,7 @@ def other_flavour_readers(
 
     other = other_flavour(used)
     backend = RestoreBackend(other)
-    if other == "nft":
-        from portmapctl.iptables.access.nfmsg import tables_present
-
-        present: Sequence[int] = tables_present(families, "nat")
-    else:
-        present = [family for family in families if backend.has_nat_table(family)]
+    present = [family for family in families if backend.has_nat_table(family)]
     readers: Dict[int, ChainReader] = {}
     for family in present:
         if not backend.installed(family):

@@ -40,10 +40,12 @@ def test_a_legacy_node_without_an_iptables_nft_nat_table_runs_nothing(
     runs: List[List[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked = []
-    monkeypatch.setattr(nfmsg, "tables_present", lambda fams, table: asked.append(table) or ())
+    monkeypatch.setattr(
+        nfmsg, "table_present", lambda family, table: asked.append((family, table)) and False
+    )
     assert flavour_guard.other_flavour_readers("legacy", (4, 6)) is None
     assert flavour_guard.other_flavour_readers("iptc", (4,)) is None
-    assert asked == ["nat", "nat"] and runs == []
+    assert asked == [(4, "nat"), (6, "nat"), (4, "nat")] and runs == []
 
 
 def test_a_snapshot_or_fake_reads_no_other_flavour(runs: List[List[str]]) -> None:
