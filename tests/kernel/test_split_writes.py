@@ -244,3 +244,32 @@ def test_check_names_the_other_flavours_chains_the_cache_does_not(host_ns, tmp_p
     said = " ".join(done.stderr.split())
     assert "hold 2 container chain(s)" in said and ", ".join(names) in said, done.stderr
     assert rp.nat_rules(rp.save(host_ns, 4, other)) == before
+
+
+def test_checks_word_of_the_other_flavours_chains_is_one_line_as_list_and_gc_say_it(
+    host_ns, tmp_path
+):
+    """The note of the test above, on an 80-column terminal: check printed it as a
+    remark for people, word-wrapped over four lines with no `portmapctl:` prefix, and
+    said nothing of it under -q, where list and gc (test above) say the same fact as one
+    `warning:` line, -q included (a cron job's `check -q` lost it). It is now a
+    warning: one line on stderr, said once, -q included, also by check --repair; stdout
+    keeps the result alone (-o json a document)."""
+    from test_gc import _on_terminal
+
+    cache = tmp_path / "cni"
+    _half_moved(host_ns, cache, "nft", "legacy")
+    args = ["--netns", host_ns, "--family", "4", "--iptables", "nft", "--cni-cache-dir", str(cache)]
+    said = (
+        "portmapctl: warning: the iptables-legacy tables hold 1 container chain(s) that this"
+        " check (iptables-nft) does not judge and the CNI cache does not name"
+        f" ({chain_name('mynet', 'ctrC')}): see them with `portmapctl list --iptables legacy`"
+    )
+    for extra in ([], ["-q"], ["-o", "json"], ["--repair"]):
+        code, terminal, stdout = _on_terminal(["check", *args, *extra], b"n", env={"COLUMNS": "80"})
+        assert code == 1, terminal  # ctrB's chain is in the other flavour
+        lines = [line.rstrip("\r") for line in terminal.splitlines()]
+        assert lines.count(said) == 1, (extra, terminal)
+        assert "chain(s)" not in stdout
+        if extra == ["-o", "json"]:
+            json.loads(stdout)

@@ -159,9 +159,8 @@ def _check_node(
             f"no CNI cache in {' or '.join(d + '/results' for d in node.options.cache_dirs)}:"
             " cached mappings and stale chains were not checked (give --cni-cache-dir)"
         )
+    # A warning, as list and gc say theirs: one line, -q included (not a remark).
     elsewhere = _uncached_elsewhere(read, attachments)
-    if elsewhere is not None:
-        notes.append(elsewhere)
     chains = sum(len(inventory.per_container_chains(t)) for t in tables.values())
     return CheckResult(
         tuple(problems),
@@ -174,7 +173,11 @@ def _check_node(
         notes=tuple(notes),
         found=found,
         rows=tuple(node_rows(found.mappings, nft_rows, owners)),
-        warnings=(*cni_cache.warnings(attachments), *unsure_warnings(owners)),
+        warnings=(
+            *cni_cache.warnings(attachments),
+            *unsure_warnings(owners),
+            *([elsewhere] if elsewhere is not None else ()),
+        ),
     )
 
 
