@@ -14,6 +14,7 @@ from typing import Iterator, List, Tuple
 
 import pytest
 import typer
+from docexamples import console_examples
 
 from portmapctl.cli import app
 
@@ -97,26 +98,6 @@ def test_relative_links_resolve(page):
             assert anchor in _anchors(resolved), f"{page.relative_to(ROOT)}: no #{anchor}"
 
 
-def console_examples(page: Path) -> Iterator[Tuple[int, List[str], List[str]]]:
-    """(line number, argv after `portmapctl`, the output lines shown) of each example."""
-    lines = page.read_text().splitlines()
-    in_console = False
-    found: List[Tuple[int, List[str], List[str]]] = []
-    for number, line in enumerate(lines, 1):
-        if line.startswith("```"):
-            in_console = line.strip() == "```console"
-            continue
-        if not in_console:
-            continue
-        if line.startswith("$ "):
-            words = shlex.split(line[2:]) if not line.endswith("\\") else []
-            words = words[1:] if words[:1] == ["sudo"] else words
-            found.append((number, words[1:] if words[:1] == ["portmapctl"] else [], []))
-        elif found:
-            found[-1][2].append(line)
-    yield from found
-
-
 def _reads_only_files(argv: List[str]) -> bool:
     """An example that reads dumps and a cache it names: runnable here, without root and
     without this machine's /var/lib/cni (those without --cni-cache-dir would read it)."""
@@ -140,7 +121,8 @@ def test_examples_that_read_only_files_show_what_they_print_today(page):
 
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR")}
     env.update(NO_COLOR="1", PYTHONPATH=str(ROOT))
-    for number, argv, shown in console_examples(page):
+    for example in console_examples(page):
+        number, argv, shown = example.line, example.argv, example.shown
         if not argv or not _reads_only_files(argv):
             continue
         done = subprocess.run(
