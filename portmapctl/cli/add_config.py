@@ -23,6 +23,7 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
     held to --backend. ForwardsNothing for a --cni-config the plugin does nothing for."""
     from portmapctl.core import validate
     from portmapctl.errors import BadInput
+    from portmapctl.iptables.chains import buildable
 
     network, container, ip, publish = (
         mapping.network,
@@ -68,7 +69,7 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
         )
         if idle:
             raise ForwardsNothing(f"{source} {idle}")
-        return validate.buildable(with_backend(parsed, backend))
+        return buildable(with_backend(parsed, backend))
     if network is None:
         raise BadInput("--network is required (or give --cni-config)")
     if not publish:
@@ -85,7 +86,7 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
         conditions_v6=validate.conditions(_words(mapping.conditions_v6), "--conditions-v6"),
         masq_all=mapping.masq_all,
     )
-    return validate.buildable(with_backend(config, backend))
+    return buildable(with_backend(config, backend))
 
 
 def refuse_short_id(cache_dirs: Sequence[str], config: MappingConfig) -> None:

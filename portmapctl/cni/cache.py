@@ -37,7 +37,7 @@ from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.host import files
 from portmapctl.host.netns import NamespaceView, NetnsState
-from portmapctl.iptables.chains import chain_name
+from portmapctl.iptables.chains import buildable, chain_name
 
 MAX_CACHE_FILE_BYTES = 16 * 1024 * 1024
 # A half-written file is complete a moment later: read those again, all at once.
@@ -400,7 +400,7 @@ def read_attachment(
         )
         if (mapping.conditions_v4 or mapping.conditions_v6) and mapping.backend != "nftables":
             # Free-form: what no rule can be made of is this entry's problem alone.
-            validate.buildable(mapping, source)
+            buildable(mapping, source)
     # else: no ports, or no address (an L2 network with empty IPAM): the plugin
     # forwards nothing, and neither does anything else expect it to.
     netns = _netns(cached.get("netns"), result, ifname)

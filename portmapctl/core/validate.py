@@ -261,45 +261,6 @@ def chosen_families(config: MappingConfig, chosen: Sequence[int], what: str) -> 
     return found
 
 
-def buildable(config: MappingConfig, source: Optional[str] = None) -> MappingConfig:
-    """`config` if every family it has can be turned into rules, else BadInput.
-
-    The conditions are free-form iptables arguments: one that names an address of the
-    other family, or an option of no match, only shows when the rules are made. For
-    options given by hand that must be before anything is written (not found by the
-    second family after the first was applied). For a cache file (`source`), so that
-    its entry is reported as one that cannot be read, and the rest of the node still
-    handled, instead of stopping `check` when it makes every container's rules.
-    """
-    from portmapctl.iptables.chains import wanted_chains
-
-    if config.backend == "nftables":
-        return config  # (nft conditions are nft's to judge: ops/add.py)
-    # As the plugin: conditions whose first word is no option are nftables syntax, and
-    # without "backend": "nftables" the plugin writes iptables rules, so it refuses them.
-    nft_style = [
-        f"conditionsV{family}"
-        for family, words in ((4, config.conditions_v4), (6, config.conditions_v6))
-        if words and not iptables_style(words)
-    ]
-    if nft_style:
-        where = f"{source}: " if source is not None else ""
-        raise BadInput(
-            f"{where}iptables backend was requested but configuration contains"
-            f" nftables-specific options [{' '.join(nft_style)}]"
-        )
-    for family in config.families:
-        try:
-            wanted_chains(config, family)
-        except BadInput as err:
-            if source is not None:
-                raise BadInput(f"{source}: conditionsV{family}: {err}") from None
-            raise BadInput(
-                f"invalid mapping for IPv{family}: {err} (see --conditions-v{family})"
-            ) from None
-    return config
-
-
 # A wait longer than a year is a typo (`99999h`), not a policy.
 MAX_DURATION_DAYS = 366
 

@@ -45,7 +45,6 @@ the base chain (or returns from it) meets its policy: `policy drop` takes it.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 from typing import (
     Any,
@@ -388,20 +387,6 @@ class _Walk(PortsLeft):
         return gone
 
 
-def run_nft(binary: str) -> Callable[[List[str]], str]:
-    """`nft ARGS` -> its stdout (OSError when it fails)."""
-
-    def run(args: List[str]) -> str:
-        done = subprocess.run(
-            [binary, *args], capture_output=True, text=True, timeout=30, check=False
-        )
-        if done.returncode != 0:
-            raise OSError(f"nft {' '.join(args)}: {done.stderr.strip()}")
-        return done.stdout
-
-    return run
-
-
 @dataclass(frozen=True)
 class Hooked:
     """What other tables' nat hooks do to the rows node_hooked was given."""
@@ -442,7 +427,7 @@ def node_hooked(
     from portmapctl.core.mapping import destination
     from portmapctl.errors import PortmapctlError
     from portmapctl.iptables.foreign import hook_of
-    from portmapctl.nftables.access.nft import find_nft
+    from portmapctl.nftables.access.nft import find_nft, run_nft
 
     def where(row: Any) -> str:
         return hook_of(row.host_ip).lower()

@@ -22,6 +22,7 @@ from typing import (
 
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.errors import ApplyFailed, PortmapctlError
+from portmapctl.host.routes import route_interfaces
 from portmapctl.iptables import foreign
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
@@ -42,7 +43,6 @@ from portmapctl.ops.add_ahead import (
     chain_lister,
     debug,
     foreign_wanted,
-    route_interfaces,
 )
 from portmapctl.ops.flavour_guard import flavour_of, refuse_a_copy
 from portmapctl.ops.node import Node

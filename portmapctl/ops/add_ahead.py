@@ -14,10 +14,10 @@ imported: that import and the restore run at once.
 
 from __future__ import annotations
 
-import subprocess
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from portmapctl.errors import ApplyFailed, PortmapctlError
+from portmapctl.host.routes import route_interfaces
 
 if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig
@@ -338,31 +338,3 @@ def _in_thread(netns: Optional[str], work: Callable[[], T], what: str) -> Callab
         return box.get("result")
 
     return result
-
-
-def route_interfaces(addresses: Sequence[str]) -> Dict[str, str]:
-    """The interface the kernel routes each address through: `ip route get` for all of
-    them in one `ip -batch` process (-force: an address without a route is skipped,
-    not the end of the batch). Addresses without a route are left out."""
-    from portmapctl.host.paths import find_tool
-
-    # Found as iptables is: RHEL/CentOS keep ip in /usr/sbin, off cron's PATH.
-    done = subprocess.run(
-        [find_tool("ip") or "ip", "-o", "-force", "-batch", "-"],
-        input="".join(f"route get {a}\n" for a in addresses),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    wanted = set(addresses)
-    found: Dict[str, str] = {}
-    for line in done.stdout.splitlines():
-        words: List[str] = line.split()
-        # "10.88.0.5 dev cni0 src 10.88.0.1 uid 0 \    cache": the address comes first
-        # (after "local"/"broadcast"... for such routes), as the kernel spells it.
-        first = next((i for i, word in enumerate(words[:2]) if word in wanted), None)
-        if first is None:
-            continue
-        if "dev" in words[first:]:
-            found[words[first]] = words[words.index("dev", first) + 1]
-    return found

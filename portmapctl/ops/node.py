@@ -432,27 +432,10 @@ def _as_the_plugin_chooses(options: NodeOptions) -> NodeOptions:
 
 
 def _iptables_nat_present(nft: str) -> bool:
-    """Whether this namespace has an iptables nat table: legacy (the kernel lists it)
-    or nf_tables (iptables-nft's `table ip nat`). True when that cannot be told."""
-    import subprocess
+    # nftables/access is imported only here: most nodes have an iptables command.
+    from portmapctl.nftables.access.nft import iptables_nat_present
 
-    for name in ("ip_tables_names", "ip6_tables_names"):
-        try:
-            with open(f"/proc/thread-self/net/{name}") as listing:
-                if "nat" in listing.read().split():
-                    return True
-        except FileNotFoundError:
-            continue  # the module is not loaded: no legacy table at all
-        except OSError:
-            return True
-    try:
-        listed = subprocess.run(
-            [nft, "list", "tables"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return True
-    tables = {tuple(line.split()[1:3]) for line in listed.stdout.splitlines()}
-    return listed.returncode != 0 or bool(tables & {("ip", "nat"), ("ip6", "nat")})
+    return iptables_nat_present(nft)
 
 
 def _iptables_access(options: NodeOptions) -> Backend:

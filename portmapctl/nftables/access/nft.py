@@ -24,7 +24,7 @@ import os
 import re
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Iterable, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Iterable, List, NamedTuple, Optional, Tuple
 
 from portmapctl.errors import HostProblem
 from portmapctl.host.paths import find_tool
@@ -371,3 +371,39 @@ class RealNft:
                 reason,
                 userspace="Could not process rule" not in proc.stderr,
             )
+
+
+def run_nft(binary: str) -> Callable[[List[str]], str]:
+    """`nft ARGS` -> its stdout (OSError when it fails)."""
+
+    def run(args: List[str]) -> str:
+        done = subprocess.run(
+            [binary, *args], capture_output=True, text=True, timeout=30, check=False
+        )
+        if done.returncode != 0:
+            raise OSError(f"nft {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    return run
+
+
+def iptables_nat_present(nft: str) -> bool:
+    """Whether this namespace has an iptables nat table: legacy (the kernel lists it)
+    or nf_tables (iptables-nft's `table ip nat`). True when that cannot be told."""
+    for name in ("ip_tables_names", "ip6_tables_names"):
+        try:
+            with open(f"/proc/thread-self/net/{name}") as listing:
+                if "nat" in listing.read().split():
+                    return True
+        except FileNotFoundError:
+            continue  # the module is not loaded: no legacy table at all
+        except OSError:
+            return True
+    try:
+        listed = subprocess.run(
+            [nft, "list", "tables"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return True
+    tables = {tuple(line.split()[1:3]) for line in listed.stdout.splitlines()}
+    return listed.returncode != 0 or bool(tables & {("ip", "nat"), ("ip6", "nat")})

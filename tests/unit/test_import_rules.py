@@ -1,0 +1,87 @@
+"""docs/architecture.md's layering rules, held mechanically over the source (imports
+inside functions count too: a lazy import is still a dependency)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import portmapctl
+
+PACKAGE = Path(portmapctl.__file__).resolve().parent  # the one under test
+
+# What starts a process (the subprocess module's and os's own ways).
+SPAWNERS = {
+    "subprocess": {"run", "Popen", "call", "check_call", "check_output", "getoutput"},
+    "os": {"system", "popen", "posix_spawn", "posix_spawnp"},
+}
+OS_SPAWN_PREFIXES = ("exec", "spawn")
+CORE_MAY_IMPORT = ("portmapctl.core", "portmapctl.errors")
+IO_MODULES = {"os", "subprocess", "socket", "io", "pathlib", "shutil", "select"}
+
+
+def _modules() -> Iterator[Tuple[str, ast.Module]]:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield str(path.relative_to(PACKAGE.parent)), ast.parse(path.read_text(), str(path))
+
+
+def _imported(name: str, tree: ast.Module) -> Iterator[Tuple[int, str]]:
+    """Every module `name` imports (absolute names), with its line."""
+    package = name[: -len(".py")].replace("/", ".").split(".")
+    package = package[:-1]  # the module's package, where `from . import` starts
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package[: len(package) - (node.level - 1)]
+                base = ".".join(up + ([node.module] if node.module else []))
+            yield node.lineno, base
+
+
+def test_core_imports_no_backend_no_host_and_no_io() -> None:
+    """core/ is backend-neutral and pure: a newcomer may import it from anywhere."""
+    found: List[str] = []
+    for name, tree in _modules():
+        if not name.startswith("portmapctl/core/"):
+            continue
+        for line, module in _imported(name, tree):
+            ours = module == "portmapctl" or module.startswith("portmapctl.")
+            if ours and not module.startswith(CORE_MAY_IMPORT):
+                found.append(f"{name}:{line}: {module}")
+            if module.split(".")[0] in IO_MODULES:
+                found.append(f"{name}:{line}: {module}")
+    assert found == []
+
+
+def _spawns(tree: ast.Module) -> Iterator[Tuple[int, str]]:
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        owner = node.func.value
+        if not isinstance(owner, ast.Name):
+            continue
+        attr = node.func.attr
+        if attr in SPAWNERS.get(owner.id, ()) or (
+            owner.id == "os" and attr.startswith(OS_SPAWN_PREFIXES)
+        ):
+            yield node.lineno, f"{owner.id}.{attr}"
+
+
+def test_the_walk_finds_the_processes_access_runs() -> None:
+    """Else the rule below would hold of nothing."""
+    assert any(list(_spawns(tree)) for name, tree in _modules() if "/access/" in name)
+
+
+def test_only_access_and_host_run_processes() -> None:
+    found = [
+        f"{name}:{line}: {call}"
+        for name, tree in _modules()
+        if "/access/" not in name and not name.startswith("portmapctl/host/")
+        for line, call in _spawns(tree)
+    ]
+    assert found == []
+
