@@ -21,6 +21,7 @@ from typing import (
 )
 
 from portmapctl.core.mapping import Mapping, MappingConfig
+from portmapctl.core.status import Status
 from portmapctl.errors import ApplyFailed, PortmapctlError
 from portmapctl.host.routes import route_interfaces
 from portmapctl.iptables import foreign
@@ -338,9 +339,11 @@ def as_rows(config: MappingConfig, families: Sequence[int]) -> List[Mapping]:
             )
             if nft:
                 chain = HOSTIP_HOSTPORTS if host_ip else HOSTPORTS
-                rows.append(NftMapping(*fields, chain, ("ok",), None, conditions))
+                rows.append(NftMapping(*fields, chain, (Status.OK.value,), None, conditions))
             else:
-                rows.append(Mapping(*fields, dnat_chain_name(config), ("ok",), None, conditions))
+                rows.append(
+                    Mapping(*fields, dnat_chain_name(config), (Status.OK.value,), None, conditions)
+                )
     return rows
 
 

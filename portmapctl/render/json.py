@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
 from typing import Mapping as MappingT
 
+from portmapctl.core.status import ProblemKind
 from portmapctl.render.check import check_summary, rule_text, split_fix
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def add_json(
 
 def _problem_backend(p: Problem) -> Optional[str]:
     """nftables for the nft problems, none for a container in both, else iptables."""
-    if str(p.kind) == "both-backends":
+    if p.kind == ProblemKind.BOTH_BACKENDS:
         return None
     if str(p.kind).startswith("nft-"):
         return "nftables"

@@ -85,3 +85,35 @@ def test_only_access_and_host_run_processes() -> None:
     ]
     assert found == []
 
+
+def _spelt_words(tree: ast.Module) -> Iterator[Tuple[int, str]]:
+    """String literals compared against (==, !=, in), or used as a dict's keys: where a
+    status or problem kind would be tested or looked up."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for side in (node.left, *node.comparators):
+                if isinstance(side, ast.Constant) and isinstance(side.value, str):
+                    yield node.lineno, side.value
+        elif isinstance(node, ast.Dict):
+            for key in node.keys:
+                if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    yield key.lineno, key.value
+        elif isinstance(node, ast.Subscript):
+            if isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
+                yield node.lineno, node.slice.value
+
+
+def test_statuses_and_problem_kinds_are_not_spelt_as_strings() -> None:
+    """A status or problem kind tested as a literal is a typo nobody catches (docs/
+    architecture.md: Vocabularies are Enums). "legacy" is also iptables' flavour."""
+    from portmapctl.core.status import ProblemKind, Status
+
+    words = {m.value for m in (*Status, *ProblemKind)} - {"legacy"}
+    found = [
+        f"{name}:{line}: {word!r}"
+        for name, tree in _modules()
+        if name != "portmapctl/core/status.py"
+        for line, word in _spelt_words(tree)
+        if word in words
+    ]
+    assert found == []

@@ -23,7 +23,7 @@ from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment, added_at
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.core.status import ProblemKind
+from portmapctl.core.status import ProblemKind, Status
 from portmapctl.iptables.ruleset import NatTable, format_rule
 from portmapctl.nftables import FAMILY_NAMES
 from portmapctl.nftables.ruleset import MASQUERADING, TABLE
@@ -44,14 +44,15 @@ INCOMPLETE = ProblemKind.INCOMPLETE.value
 
 
 _NFT_WHY = {
-    "nft-missing-table": "without the table no nft-backed host port is forwarded",
-    "nft-missing-chain": "the plugin's rules have nowhere to live, or are never reached",
-    "nft-missing-entry": "prerouting/output no longer send traffic to the host-port rules",
-    "nft-missing-jumps": "hostports_all no longer reaches the host-port rules",
-    "nft-missing-rules": "a cached container's host ports are not forwarded",
-    "extra-rules": "the container's rules do not match its config (an old address or port?):"
-    " nftables is first-match-wins, so traffic may go to the wrong place",
-    "both-backends": "the plugin's DEL cleans one backend only: the other's rules leak",
+    ProblemKind.NFT_MISSING_TABLE: "without the table no nft-backed host port is forwarded",
+    ProblemKind.NFT_MISSING_CHAIN: "the plugin's rules have nowhere to live, or are never reached",
+    ProblemKind.NFT_MISSING_ENTRY: "prerouting/output no longer send traffic to the"
+    " host-port rules",
+    ProblemKind.NFT_MISSING_JUMPS: "hostports_all no longer reaches the host-port rules",
+    ProblemKind.NFT_MISSING_RULES: "a cached container's host ports are not forwarded",
+    ProblemKind.EXTRA_RULES: "the container's rules do not match its config (an old address or"
+    " port?): nftables is first-match-wins, so traffic may go to the wrong place",
+    ProblemKind.BOTH_BACKENDS: "the plugin's DEL cleans one backend only: the other's rules leak",
 }
 
 
@@ -161,7 +162,7 @@ def nft_problems(
     rules = rules_by_handle(live)
     foreign = {(f.family, f.label): f for f in found.foreign}
     for m in found.mappings:
-        if "stale" in m.status and (m.container_id, m.family) not in seen_stale:
+        if Status.STALE in m.status and (m.container_id, m.family) not in seen_stale:
             seen_stale.add((m.container_id, m.family))
             problems.append(
                 Problem(
@@ -177,7 +178,7 @@ def nft_problems(
                     rule_text(rules, m),
                 )
             )
-        if "shadowed" in m.status:
+        if Status.SHADOWED in m.status:
             winner_status = {
                 word
                 for w in found.mappings
@@ -191,9 +192,9 @@ def nft_problems(
                     f"a rule that is not the plugin's ({alien.text}) takes the port first:"
                     " delete it, or re-create the container with another host port"
                 )
-            elif "stale" in winner_status:
+            elif Status.STALE in winner_status:
                 shadow_fix = f"{fixes.gc} (the winner is stale)"
-            elif "zombie" in winner_status:
+            elif Status.ZOMBIE in winner_status:
                 # A pod sandbox the runtime forgot keeps the port from its successor.
                 shadow_fix = f"{fixes.gc} --netns-liveness (the winner is a zombie)"
             else:
@@ -414,7 +415,7 @@ def _both_backends(
         # Prose, not a command: JSON `fix` is null and this goes to `why` (gc keeps a
         # live container's rules in both backends).
         f"remove its {other} copy by hand (gc keeps both: the container is live): {how}",
-        _NFT_WHY["both-backends"],
+        _NFT_WHY[ProblemKind.BOTH_BACKENDS],
         tuple(rules),
     )
 
