@@ -56,10 +56,6 @@ def dnat_comment(network: str, container_id: str) -> str:
     return trim_comment(f'dnat name: "{network}" id: "{container_id}"')
 
 
-def legacy_snat_comment(network: str, container_id: str) -> str:
-    return trim_comment(f'snat name: "{network}" id: "{container_id}"')
-
-
 def trim_comment(comment: str) -> str:
     """iptables limits comments to 256 bytes; the plugin cuts longer ones like this."""
     if len(comment.encode()) <= 255:
@@ -282,7 +278,3 @@ def buildable(config: MappingConfig, source: Optional[str] = None) -> MappingCon
                 f"invalid mapping for IPv{family}: {err} (see --conditions-v{family})"
             ) from None
     return config
-
-
-def legacy_snat_chain_name(network: str, container_id: str) -> str:
-    return chain_name(network, container_id, "SN-")

@@ -649,17 +649,3 @@ def select(
         and (port is None or m.host_port == port)
         and (protocol is None or m.protocol == protocol)
     ]
-
-
-def select_chains(
-    chains: Iterable[ChainInfo],
-    *,
-    container: Optional[str] = None,
-    network: Optional[str] = None,
-) -> List[ChainInfo]:
-    return [
-        c
-        for c in chains
-        if (container is None or (c.container_id or "").startswith(container))
-        and (network is None or c.network == network)
-    ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import BadInput
 from portmapctl.iptables.lexer import split_words
@@ -68,14 +68,6 @@ class NatTable:
 
     def has_chain(self, chain: str) -> bool:
         return chain in self.chains
-
-    def jumps_to(self, target: str) -> Iterator[Tuple[str, int, Args]]:
-        """Every rule (chain, index, args) whose target is `target`."""
-        for chain in self.chains.values():
-            for index, args in enumerate(chain.rules):
-                if rule_target(args) == target:
-                    yield chain.name, index, args
-
 
 # --- reading -----------------------------------------------------------------
 

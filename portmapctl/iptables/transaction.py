@@ -124,9 +124,6 @@ class Transaction:
     def __bool__(self) -> bool:
         return bool(self.ops)
 
-    def chains_touched(self) -> Tuple[str, ...]:
-        return tuple(dict.fromkeys(op.chain for op in self.ops))
-
     def render(self) -> str:
         """The text for `iptables-restore --noflush` (empty when there is nothing to do)."""
         if not self.ops:

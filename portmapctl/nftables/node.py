@@ -153,11 +153,6 @@ def is_plugin_rule(rule: Rule) -> bool:
     return rule.body.action.kind is wanted
 
 
-def state_key(container_id: str) -> str:
-    """The key of a dead container in gc's first-seen state (beside iptables chains)."""
-    return f"nft {container_id}"
-
-
 def dead_containers(live: Ruleset, is_live: Callable[[str], bool]) -> List[DeadContainer]:
     """Every rule owner that `is_live` rejects, in ID order. Rules without a comment are
     nobody's: never removed."""

@@ -555,21 +555,9 @@ def _no_conntrack_entries() -> bool:
         return False  # cannot tell (no conntrack module?): the dump says what it finds
 
 
-def route_interface(address: str) -> Optional[str]:
-    """The interface the kernel routes `address` through (`ip route get`)."""
-    return route_interfaces([address]).get(address)
-
-
 def _route_localnet(interface: str) -> None:
     """Let 127/8 cross a routing boundary towards the container (localhost hairpin)."""
     if "/" in interface or interface in (".", ".."):
         return
     with open(f"/proc/sys/net/ipv4/conf/{interface}/route_localnet", "w") as knob:
         knob.write("1")
-
-
-def enable_route_localnet(address: str) -> None:
-    """route_localnet on the interface towards one container's address."""
-    interface = route_interface(address)
-    if interface is not None:
-        _route_localnet(interface)

@@ -18,7 +18,6 @@ left it, and a failure anywhere leaves the table as it was):
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 from typing import Dict, List, Optional
 
 from portmapctl.errors import ApplyFailed
@@ -117,9 +116,3 @@ def _apply(chains: Dict[str, List[Args]], policies: Dict[str, str], op: Op) -> O
         del policies[name]
         return None
     raise AssertionError(f"unknown op kind {op.kind!r}")  # OpKind is closed
-
-
-def with_table(backend: MemoryBackend, table: NatTable) -> MemoryBackend:
-    """The backend with one family's table replaced (tests set up nodes this way)."""
-    backend.tables[table.family] = replace(table, chains=dict(table.chains))
-    return backend
