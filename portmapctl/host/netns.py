@@ -218,7 +218,7 @@ def _resolved(path: str) -> str:
         return os.path.normpath(path)
 
 
-def local_addresses(path: str) -> Set[str]:
+def namespace_addresses(path: str) -> Set[str]:
     """The addresses configured in the network namespace at `path` (empty when it
     cannot be entered), read from its /proc/net: fib_trie's local /32 entries (IPv4)
     and if_inet6 (IPv6). Entered from this thread, and left again."""

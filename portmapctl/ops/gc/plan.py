@@ -27,7 +27,7 @@ from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment, present_dirs, results_dir
 from portmapctl.core.pause import gc_paused
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem
-from portmapctl.host.netns import NamespaceView, fresh_uncached, local_addresses
+from portmapctl.host.netns import NamespaceView, fresh_uncached, namespace_addresses
 from portmapctl.host.paths import RUN_DIR
 from portmapctl.iptables import inventory
 from portmapctl.iptables.ruleset import NatTable
@@ -104,7 +104,7 @@ def _adding(
     cached = [a.netns for a in attachments or () if a.netns]
     found: Dict[str, Set[str]] = {}
     for path in fresh_uncached(view, cached, min_age):
-        addresses = local_addresses(path) - {"127.0.0.1", "::1"}
+        addresses = namespace_addresses(path) - {"127.0.0.1", "::1"}
         if addresses:
             found[path] = addresses
     return sorted(found), frozenset(a for addresses in found.values() for a in addresses)
