@@ -19,6 +19,7 @@ def run(
     env: Optional[dict] = None,
     unprivileged: bool = False,
     hide: Sequence[str] = (),
+    own_mounts: bool = False,
 ) -> subprocess.CompletedProcess:
     """`portmapctl ARGS` through `python -m portmapctl`, stdin closed unless given.
 
@@ -27,6 +28,9 @@ def run(
     `hide`: commands (paths) that are not there for this run: /dev/null is mounted over
     each in a mount namespace of its own (a PATH without them is not enough: the tools
     are also looked for in the sbin directories, as under cron).
+    `own_mounts` runs it in a mount namespace of its own (a copy of the host's that
+    still receives its mounts): what a container sees, as far as the host's mount
+    namespace is asked.
     """
     argv = [sys.executable, "-m", "portmapctl", *args]
     if hide:
@@ -37,6 +41,8 @@ def run(
         script = f'for f in {hidden}; do {mount} --bind /dev/null "$f" || exit 97; done; exec "$@"'
         argv = [tool["unshare"], "-m", "--propagation", "private", tool["sh"], "-c", script,
                 "sh", *argv]  # fmt: skip
+    if own_mounts and not hide:  # (hide makes one already)
+        argv = [shutil.which("unshare") or "unshare", "-m", "--propagation", "slave", *argv]
     if unprivileged:
         drop = "-net_admin,-sys_admin,-net_raw"
         argv = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *argv]

@@ -84,6 +84,7 @@ def entered(name_or_path: Optional[str]) -> Iterator[None]:
 # The initial PID namespace has this fixed inode number (PROC_PID_INIT_INO): only there
 # do /proc/PID paths name the host's processes.
 PROC_PID_INIT_INO = 0xEFFFFFFC
+PROC_MNT_INIT_INO = 0xEFFFFFF8  # the initial mount namespace's, where the kernel fixes it
 
 
 class NetnsState(str, Enum):
@@ -98,12 +99,38 @@ class NetnsState(str, Enum):
         return self.value
 
 
+def sees_the_hosts_mounts() -> bool:
+    """Whether this process is in the host's (the initial) mount namespace. A
+    container, a DaemonSet's even with hostPID, has one of its own.
+
+    Recent kernels give the initial mount namespace a fixed inode number
+    (PROC_MNT_INIT_INO); older ones a number of the dynamic range (from 0xF0000000), so
+    there it is told by being PID 1's, in the initial PID namespace. Looking at PID 1's
+    needs root (and some sandboxes refuse even that): what cannot be looked at says no,
+    the safe side (nothing more is judged gone than before)."""
+    try:
+        if os.stat("/proc/self/ns/pid").st_ino != PROC_PID_INIT_INO:
+            return False
+        ours = os.stat("/proc/self/ns/mnt")
+        if ours.st_ino == PROC_MNT_INIT_INO:
+            return True
+        init = os.stat("/proc/1/ns/mnt")
+    except OSError:
+        return False
+    return (ours.st_dev, ours.st_ino) == (init.st_dev, init.st_ino)
+
+
 class NamespaceView:
     """Looks up namespace paths from this mount namespace, remembering per directory
-    whether it is the host's (one view per command run: namespaces come and go)."""
+    whether it is the host's (one view per command run: namespaces come and go).
 
-    def __init__(self) -> None:
+    `host_mounts`: whether this is the host's mount namespace (None: asked of the
+    kernel, once, when first needed; tests say it).
+    """
+
+    def __init__(self, host_mounts: Optional[bool] = None) -> None:
         self._visible: Dict[str, bool] = {}
+        self._host_mounts = host_mounts
         try:
             self._nsfs = os.stat("/proc/self/ns/net").st_dev
         except OSError:
@@ -130,10 +157,13 @@ class NamespaceView:
     def directory_visible(self, directory: str) -> bool:
         """Whether the namespaces kept in `directory` can be seen from here.
 
-        /proc/PID paths only in the host's PID namespace. Others: the directory holds at
-        least one network namespace -- an empty or missing /run/netns is what a
-        container without the host's mounted in sees, and it must not make every
-        cache entry look gone.
+        /proc/PID paths only in the host's PID namespace. Others: always from the
+        host's mount namespace, where an empty or missing /run/netns means no namespace
+        is left (a node just rebooted: /run is new, the cache on disk is not, and its
+        dead entries must not be repaired back). From any other mount namespace only
+        where the directory holds at least one network namespace: an empty or missing
+        one is what a container without the host's mounted in sees, and it must not
+        make every cache entry look gone.
         """
         if directory in self._visible:
             return self._visible[directory]
@@ -142,6 +172,8 @@ class NamespaceView:
                 visible = os.stat("/proc/self/ns/pid").st_ino == PROC_PID_INIT_INO
             except OSError:
                 visible = False
+        elif self._on_the_host():
+            visible = True
         else:
             try:
                 names = os.listdir(directory)
@@ -150,6 +182,11 @@ class NamespaceView:
             visible = any(self.is_namespace(os.path.join(directory, n)) for n in names)
         self._visible[directory] = visible
         return visible
+
+    def _on_the_host(self) -> bool:
+        if self._host_mounts is None:
+            self._host_mounts = sees_the_hosts_mounts()
+        return self._host_mounts
 
     def state(self, path: Optional[str]) -> NetnsState:
         if not path or not os.path.isabs(path):

@@ -43,11 +43,11 @@ class Lab:
             )
         return conf
 
-    def pm(self, command: str, *args: str, dirs: Sequence[Path] = ()):
+    def pm(self, command: str, *args: str, dirs: Sequence[Path] = (), own_mounts: bool = False):
         argv = [command, "--netns", self.ns, "--iptables", "nft"]
         for d in dirs or (self.cache,):
             argv += ["--cni-cache-dir", str(d)]
-        return run([*argv, *args])
+        return run([*argv, *args], own_mounts=own_mounts)
 
     def json(self, command: str, *args: str, dirs: Sequence[Path] = (), codes=(0,)) -> dict:
         done = self.pm(command, *args, "-o", "json", dirs=dirs)
@@ -148,6 +148,20 @@ def _zombie_lab(lab: Lab) -> str:
     return gone_ns
 
 
+def _flush_and_repair_keeping_zombies(lab: Lab, live: str, zombies: List[tuple]) -> None:
+    """The nat table flushed, then check --repair: the live container's chain (on
+    mynet) comes back as the plugin wrote it, no zombie's does (exit 1: they remain)."""
+    lab.ipt("-F")
+    lab.ipt("-X")
+    done = lab.pm("check", "--repair")
+    assert done.returncode == 1 and "zombie" in done.stdout, done.stdout + done.stderr
+    rules = lab.rules()
+    assert chain_lines(rules, chain_name("mynet", live))
+    for network, cid in zombies:
+        assert not chain_lines(rules, chain_name(network, cid)), f"re-created {cid}'s chain"
+    lab.plugin_check("mynet", live)
+
+
 def test_zombie_entry_is_listed_reported_and_never_repaired(lab: Lab):
     gone_ns = _zombie_lab(lab)
     listed = lab.json("list")
@@ -157,14 +171,7 @@ def test_zombie_entry_is_listed_reported_and_never_repaired(lab: Lab):
     assert (problem["kind"], problem["container_id"]) == ("zombie", "gone")
     assert gone_ns in problem["detail"] and "--netns-liveness" in problem["fix"]
 
-    lab.ipt("-F")
-    lab.ipt("-X")
-    done = lab.pm("check", "--repair")
-    assert done.returncode == 1 and "zombie" in done.stdout, done.stdout + done.stderr
-    rules = lab.rules()
-    assert chain_lines(rules, chain_name("mynet", "keep"))
-    assert not chain_lines(rules, chain_name("mynet", "gone")), "re-created a zombie's chain"
-    lab.plugin_check("mynet", "keep")
+    _flush_and_repair_keeping_zombies(lab, "keep", [("mynet", "gone")])
 
 
 def test_gc_counts_zombies_as_live_unless_netns_liveness(lab: Lab):
@@ -180,19 +187,54 @@ def test_gc_counts_zombies_as_live_unless_netns_liveness(lab: Lab):
 
 
 def test_netns_liveness_is_refused_where_the_namespaces_are_not_visible(lab: Lab, tmp_path):
-    """As in a container without the host's /run/netns: an empty namespaces directory
-    would make every entry look like a zombie. Exit 3 (environment), one line."""
+    """As in a container without the host's /run/netns (a mount namespace of its own):
+    an empty namespaces directory would make every entry look like a zombie. Exit 3
+    (environment), one line."""
     hidden = tmp_path / "netns"
     hidden.mkdir()
     lab.add("mynet", "elsewhere", "10.88.0.23/16", PORT_A, netns=str(hidden / "cni-1"))
     before = lab.rules()
     assert_error(
-        lab.pm("gc", "--yes", "--min-age", "0", "--netns-liveness"), 3, "--netns-liveness",
-        "not visible",
+        lab.pm("gc", "--yes", "--min-age", "0", "--netns-liveness", own_mounts=True), 3,
+        "--netns-liveness", "not visible",
     )  # fmt: skip
     assert lab.rules() == before
     # Without the option, nothing is judged: the entry is an ordinary live one.
-    assert statuses(lab.json("list"), "elsewhere") == {"ok"}
+    done = lab.pm("list", "-o", "json", own_mounts=True)
+    assert done.returncode == 0, done.stderr
+    assert statuses(json.loads(done.stdout), "elsewhere") == {"ok"}
+
+
+def test_after_a_reboot_the_dead_containers_entries_are_zombies_on_the_host(lab: Lab, tmp_path):
+    """A node just rebooted: the cache on disk names namespaces in a directory that /run
+    no longer holds (missing, or made again and still empty), and the rules are gone
+    with the boot. Seen from the host's mount namespace that is no blind spot: the
+    entries are zombies, check --repair does not bring their chains back (before, it
+    re-created both: dead containers' rules taking host ports that new containers would
+    claim), and gc --netns-liveness takes a restored one away. The live container's
+    chain is repaired as usual."""
+    lab.add("mynet", "keep", "10.88.0.24/16", PORT_A)
+    empty = tmp_path / "run-after-boot" / "netns"
+    empty.mkdir(parents=True)
+    lab.add("mynet", "dead1", "10.88.0.25/16", PORT_B, netns=str(empty / "cni-1"))
+    missing = tmp_path / "run-after-boot" / "never-made" / "netns"
+    port_c = [{"hostPort": 8083, "containerPort": 80, "protocol": "tcp"}]
+    lab.add("other", "dead2", "10.88.0.26/16", port_c, netns=str(missing / "cni-2"))
+    listed = lab.json("list")
+    assert statuses(listed, "dead1") == {"zombie"} and statuses(listed, "dead2") == {"zombie"}
+    assert statuses(listed, "keep") == {"ok"}
+
+    _flush_and_repair_keeping_zombies(lab, "keep", [("mynet", "dead1"), ("other", "dead2")])
+
+    # Rules restored from a saved ruleset (iptables-persistent): gc --netns-liveness
+    # removes the dead containers' chains, keeps the live one's.
+    for cid in ("dead1", "dead2"):
+        network = "mynet" if cid == "dead1" else "other"
+        rp.run_plugin("ADD", lab.ns, cid, lab.confs[f"{network}/{cid}"], mode="nft", check=True)
+    doc = lab.json("gc", "--yes", "--min-age", "0", "--netns-liveness")
+    assert sorted(r["container_id"] for r in doc["removed"]) == ["dead1", "dead2"]
+    assert chain_lines(lab.rules(), chain_name("mynet", "keep"))
+    lab.plugin_check("mynet", "keep")
 
 
 # --- 3. capabilities -----------------------------------------------------------------------

@@ -383,15 +383,16 @@ def test_a_file_removed_while_reading_is_not_live(tmp_path, monkeypatch):
 
 
 def test_namespace_paths_that_cannot_be_judged_are_never_zombies(tmp_path):
-    view = NamespaceView()
+    view = NamespaceView(host_mounts=False)
     assert view.state(None) == NetnsState.UNKNOWN
     assert view.state("relative/path") == NetnsState.UNKNOWN
-    # A directory that holds no namespace at all (a container's own empty /run/netns,
-    # or a fake one): not visible, so nothing in it is called gone.
+    # Outside the host's mount namespace, a directory that holds no namespace at all
+    # (a container's own empty /run/netns): not visible, nothing in it is called gone.
     (tmp_path / "netns").mkdir()
     (tmp_path / "netns" / "placeholder").write_text("")
     assert view.state(str(tmp_path / "netns" / "gone")) == NetnsState.UNSEEN
     assert view.state(str(tmp_path / "netns" / "placeholder")) == NetnsState.UNSEEN
+    assert view.state(str(tmp_path / "missing" / "gone")) == NetnsState.UNSEEN
     # Read without a view (a snapshot from another node): never judged.
     found = read_attachment(str(write(tmp_path, "mynet-abc123-eth0", entry(netns="/nope/x"))))
     assert found.netns == "/nope/x" and found.netns_state == NetnsState.UNKNOWN
@@ -399,6 +400,20 @@ def test_namespace_paths_that_cannot_be_judged_are_never_zombies(tmp_path):
     old = entry(netns=None)
     old["result"]["interfaces"][0]["sandbox"] = "/run/netns/cni-1234"
     assert read_attachment(str(write(tmp_path, "old", old))).netns == "/run/netns/cni-1234"
+
+
+def test_from_the_hosts_mounts_an_empty_or_missing_directory_holds_no_namespace(tmp_path):
+    """A node just rebooted: /run/netns is missing (or empty) on the host, the cache on
+    disk still names the namespaces of containers that died with the boot. Seen from
+    the host's own mount namespace that is no blind spot: they are gone (zombies, never
+    repaired back). A file there that is no namespace still cannot be judged."""
+    view = NamespaceView(host_mounts=True)
+    (tmp_path / "netns").mkdir()
+    (tmp_path / "netns" / "placeholder").write_text("")
+    assert view.state(str(tmp_path / "netns" / "gone")) == NetnsState.GONE
+    assert view.state(str(tmp_path / "missing" / "gone")) == NetnsState.GONE
+    assert view.state(str(tmp_path / "netns" / "placeholder")) == NetnsState.UNKNOWN
+    assert view.state("/proc/self/ns/net") == NetnsState.UNKNOWN
 
 
 def test_zombie_entries_are_reported_and_not_expected():
