@@ -218,6 +218,10 @@ def _add(
             clashes += hook_warnings(node, config)
             clashes += foreign_warnings(result)
             clashes += other_flavour_warnings(node, config)
+        if dry_run and result.transactions:
+            from portmapctl.iptables.access import restore_tools
+
+            result = replace(result, tools=restore_tools(node.backend))
     return config, result, clashes
 
 
@@ -349,7 +353,7 @@ def _report(
     are = "are" if config.backend == "nftables" else "is"
     if dry_run:
         if result.transactions:
-            out.show_text(render.transactions_text(result.transactions))
+            out.show_text(render.transactions_text(result.transactions, result.tools))
             out.summary(f"would add {chain} ({who}) (dry run)")
         else:
             out.summary(f"unchanged: {chain} ({who}) {are} already in place (dry run)")

@@ -84,6 +84,7 @@ def check_command(
     from portmapctl import render
     from portmapctl.core.pause import gc_paused
     from portmapctl.errors import BadInput
+    from portmapctl.iptables.access import restore_tools
     from portmapctl.ops import check as check_lib
     from portmapctl.ops.node import opened
 
@@ -113,6 +114,7 @@ def check_command(
                 result = _with_repair_command(check_lib.check_mapping(node, config, mapping.ifname))
             else:
                 result = check_lib.check_node(node)
+            tools = restore_tools(node.backend) if common.verbose and result.transactions else {}
             if recorder is not None:
                 recorder.note_problems(result.problems)
                 if result.found is not None:  # the whole node was looked at
@@ -134,7 +136,7 @@ def check_command(
             for line in render.check_fixed_lines(result):
                 out.message(line)
             if common.verbose:
-                sys.stderr.write(render.transactions_text(result.transactions))
+                sys.stderr.write(render.transactions_text(result.transactions, tools))
             if result.problems:
                 out.show(
                     render.check_text(

@@ -100,6 +100,7 @@ def gc_command(
     from portmapctl import render
     from portmapctl.core import validate
     from portmapctl.errors import BadInput
+    from portmapctl.iptables.access import restore_tools
     from portmapctl.ops.gc import (
         GcOptions,
         Sources,
@@ -173,13 +174,14 @@ def gc_command(
                 doing = "looking for chains to remove" if dry_run else "removing chains"
                 with out.progress(doing) as progress:
                     result = apply_gc(node, planned, progress)
+            tools = restore_tools(node.backend) if common.verbose and dry_run else {}
         if recorder is not None:
             recorder.note_gc(result, node_opts.families)
         if not ask:
             out.cache_note(cache)
         _show(out, result, options.min_age, cache, asked_dry_run=dry_run)
         if common.verbose and dry_run:
-            sys.stderr.write(render.transactions_text(result.transactions))
+            sys.stderr.write(render.transactions_text(result.transactions, tools))
         if result.state_error is not None:
             from portmapctl.errors import HostProblem
 

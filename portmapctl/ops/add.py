@@ -69,6 +69,8 @@ class AddResult:
     # Per family, the mapping's (protocol, host port)s another tool's nat rule takes
     # before PREROUTING's jump to CNI-HOSTPORT-DNAT -> that rule (iptables/foreign.py).
     taken: Dict[int, Dict[ProtoPort, str]] = field(default_factory=dict)
+    # Per family, the restore command the transaction goes to (access.restore_tools).
+    tools: Dict[int, str] = field(default_factory=dict)
 
 
 def _sharing(

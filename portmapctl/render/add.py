@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 from typing import Mapping as MappingT
 
 
-def transactions_text(transactions: MappingT[Any, str]) -> str:
-    """Restore texts per family, each under a `# IPv4: iptables-restore --noflush` line;
-    the nftables transaction (key "nft", both families) under `# nftables: nft -f -`."""
+def transactions_text(
+    transactions: MappingT[Any, str], tools: MappingT[int, str] = MappingProxyType({})
+) -> str:
+    """Restore texts per family, each under a `# IPv4: iptables-nft-restore --noflush`
+    line naming the command that applies it (`tools`, per family: the run's flavour;
+    plain `iptables-restore` where not given); the nftables transaction (key "nft",
+    both families) under `# nftables: nft -f -`."""
 
     def header(key: Any) -> str:
         if key == "nft":
             return "# nftables: nft -f -"
-        return f"# IPv{key}: {'ip6tables' if key == 6 else 'iptables'}-restore --noflush"
+        plain = f"{'ip6tables' if key == 6 else 'iptables'}-restore"
+        return f"# IPv{key}: {tools.get(key, plain)} --noflush"
 
     return "".join(
         f"{header(key)}\n{text}"

@@ -209,3 +209,34 @@ def test_a_legacy_node_without_an_nf_tables_nat_table_runs_no_iptables_nft(host_
     )
     assert run(["list", *node], env=env).returncode == 0
     assert "iptables-nft" in log.read_text()
+
+
+def test_a_dry_runs_transaction_applied_as_its_header_says_is_the_real_add(host_ns, tmp_path):
+    """`add --dry-run` prints each family's text under the command that applies it. On
+    a node whose plugin runs iptables-legacy while the plain `iptables` is nf_tables
+    (Debian's default), that was `iptables-restore --noflush`: an operator applying the
+    text so wrote the chain into iptables-nft, a split brain, and the real add then
+    still had everything to do. Applied as the header now says, the text is the add."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16", "fd00:88::5/64"], PORTS)
+    rp.run_plugin("ADD", host_ns, "leg1", conf, mode="legacy", check=True)
+    args = ["add", "--network", "mynet", "--container", "leg2", "--ip", "10.88.0.6/16",
+            "--ip", "fd00:88::6/64", "-p", "8081:80", "--netns", host_ns,
+            "--cni-cache-dir", str(tmp_path / "cni"), "--iptables", "legacy"]  # fmt: skip
+    done = run([*args, "--dry-run"])
+    assert done.returncode == 0, done.stderr
+    parts = done.stdout.split("# IPv")[1:]
+    assert [p.split(":", 1)[0] for p in parts] == ["4", "6"]
+    for part in parts:
+        header, text = part.split("\n", 1)
+        command = header.split(": ", 1)[1].split()  # e.g. iptables-legacy-restore --noflush
+        text = text.split("\nwould add", 1)[0] + "\n"
+        subprocess.run(
+            ["ip", "netns", "exec", host_ns, *command], input=text, text=True, check=True
+        )
+    chain = chain_name("mynet", "leg2")
+    for family in (4, 6):
+        assert chain in rp.save(host_ns, family, "legacy")
+        assert "CNI-" not in rp.save(host_ns, family, "nft")
+    done = run(args)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("unchanged:"), done.stdout

@@ -99,6 +99,20 @@ def legacy_read_skipped(family: int) -> bool:
     return not legacy_nat_present(family) and effective(CAP_NET_ADMIN, CAP_NET_RAW) is True
 
 
+def restore_tools(backend: object) -> Dict[int, str]:
+    """Per family, the restore command a transaction of `backend` goes to, as a dry run
+    (or -v) names it above the text: the flavour's own (`iptables-legacy-restore`), since
+    the plain `iptables-restore` may be the other flavour, where the text would make a
+    split brain. python-iptables writes legacy tables; a backend that writes nothing
+    (snapshots) gets none, and its texts the plain name."""
+    tool = getattr(backend, "restore_tool", None)
+    if tool is not None:
+        return {family: tool(family) for family in (4, 6)}
+    if getattr(backend, "name", "") == "iptc":
+        return {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"}
+    return {}
+
+
 def open_backend(
     name: str = "auto",
     snapshots: Optional[Dict[int, str]] = None,

@@ -80,6 +80,14 @@ class RestoreBackend:
             raise HostProblem(f"{name} not found: install the iptables package ({self.flavour})")
         return path
 
+    def restore_tool(self, family: int) -> str:
+        """The name of the restore command apply runs for `family` (plain before 1.8)."""
+        try:
+            return os.path.basename(self._binary(family, "restore"))
+        except HostProblem:
+            command = "ip6tables" if family == 6 else "iptables"
+            return f"{command}-{self.flavour}-restore"
+
     def installed(self, family: int) -> bool:
         """Whether this flavour's save tool is here (for a family)."""
         try:
