@@ -27,7 +27,7 @@ from typing import (
     Tuple,
 )
 
-from portmapctl.host.paths import CNI_CACHE_DIR, DEFAULT_CNI_CACHE_DIRS
+from portmapctl.host.paths import CNI_CACHE_DIR, default_cni_cache_dirs
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -239,7 +239,7 @@ class Common(NamedTuple):
         """--cni-cache-dir as given (repeatable), or the default directories."""
         if self.cni_cache_dir:
             return tuple(dict.fromkeys(self.cni_cache_dir))
-        return DEFAULT_CNI_CACHE_DIRS
+        return default_cni_cache_dirs()
 
     def out(self) -> Output:
         return Output(

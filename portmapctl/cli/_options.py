@@ -23,7 +23,7 @@ from portmapctl.cli._common import (
     OutputChoice,
     complete_netns,
 )
-from portmapctl.host.paths import CNI_CACHE_DIR, DEFAULT_CNI_CACHE_DIRS, MULTUS_CACHE_DIR
+from portmapctl.host.paths import CNI_CACHE_DIR, MULTUS_CACHE_DIR, default_cni_cache_dirs
 
 # Completion of values (typer `autocompletion=`): typer reads their annotations, so
 # they live where typer is imported.
@@ -34,7 +34,7 @@ def _cache_dir(ctx: typer.Context) -> Tuple[str, ...]:
         return (value,)
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         return tuple(value)
-    return DEFAULT_CNI_CACHE_DIRS
+    return default_cni_cache_dirs()
 
 
 def complete_container(ctx: typer.Context, incomplete: str) -> List[Tuple[str, str]]:

@@ -5,19 +5,28 @@ and for hosts where several independent portmapctl setups must not share one loc
 """
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 # libcni's cache: the runtime's own, and the one Multus gives libcni for the delegate
-# networks (its `cniDir`, this by default). Read both by default (SPEC §3): on a Multus
-# node the network that names a pod's portmap chain is cached only in the second.
+# networks (its `cniDir`, this by default). Both are read by default where they exist
+# (SPEC §3): on a Multus node the network that names a pod's portmap chain is cached
+# only in the second.
 CNI_CACHE_DIR = "/var/lib/cni"
 MULTUS_CACHE_DIR = "/var/lib/cni/multus"
-DEFAULT_CNI_CACHE_DIRS = (CNI_CACHE_DIR, MULTUS_CACHE_DIR)
 RUN_DIR = os.environ.get("PORTMAPCTL_RUN_DIR") or "/run/portmapctl"
 
 # Where a distribution puts iptables, nft (and, on RHEL, ip). Not on cron's PATH
 # (Debian's cron runs jobs with /usr/bin:/bin), nor on many users': looked in after PATH.
 SBIN_DIRS = "/usr/sbin:/sbin"
+
+
+def default_cni_cache_dirs() -> Tuple[str, ...]:
+    """The cache directories read without --cni-cache-dir: /var/lib/cni, and Multus's
+    where it exists (a node without Multus is told of no cache it does not have: not in
+    JSON, the no-cache warning, nor the metrics' `dir` labels)."""
+    if os.path.isdir(MULTUS_CACHE_DIR):
+        return (CNI_CACHE_DIR, MULTUS_CACHE_DIR)
+    return (CNI_CACHE_DIR,)
 
 
 def find_tool(name: str) -> Optional[str]:

@@ -61,7 +61,7 @@ class NodeOptions:
     iptables: str = "auto"
     families: Tuple[int, ...] = (4, 6)
     netns: Optional[str] = None
-    cache_dirs: Tuple[str, ...] = paths.DEFAULT_CNI_CACHE_DIRS
+    cache_dirs: Tuple[str, ...] = field(default_factory=paths.default_cni_cache_dirs)
     snapshots: Dict[int, str] = field(default_factory=dict)
     backend: str = "auto"
     nft_snapshot: Optional[str] = None

@@ -121,9 +121,16 @@ def multus_node(root: Path, cid: str = "5f8e0c2a9b7d") -> Path:
     return root
 
 
-def test_default_cache_dirs_are_one_constant_with_multus():
-    assert paths.DEFAULT_CNI_CACHE_DIRS == ("/var/lib/cni", "/var/lib/cni/multus")
-    assert Common().cache_dirs == paths.DEFAULT_CNI_CACHE_DIRS
+def test_default_cache_dirs_name_multus_where_it_exists(tmp_path, monkeypatch):
+    """SPEC §3: /var/lib/cni and, where it exists, /var/lib/cni/multus. Before, both
+    always: JSON's cache.dirs, the no-cache warning and the metrics named a Multus
+    cache on every node without one."""
+    monkeypatch.setattr(paths, "MULTUS_CACHE_DIR", str(tmp_path / "multus"))
+    assert paths.default_cni_cache_dirs() == ("/var/lib/cni",)
+    assert Common().cache_dirs == ("/var/lib/cni",)
+    (tmp_path / "multus").mkdir()
+    assert paths.default_cni_cache_dirs() == ("/var/lib/cni", str(tmp_path / "multus"))
+    assert Common().cache_dirs == ("/var/lib/cni", str(tmp_path / "multus"))
     assert Common(cni_cache_dir=("/a", "/b", "/a")).cache_dirs == ("/a", "/b")
     with pytest.raises(BadInput, match="empty"):
         Common(cni_cache_dir=("/a", "")).node_options()

@@ -605,8 +605,8 @@ def _documented_query(what: str) -> str:
 
 
 def test_the_empty_cache_query_names_only_nodes_with_an_empty_cache(tmp_path):
-    """gc reports each CNI cache directory it reads, by default /var/lib/cni and
-    /var/lib/cni/multus: on a node without Multus the second is absent, 0 entries. The
+    """gc reports each CNI cache directory it reads, by default /var/lib/cni and, where
+    it exists, /var/lib/cni/multus (here an empty one on every node). The
     documented query compared each directory alone, so it named every such node as one
     whose cache is empty (where gc would refuse), a false alarm on most of a fleet."""
     query = _documented_query("nodes whose cache is empty")

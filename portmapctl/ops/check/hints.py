@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.host.paths import DEFAULT_CNI_CACHE_DIRS
+from portmapctl.host.paths import default_cni_cache_dirs
 from portmapctl.iptables.ruleset import (
     Args,
     command_line,
@@ -68,7 +68,7 @@ def fixes_for(node: Node, cache_present: bool = True) -> Fixes:
         suffix += f" --iptables {options.iptables}"
     if tuple(options.families) != (4, 6):
         suffix += " --family " + ("all" if len(options.families) != 1 else str(options.families[0]))
-    if tuple(options.cache_dirs) != DEFAULT_CNI_CACHE_DIRS:
+    if tuple(options.cache_dirs) != default_cni_cache_dirs():
         suffix += "".join(f" --cni-cache-dir {shlex.quote(d)}" for d in options.cache_dirs)
     return Fixes(suffix, _flavour(node), cache_present)
 
