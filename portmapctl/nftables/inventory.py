@@ -488,7 +488,7 @@ def _rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Proble
     """Each compared container's rules against what the plugin's ADD writes, exactly
     (SPEC §3 check): what is missing, and what of its own is there that it would not
     have written (planner.unwanted: what --repair deletes)."""
-    from portmapctl.nftables.planner import missing_by_container
+    from portmapctl.nftables.planner import missing_where
     from portmapctl.nftables.wanted import wanted
 
     compared = [o for o in nft_backed if o.mapping is not None and not o.zombie]
@@ -508,7 +508,7 @@ def _rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Proble
         if not wants:
             continue
         missing: Dict[int, List] = {}
-        for index, chain, body in missing_by_container(ruleset.table(family), wants):
+        for index, chain, body in missing_where(ruleset, family, wants):
             missing.setdefault(index, []).append((chain, body))
         for index in sorted(missing):
             owner, found = owners[index], missing[index]

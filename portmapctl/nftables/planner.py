@@ -112,9 +112,22 @@ def _uses_hostports_all(table: Optional[Table]) -> bool:
     )
 
 
-def missing_rules(table: Optional[Table], wanted: WantedFamily) -> List[Tuple[str, RuleBody]]:
+def missing_rules(live: Ruleset, wanted: WantedFamily) -> List[Tuple[str, RuleBody]]:
     """(chain, rule) of `wanted` that the table lacks, in the plugin's order."""
-    return [(chain, body) for _index, chain, body in missing_by_container(table, [wanted])]
+    return [(chain, body) for _index, chain, body in missing_where(live, wanted.family, [wanted])]
+
+
+def missing_where(
+    live: Ruleset, family: int, wanted: Sequence[WantedFamily]
+) -> List[Tuple[int, str, RuleBody]]:
+    """missing_by_container, each rule named by the chain setup (check --repair) writes
+    it to: a host-IP rule goes to hostip_hostports in a v1.6/v1.7 table, so check
+    says that chain, not v1.9's."""
+    old = layout(live, family) is Layout.V16
+    return [
+        (index, HOSTIP_HOSTPORTS if old and _moves_to_hostip(chain, body) else chain, body)
+        for index, chain, body in missing_by_container(live.table(family), wanted)
+    ]
 
 
 def missing_by_container(
@@ -297,7 +310,7 @@ def _setup_family(
         groups.setdefault((index, chain), []).append(body)
     for (index, chain), bodies in groups.items():
         for body, position, before in _placed(table, chain, wanted[index], bodies):
-            if old_shape and chain == HOSTPORTS and _host_ip_rule(body):
+            if old_shape and _moves_to_hostip(chain, body):
                 txn.add_rule(family, HOSTIP_HOSTPORTS, body)
             else:
                 txn.add_rule(family, chain, body, position, before)
@@ -348,6 +361,11 @@ def _placed(
     if last is None:
         return placed + [(body, None, False) for body in tail]
     return placed + [(body, last, False) for body in reversed(tail)]
+
+
+def _moves_to_hostip(chain: str, body: RuleBody) -> bool:
+    """Whether v1.9's rule `body` of `chain` is one v1.6/v1.7 keep in hostip_hostports."""
+    return chain == HOSTPORTS and _host_ip_rule(body)
 
 
 def _host_ip_rule(body: RuleBody) -> bool:

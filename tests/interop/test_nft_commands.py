@@ -952,3 +952,32 @@ def test_one_mapping_repair_keeps_the_containers_rules_on_a_network_not_cached(
     text = upstream.ruleset_text(node)
     assert 'tcp dport 8181 dnat to 10.89.0.5:80 comment "c1"' in text
     assert 'ip saddr 10.89.0.5 ip daddr 10.89.0.5 masquerade comment "c1"' in text
+
+
+@pytest.mark.parametrize("version", ["v1.6.2", "v1.7.1"])
+def test_a_missing_host_ip_rule_of_a_v17_table_is_named_by_its_chain(
+    node: str, tmp_path: Path, version: str
+) -> None:
+    """v1.6/v1.7 keep host-IP rules in hostip_hostports, and check --repair puts a lost
+    one back there: check, its JSON and the repair's line name that chain, not
+    hostports (where only v1.9 puts them)."""
+    conf = _plugin_add(node, tmp_path, API, version=version)
+    (rule,) = [r for r in _rules_of(node, "api1") if r["chain"] == "hostip_hostports"]
+    upstream.nft(node, "delete", "rule", "ip", "cni_hostport", "hostip_hostports",
+                 "handle", str(rule["handle"]))  # fmt: skip
+    path = tmp_path / "api1.json"
+    path.write_text(json.dumps(conf))
+    for args in (["check"], ["check", "--container", "api1", "--cni-config", str(path)]):
+        done = _pmctl(node, tmp_path, *args, "-o", "json")
+        assert done.returncode == 1, done.stdout + done.stderr
+        problems = json.loads(done.stdout)["problems"]
+        assert [(p["kind"], p["chain"]) for p in problems] == [
+            ("nft-missing-rules", "hostip_hostports")
+        ], args
+    repaired = _pmctl(node, tmp_path, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "nft-missing-rules nft:hostip_hostports (podman/api1)" in repaired.stderr
+    assert [r["chain"] for r in _rules_of(node, "api1") if "hostports" in r["chain"]] == [
+        "hostip_hostports"
+    ]
+    upstream.run(version, "CHECK", node, "api1", conf, check=True)

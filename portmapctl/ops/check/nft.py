@@ -488,7 +488,7 @@ def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) 
         own = {config.container_id: config.network}
         extra = extra_rules(table, family, wants, own, "its config", own_addresses(config))
         problems += [_problem(p, fix) for p in extra]
-        missing = missing_rules(table, want)
+        missing = missing_rules(live, want)
         if missing:
             texts = "; ".join(body.text(family) for _chain, body in missing)
             kind = ProblemKind.NFT_MISSING_RULES.value
