@@ -381,6 +381,7 @@ def read_attachment(
     conf = (configs or ConfigMemo()).portmap_conf(cached.get("config"), source)
     network = cached.get("networkName") or (conf or {}).get("name") or ""
     network = _named(network, "network name", source)
+    _check_file_name(path, network, container_id, ifname, source)
     capability = cached.get("capabilityArgs") or {}
     if not isinstance(capability, dict):
         raise BadInput(f"{source}: capabilityArgs must be an object")
@@ -436,6 +437,20 @@ def _netns(netns: Any, result: Any, ifname: str) -> Optional[str]:
         if isinstance(sandbox, str) and sandbox and (not ifname or iface.get("name") == ifname):
             return sandbox
     return None
+
+
+def _check_file_name(path: str, network: str, container_id: str, ifname: str, source: str) -> None:
+    """libcni names a file NETWORK-CONTAINERID-IFNAME and a runtime's DEL finds it by
+    that name: a body naming another attachment is no trustworthy entry (gc would take
+    the named container's chains for stale, a repair write chains for the body's)."""
+    prefix = f"{network}-{container_id}-"
+    name = os.path.basename(path)
+    matches = name == prefix + ifname if ifname else name.startswith(prefix)
+    if not matches:
+        raise BadInput(
+            f"{source}: names network {network!r}, container {container_id!r}"
+            f"{f', interface {ifname!r}' if ifname else ''}, not what its file name says"
+        )
 
 
 def _named(value: Any, what: str, source: str) -> str:

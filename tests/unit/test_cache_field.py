@@ -226,6 +226,37 @@ def test_an_unreadable_entry_is_skipped_and_its_container_stays_live(tmp_path):
     assert "f00d-1" in live.ids
 
 
+@pytest.mark.parametrize("duplicate_key", [False, True], ids=["other-id", "duplicate-key"])
+def test_an_entry_whose_body_names_another_container_is_no_entry_of_either(
+    tmp_path, duplicate_key
+):
+    """libcni names a file NETWORK-CONTAINERID-IFNAME and a runtime's DEL finds it by
+    that name. A body naming another container (a copied file; a duplicate key, of
+    which JSON readers keep the last) made gc take the named, live container's chains
+    for stale and check --repair write chains for the body's: now the entry is one
+    that cannot be read, its file name keeps its container live, nothing is modelled."""
+    good = write(tmp_path / "results", "mynet-f00d-eth0", entry(cid="f00d"))
+    body = entry(cid="abc123")
+    if duplicate_key:
+        text = json.dumps(entry(cid="abc123"))[:-1] + ', "containerId": "def456"}'
+    else:
+        text = json.dumps(dict(body, containerId="def456"))
+    odd = write(tmp_path / "results", "mynet-abc123-eth0", text)
+    found = cni_cache.read_entries([str(good), str(odd)], wait=0.0)
+    assert [a.container_id for a in found if a.problem is None] == ["f00d"]
+    [warning] = cni_cache.warnings(found)
+    assert str(odd) in warning and "'def456'" in warning
+    live = liveness(Sources(), found)
+    assert chain_name("mynet", "abc123") in live.chains
+    assert "def456" not in live.ids
+    # The other names of the body, each against the file name: network, interface.
+    other_net = write(tmp_path / "results", "other-abc123-eth0", json.dumps(body))
+    other_if = write(tmp_path / "results", "mynet-abc123-net1", json.dumps(body))
+    for path in (other_net, other_if):
+        with pytest.raises(BadInput, match="not what its file name says"):
+            read_attachment(str(path))
+
+
 def test_an_entry_whose_conditions_make_no_rule_stops_nothing(tmp_path):
     """Conditions are free-form: one no rule can be made of (an address iptables
     reads otherwise) is that entry's problem, reported as one that cannot be read; its
@@ -298,9 +329,9 @@ def test_without_the_capability_the_runtime_ports_are_not_the_plugins(tmp_path):
     """libcni hands a plugin the runtime's portMappings only where its config says
     `capabilities: {portMappings: true}`; a static runtimeConfig goes as it is."""
     bare = entry(portmap={"type": "portmap", "snat": True})
-    assert read_attachment(str(write(tmp_path, "a", bare))).mapping is None
+    assert read_attachment(str(write(tmp_path / "a", "mynet-abc123-eth0", bare))).mapping is None
     off = entry(portmap={"type": "portmap", "capabilities": {"portMappings": False}})
-    assert read_attachment(str(write(tmp_path, "b", off))).mapping is None
+    assert read_attachment(str(write(tmp_path / "b", "mynet-abc123-eth0", off))).mapping is None
     static = entry(
         portmap={
             "type": "portmap",
@@ -309,9 +340,9 @@ def test_without_the_capability_the_runtime_ports_are_not_the_plugins(tmp_path):
             },
         }
     )
-    found = read_attachment(str(write(tmp_path, "c", static))).mapping
+    found = read_attachment(str(write(tmp_path / "c", "mynet-abc123-eth0", static))).mapping
     assert found is not None and [p.host_port for p in found.ports] == [9090]
-    on = read_attachment(str(write(tmp_path, "d", entry()))).mapping
+    on = read_attachment(str(write(tmp_path / "d", "mynet-abc123-eth0", entry()))).mapping
     assert on is not None and [p.host_port for p in on.ports] == [8080]
 
 
@@ -406,7 +437,7 @@ def test_namespace_paths_that_cannot_be_judged_are_never_zombies(tmp_path):
     # Without `netns` (older libcni), the interface's sandbox names it.
     old = entry(netns=None)
     old["result"]["interfaces"][0]["sandbox"] = "/run/netns/cni-1234"
-    assert read_attachment(str(write(tmp_path, "old", old))).netns == "/run/netns/cni-1234"
+    assert read_attachment(str(write(tmp_path / "old", "mynet-abc123-eth0", old))).netns == "/run/netns/cni-1234"
 
 
 def test_from_the_hosts_mounts_an_empty_or_missing_directory_holds_no_namespace(tmp_path):
@@ -738,7 +769,7 @@ def test_the_backend_a_containers_cached_config_names_is_found_for_its_network(t
     write(runtime / "results", "net-c4-x-eth0", _with_backend("nftables", cid="c4-x"))
     # One container, two interfaces on one network (in two caches) that disagree.
     write(runtime / "results", "net-c5-eth0", _with_backend("nftables", cid="c5"))
-    write(multus / "results", "net-c5-net1", _with_backend("iptables", cid="c5"))
+    write(multus / "results", "net-c5-net1", dict(_with_backend("iptables", cid="c5"), ifName="net1"))
     write(runtime / "results", "net-c6-eth0", "{not json")
     dirs = (str(runtime), str(multus), str(tmp_path / "absent"))
     found = {cid: cni_cache.configured_backend(dirs, "net", cid) for cid in

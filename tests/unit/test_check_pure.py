@@ -421,8 +421,8 @@ def test_cli_repair_of_a_snapshot_is_bad_input(tmp_path):
             json.dumps(
                 {
                     "kind": "cniCacheV1",
-                    "containerId": "x",
-                    "networkName": "n",
+                    "containerId": "broken",
+                    "networkName": "mynet",
                     "config": base64.b64encode(
                         b'{"type":"portmap","name":"n","capabilities":{"portMappings":true}}'
                     ).decode(),
