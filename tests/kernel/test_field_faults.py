@@ -296,17 +296,21 @@ def full_run_dir(tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(run_dir)],
                    check=True)  # fmt: skip
     try:
-        fd = os.open(run_dir / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        _fill(run_dir)
         yield run_dir
     finally:
         subprocess.run(["umount", "-l", str(run_dir)], check=False)
+
+
+def _fill(run_dir: Path) -> None:
+    fd = os.open(run_dir / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def test_gc_whose_output_goes_to_a_full_disk_removes_records_and_exits_3(node, tmp_path):
@@ -346,8 +350,15 @@ def test_gc_with_a_full_run_dir_reports_what_it_did_flushes_and_exits_3(node, fu
                     "10.88.0.13", "--reply-dst", "127.0.0.1", "--reply-port-src", "60",
                     "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
 
-    done = run(["gc", "--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache), "--yes",
-                "--min-age", "0", "-q"], env={"PORTMAPCTL_RUN_DIR": str(full_run_dir)})  # fmt: skip
+    # A sighting on file (recorded while there was room): removing the chain means
+    # forgetting it, a write the full run directory refuses.
+    gc_args = ["gc", "--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
+    env = {"PORTMAPCTL_RUN_DIR": str(full_run_dir)}
+    (full_run_dir / "filler").unlink()
+    ok([*gc_args, "--dry-run"], env=env)
+    _fill(full_run_dir)
+
+    done = run([*gc_args, "--yes", "--min-age", "0", "-q"], env=env)
 
     # stdout: what was done (-q: the summary line); stderr: the one error line.
     assert done.returncode == 3, done.stderr
@@ -361,3 +372,20 @@ def test_gc_with_a_full_run_dir_reports_what_it_did_flushes_and_exits_3(node, fu
     flows = subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-L", "-p", "udp"],
                            capture_output=True, text=True).stdout  # fmt: skip
     assert "dport=6000" not in flows
+
+
+def test_gc_with_nothing_to_remember_is_fine_with_a_full_run_dir(node, full_run_dir):
+    """A cron gc on a healthy node whose /run is full: nothing stale, nothing pending,
+    no state file before, so none to write. It wrote an empty one anyway and exited 3
+    ("removed 0 chains (see above), but could not record ...") on every run; now it
+    writes nothing and exits 0. A dry run said a warning for the same non-write."""
+    ns, cache = node
+    args = ["gc", "--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
+    env = {"PORTMAPCTL_RUN_DIR": str(full_run_dir)}
+    for extra in (["--yes", "--min-age", "0"], ["--yes"], ["--dry-run"]):
+        done = run([*args, *extra, "-q"], env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == "", done.stderr
+        assert "nothing to remove now, 0 pending, 1 kept" in done.stdout
+    assert not (full_run_dir / "gc-state.json").exists()
+    assert chain_name("mynet", "live1") in rp.save(ns)

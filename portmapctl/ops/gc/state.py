@@ -184,7 +184,7 @@ def save(
     between, so only this run's own changes go onto the part as it is now
     (`merged`); the caller holds the lock for this call."""
     safe_run_dir(state_dir)
-    document, _ = _read_document(state_dir)
+    document, unusable = _read_document(state_dir)
     if since is not None:
         chains = merged(_sightings(document, namespace), since, chains)
     now = clock()
@@ -204,6 +204,11 @@ def save(
                 for key, seen in sorted(chains.items(), key=lambda item: item[0].text())
             },
         }
+    if not unusable and namespaces == document.get("namespaces", {}):
+        # Nothing pending here, none before, no part dropped: the file would say what
+        # it says (an absent one, nothing). Not writing keeps a full run directory
+        # from failing a gc that has nothing to remember (a bad file is replaced).
+        return
     text = json.dumps(
         {"version": VERSION, "boot_id": _boot_id(), "namespaces": namespaces},
         separators=(",", ":"),
