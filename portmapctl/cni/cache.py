@@ -147,6 +147,9 @@ def cache_paths(cache_dirs: CacheDirs) -> Optional[List[str]]:
             # scandir: the file type comes with the name (one stat less per entry).
             with os.scandir(folder) as listing:
                 entries = sorted(listing, key=_entry_name)
+            # Listed is not searchable: without x every entry fails as if gone (each
+            # container then stale, gc's to take). Looking up "." needs that right.
+            os.stat(os.path.join(folder, "."))
         except FileNotFoundError:
             continue  # removed meanwhile: as if it had not been there
         except OSError as err:
@@ -212,7 +215,7 @@ def read_entries(
             try:
                 found.append(read_attachment(path, judge, configs=configs))
             except BadInput as err:
-                if not os.path.lexists(path):
+                if _gone(path):
                     continue  # removed by a DEL between listing and reading: not live
                 if isinstance(err, _Unfinished):
                     failed.append((path, err))
@@ -226,6 +229,18 @@ def read_entries(
     for path, err in failed:
         found += unreadable(path, str(err))
     return found
+
+
+def _gone(path: str) -> bool:
+    """Whether the file is no longer there; not when that cannot be told (EACCES):
+    lexists says False for both, and a doubt must keep its container live."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def unreadable(path: str, problem: str) -> List[Attachment]:

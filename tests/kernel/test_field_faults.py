@@ -178,6 +178,27 @@ def test_an_unreadable_cache_is_exit_3_never_an_empty_one(tmp_path, locked, comm
     assert_error(done, 3, "cannot read the CNI cache", "Permission denied")
 
 
+def test_a_cache_listed_but_not_searchable_is_exit_3_never_stale(node):
+    """results/ that can be listed but not searched (mode 0600, or an ACL, for a
+    root without CAP_DAC_*): every entry failed as if removed by a DEL, so list said
+    every mapping stale with no word of why, and gc with another source of liveness
+    (--keep) removed the cached, live container's chain. Now: exit 3, nothing changed."""
+    _needs_root()
+    ns, cache = node
+    live = chain_name("mynet", "live1")
+    results = cache / "results"
+    results.chmod(0o600)
+    try:
+        listed = _without_dac(["list", "--netns", ns, "--cni-cache-dir", str(cache)])
+        gc = _without_dac(["gc", "--netns", ns, "--cni-cache-dir", str(cache), "--yes",
+                           "--min-age", "0", "--keep", "other1"])  # fmt: skip
+    finally:
+        results.chmod(0o700)
+    for done in (listed, gc):
+        assert_error(done, 3, "cannot read the CNI cache", "Permission denied")
+    assert live in rp.save(ns)
+
+
 def test_cache_entries_that_are_no_regular_files_never_block(tmp_path):
     results = tmp_path / "cni" / "results"
     results.mkdir(parents=True)
