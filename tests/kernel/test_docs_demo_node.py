@@ -11,11 +11,13 @@ terminal interleaves them; clock times aside) and exit as a following `echo $?` 
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator, List, NamedTuple, Optional
 
@@ -24,6 +26,11 @@ import realplugin as rp
 from docexamples import Example, console_examples
 
 ROOT = Path(__file__).resolve().parents[2]
+# One demo node at a time on this machine, whichever test run builds it: on a host
+# without /var/lib/cni, `up` makes that directory (the cache's mount point) and `down`
+# removes it, and removing a directory detaches the mounts on it in every mount
+# namespace: another run's node would lose its cache between two examples.
+DEMO_LOCK = Path(tempfile.gettempdir()) / "portmapctl-tests-demo-node.lock"
 
 
 class Scenario(NamedTuple):
@@ -74,10 +81,12 @@ def _demo_module(tmp_path: Path):
 @pytest.fixture
 def demo(tmp_path) -> Iterator[object]:
     module = _demo_module(tmp_path)
-    try:
-        yield module
-    finally:
-        module.down()
+    with DEMO_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        try:
+            yield module
+        finally:
+            module.down()
 
 
 # What differs from run to run: gc's SEEN column and "removable in 2m00s, at 04:32:08".
