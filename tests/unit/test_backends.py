@@ -117,3 +117,25 @@ def test_no_ip6tables_names_the_package_and_the_way_round_it(tmp_path, monkeypat
         "ip6tables-nft-save not found: install ip6tables (nft),"
         " or give --family 4 to look at IPv4 only"
     )
+
+
+def test_a_dry_runs_header_names_the_legacy_restore_tool_there_is_before_1_8(tmp_path, monkeypatch):
+    """The header above a dry run's text is the command to pipe it into. iptables
+    before 1.8 (CentOS 7) names its legacy tools plainly, with no iptables-legacy-restore:
+    there python-iptables (legacy tables) named that missing command, where
+    --iptables legacy named iptables-restore."""
+    from portmapctl.iptables.access import restore_tools
+    from portmapctl.iptables.access.iptc import IptcBackend
+    from portmapctl.iptables.access.restore import RestoreBackend
+
+    for command in ("iptables", "ip6tables"):
+        for tool in (command, f"{command}-restore"):
+            script = tmp_path / tool
+            script.write_text("#!/bin/sh\necho 'iptables v1.4.21'\n")
+            script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(paths, "SBIN_DIRS", str(tmp_path))
+    plain = {4: "iptables-restore", 6: "ip6tables-restore"}
+    assert restore_tools(RestoreBackend("legacy")) == plain
+    # Not loading libiptc: only the backend's kind matters here.
+    assert restore_tools(IptcBackend.__new__(IptcBackend)) == plain

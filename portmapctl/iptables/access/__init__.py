@@ -103,13 +103,16 @@ def restore_tools(backend: object) -> Dict[int, str]:
     """Per family, the restore command a transaction of `backend` goes to, as a dry run
     (or -v) names it above the text: the flavour's own (`iptables-legacy-restore`), since
     the plain `iptables-restore` may be the other flavour, where the text would make a
-    split brain. python-iptables writes legacy tables; a backend that writes nothing
-    (snapshots) gets none, and its texts the plain name."""
+    split brain. python-iptables writes legacy tables: legacy's tool (plain before 1.8,
+    as for --iptables legacy); a backend that writes nothing (snapshots) gets none, and
+    its texts the plain name."""
+    if getattr(backend, "name", "") == "iptc":
+        from portmapctl.iptables.access.restore import RestoreBackend
+
+        backend = RestoreBackend("legacy")
     tool = getattr(backend, "restore_tool", None)
     if tool is not None:
         return {family: tool(family) for family in (4, 6)}
-    if getattr(backend, "name", "") == "iptc":
-        return {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"}
     return {}
 
 
