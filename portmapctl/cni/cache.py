@@ -177,7 +177,7 @@ def _entry_name(entry: os.DirEntry) -> str:
 class JudgesNamespaces(Protocol):
     """What read_attachment asks about an entry's namespace (a NamespaceView)."""
 
-    def state(self, path: Optional[str]) -> NetnsState: ...
+    def state(self, path: Optional[str], entry: Optional[str] = None) -> NetnsState: ...
 
 
 class NamespaceMemo:
@@ -188,10 +188,12 @@ class NamespaceMemo:
         self._view = view
         self._states: Dict[Optional[str], NetnsState] = {}
 
-    def state(self, path: Optional[str]) -> NetnsState:
+    def state(self, path: Optional[str], entry: Optional[str] = None) -> NetnsState:
         found = self._states.get(path)
         if found is None:
             found = self._states[path] = self._view.state(path)
+        if found == NetnsState.UNSEEN and entry is not None:
+            return self._view.state(path, entry)  # when each entry was written decides
         return found
 
 
@@ -420,7 +422,7 @@ def read_attachment(
     # else: no ports, or no address (an L2 network with empty IPAM): the plugin
     # forwards nothing, and neither does anything else expect it to.
     netns = _netns(cached.get("netns"), result, ifname)
-    state = namespaces.state(netns) if namespaces is not None else NetnsState.UNKNOWN
+    state = namespaces.state(netns, path) if namespaces is not None else NetnsState.UNKNOWN
     return Attachment(network, container_id, ifname, path, mapping, netns, state)
 
 

@@ -91,7 +91,7 @@ class NetnsState(str, Enum):
     """What became of the network namespace a CNI cache entry names."""
 
     PRESENT = "present"
-    GONE = "gone"  # its directory is visible here and it is not in it: a zombie entry
+    GONE = "gone"  # not in its visible directory, or died with the boot: a zombie entry
     UNSEEN = "unseen"  # its directory is not visible here (portmapctl in a container)
     UNKNOWN = "unknown"  # the entry names no namespace, or it could not be looked at
 
@@ -120,17 +120,32 @@ def sees_the_hosts_mounts() -> bool:
     return (ours.st_dev, ours.st_ino) == (init.st_dev, init.st_ino)
 
 
+def boot_time() -> Optional[float]:
+    """When this boot began, as the wall clock counts (/proc/stat's btime, whole
+    seconds, so no later moment of this boot is before it); None if it cannot be read."""
+    try:
+        with open("/proc/stat") as handle:
+            for line in handle:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 class NamespaceView:
     """Looks up namespace paths from this mount namespace, remembering per directory
     whether it is the host's (one view per command run: namespaces come and go).
 
-    `host_mounts`: whether this is the host's mount namespace (None: asked of the
-    kernel, once, when first needed; tests say it).
+    `host_mounts`: whether this is the host's mount namespace; `booted`: when this
+    boot began, wall-clock seconds (None: asked of the kernel, once, when first
+    needed; tests say them).
     """
 
-    def __init__(self, host_mounts: Optional[bool] = None) -> None:
+    def __init__(self, host_mounts: Optional[bool] = None, booted: Optional[float] = None) -> None:
         self._visible: Dict[str, bool] = {}
         self._host_mounts = host_mounts
+        self._booted = booted
         try:
             self._nsfs = os.stat("/proc/self/ns/net").st_dev
         except OSError:
@@ -157,13 +172,12 @@ class NamespaceView:
     def directory_visible(self, directory: str) -> bool:
         """Whether the namespaces kept in `directory` can be seen from here.
 
-        /proc/PID paths only in the host's PID namespace. Others: always from the
-        host's mount namespace, where an empty or missing /run/netns means no namespace
-        is left (a node just rebooted: /run is new, the cache on disk is not, and its
-        dead entries must not be repaired back). From any other mount namespace only
-        where the directory holds at least one network namespace: an empty or missing
-        one is what a container without the host's mounted in sees, and it must not
-        make every cache entry look gone.
+        /proc/PID paths only in the host's PID namespace. Others: where the directory
+        holds at least one network namespace. An empty or missing one is what a
+        container without the host's mounted in sees, and, even from the host's own
+        mount namespace, what a runtime in a mount namespace of its own keeps its live
+        namespaces behind (a kind node's): it must not make every cache entry look
+        gone (an entry from before this boot: `state`).
         """
         if directory in self._visible:
             return self._visible[directory]
@@ -172,8 +186,6 @@ class NamespaceView:
                 visible = os.stat("/proc/self/ns/pid").st_ino == PROC_PID_INIT_INO
             except OSError:
                 visible = False
-        elif self._on_the_host():
-            visible = True
         else:
             try:
                 names = os.listdir(directory)
@@ -183,12 +195,35 @@ class NamespaceView:
         self._visible[directory] = visible
         return visible
 
+    def _died_with_the_boot(self, path: str, entry: str) -> bool:
+        """Whether the namespace at `path` (in a directory not visible) is one a
+        reboot took: nothing is at `path` seen from the host's mount namespace, and the
+        entry was written before this boot, when no namespace of now existed (a node
+        just rebooted: /run is new, the cache on disk is not, and its dead entries must
+        not be repaired back). One written this boot may be a live container's that a
+        runtime of another mount namespace keeps out of sight: not judged."""
+        if path.startswith("/proc/") or not self._on_the_host():
+            return False
+        booted = self._boot_time()
+        try:
+            written = os.stat(entry).st_mtime
+        except OSError:
+            return False
+        return booted is not None and written < booted and self.is_namespace(path) is False
+
     def _on_the_host(self) -> bool:
         if self._host_mounts is None:
             self._host_mounts = sees_the_hosts_mounts()
         return self._host_mounts
 
-    def state(self, path: Optional[str]) -> NetnsState:
+    def _boot_time(self) -> Optional[float]:
+        if self._booted is None:
+            self._booted = boot_time()
+        return self._booted
+
+    def state(self, path: Optional[str], entry: Optional[str] = None) -> NetnsState:
+        """What became of the namespace at `path`, named by the cache file `entry`
+        (None: not told, so not judged by when the entry was written)."""
         if not path or not os.path.isabs(path):
             return NetnsState.UNKNOWN
         path = os.path.normpath(path)
@@ -200,6 +235,8 @@ class NamespaceView:
         else:
             directory = os.path.dirname(path)
         if not self.directory_visible(directory):
+            if entry is not None and self._died_with_the_boot(path, entry):
+                return NetnsState.GONE
             return NetnsState.UNSEEN
         found = self.is_namespace(path)
         if found is None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -206,10 +209,10 @@ def test_netns_liveness_is_refused_where_the_namespaces_are_not_visible(lab: Lab
 
 
 def test_after_a_reboot_the_dead_containers_entries_are_zombies_on_the_host(lab: Lab, tmp_path):
-    """A node just rebooted: the cache on disk names namespaces in a directory that /run
-    no longer holds (missing, or made again and still empty), and the rules are gone
-    with the boot. Seen from the host's mount namespace that is no blind spot: the
-    entries are zombies, check --repair does not bring their chains back (before, it
+    """A node just rebooted: the cache on disk, written before this boot, names
+    namespaces in a directory that /run no longer holds (missing, or made again and
+    still empty), and the rules are gone with the boot. Seen from the host's mount
+    namespace no namespace outlives a boot: the entries are zombies, check --repair does not bring their chains back (before, it
     re-created both: dead containers' rules taking host ports that new containers would
     claim), and gc --netns-liveness takes a restored one away. The live container's
     chain is repaired as usual."""
@@ -220,6 +223,8 @@ def test_after_a_reboot_the_dead_containers_entries_are_zombies_on_the_host(lab:
     missing = tmp_path / "run-after-boot" / "never-made" / "netns"
     port_c = [{"hostPort": 8083, "containerPort": 80, "protocol": "tcp"}]
     lab.add("other", "dead2", "10.88.0.26/16", port_c, netns=str(missing / "cni-2"))
+    for entry in ("mynet-dead1-eth0", "other-dead2-eth0"):
+        _written_before_this_boot(lab.cache / "results" / entry)
     listed = lab.json("list")
     assert statuses(listed, "dead1") == {"zombie"} and statuses(listed, "dead2") == {"zombie"}
     assert statuses(listed, "keep") == {"ok"}
@@ -235,6 +240,50 @@ def test_after_a_reboot_the_dead_containers_entries_are_zombies_on_the_host(lab:
     assert sorted(r["container_id"] for r in doc["removed"]) == ["dead1", "dead2"]
     assert chain_lines(lab.rules(), chain_name("mynet", "keep"))
     lab.plugin_check("mynet", "keep")
+
+
+def _written_before_this_boot(path: Path) -> None:
+    """What a reboot leaves: the cache entry's file dates from the boot before."""
+    with open("/proc/stat") as stat:
+        [booted] = [int(line.split()[1]) for line in stat if line.startswith("btime ")]
+    os.utime(path, (booted - 3600, booted - 3600))
+
+
+def test_a_live_namespace_another_mount_namespace_keeps_is_no_zombie(lab: Lab, tmp_path):
+    """A runtime in a mount namespace of its own (a kind node's containerd, looked at
+    from the host with --netns /proc/PID/ns/net and its cache: docs/troubleshooting.md)
+    keeps its containers' namespaces on a mount the host does not see: there the host
+    sees an empty directory, its containers alive. Their entries, written this boot,
+    are no zombies: before, seen from the host's mount namespace every one was, and gc
+    --netns-liveness removed the live containers' chains."""
+    hidden = tmp_path / "node-run" / "netns"
+    hidden.mkdir(parents=True)
+    script = (
+        f"mount -t tmpfs none {hidden} && touch {hidden}/cni-1 &&"
+        f" unshare --net={hidden}/cni-1 true && echo ready && exec sleep 300"
+    )
+    runtime = subprocess.Popen(
+        [shutil.which("unshare") or "unshare", "-m", "--propagation", "private",
+         "sh", "-c", script],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert runtime.stdout is not None and runtime.stdout.readline().strip() == "ready"
+        assert not os.listdir(hidden), "the runtime's mount leaked to the host"
+        lab.add("mynet", "nested", "10.88.0.27/16", PORT_A, netns=str(hidden / "cni-1"))
+        assert statuses(lab.json("list"), "nested") == {"ok"}
+        doc = lab.json("check")
+        assert doc["problems"] == [], doc["problems"]
+        before = lab.rules()
+        assert_error(
+            lab.pm("gc", "--yes", "--min-age", "0", "--netns-liveness"), 3,
+            "--netns-liveness", "not visible",
+        )  # fmt: skip
+        assert lab.rules() == before
+        assert chain_lines(before, chain_name("mynet", "nested"))
+    finally:
+        runtime.kill()
+        runtime.wait()
 
 
 # --- 3. capabilities -----------------------------------------------------------------------

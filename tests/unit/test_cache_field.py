@@ -440,18 +440,34 @@ def test_namespace_paths_that_cannot_be_judged_are_never_zombies(tmp_path):
     assert read_attachment(str(write(tmp_path / "old", "mynet-abc123-eth0", old))).netns == "/run/netns/cni-1234"
 
 
-def test_from_the_hosts_mounts_an_empty_or_missing_directory_holds_no_namespace(tmp_path):
+def test_from_the_hosts_mounts_an_entry_from_before_this_boot_names_no_namespace(tmp_path):
     """A node just rebooted: /run/netns is missing (or empty) on the host, the cache on
     disk still names the namespaces of containers that died with the boot. Seen from
-    the host's own mount namespace that is no blind spot: they are gone (zombies, never
-    repaired back). A file there that is no namespace still cannot be judged."""
-    view = NamespaceView(host_mounts=True)
+    the host's own mount namespace, an entry written before this boot names a namespace
+    that is gone (a zombie, never repaired back). One written this boot is no such
+    sign: a runtime in a mount namespace of its own (a kind node's) keeps its live
+    namespaces where the host sees an empty directory. A file there that is no
+    namespace, and any entry outside the host's mounts, still cannot be judged."""
+    booted = 1_700_000_000.0
+    gone = str(tmp_path / "missing" / "gone")
+    old = write(tmp_path / "results", "mynet-old-eth0", entry(cid="old", netns=gone))
+    os.utime(old, (booted - 60, booted - 60))
+    new = write(tmp_path / "results", "mynet-new-eth0", entry(cid="new", netns=gone))
     (tmp_path / "netns").mkdir()
     (tmp_path / "netns" / "placeholder").write_text("")
-    assert view.state(str(tmp_path / "netns" / "gone")) == NetnsState.GONE
-    assert view.state(str(tmp_path / "missing" / "gone")) == NetnsState.GONE
-    assert view.state(str(tmp_path / "netns" / "placeholder")) == NetnsState.UNKNOWN
-    assert view.state("/proc/self/ns/net") == NetnsState.UNKNOWN
+    host = NamespaceView(host_mounts=True, booted=booted)
+    for gone in (tmp_path / "netns" / "gone", tmp_path / "missing" / "gone"):
+        assert host.state(str(gone), str(old)) == NetnsState.GONE
+        assert host.state(str(gone), str(new)) == NetnsState.UNSEEN
+        assert host.state(str(gone)) == NetnsState.UNSEEN
+    assert host.state(str(tmp_path / "netns" / "placeholder"), str(old)) == NetnsState.UNSEEN
+    assert host.state("/proc/self/ns/net", str(old)) == NetnsState.UNKNOWN
+    elsewhere = NamespaceView(host_mounts=False, booted=booted)
+    assert elsewhere.state(str(tmp_path / "missing" / "gone"), str(old)) == NetnsState.UNSEEN
+    # Read together, two entries naming one namespace are judged each by its own time.
+    read = cni_cache.read_entries([str(old), str(new)], host)
+    found = {a.container_id: a.netns_state for a in read}
+    assert found == {"old": NetnsState.GONE, "new": NetnsState.UNSEEN}
 
 
 def test_zombie_entries_are_reported_and_not_expected():
