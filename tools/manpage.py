@@ -90,7 +90,8 @@ ENVIRONMENT = [
     (
         "PORTMAPCTL_NFT_BATCH",
         "0: gc's removal and add's write on nf_tables go through iptables-restore too,"
-        " not as one nf_tables batch.",
+        " not as one nf_tables batch; 1 (the default): as one batch. A PORTMAPCTL_"
+        " variable set to a value it does not take is bad input (exit 2).",
     ),
     (
         "NO_COLOR",

@@ -212,15 +212,16 @@ def main(argv: Optional[List[str]] = None, early_nft: Any = None, early_claims: 
     # parsed without typer (SPEC §6: typer's import is a third of add's time, a fifth
     # of list's); anything else, --help and every mistake included, goes to typer,
     # which has the only words for them.
-    run = (
-        add_fast.runner(args, early_claims)
-        or list_fast.runner(args, early_nft)
-        or _by_typer(args, early_nft)
-    )
     if _verbose(args):
         _show_details()
     try:
         with _ctrl_c_raises_interrupted():
+            # (In the try: the fast paths check the environment as they parse.)
+            run = (
+                add_fast.runner(args, early_claims)
+                or list_fast.runner(args, early_nft)
+                or _by_typer(args, early_nft)
+            )
             code = run()
     except PortmapctlError as err:
         if _verbose(args):

@@ -281,19 +281,12 @@ class Common(NamedTuple):
         )
 
 
-PROGRESS_AFTER = 1.0
-"""Seconds of work before progress shows (SPEC §3: progress for work over ~1 s)."""
-
-PROGRESS_AFTER_ENV = "PORTMAPCTL_PROGRESS_AFTER"
-"""Overrides PROGRESS_AFTER (seconds, e.g. 0 to see it at once: tests, demos)."""
-
-
 def progress_after() -> float:
-    try:
-        seconds = float(os.environ.get(PROGRESS_AFTER_ENV) or PROGRESS_AFTER)
-    except ValueError:  # not a number: the default, as for an unset variable
-        return PROGRESS_AFTER
-    return min(max(seconds, 0.0), 3600.0)
+    """Seconds of work before progress shows (SPEC §3: progress for work over ~1 s;
+    0 shows it at once: tests, demos)."""
+    from portmapctl.host import settings
+
+    return settings.PROGRESS_AFTER.value()
 
 
 @contextlib.contextmanager
@@ -503,7 +496,7 @@ class Output(NamedTuple):
 
         Yields None -- nothing shown, nothing for the library to call -- unless stderr
         is a terminal and neither -q nor JSON output was asked for. Shows only once the
-        work has run `after` seconds (default PROGRESS_AFTER, env PORTMAPCTL_PROGRESS_AFTER):
+        work has run `after` seconds (default progress_after()):
         a spinner, or a bar with `N/M` once the callback gave a count. Erased when
         done, so it never ends up in a log or a pipe, and stdout is never touched.
 

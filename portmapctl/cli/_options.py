@@ -296,6 +296,9 @@ def option_group(
 
 
 def _common(context: Any = None, **given: Any) -> Common:
+    from portmapctl.host import settings
+
+    settings.check()  # before the command does anything (as add_fast.pop_common)
     if given["cni_cache_dir"] is not None:
         given["cni_cache_dir"] = tuple(given["cni_cache_dir"]) or None
     # The context's obj: the nft listing entry.py started for `list` (nftables/early.py).

@@ -114,8 +114,12 @@ def runner(args: List[str], early_claims: Any = None) -> Optional[Callable[[], A
 
 
 def pop_common(given: Dict[str, Any]) -> Common:
-    """The common options out of what parse() found (they are taken out of `given`)."""
+    """The common options out of what parse() found (they are taken out of `given`);
+    BadInput for an environment variable set to a value it does not accept."""
     from portmapctl.cli._common import COMMON_NAMES, Common
+    from portmapctl.host import settings
+
+    settings.check()  # before the command does anything (as typer's _options._common)
 
     common: Dict[str, Any] = {}
     for name in COMMON_NAMES:

@@ -188,11 +188,11 @@ def start(args: List[str]) -> Optional[EarlyClaims]:
     it cannot serve, or where forking is unsafe (another thread runs)."""
     from portmapctl.iptables.access import nfgen
 
-    if not nfgen.batches_on() or "--dry-run" in args:
-        return None
-    if threading.active_count() != 1:
+    if "--dry-run" in args or threading.active_count() != 1:
         return None
     try:
+        if not nfgen.batches_on():  # (a bad value: the command says so, nothing starts)
+            return None
         return EarlyClaims(args, FORK_FROM_CHAINS)
     except Exception:  # noqa: BLE001 - only a head start: add does it all itself without
         return None

@@ -996,3 +996,28 @@ def test_a_sample_as_real_processes(node: NodeState, before: Dict[str, str]):
         stdin = (case.stdin or b"").decode("latin-1")
         assert_error(run(case.argv(node), stdin=stdin), case.code, *case.words)
     assert _state(node) == before
+
+
+# Each variable (host/settings.py) with values it does not accept: not replaced by the
+# default any more, but refused before any work.
+BAD_ENVIRONMENT = {
+    "PORTMAPCTL_IPTABLES_TIMEOUT": ["abc", "0", "nan", "-5", "1e3"],
+    "PORTMAPCTL_XTABLES_WAIT": ["x", "0", "1.5"],
+    "PORTMAPCTL_PROGRESS_AFTER": ["x", "-1", "inf"],
+    "PORTMAPCTL_NFT_BATCH": ["maybe", "yes", "2"],
+}
+
+
+@pytest.mark.parametrize("variable", sorted(BAD_ENVIRONMENT))
+def test_an_environment_variable_with_a_bad_value_is_refused_and_changes_nothing(
+    node: NodeState, before: Dict[str, str], variable: str
+):
+    """As real processes (the fast paths of add and list, typer's for the others): one
+    line naming the variable, exit 2, the node as it was. add would add a container,
+    gc remove the stale one, flush-udp delete conntrack entries."""
+    first, *others = BAD_ENVIRONMENT[variable]
+    runs = [(first, base) for base in BASES.values()] + [(value, _add) for value in others]
+    for value, base in runs:
+        done = run(base(node), env={variable: value})
+        assert_error(done, 2, f"invalid {variable}={value!r}")
+    assert _state(node) == before

@@ -9,14 +9,13 @@ table costs one import of `socket` (1 ms) and two round trips (0.1 ms), no more.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 from typing import List, Optional, Sequence, Tuple
 
 from portmapctl.host import netlink as nl
+from portmapctl.host import settings
 
-BATCH_ENV = "PORTMAPCTL_NFT_BATCH"
 SUBSYS_NFTABLES = 10
 _NFT_MSG_NEWGEN, _NFT_MSG_GETGEN = 15, 16
 _BATCH_BEGIN, _BATCH_END = 0x10, 0x11  # NFNL_MSG_BATCH_BEGIN / _END
@@ -61,7 +60,7 @@ def batches_on() -> bool:
     """Whether gc's removal and add's write may go as nf_tables batches (nfnl_batch.py,
     nfnl_add.py say why they do by default); PORTMAPCTL_NFT_BATCH=0 sends both through
     iptables-restore, as every other change goes."""
-    return os.environ.get(BATCH_ENV, "").strip() != "0"
+    return settings.NFT_BATCH.value()
 
 
 def following(generation: int) -> int:

@@ -16,27 +16,20 @@ from dataclasses import replace
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.errors import ApplyFailed, HostProblem
+from portmapctl.host import settings
 from portmapctl.host.paths import find_tool
 from portmapctl.iptables.access import NEW_NAT_TABLE, legacy_nat_present, legacy_read_skipped
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.ruleset import Args, NatTable, parse_save, unreadable_note
 from portmapctl.iptables.transaction import Transaction
 
-# Seconds iptables-restore waits for the xtables lock before giving up (legacy
-# iptables takes it; nf_tables needs none). PORTMAPCTL_XTABLES_WAIT overrides it.
-LOCK_WAIT_SECONDS = 10
-WAIT_ENV = "PORTMAPCTL_XTABLES_WAIT"
-# Seconds before a hung iptables tool is killed; PORTMAPCTL_IPTABLES_TIMEOUT overrides.
-TOOL_TIMEOUT_SECONDS = 120.0
-TIMEOUT_ENV = "PORTMAPCTL_IPTABLES_TIMEOUT"
+WAIT_ENV = settings.XTABLES_WAIT.name
 
 
 def lock_wait_seconds() -> int:
-    """The `-w` value: the environment's, when it is a whole number of seconds >= 1."""
-    value = os.environ.get(WAIT_ENV, "")
-    return (
-        int(value) if value.isascii() and value.isdigit() and int(value) >= 1 else LOCK_WAIT_SECONDS
-    )
+    """Seconds iptables-restore waits for the xtables lock before giving up (legacy
+    iptables takes it; nf_tables needs none): the `-w` value."""
+    return settings.XTABLES_WAIT.value()
 
 
 class RestoreBackend:
@@ -345,13 +338,8 @@ class RestoreBackend:
 
 
 def tool_timeout() -> float:
-    """Seconds an iptables tool may take (PORTMAPCTL_IPTABLES_TIMEOUT overrides)."""
-    value = os.environ.get(TIMEOUT_ENV, "")
-    try:
-        seconds = float(value)
-    except ValueError:
-        return TOOL_TIMEOUT_SECONDS
-    return seconds if 0 < seconds < 86400 else TOOL_TIMEOUT_SECONDS
+    """Seconds an iptables tool may take before it is killed (hung)."""
+    return settings.IPTABLES_TIMEOUT.value()
 
 
 def _start(argv: List[str], stdin: bool) -> subprocess.Popen:
