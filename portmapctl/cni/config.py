@@ -11,6 +11,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 
 from portmapctl.core.mapping import Interface, MappingConfig, PortMapping
 from portmapctl.core.validate import (
+    CONFIG_KEYS,
     PROTOCOLS,
     conditions,
     host_ip,
@@ -216,6 +217,7 @@ def plugin_config(
             conditions_v6=conditions(conf.get("conditionsV6"), "conditionsV6"),
             masq_all=masq_all,
             backend=backend,
+            spelling=CONFIG_KEYS,
         )
     except BadInput as err:
         message = str(err)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import DEFAULT_MARK_BIT, Interface, MappingConfig, PortMapping
@@ -192,6 +193,19 @@ def conditions(value: Any, what: str) -> Tuple[str, ...]:
     return tuple(words)
 
 
+@dataclass(frozen=True)
+class Spelling:
+    """The mapping's options as the reader wrote them: the CLI's options, or the keys of
+    the plugin's config (a --cni-config file, a CNI cache entry)."""
+
+    mark_bit: str
+    external_setmark_chain: str
+
+
+OPTIONS = Spelling("--mark-bit", "--external-setmark-chain")
+CONFIG_KEYS = Spelling("markMasqBit", "externalSetMarkChain")
+
+
 def mark_bit(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 31:
         raise BadInput(f"invalid mark bit {shown(value)}: must be a number from 0 to 31")
@@ -211,12 +225,16 @@ def mapping_config(
     conditions_v6: Tuple[str, ...] = (),
     masq_all: bool = False,
     backend: Optional[str] = None,
+    spelling: Spelling = OPTIONS,
 ) -> MappingConfig:
-    """Check the pieces together, as the plugin's parseConfig does."""
+    """Check the pieces together, as the plugin's parseConfig does; `spelling`: how
+    the reader wrote the options an error names."""
     network = cni_name(network, "network name")
     container_id = cni_name(container_id, "container ID")
     if mark is not None and external_setmark_chain is not None:
-        raise BadInput("--mark-bit and --external-setmark-chain cannot be used together")
+        raise BadInput(
+            f"{spelling.mark_bit} and {spelling.external_setmark_chain} cannot be used together"
+        )
     addresses = tuple(addresses)
     if not addresses:
         raise BadInput("no container address: give --ip IP/PREFIX")

@@ -263,6 +263,11 @@ CNI_CONFIGS = {
     "mark-bit": (_portmap_config(markMasqBit=40), "invalid mark bit"),
     "mark-bit-string": (_portmap_config(markMasqBit="13"), "invalid mark bit"),
     "setmark-chain": (_portmap_config(externalSetMarkChain="a b"), "external setmark chain"),
+    # Named by the file's keys, not by the command line's options.
+    "mark-bit-with-setmark-chain": (
+        _portmap_config(markMasqBit=13, externalSetMarkChain="KUBE-MARK-MASQ"),
+        "markMasqBit and externalSetMarkChain cannot be used together",
+    ),
     "conditions-target": (_portmap_config(conditionsV4=["-j", "ACCEPT"]), "cannot set a target"),
     "conditions-newline": (
         _portmap_config(conditionsV4=["x\n-A INPUT -j ACCEPT"]),

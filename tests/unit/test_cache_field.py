@@ -801,3 +801,31 @@ def test_the_backend_a_containers_cached_config_names_is_found_for_its_network(t
         "c7": None,  # not cached
     }
     assert cni_cache.configured_backend(dirs, "other", "c1") is None
+
+
+def test_mark_bit_and_setmark_chain_together_are_named_as_the_entry_spells_them(tmp_path):
+    """A cache entry has config keys, not the CLI's options: its warning names
+    markMasqBit and externalSetMarkChain (0.1: --mark-bit and --external-setmark-chain,
+    options the entry does not have); the command line still names its options."""
+    portmap = {
+        "type": "portmap",
+        "capabilities": {"portMappings": True},
+        "markMasqBit": 13,
+        "externalSetMarkChain": "KUBE-MARK-MASQ",
+    }
+    both = write(tmp_path / "results", "mynet-abc123-eth0", entry(portmap=portmap))
+    [found] = cni_cache.read_entries([str(both)], wait=0.0)
+    [warning] = cni_cache.warnings([found])
+    assert "markMasqBit and externalSetMarkChain cannot be used together" in warning, warning
+    assert "--" not in warning
+    from portmapctl.core import validate
+
+    with pytest.raises(BadInput, match="^--mark-bit and --external-setmark-chain cannot"):
+        validate.mapping_config(
+            network="mynet",
+            container_id="abc123",
+            addresses=[validate.interface("10.88.0.5/16")],
+            ports=(),
+            mark=13,
+            external_setmark_chain="KUBE-MARK-MASQ",
+        )
