@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence
 if TYPE_CHECKING:
     from portmapctl.cli._common import MappingOptions
     from portmapctl.core.mapping import MappingConfig
+    from portmapctl.core.validate import Spelling
 
 
 class ForwardsNothing(Exception):
@@ -87,6 +88,14 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
         masq_all=mapping.masq_all,
     )
     return buildable(with_backend(config, backend))
+
+
+def spelling_of(mapping: MappingOptions) -> Spelling:
+    """How the mapping's options were given: the plugin's config keys (--cni-config),
+    else the command line's options; what the errors about them name."""
+    from portmapctl.core import validate
+
+    return validate.CONFIG_KEYS if mapping.cni_config is not None else validate.OPTIONS
 
 
 def refuse_short_id(cache_dirs: Sequence[str], config: MappingConfig) -> None:

@@ -6,13 +6,19 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
-from portmapctl.cli.add_config import ForwardsNothing, mapping_from_options, refuse_short_id
+from portmapctl.cli.add_config import (
+    ForwardsNothing,
+    mapping_from_options,
+    refuse_short_id,
+    spelling_of,
+)
 from portmapctl.errors import HostProblem
 from portmapctl.iptables.chains import dnat_chain_name
 
 if TYPE_CHECKING:
     from portmapctl.cli._common import Common, MappingOptions, Output
     from portmapctl.core.mapping import MappingConfig
+    from portmapctl.core.validate import Spelling
     from portmapctl.iptables.ruleset import NatTable
     from portmapctl.ops.add import AddResult
     from portmapctl.ops.add_ahead import Ahead
@@ -54,6 +60,7 @@ def run(
             foreign_listed=listed,
             nft_live=nft_live,
             ifname=mapping.ifname,
+            spelling=spelling_of(mapping),
         )
     _report(common, out, config, result, clashes, dry_run)
 
@@ -173,6 +180,7 @@ def _add(
     foreign_listed: Optional[Callable[[], Any]] = None,
     nft_live: Any = None,
     ifname: Optional[str] = None,
+    spelling: Spelling,
 ) -> Tuple[MappingConfig, AddResult, List[str]]:
     """Writes `config` where its plugin would; returns it with the backend it went to.
     `nft_live`: the plugin's nftables tables as _followed read them (None: not read)."""
@@ -212,6 +220,7 @@ def _add(
                 ahead=ahead,
                 foreign_listed=foreign_listed,
                 ifname=ifname,
+                spelling=spelling,
             )
             clashes = shadow_warnings(config, result.seen)
             clashes += contest_warnings(node, config, nft_live)

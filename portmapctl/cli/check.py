@@ -17,7 +17,7 @@ from portmapctl.cli._common import (
     metrics_recording,
 )
 from portmapctl.cli.add import mapping_from_options, mapping_options, refuse_short_id
-from portmapctl.cli.add_config import ForwardsNothing
+from portmapctl.cli.add_config import ForwardsNothing, spelling_of
 
 if TYPE_CHECKING:
     from portmapctl.cli._common import Output
@@ -108,7 +108,11 @@ def check_command(
         with opened(options, write=repair) as node, out.busy("checking"):
             if repair:
                 result = check_lib.repair(
-                    node, config, flush_udp=not no_flush_udp, ifname=mapping.ifname
+                    node,
+                    config,
+                    flush_udp=not no_flush_udp,
+                    ifname=mapping.ifname,
+                    spelling=spelling_of(mapping),
                 )
             elif config is not None:
                 result = _with_repair_command(check_lib.check_mapping(node, config, mapping.ifname))

@@ -17,7 +17,7 @@ that jumps to them, in an order iptables-nft accepts.
 
 from __future__ import annotations
 
-from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional
+from typing import TYPE_CHECKING, Dict, FrozenSet, Iterable, List, Mapping, Optional
 
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
@@ -27,6 +27,10 @@ from portmapctl.iptables.chains import (
 )
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.transaction import Op, OpKind, Removal, Transaction
+
+if TYPE_CHECKING:
+    from portmapctl.core.mapping import MappingConfig
+    from portmapctl.core.validate import Spelling
 
 # From this many rules deleted out of one chain, by position (behind a guard) rather
 # than by text. Measured (iptables-nft-restore, a chain of 10,000 rules): 1 rule
@@ -306,3 +310,19 @@ def _delete_rules(
     txn.delete_chain(GUARD_CHAIN)
     for i in reversed(positions):
         txn.delete_number(chain.name, i + 1)
+
+
+def missing_setmark_chain(
+    config: MappingConfig, live: NatTable, spelling: Spelling, then: str
+) -> Optional[str]:
+    """Why `config` cannot be set up in `live`, whatever is retried: the chain its
+    rules jump to to mark, its externalSetMarkChain, is not there, and only the admin
+    (kube-proxy, a firewall) makes it. None when nothing is missing. `then`: what to do
+    ("restore it, then repair again")."""
+    chain = config.external_setmark_chain
+    if chain is None or live.has_chain(chain):
+        return None
+    return (
+        f"its {spelling.external_setmark_chain} {chain} does not exist in the"
+        f" IPv{live.family} nat table (the plugin does not create it: {then})"
+    )

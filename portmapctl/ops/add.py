@@ -22,7 +22,8 @@ from typing import (
 
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import Status
-from portmapctl.errors import ApplyFailed, PortmapctlError
+from portmapctl.core.validate import OPTIONS, Spelling
+from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError
 from portmapctl.host.routes import route_interfaces
 from portmapctl.iptables import foreign
 from portmapctl.iptables.chains import (
@@ -34,7 +35,7 @@ from portmapctl.iptables.chains import (
     wanted_chains,
 )
 from portmapctl.iptables.lexer import split_words
-from portmapctl.iptables.planner import plan_blind, plan_setup
+from portmapctl.iptables.planner import missing_setmark_chain, plan_blind, plan_setup
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.shapes import ProtoPort
 from portmapctl.iptables.transaction import Transaction
@@ -111,6 +112,7 @@ def add(
     ahead: Optional[Ahead] = None,
     foreign_listed: Optional[Callable[[], Optional[Dict[int, Dict[ProtoPort, str]]]]] = None,
     ifname: Optional[str] = None,
+    spelling: Spelling = OPTIONS,
 ) -> AddResult:
     """`look_around`: also fill AddResult.seen (what the shadow warning reads).
     `ahead`: add_ahead.Ahead for this config, started by the caller (the CLI starts it
@@ -118,7 +120,8 @@ def add(
     `foreign_listed`: the foreign-rule walk over listed chains, started by the CLI
     where there is no `ahead` (legacy: add_ahead.early_foreign_takers).
     `ifname`: the interface it is for (its container's others on the network share its
-    chain: _sharing)."""
+    chain: _sharing). `spelling`: how the config's options were given (an error names
+    them so)."""
     if config.backend == "nftables":
         return _add_nft(node, config, dry_run=dry_run, flush_udp=flush_udp)
     transactions: Dict[int, str] = {}
@@ -152,6 +155,14 @@ def add(
 
         def plan(live: NatTable, w: List[Chain] = wanted, f: int = family) -> Transaction:
             seen[f] = live  # the last try's read: the table this transaction was made for
+            why = missing_setmark_chain(config, live, spelling, "create it, then add again")
+            if why is not None:
+                # No retry cures it (iptables refuses the jump each time): said at once,
+                # from the table this read anyway (the write without a read was refused).
+                raise HostProblem(
+                    f"cannot add {config.network}/{config.container_id}: {why}"
+                    + _applied(families, transactions, written)
+                )
             return plan_setup(sharing(live, w), live)
 
         try:
@@ -166,10 +177,8 @@ def add(
             else:
                 blind.append(family)
         except ApplyFailed as err:
-            # Each family is its own transaction: say which went in and which did not.
-            done = [f"IPv{f}" for f in families if f in transactions or written.get(f)]
             raise ApplyFailed(
-                f"IPv{family}: {err}" + (f" ({', '.join(done)} was applied)" if done else ""),
+                f"IPv{family}: {err}" + _applied(families, transactions, written),
                 maybe_applied=err.maybe_applied,
             ) from None
         if txn:
@@ -208,6 +217,12 @@ def add(
         seen,
         taken=taken,
     )
+
+
+def _applied(families: Sequence[int], transactions: Dict[int, str], written: Dict[int, Any]) -> str:
+    """Each family is its own transaction: which went in before a failing one."""
+    done = [f"IPv{f}" for f in families if f in transactions or written.get(f)]
+    return f" ({', '.join(done)} was applied)" if done else ""
 
 
 def foreign_takers(

@@ -159,3 +159,70 @@ def test_not_root_is_an_environment_error_and_snapshots_need_no_root(tmp_path):
     assert len(json.loads(out)["mappings"]) == 2
 
 
+def _modal_state(ns: str, mode: str) -> dict:
+    return {f: rp.strip_save_comments(rp.save(ns, f, mode=mode)) for f in (4, 6)}
+
+
+@pytest.mark.parametrize("given", ["options", "cni-config"])
+def test_add_whose_setmark_chain_is_missing_says_so_once_and_changes_nothing(
+    host_ns, iptables_mode, tmp_path, given
+):
+    """externalSetMarkChain (KUBE-MARK-MASQ) is the admin's chain: where it does not
+    exist iptables refuses the jump every time. 0.1 retried that refusal three times
+    and said exit 1, "gave up after 3 tries" (SPEC §4: the plugin kept changing the
+    table). Now: the node's fact, said at once as check --repair says it, exit 3 (the
+    environment), in the reader's words (the option, or the config's key), nothing
+    changed; on a node with the plugin's shared chains and without."""
+    other = rp.plugin_conf(
+        "mynet",
+        ["10.88.0.9/16", "fd00::9/64"],
+        [{"hostPort": 7070, "containerPort": 70, "protocol": "tcp"}],
+    )
+    conf = rp.plugin_conf(
+        "mynet", ["10.88.0.5/16", "fd00::5/64"], [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+        external_setmark_chain="KUBE-MARK-MASQ",
+    )  # fmt: skip
+    if given == "options":
+        args = [*ADD, "--ip", "fd00::5/64", "-p", "8080:80"]
+        args += ["--external-setmark-chain", "KUBE-MARK-MASQ"]
+        named = "its --external-setmark-chain KUBE-MARK-MASQ does not exist in the IPv4 nat table"
+    else:
+        (tmp_path / "conf.json").write_text(json.dumps(conf))
+        args = ["add", "--container", "abc123", "--cni-config", str(tmp_path / "conf.json")]
+        named = "its externalSetMarkChain KUBE-MARK-MASQ does not exist in the IPv4 nat table"
+    args += ["--netns", host_ns, "--iptables", iptables_mode]
+    for shared in (False, True):
+        if shared:  # the plugin's shared chains there, as on a working node
+            rp.run_plugin("ADD", host_ns, "other", other, check=True, mode=iptables_mode)
+        before = _modal_state(host_ns, iptables_mode)
+        for extra in ([], ["--dry-run"]):
+            done = run([*args, *extra])
+            assert_error(done, 3, "cannot add mynet/abc123: " + named, "create it, then add again")
+            assert "tries" not in done.stderr and "applied" not in done.stderr
+            assert _modal_state(host_ns, iptables_mode) == before
+    # Once the admin's chain is there, the same add goes in.
+    for family in (4, 6):
+        rp.iptables(
+            host_ns, ["-t", "nat", "-N", "KUBE-MARK-MASQ"], family=family, mode=iptables_mode
+        )
+    assert "added" in ok(args)
+    assert "-j KUBE-MARK-MASQ" in rp.save(host_ns, 4, mode=iptables_mode)
+
+
+def test_check_repair_of_one_mapping_whose_setmark_chain_is_missing_names_it(host_ns):
+    """check --repair of one mapping met the same refusal three times (exit 1, "gave up
+    after 3 tries"); now it names it as the whole-node repair does: not repaired, why,
+    the problem still reported (exit 1), nothing changed."""
+    args = ["check", "--repair", *ADD[1:], "--netns", host_ns, "-p", "8080:80"]
+    args += ["--external-setmark-chain", "KUBE-MARK-MASQ", "--cni-cache-dir", str(host_ns)]
+    before = _state(host_ns)
+    done = run(args)
+    assert done.returncode == 1, done.stderr
+    assert "tries" not in done.stderr and "Traceback" not in done.stderr
+    assert (
+        "could not repair IPv4 mynet/abc123 (CNI-DN-70a29d9dc18bc4d652ea5): its"
+        " --external-setmark-chain KUBE-MARK-MASQ does not exist in the IPv4 nat table"
+        " (the plugin does not create it: restore it, then repair again)"
+    ) in done.stderr
+    assert "missing-chain" in done.stdout
+    assert _state(host_ns) == before

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
 from portmapctl.errors import ApplyFailed, BadInput
 from portmapctl.iptables.access import Backend
 from portmapctl.iptables.access.memory import MemoryBackend
@@ -18,7 +19,7 @@ from portmapctl.iptables.chains import (
     Chain,
     dnat_chain_name,
 )
-from portmapctl.iptables.planner import plan_setup
+from portmapctl.iptables.planner import missing_setmark_chain, plan_setup
 from portmapctl.iptables.ruleset import (
     NatTable,
 )
@@ -112,15 +113,9 @@ class Unrepaired:
 
 
 def _missing_reference(config: MappingConfig, live: NatTable) -> Optional[str]:
-    """Why `config` cannot be set up in this table as it is, found before trying:
-    its externalSetMarkChain is the admin's to create (the plugin never makes it)."""
-    chain = config.external_setmark_chain
-    if chain is not None and not live.has_chain(chain):
-        return (
-            f"its externalSetMarkChain {chain} does not exist in the IPv{live.family} nat"
-            " table (the plugin does not create it: restore it, then repair again)"
-        )
-    return None
+    """Why a cached `config` cannot be set up in this table as it is, found before
+    trying (planner.missing_setmark_chain)."""
+    return missing_setmark_chain(config, live, CONFIG_KEYS, "restore it, then repair again")
 
 
 @dataclass(frozen=True)
@@ -310,10 +305,12 @@ def repair(
     *,
     flush_udp: bool = True,
     ifname: Optional[str] = None,
+    spelling: Spelling = OPTIONS,
 ) -> CheckResult:
     """Create what is missing (cached mappings, or `config`, and the top-level
     structure), then check again. Returns the check after, with what was fixed and
-    what could not be (by container, with the reason).
+    what could not be (by container, with the reason). `spelling`: how `config`'s
+    options were given (its reasons name them so).
 
     The node is read once; the check after is of the tables as the applied
     transactions left them, in memory (_Planned): a family is read again only when
@@ -321,7 +318,7 @@ def repair(
     if node.options.offline or (node.options.uses_iptables and not node.backend.writable):
         raise BadInput("--repair changes the node: it cannot work on a --snapshot")
     if config is not None:
-        return _repair_mapping(node, config, flush_udp, ifname)
+        return _repair_mapping(node, config, flush_udp, ifname, spelling)
     node, planned = _planned_node(node)
     attachments = node.read_cache()
     read = read_tables(node)
@@ -417,7 +414,11 @@ def repair(
 
 
 def _repair_mapping(
-    node: Node, config: MappingConfig, flush_udp: bool, ifname: Optional[str]
+    node: Node,
+    config: MappingConfig,
+    flush_udp: bool,
+    ifname: Optional[str],
+    spelling: Spelling = OPTIONS,
 ) -> CheckResult:
     """`check --repair` of one mapping given on the command line (for `ifname`)."""
     config, notes = followed(node, config, writing=True)
@@ -441,16 +442,32 @@ def _repair_mapping(
             unrepaired.append(Unrepaired(family, config.network, config.container_id, name, why))
     left = {u.family for u in unrepaired}
     sharing = sharing_of(node, config, ifname)
+    setup = _plan(None, config, sharing=sharing)
+    missing: Dict[int, Unrepaired] = {}
+
+    def plan(live: NatTable) -> Transaction:
+        # A refusal no retry can cure is said, not tried (as the whole-node repair).
+        why = missing_setmark_chain(config, live, spelling, "restore it, then repair again")
+        if why is None:
+            missing.pop(live.family, None)
+            return setup(live)
+        name = dnat_chain_name(config)
+        missing[live.family] = Unrepaired(
+            live.family, config.network, config.container_id, name, why
+        )
+        return Transaction(live.family)
+
     for family in before.families:
         if family in left:
             continue
-        txn = node.converge(family, _plan(None, config, sharing=sharing))
+        txn = node.converge(family, plan)
         if txn:
             transactions[family] = txn.render()
             families += [family] if changed_mappings(txn, [config]) else []
     warnings = (
         after_setup_many([(config, families)], flush_udp, local_only=True) if families else []
     )
+    unrepaired += missing.values()
     warnings += [u.text for u in unrepaired]
     tables = {family: planned.read(family) for family in before.families}
     after = mapping_result(config, tables, sharing=sharing)
