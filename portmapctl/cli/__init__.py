@@ -225,7 +225,11 @@ def main(argv: Optional[List[str]] = None, early_nft: Any = None, early_claims: 
             code = run()
     except PortmapctlError as err:
         if _verbose(args):
-            raise
+            import traceback
+
+            # The details first; the exit code stays SPEC §4's (a script's -v run must
+            # not read an environment fault as check's "problems found").
+            traceback.print_exc()
         sys.stderr.write(f"portmapctl: error: {_one_line(str(err))}\n")
         sys.exit(err.exit_code)
     except BrokenPipeError:

@@ -42,6 +42,17 @@ def test_missing_snapshot_is_bad_input(tmp_path):
     assert_error(run(["list", "--snapshot", str(tmp_path / "nope")]), 2, "cannot read snapshot")
 
 
+@pytest.mark.parametrize("flag", ["-v", "--verbose"])
+def test_verbose_adds_the_traceback_and_keeps_the_exit_code(tmp_path, flag):
+    """-v shows where an error came from; before, it re-raised the error and Python
+    exited 1 (check's "problems found") whatever SPEC §4 gives: 2 here."""
+    done = run(["list", "--snapshot", str(tmp_path / "nope"), flag])
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" in done.stderr and done.stdout == ""
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("portmapctl: error: cannot read snapshot"), last
+
+
 def test_malformed_cache_file_is_a_warning_naming_the_file(tmp_path):
     """A cache file is a record of the node, not the user's input (SPEC §5): one
     warning line naming it, and list goes on (its container is live by the name)."""
