@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import struct
 import time
 from enum import Enum
 from typing import Dict, Iterable, Iterator, List, Optional, Set
@@ -120,9 +121,25 @@ def sees_the_hosts_mounts() -> bool:
     return (ours.st_dev, ours.st_ino) == (init.st_dev, init.st_ino)
 
 
-def boot_time() -> Optional[float]:
-    """When this boot began, as the wall clock counts (/proc/stat's btime, whole
-    seconds, so no later moment of this boot is before it); None if it cannot be read."""
+def boot_time(btime: Optional[float] = None) -> Optional[float]:
+    """When this boot began, as the wall clock counted then; None if not known.
+    `btime`: /proc/stat's (None: read there).
+
+    /proc/stat's btime (whole seconds, so before the boot) is the wall clock now less
+    the time since boot: a clock stepped forward since (a VM resumed or restored from a
+    snapshot, NTP after a boot without RTC or with fake-hwclock) moves it later, past
+    files written early this boot. /dev's birth (devtmpfs, made by the kernel as it
+    boots) keeps the clock of then; a step back moves btime earlier instead. The
+    earlier of the two is before every file of this boot, unless the clock went back
+    and then forward again."""
+    return _earlier(_btime() if btime is None else btime, _birth_time("/dev"))
+
+
+def _earlier(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _btime() -> Optional[float]:
     try:
         with open("/proc/stat") as handle:
             for line in handle:
@@ -133,19 +150,44 @@ def boot_time() -> Optional[float]:
     return None
 
 
+AT_FDCWD = -100
+STATX_BTIME = 0x800
+_STATX_SIZE = 256  # struct statx; stx_mask at 0, stx_btime (s64 sec, u32 nsec) at 80
+
+
+def _birth_time(path: str) -> Optional[float]:
+    """statx(2)'s birth time of `path` (Python < 3.15 has no os.statx); None where the
+    libc, kernel or filesystem gives none."""
+    import ctypes  # only when an entry's age is asked: most runs never do
+
+    try:
+        statx = ctypes.CDLL(None, use_errno=True).statx
+    except (OSError, AttributeError):
+        return None
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    if statx(AT_FDCWD, os.fsencode(path), 0, STATX_BTIME, buf) != 0:
+        return None
+    (mask,) = struct.unpack_from("=I", buf.raw, 0)
+    if not mask & STATX_BTIME:
+        return None
+    seconds, nanoseconds = struct.unpack_from("=qI", buf.raw, 80)
+    return seconds + nanoseconds / 1e9
+
+
 class NamespaceView:
     """Looks up namespace paths from this mount namespace, remembering per directory
     whether it is the host's (one view per command run: namespaces come and go).
 
-    `host_mounts`: whether this is the host's mount namespace; `booted`: when this
-    boot began, wall-clock seconds (None: asked of the kernel, once, when first
-    needed; tests say them).
+    `host_mounts`: whether this is the host's mount namespace; `booted`: /proc/stat's
+    btime (None: asked of the kernel, once, when first needed; tests say them), of
+    which /dev's birth, where earlier, is taken instead (boot_time).
     """
 
     def __init__(self, host_mounts: Optional[bool] = None, booted: Optional[float] = None) -> None:
         self._visible: Dict[str, bool] = {}
         self._host_mounts = host_mounts
         self._booted = booted
+        self._boot: Optional[float] = None
         try:
             self._nsfs = os.stat("/proc/self/ns/net").st_dev
         except OSError:
@@ -217,9 +259,9 @@ class NamespaceView:
         return self._host_mounts
 
     def _boot_time(self) -> Optional[float]:
-        if self._booted is None:
-            self._booted = boot_time()
-        return self._booted
+        if self._boot is None:
+            self._boot = boot_time(self._booted)
+        return self._boot
 
     def state(self, path: Optional[str], entry: Optional[str] = None) -> NetnsState:
         """What became of the namespace at `path`, named by the cache file `entry`

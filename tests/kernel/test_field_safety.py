@@ -9,6 +9,7 @@ Everything goes through the command line (tests/pmctl.run), as a user runs it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, Iterator, List, Sequence
 
 import pytest
 import realplugin as rp
@@ -243,9 +244,14 @@ def test_after_a_reboot_the_dead_containers_entries_are_zombies_on_the_host(lab:
 
 
 def _written_before_this_boot(path: Path) -> None:
-    """What a reboot leaves: the cache entry's file dates from the boot before."""
+    """What a reboot leaves: the cache entry's file dates from the boot before, before
+    btime and before /dev was made (btime moves with a clock stepped since the boot:
+    a VM restored from a snapshot has files of this boot from before it)."""
     with open("/proc/stat") as stat:
         [booted] = [int(line.split()[1]) for line in stat if line.startswith("btime ")]
+    born = subprocess.run(["stat", "-c", "%W", "/dev"], capture_output=True, text=True)
+    if born.stdout.strip().isdigit() and int(born.stdout) > 0:
+        booted = min(booted, int(born.stdout))
     os.utime(path, (booted - 3600, booted - 3600))
 
 
@@ -256,6 +262,38 @@ def test_a_live_namespace_another_mount_namespace_keeps_is_no_zombie(lab: Lab, t
     sees an empty directory, its containers alive. Their entries, written this boot,
     are no zombies: before, seen from the host's mount namespace every one was, and gc
     --netns-liveness removed the live containers' chains."""
+    with _hidden_namespace(tmp_path) as hidden:
+        lab.add("mynet", "nested", "10.88.0.27/16", PORT_A, netns=hidden)
+        assert statuses(lab.json("list"), "nested") == {"ok"}
+        doc = lab.json("check")
+        assert doc["problems"] == [], doc["problems"]
+        _netns_liveness_refused_and_chain_kept(lab, "nested")
+
+
+def test_an_entry_written_before_the_clock_stepped_forward_is_no_zombie(lab: Lab, tmp_path):
+    """btime is the wall clock now less the time since boot: a clock stepped forward
+    after the boot (this test's own VM, restored from a snapshot; NTP after
+    fake-hwclock) moves it past the entries written early this boot. Such an entry of
+    a live container that a runtime of another mount namespace keeps is no zombie:
+    before, gc --netns-liveness removed its chain. Runs where the machine's clock did
+    step: /dev (made by the kernel at boot) born well before btime."""
+    with open("/proc/stat") as stat:
+        [btime] = [int(line.split()[1]) for line in stat if line.startswith("btime ")]
+    born = subprocess.run(["stat", "-c", "%W", "/dev"], capture_output=True, text=True)
+    if not born.stdout.strip().isdigit() or not 0 < int(born.stdout) < btime - 120:
+        pytest.skip("this machine's clock did not step forward since its boot")
+    with _hidden_namespace(tmp_path) as hidden:
+        lab.add("mynet", "early", "10.88.0.28/16", PORT_A, netns=hidden)
+        entry = lab.cache / "results" / "mynet-early-eth0"
+        os.utime(entry, (int(born.stdout) + 60,) * 2)  # a minute into this boot
+        assert statuses(lab.json("list"), "early") == {"ok"}
+        _netns_liveness_refused_and_chain_kept(lab, "early")
+
+
+@contextlib.contextmanager
+def _hidden_namespace(tmp_path: Path) -> Iterator[str]:
+    """A live network namespace on a mount of a mount namespace of its own (a kind
+    node's runtime): where the host sees an empty directory."""
     hidden = tmp_path / "node-run" / "netns"
     hidden.mkdir(parents=True)
     script = (
@@ -270,20 +308,20 @@ def test_a_live_namespace_another_mount_namespace_keeps_is_no_zombie(lab: Lab, t
     try:
         assert runtime.stdout is not None and runtime.stdout.readline().strip() == "ready"
         assert not os.listdir(hidden), "the runtime's mount leaked to the host"
-        lab.add("mynet", "nested", "10.88.0.27/16", PORT_A, netns=str(hidden / "cni-1"))
-        assert statuses(lab.json("list"), "nested") == {"ok"}
-        doc = lab.json("check")
-        assert doc["problems"] == [], doc["problems"]
-        before = lab.rules()
-        assert_error(
-            lab.pm("gc", "--yes", "--min-age", "0", "--netns-liveness"), 3,
-            "--netns-liveness", "not visible",
-        )  # fmt: skip
-        assert lab.rules() == before
-        assert chain_lines(before, chain_name("mynet", "nested"))
+        yield str(hidden / "cni-1")
     finally:
         runtime.kill()
         runtime.wait()
+
+
+def _netns_liveness_refused_and_chain_kept(lab: Lab, cid: str) -> None:
+    before = lab.rules()
+    assert_error(
+        lab.pm("gc", "--yes", "--min-age", "0", "--netns-liveness"), 3,
+        "--netns-liveness", "not visible",
+    )  # fmt: skip
+    assert lab.rules() == before
+    assert chain_lines(before, chain_name("mynet", cid))
 
 
 # --- 3. capabilities -----------------------------------------------------------------------

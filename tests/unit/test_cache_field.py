@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -468,6 +469,30 @@ def test_from_the_hosts_mounts_an_entry_from_before_this_boot_names_no_namespace
     read = cni_cache.read_entries([str(old), str(new)], host)
     found = {a.container_id: a.netns_state for a in read}
     assert found == {"old": NetnsState.GONE, "new": NetnsState.UNSEEN}
+
+
+def test_a_clock_stepped_forward_after_the_boot_dates_no_live_entry_before_it(tmp_path):
+    """/proc/stat's btime is the wall clock now less the time since boot: a clock
+    stepped forward after the boot (a VM resumed or restored from a snapshot, NTP
+    after a boot without RTC or with fake-hwclock) moves it later, past the entries
+    a runtime wrote early this boot (this machine's own /dev was made 4 h before its
+    btime). Such an entry, of a live container a runtime of another mount namespace
+    keeps out of sight, is no zombie: before, it was (gc --netns-liveness removed its
+    chain). /dev's birth (devtmpfs, made by the kernel at boot) is the boot as the
+    clock then said; an entry from before both is still from the boot before."""
+    born = subprocess.run(["stat", "-c", "%W", "/dev"], capture_output=True, text=True)
+    if born.returncode != 0 or not born.stdout.strip().isdigit() or int(born.stdout) <= 0:
+        pytest.skip("/dev has no birth time here")
+    boot = float(born.stdout)
+    stepped = boot + 4 * 3600  # btime once the clock jumped 4 h forward
+    gone = str(tmp_path / "missing" / "cni-1")
+    live = write(tmp_path / "results", "mynet-live-eth0", entry(cid="live", netns=gone))
+    os.utime(live, (boot + 30, boot + 30))  # 30 s into this boot, before the step
+    dead = write(tmp_path / "results", "mynet-dead-eth0", entry(cid="dead", netns=gone))
+    os.utime(dead, (boot - 3600, boot - 3600))
+    host = NamespaceView(host_mounts=True, booted=stepped)
+    assert host.state(gone, str(live)) == NetnsState.UNSEEN
+    assert host.state(gone, str(dead)) == NetnsState.GONE
 
 
 def test_zombie_entries_are_reported_and_not_expected():
