@@ -27,8 +27,8 @@ import json
 import os
 import stat
 import time
-from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
+from dataclasses import dataclass, replace
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
 
 from portmapctl.cni import config as cni_config
 from portmapctl.cni.entries import entry_paths
@@ -174,26 +174,22 @@ def _entry_name(entry: os.DirEntry) -> str:
     return entry.name
 
 
-class JudgesNamespaces(Protocol):
-    """What read_attachment asks about an entry's namespace (a NamespaceView)."""
-
-    def state(self, path: Optional[str], entry: Optional[str] = None) -> NetnsState: ...
-
-
 class NamespaceMemo:
     """A view's answer per namespace path, asked once per read: entries that name the
     same namespace (a pod's containers, its several interfaces) cost one stat."""
 
-    def __init__(self, view: JudgesNamespaces) -> None:
+    def __init__(self, view: NamespaceView, cached: FrozenSet[str]) -> None:
         self._view = view
+        self._cached = cached  # every namespace the read's entries name
         self._states: Dict[Optional[str], NetnsState] = {}
 
-    def state(self, path: Optional[str], entry: Optional[str] = None) -> NetnsState:
+    def state(self, path: Optional[str], entry: str) -> NetnsState:
         found = self._states.get(path)
         if found is None:
-            found = self._states[path] = self._view.state(path)
-        if found == NetnsState.UNSEEN and entry is not None:
-            return self._view.state(path, entry)  # when each entry was written decides
+            found = self._states[path] = self._view.state(path, cached=self._cached)
+        if found == NetnsState.UNSEEN:
+            # when each entry was written decides
+            return self._view.state(path, entry, self._cached)
         return found
 
 
@@ -210,12 +206,11 @@ def read_entries(
     pending = list(paths)
     failed: List[Tuple[str, BadInput]] = []
     configs = ConfigMemo()
-    judge = NamespaceMemo(namespaces) if namespaces is not None else None
     for attempt in range(tries):
         failed = []
         for path in pending:
             try:
-                found.append(read_attachment(path, judge, configs=configs))
+                found.append(read_attachment(path, configs=configs))
             except BadInput as err:
                 if _gone(path):
                     continue  # removed by a DEL between listing and reading: not live
@@ -230,7 +225,12 @@ def read_entries(
             time.sleep(wait)
     for path, err in failed:
         found += unreadable(path, str(err))
-    return found
+    if namespaces is None:
+        return found
+    # Judged once all are read: whether a directory shows the runtime's namespaces
+    # depends on what every entry names.
+    judge = NamespaceMemo(namespaces, frozenset(a.netns for a in found if a.netns))
+    return [replace(a, netns_state=judge.state(a.netns, a.path)) for a in found]
 
 
 def _gone(path: str) -> bool:
@@ -368,14 +368,10 @@ class ConfigMemo:
         return conf
 
 
-def read_attachment(
-    path: str,
-    namespaces: Optional[JudgesNamespaces] = None,
-    *,
-    configs: Optional[ConfigMemo] = None,
-) -> Attachment:
-    """The attachment of one cache file. `configs`: the configs decoded so far in this
-    read (read_entries passes one for all its files)."""
+def read_attachment(path: str, *, configs: Optional[ConfigMemo] = None) -> Attachment:
+    """The attachment of one cache file, its namespace not judged (read_entries does).
+    `configs`: the configs decoded so far in this read (read_entries passes one for
+    all its files)."""
     source = f"CNI cache file {path}"
     try:
         text = files.read_text(path, "CNI cache file", MAX_CACHE_FILE_BYTES, regular_only=True)
@@ -422,8 +418,7 @@ def read_attachment(
     # else: no ports, or no address (an L2 network with empty IPAM): the plugin
     # forwards nothing, and neither does anything else expect it to.
     netns = _netns(cached.get("netns"), result, ifname)
-    state = namespaces.state(netns, path) if namespaces is not None else NetnsState.UNKNOWN
-    return Attachment(network, container_id, ifname, path, mapping, netns, state)
+    return Attachment(network, container_id, ifname, path, mapping, netns)
 
 
 def _ports_given(conf: dict, capability: dict, source: str) -> Any:

@@ -14,7 +14,7 @@ import os
 import struct
 import time
 from enum import Enum
-from typing import Dict, Iterable, Iterator, List, Optional, Set
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
 from portmapctl.errors import HostProblem
 
@@ -185,6 +185,8 @@ class NamespaceView:
 
     def __init__(self, host_mounts: Optional[bool] = None, booted: Optional[float] = None) -> None:
         self._visible: Dict[str, bool] = {}
+        self._holds_cached: Set[str] = set()
+        self._looked: Set[Tuple[str, FrozenSet[str]]] = set()
         self._host_mounts = host_mounts
         self._booted = booted
         self._boot: Optional[float] = None
@@ -212,14 +214,14 @@ class NamespaceView:
         return None
 
     def directory_visible(self, directory: str) -> bool:
-        """Whether the namespaces kept in `directory` can be seen from here.
+        """Whether namespaces kept in `directory` can be seen from here (where to look
+        for young uncached ones; `state` asks more of a cache entry's directory).
 
         /proc/PID paths only in the host's PID namespace. Others: where the directory
         holds at least one network namespace. An empty or missing one is what a
         container without the host's mounted in sees, and, even from the host's own
         mount namespace, what a runtime in a mount namespace of its own keeps its live
-        namespaces behind (a kind node's): it must not make every cache entry look
-        gone (an entry from before this boot: `state`).
+        namespaces behind (a kind node's).
         """
         if directory in self._visible:
             return self._visible[directory]
@@ -236,6 +238,24 @@ class NamespaceView:
             visible = any(self.is_namespace(os.path.join(directory, n)) for n in names)
         self._visible[directory] = visible
         return visible
+
+    def _holds_a_cached_namespace(self, directory: str, cached: Iterable[str]) -> bool:
+        """Whether `directory` holds a namespace that a cache entry names: that the
+        runtime's namespaces are seen here. Any namespace is no such sign: the host's
+        own /run/netns holds the host's (`ip netns add`, podman's: a kind node's own,
+        with the podman provider) where a runtime in a mount namespace of its own keeps
+        its live ones out of sight. Once seen, for the view's life (a later read of a
+        few entries tells fewer)."""
+        looked = (directory, frozenset(cached))
+        if directory not in self._holds_cached and looked not in self._looked:
+            self._looked.add(looked)  # each directory once per read, not per entry
+            if any(
+                os.path.dirname(os.path.normpath(p)) == directory and self.is_namespace(p)
+                for p in looked[1]
+                if os.path.isabs(p)
+            ):
+                self._holds_cached.add(directory)
+        return directory in self._holds_cached
 
     def _died_with_the_boot(self, path: str, entry: str) -> bool:
         """Whether the namespace at `path` (in a directory not visible) is one a
@@ -263,9 +283,13 @@ class NamespaceView:
             self._boot = boot_time(self._booted)
         return self._boot
 
-    def state(self, path: Optional[str], entry: Optional[str] = None) -> NetnsState:
+    def state(
+        self, path: Optional[str], entry: Optional[str] = None, cached: Iterable[str] = ()
+    ) -> NetnsState:
         """What became of the namespace at `path`, named by the cache file `entry`
-        (None: not told, so not judged by when the entry was written)."""
+        (None: not told, so not judged by when the entry was written). `cached`: the
+        namespace paths of the cache entries read with it; a path is gone from a
+        directory that holds one of them."""
         if not path or not os.path.isabs(path):
             return NetnsState.UNKNOWN
         path = os.path.normpath(path)
@@ -276,7 +300,11 @@ class NamespaceView:
                 return NetnsState.UNKNOWN  # /proc/self/...: whose? not a container's
         else:
             directory = os.path.dirname(path)
-        if not self.directory_visible(directory):
+        if directory == "/proc/":
+            seen = self.directory_visible(directory)
+        else:
+            seen = self._holds_a_cached_namespace(directory, cached)
+        if not seen:
             if entry is not None and self._died_with_the_boot(path, entry):
                 return NetnsState.GONE
             return NetnsState.UNSEEN

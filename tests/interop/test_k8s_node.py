@@ -147,7 +147,9 @@ def test_netns_liveness_in_a_mount_namespace_cut_off_from_the_hosts_mounts(
     sees the namespace of every pod made after it started as a plain empty file (the
     runtime's mount point, its mount not propagated). That pod is live: never a zombie,
     and gc --netns-liveness keeps it (0.1 removed its chain); a pod whose namespace is
-    gone (file removed, as runtimes do) is still one."""
+    gone (file removed, as runtimes do) is still one, where a pod made before the
+    DaemonSet shows its namespaces are seen."""
+    early = rp.create_netns("pmt-pod")  # made before: its namespace is seen there
     cut_off = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "120"])
     later = ""
     try:
@@ -162,10 +164,11 @@ def test_netns_liveness_in_a_mount_namespace_cut_off_from_the_hosts_mounts(
             for cid, netns, ip in (
                 (POD, later, "10.244.1.2/24"),
                 ("zombie", gone, "10.244.1.3/24"),
+                ("early", early, "10.244.1.4/24"),
             ):
                 ports = [
                     {
-                        "HostPort": 8080 if cid == POD else 8081,
+                        "HostPort": {POD: 8080, "zombie": 8081}.get(cid, 8082),
                         "ContainerPort": 80,
                         "Protocol": "tcp",
                     }
@@ -188,7 +191,7 @@ def test_netns_liveness_in_a_mount_namespace_cut_off_from_the_hosts_mounts(
         listed = run([*argv, "list", *common])
         assert listed.returncode == 0, listed.stderr
         statuses = {m["container_id"]: m["status"] for m in json.loads(listed.stdout)["mappings"]}
-        assert statuses == {POD: ["ok"], "zombie": ["zombie"]}
+        assert statuses == {POD: ["ok"], "zombie": ["zombie"], "early": ["ok"]}
         planned = run([*argv, "gc", "--dry-run", "--netns-liveness", "--min-age", "0", *common])
         assert planned.returncode == 0, planned.stderr
         removed = [c["container_id"] for c in json.loads(planned.stdout)["removed"]]
@@ -198,6 +201,7 @@ def test_netns_liveness_in_a_mount_namespace_cut_off_from_the_hosts_mounts(
         cut_off.wait()
         if later:
             rp.delete_netns(later)
+        rp.delete_netns(early)
 
 
 def test_backend_auto_without_iptables_follows_the_plugin_to_nftables(

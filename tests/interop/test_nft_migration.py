@@ -379,7 +379,15 @@ def test_a_zombies_problem_says_its_rules_are_in_nftables(node: str, tmp_path: P
     upstream.run(V191, "ADD", node, "zomb1", conf, check=True)
     rp.write_cni_cache(tmp_path, "podman", "zomb1", "eth0", conf, ports, ["10.88.0.14/16"],
                        netns="/run/netns/pmt-migr-gone")  # fmt: skip
-    done = _pmctl(node, tmp_path, "check", "-o", "json")
+    # A live container's namespace beside it: /run/netns shows the cache's namespaces.
+    live = rp.create_netns("pmt-migr")
+    try:
+        bare = upstream.nft_conf("podman", ["10.88.0.15/16"], [])
+        rp.write_cni_cache(tmp_path, "podman", "live1", "eth0", bare, [], ["10.88.0.15/16"],
+                           netns=f"/run/netns/{live}")  # fmt: skip
+        done = _pmctl(node, tmp_path, "check", "-o", "json")
+    finally:
+        rp.delete_netns(live)
     assert done.returncode == 1, done.stdout + done.stderr
     [zombie] = json.loads(done.stdout)["problems"]
     assert zombie["kind"] == "zombie"

@@ -270,6 +270,34 @@ def test_a_live_namespace_another_mount_namespace_keeps_is_no_zombie(lab: Lab, t
         _netns_liveness_refused_and_chain_kept(lab, "nested")
 
 
+def test_a_hidden_live_namespace_is_no_zombie_beside_the_hosts_own(lab: Lab, tmp_path):
+    """The host's own namespaces directory holds namespaces of its own (`ip netns
+    add`; with kind's podman provider the node container's own, in /run/netns) while a
+    runtime in a mount namespace of its own keeps its live ones on a mount over it.
+    Those of the host say nothing of the runtime's: before, any namespace there made
+    the directory visible, the runtime's live containers were zombies (check exit 1)
+    and gc --netns-liveness removed their chains (exit 0). A namespace the cache names
+    is the sign that its namespaces are seen."""
+    with _hidden_namespace(tmp_path) as hidden:
+        hosts = os.path.join(os.path.dirname(hidden), "host-1")
+        Path(hosts).touch()
+        subprocess.run(["unshare", f"--net={hosts}", "true"], check=True)
+        try:
+            lab.add("mynet", "nested", "10.88.0.27/16", PORT_A, netns=hidden)
+            assert statuses(lab.json("list"), "nested") == {"ok"}
+            doc = lab.json("check")
+            assert doc["problems"] == [], doc["problems"]
+            _netns_liveness_refused_and_chain_kept(lab, "nested")
+            # One entry naming the host's namespace: its directory is seen, and the
+            # hidden one, not there, is gone.
+            lab.add("mynet", "hosts", "10.88.0.29/16", PORT_B, netns=hosts)
+            listed = lab.json("list")
+            assert statuses(listed, "nested") == {"zombie"}
+            assert statuses(listed, "hosts") == {"ok"}
+        finally:
+            subprocess.run(["umount", hosts], check=True)
+
+
 def test_an_entry_written_before_the_clock_stepped_forward_is_no_zombie(lab: Lab, tmp_path):
     """btime is the wall clock now less the time since boot: a clock stepped forward
     after the boot (this test's own VM, restored from a snapshot; NTP after

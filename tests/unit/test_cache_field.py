@@ -495,6 +495,29 @@ def test_a_clock_stepped_forward_after_the_boot_dates_no_live_entry_before_it(tm
     assert host.state(gone, str(dead)) == NetnsState.GONE
 
 
+def test_a_directory_shows_the_caches_namespaces_only_by_one_it_names(tmp_path):
+    """A path is gone from a directory that holds a namespace the cache names. One
+    that holds only others (the host's own, beside a runtime of another mount
+    namespace that keeps its live ones out of sight) shows nothing of the cache's:
+    before, any namespace there made every entry's missing namespace gone."""
+    directory = tmp_path / "netns"
+    directory.mkdir()
+    hosts, hidden = str(directory / "host-1"), str(directory / "cni-1")
+    Path(hosts).touch()  # a namespace, as is_namespace below says (the kernel test's real)
+    view = NamespaceView(host_mounts=True, booted=1_700_000_000.0)
+    view.is_namespace = lambda p: p == hosts or (False if p == hidden else None)  # type: ignore
+    hidden_entry = write(tmp_path / "results", "mynet-hid-eth0", entry(cid="hid", netns=hidden))
+    assert [a.netns_state for a in cni_cache.read_entries([str(hidden_entry)], view)] == [
+        NetnsState.UNSEEN
+    ]
+    hosts_entry = write(tmp_path / "results", "mynet-host-eth0", entry(cid="host", netns=hosts))
+    found = cni_cache.read_entries([str(hidden_entry), str(hosts_entry)], view)
+    assert {a.container_id: a.netns_state for a in found} == {
+        "hid": NetnsState.GONE,
+        "host": NetnsState.PRESENT,
+    }
+
+
 def test_zombie_entries_are_reported_and_not_expected():
     tbl = table("basic", 4)
     [config] = [c for c in cached_configs(_basic_attachments())]

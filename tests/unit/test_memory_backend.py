@@ -151,9 +151,9 @@ def _counted_node(monkeypatch) -> Tuple[Node, CountingBackend, List[str]]:
     cache_files_read: List[str] = []
     real = cni_cache.read_attachment
 
-    def counted(path, namespaces=None, *, configs=None):
+    def counted(path, *, configs=None):
         cache_files_read.append(path)
-        return real(path, namespaces, configs=configs)
+        return real(path, configs=configs)
 
     monkeypatch.setattr(cni_cache, "read_attachment", counted)
     return node, backend, cache_files_read

@@ -126,7 +126,7 @@ def require_namespaces(attachments: Sequence[Attachment]) -> None:
         directory = os.path.dirname(unseen[0] or "") or "?"
         raise HostProblem(
             f"--netns-liveness: the network namespaces the CNI cache names are not visible"
-            f" here ({directory}: not the host's, or empty): mount the host's"
+            f" here ({directory}: not the host's, or holding none of them): mount the host's"
             f" {directory} (and run in the host's PID namespace for /proc paths), or drop"
             " --netns-liveness"
         )
