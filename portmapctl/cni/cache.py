@@ -187,8 +187,7 @@ class NamespaceMemo:
         found = self._states.get(path)
         if found is None:
             found = self._states[path] = self._view.state(path, cached=self._cached)
-        if found == NetnsState.UNSEEN:
-            # when each entry was written decides
+        if self._view.dated_by_the_entry(path, found):
             return self._view.state(path, entry, self._cached)
         return found
 

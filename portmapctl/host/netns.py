@@ -266,12 +266,22 @@ class NamespaceView:
         runtime of another mount namespace keeps out of sight: not judged."""
         if path.startswith("/proc/") or not self._on_the_host():
             return False
+        return self._written_before_the_boot(entry) and self.is_namespace(path) is False
+
+    def _written_before_the_boot(self, entry: str) -> bool:
         booted = self._boot_time()
         try:
             written = os.stat(entry).st_mtime
         except OSError:
             return False
-        return booted is not None and written < booted and self.is_namespace(path) is False
+        return booted is not None and written < booted
+
+    def dated_by_the_entry(self, path: Optional[str], state: NetnsState) -> bool:
+        """Whether when an entry was written may change `state` of `path` (the rest is
+        the same for every entry naming it): one not seen (a reboot's), or at a
+        /proc/PID that is there (a PID reused since)."""
+        proc = state == NetnsState.PRESENT and os.path.normpath(path or "").startswith("/proc/")
+        return state == NetnsState.UNSEEN or proc
 
     def _on_the_host(self) -> bool:
         if self._host_mounts is None:
@@ -311,6 +321,10 @@ class NamespaceView:
         found = self.is_namespace(path)
         if found is None:
             return NetnsState.UNKNOWN
+        if found and directory == "/proc/" and entry is not None:
+            # PIDs start again at each boot: the process at an entry's /proc/PID from
+            # before this boot is another one, not its container's.
+            return NetnsState.GONE if self._written_before_the_boot(entry) else NetnsState.PRESENT
         return NetnsState.PRESENT if found else NetnsState.GONE
 
 

@@ -243,6 +243,23 @@ def test_after_a_reboot_the_dead_containers_entries_are_zombies_on_the_host(lab:
     lab.plugin_check("mynet", "keep")
 
 
+def test_after_a_reboot_an_entrys_reused_proc_pid_is_no_live_container(lab: Lab):
+    """A runtime that caches /proc/PID/ns/net (cri-dockerd) leaves, after a reboot,
+    entries whose PIDs this boot gave to other processes: the namespace there is
+    theirs. Before, the entry counted as present and check --repair wrote the dead
+    container's chain back, its host port with it."""
+    lab.add("mynet", "keep", "10.88.0.24/16", PORT_A)
+    other = subprocess.Popen(["sleep", "300"])  # the process the old PID now names
+    try:
+        lab.add("mynet", "shim", "10.88.0.25/16", PORT_B, netns=f"/proc/{other.pid}/ns/net")
+        _written_before_this_boot(lab.cache / "results" / "mynet-shim-eth0")
+        assert statuses(lab.json("list"), "shim") == {"zombie"}
+        _flush_and_repair_keeping_zombies(lab, "keep", [("mynet", "shim")])
+    finally:
+        other.kill()
+        other.wait()
+
+
 def _written_before_this_boot(path: Path) -> None:
     """What a reboot leaves: the cache entry's file dates from the boot before, before
     btime and before /dev was made (btime moves with a clock stepped since the boot:

@@ -518,6 +518,27 @@ def test_a_directory_shows_the_caches_namespaces_only_by_one_it_names(tmp_path):
     }
 
 
+def test_a_proc_pid_path_from_before_this_boot_names_another_process(tmp_path):
+    """Runtimes that cache /proc/PID/ns/net (cri-dockerd's) leave, after a reboot,
+    entries whose PIDs this boot has long given to other processes: the namespace there
+    is theirs, the container died with the boot. Before, it counted as present and
+    check --repair wrote the dead container's chain back. One written this boot keeps
+    the safe side (a PID reused since still counts as present)."""
+    if os.stat("/proc/self/ns/pid").st_ino != 0xEFFFFFFC:
+        pytest.skip("not in the host's PID namespace")
+    booted = 1_700_000_000.0
+    reused = f"/proc/{os.getpid()}/ns/net"  # a live process, as a reused PID is
+    old = write(tmp_path / "results", "mynet-old-eth0", entry(cid="old", netns=reused))
+    os.utime(old, (booted - 60, booted - 60))
+    new = write(tmp_path / "results", "mynet-new-eth0", entry(cid="new", netns=reused))
+    view = NamespaceView(host_mounts=True, booted=booted)
+    found = cni_cache.read_entries([str(old), str(new)], view)
+    assert {a.container_id: a.netns_state for a in found} == {
+        "old": NetnsState.GONE,
+        "new": NetnsState.PRESENT,
+    }
+
+
 def test_zombie_entries_are_reported_and_not_expected():
     tbl = table("basic", 4)
     [config] = [c for c in cached_configs(_basic_attachments())]
