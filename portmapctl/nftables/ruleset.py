@@ -341,7 +341,7 @@ class _Values:
             ((key, value),) = expr.items()
             if key == "match" and isinstance(value, dict):
                 matches.append(self.match(value))
-            elif key == "dnat" and isinstance(value, dict) and "addr" in value:
+            elif key == "dnat" and _plain_dnat(value):
                 port = value.get("port")
                 action = _made_dnat(
                     self.address(str(value["addr"])), int(port) if port is not None else None
@@ -358,6 +358,18 @@ class _Values:
                 # counter, log, ...: kept as opaque so the rule is not mistaken for ours.
                 matches.append(Match("?", raw=json.dumps(expr, sort_keys=True)))
         return _made_body(tuple(matches), action, comment)
+
+
+def _plain_dnat(value: Any) -> bool:
+    """A dnat to one address and at most one port, as the plugin writes. Anything else
+    someone wrote by hand (a map, a range, flags such as `persistent`) is read as an
+    opaque statement: never the plugin's, and no reason to refuse the whole table."""
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("addr"), str)
+        and (value.get("port") is None or type(value.get("port")) is int)
+        and set(value) <= {"addr", "port", "family"}
+    )
 
 
 _NO_ACTION = Action(ActionKind.NONE)

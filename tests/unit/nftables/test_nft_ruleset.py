@@ -207,3 +207,24 @@ def test_a_bad_rule_names_what_is_wrong(change: dict, words: str) -> None:
         rs.parse(json.dumps({"nftables": [{"rule": rule}]}), "src")
     assert str(err.value).startswith("src: not `nft -j list` output (item 0: bad rule: ")
     assert words in str(err.value)
+
+
+def test_hand_written_dnat_statements_are_opaque_not_a_bad_table() -> None:
+    """A node's table with dnat rules someone added by hand (a map, a port range, an
+    address range, `persistent`; tests/fixtures/nft_edited, real `nft -j` output over
+    the v1.9.1 plugin's rules): every command exited 2, 'not `nft -j list` output',
+    gc included, on every run. Such a statement is opaque (never the plugin's rule);
+    the plugin's own rules read as before."""
+    from portmapctl.nftables.node import is_plugin_rule
+
+    folder = nftcases.HERE.parent / "nft_edited"
+    live = rs.parse((folder / "hand-dnat.nft.json").read_text(), "hand-dnat.nft.json")
+    rules = live.tables[4].rules_of("hostports")
+    by_comment = {rule.comment: rule for rule in rules}
+    for cid in ("eeee5555", "ffff6667", "ffff6668", "ffff6669"):
+        rule = by_comment[cid]
+        assert rule.body.action.kind is ActionKind.NONE, rule
+        assert not is_plugin_rule(rule)
+    plugin = [r for r in rules if is_plugin_rule(r)]
+    assert [r.comment for r in plugin] == ["aaaa1111"] * 2 + ["bbbb2222"] * 2 + ["cccc3333"] * 2
+    assert plugin[0].body.text(4) == 'tcp dport 8080 dnat to 10.88.0.5:80 comment "aaaa1111"'
