@@ -133,8 +133,8 @@ def _goes_to_nftables(config: MappingConfig, out: Output, why: str) -> MappingCo
     (the user asked for no backend)."""
     from dataclasses import replace
 
+    from portmapctl.core.validate import nft_refusals
     from portmapctl.errors import BadInput
-    from portmapctl.ops.add import nft_refusals
 
     try:
         nft_refusals(config)

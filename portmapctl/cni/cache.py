@@ -411,7 +411,11 @@ def read_attachment(path: str, *, configs: Optional[ConfigMemo] = None) -> Attac
             port_mappings_override=raw_ports,
             addresses=addresses,  # parsed once: a third of reading a 1,000-entry cache
         )
-        if (mapping.conditions_v4 or mapping.conditions_v6) and mapping.backend != "nftables":
+        if mapping.backend == "nftables":
+            # The plugin refuses such a config on every call: it never had rules of it,
+            # so nothing is expected of it, nor repaired (the entry cannot be read).
+            validate.nft_refusals(mapping, source)
+        elif mapping.conditions_v4 or mapping.conditions_v6:
             # Free-form: what no rule can be made of is this entry's problem alone.
             buildable(mapping, source)
     # else: no ports, or no address (an L2 network with empty IPAM): the plugin

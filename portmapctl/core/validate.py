@@ -266,6 +266,26 @@ def iptables_style(conditions: Sequence[str]) -> bool:
     return bool(conditions) and conditions[0][:1] in ("-", "!")
 
 
+def nft_refusals(config: MappingConfig, source: Optional[str] = None) -> None:
+    """What the plugin refuses for its nftables backend (v1.6 on, on every ADD, CHECK
+    and DEL), refused the same way: BadInput, `source` (a cache file) first."""
+    iptables_only = []
+    if config.external_setmark_chain is not None:
+        iptables_only.append("externalSetMarkChain")
+    for name, conditions in (
+        ("conditionsV4", config.conditions_v4),
+        ("conditionsV6", config.conditions_v6),
+    ):
+        if iptables_style(conditions):
+            iptables_only.append(name)
+    if iptables_only:
+        where = f"{source}: " if source is not None else ""
+        raise BadInput(
+            f"{where}nftables backend was requested but configuration contains"
+            f" iptables-specific options [{' '.join(iptables_only)}]"
+        )
+
+
 def chosen_families(config: MappingConfig, chosen: Sequence[int], what: str) -> Tuple[int, ...]:
     """The families of `chosen` (--family) the mapping has an address in; BadInput when
     none: there is nothing to `what` (add, check), which is no "in place" either."""

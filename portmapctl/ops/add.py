@@ -418,29 +418,9 @@ def _iptables_tables(node: Node, families: Sequence[int]) -> Dict[int, NatTable]
         return {}
 
 
-def nft_refusals(config: MappingConfig) -> None:
-    """What the plugin refuses for its nftables backend, refused the same way."""
-    from portmapctl.core import validate
-    from portmapctl.errors import BadInput
-
-    iptables_only = []
-    if config.external_setmark_chain is not None:
-        iptables_only.append("externalSetMarkChain")
-    for name, conditions in (
-        ("conditionsV4", config.conditions_v4),
-        ("conditionsV6", config.conditions_v6),
-    ):
-        if validate.iptables_style(conditions):
-            iptables_only.append(name)
-    if iptables_only:
-        raise BadInput(
-            "nftables backend was requested but configuration contains iptables-specific"
-            f" options [{' '.join(iptables_only)}]"
-        )
-
-
 def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: bool) -> AddResult:
     """The v1.9.1 ADD in nftables: both families in one `nft -f` transaction."""
+    from portmapctl.core.validate import nft_refusals
     from portmapctl.nftables import planner
     from portmapctl.nftables.ruleset import HOSTPORTS, MASQUERADING
     from portmapctl.nftables.transaction import check_condition

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import realplugin as rp
 import upstream
-from test_nft_commands import WEB, _container_rules, _plugin_add, _pmctl, node  # noqa: F401
+from test_nft_commands import API, WEB, _container_rules, _plugin_add, _pmctl, node  # noqa: F401
 
 pytestmark = pytest.mark.netns
 
@@ -159,3 +159,35 @@ def test_every_containers_dnat_rule_has_a_row_and_check_and_gc_agree(
     assert {(c["container_id"], tuple(sorted(p["host_port"] for p in c["host_ports"])))
             for c in removed} == {("weird1", (7000, 7001)), ("weird2", (8080,))}  # fmt: skip
     assert _pmctl(node, tmp_path, "check").returncode == 0
+
+
+# --- a cached config the nftables backend refuses ----------------------------------------
+
+
+def test_a_cached_nftables_config_the_plugin_refuses_gets_no_nftables_rules(
+    node: str, tmp_path: Path
+) -> None:
+    """`"backend": "nftables"` with iptables conditions: v1.9.1 refuses the config on
+    every call, and Debian's 1.1.1 (which knows no `backend` key) made iptables rules of
+    it. check called the container's nftables rules missing (exit 1) and check --repair
+    wrote them: a container in both backends, rules its plugin never writes. Now the
+    entry is one that cannot be read (one warning), its container live by name: check
+    exits 0 and repair writes nothing."""
+    cid, ips, ports = WEB
+    conf = {**rp.plugin_conf("podman", ips, ports, conditions_v4=["-s", "10.0.0.0/8"]),
+            "backend": "nftables"}  # fmt: skip
+    refused = upstream.run("v1.9.1", "ADD", node, cid, conf)
+    assert refused.returncode != 0 and "iptables-specific options [conditionsV4]" in refused.stdout
+    rp.run_plugin("ADD", node, cid, conf, check=True)  # 1.1.1: iptables rules
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips)
+    _plugin_add(node, tmp_path, API)  # a healthy nft-backed container beside it
+    before = upstream.ruleset_text(node)
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["problems"] == []
+    [warning] = checked.stderr.splitlines()
+    assert "iptables-specific options [conditionsV4]" in warning and "web1" in warning
+    repaired = _pmctl(node, tmp_path, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert upstream.ruleset_text(node) == before
+    assert ("ip", "hostports", cid) not in _container_rules(node)

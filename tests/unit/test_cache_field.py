@@ -898,3 +898,31 @@ def test_mark_bit_and_setmark_chain_together_are_named_as_the_entry_spells_them(
             mark=13,
             external_setmark_chain="KUBE-MARK-MASQ",
         )
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        ({"externalSetMarkChain": "MYMARK"}, "[externalSetMarkChain]"),
+        ({"conditionsV4": ["-s", "10.0.0.1"]}, "[conditionsV4]"),
+        ({"conditionsV6": ["!", "-s", "fd00::1"]}, "[conditionsV6]"),
+    ],
+)
+def test_an_nftables_entry_with_options_the_plugin_refuses_is_no_entry_to_model(
+    tmp_path, options, named
+):
+    """`"backend": "nftables"` with an iptables-only option: upstream v1.6.2 to v1.9.1
+    refuse that config on every call (`failed to parse config: nftables backend was
+    requested but configuration contains iptables-specific options [...]`), so no
+    rules are its. It was read as an nft-backed container: check called its rules
+    missing and check --repair wrote them. Now it cannot be read, as an iptables entry
+    with nftables conditions: one warning, its container live by name."""
+    refused = {"type": "portmap", "capabilities": {"portMappings": True},
+               "backend": "nftables", **options}  # fmt: skip
+    good = write(tmp_path / "results", "mynet-abc123-eth0", entry())
+    bad = write(tmp_path / "results", "mynet-def456-eth0", entry(cid="def456", portmap=refused))
+    found = cni_cache.read_entries([str(good), str(bad)], wait=0.0)
+    assert [a.container_id for a in found if a.problem is None] == ["abc123"]
+    [warning] = cni_cache.warnings(found)
+    assert "iptables-specific options " + named in warning and str(bad) in warning
+    assert "def456" in liveness(Sources(), found).ids

@@ -507,8 +507,8 @@ def _repaired(
 def _repair_nft_mapping(
     node: Node, config: MappingConfig, before: CheckResult, flush_udp: bool
 ) -> CheckResult:
+    from portmapctl.core.validate import nft_refusals
     from portmapctl.nftables.transaction import check_condition
-    from portmapctl.ops.add import nft_refusals
     from portmapctl.ops.check import nft_repair
 
     nft_refusals(config)
