@@ -250,6 +250,13 @@ def flush(
             tables, attachments = node.read_with_cache()
             warnings = tuple(cni_cache.warnings(attachments))
             mappings = udp_mappings(node_mappings(node, tables, attachments))
+        if node.nft_unusable is not None:
+            from portmapctl.ops.check.nft import configured_nft
+
+            if configured_nft(attachments):
+                # The ports a cached container maps in nftables cannot be told: its live
+                # flows would be judged by the rest, called misrouted (exit 3, as gc).
+                raise node.nft_unusable
     keys = select_ports(_worked_on(node, mappings), families, ports=ports, container=container)
     if not keys:
         return FlushResult(dry_run, stale_only, (), (), 0, 0, warnings)

@@ -5,9 +5,12 @@ operator would (temp CNI cache; never the machine's /var/lib/cni)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
+import pmctl
 import pytest
 import realplugin as rp
 import upstream
@@ -191,3 +194,36 @@ def test_a_cached_nftables_config_the_plugin_refuses_gets_no_nftables_rules(
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert upstream.ruleset_text(node) == before
     assert ("ip", "hostports", cid) not in _container_rules(node)
+
+
+# --- nft that cannot be used -------------------------------------------------------------
+
+
+def test_flush_udp_without_nft_keeps_the_flows_of_a_cached_nftables_container(
+    node: str, tmp_path: Path
+) -> None:
+    """No usable nft (a DaemonSet image without nftables): flush-udp --stale-only read
+    the node as having no nftables mappings, called web1's live flow, DNATed by the
+    plugin's nftables rule to web1, 'DNATed, but nothing maps this port now' and deleted
+    it (exit 0); without --port it said 'no mapped UDP host ports'. Where a cached
+    config says nftables it now stops as check and gc do: exit 3, one line, nothing
+    deleted. A --port flush without --stale-only needs no mappings and still runs."""
+    _plugin_add(node, tmp_path, WEB)  # 5353/udp to 10.88.0.5:53
+    subprocess.run(["ip", "-n", node, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
+    flow = ["-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40001", "--dport",
+            "5353", "--reply-src", "10.88.0.5", "--reply-dst", "192.0.2.9",
+            "--reply-port-src", "53", "--reply-port-dst", "40001"]  # fmt: skip
+    subprocess.run(["ip", "netns", "exec", node, "conntrack", "-I", *flow, "-t", "120"],
+                   check=True, capture_output=True)  # fmt: skip
+    no_nft = [os.path.realpath(shutil.which("nft") or "/usr/sbin/nft")]
+    where = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
+    for args in (["--port", "5353", "--stale-only"], ["--stale-only"], []):
+        done = pmctl.run(["flush-udp", *args, *where], hide=no_nft)
+        pmctl.assert_error(done, 3, "nft not found")
+    listed = subprocess.run(["ip", "netns", "exec", node, "conntrack", "-L", *flow],
+                            capture_output=True, text=True)  # fmt: skip
+    assert "sport=40001" in listed.stdout, listed.stderr
+    given = pmctl.run(["flush-udp", "--port", "5353", "--dry-run", "-o", "json", *where],
+                      hide=no_nft)  # fmt: skip
+    assert given.returncode == 0, given.stderr
+    assert [d["sport"] for d in json.loads(given.stdout)["deleted"]] == [40001]
