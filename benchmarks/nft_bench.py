@@ -399,8 +399,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=RUNS, help="rounds of the list figures")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="another checkout whose list runs in the same rounds")  # fmt: skip
-    parser.add_argument("--instructions", action="store_true",
-                        help="also count each list command's instructions (valgrind)")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count each list command's instructions (valgrind)",
+    )
     args = parser.parse_args(argv)
     for probe in (rp.netns_available, upstream.available):
         ok, reason = probe()

@@ -66,15 +66,20 @@ def scenarios() -> Dict[str, List[Step]]:
     dn = first_dn("basic")
     found["refused: -N of an existing chain"] = [setup_of("basic"), raw(("new_chain", dn))]
     found["refused: -D of a missing rule"] = [
-        setup_of("basic"), raw(("delete", TOPLEVEL_DNAT, ("-p", "udp", "-j", dn)))
+        setup_of("basic"),
+        raw(("delete", TOPLEVEL_DNAT, ("-p", "udp", "-j", dn))),
     ]
     found["refused: -X of a referenced chain"] = [
-        setup_of("basic"), raw(("flush", dn), ("delete_chain", dn))
+        setup_of("basic"),
+        raw(("flush", dn), ("delete_chain", dn)),
     ]
     found["refused: -X of a chain with rules"] = [
         setup_of("basic"),
-        raw(("new_chain", "CNI-DN-x"), ("append", "CNI-DN-x", ("-j", "RETURN")),
-            ("delete_chain", "CNI-DN-x")),
+        raw(
+            ("new_chain", "CNI-DN-x"),
+            ("append", "CNI-DN-x", ("-j", "RETURN")),
+            ("delete_chain", "CNI-DN-x"),
+        ),
     ]
     found["refused: -A to a missing chain"] = [raw(("append", "CNI-DN-none", ("-j", "RETURN")))]
     found["refused: -j to a missing chain"] = [
@@ -83,13 +88,20 @@ def scenarios() -> Dict[str, List[Step]]:
     found["refused: -F of a missing chain"] = [raw(("flush", "CNI-DN-none"))]
     found["refused half-way, nothing changes"] = [
         setup_of("basic"),
-        raw(("new_chain", "CNI-DN-new"), ("append", "CNI-DN-new", ("-j", "RETURN")),
-            ("flush", dn), ("delete", TOPLEVEL_DNAT, ("-p", "sctp", "-j", dn))),
+        raw(
+            ("new_chain", "CNI-DN-new"),
+            ("append", "CNI-DN-new", ("-j", "RETURN")),
+            ("flush", dn),
+            ("delete", TOPLEVEL_DNAT, ("-p", "sctp", "-j", dn)),
+        ),
     ]
     found["insert goes first"] = [
-        raw(("new_chain", "CNI-DN-b"), ("new_chain", "CNI-HOSTPORT-DNAT"),
+        raw(
+            ("new_chain", "CNI-DN-b"),
+            ("new_chain", "CNI-HOSTPORT-DNAT"),
             ("append", "CNI-HOSTPORT-DNAT", ("-j", "RETURN")),
-            ("insert_first", "CNI-HOSTPORT-DNAT", ("-j", "CNI-DN-b"))),
+            ("insert_first", "CNI-HOSTPORT-DNAT", ("-j", "CNI-DN-b")),
+        ),
     ]
     found["-X of an emptied, unreferenced chain"] = [
         raw(("new_chain", "CNI-DN-c"), ("append", "CNI-DN-c", ("-j", "RETURN"))),
@@ -100,13 +112,17 @@ def scenarios() -> Dict[str, List[Step]]:
         raw(("delete_number", TOPLEVEL_DNAT, 3), ("delete_number", TOPLEVEL_DNAT, 1)),
     ]
     found["refused: delete by a number past the end"] = [
-        setup_of("basic"), raw(("delete_number", TOPLEVEL_DNAT, 99))
+        setup_of("basic"),
+        raw(("delete_number", TOPLEVEL_DNAT, 99)),
     ]
     found["-C of a rule that is there changes nothing"] = [
-        setup_of("basic"), raw(("check", "PREROUTING", ("-m", "addrtype", "--dst-type", "LOCAL",
-                                                         "-j", TOPLEVEL_DNAT)))
+        setup_of("basic"),
+        raw(
+            ("check", "PREROUTING", ("-m", "addrtype", "--dst-type", "LOCAL", "-j", TOPLEVEL_DNAT))
+        ),
     ]
     found["refused: -C of a rule that is not there"] = [
-        setup_of("basic"), raw(("check", TOPLEVEL_DNAT, ("-p", "sctp", "-j", dn)))
+        setup_of("basic"),
+        raw(("check", TOPLEVEL_DNAT, ("-p", "sctp", "-j", dn))),
     ]
     return found

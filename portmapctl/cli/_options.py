@@ -28,6 +28,7 @@ from portmapctl.host.paths import CNI_CACHE_DIR, MULTUS_CACHE_DIR, default_cni_c
 # Completion of values (typer `autocompletion=`): typer reads their annotations, so
 # they live where typer is imported.
 
+
 def _cache_dir(ctx: typer.Context) -> Tuple[str, ...]:
     value = (ctx.params or {}).get("cni_cache_dir")
     if isinstance(value, str) and value:
@@ -66,7 +67,6 @@ def complete_network(ctx: typer.Context, incomplete: str) -> List[Tuple[str, str
         ]
     except Exception:  # noqa: BLE001 - a completion must never print a traceback
         return []
-
 
 
 PANEL = "Common options"

@@ -229,8 +229,12 @@ def _show(
     if result.removed or result.pending or result.shared_removed:
         out.show(
             render.gc_table(
-                result, min_age, wide=out.wide, full_ids=out.no_trunc,
-                header=not out.no_headers, width=out.width(),
+                result,
+                min_age,
+                wide=out.wide,
+                full_ids=out.no_trunc,
+                header=not out.no_headers,
+                width=out.width(),
             )  # fmt: skip
         )
         out.blank()

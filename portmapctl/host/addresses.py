@@ -35,7 +35,9 @@ _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _HOST_BITS = {4: 32, 6: 128}
 
 _NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, seq, port id
-_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
+_RTMSG = struct.Struct(
+    "=BBBBBBBBI"
+)  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 _NLA = struct.Struct("=HH")  # length, type
 _ERRNO = struct.Struct("=i")
 
@@ -92,8 +94,10 @@ def _dump_local_routes(sock: socket.socket, family: int) -> Iterator[Network]:
     seq = family  # one request per family on this socket
     body = _RTMSG.pack(_AF[family], 0, 0, 0, 0, 0, 0, 0, 0)
     sock.sendto(
-        _NLMSGHDR.pack(_NLMSGHDR.size + len(body), _RTM_GETROUTE, _NLM_F_REQUEST | _NLM_F_DUMP,
-                       seq, 0) + body,  # fmt: skip
+        _NLMSGHDR.pack(
+            _NLMSGHDR.size + len(body), _RTM_GETROUTE, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0
+        )
+        + body,  # fmt: skip
         (0, 0),
     )
     while True:

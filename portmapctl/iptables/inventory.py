@@ -464,8 +464,15 @@ def chain_facts(table: NatTable) -> List[ChainFacts]:
         if not name.startswith(DNAT_PREFIX):
             found.append(
                 ChainFacts(
-                    name, table.family, "legacy-snat", network, container_id,
-                    tuple(chain_entries), rules, (), frozenset(),
+                    name,
+                    table.family,
+                    "legacy-snat",
+                    network,
+                    container_id,
+                    tuple(chain_entries),
+                    rules,
+                    (),
+                    frozenset(),
                 )  # fmt: skip
             )
             continue
@@ -488,8 +495,15 @@ def chain_facts(table: NatTable) -> List[ChainFacts]:
                 ports.setdefault(proto_port, None)
         found.append(
             ChainFacts(
-                name, table.family, "dnat", network, container_id,
-                tuple(chain_entries), rules, tuple(ports), frozenset(addresses),
+                name,
+                table.family,
+                "dnat",
+                network,
+                container_id,
+                tuple(chain_entries),
+                rules,
+                tuple(ports),
+                frozenset(addresses),
             )  # fmt: skip
         )
     return found

@@ -69,6 +69,7 @@ class NatTable:
     def has_chain(self, chain: str) -> bool:
         return chain in self.chains
 
+
 # --- reading -----------------------------------------------------------------
 
 
@@ -89,7 +90,12 @@ def unreadable_note(text: str) -> Optional[str]:
 
 
 def parse_save(
-    text: str, family: int, source: str = "iptables-save output", *, strict: bool = False, skip_foreign: bool = False
+    text: str,
+    family: int,
+    source: str = "iptables-save output",
+    *,
+    strict: bool = False,
+    skip_foreign: bool = False,
 ) -> NatTable:
     """Read the nat table out of `iptables-save` text (other tables are skipped).
 

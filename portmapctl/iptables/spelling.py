@@ -35,6 +35,7 @@ class Option(NamedTuple):
     name: str  # with its dashes
     values: Tuple[str, ...]
 
+
 # The bit order iptables prints flag lists in (libxt_conntrack.c, libxt_addrtype.c).
 _CTSTATES = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
 _CTSTATUS = ("NONE", "EXPECTED", "SEEN_REPLY", "ASSURED", "CONFIRMED")
@@ -50,9 +51,21 @@ _ORDER: Dict[str, Tuple[str, ...]] = {
     "tcp": ("--sport", "--dport", "--tcp-option", "--tcp-flags"),
     "udp": ("--sport", "--dport"),
     "sctp": ("--sport", "--dport", "--chunk-types"),
-    "conntrack": ("--ctstate", "--ctproto", "--ctorigsrc", "--ctorigdst", "--ctreplsrc",
-                  "--ctrepldst", "--ctorigsrcport", "--ctorigdstport", "--ctreplsrcport",
-                  "--ctrepldstport", "--ctstatus", "--ctexpire", "--ctdir"),  # fmt: skip
+    "conntrack": (
+        "--ctstate",
+        "--ctproto",
+        "--ctorigsrc",
+        "--ctorigdst",
+        "--ctreplsrc",
+        "--ctrepldst",
+        "--ctorigsrcport",
+        "--ctorigdstport",
+        "--ctreplsrcport",
+        "--ctrepldstport",
+        "--ctstatus",
+        "--ctexpire",
+        "--ctdir",
+    ),  # fmt: skip
 }
 
 
@@ -227,6 +240,7 @@ def tcp_flags(value: str) -> str:
                 raise BadInput(f"unknown TCP flag {word!r} in rule")
             bits |= flag
     return ",".join(n for n, b in _TCP_FLAGS if bits & b) or "NONE"
+
 
 # The protocol names libxtables knows without /etc/protocols (xtables_chain_protos),
 # in its order: iptables-save prints a number by the name /etc/protocols gives it

@@ -138,7 +138,9 @@ def dport_values(right: str) -> Optional[Tuple[int, ...]]:
     return tuple(dict.fromkeys(ports))
 
 
-def _dnat_fields(rule: Rule) -> Optional[Tuple[str, Tuple[int, ...], Optional[str], Tuple[str, ...]]]:
+def _dnat_fields(
+    rule: Rule,
+) -> Optional[Tuple[str, Tuple[int, ...], Optional[str], Tuple[str, ...]]]:
     """(protocol, host ports, host IP, the other matches' text) of a host-port rule,
     else None (no `tcp|udp|sctp dport` it can read)."""
     body = rule.body
@@ -357,7 +359,9 @@ def leftovers(ruleset: Ruleset) -> List[Leftover]:
                 continue
             if (rule.comment, address) not in dnat_to[family]:
                 left.setdefault((rule.comment or "", address), []).append(rule)
-        found += [Leftover(family, cid, addr, tuple(rules)) for (cid, addr), rules in sorted(left.items())]
+        found += [
+            Leftover(family, cid, addr, tuple(rules)) for (cid, addr), rules in sorted(left.items())
+        ]
     return found
 
 
@@ -387,7 +391,12 @@ def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Prob
         if table is None:
             problems.append(
                 Problem(
-                    ProblemKind.NFT_MISSING_TABLE, family, None, None, None, f"table {where} is missing"
+                    ProblemKind.NFT_MISSING_TABLE,
+                    family,
+                    None,
+                    None,
+                    None,
+                    f"table {where} is missing",
                 )
             )
             continue

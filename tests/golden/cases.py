@@ -22,7 +22,12 @@ def cases() -> Dict[str, List[str]]:
     for fmt in ("table", "json"):
         out[f"list-example-{fmt}"] = ["list", *EXAMPLE, *CACHE, "-o", fmt]
         out[f"list-example-nocache-{fmt}"] = [
-            "list", *EXAMPLE, "--cni-cache-dir", "tests/golden/no-such-dir", "-o", fmt
+            "list",
+            *EXAMPLE,
+            "--cni-cache-dir",
+            "tests/golden/no-such-dir",
+            "-o",
+            fmt,
         ]
         out[f"check-example-{fmt}"] = ["check", *EXAMPLE, *CACHE, "-o", fmt]
     for v4 in sorted(FIXTURES.glob("*.v4.save")):
@@ -30,10 +35,26 @@ def cases() -> Dict[str, List[str]]:
         v6 = v4.with_name(f"{name}.v6.save")
         rel4, rel6 = (str(p.relative_to(ROOT)) for p in (v4, v6))
         for fmt in ("table", "json"):
-            out[f"list-{name}-{fmt}"] = ["list", "--snapshot", rel4, "--snapshot6", rel6,
-                                         "--cni-cache-dir", "tests/golden/no-such-dir",
-                                         "-o", fmt]
-        out[f"check-{name}-json"] = ["check", "--snapshot", rel4, "--snapshot6", rel6,
-                                     "--cni-cache-dir", "tests/golden/no-such-dir",
-                                     "-o", "json"]
+            out[f"list-{name}-{fmt}"] = [
+                "list",
+                "--snapshot",
+                rel4,
+                "--snapshot6",
+                rel6,
+                "--cni-cache-dir",
+                "tests/golden/no-such-dir",
+                "-o",
+                fmt,
+            ]
+        out[f"check-{name}-json"] = [
+            "check",
+            "--snapshot",
+            rel4,
+            "--snapshot6",
+            rel6,
+            "--cni-cache-dir",
+            "tests/golden/no-such-dir",
+            "-o",
+            "json",
+        ]
     return out

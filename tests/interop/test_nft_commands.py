@@ -315,7 +315,9 @@ def _delete_dnat_rules(ns: str, container_id: str) -> None:
 def _problems(ns: str, cache: Path) -> set:
     done = _pmctl(ns, cache, "check", "-o", "json")
     assert done.returncode == 1, done.stdout + done.stderr
-    return {(p["kind"], p["family"], p["container_id"]) for p in json.loads(done.stdout)["problems"]}
+    return {
+        (p["kind"], p["family"], p["container_id"]) for p in json.loads(done.stdout)["problems"]
+    }
 
 
 def test_leftovers_of_a_gone_container_are_stale_and_gc_removes_them(
@@ -690,7 +692,9 @@ def _mixed_v191_node(ns: str, cache: Path) -> dict:
 
 def _plugin_tables(ns: str) -> str:
     """The plugin's nftables tables (not iptables-nft's `ip nat`)."""
-    return "".join(upstream.nft(ns, "list", "table", f, "cni_hostport").stdout for f in ("ip", "ip6"))
+    return "".join(
+        upstream.nft(ns, "list", "table", f, "cni_hostport").stdout for f in ("ip", "ip6")
+    )
 
 
 def test_check_backend_looks_only_at_that_backend(node: str, tmp_path: Path) -> None:
@@ -706,7 +710,9 @@ def test_check_backend_looks_only_at_that_backend(node: str, tmp_path: Path) -> 
     for backend in ("nftables", "iptables"):
         done = _pmctl(node, tmp_path, "check", "--backend", backend, "-o", "json")
         assert done.returncode == 1, (backend, done.stdout + done.stderr)
-        seen[backend] = {(p["kind"], p["container_id"]) for p in json.loads(done.stdout)["problems"]}
+        seen[backend] = {
+            (p["kind"], p["container_id"]) for p in json.loads(done.stdout)["problems"]
+        }
     assert seen["nftables"] == {("nft-missing-rules", "web1")}
     assert seen["iptables"] == {("missing-entry", "ipt1")}
 

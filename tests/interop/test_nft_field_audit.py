@@ -28,7 +28,9 @@ def _rules_of(ns: str, chain: str) -> list:
     return [
         obj["rule"]
         for obj in json.loads(upstream.ruleset_json(ns))["nftables"]
-        if "rule" in obj and obj["rule"]["table"] == "cni_hostport" and obj["rule"]["chain"] == chain
+        if "rule" in obj
+        and obj["rule"]["table"] == "cni_hostport"
+        and obj["rule"]["chain"] == chain
     ]
 
 

@@ -151,7 +151,9 @@ def test_a_save_with_counters_reads_as_the_save_without(
     _add(host_ns, iptables_mode)
     # Traffic is not needed: a rule's counters are printed whatever they hold.
     tool = rp.tool_path("iptables-save", iptables_mode)
-    counted = rp._run([rp._ip(), "netns", "exec", host_ns, tool, "-c", "-t", "nat"], check=True).stdout
+    counted = rp._run(
+        [rp._ip(), "netns", "exec", host_ns, tool, "-c", "-t", "nat"], check=True
+    ).stdout
     assert "\n[0:0] -A CNI-HOSTPORT-DNAT " in counted
     plain = rp.save(host_ns, 4, iptables_mode)
     assert parse_save(counted, 4, strict=True) == parse_save(plain, 4, strict=True)

@@ -154,7 +154,9 @@ def test_plugin_state_reads_as_the_fixture(backend, plugin_states, case):
         tables = {f: opened.read(f) for f in FAMILIES}
         # The plugin wrote no legacy table for a family it had no address in: read as
         # the save prints a new one (the fixture's), and not created by the read.
-        assert {f for f in FAMILIES if MODE[backend] == "legacy" and not legacy_nat_present(f)} == absent
+        assert {
+            f for f in FAMILIES if MODE[backend] == "legacy" and not legacy_nat_present(f)
+        } == absent
     for family in FAMILIES:
         expected = table(case, family)
         if backend != "iptc":

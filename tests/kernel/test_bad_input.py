@@ -276,6 +276,7 @@ CNI_CONFIGS = {
     "snat-string": (_portmap_config(snat="no"), "snat must be true or false"),
 }
 
+
 def _with_conditions_v4(conditions: list) -> dict:
     """A cache document whose portmap config has these conditionsV4."""
     portmap = {"type": "portmap", "capabilities": {"portMappings": True}}

@@ -64,8 +64,9 @@ def test_repair_makes_every_container_but_the_one_it_cannot_and_names_it(reloade
     assert done.returncode == 1, done.stderr  # ctr2's problem remains
     warnings = [line for line in done.stderr.splitlines() if "could not repair" in line]
     assert len(warnings) == 1, done.stderr
-    assert "mynet/ctr2" in warnings[0] and f"externalSetMarkChain {EXT} does not exist" in (
-        warnings[0]
+    assert (
+        "mynet/ctr2" in warnings[0]
+        and f"externalSetMarkChain {EXT} does not exist" in (warnings[0])
     )
     doc = json.loads(done.stdout)
     assert [(u["container_id"], u["family"]) for u in doc["unrepaired"]] == [("ctr2", 4)]
@@ -108,10 +109,31 @@ CONDITIONS = {
     "addrtype-lower": ["-m", "addrtype", "--dst-type", "local"],
     "ctstate-order": ["-m", "conntrack", "--ctstate", "ESTABLISHED,NEW"],
     "mark-decimal": ["-m", "mark", "--mark", "1"],
-    "all-three": ["-m", "addrtype", "--dst-type", "local", "-m", "conntrack", "--ctstate",
-                  "ESTABLISHED,NEW", "-m", "mark", "--mark", "1"],  # fmt: skip
-    "state-and-mask": ["-m", "state", "--state", "established,new", "-m", "mark", "!", "--mark",
-                       "16/255"],  # fmt: skip
+    "all-three": [
+        "-m",
+        "addrtype",
+        "--dst-type",
+        "local",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,NEW",
+        "-m",
+        "mark",
+        "--mark",
+        "1",
+    ],  # fmt: skip
+    "state-and-mask": [
+        "-m",
+        "state",
+        "--state",
+        "established,new",
+        "-m",
+        "mark",
+        "!",
+        "--mark",
+        "16/255",
+    ],  # fmt: skip
 }
 
 

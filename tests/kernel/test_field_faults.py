@@ -40,7 +40,9 @@ def _needs_root() -> None:
 @pytest.fixture
 def node(host_ns, tmp_path):
     """A namespace with one plugin-made, cached container (so `ok` means something)."""
-    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
+    conf = rp.plugin_conf(
+        "mynet", ["10.88.0.5/16"], [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    )
     rp.run_plugin("ADD", host_ns, "live1", conf, check=True)
     cache = tmp_path / "cni"
     rp.write_cni_cache(cache, "mynet", "live1", "eth0", conf, conf["runtimeConfig"]["portMappings"],

@@ -462,7 +462,9 @@ def test_a_chain_pending_as_stale_waits_while_a_container_is_being_added(lab: La
         doc = json.loads(done.stdout)
         # The stale chain whose address no new namespace holds goes as usual.
         assert [r["container_id"] for r in doc["removed"]] == ["other"]
-        assert [p["container_id"] for p in doc["pending"]] == ["back"], "removed a chain being added"
+        assert [p["container_id"] for p in doc["pending"]] == ["back"], (
+            "removed a chain being added"
+        )
         assert "being added" in done.stderr and new_ns in done.stderr
         # libcni writes the entry: the container is live, its sighting forgotten.
         rp.write_cni_cache(lab.cache, "mynet", "back", "eth0", conf, PORT_A,

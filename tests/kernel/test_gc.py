@@ -286,7 +286,9 @@ def test_min_age_keeps_new_chains_pending_and_forgets_changed_or_live_ones(nft_n
     ]
     state = json.loads(Path("/run/portmapctl", gc_state.STATE_FILE).read_text())
     mine = [part for key, part in state["namespaces"].items() if key.startswith(node.ns + "@")]
-    assert len(mine) == 1 and list(mine[0]["chains"]) == [ChainKey(4, chain_name("gcnet", young)).text()]
+    assert len(mine) == 1 and list(mine[0]["chains"]) == [
+        ChainKey(4, chain_name("gcnet", young)).text()
+    ]
     assert stat.S_IMODE(Path("/run/portmapctl", gc_state.STATE_FILE).stat().st_mode) == 0o600
 
     time.sleep(0.6)

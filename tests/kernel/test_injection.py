@@ -138,5 +138,3 @@ def test_a_foreign_comment_with_a_newline_makes_the_node_unreadable_not_writable
                     "--cni-cache-dir", str(node.cache)])  # fmt: skip
         assert_error(done, 2, "line", "unterminated quote")
     assert node.lines(4) == before
-
-

@@ -50,7 +50,9 @@ def test_iptables_restore_reads_odd_quoting_as_we_do(host_ns, iptables_mode, lin
         check=True,
     )
     saved = _rule_lines(rp.save(host_ns, mode=iptables_mode))
-    listed = _rule_lines(rp.iptables(host_ns, ["-t", "nat", "-S", CHAIN], mode=iptables_mode).stdout)
+    listed = _rule_lines(
+        rp.iptables(host_ns, ["-t", "nat", "-S", CHAIN], mode=iptables_mode).stdout
+    )
     assert len(saved) == 1 and listed == saved
     # iptables prints the rule in its own order and spelling (-s moved to the front,
     # the comment quoted its way): the same words as the odd line, once normalized.

@@ -58,7 +58,7 @@ FOREIGN = [
     "-p tcp -m multiport --dports 7007 -j RETURN",
     "-p tcp -m multiport --dports 7008 -g CNI-DN-00000000000000000000a",
     "-p tcp -m comment --comment multiport -m multiport --dports 7009 -j ACCEPT",
-    "-m comment --comment \"no ports at all\" -j CNI-DN-00000000000000000000a",
+    '-m comment --comment "no ports at all" -j CNI-DN-00000000000000000000a',
     "-p tcp -m multiport --dports 1,2,3,4,5,6,7,8,9,10,11,12,13,14,7011 -j CNI-DN-00000000000000000000a",
 ]
 
@@ -73,7 +73,9 @@ def _restore(ns: str, family: int, text: str, noflush: bool = False) -> None:
 def _listed(ns: str, family: int) -> List[Tuple[str, ...]]:
     done = rp.iptables(ns, ["-t", "nat", "-S", TOPLEVEL_DNAT], family=family, mode="nft")
     prefix = f"-A {TOPLEVEL_DNAT} "
-    return [tuple(split_words(line)[2:]) for line in done.stdout.splitlines() if line.startswith(prefix)]
+    return [
+        tuple(split_words(line)[2:]) for line in done.stdout.splitlines() if line.startswith(prefix)
+    ]
 
 
 def _passes_by(args: Sequence[str], ports: Set[int]) -> bool:
@@ -126,7 +128,11 @@ def _loaded(dump: Path, ns: str) -> Tuple[str, int, NatTable]:
 @pytest.mark.parametrize("dump", WITH_DNAT, ids=lambda p: p.name)
 def test_kept_rules_are_those_iptables_shows_claiming_the_ports(dump, host_ns):
     ns, family, table = _loaded(dump, host_ns)
-    needed = "-N CNI-DN-00000000000000000000a\n" if "CNI-DN-00000000000000000000a" not in table.chains else ""
+    needed = (
+        "-N CNI-DN-00000000000000000000a\n"
+        if "CNI-DN-00000000000000000000a" not in table.chains
+        else ""
+    )
     foreign = "".join(f"-A {TOPLEVEL_DNAT} {rule}\n" for rule in FOREIGN)
     _restore(ns, family, f"*nat\n{needed}{foreign}COMMIT\n", noflush=True)
     rules = _listed(ns, family)

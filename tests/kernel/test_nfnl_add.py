@@ -370,4 +370,3 @@ def test_settling_the_generation_changes_nothing(host_ns):
         assert nfgen.ask(sock, 200) == now
         assert not nfgen.settled_at(sock, nfgen.following(now), 300)
         assert nfgen.generation() == now == nfgen.generation(settled=False)
-

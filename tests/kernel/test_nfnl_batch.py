@@ -158,7 +158,9 @@ def _node_for(node: Node_) -> Node:
 
 @pytest.mark.parametrize("way", sorted(WAYS))
 @pytest.mark.parametrize("plugin_call", ["ADD", "DEL"])
-def test_a_plugin_call_after_the_read_refuses_the_batch_whole(nft_node, plugin_call, way, monkeypatch):
+def test_a_plugin_call_after_the_read_refuses_the_batch_whole(
+    nft_node, plugin_call, way, monkeypatch
+):
     """The danger a rebuild brings (an entry rule appended after the read would be
     flushed; one deleted would come back) is refused by the kernel: nothing changes,
     and the re-plan keeps what the plugin did."""
@@ -200,7 +202,12 @@ def test_both_families_read_at_one_generation_apply_in_turn(nft_node, caplog):
     node = nft_node
     caplog.set_level(logging.DEBUG, logger="portmapctl.iptables")
     for i in range(4):
-        node.add("bnet", f"d{i}", [f"10.88.6.{i + 1}/16", f"fd00:6::{i + 1}/64"], _ports(f"{9200 + i}/tcp"))
+        node.add(
+            "bnet",
+            f"d{i}",
+            [f"10.88.6.{i + 1}/16", f"fd00:6::{i + 1}/64"],
+            _ports(f"{9200 + i}/tcp"),
+        )
     stale = [chain_name("bnet", f"d{i}") for i in (1, 3)]
     with entered(node.ns):
         backend = RestoreBackend("nft")
@@ -218,11 +225,15 @@ def test_both_families_read_at_one_generation_apply_in_turn(nft_node, caplog):
     node.check("d2")
 
 
-def test_gc_commits_once_per_family_and_not_through_iptables_restore(nft_node, tmp_path, monkeypatch):
+def test_gc_commits_once_per_family_and_not_through_iptables_restore(
+    nft_node, tmp_path, monkeypatch
+):
     node = nft_node
     for i in range(6):
         ips = [f"10.88.7.{i + 1}/16", f"fd00:7::{i + 1}/64"]
-        node.add("bnet", f"e{i}", ips, _ports(f"{9300 + i}/tcp", f"{9400 + i}/udp"), cache=i % 2 == 0)
+        node.add(
+            "bnet", f"e{i}", ips, _ports(f"{9300 + i}/tcp", f"{9400 + i}/udp"), cache=i % 2 == 0
+        )
     with entered(node.ns):
         start = nfgen.generation()
     # iptables-restore refuses everything: gc does not need it on nf_tables.
@@ -295,14 +306,18 @@ def test_a_kept_rule_with_a_negated_protocol_is_appended_again_as_it_was(nft_nod
     for i in range(4):
         node.add("bnet", f"h{i}", [f"10.88.10.{i + 1}/16"], _ports(f"{9700 + i}/tcp"))
     target = chain_name("bnet", "h0")
-    node.ipt(4, "-A", TOPLEVEL_DNAT, "!", "-p", "udp", "-m", "comment", "--comment", "x", "-j", target)
+    node.ipt(
+        4, "-A", TOPLEVEL_DNAT, "!", "-p", "udp", "-m", "comment", "--comment", "x", "-j", target
+    )
     table = _read(node.ns, 4)
     txn = plan_teardown(table, [chain_name("bnet", f"h{i}") for i in (1, 2, 3)])
     with entered(node.ns):
         result = nfnl_batch.apply_removal(4, txn.removal, table.generation)
-    assert result.outcome is Outcome.APPLIED and f"{TOPLEVEL_DNAT}: rebuilt" in result.why, result.why
+    assert result.outcome is Outcome.APPLIED and f"{TOPLEVEL_DNAT}: rebuilt" in result.why, (
+        result.why
+    )
     dnat = [line for line in node.lines(4) if line.startswith(f"-A {TOPLEVEL_DNAT} ")]
-    assert dnat[-1] == f'-A {TOPLEVEL_DNAT} ! -p udp -m comment --comment x -j {target}'
+    assert dnat[-1] == f"-A {TOPLEVEL_DNAT} ! -p udp -m comment --comment x -j {target}"
     node.check("h0")
 
 
@@ -318,7 +333,10 @@ def test_a_rebuild_keeps_the_counters_of_the_rules_kept(nft_node, monkeypatch):
         for n, line in enumerate(saved.splitlines())
     )
     tool = rp.tool_path("iptables-restore", "nft")
-    subprocess.run(["ip", "netns", "exec", node.ns, tool, "-c"], input=counted + "\n", text=True, check=True)
+    subprocess.run(
+        ["ip", "netns", "exec", node.ns, tool, "-c"], input=counted + "\n", text=True, check=True
+    )
+
     def counters() -> dict:
         text = subprocess.run(
             ["ip", "netns", "exec", node.ns, rp.tool_path("iptables-save", "nft"), "-c", "-t", "nat"],
@@ -330,6 +348,7 @@ def test_a_rebuild_keeps_the_counters_of_the_rules_kept(nft_node, monkeypatch):
                 count, rule = line.split(" ", 1)  # "[packets:bytes] -A ..."
                 found[rule] = count
         return found
+
     before = counters()
     table = _read(node.ns, 4)
     txn = plan_teardown(table, [chain_name("bnet", f"k{i}") for i in (1, 3)])
@@ -380,7 +399,9 @@ def test_gc_on_a_node_where_other_tables_keep_changing_still_converges(nft_node)
     about our chains only, then applies the removal, as before the batch existed."""
     node = nft_node
     for i in range(8):
-        node.add("bnet", f"n{i}", [f"10.88.13.{i + 1}/16"], _ports(f"{9950 + i}/tcp"), cache=i % 2 == 0)
+        node.add(
+            "bnet", f"n{i}", [f"10.88.13.{i + 1}/16"], _ports(f"{9950 + i}/tcp"), cache=i % 2 == 0
+        )
     nft = ["ip", "netns", "exec", node.ns, "nft"]
     subprocess.run([*nft, "add table inet busy"], check=True)
     stop = threading.Event()

@@ -188,7 +188,9 @@ def test_gc_shows_its_counts_on_the_terminal_and_leaves_stdout_alone(node: Node_
     assert f"0/{count}" in shown and f"{count}/{count}" in shown and "removing chains" in shown
     assert f"/{count}" not in quiet.split("Remove")[-1], "no display below the delay"
     assert "\x1b[2K" in shown, "the display is erased"
-    bar = [line for line in re.split(r"[\r\n]|\x1b\[[0-9;?]*[A-Za-z]", shown) if f"/{count}" in line]
+    bar = [
+        line for line in re.split(r"[\r\n]|\x1b\[[0-9;?]*[A-Za-z]", shown) if f"/{count}" in line
+    ]
     assert bar and max(map(len, bar)) <= 80, bar
 
 

@@ -228,9 +228,7 @@ def test_an_unreadable_entry_is_skipped_and_its_container_stays_live(tmp_path):
 
 
 @pytest.mark.parametrize("duplicate_key", [False, True], ids=["other-id", "duplicate-key"])
-def test_an_entry_whose_body_names_another_container_is_no_entry_of_either(
-    tmp_path, duplicate_key
-):
+def test_an_entry_whose_body_names_another_container_is_no_entry_of_either(tmp_path, duplicate_key):
     """libcni names a file NETWORK-CONTAINERID-IFNAME and a runtime's DEL finds it by
     that name. A body naming another container (a copied file; a duplicate key, of
     which JSON readers keep the last) made gc take the named, live container's chains
@@ -438,7 +436,10 @@ def test_namespace_paths_that_cannot_be_judged_are_never_zombies(tmp_path):
     # Without `netns` (older libcni), the interface's sandbox names it.
     old = entry(netns=None)
     old["result"]["interfaces"][0]["sandbox"] = "/run/netns/cni-1234"
-    assert read_attachment(str(write(tmp_path / "old", "mynet-abc123-eth0", old))).netns == "/run/netns/cni-1234"
+    assert (
+        read_attachment(str(write(tmp_path / "old", "mynet-abc123-eth0", old))).netns
+        == "/run/netns/cni-1234"
+    )
 
 
 def test_from_the_hosts_mounts_an_entry_from_before_this_boot_names_no_namespace(tmp_path):
@@ -854,7 +855,9 @@ def test_the_backend_a_containers_cached_config_names_is_found_for_its_network(t
     write(runtime / "results", "net-c4-x-eth0", _with_backend("nftables", cid="c4-x"))
     # One container, two interfaces on one network (in two caches) that disagree.
     write(runtime / "results", "net-c5-eth0", _with_backend("nftables", cid="c5"))
-    write(multus / "results", "net-c5-net1", dict(_with_backend("iptables", cid="c5"), ifName="net1"))
+    write(
+        multus / "results", "net-c5-net1", dict(_with_backend("iptables", cid="c5"), ifName="net1")
+    )
     write(runtime / "results", "net-c6-eth0", "{not json")
     dirs = (str(runtime), str(multus), str(tmp_path / "absent"))
     found = {cid: cni_cache.configured_backend(dirs, "net", cid) for cid in

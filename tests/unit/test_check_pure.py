@@ -474,8 +474,6 @@ def test_cli_mapping_options_check_one_mapping(tmp_path):
 # --- against the kernel, with the real plugin ---------------------------------------------
 
 
-
-
 def test_the_healthy_line_counts_chains_and_nftables_rule_sets_apart():
     """An nft-backed container has rules, not a chain: the line says what it compared."""
     from portmapctl.ops.check.problem import CheckResult

@@ -32,7 +32,9 @@ def invoke(*args: str) -> str:
 
 def saved_lines(path: Path, needle: str) -> List[str]:
     """The `-A` lines of a dump that mention `needle`, as iptables-save printed them."""
-    return [line for line in path.read_text().splitlines() if line.startswith("-A") and needle in line]
+    return [
+        line for line in path.read_text().splitlines() if line.startswith("-A") and needle in line
+    ]
 
 
 def by_kind(document: dict) -> Dict[str, dict]:
@@ -67,9 +69,10 @@ def test_json_carries_the_same_rule_one_a_line_and_validates():
     for problem in document["problems"]:
         assert problem["rule"] and problem["rule"].startswith("-A ")
         assert problem["rule"] in wide  # one rule each here: the same text in both
-    assert by_kind(document)["stale"]["rule"] == saved_lines(
-        ROOT / "examples" / "node.v4.save", "b7e0f2c94d1a4e85oldjob"
-    )[0]
+    assert (
+        by_kind(document)["stale"]["rule"]
+        == saved_lines(ROOT / "examples" / "node.v4.save", "b7e0f2c94d1a4e85oldjob")[0]
+    )
 
 
 def test_a_missing_chain_shows_every_rule_the_plugin_wrote(tmp_path):

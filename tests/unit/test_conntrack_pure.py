@@ -227,5 +227,3 @@ def test_missing_netlink_family_is_a_host_problem(fake_socket: type[FakeSocket])
 
 
 # --- real conntrack tables in throwaway network namespaces --------------------------------
-
-

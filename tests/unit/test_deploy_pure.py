@@ -560,7 +560,10 @@ def test_the_stale_nft_alert_fires_on_the_nft_example_node(tmp_path):
     node = {"instance": "node3", "job": "node"}
     text = example_check_metrics(tmp_path, NFT_EXAMPLE_NODE)
     series = [
-        {"series": _series(sample.name, {**sample.labels, **node}), "values": f"{sample.value:g}x40"}
+        {
+            "series": _series(sample.name, {**sample.labels, **node}),
+            "values": f"{sample.value:g}x40",
+        }
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     ]

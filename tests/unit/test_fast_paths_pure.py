@@ -166,5 +166,3 @@ def test_the_tables_problem_comes_first(tmp_path, monkeypatch):
         node.read_with_cache()
     with pytest.raises(BadInput):  # alone, the cache's problem is reported
         Node(NodeOptions(cache_dirs=(str(tmp_path),)), EmptyBackend()).read_with_cache()
-
-

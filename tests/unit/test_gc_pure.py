@@ -147,9 +147,9 @@ def test_a_cut_comment_is_matched_by_chain_name():
     tbl = table("long-comment", 4)
     [info] = build({4: tbl}).chains
     assert info.container_id is None and info.network is not None
-    full_id = json.loads((Path(__file__).parents[1] / "fixtures/long-comment.conf.json").read_text())[
-        "containers"
-    ][0]["containerId"]
+    full_id = json.loads(
+        (Path(__file__).parents[1] / "fixtures/long-comment.conf.json").read_text()
+    )["containers"][0]["containerId"]
     for sources in (
         Sources(keep=(full_id,)),
         Sources(documents=(ValidAttachments(None, frozenset({full_id}), "doc"),)),
@@ -225,9 +225,7 @@ def test_fingerprint_is_the_digest_0_2_wrote():
         for rule in chain.rules:
             digest.update(b"R\0" + "\0".join(rule).encode() + b"\n")
         for entry_chain, args in sorted((e.chain, e.args) for e in chain.entries):
-            digest.update(
-                b"E\0" + entry_chain.encode() + b"\0" + "\0".join(args).encode() + b"\n"
-            )
+            digest.update(b"E\0" + entry_chain.encode() + b"\0" + "\0".join(args).encode() + b"\n")
         assert chain.rules and chain.entries
         assert fingerprint(chain) == digest.hexdigest()[:32]
 
@@ -468,8 +466,6 @@ def test_state_refuses_symlinks(tmp_path):
 # --- the plugin and gc at the same time ---------------------------------------------------------
 
 
-
-
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("family", [4, 6])
 def test_chain_facts_say_what_the_inventory_says(name, family):
@@ -485,7 +481,9 @@ def test_chain_facts_say_what_the_inventory_says(name, family):
         )  # fmt: skip
         assert fact.entries == chain.entries and fact.rules == chain.rules
         assert fact.host_ports == (() if chain.kind == "legacy-snat" else chain.host_ports)
-        assert fact.container_ips == {m.container_ip for m in built.mappings if m.chain == chain.name}
+        assert fact.container_ips == {
+            m.container_ip for m in built.mappings if m.chain == chain.name
+        }
         assert fingerprint(fact) == fingerprint(chain)
 
 

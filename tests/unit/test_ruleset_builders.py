@@ -26,9 +26,10 @@ TOKENS = st.sampled_from(
     ["CNI-HOSTPORT-SETMARK", "DNAT", "--to-destination", "10.88.0.5:80", "[fd00::5]:53",
      "MASQUERADE", "CNI-DN-0123456789abcdef01234", *ODD]
 ) | st.text(max_size=8)  # fmt: skip
-COMMENTS = st.sampled_from(
-    ['dnat name: "bench" id: "bench000001"', "x" * 300, "é" * 200, *ODD]
-) | st.text()
+COMMENTS = (
+    st.sampled_from(['dnat name: "bench" id: "bench000001"', "x" * 300, "é" * 200, *ODD])
+    | st.text()
+)
 
 
 def outcome(build, *args) -> object:

@@ -27,8 +27,22 @@ from portmapctl.iptables.transaction import Op, OpKind, Transaction
 # Targets that are not chains: anything upper-case that is not a chain of the table is
 # taken for an extension target when it is one of these (the nat table's usual ones).
 TARGETS = frozenset(
-    {"ACCEPT", "DROP", "RETURN", "DNAT", "SNAT", "MASQUERADE", "REDIRECT", "MARK", "LOG",
-     "CONNMARK", "NETMAP", "CT", "TRACE", "NOTRACK"}
+    {
+        "ACCEPT",
+        "DROP",
+        "RETURN",
+        "DNAT",
+        "SNAT",
+        "MASQUERADE",
+        "REDIRECT",
+        "MARK",
+        "LOG",
+        "CONNMARK",
+        "NETMAP",
+        "CT",
+        "TRACE",
+        "NOTRACK",
+    }
 )
 
 
@@ -59,7 +73,10 @@ class MemoryBackend:
                 )
         self.tables[txn.family] = NatTable(
             txn.family,
-            {name: SavedChain(name, policies[name], tuple(rules)) for name, rules in chains.items()},
+            {
+                name: SavedChain(name, policies[name], tuple(rules))
+                for name, rules in chains.items()
+            },
         )
         self.applied.append(txn)
 

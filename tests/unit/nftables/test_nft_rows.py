@@ -33,7 +33,9 @@ def _with_rule(expr: list, comment: str, first: bool = False) -> ruleset.Ruleset
     doc = json.loads(nftcases.json_text("v191-shadowed"))
     rule = {"rule": {"family": "ip", "table": "cni_hostport", "chain": "hostports",
                      "handle": 100, "comment": comment, "expr": expr}}  # fmt: skip
-    at = next(i for i, o in enumerate(doc["nftables"]) if o.get("rule", {}).get("chain") == "hostports")
+    at = next(
+        i for i, o in enumerate(doc["nftables"]) if o.get("rule", {}).get("chain") == "hostports"
+    )
     doc["nftables"].insert(at if first else len(doc["nftables"]), rule)
     return ruleset.parse(json.dumps(doc), "test")
 
@@ -45,7 +47,9 @@ def _dport(right) -> dict:
 
 def test_a_port_set_is_a_row_per_port() -> None:
     live = _with_rule([_dport({"set": [7000, 7001]}), {"dnat": {"addr": "10.0.0.1"}}], "weird1")
-    rows = [m for m in inventory.build(live, [], problems=False).mappings if m.container_id == "weird1"]
+    rows = [
+        m for m in inventory.build(live, [], problems=False).mappings if m.container_id == "weird1"
+    ]
     assert [(m.host_port, m.container_port, m.status) for m in rows] == [
         (7000, 7000, ("stale",)), (7001, 7001, ("stale",)),
     ]  # fmt: skip
@@ -53,7 +57,9 @@ def test_a_port_set_is_a_row_per_port() -> None:
 
 def test_an_interface_condition_is_on_the_row_and_takes_no_port_from_later_rules() -> None:
     iif = {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "eth0"}}
-    live = _with_rule([iif, _dport(8080), {"dnat": {"addr": "10.0.0.2", "port": 80}}], "weird2", True)
+    live = _with_rule(
+        [iif, _dport(8080), {"dnat": {"addr": "10.0.0.2", "port": 80}}], "weird2", True
+    )
     rows = {m.container_id: m for m in inventory.build(live, None, problems=False).mappings}
     assert rows["weird2"].conditions == ('iifname "eth0"',)
     assert host_address(rows["weird2"]) == '*:8080 if iifname "eth0"'
