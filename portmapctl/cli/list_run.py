@@ -218,14 +218,17 @@ def _nft_rows(node: Any, started: Tuple[Any, dict], cache: Any, found: Any, out:
         raise box["error"]
     if not box["live"].tables and node.nft_unusable is None:
         # No plugin table, hence no rows: the nftables modules need not even be imported
-        # (15 ms of an iptables node's list). Unusable nft still warns, below.
+        # (15 ms of an iptables node's list). Unusable nft is judged below.
         return []
     from portmapctl.ops import nft
 
     owners = {c.container_id for c in found.chains if c.container_id}
     _live, split, nft_found = nft.build(node, cache, owners, problems=False, live=box["live"])
     if node.nft_unusable is not None and split.nftables:
-        out.warn(f"{node.nft_unusable} (nftables rules not listed)")
+        # Cached containers whose rules are in nftables, and nft cannot read them: a
+        # table that cannot be read stops the command (SPEC §5: never "no chains
+        # found"), as in check and gc (exit 3, one line).
+        raise node.nft_unusable
     if not nft_found.mappings:
         return []
     return list(nft_found.mappings)

@@ -229,3 +229,19 @@ def test_flush_udp_without_nft_keeps_the_flows_of_a_cached_nftables_container(
                       hide=no_nft)  # fmt: skip
     assert given.returncode == 0, given.stderr
     assert [d["sport"] for d in json.loads(given.stdout)["deleted"]] == [40001]
+
+
+def test_list_without_nft_on_a_node_whose_cache_says_nftables_stops_as_check_does(
+    node: str, tmp_path: Path
+) -> None:
+    """SPEC §5: a rule table that cannot be read stops a command, never "no chains
+    found". With no usable nft, list said "no portmap chains found" (exit 0, with a
+    warning on stderr) on a node whose cached container's rules are in nftables, where
+    check and gc stop: exit 3, one line. With nft, it lists the mapping."""
+    _plugin_add(node, tmp_path, WEB)
+    where = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
+    no_nft = [os.path.realpath(shutil.which("nft") or "/usr/sbin/nft")]
+    for command in (["list"], ["list", "-o", "json"], ["check"]):
+        pmctl.assert_error(pmctl.run([*command, *where], hide=no_nft), 3, "nft not found")
+    listed = json.loads(pmctl.ok(["list", "-o", "json", *where]))
+    assert {m["host_port"] for m in listed["mappings"]} == {8080, 5353}  # (WEB's tcp, udp)
