@@ -55,6 +55,9 @@ class ProblemKind(str, Enum):
     NFT_MISSING_ENTRY = "nft-missing-entry"  # prerouting/output do not reach the rules
     NFT_MISSING_JUMPS = "nft-missing-jumps"  # hostports_all lacks its two jumps
     NFT_MISSING_RULES = "nft-missing-rules"  # a cached nft-backed container lacks rules
+    # prerouting/output/masquerading is not the base chain the plugin's ADD asks for
+    # (another type, hook or priority: that ADD then fails; or a policy other than accept)
+    NFT_WRONG_BASE_CHAIN = "nft-wrong-base-chain"
     BOTH_BACKENDS = "both-backends"  # one container's rules in iptables and nftables
     CONTESTED = "contested"  # one host port mapped in iptables and in nftables
 

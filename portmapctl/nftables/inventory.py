@@ -45,11 +45,12 @@ from portmapctl.nftables.ruleset import (
     PREROUTING,
     TABLE,
     ActionKind,
+    BaseHook,
     Rule,
     Ruleset,
     Table,
 )
-from portmapctl.nftables.wanted import FIB_LOCAL, WantedFamily
+from portmapctl.nftables.wanted import BASE_CHAINS, FIB_LOCAL, WantedFamily
 
 BACKEND = "nftables"
 CHAIN_TYPE = "nft-rule"
@@ -415,6 +416,7 @@ def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Prob
                         f"chain {chain} of {where} is missing",
                     )
                 )
+        problems += _wrong_base_chains(table)
         for chain in (PREROUTING, OUTPUT):
             if chain in table.chains and not entry_ok(table, chain):
                 problems.append(
@@ -444,6 +446,39 @@ def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Prob
                     f"{HOSTIP_HOSTPORTS} and {HOSTPORTS}",
                 )
             )
+    return problems
+
+
+def _base_chain_text(base: Optional[BaseHook], policy: Optional[str]) -> str:
+    if base is None:
+        return "a regular chain (no hook)"
+    return f"type {base.type} hook {base.hook} priority {base.priority}; policy {policy}"
+
+
+def _wrong_base_chains(table: Table) -> List[Problem]:
+    """The plugin's base chains that are there but not as its ADD makes them. Another
+    type, hook or priority makes every later ADD fail (its `add chain` with the plugin's
+    hook: Operation not supported); a policy drop drops what no rule of the table takes.
+    Neither is a problem of a container, and repair does not rewrite a chain someone
+    changed: the fix says how to let it re-create the chain."""
+    problems: List[Problem] = []
+    where = f"{FAMILY_NAMES[table.family]} {TABLE}"
+    for name, want in BASE_CHAINS.items():
+        chain = table.chains.get(name)
+        if chain is None or (chain.base == want and chain.policy == "accept"):
+            continue
+        found = _base_chain_text(chain.base, chain.policy)
+        wanted = _base_chain_text(want, "accept")
+        problems.append(
+            Problem(
+                ProblemKind.NFT_WRONG_BASE_CHAIN,
+                table.family,
+                name,
+                None,
+                None,
+                f"chain {name} of {where} is {found}; the plugin's: {wanted}",
+            )
+        )
     return problems
 
 

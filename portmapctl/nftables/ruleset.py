@@ -148,6 +148,8 @@ class Chain:
     name: str
     handle: int
     base: Optional[BaseHook] = None
+    # A base chain's policy as nft lists it ("accept", "drop"); None for a regular chain.
+    policy: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -471,10 +473,11 @@ def _add_object(
     if parts is None:  # (setdefault would build the default for each of 4,000 rules)
         parts = tables[family] = {"chains": {}, "rules": {}, "handle": 0}
     name = _name(obj["name"])  # a chain
-    base = None
+    base = policy = None
     if "hook" in obj:
         base = BaseHook(str(obj["type"]), str(obj["hook"]), int(obj["prio"]))
-    parts["chains"][name] = Chain(family, name, _handle(obj), base)
+        policy = str(obj.get("policy", "accept"))
+    parts["chains"][name] = Chain(family, name, _handle(obj), base, policy)
 
 
 def _add_rule(obj: Mapping[str, Any], tables: Dict[int, Dict[str, Any]], values: _Values) -> None:

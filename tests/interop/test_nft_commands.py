@@ -987,3 +987,48 @@ def test_a_missing_host_ip_rule_of_a_v17_table_is_named_by_its_chain(
         "hostip_hostports"
     ]
     upstream.run(version, "CHECK", node, "api1", conf, check=True)
+
+
+def test_a_base_chain_of_another_priority_or_policy_is_reported(node: str, tmp_path: Path) -> None:
+    """A base chain re-created with another priority makes the plugin's ADD of every new
+    container fail; a policy drop drops what no rule takes. check says so, and its fix
+    (delete the chain, then --repair) gives the plugin its chain back."""
+    web = _plugin_add(node, tmp_path, WEB)
+    chains = (("ip6", "prerouting"), ("ip", "masquerading"))
+    before = [upstream.nft(node, "list", "chain", f, "cni_hostport", c).stdout for f, c in chains]
+    entry = before[0]
+    jump = next(line.strip() for line in entry.splitlines() if "jump" in line)
+    upstream.nft(node, "delete", "chain", "ip6", "cni_hostport", "prerouting")
+    upstream.nft(node, "add", "chain", "ip6", "cni_hostport", "prerouting",
+                 "{ type nat hook prerouting priority 50 ; }")  # fmt: skip
+    upstream.nft(node, "add", "rule", "ip6", "cni_hostport", "prerouting", *jump.split())
+    upstream.nft(node, "add", "chain", "ip", "cni_hostport", "masquerading",
+                 "{ type nat hook postrouting priority 100 ; policy drop ; }")  # fmt: skip
+    new = upstream.nft_conf("podman", ["10.88.0.9/16", "fd00:88::9/64"], [_pm(6060, 60)])
+    refused = upstream.run(V191, "ADD", node, "new1", new)
+    assert refused.returncode != 0 and "Operation not supported" in refused.stdout + refused.stderr
+    upstream.run(V191, "DEL", node, "new1", new, check=True)  # its IPv4 rules went in
+
+    broken = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    found = {(p["kind"], p["family"], p["chain"], p["fix"])
+             for p in json.loads(broken.stdout)["problems"]}  # fmt: skip
+    assert found == {
+        ("nft-wrong-base-chain", 6, "prerouting", None),
+        ("nft-wrong-base-chain", 4, "masquerading", None),
+    }
+    text = _pmctl(node, tmp_path, "check")
+    assert "priority 50; policy accept; the plugin's: type nat hook prerouting" in text.stdout
+    assert "nft delete chain ip6 cni_hostport prerouting" in text.stdout
+    # --repair alone leaves a chain someone changed.
+    assert _pmctl(node, tmp_path, "check", "--repair").returncode == 1
+
+    upstream.nft(node, "delete", "chain", "ip6", "cni_hostport", "prerouting")
+    upstream.nft(node, "delete", "chain", "ip", "cni_hostport", "masquerading")
+    repaired = _pmctl(node, tmp_path, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    # As the plugin made them (listed at the table's end now: new handles).
+    assert [upstream.nft(node, "list", "chain", f, "cni_hostport", c).stdout
+            for f, c in chains] == before  # fmt: skip
+    upstream.run(V191, "CHECK", node, "web1", web, check=True)
+    upstream.run(V191, "ADD", node, "new1", new, check=True)

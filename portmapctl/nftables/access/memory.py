@@ -46,6 +46,7 @@ class _Chain:
     handle: int
     base: Optional[BaseHook]
     rules: List[Rule] = field(default_factory=list)
+    policy: Optional[str] = None  # a base chain's; nft's default for one is accept
 
 
 @dataclass
@@ -86,7 +87,7 @@ class MemoryNft:
             state = _Table(family, table.handle, max(handles, default=0) + 1)
             for name, chain in table.chains.items():
                 state.chains[name] = _Chain(
-                    name, chain.handle, chain.base, list(table.rules_of(name))
+                    name, chain.handle, chain.base, list(table.rules_of(name)), chain.policy
                 )
             self._tables[family] = state
             self._next_table_handle = max(self._next_table_handle, table.handle + 1)
@@ -99,7 +100,9 @@ class MemoryNft:
             state = self._tables.get(family)
             if state is None:
                 continue
-            chains = {n: Chain(family, n, c.handle, c.base) for n, c in state.chains.items()}
+            chains = {
+                n: Chain(family, n, c.handle, c.base, c.policy) for n, c in state.chains.items()
+            }
             rules = {n: tuple(c.rules) for n, c in state.chains.items() if c.rules}
             tables[family] = Table(family, state.handle, chains, rules)
         return Ruleset(tables)
@@ -155,7 +158,8 @@ class MemoryNft:
         chain = table.chains.get(op.chain)
         if op.kind is OpKind.ADD_CHAIN:
             if chain is None:
-                table.chains[op.chain] = _Chain(op.chain, table.allocate(), op.base)
+                policy = None if op.base is None else "accept"
+                table.chains[op.chain] = _Chain(op.chain, table.allocate(), op.base, [], policy)
             elif op.base is not None and chain.base is None:
                 raise _Failed(op, EEXIST)
             elif op.base is not None and op.base != chain.base:

@@ -53,6 +53,9 @@ _NFT_WHY = {
     ProblemKind.EXTRA_RULES: "the container's rules do not match its config (an old address or"
     " port?): nftables is first-match-wins, so traffic may go to the wrong place",
     ProblemKind.BOTH_BACKENDS: "the plugin's DEL cleans one backend only: the other's rules leak",
+    ProblemKind.NFT_WRONG_BASE_CHAIN: "the plugin's ADD of every new container fails on a"
+    " chain of another type, hook or priority (Operation not supported); a policy drop drops"
+    " the traffic no rule of the table takes",
 }
 
 
@@ -239,6 +242,13 @@ def _problem(p: InventoryProblem, fix: str) -> Problem:
     """An nftables inventory problem as check reports it (`repair` fixes each kind)."""
     where = f"nft:{p.chain or ''}".rstrip(":") or "nft"
     why = _NFT_WHY.get(p.kind.value, "")
+    if p.kind is ProblemKind.NFT_WRONG_BASE_CHAIN:
+        # Repair re-creates a missing base chain as the plugin's, never rewrites a chain
+        # someone changed: prose (JSON `fix` null), as `--repair` alone changes nothing.
+        fix = (
+            f"delete the chain by hand (`nft delete chain {FAMILY_NAMES[p.family]} {TABLE}"
+            f" {p.chain}`), then run `{fix}`, which re-creates it as the plugin's"
+        )
     return Problem(
         p.kind.value, p.family, where, p.network, p.container_id, p.detail, fix, why, p.rules
     )

@@ -102,6 +102,34 @@ def test_missing_table_and_jumps() -> None:
     assert ProblemKind.NFT_MISSING_JUMPS in [p.kind for p in problems]
 
 
+def test_base_chain_of_another_priority_or_policy() -> None:
+    """A base chain someone re-created with another priority (the plugin's next ADD
+    fails on it), or gave a policy drop: the real listing with those two changes."""
+    import json
+
+    from portmapctl.nftables.ruleset import parse
+
+    doc = json.loads(nftcases.json_text("v191-basic"))
+    for obj in doc["nftables"]:
+        chain = obj.get("chain", {})
+        if (chain.get("family"), chain.get("name")) == ("ip6", "prerouting"):
+            chain["prio"] = 50
+        if (chain.get("family"), chain.get("name")) == ("ip", "masquerading"):
+            chain["policy"] = "drop"
+    owners = _owners("v191-basic")
+    found = inv.build(parse(json.dumps(doc), "edited"), owners, nft_backed=owners).problems
+    assert [(p.kind, p.family, p.chain, p.detail) for p in found] == [
+        (ProblemKind.NFT_WRONG_BASE_CHAIN, 4, "masquerading",
+         "chain masquerading of ip cni_hostport is type nat hook postrouting priority 100;"
+         " policy drop; the plugin's: type nat hook postrouting priority 100; policy accept"),
+        (ProblemKind.NFT_WRONG_BASE_CHAIN, 6, "prerouting",
+         "chain prerouting of ip6 cni_hostport is type nat hook prerouting priority 50;"
+         " policy accept; the plugin's: type nat hook prerouting priority -100; policy accept"),
+    ]  # fmt: skip
+    # The plugin's own listing is healthy.
+    assert not inv.build(nftcases.live("v191-basic"), owners, nft_backed=owners).problems
+
+
 def test_v17_shape_is_healthy() -> None:
     owners = _owners("v171-hostip")
     assert not inv.build(nftcases.live("v171-hostip"), owners, nft_backed=owners).problems
