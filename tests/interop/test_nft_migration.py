@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -630,3 +631,43 @@ def test_an_nftables_node_with_live_legacy_containers_says_list_and_gc_do_not_re
         )
         assert "--iptables legacy" in done.stderr
     assert rp.nat_rules(rp.save(node, 4, "legacy")) == before
+
+
+def test_the_orphaned_iptables_chain_of_a_container_moved_to_nftables_is_not_sent_to_gc(
+    node: str, tmp_path: Path
+) -> None:
+    """A network switched to `"backend": "nftables"` and reloaded (podman network
+    reload re-ADDs every running container with the new conflist): the keyless
+    iptables chain of the container stays beside its new nftables rules, and once its
+    entry rule is gone (a firewall reload flushing CNI-HOSTPORT-DNAT) nothing enters
+    it. check called it an orphan whose fix was `portmapctl gc`, and gc keeps it (the
+    container is live): the fix ran and changed nothing. The fix is now prose: the
+    chain forwards nothing, gc removes it once the container is gone, and the two
+    commands that remove it now (which do, leaving the node healthy)."""
+    old = upstream.nft_conf("podman", ["10.88.0.31/16"], [_pm(8031, 80)], backend=None)
+    upstream.run(V191, "ADD", node, "moved1", old, check=True)
+    new = _cached(
+        tmp_path, "moved1", upstream.nft_conf("podman", ["10.88.0.31/16"], [_pm(8031, 80)])
+    )
+    upstream.run(V191, "ADD", node, "moved1", new, check=True)
+    saved = rp.nat_rules(rp.save(node, 4))
+    chain = next(line.split()[1] for line in saved if line.startswith("-A CNI-DN-"))
+    rp.iptables(node, ["-t", "nat", "-F", "CNI-HOSTPORT-DNAT"])
+
+    found = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    orphan = [p for p in json.loads(found.stdout)["problems"] if p["kind"] == "orphan"]
+    assert [(p["chain"], p["container_id"]) for p in orphan] == [(chain, "moved1")]
+    assert orphan[0]["fix"] is None, orphan[0]
+    assert "gc keeps it" in orphan[0]["why"]
+    gc = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0")
+    assert gc.returncode == 0 and f":{chain} " in rp.save(node, 4), gc.stdout + gc.stderr
+
+    # The commands the prose gives remove it; nothing else is left to do.
+    for command in re.findall(r"`([^`]+)`", orphan[0]["why"]):
+        argv = shlex.split(command)
+        assert argv[0] == "iptables-nft" and argv[-1] == chain, command
+        rp.iptables(node, argv[1:])
+    healthy = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    upstream.run(V191, "CHECK", node, "moved1", new, check=True)

@@ -27,11 +27,14 @@ def inventory_problems(
     derived: ReadOnly[int, set],
     live_chains: set,
     fixes: Fixes,
+    live_ids: Collection[str] = (),
 ) -> List[Problem]:
     """What `list` marks, for chains the cached-config comparison does not cover.
 
     `derived[family]` are the chains compared with a cached config: for them only
     shadowing is added here (the comparison already says what is missing).
+    `live_ids`: the containers of the cache entries, which gc keeps (by ID, on every
+    network and in either backend).
     """
     problems: List[Problem] = []
     by_chain = {(c.name, c.family): c for c in found.chains}
@@ -93,8 +96,7 @@ def inventory_problems(
                         c.name,
                         *who,
                         f"no rule enters this chain ({_ports_text(c.host_ports)})",
-                        fixes.gc,
-                        "it forwards nothing and nothing will ever remove it but gc",
+                        *_orphan_fix(c, live_ids, fixes),
                         saved_rules(c.name, c.rules),
                     )
                 )
@@ -119,6 +121,20 @@ def inventory_problems(
         if rows:
             problems.append(shadow_problem(c, rows, by_chain, fixes))
     return problems
+
+
+def _orphan_fix(c: inventory.ChainInfo, live_ids: Collection[str], fixes: Fixes) -> Tuple[str, str]:
+    """(fix, why) of a chain nothing enters. gc keeps a cached container's chains (a
+    container whose network moved to nftables keeps its old iptables chain): for
+    those, `portmapctl gc` would change nothing, so the fix is prose (JSON null)."""
+    if c.container_id not in live_ids:
+        return fixes.gc, "it forwards nothing and nothing will ever remove it but gc"
+    how = "; ".join(f"`{fixes.iptables(c.family, flag, c.name, ())}`" for flag in ("-F", "-X"))
+    return (
+        f"remove it by hand: {how}",
+        "it forwards nothing; gc keeps it while its container is in the CNI cache"
+        " and removes it once the container is gone",
+    )
 
 
 _FALLS_THROUGH_WHY = (
