@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -510,3 +511,22 @@ def test_odd_but_valid_entries_and_an_unreadable_one_stop_nothing(lab: Lab):
     assert str(bad) in done.stderr
     assert chain_lines(lab.rules(), chain_name("mynet", "blurred"))
     lab.plugin_check("mynet", "ok1")
+
+
+def test_a_zombies_orphaned_chain_is_sent_to_gc_netns_liveness(lab: Lab):
+    """A zombie whose chain lost its entry rule is an orphan too: that row's fix was
+    plain `portmapctl gc`, which keeps a zombie's chain (2 kept, nothing removed); it
+    is gc --netns-liveness now, as the zombie row says, and that removes it."""
+    _zombie_lab(lab)
+    gone = chain_name("mynet", "gone")
+    entry = next(line for line in lab.rules() if line.startswith("-A CNI-HOSTPORT-DNAT")
+                 and line.endswith(f"-j {gone}"))  # fmt: skip
+    lab.ipt("-D", *shlex.split(entry)[1:])
+    doc = lab.json("check", codes=(1,))
+    fixes = {p["kind"]: p["fix"] for p in doc["problems"] if p["container_id"] == "gone"}
+    assert set(fixes) == {"orphan", "zombie"}, doc["problems"]
+    assert fixes["orphan"] == fixes["zombie"] and fixes["orphan"].endswith(" --netns-liveness")
+    assert lab.json("gc", "--yes", "--min-age", "0")["removed"] == []
+    doc = lab.json("gc", "--yes", "--min-age", "0", "--netns-liveness")
+    assert [r["chain"] for r in doc["removed"]] == [gone]
+    lab.plugin_check("mynet", "keep")

@@ -113,8 +113,9 @@ def diagnose(
         found = inventory.build(tables, attachments)
     live_names = {dnat_chain_name(c) for c in configs or ()}
     live_names |= {a.snat_chain for a in attachments or ()}
-    live_ids = {a.container_id for a in attachments or ()}
-    problems += inventory_problems(found, derived, live_names, fixes, live_ids)
+    live_ids = {a.container_id for a in attachments or () if not a.zombie}
+    zombie_ids = {a.container_id for a in attachments or ()} - live_ids
+    problems += inventory_problems(found, derived, live_names, fixes, live_ids, zombie_ids)
     entries = [a for a in attachments or () if judged is None or a.container_id in judged]
     nft_backed = {*not_expected, *(cid for _network, cid in nft_entries)}
     live_on: Dict[str, Set[str]] = {}

@@ -28,13 +28,15 @@ def inventory_problems(
     live_chains: set,
     fixes: Fixes,
     live_ids: Collection[str] = (),
+    zombie_ids: Collection[str] = (),
 ) -> List[Problem]:
     """What `list` marks, for chains the cached-config comparison does not cover.
 
     `derived[family]` are the chains compared with a cached config: for them only
     shadowing is added here (the comparison already says what is missing).
-    `live_ids`: the containers of the cache entries, which gc keeps (by ID, on every
-    network and in either backend).
+    `live_ids`: the containers of cache entries whose namespace is there, which gc
+    keeps (by ID, on every network and in either backend); `zombie_ids`: those cached
+    only by zombie entries, which gc keeps unless --netns-liveness.
     """
     problems: List[Problem] = []
     by_chain = {(c.name, c.family): c for c in found.chains}
@@ -96,7 +98,7 @@ def inventory_problems(
                         c.name,
                         *who,
                         f"no rule enters this chain ({_ports_text(c.host_ports)})",
-                        *_orphan_fix(c, live_ids, fixes),
+                        *_orphan_fix(c, live_ids, zombie_ids, fixes),
                         saved_rules(c.name, c.rules),
                     )
                 )
@@ -123,12 +125,21 @@ def inventory_problems(
     return problems
 
 
-def _orphan_fix(c: inventory.ChainInfo, live_ids: Collection[str], fixes: Fixes) -> Tuple[str, str]:
+def _orphan_fix(
+    c: inventory.ChainInfo,
+    live_ids: Collection[str],
+    zombie_ids: Collection[str],
+    fixes: Fixes,
+) -> Tuple[str, str]:
     """(fix, why) of a chain nothing enters. gc keeps a cached container's chains (a
     container whose network moved to nftables keeps its old iptables chain): for
-    those, `portmapctl gc` would change nothing, so the fix is prose (JSON null)."""
+    those, `portmapctl gc` would change nothing, so the fix is prose (JSON null); a
+    zombie's goes with gc --netns-liveness, as its zombie row says."""
+    why = "it forwards nothing and nothing will ever remove it but gc"
+    if c.container_id in zombie_ids:
+        return f"{fixes.gc} --netns-liveness", why
     if c.container_id not in live_ids:
-        return fixes.gc, "it forwards nothing and nothing will ever remove it but gc"
+        return fixes.gc, why
     how = "; ".join(f"`{fixes.iptables(c.family, flag, c.name, ())}`" for flag in ("-F", "-X"))
     return (
         f"remove it by hand: {how}",
