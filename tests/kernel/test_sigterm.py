@@ -17,6 +17,7 @@ import pytest
 import realplugin as rp
 from pmctl import without_cache_note
 
+from portmapctl.iptables.chains import chain_name
 from portmapctl.ops.gc import state as gc_state
 
 PORTS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
@@ -30,7 +31,41 @@ def hold():
     open(marker, "w").close()
     time.sleep(60)
 
-if where == "state":
+if where == "save":
+    # Every family's removal is in by then; the UDP conntrack flush comes after it.
+    from portmapctl.ops.gc import state
+    real_save = state.save
+    def save(*args, **kwargs):
+        hold()
+        return real_save(*args, **kwargs)
+    state.save = save
+elif where == "converge":
+    # IPv4's removal went in; its converge_family has not returned yet.
+    from portmapctl.ops.gc import apply
+    real_converge = apply.converge_family
+    def converge_family(node, first, *args, **kwargs):
+        done = real_converge(node, first, *args, **kwargs)
+        if first.family == 4:
+            hold()
+        return done
+    apply.converge_family = converge_family
+elif where == "ahead":
+    # The IPv4 plan held until the family applied ahead of it (IPv6) went in.
+    import threading
+    from portmapctl.ops.gc import plan
+    went = threading.Event()
+    real_converge, real_plan_table = plan.converge_family, plan._plan_table
+    def converge_family(*args, **kwargs):
+        done = real_converge(*args, **kwargs)
+        went.set()
+        return done
+    def plan_table(table, *args, **kwargs):
+        if table.family == 4:
+            went.wait(30)
+            hold()
+        return real_plan_table(table, *args, **kwargs)
+    plan.converge_family, plan._plan_table = converge_family, plan_table
+elif where == "state":
     real_fsync = os.fsync
     def fsync(fd):
         real_fsync(fd)
@@ -106,6 +141,64 @@ def test_sigterm_during_the_metrics_write_leaves_no_temporary_file(host_ns, tmp_
     assert os.listdir(metrics.parent) == []
     assert code == -signal.SIGTERM, err
     assert without_cache_note(err) == "portmapctl: terminated\n"
+
+
+def _conntrack(ns, *args):
+    return subprocess.run(["ip", "netns", "exec", ns, "conntrack", *args],
+                          check=True, capture_output=True, text=True).stdout  # fmt: skip
+
+
+def _gc_terminated_at(host_ns, tmp_path, where):
+    """gc --min-age 0 keeping live1, SIGTERMed at `where`: ends as terminated."""
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    argv = ["gc", "--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"),
+            "--keep", "live1", "--min-age", "0", "--yes", "-q"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    code, _out, err = _killed_while_writing(argv, env, where, tmp_path / "marker")
+    assert code == -signal.SIGTERM, err
+    assert without_cache_note(err) == "portmapctl: terminated\n"
+
+
+@pytest.mark.parametrize("where", ["save", "converge"])
+def test_sigterm_after_the_removal_still_flushes_its_udp_flows(host_ns, tmp_path, where):
+    """SIGTERM once gc's removal was in, before its UDP conntrack flush (a pod deleted
+    mid-run, on a node with 3,000 stale chains: 1 run in 4 at a random moment) left
+    the flows to the removed host ports DNATed to the dead container, and the next gc
+    found nothing to remove, so nothing ever flushed them. Now the flush of what went
+    is done on the way out; the live container's flow stays. `converge`: SIGTERM
+    once the commit went in, before gc had its answer (1 run in 4 still, before)."""
+    udp = [{"hostPort": 6000, "containerPort": 53, "protocol": "udp"}]
+    live = [{"hostPort": 5353, "containerPort": 53, "protocol": "udp"}]
+    for cid, ip, ports in (("gone1", "10.88.0.5/16", udp), ("live1", "10.88.0.6/16", live)):
+        rp.run_plugin("ADD", host_ns, cid, rp.plugin_conf("mynet", [ip], ports), check=True)
+    subprocess.run(["ip", "-n", host_ns, "addr", "replace", "10.0.0.1/32", "dev", "lo"],
+                   check=True)  # fmt: skip
+    for sport, dport in ((40001, 6000), (40002, 5353)):
+        _conntrack(host_ns, "-I", "-p", "udp", "-s", "192.0.2.7", "-d", "10.0.0.1",
+                   "--sport", str(sport), "--dport", str(dport), "-t", "100")  # fmt: skip
+    _gc_terminated_at(host_ns, tmp_path, where)
+    assert chain_name("mynet", "gone1") not in rp.save(host_ns)
+    flows = _conntrack(host_ns, "-L", "-p", "udp")
+    assert "dport=6000" not in flows and "dport=5353" in flows, flows
+
+
+def test_sigterm_after_the_family_applied_ahead_still_flushes_its_udp_flows(host_ns, tmp_path):
+    """The same when SIGTERM comes while IPv4 is planned, the smaller IPv6 table's
+    removal already in (gc applies it meanwhile): its IPv6 flows are flushed too."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16", "fd00::5/64"],
+                          [{"hostPort": 6000, "containerPort": 53, "protocol": "udp"}])  # fmt: skip
+    rp.run_plugin("ADD", host_ns, "gone1", conf, check=True)
+    conf = rp.plugin_conf("mynet", ["10.88.0.6/16"], PORTS)
+    rp.run_plugin("ADD", host_ns, "live1", conf, check=True)
+    subprocess.run(["ip", "-n", host_ns, "addr", "replace", "fd00:1::1/128", "dev", "lo"],
+                   check=True)  # fmt: skip
+    _conntrack(host_ns, "-I", "-p", "udp", "-s", "2001:db8::7", "-d", "fd00:1::1",
+               "--sport", "40001", "--dport", "6000", "-t", "100")  # fmt: skip
+    _gc_terminated_at(host_ns, tmp_path, "ahead")
+    assert chain_name("mynet", "gone1") not in rp.save(host_ns, 6)
+    assert chain_name("mynet", "gone1") in rp.save(host_ns, 4)  # never planned
+    flows = _conntrack(host_ns, "-L", "-f", "ipv6", "-p", "udp")
+    assert "dport=6000" not in flows, flows
 
 
 def test_stale_temporary_files_of_killed_runs_go_on_the_next_save(host_ns, tmp_path):

@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 from portmapctl.core.pause import gc_paused
-from portmapctl.errors import ApplyFailed, HostProblem
+from portmapctl.errors import ApplyFailed, HostProblem, Interrupted
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.family import FamilyPlan
 from portmapctl.ops.gc.liveness import Sources
 from portmapctl.ops.gc.plan import GcOptions, GcPlan, Planning, converge_family, plan_gc
 from portmapctl.ops.gc.result import GcChain, GcResult
 from portmapctl.ops.gc.state import ChainKey
-from portmapctl.ops.gc.udp import flush_shared, flush_udp_after, udp_work, unread_nft_udp
+from portmapctl.ops.gc.udp import flush_removed
 from portmapctl.ops.node import Node, locked
 
 if TYPE_CHECKING:
@@ -59,6 +59,27 @@ def apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress] = None) -
 
 
 def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcResult:
+    went: List[FamilyPlan] = []
+    nft_went: List[NftPlan] = []
+    try:
+        return _apply_gc_to(node, planned, progress, went, nft_went)
+    except Interrupted:
+        # SIGTERM or Ctrl-C once some removal went in: its UDP flows are flushed on the
+        # way out (again, if the flush was under way), or they keep the dead DNAT and
+        # no later gc knows their ports (it finds nothing to remove).
+        if planned.options.flush_udp and (went or nft_went):
+            flush_removed(node, went, nft_went[0] if nft_went else None)
+        raise
+
+
+def _apply_gc_to(
+    node: Node,
+    planned: GcPlan,
+    progress: Optional[Progress],
+    went: List[FamilyPlan],
+    nft_went: List[NftPlan],
+) -> GcResult:
+    """_apply_gc's work; `went` and `nft_went` get each removal as it goes in."""
     from portmapctl.ops.gc import nft as gc_nft  # loaded only when a run applies, as in plan.py
 
     total = planned.removing
@@ -83,16 +104,22 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
         elif failure is not None:
             continue  # after a family failed, the later ones are not tried
         else:
+            if not options.dry_run:
+                went.append(first)  # until it returns: in already, maybe (SIGTERM now)
             try:
                 done = converge_family(node, first, planning)
             except ApplyFailed as err:
                 error = err
+            if not options.dry_run:
+                went.pop()
         if done is None:
             if failure is None:
                 failure, failed_family = error, family
             remembered.update(first.seen)  # nothing went: remember all of it
             continue
         plans.append(done)
+        if not options.dry_run:
+            went.append(done)
         if progress is not None:
             progress(sum(len(p.removed) for p in plans), total)
         if done.transaction and options.dry_run:
@@ -108,14 +135,19 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
     nft_kept = 0
     nft_done: Optional[NftPlan] = None
     if failure is None and planned.nft is not None:
+        if not options.dry_run:
+            nft_went.append(planned.nft)  # as a family's plan above
         try:
             text, nft_done = gc_nft.apply_nft(
                 node, planned.nft, sources, options, planned.seen, planned.cache_dirs, warnings
             )
         except ApplyFailed as err:
             failure = ApplyFailed(f"nftables: {err}")
+            nft_went.clear()
         else:
             nft_removed, nft_pending = nft_done.removed, nft_done.pending
+            if not options.dry_run:
+                nft_went[:] = [nft_done]
             if progress is not None:
                 progress(sum(len(p.removed) for p in plans) + len(nft_removed), total)
             nft_kept = nft_done.kept
@@ -147,16 +179,10 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
             # caller ends with this as the one error line (exit 3). Not remembering the
             # sightings only makes later runs wait --min-age again: nothing unsafe.
             state_error = str(err)
-    nft_mapped = nft_done.mapped if nft_done is not None else unread_nft_udp(node, plans)
-    work, shared_ports = udp_work(plans, nft_mapped, nft_done)
     deleted, flush_warnings = 0, ()
-    if not options.dry_run and options.flush_udp and (work or shared_ports):
+    if not options.dry_run and options.flush_udp:
         # Also when a later family failed: what went in the others went for good.
-        deleted, flush_warnings = flush_udp_after(work)
-        if shared_ports:
-            more, more_warnings = flush_shared(node, shared_ports)
-            deleted += more
-            flush_warnings += more_warnings
+        deleted, flush_warnings = flush_removed(node, plans, nft_done)
     if failure is not None:
         raise failure
     return GcResult(

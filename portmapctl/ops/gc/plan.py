@@ -26,7 +26,7 @@ from typing import (
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment, present_dirs, results_dir
 from portmapctl.core.pause import gc_paused
-from portmapctl.errors import ApplyFailed, BadInput, HostProblem
+from portmapctl.errors import ApplyFailed, BadInput, HostProblem, Interrupted
 from portmapctl.host.netns import NamespaceView, fresh_uncached, namespace_addresses
 from portmapctl.host.paths import RUN_DIR
 from portmapctl.iptables import inventory
@@ -236,6 +236,7 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         if planned[ahead].transaction:
             # Its re-plans (a try refused) warn into a list of their own, merged after.
             ahead_warnings: List[str] = []
+            went: List[FamilyPlan] = []
 
             def apply_ahead() -> Applied:
                 try:
@@ -244,11 +245,21 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
                     )
                 except ApplyFailed as err:
                     return Applied(None, err)
+                went.append(done)
                 return Applied(done, None)
 
-            applied[ahead], rest = side_by_side(
-                apply_ahead, lambda: {f: plan(f) for f in families if f != ahead}
-            )
+            try:
+                applied[ahead], rest = side_by_side(
+                    apply_ahead, lambda: {f: plan(f) for f in families if f != ahead}
+                )
+            except Interrupted:
+                # SIGTERM or Ctrl-C while the others were planned: what went in ahead
+                # has its UDP flows flushed on the way out, as apply_gc does.
+                if went and options.flush_udp:
+                    from portmapctl.ops.gc.udp import flush_removed
+
+                    flush_removed(node, went, None)
+                raise
             planned.update(rest)
             warnings += [w for w in dict.fromkeys(ahead_warnings) if w not in warnings]
     for family in families:

@@ -88,6 +88,23 @@ def flush_shared(node: Node, ports: Dict[int, Set[int]]) -> Tuple[int, Tuple[str
     return deleted, ()
 
 
+def flush_removed(
+    node: Node, plans: Sequence[FamilyPlan], nft_done: Optional[NftPlan]
+) -> Tuple[int, Tuple[str, ...]]:
+    """The UDP flows of the ports these removals (gone in already) touched, flushed:
+    (entries deleted, warnings)."""
+    nft_mapped = nft_done.mapped if nft_done is not None else unread_nft_udp(node, plans)
+    work, shared_ports = udp_work(plans, nft_mapped, nft_done)
+    deleted, warnings = 0, ()
+    if work:
+        deleted, warnings = flush_udp_after(work)
+    if shared_ports:
+        more, more_warnings = flush_shared(node, shared_ports)
+        deleted += more
+        warnings += more_warnings
+    return deleted, warnings
+
+
 def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:
     """Delete the UDP conntrack entries the removal left pointing nowhere, per family:
     every flow to a host port no chain maps any more, and the misrouting ones (as
