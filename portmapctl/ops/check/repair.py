@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequ
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
-from portmapctl.errors import ApplyFailed, BadInput
+from portmapctl.errors import ApplyFailed, BadInput, Interrupted
 from portmapctl.iptables.access import Backend
 from portmapctl.iptables.access.memory import MemoryBackend
 from portmapctl.iptables.chains import (
@@ -238,6 +238,8 @@ class _Planned:
         self.writable = backend.writable
         self.tables: Dict[int, NatTable] = {}
         self.reads = 0  # reads of the real node (for tests)
+        # Every transaction handed to iptables and not refused: in, or maybe (killed).
+        self.attempted: List[Transaction] = []
 
     def read(self, family: int) -> NatTable:
         if family not in self.tables:
@@ -254,10 +256,13 @@ class _Planned:
         return {f: self.read(f) for f in families}
 
     def apply(self, txn: Transaction) -> None:
+        self.attempted.append(txn)
         try:
             self.backend.apply(txn)
-        except ApplyFailed:
+        except ApplyFailed as err:
             self.tables.pop(txn.family, None)
+            if not err.maybe_applied:
+                self.attempted.pop()
             raise
         planned = MemoryBackend({txn.family: self.read(txn.family)})
         try:
@@ -291,6 +296,19 @@ class _ReadOnceNft:
     def apply(self, txn: NftTransaction) -> None:
         self.live = None
         self.access.apply(txn)
+
+
+def _attempted(
+    planned: _Planned, configs: Sequence[MappingConfig]
+) -> List[Tuple[MappingConfig, List[int]]]:
+    """The mappings the transactions handed to iptables (re)made, with their families."""
+    made: Dict[MappingConfig, List[int]] = {}
+    for txn in planned.attempted:
+        for c in changed_mappings(txn, configs):
+            families = made.setdefault(c, [])
+            if txn.family not in families:
+                families.append(txn.family)
+    return list(made.items())
 
 
 def _planned_node(node: Node) -> Tuple[Node, _Planned]:
@@ -365,47 +383,56 @@ def repair(
     cache = CacheNow(node, attachments) if attachments is not None else None
     # --backend nftables: iptables is neither looked at nor written (nothing is expected
     # there, and the check before found nothing).
-    for family in node.families if node.options.reads_iptables else ():
-        other = read.other_tables.get(family)
-        if other is not None and read.flavours is not None:
-            elsewhere = _in_other_flavour(read.tables[family], other, configs, read.flavours)
-            unrepaired += elsewhere.unrepaired
-            if elsewhere.whole_family:
+    try:
+        for family in node.families if node.options.reads_iptables else ():
+            other = read.other_tables.get(family)
+            if other is not None and read.flavours is not None:
+                elsewhere = _in_other_flavour(read.tables[family], other, configs, read.flavours)
+                unrepaired += elsewhere.unrepaired
+                if elsewhere.whole_family:
+                    continue
+                configs_here = [
+                    c for c in configs or () if dnat_chain_name(c) not in elsewhere.chains
+                ]
+            else:
+                configs_here = list(configs or ())
+            if configs_here:
+                txns, family_unrepaired = _repair_family(node, family, configs_here, cache)
+                unrepaired += family_unrepaired
+            else:
+                txn = node.converge(family, _plan(None if configs is None else configs_here, None))
+                txns = [txn] if txn else []
+            if not txns:
                 continue
-            configs_here = [c for c in configs or () if dnat_chain_name(c) not in elsewhere.chains]
-        else:
-            configs_here = list(configs or ())
-        if configs_here:
-            txns, family_unrepaired = _repair_family(node, family, configs_here, cache)
-            unrepaired += family_unrepaired
-        else:
-            txn = node.converge(family, _plan(None if configs is None else configs_here, None))
-            txns = [txn] if txn else []
-        if not txns:
-            continue
-        transactions[family] = "".join(t.render() for t in txns)
-        left_out = {u.chain for u in unrepaired if u.family == family}
-        for txn in txns:
-            for c in changed_mappings(
-                txn, cache.current(configs or []) if cache else configs or []
-            ):
-                if dnat_chain_name(c) in left_out:
-                    continue  # nothing of it was made: no route_localnet, no flush
-                # By config: each interface sharing the chain has its own address.
-                fams = changed.setdefault(c, (c, []))[1]
-                if family not in fams:
-                    fams.append(family)
-    nft_changed: List[Tuple[MappingConfig, List[int]]] = []
-    if nft_ids:
-        text, nft_changed, attachments = nft_repair.nft_repair(node, attachments, dry_run=False)
-        if text:
-            transactions["nft"] = text  # both families, one `nft -f` transaction
-    warnings: List[str] = [u.text for u in unrepaired]
-    for c, fams in nft_changed:
-        warnings += after_setup(c, fams, flush_udp, local_only=True)
-    # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
-    # un-NATed path it took while the mapping was missing.
-    warnings += after_setup_many(list(changed.values()), flush_udp, local_only=True)
+            transactions[family] = "".join(t.render() for t in txns)
+            left_out = {u.chain for u in unrepaired if u.family == family}
+            for txn in txns:
+                for c in changed_mappings(
+                    txn, cache.current(configs or []) if cache else configs or []
+                ):
+                    if dnat_chain_name(c) in left_out:
+                        continue  # nothing of it was made: no route_localnet, no flush
+                    # By config: each interface sharing the chain has its own address.
+                    fams = changed.setdefault(c, (c, []))[1]
+                    if family not in fams:
+                        fams.append(family)
+        nft_changed: List[Tuple[MappingConfig, List[int]]] = []
+        if nft_ids:
+            text, nft_changed, attachments = nft_repair.nft_repair(node, attachments, dry_run=False)
+            if text:
+                transactions["nft"] = text  # both families, one `nft -f` transaction
+        warnings: List[str] = [u.text for u in unrepaired]
+        for c, fams in nft_changed:
+            warnings += after_setup(c, fams, flush_udp, local_only=True)
+        # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
+        # un-NATed path it took while the mapping was missing.
+        warnings += after_setup_many(list(changed.values()), flush_udp, local_only=True)
+    except Interrupted:
+        # SIGTERM or Ctrl-C once a transaction went in (or was under way): what it made
+        # still gets the plugin's side effects on the way out; the next check finds it
+        # healthy and would leave its UDP flows pinned to the un-NATed path for good.
+        after_setup_many(_attempted(planned, configs or []), flush_udp, local_only=True)
+        raise
     now = {family: planned.read(family) for family in read.tables}
     if cache is not None and attachments is not None:
         attachments = cache.refreshed(attachments)  # what the plans were made from
