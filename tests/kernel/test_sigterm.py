@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import realplugin as rp
+import upstream
 from pmctl import without_cache_note
 
 from portmapctl.iptables.chains import chain_name
@@ -59,6 +60,14 @@ elif where == "repair":
         if txn.family == 4:
             hold()
     repair._Planned.apply = apply
+elif where == "nft-repair":
+    import importlib
+    repair = importlib.import_module("portmapctl.ops.check.repair")
+    real_nft_apply = repair._ReadOnceNft.apply
+    def nft_apply(self, txn):
+        real_nft_apply(self, txn)
+        hold()
+    repair._ReadOnceNft.apply = nft_apply
 elif where == "ahead":
     # The IPv4 plan held until the family applied ahead of it (IPv6) went in.
     import threading
@@ -214,28 +223,40 @@ def test_sigterm_after_the_family_applied_ahead_still_flushes_its_udp_flows(host
     assert "dport=6000" not in flows, flows
 
 
-def test_sigterm_after_a_repair_went_in_still_flushes_its_udp_flows(host_ns, tmp_path):
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_sigterm_after_a_repair_went_in_still_flushes_its_udp_flows(host_ns, tmp_path, backend):
     """check --repair after a firewall flush, SIGTERMed once its IPv4 transaction went
     in (1 run in 5 at a random moment, at 1,500 containers): the UDP flows that took
     the un-NATed path while the rules were gone were never flushed, and the next check
     --repair found the node healthy, so they stayed pinned to the host. Now what went
-    in gets the plugin's side effects on the way out."""
+    in gets the plugin's side effects on the way out. nftables: the same after `nft
+    delete table` (upstream v1.9.1's container), SIGTERMed once `nft -f` went in."""
     cache = tmp_path / "cni"
     udp = [{"hostPort": 6000, "containerPort": 53, "protocol": "udp"}]
-    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], udp)
-    rp.run_plugin("ADD", host_ns, "c1", conf, check=True)
+    if backend == "nftables":
+        rp.require(upstream.available())
+        conf = upstream.nft_conf("mynet", ["10.88.0.5/16"], udp)
+        upstream.run("v1.9.1", "ADD", host_ns, "c1", conf, check=True)
+        upstream.nft(host_ns, "delete", "table", "ip", "cni_hostport")  # a firewall reload
+    else:
+        conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], udp)
+        rp.run_plugin("ADD", host_ns, "c1", conf, check=True)
+        rp.iptables(host_ns, ["-t", "nat", "-F"])  # a firewall reload
     rp.write_cni_cache(cache, "mynet", "c1", "eth0", conf, udp, ["10.88.0.5/16"])
-    rp.iptables(host_ns, ["-t", "nat", "-F"])  # a firewall reload
     subprocess.run(["ip", "-n", host_ns, "addr", "replace", "10.0.0.1/32", "dev", "lo"],
                    check=True)  # fmt: skip
     _conntrack(host_ns, "-I", "-p", "udp", "-s", "192.0.2.7", "-d", "10.0.0.1",
                "--sport", "40001", "--dport", "6000", "-t", "100")  # fmt: skip
     argv = ["check", "--repair", "-q", "--netns", host_ns, "--cni-cache-dir", str(cache)]
     env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
-    code, _out, err = _killed_while_writing(argv, env, "repair", tmp_path / "marker")
+    where = "repair" if backend == "iptables" else "nft-repair"
+    code, _out, err = _killed_while_writing(argv, env, where, tmp_path / "marker")
     assert code == -signal.SIGTERM, err
     assert without_cache_note(err) == "portmapctl: terminated\n"
-    assert f"-j {chain_name('mynet', 'c1')}" in rp.save(host_ns)
+    if backend == "nftables":
+        assert 'comment "c1"' in upstream.ruleset_text(host_ns)
+    else:
+        assert f"-j {chain_name('mynet', 'c1')}" in rp.save(host_ns)
     assert "dport=6000" not in _conntrack(host_ns, "-L", "-p", "udp")
 
 

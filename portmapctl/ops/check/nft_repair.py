@@ -22,6 +22,7 @@ from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
     from portmapctl.nftables.ruleset import Ruleset
+    from portmapctl.nftables.transaction import Transaction as NftTransaction
 
 
 # How far a file's modification time (the kernel's coarse clock) may lag time.time_ns().
@@ -111,22 +112,25 @@ class NftRepaired(NamedTuple):
 
 
 def nft_repair(
-    node: Node, attachments: Optional[Sequence[Attachment]], dry_run: bool
+    node: Node,
+    attachments: Optional[Sequence[Attachment]],
+    dry_run: bool,
+    planned: Optional[List[Tuple[NftTransaction, List[MappingConfig]]]] = None,
 ) -> NftRepaired:
-    """One `nft -f` transaction adding what nft-backed cached containers lack."""
+    """One `nft -f` transaction adding what nft-backed cached containers lack.
+    `planned`: gets each transaction planned, with its configs, as it is tried (what
+    a SIGTERM during the write may have put in: nft_changed says what it changed)."""
     if node.nft is None or attachments is None:
         return NftRepaired("", [], None if attachments is None else list(attachments))
     from portmapctl.nftables import planner
-    from portmapctl.nftables.ruleset import OUTPUT, PREROUTING
-    from portmapctl.nftables.transaction import OpKind
-    from portmapctl.nftables.transaction import Transaction as NftTransaction
     from portmapctl.nftables.wanted import wanted
 
     cache = _CacheAgain(node, expected_in_add_order(node, attachments))
     if not cache.expected:
         return NftRepaired("", [], list(attachments))
     families = node.options.families
-    planned: List[Tuple[NftTransaction, List[MappingConfig]]] = []
+    if planned is None:
+        planned = []
 
     def plan_from(configs: List[MappingConfig], live: Ruleset) -> NftTransaction:
         want = [w for c in configs for f in families if (w := wanted(c, f)) is not None]
@@ -147,7 +151,16 @@ def nft_repair(
     now = cache.refreshed(attachments)
     if not text or not planned:
         return NftRepaired(text, [], now)
-    txn, configs = planned[-1]
+    return NftRepaired(text, nft_changed(*planned[-1]), now)
+
+
+def nft_changed(
+    txn: NftTransaction, configs: Sequence[MappingConfig]
+) -> List[Tuple[MappingConfig, List[int]]]:
+    """The mappings an nft repair transaction (re)made, with their families."""
+    from portmapctl.nftables.ruleset import OUTPUT, PREROUTING
+    from portmapctl.nftables.transaction import OpKind
+
     touched: Dict[str, set] = {}
     dark: set = set()  # families whose entry rules were rewritten: every mapping was dark
     for op in txn.ops:
@@ -161,7 +174,7 @@ def nft_repair(
         fams = sorted({f for f in c.families if f in dark} | touched.get(c.container_id, set()))
         if fams:
             changed.append((c, fams))
-    return NftRepaired(text, changed, now)
+    return changed
 
 
 def repair_mapping(

@@ -383,6 +383,7 @@ def repair(
     cache = CacheNow(node, attachments) if attachments is not None else None
     # --backend nftables: iptables is neither looked at nor written (nothing is expected
     # there, and the check before found nothing).
+    nft_tried: List[Tuple[NftTransaction, List[MappingConfig]]] = []
     try:
         for family in node.families if node.options.reads_iptables else ():
             other = read.other_tables.get(family)
@@ -418,7 +419,9 @@ def repair(
                         fams.append(family)
         nft_changed: List[Tuple[MappingConfig, List[int]]] = []
         if nft_ids:
-            text, nft_changed, attachments = nft_repair.nft_repair(node, attachments, dry_run=False)
+            text, nft_changed, attachments = nft_repair.nft_repair(
+                node, attachments, dry_run=False, planned=nft_tried
+            )
             if text:
                 transactions["nft"] = text  # both families, one `nft -f` transaction
         warnings: List[str] = [u.text for u in unrepaired]
@@ -431,7 +434,10 @@ def repair(
         # SIGTERM or Ctrl-C once a transaction went in (or was under way): what it made
         # still gets the plugin's side effects on the way out; the next check finds it
         # healthy and would leave its UDP flows pinned to the un-NATed path for good.
-        after_setup_many(_attempted(planned, configs or []), flush_udp, local_only=True)
+        made = _attempted(planned, configs or [])
+        if nft_tried:
+            made += nft_repair.nft_changed(*nft_tried[-1])
+        after_setup_many(made, flush_udp, local_only=True)
         raise
     now = {family: planned.read(family) for family in read.tables}
     if cache is not None and attachments is not None:
