@@ -369,7 +369,11 @@ def opened(options: NodeOptions, write: bool = False, lock_now: bool = True) -> 
     plans, then asks, and only then writes: no other run waits on a person).
     """
     if write and not options.offline and not has_net_admin():
-        raise HostProblem("changing iptables needs root (or CAP_NET_ADMIN): run with sudo")
+        # (Not "iptables": flush-udp changes conntrack, the nftables backend nft's tables.)
+        raise HostProblem(
+            "changing the node's nat rules or conntrack entries needs root (or CAP_NET_ADMIN):"
+            " run with sudo"
+        )
     with netns.entered(options.netns):
         options = _as_the_plugin_chooses(options)
         node = Node(options, _iptables_access(options), _nft_access(options))
