@@ -148,6 +148,24 @@ def _reader_left(err: OSError, fd: int) -> bool:
         return False
 
 
+def _errors_for(encoding: str, errors: Optional[str]) -> Optional[str]:
+    """How a standard stream meets a character its encoding lacks. Python's "strict"
+    (a locale such as en_US.UTF-8, or PYTHONIOENCODING) turned a rule comment that is
+    not UTF-8 (iptables takes any bytes; they are read as surrogates) or a table's
+    cut mark `…` on an ASCII terminal into an internal error, exit 1. UTF-8 writes
+    such bytes back as they were (as Python's C locale does); any other encoding
+    writes `?`, one character for one, so a table stays aligned."""
+    if errors != "strict":
+        return errors
+    import codecs
+
+    try:
+        utf8 = codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return errors
+    return "surrogateescape" if utf8 else "replace"
+
+
 def _survive_a_reader_leaving() -> None:
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
@@ -156,7 +174,7 @@ def _survive_a_reader_leaving() -> None:
         stream.flush()
         settings = dict(
             encoding=stream.encoding,
-            errors=stream.errors,
+            errors=_errors_for(stream.encoding, stream.errors),
             line_buffering=stream.line_buffering,
             write_through=stream.write_through,
         )

@@ -1,0 +1,81 @@
+"""Output in any locale (SPEC §3 output contract, §5 "one bad record never stops the
+node's work"): a rule comment's bytes need not be UTF-8 (iptables takes any), and a
+terminal's encoding need not be UTF-8 (PYTHONIOENCODING=ascii, a latin-1 locale).
+Neither may turn a command into an "internal error", exit 1 (check's "problems found").
+
+PYTHONIOENCODING=utf-8 gives the strict UTF-8 stdout that a locale such as en_US.UTF-8
+gives (this machine has only C and C.UTF-8, for which Python escapes surrogates itself).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+from test_terminal import EXAMPLE, ROOT, run_on_terminal
+
+# An entry rule whose comment names a container ID that is not UTF-8: check reports it
+# (extra-entry), and its text holds those bytes.
+BAD_ENTRY = (
+    b'-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"podman\\" id: '
+    b'\\"bad\xe9id\xff\\"" -m multiport --dports 9100 -j CNI-DN-e73a80cc054c8f213a469\n'
+)
+
+
+@pytest.fixture
+def bad_dump(tmp_path: Path) -> List[str]:
+    """The example node's arguments, its IPv4 dump with BAD_ENTRY added."""
+    dump = (ROOT / "examples/node.v4.save").read_bytes()
+    marker = b"-A CNI-HOSTPORT-MASQ"
+    path = tmp_path / "node.v4.save"
+    path.write_bytes(dump.replace(marker, BAD_ENTRY + marker, 1))
+    return ["--snapshot", str(path), *EXAMPLE[2:]]
+
+
+def piped(args: List[str], env: Dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "portmapctl", *args],
+        capture_output=True,
+        env={**os.environ, **env},
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("output", ["table", "wide"])
+def test_a_comment_that_is_not_utf8_is_printed_as_its_bytes_in_a_strict_utf8_locale(
+    bad_dump, output
+):
+    done = piped(["check", *bad_dump, "-o", output], {"PYTHONIOENCODING": "utf-8"})
+    assert b"internal error" not in done.stderr, done.stderr
+    assert done.returncode == 1, done.stderr  # problems found, as in any other locale
+    assert b"bad\xe9id\xff" in done.stdout  # the rule's own bytes, as iptables-save has them
+    assert b"3 problems" not in done.stdout and b"4 problems" in done.stdout
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_a_terminal_that_cannot_show_the_cut_mark_gets_a_question_mark(encoding):
+    """At 60 columns list cuts addresses and statuses with `…`; a terminal whose
+    encoding has no such character gets `?`, the table still aligned."""
+    env = {"PYTHONIOENCODING": encoding, "COLUMNS": "60", "NO_COLOR": "1"}
+    code, out, err = run_on_terminal(["list", *EXAMPLE], env)
+    assert code == 0 and "internal error" not in err, err
+    rows = out.splitlines()
+    assert "[fd00?8::5]:80" in out, out
+    assert len({len(row.rstrip()) for row in rows[1:5]}) == 1, rows
+    assert "7 mappings of 4 containers" in out
+    assert "\u2026" not in out
+
+
+@pytest.mark.parametrize("output", ["table", "wide"])
+def test_a_comment_that_is_not_utf8_on_an_ascii_stdout_is_one_question_mark_a_byte(
+    bad_dump, output
+):
+    done = piped(["check", *bad_dump, "-o", output], {"PYTHONIOENCODING": "ascii"})
+    assert b"internal error" not in done.stderr, done.stderr
+    assert done.returncode == 1, done.stderr
+    assert b"bad?id?" in done.stdout
