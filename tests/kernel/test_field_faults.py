@@ -307,6 +307,33 @@ def test_a_foreign_rule_with_a_non_utf8_comment_stops_nothing(node, tmp_path):
     assert [m["container_id"] for m in listed["mappings"]] == ["live1"]
 
 
+def test_gc_removes_a_stale_chain_holding_a_rule_whose_comment_is_not_utf8(node):
+    """gc fingerprints each not-live chain (its --min-age clock) from the chain's rule
+    text; a rule in it whose comment is not UTF-8 (an operator's, say) ended every gc,
+    --dry-run included, in "internal error", exit 1: a cron job that never removed a
+    stale chain on the node again."""
+    ns, cache = node
+    conf = rp.plugin_conf("mynet", ["10.88.0.6/16"], [rp.port_mapping(9090, 90)])
+    rp.run_plugin("ADD", ns, "gone1", conf, check=True)  # never cached: stale
+    stale = chain_name("mynet", "gone1")
+    argv = [b"ip", b"netns", b"exec", ns.encode(), b"iptables-nft", b"-w", b"-t", b"nat",
+            b"-I", stale.encode(), b"-p", b"tcp", b"-m", b"comment", b"--comment", NOT_UTF8,
+            b"-j", b"RETURN"]  # fmt: skip
+    subprocess.run(argv, check=True)
+    _foreign_rule(ns)
+    before = _foreign_lines(_save_bytes(ns))
+    common = ["--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
+
+    planned = json.loads(ok(["gc", *common, "--dry-run", "--min-age", "0", "-o", "json"]))
+    assert [c["chain"] for c in planned["removed"]] == [stale]
+    done = json.loads(ok(["gc", *common, "--yes", "--min-age", "0", "-o", "json"]))
+    assert [c["chain"] for c in done["removed"]] == [stale]
+    after = _save_bytes(ns)
+    assert stale.encode() not in after and chain_name("mynet", "live1").encode() in after
+    foreign = [line for line in before if line.startswith(b"-A PREROUTING ")]
+    assert len(foreign) == 1 and _foreign_lines(after) == foreign  # byte for byte
+
+
 # --- item 14: a full run directory ------------------------------------------------------
 
 

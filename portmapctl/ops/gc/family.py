@@ -44,11 +44,12 @@ class FamilyPlan:
 def fingerprint(chain: AnyChain) -> str:
     """The chain's rules and the rules entering it (not their positions: another
     chain's entry rules going away must not restart the clock). Hashed as one text,
-    the same bytes 0.2 hashed line by line (so its state file's sightings still hold)."""
+    the same bytes 0.2 hashed line by line (so its state file's sightings still hold).
+    A comment that is not UTF-8 (read as surrogates) is hashed as its own bytes."""
     lines = ["R\0" + "\0".join(rule) + "\n" for rule in chain.rules]
     for entry_chain, args in sorted((e.chain, e.args) for e in chain.entries):
         lines.append("E\0" + entry_chain + "\0" + "\0".join(args) + "\n")
-    return hashlib.sha256("".join(lines).encode()).hexdigest()[:32]
+    return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def _gc_chain(chain: ChainFacts, ports: Tuple[ProtoPort, ...], seen_seconds: float) -> GcChain:
