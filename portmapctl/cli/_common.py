@@ -478,7 +478,12 @@ class Output(NamedTuple):
         sys.stdout.write(line + "\n")
 
     def print_json(self, document: Any) -> None:
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        text = json.dumps(document, indent=2)
+        if "\\ud" in text:  # a surrogate, escaped (a cheap test; unicode_only looks closer)
+            from portmapctl.render.json import unicode_only
+
+            text = json.dumps(unicode_only(document), indent=2)
+        sys.stdout.write(text + "\n")
 
     def message(self, text: str) -> None:
         """A remark for people, on stderr; silent with -q."""

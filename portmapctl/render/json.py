@@ -9,6 +9,7 @@ or null. Addresses are plain strings without brackets or prefix; absent values a
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
 from typing import Mapping as MappingT
 
@@ -43,6 +44,31 @@ def bare_chain(chain: Optional[str]) -> Optional[str]:
     if chain is None or backend_of_chain(chain) == BACKEND:
         return chain
     return chain[len(NFT_TEXT_PREFIX) :] or None
+
+
+def unicode_only(value: Any) -> Any:
+    """`value` with every byte that is not UTF-8 written as the text `\\xNN`. Such a
+    byte (an iptables comment's, a path's) is held as a lone surrogate, which
+    json.dumps escapes as `\\udcNN`: no Unicode text, and strict parsers refuse the
+    whole document (orjson). `\\xNN`, as the metrics write a path's such bytes; any
+    other lone surrogate (a cache file's JSON may escape one) is `\\uNNNN`."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(_surrogate_text, value)
+    if isinstance(value, dict):
+        return {unicode_only(key): unicode_only(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [unicode_only(item) for item in value]
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_text(found: re.Match) -> str:
+    point = ord(found.group())
+    if 0xDC80 <= point <= 0xDCFF:  # surrogateescape's stand-in for byte point - 0xDC00
+        return f"\\x{point - 0xDC00:02x}"
+    return f"\\u{point:04x}"
 
 
 def document(cache: Optional[MappingT[str, Any]], **body: Any) -> Dict[str, Any]:

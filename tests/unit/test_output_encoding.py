@@ -9,7 +9,9 @@ gives (this machine has only C and C.UTF-8, for which Python escapes surrogates 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +81,41 @@ def test_a_comment_that_is_not_utf8_on_an_ascii_stdout_is_one_question_mark_a_by
     assert b"internal error" not in done.stderr, done.stderr
     assert done.returncode == 1, done.stderr
     assert b"bad?id?" in done.stdout
+
+
+def _lone_surrogates(text: str) -> bool:
+    """Whether a JSON text holds an escaped surrogate that is not half of a pair."""
+    import re
+
+    pairs = re.sub(r"\\ud[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}", "", text)
+    return re.search(r"\\ud[89a-f][0-9a-f]{2}", pairs) is not None
+
+
+@pytest.mark.parametrize("command", ["list", "check"])
+def test_json_writes_a_byte_that_is_not_utf8_as_backslash_x_and_stays_unicode(
+    bad_dump, tmp_path, command
+):
+    """An escaped lone surrogate (`\\udce9`, Python's own stand-in for such a byte) is
+    no Unicode text: strict parsers refuse the whole document (orjson: "invalid high
+    surrogate in string"). Such a byte is written as the text `\\xe9`, as the metrics
+    write such bytes of a path; a cache directory's path included."""
+    cache = os.fsdecode(bytes(tmp_path) + b"/cni-\xe9")
+    shutil.copytree(EXAMPLE[5], cache)
+    args = [command, *bad_dump[:4], "--cni-cache-dir", cache, "-o", "json"]
+    done = piped(args, {"PYTHONIOENCODING": "utf-8"})
+    assert done.returncode in (0, 1) and b"internal error" not in done.stderr, done.stderr
+    text = done.stdout.decode("utf-8")
+    assert not _lone_surrogates(text), text
+    document = json.loads(text)
+    assert document["cache"]["dirs"] == [cache.replace("\udce9", "\\xe9")]
+    if command == "check":
+        rules = [p["rule"] or "" for p in document["problems"]]
+        assert any('id: \\"bad\\xe9id\\xff\\"' in rule for rule in rules), rules
+
+
+def test_unicode_only_spells_each_lone_surrogate_and_leaves_text_alone():
+    from portmapctl.render.json import unicode_only
+
+    document = {"a\udcff": ["caf\udce9", "\ud800 \U0001f600 é", 4, None, True]}
+    assert unicode_only(document) == {"a\\xff": ["caf\\xe9", "\\ud800 \U0001f600 é", 4, None, True]}
+    json.dumps(unicode_only(document), ensure_ascii=False).encode("utf-8")  # all Unicode
