@@ -50,7 +50,7 @@ def longer_id(
     cache_dirs: Union[str, Sequence[str]], network: str, container_id: str
 ) -> Optional[str]:
     """The cached ID on `network` that `container_id` is a short form of (a proper
-    prefix of an ID longer than the tables print whole: render/table.SHORT_ID), when the
+    prefix of an ID longer than the tables print whole: core/ids.SHORT_ID), when the
     cache has no entry for `container_id` itself; else None. A chain is named after
     the whole ID: the short one names another. Only a runtime's kind of ID (hex, a
     UUID's dashes), MIN_SHORT characters or more, is taken for a short form: `web`
@@ -71,7 +71,7 @@ def longer_id(
             # A '-' after the prefix ends the ID there (or goes on in an ID with a
             # dash, which is not the short form of anything list prints).
             if found is None and name.startswith(start) and name[len(start) :][:1] != "-":
-                from portmapctl.render.table import SHORT_ID  # (rarely: a near miss)
+                from portmapctl.core.ids import SHORT_ID  # (rarely: a near miss)
 
                 whole = _container_id(os.path.join(cache_dir, "results", name), network)
                 # (Another network's entry starts so too, `podman-default-kube-network-`

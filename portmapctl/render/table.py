@@ -19,6 +19,7 @@ from typing import (
     Tuple,
 )
 
+from portmapctl.core.ids import SHORT_ID
 from portmapctl.core.status import Status
 
 if TYPE_CHECKING:
@@ -38,8 +39,6 @@ STATUS_STYLE = {
     Status.ZOMBIE: "yellow",
     Status.CONTESTED: "red",
 }
-
-SHORT_ID = 12  # as podman and docker show container IDs
 
 
 class Cuttable(NamedTuple):

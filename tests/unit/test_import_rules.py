@@ -57,6 +57,22 @@ def test_core_imports_no_backend_no_host_and_no_io() -> None:
     assert found == []
 
 
+# The cache layer sits below what shows it and what acts on it: a constant they share
+# lives in core/ (the short-ID length did not: cni/entries.py imported render/table.py).
+CNI_MAY_NOT_IMPORT = ("portmapctl.render", "portmapctl.cli", "portmapctl.ops")
+
+
+def test_cni_imports_no_render_no_cli_and_no_ops() -> None:
+    found = [
+        f"{name}:{line}: {module}"
+        for name, tree in _modules()
+        if name.startswith("portmapctl/cni/")
+        for line, module in _imported(name, tree)
+        if module.startswith(CNI_MAY_NOT_IMPORT)
+    ]
+    assert found == []
+
+
 def _spawns(tree: ast.Module) -> Iterator[Tuple[int, str]]:
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
