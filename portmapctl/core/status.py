@@ -3,7 +3,7 @@ words, and a misspelt status is a NameError instead of a silently empty filter."
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, StrEnum
 
 
 class Status(str, Enum):
@@ -66,3 +66,15 @@ class ProblemKind(str, Enum):
 
     # Equal to its word, so it must hash like it (Enum hashes the member's name).
     __hash__ = str.__hash__
+
+
+class FlushReason(StrEnum):
+    """Why flush-udp deletes a conntrack entry (its JSON `reason`, its table's WHY)."""
+
+    # Plain flush: every entry under the port goes.
+    MAPPED = "mapped"  # the port is a mapped UDP host port
+    GIVEN = "given"  # the port was asked for (--port) and is not mapped
+    # --stale-only: the entry misroutes.
+    OLD_DESTINATION = "old-destination"  # DNATed elsewhere than the container's address:port
+    NOT_DNATED = "not-dnated"  # never DNATed: its flow began before the rule, bypasses it
+    UNMAPPED = "unmapped"  # DNATed, but nothing maps this port (or address) any more

@@ -40,21 +40,13 @@ from typing import (
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.core.pause import gc_paused
+from portmapctl.core.status import FlushReason
 from portmapctl.host import conntrack
 from portmapctl.host.addresses import LocalAddresses, local_addresses
 from portmapctl.host.conntrack import ConntrackEntry
 from portmapctl.iptables import inventory
 from portmapctl.iptables.inventory import Mapping
 from portmapctl.ops.node import Node
-
-# Why an entry is deleted. Plain flush: every entry under the port goes.
-MAPPED = "mapped"  # the port is a mapped UDP host port
-GIVEN = "given"  # the port was asked for (--port) and is not mapped
-# --stale-only: the entry misroutes.
-OLD_DESTINATION = "old-destination"  # DNATed elsewhere than the container's address:port
-NOT_DNATED = "not-dnated"  # never DNATed: its flow began before the rule, bypasses it
-UNMAPPED = "unmapped"  # DNATed, but nothing maps this port (or address) any more
-REASONS = (MAPPED, GIVEN, OLD_DESTINATION, NOT_DNATED, UNMAPPED)
 
 Key = Tuple[int, int]  # (family, host port)
 Progress = Callable[[int, int], None]  # (entries handled, all entries)
@@ -65,7 +57,7 @@ class Doomed:
     """An entry chosen for deletion, and why."""
 
     entry: ConntrackEntry
-    reason: str  # one of REASONS
+    reason: FlushReason
     # Where traffic to this port should go now (the current container addresses),
     # for the stale reasons; empty otherwise.
     wanted: Tuple[str, ...] = ()
@@ -146,7 +138,7 @@ def _covers(m: Mapping, entry: ConntrackEntry) -> bool:
 
 def judge(
     entry: ConntrackEntry, mapped: Sequence[Mapping]
-) -> Tuple[Optional[str], Tuple[str, ...]]:
+) -> Tuple[Optional[FlushReason], Tuple[str, ...]]:
     """(reason, wanted addresses) when the entry misroutes, (None, wanted) when it
     reaches the right place; `mapped` are the UDP mappings of its family and port."""
     covering = [m for m in mapped if _covers(m, entry)]
@@ -154,7 +146,7 @@ def judge(
     winners = [m for m in covering if not m.shadowed_by] or covering
     if not winners:
         # Nothing maps this destination: its traffic belongs to the host itself.
-        return (UNMAPPED if entry.dnat else None), ()
+        return (FlushReason.UNMAPPED if entry.dnat else None), ()
     # The DNAT destination is an address and a port: a container given the same
     # address with another container port does not take a flow DNATed to the old one.
     wanted = {(_ip(m.family, m.container_ip), m.container_port) for m in winners}
@@ -164,12 +156,14 @@ def judge(
         # The second: a flow sent straight to the container's address (no DNAT needed).
         return None, _shown(winners, ())
     if entry.dnat:
-        return OLD_DESTINATION, _shown(winners, (replier,) if replier in addresses else ())
+        return FlushReason.OLD_DESTINATION, _shown(
+            winners, (replier,) if replier in addresses else ()
+        )
     # Never DNATed: it bypasses a mapping that takes every packet to its port, but a
     # mapping with conditions (conditionsV4/V6) leaves the rest to the host itself.
     if all(m.conditions for m in winners):
         return None, _shown(winners, ())
-    return NOT_DNATED, _shown(winners, ())
+    return FlushReason.NOT_DNATED, _shown(winners, ())
 
 
 def _shown(winners: Sequence[Mapping], ported: Collection[Optional[bytes]]) -> Tuple[str, ...]:
@@ -210,7 +204,7 @@ def plan(
         if local is not None and (entry.family, entry.dst) not in local:
             continue
         if not stale_only:
-            doomed.append(Doomed(entry, MAPPED if key in by_key else GIVEN))
+            doomed.append(Doomed(entry, FlushReason.MAPPED if key in by_key else FlushReason.GIVEN))
             continue
         reason, wanted = judge(entry, by_key.get(key, ()))
         if reason is not None:

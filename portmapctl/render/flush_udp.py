@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Optional
 
+from portmapctl.core.status import FlushReason
 from portmapctl.render.table import Cuttable, Piece, cut_address, cut_middle, table
 
 if TYPE_CHECKING:
@@ -12,17 +13,21 @@ if TYPE_CHECKING:
     from portmapctl.ops.flush_udp import Doomed, FlushResult
 
 FLUSH_WHY = {
-    "mapped": "mapped host port",
-    "given": "port given",
-    "old-destination": "old DNAT destination: the port now goes to {wanted}",
-    "not-dnated": "never DNATed: bypasses the mapping to {wanted}",
-    "unmapped": "DNATed, but nothing maps this port now",
+    FlushReason.MAPPED: "mapped host port",
+    FlushReason.GIVEN: "port given",
+    FlushReason.OLD_DESTINATION: "old DNAT destination: the port now goes to {wanted}",
+    FlushReason.NOT_DNATED: "never DNATed: bypasses the mapping to {wanted}",
+    FlushReason.UNMAPPED: "DNATed, but nothing maps this port now",
 }
-FLUSH_STYLE = {"old-destination": "red", "not-dnated": "red", "unmapped": "yellow"}
+FLUSH_STYLE = {
+    FlushReason.OLD_DESTINATION: "red",
+    FlushReason.NOT_DNATED: "red",
+    FlushReason.UNMAPPED: "yellow",
+}
 
 
 def flush_why(d: Doomed) -> str:
-    return FLUSH_WHY.get(d.reason, d.reason).format(wanted=", ".join(d.wanted) or "-")
+    return FLUSH_WHY[d.reason].format(wanted=", ".join(d.wanted) or "-")
 
 
 def _endpoint(address: str, port: int) -> str:

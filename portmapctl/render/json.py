@@ -273,7 +273,7 @@ def flush_json(result: FlushResult, cache: Optional[MappingT[str, Any]] = None) 
                 "host_port": d.entry.dport,
                 "reply_src": d.entry.reply_src,
                 "reply_sport": d.entry.reply_sport,
-                "reason": d.reason,
+                "reason": d.reason.value,
             }
             for d in result.doomed
         ],

@@ -38,15 +38,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from portmapctl import render
+from portmapctl.core.status import FlushReason
 from portmapctl.host.conntrack import ConntrackEntry
 from portmapctl.iptables import inventory
 from portmapctl.iptables.inventory import Mapping
 from portmapctl.ops.flush_udp import (
-    GIVEN,
-    MAPPED,
-    NOT_DNATED,
-    OLD_DESTINATION,
-    UNMAPPED,
     Doomed,
     FlushResult,
     plan,
@@ -96,9 +92,9 @@ def test_plain_flush_takes_every_entry_under_the_ports() -> None:
     mappings = [mapping()]
     entries = [CURRENT, OLD, NEVER, DIRECT, ELSEWHERE]
     assert plan(entries, {(4, 5353)}, mappings) == [
-        Doomed(e, MAPPED) for e in (CURRENT, OLD, NEVER, DIRECT)
+        Doomed(e, FlushReason.MAPPED) for e in (CURRENT, OLD, NEVER, DIRECT)
     ]
-    assert plan(entries, {(4, 8053)}, mappings) == [Doomed(ELSEWHERE, GIVEN)]
+    assert plan(entries, {(4, 8053)}, mappings) == [Doomed(ELSEWHERE, FlushReason.GIVEN)]
     assert plan(entries, {(6, 5353)}, mappings) == []
 
 
@@ -106,13 +102,13 @@ def test_stale_only_takes_what_misroutes() -> None:
     mappings = [mapping()]
     doomed = plan([CURRENT, OLD, NEVER, DIRECT], {(4, 5353)}, mappings, stale_only=True)
     assert doomed == [
-        Doomed(OLD, OLD_DESTINATION, ("10.88.0.5",)),
-        Doomed(NEVER, NOT_DNATED, ("10.88.0.5",)),
+        Doomed(OLD, FlushReason.OLD_DESTINATION, ("10.88.0.5",)),
+        Doomed(NEVER, FlushReason.NOT_DNATED, ("10.88.0.5",)),
     ]
     # Under a port nobody maps, only what is DNATed misroutes (to a gone container).
     plain = udp(sport=6, dport=8053)
     assert plan([ELSEWHERE, plain], {(4, 8053)}, mappings, stale_only=True) == [
-        Doomed(ELSEWHERE, UNMAPPED)
+        Doomed(ELSEWHERE, FlushReason.UNMAPPED)
     ]
 
 
@@ -120,7 +116,7 @@ def test_stale_only_compares_addresses_not_spelling() -> None:
     v6 = udp("2001:db8::7", "fd00::1", 1, 5353, "fd00:0::0005", 53, family=6)
     assert plan([v6], {(6, 5353)}, [mapping("fd00::5", family=6)], stale_only=True) == []
     assert plan([v6], {(6, 5353)}, [mapping("10.88.0.5")], stale_only=True) == [
-        Doomed(v6, UNMAPPED)  # the v4 mapping does not cover a v6 entry
+        Doomed(v6, FlushReason.UNMAPPED)  # the v4 mapping does not cover a v6 entry
     ]
 
 
@@ -131,14 +127,14 @@ def test_stale_only_honours_host_ip_and_shadowing() -> None:
     to_host = udp(sport=2, dport=6000)  # another address: the rule does not take it
     old_to_host = udp(sport=3, dport=6000, reply_src="10.88.0.6", reply_sport=60)
     doomed = plan([to_lo, to_host, old_to_host], {(4, 6000)}, [on_lo], stale_only=True)
-    assert doomed == [Doomed(old_to_host, UNMAPPED)]
+    assert doomed == [Doomed(old_to_host, FlushReason.UNMAPPED)]
 
     # Two containers on one port: the earlier entry rule wins, the other gets nothing.
     winner = mapping("10.88.0.5")
     loser = mapping("10.88.0.7", container_id="def456", shadowed_by="CNI-DN-x")
     to_loser = udp(sport=4, reply_src="10.88.0.7", reply_sport=53)
     assert plan([CURRENT, to_loser], {(4, 5353)}, [loser, winner], stale_only=True) == [
-        Doomed(to_loser, OLD_DESTINATION, ("10.88.0.5",))
+        Doomed(to_loser, FlushReason.OLD_DESTINATION, ("10.88.0.5",))
     ]
 
 
@@ -149,11 +145,11 @@ def test_stale_only_takes_a_flow_to_the_same_address_on_an_old_port() -> None:
     moved = mapping(container_port=54)
     to_54 = udp(sport=7, reply_src="10.88.0.5", reply_sport=54)
     assert plan([CURRENT, to_54, DIRECT], {(4, 5353)}, [moved], stale_only=True) == [
-        Doomed(CURRENT, OLD_DESTINATION, ("10.88.0.5:54",))
+        Doomed(CURRENT, FlushReason.OLD_DESTINATION, ("10.88.0.5:54",))
     ]
     v6 = udp("2001:db8::7", "fd00::1", 1, 5353, "fd00::5", 53, family=6)
     assert plan([v6], {(6, 5353)}, [mapping("fd00::5", family=6, container_port=54)],
-                stale_only=True) == [Doomed(v6, OLD_DESTINATION, ("[fd00::5]:54",))]  # fmt: skip
+                stale_only=True) == [Doomed(v6, FlushReason.OLD_DESTINATION, ("[fd00::5]:54",))]  # fmt: skip
 
 
 def test_stale_only_keeps_what_conditions_leave_to_the_host() -> None:
@@ -161,19 +157,19 @@ def test_stale_only_keeps_what_conditions_leave_to_the_host() -> None:
     alone is the host's own, not one that began before the rule (0.1 deleted it)."""
     guarded = dataclasses.replace(mapping(), conditions=("!", "-s", "192.168.0.0/16"))
     assert plan([CURRENT, OLD, NEVER], {(4, 5353)}, [guarded], stale_only=True) == [
-        Doomed(OLD, OLD_DESTINATION, ("10.88.0.5",))
+        Doomed(OLD, FlushReason.OLD_DESTINATION, ("10.88.0.5",))
     ]
     # Another container after it takes the rest of the port: never DNATed misroutes.
     rest = mapping("10.88.0.7", container_id="def456")
     assert plan([NEVER], {(4, 5353)}, [guarded, rest], stale_only=True) == [
-        Doomed(NEVER, NOT_DNATED, ("10.88.0.5", "10.88.0.7"))
+        Doomed(NEVER, FlushReason.NOT_DNATED, ("10.88.0.5", "10.88.0.7"))
     ]
 
 
 def test_stale_only_survives_a_foreign_dnat_range() -> None:
     odd = mapping("10.88.0.5-10.88.0.9")  # not the plugin's, but a dump may hold it
     assert plan([CURRENT], {(4, 5353)}, [odd], stale_only=True) == [
-        Doomed(CURRENT, OLD_DESTINATION, ("10.88.0.5-10.88.0.9",))
+        Doomed(CURRENT, FlushReason.OLD_DESTINATION, ("10.88.0.5-10.88.0.9",))
     ]
 
 
@@ -185,7 +181,7 @@ def test_plan_properties(
     stale = plan(items, ports, current, stale_only=True)
     in_scope = [e for e in items if (e.family, e.dport) in ports]
     assert [d.entry for d in plain] == in_scope
-    assert {d.reason for d in plain} <= {MAPPED, GIVEN}
+    assert {d.reason for d in plain} <= {FlushReason.MAPPED, FlushReason.GIVEN}
     assert [d.entry for d in stale] == [e for e in in_scope if e in {d.entry for d in stale}]
     for d in stale:
         covering = [
@@ -210,7 +206,7 @@ def test_json_has_the_spec_keys_and_table_says_why() -> None:
     v6 = udp("2001:db8::7", "fd00::1", 7, 5353, "fd00::9", 53, family=6)
     result = FlushResult(
         True, True, ((4, 5353), (6, 5353)),
-        (Doomed(OLD, OLD_DESTINATION, ("10.88.0.5",)), Doomed(v6, OLD_DESTINATION, ("fd00::5",))),
+        (Doomed(OLD, FlushReason.OLD_DESTINATION, ("10.88.0.5",)), Doomed(v6, FlushReason.OLD_DESTINATION, ("fd00::5",))),
         2, 1,
     )  # fmt: skip
     doc = render.flush_json(result)
@@ -249,8 +245,8 @@ def test_dry_run_table_and_summary_fit_an_80_column_terminal(monkeypatch) -> Non
              "fd00:88:0:1:2:3:4:9", 53, family=6)  # fmt: skip
     result = FlushResult(
         True, True, ((4, 5353), (6, 5353)),
-        (Doomed(OLD, OLD_DESTINATION, ("10.88.0.5",)), Doomed(NEVER, NOT_DNATED, ("10.88.0.5",)),
-         Doomed(v6, OLD_DESTINATION, ("fd00:88:0:1:2:3:4:5",))),
+        (Doomed(OLD, FlushReason.OLD_DESTINATION, ("10.88.0.5",)), Doomed(NEVER, FlushReason.NOT_DNATED, ("10.88.0.5",)),
+         Doomed(v6, FlushReason.OLD_DESTINATION, ("fd00:88:0:1:2:3:4:5",))),
         3, 1,
     )  # fmt: skip
     table = render.flush_table(result, width=80).plain.split("\n")

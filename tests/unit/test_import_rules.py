@@ -120,11 +120,11 @@ def _spelt_words(tree: ast.Module) -> Iterator[Tuple[int, str]]:
 
 
 def test_statuses_and_problem_kinds_are_not_spelt_as_strings() -> None:
-    """A status or problem kind tested as a literal is a typo nobody catches (docs/
+    """A status, problem kind or flush-udp reason tested as a literal is a typo nobody catches (docs/
     architecture.md: Vocabularies are Enums). "legacy" is also iptables' flavour."""
-    from portmapctl.core.status import ProblemKind, Status
+    from portmapctl.core.status import FlushReason, ProblemKind, Status
 
-    words = {m.value for m in (*Status, *ProblemKind)} - {"legacy"}
+    words = {m.value for m in (*Status, *ProblemKind, *FlushReason)} - {"legacy"}
     found = [
         f"{name}:{line}: {word!r}"
         for name, tree in _modules()
