@@ -27,6 +27,7 @@ from typing import (
     Tuple,
 )
 
+from portmapctl.core.backend import Backend
 from portmapctl.host.paths import CNI_CACHE_DIR, default_cni_cache_dirs
 
 if TYPE_CHECKING:
@@ -233,6 +234,14 @@ class Common(NamedTuple):
     verbose: bool = False
     # The nft listing entry.py started for this run (nftables/early.py), not an option.
     early_nft: Optional[EarlyListing] = None
+
+    @property
+    def plugin_backend(self) -> Optional[Backend]:
+        """--backend as the core's word: the one place a choice becomes a Backend
+        (None: auto, the plugin's own choice)."""
+        if self.backend is BackendChoice.auto:
+            return None
+        return Backend(self.backend.value)
 
     @property
     def cache_dirs(self) -> Tuple[str, ...]:

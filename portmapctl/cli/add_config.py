@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
+from portmapctl.core.backend import Backend
+
 if TYPE_CHECKING:
     from portmapctl.cli._common import MappingOptions
     from portmapctl.core.mapping import MappingConfig
@@ -19,9 +21,9 @@ class ForwardsNothing(Exception):
     Its text: the file and why."""
 
 
-def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingConfig:
+def mapping_from_options(mapping: MappingOptions, *, backend: Optional[Backend]) -> MappingConfig:
     """Validate the mapping options (shared by add and check) into a MappingConfig,
-    held to --backend. ForwardsNothing for a --cni-config the plugin does nothing for."""
+    held to --backend (None: auto). ForwardsNothing for a --cni-config the plugin does nothing for."""
     from portmapctl.core import validate
     from portmapctl.errors import BadInput
     from portmapctl.iptables.chains import buildable
@@ -47,11 +49,11 @@ def mapping_from_options(mapping: MappingOptions, *, backend: str) -> MappingCon
             raise BadInput(f"--cni-config cannot be combined with {', '.join(given)}")
         source = "<stdin>" if cni_config == "-" else cni_config
         conf = cni_json.load_json(files.read_text(cni_config, "--cni-config"), source)
-        writes_to = None if backend == "auto" else backend
+        writes_to = backend
         if writes_to is None and paths.find_tool("iptables") is None:
             # No iptables: the plugin, and _add after it, take nftables for a config
             # without the key, so what that backend refuses is refused here too.
-            writes_to = "nftables"
+            writes_to = Backend.NFTABLES
         idle = cni_json.forwards_nothing(conf, ifname, source)
         stand_in = None
         if idle and not cni_json.result_addresses(conf["prevResult"], ifname, source):
@@ -115,13 +117,13 @@ def refuse_short_id(cache_dirs: Sequence[str], config: MappingConfig) -> None:
         )
 
 
-def with_backend(config: MappingConfig, backend: str) -> MappingConfig:
-    """--backend against the config's own `backend` key (from --cni-config)."""
+def with_backend(config: MappingConfig, backend: Optional[Backend]) -> MappingConfig:
+    """--backend (None: auto) against the config's own `backend` key (from --cni-config)."""
     from dataclasses import replace
 
     from portmapctl.errors import BadInput
 
-    if backend == "auto":
+    if backend is None:
         return config
     if config.backend not in (None, backend):
         raise BadInput(

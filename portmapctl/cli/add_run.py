@@ -12,6 +12,7 @@ from portmapctl.cli.add_config import (
     refuse_short_id,
     spelling_of,
 )
+from portmapctl.core.backend import Backend, Flavour
 from portmapctl.errors import HostProblem
 from portmapctl.iptables.chains import dnat_chain_name
 
@@ -35,7 +36,7 @@ def run(
 ) -> None:
     out = common.out()
     try:
-        config = mapping_from_options(mapping, backend=common.backend.value)
+        config = mapping_from_options(mapping, backend=common.plugin_backend)
     except ForwardsNothing as idle:
         _report_nothing(common, out, str(idle), dry_run)
         return
@@ -88,9 +89,9 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
         from portmapctl.cni.cache import backend_in
 
         cached = backend_in(paths, config.network, config.container_id)
-    if cached == "iptables":
+    if cached == Backend.IPTABLES:
         return replace(config, backend=cached), None
-    if cached == "nftables":
+    if cached == Backend.NFTABLES:
         from portmapctl.ops.nft import configured_there
 
         return _goes_to_nftables(config, out, configured_there(config)), None
@@ -147,7 +148,7 @@ def _goes_to_nftables(config: MappingConfig, out: Output, why: str) -> MappingCo
         f"{why}, so the plugin keeps it there: it goes to nftables (give --backend iptables"
         " for iptables)"
     )
-    return replace(config, backend="nftables")
+    return replace(config, backend=Backend.NFTABLES)
 
 
 class _CannotTell(HostProblem):
@@ -192,16 +193,18 @@ def _add(
 
     options = common.node_options()
     keyless_here = config.backend is None and options.backend == "auto"
-    if config.backend != "nftables" and not (keyless_here and paths.find_tool("iptables") is None):
+    if config.backend != Backend.NFTABLES and not (
+        keyless_here and paths.find_tool("iptables") is None
+    ):
         # Written to iptables: nft is not opened (importing its modules alone is ~15 ms).
-        options = replace(options, backend="iptables")
+        options = replace(options, backend=Backend.IPTABLES)
     # With `ahead`, the lock is held already.
     with opened(options, write=not dry_run, lock_now=ahead is None) as node:
-        if keyless_here and node.options.keyless == "nftables":
+        if keyless_here and node.options.keyless == Backend.NFTABLES:
             # No iptables on this node: the plugin, given no `backend` key, takes its
             # nftables backend (as list, check and gc read it), so add writes there.
-            config = replace(config, backend="nftables")
-        if config.backend == "nftables":
+            config = replace(config, backend=Backend.NFTABLES)
+        if config.backend == Backend.NFTABLES:
             # (The tables as before: a re-added mapping keeps its rules' place.)
             live = node.read_nft()
             clashes = nft_shadow_warnings(config, live)
@@ -357,9 +360,9 @@ def _report(
         out.print_json(render.add_json(result, common.cache().json(), clashes))
         return
     # An nftables mapping has no chain of its own: its rules carry the container ID.
-    chain = "nftables rules" if config.backend == "nftables" else dnat_chain_name(config)
+    chain = "nftables rules" if config.backend == Backend.NFTABLES else dnat_chain_name(config)
     who = f"{config.network}/{render.short_id(config.container_id, out.no_trunc)}"
-    are = "are" if config.backend == "nftables" else "is"
+    are = "are" if config.backend == Backend.NFTABLES else "is"
     if dry_run:
         if result.transactions:
             out.show_text(render.transactions_text(result.transactions, result.tools))
@@ -409,7 +412,7 @@ def _ahead(
 
     if any(not folder for folder in common.cache_dirs):
         return None  # node_options refuses it: before the lock, as always
-    if _flavour_ahead(common, config) != "nft":
+    if _flavour_ahead(common, config) != Flavour.NFT:
         return None
     from portmapctl.host import lock
     from portmapctl.host.netns import entered
@@ -419,11 +422,14 @@ def _ahead(
 
     held.enter_context(lock.held(say_waiting=not common.quiet))
     wanted = [f for f in config.families if f in families(common.family)]
-    here = RestoreBackend("nft")
+    here = RestoreBackend(Flavour.NFT)
     with entered(common.netns):
         # Before anything is written: no copy of a chain the legacy tables hold.
         refuse_a_copy(
-            "nft", config, wanted, lambda f: here.list_chain(f, dnat_chain_name(config)) is not None
+            Flavour.NFT,
+            config,
+            wanted,
+            lambda f: here.list_chain(f, dnat_chain_name(config)) is not None,
         )
     try:
         ahead = Ahead.start(common.netns, config, wanted, early=early_claims)
@@ -440,12 +446,12 @@ def _early_foreign(common: Common, config: MappingConfig) -> Optional[Callable[[
 
     from portmapctl.cli._common import families
 
-    if _flavour_ahead(common, config) != "legacy":
+    if _flavour_ahead(common, config) != Flavour.LEGACY:
         return None
     from portmapctl.ops.add_ahead import early_foreign_takers
 
     wanted = [f for f in config.families if f in families(common.family)]
-    return early_foreign_takers(common.netns, config, wanted, "legacy")
+    return early_foreign_takers(common.netns, config, wanted, Flavour.LEGACY)
 
 
 def _flavour_ahead(common: Common, config: MappingConfig) -> Optional[str]:
@@ -457,7 +463,7 @@ def _flavour_ahead(common: Common, config: MappingConfig) -> Optional[str]:
 
     from portmapctl.errors import PortmapctlError
 
-    if config.backend == "nftables" or not _net_admin():
+    if config.backend == Backend.NFTABLES or not _net_admin():
         return None
     flavour = common.iptables.value
     if flavour == "auto":

@@ -96,7 +96,7 @@ def check_command(
         config = None
         if mapping_given:
             try:
-                config = mapping_from_options(mapping, backend=common.backend.value)
+                config = mapping_from_options(mapping, backend=common.plugin_backend)
             except ForwardsNothing as idle:
                 # The plugin's CHECK passes at once: nothing is expected, nothing to repair.
                 return _nothing_expected(common, out, str(idle))

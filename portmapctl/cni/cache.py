@@ -28,11 +28,12 @@ import os
 import stat
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from portmapctl.cni import config as cni_config
 from portmapctl.cni.entries import entry_paths
 from portmapctl.core import validate
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.host import files
@@ -288,8 +289,8 @@ def warnings(attachments: Optional[Sequence[Attachment]]) -> List[str]:
     ]
 
 
-def configured_backend(cache_dirs: CacheDirs, network: str, container_id: str) -> Optional[str]:
-    """The `backend` key ("iptables", "nftables") of the portmap config libcni cached
+def configured_backend(cache_dirs: CacheDirs, network: str, container_id: str) -> Optional[Backend]:
+    """The `backend` key (iptables or nftables) of the portmap config libcni cached
     for this container on this network, when its entries name one and agree; else None
     (no entry, no key, entries that disagree or cannot be read: the caller decides as
     it would without the cache). For a mapping given on the command line without the
@@ -299,9 +300,9 @@ def configured_backend(cache_dirs: CacheDirs, network: str, container_id: str) -
     return backend_in(entry_paths(cache_dirs, network, container_id), network, container_id)
 
 
-def backend_in(paths: Sequence[str], network: str, container_id: str) -> Optional[str]:
+def backend_in(paths: Sequence[str], network: str, container_id: str) -> Optional[Backend]:
     """configured_backend of the entries `paths` (cni/entries.py entry_paths)."""
-    found = set()
+    found: Set[Optional[Backend]] = set()
     for path in paths:
         try:
             attachment = read_attachment(path)
@@ -411,7 +412,7 @@ def read_attachment(path: str, *, configs: Optional[ConfigMemo] = None) -> Attac
             port_mappings_override=raw_ports,
             addresses=addresses,  # parsed once: a third of reading a 1,000-entry cache
         )
-        if mapping.backend == "nftables":
+        if mapping.backend == Backend.NFTABLES:
             # The plugin refuses such a config on every call: it never had rules of it,
             # so nothing is expected of it, nor repaired (the entry cannot be read).
             validate.nft_refusals(mapping, source)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, List, Mapping, Optional, Tuple
 
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Interface, MappingConfig, PortMapping
 from portmapctl.core.validate import (
     CONFIG_KEYS,
@@ -53,7 +54,7 @@ def _go_fields(entry: Mapping[str, Any]) -> dict:
     return fields
 
 
-def _port_mapping(entry: Any, source: str, backend: Optional[str] = None) -> PortMapping:
+def _port_mapping(entry: Any, source: str, backend: Optional[Backend] = None) -> PortMapping:
     if not isinstance(entry, dict):
         raise BadInput(f"{source}: each port mapping must be an object")
     fields = _go_fields(entry)
@@ -77,7 +78,7 @@ def _port_mapping(entry: Any, source: str, backend: Optional[str] = None) -> Por
         raise BadInput(f"{source}: {err}") from None
 
 
-def plugin_refuses(raw_protocol: Any, backend: Optional[str]) -> str:
+def plugin_refuses(raw_protocol: Any, backend: Optional[Backend]) -> str:
     """Why the plugin's ADD fails for a port mapping's `protocol` ("" if it does not).
     Debian's 1.1.1 and upstream v1.6.2-v1.9.1 (tests/interop/test_protocol_refusals.py):
     without one (absent, null, "") every backend writes `-p  --dport` or `dport`, which
@@ -87,7 +88,7 @@ def plugin_refuses(raw_protocol: Any, backend: Optional[str]) -> str:
     if raw_protocol is None or raw_protocol == "":
         return "no protocol: the plugin's ADD fails without one (give tcp, udp or sctp)"
     spelled = raw_protocol if isinstance(raw_protocol, str) else ""
-    if backend == "nftables" and spelled not in PROTOCOLS and spelled.lower() in PROTOCOLS:
+    if backend == Backend.NFTABLES and spelled not in PROTOCOLS and spelled.lower() in PROTOCOLS:
         return (
             f"protocol {shown(spelled)}: the plugin's nftables backend fails on it"
             f' (nft takes it only in lower case: "{spelled.lower()}")'
@@ -96,7 +97,7 @@ def plugin_refuses(raw_protocol: Any, backend: Optional[str]) -> str:
 
 
 def port_mappings(
-    value: Any, source: str, backend: Optional[str] = None
+    value: Any, source: str, backend: Optional[Backend] = None
 ) -> Tuple[PortMapping, ...]:
     if value is None:
         return ()
@@ -168,7 +169,7 @@ def plugin_config(
     ifname: Optional[str] = "eth0",
     port_mappings_override: Any = None,
     addresses: Optional[List[Interface]] = None,
-    writes_to_backend: Optional[str] = None,
+    writes_to_backend: Optional[Backend] = None,
 ) -> MappingConfig:
     """The portmap plugin's stdin (or the portmap entry of a cached conflist).
 
@@ -193,10 +194,13 @@ def plugin_config(
     for key, value in (("snat", snat), ("masqAll", masq_all)):
         if not isinstance(value, bool):
             raise BadInput(f"{source}: {key} must be true or false")
-    backend = conf.get("backend")
-    if backend is not None and backend not in ("iptables", "nftables"):
+    raw_backend = conf.get("backend")
+    if raw_backend is not None and raw_backend not in tuple(Backend):
         # As the plugin: `failed to parse config: unrecognized backend "nft"`.
-        raise BadInput(f"{source}: unrecognized backend {shown(backend)}: use iptables or nftables")
+        raise BadInput(
+            f"{source}: unrecognized backend {shown(raw_backend)}: use iptables or nftables"
+        )
+    backend = None if raw_backend is None else Backend(raw_backend)
     # The backend the rules go to decides what the plugin refuses (add --backend
     # nftables writes a keyless config there).
     writes_to = backend or writes_to_backend

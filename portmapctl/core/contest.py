@@ -32,12 +32,11 @@ from dataclasses import replace
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 from typing import Mapping as ReadOnly
 
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Mapping, destination
 from portmapctl.core.status import Status
 
 M = TypeVar("M", bound=Mapping)
-
-IPTABLES = "iptables"
 
 # A row that takes no traffic of its port for sure contests nothing: the backend's own
 # winner speaks for a shadowed row; a dead rule matches no packet; an orphan chain is
@@ -45,9 +44,9 @@ IPTABLES = "iptables"
 _TAKES_NOTHING = frozenset((Status.SHADOWED, Status.DEAD, Status.ORPHAN))
 
 
-def backend_of(row: Mapping) -> str:
+def backend_of(row: Mapping) -> Backend:
     """The plugin backend a row is in (nftables rows say so; iptables rows predate it)."""
-    return getattr(row, "backend", IPTABLES)
+    return getattr(row, "backend", Backend.IPTABLES)
 
 
 def _takes_port(row: Mapping) -> bool:
@@ -121,7 +120,7 @@ def crossed(
     return {
         row: taken[key]
         for row in rows
-        if not (nft_only and backend_of(row) == IPTABLES)
+        if not (nft_only and backend_of(row) == Backend.IPTABLES)
         and _takes_port(row)
         and (key := hook_port_key(row)) in taken
     }

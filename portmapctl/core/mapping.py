@@ -11,6 +11,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
+from portmapctl.core.backend import Backend
+
 Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 
 DEFAULT_MARK_BIT = 13
@@ -82,9 +84,9 @@ class MappingConfig:
     conditions_v4: Tuple[str, ...] = ()
     conditions_v6: Tuple[str, ...] = ()
     masq_all: bool = False
-    # The plugin's backend (v1.6 on): "iptables", "nftables", or None (not configured:
+    # The plugin's backend (v1.6 on), or None (not configured:
     # the plugin picks iptables when it works).
-    backend: Optional[str] = None
+    backend: Optional[Backend] = None
 
     def address(self, family: int) -> Optional[Interface]:
         """The plugin uses the first address of each family."""

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence, Tuple
 
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import DEFAULT_MARK_BIT, Interface, MappingConfig, PortMapping
 from portmapctl.errors import BadInput
 
@@ -224,7 +225,7 @@ def mapping_config(
     conditions_v4: Tuple[str, ...] = (),
     conditions_v6: Tuple[str, ...] = (),
     masq_all: bool = False,
-    backend: Optional[str] = None,
+    backend: Optional[Backend] = None,
     spelling: Spelling = OPTIONS,
 ) -> MappingConfig:
     """Check the pieces together, as the plugin's parseConfig does; `spelling`: how

@@ -250,10 +250,11 @@ def buildable(config: MappingConfig, source: Optional[str] = None) -> MappingCon
     its entry is reported as one that cannot be read, and the rest of the node still
     handled, instead of stopping `check` when it makes every container's rules.
     """
+    from portmapctl.core.backend import Backend
     from portmapctl.core.validate import iptables_style
     from portmapctl.errors import BadInput
 
-    if config.backend == "nftables":
+    if config.backend == Backend.NFTABLES:
         return config  # (nft conditions are nft's to judge: ops/add.py)
     # As the plugin: conditions whose first word is no option are nftables syntax, and
     # without "backend": "nftables" the plugin writes iptables rules, so it refuses them.

@@ -83,6 +83,7 @@ from typing import (
     Union,
 )
 
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import destined, loopback
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.lexer import split_words
@@ -175,7 +176,7 @@ def nft_takers(
     PREROUTING (`hook_of`). Nothing without an iptables table of the family."""
     return same_priority_takers(
         {family: table_reader(table) for family, table in tables.items()},
-        (row for row in rows if getattr(row, "backend", None) == "nftables"),
+        (row for row in rows if getattr(row, "backend", None) == Backend.NFTABLES),
     )
 
 

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from portmapctl.core.backend import Flavour
 from portmapctl.errors import BadInput
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.spelling import (
@@ -545,6 +546,6 @@ def command_line(
     import shlex
 
     tool = "ip6tables" if family == 6 else "iptables"
-    if flavour in ("nft", "legacy"):
+    if flavour in tuple(Flavour):
         tool += f"-{flavour}"
     return " ".join(shlex.quote(word) for word in (tool, "-t", "nat", command, chain, *args))

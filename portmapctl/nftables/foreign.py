@@ -60,6 +60,7 @@ from typing import (
     Tuple,
 )
 
+from portmapctl.core.backend import Backend
 from portmapctl.iptables.foreign import PortsLeft, Ranges, intersect
 from portmapctl.nftables.foreign_rule import (
     LEAVES,
@@ -423,7 +424,7 @@ def node_hooked(
         return Hooked()
     import subprocess
 
-    from portmapctl.core.contest import hooked
+    from portmapctl.core.contest import backend_of, hooked
     from portmapctl.core.mapping import destination
     from portmapctl.errors import PortmapctlError
     from portmapctl.iptables.foreign import hook_of
@@ -440,7 +441,7 @@ def node_hooked(
     }
 
     def priority(row: Any) -> int:
-        if getattr(row, "backend", "iptables") == "iptables":
+        if backend_of(row) == Backend.IPTABLES:
             return IPTABLES_PRIORITY
         # -100 when not read: every upstream version writes both chains there.
         return own.get((row.family, where(row)), IPTABLES_PRIORITY)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from typing import Mapping as ReadOnly
 
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import ProblemKind, Status
 from portmapctl.nftables.node import is_plugin_rule
@@ -52,7 +53,7 @@ from portmapctl.nftables.ruleset import (
 )
 from portmapctl.nftables.wanted import BASE_CHAINS, FIB_LOCAL, WantedFamily
 
-BACKEND = "nftables"
+BACKEND = Backend.NFTABLES
 CHAIN_TYPE = "nft-rule"
 # Evaluation order of the container chains: hostports_all (v1.9) and the base chains
 # of v1.6/v1.7 both jump to hostip_hostports first.
@@ -75,7 +76,7 @@ class NftMapping(Mapping):
     `shadowed_by` the container ID that takes its port first."""
 
     handle: int = 0
-    backend: str = BACKEND
+    backend: Backend = BACKEND
     chain_type: str = CHAIN_TYPE
 
 
@@ -87,7 +88,7 @@ class Problem:
     network: Optional[str]
     container_id: Optional[str]
     detail: str
-    backend: str = BACKEND
+    backend: Backend = BACKEND
     rules: Tuple[str, ...] = ()  # the rules at issue, as `nft list` prints them
 
 

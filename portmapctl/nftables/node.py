@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterable, List, Optional, Set, Tuple
 
+from portmapctl.core.backend import Backend
 from portmapctl.errors import ApplyFailed, BadInput
 from portmapctl.nftables.access import NftAccess, NftApplyFailed
 from portmapctl.nftables.ruleset import CONTAINER_CHAINS, MASQUERADING, ActionKind, Rule, Ruleset
@@ -34,11 +34,6 @@ RETRY_REASONS = frozenset(
         "Interrupted system call",
     }
 )
-
-
-class Backend(str, Enum):
-    IPTABLES = "iptables"
-    NFTABLES = "nftables"
 
 
 def owners_in(live: Ruleset) -> Set[str]:
@@ -67,7 +62,7 @@ def choose(
     follow the rules. Nothing anywhere: `keyless`, what the plugin takes on this node
     for a config without the key (iptables, unless the node has no iptables).
     """
-    if configured in (Backend.IPTABLES.value, Backend.NFTABLES.value):
+    if configured in tuple(Backend):
         return Backend(configured)
     if container_id in nft_owners and container_id not in iptables_owners:
         return Backend.NFTABLES

@@ -20,6 +20,7 @@ from typing import (
     Tuple,
 )
 
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import Status
 from portmapctl.core.validate import OPTIONS, Spelling
@@ -66,7 +67,7 @@ class AddResult:
     # table converge read, or (when add wrote without reading) CNI-HOSTPORT-DNAT and the
     # chains its rules for the mapping's host ports jump to (`neighbours`).
     seen: Dict[int, NatTable] = field(default_factory=dict)
-    backend: str = "iptables"  # the plugin's backend written (JSON `backend`)
+    backend: Backend = Backend.IPTABLES  # the plugin's backend written (JSON `backend`)
     # Per family, the mapping's (protocol, host port)s another tool's nat rule takes
     # before PREROUTING's jump to CNI-HOSTPORT-DNAT -> that rule (iptables/foreign.py).
     taken: Dict[int, Dict[ProtoPort, str]] = field(default_factory=dict)
@@ -122,7 +123,7 @@ def add(
     `ifname`: the interface it is for (its container's others on the network share its
     chain: _sharing). `spelling`: how the config's options were given (an error names
     them so)."""
-    if config.backend == "nftables":
+    if config.backend == Backend.NFTABLES:
         return _add_nft(node, config, dry_run=dry_run, flush_udp=flush_udp)
     transactions: Dict[int, str] = {}
     chains: List[str] = []
@@ -332,7 +333,7 @@ def as_rows(config: MappingConfig, families: Sequence[int]) -> List[Mapping]:
     from portmapctl.nftables.inventory import NftMapping
     from portmapctl.nftables.ruleset import HOSTIP_HOSTPORTS, HOSTPORTS
 
-    nft = config.backend == "nftables"
+    nft = config.backend == Backend.NFTABLES
     rows: List[Mapping] = []
     for family in families:
         address = config.address(family)
@@ -373,7 +374,7 @@ def other_backend_rows(
     iptables node). For an nftables mapping also the ports of it another tool's
     iptables nat rule takes at the same hook priority (foreign.nft_takers). `nft_live`:
     the plugin's nftables tables, read already (then not listed again)."""
-    if config.backend == "nftables":
+    if config.backend == Backend.NFTABLES:
         from portmapctl.iptables import foreign, inventory
 
         tables = _iptables_tables(node, families)
@@ -449,7 +450,7 @@ def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: boo
         chains,
         transactions,
         tuple(warnings),  # type: ignore[arg-type]
-        backend="nftables",
+        backend=Backend.NFTABLES,
     )
 
 

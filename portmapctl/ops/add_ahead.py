@@ -65,6 +65,7 @@ class Ahead:
         import sys
         import threading
 
+        from portmapctl.core.backend import Flavour
         from portmapctl.iptables.access.restore import RestoreBackend
 
         # The threads start processes and read netlink while this one imports the rest
@@ -73,7 +74,7 @@ class Ahead:
         sys.setswitchinterval(SWITCH_INTERVAL)
         from portmapctl.iptables.chains import TOPLEVEL_DNAT, wanted_chains
 
-        backend = RestoreBackend("nft")
+        backend = RestoreBackend(Flavour.NFT)
         wanted = {family: wanted_chains(config, family) for family in families}
         settled = threading.Event()  # the write is over: a torn dump can be taken again
         committed: List[Tuple[int, int]] = []  # the generations of nfnl_add's commit

@@ -18,23 +18,25 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from portmapctl.core.backend import Flavour
+
 if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig
     from portmapctl.iptables.foreign import ChainReader
     from portmapctl.iptables.ruleset import NatTable
 
 # The flavour each live iptables backend writes (python-iptables: legacy tables only).
-_FLAVOURS = {"nft": "nft", "legacy": "legacy", "iptc": "legacy"}
+_FLAVOURS = {Flavour.NFT: Flavour.NFT, Flavour.LEGACY: Flavour.LEGACY, "iptc": Flavour.LEGACY}
 
 
-def flavour_of(backend_name: str) -> Optional[str]:
+def flavour_of(backend_name: str) -> Optional[Flavour]:
     """nft or legacy for a live backend; None for a snapshot or a fake."""
     return _FLAVOURS.get(backend_name)
 
 
-def other_flavour(flavour: str) -> str:
+def other_flavour(flavour: str) -> Flavour:
     """legacy for nft, nft for legacy."""
-    return "legacy" if flavour == "nft" else "nft"
+    return Flavour.LEGACY if flavour == Flavour.NFT else Flavour.NFT
 
 
 def split_why(used: str, other: str, whole_family: bool = False) -> str:
@@ -161,7 +163,7 @@ def other_flavour_readers(
     for family in present:
         if not backend.installed(family):
             continue
-        if other == "nft":
+        if other == Flavour.NFT:
             readers[family] = listing_reader(partial(backend.list_chain, family))
             continue
         try:

@@ -41,6 +41,7 @@ from typing import (
 )
 
 from portmapctl import __version__
+from portmapctl.core.backend import Backend
 from portmapctl.core.status import ProblemKind, Status
 
 if TYPE_CHECKING:
@@ -78,14 +79,15 @@ CHAIN_STATUSES = {
     "dnat": tuple(s.value for s in _DNAT_STATUSES),
     "legacy-snat": tuple(s.value for s in _LEGACY_SNAT_STATUSES),
 }
-IPTABLES = "iptables"
-NFTABLES = "nftables"
 # A mapping of the plugin's nftables backend is one rule of its shared chains: it can
 # be ok, stale, shadowed, zombie (nftables/inventory.py) or contested (core/contest.py), never orphan, incomplete,
 # legacy or dead, which describe iptables' per-container chains. It has no chains of
 # its own either: `chains` stays an iptables count.
 _NFT_STATUSES = (Status.OK, Status.STALE, Status.SHADOWED, Status.ZOMBIE, Status.CONTESTED)
-MAPPING_STATUSES = {IPTABLES: STATUSES, NFTABLES: tuple(s.value for s in _NFT_STATUSES)}
+MAPPING_STATUSES = {
+    Backend.IPTABLES: STATUSES,
+    Backend.NFTABLES: tuple(s.value for s in _NFT_STATUSES),
+}
 
 
 # --- the report: plain values ---------------------------------------------------------
@@ -175,14 +177,14 @@ def _word(value: Any) -> str:
 
 
 def _backend(item: Any) -> str:
-    return _word(getattr(item, "backend", None) or IPTABLES)
+    return _word(getattr(item, "backend", None) or Backend.IPTABLES)
 
 
 def node_findings(
     mappings: Iterable[Any],
     chains: Iterable[Any],
     families: Sequence[int],
-    backends: Sequence[str] = (IPTABLES,),
+    backends: Sequence[str] = (Backend.IPTABLES,),
     families_of: Optional[Dict[str, Sequence[int]]] = None,
 ) -> Findings:
     """Counts of an inventory's mappings (of either backend: a row's `backend`, else
@@ -194,7 +196,7 @@ def node_findings(
         for family in (families_of or {}).get(backend, families):
             for status in MAPPING_STATUSES.get(backend, STATUSES):
                 mapping_counts[(backend, family, status)] = 0
-            if backend != IPTABLES:
+            if backend != Backend.IPTABLES:
                 continue
             for chain_type, statuses in CHAIN_STATUSES.items():
                 for status in statuses:
@@ -455,7 +457,7 @@ class Recorder:
     ) -> None:  # fmt: skip
         """An inventory of the whole node (never a filtered view of it). `read`: the
         backends that were read, each with its families (None: iptables only)."""
-        backends = tuple(read) if read is not None else (IPTABLES,)
+        backends = tuple(read) if read is not None else (Backend.IPTABLES,)
         self.note(node_findings(mappings, chains, families, backends, read))
 
     def note_problems(self, problems: Iterable[Any]) -> None:

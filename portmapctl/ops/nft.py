@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Callable, Collection, Dict, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni.cache import Attachment
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.nftables import inventory as nft_inventory
 from portmapctl.nftables.inventory import NftInventory, Owner
-from portmapctl.nftables.node import Backend, choose, owners_in
+from portmapctl.nftables.node import choose, owners_in
 from portmapctl.nftables.ruleset import Ruleset
 from portmapctl.ops.node import Node
 
@@ -40,7 +41,7 @@ def split(
     attachments: Optional[Sequence[Attachment]],
     nft_live: Ruleset,
     iptables_owners: Collection[str],
-    keyless: str = "iptables",
+    keyless: Backend = Backend.IPTABLES,
 ) -> Split:
     """`keyless`: the backend the plugin takes on this node for a config without a
     `backend` key (NodeOptions.keyless). --backend narrows only what is looked at: a
@@ -123,7 +124,10 @@ def cannot_tell(config: MappingConfig, why: object) -> str:
 
 
 def kept_in_nftables(
-    config: MappingConfig, live: Ruleset, in_iptables: Callable[[], bool], keyless: str = "iptables"
+    config: MappingConfig,
+    live: Ruleset,
+    in_iptables: Callable[[], bool],
+    keyless: Backend = Backend.IPTABLES,
 ) -> bool:
     """For a mapping given without a `backend` key (add, a one-mapping check and its
     --repair, under --backend auto): whether the plugin keeps its container in
@@ -172,12 +176,10 @@ def build(
 def backends_read(node: Node, iptables_families: Sequence[int]) -> Dict[str, Tuple[int, ...]]:
     """The plugin's backends a command's read of `node` covered, with their families
     (for --metrics-file: counts are zero-filled only where something was looked at)."""
-    from portmapctl.nftables.inventory import BACKEND
-
     options = node.options
     found: Dict[str, Tuple[int, ...]] = {}
     if options.reads_iptables:
-        found["iptables"] = tuple(iptables_families)
+        found[Backend.IPTABLES] = tuple(iptables_families)
     if node.nft is not None and node.nft_unusable is None:
-        found[BACKEND] = tuple(options.families)
+        found[Backend.NFTABLES] = tuple(options.families)
     return found

@@ -20,6 +20,7 @@ from typing import (
     Union,
 )
 
+from portmapctl.core.backend import Backend as PluginBackend
 from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.host import lock, netns, paths
 from portmapctl.host.netns import NamespaceView
@@ -68,7 +69,7 @@ class NodeOptions:
     # The backend the plugin takes on this node for a config without a `backend` key:
     # iptables wherever iptables works; nftables only where the node has none
     # (_as_the_plugin_chooses). Never --backend itself: that narrows what is looked at.
-    keyless: str = "iptables"
+    keyless: PluginBackend = PluginBackend.IPTABLES
     # An nft listing started before the command line was parsed (entry.py, for `list`):
     # the first read takes it if it is the one that read would start.
     early_nft: Optional[EarlyListing] = field(default=None, compare=False, repr=False)
@@ -82,11 +83,11 @@ class NodeOptions:
 
     @property
     def uses_iptables(self) -> bool:
-        return self.backend != "nftables"
+        return self.backend != PluginBackend.NFTABLES
 
     @property
     def uses_nft(self) -> bool:
-        return self.backend != "iptables"
+        return self.backend != PluginBackend.IPTABLES
 
     @property
     def reads_iptables(self) -> bool:
@@ -120,7 +121,7 @@ class Node:
         try:
             return self.nft.read(families or self.options.families)
         except NftUnusable as err:
-            if self.options.backend == "nftables":
+            if self.options.backend == PluginBackend.NFTABLES:
                 raise
             self.nft_unusable = err
             return EMPTY
@@ -137,7 +138,7 @@ class Node:
 
         if self.nft is not None:
             return self.read_nft()
-        if self.options.offline or self.options.backend != "iptables":
+        if self.options.offline or self.options.backend != PluginBackend.IPTABLES:
             return EMPTY
         if self.backend.name not in BACKEND_NAMES:
             return EMPTY  # iptables in memory: a test's node, whose nftables is not this host's
@@ -421,7 +422,7 @@ def _as_the_plugin_chooses(options: NodeOptions) -> NodeOptions:
     node: containers without the key are nftables' too (`keyless`)."""
     from dataclasses import replace
 
-    if options.offline or options.backend == "iptables":
+    if options.offline or options.backend == PluginBackend.IPTABLES:
         return options
     if options.backend == "auto" and options.iptables != "auto":
         return options
@@ -432,7 +433,8 @@ def _as_the_plugin_chooses(options: NodeOptions) -> NodeOptions:
         # (portmapctl in an image without iptables): stop, never guess nftables. Under
         # --backend nftables, containers without the key stay iptables' (not looked at).
         return options
-    return replace(options, backend="nftables", keyless="nftables")
+    nftables = PluginBackend.NFTABLES
+    return replace(options, backend=nftables, keyless=nftables)
 
 
 def _iptables_nat_present(nft: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, List, Optional
 
+from portmapctl.core.backend import Backend
 from portmapctl.render.table import Cuttable, count, cut_end, grid, short_id
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def gc_table(
         return [f"v{c.family}", c.kind, c.network or "-", short_id(c.container_id, full_ids)] + [
             _ports_cell(c),
             # As list's and check's tables: an nft chain is `nft:<chain>`.
-            f"nft:{c.chain}" if c.backend == "nftables" else c.chain,
+            f"nft:{c.chain}" if c.backend == Backend.NFTABLES else c.chain,
             duration_text(c.seen_seconds),
         ]
 

@@ -13,6 +13,7 @@ import re
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
 from typing import Mapping as MappingT
 
+from portmapctl.core.backend import Backend
 from portmapctl.core.status import ProblemKind
 from portmapctl.render.check import check_summary, rule_text, split_fix
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from portmapctl.ops.gc import GcChain, GcResult
 
 SCHEMA = 2
-BACKEND = "iptables"  # rows and chains of the plugin's iptables backend
+BACKEND = Backend.IPTABLES  # rows and chains of the plugin's iptables backend
 
 
 # Check's problems name an nft chain `nft:<chain>` (bare `nft`: none) for the text
@@ -36,7 +37,7 @@ NFT_TEXT_PREFIX = "nft:"
 def backend_of_chain(chain: Optional[str]) -> Optional[str]:
     if chain is None:
         return None
-    return "nftables" if chain == "nft" or chain.startswith(NFT_TEXT_PREFIX) else BACKEND
+    return Backend.NFTABLES if chain == "nft" or chain.startswith(NFT_TEXT_PREFIX) else BACKEND
 
 
 def bare_chain(chain: Optional[str]) -> Optional[str]:
@@ -81,7 +82,7 @@ def document(cache: Optional[MappingT[str, Any]], **body: Any) -> Dict[str, Any]
 
 def mapping_json(m: Mapping, conntrack: Optional[MappingT[Mapping, int]] = None) -> Dict[str, Any]:
     doc: Dict[str, Any] = {
-        "backend": BACKEND,
+        "backend": BACKEND.value,
         "network": m.network,
         "container_id": m.container_id,
         "family": m.family,
@@ -111,7 +112,7 @@ def mapping_json(m: Mapping, conntrack: Optional[MappingT[Mapping, int]] = None)
 
 def chain_json(c: ChainInfo) -> Dict[str, Any]:
     return {
-        "backend": BACKEND,
+        "backend": BACKEND.value,
         "chain": c.name,
         "chain_type": c.kind,
         "family": c.family,
@@ -165,7 +166,7 @@ def _problem_backend(p: Problem) -> Optional[str]:
     if p.kind == ProblemKind.BOTH_BACKENDS:
         return None
     if str(p.kind).startswith("nft-"):
-        return "nftables"
+        return Backend.NFTABLES
     return backend_of_chain(p.chain) or BACKEND
 
 
@@ -247,7 +248,7 @@ def gc_json(
         conntrack_deleted=result.conntrack_deleted,
         # Shared chains removed once empty (the legacy CNI-HOSTPORT-SNAT).
         shared_removed=[
-            {"backend": BACKEND, "chain": name, "family": fam}
+            {"backend": BACKEND.value, "chain": name, "family": fam}
             for fam, name in result.shared_removed
         ],
         warnings=list(result.warnings),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 from typing import Mapping as MappingT
 
+from portmapctl.core.backend import Backend
 from portmapctl.render.table import (
     STATUS_STYLE,
     Cuttable,
@@ -176,6 +177,6 @@ def _list_rows(
 
 def _chain_cell(m: Mapping) -> str:
     """iptables: the CNI-DN- chain; nftables: `nft:` + the chain of the rule."""
-    if getattr(m, "backend", None) == "nftables":
+    if getattr(m, "backend", None) == Backend.NFTABLES:
         return f"nft:{m.chain}"
     return m.chain

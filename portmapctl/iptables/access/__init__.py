@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Dict, Optional, Protocol
 
+from portmapctl.core.backend import Flavour
 from portmapctl.errors import BadInput, HostProblem
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from portmapctl.iptables.ruleset import NatTable
     from portmapctl.iptables.transaction import Transaction
 
-BACKEND_NAMES = ("auto", "nft", "legacy", "iptc")
+BACKEND_NAMES = ("auto", Flavour.NFT.value, Flavour.LEGACY.value, "iptc")
 
 
 class Backend(Protocol):
@@ -31,8 +32,8 @@ class Backend(Protocol):
     def apply(self, txn: Transaction) -> None: ...
 
 
-def host_flavour() -> str:
-    """Which iptables the host's `iptables` command is: "nft" or "legacy".
+def host_flavour() -> Flavour:
+    """Which iptables the host's `iptables` command is: nft or legacy.
 
     That is what the plugin runs, so it is where the plugin's rules are.
     """
@@ -44,23 +45,24 @@ def host_flavour() -> str:
     return tool_flavour(path)
 
 
-def tool_flavour(path: str) -> str:
-    """Which iptables the command at `path` (`iptables` or `ip6tables`) is: "nft" or
-    "legacy" (iptables before 1.8, whose tools have no flavour in their names, is legacy)."""
+def tool_flavour(path: str) -> Flavour:
+    """Which iptables the command at `path` (`iptables` or `ip6tables`) is: nft or
+    legacy (iptables before 1.8, whose tools have no flavour in their names, is legacy)."""
     import subprocess
 
     target = os.path.basename(os.path.realpath(path))
-    if "legacy" in target:
-        return "legacy"
-    if "nft" in target:
-        return "nft"
+    # (The tools' names carry the flavour: iptables-legacy, xtables-nft-multi.)
+    if Flavour.LEGACY in target:
+        return Flavour.LEGACY
+    if Flavour.NFT in target:
+        return Flavour.NFT
     try:
         version = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=10, check=False
         ).stdout
     except OSError as err:
         raise HostProblem(f"cannot run {path}: {err.strerror}") from None
-    return "nft" if "nf_tables" in version else "legacy"
+    return Flavour.NFT if "nf_tables" in version else Flavour.LEGACY
 
 
 # What iptables-legacy-save prints of a nat table it has just created: its built-in
@@ -109,7 +111,7 @@ def restore_tools(backend: object) -> Dict[int, str]:
     if getattr(backend, "name", "") == "iptc":
         from portmapctl.iptables.access.restore import RestoreBackend
 
-        backend = RestoreBackend("legacy")
+        backend = RestoreBackend(Flavour.LEGACY)
     tool = getattr(backend, "restore_tool", None)
     if tool is not None:
         return {family: tool(family) for family in (4, 6)}
@@ -134,7 +136,7 @@ def open_backend(
         # libiptc sees only legacy tables: on an nf_tables host it would read an empty
         # table (and a repair would write into tables nothing uses). Checked before
         # the costly import of python-iptables.
-        if host_flavour() == "nft":
+        if host_flavour() == Flavour.NFT:
             raise HostProblem(
                 "--iptables iptc works on legacy iptables only, and this host's iptables"
                 " is nf_tables (python-iptables would see empty legacy tables here):"

@@ -15,6 +15,7 @@ import time
 from dataclasses import replace
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from portmapctl.core.backend import Flavour
 from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.host import settings
 from portmapctl.host.paths import find_tool
@@ -39,13 +40,11 @@ class RestoreBackend:
     checks = True
 
     def __init__(self, flavour: str) -> None:
-        if flavour not in ("nft", "legacy"):
-            raise ValueError(flavour)
-        self.flavour = flavour
-        self.name = flavour
+        self.flavour = Flavour(flavour)  # (ValueError for anything else)
+        self.name = self.flavour.value
         # Listing one chain is cheap under nf_tables (that chain is fetched); legacy
         # iptables gets the whole table and waits for the xtables lock for it.
-        self.cheap_chain_reads = flavour == "nft"
+        self.cheap_chain_reads = self.flavour is Flavour.NFT
         # Generation before -> after each of our own nf_tables batches that was the only
         # commit in between (see _removed_by_handle).
         self._committed: Dict[int, int] = {}
@@ -144,7 +143,7 @@ class RestoreBackend:
         a process: the nft flavour asks the kernel whether its `nat` table is there
         (one netlink round trip; a legacy node's look at the other flavour runs no
         iptables-nft where it has no table)."""
-        if self.flavour == "nft":
+        if self.flavour is Flavour.NFT:
             from portmapctl.iptables.access.nfmsg import table_present
 
             return table_present(family, "nat")
@@ -153,7 +152,7 @@ class RestoreBackend:
     def _skipped(self, family: int) -> bool:
         """Whether a read of `family` is answered as empty, nothing run (see
         legacy_read_skipped)."""
-        return self.flavour == "legacy" and legacy_read_skipped(family)
+        return self.flavour is Flavour.LEGACY and legacy_read_skipped(family)
 
     def _empty(self, family: int) -> NatTable:
         """The table of a family whose legacy nat table does not exist: read as the save
@@ -251,7 +250,7 @@ class RestoreBackend:
     def _generation(self, settled: bool = True) -> Optional[int]:
         """nf_tables' ruleset generation now (nft flavour; None otherwise, or when it
         cannot be read); `settled`: once no commit is under way (nfgen.generation)."""
-        if self.flavour != "nft":
+        if self.flavour is not Flavour.NFT:
             return None
         from portmapctl.iptables.access import nfgen
 
@@ -300,7 +299,7 @@ class RestoreBackend:
         the restore text then applies it, or refuses it when our chains moved.
         ApplyFailed(maybe_applied) when it was sent and no answer came back."""
         removal = txn.removal
-        if self.flavour != "nft" or removal is None or removal.generation is None:
+        if self.flavour is not Flavour.NFT or removal is None or removal.generation is None:
             return False
         from portmapctl.iptables.access import nfgen
 

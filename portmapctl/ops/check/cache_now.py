@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence
 
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.iptables.chains import TOPLEVEL_DNAT, dnat_chain_name
 from portmapctl.iptables.ruleset import NatTable, rule_target
@@ -106,7 +107,7 @@ class CacheNow:
         for path, name in paths.items():
             attachment = by_path.get(path)
             same_chain = attachment is not None and dnat_chain_name(attachment.mapping) == name
-            nft_now = attachment is not None and attachment.mapping.backend == "nftables"
+            nft_now = attachment is not None and attachment.mapping.backend == Backend.NFTABLES
             self.by_path[path] = attachment if same_chain and not nft_now else None
         groups = cached_groups(a for p in paths if (a := self.by_path[p]) is not None)
         for name in names:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
 
+from portmapctl.core.backend import Backend
 from portmapctl.core.status import ProblemKind
 from portmapctl.ops.check.hints import Fixes
 from portmapctl.ops.check.nft import STALE, rule_text, rules_by_handle
@@ -84,7 +85,7 @@ def contested_problems(
     for row, others in contests([*rows, *nft_rows]).items():
         other = others[0]
         backend = backend_of(row)
-        if backend == "iptables":
+        if backend == Backend.IPTABLES:
             chain = chains.get((row.chain, row.family))
             where = row.chain
             shown = entries_for(chain, [(row.protocol, row.host_port)]) if chain else ()
@@ -150,7 +151,7 @@ def other_flavour_problems(
     # As list marks them: a row another nftables table's earlier hook shadows gets
     # no traffic, so nothing contests it.
     for row, rule in crossed(hook_marked(rows, owners.hooked), owners.other_flavour).items():
-        nft = getattr(row, "backend", "iptables") != "iptables"
+        nft = getattr(row, "backend", Backend.IPTABLES) != Backend.IPTABLES
         problems.append(
             Problem(
                 ProblemKind.CONTESTED.value,
@@ -196,7 +197,7 @@ def hook_problems(live: Optional[Ruleset], owners: Owners) -> List[Problem]:
     rules = rules_by_handle(live) if live is not None else {}
     problems: List[Problem] = []
     for row, (word, rule) in owners.hooked.items():
-        nft = getattr(row, "backend", "iptables") != "iptables"
+        nft = getattr(row, "backend", Backend.IPTABLES) != Backend.IPTABLES
         if word == ProblemKind.SHADOWED.value:
             detail = (
                 f"{row.protocol}/{row.host_port} taken first by another nftables table's"

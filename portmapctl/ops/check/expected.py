@@ -7,6 +7,7 @@ import functools
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.cni.cache import Attachment, added_at
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import DEFAULT_MARK_BIT, MappingConfig
 from portmapctl.iptables import shapes
 from portmapctl.iptables.chains import (
@@ -72,7 +73,7 @@ def sharing_chain(
     iptables = (
         a
         for a in attachments
-        if a.mapping is not None and not a.zombie and a.mapping.backend != "nftables"
+        if a.mapping is not None and not a.zombie and a.mapping.backend != Backend.NFTABLES
     )
     group = cached_groups(iptables).get(dnat_chain_name(config), [])
     mine = [a for a in group if a.ifname == ifname] or [

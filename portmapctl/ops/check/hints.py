@@ -7,6 +7,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
+from portmapctl.core.backend import Flavour
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.host.paths import default_cni_cache_dirs
 from portmapctl.iptables.ruleset import (
@@ -73,11 +74,13 @@ def fixes_for(node: Node, cache_present: bool = True) -> Fixes:
     return Fixes(suffix, _flavour(node), cache_present)
 
 
-def _flavour(node: Node) -> Optional[str]:
+def _flavour(node: Node) -> Optional[Flavour]:
     """nft or legacy: the iptables the backend works on (None for a snapshot)."""
+    from portmapctl.ops.flavour_guard import flavour_of
+
     if node.options.snapshots:
         return None
-    return {"nft": "nft", "legacy": "legacy", "iptc": "legacy"}.get(node.backend.name)
+    return flavour_of(node.backend.name)
 
 
 # --- describing things ------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import (
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment, added_at
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind, Status
 from portmapctl.iptables.ruleset import NatTable, format_rule
@@ -86,7 +87,11 @@ def nft_backed_unread(
     if not live.tables:
         # No plugin table: only a `backend` key makes an entry nftables' (and ops.nft
         # need not be imported).
-        return [a for a in attachments if a.mapping is not None and a.mapping.backend == "nftables"]
+        return [
+            a
+            for a in attachments
+            if a.mapping is not None and a.mapping.backend == Backend.NFTABLES
+        ]
     from portmapctl.ops import nft
 
     owners = iptables_owners(tables, attachments)
@@ -98,7 +103,7 @@ def configured_nft(attachments: Optional[Sequence[Attachment]]) -> set:
     return {
         a.container_id
         for a in attachments or ()
-        if a.mapping is not None and a.mapping.backend == "nftables"
+        if a.mapping is not None and a.mapping.backend == Backend.NFTABLES
     }
 
 
@@ -134,13 +139,17 @@ def nft_problems(
         backed = nft_backed_unread(node, tables, attachments)
         ids = {a.container_id for a in backed}
         notes = []
-        if ids and node.options.backend == "iptables":
+        if ids and node.options.backend == Backend.IPTABLES:
             why = "their config's backend key, or their rules are in nftables alone"
-            notes.append(_not_checked("iptables", len(ids), "nftables", why))
+            notes.append(_not_checked(Backend.IPTABLES, len(ids), Backend.NFTABLES, why))
         return NftCheck([], ids, 0, notes, None, nft_keys=_keys(backed))
     if live is None:
         live = node.read_nft()
-    if not live.tables and node.options.backend != "nftables" and not configured_nft(attachments):
+    if (
+        not live.tables
+        and node.options.backend != Backend.NFTABLES
+        and not configured_nft(attachments)
+    ):
         # No plugin table and no container that belongs in one: nothing is nft-backed,
         # nothing can be missing, stale, shadowed or left over (what the full pass below
         # finds too, tests/unit/test_check_nft_empty.py), and the nftables inventory
@@ -230,9 +239,9 @@ def nft_problems(
     # --backend nftables reads no iptables: the containers the plugin keeps there are
     # not judged (run.py), as --backend iptables says of nftables' above.
     iptables_ids = {a.container_id for a in parts.iptables} - nft_ids
-    if iptables_ids and node.options.backend == "nftables":
+    if iptables_ids and node.options.backend == Backend.NFTABLES:
         why = "their config's backend key, or no rules of theirs in nftables"
-        notes.append(_not_checked("nftables", len(iptables_ids), "iptables", why))
+        notes.append(_not_checked(Backend.NFTABLES, len(iptables_ids), Backend.IPTABLES, why))
     return NftCheck(
         problems, nft_ids, compared, notes, found, owners_in(live), _keys(parts.nftables)
     )
@@ -269,7 +278,7 @@ def _keyless_notes(node: Node, parts: Split) -> List[str]:
     takes iptables for them on every call from now on. Their rules are in place (no
     problem), but its CHECK fails and its DEL leaves these rules behind (gc removes
     them once the cache entry is gone): worth knowing before it happens."""
-    if node.options.keyless != "iptables" or node.options.offline:
+    if node.options.keyless != Backend.IPTABLES or node.options.offline:
         return []
     notes = []
     for a in parts.nftables:
@@ -384,7 +393,6 @@ def _both_backends(
     uses nftables. A container on two networks, one per backend (a network switched to
     nftables, the other not), has rules in both and nothing to remove: None."""
     from portmapctl.iptables.inventory import entry_rules
-    from portmapctl.nftables.node import Backend
     from portmapctl.nftables.transaction import Op, OpKind
 
     in_nft = [a for a in parts.nftables if a.container_id == cid]
@@ -413,7 +421,7 @@ def _both_backends(
             rules.append(rule.body.text(family))
     if not steps:
         return None  # each copy is a cached network's own
-    other = "iptables" if keep is Backend.NFTABLES else "nftables"
+    other = Backend.IPTABLES if keep is Backend.NFTABLES else Backend.NFTABLES
     how = "; ".join(f"`{step}`" for step in steps)
     return Problem(
         ProblemKind.BOTH_BACKENDS.value,

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni.cache import Attachment
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.ops.check.nft import (
     expected_configs,
@@ -81,7 +82,7 @@ class _CacheAgain:
                 and now.mapping is not None
                 and not now.zombie
                 and now.container_id == a.container_id
-                and now.mapping.backend != "iptables"
+                and now.mapping.backend != Backend.IPTABLES
             )
             self.now[a.path] = now if kept else None
             if not kept or now.mapping != a.mapping or self._written_since(a.path):  # type: ignore[union-attr]

@@ -42,7 +42,12 @@ from portmapctl.ops.check.run import (
     read_tables,
     sharing_of,
 )
-from portmapctl.ops.flavour_guard import families_only_in_other_flavour, flavour_of, split_why
+from portmapctl.ops.flavour_guard import (
+    families_only_in_other_flavour,
+    flavour_of,
+    other_flavour,
+    split_why,
+)
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
@@ -467,7 +472,7 @@ def _repair_mapping(
     if used is not None:
         # As the whole-node repair: no copy of a chain only the other flavour holds.
         name = dnat_chain_name(config)
-        other = "legacy" if used == "nft" else "nft"
+        other = other_flavour(used)
         for family in families_only_in_other_flavour(
             used, config, before.families, lambda f: planned.read(f).has_chain(name)
         ):

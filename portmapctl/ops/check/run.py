@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment
 from portmapctl.core import validate
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import HostProblem
 from portmapctl.iptables import inventory
@@ -38,8 +39,9 @@ def _other_flavour(
     if used is None:
         return None, {}, []  # a snapshot: there is no other flavour to look at
     from portmapctl.iptables.access.restore import RestoreBackend
+    from portmapctl.ops.flavour_guard import other_flavour
 
-    other = "legacy" if used == "nft" else "nft"
+    other = other_flavour(used)
     backend = RestoreBackend(other)
     tables: Dict[int, NatTable] = {}
     for family in families:
@@ -324,9 +326,9 @@ def followed(
     # The container's cached config first: the plugin's CHECK is given it, and looks in
     # that backend alone, whatever rules are left.
     cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
-    if cached == "iptables":
+    if cached == Backend.IPTABLES:
         return replace(config, backend=cached), ()
-    if cached == "nftables":
+    if cached == Backend.NFTABLES:
         from portmapctl.ops.nft import configured_there
 
         return replace(config, backend=cached), (_checked_in_nftables(configured_there(config)),)
@@ -354,7 +356,7 @@ def followed(
 
     if not kept_in_nftables(config, live, in_iptables, node.options.keyless):
         return config, ()
-    return replace(config, backend="nftables"), (_checked_in_nftables(kept_there(config)),)
+    return replace(config, backend=Backend.NFTABLES), (_checked_in_nftables(kept_there(config)),)
 
 
 def _checked_in_nftables(why: str) -> str:
@@ -384,4 +386,4 @@ def _plugin_tables_may_exist(node: Node, families: Sequence[int]) -> bool:
 def nft_mapping(node: Node, config: MappingConfig) -> bool:
     """A mapping given on the command line lives in nftables: its config (or
     --backend) says so."""
-    return config.backend == "nftables" or node.options.backend == "nftables"
+    return Backend.NFTABLES in (config.backend, node.options.backend)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+from portmapctl.core.backend import Backend
 from portmapctl.iptables.shapes import ProtoPort
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.state import ChainKey
@@ -31,9 +32,9 @@ class GcChain:
     seen_seconds: float
 
     @property
-    def backend(self) -> str:
+    def backend(self) -> Backend:
         """The plugin backend it is in: its kind says (JSON `backend`)."""
-        return "nftables" if self.kind == NFT_KIND else "iptables"
+        return Backend.NFTABLES if self.kind == NFT_KIND else Backend.IPTABLES
 
     @property
     def key(self) -> ChainKey:
