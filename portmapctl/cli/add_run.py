@@ -278,28 +278,58 @@ def hook_warnings(node: Any, config: MappingConfig, live: Any = None) -> List[st
 
 
 def other_flavour_warnings(node: Any, config: MappingConfig) -> List[str]:
-    """Host ports another tool's rule in the other iptables flavour's nat table takes
-    (Docker on iptables-legacy beside the plugin on iptables-nft, or the reverse): that
-    table hooks at the plugin's priority, so this mapping is contested (ops/owners.py
-    judges list's and check's rows the same way). Nothing is run where that flavour has
-    no nat table (flavour_guard.other_flavour_readers)."""
+    """Host ports the other iptables flavour's nat table takes too (that table hooks at
+    the plugin's priority, so this mapping is contested): by another tool's rule there
+    (Docker on iptables-legacy beside the plugin on iptables-nft, or the reverse;
+    ops/owners.py judges list's and check's rows the same way), or by the plugin's own
+    chain of another container there (a split-brain node: the plugin ran the other
+    iptables once, or still does). Nothing is run where that flavour has no nat table
+    (flavour_guard.other_flavour_readers), and nothing said where it cannot be read:
+    the warning never fails an add that went in."""
+    from portmapctl.errors import PortmapctlError
+
+    try:
+        return _other_flavour_warnings(node, config)
+    except (PortmapctlError, OSError) as err:
+        from portmapctl.ops.add_ahead import debug
+
+        debug("reading the other iptables flavour for the contested warning failed: %s", err)
+        return []
+
+
+def _other_flavour_warnings(node: Any, config: MappingConfig) -> List[str]:
     from portmapctl.ops.flavour_guard import other_flavour_readers
 
     families = [f for f in config.families if f in node.families]
     other = other_flavour_readers(node.backend.name, families)
     if other is None:
         return []
-    from portmapctl.core.contest import crossed
+    from portmapctl.core.contest import crossed, flavour_rivals
     from portmapctl.iptables.foreign import same_priority_takers
     from portmapctl.ops.add import as_rows
+    from portmapctl.ops.flavour_guard import plugin_rows
 
+    flavour, readers = other
     mine = as_rows(config, families)
-    return [
+    warnings = [
         f"IPv{row.family} {row.protocol}/{row.host_port} is taken by a rule in the"
-        f" iptables-{other[0]} nat table too ({rule}): this mapping is contested (the"
+        f" iptables-{flavour} nat table too ({rule}): this mapping is contested (the"
         " kernel's hook order decides which of them gets the traffic)"
-        for row, rule in crossed(mine, same_priority_takers(other[1], mine)).items()
+        for row, rule in crossed(mine, same_priority_takers(readers, mine)).items()
     ]
+    theirs = [
+        row
+        for family, read in readers.items()
+        for row in plugin_rows(read, family, {m.host_port for m in mine if m.family == family})
+    ]
+    warnings += [
+        f"IPv{row.family} {row.protocol}/{row.host_port} is mapped in the iptables-{flavour}"
+        f" tables too, to {_owner(rivals[0])}: this mapping is contested (the kernel's hook"
+        " order decides which of them gets the traffic); `portmapctl check` reports the"
+        " split brain"
+        for row, rivals in flavour_rivals(mine, theirs).items()
+    ]
+    return warnings
 
 
 def contest_warnings(node: Any, config: MappingConfig, nft_live: Any = None) -> List[str]:

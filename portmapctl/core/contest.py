@@ -90,6 +90,35 @@ def contests(rows: Iterable[M]) -> Dict[M, Tuple[M, ...]]:
     return found
 
 
+def flavour_rivals(mine: Iterable[M], theirs: Iterable[M]) -> Dict[M, Tuple[M, ...]]:
+    """Each row of `mine` -> the rows of the plugin's own chains in the other iptables
+    flavour (`theirs`, a split-brain node's) that map its port too (same family,
+    protocol and host port, overlapping host IP, another container), in their order:
+    both nat tables hook at -100, so which one gets the traffic is the kernel's hook
+    order, as between the backends (`contests`). A row that takes nothing there
+    (shadowed in its own table, dead, with conditions) contests nothing."""
+    by_port: Dict[Tuple[int, str, int], List[M]] = {}
+    for row in theirs:
+        if _takes_port(row):
+            by_port.setdefault((row.family, row.protocol, row.host_port), []).append(row)
+    found: Dict[M, Tuple[M, ...]] = {}
+    if not by_port:
+        return found
+    for row in mine:
+        if not _takes_port(row):
+            continue
+        others = tuple(
+            o
+            for o in by_port.get((row.family, row.protocol, row.host_port), ())
+            if _overlap(row.host_ip, o.host_ip)
+            # The container's own copy there (its split brain) DNATs to it alike.
+            and (row.container_id is None or o.container_id != row.container_id)
+        )
+        if others:
+            found[row] = others
+    return found
+
+
 PortKey = Tuple[int, str, int]  # family, protocol, host port
 # ... and the one address its connections are for (None: every address): a loopback
 # one's pass the nat output hook, the others' prerouting, and another tool's rule for

@@ -1,7 +1,9 @@
 """No copy of a container's chain in the other iptables flavour (split brain), and no
 silence where the plugin's chains are all, or partly, in the other flavour
 (chains_elsewhere); and list's reading of the other flavour's nat table, where another
-tool's rules may take mapped ports (other_flavour_readers, ops/owners.py).
+tool's rules may take mapped ports (other_flavour_readers, ops/owners.py), and where
+the plugin's own chains there may map add's host ports to another container
+(plugin_rows, cli/add_run.other_flavour_warnings).
 
 A node can hold rules in both iptables flavours (legacy x_tables and nf_tables): the
 kernel applies both, so a container's chain written in the flavour in use while the
@@ -16,14 +18,25 @@ ADD does.
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Collection,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from portmapctl.core.backend import Flavour
 
 if TYPE_CHECKING:
+    from portmapctl.core.mapping import Mapping as CoreMapping
     from portmapctl.core.mapping import MappingConfig
     from portmapctl.iptables.foreign import ChainReader
-    from portmapctl.iptables.ruleset import NatTable
+    from portmapctl.iptables.ruleset import Args, NatTable
 
 # The flavour each live iptables backend writes (python-iptables: legacy tables only).
 _FLAVOURS = {Flavour.NFT: Flavour.NFT, Flavour.LEGACY: Flavour.LEGACY, "iptc": Flavour.LEGACY}
@@ -171,6 +184,51 @@ def other_flavour_readers(
         except HostProblem:
             continue  # (unreadable: as the split-brain check, nothing said of it)
     return (other, readers) if readers else None
+
+
+def plugin_rows(read: ChainReader, family: int, ports: Collection[int]) -> List[CoreMapping]:
+    """The plugin's own mappings in a nat table (`read`: the other flavour's, as
+    other_flavour_readers gives it) that may be on one of `ports` (host port numbers):
+    those of the CNI-HOSTPORT-DNAT rules that name one of the numbers, or no port at all
+    (v0.6), and of the per-container chains they enter (one listing each: usually
+    none). Built as list builds rows (iptables/inventory.py: shadowing within that table
+    judged the same way), without the cache. Nothing when there is no such chain."""
+    from portmapctl.iptables import inventory
+    from portmapctl.iptables.chains import DNAT_PREFIX, TOPLEVEL_DNAT
+    from portmapctl.iptables.ruleset import NatTable, SavedChain, rule_target
+
+    numbers = {str(port) for port in ports}
+    kept: List[Args] = []
+    for rule in read(TOPLEVEL_DNAT) or ():
+        args = _lexed(rule, TOPLEVEL_DNAT)
+        # (A text test: a false match costs one chain's listing; the inventory judges.)
+        text = " ".join(args or ())
+        if args and ("--dport" not in text or any(number in text for number in numbers)):
+            kept.append(args)
+    if not kept:
+        return []
+    chains = {TOPLEVEL_DNAT: SavedChain(TOPLEVEL_DNAT, "-", tuple(kept))}
+    for target in dict.fromkeys(rule_target(args) for args in kept):
+        if target is None or not target.startswith(DNAT_PREFIX):
+            continue
+        rules = read(target)
+        if rules is not None:
+            lexed = (_lexed(rule, target) for rule in rules)
+            chains[target] = SavedChain(target, "-", tuple(r for r in lexed if r))
+    return list(inventory.build({family: NatTable(family, chains)}).mappings)
+
+
+def _lexed(rule: Args, chain: str) -> Optional[Args]:
+    """A rule as its tokens: a reader's one-token placeholder (the line `iptables -S`
+    printed, listing_reader) split; None for a line that cannot be."""
+    if len(rule) != 1 or not rule[0].startswith(f"-A {chain} "):
+        return rule
+    from portmapctl.iptables.lexer import split_words
+
+    try:
+        return tuple(split_words(rule[0])[2:])
+    except ValueError:
+        return None  # (a line iptables would not print: not the plugin's)
 
 
 def _entered(listed: str) -> List[str]:

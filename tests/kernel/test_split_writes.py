@@ -5,6 +5,7 @@ holds it (the whole-node repair's guard, tests/kernel/test_check.py)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import realplugin as rp
@@ -273,3 +274,62 @@ def test_checks_word_of_the_other_flavours_chains_is_one_line_as_list_and_gc_say
         assert "chain(s)" not in stdout
         if extra == ["-o", "json"]:
             json.loads(stdout)
+
+
+@pytest.mark.parametrize(("other", "ours"), [("legacy", "nft"), ("nft", "legacy")])
+def test_add_warns_of_a_port_the_other_flavours_plugin_chain_maps(host_ns, tmp_path, other, ours):
+    """A split-brain node: the plugin's ADD of ctrA on 8080 went to one flavour, then
+    add of ctrB on 8080 (and 8081) to the other. Both nat tables hook PREROUTING at
+    -100, so which of the two gets 8080's traffic is the kernel's hook order. add said
+    nothing, exit 0, and list showed both ok (only check's split-brain said anything);
+    now add warns on stderr (and in its JSON) that 8080, not 8081, is mapped in the
+    other flavour too, naming ctrA, and still writes ctrB's rules, exit 0."""
+    _plugin_add(host_ns, "ctrA", other)
+    _cache_ctr_a(tmp_path / "cni")
+    theirs = rp.nat_rules(rp.save(host_ns, 4, other))
+    ctr_b = ["--network", "mynet", "--container", "ctrB", "--ip", "10.88.0.6/16",
+             "-p", "8080:80", "-p", "8081:81", "--family", "4"]  # fmt: skip
+    args = ["--netns", host_ns, "--iptables", ours, "--cni-cache-dir", str(tmp_path / "cni")]
+    done = run(["add", *args, *ctr_b])
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (
+        f"portmapctl: warning: IPv4 tcp/8080 is mapped in the iptables-{other} tables too,"
+        f" to mynet/ctrA ({chain_name('mynet', 'ctrA')}): this mapping is contested (the"
+        " kernel's hook order decides which of them gets the traffic); `portmapctl check`"
+        " reports the split brain\n"
+    )
+    assert chain_name("mynet", "ctrB") in rp.save(host_ns, 4, ours)
+    assert rp.nat_rules(rp.save(host_ns, 4, other)) == theirs
+    # Said again by the add that changes nothing (the port is still contested), and in
+    # the JSON document's warnings.
+    done = run(["add", *args, *ctr_b, "-o", "json"])
+    assert done.returncode == 0, done.stderr
+    warnings = json.loads(done.stdout)["warnings"]
+    assert [w.split(" is mapped in ")[0] for w in warnings] == ["IPv4 tcp/8080"], warnings
+    assert "to mynet/ctrA" in warnings[0]
+
+
+def test_add_says_nothing_of_the_other_flavour_when_it_cannot_read_it(host_ns, tmp_path):
+    """Legacy tables holding the plugin's chain on 8080 but no iptables-legacy to read
+    them (a DaemonSet image with iptables-nft alone): add of another container on 8080
+    in nft writes its rules, exit 0, and says nothing (no error, no guess). With no
+    legacy table at all, add reads none (a legacy read would create it)."""
+    args = ["add", "--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"), "--network",
+            "mynet", "--ip", "10.88.0.6/16", "--family", "4"]  # fmt: skip
+    _cache_ctr_a(tmp_path / "cni")
+    done = run([*args, "--container", "ctrN", "-p", "8090:80"])
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    legacy_nat = rp._run(["ip", "netns", "exec", host_ns, "cat", "/proc/net/ip_tables_names"])
+    assert "nat" not in legacy_nat.stdout.split(), legacy_nat.stdout
+    _plugin_add(host_ns, "ctrA", "legacy")
+    hidden = [os.path.realpath("/usr/sbin/iptables-legacy")]  # every -legacy tool is this one
+    done = run([*args, "--container", "ctrB", "-p", "8080:80"], hide=hidden)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
+    assert chain_name("mynet", "ctrB") in rp.save(host_ns, 4, "nft")
+
+
+def _cache_ctr_a(cache) -> None:
+    """ctrA's cache entry (what _plugin_add makes), so that add has a cache to glance at."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], PORTS)
+    rp.write_cni_cache(cache, "mynet", "ctrA", "eth0", conf, PORTS, ["10.88.0.5/16"])
