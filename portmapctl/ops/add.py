@@ -22,7 +22,7 @@ from typing import (
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Mapping, MappingConfig
-from portmapctl.core.status import Status
+from portmapctl.core.status import FlushReason, Status
 from portmapctl.core.validate import OPTIONS, Spelling
 from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError
 from portmapctl.host.routes import route_interfaces
@@ -189,8 +189,12 @@ def add(
         interfaces = ahead.interfaces() if ahead is not None else None
         # The flush moves the port's flows onto the new rules; with nothing written
         # (a second add) there is no move, and deleting the live flows would drop
-        # replies already on their way (add is idempotent, SPEC §3).
-        warnings += after_setup(config, families, flush_udp and bool(transactions), interfaces)
+        # replies already on their way (add is idempotent, SPEC §3): only the flows
+        # that do not reach this container go (an add stopped before its flush left
+        # them so: flush_misrouted).
+        warnings += after_setup(
+            config, families, flush_udp, interfaces, misrouted_only=not transactions
+        )
     taken: Dict[int, Dict[ProtoPort, str]] = {}
     if look_around:
         for family in families:
@@ -439,7 +443,7 @@ def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: boo
     )
     warnings: List[str] = []
     if not dry_run and families:
-        warnings += after_setup(config, families, flush_udp and bool(text))  # as above
+        warnings += after_setup(config, families, flush_udp, misrouted_only=not text)  # as above
     transactions = {"nft": text} if text else {}
     # The nft chains its rules are in (JSON `chain` is a chain's name in every
     # document, never the container ID): hostports, and masquerading with SNAT.
@@ -461,11 +465,59 @@ def after_setup(
     interfaces: Optional[Dict[str, str]] = None,
     *,
     local_only: bool = False,
+    misrouted_only: bool = False,
 ) -> List[str]:
     """The plugin's two side effects; failures are warnings, as in the plugin.
     `interfaces`: route_interfaces of the container's address, looked up already.
-    `local_only`: flush only flows to the node's own addresses (flush_keys)."""
-    return after_setup_many([(config, families)], flush_udp, interfaces, local_only=local_only)
+    `local_only`: flush only flows to the node's own addresses (flush_keys).
+    `misrouted_only`: flush only the flows that do not reach this container
+    (flush_misrouted: an add that wrote nothing)."""
+    if not misrouted_only:
+        return after_setup_many([(config, families)], flush_udp, interfaces, local_only=local_only)
+    warnings = after_setup_many([(config, families)], False, interfaces)
+    return warnings + (flush_misrouted(config, families) if flush_udp else [])
+
+
+# The flows of a mapped port that do not reach its container (flush-udp's reasons).
+_MISROUTED = (FlushReason.NOT_DNATED, FlushReason.OLD_DESTINATION)
+
+
+def flush_misrouted(config: MappingConfig, families: Sequence[int]) -> List[str]:
+    """Delete the UDP conntrack entries of the mapping's host ports (in `families`)
+    that do not reach this container: never DNATed (begun before its rules, or while
+    they were missing) or DNATed elsewhere (an old container's address or port), as
+    flush-udp --stale-only judges them against this mapping alone; only flows to the
+    node's own addresses (a forwarded flow never met the mapping). Those DNATed to it
+    stay: they are live, and a reply may be on its way. What an add that wrote nothing
+    flushes, and an add stopped once its write went in (cli/add_run.py). Warnings, as
+    after_setup's."""
+    if not any(p.protocol == "udp" for p in config.ports) or _no_conntrack_entries():
+        return []  # (the usual re-run: nothing imported, nothing dumped)
+    mine = [row for row in as_rows(config, families) if row.protocol == "udp"]
+    keys = {(row.family, row.host_port) for row in mine}
+    if not keys:
+        return []
+    try:
+        from portmapctl.host import conntrack
+        from portmapctl.host.addresses import local_addresses
+        from portmapctl.ops.flush_udp import plan  # (only with entries to judge)
+
+        wanted = sorted({family for family, _ in keys})
+        entries = conntrack.list_udp(wanted, sorted({port for _, port in keys}))
+        if not entries:
+            return []
+        doomed = plan(entries, keys, mine, stale_only=True, local=local_addresses(wanted))
+        # (UNMAPPED: a destination this mapping does not cover is another's business.)
+        conntrack.delete([d.entry for d in doomed if d.reason in _MISROUTED])
+    except Exception as err:  # noqa: BLE001 - as after_setup_many's flush
+        return [_not_flushed(keys, err)]
+    return []
+
+
+def _not_flushed(keys: Collection[Tuple[int, int]], err: Exception) -> str:
+    ports = sorted({port for _, port in keys})
+    shown = ", ".join(str(p) for p in ports[:10]) + (", ..." if len(ports) > 10 else "")
+    return f"could not flush UDP conntrack entries for ports [{shown}]: {err}"
 
 
 def after_setup_many(
@@ -509,9 +561,7 @@ def after_setup_many(
         try:
             flush_keys(keys, local_only=local_only)
         except Exception as err:  # noqa: BLE001 - the plugin only logs this too
-            ports = sorted({port for _, port in keys})
-            shown = ", ".join(str(p) for p in ports[:10]) + (", ..." if len(ports) > 10 else "")
-            warnings.append(f"could not flush UDP conntrack entries for ports [{shown}]: {err}")
+            warnings.append(_not_flushed(keys, err))
     return warnings
 
 

@@ -292,6 +292,43 @@ def test_a_second_add_keeps_the_flows_the_first_one_routed(
     assert 40002 in ct_sports(host_ns)
 
 
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_a_second_add_flushes_the_flows_that_do_not_reach_its_container(
+    host_ns: str, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    """An add stopped after its write and before its flush (SIGTERM, Ctrl-C) left the
+    flows made before the mapping (never DNATed) or DNATed to an old destination going
+    there, and the next, identical add said "unchanged" and flushed nothing, for good.
+    It now deletes those (flush-udp's not-dnated and old-destination), flows to the
+    node's own addresses under its UDP host ports only; the flows DNATed to this
+    container (a reply on its way), other ports', a forwarded flow and TCP stay."""
+    args = ["add", "--netns", host_ns, "--network", "mynet", "--container", "abc123",
+            "--ip", "10.88.0.5/16", "-p", "5353:53/udp", "-p", "5353:53/tcp"]  # fmt: skip
+    if backend == "nftables":
+        args += ["--backend", "nftables"]
+    code, _, err = cli(capsys, *args, "--no-flush-udp")  # the write, without its flush
+    assert code == 0, err
+    ns_run(host_ns, "ip", "addr", "add", "10.0.0.1/32", "dev", "lo")
+    ct_load(host_ns, [
+        ct_args("192.0.2.1", "10.0.0.1", 40001, 5353, "10.88.0.5", 53),  # to abc123: kept
+        ct_args("192.0.2.2", "10.0.0.1", 40002, 5353, "10.88.0.9", 53),  # old destination
+        ct_args("192.0.2.3", "10.0.0.1", 40003, 5353),  # began before the rule
+        ct_args("192.0.2.4", "10.0.0.1", 40004, 5353, "10.88.0.5", 54),  # old container port
+        ct_args("192.0.2.5", "10.0.0.1", 40005, 8053),  # not its port
+        ct_args("192.0.2.6", "198.51.100.1", 40006, 5353),  # forwarded: never met the rule
+        ct_args("192.0.2.7", "10.0.0.1", 40007, 5353, proto="tcp"),
+    ])  # fmt: skip
+    code, out, err = cli(capsys, *args, "-o", "json")
+    assert code == 0 and "warning" not in without_cache_note(err), err
+    assert json.loads(out)["changed"] is False
+    assert ct_sports(host_ns) == {40001, 40005, 40006, 40007}
+    # --no-flush-udp: nothing, as for an add that writes.
+    ct_load(host_ns, [ct_args("192.0.2.3", "10.0.0.1", 40003, 5353)])
+    code, _, err = cli(capsys, *args, "--no-flush-udp")
+    assert code == 0, err
+    assert 40003 in ct_sports(host_ns)
+
+
 @pytest.mark.parametrize("snat", [True, False], ids=["snat", "no-snat"])
 def test_add_sets_route_localnet_towards_the_container(
     host_ns: str, capsys: pytest.CaptureFixture[str], snat: bool

@@ -108,7 +108,7 @@ def test_repair_recreates_what_a_flush_removed(monkeypatch):
 
 
 def test_add_writes_the_plugin_s_table_and_twice_changes_nothing(monkeypatch, tmp_path):
-    monkeypatch.setattr("portmapctl.ops.add.after_setup", lambda *args: [])
+    monkeypatch.setattr("portmapctl.ops.add.after_setup", lambda *args, **kwargs: [])
     for config in configs("three-containers"):
         node = Node(NodeOptions(cache_dirs=(str(tmp_path),)), MemoryBackend())
         first = add(node, config)
@@ -120,7 +120,7 @@ def test_add_writes_the_plugin_s_table_and_twice_changes_nothing(monkeypatch, tm
 
 
 def test_add_of_a_fixture_matches_the_plugin_s_own_table(monkeypatch, tmp_path):
-    monkeypatch.setattr("portmapctl.ops.add.after_setup", lambda *args: [])
+    monkeypatch.setattr("portmapctl.ops.add.after_setup", lambda *args, **kwargs: [])
     node = Node(NodeOptions(cache_dirs=(str(tmp_path),)), MemoryBackend())
     for config in configs("basic"):
         add(node, config)
