@@ -4,7 +4,7 @@ the fast path (cli/add_fast.py). No typer here: the fast path never imports it."
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from portmapctl.cli.add_config import (
     ForwardsNothing,
@@ -13,7 +13,7 @@ from portmapctl.cli.add_config import (
     spelling_of,
 )
 from portmapctl.core.backend import Backend, Flavour
-from portmapctl.errors import HostProblem
+from portmapctl.errors import HostProblem, Interrupted
 from portmapctl.iptables.chains import dnat_chain_name
 
 if TYPE_CHECKING:
@@ -47,23 +47,55 @@ def run(
     # Checked before the lock and the write start (ops/add_ahead.py).
     validate.chosen_families(config, families(common.family), "add")
     config, nft_live = _followed(common, config, out)
+    started: List[Ahead] = []
+    owed: Set[int] = set()  # ops.add.add's: families written, their flush not yet run
     with contextlib.ExitStack() as held:
-        # add's work starts now, under the lock, before the rest of add is imported
-        # (ops/add_ahead.py); the imports and the node's opening overlap it.
-        ahead = None if dry_run else _ahead(common, config, held, early_claims)
-        listed = None if dry_run or ahead is not None else _early_foreign(common, config)
-        config, result, clashes = _add(
-            common,
-            config,
-            ahead,
-            no_flush_udp=no_flush_udp,
-            dry_run=dry_run,
-            foreign_listed=listed,
-            nft_live=nft_live,
-            ifname=mapping.ifname,
-            spelling=spelling_of(mapping),
-        )
-    _report(common, out, config, result, clashes, dry_run)
+        try:
+            # add's work starts now, under the lock, before the rest of add is imported
+            # (ops/add_ahead.py); the imports and the node's opening overlap it.
+            ahead = None if dry_run else _ahead(common, config, held, early_claims, started)
+            listed = None if dry_run or ahead is not None else _early_foreign(common, config)
+            added, result, clashes = _add(
+                common,
+                config,
+                ahead,
+                no_flush_udp=no_flush_udp,
+                dry_run=dry_run,
+                foreign_listed=listed,
+                nft_live=nft_live,
+                ifname=mapping.ifname,
+                spelling=spelling_of(mapping),
+                owed=owed,
+            )
+        except Interrupted:
+            if not dry_run and not no_flush_udp:
+                _flush_on_the_way_out(common, config, owed, started[0] if started else None)
+            raise
+    _report(common, out, added, result, clashes, dry_run)
+
+
+def _flush_on_the_way_out(
+    common: Common, config: MappingConfig, owed: Set[int], ahead: Optional[Ahead]
+) -> None:
+    """SIGTERM or Ctrl-C once add's write went in (or while it ran: it may have gone
+    in, whole), before its UDP flush: the flows of its ports that do not reach the
+    container (begun before its rules, or DNATed elsewhere) are flushed on the way
+    out, as gc and check --repair do; else they keep going there until idle (the next
+    add, finding nothing to write, flushes them too). The write ahead (its thread)
+    counts when it went in, even before add itself had its answer (the lock is held
+    until it is over anyway), also when add's own flush had run (only what misroutes
+    goes: twice is as once). A flow through the new rules is right and stays. Its
+    warnings are not said: the run ends with its one line."""
+    families = set(owed)
+    if ahead is not None:
+        families.update(family for family, txn in ahead.written().items() if txn)
+    if not families:
+        return
+    from portmapctl.host.netns import entered
+    from portmapctl.ops.add import flush_misrouted
+
+    with entered(common.netns):
+        flush_misrouted(config, sorted(families))
 
 
 def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[MappingConfig, Any]:
@@ -182,9 +214,11 @@ def _add(
     nft_live: Any = None,
     ifname: Optional[str] = None,
     spelling: Spelling,
+    owed: Optional[Set[int]] = None,
 ) -> Tuple[MappingConfig, AddResult, List[str]]:
     """Writes `config` where its plugin would; returns it with the backend it went to.
-    `nft_live`: the plugin's nftables tables as _followed read them (None: not read)."""
+    `nft_live`: the plugin's nftables tables as _followed read them (None: not read).
+    `owed`: ops.add.add's."""
     from dataclasses import replace
 
     from portmapctl.host import paths
@@ -211,7 +245,7 @@ def _add(
             clashes += contest_warnings(node, config)
             clashes += other_flavour_warnings(node, config)
             clashes += hook_warnings(node, config, live)
-            result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp)
+            result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp, owed=owed)
         else:
             # What add read (or listed meanwhile): not a second read of the whole table.
             result = add(
@@ -224,6 +258,7 @@ def _add(
                 foreign_listed=foreign_listed,
                 ifname=ifname,
                 spelling=spelling,
+                owed=owed,
             )
             clashes = shadow_warnings(config, result.seen)
             clashes += contest_warnings(node, config, nft_live)
@@ -432,14 +467,17 @@ def _ahead(
     config: MappingConfig,
     held: contextlib.ExitStack,
     early_claims: Optional[EarlyClaims] = None,
+    started: Optional[List[Ahead]] = None,
 ) -> Optional[Ahead]:
     """add_ahead.Ahead for this mapping, started under the portmapctl lock (entered on
     `held`), when it is written to iptables-nft with CAP_NET_ADMIN; None otherwise (add
-    opens, checks and locks in its usual order, and says what is wrong)."""
+    opens, checks and locks in its usual order, and says what is wrong). `started`
+    gets it as soon as it runs (a signal on the way back still finds it)."""
 
     from portmapctl.cli._common import families
     from portmapctl.errors import PortmapctlError
 
+    started = [] if started is None else started
     if any(not folder for folder in common.cache_dirs):
         return None  # node_options refuses it: before the lock, as always
     if _flavour_ahead(common, config) != Flavour.NFT:
@@ -461,13 +499,43 @@ def _ahead(
             wanted,
             lambda f: here.list_chain(f, dnat_chain_name(config)) is not None,
         )
-    try:
-        ahead = Ahead.start(common.netns, config, wanted, early=early_claims)
-    except PortmapctlError:
-        return None  # add meets it again, and says so
-    # Whatever happens meanwhile, the lock goes only once the write is over.
-    held.callback(ahead.written)
+    # A signal while the threads start (Thread.start waits for each) is taken once the
+    # write is known: else it ends the run with the write going in unseen, neither
+    # waited for under the lock nor flushed after (run's way out).
+    with _signals_deferred():
+        try:
+            ahead = Ahead.start(common.netns, config, wanted, early=early_claims)
+        except PortmapctlError:
+            return None  # add meets it again, and says so
+        # Whatever happens meanwhile, the lock goes only once the write is over.
+        held.callback(ahead.written)
+        started.append(ahead)
     return ahead
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM noted, not acted on, for the block's few milliseconds, then
+    raised again as they came (the CLI's handler makes them Interrupted or
+    Terminated). Outside the main thread (an embedding program) nothing is changed."""
+    import signal
+
+    taken: List[int] = []
+    try:
+        previous = {
+            number: signal.signal(number, lambda signum, _frame: taken.append(signum))
+            for number in (signal.SIGINT, signal.SIGTERM)
+        }
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if taken:
+            signal.raise_signal(taken[0])
 
 
 def _early_foreign(common: Common, config: MappingConfig) -> Optional[Callable[[], Any]]:

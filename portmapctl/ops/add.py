@@ -17,6 +17,7 @@ from typing import (
     List,
     Optional,
     Sequence,
+    Set,
     Tuple,
 )
 
@@ -114,6 +115,7 @@ def add(
     foreign_listed: Optional[Callable[[], Optional[Dict[int, Dict[ProtoPort, str]]]]] = None,
     ifname: Optional[str] = None,
     spelling: Spelling = OPTIONS,
+    owed: Optional[Set[int]] = None,
 ) -> AddResult:
     """`look_around`: also fill AddResult.seen (what the shadow warning reads).
     `ahead`: add_ahead.Ahead for this config, started by the caller (the CLI starts it
@@ -122,9 +124,13 @@ def add(
     where there is no `ahead` (legacy: add_ahead.early_foreign_takers).
     `ifname`: the interface it is for (its container's others on the network share its
     chain: _sharing). `spelling`: how the config's options were given (an error names
-    them so)."""
+    them so). `owed`: filled with the families whose write went in, or is under way
+    (it may have gone in, whole), and emptied once their UDP flush has run: what the
+    way out of a SIGTERM or Ctrl-C still flushes (cli/add_run.py; an add that wrote
+    nothing would not flush it: it flushes only what misroutes)."""
+    owed = set() if owed is None else owed
     if config.backend == Backend.NFTABLES:
-        return _add_nft(node, config, dry_run=dry_run, flush_udp=flush_udp)
+        return _add_nft(node, config, dry_run=dry_run, flush_udp=flush_udp, owed=owed)
     transactions: Dict[int, str] = {}
     chains: List[str] = []
     families = [f for f in config.families if f in node.families]
@@ -150,6 +156,7 @@ def add(
     elif ahead is None:
         ahead = Ahead.start(None, config, families, look=look_around)
     written = ahead.written() if ahead is not None else {}
+    owed.update(family for family, txn in written.items() if txn)
     for family in families:
         wanted = wanted_by_family[family]
         chains += [c.name for c in wanted if c.name not in chains]
@@ -172,8 +179,11 @@ def add(
             elif family in written or ahead is not None:
                 txn = written.get(family)
             else:
+                owed.add(family)  # (in already, maybe, when a signal ends it)
                 txn = apply_blind(node.backend, plan_blind(wanted, family))
             if txn is None:
+                if not dry_run:
+                    owed.add(family)
                 txn = node.converge(family, plan, dry_run)
             else:
                 blind.append(family)
@@ -195,6 +205,7 @@ def add(
         warnings += after_setup(
             config, families, flush_udp, interfaces, misrouted_only=not transactions
         )
+        owed.clear()
     taken: Dict[int, Dict[ProtoPort, str]] = {}
     if look_around:
         for family in families:
@@ -423,8 +434,11 @@ def _iptables_tables(node: Node, families: Sequence[int]) -> Dict[int, NatTable]
         return {}
 
 
-def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: bool) -> AddResult:
-    """The v1.9.1 ADD in nftables: both families in one `nft -f` transaction."""
+def _add_nft(
+    node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: bool, owed: Set[int]
+) -> AddResult:
+    """The v1.9.1 ADD in nftables: both families in one `nft -f` transaction (`owed`:
+    as add's)."""
     from portmapctl.core.validate import nft_refusals
     from portmapctl.nftables import planner
     from portmapctl.nftables.ruleset import HOSTPORTS, MASQUERADING
@@ -436,6 +450,8 @@ def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: boo
         check_condition(condition)
     families = [f for f in config.families if f in node.families]
     want = [w for f in families if (w := wanted(config, f)) is not None]
+    if not dry_run:
+        owed.update(families)
     # As the ADD itself: the entry rewritten to this container's conditions and the v1.9
     # shape (planner.Entries says why), not kept as check --repair keeps it.
     text = node.converge_nft(
@@ -444,6 +460,7 @@ def _add_nft(node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: boo
     warnings: List[str] = []
     if not dry_run and families:
         warnings += after_setup(config, families, flush_udp, misrouted_only=not text)  # as above
+        owed.clear()
     transactions = {"nft": text} if text else {}
     # The nft chains its rules are in (JSON `chain` is a chain's name in every
     # document, never the container ID): hostports, and masquerading with SNAT.

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import realplugin as rp
 import upstream
+from pmctl import run as pm_run
 from pmctl import without_cache_note
 
 from portmapctl.iptables.chains import chain_name
@@ -84,6 +85,48 @@ elif where == "ahead":
             hold()
         return real_plan_table(table, *args, **kwargs)
     plan.converge_family, plan._plan_table = converge_family, plan_table
+elif where == "add":
+    # add's write went in (ahead of it, or by add itself); its UDP flush has not run.
+    # Meanwhile a flow through the new rules is made (PMT_DURING: conntrack -I's args).
+    import subprocess
+    from portmapctl.ops import add
+    real_after_setup, held = add.after_setup, []
+    def after_setup(*args, **kwargs):
+        if not held:
+            held.append(True)
+            subprocess.run(["conntrack", *os.environ["PMT_DURING"].split()], check=True,
+                           capture_output=True)
+            hold()
+        return real_after_setup(*args, **kwargs)
+    add.after_setup = after_setup
+elif where == "add-early":
+    # iptables-nft's write ahead went in while add was still starting: ops.add not yet
+    # entered (the imports, the node's opening).
+    import subprocess
+    from portmapctl.cli import add_run
+    real_add = add_run._add
+    def _add(common, config, ahead, **kwargs):
+        ahead.written()
+        subprocess.run(["ip", "netns", "exec", common.netns, "conntrack",
+                        *os.environ["PMT_DURING"].split()], check=True, capture_output=True)
+        hold()
+        return real_add(common, config, ahead, **kwargs)
+    add_run._add = _add
+elif where == "ahead-start":
+    # iptables-nft's write ahead went in while Ahead.start still runs (starting its other
+    # threads: Thread.start waits for each); SIGTERM lands there, held for a second.
+    import subprocess
+    from portmapctl.ops import add_ahead
+    real_start = add_ahead.Ahead.start.__func__
+    def start(cls, netns, *args, **kwargs):
+        ahead = real_start(cls, netns, *args, **kwargs)
+        ahead.written()
+        subprocess.run(["ip", "netns", "exec", netns, "conntrack",
+                        *os.environ["PMT_DURING"].split()], check=True, capture_output=True)
+        open(marker, "w").close()
+        time.sleep(1)
+        return ahead
+    add_ahead.Ahead.start = classmethod(start)
 elif where == "state":
     real_fsync = os.fsync
     def fsync(fd):
@@ -358,3 +401,67 @@ def test_sigterm_during_a_hung_iptables_save_leaves_no_save_behind(host_ns, tmp_
     assert left == []
     assert child.returncode == -signal.SIGTERM, err
     assert err == "portmapctl: terminated\n"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--iptables", "legacy"), ("--backend", "nftables"), ("--no-flush-udp",),
+     ("add-early",), ("ahead-start",)],
+    ids=["nft-ahead", "legacy", "nftables", "no-flush-udp", "nft-ahead-before-add",
+         "nft-ahead-starting"],
+)  # fmt: skip
+def test_sigterm_after_adds_write_still_flushes_the_flows_it_misroutes(host_ns, tmp_path, extra):
+    """add SIGTERMed once its write went in, before its UDP conntrack flush: the flows
+    to its UDP host port that began before the mapping (never DNATed) or were DNATed to
+    an old destination kept going there until idle, as gc's and check --repair's did
+    before their fix. Now they are flushed on the way out, as theirs are; a flow made
+    through the new rules meanwhile stays; the run still ends by SIGTERM with its one
+    line. Held on each way of writing: iptables-nft's write ahead (nf_tables batch), a
+    legacy restore, the nftables backend's nft -f; and once the write ahead went in
+    while add was still starting: before ops.add was entered, or while the write
+    ahead's other threads were started (there the signal waits until the write is
+    known; before, the run ended with the write unseen). --no-flush-udp keeps them
+    all."""
+    subprocess.run(["ip", "-n", host_ns, "addr", "replace", "10.0.0.1/32", "dev", "lo"],
+                   check=True)  # fmt: skip
+    for args in (
+        ("--sport", "40001"),  # began before the mapping
+        (
+            "--sport",
+            "40002",
+            "--reply-src",
+            "10.88.0.9",
+            "--reply-dst",
+            "192.0.2.7",
+            "--reply-port-src",
+            "53",
+            "--reply-port-dst",
+            "40002",
+        ),
+    ):  # an old one
+        _conntrack(host_ns, "-I", "-p", "udp", "-s", "192.0.2.7", "-d", "10.0.0.1",
+                   "--dport", "6000", "-t", "100", *args)  # fmt: skip
+    during = ("-I -p udp -s 192.0.2.8 -d 10.0.0.1 --sport 40003 --dport 6000 -t 100"
+              " --reply-src 10.88.0.5 --reply-dst 192.0.2.8 --reply-port-src 53"
+              " --reply-port-dst 40003")  # fmt: skip
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    node = ["add", "--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"), "-q",
+            "--network", "mynet", *(a for a in extra if not a.startswith(("add-", "ahead-")))]  # fmt: skip
+    # Another container first: a node with the shared chains, where iptables-nft's
+    # write ahead goes in (on an empty one it is refused, and add reads and plans).
+    done = pm_run([*node, "--container", "c0", "--ip", "10.88.0.4/16", "-p", "7000:53/udp"])
+    assert done.returncode == 0, done.stderr
+    argv = [*node, "--container", "c1", "--ip", "10.88.0.5/16", "-p", "6000:53/udp"]
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PMT_DURING": during}
+    where = extra[0] if extra and extra[0] in ("add-early", "ahead-start") else "add"
+    code, _out, err = _killed_while_writing(argv, env, where, tmp_path / "marker")
+    assert code == -signal.SIGTERM, err
+    assert without_cache_note(err) == "portmapctl: terminated\n"
+    if "--backend" in extra:
+        assert 'comment "c1"' in upstream.ruleset_text(host_ns)
+    else:
+        mode = "legacy" if "legacy" in extra else "nft"
+        assert f"-j {chain_name('mynet', 'c1')}" in rp.save(host_ns, 4, mode)
+    flows = _conntrack(host_ns, "-L", "-p", "udp")
+    kept = {sport for sport in (40001, 40002, 40003) if f"sport={sport}" in flows}
+    assert kept == ({40001, 40002, 40003} if "--no-flush-udp" in extra else {40003}), flows
