@@ -38,6 +38,11 @@ def run(
             validate.cni_name(prefix, "container ID")
         snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
         options = common.node_options(snapshots, nft_snapshot)
+        if conntrack and options.offline:
+            # Said before the snapshot is read: whatever the file holds, the two clash.
+            from portmapctl.errors import BadInput
+
+            raise BadInput("--conntrack reads the kernel: it cannot be used with --snapshot")
         with opened(options) as node, out.busy("reading the ruleset and the CNI cache"):
             # iptables-save first (the longest to run), then nft; the modules below are
             # imported and the cache read while they run.
@@ -83,12 +88,6 @@ def run(
                 recorder.note_node(mappings, found.chains, tuple(tables), read)
             counts = None
             if conntrack:
-                if options.offline:
-                    from portmapctl.errors import BadInput
-
-                    raise BadInput(
-                        "--conntrack reads the kernel: it cannot be used with --snapshot"
-                    )
                 from portmapctl.ops.flush_udp import count_per_mapping
 
                 counts = count_per_mapping(mappings)

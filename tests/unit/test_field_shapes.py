@@ -19,6 +19,8 @@ from portmapctl.iptables.chains import chain_name
 
 FIELD = Path(__file__).resolve().parents[1] / "fixtures" / "field"
 FIXTURES = FIELD.parent
+# A real ip6tables-save -t nat of a node without IPv6 mappings (an empty file is refused).
+EMPTY_V6 = str(FIXTURES / "basic.v6.save")
 ID_A = "3f6e3b0a4b7c2d1e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e"
 ID_B = "8c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d"
 DN_A = chain_name("mynet", ID_A)
@@ -71,7 +73,7 @@ def cli(command: str, save: str, cache_dir: str, *more: str) -> List[str]:
         "--snapshot",
         save,
         "--snapshot6",
-        "/dev/null",
+        EMPTY_V6,
         "--cni-cache-dir",
         cache_dir,
         *more,
@@ -339,7 +341,7 @@ def test_snapshot_refuses_a_cut_negation(tmp_path):
     lines.insert(at, "-A POSTROUTING !")
     path = tmp_path / "cut.save"
     path.write_text("\n".join(lines) + "\n")
-    done = run(["list", "--snapshot", str(path), "--snapshot6", "/dev/null"])
+    done = run(["list", "--snapshot", str(path), "--snapshot6", EMPTY_V6])
     assert_error(done, 2, str(path), f"line {at + 1}", "!")
 
 
@@ -349,7 +351,7 @@ def test_snapshot_refuses_an_option_without_its_value(tmp_path):
     lines.insert(at, "-A POSTROUTING -j")
     path = tmp_path / "cut.save"
     path.write_text("\n".join(lines) + "\n")
-    done = run(["list", "--snapshot", str(path), "--snapshot6", "/dev/null"])
+    done = run(["list", "--snapshot", str(path), "--snapshot6", EMPTY_V6])
     assert_error(done, 2, str(path), f"line {at + 1}")
 
 

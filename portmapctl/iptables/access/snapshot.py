@@ -44,13 +44,29 @@ class SnapshotBackend:
         if text is None:
             return NatTable(family)
         name = "<stdin>" if self.paths[family] == "-" else self.paths[family]
+        save = "ip6tables-save" if family == 6 else "iptables-save"
+        if not text.strip():
+            # What a failed pipe gives (`ssh node iptables-save | portmapctl list
+            # --snapshot -`): read as "no chains", it would pass for a clean node.
+            raise BadInput(
+                f"{name}: empty, not {save} output (did the command that made it fail?):"
+                f" give the output of `{save} -t nat`"
+            )
         # Strict: a dump from a file may hold what iptables itself never prints.
-        return parse_save(text, family, source=name, strict=True)
+        table = parse_save(text, family, source=name, strict=True)
+        if not _NAT_TABLE.search(text):
+            # Saved without its nat table (`-t filter`, or a node where none was made
+            # yet): it says nothing about the plugin's chains. `-t nat` always prints one.
+            raise BadInput(
+                f"{name}: no nat table in this {save} output: give the output of `{save} -t nat`"
+            )
+        return table
 
     def apply(self, txn: Transaction) -> None:
         raise BadInput("a --snapshot is read-only: run without --snapshot to change the node")
 
 
+_NAT_TABLE = re.compile(r"^\*nat[ \t\r]*$", re.MULTILINE)
 _V6_ADDRESS = re.compile(r"(?:-[sd]|--to-destination) !?\s*\[?[0-9a-fA-F]*:[0-9a-fA-F:.]*[/\]]")
 _V4_ADDRESS = re.compile(r"(?:-[sd]|--to-destination) !?\s*[0-9]{1,3}(?:\.[0-9]{1,3}){3}[/:\s]")
 

@@ -26,7 +26,15 @@ class SnapshotNft:
         self.path = path
         self.source = "<stdin>" if path == "-" else path
         # Read and parse now: a bad file is bad input before anything else happens.
-        self._ruleset = parse(read_text(path, "nft snapshot", MAX_DUMP_BYTES), self.source)
+        text = read_text(path, "nft snapshot", MAX_DUMP_BYTES)
+        if not text.strip():
+            # A failed pipe, said as such (as --snapshot's): `nft -j list ruleset`
+            # prints its metainfo even where no table exists.
+            raise BadInput(
+                f"{self.source}: empty, not `nft -j list` output (did the command that made"
+                " it fail?): give the output of `nft -j list ruleset`"
+            )
+        self._ruleset = parse(text, self.source)
 
     def read(self, families: Iterable[int] = (4, 6)) -> Ruleset:
         wanted = set(families)

@@ -10,6 +10,9 @@ from pmctl import assert_error, run
 ROOT = Path(__file__).parents[3]
 SNAP = str(ROOT / "examples" / "nft" / "ruleset.json")
 CACHE = str(ROOT / "examples" / "nft" / "cni-cache")
+# What iptables-save -t nat prints where no chain was made (an empty file is refused).
+EMPTY_NAT = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+EMPTY_NAT += ":POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
 
 
 def test_list_json_rows() -> None:
@@ -41,10 +44,12 @@ def test_check_offline_reports_nft_problems() -> None:
     }
 
 
-def test_nft_backed_containers_are_not_expected_in_iptables() -> None:
+def test_nft_backed_containers_are_not_expected_in_iptables(tmp_path: Path) -> None:
     """--backend iptables does not look at nftables, and still never wants iptables
     chains for containers configured `"backend": "nftables"`."""
-    done = run(["check", "--backend", "iptables", "--snapshot", "/dev/null",
+    empty = tmp_path / "nat.save"
+    empty.write_text(EMPTY_NAT)
+    done = run(["check", "--backend", "iptables", "--snapshot", str(empty),
                 "--cni-cache-dir", CACHE, "-o", "json"])  # fmt: skip
     assert done.returncode == 0, done.stdout
     assert json.loads(done.stdout)["problems"] == []

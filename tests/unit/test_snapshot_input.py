@@ -1,0 +1,70 @@
+"""A snapshot that holds no nat table is bad input, never "no portmap chains found".
+
+`ssh node iptables-save | portmapctl list --snapshot -` whose ssh failed feeds an
+empty stdin; read as a node without chains it passed for a clean node, exit 0. What
+`iptables-save -t nat` prints always holds a `*nat` block (even in a namespace where
+no table was ever made), and `nft -j list ruleset` always prints its metainfo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pmctl import assert_error, run
+
+NO_NAT = {
+    "empty": ("", "empty, not {save} output"),
+    "blank": ("\n \n", "empty, not {save} output"),
+    "filter-only": (
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
+        "no nat table in this {save} output",
+    ),
+    # What iptables-nft-save prints where only legacy tables exist.
+    "warning-only": (
+        "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n",
+        "no nat table in this {save} output",
+    ),
+}
+
+
+@pytest.mark.parametrize("command", ["list", "check"])
+@pytest.mark.parametrize("option", ["--snapshot", "--snapshot6"])
+@pytest.mark.parametrize("name", sorted(NO_NAT))
+@pytest.mark.parametrize("where", ["stdin", "file"])
+def test_a_snapshot_without_a_nat_table_is_bad_input(tmp_path, command, option, name, where):
+    body, words = NO_NAT[name]
+    save = "ip6tables-save" if option == "--snapshot6" else "iptables-save"
+    cache = ["--cni-cache-dir", str(tmp_path / "no-cache")]
+    if where == "stdin":
+        done = run([command, option, "-", *cache], stdin=body)
+        source = "<stdin>"
+    else:
+        path = tmp_path / "dump.save"
+        path.write_text(body)
+        done = run([command, option, str(path), *cache])
+        source = str(path)
+    assert_error(done, 2, f"{source}: ", words.format(save=save), f"`{save} -t nat`")
+
+
+def test_an_empty_nft_snapshot_is_said_to_be_empty(tmp_path):
+    done = run(["list", "--nft-snapshot", "-", "--cni-cache-dir", str(tmp_path)], stdin="")
+    assert_error(done, 2, "<stdin>: empty, not `nft -j list` output", "nft -j list ruleset")
+
+
+def test_a_nat_table_without_chains_is_a_node_without_chains(tmp_path: Path):
+    """What `iptables-save -t nat` prints in a namespace where nothing was made."""
+    nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    nat += ":POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+    done = run(["list", "--snapshot", "-", "--cni-cache-dir", str(tmp_path)], stdin=nat)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "no portmap chains found"
+    # The same table after a filter table, as plain `iptables-save` prints them.
+    both = "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n" + nat
+    done = run(["list", "--snapshot", "-", "--cni-cache-dir", str(tmp_path)], stdin=both)
+    assert done.returncode == 0 and done.stdout.strip() == "no portmap chains found"
+
+
+def test_conntrack_with_a_snapshot_is_refused_whatever_the_file_holds(tmp_path):
+    done = run(["list", "--snapshot", "/dev/null", "--conntrack"])
+    assert_error(done, 2, "--conntrack reads the kernel")
