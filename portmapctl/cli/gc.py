@@ -159,8 +159,8 @@ def gc_command(
                     ),
                     stderr=True,
                 )  # fmt: skip
-                count = len(preview.removed) + len(preview.shared_removed)
-                answer = _answer(f"Remove {render.count(count, 'chain')}?")
+                removal = render.removal_text(preview.removed, preview.shared_removed)
+                answer = _answer(f"Remove {removal}?")
                 if not answer:
                     out.message("nothing removed" + ("" if answer is False else NO_ANSWER))
                     if recorder is not None:
@@ -187,7 +187,7 @@ def gc_command(
 
             # What was done is on stdout already (and the flush ran): this line says
             # what is missing, exit 3 as for any other environment problem.
-            done = render.count(len(result.removed), "chain")
+            done = render.removal_text(result.removed, result.shared_removed)
             raise HostProblem(
                 f"removed {done} (see above), but could not record the chains still pending:"
                 f" {result.state_error} (free space in the run directory)"

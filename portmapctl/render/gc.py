@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, List, Optional
+from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Backend
 from portmapctl.render.table import Cuttable, count, cut_end, grid, short_id
@@ -94,20 +94,36 @@ def gc_table(
     return grid(headers, rows, statuses, header, width=None if whole else width, cuts=GC_CUTS)
 
 
+def removal_text(removed: Sequence[GcChain], shared: Sequence[Tuple[int, str]] = ()) -> str:
+    """What `removed` (and the shared chains) are, in words that are true of each:
+    `2 chains of 2 containers, 1 chain of no known container and the nftables rules of
+    1 container`. An nftables item is one container's rules in one family, no chain;
+    a chain no rule names (an orphan, an unpaired CNI-SN-) belongs to no known one."""
+    chains = [c for c in removed if c.backend == Backend.IPTABLES]
+    # By ID, as list counts them: a container's nftables rules name no network.
+    named = {c.container_id for c in chains if c.container_id}
+    owned = sum(1 for c in chains if c.container_id)
+    nft = {c.container_id for c in removed if c.backend == Backend.NFTABLES}
+    pieces = []
+    if owned:
+        pieces.append(f"{count(owned, 'chain')} of {count(len(named), 'container')}")
+    if len(chains) > owned:
+        pieces.append(f"{count(len(chains) - owned, 'chain')} of no known container")
+    if nft:
+        pieces.append(f"the nftables rules of {count(len(nft), 'container')}")
+    pieces.extend(f"{name} (v{fam})" for fam, name in shared)
+    if not pieces:
+        return count(0, "chain")
+    return " and ".join([", ".join(pieces[:-1]), pieces[-1]] if len(pieces) > 1 else pieces)
+
+
 def gc_summary(result: GcResult, asked_dry_run: Optional[bool] = None) -> str:
     """One line for a cron log; "(dry run)" only when --dry-run was asked."""
     dry_run = result.dry_run if asked_dry_run is None else asked_dry_run
-    # By ID, as list counts them: a container's nftables rules name no network, so
-    # (network, ID) made one container with rules in both backends two.
-    containers = {c.container_id for c in result.removed if c.container_id}
     verb = "would remove" if result.dry_run else "removed"
-    parts = [
-        f"{verb} {count(len(result.removed), 'chain')} of {count(len(containers), 'container')}"
-    ]
+    parts = [f"{verb} {removal_text(result.removed, result.shared_removed)}"]
     if not result.changes:
         parts = ["nothing to remove now"]
-    if result.shared_removed:
-        parts[0] += " and " + ", ".join(f"{name} (v{fam})" for fam, name in result.shared_removed)
     parts.append(f"{len(result.pending)} pending")
     parts.append(f"{result.kept} kept")
     if not result.dry_run and result.changes:

@@ -134,6 +134,10 @@ def test_gc_removes_exactly_the_dead(node: str, tmp_path: Path) -> None:
     done = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0")
     assert done.returncode == 0, done.stderr
     assert _container_rules(node) == [r for r in before if r[2] != "old1"]
+    # Its rules in two families, no chain of its own: it said "removed 2 chains".
+    assert done.stdout.splitlines()[-1].startswith(
+        "gc: removed the nftables rules of 1 container, 0 pending,"
+    ), done.stdout
     again = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
     assert json.loads(again.stdout)["removed"] == []
 

@@ -414,7 +414,7 @@ def test_gc_with_a_full_run_dir_reports_what_it_did_flushes_and_exits_3(node, fu
     assert done.returncode == 3, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert lines[0].startswith("portmapctl: error: removed 1 chain (see above)")
+    assert lines[0].startswith("portmapctl: error: removed 1 chain of 1 container (see above)")
     assert "No space left on device" in lines[0]
     assert done.stdout.startswith("gc: removed 1 chain of 1 container")
     assert "1 UDP conntrack entry deleted" in done.stdout

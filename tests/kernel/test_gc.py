@@ -205,6 +205,29 @@ def test_gc_removes_the_legacy_snat_chain_once_empty(node: Node_):
     node.check("live1")
 
 
+def test_the_summary_says_an_orphan_chain_belongs_to_no_known_container(node: Node_):
+    """A CNI-DN- chain nothing enters names no container: the summary said "removed
+    1 chain of 0 containers"."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    orphan = chain_name("gcnet", "gone9")
+    node.ipt(4, "-N", orphan)
+    node.ipt(4, "-A", orphan, "-p", "tcp", "-j", "DNAT", "--to-destination", "10.88.0.99:80")
+    before = node.lines(4)
+    dry = node.gc("--dry-run", "--min-age", "0", "-q")
+    assert (
+        dry.stdout
+        == "gc (dry run): would remove 1 chain of no known container, 0 pending, 1 kept\n"
+    )
+    done = node.gc("--yes", "--min-age", "0", "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "gc: removed 1 chain of no known container, 0 pending, 1 kept,"
+        " 0 UDP conntrack entries deleted\n"
+    )
+    assert node.lines(4) == _without(before, {orphan})
+    node.check("live1")
+
+
 def test_dry_run_changes_nothing(node: Node_):
     node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
     node.add("gcnet", "stale1", ["10.88.0.12/16", "fd00::12/64"], _ports("6002/udp"), cache=False)
@@ -389,11 +412,11 @@ def test_on_a_terminal_gc_asks_first(nft_node: Node_):
         "0",
     ]
     code, shown, _ = _on_terminal(argv, b"n")
-    assert code == 0 and "Remove 1 chain?" in shown and " stale1 " in shown
+    assert code == 0 and "Remove 1 chain of 1 container?" in shown and " stale1 " in shown
     assert node.lines(4) == before
     code, shown, stdout = _on_terminal([*argv, "-o", "json"], b"y")
     assert code == 0, shown
-    assert "Remove 1 chain?" in shown
+    assert "Remove 1 chain of 1 container?" in shown
     # stdout holds the result alone: the preview and the question went to the terminal.
     assert [c["chain"] for c in json.loads(stdout)["removed"]] == [chain_name("gcnet", "stale1")]
     assert node.lines(4) == _without(before, {chain_name("gcnet", "stale1")})

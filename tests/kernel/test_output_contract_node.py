@@ -53,7 +53,9 @@ def test_interactive_gc_removes_a_chain_after_min_age(node: Node_):
     time.sleep(5.2)
     code, terminal, stdout = _on_terminal(argv, b"y")
     assert code == 0, terminal
-    assert "Remove 1 chain?" in terminal and " gone1 " in terminal  # the preview: terminal
+    assert (
+        "Remove 1 chain of 1 container?" in terminal and " gone1 " in terminal
+    )  # the preview: terminal
     assert stdout.splitlines()[-1].startswith("gc: removed 1 chain of 1 container, 0 pending")
     assert not [line for line in node.lines(4) if gone in line]
     node.check("live1")
@@ -202,7 +204,7 @@ def test_the_gc_prompt_leaves_stdout_alone(node: Node_):
     argv = ["gc", *common(node), "--min-age", "0"]
     code, terminal, stdout = _on_terminal(argv, b"n")
     assert code == 0, terminal
-    assert "Remove 1 chain? [y/N]:" in terminal and "nothing removed" in terminal
+    assert "Remove 1 chain of 1 container? [y/N]:" in terminal and "nothing removed" in terminal
     assert stdout == ""
     code, terminal, stdout = _on_terminal([*argv, "-o", "json"], b"y")
     assert code == 0, terminal

@@ -537,14 +537,72 @@ def test_a_document_that_lists_no_attachment_is_no_source_of_liveness(tmp_path):
 def test_the_summary_counts_a_container_in_both_backends_once() -> None:
     """A dead container with an iptables chain and nftables rules (re-added after the
     network switched backends) is one container, as list counts it; the nftables rows
-    name no network, and 0.1 counted (network, ID) pairs: "3 chains of 3 containers"."""
+    name no network, and 0.1 counted (network, ID) pairs. Its nftables rules are no
+    chain: before, "3 chains of 2 containers"."""
     from portmapctl.ops.gc import NFT_KIND, GcChain, GcResult
     from portmapctl.render.gc import gc_summary
 
     removed = (
         GcChain("CNI-DN-faf37fff854eed34720e8", 4, "dnat", "podman", "re1", (), 0.0),
+        GcChain("CNI-DN-faf37fff854eed34720e8", 6, "dnat", "podman", "re1", (), 0.0),
         GcChain("hostports", 4, NFT_KIND, None, "re1", (), 0.0),
         GcChain("hostports", 4, NFT_KIND, None, "gone1", (), 0.0),
+        GcChain("hostports", 6, NFT_KIND, None, "gone1", (), 0.0),
     )
     summary = gc_summary(GcResult(False, removed, (), 2, 0))
-    assert summary.startswith("gc: removed 3 chains of 2 containers,"), summary
+    assert summary.startswith(
+        "gc: removed 2 chains of 1 container and the nftables rules of 2 containers, 0 pending,"
+    ), summary
+
+
+_ORPHAN = "CNI-DN-0123456789abcdef01234"
+
+
+@pytest.mark.parametrize(
+    "removed, shared, words",
+    [
+        # An orphan (nothing enters it, so nothing names its container): before,
+        # "1 chain of 0 containers".
+        ([(_ORPHAN, "dnat", None)], (), "1 chain of no known container"),
+        (
+            [
+                (_ORPHAN, "dnat", None),
+                ("CNI-DN-a", "dnat", "c1"),
+                ("CNI-SN-b", "legacy-snat", None),
+            ],
+            (),
+            "1 chain of 1 container and 2 chains of no known container",
+        ),
+        # The nftables backend's items are a container's rules in one family: before,
+        # "2 chains of 1 container".
+        (
+            [("hostports", "nft", "c2"), ("hostports6", "nft", "c2")],
+            (),
+            "the nftables rules of 1 container",
+        ),
+        (
+            [("CNI-DN-a", "dnat", "c1"), (_ORPHAN, "dnat", None), ("hostports", "nft", "c2")],
+            ((4, "CNI-HOSTPORT-SNAT"),),
+            "1 chain of 1 container, 1 chain of no known container, the nftables rules of"
+            " 1 container and CNI-HOSTPORT-SNAT (v4)",
+        ),
+        ([], ((4, "CNI-HOSTPORT-SNAT"),), "CNI-HOSTPORT-SNAT (v4)"),
+    ],
+)
+def test_the_summary_says_what_was_removed_as_it_is(removed, shared, words) -> None:
+    from portmapctl.ops.gc import NFT_KIND, GcChain, GcResult
+    from portmapctl.render.gc import gc_summary
+
+    chains = tuple(
+        GcChain(name, 6 if name.endswith("6") else 4, NFT_KIND if kind == "nft" else kind,
+                None if kind == "nft" else "net", cid, (), 0.0)
+        for name, kind, cid in removed
+    )  # fmt: skip
+    done = gc_summary(GcResult(False, chains, (), 1, 0, shared_removed=shared))
+    assert done == f"gc: removed {words}, 0 pending, 1 kept, 0 UDP conntrack entries deleted"
+    dry = gc_summary(GcResult(True, chains, (), 1, 0, shared_removed=shared))
+    assert dry == f"gc (dry run): would remove {words}, 0 pending, 1 kept"
+    # The same words in the prompt and in the error after a failed state write.
+    from portmapctl.render.gc import removal_text
+
+    assert removal_text(chains, shared) == words
