@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 from portmapctl.core.status import FlushReason
 from portmapctl.render.table import Cuttable, Piece, cut_address, cut_middle, table
@@ -62,9 +62,9 @@ def flush_table(result: FlushResult, width: Optional[int] = None, header: bool =
     return table(headers, rows, why, header, width=width, cuts=FLUSH_CUTS)
 
 
-def _flush_ports_text(result: FlushResult) -> str:
+def _flush_ports_text(keys: Iterable[Tuple[int, int]]) -> str:
     families: Dict[int, List[str]] = {}
-    for family, port in result.ports:
+    for family, port in sorted(keys):
         families.setdefault(port, []).append(f"v{family}")
     if len(families) > 8:
         return f"{len(families)} host ports"
@@ -73,14 +73,19 @@ def _flush_ports_text(result: FlushResult) -> str:
 
 
 def flush_summary(result: FlushResult, container: Optional[str] = None) -> str:
-    """The one line that says what happened (or would)."""
+    """The one line that says what happened (or would): the ports named are those of
+    the entries deleted, or where none was, those looked at."""
     if not result.ports:
         whose = f" of a container {container}*" if container else ""
         return f"no mapped UDP host ports{whose}: nothing to flush"
     count = result.deleted
     noun = "entry" if count == 1 else "entries"
     verb = "would delete" if result.dry_run else "deleted"
-    line = f"{verb} {count} UDP conntrack {noun} to {_flush_ports_text(result)}"
+    found = {(d.entry.family, d.entry.dport) for d in result.doomed}
+    if found:
+        line = f"{verb} {count} UDP conntrack {noun} to {_flush_ports_text(found)}"
+    else:
+        line = f"{verb} 0 UDP conntrack entries: none to {_flush_ports_text(result.ports)}"
     if result.stale_only and result.kept:
         line += f"; kept {result.kept} that reach their container or the host"
     gone = len(result.doomed) - result.deleted

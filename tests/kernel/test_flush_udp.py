@@ -95,7 +95,11 @@ def test_stale_only_dry_run_then_for_real(node: str, capsys: pytest.CaptureFixtu
 
     code, out, err = cli(capsys, "flush-udp", "--netns", node, "--stale-only")
     assert code == 0, err
-    assert out.startswith("deleted 3 UDP conntrack entries to host ports 5353 (v4/v6), 6000 (v4)")
+    # The three go to 5353; 6000 was looked at and kept its entries.
+    assert out == (
+        "deleted 3 UDP conntrack entries to host port 5353 (v4/v6);"
+        " kept 4 that reach their container or the host\n"
+    )
     # Kept: the current container's entries, the host's own flow to 6000 (not
     # def456's host IP), and everything under unmapped ports.
     assert ct_sports(node) == ALL - {40002, 40003, 40012}
@@ -158,6 +162,32 @@ def test_options_choose_the_ports(
     assert code == 0, err
     assert json.loads(out)["count"] == len(deleted)
     assert ct_sports(node) == ALL - deleted
+
+
+@pytest.mark.parametrize(
+    ("args", "summary"),
+    [
+        # Entries to 5353 only: it named 6000 too, where nothing was deleted.
+        (["--stale-only"], "would delete 3 UDP conntrack entries to host port 5353 (v4/v6);"
+                           " kept 4 that reach their container or the host"),
+        # Ten ports looked at, entries to one: it said "to 10 host ports".
+        ([f"--port={p}" for p in (8053, *range(7000, 7009))],
+         "would delete 2 UDP conntrack entries to host port 8053 (v4/v6)"),
+        (["--port", "7777"], "would delete 0 UDP conntrack entries: none to host port 7777 (v4/v6)"),
+        ([f"--port={p}" for p in range(7000, 7010)],
+         "would delete 0 UDP conntrack entries: none to 10 host ports"),
+        (["--container", "def", "--family", "4"],
+         "would delete 2 UDP conntrack entries to host port 6000 (v4)"),
+    ],
+    ids=["stale-only", "ten-ports-one-found", "none-found", "ten-ports-none-found", "container"],
+)  # fmt: skip
+def test_the_summary_names_the_ports_of_what_it_deletes(
+    node: str, capsys: pytest.CaptureFixture[str], args: list[str], summary: str
+) -> None:
+    code, out, err = cli(capsys, "flush-udp", "--netns", node, "--dry-run", *args)
+    assert code == 0, err
+    assert out.splitlines()[-1] == summary
+    assert ct_sports(node) == ALL
 
 
 def test_list_counts_entries_per_udp_mapping(node: str, capsys: pytest.CaptureFixture[str]) -> None:

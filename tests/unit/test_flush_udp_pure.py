@@ -230,6 +230,28 @@ def test_json_has_the_spec_keys_and_table_says_why() -> None:
     assert "nothing to flush" in render.flush_summary(nothing, "zzz")
 
 
+def test_the_summary_names_the_ports_of_the_entries_it_deletes() -> None:
+    """The ports after "to" are those of the entries deleted: it named every port looked
+    at ("deleted 1 ... to host ports 5353 (v4/v6), 6000 (v4)", "to 12 host ports"); where
+    nothing goes, it says none went to the ports looked at."""
+    looked = ((4, 5353), (4, 6000), (6, 5353))
+    one = FlushResult(False, False, looked, (Doomed(OLD, FlushReason.MAPPED),), 1, 0)
+    assert render.flush_summary(one) == "deleted 1 UDP conntrack entry to host port 5353 (v4)"
+    many = tuple((f, p) for p in range(7000, 7012) for f in (4, 6))
+    assert render.flush_summary(dataclasses.replace(one, ports=many)) == (
+        "deleted 1 UDP conntrack entry to host port 5353 (v4)"
+    )
+    none = FlushResult(True, True, looked, (), 0, 2)
+    assert render.flush_summary(none) == (
+        "would delete 0 UDP conntrack entries: none to host ports 5353 (v4/v6), 6000 (v4);"
+        " kept 2 that reach their container or the host"
+    )
+    assert render.flush_summary(dataclasses.replace(none, ports=many)) == (
+        "would delete 0 UDP conntrack entries: none to 12 host ports;"
+        " kept 2 that reach their container or the host"
+    )
+
+
 def test_dry_run_table_and_summary_fit_an_80_column_terminal(monkeypatch) -> None:
     """The audit's run: rows of 108-113 columns and a summary of 109 on a terminal of
     80. The rows are cut (addresses in their middle, ports whole; WHY from its end),
