@@ -68,8 +68,14 @@ def _verbose(argv: List[str]) -> bool:
 
 def _one_line(text: str) -> str:
     """The message as one printable line: a newline or an escape sequence in a name
-    or path the user gave must not start a line of its own or steer the terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    or path the user gave must not start a line of its own or steer the terminal. A
+    byte that is not UTF-8 (an argument's, held as a lone surrogate) is `\\xNN`, as
+    JSON writes it (core/text.py), where repr() wrote `\\udce9`."""
+    if text.isprintable() and "\\udc" not in text:
+        return text
+    from portmapctl.core.text import char_text, message_text
+
+    return message_text("".join(c if c.isprintable() else char_text(c) for c in text))
 
 
 @contextlib.contextmanager
@@ -247,8 +253,7 @@ def main(argv: Optional[List[str]] = None, early_nft: Any = None, early_claims: 
         _typer_failure(err)
         if _verbose(args):
             raise
-        sys.stderr.write(
-            f"portmapctl: internal error: {type(err).__name__}: {err} (run with -v for details)\n"
-        )
+        detail = _one_line(f"{type(err).__name__}: {err}")
+        sys.stderr.write(f"portmapctl: internal error: {detail} (run with -v for details)\n")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

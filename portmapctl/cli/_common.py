@@ -28,6 +28,7 @@ from typing import (
 )
 
 from portmapctl.core.backend import Backend
+from portmapctl.core.text import message_text
 from portmapctl.host.paths import CNI_CACHE_DIR, default_cni_cache_dirs
 
 if TYPE_CHECKING:
@@ -500,7 +501,8 @@ class Output(NamedTuple):
             self._console(stderr=True).print(text)
 
     def warn(self, text: str) -> None:
-        sys.stderr.write(f"portmapctl: warning: {text}\n")
+        # A path's byte that is not UTF-8 as `\xNN`, as error lines and JSON write it.
+        sys.stderr.write(f"portmapctl: warning: {message_text(text)}\n")
 
     @contextlib.contextmanager
     def progress(

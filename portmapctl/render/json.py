@@ -9,12 +9,12 @@ or null. Addresses are plain strings without brackets or prefix; absent values a
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
 from typing import Mapping as MappingT
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.status import ProblemKind
+from portmapctl.core.text import bytes_as_text
 from portmapctl.render.check import check_summary, rule_text, split_fix
 
 if TYPE_CHECKING:
@@ -54,22 +54,12 @@ def unicode_only(value: Any) -> Any:
     whole document (orjson). `\\xNN`, as the metrics write a path's such bytes; any
     other lone surrogate (a cache file's JSON may escape one) is `\\uNNNN`."""
     if isinstance(value, str):
-        return _SURROGATE.sub(_surrogate_text, value)
+        return bytes_as_text(value)
     if isinstance(value, dict):
         return {unicode_only(key): unicode_only(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [unicode_only(item) for item in value]
     return value
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _surrogate_text(found: re.Match) -> str:
-    point = ord(found.group())
-    if 0xDC80 <= point <= 0xDCFF:  # surrogateescape's stand-in for byte point - 0xDC00
-        return f"\\x{point - 0xDC00:02x}"
-    return f"\\u{point:04x}"
 
 
 def document(cache: Optional[MappingT[str, Any]], **body: Any) -> Dict[str, Any]:

@@ -119,3 +119,58 @@ def test_unicode_only_spells_each_lone_surrogate_and_leaves_text_alone():
     document = {"a\udcff": ["caf\udce9", "\ud800 \U0001f600 é", 4, None, True]}
     assert unicode_only(document) == {"a\\xff": ["caf\\xe9", "\\ud800 \U0001f600 é", 4, None, True]}
     json.dumps(unicode_only(document), ensure_ascii=False).encode("utf-8")  # all Unicode
+
+
+# A command-line argument's byte that is not UTF-8: Python holds 0xe9 as "\udce9".
+E9 = "\udce9"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["list", "--container", E9], "invalid container ID '\\xe9'"),
+        (["add", "--network", f"n{E9}t", "--container", "c1", "--ip", "10.88.0.2/16",
+          "-p", "80:80", "--dry-run"], "invalid network name 'n\\xe9t'"),
+        (["list", "--port", E9], "invalid --port '\\xe9'"),
+        (["list", "--snapshot", f"/nonexistent/{E9}"], "cannot read snapshot /nonexistent/\\xe9:"),
+        # typer's (click's) own messages, which quote with repr() too.
+        (["list", "--family", E9], "Invalid value for '--family': '\\xe9' is not one of"),
+        (["list", f"--{E9}"], "No such option: --\\xe9"),
+        # The one line stays one: a control character is escaped as before.
+        (["list", "--container", f"a\n{E9}\x1b"], "invalid container ID 'a\\n\\xe9\\x1b'"),
+        # A backslash the argument holds is not taken for such a byte.
+        (["list", "--container", "\\udce9"], "invalid container ID '\\\\udce9'"),
+    ],
+    ids=["container", "network", "port", "snapshot-path", "family", "option", "control", "text"],
+)  # fmt: skip
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii", "latin-1"])
+def test_an_error_line_writes_an_arguments_byte_as_backslash_x(args, line, encoding):
+    """It wrote `\\udce9`, Python's stand-in for the byte, where JSON writes `\\xe9`."""
+    done = piped(args, {"PYTHONIOENCODING": encoding})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.decode("ascii").splitlines() == [done.stderr.decode("ascii").strip()], (
+        done.stderr
+    )  # one line, all of it ASCII text
+    assert line in done.stderr.decode("ascii"), done.stderr
+    assert b"\\udc" not in done.stderr.replace(b"\\\\udce9", b""), done.stderr
+
+
+def test_a_warning_writes_a_paths_byte_as_backslash_x(tmp_path):
+    """The missing cache's warning named `--cni-cache-dir $'/tmp/\\xe9'` `/tmp/\\udce9`."""
+    cache = os.fsdecode(bytes(tmp_path) + b"/cni-\xe9")
+    done = piped(["list", *EXAMPLE[:2], "--cni-cache-dir", cache], {})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.decode("ascii") == (
+        f"portmapctl: warning: no CNI cache at {tmp_path}/cni-\\xe9/results: stale mappings"
+        " cannot be told from live ones (give --cni-cache-dir)\n"
+    )
+
+
+def test_message_text_spells_lone_surrogates_and_repr_escapes_of_them():
+    from portmapctl.core.text import message_text
+
+    assert message_text("caf\udce9 \ud800 é \U0001f600") == "caf\\xe9 \\ud800 é \U0001f600"
+    assert message_text(repr("caf\udce9")) == "'caf\\xe9'"
+    # A backslash the value held is doubled by repr(): not such a byte.
+    assert message_text(repr("caf\\udce9")) == "'caf\\\\udce9'"
+    assert message_text(repr("\\\udce9")) == "'\\\\\\xe9'"

@@ -1,0 +1,48 @@
+"""Text that holds bytes that are not UTF-8, written as readable text.
+
+Python holds such a byte of a command-line argument, a path or an iptables comment as
+a lone surrogate (surrogateescape: byte 0xe9 is U+DCE9). Written out as it is, it is
+no Unicode text: JSON escaped it as `\\udce9`, and so did error lines (repr() of a
+value, or stderr's backslashreplace). Everywhere a person or a parser reads it (JSON,
+error and warning lines) it is `\\xNN` instead, as the metrics write a path's such
+bytes; any other lone surrogate is `\\uNNNN`.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# What repr() makes of such a byte inside a quoted value ('\udce9'): a backslash the
+# value held is doubled there, so an escape is one preceded by an even run of them.
+_REPR_BYTE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def surrogate_text(char: str) -> str:
+    """One lone surrogate as text: `\\xNN` for a byte surrogateescape held, else `\\uNNNN`."""
+    point = ord(char)
+    if 0xDC80 <= point <= 0xDCFF:  # surrogateescape's stand-in for byte point - 0xDC00
+        return f"\\x{point - 0xDC00:02x}"
+    return f"\\u{point:04x}"
+
+
+def bytes_as_text(text: str) -> str:
+    """`text` with every lone surrogate written as surrogate_text says."""
+    return _SURROGATE.sub(lambda found: surrogate_text(found.group()), text)
+
+
+def char_text(char: str) -> str:
+    """A character that is not printable, as text: a lone surrogate as surrogate_text
+    says, anything else as repr() writes it (`\\n`, `\\x1b`)."""
+    if "\ud800" <= char <= "\udfff":
+        return surrogate_text(char)
+    return repr(char)[1:-1]
+
+
+def message_text(text: str) -> str:
+    """A line for stderr: lone surrogates as bytes_as_text writes them, and so the
+    ones a message quoted with repr() (click's usage errors, our `{value!r}`)."""
+    text = bytes_as_text(text)
+    if "\\udc" not in text:
+        return text
+    return _REPR_BYTE.sub(r"\1\\x\2", text)
