@@ -14,9 +14,21 @@ import os
 import struct
 import time
 from enum import Enum
-from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import (
+    Callable,
+    Collection,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Set,
+    Tuple,
+)
 
 from portmapctl.errors import HostProblem
+from portmapctl.host import mountns
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
@@ -180,10 +192,16 @@ class NamespaceView:
 
     `host_mounts`: whether this is the host's mount namespace; `booted`: /proc/stat's
     btime (None: asked of the kernel, once, when first needed; tests say them), of
-    which /dev's birth, where earlier, is taken instead (boot_time).
+    which /dev's birth, where earlier, is taken instead (boot_time); `elsewhere`: what
+    the other mount namespaces show at given paths (mountns.sightings; tests say it).
     """
 
-    def __init__(self, host_mounts: Optional[bool] = None, booted: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        host_mounts: Optional[bool] = None,
+        booted: Optional[float] = None,
+        elsewhere: Optional[Callable[[Collection[str]], mountns.Sightings]] = None,
+    ) -> None:
         self._visible: Dict[str, bool] = {}
         self._holds_cached: Set[str] = set()
         self._looked: Set[Tuple[str, FrozenSet[str]]] = set()
@@ -191,9 +209,11 @@ class NamespaceView:
         self._booted = booted
         self._boot: Optional[float] = None
         try:
-            self._nsfs = os.stat("/proc/self/ns/net").st_dev
+            self._nsfs: Optional[int] = os.stat("/proc/self/ns/net").st_dev
         except OSError:
             self._nsfs = None
+        self._elsewhere = elsewhere or (lambda paths: mountns.sightings(paths, self._nsfs))
+        self._sighted: mountns.Sightings = {}
 
     def is_namespace(self, path: str) -> Optional[bool]:
         """True for a network namespace file, False when nothing is at `path`, None
@@ -276,6 +296,29 @@ class NamespaceView:
             return False
         return booted is not None and written < booted
 
+    def _gone_everywhere(self, path: str, cached: Iterable[str]) -> bool:
+        """Whether nothing is at `path` (not under /proc), seen from the host's mount
+        namespace and from every other mount namespace a process is in: a namespace
+        deleted this boot (`ip netns del`, podman's), in a directory that shows no
+        other namespace the cache names. A runtime that keeps its live ones out of the
+        host's sight (a kind node's) shows them in its own mount namespace. Looked up
+        for every such path of the read at once, each once per view."""
+        if path.startswith("/proc/") or not self._on_the_host():
+            return False
+        if path not in self._sighted:
+            if self.is_namespace(path) is not False:
+                self._sighted[path] = None  # something here: is_namespace's to judge
+                return False
+            wanted = {path}
+            for other in cached:
+                other = os.path.normpath(other) if os.path.isabs(other) else ""
+                seen_dir = os.path.dirname(other) in self._holds_cached
+                if other and not other.startswith("/proc/") and not seen_dir:
+                    if other not in self._sighted and self.is_namespace(other) is False:
+                        wanted.add(other)
+            self._sighted.update(self._elsewhere(sorted(wanted)))
+        return self._sighted.get(path) is False
+
     def dated_by_the_entry(self, path: Optional[str], state: NetnsState) -> bool:
         """Whether when an entry was written may change `state` of `path` (the rest is
         the same for every entry naming it): one not seen (a reboot's), or at a
@@ -316,6 +359,8 @@ class NamespaceView:
             seen = self._holds_a_cached_namespace(directory, cached)
         if not seen:
             if entry is not None and self._died_with_the_boot(path, entry):
+                return NetnsState.GONE
+            if self._gone_everywhere(path, cached):
                 return NetnsState.GONE
             return NetnsState.UNSEEN
         found = self.is_namespace(path)

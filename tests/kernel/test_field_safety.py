@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -259,6 +260,50 @@ def test_after_a_reboot_an_entrys_reused_proc_pid_is_no_live_container(lab: Lab)
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_namespace_deleted_this_boot_is_a_zombie_though_the_cache_names_no_other(lab: Lab):
+    """A container's namespace made as `ip netns add` and podman make them
+    (/run/netns/NAME), the plugin's ADD given it, then deleted this boot with the entry
+    left behind. It was the one namespace the cache names, so /run/netns showed none of
+    the cache's: before, the entry was unseen, listed ok, check said healthy, check
+    --repair after a flush re-created the dead container's chain and gc
+    --netns-liveness was refused. Seen from the host's mount namespace, nothing is at
+    its path in any mount namespace a process is in: a zombie everywhere."""
+    ctr = rp.create_netns("pmt-del")
+    path = f"/run/netns/{ctr}"
+    try:
+        conf = rp.plugin_conf("mynet", ["10.88.0.41/16"], PORT_A)
+        rp.run_plugin("ADD", lab.ns, "deleted", conf, mode="nft", container_ns=path, check=True)
+        lab.confs["mynet/deleted"] = conf
+        rp.write_cni_cache(lab.cache, "mynet", "deleted", "eth0", conf, PORT_A,
+                           ["10.88.0.41/16"], netns=path)  # fmt: skip
+        assert statuses(lab.json("list"), "deleted") == {"ok"}  # alive: nothing judged
+    finally:
+        rp.delete_netns(ctr)
+    assert statuses(lab.json("list"), "deleted") == {"zombie"}
+    # Without CAP_SYS_PTRACE not every process's mounts can be looked at (/proc's
+    # hidepid leaves processes out): nothing is judged, the safe side.
+    argv = ["list", "--netns", lab.ns, "--iptables", "nft", "--cni-cache-dir", str(lab.cache)]
+    done = subprocess.run(
+        ["setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace",
+         sys.executable, "-m", "portmapctl", *argv, "-o", "json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert statuses(json.loads(done.stdout), "deleted") == {"ok"}
+    doc = lab.json("check", codes=(1,))
+    assert [(p["kind"], p["container_id"]) for p in doc["problems"]] == [("zombie", "deleted")]
+    lab.ipt("-F")
+    lab.ipt("-X")
+    done = lab.pm("check", "--repair")
+    assert done.returncode == 1 and "zombie" in done.stdout, done.stdout + done.stderr
+    assert not chain_lines(lab.rules(), chain_name("mynet", "deleted")), "re-created"
+    # Its rules restored (iptables-persistent): gc --netns-liveness takes them away.
+    rp.run_plugin("ADD", lab.ns, "deleted", conf, mode="nft", check=True)
+    doc = lab.json("gc", "--yes", "--min-age", "0", "--netns-liveness")
+    assert [r["container_id"] for r in doc["removed"]] == ["deleted"]
+    assert not chain_lines(lab.rules(), chain_name("mynet", "deleted"))
 
 
 def _written_before_this_boot(path: Path) -> None:

@@ -419,6 +419,11 @@ def test_a_file_removed_while_reading_is_not_live(tmp_path, monkeypatch):
 # --- 2. zombies: the namespace's state ---------------------------------------------------
 
 
+def _kept_out_of_sight(paths):
+    """Another mount namespace (a kind node's runtime's) shows a namespace at each path."""
+    return {p: True for p in paths}
+
+
 def test_namespace_paths_that_cannot_be_judged_are_never_zombies(tmp_path):
     view = NamespaceView(host_mounts=False)
     assert view.state(None) == NetnsState.UNKNOWN
@@ -457,7 +462,7 @@ def test_from_the_hosts_mounts_an_entry_from_before_this_boot_names_no_namespace
     new = write(tmp_path / "results", "mynet-new-eth0", entry(cid="new", netns=gone))
     (tmp_path / "netns").mkdir()
     (tmp_path / "netns" / "placeholder").write_text("")
-    host = NamespaceView(host_mounts=True, booted=booted)
+    host = NamespaceView(host_mounts=True, booted=booted, elsewhere=_kept_out_of_sight)
     for gone in (tmp_path / "netns" / "gone", tmp_path / "missing" / "gone"):
         assert host.state(str(gone), str(old)) == NetnsState.GONE
         assert host.state(str(gone), str(new)) == NetnsState.UNSEEN
@@ -491,7 +496,7 @@ def test_a_clock_stepped_forward_after_the_boot_dates_no_live_entry_before_it(tm
     os.utime(live, (boot + 30, boot + 30))  # 30 s into this boot, before the step
     dead = write(tmp_path / "results", "mynet-dead-eth0", entry(cid="dead", netns=gone))
     os.utime(dead, (boot - 3600, boot - 3600))
-    host = NamespaceView(host_mounts=True, booted=stepped)
+    host = NamespaceView(host_mounts=True, booted=stepped, elsewhere=_kept_out_of_sight)
     assert host.state(gone, str(live)) == NetnsState.UNSEEN
     assert host.state(gone, str(dead)) == NetnsState.GONE
 
@@ -505,7 +510,7 @@ def test_a_directory_shows_the_caches_namespaces_only_by_one_it_names(tmp_path):
     directory.mkdir()
     hosts, hidden = str(directory / "host-1"), str(directory / "cni-1")
     Path(hosts).touch()  # a namespace, as is_namespace below says (the kernel test's real)
-    view = NamespaceView(host_mounts=True, booted=1_700_000_000.0)
+    view = NamespaceView(host_mounts=True, booted=1_700_000_000.0, elsewhere=_kept_out_of_sight)
     view.is_namespace = lambda p: p == hosts or (False if p == hidden else None)  # type: ignore
     hidden_entry = write(tmp_path / "results", "mynet-hid-eth0", entry(cid="hid", netns=hidden))
     assert [a.netns_state for a in cni_cache.read_entries([str(hidden_entry)], view)] == [
@@ -517,6 +522,36 @@ def test_a_directory_shows_the_caches_namespaces_only_by_one_it_names(tmp_path):
         "hid": NetnsState.GONE,
         "host": NetnsState.PRESENT,
     }
+
+
+def test_on_the_host_a_namespace_no_mount_namespace_shows_is_gone(tmp_path):
+    """`ip netns del` (podman's removal too) of the one namespace the cache names, this
+    boot: its directory holds no other, so it was not visible; seen from the host's
+    mount namespace a path that holds nothing in any mount namespace is gone (before,
+    unseen: listed ok and repaired back). Where another mount namespace shows one, or
+    cannot be looked at, it stays unseen; outside the host's mounts none is asked."""
+    gone = str(tmp_path / "netns" / "pmt-1")
+    written = write(tmp_path / "results", "mynet-del-eth0", entry(cid="del", netns=gone))
+    asked = []
+
+    def nowhere(paths):
+        asked.append(sorted(paths))
+        return {p: False for p in paths}
+
+    def states(view):
+        return [a.netns_state for a in cni_cache.read_entries([str(written)], view)]
+
+    booted = 1_700_000_000.0  # the entry is from this boot
+    assert states(NamespaceView(host_mounts=True, booted=booted, elsewhere=nowhere)) == [
+        NetnsState.GONE
+    ]
+    assert asked == [[gone]]
+    for other in (_kept_out_of_sight, lambda paths: {p: None for p in paths}):
+        view = NamespaceView(host_mounts=True, booted=booted, elsewhere=other)
+        assert states(view) == [NetnsState.UNSEEN]
+    asked.clear()
+    away = NamespaceView(host_mounts=False, booted=booted, elsewhere=nowhere)
+    assert states(away) == [NetnsState.UNSEEN] and asked == []
 
 
 def test_a_proc_pid_path_from_before_this_boot_names_another_process(tmp_path):
