@@ -37,6 +37,9 @@ class ProblemKind(str, Enum):
     RULES_ORDER = "rules-order"  # ... the right rules, in the wrong order (or repeated)
     MISSING_ENTRY = "missing-entry"  # CNI-HOSTPORT-DNAT lacks an entry rule to the chain
     EXTRA_ENTRY = "extra-entry"  # CNI-HOSTPORT-DNAT sends ports the container does not map
+    # A cached container's chain, entered, that its cached config maps no ports for
+    # (added again with `portMappings: []`): gc keeps it, --repair leaves it.
+    UNEXPECTED_MAPPING = "unexpected-mapping"
     MISSING_TOPLEVEL = "missing-toplevel"  # CNI-HOSTPORT-DNAT/SETMARK/MASQ is gone
     MISSING_TOPLEVEL_RULE = "missing-toplevel-rule"  # SETMARK's or MASQ's rule is gone
     MISSING_JUMP = "missing-jump"  # PREROUTING/OUTPUT/POSTROUTING no longer jump in

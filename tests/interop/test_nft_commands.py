@@ -1036,3 +1036,48 @@ def test_a_base_chain_of_another_priority_or_policy_is_reported(node: str, tmp_p
             for f, c in chains] == before  # fmt: skip
     upstream.run(V191, "CHECK", node, "web1", web, check=True)
     upstream.run(V191, "ADD", node, "new1", new, check=True)
+
+
+def test_a_container_added_again_without_ports_keeps_rules_check_reports(
+    node: str, tmp_path: Path
+) -> None:
+    """Upstream v1.9.1's nftables ADD with `portMappings: []` for a container that has
+    rules from an earlier ADD with ports returns at once (so does its DEL), and libcni
+    caches the new config: before, check said healthy while the rules still forwarded
+    both ports (dual stack). Now unexpected-mapping per family (fix null); gc keeps the
+    rules, --repair leaves them as they are, and the nft commands its text gives delete
+    them; the live neighbour passes the plugin's CHECK throughout."""
+    web = _plugin_add(node, tmp_path, WEB)
+    cid, ips, _ports = OLD
+    _plugin_add(node, tmp_path, OLD)
+    empty = upstream.nft_conf("podman", ips, [])
+    upstream.run(V191, "ADD", node, cid, empty, check=True)
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", empty, [], ips)
+    before = upstream.ruleset_text(node)
+    assert {c for _f, _ch, c in _container_rules(node)} == {"web1", "old1"}
+
+    done = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert sorted((p["kind"], p["family"], p["container_id"]) for p in problems) == [
+        ("unexpected-mapping", 4, "old1"),
+        ("unexpected-mapping", 6, "old1"),
+    ]
+    assert all(p["fix"] is None and p["backend"] == "nftables" for p in problems)
+    assert "tcp/7000, udp/7001" in problems[0]["detail"]
+    gc = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
+    assert gc.returncode == 0 and json.loads(gc.stdout)["removed"] == [], gc.stderr
+    repaired = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    assert json.loads(repaired.stdout)["fixed"] == []
+    assert upstream.ruleset_text(node) == before
+
+    for problem in problems:
+        for command in problem["why"].split("`")[1::2]:  # the commands, in backquotes
+            words = command.split()
+            assert words[:3] == ["nft", "delete", "rule"], command
+            upstream.nft(node, *words[1:])
+    assert {c for _f, _ch, c in _container_rules(node)} == {"web1"}
+    healthy = _pmctl(node, tmp_path, "check")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    upstream.run(V191, "CHECK", node, "web1", web, check=True)

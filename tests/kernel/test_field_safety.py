@@ -440,6 +440,56 @@ def test_no_portmappings_capability_means_no_chain_expected_or_made(lab: Lab):
     assert not any("8082" in line for line in lab.rules())
 
 
+def test_a_container_added_again_without_ports_keeps_a_chain_check_reports(lab: Lab):
+    """The real plugin's ADD with `portMappings: []` for a container that has a chain
+    from an earlier ADD with ports returns at once: the chain stays and libcni's cache
+    holds the new config. Before, check said healthy (exit 0) while the chain still
+    forwarded ports its cached config no longer gives. It is reported (unexpected-mapping,
+    exit 1), gc keeps it (the container is live), --repair leaves it byte for byte, the
+    hand commands its text gives remove it, entry rules too; and once such a container
+    is gone (the plugin's DEL with no ports leaves the chain too) gc removes it."""
+    ports = [*PORT_A, {"hostPort": 5353, "containerPort": 53, "protocol": "udp"}]
+    lab.add("mynet", "keep", "10.88.0.51/16", PORT_B)
+    lab.add("mynet", "again", "10.88.0.52/16", ports)
+    lab.add("mynet", "later", "10.88.0.53/16", [{**PORT_A[0], "hostPort": 8083}])
+    assert lab.json("check")["healthy"] is True
+    lab.add("mynet", "again", "10.88.0.52/16", [])  # the ADD, and the cache it leaves
+    lab.add("mynet", "later", "10.88.0.53/16", [])
+    again, later = chain_name("mynet", "again"), chain_name("mynet", "later")
+    before = lab.rules()
+    assert len(chain_lines(before, again)) == 9  # 2 entry rules, 6 rules, its declaration
+
+    doc = lab.json("check", codes=(1,))
+    found = {p["container_id"]: p for p in doc["problems"]}
+    assert sorted(found) == ["again", "later"]
+    problem = found["again"]
+    assert (problem["kind"], problem["chain"]) == ("unexpected-mapping", again)
+    assert "tcp/8081, udp/5353" in problem["detail"] and problem["fix"] is None
+    assert "gc keeps" in problem["why"] and "--repair never removes" in problem["why"]
+    assert lab.json("gc", "--yes", "--min-age", "0")["removed"] == []
+    done = lab.pm("check", "--repair", "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    repaired = json.loads(done.stdout)
+    assert [p["kind"] for p in repaired["problems"]] == ["unexpected-mapping"] * 2
+    assert repaired["fixed"] == [] and lab.rules() == before
+
+    for command in problem["why"].split("`")[1::2]:  # the commands, in backquotes
+        words = shlex.split(command)
+        assert words[0] == "iptables-nft", command
+        subprocess.run(["ip", "netns", "exec", lab.ns, *words], check=True)
+    assert not chain_lines(lab.rules(), again)
+
+    # `later` is removed: the runtime's DEL (its cached config: no ports) leaves the
+    # chain, libcni deletes the entry, and gc takes the now stale chain.
+    rp.run_plugin("DEL", lab.ns, "later", lab.confs["mynet/later"], mode="nft", check=True)
+    assert chain_lines(lab.rules(), later)
+    (lab.cache / "results" / "mynet-later-eth0").unlink()
+    doc = lab.json("gc", "--yes", "--min-age", "0")
+    assert [r["container_id"] for r in doc["removed"]] == ["later"]
+    assert lab.json("check")["healthy"] is True
+    lab.plugin_check("mynet", "keep")
+
+
 # --- 4. names not the plugin's ----------------------------------------------------------------
 
 

@@ -19,11 +19,13 @@ from pmctl import assert_error, run
 
 from portmapctl import render
 from portmapctl.cni.cache import Attachment, read_cache
+from portmapctl.host.netns import NetnsState
 from portmapctl.iptables.access.restore import RestoreBackend
 from portmapctl.iptables.chains import chain_name, dnat_chain_name
 from portmapctl.iptables.ruleset import parse_save
 from portmapctl.ops import check
 from portmapctl.ops.node import Node, NodeOptions
+from portmapctl.render.check import split_fix
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -189,6 +191,29 @@ def test_entry_rule_for_a_port_no_longer_mapped_is_extra():
     attachment = Attachment("mynet", "abc123", "eth0", "/c", fewer)
     kinds = {p.kind for p in _diagnose(_tables("basic"), [attachment])}
     assert kinds == {"extra-rules", "extra-entry"}
+
+
+def test_a_chain_its_portless_cached_config_would_not_make_is_unexpected():
+    """A container added again with `portMappings: []` is cached with no mapping while
+    its earlier chain stays (real plugin output: the basic fixture): before, healthy.
+    One row per family, no command fix (gc keeps it, --repair leaves it). Not when an
+    entry of that attachment still maps ports (compared as usual), cannot be read
+    (it may), or is a zombie (its own row), nor for a chain nothing enters (orphan)."""
+    (config,) = configs("basic")
+    chain = dnat_chain_name(config)
+    portless = Attachment(config.network, config.container_id, "eth0", "/c", None)
+    problems = _diagnose(_tables("basic"), [portless])
+    assert _kinds(problems) == [("unexpected-mapping", 4, chain)]  # (a v4-only container)
+    assert all(split_fix(p.fix)[0] is None for p in problems)
+    assert "tcp/8080" in problems[0].detail
+    mapped = Attachment(config.network, config.container_id, "net1", "/d", config)
+    assert _diagnose(_tables("basic"), [portless, mapped]) == []
+    unreadable = replace(portless, problem="cannot read it")
+    assert "unexpected-mapping" not in {p.kind for p in _diagnose(_tables("basic"), [unreadable])}
+    zombie = replace(portless, netns="/run/netns/gone", netns_state=NetnsState.GONE)
+    assert {p.kind for p in _diagnose(_tables("basic"), [zombie])} == {"zombie"}
+    orphaned = _diagnose(_tables("basic", _drop("-A CNI-HOSTPORT-DNAT")), [portless])
+    assert {p.kind for p in orphaned} == {"orphan"}
 
 
 def test_without_a_cache_orphans_and_incomplete_chains_and_the_top_level_are_checked():

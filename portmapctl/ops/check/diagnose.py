@@ -33,6 +33,7 @@ from portmapctl.ops.check.node_problems import (
     zombies,
 )
 from portmapctl.ops.check.problem import Problem
+from portmapctl.ops.check.unexpected import unexpected_chains
 from portmapctl.ops.flavour_guard import other_flavour
 
 
@@ -116,6 +117,7 @@ def diagnose(
     live_ids = {a.container_id for a in attachments or () if not a.zombie}
     zombie_ids = {a.container_id for a in attachments or ()} - live_ids
     problems += inventory_problems(found, derived, live_names, fixes, live_ids, zombie_ids)
+    problems += unexpected_chains(found, attachments or (), derived, fixes, not_expected)
     entries = [a for a in attachments or () if judged is None or a.container_id in judged]
     nft_backed = {*not_expected, *(cid for _network, cid in nft_entries)}
     live_on: Dict[str, Set[str]] = {}

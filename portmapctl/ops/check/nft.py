@@ -30,6 +30,7 @@ from portmapctl.nftables import FAMILY_NAMES
 from portmapctl.nftables.ruleset import MASQUERADING, TABLE
 from portmapctl.ops.check.hints import Fixes
 from portmapctl.ops.check.problem import Problem
+from portmapctl.ops.check.unexpected import unexpected_nft
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
@@ -228,6 +229,11 @@ def nft_problems(
                 )
             )
     problems += _leftover_problems(node, live, parts, attachments, fixes, seen_stale)
+    compared_ids = {a.container_id for a in parts.expected}
+    problems += unexpected_nft(
+        found.mappings, live, attachments or (), {*parts.both, *compared_ids},
+        node.options.families,
+    )  # fmt: skip
     for cid in parts.both:
         problem = _both_backends(cid, tables, live, parts, fixes)
         if problem is not None:
