@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Collection, Dict, List, Optional, Tuple
+from typing import Collection, Dict, Iterator, List, Optional, Tuple
 
 PROC = "/proc"
 PROC_USER_INIT_INO = 0xEFFFFFFD  # the initial user namespace's fixed inode number
@@ -34,26 +34,25 @@ def sightings(paths: Collection[str], nsfs: Optional[int]) -> Sightings:
     `nsfs`: the device every namespace file is on (None: cannot tell anything)."""
     if nsfs is None or not paths:
         return {p: None for p in paths}
-    try:
-        roots = _other_roots()
-    except _Unknown:
-        return {p: None for p in paths}
     found: Sightings = {p: False for p in paths}
     try:
-        for fd in roots:
+        for root in _other_roots():
             for path in paths:
                 if found[path] is False:
-                    found[path] = _holds_namespace(fd, path, nsfs)
-    finally:
-        for fd in roots:
-            os.close(fd)
+                    found[path] = _holds_namespace(root, path, nsfs)
+            if False not in found.values():
+                break  # each one seen, or not to be judged: no need to look further
+    except _Unknown:
+        return {p: None for p in paths}
     return found
 
 
-def _other_roots() -> List[int]:
-    """One open root directory per mount namespace other than ours that a process is
-    in. A process gone meanwhile is passed by (its mount namespace, if another process
-    is still in it, is met through that one); one that cannot be looked at: _Unknown."""
+def _other_roots() -> Iterator[int]:
+    """The root directory, open, of each mount namespace other than ours that a process
+    is in, one at a time (a node's thousand containers would be a thousand descriptors
+    at once). A process gone meanwhile is passed by (its mount namespace, if another
+    process is still in it, is met through that one); one that cannot be looked at:
+    _Unknown."""
     if not _sees_every_process():
         raise _Unknown
     try:
@@ -63,36 +62,37 @@ def _other_roots() -> List[int]:
     except OSError:
         raise _Unknown from None
     seen = {ours}
-    roots: List[int] = []
-    try:
-        for pid in pids:
+    for pid in pids:
+        try:
             try:
-                try:
-                    before = _ns_id(pid)
-                except PermissionError:
-                    # A process we may not look into (a sandbox's PID 1): its mount
-                    # namespace is ours if it holds our first mount (a mount is in
-                    # one namespace, its ID unique); if not, nothing can be told.
-                    if _first_mount(pid) == our_first:
-                        continue
-                    raise _Unknown from None
-                if before in seen:
+                before = _ns_id(pid)
+            except PermissionError:
+                # A process we may not look into (a sandbox's PID 1): its mount
+                # namespace is ours if it holds our first mount (a mount is in one
+                # namespace, its ID unique); if not, nothing can be told.
+                if _first_mount(pid) == our_first:
                     continue
-                fd = os.open(f"{PROC}/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                if _ns_id(pid) != before:  # the PID went and came back meanwhile
-                    os.close(fd)
-                    raise _Unknown
-            except (FileNotFoundError, ProcessLookupError):
+                raise _Unknown from None
+            if before in seen:
                 continue
+            fd = os.open(f"{PROC}/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # gone meanwhile
+        except OSError:
+            raise _Unknown from None
+        try:
+            try:
+                same = _ns_id(pid) == before
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # gone meanwhile: its namespace is met through another, or gone
             except OSError:
                 raise _Unknown from None
+            if not same:  # the PID went and came back meanwhile
+                raise _Unknown
             seen.add(before)
-            roots.append(fd)
-    except _Unknown:
-        for fd in roots:
+            yield fd
+        finally:
             os.close(fd)
-        raise
-    return roots
 
 
 def _sees_every_process() -> bool:

@@ -306,6 +306,39 @@ def test_a_namespace_deleted_this_boot_is_a_zombie_though_the_cache_names_no_oth
     assert not chain_lines(lab.rules(), chain_name("mynet", "deleted"))
 
 
+def test_a_deleted_namespace_is_judged_among_more_mount_namespaces_than_descriptors(lab: Lab):
+    """Every container of a node has a mount namespace of its own, easily more than the
+    descriptors a process may hold (a soft limit of 1024 is common). Looking for a
+    deleted namespace held every other mount namespace's root open at once: past the
+    limit that failed (EMFILE) and nothing was judged (the entry stayed ok). They are
+    looked at one at a time: here 80 of them under a limit of 64."""
+    sleepers = [
+        subprocess.Popen(["unshare", "-m", "--propagation", "slave", "sleep", "300"])
+        for _ in range(80)
+    ]
+    ctr = rp.create_netns("pmt-del")
+    path = f"/run/netns/{ctr}"
+    try:
+        conf = rp.plugin_conf("mynet", ["10.88.0.42/16"], PORT_A)
+        rp.run_plugin("ADD", lab.ns, "deleted", conf, mode="nft", container_ns=path, check=True)
+        rp.write_cni_cache(lab.cache, "mynet", "deleted", "eth0", conf, PORT_A,
+                           ["10.88.0.42/16"], netns=path)  # fmt: skip
+    finally:
+        rp.delete_netns(ctr)
+    try:
+        argv = ["list", "--netns", lab.ns, "--iptables", "nft", "--cni-cache-dir", str(lab.cache)]
+        done = subprocess.run(
+            ["prlimit", "--nofile=64", sys.executable, "-m", "portmapctl", *argv, "-o", "json"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert statuses(json.loads(done.stdout), "deleted") == {"zombie"}
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
+
+
 def _written_before_this_boot(path: Path) -> None:
     """What a reboot leaves: the cache entry's file dates from the boot before, before
     btime and before /dev was made (btime moves with a clock stepped since the boot:
