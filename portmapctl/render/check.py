@@ -69,8 +69,9 @@ def check_text(
     """SPEC §3 check: one row per problem (KIND, FAM, CONTAINER, PROBLEM; wide adds
     NETWORK, CHAIN and, last, the RULE at issue, whole), then once per kind why it
     matters and the fix, whole; then the summary line. `width` is the terminal's (None:
-    piped, nothing is cut): rows are cut to it with `…` unless `full_ids` (--no-trunc)
-    or `wide`, so no row of the default table wraps."""
+    piped, one line a row): a PROBLEM longer than its room goes on over lines of its
+    own under its column (never cut: it is what is wrong), unless `full_ids`
+    (--no-trunc) or `wide`, so no line of the default table wraps."""
     problems = list(result.problems)
     ids = {p.container_id for p in problems if p.container_id}
     headers = ["KIND", "FAM", "CONTAINER"] + (["NETWORK", "CHAIN"] if wide else []) + ["PROBLEM"]
@@ -96,6 +97,7 @@ def check_text(
         first_style="red",
         width=width if cut else None,
         strip_lines=True,
+        wrap_last=True,
     )
     if out.plain:
         out.append("\n")

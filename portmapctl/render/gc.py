@@ -45,6 +45,10 @@ GC_CUTS = {
     "NETWORK": Cuttable(len("NETWORK"), cut_end),
     "HOST PORTS": Cuttable(len("HOST PORTS"), cut_end),
 }
+# Below that, left out in this order while the status does not fit whole: the network
+# (liveness goes by container ID, SPEC §3 gc), then the ports (-o wide shows all).
+# The status is never cut: what still does not fit of it goes on below.
+GC_DROPS = ("NETWORK", "HOST PORTS")
 
 
 def gc_table(
@@ -59,7 +63,8 @@ def gc_table(
     """One row per chain removed (in a dry run or the preview: to be removed) and per
     pending one, with when a later run can remove it; TYPE and CHAIN only when `wide`
     (the table fits 80 columns without them). `width` (a terminal's; None: piped) is
-    met by cutting NETWORK and HOST PORTS (GC_CUTS), unless `wide` or `full_ids`.
+    met by cutting NETWORK and HOST PORTS (GC_CUTS), then leaving out GC_DROPS, the
+    status never cut, unless `wide` or `full_ids`.
 
     A plain grid, not a rich Table: gc of 1,000 containers lists 1,000 rows.
     """
@@ -91,7 +96,15 @@ def gc_table(
             for cells in rows:
                 del cells[column]
     whole = full_ids or wide
-    return grid(headers, rows, statuses, header, width=None if whole else width, cuts=GC_CUTS)
+    return grid(
+        headers,
+        rows,
+        statuses,
+        header,
+        width=None if whole else width,
+        cuts=GC_CUTS,
+        drops=GC_DROPS,
+    )
 
 
 def removal_text(removed: Sequence[GcChain], shared: Sequence[Tuple[int, str]] = ()) -> str:

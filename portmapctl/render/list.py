@@ -102,6 +102,10 @@ LIST_CUTS = {
     "HOST": Cuttable(12, cut_address),
     "CONTAINER ADDR": Cuttable(len("CONTAINER ADDR"), cut_address),
 }
+# Below 80 columns, what is left out while the statuses still do not fit whole, in
+# this order: where the traffic goes, then the SNAT flag, then the network (the ID,
+# family, protocol and host port say which mapping a row is; -o wide shows all).
+LIST_DROPS = ("CONTAINER ADDR", "SNAT", "NETWORK")
 
 
 def list_table(
@@ -115,8 +119,9 @@ def list_table(
 ) -> Grid:
     """The list table; without `wide` the CHAIN column is left out (80 columns).
     `width` is the terminal's (None: piped, nothing is cut): rows are fitted to it
-    (LIST_CUTS, then the statuses cut with `…`) unless `full_ids` (--no-trunc) or
-    `wide` (all of everything)."""
+    (LIST_CUTS, then LIST_DROPS; the statuses are never cut, wrapped under their
+    column when even that is not enough) unless `full_ids` (--no-trunc) or `wide`
+    (all of everything)."""
     headers = ["NETWORK", "CONTAINER", "FAM", "PROTO", "HOST", "CONTAINER ADDR", "SNAT", "CHAIN"]
     if conntrack is not None:
         headers.append("FLOWS")  # UDP conntrack entries (a short word: 80 columns)
@@ -127,7 +132,15 @@ def list_table(
         for row in rows:
             del row[column]
     whole = full_ids or wide
-    return grid(headers, rows, statuses, header, width=None if whole else width, cuts=LIST_CUTS)
+    return grid(
+        headers,
+        rows,
+        statuses,
+        header,
+        width=None if whole else width,
+        cuts=LIST_CUTS,
+        drops=LIST_DROPS,
+    )
 
 
 def _list_rows(

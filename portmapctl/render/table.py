@@ -17,6 +17,7 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    Union,
 )
 
 from portmapctl.core.ids import SHORT_ID
@@ -89,12 +90,14 @@ def status_pieces(words: Iterable[str]) -> List[Piece]:
 
 def grid(headers: List[str], rows: List[List[str]], status: List[Iterable[str]],
          header: bool = True, status_header: str = "STATUS", width: Optional[int] = None,
-         cuts: Optional[Cuts] = None) -> Grid:  # fmt: skip
+         cuts: Optional[Cuts] = None, drops: Sequence[str] = ()) -> Grid:  # fmt: skip
     """Columns padded to width, then the status words, each coloured (list, gc); a
-    `width` (a terminal's) is met as table() meets it."""
+    `width` (a terminal's) is met as table() meets it, the statuses never cut
+    (`wrap_last`): they are what a row says."""
     last = [status_pieces(w) for w in status]
     headers = headers + [status_header]
-    return Grid(*_text_and_spans(headers, rows, last, header, "", width, False, cuts or {}))
+    fitting = _Fitting(width, cuts or {}, tuple(drops), wrap_last=True)
+    return Grid(*_text_and_spans(headers, rows, last, header, "", False, fitting))
 
 
 class Grid:
@@ -131,52 +134,121 @@ def table(
     width: Optional[int] = None,
     strip_lines: bool = False,
     cuts: Optional[Cuts] = None,
+    drops: Sequence[str] = (),
+    wrap_last: bool = False,
 ) -> Text:
     """The grid: `rows` padded under `headers[:-1]`, then each row's `last` cell (its
     pieces joined by ",") unpadded, under `headers[-1]`; the header line in bold.
 
     `first_style` styles the first column (padding included); `width` (a terminal's)
     is met so no row wraps: the columns in `cuts` are narrowed first (the widest
-    first), as far as their minimums, to leave the last cell whole; what still does not
-    fit is cut from the last cell with `…`. `strip_lines` drops the spaces a row ends
-    with. Rows may be shorter or longer than the headers (extra cells are dropped).
+    first), as far as their minimums, to leave the last cell whole; then the columns
+    in `drops` are left out, in that order, as long as the last cell still does not
+    fit. What still does not fit of a last cell is, with `wrap_last`, wrapped onto
+    lines of its own under its column (never cut: it says what is wrong), else cut
+    with `…`. `strip_lines` drops the spaces a row ends with. Rows may be shorter or
+    longer than the headers (extra cells are dropped).
     """
     from rich.text import Span, Text
 
-    plain, spans = _text_and_spans(
-        headers, rows, last, header, first_style, width, strip_lines, cuts or {}
-    )
+    fitting = _Fitting(width, cuts or {}, tuple(drops), wrap_last)
+    plain, spans = _text_and_spans(headers, rows, last, header, first_style, strip_lines, fitting)
     out = Text(plain, spans=[Span(*span) for span in spans])
     out.rstrip()
     return out
 
 
-def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
-                    last: Sequence[Sequence[Piece]], header: bool, first_style: str,
-                    width: Optional[int], strip_lines: bool,
-                    cuts: Cuts) -> Tuple[str, List[SpanTuple]]:  # fmt: skip
-    """table()'s text and spans (start, end, style), before rich: see table()."""
-    shown = headers[:-1]
+class _Fitting(NamedTuple):
+    """How a table meets a terminal's `width` (None: piped, nothing changes): see
+    table()."""
+
+    width: Optional[int]
+    cuts: Cuts
+    drops: Tuple[str, ...]
+    wrap_last: bool
+
+
+class Wrapped(NamedTuple):
+    """A last cell wrapped onto lines, those after the first `indent` characters in:
+    each line's pieces are joined as they are (the commas between the cell's pieces
+    are pieces here)."""
+
+    lines: List[List[Piece]]
+    indent: int
+
+
+# Where a wrapped last cell's lines after the first start when a word of it is longer
+# than its column is wide (a chain's name, a path): near the left edge, the word whole.
+HANG = 4
+
+
+LastCell = Sequence[Piece]
+
+
+def _widths(shown: Sequence[str], rows: Sequence[Sequence[str]]) -> List[int]:
     if all(len(row) == len(shown) for row in rows):
         columns = list(zip(*rows)) or [()] * len(shown)
-        widths = [max([len(h), *map(len, column)]) for h, column in zip(shown, columns)]
-    else:
-        widths = [len(h) for h in shown]
-        for row in rows:
-            widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
-    if width is not None:
-        by_index = {i: cuts[name] for i, name in enumerate(shown) if name in cuts}
-        if by_index:
-            rows, widths = _narrowed(rows, widths, last, headers[-1], by_index, width)
-        room = width - (sum(widths) + 2 * len(widths))
-        last = [fit(pieces, room) for pieces in last]
+        return [max([len(h), *map(len, column)]) for h, column in zip(shown, columns)]
+    widths = [len(h) for h in shown]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
+    return widths
+
+
+def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
+                    last: Sequence[LastCell], header: bool, first_style: str,
+                    strip_lines: bool, fitting: _Fitting) -> Tuple[str, List[SpanTuple]]:  # fmt: skip
+    """table()'s text and spans (start, end, style), before rich: see table()."""
+    widths = _widths(headers[:-1], rows)
+    cells: Sequence[Union[LastCell, Wrapped]] = last
+    if fitting.width is not None:
+        headers, rows, widths = _fitted(headers, rows, widths, last, fitting)
+        column = sum(widths) + 2 * len(widths)  # where the last cell starts
+        room = fitting.width - column
+        if fitting.wrap_last:
+            # Never less than the header's own room (a terminal narrower than the
+            # other columns: the cell goes past the width, still whole).
+            room = max(room, len(headers[-1]))
+            indent, later = column, room
+            if _longest_word(last, room) > room:
+                indent, later = HANG, max(fitting.width - HANG, room)
+            cells = [_wrapped(pieces, room, later, indent) for pieces in last]
+        else:
+            cells = [fit(pieces, room) for pieces in last]
     layout = _Layout(list(headers), widths, header, first_style, strip_lines)
-    plain, spans = _grid_text(layout, rows, last, _same)
+    plain, spans = _grid_text(layout, rows, cells, _same)
     if strip_control_codes(plain) != plain:
         # Text.append drops control codes from each piece: offsets must be counted
         # after that (rare: a name from a dump with a control character in it).
-        plain, spans = _grid_text(layout, rows, last, strip_control_codes)
+        plain, spans = _grid_text(layout, rows, cells, strip_control_codes)
     return plain, spans
+
+
+def _fitted(headers: Sequence[str], rows: Sequence[Sequence[str]], widths: List[int],
+            last: Sequence[LastCell], fitting: _Fitting,
+            ) -> Tuple[List[str], Sequence[Sequence[str]], List[int]]:  # fmt: skip
+    """The headers, rows and widths that meet `fitting.width` with the last cells
+    whole: the cuts first (on the columns kept), then the fewest of `fitting.drops`
+    left out, in their order; all of them when even that is not enough."""
+    assert fitting.width is not None
+    whole = max([len(headers[-1]), *(len(",".join(p.text for p in cell)) for cell in last)])
+    dropped = [name for name in fitting.drops if name in headers[:-1]]
+    for leave in range(len(dropped) + 1):
+        gone = {headers.index(name) for name in dropped[:leave]}
+        kept = [i for i in range(len(headers) - 1) if i not in gone]
+        now_headers = [headers[i] for i in kept] + [headers[-1]]
+        now_rows: Sequence[Sequence[str]] = rows
+        if gone:
+            now_rows = [[row[i] for i in kept if i < len(row)] for row in rows]
+        now_widths = [widths[i] for i in kept]
+        by_index = {
+            n: fitting.cuts[name] for n, name in enumerate(now_headers[:-1]) if name in fitting.cuts
+        }
+        if by_index:
+            now_rows, now_widths = _narrowed(now_rows, now_widths, whole, by_index, fitting.width)
+        if sum(now_widths) + 2 * len(now_widths) + whole <= fitting.width:
+            break
+    return now_headers, now_rows, now_widths
 
 
 # The control codes rich's Text drops from what it is given (rich.control
@@ -206,7 +278,7 @@ def _same(text: str) -> str:
 def _grid_text(
     layout: _Layout,
     rows: Sequence[Sequence[str]],
-    last: Sequence[Sequence[Piece]],
+    last: Sequence[Union[LastCell, Wrapped]],
     clean: Callable[[str], str],
 ) -> Tuple[str, List[SpanTuple]]:
     """The grid's text and style spans (start, end, style), as Text.append piece by
@@ -222,6 +294,9 @@ def _grid_text(
     spans = [(0, len(head), "bold")] if layout.header else []
     offset = len(head) if layout.header else 0
     for row, cell in zip(rows, last):
+        if isinstance(cell, Wrapped):
+            offset = _wrapped_row(layout, row, cell, clean, pieces, spans, offset)
+            continue
         padded = [c.ljust(w) for c, w in zip(row, widths)]
         if layout.first_style and padded:
             first = clean(padded[0])
@@ -254,12 +329,111 @@ def _grid_text(
     return "".join(pieces), spans
 
 
-def _narrowed(rows: Sequence[Sequence[str]], widths: List[int], last: Sequence[Sequence[Piece]],
-              last_header: str, cuts: Mapping[int, Cuttable],
+def _wrapped_row(layout: _Layout, row: Sequence[str], cell: Wrapped,
+                 clean: Callable[[str], str], out: List[str], spans: List[SpanTuple],
+                 offset: int) -> int:  # fmt: skip
+    """One row whose last cell is wrapped, appended to `out` and `spans` as
+    _grid_text's rows are; returns the offset after it."""
+    padded = [c.ljust(w) for c, w in zip(row, layout.widths)]
+    first = clean(padded[0]) if padded else ""
+    start = first + clean("  " + "  ".join(padded[1:]) + "  ") if padded else ""
+    for number, line in enumerate(cell.lines):
+        text = start if number == 0 else " " * cell.indent
+        if not line:  # (the cell starts on the next line: no spaces left at the end)
+            text = text.rstrip()
+        if number == 0 and layout.first_style and first:
+            spans.append((offset, offset + min(len(first), len(text)), layout.first_style))
+        out.append(text)
+        offset += len(text)
+        for piece in line:
+            piece_text = clean(piece.text)
+            if piece.style and piece_text:
+                spans.append((offset, offset + len(piece_text), piece.style))
+            out.append(piece_text)
+            offset += len(piece_text)
+        out.append("\n")
+        offset += 1
+    return offset
+
+
+def _longest_word(last: Sequence[LastCell], room: int) -> int:
+    """The longest word (between spaces and after commas) of the cells longer than
+    `room` (0: none)."""
+    longest = 0
+    for pieces in last:
+        joined = ",".join(p.text for p in pieces)
+        if len(joined) > room:
+            words = joined.replace(",", ", ").split()
+            longest = max(longest, *map(len, words))
+    return longest
+
+
+def _wrapped(pieces: LastCell, room: int, later: int, indent: int) -> Union[LastCell, Wrapped]:
+    """A last cell as it is when it fits `room`, else wrapped onto lines, the first of
+    at most `room` characters, the others of `later`, `indent` in: after a comma or at
+    a space (dropped there); a word longer than the line goes on over lines. Nothing
+    of it is cut."""
+    joined = ",".join(p.text for p in pieces)
+    if len(joined) <= room:
+        return pieces
+    # The cell as runs (start, end, style) of `joined`; the commas between pieces are
+    # unstyled runs of their own.
+    runs: List[SpanTuple] = []
+    at = 0
+    for i, piece in enumerate(pieces):
+        if i:
+            runs.append((at, at + 1, ""))
+            at += 1
+        runs.append((at, at + len(piece.text), piece.style))
+        at += len(piece.text)
+    lines: List[List[Piece]] = []
+    for start, end in _line_ranges(joined, room, later):
+        line = [
+            Piece(joined[max(a, start) : min(b, end)], style)
+            for a, b, style in runs
+            if a < end and b > start
+        ]
+        lines.append([piece for piece in line if piece.text])
+    return Wrapped(lines, indent)
+
+
+def _line_ranges(text: str, room: int, later: int) -> List[Tuple[int, int]]:
+    """Where `text` is broken into lines, the first of at most `room` (>= 1)
+    characters, the others of `later`: at the last space or comma that leaves a line
+    within that, else (one word longer than that) there; the first line is left
+    empty when its first word fits the others only. Spaces at a break are dropped."""
+    ranges: List[Tuple[int, int]] = []
+    start = 0
+    while start < len(text):
+        if ranges:
+            room = later
+        if len(text) - start <= room:
+            ranges.append((start, len(text)))
+            break
+        end = start + room
+        while end > start and text[end] != " " and text[end - 1] != ",":
+            end -= 1
+        if end == start and not ranges and later > room:
+            ranges.append((start, start))  # the first word starts on the wider lines
+            continue
+        if end == start:
+            end = start + room  # one word longer than the line: it goes on below
+        line_end = end
+        while line_end > start and text[line_end - 1] == " ":
+            line_end -= 1
+        ranges.append((start, line_end))
+        start = end
+        while start < len(text) and text[start] == " ":
+            start += 1
+    return ranges
+
+
+def _narrowed(rows: Sequence[Sequence[str]], widths: List[int], whole: int,
+              cuts: Mapping[int, Cuttable],
               width: int) -> Tuple[Sequence[Sequence[str]], List[int]]:  # fmt: skip
     """The rows and widths with the `cuts` columns narrowed, so that the rows fit
-    `width` with their last cells whole (or the columns are at their minimums)."""
-    whole = max([len(last_header), *(len(",".join(p.text for p in cell)) for cell in last)])
+    `width` with their last cells (`whole` wide) whole (or the columns are at their
+    minimums)."""
     room = width - 2 * len(widths) - whole
     narrowed = list(widths)
     for _ in range(sum(widths) - room):

@@ -121,7 +121,8 @@ def test_at_80_columns_the_default_table_stays_unwrapped_and_wide_stays_whole():
     assert code == 1
     assert "RULE" not in lines[0] and lines[0].split()[-1] == "PROBLEM"
     assert [line for line in lines if len(line) > 80 and not line.startswith("  fix: ")] == []
-    assert any(line.endswith("…") for line in lines), "the long problems are cut to fit"
+    assert "…" not in out, "the long problems go on below, never cut"
+    assert any(line.startswith(" " * 34) for line in lines), "continued under PROBLEM"
     code, wide, _ = run_on_terminal(["check", *EXAMPLE, "-o", "wide"],
                                     {"COLUMNS": "80", "NO_COLOR": "1"})  # fmt: skip
     (shadowed,) = saved_lines(ROOT / "examples" / "node.v4.save", "8c41d07a2e9f4b13web2")

@@ -78,9 +78,17 @@ def test_check_at_80_columns_one_row_per_problem_why_and_fix_once_then_a_summary
     assert [line for line in lines if len(line) > 80] == []  # nothing wraps
     assert all(line == line.rstrip() for line in lines), "no trailing spaces"
     assert lines[0].split() == ["KIND", "FAM", "CONTAINER", "PROBLEM"]
-    rows = lines[1 : lines.index("")]
+    table = lines[1 : lines.index("")]
+    rows = [line for line in table if not line.startswith(" ")]
     assert [r.split()[0] for r in rows] == ["missing-entry", "shadowed", "stale"]
     assert all(len(r.split()[2]) == 12 for r in rows), "12-character IDs"
+    # The PROBLEM is never cut: what does not fit goes on under its column.
+    problems = " ".join(line[len("missing-entry  v4   d19e3b7f60c2  ") :] for line in table)
+    assert "…" not in problems
+    assert (
+        "taken first by CNI-DN-27a3997738f625df8206e (podman/3f2a9c1e5b7d4a60web), which wins"
+        in problems
+    )
     # Each kind explained once, the fix command whole on its own lines (continued with
     # " \\" where the checkout's path makes it longer than the terminal).
     pasted = re.sub(r" \\\n +", " ", "\n".join(lines)).split("\n")
@@ -220,7 +228,7 @@ def test_list_fits_a_terminal_by_cutting_names_and_addresses_never_ports_or_stat
         assert status in ("ok", "stale")
     # --conntrack's FLOWS column too: docs/commands/list.md's rows, 83 columns with the
     # header CONNTRACK, fit whole (beside two 47-character addresses, no row of these
-    # columns fits 80: the statuses are cut then).
+    # columns fits 80: CONTAINER ADDR is left out then, tests/unit/test_narrow_terminals.py).
     mapped = Mapping("podman", "3f2a9c1e5b7d", 6, "udp", None, 5353, "fd00:88::5", 53, True,
                      "CNI-DN-0123456789abcdef01234", ("ok",))  # fmt: skip
     assert render.list_table([mapped], [], {mapped: 0}, wide=False, width=80).plain == (

@@ -61,9 +61,9 @@ def test_a_comment_that_is_not_utf8_is_printed_as_its_bytes_in_a_strict_utf8_loc
 
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
 def test_a_terminal_that_cannot_show_the_cut_mark_gets_a_question_mark(encoding):
-    """At 60 columns list cuts addresses and statuses with `…`; a terminal whose
+    """At 73 columns list cuts an IPv6 container address with `…`; a terminal whose
     encoding has no such character gets `?`, the table still aligned."""
-    env = {"PYTHONIOENCODING": encoding, "COLUMNS": "60", "NO_COLOR": "1"}
+    env = {"PYTHONIOENCODING": encoding, "COLUMNS": "73", "NO_COLOR": "1"}
     code, out, err = run_on_terminal(["list", *EXAMPLE], env)
     assert code == 0 and "internal error" not in err, err
     rows = out.splitlines()

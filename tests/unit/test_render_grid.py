@@ -42,3 +42,20 @@ def test_piped_output_needs_no_rich():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.splitlines() == ["A  STATUS", "x  ok", "False"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(NAMES, NAMES, st.lists(st.sampled_from(["ok", "stale", "a b"]))),
+                max_size=6), st.booleans(), st.integers(1, 30))  # fmt: skip
+def test_a_status_wrapped_to_a_width_is_whole_and_drawn_alike(rows, header, width):
+    """A terminal's width never cuts a status (it goes on below); the plain text and
+    the spans are still the drawn Text's."""
+    statuses = [w for *_, w in rows]
+    grid = render.grid(["A", "B"], [[a, b] for a, b, _ in rows], statuses, header, width=width)
+    text = grid.__rich__()
+    assert grid.plain == text.plain
+    assert grid.spans == text.spans
+    assert "…" not in grid.plain
+    squeezed = "".join(strip_control_codes(grid.plain).split())
+    for words in statuses:
+        assert "".join(",".join(words).split()) in squeezed

@@ -1,0 +1,125 @@
+"""Tables on terminals narrower than 80 columns (laptops, tmux panes): the column that
+says what is wrong (list's and gc's STATUS, check's KIND and PROBLEM) is never cut;
+other columns give way first, and no line is wider than the terminal. Piped, -o wide
+and --no-trunc are as before.
+
+Read on a real pseudo-terminal (tests/unit/test_terminal.py), as an operator sees them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import List
+
+import pytest
+from test_output_contract import EXAMPLE, long_mapping, pmctl
+from test_terminal import run_on_terminal
+
+from portmapctl import render
+from portmapctl.ops.gc import GcChain, GcResult
+from portmapctl.render.gc import gc_table
+
+STATUSES = {"ok", "stale", "shadowed", "orphan"}
+
+
+def at(columns: int, *args: str):
+    code, out, err = run_on_terminal(list(args), {"COLUMNS": str(columns), "NO_COLOR": "1"})
+    return code, out.replace("\r", "").rstrip("\n").split("\n"), err
+
+
+def table_of(lines: List[str]) -> List[str]:
+    return lines[: lines.index("")]
+
+
+@pytest.mark.parametrize("columns", [60, 50])
+def test_list_on_a_narrow_terminal_keeps_every_status_whole_and_the_header_one_line(columns):
+    code, lines, err = at(columns, "list", *EXAMPLE)
+    assert code == 0 and err == ""
+    table = table_of(lines)
+    assert all(len(line) <= columns for line in lines), lines  # nothing wraps
+    header = table[0].split()
+    assert header[:2] == ["CONTAINER", "FAM"] or header[:2] == ["NETWORK", "CONTAINER"]
+    assert header[-1] == "STATUS" and "CHAIN" not in header
+    rows = table[1:]
+    assert len(rows) == 7, "one line a row"
+    assert [row.split()[-1] for row in rows] == [
+        "ok", "ok", "ok", "ok", "shadowed", "stale", "orphan",
+    ]  # fmt: skip
+    assert "…" not in "\n".join(table[1:]).replace("[fd00…8::5]", "")
+    # The host port, which mapping a row is, stays.
+    assert "HOST" in header and "*:8080" in rows[0]
+
+
+def test_list_at_60_columns_leaves_out_the_container_address_first():
+    code, lines, _ = at(60, "list", *EXAMPLE)
+    header = table_of(lines)[0].split()
+    assert header == ["NETWORK", "CONTAINER", "FAM", "PROTO", "HOST", "SNAT", "STATUS"]
+
+
+def test_long_statuses_stay_whole_on_a_narrow_terminal():
+    many = ("contested", "shadowed", "stale")
+    mappings = [long_mapping("3f2a9c1e5b7d4a60web", many), long_mapping("8c41d07a2e9f")]
+    for width in (80, 60, 50):
+        lines = render.list_table(mappings, [], wide=False, width=width).plain.split("\n")
+        assert all(len(line) <= width for line in lines), (width, lines)
+        assert "…" not in "".join(line.rsplit(" ", 1)[-1] for line in lines), lines
+        text = "".join(line.strip() for line in lines)
+        assert "contested,shadowed,stale" in text, (width, lines)
+
+
+def test_list_wide_and_no_trunc_are_unchanged_on_a_narrow_terminal():
+    for extra in (["-o", "wide"], ["--no-trunc"]):
+        code, lines, _ = at(60, "list", *EXAMPLE, *extra)
+        assert code == 0
+        piped = pmctl("list", *EXAMPLE, *extra).stdout.rstrip("\n").split("\n")
+        assert table_of(lines) == table_of(piped), extra
+
+
+def test_check_at_60_columns_cuts_no_kind_and_no_problem():
+    code, lines, err = at(60, "check", *EXAMPLE)
+    assert code == 1 and err == ""
+    assert all(len(line) <= 60 for line in lines), lines
+    assert all(line == line.rstrip() for line in lines)
+    table = table_of(lines)
+    assert table[0].split() == ["KIND", "FAM", "CONTAINER", "PROBLEM"]
+    assert "…" not in "\n".join(lines)
+    rows = [line for line in table[1:] if not line.startswith(" ")]
+    assert [row.split()[0] for row in rows] == ["missing-entry", "shadowed", "stale"]
+    # Each problem whole: its lines, joined, are the detail the piped table prints.
+    piped = [line for line in pmctl("check", *EXAMPLE).stdout.split("\n")[1:4]]
+    column = table[0].index("PROBLEM")
+    shown = " ".join(line[column:] if not line.startswith(" ") else line for line in table[1:])
+    for line in piped:
+        assert " ".join(line[column:].split()) in " ".join(shown.split()), (line, table)
+
+
+def test_check_wide_and_no_trunc_are_unchanged_on_a_narrow_terminal():
+    for extra in (["-o", "wide"], ["--no-trunc"]):
+        code, lines, _ = at(60, "check", *EXAMPLE, *extra)
+        piped = pmctl("check", *EXAMPLE, *extra).stdout.rstrip("\n").split("\n")
+        assert table_of(lines) == table_of(piped), extra
+
+
+def test_gc_at_60_columns_keeps_its_status_whole():
+    ports = tuple(("tcp", 20000 + i) for i in range(3))
+    pending = GcChain("CNI-DN-70a29d9dc18bc4d652ea5", 4, "dnat", "podman",
+                      "0123456789abcdef", ports, seen_seconds=30.0)  # fmt: skip
+    gone = GcChain("CNI-DN-70a29d9dc18bc4d652ea6", 4, "dnat", "podman",
+                   "1123456789abcdef", ports[:1], seen_seconds=300.0)  # fmt: skip
+    result = GcResult(True, (gone,), (pending,), kept=0, conntrack_deleted=0)
+    for width in (60, 50, 40):
+        lines = gc_table(result, 120.0, width=width).plain.split("\n")
+        assert all(len(line) <= width for line in lines), (width, lines)
+        assert lines[0].split() == ["FAM", "CONTAINER", "SEEN", "STATUS"]  # GC_DROPS gone
+        text = " ".join(" ".join(lines).split())
+        assert "would remove" in text and "removable in 1m30s, at" in text, lines
+        assert lines[1].split()[1] == "1123456789ab", "the container ID stays whole"
+    # Piped and -o wide, whole.
+    whole = gc_table(result, 120.0).plain
+    assert "20000/tcp,20001/tcp,20002/tcp" in whole and "podman" in whole
+
+
+def test_check_piped_is_one_line_a_problem():
+    doc = json.loads(pmctl("check", *EXAMPLE, "-o", "json").stdout)
+    piped = pmctl("check", *EXAMPLE).stdout.split("\n")
+    assert len(table_of(piped)) == 1 + len(doc["problems"])
