@@ -152,7 +152,9 @@ def check_command(
                     )
                 )
                 out.blank()
-            out.summary(render.check_summary(result))
+            # Under -q the table, the whys and the fixes are not printed.
+            shown = bool(result.problems) and not out.quiet
+            out.summary(render.check_summary(result, fixes_above=shown))
         return 0 if result.healthy else 1
 
 

@@ -185,9 +185,11 @@ def rule_text(rules: Sequence[str]) -> Optional[str]:
     return "\n".join(rules) or None
 
 
-def check_summary(result: CheckResult) -> str:
+def check_summary(result: CheckResult, fixes_above: bool = False) -> str:
     """The check's one summary line: healthy; or the count per kind, with the command
-    when one command fixes them all (`1094 stale -> portmapctl gc`)."""
+    when one command fixes them all (`1094 stale -> portmapctl gc`). `fixes_above`:
+    the problems' whys and fixes were printed above it, and it says so (not under -q,
+    nor in JSON, where nothing is printed above it)."""
     if result.healthy:
         return check_healthy_line(result)
     counts: Dict[str, int] = {}
@@ -199,7 +201,7 @@ def check_summary(result: CheckResult) -> str:
     if len(commands) == 1 and None not in commands:
         return f"{kinds} -> {next(iter(commands))}"
     total = len(result.problems)
-    return f"{count(total, 'problem')}: {kinds} (fixes above)"
+    return f"{count(total, 'problem')}: {kinds}" + (" (fixes above)" if fixes_above else "")
 
 
 def _families_text(families: Iterable[int]) -> str:
