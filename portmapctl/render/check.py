@@ -4,14 +4,24 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, AbstractSet, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    AbstractSet,
+    Any,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from portmapctl.render.table import SHORT_ID, Piece, count, short_id, table, wrap
 
 if TYPE_CHECKING:
     from rich.text import Text
 
-    from portmapctl.ops.check import CheckResult
+    from portmapctl.ops.check import CheckResult, Problem
 
 
 _COMMAND = re.compile(r"(?:^|: )((?:portmapctl|ip6?tables(?:-\w+)?) [^`]*?)(?: \(([^()]*)\))?$")
@@ -59,6 +69,32 @@ def _shorten_ids(text: str, ids: AbstractSet[str]) -> str:
     return _ID_LIKE.sub(short, text)
 
 
+def problem_sort_key(p: Problem) -> Tuple[Any, ...]:
+    """The order of check's problem rows (table and JSON): as list's (SPEC §3 list) by
+    network, container and family, so that an operator looking for one container finds
+    its problems together; the kinds are summed up by the summary line and explained
+    once each below the table. Problems that name neither a network nor a container
+    (the top-level chains, split brain, a chain no rule names an owner of) come first:
+    they concern every container, and explain the rows after them (a firewall
+    reload's missing-toplevel before each container's missing-chain). The sort is
+    stable: one container's problems keep the order check finds them in (its chain
+    before its entry rules)."""
+    about_the_node = p.network is None and p.container_id is None
+    return (
+        not about_the_node,
+        p.network is None,
+        p.network or "",
+        p.container_id is None,
+        p.container_id or "",
+        p.family is None,
+        p.family or 0,
+    )
+
+
+def sorted_problems(problems: Iterable[Problem]) -> List[Problem]:
+    return sorted(problems, key=problem_sort_key)
+
+
 def check_text(
     result: CheckResult,
     width: Optional[int] = None,
@@ -72,7 +108,7 @@ def check_text(
     piped, one line a row): a PROBLEM longer than its room goes on over lines of its
     own under its column (never cut: it is what is wrong), unless `full_ids`
     (--no-trunc) or `wide`, so no line of the default table wraps."""
-    problems = list(result.problems)
+    problems = sorted_problems(result.problems)
     ids = {p.container_id for p in problems if p.container_id}
     headers = ["KIND", "FAM", "CONTAINER"] + (["NETWORK", "CHAIN"] if wide else []) + ["PROBLEM"]
     if wide:
@@ -101,9 +137,10 @@ def check_text(
     )
     if out.plain:
         out.append("\n")
-    # Each kind's why and fix once, in the order the kinds first occur.
+    # Each kind's why and fix once, in the order check finds the kinds (the summary
+    # line's), not the rows'.
     explained: Dict[str, List[Tuple[str, Optional[str]]]] = {}
-    for p in problems:
+    for p in result.problems:
         command, prose = split_fix(p.fix)
         why = "; ".join(part for part in (p.why, prose) if part)
         entry = (why, command)

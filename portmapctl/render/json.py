@@ -15,7 +15,7 @@ from typing import Mapping as MappingT
 from portmapctl.core.backend import Backend
 from portmapctl.core.status import ProblemKind
 from portmapctl.core.text import bytes_as_text
-from portmapctl.render.check import check_summary, rule_text, split_fix
+from portmapctl.render.check import check_summary, rule_text, sorted_problems, split_fix
 
 if TYPE_CHECKING:
     from portmapctl.iptables.inventory import ChainInfo, Mapping
@@ -184,7 +184,7 @@ def check_json(result: CheckResult, cache: Optional[MappingT[str, Any]] = None) 
         cache,
         healthy=result.healthy,
         repaired=result.repaired,
-        problems=[problem_json(p) for p in result.problems],
+        problems=[problem_json(p) for p in sorted_problems(result.problems)],
         fixed=[problem_json(p) for p in result.fixed],
         summary=check_summary(result),
     )

@@ -84,7 +84,7 @@ def test_check_at_60_columns_cuts_no_kind_and_no_problem():
     assert table[0].split() == ["KIND", "FAM", "CONTAINER", "PROBLEM"]
     assert "…" not in "\n".join(lines)
     rows = [line for line in table[1:] if not line.startswith(" ")]
-    assert [row.split()[0] for row in rows] == ["missing-entry", "shadowed", "stale"]
+    assert [row.split()[0] for row in rows] == ["shadowed", "stale", "missing-entry"]
     # Each problem whole: its lines, joined, are the detail the piped table prints.
     piped = [line for line in pmctl("check", *EXAMPLE).stdout.split("\n")[1:4]]
     column = table[0].index("PROBLEM")

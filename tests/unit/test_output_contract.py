@@ -80,7 +80,7 @@ def test_check_at_80_columns_one_row_per_problem_why_and_fix_once_then_a_summary
     assert lines[0].split() == ["KIND", "FAM", "CONTAINER", "PROBLEM"]
     table = lines[1 : lines.index("")]
     rows = [line for line in table if not line.startswith(" ")]
-    assert [r.split()[0] for r in rows] == ["missing-entry", "shadowed", "stale"]
+    assert [r.split()[0] for r in rows] == ["shadowed", "stale", "missing-entry"]
     assert all(len(r.split()[2]) == 12 for r in rows), "12-character IDs"
     # The PROBLEM is never cut: what does not fit goes on under its column.
     problems = " ".join(line[len("missing-entry  v4   d19e3b7f60c2  ") :] for line in table)
