@@ -395,6 +395,45 @@ def _on_terminal(argv: List[str], answer: bytes, env: Optional[dict] = None) -> 
     return proc.returncode, seen.decode(errors="replace"), proc.stdout.read().decode()
 
 
+def _table_on_a_terminal(argv: List[str], columns: int) -> List[str]:
+    """portmapctl ARGV with stdout on a terminal `columns` wide; its lines."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": str(columns)}
+    proc = subprocess.Popen([sys.executable, "-m", "portmapctl", *argv], stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    os.close(slave)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        try:
+            chunk = os.read(master, 4096) if ready else b""
+        except OSError:
+            break  # the child closed the terminal
+        seen += chunk
+        if not chunk and proc.poll() is not None:
+            break
+    os.close(master)
+    assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+    return seen.decode().replace("\r", "").rstrip("\n").split("\n")
+
+
+def test_gc_dry_run_at_60_columns_keeps_the_status_whole(nft_node: Node_):
+    """On a 60-column terminal gc's plan keeps what happens to each chain whole
+    (`removable in 2m00s, at HH:MM:SS`, `would remove`): the network and the ports give
+    way (-o wide shows them); nothing is wider than the terminal."""
+    node = nft_node
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
+    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    argv = ["gc", "--netns", node.ns, "--iptables", "nft", "--cni-cache-dir", str(node.cache),
+            "--dry-run"]  # fmt: skip
+    for extra, status in (([], "removable in 2m00s, at "), (["--min-age", "0"], "would remove")):
+        lines = _table_on_a_terminal([*argv, *extra], 60)
+        assert all(len(line) <= 60 for line in lines), lines
+        assert lines[0].split()[-1] == "STATUS" and "…" not in "\n".join(lines), lines
+        (row,) = [line for line in lines[1:] if " stale1 " in f"{line} "]
+        assert status in row, lines
+
+
 def test_on_a_terminal_gc_asks_first(nft_node: Node_):
     node = nft_node
     node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
