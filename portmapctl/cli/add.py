@@ -18,7 +18,7 @@ from portmapctl.cli._options import option_group
 
 # The implementation: without typer, for add's fast path (cli/add_fast.py) too.
 from portmapctl.cli.add_config import mapping_from_options, refuse_short_id, with_backend
-from portmapctl.cli.add_run import shadow_warnings
+from portmapctl.cli.add_warnings import shadow_warnings
 
 __all__ = [
     "add_command",

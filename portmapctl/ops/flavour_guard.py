@@ -3,7 +3,7 @@ silence where the plugin's chains are all, or partly, in the other flavour
 (chains_elsewhere); and list's reading of the other flavour's nat table, where another
 tool's rules may take mapped ports (other_flavour_readers, ops/owners.py), and where
 the plugin's own chains there may map add's host ports to another container
-(plugin_rows, cli/add_run.other_flavour_warnings).
+(plugin_rows, cli/add_warnings.other_flavour_warnings).
 
 A node can hold rules in both iptables flavours (legacy x_tables and nf_tables): the
 kernel applies both, so a container's chain written in the flavour in use while the

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import pytest
 import realplugin as rp
 
-from portmapctl.cli.add_run import shadow_warnings
+from portmapctl.cli.add_warnings import shadow_warnings
 from portmapctl.core import validate
 from portmapctl.core.mapping import MappingConfig, PortMapping
 from portmapctl.host.netns import entered

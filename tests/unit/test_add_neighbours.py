@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 
 import pytest
 
-from portmapctl.cli.add_run import shadow_warnings
+from portmapctl.cli.add_warnings import shadow_warnings
 from portmapctl.core import validate
 from portmapctl.core.mapping import MappingConfig, PortMapping
 from portmapctl.iptables import inventory

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ADD_MODULES = (
     "portmapctl.cli.add_fast",
     "portmapctl.cli.add_run",
+    "portmapctl.cli.add_warnings",
     "portmapctl.cni.config",
     "portmapctl.host.files",
     "portmapctl.host.lock",

@@ -616,7 +616,7 @@ def test_add_over_a_dead_chain_warns_it_takes_the_port_of_the_container_behind()
     """add of A (host IP 0.0.0.0) on the v0.8.5 node rewrites A's dead chain in the
     current shape, and A's entry rule, first, then takes tcp/2202 from B, which had
     its traffic: add said nothing (it judged the table as it was, A dead)."""
-    from portmapctl.cli.add_run import shadow_warnings
+    from portmapctl.cli.add_warnings import shadow_warnings
     from portmapctl.core import validate
     from portmapctl.core.mapping import PortMapping
     from portmapctl.iptables.ruleset import parse_save
