@@ -29,7 +29,7 @@ it), the same priority is the hook order again (`contested`), later takes nothin
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Collection, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 from typing import Mapping as ReadOnly
 
 from portmapctl.core.backend import Backend
@@ -198,11 +198,19 @@ def marked(
     rows: Sequence[M],
     taken: Optional[ReadOnly[HookPortKey, str]] = None,
     other_flavour: Optional[ReadOnly[HookPortKey, str]] = None,
+    rivals: Collection[M] = (),
 ) -> List[M]:
     """`rows` with `contested` added to the status of each contested one: by the other
-    backend's rows, by another tool's rule (`taken`, see foreign_contested), or by a
-    rule in the other iptables flavour's nat table (`other_flavour`, see crossed)."""
-    found = {**contests(rows), **foreign_contested(rows, taken), **crossed(rows, other_flavour)}
+    backend's rows, by another tool's rule (`taken`, see foreign_contested), by a
+    rule in the other iptables flavour's nat table (`other_flavour`, see crossed), or
+    by the plugin's chain of another container there (`rivals`: the rows
+    flavour_rivals found)."""
+    found = {
+        **contests(rows),
+        **foreign_contested(rows, taken),
+        **crossed(rows, other_flavour),
+        **dict.fromkeys(rivals),
+    }
     if not found:
         return list(rows)
     return [

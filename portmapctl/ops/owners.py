@@ -9,7 +9,9 @@ loopback host IP (nftables/foreign.py:
 other backend and another tool's iptables nat rule on an nftables row's port
 (iptables/foreign.py: `contested`), and another tool's rule in the other iptables
 flavour's nat table on any row's port (`contested`: that table hooks at the plugin's
-priority, in an order no dump shows; flavour_guard.other_flavour_readers)."""
+priority, in an order no dump shows; flavour_guard.other_flavour_readers), and the
+plugin's own chain of another container there on the same port (a split-brain node:
+`contested` likewise; flavour_guard.plugin_rows)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ class Owners:
     # A row's hook_port_key -> a rule of the other iptables flavour's nat table (named
     # "iptables-legacy: -A ...") that takes its port at the row's hook priority.
     other_flavour: Dict[HookPortKey, str] = field(default_factory=dict)
+    # A row (either backend) -> the plugin's own rows of other containers in the other
+    # iptables flavour's chains that map its port too (a split-brain node:
+    # core/contest.flavour_rivals), and that flavour's name.
+    rivals: Dict[Any, Tuple[Any, ...]] = field(default_factory=dict)
+    rival_flavour: Optional[str] = None
 
 
 def read_owners(
@@ -70,7 +77,46 @@ def read_owners(
     from portmapctl.nftables.foreign import node_hooked
 
     hooked = node_hooked(node, [*rows, *nft_rows], nft_live)
-    return Owners(taken, hooked.taken, hooked.unsure, hooked.unread, crossed)
+    rivals = plugin_rivals(other, [*rows, *nft_rows], hooked.taken)
+    return Owners(
+        taken,
+        hooked.taken,
+        hooked.unsure,
+        hooked.unread,
+        crossed,
+        rivals,
+        other[0] if rivals and other is not None else None,
+    )
+
+
+def plugin_rivals(
+    other: Optional[Tuple[str, Mapping[int, Any]]],
+    rows: Sequence[Any],
+    hooked: Mapping[Any, Tuple[str, str]],
+) -> Dict[Any, Tuple[Any, ...]]:
+    """Owners.rivals: read through the readers `other` gives (nothing run where that
+    flavour has no nat table). A failure to read it is a -v detail: it never fails
+    list or check (chains_elsewhere's warning already names the chains there)."""
+    if other is None or not other[1] or not rows:
+        return {}
+    from portmapctl.core.contest import flavour_rivals, hook_marked
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.ops.flavour_guard import plugin_rows
+
+    try:
+        theirs = [
+            row
+            for family, read in other[1].items()
+            for row in plugin_rows(read, family, {r.host_port for r in rows if r.family == family})
+        ]
+    except (PortmapctlError, OSError) as err:
+        from portmapctl.ops.add_ahead import debug
+
+        debug("reading the plugin's chains in iptables-%s failed: %s", other[0], err)
+        return {}
+    # As node_rows marks them: a row another nftables table's hook shadows contests
+    # nothing (the keys are the rows node_rows marks, equal as frozen dataclasses).
+    return flavour_rivals(hook_marked(rows, hooked), theirs)
 
 
 def unsure_warnings(owners: Owners, keep: Optional[Callable[[Any], bool]] = None) -> List[str]:
@@ -95,11 +141,12 @@ def unsure_warnings(owners: Owners, keep: Optional[Callable[[Any], bool]] = None
 def node_rows(rows: Sequence[Any], nft_rows: Sequence[Any], owners: Owners) -> List[Any]:
     """The node's rows (iptables', then nftables') with every status their ports'
     other owners give: another nftables table's hook first (a row it shadows contests
-    nothing), then `contested` between the backends and by another tool's rule."""
+    nothing), then `contested` between the backends, by another tool's rule, and by the
+    plugin's chain of another container in the other iptables flavour."""
     from portmapctl.core.contest import hook_marked, marked
 
     mappings = hook_marked([*rows, *nft_rows], owners.hooked)
-    if (nft_rows and (rows or owners.taken)) or owners.other_flavour:
+    if (nft_rows and (rows or owners.taken)) or owners.other_flavour or owners.rivals:
         # (Only then can a row be contested: no pass over an iptables node's rows.)
-        mappings = marked(mappings, owners.taken, owners.other_flavour)
+        mappings = marked(mappings, owners.taken, owners.other_flavour, owners.rivals)
     return mappings

@@ -333,3 +333,63 @@ def _cache_ctr_a(cache) -> None:
     """ctrA's cache entry (what _plugin_add makes), so that add has a cache to glance at."""
     conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], PORTS)
     rp.write_cni_cache(cache, "mynet", "ctrA", "eth0", conf, PORTS, ["10.88.0.5/16"])
+
+
+def _plugin_add_at(host_ns, container_id, mode, address):
+    conf = rp.plugin_conf("mynet", [address], PORTS)
+    rp.run_plugin("ADD", host_ns, container_id, conf, mode=mode, check=True)
+
+
+@pytest.mark.parametrize(("other", "ours"), [("legacy", "nft"), ("nft", "legacy")])
+def test_list_and_check_mark_a_port_the_other_flavours_plugin_chain_maps(
+    host_ns, tmp_path, other, ours
+):
+    """A split-brain node: the real plugin's ADD of ctrA on 8080 under one iptables
+    flavour, of ctrB on 8080 under the other. Both nat tables hook PREROUTING at -100:
+    the kernel's hook order decides which container gets the port. list showed both
+    rows ok and check said nothing of the port; now list (either flavour) marks its
+    row contested, and check reports it as a port contested by the other backend is
+    (kind contested, naming the other container and its chain)."""
+    _plugin_add_at(host_ns, "ctrA", other, "10.88.0.5/16")
+    _plugin_add_at(host_ns, "ctrB", ours, "10.88.0.6/16")
+    cache = tmp_path / "cni"
+    for ctr, address in (("ctrA", "10.88.0.5/16"), ("ctrB", "10.88.0.6/16")):
+        conf = rp.plugin_conf("mynet", [address], PORTS)
+        rp.write_cni_cache(cache, "mynet", ctr, "eth0", conf, PORTS, [address])
+    args = ["--netns", host_ns, "--cni-cache-dir", str(cache), "-o", "json"]
+    for flavour, mine, theirs in ((ours, "ctrB", "ctrA"), (other, "ctrA", "ctrB")):
+        done = run(["list", *args, "--iptables", flavour])
+        assert done.returncode == 0, done.stderr
+        rows = json.loads(done.stdout)["mappings"]
+        assert [(r["container_id"], r["host_port"], r["status"]) for r in rows] == [
+            (mine, 8080, ["contested"])
+        ], rows
+        done = run(["check", *args, "--iptables", flavour])
+        problems = json.loads(done.stdout)["problems"]
+        contested = [p for p in problems if p["kind"] == "contested"]
+        assert [(p["container_id"], p["chain"]) for p in contested] == [
+            (mine, chain_name("mynet", mine))
+        ], problems
+        assert (
+            f"tcp/8080 is also mapped in iptables-{'legacy' if flavour == 'nft' else 'nft'}"
+            f" to mynet/{theirs} ({chain_name('mynet', theirs)})" in contested[0]["detail"]
+        ), contested
+        assert done.returncode == 1, done.stderr
+
+
+def test_the_same_container_in_both_flavours_is_not_contested(host_ns, tmp_path):
+    """ctrA's chain in both flavours (the plugin's ADD under each): its own copy DNATs
+    to it alike, so neither row is contested; check reports the split brain, as before,
+    and no contested problem."""
+    _plugin_add(host_ns, "ctrA", "legacy")
+    _plugin_add(host_ns, "ctrA", "nft")
+    _cache_ctr_a(tmp_path / "cni")
+    args = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"), "-o", "json"]
+    for flavour in ("nft", "legacy"):
+        done = run(["list", *args, "--iptables", flavour])
+        assert done.returncode == 0, done.stderr
+        rows = json.loads(done.stdout)["mappings"]
+        assert [(r["container_id"], r["status"]) for r in rows] == [("ctrA", ["ok"])], rows
+        done = run(["check", *args, "--iptables", flavour])
+        kinds = [p["kind"] for p in json.loads(done.stdout)["problems"]]
+        assert "split-brain" in kinds and "contested" not in kinds, kinds

@@ -13,9 +13,12 @@ import fixtures_lib
 
 from portmapctl.core.contest import flavour_rivals
 from portmapctl.core.mapping import Mapping
-from portmapctl.core.status import Status
+from portmapctl.core.status import ProblemKind, Status
+from portmapctl.errors import HostProblem
 from portmapctl.iptables.foreign import listing_reader, table_reader
+from portmapctl.ops.check.crossed import flavour_rival_problems
 from portmapctl.ops.flavour_guard import plugin_rows
+from portmapctl.ops.owners import Owners, node_rows, plugin_rivals
 
 
 def _listing(chain: str) -> Optional[str]:
@@ -71,3 +74,38 @@ def test_rows_that_take_nothing_contest_nothing() -> None:
         assert not flavour_rivals([_mine()], [replace(r, status=(status,)) for r in theirs])
     assert not flavour_rivals([_mine()], [replace(r, conditions=("-i eth0",)) for r in theirs])
     assert not flavour_rivals([replace(_mine(), conditions=("-i eth0",))], theirs)
+
+
+def test_list_and_check_mark_the_rows_the_other_flavours_plugin_chain_contests() -> None:
+    """list's rows (ops/owners.node_rows) and check's problems (crossed.py) on a node
+    whose other flavour holds the fixture: the row on 8080 is contested, naming ctr-a;
+    the one on 8081 stays ok; a row shadowed by another nftables table's hook contests
+    nothing."""
+    mine = [_mine(), _mine("new2", 8081)]
+    other = ("legacy", {4: table_reader(fixtures_lib.table("shadowed", 4))})
+    owners = Owners(rivals=plugin_rivals(other, mine, {}), rival_flavour="legacy")
+    rows = node_rows(mine, (), owners)
+    assert [(r.host_port, r.status) for r in rows] == [
+        (8080, (Status.CONTESTED,)),
+        (8081, (Status.OK,)),
+    ]
+    problems = flavour_rival_problems(None, None, owners)
+    assert [(p.kind, p.container_id, p.chain) for p in problems] == [
+        (ProblemKind.CONTESTED.value, "new1", "CNI-DN-0")
+    ]
+    assert problems[0].detail.startswith(
+        "tcp/8080 is also mapped in iptables-legacy to mynet/ctr-a"
+    )
+    hooked = {mine[0]: (Status.SHADOWED, "a rule")}
+    assert plugin_rivals(other, mine, hooked) == {}
+
+
+def test_a_failure_to_read_the_other_flavour_contests_nothing() -> None:
+    """A reader that fails (iptables-nft -S that errs) is a -v detail, never list's or
+    check's failure: no rivals."""
+
+    def failing(chain: str) -> Optional[str]:
+        raise HostProblem("iptables-nft -S failed")
+
+    assert plugin_rivals(("nft", {4: listing_reader(failing)}), [_mine()], {}) == {}
+    assert plugin_rivals(None, [_mine()], {}) == {}

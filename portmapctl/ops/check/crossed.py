@@ -2,14 +2,16 @@
 backend (`contested`: core/contest.py), another tool's iptables rule on an nftables
 mapping's port (iptables/foreign.py), and other nftables tables' nat prerouting (output,
 for a loopback host IP) hooks (nftables/foreign.py), and another tool's rule in the other
-iptables flavour's nat table (ops/owners.py). None of them is the plugin's to repair: their fix is gc when the
+iptables flavour's nat table or the plugin's chain of another container there
+(ops/owners.py). None of them is the plugin's to repair: their fix is gc when the
 other side is stale, else prose."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Backend
+from portmapctl.core.contest import backend_of
 from portmapctl.core.status import ProblemKind
 from portmapctl.ops.check.hints import Fixes
 from portmapctl.ops.check.nft import STALE, rule_text, rules_by_handle
@@ -52,7 +54,7 @@ def contested_problems(
     of ours can pick a winner: prose (JSON `fix` null)."""
     if found is None or nft_found is None or not nft_found.mappings:
         return []
-    from portmapctl.core.contest import backend_of, contests, foreign_contested, hook_marked
+    from portmapctl.core.contest import contests, foreign_contested, hook_marked
 
     rules = rules_by_handle(live) if live is not None else {}
     problems: List[Problem] = []
@@ -84,18 +86,6 @@ def contested_problems(
     chains = {(c.name, c.family): c for c in found.chains}
     for row, others in contests([*rows, *nft_rows]).items():
         other = others[0]
-        backend = backend_of(row)
-        if backend == Backend.IPTABLES:
-            chain = chains.get((row.chain, row.family))
-            where = row.chain
-            shown = entries_for(chain, [(row.protocol, row.host_port)]) if chain else ()
-            place = other.chain
-        else:
-            where = f"nft:{row.chain}"
-            shown = rule_text(rules, row)  # type: ignore[arg-type]
-            place = other.chain
-        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
-        who = f"{other.network or '?'}/{other.container_id or '?'}"
         if STALE in other.status:
             fix = f"{fixes.gc} (the other side is stale)"
         elif ProblemKind.ZOMBIE.value in other.status:
@@ -107,19 +97,7 @@ def contested_problems(
                 ' with "backend": "nftables")'
             )
         problems.append(
-            Problem(
-                ProblemKind.CONTESTED.value,
-                row.family,
-                where,
-                row.network,
-                row.container_id,
-                f"{row.protocol}/{row.host_port} is also mapped in {backend_of(other)} to"
-                f" {who} ({place}){more}; the kernel's hook order decides which gets the"
-                " traffic",
-                fix,
-                _CONTESTED_WHY,
-                shown,
-            )
+            _mapped_too(row, others, str(backend_of(other)), fix, _CONTESTED_WHY, chains, rules)
         )
     return problems
 
@@ -170,6 +148,68 @@ def other_flavour_problems(
             )
         )
     return problems
+
+
+def flavour_rival_problems(
+    found: Optional[inventory.Inventory],
+    live: Optional[Ruleset],
+    owners: Owners,
+) -> List[Problem]:
+    """One `contested` problem per mapping (either backend) whose port the plugin's
+    chain of another container in the other iptables flavour maps too
+    (`owners.rivals`, a split-brain node: core/contest.flavour_rivals); the same
+    container's copy there is split_brain's. As between the backends, no command of
+    ours picks a winner: prose naming the other side."""
+    if not owners.rivals:
+        return []
+    flavour = f"iptables-{owners.rival_flavour}"
+    chains = {(c.name, c.family): c for c in found.chains} if found is not None else {}
+    rules = rules_by_handle(live) if live is not None else {}
+    fix = (
+        "no command of ours picks a winner: re-create one of them on another host"
+        f" port, or remove the {flavour} one if its container is gone (`portmapctl"
+        f" gc --iptables {owners.rival_flavour}`)"
+    )
+    return [
+        _mapped_too(row, others, flavour, fix, _OTHER_FLAVOUR_WHY, chains, rules)
+        for row, others in owners.rivals.items()
+    ]
+
+
+def _mapped_too(
+    row: Any,
+    others: Sequence[Any],
+    there: str,
+    fix: str,
+    why: str,
+    chains: Dict[Tuple[str, int], Any],
+    rules: Any,
+) -> Problem:
+    """The `contested` problem of a row whose port `others` (rows in `there`: the other
+    backend, the other iptables flavour) map too, naming the first of them, with the
+    row's own rules as check shows them."""
+    if backend_of(row) == Backend.IPTABLES:
+        chain = chains.get((row.chain, row.family))
+        where = row.chain
+        shown = entries_for(chain, [(row.protocol, row.host_port)]) if chain else ()
+    else:
+        where = f"nft:{row.chain}"
+        shown = rule_text(rules, row)
+    other = others[0]
+    more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+    who = f"{other.network or '?'}/{other.container_id or '?'}"
+    return Problem(
+        ProblemKind.CONTESTED.value,
+        row.family,
+        where,
+        row.network,
+        row.container_id,
+        f"{row.protocol}/{row.host_port} is also mapped in {there} to {who}"
+        f" ({other.chain}){more}; the kernel's hook order decides which gets the traffic",
+        fix,
+        why,
+        shown,
+    )
 
 
 _HOOK_WHY = {

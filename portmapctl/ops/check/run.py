@@ -119,6 +119,7 @@ def _check_node(
     found = inventory.build(tables, attachments)
     from portmapctl.ops.check.crossed import (
         contested_problems,
+        flavour_rival_problems,
         hook_problems,
         other_flavour_problems,
     )
@@ -154,6 +155,7 @@ def _check_node(
     )
     problems += contested_problems(found, nft.found, read.nft_live, fixes, owners)
     problems += other_flavour_problems(found, nft.found, read.nft_live, owners)
+    problems += flavour_rival_problems(found, read.nft_live, owners)
     problems += hook_problems(read.nft_live, owners)
     compared += nft_compared
     if attachments is None:
