@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import realplugin as rp
 import upstream
+from flush_udp_helpers import ns_run, route_localnet
 from pmctl import run as pm_run
 from pmctl import without_cache_note
 
@@ -69,6 +70,14 @@ elif where == "nft-repair":
         real_nft_apply(self, txn)
         hold()
     repair._ReadOnceNft.apply = nft_apply
+elif where == "nft-write":
+    # The nftables backend's `nft -f` went in; its apply has not returned yet.
+    from portmapctl.nftables.access import nft
+    real_nft_write = nft.RealNft.apply
+    def nft_write(self, txn):
+        real_nft_write(self, txn)
+        hold()
+    nft.RealNft.apply = nft_write
 elif where == "ahead":
     # The IPv4 plan held until the family applied ahead of it (IPv6) went in.
     import threading
@@ -301,6 +310,58 @@ def test_sigterm_after_a_repair_went_in_still_flushes_its_udp_flows(host_ns, tmp
     else:
         assert f"-j {chain_name('mynet', 'c1')}" in rp.save(host_ns)
     assert "dport=6000" not in _conntrack(host_ns, "-L", "-p", "udp")
+
+
+@pytest.mark.parametrize(
+    "backend, extra",
+    [("nft", ()), ("legacy", ()), ("nft", ("--no-flush-udp",)), ("nftables", ())],
+    ids=["iptables-nft", "iptables-legacy", "no-flush-udp", "nftables"],
+)
+def test_sigterm_after_a_one_mapping_repair_went_in_still_flushes_its_udp_flows(
+    host_ns, tmp_path, backend, extra
+):
+    """The same for `check --repair` of one mapping given on the command line (as the
+    plugin's CHECK is asked): SIGTERMed once its IPv4 transaction (nftables: its `nft
+    -f`) went in, the flow that took the un-NATed path while the rules were gone stayed
+    pinned there, and the next check found the mapping healthy. Now it is flushed on
+    the way out (and route_localnet set on the pod interface, as the plugin's ADD
+    does); --no-flush-udp keeps it, as a whole run does."""
+    ns_run(host_ns, "ip", "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p")
+    ns_run(host_ns, "ip", "addr", "add", "10.88.0.1/16", "dev", "cni0")
+    for device in ("cni0", "cni0p"):
+        ns_run(host_ns, "ip", "link", "set", device, "up")
+    udp = [{"hostPort": 6000, "containerPort": 53, "protocol": "udp"}]
+    mapping = ["--network", "mynet", "--container", "c1", "--ip", "10.88.0.5/16",
+               "-p", "6000:53/udp"]  # fmt: skip
+    if backend == "nftables":
+        rp.require(upstream.available())
+        conf = upstream.nft_conf("mynet", ["10.88.0.5/16"], udp)
+        upstream.run("v1.9.1", "ADD", host_ns, "c1", conf, check=True)
+        upstream.nft(host_ns, "delete", "table", "ip", "cni_hostport")  # a firewall reload
+        mapping += ["--backend", "nftables"]
+    else:
+        conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], udp)
+        rp.run_plugin("ADD", host_ns, "c1", conf, mode=backend, check=True)
+        rp.iptables(host_ns, ["-t", "nat", "-F"], mode=backend)  # a firewall reload
+        mapping += ["--iptables", backend]
+    ns_run(host_ns, "sysctl", "-qw", "net.ipv4.conf.cni0.route_localnet=0")
+    subprocess.run(["ip", "-n", host_ns, "addr", "replace", "10.0.0.1/32", "dev", "lo"],
+                   check=True)  # fmt: skip
+    _conntrack(host_ns, "-I", "-p", "udp", "-s", "192.0.2.7", "-d", "10.0.0.1",
+               "--sport", "40001", "--dport", "6000", "-t", "100")  # fmt: skip
+    argv = ["check", "--repair", "-q", "--netns", host_ns, *mapping, *extra]
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    where = "nft-write" if backend == "nftables" else "repair"
+    code, _out, err = _killed_while_writing(argv, env, where, tmp_path / "marker")
+    assert code == -signal.SIGTERM, err
+    assert without_cache_note(err) == "portmapctl: terminated\n"
+    if backend == "nftables":
+        assert 'comment "c1"' in upstream.ruleset_text(host_ns)
+    else:
+        assert f"-j {chain_name('mynet', 'c1')}" in rp.save(host_ns, 4, backend)
+    flows = _conntrack(host_ns, "-L", "-p", "udp")
+    assert ("dport=6000" in flows) == bool(extra), flows
+    assert route_localnet(host_ns, "cni0") == "1"
 
 
 def test_stale_temporary_files_of_killed_runs_go_on_the_next_save(host_ns, tmp_path):

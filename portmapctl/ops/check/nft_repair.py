@@ -179,11 +179,15 @@ def nft_changed(
 
 
 def repair_mapping(
-    node: Node, config: MappingConfig, families: Tuple[int, ...]
+    node: Node,
+    config: MappingConfig,
+    families: Tuple[int, ...],
+    planned: Optional[List[NftTransaction]] = None,
 ) -> Tuple[str, List[int]]:
     """Make one nft-backed mapping as the plugin's ADD would, and delete the rules of
     its container that its config does not make (what check_mapping calls extra): the
-    transaction's text and the families written."""
+    transaction's text and the families written. `planned`: gets each transaction as
+    it is tried (what a SIGTERM during the write may have put in)."""
     from portmapctl.nftables import planner
     from portmapctl.nftables.wanted import wanted
 
@@ -201,5 +205,12 @@ def repair_mapping(
     # (never anyone else's), as the node-wide repair does.
     ids, kept = {config.container_id}, [w.family for w in want]
     mine = own_addresses(config)
-    text = node.converge_nft(lambda live: planner.repair(live, want, ids, kept, others, mine))
+    tried: List[NftTransaction] = planned if planned is not None else []
+
+    def plan(live: Ruleset) -> NftTransaction:
+        txn = planner.repair(live, want, ids, kept, others, mine)
+        tried.append(txn)
+        return txn
+
+    text = node.converge_nft(plan)
     return text, ([w.family for w in want] if text else [])

@@ -495,13 +495,20 @@ def _repair_mapping(
         )
         return Transaction(live.family)
 
-    for family in before.families:
-        if family in left:
-            continue
-        txn = node.converge(family, plan)
-        if txn:
-            transactions[family] = txn.render()
-            families += [family] if changed_mappings(txn, [config]) else []
+    try:
+        for family in before.families:
+            if family in left:
+                continue
+            txn = node.converge(family, plan)
+            if txn:
+                transactions[family] = txn.render()
+                families += [family] if changed_mappings(txn, [config]) else []
+    except Interrupted:
+        # As the whole-node repair: what a transaction handed to iptables (re)made gets
+        # route_localnet and its UDP flows flushed on the way out; the next check finds
+        # the mapping healthy and would leave the flows pinned to the un-NATed path.
+        after_setup_many(_attempted(planned, [config]), flush_udp, local_only=True)
+        raise
     warnings = (
         after_setup_many([(config, families)], flush_udp, local_only=True) if families else []
     )
@@ -552,7 +559,15 @@ def _repair_nft_mapping(
     nft_refusals(config)
     for condition in (*config.conditions_v4, *config.conditions_v6):
         check_condition(condition)
-    text, families = nft_repair.repair_mapping(node, config, before.families)
+    tried: List[NftTransaction] = []
+    try:
+        text, families = nft_repair.repair_mapping(node, config, before.families, tried)
+    except Interrupted:
+        # SIGTERM or Ctrl-C once `nft -f` went in (or was under way): what it made gets
+        # the plugin's side effects on the way out, as the whole-node repair does.
+        for c, fams in nft_repair.nft_changed(tried[-1], [config]) if tried else []:
+            after_setup(c, fams, flush_udp, local_only=True)
+        raise
     warnings = after_setup(config, families, flush_udp, local_only=True) if families else []
     after = check_followed(node, config)
     remaining = {p.key for p in after.problems}
