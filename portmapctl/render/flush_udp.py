@@ -35,18 +35,24 @@ def _endpoint(address: str, port: int) -> str:
 
 
 # What a terminal's width may cut (the widest first): the addresses in their middle,
-# a port whole; then WHY, from its end (it starts with the reason).
+# a port whole. WHY, what says why an entry goes, is never cut.
 FLUSH_CUTS = {
     "SOURCE": Cuttable(12, cut_middle),
     "DESTINATION": Cuttable(12, cut_middle),
     "REPLY FROM": Cuttable(12, cut_address),
 }
+# Below that, left out in this order while WHY does not fit whole: where the replies
+# come from (a stale reason's WHY names where the port goes now), then the node's own
+# address (the host port stays in PORTS); -o wide and JSON show all. What still does
+# not fit of WHY goes on below, under its column.
+FLUSH_DROPS = ("REPLY FROM", "DESTINATION")
 
 
 def flush_table(result: FlushResult, width: Optional[int] = None, header: bool = True) -> Text:
     """One line per entry: family, source, destination, ports, where the replies come
     from (the DNAT destination), why it goes (coloured by the reason). `width` is the
-    terminal's (None: nothing is cut); `header` False for --no-headers."""
+    terminal's (None: nothing is cut): met by FLUSH_CUTS, then FLUSH_DROPS, WHY never
+    cut; `header` False for --no-headers."""
     headers = ["FAM", "SOURCE", "DESTINATION", "PORTS", "REPLY FROM", "WHY"]
     rows = [
         [
@@ -59,7 +65,9 @@ def flush_table(result: FlushResult, width: Optional[int] = None, header: bool =
         for d in result.doomed
     ]
     why = [[Piece(flush_why(d), FLUSH_STYLE.get(d.reason, ""))] for d in result.doomed]
-    return table(headers, rows, why, header, width=width, cuts=FLUSH_CUTS)
+    return table(
+        headers, rows, why, header, width=width, cuts=FLUSH_CUTS, drops=FLUSH_DROPS, wrap_last=True
+    )
 
 
 def _flush_ports_text(keys: Iterable[Tuple[int, int]]) -> str:

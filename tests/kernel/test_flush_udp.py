@@ -35,6 +35,7 @@ from flush_udp_helpers import (  # noqa: F401
     udp,
 )
 from pmctl import assert_error, run, without_cache_note
+from test_gc import _table_on_a_terminal
 
 from portmapctl.host.netns import entered
 from portmapctl.ops import flush_udp
@@ -420,3 +421,19 @@ def test_no_conntrack_support_exits_3(
         "portmapctl: error: cannot list conntrack entries: Protocol not supported;"
         " this kernel offers no conntrack netlink: modprobe nf_conntrack_netlink"
     ]
+
+
+def test_dry_run_at_60_columns_keeps_why_whole(node: str) -> None:
+    """On a 60-column terminal flush-udp's table keeps why each entry goes whole (`old
+    DNAT destination: the port now goes to ...`): REPLY FROM and DESTINATION give way
+    (-o wide shows them); nothing is wider than the terminal."""
+    lines = _table_on_a_terminal(["flush-udp", "--netns", node, "--stale-only", "--dry-run"], 60)
+    table = lines[: lines.index("")]
+    assert all(len(line) <= 60 for line in lines), lines
+    assert table[0].split() == ["FAM", "SOURCE", "PORTS", "WHY"], lines
+    assert "…" not in "\n".join(table), lines
+    text = " ".join(" ".join(table).split())
+    for why in ("old DNAT destination: the port now goes to 10.88.0.5 ",
+                "never DNATed: bypasses the mapping to 10.88.0.5 ",
+                "old DNAT destination: the port now goes to fd00::5"):  # fmt: skip
+        assert why in f"{text} ", lines

@@ -1,7 +1,7 @@
 """Tables on terminals narrower than 80 columns (laptops, tmux panes): the column that
-says what is wrong (list's and gc's STATUS, check's KIND and PROBLEM) is never cut;
-other columns give way first, and no line is wider than the terminal. Piped, -o wide
-and --no-trunc are as before.
+says what is wrong (list's and gc's STATUS, check's KIND and PROBLEM, flush-udp's WHY)
+is never cut; other columns give way first, and no line is wider than the terminal.
+Piped, -o wide and --no-trunc are as before.
 
 Read on a real pseudo-terminal (tests/unit/test_terminal.py), as an operator sees them.
 """
@@ -16,7 +16,11 @@ from test_output_contract import EXAMPLE, long_mapping, pmctl
 from test_terminal import run_on_terminal
 
 from portmapctl import render
+from portmapctl.core.status import FlushReason
+from portmapctl.host.conntrack import ConntrackEntry
+from portmapctl.ops.flush_udp import Doomed, FlushResult
 from portmapctl.ops.gc import GcChain, GcResult
+from portmapctl.render.flush_udp import flush_why
 from portmapctl.render.gc import gc_table
 
 STATUSES = {"ok", "stale", "shadowed", "orphan"}
@@ -123,3 +127,31 @@ def test_check_piped_is_one_line_a_problem():
     doc = json.loads(pmctl("check", *EXAMPLE, "-o", "json").stdout)
     piped = pmctl("check", *EXAMPLE).stdout.split("\n")
     assert len(table_of(piped)) == 1 + len(doc["problems"])
+
+
+def test_flush_udp_keeps_why_whole_on_a_narrow_terminal():
+    """WHY says why an entry goes: never cut; REPLY FROM, then DESTINATION give way
+    (-o wide shows them), and what does not fit of WHY goes on below it."""
+    old = ConntrackEntry(4, "udp", "192.168.122.17", "192.168.122.10", 41000, 5353,
+                         "10.88.0.7", "192.168.122.17", 53, 41000)  # fmt: skip
+    never = ConntrackEntry(6, "udp", "fd00:1::17", "fd00:1::10", 41001, 5353,
+                           "fd00:1::10", "fd00:1::17", 5353, 41001)  # fmt: skip
+    doomed = (
+        Doomed(old, FlushReason.OLD_DESTINATION, ("10.88.0.9:53",)),
+        Doomed(never, FlushReason.NOT_DNATED, ("[fd00::9]:53",)),
+        Doomed(old, FlushReason.MAPPED),
+    )
+    result = FlushResult(True, False, ((4, 5353), (6, 5353)), doomed, 3, 0)
+    whys = [flush_why(d) for d in doomed]
+    for width in (80, 60, 50):
+        lines = render.flush_table(result, width=width).plain.split("\n")
+        assert all(len(line) <= width for line in lines), (width, lines)
+        assert lines[0].split()[-1] == "WHY", (width, lines)
+        text = " ".join(" ".join(lines).split())
+        assert "…" not in text.replace("192.16…22.17", ""), "only the source's middle"
+        assert all(why in text for why in whys), (width, lines)
+        assert "41000->5353" in lines[1] and "41001->5353" in text, "the ports stay"
+    # Piped (no width) and so -o wide: every column, whole.
+    whole = render.flush_table(result).plain
+    assert whole.split("\n")[0].split()[-3:] == ["REPLY", "FROM", "WHY"]
+    assert all(why in whole for why in whys) and "192.168.122.10" in whole
