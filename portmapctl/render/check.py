@@ -283,7 +283,8 @@ def check_healthy_line(result: CheckResult) -> str:
 
 
 def check_fixed_lines(result: CheckResult) -> List[str]:
-    """What a repair did, one line per problem it fixed."""
+    """What a repair did, one line per problem it fixed, in the order of check's
+    problem rows (sorted_problems: one container's lines together)."""
     return [
         f"repaired: IPv{p.family} {p.kind} {p.chain or ''}"
         + (
@@ -291,5 +292,5 @@ def check_fixed_lines(result: CheckResult) -> List[str]:
             if p.network or p.container_id
             else ""
         )
-        for p in result.fixed
+        for p in sorted_problems(result.fixed)
     ]

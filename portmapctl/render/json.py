@@ -185,7 +185,7 @@ def check_json(result: CheckResult, cache: Optional[MappingT[str, Any]] = None) 
         healthy=result.healthy,
         repaired=result.repaired,
         problems=[problem_json(p) for p in sorted_problems(result.problems)],
-        fixed=[problem_json(p) for p in result.fixed],
+        fixed=[problem_json(p) for p in sorted_problems(result.fixed)],
         summary=check_summary(result),
     )
     if result.unrepaired:  # only after a repair that had to leave containers out

@@ -170,6 +170,43 @@ def test_flushed_node_is_listed_then_repaired_until_the_plugin_check_passes(
     assert _state(host_ns, mode) == made_by_plugin
 
 
+def test_repaired_lines_are_in_the_order_of_the_problem_rows(host_ns, tmp_path):
+    """check --repair says what it fixed in the order check's problem rows are in
+    (network, container, family; the node's own first), so one container's v4 and v6
+    lines stand together; -o json's "fixed" likewise."""
+    _plugin_node(host_ns, "nft", tmp_path)
+    order = [
+        *[("missing-toplevel", f, f"CNI-HOSTPORT-{c}") for f in (4, 6)
+          for c in ("SETMARK", "MASQ", "DNAT")],  # as check finds them
+        ("missing-chain", 4, _chain("ctr1")),
+        ("missing-chain", 4, _chain("ctr2")),
+        ("missing-chain", 4, _chain("ctr3")),
+        ("missing-chain", 6, _chain("ctr3")),
+    ]  # fmt: skip
+    argv = ["check", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(tmp_path),
+            "--repair"]  # fmt: skip
+    for extra in ([], ["-o", "json"]):
+        for family in (4, 6):  # firewalld --reload
+            rp.iptables(host_ns, ["-t", "nat", "-F"], family=family)
+            rp.iptables(host_ns, ["-t", "nat", "-X"], family=family)
+        done = run([*argv, *extra])
+        assert done.returncode == 0, done.stderr
+        if extra:
+            fixed = [(p["kind"], p["family"], p["chain"]) for p in json.loads(done.stdout)["fixed"]]
+            assert fixed == order
+            continue
+        lines = [line for line in done.stderr.splitlines() if line.startswith("repaired: ")]
+        assert lines == [
+            f"repaired: IPv{f} {kind} {chain}"
+            + (f" (mynet/{chain_owner})" if (chain_owner := _owner(chain)) else "")
+            for kind, f, chain in order
+        ], done.stderr
+
+
+def _owner(chain):
+    return next((c for c in ("ctr1", "ctr2", "ctr3") if _chain(c) == chain), None)
+
+
 def test_table_output_of_a_broken_node(host_ns, tmp_path):
     _plugin_node(host_ns, "nft", tmp_path, CONTAINERS[:1])
     rp.iptables(
