@@ -197,8 +197,16 @@ def _show_details() -> None:
     why a plan was refused and made again). logging is imported only then."""
     import logging
 
+    from portmapctl.core.text import message_text
+
+    class _Lines(logging.Formatter):
+        """A path's byte that is not UTF-8 as `\\xNN`, as error and warning lines."""
+
+        def format(self, record: logging.LogRecord) -> str:
+            return message_text(super().format(record))
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("portmapctl: %(message)s"))
+    handler.setFormatter(_Lines("portmapctl: %(message)s"))
     library = logging.getLogger("portmapctl")
     library.addHandler(handler)
     library.setLevel(logging.DEBUG)

@@ -498,7 +498,8 @@ class Output(NamedTuple):
     def message(self, text: str) -> None:
         """A remark for people, on stderr; silent with -q."""
         if not self.quiet:
-            self._console(stderr=True).print(text)
+            # A byte that is not UTF-8 as `\xNN`, as warn() and error lines write it.
+            self._console(stderr=True).print(message_text(text))
 
     def warn(self, text: str) -> None:
         # A path's byte that is not UTF-8 as `\xNN`, as error lines and JSON write it.

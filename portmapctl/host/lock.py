@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Callable, Iterator, Optional
 
+from portmapctl.core.text import message_text
 from portmapctl.errors import HostProblem
 from portmapctl.host.paths import RUN_DIR
 
@@ -95,7 +96,9 @@ def holder(fd: int, proc_locks: str = PROC_LOCKS) -> Optional[int]:
 def _say_waiting(path: str, pid: Optional[int]) -> None:
     """The line an operator sees while another run holds the lock (on stderr)."""
     who = f"PID {pid}" if pid is not None else "another process"
-    sys.stderr.write(f"portmapctl: waiting for the portmapctl lock held by {who} ({path})\n")
+    # A run directory's byte that is not UTF-8 as `\xNN`, as error lines write it.
+    line = message_text(f"waiting for the portmapctl lock held by {who} ({path})")
+    sys.stderr.write(f"portmapctl: {line}\n")
     sys.stderr.flush()
 
 

@@ -174,3 +174,60 @@ def test_message_text_spells_lone_surrogates_and_repr_escapes_of_them():
     # A backslash the value held is doubled by repr(): not such a byte.
     assert message_text(repr("caf\\udce9")) == "'caf\\\\udce9'"
     assert message_text(repr("\\\udce9")) == "'\\\\\\xe9'"
+
+
+# Lines that reach stderr other than through the error line and Output.warn.
+_STDERR_LINES = {
+    # host/lock.py's line while another run holds the lock, under a run directory
+    # (PORTMAPCTL_RUN_DIR) with such a byte in its name.
+    "lock": (
+        "import fcntl, os, sys\n"
+        "from portmapctl.host import lock\n"
+        "run = sys.argv[1]\n"
+        "os.makedirs(run)\n"
+        "fd = os.open(os.path.join(run, 'lock'), os.O_RDWR | os.O_CREAT, 0o600)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "if os.fork() == 0:\n"
+        "    with lock.held(run, wait=30):\n"
+        "        os._exit(0)\n"
+        "import time; time.sleep(3)  # past SAY_WAITING_AFTER, even on a busy machine\n"
+        "fcntl.flock(fd, fcntl.LOCK_UN)\n"
+        "os.wait()\n"
+    ),
+    # A remark (Output.message, printed by rich): check's notes, the repair's lines.
+    "message": (
+        "import sys\n"
+        "from portmapctl.cli._common import Output\n"
+        "Output().message(f'looked in {sys.argv[1]}')\n"
+    ),
+    # -v's details (logging).
+    "detail": (
+        "import logging, sys\n"
+        "from portmapctl import cli\n"
+        "cli._show_details()\n"
+        "logging.getLogger('portmapctl.test').debug('looked in %s', sys.argv[1])\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("what", sorted(_STDERR_LINES))
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+def test_other_stderr_lines_write_a_paths_byte_as_backslash_x(tmp_path, what, encoding):
+    """The lock's waiting line, rich's remarks and -v's details wrote `\\udce9`."""
+    path = os.fsdecode(bytes(tmp_path) + b"/run-\xe9")
+    done = subprocess.run(
+        [sys.executable, "-c", _STDERR_LINES[what], path],
+        capture_output=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "PYTHONIOENCODING": encoding,
+            "NO_COLOR": "1",
+        },  # fmt: skip
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    err = done.stderr.decode("ascii")  # all of it ASCII text
+    assert f"{tmp_path}/run-\\xe9" in err and "\\udc" not in err, err
+    assert len(err.splitlines()) == 1, err
