@@ -69,11 +69,12 @@ def check_command(
     snapshot: Annotated[
         Optional[str],
         typer.Option(
-            metavar="FILE", help="Check an iptables-save dump ('-' for stdin), not the kernel."
+            metavar="FILE",
+            help="Check `iptables-save -t nat` output ('-' for stdin), not the kernel.",
         ),
     ] = None,
     snapshot6: Annotated[
-        Optional[str], typer.Option(metavar="FILE", help="Check an ip6tables-save dump.")
+        Optional[str], typer.Option(metavar="FILE", help="Check `ip6tables-save -t nat` output.")
     ] = None,
     nft_snapshot: NftSnapshotOpt = None,
     metrics_file: MetricsFileOpt = None,

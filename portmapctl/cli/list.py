@@ -92,11 +92,12 @@ def list_command(
     snapshot: Annotated[
         Optional[str],
         typer.Option(
-            metavar="FILE", help="Read an iptables-save dump ('-' for stdin), not the kernel."
+            metavar="FILE",
+            help="Read `iptables-save -t nat` output ('-' for stdin), not the kernel.",
         ),
     ] = None,
     snapshot6: Annotated[
-        Optional[str], typer.Option(metavar="FILE", help="Read an ip6tables-save dump.")
+        Optional[str], typer.Option(metavar="FILE", help="Read `ip6tables-save -t nat` output.")
     ] = None,
     nft_snapshot: NftSnapshotOpt = None,
     conntrack: Annotated[
