@@ -133,7 +133,6 @@ def check_text(
         first_style="red",
         width=width if cut else None,
         strip_lines=True,
-        wrap_last=True,
     )
     if out.plain:
         out.append("\n")

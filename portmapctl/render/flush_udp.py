@@ -65,9 +65,7 @@ def flush_table(result: FlushResult, width: Optional[int] = None, header: bool =
         for d in result.doomed
     ]
     why = [[Piece(flush_why(d), FLUSH_STYLE.get(d.reason, ""))] for d in result.doomed]
-    return table(
-        headers, rows, why, header, width=width, cuts=FLUSH_CUTS, drops=FLUSH_DROPS, wrap_last=True
-    )
+    return table(headers, rows, why, header, width=width, cuts=FLUSH_CUTS, drops=FLUSH_DROPS)
 
 
 def _flush_ports_text(keys: Iterable[Tuple[int, int]]) -> str:

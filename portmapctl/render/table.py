@@ -93,10 +93,10 @@ def grid(headers: List[str], rows: List[List[str]], status: List[Iterable[str]],
          cuts: Optional[Cuts] = None, drops: Sequence[str] = ()) -> Grid:  # fmt: skip
     """Columns padded to width, then the status words, each coloured (list, gc); a
     `width` (a terminal's) is met as table() meets it, the statuses never cut
-    (`wrap_last`): they are what a row says."""
+    (wrapped under their column): they are what a row says."""
     last = [status_pieces(w) for w in status]
     headers = headers + [status_header]
-    fitting = _Fitting(width, cuts or {}, tuple(drops), wrap_last=True)
+    fitting = _Fitting(width, cuts or {}, tuple(drops))
     return Grid(*_text_and_spans(headers, rows, last, header, "", False, fitting))
 
 
@@ -135,7 +135,6 @@ def table(
     strip_lines: bool = False,
     cuts: Optional[Cuts] = None,
     drops: Sequence[str] = (),
-    wrap_last: bool = False,
 ) -> Text:
     """The grid: `rows` padded under `headers[:-1]`, then each row's `last` cell (its
     pieces joined by ",") unpadded, under `headers[-1]`; the header line in bold.
@@ -144,14 +143,13 @@ def table(
     is met so no row wraps: the columns in `cuts` are narrowed first (the widest
     first), as far as their minimums, to leave the last cell whole; then the columns
     in `drops` are left out, in that order, as long as the last cell still does not
-    fit. What still does not fit of a last cell is, with `wrap_last`, wrapped onto
-    lines of its own under its column (never cut: it says what is wrong), else cut
-    with `…`. `strip_lines` drops the spaces a row ends with. Rows may be shorter or
+    fit. What still does not fit of a last cell is wrapped onto lines of its own
+    under its column (never cut: it says what is wrong). `strip_lines` drops the spaces a row ends with. Rows may be shorter or
     longer than the headers (extra cells are dropped).
     """
     from rich.text import Span, Text
 
-    fitting = _Fitting(width, cuts or {}, tuple(drops), wrap_last)
+    fitting = _Fitting(width, cuts or {}, tuple(drops))
     plain, spans = _text_and_spans(headers, rows, last, header, first_style, strip_lines, fitting)
     out = Text(plain, spans=[Span(*span) for span in spans])
     out.rstrip()
@@ -165,7 +163,6 @@ class _Fitting(NamedTuple):
     width: Optional[int]
     cuts: Cuts
     drops: Tuple[str, ...]
-    wrap_last: bool
 
 
 class Wrapped(NamedTuple):
@@ -205,16 +202,13 @@ def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
         headers, rows, widths = _fitted(headers, rows, widths, last, fitting)
         column = sum(widths) + 2 * len(widths)  # where the last cell starts
         room = fitting.width - column
-        if fitting.wrap_last:
-            # Never less than the header's own room (a terminal narrower than the
-            # other columns: the cell goes past the width, still whole).
-            room = max(room, len(headers[-1]))
-            indent, later = column, room
-            if _longest_word(last, room) > room:
-                indent, later = HANG, max(fitting.width - HANG, room)
-            cells = [_wrapped(pieces, room, later, indent) for pieces in last]
-        else:
-            cells = [fit(pieces, room) for pieces in last]
+        # Never less than the header's own room (a terminal narrower than the other
+        # columns: the cell goes past the width, still whole).
+        room = max(room, len(headers[-1]))
+        indent, later = column, room
+        if _longest_word(last, room) > room:
+            indent, later = HANG, max(fitting.width - HANG, room)
+        cells = [_wrapped(pieces, room, later, indent) for pieces in last]
     layout = _Layout(list(headers), widths, header, first_style, strip_lines)
     plain, spans = _grid_text(layout, rows, cells, _same)
     if strip_control_codes(plain) != plain:
@@ -485,21 +479,6 @@ def cut_middle(text: str, room: int) -> str:
         return cut_end(text, room)
     head = room // 2
     return text[:head] + "…" + text[len(text) - (room - 1 - head) :]
-
-
-def fit(pieces: Sequence[Piece], room: int) -> List[Piece]:
-    """A last cell cut to `room` characters (the commas between pieces counted)."""
-    if len(",".join(p.text for p in pieces)) <= room:
-        return list(pieces)
-    kept: List[Piece] = []
-    left = max(room - 1, 0)  # what fits before the "…"
-    for piece in pieces:
-        if len(piece.text) >= left:
-            kept.append(Piece(piece.text[:left] + "…", piece.style))
-            break
-        kept.append(piece)
-        left -= len(piece.text) + 1
-    return kept
 
 
 def wrap(text: str, width: Optional[int], indent: str) -> List[str]:
