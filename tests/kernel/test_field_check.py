@@ -103,6 +103,36 @@ def test_a_container_iptables_refuses_is_named_and_the_others_repaired(host_ns, 
     assert {p["container_id"] for p in doc["problems"] if p["container_id"]} == {"ctr1"}
 
 
+def test_could_not_repair_lines_are_in_the_order_of_the_problem_rows(host_ns, tmp_path):
+    """The "could not repair" lines (and -o json's "unrepaired") are in the order of
+    check's problem rows and "repaired:" lines (network, container, family), so one
+    container's v4 and v6 lines stand together, not each family's in turn."""
+    cache = tmp_path / "cni"
+    for family in (4, 6):
+        rp.iptables(host_ns, ["-t", "nat", "-N", EXT], family=family)
+    for i, cid in enumerate(("ctrB", "ctrA")):  # cached in an order that is not sorted
+        conf = rp.plugin_conf("mynet", [f"10.88.0.{10 + i}/16", f"fd00::{10 + i}/64"],
+                              _ports(8100 + i), external_setmark_chain=EXT)  # fmt: skip
+        rp.run_plugin("ADD", host_ns, cid, conf, check=True)
+        _cache(cache, "mynet", cid, conf)
+    for family in (4, 6):  # a firewall reload: the admin's chain goes too
+        for args in (["-F"], ["-X"]):
+            rp.iptables(host_ns, ["-t", "nat", *args], family=family)
+    argv = ["check", "--repair", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir",
+            str(cache)]  # fmt: skip
+    order = [("ctrA", 4), ("ctrA", 6), ("ctrB", 4), ("ctrB", 6)]
+    for extra in ([], ["-o", "json"]):
+        done = run([*argv, *extra])
+        assert done.returncode == 1, done.stderr
+        lines = [line for line in done.stderr.splitlines() if "could not repair" in line]
+        assert [
+            next((c, f) for c, f in order if f"IPv{f} mynet/{c} " in line) for line in lines
+        ] == order, done.stderr
+        if extra:
+            doc = json.loads(done.stdout)
+            assert [(u["container_id"], u["family"]) for u in doc["unrepaired"]] == order
+
+
 # --- item 13: conditions as iptables rewrites them ------------------------------------------
 
 CONDITIONS = {

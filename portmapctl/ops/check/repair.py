@@ -117,6 +117,13 @@ class Unrepaired:
         )
 
 
+def _in_row_order(unrepaired: Sequence[Unrepaired]) -> List[Unrepaired]:
+    """As check's problem rows and "repaired:" lines (render.check.problem_sort_key):
+    by network, container and family, so one container's lines stand together (the
+    repair finds them family by family)."""
+    return sorted(unrepaired, key=lambda u: (u.network, u.container_id, u.family))
+
+
 def _missing_reference(config: MappingConfig, live: NatTable) -> Optional[str]:
     """Why a cached `config` cannot be set up in this table as it is, found before
     trying (planner.missing_setmark_chain)."""
@@ -429,6 +436,7 @@ def repair(
             )
             if text:
                 transactions["nft"] = text  # both families, one `nft -f` transaction
+        unrepaired = _in_row_order(unrepaired)
         warnings: List[str] = [u.text for u in unrepaired]
         for c, fams in nft_changed:
             warnings += after_setup(c, fams, flush_udp, local_only=True)
@@ -512,7 +520,7 @@ def _repair_mapping(
     warnings = (
         after_setup_many([(config, families)], flush_udp, local_only=True) if families else []
     )
-    unrepaired += missing.values()
+    unrepaired = _in_row_order([*unrepaired, *missing.values()])
     warnings += [u.text for u in unrepaired]
     tables = {family: planned.read(family) for family in before.families}
     after = mapping_result(config, tables, sharing=sharing)
