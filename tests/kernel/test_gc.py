@@ -461,6 +461,33 @@ def test_on_a_terminal_gc_asks_first(nft_node: Node_):
     assert node.lines(4) == _without(before, {chain_name("gcnet", "stale1")})
 
 
+def test_the_preview_on_a_terminal_writes_a_byte_that_is_not_utf8_as_backslash_x(
+    nft_node: Node_,
+):
+    """gc's preview table on stderr (shown before it asks) wrote a container ID's byte
+    that is not UTF-8 (0xe9, from the chain's comment) as `\\udce9`, Python's stand-in,
+    where every other stderr line writes `\\xe9`; the columns stay aligned."""
+    node = nft_node
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
+    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    # The plugin refuses such an ID; its comment gets one as any other tool could write it.
+    ns_exec = ["ip", "netns", "exec", node.ns]
+    dump = subprocess.run([*ns_exec, rp.tool_path("iptables-save", "nft"), "-t", "nat"],
+                          check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run([*ns_exec, rp.tool_path("iptables-restore", "nft")], check=True,
+                   input=dump.replace(b'id: \\"stale1\\"', b'id: \\"stale\xe9\\"'))  # fmt: skip
+    argv = ["gc", "--netns", node.ns, "--iptables", "nft", "--cni-cache-dir", str(node.cache),
+            "--min-age", "0"]  # fmt: skip
+    for columns in ("250", "60"):
+        code, shown, _ = _on_terminal(argv, b"n", {"COLUMNS": columns})
+        assert code == 0, shown
+        lines = shown.replace("\r", "").split("\n")
+        header = next(line for line in lines if line.split()[:1] == ["FAM"])
+        (row,) = [line for line in lines if "stale" in line and "Remove" not in line]
+        assert "\\udc" not in shown and " stale\\xe9 " in f"{row} ", shown
+        assert row.index("to remove") == header.index("STATUS"), shown
+
+
 def test_end_of_input_at_gc_prompt_is_the_default_answer_no(nft_node: Node_):
     """Ctrl-D (stdin at its end) answers the prompt as Enter does: no, nothing removed,
     said in one line, exit 0; 130 is Ctrl-C's alone."""
