@@ -22,7 +22,7 @@ from portmapctl.iptables.ruleset import (
 from portmapctl.ops.check.diagnose import diagnose, diagnose_mapping
 from portmapctl.ops.check.expected import sharing_chain
 from portmapctl.ops.check.hints import _flavour, fixes_for
-from portmapctl.ops.check.problem import CheckResult
+from portmapctl.ops.check.problem import CheckResult, Problem
 from portmapctl.ops.node import Node, side_by_side
 from portmapctl.ops.owners import node_rows, read_owners, unsure_warnings
 
@@ -301,6 +301,7 @@ def mapping_result(
     problems, compared = diagnose_mapping(
         tables, config, SAME_WITH_REPAIR, elsewhere or {}, sharing
     )
+    problems += _shadowed(config, tables)
     families = tuple(tables)
     return CheckResult(
         tuple(problems),
@@ -309,6 +310,34 @@ def mapping_result(
         mappings_checked=compared,
         chain=dnat_chain_name(config),
     )
+
+
+def _shadowed(config: MappingConfig, tables: Dict[int, NatTable]) -> List[Problem]:
+    """The `shadowed` problem of this mapping's ports that an earlier entry rule (another
+    container's, another tool's) takes, as the whole-node check reports it: the plugin's
+    CHECK finds its rules in place and passes, but a script asking about this mapping
+    wants to know that it gets no traffic."""
+    from portmapctl.ops.check.hints import Fixes
+    from portmapctl.ops.check.node_problems import shadow_problem
+
+    name = dnat_chain_name(config)
+    ports = {(p.protocol, p.host_port) for p in config.ports}
+    found = inventory.build(tables)
+    by_chain = {(c.name, c.family): c for c in found.chains}
+    problems: List[Problem] = []
+    for family in tables:
+        chain = by_chain.get((name, family))
+        rows = [
+            m
+            for m in found.mappings
+            if m.chain == name
+            and m.family == family
+            and m.shadowed_by
+            and (m.protocol, m.host_port) in ports
+        ]
+        if chain is not None and rows:
+            problems.append(shadow_problem(chain, rows, by_chain, Fixes()))
+    return problems
 
 
 def followed(

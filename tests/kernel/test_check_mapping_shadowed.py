@@ -1,0 +1,48 @@
+"""check of one mapping (--network/--container/--ip/-p, the plugin's CHECK stand-in)
+against the whole-node check of the same state, written by the real plugin."""
+
+from __future__ import annotations
+
+import json
+
+import realplugin as rp
+from pmctl import run
+
+from portmapctl.iptables.chains import chain_name
+
+PORTS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+
+
+def test_one_mapping_check_reports_its_port_shadowed_by_an_earlier_container(host_ns, tmp_path):
+    """The real plugin's ADD of ctrA, then ctrB, both on tcp/8080: ctrA's entry rule is
+    first in CNI-HOSTPORT-DNAT, so ctrB gets no traffic. The whole-node check said so
+    (shadowed) while the check of ctrB's one mapping said healthy, exit 0: a script using
+    it as the plugin's CHECK was told a mapping that forwards nothing is fine. Now both
+    report it, exit 1; ctrA's own mapping stays healthy."""
+    cache = tmp_path / "cni"
+    for ctr, address in (("ctrA", "10.88.0.5/16"), ("ctrB", "10.88.0.6/16")):
+        conf = rp.plugin_conf("mynet", [address], PORTS)
+        rp.run_plugin("ADD", host_ns, ctr, conf, check=True)
+        rp.write_cni_cache(cache, "mynet", ctr, "eth0", conf, PORTS, [address])
+    args = ["--netns", host_ns, "--cni-cache-dir", str(cache), "-o", "json"]
+    whole = run(["check", *args])
+    assert whole.returncode == 1, whole.stderr
+    assert [(p["kind"], p["container_id"]) for p in json.loads(whole.stdout)["problems"]] == [
+        ("shadowed", "ctrB")
+    ]
+    one = ["check", *args, "--network", "mynet", "-p", "8080:80", "--family", "4"]
+    done = run([*one, "--container", "ctrB", "--ip", "10.88.0.6/16"])
+    problems = json.loads(done.stdout)["problems"]
+    assert [(p["kind"], p["chain"]) for p in problems] == [
+        ("shadowed", chain_name("mynet", "ctrB"))
+    ], problems
+    assert f"tcp/8080 taken first by {chain_name('mynet', 'ctrA')}" in problems[0]["detail"]
+    assert done.returncode == 1, done.stderr
+    # --repair cannot cure it (no command of ours picks a winner): still exit 1, no change.
+    before = rp.save(host_ns, 4)
+    done = run([*one, "--container", "ctrB", "--ip", "10.88.0.6/16", "--repair"])
+    assert done.returncode == 1, done.stderr
+    assert rp.save(host_ns, 4) == before
+    done = run([*one, "--container", "ctrA", "--ip", "10.88.0.5/16"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["problems"] == []
