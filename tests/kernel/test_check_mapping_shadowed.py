@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import realplugin as rp
 from pmctl import run
 
@@ -39,10 +40,52 @@ def test_one_mapping_check_reports_its_port_shadowed_by_an_earlier_container(hos
     assert f"tcp/8080 taken first by {chain_name('mynet', 'ctrA')}" in problems[0]["detail"]
     assert done.returncode == 1, done.stderr
     # --repair cannot cure it (no command of ours picks a winner): still exit 1, no change.
-    before = rp.save(host_ns, 4)
+    before = rp.nat_rules(rp.save(host_ns, 4))
     done = run([*one, "--container", "ctrB", "--ip", "10.88.0.6/16", "--repair"])
     assert done.returncode == 1, done.stderr
-    assert rp.save(host_ns, 4) == before
+    assert rp.nat_rules(rp.save(host_ns, 4)) == before
     done = run([*one, "--container", "ctrA", "--ip", "10.88.0.5/16"])
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["problems"] == []
+
+
+@pytest.mark.parametrize(("other", "ours"), [("legacy", "nft"), ("nft", "legacy")])
+def test_one_mapping_check_reports_its_port_mapped_in_the_other_flavour(
+    host_ns, tmp_path, other, ours
+):
+    """A split-brain node: the real plugin's ADD of ctrA on tcp/8080 under one iptables
+    flavour, of ctrB on it under the other; both nat tables hook at -100, so the
+    kernel's hook order decides which gets the port. The whole-node check reported
+    ctrB's mapping contested (fbf5cef) while the check of ctrB's one mapping said
+    healthy, exit 0. Now it reports the same contested problem, exit 1, and --repair
+    (which cannot pick a winner) still exits 1 and writes nothing."""
+    cache = tmp_path / "cni"
+    for ctr, address, mode in (("ctrA", "10.88.0.5/16", other), ("ctrB", "10.88.0.6/16", ours)):
+        conf = rp.plugin_conf("mynet", [address], PORTS)
+        rp.run_plugin("ADD", host_ns, ctr, conf, mode=mode, check=True)
+        rp.write_cni_cache(cache, "mynet", ctr, "eth0", conf, PORTS, [address])
+    args = ["--netns", host_ns, "--cni-cache-dir", str(cache), "-o", "json", "--iptables", ours]
+    whole = run(["check", *args])
+    node_problems = [
+        (p["kind"], p["container_id"], p["detail"])
+        for p in json.loads(whole.stdout)["problems"]
+        if p["container_id"] == "ctrB"
+    ]
+    assert [k for k, _, _ in node_problems] == ["contested"], node_problems
+    one = ["check", *args, "--network", "mynet", "-p", "8080:80", "--family", "4"]
+    one += ["--container", "ctrB", "--ip", "10.88.0.6/16"]
+    done = run(one)
+    problems = [
+        (p["kind"], p["container_id"], p["detail"]) for p in json.loads(done.stdout)["problems"]
+    ]
+    assert problems == node_problems, problems
+    assert f"mapped in iptables-{other} to mynet/ctrA" in problems[0][2]
+    assert done.returncode == 1, done.stderr
+    before = (rp.nat_rules(rp.save(host_ns, 4, "nft")), rp.nat_rules(rp.save(host_ns, 4, "legacy")))
+    done = run([*one, "--repair"])
+    assert done.returncode == 1, done.stderr
+    assert [p["kind"] for p in json.loads(done.stdout)["problems"]] == ["contested"]
+    assert (
+        rp.nat_rules(rp.save(host_ns, 4, "nft")),
+        rp.nat_rules(rp.save(host_ns, 4, "legacy")),
+    ) == before

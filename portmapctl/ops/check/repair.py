@@ -41,6 +41,7 @@ from portmapctl.ops.check.run import (
     nft_mapping,
     read_tables,
     sharing_of,
+    with_owner_problems,
 )
 from portmapctl.ops.flavour_guard import (
     families_only_in_other_flavour,
@@ -523,7 +524,10 @@ def _repair_mapping(
     unrepaired = _in_row_order([*unrepaired, *missing.values()])
     warnings += [u.text for u in unrepaired]
     tables = {family: planned.read(family) for family in before.families}
-    after = mapping_result(config, tables, sharing=sharing)
+    # What other owners take of its ports no repair of ours cures: said after as before.
+    after = with_owner_problems(
+        node, config, tables, mapping_result(config, tables, sharing=sharing)
+    )
     return _repaired(before, after, transactions, warnings, unrepaired)
 
 

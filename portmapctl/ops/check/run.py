@@ -242,7 +242,49 @@ def check_followed(
     tables = node.read(families)
     sharing = sharing_of(node, config, ifname)
     result = mapping_result(config, tables, _chain_elsewhere(node, config, tables), sharing)
+    result = with_owner_problems(node, config, tables, result)
     return replace(result, notes=notes + result.notes) if notes else result
+
+
+def with_owner_problems(
+    node: Node, config: MappingConfig, tables: Dict[int, NatTable], result: CheckResult
+) -> CheckResult:
+    """`result` with the problems the whole-node check reports of this mapping's ports
+    taken by owners outside its table (ops/owners.py): the plugin's chain of another
+    container in the other iptables flavour, another tool's rule there, another nftables
+    table's nat hook. The plugin's CHECK looks at its own rules alone and passes; a
+    script asking about this mapping wants to know it may get no traffic. None of them
+    is --repair's to cure."""
+    name = dnat_chain_name(config)
+    ports = {(p.protocol, p.host_port) for p in config.ports}
+    found = inventory.build(tables)
+    rows = tuple(
+        m for m in found.mappings if m.chain == name and (m.protocol, m.host_port) in ports
+    )
+    if not rows:
+        return result
+    flavours, other_tables, _ = _other_flavour(node, tuple(tables))
+    other = None
+    if flavours is not None and other_tables:
+        from portmapctl.iptables.foreign import table_reader
+
+        other = (flavours[1], {f: table_reader(t) for f, t in other_tables.items()})
+    owners = read_owners(node, tables, rows, (), None, other)
+    from portmapctl.ops.check.crossed import (
+        flavour_rival_problems,
+        hook_problems,
+        other_flavour_problems,
+    )
+
+    mine = replace(found, mappings=rows)
+    problems = [
+        *other_flavour_problems(mine, None, None, owners),
+        *flavour_rival_problems(mine, None, owners),
+        *hook_problems(None, owners),
+    ]
+    if not problems:
+        return result
+    return replace(result, problems=result.problems + tuple(problems))
 
 
 def _chain_elsewhere(
