@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.text import bytes_as_text
-from portmapctl.render.table import Cuttable, count, cut_end, grid, short_id
+from portmapctl.render.table import Cuttable, count, cut_end, grid, short_id, without_columns
 
 if TYPE_CHECKING:
     from portmapctl.ops.gc import GcChain, GcResult
@@ -97,10 +97,7 @@ def gc_table(
         # escaped here, before the grid measures and styles the cells.
         rows = [[bytes_as_text(cell) for cell in cells] for cells in rows]
     if not wide:
-        for column in (headers.index("CHAIN"), headers.index("TYPE")):
-            del headers[column]
-            for cells in rows:
-                del cells[column]
+        without_columns(headers, rows, ("CHAIN", "TYPE"))
     whole = full_ids or wide
     return grid(
         headers,

@@ -14,6 +14,7 @@ from portmapctl.render.table import (
     cut_end,
     grid,
     short_id,
+    without_columns,
 )
 
 if TYPE_CHECKING:
@@ -127,10 +128,7 @@ def list_table(
         headers.append("FLOWS")  # UDP conntrack entries (a short word: 80 columns)
     rows, statuses = _list_rows(mappings, chains, conntrack, full_ids)
     if not wide:
-        column = headers.index("CHAIN")
-        del headers[column]
-        for row in rows:
-            del row[column]
+        without_columns(headers, rows, ("CHAIN",))
     whole = full_ids or wide
     return grid(
         headers,

@@ -88,6 +88,16 @@ def status_pieces(words: Iterable[str]) -> List[Piece]:
     return [Piece(word, STATUS_STYLE.get(word, "")) for word in words]
 
 
+def without_columns(headers: List[str], rows: List[List[str]], names: Sequence[str]) -> None:
+    """Take the columns `names` out of `headers` and every row, in place (the narrow
+    form of a table whose -o wide shows them)."""
+    for name in names:
+        column = headers.index(name)
+        del headers[column]
+        for cells in rows:
+            del cells[column]
+
+
 def grid(headers: List[str], rows: List[List[str]], status: List[Iterable[str]],
          header: bool = True, status_header: str = "STATUS", width: Optional[int] = None,
          cuts: Optional[Cuts] = None, drops: Sequence[str] = ()) -> Grid:  # fmt: skip
