@@ -1,13 +1,15 @@
-"""The one reader of user-named files (`-` is standard input)."""
+"""The one reader of user-named files (`-` is standard input), and the one writer of
+portmapctl's own files in its run directory (write_atomically)."""
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 from typing import Pattern
 
-from portmapctl.errors import BadInput
+from portmapctl.errors import BadInput, HostProblem
 
 
 def _read_regular(path: str, max_bytes: int) -> bytes:
@@ -99,3 +101,49 @@ def remove_stale(path: str, suffix: Pattern[str]) -> None:
                 os.unlink(found)
         except OSError:
             continue
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write a new file (0600) beside `path` and rename it over `path`; HostProblem
+    when it cannot be written.
+
+    O_EXCL|O_NOFOLLOW: the new file is ours, not something planted at that name;
+    rename(2) replaces a symlink at `path` rather than writing through it. Readers
+    see the old file or the new one, never half of one. The temporary file goes on
+    any way out, SIGTERM's (cli raises it as Terminated) included; one an earlier run
+    left when it could not clean up (SIGKILL, a crash) goes on the next save.
+    """
+    remove_stale(path, _TEMPORARY)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(2):
+        try:
+            fd = os.open(temporary, flags, 0o600)
+            break
+        except FileExistsError:
+            os.unlink(temporary)  # left by a run that died (unlink does not follow links)
+        except OSError as err:
+            raise HostProblem(f"cannot write {temporary}: {err.strerror}") from None
+    else:
+        raise HostProblem(f"cannot write {temporary}: it keeps reappearing")
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException as err:  # noqa: B036 - the file goes, the error goes on as it was
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            raise HostProblem(f"cannot write {path}: {err.strerror}") from None
+        raise
+
+
+# The temporary files of write_atomically: the file's name, a PID, ".tmp".
+_TEMPORARY = re.compile(r"\.[0-9]+\.tmp")

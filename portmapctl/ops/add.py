@@ -544,8 +544,8 @@ def after_setup_many(
     *,
     local_only: bool = False,
 ) -> List[str]:
-    """after_setup for many containers at once (`check --repair`): one `ip -batch` for
-    every route lookup, route_localnet written once per interface, and one conntrack
+    """after_setup for many containers at once (`check --repair`): every route lookup
+    on one rtnetlink socket, route_localnet written once per interface, and one conntrack
     dump and delete for every UDP port. 5,000 containers one by one took a process and
     a netlink dump each (60-88 s of repair); this is one of each."""
     warnings: List[str] = []
@@ -559,7 +559,9 @@ def after_setup_many(
             interfaces = route_interfaces(addresses)
         except OSError as err:
             interfaces = {}
-            warnings.append(f"could not set route_localnet: cannot run ip: {err.strerror}")
+            warnings.append(
+                f"could not set route_localnet: cannot ask the kernel's routes: {err.strerror or err}"
+            )
     if addresses and interfaces is not None:
         for interface in sorted(set(interfaces.values())):
             try:

@@ -3,7 +3,7 @@
 On iptables-nft, `add` writes a new container without reading the table: one
 `iptables-restore` whose checks refuse it whole when the node is not as assumed
 (planner.plan_blind; then add reads and plans as usual). Beside it, two reads that do
-not depend on it: the interface towards the container (`ip route get`, for
+not depend on it: the interface towards the container (host/routes.py, for
 route_localnet) and which rules of CNI-HOSTPORT-DNAT may claim one of its host ports
 (iptables/access/nfnl.py, for the shadow warning). Each runs in a thread of its own
 (which enters --netns itself), so they overlap each other and whatever the caller
@@ -95,7 +95,7 @@ class Ahead:
         routes: Callable[[], Optional[Dict[str, str]]] = lambda: None  # noqa: E731
         if config.snat and 4 in families and address is not None:
             ip = str(address.ip)
-            routes = _in_thread(netns, lambda: route_interfaces([ip]), "ip route get")
+            routes = _in_thread(netns, lambda: route_interfaces([ip]), "route lookup")
         claims: Callable[[], Optional[Claims]] = lambda: None  # noqa: E731
         taken: Callable[[], Optional[Dict[int, Dict[ProtoPort, str]]]] = lambda: None  # noqa: E731
         if look:
@@ -235,7 +235,7 @@ def write_new(
     if not nfgen.batches_on() or not wanted:
         return None
     try:
-        version = nfnl_add.iptables_version()  # read when the batch is ready to go
+        version = nfnl_add.PinnedCheck()  # answered when the batch is ready to go
     except OSError as err:
         debug("iptables --version: %s", err)
         return None
@@ -244,13 +244,9 @@ def write_new(
         if any(one is None for one in plans):
             debug("a rule nfnl_rules does not write: iptables-restore writes the container")
             return None
-        result = nfnl_add.apply_new(
-            [one for one in plans if one is not None], lambda: nfnl_add.verified(version)
-        )
+        result = nfnl_add.apply_new([one for one in plans if one is not None], version.answer)
     finally:
-        if version.poll() is None:  # (not asked: the batch never got that far)
-            version.kill()
-            version.wait()
+        version.close()
     debug("nf_tables batch: %s (%s)", result.outcome.value, result.why)
     if result.outcome is nfnl_add.Outcome.UNAVAILABLE:
         return None

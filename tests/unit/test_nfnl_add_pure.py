@@ -51,14 +51,6 @@ def test_what_it_does_not_write_is_left_to_iptables_restore():
     assert nfnl_add.plan(4, [first]) is None
 
 
-class _Version:
-    def __init__(self, out: str) -> None:
-        self.out = out
-
-    def communicate(self, timeout: float):
-        return self.out, None
-
-
 @pytest.mark.parametrize(
     "out, ok",
     [
@@ -71,4 +63,4 @@ class _Version:
     ],
 )
 def test_only_the_pinned_iptables_is_written_this_way(out, ok):
-    assert nfnl_add.verified(_Version(out)) is ok  # type: ignore[arg-type]
+    assert nfnl_add.pinned_line(out) is ok

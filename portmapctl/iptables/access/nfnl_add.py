@@ -27,8 +27,8 @@ assumption, checked here rather than inside a restore):
    when a chain jumped to or appended to is missing (REFUSED), nothing else expected.
 
 Right before the batch goes: `pinned()` says whether this iptables is one whose bytes
-tests/kernel/test_nfnl_add.py pins (nfnl_rules.VERIFIED_IPTABLES; `iptables --version`
-ran meanwhile), and an empty batch at a wrong generation
+tests/kernel/test_nfnl_add.py pins (nfnl_rules.VERIFIED_IPTABLES; PinnedCheck: `iptables
+--version`, run meanwhile or remembered for that binary), and an empty batch at a wrong generation
 checks that the kernel refuses one, as gc's batch does (a kernel that ignored the
 generation would apply a stale plan). Either not so: UNAVAILABLE, nothing sent.
 """
@@ -91,34 +91,52 @@ class _Plan(NamedTuple):
     relies_on: Dict[str, FrozenSet[bytes]]
 
 
-def iptables_version() -> subprocess.Popen[str]:
-    """`iptables --version`, started (read with `verified`)."""
-    path = find_tool("iptables") or "iptables"
-    return subprocess.Popen(
-        [path, "--version"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,  # (killed with whatever it starts, should it hang)
-    )
+class PinnedCheck:
+    """Whether the `iptables` add would otherwise run is one whose bytes nfnl_rules
+    writes: nf_tables, a version in nfnl_rules.VERIFIED_IPTABLES. Its `--version` line
+    comes from host/tool_memo.py when that binary was asked before, else from the
+    process started here (read by `answer`, meanwhile add plans and reads)."""
+
+    QUESTION = "iptables --version"
+
+    def __init__(self) -> None:
+        from portmapctl.host import tool_memo
+
+        path = find_tool("iptables") or "iptables"
+        self._key = tool_memo.identity(path)
+        self._said = None if self._key is None else tool_memo.recall(self.QUESTION, self._key)
+        self._asked: Optional[subprocess.Popen[str]] = None
+        if self._said is None:  # OSError when it cannot run: the caller's to say
+            self._asked = subprocess.Popen(
+                [path, "--version"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,  # (killed with whatever it starts, should it hang)
+            )
+
+    def answer(self) -> bool:
+        """Pinned or not (False too when iptables does not answer within 10 s)."""
+        if self._said is None and self._asked is not None:
+            self._said = _version_line(self._asked)
+            if self._said is not None and self._key is not None:
+                from portmapctl.host import tool_memo
+
+                tool_memo.remember(self.QUESTION, self._key, self._said)
+        return pinned_line(self._said)
+
+    def close(self) -> None:
+        """Stop the process if its answer was never asked for (the batch never got
+        that far)."""
+        if self._asked is not None and self._asked.poll() is None:
+            self._asked.kill()
+            self._asked.wait()
 
 
-def verified(version: subprocess.Popen[str]) -> bool:
-    """Whether that iptables is nf_tables, of a version whose bytes nfnl_rules writes
-    (False too when it does not answer within 10 s)."""
-    try:
-        out, _ = version.communicate(timeout=10)
-    except ValueError:  # (not text)
-        return False
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(version.pid, signal.SIGKILL)
-            version.communicate(timeout=1)
-        except (OSError, subprocess.TimeoutExpired):
-            pass  # (a grandchild holding its output open: not waited for)
-        return False
-    words = out.split()
+def pinned_line(said: Optional[str]) -> bool:
+    """Whether `iptables --version` said a version whose bytes nfnl_rules writes."""
+    words = (said or "").split()
     # "iptables v1.8.9 (nf_tables)"
     return (
         len(words) == 3
@@ -126,6 +144,22 @@ def verified(version: subprocess.Popen[str]) -> bool:
         and words[1][1:] in nfnl_rules.VERIFIED_IPTABLES
         and words[2] == "(nf_tables)"
     )
+
+
+def _version_line(version: subprocess.Popen[str]) -> Optional[str]:
+    """What `iptables --version` printed, if it ended well within 10 s."""
+    try:
+        out, _ = version.communicate(timeout=10)
+    except ValueError:  # (not text)
+        return None
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(version.pid, signal.SIGKILL)
+            version.communicate(timeout=1)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # (a grandchild holding its output open: not waited for)
+        return None
+    return out.strip() if version.returncode == 0 and out.strip() else None
 
 
 def plan(family: int, chains: Sequence[Chain]) -> Optional[_Plan]:
@@ -171,7 +205,7 @@ def apply_new(plans: Sequence[_Plan], pinned: Callable[[], bool] = lambda: True)
     """Write the plans' chains and rules (every family in one batch), checked and
     guarded as the module says. Call in the network namespace to write to. `pinned()`
     (asked once, right before the first send): whether this iptables' bytes are the
-    ones nfnl_rules writes (`iptables --version`, run meanwhile); if not, nothing is
+    ones nfnl_rules writes (PinnedCheck.answer); if not, nothing is
     sent (UNAVAILABLE)."""
     gate = functools.lru_cache(maxsize=None)(pinned)
     try:

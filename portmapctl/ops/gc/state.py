@@ -22,14 +22,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import stat
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from portmapctl.errors import HostProblem
-from portmapctl.host.files import remove_stale
+from portmapctl.host.files import write_atomically
 from portmapctl.host.lock import safe_run_dir
 
 STATE_FILE = "gc-state.json"
@@ -213,7 +212,7 @@ def save(
         {"version": VERSION, "boot_id": _boot_id(), "namespaces": namespaces},
         separators=(",", ":"),
     )
-    _write_atomically(_path(state_dir), text.encode())
+    write_atomically(_path(state_dir), text.encode())
 
 
 def merged(
@@ -237,48 +236,3 @@ def merged(
         if other is None or other.first_seen <= seen.first_seen:
             result[key] = seen
     return result
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    """Write a new file beside `path` and rename it over `path`.
-
-    O_EXCL|O_NOFOLLOW: the new file is ours, not something planted at that name;
-    rename(2) replaces a symlink at `path` rather than writing through it. Readers
-    see the old file or the new one, never half of one. The temporary file goes on
-    any way out, SIGTERM's (cli raises it as Terminated) included; one an earlier run
-    left when it could not clean up (SIGKILL, a crash) goes on the next save.
-    """
-    remove_stale(path, _TEMPORARY)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(2):
-        try:
-            fd = os.open(temporary, flags, 0o600)
-            break
-        except FileExistsError:
-            os.unlink(temporary)  # left by a run that died (unlink does not follow links)
-        except OSError as err:
-            raise HostProblem(f"cannot write {temporary}: {err.strerror}") from None
-    else:
-        raise HostProblem(f"cannot write {temporary}: it keeps reappearing")
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except BaseException as err:  # noqa: B036 - the file goes, the error goes on as it was
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        if isinstance(err, OSError):
-            raise HostProblem(f"cannot write {path}: {err.strerror}") from None
-        raise
-
-
-# The temporary files of _write_atomically: the state file's name, a PID, ".tmp".
-_TEMPORARY = re.compile(r"\.[0-9]+\.tmp")

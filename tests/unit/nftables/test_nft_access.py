@@ -51,12 +51,9 @@ def test_old_nft_is_a_host_problem(tmp_path: Path) -> None:
 def test_missing_nft_is_a_host_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(os, "defpath", str(tmp_path))
-    import shutil
+    from portmapctl.host import paths
 
-    real_which = shutil.which
-    monkeypatch.setattr(
-        shutil, "which", lambda name, path=None: real_which(name, path=str(tmp_path))
-    )
+    monkeypatch.setattr(paths, "SBIN_DIRS", str(tmp_path))
     with pytest.raises(HostProblem, match="nft not found: install nftables"):
         RealNft().read()
 

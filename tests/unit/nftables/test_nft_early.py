@@ -206,12 +206,10 @@ def test_a_listing_not_asked_for_is_stopped(
 
 
 def test_no_nft_starts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shutil
+    from portmapctl.host import paths
 
-    real_which = shutil.which
-    monkeypatch.setattr(
-        shutil, "which", lambda name, path=None: real_which(name, path=str(tmp_path))
-    )
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(paths, "SBIN_DIRS", str(tmp_path))
     assert EarlyListing.start([4, 6]) is None
 
 
