@@ -99,7 +99,7 @@ def _flush_on_the_way_out(
     if not families:
         return
     from portmapctl.host.netns import entered
-    from portmapctl.ops.add import flush_misrouted
+    from portmapctl.ops.side_effects import flush_misrouted
 
     with entered(common.netns):
         flush_misrouted(config, sorted(families))

@@ -2,7 +2,8 @@
 
 One transaction per family, planned against the live table, so a second run changes
 nothing. Afterwards, as the plugin does: route_localnet on the interface towards the
-container (IPv4, SNAT on) and a flush of the mapped UDP ports' conntrack entries.
+container (IPv4, SNAT on) and a flush of the mapped UDP ports' conntrack entries
+(ops/side_effects.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
-    Collection,
     Dict,
     List,
     Optional,
@@ -23,10 +23,9 @@ from typing import (
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Mapping, MappingConfig
-from portmapctl.core.status import FlushReason, Status
+from portmapctl.core.status import Status
 from portmapctl.core.validate import OPTIONS, Spelling
 from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError
-from portmapctl.host.routes import route_interfaces
 from portmapctl.iptables import foreign
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
@@ -50,6 +49,7 @@ from portmapctl.ops.add_ahead import (
 )
 from portmapctl.ops.flavour_guard import flavour_of, refuse_a_copy
 from portmapctl.ops.node import Node
+from portmapctl.ops.side_effects import after_setup
 
 if TYPE_CHECKING:
     from portmapctl.iptables.access.nfnl import Claims
@@ -473,158 +473,3 @@ def _add_nft(
         tuple(warnings),  # type: ignore[arg-type]
         backend=Backend.NFTABLES,
     )
-
-
-def after_setup(
-    config: MappingConfig,
-    families: Sequence[int],
-    flush_udp: bool,
-    interfaces: Optional[Dict[str, str]] = None,
-    *,
-    local_only: bool = False,
-    misrouted_only: bool = False,
-) -> List[str]:
-    """The plugin's two side effects; failures are warnings, as in the plugin.
-    `interfaces`: route_interfaces of the container's address, looked up already.
-    `local_only`: flush only flows to the node's own addresses (flush_keys).
-    `misrouted_only`: flush only the flows that do not reach this container
-    (flush_misrouted: an add that wrote nothing)."""
-    if not misrouted_only:
-        return after_setup_many([(config, families)], flush_udp, interfaces, local_only=local_only)
-    warnings = after_setup_many([(config, families)], False, interfaces)
-    return warnings + (flush_misrouted(config, families) if flush_udp else [])
-
-
-# The flows of a mapped port that do not reach its container (flush-udp's reasons).
-_MISROUTED = (FlushReason.NOT_DNATED, FlushReason.OLD_DESTINATION)
-
-
-def flush_misrouted(config: MappingConfig, families: Sequence[int]) -> List[str]:
-    """Delete the UDP conntrack entries of the mapping's host ports (in `families`)
-    that do not reach this container: never DNATed (begun before its rules, or while
-    they were missing) or DNATed elsewhere (an old container's address or port), as
-    flush-udp --stale-only judges them against this mapping alone; only flows to the
-    node's own addresses (a forwarded flow never met the mapping). Those DNATed to it
-    stay: they are live, and a reply may be on its way. What an add that wrote nothing
-    flushes, and an add stopped once its write went in (cli/add_run.py). Warnings, as
-    after_setup's."""
-    if not any(p.protocol == "udp" for p in config.ports) or _no_conntrack_entries():
-        return []  # (the usual re-run: nothing imported, nothing dumped)
-    mine = [row for row in as_rows(config, families) if row.protocol == "udp"]
-    keys = {(row.family, row.host_port) for row in mine}
-    if not keys:
-        return []
-    try:
-        from portmapctl.host import conntrack
-        from portmapctl.host.addresses import local_addresses
-        from portmapctl.ops.flush_udp import plan  # (only with entries to judge)
-
-        wanted = sorted({family for family, _ in keys})
-        entries = conntrack.list_udp(wanted, sorted({port for _, port in keys}))
-        if not entries:
-            return []
-        doomed = plan(entries, keys, mine, stale_only=True, local=local_addresses(wanted))
-        # (UNMAPPED: a destination this mapping does not cover is another's business.)
-        conntrack.delete([d.entry for d in doomed if d.reason in _MISROUTED])
-    except Exception as err:  # noqa: BLE001 - as after_setup_many's flush
-        return [_not_flushed(keys, err)]
-    return []
-
-
-def _not_flushed(keys: Collection[Tuple[int, int]], err: Exception) -> str:
-    ports = sorted({port for _, port in keys})
-    shown = ", ".join(str(p) for p in ports[:10]) + (", ..." if len(ports) > 10 else "")
-    return f"could not flush UDP conntrack entries for ports [{shown}]: {err}"
-
-
-def after_setup_many(
-    done: Sequence[Tuple[MappingConfig, Sequence[int]]],
-    flush_udp: bool,
-    interfaces: Optional[Dict[str, str]] = None,
-    *,
-    local_only: bool = False,
-) -> List[str]:
-    """after_setup for many containers at once (`check --repair`): every route lookup
-    on one rtnetlink socket, route_localnet written once per interface, and one conntrack
-    dump and delete for every UDP port. 5,000 containers one by one took a process and
-    a netlink dump each (60-88 s of repair); this is one of each."""
-    warnings: List[str] = []
-    addresses = []
-    for config, families in done:
-        address = config.address(4)
-        if config.snat and 4 in families and address is not None:
-            addresses.append(str(address.ip))
-    if addresses and interfaces is None:
-        try:
-            interfaces = route_interfaces(addresses)
-        except OSError as err:
-            interfaces = {}
-            warnings.append(
-                f"could not set route_localnet: cannot ask the kernel's routes: {err.strerror or err}"
-            )
-    if addresses and interfaces is not None:
-        for interface in sorted(set(interfaces.values())):
-            try:
-                _route_localnet(interface)
-            except OSError as err:
-                towards = ", ".join(a for a, i in interfaces.items() if i == interface)
-                warnings.append(f"could not set route_localnet towards {towards}: {err}")
-    keys = {
-        (family, p.host_port)
-        for config, families in done
-        for family in families
-        for p in config.ports
-        if p.protocol == "udp"
-    }
-    if flush_udp and keys:
-        try:
-            flush_keys(keys, local_only=local_only)
-        except Exception as err:  # noqa: BLE001 - the plugin only logs this too
-            warnings.append(_not_flushed(keys, err))
-    return warnings
-
-
-def flush_keys(keys: Collection[Tuple[int, int]], *, local_only: bool = False) -> int:
-    """Delete the UDP conntrack entries to these (family, host port) pairs: one dump and
-    one delete for all of them, whatever their number. (Not through ops.flush_udp:
-    that imports the inventory, which add does not need.)
-
-    The plugin's ADD deletes every entry under the port; with `local_only` (check
-    --repair, which is no plugin ADD) only flows to the node's own addresses go: a
-    forwarded flow (a container's DNS query outside, a client of a container's own
-    address) never met a mapping (SPEC §3 flush-udp)."""
-    if _no_conntrack_entries():
-        return 0
-    from portmapctl.host import conntrack  # imported only when there is work
-
-    entries = conntrack.list_udp(
-        sorted({family for family, _ in keys}), sorted({port for _, port in keys})
-    )
-    mine = [e for e in entries if (e.family, e.dport) in keys]
-    if local_only:
-        from portmapctl.host.addresses import local_addresses
-
-        local = local_addresses(sorted({family for family, _ in keys}))
-        mine = [e for e in mine if (e.family, e.dst) in local]
-    return conntrack.delete(mine)
-
-
-def _no_conntrack_entries() -> bool:
-    """Whether this namespace's conntrack table is empty (nf_conntrack_count is 0): then
-    there is nothing to flush, and the dump is spared. A dump walks the kernel's whole
-    conntrack hash, every namespace's buckets, whatever this one holds: 4-5 ms each
-    here with no entry at all. Entries made after this read came after the restore,
-    through the new rules: they are the ones a flush must keep."""
-    try:
-        with open("/proc/sys/net/netfilter/nf_conntrack_count") as count:
-            return count.read().strip() == "0"
-    except (OSError, ValueError):
-        return False  # cannot tell (no conntrack module?): the dump says what it finds
-
-
-def _route_localnet(interface: str) -> None:
-    """Let 127/8 cross a routing boundary towards the container (localhost hairpin)."""
-    if "/" in interface or interface in (".", ".."):
-        return
-    with open(f"/proc/sys/net/ipv4/conf/{interface}/route_localnet", "w") as knob:
-        knob.write("1")

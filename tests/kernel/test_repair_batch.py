@@ -1,6 +1,6 @@
 """`check --repair` of many containers does the plugin's two side effects in batches
-(ops/add.after_setup_many): route_localnet on every interface towards a repaired
-container, from one `ip -batch` of route lookups, and the UDP conntrack entries of every
+(ops/side_effects.after_setup_many): route_localnet on every interface towards a
+repaired container, its routes asked on one rtnetlink socket (host/routes.py), and the UDP conntrack entries of every
 repaired port from one dump and one delete. The same outcome as one container at a time,
 counted here by the processes run and checked against the kernel."""
 
@@ -89,7 +89,7 @@ def test_repair_of_many_sets_route_localnet_and_flushes_udp_in_one_go(host_ns, t
 
 def test_route_lookups_skip_what_has_no_route(host_ns):
     from portmapctl.host.netns import entered
-    from portmapctl.ops.add import route_interfaces
+    from portmapctl.host.routes import route_interfaces
 
     _pod_interface(host_ns, "cni0", "10.88.0.1/16")
     ns_run(host_ns, "ip", "route", "add", "unreachable", "10.99.0.0/16")

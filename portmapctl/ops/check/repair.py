@@ -24,7 +24,7 @@ from portmapctl.iptables.ruleset import (
     NatTable,
 )
 from portmapctl.iptables.transaction import Transaction
-from portmapctl.ops.add import after_setup, after_setup_many
+from portmapctl.ops.side_effects import after_setup, after_setup_many
 from portmapctl.ops.check.cache_now import CacheNow, changed_mappings
 from portmapctl.ops.check.compare import held_elsewhere
 from portmapctl.ops.check.expected import (
