@@ -115,6 +115,20 @@ def test_route_lookups_skip_what_has_no_route(host_ns):
         assert found.get(address) == (said[said.index("dev") + 1] if "dev" in said else None)
 
 
+def test_many_route_lookups_go_in_batches_and_each_answer_finds_its_address(host_ns):
+    from portmapctl.host.netns import entered
+    from portmapctl.host.routes import route_interfaces
+
+    _pod_interface(host_ns, "cni0", "10.88.0.1/16")
+    _pod_interface(host_ns, "cni1", "10.89.0.1/16")
+    # 700 addresses (three sends), the two subnets and unroutable ones interleaved.
+    asked = [f"10.{(88, 89, 200)[i % 3]}.{i // 250}.{i % 250 + 2}" for i in range(700)]
+    with entered(host_ns):
+        found = route_interfaces(asked)
+    expected = {a: ("cni0" if a.startswith("10.88.") else "cni1") for a in asked}
+    assert found == {a: i for a, i in expected.items() if not a.startswith("10.200.")}
+
+
 def _dn(container_id: str) -> str:
     from portmapctl.iptables.chains import chain_name
 

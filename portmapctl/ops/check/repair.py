@@ -24,7 +24,6 @@ from portmapctl.iptables.ruleset import (
     NatTable,
 )
 from portmapctl.iptables.transaction import Transaction
-from portmapctl.ops.side_effects import after_setup, after_setup_many
 from portmapctl.ops.check.cache_now import CacheNow, changed_mappings
 from portmapctl.ops.check.compare import held_elsewhere
 from portmapctl.ops.check.expected import (
@@ -50,6 +49,7 @@ from portmapctl.ops.flavour_guard import (
     split_why,
 )
 from portmapctl.ops.node import Node
+from portmapctl.ops.side_effects import after_setup, after_setup_many
 
 if TYPE_CHECKING:
     from portmapctl.nftables.access import NftAccess
