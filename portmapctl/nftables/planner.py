@@ -3,7 +3,8 @@
 setup: add only what is missing, creating the table and chains the way the plugin's
 ADD does (v1.9.1 shape; under `check --repair`, in a table of v1.6/v1.7's layout as
 that ADD did: its two-jump entry, host-IP rules in `hostip_hostports`, no
-`hostports_all`; `layout` tells one from what is on the node). A rule counts as present when
+`hostports_all`; `layout` tells one from what is on the node; a container's lost
+host-IP rules go where its own plugin put its others, `own_layouts`). A rule counts as present when
 an equal rule (same matches, action and comment, compared as values) is in the chain the
 plugin would look in; host-IP rules that v1.6/v1.7 put in `hostip_hostports` count too. What it makes of
 the node's shared entry (prerouting, output, hostports_all) is the caller's `Entries`:
@@ -100,6 +101,47 @@ def layout(live: Ruleset, family: int) -> Layout:
     return Layout.V16
 
 
+def own_layouts(live: Ruleset, family: int) -> Dict[str, Layout]:
+    """Where each container's own plugin put its host-IP rules, told by those of its
+    rules still there: hostip_hostports (v1.6/v1.7) or hostports (v1.9); this family's
+    table before the other family's (one ADD wrote both). A container with none left
+    is absent. One pass over the tables, whatever the number of containers.
+
+    A node's entry is the last ADD's, so on a node where v1.7.1 and v1.9.1 both run
+    (two runtimes, a downgrade) the table's layout is not every container's: a v1.9.1
+    container's lost host-IP rule repaired into hostip_hostports fails v1.9.1's CHECK
+    (it counts hostports), and a v1.7.1 one's put in hostports fails v1.7.1's."""
+    found: Dict[str, Layout] = {}
+    # Later writes win: the other family first, this one's hostip_hostports last.
+    for fam in (6 if family == 4 else 4, family):
+        table = live.table(fam)
+        if table is None:
+            continue
+        for chain, shape in ((HOSTPORTS, Layout.V19), (HOSTIP_HOSTPORTS, Layout.V16)):
+            for rule in table.rules_of(chain):
+                body = rule.body
+                if rule.comment and body.action.kind is ActionKind.DNAT and _host_ip_rule(body):
+                    found[rule.comment] = shape
+    return found
+
+
+def _host_ips_in_hostip(
+    live: Ruleset,
+    family: int,
+    wanted: Sequence[WantedFamily],
+    missing: Iterable[Tuple[int, str, RuleBody]],
+) -> Dict[int, bool]:
+    """For each index of `wanted` with a missing host-IP rule: whether those rules go to
+    hostip_hostports, as its own plugin put them (own_layouts), else as the table's
+    layout says."""
+    lacking = {index for index, chain, body in missing if _moves_to_hostip(chain, body)}
+    if not lacking:
+        return {}
+    node = layout(live, family)
+    own = own_layouts(live, family)
+    return {i: own.get(wanted[i].container_id, node) is Layout.V16 for i in lacking}
+
+
 def hostports_all_ok(table: Optional[Table]) -> bool:
     return tuple(_bodies(table, HOSTPORTS_ALL)) == HOSTPORTS_ALL_RULES
 
@@ -121,12 +163,18 @@ def missing_where(
     live: Ruleset, family: int, wanted: Sequence[WantedFamily]
 ) -> List[Tuple[int, str, RuleBody]]:
     """missing_by_container, each rule named by the chain setup (check --repair) writes
-    it to: a host-IP rule goes to hostip_hostports in a v1.6/v1.7 table, so check
-    says that chain, not v1.9's."""
-    old = layout(live, family) is Layout.V16
+    it to: a host-IP rule goes to hostip_hostports for a container of v1.6/v1.7 (its
+    other host-IP rules there, or none left in a table of that layout), so check says
+    that chain, not v1.9's."""
+    missing = missing_by_container(live.table(family), wanted)
+    old = _host_ips_in_hostip(live, family, wanted, missing)
     return [
-        (index, HOSTIP_HOSTPORTS if old and _moves_to_hostip(chain, body) else chain, body)
-        for index, chain, body in missing_by_container(live.table(family), wanted)
+        (
+            index,
+            HOSTIP_HOSTPORTS if old.get(index) and _moves_to_hostip(chain, body) else chain,
+            body,
+        )
+        for index, chain, body in missing
     ]
 
 
@@ -252,7 +300,7 @@ def setup(
         # host-IP rules there, passes again and nothing of v1.9's is written on a node
         # that does not run it.
         old = entries is Entries.KEEP and layout(live, family) is Layout.V16
-        _setup_family(txn, live.table(family), family, by_family[family], entries, old)
+        _setup_family(txn, live, family, by_family[family], entries, old)
     return txn
 
 
@@ -274,12 +322,13 @@ def _entries_to_write(
 
 def _setup_family(
     txn: Transaction,
-    table: Optional[Table],
+    live: Ruleset,
     family: int,
     wanted: Sequence[WantedFamily],
     entries: Entries,
     old_shape: bool,
 ) -> None:
+    table = live.table(family)
     chains = {} if table is None else table.chains
     if table is None:
         txn.add_table(family)
@@ -305,12 +354,15 @@ def _setup_family(
     if MASQUERADING not in chains and any(w.snat for w in wanted):
         txn.add_chain(family, MASQUERADING, BASE_CHAINS[MASQUERADING])
     missing = missing_by_container(table, wanted)
+    # Under check --repair each container's host-IP rules go where its own plugin put
+    # them; add is v1.9.1's ADD (hostports).
+    hostip = _host_ips_in_hostip(live, family, wanted, missing) if entries is Entries.KEEP else {}
     groups: Dict[Tuple[int, str], List[RuleBody]] = {}
     for index, chain, body in missing:
         groups.setdefault((index, chain), []).append(body)
     for (index, chain), bodies in groups.items():
         for body, position, before in _placed(table, chain, wanted[index], bodies):
-            if old_shape and _moves_to_hostip(chain, body):
+            if hostip.get(index) and _moves_to_hostip(chain, body):
                 txn.add_rule(family, HOSTIP_HOSTPORTS, body)
             else:
                 txn.add_rule(family, chain, body, position, before)

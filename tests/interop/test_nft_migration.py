@@ -671,3 +671,66 @@ def test_the_orphaned_iptables_chain_of_a_container_moved_to_nftables_is_not_sen
     healthy = _pmctl(node, tmp_path, "check", "-o", "json")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     upstream.run(V191, "CHECK", node, "moved1", new, check=True)
+
+
+def _delete_rule(ns: str, cid: str, port: int) -> None:
+    """Delete, by handle, the IPv4 DNAT rule of container `cid` for host port `port`."""
+    listed = json.loads(upstream.nft(ns, "-j", "list", "table", "ip", "cni_hostport").stdout)
+    [rule] = [
+        item["rule"]
+        for item in listed["nftables"]
+        if "rule" in item
+        and item["rule"].get("comment") == cid
+        and f'"right": {port}}}' in json.dumps(item["rule"]["expr"])
+    ]
+    upstream.nft(ns, "delete", "rule", "ip", "cni_hostport", rule["chain"], "handle",
+                 str(rule["handle"]))  # fmt: skip
+
+
+@pytest.mark.parametrize("one_mapping", [False, True], ids=["node", "one-mapping"])
+@pytest.mark.parametrize("last", ["v1.7.1", "v1.9.1"])
+def test_repair_puts_a_host_ip_rule_where_its_own_plugin_put_it(
+    node: str, tmp_path: Path, last: str, one_mapping: bool
+) -> None:
+    """Two plugin versions on one node (two runtimes, or a downgrade): v1.9.1 puts
+    host-IP rules in hostports, v1.7.1 in hostip_hostports, and the table's entry is
+    whichever ADD ran last. A container of the other version that lost a host-IP rule
+    got it back where the last ADD's layout puts them, not where its own plugin did
+    (its other host-IP rule, still there, says where): check named that chain, and
+    after --repair its own plugin's CHECK failed (v1.9.1: `missing hostport rules in
+    "hostports" chain`; v1.7.1: `... in "hostip_hostports" chain`). Now it goes back
+    beside its other host-IP rule, the table as it was."""
+    first = "v1.9.1" if last == "v1.7.1" else "v1.7.1"
+    # (Two mappings: v1.7.1's CHECK wants a masquerading rule per mapping, of which the
+    # plugin writes two per IPv4 container.)
+    ports = [_pm(9011, 90, host_ip="127.0.0.1"), _pm(9012, 90, host_ip="127.0.0.1")]
+    mine = _cached(tmp_path, "mine", upstream.nft_conf("podman", ["10.88.0.21/16"], ports))
+    upstream.run(first, "ADD", node, "mine", mine, check=True)
+    later = [_pm(8021, 80), _pm(9021, 90, host_ip="127.0.0.1")]
+    other = _cached(tmp_path, "other", upstream.nft_conf("podman", ["10.88.0.22/16"], later))
+    upstream.run(last, "ADD", node, "other", other, check=True)
+    upstream.run(first, "CHECK", node, "mine", mine, check=True)
+    before = _plugin_tables(node)
+    own_chain = "hostports" if first == V191 else "hostip_hostports"
+    assert "127.0.0.1 tcp dport 9011" in before.split(f"chain {own_chain} {{")[1].split("}")[0]
+
+    _delete_rule(node, "mine", 9011)
+    assert upstream.run(first, "CHECK", node, "mine", mine).returncode != 0
+    found = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    [problem] = json.loads(found.stdout)["problems"]
+    assert (problem["kind"], problem["chain"]) == ("nft-missing-rules", own_chain)
+    if one_mapping:
+        spec = ["-p", "127.0.0.1:9011:90", "-p", "127.0.0.1:9012:90"]
+        args = ["--network", "podman", "--container", "mine", "--ip", "10.88.0.21/16", *spec]
+        done = _pmctl(node, tmp_path, "check", "--repair", *args)
+    else:
+        done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"nft:{own_chain} (podman/mine)" in done.stderr, done.stderr
+    # (The same rules in each chain; nft keeps a rule appended to hostip_hostports last.)
+    assert sorted(_plugin_tables(node).splitlines()) == sorted(before.splitlines())
+    upstream.run(first, "CHECK", node, "mine", mine, check=True)
+    upstream.run(last, "CHECK", node, "other", other, check=True)
+    healthy = _pmctl(node, tmp_path, "check")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
