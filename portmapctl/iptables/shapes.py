@@ -382,6 +382,24 @@ def as_found(config: MappingConfig, family: int, live: NatTable) -> Optional[Tup
     return None
 
 
+def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[Tuple[Shape, Chain]]:
+    """as_found; else, for a `masqAll` config, the shape of a plugin that ignores the
+    key (before v1.2: Debian's 1.1.1) when the live chain's mark rules are on the
+    subnet, however much of the chain is left. That plugin wrote it and wants it so:
+    its lost rules are missing, its mark rules not `extra`, and a repair gives back
+    its chain (its CHECK passes again), not upstream's masqAll shape."""
+    found = as_found(config, family, live)
+    if found is not None or not config.masq_all:
+        return found
+    current = dnat_chain(config, family)
+    if current is None or not live.has_chain(current.name):
+        return None
+    if classify_chain(live.rules(current.name))[0] is not Shape.CURRENT:
+        return None
+    plain = dnat_chain(dataclasses.replace(config, masq_all=False), family)
+    return None if plain is None else (Shape.CURRENT, plain)
+
+
 # --- the shared chains, without a cache ------------------------------------------------
 
 

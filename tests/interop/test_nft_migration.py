@@ -22,6 +22,8 @@ import pytest
 import realplugin as rp
 import upstream
 
+from portmapctl.iptables.chains import chain_name
+
 pytestmark = pytest.mark.netns
 
 V191 = "v1.9.1"
@@ -734,3 +736,63 @@ def test_repair_puts_a_host_ip_rule_where_its_own_plugin_put_it(
     upstream.run(last, "CHECK", node, "other", other, check=True)
     healthy = _pmctl(node, tmp_path, "check")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+
+
+def _masq_all_cached(cache: Path, cid: str, ips: list, ports: list) -> Dict[str, Any]:
+    """A `masqAll` config (key order as libcni passes a conflist's), cached."""
+    conf = rp.plugin_conf("mynet", ips, ports)
+    conf = {k: conf[k] for k in ("cniVersion", "name", "type")} | {"masqAll": True} | {
+        k: v for k, v in conf.items() if k not in ("cniVersion", "name", "type")
+    }  # fmt: skip
+    rp.write_cni_cache(cache, "mynet", cid, "eth0", conf, ports, ips)
+    return conf
+
+
+def _drop_dnat(ns: str, chain: str, family: int, port: int, to: str) -> None:
+    rp.iptables(ns, ["-t", "nat", "-D", chain, "-p", "tcp", "-m", "tcp", "--dport", str(port),
+                     "-j", "DNAT", "--to-destination", to], family=family)  # fmt: skip
+
+
+def test_a_debian_chain_under_a_masq_all_config_is_repaired_in_its_own_shape(
+    node: str, tmp_path: Path
+) -> None:
+    """Debian's 1.1.1 ignores `masqAll`: its chain marks hairpin traffic on the subnet
+    (and localhost), and check calls that chain healthy, as its plugin wrote it. Once
+    it lost a rule, check called its mark rules `extra-rules` (`4 rules its cached
+    config does not make`) and upstream's masqAll mark rules missing, and --repair
+    rewrote the whole chain in upstream's shape: 1.1.1's CHECK of it then failed (`rule
+    [... -s 10.88.0.5/16 -j CNI-HOSTPORT-SETMARK] ... not found`). Now the lost rule
+    alone is missing and put back, beside a container of upstream v1.9.1 under the
+    same config whose chain (upstream's masqAll shape) is repaired in that shape."""
+    ports = [_pm(8080, 80), _pm(8090, 90)]
+    deb = _masq_all_cached(tmp_path, "deb1", ["10.88.0.5/16", "fd00:88::5/64"], ports)
+    rp.run_plugin("ADD", node, "deb1", deb, check=True)
+    up_ports = [_pm(8081, 80), _pm(8091, 90)]
+    up = _masq_all_cached(tmp_path, "up1", ["10.88.0.6/16", "fd00:88::6/64"], up_ports)
+    upstream.run("v1.9.1", "ADD", node, "up1", up, check=True)
+    before = {family: rp.nat_rules(rp.save(node, family)) for family in (4, 6)}
+    healthy = _pmctl(node, tmp_path, "check")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+
+    deb_chain, up_chain = (chain_name("mynet", cid, "DN-") for cid in ("deb1", "up1"))
+    _drop_dnat(node, deb_chain, 4, 8090, "10.88.0.5:90")
+    _drop_dnat(node, deb_chain, 6, 8090, "[fd00:88::5]:90")
+    _drop_dnat(node, up_chain, 4, 8091, "10.88.0.6:90")
+    found = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    problems = json.loads(found.stdout)["problems"]
+    assert sorted((p["kind"], p["family"], p["container_id"]) for p in problems) == [
+        ("missing-rules", 4, "deb1"),
+        ("missing-rules", 4, "up1"),
+        ("missing-rules", 6, "deb1"),
+    ], problems
+    for problem in problems:
+        assert problem["detail"].startswith("1 of "), problem
+        assert "--dport 8090 -j DNAT" in problem["detail"] or "8091" in problem["detail"]
+
+    done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {family: rp.nat_rules(rp.save(node, family)) for family in (4, 6)} == before
+    for result in rp.run_check(node, "deb1", deb):
+        assert result.returncode == 0, result.stdout + result.stderr
+    upstream.run("v1.9.1", "CHECK", node, "up1", up, check=True)

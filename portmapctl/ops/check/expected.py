@@ -159,7 +159,7 @@ def wanted_on_node(
     # the first one's config speaks for in messages.
     per_container: Dict[str, Tuple[MappingConfig, Chain]] = {}
     for config in configs:
-        old = shapes.as_found(config, family, live)
+        old = shapes.as_written(config, family, live)
         for chain in wanted_chains(config, family):
             if chain.shared:
                 # v0.6 made no SETMARK/MASQ, but entered CNI-HOSTPORT-DNAT from
