@@ -57,6 +57,10 @@ class ProblemKind(str, Enum):
     NFT_MISSING_CHAIN = "nft-missing-chain"
     NFT_MISSING_ENTRY = "nft-missing-entry"  # prerouting/output do not reach the rules
     NFT_MISSING_JUMPS = "nft-missing-jumps"  # hostports_all lacks its two jumps
+    # prerouting holds v1.6/v1.7's entry (no `fib daddr type local`) in a table v1.9
+    # made (hostports_all): an older plugin's ADD ran last, and forwarded traffic on a
+    # mapped port is DNATed too
+    NFT_ENTRY_NOT_LOCAL = "nft-entry-not-local"
     NFT_MISSING_RULES = "nft-missing-rules"  # a cached nft-backed container lacks rules
     # prerouting/output/masquerading is not the base chain the plugin's ADD asks for
     # (another type, hook or priority: that ADD then fails; or a policy other than accept)

@@ -384,7 +384,7 @@ def _families_needed(nft_backed: Sequence[Owner]) -> Dict[int, bool]:
 def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Problem]:
     """What the plugin's shared structure lacks in `families` (family -> SNAT needed)."""
     # Here, not at the top: `list` builds rows only and needs neither module.
-    from portmapctl.nftables.planner import entry_ok, hostports_all_ok
+    from portmapctl.nftables.planner import downgraded, entry_ok, hostports_all_ok
 
     problems: List[Problem] = []
     for family in sorted(families):
@@ -430,6 +430,19 @@ def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Prob
                         f"{chain} of {where} does not jump to the host-port rules",
                     )
                 )
+        if downgraded(table):
+            problems.append(
+                Problem(
+                    ProblemKind.NFT_ENTRY_NOT_LOCAL,
+                    family,
+                    PREROUTING,
+                    None,
+                    None,
+                    f"{PREROUTING} of {where} is v1.6/v1.7's entry (no fib daddr type local),"
+                    f" written over v1.9's ({HOSTPORTS_ALL} is here): it DNATs a mapped port"
+                    " of any destination, not only of this node's addresses",
+                )
+            )
         jumps_to_all = any(
             r.body.action.kind is ActionKind.JUMP and r.body.action.target == HOSTPORTS_ALL
             for c in (PREROUTING, OUTPUT)

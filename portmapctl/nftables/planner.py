@@ -9,7 +9,7 @@ an equal rule (same matches, action and comment, compared as values) is in the c
 plugin would look in; host-IP rules that v1.6/v1.7 put in `hostip_hostports` count too. What it makes of
 the node's shared entry (prerouting, output, hostports_all) is the caller's `Entries`:
 `check --repair` keeps any working shape (an older version's, another ADD's
-conditions), `add` writes it as the v1.9.1 ADD does every time (its own conditions,
+conditions; not a v1.6/v1.7 entry written over v1.9's, `downgraded`), `add` writes it as the v1.9.1 ADD does every time (its own conditions,
 the v1.9 jumps), changing nothing when it is already exactly that.
 
 teardown: delete by handle every rule whose comment is one of the given container IDs
@@ -31,6 +31,7 @@ from portmapctl.nftables.ruleset import (
     MASQUERADING,
     OUTPUT,
     PREROUTING,
+    Action,
     ActionKind,
     Rule,
     RuleBody,
@@ -81,24 +82,50 @@ def _entry_layout(table: Optional[Table], chain: str) -> Optional[Layout]:
 
 
 def layout(live: Ruleset, family: int) -> Layout:
-    """The layout the plugin keeps in `family`'s table, told from the node: a working
-    entry says it (prerouting's first); with none left, the hostports_all chain, which
-    every v1.9 ADD creates and no v1.6/v1.7 ADD does, or else a host-IP rule in
+    """The layout the plugin keeps in `family`'s table, told from the node: the
+    hostports_all chain, which every v1.9 ADD creates and no v1.6/v1.7 ADD does (a
+    v1.6/v1.7 entry beside it is an older plugin's ADD run after v1.9's: `downgraded`);
+    else a working entry (prerouting's first); with none left, a host-IP rule in
     hostports, where only v1.9 puts one. A family without its table follows the other
     family's (one plugin wrote both); no table at all tells nothing: the current
     plugin's (v1.9)."""
     table = live.table(family)
     if table is None:
         table = live.table(6 if family == 4 else 4)
-    if table is None:
+    if table is None or HOSTPORTS_ALL in table.chains:
         return Layout.V19
     for chain in (PREROUTING, OUTPUT):
         found = _entry_layout(table, chain)
         if found is not None:
             return found
-    if HOSTPORTS_ALL in table.chains or any(map(_host_ip_rule, _bodies(table, HOSTPORTS))):
+    if any(map(_host_ip_rule, _bodies(table, HOSTPORTS))):
         return Layout.V19
     return Layout.V16
+
+
+def downgraded(table: Optional[Table], chain: str = PREROUTING) -> bool:
+    """Whether base chain `chain` holds v1.6/v1.7's entry in a table v1.9 made (its
+    hostports_all chain): a v1.6/v1.7 ADD ran after v1.9's (two runtimes, a downgrade)
+    and flushed and rewrote prerouting and output. In prerouting that entry has no
+    `fib daddr type local`: packets routed through the node to any other host on a
+    mapped port are DNATed to the container as well (v1.9.0 made it local only), the
+    v1.9 containers' mappings included."""
+    return (
+        table is not None
+        and HOSTPORTS_ALL in table.chains
+        and _entry_layout(table, chain) is Layout.V16
+    )
+
+
+def _live_entry(table: Table) -> Optional[RuleBody]:
+    """v1.9's entry with the conditions of the v1.6/v1.7 entry in prerouting (the node's:
+    the last ADD's), for rewriting a downgraded one."""
+    for body in _bodies(table, PREROUTING):
+        if body.action.kind is ActionKind.JUMP and body.action.target == HOSTIP_HOSTPORTS:
+            return RuleBody(
+                (*body.matches, FIB_LOCAL), Action(ActionKind.JUMP, target=HOSTPORTS_ALL)
+            )
+    return None
 
 
 def own_layouts(live: Ruleset, family: int) -> Dict[str, Layout]:
@@ -275,7 +302,8 @@ class Entries(str, Enum):
 
     # check --repair: the entry is the node's, not one container's. Any working shape
     # stays (v1.6/v1.7 jumps, the conditions another network's ADD left); only a
-    # missing or broken one is written, with the last cached container's conditions.
+    # missing or broken one is written, with the last cached container's conditions,
+    # and a v1.6/v1.7 one in a table v1.9 made (`downgraded`), with its own.
     KEEP = "keep"
     # add: we are that ADD, run now. prerouting and output become exactly
     # `[this container's conditions] fib daddr type local jump hostports_all` and
@@ -315,6 +343,8 @@ def _entries_to_write(
     rewrite = [c for c in (PREROUTING, OUTPUT) if not entry_ok(table, c)]
     if old:
         return rewrite, False
+    # A v1.6/v1.7 entry written over v1.9's is not kept: it takes forwarded traffic.
+    rewrite += [c for c in (PREROUTING, OUTPUT) if c not in rewrite and downgraded(table, c)]
     # hostports_all matters where a base chain jumps to it, or will once we rewrite one.
     refill = not hostports_all_ok(table) and bool(rewrite or _uses_hostports_all(table))
     return rewrite, refill
@@ -333,8 +363,11 @@ def _setup_family(
     if table is None:
         txn.add_table(family)
     # Conditions are node-wide and last-writer-wins in the plugin: the last container
-    # written decides, as if its ADD had run last.
+    # written decides, as if its ADD had run last; a downgraded entry keeps its own
+    # (the last ADD's) when check --repair makes it v1.9's.
     entry = wanted[-1].entry
+    if entries is Entries.KEEP and table is not None and downgraded(table):
+        entry = _live_entry(table) or entry
     rewrite, refill = _entries_to_write(table, entry, entries, old_shape)
     for name in REGULAR_CHAINS:
         if name not in chains and not (old_shape and name == HOSTPORTS_ALL):

@@ -14,8 +14,9 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Tuple
 
 import pmctl
 import pytest
@@ -689,6 +690,19 @@ def _delete_rule(ns: str, cid: str, port: int) -> None:
                  str(rule["handle"]))  # fmt: skip
 
 
+def _container_rules(ns: str) -> set:
+    """(chain, rule) of every container rule of the IPv4 table: where each rule is, in
+    no order (nft keeps a rule appended to hostip_hostports last)."""
+    found, chain = set(), None
+    for line in _plugin_tables(ns).splitlines():
+        words = line.split()
+        if words[:1] == ["chain"]:
+            chain = words[1]
+        elif "comment" in words and words[0] != "comment":
+            found.add((chain, line.strip()))
+    return found
+
+
 @pytest.mark.parametrize("one_mapping", [False, True], ids=["node", "one-mapping"])
 @pytest.mark.parametrize("last", ["v1.7.1", "v1.9.1"])
 def test_repair_puts_a_host_ip_rule_where_its_own_plugin_put_it(
@@ -712,15 +726,19 @@ def test_repair_puts_a_host_ip_rule_where_its_own_plugin_put_it(
     other = _cached(tmp_path, "other", upstream.nft_conf("podman", ["10.88.0.22/16"], later))
     upstream.run(last, "ADD", node, "other", other, check=True)
     upstream.run(first, "CHECK", node, "mine", mine, check=True)
-    before = _plugin_tables(node)
+    before = _container_rules(node)
     own_chain = "hostports" if first == V191 else "hostip_hostports"
-    assert "127.0.0.1 tcp dport 9011" in before.split(f"chain {own_chain} {{")[1].split("}")[0]
+    assert (
+        own_chain,
+        'ip daddr 127.0.0.1 tcp dport 9011 dnat to 10.88.0.21:90 comment "mine"',
+    ) in before
 
     _delete_rule(node, "mine", 9011)
     assert upstream.run(first, "CHECK", node, "mine", mine).returncode != 0
     found = _pmctl(node, tmp_path, "check", "-o", "json")
     assert found.returncode == 1, found.stdout + found.stderr
-    [problem] = json.loads(found.stdout)["problems"]
+    # (With v1.7.1's ADD last the node's entry is reported too: nft-entry-not-local.)
+    [problem] = [p for p in json.loads(found.stdout)["problems"] if p["container_id"]]
     assert (problem["kind"], problem["chain"]) == ("nft-missing-rules", own_chain)
     if one_mapping:
         spec = ["-p", "127.0.0.1:9011:90", "-p", "127.0.0.1:9012:90"]
@@ -730,12 +748,11 @@ def test_repair_puts_a_host_ip_rule_where_its_own_plugin_put_it(
         done = _pmctl(node, tmp_path, "check", "--repair")
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"nft:{own_chain} (podman/mine)" in done.stderr, done.stderr
-    # (The same rules in each chain; nft keeps a rule appended to hostip_hostports last.)
-    assert sorted(_plugin_tables(node).splitlines()) == sorted(before.splitlines())
+    assert _container_rules(node) == before
     upstream.run(first, "CHECK", node, "mine", mine, check=True)
     upstream.run(last, "CHECK", node, "other", other, check=True)
-    healthy = _pmctl(node, tmp_path, "check")
-    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    after = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert {p["kind"] for p in json.loads(after.stdout)["problems"]} <= {"nft-entry-not-local"}
 
 
 def _masq_all_cached(cache: Path, cid: str, ips: list, ports: list) -> Dict[str, Any]:
@@ -796,3 +813,92 @@ def test_a_debian_chain_under_a_masq_all_config_is_repaired_in_its_own_shape(
     for result in rp.run_check(node, "deb1", deb):
         assert result.returncode == 0, result.stdout + result.stderr
     upstream.run("v1.9.1", "CHECK", node, "up1", up, check=True)
+
+
+_SEND = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.sendto(b'x', (sys.argv[1], int(sys.argv[2])))\n"
+)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run([rp._ip(), *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def routed(node: str) -> Iterator[str]:
+    """A client namespace routed through `node` (192.0.2.1) to a remote host
+    (198.51.100.2), and a container subnet 10.88.0.0/16 behind node's cni0."""
+    client, remote = rp.create_netns("pmt-cli"), rp.create_netns("pmt-rem")
+    try:
+        _ip("-n", node, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
+            "netns", client)  # fmt: skip
+        _ip("-n", node, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0",
+            "netns", remote)  # fmt: skip
+        _ip("-n", node, "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p")
+        for ns, dev, addr in ((node, "eth0", "192.0.2.1/24"), (node, "eth1", "198.51.100.1/24"),
+                              (node, "cni0", "10.88.0.1/16"), (client, "eth0", "192.0.2.2/24"),
+                              (remote, "eth0", "198.51.100.2/24")):  # fmt: skip
+            _ip("-n", ns, "addr", "add", addr, "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+        _ip("-n", node, "link", "set", "cni0p", "up")
+        _ip("-n", client, "route", "add", "default", "via", "192.0.2.1")
+        _ip("-n", remote, "route", "add", "default", "via", "198.51.100.1")
+        _ip("netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        yield client
+    finally:
+        rp.delete_netns(client)
+        rp.delete_netns(remote)
+
+
+def _flows_of(node: str, client: str, *to: Tuple[str, int]) -> set:
+    """The UDP flows one datagram from the client to each (address, port) leaves in
+    node's conntrack: (port, where it went)."""
+    _ip("netns", "exec", node, "conntrack", "-F")
+    for address, port in to:
+        _ip("netns", "exec", client, sys.executable, "-c", _SEND, address, str(port))
+    return rp.udp_flows(node)
+
+
+def test_an_older_plugins_entry_over_v191s_is_reported_and_made_local_again(
+    node: str, routed: str, tmp_path: Path
+) -> None:
+    """v1.7.1's ADD after v1.9.1's (two runtimes, a downgrade) flushes prerouting and
+    writes its own entry, which has no `fib daddr type local`: a datagram the node
+    routes to another host (198.51.100.2:5353) was DNATed to the v1.9.1 container that
+    maps 5353, and check said healthy and --repair kept it. Now check reports it
+    (nft-entry-not-local) and --repair writes v1.9's entry with the same conditions:
+    routed traffic passes again, the node's own port mappings of both containers still
+    forward, and both plugins' CHECKs pass."""
+    new = _cached(tmp_path, "new1", upstream.nft_conf("podman", ["10.88.0.5/16"],
+                                                     [_pm(5353, 53, "udp")]))  # fmt: skip
+    upstream.run(V191, "ADD", node, "new1", new, check=True)
+    old = _cached(tmp_path, "old1", upstream.nft_conf("podman", ["10.88.0.6/16"],
+                                                     [_pm(5354, 53, "udp")],
+                                                     conditions_v4=["ip saddr != 10.99.0.0/16"]))  # fmt: skip
+    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
+    assert _flows_of(node, routed, ("198.51.100.2", 5353)) == {(5353, "10.88.0.5")}
+
+    found = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    problems = json.loads(found.stdout)["problems"]
+    assert [(p["kind"], p["family"], p["chain"]) for p in problems] == [
+        ("nft-entry-not-local", 4, "prerouting")
+    ], problems
+    done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "repaired: IPv4 nft-entry-not-local nft:prerouting" in done.stderr, done.stderr
+    entry = "ip saddr != 10.99.0.0/16 fib daddr type local jump hostports_all"
+    for chain in ("prerouting", "output"):
+        listed = upstream.nft(node, "list", "chain", "ip", "cni_hostport", chain).stdout
+        assert [line.strip() for line in listed.splitlines() if "jump" in line] == [entry]
+    assert _flows_of(node, routed, ("198.51.100.2", 5353)) == {(5353, "198.51.100.2")}
+    assert _flows_of(node, routed, ("192.0.2.1", 5353), ("192.0.2.1", 5354)) == {
+        (5353, "10.88.0.5"),
+        (5354, "10.88.0.6"),
+    }
+    upstream.run(V191, "CHECK", node, "new1", new, check=True)
+    upstream.run("v1.7.1", "CHECK", node, "old1", old, check=True)
+    healthy = _pmctl(node, tmp_path, "check")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr

@@ -51,6 +51,9 @@ _NFT_WHY = {
     ProblemKind.NFT_MISSING_ENTRY: "prerouting/output no longer send traffic to the"
     " host-port rules",
     ProblemKind.NFT_MISSING_JUMPS: "hostports_all no longer reaches the host-port rules",
+    ProblemKind.NFT_ENTRY_NOT_LOCAL: "traffic routed through this node to another host on a"
+    " mapped port is DNATed to a container (an older plugin's ADD ran after v1.9's; the next"
+    " v1.6/v1.7 ADD writes that entry again: run one plugin version on the node)",
     ProblemKind.NFT_MISSING_RULES: "a cached container's host ports are not forwarded",
     ProblemKind.EXTRA_RULES: "the container's rules do not match its config (an old address or"
     " port?): nftables is first-match-wins, so traffic may go to the wrong place",
