@@ -47,7 +47,7 @@ def flush_misrouted(config: MappingConfig, families: Sequence[int]) -> List[str]
     stay: they are live, and a reply may be on its way. What an add that wrote nothing
     flushes, and an add stopped once its write went in (cli/add_run.py). Warnings, as
     after_setup's."""
-    if not any(p.protocol == "udp" for p in config.ports) or _no_conntrack_entries():
+    if not any(p.protocol == "udp" for p in config.ports) or no_conntrack_entries():
         return []  # (the usual re-run: nothing imported, nothing dumped)
     from portmapctl.ops.add import as_rows
 
@@ -68,11 +68,11 @@ def flush_misrouted(config: MappingConfig, families: Sequence[int]) -> List[str]
         # (UNMAPPED: a destination this mapping does not cover is another's business.)
         conntrack.delete([d.entry for d in doomed if d.reason in _MISROUTED])
     except Exception as err:  # noqa: BLE001 - as after_setup_many's flush
-        return [_not_flushed(keys, err)]
+        return [not_flushed(keys, err)]
     return []
 
 
-def _not_flushed(keys: Collection[Tuple[int, int]], err: Exception) -> str:
+def not_flushed(keys: Collection[Tuple[int, int]], err: Exception) -> str:
     ports = sorted({port for _, port in keys})
     shown = ", ".join(str(p) for p in ports[:10]) + (", ..." if len(ports) > 10 else "")
     return f"could not flush UDP conntrack entries for ports [{shown}]: {err}"
@@ -121,7 +121,7 @@ def after_setup_many(
         try:
             flush_keys(keys, local_only=local_only)
         except Exception as err:  # noqa: BLE001 - the plugin only logs this too
-            warnings.append(_not_flushed(keys, err))
+            warnings.append(not_flushed(keys, err))
     return warnings
 
 
@@ -134,7 +134,7 @@ def flush_keys(keys: Collection[Tuple[int, int]], *, local_only: bool = False) -
     --repair, which is no plugin ADD) only flows to the node's own addresses go: a
     forwarded flow (a container's DNS query outside, a client of a container's own
     address) never met a mapping (SPEC §3 flush-udp)."""
-    if _no_conntrack_entries():
+    if no_conntrack_entries():
         return 0
     from portmapctl.host import conntrack  # imported only when there is work
 
@@ -150,7 +150,7 @@ def flush_keys(keys: Collection[Tuple[int, int]], *, local_only: bool = False) -
     return conntrack.delete(mine)
 
 
-def _no_conntrack_entries() -> bool:
+def no_conntrack_entries() -> bool:
     """Whether this namespace's conntrack table is empty (nf_conntrack_count is 0): then
     there is nothing to flush, and the dump is spared. A dump walks the kernel's whole
     conntrack hash, every namespace's buckets, whatever this one holds: 4-5 ms each

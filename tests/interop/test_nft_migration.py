@@ -818,6 +818,8 @@ def test_a_debian_chain_under_a_masq_all_config_is_repaired_in_its_own_shape(
 _SEND = (
     "import socket, sys\n"
     "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('', int(sys.argv[3]) if len(sys.argv) > 3 else 0))\n"
     "s.sendto(b'x', (sys.argv[1], int(sys.argv[2])))\n"
 )
 
@@ -902,3 +904,31 @@ def test_an_older_plugins_entry_over_v191s_is_reported_and_made_local_again(
     upstream.run("v1.7.1", "CHECK", node, "old1", old, check=True)
     healthy = _pmctl(node, tmp_path, "check")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+
+
+def test_repair_of_an_older_plugins_entry_also_lets_go_of_the_routed_flows_it_took(
+    node: str, routed: str, tmp_path: Path
+) -> None:
+    """A stream the node routes to another host on a mapped UDP port (here from source
+    port 40000 to 198.51.100.2:5353), DNATed to the container while v1.7.1's entry was
+    there, kept its conntrack entry after --repair made the entry local again: the same
+    stream's next datagram still went to the container. --repair now deletes such
+    entries (routed, DNATed to a container address and port the rules map the port
+    to), and no other routed flow's (one to a port nothing maps stays)."""
+    new = _cached(tmp_path, "new1", upstream.nft_conf("podman", ["10.88.0.5/16"],
+                                                     [_pm(5353, 53, "udp")]))  # fmt: skip
+    upstream.run(V191, "ADD", node, "new1", new, check=True)
+    old = _cached(tmp_path, "old1", upstream.nft_conf("podman", ["10.88.0.6/16"],
+                                                     [_pm(5354, 53, "udp")]))  # fmt: skip
+    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
+    stream, other = ("198.51.100.2", "5353", "40000"), ("198.51.100.2", "6000", "40001")
+    _ip("netns", "exec", node, "conntrack", "-F")
+    for args in (stream, other):
+        _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *args)
+    assert rp.udp_flows(node) == {(5353, "10.88.0.5"), (6000, "198.51.100.2")}
+
+    done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rp.udp_flows(node) == {(6000, "198.51.100.2")}
+    _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *stream)
+    assert rp.udp_flows(node) == {(5353, "198.51.100.2"), (6000, "198.51.100.2")}

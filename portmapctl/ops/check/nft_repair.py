@@ -214,3 +214,59 @@ def repair_mapping(
 
     text = node.converge_nft(plan)
     return text, ([w.family for w in want] if text else [])
+
+
+def entry_families(txn: NftTransaction) -> List[int]:
+    """The families whose prerouting entry `txn` (re)writes."""
+    from portmapctl.nftables.ruleset import PREROUTING
+    from portmapctl.nftables.transaction import OpKind
+
+    return sorted(
+        {op.family for op in txn.ops if op.kind is OpKind.ADD_RULE and op.chain == PREROUTING}
+    )
+
+
+def flush_routed(node: Node, families: Sequence[int]) -> List[str]:
+    """After prerouting's entry was written again in `families`: delete the UDP
+    conntrack entries of flows the node routes to another host (not to one of its own
+    addresses) that were DNATed to a container address and port the plugin's rules map
+    that host port to. Only an entry without `fib daddr type local` (v1.6/v1.7's,
+    `downgraded`) sent such a flow there; left alone, a stream that keeps sending stays
+    pinned to the container after the repair. Failures are warnings, as after_setup's."""
+    from portmapctl.nftables.ruleset import HOSTIP_HOSTPORTS, HOSTPORTS, ActionKind
+
+    live = node.read_nft()
+    targets: Set[Tuple[int, int, str, int]] = set()
+    for family in families:
+        table = live.table(family)
+        for rule in () if table is None else (*table.rules_of(HOSTPORTS),
+                                               *table.rules_of(HOSTIP_HOSTPORTS)):  # fmt: skip
+            action, port = rule.body.action, rule.body.value("udp dport")
+            if action.kind is ActionKind.DNAT and action.addr and action.port and port:
+                if port.isdigit():
+                    targets.add((family, int(port), action.addr, action.port))
+    if not targets:
+        return []
+    from portmapctl.ops.side_effects import no_conntrack_entries, not_flushed
+
+    keys = {(family, port) for family, port, _addr, _to in targets}
+    if no_conntrack_entries():
+        return []
+    try:
+        import ipaddress
+
+        from portmapctl.host import conntrack
+        from portmapctl.host.addresses import local_addresses
+
+        wanted = sorted({family for family, _ in keys})
+        entries = conntrack.list_udp(wanted, sorted({port for _, port in keys}))
+        local = local_addresses(wanted)
+
+        def hijacked(e: conntrack.ConntrackEntry) -> bool:
+            to = (e.family, e.dport, ipaddress.ip_address(e.reply_src).compressed, e.reply_sport)
+            return e.dnat and (e.family, e.dst) not in local and to in targets
+
+        conntrack.delete([e for e in entries if hijacked(e)])
+    except Exception as err:  # noqa: BLE001 - as after_setup's flush
+        return [not_flushed(keys, err)]
+    return []

@@ -441,6 +441,10 @@ def repair(
         warnings: List[str] = [u.text for u in unrepaired]
         for c, fams in nft_changed:
             warnings += after_setup(c, fams, flush_udp, local_only=True)
+        if flush_udp and transactions.get("nft") and nft_tried:
+            # An entry made local again: the routed flows the old one DNATed go too.
+            routed = nft_repair.entry_families(nft_tried[-1][0])
+            warnings += nft_repair.flush_routed(node, routed) if routed else []
         # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
         # un-NATed path it took while the mapping was missing.
         warnings += after_setup_many(list(changed.values()), flush_udp, local_only=True)
@@ -581,6 +585,10 @@ def _repair_nft_mapping(
             after_setup(c, fams, flush_udp, local_only=True)
         raise
     warnings = after_setup(config, families, flush_udp, local_only=True) if families else []
+    routed = nft_repair.entry_families(tried[-1]) if text and tried else []
+    if flush_udp and routed:
+        # An entry made local again: the routed flows the old one DNATed go too.
+        warnings += nft_repair.flush_routed(node, routed)
     after = check_followed(node, config)
     remaining = {p.key for p in after.problems}
     return CheckResult(
