@@ -10,6 +10,8 @@ The real plugins write both sides: Debian's 1.1.1 (iptables) and upstream v1.9.1
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -24,6 +26,7 @@ V191 = "v1.9.1"
 _pm = rp.port_mapping
 A = "migr0a"  # iptables (Debian's plugin)
 B = "migr0b"  # nftables (v1.9.1)
+C = "migr0g"
 
 
 @pytest.fixture(autouse=True)
@@ -208,3 +211,150 @@ def rp_chain(ns: str, cid: str) -> str:
         if line.startswith("-A CNI-HOSTPORT-DNAT") and cid in line:
             return line.split()[-1]
     raise AssertionError(f"no chain of {cid}")
+
+
+def _dual(node: str, cache: Path, nft_first: bool) -> Dict[str, Dict[str, Any]]:
+    """Container A in one backend, B and C in the other, all dual-stack, A and B on
+    tcp/8080, C alone on tcp/9090, all cached: their stdin configs."""
+    confs: Dict[str, Dict[str, Any]] = {}
+    for cid, ips, ports, nft in (
+        (A, ["10.88.0.11/16", "fd00::11/64"], [_pm(8080, 80)], nft_first),
+        (B, ["10.88.0.21/16", "fd00::21/64"], [_pm(8080, 80)], not nft_first),
+        (C, ["10.88.0.31/16", "fd00::31/64"], [_pm(9090, 90)], not nft_first),
+    ):
+        if nft:
+            conf = upstream.nft_conf("podman", ips, ports)
+            upstream.run(V191, "ADD", node, cid, conf, check=True)
+        else:
+            conf = rp.plugin_conf("podman", ips, ports)
+            rp.run_plugin("ADD", node, cid, conf, check=True)
+        _cache(cache, cid, conf)
+        confs[cid] = conf
+    return confs
+
+
+def _both_backends_rules(node: str) -> List[Any]:
+    return [
+        *(rp.nat_rules(rp.save(node, family)) for family in (4, 6)),  # type: ignore[arg-type]
+        upstream.ruleset_text(node),
+    ]
+
+
+@pytest.mark.parametrize("nft_first", [False, True], ids=["A-iptables", "A-nftables"])
+def test_one_mapping_check_reports_its_port_mapped_in_the_other_backend(
+    node: str, tmp_path: Path, nft_first: bool
+) -> None:
+    """The whole-node check reported a port mapped in both backends contested, while
+    the check of one of those mappings (scripts' stand-in for the plugin's CHECK, which
+    looks at its own backend alone) said healthy, exit 0, in every form. Now each form
+    reports the node check's problems of that container, word for word, exit 1, IPv4
+    and IPv6; --repair cures none and writes nothing; a port with no rival is no
+    problem."""
+    confs = _dual(node, tmp_path, nft_first)
+    done, whole = _problems(node, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    by_id: Dict[str, List[Any]] = {}
+    for p in whole:
+        by_id.setdefault(p["container_id"], []).append(p)
+    for cid in (A, B):
+        assert [(p["kind"], p["family"]) for p in by_id[cid]] == [
+            ("contested", 4),
+            ("contested", 6),
+        ], whole
+    assert C not in by_id, whole
+    backend = {A: "nftables" if nft_first else "iptables"}
+    backend[B] = backend[C] = "iptables" if nft_first else "nftables"
+    for cid, conf in confs.items():
+        mapping = _mapping_options(cid, conf)
+        stdin = tmp_path / f"{cid}.json"
+        stdin.write_text(json.dumps(conf))
+        forms = {
+            "options": mapping,
+            "--backend": [*mapping, "--backend", backend[cid]],
+            "--cni-config": ["--container", cid, "--cni-config", str(stdin)],
+        }
+        for form, args in forms.items():
+            done, problems = _problems(node, tmp_path, *args)
+            # C's port has no rival: healthy, as before.
+            assert problems == by_id.get(cid, []), (cid, form, problems)
+            assert done.returncode == (0 if cid == C else 1), (cid, form, done.stdout + done.stderr)
+        before = _both_backends_rules(node)
+        repaired = _pmctl(node, tmp_path, "check", "--repair", "-o", "json", *mapping)
+        assert repaired.returncode == (0 if cid == C else 1), repaired.stdout + repaired.stderr
+        assert json.loads(repaired.stdout)["problems"] == by_id.get(cid, [])
+        assert _both_backends_rules(node) == before
+
+
+def _mapping_options(cid: str, conf: Dict[str, Any]) -> List[str]:
+    """The one-mapping check's options for a container's stdin config."""
+    options = ["--network", conf["name"], "--container", cid]
+    for p in conf["runtimeConfig"]["portMappings"]:
+        options += ["-p", f"{p['hostPort']}:{p['containerPort']}"]
+    return options + [arg for ip in conf["prevResult"]["ips"] for arg in ("--ip", ip["address"])]
+
+
+@pytest.mark.parametrize("nft_first", [False, True], ids=["A-iptables", "A-nftables"])
+def test_one_mapping_check_names_gc_for_a_stale_rival_in_the_other_backend(
+    node: str, tmp_path: Path, nft_first: bool
+) -> None:
+    """The rival's container is gone (no cache entry): the one-mapping check's fix is
+    the node check's, gc (not spelt with the --backend that names this mapping's)."""
+    confs = _dual(node, tmp_path, nft_first)
+    (tmp_path / "results" / f"podman-{A}-eth0").unlink()
+    _done, whole = _problems(node, tmp_path)
+    mine = [p for p in whole if p["container_id"] == B]
+    assert [p["fix"] for p in mine] == [
+        f"portmapctl gc --netns {node} --cni-cache-dir {tmp_path}"
+    ] * 2, whole
+    mapping = _mapping_options(B, confs[B])
+    for extra in ((), ("--backend", "iptables" if nft_first else "nftables")):
+        done, problems = _problems(node, tmp_path, *mapping, *extra)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert problems == mine, problems
+
+
+_READERS = ("nft", *(f"{ip}tables{f}-save" for ip in ("", "ip6") for f in ("", "-nft", "-legacy")))
+
+
+def _logged_path(tmp: Path) -> Dict[str, str]:
+    """A PATH whose table readers (nft, the iptables saves) write their names to
+    tmp/ran before they run: what a command started."""
+    folder = tmp / "bin"
+    folder.mkdir(parents=True)
+    for tool in _READERS:
+        real = shutil.which(tool, path=rp.SYSTEM_PATH)
+        if real is None:
+            continue
+        wrapper = folder / tool
+        wrapper.write_text(f'#!/bin/sh\necho {tool} >> {tmp / "ran"}\nexec {real} "$@"\n')
+        wrapper.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_one_mapping_check_reads_no_other_backend_that_has_nothing(
+    node: str, tmp_path: Path, backend: str
+) -> None:
+    """A node on one backend alone (the usual one): the check of one mapping asks the
+    kernel (netlink, /proc) whether the other backend has a table, and runs no process
+    to read it: as many as before, none of the other backend's."""
+    cache = tmp_path / "cni"
+    ips = ["10.88.0.11/16", "fd00::11/64"]
+    if backend == "nftables":
+        conf = upstream.nft_conf("podman", ips, [_pm(8080, 80)])
+        upstream.run(V191, "ADD", node, A, conf, check=True)
+    else:
+        conf = rp.plugin_conf("podman", ips, [_pm(8080, 80)])
+        rp.run_plugin("ADD", node, A, conf, check=True)
+    _cache(cache, A, conf)
+    for extra in ((), ("--backend", backend)):
+        args = ["check", *_mapping_options(A, conf), *extra, "--netns", node]
+        done = pmctl.run(
+            [*args, "--cni-cache-dir", str(cache)], env=_logged_path(tmp_path / str(len(extra)))
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        ran = (tmp_path / str(len(extra)) / "ran").read_text().split()
+        if backend == "nftables":
+            assert set(ran) == {"nft"}, ran
+        else:
+            assert "nft" not in ran and ran, ran

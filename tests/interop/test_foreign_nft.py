@@ -107,6 +107,27 @@ def test_docker_rule_on_an_nftables_port_contests_it(node: str, tmp_path: Path) 
         ], out.stdout
 
 
+def test_one_mapping_check_reports_the_docker_rule_on_its_nftables_port(
+    node: str, tmp_path: Path
+) -> None:
+    """The node check reported the nftables mapping contested by Docker's iptables
+    rule while the check of that one mapping (the plugin's CHECK looks at nftables
+    alone) said healthy, exit 0: now the same problem, exit 1, with and without
+    --backend nftables (which does not read iptables for the node check)."""
+    _nft_container(node, tmp_path)
+    _docker(node)
+    args = _args(node, tmp_path)
+    whole = pmctl.run(["check", *args, "-o", "json"])
+    expected = json.loads(whole.stdout)["problems"]
+    assert [p["kind"] for p in expected] == ["contested"], whole.stdout
+    mapping = ["--network", "podman", "--container", CID, "--ip", "10.88.0.21/16"]
+    mapping += ["-p", "8080:80", "-p", "9090:90"]
+    for extra in ((), ("--backend", "nftables")):
+        done = pmctl.run(["check", *args, *mapping, *extra, "-o", "json"])
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert json.loads(done.stdout)["problems"] == expected
+
+
 # A hand-written nft firewall beside the plugin's tables, at three priorities.
 HANDMADE = """
 table ip early {

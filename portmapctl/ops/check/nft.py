@@ -489,16 +489,20 @@ def expected_configs(node: Node, attachments: Sequence[Attachment]) -> List[Mapp
     return [a.mapping for a in expected_in_add_order(node, attachments)]  # type: ignore[misc]
 
 
-def check_mapping(node: Node, config: MappingConfig, families: Tuple[int, ...]) -> List[Problem]:
+def check_mapping(
+    node: Node, config: MappingConfig, families: Tuple[int, ...], live: Optional[Ruleset] = None
+) -> List[Problem]:
     """One nft-backed mapping, as upstream v1.9.1's CHECK (which only counts rules)
     would want it, but exactly: its rules, and the structure that reaches them; and,
     beyond that CHECK, the container's own rules its config does not make
-    (`extra-rules`, as the node check: first-match-wins sends the port elsewhere)."""
+    (`extra-rules`, as the node check: first-match-wins sends the port elsewhere).
+    `live`: the plugin's tables in `families`, as read already (else read here)."""
     from portmapctl.nftables.inventory import extra_rules, structure_problems
     from portmapctl.nftables.planner import missing_rules
     from portmapctl.nftables.wanted import wanted
 
-    live = node.read_nft(families)
+    if live is None:
+        live = node.read_nft(families)
     if node.nft_unusable is not None:
         raise node.nft_unusable
     from portmapctl.ops.check.run import SAME_WITH_REPAIR as fix

@@ -230,9 +230,15 @@ def check_followed(
     families = validate.chosen_families(config, node.families, "check")
     if nft_mapping(node, config):
         from portmapctl.ops.check import nft
+        from portmapctl.ops.check.backend_rivals import nft_mapping_rivals
 
+        live = node.read_nft(families)
+        problems = nft.check_mapping(node, config, families, live)
+        # What the plugin's iptables (or another tool's rule there) takes of its ports,
+        # as the node check says: the plugin's CHECK looks at nftables alone.
+        problems += nft_mapping_rivals(node, config, families, live)
         return CheckResult(
-            tuple(nft.check_mapping(node, config, families)),
+            tuple(problems),
             families,
             "mapping",
             mappings_checked=len(families),
@@ -254,7 +260,8 @@ def with_owner_problems(
     container in the other iptables flavour, another tool's rule there, another nftables
     table's nat hook. The plugin's CHECK looks at its own rules alone and passes; a
     script asking about this mapping wants to know it may get no traffic. None of them
-    is --repair's to cure."""
+    is --repair's to cure. So is the plugin's nftables backend mapping them for another
+    container (ops/check/backend_rivals.py)."""
     name = dnat_chain_name(config)
     ports = {(p.protocol, p.host_port) for p in config.ports}
     found = inventory.build(tables)
@@ -263,6 +270,9 @@ def with_owner_problems(
     )
     if not rows:
         return result
+    from portmapctl.ops.check.backend_rivals import iptables_mapping_rivals
+
+    rivals = iptables_mapping_rivals(node, config, tables)
     flavours, other_tables, _ = _other_flavour(node, tuple(tables))
     other = None
     if flavours is not None and other_tables:
@@ -278,6 +288,7 @@ def with_owner_problems(
 
     mine = replace(found, mappings=rows)
     problems = [
+        *rivals,
         *other_flavour_problems(mine, None, None, owners),
         *flavour_rival_problems(mine, None, owners),
         *hook_problems(None, owners),
