@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pmctl
 import pytest
@@ -1081,3 +1081,100 @@ def test_a_container_added_again_without_ports_keeps_rules_check_reports(
     healthy = _pmctl(node, tmp_path, "check")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     upstream.run(V191, "CHECK", node, "web1", web, check=True)
+
+
+# --- one mapping's check: a port an earlier rule takes (first-match-wins) -------------
+# check of one nftables mapping (the plugin's CHECK stand-in) against the whole-node
+# check of the same state, written by upstream v1.9.1's nftables backend.
+
+SHADOW_PORTS = [rp.port_mapping(8080, 80)]
+SHADOW_IPS = {"ctrA": ["10.88.0.5/16", "fd00::5/64"], "ctrB": ["10.88.0.6/16", "fd00::6/64"]}
+
+
+def _check_json(node: str, cache: Path, *args: str):
+    done = pmctl.run(["check", "--netns", node, "--cni-cache-dir", str(cache), "-o", "json",
+                      *args])  # fmt: skip
+    return done, json.loads(done.stdout)["problems"]
+
+
+def _ctr_mapping(cid: str) -> List[str]:
+    options = ["--network", "mynet", "--container", cid, "-p", "8080:80"]
+    return options + [arg for ip in SHADOW_IPS[cid] for arg in ("--ip", ip)]
+
+
+def _add_two_on_8080(node: str, cache: Path) -> Dict[str, Any]:
+    confs = {}
+    for cid, ips in SHADOW_IPS.items():
+        conf = upstream.nft_conf("mynet", ips, SHADOW_PORTS)
+        upstream.run(V191, "ADD", node, cid, conf, check=True)
+        rp.write_cni_cache(cache, "mynet", cid, "eth0", conf, SHADOW_PORTS, ips)
+        confs[cid] = conf
+    return confs
+
+
+def test_one_nft_mapping_check_reports_its_port_shadowed_by_an_earlier_container(
+    node: str, tmp_path: Path
+) -> None:
+    """v1.9.1's ADD of ctrA, then ctrB, both on tcp/8080 in nftables: ctrA's rule is
+    first in `hostports`, so ctrB gets no traffic. The whole-node check said so
+    (shadowed) while the check of ctrB's one mapping said healthy, exit 0 (as the
+    plugin's CHECK, which counts ctrB's rules). Now both report it, word for word,
+    IPv4 and IPv6, exit 1; --repair cannot cure it and writes nothing; ctrA's own
+    mapping stays healthy."""
+    confs = _add_two_on_8080(node, tmp_path)
+    done, whole = _check_json(node, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert [(p["kind"], p["container_id"], p["family"]) for p in whole] == [
+        ("shadowed", "ctrB", 4),
+        ("shadowed", "ctrB", 6),
+    ], whole
+    stdin = tmp_path / "ctrB.json"
+    stdin.write_text(json.dumps(confs["ctrB"]))
+    for args in (
+        _ctr_mapping("ctrB"),
+        [*_ctr_mapping("ctrB"), "--backend", "nftables"],
+        ["--container", "ctrB", "--cni-config", str(stdin)],
+    ):
+        done, problems = _check_json(node, tmp_path, *args)
+        assert problems == whole, (args, problems)
+        assert done.returncode == 1, done.stdout + done.stderr
+    before = upstream.ruleset_text(node)
+    done, problems = _check_json(node, tmp_path, *_ctr_mapping("ctrB"), "--repair")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert problems == whole
+    assert upstream.ruleset_text(node) == before
+    done, problems = _check_json(node, tmp_path, *_ctr_mapping("ctrA"))
+    assert done.returncode == 0 and problems == [], done.stdout + done.stderr
+
+
+def test_one_nft_mapping_check_names_gc_for_a_stale_winner(node: str, tmp_path: Path) -> None:
+    """The winner's container is gone (no cache entry): the one-mapping check's fix is
+    the node check's, gc."""
+    _add_two_on_8080(node, tmp_path)
+    (tmp_path / "results" / "mynet-ctrA-eth0").unlink()
+    _done, whole = _check_json(node, tmp_path)
+    mine = [p for p in whole if p["container_id"] == "ctrB"]
+    assert [p["fix"] for p in mine] == [
+        f"portmapctl gc --netns {node} --cni-cache-dir {tmp_path}"
+    ] * 2
+    done, problems = _check_json(node, tmp_path, *_ctr_mapping("ctrB"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert problems == mine, problems
+
+
+def test_one_nft_mapping_check_reports_a_rule_not_the_plugins_taking_its_port_first(
+    node: str, tmp_path: Path
+) -> None:
+    """An admin's rule inserted before ctrA's in `hostports` takes tcp/8080 (IPv4): the
+    one-mapping check of ctrA says what the node check says (shadowed by `handle N`, no
+    command as the fix), exit 1, where it said healthy."""
+    conf = upstream.nft_conf("mynet", SHADOW_IPS["ctrA"], SHADOW_PORTS)
+    upstream.run(V191, "ADD", node, "ctrA", conf, check=True)
+    rp.write_cni_cache(tmp_path, "mynet", "ctrA", "eth0", conf, SHADOW_PORTS, SHADOW_IPS["ctrA"])
+    upstream.nft(node, "insert", "rule", "ip", "cni_hostport", "hostports",
+                 "tcp", "dport", "8080", "dnat", "to", "10.0.0.1:22")  # fmt: skip
+    _done, whole = _check_json(node, tmp_path)
+    assert [(p["kind"], p["family"], p["fix"]) for p in whole] == [("shadowed", 4, None)], whole
+    done, problems = _check_json(node, tmp_path, *_ctr_mapping("ctrA"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert problems == whole, problems

@@ -7,6 +7,7 @@ Their repair, one `nft -f` transaction, is ops/check/nft_repair.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import (
     TYPE_CHECKING,
     Dict,
@@ -34,7 +35,7 @@ from portmapctl.ops.check.unexpected import unexpected_nft
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
-    from portmapctl.nftables.inventory import NftInventory, NftMapping
+    from portmapctl.nftables.inventory import Foreign, NftInventory, NftMapping
     from portmapctl.nftables.inventory import Problem as InventoryProblem
     from portmapctl.nftables.ruleset import Rule, Ruleset
     from portmapctl.nftables.wanted import WantedFamily
@@ -195,42 +196,7 @@ def nft_problems(
                 )
             )
         if Status.SHADOWED in m.status:
-            winner_status = {
-                word
-                for w in found.mappings
-                if w.family == m.family and w.container_id == m.shadowed_by
-                for word in w.status
-            }
-            alien = foreign.get((m.family, m.shadowed_by))
-            if alien is not None:
-                # No command of ours may delete a rule that is not the plugin's.
-                shadow_fix = (
-                    f"a rule that is not the plugin's ({alien.text}) takes the port first:"
-                    " delete it, or re-create the container with another host port"
-                )
-            elif Status.STALE in winner_status:
-                shadow_fix = f"{fixes.gc} (the winner is stale)"
-            elif Status.ZOMBIE in winner_status:
-                # A pod sandbox the runtime forgot keeps the port from its successor.
-                shadow_fix = f"{fixes.gc} --netns-liveness (the winner is a zombie)"
-            else:
-                shadow_fix = (
-                    "two containers claim one host port: re-create one of them with another"
-                    " host port"
-                )
-            problems.append(
-                Problem(
-                    SHADOWED,
-                    m.family,
-                    f"nft:{m.chain}",
-                    m.network,
-                    m.container_id,
-                    f"{m.protocol}/{m.host_port} goes to {m.shadowed_by} first",
-                    shadow_fix,
-                    "nftables is first-match-wins: this mapping gets no traffic",
-                    rule_text(rules, m),
-                )
-            )
+            problems.append(shadow_problem(m, found, foreign, rules, fixes))
     problems += _leftover_problems(node, live, parts, attachments, fixes, seen_stale)
     compared_ids = {a.container_id for a in parts.expected}
     problems += unexpected_nft(
@@ -254,6 +220,90 @@ def nft_problems(
     return NftCheck(
         problems, nft_ids, compared, notes, found, owners_in(live), _keys(parts.nftables)
     )
+
+
+def shadow_problem(
+    m: NftMapping,
+    found: NftInventory,
+    foreign: ReadOnly[Tuple[int, str], Foreign],
+    rules: ReadOnly[Tuple[int, int], Rule],
+    fixes: Fixes,
+) -> Problem:
+    """The `shadowed` problem of a row an earlier rule in the plugin's chains takes
+    (`foreign`: the rules there that are not the plugin's, by family and label): its
+    fix removes the winner when that is stale or a zombie."""
+    winner_status = {
+        word
+        for w in found.mappings
+        if w.family == m.family and w.container_id == m.shadowed_by
+        for word in w.status
+    }
+    alien = foreign.get((m.family, m.shadowed_by or ""))
+    if alien is not None:
+        # No command of ours may delete a rule that is not the plugin's.
+        shadow_fix = (
+            f"a rule that is not the plugin's ({alien.text}) takes the port first:"
+            " delete it, or re-create the container with another host port"
+        )
+    elif Status.STALE in winner_status:
+        shadow_fix = f"{fixes.gc} (the winner is stale)"
+    elif Status.ZOMBIE in winner_status:
+        # A pod sandbox the runtime forgot keeps the port from its successor.
+        shadow_fix = f"{fixes.gc} --netns-liveness (the winner is a zombie)"
+    else:
+        shadow_fix = (
+            "two containers claim one host port: re-create one of them with another host port"
+        )
+    return Problem(
+        SHADOWED,
+        m.family,
+        f"nft:{m.chain}",
+        m.network,
+        m.container_id,
+        f"{m.protocol}/{m.host_port} goes to {m.shadowed_by} first",
+        shadow_fix,
+        "nftables is first-match-wins: this mapping gets no traffic",
+        rule_text(rules, m),
+    )
+
+
+def mapping_shadowed(
+    node: Node, config: MappingConfig, families: Tuple[int, ...], live: Ruleset
+) -> List[Problem]:
+    """The `shadowed` problems of one nft-backed mapping's ports that an earlier rule
+    in the plugin's chains takes (another container's, another tool's), as the node
+    check reports them: the plugin's CHECK counts the mapping's rules and passes, but
+    it gets no traffic there. The CNI cache (is the winner stale? the network) is
+    read only for a mapping that is shadowed."""
+    from portmapctl.nftables import inventory as nft_inventory
+    from portmapctl.ops.check.hints import fixes_for
+    from portmapctl.ops.nft import owners
+
+    ports = {(p.protocol, p.host_port) for p in config.ports}
+
+    def shadowed(found: NftInventory) -> List[NftMapping]:
+        return [
+            m
+            for m in found.mappings
+            if m.container_id == config.container_id
+            and m.family in families
+            and (m.protocol, m.host_port) in ports
+            and Status.SHADOWED in m.status
+        ]
+
+    if not shadowed(nft_inventory.build(live, problems=False)):
+        return []
+    attachments = node.read_cache()
+    found = nft_inventory.build(live, owners(attachments), problems=False)
+    foreign = {(f.family, f.label): f for f in found.foreign}
+    rules = rules_by_handle(live)
+    fixes = fixes_for(node, bool(attachments))
+    return [
+        replace(
+            shadow_problem(m, found, foreign, rules, fixes), network=m.network or config.network
+        )
+        for m in shadowed(found)
+    ]
 
 
 def _problem(p: InventoryProblem, fix: str) -> Problem:

@@ -234,6 +234,7 @@ def check_followed(
 
         live = node.read_nft(families)
         problems = nft.check_mapping(node, config, families, live)
+        problems += nft.mapping_shadowed(node, config, families, live)
         # What the plugin's iptables (or another tool's rule there) takes of its ports,
         # as the node check says: the plugin's CHECK looks at nftables alone.
         problems += nft_mapping_rivals(node, config, families, live)
