@@ -228,6 +228,40 @@ def test_other_nft_tables_take_ports_by_priority(node: str, tmp_path: Path) -> N
         ], (backend, out.stdout)
 
 
+def test_one_nft_mapping_check_reports_the_other_nat_owners_of_its_ports(
+    node: str, tmp_path: Path
+) -> None:
+    """Beside HANDMADE's tables, and a rule in iptables-legacy's nat table on 9090 (the
+    plugin's iptables is iptables-nft): the whole-node check reported the nftables
+    mapping's 8080 shadowed, 8081 and 9090 contested, while the check of that one
+    mapping said healthy, exit 0. Now the same problems, exit 1; under --backend
+    nftables (which reads no iptables, the other flavour neither) those of the node
+    check under it."""
+    rp.require(rp.mode_available("legacy"))
+    _behind_handmade(node, tmp_path)
+    rp.iptables(node, ["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "9090", "-j",
+                       "DNAT", "--to-destination", "172.17.0.2:80"], mode="legacy")  # fmt: skip
+    args = _args(node, tmp_path)
+    mapping = ["--network", "podman", "--container", CID, "--ip", "10.88.0.21/16"]
+    mapping += [arg for port in (8080, 8081, 8082, 9090) for arg in ("-p", f"{port}:80")]
+    for extra, kinds in (
+        ((), [("shadowed", "tcp/8080"), ("contested", "tcp/8081"), ("contested", "tcp/9090")]),
+        (("--backend", "nftables"), [("shadowed", "tcp/8080"), ("contested", "tcp/8081")]),
+    ):
+        whole = pmctl.run(["check", *args, *extra, "-o", "json"])
+        expected = [p for p in json.loads(whole.stdout)["problems"] if p["container_id"] == CID]
+        found = sorted((p["kind"], p["detail"].split(" ")[0]) for p in expected)
+        assert found == sorted(kinds), whole.stdout
+        done = pmctl.run(["check", *args, *mapping, *extra, "-o", "json"])
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert json.loads(done.stdout)["problems"] == expected, (extra, done.stdout)
+    # --repair cures none of them (another tool's tables are not ours): nothing written.
+    before = upstream.ruleset_text(node)
+    done = pmctl.run(["check", *args, *mapping, "--repair"])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert upstream.ruleset_text(node) == before
+
+
 def test_a_kube_proxy_nftables_nodeport_on_a_host_port_is_contested(
     node: str, tmp_path: Path
 ) -> None:

@@ -238,6 +238,7 @@ def check_followed(
         # What the plugin's iptables (or another tool's rule there) takes of its ports,
         # as the node check says: the plugin's CHECK looks at nftables alone.
         problems += nft_mapping_rivals(node, config, families, live)
+        problems += nft_owner_problems(node, config, families, live)
         return CheckResult(
             tuple(problems),
             families,
@@ -297,6 +298,53 @@ def with_owner_problems(
     if not problems:
         return result
     return replace(result, problems=result.problems + tuple(problems))
+
+
+def nft_owner_problems(
+    node: Node, config: MappingConfig, families: Sequence[int], live: Ruleset
+) -> List[Problem]:
+    """with_owner_problems for an nft-backed mapping (`live`: the plugin's tables as
+    read): what the whole-node check reports of its ports taken by another nftables
+    table's nat hook, by another tool's rule in the other iptables flavour's nat table,
+    or by the plugin's chain of another container there; the plugin's CHECK looks at
+    its own rules alone. (The plugin's iptables and another tool's rule in the flavour
+    in use: backend_rivals.py.)"""
+    from portmapctl.nftables import inventory as nft_inventory
+
+    ports = {(p.protocol, p.host_port) for p in config.ports}
+    found = nft_inventory.build(live, problems=False)
+    rows = tuple(
+        m
+        for m in found.mappings
+        if m.container_id == config.container_id
+        and m.family in families
+        and (m.protocol, m.host_port) in ports
+    )
+    if not rows:
+        return []
+    other = None
+    if node.options.reads_iptables:
+        flavours, other_tables, _ = _other_flavour(node, tuple(sorted({m.family for m in rows})))
+        if flavours is not None and other_tables:
+            from portmapctl.iptables.foreign import table_reader
+
+            other = (flavours[1], {f: table_reader(t) for f, t in other_tables.items()})
+    # No iptables tables given: another tool's rule in the flavour in use is
+    # backend_rivals.py's (said once).
+    owners = read_owners(node, {}, (), rows, live, other)
+    from portmapctl.ops.check.crossed import (
+        flavour_rival_problems,
+        hook_problems,
+        other_flavour_problems,
+    )
+
+    problems = [
+        *other_flavour_problems(None, replace(found, mappings=rows), live, owners),
+        *flavour_rival_problems(None, live, owners),
+        *hook_problems(live, owners),
+    ]
+    # (An nftables row names no network without the cache: the mapping's is known.)
+    return [replace(p, network=p.network or config.network) for p in problems]
 
 
 def _chain_elsewhere(
