@@ -45,6 +45,7 @@ PAGE = "hello from portmapctl e2e\n"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PODMAN_TIMEOUT = 90.0
 TOOL_TIMEOUT = 30.0
+SYSTEM_PLUGINS = Path("/usr/lib/cni")
 TOOLS = ("podman", "nsenter", "unshare", "mount", "umount", "findmnt", "ip", "conntrack")
 
 
@@ -95,7 +96,7 @@ def available() -> tuple[bool, str]:
     # A dynamically linked busybox would need its libraries in the image too.
     if b"ld-linux" in head:
         return False, f"{BUSYBOX} is not statically linked (install busybox-static)"
-    if not Path("/usr/lib/cni/bridge").exists():
+    if not (SYSTEM_PLUGINS / "bridge").exists():
         return False, "no /usr/lib/cni/bridge (Debian package containernetworking-plugins)"
     return True, ""
 
@@ -133,7 +134,7 @@ class Lab:
                 "[network]",
                 'network_backend = "cni"',
                 f'network_config_dir = "{network_config_dir}"',
-                'cni_plugin_dirs = ["/usr/lib/cni"]',
+                f'cni_plugin_dirs = ["{SYSTEM_PLUGINS}"]',
                 "",
             ]
         )
@@ -328,6 +329,25 @@ class Node:
     def network(self, name: str, subnet: str) -> None:
         """A podman (CNI) network; explicit subnets, so a removed one is never reused."""
         self.podman("network", "create", "--disable-dns", "--subnet", subnet, name)
+
+    def use_portmap(self, binary: Path) -> None:
+        """Podman's plugin folder for this node: the system's plugins, `binary` as portmap."""
+        plugins = self.dir / "cni-plugins"
+        plugins.mkdir()
+        for plugin in SYSTEM_PLUGINS.iterdir():
+            if plugin.name != "portmap":
+                os.symlink(plugin, plugins / plugin.name)
+        os.symlink(binary, plugins / "portmap")
+        self.conf.write_text(self.conf.read_text().replace(f'"{SYSTEM_PLUGINS}"', f'"{plugins}"'))
+
+    def use_backend(self, network: str, backend: str) -> None:
+        """The portmap plugin's `backend` in a network's config (podman writes none)."""
+        conflist = self.netconf_dir / f"{network}.conflist"
+        config = json.loads(conflist.read_text())
+        for plugin in config["plugins"]:
+            if plugin["type"] == "portmap":
+                plugin["backend"] = backend
+        conflist.write_text(json.dumps(config))
 
     def start(
         self,

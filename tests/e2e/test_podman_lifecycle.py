@@ -12,8 +12,6 @@ plugin folder).
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import upstream
@@ -21,8 +19,6 @@ from podmanlab import NODE_IP, PAGE, Node
 from test_podman_e2e import WEB, listed_ports, listing, podman_ports
 
 pytestmark = pytest.mark.netns
-
-SYSTEM_PLUGINS = Path("/usr/lib/cni")
 
 
 Ports = set[tuple[str, str, str, int, int]]
@@ -95,21 +91,10 @@ def test_lifecycle_on_the_nftables_backend(node: Node) -> None:
     ok, why = upstream.available()
     if not ok:
         pytest.skip(why)
-    plugins = node.dir / "cni-plugins"
-    plugins.mkdir()
-    for plugin in SYSTEM_PLUGINS.iterdir():
-        if plugin.name != "portmap":
-            os.symlink(plugin, plugins / plugin.name)
-    os.symlink(upstream.binary("v1.9.1"), plugins / "portmap")
-    node.conf.write_text(node.conf.read_text().replace(f'"{SYSTEM_PLUGINS}"', f'"{plugins}"'))
+    node.use_portmap(upstream.binary("v1.9.1"))
     for name, subnet in (("pma", "10.89.102.0/24"), ("pmb", "10.89.103.0/24")):
         node.network(name, subnet)
-        conflist = node.netconf_dir / f"{name}.conflist"
-        config = json.loads(conflist.read_text())
-        for plugin in config["plugins"]:
-            if plugin["type"] == "portmap":
-                plugin["backend"] = "nftables"
-        conflist.write_text(json.dumps(config))
+        node.use_backend(name, "nftables")
     walk_the_lifecycle(node)
     assert "cni_hostport" in node.ns("nft", "list", "tables").stdout
     assert node.ns("iptables-save", "-t", "nat").stdout.count("CNI-DN-") == 0

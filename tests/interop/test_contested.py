@@ -126,14 +126,24 @@ def test_one_port_in_both_backends_is_contested_in_list_and_check(
 
 
 def test_a_stale_other_side_gets_gcs_fix(node: str, tmp_path: Path) -> None:
-    """The nftables side's container is gone (no cache entry): gc removes it."""
+    """The nftables side's container is gone (no cache entry): gc removes it. Its own
+    contested row says so too (it said "both are live", no command: prose)."""
     _both(node, tmp_path, [_pm(8080, 80)], [_pm(8080, 80)])
     (tmp_path / "results" / f"podman-{B}-eth0").unlink()
     _done, problems = _problems(node, tmp_path)
     contested = [p for p in problems if p["kind"] == "contested"]
-    assert [(p["container_id"], p["fix"]) for p in contested if p["container_id"] == A] == [
-        (A, f"portmapctl gc --netns {node} --cni-cache-dir {tmp_path}")
+    command = f"portmapctl gc --netns {node} --cni-cache-dir {tmp_path}"
+    assert sorted((p["container_id"], p["fix"]) for p in contested) == [
+        (A, command),
+        (B, command),
     ]
+    by_id = {p["container_id"]: p["why"] for p in contested}
+    assert by_id[A].endswith("the other side is stale"), by_id[A]
+    assert by_id[B].endswith("this side is stale"), by_id[B]
+    assert all("both are live" not in why for why in by_id.values())
+    # One command fixes them all: the summary names it.
+    table = _pmctl(node, tmp_path, "check")
+    assert table.stdout.splitlines()[-1] == f"1 stale, 2 contested -> {command}", table.stdout
     gc = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0")
     assert gc.returncode == 0, gc.stdout + gc.stderr
     done, problems = _problems(node, tmp_path)

@@ -49,9 +49,9 @@ def contested_problems(
     """One `contested` problem per mapping whose host port the other backend maps too
     (core/contest.py says which), naming the other side; one per nftables mapping
     whose port another tool's iptables nat rule takes (`owners.taken`,
-    iptables/foreign.py). Its fix removes that side when
-    it is stale or a zombie (as shadowed's does when the winner is); otherwise no command
-    of ours can pick a winner: prose (JSON `fix` null)."""
+    iptables/foreign.py). Its fix removes the row's own side when it is stale or a
+    zombie, else the other side when that is (as shadowed's does when the winner is);
+    otherwise no command of ours can pick a winner: prose (JSON `fix` null)."""
     if found is None or nft_found is None or not nft_found.mappings:
         return []
     from portmapctl.core.contest import contests, foreign_contested, hook_marked
@@ -86,7 +86,13 @@ def contested_problems(
     chains = {(c.name, c.family): c for c in found.chains}
     for row, others in contests([*rows, *nft_rows]).items():
         other = others[0]
-        if STALE in other.status:
+        # The row's own side first: a stale or zombie row's container is gone, and
+        # removing its rules ends the contest whatever the other side is.
+        if STALE in row.status:
+            fix = f"{fixes.gc} (this side is stale)"
+        elif ProblemKind.ZOMBIE.value in row.status:
+            fix = f"{fixes.gc} --netns-liveness (this side is a zombie)"
+        elif STALE in other.status:
             fix = f"{fixes.gc} (the other side is stale)"
         elif ProblemKind.ZOMBIE.value in other.status:
             fix = f"{fixes.gc} --netns-liveness (the other side is a zombie)"
