@@ -116,10 +116,22 @@ class Lab:
     def storage_conf(self) -> Path:
         return self.root / "storage.conf"
 
-    def containers_conf(self, network_config_dir: Path) -> str:
-        """containers.conf for one node: CNI backend, everything under the lab folder."""
+    def containers_conf(self, network_config_dir: Path, path: Path) -> str:
+        """containers.conf for one node (written at `path`): CNI backend, everything
+        under the lab folder.
+
+        conmon's exit command (`podman container cleanup`, the CNI DEL after a container
+        exits on its own or is killed) gets only flags and conmon's environment: the
+        environment names this file, so the DEL runs with the node's plugin folder;
+        its --root puts podman's database under graphroot/libpod, so no static_dir
+        here (one elsewhere and the clean-up finds no container)."""
         # No CAP_SYS_RESOURCE in some sandboxes: podman's default rlimits (raised above
         # the caller's) would make crun fail, so ask for low ones.
+        conmon_env = [
+            f"PATH={SYSTEM_PATH}",
+            f"CONTAINERS_CONF={path}",
+            f"CONTAINERS_STORAGE_CONF={self.storage_conf}",
+        ]
         return "\n".join(
             [
                 "[containers]",
@@ -128,8 +140,8 @@ class Lab:
                 "[engine]",
                 'cgroup_manager = "cgroupfs"',
                 'events_logger = "none"',
+                f"conmon_env_vars = {json.dumps(conmon_env)}",
                 f'tmp_dir = "{self.root / "tmp"}"',
-                f'static_dir = "{self.root / "static"}"',
                 f'volume_path = "{self.root / "volumes"}"',
                 "[network]",
                 'network_backend = "cni"',
@@ -164,7 +176,7 @@ def _fs_type(path: str) -> str:
 def make_lab(root: Path) -> Lab:
     """Create the lab under ``root`` (empty folder); undo with :func:`close_lab`."""
     lab = Lab(root)
-    for sub in ("graph", "run", "tmp", "static", "volumes", "ns", "ovl/upper", "ovl/work"):
+    for sub in ("graph", "run", "tmp", "volumes", "ns", "ovl/upper", "ovl/work"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     lab.storage_conf.write_text(
         f'[storage]\ndriver = "vfs"\ngraphroot = "{root / "graph"}"\nrunroot = "{root / "run"}"\n'
@@ -240,7 +252,7 @@ def _import_image(lab: Lab) -> None:
     tarball = lab.root / "image.tar"
     run(["tar", "-C", str(tree), "-cf", str(tarball), "."])
     conf = lab.root / "containers-import.conf"
-    conf.write_text(lab.containers_conf(lab.root / "netconf-import"))
+    conf.write_text(lab.containers_conf(lab.root / "netconf-import", conf))
     lab.in_mntns(
         ["podman", "import", "--change", 'CMD ["/bin/sh"]', str(tarball), IMAGE],
         env=lab.podman_env(conf),
@@ -368,6 +380,18 @@ class Node:
         ips = {net: value["IPAddress"] for net, value in settings["Networks"].items()}
         return Container(name=name, id=cid, ips=ips, sandbox=sandbox)
 
+    def wait_torn_down(self, container: Container, timeout: float = 30.0) -> None:
+        """Wait for podman to tear the container's network down (conmon's exit command
+        runs `podman container cleanup`, a CNI DEL, once the container has exited)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = json.loads(self.podman("inspect", container.id).stdout)[0]
+            if not info["NetworkSettings"].get("SandboxKey"):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{container.name}: network not torn down in {timeout}s")
+            time.sleep(0.2)
+
     def cache_entries(self, container: Container) -> list[Path]:
         return sorted((self.cache_dir / "results").glob(f"*-{container.id}-*"))
 
@@ -472,7 +496,7 @@ def open_node(lab: Lab, base: Path) -> Node:
         run(["ip", "-n", name, "addr", "add", f"{NODE_IP}/32", "dev", "lo"])
         node.cache_dir.mkdir(parents=True)
         node.netconf_dir.mkdir()
-        node.conf.write_text(lab.containers_conf(node.netconf_dir))
+        node.conf.write_text(lab.containers_conf(node.netconf_dir, node.conf))
         # libcni writes /var/lib/cni: in the lab's mount namespace that is this folder.
         lab.in_mntns(["mount", "--bind", str(node.cache_dir), "/var/lib/cni"])
     except BaseException:

@@ -62,10 +62,12 @@ def walk_the_lifecycle(node: Node) -> dict[str, Ports]:
     cron_gc_keeps_what_podman_has(node, published, "restart")
     assert node.http_get(NODE_IP, 8081) == PAGE
 
-    # No clean-up runs in the lab (conmon's exit command is not given its config):
-    # the namespace and the cache entry stay, so the mapping does too, as podman says.
+    # conmon's exit command (`podman container cleanup`) tears the network down (the
+    # CNI DEL), as on a real node, once the container is dead: the mapping goes.
     node.podman("kill", "-s", "KILL", "web")
+    node.wait_torn_down(web)
     cron_gc_keeps_what_podman_has(node, published, "kill -s KILL")
+    assert node.cache_entries(web) == []
     node.podman("container", "cleanup", "web")
     cron_gc_keeps_what_podman_has(node, published, "container cleanup")
     node.podman("start", "web")
