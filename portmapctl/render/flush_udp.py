@@ -80,7 +80,8 @@ def _flush_ports_text(keys: Iterable[Tuple[int, int]]) -> str:
 
 def flush_summary(result: FlushResult, container: Optional[str] = None) -> str:
     """The one line that says what happened (or would): the ports named are those of
-    the entries deleted, or where none was, those looked at."""
+    the entries deleted, or where none was, those looked at (with --stale-only, "none
+    misrouted to" them: the entries it found there are kept, and counted)."""
     if not result.ports:
         whose = f" of a container {container}*" if container else ""
         return f"no mapped UDP host ports{whose}: nothing to flush"
@@ -91,7 +92,9 @@ def flush_summary(result: FlushResult, container: Optional[str] = None) -> str:
     if found:
         line = f"{verb} {count} UDP conntrack {noun} to {_flush_ports_text(found)}"
     else:
-        line = f"{verb} 0 UDP conntrack entries: none to {_flush_ports_text(result.ports)}"
+        # --stale-only looked at entries it keeps: "none to the ports" would deny them.
+        which = "none misrouted" if result.stale_only else "none"
+        line = f"{verb} 0 UDP conntrack entries: {which} to {_flush_ports_text(result.ports)}"
     if result.stale_only and result.kept:
         line += f"; kept {result.kept} that reach their container or the host"
     gone = len(result.doomed) - result.deleted

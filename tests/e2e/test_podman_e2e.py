@@ -277,6 +277,15 @@ def test_gc_flushes_udp_flows_misrouted_by_a_stale_chain(node: Node) -> None:
     node.send_udp(NODE_IP, UDP_PORT, CLIENT_PORT)
     assert {f["reply_src"] for f in node.udp_flows(UDP_PORT)} == {new_ip}
 
+    # The client's flow now reaches the new container: flush-udp --stale-only keeps it,
+    # and its summary says so without denying the flow is there.
+    done = node.portmapctl("flush-udp", "--stale-only", "--dry-run", "--family", "4")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == (
+        f"would delete 0 UDP conntrack entries: none misrouted to host port {UDP_PORT} (v4);"
+        " kept 1 that reach their container or the host"
+    ), done.stdout
+
 
 # --- 6. check --repair against podman's own network reload ----------------------------------
 

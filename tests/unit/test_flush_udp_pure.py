@@ -241,14 +241,20 @@ def test_the_summary_names_the_ports_of_the_entries_it_deletes() -> None:
     assert render.flush_summary(dataclasses.replace(one, ports=many)) == (
         "deleted 1 UDP conntrack entry to host port 5353 (v4)"
     )
+    # --stale-only kept what it found there: "none to" the ports, then "kept 2", said
+    # there were none and two at once.
     none = FlushResult(True, True, looked, (), 0, 2)
     assert render.flush_summary(none) == (
-        "would delete 0 UDP conntrack entries: none to host ports 5353 (v4/v6), 6000 (v4);"
-        " kept 2 that reach their container or the host"
+        "would delete 0 UDP conntrack entries: none misrouted to host ports 5353 (v4/v6),"
+        " 6000 (v4); kept 2 that reach their container or the host"
     )
     assert render.flush_summary(dataclasses.replace(none, ports=many)) == (
-        "would delete 0 UDP conntrack entries: none to 12 host ports;"
+        "would delete 0 UDP conntrack entries: none misrouted to 12 host ports;"
         " kept 2 that reach their container or the host"
+    )
+    # Without --stale-only, nothing was found there.
+    assert render.flush_summary(dataclasses.replace(none, stale_only=False, kept=0)) == (
+        "would delete 0 UDP conntrack entries: none to host ports 5353 (v4/v6), 6000 (v4)"
     )
 
 
