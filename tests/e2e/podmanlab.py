@@ -38,6 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGE = "localhost/portmapctl-e2e-busybox:latest"
+# A pod's infra container (podman's own pause image needs catatonit, which Debian's
+# podman does not depend on): the same tree, sleeping.
+INFRA_IMAGE = "localhost/portmapctl-e2e-pause:latest"
 BUSYBOX = "/bin/busybox"
 # The node's own address (TEST-NET-1, on lo): what clients connect to.
 NODE_IP = "192.0.2.10"
@@ -253,11 +256,12 @@ def _import_image(lab: Lab) -> None:
     run(["tar", "-C", str(tree), "-cf", str(tarball), "."])
     conf = lab.root / "containers-import.conf"
     conf.write_text(lab.containers_conf(lab.root / "netconf-import", conf))
-    lab.in_mntns(
-        ["podman", "import", "--change", 'CMD ["/bin/sh"]', str(tarball), IMAGE],
-        env=lab.podman_env(conf),
-        timeout=PODMAN_TIMEOUT,
-    )
+    for cmd, image in (('["/bin/sh"]', IMAGE), ('["/bin/busybox", "sleep", "86400"]', INFRA_IMAGE)):
+        lab.in_mntns(
+            ["podman", "import", "--change", f"CMD {cmd}", str(tarball), image],
+            env=lab.podman_env(conf),
+            timeout=PODMAN_TIMEOUT,
+        )
 
 
 def close_lab(lab: Lab) -> None:
@@ -372,6 +376,20 @@ class Node:
         for port in ports:
             args += ["-p", port]
         cid = self.podman(*args, IMAGE, *command).stdout.strip().splitlines()[-1]
+        return self._inspected(name, cid)
+
+    def pod(self, name: str, networks: Sequence[str], ports: Sequence[str]) -> Container:
+        """A started pod publishing `ports`: its infra container, whose ID the plugin's
+        chains carry (the pod's other containers share its network namespace)."""
+        args = ["pod", "create", "--name", name, "--network", ",".join(networks)]
+        for port in ports:
+            args += ["-p", port]
+        self.podman(*args, "--infra-image", INFRA_IMAGE)
+        self.podman("pod", "start", name)
+        infra = json.loads(self.podman("pod", "inspect", name).stdout)["InfraContainerID"]
+        return self._inspected(f"{name}-infra", infra)
+
+    def _inspected(self, name: str, cid: str) -> Container:
         info = json.loads(self.podman("inspect", cid).stdout)[0]
         settings = info["NetworkSettings"]
         sandbox = settings.get("SandboxKey", "")
@@ -511,6 +529,8 @@ def close_node(node: Node) -> None:
     # it stopped ("container state improper"), the second removes it.
     for _ in range(3):
         try:
+            # Pods first: their infra containers go only with them.
+            node.podman("pod", "rm", "-a", "-f", "-t", "0", check=False)
             if node.podman("rm", "-a", "-f", "-t", "0", check=False).returncode == 0:
                 break
         except subprocess.TimeoutExpired:
