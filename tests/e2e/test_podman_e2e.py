@@ -336,3 +336,50 @@ def test_check_repair_writes_what_podman_network_reload_writes(node: Node) -> No
     assert node.portmapctl("check").returncode == 1
     assert node.http_get(NODE_IP, 8080) == PAGE
     assert node.http_get(NODE_IP, 8095) == PAGE
+
+
+# --- 7. check of one mapping, as a script gives it ------------------------------------------
+
+
+def test_one_mapping_check_takes_the_ports_in_any_order_podman_gave_them(node: Node) -> None:
+    """podman hands the plugin its mappings in an order of its own (a Go map's: it
+    changes from one container to the next), and the chain's rules follow it. check of
+    the mapping given as `podman run -p` took it said `rules-order`, exit 1, unless the
+    -p came in that order, where the plugin's CHECK, which looks at no order in the
+    chain, passes; --repair rewrote the chain. Whatever the place of the UDP mapping
+    now, healthy and nothing rewritten (the TCP ones keep the order of their entry
+    rule's --dports, which the plugin's CHECK compares as text). The order that matters,
+    a mark rule before its port's DNAT, is still held."""
+    node.network("pma", "10.89.130.0/24")
+    web = node.start("web", ["pma"], ["8080:80", "127.0.0.1:8081:80", "5353:53/udp"], WEB)
+    chain = the_chain(listing(node), web)["chain"]
+    rules = [line for line in node.nat_rules() if line.startswith(f"-A {chain} ")]
+    entry = next(r for r in node.nat_rules() if f"-j {chain}" in r and "-p tcp" in r)
+    tcp = {"8080": "8080:80", "8081": "127.0.0.1:8081:80"}
+    in_entry = [tcp[port] for port in entry.split("--dports ")[1].split()[0].split(",")]
+    before = node.nat_rules()
+    for place in range(3):
+        ports = list(in_entry)
+        ports.insert(place, "5353:53/udp")
+        mapping = ["--network", "pma", "--container", web.id, "--ip", f"{web.ips['pma']}/24"]
+        for port in ports:
+            mapping += ["-p", port]
+        done = node.portmapctl("check", *mapping)
+        assert done.returncode == 0, f"{ports}: {done.stdout}{done.stderr}"
+        assert done.stdout.startswith(f"healthy: {chain} and its entry rules are in place")
+        done = node.portmapctl("check", "--repair", *mapping)
+        assert done.returncode == 0, f"{ports}: {done.stdout}{done.stderr}"
+        assert node.nat_rules() == before, ports
+
+    # 8080's DNAT moved before its mark rules: those never run (hairpin and localhost
+    # connections lose their masquerade).
+    dnat = next(r for r in rules if "--dport 8080" in r and "-j DNAT" in r)
+    node.ns("iptables", "-w", "-t", "nat", "-D", *dnat.split()[1:])
+    node.ns("iptables", "-w", "-t", "nat", "-I", chain, "1", *dnat.split()[2:])
+    done = node.portmapctl("check", "-o", "json", *mapping)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert [p["kind"] for p in json.loads(done.stdout)["problems"]] == ["rules-order"]
+    assert node.portmapctl("check", "--repair", *mapping).returncode == 0
+    assert set(node.nat_rules()) == set(before)
+    assert node.portmapctl("check", *mapping).returncode == 0
+    assert node.http_get(NODE_IP, 8080) == PAGE

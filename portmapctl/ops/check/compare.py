@@ -3,8 +3,8 @@ container's CNI-DN- chain and entry rules (exactly, or as the plugin's CHECK).""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Collection, Dict, FrozenSet, List, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Collection, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
@@ -127,6 +127,42 @@ def entry_index(live: NatTable) -> EntryIndex:
     return EntryIndex(frozenset(rules), by_target)
 
 
+def _port_key(rule: Args) -> Tuple[Optional[str], Optional[str]]:
+    return option_value(rule, "-p"), option_value(rule, "--dport")
+
+
+def _in_order(live: Sequence[Args], wanted: Sequence[Args], any_order: bool) -> bool:
+    """Whether the chain's rules (the wanted ones, none missing or extra) are in the
+    wanted order. With `any_order`, only the order among the rules of one protocol and
+    host port counts: a packet meets no other's (their --dport differs), so the order
+    of the mappings is the runtime's (podman gives its UDP ones first) and the plugin's
+    CHECK does not look at it; a rule repeated still counts."""
+    if not any_order:
+        return list(live) == list(wanted)
+    if len(live) != len(wanted):
+        return False
+
+    def by_port(rules: Sequence[Args]) -> Dict[Tuple[Optional[str], Optional[str]], List[Args]]:
+        grouped: Dict[Tuple[Optional[str], Optional[str]], List[Args]] = {}
+        for rule in rules:
+            grouped.setdefault(_port_key(rule), []).append(rule)
+        return grouped
+
+    return by_port(live) == by_port(wanted)
+
+
+def in_live_order(chain: Chain, live: NatTable) -> Chain:
+    """`chain` with its rules in the live chain's order when that holds them in an
+    order `_in_order` takes (any order of the mappings): what the one-mapping repair
+    makes then rewrites nothing the check found right."""
+    have = live.rules(chain.name) if live.has_chain(chain.name) else None
+    if not have or list(have) == list(chain.rules):
+        return chain
+    if set(have) != set(chain.rules) or not _in_order(have, chain.rules, True):
+        return chain
+    return replace(chain, rules=tuple(have))
+
+
 def check_container(
     config: MappingConfig,
     wanted: Chain,
@@ -139,6 +175,7 @@ def check_container(
     entries: Optional[EntryIndex] = None,
     held_there: str = "it",
     said: str = "its cached config",
+    any_order: bool = False,
 ) -> List[Problem]:
     """One container's CNI-DN- chain and its entry rules against the live table.
 
@@ -149,6 +186,8 @@ def check_container(
     `elsewhere_fix` is the fix of the chain missing here then; `held_there` what of
     the plugin's the other flavour holds ("it", the chain; or CNI-HOSTPORT-DNAT).
     `entries` is `entry_index(live)`, made once by a caller that checks many.
+    `any_order`: the config's mappings may come in another order than the chain's
+    (`_in_order`).
     """
     family = live.family
     name = wanted.name
@@ -209,7 +248,7 @@ def check_container(
                     saved_rules(name, extra),
                 )
             )
-        elif not missing and live_rules != wanted.rules:
+        elif not missing and not _in_order(live_rules, wanted.rules, any_order):
             problems.append(
                 problem(
                     ProblemKind.RULES_ORDER,

@@ -139,8 +139,9 @@ def diagnose_mapping(
 ) -> Tuple[List[Problem], int]:
     """What the plugin's CHECK verifies for one mapping, a missing chain included, and
     what --repair of it rewrites: rules of its chain, and entry rules to it, that the
-    config given does not make, or in another order (as the nftables backend's check
-    of one mapping reports its container's rules the config does not make).
+    config given does not make, or in another order where it matters, among the rules
+    of one protocol and host port (as the nftables backend's check of one mapping
+    reports its container's rules the config does not make).
     `elsewhere`: the other iptables flavour, by family, where it alone holds the chain.
     `sharing` (expected.sharing_chain): the configs whose rules the chain holds, the
     container's other cached interfaces on the network with `config` (none: it alone)."""
@@ -161,6 +162,8 @@ def diagnose_mapping(
             fix,
             exact=True,
             said="its config",
+            # The order of the -p given is the caller's, not the runtime's.
+            any_order=True,
             elsewhere=other,
             elsewhere_fix=Fixes(flavour=other_flavour(other)).only_in(other) if other else None,
         )

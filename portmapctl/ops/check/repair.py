@@ -25,7 +25,7 @@ from portmapctl.iptables.ruleset import (
 )
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.check.cache_now import CacheNow, changed_mappings
-from portmapctl.ops.check.compare import held_elsewhere
+from portmapctl.ops.check.compare import held_elsewhere, in_live_order
 from portmapctl.ops.check.expected import (
     cached_configs,
     wanted_on_node,
@@ -92,7 +92,9 @@ def _plan(
 
     def plan(live: NatTable) -> Transaction:
         if single is not None:
-            return _setup(wanted_sharing(single, sharing or (single,), live.family), live)
+            # The -p given in another order than the runtime's: the chain stays as it is.
+            wanted = wanted_sharing(single, sharing or (single,), live.family)
+            return _setup([in_live_order(chain, live) for chain in wanted], live)
         if cache is None or configs is None:
             return setup(live, configs)  # type: ignore[arg-type]
         return cache.plan(live, configs, setup)
