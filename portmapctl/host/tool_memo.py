@@ -55,22 +55,31 @@ def recall(question: str, key: List[object], run_dir: Optional[str] = None) -> O
 def remember(question: str, key: List[object], answer: str, run_dir: Optional[str] = None) -> None:
     """Keep `answer` for `question` of the file with `key` (the other questions' stay)."""
     run_dir = run_dir or paths.RUN_DIR
+    answers = _load(run_dir)
+    answers[question] = {"key": key, "answer": answer}
+    write_document(run_dir, NAME, {"version": VERSION, "answers": answers})
+
+
+def write_document(run_dir: str, name: str, document: object) -> None:
+    """`document` as JSON in `run_dir`/`name`, replaced whole, 0600; not written when it
+    cannot be (a full or read-only /run: the memo is then as none next time)."""
     from portmapctl.errors import PortmapctlError
     from portmapctl.host.files import write_atomically
     from portmapctl.host.lock import safe_run_dir
 
-    answers = _load(run_dir)
-    answers[question] = {"key": key, "answer": answer}
-    text = json.dumps({"version": VERSION, "answers": answers}, separators=(",", ":"))
+    text = json.dumps(document, separators=(",", ":"))
     try:
         safe_run_dir(run_dir)
-        write_atomically(os.path.join(run_dir, NAME), text.encode())
+        write_atomically(os.path.join(run_dir, name), text.encode())
     except PortmapctlError:
-        pass  # (a full or read-only /run: asked again next time, as without a memo)
+        pass
 
 
-def _load(run_dir: str) -> dict:
-    path = os.path.join(run_dir, NAME)
+def read_document(run_dir: str, name: str, version: int, max_bytes: int) -> dict:
+    """The JSON object written by write_document at `version`, or {} when there is none
+    to trust: not a regular file of ours (a symlink, another owner), writable by group
+    or others, larger than `max_bytes`, not JSON, another version."""
+    path = os.path.join(run_dir, name)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -78,14 +87,18 @@ def _load(run_dir: str) -> dict:
     try:
         info = os.fstat(fd)
         ours = stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
-        if not ours or info.st_mode & 0o022 or info.st_size > _MAX_BYTES:
+        if not ours or info.st_mode & 0o022 or info.st_size > max_bytes:
             return {}
-        document = json.loads(os.read(fd, _MAX_BYTES + 1))
+        document = json.loads(os.read(fd, max_bytes + 1))
     except (OSError, ValueError):
         return {}
     finally:
         os.close(fd)
-    if not isinstance(document, dict) or document.get("version") != VERSION:
+    if not isinstance(document, dict) or document.get("version") != version:
         return {}
-    answers = document.get("answers")
+    return document
+
+
+def _load(run_dir: str) -> dict:
+    answers = read_document(run_dir, NAME, VERSION, _MAX_BYTES).get("answers")
     return dict(answers) if isinstance(answers, dict) else {}

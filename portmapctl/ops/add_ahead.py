@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig
     from portmapctl.iptables.access import Backend
     from portmapctl.iptables.access.nfnl import Claims, KeptRule
+    from portmapctl.iptables.access.nfnl_lines import Lister
     from portmapctl.iptables.access.restore import RestoreBackend
     from portmapctl.iptables.chains import Chain
     from portmapctl.iptables.shapes import ProtoPort
@@ -180,14 +181,40 @@ def listed_foreign_takers(
     where missing)."""
     from portmapctl.iptables import foreign
 
-    return {
-        family: foreign.hooked_takers(
-            foreign.listing_reader(chain_lister(backend.list_chain, family)),
-            foreign_wanted(config, family),
-            entry_appended=True,
-        )
-        for family in families
-    }
+    taken = {}
+    for family in families:
+        lister = memo_lister(backend, family)
+        try:
+            taken[family] = foreign.hooked_takers(
+                foreign.listing_reader(
+                    chain_lister(
+                        backend.list_chain if lister is None else lister.list_chain, family
+                    )
+                ),
+                foreign_wanted(config, family),
+                entry_appended=True,
+            )
+        finally:
+            if lister is not None:
+                lister.close()
+    return taken
+
+
+def memo_lister(backend: RestoreBackend, family: int) -> Optional[Lister]:
+    """On iptables-nft, a lister that prints a chain from the memo of how this iptables
+    prints each rule (iptables/access/nfnl_lines.py) and runs `iptables -S` only for a
+    rule it has not seen; None elsewhere (legacy lists as it always did)."""
+    from portmapctl.core.backend import Flavour
+
+    if backend.flavour is not Flavour.NFT:
+        return None
+    from portmapctl.iptables.access.nfnl_lines import Lister
+
+    try:
+        binary = backend.list_binary(family)
+    except PortmapctlError:
+        return None  # (list_chain says so, as before)
+    return Lister(family, binary, backend.list_chain)
 
 
 def foreign_wanted(config: MappingConfig, family: int) -> Dict[Optional[str], Set[ProtoPort]]:

@@ -128,6 +128,13 @@ def dump_chain(sock: socket.socket, family: int, table: str, chain: str) -> List
 
 def chain_exists(sock: socket.socket, family: int, table: str, chain: str) -> bool:
     """NFT_MSG_GETCHAIN of one chain: its message comes back, or ENOENT."""
+    return chain_attributes(sock, family, table, chain) is not None
+
+
+def chain_attributes(
+    sock: socket.socket, family: int, table: str, chain: str
+) -> Optional[Dict[int, bytes]]:
+    """NFT_MSG_GETCHAIN of one chain: its attributes (type -> payload), None on ENOENT."""
     sock.send(
         nfgen.message(
             nfgen.nftables(GETCHAIN),
@@ -138,13 +145,14 @@ def chain_exists(sock: socket.socket, family: int, table: str, chain: str) -> bo
         )
     )
     buf = sock.recv(1 << 16)
-    _length, kind, _flags, _seq, _port = nl.HEADER.unpack_from(buf, 0)
+    length, kind, _flags, _seq, _port = nl.HEADER.unpack_from(buf, 0)
     if kind == nl.NLMSG_ERROR:
         (code,) = nl.ERRNO.unpack_from(buf, nl.HEADER.size)
         if code == -errno.ENOENT:
-            return False
+            return None
         raise OSError(-code or errno.EIO, f"cannot ask for chain {chain}")
-    return True
+    found = nl.attrs(buf, nl.HEADER.size + nl.NFGENMSG.size, min(length, len(buf)))
+    return {kind: buf[start:stop] for kind, (start, stop) in found.items()}
 
 
 def tables_present(families: Sequence[int], table: str) -> Tuple[int, ...]:

@@ -189,10 +189,14 @@ class RestoreBackend:
                     return None
         return tuple(rules)
 
+    def list_binary(self, family: int) -> str:
+        """The iptables list_chain runs for `family` (HostProblem: none)."""
+        return self._binary(family, "")
+
     def list_chain(self, family: int, chain: str) -> Optional[str]:
         """`iptables -t nat -S CHAIN` as printed (None when it fails): for a caller that
         parses only the lines it needs (add's shadow warning, in a chain of 10,000)."""
-        argv = [self._binary(family, ""), "-w", str(lock_wait_seconds()), "-t", "nat"]
+        argv = [self.list_binary(family), "-w", str(lock_wait_seconds()), "-t", "nat"]
         if self._skipped(family):
             return None  # (no table, no chain: and listing it would create the table)
         done = self._run([*argv, "-S", chain])
