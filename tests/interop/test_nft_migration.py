@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ import pmctl
 import pytest
 import realplugin as rp
 import upstream
+from sigterm_helpers import killed_while_writing
 
 from portmapctl.iptables.chains import chain_name
 
@@ -906,6 +908,24 @@ def test_an_older_plugins_entry_over_v191s_is_reported_and_made_local_again(
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
 
 
+def _downgraded_with_routed_streams(node: str, routed: str, cache: Path) -> Tuple[str, ...]:
+    """v1.7.1's ADD after v1.9.1's (its entry not local), and two streams the node
+    routes to 198.51.100.2: one on the mapped 5353 (DNATed to new1, which maps it: that
+    stream is returned), one on 6000, which nothing maps."""
+    new = _cached(cache, "new1", upstream.nft_conf("podman", ["10.88.0.5/16"],
+                                                  [_pm(5353, 53, "udp")]))  # fmt: skip
+    upstream.run(V191, "ADD", node, "new1", new, check=True)
+    old = _cached(cache, "old1", upstream.nft_conf("podman", ["10.88.0.6/16"],
+                                                  [_pm(5354, 53, "udp")]))  # fmt: skip
+    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
+    stream, other = ("198.51.100.2", "5353", "40000"), ("198.51.100.2", "6000", "40001")
+    _ip("netns", "exec", node, "conntrack", "-F")
+    for args in (stream, other):
+        _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *args)
+    assert rp.udp_flows(node) == {(5353, "10.88.0.5"), (6000, "198.51.100.2")}
+    return stream
+
+
 def test_repair_of_an_older_plugins_entry_also_lets_go_of_the_routed_flows_it_took(
     node: str, routed: str, tmp_path: Path
 ) -> None:
@@ -915,20 +935,34 @@ def test_repair_of_an_older_plugins_entry_also_lets_go_of_the_routed_flows_it_to
     stream's next datagram still went to the container. --repair now deletes such
     entries (routed, DNATed to a container address and port the rules map the port
     to), and no other routed flow's (one to a port nothing maps stays)."""
-    new = _cached(tmp_path, "new1", upstream.nft_conf("podman", ["10.88.0.5/16"],
-                                                     [_pm(5353, 53, "udp")]))  # fmt: skip
-    upstream.run(V191, "ADD", node, "new1", new, check=True)
-    old = _cached(tmp_path, "old1", upstream.nft_conf("podman", ["10.88.0.6/16"],
-                                                     [_pm(5354, 53, "udp")]))  # fmt: skip
-    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
-    stream, other = ("198.51.100.2", "5353", "40000"), ("198.51.100.2", "6000", "40001")
-    _ip("netns", "exec", node, "conntrack", "-F")
-    for args in (stream, other):
-        _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *args)
-    assert rp.udp_flows(node) == {(5353, "10.88.0.5"), (6000, "198.51.100.2")}
+    stream = _downgraded_with_routed_streams(node, routed, tmp_path)
 
     done = _pmctl(node, tmp_path, "check", "--repair")
     assert done.returncode == 0, done.stdout + done.stderr
     assert rp.udp_flows(node) == {(6000, "198.51.100.2")}
     _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *stream)
     assert rp.udp_flows(node) == {(5353, "198.51.100.2"), (6000, "198.51.100.2")}
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_a_repair_sigtermed_once_the_entry_went_in_still_lets_go_of_the_routed_flows(
+    node: str, routed: str, tmp_path: Path, form: str
+) -> None:
+    """The same repair, SIGTERMed once its `nft -f` went in (a DaemonSet pod deleted,
+    a systemd timer stopped): the entry was local again, but the routed stream's
+    conntrack entry stayed, and the next check, finding the entry healthy, never let it
+    go. The way out of a SIGTERM now flushes it as a finished repair does; the flow to
+    a port nothing maps stays. For the whole node and for the one mapping given."""
+    _downgraded_with_routed_streams(node, routed, tmp_path)
+    argv = ["check", "--repair", "-q", "--netns", node, "--cni-cache-dir", str(tmp_path)]
+    if form == "mapping":
+        argv += ["--network", "podman", "--container", "new1", "--ip", "10.88.0.5/16",
+                 "-p", "5353:53/udp", "--backend", "nftables"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+
+    code, _out, err = killed_while_writing(argv, env, "nft-write", tmp_path / "marker")
+    assert code == -signal.SIGTERM, err
+    assert pmctl.without_cache_note(err) == "portmapctl: terminated\n"
+    listed = upstream.nft(node, "list", "chain", "ip", "cni_hostport", "prerouting").stdout
+    assert "fib daddr type local jump hostports_all" in listed, listed
+    assert rp.udp_flows(node) == {(6000, "198.51.100.2")}

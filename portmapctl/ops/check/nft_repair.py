@@ -226,6 +226,15 @@ def entry_families(txn: NftTransaction) -> List[int]:
     )
 
 
+def flush_routed_after(node: Node, txn: NftTransaction) -> List[str]:
+    """flush_routed in the families whose prerouting entry `txn` (re)wrote: an entry
+    made local again lets go of the routed flows the old one DNATed. Also on the way
+    out of a SIGTERM or Ctrl-C once `txn` went in (or was under way): the next check
+    finds the entry healthy and would leave those flows pinned to the container."""
+    routed = entry_families(txn)
+    return flush_routed(node, routed) if routed else []
+
+
 def flush_routed(node: Node, families: Sequence[int]) -> List[str]:
     """After prerouting's entry was written again in `families`: delete the UDP
     conntrack entries of flows the node routes to another host (not to one of its own

@@ -444,9 +444,7 @@ def repair(
         for c, fams in nft_changed:
             warnings += after_setup(c, fams, flush_udp, local_only=True)
         if flush_udp and transactions.get("nft") and nft_tried:
-            # An entry made local again: the routed flows the old one DNATed go too.
-            routed = nft_repair.entry_families(nft_tried[-1][0])
-            warnings += nft_repair.flush_routed(node, routed) if routed else []
+            warnings += nft_repair.flush_routed_after(node, nft_tried[-1][0])
         # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
         # un-NATed path it took while the mapping was missing.
         warnings += after_setup_many(list(changed.values()), flush_udp, local_only=True)
@@ -458,6 +456,8 @@ def repair(
         if nft_tried:
             made += nft_repair.nft_changed(*nft_tried[-1])
         after_setup_many(made, flush_udp, local_only=True)
+        if flush_udp and nft_tried:
+            nft_repair.flush_routed_after(node, nft_tried[-1][0])
         raise
     now = {family: planned.read(family) for family in read.tables}
     if cache is not None and attachments is not None:
@@ -585,12 +585,12 @@ def _repair_nft_mapping(
         # the plugin's side effects on the way out, as the whole-node repair does.
         for c, fams in nft_repair.nft_changed(tried[-1], [config]) if tried else []:
             after_setup(c, fams, flush_udp, local_only=True)
+        if flush_udp and tried:
+            nft_repair.flush_routed_after(node, tried[-1])
         raise
     warnings = after_setup(config, families, flush_udp, local_only=True) if families else []
-    routed = nft_repair.entry_families(tried[-1]) if text and tried else []
-    if flush_udp and routed:
-        # An entry made local again: the routed flows the old one DNATed go too.
-        warnings += nft_repair.flush_routed(node, routed)
+    if flush_udp and text and tried:
+        warnings += nft_repair.flush_routed_after(node, tried[-1])
     after = check_followed(node, config)
     remaining = {p.key for p in after.problems}
     return CheckResult(

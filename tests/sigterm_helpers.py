@@ -1,0 +1,168 @@
+"""portmapctl killed by SIGTERM at a chosen moment of its write: a real process, a real
+signal. The moment is held open by a hook in the process (PMT_HOOK names it: the
+write's fsync, a transaction's apply, ...; it sleeps once it is there), the only
+stand-in. Shared by tests/kernel/test_sigterm.py and the nftables interop tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+# Runs portmapctl as its console script does, with the write held open at one point.
+HOOK = """
+import os, sys, time
+marker, where = os.environ["PMT_MARKER"], os.environ["PMT_HOOK"]
+
+def hold():
+    open(marker, "w").close()
+    time.sleep(60)
+
+if where == "save":
+    # Every family's removal is in by then; the UDP conntrack flush comes after it.
+    from portmapctl.ops.gc import state
+    real_save = state.save
+    def save(*args, **kwargs):
+        hold()
+        return real_save(*args, **kwargs)
+    state.save = save
+elif where == "converge":
+    # IPv4's removal went in; its converge_family has not returned yet.
+    from portmapctl.ops.gc import apply
+    real_converge = apply.converge_family
+    def converge_family(node, first, *args, **kwargs):
+        done = real_converge(node, first, *args, **kwargs)
+        if first.family == 4:
+            hold()
+        return done
+    apply.converge_family = converge_family
+elif where == "repair":
+    # check --repair's IPv4 transaction went in; its apply has not returned yet.
+    import importlib
+    repair = importlib.import_module("portmapctl.ops.check.repair")  # not the function
+    real_apply = repair._Planned.apply
+    def apply(self, txn):
+        real_apply(self, txn)
+        if txn.family == 4:
+            hold()
+    repair._Planned.apply = apply
+elif where == "nft-repair":
+    import importlib
+    repair = importlib.import_module("portmapctl.ops.check.repair")
+    real_nft_apply = repair._ReadOnceNft.apply
+    def nft_apply(self, txn):
+        real_nft_apply(self, txn)
+        hold()
+    repair._ReadOnceNft.apply = nft_apply
+elif where == "nft-write":
+    # The nftables backend's `nft -f` went in; its apply has not returned yet.
+    from portmapctl.nftables.access import nft
+    real_nft_write = nft.RealNft.apply
+    def nft_write(self, txn):
+        real_nft_write(self, txn)
+        hold()
+    nft.RealNft.apply = nft_write
+elif where == "ahead":
+    # The IPv4 plan held until the family applied ahead of it (IPv6) went in.
+    import threading
+    from portmapctl.ops.gc import plan
+    went = threading.Event()
+    real_converge, real_plan_table = plan.converge_family, plan._plan_table
+    def converge_family(*args, **kwargs):
+        done = real_converge(*args, **kwargs)
+        went.set()
+        return done
+    def plan_table(table, *args, **kwargs):
+        if table.family == 4:
+            went.wait(30)
+            hold()
+        return real_plan_table(table, *args, **kwargs)
+    plan.converge_family, plan._plan_table = converge_family, plan_table
+elif where == "add":
+    # add's write went in (ahead of it, or by add itself); its UDP flush has not run.
+    # Meanwhile a flow through the new rules is made (PMT_DURING: conntrack -I's args).
+    import subprocess
+    from portmapctl.ops import add
+    real_after_setup, held = add.after_setup, []
+    def after_setup(*args, **kwargs):
+        if not held:
+            held.append(True)
+            subprocess.run(["conntrack", *os.environ["PMT_DURING"].split()], check=True,
+                           capture_output=True)
+            hold()
+        return real_after_setup(*args, **kwargs)
+    add.after_setup = after_setup
+elif where == "add-early":
+    # iptables-nft's write ahead went in while add was still starting: ops.add not yet
+    # entered (the imports, the node's opening).
+    import subprocess
+    from portmapctl.cli import add_run
+    real_add = add_run._add
+    def _add(common, config, ahead, **kwargs):
+        ahead.written()
+        subprocess.run(["ip", "netns", "exec", common.netns, "conntrack",
+                        *os.environ["PMT_DURING"].split()], check=True, capture_output=True)
+        hold()
+        return real_add(common, config, ahead, **kwargs)
+    add_run._add = _add
+elif where == "ahead-start":
+    # iptables-nft's write ahead went in while Ahead.start still runs (starting its other
+    # threads: Thread.start waits for each); SIGTERM lands there, held for a second.
+    import subprocess
+    from portmapctl.ops import add_ahead
+    real_start = add_ahead.Ahead.start.__func__
+    def start(cls, netns, *args, **kwargs):
+        ahead = real_start(cls, netns, *args, **kwargs)
+        ahead.written()
+        subprocess.run(["ip", "netns", "exec", netns, "conntrack",
+                        *os.environ["PMT_DURING"].split()], check=True, capture_output=True)
+        open(marker, "w").close()
+        time.sleep(1)
+        return ahead
+    add_ahead.Ahead.start = classmethod(start)
+elif where == "state":
+    real_fsync = os.fsync
+    def fsync(fd):
+        real_fsync(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            hold()
+    os.fsync = fsync
+else:
+    import prometheus_client.exposition as exposition
+    real_latest = exposition.generate_latest
+    def generate_latest(*args, **kwargs):
+        hold()  # (the temporary file is open already)
+        return real_latest(*args, **kwargs)
+    exposition.generate_latest = generate_latest
+from portmapctl.entry import main
+main()
+"""
+
+
+def killed_while_writing(argv, env, where, marker):
+    """`portmapctl ARGV` held at the hook `where` (its `marker` file says it is there),
+    then sent SIGTERM: (exit status, stdout, stderr)."""
+    full = dict(os.environ, PMT_MARKER=str(marker), PMT_HOOK=where, **env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOOK, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the write never started"
+            time.sleep(0.01)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return child.returncode, out, err
