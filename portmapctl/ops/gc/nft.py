@@ -97,6 +97,10 @@ def plan_nft(
             cache_dirs, "portmap rules in nftables (cni_hostport)", "every container's rules"
         )
     ids = _nft_live_ids(sources, attachments)
+    # The rules name no network; a zombie's cache entry does (one network: that one).
+    networks: Dict[str, Set[str]] = {}
+    for a in attachments or ():
+        networks.setdefault(a.container_id, set()).add(a.network)
 
     def is_live(cid: str) -> bool:
         return cid in ids or any(cid.startswith(k) for k in sources.keep)
@@ -118,11 +122,12 @@ def plan_nft(
             before = seen.get(key)
             first = before.first_seen if before and before.fingerprint == mark else now
             new_seen[key] = gc_state.Seen(mark, first)
+            cached = networks.get(dead.container_id, set())
             item = GcChain(
                 _chain_of(rules),
                 family,
                 NFT_KIND,
-                None,
+                next(iter(cached)) if len(cached) == 1 else None,
                 dead.container_id,
                 ports,
                 round(max(now - first, 0.0), 1),
