@@ -772,6 +772,19 @@ def _drop_dnat(ns: str, chain: str, family: int, port: int, to: str) -> None:
                      "-j", "DNAT", "--to-destination", to], family=family)  # fmt: skip
 
 
+def _debian_and_upstream_under_masq_all(node: str, cache: Path) -> Tuple[dict, dict, dict]:
+    """deb1 by Debian's 1.1.1 (8080, 8090) and up1 by upstream v1.9.1 (8081, 8091), both
+    dual-stack and cached with `"masqAll": true`: their configs and the nat rules of
+    both families as the plugins left them."""
+    ports = [_pm(8080, 80), _pm(8090, 90)]
+    deb = _masq_all_cached(cache, "deb1", ["10.88.0.5/16", "fd00:88::5/64"], ports)
+    rp.run_plugin("ADD", node, "deb1", deb, check=True)
+    up_ports = [_pm(8081, 80), _pm(8091, 90)]
+    up = _masq_all_cached(cache, "up1", ["10.88.0.6/16", "fd00:88::6/64"], up_ports)
+    upstream.run("v1.9.1", "ADD", node, "up1", up, check=True)
+    return deb, up, {family: rp.nat_rules(rp.save(node, family)) for family in (4, 6)}
+
+
 def test_a_debian_chain_under_a_masq_all_config_is_repaired_in_its_own_shape(
     node: str, tmp_path: Path
 ) -> None:
@@ -783,13 +796,7 @@ def test_a_debian_chain_under_a_masq_all_config_is_repaired_in_its_own_shape(
     [... -s 10.88.0.5/16 -j CNI-HOSTPORT-SETMARK] ... not found`). Now the lost rule
     alone is missing and put back, beside a container of upstream v1.9.1 under the
     same config whose chain (upstream's masqAll shape) is repaired in that shape."""
-    ports = [_pm(8080, 80), _pm(8090, 90)]
-    deb = _masq_all_cached(tmp_path, "deb1", ["10.88.0.5/16", "fd00:88::5/64"], ports)
-    rp.run_plugin("ADD", node, "deb1", deb, check=True)
-    up_ports = [_pm(8081, 80), _pm(8091, 90)]
-    up = _masq_all_cached(tmp_path, "up1", ["10.88.0.6/16", "fd00:88::6/64"], up_ports)
-    upstream.run("v1.9.1", "ADD", node, "up1", up, check=True)
-    before = {family: rp.nat_rules(rp.save(node, family)) for family in (4, 6)}
+    deb, up, before = _debian_and_upstream_under_masq_all(node, tmp_path)
     healthy = _pmctl(node, tmp_path, "check")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
 
@@ -810,6 +817,46 @@ def test_a_debian_chain_under_a_masq_all_config_is_repaired_in_its_own_shape(
         assert "--dport 8090 -j DNAT" in problem["detail"] or "8091" in problem["detail"]
 
     done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {family: rp.nat_rules(rp.save(node, family)) for family in (4, 6)} == before
+    for result in rp.run_check(node, "deb1", deb):
+        assert result.returncode == 0, result.stdout + result.stderr
+    upstream.run("v1.9.1", "CHECK", node, "up1", up, check=True)
+
+
+def test_one_mapping_checked_with_masq_all_judges_a_debian_chain_in_its_own_shape(
+    node: str, tmp_path: Path
+) -> None:
+    """The same chain checked as one mapping given with --masq-all (scripts' stand-in
+    for the plugin's CHECK): complete, it was `missing-rules` and `extra-rules` (exit 1)
+    where the node check calls it healthy, and the one-mapping --repair rewrote it in
+    upstream's masqAll shape, which 1.1.1's CHECK rejects. Now it is judged as the node
+    check judges it: healthy, and with a DNAT rule lost, that rule alone missing and put
+    back; upstream v1.9.1's chain under the same flag stays judged in its own shape."""
+    deb, up, before = _debian_and_upstream_under_masq_all(node, tmp_path)
+    given = {
+        "deb1": ["--ip", "10.88.0.5/16", "--ip", "fd00:88::5/64", "-p", "8080:80", "-p", "8090:90"],
+        "up1": ["--ip", "10.88.0.6/16", "--ip", "fd00:88::6/64", "-p", "8081:80", "-p", "8091:90"],
+    }
+
+    def one(cid: str, *more: str):
+        return _pmctl(node, tmp_path, "check", "--network", "mynet", "--container", cid,
+                      *given[cid], "--masq-all", *more)  # fmt: skip
+
+    for cid in given:
+        healthy = one(cid)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    same = one("deb1", "--repair")
+    assert same.returncode == 0 and "repaired" not in same.stderr, same.stdout + same.stderr
+    assert {family: rp.nat_rules(rp.save(node, family)) for family in (4, 6)} == before
+
+    _drop_dnat(node, chain_name("mynet", "deb1", "DN-"), 4, 8090, "10.88.0.5:90")
+    found = one("deb1", "-o", "json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    problems = json.loads(found.stdout)["problems"]
+    assert [(p["kind"], p["family"]) for p in problems] == [("missing-rules", 4)], problems
+    assert problems[0]["detail"].startswith("1 of 6 rules missing"), problems
+    done = one("deb1", "--repair")
     assert done.returncode == 0, done.stdout + done.stderr
     assert {family: rp.nat_rules(rp.save(node, family)) for family in (4, 6)} == before
     for result in rp.run_check(node, "deb1", deb):

@@ -24,7 +24,7 @@ from portmapctl.ops.check.compare import (
     entry_index,
     held_elsewhere,
 )
-from portmapctl.ops.check.expected import cached_configs, joined_dnat_chain, wanted_on_node
+from portmapctl.ops.check.expected import cached_configs, mapping_dnat_chain, wanted_on_node
 from portmapctl.ops.check.hints import Fixes
 from portmapctl.ops.check.node_problems import (
     duplicates,
@@ -150,7 +150,7 @@ def diagnose_mapping(
     for family in config.families:
         if family not in tables:
             continue
-        wanted = joined_dnat_chain(sharing or (config,), family)
+        wanted = mapping_dnat_chain(config, sharing, tables[family])
         if wanted is None or config.address(family) is None:
             continue
         compared += 1

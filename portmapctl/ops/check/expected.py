@@ -93,14 +93,37 @@ def joined_dnat_chain(configs: Sequence[MappingConfig], family: int) -> Optional
 
 
 def wanted_sharing(
-    config: MappingConfig, sharing: Sequence[MappingConfig], family: int
+    config: MappingConfig,
+    sharing: Sequence[MappingConfig],
+    family: int,
+    live: Optional[NatTable] = None,
 ) -> List[Chain]:
-    """wanted_chains of `config`, its CNI-DN- chain holding the rules of `sharing` too."""
+    """wanted_chains of `config`, its CNI-DN- chain holding the rules of `sharing` too;
+    with `live`, that chain as mapping_dnat_chain judges it."""
     chains = wanted_chains(config, family)
-    joined = joined_dnat_chain(sharing, family)
+    if live is None:
+        joined = joined_dnat_chain(sharing, family)
+    else:
+        joined = mapping_dnat_chain(config, sharing, live)
     if not chains or joined is None:
         return chains
     return [*chains[:-1], joined]
+
+
+def mapping_dnat_chain(
+    config: MappingConfig, sharing: Sequence[MappingConfig], live: NatTable
+) -> Optional[Chain]:
+    """The CNI-DN- chain a mapping given on the command line is checked and repaired
+    against: joined_dnat_chain of `sharing` (or of `config` alone); but a `masqAll`
+    mapping alone on its chain, the chain in the shape of a plugin that ignores the key
+    (Debian's 1.1.1: shapes.as_written), in that shape, as the node check judges it:
+    that plugin's CHECK passes on it, and a repair in upstream's masqAll shape would
+    make it fail."""
+    joined = joined_dnat_chain(sharing or (config,), live.family)
+    if joined is None or not config.masq_all or tuple(sharing) not in ((), (config,)):
+        return joined
+    found = shapes.as_written(config, live.family, live)
+    return joined if found is None else found[1]
 
 
 def _joined(have: Chain, chain: Chain) -> Chain:

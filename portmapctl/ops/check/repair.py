@@ -93,7 +93,7 @@ def _plan(
     def plan(live: NatTable) -> Transaction:
         if single is not None:
             # The -p given in another order than the runtime's: the chain stays as it is.
-            wanted = wanted_sharing(single, sharing or (single,), live.family)
+            wanted = wanted_sharing(single, sharing or (single,), live.family, live)
             return _setup([in_live_order(chain, live) for chain in wanted], live)
         if cache is None or configs is None:
             return setup(live, configs)  # type: ignore[arg-type]
