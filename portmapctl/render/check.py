@@ -269,15 +269,17 @@ def check_healthy_line(result: CheckResult) -> str:
         ([count(chains, "chain")] if chains else [])
         + ([count(result.nft_checked, "nftables rule set")] if result.nft_checked else [])
     ) or count(0, "chain")
+    # The families go last: they are what was read, not where each chain is (one
+    # IPv4-only container's chain is not "in place (IPv4 and IPv6)").
     if result.mappings_checked == 1:
         return (
-            f"healthy: the {compared.split(' ', 1)[1]} of the cached container is in place"
-            f" ({where}), with its top-level chains and jumps; nothing stale, orphaned or"
-            " shadowed"
+            f"healthy: the {compared.split(' ', 1)[1]} of the cached container is in place,"
+            " with its top-level chains and jumps; nothing stale, orphaned or shadowed in"
+            f" {where}"
         )
     return (
-        f"healthy: all {compared} of the cached containers are in place ({where}),"
-        " with their top-level chains and jumps; nothing stale, orphaned or shadowed"
+        f"healthy: all {compared} of the cached containers are in place, with their"
+        f" top-level chains and jumps; nothing stale, orphaned or shadowed in {where}"
     )
 
 

@@ -509,14 +509,16 @@ def test_the_healthy_line_counts_chains_and_nftables_rule_sets_apart():
         text = check_healthy_line(result)
         return text.split(" are in place")[0] if " are " in text else text.split(" with its")[0]
 
+    assert check_healthy_line(CheckResult((), (4, 6), "node", True, 1)).endswith(
+        "; nothing stale, orphaned or shadowed in IPv4 and IPv6"
+    )
+
     assert line(3, 0) == "healthy: all 3 chains of the cached containers"
     assert line(2, 2) == "healthy: all 2 nftables rule sets of the cached containers"
     assert line(3, 1) == "healthy: all 2 chains and 1 nftables rule set of the cached containers"
     # One: not "all 1 chain ... are".
-    assert line(1, 0) == "healthy: the chain of the cached container is in place (IPv4 and IPv6),"
-    assert line(1, 1) == (
-        "healthy: the nftables rule set of the cached container is in place (IPv4 and IPv6),"
-    )
+    assert line(1, 0) == "healthy: the chain of the cached container is in place,"
+    assert line(1, 1) == "healthy: the nftables rule set of the cached container is in place,"
 
 
 def test_on_an_empty_cache_the_stale_fix_is_no_gc_that_refuses(tmp_path):
