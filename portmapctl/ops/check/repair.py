@@ -7,12 +7,13 @@ applied transactions left them, in memory (`_Planned`)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
-from portmapctl.errors import ApplyFailed, BadInput, Interrupted
+from portmapctl.errors import ApplyFailed, BadInput, Interrupted, PortmapctlError
 from portmapctl.iptables.access import Backend
 from portmapctl.iptables.access.memory import MemoryBackend
 from portmapctl.iptables.chains import (
@@ -457,7 +458,8 @@ def repair(
             made += nft_repair.nft_changed(*nft_tried[-1])
         after_setup_many(made, flush_udp, local_only=True)
         if flush_udp and nft_tried:
-            nft_repair.flush_routed_after(node, nft_tried[-1][0])
+            with contextlib.suppress(PortmapctlError):  # (the run ends as terminated)
+                nft_repair.flush_routed_after(node, nft_tried[-1][0])
         raise
     now = {family: planned.read(family) for family in read.tables}
     if cache is not None and attachments is not None:
@@ -586,7 +588,8 @@ def _repair_nft_mapping(
         for c, fams in nft_repair.nft_changed(tried[-1], [config]) if tried else []:
             after_setup(c, fams, flush_udp, local_only=True)
         if flush_udp and tried:
-            nft_repair.flush_routed_after(node, tried[-1])
+            with contextlib.suppress(PortmapctlError):  # (the run ends as terminated)
+                nft_repair.flush_routed_after(node, tried[-1])
         raise
     warnings = after_setup(config, families, flush_udp, local_only=True) if families else []
     if flush_udp and text and tried:

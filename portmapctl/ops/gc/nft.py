@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni.cache import Attachment
+from portmapctl.core.backend import Backend
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.liveness import Sources, empty_cache_refusal, says_nothing
 from portmapctl.ops.gc.plan import GcOptions, read_cache_while_planning
@@ -97,10 +98,12 @@ def plan_nft(
             cache_dirs, "portmap rules in nftables (cni_hostport)", "every container's rules"
         )
     ids = _nft_live_ids(sources, attachments)
-    # The rules name no network; a zombie's cache entry does (one network: that one).
+    # The rules name no network; a zombie's cache entry of the nftables backend does
+    # (one network: that one).
     networks: Dict[str, Set[str]] = {}
     for a in attachments or ():
-        networks.setdefault(a.container_id, set()).add(a.network)
+        if a.mapping is not None and a.mapping.backend == Backend.NFTABLES:
+            networks.setdefault(a.container_id, set()).add(a.network)
 
     def is_live(cid: str) -> bool:
         return cid in ids or any(cid.startswith(k) for k in sources.keep)
