@@ -304,6 +304,12 @@ def _unspecified_host_ports(config: MappingConfig, family: int) -> FrozenSet[Pro
     )
 
 
+def has_dead_shape(config: MappingConfig, family: int) -> bool:
+    """Whether versions before v0.8.7 wrote a rule of this mapping that never matches
+    (host IP 0.0.0.0 or ::)."""
+    return bool(_unspecified_host_ports(config, family))
+
+
 def _as_written_before_v0_8_7(chain: Chain, dead: FrozenSet[ProtoPort], family: int) -> Chain:
     """`chain` with `-d 0.0.0.0/32` (`-d ::/128`) on the rules of `dead` ports, where
     iptables-save prints it (after -s, before -p): how those versions wrote host IP

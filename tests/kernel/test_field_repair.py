@@ -33,7 +33,12 @@ CASES = {
 
 @pytest.mark.netns
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_repair_leaves_an_old_working_shape_alone(host_ns, tmp_path, name):
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_repair_leaves_an_old_working_shape_alone(host_ns, tmp_path, name, form):
+    """The whole node, and each container as one mapping given on the command line
+    (scripts' stand-in for the plugin's CHECK: it said `missing-rules` and
+    `extra-rules` of the v0.7 chains, and its --repair rewrote them in the current
+    shape)."""
     containers, masq_all = CASES[name]
     saved = (FIELD / f"{name}.v4.save").read_text()
     rp._run(
@@ -50,23 +55,20 @@ def test_repair_leaves_an_old_working_shape_alone(host_ns, tmp_path, name):
             conf["masqAll"] = True
         rp.write_cni_cache(tmp_path, "mynet", cid, "eth0", conf, mappings, [ip])
     before = rp.nat_rules(rp.save(host_ns, 4))
-    done = run(
-        [
-            "check",
-            "--repair",
-            "--netns",
-            host_ns,
-            "--family",
-            "4",
-            "--cni-cache-dir",
-            str(tmp_path),
-            "-o",
-            "json",
-        ]
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    doc = json.loads(done.stdout)
-    assert doc["healthy"] and not doc["repaired"] and doc["problems"] == []
+    common = ["check", "--repair", "--netns", host_ns, "--family", "4", "-o", "json"]
+    runs = [[*common, "--cni-cache-dir", str(tmp_path)]]
+    if form == "mapping":
+        runs = [
+            [*common, "--network", "mynet", "--container", cid, "--ip", ip,
+             *(w for h, c, p in ports for w in ("-p", f"{h}:{c}/{p}")),
+             *(["--masq-all"] if masq_all else [])]
+            for cid, ip, ports in containers
+        ]  # fmt: skip
+    for argv in runs:
+        done = run(argv)
+        assert done.returncode == 0, done.stdout + done.stderr
+        doc = json.loads(done.stdout)
+        assert doc["healthy"] and not doc["repaired"] and doc["problems"] == []
     assert rp.nat_rules(rp.save(host_ns, 4)) == before
 
 

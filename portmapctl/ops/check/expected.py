@@ -114,13 +114,16 @@ def mapping_dnat_chain(
     config: MappingConfig, sharing: Sequence[MappingConfig], live: NatTable
 ) -> Optional[Chain]:
     """The CNI-DN- chain a mapping given on the command line is checked and repaired
-    against: joined_dnat_chain of `sharing` (or of `config` alone); but a `masqAll`
-    mapping alone on its chain, the chain in the shape of a plugin that ignores the key
-    (Debian's 1.1.1: shapes.as_written), in that shape, as the node check judges it:
-    that plugin's CHECK passes on it, and a repair in upstream's masqAll shape would
-    make it fail."""
+    against: joined_dnat_chain of `sharing` (or of `config` alone); but for a mapping
+    alone on its chain, the chain in an older plugin's shape (shapes.as_written: v0.7's
+    hairpin mark on the pod IP, v0.6's, a plugin's that ignores `masqAll` such as
+    Debian's 1.1.1), that shape, as the node check judges it (SPEC §2: healthy, and
+    --repair leaves it or puts back its own lost rules; that plugin's CHECK passes on
+    it). Not where the old shape is dead (host IP 0.0.0.0): the node check reports
+    `dead` of it, which this check does not know, so it wants the current chain."""
     joined = joined_dnat_chain(sharing or (config,), live.family)
-    if joined is None or not config.masq_all or tuple(sharing) not in ((), (config,)):
+    alone = tuple(sharing) in ((), (config,))
+    if joined is None or not alone or shapes.has_dead_shape(config, live.family):
         return joined
     found = shapes.as_written(config, live.family, live)
     return joined if found is None else found[1]
