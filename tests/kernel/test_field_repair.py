@@ -55,8 +55,10 @@ def test_repair_leaves_an_old_working_shape_alone(host_ns, tmp_path, name, form)
             conf["masqAll"] = True
         rp.write_cni_cache(tmp_path, "mynet", cid, "eth0", conf, mappings, [ip])
     before = rp.nat_rules(rp.save(host_ns, 4))
-    common = ["check", "--repair", "--netns", host_ns, "--family", "4", "-o", "json"]
-    runs = [[*common, "--cni-cache-dir", str(tmp_path)]]
+    # (--cni-cache-dir for each mapping too: never the machine's own cache)
+    common = ["check", "--repair", "--netns", host_ns, "--family", "4", "-o", "json",
+              "--cni-cache-dir", str(tmp_path)]  # fmt: skip
+    runs = [common]
     if form == "mapping":
         runs = [
             [*common, "--network", "mynet", "--container", cid, "--ip", ip,
