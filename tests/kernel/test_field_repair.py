@@ -75,13 +75,16 @@ def test_repair_leaves_an_old_working_shape_alone(host_ns, tmp_path, name, form)
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize("form", ["node", "mapping"])
 def test_repair_leaves_a_dead_chain_dead_and_the_live_port_where_it_is(
-    host_ns, tmp_path, iptables_mode
+    host_ns, tmp_path, iptables_mode, form
 ):
     """v0.8.5 wrote A's host IP 0.0.0.0 as `-d 0.0.0.0/32` (dead), entered before B's
     working chain for the same tcp/2202. --repair must not bring A's mapping back: it
     rewrote A's chain in the current shape, A's entry rule came first and B, the
-    container that had the port's traffic, got none (listed shadowed afterwards)."""
+    container that had the port's traffic, got none (listed shadowed afterwards).
+    So too the repair of A's mapping given on the command line (it said missing-rules
+    and extra-rules, and rewrote the chain so)."""
     saved = (FIELD / "v0.8.5-dead-before-working.v4.save").read_text()
     rp._run(
         [rp._ip(), "netns", "exec", host_ns, rp.tool_path("iptables-restore", iptables_mode)],
@@ -95,10 +98,15 @@ def test_repair_leaves_a_dead_chain_dead_and_the_live_port_where_it_is(
     before = rp.nat_rules(rp.save(host_ns, 4, iptables_mode))
     common = ["--netns", host_ns, "--family", "4", "--iptables", iptables_mode,
               "--cni-cache-dir", str(tmp_path), "-o", "json"]  # fmt: skip
-    done = run(["check", "--repair", *common])
+    given = []
+    if form == "mapping":
+        given = ["--network", "mynet", "--container", ID_A, "--ip", "10.88.0.5/16",
+                 "-p", "0.0.0.0:2202:22/tcp"]  # fmt: skip
+    done = run(["check", "--repair", *common, *given])
     assert done.returncode == 1, done.stdout + done.stderr
     doc = json.loads(done.stdout)
     assert not doc["repaired"] and [p["kind"] for p in doc["problems"]] == ["dead"]
+    assert doc["problems"][0]["container_id"] == ID_A
     assert rp.nat_rules(rp.save(host_ns, 4, iptables_mode)) == before
     listed = json.loads(run(["list", *common]).stdout)["mappings"]
     assert {(m["container_id"], tuple(m["status"])) for m in listed} == {

@@ -7,6 +7,7 @@ from that version's source: README.md there) through the command line with
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -152,6 +153,31 @@ def test_a_cached_dead_chain_is_dead_alone_and_its_repair_takes_no_port(tmp_path
     configs = check.cached_configs(read_cache(both))
     assert len(configs) == 2
     assert not _plan(configs, None)(parse_save(text("v0.8.5-dead-before-working"), 4))
+
+
+def test_one_dead_mapping_checked_alone_is_dead_and_its_repair_takes_no_port(tmp_path):
+    """A's mapping given on the command line, as a script asks in place of the
+    plugin's CHECK: its chain in v0.8.5's exact shape for host IP 0.0.0.0 is `dead`,
+    as the node check says, not missing/extra rules that --repair rewrote into a
+    working chain, entered first, taking tcp/2202 from B (before)."""
+    save = snapshot(tmp_path, "v0.8.5-dead-before-working")
+    given = ["--network", "mynet", "--container", ID_A, "--ip", "10.88.0.5/16",
+             "-p", "0.0.0.0:2202:22/tcp"]  # fmt: skip
+    checked = check_json(save, empty_cache(tmp_path), *given)
+    assert kinds(checked) == ["dead"] and checked["exit"] == 1
+    assert problem(checked, "dead", DN_A)["container_id"] == ID_A
+
+    from portmapctl.core.mapping import MappingConfig, PortMapping
+    from portmapctl.iptables.ruleset import parse_save
+    from portmapctl.ops.check.repair import _plan
+
+    config = MappingConfig(
+        "mynet",
+        ID_A,
+        (ipaddress.ip_interface("10.88.0.5/16"),),
+        (PortMapping(2202, 22, "tcp", "0.0.0.0"),),
+    )
+    assert not _plan(None, config)(parse_save(text("v0.8.5-dead-before-working"), 4))
 
 
 def test_a_dead_v06_chain_is_dead_alone(tmp_path):

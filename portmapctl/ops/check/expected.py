@@ -119,11 +119,12 @@ def mapping_dnat_chain(
     hairpin mark on the pod IP, v0.6's, a plugin's that ignores `masqAll` such as
     Debian's 1.1.1), that shape, as the node check judges it (SPEC §2: healthy, and
     --repair leaves it or puts back its own lost rules; that plugin's CHECK passes on
-    it). Not where the old shape is dead (host IP 0.0.0.0): the node check reports
-    `dead` of it, which this check does not know, so it wants the current chain."""
+    it). So too the dead shape of host IP 0.0.0.0 (before v0.8.7): wanted as found,
+    it is reported `dead` (run.mapping_result) and never rewritten into a working
+    chain that would take the port from the container that gets it now."""
     joined = joined_dnat_chain(sharing or (config,), live.family)
     alone = tuple(sharing) in ((), (config,))
-    if joined is None or not alone or shapes.has_dead_shape(config, live.family):
+    if joined is None or not alone:
         return joined
     found = shapes.as_written(config, live.family, live)
     return joined if found is None else found[1]

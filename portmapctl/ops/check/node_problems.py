@@ -118,7 +118,7 @@ def inventory_problems(
                     )
                 )
         if ProblemKind.DEAD in c.status:
-            problems.append(_dead_problem(found, c, fixes))
+            problems.append(dead_problem(found, c, fixes))
         rows = shadowed.get((c.name, c.family))
         if rows:
             problems.append(shadow_problem(c, rows, by_chain, fixes))
@@ -187,7 +187,7 @@ def _falls_through(
     return "; ".join(parts)
 
 
-def _dead_problem(found: inventory.Inventory, c: inventory.ChainInfo, fixes: Fixes) -> Problem:
+def dead_problem(found: inventory.Inventory, c: inventory.ChainInfo, fixes: Fixes) -> Problem:
     dead = [m for m in found.mappings if m.chain == c.name and m.family == c.family]
     dead = [m for m in dead if ProblemKind.DEAD in m.status]
     ports = [(m.protocol, m.host_port) for m in dead]

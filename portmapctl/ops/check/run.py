@@ -10,6 +10,7 @@ from portmapctl.cni.cache import Attachment
 from portmapctl.core import validate
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.status import ProblemKind
 from portmapctl.errors import HostProblem
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chains import (
@@ -403,7 +404,7 @@ def mapping_result(
     problems, compared = diagnose_mapping(
         tables, config, SAME_WITH_REPAIR, elsewhere or {}, sharing
     )
-    problems += _shadowed(config, tables)
+    problems += _as_the_node_check_says(config, tables)
     families = tuple(tables)
     return CheckResult(
         tuple(problems),
@@ -414,13 +415,15 @@ def mapping_result(
     )
 
 
-def _shadowed(config: MappingConfig, tables: Dict[int, NatTable]) -> List[Problem]:
-    """The `shadowed` problem of this mapping's ports that an earlier entry rule (another
-    container's, another tool's) takes, as the whole-node check reports it: the plugin's
-    CHECK finds its rules in place and passes, but a script asking about this mapping
-    wants to know that it gets no traffic."""
+def _as_the_node_check_says(config: MappingConfig, tables: Dict[int, NatTable]) -> List[Problem]:
+    """What the whole-node check reports of this mapping's chain that its rules being
+    in place does not tell: `dead` (its chain in the shape a plugin before v0.8.7 wrote
+    for host IP 0.0.0.0, which no packet matches), and `shadowed`, of its ports that an
+    earlier entry rule (another container's, another tool's) takes. The plugin's CHECK
+    finds its rules in place and passes, but a script asking about this mapping wants
+    to know that it gets no traffic."""
     from portmapctl.ops.check.hints import Fixes
-    from portmapctl.ops.check.node_problems import shadow_problem
+    from portmapctl.ops.check.node_problems import dead_problem, shadow_problem
 
     name = dnat_chain_name(config)
     ports = {(p.protocol, p.host_port) for p in config.ports}
@@ -437,6 +440,8 @@ def _shadowed(config: MappingConfig, tables: Dict[int, NatTable]) -> List[Proble
             and m.shadowed_by
             and (m.protocol, m.host_port) in ports
         ]
+        if chain is not None and ProblemKind.DEAD in chain.status:
+            problems.append(dead_problem(found, chain, Fixes()))
         if chain is not None and rows:
             problems.append(shadow_problem(chain, rows, by_chain, Fixes()))
     return problems
