@@ -12,8 +12,8 @@ from typing import Callable, Dict, List
 from fixtures_lib import NAMES, configs
 
 from portmapctl.iptables.chains import TOPLEVEL_DNAT, dnat_chain_name
-from portmapctl.iptables.inventory import per_container_chains
 from portmapctl.iptables.planner import plan_setup, plan_teardown
+from portmapctl.iptables.plugin_rules import per_container_chains
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.check import wanted_on_node

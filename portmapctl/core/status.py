@@ -85,3 +85,19 @@ class FlushReason(StrEnum):
     OLD_DESTINATION = "old-destination"  # DNATed elsewhere than the container's address:port
     NOT_DNATED = "not-dnated"  # never DNATed: its flow began before the rule, bypasses it
     UNMAPPED = "unmapped"  # DNATed, but nothing maps this port (or address) any more
+
+
+class ChainKind(str, Enum):
+    """What a per-container row's chain is (`chain_type` in JSON and metrics)."""
+
+    DNAT = "dnat"  # an iptables CNI-DN- chain
+    LEGACY_SNAT = "legacy-snat"  # an iptables CNI-SN- chain (plugins before 2018)
+    # The nftables backend has no chain per container: its rows are rules of the
+    # shared chains.
+    NFT_RULE = "nft-rule"
+
+    def __str__(self) -> str:
+        return self.value
+
+    # Equal to its word, so it must hash like it (Enum hashes the member's name).
+    __hash__ = str.__hash__

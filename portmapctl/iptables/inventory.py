@@ -29,68 +29,28 @@ only the first gets traffic, and that is no fault (it does not shadow itself).
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import Mapping, destination
-from portmapctl.core.status import Status
+from portmapctl.core.status import ChainKind, Status
 from portmapctl.iptables import foreign, shapes
-from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT, is_plugin_chain
-from portmapctl.iptables.ruleset import Args, NatTable, option_value, options, rule_target
+from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT
+from portmapctl.iptables.plugin_rules import (
+    DnatRule,
+    EntryRule,
+    chain_owner,
+    dnat_rules,
+    entry_rules,
+    is_dead_host_ip,
+    owner,
+    per_container_chains,
+    port_match,
+)
+from portmapctl.iptables.ruleset import Args, NatTable
 from portmapctl.iptables.shapes import ProtoPort
-
-_COMMENT = re.compile(r'(?:dnat|snat) name: "(?P<network>[^"]*)" id: "(?P<id>[^"]*)(?P<end>"?)\Z')
-
-_JUMPS = ("-j", "-g")
-
-
-class Identity(NamedTuple):
-    """Whose a chain or rule is: its network and container ID, None where unknown."""
-
-    network: Optional[str]
-    container_id: Optional[str]
-
-
-_NOBODY = Identity(None, None)
-
-
-class PortMatch(NamedTuple):
-    """What a per-port rule of a CNI-DN- chain matches."""
-
-    protocol: str
-    host_port: int
-    host_ip: Optional[str]  # without its prefix length
-
-
-class DnatRule(NamedTuple):
-    """One DNAT rule of a CNI-DN- chain, with whether a mark rule (hairpin or
-    localhost SNAT) for the same match comes before it."""
-
-    protocol: str
-    host_port: int
-    host_ip: Optional[str]
-    container_ip: str
-    container_port: int
-    snat: bool
-
-
-@dataclass(frozen=True)
-class EntryRule:
-    """A rule that jumps to a per-container chain, with what it says in clear text."""
-
-    chain: str  # the chain the rule is in (CNI-HOSTPORT-DNAT, CNI-HOSTPORT-SNAT, ...)
-    index: int
-    args: Args
-    target: str
-    network: Optional[str]
-    container_id: Optional[str]
-    ports: Tuple[ProtoPort, ...]
-    # Its matches beyond the plugin's own (the network's conditionsV4/V6, as saved): such
-    # a rule sends only some of its ports' packets to the chain.
-    conditions: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,7 +59,7 @@ class ChainInfo:
 
     name: str
     family: int
-    kind: str  # "dnat" or "legacy-snat"
+    kind: ChainKind
     network: Optional[str]
     container_id: Optional[str]
     status: Tuple[str, ...]
@@ -112,7 +72,7 @@ class ChainInfo:
         """Host ports this chain maps (from its rules, else from its entry rules)."""
         found: Dict[ProtoPort, None] = {}
         for rule in self.rules:
-            parsed = _parse_port_rule(rule)
+            parsed = port_match(rule)
             if parsed:
                 found[(parsed.protocol, parsed.host_port)] = None
         for entry in self.entries:
@@ -131,134 +91,7 @@ class Inventory:
     tables: Dict[int, NatTable] = field(default_factory=dict, compare=False)
 
 
-# --- parsing the plugin's rules ----------------------------------------------------
-
-
-# Each rule is looked into once, through ruleset.options (one dict per rule): asking
-# option_value five times per rule was half of `list`'s own time at 5,000 containers.
-
-
-def parse_comment(args: Sequence[str]) -> Identity:
-    return _identity_of(option_value(args, "--comment"))
-
-
-def _identity_of(comment: Optional[str]) -> Identity:
-    match = _COMMENT.match(comment) if comment else None
-    if not match:
-        return _NOBODY
-    # A comment cut at 255 bytes loses the end of the ID: the network is still sure.
-    return Identity(match["network"], match["id"] if match["end"] else None)
-
-
-def _entry_ports_of(opts: ReadOnly[str, str]) -> Tuple[ProtoPort, ...]:
-    proto = opts.get("-p")
-    ports = opts.get("--dports")
-    if not proto or not ports:
-        return ()
-    found = []
-    for part in ports.split(","):
-        low, _, high = part.partition(":")
-        if low.isdigit() and (not high or high.isdigit()):
-            found += [(proto, p) for p in range(int(low), int(high or low) + 1)]
-    return tuple(found)
-
-
-# The matches of the plugin's own entry rules, as saved (with the number of values
-# each takes): `-p PROTO -m comment --comment C -m multiport --dports PORTS -j CHAIN`.
-_ENTRY_OWN = {"-p": 1, "--comment": 1, "--dports": 1, "--dport": 1, "-j": 1, "-g": 1}
-_ENTRY_OWN_MODULES = ("comment", "multiport", "tcp", "udp", "sctp")
-
-
-def entry_conditions(args: Sequence[str]) -> Tuple[str, ...]:
-    """What an entry rule matches beyond the plugin's own matches: the conditions it
-    was given (`! -s 10.0.0.0/8`, `-m physdev ! --physdev-is-bridged`), as saved."""
-    found: List[str] = []
-    i = 0
-    while i < len(args):
-        token = args[i]
-        if token in _ENTRY_OWN and (not found or found[-1] != "!"):
-            i += 1 + _ENTRY_OWN[token]
-        elif token == "-m" and i + 2 < len(args) and args[i + 1] in _ENTRY_OWN_MODULES:
-            # A module of our own is followed by its option: conditions' options of
-            # the same module (`-m tcp --tcp-flags ...`) keep their `-m`.
-            if args[i + 2] in _ENTRY_OWN:
-                i += 2
-            else:
-                found += args[i : i + 2]
-                i += 2
-        else:
-            found.append(token)
-            i += 1
-    return tuple(found)
-
-
-def _strip_prefix(address: Optional[str]) -> Optional[str]:
-    if address is None:
-        return None
-    return address.split("/", 1)[0]
-
-
-def _parse_port_rule(args: Sequence[str]) -> Optional[PortMatch]:
-    """What a per-port rule matches, or None for another rule."""
-    return _port_rule_of(options(args))
-
-
-def _port_rule_of(opts: ReadOnly[str, str]) -> Optional[PortMatch]:
-    proto = opts.get("-p")
-    port = opts.get("--dport")
-    if not proto or not port or not port.isdigit():
-        return None
-    return PortMatch(proto, int(port), _strip_prefix(opts.get("-d")))
-
-
-def _overlap(a: Optional[str], b: Optional[str]) -> bool:
-    return a is None or b is None or a == b
-
-
-def _is_dead(host_ip: Optional[str]) -> bool:
-    """A `-d 0.0.0.0/32` (`::/128`) rule: see shapes.is_dead_destination."""
-    return host_ip is not None and shapes.is_dead_destination(
-        f"{host_ip}/{128 if ':' in host_ip else 32}"
-    )
-
-
 # --- building the inventory ---------------------------------------------------------
-
-
-def per_container_chains(table: NatTable) -> List[str]:
-    """The per-container chains: named exactly as the plugin names them (another chain
-    that only starts with CNI-DN- is an admin's, foreign like any other)."""
-    return [n for n in table.chains if is_plugin_chain(n)]
-
-
-def entry_rules(table: NatTable, targets: Set[str]) -> Dict[str, List[EntryRule]]:
-    """Rules anywhere in the table that jump to one of `targets`, by target."""
-    found: Dict[str, List[EntryRule]] = {t: [] for t in targets}
-    for chain in table.chains.values():
-        for index, args in enumerate(chain.rules):
-            # A jump's target is last: the first step of rule_target, without the call
-            # (this runs for every rule of the table).
-            target = args[-1] if len(args) > 1 and args[-2] in _JUMPS else rule_target(args)
-            if target in found:
-                opts = options(args)
-                network, container_id = _identity_of(opts.get("--comment"))
-                ports = _entry_ports_of(opts)
-                if not ports and chain.name == TOPLEVEL_DNAT and target.startswith(DNAT_PREFIX):
-                    # v0.6: no port match, every port its chain DNATs is claimed.
-                    ports = shapes.entry_ports(args, table.rules(target))
-                found[target].append(
-                    EntryRule(
-                        chain.name,
-                        index,
-                        args,
-                        target,
-                        network,
-                        container_id,
-                        ports,
-                        entry_conditions(args) if chain.name == TOPLEVEL_DNAT else (),
-                    )
-                )
-    return found
 
 
 def build(
@@ -308,7 +141,7 @@ def _family(
     names = per_container_chains(table)
     entries = entry_rules(table, set(names))
     port_rules = {
-        name: _port_rules(table.rules(name)) for name in names if name.startswith(DNAT_PREFIX)
+        name: dnat_rules(table.rules(name)) for name in names if name.startswith(DNAT_PREFIX)
     }
     # v0.6's CNI-SN- chains: localhost SNAT of the CNI-DN- chain with the same hash.
     legacy_snat = {
@@ -316,7 +149,7 @@ def _family(
         for name in names
         if name.startswith(SNAT_PREFIX)
     }
-    identities = {name: _identity(by_chain.get(name), entries[name]) for name in names}
+    identities = {name: owner(by_chain.get(name), entries[name]) for name in names}
     owners = {name: identity.container_id for name, identity in identities.items()}
     shadowing = _shadowing(table, entries, port_rules, owners)
     # Another tool's rule ahead of the plugin's entry takes a port before any chain:
@@ -336,14 +169,7 @@ def _family(
         attachment = by_chain.get(name)
         network, container_id = identities[name]
         if network is None:
-            # The twin chain of the same hash (v0.6 made both) knows whose it is.
-            twin = (
-                shapes.paired_snat_chain(name)
-                if name.startswith(DNAT_PREFIX)
-                else shapes.paired_dnat_chain(name)
-            )
-            if twin in entries:
-                network, container_id = _identity(by_chain.get(twin), entries[twin])
+            network, container_id = chain_owner(name, entries, by_chain)
         status: List[str] = []
         if cache_present and attachment is None and container_id not in cached_ids:
             status.append(Status.STALE)
@@ -357,7 +183,7 @@ def _family(
                 ChainInfo(
                     name,
                     table.family,
-                    "legacy-snat",
+                    ChainKind.LEGACY_SNAT,
                     network,
                     container_id,
                     tuple(status),
@@ -380,7 +206,7 @@ def _family(
             ahead = taken.get(destination(host_ip), {})
             if (proto, port) in ahead and _entered(entries[name], proto, port):
                 winner = ahead[(proto, port)]
-            if host_ip is not None and _is_dead(host_ip):
+            if host_ip is not None and is_dead_host_ip(host_ip):
                 row_status.append(Status.DEAD)
             elif winner:
                 row_status.append(Status.SHADOWED)
@@ -410,7 +236,7 @@ def _family(
             ChainInfo(
                 name,
                 table.family,
-                "dnat",
+                ChainKind.DNAT,
                 network,
                 container_id,
                 tuple(status) or (Status.OK,),
@@ -420,103 +246,6 @@ def _family(
             )
         )
     return mappings, chains
-
-
-@dataclass(frozen=True)
-class ChainFacts:
-    """What `gc` needs of one per-container chain, without the statuses `build` judges
-    (shadowing, missing ports: they cost a pass over every chain and the other family,
-    and gc asks none of it). Identity as `build` gives it without a cache."""
-
-    name: str
-    family: int
-    kind: str  # "dnat" or "legacy-snat"
-    network: Optional[str]
-    container_id: Optional[str]
-    entries: Tuple[EntryRule, ...]
-    rules: Tuple[Args, ...]
-    # Host ports it maps, as ChainInfo.host_ports; none for a legacy CNI-SN- chain (its
-    # --dport is the container port).
-    host_ports: Tuple[ProtoPort, ...]
-    container_ips: FrozenSet[str]  # where its DNAT rules send traffic
-
-
-def chain_facts(table: NatTable) -> List[ChainFacts]:
-    """Every per-container chain of the table, in `build`'s order, each rule looked
-    into once (gc at 5,000 stale of 10,000: `build` and host_ports parsed every port
-    rule twice and judged shadowing nobody asked for)."""
-    names = per_container_chains(table)
-    entries = entry_rules(table, set(names))
-    found: List[ChainFacts] = []
-    for name in names:
-        chain_entries = entries[name]
-        network, container_id = _identity(None, chain_entries)
-        if network is None:
-            # The twin chain of the same hash (v0.6 made both) knows whose it is.
-            twin = (
-                shapes.paired_snat_chain(name)
-                if name.startswith(DNAT_PREFIX)
-                else shapes.paired_dnat_chain(name)
-            )
-            if twin in entries:
-                network, container_id = _identity(None, entries[twin])
-        rules = table.rules(name)
-        if not name.startswith(DNAT_PREFIX):
-            found.append(
-                ChainFacts(
-                    name,
-                    table.family,
-                    "legacy-snat",
-                    network,
-                    container_id,
-                    tuple(chain_entries),
-                    rules,
-                    (),
-                    frozenset(),
-                )  # fmt: skip
-            )
-            continue
-        ports: Dict[ProtoPort, None] = {}
-        addresses: Set[str] = set()
-        for args in rules:
-            # What _port_rule_of reads, asked of the rule directly (tuple.index, in C):
-            # a dict per rule was most of this loop.
-            proto, port = option_value(args, "-p"), option_value(args, "--dport")
-            if not proto or not port or not port.isdigit():
-                continue
-            ports[(proto, int(port))] = None
-            if rule_target(args) == "DNAT":
-                to = option_value(args, "--to-destination")
-                destination = shapes.split_destination(to or "")
-                if destination:
-                    addresses.add(destination[0])
-        for entry in chain_entries:
-            for proto_port in entry.ports:
-                ports.setdefault(proto_port, None)
-        found.append(
-            ChainFacts(
-                name,
-                table.family,
-                "dnat",
-                network,
-                container_id,
-                tuple(chain_entries),
-                rules,
-                tuple(ports),
-                frozenset(addresses),
-            )  # fmt: skip
-        )
-    return found
-
-
-def _identity(attachment: Optional[Attachment], entries: Iterable[EntryRule]) -> Identity:
-    """Who a chain belongs to: the cache knows for sure; else the entry comments."""
-    if attachment is not None:
-        return Identity(attachment.network, attachment.container_id)
-    for entry in entries:
-        if entry.network is not None:
-            return Identity(entry.network, entry.container_id)
-    return _NOBODY
 
 
 def _entered(entries: Iterable[EntryRule], proto: str, port: int) -> bool:
@@ -535,29 +264,6 @@ def _conditions_of(entries: Iterable[EntryRule], proto: str, port: int) -> Tuple
                 return ()
             conditions = conditions or entry.conditions
     return conditions
-
-
-def _port_rules(rules: Sequence[Args]) -> List[DnatRule]:
-    """The chain's DNAT rules."""
-    marked: Set[PortMatch] = set()
-    found: List[DnatRule] = []
-    for args in rules:
-        opts = options(args)
-        parsed = _port_rule_of(opts)
-        if parsed is None:
-            continue
-        # A jump's target is last (mark rules): rule_target only for DNAT's options.
-        target = args[-1] if args[-2] in _JUMPS else rule_target(args)
-        if target == "DNAT":
-            destination = shapes.split_destination(opts.get("--to-destination") or "")
-            if destination:
-                found.append(DnatRule(*parsed, *destination, parsed in marked))
-        elif target is not None:
-            # A hairpin or localhost mark rule (to SETMARK or an external chain). Not
-            # "has -s": with masqAll the hairpin source is 0.0.0.0/0, which
-            # iptables-save leaves out.
-            marked.add(parsed)
-    return found
 
 
 def _shadowing(
@@ -592,12 +298,12 @@ def _shadowing(
     hosts: Dict[Tuple[str, str, int], List[Optional[str]]] = {}
     for chain, rules in port_rules.items():
         for proto, port, host_ip, *_ in rules:
-            if not _is_dead(host_ip):  # a dead rule takes no port from anyone
+            if not is_dead_host_ip(host_ip):  # a dead rule takes no port from anyone
                 hosts.setdefault((chain, proto, port), []).append(host_ip)
     shadowed: Dict[Tuple[str, str, int, Optional[str]], str] = {}
     for chain, rules in port_rules.items():
         for proto, port, host_ip, *_ in rules:
-            if _is_dead(host_ip):
+            if is_dead_host_ip(host_ip):
                 continue  # listed dead: it gets nothing whoever comes first
             owner = owners.get(chain)
             for earlier in claims.get((proto, port), ()):
@@ -611,6 +317,10 @@ def _shadowing(
                     shadowed[(chain, proto, port, host_ip)] = earlier
                     break
     return shadowed
+
+
+def _overlap(a: Optional[str], b: Optional[str]) -> bool:
+    return a is None or b is None or a == b
 
 
 def _missing_ports(
@@ -636,7 +346,7 @@ def _missing_ports(
             (p.protocol, p.host_port) for p in attachment.mapping.ports if not p.applies_to(family)
         }
     if other is not None:
-        for proto, port, host_ip, *_ in _port_rules(other.rules(name)):
+        for proto, port, host_ip, *_ in dnat_rules(other.rules(name)):
             if host_ip and ipaddress.ip_address(host_ip).version != family:
                 other_family.add((proto, port))
     missing: Dict[ProtoPort, None] = {}

@@ -34,7 +34,7 @@ from typing import Mapping as ReadOnly
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Mapping, MappingConfig
-from portmapctl.core.status import ProblemKind, Status
+from portmapctl.core.status import ChainKind, ProblemKind, Status
 from portmapctl.nftables.node import is_plugin_rule
 from portmapctl.nftables.ruleset import (
     FAMILY_NAMES,
@@ -54,7 +54,6 @@ from portmapctl.nftables.ruleset import (
 from portmapctl.nftables.wanted import BASE_CHAINS, FIB_LOCAL, WantedFamily
 
 BACKEND = Backend.NFTABLES
-CHAIN_TYPE = "nft-rule"
 # Evaluation order of the container chains: hostports_all (v1.9) and the base chains
 # of v1.6/v1.7 both jump to hostip_hostports first.
 EVALUATION_ORDER = (HOSTIP_HOSTPORTS, HOSTPORTS)
@@ -77,7 +76,7 @@ class NftMapping(Mapping):
 
     handle: int = 0
     backend: Backend = BACKEND
-    chain_type: str = CHAIN_TYPE
+    chain_type: ChainKind = ChainKind.NFT_RULE
 
 
 @dataclass(frozen=True)

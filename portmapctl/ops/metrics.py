@@ -42,7 +42,7 @@ from typing import (
 
 from portmapctl import __version__
 from portmapctl.core.backend import Backend
-from portmapctl.core.status import ProblemKind, Status
+from portmapctl.core.status import ChainKind, ProblemKind, Status
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -71,13 +71,14 @@ _DNAT_STATUSES = (
     Status.SHADOWED,
     Status.ORPHAN,
     Status.INCOMPLETE,
+    Status.DEAD,
     Status.ZOMBIE,
     Status.CONTESTED,
 )
 _LEGACY_SNAT_STATUSES = (Status.LEGACY, Status.STALE, Status.ORPHAN, Status.ZOMBIE)
 CHAIN_STATUSES = {
-    "dnat": tuple(s.value for s in _DNAT_STATUSES),
-    "legacy-snat": tuple(s.value for s in _LEGACY_SNAT_STATUSES),
+    ChainKind.DNAT.value: tuple(s.value for s in _DNAT_STATUSES),
+    ChainKind.LEGACY_SNAT.value: tuple(s.value for s in _LEGACY_SNAT_STATUSES),
 }
 # A mapping of the plugin's nftables backend is one rule of its shared chains: it can
 # be ok, stale, shadowed, zombie (nftables/inventory.py) or contested (core/contest.py), never orphan, incomplete,

@@ -237,8 +237,8 @@ def _touches_only_ours(txn) -> bool:
 def test_setup_and_teardown_touch_only_cni_chains_and_jumps_to_them(config, fixture):
     from fixtures_lib import table
 
-    from portmapctl.iptables.inventory import per_container_chains
     from portmapctl.iptables.planner import plan_setup, plan_teardown
+    from portmapctl.iptables.plugin_rules import per_container_chains
 
     for family in config.families:
         live = table(fixture, family)

@@ -21,8 +21,9 @@ from fixtures_lib import NAMES, save_text, table
 from gc_helpers import Node_, node  # noqa: F401
 
 from portmapctl.errors import BadInput, HostProblem
+from portmapctl.iptables.chain_facts import chain_facts
 from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, TOPLEVEL_DNAT, chain_name
-from portmapctl.iptables.inventory import build, chain_facts
+from portmapctl.iptables.inventory import build
 from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable, parse_save, rule_target
 from portmapctl.ops.gc import (
@@ -469,7 +470,7 @@ def test_state_refuses_symlinks(tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("family", [4, 6])
 def test_chain_facts_say_what_the_inventory_says(name, family):
-    """gc plans from inventory.chain_facts, one pass without statuses: it must see
+    """gc plans from chain_facts.chain_facts, one pass without statuses: it must see
     each chain as inventory.build does (identity, entries, rules, ports, addresses)."""
     tbl = table(name, family)
     built = build({family: tbl})
@@ -539,15 +540,16 @@ def test_the_summary_counts_a_container_in_both_backends_once() -> None:
     network switched backends) is one container, as list counts it; the nftables rows
     name no network, and 0.1 counted (network, ID) pairs. Its nftables rules are no
     chain: before, "3 chains of 2 containers"."""
-    from portmapctl.ops.gc import NFT_KIND, GcChain, GcResult
+    from portmapctl.core.status import ChainKind
+    from portmapctl.ops.gc import GcChain, GcResult
     from portmapctl.render.gc import gc_summary
 
     removed = (
         GcChain("CNI-DN-faf37fff854eed34720e8", 4, "dnat", "podman", "re1", (), 0.0),
         GcChain("CNI-DN-faf37fff854eed34720e8", 6, "dnat", "podman", "re1", (), 0.0),
-        GcChain("hostports", 4, NFT_KIND, None, "re1", (), 0.0),
-        GcChain("hostports", 4, NFT_KIND, None, "gone1", (), 0.0),
-        GcChain("hostports", 6, NFT_KIND, None, "gone1", (), 0.0),
+        GcChain("hostports", 4, ChainKind.NFT_RULE, None, "re1", (), 0.0),
+        GcChain("hostports", 4, ChainKind.NFT_RULE, None, "gone1", (), 0.0),
+        GcChain("hostports", 6, ChainKind.NFT_RULE, None, "gone1", (), 0.0),
     )
     summary = gc_summary(GcResult(False, removed, (), 2, 0))
     assert summary.startswith(
@@ -590,11 +592,12 @@ _ORPHAN = "CNI-DN-0123456789abcdef01234"
     ],
 )
 def test_the_summary_says_what_was_removed_as_it_is(removed, shared, words) -> None:
-    from portmapctl.ops.gc import NFT_KIND, GcChain, GcResult
+    from portmapctl.core.status import ChainKind
+    from portmapctl.ops.gc import GcChain, GcResult
     from portmapctl.render.gc import gc_summary
 
     chains = tuple(
-        GcChain(name, 6 if name.endswith("6") else 4, NFT_KIND if kind == "nft" else kind,
+        GcChain(name, 6 if name.endswith("6") else 4, ChainKind.NFT_RULE if kind == "nft" else kind,
                 None if kind == "nft" else "net", cid, (), 0.0)
         for name, kind, cid in removed
     )  # fmt: skip

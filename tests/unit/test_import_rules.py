@@ -120,11 +120,13 @@ def _spelt_words(tree: ast.Module) -> Iterator[Tuple[int, str]]:
 
 
 def test_statuses_and_problem_kinds_are_not_spelt_as_strings() -> None:
-    """A status, problem kind or flush-udp reason tested as a literal is a typo nobody catches (docs/
-    architecture.md: Vocabularies are Enums). "legacy" is also iptables' flavour."""
-    from portmapctl.core.status import FlushReason, ProblemKind, Status
+    """A status, problem kind, chain type or flush-udp reason tested as a literal is a
+    typo nobody catches (docs/architecture.md: Vocabularies are Enums). "legacy" is
+    also iptables' flavour, "dnat" also nft's JSON key of a DNAT statement."""
+    from portmapctl.core.status import ChainKind, FlushReason, ProblemKind, Status
 
-    words = {m.value for m in (*Status, *ProblemKind, *FlushReason)} - {"legacy"}
+    words = {m.value for m in (*Status, *ProblemKind, *ChainKind, *FlushReason)}
+    words -= {"legacy", "dnat"}
     found = [
         f"{name}:{line}: {word!r}"
         for name, tree in _modules()

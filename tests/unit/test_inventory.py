@@ -8,7 +8,7 @@ import pytest
 from fixtures_lib import NAMES, configs, table
 
 from portmapctl.cni.cache import read_cache
-from portmapctl.iptables import inventory
+from portmapctl.iptables import inventory, plugin_rules
 from portmapctl.iptables.chains import chain_name, dnat_chain_name
 from portmapctl.iptables.ruleset import parse_save
 
@@ -121,16 +121,16 @@ def test_an_entry_rule_with_conditions_shadows_nothing_and_its_rows_say_them():
 
 
 def test_entry_conditions_are_what_the_plugin_did_not_write():
-    assert inventory.entry_conditions(
+    assert plugin_rules.entry_conditions(
         ["-p", "tcp", "-m", "comment", "--comment", "dnat x", "-m", "multiport",
          "--dports", "8080", "-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN",
          "-j", "CNI-DN-x"]
     ) == ("-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN")  # fmt: skip
-    assert inventory.entry_conditions(
+    assert plugin_rules.entry_conditions(
         ["!", "-p", "udp", "-m", "comment", "--comment", "x", "-j", "CNI-DN-x"]
     ) == ("!", "-p", "udp")
     plain = ["-p", "udp", "-m", "comment", "--comment", "x", "-m", "multiport"]
-    assert inventory.entry_conditions([*plain, "--dports", "53", "-j", "CNI-DN-x"]) == ()
+    assert plugin_rules.entry_conditions([*plain, "--dports", "53", "-j", "CNI-DN-x"]) == ()
 
 
 def test_legacy_snat_chains_are_listed_as_legacy():

@@ -451,7 +451,7 @@ def _both_backends(
     config uses nftables, or nftables rules when no cached network of the container
     uses nftables. A container on two networks, one per backend (a network switched to
     nftables, the other not), has rules in both and nothing to remove: None."""
-    from portmapctl.iptables.inventory import entry_rules
+    from portmapctl.iptables.plugin_rules import entry_rules
     from portmapctl.nftables.transaction import Op, OpKind
 
     in_nft = [a for a in parts.nftables if a.container_id == cid]

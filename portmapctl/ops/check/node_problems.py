@@ -9,8 +9,8 @@ from typing import Collection, Dict, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
-from portmapctl.core.status import ProblemKind
-from portmapctl.iptables import inventory, shapes
+from portmapctl.core.status import ChainKind, ProblemKind
+from portmapctl.iptables import inventory, plugin_rules, shapes
 from portmapctl.iptables.chains import DNAT_PREFIX, SHARED_CHAINS, SNAT_PREFIX, TOPLEVEL_DNAT
 from portmapctl.iptables.ruleset import NatTable, format_rule, option_value, rule_target
 from portmapctl.ops.check.hints import Fixes, _names_text, _ports_text, _who
@@ -47,7 +47,7 @@ def inventory_problems(
 
     for c in found.chains:
         who = (c.network, c.container_id)
-        if c.kind == "legacy-snat":
+        if c.kind == ChainKind.LEGACY_SNAT:
             live = c.name in live_chains
             problems.append(
                 Problem(
@@ -357,7 +357,7 @@ def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
         for rule, count in counts.items():
             if count < 2:
                 continue
-            network, container_id = inventory.parse_comment(rule)
+            network, container_id = plugin_rules.parse_comment(rule)
             problems.append(
                 Problem(
                     ProblemKind.DUPLICATE_ENTRY,

@@ -12,7 +12,7 @@ from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
 from portmapctl.errors import HostProblem
-from portmapctl.iptables import inventory
+from portmapctl.iptables import inventory, plugin_rules
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
     dnat_chain_name,
@@ -166,7 +166,7 @@ def _check_node(
         )
     # A warning, as list and gc say theirs: one line, -q included (not a remark).
     elsewhere = _uncached_elsewhere(read, attachments)
-    chains = sum(len(inventory.per_container_chains(t)) for t in tables.values())
+    chains = sum(len(plugin_rules.per_container_chains(t)) for t in tables.values())
     return CheckResult(
         tuple(problems),
         tuple(sorted(tables)),

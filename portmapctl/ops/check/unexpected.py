@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterable, List, Se
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
-from portmapctl.core.status import ProblemKind, Status
+from portmapctl.core.status import ChainKind, ProblemKind, Status
 from portmapctl.iptables import inventory
 from portmapctl.nftables import FAMILY_NAMES
 from portmapctl.nftables.ruleset import TABLE
@@ -65,7 +65,7 @@ def unexpected_chains(
     )
     problems: List[Problem] = []
     for c in found.chains:
-        if c.kind != "dnat" or not c.entries or c.name in derived.get(c.family, ()):
+        if c.kind != ChainKind.DNAT or not c.entries or c.name in derived.get(c.family, ()):
             continue
         if not portless.get(c.name):
             continue

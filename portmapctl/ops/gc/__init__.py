@@ -60,12 +60,11 @@ from portmapctl.ops.gc.plan import (
     plan_gc,
     read_cache_while_planning,
 )
-from portmapctl.ops.gc.result import NFT_KIND, GcChain, GcResult
+from portmapctl.ops.gc.result import GcChain, GcResult
 from portmapctl.ops.gc.udp import flush_udp_after
 
 __all__ = [
     "DEFAULT_MIN_AGE",
-    "NFT_KIND",
     "VALID_ATTACHMENTS_KEY",
     "AnyChain",
     "Applied",

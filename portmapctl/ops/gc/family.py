@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
 
 from portmapctl.iptables import inventory
+from portmapctl.iptables.chain_facts import ChainFacts, chain_facts
 from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, is_plugin_chain
-from portmapctl.iptables.inventory import ChainFacts
 from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.shapes import ProtoPort
@@ -81,7 +81,7 @@ def plan_family(
     address is being added) stays pending, its clock running.
     """
     family = table.family
-    chains = inventory.chain_facts(table)
+    chains = chain_facts(table)
     ports = {chain.name: chain.host_ports for chain in chains}
     derived = live.derived_chains(chains)
     removable: List[ChainFacts] = []

@@ -15,8 +15,9 @@ from portmapctl.core import validate
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.host import files
 from portmapctl.host.netns import NetnsState
+from portmapctl.iptables.chain_facts import ChainFacts
 from portmapctl.iptables.chains import chain_name
-from portmapctl.iptables.inventory import ChainFacts, ChainInfo
+from portmapctl.iptables.inventory import ChainInfo
 from portmapctl.iptables.shapes import paired_snat_chain
 
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, NamedTuple, Optional, Seq
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
+from portmapctl.core.status import ChainKind
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.liveness import Sources, empty_cache_refusal, says_nothing
 from portmapctl.ops.gc.plan import GcOptions, read_cache_while_planning
-from portmapctl.ops.gc.result import NFT_KIND, GcChain
+from portmapctl.ops.gc.result import GcChain
 from portmapctl.ops.gc.state import NFT_PREFIX, ChainKey
 from portmapctl.ops.node import Node
 
@@ -129,7 +130,7 @@ def plan_nft(
             item = GcChain(
                 _chain_of(rules),
                 family,
-                NFT_KIND,
+                ChainKind.NFT_RULE,
                 next(iter(cached)) if len(cached) == 1 else None,
                 dead.container_id,
                 ports,

@@ -29,7 +29,7 @@ from portmapctl.core.pause import gc_paused
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem, Interrupted
 from portmapctl.host.netns import NamespaceView, fresh_uncached, namespace_addresses
 from portmapctl.host.paths import RUN_DIR
-from portmapctl.iptables import inventory
+from portmapctl.iptables import plugin_rules
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.family import FamilyPlan, plan_family
@@ -303,7 +303,7 @@ def _plan_table(
     """plan_family with what the sources say; `attachments` read after `table`
     (`live`: what they say, when the caller has merged them already)."""
     sources, options, warnings = planning.sources, planning.options, planning.warnings
-    if says_nothing(sources, attachments) and inventory.per_container_chains(table):
+    if says_nothing(sources, attachments) and plugin_rules.per_container_chains(table):
         raise empty_cache_refusal(
             planning.cache_dirs, "portmap chains", "every per-container chain"
         )

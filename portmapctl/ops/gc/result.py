@@ -8,13 +8,10 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 from portmapctl.core.backend import Backend
+from portmapctl.core.status import ChainKind
 from portmapctl.iptables.shapes import ProtoPort
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.state import ChainKey
-
-# One container's rules in one family of the nftables backend (ops/gc/nft.py), as
-# list and check call them (nftables/inventory.py CHAIN_TYPE).
-NFT_KIND = "nft-rule"
 
 
 @dataclass(frozen=True)
@@ -25,7 +22,7 @@ class GcChain:
 
     chain: str
     family: int
-    kind: str  # "dnat" | "legacy-snat" | NFT_KIND
+    kind: ChainKind  # NFT_RULE: one container's rules in one family (ops/gc/nft.py)
     network: Optional[str]
     container_id: Optional[str]
     host_ports: Tuple[ProtoPort, ...]
@@ -34,13 +31,13 @@ class GcChain:
     @property
     def backend(self) -> Backend:
         """The plugin backend it is in: its kind says (JSON `backend`)."""
-        return Backend.NFTABLES if self.kind == NFT_KIND else Backend.IPTABLES
+        return Backend.NFTABLES if self.kind == ChainKind.NFT_RULE else Backend.IPTABLES
 
     @property
     def key(self) -> ChainKey:
         """What sightings and a prompt's confirmation are keyed by: an nftables
         container's rules have no chain of their own (gc_state.ChainKey)."""
-        if self.kind == NFT_KIND:
+        if self.kind == ChainKind.NFT_RULE:
             return ChainKey(self.family, f"{gc_state.NFT_PREFIX}{self.container_id}")
         return ChainKey(self.family, self.chain)
 

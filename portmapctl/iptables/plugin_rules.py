@@ -1,0 +1,247 @@
+"""The plugin's own iptables rules, read: whose a chain is (the entry rules' comments),
+which host ports an entry rule sends to it and under what conditions, and what each
+per-port rule of a CNI-DN- chain matches and where its DNAT rules send traffic.
+
+Pure, and the one place these rules are parsed: `inventory` (list's and check's
+rows and statuses) and `chain_facts` (gc's lean pass) build on it. Older plugin
+versions' shapes come from `shapes` (a v0.6 entry rule without a port match claims
+every port its chain DNATs).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Mapping as ReadOnly
+
+from portmapctl.cni.cache import Attachment
+from portmapctl.iptables import shapes
+from portmapctl.iptables.chains import DNAT_PREFIX, TOPLEVEL_DNAT, is_plugin_chain
+from portmapctl.iptables.ruleset import Args, NatTable, option_value, options, rule_target
+from portmapctl.iptables.shapes import ProtoPort
+
+_COMMENT = re.compile(r'(?:dnat|snat) name: "(?P<network>[^"]*)" id: "(?P<id>[^"]*)(?P<end>"?)\Z')
+
+_JUMPS = ("-j", "-g")
+
+
+class Identity(NamedTuple):
+    """Whose a chain or rule is: its network and container ID, None where unknown."""
+
+    network: Optional[str]
+    container_id: Optional[str]
+
+
+_NOBODY = Identity(None, None)
+
+
+class PortMatch(NamedTuple):
+    """What a per-port rule of a CNI-DN- chain matches."""
+
+    protocol: str
+    host_port: int
+    host_ip: Optional[str]  # without its prefix length
+
+
+class DnatRule(NamedTuple):
+    """One DNAT rule of a CNI-DN- chain, with whether a mark rule (hairpin or
+    localhost SNAT) for the same match comes before it."""
+
+    protocol: str
+    host_port: int
+    host_ip: Optional[str]
+    container_ip: str
+    container_port: int
+    snat: bool
+
+
+@dataclass(frozen=True)
+class EntryRule:
+    """A rule that jumps to a per-container chain, with what it says in clear text."""
+
+    chain: str  # the chain the rule is in (CNI-HOSTPORT-DNAT, CNI-HOSTPORT-SNAT, ...)
+    index: int
+    args: Args
+    target: str
+    network: Optional[str]
+    container_id: Optional[str]
+    ports: Tuple[ProtoPort, ...]
+    # Its matches beyond the plugin's own (the network's conditionsV4/V6, as saved): such
+    # a rule sends only some of its ports' packets to the chain.
+    conditions: Tuple[str, ...] = ()
+
+
+# Each rule is looked into once, through ruleset.options (one dict per rule): asking
+# option_value five times per rule was half of `list`'s own time at 5,000 containers.
+
+
+def parse_comment(args: Sequence[str]) -> Identity:
+    return _identity_of(option_value(args, "--comment"))
+
+
+def _identity_of(comment: Optional[str]) -> Identity:
+    match = _COMMENT.match(comment) if comment else None
+    if not match:
+        return _NOBODY
+    # A comment cut at 255 bytes loses the end of the ID: the network is still sure.
+    return Identity(match["network"], match["id"] if match["end"] else None)
+
+
+def _entry_ports_of(opts: ReadOnly[str, str]) -> Tuple[ProtoPort, ...]:
+    proto = opts.get("-p")
+    ports = opts.get("--dports")
+    if not proto or not ports:
+        return ()
+    found = []
+    for part in ports.split(","):
+        low, _, high = part.partition(":")
+        if low.isdigit() and (not high or high.isdigit()):
+            found += [(proto, p) for p in range(int(low), int(high or low) + 1)]
+    return tuple(found)
+
+
+# The matches of the plugin's own entry rules, as saved (with the number of values
+# each takes): `-p PROTO -m comment --comment C -m multiport --dports PORTS -j CHAIN`.
+_ENTRY_OWN = {"-p": 1, "--comment": 1, "--dports": 1, "--dport": 1, "-j": 1, "-g": 1}
+_ENTRY_OWN_MODULES = ("comment", "multiport", "tcp", "udp", "sctp")
+
+
+def entry_conditions(args: Sequence[str]) -> Tuple[str, ...]:
+    """What an entry rule matches beyond the plugin's own matches: the conditions it
+    was given (`! -s 10.0.0.0/8`, `-m physdev ! --physdev-is-bridged`), as saved."""
+    found: List[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token in _ENTRY_OWN and (not found or found[-1] != "!"):
+            i += 1 + _ENTRY_OWN[token]
+        elif token == "-m" and i + 2 < len(args) and args[i + 1] in _ENTRY_OWN_MODULES:
+            # A module of our own is followed by its option: conditions' options of
+            # the same module (`-m tcp --tcp-flags ...`) keep their `-m`.
+            if args[i + 2] in _ENTRY_OWN:
+                i += 2
+            else:
+                found += args[i : i + 2]
+                i += 2
+        else:
+            found.append(token)
+            i += 1
+    return tuple(found)
+
+
+def _strip_prefix(address: Optional[str]) -> Optional[str]:
+    if address is None:
+        return None
+    return address.split("/", 1)[0]
+
+
+def port_match(args: Sequence[str]) -> Optional[PortMatch]:
+    """What a per-port rule matches, or None for another rule."""
+    return _port_rule_of(options(args))
+
+
+def _port_rule_of(opts: ReadOnly[str, str]) -> Optional[PortMatch]:
+    proto = opts.get("-p")
+    port = opts.get("--dport")
+    if not proto or not port or not port.isdigit():
+        return None
+    return PortMatch(proto, int(port), _strip_prefix(opts.get("-d")))
+
+
+def is_dead_host_ip(host_ip: Optional[str]) -> bool:
+    """A `-d 0.0.0.0/32` (`::/128`) rule: see shapes.is_dead_destination."""
+    return host_ip is not None and shapes.is_dead_destination(
+        f"{host_ip}/{128 if ':' in host_ip else 32}"
+    )
+
+
+def per_container_chains(table: NatTable) -> List[str]:
+    """The per-container chains: named exactly as the plugin names them (another chain
+    that only starts with CNI-DN- is an admin's, foreign like any other)."""
+    return [n for n in table.chains if is_plugin_chain(n)]
+
+
+def entry_rules(table: NatTable, targets: Set[str]) -> Dict[str, List[EntryRule]]:
+    """Rules anywhere in the table that jump to one of `targets`, by target."""
+    found: Dict[str, List[EntryRule]] = {t: [] for t in targets}
+    for chain in table.chains.values():
+        for index, args in enumerate(chain.rules):
+            # A jump's target is last: the first step of rule_target, without the call
+            # (this runs for every rule of the table).
+            target = args[-1] if len(args) > 1 and args[-2] in _JUMPS else rule_target(args)
+            if target in found:
+                opts = options(args)
+                network, container_id = _identity_of(opts.get("--comment"))
+                ports = _entry_ports_of(opts)
+                if not ports and chain.name == TOPLEVEL_DNAT and target.startswith(DNAT_PREFIX):
+                    # v0.6: no port match, every port its chain DNATs is claimed.
+                    ports = shapes.entry_ports(args, table.rules(target))
+                found[target].append(
+                    EntryRule(
+                        chain.name,
+                        index,
+                        args,
+                        target,
+                        network,
+                        container_id,
+                        ports,
+                        entry_conditions(args) if chain.name == TOPLEVEL_DNAT else (),
+                    )
+                )
+    return found
+
+
+def owner(attachment: Optional[Attachment], entries: Iterable[EntryRule]) -> Identity:
+    """Who a chain belongs to: the cache knows for sure; else the entry comments."""
+    if attachment is not None:
+        return Identity(attachment.network, attachment.container_id)
+    for entry in entries:
+        if entry.network is not None:
+            return Identity(entry.network, entry.container_id)
+    return _NOBODY
+
+
+def chain_owner(
+    name: str,
+    entries: ReadOnly[str, Sequence[EntryRule]],
+    by_chain: ReadOnly[str, Attachment],
+) -> Identity:
+    """owner() of chain `name` (`entries`: entry_rules of the table; `by_chain`: the
+    cache entries by chain name); where it tells nothing, the owner of its twin chain
+    of the same hash (v0.6 made a CNI-DN- and a CNI-SN- chain per container)."""
+    found = owner(by_chain.get(name), entries.get(name, ()))
+    if found.network is not None:
+        return found
+    twin = (
+        shapes.paired_snat_chain(name)
+        if name.startswith(DNAT_PREFIX)
+        else shapes.paired_dnat_chain(name)
+    )
+    if twin in entries:
+        return owner(by_chain.get(twin), entries[twin])
+    return found
+
+
+def dnat_rules(rules: Sequence[Args]) -> List[DnatRule]:
+    """The DNAT rules of a CNI-DN- chain's `rules`, each knowing whether a mark rule
+    for the same match comes before it."""
+    marked: Set[PortMatch] = set()
+    found: List[DnatRule] = []
+    for args in rules:
+        opts = options(args)
+        parsed = _port_rule_of(opts)
+        if parsed is None:
+            continue
+        # A jump's target is last (mark rules): rule_target only for DNAT's options.
+        target = args[-1] if args[-2] in _JUMPS else rule_target(args)
+        if target == "DNAT":
+            destination = shapes.split_destination(opts.get("--to-destination") or "")
+            if destination:
+                found.append(DnatRule(*parsed, *destination, parsed in marked))
+        elif target is not None:
+            # A hairpin or localhost mark rule (to SETMARK or an external chain). Not
+            # "has -s": with masqAll the hairpin source is 0.0.0.0/0, which
+            # iptables-save leaves out.
+            marked.add(parsed)
+    return found
