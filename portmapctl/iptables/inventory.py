@@ -305,11 +305,11 @@ def _shadowing(
         for proto, port, host_ip, *_ in rules:
             if is_dead_host_ip(host_ip):
                 continue  # listed dead: it gets nothing whoever comes first
-            owner = owners.get(chain)
+            mine = owners.get(chain)
             for earlier in claims.get((proto, port), ()):
                 if earlier == chain:
                     break
-                if owner is not None and owners.get(earlier) == owner:
+                if mine is not None and owners.get(earlier) == mine:
                     continue
                 if (earlier, (proto, port)) not in takes_all:
                     continue

@@ -9,7 +9,7 @@ from typing import Collection, Dict, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
-from portmapctl.core.status import ChainKind, ProblemKind
+from portmapctl.core.status import ChainKind, ProblemKind, Status
 from portmapctl.iptables import inventory, plugin_rules, shapes
 from portmapctl.iptables.chains import DNAT_PREFIX, SHARED_CHAINS, SNAT_PREFIX, TOPLEVEL_DNAT
 from portmapctl.iptables.ruleset import NatTable, format_rule, option_value, rule_target
@@ -117,7 +117,7 @@ def inventory_problems(
                         entries_for(c, c.missing_ports),
                     )
                 )
-        if ProblemKind.DEAD in c.status:
+        if Status.DEAD in c.status:
             problems.append(dead_problem(found, c, fixes))
         rows = shadowed.get((c.name, c.family))
         if rows:
@@ -189,7 +189,7 @@ def _falls_through(
 
 def dead_problem(found: inventory.Inventory, c: inventory.ChainInfo, fixes: Fixes) -> Problem:
     dead = [m for m in found.mappings if m.chain == c.name and m.family == c.family]
-    dead = [m for m in dead if ProblemKind.DEAD in m.status]
+    dead = [m for m in dead if Status.DEAD in m.status]
     ports = [(m.protocol, m.host_port) for m in dead]
     where = dead[0].host_ip if dead else "0.0.0.0"
     prefix = 128 if ":" in (where or "") else 32

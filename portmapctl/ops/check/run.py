@@ -10,7 +10,7 @@ from portmapctl.cni.cache import Attachment
 from portmapctl.core import validate
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.core.status import ProblemKind
+from portmapctl.core.status import Status
 from portmapctl.errors import HostProblem
 from portmapctl.iptables import inventory, plugin_rules
 from portmapctl.iptables.chains import (
@@ -440,7 +440,7 @@ def _as_the_node_check_says(config: MappingConfig, tables: Dict[int, NatTable]) 
             and m.shadowed_by
             and (m.protocol, m.host_port) in ports
         ]
-        if chain is not None and ProblemKind.DEAD in chain.status:
+        if chain is not None and Status.DEAD in chain.status:
             problems.append(dead_problem(found, chain, Fixes()))
         if chain is not None and rows:
             problems.append(shadow_problem(chain, rows, by_chain, Fixes()))
