@@ -50,12 +50,12 @@ elif where == "repair":
     repair._Planned.apply = apply
 elif where == "nft-repair":
     import importlib
-    repair = importlib.import_module("portmapctl.ops.check.repair")
-    real_nft_apply = repair._ReadOnceNft.apply
+    nft_repair = importlib.import_module("portmapctl.ops.check.nft_repair")
+    real_nft_apply = nft_repair.ReadOnceNft.apply
     def nft_apply(self, txn):
         real_nft_apply(self, txn)
         hold()
-    repair._ReadOnceNft.apply = nft_apply
+    nft_repair.ReadOnceNft.apply = nft_apply
 elif where == "nft-write":
     # The nftables backend's `nft -f` went in; its apply has not returned yet.
     from portmapctl.nftables.access import nft

@@ -87,7 +87,7 @@ class FlushReason(StrEnum):
     UNMAPPED = "unmapped"  # DNATed, but nothing maps this port (or address) any more
 
 
-class ChainKind(str, Enum):
+class ChainKind(StrEnum):
     """What a per-container row's chain is (`chain_type` in JSON and metrics)."""
 
     DNAT = "dnat"  # an iptables CNI-DN- chain
@@ -95,9 +95,3 @@ class ChainKind(str, Enum):
     # The nftables backend has no chain per container: its rows are rules of the
     # shared chains.
     NFT_RULE = "nft-rule"
-
-    def __str__(self) -> str:
-        return self.value
-
-    # Equal to its word, so it must hash like it (Enum hashes the member's name).
-    __hash__ = str.__hash__

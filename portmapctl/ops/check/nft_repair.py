@@ -5,6 +5,7 @@ iptables. What they compare against is ops/check/nft.py's."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import replace
@@ -13,15 +14,19 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Se
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.errors import Interrupted, PortmapctlError
 from portmapctl.ops.check.nft import (
     expected_configs,
     expected_in_add_order,
     other_networks,
     own_addresses,
 )
+from portmapctl.ops.check.problem import CheckResult
 from portmapctl.ops.node import Node
+from portmapctl.ops.side_effects import after_setup
 
 if TYPE_CHECKING:
+    from portmapctl.nftables.access import NftAccess
     from portmapctl.nftables.ruleset import Ruleset
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
@@ -279,3 +284,69 @@ def flush_routed(node: Node, families: Sequence[int]) -> List[str]:
     except Exception as err:  # noqa: BLE001 - as after_setup's flush
         return [not_flushed(keys, err)]
     return []
+
+
+class ReadOnceNft:
+    """The node's nftables, read once for the check before, the split and the plan; a
+    write makes the next read a real one (the check after an nft repair reads the
+    tables nft made)."""
+
+    def __init__(self, access: NftAccess, live: Ruleset) -> None:
+        self.access = access
+        self.name = access.name
+        self.writable = access.writable
+        self.live: Optional[Ruleset] = live
+
+    def read(self, families: Iterable[int] = (4, 6)) -> Ruleset:
+        wanted = set(families)
+        if self.live is None:
+            return self.access.read(wanted)
+        tables = {f: t for f, t in self.live.tables.items() if f in wanted}
+        return replace(self.live, tables=tables)
+
+    def apply(self, txn: NftTransaction) -> None:
+        self.live = None
+        self.access.apply(txn)
+
+
+def repair_nft_mapping(
+    node: Node, config: MappingConfig, before: CheckResult, flush_udp: bool
+) -> CheckResult:
+    """`check --repair` of one mapping given on the command line whose container
+    `followed` put in the nftables backend: repair_mapping, then its side effects (on
+    the way out of a SIGTERM too) and the check after."""
+    from portmapctl.core.validate import nft_refusals
+    from portmapctl.nftables.transaction import check_condition
+    from portmapctl.ops.check.run import check_followed
+
+    nft_refusals(config)
+    for condition in (*config.conditions_v4, *config.conditions_v6):
+        check_condition(condition)
+    tried: List[NftTransaction] = []
+    try:
+        text, families = repair_mapping(node, config, before.families, tried)
+    except Interrupted:
+        # SIGTERM or Ctrl-C once `nft -f` went in (or was under way): what it made gets
+        # the plugin's side effects on the way out, as the whole-node repair does.
+        for c, fams in nft_changed(tried[-1], [config]) if tried else []:
+            after_setup(c, fams, flush_udp, local_only=True)
+        if flush_udp and tried:
+            with contextlib.suppress(PortmapctlError):  # (the run ends as terminated)
+                flush_routed_after(node, tried[-1])
+        raise
+    warnings = after_setup(config, families, flush_udp, local_only=True) if families else []
+    if flush_udp and text and tried:
+        warnings += flush_routed_after(node, tried[-1])
+    after = check_followed(node, config)
+    remaining = {p.key for p in after.problems}
+    return CheckResult(
+        after.problems,
+        after.families,
+        after.scope,
+        mappings_checked=after.mappings_checked,
+        chain=after.chain,
+        repaired=bool(text),
+        fixed=tuple(p for p in before.problems if p.key not in remaining),
+        transactions={"nft": text} if text else {},
+        warnings=tuple(warnings),
+    )

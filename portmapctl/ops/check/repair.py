@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
@@ -53,8 +53,6 @@ from portmapctl.ops.node import Node
 from portmapctl.ops.side_effects import after_setup, after_setup_many
 
 if TYPE_CHECKING:
-    from portmapctl.nftables.access import NftAccess
-    from portmapctl.nftables.ruleset import Ruleset
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
 # --- repair ---------------------------------------------------------------------------
@@ -291,29 +289,6 @@ class _Planned:
         self.tables[txn.family] = planned.tables[txn.family]
 
 
-class _ReadOnceNft:
-    """The node's nftables, read once for the check before, the split and the plan; a
-    write makes the next read a real one (the check after an nft repair reads the
-    tables nft made)."""
-
-    def __init__(self, access: NftAccess, live: Ruleset) -> None:
-        self.access = access
-        self.name = access.name
-        self.writable = access.writable
-        self.live: Optional[Ruleset] = live
-
-    def read(self, families: Iterable[int] = (4, 6)) -> Ruleset:
-        wanted = set(families)
-        if self.live is None:
-            return self.access.read(wanted)
-        tables = {f: t for f, t in self.live.tables.items() if f in wanted}
-        return replace(self.live, tables=tables)
-
-    def apply(self, txn: NftTransaction) -> None:
-        self.live = None
-        self.access.apply(txn)
-
-
 def _attempted(
     planned: _Planned, configs: Sequence[MappingConfig]
 ) -> List[Tuple[MappingConfig, List[int]]]:
@@ -359,7 +334,9 @@ def repair(
     if node.nft is not None:
         live_nft = node.read_nft()
         if node.nft_unusable is None:
-            node.nft = _ReadOnceNft(node.nft, live_nft)
+            from portmapctl.ops.check.nft_repair import ReadOnceNft
+
+            node.nft = ReadOnceNft(node.nft, live_nft)
     before = _check_node(node, attachments, read)
     from portmapctl.cni.cache import added_at
     from portmapctl.ops.check import nft as check_nft
@@ -478,7 +455,9 @@ def _repair_mapping(
     """`check --repair` of one mapping given on the command line (for `ifname`)."""
     config, notes = followed(node, config, writing=True)
     if nft_mapping(node, config):
-        done = _repair_nft_mapping(node, config, check_followed(node, config), flush_udp)
+        from portmapctl.ops.check.nft_repair import repair_nft_mapping
+
+        done = repair_nft_mapping(node, config, check_followed(node, config), flush_udp)
         return replace(done, notes=notes + done.notes)
     node, planned = _planned_node(node)
     before = check_followed(node, config, ifname=ifname)
@@ -566,44 +545,4 @@ def _repaired(
         found=after.found,
         rows=after.rows,
         unrepaired=tuple((u.family, u.network, u.container_id, u.chain, u.why) for u in unrepaired),
-    )
-
-
-def _repair_nft_mapping(
-    node: Node, config: MappingConfig, before: CheckResult, flush_udp: bool
-) -> CheckResult:
-    from portmapctl.core.validate import nft_refusals
-    from portmapctl.nftables.transaction import check_condition
-    from portmapctl.ops.check import nft_repair
-
-    nft_refusals(config)
-    for condition in (*config.conditions_v4, *config.conditions_v6):
-        check_condition(condition)
-    tried: List[NftTransaction] = []
-    try:
-        text, families = nft_repair.repair_mapping(node, config, before.families, tried)
-    except Interrupted:
-        # SIGTERM or Ctrl-C once `nft -f` went in (or was under way): what it made gets
-        # the plugin's side effects on the way out, as the whole-node repair does.
-        for c, fams in nft_repair.nft_changed(tried[-1], [config]) if tried else []:
-            after_setup(c, fams, flush_udp, local_only=True)
-        if flush_udp and tried:
-            with contextlib.suppress(PortmapctlError):  # (the run ends as terminated)
-                nft_repair.flush_routed_after(node, tried[-1])
-        raise
-    warnings = after_setup(config, families, flush_udp, local_only=True) if families else []
-    if flush_udp and text and tried:
-        warnings += nft_repair.flush_routed_after(node, tried[-1])
-    after = check_followed(node, config)
-    remaining = {p.key for p in after.problems}
-    return CheckResult(
-        after.problems,
-        after.families,
-        after.scope,
-        mappings_checked=after.mappings_checked,
-        chain=after.chain,
-        repaired=bool(text),
-        fixed=tuple(p for p in before.problems if p.key not in remaining),
-        transactions={"nft": text} if text else {},
-        warnings=tuple(warnings),
     )
