@@ -4,8 +4,9 @@ Nodes in the field carry chains written by every plugin version since portmap fi
 shipped (v0.6.0, 2017). Each version's text is described here once, with the version
 range and the source it was read from, as pure functions over rules in saved form
 (tuples of tokens exactly as `iptables-save` prints them, `ruleset.py`). `list`,
-`check` and `gc` read old nodes through these functions; `add` and `--repair` write
-only the current shape (`chains.py`), and an older shape that works is left alone.
+`check` and `gc` read old nodes through these functions; `add` writes only the current
+shape (`chains.py`); an older shape that works is left alone, and `--repair` puts back
+what a chain lost in the shape its plugin wrote, where the chain shows which (as_written).
 
 Sources: containernetworking/plugins, `git show vX:plugins/meta/portmap/portmap.go` and
 `chain.go` (fillDnatRules / dnatRules / snatRules and chain.setup), and for masqAll the
@@ -304,12 +305,6 @@ def _unspecified_host_ports(config: MappingConfig, family: int) -> FrozenSet[Pro
     )
 
 
-def has_dead_shape(config: MappingConfig, family: int) -> bool:
-    """Whether versions before v0.8.7 wrote a rule of this mapping that never matches
-    (host IP 0.0.0.0 or ::)."""
-    return bool(_unspecified_host_ports(config, family))
-
-
 def _as_written_before_v0_8_7(chain: Chain, dead: FrozenSet[ProtoPort], family: int) -> Chain:
     """`chain` with `-d 0.0.0.0/32` (`-d ::/128`) on the rules of `dead` ports, where
     iptables-save prints it (after -s, before -p): how those versions wrote host IP
@@ -389,21 +384,65 @@ def as_found(config: MappingConfig, family: int, live: NatTable) -> Optional[Tup
 
 
 def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[Tuple[Shape, Chain]]:
-    """as_found; else, for a `masqAll` config, the shape of a plugin that ignores the
-    key (before v1.2: Debian's 1.1.1) when the live chain's mark rules are on the
-    subnet, however much of the chain is left. That plugin wrote it and wants it so:
-    its lost rules are missing, its mark rules not `extra`, and a repair gives back
-    its chain (its CHECK passes again), not upstream's masqAll shape."""
+    """as_found; else the shape the plugin that wrote the live chain wants, however
+    much of the chain is left, where the chain shows which plugin that was:
+
+    - a rule of a host-IP-0.0.0.0 port written `-d 0.0.0.0/32` (before v0.8.7): that
+      version's dead shape closest to what is left (_dead_shape_left). Its lost rules
+      come back dead; the current shape would bring the mapping to life and take its
+      port from whichever container gets it now.
+    - for a `masqAll` config, mark rules on the subnet: the shape of a plugin that
+      ignores the key (before v1.2: Debian's 1.1.1). That plugin wants it so: its
+      lost rules are missing, its mark rules not `extra`, and a repair gives back its
+      chain (its CHECK passes again), not upstream's masqAll shape.
+    """
     found = as_found(config, family, live)
-    if found is not None or not config.masq_all:
-        return found
+    dead = _unspecified_host_ports(config, family)
+    if found is not None or not (dead or config.masq_all):
+        return found  # (the usual case: no shape other than the current one to tell)
     current = dnat_chain(config, family)
     if current is None or not live.has_chain(current.name):
         return None
-    if classify_chain(live.rules(current.name))[0] is not Shape.CURRENT:
+    rules = live.rules(current.name)
+    if dead and _written_dead(rules, dead):
+        return _dead_shape_left(config, family, live, dead)
+    if not config.masq_all or classify_chain(rules)[0] is not Shape.CURRENT:
         return None
     plain = dnat_chain(dataclasses.replace(config, masq_all=False), family)
     return None if plain is None else (Shape.CURRENT, plain)
+
+
+def _written_dead(rules: Sequence[Args], dead: FrozenSet[ProtoPort]) -> bool:
+    """Whether a rule of a host-IP-0.0.0.0 port carries the dead `-d` (< v0.8.7)."""
+    for args in rules:
+        read = classify_rule(args)
+        if read is not None and read.dead and (read.protocol, read.host_port) in dead:
+            return True
+    return False
+
+
+def _dead_shape_left(
+    config: MappingConfig, family: int, live: NatTable, dead: FrozenSet[ProtoPort]
+) -> Optional[Tuple[Shape, Chain]]:
+    """Of the shapes versions before v0.8.7 wrote for this config (accepted_chains'
+    dead ones: v0.8.6, v0.7-v0.8.5, v0.6), the one sharing the most rules with the
+    live chain and its entry rules (the first on a tie: v0.8.6's)."""
+    candidates = [
+        (shape, chain)
+        for shape, chain in accepted_chains(config, family)
+        if _written_dead(chain.rules, dead)
+    ]
+    if not candidates:
+        return None
+    name = candidates[0][1].name
+    rules = set(live.rules(name))
+    entries = {r for r in live.rules(TOPLEVEL_DNAT) if rule_target(r) == name}
+
+    def left(candidate: Tuple[Shape, Chain]) -> int:
+        chain = candidate[1]
+        return len(rules.intersection(chain.rules)) + len(entries.intersection(chain.entry_rules))
+
+    return max(candidates, key=left)  # max keeps the first of equals
 
 
 # --- the shared chains, without a cache ------------------------------------------------

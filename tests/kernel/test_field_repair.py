@@ -112,3 +112,67 @@ def test_repair_leaves_a_dead_chain_dead_and_the_live_port_where_it_is(
     assert {(m["container_id"], tuple(m["status"])) for m in listed} == {
         (ID_A, ("dead",)), (ID_B, ("ok",)),
     }  # fmt: skip
+
+
+# A's dead chain lost its localhost rule; or A's second interface on mynet (net1,
+# 10.88.0.7) appended its rules to the same chain (the v0.8.5 plugin's ADD of each).
+A_LOCALHOST = "-s 127.0.0.1/32 -d 0.0.0.0/32 -p tcp -m tcp --dport 2202"
+A_NET1 = (
+    "-A {dn} -s 10.88.0.7/32 -d 0.0.0.0/32 -p tcp -m tcp --dport 2202 -j CNI-HOSTPORT-SETMARK\n"
+    "-A {dn} -d 0.0.0.0/32 -p tcp -m tcp --dport 2202 -j DNAT --to-destination 10.88.0.7:22\n"
+)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("form", ["node", "mapping"])
+@pytest.mark.parametrize("case", ["lost-a-rule", "shared"])
+def test_repair_keeps_a_dead_chain_not_found_whole_dead(
+    host_ns, tmp_path, iptables_mode, case, form
+):
+    """A dead chain that is not one config's exact shape (a rule lost; two interfaces'
+    rules in it) was judged against the current shape, and --repair rewrote it without
+    `-d 0.0.0.0/32`: A's entry rule, first, took tcp/2202 from B. Now its lost rule
+    comes back as v0.8.5 wrote it, the shared chain is left, and B keeps the port."""
+    from portmapctl.iptables.chains import chain_name
+
+    dn_a = chain_name("mynet", ID_A)
+    written = (FIELD / "v0.8.5-dead-before-working.v4.save").read_text()
+    lines = written.splitlines(keepends=True)
+    if case == "lost-a-rule":
+        body = "".join(ln for ln in lines if not ln.startswith(f"-A {dn_a} {A_LOCALHOST}"))
+    else:
+        at = max(i for i, ln in enumerate(lines) if ln.startswith(f"-A {dn_a} "))
+        written = "".join([*lines[: at + 1], A_NET1.format(dn=dn_a), *lines[at + 1 :]])
+        body = written
+    rp._run(
+        [rp._ip(), "netns", "exec", host_ns, rp.tool_path("iptables-restore", iptables_mode)],
+        input=body,
+        check=True,
+    )
+    mappings = [{"hostPort": 2202, "containerPort": 22, "protocol": "tcp", "hostIP": "0.0.0.0"}]
+    interfaces = [("eth0", "10.88.0.5/16")] + (
+        [("net1", "10.88.0.7/16")] if case == "shared" else []
+    )
+    for ifname, ip in interfaces:
+        conf = rp.plugin_conf("mynet", [ip], mappings)
+        rp.write_cni_cache(tmp_path, "mynet", ID_A, ifname, conf, mappings, [ip])
+    b_mappings = [{**mappings[0], "hostIP": ""}]
+    conf = rp.plugin_conf("mynet", ["10.88.0.6/16"], b_mappings)
+    rp.write_cni_cache(tmp_path, "mynet", ID_B, "eth0", conf, b_mappings, ["10.88.0.6/16"])
+    common = ["--netns", host_ns, "--family", "4", "--iptables", iptables_mode,
+              "--cni-cache-dir", str(tmp_path), "-o", "json"]  # fmt: skip
+    given = []
+    if form == "mapping":
+        given = ["--network", "mynet", "--container", ID_A, "--ip", "10.88.0.5/16",
+                 "-p", "0.0.0.0:2202:22/tcp", "--ifname", "eth0"]  # fmt: skip
+    done = run(["check", "--repair", *common, *given])
+    assert done.returncode == 1, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert [p["kind"] for p in doc["problems"]] == ["dead"]
+    assert bool(doc["repaired"]) == (case == "lost-a-rule")
+    # The chain as its plugin wrote it (the lost rule back, dead), and nothing else.
+    assert rp.nat_rules(rp.save(host_ns, 4, iptables_mode)) == rp.nat_rules(written)
+    listed = json.loads(run(["list", *common]).stdout)["mappings"]
+    statuses = {(m["container_id"], m["container_ip"], tuple(m["status"])) for m in listed}
+    assert (ID_B, "10.88.0.6", ("ok",)) in statuses
+    assert all(s == ("dead",) for cid, _, s in statuses if cid == ID_A)

@@ -180,6 +180,81 @@ def test_one_dead_mapping_checked_alone_is_dead_and_its_repair_takes_no_port(tmp
     assert not _plan(None, config)(parse_save(text("v0.8.5-dead-before-working"), 4))
 
 
+# A's dead chain (v0.8.5, host IP 0.0.0.0) lost its localhost rule; or A has a second
+# interface on mynet (net1, 10.88.0.7) whose ADD appended its rules to the same chain.
+A_LOCALHOST = f"-A {DN_A} -s 127.0.0.1/32 -d 0.0.0.0/32 -p tcp -m tcp --dport 2202"
+A_NET1 = (
+    f"-A {DN_A} -s 10.88.0.7/32 -d 0.0.0.0/32 -p tcp -m tcp --dport 2202 -j CNI-HOSTPORT-SETMARK\n"
+    f"-A {DN_A} -d 0.0.0.0/32 -p tcp -m tcp --dport 2202 -j DNAT --to-destination 10.88.0.7:22\n"
+)
+
+
+def dead_variant(case: str) -> str:
+    body = text("v0.8.5-dead-before-working")
+    if case == "lost-a-rule":
+        return "\n".join(ln for ln in body.splitlines() if not ln.startswith(A_LOCALHOST)) + "\n"
+    last_of_a = f"-A {DN_A} -d 0.0.0.0/32 -p tcp -m tcp --dport 2202 -j DNAT"
+    at = body.index("\n", body.index(last_of_a)) + 1
+    return body[:at] + A_NET1 + body[at:]
+
+
+def dead_cache(tmp_path: Path, case: str) -> str:
+    directory = Path(cache(
+        tmp_path,
+        (ID_A, "10.88.0.5/16", [(2202, 22, "tcp", "0.0.0.0")]),
+        (ID_B, "10.88.0.6/16", [(2202, 22, "tcp")]),
+    ))  # fmt: skip
+    if case == "shared":
+        mappings = [{"hostPort": 2202, "containerPort": 22, "protocol": "tcp", "hostIP": "0.0.0.0"}]
+        conf = realplugin.plugin_conf("mynet", ["10.88.0.7/16"], mappings)
+        realplugin.write_cni_cache(
+            directory, "mynet", ID_A, "net1", conf, mappings, ["10.88.0.7/16"]
+        )
+    return str(directory)
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+@pytest.mark.parametrize("case", ["lost-a-rule", "shared"])
+def test_a_dead_chain_not_found_whole_stays_dead(tmp_path, case, form):
+    """A dead chain not exactly in one config's shape (it lost a rule; the container's
+    two interfaces share it) is judged in the dead shape its plugin wrote, not the
+    current one: before, --repair rewrote it without `-d 0.0.0.0/32`, and A's entry
+    rule, first in CNI-HOSTPORT-DNAT, took tcp/2202 from B. Now a lost rule comes back
+    as written (dead), and a whole shared chain is `dead` and left alone."""
+    from portmapctl.cni.cache import read_cache
+    from portmapctl.iptables.access.memory import MemoryBackend
+    from portmapctl.iptables.ruleset import parse_save
+    from portmapctl.iptables.shapes import first_taker
+    from portmapctl.ops import check
+    from portmapctl.ops.check.expected import sharing_chain
+    from portmapctl.ops.check.repair import _plan
+
+    body = dead_variant(case)
+    cache_dir = dead_cache(tmp_path, case)
+    attachments = read_cache(cache_dir)
+    configs = check.cached_configs(attachments)
+    (a_eth0,) = [c for c in configs if str(c.address(4)) == "10.88.0.5/16"]
+    given: List[str] = []
+    plan = _plan(configs, None)
+    if form == "mapping":
+        given = ["--network", "mynet", "--container", ID_A, "--ip", "10.88.0.5/16",
+                 "-p", "0.0.0.0:2202:22/tcp"]  # fmt: skip
+        plan = _plan(None, a_eth0, sharing=sharing_chain(a_eth0, attachments, "eth0"))
+    checked = check_json(snapshot(tmp_path, "x", body), cache_dir, *given)
+    expected = ["dead", "missing-rules"] if case == "lost-a-rule" else ["dead"]
+    assert kinds(checked) == expected and checked["exit"] == 1
+    assert problem(checked, "dead", DN_A)["container_id"] == ID_A
+
+    table = parse_save(body, 4)
+    memory = MemoryBackend({4: table})
+    memory.apply(plan(table))
+    after = memory.read(4)
+    # (the chain as its plugin wrote it: the lost rule back in its dead form)
+    whole = text("v0.8.5-dead-before-working") if case == "lost-a-rule" else body
+    assert after.rules(DN_A) == parse_save(whole, 4).rules(DN_A)
+    assert first_taker(after, "tcp", 2202, -1) == DN_B
+
+
 def test_a_dead_v06_chain_is_dead_alone(tmp_path):
     # v0.6 wrote host IP 0.0.0.0 as a dead -d too: B's chain, entered first, is dead
     # on tcp/8080 (A gets it) and working on 9090; nothing for --repair to rewrite.

@@ -114,20 +114,21 @@ def mapping_dnat_chain(
     config: MappingConfig, sharing: Sequence[MappingConfig], live: NatTable
 ) -> Optional[Chain]:
     """The CNI-DN- chain a mapping given on the command line is checked and repaired
-    against: joined_dnat_chain of `sharing` (or of `config` alone); but for a mapping
-    alone on its chain, the chain in an older plugin's shape (shapes.as_written: v0.7's
-    hairpin mark on the pod IP, v0.6's, a plugin's that ignores `masqAll` such as
-    Debian's 1.1.1), that shape, as the node check judges it (SPEC §2: healthy, and
-    --repair leaves it or puts back its own lost rules; that plugin's CHECK passes on
-    it). So too the dead shape of host IP 0.0.0.0 (before v0.8.7): wanted as found,
-    it is reported `dead` (run.mapping_result) and never rewritten into a working
-    chain that would take the port from the container that gets it now."""
-    joined = joined_dnat_chain(sharing or (config,), live.family)
-    alone = tuple(sharing) in ((), (config,))
-    if joined is None or not alone:
-        return joined
-    found = shapes.as_written(config, live.family, live)
-    return joined if found is None else found[1]
+    against, as the node check judges it (wanted_on_node): each of `sharing` (or
+    `config` alone) in the shape it is found in (shapes.as_written: an older
+    plugin's exact shape, such as v0.7's hairpin mark on the pod IP, v0.6's, or the
+    shape of a plugin that ignores `masqAll` such as Debian's 1.1.1, healthy as
+    SPEC §2 says; the dead shape of host IP 0.0.0.0 before v0.8.7, reported `dead`
+    by run.mapping_result and never rewritten into a working chain that would take
+    the port from the container that gets it now), else in the current one; joined
+    as the ADDs of a container's interfaces leave it."""
+    chains = []
+    for each in sharing or (config,):
+        found = shapes.as_written(each, live.family, live)
+        chain = found[1] if found is not None else dnat_chain(each, live.family)
+        if chain is not None:
+            chains.append(chain)
+    return functools.reduce(_joined, chains) if chains else None
 
 
 def _joined(have: Chain, chain: Chain) -> Chain:
