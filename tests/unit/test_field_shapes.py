@@ -243,7 +243,9 @@ def test_a_dead_chain_not_found_whole_stays_dead(tmp_path, case, form):
     checked = check_json(snapshot(tmp_path, "x", body), cache_dir, *given)
     expected = ["dead", "missing-rules"] if case == "lost-a-rule" else ["dead"]
     assert kinds(checked) == expected and checked["exit"] == 1
-    assert problem(checked, "dead", DN_A)["container_id"] == ID_A
+    hit = problem(checked, "dead", DN_A)
+    assert hit["container_id"] == ID_A
+    assert hit["detail"].startswith("tcp/2202 only") and "takes tcp/2202 instead" in hit["detail"]
 
     table = parse_save(body, 4)
     memory = MemoryBackend({4: table})

@@ -190,7 +190,8 @@ def _falls_through(
 def dead_problem(found: inventory.Inventory, c: inventory.ChainInfo, fixes: Fixes) -> Problem:
     dead = [m for m in found.mappings if m.chain == c.name and m.family == c.family]
     dead = [m for m in dead if Status.DEAD in m.status]
-    ports = [(m.protocol, m.host_port) for m in dead]
+    # (a port once: a chain the container's interfaces share DNATs it for each)
+    ports = list(dict.fromkeys((m.protocol, m.host_port) for m in dead))
     where = dead[0].host_ip if dead else "0.0.0.0"
     prefix = 128 if ":" in (where or "") else 32
     return Problem(
