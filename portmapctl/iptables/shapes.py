@@ -397,9 +397,11 @@ def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[T
       chain (its CHECK passes again), not upstream's masqAll shape.
     """
     found = as_found(config, family, live)
+    if found is not None:
+        return found
     dead = _unspecified_host_ports(config, family)
-    if found is not None or not (dead or config.masq_all):
-        return found  # (the usual case: no shape other than the current one to tell)
+    if not dead and not config.masq_all:
+        return None  # (the usual case: no other shape to tell)
     current = dnat_chain(config, family)
     if current is None or not live.has_chain(current.name):
         return None
