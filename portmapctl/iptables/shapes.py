@@ -329,12 +329,24 @@ def accepted_chains(config: MappingConfig, family: int) -> List[Tuple[Shape, Cha
     if current is None:
         return []
     found = [(Shape.MASQ_ALL if config.masq_all else Shape.CURRENT, current)]
-    plain = current
     if config.masq_all:
         # Plugins before v1.2.0 (Debian's 1.1.1 among them) ignore the key.
-        plain = dnat_chain(dataclasses.replace(config, masq_all=False), family) or current
-        found.append((Shape.CURRENT, plain))
-    older: List[Tuple[Shape, Chain]] = []  # versions before v0.8.6
+        found.append((Shape.CURRENT, _plain(config, family) or current))
+    dead = _unspecified_host_ports(config, family)
+    return found + (_dead_chains(config, family, dead) if dead else _older_chains(config, family))
+
+
+def _plain(config: MappingConfig, family: int) -> Optional[Chain]:
+    """The chain as versions before v1.2.0 made it: without `masqAll`."""
+    return dnat_chain(dataclasses.replace(config, masq_all=False), family)
+
+
+def _older_chains(config: MappingConfig, family: int) -> List[Tuple[Shape, Chain]]:
+    """The chain as versions before v0.8.6 made it (v0.7-v0.8.5, v0.6)."""
+    plain = _plain(config, family)
+    if plain is None:
+        return []
+    older: List[Tuple[Shape, Chain]] = []
     address = config.address(family)
     if config.snat and address is not None:
         own = f"{address.ip.compressed}/{address.max_prefixlen}"
@@ -358,13 +370,20 @@ def accepted_chains(config: MappingConfig, family: int) -> List[Tuple[Shape, Cha
         older.append(
             (Shape.V0_6, dataclasses.replace(plain, rules=dnat_only, entry_rules=(entry,)))
         )
-    dead = _unspecified_host_ports(config, family)
-    if not dead:
-        return found + older
-    # Host IP 0.0.0.0 as v0.8.6 (the current shape), v0.7-v0.8.5 and v0.6 wrote it.
-    return found + [
+    return older
+
+
+def _dead_chains(
+    config: MappingConfig, family: int, dead: FrozenSet[ProtoPort]
+) -> List[Tuple[Shape, Chain]]:
+    """The chain as v0.8.6, v0.7-v0.8.5 and v0.6 made it for host IP 0.0.0.0 (the
+    ports `dead`): dead (_as_written_before_v0_8_7)."""
+    plain = _plain(config, family)
+    if plain is None:
+        return []
+    return [
         (shape, _as_written_before_v0_8_7(chain, dead, family))
-        for shape, chain in [(Shape.CURRENT, plain), *older]
+        for shape, chain in [(Shape.CURRENT, plain), *_older_chains(config, family)]
     ]
 
 
@@ -387,10 +406,11 @@ def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[T
     """as_found; else the shape the plugin that wrote the live chain wants, however
     much of the chain is left, where the chain shows which plugin that was:
 
-    - a rule of a host-IP-0.0.0.0 port written `-d 0.0.0.0/32` (before v0.8.7): that
-      version's dead shape closest to what is left (_dead_shape_left). Its lost rules
-      come back dead; the current shape would bring the mapping to life and take its
-      port from whichever container gets it now.
+    - a rule of a host-IP-0.0.0.0 port written `-d 0.0.0.0/32` (before v0.8.7), or,
+      for a config with such a port, a shape older than v0.8.6 (_written_before_v0_8_6):
+      that version's dead shape closest to what is left (_dead_shape_left). Its lost
+      rules come back dead; the current shape would bring the mapping to life and take
+      its port from whichever container gets it now.
     - for a `masqAll` config, mark rules on the subnet: the shape of a plugin that
       ignores the key (before v1.2: Debian's 1.1.1). That plugin wants it so: its
       lost rules are missing, its mark rules not `extra`, and a repair gives back its
@@ -406,7 +426,7 @@ def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[T
     if current is None or not live.has_chain(current.name):
         return None
     rules = live.rules(current.name)
-    if dead and _written_dead(rules, dead):
+    if dead and _written_dead_there(rules, live, current.name, dead):
         return _dead_shape_left(config, family, live, dead)
     if not config.masq_all or classify_chain(rules)[0] is not Shape.CURRENT:
         return None
@@ -414,13 +434,30 @@ def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[T
     return None if plain is None else (Shape.CURRENT, plain)
 
 
-def _written_dead(rules: Sequence[Args], dead: FrozenSet[ProtoPort]) -> bool:
-    """Whether a rule of a host-IP-0.0.0.0 port carries the dead `-d` (< v0.8.7)."""
-    for args in rules:
-        read = classify_rule(args)
-        if read is not None and read.dead and (read.protocol, read.host_port) in dead:
-            return True
-    return False
+def _written_dead_there(
+    rules: Sequence[Args], live: NatTable, name: str, dead: FrozenSet[ProtoPort]
+) -> bool:
+    """Whether the live chain is what a version before v0.8.7 wrote for the 0.0.0.0
+    ports `dead`: a rule of one carries the dead `-d`, or the chain is in a shape older
+    than v0.8.6; and no rule of one is written live (without `-d`: a chain that says
+    both is kept as it works, in the current shape, rather than killed)."""
+    read = [r for r in (classify_rule(args) for args in rules) if r is not None]
+    ours = [r for r in read if (r.protocol, r.host_port) in dead]
+    if any(r.host_ip is None for r in ours):
+        return False
+    return any(r.dead for r in ours) or _written_before_v0_8_6(rules, live, name)
+
+
+def _written_before_v0_8_6(rules: Sequence[Args], live: NatTable, name: str) -> bool:
+    """Whether the chain shows a version before v0.8.6 (every one of them wrote host IP
+    0.0.0.0 dead) even where its 0.0.0.0 ports' rules are gone: hairpin marks on the
+    container's own address (v0.7-v0.8.5), or a port-less entry rule (v0.6)."""
+    if classify_chain(rules)[0] is Shape.HAIRPIN_HOST:
+        return True
+    return any(
+        rule_target(r) == name and classify_entry(r) is EntryShape.PORTLESS
+        for r in live.rules(TOPLEVEL_DNAT)
+    )
 
 
 def _dead_shape_left(
@@ -429,11 +466,7 @@ def _dead_shape_left(
     """Of the shapes versions before v0.8.7 wrote for this config (accepted_chains'
     dead ones: v0.8.6, v0.7-v0.8.5, v0.6), the one sharing the most rules with the
     live chain and its entry rules (the first on a tie: v0.8.6's)."""
-    candidates = [
-        (shape, chain)
-        for shape, chain in accepted_chains(config, family)
-        if _written_dead(chain.rules, dead)
-    ]
+    candidates = _dead_chains(config, family, dead)
     if not candidates:
         return None
     name = candidates[0][1].name

@@ -274,6 +274,82 @@ def test_a_dead_v06_chain_is_dead_alone(tmp_path):
     assert problem(checked, "dead", DN_B)["container_id"] == ID_B
 
 
+@pytest.mark.parametrize("lost", ["its-dead-rule", "nothing"])
+def test_a_v06_chain_without_its_dead_rule_gets_it_back_dead(tmp_path, lost):
+    """v0.6 wrote B's host IP 0.0.0.0 port dead; B's port-less entry comes first. With
+    that rule lost, nothing in B's chain says `-d 0.0.0.0/32`, but its port-less entry
+    says v0.6, which wrote every 0.0.0.0 port dead: --repair puts the rule back dead,
+    and A keeps tcp/8080 (judged in the current shape, B's chain took it from A). A
+    0.0.0.0 port's rule written live (no -d) is kept live, not killed."""
+    from portmapctl.cni.cache import read_cache
+    from portmapctl.iptables.access.memory import MemoryBackend
+    from portmapctl.iptables.ruleset import parse_save
+    from portmapctl.iptables.shapes import first_taker
+    from portmapctl.ops import check
+    from portmapctl.ops.check.repair import _plan
+
+    dead_rule = f"-A {DN_B} -d 0.0.0.0/32 -p tcp -m tcp --dport 8080"
+    written = text("v0.6-portless-entries").replace(
+        f"-A {DN_B} -p tcp -m tcp --dport 8080", dead_rule
+    )
+    body = written
+    if lost == "its-dead-rule":
+        body = "\n".join(ln for ln in written.splitlines() if not ln.startswith(dead_rule)) + "\n"
+    both = cache(
+        tmp_path,
+        (ID_A, "10.88.0.5/16", [(8080, 80, "tcp")]),
+        (ID_B, "10.88.0.6/16", [(8080, 80, "tcp", "0.0.0.0"), (9090, 90, "tcp")]),
+    )
+    checked = check_json(snapshot(tmp_path, "x", body), both)
+    if lost == "nothing":
+        assert kinds(checked) == ["dead", "legacy", "legacy"]
+    else:  # (no dead rule left to list; the one missing is said as v0.6 wrote it)
+        assert kinds(checked) == ["legacy", "legacy", "missing-rules"]
+        assert dead_rule in problem(checked, "missing-rules", DN_B)["detail"]
+
+    table = parse_save(body, 4)
+    memory = MemoryBackend({4: table})
+    memory.apply(_plan(check.cached_configs(read_cache(both)), None)(table))
+    after = memory.read(4)
+    assert after.rules(DN_B) == parse_save(written, 4).rules(DN_B)
+    assert first_taker(after, "tcp", 8080, -1) == DN_A
+    assert first_taker(after, "tcp", 9090, -1) == DN_B
+
+
+def test_a_host_ip_0_0_0_0_rule_written_live_is_not_killed():
+    """A v0.8.5-shaped chain whose rules for a host IP 0.0.0.0 port carry no `-d`
+    (they forward; what wrote them is not what the config says): not read as dead, so
+    --repair does not rewrite them dead (the port stays A's, first in the chain)."""
+    from portmapctl.core.mapping import MappingConfig, PortMapping
+    from portmapctl.iptables.access.memory import MemoryBackend
+    from portmapctl.iptables.ruleset import parse_save
+    from portmapctl.iptables.shapes import first_taker
+    from portmapctl.ops.check.repair import _plan
+
+    written = text("v0.8.5-dead-before-working").replace(" -d 0.0.0.0/32", "")
+    body = (
+        "\n".join(
+            ln
+            for ln in written.splitlines()
+            if not ln.startswith(A_LOCALHOST.replace(" -d 0.0.0.0/32", ""))
+        )
+        + "\n"
+    )
+    table = parse_save(body, 4)
+    assert first_taker(table, "tcp", 2202, -1) == DN_A
+    config = MappingConfig(
+        "mynet",
+        ID_A,
+        (ipaddress.ip_interface("10.88.0.5/16"),),
+        (PortMapping(2202, 22, "tcp", "0.0.0.0"),),
+    )
+    memory = MemoryBackend({4: table})
+    memory.apply(_plan(None, config)(table))
+    after = memory.read(4)
+    assert not any("0.0.0.0/32" in " ".join(r) for r in after.rules(DN_A))
+    assert first_taker(after, "tcp", 2202, -1) == DN_A
+
+
 def test_posted_dead_chain_is_dead(tmp_path):
     # plugins#643 as posted: the chain alone, entered by nothing.
     found = list_json(snapshot(tmp_path, "plugins-643-dead"), no_cache(tmp_path))
