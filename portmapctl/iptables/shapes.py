@@ -46,6 +46,7 @@ from portmapctl.iptables.chains import (
     TOPLEVEL_DNAT,
     Chain,
     dnat_chain,
+    dnat_chain_name,
 )
 from portmapctl.iptables.ruleset import Args, NatTable, normalize, options, rule_target
 
@@ -426,7 +427,7 @@ def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[T
     if current is None or not live.has_chain(current.name):
         return None
     rules = live.rules(current.name)
-    if dead and _written_dead_there(rules, live, current.name, dead):
+    if dead and _written_dead_there(config, family, live, dead):
         return _dead_shape_left(config, family, live, dead)
     if not config.masq_all or classify_chain(rules)[0] is not Shape.CURRENT:
         return None
@@ -435,29 +436,40 @@ def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[T
 
 
 def _written_dead_there(
-    rules: Sequence[Args], live: NatTable, name: str, dead: FrozenSet[ProtoPort]
+    config: MappingConfig, family: int, live: NatTable, dead: FrozenSet[ProtoPort]
 ) -> bool:
     """Whether the live chain is what a version before v0.8.7 wrote for the 0.0.0.0
     ports `dead`: a rule of one carries the dead `-d`, or the chain is in a shape older
     than v0.8.6; and no rule of one is written live (without `-d`: a chain that says
     both is kept as it works, in the current shape, rather than killed)."""
-    read = [r for r in (classify_rule(args) for args in rules) if r is not None]
-    ours = [r for r in read if (r.protocol, r.host_port) in dead]
+    name = dnat_chain_name(config)
+    rules = live.rules(name)
+    ours = [
+        r
+        for r in (classify_rule(args) for args in rules)
+        if r is not None and (r.protocol, r.host_port) in dead
+    ]
     if any(r.host_ip is None for r in ours):
         return False
-    return any(r.dead for r in ours) or _written_before_v0_8_6(rules, live, name)
+    return any(r.dead for r in ours) or _written_before_v0_8_6(config, family, live)
 
 
-def _written_before_v0_8_6(rules: Sequence[Args], live: NatTable, name: str) -> bool:
+def _written_before_v0_8_6(config: MappingConfig, family: int, live: NatTable) -> bool:
     """Whether the chain shows a version before v0.8.6 (every one of them wrote host IP
-    0.0.0.0 dead) even where its 0.0.0.0 ports' rules are gone: hairpin marks on the
-    container's own address (v0.7-v0.8.5), or a port-less entry rule (v0.6)."""
-    if classify_chain(rules)[0] is Shape.HAIRPIN_HOST:
-        return True
-    return any(
+    0.0.0.0 dead) even where its 0.0.0.0 ports' rules are gone: a port-less entry rule
+    (v0.6), or hairpin marks on the container's own address (v0.7-v0.8.5) where that
+    is not its whole subnet (a /32 pod address, as Calico's, has the current plugin
+    mark that very /32)."""
+    name = dnat_chain_name(config)
+    if any(
         rule_target(r) == name and classify_entry(r) is EntryShape.PORTLESS
         for r in live.rules(TOPLEVEL_DNAT)
-    )
+    ):
+        return True
+    address = config.address(family)
+    if address is None or address.network.prefixlen == address.max_prefixlen:
+        return False
+    return classify_chain(live.rules(name))[0] is Shape.HAIRPIN_HOST
 
 
 def _dead_shape_left(

@@ -8,6 +8,7 @@ change nothing. Needs root (the namespace); skipped with the reason otherwise.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,34 @@ def test_repair_keeps_a_dead_chain_not_found_whole_dead(
     statuses = {(m["container_id"], m["container_ip"], tuple(m["status"])) for m in listed}
     assert (ID_B, "10.88.0.6", ("ok",)) in statuses
     assert all(s == ("dead",) for cid, _, s in statuses if cid == ID_A)
+
+
+@pytest.mark.netns
+def test_a_current_chain_of_a_host_length_address_is_not_read_as_dead(host_ns, tmp_path):
+    """A container with a /32 address (Calico's IPAM hands those out): the current
+    plugin (Debian's 1.1.1) marks hairpin traffic on the subnet, that very /32, the
+    shape v0.7-v0.8.5 wrote on any pod address, and those versions wrote host IP
+    0.0.0.0 dead. With the rules of its 0.0.0.0 port lost, the chain must not be read
+    as theirs: --repair gives back the rules the plugin wrote (live), and its CHECK
+    passes."""
+    from portmapctl.iptables.chains import chain_name
+
+    mappings = [
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "0.0.0.0"},
+        {"hostPort": 9090, "containerPort": 90, "protocol": "tcp", "hostIP": ""},
+    ]
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/32"], mappings)
+    rp.run_plugin("ADD", host_ns, ID_A, conf, check=True)
+    rp.write_cni_cache(tmp_path, "mynet", ID_A, "eth0", conf, mappings, ["10.88.0.5/32"])
+    written = rp.nat_rules(rp.save(host_ns, 4))
+    dn_a = chain_name("mynet", ID_A)
+    lost = [ln for ln in written if ln.startswith(f"-A {dn_a} ") and "--dport 8080" in ln]
+    assert len(lost) == 3 and any("-s 10.88.0.5/32" in ln for ln in written)
+    for line in lost:
+        rp.iptables(host_ns, ["-t", "nat", "-D", *shlex.split(line)[1:]])
+    done = run(["check", "--repair", "--netns", host_ns, "--family", "4",
+                "--cni-cache-dir", str(tmp_path), "-o", "json"])  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["healthy"]
+    assert rp.nat_rules(rp.save(host_ns, 4)) == written
+    assert all(c.returncode == 0 for c in rp.run_check(host_ns, ID_A, conf))
