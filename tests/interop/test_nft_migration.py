@@ -864,6 +864,42 @@ def test_one_mapping_checked_with_masq_all_judges_a_debian_chain_in_its_own_shap
     upstream.run("v1.9.1", "CHECK", node, "up1", up, check=True)
 
 
+def test_one_mapping_of_a_debian_chain_two_interfaces_share_is_judged_as_the_node_check_does(
+    node: str, tmp_path: Path
+) -> None:
+    """deb1 on mynet through eth0 and net1 (Multus), both ADDed by Debian's 1.1.1 under a
+    cached `masqAll` config: one chain holds both interfaces' rules in 1.1.1's shape.
+    The node check calls it healthy; the check of eth0's mapping given with
+    --masq-all said missing-rules and extra-rules (it judged a shared chain only in
+    upstream's masqAll shape), and its --repair rewrote the chain so."""
+    ports = [_pm(8080, 80)]
+    confs = {}
+    for ifname, ip in (("eth0", "10.88.0.5/16"), ("net1", "10.88.0.7/16")):
+        conf = rp.plugin_conf("mynet", [ip], ports)
+        conf["prevResult"]["interfaces"][0]["name"] = ifname  # (the delegate's interface)
+        conf = {k: conf[k] for k in ("cniVersion", "name", "type")} | {"masqAll": True} | {
+            k: v for k, v in conf.items() if k not in ("cniVersion", "name", "type")
+        }  # fmt: skip
+        rp.run_plugin("ADD", node, "deb1", conf, ifname=ifname, check=True)
+        rp.write_cni_cache(tmp_path, "mynet", "deb1", ifname, conf, ports, [ip])
+        confs[ifname] = conf
+    before = rp.nat_rules(rp.save(node, 4))
+    assert sum(ln.startswith(f"-A {chain_name('mynet', 'deb1', 'DN-')} ") for ln in before) == 4
+    whole = _pmctl(node, tmp_path, "check", "--family", "4")
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    given = ["--network", "mynet", "--container", "deb1", "--ip", "10.88.0.5/16",
+             "-p", "8080:80", "--masq-all", "--ifname", "eth0", "--family", "4"]  # fmt: skip
+    one = _pmctl(node, tmp_path, "check", *given, "-o", "json")
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert json.loads(one.stdout)["problems"] == []
+    done = _pmctl(node, tmp_path, "check", *given, "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rp.nat_rules(rp.save(node, 4)) == before
+    for ifname, conf in confs.items():
+        for result in rp.run_check(node, "deb1", conf, ifname=ifname):
+            assert result.returncode == 0, result.stdout + result.stderr
+
+
 _SEND = (
     "import socket, sys\n"
     "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"

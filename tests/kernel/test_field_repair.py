@@ -156,6 +156,7 @@ def test_repair_keeps_a_dead_chain_not_found_whole_dead(
     )
     for ifname, ip in interfaces:
         conf = rp.plugin_conf("mynet", [ip], mappings)
+        conf["prevResult"]["interfaces"][0]["name"] = ifname
         rp.write_cni_cache(tmp_path, "mynet", ID_A, ifname, conf, mappings, [ip])
     b_mappings = [{**mappings[0], "hostIP": ""}]
     conf = rp.plugin_conf("mynet", ["10.88.0.6/16"], b_mappings)

@@ -207,6 +207,7 @@ def dead_cache(tmp_path: Path, case: str) -> str:
     if case == "shared":
         mappings = [{"hostPort": 2202, "containerPort": 22, "protocol": "tcp", "hostIP": "0.0.0.0"}]
         conf = realplugin.plugin_conf("mynet", ["10.88.0.7/16"], mappings)
+        conf["prevResult"]["interfaces"][0]["name"] = "net1"
         realplugin.write_cni_cache(
             directory, "mynet", ID_A, "net1", conf, mappings, ["10.88.0.7/16"]
         )
