@@ -420,12 +420,12 @@ def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[T
     found = as_found(config, family, live)
     if found is not None:
         return found
-    dead = _unspecified_host_ports(config, family)
-    if not dead and not config.masq_all:
+    if not config.masq_all and not any(p.host_ip for p in config.ports):
         return None  # (the usual case: no other shape to tell)
     current = dnat_chain(config, family)
     if current is None or not live.has_chain(current.name):
-        return None
+        return None  # (a missing chain is in no shape)
+    dead = _unspecified_host_ports(config, family)
     rules = live.rules(current.name)
     if dead and _written_dead_there(config, family, live, dead):
         return _dead_shape_left(config, family, live, dead)
@@ -457,11 +457,11 @@ def _written_dead_there(
 def _written_before_v0_8_6(config: MappingConfig, family: int, live: NatTable) -> bool:
     """Whether the chain shows a version before v0.8.6 (every one of them wrote host IP
     0.0.0.0 dead) even where its 0.0.0.0 ports' rules are gone: a port-less entry rule
-    (v0.6), or hairpin marks on the container's own address (v0.7-v0.8.5) where that
-    is not its whole subnet (a /32 pod address, as Calico's, has the current plugin
-    mark that very /32)."""
+    or the paired CNI-SN- chain (v0.6), or hairpin marks on the container's own
+    address (v0.7-v0.8.5) where that is not its whole subnet (a /32 pod address, as
+    Calico's, has the current plugin mark that very /32)."""
     name = dnat_chain_name(config)
-    if any(
+    if live.has_chain(paired_snat_chain(name)) or any(
         rule_target(r) == name and classify_entry(r) is EntryShape.PORTLESS
         for r in live.rules(TOPLEVEL_DNAT)
     ):
@@ -477,7 +477,8 @@ def _dead_shape_left(
 ) -> Optional[Tuple[Shape, Chain]]:
     """Of the shapes versions before v0.8.7 wrote for this config (accepted_chains'
     dead ones: v0.8.6, v0.7-v0.8.5, v0.6), the one sharing the most rules with the
-    live chain and its entry rules (the first on a tie: v0.8.6's)."""
+    live chain and its entry rules; on a tie the one the chain shows (its mark rules,
+    a CNI-SN- twin for v0.6), else the first (v0.8.6's)."""
     candidates = _dead_chains(config, family, dead)
     if not candidates:
         return None
@@ -485,9 +486,14 @@ def _dead_shape_left(
     rules = set(live.rules(name))
     entries = {r for r in live.rules(TOPLEVEL_DNAT) if rule_target(r) == name}
 
-    def left(candidate: Tuple[Shape, Chain]) -> int:
+    shown = classify_chain(live.rules(name))[0]
+    if shown is None and live.has_chain(paired_snat_chain(name)):
+        shown = Shape.V0_6
+
+    def left(candidate: Tuple[Shape, Chain]) -> Tuple[int, bool]:
         chain = candidate[1]
-        return len(rules.intersection(chain.rules)) + len(entries.intersection(chain.entry_rules))
+        kept = len(rules.intersection(chain.rules)) + len(entries.intersection(chain.entry_rules))
+        return kept, candidate[0] is shown  # (on a tie, the shape the chain shows)
 
     return max(candidates, key=left)  # max keeps the first of equals
 

@@ -275,7 +275,7 @@ def test_a_dead_v06_chain_is_dead_alone(tmp_path):
     assert problem(checked, "dead", DN_B)["container_id"] == ID_B
 
 
-@pytest.mark.parametrize("lost", ["its-dead-rule", "nothing"])
+@pytest.mark.parametrize("lost", ["its-dead-rule", "its-dead-rule-and-entry", "nothing"])
 def test_a_v06_chain_without_its_dead_rule_gets_it_back_dead(tmp_path, lost):
     """v0.6 wrote B's host IP 0.0.0.0 port dead; B's port-less entry comes first. With
     that rule lost, nothing in B's chain says `-d 0.0.0.0/32`, but its port-less entry
@@ -294,8 +294,15 @@ def test_a_v06_chain_without_its_dead_rule_gets_it_back_dead(tmp_path, lost):
         f"-A {DN_B} -p tcp -m tcp --dport 8080", dead_rule
     )
     body = written
-    if lost == "its-dead-rule":
-        body = "\n".join(ln for ln in written.splitlines() if not ln.startswith(dead_rule)) + "\n"
+    if lost != "nothing":
+        # (and B's entry: the paired CNI-SN- chain still says v0.6)
+        gone = (
+            dead_rule,
+            f'-A CNI-HOSTPORT-DNAT -m comment --comment "dnat name: \\"mynet\\" id: \\"{ID_B}',
+        )
+        gone = gone if lost == "its-dead-rule-and-entry" else gone[:1]
+        body = "\n".join(ln for ln in written.splitlines() if not ln.startswith(gone)) + "\n"
+        assert body.count("\n") == written.count("\n") - len(gone)
     both = cache(
         tmp_path,
         (ID_A, "10.88.0.5/16", [(8080, 80, "tcp")]),
@@ -304,7 +311,7 @@ def test_a_v06_chain_without_its_dead_rule_gets_it_back_dead(tmp_path, lost):
     checked = check_json(snapshot(tmp_path, "x", body), both)
     if lost == "nothing":
         assert kinds(checked) == ["dead", "legacy", "legacy"]
-    else:  # (no dead rule left to list; the one missing is said as v0.6 wrote it)
+    elif lost == "its-dead-rule":  # (no dead rule left to list; missing as v0.6 wrote it)
         assert kinds(checked) == ["legacy", "legacy", "missing-rules"]
         assert dead_rule in problem(checked, "missing-rules", DN_B)["detail"]
 
@@ -314,7 +321,8 @@ def test_a_v06_chain_without_its_dead_rule_gets_it_back_dead(tmp_path, lost):
     after = memory.read(4)
     assert after.rules(DN_B) == parse_save(written, 4).rules(DN_B)
     assert first_taker(after, "tcp", 8080, -1) == DN_A
-    assert first_taker(after, "tcp", 9090, -1) == DN_B
+    if lost != "its-dead-rule-and-entry":
+        assert first_taker(after, "tcp", 9090, -1) == DN_B
 
 
 def test_a_host_ip_0_0_0_0_rule_written_live_is_not_killed():
