@@ -431,7 +431,7 @@ def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[T
         return _dead_shape_left(config, family, live, dead)
     if not config.masq_all or classify_chain(rules)[0] is not Shape.CURRENT:
         return None
-    plain = dnat_chain(dataclasses.replace(config, masq_all=False), family)
+    plain = _plain(config, family)
     return None if plain is None else (Shape.CURRENT, plain)
 
 
