@@ -1180,3 +1180,45 @@ def test_one_nft_mapping_check_reports_a_rule_not_the_plugins_taking_its_port_fi
     done, problems = _check_json(node, tmp_path, *_ctr_mapping("ctrA"))
     assert done.returncode == 1, done.stdout + done.stderr
     assert problems == whole, problems
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_repair_never_moves_a_port_from_the_container_that_has_it(
+    node: str, tmp_path: Path, form: str
+) -> None:
+    """v1.9.1 ADDs A (tcp/8080, tcp/9090), then B (tcp/8080): A's 8080 rule comes first
+    and takes the port. With that rule lost, B has tcp/8080's traffic; --repair would
+    put A's rule back where the plugin wrote it, before B's, and take the port from B
+    (before: it did). Now A is left as it is, stderr and `unrepaired` say who has the
+    port, and B keeps it."""
+    a = ("ctr-a", ["10.88.0.21/16"], [_pm(8080, 80), _pm(9090, 90)])
+    b = ("ctr-b", ["10.88.0.22/16"], [_pm(8080, 8080)])
+    conf_a = _plugin_add(node, tmp_path, a)
+    _plugin_add(node, tmp_path, b)
+    (lost,) = [
+        r for r in _rules_of(node, "ctr-a")
+        if r["chain"] == "hostports" and "8080" in json.dumps(r["expr"])
+    ]  # fmt: skip
+    upstream.nft(node, "delete", "rule", "ip", "cni_hostport", "hostports",
+                 "handle", str(lost["handle"]))  # fmt: skip
+    before = upstream.ruleset_json(node)
+    assert ("ctr-b", 4, "tcp", None, 8080, "10.88.0.22", 8080, True, ("ok",), "nftables") in _rows(
+        node, tmp_path
+    )
+    given: List[str] = []
+    if form == "mapping":
+        path = tmp_path / "ctr-a.json"
+        path.write_text(json.dumps(conf_a))
+        given = ["--container", "ctr-a", "--cni-config", str(path)]
+    done = _pmctl(node, tmp_path, "check", "--repair", *given, "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert not doc["repaired"]
+    (left,) = doc["unrepaired"]
+    assert left["container_id"] == "ctr-a"
+    assert "would take tcp/8080 from ctr-b (hostports)" in left["why"]
+    assert "could not repair IPv4 podman/ctr-a (hostports)" in done.stderr
+    assert upstream.ruleset_json(node) == before
+    assert ("ctr-b", 4, "tcp", None, 8080, "10.88.0.22", 8080, True, ("ok",), "nftables") in _rows(
+        node, tmp_path
+    )

@@ -209,3 +209,59 @@ def test_a_current_chain_of_a_host_length_address_is_not_read_as_dead(host_ns, t
     assert json.loads(done.stdout)["healthy"]
     assert rp.nat_rules(rp.save(host_ns, 4)) == written
     assert all(c.returncode == 0 for c in rp.run_check(host_ns, ID_A, conf))
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("form", ["node", "mapping"])
+@pytest.mark.parametrize("case", ["dead-chain-emptied", "two-containers-one-port"])
+def test_repair_never_moves_a_port_from_the_mapping_that_has_it(
+    host_ns, tmp_path, iptables_mode, case, form
+):
+    """A's chain is entered before B's, and B has tcp/2202's traffic: A's chain is one
+    v0.8.5 wrote dead (host IP 0.0.0.0) that lost every rule (nothing says which plugin
+    wrote it), or one written live whose DNAT rule was lost while B's cached config maps
+    the port too. Written in its config's current shape, A's chain would take the port
+    from B (before: it did). --repair leaves the node as it is, says why A was not
+    repaired and who has the port, and B is still ok."""
+    from portmapctl.iptables.chains import chain_name
+
+    dn_a, dn_b = chain_name("mynet", ID_A), chain_name("mynet", ID_B)
+    written = (FIELD / "v0.8.5-dead-before-working.v4.save").read_text()
+    if case == "dead-chain-emptied":
+        gone = f"-A {dn_a} "
+        host_ip = "0.0.0.0"
+    else:
+        written = written.replace(" -d 0.0.0.0/32", "")
+        gone = f"-A {dn_a} -p tcp -m tcp --dport 2202 -j DNAT"
+        host_ip = ""
+    body = "".join(ln for ln in written.splitlines(keepends=True) if not ln.startswith(gone))
+    assert body != written
+    rp._run(
+        [rp._ip(), "netns", "exec", host_ns, rp.tool_path("iptables-restore", iptables_mode)],
+        input=body,
+        check=True,
+    )
+    for cid, ip, hip in ((ID_A, "10.88.0.5/16", host_ip), (ID_B, "10.88.0.6/16", "")):
+        mappings = [{"hostPort": 2202, "containerPort": 22, "protocol": "tcp", "hostIP": hip}]
+        conf = rp.plugin_conf("mynet", [ip], mappings)
+        rp.write_cni_cache(tmp_path, "mynet", cid, "eth0", conf, mappings, [ip])
+    common = ["--netns", host_ns, "--family", "4", "--iptables", iptables_mode,
+              "--cni-cache-dir", str(tmp_path), "-o", "json"]  # fmt: skip
+    given = []
+    if form == "mapping":
+        spec = f"{host_ip}:2202:22/tcp" if host_ip else "2202:22/tcp"
+        given = ["--network", "mynet", "--container", ID_A, "--ip", "10.88.0.5/16",
+                 "-p", spec, "--ifname", "eth0"]  # fmt: skip
+    done = run(["check", "--repair", *common, *given])
+    assert done.returncode == 1, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert not doc["repaired"]
+    # (the live chain is v0.8.5's shape less its DNAT rule: judged in the current one)
+    wrong = ["missing-rules"] if case == "dead-chain-emptied" else ["extra-rules", "missing-rules"]
+    assert sorted(p["kind"] for p in doc["problems"]) == wrong
+    (left,) = doc["unrepaired"]
+    assert left["container_id"] == ID_A and left["chain"] == dn_a
+    assert f"take tcp/2202 from mynet/{ID_B[:12]} ({dn_b})" in left["why"]
+    assert rp.nat_rules(rp.save(host_ns, 4, iptables_mode)) == rp.nat_rules(body)
+    listed = json.loads(run(["list", *common]).stdout)["mappings"]
+    assert [m["status"] for m in listed if m["container_id"] == ID_B] == [["ok"]]

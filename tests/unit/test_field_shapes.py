@@ -819,3 +819,66 @@ def test_add_over_a_dead_chain_warns_it_takes_the_port_of_the_container_behind()
     [warning] = shadow_warnings(config, {4: table})
     assert f"tcp/2202 is mapped to mynet/{ID_B[:12]} ({DN_B}) too" in warning
     assert warning.endswith("this mapping comes first and shadows it")
+
+
+# A's dead chain (v0.8.5, host IP 0.0.0.0), entered first, that lost every rule showing
+# its version (an empty chain), or B's port given to A by a cached config too: B has
+# tcp/2202's traffic now.
+A_DEAD = f"-A {DN_A} -s 10.88.0.5/32 -d 0.0.0.0/32", A_LOCALHOST, f"-A {DN_A} -d 0.0.0.0/32"
+
+
+def moving_variant(case: str) -> str:
+    body = text("v0.8.5-dead-before-working")
+    if case == "dead-chain-emptied":
+        return "\n".join(ln for ln in body.splitlines() if not ln.startswith(A_DEAD)) + "\n"
+    # A written live for tcp/2202 (no host IP), then its DNAT rule lost
+    body = body.replace(" -d 0.0.0.0/32", "")
+    lost = f"-A {DN_A} -p tcp -m tcp --dport 2202 -j DNAT"
+    return "\n".join(ln for ln in body.splitlines() if not ln.startswith(lost)) + "\n"
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+@pytest.mark.parametrize("case", ["dead-chain-emptied", "two-containers-one-port"])
+def test_repair_never_moves_a_port_from_the_mapping_that_has_it(tmp_path, case, form):
+    """A's chain, entered before B's, would take tcp/2202 from B if --repair wrote it in
+    its config's current shape: a dead chain come back to life (nothing left of it says
+    which plugin wrote it), or two cached containers on one port. B has the port's
+    traffic now; the repair leaves A as it is and says who has the port (before: A's
+    chain was rewritten and took the port from B)."""
+    from portmapctl.cni.cache import read_cache
+    from portmapctl.core.mapping import MappingConfig, PortMapping
+    from portmapctl.iptables.access.memory import MemoryBackend
+    from portmapctl.iptables.ruleset import parse_save
+    from portmapctl.iptables.shapes import first_taker
+    from portmapctl.ops import check
+    from portmapctl.ops.check.repair import repair
+    from portmapctl.ops.node import Node, NodeOptions
+
+    body = moving_variant(case)
+    host_ip = "0.0.0.0" if case == "dead-chain-emptied" else ""
+    both = cache(
+        tmp_path,
+        (ID_A, "10.88.0.5/16", [(2202, 22, "tcp", host_ip)]),
+        (ID_B, "10.88.0.6/16", [(2202, 22, "tcp")]),
+    )
+    table = parse_save(body, 4)
+    assert first_taker(table, "tcp", 2202, -1) == DN_B
+    memory = MemoryBackend({4: table})
+    node = Node(NodeOptions(cache_dirs=(both,), backend="iptables", families=(4,)), memory)
+    if form == "node":
+        assert len(check.cached_configs(read_cache(both))) == 2
+        unrepaired = repair(node, flush_udp=False).unrepaired
+    else:
+        a = MappingConfig(
+            "mynet",
+            ID_A,
+            (ipaddress.ip_interface("10.88.0.5/16"),),
+            (PortMapping(2202, 22, "tcp", host_ip or None),),
+        )
+        done = repair(node, a, flush_udp=False)
+        unrepaired = done.unrepaired
+    after = memory.read(4)
+    assert after.rules(DN_A) == table.rules(DN_A)
+    assert first_taker(after, "tcp", 2202, -1) == DN_B
+    (why,) = [u for u in unrepaired if DN_A in u]
+    assert f"take tcp/2202 from mynet/{ID_B[:12]} ({DN_B})" in why[-1]

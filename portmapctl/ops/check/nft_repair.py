@@ -21,7 +21,8 @@ from portmapctl.ops.check.nft import (
     other_networks,
     own_addresses,
 )
-from portmapctl.ops.check.problem import CheckResult
+from portmapctl.ops.check.port_moves import PortTaken, nft_ports_taken
+from portmapctl.ops.check.problem import CheckResult, Unrepaired
 from portmapctl.ops.node import Node
 from portmapctl.ops.side_effects import after_setup
 
@@ -110,11 +111,14 @@ class _CacheAgain:
 
 class NftRepaired(NamedTuple):
     """What nft_repair did: its `nft -f` text, the (config, families) it (re)made,
-    for the ADD's side effects, and the cache entries as the plan last read them."""
+    for the ADD's side effects, the cache entries as the plan last read them, and the
+    containers left as they are because their repair would take a port another has
+    (port_moves)."""
 
     text: str
     changed: List[Tuple[MappingConfig, List[int]]]
     attachments: Optional[List[Attachment]]
+    left: Tuple[Unrepaired, ...] = ()
 
 
 def nft_repair(
@@ -143,6 +147,8 @@ def nft_repair(
         # Exactly as compared: their own unwanted rules go too (never anyone else's).
         return planner.repair(live, want, {c.container_id for c in configs}, families)
 
+    taken: Dict[str, Tuple[MappingConfig, PortTaken]] = {}  # by container ID
+
     def plan(live: Ruleset) -> NftTransaction:
         configs = cache.configs()
         txn = plan_from(configs, live)
@@ -150,14 +156,28 @@ def nft_repair(
         if cache.read_again(changing):
             configs = cache.configs()
             txn = plan_from(configs, live)
+        taken.clear()  # (planned again from a fresh read)
+        while found := nft_ports_taken(live, txn):
+            kept = [c for c in configs if c.container_id not in found]
+            if len(kept) == len(configs):
+                break  # (no container of the plan's: nothing to leave out)
+            for c in configs:
+                if c.container_id in found:
+                    taken.setdefault(c.container_id, (c, found[c.container_id]))
+            configs = kept
+            txn = plan_from(configs, live)
         planned.append((txn, configs))
         return txn
 
     text = node.converge_nft(plan, dry_run=dry_run)
     now = cache.refreshed(attachments)
+    left = tuple(
+        Unrepaired(t.family, c.network, c.container_id, t.chain, t.why(t.holder))
+        for c, t in taken.values()
+    )
     if not text or not planned:
-        return NftRepaired(text, [], now)
-    return NftRepaired(text, nft_changed(*planned[-1]), now)
+        return NftRepaired(text, [], now, left)
+    return NftRepaired(text, nft_changed(*planned[-1]), now, left)
 
 
 def nft_changed(
@@ -188,11 +208,13 @@ def repair_mapping(
     config: MappingConfig,
     families: Tuple[int, ...],
     planned: Optional[List[NftTransaction]] = None,
+    left: Optional[Dict[str, PortTaken]] = None,
 ) -> Tuple[str, List[int]]:
     """Make one nft-backed mapping as the plugin's ADD would, and delete the rules of
     its container that its config does not make (what check_mapping calls extra): the
     transaction's text and the families written. `planned`: gets each transaction as
-    it is tried (what a SIGTERM during the write may have put in)."""
+    it is tried (what a SIGTERM during the write may have put in). Nothing is written
+    when that would take a port another container has (port_moves): `left` gets why."""
     from portmapctl.nftables import planner
     from portmapctl.nftables.wanted import wanted
 
@@ -212,8 +234,17 @@ def repair_mapping(
     mine = own_addresses(config)
     tried: List[NftTransaction] = planned if planned is not None else []
 
+    from portmapctl.nftables.transaction import Transaction as NftTransaction
+
     def plan(live: Ruleset) -> NftTransaction:
         txn = planner.repair(live, want, ids, kept, others, mine)
+        took = nft_ports_taken(live, txn).get(config.container_id)
+        if left is not None:
+            left.clear()  # (planned again from a fresh read)
+            if took is not None:
+                left[config.container_id] = took
+        if took is not None:
+            txn = NftTransaction()
         tried.append(txn)
         return txn
 
@@ -323,8 +354,9 @@ def repair_nft_mapping(
     for condition in (*config.conditions_v4, *config.conditions_v6):
         check_condition(condition)
     tried: List[NftTransaction] = []
+    left: Dict[str, PortTaken] = {}
     try:
-        text, families = repair_mapping(node, config, before.families, tried)
+        text, families = repair_mapping(node, config, before.families, tried, left)
     except Interrupted:
         # SIGTERM or Ctrl-C once `nft -f` went in (or was under way): what it made gets
         # the plugin's side effects on the way out, as the whole-node repair does.
@@ -337,6 +369,11 @@ def repair_nft_mapping(
     warnings = after_setup(config, families, flush_udp, local_only=True) if families else []
     if flush_udp and text and tried:
         warnings += flush_routed_after(node, tried[-1])
+    unrepaired = [
+        Unrepaired(t.family, config.network, config.container_id, t.chain, t.why(t.holder))
+        for t in left.values()
+    ]
+    warnings += [u.text for u in unrepaired]
     after = check_followed(node, config)
     remaining = {p.key for p in after.problems}
     return CheckResult(
@@ -349,4 +386,5 @@ def repair_nft_mapping(
         fixed=tuple(p for p in before.problems if p.key not in remaining),
         transactions={"nft": text} if text else {},
         warnings=tuple(warnings),
+        unrepaired=tuple((u.family, u.network, u.container_id, u.chain, u.why) for u in unrepaired),
     )

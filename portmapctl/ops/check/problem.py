@@ -13,6 +13,24 @@ from portmapctl.iptables.ruleset import Args, format_rule
 
 
 @dataclass(frozen=True)
+class Unrepaired:
+    """A container whose mapping a repair could not (re)make, and why."""
+
+    family: int
+    network: str
+    container_id: str
+    chain: str
+    why: str
+
+    @property
+    def text(self) -> str:
+        return (
+            f"could not repair IPv{self.family} {self.network}/{self.container_id}"
+            f" ({self.chain}): {self.why}"
+        )
+
+
+@dataclass(frozen=True)
 class Problem:
     """One thing wrong on the node: what, where, why it matters, and what fixes it."""
 

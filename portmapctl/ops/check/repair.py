@@ -32,7 +32,8 @@ from portmapctl.ops.check.expected import (
     wanted_on_node,
     wanted_sharing,
 )
-from portmapctl.ops.check.problem import CheckResult
+from portmapctl.ops.check.port_moves import holder_name, plan_taking_nothing, ports_taken
+from portmapctl.ops.check.problem import CheckResult, Unrepaired
 from portmapctl.ops.check.run import (
     _check_node,
     check_followed,
@@ -101,24 +102,6 @@ def _plan(
     return plan
 
 
-@dataclass(frozen=True)
-class Unrepaired:
-    """A container whose mapping a repair could not (re)make, and why."""
-
-    family: int
-    network: str
-    container_id: str
-    chain: str
-    why: str
-
-    @property
-    def text(self) -> str:
-        return (
-            f"could not repair IPv{self.family} {self.network}/{self.container_id}"
-            f" ({self.chain}): {self.why}"
-        )
-
-
 def _in_row_order(unrepaired: Sequence[Unrepaired]) -> List[Unrepaired]:
     """As check's problem rows and "repaired:" lines (render.check.problem_sort_key):
     by network, container and family, so one container's lines stand together (the
@@ -177,6 +160,17 @@ def _repair_family(
     refuses it, the shared chains alone, then each container alone, so that the one
     it refuses is named and all the others are repaired."""
     skipped: Dict[str, Unrepaired] = {}
+    moved: Dict[str, Unrepaired] = {}  # left as they are: they would take a port (port_moves)
+
+    def taking_nothing(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
+        for name in {dnat_chain_name(c) for c in these}:
+            moved.pop(name, None)  # planned again from a fresh read
+        txn, taken = plan_taking_nothing(live, these, lambda cs: _plan(cs, None, cache)(live))
+        for name, took in taken.items():
+            first = next(c for c in these if dnat_chain_name(c) == name)
+            why = took.why(holder_name(live, took.holder))
+            moved[name] = Unrepaired(family, first.network, first.container_id, name, why)
+        return txn
 
     def usable(live: NatTable) -> List[MappingConfig]:
         kept = []
@@ -191,11 +185,11 @@ def _repair_family(
         return kept
 
     def plan_all(live: NatTable) -> Transaction:
-        return _plan(usable(live), None, cache)(live)
+        return taking_nothing(live, usable(live))
 
     try:
         txn = node.converge(family, plan_all)
-        return ([txn] if txn else []), list(skipped.values())
+        return ([txn] if txn else []), [*skipped.values(), *moved.values()]
     except ApplyFailed:
         pass
     applied: List[Transaction] = []
@@ -220,7 +214,7 @@ def _repair_family(
         def plan_one(live: NatTable, group: List[MappingConfig] = group) -> Transaction:
             if any(_missing_reference(c, live) is not None for c in group):
                 return Transaction(family)
-            return _plan(group, None, cache)(live)
+            return taking_nothing(live, group)
 
         try:
             txn = node.converge(family, plan_one)
@@ -234,7 +228,7 @@ def _repair_family(
             continue
         if txn:
             applied.append(txn)
-    return applied, [*skipped.values(), *failed]
+    return applied, [*skipped.values(), *moved.values(), *failed]
 
 
 class _Planned:
@@ -412,9 +406,10 @@ def repair(
                         fams.append(family)
         nft_changed: List[Tuple[MappingConfig, List[int]]] = []
         if nft_ids:
-            text, nft_changed, attachments = nft_repair.nft_repair(
+            text, nft_changed, attachments, nft_left = nft_repair.nft_repair(
                 node, attachments, dry_run=False, planned=nft_tried
             )
+            unrepaired += nft_left
             if text:
                 transactions["nft"] = text  # both families, one `nft -f` transaction
         unrepaired = _in_row_order(unrepaired)
@@ -482,10 +477,14 @@ def _repair_mapping(
     def plan(live: NatTable) -> Transaction:
         # A refusal no retry can cure is said, not tried (as the whole-node repair).
         why = missing_setmark_chain(config, live, spelling, "restore it, then repair again")
+        name = dnat_chain_name(config)
         if why is None:
             missing.pop(live.family, None)
-            return setup(live)
-        name = dnat_chain_name(config)
+            txn = setup(live)
+            took = ports_taken(live, txn).get(name)
+            if took is None:
+                return txn
+            why = took.why(holder_name(live, took.holder))
         missing[live.family] = Unrepaired(
             live.family, config.network, config.container_id, name, why
         )
