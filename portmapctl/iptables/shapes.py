@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from enum import Enum
-from typing import FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.iptables.chains import (
@@ -169,12 +169,17 @@ def classify_chain(rules: Sequence[Args]) -> Tuple[Optional[Shape], Tuple[PortRu
     DNATs to is a mark of no known shape (Role.MARK).
     """
     read = [r for r in (classify_rule(args) for args in rules) if r is not None]
-    targets = {(r.protocol, r.host_port): r.container_ip for r in read if r.role is Role.DNAT}
+    # A port's DNAT targets: several where a container's interfaces on one network
+    # share the chain (Multus: each ADD appends its rules), each marking its own address.
+    targets: Dict[ProtoPort, Set[Optional[str]]] = {}
+    for r in read:
+        if r.role is Role.DNAT:
+            targets.setdefault((r.protocol, r.host_port), set()).add(r.container_ip)
     fixed: List[PortRule] = []
     for rule in read:
         if rule.role is Role.HAIRPIN_HOST:
-            own = targets.get((rule.protocol, rule.host_port))
-            if own is None or (rule.source or "").split("/", 1)[0] != own:
+            own = targets.get((rule.protocol, rule.host_port), set())
+            if (rule.source or "").split("/", 1)[0] not in own:
                 rule = dataclasses.replace(rule, role=Role.MARK)
         fixed.append(rule)
     roles = {r.role for r in fixed}

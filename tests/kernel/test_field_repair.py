@@ -126,14 +126,16 @@ A_NET1 = (
 
 @pytest.mark.netns
 @pytest.mark.parametrize("form", ["node", "mapping"])
-@pytest.mark.parametrize("case", ["lost-a-rule", "shared"])
+@pytest.mark.parametrize("case", ["lost-a-rule", "shared", "shared-lost-a-mark"])
 def test_repair_keeps_a_dead_chain_not_found_whole_dead(
     host_ns, tmp_path, iptables_mode, case, form
 ):
     """A dead chain that is not one config's exact shape (a rule lost; two interfaces'
     rules in it) was judged against the current shape, and --repair rewrote it without
     `-d 0.0.0.0/32`: A's entry rule, first, took tcp/2202 from B. Now its lost rule
-    comes back as v0.8.5 wrote it, the shared chain is left, and B keeps the port."""
+    comes back as v0.8.5 wrote it, the shared chain is left, and B keeps the port. A
+    shared chain that lost net1's /32 mark gets it back, and a second repair changes
+    nothing (before: it took two, the second rewriting the chain in v0.8.6's shape)."""
     from portmapctl.iptables.chains import chain_name
 
     dn_a = chain_name("mynet", ID_A)
@@ -144,7 +146,12 @@ def test_repair_keeps_a_dead_chain_not_found_whole_dead(
     else:
         at = max(i for i, ln in enumerate(lines) if ln.startswith(f"-A {dn_a} "))
         written = "".join([*lines[: at + 1], A_NET1.format(dn=dn_a), *lines[at + 1 :]])
-        body = written
+        net1_mark = f"-A {dn_a} -s 10.88.0.7/32"
+        body = "".join(
+            ln
+            for ln in written.splitlines(keepends=True)
+            if case == "shared" or not ln.startswith(net1_mark)
+        )
     rp._run(
         [rp._ip(), "netns", "exec", host_ns, rp.tool_path("iptables-restore", iptables_mode)],
         input=body,
@@ -152,7 +159,7 @@ def test_repair_keeps_a_dead_chain_not_found_whole_dead(
     )
     mappings = [{"hostPort": 2202, "containerPort": 22, "protocol": "tcp", "hostIP": "0.0.0.0"}]
     interfaces = [("eth0", "10.88.0.5/16")] + (
-        [("net1", "10.88.0.7/16")] if case == "shared" else []
+        [("net1", "10.88.0.7/16")] if case.startswith("shared") else []
     )
     for ifname, ip in interfaces:
         conf = rp.plugin_conf("mynet", [ip], mappings)
@@ -171,9 +178,11 @@ def test_repair_keeps_a_dead_chain_not_found_whole_dead(
     assert done.returncode == 1, done.stdout + done.stderr
     doc = json.loads(done.stdout)
     assert [p["kind"] for p in doc["problems"]] == ["dead"]
-    assert bool(doc["repaired"]) == (case == "lost-a-rule")
+    assert bool(doc["repaired"]) == (case != "shared")
     # The chain as its plugin wrote it (the lost rule back, dead), and nothing else.
     assert rp.nat_rules(rp.save(host_ns, 4, iptables_mode)) == rp.nat_rules(written)
+    again = json.loads(run(["check", "--repair", *common, *given]).stdout)
+    assert not again["repaired"]
     listed = json.loads(run(["list", *common]).stdout)["mappings"]
     statuses = {(m["container_id"], m["container_ip"], tuple(m["status"])) for m in listed}
     assert (ID_B, "10.88.0.6", ("ok",)) in statuses
