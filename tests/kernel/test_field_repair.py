@@ -274,3 +274,66 @@ def test_repair_never_moves_a_port_from_the_mapping_that_has_it(
     assert rp.nat_rules(rp.save(host_ns, 4, iptables_mode)) == rp.nat_rules(body)
     listed = json.loads(run(["list", *common]).stdout)["mappings"]
     assert [m["status"] for m in listed if m["container_id"] == ID_B] == [["ok"]]
+
+
+@pytest.mark.netns
+def test_one_mapping_repair_of_a_v06_node_writes_nothing(host_ns, tmp_path, iptables_mode):
+    """v0.6 made no CNI-HOSTPORT-SETMARK/MASQ (its CNI-SN- chains masquerade), and the
+    node check wants none for its chains: nor does the check of one of its mappings
+    given on the command line, whose --repair created both (before). A is shadowed by
+    B's port-less entry (exit 1, nothing to repair); B is healthy."""
+    saved = (FIELD / "v0.6-portless-entries.v4.save").read_text()
+    rp._run(
+        [rp._ip(), "netns", "exec", host_ns, rp.tool_path("iptables-restore", iptables_mode)],
+        input=saved,
+        check=True,
+    )
+    before = rp.nat_rules(rp.save(host_ns, 4, iptables_mode))
+    common = ["check", "--repair", "--netns", host_ns, "--family", "4", "-o", "json",
+              "--iptables", iptables_mode, "--cni-cache-dir", str(tmp_path / "none")]  # fmt: skip
+    for cid, ip, ports, kinds in (
+        (ID_A, "10.88.0.5/16", ["8080:80/tcp"], ["shadowed"]),
+        (ID_B, "10.88.0.6/16", ["8080:80/tcp", "9090:90/tcp"], []),
+    ):
+        done = run([*common, "--network", "mynet", "--container", cid, "--ip", ip,
+                    *(w for p in ports for w in ("-p", p))])  # fmt: skip
+        doc = json.loads(done.stdout)
+        assert not doc["repaired"], done.stdout
+        assert [p["kind"] for p in doc["problems"]] == kinds
+        assert done.returncode == (1 if kinds else 0), done.stderr
+    assert rp.nat_rules(rp.save(host_ns, 4, iptables_mode)) == before
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_repair_leaves_a_v07_shared_dead_chain_as_v07_wrote_it(
+    host_ns, tmp_path, iptables_mode, form
+):
+    """v0.7 inserted the rules a chain lacked at its top (A's net1 rules before its
+    eth0 rules in their one chain). Found whole the chain is `dead` alone and --repair
+    changes nothing (before: rules-order, and the repair reordered it as v0.8
+    appends)."""
+    written = (FIELD / "v0.7-prepend-shared-dead.v4.save").read_text()
+    rp._run(
+        [rp._ip(), "netns", "exec", host_ns, rp.tool_path("iptables-restore", iptables_mode)],
+        input=written,
+        check=True,
+    )
+    mappings = [{"hostPort": 2202, "containerPort": 22, "protocol": "tcp", "hostIP": "0.0.0.0"}]
+    for ifname, ip in (("eth0", "10.88.0.5/16"), ("net1", "10.88.0.7/16")):
+        conf = rp.plugin_conf("mynet", [ip], mappings)
+        conf["prevResult"]["interfaces"][0]["name"] = ifname
+        rp.write_cni_cache(tmp_path, "mynet", ID_A, ifname, conf, mappings, [ip])
+    b_mappings = [{**mappings[0], "hostIP": ""}]
+    conf = rp.plugin_conf("mynet", ["10.88.0.6/16"], b_mappings)
+    rp.write_cni_cache(tmp_path, "mynet", ID_B, "eth0", conf, b_mappings, ["10.88.0.6/16"])
+    given = []
+    if form == "mapping":
+        given = ["--network", "mynet", "--container", ID_A, "--ip", "10.88.0.5/16",
+                 "-p", "0.0.0.0:2202:22/tcp", "--ifname", "eth0"]  # fmt: skip
+    done = run(["check", "--repair", "--netns", host_ns, "--family", "4", "--iptables",
+                iptables_mode, "--cni-cache-dir", str(tmp_path), "-o", "json", *given])  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert [p["kind"] for p in doc["problems"]] == ["dead"] and not doc["repaired"]
+    assert rp.nat_rules(rp.save(host_ns, 4, iptables_mode)) == rp.nat_rules(written)

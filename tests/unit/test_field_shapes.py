@@ -891,3 +891,73 @@ def test_repair_never_moves_a_port_from_the_mapping_that_has_it(tmp_path, case, 
     assert first_taker(after, "tcp", 2202, -1) == DN_B
     (why,) = [u for u in unrepaired if DN_A in u]
     assert f"take tcp/2202 from mynet/{ID_B[:12]} ({DN_B})" in why[-1]
+
+
+def test_a_lost_portless_entry_names_the_ports_it_sent(tmp_path):
+    """B's v0.6 entry rule (port-less: every port its chain DNATs) lost: missing-entry
+    names those ports (before: `for None/None`)."""
+    entry_b = f'-A CNI-HOSTPORT-DNAT -m comment --comment "dnat name: \\"mynet\\" id: \\"{ID_B}'
+    written = text("v0.6-portless-entries")
+    body = "\n".join(ln for ln in written.splitlines() if not ln.startswith(entry_b)) + "\n"
+    assert body != written
+    both = cache(
+        tmp_path,
+        (ID_A, "10.88.0.5/16", [(8080, 80, "tcp")]),
+        (ID_B, "10.88.0.6/16", [(8080, 80, "tcp"), (9090, 90, "tcp")]),
+    )
+    checked = check_json(snapshot(tmp_path, "x", body), both)
+    detail = problem(checked, "missing-entry", DN_B)["detail"]
+    assert detail == (
+        "no entry rule in CNI-HOSTPORT-DNAT for tcp/8080, tcp/9090"
+        " (a port-less entry rule, as v0.6 wrote it) (1 of 1 missing)"
+    )
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+@pytest.mark.parametrize(
+    "lost", ["nothing", "-s 127.0.0.1/32", "-s 10.88.0.7/32", "-s 10.88.0.5/32"]
+)
+def test_a_v07_shared_dead_chain_is_judged_in_the_order_v07_wrote_it(tmp_path, lost, form):
+    """v0.7 inserted the rules a chain lacked at its top: A's net1 ADD put its rules
+    before eth0's in their shared (dead) chain. Found whole it is `dead` alone (before:
+    also rules-order, and --repair reordered it as v0.8 appends); with a rule lost,
+    --repair puts it back where v0.7 wrote it."""
+    from portmapctl.cni.cache import read_cache
+    from portmapctl.iptables.access.memory import MemoryBackend
+    from portmapctl.iptables.ruleset import parse_save
+    from portmapctl.iptables.shapes import first_taker
+    from portmapctl.ops import check
+    from portmapctl.ops.check.expected import sharing_chain
+    from portmapctl.ops.check.repair import _plan
+
+    written = text("v0.7-prepend-shared-dead")
+    body = written
+    if lost != "nothing":
+        body = "\n".join(
+            ln for ln in written.splitlines() if not ln.startswith(f"-A {DN_A} {lost}")
+        )
+        body += "\n"
+        assert body.count("\n") == written.count("\n") - 1
+    cache_dir = dead_cache(tmp_path, "shared")
+    attachments = read_cache(cache_dir)
+    configs = check.cached_configs(attachments)
+    given: List[str] = []
+    plan = _plan(configs, None)
+    if form == "mapping":
+        (a_eth0,) = [c for c in configs if str(c.address(4)) == "10.88.0.5/16"]
+        given = ["--network", "mynet", "--container", ID_A, "--ip", "10.88.0.5/16",
+                 "-p", "0.0.0.0:2202:22/tcp"]  # fmt: skip
+        plan = _plan(None, a_eth0, sharing=sharing_chain(a_eth0, attachments, "eth0"))
+    checked = check_json(snapshot(tmp_path, "x", body), cache_dir, *given)
+    expected = ["dead"] if lost == "nothing" else ["dead", "missing-rules"]
+    assert kinds(checked) == expected and checked["exit"] == 1
+
+    table = parse_save(body, 4)
+    memory = MemoryBackend({4: table})
+    txn = plan(table)
+    assert bool(txn) == (lost != "nothing")
+    memory.apply(txn)
+    after = memory.read(4)
+    assert after.rules(DN_A) == parse_save(written, 4).rules(DN_A)
+    assert first_taker(after, "tcp", 2202, -1) == DN_B
+    assert not plan(after)

@@ -10,6 +10,7 @@ from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
 from portmapctl.iptables.chains import MASQ, SETMARK, TOPLEVEL_DNAT, Chain
 from portmapctl.iptables.ruleset import Args, NatTable, format_rule, option_value, rule_target
+from portmapctl.iptables.shapes import entry_ports
 from portmapctl.ops.check.hints import Fixes, _config_ports, _rules_text
 from portmapctl.ops.check.problem import Problem, saved_lines, saved_rules
 
@@ -260,9 +261,7 @@ def check_container(
     index = entries if entries is not None else entry_index(live)
     missing_entries = [r for r in wanted.entry_rules if r not in index.present]
     if missing_entries:
-        ports = ", ".join(
-            f"{option_value(r, '-p')}/{option_value(r, '--dports')}" for r in missing_entries
-        )
+        ports = ", ".join(_entry_ports_text(r, wanted.rules) for r in missing_entries)
         problems.append(
             problem(
                 ProblemKind.MISSING_ENTRY,
@@ -285,3 +284,13 @@ def check_container(
                 )
             )
     return problems
+
+
+def _entry_ports_text(rule: Args, chain_rules: Sequence[Args]) -> str:
+    """`tcp/8080,8081`; a port-less entry rule (v0.6) sends its chain every port the
+    chain DNATs: `tcp/8080, tcp/9090 (a port-less entry rule, as v0.6 wrote it)`."""
+    protocol, ports = option_value(rule, "-p"), option_value(rule, "--dports")
+    if protocol and ports:
+        return f"{protocol}/{ports}"
+    claimed = ", ".join(f"{p}/{n}" for p, n in entry_ports(rule, chain_rules))
+    return f"{claimed or 'every port'} (a port-less entry rule, as v0.6 wrote it)"

@@ -4,6 +4,7 @@ configs, in one family (older plugins' shapes as found are wanted as they are)."
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.cni.cache import Attachment, added_at
@@ -21,7 +22,7 @@ from portmapctl.iptables.chains import (
     toplevel_dnat_chain,
     wanted_chains,
 )
-from portmapctl.iptables.ruleset import NatTable
+from portmapctl.iptables.ruleset import Args, NatTable
 
 
 def cached_configs(attachments: Optional[Sequence[Attachment]]) -> List[MappingConfig]:
@@ -99,15 +100,23 @@ def wanted_sharing(
     live: Optional[NatTable] = None,
 ) -> List[Chain]:
     """wanted_chains of `config`, its CNI-DN- chain holding the rules of `sharing` too;
-    with `live`, that chain as mapping_dnat_chain judges it."""
+    with `live`, that chain as mapping_dnat_chain judges it, and no SETMARK/MASQ for
+    a chain found in v0.6's shape (as wanted_on_node)."""
     chains = wanted_chains(config, family)
     if live is None:
         joined = joined_dnat_chain(sharing, family)
     else:
         joined = mapping_dnat_chain(config, sharing, live)
+        if all(_found_v0_6(each, live) for each in sharing or (config,)):
+            chains = [c for c in chains if not c.shared or c.name == TOPLEVEL_DNAT]
     if not chains or joined is None:
         return chains
     return [*chains[:-1], joined]
+
+
+def _found_v0_6(config: MappingConfig, live: NatTable) -> bool:
+    found = shapes.as_written(config, live.family, live)
+    return found is not None and found[0] is shapes.Shape.V0_6
 
 
 def mapping_dnat_chain(
@@ -123,12 +132,49 @@ def mapping_dnat_chain(
     the port from the container that gets it now), else in the current one; joined
     as the ADDs of a container's interfaces leave it."""
     chains = []
+    prepending = True
     for each in sharing or (config,):
         found = shapes.as_written(each, live.family, live)
         chain = found[1] if found is not None else dnat_chain(each, live.family)
         if chain is not None:
             chains.append(chain)
-    return functools.reduce(_joined, chains) if chains else None
+            prepending = prepending and found is not None and found[0] in _PREPENDING
+    return _joined_as_found(chains, prepending, live) if chains else None
+
+
+# The shapes of versions before v0.8.0, whose ADD inserted a chain's missing rules first.
+_PREPENDING = frozenset({shapes.Shape.HAIRPIN_HOST, shapes.Shape.V0_6})
+
+
+def _joined_as_found(chains: Sequence[Chain], prepending: bool, live: NatTable) -> Chain:
+    """The chain the ADDs of a container's interfaces on one network leave (`chains`,
+    in ADD order): each appends the rules the chain lacks (v0.8.0 on). Plugins before
+    v0.8.0 inserted them first: where every chain is in an older shape that such a
+    version wrote (`prepending`) and the live chain is so (or what is left of it is in
+    that order only), that is the chain wanted."""
+    joined = functools.reduce(_joined, chains)
+    have = live.rules(joined.name)
+    if prepending and len(chains) > 1 and have != joined.rules:
+        first = functools.reduce(_joined_first, chains)
+        if have == first.rules or (
+            _in_that_order(have, first.rules) and not _in_that_order(have, joined.rules)
+        ):
+            return first
+    return joined
+
+
+def _in_that_order(rules: Sequence[Args], wanted: Sequence[Args]) -> bool:
+    """Whether `rules` are some of `wanted`, in its order."""
+    rest = iter(wanted)
+    return all(rule in rest for rule in rules)
+
+
+def _joined_first(have: Chain, chain: Chain) -> Chain:
+    """`have` with what a later ADD of v0.6-v0.7 puts before its rules: the rules of
+    `chain` it lacks, each `-I 1` in reverse (so in their order, at the top)."""
+    joined = _joined(have, chain)
+    lacking = tuple(r for r in chain.rules if r not in have.rules)
+    return replace(joined, rules=lacking + have.rules)
 
 
 def _joined(have: Chain, chain: Chain) -> Chain:
@@ -185,7 +231,7 @@ def wanted_on_node(
     shared: List[Chain] = []
     # By chain name: a container's interfaces on one network share its chain, which
     # the first one's config speaks for in messages.
-    per_container: Dict[str, Tuple[MappingConfig, Chain]] = {}
+    per_container: Dict[str, Tuple[MappingConfig, List[Chain], bool]] = {}
     for config in configs:
         old = shapes.as_written(config, family, live)
         for chain in wanted_chains(config, family):
@@ -196,8 +242,14 @@ def wanted_on_node(
                     shared.append(chain)
                 continue
             mine = old[1] if old else chain
+            prepending = old is not None and old[0] in _PREPENDING
             have = per_container.get(mine.name)
             per_container[mine.name] = (
-                (config, mine) if have is None else (have[0], _joined(have[1], mine))
+                (config, [mine], prepending)
+                if have is None
+                else (have[0], [*have[1], mine], have[2] and prepending)
             )
-    return _merge(shared), list(per_container.values())
+    return _merge(shared), [
+        (config, chains[0] if len(chains) == 1 else _joined_as_found(chains, prepending, live))
+        for config, chains, prepending in per_container.values()
+    ]
