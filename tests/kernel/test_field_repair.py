@@ -124,6 +124,19 @@ A_NET1 = (
 )
 
 
+def cache_dead_a_and_b(directory: Path, shared: bool) -> None:
+    """A's tcp/2202 on host IP 0.0.0.0 through eth0 (and net1, `shared`), then B's."""
+    mappings = [{"hostPort": 2202, "containerPort": 22, "protocol": "tcp", "hostIP": "0.0.0.0"}]
+    interfaces = [("eth0", "10.88.0.5/16")] + ([("net1", "10.88.0.7/16")] if shared else [])
+    for ifname, ip in interfaces:
+        conf = rp.plugin_conf("mynet", [ip], mappings)
+        conf["prevResult"]["interfaces"][0]["name"] = ifname
+        rp.write_cni_cache(directory, "mynet", ID_A, ifname, conf, mappings, [ip])
+    b_mappings = [{**mappings[0], "hostIP": ""}]
+    conf = rp.plugin_conf("mynet", ["10.88.0.6/16"], b_mappings)
+    rp.write_cni_cache(directory, "mynet", ID_B, "eth0", conf, b_mappings, ["10.88.0.6/16"])
+
+
 @pytest.mark.netns
 @pytest.mark.parametrize("form", ["node", "mapping"])
 @pytest.mark.parametrize("case", ["lost-a-rule", "shared", "shared-lost-a-mark"])
@@ -157,17 +170,7 @@ def test_repair_keeps_a_dead_chain_not_found_whole_dead(
         input=body,
         check=True,
     )
-    mappings = [{"hostPort": 2202, "containerPort": 22, "protocol": "tcp", "hostIP": "0.0.0.0"}]
-    interfaces = [("eth0", "10.88.0.5/16")] + (
-        [("net1", "10.88.0.7/16")] if case.startswith("shared") else []
-    )
-    for ifname, ip in interfaces:
-        conf = rp.plugin_conf("mynet", [ip], mappings)
-        conf["prevResult"]["interfaces"][0]["name"] = ifname
-        rp.write_cni_cache(tmp_path, "mynet", ID_A, ifname, conf, mappings, [ip])
-    b_mappings = [{**mappings[0], "hostIP": ""}]
-    conf = rp.plugin_conf("mynet", ["10.88.0.6/16"], b_mappings)
-    rp.write_cni_cache(tmp_path, "mynet", ID_B, "eth0", conf, b_mappings, ["10.88.0.6/16"])
+    cache_dead_a_and_b(tmp_path, shared=case.startswith("shared"))
     common = ["--netns", host_ns, "--family", "4", "--iptables", iptables_mode,
               "--cni-cache-dir", str(tmp_path), "-o", "json"]  # fmt: skip
     given = []
@@ -319,14 +322,7 @@ def test_repair_leaves_a_v07_shared_dead_chain_as_v07_wrote_it(
         input=written,
         check=True,
     )
-    mappings = [{"hostPort": 2202, "containerPort": 22, "protocol": "tcp", "hostIP": "0.0.0.0"}]
-    for ifname, ip in (("eth0", "10.88.0.5/16"), ("net1", "10.88.0.7/16")):
-        conf = rp.plugin_conf("mynet", [ip], mappings)
-        conf["prevResult"]["interfaces"][0]["name"] = ifname
-        rp.write_cni_cache(tmp_path, "mynet", ID_A, ifname, conf, mappings, [ip])
-    b_mappings = [{**mappings[0], "hostIP": ""}]
-    conf = rp.plugin_conf("mynet", ["10.88.0.6/16"], b_mappings)
-    rp.write_cni_cache(tmp_path, "mynet", ID_B, "eth0", conf, b_mappings, ["10.88.0.6/16"])
+    cache_dead_a_and_b(tmp_path, shared=True)
     given = []
     if form == "mapping":
         given = ["--network", "mynet", "--container", ID_A, "--ip", "10.88.0.5/16",

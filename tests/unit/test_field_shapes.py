@@ -218,6 +218,24 @@ def dead_cache(tmp_path: Path, case: str) -> str:
     return str(directory)
 
 
+def dead_plan(cache_dir: str, form: str):
+    """(the check's mapping options, the repair's planner) of A's eth0 mapping (form
+    "mapping") or of the whole node."""
+    from portmapctl.cni.cache import read_cache
+    from portmapctl.ops import check
+    from portmapctl.ops.check.expected import sharing_chain
+    from portmapctl.ops.check.repair import _plan
+
+    attachments = read_cache(cache_dir)
+    configs = check.cached_configs(attachments)
+    if form == "node":
+        return [], _plan(configs, None)
+    (a_eth0,) = [c for c in configs if str(c.address(4)) == "10.88.0.5/16"]
+    given = ["--network", "mynet", "--container", ID_A, "--ip", "10.88.0.5/16",
+             "-p", "0.0.0.0:2202:22/tcp"]  # fmt: skip
+    return given, _plan(None, a_eth0, sharing=sharing_chain(a_eth0, attachments, "eth0"))
+
+
 @pytest.mark.parametrize("form", ["node", "mapping"])
 @pytest.mark.parametrize("case", ["lost-a-rule", "shared", "shared-lost-a-mark"])
 def test_a_dead_chain_not_found_whole_stays_dead(tmp_path, case, form):
@@ -230,25 +248,13 @@ def test_a_dead_chain_not_found_whole_stays_dead(tmp_path, case, form):
     changes nothing (before: the first wrote net1's part in v0.8.6's shape, the
     second rewrote the whole chain so, as the chain's one DNAT target per port made
     net1's mark on its own address a mark of no known shape)."""
-    from portmapctl.cni.cache import read_cache
     from portmapctl.iptables.access.memory import MemoryBackend
     from portmapctl.iptables.ruleset import parse_save
     from portmapctl.iptables.shapes import first_taker
-    from portmapctl.ops import check
-    from portmapctl.ops.check.expected import sharing_chain
-    from portmapctl.ops.check.repair import _plan
 
     body = dead_variant(case)
     cache_dir = dead_cache(tmp_path, case)
-    attachments = read_cache(cache_dir)
-    configs = check.cached_configs(attachments)
-    (a_eth0,) = [c for c in configs if str(c.address(4)) == "10.88.0.5/16"]
-    given: List[str] = []
-    plan = _plan(configs, None)
-    if form == "mapping":
-        given = ["--network", "mynet", "--container", ID_A, "--ip", "10.88.0.5/16",
-                 "-p", "0.0.0.0:2202:22/tcp"]  # fmt: skip
-        plan = _plan(None, a_eth0, sharing=sharing_chain(a_eth0, attachments, "eth0"))
+    given, plan = dead_plan(cache_dir, form)
     checked = check_json(snapshot(tmp_path, "x", body), cache_dir, *given)
     expected = ["dead"] if case == "shared" else ["dead", "missing-rules"]
     assert kinds(checked) == expected and checked["exit"] == 1
@@ -922,13 +928,9 @@ def test_a_v07_shared_dead_chain_is_judged_in_the_order_v07_wrote_it(tmp_path, l
     before eth0's in their shared (dead) chain. Found whole it is `dead` alone (before:
     also rules-order, and --repair reordered it as v0.8 appends); with a rule lost,
     --repair puts it back where v0.7 wrote it."""
-    from portmapctl.cni.cache import read_cache
     from portmapctl.iptables.access.memory import MemoryBackend
     from portmapctl.iptables.ruleset import parse_save
     from portmapctl.iptables.shapes import first_taker
-    from portmapctl.ops import check
-    from portmapctl.ops.check.expected import sharing_chain
-    from portmapctl.ops.check.repair import _plan
 
     written = text("v0.7-prepend-shared-dead")
     body = written
@@ -939,15 +941,7 @@ def test_a_v07_shared_dead_chain_is_judged_in_the_order_v07_wrote_it(tmp_path, l
         body += "\n"
         assert body.count("\n") == written.count("\n") - 1
     cache_dir = dead_cache(tmp_path, "shared")
-    attachments = read_cache(cache_dir)
-    configs = check.cached_configs(attachments)
-    given: List[str] = []
-    plan = _plan(configs, None)
-    if form == "mapping":
-        (a_eth0,) = [c for c in configs if str(c.address(4)) == "10.88.0.5/16"]
-        given = ["--network", "mynet", "--container", ID_A, "--ip", "10.88.0.5/16",
-                 "-p", "0.0.0.0:2202:22/tcp"]  # fmt: skip
-        plan = _plan(None, a_eth0, sharing=sharing_chain(a_eth0, attachments, "eth0"))
+    given, plan = dead_plan(cache_dir, form)
     checked = check_json(snapshot(tmp_path, "x", body), cache_dir, *given)
     expected = ["dead"] if lost == "nothing" else ["dead", "missing-rules"]
     assert kinds(checked) == expected and checked["exit"] == 1
