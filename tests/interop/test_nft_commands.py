@@ -1214,6 +1214,7 @@ def test_repair_never_moves_a_port_from_the_container_that_has_it(
     assert done.returncode == 1, done.stdout + done.stderr
     doc = json.loads(done.stdout)
     assert not doc["repaired"]
+    assert all(p["fix"] is None for p in doc["problems"] if p["container_id"] == "ctr-a")
     (left,) = doc["unrepaired"]
     assert left["container_id"] == "ctr-a"
     assert "would take tcp/8080 from ctr-b (hostports)" in left["why"]

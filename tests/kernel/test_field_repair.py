@@ -271,6 +271,8 @@ def test_repair_never_moves_a_port_from_the_mapping_that_has_it(
     # (the live chain is v0.8.5's shape less its DNAT rule: judged in the current one)
     wrong = ["missing-rules"] if case == "dead-chain-emptied" else ["extra-rules", "missing-rules"]
     assert sorted(p["kind"] for p in doc["problems"]) == wrong
+    # (no fix that names --repair again: the line of why it could not)
+    assert all(p["fix"] is None and "could not repair" in p["why"] for p in doc["problems"])
     (left,) = doc["unrepaired"]
     assert left["container_id"] == ID_A and left["chain"] == dn_a
     assert f"take tcp/2202 from mynet/{ID_B[:12]} ({dn_b})" in left["why"]

@@ -35,6 +35,7 @@ from portmapctl.ops.check.expected import (
 from portmapctl.ops.check.port_moves import holder_name, plan_taking_nothing, ports_taken
 from portmapctl.ops.check.problem import CheckResult, Unrepaired
 from portmapctl.ops.check.run import (
+    SAME_WITH_REPAIR,
     _check_node,
     check_followed,
     followed,
@@ -517,6 +518,14 @@ def _repair_mapping(
     return _repaired(before, after, transactions, warnings, unrepaired)
 
 
+_LEFT = "--repair left it as it is: its `could not repair` line says why"
+
+
+def _names_repair(fix: str) -> bool:
+    """Whether a problem's fix is --repair (the node's command, or one mapping's)."""
+    return "portmapctl check --repair" in fix or fix == SAME_WITH_REPAIR
+
+
 def _repaired(
     before: CheckResult,
     after: CheckResult,
@@ -524,11 +533,18 @@ def _repaired(
     warnings: List[str],
     unrepaired: Sequence[Unrepaired],
 ) -> CheckResult:
-    """The check after a repair, with what it fixed and what it could not."""
+    """The check after a repair, with what it fixed and what it could not. A problem of
+    a container the repair could not make does not name --repair as its fix again: its
+    `could not repair` line says why."""
     remaining = {p.key for p in after.problems}
     fixed = tuple(p for p in before.problems if p.key not in remaining)
+    left = {(u.family, u.container_id) for u in unrepaired}
+    problems = tuple(
+        replace(p, fix=_LEFT) if (p.family, p.container_id) in left and _names_repair(p.fix) else p
+        for p in after.problems
+    )
     return CheckResult(
-        after.problems,
+        problems,
         after.families,
         after.scope,
         after.cache_present,
