@@ -88,7 +88,14 @@ NFT_NODES = {
     "two-targets": [
         ("aaaa1111", [rp.port_mapping(8080, 80), rp.port_mapping(8080, 81)]),
     ],
-    # A's 8080 before B's 8080 (B added later, shadowed); A's rule lost and repaired.
+    # A's lost 8080 goes back before its 9090, ahead of B's rules.
+    "two-containers": [
+        ("aaaa1111", [rp.port_mapping(8080, 80), rp.port_mapping(9090, 90, "udp")]),
+        ("bbbb2222", [rp.port_mapping(7070, 70)]),
+    ],
+    # A's 8080 before B's 8080 (B added later, shadowed); A's rule lost: B has the
+    # port's traffic now, and the repair leaves A out rather than take it from B
+    # (ops/check/port_moves.py).
     "shadowing": [
         ("aaaa1111", [rp.port_mapping(8080, 80), rp.port_mapping(9090, 90, "udp")]),
         ("bbbb2222", [rp.port_mapping(8080, 88)]),
@@ -102,7 +109,9 @@ def test_nft_repair_puts_a_lost_rule_back_in_the_plugins_order(
 ) -> None:
     """v1.9.1 (`"backend": "nftables"`) in both namespaces; in one, the first
     `hostports` rule of aaaa1111 is deleted and `check --repair` re-creates it. nftables
-    is first-match-wins: appended (as before), 8080 went to port 81, or to bbbb2222."""
+    is first-match-wins: appended (as before), 8080 went to port 81, or behind another
+    container's rules. Where another container has that port's traffic now, the repair
+    leaves the rule out (before: it took the port from bbbb2222)."""
     require(upstream.available())
     for n, (cid, ports) in enumerate(NFT_NODES[node]):
         ip = f"10.88.0.{5 + n}/16"
@@ -115,9 +124,19 @@ def test_nft_repair_puts_a_lost_rule_back_in_the_plugins_order(
         upstream.nft(
             twin_ns, "delete", "rule", family, "cni_hostport", "hostports", "handle", handle
         )
-    # (Exit code aside: bbbb2222's shadowed 8080 is a problem repair leaves, by design.)
+    lost = upstream.ruleset_text(twin_ns)
     done = pmctl.run(["check", "--repair", "--netns", twin_ns, "--cni-cache-dir",
                       str(tmp_path), "--no-flush-udp"])  # fmt: skip
+    if node == "shadowing":
+        assert done.returncode == 1
+        for family in (4, 6):
+            assert (
+                f"could not repair IPv{family} net0/aaaa1111 (hostports): its chain would take"
+                " tcp/8080 from bbbb2222 (hostports)"
+            ) in done.stderr
+        assert upstream.ruleset_text(twin_ns) == lost
+        return
+    assert done.returncode == 0, done.stdout + done.stderr
     assert "repaired: IPv4 nft-missing-rules" in done.stdout + done.stderr, done.stderr
     assert upstream.ruleset_text(twin_ns) == upstream.ruleset_text(host_ns)
 

@@ -147,7 +147,8 @@ def nft_repair(
         # Exactly as compared: their own unwanted rules go too (never anyone else's).
         return planner.repair(live, want, {c.container_id for c in configs}, families)
 
-    taken: Dict[str, Tuple[MappingConfig, PortTaken]] = {}  # by container ID
+    # By container ID and family; a container is left out whole (its networks at once).
+    taken: Dict[Tuple[str, int], Tuple[MappingConfig, PortTaken]] = {}
 
     def plan(live: Ruleset) -> NftTransaction:
         configs = cache.configs()
@@ -158,12 +159,14 @@ def nft_repair(
             txn = plan_from(configs, live)
         taken.clear()  # (planned again from a fresh read)
         while found := nft_ports_taken(live, txn):
-            kept = [c for c in configs if c.container_id not in found]
+            ids = {cid for cid, _ in found}
+            kept = [c for c in configs if c.container_id not in ids]
             if len(kept) == len(configs):
                 break  # (no container of the plan's: nothing to leave out)
-            for c in configs:
-                if c.container_id in found:
-                    taken.setdefault(c.container_id, (c, found[c.container_id]))
+            for (cid, family), took in found.items():
+                config = next((c for c in configs if c.container_id == cid), None)
+                if config is not None:
+                    taken.setdefault((cid, family), (config, took))
             configs = kept
             txn = plan_from(configs, live)
         planned.append((txn, configs))
@@ -173,7 +176,7 @@ def nft_repair(
     now = cache.refreshed(attachments)
     left = tuple(
         Unrepaired(t.family, c.network, c.container_id, t.chain, t.why(t.holder))
-        for c, t in taken.values()
+        for c, t in (taken[k] for k in sorted(taken))
     )
     if not text or not planned:
         return NftRepaired(text, [], now, left)
@@ -208,7 +211,7 @@ def repair_mapping(
     config: MappingConfig,
     families: Tuple[int, ...],
     planned: Optional[List[NftTransaction]] = None,
-    left: Optional[Dict[str, PortTaken]] = None,
+    left: Optional[Dict[int, PortTaken]] = None,
 ) -> Tuple[str, List[int]]:
     """Make one nft-backed mapping as the plugin's ADD would, and delete the rules of
     its container that its config does not make (what check_mapping calls extra): the
@@ -238,12 +241,13 @@ def repair_mapping(
 
     def plan(live: Ruleset) -> NftTransaction:
         txn = planner.repair(live, want, ids, kept, others, mine)
-        took = nft_ports_taken(live, txn).get(config.container_id)
+        took = {
+            f: t for (cid, f), t in nft_ports_taken(live, txn).items() if cid == config.container_id
+        }
         if left is not None:
             left.clear()  # (planned again from a fresh read)
-            if took is not None:
-                left[config.container_id] = took
-        if took is not None:
+            left.update(took)
+        if took:
             txn = NftTransaction()
         tried.append(txn)
         return txn
@@ -354,7 +358,7 @@ def repair_nft_mapping(
     for condition in (*config.conditions_v4, *config.conditions_v6):
         check_condition(condition)
     tried: List[NftTransaction] = []
-    left: Dict[str, PortTaken] = {}
+    left: Dict[int, PortTaken] = {}  # by family
     try:
         text, families = repair_mapping(node, config, before.families, tried, left)
     except Interrupted:
@@ -371,7 +375,7 @@ def repair_nft_mapping(
         warnings += flush_routed_after(node, tried[-1])
     unrepaired = [
         Unrepaired(t.family, config.network, config.container_id, t.chain, t.why(t.holder))
-        for t in left.values()
+        for _, t in sorted(left.items())
     ]
     warnings += [u.text for u in unrepaired]
     after = check_followed(node, config)

@@ -193,11 +193,11 @@ def holder_name(live: NatTable, chain: str) -> str:
 # --- the plugin's nftables backend ------------------------------------------------------
 
 
-def nft_ports_taken(live: Ruleset, txn: NftTransaction) -> Dict[str, PortTaken]:
-    """By container ID: a port the container's rules, as `txn` leaves them, take from
-    another container that gets it in `live` and still has its rule after. `chain` is
-    the nft chain of the rule that would take it, `holder` who has the port now
-    (`8c1d2e3f4a5b (hostports)`)."""
+def nft_ports_taken(live: Ruleset, txn: NftTransaction) -> Dict[Tuple[str, int], PortTaken]:
+    """By container ID and family: a port the container's rules, as `txn` leaves them,
+    take from another container that gets it in `live` and still has its rule after.
+    `chain` is the nft chain of the rule that would take it, `holder` who has the port
+    now (`8c1d2e3f4a5b (hostports)`)."""
     from portmapctl.nftables import inventory
     from portmapctl.nftables.access import NftApplyFailed
     from portmapctl.nftables.access.memory import MemoryNft
@@ -226,15 +226,15 @@ def nft_ports_taken(live: Ruleset, txn: NftTransaction) -> Dict[str, PortTaken]:
         if m.shadowed_by is None
     }
     taking = {(m.container_id, m.family, m.protocol, m.host_port): m.chain for m in after}
-    found: Dict[str, PortTaken] = {}
+    found: Dict[Tuple[str, int], PortTaken] = {}
     for row in after:
         taker = row.shadowed_by
-        if taker not in suspects or taker == row.container_id or taker in found:
+        if taker not in suspects or taker == row.container_id or (taker, row.family) in found:
             continue
         if (row.family, row.protocol, row.host_port, row.host_ip, row.container_id) in had:
             chain = taking.get((taker, row.family, row.protocol, row.host_port), row.chain)
             holder = f"{(row.container_id or '?')[:12]} ({row.chain})"
-            found[taker] = PortTaken(
+            found[(taker, row.family)] = PortTaken(
                 row.family, chain, row.protocol, row.host_port, row.host_ip, holder
             )
     return found
