@@ -29,7 +29,7 @@ configs of nft-backed containers, their missing rules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.core.backend import Backend
@@ -160,6 +160,47 @@ def _dnat_fields(
     return proto, ports, body.value(daddr), tuple(others)
 
 
+@dataclass(frozen=True)
+class HostPortRule:
+    """A DNAT rule of a host-port chain, read, in the order nftables tries them
+    (host_port_rules): the plugin's, or someone else's (`foreign`)."""
+
+    rule: Rule
+    protocol: str
+    ports: Tuple[int, ...]
+    host_ip: Optional[str]
+    conditions: Tuple[str, ...]  # its matches beyond protocol, port and host address
+    foreign: Optional[Foreign]  # not the plugin's: nobody's row
+
+    @property
+    def who(self) -> str:
+        """Who takes its ports: the container ID, or the foreign rule's label."""
+        return self.foreign.label if self.foreign is not None else self.rule.comment or ""
+
+    @property
+    def claims(self) -> bool:
+        """Whether it takes its ports before any later rule: a rule with conditions of
+        its own takes only some of a port's packets (it may lose them, it takes them
+        from nobody for sure)."""
+        return not self.conditions
+
+
+def host_port_rules(table: Table) -> Iterator[HostPortRule]:
+    """Every DNAT rule of the host-port chains, in the order nftables tries them
+    (EVALUATION_ORDER, each chain's rules in order)."""
+    for chain in EVALUATION_ORDER:
+        for rule in table.rules_of(chain):
+            fields = _dnat_fields(rule)
+            action = rule.body.action
+            if fields is None or action.kind is not ActionKind.DNAT or action.addr is None:
+                continue
+            proto, ports, host_ip, conditions = fields
+            foreign = None
+            if not is_plugin_rule(rule):
+                foreign = Foreign(table.family, chain, rule.handle, rule.body.text(table.family))
+            yield HostPortRule(rule, proto, ports, host_ip, conditions, foreign)
+
+
 def _entry_conditions(table: Table) -> Tuple[str, ...]:
     """The node's conditions (conditionsV4/V6) on the prerouting rule that sends local
     traffic to the host-port rules: every mapping of the table takes only the packets
@@ -225,6 +266,19 @@ class _Owners:
         return candidates[0]
 
 
+def first_claim(
+    claims: Iterable[Tuple[Optional[str], Optional[str]]],
+    host_ip: Optional[str],
+    but: Optional[str],
+) -> Optional[str]:
+    """Of a port's (host IP, who) claims in order, who takes it first from a rule on
+    `host_ip` (None: every address), other than `but`."""
+    for other_ip, who in claims:
+        if who != but and _overlap(host_ip, other_ip):
+            return who
+    return None
+
+
 def _overlap(a: Optional[str], b: Optional[str]) -> bool:
     return a is None or b is None or a == b
 
@@ -250,39 +304,23 @@ def build(
         masq = _masqueraded(table)
         node_conditions = _entry_conditions(table)
         claims: Dict[Tuple[str, int], List[Tuple[Optional[str], Optional[str]]]] = {}
-        for chain in EVALUATION_ORDER:
-            for rule in table.rules_of(chain):
-                fields = _dnat_fields(rule)
+        for found in host_port_rules(table):
+            proto, host_ip, rule = found.protocol, found.host_ip, found.rule
+            if found.foreign is not None:
+                # Nobody's: no row, but it takes the port before any later rule.
+                foreign.append(found.foreign)
+            else:
                 action = rule.body.action
-                if fields is None or action.kind is not ActionKind.DNAT or action.addr is None:
-                    continue
-                proto, ports, host_ip, conditions = fields
-                if not is_plugin_rule(rule):
-                    # Nobody's: no row, but it takes the port before any later rule.
-                    alien = Foreign(family, chain, rule.handle, rule.body.text(family))
-                    foreign.append(alien)
-                    if not conditions:
-                        for port in ports:
-                            claims.setdefault((proto, port), []).append((host_ip, alien.label))
-                    continue
                 cid = rule.comment
-                owner = by_id.owner(cid, family, action.addr)
+                owner = by_id.owner(cid, family, action.addr)  # type: ignore[arg-type]
                 base: List[str] = []
                 if owners is not None and owner is None:
                     base.append(Status.STALE.value)
                 if owner is not None and owner.zombie:
                     base.append(Status.ZOMBIE.value)
-                for port in ports:  # a port set: one row per port, as the plugin's rules
+                for port in found.ports:  # a port set: one row per port, as the plugin's
                     status = list(base)
-                    winner = None
-                    for other_ip, other_cid in claims.get((proto, port), ()):
-                        if other_cid != cid and _overlap(host_ip, other_ip):
-                            winner = other_cid
-                            break
-                    if not conditions:
-                        # A rule with conditions of its own takes only some of the port's
-                        # packets: it may lose them, it takes them from nobody for sure.
-                        claims.setdefault((proto, port), []).append((host_ip, cid))
+                    winner = first_claim(claims.get((proto, port), ()), host_ip, but=cid)
                     if winner is not None:
                         status.append(Status.SHADOWED.value)
                     rows.append(
@@ -293,16 +331,19 @@ def build(
                             proto,
                             host_ip,
                             port,
-                            action.addr,
+                            action.addr,  # type: ignore[arg-type]
                             action.port if action.port is not None else port,
                             (cid, action.addr) in masq,
-                            chain,
+                            rule.chain,
                             tuple(status) or (Status.OK.value,),
                             winner,
-                            node_conditions + conditions,
+                            node_conditions + found.conditions,
                             handle=rule.handle,
                         )
                     )
+            if found.claims:
+                for port in found.ports:
+                    claims.setdefault((proto, port), []).append((host_ip, found.who))
     if problems:  # `list` shows rows only: no need to compare with the cached configs
         found_problems += _structure_problems(ruleset, list(nft_backed))
         found_problems += _rule_problems(ruleset, list(nft_backed))

@@ -1182,6 +1182,16 @@ def test_one_nft_mapping_check_reports_a_rule_not_the_plugins_taking_its_port_fi
     assert problems == whole, problems
 
 
+def _delete_port_rule(ns: str, container_id: str, port: int) -> None:
+    """Delete the container's IPv4 `hostports` rule for `port` (one, by handle)."""
+    (lost,) = [
+        r for r in _rules_of(ns, container_id)
+        if r["chain"] == "hostports" and str(port) in json.dumps(r["expr"])
+    ]  # fmt: skip
+    upstream.nft(ns, "delete", "rule", "ip", "cni_hostport", "hostports",
+                 "handle", str(lost["handle"]))  # fmt: skip
+
+
 @pytest.mark.parametrize("form", ["node", "mapping"])
 def test_repair_never_moves_a_port_from_the_container_that_has_it(
     node: str, tmp_path: Path, form: str
@@ -1195,12 +1205,7 @@ def test_repair_never_moves_a_port_from_the_container_that_has_it(
     b = ("ctr-b", ["10.88.0.22/16"], [_pm(8080, 8080)])
     conf_a = _plugin_add(node, tmp_path, a)
     _plugin_add(node, tmp_path, b)
-    (lost,) = [
-        r for r in _rules_of(node, "ctr-a")
-        if r["chain"] == "hostports" and "8080" in json.dumps(r["expr"])
-    ]  # fmt: skip
-    upstream.nft(node, "delete", "rule", "ip", "cni_hostport", "hostports",
-                 "handle", str(lost["handle"]))  # fmt: skip
+    _delete_port_rule(node, "ctr-a", 8080)
     before = upstream.ruleset_json(node)
     assert ("ctr-b", 4, "tcp", None, 8080, "10.88.0.22", 8080, True, ("ok",), "nftables") in _rows(
         node, tmp_path
@@ -1223,3 +1228,21 @@ def test_repair_never_moves_a_port_from_the_container_that_has_it(
     assert ("ctr-b", 4, "tcp", None, 8080, "10.88.0.22", 8080, True, ("ok",), "nftables") in _rows(
         node, tmp_path
     )
+
+
+def test_repair_finds_a_port_move_behind_a_host_ip_rule(node: str, tmp_path: Path) -> None:
+    """v1.9.1 ADDs ctr-x (10.0.0.1:8080), ctr-a (8080, 9090), ctr-b (8080); ctr-a's 8080
+    rule lost: ctr-b has tcp/8080 to every address but 10.0.0.1, though `list` calls it
+    shadowed (by ctr-x, for that address). Judged by "who shadows whom" the repair put
+    ctr-a's rule back ahead of ctr-b's and took the rest of the port (helper-120's
+    finding); every destination is asked now."""
+    _plugin_add(node, tmp_path, ("ctr-x", ["10.88.0.20/16"], [_pm(8080, 80, host_ip="10.0.0.1")]))
+    _plugin_add(node, tmp_path, ("ctr-a", ["10.88.0.21/16"], [_pm(8080, 80), _pm(9090, 90)]))
+    _plugin_add(node, tmp_path, ("ctr-b", ["10.88.0.22/16"], [_pm(8080, 8080)]))
+    _delete_port_rule(node, "ctr-a", 8080)
+    before = upstream.ruleset_json(node)
+    done = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    doc = json.loads(done.stdout)
+    assert [u["container_id"] for u in doc["unrepaired"]] == ["ctr-a"], done.stderr
+    assert "would take tcp/8080 from ctr-b (hostports)" in doc["unrepaired"][0]["why"]
+    assert upstream.ruleset_json(node) == before

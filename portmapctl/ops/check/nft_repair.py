@@ -21,7 +21,7 @@ from portmapctl.ops.check.nft import (
     other_networks,
     own_addresses,
 )
-from portmapctl.ops.check.port_moves import PortTaken, nft_ports_taken
+from portmapctl.ops.check.port_moves import PortTaken, nft_holder_name, nft_ports_taken
 from portmapctl.ops.check.problem import CheckResult, Unrepaired
 from portmapctl.ops.node import Node
 from portmapctl.ops.side_effects import after_setup
@@ -174,9 +174,14 @@ def nft_repair(
 
     text = node.converge_nft(plan, dry_run=dry_run)
     now = cache.refreshed(attachments)
+    cached = {a.container_id for a in attachments}
     left = tuple(
-        Unrepaired(t.family, c.network, c.container_id, t.chain, t.why(t.holder))
+        Unrepaired(t.family, c.network, c.container_id, t.chain, t.why(name, stale=stale))
         for c, t in (taken[k] for k in sorted(taken))
+        # (a rule that is nobody's is no stale container: gc never removes it)
+        for name, stale in [
+            (nft_holder_name(t), t.holder not in cached and t.holder[:7] != "handle ")
+        ]
     )
     if not text or not planned:
         return NftRepaired(text, [], now, left)
@@ -374,7 +379,9 @@ def repair_nft_mapping(
     if flush_udp and text and tried:
         warnings += flush_routed_after(node, tried[-1])
     unrepaired = [
-        Unrepaired(t.family, config.network, config.container_id, t.chain, t.why(t.holder))
+        Unrepaired(
+            t.family, config.network, config.container_id, t.chain, t.why(nft_holder_name(t))
+        )
         for _, t in sorted(left.items())
     ]
     warnings += [u.text for u in unrepaired]

@@ -19,12 +19,15 @@ The plugin's nftables backend is first-match-wins over `hostip_hostports`, then
 (nftables/planner._placed, the plugin's order) or into `hostip_hostports` can come
 before another container's rule for the same port. `nft_ports_taken` is the same rule
 for it; rules only appended to `hostports` take nothing from anyone.
+
+Both backends are judged per destination (`_taken_from`): a rule on a host IP takes
+only packets to that address, one without takes every address no earlier rule names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import ApplyFailed
@@ -47,7 +50,7 @@ _IN_PLACE = frozenset({OpKind.FLUSH, OpKind.DELETE, OpKind.DELETE_NUMBER})
 @dataclass(frozen=True)
 class PortTaken:
     """`chain`, as a plan would leave it, takes `protocol/port` of IPv`family` from
-    `holder`."""
+    `holder` (`holder_chain` the chain of the rule that has it now)."""
 
     family: int
     chain: str
@@ -55,14 +58,76 @@ class PortTaken:
     port: int
     host_ip: Optional[str]
     holder: str
+    holder_chain: str
 
-    def why(self, holder_name: str) -> str:
+    def why(self, holder_name: str, stale: bool = False) -> str:
         on = f"{self.host_ip}:" if self.host_ip else ""
-        return (
+        why = (
             f"its chain would take {self.protocol}/{on}{self.port} from {holder_name}, which"
             " gets that port's traffic now; a repair never moves a port between mappings"
-            " (decide which container keeps it, then re-create or gc the other)"
         )
+        if stale:
+            return (
+                why + " (that one has no CNI cache entry: `portmapctl gc` removes it, then repair)"
+            )
+        return why + " (decide which container keeps it, then re-create or gc the other)"
+
+
+# A port's takers, in the order the kernel tries them: (who, host IP or None for every
+# address, the chain the rule is in), by (protocol, port) or, for nftables, by
+# (family, protocol, port).
+_Takers = Dict[tuple, List[Tuple[str, Optional[str], str]]]
+
+
+def _matches(theirs: Optional[str], address: Optional[str]) -> bool:
+    """Whether a rule on host IP `theirs` takes packets to `address` (None: an address
+    no rule names)."""
+    return theirs is None or theirs == address
+
+
+def _first(takers: _Takers, key: tuple, address: Optional[str]) -> Optional[Tuple[str, str]]:
+    for who, theirs, where in takers.get(key, ()):
+        if _matches(theirs, address):
+            return who, where
+    return None
+
+
+def _ahead_of(takers: _Takers, key: tuple, address: Optional[str], who: str, other: str) -> bool:
+    """Whether `who` takes `key` for `address` before `other` does."""
+    for each, theirs, _ in takers.get(key, ()):
+        if _matches(theirs, address):
+            if each == other:
+                return False
+            if each == who:
+                return True
+    return False
+
+
+def _taken_from(
+    now: _Takers, then: _Takers, key: tuple, host_ip: Optional[str], who: str
+) -> Optional[Tuple[str, str]]:
+    """(who, chain) that has `key` now and loses it to `who`'s rule on `host_ip` after,
+    while still wanting it; None when nobody does. Every destination the rule takes is
+    asked: its host IP, or (no host IP) each address some rule names and every other.
+    Not only when `who` comes first after: several rewritten ahead of the one that has
+    the port are all found in one pass (no re-plan for each)."""
+    if host_ip is not None:
+        addresses: List[Optional[str]] = [host_ip]
+    else:
+        named = {h for t in (now, then) for _, h, _ in t.get(key, ()) if h is not None}
+        addresses = [*sorted(named), None]
+    for address in addresses:
+        holder = _first(now, key, address)
+        if holder is None or holder[0] == who:
+            continue
+        if not _ahead_of(then, key, address, who, holder[0]):
+            continue
+        if any(w == holder[0] and _matches(h, address) for w, h, _ in then.get(key, ())):
+            return holder
+    return None
+
+
+# --- iptables ---------------------------------------------------------------------------
 
 
 def _suspects(txn: Transaction, live: NatTable) -> Set[str]:
@@ -79,14 +144,19 @@ def _suspects(txn: Transaction, live: NatTable) -> Set[str]:
     return found
 
 
-# Who may take a port: (chain, host IP or None for any), in the order iptables tries them.
-_Takers = Dict[Tuple[str, int], List[Tuple[str, Optional[str]]]]
+def _dnat_ports(rules: Iterable) -> List[Tuple[Tuple[str, int], Optional[str]]]:
+    """((protocol, port), host IP) of a CNI-DN- chain's DNAT rules that can match."""
+    return [
+        ((read.protocol, read.host_port), read.host_ip)
+        for read in map(classify_rule, rules)
+        if read is not None and read.role is Role.DNAT and not read.dead
+    ]
 
 
 def _takers(table: NatTable, keys: Set[Tuple[str, int]]) -> _Takers:
-    """For each (protocol, port) of `keys`: the CNI-DN- chains whose live DNAT rule for
-    it an entry rule of CNI-HOSTPORT-DNAT reaches, in order (shapes.first_taker's walk,
-    once for every port: a repair rewriting 1,000 chains asks about 2,000 ports)."""
+    """For each (protocol, port) of `keys`: the CNI-DN- chains whose DNAT rule for it an
+    entry rule of CNI-HOSTPORT-DNAT reaches, in order (shapes.first_taker's walk, once
+    for every port: a repair rewriting 1,000 chains asks about 2,000 ports)."""
     found: _Takers = {}
     dnats: Dict[str, List[Tuple[Tuple[str, int], Optional[str]]]] = {}
     for entry in table.rules(TOPLEVEL_DNAT):
@@ -98,30 +168,11 @@ def _takers(table: NatTable, keys: Set[Tuple[str, int]]) -> _Takers:
         if not ports:
             continue
         if chain not in dnats:
-            dnats[chain] = [
-                ((read.protocol, read.host_port), read.host_ip)
-                for read in map(classify_rule, rules)
-                if read is not None and read.role is Role.DNAT and not read.dead
-            ]
+            dnats[chain] = _dnat_ports(rules)
         for key, host_ip in dnats[chain]:
             if key in ports:
-                found.setdefault(key, []).append((chain, host_ip))
+                found.setdefault(key, []).append((chain, host_ip, chain))
     return found
-
-
-def _first(takers: _Takers, key: Tuple[str, int], host_ip: Optional[str]) -> Optional[str]:
-    """The chain that takes `key` on `host_ip` (None: any), as shapes.first_taker."""
-    for chain, theirs in takers.get(key, ()):
-        if theirs is None or host_ip is None or theirs == host_ip:
-            return chain
-    return None
-
-
-def _wants(takers: _Takers, chain: str, key: Tuple[str, int], host_ip: Optional[str]) -> bool:
-    return any(
-        c == chain and (h is None or host_ip is None or h == host_ip)
-        for c, h in takers.get(key, ())
-    )
 
 
 def ports_taken(live: NatTable, txn: Transaction) -> Dict[str, PortTaken]:
@@ -136,26 +187,16 @@ def ports_taken(live: NatTable, txn: Transaction) -> Dict[str, PortTaken]:
     except ApplyFailed:
         return {}  # iptables will refuse it too, and the caller re-plans from a fresh read
     after = memory.tables[live.family]
-    wanted: Dict[str, List[Tuple[Tuple[str, int], Optional[str]]]] = {}
-    for chain in sorted(suspects):
-        reads = map(classify_rule, after.rules(chain))
-        wanted[chain] = [
-            ((read.protocol, read.host_port), read.host_ip)
-            for read in reads
-            if read is not None and read.role is Role.DNAT and not read.dead
-        ]
+    wanted = {chain: _dnat_ports(after.rules(chain)) for chain in sorted(suspects)}
     keys = {key for ports in wanted.values() for key, _ in ports}
     now, then = _takers(live, keys), _takers(after, keys)
     found: Dict[str, PortTaken] = {}
     for chain, ports in wanted.items():
         for key, host_ip in ports:
-            if _first(then, key, host_ip) != chain:
-                continue
-            holder = _first(now, key, host_ip)
-            if holder is None or holder == chain or not _wants(then, holder, key, host_ip):
-                continue
-            found[chain] = PortTaken(live.family, chain, *key, host_ip, holder)
-            break
+            holder = _taken_from(now, then, key, host_ip, chain)
+            if holder is not None:
+                found[chain] = PortTaken(live.family, chain, *key, host_ip, *holder)
+                break
     return found
 
 
@@ -193,11 +234,33 @@ def holder_name(live: NatTable, chain: str) -> str:
 # --- the plugin's nftables backend ------------------------------------------------------
 
 
+def nft_holder_name(took: PortTaken) -> str:
+    """`8c1d2e3f4a5b (hostports)`, or for a rule that is nobody's `the rule handle 7 of
+    hostports`."""
+    if took.holder.startswith("handle "):
+        return f"the rule {took.holder} of {took.holder_chain}"
+    return f"{took.holder[:12]} ({took.holder_chain})"
+
+
+def _nft_takers(ruleset: Ruleset) -> _Takers:
+    """Every host port's takers in both families, by (family, protocol, port)."""
+    from portmapctl.nftables.inventory import host_port_rules
+
+    found: _Takers = {}
+    for family, table in ruleset.tables.items():
+        for rule in host_port_rules(table):
+            if rule.claims:
+                for port in rule.ports:
+                    key = (family, rule.protocol, port)
+                    found.setdefault(key, []).append((rule.who, rule.host_ip, rule.rule.chain))
+    return found
+
+
 def nft_ports_taken(live: Ruleset, txn: NftTransaction) -> Dict[Tuple[str, int], PortTaken]:
     """By container ID and family: a port the container's rules, as `txn` leaves them,
-    take from another container that gets it in `live` and still has its rule after.
-    `chain` is the nft chain of the rule that would take it, `holder` who has the port
-    now (`8c1d2e3f4a5b (hostports)`)."""
+    take from another that gets it in `live` (a container, or a rule that is nobody's:
+    `handle N`) and still has its rule after. `chain` is the nft chain of the rule that
+    would take it."""
     from portmapctl.nftables import inventory
     from portmapctl.nftables.access import NftApplyFailed
     from portmapctl.nftables.access.memory import MemoryNft
@@ -210,6 +273,7 @@ def nft_ports_taken(live: Ruleset, txn: NftTransaction) -> Dict[Tuple[str, int],
         if op.kind is NftOpKind.ADD_RULE
         and op.body is not None
         and op.body.comment
+        and op.chain in inventory.EVALUATION_ORDER  # (a masquerade rule takes no port)
         and (op.position is not None or op.chain != last)
     }
     if not suspects:
@@ -219,22 +283,14 @@ def nft_ports_taken(live: Ruleset, txn: NftTransaction) -> Dict[Tuple[str, int],
         memory.apply(txn)
     except NftApplyFailed:
         return {}  # nft will refuse it too, and the caller re-plans from a fresh read
-    after = inventory.build(memory.read(tuple(live.tables)), None, problems=False).mappings
-    had = {
-        (m.family, m.protocol, m.host_port, m.host_ip, m.container_id)
-        for m in inventory.build(live, None, problems=False).mappings
-        if m.shadowed_by is None
-    }
-    taking = {(m.container_id, m.family, m.protocol, m.host_port): m.chain for m in after}
+    now, then = _nft_takers(live), _nft_takers(memory.read(tuple(live.tables)))
     found: Dict[Tuple[str, int], PortTaken] = {}
-    for row in after:
-        taker = row.shadowed_by
-        if taker not in suspects or taker == row.container_id or (taker, row.family) in found:
-            continue
-        if (row.family, row.protocol, row.host_port, row.host_ip, row.container_id) in had:
-            chain = taking.get((taker, row.family, row.protocol, row.host_port), row.chain)
-            holder = f"{(row.container_id or '?')[:12]} ({row.chain})"
-            found[(taker, row.family)] = PortTaken(
-                row.family, chain, row.protocol, row.host_port, row.host_ip, holder
-            )
+    for key, takers in then.items():
+        family, protocol, port = key
+        for who, host_ip, where in takers:
+            if who not in suspects or (who, family) in found:
+                continue
+            holder = _taken_from(now, then, key, host_ip, who)
+            if holder is not None:
+                found[(who, family)] = PortTaken(family, where, protocol, port, host_ip, *holder)
     return found

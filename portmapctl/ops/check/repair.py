@@ -162,6 +162,7 @@ def _repair_family(
     it refuses is named and all the others are repaired."""
     skipped: Dict[str, Unrepaired] = {}
     moved: Dict[str, Unrepaired] = {}  # left as they are: they would take a port (port_moves)
+    cached = {dnat_chain_name(c) for c in configs}
 
     def taking_nothing(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
         for name in {dnat_chain_name(c) for c in these}:
@@ -169,7 +170,8 @@ def _repair_family(
         txn, taken = plan_taking_nothing(live, these, lambda cs: _plan(cs, None, cache)(live))
         for name, took in taken.items():
             first = next(c for c in these if dnat_chain_name(c) == name)
-            why = took.why(holder_name(live, took.holder))
+            stale = took.holder not in cached  # (gc's to remove)
+            why = took.why(holder_name(live, took.holder), stale=stale)
             moved[name] = Unrepaired(family, first.network, first.container_id, name, why)
         return txn
 
@@ -538,9 +540,11 @@ def _repaired(
     `could not repair` line says why."""
     remaining = {p.key for p in after.problems}
     fixed = tuple(p for p in before.problems if p.key not in remaining)
-    left = {(u.family, u.container_id) for u in unrepaired}
+    left = {(u.family, u.network, u.container_id) for u in unrepaired}
     problems = tuple(
-        replace(p, fix=_LEFT) if (p.family, p.container_id) in left and _names_repair(p.fix) else p
+        replace(p, fix=_LEFT)
+        if (p.family, p.network, p.container_id) in left and _names_repair(p.fix)
+        else p
         for p in after.problems
     )
     return CheckResult(
