@@ -29,7 +29,7 @@ configs of nft-backed containers, their missing rules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.core.backend import Backend
@@ -160,10 +160,10 @@ def _dnat_fields(
     return proto, ports, body.value(daddr), tuple(others)
 
 
-@dataclass(frozen=True)
-class HostPortRule:
+class HostPortRule(NamedTuple):
     """A DNAT rule of a host-port chain, read, in the order nftables tries them
-    (host_port_rules): the plugin's, or someone else's (`foreign`)."""
+    (host_port_rules): the plugin's, or someone else's (`foreign`). (A tuple: one is
+    made per rule that `list` reads.)"""
 
     rule: Rule
     protocol: str
