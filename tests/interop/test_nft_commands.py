@@ -1246,3 +1246,37 @@ def test_repair_finds_a_port_move_behind_a_host_ip_rule(node: str, tmp_path: Pat
     assert [u["container_id"] for u in doc["unrepaired"]] == ["ctr-a"], done.stderr
     assert "would take tcp/8080 from ctr-b (hostports)" in doc["unrepaired"][0]["why"]
     assert upstream.ruleset_json(node) == before
+
+
+@pytest.mark.parametrize(
+    "admin",
+    [
+        ["tcp", "dport", "8080"],
+        ["iifname", '"lo"', "tcp", "dport", "8080"],
+        ["ip", "saddr", "127.0.0.0/8", "tcp", "dport", "8080"],
+        ["ip", "daddr", "10.0.0.0/8", "tcp", "dport", "8080"],
+        ["ip", "daddr", "{ 10.0.0.1, 10.0.0.2 }", "tcp", "dport", "8080"],
+        ["ip", "daddr", "10.0.0.1-10.0.0.5", "tcp", "dport", "8080"],
+    ],
+    ids=["plain", "iifname", "saddr", "prefix", "set", "range"],
+)
+def test_repair_takes_no_port_from_someone_elses_rule(
+    node: str, tmp_path: Path, admin: List[str]
+) -> None:
+    """v1.9.1 ADDs ctr-a (10.0.0.1:8080, 9090); an admin's DNAT for tcp/8080 is appended
+    to hostports; ctr-a's 8080 rule lost: the admin's rule has (some of) the port now,
+    and putting ctr-a's back ahead of it would take that. Only the plain rule was seen
+    as a holder (helper-121's F1): one with conditions of its own, or on a prefix, set
+    or range of addresses, holds some of the port too."""
+    _plugin_add(node, tmp_path, ("ctr-a", ["10.88.0.21/16"],
+                                 [_pm(8080, 80, host_ip="10.0.0.1"), _pm(9090, 90)]))  # fmt: skip
+    upstream.nft(node, "add", "rule", "ip", "cni_hostport", "hostports", *admin,
+                 "dnat", "to", "10.0.0.9:80")  # fmt: skip
+    _delete_port_rule(node, "ctr-a", 8080)
+    before = upstream.ruleset_json(node)
+    done = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    doc = json.loads(done.stdout)
+    assert [u["container_id"] for u in doc.get("unrepaired", [])] == ["ctr-a"], done.stderr
+    assert "from the rule handle" in doc["unrepaired"][0]["why"]
+    assert "decide which container keeps it" in doc["unrepaired"][0]["why"]
+    assert upstream.ruleset_json(node) == before

@@ -111,3 +111,72 @@ def test_a_stale_holder_is_named_with_gc(tmp_path):
     assert first_taker(memory.read(4), "tcp", 8080, -1) == chain_name("mynet", _id("5"))
     (left,) = repair(node, flush_udp=False).unrepaired
     assert "no CNI cache entry: `portmapctl gc` removes it, then repair" in left[4]
+
+
+def test_someone_elses_dnat_in_the_plugins_chain_is_a_holder(tmp_path):
+    """An admin's DNAT for tcp/8080 appended to CNI-HOSTPORT-DNAT has the port once A
+    lost its DNAT rule; A's rewrite would take it back (helper-121's F2): A is left,
+    and the line names the rule (no gc advice: gc never removes it)."""
+    a = _config("a", 5)
+    memory, node = _node(tmp_path, [a], [a])
+    admin = ("-p", "tcp", "-m", "tcp", "--dport", "8080", "-j", "DNAT",
+             "--to-destination", "10.0.0.9:80")  # fmt: skip
+    live = memory.read(4)
+    memory.tables[4] = NatTable(
+        4,
+        {
+            n: SavedChain(n, c.policy, c.rules + ((admin,) if n == "CNI-HOSTPORT-DNAT" else ()))
+            for n, c in live.chains.items()
+        },
+    )
+    _lose_dnat(memory, dnat_chain_name(a))
+    before = memory.read(4)
+    (left,) = repair(node, flush_udp=False).unrepaired
+    assert left[3] == dnat_chain_name(a)
+    assert "take tcp/8080 from the rule 2 of CNI-HOSTPORT-DNAT" in left[4]
+    assert "decide which container keeps it" in left[4]
+    assert memory.read(4) == before
+
+
+def _nft_config(cid: str, n: int, ports: Sequence[int]) -> MappingConfig:
+    from portmapctl.core.backend import Backend
+
+    return MappingConfig(
+        "podman",
+        cid,
+        (ipaddress.ip_interface(f"10.88.0.{n}/16"),),
+        tuple(PortMapping(p, 80, "tcp") for p in ports),
+        backend=Backend.NFTABLES,
+    )
+
+
+def test_nft_a_lost_rule_put_back_ahead_of_the_holder_is_found():
+    """nftables, in memory (the real plugin's case is in tests/interop): ctr-a (8080,
+    9090) then ctr-b (8080); ctr-a's 8080 rule lost. The repair's plan puts it back
+    before ctr-a's 9090, ahead of ctr-b's: nft_ports_taken names ctr-b, by family."""
+    from portmapctl.nftables import planner
+    from portmapctl.nftables.access.memory import MemoryNft
+    from portmapctl.nftables.ruleset import EMPTY
+    from portmapctl.nftables.transaction import Transaction as NftTransaction
+    from portmapctl.nftables.wanted import wanted
+
+    a, b = _nft_config("ctr-a", 21, (8080, 9090)), _nft_config("ctr-b", 22, (8080,))
+    memory = MemoryNft()
+    for c in (a, b):
+        live = memory.read((4,)) if memory.read((4,)).tables else EMPTY
+        memory.apply(planner.repair(live, [wanted(c, 4)], {c.container_id}, (4,)))
+    live = memory.read((4,))
+    (lost,) = [
+        r for r in live.tables[4].rules_of("hostports")
+        if r.comment == "ctr-a" and "8080" in r.body.text(4)
+    ]  # fmt: skip
+    drop = NftTransaction()
+    drop.delete_rule(4, "hostports", lost.handle)
+    memory.apply(drop)
+    live = memory.read((4,))
+    txn = planner.repair(live, [wanted(a, 4)], {"ctr-a"}, (4,))
+    assert txn  # (the plan puts the rule back)
+    (took,) = port_moves.nft_ports_taken(live, txn).items()
+    assert took[0] == ("ctr-a", 4)
+    assert (took[1].holder, took[1].protocol, took[1].port) == ("ctr-b", "tcp", 8080)
+    assert port_moves.nft_holder_name(took[1]) == "ctr-b (hostports)"

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from portmapctl.nftables.ruleset import Ruleset
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
+_ADDRESS_CHARACTERS = frozenset("0123456789abcdefABCDEF.:")
+
 # Ops that change an existing chain's rules in place (planner._rewrite), or put an entry
 # rule ahead of others.
 _IN_PLACE = frozenset({OpKind.FLUSH, OpKind.DELETE, OpKind.DELETE_NUMBER})
@@ -74,9 +76,12 @@ class PortTaken:
 
 
 # A port's takers, in the order the kernel tries them: (who, host IP or None for every
-# address, the chain the rule is in), by (protocol, port) or, for nftables, by
-# (family, protocol, port).
-_Takers = Dict[tuple, List[Tuple[str, Optional[str], str]]]
+# address, the chain the rule is in, partial), by (protocol, port) or, for nftables, by
+# (family, protocol, port). A partial taker (a rule with conditions of its own, or on
+# addresses no one host IP names: someone else's) has some of the port's packets: it is
+# a holder, but packets it does not take go on to the next rule.
+_Taker = Tuple[str, Optional[str], str, bool]
+_Takers = Dict[tuple, List[_Taker]]
 
 
 def _matches(theirs: Optional[str], address: Optional[str]) -> bool:
@@ -85,16 +90,21 @@ def _matches(theirs: Optional[str], address: Optional[str]) -> bool:
     return theirs is None or theirs == address
 
 
-def _first(takers: _Takers, key: tuple, address: Optional[str]) -> Optional[Tuple[str, str]]:
-    for who, theirs, where in takers.get(key, ()):
+def _holders(takers: _Takers, key: tuple, address: Optional[str]) -> List[Tuple[str, str]]:
+    """(who, chain) of every rule that takes some of `key`'s packets to `address`: up to
+    the first that takes them all."""
+    found = []
+    for who, theirs, where, partial in takers.get(key, ()):
         if _matches(theirs, address):
-            return who, where
-    return None
+            found.append((who, where))
+            if not partial:
+                break
+    return found
 
 
 def _ahead_of(takers: _Takers, key: tuple, address: Optional[str], who: str, other: str) -> bool:
     """Whether `who` takes `key` for `address` before `other` does."""
-    for each, theirs, _ in takers.get(key, ()):
+    for each, theirs, _, _ in takers.get(key, ()):
         if _matches(theirs, address):
             if each == other:
                 return False
@@ -106,24 +116,22 @@ def _ahead_of(takers: _Takers, key: tuple, address: Optional[str], who: str, oth
 def _taken_from(
     now: _Takers, then: _Takers, key: tuple, host_ip: Optional[str], who: str
 ) -> Optional[Tuple[str, str]]:
-    """(who, chain) that has `key` now and loses it to `who`'s rule on `host_ip` after,
-    while still wanting it; None when nobody does. Every destination the rule takes is
-    asked: its host IP, or (no host IP) each address some rule names and every other.
-    Not only when `who` comes first after: several rewritten ahead of the one that has
-    the port are all found in one pass (no re-plan for each)."""
+    """(who, chain) that has some of `key` now and loses it to `who`'s rule on `host_ip`
+    after, while still wanting it; None when nobody does. Every destination the rule
+    takes is asked: its host IP, or (no host IP) each address some rule names and every
+    other. Not only when `who` comes first after: several rewritten ahead of the one
+    that has the port are all found in one pass (no re-plan for each)."""
     if host_ip is not None:
         addresses: List[Optional[str]] = [host_ip]
     else:
-        named = {h for t in (now, then) for _, h, _ in t.get(key, ()) if h is not None}
+        named = {t[1] for t in (*now.get(key, ()), *then.get(key, ())) if t[1] is not None}
         addresses = [*sorted(named), None]
     for address in addresses:
-        holder = _first(now, key, address)
-        if holder is None or holder[0] == who:
-            continue
-        if not _ahead_of(then, key, address, who, holder[0]):
-            continue
-        if any(w == holder[0] and _matches(h, address) for w, h, _ in then.get(key, ())):
-            return holder
+        for holder in _holders(now, key, address):
+            if holder[0] == who or not _ahead_of(then, key, address, who, holder[0]):
+                continue
+            if any(t[0] == holder[0] and _matches(t[1], address) for t in then.get(key, ())):
+                return holder
     return None
 
 
@@ -159,8 +167,15 @@ def _takers(table: NatTable, keys: Set[Tuple[str, int]]) -> _Takers:
     for every port: a repair rewriting 1,000 chains asks about 2,000 ports)."""
     found: _Takers = {}
     dnats: Dict[str, List[Tuple[Tuple[str, int], Optional[str]]]] = {}
-    for entry in table.rules(TOPLEVEL_DNAT):
+    for index, entry in enumerate(table.rules(TOPLEVEL_DNAT)):
         chain = rule_target(entry)
+        if chain == "DNAT":
+            # Someone's DNAT in the plugin's chain: a holder of its ports (whatever
+            # else it matches), never a chain gc or a repair changes.
+            label = f"the rule {index + 1} of {TOPLEVEL_DNAT}"
+            for key in set(entry_ports(entry, ())) & keys:
+                found.setdefault(key, []).append((label, None, TOPLEVEL_DNAT, True))
+            continue
         if chain is None or not chain.startswith(DNAT_PREFIX):
             continue
         rules = table.rules(chain)
@@ -171,7 +186,7 @@ def _takers(table: NatTable, keys: Set[Tuple[str, int]]) -> _Takers:
             dnats[chain] = _dnat_ports(rules)
         for key, host_ip in dnats[chain]:
             if key in ports:
-                found.setdefault(key, []).append((chain, host_ip, chain))
+                found.setdefault(key, []).append((chain, host_ip, chain, False))
     return found
 
 
@@ -249,11 +264,19 @@ def _nft_takers(ruleset: Ruleset) -> _Takers:
     found: _Takers = {}
     for family, table in ruleset.tables.items():
         for rule in host_port_rules(table):
-            if rule.claims:
-                for port in rule.ports:
-                    key = (family, rule.protocol, port)
-                    found.setdefault(key, []).append((rule.who, rule.host_ip, rule.rule.chain))
+            # A host IP that is no one address (a prefix, a set, a range: someone
+            # else's) may match any: partial, as a rule with conditions of its own.
+            one = rule.host_ip is None or _one_address(rule.host_ip)
+            host_ip = rule.host_ip if one else None
+            taker = (rule.who, host_ip, rule.rule.chain, not (rule.claims and one))
+            for port in rule.ports:
+                found.setdefault((family, rule.protocol, port), []).append(taker)
     return found
+
+
+def _one_address(text: str) -> bool:
+    """Whether nft prints one address here (not a prefix, a set, a range, a named set)."""
+    return bool(text) and set(text) <= _ADDRESS_CHARACTERS
 
 
 def nft_ports_taken(live: Ruleset, txn: NftTransaction) -> Dict[Tuple[str, int], PortTaken]:
@@ -287,7 +310,7 @@ def nft_ports_taken(live: Ruleset, txn: NftTransaction) -> Dict[Tuple[str, int],
     found: Dict[Tuple[str, int], PortTaken] = {}
     for key, takers in then.items():
         family, protocol, port = key
-        for who, host_ip, where in takers:
+        for who, host_ip, where, _ in takers:
             if who not in suspects or (who, family) in found:
                 continue
             holder = _taken_from(now, then, key, host_ip, who)

@@ -16,10 +16,7 @@ from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
 from portmapctl.errors import ApplyFailed, BadInput, Interrupted, PortmapctlError
 from portmapctl.iptables.access import Backend
 from portmapctl.iptables.access.memory import MemoryBackend
-from portmapctl.iptables.chains import (
-    Chain,
-    dnat_chain_name,
-)
+from portmapctl.iptables.chains import DNAT_PREFIX, Chain, dnat_chain_name
 from portmapctl.iptables.planner import missing_setmark_chain, plan_setup
 from portmapctl.iptables.ruleset import (
     NatTable,
@@ -170,7 +167,8 @@ def _repair_family(
         txn, taken = plan_taking_nothing(live, these, lambda cs: _plan(cs, None, cache)(live))
         for name, took in taken.items():
             first = next(c for c in these if dnat_chain_name(c) == name)
-            stale = took.holder not in cached  # (gc's to remove)
+            # (a chain of no cached container: gc's to remove; someone's rule is not)
+            stale = took.holder.startswith(DNAT_PREFIX) and took.holder not in cached
             why = took.why(holder_name(live, took.holder), stale=stale)
             moved[name] = Unrepaired(family, first.network, first.container_id, name, why)
         return txn
