@@ -17,6 +17,7 @@ from portmapctl.iptables.ruleset import (
 )
 from portmapctl.ops.node import Node
 
+REPAIR_COMMAND = "portmapctl check --repair"
 _SHOWN = 3  # how many rules or chains a detail names before "and N more"
 
 
@@ -30,7 +31,7 @@ class Fixes:
 
     @property
     def repair(self) -> str:
-        return f"portmapctl check --repair{self.suffix}"
+        return f"{REPAIR_COMMAND}{self.suffix}"
 
     @property
     def gc(self) -> str:

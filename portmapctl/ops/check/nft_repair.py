@@ -176,12 +176,8 @@ def nft_repair(
     now = cache.refreshed(attachments)
     cached = {a.container_id for a in attachments}
     left = tuple(
-        Unrepaired(t.family, c.network, c.container_id, t.chain, t.why(name, stale=stale))
+        Unrepaired(t.family, c.network, c.container_id, t.chain, t.why(nft_holder_name(t), cached))
         for c, t in (taken[k] for k in sorted(taken))
-        # (a rule that is nobody's is no stale container: gc never removes it)
-        for name, stale in [
-            (nft_holder_name(t), t.holder not in cached and t.holder[:7] != "handle ")
-        ]
     )
     if not text or not planned:
         return NftRepaired(text, [], now, left)
@@ -224,6 +220,7 @@ def repair_mapping(
     it is tried (what a SIGTERM during the write may have put in). Nothing is written
     when that would take a port another container has (port_moves): `left` gets why."""
     from portmapctl.nftables import planner
+    from portmapctl.nftables.transaction import Transaction as NftTransaction
     from portmapctl.nftables.wanted import wanted
 
     want = [w for f in families if (w := wanted(config, f)) is not None]
@@ -241,8 +238,6 @@ def repair_mapping(
     ids, kept = {config.container_id}, [w.family for w in want]
     mine = own_addresses(config)
     tried: List[NftTransaction] = planned if planned is not None else []
-
-    from portmapctl.nftables.transaction import Transaction as NftTransaction
 
     def plan(live: Ruleset) -> NftTransaction:
         txn = planner.repair(live, want, ids, kept, others, mine)

@@ -26,8 +26,9 @@ only packets to that address, one without takes every address no earlier rule na
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterable, Sequence, Set
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import ApplyFailed
@@ -52,7 +53,8 @@ _IN_PLACE = frozenset({OpKind.FLUSH, OpKind.DELETE, OpKind.DELETE_NUMBER})
 @dataclass(frozen=True)
 class PortTaken:
     """`chain`, as a plan would leave it, takes `protocol/port` of IPv`family` from
-    `holder` (`holder_chain` the chain of the rule that has it now)."""
+    `holder` (`holder_chain` the chain of the rule that has it now; `holder_foreign`:
+    that rule is someone else's, no container's)."""
 
     family: int
     chain: str
@@ -61,14 +63,18 @@ class PortTaken:
     host_ip: Optional[str]
     holder: str
     holder_chain: str
+    holder_foreign: bool
 
-    def why(self, holder_name: str, stale: bool = False) -> str:
+    def why(self, holder_name: str, cached: Optional[Collection[str]] = None) -> str:
+        """Why the repair leaves the chain; `cached`: the chains (iptables) or container
+        IDs (nftables) the CNI cache names, when known: a container's holder not among
+        them is stale, gc's to remove (someone else's rule is not)."""
         on = f"{self.host_ip}:" if self.host_ip else ""
         why = (
             f"its chain would take {self.protocol}/{on}{self.port} from {holder_name}, which"
             " gets that port's traffic now; a repair never moves a port between mappings"
         )
-        if stale:
+        if cached is not None and not self.holder_foreign and self.holder not in cached:
             return (
                 why + " (that one has no CNI cache entry: `portmapctl gc` removes it, then repair)"
             )
@@ -80,7 +86,14 @@ class PortTaken:
 # (family, protocol, port). A partial taker (a rule with conditions of its own, or on
 # addresses no one host IP names: someone else's) has some of the port's packets: it is
 # a holder, but packets it does not take go on to the next rule.
-_Taker = Tuple[str, Optional[str], str, bool]
+class _Taker(NamedTuple):
+    who: str  # the chain (iptables) or container ID (nftables), or someone's rule's label
+    host_ip: Optional[str]
+    chain: str
+    partial: bool
+    foreign: bool  # someone else's rule, no container's
+
+
 _Takers = Dict[tuple, List[_Taker]]
 
 
@@ -90,33 +103,33 @@ def _matches(theirs: Optional[str], address: Optional[str]) -> bool:
     return theirs is None or theirs == address
 
 
-def _holders(takers: _Takers, key: tuple, address: Optional[str]) -> List[Tuple[str, str]]:
-    """(who, chain) of every rule that takes some of `key`'s packets to `address`: up to
-    the first that takes them all."""
+def _holders(takers: _Takers, key: tuple, address: Optional[str]) -> List[_Taker]:
+    """Every rule that takes some of `key`'s packets to `address`: up to the first that
+    takes them all."""
     found = []
-    for who, theirs, where, partial in takers.get(key, ()):
-        if _matches(theirs, address):
-            found.append((who, where))
-            if not partial:
+    for taker in takers.get(key, ()):
+        if _matches(taker.host_ip, address):
+            found.append(taker)
+            if not taker.partial:
                 break
     return found
 
 
 def _ahead_of(takers: _Takers, key: tuple, address: Optional[str], who: str, other: str) -> bool:
     """Whether `who` takes `key` for `address` before `other` does."""
-    for each, theirs, _, _ in takers.get(key, ()):
-        if _matches(theirs, address):
-            if each == other:
+    for taker in takers.get(key, ()):
+        if _matches(taker.host_ip, address):
+            if taker.who == other:
                 return False
-            if each == who:
+            if taker.who == who:
                 return True
     return False
 
 
 def _taken_from(
     now: _Takers, then: _Takers, key: tuple, host_ip: Optional[str], who: str
-) -> Optional[Tuple[str, str]]:
-    """(who, chain) that has some of `key` now and loses it to `who`'s rule on `host_ip`
+) -> Optional[_Taker]:
+    """The rule that has some of `key` now and loses it to `who`'s rule on `host_ip`
     after, while still wanting it; None when nobody does. Every destination the rule
     takes is asked: its host IP, or (no host IP) each address some rule names and every
     other. Not only when `who` comes first after: several rewritten ahead of the one
@@ -124,13 +137,13 @@ def _taken_from(
     if host_ip is not None:
         addresses: List[Optional[str]] = [host_ip]
     else:
-        named = {t[1] for t in (*now.get(key, ()), *then.get(key, ())) if t[1] is not None}
+        named = {t.host_ip for t in (*now.get(key, ()), *then.get(key, ())) if t.host_ip}
         addresses = [*sorted(named), None]
     for address in addresses:
         for holder in _holders(now, key, address):
-            if holder[0] == who or not _ahead_of(then, key, address, who, holder[0]):
+            if holder.who == who or not _ahead_of(then, key, address, who, holder.who):
                 continue
-            if any(t[0] == holder[0] and _matches(t[1], address) for t in then.get(key, ())):
+            if any(t.who == holder.who and _matches(t.host_ip, address) for t in then[key]):
                 return holder
     return None
 
@@ -174,7 +187,7 @@ def _takers(table: NatTable, keys: Set[Tuple[str, int]]) -> _Takers:
             # else it matches), never a chain gc or a repair changes.
             label = f"the rule {index + 1} of {TOPLEVEL_DNAT}"
             for key in set(entry_ports(entry, ())) & keys:
-                found.setdefault(key, []).append((label, None, TOPLEVEL_DNAT, True))
+                found.setdefault(key, []).append(_Taker(label, None, TOPLEVEL_DNAT, True, True))
             continue
         if chain is None or not chain.startswith(DNAT_PREFIX):
             continue
@@ -186,7 +199,7 @@ def _takers(table: NatTable, keys: Set[Tuple[str, int]]) -> _Takers:
             dnats[chain] = _dnat_ports(rules)
         for key, host_ip in dnats[chain]:
             if key in ports:
-                found.setdefault(key, []).append((chain, host_ip, chain, False))
+                found.setdefault(key, []).append(_Taker(chain, host_ip, chain, False, False))
     return found
 
 
@@ -210,7 +223,9 @@ def ports_taken(live: NatTable, txn: Transaction) -> Dict[str, PortTaken]:
         for key, host_ip in ports:
             holder = _taken_from(now, then, key, host_ip, chain)
             if holder is not None:
-                found[chain] = PortTaken(live.family, chain, *key, host_ip, *holder)
+                found[chain] = PortTaken(
+                    live.family, chain, *key, host_ip, holder.who, holder.chain, holder.foreign
+                )
                 break
     return found
 
@@ -252,7 +267,7 @@ def holder_name(live: NatTable, chain: str) -> str:
 def nft_holder_name(took: PortTaken) -> str:
     """`8c1d2e3f4a5b (hostports)`, or for a rule that is nobody's `the rule handle 7 of
     hostports`."""
-    if took.holder.startswith("handle "):
+    if took.holder_foreign:
         return f"the rule {took.holder} of {took.holder_chain}"
     return f"{took.holder[:12]} ({took.holder_chain})"
 
@@ -268,7 +283,9 @@ def _nft_takers(ruleset: Ruleset) -> _Takers:
             # else's) may match any: partial, as a rule with conditions of its own.
             one = rule.host_ip is None or _one_address(rule.host_ip)
             host_ip = rule.host_ip if one else None
-            taker = (rule.who, host_ip, rule.rule.chain, not (rule.claims and one))
+            partial = not (rule.claims and one)
+            foreign = rule.foreign is not None
+            taker = _Taker(rule.who, host_ip, rule.rule.chain, partial, foreign)
             for port in rule.ports:
                 found.setdefault((family, rule.protocol, port), []).append(taker)
     return found
@@ -310,10 +327,14 @@ def nft_ports_taken(live: Ruleset, txn: NftTransaction) -> Dict[Tuple[str, int],
     found: Dict[Tuple[str, int], PortTaken] = {}
     for key, takers in then.items():
         family, protocol, port = key
-        for who, host_ip, where, _ in takers:
+        for mine in takers:
+            who = mine.who
             if who not in suspects or (who, family) in found:
                 continue
-            holder = _taken_from(now, then, key, host_ip, who)
+            holder = _taken_from(now, then, key, mine.host_ip, who)
             if holder is not None:
-                found[(who, family)] = PortTaken(family, where, protocol, port, host_ip, *holder)
+                found[(who, family)] = PortTaken(
+                    family, mine.chain, protocol, port, mine.host_ip,
+                    holder.who, holder.chain, holder.foreign,
+                )  # fmt: skip
     return found

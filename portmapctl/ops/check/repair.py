@@ -16,7 +16,7 @@ from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
 from portmapctl.errors import ApplyFailed, BadInput, Interrupted, PortmapctlError
 from portmapctl.iptables.access import Backend
 from portmapctl.iptables.access.memory import MemoryBackend
-from portmapctl.iptables.chains import DNAT_PREFIX, Chain, dnat_chain_name
+from portmapctl.iptables.chains import Chain, dnat_chain_name
 from portmapctl.iptables.planner import missing_setmark_chain, plan_setup
 from portmapctl.iptables.ruleset import (
     NatTable,
@@ -29,6 +29,7 @@ from portmapctl.ops.check.expected import (
     wanted_on_node,
     wanted_sharing,
 )
+from portmapctl.ops.check.hints import REPAIR_COMMAND
 from portmapctl.ops.check.port_moves import holder_name, plan_taking_nothing, ports_taken
 from portmapctl.ops.check.problem import CheckResult, Unrepaired
 from portmapctl.ops.check.run import (
@@ -167,9 +168,7 @@ def _repair_family(
         txn, taken = plan_taking_nothing(live, these, lambda cs: _plan(cs, None, cache)(live))
         for name, took in taken.items():
             first = next(c for c in these if dnat_chain_name(c) == name)
-            # (a chain of no cached container: gc's to remove; someone's rule is not)
-            stale = took.holder.startswith(DNAT_PREFIX) and took.holder not in cached
-            why = took.why(holder_name(live, took.holder), stale=stale)
+            why = took.why(holder_name(live, took.holder), cached)
             moved[name] = Unrepaired(family, first.network, first.container_id, name, why)
         return txn
 
@@ -523,7 +522,7 @@ _LEFT = "--repair left it as it is: its `could not repair` line says why"
 
 def _names_repair(fix: str) -> bool:
     """Whether a problem's fix is --repair (the node's command, or one mapping's)."""
-    return "portmapctl check --repair" in fix or fix == SAME_WITH_REPAIR
+    return REPAIR_COMMAND in fix or fix == SAME_WITH_REPAIR
 
 
 def _repaired(
