@@ -13,12 +13,18 @@ import time
 
 # Runs portmapctl as its console script does, with the write held open at one point.
 HOOK = """
-import os, sys, time
+import faulthandler, os, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # where it hangs, if it does
 marker, where = os.environ["PMT_MARKER"], os.environ["PMT_HOOK"]
 
 def hold():
     open(marker, "w").close()
-    time.sleep(60)
+    # Short sleeps: a signal that lands after the interpreter's last look for one but
+    # before the sleep's system call starts does not interrupt that call (Python runs
+    # its handler only once the call returns); one long sleep held such a SIGTERM for
+    # the whole minute, and the test timed out one run in some hundreds.
+    for _ in range(600):
+        time.sleep(0.1)
 
 if where == "save":
     # Every family's removal is in by then; the UDP conntrack flush comes after it.
@@ -160,7 +166,14 @@ def killed_while_writing(argv, env, where, marker):
             assert time.monotonic() < deadline, "the write never started"
             time.sleep(0.01)
         child.send_signal(signal.SIGTERM)
-        out, err = child.communicate(timeout=30)
+        try:
+            out, err = child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGUSR1)  # its threads' stacks, to stderr
+            time.sleep(1)
+            child.kill()
+            out, err = child.communicate()
+            raise AssertionError(f"still running 30 s after SIGTERM:\n{err}") from None
     finally:
         if child.poll() is None:
             child.kill()
