@@ -12,6 +12,7 @@ throwaway namespaces.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List
 
@@ -82,25 +83,56 @@ def test_repair_makes_every_container_but_the_one_it_cannot_and_names_it(reloade
     assert all(c.returncode == 0 for c in rp.run_check(ns, "ctr2", confs["ctr2"], mode=mode))
 
 
-def test_a_container_iptables_refuses_is_named_and_the_others_repaired(host_ns, tmp_path):
-    # Not foreseeable from the table: conditions naming an ipset that is gone.
+@pytest.mark.parametrize(
+    "count, refused", [(3, (1,)), (11, (2, 3, 9))], ids=["one-of-3", "three-of-11"]
+)
+def test_a_container_iptables_refuses_is_named_and_the_others_repaired(
+    host_ns, tmp_path, count, refused
+):
+    """Not foreseeable from the table: conditions naming an ipset that is gone. The
+    containers iptables refuses are found by halving the others (repair.py settle);
+    neighbours and one far off, each named, every other one repaired."""
     cache = tmp_path / "cni"
-    for i in range(3):
+    confs = {}
+    for i in range(count):
         conf = rp.plugin_conf("mynet", [f"10.88.0.{10 + i}/16"], _ports(8100 + i))
-        if i == 1:
+        if i in refused:
             conf["conditionsV4"] = ["-m", "set", "--match-set", "pmt-gone", "dst"]
         else:
             rp.run_plugin("ADD", host_ns, f"ctr{i}", conf, check=True)
+            confs[f"ctr{i}"] = conf
         _cache(cache, "mynet", f"ctr{i}", conf)
     rp.iptables(host_ns, ["-t", "nat", "-F", TOPLEVEL_DNAT])
+    # Each save and restore logged: a refused restore commits nothing, so the copy the
+    # repair read stays the kernel's table (the ruleset generation has not moved): it
+    # is not read again for each try the halving makes, nor is the same transaction
+    # handed to iptables-restore again on it.
+    wrap, saves, restores = tmp_path / "wrap", tmp_path / "saves", tmp_path / "restores"
+    wrap.mkdir()
+    for tool in ("iptables-nft-save", "ip6tables-nft-save"):
+        (wrap / tool).write_text(
+            f'#!/bin/bash\necho {tool} >> {saves}\nexec /usr/sbin/{tool} "$@"\n'
+        )
+        (wrap / tool).chmod(0o755)
+    (wrap / "iptables-nft-restore").write_text(
+        f'#!/bin/bash\ntext=$(cat)\necho "$text" | md5sum >> {restores}\n'
+        f'echo "$text" | exec /usr/sbin/iptables-nft-restore "$@"\n'
+    )
+    (wrap / "iptables-nft-restore").chmod(0o755)
     done = run(["check", "--repair", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir",
-                str(cache), "-o", "json"])  # fmt: skip
+                str(cache), "-o", "json"], env={"PATH": f"{wrap}:{os.environ['PATH']}"})  # fmt: skip
     assert done.returncode == 1, done.stderr
+    assert saves.read_text().splitlines().count("iptables-nft-save") == 1
+    handed = restores.read_text().splitlines()
+    assert len(handed) == len(set(handed)) and len(handed) > len(refused), handed
     doc = json.loads(done.stdout)
-    assert [u["container_id"] for u in doc["unrepaired"]] == ["ctr1"]
-    assert "iptables refused it" in doc["unrepaired"][0]["why"]
-    assert "could not repair IPv4 mynet/ctr1" in done.stderr
-    assert {p["container_id"] for p in doc["problems"] if p["container_id"]} == {"ctr1"}
+    names = [f"ctr{i}" for i in refused]
+    assert [u["container_id"] for u in doc["unrepaired"]] == names
+    assert all("iptables refused it" in u["why"] for u in doc["unrepaired"])
+    assert all(f"could not repair IPv4 mynet/{n}" in done.stderr for n in names)
+    assert {p["container_id"] for p in doc["problems"] if p["container_id"]} == set(names)
+    for cid, conf in confs.items():  # the plugin's CHECK agrees
+        assert all(c.returncode == 0 for c in rp.run_check(host_ns, cid, conf, mode="nft")), cid
 
 
 def test_could_not_repair_lines_are_in_the_order_of_the_problem_rows(host_ns, tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from portmapctl.cni.cache import read_cache
 from portmapctl.errors import ApplyFailed
 from portmapctl.iptables.access.memory import MemoryBackend
-from portmapctl.iptables.chains import TOPLEVEL_DNAT, dnat_chain_name, wanted_chains
+from portmapctl.iptables.chains import TOPLEVEL_DNAT, chain_name, dnat_chain_name, wanted_chains
 from portmapctl.iptables.planner import plan_setup
 from portmapctl.iptables.ruleset import NatTable, parse_save, rule_target
 from portmapctl.iptables.transaction import Transaction
@@ -227,3 +227,52 @@ def _appended(chain: str, rule: tuple) -> Transaction:
     txn = Transaction(4)
     txn.append(chain, rule)
     return txn
+
+
+class RefusingIpset(Recording):
+    """iptables refusing a transaction that names the ipset `pmt-gone` (deleted: its
+    `-m set` cannot be made), the whole transaction with it, as iptables-restore does
+    (the kernel side: tests/kernel/test_field_check.py)."""
+
+    def apply(self, txn: Transaction) -> None:
+        if "--match-set pmt-gone" in txn.render():
+            self.applies.append(txn.family)
+            self.refused += 1
+            raise ApplyFailed("iptables-restore: line 3 failed")
+        super().apply(txn)
+
+
+def test_refused_containers_are_found_by_halves_and_the_others_repaired(tmp_path):
+    """A flushed node of 64 cached containers, two of them with conditions naming an
+    ipset that is gone: iptables refuses every transaction holding either. The repair
+    names those two and makes the other 62 in a number of transactions that grows
+    with log2(64), not one per container (each a restore and a plan of the whole table:
+    minutes on a node of 5,000)."""
+    import math
+
+    import realplugin as rp
+
+    cache = tmp_path / "cni"
+    bad = {"ctr017", "ctr050"}
+    for i in range(64):
+        cid = f"ctr{i:03d}"
+        ports = [{"hostPort": 8000 + i, "containerPort": 80, "protocol": "tcp"}]
+        conf = rp.plugin_conf("mynet", [f"10.88.0.{i + 2}/16"], ports)
+        if cid in bad:
+            conf["conditionsV4"] = ["-m", "set", "--match-set", "pmt-gone", "dst"]
+        rp.write_cni_cache(cache, "mynet", cid, "eth0", conf, ports, [f"10.88.0.{i + 2}/16"])
+    backend = RefusingIpset(flushed_tables())
+    options = NodeOptions(cache_dirs=(str(cache),), backend="iptables", families=(4,))
+    result = check_lib.repair(Node(options, backend), flush_udp=False)
+    # (family, network, container, chain, why)
+    assert sorted(u[2] for u in result.unrepaired) == sorted(bad)
+    assert all("iptables refused it" in u[4] for u in result.unrepaired)
+    table = backend.memory.tables[4]
+    for i in range(64):
+        cid = f"ctr{i:03d}"
+        assert table.has_chain(chain_name("mynet", cid)) == (cid not in bad), cid
+    # The whole (three tries), the shared chains, then per level of halving at most
+    # two refused halves (three tries each) and two applied.
+    levels = math.ceil(math.log2(64))
+    assert len(backend.applies) <= 3 + 1 + levels * (2 * 3 + 2), len(backend.applies)
+    assert len(backend.applies) < 64, len(backend.applies)

@@ -251,6 +251,12 @@ class RestoreBackend:
         tables.update(absent or {})
         return dict(sorted(tables.items()))  # (IPv4 first, as asked)
 
+    def generation_now(self) -> Optional[int]:
+        """nf_tables' ruleset generation once no commit is under way (iptables-nft;
+        None otherwise): whether a table read at some generation is still the kernel's
+        (check --repair keeps its copy across a refused restore, ops/check/repair.py)."""
+        return self._generation()
+
     def _generation(self, settled: bool = True) -> Optional[int]:
         """nf_tables' ruleset generation now (nft flavour; None otherwise, or when it
         cannot be read); `settled`: once no commit is under way (nfgen.generation)."""
