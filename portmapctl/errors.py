@@ -29,14 +29,25 @@ class ApplyFailed(PortmapctlError):
     """A transaction could not be applied, even after retries (exit 1).
 
     `maybe_applied`: the tool died without saying (killed), so the transaction may
-    have gone in -- whole, never half.
+    have gone in -- whole, never half. `busy`: another program held the xtables lock
+    (a later try may get it). `final`: refused on a table that had not changed since
+    it was read, so the same plan would meet the same refusal: Node.converge tries no
+    more (check --repair's reads say so, ops/check/repair.py).
     """
 
     exit_code = 1
 
-    def __init__(self, message: str = "", maybe_applied: bool = False) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        maybe_applied: bool = False,
+        busy: bool = False,
+        final: bool = False,
+    ) -> None:
         super().__init__(message)
         self.maybe_applied = maybe_applied
+        self.busy = busy
+        self.final = final
 
 
 class Interrupted(BaseException):

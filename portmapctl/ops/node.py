@@ -290,7 +290,8 @@ class Node:
         `plan` returns a Transaction, or a plan holding one as `.transaction` (gc's,
         with what it removes). `planned`: the first try's, made ahead from a table
         read before (gc plans, then asks); the later tries read and call `plan`.
-        Every try is one whole transaction, so a failed try changes nothing.
+        Every try is one whole transaction, so a failed try changes nothing. A
+        refusal its backend knows to be final (ApplyFailed.final) ends the tries.
         Returns what `plan` returned for the try that was applied (or would be, in a
         dry run).
         """
@@ -306,6 +307,8 @@ class Node:
                 self.backend.apply(txn)
                 return found
             except ApplyFailed as err:
+                if err.final:
+                    raise  # (the same plan would be refused the same way)
                 error = err
         outcome = (
             "the last try may have been applied (whole): run again to see"

@@ -83,11 +83,12 @@ def test_repair_makes_every_container_but_the_one_it_cannot_and_names_it(reloade
     assert all(c.returncode == 0 for c in rp.run_check(ns, "ctr2", confs["ctr2"], mode=mode))
 
 
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
 @pytest.mark.parametrize(
     "count, refused", [(3, (1,)), (11, (2, 3, 9))], ids=["one-of-3", "three-of-11"]
 )
 def test_a_container_iptables_refuses_is_named_and_the_others_repaired(
-    host_ns, tmp_path, count, refused
+    host_ns, tmp_path, count, refused, mode
 ):
     """Not foreseeable from the table: conditions naming an ipset that is gone. The
     containers iptables refuses are found by halving the others (repair.py settle);
@@ -99,30 +100,31 @@ def test_a_container_iptables_refuses_is_named_and_the_others_repaired(
         if i in refused:
             conf["conditionsV4"] = ["-m", "set", "--match-set", "pmt-gone", "dst"]
         else:
-            rp.run_plugin("ADD", host_ns, f"ctr{i}", conf, check=True)
+            rp.run_plugin("ADD", host_ns, f"ctr{i}", conf, check=True, mode=mode)
             confs[f"ctr{i}"] = conf
         _cache(cache, "mynet", f"ctr{i}", conf)
-    rp.iptables(host_ns, ["-t", "nat", "-F", TOPLEVEL_DNAT])
-    # Each save and restore logged: a refused restore commits nothing, so the copy the
-    # repair read stays the kernel's table (the ruleset generation has not moved): it
-    # is not read again for each try the halving makes, nor is the same transaction
-    # handed to iptables-restore again on it.
+    rp.iptables(host_ns, ["-t", "nat", "-F", TOPLEVEL_DNAT], mode=mode)
+    # Each save and restore logged: a refused restore on a table that has not changed
+    # since it was read is final (not tried again: the same transaction is never
+    # handed to iptables-restore twice), and on iptables-nft, whose ruleset generation
+    # says so, the table is not read again for each try the halving makes.
     wrap, saves, restores = tmp_path / "wrap", tmp_path / "saves", tmp_path / "restores"
     wrap.mkdir()
-    for tool in ("iptables-nft-save", "ip6tables-nft-save"):
+    for tool in (f"iptables-{mode}-save", f"ip6tables-{mode}-save"):
         (wrap / tool).write_text(
             f'#!/bin/bash\necho {tool} >> {saves}\nexec /usr/sbin/{tool} "$@"\n'
         )
         (wrap / tool).chmod(0o755)
-    (wrap / "iptables-nft-restore").write_text(
+    (wrap / f"iptables-{mode}-restore").write_text(
         f'#!/bin/bash\ntext=$(cat)\necho "$text" | md5sum >> {restores}\n'
-        f'echo "$text" | exec /usr/sbin/iptables-nft-restore "$@"\n'
+        f'echo "$text" | exec /usr/sbin/iptables-{mode}-restore "$@"\n'
     )
-    (wrap / "iptables-nft-restore").chmod(0o755)
-    done = run(["check", "--repair", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir",
+    (wrap / f"iptables-{mode}-restore").chmod(0o755)
+    done = run(["check", "--repair", "--netns", host_ns, "--iptables", mode, "--cni-cache-dir",
                 str(cache), "-o", "json"], env={"PATH": f"{wrap}:{os.environ['PATH']}"})  # fmt: skip
     assert done.returncode == 1, done.stderr
-    assert saves.read_text().splitlines().count("iptables-nft-save") == 1
+    if mode == "nft":
+        assert saves.read_text().splitlines().count("iptables-nft-save") == 1
     handed = restores.read_text().splitlines()
     assert len(handed) == len(set(handed)) and len(handed) > len(refused), handed
     doc = json.loads(done.stdout)
@@ -132,7 +134,7 @@ def test_a_container_iptables_refuses_is_named_and_the_others_repaired(
     assert all(f"could not repair IPv4 mynet/{n}" in done.stderr for n in names)
     assert {p["container_id"] for p in doc["problems"] if p["container_id"]} == set(names)
     for cid, conf in confs.items():  # the plugin's CHECK agrees
-        assert all(c.returncode == 0 for c in rp.run_check(host_ns, cid, conf, mode="nft")), cid
+        assert all(c.returncode == 0 for c in rp.run_check(host_ns, cid, conf, mode=mode)), cid
 
 
 def test_could_not_repair_lines_are_in_the_order_of_the_problem_rows(host_ns, tmp_path):

@@ -298,7 +298,8 @@ class RestoreBackend:
             if "xtables.lock" in message or "holding the xtables lock" in message:
                 raise ApplyFailed(
                     f"{argv[0]} gave up waiting {argv[-1]} s for the xtables lock (another"
-                    f" program holds it), nothing changed: {message}"
+                    f" program holds it), nothing changed: {message}",
+                    busy=True,
                 )
             raise ApplyFailed(f"{argv[0]} refused the transaction, nothing changed: {message}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
@@ -214,9 +214,15 @@ def _repair_family(
         if family in config.families and name not in skipped:
             by_chain.setdefault(name, []).append(config)
 
-    def settle(groups: Sequence[List[MappingConfig]]) -> None:
-        """`groups` in one transaction; refused, each half of them again: a group
-        refused alone is named."""
+    def settle(groups: Sequence[List[MappingConfig]], refused: bool = False) -> bool:
+        """`groups` in one transaction, or (`refused`: known to hold a group iptables
+        refuses) at once each half of them, and so on down: a group refused alone is
+        named. Whether they all went in. A half refused together with its other half
+        that went in holds the refused group: it is split without a try of its own."""
+        if refused and len(groups) > 1:
+            half = len(groups) // 2
+            went = settle(groups[:half])
+            return settle(groups[half:], refused=went) and went
 
         def plan_these(live: NatTable) -> Transaction:
             usable_now = [g for g in groups if all(_missing_reference(c, live) is None for c in g)]
@@ -226,10 +232,7 @@ def _repair_family(
             txn = node.converge(family, plan_these)
         except ApplyFailed as err:
             if len(groups) > 1:
-                half = len(groups) // 2
-                settle(groups[:half])
-                settle(groups[half:])
-                return
+                return settle(groups, refused=True)
             first = groups[0][0]
             failed.append(
                 Unrepaired(
@@ -240,15 +243,13 @@ def _repair_family(
                     f"iptables refused it: {err}",
                 )
             )
-            return
+            return False
         if txn:
             applied.append(txn)
+        return True
 
-    groups = list(by_chain.values())
-    half = len(groups) // 2  # (all of them together were refused just now)
-    for part in (groups[:half], groups[half:]):
-        if part:
-            settle(part)
+    if by_chain:
+        settle(list(by_chain.values()), refused=True)  # (all together were, just now)
     return applied, [*skipped.values(), *moved.values(), *failed]
 
 
@@ -257,16 +258,21 @@ class _Planned:
     transaction applied since then applied to that table in memory too (with
     `iptables-restore --noflush` semantics, iptables/access/memory.py), so that the next
     plan and the check after the repair read nothing: what iptables accepted whole is
-    what the table now holds. A refused transaction (the table changed under us: the
-    plugin ran) forgets its family, so that the next plan reads it afresh (SPEC §5:
-    re-planned, never forced); on iptables-nft, not when nf_tables' ruleset generation
-    says nothing committed since the copy was read or last followed (a refused restore
-    commits nothing): the copy is the kernel's table still, and a save of 5,000
-    containers is 0.15 s for each of the tries a refused container's halving makes.
-    For the same reason the same transaction tried again on that same table (the next
-    of Node.converge's tries, planned from the kept copy) is refused as iptables
-    refused it, without running iptables-restore again: what it answers depends on
-    the table and the text alone."""
+    what the table now holds.
+
+    A refused transaction forgets its family when the table changed under us (the
+    plugin ran): the next plan reads it afresh (SPEC §5: re-planned, never forced).
+    When it had not changed, the refusal is final (ApplyFailed.final: Node.converge's
+    next tries would plan the same on the same table): on iptables-nft when nf_tables'
+    ruleset generation is still the one the copy was read at or followed to (a refused
+    restore commits nothing), elsewhere when a fresh read equals the copy. The copy is
+    then kept, and checked against the generation again before it is next used. Not
+    for a busy xtables lock nor a tool that died (maybe applied): those are tried again.
+    So a container iptables refuses costs one restore, not three, and on iptables-nft
+    no save of the whole table (0.15 s at 5,000 containers) for each try of the halving
+    that finds it (_repair_family). What iptables also depends on outside the table
+    (an ipset a firewall reload is restoring that very moment) is met at the next
+    repair."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -276,15 +282,21 @@ class _Planned:
         self.reads = 0  # reads of the real node (for tests)
         # Every transaction handed to iptables and not refused: in, or maybe (killed).
         self.attempted: List[Transaction] = []
-        # The last refusal on a table whose generation is known: (family, generation,
-        # the transaction's text, iptables' answer).
-        self._refused: Optional[Tuple[int, int, str, ApplyFailed]] = None
+        self._kept: Set[int] = set()  # families whose copy a final refusal kept
 
     def read(self, family: int) -> NatTable:
+        if family in self._kept:
+            self._kept.discard(family)
+            if not self._still_at(self.tables[family].generation):
+                del self.tables[family]  # something committed since: read it again
         if family not in self.tables:
-            self.tables[family] = self.backend.read(family)
-            self.reads += 1
+            self._read(family)
         return self.tables[family]
+
+    def _read(self, family: int) -> NatTable:
+        self.tables[family] = table = self.backend.read(family)
+        self.reads += 1
+        return table
 
     def read_families(self, families: Sequence[int]) -> Dict[int, NatTable]:
         missing = [f for f in families if f not in self.tables]
@@ -296,23 +308,23 @@ class _Planned:
 
     def apply(self, txn: Transaction) -> None:
         known = self.tables.get(txn.family)
-        refused = self._refused
-        if refused is not None and known is not None and known.generation == refused[1]:
-            family, generation, text, answer = refused
-            if family == txn.family and txn.render() == text and self._still_at(generation):
-                raise ApplyFailed(str(answer))
-        self._refused = None
         self.attempted.append(txn)
         try:
             self.backend.apply(txn)
         except ApplyFailed as err:
             if not err.maybe_applied:
                 self.attempted.pop()
-            if err.maybe_applied or known is None or not self._still_at(known.generation):
+            if err.maybe_applied or err.busy or known is None:
                 self.tables.pop(txn.family, None)
-            elif known.generation is not None:
-                self._refused = (txn.family, known.generation, txn.render(), err)
-            raise
+                raise
+            if known.generation is not None:
+                if not self._still_at(known.generation):
+                    self.tables.pop(txn.family, None)
+                    raise
+                self._kept.add(txn.family)  # (checked again before it is next used)
+            elif self._read(txn.family) != known:
+                raise  # changed under us: the read just made is the next plan's
+            raise ApplyFailed(str(err), final=True) from None
         before = self.read(txn.family)
         planned = MemoryBackend({txn.family: before})
         try:
@@ -324,10 +336,11 @@ class _Planned:
             return
         after = planned.tables[txn.family]
         if before.generation is not None:
-            # Our commit alone since the copy's generation: the copy, followed, is the
-            # kernel's table at the next one (else its generation is not known).
-            now = following(before.generation)
-            after = replace(after, generation=now if self._still_at(now) else None)
+            # The copy, followed, is the kernel's table at the generation our commit
+            # made, if ours was the only one since (a transaction that changed nothing
+            # commits nothing); else its generation is not known.
+            ours = before.generation if after == before else following(before.generation)
+            after = replace(after, generation=ours if self._still_at(ours) else None)
         self.tables[txn.family] = after
 
     def _still_at(self, generation: Optional[int]) -> bool:

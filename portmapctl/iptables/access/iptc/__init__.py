@@ -186,7 +186,8 @@ def xtables_lock(wait: float) -> Iterator[None]:
     try:
         if not flock_within(fd, wait):
             raise ApplyFailed(
-                f"another program held the xtables lock ({path}) for {wait:g} s: nothing changed"
+                f"another program held the xtables lock ({path}) for {wait:g} s: nothing changed",
+                busy=True,
             )
         yield
     finally:
