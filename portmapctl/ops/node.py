@@ -315,7 +315,11 @@ class Node:
             if error is not None and error.maybe_applied
             else "nothing changed"
         )
-        raise ApplyFailed(f"gave up after {APPLY_TRIES} tries, {outcome}: {error}")
+        raise ApplyFailed(
+            f"gave up after {APPLY_TRIES} tries, {outcome}: {error}",
+            maybe_applied=error is not None and error.maybe_applied,
+            busy=error is not None and error.busy,
+        )
 
 
 def side_by_side(

@@ -126,6 +126,28 @@ def test_a_python_iptables_crash_ends_the_child_not_the_command(host_ns, iptc_ba
         assert ":POSTROUTING ACCEPT" in backend.save_text(6)
 
 
+def test_a_writer_killed_by_a_signal_may_have_committed(host_ns, iptc_backend):
+    """The OOM killer or a signal to the whole cgroup can end the child after its
+    commit: the transaction may have gone in (whole: libiptc replaces the table in one
+    go), so it is never said to have changed nothing, and check --repair reads the
+    table again instead of calling it a refusal (ApplyFailed.maybe_applied)."""
+    import signal
+
+    from portmapctl.iptables.access import iptc as module
+
+    backend = iptc_backend()
+
+    def committed_then_killed() -> None:
+        backend.apply(_chain_txn("CNI-DN-killed"))  # (its own child: committed)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with netns.entered(host_ns):
+        with pytest.raises(ApplyFailed, match="killed by signal 9") as raised:
+            module._in_child(backend._lib, committed_then_killed, ApplyFailed)
+    assert raised.value.maybe_applied
+    assert "CNI-DN-killed" in _legacy_save(host_ns)
+
+
 @pytest.mark.netns
 def test_not_root_is_an_environment_error(monkeypatch):
     """Without CAP_NET_ADMIN libiptc cannot even read (here, in this process's own

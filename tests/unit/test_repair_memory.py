@@ -305,6 +305,37 @@ def test_every_container_refused_costs_no_more_than_one_try_each(tmp_path):
     assert len(backend.applies) <= 2 * 16, len(backend.applies)
 
 
+class LockTaken(RefusingIpset):
+    """RefusingIpset whose xtables lock another program takes after `free` applies:
+    every later apply waits for it and gives up (ApplyFailed.busy), as
+    iptables-legacy-restore -w and python-iptables do."""
+
+    def __init__(self, tables: Dict[int, NatTable], free: int) -> None:
+        super().__init__(tables)
+        self.free = free
+
+    def apply(self, txn: Transaction) -> None:
+        if len(self.applies) >= self.free:
+            self.applies.append(txn.family)
+            raise ApplyFailed("another program held the xtables lock for 10 s", busy=True)
+        super().apply(txn)
+
+
+def test_a_busy_xtables_lock_stops_the_halving_and_names_the_rest(tmp_path):
+    """The lock taken by another program once the halving began: the set being tried
+    waits its three tries, and nothing more is tried (each try of each half would
+    wait as long: days at 5,000 containers); every container not made is named with
+    the lock, none as refused by iptables."""
+    bad = {"ctr002"}
+    backend = LockTaken(flushed_tables(), free=2)  # the whole (refused), the shared
+    result = check_lib.repair(
+        Node(_cached_with_refused(tmp_path, 16, bad), backend), flush_udp=False
+    )
+    assert len(backend.applies) == 2 + 3, backend.applies
+    assert sorted(u[2] for u in result.unrepaired) == [f"ctr{i:03d}" for i in range(16)]
+    assert all(u[4].startswith("the xtables lock was busy: ") for u in result.unrepaired)
+
+
 class Generations(RefusingIpset):
     """RefusingIpset with nf_tables' ruleset generation: read tables carry it, an
     accepted transaction that changes the table moves it by one, a refused one not.

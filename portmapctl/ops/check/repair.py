@@ -214,11 +214,22 @@ def _repair_family(
         if family in config.families and name not in skipped:
             by_chain.setdefault(name, []).append(config)
 
+    busy: List[str] = []  # why the xtables lock stopped the halving, once it did
+
+    def name(config: MappingConfig, why: str) -> None:
+        chain = dnat_chain_name(config)
+        failed.append(Unrepaired(family, config.network, config.container_id, chain, why))
+
     def settle(groups: Sequence[List[MappingConfig]], refused: bool = False) -> bool:
         """`groups` in one transaction, or (`refused`: known to hold a group iptables
         refuses) at once each half of them, and so on down: a group refused alone is
         named. Whether they all went in. A half refused together with its other half
-        that went in holds the refused group: it is split without a try of its own."""
+        that went in holds the refused group: it is split without a try of its own.
+        Once the xtables lock was busy (ApplyFailed.busy), nothing more is tried."""
+        if busy:
+            for group in groups:
+                name(group[0], busy[0])
+            return False
         if refused and len(groups) > 1:
             half = len(groups) // 2
             went = settle(groups[:half])
@@ -231,18 +242,14 @@ def _repair_family(
         try:
             txn = node.converge(family, plan_these)
         except ApplyFailed as err:
+            if err.busy:
+                # Another program holds the xtables lock: each try waited for it; the
+                # others are not tried (each would wait as long), and said so.
+                busy.append(f"the xtables lock was busy: {err}")
+                return settle(groups)
             if len(groups) > 1:
                 return settle(groups, refused=True)
-            first = groups[0][0]
-            failed.append(
-                Unrepaired(
-                    family,
-                    first.network,
-                    first.container_id,
-                    dnat_chain_name(first),
-                    f"iptables refused it: {err}",
-                )
-            )
+            name(groups[0][0], f"iptables refused it: {err}")
             return False
         if txn:
             applied.append(txn)
@@ -265,9 +272,11 @@ class _Planned:
     When it had not changed, the refusal is final (ApplyFailed.final: Node.converge's
     next tries would plan the same on the same table): on iptables-nft when nf_tables'
     ruleset generation is still the one the copy was read at or followed to (a refused
-    restore commits nothing), elsewhere when a fresh read equals the copy. The copy is
-    then kept, and checked against the generation again before it is next used. Not
-    for a busy xtables lock nor a tool that died (maybe applied): those are tried again.
+    restore commits nothing), elsewhere when a fresh read equals the copy (a change
+    made and undone in between is not seen: the next repair meets it). On iptables-nft
+    the copy is then kept, and checked against the generation again before it is next
+    used; elsewhere the fresh read is the next plan's. Not for a busy xtables lock nor
+    a tool that died (maybe applied): those are tried again.
     So a container iptables refuses costs one restore, not three, and on iptables-nft
     no save of the whole table (0.15 s at 5,000 containers) for each try of the halving
     that finds it (_repair_family). What iptables also depends on outside the table

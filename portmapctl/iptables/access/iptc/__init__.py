@@ -163,6 +163,14 @@ def _in_child(lib: Lib, work: Callable[[], Optional[str]], failure: type) -> Opt
     os.close(errors)
     if not chunks or os.waitstatus_to_exitcode(status) != 0:
         said = next((line.strip() for line in stderr.splitlines() if line.strip()), "")
+        if failure is ApplyFailed and os.WIFSIGNALED(status):
+            # Killed (the OOM killer, a signal to the whole cgroup): maybe after its
+            # commit, which libiptc makes whole or not at all; the caller reads again.
+            raise ApplyFailed(
+                f"python-iptables was killed by signal {os.WTERMSIG(status)}"
+                " (a transaction is applied whole or not at all)",
+                maybe_applied=True,
+            )
         raise failure(
             "python-iptables died (exit status"
             f" {os.waitstatus_to_exitcode(status)}{': ' + said if said else ''}):"
