@@ -336,6 +336,38 @@ def test_a_busy_xtables_lock_stops_the_halving_and_names_the_rest(tmp_path):
     assert all(u[4].startswith("the xtables lock was busy: ") for u in result.unrepaired)
 
 
+def test_a_setmark_chain_gone_during_the_halving_is_named(tmp_path):
+    """A container whose externalSetMarkChain an admin's firewall reload deletes while
+    the halving runs (after the whole was planned): its group is left out of the
+    halves and named with the reason, as the whole repair names one missing from the
+    start, never dropped unsaid."""
+    import realplugin as rp
+
+    options = _cached_with_refused(tmp_path, 6, {"ctr001"})
+    ports = [{"hostPort": 9000, "containerPort": 80, "protocol": "tcp"}]
+    conf = rp.plugin_conf("mynet", ["10.88.1.2/16"], ports, external_setmark_chain="ADMIN-MARK")
+    rp.write_cni_cache(options.cache_dirs[0], "mynet", "ctrmark", "eth0", conf, ports,
+                       ["10.88.1.2/16"])  # fmt: skip
+    backend = RefusingIpset(flushed_tables())
+    made = Transaction(4)
+    made.new_chain("ADMIN-MARK")
+    backend.memory.apply(made)
+
+    def reload_deletes_it(txn: Transaction) -> None:
+        if len(backend.applies) == 1:  # (after the whole: as the shared chains go in)
+            gone = Transaction(4)
+            gone.delete_chain("ADMIN-MARK")
+            backend.memory.apply(gone)
+
+    backend.before_apply = reload_deletes_it
+    result = check_lib.repair(Node(options, backend), flush_udp=False)
+    why = {u[2]: u[4] for u in result.unrepaired}
+    assert set(why) == {"ctr001", "ctrmark"}, why
+    assert "iptables refused it" in why["ctr001"]
+    assert "ADMIN-MARK does not exist" in why["ctrmark"], why["ctrmark"]
+    _all_but(backend, 6, {"ctr001"})
+
+
 class Generations(RefusingIpset):
     """RefusingIpset with nf_tables' ruleset generation: read tables carry it, an
     accepted transaction that changes the table moves it by one, a refused one not.

@@ -236,7 +236,18 @@ def _repair_family(
             return settle(groups[half:], refused=went) and went
 
         def plan_these(live: NatTable) -> Transaction:
-            usable_now = [g for g in groups if all(_missing_reference(c, live) is None for c in g)]
+            usable_now = []
+            for group in groups:
+                chain = dnat_chain_name(group[0])
+                why = next(filter(None, (_missing_reference(c, live) for c in group)), None)
+                if why is None:
+                    usable_now.append(group)
+                    skipped.pop(chain, None)
+                else:  # (gone since the whole was planned: said as that plan says it)
+                    first = group[0]
+                    skipped[chain] = Unrepaired(
+                        family, first.network, first.container_id, chain, why
+                    )
             return taking_nothing(live, [c for g in usable_now for c in g])
 
         try:
