@@ -206,8 +206,8 @@ def _repair_family(
     if txn:
         applied.append(txn)
     failed: List[Unrepaired] = []
-    # Each chain alone: with all the configs that want it (a container's interfaces on
-    # one network share it; planned from one, the others' rules would go).
+    # By chain: all the configs that want one chain go together (a container's
+    # interfaces on one network share it; planned apart, the others' rules would go).
     by_chain: Dict[str, List[MappingConfig]] = {}
     for config in configs:
         name = dnat_chain_name(config)
@@ -216,7 +216,7 @@ def _repair_family(
 
     busy: List[str] = []  # why the xtables lock stopped the halving, once it did
 
-    def name(config: MappingConfig, why: str) -> None:
+    def unrepaired(config: MappingConfig, why: str) -> None:
         chain = dnat_chain_name(config)
         failed.append(Unrepaired(family, config.network, config.container_id, chain, why))
 
@@ -228,7 +228,7 @@ def _repair_family(
         Once the xtables lock was busy (ApplyFailed.busy), nothing more is tried."""
         if busy:
             for group in groups:
-                name(group[0], busy[0])
+                unrepaired(group[0], busy[0])
             return False
         if refused and len(groups) > 1:
             half = len(groups) // 2
@@ -260,7 +260,7 @@ def _repair_family(
                 return settle(groups)
             if len(groups) > 1:
                 return settle(groups, refused=True)
-            name(groups[0][0], f"iptables refused it: {err}")
+            unrepaired(groups[0][0], f"iptables refused it: {err}")
             return False
         if txn:
             applied.append(txn)
