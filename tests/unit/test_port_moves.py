@@ -180,3 +180,29 @@ def test_nft_a_lost_rule_put_back_ahead_of_the_holder_is_found():
     assert took[0] == ("ctr-a", 4)
     assert (took[1].holder, took[1].protocol, took[1].port) == ("ctr-b", "tcp", 8080)
     assert port_moves.nft_holder_name(took[1]) == "ctr-b (hostports)"
+
+
+def test_a_holder_cut_off_by_lost_jumps_is_not_said_to_get_traffic(tmp_path):
+    """A firewall script flushed PREROUTING and OUTPUT (the jumps to CNI-HOSTPORT-DNAT
+    went) and A lost its DNAT rule: B's rule has tcp/8080 in CNI-HOSTPORT-DNAT, but no
+    packet reaches it now. A is still left as it is (the repair puts the jumps back,
+    and B's traffic with them), and the line no longer says B gets the port's traffic
+    now (helper-121's F3)."""
+    a, b = _config("a", 5), _config("b", 6)
+    memory, node = _node(tmp_path, [a, b], [a, b])
+    _lose_dnat(memory, dnat_chain_name(a))
+    live = memory.read(4)
+    memory.tables[4] = NatTable(
+        4,
+        {
+            n: SavedChain(n, c.policy, () if n in ("PREROUTING", "OUTPUT") else c.rules)
+            for n, c in live.chains.items()
+        },
+    )
+    (left,) = repair(node, flush_udp=False).unrepaired
+    assert left[3] == dnat_chain_name(a)
+    assert "gets that port's traffic now" not in left[4]
+    assert "has that port in CNI-HOSTPORT-DNAT (and its traffic once the repair puts" in left[4]
+    after = memory.read(4)
+    assert any("CNI-HOSTPORT-DNAT" in r for r in after.rules("PREROUTING"))  # put back
+    assert first_taker(after, "tcp", 8080, -1) == dnat_chain_name(b)

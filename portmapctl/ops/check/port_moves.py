@@ -54,7 +54,9 @@ _IN_PLACE = frozenset({OpKind.FLUSH, OpKind.DELETE, OpKind.DELETE_NUMBER})
 class PortTaken:
     """`chain`, as a plan would leave it, takes `protocol/port` of IPv`family` from
     `holder` (`holder_chain` the chain of the rule that has it now; `holder_foreign`:
-    that rule is someone else's, no container's)."""
+    that rule is someone else's, no container's). `entered`: packets reach that chain
+    now; not when the nat table lost its jumps to CNI-HOSTPORT-DNAT (which the same
+    repair puts back: the holder gets the port's traffic then)."""
 
     family: int
     chain: str
@@ -64,15 +66,22 @@ class PortTaken:
     holder: str
     holder_chain: str
     holder_foreign: bool
+    entered: bool = True
 
     def why(self, holder_name: str, cached: Optional[Collection[str]] = None) -> str:
         """Why the repair leaves the chain; `cached`: the chains (iptables) or container
         IDs (nftables) the CNI cache names, when known: a container's holder not among
         them is stale, gc's to remove (someone else's rule is not)."""
         on = f"{self.host_ip}:" if self.host_ip else ""
+        has = (
+            "gets that port's traffic now"
+            if self.entered
+            else f"has that port in {TOPLEVEL_DNAT} (and its traffic once the repair puts"
+            " back the jumps to it)"
+        )
         why = (
             f"its chain would take {self.protocol}/{on}{self.port} from {holder_name}, which"
-            " gets that port's traffic now; a repair never moves a port between mappings"
+            f" {has}; a repair never moves a port between mappings"
         )
         if cached is not None and not self.holder_foreign and self.holder not in cached:
             return (
@@ -218,13 +227,27 @@ def ports_taken(live: NatTable, txn: Transaction) -> Dict[str, PortTaken]:
     wanted = {chain: _dnat_ports(after.rules(chain)) for chain in sorted(suspects)}
     keys = {key for ports in wanted.values() for key, _ in ports}
     now, then = _takers(live, keys), _takers(after, keys)
+    # Packets reach CNI-HOSTPORT-DNAT only through its jumps (a firewall script that
+    # flushed PREROUTING and OUTPUT took them): the words say whether they do now.
+    entered = any(
+        rule_target(rule) == TOPLEVEL_DNAT
+        for chain in ("PREROUTING", "OUTPUT")
+        for rule in live.rules(chain)
+    )
     found: Dict[str, PortTaken] = {}
     for chain, ports in wanted.items():
         for key, host_ip in ports:
             holder = _taken_from(now, then, key, host_ip, chain)
             if holder is not None:
                 found[chain] = PortTaken(
-                    live.family, chain, *key, host_ip, holder.who, holder.chain, holder.foreign
+                    live.family,
+                    chain,
+                    *key,
+                    host_ip,
+                    holder.who,
+                    holder.chain,
+                    holder.foreign,
+                    entered,
                 )
                 break
     return found
