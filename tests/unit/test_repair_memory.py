@@ -489,3 +489,31 @@ def test_a_followed_copy_is_given_the_generation_only_of_our_own_commit(tmp_path
     other.new_chain("CNI-DN-ours11111111111111111")
     planned.apply(other)
     assert planned.tables[4].generation is None
+
+
+def test_a_kept_copy_then_a_busy_lock_reads_the_table_again():
+    """A refusal found final keeps the copy; a next try that meets a busy lock drops
+    it (nothing is known of the table then): the next read reads the node, and does
+    not trip over the kept mark of a copy that is gone."""
+    from portmapctl.ops.check.repair import _Planned
+
+    backend = Generations(flushed_tables())
+    planned = _Planned(backend)  # type: ignore[arg-type]
+    planned.read(4)
+    refused = Transaction(4)
+    refused.append("PREROUTING", ("-m", "set", "--match-set", "pmt-gone", "dst", "-j", "ACCEPT"))
+    with pytest.raises(ApplyFailed) as final:
+        planned.apply(refused)
+    assert final.value.final and planned.reads == 1
+
+    def lock_taken(txn: Transaction) -> None:
+        raise ApplyFailed("another program held the xtables lock for 10 s", busy=True)
+
+    backend.before_apply = lock_taken
+    other = Transaction(4)
+    other.new_chain("CNI-DN-other0000000000000000")
+    with pytest.raises(ApplyFailed) as busy:
+        planned.apply(other)
+    assert busy.value.busy and not busy.value.final
+    assert planned.read(4).generation == backend.generation
+    assert planned.reads == 2

@@ -307,7 +307,8 @@ class _Planned:
     def read(self, family: int) -> NatTable:
         if family in self._kept:
             self._kept.discard(family)
-            if not self._still_at(self.tables[family].generation):
+            kept = self.tables.get(family)
+            if kept is not None and not self._still_at(kept.generation):
                 del self.tables[family]  # something committed since: read it again
         if family not in self.tables:
             self._read(family)
@@ -334,6 +335,7 @@ class _Planned:
         except ApplyFailed as err:
             if not err.maybe_applied:
                 self.attempted.pop()
+            self._kept.discard(txn.family)
             if err.maybe_applied or err.busy or known is None:
                 self.tables.pop(txn.family, None)
                 raise
