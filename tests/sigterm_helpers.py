@@ -46,14 +46,13 @@ elif where == "converge":
     apply.converge_family = converge_family
 elif where == "repair":
     # check --repair's IPv4 transaction went in; its apply has not returned yet.
-    import importlib
-    repair = importlib.import_module("portmapctl.ops.check.repair")  # not the function
-    real_apply = repair._Planned.apply
+    from portmapctl.ops.check.read_once import ReadOnce
+    real_apply = ReadOnce.apply
     def apply(self, txn):
         real_apply(self, txn)
         if txn.family == 4:
             hold()
-    repair._Planned.apply = apply
+    ReadOnce.apply = apply
 elif where == "nft-repair":
     import importlib
     nft_repair = importlib.import_module("portmapctl.ops.check.nft_repair")

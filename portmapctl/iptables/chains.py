@@ -29,6 +29,7 @@ except ImportError:  # another interpreter
     from hashlib import sha512
 
 TOPLEVEL_DNAT = "CNI-HOSTPORT-DNAT"
+DNAT_ENTRY_CHAINS = ("PREROUTING", "OUTPUT")  # the built-in chains that jump to it
 SETMARK = "CNI-HOSTPORT-SETMARK"
 MASQ = "CNI-HOSTPORT-MASQ"
 OLD_TOPLEVEL_SNAT = "CNI-HOSTPORT-SNAT"
@@ -110,7 +111,7 @@ def toplevel_dnat_chain(family: int) -> Chain:
 
     return Chain(
         TOPLEVEL_DNAT,
-        entry_chains=("PREROUTING", "OUTPUT"),
+        entry_chains=DNAT_ENTRY_CHAINS,
         entry_rules=(
             normalize(["-m", "addrtype", "--dst-type", "LOCAL", "-j", TOPLEVEL_DNAT], family),
         ),

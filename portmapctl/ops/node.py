@@ -208,7 +208,7 @@ class Node:
         kernel backends (a snapshot's cache comes from another node; the memory backend
         is a test's node). None: not judged."""
         # --backend nftables on a live node reads nftables from the kernel: judged too.
-        # (By name: a repair wraps the backend, repair._Planned.)
+        # (By name: a repair wraps the backend, read_once.ReadOnce.)
         kernel = self.backend.name in (*BACKEND_NAMES, Unread.name)
         live = not self.options.offline and kernel
         return NamespaceView() if live else None

@@ -1,5 +1,5 @@
 """`check --repair` reads the node once: the check after it is of the tables as the
-applied transactions left them, in memory (ops/check/repair.py `_Planned`), and a
+applied transactions left them, in memory (ops/check/read_once.py `ReadOnce`), and a
 transaction iptables refuses (the plugin changed the table meanwhile) is re-planned
 from a fresh read. Through the memory backend, no root (the kernel side is
 tests/kernel/test_check.py and test_field_repair.py)."""
@@ -471,10 +471,10 @@ def test_a_followed_copy_is_given_the_generation_only_of_our_own_commit(tmp_path
     """After an accepted restore the copy is the kernel's table at the next generation
     only if ours was the only commit since (else unknown); a transaction that changed
     nothing commits nothing and the copy keeps its generation."""
-    from portmapctl.ops.check.repair import _Planned
+    from portmapctl.ops.check.read_once import ReadOnce
 
     backend = Generations(flushed_tables())
-    planned = _Planned(backend)  # type: ignore[arg-type]
+    planned = ReadOnce(backend)  # type: ignore[arg-type]
     assert planned.read(4).generation == 7
     made = Transaction(4)
     made.new_chain("CNI-DN-ours00000000000000000")
@@ -495,10 +495,10 @@ def test_a_kept_copy_then_a_busy_lock_reads_the_table_again():
     """A refusal found final keeps the copy; a next try that meets a busy lock drops
     it (nothing is known of the table then): the next read reads the node, and does
     not trip over the kept mark of a copy that is gone."""
-    from portmapctl.ops.check.repair import _Planned
+    from portmapctl.ops.check.read_once import ReadOnce
 
     backend = Generations(flushed_tables())
-    planned = _Planned(backend)  # type: ignore[arg-type]
+    planned = ReadOnce(backend)  # type: ignore[arg-type]
     planned.read(4)
     refused = Transaction(4)
     refused.append("PREROUTING", ("-m", "set", "--match-set", "pmt-gone", "dst", "-j", "ACCEPT"))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequ
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.iptables.chains import TOPLEVEL_DNAT, dnat_chain_name
+from portmapctl.iptables.chains import DNAT_ENTRY_CHAINS, TOPLEVEL_DNAT, dnat_chain_name
 from portmapctl.iptables.ruleset import NatTable, rule_target
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops.check.expected import cached_groups
@@ -133,7 +133,7 @@ def changed_mappings(txn: Transaction, configs: Sequence[MappingConfig]) -> List
         target = rule_target(op.args) if op.args else None
         touched.update({op.chain, target})
         if (op.kind is OpKind.NEW_CHAIN and op.chain == TOPLEVEL_DNAT) or (
-            op.chain in ("PREROUTING", "OUTPUT") and target == TOPLEVEL_DNAT
+            op.chain in DNAT_ENTRY_CHAINS and target == TOPLEVEL_DNAT
         ):
             whole_family = True
     return [

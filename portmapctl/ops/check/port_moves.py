@@ -33,7 +33,12 @@ from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import ApplyFailed
 from portmapctl.iptables.access.memory import MemoryBackend
-from portmapctl.iptables.chains import DNAT_PREFIX, TOPLEVEL_DNAT, dnat_chain_name
+from portmapctl.iptables.chains import (
+    DNAT_ENTRY_CHAINS,
+    DNAT_PREFIX,
+    TOPLEVEL_DNAT,
+    dnat_chain_name,
+)
 from portmapctl.iptables.plugin_rules import parse_comment
 from portmapctl.iptables.ruleset import NatTable, rule_target
 from portmapctl.iptables.shapes import Role, classify_rule, entry_ports
@@ -231,7 +236,7 @@ def ports_taken(live: NatTable, txn: Transaction) -> Dict[str, PortTaken]:
     # flushed PREROUTING and OUTPUT took them): the words say whether they do now.
     entered = any(
         rule_target(rule) == TOPLEVEL_DNAT
-        for chain in ("PREROUTING", "OUTPUT")
+        for chain in DNAT_ENTRY_CHAINS
         for rule in live.rules(chain)
     )
     found: Dict[str, PortTaken] = {}

@@ -3,20 +3,17 @@ diagnosis compares against and applies through `Node.converge`. It only creates 
 missing (a cached container's own chain is rewritten when its rules differ, as the
 plugin's ADD would), never deletes another container's chain, and leaves stale state
 to `gc`. The node is read once: the check after the repair is of the tables as the
-applied transactions left them, in memory (`_Planned`)."""
+applied transactions left them, in memory (`ReadOnce`)."""
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
 from portmapctl.errors import ApplyFailed, BadInput, Interrupted, PortmapctlError
-from portmapctl.iptables.access import Backend
-from portmapctl.iptables.access.memory import MemoryBackend
-from portmapctl.iptables.access.nfgen import following
 from portmapctl.iptables.chains import Chain, dnat_chain_name
 from portmapctl.iptables.planner import missing_setmark_chain, plan_setup
 from portmapctl.iptables.ruleset import (
@@ -33,6 +30,7 @@ from portmapctl.ops.check.expected import (
 from portmapctl.ops.check.hints import REPAIR_COMMAND
 from portmapctl.ops.check.port_moves import holder_name, plan_taking_nothing, ports_taken
 from portmapctl.ops.check.problem import CheckResult, Unrepaired
+from portmapctl.ops.check.read_once import ReadOnce
 from portmapctl.ops.check.run import (
     SAME_WITH_REPAIR,
     _check_node,
@@ -176,9 +174,9 @@ def _repair_family(
             moved[name] = Unrepaired(family, first.network, first.container_id, name, why)
         return txn
 
-    def usable(live: NatTable) -> List[MappingConfig]:
+    def usable(live: NatTable, these: Sequence[MappingConfig] = configs) -> List[MappingConfig]:
         kept = []
-        for config in configs:
+        for config in these:
             why = _missing_reference(config, live)
             if why is None:
                 kept.append(config)
@@ -236,19 +234,12 @@ def _repair_family(
             return settle(groups[half:], refused=went) and went
 
         def plan_these(live: NatTable) -> Transaction:
-            usable_now = []
-            for group in groups:
-                chain = dnat_chain_name(group[0])
-                why = next(filter(None, (_missing_reference(c, live) for c in group)), None)
-                if why is None:
-                    usable_now.append(group)
-                    skipped.pop(chain, None)
-                else:  # (gone since the whole was planned: said as that plan says it)
-                    first = group[0]
-                    skipped[chain] = Unrepaired(
-                        family, first.network, first.container_id, chain, why
-                    )
-            return taking_nothing(live, [c for g in usable_now for c in g])
+            # (A setmark chain gone since the whole was planned: said as that plan
+            # says it, and the group left out whole.)
+            kept = {id(c) for c in usable(live, [c for g in groups for c in g])}
+            return taking_nothing(
+                live, [c for g in groups if all(id(c) in kept for c in g) for c in g]
+            )
 
         try:
             txn = node.converge(family, plan_these)
@@ -271,108 +262,8 @@ def _repair_family(
     return applied, [*skipped.values(), *moved.values(), *failed]
 
 
-class _Planned:
-    """The node's iptables as a repair sees it: each family read once, and every
-    transaction applied since then applied to that table in memory too (with
-    `iptables-restore --noflush` semantics, iptables/access/memory.py), so that the next
-    plan and the check after the repair read nothing: what iptables accepted whole is
-    what the table now holds.
-
-    A refused transaction forgets its family when the table changed under us (the
-    plugin ran): the next plan reads it afresh (SPEC §5: re-planned, never forced).
-    When it had not changed, the refusal is final (ApplyFailed.final: Node.converge's
-    next tries would plan the same on the same table): on iptables-nft when nf_tables'
-    ruleset generation is still the one the copy was read at or followed to (a refused
-    restore commits nothing), elsewhere when a fresh read equals the copy (a change
-    made and undone in between is not seen: the next repair meets it). On iptables-nft
-    the copy is then kept, and checked against the generation again before it is next
-    used; elsewhere the fresh read is the next plan's. Not for a busy xtables lock nor
-    a tool that died (maybe applied): those are tried again.
-    So a container iptables refuses costs one restore, not three, and on iptables-nft
-    no save of the whole table (0.15 s at 5,000 containers) for each try of the halving
-    that finds it (_repair_family). What iptables also depends on outside the table
-    (an ipset a firewall reload is restoring that very moment) is met at the next
-    repair."""
-
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        self.name = backend.name
-        self.writable = backend.writable
-        self.tables: Dict[int, NatTable] = {}
-        self.reads = 0  # reads of the real node (for tests)
-        # Every transaction handed to iptables and not refused: in, or maybe (killed).
-        self.attempted: List[Transaction] = []
-        self._kept: Set[int] = set()  # families whose copy a final refusal kept
-
-    def read(self, family: int) -> NatTable:
-        if family in self._kept:
-            self._kept.discard(family)
-            kept = self.tables.get(family)
-            if kept is not None and not self._still_at(kept.generation):
-                del self.tables[family]  # something committed since: read it again
-        if family not in self.tables:
-            self._read(family)
-        return self.tables[family]
-
-    def _read(self, family: int) -> NatTable:
-        self.tables[family] = table = self.backend.read(family)
-        self.reads += 1
-        return table
-
-    def read_families(self, families: Sequence[int]) -> Dict[int, NatTable]:
-        missing = [f for f in families if f not in self.tables]
-        read_together = getattr(self.backend, "read_families", None)
-        if read_together is not None and len(missing) > 1:
-            self.tables.update(read_together(missing))  # the saves side by side
-            self.reads += len(missing)
-        return {f: self.read(f) for f in families}
-
-    def apply(self, txn: Transaction) -> None:
-        known = self.tables.get(txn.family)
-        self.attempted.append(txn)
-        try:
-            self.backend.apply(txn)
-        except ApplyFailed as err:
-            if not err.maybe_applied:
-                self.attempted.pop()
-            self._kept.discard(txn.family)
-            if err.maybe_applied or err.busy or known is None:
-                self.tables.pop(txn.family, None)
-                raise
-            if known.generation is not None:
-                if not self._still_at(known.generation):
-                    self.tables.pop(txn.family, None)
-                    raise
-                self._kept.add(txn.family)  # (checked again before it is next used)
-            elif self._read(txn.family) != known:
-                raise  # changed under us: the read just made is the next plan's
-            raise ApplyFailed(str(err), final=True) from None
-        before = self.read(txn.family)
-        planned = MemoryBackend({txn.family: before})
-        try:
-            planned.apply(txn)
-        except ApplyFailed:
-            # iptables took what the memory backend would not: believe iptables, and
-            # read the table again when it is next needed.
-            self.tables.pop(txn.family, None)
-            return
-        after = planned.tables[txn.family]
-        if before.generation is not None:
-            # The copy, followed, is the kernel's table at the generation our commit
-            # made, if ours was the only one since (a transaction that changed nothing
-            # commits nothing); else its generation is not known.
-            ours = before.generation if after == before else following(before.generation)
-            after = replace(after, generation=ours if self._still_at(ours) else None)
-        self.tables[txn.family] = after
-
-    def _still_at(self, generation: Optional[int]) -> bool:
-        """Whether nf_tables' ruleset is at `generation` now, no commit under way."""
-        ask = getattr(self.backend, "generation_now", None)
-        return generation is not None and ask is not None and ask() == generation
-
-
 def _attempted(
-    planned: _Planned, configs: Sequence[MappingConfig]
+    planned: ReadOnce, configs: Sequence[MappingConfig]
 ) -> List[Tuple[MappingConfig, List[int]]]:
     """The mappings the transactions handed to iptables (re)made, with their families."""
     made: Dict[MappingConfig, List[int]] = {}
@@ -384,9 +275,9 @@ def _attempted(
     return list(made.items())
 
 
-def _planned_node(node: Node) -> Tuple[Node, _Planned]:
-    """The node with reads that are made once (see _Planned)."""
-    planned = _Planned(node.backend)
+def _planned_node(node: Node) -> Tuple[Node, ReadOnce]:
+    """The node with reads that are made once (see ReadOnce)."""
+    planned = ReadOnce(node.backend)
     return replace(node, backend=planned), planned
 
 
@@ -404,7 +295,7 @@ def repair(
     options were given (its reasons name them so).
 
     The node is read once; the check after is of the tables as the applied
-    transactions left them, in memory (_Planned): a family is read again only when
+    transactions left them, in memory (ReadOnce): a family is read again only when
     iptables refused a transaction (then it is re-planned from a fresh read)."""
     if node.options.offline or (node.options.uses_iptables and not node.backend.writable):
         raise BadInput("--repair changes the node: it cannot work on a --snapshot")
