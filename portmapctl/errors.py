@@ -50,6 +50,22 @@ class ApplyFailed(PortmapctlError):
         self.final = final
 
 
+def killed(tool: str, number: int) -> ApplyFailed:
+    """The tool writing a transaction died of signal `number` (the OOM killer, a stop
+    signal to its group): maybe after its commit, which the kernel makes whole or not
+    at all; the caller's next read tells which."""
+    import signal
+
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    return ApplyFailed(
+        f"{tool} was killed by {name} (a transaction is applied whole or not at all)",
+        maybe_applied=True,
+    )
+
+
 class Interrupted(BaseException):
     """Ctrl-C, as the CLI raises it. Not a KeyboardInterrupt: typer turns that into a
     silent exit 130. Not an Exception: no `except Exception` may swallow it."""

@@ -284,6 +284,7 @@ class Node:
         plan: Callable[[NatTable], Planned],
         dry_run: bool = False,
         planned: Optional[Planned] = None,
+        unsure: Optional[Callable[[Planned, ApplyFailed], None]] = None,
     ) -> Planned:
         """Read, plan, apply; when the table changed under us (the plugin ran), again.
 
@@ -292,7 +293,9 @@ class Node:
         read before (gc plans, then asks); the later tries read and call `plan`.
         Every try is one whole transaction, so a failed try changes nothing. A
         refusal its backend knows to be final (ApplyFailed.final) ends the tries.
-        Returns what `plan` returned for the try that was applied (or would be, in a
+        `unsure(plan, error)` is told of a try whose tool died without saying whether
+        its transaction went in (ApplyFailed.maybe_applied), before the next read: the
+        next plan is made on a table it may have changed. Returns what `plan` returned for the try that was applied (or would be, in a
         dry run).
         """
         error: Optional[ApplyFailed] = None
@@ -309,6 +312,8 @@ class Node:
             except ApplyFailed as err:
                 if err.final:
                     raise  # (the same plan would be refused the same way)
+                if err.maybe_applied and unsure is not None:
+                    unsure(found, err)
                 error = err
         outcome = (
             "the last try may have been applied (whole): run again to see"

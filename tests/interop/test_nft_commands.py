@@ -254,6 +254,46 @@ def test_flush_udp_and_list_conntrack_cover_nft_ports(node: str, tmp_path: Path)
     assert [d["sport"] for d in json.loads(everything.stdout)["deleted"]] == [40001]
 
 
+def test_gc_whose_nft_was_killed_after_its_commit_reports_and_flushes(
+    node: str, tmp_path: Path
+) -> None:
+    """`nft -f` killed just after its commit: gc cannot tell from nft whether it went
+    in, and before took the death for a refusal (exit 2, "check the nftables
+    conditions"), the rules gone unreported and the flows to the dead container left.
+    Handles are never reused: the read after tells that it went in."""
+    import subprocess
+
+    _plugin_add(node, tmp_path / "cni", WEB)
+    _plugin_add(node, tmp_path / "cni", OLD, cached=False)  # 7001/udp
+    subprocess.run(["ip", "-n", node, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
+    _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40001",
+        "--dport", "7001", "-t", "120")  # fmt: skip
+    _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40002",
+        "--dport", "5353", "-t", "120")  # fmt: skip
+    wrap, killed = tmp_path / "wrap", tmp_path / "killed"
+    wrap.mkdir()
+    real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
+    (wrap / "nft").write_text(
+        f'#!/bin/bash\n{real} "$@"\nrc=$?\nif [ "$1" = -f ] && [ ! -e {killed} ]; then\n'
+        f"  touch {killed}; kill -KILL $$\nfi\nexit $rc\n"
+    )
+    (wrap / "nft").chmod(0o755)
+    done = pmctl.run(["gc", "--netns", node, "--cni-cache-dir", str(tmp_path / "cni"), "--yes",
+                      "--min-age", "0", "-o", "json"],
+                     env={"PATH": f"{wrap}:{os.environ['PATH']}"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert killed.exists()  # (the wrapper was the nft that wrote)
+    result = json.loads(done.stdout)
+    assert sorted((c["container_id"], c["family"]) for c in result["removed"]) == [
+        ("old1", 4), ("old1", 6),
+    ]  # fmt: skip
+    assert [w for w in result["warnings"] if "SIGKILL" in w and "none of the rules" in w]
+    assert result["conntrack_deleted"] == 1
+    assert {r[2] for r in _container_rules(node)} == {"web1"}
+    assert "dport=5353" in _ct(node, "-L", "-p", "udp")
+    assert "dport=7001" not in _ct(node, "-L", "-p", "udp")
+
+
 def test_check_one_mapping_and_repair_it(node: str, tmp_path: Path) -> None:
     """`check` with mapping options on an nft-backed mapping: as the plugin's CHECK,
     exactly; `--repair` makes it as the plugin's ADD would."""

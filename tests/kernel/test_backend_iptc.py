@@ -142,7 +142,7 @@ def test_a_writer_killed_by_a_signal_may_have_committed(host_ns, iptc_backend):
         os.kill(os.getpid(), signal.SIGKILL)
 
     with netns.entered(host_ns):
-        with pytest.raises(ApplyFailed, match="killed by signal 9") as raised:
+        with pytest.raises(ApplyFailed, match="killed by SIGKILL") as raised:
             module._in_child(backend._lib, committed_then_killed, ApplyFailed)
     assert raised.value.maybe_applied
     assert "CNI-DN-killed" in _legacy_save(host_ns)

@@ -181,6 +181,40 @@ def test_gc_leaves_exactly_the_live_containers_and_every_foreign_rule(node: Node
     assert {f: node.lines(f) for f in (4, 6)} == after
 
 
+def test_a_restore_killed_after_it_went_in_is_reported_and_its_flows_flushed(node: Node_, tmp_path):
+    """iptables-restore killed just after its commit (the OOM killer, a stop signal
+    to the group): gc cannot know from the tool whether it went in. The next read
+    tells: its chains are gone, so they are what gc removed, and their UDP flows are
+    flushed (before: the re-plan found nothing to do, gc said it removed nothing, and
+    the flows to the dead container stayed with no later run knowing their port)."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp", "5353/udp"))
+    node.add("gcnet", "stale1", ["10.88.0.13/16"], _ports("9090/tcp", "6000/udp"), cache=False)
+    _udp_flow(node, 40001, 6000)  # to stale1's port: goes with its chain
+    _udp_flow(node, 40002, 5353)  # live1's: stays
+    wrap, killed = tmp_path / "wrap", tmp_path / "killed"
+    wrap.mkdir()
+    tool = f"iptables-{node.mode}-restore"
+    (wrap / tool).write_text(
+        f'#!/bin/bash\n/usr/sbin/{tool} "$@"\nrc=$?\n'
+        f"if [ ! -e {killed} ]; then touch {killed}; kill -KILL $$; fi\nexit $rc\n"
+    )
+    (wrap / tool).chmod(0o755)
+    env = {"PATH": f"{wrap}:{os.environ['PATH']}", "PORTMAPCTL_NFT_BATCH": "0"}
+    done = run(["gc", "--netns", node.ns, "--iptables", node.mode, "--cni-cache-dir",
+                str(node.cache), "--yes", "--min-age", "0", "-o", "json"], env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert killed.exists()  # (the wrapper was the restore run)
+    result = json.loads(done.stdout)
+    assert [(r["family"], r["chain"]) for r in result["removed"]] == [
+        (4, chain_name("gcnet", "stale1"))
+    ]
+    assert [w for w in result["warnings"] if "it went in" in w and "SIGKILL" in w], result
+    assert result["conntrack_deleted"] == 1
+    assert _udp_dports(node) == [5353]
+    assert not any(chain_name("gcnet", "stale1") in line for line in node.lines(4))
+    node.check("live1")
+
+
 def test_gc_removes_the_legacy_snat_chain_once_empty(node: Node_):
     node.ipt(4, "-A", "POSTROUTING", "-o", "eth9", "-j", "MASQUERADE")
     node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))

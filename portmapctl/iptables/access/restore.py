@@ -9,14 +9,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import signal
 import subprocess
 import time
 from dataclasses import replace
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Flavour
-from portmapctl.errors import ApplyFailed, HostProblem
+from portmapctl.errors import ApplyFailed, HostProblem, killed
 from portmapctl.host import settings
 from portmapctl.host.paths import find_tool
 from portmapctl.iptables.access import NEW_NAT_TABLE, legacy_nat_present, legacy_read_skipped
@@ -286,11 +285,7 @@ class RestoreBackend:
         if done.returncode < 0:
             # Killed: the kernel takes a whole transaction in one commit, so it went in
             # whole or not at all; the caller's re-read tells which.
-            raise ApplyFailed(
-                f"{argv[0]} was killed by {_signal_name(-done.returncode)}"
-                " (a transaction is applied whole or not at all)",
-                maybe_applied=True,
-            )
+            raise killed(argv[0], -done.returncode)
         if done.returncode != 0:
             message = _first_line(done.stderr) or f"exit code {done.returncode}"
             if "ermission denied" in message or "you must be root" in message:
@@ -406,13 +401,6 @@ def _timed_out(binary: str) -> HostProblem:
         f"{binary} did not answer within {tool_timeout():g} s and was stopped"
         " (is the xtables lock or the kernel stuck?)"
     )
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _first_line(text: str) -> str:

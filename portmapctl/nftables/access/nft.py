@@ -26,7 +26,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Callable, Iterable, List, NamedTuple, Optional, Tuple
 
-from portmapctl.errors import HostProblem
+from portmapctl.errors import HostProblem, killed
 from portmapctl.host.paths import find_tool
 from portmapctl.nftables import FAMILY_NAMES, TABLE
 from portmapctl.nftables.access import NftApplyFailed, NftUnusable
@@ -362,6 +362,9 @@ class RealNft:
             raise NftApplyFailed(
                 "nft -f did not finish within 120 s and was stopped", maybe_applied=True
             ) from None
+        if proc.returncode < 0:
+            # Not a refusal: maybe it went in (whole); the caller reads again.
+            raise NftApplyFailed(str(killed("nft -f", -proc.returncode)), maybe_applied=True)
         if proc.returncode != 0:
             reason = first_error(proc.stderr)
             if "Operation not permitted" in reason:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, NamedTuple, Optional, Seq
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.status import ChainKind
+from portmapctl.errors import ApplyFailed, HostProblem
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.liveness import Sources, empty_cache_refusal, says_nothing
 from portmapctl.ops.gc.plan import GcOptions, read_cache_while_planning
@@ -200,8 +201,35 @@ def apply_nft(
         )
         return applied[-1].transaction
 
-    text = node.converge_nft(replan, dry_run=options.dry_run, planned=planned.transaction)
+    try:
+        text = node.converge_nft(replan, dry_run=options.dry_run, planned=planned.transaction)
+    except ApplyFailed as err:
+        if not err.maybe_applied:
+            raise
+        # nft died without saying (stopped at its time limit): its rules went by handle,
+        # and handles are never reused, so a read tells whether it went in (whole).
+        # Gone in, it is the plan applied: its rules reported, their UDP flows flushed.
+        tried = applied[-1].transaction
+        try:
+            live = node.read_nft()
+        except HostProblem:
+            raise err from None
+        if not _went_in(tried, live):
+            raise
+        warnings.append(f"nftables: {err}; read again, none of the rules it deletes is left")
+        return tried.render(), applied[-1]
     return text, applied[-1]
+
+
+def _went_in(txn: NftTransaction, live: Ruleset) -> bool:
+    """True when none of the rules `txn` deletes is in `live`."""
+    deleted = {(op.family, op.handle) for op in txn.ops}
+    return bool(deleted) and not any(
+        (family, rule.handle) in deleted
+        for family, table in live.tables.items()
+        for rules in table.rules.values()
+        for rule in rules
+    )
 
 
 def nft_udp_ports(live_rules: Ruleset, gone: Set[Tuple[int, int]]) -> Dict[int, Set[int]]:

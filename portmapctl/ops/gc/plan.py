@@ -31,6 +31,7 @@ from portmapctl.host.netns import NamespaceView, fresh_uncached, namespace_addre
 from portmapctl.host.paths import RUN_DIR
 from portmapctl.iptables import plugin_rules
 from portmapctl.iptables.ruleset import NatTable
+from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.family import FamilyPlan, plan_family
 from portmapctl.ops.gc.liveness import (
@@ -334,13 +335,25 @@ def _plan_table(
 
 def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> FamilyPlan:
     """Apply one family's plan; re-read and re-plan while its table changed meanwhile
-    (Node.converge). Returns the plan applied; ApplyFailed after the last try."""
+    (Node.converge). Returns the plan applied; ApplyFailed after the last try.
+
+    A try whose tool died without saying (killed, timed out: ApplyFailed.maybe_applied)
+    is judged by the next read: when none of the chains it removes is left, it went in
+    (a transaction goes in whole), and it is the plan returned, so that its chains are
+    reported and their UDP flows flushed. Planned again on that table instead, they
+    would be in no plan: gc would say it removed nothing, and no later run would know
+    their ports."""
     # The first re-plan is the second try; the last try deletes by text: slower
     # on a big chain, but a plugin call elsewhere in CNI-HOSTPORT-DNAT does not
     # make it fail (the guards do, and on a busy node they may every time).
     tries = itertools.count(2)
+    unsure: List[Tuple[FamilyPlan, ApplyFailed]] = []
 
     def replan(table: NatTable) -> FamilyPlan:
+        if unsure:
+            went = _went_in(unsure.pop(), table, planning.warnings)
+            if went is not None:
+                return went
         attachments = (
             read_cache_while_planning(
                 node, planning.cache_dirs, planning.warnings, planning.sources.netns_liveness
@@ -351,4 +364,35 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
         by_number = next(tries) < APPLY_TRIES
         return _plan_table(table, attachments, planning, by_number)
 
-    return node.converge(first.family, replan, planning.options.dry_run, planned=first)
+    def tell(plan: FamilyPlan, error: ApplyFailed) -> None:
+        unsure.append((plan, error))
+
+    try:
+        return node.converge(
+            first.family, replan, planning.options.dry_run, planned=first, unsure=tell
+        )
+    except ApplyFailed as err:
+        if not (err.maybe_applied and unsure):
+            raise
+        try:
+            table = node.backend.read(first.family)
+        except HostProblem:
+            raise err from None
+        went = _went_in(unsure.pop(), table, planning.warnings)
+        if went is None:
+            raise
+        return went
+
+
+def _went_in(
+    tried: Tuple[FamilyPlan, ApplyFailed], table: NatTable, warnings: List[str]
+) -> Optional[FamilyPlan]:
+    """The plan of a try that may have gone in, as applied, when `table` (read after
+    it) has none of the chains it removes; else None."""
+    plan, error = tried
+    if not plan.removed or any(table.has_chain(chain.chain) for chain in plan.removed):
+        return None  # (one left: the transaction, all or nothing, did not go in)
+    warnings.append(
+        f"IPv{plan.family}: {error}; read again, none of the chains it removes is left: it went in"
+    )
+    return replace(plan, transaction=Transaction(plan.family))

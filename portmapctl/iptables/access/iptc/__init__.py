@@ -64,7 +64,7 @@ import os
 import sys
 from typing import Any, Callable, Dict, Iterator, Optional
 
-from portmapctl.errors import ApplyFailed, BadInput, HostProblem, PortmapctlError
+from portmapctl.errors import ApplyFailed, BadInput, HostProblem, PortmapctlError, killed
 from portmapctl.host.lock import flock_within
 from portmapctl.iptables.access import NEW_NAT_TABLE, legacy_read_skipped
 from portmapctl.iptables.access.iptc.lib import Lib, clean, load
@@ -166,11 +166,7 @@ def _in_child(lib: Lib, work: Callable[[], Optional[str]], failure: type) -> Opt
         if failure is ApplyFailed and os.WIFSIGNALED(status):
             # Killed (the OOM killer, a signal to the whole cgroup): maybe after its
             # commit, which libiptc makes whole or not at all; the caller reads again.
-            raise ApplyFailed(
-                f"python-iptables was killed by signal {os.WTERMSIG(status)}"
-                " (a transaction is applied whole or not at all)",
-                maybe_applied=True,
-            )
+            raise killed("python-iptables", os.WTERMSIG(status))
         raise failure(
             "python-iptables died (exit status"
             f" {os.waitstatus_to_exitcode(status)}{': ' + said if said else ''}):"

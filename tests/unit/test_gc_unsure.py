@@ -1,0 +1,192 @@
+"""gc when the tool that applies its transaction dies without saying (killed, or
+stopped at its time limit: ApplyFailed.maybe_applied). The transaction went in whole
+or not at all; the next read tells which. Gone in, its chains are what gc removed:
+reported, and their UDP flows flushed. Before, the re-plan on the table it had
+changed found nothing to do, gc said it removed nothing, and no later run knew the
+ports whose flows still went to the dead containers. Through the memory fakes, no root
+(the same through the real restore, killed for real: tests/kernel/test_gc.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import nftcases
+import pytest
+
+from portmapctl.errors import ApplyFailed
+from portmapctl.iptables.access.memory import MemoryBackend
+from portmapctl.iptables.ruleset import NatTable, parse_save
+from portmapctl.iptables.transaction import Transaction
+from portmapctl.nftables.access import NftApplyFailed
+from portmapctl.nftables.access.memory import MemoryNft
+from portmapctl.ops import gc as gc_lib
+from portmapctl.ops.node import Node, NodeOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_CACHE = str(ROOT / "examples" / "cni-cache")
+KILLED = "iptables-restore was killed by SIGKILL (a transaction is applied whole or not at all)"
+
+
+class Dying(MemoryBackend):
+    """The memory backend; try N of `script` does what it says: "in" applies the
+    transaction and then dies without saying, "out" dies before it, "refused" is an
+    ordinary refusal (the table changed meanwhile), "ok" applies."""
+
+    def __init__(self, tables: Dict[int, NatTable], script: List[str]) -> None:
+        super().__init__(tables)
+        self.script = script
+
+    def apply(self, txn: Transaction) -> None:
+        step = self.script.pop(0) if self.script else "ok"
+        if step == "refused":
+            raise ApplyFailed("iptables-restore refused the transaction, nothing changed: x")
+        if step in ("in", "ok"):
+            super().apply(txn)
+        if step in ("in", "out"):
+            raise ApplyFailed(KILLED, maybe_applied=True)
+
+
+def example_tables() -> Dict[int, NatTable]:
+    return {f: parse_save((ROOT / "examples" / f"node.v{f}.save").read_text(), f) for f in (4, 6)}
+
+
+@pytest.fixture
+def flushed(monkeypatch) -> List[List[str]]:
+    """The chains whose UDP flows gc flushed, per call (no conntrack touched)."""
+    calls: List[List[str]] = []
+
+    def record(node, plans, nft_done):
+        chains = [c.chain for p in plans for c in p.removed]
+        chains += [c.chain + "@nft" for c in (nft_done.removed if nft_done else ())]
+        calls.append(chains)
+        return 0, ()
+
+    monkeypatch.setattr(sys.modules["portmapctl.ops.gc.apply"], "flush_removed", record)
+    return calls
+
+
+def stale_chains(tables: Dict[int, NatTable], tmp_path: Path) -> Dict[int, set]:
+    """What a gc that nothing disturbs removes from these tables, per family."""
+    node = Node(NodeOptions(cache_dirs=(EXAMPLE_CACHE,)), MemoryBackend(dict(tables)))
+    options = gc_lib.GcOptions(min_age=0, flush_udp=False, state_dir=str(tmp_path / "plain"))
+    found: Dict[int, set] = {}
+    for chain in gc_lib.gc(node, gc_lib.Sources(), options).removed:
+        found.setdefault(chain.family, set()).add(chain.chain)
+    assert found, "the example node has stale chains"
+    return found
+
+
+def run_gc(backend: MemoryBackend, tmp_path: Path):
+    node = Node(NodeOptions(cache_dirs=(EXAMPLE_CACHE,), backend="iptables"), backend)
+    options = gc_lib.GcOptions(min_age=0, state_dir=str(tmp_path / "run"))
+    return gc_lib.gc(node, gc_lib.Sources(), options)
+
+
+def removed_by_family(result) -> Dict[int, set]:
+    found: Dict[int, set] = {}
+    for chain in result.removed:
+        found.setdefault(chain.family, set()).add(chain.chain)
+    return found
+
+
+@pytest.mark.parametrize(
+    "script", [["in"], ["refused", "in"], ["refused", "refused", "in"]],
+    ids=["first-try", "second-try", "last-try"],
+)  # fmt: skip
+def test_a_try_that_went_in_unsaid_is_reported_and_its_flows_flushed(tmp_path, flushed, script):
+    tables = example_tables()
+    expected = stale_chains(tables, tmp_path)
+    # Each family's transaction meets the script (the smaller family goes first).
+    backend = Dying(tables, script * len(expected))
+    result = run_gc(backend, tmp_path)
+    assert removed_by_family(result) == expected
+    for family, chains in expected.items():
+        assert not any(backend.read(family).has_chain(c) for c in chains)
+    assert sorted(c for call in flushed for c in call) == sorted(
+        c for chains in expected.values() for c in chains
+    )
+    went = [w for w in result.warnings if "it went in" in w]
+    assert len(went) == len(expected) and all(KILLED in w for w in went)
+    # The sightings of what went are forgotten, as for any removal.
+    from portmapctl.ops.gc import state as gc_state
+
+    seen, _ = gc_state.load(str(tmp_path / "run"), gc_state.namespace_key(None))
+    assert not {k.chain for k in seen} & {c for chains in expected.values() for c in chains}
+
+
+def test_a_try_that_died_before_going_in_is_planned_again(tmp_path, flushed):
+    tables = example_tables()
+    expected = stale_chains(tables, tmp_path)
+    backend = Dying(tables, ["out"] * len(expected))
+    result = run_gc(backend, tmp_path)
+    assert removed_by_family(result) == expected
+    assert not [w for w in result.warnings if "it went in" in w]
+    assert sorted(c for call in flushed for c in call) == sorted(
+        c for chains in expected.values() for c in chains
+    )
+
+
+def test_three_tries_that_died_before_going_in_fail_and_change_nothing(tmp_path, flushed):
+    tables = example_tables()
+    backend = Dying(dict(tables), ["out"] * 3)
+    with pytest.raises(ApplyFailed, match="may have been applied"):
+        run_gc(backend, tmp_path)
+    assert {f: backend.read(f) for f in (4, 6)} == tables
+    assert flushed == [[]]  # (the flush of what went: nothing)
+
+
+# --- the nftables side -------------------------------------------------------------------
+
+
+class DyingNft(MemoryNft):
+    """nft stopped at its time limit: after (`went_in`) or before its commit."""
+
+    def __init__(self, initial, went_in: bool) -> None:
+        super().__init__(initial)
+        self.went_in: Optional[bool] = went_in
+
+    def apply(self, txn) -> None:
+        if self.went_in is None:
+            return super().apply(txn)
+        went_in, self.went_in = self.went_in, None
+        if went_in:
+            super().apply(txn)
+        raise NftApplyFailed(
+            "nft -f did not finish within 120 s and was stopped", maybe_applied=True
+        )
+
+
+LIVE = ("bbbb2222", "cccc3333", "dddd4444", "ffff6666")  # v191-several's, but two
+
+
+def run_nft_gc(fake: MemoryNft, tmp_path: Path):
+    empty = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
+    tables = {f: parse_save(empty, f) for f in (4, 6)}
+    node = Node(NodeOptions(cache_dirs=("/nonexistent",)), MemoryBackend(tables), fake)
+    options = gc_lib.GcOptions(min_age=0, state_dir=str(tmp_path / "run"))
+    return gc_lib.gc(node, gc_lib.Sources(keep=LIVE), options)
+
+
+def test_an_nft_transaction_that_went_in_unsaid_is_reported_and_its_flows_flushed(
+    tmp_path, flushed
+):
+    from portmapctl.nftables.node import owners_in
+
+    fake = DyingNft(nftcases.live("v191-several"), went_in=True)
+    result = run_nft_gc(fake, tmp_path)
+    assert owners_in(fake.read()) == set(LIVE)
+    gone = {(c.family, c.container_id) for c in result.removed}
+    assert {cid for _, cid in gone} == {"aaaa1111", "eeee5555"}
+    assert len(flushed) == 1 and len(flushed[0]) == len(gone)
+    assert any("none of the rules it deletes is left" in w for w in result.warnings)
+
+
+def test_an_nft_transaction_stopped_before_its_commit_fails_and_changes_nothing(tmp_path, flushed):
+    fake = DyingNft(nftcases.live("v191-several"), went_in=False)
+    before = fake.read()
+    with pytest.raises(ApplyFailed, match="did not finish within 120 s"):
+        run_nft_gc(fake, tmp_path)
+    assert fake.read() == before
+    assert flushed == [[]]
