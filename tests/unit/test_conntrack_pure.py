@@ -227,3 +227,62 @@ def test_missing_netlink_family_is_a_host_problem(fake_socket: type[FakeSocket])
 
 
 # --- real conntrack tables in throwaway network namespaces --------------------------------
+
+
+class OldKernelSocket:
+    """A kernel before 5.8: CTA_FILTER is not known, every dump request is answered
+    with every UDP entry of the family."""
+
+    table = [udp(dport=5353, sport=1), udp(dport=6000, sport=2), udp(dport=7000, sport=3)]
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.pending: list[bytes] = []
+
+    def sendto(self, data: bytes, address: tuple[int, int]) -> int:
+        af = data[struct.calcsize("=IHHII")]
+        wanted = 4 if af == socket.AF_INET else 6
+        self.pending += [pyroute2_dump_message(e) for e in self.table if e.family == wanted]
+        self.pending.append(struct.pack("=IHHII", 20, 3, 0, 1, 0) + b"\0\0\0\0")  # DONE
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        chunk, self.pending = self.pending[:2], self.pending[2:]
+        return b"".join(chunk)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_kernel_that_ignores_the_filter_gives_each_entry_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One dump per port (up to _PORT_DUMPS), each answered whole by a kernel before
+    5.8: an entry was listed once per port dumped (counted, and deleted, that often)."""
+    monkeypatch.setattr(conntrack, "_socket", OldKernelSocket)
+    assert sorted(e.sport for e in conntrack.list_udp((4,), [5353, 6000])) == [1, 2]
+    assert sorted(e.sport for e in conntrack.list_udp((4,), None)) == [1, 2, 3]
+
+
+def test_a_message_not_shaped_as_an_entry_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dump message without its reply tuple, or cut short, is passed over (the entry
+    kept), and the rest of the dump is read: it was an internal error (KeyError)."""
+    whole = pyroute2_dump_message(udp(dport=5353, sport=1))
+    no_reply = bytearray(pyroute2_dump_message(udp(dport=5353, sport=2)))
+    # CTA_TUPLE_REPLY (2) renamed to an attribute type nobody reads (30).
+    offset = 20
+    while offset < len(no_reply):
+        length, kind = struct.unpack_from("=HH", no_reply, offset)
+        if kind & 0x7FFF == 2:
+            struct.pack_into("=HH", no_reply, offset, length, (kind & 0x8000) | 30)
+        offset += (length + 3) & ~3
+    cut = bytearray(pyroute2_dump_message(udp(dport=5353, sport=3)))
+    struct.pack_into("=I", cut, 0, 30)  # the header says 30 bytes: the tuple is cut
+
+    class Odd(OldKernelSocket):
+        def sendto(self, data: bytes, address: tuple[int, int]) -> int:
+            self.pending += [bytes(no_reply), bytes(cut).ljust(32, b"\0")[:32], whole]
+            self.pending.append(struct.pack("=IHHII", 20, 3, 0, 1, 0) + b"\0\0\0\0")
+            return len(data)
+
+    monkeypatch.setattr(conntrack, "_socket", Odd)
+    assert [e.sport for e in conntrack.list_udp((4,), [5353])] == [1]
