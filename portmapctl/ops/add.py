@@ -203,7 +203,7 @@ def add(
         # that do not reach this container go (an add stopped before its flush left
         # them so: flush_misrouted).
         warnings += after_setup(
-            config, families, flush_udp, interfaces, misrouted_only=not transactions
+            config, families, flush_udp, interfaces, misrouted_only=not transactions, node=node
         )
         owed.clear()
     taken: Dict[int, Dict[ProtoPort, str]] = {}
@@ -459,7 +459,9 @@ def _add_nft(
     )
     warnings: List[str] = []
     if not dry_run and families:
-        warnings += after_setup(config, families, flush_udp, misrouted_only=not text)  # as above
+        warnings += after_setup(  # as above
+            config, families, flush_udp, misrouted_only=not text, node=node
+        )
         owed.clear()
     transactions = {"nft": text} if text else {}
     # The nft chains its rules are in (JSON `chain` is a chain's name in every

@@ -143,8 +143,13 @@ def judge(
     reaches the right place; `mapped` are the UDP mappings of its family and port."""
     covering = [m for m in mapped if _covers(m, entry)]
     # iptables is first-match-wins: a shadowed mapping's container gets no traffic.
-    winners = [m for m in covering if not m.shadowed_by] or covering
+    winners = [m for m in covering if not _shadowed_here(m, entry, mapped)]
     if not winners:
+        if covering:
+            # Another tool's rule (or the other backend's) takes this destination's
+            # flows first: where they belong is its business, and a flow it DNATed is
+            # live. Kept: when in doubt, keep.
+            return None, ()
         # Nothing maps this destination: its traffic belongs to the host itself.
         return (FlushReason.UNMAPPED if entry.dnat else None), ()
     # The DNAT destination is an address and a port: a container given the same
@@ -164,6 +169,18 @@ def judge(
     if all(m.conditions for m in winners):
         return None, _shown(winners, ())
     return FlushReason.NOT_DNATED, _shown(winners, ())
+
+
+def _shadowed_here(m: Mapping, entry: ConntrackEntry, mapped: Sequence[Mapping]) -> bool:
+    """Whether what shadows mapping m takes this entry's destination. A mapping of
+    ours shadows it only for the host IPs both cover (m for every address, the one
+    before it for 10.0.0.1 only: a flow to 10.0.0.2 is m's); anything else that
+    shadows it (`-A PREROUTING ... -j DNAT` of another tool, the other backend's rule)
+    is taken to take every flow m would."""
+    if not m.shadowed_by:
+        return False
+    ours = [o for o in mapped if o is not m and m.shadowed_by in (o.chain, o.container_id)]
+    return not ours or any(_covers(o, entry) for o in ours)
 
 
 def _shown(winners: Sequence[Mapping], ported: Collection[Optional[bytes]]) -> Tuple[str, ...]:

@@ -7,11 +7,14 @@ until idle). Failures are warnings, as in the plugin.
 
 from __future__ import annotations
 
-from typing import Collection, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Collection, Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import FlushReason
 from portmapctl.host.routes import route_interfaces
+
+if TYPE_CHECKING:
+    from portmapctl.ops.node import Node
 
 
 def after_setup(
@@ -22,30 +25,36 @@ def after_setup(
     *,
     local_only: bool = False,
     misrouted_only: bool = False,
+    node: Optional[Node] = None,
 ) -> List[str]:
     """The plugin's two side effects; failures are warnings, as in the plugin.
     `interfaces`: route_interfaces of the container's address, looked up already.
     `local_only`: flush only flows to the node's own addresses (flush_keys).
-    `misrouted_only`: flush only the flows that do not reach this container
-    (flush_misrouted: an add that wrote nothing)."""
+    `misrouted_only`: flush only the flows that misroute (flush_misrouted, judged
+    against `node`'s mappings: an add that wrote nothing)."""
     if not misrouted_only:
         return after_setup_many([(config, families)], flush_udp, interfaces, local_only=local_only)
     warnings = after_setup_many([(config, families)], False, interfaces)
-    return warnings + (flush_misrouted(config, families) if flush_udp else [])
+    return warnings + (flush_misrouted(config, families, node) if flush_udp else [])
 
 
 # The flows of a mapped port that do not reach its container (flush-udp's reasons).
 _MISROUTED = (FlushReason.NOT_DNATED, FlushReason.OLD_DESTINATION)
 
 
-def flush_misrouted(config: MappingConfig, families: Sequence[int]) -> List[str]:
+def flush_misrouted(
+    config: MappingConfig, families: Sequence[int], node: Optional[Node] = None
+) -> List[str]:
     """Delete the UDP conntrack entries of the mapping's host ports (in `families`)
-    that do not reach this container: never DNATed (begun before its rules, or while
-    they were missing) or DNATed elsewhere (an old container's address or port), as
-    flush-udp --stale-only judges them against this mapping alone; only flows to the
-    node's own addresses (a forwarded flow never met the mapping). Those DNATed to it
-    stay: they are live, and a reply may be on its way. What an add that wrote nothing
-    flushes, and an add stopped once its write went in (cli/add_run.py). Warnings, as
+    that misroute: never DNATed (begun before its rules, or while they were missing)
+    or DNATed elsewhere (an old container's address or port), as flush-udp
+    --stale-only judges them, against every mapping of `node` (read only when there
+    are entries to judge), else against this mapping alone; only flows to the node's
+    own addresses (a forwarded flow never met the mapping). Those DNATed to where the
+    port goes stay: they are live, and a reply may be on its way; when another
+    container or another tool's rule takes the port first (this one is shadowed),
+    that is where it goes. What an add that wrote nothing flushes, and an add stopped
+    once its write went in (cli/add_run.py, this mapping alone). Warnings, as
     after_setup's."""
     if not any(p.protocol == "udp" for p in config.ports) or no_conntrack_entries():
         return []  # (the usual re-run: nothing imported, nothing dumped)
@@ -64,7 +73,12 @@ def flush_misrouted(config: MappingConfig, families: Sequence[int]) -> List[str]
         entries = conntrack.list_udp(wanted, sorted({port for _, port in keys}))
         if not entries:
             return []
-        doomed = plan(entries, keys, mine, stale_only=True, local=local_addresses(wanted))
+        judged: Sequence[Any] = mine
+        if node is not None:
+            from portmapctl.ops.flush_udp import node_mappings, udp_mappings
+
+            judged = udp_mappings(node_mappings(node, node.read(), None))
+        doomed = plan(entries, keys, judged, stale_only=True, local=local_addresses(wanted))
         # (UNMAPPED: a destination this mapping does not cover is another's business.)
         conntrack.delete([d.entry for d in doomed if d.reason in _MISROUTED])
     except Exception as err:  # noqa: BLE001 - as after_setup_many's flush

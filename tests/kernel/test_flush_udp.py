@@ -134,6 +134,27 @@ def test_only_the_local_tables_addresses_are_the_nodes_own(
     assert 41002 in going and not going & {41001, 41003}
 
 
+def test_stale_only_keeps_the_flows_another_tools_dnat_takes_first(
+    node: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another tool's DNAT ahead of the plugin's jump takes 5353 (Docker publishing
+    the same port): `list` says abc123's mapping is shadowed, and the port's IPv4
+    flows are that rule's. --stale-only deleted them all as "old destination: the port
+    now goes to 10.88.0.5", a live flow to the rule's 10.88.0.99 among them, every run.
+    IPv6, where no rule of another tool stands, is judged as before."""
+    ns_run(node, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-p", "udp", "--dport",
+           "5353", "-j", "DNAT", "--to-destination", "10.88.0.99:53")  # fmt: skip
+    ct_load(node, [ct_args("192.0.2.30", "10.0.0.1", 41030, 5353, "10.88.0.99", 53)])
+    code, out, err = cli(capsys, "list", "--netns", node, "-o", "json")
+    assert code == 0, err
+    rows = [m for m in json.loads(out)["mappings"] if m["family"] == 4 and m["host_port"] == 5353]
+    assert rows and all("shadowed" in m["status"] for m in rows)
+    code, out, err = cli(capsys, "flush-udp", "--netns", node, "--stale-only", "-o", "json")
+    assert code == 0, err
+    assert {d["sport"] for d in json.loads(out)["deleted"]} == {40012}  # IPv6's old address
+    assert ct_sports(node) == (ALL | {41030}) - {40012}
+
+
 def test_plain_flush_takes_all_of_the_mapped_ports(
     node: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -386,6 +407,35 @@ def test_a_second_add_flushes_the_flows_that_do_not_reach_its_container(
     code, _, err = cli(capsys, *args, "--no-flush-udp")
     assert code == 0, err
     assert 40003 in ct_sports(host_ns)
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_a_second_add_of_a_shadowed_container_keeps_the_winners_flows(
+    host_ns: str, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    """bbb maps 5353 first; eee's add of 5353 (shadowed: bbb gets the port) is run
+    again and writes nothing. Its flush judged the port's flows against eee's mapping
+    alone and deleted bbb's live flow at every run; it judges them as flush-udp
+    --stale-only does now, against the node's mappings: bbb's flow stays, the flows
+    that reach no winner go."""
+    common = ["--netns", host_ns, "--network", "mynet"]
+    if backend == "nftables":
+        common += ["--backend", "nftables"]
+    first = ["add", *common, "--container", "bbb", "--ip", "10.88.0.6/16", "-p", "5353:53/udp"]
+    again = ["add", *common, "--container", "eee", "--ip", "10.88.0.5/16", "-p", "5353:53/udp"]
+    for args in (first, again):
+        code, _, err = cli(capsys, *args)
+        assert code == 0, err
+    ns_run(host_ns, "ip", "addr", "add", "10.0.0.1/32", "dev", "lo")
+    ct_load(host_ns, [
+        ct_args("192.0.2.1", "10.0.0.1", 40001, 5353, "10.88.0.6", 53),  # to bbb: the winner
+        ct_args("192.0.2.2", "10.0.0.1", 40002, 5353, "10.88.0.5", 53),  # to eee, shadowed
+        ct_args("192.0.2.3", "10.0.0.1", 40003, 5353),  # never DNATed
+    ])  # fmt: skip
+    code, out, err = cli(capsys, *again, "-o", "json")
+    assert code == 0, err
+    assert json.loads(out)["changed"] is False
+    assert ct_sports(host_ns) == {40001}
 
 
 @pytest.mark.parametrize("snat", [True, False], ids=["snat", "no-snat"])

@@ -138,6 +138,40 @@ def test_stale_only_honours_host_ip_and_shadowing() -> None:
     ]
 
 
+FOREIGN = "-A PREROUTING -p udp -m udp --dport 5353 -j DNAT --to-destination 10.88.0.99:53"
+
+
+def test_stale_only_keeps_the_flows_of_a_port_another_tools_rule_takes_first() -> None:
+    """A DNAT of another tool ahead of the plugin's jump takes the port (the mapping is
+    `shadowed` by it): its flows are that rule's business. They were judged against
+    the shadowed mapping and deleted as "old destination: the port now goes to
+    10.88.0.5", a live flow to 10.88.0.99 among them, at every run."""
+    beaten = mapping(shadowed_by=FOREIGN)
+    foreigns = udp(sport=5, reply_src="10.88.0.99", reply_sport=53)
+    assert plan([CURRENT, OLD, NEVER, foreigns], {(4, 5353)}, [beaten], stale_only=True) == []
+    # The other backend's rule (as `nft list` prints it) is no mapping of this run's
+    # either; the plugin's nftables row that wins, when given, is judged as any winner.
+    by_nft = mapping(shadowed_by="tcp dport 5353 dnat ip to 10.88.0.7:53")
+    assert plan([CURRENT, OLD], {(4, 5353)}, [by_nft], stale_only=True) == []
+
+
+def test_stale_only_gives_a_partly_shadowed_mapping_the_addresses_it_keeps() -> None:
+    """B maps 5353 on 10.0.0.1 only, ahead of A's 5353 on every address: B takes the
+    flows to 10.0.0.1, A the rest (A is `shadowed` by B, for 10.0.0.1 only)."""
+    b = dataclasses.replace(mapping("10.88.0.6", host_ip="10.0.0.1", container_id="bbb"),
+                            chain="CNI-DN-b")  # fmt: skip
+    a = dataclasses.replace(mapping(shadowed_by="CNI-DN-b"), chain="CNI-DN-a")
+    to_b_there = udp(sport=1, dst="10.0.0.1", reply_src="10.88.0.6", reply_sport=53)
+    to_a_there = udp(sport=2, dst="10.0.0.1", reply_src="10.88.0.5", reply_sport=53)
+    to_b_elsewhere = udp(sport=3, dst="10.0.0.2", reply_src="10.88.0.6", reply_sport=53)
+    to_a_elsewhere = udp(sport=4, dst="10.0.0.2", reply_src="10.88.0.5", reply_sport=53)
+    flows = [to_b_there, to_a_there, to_b_elsewhere, to_a_elsewhere]
+    assert plan(flows, {(4, 5353)}, [a, b], stale_only=True) == [
+        Doomed(to_a_there, FlushReason.OLD_DESTINATION, ("10.88.0.6",)),
+        Doomed(to_b_elsewhere, FlushReason.OLD_DESTINATION, ("10.88.0.5",)),
+    ]
+
+
 def test_stale_only_takes_a_flow_to_the_same_address_on_an_old_port() -> None:
     """The container at 10.88.0.5 maps 5353 to its port 54 now; a flow DNATed to
     10.88.0.5:53 (its old port, or an old container's with the same address) misroutes.
