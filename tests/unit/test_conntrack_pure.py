@@ -229,14 +229,11 @@ def test_missing_netlink_family_is_a_host_problem(fake_socket: type[FakeSocket])
 # --- real conntrack tables in throwaway network namespaces --------------------------------
 
 
-class OldKernelSocket:
+class OldKernelSocket(FakeSocket):
     """A kernel before 5.8: CTA_FILTER is not known, every dump request is answered
-    with every UDP entry of the family."""
+    with every UDP entry of the family (FakeSocket's recv, two messages at a time)."""
 
     table = [udp(dport=5353, sport=1), udp(dport=6000, sport=2), udp(dport=7000, sport=3)]
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        self.pending: list[bytes] = []
 
     def sendto(self, data: bytes, address: tuple[int, int]) -> int:
         af = data[struct.calcsize("=IHHII")]
@@ -244,13 +241,6 @@ class OldKernelSocket:
         self.pending += [pyroute2_dump_message(e) for e in self.table if e.family == wanted]
         self.pending.append(struct.pack("=IHHII", 20, 3, 0, 1, 0) + b"\0\0\0\0")  # DONE
         return len(data)
-
-    def recv(self, size: int) -> bytes:
-        chunk, self.pending = self.pending[:2], self.pending[2:]
-        return b"".join(chunk)
-
-    def close(self) -> None:
-        pass
 
 
 def test_a_kernel_that_ignores_the_filter_gives_each_entry_once(
