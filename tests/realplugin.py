@@ -478,3 +478,31 @@ def mode_available(mode: Mode) -> tuple[bool, str]:
     finally:
         delete_netns(name)
     return True, ""
+
+
+def routed_node(ns: str) -> None:
+    """Give the namespace a route to the containers' network (a veth up, 10.88.0.1/16)
+    and an address of its own, 10.0.0.1: a connection from the node to 10.0.0.1 is
+    DNATed by the mappings and leaves (its conntrack entry is confirmed)."""
+    for args in (
+        ["link", "add", "d0", "type", "veth", "peer", "name", "d0p"],
+        ["link", "set", "d0", "up"],
+        ["link", "set", "d0p", "up"],
+        ["addr", "add", "10.88.0.1/16", "dev", "d0"],
+        ["addr", "add", "10.0.0.1/32", "dev", "lo"],
+    ):
+        subprocess.run(["ip", "-n", ns, *args], check=True)
+
+
+def dnat_destination(ns: str, address: str, port: int) -> str:
+    """Where the kernel DNATs a TCP connection from the node itself to address:port:
+    the reply source of its conntrack entry (the SYN goes nowhere; the entry is made)."""
+    script = f"exec 3<>/dev/tcp/{address}/{port}"
+    subprocess.run(["ip", "netns", "exec", ns, "timeout", "1", "bash", "-c", script],
+                   capture_output=True, check=False)  # fmt: skip
+    listed = subprocess.run(
+        ["ip", "netns", "exec", ns, "conntrack", "-L", "-p", "tcp", "--dport", str(port),
+         "--dst", address],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [w for w in listed.split() if w.startswith("src=")][1].split("=")[1]

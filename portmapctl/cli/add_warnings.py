@@ -172,6 +172,7 @@ def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[
 
     if not any(is_plugin_chain(name) for table in tables.values() for name in table.chains):
         return []  # no other mapping to meet (the inventory's import is not free)
+    from portmapctl.core.mapping import takes_all_of
     from portmapctl.core.status import Status
     from portmapctl.iptables import inventory
 
@@ -195,7 +196,8 @@ def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[
                 # New: appended after all of them; the one that wins now keeps winning.
                 # One with conditions (conditionsV4/V6) takes only some packets: the
                 # rest go on, so it shadows nothing (as list and check say).
-                takers = [m for m in others if not m.conditions]
+                # One for a single host IP leaves a mapping for every address the rest.
+                takers = [m for m in others if not m.conditions and takes_all_of(m.host_ip, key[3])]
                 winners = [m for m in takers if Status.SHADOWED not in m.status] or takers
                 if winners:
                     warnings.append(
@@ -240,6 +242,7 @@ def nft_shadow_warnings(config: MappingConfig, live: Any) -> List[str]:
     is shadowed by the rule that wins there now; one re-added keeps its rule's place."""
     if not live.tables:
         return []  # no plugin table: no other mapping to meet
+    from portmapctl.core.mapping import takes_all_of
     from portmapctl.core.status import Status
     from portmapctl.nftables import inventory as nft_inventory
 
@@ -253,6 +256,10 @@ def nft_shadow_warnings(config: MappingConfig, live: Any) -> List[str]:
             same = [m for m in found.mappings if _same_port(m, *key)]
             mine = [m for m in same if m.container_id == config.container_id]
             others = [m for m in same if m.container_id != config.container_id]
+            if not mine:
+                # Appended after every rule there: only one for all of its addresses (or
+                # for the same one) takes the port from it.
+                others = [m for m in others if takes_all_of(m.host_ip, key[3])]
             winners = [m for m in others if Status.SHADOWED not in m.status] or others
             if not winners or any(Status.SHADOWED not in m.status for m in mine):
                 continue  # nobody else, or its own rule is there and wins

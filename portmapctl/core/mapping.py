@@ -34,6 +34,14 @@ def destination(host_ip: Optional[str]) -> Optional[str]:
     return str(host_ip)
 
 
+def takes_all_of(earlier: Optional[str], host_ip: Optional[str]) -> bool:
+    """Whether a rule for host IP `earlier` (None: every address), evaluated first,
+    takes every connection a rule for `host_ip` would get: the earlier is for every
+    address, or for that one. One bound to 127.0.0.1 leaves every other address to a
+    later rule for all of them: that one still gets traffic, it is not shadowed."""
+    return earlier is None or earlier == host_ip
+
+
 def destined(where: str, dest: Any) -> Optional[bool]:
     """Whether the connections of a mapping on `dest` (`destination`: one address, or
     None for every address of the node that is not loopback) are for an address in

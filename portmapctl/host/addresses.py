@@ -7,9 +7,12 @@ be misrouted by one: flush-udp and gc must leave it alone (SPEC §3 flush-udp).
 
 "Local" is what the kernel's addrtype match uses: a route of type RTN_LOCAL in the
 `local` table (255), which covers every address on every interface and whole loopback
-prefixes (127.0.0.0/8). Only that table: the match (no interface given, as the plugin
-writes it) looks there, so a local route in another table (policy routing, a VRF's)
-makes no address the plugin's DNAT is entered for, and a flow to it was never mapped.
+prefixes (127.0.0.0/8), or in `main` (254). The match (no interface given, as the
+plugin writes it) looks in those: IPv4 in `local`, which holds `main` too while no
+custom `ip rule` exists; IPv6 by a route lookup, `local` then `main`. Measured with
+an addrtype rule's counters: a local route in table 100 (policy routing, a VRF's)
+makes no address the plugin's DNAT is entered for, and a flow to it was never mapped;
+one in `main` does (IPv4 only while no custom rule exists: counted all the same).
 Read with one RTM_GETROUTE dump per family over NETLINK_ROUTE, in the namespace the
 calling thread is in; struct, no pyroute2 (its import alone costs 0.15 s).
 """
@@ -33,7 +36,7 @@ _NLM_F_DUMP = 0x300
 _RTM_NEWROUTE = 24
 _RTM_GETROUTE = 26
 _RTN_LOCAL = 2
-_RT_TABLE_LOCAL = 255
+_OWN_TABLES = (254, 255)  # main, local
 _RTA_DST = 1
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _HOST_BITS = {4: 32, 6: 128}
@@ -132,7 +135,7 @@ def _dump_local_routes(sock: socket.socket, family: int) -> Iterator[Network]:
 
 def _local_route(buf: bytes, start: int, end: int, family: int) -> Union[Network, None]:
     rtm_family, dst_len, _s, _t, table, _p, _scope, rtm_type, _f = _RTMSG.unpack_from(buf, start)
-    if rtm_type != _RTN_LOCAL or rtm_family != _AF[family] or table != _RT_TABLE_LOCAL:
+    if rtm_type != _RTN_LOCAL or rtm_family != _AF[family] or table not in _OWN_TABLES:
         return None
     offset = start + _RTMSG.size
     while offset + _NLA.size <= end:

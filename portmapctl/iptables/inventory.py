@@ -34,7 +34,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
-from portmapctl.core.mapping import Mapping, destination
+from portmapctl.core.mapping import Mapping, destination, takes_all_of
 from portmapctl.core.status import ChainKind, Status
 from portmapctl.iptables import foreign, shapes
 from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT
@@ -313,14 +313,12 @@ def _shadowing(
                     continue
                 if (earlier, (proto, port)) not in takes_all:
                     continue
-                if any(_overlap(host_ip, other) for other in hosts.get((earlier, proto, port), ())):
+                if any(
+                    takes_all_of(other, host_ip) for other in hosts.get((earlier, proto, port), ())
+                ):
                     shadowed[(chain, proto, port, host_ip)] = earlier
                     break
     return shadowed
-
-
-def _overlap(a: Optional[str], b: Optional[str]) -> bool:
-    return a is None or b is None or a == b
 
 
 def _missing_ports(

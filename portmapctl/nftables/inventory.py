@@ -33,7 +33,7 @@ from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequenc
 from typing import Mapping as ReadOnly
 
 from portmapctl.core.backend import Backend
-from portmapctl.core.mapping import Mapping, MappingConfig
+from portmapctl.core.mapping import Mapping, MappingConfig, takes_all_of
 from portmapctl.core.status import ChainKind, ProblemKind, Status
 from portmapctl.nftables.node import is_plugin_rule
 from portmapctl.nftables.ruleset import (
@@ -274,13 +274,9 @@ def first_claim(
     """Of a port's (host IP, who) claims in order, who takes it first from a rule on
     `host_ip` (None: every address), other than `but`."""
     for other_ip, who in claims:
-        if who != but and _overlap(host_ip, other_ip):
+        if who != but and takes_all_of(other_ip, host_ip):
             return who
     return None
-
-
-def _overlap(a: Optional[str], b: Optional[str]) -> bool:
-    return a is None or b is None or a == b
 
 
 def build(

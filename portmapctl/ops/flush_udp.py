@@ -142,8 +142,18 @@ def judge(
     """(reason, wanted addresses) when the entry misroutes, (None, wanted) when it
     reaches the right place; `mapped` are the UDP mappings of its family and port."""
     covering = [m for m in mapped if _covers(m, entry)]
-    # iptables is first-match-wins: a shadowed mapping's container gets no traffic.
-    winners = [m for m in covering if not _shadowed_here(m, entry, mapped)]
+    # First-match-wins: a shadowed mapping's container gets no traffic (what shadows
+    # it takes every address it is for).
+    winners = [m for m in covering if not m.shadowed_by]
+    bound = {m.container_id for m in winners if m.host_ip is not None and not m.conditions}
+    if bound:
+        # One for this very address, taking every packet, is ahead of another
+        # container's for every address without conditions (behind it, it would be
+        # shadowed): those get none of this address's flows. (A container's own two
+        # networks do not shadow each other: which is first is not known, both stay.)
+        winners = [
+            m for m in winners if m.host_ip is not None or m.conditions or m.container_id in bound
+        ]
     if not winners:
         if covering:
             # Another tool's rule (or the other backend's) takes this destination's
@@ -157,8 +167,9 @@ def judge(
     wanted = {(_ip(m.family, m.container_ip), m.container_port) for m in winners}
     replier = _ip(entry.family, entry.reply_src)
     addresses = {address for address, _ in wanted}
-    if (replier, entry.reply_sport) in wanted or (not entry.dnat and replier in addresses):
-        # The second: a flow sent straight to the container's address (no DNAT needed).
+    straight = not entry.dnat and replier in {_ip(m.family, m.container_ip) for m in covering}
+    if (replier, entry.reply_sport) in wanted or straight:
+        # The second: a flow sent straight to a container's address (no DNAT needed).
         return None, _shown(winners, ())
     if entry.dnat:
         return FlushReason.OLD_DESTINATION, _shown(
@@ -169,18 +180,6 @@ def judge(
     if all(m.conditions for m in winners):
         return None, _shown(winners, ())
     return FlushReason.NOT_DNATED, _shown(winners, ())
-
-
-def _shadowed_here(m: Mapping, entry: ConntrackEntry, mapped: Sequence[Mapping]) -> bool:
-    """Whether what shadows mapping m takes this entry's destination. A mapping of
-    ours shadows it only for the host IPs both cover (m for every address, the one
-    before it for 10.0.0.1 only: a flow to 10.0.0.2 is m's); anything else that
-    shadows it (`-A PREROUTING ... -j DNAT` of another tool, the other backend's rule)
-    is taken to take every flow m would."""
-    if not m.shadowed_by:
-        return False
-    ours = [o for o in mapped if o is not m and m.shadowed_by in (o.chain, o.container_id)]
-    return not ours or any(_covers(o, entry) for o in ours)
 
 
 def _shown(winners: Sequence[Mapping], ported: Collection[Optional[bytes]]) -> Tuple[str, ...]:

@@ -79,7 +79,7 @@ def flush_misrouted(
 
             judged = udp_mappings(node_mappings(node, node.read(), None))
         doomed = plan(entries, keys, judged, stale_only=True, local=local_addresses(wanted))
-        # (UNMAPPED: a destination this mapping does not cover is another's business.)
+        # (UNMAPPED: DNATed, to an address nothing maps the port on: not this add's.)
         conntrack.delete([d.entry for d in doomed if d.reason in _MISROUTED])
     except Exception as err:  # noqa: BLE001 - as after_setup_many's flush
         return [not_flushed(keys, err)]

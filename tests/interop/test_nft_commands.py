@@ -294,6 +294,25 @@ def test_gc_whose_nft_was_killed_after_its_commit_reports_and_flushes(
     assert "dport=7001" not in _ct(node, "-L", "-p", "udp")
 
 
+@pytest.mark.parametrize("version", ["v1.7.1", V191])
+def test_a_rule_for_one_host_ip_first_leaves_the_other_addresses(
+    node: str, tmp_path: Path, version: str
+) -> None:
+    """v1.7.1 puts a host-IP mapping in hostip_hostports (entered first), v1.9.1 in
+    hostports in ADD order: either way nlo's 127.0.0.1:9090 takes that one address
+    from nwild's 9090 on every address, and a connection to another of the node's
+    addresses reaches nwild: nwild is not shadowed (it was, and check exited 1)."""
+    rp.routed_node(node)
+    _plugin_add(node, tmp_path, ("nlo", ["10.88.0.5/16"], [_pm(9090, 90, host_ip="127.0.0.1")]),
+                version=version)  # fmt: skip
+    _plugin_add(node, tmp_path, ("nwild", ["10.88.0.6/16"], [_pm(9090, 90)]), version=version)
+    assert rp.dnat_destination(node, "10.0.0.1", 9090) == "10.88.0.6"
+    rows = {(r[0], r[8]) for r in _rows(node, tmp_path)}
+    assert rows == {("nlo", ("ok",)), ("nwild", ("ok",))}
+    done = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert done.returncode == 0 and json.loads(done.stdout)["problems"] == [], done.stdout
+
+
 def test_check_one_mapping_and_repair_it(node: str, tmp_path: Path) -> None:
     """`check` with mapping options on an nft-backed mapping: as the plugin's CHECK,
     exactly; `--repair` makes it as the plugin's ADD would."""

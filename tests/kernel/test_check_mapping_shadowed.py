@@ -89,3 +89,35 @@ def test_one_mapping_check_reports_its_port_mapped_in_the_other_flavour(
         rp.nat_rules(rp.save(host_ns, 4, "nft")),
         rp.nat_rules(rp.save(host_ns, 4, "legacy")),
     ) == before
+
+
+@pytest.mark.parametrize("first_bound", [True, False], ids=["bound-first", "every-address-first"])
+def test_a_mapping_for_one_host_ip_shadows_only_that_address(host_ns, tmp_path, first_bound):
+    """ctrA maps tcp/8081 first, for 127.0.0.1 alone (bound-first), then ctrB for every
+    address: a connection to another of the node's addresses reaches ctrB, so ctrB is
+    not shadowed (it was, and check said to re-create one of them). The other way
+    round, ctrB's mapping for 10.0.0.1 alone gets nothing: shadowed."""
+    rp.routed_node(host_ns)
+    cache = tmp_path / "cni"
+    bound = {"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}
+    ports = {
+        "ctrA": [{**bound, "hostIP": "127.0.0.1"}] if first_bound else [bound],
+        "ctrB": [bound] if first_bound else [{**bound, "hostIP": "10.0.0.1"}],
+    }
+    for ctr, address in (("ctrA", "10.88.0.5/16"), ("ctrB", "10.88.0.6/16")):
+        conf = rp.plugin_conf("mynet", [address], ports[ctr])
+        rp.run_plugin("ADD", host_ns, ctr, conf, check=True)
+        rp.write_cni_cache(cache, "mynet", ctr, "eth0", conf, ports[ctr], [address])
+    # What the kernel does with a connection to 10.0.0.1:8081.
+    taker = rp.dnat_destination(host_ns, "10.0.0.1", 8081)
+    assert taker == ("10.88.0.6" if first_bound else "10.88.0.5")
+    listed = run(["list", "--netns", host_ns, "--cni-cache-dir", str(cache), "-o", "json"])
+    statuses = {m["container_id"]: m["status"] for m in json.loads(listed.stdout)["mappings"]}
+    checked = run(["check", "--netns", host_ns, "--cni-cache-dir", str(cache), "-o", "json"])
+    problems = [(p["kind"], p["container_id"]) for p in json.loads(checked.stdout)["problems"]]
+    if first_bound:
+        assert statuses == {"ctrA": ["ok"], "ctrB": ["ok"]}
+        assert problems == [] and checked.returncode == 0, checked.stdout
+    else:
+        assert statuses == {"ctrA": ["ok"], "ctrB": ["shadowed"]}
+        assert problems == [("shadowed", "ctrB")] and checked.returncode == 1

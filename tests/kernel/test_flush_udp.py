@@ -110,17 +110,20 @@ def test_only_the_local_tables_addresses_are_the_nodes_own(
     node: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The plugin's DNAT is entered for `-m addrtype --dst-type LOCAL`, which (no
-    interface given) looks in the `local` routing table alone: a local route in another
-    table (policy routing, a VRF's) makes no address a mapping takes flows to, so a
-    flow to it was never mapped and stays (it was deleted as the node's own)."""
+    interface given) looks in the `local` and `main` routing tables: a local route in
+    another table (policy routing, a VRF's) makes no address a mapping takes flows to,
+    so a flow to it was never mapped and stays (it was deleted as the node's own)."""
     from portmapctl.host.addresses import local_addresses
 
     ns_run(node, "ip", "route", "add", "local", "198.51.100.0/24", "dev", "lo", "table", "100")
     ns_run(node, "ip", "route", "add", "local", "203.0.113.0/24", "dev", "lo")  # table local
+    ns_run(node, "ip", "route", "add", "local", "192.0.2.128/25", "dev", "lo", "table", "main")
+    ns_run(node, "ip", "-6", "route", "add", "local", "fd00:200::/64", "dev", "lo", "table", "main")
     ns_run(node, "ip", "-6", "route", "add", "local", "fd00:100::/64", "dev", "lo", "table", "100")
     with entered(node):
         own = local_addresses()
     assert (4, "10.0.0.1") in own and (4, "203.0.113.9") in own and (6, "fd00::1") in own
+    assert (4, "192.0.2.130") in own and (6, "fd00:200::1") in own
     assert (4, "198.51.100.1") not in own and (6, "fd00:100::1") not in own
     ct_load(node, [
         ct_args("192.0.2.21", "198.51.100.1", 41001, 5353),  # local only in table 100

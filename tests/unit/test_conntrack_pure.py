@@ -226,9 +226,6 @@ def test_missing_netlink_family_is_a_host_problem(fake_socket: type[FakeSocket])
         list_udp()
 
 
-# --- real conntrack tables in throwaway network namespaces --------------------------------
-
-
 class OldKernelSocket(FakeSocket):
     """A kernel before 5.8: CTA_FILTER is not known, every dump request is answered
     with every UDP entry of the family (FakeSocket's recv, two messages at a time)."""

@@ -155,21 +155,33 @@ def test_stale_only_keeps_the_flows_of_a_port_another_tools_rule_takes_first() -
     assert plan([CURRENT, OLD], {(4, 5353)}, [by_nft], stale_only=True) == []
 
 
-def test_stale_only_gives_a_partly_shadowed_mapping_the_addresses_it_keeps() -> None:
-    """B maps 5353 on 10.0.0.1 only, ahead of A's 5353 on every address: B takes the
-    flows to 10.0.0.1, A the rest (A is `shadowed` by B, for 10.0.0.1 only)."""
-    b = dataclasses.replace(mapping("10.88.0.6", host_ip="10.0.0.1", container_id="bbb"),
-                            chain="CNI-DN-b")  # fmt: skip
-    a = dataclasses.replace(mapping(shadowed_by="CNI-DN-b"), chain="CNI-DN-a")
-    to_b_there = udp(sport=1, dst="10.0.0.1", reply_src="10.88.0.6", reply_sport=53)
-    to_a_there = udp(sport=2, dst="10.0.0.1", reply_src="10.88.0.5", reply_sport=53)
-    to_b_elsewhere = udp(sport=3, dst="10.0.0.2", reply_src="10.88.0.6", reply_sport=53)
-    to_a_elsewhere = udp(sport=4, dst="10.0.0.2", reply_src="10.88.0.5", reply_sport=53)
-    flows = [to_b_there, to_a_there, to_b_elsewhere, to_a_elsewhere]
-    assert plan(flows, {(4, 5353)}, [a, b], stale_only=True) == [
-        Doomed(to_a_there, FlushReason.OLD_DESTINATION, ("10.88.0.6",)),
-        Doomed(to_b_elsewhere, FlushReason.OLD_DESTINATION, ("10.88.0.5",)),
+def test_stale_only_gives_each_address_to_the_mapping_that_takes_it() -> None:
+    """A maps 5353 on 10.0.0.1 and B on 10.0.0.2, ahead of M's 5353 on every address
+    (none is shadowed: each gets traffic): A takes the flows to 10.0.0.1, B to
+    10.0.0.2, M the rest. A flow to 10.0.0.2 DNATed to M's container misroutes (it
+    was kept: M was taken for a winner there too, beside B)."""
+
+    def row(ip: str, chain: str, host_ip=None) -> Mapping:
+        return dataclasses.replace(mapping(ip, host_ip=host_ip, container_id=chain), chain=chain)
+
+    a, b, m = row("10.88.0.1", "CNI-DN-a", "10.0.0.1"), row("10.88.0.2", "CNI-DN-b", "10.0.0.2"), \
+        row("10.88.0.3", "CNI-DN-m")  # fmt: skip
+    to_a = udp(sport=1, dst="10.0.0.1", reply_src="10.88.0.1", reply_sport=53)
+    m_at_a = udp(sport=2, dst="10.0.0.1", reply_src="10.88.0.3", reply_sport=53)
+    m_at_b = udp(sport=3, dst="10.0.0.2", reply_src="10.88.0.3", reply_sport=53)
+    b_at_b = udp(sport=4, dst="10.0.0.2", reply_src="10.88.0.2", reply_sport=53)
+    to_m = udp(sport=5, dst="10.0.0.9", reply_src="10.88.0.3", reply_sport=53)
+    a_elsewhere = udp(sport=6, dst="10.0.0.9", reply_src="10.88.0.1", reply_sport=53)
+    flows = [to_a, m_at_a, m_at_b, b_at_b, to_m, a_elsewhere]
+    assert plan(flows, {(4, 5353)}, [m, a, b], stale_only=True) == [
+        Doomed(m_at_a, FlushReason.OLD_DESTINATION, ("10.88.0.1",)),
+        Doomed(m_at_b, FlushReason.OLD_DESTINATION, ("10.88.0.2",)),
+        Doomed(a_elsewhere, FlushReason.OLD_DESTINATION, ("10.88.0.3",)),
     ]
+    # With conditions on A, M takes the rest of 10.0.0.1's packets: a flow to M there
+    # is no misrouted one.
+    guarded = dataclasses.replace(a, conditions=("!", "-s", "192.168.0.0/16"))
+    assert plan([m_at_a], {(4, 5353)}, [m, guarded, b], stale_only=True) == []
 
 
 def test_stale_only_takes_a_flow_to_the_same_address_on_an_old_port() -> None:
@@ -223,9 +235,17 @@ def test_plan_properties(
             if m.host_port == d.entry.dport and m.host_ip in (None, d.entry.dst)
         ]  # fmt: skip
         # Never deleted: an entry whose replies come from a covering mapping's container
-        # and port, or one sent straight to a container's address.
+        # and port (unless another container's mapping for that very address, taking
+        # every packet, has it first), or one sent straight to a container's address.
         replier = (d.entry.reply_src, d.entry.reply_sport)
-        assert replier not in {(m.container_ip, m.container_port) for m in covering}
+        first = {
+            m.container_id for m in covering
+            if m.host_ip is not None and not m.conditions and not m.shadowed_by
+        }  # fmt: skip
+        assert replier not in {
+            (m.container_ip, m.container_port) for m in covering
+            if m.host_ip is not None or not first - {m.container_id}
+        }  # fmt: skip
         assert d.entry.dnat or d.entry.dst not in {m.container_ip for m in covering}
         assert covering or d.entry.dnat
     # Deleting the stale ones leaves nothing stale.

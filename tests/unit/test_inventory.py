@@ -76,17 +76,36 @@ def test_second_container_on_the_same_port_is_shadowed_by_the_first():
     assert by_chain[second].shadowed_by == first
 
 
-def test_host_ip_only_shadows_an_overlapping_host_ip():
+def test_only_an_earlier_mapping_for_all_of_its_addresses_shadows():
+    """The first container's 8080 for 127.0.0.2 alone takes that address from the
+    second's 8080 on every address and leaves it all the others: the second gets
+    traffic, it is not shadowed (it was, and check said to re-create one of them; the
+    real traffic went to it). The other way round (every address first, then one), and
+    the same address twice, the later one gets nothing."""
     text = (Path(__file__).parents[1] / "fixtures" / "shadowed.v4.save").read_text()
-    first, _second = (dnat_chain_name(c) for c in configs("shadowed"))
-    # Make the first container's mapping specific to 127.0.0.2: no longer overlapping
-    # for a packet to another address, but a wildcard still overlaps it.
-    moved = text.replace(
-        f"-A {first} -p tcp -m tcp --dport 8080 -j DNAT",
-        f"-A {first} -d 127.0.0.2/32 -p tcp -m tcp --dport 8080 -j DNAT",
-    )
-    found = inventory.build({4: parse_save(moved, 4)})
-    assert {m.status for m in found.mappings} == {("ok",), ("shadowed",)}
+    first, second = (dnat_chain_name(c) for c in configs("shadowed"))
+
+    def bound(chain: str, host_ip: str, body: str) -> str:
+        return body.replace(
+            f"-A {chain} -p tcp -m tcp --dport 8080 -j DNAT",
+            f"-A {chain} -d {host_ip}/32 -p tcp -m tcp --dport 8080 -j DNAT",
+        )
+
+    def statuses(body: str) -> dict:
+        found = inventory.build({4: parse_save(body, 4)})
+        return {m.chain: (m.status, m.shadowed_by) for m in found.mappings}
+
+    assert statuses(bound(first, "127.0.0.2", text)) == {
+        first: (("ok",), None), second: (("ok",), None),
+    }  # fmt: skip
+    assert statuses(bound(second, "127.0.0.2", text)) == {
+        first: (("ok",), None), second: (("shadowed",), first),
+    }  # fmt: skip
+    both = bound(second, "127.0.0.2", bound(first, "127.0.0.2", text))
+    assert statuses(both)[second] == (("shadowed",), first)
+    assert statuses(bound(second, "127.0.0.3", bound(first, "127.0.0.2", text))) == {
+        first: (("ok",), None), second: (("ok",), None),
+    }  # fmt: skip
 
 
 def test_an_entry_rule_with_conditions_shadows_nothing_and_its_rows_say_them():

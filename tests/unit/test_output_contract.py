@@ -27,7 +27,7 @@ from portmapctl.cli import app
 from portmapctl.cli._common import Output, cache_info
 from portmapctl.cli.add import shadow_warnings
 from portmapctl.core import validate
-from portmapctl.core.mapping import Mapping, PortMapping
+from portmapctl.core.mapping import Mapping, MappingConfig, PortMapping
 from portmapctl.core.status import ProblemKind
 from portmapctl.errors import BadInput
 from portmapctl.host import lock
@@ -470,6 +470,35 @@ def test_add_warns_only_of_a_mapping_that_takes_every_packet_first():
     assert "tcp/8080 is mapped first to podman/8c41d07a2e9f" in warning
     alone = "\n".join(line for line in guarded.splitlines() if "8c41d07a2e9f4b13web2" not in line)
     assert shadow_warnings(config, {4: parse_save(alone + "\n", 4)}) == []
+
+
+def test_add_warns_only_of_a_mapping_for_all_of_its_addresses():
+    """The two containers mapping tcp/8080 first, bound to 127.0.0.1 alone: they take
+    that address from a new mapping for every address, which gets all the rest: no
+    "will be shadowed" (it was said). A new mapping for 127.0.0.1 itself is."""
+    from portmapctl.iptables.ruleset import parse_save
+
+    text = (
+        (ROOT / "examples/node.v4.save")
+        .read_text()
+        .replace(
+            "-p tcp -m tcp --dport 8080 -j DNAT",
+            "-d 127.0.0.1/32 -p tcp -m tcp --dport 8080 -j DNAT",
+        )
+    )
+    tables = {4: parse_save(text, 4)}
+
+    def config(host_ip: str) -> MappingConfig:
+        return validate.mapping_config(
+            network="podman",
+            container_id="newone",
+            addresses=[validate.interface("10.88.0.9/16")],
+            ports=[PortMapping(8080, 80, host_ip=host_ip)],
+        )
+
+    assert shadow_warnings(config(""), tables) == []
+    [warning] = shadow_warnings(config("127.0.0.1"), tables)
+    assert "tcp/8080 is mapped first to podman/3f2a9c1e5b7d" in warning
 
 
 # --- item 4: waiting for the lock, progress only on a terminal ----------------------------

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, NamedTuple, Optional, Seq
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.status import ChainKind
-from portmapctl.errors import ApplyFailed, HostProblem
+from portmapctl.errors import ApplyFailed, PortmapctlError
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.liveness import Sources, empty_cache_refusal, says_nothing
 from portmapctl.ops.gc.plan import GcOptions, read_cache_while_planning
@@ -212,7 +212,7 @@ def apply_nft(
         tried = applied[-1].transaction
         try:
             live = node.read_nft()
-        except HostProblem:
+        except PortmapctlError:
             raise err from None
         if not _went_in(tried, live):
             raise

@@ -26,7 +26,7 @@ from typing import (
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment, present_dirs, results_dir
 from portmapctl.core.pause import gc_paused
-from portmapctl.errors import ApplyFailed, BadInput, HostProblem, Interrupted
+from portmapctl.errors import ApplyFailed, BadInput, HostProblem, Interrupted, PortmapctlError
 from portmapctl.host.netns import NamespaceView, fresh_uncached, namespace_addresses
 from portmapctl.host.paths import RUN_DIR
 from portmapctl.iptables import plugin_rules
@@ -376,8 +376,8 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
             raise
         try:
             table = node.backend.read(first.family)
-        except HostProblem:
-            raise err from None
+        except PortmapctlError:
+            raise err from None  # (unread: the tool's own error says what is known)
         went = _went_in(unsure.pop(), table, planning.warnings)
         if went is None:
             raise

@@ -60,12 +60,14 @@ def test_shadowed_in_rule_order_v19() -> None:
     assert status == {"ctr-a": (("ok",), None), "ctr-b": (("shadowed",), "ctr-a")}
 
 
-def test_shadowed_hostip_chain_first_v17() -> None:
-    """v1.7.1 put ctr-b's 127.0.0.1:8080 in hostip_hostports, which is entered first."""
+def test_a_hostip_rule_first_leaves_the_other_addresses_v17() -> None:
+    """v1.7.1 put ctr-b's 127.0.0.1:8080 in hostip_hostports, which is entered first:
+    it takes 127.0.0.1 from ctr-a's 8080 on every address, and leaves it every other
+    one. ctr-a gets traffic: not shadowed (it was, and told to re-create one of them)."""
     found = _rows("v171-shadowed")
     status = {m.container_id: (m.status, m.shadowed_by, m.chain) for m in found.mappings}
     assert status == {
-        "ctr-a": (("shadowed",), "ctr-b", "hostports"),
+        "ctr-a": (("ok",), None, "hostports"),
         "ctr-b": (("ok",), None, "hostip_hostports"),
     }
 
