@@ -225,7 +225,21 @@ def check_summary(result: CheckResult, fixes_above: bool = False) -> str:
     """The check's one summary line: healthy; or the count per kind, with the command
     when one command fixes them all (`1094 stale -> portmapctl gc`). `fixes_above`:
     the problems' whys and fixes were printed above it, and it says so (not under -q,
-    nor in JSON, where nothing is printed above it)."""
+    nor in JSON, where nothing is printed above it). After a repair that fixed
+    something, it starts with what (under -q, the only record of it: a cron job's log
+    must tell a repair from a night when nothing was wrong)."""
+    return _repaired_part(result) + _state_part(result, fixes_above)
+
+
+def _repaired_part(result: CheckResult) -> str:
+    if not result.fixed:
+        return ""
+    containers = {(p.network, p.container_id) for p in result.fixed if p.container_id}
+    of = f" of {count(len(containers), 'container')}" if containers else ""
+    return f"repaired {count(len(result.fixed), 'problem')}{of}; "
+
+
+def _state_part(result: CheckResult, fixes_above: bool) -> str:
     if result.healthy:
         return check_healthy_line(result)
     counts: Dict[str, int] = {}

@@ -203,6 +203,25 @@ def test_repaired_lines_are_in_the_order_of_the_problem_rows(host_ns, tmp_path):
         ], done.stderr
 
 
+def test_a_quiet_repair_says_what_it_repaired_in_its_one_line(host_ns, tmp_path):
+    """check --repair -q prints the summary line alone: after a flush it said
+    "healthy: ..." exactly as a night when nothing was wrong (the repaired: lines go
+    with -q, as every message): a cron job's log could not tell. It starts with what
+    was repaired now; a run with nothing to do says healthy alone."""
+    _plugin_node(host_ns, "nft", tmp_path)
+    argv = ["check", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(tmp_path),
+            "--repair", "-q"]  # fmt: skip
+    rp.iptables(host_ns, ["-t", "nat", "-F"], family=4)
+    done = run(argv)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    [line] = done.stdout.splitlines()
+    # Four chains lost their rules (three containers), and the three shared chains
+    # their jumps and rules.
+    assert line.startswith("repaired ") and " of 3 containers; healthy: all 4 chains" in line
+    again = run(argv)
+    assert again.returncode == 0 and again.stdout.startswith("healthy: all 4 chains"), again.stdout
+
+
 def _owner(chain):
     return next((c for c in ("ctr1", "ctr2", "ctr3") if _chain(c) == chain), None)
 
