@@ -95,6 +95,8 @@ def check_command(
     with gc_paused(), metrics as recorder:
         mapping_given = mapping.given
         config = None
+        # --backend given with the mapping options (no config key to speak for it).
+        forced = mapping.cni_config is None and common.plugin_backend is not None
         if mapping_given:
             try:
                 config = mapping_from_options(mapping, backend=common.plugin_backend)
@@ -114,9 +116,12 @@ def check_command(
                     flush_udp=not no_flush_udp,
                     ifname=mapping.ifname,
                     spelling=spelling_of(mapping),
+                    forced=forced,
                 )
             elif config is not None:
-                result = _with_repair_command(check_lib.check_mapping(node, config, mapping.ifname))
+                result = _with_repair_command(
+                    check_lib.check_mapping(node, config, mapping.ifname, forced=forced)
+                )
             else:
                 result = check_lib.check_node(node)
             tools = restore_tools(node.backend) if common.verbose and result.transactions else {}
@@ -154,7 +159,7 @@ def check_command(
                 )
                 out.blank()
             # Under -q the table, the whys and the fixes are not printed.
-            shown = bool(result.problems) and not out.quiet
+            shown = any(p.fix for p in result.problems) and not out.quiet
             out.summary(render.check_summary(result, fixes_above=shown))
         return 0 if result.healthy else 1
 

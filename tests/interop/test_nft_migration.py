@@ -586,6 +586,40 @@ def test_a_mapping_given_without_a_backend_follows_its_cached_config_when_no_rul
     )
 
 
+@pytest.mark.parametrize("evidence", ["cached-key", "rules-alone"])
+def test_check_under_backend_iptables_of_an_nftables_container_repairs_nothing_there(
+    node: str, tmp_path: Path, evidence: str
+) -> None:
+    """nft1 is kept in nftables (its cached config says so, or its rules are in the
+    plugin's tables alone). `check --backend iptables` of its mapping looks in iptables
+    as told, finds no chain, and says where the plugin keeps it; its fix named the same
+    command with --repair, which wrote an iptables copy the plugin's DEL never removes
+    (then both-backends and contested rows). Now no fix names --repair, and --repair
+    under --backend iptables refuses, exit 2, nothing written (SPEC §2: never repaired
+    into iptables)."""
+    ports = [_pm(8011, 80)]
+    conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
+    upstream.run(V191, "ADD", node, "nft1", conf, check=True)
+    keyless = {k: v for k, v in conf.items() if k != "backend"}
+    _cached(tmp_path, "nft1", conf if evidence == "cached-key" else keyless)
+
+    def iptables() -> str:
+        return rp.strip_save_comments(rp.save(node, 4, "nft"))
+
+    before = iptables()
+    nft1 = ["--network", "podman", "--container", "nft1", "--ip", "10.88.0.21/16", "-p", "8011:80",
+            "--backend", "iptables"]  # fmt: skip
+    done = _pmctl(node, tmp_path, "check", *nft1, "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert [(p["kind"], p["fix"]) for p in problems] == [("missing-chain", None)], problems
+    assert "so the plugin keeps it there: checked in iptables as --backend says" in done.stderr
+    done = _pmctl(node, tmp_path, "check", *nft1, "--repair")
+    pmctl.assert_error(done, 2, "so the plugin keeps it there", "nothing changed")
+    assert iptables() == before
+    upstream.run(V191, "CHECK", node, "nft1", conf, check=True)
+
+
 def test_an_nftables_node_with_legacy_leftovers_is_not_sent_to_iptables_legacy(
     node: str, tmp_path: Path
 ) -> None:

@@ -263,7 +263,7 @@ def test_table_output_of_a_broken_node(host_ns, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "repaired: IPv4 missing-jump OUTPUT" in done.stderr
-    assert done.stdout.startswith("healthy:")
+    assert done.stdout.startswith("repaired 1 problem; healthy:"), done.stdout
 
 
 def test_shadowed_host_port_names_who_wins(host_ns, tmp_path):

@@ -288,11 +288,13 @@ def repair(
     flush_udp: bool = True,
     ifname: Optional[str] = None,
     spelling: Spelling = OPTIONS,
+    forced: bool = False,
 ) -> CheckResult:
     """Create what is missing (cached mappings, or `config`, and the top-level
     structure), then check again. Returns the check after, with what was fixed and
     what could not be (by container, with the reason). `spelling`: how `config`'s
-    options were given (its reasons name them so).
+    options were given (its reasons name them so); `forced`: its backend is
+    --backend's, not its config's (run.followed).
 
     The node is read once; the check after is of the tables as the applied
     transactions left them, in memory (ReadOnce): a family is read again only when
@@ -300,7 +302,7 @@ def repair(
     if node.options.offline or (node.options.uses_iptables and not node.backend.writable):
         raise BadInput("--repair changes the node: it cannot work on a --snapshot")
     if config is not None:
-        return _repair_mapping(node, config, flush_udp, ifname, spelling)
+        return _repair_mapping(node, config, flush_udp, ifname, spelling, forced)
     node, planned = _planned_node(node)
     attachments = node.read_cache()
     read = read_tables(node)
@@ -425,9 +427,10 @@ def _repair_mapping(
     flush_udp: bool,
     ifname: Optional[str],
     spelling: Spelling = OPTIONS,
+    forced: bool = False,
 ) -> CheckResult:
     """`check --repair` of one mapping given on the command line (for `ifname`)."""
-    config, notes = followed(node, config, writing=True)
+    config, notes = followed(node, config, writing=True, forced=forced)
     if nft_mapping(node, config):
         from portmapctl.ops.check.nft_repair import repair_nft_mapping
 

@@ -11,7 +11,7 @@ from portmapctl.core import validate
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import Status
-from portmapctl.errors import HostProblem
+from portmapctl.errors import BadInput, HostProblem
 from portmapctl.iptables import inventory, plugin_rules
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
@@ -216,11 +216,22 @@ def _uncached_elsewhere(read: NodeTables, attachments: Optional[List[Attachment]
     )
 
 
-def check_mapping(node: Node, config: MappingConfig, ifname: Optional[str] = None) -> CheckResult:
+def check_mapping(
+    node: Node, config: MappingConfig, ifname: Optional[str] = None, forced: bool = False
+) -> CheckResult:
     """Check one mapping as the plugin's CHECK does (a missing chain is a failure), in
-    the backend its container is followed to (`followed`); `ifname`: its interface."""
-    config, notes = followed(node, config)
-    return check_followed(node, config, notes, ifname)
+    the backend its container is followed to (`followed`; `forced`: --backend's, given
+    with the mapping options); `ifname`: its interface."""
+    config, notes = followed(node, config, forced=forced)
+    result = check_followed(node, config, notes, ifname)
+    if forced and notes:
+        # Checked where --backend says, not where the plugin keeps it (`followed`'s
+        # note): --repair would refuse, so no fix names it.
+        problems = tuple(
+            replace(p, fix=None) if p.fix == SAME_WITH_REPAIR else p for p in result.problems
+        )
+        result = replace(result, problems=problems)
+    return result
 
 
 def check_followed(
@@ -448,7 +459,7 @@ def _as_the_node_check_says(config: MappingConfig, tables: Dict[int, NatTable]) 
 
 
 def followed(
-    node: Node, config: MappingConfig, writing: bool = False
+    node: Node, config: MappingConfig, writing: bool = False, forced: bool = False
 ) -> Tuple[MappingConfig, Tuple[str, ...]]:
     """`config` with the backend the plugin keeps its container in, where the command
     line said none and --backend is auto (the one its cached config names, else
@@ -456,7 +467,25 @@ def followed(
     with the note that says so; else as given.
     Where the plugin's tables exist and nft cannot read them, `writing` (--repair)
     stops (HostProblem): an iptables copy of a container kept there would map it twice;
-    a check says so in a note."""
+    a check says so in a note.
+    `forced`: the backend is --backend's, given with the mapping options (no config
+    key): where that is not where the plugin keeps the container (by the same
+    evidence), a check looks there and says so, and `writing` stops (BadInput): a copy
+    there is one its plugin neither reads nor deletes."""
+    if forced and config.backend is not None:
+        elsewhere = _kept_elsewhere(node, config, config.backend)
+        if elsewhere is None:
+            return config, ()
+        if writing:
+            raise BadInput(
+                f"{elsewhere}, so the plugin keeps it there: --repair under --backend"
+                f" {config.backend} would write a copy that its plugin never reads nor"
+                " deletes; nothing changed (check it without --backend)"
+            )
+        return config, (
+            f"{elsewhere}, so the plugin keeps it there: checked in {config.backend} as"
+            " --backend says, where --repair writes nothing for it",
+        )
     if config.backend is not None or node.options.backend != "auto" or node.nft is None:
         return config, ()
     from portmapctl.cni.cache import configured_backend
@@ -495,6 +524,48 @@ def followed(
     if not kept_in_nftables(config, live, in_iptables, node.options.keyless):
         return config, ()
     return replace(config, backend=Backend.NFTABLES), (_checked_in_nftables(kept_there(config)),)
+
+
+def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optional[str]:
+    """Why the plugin keeps this container in another backend than `chosen` (as
+    `followed` judges under auto: its cached config's key, else, for nftables, its
+    rules in the plugin's tables alone); None when nothing says so."""
+    from portmapctl.cni.cache import configured_backend
+
+    cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
+    if cached is not None:
+        if cached == chosen:
+            return None
+        return (
+            f"{config.network}/{config.container_id}: its cached config says"
+            f' "backend": "{cached.value}"'
+        )
+    if chosen != Backend.IPTABLES:
+        return None
+    from portmapctl.ops.nft import kept_in_nftables, kept_there
+
+    families = validate.chosen_families(config, node.families, "check")
+    if node.nft is None:
+        from portmapctl.iptables.access import BACKEND_NAMES
+        from portmapctl.iptables.access.nfmsg import tables_present
+
+        if node.options.offline or node.backend.name not in BACKEND_NAMES:
+            return None  # (no host to ask: a snapshot, or iptables in memory)
+        from portmapctl.nftables import TABLE
+
+        if not tables_present(families, TABLE):
+            return None  # (the usual iptables node: one netlink question, no nft run)
+    live = node.read_nft_evidence()
+    if not live.tables:
+        return None
+    name = dnat_chain_name(config)
+
+    def in_iptables() -> bool:
+        return any(table.has_chain(name) for table in node.read(families).values())
+
+    if kept_in_nftables(config, live, in_iptables, node.options.keyless):
+        return kept_there(config)
+    return None
 
 
 def _checked_in_nftables(why: str) -> str:
