@@ -148,13 +148,21 @@ def check_text(
     if explained:
         out.append("\n")
     for kind, entries in explained.items():
-        for why, command in entries:
-            out.append(kind, style="bold")
-            wrapped = wrap(f"{kind}: {why}", width, "  ")
-            out.append(wrapped[0][len(kind) :] + "\n")
+        # The kind's name once (SPEC §3); a why that differs (a reason per chain, a
+        # command per family) follows it indented, each whole; one fix for them all is
+        # said once, after them.
+        one_fix = len({command for _, command in entries}) == 1
+        for number, (why, command) in enumerate(entries):
+            if number == 0:
+                out.append(kind, style="bold")
+                wrapped = wrap(f"{kind}: {why}", width, "  ")
+                out.append(wrapped[0][len(kind) :] + "\n")
+            else:
+                wrapped = wrap(f"  {why}", width, "  ")
+                out.append(wrapped[0] + "\n")
             for line in wrapped[1:]:
                 out.append(line + "\n")
-            if command:
+            if command and (not one_fix or number == len(entries) - 1):
                 out.append("  fix: ", style="bold")
                 out.append("\n".join(command_lines(command, width, len("  fix: "))) + "\n")
     out.rstrip()

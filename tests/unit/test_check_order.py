@@ -57,3 +57,24 @@ def test_the_example_nodes_rows_stand_by_container():
     ids = [p["container_id"][:12] for p in document["problems"]]
     assert ids == ["8c41d07a2e9f", "b7e0f2c94d1a", "d19e3b7f60c2"]
     assert piped[-2] == "3 problems: 1 missing-entry, 1 shadowed, 1 stale (fixes above)"
+
+
+def test_each_kind_is_named_once_whatever_its_whys_and_fixes():
+    """SPEC §3: once per kind, why it matters and the command that fixes it. A kind
+    whose problems differ in why or fix (a hand-removal command per family, a jump per
+    built-in chain) was explained once per difference, its name each time: `orphan:`
+    twice, `missing-jump:` three times. The name comes once now, every why and every
+    fix whole under it."""
+    jumps = [
+        Problem(ProblemKind.MISSING_JUMP, 4, chain, None, None, f"no jump in {chain}",
+                f"portmapctl check --repair --family 4 # {chain}", f"why {chain}")
+        for chain in ("PREROUTING", "OUTPUT", "POSTROUTING")
+    ]  # fmt: skip
+    lines = render.check_text(CheckResult(tuple(jumps), (4,), "node", True, 0, 0), width=80)
+    text = lines.plain.split("\n")
+    block = text[text.index("") + 1 :]
+    assert [line for line in block if line.startswith("missing-jump")] == [
+        "missing-jump: why PREROUTING"
+    ]
+    assert "  why OUTPUT" in block and "  why POSTROUTING" in block
+    assert sum(line.startswith("  fix: ") for line in block) == 3
