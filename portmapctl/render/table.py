@@ -467,9 +467,22 @@ def cut_end(text: str, room: int) -> str:
 
 def cut_address(text: str, room: int) -> str:
     """An `address:port` (IPv6 in brackets) in `room` characters: the port whole, the
-    address cut in its middle (cut_middle); the end cut when not even that fits."""
+    address cut in its middle (cut_middle); the end cut when not even that fits. A
+    mapping's conditions after it (`10.88.0.1:65002 if ! -s 192.168.0.0/16`) are cut
+    first, from their end, down to `if…`: the port goes last (it was cut first)."""
     if len(text) <= room:
         return text
+    where, narrowed, condition = text.partition(" if ")
+    if narrowed:
+        left = room - len(where) - len(narrowed)
+        if left >= 1:
+            return where + narrowed + cut_end(condition, left)
+        port = where.rpartition(":")[2]
+        marked = cut_address(where, room - len(" if…"))
+        if marked.endswith(":" + port):
+            return marked + " if…"
+        # The port over the mark that conditions follow, when not both fit.
+        return where + "…" if len(where) < room else cut_address(where, room)
     address, colon, port = text.rpartition(":")
     bracketed = address.startswith("[") and address.endswith("]")
     inner = address[1:-1] if bracketed else address

@@ -155,3 +155,23 @@ def test_flush_udp_keeps_why_whole_on_a_narrow_terminal():
     whole = render.flush_table(result).plain
     assert whole.split("\n")[0].split()[-3:] == ["REPLY", "FROM", "WHY"]
     assert all(why in whole for why in whys) and "192.168.122.10" in whole
+
+
+@pytest.mark.parametrize(
+    "room, shown",
+    [
+        (60, "10.88.0.1:65002 if ! -s 192.168.100.0/24"),
+        (20, "10.88.0.1:65002 if …"),
+        (15, "10….1:65002 if…"),
+        (12, "10.….1:65002"),
+    ],
+)
+def test_a_host_cell_with_conditions_keeps_its_port_over_them(room, shown):
+    """The HOST cell of a mapping with conditionsV4 (`10.88.0.1:65002 if ! -s ...`),
+    cut to its column at 80 columns, showed `10.88.0.1:6…`: the host port, which mapping
+    a row is, was cut first. The conditions go first now, from their end, then the mark
+    that they follow, then the address's middle; the port stays."""
+    from portmapctl.render.table import cut_address
+
+    assert cut_address("10.88.0.1:65002 if ! -s 192.168.100.0/24", room) == shown
+    assert len(shown) <= room
