@@ -190,3 +190,28 @@ def test_an_nft_transaction_stopped_before_its_commit_fails_and_changes_nothing(
         run_nft_gc(fake, tmp_path)
     assert fake.read() == before
     assert flushed == [[]]
+
+
+# --- what speaks for the nftables rules (no tool dies here) ------------------------------
+
+
+def test_a_network_scoped_document_alone_removes_no_nftables_rule(tmp_path, flushed):
+    """The plugin's nftables rules name no network: a valid-attachments document of one
+    network (a network config holding the key) cannot say a rule is not live, so with
+    only such documents gc removes none (and counts them kept); a bare list of the same
+    IDs speaks for them by ID (docs/commands/gc.md)."""
+    from portmapctl.nftables.node import owners_in
+    from portmapctl.ops.gc.liveness import ValidAttachments
+
+    live_ids = frozenset(LIVE)
+    everyone = owners_in(nftcases.live("v191-several"))
+    for network, gone in (("podman", set()), (None, {"aaaa1111", "eeee5555"})):
+        fake = MemoryNft(nftcases.live("v191-several"))
+        empty = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
+        tables = {f: parse_save(empty, f) for f in (4, 6)}
+        node = Node(NodeOptions(cache_dirs=("/nonexistent",)), MemoryBackend(tables), fake)
+        document = ValidAttachments(network, live_ids, "doc.json")
+        options = gc_lib.GcOptions(min_age=0, state_dir=str(tmp_path / str(network)))
+        result = gc_lib.gc(node, gc_lib.Sources(documents=(document,)), options)
+        assert {c.container_id for c in result.removed} == gone
+        assert owners_in(fake.read()) == everyone - gone
