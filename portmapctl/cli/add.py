@@ -17,11 +17,17 @@ from portmapctl.cli._common import (
 from portmapctl.cli._options import option_group
 
 # The implementation: without typer, for add's fast path (cli/add_fast.py) too.
-from portmapctl.cli.add_config import mapping_from_options, refuse_short_id, with_backend
+from portmapctl.cli.add_config import (
+    mapping_and_key,
+    mapping_from_options,
+    refuse_short_id,
+    with_backend,
+)
 from portmapctl.cli.add_warnings import shadow_warnings
 
 __all__ = [
     "add_command",
+    "mapping_and_key",
     "mapping_from_options",
     "mapping_options",
     "refuse_short_id",

@@ -5,7 +5,7 @@ add's fast path (cli/add_fast.py), typer's add (cli/add.py) and check; no typer 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Backend
 
@@ -24,6 +24,14 @@ class ForwardsNothing(Exception):
 def mapping_from_options(mapping: MappingOptions, *, backend: Optional[Backend]) -> MappingConfig:
     """Validate the mapping options (shared by add and check) into a MappingConfig,
     held to --backend (None: auto). ForwardsNothing for a --cni-config the plugin does nothing for."""
+    return mapping_and_key(mapping, backend=backend)[0]
+
+
+def mapping_and_key(
+    mapping: MappingOptions, *, backend: Optional[Backend]
+) -> Tuple[MappingConfig, bool]:
+    """mapping_from_options, and whether the backend it holds is the config's own
+    `backend` key (a --cni-config that names one) rather than --backend's."""
     from portmapctl.core import validate
     from portmapctl.errors import BadInput
     from portmapctl.iptables.chains import buildable
@@ -72,7 +80,7 @@ def mapping_from_options(mapping: MappingOptions, *, backend: Optional[Backend])
         )
         if idle:
             raise ForwardsNothing(f"{source} {idle}")
-        return buildable(with_backend(parsed, backend))
+        return buildable(with_backend(parsed, backend)), parsed.backend is not None
     if network is None:
         raise BadInput("--network is required (or give --cni-config)")
     if not publish:
@@ -89,7 +97,7 @@ def mapping_from_options(mapping: MappingOptions, *, backend: Optional[Backend])
         conditions_v6=validate.conditions(_words(mapping.conditions_v6), "--conditions-v6"),
         masq_all=mapping.masq_all,
     )
-    return buildable(with_backend(config, backend))
+    return buildable(with_backend(config, backend)), False
 
 
 def spelling_of(mapping: MappingOptions) -> Spelling:

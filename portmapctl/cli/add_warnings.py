@@ -190,7 +190,8 @@ def shadow_warnings(config: MappingConfig, tables: Dict[int, NatTable]) -> List[
                 m for m in found.mappings if _same_port(m, *key) and Status.ORPHAN not in m.status
             ]
             mine = [m for m in same if m.chain == own]
-            others = [m for m in same if m.chain != own]
+            # Its own chain of another network takes nothing from it (as list says).
+            others = [m for m in same if m.chain != own and m.container_id != config.container_id]
             where = f"IPv{family} {port.protocol}/{port.host_port}"
             if not mine:
                 # New: appended after all of them; the one that wins now keeps winning.

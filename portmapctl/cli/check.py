@@ -16,7 +16,7 @@ from portmapctl.cli._common import (
     common_options,
     metrics_recording,
 )
-from portmapctl.cli.add import mapping_from_options, mapping_options, refuse_short_id
+from portmapctl.cli.add import mapping_and_key, mapping_options, refuse_short_id
 from portmapctl.cli.add_config import ForwardsNothing, spelling_of
 
 if TYPE_CHECKING:
@@ -95,11 +95,11 @@ def check_command(
     with gc_paused(), metrics as recorder:
         mapping_given = mapping.given
         config = None
-        # --backend given with the mapping options (no config key to speak for it).
-        forced = mapping.cni_config is None and common.plugin_backend is not None
+        forced = False  # the mapping's backend is --backend's (no config key names it)
         if mapping_given:
             try:
-                config = mapping_from_options(mapping, backend=common.plugin_backend)
+                config, keyed = mapping_and_key(mapping, backend=common.plugin_backend)
+                forced = common.plugin_backend is not None and not keyed
             except ForwardsNothing as idle:
                 # The plugin's CHECK passes at once: nothing is expected, nothing to repair.
                 return _nothing_expected(common, out, str(idle))

@@ -39,6 +39,7 @@ from typing import (
 )
 
 from portmapctl.cni import cache as cni_cache
+from portmapctl.core.contest import backend_of
 from portmapctl.core.pause import gc_paused
 from portmapctl.core.status import FlushReason
 from portmapctl.host import conntrack
@@ -145,14 +146,25 @@ def judge(
     # First-match-wins: a shadowed mapping's container gets no traffic (what shadows
     # it takes every address it is for).
     winners = [m for m in covering if not m.shadowed_by]
-    bound = {m.container_id for m in winners if m.host_ip is not None and not m.conditions}
+    bound = {
+        (backend_of(m), m.container_id)
+        for m in winners
+        if m.host_ip is not None and not m.conditions
+    }
     if bound:
         # One for this very address, taking every packet, is ahead of another
-        # container's for every address without conditions (behind it, it would be
-        # shadowed): those get none of this address's flows. (A container's own two
-        # networks do not shadow each other: which is first is not known, both stay.)
+        # container's for every address without conditions in its backend (behind it,
+        # it would be shadowed): those get none of this address's flows. Between the
+        # backends the kernel's hook order decides (contested): both stay winners, as
+        # do a container's own two networks (which is first is not known).
+        here = {backend for backend, _ in bound}
         winners = [
-            m for m in winners if m.host_ip is not None or m.conditions or m.container_id in bound
+            m
+            for m in winners
+            if m.host_ip is not None
+            or m.conditions
+            or backend_of(m) not in here
+            or (backend_of(m), m.container_id) in bound
         ]
     if not winners:
         if covering:

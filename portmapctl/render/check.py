@@ -242,7 +242,7 @@ def check_summary(result: CheckResult, fixes_above: bool = False) -> str:
 def _repaired_part(result: CheckResult) -> str:
     if not result.fixed:
         return ""
-    containers = {(p.network, p.container_id) for p in result.fixed if p.container_id}
+    containers = {p.container_id for p in result.fixed if p.container_id}
     of = f" of {count(len(containers), 'container')}" if containers else ""
     return f"repaired {count(len(result.fixed), 'problem')}{of}; "
 

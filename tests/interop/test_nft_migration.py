@@ -616,8 +616,35 @@ def test_check_under_backend_iptables_of_an_nftables_container_repairs_nothing_t
     assert "so the plugin keeps it there: checked in iptables as --backend says" in done.stderr
     done = _pmctl(node, tmp_path, "check", *nft1, "--repair")
     pmctl.assert_error(done, 2, "so the plugin keeps it there", "nothing changed")
+    # The same mapping given as a config without a `backend` key (--cni-config):
+    # --backend speaks for it there too.
+    keyless_file = tmp_path / "keyless.json"
+    keyless_file.write_text(json.dumps(keyless))
+    given = ["--container", "nft1", "--cni-config", str(keyless_file), "--backend", "iptables"]
+    done = _pmctl(node, tmp_path, "check", *given, "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert [p["fix"] for p in json.loads(done.stdout)["problems"]] == [None]
+    done = _pmctl(node, tmp_path, "check", *given, "--repair")
+    pmctl.assert_error(done, 2, "so the plugin keeps it there", "nothing changed")
     assert iptables() == before
     upstream.run(V191, "CHECK", node, "nft1", conf, check=True)
+
+
+def test_check_under_backend_nftables_of_an_iptables_container_repairs_nothing_there(
+    node: str, tmp_path: Path
+) -> None:
+    """The other way round: ipt1's chain is in iptables (Debian's plugin, no cache
+    entry, no `backend` key anywhere), where the plugin keeps a config without the key.
+    `check --backend nftables --repair` of its mapping wrote nftables rules the plugin's
+    DEL for it never removes; it refuses now, exit 2, nothing written."""
+    conf = rp.plugin_conf("podman", ["10.88.0.41/16"], [_pm(8041, 80)])
+    rp.run_plugin("ADD", node, "ipt1", conf, check=True)
+    ipt1 = ["--network", "podman", "--container", "ipt1", "--ip", "10.88.0.41/16", "-p", "8041:80",
+            "--backend", "nftables"]  # fmt: skip
+    done = _pmctl(node, tmp_path, "check", *ipt1, "--repair")
+    pmctl.assert_error(done, 2, "its chain CNI-DN-", "is in iptables", "nothing changed")
+    assert "cni_hostport" not in upstream.nft(node, "list", "tables").stdout
+    assert all(c.returncode == 0 for c in rp.run_check(node, "ipt1", conf)), "the plugin's CHECK"
 
 
 def test_an_nftables_node_with_legacy_leftovers_is_not_sent_to_iptables_legacy(

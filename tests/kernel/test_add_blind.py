@@ -218,7 +218,8 @@ def test_shadow_warning_without_a_save_says_what_the_whole_table_says(host_ns, i
     rules for the same port numbers jump to): the warnings are those of the dry run,
     which reads and plans against the whole table. Around the new mappings: a port
     taken on every address, one taken on one host IP only, and a port whose number
-    contains the new one's (18080 holds "8080": found by text, then told apart)."""
+    contains the new one's (18080 holds "8080": found by text, then told apart). A port
+    taken on one host IP shadows no mapping for every address (it still gets the rest)."""
     taken = [
         ("a", "10.88.0.2/16", [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
         ("b", "10.88.0.3/16", [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]),
@@ -236,7 +237,8 @@ def test_shadow_warning_without_a_save_says_what_the_whole_table_says(host_ns, i
         ("d", ["-p", "8080:80"], 1),  # shadowed by a
         ("e", ["-p", "8081:80", "-p", "18081:81/udp"], 0),
         ("f", ["-p", "198.51.100.1:9090:90"], 0),  # another host IP than c's
-        ("g", ["-p", "9090:90"], 1),  # every address, 192.0.2.1 included: c comes first
+        # Every address: c takes 192.0.2.1 alone first, g gets the rest: not shadowed.
+        ("g", ["-p", "9090:90"], 0),
         ("h", ["-p", "80:80"], 0),  # a number inside others' (8080, 18080)
     ]
     for cid, ports, expected in cases:

@@ -184,6 +184,23 @@ def test_stale_only_gives_each_address_to_the_mapping_that_takes_it() -> None:
     assert plan([m_at_a], {(4, 5353)}, [m, guarded, b], stale_only=True) == []
 
 
+def test_stale_only_keeps_the_flows_of_either_backend_that_contest_an_address() -> None:
+    """An nftables rule for 10.0.0.1 and an iptables mapping for every address, both
+    on udp/5000: between the backends the kernel's hook order decides (both rows are
+    contested), so neither is known to be first. A flow to 10.0.0.1 DNATed to the
+    iptables container (which the kernel did pick when its table came later) was
+    deleted as "old destination: the port now goes to" the nftables one."""
+    from portmapctl.nftables.inventory import NftMapping
+
+    nft = NftMapping("podman", "nnn", 4, "udp", "10.0.0.1", 5000, "10.88.0.5", 53, True,
+                     "hostports", ("contested",), None, ())  # fmt: skip
+    ipt = dataclasses.replace(mapping("10.88.0.6", host_port=5000, container_id="iii"),
+                              chain="CNI-DN-i")  # fmt: skip
+    to_ipt = udp(sport=1, dst="10.0.0.1", dport=5000, reply_src="10.88.0.6", reply_sport=53)
+    to_nft = udp(sport=2, dst="10.0.0.1", dport=5000, reply_src="10.88.0.5", reply_sport=53)
+    assert plan([to_ipt, to_nft], {(4, 5000)}, [nft, ipt], stale_only=True) == []
+
+
 def test_stale_only_takes_a_flow_to_the_same_address_on_an_old_port() -> None:
     """The container at 10.88.0.5 maps 5353 to its port 54 now; a flow DNATed to
     10.88.0.5:53 (its old port, or an old container's with the same address) misroutes.

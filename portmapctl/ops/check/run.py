@@ -11,7 +11,7 @@ from portmapctl.core import validate
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import Status
-from portmapctl.errors import BadInput, HostProblem
+from portmapctl.errors import BadInput, HostProblem, PortmapctlError
 from portmapctl.iptables import inventory, plugin_rules
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
@@ -540,11 +540,32 @@ def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optio
             f"{config.network}/{config.container_id}: its cached config says"
             f' "backend": "{cached.value}"'
         )
+    families = validate.chosen_families(config, node.families, "check")
+    name = dnat_chain_name(config)
     if chosen != Backend.IPTABLES:
+        # Its chain in iptables: a config without the key is kept there by the plugin
+        # (ops/nft.py choose: in both, iptables wins).
+        # Under --backend nftables the node reads no iptables (Unread): the host's is
+        # opened for this. A nat table is asked for first, without a process: a node on
+        # nftables alone runs no iptables for this.
+        from portmapctl.iptables.access import open_backend
+        from portmapctl.iptables.access.unread import Unread
+
+        if node.options.offline:
+            return None
+        backend = node.backend
+        try:
+            if backend.name == Unread.name:
+                backend = open_backend(node.options.iptables)
+            has_table = getattr(backend, "has_nat_table", lambda _family: True)
+            there = any(backend.read(f).has_chain(name) for f in families if has_table(f))
+        except PortmapctlError:
+            return None  # (no iptables to read here: nothing says it is kept there)
+        if there:
+            return f"{config.network}/{config.container_id}: its chain {name} is in iptables"
         return None
     from portmapctl.ops.nft import kept_in_nftables, kept_there
 
-    families = validate.chosen_families(config, node.families, "check")
     if node.nft is None:
         from portmapctl.iptables.access import BACKEND_NAMES
         from portmapctl.iptables.access.nfmsg import tables_present
@@ -558,7 +579,6 @@ def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optio
     live = node.read_nft_evidence()
     if not live.tables:
         return None
-    name = dnat_chain_name(config)
 
     def in_iptables() -> bool:
         return any(table.has_chain(name) for table in node.read(families).values())
