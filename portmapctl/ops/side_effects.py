@@ -48,14 +48,13 @@ def flush_misrouted(
     """Delete the UDP conntrack entries of the mapping's host ports (in `families`)
     that misroute: never DNATed (begun before its rules, or while they were missing)
     or DNATed elsewhere (an old container's address or port), as flush-udp
-    --stale-only judges them, against every mapping of `node` (read only when there
-    are entries to judge), else against this mapping alone; only flows to the node's
-    own addresses (a forwarded flow never met the mapping). Those DNATed to where the
-    port goes stay: they are live, and a reply may be on its way; when another
-    container or another tool's rule takes the port first (this one is shadowed),
-    that is where it goes. What an add that wrote nothing flushes, and an add stopped
-    once its write went in (cli/add_run.py, this mapping alone). Warnings, as
-    after_setup's."""
+    --stale-only judges them, against this mapping and, for what would go, against
+    every mapping of `node` too; only flows to the node's own addresses (a forwarded
+    flow never met the mapping). Those DNATed to this container stay (live, a reply
+    may be on its way), and so do those DNATed to where the port goes when another
+    container or another tool's rule takes it first (this one is shadowed). What an
+    add that wrote nothing flushes, and an add stopped once its write went in
+    (cli/add_run.py: no node, this mapping alone). Warnings, as after_setup's."""
     if not any(p.protocol == "udp" for p in config.ports) or no_conntrack_entries():
         return []  # (the usual re-run: nothing imported, nothing dumped)
     from portmapctl.ops.add import as_rows
@@ -73,14 +72,22 @@ def flush_misrouted(
         entries = conntrack.list_udp(wanted, sorted({port for _, port in keys}))
         if not entries:
             return []
-        judged: Sequence[Any] = mine
-        if node is not None:
+        local = local_addresses(wanted)
+
+        def misrouted(found: Sequence[Any], judged: Sequence[Any]) -> List[Any]:
+            doomed = plan(found, keys, judged, stale_only=True, local=local)
+            # (UNMAPPED: DNATed, to an address nothing maps the port on: not this add's.)
+            return [d.entry for d in doomed if d.reason in _MISROUTED]
+
+        # What reaches this container stays; of the rest, what reaches the port's
+        # winner too (another container, when this one is shadowed): the node's
+        # mappings are read only when something would go (a whole table at 5,000).
+        going = misrouted(entries, mine)
+        if going and node is not None:
             from portmapctl.ops.flush_udp import node_mappings, udp_mappings
 
-            judged = udp_mappings(node_mappings(node, node.read(), None))
-        doomed = plan(entries, keys, judged, stale_only=True, local=local_addresses(wanted))
-        # (UNMAPPED: DNATed, to an address nothing maps the port on: not this add's.)
-        conntrack.delete([d.entry for d in doomed if d.reason in _MISROUTED])
+            going = misrouted(going, udp_mappings(node_mappings(node, node.read(), None)))
+        conntrack.delete(going)
     except Exception as err:  # noqa: BLE001 - as after_setup_many's flush
         return [not_flushed(keys, err)]
     return []
