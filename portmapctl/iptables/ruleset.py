@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Flavour
 from portmapctl.errors import BadInput
@@ -69,6 +69,18 @@ class NatTable:
 
     def has_chain(self, chain: str) -> bool:
         return chain in self.chains
+
+    def without(self, gone: Collection[str]) -> NatTable:
+        """The table without the chains in `gone` and the rules that jump to them
+        (what a teardown of them leaves); chains it does not touch are shared."""
+        chains: Dict[str, SavedChain] = {}
+        for name, chain in self.chains.items():
+            if name in gone:
+                continue
+            rules = tuple(rule for rule in chain.rules if rule_target(rule) not in gone)
+            same = len(rules) == len(chain.rules)
+            chains[name] = chain if same else SavedChain(name, chain.policy, rules)
+        return NatTable(self.family, chains)
 
 
 # --- reading -----------------------------------------------------------------

@@ -223,7 +223,7 @@ def add(
             if view is not None:
                 # Listed after the -N went in (or during it): the chain's own entry
                 # rules were not there before.
-                seen[family] = _without(view, own)
+                seen[family] = view.without({own})
     return AddResult(
         dry_run,
         bool(transactions),
@@ -330,16 +330,6 @@ def neighbours(node: Node, family: int, config: MappingConfig) -> Optional[NatTa
             if rules is not None:
                 chains[target] = SavedChain(target, "-", rules)
     return NatTable(family, chains)
-
-
-def _without(view: NatTable, chain: str) -> NatTable:
-    """The view without `chain` and the rules that jump to it."""
-    entry = view.chains.get(TOPLEVEL_DNAT)
-    chains = {name: c for name, c in view.chains.items() if name != chain}
-    if entry is not None:
-        rules = tuple(r for r in entry.rules if rule_target(r) != chain)
-        chains[TOPLEVEL_DNAT] = SavedChain(TOPLEVEL_DNAT, entry.policy, rules)
-    return NatTable(view.family, chains)
 
 
 def as_rows(config: MappingConfig, families: Sequence[int]) -> List[Mapping]:

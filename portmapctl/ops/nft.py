@@ -106,10 +106,13 @@ def kept_there(config: MappingConfig) -> str:
     )
 
 
-def configured_there(config: MappingConfig) -> str:
+def configured_there(config: MappingConfig, backend: Backend = Backend.NFTABLES) -> str:
     """What cni/cache.py configured_backend found, as the notes and errors that follow
-    it begin: the container's cached config names nftables."""
-    return f'{config.network}/{config.container_id}: its cached config says "backend": "nftables"'
+    it begin: the container's cached config names `backend`."""
+    return (
+        f"{config.network}/{config.container_id}: its cached config says"
+        f' "backend": "{backend.value}"'
+    )
 
 
 def cannot_tell(config: MappingConfig, why: object) -> str:

@@ -18,7 +18,7 @@ from portmapctl.iptables import inventory
 from portmapctl.iptables.access.snapshot import SnapshotBackend
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.ruleset import Args, NatTable, format_rule
-from portmapctl.ops.add import _without, neighbours
+from portmapctl.ops.add import neighbours
 
 ROOT = Path(__file__).resolve().parents[2]
 DUMPS = [
@@ -101,7 +101,7 @@ def test_the_listed_neighbours_warn_as_the_whole_table(dump):
 def test_without_drops_the_chain_and_the_rules_that_jump_to_it():
     table = SnapshotBackend({4: str(ROOT / "examples/node.v4.save")}).read(4)
     chain = next(c for c in table.chains if c.startswith("CNI-DN-"))
-    left = _without(table, chain)
+    left = table.without({chain})
     assert chain not in left.chains
     assert all(chain not in args for args in left.rules(TOPLEVEL_DNAT))
     assert len(left.rules(TOPLEVEL_DNAT)) < len(table.rules(TOPLEVEL_DNAT))

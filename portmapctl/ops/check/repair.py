@@ -27,6 +27,7 @@ from portmapctl.ops.check.expected import (
     wanted_on_node,
     wanted_sharing,
 )
+from portmapctl.ops.check.followed import followed, nft_mapping
 from portmapctl.ops.check.hints import REPAIR_COMMAND
 from portmapctl.ops.check.port_moves import holder_name, plan_taking_nothing, ports_taken
 from portmapctl.ops.check.problem import CheckResult, Unrepaired
@@ -35,9 +36,7 @@ from portmapctl.ops.check.run import (
     SAME_WITH_REPAIR,
     _check_node,
     check_followed,
-    followed,
     mapping_result,
-    nft_mapping,
     read_tables,
     sharing_of,
     with_owner_problems,

@@ -7,14 +7,14 @@ reads the node and plans a whole run with it, so that it is tested on tables alo
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
 
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chain_facts import ChainFacts, chain_facts
 from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, is_plugin_chain
 from portmapctl.iptables.planner import plan_teardown
-from portmapctl.iptables.ruleset import NatTable, SavedChain, rule_target
+from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.shapes import ProtoPort
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops.gc import state as gc_state
@@ -144,18 +144,12 @@ def plan_family(
 
 
 def _remaining_udp(table: NatTable, gone: Set[str]) -> Tuple[inventory.Mapping, ...]:
-    """The UDP mappings of the table as the removal of `gone` leaves it: the chains
-    and the rules that enter them left out (what the teardown deletes). Built so, not
-    by applying the teardown in memory: with that, planning 5,000 chains among 10,000
-    that all share a UDP port with a live one took 32 s (its deletes by position);
-    so, 1.8 s (2.2 s before, with the inventory of the whole table)."""
-    chains: Dict[str, SavedChain] = {}
-    for name, chain in table.chains.items():
-        if name in gone:
-            continue
-        rules = tuple(rule for rule in chain.rules if rule_target(rule) not in gone)
-        chains[name] = chain if len(rules) == len(chain.rules) else replace(chain, rules=rules)
-    rows = inventory.build({table.family: NatTable(table.family, chains)}).mappings
+    """The UDP mappings of the table as the removal of `gone` leaves it (NatTable.without:
+    the chains and the rules that enter them left out, as the teardown deletes them).
+    Built so, not by applying the teardown in memory: with that, planning 5,000 chains
+    among 10,000 that all share a UDP port with a live one took 32 s (its deletes by
+    position); so, 1.8 s (2.2 s before, with the inventory of the whole table)."""
+    rows = inventory.build({table.family: table.without(gone)}).mappings
     return tuple(m for m in rows if m.protocol == "udp")
 
 

@@ -1,0 +1,173 @@
+"""Which backend a mapping given on the command line is checked and repaired in
+(`check` of one mapping, its `--repair`): the one the plugin keeps its container in,
+as its cached config, else its rules, say; or --backend's, said to be elsewhere when
+the plugin keeps it elsewhere (`--repair` then writes nothing)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional, Sequence, Tuple
+
+from portmapctl.core import validate
+from portmapctl.core.backend import Backend
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.errors import BadInput, HostProblem, PortmapctlError
+from portmapctl.iptables.chains import dnat_chain_name
+from portmapctl.ops.node import Node
+
+
+def followed(
+    node: Node, config: MappingConfig, writing: bool = False, forced: bool = False
+) -> Tuple[MappingConfig, Tuple[str, ...]]:
+    """`config` with the backend the plugin keeps its container in, where the command
+    line said none and --backend is auto (the one its cached config names, else
+    ops/nft.py kept_in_nftables: its rules are in the plugin's nftables tables alone),
+    with the note that says so; else as given.
+    Where the plugin's tables exist and nft cannot read them, `writing` (--repair)
+    stops (HostProblem): an iptables copy of a container kept there would map it twice;
+    a check says so in a note.
+    `forced`: the backend is --backend's, given with the mapping options (no config
+    key): where that is not where the plugin keeps the container (by the same
+    evidence), a check looks there and says so, and `writing` stops (BadInput): a copy
+    there is one its plugin neither reads nor deletes."""
+    if forced and config.backend is not None:
+        elsewhere = _kept_elsewhere(node, config, config.backend)
+        if elsewhere is None:
+            return config, ()
+        if writing:
+            raise BadInput(
+                f"{elsewhere}, so the plugin keeps it there: --repair under --backend"
+                f" {config.backend} would write a copy that its plugin never reads nor"
+                " deletes; nothing changed (check it without --backend)"
+            )
+        return config, (
+            f"{elsewhere}, so the plugin keeps it there: checked in {config.backend} as"
+            " --backend says, where --repair writes nothing for it",
+        )
+    if config.backend is not None or node.options.backend != "auto" or node.nft is None:
+        return config, ()
+    from portmapctl.cni.cache import configured_backend
+
+    # The container's cached config first: the plugin's CHECK is given it, and looks in
+    # that backend alone, whatever rules are left.
+    cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
+    if cached == Backend.IPTABLES:
+        return replace(config, backend=cached), ()
+    if cached == Backend.NFTABLES:
+        from portmapctl.ops.nft import configured_there
+
+        return replace(config, backend=cached), (_checked_in_nftables(configured_there(config)),)
+    families = validate.chosen_families(config, node.families, "check")
+    if not _plugin_tables_may_exist(node, families):
+        return config, ()  # the usual iptables node: one netlink question, no nft run
+    live = node.read_nft()
+    from portmapctl.ops.nft import cannot_tell, kept_in_nftables, kept_there
+
+    if node.nft_unusable is not None and isinstance(node.nft, _real_nft()):
+        if writing:
+            raise HostProblem(cannot_tell(config, node.nft_unusable))
+        return config, (
+            f"the plugin's nftables tables are here but nft cannot read them"
+            f" ({node.nft_unusable}): {config.network}/{config.container_id} was checked"
+            " in iptables, where the plugin keeps it unless its config says nftables",
+        )
+    if not live.tables:
+        return config, ()
+
+    name = dnat_chain_name(config)
+
+    def in_iptables() -> bool:
+        return any(table.has_chain(name) for table in node.read(families).values())
+
+    if not kept_in_nftables(config, live, in_iptables, node.options.keyless):
+        return config, ()
+    return replace(config, backend=Backend.NFTABLES), (_checked_in_nftables(kept_there(config)),)
+
+
+def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optional[str]:
+    """Why the plugin keeps this container in another backend than `chosen` (as
+    `followed` judges under auto: its cached config's key, else, for nftables, its
+    rules in the plugin's tables alone); None when nothing says so."""
+    from portmapctl.cni.cache import configured_backend
+
+    cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
+    if cached is not None:
+        from portmapctl.ops.nft import configured_there
+
+        return None if cached == chosen else configured_there(config, cached)
+    families = validate.chosen_families(config, node.families, "check")
+    name = dnat_chain_name(config)
+    if chosen != Backend.IPTABLES:
+        # Its chain in iptables: a config without the key is kept there by the plugin
+        # (ops/nft.py choose: in both, iptables wins).
+        # Under --backend nftables the node reads no iptables (Unread): the host's is
+        # opened for this. A nat table is asked for first, without a process: a node on
+        # nftables alone runs no iptables for this.
+        from portmapctl.iptables.access import open_backend
+        from portmapctl.iptables.access.unread import Unread
+
+        if node.options.offline:
+            return None
+        backend = node.backend
+        try:
+            if backend.name == Unread.name:
+                backend = open_backend(node.options.iptables)
+            has_table = getattr(backend, "has_nat_table", lambda _family: True)
+            there = any(backend.read(f).has_chain(name) for f in families if has_table(f))
+        except PortmapctlError:
+            return None  # (no iptables to read here: nothing says it is kept there)
+        if there:
+            return f"{config.network}/{config.container_id}: its chain {name} is in iptables"
+        return None
+    from portmapctl.ops.nft import kept_in_nftables, kept_there
+
+    if node.nft is None:
+        from portmapctl.iptables.access import BACKEND_NAMES
+        from portmapctl.iptables.access.nfmsg import tables_present
+
+        if node.options.offline or node.backend.name not in BACKEND_NAMES:
+            return None  # (no host to ask: a snapshot, or iptables in memory)
+        from portmapctl.nftables import TABLE
+
+        if not tables_present(families, TABLE):
+            return None  # (the usual iptables node: one netlink question, no nft run)
+    live = node.read_nft_evidence()
+    if not live.tables:
+        return None
+
+    def in_iptables() -> bool:
+        return any(table.has_chain(name) for table in node.read(families).values())
+
+    if kept_in_nftables(config, live, in_iptables, node.options.keyless):
+        return kept_there(config)
+    return None
+
+
+def _checked_in_nftables(why: str) -> str:
+    return (
+        f"{why}, so the plugin keeps it there: checked in nftables (give --backend iptables"
+        " to check iptables)"
+    )
+
+
+def _real_nft() -> type:
+    from portmapctl.nftables.access.nft import RealNft
+
+    return RealNft
+
+
+def _plugin_tables_may_exist(node: Node, families: Sequence[int]) -> bool:
+    """False only when netlink says this host's namespace has no `cni_hostport` table
+    in `families` (a node in memory, or offline, is not asked)."""
+    if not isinstance(node.nft, _real_nft()):
+        return True
+    from portmapctl.iptables.access.nfmsg import tables_present
+    from portmapctl.nftables import TABLE
+
+    return bool(tables_present(families, TABLE))
+
+
+def nft_mapping(node: Node, config: MappingConfig) -> bool:
+    """A mapping given on the command line lives in nftables: its config (or
+    --backend) says so."""
+    return Backend.NFTABLES in (config.backend, node.options.backend)
