@@ -66,6 +66,13 @@ def killed(tool: str, number: int) -> ApplyFailed:
     )
 
 
+def found_in(where: str, err: ApplyFailed) -> str:
+    """The warning for a write whose tool died without saying (`err`) when the read
+    after it found everything it writes there: it went in (or the same was made
+    meanwhile), and the command goes on as having written it."""
+    return f"{where}: {err}; read again, everything it writes is there"
+
+
 class Interrupted(BaseException):
     """Ctrl-C, as the CLI raises it. Not a KeyboardInterrupt: typer turns that into a
     silent exit 130. Not an Exception: no `except Exception` may swallow it."""

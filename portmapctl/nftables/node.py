@@ -75,6 +75,9 @@ def choose(
 class Converged:
     text: str  # the transaction that went in ("" when nothing was needed)
     attempts: int
+    # The error of a try whose nft died without saying, found gone in by the next read
+    # (its text is `text`); None when nft answered for the transaction applied.
+    unsure: Optional[NftApplyFailed] = None
 
 
 def converge(
@@ -82,19 +85,34 @@ def converge(
     plan: Callable[[Ruleset], Transaction],
     families: Iterable[int] = (4, 6),
     attempts: int = ATTEMPTS,
+    judge_unsure: bool = False,
 ) -> Converged:
-    """Apply `plan(live)` atomically, re-planning when the tables changed meanwhile."""
+    """Apply `plan(live)` atomically, re-planning when the tables changed meanwhile.
+
+    A try whose nft died without saying (killed: NftApplyFailed.maybe_applied) is
+    raised, unless `judge_unsure`: then the next read judges it. A transaction goes in
+    whole or not at all, so when the plan made from that read is empty the try went
+    in, and it is returned as applied (Converged.unsure); otherwise the new plan is
+    tried. (gc judges its own tries: ops/gc/nft.py apply_nft.)
+    """
     wanted = tuple(families)
     last: Optional[NftApplyFailed] = None
+    killed: Optional[Tuple[Transaction, NftApplyFailed]] = None
     for attempt in range(1, attempts + 1):
         txn = plan(access.read(wanted))
         if not txn:
+            if killed is not None:
+                return Converged(killed[0].render(), attempt, unsure=killed[1])
             return Converged("", attempt)
+        killed = None
         try:
             access.apply(txn)
         except NftApplyFailed as err:
             if err.maybe_applied:
-                raise
+                if not judge_unsure:
+                    raise
+                killed, last = (txn, err), err
+                continue
             if err.reason in RETRY_REASONS:
                 last = err
                 continue
@@ -107,6 +125,12 @@ def converge(
                 ) from None
             raise
         return Converged(txn.render(), attempt)
+    if killed is not None:
+        raise ApplyFailed(
+            f"gave up after {attempts} tries, the last try may have been applied (whole):"
+            f" run again to see: {killed[1]}",
+            maybe_applied=True,
+        )
     reason = last.reason if last is not None else "unknown"
     raise ApplyFailed(
         f"nftables kept changing while applying ({attempts} tries, last: {reason}); "

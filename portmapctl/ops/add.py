@@ -25,7 +25,7 @@ from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import Status
 from portmapctl.core.validate import OPTIONS, Spelling
-from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError
+from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError, found_in
 from portmapctl.iptables import foreign
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
@@ -157,6 +157,14 @@ def add(
         ahead = Ahead.start(None, config, families, look=look_around)
     written = ahead.written() if ahead is not None else {}
     owed.update(family for family, txn in written.items() if txn)
+    # A write without a read whose restore died without saying, by family (it may have
+    # gone in, whole): the read after it judges it (Node.converge_judged).
+    killed: Dict[int, Tuple[Transaction, ApplyFailed]] = ahead.killed() if ahead is not None else {}
+
+    def unsure(tried: Transaction, err: ApplyFailed) -> None:
+        killed[tried.family] = (tried, err)
+
+    notes: List[str] = []
     for family in families:
         wanted = wanted_by_family[family]
         chains += [c.name for c in wanted if c.name not in chains]
@@ -180,11 +188,11 @@ def add(
                 txn = written.get(family)
             else:
                 owed.add(family)  # (in already, maybe, when a signal ends it)
-                txn = apply_blind(node.backend, plan_blind(wanted, family))
+                txn = apply_blind(node.backend, plan_blind(wanted, family), unsure)
             if txn is None:
                 if not dry_run:
                     owed.add(family)
-                txn = node.converge(family, plan, dry_run)
+                txn = node.converge_judged(family, plan, notes, dry_run, killed.get(family))
             else:
                 blind.append(family)
         except ApplyFailed as err:
@@ -194,7 +202,7 @@ def add(
             ) from None
         if txn:
             transactions[family] = txn.render()
-    warnings: List[str] = []
+    warnings: List[str] = notes
     if not dry_run and families:
         interfaces = ahead.interfaces() if ahead is not None else None
         # The flush moves the port's flows onto the new rules; with nothing written
@@ -444,10 +452,12 @@ def _add_nft(
         owed.update(families)
     # As the ADD itself: the entry rewritten to this container's conditions and the v1.9
     # shape (planner.Entries says why), not kept as check --repair keeps it.
-    text = node.converge_nft(
-        lambda live: planner.setup(live, want, planner.Entries.REWRITE), dry_run=dry_run
-    )
     warnings: List[str] = []
+    text = node.converge_nft(
+        lambda live: planner.setup(live, want, planner.Entries.REWRITE),
+        dry_run=dry_run,
+        went_in=lambda err: warnings.append(found_in("nftables", err)),
+    )
     if not dry_run and families:
         warnings += after_setup(  # as above
             config, families, flush_udp, misrouted_only=not text, node=node

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from portmapctl.ops.add_early import EarlyClaims
 
 T = TypeVar("T")
+# Told of a write whose tool died without saying, with what it would have changed.
+Unsure = Callable[["Transaction", ApplyFailed], None]
 SWITCH_INTERVAL = 0.0005
 
 
@@ -43,8 +45,10 @@ class Ahead:
         routes: Callable[[], Optional[Dict[str, str]]],
         claims: Callable[[], Optional[Claims]],
         taken: Callable[[], Optional[Dict[int, Dict[ProtoPort, str]]]],
+        killed: Optional[Dict[int, Tuple[Transaction, ApplyFailed]]] = None,
     ) -> None:
         self._written = written
+        self._killed = {} if killed is None else killed
         self._routes = routes
         self._claims = claims
         self._taken = taken
@@ -80,10 +84,16 @@ class Ahead:
         settled = threading.Event()  # the write is over: a torn dump can be taken again
         committed: List[Tuple[int, int]] = []  # the generations of nfnl_add's commit
 
+        killed: Dict[int, Tuple[Transaction, ApplyFailed]] = {}
+
         def write() -> Dict[int, Optional[Transaction]]:
             try:
                 done = write_new(wanted, committed)
-                return done if done is not None else write_blind(backend, wanted)
+                if done is not None:
+                    return done
+                return write_blind(
+                    backend, wanted, lambda txn, err: killed.__setitem__(txn.family, (txn, err))
+                )
             finally:
                 settled.set()
 
@@ -136,12 +146,18 @@ class Ahead:
                     return claims
 
                 claims = _in_thread(netns, early_or_again, "nfnl")
-        return cls(written, routes, claims, taken)
+        return cls(written, routes, claims, taken, killed)
 
     def written(self) -> Dict[int, Optional[Transaction]]:
         """write_blind's transaction by family: None (or no entry) where the caller must
         read and plan (refused, or the reads failed: the caller meets that again)."""
         return self._written() or {}
+
+    def killed(self) -> Dict[int, Tuple[Transaction, ApplyFailed]]:
+        """By family, the write whose restore died without saying (it may have gone in)
+        and its error; the caller's read judges it."""
+        self._written()
+        return dict(self._killed)
 
     def interfaces(self) -> Optional[Dict[str, str]]:
         """route_interfaces of the container's IPv4 address (None: not looked up)."""
@@ -287,7 +303,7 @@ def write_new(
 
 
 def write_blind(
-    backend: Backend, wanted: Dict[int, List[Chain]]
+    backend: Backend, wanted: Dict[int, List[Chain]], unsure: Optional[Unsure] = None
 ) -> Dict[int, Optional[Transaction]]:
     """apply_blind for each family; a family whose restore cannot run gets None."""
     from portmapctl.iptables.planner import plan_blind
@@ -295,18 +311,22 @@ def write_blind(
     done: Dict[int, Optional[Transaction]] = {}
     for family, chains in wanted.items():
         try:
-            done[family] = apply_blind(backend, plan_blind(chains, family))
+            done[family] = apply_blind(backend, plan_blind(chains, family), unsure)
         except PortmapctlError:
             done[family] = None
     return done
 
 
-def apply_blind(backend: Backend, txn: Transaction) -> Optional[Transaction]:
+def apply_blind(
+    backend: Backend, txn: Transaction, unsure: Optional[Unsure] = None
+) -> Optional[Transaction]:
     """A new container on a working node, without reading the table: planner.plan_blind's
     transaction `txn` applied (what it changed returned: its -C lines left out), or None
     when iptables-restore refused it (nothing changed: a shared chain or rule, or a jump
     into one, is missing, or the container's chain exists) or the backend cannot check
-    (python-iptables); then the caller reads and plans as usual.
+    (python-iptables); then the caller reads and plans as usual. `unsure(txn, error)` is
+    told when the restore died without saying (killed: it may have gone in, whole), with
+    what it would have changed: the caller's read and plan judge it (ops/add.py).
 
     Every check is in the transaction, the jumps into CNI-HOSTPORT-DNAT from PREROUTING
     and OUTPUT too (reading those two chains first, as before, cost two processes on
@@ -323,6 +343,8 @@ def apply_blind(backend: Backend, txn: Transaction) -> Optional[Transaction]:
         backend.apply(txn)
     except ApplyFailed as err:
         debug("IPv%s: planned without a read, refused (%s): reading the table", txn.family, err)
+        if err.maybe_applied and unsure is not None:
+            unsure(txn.without_checks(), err)
         return None
     return txn.without_checks()
 

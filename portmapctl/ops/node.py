@@ -21,7 +21,7 @@ from typing import (
 )
 
 from portmapctl.core.backend import Backend as PluginBackend
-from portmapctl.errors import ApplyFailed, HostProblem
+from portmapctl.errors import ApplyFailed, HostProblem, found_in
 from portmapctl.host import lock, netns, paths
 from portmapctl.host.netns import NamespaceView
 from portmapctl.iptables.access import BACKEND_NAMES, Backend, open_backend
@@ -162,13 +162,16 @@ class Node:
         plan: Callable[[Ruleset], NftTransaction],
         dry_run: bool = False,
         planned: Optional[NftTransaction] = None,
+        went_in: Optional[Callable[[ApplyFailed], None]] = None,
     ) -> str:
         """One `nft -f` transaction for both families, re-planned when the tables
         changed under us; returns its text ("" when nothing was needed).
 
         `planned`: the first try's transaction, planned from read_nft_to_change (gc
         plans before it asks); `plan` makes the later ones. Deleting by handle, it
-        fails whole when a rule went meanwhile (handles are never reused).
+        fails whole when a rule went meanwhile (handles are never reused). `went_in`:
+        a try whose nft died without saying is judged by the next read, not raised;
+        when it went in, its text is returned and `went_in` is told its error.
         """
         from portmapctl.nftables.node import converge
 
@@ -178,17 +181,20 @@ class Node:
             return ""
         if dry_run or not self.nft.writable:
             return (planned if planned is not None else plan(self.read_nft())).render()
-        if planned is None:
-            return converge(self.nft, plan, self.options.families).text
-        if not planned:
+        if planned is not None and not planned:
             return ""
-        first = [planned]
+        first = [planned] if planned is not None else []
 
         def first_then_plan(live: Ruleset) -> NftTransaction:
             # nftables.node.converge reads before every try: the first read is spent.
             return first.pop() if first else plan(live)
 
-        return converge(self.nft, first_then_plan, self.options.families).text
+        done = converge(
+            self.nft, first_then_plan, self.options.families, judge_unsure=went_in is not None
+        )
+        if done.unsure is not None and went_in is not None:
+            went_in(done.unsure)
+        return done.text
 
     @property
     def families(self) -> Tuple[int, ...]:
@@ -325,6 +331,33 @@ class Node:
             maybe_applied=error is not None and error.maybe_applied,
             busy=error is not None and error.busy,
         )
+
+    def converge_judged(
+        self,
+        family: int,
+        plan: Callable[[NatTable], Transaction],
+        notes: List[str],
+        dry_run: bool = False,
+        earlier: Optional[Tuple[Transaction, ApplyFailed]] = None,
+    ) -> Transaction:
+        """converge for a write that makes what is missing (add, check --repair), a try
+        whose tool died without saying (ApplyFailed.maybe_applied; `earlier`: one made
+        before this call, with what it would change) judged by the read after it: a
+        transaction goes in whole or not at all, so when that read leaves nothing to do
+        the try went in. It is returned as the transaction applied (what it made gets
+        the plugin's side effects), and `notes` gets errors.found_in's warning. (gc
+        judges its own tries: ops/gc/plan.py converge_family.)"""
+        killed = [earlier] if earlier is not None else []
+
+        def unsure(tried: Planned, err: ApplyFailed) -> None:
+            killed.append((tried, err))  # type: ignore[arg-type]
+
+        txn = self.converge(family, plan, dry_run, unsure=unsure)
+        if txn or not killed or dry_run:
+            return txn  # type: ignore[return-value]
+        tried, err = killed[-1]
+        notes.append(found_in(f"IPv{family}", err))
+        return tried
 
 
 def side_by_side(

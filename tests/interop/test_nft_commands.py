@@ -254,6 +254,76 @@ def test_flush_udp_and_list_conntrack_cover_nft_ports(node: str, tmp_path: Path)
     assert [d["sport"] for d in json.loads(everything.stdout)["deleted"]] == [40001]
 
 
+def _nft_killed_once_after_it_ran(tmp_path: Path) -> tuple:
+    """PATH with an `nft` in front of the real one that SIGKILLs itself after the first
+    `nft -f` it ran (its transaction in, no answer), and the file it makes then."""
+    wrap, killed = tmp_path / "wrap", tmp_path / "killed"
+    wrap.mkdir(parents=True)
+    real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
+    (wrap / "nft").write_text(
+        f'#!/bin/bash\n{real} "$@"\nrc=$?\nif [ "$1" = -f ] && [ ! -e {killed} ]; then\n'
+        f"  touch {killed}; kill -KILL $$\nfi\nexit $rc\n"
+    )
+    (wrap / "nft").chmod(0o755)
+    return {"PATH": f"{wrap}:{os.environ['PATH']}"}, killed
+
+
+def test_add_whose_nft_was_killed_after_its_commit_is_judged_by_the_next_read(
+    node: str, tmp_path: Path
+) -> None:
+    """add's `nft -f` killed just after its commit: add said "killed by SIGKILL" and
+    exited 1, its UDP flush never ran, though the rules were in. The read after it
+    finds nothing left to write: the try went in, and add goes on as having written
+    it (the flush of the port included, as the plugin's ADD flushes)."""
+    import subprocess
+
+    subprocess.run(["ip", "-n", node, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
+    # A flow to the port before the mapping existed: never DNATed (the seed's blackhole).
+    _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40002",
+        "--dport", "5353", "-t", "120")  # fmt: skip
+    env, killed = _nft_killed_once_after_it_ran(tmp_path)
+    args = ["add", "--backend", "nftables", "--network", "podman", "--container", "web1",
+            "--ip", "10.88.0.5/16", "--ip", "fd00:88::5/64", "-p", "8080:80", "-p",
+            "5353:53/udp", "--netns", node, "--cni-cache-dir", str(tmp_path), "-o", "json"]  # fmt: skip
+    done = pmctl.run(args, env=env)
+    assert done.returncode == 0, done.stderr
+    assert killed.exists()  # (the wrapper was the nft that wrote)
+    result = json.loads(done.stdout)
+    assert result["changed"] is True
+    assert [w for w in result["warnings"] if "SIGKILL" in w and "everything it writes" in w]
+    assert "dport=5353" not in _ct(node, "-L", "-p", "udp")
+    conf = upstream.nft_conf("podman", WEB[1], WEB[2])
+    upstream.run(V191, "CHECK", node, "web1", conf, check=True)
+    again = pmctl.run(args)
+    assert json.loads(again.stdout)["changed"] is False
+
+
+@pytest.mark.parametrize("one", [False, True], ids=["node", "one-mapping"])
+def test_repair_whose_nft_was_killed_after_its_commit_reports_the_repair(
+    node: str, tmp_path: Path, one: bool
+) -> None:
+    """check --repair's `nft -f` killed just after its commit: it exited 1 ("killed by
+    SIGKILL") though the rules were back, and the repaired mappings' UDP flows were not
+    flushed. Judged by the read after it: reported repaired, with a warning."""
+    conf = _plugin_add(node, tmp_path, WEB)
+    upstream.nft(node, "flush", "chain", "ip", "cni_hostport", "hostports")
+    args = ["check", "--repair", "-o", "json", "--netns", node, "--cni-cache-dir", str(tmp_path)]
+    if one:
+        path = tmp_path / "web1.json"
+        path.write_text(json.dumps(conf))
+        args += ["--container", "web1", "--cni-config", str(path)]
+    env, killed = _nft_killed_once_after_it_ran(tmp_path / "w")
+    done = pmctl.run(args, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert killed.exists()
+    result = json.loads(done.stdout)
+    assert result["repaired"] is True and result["problems"] == []
+    assert [(p["kind"], p["family"]) for p in result["fixed"]] == [("nft-missing-rules", 4)]
+    assert "nft -f was killed by SIGKILL" in done.stderr
+    assert "read again, everything it writes is there" in done.stderr
+    upstream.run(V191, "CHECK", node, "web1", conf, check=True)
+
+
 def test_gc_whose_nft_was_killed_after_its_commit_reports_and_flushes(
     node: str, tmp_path: Path
 ) -> None:
@@ -270,17 +340,9 @@ def test_gc_whose_nft_was_killed_after_its_commit_reports_and_flushes(
         "--dport", "7001", "-t", "120")  # fmt: skip
     _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40002",
         "--dport", "5353", "-t", "120")  # fmt: skip
-    wrap, killed = tmp_path / "wrap", tmp_path / "killed"
-    wrap.mkdir()
-    real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
-    (wrap / "nft").write_text(
-        f'#!/bin/bash\n{real} "$@"\nrc=$?\nif [ "$1" = -f ] && [ ! -e {killed} ]; then\n'
-        f"  touch {killed}; kill -KILL $$\nfi\nexit $rc\n"
-    )
-    (wrap / "nft").chmod(0o755)
+    env, killed = _nft_killed_once_after_it_ran(tmp_path)
     done = pmctl.run(["gc", "--netns", node, "--cni-cache-dir", str(tmp_path / "cni"), "--yes",
-                      "--min-age", "0", "-o", "json"],
-                     env={"PATH": f"{wrap}:{os.environ['PATH']}"})  # fmt: skip
+                      "--min-age", "0", "-o", "json"], env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert killed.exists()  # (the wrapper was the nft that wrote)
     result = json.loads(done.stdout)

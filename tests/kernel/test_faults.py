@@ -12,6 +12,7 @@ held by another process for longer than the wait (`PORTMAPCTL_XTABLES_WAIT`).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -88,15 +89,23 @@ def test_restore_killed_before_it_applies_changes_nothing_after_bounded_tries(no
     assert _state(node) == before
 
 
-def test_restore_killed_after_it_applied_is_found_done_on_the_re_read(node, tmp_path):
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_restore_killed_after_it_applied_is_found_done_on_the_re_read(request, tmp_path, mode):
     """Killed after the commit: the transaction went in whole; the retry re-reads, finds
-    nothing left to do and succeeds."""
-    env, log = _wrapper(tmp_path, "iptables-nft-restore", '"$REAL" "$@"\nkill -KILL $$')
+    nothing left to do and succeeds, reporting the write (it said "unchanged: already in
+    place" and flushed only the misrouted flows: the write was its own)."""
+    node = request.getfixturevalue("node" if mode == "nft" else "legacy_node")
+    tool = f"iptables-{mode}-restore"
+    env, log = _wrapper(tmp_path, tool, '"$REAL" "$@"\nkill -KILL $$')
     env.update(RESTORE_ONLY)
-    done = run(_add_args(node, "nft", "--family", "4"), env=env)
+    done = run(_add_args(node, mode, "--family", "4", "-o", "json"), env=env)
     assert done.returncode == 0, done.stderr
     assert _calls(log) == 1
-    assert _chain_lines(node)  # fully there: the plugin's own CHECK agrees
+    result = json.loads(done.stdout)
+    assert result["changed"] is True
+    assert [w for w in result["warnings"] if f"{tool} was killed by SIGKILL" in w
+            and "read again, everything it writes is there" in w]  # fmt: skip
+    assert _chain_lines(node, mode=mode)  # fully there: the plugin's own CHECK agrees
     conf = rp.plugin_conf(
         "mynet",
         ["10.88.0.5/16"],
@@ -105,7 +114,37 @@ def test_restore_killed_after_it_applied_is_found_done_on_the_re_read(node, tmp_
             {"hostPort": 5353, "containerPort": 53, "protocol": "udp"},
         ],
     )
-    for check in rp.run_check(node, "new1", conf):
+    for check in rp.run_check(node, "new1", conf, mode=mode):
+        assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize("one", [False, True], ids=["node", "one-mapping"])
+def test_repair_whose_restore_was_killed_after_it_applied_reports_the_repair(node, tmp_path, one):
+    """check --repair's restore killed after its commit: the retry's read found nothing
+    to do, so it reported nothing written (JSON `repaired` false beside a `fixed`
+    problem) and the repaired mapping got none of the ADD's side effects. Judged by
+    that read now: its transaction is the one applied, with a warning."""
+    ports = [{"hostPort": 7070, "containerPort": 70, "protocol": "tcp"}]
+    conf = rp.plugin_conf("othernet", ["10.88.0.9/16"], ports)  # (the fixture's container)
+    rp.write_cni_cache(tmp_path / "cni", "othernet", "existing", "eth0", conf, ports,
+                       ["10.88.0.9/16"], netns=f"/run/netns/{node}")  # fmt: skip
+    rp.iptables(node, ["-t", "nat", "-F", "CNI-HOSTPORT-DNAT"])
+    env, log = _wrapper(tmp_path, "iptables-nft-restore", '"$REAL" "$@"\nkill -KILL $$')
+    args = ["check", "--repair", "--netns", node, "--iptables", "nft", "--family", "4",
+            "--cni-cache-dir", str(tmp_path / "cni"), "-o", "json"]  # fmt: skip
+    if one:
+        path = tmp_path / "conf.json"
+        path.write_text(json.dumps(conf))
+        args += ["--container", "existing", "--cni-config", str(path)]
+    done = run(args, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _calls(log) == 1
+    result = json.loads(done.stdout)
+    assert result["repaired"] is True and result["problems"] == []
+    assert [p["kind"] for p in result["fixed"]] == ["missing-entry"]
+    assert "iptables-nft-restore was killed by SIGKILL" in done.stderr
+    assert "read again, everything it writes is there" in done.stderr
+    for check in rp.run_check(node, "existing", conf):
         assert check.returncode == 0, check.stderr
 
 

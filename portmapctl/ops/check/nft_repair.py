@@ -9,12 +9,23 @@ import contextlib
 import os
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.errors import Interrupted, PortmapctlError
+from portmapctl.errors import ApplyFailed, Interrupted, PortmapctlError, found_in
 from portmapctl.ops.check.nft import (
     expected_configs,
     expected_in_add_order,
@@ -119,6 +130,7 @@ class NftRepaired(NamedTuple):
     changed: List[Tuple[MappingConfig, List[int]]]
     attachments: Optional[List[Attachment]]
     left: Tuple[Unrepaired, ...] = ()
+    warnings: Tuple[str, ...] = ()  # (a try whose nft died, found gone in: errors.found_in)
 
 
 def nft_repair(
@@ -172,7 +184,8 @@ def nft_repair(
         planned.append((txn, configs))
         return txn
 
-    text = node.converge_nft(plan, dry_run=dry_run)
+    notes: List[str] = []
+    text = node.converge_nft(plan, dry_run=dry_run, went_in=_judged(planned, notes))
     now = cache.refreshed(attachments)
     cached = {a.container_id for a in attachments}
     left = tuple(
@@ -180,8 +193,21 @@ def nft_repair(
         for c, t in (taken[k] for k in sorted(taken))
     )
     if not text or not planned:
-        return NftRepaired(text, [], now, left)
-    return NftRepaired(text, nft_changed(*planned[-1]), now, left)
+        return NftRepaired(text, [], now, left, tuple(notes))
+    return NftRepaired(text, nft_changed(*planned[-1]), now, left, tuple(notes))
+
+
+def _judged(tried: list, notes: List[str]) -> Callable[[ApplyFailed], None]:
+    """converge_nft's `went_in` for a repair: a try whose nft died was found gone in by
+    the read after it, so it is the transaction applied, not the empty plan that read
+    made (`tried` holds each try's plan, or (plan, configs), last last)."""
+
+    def went_in(err: ApplyFailed) -> None:
+        while tried and not (tried[-1][0] if isinstance(tried[-1], tuple) else tried[-1]):
+            tried.pop()
+        notes.append(found_in("nftables", err))
+
+    return went_in
 
 
 def nft_changed(
@@ -213,12 +239,14 @@ def repair_mapping(
     families: Tuple[int, ...],
     planned: Optional[List[NftTransaction]] = None,
     left: Optional[Dict[int, PortTaken]] = None,
+    notes: Optional[List[str]] = None,
 ) -> Tuple[str, List[int]]:
     """Make one nft-backed mapping as the plugin's ADD would, and delete the rules of
     its container that its config does not make (what check_mapping calls extra): the
     transaction's text and the families written. `planned`: gets each transaction as
     it is tried (what a SIGTERM during the write may have put in). Nothing is written
-    when that would take a port another container has (port_moves): `left` gets why."""
+    when that would take a port another container has (port_moves): `left` gets why.
+    `notes`: gets the warning for a try whose nft died and that went in (found_in)."""
     from portmapctl.nftables import planner
     from portmapctl.nftables.transaction import Transaction as NftTransaction
     from portmapctl.nftables.wanted import wanted
@@ -252,7 +280,7 @@ def repair_mapping(
         tried.append(txn)
         return txn
 
-    text = node.converge_nft(plan)
+    text = node.converge_nft(plan, went_in=_judged(tried, [] if notes is None else notes))
     return text, ([w.family for w in want] if text else [])
 
 
@@ -359,8 +387,9 @@ def repair_nft_mapping(
         check_condition(condition)
     tried: List[NftTransaction] = []
     left: Dict[int, PortTaken] = {}  # by family
+    notes: List[str] = []
     try:
-        text, families = repair_mapping(node, config, before.families, tried, left)
+        text, families = repair_mapping(node, config, before.families, tried, left, notes)
     except Interrupted:
         # SIGTERM or Ctrl-C once `nft -f` went in (or was under way): what it made gets
         # the plugin's side effects on the way out, as the whole-node repair does.
@@ -370,7 +399,9 @@ def repair_nft_mapping(
             with contextlib.suppress(PortmapctlError):  # (the run ends as terminated)
                 flush_routed_after(node, tried[-1])
         raise
-    warnings = after_setup(config, families, flush_udp, local_only=True) if families else []
+    warnings = notes + (
+        after_setup(config, families, flush_udp, local_only=True) if families else []
+    )
     if flush_udp and text and tried:
         warnings += flush_routed_after(node, tried[-1])
     unrepaired = [

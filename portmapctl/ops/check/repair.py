@@ -150,7 +150,11 @@ def _in_other_flavour(
 
 
 def _repair_family(
-    node: Node, family: int, configs: Sequence[MappingConfig], cache: Optional[CacheNow] = None
+    node: Node,
+    family: int,
+    configs: Sequence[MappingConfig],
+    notes: List[str],
+    cache: Optional[CacheNow] = None,
 ) -> Tuple[List[Transaction], List[Unrepaired]]:
     """Repair one family container by container where needed (SPEC §5: one bad record
     stops nothing). First everything in one transaction, as always; when iptables
@@ -158,7 +162,7 @@ def _repair_family(
     refuses stands alone (`settle`): that one is named, all the others are repaired,
     in about 2·log2(N) transactions for one refused container among N (one each, as
     before, took a restore and a plan of the whole table per container: minutes at
-    5,000)."""
+    5,000). `notes`: gets the warning for a try whose restore died and went in."""
     skipped: Dict[str, Unrepaired] = {}
     moved: Dict[str, Unrepaired] = {}  # left as they are: they would take a port (port_moves)
     cached = {dnat_chain_name(c) for c in configs}
@@ -189,7 +193,7 @@ def _repair_family(
         return taking_nothing(live, usable(live))
 
     try:
-        txn = node.converge(family, plan_all)
+        txn = node.converge_judged(family, plan_all, notes)
         return ([txn] if txn else []), [*skipped.values(), *moved.values()]
     except ApplyFailed:
         pass
@@ -199,7 +203,9 @@ def _repair_family(
         shared, _ = wanted_on_node(usable(live), family, live)
         return _setup(shared, live)
 
-    txn = node.converge(family, plan_shared)  # the shared chains failing fails the family
+    txn = node.converge_judged(
+        family, plan_shared, notes
+    )  # the shared chains failing fails the family
     if txn:
         applied.append(txn)
     failed: List[Unrepaired] = []
@@ -241,7 +247,7 @@ def _repair_family(
             )
 
         try:
-            txn = node.converge(family, plan_these)
+            txn = node.converge_judged(family, plan_these, notes)
         except ApplyFailed as err:
             if err.busy:
                 # Another program holds the xtables lock: each try waited for it; the
@@ -351,6 +357,7 @@ def repair(
     # --backend nftables: iptables is neither looked at nor written (nothing is expected
     # there, and the check before found nothing).
     nft_tried: List[Tuple[NftTransaction, List[MappingConfig]]] = []
+    notes: List[str] = []  # (a try whose tool died, found gone in: errors.found_in)
     try:
         for family in node.families if node.options.reads_iptables else ():
             other = read.other_tables.get(family)
@@ -365,10 +372,12 @@ def repair(
             else:
                 configs_here = list(configs or ())
             if configs_here:
-                txns, family_unrepaired = _repair_family(node, family, configs_here, cache)
+                txns, family_unrepaired = _repair_family(node, family, configs_here, notes, cache)
                 unrepaired += family_unrepaired
             else:
-                txn = node.converge(family, _plan(None if configs is None else configs_here, None))
+                txn = node.converge_judged(
+                    family, _plan(None if configs is None else configs_here, None), notes
+                )
                 txns = [txn] if txn else []
             if not txns:
                 continue
@@ -385,15 +394,16 @@ def repair(
                     if family not in fams:
                         fams.append(family)
         nft_changed: List[Tuple[MappingConfig, List[int]]] = []
+        nft_notes: Tuple[str, ...] = ()
         if nft_ids:
-            text, nft_changed, attachments, nft_left = nft_repair.nft_repair(
+            text, nft_changed, attachments, nft_left, nft_notes = nft_repair.nft_repair(
                 node, attachments, dry_run=False, planned=nft_tried
             )
             unrepaired += nft_left
             if text:
                 transactions["nft"] = text  # both families, one `nft -f` transaction
         unrepaired = _in_row_order(unrepaired)
-        warnings: List[str] = [u.text for u in unrepaired]
+        warnings: List[str] = [*notes, *nft_notes, *(u.text for u in unrepaired)]
         for c, fams in nft_changed:
             warnings += after_setup(c, fams, flush_udp, local_only=True)
         if flush_udp and transactions.get("nft") and nft_tried:
@@ -454,6 +464,7 @@ def _repair_mapping(
     sharing = sharing_of(node, config, ifname)
     setup = _plan(None, config, sharing=sharing)
     missing: Dict[int, Unrepaired] = {}
+    notes: List[str] = []  # (a try whose restore died, found gone in: errors.found_in)
 
     def plan(live: NatTable) -> Transaction:
         # A refusal no retry can cure is said, not tried (as the whole-node repair).
@@ -475,7 +486,7 @@ def _repair_mapping(
         for family in before.families:
             if family in left:
                 continue
-            txn = node.converge(family, plan)
+            txn = node.converge_judged(family, plan, notes)
             if txn:
                 transactions[family] = txn.render()
                 families += [family] if changed_mappings(txn, [config]) else []
@@ -485,7 +496,7 @@ def _repair_mapping(
         # the mapping healthy and would leave the flows pinned to the un-NATed path.
         after_setup_many(_attempted(planned, [config]), flush_udp, local_only=True)
         raise
-    warnings = (
+    warnings = notes + (
         after_setup_many([(config, families)], flush_udp, local_only=True) if families else []
     )
     unrepaired = _in_row_order([*unrepaired, *missing.values()])
