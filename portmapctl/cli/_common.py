@@ -274,13 +274,20 @@ class Common(NamedTuple):
                 "--netns reads a namespace's tables and a snapshot is read from a file:"
                 " give one or the other"
             )
+        wanted = families(self.family)
+        if snapshots and not nft_snapshot and not any(f in snapshots for f in wanted):
+            # (It read nothing and said "no portmap chains found".)
+            missing, other = ("--snapshot6", "IPv6") if 4 in snapshots else ("--snapshot", "IPv4")
+            raise BadInput(
+                f"--family {self.family.value}: no {other} dump to read (give {missing} FILE)"
+            )
         if snapshots and nft_snapshot and "-" in (*snapshots.values(), nft_snapshot):
             raise BadInput(
                 "only one of --snapshot/--snapshot6/--nft-snapshot can read standard input"
             )
         return NodeOptions(
             iptables=self.iptables.value,
-            families=families(self.family),
+            families=wanted,
             netns=self.netns,
             cache_dirs=dirs,
             snapshots=snapshots or {},

@@ -60,7 +60,11 @@ def run(
         try:
             # add's work starts now, under the lock, before the rest of add is imported
             # (ops/add_ahead.py); the imports and the node's opening overlap it.
-            ahead = None if dry_run else _ahead(common, config, held, early_claims, started)
+            ahead = (
+                None
+                if dry_run
+                else _ahead(common, config, held, spelling_of(mapping), early_claims, started)
+            )
             listed = None if dry_run or ahead is not None else _early_foreign(common, config)
             added, result, clashes = _add(
                 common,
@@ -339,6 +343,7 @@ def _ahead(
     common: Common,
     config: MappingConfig,
     held: contextlib.ExitStack,
+    spelling: Spelling,
     early_claims: Optional[EarlyClaims] = None,
     started: Optional[List[Ahead]] = None,
 ) -> Optional[Ahead]:
@@ -359,6 +364,7 @@ def _ahead(
     from portmapctl.host.netns import entered
     from portmapctl.iptables.access.restore import RestoreBackend
     from portmapctl.ops.add_ahead import Ahead
+    from portmapctl.ops.conditions import refuse_what_iptables_refuses
     from portmapctl.ops.flavour_guard import refuse_a_copy
 
     held.enter_context(lock.held(say_waiting=not common.quiet))
@@ -372,6 +378,8 @@ def _ahead(
             wanted,
             lambda f: here.list_chain(f, dnat_chain_name(config)) is not None,
         )
+        # Nor any family when iptables refuses the other's conditions.
+        refuse_what_iptables_refuses(here, config, wanted, spelling)
     # A signal while the threads start (Thread.start waits for each) is taken once the
     # write is known: else it ends the run with the write going in unseen, neither
     # waited for under the lock nor flushed after (run's way out).

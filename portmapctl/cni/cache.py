@@ -99,11 +99,15 @@ def cache_exists(cache_dir: str) -> bool:
     alone, or list call the node empty)."""
     folder = results_dir(cache_dir)
     try:
-        return stat.S_ISDIR(os.stat(folder).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
+        if stat.S_ISDIR(os.stat(folder).st_mode):
+            return True
+    except FileNotFoundError:
         return False
+    except NotADirectoryError:
+        folder = cache_dir  # (a file given as the cache: no "no cache" for a typo)
     except OSError as err:
         raise HostProblem(f"cannot read the CNI cache {folder}: {err.strerror}") from None
+    raise BadInput(f"the CNI cache {folder} is not a directory")
 
 
 CacheDirs = Union[str, Sequence[str]]

@@ -62,8 +62,8 @@ def _port_mapping(entry: Any, source: str, backend: Optional[Backend] = None) ->
         raise BadInput(f"{source}: port mapping {shown(entry)} needs hostPort and containerPort")
     raw_ip = fields.get("hostIP") or ""
     try:
-        host_port = port(fields["hostPort"], "hostPort")
-        container_port = port(fields["containerPort"], "containerPort")
+        host_port = port(_go_int(fields["hostPort"], "hostPort"), "hostPort")
+        container_port = port(_go_int(fields["containerPort"], "containerPort"), "containerPort")
         address = host_ip(raw_ip) if raw_ip else ""
         refused = plugin_refuses(fields.get("protocol"), backend)
         if refused:
@@ -76,6 +76,31 @@ def _port_mapping(entry: Any, source: str, backend: Optional[Backend] = None) ->
         )
     except BadInput as err:
         raise BadInput(f"{source}: {err}") from None
+
+
+# A value the plugin's Go types do not take fails its config's parse, and so its whole
+# ADD: nothing is made for that container. Read so here too (never expected, never
+# written), not made into what it looks like.
+_FAILS_THE_ADD = "the plugin's ADD fails on it, making nothing"
+
+
+def _go_int(value: Any, what: str) -> Any:
+    """`value` as the plugin's `int` field takes it: a JSON string is refused."""
+    if isinstance(value, str):
+        raise BadInput(
+            f"invalid {what} {shown(value)}: a JSON number, not a string ({_FAILS_THE_ADD})"
+        )
+    return value
+
+
+def _go_conditions(value: Any, what: str) -> Tuple[str, ...]:
+    """`value` as the plugin's `*[]string` takes it: a JSON string is refused (a
+    command line's --conditions-v4 is shell words: core/validate.conditions)."""
+    if isinstance(value, str):
+        raise BadInput(
+            f"invalid {what} {shown(value)}: a list of strings, not a string ({_FAILS_THE_ADD})"
+        )
+    return conditions(value, what)
 
 
 def plugin_refuses(raw_protocol: Any, backend: Optional[Backend]) -> str:
@@ -217,8 +242,8 @@ def plugin_config(
             snat=snat,
             mark=conf.get("markMasqBit"),
             external_setmark_chain=conf.get("externalSetMarkChain"),
-            conditions_v4=conditions(conf.get("conditionsV4"), "conditionsV4"),
-            conditions_v6=conditions(conf.get("conditionsV6"), "conditionsV6"),
+            conditions_v4=_go_conditions(conf.get("conditionsV4"), "conditionsV4"),
+            conditions_v6=_go_conditions(conf.get("conditionsV6"), "conditionsV6"),
             masq_all=masq_all,
             backend=backend,
             spelling=CONFIG_KEYS,

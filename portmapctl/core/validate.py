@@ -201,10 +201,15 @@ class Spelling:
 
     mark_bit: str
     external_setmark_chain: str
+    conditions_v4: str
+    conditions_v6: str
+
+    def conditions(self, family: int) -> str:
+        return self.conditions_v6 if family == 6 else self.conditions_v4
 
 
-OPTIONS = Spelling("--mark-bit", "--external-setmark-chain")
-CONFIG_KEYS = Spelling("markMasqBit", "externalSetMarkChain")
+OPTIONS = Spelling("--mark-bit", "--external-setmark-chain", "--conditions-v4", "--conditions-v6")
+CONFIG_KEYS = Spelling("markMasqBit", "externalSetMarkChain", "conditionsV4", "conditionsV6")
 
 
 def mark_bit(value: Any) -> int:

@@ -47,6 +47,7 @@ from portmapctl.ops.add_ahead import (
     debug,
     foreign_wanted,
 )
+from portmapctl.ops.conditions import refuse_what_iptables_refuses
 from portmapctl.ops.flavour_guard import flavour_of, refuse_a_copy
 from portmapctl.ops.node import Node
 from portmapctl.ops.side_effects import after_setup
@@ -149,6 +150,10 @@ def add(
             families,
             lambda f: node.backend.read(f).has_chain(dnat_chain_name(config)),
         )
+    if ahead is None:
+        # Refused whatever the table holds: bad input before any family is written, not
+        # a table that changed (with `ahead`, the CLI asked before it started the write).
+        refuse_what_iptables_refuses(node.backend, config, families, spelling)
     # A new container on iptables-nft: written without reading the table, the restore
     # in a thread (add_ahead), started by the CLI before it imported this module.
     if dry_run or not getattr(node.backend, "cheap_chain_reads", False):

@@ -770,6 +770,20 @@ def _cases() -> List[Case]:
     for i, (value, words) in enumerate(nft_conditions):
         add(f"add --backend nftables nft-cond{i}",
             _then(_add, "--backend", "nftables", "--conditions-v4", value), words)  # fmt: skip
+    # Words our filter lets through that iptables itself refuses, whatever the table
+    # holds: said after one `iptables-restore --test` (ops/conditions.py). They were
+    # tried three times as if the table had changed, and exit 1.
+    ipt_conditions = [
+        ("--foo", 'unknown option "--foo"'),
+        ("-m nosuchmatch --x 1", "Couldn't load match"),
+        ("-m conntrack --ctstate BOGUS", 'Bad ctstate "BOGUS"'),
+    ]
+    for i, (value, words) in enumerate(ipt_conditions):
+        add(f"add iptables ipt-cond{i}", _then(_add, "--conditions-v4", value), words)
+        add(f"add --dry-run iptables ipt-cond{i}",
+            _then(_add, "--dry-run", "--conditions-v4", value), words)  # fmt: skip
+        add(f"check --repair iptables ipt-cond{i}",
+            _then(BASES["check"], "--repair", "--conditions-v4", value), words)  # fmt: skip
     add("add --backend iptables against a config's nftables",
         _file_arg(lambda n: ["add", "--netns", n.ns, "--backend", "iptables", "--container",
                              "newctr"], "--cni-config",

@@ -5,6 +5,7 @@ no traceback, nothing changed."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -104,3 +105,63 @@ def test_ctrl_c_that_python_could_only_print_is_taken_again():
             Dropping()  # its __del__ raises: Python can only report that
             time.sleep(5)  # the signal sent again ends this at once
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize(
+    "ports, options, words",
+    [
+        ([{"hostPort": "7070", "containerPort": 70, "protocol": "tcp"}], {},
+         "invalid hostPort '7070': a JSON number, not a string"),
+        ([{"hostPort": 7070, "containerPort": "70", "protocol": "tcp"}], {},
+         "invalid containerPort '70': a JSON number, not a string"),
+        ([{"hostPort": 7070, "containerPort": 70, "protocol": "tcp"}],
+         {"conditionsV4": "-s 1.2.3.4"}, "invalid conditionsV4 '-s 1.2.3.4': a list of strings"),
+    ],
+)  # fmt: skip
+def test_a_config_value_the_plugins_go_types_refuse_is_bad_input(tmp_path, ports, options, words):
+    """The plugin's ADD fails on a string where its Go type is an int or a []string
+    (json.Unmarshal), making nothing: `add --cni-config` wrote the rules it seemed to
+    mean (a string hostPort as the port, a string conditionsV4 as shell words), and
+    check expected them of a cache entry so spelled."""
+    conf = {
+        "cniVersion": "0.4.0", "name": "mynet", "type": "portmap", **options,
+        "runtimeConfig": {"portMappings": ports},
+        "prevResult": {"cniVersion": "0.4.0", "ips": [{"address": "10.88.0.5/16"}]},
+    }  # fmt: skip
+    path = tmp_path / "conf.json"
+    path.write_text(json.dumps(conf))
+    done = run(["add", "--container", "abc123", "--cni-config", str(path), "--dry-run"])
+    assert_error(done, 2, words, "the plugin's ADD fails on it")
+
+
+@pytest.mark.parametrize("where", ["dir", "results"])
+def test_a_cni_cache_that_is_a_file_is_bad_input(tmp_path, where):
+    """`--cni-cache-dir` naming a file (or a `results` that is one) was "no CNI cache
+    at …" (list: every chain stale unjudged; gc: no source of liveness): a typo read
+    as a node without a cache."""
+    if where == "dir":
+        given = tmp_path / "plainfile"
+        given.write_text("")
+        named = given
+    else:
+        given = tmp_path
+        named = tmp_path / "results"
+        named.write_text("")
+    for command in ("list", "check"):
+        done = run([command, "--snapshot", str(FIXTURES / "basic.v4.save"),
+                    "--cni-cache-dir", str(given)])  # fmt: skip
+        assert_error(done, 2, f"the CNI cache {named} is not a directory")
+
+
+@pytest.mark.parametrize(
+    "given, family, words",
+    [("--snapshot", "6", "--family 6: no IPv6 dump to read (give --snapshot6 FILE)"),
+     ("--snapshot6", "v4", "--family v4: no IPv4 dump to read (give --snapshot FILE)")],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["list", "check"])
+def test_a_family_no_snapshot_holds_is_bad_input(command, given, family, words):
+    """`list --snapshot v4.save --family 6` read nothing and printed "no portmap chains
+    found", exit 0 (SPEC §5: never "no chains found" for a table not read)."""
+    dump = FIXTURES / ("basic.v4.save" if given == "--snapshot" else "basic.v6.save")
+    done = run([command, given, str(dump), "--family", family])
+    assert_error(done, 2, words)

@@ -298,6 +298,19 @@ class RestoreBackend:
                 )
             raise ApplyFailed(f"{argv[0]} refused the transaction, nothing changed: {message}")
 
+    def refusal(self, txn: Transaction) -> Optional[str]:
+        """What iptables-restore says of `txn` parsed in test mode (`--test`: nothing is
+        committed), None when it takes it. A way to tell bad input from a table that
+        changed: the text alone is judged (ops/conditions.py)."""
+        if not txn:
+            return None
+        argv = [self._binary(txn.family, "restore"), "--noflush", "--test"]
+        argv += ["-w", str(lock_wait_seconds())]
+        done = self._run(argv, txn.render())
+        if done.returncode <= 0:
+            return None  # (taken; or killed: it cannot tell, the write will)
+        return _first_line(done.stderr) or f"exit code {done.returncode}"
+
     def _removed_by_handle(self, txn: Transaction) -> bool:
         """Apply a teardown as one nf_tables batch guarded by the generation its table
         was read at (iptables/access/nfnl_batch.py says why): True when it went in;

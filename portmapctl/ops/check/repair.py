@@ -41,6 +41,7 @@ from portmapctl.ops.check.run import (
     sharing_of,
     with_owner_problems,
 )
+from portmapctl.ops.conditions import refuse_what_iptables_refuses
 from portmapctl.ops.flavour_guard import (
     families_only_in_other_flavour,
     flavour_of,
@@ -445,6 +446,7 @@ def _repair_mapping(
 
         done = repair_nft_mapping(node, config, check_followed(node, config), flush_udp)
         return replace(done, notes=notes + done.notes)
+    refuse_what_iptables_refuses(node.backend, config, node.families, spelling)
     node, planned = _planned_node(node)
     before = check_followed(node, config, ifname=ifname)
     transactions: Dict = {}
