@@ -118,7 +118,7 @@ def gc_command(
         )
         sources = Sources(
             documents=(read_valid_attachments(valid_attachments),) if valid_attachments else (),
-            keep=tuple(validate.cni_name(k, "--keep container ID") for k in keep or ()),
+            keep=tuple(_kept_id(k) for k in keep or ()),
             remove_all=remove_all,
             netns_liveness=netns_liveness,
         )
@@ -239,3 +239,20 @@ def _show(
         )
         out.blank()
     out.summary(render.gc_summary(result, asked_dry_run))
+
+
+def _kept_id(value: str) -> str:
+    """A --keep value: a container ID or its prefix. A chain's name is a valid CNI name
+    too, and matched no container: the container it was meant to keep lost its chains."""
+    from portmapctl.core import validate
+    from portmapctl.errors import BadInput
+    from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX
+
+    name = validate.cni_name(value, "--keep container ID")
+    if name.startswith((DNAT_PREFIX, SNAT_PREFIX)):
+        raise BadInput(
+            f"--keep {name}: a chain's name; --keep takes the container's ID (or its"
+            " prefix), as `portmapctl list` shows it"
+        )
+    return name
+

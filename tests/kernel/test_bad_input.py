@@ -557,6 +557,10 @@ def _cases() -> List[Case]:
         for name in names:
             i = HOSTILE_NAMES.index(name)
             add(f"{command} {option} name{i}", _with(BASES[command], option, name), words)
+    # A chain's name is a valid CNI name, and kept no container: the one meant lost its
+    # chains (it was taken without a word).
+    for i, name in enumerate([chain_name(NET, STALE), "CNI-SN-6644", chain_name(NET, STALE)[:12]]):
+        add(f"gc --keep chain{i}", _with(BASES["gc"], "--keep", name), "a chain's name")
     # Ports.
     for command in ("flush-udp",):
         for i, value in enumerate(HOSTILE_PORTS):
