@@ -255,4 +255,3 @@ def _kept_id(value: str) -> str:
             " prefix), as `portmapctl list` shows it"
         )
     return name
-

@@ -193,7 +193,13 @@ def _family(
             )
             continue
         missing = _missing_ports(
-            name, entries[name], port_rules[name], other, attachment, table.family
+            name,
+            entries[name],
+            port_rules[name],
+            table.rules(name),
+            other,
+            attachment,
+            table.family,
         )
         if missing:
             status.append(Status.INCOMPLETE)
@@ -325,6 +331,7 @@ def _missing_ports(
     name: str,
     entries: Sequence[EntryRule],
     port_rules: Sequence[DnatRule],
+    rules: Sequence[Args],
     other: Optional[NatTable],
     attachment: Optional[Attachment],
     family: int,
@@ -332,12 +339,21 @@ def _missing_ports(
     """Ports an entry rule sends here that the chain does not DNAT.
 
     The plugin's entry rules name every port of the container, but a port whose host
-    IP is of the other family has no rules in this family: that is not a fault.
+    IP is of the other family has no rules in this family: that is not a fault. What
+    tells is the cache entry, else the other family's table. With neither (--family 4
+    and no cache, an IPv4 dump alone) a port is missing only where the chain still has
+    a rule for it (a SETMARK rule left without its DNAT); one the chain has no rule
+    for cannot be told from another family's host IP (it called a healthy container's
+    `[::1]:9001` incomplete, exit 1, that the check of both families found sound).
     """
     have = {(proto, port) for proto, port, *_ in port_rules}
     unmatched = [pp for entry in entries for pp in entry.ports if pp not in have]
     if not unmatched:
         return []  # the usual case: no need to look at the other family
+    if other is None and (attachment is None or attachment.mapping is None):
+        found = (port_match(args) for args in rules)
+        traces = {(m.protocol, m.host_port) for m in found if m is not None}
+        unmatched = [pp for pp in unmatched if pp in traces]
     other_family = set()
     if attachment is not None and attachment.mapping is not None:
         other_family = {
