@@ -486,12 +486,23 @@ class Output(NamedTuple):
     def summary(self, line: str) -> None:
         """The result's one summary line: on stdout, -q included (it is all -q prints).
         On a terminal it is word-wrapped at the width (nothing wraps there, SPEC §3);
-        piped it stays one line, as the scripts that read it expect."""
+        piped it stays one line, as the scripts that read it expect. A command it ends
+        in (`check`'s `... -> portmapctl gc ...`) goes on lines of its own, each but the
+        last ending in ` \\`, as a fix is printed: a copy of them is still the command
+        (cut at a space, its first line ran without the rest)."""
         width = self.width()
         if width is not None and len(line) > width:
             from portmapctl.render.table import wrap
 
-            line = "\n".join(wrap(line, width, ""))
+            head, arrow, command = line.partition(" -> ")
+            if arrow and command.startswith("portmapctl "):
+                from portmapctl.render.check import command_lines
+
+                first, *rest = command_lines(command, width, 2)  # (rest indented)
+                lines = [*wrap(head + " ->", width, ""), "  " + first, *rest]
+            else:
+                lines = wrap(line, width, "")
+            line = "\n".join(lines)
         sys.stdout.write(line + "\n")
 
     def print_json(self, document: Any) -> None:

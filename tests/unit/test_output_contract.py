@@ -186,6 +186,36 @@ def test_summary_lines_are_word_wrapped_on_a_terminal_and_one_line_piped(snapsho
     assert pmctl(*args, "-q").stdout == summary.replace(" (fixes above)", "") + "\n"
 
 
+def test_a_summary_ending_in_a_command_is_wrapped_as_a_command(monkeypatch):
+    """check's `... -> portmapctl ...` on a terminal: it was word-wrapped as prose, so
+    the command's first line, pasted, ran without its last options. Now it goes on lines
+    of its own, each but the last ending in ` \\`: pasted, it is the one command."""
+    import io
+    import pty
+
+    from test_terminal import _drain
+
+    command = ("portmapctl check --repair --netns node-with-a-long-name-0001"
+               " --cni-cache-dir /var/lib/a-long-runtime-name/cni")  # fmt: skip
+    summary = f"2 missing-entry -> {command}"
+    master, slave = pty.openpty()
+    monkeypatch.setenv("COLUMNS", "80")
+    with os.fdopen(slave, "w", buffering=1) as terminal:
+        monkeypatch.setattr("sys.stdout", terminal)
+        Output().summary(summary)
+    shown = _drain(master).decode().replace("\r", "").splitlines()
+    os.close(master)
+    assert shown[0] == "2 missing-entry ->"
+    assert all(len(line) <= 80 for line in shown) and len(shown) == 3
+    assert all(line.endswith(" \\") for line in shown[1:-1])
+    pasted = " ".join(line.removesuffix(" \\").strip() for line in shown[1:])
+    assert shlex.split(pasted) == shlex.split(command)
+    piped = io.StringIO()
+    monkeypatch.setattr("sys.stdout", piped)
+    Output().summary(summary)
+    assert piped.getvalue() == summary + "\n"
+
+
 def test_check_wide_adds_network_chain_and_rule():
     done = pmctl("check", *EXAMPLE, "-o", "wide")
     header = done.stdout.splitlines()[0].split()
