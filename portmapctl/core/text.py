@@ -26,6 +26,11 @@ def surrogate_text(char: str) -> str:
     return f"\\u{point:04x}"
 
 
+def has_bytes(text: str) -> bool:
+    """Whether `text` holds a lone surrogate (what bytes_as_text rewrites)."""
+    return _SURROGATE.search(text) is not None
+
+
 def bytes_as_text(text: str) -> str:
     """`text` with every lone surrogate written as surrogate_text says."""
     return _SURROGATE.sub(lambda found: surrogate_text(found.group()), text)

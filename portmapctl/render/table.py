@@ -22,6 +22,7 @@ from typing import (
 
 from portmapctl.core.ids import SHORT_ID
 from portmapctl.core.status import Status
+from portmapctl.core.text import bytes_as_text, has_bytes
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -206,6 +207,10 @@ def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
                     last: Sequence[LastCell], header: bool, first_style: str,
                     strip_lines: bool, fitting: _Fitting) -> Tuple[str, List[SpanTuple]]:  # fmt: skip
     """table()'s text and spans (start, end, style), before rich: see table()."""
+    if has_bytes("".join(cell for row in rows for cell in row)):
+        # A byte that is not UTF-8 (a comment's: a container ID from a foreign rule) is
+        # written \xNN, as in JSON and on stderr (core/text), not raw to the terminal.
+        rows = [[bytes_as_text(cell) for cell in row] for row in rows]
     widths = _widths(headers[:-1], rows)
     cells: Sequence[Union[LastCell, Wrapped]] = last
     if fitting.width is not None:

@@ -755,3 +755,15 @@ def test_a_container_id_in_a_path_is_not_cut():
     text = render.check_text(CheckResult(problems, (4, 6), "node", True, 2, 2), width=250).plain
     for cid in (alloc, hexid):
         assert f"/var/run/netns/{cid} is gone; {cid[:12]} is not repaired" in text
+
+
+def test_a_byte_that_is_not_utf8_in_a_comment_is_written_escaped_in_the_table(tmp_path):
+    """A container ID from a rule's comment with byte 0xff went raw into list's table
+    (on a terminal too), where JSON and stderr write it \\xff (core/text)."""
+    text = (FIXTURES / "basic.v4.save").read_bytes().replace(b'id: \\"abc123', b'id: \\"ab\xff')
+    dump = tmp_path / "odd.v4.save"
+    dump.write_bytes(text)
+    args = ("list", "--snapshot", str(dump), "--cni-cache-dir", "/nonexistent")
+    for out in (pmctl(*args).stdout, at_80(*args)[1], pmctl(*args, "--no-trunc").stdout):
+        assert "ab\\xff" in out and "\udcff" not in out and "\ufffd" not in out, out
+    assert json.loads(pmctl(*args, "-o", "json").stdout)["mappings"][0]["container_id"] == "ab\\xff"
