@@ -75,7 +75,13 @@ def found_in(where: str, err: ApplyFailed) -> str:
 
 class Interrupted(BaseException):
     """Ctrl-C, as the CLI raises it. Not a KeyboardInterrupt: typer turns that into a
-    silent exit 130. Not an Exception: no `except Exception` may swallow it."""
+    silent exit 130. Not an Exception: no `except Exception` may swallow it.
+
+    `after`: what had been changed already, set on the way out by whoever knows (gc:
+    a removal that went in), for the CLI's one line ("aborted" alone reads as "nothing
+    happened")."""
+
+    after: str = ""
 
 
 class Terminated(Interrupted):

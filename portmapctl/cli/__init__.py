@@ -118,25 +118,26 @@ def _ctrl_c_raises_interrupted() -> Iterator[None]:
         sys.unraisablehook = previous_hook
 
 
-def _interrupted() -> None:
+def _interrupted(after: str = "") -> None:
     """Ctrl-C: one line, on a line of its own (the cursor may sit after "^C" or a
-    prompt), and exit 130 as shells do."""
+    prompt), and exit 130 as shells do. `after`: Interrupted.after."""
     # A second Ctrl-C while the line is written must not turn into a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from portmapctl.cli._common import _isatty
 
     fresh = "\n" if _isatty(sys.stderr) else ""
-    sys.stderr.write(f"{fresh}portmapctl: aborted\n")  # the words of entry.py's line
+    done = f": {after}" if after else ""
+    sys.stderr.write(f"{fresh}portmapctl: aborted{done}\n")  # entry.py's words, unsaid
     sys.exit(130)
 
 
-def _terminated() -> None:
+def _terminated(after: str = "") -> None:
     """SIGTERM, once the command's `finally` blocks ran: one line, then the process
     ends by SIGTERM itself, as it would have without us (shells and Kubernetes say
     143; systemd, for a Type=oneshot unit, a clean stop only with SuccessExitStatus=
     SIGTERM, which deploy/systemd's units list: it never counts an exit 143 so)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one: no traceback
-    sys.stderr.write("portmapctl: terminated\n")
+    sys.stderr.write(f"portmapctl: terminated{': ' + after if after else ''}\n")
     with contextlib.suppress(Exception):
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
@@ -248,16 +249,18 @@ def main(argv: Optional[List[str]] = None, early_nft: Any = None, early_claims: 
         sys.exit(err.exit_code)
     except BrokenPipeError:
         sys.exit(0)
-    except Terminated:
-        _terminated()
-    except (Interrupted, KeyboardInterrupt):
+    except Terminated as stop:
+        _terminated(stop.after)
+    except Interrupted as stop:
+        _interrupted(stop.after)
+    except KeyboardInterrupt:
         _interrupted()
     except Exception as err:  # noqa: BLE001 - the one place that turns every failure into a line
         signalled = _signal_behind(err)
         if isinstance(signalled, Terminated):
-            _terminated()
+            _terminated(signalled.after)
         if signalled is not None:
-            _interrupted()
+            _interrupted(getattr(signalled, "after", ""))
         _typer_failure(err)
         if _verbose(args):
             raise

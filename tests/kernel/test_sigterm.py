@@ -67,14 +67,19 @@ def _conntrack(ns, *args):
 
 
 def _gc_terminated_at(host_ns, tmp_path, where, *extra):
-    """gc --min-age 0 keeping live1, SIGTERMed at `where`: ends as terminated."""
+    """gc --min-age 0 keeping live1, SIGTERMed at `where`, once its removal of gone1's
+    chain went in (or was going in): ends as terminated, and its line says so (it said
+    "terminated" alone, which reads as "nothing happened")."""
     (tmp_path / "cni" / "results").mkdir(parents=True)
     argv = ["gc", "--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"),
             "--keep", "live1", "--min-age", "0", "--yes", "-q", *extra]  # fmt: skip
     env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
     code, _out, err = killed_while_writing(argv, env, where, tmp_path / "marker")
     assert code == -signal.SIGTERM, err
-    assert without_cache_note(err) == "portmapctl: terminated\n"
+    assert without_cache_note(err) == (
+        "portmapctl: terminated: the removal of 1 chain had gone in, or was going in"
+        " (`portmapctl gc --dry-run` shows what is left)\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,14 @@ from portmapctl.errors import ApplyFailed, HostProblem, Interrupted
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.family import FamilyPlan
 from portmapctl.ops.gc.liveness import Sources
-from portmapctl.ops.gc.plan import GcOptions, GcPlan, Planning, converge_family, plan_gc
+from portmapctl.ops.gc.plan import (
+    GcOptions,
+    GcPlan,
+    Planning,
+    converge_family,
+    plan_gc,
+    say_removed,
+)
 from portmapctl.ops.gc.result import GcChain, GcResult
 from portmapctl.ops.gc.state import ChainKey
 from portmapctl.ops.gc.udp import flush_removed
@@ -63,12 +70,13 @@ def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcRe
     nft_went: List[NftPlan] = []
     try:
         return _apply_gc_to(node, planned, progress, went, nft_went)
-    except Interrupted:
+    except Interrupted as stop:
         # SIGTERM or Ctrl-C once some removal went in: its UDP flows are flushed on the
         # way out (again, if the flush was under way), or they keep the dead DNAT and
         # no later gc knows their ports (it finds nothing to remove).
         if planned.options.flush_udp and (went or nft_went):
             flush_removed(node, went, nft_went[0] if nft_went else None)
+        say_removed(stop, [*went, *nft_went])
         raise
 
 

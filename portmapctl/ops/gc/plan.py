@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import (
     TYPE_CHECKING,
+    Any,
     Dict,
     FrozenSet,
     List,
@@ -253,13 +254,14 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
                 applied[ahead], rest = side_by_side(
                     apply_ahead, lambda: {f: plan(f) for f in families if f != ahead}
                 )
-            except Interrupted:
+            except Interrupted as stop:
                 # SIGTERM or Ctrl-C while the others were planned: what went in ahead
                 # has its UDP flows flushed on the way out, as apply_gc does.
                 if went and options.flush_udp:
                     from portmapctl.ops.gc.udp import flush_removed
 
                     flush_removed(node, went, None)
+                say_removed(stop, went)
                 raise
             planned.update(rest)
             warnings += [w for w in dict.fromkeys(ahead_warnings) if w not in warnings]
@@ -396,3 +398,14 @@ def _went_in(
         f"IPv{plan.family}: {error}; read again, none of the chains it removes is left: it went in"
     )
     return replace(plan, transaction=Transaction(plan.family))
+
+
+def say_removed(stop: Interrupted, went: Sequence[Any]) -> None:
+    """Put on a Ctrl-C or SIGTERM (Interrupted.after) what of gc's removal had gone in
+    by then, or was going in (`went`: the family and nftables plans handed over)."""
+    removed = sum(len(plan.removed) for plan in went)
+    if removed:
+        stop.after = (
+            f"the removal of {removed} chain{'s' if removed != 1 else ''} had gone in, or was"
+            " going in (`portmapctl gc --dry-run` shows what is left)"
+        )
