@@ -264,6 +264,15 @@ def main(argv: Optional[List[str]] = None, early_nft: Any = None, early_claims: 
         _typer_failure(err)
         if _verbose(args):
             raise
+        if isinstance(err, ImportError):
+            # A module of ours or a dependency that this Python cannot load (installed
+            # for another user, a venv half removed): the environment's (exit 3), not
+            # check's "problems found" (1).
+            sys.stderr.write(
+                f"portmapctl: error: cannot import {err.name or 'a module'}: {_one_line(str(err))}"
+                " (its installation is incomplete or not readable here: reinstall it)\n"
+            )
+            sys.exit(3)
         detail = _one_line(f"{type(err).__name__}: {err}")
         sys.stderr.write(f"portmapctl: internal error: {detail} (run with -v for details)\n")
         sys.exit(1)

@@ -165,3 +165,16 @@ def test_a_family_no_snapshot_holds_is_bad_input(command, given, family, words):
     dump = FIXTURES / ("basic.v4.save" if given == "--snapshot" else "basic.v6.save")
     done = run([command, given, str(dump), "--family", family])
     assert_error(done, 2, words)
+
+
+def test_a_module_that_cannot_be_imported_is_the_environments_exit_3(tmp_path):
+    """typer not importable by this user (installed for root alone): it was "internal
+    error", exit 1, which a cron script reads as check's "problems found"."""
+    shadow = tmp_path / "typer"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text(
+        'raise ImportError("No module named typer (test)", name="typer")\n'
+    )
+    done = run(["check", "--snapshot", str(FIXTURES / "basic.v4.save"), "-o", "wide",
+                "--cni-cache-dir", str(tmp_path / "none")], env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
+    assert_error(done, 3, "cannot import typer", "reinstall")
