@@ -144,10 +144,14 @@ class CacheInfo(NamedTuple):
     def json(self) -> Dict[str, Any]:
         return {"dirs": list(self.dirs), "present": self.present, "entries": self.entries}
 
-    def note(self) -> Optional[str]:
-        """The one line to say when the cache cannot tell what is live (else None)."""
+    def note(self, told_by: str = "") -> Optional[str]:
+        """The one line to say when the cache cannot tell what is live (else None).
+        `told_by`: what else says it (gc's --valid-attachments, --keep): then that is
+        what the line says, not that stale cannot be told from live."""
         where = ", ".join(os.path.join(d, "results") for d in self.dirs)
         if not self.present:
+            if told_by:
+                return f"no CNI cache at {where}: the live containers are those {told_by} names"
             return (
                 f"no CNI cache at {where}: stale mappings cannot be told from live ones"
                 " (give --cni-cache-dir)"
@@ -474,12 +478,13 @@ class Output(NamedTuple):
         if not self.quiet:
             sys.stdout.write("\n")
 
-    def cache_note(self, cache: CacheInfo) -> None:
+    def cache_note(self, cache: CacheInfo, told_by: str = "") -> None:
         """Say once, on stderr, when no cache or an empty one was found (SPEC §3: every
         command): a wrong --cni-cache-dir must not turn stale into ok silently, nor
         make gc with --keep remove what the cache would have kept, nor add and check
-        of one mapping miss the backend its cached config names."""
-        note = cache.note()
+        of one mapping miss the backend its cached config names. `told_by`: as for
+        CacheInfo.note."""
+        note = cache.note(told_by)
         if note is not None:
             self.warn(note)
 

@@ -132,6 +132,8 @@ def gc_command(
         if ask and valid_attachments == "-":
             raise BadInput("--valid-attachments - reads stdin, so gc cannot ask there: add --yes")
         cache = common.cache()
+        given = ["--valid-attachments"] * bool(valid_attachments) + ["--keep"] * bool(keep)
+        told_by = " and ".join(given)
         # The cache note is said after gc has run: a refusal (no source of liveness) is
         # its one error line.
         # Asking: read and plan once, without the lock (no other run waits on a
@@ -146,7 +148,7 @@ def gc_command(
                 # The preview is a dry run that records its sightings like any run (so
                 # --min-age counts from here), shown on stderr: stdout is for the result.
                 preview = apply_gc(node, replace(planned, options=replace(options, dry_run=True)))
-                out.cache_note(cache)
+                out.cache_note(cache, told_by)
                 if not preview.changes:
                     if recorder is not None:
                         recorder.note_gc(preview, node_opts.families)
@@ -178,7 +180,7 @@ def gc_command(
         if recorder is not None:
             recorder.note_gc(result, node_opts.families)
         if not ask:
-            out.cache_note(cache)
+            out.cache_note(cache, told_by)
         _show(out, result, options.min_age, cache, asked_dry_run=dry_run)
         if common.verbose and dry_run:
             sys.stderr.write(render.transactions_text(result.transactions, tools))
