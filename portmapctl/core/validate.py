@@ -203,13 +203,26 @@ class Spelling:
     external_setmark_chain: str
     conditions_v4: str
     conditions_v6: str
+    no_address: str  # where the container's addresses come from, when there are none
 
     def conditions(self, family: int) -> str:
         return self.conditions_v6 if family == 6 else self.conditions_v4
 
 
-OPTIONS = Spelling("--mark-bit", "--external-setmark-chain", "--conditions-v4", "--conditions-v6")
-CONFIG_KEYS = Spelling("markMasqBit", "externalSetMarkChain", "conditionsV4", "conditionsV6")
+OPTIONS = Spelling(
+    "--mark-bit",
+    "--external-setmark-chain",
+    "--conditions-v4",
+    "--conditions-v6",
+    "give --ip IP/PREFIX",
+)
+CONFIG_KEYS = Spelling(
+    "markMasqBit",
+    "externalSetMarkChain",
+    "conditionsV4",
+    "conditionsV6",
+    "its prevResult has none (the plugin takes the container's addresses from there)",
+)
 
 
 def mark_bit(value: Any) -> int:
@@ -243,7 +256,7 @@ def mapping_config(
         )
     addresses = tuple(addresses)
     if not addresses:
-        raise BadInput("no container address: give --ip IP/PREFIX")
+        raise BadInput(f"no container address: {spelling.no_address}")
     families = [a.version for a in addresses]
     if len(set(families)) != len(families):
         raise BadInput("give at most one container address per family")

@@ -178,3 +178,15 @@ def test_a_module_that_cannot_be_imported_is_the_environments_exit_3(tmp_path):
     done = run(["check", "--snapshot", str(FIXTURES / "basic.v4.save"), "-o", "wide",
                 "--cni-cache-dir", str(tmp_path / "none")], env={"PYTHONPATH": str(tmp_path)})  # fmt: skip
     assert_error(done, 3, "cannot import typer", "reinstall")
+
+
+def test_a_cni_config_without_addresses_says_where_they_come_from(tmp_path):
+    """It said "give --ip IP/PREFIX", which --cni-config refuses beside it."""
+    conf = {"cniVersion": "0.4.0", "name": "mynet", "type": "portmap",
+            "runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80,
+                                                "protocol": "tcp"}]}}  # fmt: skip
+    path = tmp_path / "conf.json"
+    path.write_text(json.dumps(conf))
+    done = run(["add", "--container", "abc123", "--cni-config", str(path), "--dry-run"])
+    assert_error(done, 2, "no container address: its prevResult has none")
+    assert "--ip" not in done.stderr
