@@ -59,7 +59,7 @@ def _port_mapping(entry: Any, source: str, backend: Optional[Backend] = None) ->
         raise BadInput(f"{source}: each port mapping must be an object")
     fields = _go_fields(entry)
     if "hostPort" not in fields or "containerPort" not in fields:
-        raise BadInput(f"{source}: port mapping {shown(entry)} needs hostPort and containerPort")
+        raise BadInput(f"{source}: port mapping {_as_json(entry)} needs hostPort and containerPort")
     raw_ip = fields.get("hostIP") or ""
     try:
         host_port = port(_go_int(fields["hostPort"], "hostPort"), "hostPort")
@@ -67,7 +67,7 @@ def _port_mapping(entry: Any, source: str, backend: Optional[Backend] = None) ->
         address = host_ip(raw_ip) if raw_ip else ""
         refused = plugin_refuses(fields.get("protocol"), backend)
         if refused:
-            raise BadInput(f"port mapping {shown(entry)}: {refused}")
+            raise BadInput(f"port mapping {_as_json(entry)}: {refused}")
         return PortMapping(
             host_port=host_port,
             container_port=container_port,
@@ -101,6 +101,12 @@ def _go_conditions(value: Any, what: str) -> Tuple[str, ...]:
             f"invalid {what} {shown(value)}: a list of strings, not a string ({_FAILS_THE_ADD})"
         )
     return conditions(value, what)
+
+
+def _as_json(entry: Mapping[str, Any]) -> str:
+    """A port mapping as the file spells it (JSON, not Python's repr), cut at 80."""
+    text = json.dumps(entry, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def plugin_refuses(raw_protocol: Any, backend: Optional[Backend]) -> str:

@@ -423,7 +423,9 @@ def _parse_into(
             try:
                 _add_rule(rule, tables, values)
             except (KeyError, TypeError, ValueError) as err:
-                raise _bad(source, f"item {index}: bad rule: {err!r}") from None
+                # (A KeyError's own text is the key alone: 'expr'.)
+                what = f"no {err} key" if isinstance(err, KeyError) else str(err)
+                raise _bad(source, f"item {index}: bad rule: {what}") from None
             continue
         if not isinstance(item, dict) or len(item) != 1:
             raise _bad(source, f"item {index} is not a one-key object")

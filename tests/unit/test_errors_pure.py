@@ -190,3 +190,16 @@ def test_a_cni_config_without_addresses_says_where_they_come_from(tmp_path):
     done = run(["add", "--container", "abc123", "--cni-config", str(path), "--dry-run"])
     assert_error(done, 2, "no container address: its prevResult has none")
     assert "--ip" not in done.stderr
+
+
+def test_a_port_mapping_in_an_error_is_quoted_as_the_file_spells_it(tmp_path):
+    """It was Python's repr ({'hostPort': 7070, ...}), which no CNI file holds."""
+    conf = {
+        "cniVersion": "0.4.0", "name": "mynet", "type": "portmap",
+        "runtimeConfig": {"portMappings": [{"hostPort": 7070, "containerPort": 70}]},
+        "prevResult": {"cniVersion": "0.4.0", "ips": [{"address": "10.88.0.5/16"}]},
+    }  # fmt: skip
+    path = tmp_path / "conf.json"
+    path.write_text(json.dumps(conf))
+    done = run(["add", "--container", "abc123", "--cni-config", str(path), "--dry-run"])
+    assert_error(done, 2, 'port mapping {"hostPort": 7070, "containerPort": 70}: no protocol')

@@ -198,6 +198,8 @@ def test_the_parsers_own_constructors_make_what_init_makes() -> None:
         ({"expr": {}}, "expr is not a list"),
         ({"family": []}, "unhashable type"),
         ({"expr": [{"dnat": {"addr": "nope", "port": 1}}]}, "does not appear to be an IPv4"),
+        # A key missing: said so, not Python's KeyError('expr').
+        ({"expr": None}, "expr is not a list"),
     ],
 )
 def test_a_bad_rule_names_what_is_wrong(change: dict, words: str) -> None:
@@ -206,7 +208,14 @@ def test_a_bad_rule_names_what_is_wrong(change: dict, words: str) -> None:
     with pytest.raises(BadInput) as err:
         rs.parse(json.dumps({"nftables": [{"rule": rule}]}), "src")
     assert str(err.value).startswith("src: not `nft -j list` output (item 0: bad rule: ")
-    assert words in str(err.value)
+    assert words in str(err.value) and "Error(" not in str(err.value)
+
+
+def test_a_rule_without_its_expressions_says_which_key_is_missing() -> None:
+    rule = {"family": "ip", "table": "cni_hostport", "chain": "hostports", "handle": 3}
+    with pytest.raises(BadInput) as err:
+        rs.parse(json.dumps({"nftables": [{"rule": rule}]}), "src")
+    assert str(err.value) == "src: not `nft -j list` output (item 0: bad rule: no 'expr' key)"
 
 
 def test_hand_written_dnat_statements_are_opaque_not_a_bad_table() -> None:
