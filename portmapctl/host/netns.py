@@ -71,7 +71,11 @@ def entered(name_or_path: Optional[str]) -> Iterator[None]:
             f"network namespace {name_or_path!r} not found ({path} does not exist)"
         ) from None
     except PermissionError:
-        raise HostProblem(f"cannot open network namespace {path}: run as root") from None
+        # As root, what refuses is the process's own confinement (no CAP_SYS_PTRACE for
+        # another process's /proc/PID/ns/net, a seccomp or LSM profile): "run as root"
+        # would send an operator in circles.
+        advice = "permission denied" if os.geteuid() == 0 else "run as root"
+        raise HostProblem(f"cannot open network namespace {path}: {advice}") from None
     except OSError as err:
         raise HostProblem(f"cannot open network namespace {path}: {err.strerror}") from None
     original = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)

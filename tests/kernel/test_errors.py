@@ -159,6 +159,28 @@ def test_not_root_is_an_environment_error_and_snapshots_need_no_root(tmp_path):
     assert len(json.loads(out)["mappings"]) == 2
 
 
+@pytest.mark.netns
+def test_a_namespace_root_may_not_open_is_not_told_to_run_as_root():
+    """As root without CAP_SYS_PTRACE (a confined DaemonSet), another user's
+    /proc/PID/ns/net is EACCES: it said "run as root" to root."""
+    import subprocess
+    import sys
+
+    other = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup",
+                              "--clear-groups", "sleep", "30"])  # fmt: skip
+    try:
+        argv = ["setpriv", "--bounding-set=-sys_ptrace", sys.executable, "-m", "portmapctl",
+                "list", "--netns", f"/proc/{other.pid}/ns/net", "--cni-cache-dir", "/nowhere"]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    finally:
+        other.kill()
+        other.wait()
+    assert_error(
+        done, 3, f"cannot open network namespace /proc/{other.pid}/ns/net: permission denied"
+    )
+    assert "run as root" not in done.stderr
+
+
 def _modal_state(ns: str, mode: str) -> dict:
     return {f: rp.strip_save_comments(rp.save(ns, f, mode=mode)) for f in (4, 6)}
 
