@@ -118,11 +118,13 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
     elsewhere).
     Also the plugin's nftables tables as read for it (None: not read), which the
     contested warning then reads instead of listing them again."""
+    from portmapctl.cni.entries import entry_paths
+
+    if config.backend is not None:
+        _other_than_cached(common, config, out)
     if config.backend is not None or common.backend.value != "auto" or not _net_admin():
         return config, None
     from dataclasses import replace
-
-    from portmapctl.cni.entries import entry_paths
 
     # The container's cached config first: the plugin's ADD was given it, and its DEL
     # looks in that backend alone, whatever rules are left (after a flush, none).
@@ -169,6 +171,27 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
     from portmapctl.ops.nft import kept_there
 
     return _goes_to_nftables(config, out, kept_there(config)), None
+
+
+def _other_than_cached(common: Common, config: MappingConfig, out: Output) -> None:
+    """A warning when the backend add was told (--backend, a --cni-config's key) is not
+    the one the container's cached config names: the plugin's DEL cleans that one
+    alone, so this copy outlives the container (check: both-backends). Written all the
+    same: the user said where (check --repair, which decides for itself, refuses)."""
+    from portmapctl.cni.entries import entry_paths
+
+    paths = entry_paths(common.cache_dirs, config.network, config.container_id)
+    if not paths:
+        return
+    from portmapctl.cni.cache import backend_in
+
+    cached = backend_in(paths, config.network, config.container_id)
+    if cached is not None and cached != config.backend:
+        out.warn(
+            f"{config.network}/{config.container_id}'s cached config puts it in {cached.value}:"
+            f" the plugin's DEL cleans {cached.value} alone, so these {config.backend.value}"
+            " rules outlive the container (check reports both-backends)"
+        )
 
 
 def _goes_to_nftables(config: MappingConfig, out: Output, why: str) -> MappingConfig:

@@ -550,31 +550,37 @@ def extra_rules(
     addresses: Optional[Iterable[str]] = None,
 ) -> List[Problem]:
     """One `extra-rules` per container of `networks` (ID -> network) holding rules in
-    this family that none of `wants` is (planner.unwanted: what --repair deletes).
+    this family that none of `wants` is (planner.unwanted: what --repair deletes), and
+    one `nft-unclaimed-rules` per container holding such rules for a host port or an
+    address none of `wants` has (planner.unaccounted: --repair leaves them).
     `said`: whose config it is (the node check's cached one, or the mapping given);
     `addresses`: only rules for these container addresses (planner.unwanted)."""
-    from portmapctl.nftables.planner import unwanted
+    from portmapctl.nftables.planner import unaccounted, unwanted
 
-    found: Dict[str, List[Rule]] = {}
     only = None if addresses is None else set(addresses)
-    for rule in unwanted(table, wants, networks.keys(), only):
-        found.setdefault(rule.comment or "", []).append(rule)
     problems = []
-    for cid in sorted(found):
-        rules = found[cid]
-        texts = tuple(r.body.text(family) for r in rules)
-        handles = ", ".join(str(r.handle) for r in rules)
-        problems.append(
-            Problem(
-                ProblemKind.EXTRA_RULES,
-                family,
-                rules[0].chain,
-                networks[cid],
-                cid,
-                f"{len(rules)} rule(s) {said} does not make (handle {handles}): {'; '.join(texts)}",
-                rules=texts,
+    for select, kind, what in (
+        (unwanted, ProblemKind.EXTRA_RULES, f"{said} does not make"),
+        (unaccounted, ProblemKind.NFT_UNCLAIMED_RULES, f"for ports or addresses {said} has not"),
+    ):
+        found: Dict[str, List[Rule]] = {}
+        for rule in select(table, wants, networks.keys(), only):
+            found.setdefault(rule.comment or "", []).append(rule)
+        for cid in sorted(found):
+            rules = found[cid]
+            texts = tuple(r.body.text(family) for r in rules)
+            handles = ", ".join(str(r.handle) for r in rules)
+            problems.append(
+                Problem(
+                    kind,
+                    family,
+                    rules[0].chain,
+                    networks[cid],
+                    cid,
+                    f"{len(rules)} rule(s) {what} (handle {handles}): {'; '.join(texts)}",
+                    rules=texts,
+                )
             )
-        )
     return problems
 
 

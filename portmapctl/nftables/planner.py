@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from enum import Enum
-from typing import Collection, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.nftables.ruleset import (
     CONTAINER_CHAINS,
@@ -245,8 +245,39 @@ def unwanted(
     (nftables/node.py `is_plugin_rule`), as for gc: anything else in these chains is
     nobody's to remove. A wanted rule repeated is not unwanted (as on the iptables side).
     `addresses`: only rules for these container addresses (`container_address`), when
-    the caller knows one attachment alone; see ops/check/nft.check_mapping.
+    the caller knows one attachment alone; see ops/check/nft.check_mapping. Only a rule
+    for one of their wanted mappings (the same host port, the same masqueraded
+    address) is unwanted: the others are `unaccounted`'s.
     """
+
+    claims = _claims(wanted)
+    return [r for r in _not_wanted(table, wanted, ids, addresses) if _claim(r) in claims]
+
+
+def unaccounted(
+    table: Optional[Table],
+    wanted: Sequence[WantedFamily],
+    ids: Collection[str],
+    addresses: Optional[Collection[str]] = None,
+) -> List[Rule]:
+    """The rules of the containers `ids` that none of their wanted rules is, nor is for
+    one of their wanted mappings (`_claim`): a host port, or a container address, none
+    of their cached configs has. The rules carry the bare container ID, so such a rule
+    may be the same container's on another network whose cache entry is not read here
+    (it cannot be read, it is in a cache directory not given, or it is not written yet:
+    libcni writes it once the ADD is done). --repair deleted them, and so another
+    network's live mapping, which the plugin's CHECK (counting rules by ID) never
+    missed: reported, never deleted (SPEC §3: repair never deletes a live mapping)."""
+    claims = _claims(wanted)
+    return [r for r in _not_wanted(table, wanted, ids, addresses) if _claim(r) not in claims]
+
+
+def _not_wanted(
+    table: Optional[Table],
+    wanted: Sequence[WantedFamily],
+    ids: Collection[str],
+    addresses: Optional[Collection[str]],
+) -> List[Rule]:
     from portmapctl.nftables.node import is_plugin_rule  # (node imports this module's users)
 
     if table is None or not ids:
@@ -261,6 +292,36 @@ def unwanted(
                 if addresses is None or container_address(rule) in addresses:
                     found.append(rule)
     return found
+
+
+Claim = Tuple[str, str, Tuple[Tuple[str, str], ...]]
+
+
+def _claims(wanted: Sequence[WantedFamily]) -> Set[Claim]:
+    """What the wanted rules are for, by container: each DNAT rule's host port match,
+    each masquerade rule's container address."""
+    found: Set[Claim] = set()
+    for want in wanted:
+        for body in want.hostports:
+            found.add((want.container_id, "dnat", _ports_of(body)))
+        for body in want.masquerading:
+            found.add((want.container_id, "masquerade", _addresses_of(body)))
+    return found
+
+
+def _claim(rule: Rule) -> Claim:
+    """What a rule of a container is for, as _claims says of wanted ones."""
+    if rule.chain == MASQUERADING:
+        return (rule.comment or "", "masquerade", _addresses_of(rule.body))
+    return (rule.comment or "", "dnat", _ports_of(rule.body))
+
+
+def _ports_of(body: RuleBody) -> Tuple[Tuple[str, str], ...]:
+    return tuple((m.left, m.right) for m in body.matches if m.left.endswith(" dport"))
+
+
+def _addresses_of(body: RuleBody) -> Tuple[Tuple[str, str], ...]:
+    return tuple((m.left, m.right) for m in body.matches if m.left.endswith(" daddr"))
 
 
 def container_address(rule: Rule) -> Optional[str]:

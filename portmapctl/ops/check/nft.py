@@ -58,6 +58,10 @@ _NFT_WHY = {
     ProblemKind.NFT_MISSING_RULES: "a cached container's host ports are not forwarded",
     ProblemKind.EXTRA_RULES: "the container's rules do not match its config (an old address or"
     " port?): nftables is first-match-wins, so traffic may go to the wrong place",
+    ProblemKind.NFT_UNCLAIMED_RULES: "the plugin marks its nftables rules with the bare"
+    " container ID, so these may be the container's mapping on another network whose cache"
+    " entry is not read here (unreadable, in a cache directory not given, or not written yet:"
+    " libcni writes it after the ADD); --repair leaves them",
     ProblemKind.BOTH_BACKENDS: "the plugin's DEL cleans one backend only: the other's rules leak",
     ProblemKind.NFT_WRONG_BASE_CHAIN: "the plugin's ADD of every new container fails on a"
     " chain of another type, hook or priority (Operation not supported); a policy drop drops"
@@ -310,6 +314,12 @@ def _problem(p: InventoryProblem, fix: str) -> Problem:
     """An nftables inventory problem as check reports it (`repair` fixes each kind)."""
     where = f"nft:{p.chain or ''}".rstrip(":") or "nft"
     why = _NFT_WHY.get(p.kind.value, "")
+    if p.kind is ProblemKind.NFT_UNCLAIMED_RULES:
+        fix = (
+            f"give every cache directory of the node (--cni-cache-dir), or mend the entry"
+            f" that cannot be read; rules nobody owns go by handle (`nft delete rule"
+            f" {FAMILY_NAMES[p.family]} {TABLE} {p.chain} handle N`)"
+        )
     if p.kind is ProblemKind.NFT_WRONG_BASE_CHAIN:
         # Repair re-creates a missing base chain as the plugin's, never rewrites a chain
         # someone changed: prose (JSON `fix` null), as `--repair` alone changes nothing.
