@@ -118,11 +118,15 @@ def converge(
                 continue
             if err.userspace:
                 # nft refused the text itself: of what we write, only the plugin's
-                # nft-syntax conditions are free text.
-                raise BadInput(
-                    f"nft refused the transaction: {err.reason} (check the nftables"
-                    " conditions, conditionsV4/V6)"
-                ) from None
+                # nft-syntax conditions are free text, and the comment, the container ID
+                # (CNI allows any length; nft a comment of 128 bytes).
+                culprit = (
+                    ": the rules' comment is the container ID, too long for nftables (the"
+                    " plugin's ADD fails on it too)"
+                    if "comment too long" in err.reason
+                    else " (check the nftables conditions, conditionsV4/V6)"
+                )
+                raise BadInput(f"nft refused the transaction: {err.reason}{culprit}") from None
             raise
         return Converged(txn.render(), attempt)
     if killed is not None:
