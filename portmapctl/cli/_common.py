@@ -285,6 +285,12 @@ class Common(NamedTuple):
             raise BadInput(
                 f"--family {self.family.value}: no {other} dump to read (give {missing} FILE)"
             )
+        if snapshots and not nft_snapshot and self.backend is BackendChoice.nftables:
+            # (As a family with no dump: it read nothing, "no portmap chains found".)
+            raise BadInput(
+                "--backend nftables: no nftables dump to read (give --nft-snapshot FILE,"
+                " `nft -j list ruleset` output)"
+            )
         if snapshots and nft_snapshot and "-" in (*snapshots.values(), nft_snapshot):
             raise BadInput(
                 "only one of --snapshot/--snapshot6/--nft-snapshot can read standard input"

@@ -83,6 +83,7 @@ COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
                 help="Which of the plugin's backends to work on: auto follows each"
                 " container's cached config.",
                 rich_help_panel=PANEL,
+                case_sensitive=False,
             ),
         ],
         BackendChoice.auto,
@@ -96,6 +97,7 @@ COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
                 envvar="PORTMAPCTL_IPTABLES",
                 help="How iptables is read and written: auto picks what the host's iptables is.",
                 rich_help_panel=PANEL,
+                case_sensitive=False,
             ),
         ],
         IptablesChoice.auto,
@@ -104,7 +106,12 @@ COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
         "family",
         Annotated[
             FamilyChoice,
-            typer.Option("--family", help="Address families to work on.", rich_help_panel=PANEL),
+            typer.Option(
+                "--family",
+                help="Address families to work on.",
+                rich_help_panel=PANEL,
+                case_sensitive=False,
+            ),
         ],
         FamilyChoice.all,
     ),
@@ -147,6 +154,7 @@ COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
                 "-o",
                 help="Table (fits 80 columns), wide table (all columns), or JSON.",
                 rich_help_panel=PANEL,
+                case_sensitive=False,
             ),
         ],
         OutputChoice.table,

@@ -203,3 +203,19 @@ def test_a_port_mapping_in_an_error_is_quoted_as_the_file_spells_it(tmp_path):
     path.write_text(json.dumps(conf))
     done = run(["add", "--container", "abc123", "--cni-config", str(path), "--dry-run"])
     assert_error(done, 2, 'port mapping {"hostPort": 7070, "containerPort": 70}: no protocol')
+
+
+@pytest.mark.parametrize("spelling", ["V4", "v4", "4"])
+def test_the_choices_are_taken_in_any_case(spelling):
+    """--proto TCP was taken, --family V4, --backend NFTABLES, -o JSON were not."""
+    args = ["list", "--snapshot", str(FIXTURES / "basic.v4.save"), "--cni-cache-dir", "/x"]
+    done = run([*args, "--family", spelling, "-o", "JSON", "--backend", "IPTABLES"])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["mappings"]
+
+
+def test_backend_nftables_without_an_nft_dump_is_bad_input():
+    """`list --snapshot v4.save --backend nftables` read nothing and said "no portmap
+    chains found", exit 0, as a family without its dump did."""
+    done = run(["list", "--snapshot", str(FIXTURES / "basic.v4.save"), "--backend", "nftables"])
+    assert_error(done, 2, "--backend nftables: no nftables dump to read (give --nft-snapshot")
