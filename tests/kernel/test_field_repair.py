@@ -335,3 +335,30 @@ def test_repair_leaves_a_v07_shared_dead_chain_as_v07_wrote_it(
     doc = json.loads(done.stdout)
     assert [p["kind"] for p in doc["problems"]] == ["dead"] and not doc["repaired"]
     assert rp.nat_rules(rp.save(host_ns, 4, iptables_mode)) == rp.nat_rules(written)
+
+
+@pytest.mark.netns
+def test_repair_without_a_cache_does_not_guess_the_mark_bit(host_ns, tmp_path):
+    """markMasqBit 5; a firewall script flushed SETMARK and MASQ. With no CNI cache
+    (a DaemonSet missing its mount) --repair wrote them with the default bit 13: every
+    packet other software marks so was masqueraded. Not written now, a warning says
+    why; with the cache, bit 5 comes back."""
+    ports = [{"hostPort": 7700, "containerPort": 77, "protocol": "tcp"}]
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], ports, mark_masq_bit=5)
+    rp.run_plugin("ADD", host_ns, "ctr1", conf, check=True)
+    for chain in ("CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ"):
+        rp.iptables(host_ns, ["-t", "nat", "-F", chain])
+    base = ["check", "--repair", "--netns", host_ns, "--family", "4"]
+    done = run([*base, "--cni-cache-dir", str(tmp_path / "none")])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "no CNI cache says the masquerade mark bit" in done.stderr
+    saved = rp.save(host_ns)
+    assert "--set-xmark" not in saved and "-m mark" not in saved, saved
+    rp.write_cni_cache(tmp_path / "cni", "mynet", "ctr1", "eth0", conf, ports,
+                       ["10.88.0.5/16"], netns=f"/run/netns/{host_ns}")  # fmt: skip
+    fixed = run([*base, "--cni-cache-dir", str(tmp_path / "cni")])
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    saved = rp.save(host_ns)
+    assert "--set-xmark 0x20/0x20" in saved and "--mark 0x20/0x20" in saved, saved
+    for check in rp.run_check(host_ns, "ctr1", conf):
+        assert check.returncode == 0, check.stderr

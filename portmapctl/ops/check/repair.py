@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
 from portmapctl.errors import ApplyFailed, BadInput, Interrupted, PortmapctlError
-from portmapctl.iptables.chains import Chain, dnat_chain_name
+from portmapctl.iptables import shapes
+from portmapctl.iptables.chains import MASQ, SETMARK, Chain, dnat_chain_name
 from portmapctl.iptables.planner import missing_setmark_chain, plan_setup
 from portmapctl.iptables.ruleset import (
     NatTable,
@@ -86,6 +87,10 @@ def _plan(
 
     def setup(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
         shared, per_container = wanted_on_node(these, live.family, live)
+        if these is None and bit_unknown(live):
+            # No cache, and no rule left that says the mark bit: written, it would be a
+            # guess (the default, 13), masquerading what other software marks so.
+            shared = [c for c in shared if c.name not in (SETMARK, MASQ)]
         return _setup([*shared, *(chain for _, chain in per_container)], live)
 
     def plan(live: NatTable) -> Transaction:
@@ -98,6 +103,19 @@ def _plan(
         return cache.plan(live, configs, setup)
 
     return plan
+
+
+def bit_unknown(live: NatTable) -> bool:
+    """Whether the table's chains mark through CNI-HOSTPORT-SETMARK and no SETMARK or
+    MASQ rule is left to tell the mark bit (with no cache, nothing else tells it)."""
+    return shapes.uses_setmark(live) and shapes.mark_bit_in(live) is None
+
+
+_BIT_UNKNOWN = (
+    "IPv{family}: CNI-HOSTPORT-SETMARK's and CNI-HOSTPORT-MASQ's rules are gone and no CNI"
+    " cache says the masquerade mark bit (markMasqBit): not written (a guess would masquerade"
+    " what other software marks); give --cni-cache-dir"
+)
 
 
 def _in_row_order(unrepaired: Sequence[Unrepaired]) -> List[Unrepaired]:
@@ -379,6 +397,8 @@ def repair(
                 txn = node.converge_judged(
                     family, _plan(None if configs is None else configs_here, None), notes
                 )
+                if configs is None and bit_unknown(read.tables[family]):
+                    notes.append(_BIT_UNKNOWN.format(family=family))
                 txns = [txn] if txn else []
             if not txns:
                 continue
