@@ -282,6 +282,11 @@ def test_name_readings():
     assert name_readings("net-abc-eth0") == [("net", "abc", "eth0")]
     assert ("a-b", "c", "d-e") in name_readings("a-b-c-d-e")
     assert name_readings("nodashes") == [] and name_readings("x-y") == []
+    # 13 dash-parts each (a generated network name, an ID with dashes): it was past the
+    # bound (24 dashes), so an unreadable entry so named kept its container live under
+    # no reading, and said nothing.
+    network, cid = "-".join("n" * 13), "-".join("c" * 13)
+    assert (network, cid, "eth0") in name_readings(f"{network}-{cid}-eth0")
 
 
 def test_one_networks_config_is_decoded_once_and_never_stands_in_for_another(tmp_path, monkeypatch):
