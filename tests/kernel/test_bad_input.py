@@ -617,11 +617,12 @@ def _cases() -> List[Case]:
     add("flush-udp --dry-run=x", _then(_flush, "--dry-run=x"), "does not take a value")
     # Options every command takes.
     for command, base in BASES.items():
-        for value in ("bogus", "", "NFT", "nft;reboot"):
+        # (Any case is taken: `NFT` is nft, as the tables print choices.)
+        for value in ("bogus", "", "nft ", "nft;reboot"):
             add(f"{command} --iptables {value!r}", _with(base, "--iptables", value), "--iptables")
         for value in ("5", "", "4,6", "46"):
             add(f"{command} --family {value!r}", _then(base, "--family", value), "--family")
-        for value in ("xml", "", "JSON"):
+        for value in ("xml", "", "jsn"):
             add(f"{command} -o {value!r}", _then(base, "-o", value), "--output")
         add(f"{command} --cni-cache-dir ''", _then(base, "--cni-cache-dir", ""), "cache")
         for i, value in enumerate(["pmt-no-such-ns", "a b", "", "x\ny", "/etc/passwd", "/proc/1"]):
@@ -719,7 +720,7 @@ def _cases() -> List[Case]:
             "only one of --snapshot/--snapshot6")  # fmt: skip
     # The plugin's nftables backend: --backend, --nft-snapshot, add's nft refusals.
     for command, base in BASES.items():
-        for value in ("bogus", "", "NFTABLES", "nft"):
+        for value in ("bogus", "", "nftable", "nft"):
             add(f"{command} --backend {value!r}", _with(base, "--backend", value), "--backend")
     nft_dumps = {
         **{name: value for name, value in BROKEN_BYTES.items() if name != "not-utf8"},
