@@ -118,13 +118,13 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
     elsewhere).
     Also the plugin's nftables tables as read for it (None: not read), which the
     contested warning then reads instead of listing them again."""
-    from portmapctl.cni.entries import entry_paths
-
     if config.backend is not None:
         _other_than_cached(common, config, out)
     if config.backend is not None or common.backend.value != "auto" or not _net_admin():
         return config, None
     from dataclasses import replace
+
+    from portmapctl.cni.entries import entry_paths
 
     # The container's cached config first: the plugin's ADD was given it, and its DEL
     # looks in that backend alone, whatever rules are left (after a flush, none).

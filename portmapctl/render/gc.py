@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Backend
-from portmapctl.core.text import bytes_as_text
 from portmapctl.render.table import Cuttable, count, cut_end, grid, short_id, without_columns
 
 if TYPE_CHECKING:
@@ -91,11 +90,6 @@ def gc_table(
     for c in result.pending:
         rows.append(row(c))
         statuses.append([removable_text(c, min_age) if min_age is not None else "pending"])
-    if preview:
-        # The preview goes to stderr, where a byte that is not UTF-8 (a comment's, a
-        # cache file name's) is written \xNN as on every stderr line (core/text);
-        # escaped here, before the grid measures and styles the cells.
-        rows = [[bytes_as_text(cell) for cell in cells] for cells in rows]
     if not wide:
         without_columns(headers, rows, ("CHAIN", "TYPE"))
     whole = full_ids or wide

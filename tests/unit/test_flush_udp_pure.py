@@ -334,10 +334,7 @@ def test_dry_run_table_and_summary_fit_an_80_column_terminal(monkeypatch) -> Non
     80. WHY is never cut: the addresses are cut in their middle (ports whole), REPLY
     FROM and DESTINATION left out, and what still does not fit of WHY goes on below
     it; the summary word-wrapped; piped, both stay whole, one line each."""
-    import os
-    import pty
-
-    from test_terminal import _drain
+    from test_terminal import summary_on_terminal
 
     from portmapctl.cli._common import Output
 
@@ -365,13 +362,7 @@ def test_dry_run_table_and_summary_fit_an_80_column_terminal(monkeypatch) -> Non
     summary = render.flush_summary(result)
     assert len(summary) > 80
     # The summary line as the command writes it: on a terminal of 80 columns, then piped.
-    master, slave = pty.openpty()
-    monkeypatch.setenv("COLUMNS", "80")
-    with os.fdopen(slave, "w", buffering=1) as terminal:
-        monkeypatch.setattr("sys.stdout", terminal)
-        Output().summary(summary)
-    shown = _drain(master).decode().replace("\r", "").splitlines()
-    os.close(master)
+    shown = summary_on_terminal(monkeypatch, summary)
     assert len(shown) == 2 and all(len(line) <= 80 for line in shown)
     assert " ".join(shown) == summary
     piped = io.StringIO()

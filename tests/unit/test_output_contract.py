@@ -191,20 +191,13 @@ def test_a_summary_ending_in_a_command_is_wrapped_as_a_command(monkeypatch):
     the command's first line, pasted, ran without its last options. Now it goes on lines
     of its own, each but the last ending in ` \\`: pasted, it is the one command."""
     import io
-    import pty
 
-    from test_terminal import _drain
+    from test_terminal import summary_on_terminal
 
     command = ("portmapctl check --repair --netns node-with-a-long-name-0001"
                " --cni-cache-dir /var/lib/a-long-runtime-name/cni")  # fmt: skip
     summary = f"2 missing-entry -> {command}"
-    master, slave = pty.openpty()
-    monkeypatch.setenv("COLUMNS", "80")
-    with os.fdopen(slave, "w", buffering=1) as terminal:
-        monkeypatch.setattr("sys.stdout", terminal)
-        Output().summary(summary)
-    shown = _drain(master).decode().replace("\r", "").splitlines()
-    os.close(master)
+    shown = summary_on_terminal(monkeypatch, summary)
     assert shown[0] == "2 missing-entry ->"
     assert all(len(line) <= 80 for line in shown) and len(shown) == 3
     assert all(line.endswith(" \\") for line in shown[1:-1])

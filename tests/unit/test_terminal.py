@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
@@ -45,6 +45,18 @@ def _drain(fd: int, timeout: float = 0.5) -> bytes:
             break
         data += chunk
     return data
+
+
+def summary_on_terminal(monkeypatch, line: str, columns: int = 80) -> List[str]:
+    """Output().summary(line) as a terminal of `columns` shows it, a string a line."""
+    master, slave = pty.openpty()
+    monkeypatch.setenv("COLUMNS", str(columns))
+    with os.fdopen(slave, "w", buffering=1) as terminal:
+        monkeypatch.setattr("sys.stdout", terminal)
+        Output().summary(line)
+    shown = _drain(master).decode().replace("\r", "").splitlines()
+    os.close(master)
+    return shown
 
 
 def run_on_terminal(args, env: Optional[Dict[str, str]] = None) -> Tuple[int, str, str]:

@@ -20,6 +20,7 @@ from typing import (
     Sequence,
     Set,
     Tuple,
+    TypeVar,
 )
 
 from portmapctl.cni.cache import Attachment
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from portmapctl.nftables.ruleset import Ruleset
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
+
+T = TypeVar("T")
 
 # How far a file's modification time (the kernel's coarse clock) may lag time.time_ns().
 _CLOCK_SLACK_NS = 50_000_000
@@ -185,7 +188,8 @@ def nft_repair(
         return txn
 
     notes: List[str] = []
-    text = node.converge_nft(plan, dry_run=dry_run, went_in=_judged(planned, notes))
+    went_in = _judged(planned, lambda entry: entry[0], notes)
+    text = node.converge_nft(plan, dry_run=dry_run, went_in=went_in)
     now = cache.refreshed(attachments)
     cached = {a.container_id for a in attachments}
     left = tuple(
@@ -197,13 +201,15 @@ def nft_repair(
     return NftRepaired(text, nft_changed(*planned[-1]), now, left, tuple(notes))
 
 
-def _judged(tried: list, notes: List[str]) -> Callable[[ApplyFailed], None]:
+def _judged(
+    tried: List[T], txn_of: Callable[[T], NftTransaction], notes: List[str]
+) -> Callable[[ApplyFailed], None]:
     """converge_nft's `went_in` for a repair: a try whose nft died was found gone in by
     the read after it, so it is the transaction applied, not the empty plan that read
-    made (`tried` holds each try's plan, or (plan, configs), last last)."""
+    made (`tried`: each try's entry, last last; `txn_of`: its transaction)."""
 
     def went_in(err: ApplyFailed) -> None:
-        while tried and not (tried[-1][0] if isinstance(tried[-1], tuple) else tried[-1]):
+        while tried and not txn_of(tried[-1]):
             tried.pop()
         notes.append(found_in("nftables", err))
 
@@ -280,7 +286,8 @@ def repair_mapping(
         tried.append(txn)
         return txn
 
-    text = node.converge_nft(plan, went_in=_judged(tried, [] if notes is None else notes))
+    went_in = _judged(tried, lambda txn: txn, [] if notes is None else notes)
+    text = node.converge_nft(plan, went_in=went_in)
     return text, ([w.family for w in want] if text else [])
 
 
