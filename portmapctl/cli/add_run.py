@@ -78,9 +78,16 @@ def run(
                 spelling=spelling_of(mapping),
                 owed=owed,
             )
-        except Interrupted:
+        except Interrupted as stop:
+            ahead_started = started[0] if started else None
+            if not dry_run and _written_or_under_way(owed, ahead_started):
+                # "terminated" alone reads as "nothing was written".
+                stop.after = (
+                    f"the write of {config.network}/{config.container_id} may have gone in"
+                    " (the same add again finishes what is missing)"
+                )
             if not dry_run and not no_flush_udp:
-                _flush_on_the_way_out(common, config, owed, started[0] if started else None)
+                _flush_on_the_way_out(common, config, owed, ahead_started)
             raise
     _report(common, out, added, result, clashes, dry_run)
 
@@ -97,9 +104,7 @@ def _flush_on_the_way_out(
     until it is over anyway), also when add's own flush had run (only what misroutes
     goes: twice is as once). A flow through the new rules is right and stays. Its
     warnings are not said: the run ends with its one line."""
-    families = set(owed)
-    if ahead is not None:
-        families.update(family for family, txn in ahead.written().items() if txn)
+    families = _written_or_under_way(owed, ahead)
     if not families:
         return
     from portmapctl.host.netns import entered
@@ -107,6 +112,15 @@ def _flush_on_the_way_out(
 
     with entered(common.netns):
         flush_misrouted(config, sorted(families))
+
+
+def _written_or_under_way(owed: Set[int], ahead: Optional[Ahead]) -> Set[int]:
+    """The families add's write went in for, or was under way in when a signal came
+    (it may have gone in, whole): ops.add.add's `owed`, and the write ahead's."""
+    families = set(owed)
+    if ahead is not None:
+        families.update(family for family, txn in ahead.written().items() if txn)
+    return families
 
 
 def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[MappingConfig, Any]:

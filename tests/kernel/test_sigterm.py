@@ -25,6 +25,10 @@ from portmapctl.iptables.chains import chain_name
 from portmapctl.ops.gc import state as gc_state
 
 PORTS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+REPAIR_WENT_IN = (
+    "portmapctl: terminated: the repair of 1 container had gone in, or was going in"
+    " (`portmapctl check` shows what is left)\n"
+)
 
 
 def _node(host_ns, tmp_path):
@@ -156,7 +160,8 @@ def test_sigterm_after_a_repair_went_in_still_flushes_its_udp_flows(host_ns, tmp
     where = "repair" if backend == "iptables" else "nft-repair"
     code, _out, err = killed_while_writing(argv, env, where, tmp_path / "marker")
     assert code == -signal.SIGTERM, err
-    assert without_cache_note(err) == "portmapctl: terminated\n"
+    # What went in is said: "terminated" alone read as "nothing was written".
+    assert without_cache_note(err) == REPAIR_WENT_IN
     if backend == "nftables":
         assert 'comment "c1"' in upstream.ruleset_text(host_ns)
     else:
@@ -206,7 +211,7 @@ def test_sigterm_after_a_one_mapping_repair_went_in_still_flushes_its_udp_flows(
     where = "nft-write" if backend == "nftables" else "repair"
     code, _out, err = killed_while_writing(argv, env, where, tmp_path / "marker")
     assert code == -signal.SIGTERM, err
-    assert without_cache_note(err) == "portmapctl: terminated\n"
+    assert without_cache_note(err) == REPAIR_WENT_IN
     if backend == "nftables":
         assert 'comment "c1"' in upstream.ruleset_text(host_ns)
     else:
@@ -369,7 +374,10 @@ def test_sigterm_after_adds_write_still_flushes_the_flows_it_misroutes(host_ns, 
     where = extra[0] if extra and extra[0] in ("add-early", "ahead-start") else "add"
     code, _out, err = killed_while_writing(argv, env, where, tmp_path / "marker")
     assert code == -signal.SIGTERM, err
-    assert without_cache_note(err) == "portmapctl: terminated\n"
+    assert without_cache_note(err) == (
+        "portmapctl: terminated: the write of mynet/c1 may have gone in"
+        " (the same add again finishes what is missing)\n"
+    )
     if "--backend" in extra:
         assert 'comment "c1"' in upstream.ruleset_text(host_ns)
     else:

@@ -397,10 +397,14 @@ def repair_nft_mapping(
     notes: List[str] = []
     try:
         text, families = repair_mapping(node, config, before.families, tried, left, notes)
-    except Interrupted:
+    except Interrupted as stop:
         # SIGTERM or Ctrl-C once `nft -f` went in (or was under way): what it made gets
         # the plugin's side effects on the way out, as the whole-node repair does.
-        for c, fams in nft_changed(tried[-1], [config]) if tried else []:
+        from portmapctl.ops.check.repair import say_repaired
+
+        made = nft_changed(tried[-1], [config]) if tried else []
+        say_repaired(stop, bool(tried), made)
+        for c, fams in made:
             after_setup(c, fams, flush_udp, local_only=True)
         if flush_udp and tried:
             with contextlib.suppress(PortmapctlError):  # (the run ends as terminated)

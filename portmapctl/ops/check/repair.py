@@ -299,6 +299,21 @@ def _attempted(
     return list(made.items())
 
 
+def say_repaired(
+    stop: Interrupted, attempted: bool, made: Sequence[Tuple[MappingConfig, Sequence[int]]]
+) -> None:
+    """Put on a Ctrl-C or SIGTERM (Interrupted.after) that a repair had been handed
+    over (`attempted`), and for how many containers (`made`): "terminated" alone reads
+    as "nothing was written"."""
+    if not attempted:
+        return
+    containers = len({(c.network, c.container_id) for c, _ in made})
+    which = f" of {containers} container{'s' if containers != 1 else ''}" if containers else ""
+    stop.after = (
+        f"the repair{which} had gone in, or was going in (`portmapctl check` shows what is left)"
+    )
+
+
 def _planned_node(node: Node) -> Tuple[Node, ReadOnce]:
     """The node with reads that are made once (see ReadOnce)."""
     planned = ReadOnce(node.backend)
@@ -432,13 +447,14 @@ def repair(
         # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
         # un-NATed path it took while the mapping was missing.
         warnings += after_setup_many(list(changed.values()), flush_udp, local_only=True)
-    except Interrupted:
+    except Interrupted as stop:
         # SIGTERM or Ctrl-C once a transaction went in (or was under way): what it made
         # still gets the plugin's side effects on the way out; the next check finds it
         # healthy and would leave its UDP flows pinned to the un-NATed path for good.
         made = _attempted(planned, configs or [])
         if nft_tried:
             made += nft_repair.nft_changed(*nft_tried[-1])
+        say_repaired(stop, bool(planned.attempted or nft_tried), made)
         after_setup_many(made, flush_udp, local_only=True)
         if flush_udp and nft_tried:
             with contextlib.suppress(PortmapctlError):  # (the run ends as terminated)
@@ -512,11 +528,13 @@ def _repair_mapping(
             if txn:
                 transactions[family] = txn.render()
                 families += [family] if changed_mappings(txn, [config]) else []
-    except Interrupted:
+    except Interrupted as stop:
         # As the whole-node repair: what a transaction handed to iptables (re)made gets
         # route_localnet and its UDP flows flushed on the way out; the next check finds
         # the mapping healthy and would leave the flows pinned to the un-NATed path.
-        after_setup_many(_attempted(planned, [config]), flush_udp, local_only=True)
+        made = _attempted(planned, [config])
+        say_repaired(stop, bool(planned.attempted), made)
+        after_setup_many(made, flush_udp, local_only=True)
         raise
     warnings = notes + (
         after_setup_many([(config, families)], flush_udp, local_only=True) if families else []
