@@ -123,6 +123,9 @@ def run(
                 or ((c.name, c.family) not in with_rows and wanted.bare_chain(c))
             ]
         chains.sort(key=render.chain_sort_key)
+        undecided = inventory.undecided_note(chains)  # (of the chains shown)
+        if undecided is not None:
+            out.warn(undecided)
         total = len(mappings)
         if out.json:
             out.print_json(render.list_json(rows, chains, counts, cache.json(), total))

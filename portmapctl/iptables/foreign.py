@@ -87,7 +87,7 @@ from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import destined, loopback
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.lexer import split_words
-from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, Args, NatTable, format_rule
+from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, Args, NatTable, shown_rule
 from portmapctl.iptables.shapes import ProtoPort
 
 # Reads a chain's rules (lexed, or a one-token placeholder: the saved line), None when
@@ -309,7 +309,7 @@ class _Walk(PortsLeft):
                 if self.past_entry:
                     continue  # an nftables port: back from CNI-HOSTPORT-DNAT untouched
                 return True
-            text = args[0] if len(args) == 1 else format_rule("-A", name, args)
+            text = args[0] if len(args) == 1 else shown_rule("-A", name, args)
             if not self._may_matter(text):
                 continue
             rule = _read(args, self.dest)

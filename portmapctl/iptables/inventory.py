@@ -66,6 +66,10 @@ class ChainInfo:
     entries: Tuple[EntryRule, ...]
     rules: Tuple[Args, ...]
     missing_ports: Tuple[ProtoPort, ...] = ()
+    # Ports an entry rule sends here that the chain has no rule for, with neither the
+    # cache nor the other family's table to say whether they have the other family's
+    # host IP (then no fault) or are missing: not called incomplete (undecided_note).
+    undecided_ports: Tuple[ProtoPort, ...] = ()
 
     @property
     def host_ports(self) -> Tuple[ProtoPort, ...]:
@@ -192,7 +196,7 @@ def _family(
                 )
             )
             continue
-        missing = _missing_ports(
+        missing, undecided = _missing_ports(
             name,
             entries[name],
             port_rules[name],
@@ -249,6 +253,7 @@ def _family(
                 tuple(entries[name]),
                 table.rules(name),
                 tuple(missing),
+                tuple(undecided),
             )
         )
     return mappings, chains
@@ -335,8 +340,9 @@ def _missing_ports(
     other: Optional[NatTable],
     attachment: Optional[Attachment],
     family: int,
-) -> List[ProtoPort]:
-    """Ports an entry rule sends here that the chain does not DNAT.
+) -> Tuple[List[ProtoPort], List[ProtoPort]]:
+    """Ports an entry rule sends here that the chain does not DNAT, and those it
+    cannot tell (below).
 
     The plugin's entry rules name every port of the container, but a port whose host
     IP is of the other family has no rules in this family: that is not a fault. What
@@ -345,14 +351,19 @@ def _missing_ports(
     a rule for it (a SETMARK rule left without its DNAT); one the chain has no rule
     for cannot be told from another family's host IP (it called a healthy container's
     `[::1]:9001` incomplete, exit 1, that the check of both families found sound).
+    Those are returned second, undecided: the chain is not called incomplete, and
+    list and check say so (undecided_note; it was called ok without a word, also a
+    chain an IPv4 dump shows entered and empty).
     """
     have = {(proto, port) for proto, port, *_ in port_rules}
     unmatched = [pp for entry in entries for pp in entry.ports if pp not in have]
     if not unmatched:
-        return []  # the usual case: no need to look at the other family
+        return [], []  # the usual case: no need to look at the other family
+    undecided: List[ProtoPort] = []
     if other is None and (attachment is None or attachment.mapping is None):
         found = (port_match(args) for args in rules)
         traces = {(m.protocol, m.host_port) for m in found if m is not None}
+        undecided = list(dict.fromkeys(pp for pp in unmatched if pp not in traces))
         unmatched = [pp for pp in unmatched if pp in traces]
     other_family = set()
     if attachment is not None and attachment.mapping is not None:
@@ -367,7 +378,25 @@ def _missing_ports(
     for proto_port in unmatched:
         if proto_port not in other_family:
             missing[proto_port] = None
-    return list(missing)
+    return list(missing), undecided
+
+
+def undecided_note(chains: Iterable[ChainInfo]) -> Optional[str]:
+    """The warning for chains with undecided ports (ChainInfo.undecided_ports), or None:
+    what one family without the CNI cache cannot tell, said rather than called ok."""
+    found = [c for c in chains if c.undecided_ports]
+    if not found:
+        return None
+    first = found[0]
+    ports = ", ".join(f"{proto}/{port}" for proto, port in first.undecided_ports[:4])
+    ports += ", ..." if len(first.undecided_ports) > 4 else ""
+    more = f" (and {len(found) - 1} more chains like it)" if len(found) > 1 else ""
+    family, other = (f"IPv{first.family}", f"IPv{10 - first.family}")
+    return (
+        f"{first.name} ({family}) is entered for {ports} but has no rule for it{more}:"
+        f" it is incomplete unless that port has an {other} host IP, which only the"
+        f" {other} table or the CNI cache can tell (neither was read)"
+    )
 
 
 def select(

@@ -548,6 +548,24 @@ def format_rule(command: str, chain: str, args: Sequence[str]) -> str:
     return " ".join([command, quote(chain), *(quote(a) for a in args)])
 
 
+def shown_rule(command: str, chain: str, args: Sequence[str]) -> str:
+    """format_rule's line for people (a problem's rule, another tool's rule that takes
+    a port): a control character read from a dump is shown escaped (`\\x1b`), never
+    refused. Refusing belongs to what is written: one foreign rule with an escape in
+    its comment stopped list and check of the whole node (exit 2)."""
+    try:
+        return format_rule(command, chain, args)
+    except BadInput:
+        return " ".join([command, chain, *(_escaped(t) for t in args)])
+
+
+def _escaped(token: str) -> str:
+    if not _CONTROL_RE.search(token):
+        return quote(token)
+    shown = _CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode(), token)
+    return '"' + shown.replace('"', '\\"') + '"'  # (quote() would double the \ shown)
+
+
 def command_line(
     family: int, flavour: Optional[str], command: str, chain: str, args: Sequence[str]
 ) -> str:

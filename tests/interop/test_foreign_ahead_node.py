@@ -127,6 +127,27 @@ def test_a_kube_proxy_nodeport_ahead_of_the_plugin_shadows_its_port(
     _assert_shadowed(args, 30080, NODEPORT_RULE.format(port=30080))
 
 
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_control_character_in_a_foreign_rule_is_shown_escaped_not_refused(
+    host_ns: str, tmp_path: Path, mode: rp.Mode
+) -> None:
+    """Another tool's rule ahead of the plugin's entry whose comment holds an escape
+    (iptables takes it; so does the kernel): list and check of the whole node stopped
+    at it, "refusing a rule argument with control characters", exit 2, every run. It is
+    read as any rule, and shown with the escape written out (never sent to a terminal),
+    as a rule with no escape is shown (review helper-133)."""
+    args = _container(host_ns, tmp_path, 8080, mode)
+    _nat(host_ns, mode, ["-I", "PREROUTING", "1", "-p", "tcp", "-m", "tcp", "--dport", "8080",
+                         "-m", "comment", "--comment", "red \x1b[31m alert", "-j", "RETURN"])  # fmt: skip
+    rule = (
+        '-A PREROUTING -p tcp -m tcp --dport 8080 -m comment --comment "red \\x1b[31m alert"'
+        " -j RETURN"
+    )
+    _assert_shadowed(args, 8080, rule)
+    for command in ("list", "check"):
+        assert "\x1b" not in pmctl.run([command, *args]).stdout  # (the table: no raw escape)
+
+
 def test_rules_that_take_only_some_packets_or_come_later_shadow_nothing(
     host_ns: str, tmp_path: Path
 ) -> None:

@@ -691,6 +691,35 @@ def test_nerdctl_dump_without_cache(tmp_path):
     assert LIMA_8082 in problem(checked, "incomplete", LIMA_EMPTY)["detail"]
 
 
+def test_nerdctl_dump_alone_says_what_it_cannot_tell(tmp_path):
+    """The same IPv4 dump given alone (no --snapshot6, no cache: a support bundle of
+    one file): the empty chain entered for tcp/8082 cannot be told from a container
+    whose port has an IPv6 host IP (the plugin's IPv4 chain then has no rule for it),
+    so it is not called incomplete; it was called ok without a word, and check said
+    "healthy". Now list and check say, in a warning, what one family cannot tell."""
+    save = snapshot(tmp_path, "lima-nerdctl-hostip")
+    warning = (
+        f"portmapctl: warning: {LIMA_EMPTY} (IPv4) is entered for tcp/8082 but has no rule"
+        " for it: it is incomplete unless that port has an IPv6 host IP, which only the"
+        " IPv6 table or the CNI cache can tell (neither was read)\n"
+    )
+    alone = ["--snapshot", save, "--cni-cache-dir", no_cache(tmp_path)]
+    for command, code in (("list", 0), ("check", 0)):
+        done = run([command, *alone])
+        assert done.returncode == code, done.stderr
+        assert warning in done.stderr, (command, done.stderr)
+    listed = run(["list", *alone, "-o", "json"])
+    assert statuses(json.loads(listed.stdout))[LIMA_EMPTY] == ["ok"]
+    assert warning in listed.stderr  # (stderr: the JSON stays as it was)
+    # Filtered to the other containers, the chain is not shown and not spoken of.
+    other = run(["list", *alone, "--port", "8081"])
+    assert "warning: CNI-DN" not in other.stderr, other.stderr
+    # With the IPv6 table (or a cache) it is told, and there is nothing to warn of.
+    both = run(["check", *alone, "--snapshot6", EMPTY_V6])
+    assert both.returncode == 1 and "incomplete" in both.stdout, both.stdout
+    assert "warning: CNI-DN" not in both.stderr, both.stderr
+
+
 def test_nerdctl_dump_with_an_empty_cache(tmp_path):
     listed, checked = read_node(snapshot(tmp_path, "lima-nerdctl-hostip"), empty_cache(tmp_path))
     assert listed == {

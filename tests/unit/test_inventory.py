@@ -174,6 +174,14 @@ def test_one_family_alone_does_not_call_the_other_familys_host_ip_incomplete():
     text = (Path(__file__).parents[1] / "fixtures" / "hostip-v6.v4.save").read_text()
     found = inventory.build({4: parse_save(text, 4)})
     assert found.chains and all("incomplete" not in c.status for c in found.chains)
+    # Undecided, not healthy: list and check say what one family cannot tell.
+    (undecided,) = [c for c in found.chains if c.undecided_ports]
+    note = inventory.undecided_note(found.chains)
+    assert note is not None and note.startswith(f"{undecided.name} (IPv4) is entered for")
+    both = (Path(__file__).parents[1] / "fixtures" / "hostip-v6.v6.save").read_text()
+    told = inventory.build({4: parse_save(text, 4), 6: parse_save(both, 6)})
+    assert inventory.undecided_note(told.chains) is None  # (the IPv6 table tells)
+    assert all("incomplete" not in c.status for c in told.chains)
 
 
 def test_a_port_without_its_dnat_rule_is_incomplete():

@@ -9,7 +9,7 @@ from typing import Collection, Dict, FrozenSet, List, Optional, Sequence, Tuple
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
 from portmapctl.iptables.chains import MASQ, SETMARK, TOPLEVEL_DNAT, Chain
-from portmapctl.iptables.ruleset import Args, NatTable, format_rule, option_value, rule_target
+from portmapctl.iptables.ruleset import Args, NatTable, option_value, rule_target, shown_rule
 from portmapctl.iptables.shapes import entry_ports
 from portmapctl.ops.check.hints import Fixes, _config_ports, _rules_text
 from portmapctl.ops.check.problem import Problem, saved_lines, saved_rules
@@ -79,7 +79,7 @@ def check_shared(
                     chain.name,
                     None,
                     None,
-                    f"rule missing: {format_rule('-A', chain.name, rule)}",
+                    f"rule missing: {shown_rule('-A', chain.name, rule)}",
                     fix,
                     why,
                     saved_rules(chain.name, [rule]),

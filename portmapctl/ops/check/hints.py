@@ -13,7 +13,7 @@ from portmapctl.host.paths import default_cni_cache_dirs
 from portmapctl.iptables.ruleset import (
     Args,
     command_line,
-    format_rule,
+    shown_rule,
 )
 from portmapctl.ops.node import Node
 
@@ -109,7 +109,7 @@ def _config_ports(config: MappingConfig, family: int) -> str:
 
 
 def _rules_text(chain: str, rules: Sequence[Args], command: str = "-A") -> str:
-    shown = "; ".join(format_rule(command, chain, r) for r in rules[:_SHOWN])
+    shown = "; ".join(shown_rule(command, chain, r) for r in rules[:_SHOWN])
     more = len(rules) - _SHOWN
     return shown + (f"; and {more} more" if more > 0 else "")
 

@@ -26,7 +26,7 @@ from portmapctl.cni.cache import Attachment, added_at
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind, Status
-from portmapctl.iptables.ruleset import NatTable, format_rule
+from portmapctl.iptables.ruleset import NatTable, shown_rule
 from portmapctl.nftables import FAMILY_NAMES
 from portmapctl.nftables.ruleset import MASQUERADING, TABLE
 from portmapctl.ops.check.hints import Fixes
@@ -475,10 +475,10 @@ def _both_backends(
             for chain in sorted(c for c in chains if table.has_chain(c)):
                 for entry in entry_rules(table, {chain})[chain]:
                     steps.append(fixes.iptables(family, "-D", entry.chain, entry.args))
-                    rules.append(format_rule("-A", entry.chain, entry.args))
+                    rules.append(shown_rule("-A", entry.chain, entry.args))
                 steps.append(fixes.iptables(family, "-F", chain, ()))
                 steps.append(fixes.iptables(family, "-X", chain, ()))
-                rules += [format_rule("-A", chain, r) for r in table.rules(chain)]
+                rules += [shown_rule("-A", chain, r) for r in table.rules(chain)]
     else:
         keep = Backend.IPTABLES
         network = next((a.network for a in parts.iptables if a.container_id == cid), None)

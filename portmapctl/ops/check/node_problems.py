@@ -12,7 +12,7 @@ from portmapctl.cni.cache import Attachment
 from portmapctl.core.status import ChainKind, ProblemKind, Status
 from portmapctl.iptables import inventory, plugin_rules, shapes
 from portmapctl.iptables.chains import DNAT_PREFIX, SHARED_CHAINS, SNAT_PREFIX, TOPLEVEL_DNAT
-from portmapctl.iptables.ruleset import NatTable, format_rule, option_value, rule_target
+from portmapctl.iptables.ruleset import NatTable, option_value, rule_target, shown_rule
 from portmapctl.ops.check.hints import Fixes, _names_text, _ports_text, _who
 from portmapctl.ops.check.problem import (
     Problem,
@@ -366,7 +366,7 @@ def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
                     saved.name,
                     network,
                     container_id,
-                    f"{count} copies of {format_rule('-A', saved.name, rule)}",
+                    f"{count} copies of {shown_rule('-A', saved.name, rule)}",
                     f"delete one copy: {fixes.iptables(live.family, '-D', saved.name, rule)}",
                     "a sign that a script or another tool re-adds the plugin's rules; every"
                     " packet walks each copy",

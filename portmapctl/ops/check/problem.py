@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import Mapping
-from portmapctl.errors import BadInput
 from portmapctl.iptables import inventory
-from portmapctl.iptables.ruleset import Args, format_rule
+from portmapctl.iptables.ruleset import Args, shown_rule
 
 
 @dataclass(frozen=True)
@@ -89,10 +88,7 @@ class CheckResult:
 
 
 def _saved_line(chain: str, rule: Args) -> str:
-    try:
-        return format_rule("-A", chain, rule)
-    except BadInput:  # a control character read from a dump: shown escaped, never run
-        return " ".join(["-A", chain, *(t.encode("unicode_escape").decode() for t in rule)])
+    return shown_rule("-A", chain, rule)  # (a control character from a dump: escaped)
 
 
 def saved_rules(chain: str, rules: Sequence[Args]) -> Tuple[str, ...]:

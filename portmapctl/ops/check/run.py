@@ -167,6 +167,7 @@ def _check_node(
     # A warning, as list and gc say theirs: one line, -q included (not a remark).
     elsewhere = _uncached_elsewhere(read, attachments)
     chains = sum(len(plugin_rules.per_container_chains(t)) for t in tables.values())
+    undecided = inventory.undecided_note(found.chains)
     return CheckResult(
         tuple(problems),
         tuple(sorted(tables)),
@@ -182,6 +183,7 @@ def _check_node(
             *cni_cache.warnings(attachments),
             *unsure_warnings(owners),
             *([elsewhere] if elsewhere is not None else ()),
+            *([undecided] if undecided is not None else ()),
         ),
     )
 
