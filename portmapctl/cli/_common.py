@@ -532,7 +532,15 @@ class Output(NamedTuple):
 
     def warn(self, text: str) -> None:
         # A path's byte that is not UTF-8 as `\xNN`, as error lines and JSON write it.
-        sys.stderr.write(f"portmapctl: warning: {message_text(text)}\n")
+        line = f"portmapctl: warning: {message_text(text)}"
+        width = self.width(sys.stderr)
+        if width is not None and len(line) > width:
+            # On a terminal, word-wrapped with its lines after the first indented (the
+            # terminal broke it mid-word); a log or a pipe keeps the one line.
+            from portmapctl.render.table import wrap
+
+            line = "\n".join(wrap(line, width, "  "))
+        sys.stderr.write(line + "\n")
 
     @contextlib.contextmanager
     def progress(

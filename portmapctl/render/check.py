@@ -155,10 +155,10 @@ def check_text(
         for number, (why, command) in enumerate(entries):
             if number == 0:
                 out.append(kind, style="bold")
-                wrapped = wrap(f"{kind}: {why}", width, "  ")
+                wrapped = why_lines(f"{kind}: {why}", width, "  ")
                 out.append(wrapped[0][len(kind) :] + "\n")
             else:
-                wrapped = wrap(f"  {why}", width, "  ")
+                wrapped = why_lines(f"  {why}", width, "  ")
                 out.append(wrapped[0] + "\n")
             for line in wrapped[1:]:
                 out.append(line + "\n")
@@ -167,6 +167,44 @@ def check_text(
                 out.append("\n".join(command_lines(command, width, len("  fix: "))) + "\n")
     out.rstrip()
     return out
+
+
+# A command quoted in a why (`portmapctl gc --valid-attachments FILE ...` with no cache,
+# the iptables commands that remove a copy by hand): on a terminal, lines of its own.
+_QUOTED_COMMAND = re.compile(r"`((?:portmapctl|ip6?tables(?:-\w+)?|nft) [^`]*)`")
+
+
+def why_lines(text: str, width: Optional[int], indent: str) -> List[str]:
+    """`text` (a kind's why) word-wrapped at `width` after `indent`, except the commands
+    quoted in it (in backticks), which go on lines of their own, under the text and two
+    further in, wrapped as a fix is (command_lines): word-wrapped as prose, a command's
+    first line pasted ran it without the rest. Piped (None), or when it fits: one line,
+    as before."""
+    if width is None or len(text) <= width or not _QUOTED_COMMAND.search(text):
+        return wrap(text, width, indent)
+    inner = len(indent) + 2
+    lines: List[str] = []
+    prose = ""
+    at = 0
+    for match in _QUOTED_COMMAND.finditer(text):
+        prose += text[at : match.start()]
+        at = match.end()
+        if prose.strip(" ;,"):  # (not the "; " between two commands)
+            lines += (
+                wrap(prose.rstrip(), width, indent) if not lines else _more(prose, width, indent)
+            )
+        prose = ""
+        # (Its own lines two further in again: where one command ends shows.)
+        first, *rest = command_lines(match.group(1), width, inner + 2)
+        lines += [" " * inner + first, *rest]
+    if text[at:].strip(" ;,."):
+        lines += _more(text[at:], width, indent)
+    return lines
+
+
+def _more(prose: str, width: Optional[int], indent: str) -> List[str]:
+    """Prose between or after commands, on lines of its own at `indent`."""
+    return wrap(indent + prose.strip().lstrip(";,").strip(), width, indent)
 
 
 def command_lines(command: str, width: Optional[int], indent: int) -> List[str]:

@@ -74,7 +74,10 @@ def gc_table(
     verb = "to remove" if preview else "would remove" if result.dry_run else "removed"
 
     def row(c: GcChain) -> List[str]:
-        return [f"v{c.family}", c.kind, c.network or "-", short_id(c.container_id, full_ids)] + [
+        # A chain of no known container (an orphan no entry rule names) is known by its
+        # name: "-" there, with HOST PORTS left out on a narrow terminal, said nothing.
+        who = short_id(c.container_id, full_ids) if c.container_id else c.chain
+        return [f"v{c.family}", c.kind, c.network or "-", who] + [
             _ports_cell(c),
             # As list's and check's tables: an nft chain is `nft:<chain>`.
             f"nft:{c.chain}" if c.backend == Backend.NFTABLES else c.chain,

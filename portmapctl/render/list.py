@@ -118,7 +118,8 @@ def list_table(
     header: bool = True,
     width: Optional[int] = None,
 ) -> Grid:
-    """The list table; without `wide` the CHAIN column is left out (80 columns).
+    """The list table; without `wide` the CHAIN column is left out (80 columns), or
+    shown as BACKEND when the rows are of both backends.
     `width` is the terminal's (None: piped, nothing is cut): rows are fitted to it
     (LIST_CUTS, then LIST_DROPS; the statuses are never cut, wrapped under their
     column when even that is not enough) unless `full_ids` (--no-trunc) or `wide`
@@ -127,7 +128,14 @@ def list_table(
     if conntrack is not None:
         headers.append("FLOWS")  # UDP conntrack entries (a short word: 80 columns)
     rows, statuses = _list_rows(mappings, chains, conntrack, full_ids)
-    if not wide:
+    if not wide and _both_backends(mappings):
+        # A container with rules in both (the plugin's DEL cleans one): without the
+        # backend its two copies are two identical rows.
+        column = headers.index("CHAIN")
+        headers[column] = "BACKEND"
+        for cells in rows:
+            cells[column] = "nftables" if cells[column].startswith("nft:") else "iptables"
+    elif not wide:
         without_columns(headers, rows, ("CHAIN",))
     whole = full_ids or wide
     return grid(
@@ -184,6 +192,11 @@ def _list_rows(
         rows.append(row)
         statuses.append(c.status)
     return rows, statuses
+
+
+def _both_backends(mappings: Iterable[Mapping]) -> bool:
+    kinds = {getattr(m, "backend", None) == Backend.NFTABLES for m in mappings}
+    return len(kinds) == 2
 
 
 def _chain_cell(m: Mapping) -> str:

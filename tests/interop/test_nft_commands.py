@@ -203,6 +203,13 @@ def test_add_told_another_backend_than_the_cached_configs_warns(node: str, tmp_p
     )
     both = json.loads(_pmctl(node, tmp_path, "check", "-o", "json").stdout)["problems"]
     assert "both-backends" in {p["kind"] for p in both}
+    # list's table says which copy is which: without a BACKEND column the two were one
+    # row twice (CHAIN, which tells them apart, is -o wide's).
+    listed = _pmctl(node, tmp_path, "list", "--port", "8080", "--family", "4").stdout.splitlines()
+    assert listed[0].split()[-2:] == ["BACKEND", "STATUS"], listed
+    assert sorted(line.split()[-2] for line in listed[1:3]) == ["iptables", "nftables"], listed
+    alone = _pmctl(node, tmp_path, "list", "--backend", "nftables").stdout.splitlines()
+    assert "BACKEND" not in alone[0] and "CHAIN" not in alone[0], alone  # (one backend)
     quiet = pmctl.run([*args[:2], "nftables", *args[3:]])  # (the cached backend: no word)
     assert "outlive" not in quiet.stderr, quiet.stderr
 

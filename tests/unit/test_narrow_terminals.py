@@ -123,6 +123,19 @@ def test_gc_at_60_columns_keeps_its_status_whole():
     assert "20000/tcp,20001/tcp,20002/tcp" in whole and "podman" in whole
 
 
+def test_gc_names_a_chain_of_no_known_container_by_its_name():
+    """An orphan chain no entry rule names has no container ID: its row said `-`, and
+    with HOST PORTS left out at 60 columns it read `v4  -  9s  removable in 1m51s`,
+    naming nothing (review helper-133). Its chain's name stands there instead."""
+    orphan = GcChain("CNI-DN-70a29d9dc18bc4d652ea5", 4, "dnat", None, None,
+                     (("udp", 5353),), seen_seconds=9.0)  # fmt: skip
+    result = GcResult(True, (), (orphan,), kept=0, conntrack_deleted=0)
+    for width in (None, 60, 40):
+        lines = gc_table(result, 120.0, width=width).plain.split("\n")
+        column = lines[0].split().index("CONTAINER")  # (NETWORK is left out when narrow)
+        assert lines[1].split()[column] == "CNI-DN-70a29d9dc18bc4d652ea5", (width, lines)
+
+
 def test_check_piped_is_one_line_a_problem():
     doc = json.loads(pmctl("check", *EXAMPLE, "-o", "json").stdout)
     piped = pmctl("check", *EXAMPLE).stdout.split("\n")

@@ -209,6 +209,73 @@ def test_a_summary_ending_in_a_command_is_wrapped_as_a_command(monkeypatch):
     assert piped.getvalue() == summary + "\n"
 
 
+def test_a_warning_is_word_wrapped_on_a_terminal_and_one_line_in_a_log(monkeypatch):
+    """The no-cache warning is 135 characters: on an 80-column terminal it broke
+    mid-word (review helper-133). On a terminal it is word-wrapped now, its lines after
+    the first indented; in a log or a pipe it stays the one line a grep finds."""
+    import io
+    import pty
+
+    from test_terminal import _drain
+
+    text = ("no CNI cache at /var/lib/cni/results: stale mappings cannot be told from"
+            " live ones (give --cni-cache-dir)")  # fmt: skip
+    master, slave = pty.openpty()
+    monkeypatch.setenv("COLUMNS", "60")
+    with os.fdopen(slave, "w", buffering=1) as terminal:
+        monkeypatch.setattr("sys.stderr", terminal)
+        Output().warn(text)
+    shown = _drain(master).decode().replace("\r", "").splitlines()
+    os.close(master)
+    assert len(shown) == 3 and all(len(line) <= 60 for line in shown), shown
+    assert shown[0].startswith("portmapctl: warning: no CNI cache")
+    assert all(line.startswith("  ") for line in shown[1:])
+    assert " ".join(line.strip() for line in shown) == f"portmapctl: warning: {text}"
+    logged = io.StringIO()
+    monkeypatch.setattr("sys.stderr", logged)
+    Output().warn(text)
+    assert logged.getvalue() == f"portmapctl: warning: {text}\n"
+
+
+def test_a_command_quoted_in_a_why_is_wrapped_as_a_command():
+    """A why that quotes a command (orphan's `portmapctl gc --valid-attachments FILE
+    ...` when there is no cache; both-backends' iptables commands) was word-wrapped as
+    prose on a terminal: a copy of its lines did not paste as the command (review
+    helper-133). Now each quoted command goes on lines of its own, each but the last
+    ending in ` \\`; piped, the why stays one line."""
+    no_cache = ["--cni-cache-dir", "/no/cni/cache/here"]  # (a path that fits 60 columns)
+    args = ["check", *EXAMPLE[:4], *no_cache]
+    code, out, _ = run_on_terminal(args, {"COLUMNS": "60", "NO_COLOR": "1"})
+    lines = out.replace("\r", "").splitlines()
+    assert code == 1 and all(len(line) <= 60 for line in lines), out
+    start = next(i for i, line in enumerate(lines) if line.startswith("    portmapctl gc"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].endswith(" \\"))
+    assert end > start, lines  # (it needs more than one line at 60)
+    pasted = " ".join(line.removesuffix(" \\").strip() for line in lines[start : end + 1])
+    expected = "portmapctl gc --valid-attachments FILE --cni-cache-dir /no/cni/cache/here"
+    assert shlex.split(pasted) == shlex.split(expected)
+    assert lines[start - 1].endswith("but gc;"), lines  # (the why, before it)
+    piped = pmctl(*args)
+    (why,) = [line for line in piped.stdout.splitlines() if line.startswith("orphan: ")]
+    assert f"`{expected}`" in why
+
+
+def test_why_lines_put_each_quoted_command_on_lines_of_its_own():
+    from portmapctl.render.check import why_lines
+
+    drop = "iptables-nft -t nat -X CNI-DN-f0bca4ac77cde1bf2f3da"
+    text = (f"both-backends: remove its copy by hand: `iptables-nft -t nat -F"
+            f" CNI-DN-f0bca4ac77cde1bf2f3da`; `{drop}`, then check again")  # fmt: skip
+    assert why_lines(text, None, "  ") == [text]  # piped: one line
+    lines = why_lines(text, 60, "  ")
+    assert lines == [
+        "both-backends: remove its copy by hand:",
+        "    iptables-nft -t nat -F CNI-DN-f0bca4ac77cde1bf2f3da",
+        f"    {drop}",
+        "  then check again",
+    ], lines
+
+
 def test_check_wide_adds_network_chain_and_rule():
     done = pmctl("check", *EXAMPLE, "-o", "wide")
     header = done.stdout.splitlines()[0].split()
