@@ -85,18 +85,46 @@ FILES = [
     ("/run/xtables.lock", "The xtables lock iptables-restore waits for."),
 ]
 
+# Every variable docs/commands/README.md's environment table names (the test of the
+# man page holds the two to the same names).
 ENVIRONMENT = [
     ("PORTMAPCTL_IPTABLES", "Default for --iptables: auto, nft, legacy or iptc."),
     (
+        "PORTMAPCTL_CNI_CACHE_DIR",
+        "Default for --cni-cache-dir (several directories separated by spaces).",
+    ),
+    ("PORTMAPCTL_METRICS_FILE", "Default for --metrics-file."),
+    (
+        "PORTMAPCTL_RUN_DIR",
+        "Where the lock, gc's state and add's memos are kept; default /run/portmapctl.",
+    ),
+    (
+        "PORTMAPCTL_XTABLES_WAIT",
+        "Whole seconds (1 or more) iptables-restore -w, or --iptables iptc, waits for"
+        " the xtables lock; default 10.",
+    ),
+    (
+        "PORTMAPCTL_IPTABLES_TIMEOUT",
+        "Seconds (above 0, up to 86400) an iptables tool may run before it is stopped;"
+        " default 120.",
+    ),
+    (
         "PORTMAPCTL_NFT_BATCH",
         "0: gc's removal and add's write on nf_tables go through iptables-restore too,"
-        " not as one nf_tables batch; 1 (the default): as one batch. A PORTMAPCTL_"
-        " variable set to a value it does not take is bad input (exit 2).",
+        " not as one nf_tables batch; 1 (the default): as one batch.",
+    ),
+    (
+        "PORTMAPCTL_PROGRESS_AFTER",
+        "Seconds (0 to 3600) of work before progress shows on a terminal's stderr;"
+        " default 1. A PORTMAPCTL_ variable set to a value it does not take is bad"
+        " input (exit 2); unset or empty, it is its default.",
     ),
     (
         "NO_COLOR",
         "When set and not empty, output has no colour, as with --no-color.",
     ),
+    ("FORCE_COLOR", "When set, not empty and not 0: colour even off a terminal."),
+    ("XTABLES_LOCKFILE", "iptables' own: where --iptables iptc takes the xtables lock."),
     (
         "COLUMNS",
         "Width of tables on a terminal (off a terminal, lines are not cut).",

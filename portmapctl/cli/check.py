@@ -42,8 +42,9 @@ Examples:
 \b
   portmapctl check --container abc123 --cni-config portmap.json --repair
 
-Exit codes: 0 healthy (or repaired), 1 problems remain, 2 bad input (a malformed CNI
-cache file included), 3 environment.
+Exit codes: 0 healthy (or repaired), 1 problems remain, 2 bad input (a malformed file
+given, --cni-config or --snapshot; a malformed CNI cache entry is a warning), 3
+environment.
 """
 
 

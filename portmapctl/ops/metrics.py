@@ -65,6 +65,9 @@ STATUSES = tuple(status.value for status in Status)
 PROBLEM_KINDS = tuple(kind.value for kind in ProblemKind)
 # The statuses a chain of each type can have (a legacy CNI-SN- chain maps no port, so
 # it is never ok, shadowed, incomplete or dead): zeros only where a count can grow.
+# `contested` is a mapping's word (the other backend maps its port: core/contest.py),
+# given after the chains are judged: a chain never has it (its zero series was
+# always 0; review helper-132).
 _DNAT_STATUSES = (
     Status.OK,
     Status.STALE,
@@ -73,7 +76,6 @@ _DNAT_STATUSES = (
     Status.INCOMPLETE,
     Status.DEAD,
     Status.ZOMBIE,
-    Status.CONTESTED,
 )
 _LEGACY_SNAT_STATUSES = (Status.LEGACY, Status.STALE, Status.ORPHAN, Status.ZOMBIE)
 CHAIN_STATUSES = {

@@ -10,6 +10,7 @@ and that the man page renders without a groff warning.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from enum import Enum
@@ -93,6 +94,20 @@ def test_every_command_and_option_is_in_the_man_page_and_docs():
         assert f"\n.SH {section}\n" in man
     for section in ("ENVIRONMENT", "EXAMPLES", "SEE ALSO", "COMMON OPTIONS"):
         assert f"\n.SH {section}\n" in man
+
+
+def test_the_man_page_names_every_variable_the_docs_name():
+    """Its ENVIRONMENT had 4 of the 11 variables docs/commands/README.md's table names
+    (review helper-132): the two lists are held to the same names."""
+    index = (ROOT / "docs/commands/README.md").read_text()
+    environment = index[index.index("## Environment") :]
+    documented = set(re.findall(r"^\| `([A-Z_]+)`(?:, `([A-Z_]+)`)? \|", environment, re.M))
+    named = {name for pair in documented for name in pair if name}
+    assert len(named) >= 10, named
+    assert named <= {name for name, _ in manpage.ENVIRONMENT}, named
+    man = (ROOT / gendocs.MAN_PAGE).read_text()
+    for name in named:
+        assert f"\\fB{manpage.esc(name)}\\fR" in man, name
 
 
 class Level(str, Enum):
