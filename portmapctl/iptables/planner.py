@@ -4,7 +4,9 @@ Both sides are in saved normal form (see `ruleset`), so comparing is comparing t
 The semantics follow the plugin's ADD, minus its needless churn:
 
 - a shared chain (CNI-HOSTPORT-*) is created when missing; its missing rules and
-  entry rules are added (appended, or inserted first for MASQ), never flushed;
+  entry rules are added (appended, or inserted first for MASQ), never flushed, each
+  chain they go to behind a count guard (`_count_guard`: a rule the plugin added
+  meanwhile fails the try, rather than going in twice);
 - a per-container chain is left alone when its rules are exactly the wanted ones,
   otherwise rewritten whole (the plugin tears it down and sets it up again): the
   rules read deleted by text behind an emptiness guard (`_rewrite`), never flushed;
@@ -45,9 +47,11 @@ GUARD_CHAIN = "CNI-HOSTPORT-PMCTL-GUARD"
 def plan_setup(wanted: Iterable[Chain], live: NatTable) -> Transaction:
     txn = Transaction(live.family)
     entries = _EntryIndex(live)
-    rewritten = [_plan_chain(chain, live, entries, txn) for chain in wanted]
-    if any(rewritten):
-        # One guard for every rewritten chain (`_rewrite`): made first, removed last.
+    guarded: Dict[str, None] = {}  # chains whose appends are behind a count guard
+    rewritten = [_plan_chain(chain, live, entries, txn, guarded) for chain in wanted]
+    if any(rewritten) or guarded:
+        # One guard for every rewritten chain (`_rewrite`) and every counted one
+        # (`_count_guard`): made first, removed last.
         txn.ops.insert(0, Op(OpKind.NEW_CHAIN, GUARD_CHAIN))
         txn.delete_chain(GUARD_CHAIN)
     return txn
@@ -117,8 +121,15 @@ class _EntryIndex:
         return index.get(target, [])
 
 
-def _plan_chain(chain: Chain, live: NatTable, entries: _EntryIndex, txn: Transaction) -> bool:
-    """Plan one chain; True when it is rewritten (then it needs the guard chain)."""
+def _plan_chain(
+    chain: Chain,
+    live: NatTable,
+    entries: _EntryIndex,
+    txn: Transaction,
+    guarded: Dict[str, None],
+) -> bool:
+    """Plan one chain; True when it is rewritten (then it needs the guard chain; so do
+    the chains put in `guarded`)."""
     rewritten = False
     exists = live.has_chain(chain.name)
     live_rules = live.rules(chain.name)
@@ -127,9 +138,11 @@ def _plan_chain(chain: Chain, live: NatTable, entries: _EntryIndex, txn: Transac
         for rule in chain.rules:
             txn.append(chain.name, rule)
     elif chain.shared:
-        for rule in chain.rules:
-            if rule not in live_rules:
-                txn.append(chain.name, rule)
+        missing_rules = [rule for rule in chain.rules if rule not in live_rules]
+        if missing_rules:
+            _count_guard(txn, live, chain.name, guarded)
+        for rule in missing_rules:
+            txn.append(chain.name, rule)
     elif live_rules != chain.rules:
         _rewrite(txn, live, chain)
         rewritten = True
@@ -141,6 +154,8 @@ def _plan_chain(chain: Chain, live: NatTable, entries: _EntryIndex, txn: Transac
                 if rule not in chain.entry_rules:
                     txn.delete(entry_chain, rule)
         missing = [rule for rule in chain.entry_rules if rule not in present]
+        if missing and chain.shared:
+            _count_guard(txn, live, entry_chain, guarded)
         if chain.prepend_entry:
             # Inserting each at position 1 in reverse keeps the wanted order.
             for rule in reversed(missing):
@@ -149,6 +164,23 @@ def _plan_chain(chain: Chain, live: NatTable, entries: _EntryIndex, txn: Transac
             for rule in missing:
                 txn.append(entry_chain, rule)
     return rewritten
+
+
+def _count_guard(txn: Transaction, live: NatTable, name: str, guarded: Dict[str, None]) -> None:
+    """Make the transaction fail unless chain `name` (existing, shared) still holds as
+    many rules as were read, before a shared rule missing from it is added: a jump
+    to GUARD_CHAIN appended, then rule count + 1 deleted, which is that jump only
+    when nothing was added or removed (else the -X of GUARD_CHAIN, last, fails).
+    A shared rule's -A (PREROUTING's jump, SETMARK's and MASQ's rules) fails on
+    nothing: a plugin ADD that put it back between our read and our write got it
+    twice, and check called the copies a problem --repair never removes (review
+    helper-131). With the guard that try is refused whole and re-planned from a new
+    read, where the rule is there. Once per chain, ahead of its first addition."""
+    if name in guarded:
+        return
+    guarded[name] = None
+    txn.append(name, ("-j", GUARD_CHAIN))
+    txn.delete_number(name, len(live.rules(name)) + 1)
 
 
 def _rewrite(txn: Transaction, live: NatTable, chain: Chain) -> None:

@@ -211,3 +211,64 @@ def test_the_plugins_del_of_one_interface_before_the_table_was_read_is_not_made_
     assert "--dport 9090 -j DNAT --to-destination 10.77.0.6:80" in saved, saved
     for done in rp.run_check(host_ns, cid, confs["net2"], mode="nft", ifname="net2"):
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _no_rule_twice(node: Node_) -> None:  # noqa: F811
+    rules = [line for line in rp.save(node.ns, 4, node.mode).splitlines() if line.startswith("-A")]
+    twice = {rule for rule in rules if rules.count(rule) > 1}
+    assert not twice, twice
+
+
+def test_a_shared_rule_the_plugin_puts_back_during_a_repair_is_not_made_twice(
+    node: Node_,  # noqa: F811
+):
+    """A firewall flush, then the plugin's ADD of a new container between the repair's
+    read and its write: the ADD puts the shared rules back (PREROUTING's, OUTPUT's and
+    POSTROUTING's jumps, SETMARK's and MASQ's rules), and the repair's plain -A of each
+    went in all the same: every one twice, the repair said "healthy", and check then
+    called the copies a problem no --repair removes (review helper-131). Each chain a
+    shared rule is added to is now counted in the transaction (planner._count_guard):
+    the try is refused, the re-plan finds them there."""
+    node.add("racenet", "live1", ["10.88.0.11/16"], _ports(8080))
+    node.ipt(4, "-F")  # a firewall reload: every rule of the nat table gone
+
+    def added() -> None:
+        node.add("racenet", "new2", ["10.88.0.12/16"], _ports(8081))
+
+    options = NodeOptions(
+        iptables=node.mode, families=(4,), netns=node.ns, cache_dirs=(str(node.cache),)
+    )
+    backend = Racing(RestoreBackend(node.mode), added, before_read=False)
+    with netns.entered(node.ns):
+        result = repair(Node(options, backend), flush_udp=False)  # type: ignore[arg-type]
+    assert backend.refused == 1  # the plan made before the plugin's write was not forced
+    _no_rule_twice(node)
+    node.check("live1")
+    node.check("new2")
+    # (new2 is stale to it: its cache entry was written after the repair read the cache.)
+    assert [p for p in result.problems if p.container_id != "new2"] == []
+
+
+def test_a_shared_rule_the_plugin_puts_back_during_an_add_is_not_made_twice(
+    node: Node_,  # noqa: F811
+):
+    """The same for `add` of a container on a flushed node (its write is planned from a
+    read there, no write ahead: a shared rule is missing)."""
+    node.add("racenet", "live1", ["10.88.0.11/16"], _ports(8080))
+    node.ipt(4, "-F")
+
+    def added() -> None:
+        node.add("racenet", "new2", ["10.88.0.12/16"], _ports(8081))
+
+    given = MappingConfig(
+        "racenet", "mine", (ipaddress.ip_interface("10.88.0.13/16"),), (PortMapping(8082, 80),)
+    )
+    options = NodeOptions(
+        iptables=node.mode, families=(4,), netns=node.ns, cache_dirs=(str(node.cache),)
+    )
+    backend = Racing(RestoreBackend(node.mode), added, before_read=False)
+    with netns.entered(node.ns):
+        add(Node(options, backend), given, flush_udp=False)  # type: ignore[arg-type]
+    assert backend.refused == 1
+    _no_rule_twice(node)
+    node.check("new2")
