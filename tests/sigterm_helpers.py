@@ -127,6 +127,20 @@ elif where == "ahead-start":
         time.sleep(1)
         return ahead
     add_ahead.Ahead.start = classmethod(start)
+elif where in ("starting", "over"):
+    # Outside the command: Python still starting (the CLI's modules not imported, its
+    # handler not there), or the command over (its output written, its handler gone).
+    from portmapctl import entry
+    real_run = entry._run
+    def _run(*args, **kwargs):
+        if where == "starting":
+            hold()
+        try:
+            return real_run(*args, **kwargs)
+        finally:
+            if where == "over":
+                hold()
+    entry._run = _run
 elif where == "state":
     real_fsync = os.fsync
     def fsync(fd):

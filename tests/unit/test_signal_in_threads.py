@@ -91,3 +91,20 @@ def test_sigterm_while_a_class_is_made_ends_by_sigterm(monkeypatch, capsys):
         main(["list"])
     assert killed == [signal.SIGTERM] and done.value.code == 128 + signal.SIGTERM
     assert capsys.readouterr().err == "portmapctl: terminated\n"
+
+
+@pytest.mark.parametrize("where", ["starting", "over"])
+def test_sigterm_outside_the_command_still_says_its_one_line(tmp_path, where):
+    """SIGTERM while Python starts (before the CLI's handler exists) or once the
+    command is over (its output written, the CLI's handler put back): the default
+    action ended the run without a word (review helper-131: a repair SIGTERMed in its
+    last 30 ms, after its output, 8 times in 40). Now one line there too, then death
+    by SIGTERM itself, as inside the command."""
+    from sigterm_helpers import killed_while_writing
+    from test_terminal import EXAMPLE
+
+    code, out, err = killed_while_writing(["list", *EXAMPLE], {}, where, tmp_path / "marker")
+    assert code == -signal.SIGTERM, err
+    assert err.endswith("portmapctl: terminated\n") and err.count("\n") <= 2, err
+    # Over: the command's whole output came first; starting: none of it.
+    assert ("summary" in out or "mappings of" in out) == (where == "over"), out
