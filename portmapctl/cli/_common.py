@@ -532,15 +532,10 @@ class Output(NamedTuple):
 
     def warn(self, text: str) -> None:
         # A path's byte that is not UTF-8 as `\xNN`, as error lines and JSON write it.
-        line = f"portmapctl: warning: {message_text(text)}"
-        width = self.width(sys.stderr)
-        if width is not None and len(line) > width:
-            # On a terminal, word-wrapped with its lines after the first indented (the
-            # terminal broke it mid-word); a log or a pipe keeps the one line.
-            from portmapctl.render.table import wrap
-
-            line = "\n".join(wrap(line, width, "  "))
-        sys.stderr.write(line + "\n")
+        # One line, on a terminal too (its own wrap is the terminal's): a warning that
+        # names a command (`portmapctl list --iptables legacy`) must paste whole, and a
+        # log's grep finds it whole.
+        sys.stderr.write(f"portmapctl: warning: {message_text(text)}\n")
 
     @contextlib.contextmanager
     def progress(

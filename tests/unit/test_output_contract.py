@@ -209,34 +209,6 @@ def test_a_summary_ending_in_a_command_is_wrapped_as_a_command(monkeypatch):
     assert piped.getvalue() == summary + "\n"
 
 
-def test_a_warning_is_word_wrapped_on_a_terminal_and_one_line_in_a_log(monkeypatch):
-    """The no-cache warning is 135 characters: on an 80-column terminal it broke
-    mid-word (review helper-133). On a terminal it is word-wrapped now, its lines after
-    the first indented; in a log or a pipe it stays the one line a grep finds."""
-    import io
-    import pty
-
-    from test_terminal import _drain
-
-    text = ("no CNI cache at /var/lib/cni/results: stale mappings cannot be told from"
-            " live ones (give --cni-cache-dir)")  # fmt: skip
-    master, slave = pty.openpty()
-    monkeypatch.setenv("COLUMNS", "60")
-    with os.fdopen(slave, "w", buffering=1) as terminal:
-        monkeypatch.setattr("sys.stderr", terminal)
-        Output().warn(text)
-    shown = _drain(master).decode().replace("\r", "").splitlines()
-    os.close(master)
-    assert len(shown) == 3 and all(len(line) <= 60 for line in shown), shown
-    assert shown[0].startswith("portmapctl: warning: no CNI cache")
-    assert all(line.startswith("  ") for line in shown[1:])
-    assert " ".join(line.strip() for line in shown) == f"portmapctl: warning: {text}"
-    logged = io.StringIO()
-    monkeypatch.setattr("sys.stderr", logged)
-    Output().warn(text)
-    assert logged.getvalue() == f"portmapctl: warning: {text}\n"
-
-
 def test_a_command_quoted_in_a_why_is_wrapped_as_a_command():
     """A why that quotes a command (orphan's `portmapctl gc --valid-attachments FILE
     ...` when there is no cache; both-backends' iptables commands) was word-wrapped as
