@@ -134,19 +134,30 @@ def test_add_over_a_restarted_container_is_replanned_then_applied(node: Node_): 
         assert done.returncode == 0, done.stderr
         node.add("racenet", "back", ["10.88.0.22/16"], _ports(8081))
 
-    given = MappingConfig(
-        "racenet", "back", (ipaddress.ip_interface("10.88.0.12/16"),), (PortMapping(8081, 80),)
-    )
-    options = NodeOptions(
-        iptables=node.mode, families=(4,), netns=node.ns, cache_dirs=(str(node.cache),)
-    )
-    backend = Racing(RestoreBackend(node.mode), restarted, before_read=False)
-    with netns.entered(node.ns):
-        add(Node(options, backend), given, flush_udp=False)  # type: ignore[arg-type]
-    assert backend.refused == 1  # the plan made before the plugin's write was not forced
+    refused = _add_raced(node, "back", "10.88.0.12/16", 8081, restarted)
+    assert refused == 1  # the plan made before the plugin's write was not forced
     for done in rp.run_check(node.ns, "back", old_conf, mode=node.mode):
         assert done.returncode == 0, done.stderr  # the operator's config, whole
     assert "10.88.0.22" not in rp.strip_save_comments(rp.save(node.ns, 4, node.mode))
+
+
+def _add_raced(
+    node: Node_,
+    cid: str,
+    ip: str,
+    port: int,
+    race: Callable[[], None],  # noqa: F811
+) -> int:
+    """`add` of racenet/`cid` (`ip`, tcp/`port` -> 80) with `race` (the real plugin)
+    run just before its first apply; how many of its transactions iptables refused."""
+    given = MappingConfig("racenet", cid, (ipaddress.ip_interface(ip),), (PortMapping(port, 80),))
+    options = NodeOptions(
+        iptables=node.mode, families=(4,), netns=node.ns, cache_dirs=(str(node.cache),)
+    )
+    backend = Racing(RestoreBackend(node.mode), race, before_read=False)
+    with netns.entered(node.ns):
+        add(Node(options, backend), given, flush_udp=False)  # type: ignore[arg-type]
+    return backend.refused
 
 
 def test_a_container_deleted_before_the_table_was_read_is_not_made_again(
@@ -260,15 +271,6 @@ def test_a_shared_rule_the_plugin_puts_back_during_an_add_is_not_made_twice(
     def added() -> None:
         node.add("racenet", "new2", ["10.88.0.12/16"], _ports(8081))
 
-    given = MappingConfig(
-        "racenet", "mine", (ipaddress.ip_interface("10.88.0.13/16"),), (PortMapping(8082, 80),)
-    )
-    options = NodeOptions(
-        iptables=node.mode, families=(4,), netns=node.ns, cache_dirs=(str(node.cache),)
-    )
-    backend = Racing(RestoreBackend(node.mode), added, before_read=False)
-    with netns.entered(node.ns):
-        add(Node(options, backend), given, flush_udp=False)  # type: ignore[arg-type]
-    assert backend.refused == 1
+    assert _add_raced(node, "mine", "10.88.0.13/16", 8082, added) == 1
     _no_rule_twice(node)
     node.check("new2")
