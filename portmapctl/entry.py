@@ -190,7 +190,9 @@ def _terminated_outside_the_command(signum: int, frame: object) -> None:
     command is over (the CLI puts this back when it ends): one line, then death by
     SIGTERM itself, as the CLI's own handler ends a run. The default action ended
     those runs without a word (review helper-131: 8 of 40 SIGTERMs in a repair's last
-    30 ms, after its output). Nothing of the command's is under way here to clean."""
+    30 ms, after its output). Nothing of the command's needs cleaning here: what
+    starts before the CLI (list's early `nft`, add's early child) ends on its own, as
+    under the default action."""
     import os
 
     _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # a second one: no traceback
@@ -201,15 +203,31 @@ def _terminated_outside_the_command(signum: int, frame: object) -> None:
         pass
     _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
     os.kill(os.getpid(), _signal.SIGTERM)
+    sys.exit(128 + _signal.SIGTERM)  # (only if SIGTERM is blocked: the same code)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if argv is None:
-        # (_signal: the builtin; `signal` would import enum before --version answers.)
-        _signal.signal(_signal.SIGTERM, _terminated_outside_the_command)
+        # The console script's (the process's handler from here on; main(argv) from a
+        # program leaves its handlers be). `_signal`: the builtin; `signal` would
+        # import enum before --version answers.
+        try:
+            _signal.signal(_signal.SIGTERM, _terminated_outside_the_command)
+        except ValueError:  # not the main thread: signals are not ours to take
+            pass
         _open_closed_std_streams()
         _survive_a_reader_leaving()
+    try:
+        _ended(args, argv)
+    except KeyboardInterrupt:
+        # Ctrl-C once the command is over (its handler gone), while its output is
+        # flushed: one line too, not a traceback.
+        _interrupted()
+
+
+def _ended(args: List[str], argv: Optional[List[str]]) -> None:
+    """main's run: the command, then its exit code (a lost output, add's quick exit)."""
     try:
         _run(args, program=argv is None)
     except SystemExit as done:

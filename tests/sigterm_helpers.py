@@ -99,6 +99,14 @@ elif where == "add":
             hold()
         return real_after_setup(*args, **kwargs)
     add.after_setup = after_setup
+elif where == "add-looking":
+    # add's write and its UDP flush are done; it looks around for its warnings.
+    from portmapctl.ops import add
+    real_takers = add.foreign_takers
+    def foreign_takers(*args, **kwargs):
+        hold()
+        return real_takers(*args, **kwargs)
+    add.foreign_takers = foreign_takers
 elif where == "add-early":
     # iptables-nft's write ahead went in while add was still starting: ops.add not yet
     # entered (the imports, the node's opening).
@@ -160,9 +168,9 @@ main()
 """
 
 
-def killed_while_writing(argv, env, where, marker):
+def killed_while_writing(argv, env, where, marker, sig=signal.SIGTERM):
     """`portmapctl ARGV` held at the hook `where` (its `marker` file says it is there),
-    then sent SIGTERM: (exit status, stdout, stderr)."""
+    then sent SIGTERM (or `sig`): (exit status, stdout, stderr)."""
     full = dict(os.environ, PMT_MARKER=str(marker), PMT_HOOK=where, **env)
     child = subprocess.Popen(
         [sys.executable, "-c", HOOK, *argv],
@@ -178,7 +186,7 @@ def killed_while_writing(argv, env, where, marker):
             assert child.poll() is None, child.communicate()
             assert time.monotonic() < deadline, "the write never started"
             time.sleep(0.01)
-        child.send_signal(signal.SIGTERM)
+        child.send_signal(sig)
         try:
             out, err = child.communicate(timeout=30)
         except subprocess.TimeoutExpired:

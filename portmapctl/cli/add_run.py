@@ -4,7 +4,7 @@ the fast path (cli/add_fast.py). No typer here: the fast path never imports it."
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, Set, Tuple
 
 from portmapctl.cli.add_config import (
     ForwardsNothing,
@@ -55,7 +55,7 @@ def run(
     validate.chosen_families(config, families(common.family), "add")
     config, nft_live = _followed(common, config, out)
     started: List[Ahead] = []
-    owed: Set[int] = set()  # ops.add.add's: families written, their flush not yet run
+    owed = _Owed()  # ops.add.add's: families written, their flush not yet run
     with contextlib.ExitStack() as held:
         try:
             # add's work starts now, under the lock, before the rest of add is imported
@@ -80,7 +80,7 @@ def run(
             )
         except Interrupted as stop:
             ahead_started = started[0] if started else None
-            if not dry_run and _written_or_under_way(owed, ahead_started):
+            if not dry_run and (owed.held or _written_or_under_way(owed, ahead_started)):
                 # "terminated" alone reads as "nothing was written".
                 stop.after = (
                     f"the write of {config.network}/{config.container_id} may have gone in"
@@ -112,6 +112,26 @@ def _flush_on_the_way_out(
 
     with entered(common.netns):
         flush_misrouted(config, sorted(families))
+
+
+class _Owed(set[int]):
+    """ops.add.add's `owed` (families written or under way whose UDP flush has not run;
+    it empties it once the flush ran) that remembers every family it held (`held`):
+    a signal after the flush, while add looks around for its warnings, still finds a
+    write that went in ("terminated" alone read as nothing written)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: Set[int] = set()
+
+    def add(self, family: int) -> None:
+        super().add(family)
+        self.held.add(family)
+
+    def update(self, *families: Iterable[int]) -> None:
+        for each in families:
+            for family in each:
+                self.add(family)
 
 
 def _written_or_under_way(owed: Set[int], ahead: Optional[Ahead]) -> Set[int]:

@@ -87,7 +87,7 @@ from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import destined, loopback
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.lexer import split_words
-from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, Args, NatTable, shown_rule
+from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, Args, NatTable, shown_line, shown_rule
 from portmapctl.iptables.shapes import ProtoPort
 
 # Reads a chain's rules (lexed, or a one-token placeholder: the saved line), None when
@@ -312,6 +312,9 @@ class _Walk(PortsLeft):
             text = args[0] if len(args) == 1 else shown_rule("-A", name, args)
             if not self._may_matter(text):
                 continue
+            # (A rule of another tool's chain is its raw line: what is reported of it
+            # has its control characters written out, never sent to a terminal.)
+            text = shown_line(text)
             rule = _read(args, self.dest)
             if rule is None:
                 continue  # a condition that not every packet meets (or unreadable)

@@ -392,10 +392,13 @@ def undecided_note(chains: Iterable[ChainInfo]) -> Optional[str]:
     ports += ", ..." if len(first.undecided_ports) > 4 else ""
     more = f" (and {len(found) - 1} more chains like it)" if len(found) > 1 else ""
     family, other = (f"IPv{first.family}", f"IPv{10 - first.family}")
+    it, port = (
+        ("them", "those ports have") if len(first.undecided_ports) > 1 else ("it", "that port has")
+    )
     return (
-        f"{first.name} ({family}) is entered for {ports} but has no rule for it{more}:"
-        f" it is incomplete unless that port has an {other} host IP, which only the"
-        f" {other} table or the CNI cache can tell (neither was read)"
+        f"{first.name} ({family}) is entered for {ports} but has no rule for {it}{more}:"
+        f" it is incomplete unless {port} an {other} host IP, which only the {other}"
+        " table or the container's CNI cache entry can tell, and neither is at hand"
     )
 
 

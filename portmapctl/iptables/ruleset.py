@@ -556,14 +556,20 @@ def shown_rule(command: str, chain: str, args: Sequence[str]) -> str:
     try:
         return format_rule(command, chain, args)
     except BadInput:
-        return " ".join([command, chain, *(_escaped(t) for t in args)])
+        return " ".join([command, shown_line(chain), *(_escaped(t) for t in args)])
+
+
+def shown_line(text: str) -> str:
+    """`text` (a rule's line as read) with each control character written out (`\\x1b`)."""
+    if not _CONTROL_RE.search(text):
+        return text
+    return _CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 def _escaped(token: str) -> str:
     if not _CONTROL_RE.search(token):
         return quote(token)
-    shown = _CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode(), token)
-    return '"' + shown.replace('"', '\\"') + '"'  # (quote() would double the \ shown)
+    return '"' + shown_line(token).replace('"', '\\"') + '"'  # (quote() doubles the \)
 
 
 def command_line(
@@ -573,9 +579,18 @@ def command_line(
 
     For hints such as check's fixes only; nothing here ever runs it.
     """
-    import shlex
-
     tool = "ip6tables" if family == 6 else "iptables"
     if flavour in tuple(Flavour):
         tool += f"-{flavour}"
-    return " ".join(shlex.quote(word) for word in (tool, "-t", "nat", command, chain, *args))
+    return " ".join(_shell_word(word) for word in (tool, "-t", "nat", command, chain, *args))
+
+
+def _shell_word(word: str) -> str:
+    """One word as a shell reads it back; a control character read from a dump in
+    bash's $'...' with the character written out (shlex.quote would print it raw)."""
+    import shlex
+
+    if not _CONTROL_RE.search(word):
+        return shlex.quote(word)
+    escaped = word.replace("\\", "\\\\").replace("'", "\\'")
+    return "$'" + shown_line(escaped) + "'"

@@ -148,6 +148,33 @@ def test_a_control_character_in_a_foreign_rule_is_shown_escaped_not_refused(
         assert "\x1b" not in pmctl.run([command, *args]).stdout  # (the table: no raw escape)
 
 
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_the_same_in_another_tools_chain_is_shown_escaped_too(
+    host_ns: str, tmp_path: Path, mode: rp.Mode
+) -> None:
+    """The same comment on a Docker-shaped DNAT in a chain of its own: a rule of another
+    tool's chain is kept as its raw line, which was reported as it was, escape and all,
+    to a terminal (check's detail, add's warning; review helper-134)."""
+    args = _container(host_ns, tmp_path, 8080, mode)
+    _nat(
+        host_ns, mode,
+        ["-N", "DOCKER"],
+        ["-I", "PREROUTING", "1", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"],
+        ["-A", "DOCKER", "-p", "tcp", "-m", "tcp", "--dport", "8080", "-m", "comment",
+         "--comment", "red \x1b[31m alert", "-j", "DNAT", "--to-destination", "172.17.0.2:80"],
+    )  # fmt: skip
+    rule = (
+        '-A DOCKER -p tcp -m tcp --dport 8080 -m comment --comment "red \\x1b[31m alert"'
+        " -j DNAT --to-destination 172.17.0.2:80"
+    )
+    _assert_shadowed(args, 8080, rule)
+    for command in ("list", "check"):
+        assert "\x1b" not in pmctl.run([command, *args]).stdout
+    added = pmctl.run(["add", *args[:-2], "--network", NETWORK, "--container", "c2", "--ip",
+                       "10.244.1.3/24", "-p", "8080:80", "--dry-run"])  # fmt: skip
+    assert "\\x1b[31m" in added.stderr and "\x1b" not in added.stderr, added.stderr
+
+
 def test_rules_that_take_only_some_packets_or_come_later_shadow_nothing(
     host_ns: str, tmp_path: Path
 ) -> None:

@@ -274,3 +274,47 @@ def test_a_shared_rule_the_plugin_puts_back_during_an_add_is_not_made_twice(
     assert _add_raced(node, "mine", "10.88.0.13/16", 8082, added) == 1
     _no_rule_twice(node)
     node.check("new2")
+
+
+class Blinking(Racing):
+    """Another tool's rule in PREROUTING added just before the first apply and
+    removed just after it: gone again by the read that follows a refusal."""
+
+    def __init__(self, backend, node: Node_) -> None:  # noqa: F811
+        rule = ("PREROUTING", "-s", "10.99.0.1/32", "-j", "RETURN")
+        super().__init__(backend, lambda: node.ipt(4, "-A", *rule), before_read=False)
+        self.gone = lambda: node.ipt(4, "-D", *rule)
+
+    def apply(self, txn) -> None:
+        blinks = self.race is not None
+        try:
+            super().apply(txn)
+        finally:
+            if blinks:
+                self.gone()
+
+
+def test_a_shared_chain_changed_and_back_between_read_and_write_is_tried_again(
+    node: Node_,  # noqa: F811
+):
+    """Without a cache (no fallback of shared rules alone), the jumps into
+    CNI-HOSTPORT-DNAT lost: another tool's PREROUTING rule came and went between the
+    repair's read and its write, so the count guard refused the try, and a fresh read
+    equal to the first made the refusal final on legacy iptables (a table unchanged
+    would refuse the same plan): the repair failed, the jumps stayed missing (review
+    helper-134). A refusal taken as final there is tried once more (repair._converge_shared)."""
+    node.add("racenet", "live1", ["10.88.0.11/16"], _ports(8080))
+    jump = ("-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT")
+    for chain in ("PREROUTING", "OUTPUT"):
+        node.ipt(4, "-D", chain, *jump)
+    options = NodeOptions(
+        iptables=node.mode, families=(4,), netns=node.ns, cache_dirs=(str(node.cache / "none"),)
+    )
+    backend = Blinking(RestoreBackend(node.mode), node)
+    with netns.entered(node.ns):
+        result = repair(Node(options, backend), flush_udp=False)  # type: ignore[arg-type]
+    assert backend.refused == 1
+    assert not [p for p in result.problems if p.kind == "missing-jump"], result.problems
+    saved = rp.save(node.ns, 4, node.mode)
+    assert saved.count("-j CNI-HOSTPORT-DNAT\n") == 2, saved  # PREROUTING's and OUTPUT's
+    node.check("live1")

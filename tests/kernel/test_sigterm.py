@@ -386,3 +386,27 @@ def test_sigterm_after_adds_write_still_flushes_the_flows_it_misroutes(host_ns, 
     flows = _conntrack(host_ns, "-L", "-p", "udp")
     kept = {sport for sport in (40001, 40002, 40003) if f"sport={sport}" in flows}
     assert kept == ({40001, 40002, 40003} if "--no-flush-udp" in extra else {40003}), flows
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_sigterm_while_add_looks_around_says_its_write_went_in(host_ns, tmp_path, mode):
+    """add SIGTERMed once its write and its UDP flush were done, while it lists the
+    node for its warnings (another tool's rules, the shadow listing): add had emptied
+    what it owed the flush, and the line said "terminated" alone, as if nothing had
+    been written (review helper-134). It says the write may have gone in there too."""
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    node = ["add", "--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"), "-q",
+            "--network", "mynet", "--iptables", mode]  # fmt: skip
+    # Another container first: the shared chains are there, add writes without reading
+    # (iptables-nft) or plans from a read (legacy); either way it then looks around.
+    done = pm_run([*node, "--container", "c0", "--ip", "10.88.0.4/16", "-p", "7000:53/udp"])
+    assert done.returncode == 0, done.stderr
+    argv = [*node, "--container", "c1", "--ip", "10.88.0.5/16", "-p", "6000:53/udp"]
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    code, _out, err = killed_while_writing(argv, env, "add-looking", tmp_path / "marker")
+    assert code == -signal.SIGTERM, err
+    assert without_cache_note(err) == (
+        "portmapctl: terminated: the write of mynet/c1 may have gone in"
+        " (the same add again finishes what is missing)\n"
+    )
+    assert f"-j {chain_name('mynet', 'c1')}" in rp.save(host_ns, 4, mode)

@@ -701,7 +701,7 @@ def test_nerdctl_dump_alone_says_what_it_cannot_tell(tmp_path):
     warning = (
         f"portmapctl: warning: {LIMA_EMPTY} (IPv4) is entered for tcp/8082 but has no rule"
         " for it: it is incomplete unless that port has an IPv6 host IP, which only the"
-        " IPv6 table or the CNI cache can tell (neither was read)\n"
+        " IPv6 table or the container's CNI cache entry can tell, and neither is at hand\n"
     )
     alone = ["--snapshot", save, "--cni-cache-dir", no_cache(tmp_path)]
     for command, code in (("list", 0), ("check", 0)):

@@ -108,3 +108,31 @@ def test_sigterm_outside_the_command_still_says_its_one_line(tmp_path, where):
     assert err.endswith("portmapctl: terminated\n") and err.count("\n") <= 2, err
     # Over: the command's whole output came first; starting: none of it.
     assert ("summary" in out or "mappings of" in out) == (where == "over"), out
+
+
+def test_ctrl_c_once_the_command_is_over_is_one_line_too(tmp_path):
+    """Ctrl-C once the command is over (the CLI's handler gone) was a KeyboardInterrupt
+    traceback (review helper-134); it is the one line and exit 130 of SPEC §3."""
+    from sigterm_helpers import killed_while_writing
+    from test_terminal import EXAMPLE
+
+    args = ["list", *EXAMPLE]
+    code, out, err = killed_while_writing(args, {}, "over", tmp_path / "marker", signal.SIGINT)
+    assert code == 130 and err == "portmapctl: aborted\n", (code, err)
+    assert "mappings of" in out
+
+
+def test_main_from_another_thread_leaves_signals_alone():
+    """main() (no argv: the console script's way) run from a thread other than the
+    main one raised "signal only works in main thread" before it did anything."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys, threading; sys.argv = ['portmapctl', '--version'];"
+        " from portmapctl import entry;"
+        " worker = threading.Thread(target=entry.main); worker.start(); worker.join()"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("portmapctl "), done.stderr
+    assert done.stderr == ""

@@ -222,9 +222,7 @@ def _repair_family(
         shared, _ = wanted_on_node(usable(live), family, live)
         return _setup(shared, live)
 
-    txn = node.converge_judged(
-        family, plan_shared, notes
-    )  # the shared chains failing fails the family
+    txn = _converge_shared(node, family, plan_shared, notes)  # (failing, fails the family)
     if txn:
         applied.append(txn)
     failed: List[Unrepaired] = []
@@ -312,6 +310,23 @@ def say_repaired(
     stop.after = (
         f"the repair{which} had gone in, or was going in (`portmapctl check` shows what is left)"
     )
+
+
+def _converge_shared(
+    node: Node, family: int, plan: Callable[[NatTable], Transaction], notes: List[str]
+) -> Transaction:
+    """converge_judged of a transaction that adds shared rules, where nothing else is
+    tried when it fails (the shared chains of a halving repair, a repair with no
+    cache): a refusal taken as final (a read equal to the first, ReadOnce) is tried
+    once more. Its count guards (planner._count_guard) also refuse it when another
+    tool's rule in PREROUTING or POSTROUTING came and went between the read and the
+    write, which an equal read does not show: the repair failed (review helper-134)."""
+    try:
+        return node.converge_judged(family, plan, notes)
+    except ApplyFailed as err:
+        if not err.final:
+            raise
+    return node.converge_judged(family, plan, notes)
 
 
 def _planned_node(node: Node) -> Tuple[Node, ReadOnce]:
@@ -409,8 +424,8 @@ def repair(
                 txns, family_unrepaired = _repair_family(node, family, configs_here, notes, cache)
                 unrepaired += family_unrepaired
             else:
-                txn = node.converge_judged(
-                    family, _plan(None if configs is None else configs_here, None), notes
+                txn = _converge_shared(
+                    node, family, _plan(None if configs is None else configs_here, None), notes
                 )
                 if configs is None and bit_unknown(read.tables[family]):
                     notes.append(_BIT_UNKNOWN.format(family=family))
