@@ -43,7 +43,7 @@ def flush_udp_command(
         typer.Option(
             "--container",
             metavar="ID",
-            help="Only this container's UDP host ports (ID prefix).",
+            help="Only this container's flows: to its UDP host ports, on the host IPs its mappings are for (ID prefix).",
             autocompletion=complete_container,
         ),
     ] = None,

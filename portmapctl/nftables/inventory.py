@@ -240,6 +240,10 @@ def _ip_text(owner: Owner, family: int) -> Optional[str]:
     return address.ip.compressed if address is not None else None
 
 
+def _in_nftables(owner: Owner) -> bool:
+    return owner.mapping is not None and owner.mapping.backend == Backend.NFTABLES
+
+
 class _Owners:
     """Cached attachments by container ID; the container's address as text worked out
     once per container and family, not once per rule (a third of building the rows of
@@ -252,18 +256,22 @@ class _Owners:
         self._ips: Dict[Tuple[str, int], List[Optional[str]]] = {}
 
     def owner(self, container_id: Optional[str], family: int, ip: str) -> Optional[Owner]:
-        """The attachment of `container_id` with address `ip`, else its first one."""
+        """The attachment of `container_id` with address `ip`, else its first one; of
+        several (a container on several networks, one address on each, the same
+        address on some), one whose cached config puts it in nftables first: the rule
+        is its network's, and a row named another network (an iptables one, review
+        helper-135) sent an operator to the wrong network's config."""
         key = container_id or ""
         candidates = self.by_id.get(key)
         if not candidates:
             return None
+        if len(candidates) == 1:
+            return candidates[0]  # (the usual case)
         ips = self._ips.get((key, family))
         if ips is None:
             ips = self._ips[(key, family)] = [_ip_text(o, family) for o in candidates]
-        for owner, text in zip(candidates, ips):
-            if text == ip:
-                return owner
-        return candidates[0]
+        at_ip = [owner for owner, text in zip(candidates, ips) if text == ip] or candidates
+        return next((o for o in at_ip if _in_nftables(o)), at_ip[0])
 
 
 def first_claim(

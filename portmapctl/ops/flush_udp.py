@@ -289,6 +289,14 @@ def flush(
     # Only flows to the node's own addresses are looked at, and counted as kept: a
     # forwarded flow that only shares the port is none of a mapping's business.
     looked_at = [e for e in entries if (e.family, e.dport) in keys and (e.family, e.dst) in local]
+    if container is not None:
+        # The container's own flows: to an address its mapping of the port is for. A
+        # mapping bound to one host IP shares the port with another container's on
+        # another address, whose live flows were flushed too (review helper-135).
+        own = _index(inventory.select(mappings, container=container, protocol="udp"))
+        looked_at = [
+            e for e in looked_at if any(_covers(m, e) for m in own.get((e.family, e.dport), ()))
+        ]
     doomed = sorted(
         plan(looked_at, keys, mappings, stale_only=stale_only, local=local),
         key=lambda d: _order(d.entry),

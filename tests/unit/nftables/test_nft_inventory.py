@@ -54,6 +54,30 @@ def test_zombie() -> None:
     assert [m.status for m in found.mappings if m.container_id == "ctr-a"] == [("zombie",)]
 
 
+def test_a_container_on_several_networks_is_named_by_its_nftables_one() -> None:
+    """ctr-a cached on two more networks ahead of its nftables one, with the same
+    address (iptables-backed: no `backend` key): its nftables rows were named by the
+    first entry (an iptables network), which sent an operator to the wrong network's
+    config (review helper-135). The entry whose config says nftables names them."""
+    from dataclasses import replace
+
+    from portmapctl.core.backend import Backend
+
+    owners = [
+        Owner(o.network, o.container_id, replace(o.mapping, backend=Backend.NFTABLES))
+        for o in _owners("v191-shadowed")
+        if o.mapping is not None
+    ]
+    (mine,) = [o for o in owners if o.container_id == "ctr-a"]
+    assert mine.mapping is not None
+    others = [
+        Owner(net, "ctr-a", replace(mine.mapping, network=net, backend=None))
+        for net in ("bridge-one", "bridge-two")
+    ]
+    found = _rows("v191-shadowed", [*others, *owners])
+    assert {m.network for m in found.mappings if m.container_id == "ctr-a"} == {mine.network}
+
+
 def test_shadowed_in_rule_order_v19() -> None:
     found = _rows("v191-shadowed")
     status = {m.container_id: (m.status, m.shadowed_by) for m in found.mappings}
