@@ -185,25 +185,35 @@ def _survive_a_reader_leaving() -> None:
             setattr(sys, f"__{name}__", wrapped)
 
 
-def _terminated_outside_the_command(signum: int, frame: object) -> None:
-    """SIGTERM while Python starts (before the CLI's handler exists) or once the
-    command is over (the CLI puts this back when it ends): one line, then death by
-    SIGTERM itself, as the CLI's own handler ends a run. The default action ended
-    those runs without a word (review helper-131: 8 of 40 SIGTERMs in a repair's last
-    30 ms, after its output). Nothing of the command's needs cleaning here: what
-    starts before the CLI (list's early `nft`, add's early child) ends on its own, as
-    under the default action."""
+def end_by_sigterm(after: str = "") -> None:
+    """SIGTERM's way out, once whatever was under way is cleaned: one line, then the
+    process ends by SIGTERM itself, as it would have without us (shells and Kubernetes
+    say 143; systemd, for a Type=oneshot unit, a clean stop only with
+    SuccessExitStatus=SIGTERM, which deploy/systemd's units list: it never counts an
+    exit 143 so). `after`: Interrupted.after. The CLI's handler ends a command so
+    (cli._terminated); this module's ends the moments outside one."""
     import os
 
     _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # a second one: no traceback
     try:
-        sys.stderr.write("portmapctl: terminated\n")
-        sys.stderr.flush()
-    except Exception:  # noqa: BLE001, S110 - stderr closed or full: end all the same
+        sys.stderr.write(f"portmapctl: terminated{': ' + after if after else ''}\n")
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+    except Exception:  # noqa: BLE001, S110 - a stream closed or full: end all the same
         pass
     _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
     os.kill(os.getpid(), _signal.SIGTERM)
     sys.exit(128 + _signal.SIGTERM)  # (only if SIGTERM is blocked: the same code)
+
+
+def _terminated_outside_the_command(signum: int, frame: object) -> None:
+    """SIGTERM while Python starts (before the CLI's handler exists) or once the
+    command is over (the CLI puts this back when it ends): its one line too. The
+    default action ended those runs without a word (review helper-131: 8 of 40
+    SIGTERMs in a repair's last 30 ms, after its output). Nothing of the command's
+    needs cleaning here: what starts before the CLI (list's early `nft`, add's early
+    child) ends on its own, as under the default action."""
+    end_by_sigterm()
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -132,18 +132,10 @@ def _interrupted(after: str = "") -> None:
 
 
 def _terminated(after: str = "") -> None:
-    """SIGTERM, once the command's `finally` blocks ran: one line, then the process
-    ends by SIGTERM itself, as it would have without us (shells and Kubernetes say
-    143; systemd, for a Type=oneshot unit, a clean stop only with SuccessExitStatus=
-    SIGTERM, which deploy/systemd's units list: it never counts an exit 143 so)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one: no traceback
-    sys.stderr.write(f"portmapctl: terminated{': ' + after if after else ''}\n")
-    with contextlib.suppress(Exception):
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-    sys.exit(128 + signal.SIGTERM)  # (only if SIGTERM is blocked: the same code)
+    """SIGTERM, once the command's `finally` blocks ran (entry.end_by_sigterm)."""
+    from portmapctl.entry import end_by_sigterm
+
+    end_by_sigterm(after)
 
 
 def _signal_behind(err: BaseException) -> Optional[BaseException]:

@@ -80,7 +80,7 @@ def run(
             )
         except Interrupted as stop:
             ahead_started = started[0] if started else None
-            if not dry_run and (owed.held or _written_or_under_way(owed, ahead_started)):
+            if not dry_run and _written_or_under_way(owed.held, ahead_started):
                 # "terminated" alone reads as "nothing was written".
                 stop.after = (
                     f"the write of {config.network}/{config.container_id} may have gone in"
@@ -136,7 +136,8 @@ class _Owed(set[int]):
 
 def _written_or_under_way(owed: Set[int], ahead: Optional[Ahead]) -> Set[int]:
     """The families add's write went in for, or was under way in when a signal came
-    (it may have gone in, whole): ops.add.add's `owed`, and the write ahead's."""
+    (it may have gone in, whole): `owed` (ops.add.add's, or all it held), and the
+    write ahead's."""
     families = set(owed)
     if ahead is not None:
         families.update(family for family, txn in ahead.written().items() if txn)

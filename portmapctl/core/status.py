@@ -64,7 +64,7 @@ class ProblemKind(str, Enum):
     NFT_MISSING_RULES = "nft-missing-rules"  # a cached nft-backed container lacks rules
     # Rules with a cached container's ID for a host port or address none of its cached
     # configs has: maybe its mapping on a network whose entry is not read here (the
-    # rules carry the bare ID); --repair leaves them (nftables/planner.unaccounted)
+    # rules carry the bare ID); --repair leaves them (nftables/planner.not_wanted)
     NFT_UNCLAIMED_RULES = "nft-unclaimed-rules"
     # prerouting/output/masquerading is not the base chain the plugin's ADD asks for
     # (another type, hook or priority: that ADD then fails; or a policy other than accept)

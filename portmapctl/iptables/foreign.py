@@ -87,8 +87,9 @@ from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import destined, loopback
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.lexer import split_words
-from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, Args, NatTable, shown_line, shown_rule
+from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, Args, NatTable
 from portmapctl.iptables.shapes import ProtoPort
+from portmapctl.iptables.shown import shown_line, shown_rule
 
 # Reads a chain's rules (lexed, or a one-token placeholder: the saved line), None when
 # there is no such chain (then the target is an extension such as MARK).

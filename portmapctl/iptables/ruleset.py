@@ -21,7 +21,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Collection, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from portmapctl.core.backend import Flavour
 from portmapctl.errors import BadInput
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.spelling import (
@@ -524,8 +523,9 @@ def _need_value(tokens: Sequence[str], i: int) -> str:
 # --- writing -----------------------------------------------------------------
 
 # The same two checks as regular expressions: a transaction of 1,000 containers has
-# some 30,000 tokens, and per-character generators took 0.2 s of gc's budget.
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# some 30,000 tokens, and per-character generators took 0.2 s of gc's budget. (What
+# quote() refuses, iptables/shown.py writes out for people.)
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _BARE_RE = re.compile(r"[A-Za-z0-9_\-./:,!\[\]+=@%]+\Z")
 
 
@@ -535,7 +535,7 @@ def quote(token: str) -> str:
     Refuses control characters: a newline inside a token would start a new
     restore command, which is how text from a dump could inject a rule.
     """
-    if _CONTROL_RE.search(token):
+    if CONTROL_CHARS.search(token):
         raise BadInput(f"refusing a rule argument with control characters: {token!r}")
     if _BARE_RE.match(token):
         return token
@@ -546,51 +546,3 @@ def quote(token: str) -> str:
 def format_rule(command: str, chain: str, args: Sequence[str]) -> str:
     """A restore line such as `-A CHAIN args...` with every argument quoted safely."""
     return " ".join([command, quote(chain), *(quote(a) for a in args)])
-
-
-def shown_rule(command: str, chain: str, args: Sequence[str]) -> str:
-    """format_rule's line for people (a problem's rule, another tool's rule that takes
-    a port): a control character read from a dump is shown escaped (`\\x1b`), never
-    refused. Refusing belongs to what is written: one foreign rule with an escape in
-    its comment stopped list and check of the whole node (exit 2)."""
-    try:
-        return format_rule(command, chain, args)
-    except BadInput:
-        return " ".join([command, shown_line(chain), *(_escaped(t) for t in args)])
-
-
-def shown_line(text: str) -> str:
-    """`text` (a rule's line as read) with each control character written out (`\\x1b`)."""
-    if not _CONTROL_RE.search(text):
-        return text
-    return _CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
-
-
-def _escaped(token: str) -> str:
-    if not _CONTROL_RE.search(token):
-        return quote(token)
-    return '"' + shown_line(token).replace('"', '\\"') + '"'  # (quote() doubles the \)
-
-
-def command_line(
-    family: int, flavour: Optional[str], command: str, chain: str, args: Sequence[str]
-) -> str:
-    """A command a person can paste into a shell, e.g. `iptables-nft -t nat -D CHAIN ...`.
-
-    For hints such as check's fixes only; nothing here ever runs it.
-    """
-    tool = "ip6tables" if family == 6 else "iptables"
-    if flavour in tuple(Flavour):
-        tool += f"-{flavour}"
-    return " ".join(_shell_word(word) for word in (tool, "-t", "nat", command, chain, *args))
-
-
-def _shell_word(word: str) -> str:
-    """One word as a shell reads it back; a control character read from a dump in
-    bash's $'...' with the character written out (shlex.quote would print it raw)."""
-    import shlex
-
-    if not _CONTROL_RE.search(word):
-        return shlex.quote(word)
-    escaped = word.replace("\\", "\\\\").replace("'", "\\'")
-    return "$'" + shown_line(escaped) + "'"

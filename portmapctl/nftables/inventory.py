@@ -560,19 +560,20 @@ def extra_rules(
     """One `extra-rules` per container of `networks` (ID -> network) holding rules in
     this family that none of `wants` is (planner.unwanted: what --repair deletes), and
     one `nft-unclaimed-rules` per container holding such rules for a host port or an
-    address none of `wants` has (planner.unaccounted: --repair leaves them).
+    address none of `wants` has (unaccounted, planner.not_wanted: --repair leaves them).
     `said`: whose config it is (the node check's cached one, or the mapping given);
     `addresses`: only rules for these container addresses (planner.unwanted)."""
-    from portmapctl.nftables.planner import unaccounted, unwanted
+    from portmapctl.nftables.planner import not_wanted
 
     only = None if addresses is None else set(addresses)
+    unwanted, unaccounted = not_wanted(table, wants, networks.keys(), only)
     problems = []
-    for select, kind, what in (
+    for selected, kind, what in (
         (unwanted, ProblemKind.EXTRA_RULES, f"{said} does not make"),
         (unaccounted, ProblemKind.NFT_UNCLAIMED_RULES, f"for ports or addresses {said} has not"),
     ):
         found: Dict[str, List[Rule]] = {}
-        for rule in select(table, wants, networks.keys(), only):
+        for rule in selected:
             found.setdefault(rule.comment or "", []).append(rule)
         for cid in sorted(found):
             rules = found[cid]

@@ -247,21 +247,21 @@ def unwanted(
     `addresses`: only rules for these container addresses (`container_address`), when
     the caller knows one attachment alone; see ops/check/nft.check_mapping. Only a rule
     for one of their wanted mappings (the same host port, the same masqueraded
-    address) is unwanted: the others are `unaccounted`'s.
+    address) is unwanted: the others are unaccounted (`not_wanted`).
     """
 
-    claims = _claims(wanted)
-    return [r for r in _not_wanted(table, wanted, ids, addresses) if _claim(r) in claims]
+    return not_wanted(table, wanted, ids, addresses)[0]
 
 
-def unaccounted(
+def not_wanted(
     table: Optional[Table],
     wanted: Sequence[WantedFamily],
     ids: Collection[str],
     addresses: Optional[Collection[str]] = None,
-) -> List[Rule]:
-    """The rules of the containers `ids` that none of their wanted rules is, nor is for
-    one of their wanted mappings (`_claim`): a host port, or a container address, none
+) -> Tuple[List[Rule], List[Rule]]:
+    """The rules of the containers `ids` that none of their wanted rules is, as
+    (unwanted, unaccounted), in one pass over the table. Unaccounted: not for one of
+    their wanted mappings (`_claim`) either, a host port or a container address none
     of their cached configs has. The rules carry the bare container ID, so such a rule
     may be the same container's on another network whose cache entry is not read here
     (it cannot be read, it is in a cache directory not given, or it is not written yet:
@@ -269,7 +269,11 @@ def unaccounted(
     network's live mapping, which the plugin's CHECK (counting rules by ID) never
     missed: reported, never deleted (SPEC §3: repair never deletes a live mapping)."""
     claims = _claims(wanted)
-    return [r for r in _not_wanted(table, wanted, ids, addresses) if _claim(r) not in claims]
+    claimed: List[Rule] = []
+    unclaimed: List[Rule] = []
+    for rule in _not_wanted(table, wanted, ids, addresses):
+        (claimed if _claim(rule) in claims else unclaimed).append(rule)
+    return claimed, unclaimed
 
 
 def _not_wanted(

@@ -184,16 +184,13 @@ def why_lines(text: str, width: Optional[int], indent: str) -> List[str]:
         return wrap(text, width, indent)
     inner = len(indent) + 2
     lines: List[str] = []
-    prose = ""
     at = 0
     for match in _QUOTED_COMMAND.finditer(text):
-        prose += text[at : match.start()]
-        at = match.end()
+        prose, at = text[at : match.start()], match.end()
         if prose.strip(" ;,"):  # (not the "; " between two commands)
             lines += (
                 wrap(prose.rstrip(), width, indent) if not lines else _more(prose, width, indent)
             )
-        prose = ""
         # (Its own lines two further in again: where one command ends shows.)
         first, *rest = command_lines(match.group(1), width, inner + 2)
         lines += [" " * inner + first, *rest]

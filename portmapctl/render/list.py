@@ -127,14 +127,12 @@ def list_table(
     headers = ["NETWORK", "CONTAINER", "FAM", "PROTO", "HOST", "CONTAINER ADDR", "SNAT", "CHAIN"]
     if conntrack is not None:
         headers.append("FLOWS")  # UDP conntrack entries (a short word: 80 columns)
-    rows, statuses = _list_rows(mappings, chains, conntrack, full_ids)
-    if not wide and _both_backends(mappings):
-        # A container with rules in both (the plugin's DEL cleans one): without the
-        # backend its two copies are two identical rows.
-        column = headers.index("CHAIN")
-        headers[column] = "BACKEND"
-        for cells in rows:
-            cells[column] = "nftables" if cells[column].startswith("nft:") else "iptables"
+    # A container with rules in both backends (the plugin's DEL cleans one): without
+    # the backend its two copies are two identical rows.
+    by_backend = not wide and _both_backends(mappings)
+    rows, statuses = _list_rows(mappings, chains, conntrack, full_ids, by_backend)
+    if by_backend:
+        headers[headers.index("CHAIN")] = "BACKEND"
     elif not wide:
         without_columns(headers, rows, ("CHAIN",))
     whole = full_ids or wide
@@ -154,7 +152,10 @@ def _list_rows(
     chains: List[ChainInfo],
     conntrack: Optional[MappingT[Mapping, int]],
     full_ids: bool,
+    by_backend: bool = False,
 ) -> Tuple[List[List[str]], List[Iterable[str]]]:
+    """The cells of every row; the last column is the CHAIN, or with `by_backend`
+    the BACKEND (a chain without a mapping is an iptables chain)."""
     rows: List[List[str]] = []
     statuses: List[Iterable[str]] = []
     for m in mappings:
@@ -166,7 +167,7 @@ def _list_rows(
             host_address(m),
             container_address(m),
             "yes" if m.snat else "no",
-            _chain_cell(m),
+            _backend_of(m).value if by_backend else _chain_cell(m),
         ]
         if conntrack is not None:
             row.append(str(conntrack.get(m, 0)) if m.protocol == "udp" else "-")
@@ -185,7 +186,7 @@ def _list_rows(
             "-",
             "-",
             "-",
-            c.name,
+            Backend.IPTABLES.value if by_backend else c.name,
         ]
         if conntrack is not None:
             row.append("-")
@@ -194,13 +195,16 @@ def _list_rows(
     return rows, statuses
 
 
+def _backend_of(m: Mapping) -> Backend:
+    return Backend.NFTABLES if getattr(m, "backend", None) == Backend.NFTABLES else Backend.IPTABLES
+
+
 def _both_backends(mappings: Iterable[Mapping]) -> bool:
-    kinds = {getattr(m, "backend", None) == Backend.NFTABLES for m in mappings}
-    return len(kinds) == 2
+    return len({_backend_of(m) for m in mappings}) == 2
 
 
 def _chain_cell(m: Mapping) -> str:
     """iptables: the CNI-DN- chain; nftables: `nft:` + the chain of the rule."""
-    if getattr(m, "backend", None) == Backend.NFTABLES:
+    if _backend_of(m) is Backend.NFTABLES:
         return f"nft:{m.chain}"
     return m.chain

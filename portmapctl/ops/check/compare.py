@@ -9,8 +9,9 @@ from typing import Collection, Dict, FrozenSet, List, Optional, Sequence, Tuple
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
 from portmapctl.iptables.chains import MASQ, SETMARK, TOPLEVEL_DNAT, Chain
-from portmapctl.iptables.ruleset import Args, NatTable, option_value, rule_target, shown_rule
+from portmapctl.iptables.ruleset import Args, NatTable, option_value, rule_target
 from portmapctl.iptables.shapes import entry_ports
+from portmapctl.iptables.shown import shown_rule
 from portmapctl.ops.check.hints import Fixes, _config_ports, _rules_text
 from portmapctl.ops.check.problem import Problem, saved_lines, saved_rules
 

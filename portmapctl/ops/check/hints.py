@@ -10,11 +10,8 @@ from typing import Optional, Sequence, Tuple
 from portmapctl.core.backend import Flavour
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.host.paths import default_cni_cache_dirs
-from portmapctl.iptables.ruleset import (
-    Args,
-    command_line,
-    shown_rule,
-)
+from portmapctl.iptables.ruleset import Args
+from portmapctl.iptables.shown import command_line, shown_rule
 from portmapctl.ops.node import Node
 
 REPAIR_COMMAND = "portmapctl check --repair"

@@ -26,7 +26,8 @@ from portmapctl.cni.cache import Attachment, added_at
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind, Status
-from portmapctl.iptables.ruleset import NatTable, shown_rule
+from portmapctl.iptables.ruleset import NatTable
+from portmapctl.iptables.shown import shown_rule
 from portmapctl.nftables import FAMILY_NAMES
 from portmapctl.nftables.ruleset import MASQUERADING, TABLE
 from portmapctl.ops.check.hints import Fixes

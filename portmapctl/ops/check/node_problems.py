@@ -12,7 +12,8 @@ from portmapctl.cni.cache import Attachment
 from portmapctl.core.status import ChainKind, ProblemKind, Status
 from portmapctl.iptables import inventory, plugin_rules, shapes
 from portmapctl.iptables.chains import DNAT_PREFIX, SHARED_CHAINS, SNAT_PREFIX, TOPLEVEL_DNAT
-from portmapctl.iptables.ruleset import NatTable, option_value, rule_target, shown_rule
+from portmapctl.iptables.ruleset import NatTable, option_value, rule_target
+from portmapctl.iptables.shown import shown_rule
 from portmapctl.ops.check.hints import Fixes, _names_text, _ports_text, _who
 from portmapctl.ops.check.problem import (
     Problem,

@@ -8,7 +8,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import Mapping
 from portmapctl.iptables import inventory
-from portmapctl.iptables.ruleset import Args, shown_rule
+from portmapctl.iptables.ruleset import Args
+from portmapctl.iptables.shown import shown_rule
 
 
 @dataclass(frozen=True)

@@ -364,10 +364,11 @@ def test_repair_of_one_network_keeps_the_containers_rules_of_another() -> None:
         f"delete rule ip cni_hostport hostports handle {wrong_handle}"
     ]
     # Without `also` (the other network's entry not read) its rules stay too: they are
-    # for ports and addresses `given` has not (planner.unaccounted); they went, before.
+    # for ports and addresses `given` has not (planner.not_wanted's second); they went,
+    # before.
     alone = planner.repair(live, _wanted([given]), ids, (4, 6)).render()
     assert alone.count("delete rule") == 1 and f"handle {wrong_handle}" in alone
-    unclaimed = planner.unaccounted(live.table(4), _wanted([given]), ids)
+    _, unclaimed = planner.not_wanted(live.table(4), _wanted([given]), ids)
     assert unclaimed and all(r.body != wrong for r in unclaimed)
 
 
