@@ -13,7 +13,6 @@ from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Interface, MappingConfig, PortMapping
 from portmapctl.core.validate import (
     CONFIG_KEYS,
-    PROTOCOLS,
     conditions,
     host_ip,
     interface,
@@ -54,7 +53,7 @@ def _go_fields(entry: Mapping[str, Any]) -> dict:
     return fields
 
 
-def _port_mapping(entry: Any, source: str, backend: Optional[Backend] = None) -> PortMapping:
+def _port_mapping(entry: Any, source: str) -> PortMapping:
     if not isinstance(entry, dict):
         raise BadInput(f"{source}: each port mapping must be an object")
     fields = _go_fields(entry)
@@ -65,14 +64,16 @@ def _port_mapping(entry: Any, source: str, backend: Optional[Backend] = None) ->
         host_port = port(_go_int(fields["hostPort"], "hostPort"), "hostPort")
         container_port = port(_go_int(fields["containerPort"], "containerPort"), "containerPort")
         address = host_ip(raw_ip) if raw_ip else ""
-        refused = plugin_refuses(fields.get("protocol"), backend)
+        refused = plugin_refuses(fields.get("protocol"))
         if refused:
             raise BadInput(f"port mapping {_as_json(entry)}: {refused}")
+        lower = protocol(fields["protocol"])
         return PortMapping(
             host_port=host_port,
             container_port=container_port,
-            protocol=protocol(fields["protocol"]),
+            protocol=lower,
             host_ip=address,
+            protocol_spelling="" if fields["protocol"] == lower else fields["protocol"],
         )
     except BadInput as err:
         raise BadInput(f"{source}: {err}") from None
@@ -109,32 +110,42 @@ def _as_json(entry: Mapping[str, Any]) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def plugin_refuses(raw_protocol: Any, backend: Optional[Backend]) -> str:
+def plugin_refuses(raw_protocol: Any) -> str:
     """Why the plugin's ADD fails for a port mapping's `protocol` ("" if it does not).
     Debian's 1.1.1 and upstream v1.6.2-v1.9.1 (tests/interop/test_protocol_refusals.py):
     without one (absent, null, "") every backend writes `-p  --dport` or `dport`, which
-    iptables and nft reject; nftables writes the word as given, and nft knows only
-    lower-case tcp/udp/sctp (iptables lower-cases it, so "TCP" works there). `backend`:
-    the one the config selects (None: iptables, the plugin's default)."""
+    iptables and nft reject. (A word in upper case: nftables_refuses.)"""
     if raw_protocol is None or raw_protocol == "":
         return "no protocol: the plugin's ADD fails without one (give tcp, udp or sctp)"
-    spelled = raw_protocol if isinstance(raw_protocol, str) else ""
-    if backend == Backend.NFTABLES and spelled not in PROTOCOLS and spelled.lower() in PROTOCOLS:
-        return (
-            f"protocol {shown(spelled)}: the plugin's nftables backend fails on it"
-            f' (nft takes it only in lower case: "{spelled.lower()}")'
-        )
     return ""
 
 
-def port_mappings(
-    value: Any, source: str, backend: Optional[Backend] = None
-) -> Tuple[PortMapping, ...]:
+def nftables_refuses(config: MappingConfig) -> str:
+    """Why the nftables backend's ADD fails for `config` ("" if it does not): it writes
+    the protocol as the config spells it, and nft knows only lower-case tcp/udp/sctp
+    (iptables lower-cases it, so "TCP" works there). Only a mapping it writes fails:
+    one whose host IP is of a family the container has no address in is skipped
+    before nft sees the word."""
+    for mapping in config.ports:
+        spelled = mapping.protocol_spelling
+        if spelled and any(
+            config.address(family) is not None and mapping.applies_to(family) for family in (4, 6)
+        ):
+            entry = {"hostPort": mapping.host_port, "containerPort": mapping.container_port,
+                     "protocol": spelled, **({"hostIP": mapping.host_ip} if mapping.host_ip else {})}  # fmt: skip
+            return (
+                f"port mapping {_as_json(entry)}: protocol {shown(spelled)}: the plugin's"
+                f' nftables backend fails on it (nft takes it only in lower case: "{mapping.protocol}")'
+            )
+    return ""
+
+
+def port_mappings(value: Any, source: str) -> Tuple[PortMapping, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
         raise BadInput(f"{source}: portMappings must be a list")
-    return tuple(_port_mapping(entry, source, backend) for entry in value)
+    return tuple(_port_mapping(entry, source) for entry in value)
 
 
 # Results of these versions (a conflist of cniVersion 0.2.0: libcni caches the result,
@@ -244,7 +255,7 @@ def plugin_config(
                 if addresses is not None
                 else result_addresses(conf.get("prevResult"), ifname, source)
             ),
-            ports=port_mappings(raw_ports, source, writes_to),
+            ports=port_mappings(raw_ports, source),
             snat=snat,
             mark=conf.get("markMasqBit"),
             external_setmark_chain=conf.get("externalSetMarkChain"),
@@ -257,6 +268,9 @@ def plugin_config(
     except BadInput as err:
         message = str(err)
         raise BadInput(message if message.startswith(source) else f"{source}: {message}") from None
+    refused = nftables_refuses(config) if writes_to == Backend.NFTABLES else ""
+    if refused:
+        raise BadInput(f"{source}: {refused}")
     return config
 
 

@@ -66,6 +66,10 @@ class PortMapping:
     container_port: int
     protocol: str = "tcp"
     host_ip: str = ""
+    # The config's spelling of the protocol where it is not `protocol` ("TCP"): the
+    # plugin groups its iptables entry rules by the word as written, and its nftables
+    # backend fails on it.
+    protocol_spelling: str = ""
 
     def applies_to(self, family: int) -> bool:
         """A host IP of the other family skips this port's rules in this family."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig, PortMapping
@@ -145,14 +145,17 @@ def masq_chain(mark_bit: int, family: int) -> Chain:
 def _port_groups(ports: Tuple[PortMapping, ...]) -> List[Tuple[str, str]]:
     """(protocol, "p1,p2,...") per multiport rule: protocols sorted, 15 ports each.
 
-    Every mapping counts here whatever its host IP's family, as in the plugin.
+    Every mapping counts here whatever its host IP's family, as in the plugin. The
+    plugin groups by the protocol as the config spells it, in byte order ("TCP" and
+    "tcp" get an entry rule each, "TCP" first), and iptables lower-cases the word.
     """
-    by_proto: dict = {}
+    by_proto: Dict[str, Tuple[str, List[str]]] = {}
     for port in ports:
-        by_proto.setdefault(port.protocol, []).append(str(port.host_port))
+        spelled = port.protocol_spelling or port.protocol
+        by_proto.setdefault(spelled, (port.protocol, []))[1].append(str(port.host_port))
     groups = []
-    for proto in sorted(by_proto):
-        numbers = by_proto[proto]
+    for spelled in sorted(by_proto):
+        proto, numbers = by_proto[spelled]
         for start in range(0, len(numbers), MAX_PORTS_PER_MULTIPORT):
             groups.append((proto, ",".join(numbers[start : start + MAX_PORTS_PER_MULTIPORT])))
     return groups

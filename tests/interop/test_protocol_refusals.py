@@ -145,3 +145,88 @@ def test_a_keyless_config_where_there_is_no_iptables_is_refused_as_nftables(
     )
     pmctl.assert_error(done, 2, str(path), "8080", "nftables")
     assert _written(ours_ns) == ""
+
+
+# --- spellings the plugin takes: an entry rule per spelling, a mapping nft never sees ---
+
+MIXED = [
+    {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+    {"hostPort": 8081, "containerPort": 81, "protocol": "TCP"},
+    {"hostPort": 8082, "containerPort": 82, "protocol": "Tcp"},
+    {"hostPort": 5353, "containerPort": 53, "protocol": "udp"},
+]
+
+
+def _plugin(plugin: str, command: str, ns: str, conf: Dict[str, Any]):
+    if plugin == "debian":
+        return rp.run_plugin(command, ns, "c1", conf)
+    return upstream.run(plugin, command, ns, "c1", conf)
+
+
+@pytest.mark.parametrize("plugin", ["debian", "v1.9.1"])
+def test_each_spelling_of_a_protocol_gets_its_own_entry_rule_as_the_plugin_writes_it(
+    twins: tuple[str, str], tmp_path: Path, plugin: str
+) -> None:
+    """The plugin groups its entry rules by the protocol as the config spells it
+    (byte order: "TCP", "Tcp", "tcp", "udp"), and iptables lower-cases the word. add
+    merged the spellings into one rule: the plugin's CHECK failed on add's rules, check
+    called the plugin's own rules missing and extra, and --repair replaced them with
+    the merged one (found by a differential review against the real plugins)."""
+    plugin_ns, ours_ns = twins
+    conf = upstream.nft_conf("podman", ["10.88.0.5/16"], MIXED, backend=None)
+    assert _plugin(plugin, "ADD", plugin_ns, conf).returncode == 0
+    theirs = [
+        line for line in rp.nat_rules(rp.save(plugin_ns, 4)) if "CNI-HOSTPORT-DNAT -p" in line
+    ]
+    assert [line.split("--dports ")[1].split()[0] for line in theirs] == [
+        "8081",
+        "8082",
+        "8080",
+        "5353",
+    ]
+    path = tmp_path / "conf.json"
+    path.write_text(json.dumps(conf))
+    done = pmctl.run(["add", "--container", "c1", "--cni-config", str(path), "--netns", ours_ns])
+    assert done.returncode == 0, done.stderr
+    assert rp.nat_rules(rp.save(ours_ns, 4)) == rp.nat_rules(rp.save(plugin_ns, 4))
+    if plugin == "debian":  # (it checks every family it can use: rp.run_check says why)
+        [checked] = rp.run_check(ours_ns, "c1", conf)
+    else:
+        checked = upstream.run(plugin, "CHECK", ours_ns, "c1", conf)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # The plugin's own rules, with its cache entry: healthy, and --repair leaves them.
+    cache = tmp_path / "cache"
+    rp.write_cni_cache(cache, "podman", "c1", "eth0", conf, MIXED, ["10.88.0.5/16"])
+    before = rp.save(plugin_ns, 4)
+    for args in (["check"], ["check", "--repair"]):
+        done = pmctl.run([*args, "-o", "json", "--netns", plugin_ns, "--cni-cache-dir", str(cache)])
+        assert done.returncode == 0, (args, done.stdout + done.stderr)
+        assert json.loads(done.stdout)["problems"] == [], done.stdout
+    assert rp.nat_rules(rp.save(plugin_ns, 4)) == rp.nat_rules(before)
+
+
+def test_an_upper_case_protocol_the_nftables_backend_never_writes_is_taken(
+    twins: tuple[str, str], tmp_path: Path
+) -> None:
+    """v1.9.1's nftables backend skips a mapping whose host IP is of a family the
+    container has no address in, before nft sees its protocol: its ADD of "UDP" on
+    ::1 for an IPv4-only container succeeds. add refused that config (exit 2), and
+    its cache entry could not be read, so check called the container healthy unseen."""
+    plugin_ns, ours_ns = twins
+    ports = [MIXED[0], {"hostPort": 8081, "containerPort": 81, "protocol": "UDP", "hostIP": "::1"}]
+    conf = upstream.nft_conf("podman", ["10.88.0.5/16"], ports, backend="nftables")
+    added = upstream.run("v1.9.1", "ADD", plugin_ns, "c1", conf)
+    assert added.returncode == 0, added.stdout + added.stderr
+    path = tmp_path / "conf.json"
+    path.write_text(json.dumps(conf))
+    done = pmctl.run(["add", "--container", "c1", "--cni-config", str(path), "--netns", ours_ns])
+    assert done.returncode == 0, done.stderr
+    assert upstream.ruleset_text(ours_ns) == upstream.ruleset_text(plugin_ns)
+    cache = tmp_path / "cache"
+    rp.write_cni_cache(cache, "podman", "c1", "eth0", conf, ports, ["10.88.0.5/16"])
+    upstream.nft(plugin_ns, "flush", "chain", "ip", "cni_hostport", "hostports")
+    checked = pmctl.run(
+        ["check", "-o", "json", "--netns", plugin_ns, "--cni-cache-dir", str(cache)]
+    )
+    assert checked.returncode == 1 and checked.stderr == "", checked.stdout + checked.stderr
+    assert [p["kind"] for p in json.loads(checked.stdout)["problems"]] == ["nft-missing-rules"]

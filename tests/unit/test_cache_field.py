@@ -855,6 +855,60 @@ def test_the_protocols_the_plugins_add_refuses(protocol, backend, refused):
         assert [p.protocol for p in config.ports] == [protocol.lower()]
 
 
+def test_each_spelling_of_a_protocol_is_an_entry_rule_of_its_own():
+    """The plugin groups entry rules by the protocol as the config spells it, in byte
+    order (pinned by tests/interop/test_protocol_refusals.py); the command line's -p
+    is lower-cased. The DNAT rules are the same either way."""
+    from portmapctl.core import validate
+    from portmapctl.iptables.chains import dnat_chain
+
+    spelled = [("tcp", 8080), ("TCP", 8081), ("Tcp", 8082), ("udp", 5353), ("tcp", 8083)]
+    ports = [{"hostPort": p, "containerPort": 80, "protocol": w} for w, p in spelled]
+    conf = {"name": "net", "runtimeConfig": {"portMappings": ports},
+            "prevResult": {"ips": [{"address": "10.88.0.5/16"}]}}  # fmt: skip
+    config = cni_config.plugin_config(conf, "c1", "conf.json")
+    assert [p.protocol for p in config.ports] == ["tcp", "tcp", "tcp", "udp", "tcp"]
+    entries = [" ".join(rule) for rule in dnat_chain(config, 4).entry_rules]
+    assert [e.split("--dports ")[1].split()[0] for e in entries] == [
+        "8081", "8082", "8080,8083", "5353",
+    ]  # fmt: skip
+    rules = dnat_chain(config, 4).entry_rules
+    assert [rule[list(rule).index("-p") + 1] for rule in rules] == ["tcp", "tcp", "tcp", "udp"]
+    flags = validate.mapping_config(
+        network="net",
+        container_id="c1",
+        addresses=[validate.interface("10.88.0.5/16")],
+        ports=[validate.port_spec(f"{p}:80/{w}") for w, p in spelled],
+    )
+    merged = [" ".join(rule) for rule in dnat_chain(flags, 4).entry_rules]
+    assert [e.split("--dports ")[1].split()[0] for e in merged] == ["8080,8081,8082,8083", "5353"]
+    assert dnat_chain(flags, 4).rules == dnat_chain(config, 4).rules
+
+
+@pytest.mark.parametrize(
+    ("addresses", "host_ip", "refused"),
+    [
+        (["10.88.0.5/16"], "", True),
+        (["10.88.0.5/16"], "127.0.0.1", True),
+        (["10.88.0.5/16"], "::1", False),  # skipped: no IPv6 address
+        (["fd00::5/64"], "127.0.0.1", False),
+        (["10.88.0.5/16", "fd00::5/64"], "::1", True),
+    ],
+)
+def test_the_nftables_backend_fails_on_a_spelling_only_where_it_writes_the_mapping(
+    addresses, host_ip, refused
+):
+    pm = {"hostPort": 8081, "containerPort": 81, "protocol": "UDP", "hostIP": host_ip}
+    conf = {"name": "net", "backend": "nftables", "runtimeConfig": {"portMappings": [pm]},
+            "prevResult": {"ips": [{"address": a} for a in addresses]}}  # fmt: skip
+    if refused:
+        with pytest.raises(BadInput, match="'UDP': the plugin's nftables backend fails"):
+            cni_config.plugin_config(conf, "c1", "conf.json")
+    else:
+        [port] = cni_config.plugin_config(conf, "c1", "conf.json").ports
+        assert (port.protocol, port.protocol_spelling) == ("udp", "UDP")
+
+
 def test_add_backend_nftables_refuses_what_the_nftables_plugin_refuses():
     """A config without the key, written to nftables (add --backend nftables)."""
     pm = {"hostPort": 8080, "containerPort": 80, "protocol": "TCP"}
