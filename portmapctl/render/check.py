@@ -311,13 +311,16 @@ def check_healthy_line(result: CheckResult) -> str:
             return f"healthy: the nftables rules of {result.chain[4:]} are in place ({where})"
         return f"healthy: {result.chain} and its entry rules are in place ({where})"
     if not result.cache_present:
-        one = result.chains_seen == 1
+        seen = ([count(result.chains_seen, "portmap chain")] if result.chains_seen else []) + (
+            [count(result.nft_seen, "nftables rule set")] if result.nft_seen else []
+        )
+        one = result.chains_seen + result.nft_seen == 1
         return (
-            f"healthy: {count(result.chains_seen, 'portmap chain')}"
+            f"healthy: {' and '.join(seen) or count(0, 'portmap chain')}"
             f" {'looks' if one else 'look'} sound ({where});"
             f" no CNI cache to compare {'it' if one else 'them'} with"
         )
-    if not result.mappings_checked and not result.chains_seen:
+    if not result.mappings_checked and not result.chains_seen and not result.nft_seen:
         return f"healthy: no cached port mappings and no portmap chains ({where})"
     # What was compared: one chain per cached container and family, or under the
     # nftables backend that container's rules for the family.

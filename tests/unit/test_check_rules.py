@@ -172,3 +172,27 @@ def test_a_rule_the_config_does_not_make_and_one_missing_are_the_rules_shown(tmp
     # One rule is one rule (it said "1 rules").
     details = {p["kind"]: p["detail"] for p in problems}
     assert details["extra-rules"].startswith("1 rule its cached config does not make: ")
+
+
+def test_with_no_cache_the_healthy_line_counts_the_nftables_rule_sets_it_saw(tmp_path):
+    """No cache, a node whose containers are all nft-backed: the line said "0 portmap
+    chains look sound" of a node it had read rules of (helper-136's review)."""
+    example = json.loads((ROOT / "examples" / "nft" / "ruleset.json").read_text())
+    web = "3f2a9c1e5b7d4a60web"  # (dual-stack; its rules alone: no shadowing)
+    example["nftables"] = [
+        item for item in example["nftables"]
+        if "rule" not in item or item["rule"].get("comment") in (None, web)
+    ]  # fmt: skip
+    dump = tmp_path / "web.json"
+    dump.write_text(json.dumps(example))
+    args = ["check", "--nft-snapshot", str(dump), "--cni-cache-dir", str(tmp_path / "none")]
+    document = json.loads(invoke(*args, "-o", "json"))
+    assert document["healthy"] and document["summary"] == (
+        "healthy: 2 nftables rule sets look sound (IPv4 and IPv6); no CNI cache to compare"
+        " them with"
+    )
+    # An IPv4 dump alone: IPv4 is what was read, of both backends.
+    both = [*args, "--snapshot", str(ROOT / "tests" / "fixtures" / "sctp.v4.save")]
+    assert json.loads(invoke(*both, "-o", "json"))["summary"].startswith(
+        "healthy: 1 portmap chain and 1 nftables rule set look sound (IPv4);"
+    )

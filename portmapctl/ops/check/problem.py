@@ -79,6 +79,9 @@ class CheckResult:
 
     # Of mappings_checked, those kept in nftables (a container's rules, not a chain).
     nft_checked: int = 0
+    # (container, family) rule sets in the plugin's nftables tables (node scope): what
+    # chains_seen is of iptables.
+    nft_seen: int = 0
 
     @property
     def healthy(self) -> bool:

@@ -600,6 +600,7 @@ def _repaired(
         after.chains_seen,
         after.chain,
         nft_checked=after.nft_checked,
+        nft_seen=after.nft_seen,
         repaired=bool(transactions),
         fixed=fixed,
         transactions=transactions,

@@ -176,6 +176,7 @@ def _check_node(
         compared,
         chains,
         nft_checked=nft_compared,
+        nft_seen=len({(m.container_id, m.family) for m in nft_rows if m.family in tables}),
         notes=tuple(notes),
         found=found,
         rows=tuple(node_rows(found.mappings, nft_rows, owners)),
