@@ -445,8 +445,10 @@ def _setup_family(
         if name not in chains:
             txn.add_chain(family, name, BASE_CHAINS[name])
         if name in rewrite:
-            if name in chains:
-                txn.flush_chain(family, name)
+            # Flushed also when the read found no such chain, as the plugin's ADD does:
+            # an ADD that made it since (after a `delete table`) put its entry there,
+            # which ours would have doubled.
+            txn.flush_chain(family, name)
             for body in old_entry_rules(name, entry) if old_shape else (entry,):
                 txn.add_rule(family, name, body)
     if MASQUERADING not in chains and any(w.snat for w in wanted):

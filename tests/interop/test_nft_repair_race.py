@@ -9,6 +9,8 @@ tests/kernel/test_repair_race.py)."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -152,3 +154,46 @@ def test_a_container_added_again_after_the_tables_were_read_is_left_alone(
     upstream.run(V191, "CHECK", node, "back", new, check=True)
     upstream.run(V191, "CHECK", node, "live1", live1, check=True)
     assert raced
+
+
+class ApplyRacingNft(RacingNft):
+    """The same, `race` run once just before the first transaction is applied."""
+
+    def read(self, *args, **kwargs):
+        return self.access.read(*args, **kwargs)
+
+    def apply(self, *args, **kwargs):
+        if self.race is not None:
+            self.race, race = None, self.race
+            race()
+        return self.access.apply(*args, **kwargs)
+
+
+def test_a_table_the_plugin_makes_again_during_a_repair_gets_one_entry(
+    node: str, tmp_path: Path
+) -> None:
+    """`nft delete table ip cni_hostport`, then a repair whose write comes after a plugin
+    ADD (of a new container, not cached yet) made the table again: the repair added its
+    `fib daddr type local jump hostports_all` to the plugin's in prerouting and output
+    (helper-137's soak: 2-6 of 60 rounds). It flushes the base chains it writes the
+    entry into, as the plugin's ADD does, found there or not."""
+    live1 = _add(node, tmp_path, "live1", "10.88.0.11/16", 8080)
+    # An entry written as the repair begins is one it leaves alone (_CacheAgain).
+    old = time.time() - 60
+    os.utime(tmp_path / "results" / "podman-live1-eth0", (old, old))
+    upstream.nft(node, "delete", "table", "ip", "cni_hostport")
+    ports = [rp.port_mapping(8090, 80)]
+    newcomer = upstream.nft_conf("podman", ["10.88.0.30/16"], ports)
+
+    def added() -> None:
+        upstream.run(V191, "ADD", node, "newcomer", newcomer, check=True)
+
+    options = NodeOptions(families=(4,), netns=node, cache_dirs=(str(tmp_path),))
+    with netns.entered(node):
+        racing = ApplyRacingNft(_nft_access(options), added)
+        result = repair(Node(options, _iptables_access(options), racing), flush_udp=False)
+    assert racing.race is None and result.repaired
+    ruleset = upstream.ruleset_text(node)
+    assert ruleset.count("fib daddr type local jump hostports_all") == 2, ruleset  # (two chains)
+    for cid, conf in (("live1", live1), ("newcomer", newcomer)):
+        upstream.run(V191, "CHECK", node, cid, conf, check=True)

@@ -369,8 +369,9 @@ def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
                     container_id,
                     f"{count} copies of {shown_rule('-A', saved.name, rule)}",
                     f"delete one copy: {fixes.iptables(live.family, '-D', saved.name, rule)}",
-                    "a sign that a script or another tool re-adds the plugin's rules; every"
-                    " packet walks each copy",
+                    "two writers found it missing at once (the plugin's ADDs after a flush"
+                    " race so) or a script re-adds the plugin's rules; every packet walks"
+                    " each copy",
                     saved_rules(saved.name, [rule]),
                 )
             )

@@ -77,10 +77,11 @@ def test_plugin_state_needs_no_setup(case: str) -> None:
 
 
 def test_setup_text_matches_the_plugins_add() -> None:
-    """Same commands as FACTS' captured v1.9.1 ADD transaction, minus flushes of new chains."""
+    """Same commands as FACTS' captured v1.9.1 ADD transaction, the flushes of the base
+    chains it creates included (what keeps a concurrent ADD's entry from being doubled)."""
     config = nftcases.config_of(nftcases.steps("v191-basic")[0])
     text = planner.setup(ruleset.EMPTY, _wanted([config])).render()
-    assert text.splitlines()[:16] == [
+    assert text.splitlines()[:18] == [
         'add table ip cni_hostport { comment "CNI portmap plugin" ; }',
         "add chain ip cni_hostport hostports",
         "add chain ip cni_hostport hostip_hostports",
@@ -89,8 +90,10 @@ def test_setup_text_matches_the_plugins_add() -> None:
         "add rule ip cni_hostport hostports_all jump hostip_hostports",
         "add rule ip cni_hostport hostports_all jump hostports",
         "add chain ip cni_hostport prerouting { type nat hook prerouting priority -100 ; }",
+        "flush chain ip cni_hostport prerouting",
         "add rule ip cni_hostport prerouting fib daddr type local jump hostports_all",
         "add chain ip cni_hostport output { type nat hook output priority -100 ; }",
+        "flush chain ip cni_hostport output",
         "add rule ip cni_hostport output fib daddr type local jump hostports_all",
         "add chain ip cni_hostport masquerading { type nat hook postrouting priority 100 ; }",
         'add rule ip cni_hostport hostports tcp dport 8080 dnat to 10.88.0.5:80 comment "aaaa1111"',
