@@ -80,7 +80,7 @@ def mapping_and_key(
         )
         if idle:
             raise ForwardsNothing(f"{source} {idle}")
-        return buildable(with_backend(parsed, backend)), parsed.backend is not None
+        return buildable(with_backend(parsed, backend), source), parsed.backend is not None
     if network is None:
         raise BadInput("--network is required (or give --cni-config)")
     if not publish:

@@ -244,6 +244,25 @@ def wanted_chains(config: MappingConfig, family: int) -> List[Chain]:
     return chains
 
 
+# The nat table's built-in chains: iptables refuses a jump to one.
+BUILTIN_NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+
+
+def unusable_setmark_chain(name: Optional[str]) -> str:
+    """Why chain `name` cannot be the externalSetMarkChain the per-container chain's
+    mark rules jump to ("" if it can): iptables refuses a jump to a built-in chain (the
+    plugin's ADD fails on it), and a portmap chain is no mark chain: one DNATs or
+    masquerades what it is sent (a jump back into CNI-HOSTPORT-DNAT loops, refused too;
+    another container's CNI-DN- chain would DNAT this one's packets to it)."""
+    if name is None or name == SETMARK:
+        return ""
+    if name in BUILTIN_NAT_CHAINS:
+        return "a built-in chain: iptables refuses a jump to it (give the chain that marks for masquerade, e.g. KUBE-MARK-MASQ)"
+    if name in SHARED_CHAINS or name.startswith((DNAT_PREFIX, SNAT_PREFIX)):
+        return "a portmap chain, not a chain that marks for masquerade (e.g. KUBE-MARK-MASQ)"
+    return ""
+
+
 def buildable(config: MappingConfig, source: Optional[str] = None) -> MappingConfig:
     """`config` if every family it has can be turned into rules, else BadInput.
 
@@ -260,6 +279,12 @@ def buildable(config: MappingConfig, source: Optional[str] = None) -> MappingCon
 
     if config.backend == Backend.NFTABLES:
         return config  # (nft conditions are nft's to judge: ops/add.py)
+    unusable = unusable_setmark_chain(config.external_setmark_chain)
+    if unusable:
+        where = (
+            f"{source}: externalSetMarkChain" if source is not None else "--external-setmark-chain"
+        )
+        raise BadInput(f"{where} {config.external_setmark_chain}: {unusable}")
     # As the plugin: conditions whose first word is no option are nftables syntax, and
     # without "backend": "nftables" the plugin writes iptables rules, so it refuses them.
     nft_style = [

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterable, List, Op
 from portmapctl.core.backend import Backend
 from portmapctl.errors import ApplyFailed, BadInput
 from portmapctl.nftables.access import NftAccess, NftApplyFailed
-from portmapctl.nftables.ruleset import CONTAINER_CHAINS, MASQUERADING, ActionKind, Rule, Ruleset
+from portmapctl.nftables.ruleset import (
+    CONTAINER_CHAINS,
+    FAMILY_NAMES,
+    MASQUERADING,
+    ActionKind,
+    Rule,
+    Ruleset,
+)
 
 if TYPE_CHECKING:  # (imported by what plans, not by `list`, which only reads)
     from portmapctl.nftables.transaction import Transaction
@@ -172,8 +179,17 @@ def is_plugin_rule(rule: Rule) -> bool:
     put in these chains is never removed."""
     if rule.comment is None or not _CNI_NAME.match(rule.comment):
         return False
-    wanted = ActionKind.MASQUERADE if rule.chain == MASQUERADING else ActionKind.DNAT
-    return rule.body.action.kind is wanted
+    if rule.chain != MASQUERADING:
+        return rule.body.action.kind is ActionKind.DNAT
+    # The plugin's: `ip saddr A ip daddr B masquerade`, one address each (an admin's
+    # `ip saddr 10.9.9.0/24 masquerade`, its comment a word, was gc's to delete).
+    ip = FAMILY_NAMES[rule.family]
+    matches = rule.body.matches
+    return (
+        rule.body.action.kind is ActionKind.MASQUERADE
+        and [(m.left, m.op) for m in matches] == [(f"{ip} saddr", "=="), (f"{ip} daddr", "==")]
+        and not any("/" in m.right or m.raw is not None for m in matches)
+    )
 
 
 def dead_containers(live: Ruleset, is_live: Callable[[str], bool]) -> List[DeadContainer]:

@@ -348,7 +348,8 @@ class _Values:
                 action = _made_dnat(
                     self.address(str(value["addr"])), int(port) if port is not None else None
                 )
-            elif key == "masquerade":
+            elif key == "masquerade" and not value:
+                # (`masquerade random,persistent`, `to :port`: someone else's, opaque)
                 action = _MASQUERADE
             elif key in ("jump", "goto") and isinstance(value, dict):
                 action = Action(

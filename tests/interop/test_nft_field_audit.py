@@ -245,3 +245,23 @@ def test_list_without_nft_on_a_node_whose_cache_says_nftables_stops_as_check_doe
         pmctl.assert_error(pmctl.run([*command, *where], hide=no_nft), 3, "nft not found")
     listed = json.loads(pmctl.ok(["list", "-o", "json", *where]))
     assert {m["host_port"] for m in listed["mappings"]} == {8080, 5353}  # (WEB's tcp, udp)
+
+
+def test_an_admins_masquerade_rule_with_a_word_for_comment_is_never_gcs(
+    node: str, tmp_path: Path
+) -> None:
+    """`masquerading` rules of shapes the plugin never writes (a prefix, flags), their
+    comment a word CNI would take for an ID: gc deleted them as a dead container's
+    (helper-138). The plugin's are `ip saddr A ip daddr B masquerade`, one address
+    each; these are someone else's, as a DNAT of unknown shape already was."""
+    _plugin_add(node, tmp_path, WEB)
+    for rule in ("ip saddr 10.9.9.0/24 masquerade comment foreign3",
+                 "ip saddr 10.9.9.1 ip daddr 10.9.9.2 masquerade random,persistent comment foreign4"):  # fmt: skip
+        upstream.nft(node, "add", "rule", "ip", "cni_hostport", "masquerading", *rule.split())
+    before = _rules_of(node, "masquerading")
+    for args in (["gc", "--yes", "--min-age", "0", "-o", "json"], ["check", "-o", "json"]):
+        done = _pmctl(node, tmp_path, *args)
+        assert done.returncode == 0, (args, done.stdout + done.stderr)
+        if args[0] == "gc":
+            assert json.loads(done.stdout)["removed"] == []
+    assert _rules_of(node, "masquerading") == before

@@ -219,3 +219,30 @@ def test_backend_nftables_without_an_nft_dump_is_bad_input():
     chains found", exit 0, as a family without its dump did."""
     done = run(["list", "--snapshot", str(FIXTURES / "basic.v4.save"), "--backend", "nftables"])
     assert_error(done, 2, "--backend nftables: no nftables dump to read (give --nft-snapshot")
+
+
+@pytest.mark.parametrize(
+    ("chain", "why"),
+    [
+        ("PREROUTING", "a built-in chain: iptables refuses a jump to it"),
+        ("CNI-HOSTPORT-DNAT", "a portmap chain, not a chain that marks"),
+        ("CNI-DN-6c0f393d4121382ce7fde", "a portmap chain, not a chain that marks"),
+    ],
+)
+def test_a_setmark_chain_that_cannot_mark_is_bad_input(tmp_path, chain, why):
+    """helper-138: another container's CNI-DN- chain was taken (its DNAT rules for this
+    container's marked packets), and PREROUTING or CNI-HOSTPORT-DNAT failed three
+    tries with exit 1 and a cut message. Refused before anything is read (no namespace
+    needed), in a config file as on the command line."""
+    flags = ["add", "--network", "podman", "--container", "9999bbbb6666", "--ip",
+             "10.88.0.40/16", "-p", "9700:80", "--netns", "/nonexistent"]  # fmt: skip
+    assert_error(run([*flags, "--external-setmark-chain", chain]), 2, chain, why)
+    conf = {"cniVersion": "0.4.0", "name": "podman", "type": "portmap",
+            "externalSetMarkChain": chain,
+            "runtimeConfig": {"portMappings": [{"hostPort": 9700, "containerPort": 80,
+                                                "protocol": "tcp"}]},
+            "prevResult": {"ips": [{"address": "10.88.0.40/16"}]}}  # fmt: skip
+    path = tmp_path / "conf.json"
+    path.write_text(json.dumps(conf))
+    done = run(["add", "--container", "c1", "--cni-config", str(path), "--netns", "/nonexistent"])
+    assert_error(done, 2, str(path), "externalSetMarkChain", why)
