@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# C0 but the line break and tab, DEL, C1: what a terminal acts on.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # What repr() makes of such a byte inside a quoted value ('\udce9'): a backslash the
 # value held is doubled there, so an escape is one preceded by an even run of them.
 _REPR_BYTE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
@@ -46,8 +48,10 @@ def char_text(char: str) -> str:
 
 def message_text(text: str) -> str:
     """A line for stderr: lone surrogates as bytes_as_text writes them, and so the
-    ones a message quoted with repr() (click's usage errors, our `{value!r}`)."""
-    text = bytes_as_text(text)
+    ones a message quoted with repr() (click's usage errors, our `{value!r}`); a
+    control character other than a line break as char_text writes it (a foreign rule's
+    comment quoted in a note must not colour or move the operator's terminal)."""
+    text = _CONTROL.sub(lambda found: char_text(found.group()), bytes_as_text(text))
     if "\\udc" not in text:
         return text
     return _REPR_BYTE.sub(r"\1\\x\2", text)

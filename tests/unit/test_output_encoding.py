@@ -176,6 +176,16 @@ def test_message_text_spells_lone_surrogates_and_repr_escapes_of_them():
     assert message_text(repr("\\\udce9")) == "'\\\\\\xe9'"
 
 
+def test_message_text_writes_control_characters_a_terminal_would_act_on():
+    """A foreign nft rule's comment holding ESC reached stderr raw in check's note
+    (helper-138): it could colour or move the operator's terminal. Line breaks stay."""
+    from portmapctl.core.text import message_text
+
+    comment = "caf\u00e9 \x1b[31m\x07\x7f\x9b"
+    assert message_text(f"rule: {comment}\nnext") == "rule: café \\x1b[31m\\x07\\x7f\\x9b\nnext"
+    assert message_text("a\tb") == "a\tb"
+
+
 # Lines that reach stderr other than through the error line and Output.warn.
 _STDERR_LINES = {
     # host/lock.py's line while another run holds the lock, under a run directory
