@@ -128,7 +128,8 @@ def test_a_cached_condition_with_a_newline_is_refused(node: Node_):
 def test_a_foreign_comment_with_a_newline_makes_the_node_unreadable_not_writable(node: Node_):
     """iptables-save prints a newline in a comment as it is: the dump is then not
     iptables-save syntax (iptables-restore could not read it either). portmapctl
-    refuses the node, naming the line, and writes nothing."""
+    refuses the node, naming the line, and writes nothing: exit 3, a table that cannot
+    be read (SPEC §5), not 2, which says the user's own input was wrong."""
     node.add("mynet", "stale1", ["10.88.0.12/16"], _ports("9090/tcp"), cache=False)
     fake = f"x\n-A {TOPLEVEL_DNAT} -j ACCEPT\n-A PREROUTING -m comment --comment y"
     node.ipt(4, "-A", "PREROUTING", "-m", "comment", "--comment", fake, "-j", "RETURN")
@@ -136,5 +137,5 @@ def test_a_foreign_comment_with_a_newline_makes_the_node_unreadable_not_writable
     for argv in (["gc", "--yes", "--min-age", "0", "--all"], ["check", "--repair"], ["list"]):
         done = run([*argv, "--netns", node.ns, "--iptables", node.mode,
                     "--cni-cache-dir", str(node.cache)])  # fmt: skip
-        assert_error(done, 2, "line", "unterminated quote")
+        assert_error(done, 3, "line", "unterminated quote", "cannot be read through")
     assert node.lines(4) == before

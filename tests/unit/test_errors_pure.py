@@ -246,3 +246,20 @@ def test_a_setmark_chain_that_cannot_mark_is_bad_input(tmp_path, chain, why):
     path.write_text(json.dumps(conf))
     done = run(["add", "--container", "c1", "--cni-config", str(path), "--netns", "/nonexistent"])
     assert_error(done, 2, str(path), "externalSetMarkChain", why)
+
+
+def test_an_iptables_save_that_prints_garbage_is_the_environment_not_bad_input():
+    """helper-138 bind-mounted a script printing random bytes over xtables-nft-multi:
+    every command said exit 2 (bad input) of the kernel's table. A table that cannot be
+    read is exit 3 (SPEC §4, §5), one line naming the tool."""
+    from portmapctl.errors import HostProblem
+    from portmapctl.iptables.access.restore import _parse
+
+    for text in ("\x00\x01\x02garbage", "*nat\n:PREROUTING ACCEPT [0:0]\n-A\x7f\n"):
+        with pytest.raises(HostProblem) as raised:
+            _parse(text, 4, "/usr/sbin/iptables-nft-save")
+        assert raised.value.exit_code == 3
+        message = str(raised.value)
+        assert (
+            "\n" not in message and "cannot be read through /usr/sbin/iptables-nft-save" in message
+        )

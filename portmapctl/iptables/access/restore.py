@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Flavour
-from portmapctl.errors import ApplyFailed, HostProblem, killed
+from portmapctl.errors import ApplyFailed, BadInput, HostProblem, killed
 from portmapctl.host import settings
 from portmapctl.host.paths import find_tool
 from portmapctl.iptables.access import NEW_NAT_TABLE, legacy_nat_present, legacy_read_skipped
@@ -406,7 +406,12 @@ def _parse(text: str, family: int, binary: str) -> NatTable:
             f"{binary} cannot read the nat table ({note}): inspect it with"
             " 'nft list table ip nat' and remove the native nft rules from it"
         )
-    return parse_save(text, family, source=binary, skip_foreign=True)
+    try:
+        return parse_save(text, family, source=binary, skip_foreign=True)
+    except BadInput as err:
+        # The kernel's table as the tool printed it: no input of the user's (exit 2),
+        # an iptables that does not work here (SPEC §5: a table that cannot be read).
+        raise HostProblem(f"{err} (the nat table cannot be read through {binary})") from None
 
 
 def _timed_out(binary: str) -> HostProblem:
