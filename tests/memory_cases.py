@@ -29,6 +29,16 @@ def setup_of(case: str) -> Step:
     return step
 
 
+def dedupe_of(case: str) -> Step:
+    """check --repair's plan of the node: the case's chains, duplicates deleted."""
+
+    def step(live: NatTable) -> Transaction:
+        shared, per_container = wanted_on_node(configs(case), live.family, live)
+        return plan_setup([*shared, *(chain for _, chain in per_container)], live, dedupe=True)
+
+    return step
+
+
 def teardown_all(live: NatTable) -> Transaction:
     return plan_teardown(live, per_container_chains(live))
 
@@ -124,5 +134,21 @@ def scenarios() -> Dict[str, List[Step]]:
     found["refused: -C of a rule that is not there"] = [
         setup_of("basic"),
         raw(("check", TOPLEVEL_DNAT, ("-p", "sctp", "-j", dn))),
+    ]
+    jump = ("-m", "addrtype", "--dst-type", "LOCAL", "-j", TOPLEVEL_DNAT)
+    found["dedupe: the extra copies go, one stays"] = [
+        setup_of("basic"),
+        raw(("append", "PREROUTING", jump), ("append", "PREROUTING", ("-j", "RETURN"))),
+        raw(("append", "PREROUTING", jump)),
+        dedupe_of("basic"),
+    ]
+    found["refused: every copy deleted, then -C"] = [
+        setup_of("basic"),
+        raw(("append", "PREROUTING", jump)),
+        raw(
+            ("delete", "PREROUTING", jump),
+            ("delete", "PREROUTING", jump),
+            ("check", "PREROUTING", jump),
+        ),
     ]
     return found

@@ -248,6 +248,11 @@ def wanted_chains(config: MappingConfig, family: int) -> List[Chain]:
 BUILTIN_NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
 
 
+def is_portmap_chain(name: str) -> bool:
+    """A chain of the plugin's: shared (CNI-HOSTPORT-*) or a container's (CNI-DN-/CNI-SN-)."""
+    return name in SHARED_CHAINS or name.startswith((DNAT_PREFIX, SNAT_PREFIX))
+
+
 def unusable_setmark_chain(name: Optional[str]) -> str:
     """Why chain `name` cannot be the externalSetMarkChain the per-container chain's
     mark rules jump to ("" if it can): iptables refuses a jump to a built-in chain (the
@@ -258,7 +263,7 @@ def unusable_setmark_chain(name: Optional[str]) -> str:
         return ""
     if name in BUILTIN_NAT_CHAINS:
         return "a built-in chain: iptables refuses a jump to it (give the chain that marks for masquerade, e.g. KUBE-MARK-MASQ)"
-    if name in SHARED_CHAINS or name.startswith((DNAT_PREFIX, SNAT_PREFIX)):
+    if is_portmap_chain(name):
         return "a portmap chain, not a chain that marks for masquerade (e.g. KUBE-MARK-MASQ)"
     return ""
 

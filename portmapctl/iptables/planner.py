@@ -11,7 +11,10 @@ The semantics follow the plugin's ADD, minus its needless churn:
   otherwise rewritten whole (the plugin tears it down and sets it up again): the
   rules read deleted by text behind an emptiness guard (`_rewrite`), never flushed;
 - entry rules that jump to a per-container chain but are no longer wanted are
-  deleted; wanted ones that are missing are appended.
+  deleted; wanted ones that are missing are appended;
+- with `dedupe` (check --repair, never add): a rule that jumps to a portmap chain and
+  stands twice or more in one chain loses its extra copies, behind the same count
+  guard, with a `-C` that refuses the try if no copy would be left (`_dedupe`).
 
 `plan_teardown` is the reverse, for `gc`: per-container chains out, with every rule
 that jumps to them, in an order iptables-nft accepts.
@@ -19,6 +22,7 @@ that jumps to them, in an order iptables-nft accepts.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Dict, FrozenSet, Iterable, List, Mapping, Optional
 
 from portmapctl.iptables.chains import (
@@ -26,6 +30,7 @@ from portmapctl.iptables.chains import (
     OLD_TOPLEVEL_SNAT,
     Chain,
     is_plugin_chain,
+    is_portmap_chain,
 )
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.transaction import Op, OpKind, Removal, Transaction
@@ -44,10 +49,13 @@ BY_NUMBER_FROM = 4
 GUARD_CHAIN = "CNI-HOSTPORT-PMCTL-GUARD"
 
 
-def plan_setup(wanted: Iterable[Chain], live: NatTable) -> Transaction:
+def plan_setup(wanted: Iterable[Chain], live: NatTable, dedupe: bool = False) -> Transaction:
+    wanted = list(wanted)
     txn = Transaction(live.family)
     entries = _EntryIndex(live)
     guarded: Dict[str, None] = {}  # chains whose appends are behind a count guard
+    if dedupe:
+        _dedupe(txn, live, wanted, guarded)
     rewritten = [_plan_chain(chain, live, entries, txn, guarded) for chain in wanted]
     if any(rewritten) or guarded:
         # One guard for every rewritten chain (`_rewrite`) and every counted one
@@ -181,6 +189,37 @@ def _count_guard(txn: Transaction, live: NatTable, name: str, guarded: Dict[str,
     guarded[name] = None
     txn.append(name, ("-j", GUARD_CHAIN))
     txn.delete_number(name, len(live.rules(name)) + 1)
+
+
+def _dedupe(
+    txn: Transaction, live: NatTable, wanted: List[Chain], guarded: Dict[str, None]
+) -> None:
+    """Delete the extra copies of every rule that jumps to a portmap chain and stands
+    more than once in one chain (check's duplicate-entry): two writers that found
+    PREROUTING's jump missing after a flush both append it (the plugin's ADDs race so),
+    and check would report the copies on every run. Per chain: the count guard first
+    (a plugin ADD or DEL in between fails the try, which is planned again), then one
+    `-D` by text per extra copy (iptables deletes the first match, so the last copy
+    stays: copies come from writers appending at once, next to each other), then a `-C`
+    of the rule, which refuses the whole try if no copy would be left (a copy deleted
+    and another rule added between read and write keep the count). Never touched here:
+    the rules the planner itself replaces, a wanted per-container chain's (rewritten
+    whole when they differ) and the entry rules to it that are not wanted (all their
+    copies go)."""
+    own = {c.name: c for c in wanted if not c.shared}
+    for saved in live.chains.values():
+        if saved.name in own or len(set(saved.rules)) == len(saved.rules):
+            continue
+        for rule, count in Counter(saved.rules).items():
+            target = rule_target(rule) or ""
+            if count < 2 or not is_portmap_chain(target):
+                continue
+            if target in own and rule not in own[target].entry_rules:
+                continue  # the planner deletes every copy of an entry rule not wanted
+            _count_guard(txn, live, saved.name, guarded)
+            for _ in range(count - 1):
+                txn.delete(saved.name, rule)
+            txn.check(saved.name, rule)
 
 
 def _rewrite(txn: Transaction, live: NatTable, chain: Chain) -> None:

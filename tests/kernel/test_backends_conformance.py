@@ -461,6 +461,37 @@ def test_a_failed_transaction_changes_nothing(backend):
         rp.delete_netns(ns)
 
 
+@pytest.mark.netns
+def test_a_check_in_a_transaction_holds_it_to_what_is_there(backend):
+    """check --repair's dedupe: PREROUTING's jump twice, one copy deleted then `-C` of
+    it goes in; every copy deleted then `-C` is refused whole, the table as it was."""
+    mode = MODE[backend]
+    ns = rp.create_netns("pmt-conf")
+    jump = ("-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT")
+    try:
+        _plugin_add(ns, "dual-stack", mode)
+        for family in FAMILIES:
+            rp.iptables(ns, ["-t", "nat", "-A", "PREROUTING", *jump], family=family, mode=mode)
+        with netns.entered(ns):
+            opened = open_backend(backend)
+            for family in FAMILIES:
+                before = _body(rp.save(ns, family, mode))
+                txn = Transaction(family)
+                for _ in range(2):
+                    txn.delete("PREROUTING", jump)
+                txn.check("PREROUTING", jump)
+                with pytest.raises(ApplyFailed):
+                    opened.apply(txn)
+                assert _body(rp.save(ns, family, mode)) == before
+                txn = Transaction(family)
+                txn.delete("PREROUTING", jump)
+                txn.check("PREROUTING", jump)
+                opened.apply(txn)
+                assert opened.read(family).rules("PREROUTING").count(jump) == 1
+    finally:
+        rp.delete_netns(ns)
+
+
 # --- where iptc is not the right tool ----------------------------------------------------------
 
 

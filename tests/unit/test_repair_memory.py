@@ -517,3 +517,68 @@ def test_a_kept_copy_then_a_busy_lock_reads_the_table_again():
     assert busy.value.busy and not busy.value.final
     assert planned.read(4).generation == backend.generation
     assert planned.reads == 2
+
+
+JUMP = ("-m", "addrtype", "--dst-type", "LOCAL", "-j", TOPLEVEL_DNAT)
+
+
+def _doubled() -> Dict[int, NatTable]:
+    """The example node repaired, then PREROUTING's jump and one container's entry
+    rule written twice (two writers that found them missing at once)."""
+    backend = Recording(flushed_tables())
+    check_lib.repair(node_on(backend), flush_udp=False)
+    tables = backend.memory.tables
+    live = tables[4]
+    entry = next(
+        r for r in live.rules(TOPLEVEL_DNAT) if (rule_target(r) or "").startswith("CNI-DN-")
+    )
+    txn = Transaction(4)
+    txn.append("PREROUTING", JUMP)
+    txn.append(TOPLEVEL_DNAT, entry)
+    backend.memory.apply(txn)
+    return backend.memory.tables
+
+
+def test_duplicated_entry_rules_lose_their_extra_copies():
+    backend = Recording(_doubled())
+    found = check_lib.check_node(node_on(backend))
+    assert sorted(p.chain for p in found.problems if p.kind == "duplicate-entry") == [
+        TOPLEVEL_DNAT,
+        "PREROUTING",
+    ]
+    result = check_lib.repair(node_on(backend), flush_udp=False)
+    assert not [p for p in result.problems if p.kind == "duplicate-entry"]
+    assert sum(p.kind == "duplicate-entry" for p in result.fixed) == 2
+    live = backend.memory.tables[4]
+    for chain in ("PREROUTING", TOPLEVEL_DNAT):
+        assert len(live.rules(chain)) == len(set(live.rules(chain))) > 0
+    assert live.rules("PREROUTING").count(JUMP) == 1
+    fresh = check_lib.check_node(node_on(Recording(backend.memory.tables)))
+    assert result.problems == fresh.problems
+
+
+def test_a_copy_that_went_between_read_and_write_is_never_the_last_deleted():
+    """Between the repair's read and its write one copy of the jump goes and another
+    tool's rule comes (PREROUTING's count unchanged): the try's `-C` refuses it whole,
+    the re-plan finds one copy and leaves it."""
+    backend = Recording(_doubled())
+
+    def swap_once(txn: Transaction) -> None:
+        if txn.family == 4 and backend.before_apply is not None:
+            backend.before_apply = None
+            change = Transaction(4)
+            change.delete("PREROUTING", JUMP)
+            change.append("PREROUTING", ("-p", "tcp", "-j", "ACCEPT"))
+            backend.memory.apply(change)
+
+    backend.before_apply = swap_once
+    check_lib.repair(node_on(backend), flush_udp=False)
+    assert backend.refused == 1
+    assert backend.memory.tables[4].rules("PREROUTING").count(JUMP) == 1
+
+
+def test_a_mapping_repair_leaves_the_nodes_duplicates():
+    backend = Recording(_doubled())
+    config = next(c for c in cached_configs() if 4 in c.families)
+    check_lib.repair(node_on(backend), config, flush_udp=False)
+    assert backend.memory.tables[4].rules("PREROUTING").count(JUMP) == 2

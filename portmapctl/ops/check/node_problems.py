@@ -11,7 +11,7 @@ from typing import Mapping as ReadOnly
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.status import ChainKind, ProblemKind, Status
 from portmapctl.iptables import inventory, plugin_rules, shapes
-from portmapctl.iptables.chains import DNAT_PREFIX, SHARED_CHAINS, SNAT_PREFIX, TOPLEVEL_DNAT
+from portmapctl.iptables.chains import TOPLEVEL_DNAT, is_portmap_chain
 from portmapctl.iptables.ruleset import NatTable, option_value, rule_target
 from portmapctl.iptables.shown import shown_rule
 from portmapctl.ops.check.hints import Fixes, _names_text, _ports_text, _who
@@ -355,7 +355,7 @@ def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
     for saved in live.chains.values():
         if len(set(saved.rules)) == len(saved.rules):
             continue  # no rule twice in this chain (the usual case: a set, in C)
-        counts = Counter(r for r in saved.rules if _is_portmap_chain(rule_target(r) or ""))
+        counts = Counter(r for r in saved.rules if is_portmap_chain(rule_target(r) or ""))
         for rule, count in counts.items():
             if count < 2:
                 continue
@@ -368,7 +368,8 @@ def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
                     network,
                     container_id,
                     f"{count} copies of {shown_rule('-A', saved.name, rule)}",
-                    f"delete one copy: {fixes.iptables(live.family, '-D', saved.name, rule)}",
+                    f"{fixes.repair}, or delete one copy by hand:"
+                    f" {fixes.iptables(live.family, '-D', saved.name, rule)}",
                     "two writers found it missing at once (the plugin's ADDs after a flush"
                     " race so) or a script re-adds the plugin's rules; every packet walks"
                     " each copy",
@@ -376,10 +377,6 @@ def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
                 )
             )
     return problems
-
-
-def _is_portmap_chain(name: str) -> bool:
-    return name in SHARED_CHAINS or name.startswith((DNAT_PREFIX, SNAT_PREFIX))
 
 
 def split_brain(
@@ -395,7 +392,7 @@ def split_brain(
         if other_table is None:
             continue
         both = [
-            n for n in tables[family].chains if _is_portmap_chain(n) and other_table.has_chain(n)
+            n for n in tables[family].chains if is_portmap_chain(n) and other_table.has_chain(n)
         ]
         if not both:
             continue

@@ -69,8 +69,11 @@ class _RenderedOnce(Transaction):
         return text
 
 
-def _setup(wanted: Sequence[Chain], live: NatTable) -> Transaction:
-    txn = plan_setup(wanted, live)
+def _setup(wanted: Sequence[Chain], live: NatTable, dedupe: bool = True) -> Transaction:
+    """`dedupe`: the node's duplicated entry rules lose their extra copies too (check
+    of the node reports them; a check of one mapping does not, and touches nothing
+    else)."""
+    txn = plan_setup(wanted, live, dedupe=dedupe)
     return _RenderedOnce(txn.family, txn.ops)
 
 
@@ -97,7 +100,7 @@ def _plan(
         if single is not None:
             # The -p given in another order than the runtime's: the chain stays as it is.
             wanted = wanted_sharing(single, sharing or (single,), live.family, live)
-            return _setup([in_live_order(chain, live) for chain in wanted], live)
+            return _setup([in_live_order(chain, live) for chain in wanted], live, dedupe=False)
         if cache is None or configs is None:
             return setup(live, configs)  # type: ignore[arg-type]
         return cache.plan(live, configs, setup)

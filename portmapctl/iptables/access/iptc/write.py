@@ -65,11 +65,25 @@ class Writer(Session):
             ):
                 raise ValueError(f"no rule {op.args[0]} in chain {op.chain}: {table.strerror()}")
         elif op.kind is OpKind.CHECK:
-            # Never sent here: ops/add.py plans without reading (with -C lines) only
-            # for a backend whose `checks` is true, and this one has none.
-            raise ValueError("python-iptables cannot check a rule inside a transaction (-C)")
+            # check --repair's dedupe (planner._dedupe) asks that a copy is left; add
+            # never plans -C lines for this backend (its `checks` is false).
+            rule = self.build(op.args)
+            if not self._check_entry(op.chain, rule):
+                raise ValueError(f"no such rule in chain {op.chain}: {_op_text(op)}")
         else:
             raise AssertionError(f"unknown op kind {op.kind!r}")  # OpKind is closed
+
+    def _check_entry(self, chain: str, rule: Any) -> bool:
+        """libiptc's check_entry (what `iptables-legacy -C` calls) on this handle, as
+        it stands after the ops before it; python-iptables does not bind it."""
+        table = self.table
+        lib = sys.modules[type(table._iptc).__module__]._libiptc
+        check = lib.iptc_check_entry if self.family == 4 else lib.ip6tc_check_entry
+        check.restype = ctypes.c_int
+        found = check(
+            chain.encode(), ctypes.cast(rule.rule, ctypes.c_void_p), rule.mask, table._handle
+        )
+        return found == 1
 
     def build(self, args: Args) -> Any:
         """A python-iptables Rule holding the entry iptables builds from these tokens."""

@@ -1,0 +1,105 @@
+"""Duplicated entry rules, as the plugin's own racing ADDs leave them after a flush,
+against real iptables (nf_tables and legacy) and Debian's plugin: `check` reports
+them, `check --repair` deletes the extra copies and nothing else, and the plugin's
+CHECK passes on what is left."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pmctl
+import realplugin as rp
+from realplugin import require
+
+NETWORK = "dnet"
+CONTAINER = "d00b1e0001"
+IPS = ["10.88.0.7/16"]
+PORTS = [rp.port_mapping(8080, 80), rp.port_mapping(5353, 53, "udp")]
+JUMP = ["PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"]
+FOREIGN = ["PREROUTING", "-p", "tcp", "-m", "tcp", "--dport", "9999", "-j", "ACCEPT"]
+
+
+def _args(ns: str, mode: rp.Mode, cache: Path) -> list[str]:
+    return ["--netns", ns, "--iptables", mode, "--cni-cache-dir", str(cache), "--family", "4"]
+
+
+def _problems(done) -> list[tuple[str, str]]:
+    return sorted((p["kind"], p["chain"]) for p in json.loads(done.stdout)["problems"])
+
+
+def test_repair_deletes_the_extra_copies_of_entry_rules_and_keeps_one(
+    host_ns: str, iptables_mode: rp.Mode, tmp_path: Path
+) -> None:
+    require(rp.plugin_available())
+    conf = rp.plugin_conf(NETWORK, IPS, PORTS)
+    rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode=iptables_mode, check=True)
+    rp.write_cni_cache(tmp_path, NETWORK, CONTAINER, "eth0", conf, PORTS, IPS)
+    rp.iptables(
+        host_ns, ["-t", "nat", "-A", *FOREIGN], mode=iptables_mode
+    )  # a foreign rule after it
+    healthy = rp.save(host_ns, 4, iptables_mode)
+    # Two writers that both found the jump missing, and a container's entry rule twice.
+    entry_line = next(
+        line
+        for line in healthy.splitlines()
+        if line.startswith("-A CNI-HOSTPORT-DNAT") and "-p udp" in line
+    )
+    entry = shlex.split(entry_line)[1:]
+    rp.iptables(host_ns, ["-t", "nat", "-I", "PREROUTING", "2", *JUMP[1:]], mode=iptables_mode)
+    rp.iptables(host_ns, ["-t", "nat", "-A", *JUMP], mode=iptables_mode)
+    rp.iptables(host_ns, ["-t", "nat", "-A", *entry], mode=iptables_mode)
+    args = _args(host_ns, iptables_mode, tmp_path)
+
+    found = pmctl.run(["check", *args, "-o", "json"])
+    assert found.returncode == 1, found.stderr
+    assert _problems(found) == [
+        ("duplicate-entry", "CNI-HOSTPORT-DNAT"),
+        ("duplicate-entry", "PREROUTING"),
+    ]
+    assert all(
+        p["fix"].startswith("portmapctl check --repair")
+        for p in json.loads(found.stdout)["problems"]
+    )
+
+    repaired = pmctl.run(["check", "--repair", *args, "-o", "json"])
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert json.loads(repaired.stdout)["problems"] == []
+    after = rp.save(host_ns, 4, iptables_mode)
+    # One copy of each, the foreign rule kept. iptables deletes the first copy it
+    # finds, so PREROUTING's jump now stands where its last copy stood: after the
+    # foreign rule; every other rule is as the plugin wrote it.
+    lines = rp.nat_rules(after)
+    assert lines.count("-A " + " ".join(JUMP)) == 1
+    assert lines.count(entry_line) == 1
+    assert lines.index("-A " + " ".join(FOREIGN)) < lines.index("-A " + " ".join(JUMP))
+    without_prerouting = [x for x in rp.nat_rules(healthy) if not x.startswith("-A PREROUTING")]
+    assert [x for x in lines if not x.startswith("-A PREROUTING")] == without_prerouting
+    for done in rp.run_check(host_ns, CONTAINER, conf, mode=iptables_mode):
+        assert done.returncode == 0, done.stdout + done.stderr
+    again = pmctl.run(["check", "--repair", *args])
+    assert again.returncode == 0 and rp.strip_save_comments(
+        rp.save(host_ns, 4, iptables_mode)
+    ) == rp.strip_save_comments(after)
+
+
+def test_a_mapping_check_repair_leaves_the_nodes_duplicates(
+    host_ns: str, iptables_mode: rp.Mode, tmp_path: Path
+) -> None:
+    """`check -p ... --repair` is about one mapping: it does not touch the node's
+    duplicated jump (the node check reports and repairs it)."""
+    require(rp.plugin_available())
+    conf = rp.plugin_conf(NETWORK, IPS, PORTS)
+    rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode=iptables_mode, check=True)
+    rp.iptables(host_ns, ["-t", "nat", "-A", *JUMP], mode=iptables_mode)
+    before = rp.save(host_ns, 4, iptables_mode)
+    one = [*_args(host_ns, iptables_mode, tmp_path), "--cni-config", "-"]
+    done = pmctl.run(
+        ["check", "--repair", *one, "--container", CONTAINER, "--no-flush-udp"],
+        stdin=json.dumps(conf),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rp.strip_save_comments(rp.save(host_ns, 4, iptables_mode)) == rp.strip_save_comments(
+        before
+    )
