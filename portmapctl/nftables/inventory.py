@@ -48,6 +48,7 @@ from portmapctl.nftables.ruleset import (
     ActionKind,
     BaseHook,
     Rule,
+    RuleBody,
     Ruleset,
     Table,
 )
@@ -89,6 +90,7 @@ class Problem:
     detail: str
     backend: Backend = BACKEND
     rules: Tuple[str, ...] = ()  # the rules at issue, as `nft list` prints them
+    handles: Tuple[int, ...] = ()  # duplicate-entry: the extra copies, deleted by handle
 
 
 @dataclass(frozen=True)
@@ -428,7 +430,12 @@ def _families_needed(nft_backed: Sequence[Owner]) -> Dict[int, bool]:
 def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Problem]:
     """What the plugin's shared structure lacks in `families` (family -> SNAT needed)."""
     # Here, not at the top: `list` builds rows only and needs neither module.
-    from portmapctl.nftables.planner import downgraded, entry_ok, hostports_all_ok
+    from portmapctl.nftables.planner import (
+        downgraded,
+        entry_ok,
+        extra_copies,
+        hostports_all_ok,
+    )
 
     problems: List[Problem] = []
     for family in sorted(families):
@@ -487,12 +494,13 @@ def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Prob
                     " of any destination, not only of this node's addresses",
                 )
             )
+        problems += _duplicates(table, extra_copies(table), where)
         jumps_to_all = any(
             r.body.action.kind is ActionKind.JUMP and r.body.action.target == HOSTPORTS_ALL
             for c in (PREROUTING, OUTPUT)
             for r in table.rules_of(c)
         )
-        if jumps_to_all and not hostports_all_ok(table):
+        if jumps_to_all and not hostports_all_ok(table, copies_ok=True):
             problems.append(
                 Problem(
                     ProblemKind.NFT_MISSING_JUMPS,
@@ -504,6 +512,29 @@ def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Prob
                     f"{HOSTIP_HOSTPORTS} and {HOSTPORTS}",
                 )
             )
+    return problems
+
+
+def _duplicates(table: Table, extra: Sequence[Rule], where: str) -> List[Problem]:
+    """One duplicate-entry problem per rule standing more than once in an entry chain."""
+    by_rule: Dict[Tuple[str, RuleBody], List[int]] = {}
+    for rule in extra:
+        by_rule.setdefault((rule.chain, rule.body), []).append(rule.handle)
+    problems = []
+    for (chain, body), handles in by_rule.items():
+        text = body.text(table.family)
+        problems.append(
+            Problem(
+                ProblemKind.DUPLICATE_ENTRY,
+                table.family,
+                chain,
+                None,
+                None,
+                f"{len(handles) + 1} copies of `{text}` in {chain} of {where}",
+                rules=(text,),
+                handles=tuple(handles),
+            )
+        )
     return problems
 
 

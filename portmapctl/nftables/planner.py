@@ -38,7 +38,7 @@ from portmapctl.nftables.ruleset import (
     Ruleset,
     Table,
 )
-from portmapctl.nftables.transaction import Transaction
+from portmapctl.nftables.transaction import OpKind, Transaction
 from portmapctl.nftables.wanted import (
     BASE_CHAINS,
     FIB_LOCAL,
@@ -51,6 +51,29 @@ from portmapctl.nftables.wanted import (
 
 def _bodies(table: Optional[Table], chain: str) -> List[RuleBody]:
     return [] if table is None else [rule.body for rule in table.rules_of(chain)]
+
+
+# The chains whose jumps lead to the container rules, and where those jumps go.
+ENTRY_CHAINS = (PREROUTING, OUTPUT, HOSTPORTS_ALL)
+_ENTERED = (HOSTPORTS_ALL, HOSTIP_HOSTPORTS, HOSTPORTS)
+
+
+def extra_copies(table: Optional[Table]) -> List[Rule]:
+    """The later copies of a jump into the container rules that stands more than once
+    in one entry chain (the same body, first copy kept). The plugin's ADD flushes the
+    chains it writes, so only a hand or a repair racing the plugin makes them; every
+    packet walks each copy."""
+    extra: List[Rule] = []
+    for chain in ENTRY_CHAINS:
+        seen: Set[RuleBody] = set()
+        for rule in () if table is None else table.rules_of(chain):
+            action = rule.body.action
+            if action.kind is not ActionKind.JUMP or action.target not in _ENTERED:
+                continue
+            if rule.body in seen:
+                extra.append(rule)
+            seen.add(rule.body)
+    return extra
 
 
 def entry_ok(table: Optional[Table], chain: str) -> bool:
@@ -169,8 +192,11 @@ def _host_ips_in_hostip(
     return {i: own.get(wanted[i].container_id, node) is Layout.V16 for i in lacking}
 
 
-def hostports_all_ok(table: Optional[Table]) -> bool:
-    return tuple(_bodies(table, HOSTPORTS_ALL)) == HOSTPORTS_ALL_RULES
+def hostports_all_ok(table: Optional[Table], copies_ok: bool = False) -> bool:
+    """hostports_all is its two jumps, in order; `copies_ok`: later copies of them aside
+    (check reports those as duplicate-entry, and its repair deletes them by handle)."""
+    bodies = _bodies(table, HOSTPORTS_ALL)
+    return tuple(dict.fromkeys(bodies) if copies_ok else bodies) == HOSTPORTS_ALL_RULES
 
 
 def _uses_hostports_all(table: Optional[Table]) -> bool:
@@ -342,17 +368,28 @@ def repair(
     families: Iterable[int],
     also: Sequence[WantedFamily] = (),
     addresses: Optional[Collection[str]] = None,
+    dedupe: bool = False,
 ) -> Transaction:
     """`check --repair`: the containers `ids` exactly as `wanted`: their unwanted rules
     deleted by handle, then what is missing added (setup), in one transaction. `also`:
     more of their rules that are not unwanted, left as they are (the same container's
-    on another network, when one mapping is repaired); `addresses`: as for `unwanted`."""
+    on another network, when one mapping is repaired); `addresses`: as for `unwanted`;
+    `dedupe` (a repair of the node): the entry chains' extra copies (`extra_copies`)
+    deleted too."""
     txn = Transaction()
+    made = setup(live, wanted)
+    flushed = {(op.family, op.chain) for op in made.ops if op.kind is OpKind.FLUSH_CHAIN}
     for family in sorted(set(families)):
         want = [w for w in (*wanted, *also) if w.family == family]
         for rule in unwanted(live.table(family), want, ids, addresses):
             txn.delete_rule(family, rule.chain, rule.handle, rule.body)
-    txn.ops += setup(live, wanted).ops
+        if dedupe:
+            # By handle, the first copy kept: the kernel refuses the whole transaction
+            # when a handle is gone. A chain setup flushes loses them anyway.
+            for rule in extra_copies(live.table(family)):
+                if (family, rule.chain) not in flushed:
+                    txn.delete_rule(family, rule.chain, rule.handle, rule.body)
+    txn.ops += made.ops
     return txn
 
 
@@ -411,7 +448,9 @@ def _entries_to_write(
     # A v1.6/v1.7 entry written over v1.9's is not kept: it takes forwarded traffic.
     rewrite += [c for c in (PREROUTING, OUTPUT) if c not in rewrite and downgraded(table, c)]
     # hostports_all matters where a base chain jumps to it, or will once we rewrite one.
-    refill = not hostports_all_ok(table) and bool(rewrite or _uses_hostports_all(table))
+    refill = not hostports_all_ok(table, copies_ok=True) and bool(
+        rewrite or _uses_hostports_all(table)
+    )
     return rewrite, refill
 
 

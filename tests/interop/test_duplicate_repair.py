@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pmctl
 import realplugin as rp
+import upstream
 from realplugin import require
 
 NETWORK = "dnet"
@@ -103,3 +104,50 @@ def test_a_mapping_check_repair_leaves_the_nodes_duplicates(
     assert rp.strip_save_comments(rp.save(host_ns, 4, iptables_mode)) == rp.strip_save_comments(
         before
     )
+
+
+def test_nft_entry_jumps_twice_are_reported_and_repaired_to_one(
+    host_ns: str, tmp_path: Path
+) -> None:
+    """v1.9.1's nftables backend: its ADD flushes prerouting, output and hostports_all
+    before it writes them, so only a hand (or a repair racing it, fixed at stop 43)
+    doubles a jump. check reports each, --repair deletes the later copies by handle,
+    and v1.9.1's CHECK passes; with a cached container and with none."""
+    require(upstream.available())
+    ips = ["10.88.0.7/16", "fd00::7/64"]
+    conf = upstream.nft_conf(NETWORK, ips, PORTS)
+    upstream.run("v1.9.1", "ADD", host_ns, CONTAINER, conf, check=True)
+    rp.write_cni_cache(tmp_path, NETWORK, CONTAINER, "eth0", conf, PORTS, ips)
+    healthy = upstream.ruleset_text(host_ns)
+    upstream.nft(host_ns, "add", "rule", "ip", "cni_hostport", "prerouting",
+                 "fib", "daddr", "type", "local", "jump", "hostports_all")  # fmt: skip
+    upstream.nft(host_ns, "add", "rule", "ip6", "cni_hostport", "hostports_all",
+                 "jump", "hostports")  # fmt: skip
+    args = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path), "--no-flush-udp"]
+    found = pmctl.run(["check", *args[:-1], "-o", "json"])
+    assert found.returncode == 1, found.stderr
+    problems = json.loads(found.stdout)["problems"]
+    assert sorted((p["kind"], p["family"], p["chain"]) for p in problems) == [
+        ("duplicate-entry", 4, "prerouting"),
+        ("duplicate-entry", 6, "hostports_all"),
+    ]
+    assert all("nft delete rule" in p["fix"] for p in problems)
+    repaired = pmctl.run(["check", "--repair", *args])
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert upstream.ruleset_text(host_ns) == healthy
+    assert upstream.run("v1.9.1", "CHECK", host_ns, CONTAINER, conf).returncode == 0
+
+    # No nftables container cached (an empty cache directory): repaired the same.
+    empty = tmp_path / "empty"
+    (empty / "results").mkdir(parents=True)
+    upstream.nft(host_ns, "add", "rule", "ip", "cni_hostport", "output",
+                 "fib", "daddr", "type", "local", "jump", "hostports_all")  # fmt: skip
+    bare = ["--netns", host_ns, "--cni-cache-dir", str(empty), "--no-flush-udp"]
+    assert pmctl.run(["check", *bare[:-1]]).returncode == 1
+    again = pmctl.run(["check", "--repair", *bare, "-o", "json"])
+    # (Its container is stale to an empty cache: exit 1 for that, and only that.)
+    assert again.returncode == 1, again.stdout + again.stderr
+    document = json.loads(again.stdout)
+    assert {p["kind"] for p in document["problems"]} == {"stale"}
+    assert [(f["kind"], f["chain"]) for f in document["fixed"]] == [("duplicate-entry", "output")]
+    assert upstream.ruleset_text(host_ns) == healthy

@@ -64,6 +64,8 @@ _NFT_WHY = {
     " entry is not read here (unreadable, in a cache directory not given, or not written yet:"
     " libcni writes it after the ADD); --repair leaves them",
     ProblemKind.BOTH_BACKENDS: "the plugin's DEL cleans one backend only: the other's rules leak",
+    ProblemKind.DUPLICATE_ENTRY: "every packet walks each copy; the plugin's ADD flushes"
+    " these chains before it writes them, so a script or a hand wrote the copy",
     ProblemKind.NFT_WRONG_BASE_CHAIN: "the plugin's ADD of every new container fails on a"
     " chain of another type, hook or priority (Operation not supported); a policy drop drops"
     " the traffic no rule of the table takes",
@@ -176,7 +178,8 @@ def nft_problems(
             raise node.nft_unusable  # nft state is needed and cannot be read
         return NftCheck([], nft_ids, 0, [], None, nft_keys=_keys(parts.nftables))
     problems = [
-        _problem(p, fixes.repair)
+        # (With no CNI cache, --repair leaves nftables alone: nft_repair.)
+        _problem(p, "" if attachments is None and p.handles else fixes.repair)
         for p in found.problems
         if not node.options.families or p.family in node.options.families
     ]
@@ -328,6 +331,12 @@ def _problem(p: InventoryProblem, fix: str) -> Problem:
             f"delete the chain by hand (`nft delete chain {FAMILY_NAMES[p.family]} {TABLE}"
             f" {p.chain}`), then run `{fix}`, which re-creates it as the plugin's"
         )
+    if p.kind is ProblemKind.DUPLICATE_ENTRY:
+        by_hand = "; ".join(
+            f"nft delete rule {FAMILY_NAMES[p.family]} {TABLE} {p.chain} handle {h}"
+            for h in p.handles
+        )
+        fix = f"{fix}, or delete the extra copies by hand: {by_hand}" if fix else by_hand
     return Problem(
         p.kind.value, p.family, where, p.network, p.container_id, p.detail, fix, why, p.rules
     )

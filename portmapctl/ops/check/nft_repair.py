@@ -141,8 +141,10 @@ def nft_repair(
     attachments: Optional[Sequence[Attachment]],
     dry_run: bool,
     planned: Optional[List[Tuple[NftTransaction, List[MappingConfig]]]] = None,
+    dedupe: bool = False,
 ) -> NftRepaired:
-    """One `nft -f` transaction adding what nft-backed cached containers lack.
+    """One `nft -f` transaction adding what nft-backed cached containers lack, and
+    (`dedupe`: check found some) deleting the entry chains' extra copies of a jump.
     `planned`: gets each transaction planned, with its configs, as it is tried (what
     a SIGTERM during the write may have put in: nft_changed says what it changed)."""
     if node.nft is None or attachments is None:
@@ -151,7 +153,7 @@ def nft_repair(
     from portmapctl.nftables.wanted import wanted
 
     cache = _CacheAgain(node, expected_in_add_order(node, attachments))
-    if not cache.expected:
+    if not cache.expected and not dedupe:
         return NftRepaired("", [], list(attachments))
     families = node.options.families
     if planned is None:
@@ -160,7 +162,8 @@ def nft_repair(
     def plan_from(configs: List[MappingConfig], live: Ruleset) -> NftTransaction:
         want = [w for c in configs for f in families if (w := wanted(c, f)) is not None]
         # Exactly as compared: their own unwanted rules go too (never anyone else's).
-        return planner.repair(live, want, {c.container_id for c in configs}, families)
+        ids = {c.container_id for c in configs}
+        return planner.repair(live, want, ids, families, dedupe=True)
 
     # By container ID and family; a container is left out whole (its networks at once).
     taken: Dict[Tuple[str, int], Tuple[MappingConfig, PortTaken]] = {}

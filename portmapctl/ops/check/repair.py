@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.status import ProblemKind
 from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
 from portmapctl.errors import ApplyFailed, BadInput, Interrupted, PortmapctlError
 from portmapctl.iptables import shapes
@@ -449,9 +450,13 @@ def repair(
                         fams.append(family)
         nft_changed: List[Tuple[MappingConfig, List[int]]] = []
         nft_notes: Tuple[str, ...] = ()
-        if nft_ids:
+        nft_copies = any(
+            p.kind == ProblemKind.DUPLICATE_ENTRY and (p.chain or "").startswith("nft:")
+            for p in before.problems
+        )
+        if nft_ids or nft_copies:
             text, nft_changed, attachments, nft_left, nft_notes = nft_repair.nft_repair(
-                node, attachments, dry_run=False, planned=nft_tried
+                node, attachments, dry_run=False, planned=nft_tried, dedupe=nft_copies
             )
             unrepaired += nft_left
             if text:

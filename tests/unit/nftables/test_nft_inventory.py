@@ -159,3 +159,38 @@ def test_base_chain_of_another_priority_or_policy() -> None:
 def test_v17_shape_is_healthy() -> None:
     owners = _owners("v171-hostip")
     assert not inv.build(nftcases.live("v171-hostip"), owners, nft_backed=owners).problems
+
+
+def test_a_jump_twice_in_an_entry_chain_is_one_duplicate_entry() -> None:
+    """A second copy of prerouting's entry and of a hostports_all jump (by hand: the
+    plugin's ADD flushes those chains): duplicate-entry each, with the extra copies'
+    handles, and no nft-missing-jumps for a hostports_all that has both its jumps."""
+    from portmapctl.nftables import planner
+    from portmapctl.nftables.transaction import Transaction
+
+    owners = _owners("v191-basic")
+    fake = MemoryNft(nftcases.live("v191-basic"))
+    live = fake.read()
+    txn = Transaction()
+    entry = live.table(4).rules_of("prerouting")[-1].body
+    jump = live.table(6).rules_of("hostports_all")[-1].body
+    txn.add_rule(4, "prerouting", entry)
+    txn.add_rule(4, "prerouting", entry)
+    txn.add_rule(6, "hostports_all", jump)
+    fake.apply(txn)
+    doubled = fake.read()
+    problems = inv.build(doubled, owners, nft_backed=owners).problems
+    assert [(p.kind, p.family, p.chain) for p in problems] == [
+        (ProblemKind.DUPLICATE_ENTRY, 4, "prerouting"),
+        (ProblemKind.DUPLICATE_ENTRY, 6, "hostports_all"),
+    ]
+    copies = planner.extra_copies(doubled.table(4))
+    assert problems[0].handles == tuple(r.handle for r in copies) and len(copies) == 2
+    assert problems[0].detail.startswith("3 copies of `")
+    # The node repair deletes them by handle, the first copy kept; nothing else moves.
+    ids = {c.container_id for c in nftcases.live_configs("v191-basic")}
+    fake.apply(planner.repair(doubled, [], ids, (4, 6), dedupe=True))
+    assert fake.read() == live
+    assert not planner.repair(fake.read(), [], ids, (4, 6), dedupe=True)
+    # One mapping's repair (no dedupe) leaves them.
+    assert not planner.repair(doubled, [], ids, (4, 6))
