@@ -57,6 +57,12 @@ def read_text(
     source = "<stdin>" if path == "-" else path
     try:
         if path == "-":
+            if sys.stdin.isatty() and sys.stderr.isatty():
+                # A person at a terminal: say what it waits for (SPEC §3: prompts on
+                # stderr), rather than hang without a word.
+                sys.stderr.write(
+                    f"portmapctl: reading {what} from standard input (end with Ctrl-D)\n"
+                )
             data = sys.stdin.buffer.read(max_bytes + 1)
         elif regular_only:
             data = _read_regular(path, max_bytes)
