@@ -28,7 +28,7 @@ from typing import (
 )
 
 from portmapctl.core.backend import Backend
-from portmapctl.core.text import message_text
+from portmapctl.core.text import cell_text, message_text
 from portmapctl.host.paths import CNI_CACHE_DIR, default_cni_cache_dirs
 
 if TYPE_CHECKING:
@@ -500,7 +500,10 @@ class Output(NamedTuple):
         piped it stays one line, as the scripts that read it expect. A command it ends
         in (`check`'s `... -> portmapctl gc ...`) goes on lines of its own, each but the
         last ending in ` \\`, as a fix is printed: a copy of them is still the command
-        (cut at a space, its first line ran without the rest)."""
+        (cut at a space, its first line ran without the rest). A foreign rule's comment
+        that command quotes is written out as the tables write it (cell_text); JSON's
+        `summary` is left as it was."""
+        line = cell_text(line)
         width = self.width()
         if width is not None and len(line) > width:
             from portmapctl.render.table import wrap

@@ -4,8 +4,8 @@ Python holds such a byte of a command-line argument, a path or an iptables comme
 a lone surrogate (surrogateescape: byte 0xe9 is U+DCE9). Written out as it is, it is
 no Unicode text: JSON escaped it as `\\udce9`, and so did error lines (repr() of a
 value, or stderr's backslashreplace). Everywhere a person or a parser reads it (JSON,
-error and warning lines) it is `\\xNN` instead, as the metrics write a path's such
-bytes; any other lone surrogate is `\\uNNNN`.
+error and warning lines, tables) it is `\\xNN` instead, as the metrics write a path's
+such bytes; any other lone surrogate is `\\uNNNN`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ import re
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # C0 but the line break and tab, DEL, C1: what a terminal acts on.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# What a table's cell may not hold as it is: a control character (a line break and a
+# tab too: they would move the columns) or a lone surrogate.
+_NOT_IN_A_CELL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # What repr() makes of such a byte inside a quoted value ('\udce9'): a backslash the
 # value held is doubled there, so an escape is one preceded by an even run of them.
 _REPR_BYTE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
@@ -26,11 +29,6 @@ def surrogate_text(char: str) -> str:
     if 0xDC80 <= point <= 0xDCFF:  # surrogateescape's stand-in for byte point - 0xDC00
         return f"\\x{point - 0xDC00:02x}"
     return f"\\u{point:04x}"
-
-
-def has_bytes(text: str) -> bool:
-    """Whether `text` holds a lone surrogate (what bytes_as_text rewrites)."""
-    return _SURROGATE.search(text) is not None
 
 
 def bytes_as_text(text: str) -> str:
@@ -55,3 +53,14 @@ def message_text(text: str) -> str:
     if "\\udc" not in text:
         return text
     return _REPR_BYTE.sub(r"\1\\x\2", text)
+
+
+def cell_text(text: str) -> str:
+    """`text` for a table on stdout (a cell, a line under check's table): each control
+    character, a line break and a tab included, and each lone surrogate as char_text
+    writes it (`\\x1b`, `\\xe9`): a foreign rule's comment in a cell must not colour or
+    move the operator's terminal, nor its bytes reach it raw. `text` itself when it
+    holds none (the usual case: one scan)."""
+    if _NOT_IN_A_CELL.search(text) is None:
+        return text
+    return _NOT_IN_A_CELL.sub(lambda found: char_text(found.group()), text)

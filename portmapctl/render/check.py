@@ -16,6 +16,7 @@ from typing import (
     Tuple,
 )
 
+from portmapctl.core.text import cell_text
 from portmapctl.render.table import SHORT_ID, Piece, count, short_id, table, wrap
 
 if TYPE_CHECKING:
@@ -142,7 +143,8 @@ def check_text(
     for p in result.problems:
         command, prose = split_fix(p.fix)
         why = "; ".join(part for part in (p.why, prose) if part)
-        entry = (why, command)
+        # Written out as the table's cells are (a fix quotes a foreign rule's comment).
+        entry = (cell_text(why), cell_text(command) if command else command)
         if entry not in explained.setdefault(str(p.kind), []):
             explained[str(p.kind)].append(entry)
     if explained:

@@ -22,7 +22,7 @@ from typing import (
 
 from portmapctl.core.ids import SHORT_ID
 from portmapctl.core.status import Status
-from portmapctl.core.text import bytes_as_text, has_bytes
+from portmapctl.core.text import cell_text
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -207,10 +207,7 @@ def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
                     last: Sequence[LastCell], header: bool, first_style: str,
                     strip_lines: bool, fitting: _Fitting) -> Tuple[str, List[SpanTuple]]:  # fmt: skip
     """table()'s text and spans (start, end, style), before rich: see table()."""
-    if has_bytes("".join(cell for row in rows for cell in row)):
-        # A byte that is not UTF-8 (a comment's: a container ID from a foreign rule) is
-        # written \xNN, as in JSON and on stderr (core/text), not raw to the terminal.
-        rows = [[bytes_as_text(cell) for cell in row] for row in rows]
+    rows, last = _escaped(rows, last)
     widths = _widths(headers[:-1], rows)
     cells: Sequence[Union[LastCell, Wrapped]] = last
     if fitting.width is not None:
@@ -228,9 +225,25 @@ def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
     plain, spans = _grid_text(layout, rows, cells, _same)
     if strip_control_codes(plain) != plain:
         # Text.append drops control codes from each piece: offsets must be counted
-        # after that (rare: a name from a dump with a control character in it).
+        # after that (a header's only: _escaped wrote out those of the cells).
         plain, spans = _grid_text(layout, rows, cells, strip_control_codes)
     return plain, spans
+
+
+def _escaped(rows: Sequence[Sequence[str]], last: Sequence[LastCell],
+             ) -> Tuple[Sequence[Sequence[str]], Sequence[LastCell]]:  # fmt: skip
+    """The cells with what a terminal acts on written out (core/text.cell_text): a
+    control character (ESC of a foreign rule's comment) as `\\x1b`, a byte that is not
+    UTF-8 (a container ID from such a comment) as `\\xNN`, as in JSON and on stderr.
+    One scan of all the cells when none holds any (the usual case)."""
+    everything = "".join(cell for row in rows for cell in row) + "".join(
+        piece.text for pieces in last for piece in pieces
+    )
+    if cell_text(everything) == everything:
+        return rows, last
+    rows = [[cell_text(cell) for cell in row] for row in rows]
+    last = [[Piece(cell_text(p.text), p.style) for p in pieces] for pieces in last]
+    return rows, last
 
 
 def _fitted(headers: Sequence[str], rows: Sequence[Sequence[str]], widths: List[int],

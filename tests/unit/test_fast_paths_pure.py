@@ -48,9 +48,14 @@ def test_options_answers_as_option_value(args, names):
 
 
 def grid_by_appending(headers: List[str], rows: List[List[str]], status: List[Iterable[str]]):
-    """The grid as it was built before: one Text.append per piece."""
+    """The grid as it was built before: one Text.append per piece, of the cells as
+    the tables write them out (core/text.cell_text: a bell is `\\x07`, not dropped)."""
     from rich.text import Text
 
+    from portmapctl.core.text import cell_text
+
+    rows = [[cell_text(cell) for cell in row] for row in rows]
+    status = [[cell_text(word) for word in words] for words in status]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row)]

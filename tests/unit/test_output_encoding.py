@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,13 +50,15 @@ def piped(args: List[str], env: Dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("output", ["table", "wide"])
-def test_a_comment_that_is_not_utf8_is_printed_as_its_bytes_in_a_strict_utf8_locale(
+def test_a_comment_that_is_not_utf8_is_written_as_backslash_x_in_a_strict_utf8_locale(
     bad_dump, output
 ):
+    """The rule's bytes reached stdout raw (surrogateescape): the table writes them
+    `\\xe9`, as JSON and stderr do (test_a_table_writes_a_foreign_comments_...)."""
     done = piped(["check", *bad_dump, "-o", output], {"PYTHONIOENCODING": "utf-8"})
     assert b"internal error" not in done.stderr, done.stderr
     assert done.returncode == 1, done.stderr  # problems found, as in any other locale
-    assert b"bad\xe9id\xff" in done.stdout  # the rule's own bytes, as iptables-save has them
+    assert b"bad\\xe9id\\xff" in done.stdout and b"\xe9" not in done.stdout
     assert b"3 problems" not in done.stdout and b"4 problems" in done.stdout
 
 
@@ -74,13 +77,12 @@ def test_a_terminal_that_cannot_show_the_cut_mark_gets_a_question_mark(encoding)
 
 
 @pytest.mark.parametrize("output", ["table", "wide"])
-def test_a_comment_that_is_not_utf8_on_an_ascii_stdout_is_one_question_mark_a_byte(
-    bad_dump, output
-):
+def test_a_comment_that_is_not_utf8_on_an_ascii_stdout_is_ascii_text(bad_dump, output):
+    """It was one `?` a byte; it is `\\xNN` now, as in any other locale."""
     done = piped(["check", *bad_dump, "-o", output], {"PYTHONIOENCODING": "ascii"})
     assert b"internal error" not in done.stderr, done.stderr
     assert done.returncode == 1, done.stderr
-    assert b"bad?id?" in done.stdout
+    assert "bad\\xe9id\\xff" in done.stdout.decode("ascii")
 
 
 def _lone_surrogates(text: str) -> bool:
@@ -184,6 +186,104 @@ def test_message_text_writes_control_characters_a_terminal_would_act_on():
     comment = "caf\u00e9 \x1b[31m\x07\x7f\x9b"
     assert message_text(f"rule: {comment}\nnext") == "rule: café \\x1b[31m\\x07\\x7f\\x9b\nnext"
     assert message_text("a\tb") == "a\tb"
+
+
+# A foreign rule entering a portmap chain, twice, whose comment names a network and a
+# container with an escape sequence and bytes that are not UTF-8 in them: list shows
+# them (NETWORK, CONTAINER), check in its rows, its PROBLEM and RULE columns and the
+# fix under the table (a duplicate-entry's `iptables -D` quotes the rule).
+FOREIGN_CHAIN = b"CNI-DN-0123456789abcdef01234"
+FOREIGN_RULES = (
+    b"-A " + FOREIGN_CHAIN + b" -p tcp -m tcp --dport 7000 -j DNAT --to-destination 10.88.0.9:70\n"
+    + 2 * (
+        b'-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"n\x1b[31met\xe9\xff\\"'
+        b' id: \\"c\x1b[2Jid\xe9\xff\\"" -m multiport --dports 7000 -j ' + FOREIGN_CHAIN + b"\n"
+    )
+)  # fmt: skip
+
+
+@pytest.fixture
+def foreign_dump(tmp_path: Path) -> List[str]:
+    """The example node's arguments, its IPv4 dump with FOREIGN_RULES added."""
+    dump = (ROOT / "examples/node.v4.save").read_bytes()
+    dump = dump.replace(
+        b":CNI-HOSTPORT-DNAT", b":" + FOREIGN_CHAIN + b" - [0:0]\n:CNI-HOSTPORT-DNAT"
+    )
+    marker = b"-A CNI-HOSTPORT-MASQ"
+    path = tmp_path / "node.v4.save"
+    path.write_bytes(dump.replace(marker, FOREIGN_RULES + marker, 1))
+    return ["--snapshot", str(path), *EXAMPLE[2:]]
+
+
+def _shown_as_text(out: str, whole: bool = True) -> None:
+    """Table output holds the comment's ESC and bytes as text, never raw: no control
+    character but the line breaks, no lone surrogate (nor the U+FFFD that decoding a
+    raw byte makes). Not `whole`: a narrow terminal may cut the network's name."""
+    assert "c\\x1b[2Jid\\xe9\\xff" in out, out
+    assert not whole or "n\\x1b[31met\\xe9\\xff" in out, out
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffd]", out), repr(out)
+
+
+@pytest.mark.parametrize("output", ["table", "wide"])
+@pytest.mark.parametrize("command", ["list", "check"])
+def test_a_table_writes_a_foreign_comments_escape_and_bytes_as_text(foreign_dump, command, output):
+    """They reached stdout raw: ESC in list's NETWORK and CONTAINER and check's
+    CONTAINER, PROBLEM and RULE cells (it could colour or move the operator's
+    terminal), the bytes \xe9\xff in check's last column and its fix line; piped
+    and on a terminal (rich draws it), wide and cut to 80 columns."""
+    args = [command, *foreign_dump, "-o", output, "--no-trunc"]
+    done = piped(args, {"PYTHONIOENCODING": "utf-8"})
+    assert done.returncode == (1 if command == "check" else 0), done.stderr
+    _shown_as_text(done.stdout.decode("utf-8"))
+    if command == "check":  # (the fix under the table quotes the rule)
+        fix = """-D CNI-HOSTPORT-DNAT -p tcp -m comment --comment $'dnat name: "n\\x1b[31met\\xe9"""
+        assert fix in done.stdout.decode(), done.stdout
+    for columns in ("200", "80"):
+        env = {"NO_COLOR": "1", "COLUMNS": columns, "PYTHONIOENCODING": "utf-8"}
+        code, out, err = run_on_terminal(args[:-1], env)
+        assert code == done.returncode, err
+        _shown_as_text(out.replace("\r\n", "\n"), whole=columns == "200")
+
+
+@pytest.mark.parametrize("command", ["list", "check"])
+def test_json_of_a_foreign_comments_escape_and_bytes_is_as_it_was(foreign_dump, command):
+    """The tables' escaping leaves JSON as it was: ESC is JSON's \u001b (the string
+    holds the character), a byte \xe9 the text `\\xe9` (unicode_only)."""
+    done = piped([command, *foreign_dump, "-o", "json"], {"PYTHONIOENCODING": "utf-8"})
+    assert done.returncode in (0, 1), done.stderr
+    assert b'"c\\u001b[2Jid\\\\xe9\\\\xff"' in done.stdout, done.stdout
+    document = json.loads(done.stdout)
+    rows = document["mappings"] if command == "list" else document["problems"]
+    ours = [row for row in rows if row["container_id"] == "c\x1b[2Jid\\xe9\\xff"]
+    assert ours and all(row["network"] == "n\x1b[31met\\xe9\\xff" for row in ours), rows
+    if command == "check":
+        rules = [row["rule"] for row in ours if row["kind"] == "duplicate-entry"]
+        assert rules == ['-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"n'
+                         '\\x1b[31met\\xe9\\xff\\" id: \\"c\\x1b[2Jid\\xe9\\xff\\"" -m multiport'
+                         " --dports 7000 -j CNI-DN-0123456789abcdef01234"], rules  # fmt: skip
+
+
+def test_every_table_and_the_summary_line_write_control_characters_and_bytes_as_text(capsys):
+    """The grid under list and gc (a row's cells and its status), the table under check
+    and flush-udp (a last cell's pieces too), and the summary line: a tab and a line
+    break in a cell are written out too (they would move its columns)."""
+    from portmapctl.cli._common import Output
+    from portmapctl.core.text import cell_text
+    from portmapctl.ops.gc import GcChain, GcResult
+    from portmapctl.render.gc import gc_table
+    from portmapctl.render.table import Piece, grid, table
+
+    odd = "a\x1b[2J\t\n\x9b\udce9\ud800"
+    shown = "a\\x1b[2J\\t\\n\\x9b\\xe9\\ud800"
+    assert cell_text(odd) == shown and cell_text("café \U0001f600") == "café \U0001f600"
+    rows = grid(["A", "B"], [[odd, "x"]], [[odd, "ok"]], width=None)
+    drawn = table(["A", "LAST"], [[odd]], [[Piece(odd, "red")]], width=80)
+    chain = GcChain("CNI-DN-0123456789abcdef01234", 4, "dnat", odd, odd, (), 0.0)
+    gc = gc_table(GcResult(False, (chain,), (), 0, 0), wide=True)
+    for out in (rows.plain, rows.__rich__().plain, drawn.plain, gc.plain):
+        assert out.count(shown) >= 2 and out.count("\n") == 1, repr(out)
+    Output().summary(f"1 duplicate-entry -> iptables -D X '{odd}'")
+    assert capsys.readouterr().out == f"1 duplicate-entry -> iptables -D X '{shown}'\n"
 
 
 # Lines that reach stderr other than through the error line and Output.warn.
