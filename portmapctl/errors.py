@@ -25,6 +25,18 @@ class HostProblem(PortmapctlError):
     exit_code = 3
 
 
+class ToolTimedOut(HostProblem):
+    """An iptables tool killed at PORTMAPCTL_IPTABLES_TIMEOUT (exit 3). Not an
+    ApplyFailed on purpose: no retry loop tries it again, since each try would wait as
+    long (an unattended add waited the timeout four times, check --repair six): the
+    first one ends the command. `maybe_applied`: it was writing, and its transaction
+    may have gone in (whole: the kernel takes it in one commit)."""
+
+    def __init__(self, message: str = "", maybe_applied: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_applied = maybe_applied
+
+
 class ApplyFailed(PortmapctlError):
     """A transaction could not be applied, even after retries (exit 1).
 

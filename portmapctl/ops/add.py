@@ -25,7 +25,7 @@ from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import Status
 from portmapctl.core.validate import OPTIONS, Spelling
-from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError, found_in
+from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError, ToolTimedOut, found_in
 from portmapctl.iptables import foreign
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
@@ -165,6 +165,7 @@ def add(
     # A write without a read whose restore died without saying, by family (it may have
     # gone in, whole): the read after it judges it (Node.converge_judged).
     killed: Dict[int, Tuple[Transaction, ApplyFailed]] = ahead.killed() if ahead is not None else {}
+    hung = ahead.hung() if ahead is not None else {}  # (its restore timed out: add ends)
 
     def unsure(tried: Transaction, err: ApplyFailed) -> None:
         killed[tried.family] = (tried, err)
@@ -187,6 +188,8 @@ def add(
             return plan_setup(sharing(live, w), live)
 
         try:
+            if family in hung:
+                raise hung[family]
             if dry_run:
                 txn = None
             elif family in written or ahead is not None:
@@ -202,6 +205,11 @@ def add(
                 blind.append(family)
         except ApplyFailed as err:
             raise ApplyFailed(
+                f"IPv{family}: {err}" + _applied(families, transactions, written),
+                maybe_applied=err.maybe_applied,
+            ) from None
+        except ToolTimedOut as err:
+            raise ToolTimedOut(
                 f"IPv{family}: {err}" + _applied(families, transactions, written),
                 maybe_applied=err.maybe_applied,
             ) from None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
-from portmapctl.errors import ApplyFailed, PortmapctlError
+from portmapctl.errors import ApplyFailed, PortmapctlError, ToolTimedOut
 from portmapctl.host.routes import route_interfaces
 
 if TYPE_CHECKING:
@@ -46,9 +46,11 @@ class Ahead:
         claims: Callable[[], Optional[Claims]],
         taken: Callable[[], Optional[Dict[int, Dict[ProtoPort, str]]]],
         killed: Optional[Dict[int, Tuple[Transaction, ApplyFailed]]] = None,
+        hung: Optional[Dict[int, ToolTimedOut]] = None,
     ) -> None:
         self._written = written
         self._killed = {} if killed is None else killed
+        self._hung = {} if hung is None else hung
         self._routes = routes
         self._claims = claims
         self._taken = taken
@@ -85,6 +87,7 @@ class Ahead:
         committed: List[Tuple[int, int]] = []  # the generations of nfnl_add's commit
 
         killed: Dict[int, Tuple[Transaction, ApplyFailed]] = {}
+        hung: Dict[int, ToolTimedOut] = {}
 
         def write() -> Dict[int, Optional[Transaction]]:
             try:
@@ -92,7 +95,10 @@ class Ahead:
                 if done is not None:
                     return done
                 return write_blind(
-                    backend, wanted, lambda txn, err: killed.__setitem__(txn.family, (txn, err))
+                    backend,
+                    wanted,
+                    lambda txn, err: killed.__setitem__(txn.family, (txn, err)),
+                    hung,
                 )
             finally:
                 settled.set()
@@ -146,7 +152,7 @@ class Ahead:
                     return claims
 
                 claims = _in_thread(netns, early_or_again, "nfnl")
-        return cls(written, routes, claims, taken, killed)
+        return cls(written, routes, claims, taken, killed, hung)
 
     def written(self) -> Dict[int, Optional[Transaction]]:
         """write_blind's transaction by family: None (or no entry) where the caller must
@@ -158,6 +164,12 @@ class Ahead:
         and its error; the caller's read judges it."""
         self._written()
         return dict(self._killed)
+
+    def hung(self) -> Dict[int, ToolTimedOut]:
+        """By family, the write whose restore timed out (it may have gone in): add ends
+        with its error, running no restore again (write_blind)."""
+        self._written()
+        return dict(self._hung)
 
     def interfaces(self) -> Optional[Dict[str, str]]:
         """route_interfaces of the container's IPv4 address (None: not looked up)."""
@@ -303,15 +315,26 @@ def write_new(
 
 
 def write_blind(
-    backend: Backend, wanted: Dict[int, List[Chain]], unsure: Optional[Unsure] = None
+    backend: Backend,
+    wanted: Dict[int, List[Chain]],
+    unsure: Optional[Unsure] = None,
+    hung: Optional[Dict[int, ToolTimedOut]] = None,
 ) -> Dict[int, Optional[Transaction]]:
-    """apply_blind for each family; a family whose restore cannot run gets None."""
+    """apply_blind for each family; a family whose restore cannot run gets None. One
+    that timed out goes in `hung` and ends the writes (the next family's is not tried):
+    add ends with it, where it would read, plan and run the restore again, each run
+    waiting the timeout again."""
     from portmapctl.iptables.planner import plan_blind
 
     done: Dict[int, Optional[Transaction]] = {}
     for family, chains in wanted.items():
         try:
             done[family] = apply_blind(backend, plan_blind(chains, family), unsure)
+        except ToolTimedOut as err:
+            if hung is None:
+                raise
+            hung[family] = err
+            break
         except PortmapctlError:
             done[family] = None
     return done

@@ -153,6 +153,67 @@ def test_a_hung_iptables_save_is_killed_with_its_children_exit_3(node, tmp_path,
     assert _gone(pids), "a save is still running"
 
 
+def _hanging_restore(tmp_path: Path, mode: str) -> tuple:
+    """iptables-MODE-restore and ip6tables-MODE-restore that never answer (each start
+    logged); the saves and listings are the real ones."""
+    folder = tmp_path / "wrap"
+    folder.mkdir()
+    log = tmp_path / "restores"
+    log.touch()
+    for tool in (f"iptables-{mode}-restore", f"ip6tables-{mode}-restore"):
+        script = folder / tool
+        script.write_text(f"#!/bin/bash\necho $$ >> {log}\nexec sleep 600\n")
+        script.chmod(0o755)
+    # (PORTMAPCTL_NFT_BATCH=0: on iptables-nft, add's and gc's writes go through the
+    # restore too, not one nf_tables batch.)
+    env = {"PATH": f"{folder}:{os.environ['PATH']}", "PORTMAPCTL_IPTABLES_TIMEOUT": "1",
+           "PORTMAPCTL_NFT_BATCH": "0"}  # fmt: skip
+    return env, log
+
+
+def _nat_save(ns: str, mode: str) -> str:
+    done = subprocess.run(["ip", "netns", "exec", ns, f"iptables-{mode}-save", "-t", "nat"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return "".join(line for line in done.stdout.splitlines(True) if not line.startswith("#"))
+
+
+@pytest.mark.parametrize("command", ["add", "check --repair", "gc"])
+def test_a_hung_iptables_restore_is_run_once_then_exit_3(host_ns, iptables_mode, tmp_path, command):
+    """An iptables-restore that hangs is waited for once: the first timeout ends the
+    command, exit 3, naming the tool and the timeout. It was an ApplyFailed (it may
+    have gone in), tried again like a refusal: add waited the timeout 4 times (legacy,
+    or iptables-nft without its batch), check --repair 6, gc 3, then exit 1: an
+    unattended run stuck several times as long as the timeout says."""
+    ns, mode = host_ns, iptables_mode
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], [rp.port_mapping(8080, 80)])
+    rp.run_plugin("ADD", ns, "live1", conf, mode=mode, check=True)
+    cache = tmp_path / "cni"
+    rp.write_cni_cache(cache, "mynet", "live1", "eth0", conf, conf["runtimeConfig"]["portMappings"],
+                       ["10.88.0.5/16"])  # fmt: skip
+    common = ["--netns", ns, "--iptables", mode, "--cni-cache-dir", str(cache)]
+    if command == "add":
+        args = ["add", *common, "--network", "mynet", "--container", "new1",
+                "--ip", "10.88.0.6/16", "-p", "8081:80", "--no-flush-udp"]  # fmt: skip
+    elif command == "check --repair":
+        missing = rp.plugin_conf("mynet", ["10.88.0.7/16"], [rp.port_mapping(8082, 80)])
+        rp.write_cni_cache(cache, "mynet", "miss1", "eth0", missing,
+                           missing["runtimeConfig"]["portMappings"], ["10.88.0.7/16"])  # fmt: skip
+        args = ["check", "--repair", *common]
+    else:
+        stale = rp.plugin_conf("mynet", ["10.88.0.8/16"], [rp.port_mapping(8083, 80)])
+        rp.run_plugin("ADD", ns, "gone1", stale, mode=mode, check=True)  # never cached
+        args = ["gc", *common, "--yes", "--min-age", "0"]
+    env, log = _hanging_restore(tmp_path, mode)
+    before = _nat_save(ns, mode)
+    done = run(args, env=env)
+    assert_error(done, 3, "did not finish within 1 s", f"iptables-{mode}-restore",
+                 "may have gone in")  # fmt: skip
+    pids = [int(p) for p in log.read_text().split()]
+    assert len(pids) == 1, f"the hung restore was started {len(pids)} times"
+    assert _gone(pids), "a restore is still running"
+    assert _nat_save(ns, mode) == before  # (this restore never commits)
+
+
 def _without_dac(args: List[str]) -> subprocess.CompletedProcess:
     """portmapctl as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: file modes
     apply to it, as to a non-root user (or root in a user namespace)."""

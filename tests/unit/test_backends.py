@@ -139,3 +139,61 @@ def test_a_dry_runs_header_names_the_legacy_restore_tool_there_is_before_1_8(tmp
     assert restore_tools(RestoreBackend("legacy")) == plain
     # Not loading libiptc: only the backend's kind matters here.
     assert restore_tools(IptcBackend.__new__(IptcBackend)) == plain
+
+
+def test_a_hung_restore_is_run_once_and_ends_the_command_exit_3(tmp_path, monkeypatch):
+    """An iptables-restore that does not finish within PORTMAPCTL_IPTABLES_TIMEOUT is
+    killed and not run again: ToolTimedOut (exit 3), which no retry loop catches. As an
+    ApplyFailed (it may have gone in) Node.converge tried it three times, and add's
+    write without a read once more before that: four waits of the timeout, exit 1.
+    Through the commands, on a real node: tests/kernel/test_field_faults.py."""
+    import ipaddress
+    import shutil
+
+    from portmapctl.core.mapping import MappingConfig, PortMapping
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.iptables.access import restore
+    from portmapctl.iptables.chains import wanted_chains
+    from portmapctl.iptables.planner import plan_setup
+    from portmapctl.ops.add_ahead import write_blind
+    from portmapctl.ops.node import Node, NodeOptions
+
+    ran = tmp_path / "ran"
+    sleep = shutil.which("sleep")  # (PATH is tmp_path alone)
+    for command in ("iptables", "ip6tables"):
+        save = tmp_path / f"{command}-legacy-save"
+        save.write_text("#!/bin/sh\nprintf '*nat\\n:PREROUTING ACCEPT [0:0]\\nCOMMIT\\n'\n")
+        hung = tmp_path / f"{command}-legacy-restore"
+        hung.write_text(f"#!/bin/sh\necho {command} >> {ran}\nexec {sleep} 600\n")
+        for script in (save, hung):
+            script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(paths, "SBIN_DIRS", str(tmp_path))
+    monkeypatch.setattr(restore, "legacy_read_skipped", lambda family: False)
+    monkeypatch.setenv("PORTMAPCTL_IPTABLES_TIMEOUT", "0.2")
+    config = MappingConfig(
+        network="mynet",
+        container_id="abc123",
+        addresses=(ipaddress.ip_interface("10.88.0.5/16"), ipaddress.ip_interface("fd00::5/64")),
+        ports=(PortMapping(8080, 80),),
+    )
+    backend = restore.RestoreBackend("legacy")
+    node = Node(NodeOptions(), backend)
+
+    with pytest.raises(
+        PortmapctlError, match="iptables-legacy-restore did not finish within 0.2 s"
+    ) as raised:
+        node.converge_judged(4, lambda live: plan_setup(wanted_chains(config, 4), live), [])
+    assert ran.read_text().split() == ["iptables"]
+    assert raised.value.exit_code == 3 and "may have gone in" in str(raised.value)
+
+    # add's write without a read (add_ahead.write_blind): the family that timed out is
+    # the last one tried, and add ends with its error (ops/add.py).
+    from portmapctl.errors import ToolTimedOut
+
+    timed_out: dict = {}
+    wanted = {family: wanted_chains(config, family) for family in (4, 6)}
+    assert write_blind(backend, wanted, None, timed_out) == {}
+    assert list(timed_out) == [4] and isinstance(timed_out[4], ToolTimedOut)
+    assert timed_out[4].maybe_applied
+    assert ran.read_text().split() == ["iptables", "iptables"]

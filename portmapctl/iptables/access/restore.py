@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Flavour
-from portmapctl.errors import ApplyFailed, BadInput, HostProblem, killed
+from portmapctl.errors import ApplyFailed, BadInput, HostProblem, ToolTimedOut, killed
 from portmapctl.host import settings
 from portmapctl.host.paths import find_tool
 from portmapctl.iptables.access import NEW_NAT_TABLE, legacy_nat_present, legacy_read_skipped
@@ -99,8 +99,8 @@ class RestoreBackend:
         return known
 
     def _run(self, argv: List[str], stdin: str = "") -> subprocess.CompletedProcess:
-        """Run one tool; a write that does not finish in time is ApplyFailed (it may
-        have gone in, whole), a read is an environment problem (exit 3)."""
+        """Run one tool; one that does not finish in time is ToolTimedOut (exit 3),
+        which ends the command: a write's may have gone in, whole."""
         reading = not stdin
         try:
             process = self._start(argv, stdin=not reading)
@@ -110,12 +110,9 @@ class RestoreBackend:
             try:
                 out, err_text = process.communicate(_encode(stdin), timeout=tool_timeout())
             except subprocess.TimeoutExpired:
-                if reading:
-                    raise _timed_out(argv[0]) from None
-                raise ApplyFailed(
-                    f"{argv[0]} did not finish within {tool_timeout():g} s and was stopped",
-                    maybe_applied=True,
-                ) from None
+                # A write too ends the command (ToolTimedOut is no ApplyFailed): retried,
+                # each try waited as long (add waited the timeout 4 times, --repair 6).
+                raise _timed_out(argv[0], writing=not reading and "--test" not in argv) from None
         return subprocess.CompletedProcess(
             argv, process.returncode, _decode(out), _decode(err_text)
         )
@@ -414,8 +411,15 @@ def _parse(text: str, family: int, binary: str) -> NatTable:
         raise HostProblem(f"{err} (the nat table cannot be read through {binary})") from None
 
 
-def _timed_out(binary: str) -> HostProblem:
-    return HostProblem(
+def _timed_out(binary: str, writing: bool = False) -> ToolTimedOut:
+    if writing:
+        return ToolTimedOut(
+            f"{binary} did not finish within {tool_timeout():g} s and was stopped"
+            " (is the xtables lock or the kernel stuck?); its transaction may have gone in"
+            " (whole, never half): run again to see",
+            maybe_applied=True,
+        )
+    return ToolTimedOut(
         f"{binary} did not answer within {tool_timeout():g} s and was stopped"
         " (is the xtables lock or the kernel stuck?)"
     )

@@ -7,10 +7,10 @@ interactive gc plans, asks, and only then applies what was shown.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
 
 from portmapctl.core.pause import gc_paused
-from portmapctl.errors import ApplyFailed, HostProblem, Interrupted
+from portmapctl.errors import ApplyFailed, HostProblem, Interrupted, ToolTimedOut
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.family import FamilyPlan
 from portmapctl.ops.gc.liveness import Sources
@@ -31,16 +31,19 @@ if TYPE_CHECKING:
     from portmapctl.ops.gc.nft import NftPlan
 
 
+Failure = Union[ApplyFailed, ToolTimedOut]  # (a timed-out tool: exit 3, not tried again)
+
+
 def _family_failure(
-    family: int, err: ApplyFailed, plans: Sequence[FamilyPlan], planned: GcPlan
-) -> ApplyFailed:
+    family: int, err: Failure, plans: Sequence[FamilyPlan], planned: GcPlan
+) -> Failure:
     """The one error line of a family that failed, with what the others removed."""
     order = [p.family for p in planned.families]
     earlier = set(order[: order.index(family)])
     before = sum(len(p.removed) for p in plans if p.family in earlier)
     # Later in the order, yet applied: ahead of the others (plan_gc's apply_early).
     ahead = [p for p in plans if p.family not in earlier]
-    return ApplyFailed(
+    line = (
         f"IPv{family}: {err}"
         + (f" (earlier families: {before} chains removed)" if before else "")
         + "".join(
@@ -49,6 +52,9 @@ def _family_failure(
             if p.removed
         )
     )
+    if isinstance(err, ToolTimedOut):
+        return ToolTimedOut(line, maybe_applied=err.maybe_applied)
+    return ApplyFailed(line)
 
 
 # Called after each transaction with (chains removed so far, chains planned in all).
@@ -99,14 +105,14 @@ def _apply_gc_to(
     remembered: Dict[ChainKey, gc_state.Seen] = dict(planned.remembered)
     plans: List[FamilyPlan] = []
     transactions: Dict[int, str] = {}
-    failure: Optional[ApplyFailed] = None
+    failure: Optional[Failure] = None
     failed_family = 0
     planning = Planning(sources, options, planned.seen, planned.view, planned.cache_dirs, warnings)
     for first in planned.families:
         family = first.family
         ahead = planned.applied.get(family)
         done: Optional[FamilyPlan] = None
-        error: Optional[ApplyFailed] = None
+        error: Optional[Failure] = None
         if ahead is not None:
             done, error = ahead.plan, ahead.failure
         elif failure is not None:
@@ -116,7 +122,9 @@ def _apply_gc_to(
                 went.append(first)  # until it returns: in already, maybe (SIGTERM now)
             try:
                 done = converge_family(node, first, planning)
-            except ApplyFailed as err:
+            except (ApplyFailed, ToolTimedOut) as err:
+                # A timed-out tool, as a failure: no later family is tried, and what
+                # the others removed is still recorded and flushed.
                 error = err
             if not options.dry_run:
                 went.pop()

@@ -22,12 +22,20 @@ from typing import (
     Sequence,
     Set,
     Tuple,
+    Union,
 )
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment, present_dirs, results_dir
 from portmapctl.core.pause import gc_paused
-from portmapctl.errors import ApplyFailed, BadInput, HostProblem, Interrupted, PortmapctlError
+from portmapctl.errors import (
+    ApplyFailed,
+    BadInput,
+    HostProblem,
+    Interrupted,
+    PortmapctlError,
+    ToolTimedOut,
+)
 from portmapctl.host.netns import NamespaceView, fresh_uncached, namespace_addresses
 from portmapctl.host.paths import RUN_DIR
 from portmapctl.iptables import plugin_rules
@@ -116,7 +124,7 @@ class Applied(NamedTuple):
     """How a family applied ahead went: the plan that went in, or why none did."""
 
     plan: Optional[FamilyPlan]
-    failure: Optional[ApplyFailed]
+    failure: Optional[Union[ApplyFailed, ToolTimedOut]]
 
 
 @dataclass(frozen=True)
@@ -245,7 +253,7 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
                     done = converge_family(
                         node, planned[ahead], replace(planning, warnings=ahead_warnings)
                     )
-                except ApplyFailed as err:
+                except (ApplyFailed, ToolTimedOut) as err:  # (apply_gc raises it)
                     return Applied(None, err)
                 went.append(done)
                 return Applied(done, None)
@@ -339,12 +347,12 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
     """Apply one family's plan; re-read and re-plan while its table changed meanwhile
     (Node.converge). Returns the plan applied; ApplyFailed after the last try.
 
-    A try whose tool died without saying (killed, timed out: ApplyFailed.maybe_applied)
-    is judged by the next read: when none of the chains it removes is left, it went in
-    (a transaction goes in whole), and it is the plan returned, so that its chains are
-    reported and their UDP flows flushed. Planned again on that table instead, they
-    would be in no plan: gc would say it removed nothing, and no later run would know
-    their ports."""
+    A try whose tool died without saying (killed: ApplyFailed.maybe_applied; one that
+    timed out ends gc instead, errors.ToolTimedOut) is judged by the next read: when
+    none of the chains it removes is left, it went in (a transaction goes in whole),
+    and it is the plan returned, so that its chains are reported and their UDP flows
+    flushed. Planned again on that table instead, they would be in no plan: gc would
+    say it removed nothing, and no later run would know their ports."""
     # The first re-plan is the second try; the last try deletes by text: slower
     # on a big chain, but a plugin call elsewhere in CNI-HOSTPORT-DNAT does not
     # make it fail (the guards do, and on a busy node they may every time).
