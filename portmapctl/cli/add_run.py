@@ -498,7 +498,7 @@ def _flavour_ahead(common: Common, config: MappingConfig) -> Optional[str]:
     or --netns that add will refuse (and say why, in its usual order)."""
     import os
 
-    from portmapctl.errors import PortmapctlError
+    from portmapctl.errors import PortmapctlError, ToolTimedOut
 
     if config.backend == Backend.NFTABLES or not _net_admin():
         return None
@@ -508,6 +508,8 @@ def _flavour_ahead(common: Common, config: MappingConfig) -> Optional[str]:
 
         try:
             flavour = host_flavour()
+        except ToolTimedOut:
+            raise  # add would ask again, and wait as long
         except PortmapctlError:
             return None
     if common.netns is not None:

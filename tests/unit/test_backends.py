@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -197,3 +199,35 @@ def test_a_hung_restore_is_run_once_and_ends_the_command_exit_3(tmp_path, monkey
     assert list(timed_out) == [4] and isinstance(timed_out[4], ToolTimedOut)
     assert timed_out[4].maybe_applied
     assert ran.read_text().split() == ["iptables", "iptables"]
+
+
+def test_an_iptables_that_hangs_when_asked_its_version_is_exit_3(tmp_path, monkeypatch):
+    """`--iptables auto` asks `iptables --version` which flavour it is: one that hangs
+    was an uncaught timeout after a fixed 10 s ("internal error", exit 1). Now it is
+    ToolTimedOut after PORTMAPCTL_IPTABLES_TIMEOUT (exit 3), naming the tool; and the
+    command asks once (add's early flavour question re-raises it, it no longer asks
+    again)."""
+    import shutil
+
+    from portmapctl.errors import ToolTimedOut
+    from portmapctl.iptables.access import tool_flavour
+
+    ran = tmp_path / "ran"
+    hung = tmp_path / "iptables"
+    hung.write_text(f"#!/bin/sh\necho run >> {ran}\nexec {shutil.which('sleep')} 600\n")
+    hung.chmod(0o755)
+    monkeypatch.setenv("PORTMAPCTL_IPTABLES_TIMEOUT", "0.2")
+    with pytest.raises(
+        ToolTimedOut, match="iptables --version did not answer within 0.2 s"
+    ) as raised:
+        tool_flavour(str(hung))
+    assert raised.value.exit_code == 3 and ran.read_text().split() == ["run"]
+    env = {**os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin", "PORTMAPCTL_IPTABLES_TIMEOUT": "0.2"}
+    ran.unlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "portmapctl", "list", "--iptables", "auto", "--backend", "iptables"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "--version did not answer" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert "internal error" not in done.stderr

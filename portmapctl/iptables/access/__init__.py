@@ -12,7 +12,7 @@ import os
 from typing import TYPE_CHECKING, Dict, Optional, Protocol
 
 from portmapctl.core.backend import Flavour
-from portmapctl.errors import BadInput, HostProblem
+from portmapctl.errors import BadInput, HostProblem, ToolTimedOut
 
 if TYPE_CHECKING:
     # (Not imported to run: add's early dump imports this package first, and the
@@ -56,12 +56,21 @@ def tool_flavour(path: str) -> Flavour:
         return Flavour.LEGACY
     if Flavour.NFT in target:
         return Flavour.NFT
+    from portmapctl.host import settings
+
+    timeout = settings.IPTABLES_TIMEOUT.value()
     try:
         version = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+            [path, "--version"], capture_output=True, text=True, timeout=timeout, check=False
         ).stdout
     except OSError as err:
         raise HostProblem(f"cannot run {path}: {err.strerror}") from None
+    except subprocess.TimeoutExpired:
+        # (It was an uncaught timeout: "internal error", exit 1.)
+        raise ToolTimedOut(
+            f"{path} --version did not answer within {timeout:g} s and was stopped"
+            " (is the xtables lock or the kernel stuck?)"
+        ) from None
     return Flavour.NFT if "nf_tables" in version else Flavour.LEGACY
 
 
