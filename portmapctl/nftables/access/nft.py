@@ -26,7 +26,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Callable, Iterable, List, NamedTuple, Optional, Tuple
 
-from portmapctl.errors import HostProblem, killed
+from portmapctl.errors import HostProblem, ToolTimedOut, killed
 from portmapctl.host.paths import find_tool
 from portmapctl.nftables import FAMILY_NAMES, TABLE
 from portmapctl.nftables.access import NftApplyFailed, NftUnusable
@@ -285,6 +285,11 @@ class RealNft:
             )
         except OSError as err:
             raise HostProblem(f"cannot run {argv[0]}: {err.strerror}") from None
+        except subprocess.TimeoutExpired:
+            # (It was uncaught: "internal error", exit 1.)
+            raise ToolTimedOut(
+                f"{argv[0]} did not answer within {TIMEOUT_SECONDS:g} s and was stopped"
+            ) from None
 
     def check_version(self) -> Tuple[int, int, int]:
         proc = self._run([self.binary(), "--version"])
@@ -359,8 +364,12 @@ class RealNft:
         except OSError as err:
             raise HostProblem(f"cannot run {self.binary()}: {err.strerror}") from None
         except subprocess.TimeoutExpired:
-            raise NftApplyFailed(
-                "nft -f did not finish within 120 s and was stopped", maybe_applied=True
+            # Not an NftApplyFailed: converge_nft would run it again, each try waiting
+            # as long (as iptables-restore's ToolTimedOut); the first ends the command.
+            raise ToolTimedOut(
+                f"nft -f did not finish within {TIMEOUT_SECONDS:g} s and was stopped; its"
+                " transaction may have gone in (whole, never half): run again to see",
+                maybe_applied=True,
             ) from None
         if proc.returncode < 0:
             # Not a refusal: maybe it went in (whole); the caller reads again.

@@ -48,6 +48,42 @@ def test_old_nft_is_a_host_problem(tmp_path: Path) -> None:
         nft.read()
 
 
+def test_an_nft_that_hangs_is_asked_once_and_exit_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nft stopped at its timeout: `nft -f` was an NftApplyFailed that converge_nft ran
+    three times (each waiting 120 s), `nft --version` an uncaught timeout ("internal
+    error", exit 1). Now both are ToolTimedOut (exit 3), which no retry loop catches;
+    the write's says it may have gone in."""
+    import shutil
+
+    from portmapctl.errors import ToolTimedOut
+    from portmapctl.nftables.access import nft as nft_access
+
+    ran = tmp_path / "ran"
+    script = tmp_path / "nft"
+    sleep = shutil.which("sleep")
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$1" >> {ran}\n'
+        f'[ "$1" = --version ] && [ ! -e {tmp_path}/answer ] && exec {sleep} 600\n'
+        '[ "$1" = --version ] && { echo "nftables v1.0.6 (Lester Gooch #5)"; exit 0; }\n'
+        f"exec {sleep} 600\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setattr(nft_access, "TIMEOUT_SECONDS", 0.3)
+    with pytest.raises(ToolTimedOut, match="did not answer within 0.3 s") as raised:
+        RealNft(str(script)).check_version()
+    assert raised.value.exit_code == 3
+    (tmp_path / "answer").touch()
+    txn = Transaction()
+    txn.add_table(4)
+    with pytest.raises(ToolTimedOut, match="nft -f did not finish within 0.3 s") as raised:
+        RealNft(str(script)).apply(txn)
+    assert raised.value.exit_code == 3 and raised.value.maybe_applied
+    assert ran.read_text().split() == ["--version", "--version", "-f"]
+
+
 def test_missing_nft_is_a_host_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(os, "defpath", str(tmp_path))
