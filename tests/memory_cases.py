@@ -142,6 +142,21 @@ def scenarios() -> Dict[str, List[Step]]:
         raw(("append", "PREROUTING", jump)),
         dedupe_of("basic"),
     ]
+    found["dedupe: copies apart keep the first's place"] = [
+        setup_of("basic"),
+        raw(
+            ("append", "PREROUTING", ("-p", "tcp", "-j", "ACCEPT")), ("append", "PREROUTING", jump)
+        ),
+        dedupe_of("basic"),
+    ]
+    found["insert at a position"] = [
+        setup_of("basic"),
+        raw(("insert_at", "PREROUTING", 2, ("-p", "udp", "-j", "RETURN"))),
+    ]
+    found["refused: insert past the end"] = [
+        setup_of("basic"),
+        raw(("insert_at", TOPLEVEL_DNAT, 99, ("-p", "udp", "-j", "RETURN"))),
+    ]
     found["refused: every copy deleted, then -C"] = [
         setup_of("basic"),
         raw(("append", "PREROUTING", jump)),

@@ -12,9 +12,9 @@ The semantics follow the plugin's ADD, minus its needless churn:
   rules read deleted by text behind an emptiness guard (`_rewrite`), never flushed;
 - entry rules that jump to a per-container chain but are no longer wanted are
   deleted; wanted ones that are missing are appended;
-- with `dedupe` (check --repair, never add): a rule that jumps to a portmap chain and
-  stands twice or more in one chain loses its extra copies, behind the same count
-  guard, with a `-C` that refuses the try if no copy would be left (`_dedupe`).
+- with `dedupe` (check --repair, never add): a rule of the plugin's that stands twice
+  or more in one chain (`duplicates`) is left once, where its first copy stood,
+  behind the same count guard (`_dedupe`).
 
 `plan_teardown` is the reverse, for `gc`: per-container chains out, with every rule
 that jumps to them, in an order iptables-nft accepts.
@@ -22,12 +22,14 @@ that jumps to them, in an order iptables-nft accepts.
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import TYPE_CHECKING, Dict, FrozenSet, Iterable, List, Mapping, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 from portmapctl.iptables.chains import (
+    BUILTIN_NAT_CHAINS,
     DNAT_PREFIX,
     OLD_TOPLEVEL_SNAT,
+    SHARED_CHAINS,
     Chain,
     is_plugin_chain,
     is_portmap_chain,
@@ -191,35 +193,72 @@ def _count_guard(txn: Transaction, live: NatTable, name: str, guarded: Dict[str,
     txn.delete_number(name, len(live.rules(name)) + 1)
 
 
+@dataclass(frozen=True)
+class Duplicate:
+    """A rule standing more than once in `chain`: its copies' 0-based positions."""
+
+    chain: str
+    rule: Args
+    at: Tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.at)
+
+    @property
+    def first(self) -> int:
+        return self.at[0]
+
+
+def duplicates(live: NatTable) -> List[Duplicate]:
+    """The rules of the plugin's that stand more than once in one chain (check's
+    duplicate-entry; `_dedupe` deletes the extra copies): a jump to a portmap chain in
+    a built-in or portmap chain (two writers that found PREROUTING's jump missing after
+    a flush both append it: the plugin's ADDs race so), and a shared chain's own rules
+    (the same race doubles CNI-HOSTPORT-MASQ's MASQUERADE). A chain of someone else's
+    is theirs, even where it jumps to ours. In chain order, each rule by its first copy."""
+    found = []
+    for saved in live.chains.values():
+        if len(set(saved.rules)) == len(saved.rules):
+            continue  # no rule twice (the usual case: a set, in C)
+        if saved.name not in BUILTIN_NAT_CHAINS and not is_portmap_chain(saved.name):
+            continue
+        at: Dict[Args, List[int]] = {}
+        for index, rule in enumerate(saved.rules):
+            at.setdefault(rule, []).append(index)
+        for rule, positions in at.items():
+            if len(positions) < 2:
+                continue
+            if saved.name in SHARED_CHAINS or is_portmap_chain(rule_target(rule) or ""):
+                found.append(Duplicate(saved.name, rule, tuple(positions)))
+    return found
+
+
 def _dedupe(
     txn: Transaction, live: NatTable, wanted: List[Chain], guarded: Dict[str, None]
 ) -> None:
-    """Delete the extra copies of every rule that jumps to a portmap chain and stands
-    more than once in one chain (check's duplicate-entry): two writers that found
-    PREROUTING's jump missing after a flush both append it (the plugin's ADDs race so),
-    and check would report the copies on every run. Per chain: the count guard first
-    (a plugin ADD or DEL in between fails the try, which is planned again), then one
-    `-D` by text per extra copy (iptables deletes the first match, so the last copy
-    stays: copies come from writers appending at once, next to each other), then a `-C`
-    of the rule, which refuses the whole try if no copy would be left (a copy deleted
-    and another rule added between read and write keep the count). Never touched here:
-    the rules the planner itself replaces, a wanted per-container chain's (rewritten
-    whole when they differ) and the entry rules to it that are not wanted (all their
-    copies go)."""
+    """Leave one copy, the first, of each rule `duplicates` finds, where it stood: per
+    chain the count guard (a plugin ADD or DEL in between fails the try, which is planned
+    again), every copy deleted by text (a copy gone meanwhile fails it too), then the
+    rule inserted at its first copy's position. Deleting the first copy alone would move
+    the rule behind what stood between the copies: another container's entry rule for
+    the same port (it would take the port over) or another tool's rule (review
+    helper-141). No copy is left out, none deleted by number: a rule of someone else's
+    is never deleted. Never touched here: the rules the planner itself replaces, a
+    wanted per-container chain's (rewritten whole when they differ) and the entry rules
+    to it that are not wanted (all their copies go)."""
     own = {c.name: c for c in wanted if not c.shared}
-    for saved in live.chains.values():
-        if saved.name in own or len(set(saved.rules)) == len(saved.rules):
+    removed: Dict[str, List[int]] = {}  # by chain: positions read whose copy went
+    for dup in duplicates(live):
+        target = rule_target(dup.rule) or ""
+        if dup.chain in own or (target in own and dup.rule not in own[target].entry_rules):
             continue
-        for rule, count in Counter(saved.rules).items():
-            target = rule_target(rule) or ""
-            if count < 2 or not is_portmap_chain(target):
-                continue
-            if target in own and rule not in own[target].entry_rules:
-                continue  # the planner deletes every copy of an entry rule not wanted
-            _count_guard(txn, live, saved.name, guarded)
-            for _ in range(count - 1):
-                txn.delete(saved.name, rule)
-            txn.check(saved.name, rule)
+        _count_guard(txn, live, dup.chain, guarded)
+        for _ in range(dup.count):
+            txn.delete(dup.chain, dup.rule)
+        gone = removed.setdefault(dup.chain, [])
+        txn.insert_at(dup.chain, dup.first + 1 - sum(i < dup.first for i in gone), dup.rule)
+        gone += dup.at[1:]
 
 
 def _rewrite(txn: Transaction, live: NatTable, chain: Chain) -> None:

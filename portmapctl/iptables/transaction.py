@@ -25,7 +25,7 @@ class OpKind(str, Enum):
 
     NEW_CHAIN = "new-chain"
     APPEND = "append"
-    INSERT = "insert"  # at the top of the chain (position 1)
+    INSERT = "insert"  # at `position` (1: the top of the chain)
     DELETE = "delete"  # by the rule's text
     DELETE_NUMBER = "delete-number"  # by its position, 1 first (args: that number)
     CHECK = "check"  # -C: changes nothing, fails the transaction when the rule is not there
@@ -50,17 +50,19 @@ _COMMAND = {
 
 @dataclass(frozen=True)
 class Op:
-    """One restore command (delete-number: args is the rule's position, 1 first)."""
+    """One restore command (delete-number: args is the rule's position, 1 first;
+    insert: the rule goes in at `position`)."""
 
     kind: OpKind
     chain: str
     args: Args = ()
+    position: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", OpKind(self.kind))  # a word is taken too
 
     def line(self) -> str:
-        args = ("1", *self.args) if self.kind is OpKind.INSERT else self.args
+        args = (str(self.position), *self.args) if self.kind is OpKind.INSERT else self.args
         return format_rule(_COMMAND[self.kind], self.chain, args)
 
 
@@ -98,6 +100,11 @@ class Transaction:
 
     def insert_first(self, chain: str, args: Sequence[str]) -> None:
         self.ops.append(Op(OpKind.INSERT, chain, tuple(args)))
+
+    def insert_at(self, chain: str, position: int, args: Sequence[str]) -> None:
+        """Insert the rule at `position` (1 is the first), whatever is there by then:
+        the caller guards (planner._dedupe)."""
+        self.ops.append(Op(OpKind.INSERT, chain, tuple(args), position))
 
     def delete(self, chain: str, args: Sequence[str]) -> None:
         self.ops.append(Op(OpKind.DELETE, chain, tuple(args)))

@@ -374,8 +374,8 @@ def repair(
     deleted by handle, then what is missing added (setup), in one transaction. `also`:
     more of their rules that are not unwanted, left as they are (the same container's
     on another network, when one mapping is repaired); `addresses`: as for `unwanted`;
-    `dedupe` (a repair of the node): the entry chains' extra copies (`extra_copies`)
-    deleted too."""
+    `dedupe` (a repair of the node): an entry chain holding extra copies
+    (`extra_copies`) written again with each rule once, in its order."""
     txn = Transaction()
     made = setup(live, wanted)
     flushed = {(op.family, op.chain) for op in made.ops if op.kind is OpKind.FLUSH_CHAIN}
@@ -384,11 +384,19 @@ def repair(
         for rule in unwanted(live.table(family), want, ids, addresses):
             txn.delete_rule(family, rule.chain, rule.handle, rule.body)
         if dedupe:
-            # By handle, the first copy kept: the kernel refuses the whole transaction
-            # when a handle is gone. A chain setup flushes loses them anyway.
-            for rule in extra_copies(live.table(family)):
-                if (family, rule.chain) not in flushed:
-                    txn.delete_rule(family, rule.chain, rule.handle, rule.body)
+            # The chain written again as read, each rule once, as the plugin's ADD
+            # rewrites these chains: not by handle, which a table deleted and made
+            # again (a firewall reload) between the read and the write hands out anew,
+            # so that the last entry could go (review helper-141). A chain setup
+            # flushes is written there anyway.
+            table = live.table(family)
+            for chain in dict.fromkeys(rule.chain for rule in extra_copies(table)):
+                if (family, chain) in flushed:
+                    continue
+                txn.flush_chain(family, chain)
+                for body in dict.fromkeys(_bodies(table, chain)):
+                    txn.add_rule(family, chain, body)
+                txn.as_read.add((family, chain))
     txn.ops += made.ops
     return txn
 

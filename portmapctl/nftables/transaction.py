@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 from portmapctl.errors import BadInput
 from portmapctl.nftables.ruleset import FAMILY_NAMES, TABLE, TABLE_COMMENT, BaseHook, RuleBody
@@ -95,6 +95,9 @@ def _check_body(body: RuleBody) -> None:
 @dataclass
 class Transaction:
     ops: List[Op] = field(default_factory=list)
+    # (family, chain) written again with the rules it held, each once (the repair's
+    # dedupe): nothing of it was missing, so no mapping was dark (nft_repair.nft_changed).
+    as_read: Set[Tuple[int, str]] = field(default_factory=set, compare=False)
 
     def add_table(self, family: int) -> None:
         self.ops.append(Op(OpKind.ADD_TABLE, family))

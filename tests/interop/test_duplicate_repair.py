@@ -68,15 +68,10 @@ def test_repair_deletes_the_extra_copies_of_entry_rules_and_keeps_one(
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert json.loads(repaired.stdout)["problems"] == []
     after = rp.save(host_ns, 4, iptables_mode)
-    # One copy of each, the foreign rule kept. iptables deletes the first copy it
-    # finds, so PREROUTING's jump now stands where its last copy stood: after the
-    # foreign rule; every other rule is as the plugin wrote it.
-    lines = rp.nat_rules(after)
-    assert lines.count("-A " + " ".join(JUMP)) == 1
-    assert lines.count(entry_line) == 1
-    assert lines.index("-A " + " ".join(FOREIGN)) < lines.index("-A " + " ".join(JUMP))
-    without_prerouting = [x for x in rp.nat_rules(healthy) if not x.startswith("-A PREROUTING")]
-    assert [x for x in lines if not x.startswith("-A PREROUTING")] == without_prerouting
+    # One copy of each, where the first stood: the table as the plugin left it, byte for
+    # byte (before, iptables' -D by text took the first copy and PREROUTING's jump went
+    # behind the foreign rule).
+    assert rp.strip_save_comments(after) == rp.strip_save_comments(healthy)
     for done in rp.run_check(host_ns, CONTAINER, conf, mode=iptables_mode):
         assert done.returncode == 0, done.stdout + done.stderr
     again = pmctl.run(["check", "--repair", *args])
@@ -151,3 +146,29 @@ def test_nft_entry_jumps_twice_are_reported_and_repaired_to_one(
     assert {p["kind"] for p in document["problems"]} == {"stale"}
     assert [(f["kind"], f["chain"]) for f in document["fixed"]] == [("duplicate-entry", "output")]
     assert upstream.ruleset_text(host_ns) == healthy
+
+
+def test_the_first_copy_keeps_its_place_so_a_port_stays_with_its_container(
+    host_ns: str, iptables_mode: rp.Mode, tmp_path: Path
+) -> None:
+    """s1 then s2 on host port 7100: s1 has the port, s2 is shadowed. s1's entry rule
+    appended again, after s2's. The repair keeps s1's first copy where it stood:
+    deleting the first copy by text (the repair's first way) handed the port to s2
+    (review helper-141)."""
+    require(rp.plugin_available())
+    ports = [rp.port_mapping(7100, 71)]
+    for n, cid in enumerate(("5100000001", "5200000002")):
+        ips = [f"10.88.0.{20 + n}/16"]
+        conf = rp.plugin_conf(NETWORK, ips, ports)
+        rp.run_plugin("ADD", host_ns, cid, conf, mode=iptables_mode, check=True)
+        rp.write_cni_cache(tmp_path, NETWORK, cid, "eth0", conf, ports, ips)
+    healthy = rp.save(host_ns, 4, iptables_mode)
+    first = next(x for x in healthy.splitlines() if x.startswith("-A CNI-HOSTPORT-DNAT"))
+    rp.iptables(host_ns, ["-t", "nat", *shlex.split(first)], mode=iptables_mode)
+    args = _args(host_ns, iptables_mode, tmp_path)
+    done = pmctl.run(["check", "--repair", *args, "--no-flush-udp", "-o", "json"])
+    assert done.returncode == 1, done.stderr  # s2 stays shadowed, as before
+    problems = json.loads(done.stdout)["problems"]
+    assert [(p["kind"], p["container_id"]) for p in problems] == [("shadowed", "5200000002")]
+    after = rp.save(host_ns, 4, iptables_mode)
+    assert rp.strip_save_comments(after) == rp.strip_save_comments(healthy)

@@ -35,6 +35,7 @@ from portmapctl.errors import ApplyFailed
 from portmapctl.host import netns
 from portmapctl.iptables.access import legacy_nat_present, open_backend
 from portmapctl.iptables.chains import chain_name
+from portmapctl.iptables.planner import plan_setup
 from portmapctl.iptables.ruleset import NatTable, parse_save
 from portmapctl.iptables.transaction import Transaction
 
@@ -488,6 +489,16 @@ def test_a_check_in_a_transaction_holds_it_to_what_is_there(backend):
                 txn.check("PREROUTING", jump)
                 opened.apply(txn)
                 assert opened.read(family).rules("PREROUTING").count(jump) == 1
+                # check --repair's dedupe: copies apart, the first's place kept (every
+                # copy deleted, the rule inserted where the first stood).
+                foreign = ("-p", "tcp", "-m", "tcp", "--dport", "9999", "-j", "ACCEPT")
+                rp.iptables(
+                    ns, ["-t", "nat", "-A", "PREROUTING", *foreign], family=family, mode=mode
+                )
+                rp.iptables(ns, ["-t", "nat", "-A", "PREROUTING", *jump], family=family, mode=mode)
+                live = opened.read(family)
+                opened.apply(plan_setup([], live, dedupe=True))
+                assert opened.read(family).rules("PREROUTING")[-2:] == (jump, foreign)
     finally:
         rp.delete_netns(ns)
 

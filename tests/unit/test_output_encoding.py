@@ -235,9 +235,9 @@ def test_a_table_writes_a_foreign_comments_escape_and_bytes_as_text(foreign_dump
     done = piped(args, {"PYTHONIOENCODING": "utf-8"})
     assert done.returncode == (1 if command == "check" else 0), done.stderr
     _shown_as_text(done.stdout.decode("utf-8"))
-    if command == "check":  # (the fix under the table quotes the rule)
-        fix = """-D CNI-HOSTPORT-DNAT -p tcp -m comment --comment $'dnat name: "n\\x1b[31met\\xe9"""
-        assert fix in done.stdout.decode(), done.stdout
+    if command == "check":  # (the duplicate-entry's PROBLEM quotes the rule)
+        rule = '2 copies of -A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"n\\x1b[31met\\xe9\\xff\\"'
+        assert rule in done.stdout.decode(), done.stdout
     for columns in ("200", "80"):
         env = {"NO_COLOR": "1", "COLUMNS": columns, "PYTHONIOENCODING": "utf-8"}
         code, out, err = run_on_terminal(args[:-1], env)

@@ -582,3 +582,40 @@ def test_a_mapping_repair_leaves_the_nodes_duplicates():
     config = next(c for c in cached_configs() if 4 in c.families)
     check_lib.repair(node_on(backend), config, flush_udp=False)
     assert backend.memory.tables[4].rules("PREROUTING").count(JUMP) == 2
+
+
+def test_a_shared_chains_own_rule_twice_is_one_and_someone_elses_chain_is_theirs():
+    """The plugin's racing ADDs after a flush double CNI-HOSTPORT-MASQ's MASQUERADE too
+    (helper-141): reported and left once. A chain of the admin's that jumps to
+    CNI-HOSTPORT-DNAT twice is theirs: neither reported nor changed."""
+    backend = Recording(_doubled())
+    live = backend.memory.tables[4]
+    masq = live.rules("CNI-HOSTPORT-MASQ")[0]
+    mine = (JUMP, ("-s", "10.1.0.0/16", "-j", "RETURN"), JUMP)
+    txn = Transaction(4)
+    txn.append("CNI-HOSTPORT-MASQ", masq)
+    txn.new_chain("MYPRE")
+    for rule in mine:
+        txn.append("MYPRE", rule)
+    backend.memory.apply(txn)
+    found = check_lib.check_node(node_on(backend))
+    assert sorted(p.chain for p in found.problems if p.kind == "duplicate-entry") == [
+        "CNI-HOSTPORT-DNAT",
+        "CNI-HOSTPORT-MASQ",
+        "PREROUTING",
+    ]
+    result = check_lib.repair(node_on(backend), flush_udp=False)
+    assert not [p for p in result.problems if p.kind == "duplicate-entry"]
+    after = backend.memory.tables[4]
+    assert after.rules("CNI-HOSTPORT-MASQ") == live.rules("CNI-HOSTPORT-MASQ")
+    assert after.rules("MYPRE") == mine
+
+
+def test_a_rule_left_once_is_no_mapping_made(no_side_effects):
+    """The dedupe deletes every copy of PREROUTING's jump and puts one back: nothing was
+    dark, so no mapping gets the plugin's side effects (route_localnet, the UDP flush
+    of every mapped port) as if the family's jump had been missing."""
+    backend = Recording(_doubled())
+    no_side_effects.clear()
+    check_lib.repair(node_on(backend), flush_udp=False)
+    assert no_side_effects == []

@@ -102,8 +102,10 @@ def _apply(chains: Dict[str, List[Args]], policies: Dict[str, str], op: Op) -> O
             return f"Couldn't load target `{target}'"
         if op.kind is OpKind.APPEND:
             chains[name].append(op.args)
+        elif not 1 <= op.position <= len(chains[name]) + 1:
+            return "Index of insertion too big"
         else:
-            chains[name].insert(0, op.args)
+            chains[name].insert(op.position - 1, op.args)
         return None
     if op.kind is OpKind.CHECK:
         return None if op.args in chains[name] else "Bad rule (does a matching rule exist?)"

@@ -129,7 +129,13 @@ def changed_mappings(txn: Transaction, configs: Sequence[MappingConfig]) -> List
     jumps into CNI-HOSTPORT-DNAT were (then every mapping of the family was dark)."""
     touched = set()
     whole_family = False
+    # A rule deleted and put back in the same transaction (planner._dedupe: one copy of
+    # a duplicated rule left where it stood) was there throughout: nothing was dark.
+    deleted = {(op.chain, op.args) for op in txn.ops if op.kind is OpKind.DELETE}
+    put_back = {(op.chain, op.args) for op in txn.ops if op.kind is OpKind.INSERT} & deleted
     for op in txn.ops:
+        if (op.chain, op.args) in put_back:
+            continue
         target = rule_target(op.args) if op.args else None
         touched.update({op.chain, target})
         if (op.kind is OpKind.NEW_CHAIN and op.chain == TOPLEVEL_DNAT) or (

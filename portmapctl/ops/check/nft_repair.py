@@ -229,6 +229,8 @@ def nft_changed(
     touched: Dict[str, set] = {}
     dark: set = set()  # families whose entry rules were rewritten: every mapping was dark
     for op in txn.ops:
+        if (op.family, op.chain) in txn.as_read:
+            continue  # each rule once again: nothing was missing
         if op.kind is OpKind.ADD_RULE and op.chain in (PREROUTING, OUTPUT):
             dark.add(op.family)
         elif op.body is not None and op.body.comment:
@@ -300,7 +302,13 @@ def entry_families(txn: NftTransaction) -> List[int]:
     from portmapctl.nftables.transaction import OpKind
 
     return sorted(
-        {op.family for op in txn.ops if op.kind is OpKind.ADD_RULE and op.chain == PREROUTING}
+        {
+            op.family
+            for op in txn.ops
+            if op.kind is OpKind.ADD_RULE
+            and op.chain == PREROUTING
+            and (op.family, PREROUTING) not in txn.as_read
+        }
     )
 
 

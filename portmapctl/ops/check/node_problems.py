@@ -4,7 +4,6 @@ and portmap chains in both iptables flavours (split brain)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Collection, Dict, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
@@ -12,7 +11,7 @@ from portmapctl.cni.cache import Attachment
 from portmapctl.core.status import ChainKind, ProblemKind, Status
 from portmapctl.iptables import inventory, plugin_rules, shapes
 from portmapctl.iptables.chains import TOPLEVEL_DNAT, is_portmap_chain
-from portmapctl.iptables.ruleset import NatTable, option_value, rule_target
+from portmapctl.iptables.ruleset import NatTable, option_value
 from portmapctl.iptables.shown import shown_rule
 from portmapctl.ops.check.hints import Fixes, _names_text, _ports_text, _who
 from portmapctl.ops.check.problem import (
@@ -350,32 +349,32 @@ def _zombie_fix(
 
 
 def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
-    """Identical rules jumping to a portmap chain, more than once in one chain."""
+    """The plugin's rules standing more than once in one chain (planner.duplicates)."""
+    from portmapctl.iptables.planner import duplicates as found
+
     problems = []
-    for saved in live.chains.values():
-        if len(set(saved.rules)) == len(saved.rules):
-            continue  # no rule twice in this chain (the usual case: a set, in C)
-        counts = Counter(r for r in saved.rules if is_portmap_chain(rule_target(r) or ""))
-        for rule, count in counts.items():
-            if count < 2:
-                continue
-            network, container_id = plugin_rules.parse_comment(rule)
-            problems.append(
-                Problem(
-                    ProblemKind.DUPLICATE_ENTRY,
-                    live.family,
-                    saved.name,
-                    network,
-                    container_id,
-                    f"{count} copies of {shown_rule('-A', saved.name, rule)}",
-                    f"{fixes.repair}, or delete one copy by hand:"
-                    f" {fixes.iptables(live.family, '-D', saved.name, rule)}",
-                    "two writers found it missing at once (the plugin's ADDs after a flush"
-                    " race so) or a script re-adds the plugin's rules; every packet walks"
-                    " each copy",
-                    saved_rules(saved.name, [rule]),
-                )
+    for dup in found(live):
+        network, container_id = plugin_rules.parse_comment(dup.rule)
+        problems.append(
+            Problem(
+                ProblemKind.DUPLICATE_ENTRY,
+                live.family,
+                dup.chain,
+                network,
+                container_id,
+                f"{dup.count} copies of {shown_rule('-A', dup.chain, dup.rule)}",
+                f"{fixes.repair}, or by hand, the later copies by number, last first"
+                " (a -D by text deletes the first copy, and the rule moves): "
+                + "; ".join(
+                    fixes.iptables(live.family, "-D", dup.chain, (str(i + 1),))
+                    for i in reversed(dup.at[1:])
+                ),
+                "two writers found it missing at once (the plugin's ADDs after a flush"
+                " race so) or a script re-adds the plugin's rules; every packet walks"
+                " each copy",
+                saved_rules(dup.chain, [dup.rule]),
             )
+        )
     return problems
 
 

@@ -164,7 +164,8 @@ def test_v17_shape_is_healthy() -> None:
 def test_a_jump_twice_in_an_entry_chain_is_one_duplicate_entry() -> None:
     """A second copy of prerouting's entry and of a hostports_all jump (by hand: the
     plugin's ADD flushes those chains): duplicate-entry each, with the extra copies'
-    handles, and no nft-missing-jumps for a hostports_all that has both its jumps."""
+    handles (for a fix by hand), and no nft-missing-jumps for a hostports_all that has
+    both its jumps."""
     from portmapctl.nftables import planner
     from portmapctl.nftables.transaction import Transaction
 
@@ -187,10 +188,25 @@ def test_a_jump_twice_in_an_entry_chain_is_one_duplicate_entry() -> None:
     copies = planner.extra_copies(doubled.table(4))
     assert problems[0].handles == tuple(r.handle for r in copies) and len(copies) == 2
     assert problems[0].detail.startswith("3 copies of `")
-    # The node repair deletes them by handle, the first copy kept; nothing else moves.
+    # The node repair writes those chains again, each rule once, in order (not by
+    # handle: a table made again hands handles out anew); nothing else changes.
     ids = {c.container_id for c in nftcases.live_configs("v191-basic")}
-    fake.apply(planner.repair(doubled, [], ids, (4, 6), dedupe=True))
-    assert fake.read() == live
+    txn = planner.repair(doubled, [], ids, (4, 6), dedupe=True)
+    fake.apply(txn)
+    # Nothing was dark: no mapping gets the plugin's side effects, no routed flush.
+    from portmapctl.ops.check.nft_repair import entry_families, nft_changed
+
+    assert nft_changed(txn, nftcases.live_configs("v191-basic")) == []
+    assert entry_families(txn) == []
+
+    def bodies(ruleset):
+        return {
+            (f, name): [r.body for r in table.rules_of(name)]
+            for f, table in ruleset.tables.items()
+            for name in table.chains
+        }
+
+    assert bodies(fake.read()) == bodies(live)
     assert not planner.repair(fake.read(), [], ids, (4, 6), dedupe=True)
     # One mapping's repair (no dedupe) leaves them.
     assert not planner.repair(doubled, [], ids, (4, 6))

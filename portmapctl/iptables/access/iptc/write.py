@@ -51,7 +51,7 @@ class Writer(Session):
         elif op.kind is OpKind.APPEND:
             table.append_entry(op.chain, self.build(op.args).rule)
         elif op.kind is OpKind.INSERT:
-            table.insert_entry(op.chain, self.build(op.args).rule, 0)
+            table.insert_entry(op.chain, self.build(op.args).rule, op.position - 1)
         elif op.kind is OpKind.DELETE:
             rule = self.build(op.args)
             table.delete_entry(op.chain, rule.rule, rule.mask)
