@@ -472,8 +472,13 @@ def _setup_family(
 ) -> None:
     table = live.table(family)
     chains = {} if table is None else table.chains
+    # check --repair makes what the read found missing with `create`: a plugin ADD that
+    # made it meanwhile (after a `delete table`) wrote its container's rules too, which
+    # ours would double; the try is refused whole and planned again from a new read.
+    # (add is that ADD, run now: `add`, as the plugin writes.)
+    fresh = entries is Entries.KEEP
     if table is None:
-        txn.add_table(family)
+        txn.add_table(family, create=fresh)
     # Conditions are node-wide and last-writer-wins in the plugin: the last container
     # written decides, as if its ADD had run last; a downgraded entry keeps its own
     # (the last ADD's) when check --repair makes it v1.9's.
@@ -483,14 +488,14 @@ def _setup_family(
     rewrite, refill = _entries_to_write(table, entry, entries, old_shape)
     for name in REGULAR_CHAINS:
         if name not in chains and not (old_shape and name == HOSTPORTS_ALL):
-            txn.add_chain(family, name)
+            txn.add_chain(family, name, create=fresh)
     if refill:
         txn.flush_chain(family, HOSTPORTS_ALL)
         for body in HOSTPORTS_ALL_RULES:
             txn.add_rule(family, HOSTPORTS_ALL, body)
     for name in (PREROUTING, OUTPUT):
         if name not in chains:
-            txn.add_chain(family, name, BASE_CHAINS[name])
+            txn.add_chain(family, name, BASE_CHAINS[name], create=fresh)
         if name in rewrite:
             # Flushed also when the read found no such chain, as the plugin's ADD does:
             # an ADD that made it since (after a `delete table`) put its entry there,
@@ -499,7 +504,7 @@ def _setup_family(
             for body in old_entry_rules(name, entry) if old_shape else (entry,):
                 txn.add_rule(family, name, body)
     if MASQUERADING not in chains and any(w.snat for w in wanted):
-        txn.add_chain(family, MASQUERADING, BASE_CHAINS[MASQUERADING])
+        txn.add_chain(family, MASQUERADING, BASE_CHAINS[MASQUERADING], create=fresh)
     missing = missing_by_container(table, wanted)
     # Under check --repair each container's host-IP rules go where its own plugin put
     # them; add is v1.9.1's ADD (hostports).

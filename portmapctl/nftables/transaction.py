@@ -43,16 +43,19 @@ class Op:
     # ... position H`) the rule with handle H; None appends.
     position: Optional[int] = None
     before: bool = False
+    # ADD_TABLE/ADD_CHAIN as `create`: the transaction fails when it exists by then.
+    create: bool = False
 
     def line(self) -> str:
         where = f"{FAMILY_NAMES[self.family]} {TABLE}"
+        verb = "create" if self.create else "add"
         if self.kind is OpKind.ADD_TABLE:
-            return f'add table {where} {{ comment "{TABLE_COMMENT}" ; }}'
+            return f'{verb} table {where} {{ comment "{TABLE_COMMENT}" ; }}'
         if self.kind is OpKind.ADD_CHAIN:
             if self.base is None:
-                return f"add chain {where} {self.chain}"
+                return f"{verb} chain {where} {self.chain}"
             spec = f"type {self.base.type} hook {self.base.hook} priority {self.base.priority}"
-            return f"add chain {where} {self.chain} {{ {spec} ; }}"
+            return f"{verb} chain {where} {self.chain} {{ {spec} ; }}"
         if self.kind is OpKind.FLUSH_CHAIN:
             return f"flush chain {where} {self.chain}"
         if self.kind is OpKind.ADD_RULE:
@@ -99,11 +102,15 @@ class Transaction:
     # dedupe): nothing of it was missing, so no mapping was dark (nft_repair.nft_changed).
     as_read: Set[Tuple[int, str]] = field(default_factory=set, compare=False)
 
-    def add_table(self, family: int) -> None:
-        self.ops.append(Op(OpKind.ADD_TABLE, family))
+    def add_table(self, family: int, create: bool = False) -> None:
+        """`create`: fail the transaction if the table exists by then (else a no-op)."""
+        self.ops.append(Op(OpKind.ADD_TABLE, family, create=create))
 
-    def add_chain(self, family: int, chain: str, base: Optional[BaseHook] = None) -> None:
-        self.ops.append(Op(OpKind.ADD_CHAIN, family, chain, base=base))
+    def add_chain(
+        self, family: int, chain: str, base: Optional[BaseHook] = None, create: bool = False
+    ) -> None:
+        """`create`: fail the transaction if the chain exists by then (else a no-op)."""
+        self.ops.append(Op(OpKind.ADD_CHAIN, family, chain, base=base, create=create))
 
     def flush_chain(self, family: int, chain: str) -> None:
         self.ops.append(Op(OpKind.FLUSH_CHAIN, family, chain))

@@ -169,6 +169,31 @@ class ApplyRacingNft(RacingNft):
         return self.access.apply(*args, **kwargs)
 
 
+def _live1_then_table_deleted(node: str, tmp_path: Path) -> dict:
+    """live1 added and cached, then `nft delete table ip cni_hostport`; its conf."""
+    live1 = _add(node, tmp_path, "live1", "10.88.0.11/16", 8080)
+    # An entry written as the repair begins is one it leaves alone (_CacheAgain).
+    old = time.time() - 60
+    os.utime(tmp_path / "results" / "podman-live1-eth0", (old, old))
+    upstream.nft(node, "delete", "table", "ip", "cni_hostport")
+    return live1
+
+
+def _repair_racing(node: str, tmp_path: Path, cid: str, conf: dict):
+    """check --repair of the node, the plugin's ADD of `cid` landing just before its
+    first write; the repair's result."""
+
+    def added() -> None:
+        upstream.run(V191, "ADD", node, cid, conf, check=True)
+
+    options = NodeOptions(families=(4,), netns=node, cache_dirs=(str(tmp_path),))
+    with netns.entered(node):
+        racing = ApplyRacingNft(_nft_access(options), added)
+        result = repair(Node(options, _iptables_access(options), racing), flush_udp=False)
+    assert racing.race is None  # (it ran)
+    return result
+
+
 def test_a_table_the_plugin_makes_again_during_a_repair_gets_one_entry(
     node: str, tmp_path: Path
 ) -> None:
@@ -177,23 +202,30 @@ def test_a_table_the_plugin_makes_again_during_a_repair_gets_one_entry(
     `fib daddr type local jump hostports_all` to the plugin's in prerouting and output
     (helper-137's soak: 2-6 of 60 rounds). It flushes the base chains it writes the
     entry into, as the plugin's ADD does, found there or not."""
-    live1 = _add(node, tmp_path, "live1", "10.88.0.11/16", 8080)
-    # An entry written as the repair begins is one it leaves alone (_CacheAgain).
-    old = time.time() - 60
-    os.utime(tmp_path / "results" / "podman-live1-eth0", (old, old))
-    upstream.nft(node, "delete", "table", "ip", "cni_hostport")
+    live1 = _live1_then_table_deleted(node, tmp_path)
     ports = [rp.port_mapping(8090, 80)]
     newcomer = upstream.nft_conf("podman", ["10.88.0.30/16"], ports)
-
-    def added() -> None:
-        upstream.run(V191, "ADD", node, "newcomer", newcomer, check=True)
-
-    options = NodeOptions(families=(4,), netns=node, cache_dirs=(str(tmp_path),))
-    with netns.entered(node):
-        racing = ApplyRacingNft(_nft_access(options), added)
-        result = repair(Node(options, _iptables_access(options), racing), flush_udp=False)
-    assert racing.race is None and result.repaired
+    result = _repair_racing(node, tmp_path, "newcomer", newcomer)
+    assert result.repaired
     ruleset = upstream.ruleset_text(node)
     assert ruleset.count("fib daddr type local jump hostports_all") == 2, ruleset  # (two chains)
     for cid, conf in (("live1", live1), ("newcomer", newcomer)):
         upstream.run(V191, "CHECK", node, cid, conf, check=True)
+
+
+def test_a_cached_container_the_plugin_adds_again_during_a_repair_is_not_doubled(
+    node: str, tmp_path: Path
+) -> None:
+    """`nft delete table ip cni_hostport`, then the plugin's ADD of the cached container
+    itself lands between the repair's read (no table) and its write: the repair added
+    the container's rules beside the plugin's, each twice, and check called that healthy
+    (helper-141). The table and chains the read found missing are made with `create`:
+    the try is refused whole and planned again from a read that has them."""
+    live1 = _live1_then_table_deleted(node, tmp_path)
+    result = _repair_racing(node, tmp_path, "live1", live1)
+    assert not result.problems  # (and nothing left to do: the plugin's ADD did it)
+    ruleset = upstream.ruleset_text(node)
+    assert ruleset.count("dnat to 10.88.0.11:80") == 1, ruleset
+    assert ruleset.count("ip saddr 127.0.0.1 ip daddr 10.88.0.11 masquerade") == 1, ruleset
+    assert ruleset.count("fib daddr type local jump hostports_all") == 2, ruleset
+    upstream.run(V191, "CHECK", node, "live1", live1, check=True)

@@ -161,6 +161,15 @@ def test_deleting_the_same_handle_twice(pair: Pair) -> None:
         (lambda t: t.add_chain(4, "prerouting"), None),  # existing base chain, no spec: no-op
         (lambda t: t.add_chain(4, "prerouting", BaseHook("nat", "prerouting", -100)), None),
         (lambda t: t.add_table(4), None),
+        # check --repair's create: refused where it exists; made where it does not.
+        (lambda t: t.add_table(4, create=True), "File exists"),
+        (lambda t: t.add_chain(4, "hostports", create=True), "File exists"),
+        (
+            lambda t: t.add_chain(4, "prerouting", BaseHook("nat", "prerouting", -100), True),
+            "File exists",
+        ),
+        (lambda t: t.add_chain(4, "newchain", create=True), None),
+        (lambda t: t.add_table(6, create=True), None),
     ],
 )
 def test_failures_and_no_ops(pair: Pair, build, reason) -> None:

@@ -151,12 +151,16 @@ class MemoryNft:
             if table is None:
                 tables[op.family] = _Table(op.family, next_table)
                 next_table += 1
+            elif op.create:
+                raise _Failed(op, EEXIST)
             return next_table
         if table is None:
             raise _Failed(op, ENOENT)
         assert op.chain is not None
         chain = table.chains.get(op.chain)
         if op.kind is OpKind.ADD_CHAIN:
+            if chain is not None and op.create:
+                raise _Failed(op, EEXIST)
             if chain is None:
                 policy = None if op.base is None else "accept"
                 table.chains[op.chain] = _Chain(op.chain, table.allocate(), op.base, [], policy)

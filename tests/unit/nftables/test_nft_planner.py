@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import nftcases
 import pytest
@@ -78,9 +79,13 @@ def test_plugin_state_needs_no_setup(case: str) -> None:
 
 def test_setup_text_matches_the_plugins_add() -> None:
     """Same commands as FACTS' captured v1.9.1 ADD transaction, the flushes of the base
-    chains it creates included (what keeps a concurrent ADD's entry from being doubled)."""
+    chains it creates included (what keeps a concurrent ADD's entry from being doubled),
+    as add writes it (Entries.REWRITE). check --repair (KEEP) makes what it found missing
+    with `create` instead, refused when a plugin ADD made it meanwhile."""
     config = nftcases.config_of(nftcases.steps("v191-basic")[0])
-    text = planner.setup(ruleset.EMPTY, _wanted([config])).render()
+    text = planner.setup(ruleset.EMPTY, _wanted([config]), planner.Entries.REWRITE).render()
+    repair = planner.setup(ruleset.EMPTY, _wanted([config])).render()
+    assert repair == re.sub(r"^add (table|chain) ", r"create \1 ", text, flags=re.M)
     assert text.splitlines()[:18] == [
         'add table ip cni_hostport { comment "CNI portmap plugin" ; }',
         "add chain ip cni_hostport hostports",
