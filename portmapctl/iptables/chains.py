@@ -244,10 +244,6 @@ def wanted_chains(config: MappingConfig, family: int) -> List[Chain]:
     return chains
 
 
-# The nat table's built-in chains: iptables refuses a jump to one.
-BUILTIN_NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
-
-
 def is_portmap_chain(name: str) -> bool:
     """A chain of the plugin's: shared (CNI-HOSTPORT-*) or a container's (CNI-DN-/CNI-SN-)."""
     return name in SHARED_CHAINS or name.startswith((DNAT_PREFIX, SNAT_PREFIX))
@@ -259,6 +255,8 @@ def unusable_setmark_chain(name: Optional[str]) -> str:
     plugin's ADD fails on it), and a portmap chain is no mark chain: one DNATs or
     masquerades what it is sent (a jump back into CNI-HOSTPORT-DNAT loops, refused too;
     another container's CNI-DN- chain would DNAT this one's packets to it)."""
+    from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS
+
     if name is None or name == SETMARK:
         return ""
     if name in BUILTIN_NAT_CHAINS:

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 from portmapctl.iptables.chains import (
-    BUILTIN_NAT_CHAINS,
     DNAT_PREFIX,
     OLD_TOPLEVEL_SNAT,
     SHARED_CHAINS,
@@ -34,7 +33,7 @@ from portmapctl.iptables.chains import (
     is_plugin_chain,
     is_portmap_chain,
 )
-from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
+from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.transaction import Op, OpKind, Removal, Transaction
 
 if TYPE_CHECKING:

@@ -90,7 +90,7 @@ class Problem:
     detail: str
     backend: Backend = BACKEND
     rules: Tuple[str, ...] = ()  # the rules at issue, as `nft list` prints them
-    handles: Tuple[int, ...] = ()  # duplicate-entry: the extra copies, deleted by handle
+    handles: Tuple[int, ...] = ()  # duplicate-entry: the extra copies (a fix by hand)
 
 
 @dataclass(frozen=True)

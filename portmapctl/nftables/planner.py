@@ -194,7 +194,7 @@ def _host_ips_in_hostip(
 
 def hostports_all_ok(table: Optional[Table], copies_ok: bool = False) -> bool:
     """hostports_all is its two jumps, in order; `copies_ok`: later copies of them aside
-    (check reports those as duplicate-entry, and its repair deletes them by handle)."""
+    (check reports those as duplicate-entry, and its repair writes the chain again)."""
     bodies = _bodies(table, HOSTPORTS_ALL)
     return tuple(dict.fromkeys(bodies) if copies_ok else bodies) == HOSTPORTS_ALL_RULES
 

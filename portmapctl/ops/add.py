@@ -203,13 +203,8 @@ def add(
                 txn = node.converge_judged(family, plan, notes, dry_run, killed.get(family))
             else:
                 blind.append(family)
-        except ApplyFailed as err:
-            raise ApplyFailed(
-                f"IPv{family}: {err}" + _applied(families, transactions, written),
-                maybe_applied=err.maybe_applied,
-            ) from None
-        except ToolTimedOut as err:
-            raise ToolTimedOut(
+        except (ApplyFailed, ToolTimedOut) as err:
+            raise type(err)(
                 f"IPv{family}: {err}" + _applied(families, transactions, written),
                 maybe_applied=err.maybe_applied,
             ) from None

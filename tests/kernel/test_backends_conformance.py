@@ -464,8 +464,9 @@ def test_a_failed_transaction_changes_nothing(backend):
 
 @pytest.mark.netns
 def test_a_check_in_a_transaction_holds_it_to_what_is_there(backend):
-    """check --repair's dedupe: PREROUTING's jump twice, one copy deleted then `-C` of
-    it goes in; every copy deleted then `-C` is refused whole, the table as it was."""
+    """`-C` alike through every backend: PREROUTING's jump twice, one copy deleted then
+    `-C` of it goes in; every copy deleted then `-C` is refused whole, the table as it
+    was. Then check --repair's dedupe of copies apart: the first keeps its place."""
     mode = MODE[backend]
     ns = rp.create_netns("pmt-conf")
     jump = ("-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT")

@@ -12,7 +12,7 @@ import os
 from typing import TYPE_CHECKING, Dict, Optional, Protocol
 
 from portmapctl.core.backend import Flavour
-from portmapctl.errors import BadInput, HostProblem, ToolTimedOut
+from portmapctl.errors import BadInput, HostProblem
 
 if TYPE_CHECKING:
     # (Not imported to run: add's early dump imports this package first, and the
@@ -67,10 +67,9 @@ def tool_flavour(path: str) -> Flavour:
         raise HostProblem(f"cannot run {path}: {err.strerror}") from None
     except subprocess.TimeoutExpired:
         # (It was an uncaught timeout: "internal error", exit 1.)
-        raise ToolTimedOut(
-            f"{path} --version did not answer within {timeout:g} s and was stopped"
-            " (is the xtables lock or the kernel stuck?)"
-        ) from None
+        from portmapctl.iptables.access.restore import _timed_out
+
+        raise _timed_out(f"{path} --version") from None
     return Flavour.NFT if "nf_tables" in version else Flavour.LEGACY
 
 

@@ -99,7 +99,7 @@ def nft_mapping_rivals(
         node,
         config,
         _Sides(tables, live, ports),
-        mine=lambda p: p.container_id == cid and (p.chain or "").startswith("nft:"),
+        mine=lambda p: p.container_id == cid and p.in_nftables,
         keep_iptables=lambda r: True,
         keep_nft=lambda r: r.container_id == cid,
     )

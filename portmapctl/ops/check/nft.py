@@ -179,7 +179,10 @@ def nft_problems(
         return NftCheck([], nft_ids, 0, [], None, nft_keys=_keys(parts.nftables))
     problems = [
         # (With no CNI cache, --repair leaves nftables alone: nft_repair.)
-        _problem(p, "" if attachments is None and p.handles else fixes.repair)
+        _problem(
+            p,
+            "" if attachments is None and p.kind is ProblemKind.DUPLICATE_ENTRY else fixes.repair,
+        )
         for p in found.problems
         if not node.options.families or p.family in node.options.families
     ]

@@ -144,7 +144,8 @@ def nft_repair(
     dedupe: bool = False,
 ) -> NftRepaired:
     """One `nft -f` transaction adding what nft-backed cached containers lack, and
-    (`dedupe`: check found some) deleting the entry chains' extra copies of a jump.
+    leaving each jump of an entry chain once (planner.repair's dedupe; `dedupe`: check
+    found copies, so it runs with no nft-backed container cached too).
     `planned`: gets each transaction planned, with its configs, as it is tried (what
     a SIGTERM during the write may have put in: nft_changed says what it changed)."""
     if node.nft is None or attachments is None:

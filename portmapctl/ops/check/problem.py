@@ -47,6 +47,12 @@ class Problem:
     rules: Tuple[str, ...] = ()
 
     @property
+    def in_nftables(self) -> bool:
+        """A problem of a chain or rules in the plugin's nftables tables (its chain is
+        spelled `nft:CHAIN`)."""
+        return (self.chain or "").startswith("nft:")
+
+    @property
     def key(self) -> Tuple[str, Optional[int], Optional[str], Optional[str], Optional[str]]:
         """Identity across two checks (details carry counts that change)."""
         return (self.kind, self.family, self.chain, self.network, self.container_id)

@@ -451,8 +451,7 @@ def repair(
         nft_changed: List[Tuple[MappingConfig, List[int]]] = []
         nft_notes: Tuple[str, ...] = ()
         nft_copies = any(
-            p.kind == ProblemKind.DUPLICATE_ENTRY and (p.chain or "").startswith("nft:")
-            for p in before.problems
+            p.kind == ProblemKind.DUPLICATE_ENTRY and p.in_nftables for p in before.problems
         )
         if nft_ids or nft_copies:
             text, nft_changed, attachments, nft_left, nft_notes = nft_repair.nft_repair(

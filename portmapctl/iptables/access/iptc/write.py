@@ -65,8 +65,9 @@ class Writer(Session):
             ):
                 raise ValueError(f"no rule {op.args[0]} in chain {op.chain}: {table.strerror()}")
         elif op.kind is OpKind.CHECK:
-            # check --repair's dedupe (planner._dedupe) asks that a copy is left; add
-            # never plans -C lines for this backend (its `checks` is false).
+            # Every backend applies every op kind alike (tests/kernel/
+            # test_backends_conformance.py); add plans no -C lines for this one (its
+            # `checks` is false).
             rule = self.build(op.args)
             if not self._check_entry(op.chain, rule):
                 raise ValueError(f"no such rule in chain {op.chain}: {_op_text(op)}")
