@@ -235,7 +235,13 @@ def read_entries(
         return found
     # Judged once all are read: whether a directory shows the runtime's namespaces
     # depends on what every entry names.
-    judge = NamespaceMemo(namespaces, frozenset(a.netns for a in found if a.netns))
+    return judge_namespaces(found, namespaces)
+
+
+def judge_namespaces(found: Sequence[Attachment], view: NamespaceView) -> List[Attachment]:
+    """`found` with each entry's netns_state as `view` judges it (the same namespace
+    asked once)."""
+    judge = NamespaceMemo(view, frozenset(a.netns for a in found if a.netns))
     return [replace(a, netns_state=judge.state(a.netns, a.path)) for a in found]
 
 

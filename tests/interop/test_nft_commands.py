@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -960,6 +961,27 @@ def test_gc_backend_nftables_netns_liveness_removes_the_zombies_rules(
     assert done.returncode == 0, done.stdout + done.stderr
     removed = json.loads(done.stdout)["removed"]
     assert {(c["container_id"], c["network"]) for c in removed} == {("zomb1", "podman")}
+    assert _rules_of(node, "zomb1") == []
+    upstream.run(V191, "CHECK", node, "ok1", ok1, check=True)
+
+
+def test_a_plain_gc_between_netns_liveness_runs_keeps_an_nft_zombies_clock(
+    node: str, tmp_path: Path
+) -> None:
+    """As for an iptables chain: a plain gc (the zombie counts as live) between two
+    --netns-liveness runs does not start the zombie's --min-age clock again."""
+    ok1 = _zombie_node(node, tmp_path)
+
+    def gc(*args: str) -> dict:
+        done = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "3s", *args, "-o", "json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(done.stdout)
+
+    assert {c["container_id"] for c in gc("--netns-liveness")["pending"]} == {"zomb1"}
+    time.sleep(1.5)
+    assert gc()["removed"] == []
+    time.sleep(1.7)
+    assert {c["container_id"] for c in gc("--netns-liveness")["removed"]} == {"zomb1"}
     assert _rules_of(node, "zomb1") == []
     upstream.run(V191, "CHECK", node, "ok1", ok1, check=True)
 

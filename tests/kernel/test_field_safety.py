@@ -192,6 +192,41 @@ def test_gc_counts_zombies_as_live_unless_netns_liveness(lab: Lab):
     lab.plugin_check("mynet", "keep")
 
 
+def test_a_plain_gc_between_netns_liveness_runs_keeps_the_zombies_clock(lab: Lab):
+    """A cron's plain gc (a zombie counts as live) between two `gc --netns-liveness`
+    runs: the zombie's --min-age clock goes on. Before, each plain run forgot the
+    sighting, the second run found the chain 0 s old again, and with a plain gc more
+    often than --min-age the zombie was never removed."""
+    _zombie_lab(lab)
+    before = lab.rules()
+    doc = lab.json("gc", "--yes", "--min-age", "3s", "--netns-liveness")
+    assert doc["removed"] == [] and [c["container_id"] for c in doc["pending"]] == ["gone"]
+    time.sleep(1.5)
+    assert lab.json("gc", "--yes", "--min-age", "3s")["removed"] == []
+    time.sleep(1.7)
+    doc = lab.json("gc", "--yes", "--min-age", "3s", "--netns-liveness")
+    assert [c["container_id"] for c in doc["removed"]] == ["gone"]
+    assert set(before) - set(lab.rules()) == set(chain_lines(before, chain_name("mynet", "gone")))
+    lab.plugin_check("mynet", "keep")
+
+
+def test_a_plain_gc_forgets_a_sighting_once_the_container_is_live_again(lab: Lab):
+    """The clock kept is only a zombie's: once its namespace is there again (a live
+    container), a plain run forgets the sighting as before, and the next
+    --netns-liveness run that finds it gone starts from 0 s."""
+    gone_ns = _zombie_lab(lab)
+    lab.json("gc", "--yes", "--min-age", "3s", "--netns-liveness")
+    name = os.path.basename(gone_ns)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        time.sleep(3.2)
+        assert lab.json("gc", "--yes", "--min-age", "3s")["removed"] == []
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=True)
+    doc = lab.json("gc", "--yes", "--min-age", "3s", "--netns-liveness")
+    assert doc["removed"] == [] and [c["container_id"] for c in doc["pending"]] == ["gone"]
+
+
 def test_netns_liveness_is_refused_where_the_namespaces_are_not_visible(lab: Lab, tmp_path):
     """As in a container without the host's /run/netns (a mount namespace of its own):
     an empty namespaces directory would make every entry look like a zombie. Exit 3

@@ -18,7 +18,7 @@ from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.shapes import ProtoPort
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops.gc import state as gc_state
-from portmapctl.ops.gc.liveness import AnyChain, Liveness
+from portmapctl.ops.gc.liveness import AnyChain, Liveness, ZombieHold
 from portmapctl.ops.gc.result import GcChain
 from portmapctl.ops.gc.state import ChainKey
 
@@ -73,12 +73,14 @@ def plan_family(
     only: Optional[FrozenSet[Tuple[int, str]]] = None,
     hold: FrozenSet[str] = frozenset(),
     by_number: bool = True,
+    zombies: Optional[ZombieHold] = None,
 ) -> FamilyPlan:
     """What gc does to one family's table. Pure: the caller reads and applies.
 
     `seen` is the state file's memory; `only` (confirmed at a prompt) limits what
     may go now; a chain that DNATs to an address in `hold` (a container with that
-    address is being added) stays pending, its clock running.
+    address is being added) stays pending, its clock running; a chain kept only
+    because `zombies` are counted live keeps its sighting as it was (ZombieHold).
     """
     family = table.family
     chains = chain_facts(table)
@@ -88,13 +90,20 @@ def plan_family(
     pending: List[GcChain] = []
     new_seen: Dict[ChainKey, gc_state.Seen] = {}
     kept = 0
+    strict_derived: Optional[FrozenSet[str]] = None
     for chain in chains:
         if not is_plugin_chain(chain.name):
             continue  # not the plugin's name: never ours to remove (inventory skips them)
+        key = ChainKey(family, chain.name)
         if live.is_live(chain, derived) or not live.in_scope(chain):
             kept += 1
+            if zombies is not None and key in seen:
+                strict = zombies.strict()
+                if strict_derived is None:
+                    strict_derived = strict.derived_chains(chains)
+                if strict.in_scope(chain) and not strict.is_live(chain, strict_derived):
+                    new_seen[key] = seen[key]
             continue
-        key = ChainKey(family, chain.name)
         mark = fingerprint(chain)
         before = seen.get(key)
         first = before.first_seen if before is not None and before.fingerprint == mark else now

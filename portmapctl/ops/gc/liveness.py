@@ -6,11 +6,11 @@ Pure but for reading a document file; plan.py plans with it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import FrozenSet, Optional, Sequence, Set, Tuple, Union
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, FrozenSet, List, Optional, Sequence, Set, Tuple, Union
 
 from portmapctl.cni import config as cni_config
-from portmapctl.cni.cache import Attachment, cache_present, results_dir
+from portmapctl.cni.cache import Attachment, cache_present, judge_namespaces, results_dir
 from portmapctl.core import validate
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.host import files
@@ -19,6 +19,9 @@ from portmapctl.iptables.chain_facts import ChainFacts
 from portmapctl.iptables.chains import chain_name
 from portmapctl.iptables.inventory import ChainInfo
 from portmapctl.iptables.shapes import paired_snat_chain
+
+if TYPE_CHECKING:
+    from portmapctl.host.netns import NamespaceView
 
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
 # gc plans from ChainFacts; a ChainInfo (list, check) answers the same questions.
@@ -231,3 +234,53 @@ def liveness(sources: Sources, attachments: Optional[Sequence[Attachment]]) -> L
         None if everywhere else frozenset(scoped),
         frozenset(named),
     )
+
+
+class ZombieHold:
+    """Which of the chains a run without --netns-liveness keeps it keeps only because
+    a zombie's cache entry (its network namespace gone) names them.
+
+    Such a run counts a zombie as live, and a chain it keeps loses its --min-age
+    sighting. But a `gc --netns-liveness` run started that sighting: with a cron's
+    plain `gc` between two of them, the clock started again every time and the zombie
+    never became removable (the fix `check` prints stayed "pending"). A plain run
+    keeps such a sighting as it was; it starts none. The namespaces are judged only
+    when asked, which is only for a kept chain that has a sighting: a stat or two per
+    cache entry, once."""
+
+    def __init__(
+        self, sources: Sources, attachments: Sequence[Attachment], view: NamespaceView
+    ) -> None:
+        self._sources = replace(sources, netns_liveness=True)
+        self._attachments = attachments
+        self._view = view
+        self._judged: Optional[List[Attachment]] = None
+        self._strict: Optional[Liveness] = None
+
+    def judged(self) -> List[Attachment]:
+        """The cache entries with their namespaces judged."""
+        if self._judged is None:
+            self._judged = judge_namespaces(self._attachments, self._view)
+        return self._judged
+
+    def strict(self) -> Liveness:
+        """What the sources say with zombies not live (as --netns-liveness has it)."""
+        if self._strict is None:
+            self._strict = liveness(self._sources, self.judged())
+        return self._strict
+
+    @property
+    def sources(self) -> Sources:
+        return self._sources
+
+
+def zombie_hold(
+    sources: Sources,
+    attachments: Optional[Sequence[Attachment]],
+    view: Optional[NamespaceView],
+) -> Optional[ZombieHold]:
+    """A ZombieHold for a run that counts zombies as live and can judge namespaces
+    (a live node's cache); None otherwise."""
+    if sources.netns_liveness or not attachments or view is None:
+        return None
+    return ZombieHold(sources, attachments, view)

@@ -5,14 +5,31 @@ call `plan_nft` and `apply_nft`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.status import ChainKind
 from portmapctl.errors import ApplyFailed, PortmapctlError
 from portmapctl.ops.gc import state as gc_state
-from portmapctl.ops.gc.liveness import Sources, empty_cache_refusal, says_nothing
+from portmapctl.ops.gc.liveness import (
+    Sources,
+    ZombieHold,
+    empty_cache_refusal,
+    says_nothing,
+    zombie_hold,
+)
 from portmapctl.ops.gc.plan import GcOptions, read_cache_while_planning
 from portmapctl.ops.gc.result import GcChain
 from portmapctl.ops.gc.state import NFT_PREFIX, ChainKey
@@ -81,9 +98,12 @@ def plan_nft(
     seen: Mapping[ChainKey, gc_state.Seen],
     families: Sequence[int],
     cache_dirs: Sequence[str] = (),
+    zombies: Optional[ZombieHold] = None,
 ) -> NftPlan:
     """What gc does to the nftables tables. Pure: the caller reads and applies.
-    `cache_dirs`: where `attachments` were read (named when they are none)."""
+    `cache_dirs`: where `attachments` were read (named when they are none);
+    `zombies`: a container kept only because they count as live keeps its sightings
+    as they were (liveness.ZombieHold)."""
     from portmapctl.nftables.node import dead_containers, is_plugin_rule
     from portmapctl.nftables.ruleset import CONTAINER_CHAINS
     from portmapctl.nftables.transaction import Transaction as NftTransaction
@@ -145,6 +165,8 @@ def plan_nft(
                 gone_udp.setdefault(family, set()).update(n for p, n in ports if p == "udp")
             else:
                 pending.append(item)
+    if zombies is not None:
+        new_seen.update(_held_by_zombies(live_rules, seen, families, is_live, zombies))
     # UDP ports another rule still maps are not freed.
     still = nft_udp_ports(live_rules, {(op.family, op.handle or 0) for op in txn.ops})
     freed = {f: ports - still.get(f, set()) for f, ports in gone_udp.items()}
@@ -169,6 +191,38 @@ def plan_nft(
         {f: p for f, p in remapped.items() if p},
         still,
     )
+
+
+def _held_by_zombies(
+    live_rules: Ruleset,
+    seen: Mapping[ChainKey, gc_state.Seen],
+    families: Sequence[int],
+    is_live: Callable[[str], bool],
+    zombies: ZombieHold,
+) -> Dict[ChainKey, gc_state.Seen]:
+    """The sightings of the containers with rules here that only a zombie's cache
+    entry keeps (judged only when a kept container has a sighting)."""
+    from portmapctl.nftables.ruleset import CONTAINER_CHAINS
+
+    kept = {
+        nft_key(family, rule.comment)
+        for family, table in live_rules.tables.items()
+        if family in families
+        for chain in CONTAINER_CHAINS
+        for rule in table.rules_of(chain)
+        if rule.comment and is_live(rule.comment)
+    }
+    sighted = [key for key in kept if key in seen]
+    if not sighted:
+        return {}
+    strict_ids = _nft_live_ids(zombies.sources, zombies.judged())
+    keep = zombies.sources.keep
+    return {
+        key: seen[key]
+        for key in sighted
+        if (cid := key.chain[len(NFT_PREFIX) :]) not in strict_ids
+        and not any(cid.startswith(k) for k in keep)
+    }
 
 
 def _chain_of(rules: Sequence[Rule]) -> str:
@@ -196,8 +250,11 @@ def apply_nft(
 
     def replan(live_rules: Ruleset) -> NftTransaction:
         attachments = read_cache_while_planning(node, cache_dirs, warnings) if cache_dirs else None
+        zombies = zombie_hold(sources, attachments, node.namespace_view())
         applied.append(
-            plan_nft(live_rules, attachments, sources, options, seen, node.families, cache_dirs)
+            plan_nft(
+                live_rules, attachments, sources, options, seen, node.families, cache_dirs, zombies
+            )
         )
         return applied[-1].transaction
 

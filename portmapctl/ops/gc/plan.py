@@ -46,11 +46,13 @@ from portmapctl.ops.gc.family import FamilyPlan, plan_family
 from portmapctl.ops.gc.liveness import (
     Liveness,
     Sources,
+    ZombieHold,
     empty_cache_refusal,
     liveness,
     require_namespaces,
     require_source,
     says_nothing,
+    zombie_hold,
 )
 from portmapctl.ops.gc.state import ChainKey
 from portmapctl.ops.node import APPLY_TRIES, Node, side_by_side
@@ -227,16 +229,19 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         nft_rules = None
         remembered.update({key: value for key, value in seen.items() if key.nft})
     live = liveness(sources, attachments)  # the same for every family
+    zombies = zombie_hold(sources, attachments, view)
 
     nft = None
     if nft_rules is not None:
         # Before any family is planned (and one applied ahead): a refusal (an empty
         # cache) comes before anything is changed.
-        nft = gc_nft.plan_nft(nft_rules, attachments, sources, options, seen, families, cache_dirs)
+        nft = gc_nft.plan_nft(
+            nft_rules, attachments, sources, options, seen, families, cache_dirs, zombies
+        )
     planning = Planning(sources, options, seen, view, cache_dirs, warnings)
 
     def plan(family: int) -> FamilyPlan:
-        return _plan_table(tables[family], attachments, planning, True, live)
+        return _plan_table(tables[family], attachments, planning, True, live, zombies)
 
     planned: Dict[int, FamilyPlan] = {}
     applied: Dict[int, Applied] = {}
@@ -310,9 +315,10 @@ def _plan_table(
     planning: Planning,
     by_number: bool,
     live: Optional[Liveness] = None,
+    zombies: Optional[ZombieHold] = None,
 ) -> FamilyPlan:
     """plan_family with what the sources say; `attachments` read after `table`
-    (`live`: what they say, when the caller has merged them already)."""
+    (`live`, `zombies`: what they say, when the caller has merged them already)."""
     sources, options, warnings = planning.sources, planning.options, planning.warnings
     if says_nothing(sources, attachments) and plugin_rules.per_container_chains(table):
         raise empty_cache_refusal(
@@ -330,6 +336,7 @@ def _plan_table(
         options.only,
         hold=addresses,
         by_number=by_number,
+        zombies=zombies or zombie_hold(sources, attachments, planning.view),
     )
     if addresses and any(c.seen_seconds >= options.min_age for c in found.pending):
         warning = (
