@@ -394,7 +394,13 @@ class _Display:
         if self._counted:  # 20 wide: the whole line fits 80 columns
             columns += [BarColumn(bar_width=20), MofNCompleteColumn()]
         columns.append(TimeElapsedColumn())
-        shown = Progress(*columns, console=self._console(), transient=True)
+        console = self._console()
+        # A line written to stderr while the bar shows (a warning, the lock's "waiting
+        # for ... held by PID N") goes through rich's redirect and this console's
+        # print: soft_wrap keeps it one line, as warn() writes it (its wrap is the
+        # terminal's; a command it names pastes whole).
+        console.soft_wrap = True
+        shown = Progress(*columns, console=console, transient=True)
         done, total = self._counts if self._counts is not None else (0, None)
         shown.add_task(self._description, total=total, completed=done)
         shown.start()

@@ -218,3 +218,40 @@ def test_no_progress_bar_off_a_terminal(capsys):
     with Output().progress("deleting things", after=0.0) as progress:
         assert progress is None
     assert capsys.readouterr().err == ""
+
+
+LINE_DURING_BAR = """
+import sys, time
+from portmapctl.cli._common import Output
+with Output().progress("looking for chains to remove", after=0.0):
+    time.sleep(0.3)
+    Output().warn(sys.argv[1])
+    time.sleep(0.3)
+"""
+
+
+def test_a_line_written_while_the_bar_shows_stays_one_line():
+    """A warning (or the lock's "waiting for ... held by PID N" line) written while the
+    bar is on screen passes through rich's stderr redirect: it must not be word-wrapped
+    at the terminal's width, as warnings are one line on a terminal too
+    (docs/commands/README.md: a command a warning names pastes whole)."""
+    long_line = "see them with `portmapctl list " + "--cni-cache-dir /x " * 5 + "--iptables legacy`"
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LINE_DURING_BAR, long_line],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env=env,
+        cwd=ROOT,
+    )
+    os.close(slave)
+    shown = b""
+    while proc.poll() is None:
+        shown += _drain(master, 0.1)
+    shown += _drain(master, 0.1)
+    os.close(master)
+    lines = shown.decode(errors="replace").replace("\r", "\n").splitlines()
+    assert any(line.endswith(f"portmapctl: warning: {long_line}") for line in lines), lines
