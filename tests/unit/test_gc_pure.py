@@ -616,3 +616,26 @@ def test_the_summary_says_what_was_removed_as_it_is(removed, shared, words) -> N
     from portmapctl.render.gc import removal_text
 
     assert removal_text(chains, shared) == words
+
+
+def test_a_zombie_s_orphan_chain_is_named_by_its_cache_entry():
+    """--netns-liveness removes a zombie's chain; when nothing enters it (a firewall
+    reload flushed CNI-HOSTPORT-DNAT) no comment names it, but the zombie's cache entry
+    does, by the chain's name: gc's row (and JSON) say whose it is, as list's do,
+    not `no known container` with the chain's name in CONTAINER (which --keep refuses)."""
+    from portmapctl.cni.cache import Attachment
+    from portmapctl.host.netns import NetnsState
+
+    tbl = table("three-containers", 4)
+    names = _chain_names(tbl)
+    text = "".join(
+        line + "\n"
+        for line in save_text("three-containers", 4).splitlines()
+        if not (line.startswith("-A CNI-HOSTPORT-DNAT") and names["ctr1"] in line)
+    )
+    orphaned = parse_save(text, 4)
+    zombie = Attachment("mynet", "ctr1", "eth0", "/x", None, "/gone", netns_state=NetnsState.GONE)
+    plan = _plan(orphaned, liveness(Sources(keep=("ctr2", "ctr3"), netns_liveness=True), [zombie]))
+    assert [(c.chain, c.network, c.container_id) for c in plan.removed] == [
+        (names["ctr1"], "mynet", "ctr1")
+    ]

@@ -52,13 +52,16 @@ def fingerprint(chain: AnyChain) -> str:
     return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
-def _gc_chain(chain: ChainFacts, ports: Tuple[ProtoPort, ...], seen_seconds: float) -> GcChain:
+def _gc_chain(
+    chain: ChainFacts, ports: Tuple[ProtoPort, ...], seen_seconds: float, live: Liveness
+) -> GcChain:
+    network, container_id = live.owner(chain)
     return GcChain(
         chain.name,
         chain.family,
         chain.kind,
-        chain.network,
-        chain.container_id,
+        network,
+        container_id,
         ports,
         round(max(seen_seconds, 0.0), 1),
     )
@@ -113,7 +116,7 @@ def plan_family(
         if now - first >= min_age and allowed and not held:
             removable.append(chain)
         else:
-            pending.append(_gc_chain(chain, ports[chain.name], now - first))
+            pending.append(_gc_chain(chain, ports[chain.name], now - first, live))
     entering: Dict[str, List[int]] = {}
     for chain in removable:
         for entry in chain.entries:
@@ -137,7 +140,7 @@ def plan_family(
     return FamilyPlan(
         family,
         tuple(
-            _gc_chain(c, ports[c.name], now - new_seen[ChainKey(family, c.name)].first_seen)
+            _gc_chain(c, ports[c.name], now - new_seen[ChainKey(family, c.name)].first_seen, live)
             for c in removable
         ),
         tuple(pending),

@@ -6,8 +6,19 @@ Pure but for reading a document file; plan.py plans with it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, FrozenSet, List, Optional, Sequence, Set, Tuple, Union
+from dataclasses import dataclass, field, replace
+from typing import (
+    TYPE_CHECKING,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 from portmapctl.cni import config as cni_config
 from portmapctl.cni.cache import Attachment, cache_present, judge_namespaces, results_dir
@@ -147,6 +158,17 @@ class Liveness:
     scope: Optional[FrozenSet[str]] = None  # None: the sources speak for every network
     # (network, container ID) pairs whose chain names `chains` holds already.
     named: FrozenSet[Tuple[str, str]] = frozenset()
+    # Chain name -> (network, container ID) of a cache entry that makes nothing live
+    # (a zombie's, with --netns-liveness): whose a chain is that no comment names (an
+    # orphan), for gc's rows, as list names it.
+    owners: Mapping[str, Tuple[str, str]] = field(default_factory=dict)
+
+    def owner(self, chain: AnyChain) -> Tuple[Optional[str], Optional[str]]:
+        """(network, container ID) of `chain`: its entry comments', else a zombie
+        cache entry's of that chain name."""
+        if chain.network is not None or chain.container_id is not None:
+            return chain.network, chain.container_id
+        return self.owners.get(chain.name, (None, None))
 
     def derived_chains(self, chains: Sequence[AnyChain]) -> FrozenSet[str]:
         """Chain names that (network seen, live ID) pairs give: match by name first.
@@ -200,9 +222,14 @@ def liveness(sources: Sources, attachments: Optional[Sequence[Attachment]]) -> L
     networks: Set[str] = set()
     scoped: Set[str] = set()
     named: Set[Tuple[str, str]] = set()
+    owners: Dict[str, Tuple[str, str]] = {}
     for attachment in attachments or ():
         networks.add(attachment.network)
         if sources.netns_liveness and attachment.zombie:
+            if attachment.problem is None:
+                dnat = attachment.dnat_chain
+                for name in (dnat, paired_snat_chain(dnat)):
+                    owners[name] = (attachment.network, attachment.container_id)
             continue
         if (attachment.network, attachment.container_id) not in named:
             named.add((attachment.network, attachment.container_id))
@@ -233,6 +260,7 @@ def liveness(sources: Sources, attachments: Optional[Sequence[Attachment]]) -> L
         frozenset(networks),
         None if everywhere else frozenset(scoped),
         frozenset(named),
+        owners,
     )
 
 
