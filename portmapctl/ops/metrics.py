@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -404,6 +405,9 @@ def write(report: MetricsReport, path: str) -> Optional[str]:
     shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
     if path == "-":  # stdout holds the command's result: not a place for metrics
         return "could not write the metrics file -: give a file path (stdout is for results)"
+    refusal = _not_replaceable(path)
+    if refusal is not None:
+        return f"could not write the metrics file {shown}: {refusal}"
     try:
         from prometheus_client import write_to_textfile
     except ImportError:  # a distribution's package without it: the command goes on
@@ -434,6 +438,28 @@ def write(report: MetricsReport, path: str) -> Optional[str]:
 
 
 _TEMPORARY = re.compile(r"\.[0-9]+\.[0-9]+")
+
+
+def _not_replaceable(path: str) -> Optional[str]:
+    """Why what is at `path` must not be replaced, or None (nothing there, a regular
+    file, or it cannot be looked at: the write then says why). rename(2) replaces
+    whatever the name holds: `--metrics-file /dev/null` (meant to turn metrics off) or
+    `/dev/stdout` (to see them) run as root put a regular file in place of the node's
+    device or symlink. A symlink is not followed either: the file is written where the
+    name is, or nowhere."""
+    try:
+        info = os.lstat(path)
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
+        return None
+    if stat.S_ISREG(info.st_mode):
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        what = "a symlink"
+    elif stat.S_ISDIR(info.st_mode):
+        what = "a directory"
+    else:
+        what = "a device, FIFO or socket"
+    return f"it is {what}, not a regular file: left as it is (give a .prom file's path)"
 
 
 # --- timing a run ------------------------------------------------------------------------

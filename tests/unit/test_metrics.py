@@ -265,6 +265,41 @@ def test_a_failed_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [path.name], "temporary file removed"
 
 
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "symlink-to-file"])
+def test_a_path_that_is_not_a_regular_file_is_never_replaced(tmp_path, kind):
+    """`--metrics-file /dev/null` (to turn metrics off) or `/dev/stdout` (to see them:
+    `-` is refused) as root replaced the node's device or symlink with a regular file:
+    rename(2) replaces whatever is at the path. Anything there but a regular file (a
+    device, FIFO, socket, symlink) is left as it is, with the one warning line."""
+    path = tmp_path / "portmapctl-gc.prom"
+    target = tmp_path / "elsewhere"
+    if kind == "fifo":  # as /dev/null would be, without root's mknod
+        os.mkfifo(path)
+    elif kind == "symlink":  # as /dev/stdout -> /proc/self/fd/1
+        path.symlink_to("/proc/self/fd/1")
+    else:
+        target.write_text("someone else's\n")
+        path.symlink_to(target)
+    before = os.lstat(path)
+    problem = metrics.write(report(), str(path))
+    assert problem is not None and "\n" not in problem and str(path) in problem
+    assert "not a regular file" in problem
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode), "left as it was"
+    if kind == "symlink-to-file":
+        assert target.read_text() == "someone else's\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [path.name] + ([target.name] if kind == "symlink-to-file" else [])
+    ), "no temporary file left"
+
+
+def test_a_regular_file_at_the_path_is_replaced_whole(tmp_path):
+    path = tmp_path / "portmapctl-gc.prom"
+    path.write_text("old\n")
+    assert metrics.write(report(), str(path)) is None
+    assert path.read_text() == metrics.render(report())
+
+
 def test_the_file_is_readable_by_the_collector_under_a_strict_umask(tmp_path):
     path = tmp_path / "portmapctl-gc.prom"
     old = os.umask(0o077)
