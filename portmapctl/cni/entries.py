@@ -32,20 +32,6 @@ def entry_paths(
     return found
 
 
-def shared_entry_paths(
-    cache_dirs: Union[str, Sequence[str]],
-    network: str,
-    container_id: str,
-    ifname: Optional[str],
-) -> List[str]:
-    """entry_paths when one may be of another interface than `ifname` (None: unknown),
-    whose ADD put its rules in the same chain (a Multus pod attached to one network
-    twice: net1, net2); else none (the cache need not be read for that)."""
-    paths = entry_paths(cache_dirs, network, container_id)
-    mine = f"-{ifname}" if ifname else None
-    return paths if any(mine is None or not p.endswith(mine) for p in paths) else []
-
-
 def longer_id(
     cache_dirs: Union[str, Sequence[str]], network: str, container_id: str
 ) -> Optional[str]:

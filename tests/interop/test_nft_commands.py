@@ -475,6 +475,40 @@ def test_check_one_mapping_and_repair_it(node: str, tmp_path: Path) -> None:
     assert "CNI-" not in rp.save(node, 4) + rp.save(node, 6)
 
 
+def test_one_port_of_a_cached_nft_container_is_repaired_beside_its_others(
+    node: str, tmp_path: Path
+) -> None:
+    """The check of one port of a cached container that maps more: its other ports
+    are live mappings, not `extra-rules`, and --repair never deletes them (SPEC §3;
+    before, it deleted them by handle). v1.9.1's CHECK with that one port passes."""
+    conf = _plugin_add(node, tmp_path, WEB)
+    cid, ips, ports = WEB
+    one = upstream.nft_conf("podman", ips, ports[:1])
+    upstream.run(V191, "CHECK", node, cid, one, check=True)
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(one))
+    args = ["check", "--container", cid, "--cni-config", str(path), "-o", "json"]
+    before = _rules_of(node, cid)
+    done = _pmctl(node, tmp_path, *args)
+    assert done.returncode == 0 and json.loads(done.stdout)["problems"] == [], done.stdout
+    done = _pmctl(node, tmp_path, *args, "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _rules_of(node, cid) == before
+    # Its own DNAT rules lost: put back, the UDP port's left as they are.
+    for rule in before:
+        if "8080" in json.dumps(rule["expr"]) and rule["chain"] == "hostports":
+            upstream.nft(node, "delete", "rule", rule["family"], "cni_hostport", rule["chain"],
+                         "handle", str(rule["handle"]))  # fmt: skip
+    done = _pmctl(node, tmp_path, *args, "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = _rules_of(node, cid)
+    assert sorted(json.dumps(r["expr"]) for r in after) == sorted(
+        json.dumps(r["expr"]) for r in before
+    )
+    upstream.run(V191, "CHECK", node, cid, conf, check=True)
+    assert _pmctl(node, tmp_path, "check").returncode == 0
+
+
 def test_gc_min_age_waits_and_counts_the_live(node: str, tmp_path: Path) -> None:
     """A dead nft-backed container is pending until seen unchanged for --min-age."""
     _plugin_add(node, tmp_path, WEB)

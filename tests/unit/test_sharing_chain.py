@@ -44,3 +44,20 @@ def test_without_the_interface_its_addresses_say_which_entry_it_is():
     assert sharing_chain(NET1, entries, "eth0") == (NET1, NET2)
     assert sharing_chain(NET1, entries) == (NET1, NET2)
     assert sharing_chain(NET1, [_entry("net1", NET1)]) == (NET1,)
+
+
+def test_the_interfaces_own_entry_with_the_addresses_given_stays_beside_it():
+    """One port of a container checked alone: its cached entry's other ports are live
+    mappings, wanted with it (the config given after them, as a later ADD appends)."""
+    both = MappingConfig(
+        network="macvlan-conf",
+        container_id="abc123",
+        addresses=(ipaddress.ip_interface("10.77.0.5/16"),),
+        ports=(PortMapping(8080, 80), PortMapping(5353, 53, "udp")),
+    )
+    assert sharing_chain(NET1, [_entry("eth0", both)], "eth0") == (both, NET1)
+    assert sharing_chain(NET1, [_entry("eth0", both)]) == (both, NET1)
+    assert sharing_chain(NET1, [_entry("net1", NET1), _entry("net2", NET2)], "net1") == (
+        NET1,
+        NET2,
+    )

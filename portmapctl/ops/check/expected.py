@@ -70,7 +70,13 @@ def sharing_chain(
     the same chain, in ADD order: `config` in place of the entry of `ifname` (none
     cached: of the entry with its addresses), else last (the newest ADD). One entry of
     another interface counts too: a second interface whose entry is not written yet
-    (libcni writes it after the whole ADD), or not cached, shares that one's chain."""
+    (libcni writes it after the whole ADD), or not cached, shares that one's chain.
+
+    An entry of `ifname` with the addresses given stays, `config` after it (as an ADD
+    of it would append the rules it lacks): its other ports are live mappings, not
+    extra (a check of one port of a container had --repair delete the others; SPEC §3:
+    it never deletes a live mapping). With other addresses, `config` is a new
+    incarnation of the interface (its entry read before its re-ADD) and stands in."""
     iptables = (
         a
         for a in attachments
@@ -83,8 +89,16 @@ def sharing_chain(
         if (a.mapping.address(4), a.mapping.address(6))  # type: ignore[union-attr]
         == (config.address(4), config.address(6))
     ]
-    found = [config if a in mine else a.mapping for a in group]
-    return tuple(dict.fromkeys([*found, config]))  # type: ignore[list-item]
+    addresses = (config.address(4), config.address(6))
+    found: List[MappingConfig] = []
+    for a in group:
+        if a not in mine:
+            found.append(a.mapping)  # type: ignore[arg-type]
+        elif (a.mapping.address(4), a.mapping.address(6)) == addresses:  # type: ignore[union-attr]
+            found += [a.mapping, config]  # type: ignore[list-item]
+        else:
+            found.append(config)
+    return tuple(dict.fromkeys([*found, config]))
 
 
 def joined_dnat_chain(configs: Sequence[MappingConfig], family: int) -> Optional[Chain]:

@@ -618,17 +618,27 @@ def other_networks(
     families: Tuple[int, ...],
     attachments: Optional[Sequence[Attachment]],
 ) -> List[WantedFamily]:
-    """What the plugin wrote for the container's nft-backed cache entries of other
-    networks: their rules carry the same comment (the container ID alone), so they are
-    the container's own, never extra, as the node check counts them."""
+    """What the plugin wrote for the container's other nft-backed cache entries: their
+    rules carry the same comment (the container ID alone), so they are the container's
+    own, never extra, as the node check counts them. Those of other networks, and its
+    entry on this network with the addresses given: its other ports are live mappings
+    (a check of one port of a container had --repair delete the others; SPEC §3: it
+    never deletes a live mapping), as expected.sharing_chain keeps them on iptables."""
     from portmapctl.nftables.wanted import wanted
 
     cid, network = config.container_id, config.network
+    # This network's entry with other addresses: `config` is a new incarnation of the
+    # interface (its entry read before its re-ADD), whose old rules are not wanted.
+    here = [a.mapping for a in attachments or ()
+            if (a.container_id, a.network) == (cid, network) and a.mapping is not None
+            and not a.zombie and a.mapping != config
+            and all(a.mapping.address(f) == config.address(f) for f in (4, 6))]  # fmt: skip
+    found = [w for c in here for f in families if (w := wanted(c, f)) is not None]
     if not any(a.container_id == cid and a.network != network for a in attachments or ()):
-        return []  # the common case: the cache is not split by backend for nothing
-    return [w for c in expected_configs(node, attachments or [])
-            if c.container_id == cid and c.network != network
-            for f in families if (w := wanted(c, f)) is not None]  # fmt: skip
+        return found  # the common case: the cache is not split by backend for nothing
+    return found + [w for c in expected_configs(node, attachments or [])
+                    if c.container_id == cid and c.network != network
+                    for f in families if (w := wanted(c, f)) is not None]  # fmt: skip
 
 
 def own_addresses(config: MappingConfig) -> Tuple[str, ...]:

@@ -392,11 +392,11 @@ def sharing_of(
 ) -> Tuple[MappingConfig, ...]:
     """expected.sharing_chain of `config` (given for interface `ifname`) by the
     container's cache entries on its network (a Multus pod attached to it twice: net1,
-    net2 fill one chain)."""
-    from portmapctl.cni.entries import shared_entry_paths
+    net2 fill one chain; the entry of `ifname` itself, whose other ports stay)."""
+    from portmapctl.cni.entries import entry_paths
 
     cache_dirs = node.options.cache_dirs
-    paths = shared_entry_paths(cache_dirs, config.network, config.container_id, ifname)
+    paths = entry_paths(cache_dirs, config.network, config.container_id)
     if not paths:
         return (config,)
     found = cni_cache.read_entries(paths, node.namespace_view())

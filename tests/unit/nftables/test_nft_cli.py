@@ -60,14 +60,25 @@ def test_repair_refused_offline() -> None:
     assert_error(done, 2, "--snapshot")
 
 
-def test_check_of_one_mapping_reports_its_containers_rules_it_does_not_make() -> None:
-    """a91c6e2f0d3b maps 8081 and 127.0.0.1:9443; checked as a mapping of 8081 alone, its
-    9443 rule is `nft-unclaimed-rules`: a port the config given has not, which the rule
-    (marked with the bare container ID) may be the container's on another network for,
-    so --repair leaves it (it was `extra-rules`, deleted); with both ports it is healthy."""
-    base = ["check", "--nft-snapshot", SNAP, "--cni-cache-dir", CACHE, "--backend", "nftables",
-            "--network", "podman", "--container", "a91c6e2f0d3b4f77api", "--ip", "10.88.0.6/16",
-            "--no-snat", "-p", "8081:80", "-o", "json"]  # fmt: skip
+def test_check_of_one_mapping_reports_its_containers_rules_it_does_not_make(
+    tmp_path: Path,
+) -> None:
+    """a91c6e2f0d3b maps 8081 and 127.0.0.1:9443; checked as a mapping of 8081 alone
+    with no cache entry of it, its 9443 rule is `nft-unclaimed-rules`: a port the
+    config given has not, which the rule (marked with the bare container ID) may be the
+    container's on another network for, so --repair leaves it (it was `extra-rules`,
+    deleted); with both ports it is healthy, and so it is with its cache entry, whose
+    9443 is a live mapping of its own (it was `nft-unclaimed-rules`)."""
+    empty = tmp_path / "cache"
+    (empty / "results").mkdir(parents=True)
+    given = ["--network", "podman", "--container", "a91c6e2f0d3b4f77api", "--ip",
+             "10.88.0.6/16", "--no-snat", "-p", "8081:80", "-o", "json"]  # fmt: skip
+    cached = ["check", "--nft-snapshot", SNAP, "--cni-cache-dir", CACHE, "--backend",
+              "nftables", *given]  # fmt: skip
+    done = run(cached)
+    assert done.returncode == 0, done.stdout + done.stderr
+    base = ["check", "--nft-snapshot", SNAP, "--cni-cache-dir", str(empty), "--backend",
+            "nftables", *given]  # fmt: skip
     done = run(base)
     assert done.returncode == 1, done.stdout + done.stderr
     [problem] = json.loads(done.stdout)["problems"]
