@@ -157,7 +157,13 @@ class CacheInfo(NamedTuple):
                 " (give --cni-cache-dir)"
             )
         if not self.entries:
-            return f"the CNI cache at {where} is empty: no container is known to be live"
+            # Of several directories, one missing is named as such, not called empty.
+            results = [os.path.join(d, "results") for d in self.dirs]
+            here = [r for r in results if os.path.isdir(r)]
+            missing = [r for r in results if r not in here]
+            also = f" (no {', '.join(missing)})" if here and missing else ""
+            where = ", ".join(here) or where
+            return f"the CNI cache at {where} is empty{also}: no container is known to be live"
         return None
 
 
@@ -316,6 +322,9 @@ def progress_after() -> float:
     return settings.PROGRESS_AFTER.value()
 
 
+METRICS_COMMAND = "{command}"  # in a metrics file's path: the command's name
+
+
 @contextlib.contextmanager
 def metrics_recording(
     path: Optional[str],
@@ -328,10 +337,14 @@ def metrics_recording(
 
     Yields None without one: nothing is imported (prometheus_client is only loaded
     to write), so a run without --metrics-file starts and works as before.
+    `{command}` in `path` is the command's name: one PORTMAPCTL_METRICS_FILE set for
+    the node gives each command a file of its own (one file for all, each run
+    replaced the others' metrics: an operator's `list` erased the timer's gc).
     """
     if not path:  # PORTMAPCTL_METRICS_FILE= (empty) is no file
         yield None
         return
+    path = path.replace(METRICS_COMMAND, command)
     from portmapctl.ops import metrics
 
     with metrics.recording(

@@ -235,8 +235,9 @@ MetricsFileOpt = Annotated[
         metavar="PATH",
         envvar="PORTMAPCTL_METRICS_FILE",
         help="Also write this run's Prometheus metrics to PATH (a .prom file in the"
-        " node_exporter's textfile directory), atomically. A failed write is a warning,"
-        " never a failed command.",
+        " node_exporter's textfile directory), atomically; {command} in PATH is the"
+        " command's name (one file each). A failed write is a warning, never a failed"
+        " command.",
         show_envvar=True,
     ),
 ]

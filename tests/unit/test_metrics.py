@@ -430,6 +430,19 @@ def test_list_writes_the_example_nodes_metrics(tmp_path):
     assert not [name for name in families if name.startswith("portmapctl_gc_")]
 
 
+def test_one_environment_path_gives_each_command_a_file_of_its_own(tmp_path):
+    """PORTMAPCTL_METRICS_FILE set for the node with {command}: list and check write a
+    file each (with one fixed path, a list replaced check's metrics, and gc's)."""
+    env = {"PORTMAPCTL_METRICS_FILE": str(tmp_path / "portmapctl-{command}.prom")}
+    assert run_cli(["list", *SNAPSHOT_ARGS], env=env).returncode == 0
+    assert run_cli(["check", *SNAPSHOT_ARGS], env=env).returncode == 1
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["portmapctl-check.prom", "portmapctl-list.prom"]
+    for command in ("check", "list"):
+        samples = samples_of(tmp_path / f"portmapctl-{command}.prom")
+        assert samples[key("last_run_success", command=command)] == 1
+
+
 def test_list_metrics_are_the_whole_node_whatever_the_filters(tmp_path):
     path = tmp_path / "portmapctl-list.prom"
     done = run_cli(["list", *SNAPSHOT_ARGS, "--port", "9000", "--metrics-file", str(path)])
