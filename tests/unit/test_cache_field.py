@@ -632,6 +632,26 @@ def test_a_zombie_with_no_chain_left_is_not_sent_to_gc_again():
     assert split_fix(problem.fix)[0] is None and "/var/lib/cni/results/x-eth0" in problem.fix
 
 
+def test_a_zombie_on_two_networks_says_which_network_each_row_is():
+    """One container cached on two networks, its namespace gone: two zombie rows that
+    the default table (no NETWORK column) showed alike; the detail names the network."""
+    from dataclasses import replace
+
+    [config] = [c for c in cached_configs(_basic_attachments())]
+    other = replace(config, network="other")
+    zombies = [
+        Attachment(c.network, c.container_id, "eth0", f"/c/results/{c.network}-eth0", c,
+                   "/run/netns/gone", NetnsState.GONE)
+        for c in (config, other)
+    ]  # fmt: skip
+    problems = diagnose_mod({4: table("basic", 4)}, zombies)[0]
+    details = sorted(p.detail for p in problems if p.kind == "zombie")
+    assert [d.split(",")[0] for d in details] == [
+        f"cached on {config.network}",
+        "cached on other",
+    ]
+
+
 def test_a_container_shadowed_by_a_zombie_is_sent_to_gc_netns_liveness():
     """Nomad's leak: an allocation's pause container vanished (DEL failed, the cache
     entry stays, its namespace is gone) and a new allocation got the same static port.

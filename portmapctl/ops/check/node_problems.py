@@ -315,7 +315,8 @@ def zombies(
                 a.dnat_chain if present or not in_nft else "nft",
                 a.network,
                 a.container_id,
-                f"cached, but its network namespace {a.netns} is gone{where}; not repaired",
+                f"cached on {a.network}, but its network namespace {a.netns} is gone{where};"
+                " not repaired",
                 _zombie_fix(a, fixes, in_nft, (live_on or {}).get(a.container_id))
                 if present or owned or (a.container_id in nft_backed and nft_owners is None)
                 else f"nothing of it is left for gc to remove: delete its cache entry {a.path}"
