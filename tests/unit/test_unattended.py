@@ -206,3 +206,36 @@ def test_a_reader_that_left_another_way_is_no_lost_output(tmp_path, reader):
             os.close(stdout)
     assert done.returncode == 0, done.stderr
     assert "error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_an_internal_error_is_exit_3_never_checks_problems_found(verbose: bool) -> None:
+    """A bug (here: list's run made to raise) is one line and exit 3 (with -v, the
+    traceback before it): it was exit 1, which `check` means as problems found, so a
+    check unit that crashed every run (SuccessExitStatus=1) passed as one that found
+    problems, and exit-codes.md's script alerted "portmap problems"."""
+    script = (
+        "import sys\n"
+        "import portmapctl.cli.list_fast as fast\n"
+        "def broken(*args, **kwargs):\n"
+        "    def run():\n"
+        "        raise RuntimeError('a bug')\n"
+        "    return run\n"
+        "fast.runner = broken\n"
+        "from portmapctl.entry import main\n"
+        f"sys.argv = ['portmapctl', 'list'{', ' + repr('-v') if verbose else ''}]\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", script],
+        capture_output=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1"),
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stderr.endswith(
+        "portmapctl: internal error: RuntimeError: a bug (run with -v for details)\n"
+    ), done.stderr
+    assert ("Traceback" in done.stderr) is verbose
