@@ -51,6 +51,12 @@ GC_CUTS = {
 GC_DROPS = ("NETWORK", "HOST PORTS")
 
 
+def _by_container(c: GcChain) -> Tuple[str, str, int, str]:
+    """A table's order, as list's: by network and container (the plan's is the
+    tables', which an operator cannot scan), then family."""
+    return (c.network or "", c.container_id or "", c.family, c.chain)
+
+
 def gc_table(
     result: GcResult,
     min_age: Optional[float] = None,
@@ -84,13 +90,13 @@ def gc_table(
             duration_text(c.seen_seconds),
         ]
 
-    for c in result.removed:
+    for c in sorted(result.removed, key=_by_container):
         rows.append(row(c))
         statuses.append([verb])
     for family, name in result.shared_removed:
         rows.append([f"v{family}", "shared", "-", "-", "-", name, "-"])
         statuses.append([verb])
-    for c in result.pending:
+    for c in sorted(result.pending, key=_by_container):
         rows.append(row(c))
         statuses.append([removable_text(c, min_age) if min_age is not None else "pending"])
     if not wide:

@@ -92,7 +92,11 @@ def demo(tmp_path) -> Iterator[object]:
 # What differs from run to run: gc's SEEN column and "removable in 2m00s, at 04:32:08".
 _CLOCK = (
     (re.compile(r"\b\d+s(?=\s+(removed|removable|would remove)\b)"), "Ns"),
-    (re.compile(r"removable in \w+, at \d\d:\d\d:\d\d"), "removable in T, at HH:MM:SS"),
+    # (A time past midnight is printed with its date.)
+    (
+        re.compile(r"removable in \w+, at (\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d"),
+        "removable in T, at HH:MM:SS",
+    ),  # fmt: skip
 )
 
 

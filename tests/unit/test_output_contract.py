@@ -745,6 +745,25 @@ def test_nftables_documents_follow_the_schema(command):
     assert rows and {r["backend"] for r in rows} == {"nftables"}
 
 
+def test_gc_table_rows_are_in_network_and_container_order():
+    """As list's rows: gc printed them in the tables' order (c00023, c00021, c00020,
+    ...), which an operator cannot scan (helper-142); removed rows first, then pending."""
+    from portmapctl.ops.gc import GcChain, GcResult
+    from portmapctl.render.gc import gc_table
+
+    def chain(network: str, cid: str, family: int, seen: float) -> GcChain:
+        return GcChain(f"CNI-DN-{cid}", family, "dnat", network, cid, (), seen_seconds=seen)
+
+    removed = (chain("b", "c00003", 4, 300.0), chain("a", "c00002", 6, 300.0),
+               chain("a", "c00002", 4, 300.0), chain("a", "c00001", 4, 300.0))  # fmt: skip
+    pending = (chain("a", "c00009", 4, 1.0), chain("a", "c00008", 4, 1.0))
+    result = GcResult(False, removed, pending, kept=0, conntrack_deleted=0)
+    rows = gc_table(result, 120.0).plain.splitlines()[1:]
+    order = [(line.split()[0], line.split()[2]) for line in rows if line.strip()]
+    assert order == [("v4", "c00001"), ("v4", "c00002"), ("v6", "c00002"), ("v4", "c00003"),
+                     ("v4", "c00008"), ("v4", "c00009")]  # fmt: skip
+
+
 def test_gc_table_fits_a_terminal_by_cutting_the_network_and_ports():
     """gc's table, like list's: on a terminal of 80 columns a long network name and a
     long port list give way (with …); the ID, the age and the status stay whole; piped,
