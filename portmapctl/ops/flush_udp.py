@@ -215,6 +215,7 @@ def plan(
     *,
     stale_only: bool = False,
     local: Optional[LocalAddresses] = None,
+    ours: Optional[Collection[Tuple[int, Optional[bytes]]]] = None,
 ) -> List[Doomed]:
     """The entries under `ports` to delete: all of them, or with stale_only those
     that misroute given the current `mappings` (all of the node's, not only the
@@ -222,7 +223,13 @@ def plan(
 
     With `local` (the node's own addresses), only entries to one of them: a flow to
     an address elsewhere (a container's DNS query to an outside server, forwarded
-    and masqueraded) never met a mapping's DNAT, so it is neither stale nor ours."""
+    and masqueraded) never met a mapping's DNAT, so it is neither stale nor ours.
+
+    With `ours` (the (family, address) of the node's mapped containers), a flow DNATed
+    to none of them, to an address of a port that is mapped on other host IPs only, is
+    kept: another tool's rule DNATed it (kube-proxy's NodePort, Docker on another
+    address), not a mapping (flush-udp deleted those live flows as "nothing maps this
+    port now"; gc, which knows what it removed, passes none)."""
     by_key = _index(mappings)
     doomed = []
     for entry in entries:
@@ -235,6 +242,13 @@ def plan(
             doomed.append(Doomed(entry, FlushReason.MAPPED if key in by_key else FlushReason.GIVEN))
             continue
         reason, wanted = judge(entry, by_key.get(key, ()))
+        if (
+            reason is FlushReason.UNMAPPED
+            and ours is not None
+            and key in by_key
+            and (entry.family, _ip(entry.family, entry.reply_src)) not in ours
+        ):
+            continue
         if reason is not None:
             doomed.append(Doomed(entry, reason, wanted))
     return doomed
@@ -297,8 +311,9 @@ def flush(
         looked_at = [
             e for e in looked_at if any(_covers(m, e) for m in own.get((e.family, e.dport), ()))
         ]
+    ours = {(m.family, _ip(m.family, m.container_ip)) for m in mappings}
     doomed = sorted(
-        plan(looked_at, keys, mappings, stale_only=stale_only, local=local),
+        plan(looked_at, keys, mappings, stale_only=stale_only, local=local, ours=ours),
         key=lambda d: _order(d.entry),
     )
     if dry_run:

@@ -158,6 +158,27 @@ def test_stale_only_keeps_the_flows_another_tools_dnat_takes_first(
     assert ct_sports(node) == (ALL | {41030}) - {40012}
 
 
+def test_stale_only_keeps_another_tools_flows_to_an_address_the_port_is_not_mapped_on(
+    node: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """def456 maps 127.0.0.1:6000 alone; another tool (kube-proxy's NodePort) DNATs
+    10.0.0.1:6000 to a pod of its own. --stale-only deleted that live flow as "DNATed,
+    but nothing maps this port now" (nothing takes it from def456's mapping: another
+    address). A flow DNATed there to def456's own address (an older mapping of it on
+    every address) still misroutes and goes."""
+    ns_run(node, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-d", "10.0.0.1", "-p", "udp",
+           "--dport", "6000", "-j", "DNAT", "--to-destination", "10.244.1.7:60")  # fmt: skip
+    ct_load(node, [
+        ct_args("192.0.2.40", "10.0.0.1", 41040, 6000, "10.244.1.7", 60),  # the NodePort's
+        ct_args("192.0.2.41", "10.0.0.1", 41041, 6000, "10.88.0.6", 60),  # def456's, old
+    ])  # fmt: skip
+    code, out, err = cli(capsys, "flush-udp", "--netns", node, "--stale-only", "-o", "json")
+    assert code == 0, err
+    going = {d["sport"]: d["reason"] for d in json.loads(out)["deleted"]}
+    assert going.get(41041) == "unmapped" and 41040 not in going
+    assert 41040 in ct_sports(node) and 41041 not in ct_sports(node)
+
+
 def test_plain_flush_takes_all_of_the_mapped_ports(
     node: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import socket
 
 import fixtures_lib
 import pytest
@@ -135,6 +136,28 @@ def test_stale_only_honours_host_ip_and_shadowing() -> None:
     to_loser = udp(sport=4, reply_src="10.88.0.7", reply_sport=53)
     assert plan([CURRENT, to_loser], {(4, 5353)}, [loser, winner], stale_only=True) == [
         Doomed(to_loser, FlushReason.OLD_DESTINATION, ("10.88.0.5",))
+    ]
+
+
+def test_stale_only_keeps_another_tools_flows_to_an_address_a_port_is_not_mapped_on() -> None:
+    """def456 maps 127.0.0.1:6000 only; kube-proxy (a NodePort) DNATs 10.0.0.1:6000 to
+    its own pod. flush-udp --stale-only deleted those live flows as "DNATed, but nothing
+    maps this port now" (the port is mapped, on another address). A flow DNATed to a
+    mapped container's address (its old mapping on every address) still goes; gc, which
+    passes no `ours`, judges as before."""
+    on_lo = mapping("10.88.0.6", host_port=6000, host_ip="127.0.0.1", container_id="def456",
+                    container_port=60)  # fmt: skip
+    nodeport = udp(sport=1, dport=6000, reply_src="10.244.1.7", reply_sport=60)
+    old_to_host = udp(sport=3, dport=6000, reply_src="10.88.0.6", reply_sport=60)
+    ours = {(4, socket.inet_pton(socket.AF_INET, "10.88.0.6"))}
+    doomed = plan([nodeport, old_to_host], {(4, 6000)}, [on_lo], stale_only=True, ours=ours)
+    assert doomed == [Doomed(old_to_host, FlushReason.UNMAPPED)]
+    assert plan([nodeport], {(4, 6000)}, [on_lo], stale_only=True) == [
+        Doomed(nodeport, FlushReason.UNMAPPED)
+    ]
+    # A port nothing maps (`--port N --stale-only`, the documented clean-up): as before.
+    assert plan([nodeport], {(4, 6000)}, [], stale_only=True, ours=ours) == [
+        Doomed(nodeport, FlushReason.UNMAPPED)
     ]
 
 
