@@ -42,6 +42,7 @@ from portmapctl.cni import cache as cni_cache
 from portmapctl.core.contest import backend_of
 from portmapctl.core.pause import gc_paused
 from portmapctl.core.status import FlushReason
+from portmapctl.errors import Interrupted
 from portmapctl.host import conntrack
 from portmapctl.host.addresses import LocalAddresses, local_addresses
 from portmapctl.host.conntrack import ConntrackEntry
@@ -319,7 +320,7 @@ def flush(
     if dry_run:
         deleted = len(doomed)
     else:
-        deleted = conntrack.delete([d.entry for d in doomed], progress)
+        deleted = _delete(doomed, progress)
     return FlushResult(
         dry_run,
         stale_only,
@@ -329,6 +330,27 @@ def flush(
         len(looked_at) - len(doomed),
         warnings,
     )
+
+
+def _delete(doomed: Sequence[Doomed], progress: Optional[Callable[[int, int], None]]) -> int:
+    """conntrack.delete of the doomed entries. Stopped (Ctrl-C, SIGTERM) part-way, the
+    line says how far it got (Interrupted.after): "aborted" alone read as "nothing was
+    deleted" when thousands were (helper-146)."""
+    handled = [0]
+
+    def counted(done: int, total: int) -> None:
+        handled[0] = done
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        return conntrack.delete([d.entry for d in doomed], counted)
+    except Interrupted as stop:
+        stop.after = (
+            f"{handled[0]} of {len(doomed)} UDP conntrack entries had been deleted, and"
+            " the next batch may have been (the same command deletes what is left)"
+        )
+        raise
 
 
 def _worked_on(node: Node, mappings: List[Mapping]) -> List[Mapping]:

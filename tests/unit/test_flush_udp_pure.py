@@ -437,3 +437,23 @@ def test_help_shows_the_options_and_examples(capsys: pytest.CaptureFixture[str])
         assert words in out
     code, out, _ = cli(capsys, "--help")
     assert code == 0 and "flush-udp" in out
+
+
+def test_a_delete_stopped_part_way_says_how_far_it_got(monkeypatch):
+    """Ctrl-C or SIGTERM during the delete: the line says how many were deleted
+    (Interrupted.after); "aborted" alone read as "nothing was deleted"."""
+    from portmapctl.errors import Interrupted
+    from portmapctl.ops import flush_udp
+
+    doomed = [Doomed(e, FlushReason.MAPPED) for e in (CURRENT, OLD, NEVER)]
+
+    def stopped(entries, progress):
+        progress(2, len(entries))
+        raise Interrupted()
+
+    monkeypatch.setattr(flush_udp.conntrack, "delete", stopped)
+    seen = []
+    with pytest.raises(Interrupted) as stop:
+        flush_udp._delete(doomed, lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 3)]
+    assert stop.value.after.startswith("2 of 3 UDP conntrack entries had been deleted")
