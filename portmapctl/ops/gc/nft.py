@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import (
     TYPE_CHECKING,
-    Callable,
     Dict,
     List,
     Mapping,
@@ -165,22 +164,22 @@ def plan_nft(
                 gone_udp.setdefault(family, set()).update(n for p, n in ports if p == "udp")
             else:
                 pending.append(item)
+    # (family, container ID) of every container here that its sources keep.
+    kept_pairs = {
+        (family, rule.comment)
+        for family, table in live_rules.tables.items()
+        if family in families
+        for chain in CONTAINER_CHAINS
+        for rule in table.rules_of(chain)
+        if rule.comment and is_live(rule.comment)
+    }
     if zombies is not None:
-        new_seen.update(_held_by_zombies(live_rules, seen, families, is_live, zombies))
+        new_seen.update(_held_by_zombies(kept_pairs, seen, zombies))
     # UDP ports another rule still maps are not freed.
     still = nft_udp_ports(live_rules, {(op.family, op.handle or 0) for op in txn.ops})
     freed = {f: ports - still.get(f, set()) for f, ports in gone_udp.items()}
     remapped = {f: ports & still.get(f, set()) for f, ports in gone_udp.items()}
-    kept = len(
-        {
-            (family, rule.comment)
-            for family, table in live_rules.tables.items()
-            if family in families
-            for chain in CONTAINER_CHAINS
-            for rule in table.rules_of(chain)
-            if rule.comment and is_live(rule.comment)
-        }
-    )
+    kept = len(kept_pairs)
     return NftPlan(
         removed,
         pending,
@@ -194,24 +193,13 @@ def plan_nft(
 
 
 def _held_by_zombies(
-    live_rules: Ruleset,
+    kept_pairs: Set[Tuple[int, str]],
     seen: Mapping[ChainKey, gc_state.Seen],
-    families: Sequence[int],
-    is_live: Callable[[str], bool],
     zombies: ZombieHold,
 ) -> Dict[ChainKey, gc_state.Seen]:
-    """The sightings of the containers with rules here that only a zombie's cache
+    """The sightings of the kept containers (family, ID) that only a zombie's cache
     entry keeps (judged only when a kept container has a sighting)."""
-    from portmapctl.nftables.ruleset import CONTAINER_CHAINS
-
-    kept = {
-        nft_key(family, rule.comment)
-        for family, table in live_rules.tables.items()
-        if family in families
-        for chain in CONTAINER_CHAINS
-        for rule in table.rules_of(chain)
-        if rule.comment and is_live(rule.comment)
-    }
+    kept = {nft_key(family, cid) for family, cid in kept_pairs}
     sighted = [key for key in kept if key in seen]
     if not sighted:
         return {}
