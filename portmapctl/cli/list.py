@@ -101,7 +101,11 @@ def list_command(
     ] = None,
     nft_snapshot: NftSnapshotOpt = None,
     conntrack: Annotated[
-        bool, typer.Option("--conntrack", help="Count UDP conntrack entries per UDP mapping.")
+        bool,
+        typer.Option(
+            "--conntrack",
+            help="Count UDP conntrack entries per UDP mapping, and say how many misroute.",
+        ),
     ] = False,
     metrics_file: MetricsFileOpt = None,
 ) -> None:

@@ -88,9 +88,14 @@ def run(
                 recorder.note_node(mappings, found.chains, tuple(tables), read)
             counts = None
             if conntrack:
-                from portmapctl.ops.flush_udp import count_per_mapping
+                from portmapctl.ops.flush_udp import count_per_mapping, node_mappings
 
-                counts = count_per_mapping(mappings)
+                # Misrouted as flush-udp --stale-only judges: by every rule that routes
+                # flows, the plugin's nftables ones under --backend iptables too.
+                judged = (
+                    mappings if reader is not None else node_mappings(node, tables, attachments)
+                )
+                counts = count_per_mapping(mappings, judged)
         cache = common.cache()
         out.cache_note(cache)
         wanted = Filters(
@@ -130,7 +135,7 @@ def run(
         if out.json:
             out.print_json(render.list_json(rows, chains, counts, cache.json(), total))
             return
-        summary = render.list_summary(rows, chains, total if wanted.any else None)
+        summary = render.list_summary(rows, chains, total if wanted.any else None, counts)
         if (rows or chains) and not out.quiet:  # -q: the summary line alone
             out.show(
                 render.list_table(

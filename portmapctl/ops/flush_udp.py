@@ -404,23 +404,46 @@ def flush_ports(
     return conntrack.delete([d.entry for d in doomed])
 
 
-def count_per_mapping(mappings: Iterable[Mapping]) -> Dict[Mapping, int]:
-    """`list --conntrack`: the number of UDP entries per UDP mapping (family, host
-    port, and host IP when the mapping has one). An entry counts for every mapping
-    that covers it, shadowed ones too: it is under their port. Only flows to the
-    node's own addresses count, the ones flush-udp looks at: a forwarded flow to the
-    same port elsewhere (a container's DNS query) never met the mapping."""
+@dataclass(frozen=True)
+class Flows:
+    """`list --conntrack` for one UDP mapping: how many entries are under it, and those
+    of them that misroute (an old DNAT destination, never DNATed: what flush-udp
+    --stale-only deletes). A set, not a count: one entry under two mappings (a shadowed
+    one and its winner) is one flow to flush."""
+
+    entries: int = 0
+    misrouted: FrozenSet[ConntrackEntry] = frozenset()
+
+
+def count_per_mapping(
+    mappings: Iterable[Mapping], judged: Optional[Sequence[Mapping]] = None
+) -> Dict[Mapping, Flows]:
+    """`list --conntrack`: the UDP entries per UDP mapping (family, host port, and host
+    IP when the mapping has one). An entry counts for every mapping that covers it,
+    shadowed ones too: it is under their port. Only flows to the node's own addresses
+    count, the ones flush-udp looks at: a forwarded flow to the same port elsewhere (a
+    container's DNS query) never met the mapping. A count alone said "3 flows, ok" of a
+    mapping two of whose flows went to a gone pod (helper-146): the misrouted ones are
+    judged as flush-udp --stale-only judges them, by the `judged` mappings (default:
+    `mappings`; the node's every mapping when those are one backend's)."""
     udp = udp_mappings(mappings)
     counts: Dict[Mapping, int] = dict.fromkeys(udp, 0)
-    if not udp:
-        return counts
-    by_key = _index(udp)
-    families: Set[int] = {m.family for m in udp}
-    local = local_addresses(sorted(families))
-    for entry in conntrack.list_udp(sorted(families), sorted({m.host_port for m in udp})):
-        if (entry.family, entry.dst) not in local:
-            continue
-        for m in by_key.get((entry.family, entry.dport), ()):
-            if _covers(m, entry):
+    misrouted: Dict[Mapping, Set[ConntrackEntry]] = {}
+    if udp:
+        by_key = _index(udp)
+        every = by_key if judged is None else _index(judged)
+        families: Set[int] = {m.family for m in udp}
+        local = local_addresses(sorted(families))
+        for entry in conntrack.list_udp(sorted(families), sorted({m.host_port for m in udp})):
+            if (entry.family, entry.dst) not in local:
+                continue
+            key = (entry.family, entry.dport)
+            covering = [m for m in by_key.get(key, ()) if _covers(m, entry)]
+            if not covering:
+                continue
+            reason, _ = judge(entry, every.get(key, ()))
+            for m in covering:
                 counts[m] += 1
-    return counts
+                if reason is not None:
+                    misrouted.setdefault(m, set()).add(entry)
+    return {m: Flows(n, frozenset(misrouted.get(m, ()))) for m, n in counts.items()}

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from portmapctl.iptables.inventory import ChainInfo, Mapping
     from portmapctl.ops.add import AddResult
     from portmapctl.ops.check import CheckResult, Problem
-    from portmapctl.ops.flush_udp import FlushResult
+    from portmapctl.ops.flush_udp import Flows, FlushResult
     from portmapctl.ops.gc import GcChain, GcResult
 
 SCHEMA = 2
@@ -70,7 +70,9 @@ def document(cache: Optional[MappingT[str, Any]], **body: Any) -> Dict[str, Any]
 # --- list ------------------------------------------------------------------------------
 
 
-def mapping_json(m: Mapping, conntrack: Optional[MappingT[Mapping, int]] = None) -> Dict[str, Any]:
+def mapping_json(
+    m: Mapping, conntrack: Optional[MappingT[Mapping, Flows]] = None
+) -> Dict[str, Any]:
     doc: Dict[str, Any] = {
         "backend": BACKEND.value,
         "network": m.network,
@@ -96,7 +98,10 @@ def mapping_json(m: Mapping, conntrack: Optional[MappingT[Mapping, int]] = None)
         # (nftables) the rule's matches the other keys cannot say (`iifname "eth0"`).
         doc["conditions"] = list(m.conditions)
     if conntrack is not None and m.protocol == "udp":
-        doc["conntrack_entries"] = conntrack.get(m, 0)
+        flows = conntrack.get(m)
+        doc["conntrack_entries"] = flows.entries if flows else 0
+        # Of those, the ones flush-udp --stale-only would delete.
+        doc["conntrack_misrouted"] = len(flows.misrouted) if flows else 0
     return doc
 
 
@@ -115,7 +120,7 @@ def chain_json(c: ChainInfo) -> Dict[str, Any]:
 def list_json(
     mappings: Iterable[Mapping],
     chains: Iterable[ChainInfo],
-    conntrack: Optional[MappingT[Mapping, int]] = None,
+    conntrack: Optional[MappingT[Mapping, Flows]] = None,
     cache: Optional[MappingT[str, Any]] = None,
     total: Optional[int] = None,
 ) -> Dict[str, Any]:

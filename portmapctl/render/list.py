@@ -19,6 +19,7 @@ from portmapctl.render.table import (
 
 if TYPE_CHECKING:
     from portmapctl.iptables.inventory import ChainInfo, Mapping
+    from portmapctl.ops.flush_udp import Flows
     from portmapctl.render.table import Grid
 
 
@@ -67,11 +68,16 @@ def container_address(m: Mapping) -> str:
 
 
 def list_summary(
-    mappings: List[Mapping], chains: List[ChainInfo], total: Optional[int] = None
+    mappings: List[Mapping],
+    chains: List[ChainInfo],
+    total: Optional[int] = None,
+    flows: Optional[MappingT[Mapping, Flows]] = None,
 ) -> str:
     """`7 mappings of 4 containers: 5 ok, 1 stale, 1 shadowed` (statuses counted per row;
     chains without a DNAT rule, such as legacy SN- chains, counted apart); with filters
-    that leave fewer, `2 of 7 mappings match: ...`."""
+    that leave fewer, `2 of 7 mappings match: ...`. With --conntrack's `flows`, the
+    misrouted ones under the rows and their fix follow (`; 2 UDP flows misrouted ->
+    portmapctl flush-udp --stale-only`): FLOWS alone counts them as the mapping's."""
     with_rows = {(m.chain, m.family) for m in mappings}
     bare = [c for c in chains if (c.name, c.family) not in with_rows]
     containers = {m.container_id or m.chain for m in mappings} | {
@@ -92,7 +98,12 @@ def list_summary(
         head += f", {count(len(bare), 'chain')} without a mapping"
     order = [str(s) for s in STATUS_STYLE]
     ranked = sorted(words.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
-    return head + (": " + ", ".join(f"{n} {w}" for w, n in ranked) if ranked else "")
+    line = head + (": " + ", ".join(f"{n} {w}" for w, n in ranked) if ranked else "")
+    astray = set().union(*(flows[m].misrouted for m in mappings if m in flows)) if flows else ()
+    if astray:
+        flow = "UDP flow" if len(astray) == 1 else "UDP flows"
+        line += f"; {len(astray)} {flow} misrouted -> portmapctl flush-udp --stale-only"
+    return line
 
 
 # What a terminal's width may cut (SPEC §3: the table fits it): the network name from
@@ -112,7 +123,7 @@ LIST_DROPS = ("CONTAINER ADDR", "SNAT", "NETWORK")
 def list_table(
     mappings: List[Mapping],
     chains: List[ChainInfo],
-    conntrack: Optional[MappingT[Mapping, int]] = None,
+    conntrack: Optional[MappingT[Mapping, Flows]] = None,
     wide: bool = True,
     full_ids: bool = False,
     header: bool = True,
@@ -150,7 +161,7 @@ def list_table(
 def _list_rows(
     mappings: List[Mapping],
     chains: List[ChainInfo],
-    conntrack: Optional[MappingT[Mapping, int]],
+    conntrack: Optional[MappingT[Mapping, Flows]],
     full_ids: bool,
     by_backend: bool = False,
 ) -> Tuple[List[List[str]], List[Iterable[str]]]:
@@ -170,7 +181,8 @@ def _list_rows(
             _backend_of(m).value if by_backend else _chain_cell(m),
         ]
         if conntrack is not None:
-            row.append(str(conntrack.get(m, 0)) if m.protocol == "udp" else "-")
+            flows = conntrack.get(m)
+            row.append(str(flows.entries if flows else 0) if m.protocol == "udp" else "-")
         rows.append(row)
         statuses.append(m.status)
     # Chains with no DNAT rule (legacy SN- chains, emptied chains) still get a line.

@@ -275,11 +275,46 @@ def test_flush_udp_and_list_conntrack_cover_nft_ports(node: str, tmp_path: Path)
         if m["protocol"] == "udp"
     }
     assert counts == {(4, 5353): 2, (6, 5353): 0}
+    misrouted = {
+        (m["family"], m["protocol"]): m.get("conntrack_misrouted")
+        for m in json.loads(listed.stdout)["mappings"]
+    }
+    # The never-DNATed one; tcp rows have no count.
+    assert misrouted == {(4, "udp"): 1, (6, "udp"): 0, (4, "tcp"): None, (6, "tcp"): None}
     stale = _pmctl(node, tmp_path, "flush-udp", "--stale-only", "-o", "json")
     assert stale.returncode == 0, stale.stderr
     assert [d["sport"] for d in json.loads(stale.stdout)["deleted"]] == [40002]
     everything = _pmctl(node, tmp_path, "flush-udp", "-o", "json")
     assert [d["sport"] for d in json.loads(everything.stdout)["deleted"]] == [40001]
+
+
+def test_list_conntrack_judges_by_both_backends_under_backend_iptables(
+    node: str, tmp_path: Path
+) -> None:
+    """A mixed node: v1.9.1's nftables rules and Debian's iptables plugin both map
+    5353/udp. Under --backend iptables only the iptables row is listed, but a flow the
+    nftables rule DNATed to its container is live (flush-udp --stale-only keeps it), so
+    it is not counted as misrouted on that row; the never-DNATed one is."""
+    import subprocess
+
+    _plugin_add(node, tmp_path, WEB)  # nftables: 5353/udp to 10.88.0.5:53
+    ipt = rp.plugin_conf("podman", ["10.88.0.8/16"], [_pm(5353, 53, "udp")])
+    rp.run_plugin("ADD", node, "ipt5", ipt, check=True)
+    subprocess.run(["ip", "-n", node, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
+    for sport, reply in (("40001", ["--reply-src", "10.88.0.5", "--reply-port-src", "53"]),
+                         ("40002", [])):  # fmt: skip
+        _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", sport,
+            "--dport", "5353", "-t", "120", *reply,
+            *(["--reply-dst", "192.0.2.9", "--reply-port-dst", sport] if reply else []))  # fmt: skip
+    listed = _pmctl(node, tmp_path, "list", "--backend", "iptables", "--conntrack", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [m for m in json.loads(listed.stdout)["mappings"] if m["family"] == 4]
+    assert [
+        (m["container_id"], m["conntrack_entries"], m["conntrack_misrouted"]) for m in rows
+    ] == [("ipt5", 2, 1)]
+    stale = _pmctl(node, tmp_path, "flush-udp", "--backend", "iptables", "--stale-only",
+                   "--dry-run", "-o", "json")  # fmt: skip
+    assert [d["sport"] for d in json.loads(stale.stdout)["deleted"]] == [40002]
 
 
 @pytest.mark.parametrize("how", ["unreadable", "not-yet-cached", "other-cache-dir"])

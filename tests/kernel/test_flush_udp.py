@@ -277,6 +277,40 @@ def test_list_counts_entries_per_udp_mapping(node: str, capsys: pytest.CaptureFi
     assert counts == {("abc123", 4, 5353): 3, ("abc123", 6, 5353): 2, ("def456", 4, 6000): 1}
 
 
+def test_list_says_which_flows_misroute_as_flush_udp_judges_them(
+    node: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A count alone said "3 flows, ok" of a mapping two of whose three flows went to a
+    gone pod or bypassed it (helper-146): each UDP row says how many of its entries
+    misroute, and the summary how many in all, with the fix (whose dry run deletes
+    exactly those)."""
+    code, out, err = cli(capsys, "list", "--netns", node, "--conntrack", "-o", "json")
+    assert code == 0, err
+    rows = json.loads(out)["mappings"]
+    assert {
+        (m["container_id"], m["family"], m["host_port"]): m["conntrack_misrouted"] for m in rows
+    } == {("abc123", 4, 5353): 2, ("abc123", 6, 5353): 1, ("def456", 4, 6000): 0}
+    code, out, err = cli(capsys, "list", "--netns", node, "--conntrack", "-q")
+    assert code == 0, err
+    assert out == (
+        "3 mappings of 2 containers: 3 ok;"
+        " 3 UDP flows misrouted -> portmapctl flush-udp --stale-only\n"
+    )
+    code, out, err = cli(capsys, "flush-udp", "--netns", node, "--stale-only", "--dry-run",
+                         "-o", "json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["count"] == 3
+    # Filtered, the rows' own: def456's port has none.
+    code, out, err = cli(capsys, "list", "--netns", node, "--conntrack", "-q", "--port", "6000")
+    assert code == 0, err
+    assert out == "1 of 3 mappings match: 1 ok\n"
+    code, out, err = cli(capsys, "flush-udp", "--netns", node, "--stale-only")
+    assert code == 0, err
+    code, out, err = cli(capsys, "list", "--netns", node, "--conntrack", "-q")
+    assert code == 0, err
+    assert out == "3 mappings of 2 containers: 3 ok\n"
+
+
 def test_library_flush_reports_progress_and_flush_ports_keeps(host_ns: str) -> None:
     many = [ct_args("192.0.2.1", "10.0.0.1", sport, 5353) for sport in range(30000, 30600)]
     current = ct_args("192.0.2.1", "10.0.0.1", 31000, 5353, "10.88.0.5", 53)

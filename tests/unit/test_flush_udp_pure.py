@@ -139,6 +139,51 @@ def test_stale_only_honours_host_ip_and_shadowing() -> None:
     ]
 
 
+def test_list_conntrack_says_which_flows_misroute(monkeypatch) -> None:
+    """list --conntrack's FLOWS said "3, ok" of a mapping two of whose flows went to a
+    gone pod or bypassed it (helper-146). Each mapping's misrouted entries are judged
+    as --stale-only judges them; one entry under two rows (a shadowed one and its
+    winner) is one flow in the summary; a forwarded flow counts for nothing."""
+    import ipaddress
+
+    from portmapctl.host.addresses import from_networks
+    from portmapctl.ops import flush_udp
+    from portmapctl.ops.flush_udp import Flows
+
+    winner = mapping("10.88.0.5")
+    loser = mapping("10.88.0.7", container_id="def456", shadowed_by="CNI-DN-x")
+    tcp = mapping("10.88.0.5", protocol="tcp")
+    forwarded = udp(sport=9, dst="198.51.100.1")
+    dumped = [CURRENT, OLD, NEVER, forwarded]
+    monkeypatch.setattr(flush_udp.conntrack, "list_udp", lambda families, ports: dumped)
+    node = from_networks([ipaddress.ip_network("10.0.0.1/32")])
+    monkeypatch.setattr(flush_udp, "local_addresses", lambda families: node)
+    flows = flush_udp.count_per_mapping([winner, loser, tcp])
+    assert flows == {
+        winner: Flows(3, frozenset({OLD, NEVER})),
+        loser: Flows(3, frozenset({OLD, NEVER})),
+    }
+    rows = [loser, winner, tcp]
+    summary = "3 mappings of 2 containers: 3 ok"
+    assert render.list_summary(rows, [], None, flows) == (
+        f"{summary}; 2 UDP flows misrouted -> portmapctl flush-udp --stale-only"
+    )
+    assert render.list_summary(rows, []) == summary  # without --conntrack
+    # The rows' own (list --port 5353 shows no other port's); one flow, said so.
+    assert render.list_summary([winner], [], 3, {winner: Flows(1, frozenset({OLD}))}) == (
+        "1 of 3 mappings match: 1 ok; 1 UDP flow misrouted -> portmapctl flush-udp --stale-only"
+    )
+    doc = render.list_json(rows, [], flows)
+    assert [(m["protocol"], m.get("conntrack_entries"), m.get("conntrack_misrouted"))
+            for m in doc["mappings"]] == [("udp", 3, 2), ("udp", 3, 2), ("tcp", None, None)]  # fmt: skip
+    # Judged by every mapping of the node (--backend iptables reads the nftables ones
+    # only to judge): a flow another row's container takes is not misrouted.
+    other = mapping("10.88.0.9", container_id="ffe999")
+    assert flush_udp.count_per_mapping([winner], [winner, other])[winner] == Flows(
+        3, frozenset({NEVER})
+    )
+
+
 def test_stale_only_keeps_another_tools_flows_to_an_address_a_port_is_not_mapped_on() -> None:
     """def456 maps 127.0.0.1:6000 only; kube-proxy (a NodePort) DNATs 10.0.0.1:6000 to
     its own pod. flush-udp --stale-only deleted those live flows as "DNATed, but nothing

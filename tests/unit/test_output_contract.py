@@ -33,6 +33,7 @@ from portmapctl.errors import BadInput
 from portmapctl.host import lock
 from portmapctl.iptables.access.snapshot import SnapshotBackend
 from portmapctl.ops.check import CheckResult, Problem
+from portmapctl.ops.flush_udp import Flows
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SCHEMAS = ROOT / "docs" / "schema"
@@ -294,7 +295,7 @@ def test_list_fits_a_terminal_by_cutting_names_and_addresses_never_ports_or_stat
     # columns fits 80: CONTAINER ADDR is left out then, tests/unit/test_narrow_terminals.py).
     mapped = Mapping("podman", "3f2a9c1e5b7d", 6, "udp", None, 5353, "fd00:88::5", 53, True,
                      "CNI-DN-0123456789abcdef01234", ("ok",))  # fmt: skip
-    assert render.list_table([mapped], [], {mapped: 0}, wide=False, width=80).plain == (
+    assert render.list_table([mapped], [], {mapped: Flows(0)}, wide=False, width=80).plain == (
         "NETWORK  CONTAINER     FAM  PROTO  HOST    CONTAINER ADDR   SNAT  FLOWS  STATUS\n"
         "podman   3f2a9c1e5b7d  v6   udp    *:5353  [fd00:88::5]:53  yes   0      ok"
     )
