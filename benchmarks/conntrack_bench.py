@@ -68,7 +68,7 @@ def create(count: int, ports: list[int], first: int = 0) -> None:
         )
     with conntrack._session("create") as sock:
         made = sum(
-            conntrack._transact(sock, messages[i : i + conntrack._BATCH])
+            conntrack._transact(sock, messages[i : i + conntrack._BATCH])[0]
             for i in range(0, len(messages), conntrack._BATCH)
         )
     assert made == count, (made, count)

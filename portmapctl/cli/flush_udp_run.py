@@ -46,7 +46,7 @@ def run(
     if out.json:
         out.print_json(render.flush_json(result, cache.json()))
         return
-    if result.doomed and (dry_run or common.verbose):
+    if result.shown and (dry_run or common.verbose):
         # Cut to the terminal's width unless everything was asked for whole.
         whole = out.no_trunc or out.wide
         width = None if whole else out.width()

@@ -124,20 +124,27 @@ def list_udp(
 
 
 def delete(
-    entries: Iterable[ConntrackEntry], progress: Callable[[int, int], None] | None = None
+    entries: Iterable[ConntrackEntry],
+    progress: Callable[[int, int], None] | None = None,
+    gone: list[ConntrackEntry] | None = None,
 ) -> int:
     """Delete these entries (by original tuple and zone, and kernel id when known);
-    returns how many were deleted. Entries already gone are not counted.
+    returns how many were deleted. Entries already gone are not counted; with `gone`
+    given, they are appended to it (a report lists what this run deleted).
 
     progress, if given, is called with (entries handled, all entries) after each batch.
     """
+    entries = list(entries)
     messages = [_delete_message(entry, seq) for seq, entry in enumerate(entries, 1)]
     if not messages:
         return 0
     deleted = 0
     with _session("delete") as sock:
         for i in range(0, len(messages), _BATCH):
-            deleted += _transact(sock, messages[i : i + _BATCH])
+            done, missing = _transact(sock, messages[i : i + _BATCH])
+            deleted += done
+            if gone is not None:
+                gone.extend(entries[seq - 1] for seq in missing)
             if progress is not None:
                 progress(min(i + _BATCH, len(messages)), len(messages))
     return deleted
@@ -238,19 +245,22 @@ def _dump(
     return entries
 
 
-def _transact(sock: Any, messages: list[bytes]) -> int:
-    """Send messages that each ask for an ack; return how many succeeded, ENOENT
-    (the entry is gone) not counting."""
+def _transact(sock: Any, messages: list[bytes]) -> tuple[int, list[int]]:
+    """Send messages that each ask for an ack; return how many succeeded, and the
+    sequence numbers of those whose entry was gone (ENOENT)."""
     sock.sendto(b"".join(messages), (0, 0))
     acks = (reply for reply in _replies(sock) if reply[0] == _NLMSG_ERROR)
     done = 0
+    missing = []
     for _kind, buf, start, _end in itertools.islice(acks, len(messages)):
         (code,) = _ERRNO.unpack_from(buf, start + _NLMSGHDR.size)
         if code == 0:
             done += 1
-        elif code != -errno.ENOENT:
+        elif code == -errno.ENOENT:
+            missing.append(_NLMSGHDR.unpack_from(buf, start)[3])
+        else:
             raise OSError(-code, os.strerror(-code))
-    return done
+    return done, missing
 
 
 def _replies(sock: Any) -> Iterator[tuple[int, bytes, int, int]]:

@@ -74,6 +74,16 @@ class FlushResult:
     deleted: int  # how many the kernel deleted (dry run: how many would be)
     kept: int  # entries under those ports that were left alone
     warnings: Tuple[str, ...] = ()  # cache entries that could not be read
+    # Of `doomed`, those gone before this run's delete reached them (idle, or another
+    # flush): not reported as deleted by it.
+    gone: FrozenSet[ConntrackEntry] = frozenset()
+
+    @property
+    def shown(self) -> Tuple[Doomed, ...]:
+        """What the run deleted (a dry run: would delete), as the table and JSON list it."""
+        if not self.gone:
+            return self.doomed
+        return tuple(d for d in self.doomed if d.entry not in self.gone)
 
 
 # --- what to look at -----------------------------------------------------------------
@@ -317,10 +327,11 @@ def flush(
         plan(looked_at, keys, mappings, stale_only=stale_only, local=local, ours=ours),
         key=lambda d: _order(d.entry),
     )
+    gone: List[ConntrackEntry] = []
     if dry_run:
         deleted = len(doomed)
     else:
-        deleted = _delete(doomed, progress)
+        deleted = _delete(doomed, progress, gone)
     return FlushResult(
         dry_run,
         stale_only,
@@ -329,10 +340,15 @@ def flush(
         deleted,
         len(looked_at) - len(doomed),
         warnings,
+        frozenset(gone),
     )
 
 
-def _delete(doomed: Sequence[Doomed], progress: Optional[Callable[[int, int], None]]) -> int:
+def _delete(
+    doomed: Sequence[Doomed],
+    progress: Optional[Callable[[int, int], None]],
+    gone: List[ConntrackEntry],
+) -> int:
     """conntrack.delete of the doomed entries. Stopped (Ctrl-C, SIGTERM) part-way, the
     line says how far it got (Interrupted.after): "aborted" alone read as "nothing was
     deleted" when thousands were (helper-146)."""
@@ -344,7 +360,7 @@ def _delete(doomed: Sequence[Doomed], progress: Optional[Callable[[int, int], No
             progress(done, total)
 
     try:
-        return conntrack.delete([d.entry for d in doomed], counted)
+        return conntrack.delete([d.entry for d in doomed], counted, gone)
     except Interrupted as stop:
         stop.after = (
             f"{handled[0]} of {len(doomed)} UDP conntrack entries had been deleted, and"

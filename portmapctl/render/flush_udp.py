@@ -62,9 +62,9 @@ def flush_table(result: FlushResult, width: Optional[int] = None, header: bool =
             f"{d.entry.sport}->{d.entry.dport}",
             _endpoint(d.entry.reply_src, d.entry.reply_sport),
         ]
-        for d in result.doomed
+        for d in result.shown
     ]
-    why = [[Piece(flush_why(d), FLUSH_STYLE.get(d.reason, ""))] for d in result.doomed]
+    why = [[Piece(flush_why(d), FLUSH_STYLE.get(d.reason, ""))] for d in result.shown]
     return table(headers, rows, why, header, width=width, cuts=FLUSH_CUTS, drops=FLUSH_DROPS)
 
 

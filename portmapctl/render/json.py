@@ -271,7 +271,7 @@ def flush_json(result: FlushResult, cache: Optional[MappingT[str, Any]] = None) 
                 "reply_sport": d.entry.reply_sport,
                 "reason": d.reason.value,
             }
-            for d in result.doomed
+            for d in result.shown
         ],
         count=result.deleted,
     )

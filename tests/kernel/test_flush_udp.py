@@ -106,6 +106,38 @@ def test_stale_only_dry_run_then_for_real(node: str, capsys: pytest.CaptureFixtu
     assert ct_sports(node) == ALL - {40002, 40003, 40012}
 
 
+def test_an_entry_gone_before_the_delete_is_not_reported_deleted(
+    node: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry that went between the dump and the delete (idle, another flush) was
+    listed under "deleted" in JSON and the -v table, while `count` left it out
+    (helper-146): only what this run deleted is listed, the summary says the rest."""
+    dump = flush_udp.conntrack.list_udp
+
+    def then_one_goes(*args, **kwargs):
+        entries = dump(*args, **kwargs)
+        ns_run(node, "conntrack", "-D", "-p", "udp", "--sport", "40002")
+        return entries
+
+    monkeypatch.setattr(flush_udp.conntrack, "list_udp", then_one_goes)
+    code, out, err = cli(capsys, "flush-udp", "--netns", node, "--stale-only", "-o", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert sorted(d["sport"] for d in doc["deleted"]) == [40003, 40012]
+    assert doc["count"] == 2
+    again = [(sport, ENTRIES[sport]) for sport in (40002, 40003)]
+    ct_load(node, [ct_args(src, dst, sport, dport, rsrc, rport)
+                   for sport, (src, dst, dport, rsrc, rport) in again])  # fmt: skip
+    code, out, err = cli(capsys, "flush-udp", "--netns", node, "--stale-only", "-v")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line.split()[3] for line in lines[1:-2]] == ["40003->5353"]
+    assert lines[-1] == (
+        "deleted 1 UDP conntrack entry to host port 5353 (v4);"
+        " kept 4 that reach their container or the host; 1 had gone already"
+    )
+
+
 def test_only_the_local_tables_addresses_are_the_nodes_own(
     node: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -492,13 +492,13 @@ def test_a_delete_stopped_part_way_says_how_far_it_got(monkeypatch):
 
     doomed = [Doomed(e, FlushReason.MAPPED) for e in (CURRENT, OLD, NEVER)]
 
-    def stopped(entries, progress):
+    def stopped(entries, progress, gone):
         progress(2, len(entries))
         raise Interrupted()
 
     monkeypatch.setattr(flush_udp.conntrack, "delete", stopped)
     seen = []
     with pytest.raises(Interrupted) as stop:
-        flush_udp._delete(doomed, lambda done, total: seen.append((done, total)))
+        flush_udp._delete(doomed, lambda done, total: seen.append((done, total)), [])
     assert seen == [(2, 3)]
     assert stop.value.after.startswith("2 of 3 UDP conntrack entries had been deleted")
