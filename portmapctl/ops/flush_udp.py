@@ -132,6 +132,12 @@ def _ip(family: int, text: str) -> Optional[bytes]:
         return None
 
 
+def ours(addresses: Iterable[Tuple[int, str]]) -> Set[Tuple[int, Optional[bytes]]]:
+    """plan()'s `ours`: these (family, container address) pairs, compared as plan
+    compares a flow's DNAT destination."""
+    return {(family, _ip(family, address)) for family, address in addresses}
+
+
 def _index(mappings: Iterable[Mapping]) -> Dict[Key, List[Mapping]]:
     by_key: Dict[Key, List[Mapping]] = {}
     for m in udp_mappings(mappings):
@@ -240,7 +246,7 @@ def plan(
     to none of them, to an address of a port that is mapped on other host IPs only, is
     kept: another tool's rule DNATed it (kube-proxy's NodePort, Docker on another
     address), not a mapping (flush-udp deleted those live flows as "nothing maps this
-    port now"; gc, which knows what it removed, passes none)."""
+    port now"; gc passes the containers of the chains it left and removed)."""
     by_key = _index(mappings)
     doomed = []
     for entry in entries:
@@ -322,9 +328,9 @@ def flush(
         looked_at = [
             e for e in looked_at if any(_covers(m, e) for m in own.get((e.family, e.dport), ()))
         ]
-    ours = {(m.family, _ip(m.family, m.container_ip)) for m in mappings}
+    mine = ours((m.family, m.container_ip) for m in mappings)
     doomed = sorted(
-        plan(looked_at, keys, mappings, stale_only=stale_only, local=local, ours=ours),
+        plan(looked_at, keys, mappings, stale_only=stale_only, local=local, ours=mine),
         key=lambda d: _order(d.entry),
     )
     gone: List[ConntrackEntry] = []

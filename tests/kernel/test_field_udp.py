@@ -109,29 +109,59 @@ def test_list_conntrack_counts_no_forwarded_flow(dns_node):
 UDP = [{"hostPort": 6000, "containerPort": 60, "protocol": "udp"}]
 
 
-def test_gc_flushes_the_flows_a_removed_chain_misrouted_on_a_port_still_mapped(host_ns, tmp_path):
+def _old_and_new(host_ns: str, tmp_path: Path, new_ports: list) -> Path:
+    """The node's address on lo; "old" leaked (no cache entry) mapping 6000/udp;
+    "new" (cached) mapping `new_ports`. Returns the cache directory."""
     cache = tmp_path / "cni"
     (cache / "results").mkdir(parents=True)
     _ns(host_ns, "ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
-    # "old" leaked (no cache entry) and its chain, entered first, still takes 6000/udp;
-    # "new" maps the same port now.
     rp.run_plugin("ADD", host_ns, "old", rp.plugin_conf("mynet", ["10.88.0.13/16"], UDP),
                   check=True)  # fmt: skip
-    new = rp.plugin_conf("mynet", ["10.88.0.20/16"], UDP)
+    new = rp.plugin_conf("mynet", ["10.88.0.20/16"], new_ports)
     rp.run_plugin("ADD", host_ns, "new", new, check=True)
     _cache(cache, "mynet", "new", new)
-    _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
-    _flow(host_ns, 42002, "192.0.2.2", NODE_IP, 6000, "10.88.0.20", 60)  # to "new": fine
-    _flow(host_ns, 42003, "192.0.2.3", NODE_IP, 6000)  # never DNATed: the blackhole
-    _flow(host_ns, 42004, "10.88.0.20", OUTSIDE, 6000, reply_dst=NODE_IP)  # forwarded
+    return cache
 
+
+def _gc_removing_old(host_ns: str, cache: Path) -> dict:
     done = run(["gc", "--netns", host_ns, "--cni-cache-dir", str(cache), "--yes", "--min-age",
                 "0", "-o", "json"])  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert [r["container_id"] for r in result["removed"]] == ["old"]
+    return result
+
+
+def test_gc_flushes_the_flows_a_removed_chain_misrouted_on_a_port_still_mapped(host_ns, tmp_path):
+    # "old" leaked (no cache entry) and its chain, entered first, still takes 6000/udp;
+    # "new" maps the same port now.
+    cache = _old_and_new(host_ns, tmp_path, UDP)
+    _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
+    _flow(host_ns, 42002, "192.0.2.2", NODE_IP, 6000, "10.88.0.20", 60)  # to "new": fine
+    _flow(host_ns, 42003, "192.0.2.3", NODE_IP, 6000)  # never DNATed: the blackhole
+    _flow(host_ns, 42004, "10.88.0.20", OUTSIDE, 6000, reply_dst=NODE_IP)  # forwarded
+    result = _gc_removing_old(host_ns, cache)
     assert result["conntrack_deleted"] == 2
     assert _sports(host_ns) == {42002, 42004}
+
+
+def test_gc_keeps_another_tools_flows_on_a_port_a_live_container_maps_on_one_address(
+    host_ns, tmp_path
+):
+    """ "old" leaked, mapping 6000/udp on every address; "new" maps 127.0.0.1:6000 only;
+    another tool DNATs NODE_IP:6000 to a pod of its own. gc removing "old" deleted that
+    tool's live flow as "nothing maps this port now" (helper-146): it judged without
+    knowing whose addresses the flows went to. Now "old"'s flow to that address goes,
+    the other tool's stays."""
+    cache = _old_and_new(host_ns, tmp_path, [{**UDP[0], "hostIP": "127.0.0.1"}])
+    _ns(host_ns, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-d", NODE_IP, "-p", "udp",
+        "--dport", "6000", "-j", "DNAT", "--to-destination", "10.244.1.7:60")  # fmt: skip
+    _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
+    _flow(host_ns, 42005, "192.0.2.5", NODE_IP, 6000, "10.244.1.7", 60)  # the other tool's
+    _flow(host_ns, 42006, "192.0.2.6", "127.0.0.1", 6000, "10.88.0.20", 60)  # to "new"
+    result = _gc_removing_old(host_ns, cache)
+    assert result["conntrack_deleted"] == 1
+    assert _sports(host_ns) == {42005, 42006}
 
 
 def test_gc_no_flush_udp_leaves_them(host_ns, tmp_path):

@@ -39,6 +39,10 @@ class FamilyPlan:
     remaining_udp: Tuple[inventory.Mapping, ...] = ()
     # Every UDP host port the chains left map (the nftables side's removal needs it).
     mapped_udp_ports: FrozenSet[int] = frozenset()
+    # With remapped ports, the removed chains' container addresses: a flow DNATed to
+    # one is theirs to flush; one DNATed elsewhere, another tool's (flush_udp.plan's
+    # `ours`).
+    removed_ips: FrozenSet[str] = frozenset()
 
 
 def fingerprint(chain: AnyChain) -> str:
@@ -127,7 +131,9 @@ def plan_family(
     freed = _udp_ports(ports, gone) - still_mapped
     remapped = _udp_ports(ports, gone) & still_mapped
     remaining: Tuple[inventory.Mapping, ...] = ()
+    removed_ips: FrozenSet[str] = frozenset()
     if remapped:
+        removed_ips = frozenset(ip for c in removable for ip in c.container_ips)
         # Only then are the mappings left needed (flush-udp --stale-only's judgement):
         # the whole inventory, statuses and all, of the table as the removal leaves it
         # (a chain shadowed by a removed one takes its port now).
@@ -152,6 +158,7 @@ def plan_family(
         tuple(sorted(remapped)),
         remaining,
         frozenset(still_mapped),
+        removed_ips,
     )
 
 

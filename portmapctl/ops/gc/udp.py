@@ -130,8 +130,14 @@ def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:
             freed = {(family, port) for port in plan.freed_udp_ports}
             remapped = {(family, port) for port in plan.remapped_udp_ports}
             doomed = flushing.plan(entries, freed, (), local=local)
+            # A flow DNATed to no container of these chains, left or removed, on an
+            # address the port is no longer mapped on: another tool's (kept).
+            ours = flushing.ours(
+                [(m.family, m.container_ip) for m in plan.remaining_udp]
+                + [(family, ip) for ip in plan.removed_ips]
+            )
             doomed += flushing.plan(
-                entries, remapped, plan.remaining_udp, stale_only=True, local=local
+                entries, remapped, plan.remaining_udp, stale_only=True, local=local, ours=ours
             )
             deleted += conntrack.delete([d.entry for d in doomed])
         except Exception as err:  # noqa: BLE001 - reported, never fatal after the removal
