@@ -409,20 +409,21 @@ def flush_ports(
     ports: Collection[int],
     *,
     keep: Optional[Sequence[Mapping]] = None,
+    ours: Optional[Collection[Tuple[int, Optional[bytes]]]] = None,
 ) -> int:
     """Delete the UDP entries to these host ports in these families, in the current
     namespace; returns how many went. This is the plugin's flush after ADD (`add`),
     and what `gc` does for the host ports it unmapped.
 
     With `keep` (the node's current mappings), only what misroutes goes, as with
-    --stale-only, and only flows to the node's own addresses.
+    --stale-only, and only flows to the node's own addresses; `ours` as for plan().
     """
     if not families or not ports:
         return 0
     keys = {(family, port) for family in families for port in ports}
     entries = conntrack.list_udp(sorted(set(families)), sorted(set(ports)))
     local = local_addresses(families) if keep is not None else None
-    doomed = plan(entries, keys, keep or (), stale_only=keep is not None, local=local)
+    doomed = plan(entries, keys, keep or (), stale_only=keep is not None, local=local, ours=ours)
     return conntrack.delete([d.entry for d in doomed])
 
 

@@ -310,6 +310,52 @@ def test_gc_flushes_the_dead_containers_flows_of_a_port_still_mapped_in_either_b
     assert doc["conntrack_deleted"] == len(flows) - len(live)
 
 
+@pytest.mark.parametrize(
+    ("dead_in", "live_in"),
+    [("nftables", "iptables"), ("nftables", "nftables"), ("iptables", "nftables")],
+)
+def test_gc_keeps_another_tools_flows_on_a_port_left_mapped_on_one_address(
+    node: str, tmp_path: Path, dead_in: str, live_in: str
+) -> None:
+    """dead50 (leaked) mapped 5050/udp on every address; live50 maps 127.0.0.1:5050
+    only, one of them in nftables; another tool DNATs 192.0.3.1:5050 to a pod of its
+    own. gc removing dead50 judged the port's flows by both backends' mappings but
+    without knowing whose addresses they went to: the other tool's live flow went as
+    "nothing maps this port now" (62e874e fixed it for iptables alone). Now only the
+    flow to dead50's address goes. (Both in iptables: kernel/test_field_udp.py.)"""
+    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/24", "dev", "lo"], check=True)
+    for cid, ip, backend, ports in (
+        ("dead50", "10.88.0.91", dead_in, [_pm(5050, 53, "udp")]),
+        ("live50", "10.88.0.92", live_in, [_pm(5050, 53, "udp", host_ip="127.0.0.1")]),
+    ):
+        if backend == "iptables":
+            conf = rp.plugin_conf("podman", [f"{ip}/16"], ports)
+            rp.run_plugin("ADD", node, cid, conf, check=True)
+        else:
+            conf = upstream.nft_conf("podman", [f"{ip}/16"], ports)
+            upstream.run(V191, "ADD", node, cid, conf, check=True)
+        if cid == "live50":
+            _cached(tmp_path, cid, conf)
+    rp.iptables(node, ["-t", "nat", "-I", "PREROUTING", "1", "-d", "192.0.3.1", "-p", "udp",
+                       "--dport", "5050", "-j", "DNAT", "--to-destination", "10.244.1.7:53"])  # fmt: skip
+    flows = {("192.0.3.1", "10.88.0.91"), ("192.0.3.1", "10.244.1.7"),
+             ("127.0.0.1", "10.88.0.92")}  # fmt: skip
+    for sport, (dst, to) in enumerate(sorted(flows), start=41000):
+        source = "127.0.0.1" if dst == "127.0.0.1" else "192.0.3.2"
+        subprocess.run([rp._ip(), "netns", "exec", node, "conntrack", "-I", "-p", "udp",
+                        "-s", source, "-d", dst, "--sport", str(sport), "--dport", "5050",
+                        "--reply-src", to, "--reply-port-src", "53", "--reply-dst", source,
+                        "--reply-port-dst", str(sport), "-t", "100"],
+                       check=True, capture_output=True)  # fmt: skip
+    assert rp.udp_flows(node) == {(5050, to) for _, to in flows}
+    done = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert {c["container_id"] for c in doc["removed"]} == {"dead50"}
+    assert rp.udp_flows(node) == {(5050, "10.244.1.7"), (5050, "10.88.0.92")}
+    assert doc["conntrack_deleted"] == 1
+
+
 def test_a_container_on_two_networks_one_per_backend_is_no_copy_to_remove(
     node: str, tmp_path: Path
 ) -> None:

@@ -39,9 +39,9 @@ class FamilyPlan:
     remaining_udp: Tuple[inventory.Mapping, ...] = ()
     # Every UDP host port the chains left map (the nftables side's removal needs it).
     mapped_udp_ports: FrozenSet[int] = frozenset()
-    # With remapped ports, the removed chains' container addresses: a flow DNATed to
-    # one is theirs to flush; one DNATed elsewhere, another tool's (flush_udp.plan's
-    # `ours`).
+    # With UDP ports removed, the removed chains' container addresses: a flow DNATed
+    # to one is theirs to flush; one DNATed elsewhere on a port still mapped (here or
+    # in nftables), another tool's (flush_udp.plan's `ours`).
     removed_ips: FrozenSet[str] = frozenset()
 
 
@@ -132,8 +132,10 @@ def plan_family(
     remapped = _udp_ports(ports, gone) & still_mapped
     remaining: Tuple[inventory.Mapping, ...] = ()
     removed_ips: FrozenSet[str] = frozenset()
-    if remapped:
+    if freed or remapped:
+        # A port freed here may still be mapped in nftables (udp.py flush_shared).
         removed_ips = frozenset(ip for c in removable for ip in c.container_ips)
+    if remapped:
         # Only then are the mappings left needed (flush-udp --stale-only's judgement):
         # the whole inventory, statuses and all, of the table as the removal leaves it
         # (a chain shadowed by a removed one takes its port now).

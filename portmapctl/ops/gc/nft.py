@@ -77,6 +77,9 @@ class NftPlan(NamedTuple):
     # maps, or this one, as flush-udp --stale-only does (udp.py).
     remapped: Dict[int, Set[int]] = {}
     mapped: Dict[int, Set[int]] = {}
+    # The DNAT addresses of the removed rules per family: a flow DNATed there is the
+    # removal's to flush, one DNATed elsewhere on a port left mapped is another tool's.
+    removed_ips: Dict[int, Set[str]] = {}
 
 
 def speaks_for_nft(sources: Sources, use_cache: bool) -> bool:
@@ -135,6 +138,7 @@ def plan_nft(
     new_seen: Dict[ChainKey, gc_state.Seen] = {}
     txn = NftTransaction()
     gone_udp: Dict[int, Set[int]] = {}
+    removed_ips: Dict[int, Set[str]] = {}
     for dead in dead_containers(live_rules, is_live):
         for family in dead.families:
             if family not in families:
@@ -161,6 +165,8 @@ def plan_nft(
                 removed.append(item)
                 for rule in rules:
                     txn.delete_rule(family, rule.chain, rule.handle)
+                    if rule.body.action.addr is not None:
+                        removed_ips.setdefault(family, set()).add(rule.body.action.addr)
                 gone_udp.setdefault(family, set()).update(n for p, n in ports if p == "udp")
             else:
                 pending.append(item)
@@ -189,6 +195,7 @@ def plan_nft(
         txn,
         {f: p for f, p in remapped.items() if p},
         still,
+        removed_ips,
     )
 
 

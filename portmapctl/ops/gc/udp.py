@@ -70,16 +70,24 @@ def udp_work(
     return work, shared
 
 
-def flush_shared(node: Node, ports: Dict[int, Set[int]]) -> Tuple[int, Tuple[str, ...]]:
+def flush_shared(
+    node: Node, ports: Dict[int, Set[int]], removed_ips: Mapping[int, Set[str]]
+) -> Tuple[int, Tuple[str, ...]]:
     """The misrouting flows (flush-udp --stale-only) of ports the removal left mapped
     by a container of either backend, judged by both backends' mappings as they are
-    now (read again: a rare case, a port shared across backends or in nftables)."""
+    now (read again: a rare case, a port shared across backends or in nftables).
+    A flow DNATed to none of the containers left or removed (`removed_ips`, per
+    family) is another tool's: kept, as in flush_udp_after."""
     from portmapctl.ops import flush_udp as flushing
 
     try:
         mappings = flushing.node_mappings(node, node.read(), None)
+        ours = flushing.ours(
+            [(m.family, m.container_ip) for m in flushing.udp_mappings(mappings)]
+            + [(family, ip) for family, ips in removed_ips.items() for ip in ips]
+        )
         deleted = sum(
-            flushing.flush_ports((family,), sorted(found), keep=mappings)
+            flushing.flush_ports((family,), sorted(found), keep=mappings, ours=ours)
             for family, found in sorted(ports.items())
         )
     except Exception as err:  # noqa: BLE001 - reported, never fatal after the removal
@@ -99,7 +107,13 @@ def flush_removed(
     if work:
         deleted, warnings = flush_udp_after(work)
     if shared_ports:
-        more, more_warnings = flush_shared(node, shared_ports)
+        removed_ips: Dict[int, Set[str]] = {}
+        for p in plans:
+            removed_ips.setdefault(p.family, set()).update(p.removed_ips)
+        if nft_done is not None:
+            for family, ips in nft_done.removed_ips.items():
+                removed_ips.setdefault(family, set()).update(ips)
+        more, more_warnings = flush_shared(node, shared_ports, removed_ips)
         deleted += more
         warnings += more_warnings
     return deleted, warnings
