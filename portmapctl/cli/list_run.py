@@ -135,7 +135,8 @@ def run(
         if out.json:
             out.print_json(render.list_json(rows, chains, counts, cache.json(), total))
             return
-        summary = render.list_summary(rows, chains, total if wanted.any else None, counts)
+        fix = flush_fix(options, wanted) if counts else render.FLUSH_STALE
+        summary = render.list_summary(rows, chains, total if wanted.any else None, counts, fix)
         if (rows or chains) and not out.quiet:  # -q: the summary line alone
             out.show(
                 render.list_table(
@@ -239,3 +240,19 @@ def _nft_rows(node: Any, started: Tuple[Any, dict], cache: Any, found: Any, out:
     if not nft_found.mappings:
         return []
     return list(nft_found.mappings)
+
+
+def flush_fix(options: Any, wanted: Filters) -> str:
+    """The flush-udp that deletes the misrouted flows the summary counts: on the same
+    namespace, families and cache as this list, narrowed by its --container (one; the
+    command takes one) and --port. Its other filters (--network, --status) flush-udp
+    cannot say: it deletes the other misrouted flows too, none of them live."""
+    import shlex
+
+    from portmapctl import render
+
+    narrowed = ""
+    if len(wanted.containers) == 1:
+        narrowed += f" --container {shlex.quote(wanted.containers[0])}"
+    narrowed += "".join(f" --port {port}" for port in wanted.ports)
+    return f"{render.FLUSH_STALE}{narrowed}{options.arguments}"

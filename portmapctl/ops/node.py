@@ -95,6 +95,27 @@ class NodeOptions:
         alone reads no iptables, --backend nftables none at all)."""
         return self.uses_iptables and (not self.offline or bool(self.snapshots))
 
+    @property
+    def arguments(self) -> str:
+        """These options as command-line arguments, those that differ from the
+        defaults (` --netns pmdemo --family 4`): a fix command a command prints is
+        spelled with them, or it would run on another namespace, cache or family."""
+        import shlex
+
+        spelled = ""
+        if self.netns:
+            spelled += f" --netns {shlex.quote(self.netns)}"
+        if self.backend != "auto":
+            spelled += f" --backend {self.backend}"
+        if self.iptables != "auto":
+            spelled += f" --iptables {self.iptables}"
+        if tuple(self.families) != (4, 6):
+            one = len(self.families) == 1
+            spelled += " --family " + (str(self.families[0]) if one else "all")
+        if tuple(self.cache_dirs) != paths.default_cni_cache_dirs():
+            spelled += "".join(f" --cni-cache-dir {shlex.quote(d)}" for d in self.cache_dirs)
+        return spelled
+
 
 @dataclass
 class Node:

@@ -47,6 +47,7 @@ _HOME: Dict[str, str] = {
     "list_json": "json",
     "mapping_json": "json",
     "problem_json": "json",
+    "FLUSH_STALE": "list",
     "chain_sort_key": "list",
     "container_address": "list",
     "host_address": "list",
@@ -79,6 +80,7 @@ def __dir__() -> List[str]:
 
 __all__ = [
     "BACKEND",
+    "FLUSH_STALE",
     "FLUSH_STYLE",
     "FLUSH_WHY",
     "SCHEMA",

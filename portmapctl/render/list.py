@@ -67,17 +67,22 @@ def container_address(m: Mapping) -> str:
     return f"{ip}:{m.container_port}"
 
 
+FLUSH_STALE = "portmapctl flush-udp --stale-only"  # what deletes the misrouted flows
+
+
 def list_summary(
     mappings: List[Mapping],
     chains: List[ChainInfo],
     total: Optional[int] = None,
     flows: Optional[MappingT[Mapping, Flows]] = None,
+    fix: str = FLUSH_STALE,
 ) -> str:
     """`7 mappings of 4 containers: 5 ok, 1 stale, 1 shadowed` (statuses counted per row;
     chains without a DNAT rule, such as legacy SN- chains, counted apart); with filters
     that leave fewer, `2 of 7 mappings match: ...`. With --conntrack's `flows`, the
     misrouted ones under the rows and their fix follow (`; 2 UDP flows misrouted ->
-    portmapctl flush-udp --stale-only`): FLOWS alone counts them as the mapping's."""
+    portmapctl flush-udp --stale-only`; `fix` spelled with the run's options and
+    filters, list_run.flush_fix): FLOWS alone counts them as the mapping's."""
     with_rows = {(m.chain, m.family) for m in mappings}
     bare = [c for c in chains if (c.name, c.family) not in with_rows]
     containers = {m.container_id or m.chain for m in mappings} | {
@@ -102,7 +107,7 @@ def list_summary(
     astray = set().union(*(flows[m].misrouted for m in mappings if m in flows)) if flows else ()
     if astray:
         flow = "UDP flow" if len(astray) == 1 else "UDP flows"
-        line += f"; {len(astray)} {flow} misrouted -> portmapctl flush-udp --stale-only"
+        line += f"; {len(astray)} {flow} misrouted -> {fix}"
     return line
 
 

@@ -184,6 +184,26 @@ def test_list_conntrack_says_which_flows_misroute(monkeypatch) -> None:
     )
 
 
+def test_list_spells_its_flush_fix_with_its_own_options_and_filters() -> None:
+    """The fix list prints runs where list looked (`list --netns X` printed a flush-udp
+    for the host's namespace) and is narrowed as flush-udp can be: one --container (it
+    takes one), every --port; list's other filters it cannot say."""
+    from portmapctl.cli.list_run import Filters, flush_fix
+    from portmapctl.ops.node import NodeOptions
+
+    here = NodeOptions()
+    assert flush_fix(here, Filters()) == "portmapctl flush-udp --stale-only"
+    there = NodeOptions(netns="/run/netns/a b", families=(6,), cache_dirs=("/x",))
+    narrowed = Filters(containers=("3f2a",), ports=(5353, 53), networks=("podman",))
+    assert flush_fix(there, narrowed) == (
+        "portmapctl flush-udp --stale-only --container 3f2a --port 5353 --port 53"
+        " --netns '/run/netns/a b' --family 6 --cni-cache-dir /x"
+    )
+    assert flush_fix(here, Filters(containers=("3f2a", "c9d8"))) == (
+        "portmapctl flush-udp --stale-only"
+    )
+
+
 def test_stale_only_keeps_another_tools_flows_to_an_address_a_port_is_not_mapped_on() -> None:
     """def456 maps 127.0.0.1:6000 only; kube-proxy (a NodePort) DNATs 10.0.0.1:6000 to
     its own pod. flush-udp --stale-only deleted those live flows as "DNATed, but nothing

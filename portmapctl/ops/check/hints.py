@@ -3,13 +3,11 @@ fix commands are spelled with the options check itself was run with."""
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Flavour
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.host.paths import default_cni_cache_dirs
 from portmapctl.iptables.ruleset import Args
 from portmapctl.iptables.shown import command_line, shown_rule
 from portmapctl.ops.node import Node
@@ -57,19 +55,7 @@ class Fixes:
 
 
 def fixes_for(node: Node, cache_present: bool = True) -> Fixes:
-    options = node.options
-    suffix = ""
-    if options.netns:
-        suffix += f" --netns {shlex.quote(options.netns)}"
-    if options.backend != "auto":
-        suffix += f" --backend {options.backend}"
-    if options.iptables != "auto":
-        suffix += f" --iptables {options.iptables}"
-    if tuple(options.families) != (4, 6):
-        suffix += " --family " + ("all" if len(options.families) != 1 else str(options.families[0]))
-    if tuple(options.cache_dirs) != default_cni_cache_dirs():
-        suffix += "".join(f" --cni-cache-dir {shlex.quote(d)}" for d in options.cache_dirs)
-    return Fixes(suffix, _flavour(node), cache_present)
+    return Fixes(node.options.arguments, _flavour(node), cache_present)
 
 
 def _flavour(node: Node) -> Optional[Flavour]:
