@@ -88,14 +88,15 @@ def run(
                 recorder.note_node(mappings, found.chains, tuple(tables), read)
             counts = None
             if conntrack:
-                from portmapctl.ops.flush_udp import count_per_mapping, node_mappings
+                from portmapctl.ops.flush_udp import Judging, count_flows, node_judging
 
                 # Misrouted as flush-udp --stale-only judges: by every rule that routes
-                # flows, the plugin's nftables ones under --backend iptables too.
-                judged = (
-                    mappings if reader is not None else node_mappings(node, tables, attachments)
+                # flows, the other backend's under --backend iptables or nftables too.
+                whole = reader is not None and node.options.reads_iptables
+                judging = (
+                    Judging(mappings, tables) if whole else node_judging(node, tables, attachments)
                 )
-                counts = count_per_mapping(mappings, judged)
+                counts = count_flows(mappings, judging)
         cache = common.cache()
         out.cache_note(cache)
         wanted = Filters(
@@ -132,17 +133,27 @@ def run(
         if undecided is not None:
             out.warn(undecided)
         total = len(mappings)
+        flows = counts.rows if counts is not None else None
+        # The fix's count: with one --container it is narrowed to that container's own
+        # addresses (flush_fix), so flows to another address on its ports are not its.
+        misrouted = (
+            counts.misrouted(rows, elsewhere=len(wanted.containers) != 1)
+            if counts is not None
+            else None
+        )
         if out.json:
-            out.print_json(render.list_json(rows, chains, counts, cache.json(), total))
+            out.print_json(render.list_json(rows, chains, flows, cache.json(), total, misrouted))
             return
-        fix = flush_fix(options, wanted) if counts else render.FLUSH_STALE
-        summary = render.list_summary(rows, chains, total if wanted.any else None, counts, fix)
+        fix = flush_fix(options, wanted) if misrouted else render.FLUSH_STALE
+        summary = render.list_summary(
+            rows, chains, total if wanted.any else None, misrouted or 0, fix
+        )
         if (rows or chains) and not out.quiet:  # -q: the summary line alone
             out.show(
                 render.list_table(
                     rows,
                     chains,
-                    counts,
+                    flows,
                     wide=out.wide,
                     full_ids=out.no_trunc,
                     header=not out.no_headers,

@@ -37,6 +37,7 @@ from typing import (
     Set,
     Tuple,
 )
+from typing import Mapping as ReadOnly
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.core.contest import backend_of
@@ -51,6 +52,8 @@ from portmapctl.iptables.inventory import Mapping
 from portmapctl.ops.node import Node
 
 Key = Tuple[int, int]  # (family, host port)
+# (family, destination address as plan compares it, host port): where a flow went.
+Destination = Tuple[int, Optional[bytes], int]
 Progress = Callable[[int, int], None]  # (entries handled, all entries)
 
 
@@ -233,6 +236,7 @@ def plan(
     stale_only: bool = False,
     local: Optional[LocalAddresses] = None,
     ours: Optional[Collection[Tuple[int, Optional[bytes]]]] = None,
+    taken: Collection[Destination] = (),
 ) -> List[Doomed]:
     """The entries under `ports` to delete: all of them, or with stale_only those
     that misroute given the current `mappings` (all of the node's, not only the
@@ -246,7 +250,11 @@ def plan(
     to none of them, to an address of a port that is mapped on other host IPs only, is
     kept: another tool's rule DNATed it (kube-proxy's NodePort, Docker on another
     address), not a mapping (flush-udp deleted those live flows as "nothing maps this
-    port now"; gc passes the containers of the chains it left and removed)."""
+    port now"; gc passes the containers of the chains it left and removed).
+
+    `taken` (taken_first): the destinations another tool's rule takes before the
+    plugin's entry; their flows are that tool's, kept by stale_only, unless DNATed to
+    one of `ours` (then judged as any: a removed container's flow goes)."""
     by_key = _index(mappings)
     doomed = []
     for entry in entries:
@@ -258,17 +266,63 @@ def plan(
         if not stale_only:
             doomed.append(Doomed(entry, FlushReason.MAPPED if key in by_key else FlushReason.GIVEN))
             continue
-        reason, wanted = judge(entry, by_key.get(key, ()))
-        if (
-            reason is FlushReason.UNMAPPED
-            and ours is not None
-            and key in by_key
-            and (entry.family, _ip(entry.family, entry.reply_src)) not in ours
-        ):
-            continue
-        if reason is not None:
-            doomed.append(Doomed(entry, reason, wanted))
+        verdict = misroutes(entry, by_key, ours, taken)
+        if verdict is not None:
+            doomed.append(Doomed(entry, *verdict))
     return doomed
+
+
+def misroutes(
+    entry: ConntrackEntry,
+    by_key: ReadOnly[Key, Sequence[Mapping]],
+    ours: Optional[Collection[Tuple[int, Optional[bytes]]]] = None,
+    taken: Collection[Destination] = (),
+) -> Optional[Tuple[FlushReason, Tuple[str, ...]]]:
+    """(reason, wanted) when the entry misroutes (flush-udp --stale-only deletes it), else
+    None; `by_key`: the UDP mappings by (family, host port). plan()'s judgement, and
+    list's count of it (one verdict: the count is what the fix deletes)."""
+    replier = (entry.family, _ip(entry.family, entry.reply_src))
+    if (
+        taken
+        and (entry.family, _ip(entry.family, entry.dst), entry.dport) in taken
+        and (ours is None or replier not in ours)
+    ):
+        # Another tool's rule takes this destination before any mapping: a flow to no
+        # container of the plugin's is that tool's (or, never DNATed, in doubt).
+        return None
+    key = (entry.family, entry.dport)
+    reason, wanted = judge(entry, by_key.get(key, ()))
+    if (
+        reason is FlushReason.UNMAPPED
+        and ours is not None
+        and key in by_key
+        and replier not in ours
+    ):
+        return None
+    return None if reason is None else (reason, wanted)
+
+
+def taken_first(readers: ReadOnly[int, Any], entries: Iterable[ConntrackEntry]) -> Set[Destination]:
+    """The (family, destination, host port) of these entries that another tool's
+    iptables rule takes before the plugin's entry rule (iptables/foreign.py `takers`,
+    `readers` its ChainReaders by family), judged for that very destination. A row's
+    status judges a mapping on every address by all of them (a rule with `-d NODE_IP`
+    takes only some: no row is shadowed); a flow goes to one, and one that rule takes
+    is its tool's, whatever its DNAT (gc and --stale-only deleted them as an old
+    destination of the mapping: review helper-149)."""
+    wanted: Dict[Tuple[int, str], Set[Tuple[str, int]]] = {}
+    for entry in entries:
+        if entry.family in readers:
+            wanted.setdefault((entry.family, entry.dst), set()).add(("udp", entry.dport))
+    if not wanted:
+        return set()
+    from portmapctl.iptables.foreign import takers
+
+    found: Set[Destination] = set()
+    for (family, dst), ports in wanted.items():
+        for _proto, port in takers(readers[family], ports, dest=dst):
+            found.add((family, _ip(family, dst), port))
+    return found
 
 
 def _order(entry: ConntrackEntry) -> tuple:
@@ -296,13 +350,15 @@ def flush(
     families = node.families
     mappings: List[Mapping] = []
     warnings: Tuple[str, ...] = ()
+    judging: Optional[Judging] = None
     if ports is None or container is not None or stale_only:
         # The cache is read while the saves run (as for list): nothing is changed here.
         # The rows are acyclic and kept to the end: no cyclic collections (as list).
         with gc_paused():
             tables, attachments = node.read_with_cache()
             warnings = tuple(cni_cache.warnings(attachments))
-            mappings = udp_mappings(node_mappings(node, tables, attachments))
+            judging = node_judging(node, tables, attachments)
+            mappings = udp_mappings(judging.mappings)
         if node.nft_unusable is not None:
             from portmapctl.ops.check.nft import configured_nft
 
@@ -329,8 +385,9 @@ def flush(
             e for e in looked_at if any(_covers(m, e) for m in own.get((e.family, e.dport), ()))
         ]
     mine = ours((m.family, m.container_ip) for m in mappings)
+    taken = judging.taken(looked_at) if stale_only and judging is not None else set()
     doomed = sorted(
-        plan(looked_at, keys, mappings, stale_only=stale_only, local=local, ours=mine),
+        plan(looked_at, keys, mappings, stale_only=stale_only, local=local, ours=mine, taken=taken),
         key=lambda d: _order(d.entry),
     )
     gone: List[ConntrackEntry] = []
@@ -376,32 +433,64 @@ def _delete(
 
 
 def _worked_on(node: Node, mappings: List[Mapping]) -> List[Mapping]:
-    """The mappings of the backends the command works on: under --backend iptables the
-    plugin's nftables rows are read only to judge flows (node_mappings), their ports
-    are not this run's to flush."""
-    if node.nft is not None or not mappings:
+    """The mappings of the backends the command works on: under --backend iptables or
+    nftables the other backend's rows are read only to judge flows (node_mappings),
+    their ports are not this run's to flush."""
+    if node.options.backend == "auto" or not mappings:
         return mappings
-    from portmapctl.nftables.inventory import NftMapping
+    return [m for m in mappings if backend_of(m) == node.options.backend]
 
-    return [m for m in mappings if not isinstance(m, NftMapping)]
+
+@dataclass(frozen=True)
+class Judging:
+    """What flows are judged by (node_judging): the node's every mapping, and its
+    iptables nat tables, for another tool's rule ahead of the plugin's entry."""
+
+    mappings: List[Mapping]
+    tables: ReadOnly[int, Any]
+
+    def taken(self, entries: Iterable[ConntrackEntry]) -> Set[Destination]:
+        """taken_first of these entries, by the tables' rules."""
+        if not self.tables:
+            return set()
+        from portmapctl.iptables.foreign import table_reader
+
+        return taken_first({f: table_reader(t) for f, t in self.tables.items()}, entries)
 
 
 def node_mappings(node: Node, tables: Any, attachments: Any) -> List[Mapping]:
-    """Every mapping of the node: iptables chains and the plugin's nftables rules."""
+    """node_judging's mappings."""
+    return node_judging(node, tables, attachments).mappings
+
+
+def node_judging(node: Node, tables: Any, attachments: Any) -> Judging:
+    """Every mapping of the node, as `list` rows them: the plugin's iptables chains and
+    nftables rules, whichever backend the command works on (the other still routes
+    flows: a flow it takes is no stale one), each with the statuses its port's other
+    owners give (ops/owners.py: another nftables table's earlier hook shadows it, the
+    other backend contests it); and the iptables tables read. Judged by fewer,
+    flush-udp deleted live flows that list called routed (review helper-149)."""
+    if not node.options.reads_iptables:
+        # --backend nftables: iptables is read only for this.
+        tables = node.read_iptables_evidence(node.families)
     found = inventory.build(tables, attachments)
-    mappings: List[Mapping] = list(found.mappings)
     # Where nftables is not looked at (--backend iptables) its rules still route
     # flows: a flow they take is no stale one (read for that alone).
     live = node.read_nft_evidence()
-    if not live.tables:
-        # No plugin table, no rows: the nftables modules need not be imported.
-        return mappings
-    from portmapctl.ops import nft
+    nft_rows: List[Mapping] = []
+    if live.tables:
+        from portmapctl.ops import nft
 
-    owners = {c.container_id for c in found.chains if c.container_id}
-    rows = nft.build(node, attachments, owners, live=live)[2].mappings
-    mappings += rows  # same fields, duck-typed
-    return mappings
+        owner_ids = {c.container_id for c in found.chains if c.container_id}
+        nft_rows = list(nft.build(node, attachments, owner_ids, live=live)[2].mappings)
+    if not found.mappings and not nft_rows:
+        return Judging([], tables)
+    from portmapctl.ops.flavour_guard import other_flavour_readers
+    from portmapctl.ops.owners import node_rows, read_owners
+
+    other = other_flavour_readers(node.backend.name, tuple(tables))
+    owners = read_owners(node, tables, found.mappings, nft_rows, live, other)
+    return Judging(node_rows(found.mappings, nft_rows, owners), tables)
 
 
 def flush_ports(
@@ -410,20 +499,25 @@ def flush_ports(
     *,
     keep: Optional[Sequence[Mapping]] = None,
     ours: Optional[Collection[Tuple[int, Optional[bytes]]]] = None,
+    judging: Optional[Judging] = None,
 ) -> int:
     """Delete the UDP entries to these host ports in these families, in the current
     namespace; returns how many went. This is the plugin's flush after ADD (`add`),
     and what `gc` does for the host ports it unmapped.
 
     With `keep` (the node's current mappings), only what misroutes goes, as with
-    --stale-only, and only flows to the node's own addresses; `ours` as for plan().
+    --stale-only, and only flows to the node's own addresses; `ours` as for plan();
+    `judging` (its tables) tells the destinations another tool's rule takes first.
     """
     if not families or not ports:
         return 0
     keys = {(family, port) for family in families for port in ports}
     entries = conntrack.list_udp(sorted(set(families)), sorted(set(ports)))
     local = local_addresses(families) if keep is not None else None
-    doomed = plan(entries, keys, keep or (), stale_only=keep is not None, local=local, ours=ours)
+    taken = judging.taken(entries) if judging is not None and keep is not None else set()
+    doomed = plan(
+        entries, keys, keep or (), stale_only=keep is not None, local=local, ours=ours, taken=taken
+    )
     return conntrack.delete([d.entry for d in doomed])
 
 
@@ -438,35 +532,69 @@ class Flows:
     misrouted: FrozenSet[ConntrackEntry] = frozenset()
 
 
-def count_per_mapping(
-    mappings: Iterable[Mapping], judged: Optional[Sequence[Mapping]] = None
-) -> Dict[Mapping, Flows]:
+@dataclass(frozen=True)
+class Counted:
+    """`list --conntrack`'s flows: per UDP row, and per (family, host port) of the rows
+    the misrouted entries to an address none of them is for (DNATed there when the
+    port was mapped on it: flush-udp --stale-only deletes them as "nothing maps this
+    port now", so list's summary counts them: review helper-149)."""
+
+    rows: Dict[Mapping, Flows]
+    elsewhere: Dict[Key, FrozenSet[ConntrackEntry]]
+
+    def misrouted(self, shown: Iterable[Mapping], elsewhere: bool = True) -> int:
+        """How many flows the summary's fix deletes for the rows `shown`: theirs (one
+        entry under two rows is one flow), and with `elsewhere` those to another
+        address on their ports (not when the fix is narrowed to one --container:
+        flush-udp then looks at the container's own addresses alone)."""
+        astray: Set[ConntrackEntry] = set()
+        for m in shown:
+            flows = self.rows.get(m)
+            if flows is not None:
+                astray |= flows.misrouted
+                if elsewhere:
+                    astray |= self.elsewhere.get((m.family, m.host_port), frozenset())
+        return len(astray)
+
+
+def count_flows(mappings: Iterable[Mapping], judging: Optional[Judging] = None) -> Counted:
     """`list --conntrack`: the UDP entries per UDP mapping (family, host port, and host
     IP when the mapping has one). An entry counts for every mapping that covers it,
     shadowed ones too: it is under their port. Only flows to the node's own addresses
     count, the ones flush-udp looks at: a forwarded flow to the same port elsewhere (a
     container's DNS query) never met the mapping. A count alone said "3 flows, ok" of a
     mapping two of whose flows went to a gone pod (helper-146): the misrouted ones are
-    judged as flush-udp --stale-only judges them, by the `judged` mappings (default:
-    `mappings`; the node's every mapping when those are one backend's)."""
+    judged as flush-udp --stale-only judges them (`misroutes`), by `judging` (default:
+    `mappings` alone; the node's every mapping when those are one backend's)."""
     udp = udp_mappings(mappings)
     counts: Dict[Mapping, int] = dict.fromkeys(udp, 0)
     misrouted: Dict[Mapping, Set[ConntrackEntry]] = {}
+    elsewhere: Dict[Key, Set[ConntrackEntry]] = {}
     if udp:
         by_key = _index(udp)
-        every = by_key if judged is None else _index(judged)
+        every = by_key if judging is None else _index(judging.mappings)
+        mine = ours((m.family, m.container_ip) for found in every.values() for m in found)
         families: Set[int] = {m.family for m in udp}
         local = local_addresses(sorted(families))
-        for entry in conntrack.list_udp(sorted(families), sorted({m.host_port for m in udp})):
-            if (entry.family, entry.dst) not in local:
-                continue
+        entries = [
+            e
+            for e in conntrack.list_udp(sorted(families), sorted({m.host_port for m in udp}))
+            if (e.family, e.dst) in local and (e.family, e.dport) in by_key
+        ]
+        taken = judging.taken(entries) if judging is not None and entries else set()
+        for entry in entries:
             key = (entry.family, entry.dport)
-            covering = [m for m in by_key.get(key, ()) if _covers(m, entry)]
+            covering = [m for m in by_key[key] if _covers(m, entry)]
+            astray = misroutes(entry, every, mine, taken) is not None
             if not covering:
+                if astray:
+                    elsewhere.setdefault(key, set()).add(entry)
                 continue
-            reason, _ = judge(entry, every.get(key, ()))
             for m in covering:
                 counts[m] += 1
-                if reason is not None:
+                if astray:
                     misrouted.setdefault(m, set()).add(entry)
-    return {m: Flows(n, frozenset(misrouted.get(m, ()))) for m, n in counts.items()}
+    return Counted(
+        {m: Flows(n, frozenset(misrouted.get(m, ()))) for m, n in counts.items()},
+        {key: frozenset(found) for key, found in elsewhere.items()},
+    )

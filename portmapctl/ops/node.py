@@ -21,7 +21,7 @@ from typing import (
 )
 
 from portmapctl.core.backend import Backend as PluginBackend
-from portmapctl.errors import ApplyFailed, HostProblem, found_in
+from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError, found_in
 from portmapctl.host import lock, netns, paths
 from portmapctl.host.netns import NamespaceView
 from portmapctl.iptables.access import BACKEND_NAMES, Backend, open_backend
@@ -169,6 +169,34 @@ class Node:
             return RealNft().read(self.options.families)
         except NftUnusable:
             return EMPTY
+
+    def read_iptables_evidence(self, families: Tuple[int, ...]) -> Dict[int, NatTable]:
+        """iptables' nat tables in `families` where there is one (asked first: no save
+        runs where there is none, and a legacy read would create it), also under
+        --backend nftables, where they are read only to judge (whose port a flow is,
+        which rule takes it); none offline without --snapshot, or where iptables
+        cannot be read then (a -v detail)."""
+        if self.options.reads_iptables:
+            backend = self.backend
+        elif self.options.offline:
+            return {}
+        else:
+            try:
+                backend = open_backend(self.options.iptables)
+            except (PortmapctlError, OSError) as err:
+                _debug("reading iptables to judge by failed: %s", err)
+                return {}
+        has_table = getattr(backend, "has_nat_table", None)
+        wanted = tuple(f for f in families if has_table is None or has_table(f))
+        if not wanted:
+            return {}
+        if self.options.reads_iptables:
+            return self.read(wanted)
+        try:
+            return {f: backend.read(f) for f in wanted}
+        except (PortmapctlError, OSError) as err:
+            _debug("reading iptables to judge by failed: %s", err)
+            return {}
 
     def read_nft_to_change(self) -> Ruleset:
         """The tables as converge_nft's first try reads them (for a plan made ahead,
@@ -533,3 +561,9 @@ def _nft_access(options: NodeOptions) -> Optional[NftAccess]:
     from portmapctl.nftables.access.nft import RealNft
 
     return RealNft(early=options.early_nft)
+
+
+def _debug(message: str, *args: object) -> None:
+    from portmapctl.ops.add_ahead import debug
+
+    debug(message, *args)

@@ -74,19 +74,23 @@ def flush_misrouted(
             return []
         local = local_addresses(wanted)
 
-        def misrouted(found: Sequence[Any], judged: Sequence[Any]) -> List[Any]:
-            doomed = plan(found, keys, judged, stale_only=True, local=local)
+        def misrouted(found: Sequence[Any], judged: Sequence[Any], **judging: Any) -> List[Any]:
+            doomed = plan(found, keys, judged, stale_only=True, local=local, **judging)
             # (UNMAPPED: DNATed, to an address nothing maps the port on: not this add's.)
             return [d.entry for d in doomed if d.reason in _MISROUTED]
 
         # What reaches this container stays; of the rest, what reaches the port's
-        # winner too (another container, when this one is shadowed): the node's
-        # mappings are read only when something would go (a whole table at 5,000).
+        # winner too (another container, when this one is shadowed), or another tool's
+        # rule ahead of the plugin's: the node's mappings and tables are read only when
+        # something would go (a whole table at 5,000).
         going = misrouted(entries, mine)
         if going and node is not None:
-            from portmapctl.ops.flush_udp import node_mappings, udp_mappings
+            from portmapctl.ops.flush_udp import node_judging, ours, udp_mappings
 
-            going = misrouted(going, udp_mappings(node_mappings(node, node.read(), None)))
+            found = node_judging(node, node.read(), None)
+            judged = udp_mappings(found.mappings)
+            mapped = ours((m.family, m.container_ip) for m in judged)
+            going = misrouted(going, judged, ours=mapped, taken=found.taken(going))
         conntrack.delete(going)
     except Exception as err:  # noqa: BLE001 - as after_setup_many's flush
         return [not_flushed(keys, err)]

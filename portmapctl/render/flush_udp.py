@@ -88,7 +88,8 @@ def flush_summary(result: FlushResult, container: Optional[str] = None) -> str:
     count = result.deleted
     noun = "entry" if count == 1 else "entries"
     verb = "would delete" if result.dry_run else "deleted"
-    found = {(d.entry.family, d.entry.dport) for d in result.doomed}
+    # Of the entries it deleted: not of those gone before it reached them.
+    found = {(d.entry.family, d.entry.dport) for d in result.shown}
     if found:
         line = f"{verb} {count} UDP conntrack {noun} to {_flush_ports_text(found)}"
     else:

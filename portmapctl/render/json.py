@@ -123,14 +123,19 @@ def list_json(
     conntrack: Optional[MappingT[Mapping, Flows]] = None,
     cache: Optional[MappingT[str, Any]] = None,
     total: Optional[int] = None,
+    misrouted: Optional[int] = None,
 ) -> Dict[str, Any]:
     rows = [mapping_json(m, conntrack) for m in mappings]
+    # With --conntrack: the summary's count of misrouted flows (the rows' own, and
+    # those to another address on their ports: what its fix deletes).
+    counted = {} if misrouted is None else {"conntrack_misrouted": misrouted}
     return document(
         cache,
         mappings=rows,
         chains=[chain_json(c) for c in chains],
         # How many mappings there are before the filters (equal to len(mappings) without).
         total_mappings=len(rows) if total is None else total,
+        **counted,
     )
 
 

@@ -74,15 +74,15 @@ def list_summary(
     mappings: List[Mapping],
     chains: List[ChainInfo],
     total: Optional[int] = None,
-    flows: Optional[MappingT[Mapping, Flows]] = None,
+    misrouted: int = 0,
     fix: str = FLUSH_STALE,
 ) -> str:
     """`7 mappings of 4 containers: 5 ok, 1 stale, 1 shadowed` (statuses counted per row;
     chains without a DNAT rule, such as legacy SN- chains, counted apart); with filters
-    that leave fewer, `2 of 7 mappings match: ...`. With --conntrack's `flows`, the
-    misrouted ones under the rows and their fix follow (`; 2 UDP flows misrouted ->
-    portmapctl flush-udp --stale-only`; `fix` spelled with the run's options and
-    filters, list_run.flush_fix): FLOWS alone counts them as the mapping's."""
+    that leave fewer, `2 of 7 mappings match: ...`. With --conntrack, the flows that
+    misroute (`misrouted`: ops/flush_udp.py Counted.misrouted) and their fix follow
+    (`; 2 UDP flows misrouted -> portmapctl flush-udp --stale-only`; `fix` spelled
+    with the run's options and filters, list_run.flush_fix)."""
     with_rows = {(m.chain, m.family) for m in mappings}
     bare = [c for c in chains if (c.name, c.family) not in with_rows]
     containers = {m.container_id or m.chain for m in mappings} | {
@@ -104,10 +104,9 @@ def list_summary(
     order = [str(s) for s in STATUS_STYLE]
     ranked = sorted(words.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
     line = head + (": " + ", ".join(f"{n} {w}" for w, n in ranked) if ranked else "")
-    astray = set().union(*(flows[m].misrouted for m in mappings if m in flows)) if flows else ()
-    if astray:
-        flow = "UDP flow" if len(astray) == 1 else "UDP flows"
-        line += f"; {len(astray)} {flow} misrouted -> {fix}"
+    if misrouted:
+        flow = "UDP flow" if misrouted == 1 else "UDP flows"
+        line += f"; {misrouted} {flow} misrouted -> {fix}"
     return line
 
 

@@ -164,6 +164,34 @@ def test_gc_keeps_another_tools_flows_on_a_port_a_live_container_maps_on_one_add
     assert _sports(host_ns) == {42005, 42006}
 
 
+def test_gc_and_stale_only_keep_another_tools_flows_it_takes_first_on_a_port_mapped_everywhere(
+    host_ns, tmp_path
+):
+    """62e874e's case with "new" mapping 6000/udp on every address: another tool's rule
+    ahead of CNI-HOSTPORT-DNAT (PREROUTING 1) DNATs NODE_IP:6000 to its pod, so that
+    address's flows are its own (no row is shadowed: it takes some addresses only). gc
+    removing "old" deleted that tool's live flow as an old destination of "new", and so
+    did flush-udp --stale-only (review helper-149). Now only the flow to the removed
+    container goes; --stale-only keeps the other tool's, before gc and after."""
+    cache = _old_and_new(host_ns, tmp_path, UDP)
+    _ns(host_ns, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-d", NODE_IP, "-p", "udp",
+        "--dport", "6000", "-j", "DNAT", "--to-destination", "10.244.1.7:60")  # fmt: skip
+    _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
+    _flow(host_ns, 42005, "192.0.2.5", NODE_IP, 6000, "10.244.1.7", 60)  # the other tool's
+    stale = run(["flush-udp", "--netns", host_ns, "--cni-cache-dir", str(cache), "--stale-only",
+                 "--dry-run", "-o", "json"])  # fmt: skip
+    assert stale.returncode == 0, stale.stderr
+    # (Before gc, "old"'s chain still takes 6000 after that rule: its flow is routed.)
+    assert json.loads(stale.stdout)["deleted"] == []
+    result = _gc_removing_old(host_ns, cache)
+    assert _sports(host_ns) == {42005}
+    assert result["conntrack_deleted"] == 1
+    again = run(["flush-udp", "--netns", host_ns, "--cni-cache-dir", str(cache), "--stale-only",
+                 "-o", "json"])  # fmt: skip
+    assert json.loads(again.stdout)["count"] == 0
+    assert _sports(host_ns) == {42005}
+
+
 def test_gc_no_flush_udp_leaves_them(host_ns, tmp_path):
     cache = tmp_path / "cni"
     (cache / "results").mkdir(parents=True)

@@ -350,6 +350,74 @@ def test_list_says_which_flows_misroute_as_flush_udp_judges_them(
     assert out == "3 mappings of 2 containers: 3 ok\n"
 
 
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_list_and_flush_udp_judge_a_port_another_nft_table_takes_first_alike(
+    host_ns: str, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    """Another tool's nftables table hooks nat prerouting before iptables (priority
+    -150) and DNATs 5353/udp to its own pod. list marks the plugin's row shadowed and
+    its flow routed; flush-udp --stale-only deleted it as an old DNAT destination, and
+    `list --backend iptables` counted it misrouted: they judged without the other
+    owners list reads (review helper-149)."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], [{"hostPort": 5353, "containerPort": 53,
+                                                       "protocol": "udp"}])  # fmt: skip
+    rp.run_plugin("ADD", host_ns, "abc123", conf, mode=mode, check=True)
+    ns_run(host_ns, "ip", "addr", "add", "10.0.0.1/32", "dev", "lo")
+    script = ("table ip otherfw {\n chain pre {\n  type nat hook prerouting priority -150;"
+              " policy accept;\n  udp dport 5353 dnat to 10.77.0.7:53\n }\n}\n")  # fmt: skip
+    import subprocess
+
+    subprocess.run(["ip", "netns", "exec", host_ns, "nft", "-f", "-"], input=script, text=True,
+                   check=True)  # fmt: skip
+    ct_load(host_ns, [ct_args("192.0.2.20", "10.0.0.1", 40100, 5353, "10.77.0.7", 53)])
+    args = ["--netns", host_ns, "--iptables", mode]
+    for backend in ("auto", "iptables"):
+        code, out, err = cli(capsys, "list", *args, "--backend", backend, "--conntrack", "-o",
+                             "json")  # fmt: skip
+        assert code == 0, err
+        doc = json.loads(out)
+        assert [m["status"] for m in doc["mappings"]] == [["shadowed"]]
+        assert [m["conntrack_misrouted"] for m in doc["mappings"]] == [0]
+        assert doc["conntrack_misrouted"] == 0
+    code, out, err = cli(capsys, "flush-udp", *args, "--stale-only", "--dry-run", "-o", "json")
+    assert code == 0, err
+    assert json.loads(out)["count"] == 0
+    assert ct_sports(host_ns) == {40100}
+
+
+def test_list_counts_the_flow_flush_udp_deletes_on_an_address_no_longer_mapped(
+    host_ns: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """abc123 maps 5353/udp on 10.0.0.2 only; a flow to 10.0.0.1:5353 still DNATs to it
+    (from when the port was mapped on every address). flush-udp --stale-only deletes it
+    (nothing maps the port there now); list's summary said nothing misroutes: the flow
+    is under no row (review helper-149). The fix narrowed to the container looks at its
+    own addresses only: that summary leaves it out."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], [{"hostPort": 5353, "containerPort": 53,
+                          "protocol": "udp", "hostIP": "10.0.0.2"}])  # fmt: skip
+    rp.run_plugin("ADD", host_ns, "abc123", conf, check=True)
+    for address in ("10.0.0.1/32", "10.0.0.2/32"):
+        ns_run(host_ns, "ip", "addr", "add", address, "dev", "lo")
+    ct_load(host_ns, [ct_args("192.0.2.20", "10.0.0.1", 40100, 5353, "10.88.0.5", 53)])
+    for narrowed, misrouted in (((), 1), (("--container", "abc"), 0)):
+        code, out, err = cli(capsys, "list", "--netns", host_ns, "--conntrack", "-o", "json",
+                             *narrowed)  # fmt: skip
+        assert code == 0, err
+        doc = json.loads(out)
+        assert [m["conntrack_entries"] for m in doc["mappings"]] == [0]
+        assert doc["conntrack_misrouted"] == misrouted
+        code, out, err = cli(capsys, "flush-udp", "--netns", host_ns, "--stale-only",
+                             "--dry-run", "-o", "json", *narrowed)  # fmt: skip
+        assert code == 0, err
+        assert json.loads(out)["count"] == misrouted
+    code, out, err = cli(capsys, "list", "--netns", host_ns, "--conntrack", "-q")
+    assert code == 0, err
+    assert out.startswith(
+        "1 mapping of 1 container: 1 ok; 1 UDP flow misrouted -> portmapctl flush-udp"
+        f" --stale-only --netns {host_ns}"
+    )
+
+
 def test_library_flush_reports_progress_and_flush_ports_keeps(host_ns: str) -> None:
     many = [ct_args("192.0.2.1", "10.0.0.1", sport, 5353) for sport in range(30000, 30600)]
     current = ct_args("192.0.2.1", "10.0.0.1", 31000, 5353, "10.88.0.5", 53)
@@ -457,8 +525,8 @@ def test_a_second_add_keeps_the_flows_the_first_one_routed(
     were lost) on each run of an "ensure the mapping" script. With nothing to go, the
     node's mappings are not read for it (a whole table on a big node)."""
     read: list = []
-    real = flush_udp.node_mappings
-    monkeypatch.setattr(flush_udp, "node_mappings", lambda *a: read.append(1) or real(*a))
+    real = flush_udp.node_judging
+    monkeypatch.setattr(flush_udp, "node_judging", lambda *a: read.append(1) or real(*a))
     args = ["add", "--netns", host_ns, "--network", "mynet", "--container", "abc123",
             "--ip", "10.88.0.5/16", "-p", "5353:53/udp"]  # fmt: skip
     if backend == "nftables":
@@ -541,6 +609,33 @@ def test_a_second_add_of_a_shadowed_container_keeps_the_winners_flows(
     assert code == 0, err
     assert json.loads(out)["changed"] is False
     assert ct_sports(host_ns) == {40001, 40002}
+
+
+def test_a_second_add_keeps_the_flows_another_tools_rule_takes_first(
+    host_ns: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another tool's `-d 10.0.0.1` DNAT of 5353/udp ahead of the plugin's entry; abc123
+    maps 5353 on every address, and its add is run again (writes nothing). Its flush
+    deleted that tool's live flow to 10.0.0.1 as an old destination (review
+    helper-149's finding, for add): it is kept, while a flow to the node's other
+    address DNATed to a gone pod goes."""
+    args = ["add", "--netns", host_ns, "--network", "mynet", "--container", "abc123",
+            "--ip", "10.88.0.5/16", "-p", "5353:53/udp"]  # fmt: skip
+    code, _, err = cli(capsys, *args)
+    assert code == 0, err
+    for address in ("10.0.0.1/32", "10.0.0.2/32"):
+        ns_run(host_ns, "ip", "addr", "add", address, "dev", "lo")
+    ns_run(host_ns, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-d", "10.0.0.1", "-p",
+           "udp", "--dport", "5353", "-j", "DNAT", "--to-destination", "10.244.1.7:53")  # fmt: skip
+    ct_load(host_ns, [
+        ct_args("192.0.2.1", "10.0.0.1", 40001, 5353, "10.244.1.7", 53),  # the other tool's
+        ct_args("192.0.2.2", "10.0.0.2", 40002, 5353, "10.88.0.9", 53),  # old destination
+        ct_args("192.0.2.3", "10.0.0.2", 40003, 5353, "10.88.0.5", 53),  # to abc123
+    ])  # fmt: skip
+    code, out, err = cli(capsys, *args, "-o", "json")
+    assert code == 0, err
+    assert json.loads(out)["changed"] is False
+    assert ct_sports(host_ns) == {40001, 40003}
 
 
 @pytest.mark.parametrize("snat", [True, False], ids=["snat", "no-snat"])

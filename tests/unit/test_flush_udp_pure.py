@@ -158,30 +158,60 @@ def test_list_conntrack_says_which_flows_misroute(monkeypatch) -> None:
     monkeypatch.setattr(flush_udp.conntrack, "list_udp", lambda families, ports: dumped)
     node = from_networks([ipaddress.ip_network("10.0.0.1/32")])
     monkeypatch.setattr(flush_udp, "local_addresses", lambda families: node)
-    flows = flush_udp.count_per_mapping([winner, loser, tcp])
+    counted = flush_udp.count_flows([winner, loser, tcp])
+    flows = counted.rows
     assert flows == {
         winner: Flows(3, frozenset({OLD, NEVER})),
         loser: Flows(3, frozenset({OLD, NEVER})),
     }
     rows = [loser, winner, tcp]
     summary = "3 mappings of 2 containers: 3 ok"
-    assert render.list_summary(rows, [], None, flows) == (
+    assert counted.misrouted(rows) == 2
+    assert render.list_summary(rows, [], None, counted.misrouted(rows)) == (
         f"{summary}; 2 UDP flows misrouted -> portmapctl flush-udp --stale-only"
     )
     assert render.list_summary(rows, []) == summary  # without --conntrack
     # The rows' own (list --port 5353 shows no other port's); one flow, said so.
-    assert render.list_summary([winner], [], 3, {winner: Flows(1, frozenset({OLD}))}) == (
+    assert render.list_summary([winner], [], 3, 1) == (
         "1 of 3 mappings match: 1 ok; 1 UDP flow misrouted -> portmapctl flush-udp --stale-only"
     )
-    doc = render.list_json(rows, [], flows)
+    doc = render.list_json(rows, [], flows, misrouted=counted.misrouted(rows))
     assert [(m["protocol"], m.get("conntrack_entries"), m.get("conntrack_misrouted"))
             for m in doc["mappings"]] == [("udp", 3, 2), ("udp", 3, 2), ("tcp", None, None)]  # fmt: skip
+    assert doc["conntrack_misrouted"] == 2
+    assert "conntrack_misrouted" not in render.list_json(rows, [])  # without --conntrack
     # Judged by every mapping of the node (--backend iptables reads the nftables ones
     # only to judge): a flow another row's container takes is not misrouted.
     other = mapping("10.88.0.9", container_id="ffe999")
-    assert flush_udp.count_per_mapping([winner], [winner, other])[winner] == Flows(
-        3, frozenset({NEVER})
-    )
+    judging = flush_udp.Judging([winner, other], {})
+    assert flush_udp.count_flows([winner], judging).rows[winner] == Flows(3, frozenset({NEVER}))
+
+
+def test_list_counts_the_flows_to_an_address_no_row_is_for(monkeypatch) -> None:
+    """A mapping now on 10.0.0.2 alone; a flow to 10.0.0.1 on its port still DNATed to
+    its container (mapped on every address before): under no row, and flush-udp
+    --stale-only deletes it (nothing maps the port there now), so the summary counts
+    it, except for a fix narrowed to one --container (that looks at the container's
+    own addresses). Another tool's flow there (DNATed to no container of the plugin's)
+    is neither (review helper-149)."""
+    import ipaddress
+
+    from portmapctl.host.addresses import from_networks
+    from portmapctl.ops import flush_udp
+
+    bound = mapping("10.88.0.5", host_ip="10.0.0.2")
+    there = udp(sport=40100, dst="10.0.0.1", reply_src="10.88.0.5", reply_sport=53)
+    theirs = udp(sport=40101, dst="10.0.0.1", reply_src="10.244.1.7", reply_sport=53)
+    monkeypatch.setattr(flush_udp.conntrack, "list_udp", lambda f, p: [there, theirs])
+    node = from_networks([ipaddress.ip_network("10.0.0.0/24")])
+    monkeypatch.setattr(flush_udp, "local_addresses", lambda families: node)
+    counted = flush_udp.count_flows([bound])
+    assert counted.rows[bound].entries == 0
+    assert counted.misrouted([bound]) == 1
+    assert counted.misrouted([bound], elsewhere=False) == 0
+    doomed = flush_udp.plan([there, theirs], {(4, 5353)}, [bound], stale_only=True, local=node,
+                            ours=flush_udp.ours([(4, "10.88.0.5")]))  # fmt: skip
+    assert [d.entry for d in doomed] == [there]
 
 
 def test_list_spells_its_flush_fix_with_its_own_options_and_filters() -> None:
@@ -389,6 +419,24 @@ def test_json_has_the_spec_keys_and_table_says_why() -> None:
     assert "nothing to flush" in render.flush_summary(nothing, "zzz")
 
 
+def test_the_summary_names_no_port_of_an_entry_gone_before_the_delete() -> None:
+    """An entry gone before the delete reached it is kept out of JSON 'deleted' and the
+    -v table, and out of the summary's ports: it said an entry was deleted 'to host
+    ports 5353 (v4), 6000 (v4)' when the only one to 6000 had gone already (review
+    helper-149)."""
+    kept = udp(sport=40001, dport=5353)
+    went = udp(sport=40002, dport=6000)
+    result = FlushResult(
+        False, False, ((4, 5353), (4, 6000)),
+        (Doomed(kept, FlushReason.MAPPED), Doomed(went, FlushReason.MAPPED)),
+        1, 0, (), frozenset({went}),
+    )  # fmt: skip
+    assert [d.entry.sport for d in result.shown] == [40001]
+    assert render.flush_summary(result) == (
+        "deleted 1 UDP conntrack entry to host port 5353 (v4); 1 had gone already"
+    )
+
+
 def test_the_summary_names_the_ports_of_the_entries_it_deletes() -> None:
     """The ports after "to" are those of the entries deleted: it named every port looked
     at ("deleted 1 ... to host ports 5353 (v4/v6), 6000 (v4)", "to 12 host ports"); where
@@ -522,3 +570,35 @@ def test_a_delete_stopped_part_way_says_how_far_it_got(monkeypatch):
         flush_udp._delete(doomed, lambda done, total: seen.append((done, total)), [])
     assert seen == [(2, 3)]
     assert stop.value.after.startswith("2 of 3 UDP conntrack entries had been deleted")
+
+
+def test_a_destination_another_tools_rule_takes_first_keeps_its_flows() -> None:
+    """Another tool's `-d NODE_IP` DNAT ahead of the plugin's entry takes that address's
+    flows of a port mapped on every address (no row is shadowed: it takes only some). A
+    flow there DNATed to its pod is its own: --stale-only and gc deleted it as an old
+    destination (review helper-149). One DNATed to a container of the plugin's (gc: a
+    removed one, in `ours`) is judged as before; another address's flows too."""
+    from portmapctl.iptables.foreign import table_reader
+    from portmapctl.iptables.ruleset import parse_save
+    from portmapctl.ops import flush_udp
+
+    table = parse_save(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-DNAT - [0:0]\n"
+        "-A PREROUTING -d 10.0.0.1/32 -p udp -m udp --dport 5353 -j DNAT"
+        " --to-destination 10.244.1.7:53\n"
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\nCOMMIT\n",
+        4,
+    )
+    theirs = udp(sport=1, dst="10.0.0.1", reply_src="10.244.1.7", reply_sport=53)
+    dead = udp(sport=2, dst="10.0.0.1", reply_src="10.88.0.13", reply_sport=53)
+    elsewhere = udp(sport=3, dst="10.0.0.2", reply_src="10.244.1.7", reply_sport=53)
+    entries = [theirs, dead, elsewhere]
+    taken = flush_udp.taken_first({4: table_reader(table)}, entries)
+    assert taken == {(4, socket.inet_aton("10.0.0.1"), 5353)}
+    live = [mapping("10.88.0.5")]
+    ours = flush_udp.ours([(4, "10.88.0.5"), (4, "10.88.0.13")])
+    doomed = flush_udp.plan(entries, {(4, 5353)}, live, stale_only=True, ours=ours, taken=taken)
+    assert [d.entry for d in doomed] == [dead, elsewhere]
+    # Without the rule read, the other tool's flow went too.
+    before = flush_udp.plan(entries, {(4, 5353)}, live, stale_only=True, ours=ours)
+    assert [d.entry for d in before] == entries

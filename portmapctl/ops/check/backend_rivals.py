@@ -87,7 +87,7 @@ def nft_mapping_rivals(
     mine_now = [r for r in _on(_nft_rows(live), ports) if r.container_id == cid]
     if not mine_now:
         return []  # none of its rules in place: it maps nothing to take
-    tables = _plugin_iptables(node, families)
+    tables = node.read_iptables_evidence(families)
     if not tables:
         return []
     from portmapctl.iptables import foreign, inventory
@@ -194,36 +194,6 @@ def _plugin_nft(node: Node, families: Tuple[int, ...]) -> Optional[Ruleset]:
     except (NftUnusable, PortmapctlError) as err:
         _debug("reading nftables for the contested check failed: %s", err)
         return None
-
-
-def _plugin_iptables(node: Node, families: Tuple[int, ...]) -> Dict[int, NatTable]:
-    """iptables' nat tables in `families` where there is one (asked first: no save runs
-    where there is none, and a legacy read would create it), also under --backend
-    nftables; none offline without --snapshot, or where iptables cannot be read then
-    (a -v detail)."""
-    if node.options.reads_iptables:
-        backend = node.backend
-    elif node.options.offline:
-        return {}
-    else:
-        from portmapctl.iptables.access import open_backend
-
-        try:
-            backend = open_backend(node.options.iptables)
-        except (PortmapctlError, OSError) as err:
-            _debug("reading iptables for the contested check failed: %s", err)
-            return {}
-    has_table = getattr(backend, "has_nat_table", None)
-    wanted = tuple(f for f in families if has_table is None or has_table(f))
-    if not wanted:
-        return {}
-    if node.options.reads_iptables:
-        return node.read(wanted)
-    try:
-        return {f: backend.read(f) for f in wanted}
-    except (PortmapctlError, OSError) as err:
-        _debug("reading iptables for the contested check failed: %s", err)
-        return {}
 
 
 def _on_the_kernel(node: Node) -> bool:

@@ -13,6 +13,7 @@ from typing import Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chain_facts import ChainFacts, chain_facts
 from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, is_plugin_chain
+from portmapctl.iptables.foreign import ChainReader, table_reader
 from portmapctl.iptables.planner import plan_teardown
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.shapes import ProtoPort
@@ -43,6 +44,9 @@ class FamilyPlan:
     # to one is theirs to flush; one DNATed elsewhere on a port still mapped (here or
     # in nftables), another tool's (flush_udp.plan's `ours`).
     removed_ips: FrozenSet[str] = frozenset()
+    # With remapped ports, the table's chains (iptables/foreign.py table_reader): a rule
+    # of another tool ahead of the plugin's entry takes some flows of a port first.
+    foreign_rules: Optional[ChainReader] = None
 
 
 def fingerprint(chain: AnyChain) -> str:
@@ -131,6 +135,7 @@ def plan_family(
     freed = _udp_ports(ports, gone) - still_mapped
     remapped = _udp_ports(ports, gone) & still_mapped
     remaining: Tuple[inventory.Mapping, ...] = ()
+    foreign_rules: Optional[ChainReader] = None
     removed_ips: FrozenSet[str] = frozenset()
     if freed or remapped:
         # A port freed here may still be mapped in nftables (udp.py flush_shared).
@@ -140,6 +145,7 @@ def plan_family(
         # the whole inventory, statuses and all, of the table as the removal leaves it
         # (a chain shadowed by a removed one takes its port now).
         remaining = _remaining_udp(table, gone)
+        foreign_rules = table_reader(table)
     shared = tuple(
         op.chain
         for op in txn.ops
@@ -161,6 +167,7 @@ def plan_family(
         remaining,
         frozenset(still_mapped),
         removed_ips,
+        foreign_rules,
     )
 
 

@@ -81,13 +81,16 @@ def flush_shared(
     from portmapctl.ops import flush_udp as flushing
 
     try:
-        mappings = flushing.node_mappings(node, node.read(), None)
+        judging = flushing.node_judging(node, node.read(), None)
+        mappings = judging.mappings
         ours = flushing.ours(
             [(m.family, m.container_ip) for m in flushing.udp_mappings(mappings)]
             + [(family, ip) for family, ips in removed_ips.items() for ip in ips]
         )
         deleted = sum(
-            flushing.flush_ports((family,), sorted(found), keep=mappings, ours=ours)
+            flushing.flush_ports(
+                (family,), sorted(found), keep=mappings, ours=ours, judging=judging
+            )
             for family, found in sorted(ports.items())
         )
     except Exception as err:  # noqa: BLE001 - reported, never fatal after the removal
@@ -150,8 +153,21 @@ def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:
                 [(m.family, m.container_ip) for m in plan.remaining_udp]
                 + [(family, ip) for ip in plan.removed_ips]
             )
+            # Another tool's rule ahead of the plugin's entry takes some destinations
+            # first: their flows are its own, whatever the mappings left.
+            taken = (
+                flushing.taken_first({family: plan.foreign_rules}, entries)
+                if remapped and plan.foreign_rules is not None
+                else set()
+            )
             doomed += flushing.plan(
-                entries, remapped, plan.remaining_udp, stale_only=True, local=local, ours=ours
+                entries,
+                remapped,
+                plan.remaining_udp,
+                stale_only=True,
+                local=local,
+                ours=ours,
+                taken=taken,
             )
             deleted += conntrack.delete([d.entry for d in doomed])
         except Exception as err:  # noqa: BLE001 - reported, never fatal after the removal
