@@ -70,6 +70,7 @@ def run(
                 out.warn(elsewhere)
             mappings: list = []
             owners = None
+            other = None
             if found.mappings or nft_rows:
                 from portmapctl.ops.owners import node_rows, read_owners
 
@@ -94,7 +95,9 @@ def run(
                 # flows, the other backend's under --backend iptables or nftables too.
                 whole = reader is not None and node.options.reads_iptables
                 judging = (
-                    Judging(mappings, tables) if whole else node_judging(node, tables, attachments)
+                    Judging(mappings, tables, other[1] if other else {}, node)
+                    if whole
+                    else node_judging(node, tables, attachments)
                 )
                 counts = count_flows(mappings, judging)
         cache = common.cache()

@@ -480,6 +480,53 @@ def node_hooked(
     return Hooked(found, unsure, tuple(unread))
 
 
+def flows_taken(
+    node: Any,
+    wanted: Dict[Tuple[int, str], Set[ProtoPort]],
+    latest: int = IPTABLES_PRIORITY,
+) -> Set[Tuple[int, str, int]]:
+    """The (family, destination, port) of flows to these node addresses (`wanted`: the
+    ports by (family, destination)) that another table's nat hook at or before priority
+    `latest` (the plugin's) takes, wholly or maybe (a condition not judged): another
+    tool's flows, unless the plugin's DNAT sent them. A row's status judges a mapping
+    on every address by all of them (netavark's `ip daddr ADDR ... dnat` takes one:
+    the row is `unsure`, not shadowed); a flow goes to one address, walked for it
+    here. Hooks that cannot be listed, or a table that cannot be read, take every
+    destination of their hook: whose the flows are cannot be told, so they stay."""
+    if not wanted:
+        return set()
+    everything = {(f, dst, port) for (f, dst), ports in wanted.items() for _, port in ports}
+    try:
+        hooks = [h for h in live_hooks(node) if h.priority <= latest]
+    except OSError:
+        return everything
+    if not hooks:
+        return set()
+    import subprocess
+
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.iptables.foreign import hook_of
+    from portmapctl.nftables.access.nft import find_nft, run_nft
+
+    listed: Dict[Tuple[str, ...], str] = {}
+    found: Set[Tuple[int, str, int]] = set()
+    for (family, dst), ports in wanted.items():
+        try:
+            binary = getattr(node.nft, "binary", find_nft)()
+            taken, maybe = read_takers(
+                hooks,
+                {family: frozenset(ports)},
+                _listed_once(run_nft(binary), listed),
+                hook_of(dst).lower(),
+                dst,
+            )
+        except (OSError, ValueError, subprocess.SubprocessError, PortmapctlError):
+            found.update((family, dst, port) for _, port in ports)
+            continue
+        found.update((family, dst, port) for _, _, port in (*taken, *maybe))
+    return found
+
+
 def _listed_once(
     run: Callable[[List[str]], str], listed: Dict[Tuple[str, ...], str]
 ) -> Callable[[List[str]], str]:

@@ -17,13 +17,13 @@ a server outside) is never touched. The current mappings come from the inventory
 
 Also used by `add` (the plugin's flush of the ports it maps: `flush_ports`), by `gc`
 (`plan`, over one listing of the ports it unmapped and of those another chain still
-maps: ops/gc/udp.py flush_udp_after) and by `list --conntrack` (`count_per_mapping`).
+maps: ops/gc/udp.py flush_udp_after) and by `list --conntrack` (`count_flows`).
 """
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import (
     Any,
     Callable,
@@ -302,27 +302,53 @@ def misroutes(
     return None if reason is None else (reason, wanted)
 
 
-def taken_first(readers: ReadOnly[int, Any], entries: Iterable[ConntrackEntry]) -> Set[Destination]:
+def taken_first(
+    readers: ReadOnly[int, Any], entries: Iterable[ConntrackEntry], past_entry: bool = False
+) -> Set[Destination]:
     """The (family, destination, host port) of these entries that another tool's
-    iptables rule takes before the plugin's entry rule (iptables/foreign.py `takers`,
+    iptables rule takes before the plugin's entry (iptables/foreign.py `takers`,
     `readers` its ChainReaders by family), judged for that very destination. A row's
     status judges a mapping on every address by all of them (a rule with `-d NODE_IP`
     takes only some: no row is shadowed); a flow goes to one, and one that rule takes
     is its tool's, whatever its DNAT (gc and --stale-only deleted them as an old
-    destination of the mapping: review helper-149)."""
-    wanted: Dict[Tuple[int, str], Set[Tuple[str, int]]] = {}
-    for entry in entries:
-        if entry.family in readers:
-            wanted.setdefault((entry.family, entry.dst), set()).add(("udp", entry.dport))
+    destination of the mapping: review helper-149). `past_entry`: the readers are the
+    other iptables flavour's, whose nat chains hook at the plugin's priority: all of
+    PREROUTING is walked (ops/owners.py)."""
+    wanted = _destinations(entries, readers)
     if not wanted:
         return set()
     from portmapctl.iptables.foreign import takers
 
     found: Set[Destination] = set()
     for (family, dst), ports in wanted.items():
-        for _proto, port in takers(readers[family], ports, dest=dst):
+        for _proto, port in takers(readers[family], ports, past_entry=past_entry, dest=dst):
             found.add((family, _ip(family, dst), port))
     return found
+
+
+def hooks_take(node: Node, entries: Iterable[ConntrackEntry]) -> Set[Destination]:
+    """taken_first by other nftables tables' nat hooks, at or before the plugin's
+    (nftables/foreign.py flows_taken): a rule with `ip daddr NODE_IP` takes one address's
+    flows (netavark's), which no row's status says (list: `unsure`); flush-udp
+    --stale-only and gc deleted that tool's flows as the mapping's old destination.
+    One netlink dump, and nft only for a table that has such a hook."""
+    wanted = _destinations(entries, (4, 6))
+    if not wanted:
+        return set()
+    from portmapctl.nftables.foreign import flows_taken
+
+    return {(family, _ip(family, dst), port) for family, dst, port in flows_taken(node, wanted)}
+
+
+def _destinations(
+    entries: Iterable[ConntrackEntry], families: Collection[int]
+) -> Dict[Tuple[int, str], Set[Tuple[str, int]]]:
+    """The entries' host ports by (family, destination), of these families."""
+    wanted: Dict[Tuple[int, str], Set[Tuple[str, int]]] = {}
+    for entry in entries:
+        if entry.family in families:
+            wanted.setdefault((entry.family, entry.dst), set()).add(("udp", entry.dport))
+    return wanted
 
 
 def _order(entry: ConntrackEntry) -> tuple:
@@ -443,19 +469,30 @@ def _worked_on(node: Node, mappings: List[Mapping]) -> List[Mapping]:
 
 @dataclass(frozen=True)
 class Judging:
-    """What flows are judged by (node_judging): the node's every mapping, and its
-    iptables nat tables, for another tool's rule ahead of the plugin's entry."""
+    """What flows are judged by (node_judging): the node's every mapping, and the rules
+    that may take a flow's destination before the plugin's: another tool's in its
+    iptables nat tables, in the other iptables flavour's, and in another nftables
+    table's nat hook (asked of `node`; None: not asked, a snapshot or a test's)."""
 
     mappings: List[Mapping]
     tables: ReadOnly[int, Any]
+    other: ReadOnly[int, Any] = field(default_factory=dict)  # flavour_guard's readers
+    node: Optional[Node] = None
 
     def taken(self, entries: Iterable[ConntrackEntry]) -> Set[Destination]:
-        """taken_first of these entries, by the tables' rules."""
-        if not self.tables:
-            return set()
-        from portmapctl.iptables.foreign import table_reader
+        """The destinations of these entries that another tool's rule takes first."""
+        entries = list(entries)
+        found: Set[Destination] = set()
+        if self.tables and entries:
+            from portmapctl.iptables.foreign import table_reader
 
-        return taken_first({f: table_reader(t) for f, t in self.tables.items()}, entries)
+            readers = {f: table_reader(t) for f, t in self.tables.items()}
+            found |= taken_first(readers, entries)
+        if self.other and entries:
+            found |= taken_first(self.other, entries, past_entry=True)
+        if self.node is not None and entries:
+            found |= hooks_take(self.node, entries)
+        return found
 
 
 def node_mappings(node: Node, tables: Any, attachments: Any) -> List[Mapping]:
@@ -483,14 +520,16 @@ def node_judging(node: Node, tables: Any, attachments: Any) -> Judging:
 
         owner_ids = {c.container_id for c in found.chains if c.container_id}
         nft_rows = list(nft.build(node, attachments, owner_ids, live=live)[2].mappings)
-    if not found.mappings and not nft_rows:
-        return Judging([], tables)
     from portmapctl.ops.flavour_guard import other_flavour_readers
-    from portmapctl.ops.owners import node_rows, read_owners
 
     other = other_flavour_readers(node.backend.name, tuple(tables))
+    readers = other[1] if other is not None else {}
+    if not found.mappings and not nft_rows:
+        return Judging([], tables, readers, node)
+    from portmapctl.ops.owners import node_rows, read_owners
+
     owners = read_owners(node, tables, found.mappings, nft_rows, live, other)
-    return Judging(node_rows(found.mappings, nft_rows, owners), tables)
+    return Judging(node_rows(found.mappings, nft_rows, owners), tables, readers, node)
 
 
 def flush_ports(

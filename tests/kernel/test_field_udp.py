@@ -192,6 +192,44 @@ def test_gc_and_stale_only_keep_another_tools_flows_it_takes_first_on_a_port_map
     assert _sports(host_ns) == {42005}
 
 
+@pytest.mark.parametrize("owner", ["nft-table", "iptables-legacy"])
+def test_gc_and_stale_only_keep_the_flows_another_table_takes_first_on_one_address(
+    host_ns, tmp_path, owner
+):
+    """The case above with the other tool's rule where the plugin's iptables-nft table
+    is not: another nftables table's earlier nat hook (`ip daddr NODE_IP udp dport 6000
+    dnat`, netavark's shape), or the other iptables flavour's PREROUTING (legacy's nat
+    hooks at the plugin's priority). Neither shadows the row (it takes one address),
+    and gc and --stale-only judged by iptables-nft's rules alone deleted that tool's
+    flow as an old destination of "new"."""
+    cache = _old_and_new(host_ns, tmp_path, UDP)
+    if owner == "nft-table":
+        script = ("table ip otherfw {\n chain pre {\n  type nat hook prerouting priority -150;"
+                  f" policy accept;\n  ip daddr {NODE_IP} udp dport 6000 dnat to 10.244.1.7:60"
+                  "\n }\n}\n")  # fmt: skip
+        subprocess.run(["ip", "netns", "exec", host_ns, "nft", "-f", "-"], input=script,
+                       text=True, check=True)  # fmt: skip
+    else:
+        _ns(host_ns, "iptables-legacy", "-t", "nat", "-I", "PREROUTING", "1", "-d", NODE_IP,
+            "-p", "udp", "--dport", "6000", "-j", "DNAT", "--to-destination", "10.244.1.7:60")  # fmt: skip
+    _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
+    _flow(host_ns, 42005, "192.0.2.5", NODE_IP, 6000, "10.244.1.7", 60)  # the other tool's
+    listed = run(["list", "--netns", host_ns, "--cni-cache-dir", str(cache), "--conntrack",
+                  "-o", "json"])  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["conntrack_misrouted"] == 0
+    result = _gc_removing_old(host_ns, cache)
+    assert _sports(host_ns) == {42005}
+    assert result["conntrack_deleted"] == 1
+    _flow(host_ns, 42002, "192.0.2.2", "10.0.0.2", 6000, "10.88.0.13", 60)  # elsewhere
+    _ns(host_ns, "ip", "addr", "add", "10.0.0.2/32", "dev", "lo")
+    again = run(["flush-udp", "--netns", host_ns, "--cni-cache-dir", str(cache), "--stale-only",
+                 "-o", "json"])  # fmt: skip
+    # The removed container's flow on an address nobody else takes still goes.
+    assert [d["src"] for d in json.loads(again.stdout)["deleted"]] == ["192.0.2.2"]
+    assert _sports(host_ns) == {42005}
+
+
 def test_gc_no_flush_udp_leaves_them(host_ns, tmp_path):
     cache = tmp_path / "cni"
     (cache / "results").mkdir(parents=True)

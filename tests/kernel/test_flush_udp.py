@@ -715,3 +715,40 @@ def test_dry_run_at_60_columns_keeps_why_whole(node: str) -> None:
                 "never DNATed: bypasses the mapping to 10.88.0.5 ",
                 "old DNAT destination: the port now goes to fd00::5"):  # fmt: skip
         assert why in f"{text} ", lines
+
+
+@pytest.mark.parametrize("priority", [-150, -100])
+def test_flows_an_other_nft_tables_address_rule_takes_are_kept_and_counted_alike(
+    host_ns: str, capsys: pytest.CaptureFixture[str], priority: int
+) -> None:
+    """Another tool's nftables table DNATs 5353/udp on one node address only (netavark's
+    `ip daddr ADDR udp dport N dnat`), at an earlier hook or at the plugin's own
+    priority; the plugin maps 5353/udp on every address. The row is judged neither
+    shadowed nor ok for all its packets (list warns it may lose some), and a flow that tool DNATed
+    to its own pod on its address went as the mapping's old destination (flush-udp
+    --stale-only, list's count), where a flow to the gone pod on the other address
+    still goes."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], [{"hostPort": 5353, "containerPort": 53,
+                                                       "protocol": "udp"}])  # fmt: skip
+    rp.run_plugin("ADD", host_ns, "abc123", conf, check=True)
+    for address in ("10.0.0.1/32", "10.0.0.2/32"):
+        ns_run(host_ns, "ip", "addr", "add", address, "dev", "lo")
+    script = (f"table inet otherfw {{\n chain pre {{\n  type nat hook prerouting priority"
+              f" {priority}; policy accept;\n  ip daddr 10.0.0.1 udp dport 5353 dnat ip to"
+              " 10.77.0.7:53\n }\n}\n")  # fmt: skip
+    import subprocess
+
+    subprocess.run(["ip", "netns", "exec", host_ns, "nft", "-f", "-"], input=script, text=True,
+                   check=True)  # fmt: skip
+    ct_load(host_ns, [ct_args("192.0.2.20", "10.0.0.1", 40100, 5353, "10.77.0.7", 53),
+                      ct_args("192.0.2.20", "10.0.0.2", 40200, 5353, "10.88.0.9", 53)])  # fmt: skip
+    code, out, err = cli(capsys, "list", "--netns", host_ns, "--conntrack", "-o", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert [m["status"] for m in doc["mappings"]] == [["ok"]]
+    assert "ip daddr 10.0.0.1 udp dport 5353" in err  # may lose some packets to it
+    assert doc["conntrack_misrouted"] == 1
+    code, out, err = cli(capsys, "flush-udp", "--netns", host_ns, "--stale-only", "-o", "json")
+    assert code == 0, err
+    assert [d["host_ip"] for d in json.loads(out)["deleted"]] == ["10.0.0.2"]
+    assert ct_sports(host_ns) == {40100}

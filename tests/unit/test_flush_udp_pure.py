@@ -46,6 +46,7 @@ from portmapctl.iptables.inventory import Mapping
 from portmapctl.ops.flush_udp import (
     Doomed,
     FlushResult,
+    ours,
     plan,
     select_ports,
 )
@@ -602,3 +603,43 @@ def test_a_destination_another_tools_rule_takes_first_keeps_its_flows() -> None:
     # Without the rule read, the other tool's flow went too.
     before = flush_udp.plan(entries, {(4, 5353)}, live, stale_only=True, ours=ours)
     assert [d.entry for d in before] == entries
+
+
+def test_another_nft_tables_hook_keeps_its_flows_and_doubt_keeps_them_too(monkeypatch) -> None:
+    """Judging.taken asks other nftables tables' nat hooks per flow destination
+    (nftables/foreign.py flows_taken): only hooks at or before the plugin's priority
+    count (a later one never sees what the plugin DNATed), and where the hooks or a
+    table cannot be read the flows there are kept, not judged as old destinations."""
+    from types import SimpleNamespace
+
+    from portmapctl.nftables import foreign
+    from portmapctl.nftables.hooks import Hook
+    from portmapctl.ops.flush_udp import Judging
+
+    theirs = udp(sport=5, reply_src="10.77.0.7", reply_sport=53)
+    node = SimpleNamespace(nft=SimpleNamespace(binary=lambda: "/nonexistent/nft"))
+    judging = Judging([mapping()], {}, {}, node)
+
+    def stale(entries: list) -> list:
+        taken = judging.taken(entries)
+        return plan(entries, {(4, 5353)}, [mapping()], stale_only=True,
+                    ours=ours([(4, "10.88.0.5")]), taken=taken)  # fmt: skip
+
+    later = [Hook("inet", "firewalld", "nat_PREROUTING", -90)]
+    monkeypatch.setattr(foreign, "live_hooks", lambda _node: later)
+    assert [d.entry for d in stale([CURRENT, theirs])] == [theirs]
+    # An earlier hook whose table nft cannot list: its destination's flows are kept,
+    # but a flow DNATed to the plugin's own container is still judged.
+    earlier = [Hook("ip", "otherfw", "pre", -150)]
+    monkeypatch.setattr(foreign, "live_hooks", lambda _node: earlier)
+    assert judging.taken([theirs]) == {(4, socket.inet_aton("10.0.0.1"), 5353)}
+    assert stale([CURRENT, theirs]) == []
+
+    def unlistable(_node: object) -> list:
+        raise OSError("the nftables chains kept changing while they were listed")
+
+    monkeypatch.setattr(foreign, "live_hooks", unlistable)
+    assert stale([CURRENT, theirs]) == []
+    # No hook at all (the usual node): nothing is run, nothing kept by it.
+    monkeypatch.setattr(foreign, "live_hooks", lambda _node: [])
+    assert [d.entry for d in stale([CURRENT, theirs])] == [theirs]

@@ -14,6 +14,7 @@ from portmapctl.ops.gc.family import FamilyPlan
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
+    from portmapctl.ops.flush_udp import Judging
     from portmapctl.ops.gc.nft import NftPlan
 
 
@@ -108,7 +109,7 @@ def flush_removed(
     work, shared_ports = udp_work(plans, nft_mapped, nft_done)
     deleted, warnings = 0, ()
     if work:
-        deleted, warnings = flush_udp_after(work)
+        deleted, warnings = flush_udp_after(work, node)
     if shared_ports:
         removed_ips: Dict[int, Set[str]] = {}
         for p in plans:
@@ -122,7 +123,9 @@ def flush_removed(
     return deleted, warnings
 
 
-def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:
+def flush_udp_after(
+    plans: Sequence[FamilyPlan], node: Optional[Node] = None
+) -> Tuple[int, Tuple[str, ...]]:
     """Delete the UDP conntrack entries the removal left pointing nowhere, per family:
     every flow to a host port no chain maps any more, and the misrouting ones (as
     `flush-udp --stale-only`) of a removed chain's port that another chain still maps
@@ -130,7 +133,9 @@ def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:
     Only flows to the node's own addresses: a forwarded flow met no mapping.
 
     The chains are gone by now, so a failure here is a warning (as in the plugin's
-    ADD), not a failed gc: the entries expire when their flows go idle.
+    ADD), not a failed gc: the entries expire when their flows go idle. `node`: where
+    the rules of the other iptables flavour and of other nftables tables' nat hooks
+    are asked which destinations they take first (flush_udp.Judging.taken).
     """
     from portmapctl.host import conntrack  # imported only when there is work
     from portmapctl.host.addresses import local_addresses
@@ -155,11 +160,12 @@ def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:
             )
             # Another tool's rule ahead of the plugin's entry takes some destinations
             # first: their flows are its own, whatever the mappings left.
-            taken = (
-                flushing.taken_first({family: plan.foreign_rules}, entries)
-                if remapped and plan.foreign_rules is not None
-                else set()
-            )
+            taken = set()
+            if remapped and entries:
+                if plan.foreign_rules is not None:
+                    taken = flushing.taken_first({family: plan.foreign_rules}, entries)
+                if node is not None:
+                    taken |= elsewhere(node, family).taken(entries)
             doomed += flushing.plan(
                 entries,
                 remapped,
@@ -177,3 +183,14 @@ def flush_udp_after(plans: Sequence[FamilyPlan]) -> Tuple[int, Tuple[str, ...]]:
                 f"could not flush IPv{family} UDP conntrack entries for ports {shown}{more}: {err}"
             )
     return deleted, tuple(warnings)
+
+
+def elsewhere(node: Node, family: int) -> Judging:
+    """A Judging of the rules outside the plugin's iptables flavour that may take a
+    flow's destination first: the other flavour's nat table and other nftables tables'
+    nat hooks (gc's own flavour is judged by FamilyPlan.foreign_rules)."""
+    from portmapctl.ops.flavour_guard import other_flavour_readers
+    from portmapctl.ops.flush_udp import Judging
+
+    other = other_flavour_readers(node.backend.name, (family,))
+    return Judging([], {}, other[1] if other is not None else {}, node)
