@@ -272,6 +272,24 @@ def plan(
     return doomed
 
 
+def plan_freed(
+    entries: Iterable[ConntrackEntry],
+    ports: Collection[Key],
+    removed: Collection[Tuple[int, Optional[bytes]]],
+    *,
+    local: Optional[LocalAddresses] = None,
+) -> List[Doomed]:
+    """gc's flush of host ports no mapping of the plugin's is left on: the flows a
+    removed mapping DNATed (to one of `removed`, as ours() gives them), which would keep
+    its dead destination. Another tool's flows there (Docker publishing the same port)
+    and the host's own, never DNATed, are none of the removal's: gc deleted them all."""
+    return [
+        d
+        for d in plan(entries, ports, (), stale_only=True, local=local)
+        if (d.entry.family, _ip(d.entry.family, d.entry.reply_src)) in removed
+    ]
+
+
 def misroutes(
     entry: ConntrackEntry,
     by_key: ReadOnly[Key, Sequence[Mapping]],

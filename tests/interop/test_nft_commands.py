@@ -487,7 +487,8 @@ def test_gc_whose_nft_was_killed_after_its_commit_reports_and_flushes(
     _plugin_add(node, tmp_path / "cni", OLD, cached=False)  # 7001/udp
     subprocess.run(["ip", "-n", node, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
     _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40001",
-        "--dport", "7001", "-t", "120")  # fmt: skip
+        "--dport", "7001", "--reply-src", "10.88.0.7", "--reply-dst", "192.0.2.9",
+        "--reply-port-src", "71", "--reply-port-dst", "40001", "-t", "120")  # fmt: skip
     _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40002",
         "--dport", "5353", "-t", "120")  # fmt: skip
     env, killed = _nft_killed_once_after_it_ran(tmp_path)

@@ -230,6 +230,38 @@ def test_gc_and_stale_only_keep_the_flows_another_table_takes_first_on_one_addre
     assert _sports(host_ns) == {42005}
 
 
+def test_gc_flushes_only_the_removed_containers_flows_of_a_port_it_freed(host_ns, tmp_path):
+    """ "old" leaked mapping 6000/udp and nothing of the plugin's maps the port after gc
+    (it is freed), but Docker publishes it too (`-j DOCKER` ahead of the plugin's jump,
+    `! -i docker0 -p udp --dport 6000 -j DNAT`), and the host has flows of its own there
+    (never DNATed). gc deleted every flow of the port: Docker's live ones and the
+    host's too. Only the flow to the removed container goes now."""
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    _ns(host_ns, "ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
+    rp.run_plugin("ADD", host_ns, "old", rp.plugin_conf("mynet", ["10.88.0.13/16"], UDP),
+                  check=True)  # fmt: skip
+    live = rp.plugin_conf("mynet", ["10.88.0.20/16"], [{"hostPort": 7000, "containerPort": 70,
+                                                        "protocol": "udp"}])  # fmt: skip
+    rp.run_plugin("ADD", host_ns, "live", live, check=True)
+    _cache(cache, "mynet", "live", live)
+    _ns(host_ns, "iptables", "-t", "nat", "-N", "DOCKER")
+    _ns(host_ns, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-m", "addrtype",
+        "--dst-type", "LOCAL", "-j", "DOCKER")  # fmt: skip
+    _ns(host_ns, "iptables", "-t", "nat", "-A", "DOCKER", "!", "-i", "docker0", "-p", "udp",
+        "--dport", "6000", "-j", "DNAT", "--to-destination", "172.17.0.2:60")  # fmt: skip
+    _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
+    _flow(host_ns, 42005, "192.0.2.5", NODE_IP, 6000, "172.17.0.2", 60)  # Docker's
+    _flow(host_ns, 42006, "192.0.2.6", NODE_IP, 6000)  # the host's own, never DNATed
+    done = run(["gc", "--netns", host_ns, "--cni-cache-dir", str(cache), "--yes", "--min-age",
+                "0", "-o", "json"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert [r["container_id"] for r in result["removed"]] == ["old"]
+    assert result["conntrack_deleted"] == 1
+    assert _sports(host_ns) == {42005, 42006}
+
+
 def test_gc_no_flush_udp_leaves_them(host_ns, tmp_path):
     cache = tmp_path / "cni"
     (cache / "results").mkdir(parents=True)

@@ -108,12 +108,14 @@ def _conntrack(node: Node_, *args: str) -> str:
     return done.stdout + done.stderr
 
 
-def _udp_flow(node: Node_, sport: int, dport: int) -> None:
-    # To one of the node's own addresses: gc never touches forwarded flows.
+def _udp_flow(node: Node_, sport: int, dport: int, to: Optional[str] = None) -> None:
+    """To one of the node's own addresses (gc never touches forwarded flows); DNATed to
+    `to` (a container's address, the same port), else never DNATed."""
     subprocess.run(["ip", "-n", node.ns, "addr", "replace", "10.0.0.1/32", "dev", "lo"],
                    check=True)  # fmt: skip
     _conntrack(node, "-I", "-p", "udp", "-s", "192.0.2.7", "-d", "10.0.0.1", "--sport", str(sport),
-               "--dport", str(dport), "-t", "100")  # fmt: skip
+               "--dport", str(dport), "--reply-src", to or "10.0.0.1", "--reply-dst", "192.0.2.7",
+               "--reply-port-src", str(dport), "--reply-port-dst", str(sport), "-t", "100")  # fmt: skip
 
 
 def _udp_dports(node: Node_) -> List[int]:
@@ -142,8 +144,9 @@ def test_gc_leaves_exactly_the_live_containers_and_every_foreign_rule(node: Node
     # A foreign rule in a shared chain and a foreign jump into CNI-HOSTPORT-DNAT stay.
     node.ipt(4, "-I", TOPLEVEL_DNAT, "1", "-p", "tcp", "--dport", "22", "-j", "RETURN")
     for sport in (40001, 40002):
-        _udp_flow(node, sport, 6000)  # to stale1's UDP port: deleted
-    _udp_flow(node, 40003, 5353)  # live1's UDP port: kept
+        _udp_flow(node, sport, 6000, "10.88.0.13")  # to stale1's UDP port: deleted
+    _udp_flow(node, 40003, 5353, "10.88.0.11")  # live1's UDP port: kept
+    _udp_flow(node, 40005, 6000)  # the host's own on stale1's port (never DNATed): kept
     _udp_flow(node, 40004, 7000)  # not a mapped port: kept
     before = {f: node.lines(f) for f in (4, 6)}
 
@@ -165,7 +168,7 @@ def test_gc_leaves_exactly_the_live_containers_and_every_foreign_rule(node: Node
     assert result["pending"] == [] and result["dry_run"] is False
     assert result["kept"] == 4  # live1 and live2 in v4, live2 in v6, live1's SN- chain
     assert result["conntrack_deleted"] == 2 and result["shared_removed"] == []
-    assert _udp_dports(node) == [5353, 7000]
+    assert _udp_dports(node) == [5353, 6000, 7000]  # 6000: the host's own
 
     # Everything else is exactly as it was, line for line, in both families.
     for family in (4, 6):
@@ -189,8 +192,8 @@ def test_a_restore_killed_after_it_went_in_is_reported_and_its_flows_flushed(nod
     the flows to the dead container stayed with no later run knowing their port)."""
     node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp", "5353/udp"))
     node.add("gcnet", "stale1", ["10.88.0.13/16"], _ports("9090/tcp", "6000/udp"), cache=False)
-    _udp_flow(node, 40001, 6000)  # to stale1's port: goes with its chain
-    _udp_flow(node, 40002, 5353)  # live1's: stays
+    _udp_flow(node, 40001, 6000, "10.88.0.13")  # to stale1's port: goes with its chain
+    _udp_flow(node, 40002, 5353, "10.88.0.11")  # live1's: stays
     wrap, killed = tmp_path / "wrap", tmp_path / "killed"
     wrap.mkdir()
     tool = f"iptables-{node.mode}-restore"

@@ -33,7 +33,7 @@ def test_gc_metrics_of_removed_pending_and_conntrack(host_ns, tmp_path):
     node.add("gcnet", "live1", ["10.88.0.11/16", "fd00::11/64"], _ports("8080/tcp"))
     node.add("gcnet", "gone1", ["10.88.0.12/16"], _ports("9090/tcp", "6000/udp"), cache=False)
     for sport in (40001, 40002):
-        _udp_flow(node, sport, 6000)  # to gone1's UDP port: deleted with its chain
+        _udp_flow(node, sport, 6000, "10.88.0.12")  # to gone1's UDP port: deleted with its chain
     env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
     path = tmp_path / "portmapctl-gc.prom"
     argv = ["gc", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]

@@ -103,9 +103,11 @@ def test_sigterm_after_the_removal_still_flushes_its_udp_flows(host_ns, tmp_path
         rp.run_plugin("ADD", host_ns, cid, rp.plugin_conf("mynet", [ip], ports), check=True)
     subprocess.run(["ip", "-n", host_ns, "addr", "replace", "10.0.0.1/32", "dev", "lo"],
                    check=True)  # fmt: skip
-    for sport, dport in ((40001, 6000), (40002, 5353)):
+    for sport, dport, to in ((40001, 6000, "10.88.0.5"), (40002, 5353, "10.88.0.6")):
         _conntrack(host_ns, "-I", "-p", "udp", "-s", "192.0.2.7", "-d", "10.0.0.1",
-                   "--sport", str(sport), "--dport", str(dport), "-t", "100")  # fmt: skip
+                   "--sport", str(sport), "--dport", str(dport), "--reply-src", to,
+                   "--reply-dst", "192.0.2.7", "--reply-port-src", "53", "--reply-port-dst",
+                   str(sport), "-t", "100")  # fmt: skip
     _gc_terminated_at(host_ns, tmp_path, where, *extra)
     assert chain_name("mynet", "gone1") not in rp.save(host_ns)
     flows = _conntrack(host_ns, "-L", "-p", "udp")
@@ -123,7 +125,9 @@ def test_sigterm_after_the_family_applied_ahead_still_flushes_its_udp_flows(host
     subprocess.run(["ip", "-n", host_ns, "addr", "replace", "fd00:1::1/128", "dev", "lo"],
                    check=True)  # fmt: skip
     _conntrack(host_ns, "-I", "-p", "udp", "-s", "2001:db8::7", "-d", "fd00:1::1",
-               "--sport", "40001", "--dport", "6000", "-t", "100")  # fmt: skip
+               "--sport", "40001", "--dport", "6000", "--reply-src", "fd00::5", "--reply-dst",
+               "2001:db8::7", "--reply-port-src", "53", "--reply-port-dst", "40001",
+               "-t", "100")  # fmt: skip
     _gc_terminated_at(host_ns, tmp_path, "ahead")
     assert chain_name("mynet", "gone1") not in rp.save(host_ns, 6)
     assert chain_name("mynet", "gone1") in rp.save(host_ns, 4)  # never planned

@@ -40,7 +40,7 @@ def udp_work(
 ) -> Tuple[List[FamilyPlan], Dict[int, Set[int]]]:
     """The UDP host ports the removal touched, split by how their flows are judged:
     the plans flush_udp_after takes (ports nothing maps any more in either backend:
-    every flow; ports only iptables chains still map: the misrouting ones, judged by
+    the removed rules' flows; ports only iptables chains still map: the misrouting ones, judged by
     the iptables mappings left), and per family the ports whose flows must be judged
     against both backends' mappings left (another backend still maps them, or, in
     nftables, another container's rule). A port freed in one backend but mapped in the
@@ -66,8 +66,10 @@ def udp_work(
                 shared.setdefault(family, set()).update(gone & mapped)
             freed = tuple(sorted(gone - mapped))
             if freed:
-                # No rule of either backend maps them: every flow goes (no chain needed).
-                work.append(FamilyPlan(family, (), (), 0, (), freed, {}, Transaction(family)))
+                # No rule of either backend maps them: the removed rules' flows go.
+                ips = frozenset(nft_done.removed_ips.get(family, ()))
+                txn = Transaction(family)
+                work.append(FamilyPlan(family, (), (), 0, (), freed, {}, txn, removed_ips=ips))
     return work, shared
 
 
@@ -127,7 +129,8 @@ def flush_udp_after(
     plans: Sequence[FamilyPlan], node: Optional[Node] = None
 ) -> Tuple[int, Tuple[str, ...]]:
     """Delete the UDP conntrack entries the removal left pointing nowhere, per family:
-    every flow to a host port no chain maps any more, and the misrouting ones (as
+    the removed chains' flows of a host port no chain maps any more (flush_udp
+    plan_freed: not another tool's there, nor the host's own), and the misrouting ones (as
     `flush-udp --stale-only`) of a removed chain's port that another chain still maps
     (the removed chain, entered first, had taken the flow to its dead container).
     Only flows to the node's own addresses: a forwarded flow met no mapping.
@@ -151,13 +154,12 @@ def flush_udp_after(
             entries = conntrack.list_udp((family,), family_ports)
             freed = {(family, port) for port in plan.freed_udp_ports}
             remapped = {(family, port) for port in plan.remapped_udp_ports}
-            doomed = flushing.plan(entries, freed, (), local=local)
+            removed = flushing.ours((family, ip) for ip in plan.removed_ips)
+            doomed = flushing.plan_freed(entries, freed, removed, local=local)
             # A flow DNATed to no container of these chains, left or removed, on an
             # address the port is no longer mapped on: another tool's (kept).
-            ours = flushing.ours(
-                [(m.family, m.container_ip) for m in plan.remaining_udp]
-                + [(family, ip) for ip in plan.removed_ips]
-            )
+            ours = flushing.ours([(m.family, m.container_ip) for m in plan.remaining_udp])
+            ours |= removed
             # Another tool's rule ahead of the plugin's entry takes some destinations
             # first: their flows are its own, whatever the mappings left.
             taken = set()
