@@ -95,7 +95,13 @@ def run(
                 # flows, the other backend's under --backend iptables or nftables too.
                 whole = reader is not None and node.options.reads_iptables
                 judging = (
-                    Judging(mappings, tables, other[1] if other else {}, node)
+                    Judging(
+                        mappings,
+                        tables,
+                        other[1] if other else {},
+                        node,
+                        owners.hook_ports() if owners is not None else frozenset(),
+                    )
                     if whole
                     else node_judging(node, tables, attachments)
                 )

@@ -58,6 +58,7 @@ from typing import (
     Sequence,
     Set,
     Tuple,
+    Union,
 )
 
 from portmapctl.core.backend import Backend
@@ -114,7 +115,7 @@ def read_takers(
     unsure: Taken = {}
     for (family, table), table_hooks in by_table.items():
         listing = run(["-j", "list", "table", family, table])
-        text = run(["-a", "list", "table", family, table])
+        text = _text_of(run, family, table)
         for hook in sorted(table_hooks, key=lambda h: h.priority):
             for seen in _SEES[family]:
                 found, maybe = _walked(
@@ -138,9 +139,16 @@ def read_takers(
     return HookTakers(taken, unsure)
 
 
+def _text_of(run: Callable[[List[str]], str], family: str, table: str) -> Callable[[], str]:
+    """The table as `nft -a list` prints it, listed when first asked: only a rule the
+    walk reports needs its words, and listing a big table (kube-proxy's) costs as
+    much as its JSON."""
+    return lambda: run(["-a", "list", "table", family, table])
+
+
 def takers(
     listing: str,
-    text: str,
+    text: Union[str, Callable[[], str]],
     chain: str,
     wanted: FrozenSet[ProtoPort],
     table: str = "",
@@ -155,7 +163,7 @@ def takers(
 
 def _walked(
     listing: str,
-    text: str,
+    text: Union[str, Callable[[], str]],
     chain: str,
     wanted: FrozenSet[ProtoPort],
     table: str,
@@ -190,7 +198,7 @@ def _walked(
         if isinstance(port_set, dict) and port_set.get("type") == "inet_service":
             # `tcp dport @ports`: judged by the set's elements as listed now.
             sets[f"@{port_set.get('name')}"] = {"set": port_set.get("elem", [])}
-    walk = _Walk(chains, _printed(text), set(wanted), maps, sets)
+    walk = _Walk(chains, _Printed(text), set(wanted), maps, sets)
     walk.family = family
     walk.dest = dest
     walk.kube = table == _KUBE_TABLE
@@ -200,7 +208,46 @@ def _walked(
         # to its policy: NF_DROP ends the packet in nf_nat_inet_fn, the plugin's chain
         # never sees it (an interop test sends the packets).
         walk._take(None, None, f"{chain}: policy drop", frozenset())
-    return walk.taken, {k: v for k, v in walk.unsure.items() if k not in walk.taken}
+    # (The rules' words, listed only now that a rule is reported.)
+    taken = {k: str(v) for k, v in walk.taken.items()}
+    return taken, {k: str(v) for k, v in walk.unsure.items() if k not in walk.taken}
+
+
+# A rule's words: as given, or looked up in the text listing when used (_RuleText).
+Words = Union[str, "_RuleText"]
+
+
+class _Printed:
+    """handle -> the rule as `nft list` prints it, each a _RuleText: the text listing
+    is asked for only when a reported rule's words are used (str, an f-string)."""
+
+    def __init__(self, text: Union[str, Callable[[], str]]) -> None:
+        self._text = text
+        self._by_handle: Optional[Dict[int, str]] = None
+
+    def get(self, handle: int, default: str) -> _RuleText:
+        return _RuleText(self, handle, default)
+
+    def words(self, handle: int, default: str) -> str:
+        if self._by_handle is None:
+            text = self._text if isinstance(self._text, str) else self._text()
+            self._by_handle = _printed(text)
+        return self._by_handle.get(handle, default)
+
+
+class _RuleText:
+    """A rule's words, looked up when first used as a string."""
+
+    __slots__ = ("_printed", "_handle", "_default")
+
+    def __init__(self, printed: _Printed, handle: int, default: str) -> None:
+        self._printed, self._handle, self._default = printed, handle, default
+
+    def __str__(self) -> str:
+        return self._printed.words(self._handle, self._default)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 def _printed(text: str) -> Dict[int, str]:
@@ -224,7 +271,7 @@ class _Walk(PortsLeft):
     def __init__(
         self,
         chains: Dict[str, List[Dict[str, Any]]],
-        printed: Dict[int, str],
+        printed: _Printed,
         left: set,
         maps: Optional[Dict[str, Any]] = None,
         sets: Optional[Dict[str, Any]] = None,
@@ -237,7 +284,7 @@ class _Walk(PortsLeft):
         self.unsure: Dict[ProtoPort, str] = {}  # ports a rule may take some packets of
         # The jump not judged that the walk went through (`iifname "wan" jump x`):
         # what the chains below it take, they take only maybe.
-        self.doubt: Optional[str] = None
+        self.doubt: Optional[Words] = None
         self.kube = False  # kube-proxy's table: its service chains are not walked
         self.family = 4  # the packets walked (an inet table sees both)
         self.dest: Optional[str] = None  # ... and their host IP (None: any not loopback)
@@ -326,12 +373,12 @@ class _Walk(PortsLeft):
                     self.doubt = outer
 
     def _take(
-        self, proto: Optional[str], ports: Ranges, text: str, returned: FrozenSet[ProtoPort]
+        self, proto: Optional[str], ports: Ranges, text: Words, returned: FrozenSet[ProtoPort]
     ) -> None:
         if self.doubt is None:
             super()._take(proto, ports, text, returned | self.escaped)
             self._doubted(proto, ports, text, returned)  # (the escaped ones, left)
-        else:
+        elif self._covered(proto, ports) - returned:
             self._doubted(proto, ports, f"{self.doubt}, then {text}", returned)
 
     def _leave(self, proto: Optional[str], ports: Ranges, returned: FrozenSet[ProtoPort]) -> None:
@@ -341,7 +388,7 @@ class _Walk(PortsLeft):
             self.escaped |= self._covered(proto, ports) - returned
 
     def _doubted(
-        self, proto: Optional[str], ports: Ranges, text: str, returned: FrozenSet[ProtoPort]
+        self, proto: Optional[str], ports: Ranges, text: Words, returned: FrozenSet[ProtoPort]
     ) -> None:
         for proto_port in sorted(self._covered(proto, ports) - returned):
             self.unsure.setdefault(proto_port, text)
@@ -351,7 +398,7 @@ class _Walk(PortsLeft):
         rule: ReadRule,
         proto: Optional[str],
         ports: Ranges,
-        text: str,
+        text: Words,
         path: FrozenSet[str],
         returned: FrozenSet[ProtoPort],
     ) -> FrozenSet[ProtoPort]:
@@ -375,6 +422,8 @@ class _Walk(PortsLeft):
                 kind in ("jump", "goto") and target and target.startswith(_KUBE_SERVICE)
                 and self.kube
             ):  # fmt: skip
+                if not self._covered(key_proto, port_ranges):
+                    continue  # (no port asked: its words are not needed)
                 named = str(key[1]) if alone else f"{key[0]} . {key[1]}"
                 element_text = f"{named} : {kind}" + (f" {target}" if target else "")
                 self._take(key_proto, port_ranges, f"{text} ({element_text})", returned)

@@ -496,6 +496,10 @@ class Judging:
     tables: ReadOnly[int, Any]
     other: ReadOnly[int, Any] = field(default_factory=dict)  # flavour_guard's readers
     node: Optional[Node] = None
+    # The (family, host port) whose flows another nftables table's hook may take
+    # (Owners.hook_ports: the rows' walk, which costs a listing of each such table, says
+    # which; None: every port). Only their flows are walked again, per destination.
+    hook_ports: Optional[FrozenSet[Key]] = frozenset()
 
     def taken(self, entries: Iterable[ConntrackEntry]) -> Set[Destination]:
         """The destinations of these entries that another tool's rule takes first."""
@@ -509,7 +513,9 @@ class Judging:
         if self.other and entries:
             found |= taken_first(self.other, entries, past_entry=True)
         if self.node is not None and entries:
-            found |= hooks_take(self.node, entries)
+            ports = self.hook_ports
+            asked = [e for e in entries if ports is None or (e.family, e.dport) in ports]
+            found |= hooks_take(self.node, asked)
         return found
 
 
@@ -543,11 +549,13 @@ def node_judging(node: Node, tables: Any, attachments: Any) -> Judging:
     other = other_flavour_readers(node.backend.name, tuple(tables))
     readers = other[1] if other is not None else {}
     if not found.mappings and not nft_rows:
-        return Judging([], tables, readers, node)
+        # (Ports given, none mapped: every hook is asked of their flows.)
+        return Judging([], tables, readers, node, None)
     from portmapctl.ops.owners import node_rows, read_owners
 
     owners = read_owners(node, tables, found.mappings, nft_rows, live, other)
-    return Judging(node_rows(found.mappings, nft_rows, owners), tables, readers, node)
+    rows = node_rows(found.mappings, nft_rows, owners)
+    return Judging(rows, tables, readers, node, owners.hook_ports())
 
 
 def flush_ports(

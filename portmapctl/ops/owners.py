@@ -16,7 +16,7 @@ plugin's own chain of another container there on the same port (a split-brain no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from portmapctl.core.contest import HookPortKey
 
@@ -44,6 +44,16 @@ class Owners:
     # core/contest.flavour_rivals), and that flavour's name.
     rivals: Dict[Any, Tuple[Any, ...]] = field(default_factory=dict)
     rival_flavour: Optional[str] = None
+
+    def hook_ports(self) -> Optional[FrozenSet[Tuple[int, int]]]:
+        """The (family, UDP host port) of the rows another nftables table's nat hook
+        takes or may take some packets of: the only ports whose flows that hook may
+        have DNATed, judged per flow destination (flush_udp.Judging). None when the
+        hooks could not be read: every port then."""
+        if self.unread:
+            return None
+        rows = (*self.hooked, *self.unsure)
+        return frozenset((row.family, row.host_port) for row in rows if row.protocol == "udp")
 
 
 def read_owners(

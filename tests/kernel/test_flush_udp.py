@@ -717,24 +717,33 @@ def test_dry_run_at_60_columns_keeps_why_whole(node: str) -> None:
         assert why in f"{text} ", lines
 
 
-@pytest.mark.parametrize("priority", [-150, -100])
+@pytest.mark.parametrize(
+    ("priority", "daddr", "status"),
+    [
+        (-150, "ip daddr 10.0.0.1 ", "ok"),
+        (-100, "ip daddr 10.0.0.1 ", "ok"),
+        (-100, "", "contested"),
+    ],  # fmt: skip
+)
 def test_flows_an_other_nft_tables_address_rule_takes_are_kept_and_counted_alike(
-    host_ns: str, capsys: pytest.CaptureFixture[str], priority: int
+    host_ns: str, capsys: pytest.CaptureFixture[str], priority: int, daddr: str, status: str
 ) -> None:
     """Another tool's nftables table DNATs 5353/udp on one node address only (netavark's
     `ip daddr ADDR udp dport N dnat`), at an earlier hook or at the plugin's own
     priority; the plugin maps 5353/udp on every address. The row is judged neither
-    shadowed nor ok for all its packets (list warns it may lose some), and a flow that tool DNATed
-    to its own pod on its address went as the mapping's old destination (flush-udp
-    --stale-only, list's count), where a flow to the gone pod on the other address
-    still goes."""
+    shadowed nor ok for all its packets (list warns it may lose some), and a flow that
+    tool DNATed to its own pod on its address went as the mapping's old destination
+    (flush-udp --stale-only, list's count), where a flow to the gone pod on the other
+    address still goes. At the plugin's priority for every address (the row
+    `contested`: the hook order decides) both flows may be that tool's: both stay (the
+    one to its pod went)."""
     conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], [{"hostPort": 5353, "containerPort": 53,
                                                        "protocol": "udp"}])  # fmt: skip
     rp.run_plugin("ADD", host_ns, "abc123", conf, check=True)
     for address in ("10.0.0.1/32", "10.0.0.2/32"):
         ns_run(host_ns, "ip", "addr", "add", address, "dev", "lo")
     script = (f"table inet otherfw {{\n chain pre {{\n  type nat hook prerouting priority"
-              f" {priority}; policy accept;\n  ip daddr 10.0.0.1 udp dport 5353 dnat ip to"
+              f" {priority}; policy accept;\n  {daddr}udp dport 5353 dnat ip to"
               " 10.77.0.7:53\n }\n}\n")  # fmt: skip
     import subprocess
 
@@ -745,10 +754,12 @@ def test_flows_an_other_nft_tables_address_rule_takes_are_kept_and_counted_alike
     code, out, err = cli(capsys, "list", "--netns", host_ns, "--conntrack", "-o", "json")
     assert code == 0, err
     doc = json.loads(out)
-    assert [m["status"] for m in doc["mappings"]] == [["ok"]]
-    assert "ip daddr 10.0.0.1 udp dport 5353" in err  # may lose some packets to it
-    assert doc["conntrack_misrouted"] == 1
+    assert [m["status"] for m in doc["mappings"]] == [[status]]
+    if daddr:
+        assert "ip daddr 10.0.0.1 udp dport 5353" in err  # may lose some packets to it
+    going = ["10.0.0.2"] if daddr else []
+    assert doc["conntrack_misrouted"] == len(going)
     code, out, err = cli(capsys, "flush-udp", "--netns", host_ns, "--stale-only", "-o", "json")
     assert code == 0, err
-    assert [d["host_ip"] for d in json.loads(out)["deleted"]] == ["10.0.0.2"]
-    assert ct_sports(host_ns) == {40100}
+    assert [d["host_ip"] for d in json.loads(out)["deleted"]] == going
+    assert ct_sports(host_ns) == ({40100} if daddr else {40100, 40200})

@@ -618,7 +618,8 @@ def test_another_nft_tables_hook_keeps_its_flows_and_doubt_keeps_them_too(monkey
 
     theirs = udp(sport=5, reply_src="10.77.0.7", reply_sport=53)
     node = SimpleNamespace(nft=SimpleNamespace(binary=lambda: "/nonexistent/nft"))
-    judging = Judging([mapping()], {}, {}, node)
+    # (Owners.hook_ports: the rows' walk found a hook that may take some of 5353.)
+    judging = Judging([mapping()], {}, {}, node, frozenset({(4, 5353)}))
 
     def stale(entries: list) -> list:
         taken = judging.taken(entries)
@@ -639,6 +640,11 @@ def test_another_nft_tables_hook_keeps_its_flows_and_doubt_keeps_them_too(monkey
         raise OSError("the nftables chains kept changing while they were listed")
 
     monkeypatch.setattr(foreign, "live_hooks", unlistable)
+    assert stale([CURRENT, theirs]) == []
+    # Only the ports the rows' walk named are asked again: no other port pays for it.
+    judging = dataclasses.replace(judging, hook_ports=frozenset({(4, 6000)}))
+    assert [d.entry for d in stale([CURRENT, theirs])] == [theirs]
+    judging = dataclasses.replace(judging, hook_ports=None)  # the rows' walk failed
     assert stale([CURRENT, theirs]) == []
     # No hook at all (the usual node): nothing is run, nothing kept by it.
     monkeypatch.setattr(foreign, "live_hooks", lambda _node: [])

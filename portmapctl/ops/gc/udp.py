@@ -167,7 +167,7 @@ def flush_udp_after(
                 if plan.foreign_rules is not None:
                     taken = flushing.taken_first({family: plan.foreign_rules}, entries)
                 if node is not None:
-                    taken |= elsewhere(node, family).taken(entries)
+                    taken |= elsewhere(node, plan).taken(entries)
             doomed += flushing.plan(
                 entries,
                 remapped,
@@ -187,12 +187,18 @@ def flush_udp_after(
     return deleted, tuple(warnings)
 
 
-def elsewhere(node: Node, family: int) -> Judging:
-    """A Judging of the rules outside the plugin's iptables flavour that may take a
-    flow's destination first: the other flavour's nat table and other nftables tables'
-    nat hooks (gc's own flavour is judged by FamilyPlan.foreign_rules)."""
+def elsewhere(node: Node, plan: FamilyPlan) -> Judging:
+    """A Judging of the rules outside the plugin's iptables flavour that may take the
+    destination of a flow on one of the plan's remapped ports first: the other
+    flavour's nat table, and other nftables tables' nat hooks where they take or may
+    take some packets of a mapping left (gc's own flavour is judged by
+    FamilyPlan.foreign_rules)."""
+    from portmapctl.nftables.foreign import node_hooked
     from portmapctl.ops.flavour_guard import other_flavour_readers
     from portmapctl.ops.flush_udp import Judging
+    from portmapctl.ops.owners import Owners
 
-    other = other_flavour_readers(node.backend.name, (family,))
-    return Judging([], {}, other[1] if other is not None else {}, node)
+    other = other_flavour_readers(node.backend.name, (plan.family,))
+    hooked = node_hooked(node, plan.remaining_udp, None)
+    ports = Owners(hooked=hooked.taken, unsure=hooked.unsure, unread=hooked.unread).hook_ports()
+    return Judging([], {}, other[1] if other is not None else {}, node, ports)
