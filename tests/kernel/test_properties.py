@@ -281,7 +281,9 @@ def test_every_changing_command_run_twice_leaves_what_once_did(host_ns, tmp_path
             rp.write_cni_cache(cache, "mynet", cid, "eth0", conf, ports, [ip])
         subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-I", "-p", "udp", "-s",
                         "192.0.2.7", "-d", "10.0.0.1", "--sport", "40000", "--dport", str(port),
-                        "-t", "300"], check=True, capture_output=True)  # fmt: skip
+                        "--reply-src", ip.split("/")[0], "--reply-dst", "192.0.2.7",
+                        "--reply-port-src", "53", "--reply-port-dst", "40000", "-t", "300"],
+                       check=True, capture_output=True)  # fmt: skip
     rp.iptables(host_ns, ["-t", "nat", "-F", "CNI-HOSTPORT-MASQ"])  # work for repair
 
     def state() -> tuple:
