@@ -369,6 +369,12 @@ def _destinations(
     return wanted
 
 
+def _loopback(family: int, dst: str) -> bool:
+    """Whether a flow's destination is a loopback address (as the kernel's entries spell
+    it: 127.x.y.z, ::1), without parsing it (10,000 entries)."""
+    return dst.startswith("127.") if family == 4 else dst == "::1"
+
+
 def _order(entry: ConntrackEntry) -> tuple:
     family, dst, src = entry.family, entry.dst, entry.src
     return (family, entry.dport, _ip(family, dst) or b"", _ip(family, src) or b"", entry.sport)
@@ -505,6 +511,7 @@ class Judging:
         """The destinations of these entries that another tool's rule takes first."""
         entries = list(entries)
         found: Set[Destination] = set()
+        udp = [m for m in self.mappings if m.protocol == "udp"]
         if self.tables and entries:
             from portmapctl.iptables.foreign import table_reader
 
@@ -514,7 +521,18 @@ class Judging:
             found |= taken_first(self.other, entries, past_entry=True)
         if self.node is not None and entries:
             ports = self.hook_ports
-            asked = [e for e in entries if ports is None or (e.family, e.dport) in ports]
+            mapped = {(m.family, m.host_port) for m in udp}
+            # The rows' walk judged a row's own hook and destination only: a flow to a
+            # loopback address passes the output hook, which a row on every address was
+            # not walked for, and a port no row maps (--port N) was not walked at all.
+            asked = [
+                e
+                for e in entries
+                if ports is None
+                or (e.family, e.dport) in ports
+                or (e.family, e.dport) not in mapped
+                or _loopback(e.family, e.dst)
+            ]
             found |= hooks_take(self.node, asked)
         return found
 

@@ -47,9 +47,11 @@ class Owners:
 
     def hook_ports(self) -> Optional[FrozenSet[Tuple[int, int]]]:
         """The (family, UDP host port) of the rows another nftables table's nat hook
-        takes or may take some packets of: the only ports whose flows that hook may
-        have DNATed, judged per flow destination (flush_udp.Judging). None when the
-        hooks could not be read: every port then."""
+        takes or may take some packets of: of the rows' ports, the only ones whose flows
+        to a destination the rows' walk judged (their hook: prerouting, or output for a
+        loopback host IP) that hook may have DNATed, judged per flow destination
+        (flush_udp.Judging, which also asks a loopback destination's flows and a port no
+        row maps). None when the hooks could not be read: every port then."""
         if self.unread:
             return None
         rows = (*self.hooked, *self.unsure)

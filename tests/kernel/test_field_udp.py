@@ -328,3 +328,73 @@ def test_gc_flushes_the_flows_a_removed_chain_sent_to_the_same_address_on_anothe
         assert [r["container_id"] for r in result["removed"]] == ["old"]
         assert result["conntrack_deleted"] == 1
         assert reaches() == {54}
+
+
+def _other_table(ns: str, script: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, text=True,
+                   check=True)  # fmt: skip
+
+
+def test_gc_stale_only_and_list_keep_a_loopback_flow_another_tables_output_hook_takes(
+    host_ns, tmp_path
+):
+    """Review h211 of 268fc7e: "new" maps 6000/udp on every address, so the node's own
+    connections to 127.0.0.1:6000 reach it through the nat output hook; another
+    nftables table's earlier output hook DNATs 127.0.0.1:6000 to its own pod. The
+    row's walk (prerouting, every address not loopback) never looks at that hook, so
+    Judging.hook_ports left the port out and the per-destination walk (which walks
+    output for a loopback destination, as 1131c29 made it) was skipped: gc, flush-udp
+    --stale-only and list deleted (counted) that tool's live flow as an old
+    destination. Only the flow to the removed container goes."""
+    cache = _old_and_new(host_ns, tmp_path, UDP)
+    _other_table(host_ns, "table ip otherfw {\n chain out {\n  type nat hook output priority"
+                 " -150; policy accept;\n  ip daddr 127.0.0.1 udp dport 6000 dnat to"
+                 " 10.244.1.7:60\n }\n}\n")  # fmt: skip
+    _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
+    _flow(host_ns, 42006, "127.0.0.1", "127.0.0.1", 6000, "10.244.1.7", 60)  # the other tool's
+    listed = run(["list", "--netns", host_ns, "--cni-cache-dir", str(cache), "--conntrack",
+                  "-o", "json"])  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["conntrack_misrouted"] == 0
+    stale = run(["flush-udp", "--netns", host_ns, "--cni-cache-dir", str(cache), "--stale-only",
+                 "--dry-run", "-o", "json"])  # fmt: skip
+    assert stale.returncode == 0, stale.stderr
+    assert json.loads(stale.stdout)["deleted"] == []
+    result = _gc_removing_old(host_ns, cache)
+    assert _sports(host_ns) == {42006}
+    assert result["conntrack_deleted"] == 1
+    again = run(["flush-udp", "--netns", host_ns, "--cni-cache-dir", str(cache), "--stale-only",
+                 "-o", "json"])  # fmt: skip
+    assert json.loads(again.stdout)["count"] == 0
+    assert _sports(host_ns) == {42006}
+
+
+def test_stale_only_of_a_port_given_keeps_what_another_tables_hook_takes_whatever_else_is_mapped(
+    host_ns, tmp_path
+):
+    """Review h211 of 268fc7e: `flush-udp --stale-only --port 7000`, a port the plugin
+    does not map, where another nftables table DNATs 7000/udp to its own pod: with no
+    mapping on the node every hook is asked of the port's flows (node_judging's
+    hook_ports None) and that tool's flow is kept; with a mapping of another port,
+    hook_ports held only the rows' ports and the same flow went as "DNATed, but nothing
+    maps this port now"."""
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    _ns(host_ns, "ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
+    _other_table(host_ns, "table ip otherfw {\n chain pre {\n  type nat hook prerouting"
+                 " priority -150; policy accept;\n  udp dport 7000 dnat to 10.244.1.7:70\n"
+                 " }\n}\n")  # fmt: skip
+    _flow(host_ns, 42010, "192.0.2.1", NODE_IP, 7000, "10.244.1.7", 70)
+
+    def stale() -> list:
+        done = run(["flush-udp", "--netns", host_ns, "--cni-cache-dir", str(cache),
+                    "--stale-only", "--port", "7000", "--dry-run", "-o", "json"])  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["deleted"]
+
+    assert stale() == []
+    new = rp.plugin_conf("mynet", ["10.88.0.20/16"], UDP)
+    rp.run_plugin("ADD", host_ns, "new", new, check=True)
+    _cache(cache, "mynet", "new", new)
+    assert stale() == []
+    assert _sports(host_ns) == {42010}

@@ -167,7 +167,8 @@ def flush_udp_after(
                 if plan.foreign_rules is not None:
                     taken = flushing.taken_first({family: plan.foreign_rules}, entries)
                 if node is not None:
-                    taken |= elsewhere(node, plan).taken(entries)
+                    asked = [e for e in entries if (e.family, e.dport) in remapped]
+                    taken |= elsewhere(node, plan).taken(asked)
             doomed += flushing.plan(
                 entries,
                 remapped,
@@ -201,4 +202,5 @@ def elsewhere(node: Node, plan: FamilyPlan) -> Judging:
     other = other_flavour_readers(node.backend.name, (plan.family,))
     hooked = node_hooked(node, plan.remaining_udp, None)
     ports = Owners(hooked=hooked.taken, unsure=hooked.unsure, unread=hooked.unread).hook_ports()
-    return Judging([], {}, other[1] if other is not None else {}, node, ports)
+    readers = other[1] if other is not None else {}
+    return Judging(list(plan.remaining_udp), {}, readers, node, ports)
