@@ -513,10 +513,19 @@ class Judging:
         found: Set[Destination] = set()
         udp = [m for m in self.mappings if m.protocol == "udp"]
         if self.tables and entries:
+            from portmapctl.core.backend import Backend
             from portmapctl.iptables.foreign import table_reader
 
             readers = {f: table_reader(t) for f, t in self.tables.items()}
-            found |= taken_first(readers, entries)
+            # Only a port an iptables chain maps is taken at the plugin's jump: the rules
+            # after it never see those packets. A port only the nftables backend maps (or
+            # nothing: --port N) is another's wherever in PREROUTING its rule stands:
+            # iptables' nat hooks at cni_hostport's priority, and CNI-HOSTPORT-DNAT has
+            # nothing for it (as the other flavour's table, `past_entry`).
+            chained = {(m.family, m.host_port) for m in udp if backend_of(m) == Backend.IPTABLES}
+            found |= taken_first(readers, [e for e in entries if (e.family, e.dport) in chained])
+            past = [e for e in entries if (e.family, e.dport) not in chained]
+            found |= taken_first(readers, past, past_entry=True)
         if self.other and entries:
             found |= taken_first(self.other, entries, past_entry=True)
         if self.node is not None and entries:

@@ -1162,3 +1162,44 @@ def test_a_repair_sigtermed_once_the_entry_went_in_still_lets_go_of_the_routed_f
     listed = upstream.nft(node, "list", "chain", "ip", "cni_hostport", "prerouting").stdout
     assert "fib daddr type local jump hostports_all" in listed, listed
     assert rp.udp_flows(node) == {(6000, "198.51.100.2")}
+
+
+@pytest.mark.parametrize("daddr", [["-d", "192.0.3.1"], []], ids=["one-address", "contested"])
+def test_another_tools_iptables_rule_keeps_its_flows_on_a_port_the_nftables_backend_maps(
+    node: str, tmp_path: Path, daddr: list
+) -> None:
+    """Review h211 of 1131c29: live60 (nftables backend) maps 5060/udp on every address,
+    dead60 (leaked, nftables, added first) too; Docker-like, another tool's rule in the
+    node's own iptables nat table (iptables-nft, no plugin chain there at all) DNATs
+    192.0.3.1:5060 (or the port on every address: the row is contested) to its pod.
+    iptables' nat hooks at cni_hostport's priority, so that rule takes the flows first
+    wherever it stands in PREROUTING (`past_entry`, as for the other flavour's table);
+    Judging.taken walked the node's own table only up to a jump to CNI-HOSTPORT-DNAT,
+    found none, and took nothing: flush-udp --stale-only, list and gc's flush deleted
+    (counted) that tool's live flow as an old destination. Only dead60's goes."""
+    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/24", "dev", "lo"], check=True)
+    for cid, ip in (("dead60", "10.88.0.91"), ("live60", "10.88.0.92")):
+        conf = upstream.nft_conf("podman", [f"{ip}/16"], [_pm(5060, 53, "udp")])
+        upstream.run(V191, "ADD", node, cid, conf, check=True)
+        if cid == "live60":
+            _cached(tmp_path, cid, conf)
+    rp.iptables(node, ["-t", "nat", "-I", "PREROUTING", "1", *daddr, "-p", "udp", "--dport",
+                       "5060", "-j", "DNAT", "--to-destination", "10.244.1.7:53"])  # fmt: skip
+    for sport, to in ((41001, "10.88.0.91"), (41002, "10.244.1.7")):
+        subprocess.run([rp._ip(), "netns", "exec", node, "conntrack", "-I", "-p", "udp",
+                        "-s", "192.0.3.2", "-d", "192.0.3.1", "--sport", str(sport),
+                        "--dport", "5060", "--reply-src", to, "--reply-port-src", "53",
+                        "--reply-dst", "192.0.3.2", "--reply-port-dst", str(sport), "-t", "100"],
+                       check=True, capture_output=True)  # fmt: skip
+    listed = _pmctl(node, tmp_path, "list", "--conntrack", "-o", "json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert json.loads(listed.stdout)["conntrack_misrouted"] == 0
+    stale = _pmctl(node, tmp_path, "flush-udp", "--stale-only", "--dry-run", "-o", "json")
+    assert stale.returncode == 0, stale.stdout + stale.stderr
+    assert json.loads(stale.stdout)["deleted"] == []
+    done = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert {c["container_id"] for c in doc["removed"]} == {"dead60"}
+    assert rp.udp_flows(node) == {(5060, "10.244.1.7")}
+    assert doc["conntrack_deleted"] == 1
