@@ -268,3 +268,30 @@ def test_ip_daddr_is_judged_for_the_host_ip_walked(family, dest, taken, unsure) 
     for all or none of a mapping's packets on one host IP; an `ip daddr` match never
     holds for an IPv6 packet (nor `ip6 daddr` for IPv4); an address set is not judged."""
     assert _daddr_walk(family, dest) == (taken, unsure)
+
+
+def test_flows_taken_lists_no_rules_words(monkeypatch) -> None:
+    """Review h211 of 268fc7e: flows_taken (the per-flow-destination walk) uses only which
+    ports are taken, never the rules' words; _walked's str() of every reported rule made
+    it list the table a second time as text (`nft -a list table`: as costly as the JSON
+    listing on kube-proxy's table) whenever a rule took a flow's port."""
+    from types import SimpleNamespace
+
+    from portmapctl.nftables.access import nft as nft_access
+
+    asked: List[List[str]] = []
+
+    def run_nft(_binary: str):
+        def run(args: List[str]) -> str:
+            asked.append(args)
+            return _run(args)
+
+        return run
+
+    hook = nft_hooks.Hook("ip", "nat", "prerouting", -110)
+    monkeypatch.setattr(foreign, "live_hooks", lambda _node: [hook])
+    monkeypatch.setattr(nft_access, "run_nft", run_nft)
+    node = SimpleNamespace(nft=SimpleNamespace(binary=lambda: "/nonexistent/nft"))
+    wanted = {(4, "10.0.0.1"): {("udp", 53)}, (4, "10.0.0.2"): {("udp", 53), ("udp", 9)}}
+    assert foreign.flows_taken(node, wanted) == {(4, "10.0.0.1", 53), (4, "10.0.0.2", 53)}
+    assert [a[0] for a in asked] == ["-j"]
