@@ -649,3 +649,43 @@ def test_another_nft_tables_hook_keeps_its_flows_and_doubt_keeps_them_too(monkey
     # No hook at all (the usual node): nothing is run, nothing kept by it.
     monkeypatch.setattr(foreign, "live_hooks", lambda _node: [])
     assert [d.entry for d in stale([CURRENT, theirs])] == [theirs]
+
+
+def test_gc_reads_other_tables_only_for_flows_of_a_port_left_mapped(monkeypatch) -> None:
+    """Review h211 of 268fc7e: gc's flush of a removal that freed 6000/udp and left
+    7000/udp mapped judged by other tables (gc/udp.py elsewhere: the other iptables
+    flavour's table, other nftables tables' hooks, a listing of kube-proxy's table)
+    whenever any flow was there, a freed port's flow too; only the flows of a port
+    left mapped are judged by them (and only to the node's own addresses)."""
+    import ipaddress
+
+    from portmapctl.host import addresses, conntrack
+    from portmapctl.iptables.transaction import Transaction
+    from portmapctl.ops.gc import udp as gc_udp
+    from portmapctl.ops.gc.family import FamilyPlan
+
+    asked: list = []
+
+    def elsewhere(_node: object, _plan: object) -> object:
+        class Judged:
+            def taken(self, entries: list) -> set:
+                asked.append(list(entries))
+                return set()
+
+        return Judged()
+
+    flows = [udp(sport=1, dport=6000, reply_src="10.88.0.9", reply_sport=60)]
+    monkeypatch.setattr(gc_udp, "elsewhere", elsewhere)
+    monkeypatch.setattr(conntrack, "list_udp", lambda families, ports: list(flows))
+    monkeypatch.setattr(conntrack, "delete", lambda entries: len(entries))
+    here = addresses.from_networks([ipaddress.ip_network("10.0.0.1/32")])
+    monkeypatch.setattr(addresses, "local_addresses", lambda families: here)
+    plan = FamilyPlan(4, (), (), 0, (), (6000,), {}, Transaction(4), (7000,),
+                      (mapping(host_port=7000),), frozenset({7000}),
+                      frozenset({"10.88.0.9"}))  # fmt: skip
+    assert gc_udp.flush_udp_after([plan], object()) == (1, ())
+    assert asked == []
+    flows.append(udp(sport=2, dport=7000, reply_src="10.77.0.7", reply_sport=70))
+    flows.append(udp(sport=3, dst="10.9.9.9", dport=7000, reply_src="10.77.0.7"))
+    gc_udp.flush_udp_after([plan], object())
+    assert [[e.sport for e in entries] for entries in asked] == [[2]]

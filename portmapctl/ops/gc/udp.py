@@ -166,8 +166,13 @@ def flush_udp_after(
             if remapped and entries:
                 if plan.foreign_rules is not None:
                     taken = flushing.taken_first({family: plan.foreign_rules}, entries)
-                if node is not None:
-                    asked = [e for e in entries if (e.family, e.dport) in remapped]
+                # (The other tables are read only for a flow the judgement is about.)
+                asked = [
+                    e
+                    for e in entries
+                    if (e.family, e.dport) in remapped and (family, e.dst) in local
+                ]
+                if node is not None and asked:
                     taken |= elsewhere(node, plan).taken(asked)
             doomed += flushing.plan(
                 entries,
