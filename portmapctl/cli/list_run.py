@@ -4,7 +4,7 @@ by the fast path (cli/list_fast.py). No typer here: the fast path never imports 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Collection, List, Optional, Sequence, Tuple
 
 from portmapctl.cli._common import Common, metrics_recording
 from portmapctl.core.pause import gc_paused
@@ -153,7 +153,8 @@ def run(
         if out.json:
             out.print_json(render.list_json(rows, chains, flows, cache.json(), total, misrouted))
             return
-        fix = flush_fix(options, wanted) if misrouted else render.FLUSH_STALE
+        udp_mapped = {(m.family, m.host_port) for m in mappings if m.protocol == "udp"}
+        fix = flush_fix(options, wanted, udp_mapped) if misrouted else render.FLUSH_STALE
         summary = render.list_summary(
             rows, chains, total if wanted.any else None, misrouted or 0, fix
         )
@@ -262,11 +263,21 @@ def _nft_rows(node: Any, started: Tuple[Any, dict], cache: Any, found: Any, out:
     return list(nft_found.mappings)
 
 
-def flush_fix(options: Any, wanted: Filters) -> str:
+def flush_fix(
+    options: Any, wanted: Filters, mapped: Optional[Collection[Tuple[int, int]]] = None
+) -> str:
     """The flush-udp that deletes the misrouted flows the summary counts: on the same
     namespace, families and cache as this list, narrowed by its --container (one; the
     command takes one) and --port. Its other filters (--network, --status) flush-udp
-    cannot say: it deletes the other misrouted flows too, none of them live."""
+    cannot say: it deletes the other misrouted flows too, none of them live.
+
+    `mapped`: the (family, host port) of list's UDP rows. flush-udp --port N looks at N
+    in every family of the run, and judges a family N is not mapped in as a port
+    given (a DNATed flow there goes: another tool's live one too), where list counted
+    nothing: without --container a --port is spelled only for the families it is
+    mapped in (a --family then), or, mapped in some families for one port and others
+    for another, not at all (review h210)."""
+    import dataclasses
     import shlex
 
     from portmapctl import render
@@ -274,5 +285,16 @@ def flush_fix(options: Any, wanted: Filters) -> str:
     narrowed = ""
     if len(wanted.containers) == 1:
         narrowed += f" --container {shlex.quote(wanted.containers[0])}"
-    narrowed += "".join(f" --port {port}" for port in wanted.ports)
+    ports = wanted.ports
+    if ports and mapped is not None and len(wanted.containers) != 1:
+        # (With one --container flush-udp takes that container's mapped ports alone.)
+        families = tuple(options.families)
+        where = {p: tuple(f for f in families if (f, p) in mapped) for p in ports}
+        ports = tuple(p for p in ports if where[p])  # (a port no UDP row is for: none)
+        spans = {where[p] for p in ports}
+        if len(spans) != 1:
+            ports = ()  # unnarrowed: it deletes only what misroutes on mapped ports
+        elif next(iter(spans)) != families:
+            options = dataclasses.replace(options, families=next(iter(spans)))
+    narrowed += "".join(f" --port {port}" for port in ports)
     return f"{render.FLUSH_STALE}{narrowed}{options.arguments}"

@@ -350,6 +350,26 @@ def test_list_says_which_flows_misroute_as_flush_udp_judges_them(
     assert out == "3 mappings of 2 containers: 3 ok\n"
 
 
+def test_lists_fix_narrowed_by_port_deletes_no_flow_of_a_family_the_port_is_not_mapped_in(
+    node: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """def456 maps 127.0.0.1:6000 in IPv4 only; another tool DNATs [fd00::1]:6000 to a
+    pod of its own. `list --port 6000 --conntrack` counts def456's one misrouted flow
+    and printed `flush-udp --stale-only --port 6000`, which looks at 6000 in IPv6 too,
+    a port given there, and deleted that tool's live flow as "DNATed, but nothing maps
+    this port now" (review h210): the fix deletes what list counted, no more."""
+    ct_load(node, [ct_args("127.0.0.1", "127.0.0.1", 40051, 6000, "10.88.0.9", 60),
+                   ct_args("2001:db8::5", "fd00::1", 40052, 6000, "fd00:77::7", 60)])  # fmt: skip
+    code, out, err = cli(capsys, "list", "--netns", node, "--conntrack", "-q", "--port", "6000")
+    assert code == 0, err
+    said, fix = out.rstrip("\n").split(" -> ")
+    assert said == "1 of 3 mappings match: 1 ok; 1 UDP flow misrouted"
+    command = shlex.split(fix)
+    code, out, err = cli(capsys, *command[1:], "--dry-run", "-o", "json")
+    assert code == 0, err
+    assert [d["sport"] for d in json.loads(out)["deleted"]] == [40051]
+
+
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_list_and_flush_udp_judge_a_port_another_nft_table_takes_first_alike(
     host_ns: str, capsys: pytest.CaptureFixture[str], mode: str

@@ -235,6 +235,27 @@ def test_list_spells_its_flush_fix_with_its_own_options_and_filters() -> None:
     )
 
 
+def test_lists_flush_fix_spells_a_port_only_for_the_families_it_is_mapped_in() -> None:
+    """flush-udp --port N looks at N in every family of the run, and judges one N is
+    not mapped in as a port given: its DNATed flows go, another tool's live ones too,
+    which list never counted (review h210). Without --container, a --port is spelled
+    with the families list's UDP rows map it in, or not at all when they differ."""
+    from portmapctl.cli.list_run import Filters, flush_fix
+    from portmapctl.ops.node import NodeOptions
+
+    here = NodeOptions()
+    fix = "portmapctl flush-udp --stale-only"
+    both = {(4, 5353), (6, 5353), (4, 6000)}
+    assert flush_fix(here, Filters(ports=(5353,)), both) == f"{fix} --port 5353"
+    assert flush_fix(here, Filters(ports=(6000,)), both) == f"{fix} --port 6000 --family 4"
+    assert flush_fix(here, Filters(ports=(5353, 6000)), both) == fix
+    # A port no UDP row is for (a TCP one): not spelled.
+    assert flush_fix(here, Filters(ports=(80, 6000)), both) == f"{fix} --port 6000 --family 4"
+    # One --container: flush-udp takes that container's mapped ports alone.
+    one = Filters(containers=("def4",), ports=(6000,))
+    assert flush_fix(here, one, both) == f"{fix} --container def4 --port 6000"
+
+
 def test_stale_only_keeps_another_tools_flows_to_an_address_a_port_is_not_mapped_on() -> None:
     """def456 maps 127.0.0.1:6000 only; kube-proxy (a NodePort) DNATs 10.0.0.1:6000 to
     its own pod. flush-udp --stale-only deleted those live flows as "DNATed, but nothing
