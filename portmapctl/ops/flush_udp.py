@@ -369,12 +369,6 @@ def _destinations(
     return wanted
 
 
-def _loopback(family: int, dst: str) -> bool:
-    """Whether a flow's destination is a loopback address (as the kernel's entries spell
-    it: 127.x.y.z, ::1), without parsing it (10,000 entries)."""
-    return dst.startswith("127.") if family == 4 else dst == "::1"
-
-
 def _order(entry: ConntrackEntry) -> tuple:
     family, dst, src = entry.family, entry.dst, entry.src
     return (family, entry.dport, _ip(family, dst) or b"", _ip(family, src) or b"", entry.sport)
@@ -531,6 +525,10 @@ class Judging:
         if self.node is not None and entries:
             ports = self.hook_ports
             mapped = {(m.family, m.host_port) for m in udp}
+            from portmapctl.core.mapping import loopback
+
+            # (Parsed once per destination: a node has few, 10,000 entries share them.)
+            looped = {dst for dst in {e.dst for e in entries} if loopback(dst)}
             # The rows' walk judged a row's own hook and destination only: a flow to a
             # loopback address passes the output hook, which a row on every address was
             # not walked for, and a port no row maps (--port N) was not walked at all.
@@ -540,7 +538,7 @@ class Judging:
                 if ports is None
                 or (e.family, e.dport) in ports
                 or (e.family, e.dport) not in mapped
-                or _loopback(e.family, e.dst)
+                or e.dst in looped
             ]
             found |= hooks_take(self.node, asked)
         return found
