@@ -142,6 +142,7 @@ def takers(
     entry_appended: bool = False,
     past_entry: bool = False,
     dest: Optional[str] = None,
+    doubt: bool = False,
 ) -> Dict[ProtoPort, str]:
     """(protocol, host port) -> the foreign rule, as iptables-save prints it, that takes
     it first. Nothing when PREROUTING has no jump to CNI-HOSTPORT-DNAT (then no mapping
@@ -149,7 +150,10 @@ def takers(
     add, whose write appends that jump where it is missing (the first container on a
     Docker node), judges all of PREROUTING then. `dest`: the one host IP the ports are
     mapped on (core/mapping.destination; None: every address); for a loopback one the
-    walk is OUTPUT's, of the node's own connections (`hook_of`)."""
+    walk is OUTPUT's, of the node's own connections (`hook_of`). `doubt`: a rule that
+    would take a port but for a condition not judged (`-s`, `-i`, a mark: it takes some
+    packets) takes it too, maybe: whose a flow is (flush_udp.taken_first), it may be
+    that tool's, kept as nftables/foreign.py's `maybe` are."""
     if not wanted:
         return {}
     hook = hook_of(dest)
@@ -159,12 +163,13 @@ def takers(
     if not (entry_appended or past_entry) and not any(_jumps_to_entry(r) for r in first):
         return {}
     walk = _Walk(read, set(wanted), sorted({port for _, port in wanted}), past_entry)
+    walk.doubt = doubt
     if dest is not None:
         walk.dest = ip_address(dest)
         walk.dest_text = f"{walk.dest}/{walk.dest.max_prefixlen}"  # as iptables prints it
     walk.known(hook, first)  # read once: a listing may cost a whole table
     walk.chain(hook, None, None, None, frozenset())
-    return walk.taken
+    return {**walk.maybe, **walk.taken} if doubt else walk.taken
 
 
 def nft_takers(
@@ -279,6 +284,9 @@ class _Walk(PortsLeft):
         self.dest: Optional[Address] = None  # the packets' host IP (None: any not loopback)
         self.dest_text = ""  # ... as `-d` prints it ("192.168.1.5/32")
         self._chains: Dict[str, Optional[Sequence[Args]]] = {}
+        # With `doubt`: what a rule with a condition not judged would take (`takers`).
+        self.doubt = False
+        self.maybe: Dict[ProtoPort, str] = {}
 
     def known(self, name: str, rules: Optional[Sequence[Args]]) -> None:
         """`name`'s rules, read already."""
@@ -318,6 +326,8 @@ class _Walk(PortsLeft):
             text = shown_line(text)
             rule = _read(args, self.dest)
             if rule is None:
+                if self.doubt:
+                    self._doubtful(name, args, text, proto, ports, named, path, returned)
                 continue  # a condition that not every packet meets (or unreadable)
             rule_proto = rule.proto or proto
             if proto and rule.proto and rule.proto != proto:
@@ -361,6 +371,48 @@ class _Walk(PortsLeft):
                     returned = returned | self._covered(rule_proto, rule_ports)
         return False
 
+    def _doubtful(
+        self,
+        name: str,
+        args: Args,
+        text: str,
+        proto: Optional[str],
+        ports: Ranges,
+        named: Optional[str],
+        path: FrozenSet[str],
+        returned: FrozenSet[ProtoPort],
+    ) -> None:
+        """A rule with a condition not judged, walked as if it held: what it (or the
+        chain it jumps to) takes goes to `maybe`; the walk goes on as if it did not
+        hold (the ports stay left: later rules see the other packets)."""
+        rule = _read_lenient(args, self.dest)
+        if rule is None or not rule.target:
+            return
+        if proto and rule.proto and rule.proto != proto:
+            return
+        rule_proto = rule.proto or proto
+        rule_ports = intersect(ports, rule.ports)
+        if rule_ports == ():
+            return
+        reported = named or text
+        left, taken = set(self.left), dict(self.taken)
+        target = rule.target
+        if target == "ACCEPT" or (target == "RETURN" and name in BUILTIN_NAT_CHAINS):
+            self._end_table(rule_proto, rule_ports, reported, returned)
+        elif target in _TAKES or target.startswith(_KUBE_SERVICE):
+            self._take(rule_proto, rule_ports, reported, returned)
+        elif (
+            target not in path
+            and len(path) < _DEPTH
+            and not target.startswith("CNI-")
+            and self.rules(target) is not None
+        ):
+            self.chain(target, rule_proto, rule_ports, reported, path, returned)
+        for key, rule_text in self.taken.items():
+            if key not in taken:
+                self.maybe.setdefault(key, rule_text)
+        self.left, self.taken = left, taken
+
     def _end_table(
         self, proto: Optional[str], ports: Ranges, text: str, returned: FrozenSet[ProtoPort]
     ) -> None:
@@ -384,7 +436,7 @@ class _Walk(PortsLeft):
         if text.startswith(_ADDRESSED, start):
             if self.dest is not None and text.startswith(("-d ", "! -d "), start):
                 judged = True
-            elif not text.startswith(("! -d 127.", "! -d ::1/"), start):
+            elif not (self.doubt or text.startswith(("! -d 127.", "! -d ::1/"), start)):
                 return False
         found = _PORTS.search(text)
         if found is None:
@@ -457,6 +509,30 @@ def _read(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]:
             return None
         i += 2
     return _Rule(proto, ports, None, False)
+
+
+def _read_lenient(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]:
+    """_read of a rule as if its conditions not judged held: its protocol, ports, a
+    `-d` (for none of the packets: matches none) and target. None: unreadable."""
+    if len(args) == 1:
+        try:
+            args = tuple(split_words(args[0])[2:])
+        except ValueError:
+            return None
+    proto: Optional[str] = None
+    ports: Ranges = None
+    for i, word in enumerate(args):
+        value = args[i + 1] if i + 1 < len(args) else ""
+        negated = i > 0 and args[i - 1] == "!"
+        if word in ("-j", "-g"):
+            return _Rule(proto, ports, value or None, word == "-g")
+        if word == "-p" and not negated:
+            proto = {"6": "tcp", "17": "udp", "132": "sctp", "all": None}.get(value, value)
+        elif word in ("--dport", "--dports") and not negated:
+            ports = _ranges(value)
+        elif word == "-d" and destined(value, dest) == negated:
+            return _Rule(proto, (), None, False)  # matches none of the packets
+    return None
 
 
 def _ranges(spec: str) -> Tuple[Tuple[int, int], ...]:

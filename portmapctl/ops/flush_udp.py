@@ -339,7 +339,8 @@ def taken_first(
 
     found: Set[Destination] = set()
     for (family, dst), ports in wanted.items():
-        for _proto, port in takers(readers[family], ports, past_entry=past_entry, dest=dst):
+        taking = takers(readers[family], ports, past_entry=past_entry, dest=dst, doubt=True)
+        for _proto, port in taking:
             found.add((family, _ip(family, dst), port))
     return found
 

@@ -192,6 +192,37 @@ def test_gc_and_stale_only_keep_another_tools_flows_it_takes_first_on_a_port_map
     assert _sports(host_ns) == {42005}
 
 
+@pytest.mark.parametrize(
+    "condition",
+    [["-s", "192.0.2.0/24"], ["-i", "lo"], ["-m", "mark", "!", "--mark", "0x4000/0x4000"]],
+    ids=["source", "interface", "mark"],
+)
+def test_gc_and_stale_only_keep_the_flows_a_conditional_rule_takes_first(
+    host_ns, tmp_path, condition
+):
+    """The case above with the other tool's rule taking only some packets of 6000/udp:
+    those of some sources (a port forward for one network), of one interface, or
+    unmarked. Its live flows are that tool's, as an nftables rule's with a condition not
+    judged are (kept, list warns), but an iptables rule with any condition but `! -i`
+    and `-d` was passed by: list counted its flow misrouted, flush-udp --stale-only and
+    gc removing "old" deleted it as an old destination of "new" (review h210)."""
+    cache = _old_and_new(host_ns, tmp_path, UDP)
+    _ns(host_ns, "iptables", "-t", "nat", "-I", "PREROUTING", "1", *condition, "-p", "udp",
+        "--dport", "6000", "-j", "DNAT", "--to-destination", "10.244.1.7:60")  # fmt: skip
+    _flow(host_ns, 42001, "198.51.100.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
+    _flow(host_ns, 42005, "192.0.2.5", NODE_IP, 6000, "10.244.1.7", 60)  # the other tool's
+    listed = run(["list", "--netns", host_ns, "--cni-cache-dir", str(cache), "--conntrack",
+                  "-o", "json"])  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["conntrack_misrouted"] == 0
+    stale = run(["flush-udp", "--netns", host_ns, "--cni-cache-dir", str(cache), "--stale-only",
+                 "--dry-run", "-o", "json"])  # fmt: skip
+    assert json.loads(stale.stdout)["deleted"] == []
+    result = _gc_removing_old(host_ns, cache)
+    assert _sports(host_ns) == {42005}
+    assert result["conntrack_deleted"] == 1
+
+
 @pytest.mark.parametrize("owner", ["nft-table", "iptables-legacy"])
 def test_gc_and_stale_only_keep_the_flows_another_table_takes_first_on_one_address(
     host_ns, tmp_path, owner
