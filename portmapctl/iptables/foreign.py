@@ -143,6 +143,7 @@ def takers(
     past_entry: bool = False,
     dest: Optional[str] = None,
     doubt: bool = False,
+    output: bool = False,
 ) -> Dict[ProtoPort, str]:
     """(protocol, host port) -> the foreign rule, as iptables-save prints it, that takes
     it first. Nothing when PREROUTING has no jump to CNI-HOSTPORT-DNAT (then no mapping
@@ -153,10 +154,11 @@ def takers(
     walk is OUTPUT's, of the node's own connections (`hook_of`). `doubt`: a rule that
     would take a port but for a condition not judged (`-s`, `-i`, a mark: it takes some
     packets) takes it too, maybe: whose a flow is (flush_udp.taken_first), it may be
-    that tool's, kept as nftables/foreign.py's `maybe` are."""
+    that tool's, kept as nftables/foreign.py's `maybe` are. `output`: the packets are the
+    node's own (a flow from one of its addresses): OUTPUT is walked, whatever `dest`."""
     if not wanted:
         return {}
-    hook = hook_of(dest)
+    hook = "OUTPUT" if output else hook_of(dest)
     first = read(hook)
     if not first:
         return {}

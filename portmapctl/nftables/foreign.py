@@ -531,11 +531,11 @@ def node_hooked(
 
 def flows_taken(
     node: Any,
-    wanted: Dict[Tuple[int, str], Set[ProtoPort]],
+    wanted: Dict[Tuple[int, str, bool], Set[ProtoPort]],
     latest: int = IPTABLES_PRIORITY,
 ) -> Set[Tuple[int, str, int]]:
     """The (family, destination, port) of flows to these node addresses (`wanted`: the
-    ports by (family, destination)) that another table's nat hook at or before priority
+    ports by (family, destination, the node's own: its output hook walked)) that another table's nat hook at or before priority
     `latest` (the plugin's) takes, wholly or maybe (a condition not judged): another
     tool's flows, unless the plugin's DNAT sent them. A row's status judges a mapping
     on every address by all of them (netavark's `ip daddr ADDR ... dnat` takes one:
@@ -544,7 +544,7 @@ def flows_taken(
     destination of their hook: whose the flows are cannot be told, so they stay."""
     if not wanted:
         return set()
-    everything = {(f, dst, port) for (f, dst), ports in wanted.items() for _, port in ports}
+    everything = {(f, dst, port) for (f, dst, _), ports in wanted.items() for _, port in ports}
     try:
         hooks = [h for h in live_hooks(node) if h.priority <= latest]
     except OSError:
@@ -559,14 +559,14 @@ def flows_taken(
 
     listed: Dict[Tuple[str, ...], str] = {}
     found: Set[Tuple[int, str, int]] = set()
-    for (family, dst), ports in wanted.items():
+    for (family, dst, own), ports in wanted.items():
         try:
             binary = getattr(node.nft, "binary", find_nft)()
             taken, maybe = read_takers(
                 hooks,
                 {family: frozenset(ports)},
                 _wordless(_listed_once(run_nft(binary), listed)),
-                hook_of(dst).lower(),
+                "output" if own else hook_of(dst).lower(),
                 dst,
             )
         except (OSError, ValueError, subprocess.SubprocessError, PortmapctlError):

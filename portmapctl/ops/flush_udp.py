@@ -338,8 +338,10 @@ def taken_first(
     from portmapctl.iptables.foreign import takers
 
     found: Set[Destination] = set()
-    for (family, dst), ports in wanted.items():
-        taking = takers(readers[family], ports, past_entry=past_entry, dest=dst, doubt=True)
+    for (family, dst, output), ports in wanted.items():
+        taking = takers(
+            readers[family], ports, past_entry=past_entry, dest=dst, doubt=True, output=output
+        )
         for _proto, port in taking:
             found.add((family, _ip(family, dst), port))
     return found
@@ -361,12 +363,19 @@ def hooks_take(node: Node, entries: Iterable[ConntrackEntry]) -> Set[Destination
 
 def _destinations(
     entries: Iterable[ConntrackEntry], families: Collection[int]
-) -> Dict[Tuple[int, str], Set[Tuple[str, int]]]:
-    """The entries' host ports by (family, destination), of these families."""
-    wanted: Dict[Tuple[int, str], Set[Tuple[str, int]]] = {}
+) -> Dict[Tuple[int, str, bool], Set[Tuple[str, int]]]:
+    """The entries' host ports by (family, destination, the node's own: from one of its
+    addresses, through nat OUTPUT, not PREROUTING), of these families. A flow a local
+    process began passed the OUTPUT hook: a rule there (and only there) took it, or
+    not (review h210: it was walked in PREROUTING, an OUTPUT rule's flows deleted)."""
+    wanted: Dict[Tuple[int, str, bool], Set[Tuple[str, int]]] = {}
+    local: Optional[LocalAddresses] = None
     for entry in entries:
         if entry.family in families:
-            wanted.setdefault((entry.family, entry.dst), set()).add(("udp", entry.dport))
+            if local is None:
+                local = local_addresses(sorted({4, 6} & set(families)))
+            own = (entry.family, entry.src) in local
+            wanted.setdefault((entry.family, entry.dst, own), set()).add(("udp", entry.dport))
     return wanted
 
 
@@ -533,14 +542,21 @@ class Judging:
             # The rows' walk judged a row's own hook and destination only: a flow to a
             # loopback address passes the output hook, which a row on every address was
             # not walked for, and a port no row maps (--port N) was not walked at all.
-            asked = [
-                e
-                for e in entries
-                if ports is None
-                or (e.family, e.dport) in ports
-                or (e.family, e.dport) not in mapped
-                or e.dst in looped
-            ]
+            asked: List[ConntrackEntry] = []
+            rest: List[ConntrackEntry] = []
+            for e in entries:
+                walked = (
+                    ports is None
+                    or (e.family, e.dport) in ports
+                    or (e.family, e.dport) not in mapped
+                    or e.dst in looped
+                )
+                (asked if walked else rest).append(e)
+            if rest:
+                # A flow the node itself began (from one of its addresses) passed the
+                # output hook, which may take it whatever the rows' statuses say.
+                local = local_addresses(sorted({e.family for e in rest}))
+                asked += [e for e in rest if (e.family, e.src) in local]
             found |= hooks_take(self.node, asked)
         return found
 

@@ -223,6 +223,39 @@ def test_gc_and_stale_only_keep_the_flows_a_conditional_rule_takes_first(
     assert result["conntrack_deleted"] == 1
 
 
+@pytest.mark.parametrize("owner", ["iptables", "nft-table"])
+def test_gc_and_stale_only_keep_the_node_own_flows_an_output_rule_takes_first(
+    host_ns, tmp_path, owner
+):
+    """Another tool DNATs the node's own connections to NODE_IP:6000 (nat OUTPUT, or
+    another nftables table's output hook) to a pod of its own; "new" maps 6000/udp on
+    every address. A flow from the node itself passed OUTPUT, where that rule takes it
+    first, but its destination was walked in PREROUTING (hook_of: OUTPUT only for a
+    loopback one), where no rule takes it: list counted it misrouted, flush-udp
+    --stale-only and gc removing "old" deleted that tool's live flow (review h210).
+    The node's own flow to the dead container, and an outside one, still go."""
+    cache = _old_and_new(host_ns, tmp_path, UDP)
+    if owner == "iptables":
+        _ns(host_ns, "iptables", "-t", "nat", "-I", "OUTPUT", "1", "-d", NODE_IP, "-p", "udp",
+            "--dport", "6000", "-j", "DNAT", "--to-destination", "10.244.1.7:60")  # fmt: skip
+    else:
+        script = ("table ip otherfw {\n chain out {\n  type nat hook output priority -150;"
+                  f" policy accept;\n  ip daddr {NODE_IP} udp dport 6000 dnat to 10.244.1.7:60"
+                  "\n }\n}\n")  # fmt: skip
+        subprocess.run(["ip", "netns", "exec", host_ns, "nft", "-f", "-"], input=script,
+                       text=True, check=True)  # fmt: skip
+    _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
+    _flow(host_ns, 42003, NODE_IP, NODE_IP, 6000, "10.88.0.13", 60)  # the node's, dead one's
+    _flow(host_ns, 42005, NODE_IP, NODE_IP, 6000, "10.244.1.7", 60)  # the other tool's
+    listed = run(["list", "--netns", host_ns, "--cni-cache-dir", str(cache), "--conntrack",
+                  "-o", "json"])  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["conntrack_misrouted"] == 0  # ("old" takes it still)
+    result = _gc_removing_old(host_ns, cache)
+    assert _sports(host_ns) == {42005}
+    assert result["conntrack_deleted"] == 2
+
+
 @pytest.mark.parametrize("owner", ["nft-table", "iptables-legacy"])
 def test_gc_and_stale_only_keep_the_flows_another_table_takes_first_on_one_address(
     host_ns, tmp_path, owner
