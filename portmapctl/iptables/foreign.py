@@ -144,6 +144,7 @@ def takers(
     dest: Optional[str] = None,
     doubt: bool = False,
     output: bool = False,
+    sources: Optional[Dict[ProtoPort, FrozenSet[str]]] = None,
 ) -> Dict[ProtoPort, str]:
     """(protocol, host port) -> the foreign rule, as iptables-save prints it, that takes
     it first. Nothing when PREROUTING has no jump to CNI-HOSTPORT-DNAT (then no mapping
@@ -155,7 +156,9 @@ def takers(
     would take a port but for a condition not judged (`-s`, `-i`, a mark: it takes some
     packets) takes it too, maybe: whose a flow is (flush_udp.taken_first), it may be
     that tool's, kept as nftables/foreign.py's `maybe` are. `output`: the packets are the
-    node's own (a flow from one of its addresses): OUTPUT is walked, whatever `dest`."""
+    node's own (a flow from one of its addresses): OUTPUT is walked, whatever `dest`.
+    `sources`: filled, with doubt, for the ports only rules whose one condition not
+    judged is `-s SPEC` may take: those SPECs (a flow from elsewhere is not theirs)."""
     if not wanted:
         return {}
     hook = "OUTPUT" if output else hook_of(dest)
@@ -171,7 +174,13 @@ def takers(
         walk.dest_text = f"{walk.dest}/{walk.dest.max_prefixlen}"  # as iptables prints it
     walk.known(hook, first)  # read once: a listing may cost a whole table
     walk.chain(hook, None, None, None, frozenset())
-    return {**walk.maybe, **walk.taken} if doubt else walk.taken
+    if not doubt:
+        return walk.taken
+    if sources is not None:
+        for proto_port, specs in walk.maybe_from.items():
+            if proto_port not in walk.taken and specs is not None:
+                sources[proto_port] = frozenset(specs)
+    return {**walk.maybe, **walk.taken}
 
 
 def nft_takers(
@@ -289,6 +298,8 @@ class _Walk(PortsLeft):
         # With `doubt`: what a rule with a condition not judged would take (`takers`).
         self.doubt = False
         self.maybe: Dict[ProtoPort, str] = {}
+        # ... and the sources (`-s`) those rules are for, None: any source.
+        self.maybe_from: Dict[ProtoPort, Optional[Set[str]]] = {}
 
     def known(self, name: str, rules: Optional[Sequence[Args]]) -> None:
         """`name`'s rules, read already."""
@@ -390,6 +401,7 @@ class _Walk(PortsLeft):
         rule = _read_lenient(args, self.dest)
         if rule is None or not rule.target:
             return
+        source = _only_source(args, self.dest)
         if proto and rule.proto and rule.proto != proto:
             return
         rule_proto = rule.proto or proto
@@ -413,6 +425,13 @@ class _Walk(PortsLeft):
         for key, rule_text in self.taken.items():
             if key not in taken:
                 self.maybe.setdefault(key, rule_text)
+                if key not in self.maybe_from:
+                    self.maybe_from[key] = None if source is None else {source}
+                elif self.maybe_from[key] is not None:
+                    if source is None:
+                        self.maybe_from[key] = None
+                    else:
+                        self.maybe_from[key].add(source)  # type: ignore[union-attr]
         self.left, self.taken = left, taken
 
     def _end_table(
@@ -535,6 +554,23 @@ def _read_lenient(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]
         elif word == "-d" and destined(value, dest) == negated:
             return _Rule(proto, (), None, False)  # matches none of the packets
     return None
+
+
+def _only_source(args: Args, dest: Optional[Address] = None) -> Optional[str]:
+    """The SPEC of a rule whose one condition _read does not judge is `-s SPEC`: its
+    packets are those of these sources alone. None: another condition (or none)."""
+    if len(args) == 1:
+        try:
+            args = tuple(split_words(args[0])[2:])
+        except ValueError:
+            return None
+    at = [i for i, word in enumerate(args) if word == "-s"]
+    if len(at) != 1 or (at[0] > 0 and args[at[0] - 1] == "!") or at[0] + 1 >= len(args):
+        return None
+    i = at[0]
+    if _read(args[:i] + args[i + 2 :], dest) is None:
+        return None
+    return args[i + 1]
 
 
 def _ranges(spec: str) -> Tuple[Tuple[int, int], ...]:

@@ -57,6 +57,47 @@ Destination = Tuple[int, Optional[bytes], int]
 Progress = Callable[[int, int], None]  # (entries handled, all entries)
 
 
+class Taken(Set[Destination]):
+    """The destinations another tool's rule takes first (taken_first, Judging.taken),
+    and `by_source`: destinations only a rule for some sources (`-s SPEC`) may take,
+    with those SPECs: a flow from another source is not that rule's (review h210)."""
+
+    def __init__(self, items: Iterable[Destination] = ()) -> None:
+        super().__init__(items)
+        self.by_source: Dict[Destination, Set[str]] = {}
+        self._networks: Dict[Destination, List[Any]] = {}  # by_source's, parsed once
+
+    def __bool__(self) -> bool:
+        return bool(len(self) or self.by_source)
+
+    def merge(self, other: Collection[Destination]) -> Taken:
+        self.update(other)
+        for key, specs in getattr(other, "by_source", {}).items():
+            self.by_source.setdefault(key, set()).update(specs)
+        return self
+
+    def holds(self, destination: Destination, entry: ConntrackEntry) -> bool:
+        if destination in self:
+            return True
+        specs = self.by_source.get(destination)
+        if not specs:
+            return False
+        import ipaddress
+
+        networks = self._networks.get(destination)
+        if networks is None:
+            try:
+                networks = [ipaddress.ip_network(s, strict=False) for s in specs]
+            except ValueError:
+                return True  # (cannot tell: kept)
+            self._networks[destination] = networks
+        try:
+            source = ipaddress.ip_address(entry.src)
+        except ValueError:
+            return True
+        return any(source in network for network in networks)
+
+
 @dataclass(frozen=True)
 class Doomed:
     """An entry chosen for deletion, and why."""
@@ -300,9 +341,10 @@ def misroutes(
     None; `by_key`: the UDP mappings by (family, host port). plan()'s judgement, and
     list's count of it (one verdict: the count is what the fix deletes)."""
     replier = (entry.family, _ip(entry.family, entry.reply_src))
+    destination = (entry.family, _ip(entry.family, entry.dst), entry.dport)
     if (
         taken
-        and (entry.family, _ip(entry.family, entry.dst), entry.dport) in taken
+        and (taken.holds(destination, entry) if isinstance(taken, Taken) else destination in taken)
         and (ours is None or replier not in ours)
     ):
         # Another tool's rule takes this destination before any mapping: a flow to no
@@ -333,17 +375,32 @@ def taken_first(
     other iptables flavour's, whose nat chains hook at the plugin's priority: all of
     PREROUTING is walked (ops/owners.py)."""
     wanted = _destinations(entries, readers)
+    found = Taken()
     if not wanted:
-        return set()
+        return found
     from portmapctl.iptables.foreign import takers
 
-    found: Set[Destination] = set()
     for (family, dst, output), ports in wanted.items():
+        sources: Dict[Tuple[str, int], FrozenSet[str]] = {}
         taking = takers(
-            readers[family], ports, past_entry=past_entry, dest=dst, doubt=True, output=output
+            readers[family],
+            ports,
+            past_entry=past_entry,
+            dest=dst,
+            doubt=True,
+            output=output,
+            sources=sources,
         )
-        for _proto, port in taking:
-            found.add((family, _ip(family, dst), port))
+        for proto_port in taking:
+            key = (family, _ip(family, dst), proto_port[1])
+            if proto_port in sources:
+                found.by_source.setdefault(key, set()).update(sources[proto_port])
+            else:
+                found.add(key)
+    # One flow's destination walked twice (the node's own and the network's): what
+    # either walk takes for any source stands.
+    for key in found & set(found.by_source):
+        del found.by_source[key]
     return found
 
 
@@ -511,10 +568,10 @@ class Judging:
     # which; None: every port). Only their flows are walked again, per destination.
     hook_ports: Optional[FrozenSet[Key]] = frozenset()
 
-    def taken(self, entries: Iterable[ConntrackEntry]) -> Set[Destination]:
+    def taken(self, entries: Iterable[ConntrackEntry]) -> Taken:
         """The destinations of these entries that another tool's rule takes first."""
         entries = list(entries)
-        found: Set[Destination] = set()
+        found = Taken()
         udp = [m for m in self.mappings if m.protocol == "udp"]
         if self.tables and entries:
             from portmapctl.core.backend import Backend
@@ -527,11 +584,13 @@ class Judging:
             # iptables' nat hooks at cni_hostport's priority, and CNI-HOSTPORT-DNAT has
             # nothing for it (as the other flavour's table, `past_entry`).
             chained = {(m.family, m.host_port) for m in udp if backend_of(m) == Backend.IPTABLES}
-            found |= taken_first(readers, [e for e in entries if (e.family, e.dport) in chained])
+            found.merge(
+                taken_first(readers, [e for e in entries if (e.family, e.dport) in chained])
+            )
             past = [e for e in entries if (e.family, e.dport) not in chained]
-            found |= taken_first(readers, past, past_entry=True)
+            found.merge(taken_first(readers, past, past_entry=True))
         if self.other and entries:
-            found |= taken_first(self.other, entries, past_entry=True)
+            found.merge(taken_first(self.other, entries, past_entry=True))
         if self.node is not None and entries:
             ports = self.hook_ports
             mapped = {(m.family, m.host_port) for m in udp}
@@ -557,7 +616,7 @@ class Judging:
                 # output hook, which may take it whatever the rows' statuses say.
                 local = local_addresses(sorted({e.family for e in rest}))
                 asked += [e for e in rest if (e.family, e.src) in local]
-            found |= hooks_take(self.node, asked)
+            found.merge(hooks_take(self.node, asked))
         return found
 
 

@@ -626,6 +626,46 @@ def test_a_destination_another_tools_rule_takes_first_keeps_its_flows() -> None:
     assert [d.entry for d in before] == entries
 
 
+@pytest.mark.parametrize(
+    ("condition", "kept"),
+    [("-s 192.0.2.0/24", {1}), ("-i eth1", {1, 2}), ("-m mark --mark 0x1", {1, 2})],
+)
+def test_a_rule_for_some_packets_ahead_keeps_the_flows_it_may_take(
+    condition: str, kept: set
+) -> None:
+    """Another tool's DNAT ahead of the plugin's entry with a condition the walk does not
+    judge (a source range, an interface, a mark) takes some packets of the port: its
+    flows (DNATed to its pod) are its own, as an nftables rule's `maybe` are. The walk
+    passed such a rule by, and --stale-only, gc and add deleted them as old
+    destinations (review h210). A source range is judged per flow: a flow from another
+    source is the plugin's (its old destination goes); an interface or a mark cannot be
+    told from the entry, and the flows are kept."""
+    from portmapctl.iptables.foreign import table_reader
+    from portmapctl.iptables.ruleset import parse_save
+    from portmapctl.ops import flush_udp
+
+    table = parse_save(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-DNAT - [0:0]\n"
+        f"-A PREROUTING {condition} -p udp -m udp --dport 5353 -j DNAT"
+        " --to-destination 10.244.1.7:53\n"
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\nCOMMIT\n",
+        4,
+    )
+    theirs = udp(src="192.0.2.7", sport=1, dst="10.0.0.1", reply_src="10.244.1.7", reply_sport=53)
+    gone = udp(src="198.51.100.7", sport=2, dst="10.0.0.1", reply_src="10.88.0.13",
+               reply_sport=53)  # fmt: skip
+    entries = [theirs, gone]
+    taken = flush_udp.taken_first({4: table_reader(table)}, entries)
+    live = [mapping("10.88.0.5")]
+    ours = flush_udp.ours([(4, "10.88.0.5")])
+    doomed = flush_udp.plan(entries, {(4, 5353)}, live, stale_only=True, ours=ours, taken=taken)
+    assert {e.sport for e in entries} - {d.entry.sport for d in doomed} == kept
+    # The rows' walk (no doubt) still says nothing takes the port: no row is shadowed.
+    from portmapctl.iptables.foreign import takers
+
+    assert takers(table_reader(table), {("udp", 5353)}) == {}
+
+
 def test_another_nft_tables_hook_keeps_its_flows_and_doubt_keeps_them_too(monkeypatch) -> None:
     """Judging.taken asks other nftables tables' nat hooks per flow destination
     (nftables/foreign.py flows_taken): only hooks at or before the plugin's priority

@@ -162,7 +162,7 @@ def flush_udp_after(
             ours |= removed
             # Another tool's rule ahead of the plugin's entry takes some destinations
             # first: their flows are its own, whatever the mappings left.
-            taken = set()
+            taken = flushing.Taken()
             if remapped and entries:
                 if plan.foreign_rules is not None:
                     taken = flushing.taken_first({family: plan.foreign_rules}, entries)
@@ -173,7 +173,7 @@ def flush_udp_after(
                     if (e.family, e.dport) in remapped and (family, e.dst) in local
                 ]
                 if node is not None and asked:
-                    taken |= elsewhere(node, plan).taken(asked)
+                    taken.merge(elsewhere(node, plan).taken(asked))
             doomed += flushing.plan(
                 entries,
                 remapped,
