@@ -1177,7 +1177,8 @@ def test_another_tools_iptables_rule_keeps_its_flows_on_a_port_the_nftables_back
     Judging.taken walked the node's own table only up to a jump to CNI-HOSTPORT-DNAT,
     found none, and took nothing: flush-udp --stale-only, list and gc's flush deleted
     (counted) that tool's live flow as an old destination. Only dead60's goes."""
-    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/24", "dev", "lo"], check=True)
+    # /32: on lo a /24 makes the client 192.0.3.2 one of the node's own (OUTPUT's).
+    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/32", "dev", "lo"], check=True)
     for cid, ip in (("dead60", "10.88.0.91"), ("live60", "10.88.0.92")):
         conf = upstream.nft_conf("podman", [f"{ip}/16"], [_pm(5060, 53, "udp")])
         upstream.run(V191, "ADD", node, cid, conf, check=True)
