@@ -89,7 +89,8 @@ def run(
                 recorder.note_node(mappings, found.chains, tuple(tables), read)
             counts = None
             if conntrack:
-                from portmapctl.ops.flush_udp import Judging, count_flows, node_judging
+                from portmapctl.ops.flow_owners import Judging, node_judging
+                from portmapctl.ops.flush_udp import count_flows
 
                 # Misrouted as flush-udp --stale-only judges: by every rule that routes
                 # flows, the other backend's under --backend iptables or nftables too.

@@ -154,7 +154,7 @@ def takers(
     mapped on (core/mapping.destination; None: every address); for a loopback one the
     walk is OUTPUT's, of the node's own connections (`hook_of`). `doubt`: a rule that
     would take a port but for a condition not judged (`-s`, `-i`, a mark: it takes some
-    packets) takes it too, maybe: whose a flow is (flush_udp.taken_first), it may be
+    packets) takes it too, maybe: whose a flow is (flow_owners.taken_first), it may be
     that tool's, kept as nftables/foreign.py's `maybe` are. `output`: the packets are the
     node's own (a flow from one of its addresses): OUTPUT is walked, whatever `dest`.
     `sources`: filled, with doubt, for the ports only rules whose one condition not

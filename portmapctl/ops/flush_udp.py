@@ -22,10 +22,8 @@ maps: ops/gc/udp.py flush_udp_after) and by `list --conntrack` (`count_flows`).
 
 from __future__ import annotations
 
-import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import (
-    Any,
     Callable,
     Collection,
     Dict,
@@ -46,56 +44,13 @@ from portmapctl.core.status import FlushReason
 from portmapctl.errors import Interrupted
 from portmapctl.host import conntrack
 from portmapctl.host.addresses import LocalAddresses, local_addresses
-from portmapctl.host.conntrack import ConntrackEntry
+from portmapctl.host.conntrack import ConntrackEntry, packed
 from portmapctl.iptables import inventory
 from portmapctl.iptables.inventory import Mapping
+from portmapctl.ops.flow_owners import Destination, Judging, Key, Taken, node_judging
 from portmapctl.ops.node import Node
 
-Key = Tuple[int, int]  # (family, host port)
-# (family, destination address as plan compares it, host port): where a flow went.
-Destination = Tuple[int, Optional[bytes], int]
 Progress = Callable[[int, int], None]  # (entries handled, all entries)
-
-
-class Taken(Set[Destination]):
-    """The destinations another tool's rule takes first (taken_first, Judging.taken),
-    and `by_source`: destinations only a rule for some sources (`-s SPEC`) may take,
-    with those SPECs: a flow from another source is not that rule's (review h210)."""
-
-    def __init__(self, items: Iterable[Destination] = ()) -> None:
-        super().__init__(items)
-        self.by_source: Dict[Destination, Set[str]] = {}
-        self._networks: Dict[Destination, List[Any]] = {}  # by_source's, parsed once
-
-    def __bool__(self) -> bool:
-        return bool(len(self) or self.by_source)
-
-    def merge(self, other: Collection[Destination]) -> Taken:
-        self.update(other)
-        for key, specs in getattr(other, "by_source", {}).items():
-            self.by_source.setdefault(key, set()).update(specs)
-        return self
-
-    def holds(self, destination: Destination, entry: ConntrackEntry) -> bool:
-        if destination in self:
-            return True
-        specs = self.by_source.get(destination)
-        if not specs:
-            return False
-        import ipaddress
-
-        networks = self._networks.get(destination)
-        if networks is None:
-            try:
-                networks = [ipaddress.ip_network(s, strict=False) for s in specs]
-            except ValueError:
-                return True  # (cannot tell: kept)
-            self._networks[destination] = networks
-        try:
-            source = ipaddress.ip_address(entry.src)
-        except ValueError:
-            return True
-        return any(source in network for network in networks)
 
 
 @dataclass(frozen=True)
@@ -166,20 +121,10 @@ def select_ports(
 # --- which entries go ------------------------------------------------------------------
 
 
-def _ip(family: int, text: str) -> Optional[bytes]:
-    """An address in a form that compares right whatever its spelling (`fd00::5`,
-    `fd00:0::5`): inet_pton, a twentieth of ipaddress's cost (10,000 entries). None
-    for what is no address (a foreign rule's DNAT range): it matches nothing."""
-    try:
-        return socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6, text)
-    except (OSError, TypeError):
-        return None
-
-
 def ours(addresses: Iterable[Tuple[int, str]]) -> Set[Tuple[int, Optional[bytes]]]:
     """plan()'s `ours`: these (family, container address) pairs, compared as plan
     compares a flow's DNAT destination."""
-    return {(family, _ip(family, address)) for family, address in addresses}
+    return {(family, packed(family, address)) for family, address in addresses}
 
 
 def _index(mappings: Iterable[Mapping]) -> Dict[Key, List[Mapping]]:
@@ -194,8 +139,8 @@ def _covers(m: Mapping, entry: ConntrackEntry) -> bool:
     port (the caller's index), and its host IP when the mapping has one."""
     if m.host_ip is None:
         return True
-    address = _ip(m.family, m.host_ip)
-    return address is not None and address == _ip(entry.family, entry.dst)
+    address = packed(m.family, m.host_ip)
+    return address is not None and address == packed(entry.family, entry.dst)
 
 
 def judge(
@@ -237,10 +182,10 @@ def judge(
         return (FlushReason.UNMAPPED if entry.dnat else None), ()
     # The DNAT destination is an address and a port: a container given the same
     # address with another container port does not take a flow DNATed to the old one.
-    wanted = {(_ip(m.family, m.container_ip), m.container_port) for m in winners}
-    replier = _ip(entry.family, entry.reply_src)
+    wanted = {(packed(m.family, m.container_ip), m.container_port) for m in winners}
+    replier = packed(entry.family, entry.reply_src)
     addresses = {address for address, _ in wanted}
-    straight = not entry.dnat and replier in {_ip(m.family, m.container_ip) for m in covering}
+    straight = not entry.dnat and replier in {packed(m.family, m.container_ip) for m in covering}
     if (replier, entry.reply_sport) in wanted or straight:
         # The second: a flow sent straight to a container's address (no DNAT needed).
         return None, _shown(winners, ())
@@ -260,7 +205,7 @@ def _shown(winners: Sequence[Mapping], ported: Collection[Optional[bytes]]) -> T
     with the port for those in `ported` (the entry went to that address, another port)."""
     shown = set()
     for m in winners:
-        if _ip(m.family, m.container_ip) not in ported:
+        if packed(m.family, m.container_ip) not in ported:
             shown.add(m.container_ip)
         elif m.family == 6:
             shown.add(f"[{m.container_ip}]:{m.container_port}")
@@ -327,7 +272,7 @@ def plan_freed(
     return [
         d
         for d in plan(entries, ports, (), stale_only=True, local=local)
-        if (d.entry.family, _ip(d.entry.family, d.entry.reply_src)) in removed
+        if (d.entry.family, packed(d.entry.family, d.entry.reply_src)) in removed
     ]
 
 
@@ -340,8 +285,8 @@ def misroutes(
     """(reason, wanted) when the entry misroutes (flush-udp --stale-only deletes it), else
     None; `by_key`: the UDP mappings by (family, host port). plan()'s judgement, and
     list's count of it (one verdict: the count is what the fix deletes)."""
-    replier = (entry.family, _ip(entry.family, entry.reply_src))
-    destination = (entry.family, _ip(entry.family, entry.dst), entry.dport)
+    replier = (entry.family, packed(entry.family, entry.reply_src))
+    destination = (entry.family, packed(entry.family, entry.dst), entry.dport)
     if (
         taken
         and (taken.holds(destination, entry) if isinstance(taken, Taken) else destination in taken)
@@ -362,83 +307,15 @@ def misroutes(
     return None if reason is None else (reason, wanted)
 
 
-def taken_first(
-    readers: ReadOnly[int, Any], entries: Iterable[ConntrackEntry], past_entry: bool = False
-) -> Set[Destination]:
-    """The (family, destination, host port) of these entries that another tool's
-    iptables rule takes before the plugin's entry (iptables/foreign.py `takers`,
-    `readers` its ChainReaders by family), judged for that very destination. A row's
-    status judges a mapping on every address by all of them (a rule with `-d NODE_IP`
-    takes only some: no row is shadowed); a flow goes to one, and one that rule takes
-    is its tool's, whatever its DNAT (gc and --stale-only deleted them as an old
-    destination of the mapping: review helper-149). `past_entry`: the readers are the
-    other iptables flavour's, whose nat chains hook at the plugin's priority: all of
-    PREROUTING is walked (ops/owners.py)."""
-    wanted = _destinations(entries, readers)
-    found = Taken()
-    if not wanted:
-        return found
-    from portmapctl.iptables.foreign import takers
-
-    for (family, dst, output), ports in wanted.items():
-        sources: Dict[Tuple[str, int], FrozenSet[str]] = {}
-        taking = takers(
-            readers[family],
-            ports,
-            past_entry=past_entry,
-            dest=dst,
-            doubt=True,
-            output=output,
-            sources=sources,
-        )
-        for proto_port in taking:
-            key = (family, _ip(family, dst), proto_port[1])
-            if proto_port in sources:
-                found.by_source.setdefault(key, set()).update(sources[proto_port])
-            else:
-                found.add(key)
-    # One flow's destination walked twice (the node's own and the network's): what
-    # either walk takes for any source stands.
-    for key in found & set(found.by_source):
-        del found.by_source[key]
-    return found
-
-
-def hooks_take(node: Node, entries: Iterable[ConntrackEntry]) -> Set[Destination]:
-    """taken_first by other nftables tables' nat hooks, at or before the plugin's
-    (nftables/foreign.py flows_taken): a rule with `ip daddr NODE_IP` takes one address's
-    flows (netavark's), which no row's status says (list: `unsure`); flush-udp
-    --stale-only and gc deleted that tool's flows as the mapping's old destination.
-    One netlink dump, and nft only for a table that has such a hook."""
-    wanted = _destinations(entries, (4, 6))
-    if not wanted:
-        return set()
-    from portmapctl.nftables.foreign import flows_taken
-
-    return {(family, _ip(family, dst), port) for family, dst, port in flows_taken(node, wanted)}
-
-
-def _destinations(
-    entries: Iterable[ConntrackEntry], families: Collection[int]
-) -> Dict[Tuple[int, str, bool], Set[Tuple[str, int]]]:
-    """The entries' host ports by (family, destination, the node's own: from one of its
-    addresses, through nat OUTPUT, not PREROUTING), of these families. A flow a local
-    process began passed the OUTPUT hook: a rule there (and only there) took it, or
-    not (review h210: it was walked in PREROUTING, an OUTPUT rule's flows deleted)."""
-    wanted: Dict[Tuple[int, str, bool], Set[Tuple[str, int]]] = {}
-    local: Optional[LocalAddresses] = None
-    for entry in entries:
-        if entry.family in families:
-            if local is None:
-                local = local_addresses(sorted({4, 6} & set(families)))
-            own = (entry.family, entry.src) in local
-            wanted.setdefault((entry.family, entry.dst, own), set()).add(("udp", entry.dport))
-    return wanted
-
-
 def _order(entry: ConntrackEntry) -> tuple:
     family, dst, src = entry.family, entry.dst, entry.src
-    return (family, entry.dport, _ip(family, dst) or b"", _ip(family, src) or b"", entry.sport)
+    return (
+        family,
+        entry.dport,
+        packed(family, dst) or b"",
+        packed(family, src) or b"",
+        entry.sport,
+    )
 
 
 # --- doing it ----------------------------------------------------------------------------
@@ -550,113 +427,6 @@ def _worked_on(node: Node, mappings: List[Mapping]) -> List[Mapping]:
     if node.options.backend == "auto" or not mappings:
         return mappings
     return [m for m in mappings if backend_of(m) == node.options.backend]
-
-
-@dataclass(frozen=True)
-class Judging:
-    """What flows are judged by (node_judging): the node's every mapping, and the rules
-    that may take a flow's destination before the plugin's: another tool's in its
-    iptables nat tables, in the other iptables flavour's, and in another nftables
-    table's nat hook (asked of `node`; None: not asked, a snapshot or a test's)."""
-
-    mappings: List[Mapping]
-    tables: ReadOnly[int, Any]
-    other: ReadOnly[int, Any] = field(default_factory=dict)  # flavour_guard's readers
-    node: Optional[Node] = None
-    # The (family, host port) whose flows another nftables table's hook may take
-    # (Owners.hook_ports: the rows' walk, which costs a listing of each such table, says
-    # which; None: every port). Only their flows are walked again, per destination.
-    hook_ports: Optional[FrozenSet[Key]] = frozenset()
-
-    def taken(self, entries: Iterable[ConntrackEntry]) -> Taken:
-        """The destinations of these entries that another tool's rule takes first."""
-        entries = list(entries)
-        found = Taken()
-        udp = [m for m in self.mappings if m.protocol == "udp"]
-        if self.tables and entries:
-            from portmapctl.core.backend import Backend
-            from portmapctl.iptables.foreign import table_reader
-
-            readers = {f: table_reader(t) for f, t in self.tables.items()}
-            # Only a port an iptables chain maps is taken at the plugin's jump: the rules
-            # after it never see those packets. A port only the nftables backend maps (or
-            # nothing: --port N) is another's wherever in PREROUTING its rule stands:
-            # iptables' nat hooks at cni_hostport's priority, and CNI-HOSTPORT-DNAT has
-            # nothing for it (as the other flavour's table, `past_entry`).
-            chained = {(m.family, m.host_port) for m in udp if backend_of(m) == Backend.IPTABLES}
-            found.merge(
-                taken_first(readers, [e for e in entries if (e.family, e.dport) in chained])
-            )
-            past = [e for e in entries if (e.family, e.dport) not in chained]
-            found.merge(taken_first(readers, past, past_entry=True))
-        if self.other and entries:
-            found.merge(taken_first(self.other, entries, past_entry=True))
-        if self.node is not None and entries:
-            ports = self.hook_ports
-            mapped = {(m.family, m.host_port) for m in udp}
-            from portmapctl.core.mapping import loopback
-
-            # (Parsed once per destination: a node has few, 10,000 entries share them.)
-            looped = {dst for dst in {e.dst for e in entries} if loopback(dst)}
-            # The rows' walk judged a row's own hook and destination only: a flow to a
-            # loopback address passes the output hook, which a row on every address was
-            # not walked for, and a port no row maps (--port N) was not walked at all.
-            asked: List[ConntrackEntry] = []
-            rest: List[ConntrackEntry] = []
-            for e in entries:
-                walked = (
-                    ports is None
-                    or (e.family, e.dport) in ports
-                    or (e.family, e.dport) not in mapped
-                    or e.dst in looped
-                )
-                (asked if walked else rest).append(e)
-            if rest:
-                # A flow the node itself began (from one of its addresses) passed the
-                # output hook, which may take it whatever the rows' statuses say.
-                local = local_addresses(sorted({e.family for e in rest}))
-                asked += [e for e in rest if (e.family, e.src) in local]
-            found.merge(hooks_take(self.node, asked))
-        return found
-
-
-def node_mappings(node: Node, tables: Any, attachments: Any) -> List[Mapping]:
-    """node_judging's mappings."""
-    return node_judging(node, tables, attachments).mappings
-
-
-def node_judging(node: Node, tables: Any, attachments: Any) -> Judging:
-    """Every mapping of the node, as `list` rows them: the plugin's iptables chains and
-    nftables rules, whichever backend the command works on (the other still routes
-    flows: a flow it takes is no stale one), each with the statuses its port's other
-    owners give (ops/owners.py: another nftables table's earlier hook shadows it, the
-    other backend contests it); and the iptables tables read. Judged by fewer,
-    flush-udp deleted live flows that list called routed (review helper-149)."""
-    if not node.options.reads_iptables:
-        # --backend nftables: iptables is read only for this.
-        tables = node.read_iptables_evidence(node.families)
-    found = inventory.build(tables, attachments)
-    # Where nftables is not looked at (--backend iptables) its rules still route
-    # flows: a flow they take is no stale one (read for that alone).
-    live = node.read_nft_evidence()
-    nft_rows: List[Mapping] = []
-    if live.tables:
-        from portmapctl.ops import nft
-
-        owner_ids = {c.container_id for c in found.chains if c.container_id}
-        nft_rows = list(nft.build(node, attachments, owner_ids, live=live)[2].mappings)
-    from portmapctl.ops.flavour_guard import other_flavour_readers
-
-    other = other_flavour_readers(node.backend.name, tuple(tables))
-    readers = other[1] if other is not None else {}
-    if not found.mappings and not nft_rows:
-        # (Ports given, none mapped: every hook is asked of their flows.)
-        return Judging([], tables, readers, node, None)
-    from portmapctl.ops.owners import node_rows, read_owners
-
-    owners = read_owners(node, tables, found.mappings, nft_rows, live, other)
-    rows = node_rows(found.mappings, nft_rows, owners)
-    return Judging(rows, tables, readers, node, owners.hook_ports())
 
 
 def flush_ports(

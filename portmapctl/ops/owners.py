@@ -50,7 +50,7 @@ class Owners:
         takes or may take some packets of: of the rows' ports, the only ones whose flows
         to a destination the rows' walk judged (their hook: prerouting, or output for a
         loopback host IP) that hook may have DNATed, judged per flow destination
-        (flush_udp.Judging, which also asks a loopback destination's flows and a port no
+        (flow_owners.Judging, which also asks a loopback destination's flows and a port no
         row maps). None when the hooks could not be read: every port then."""
         if self.unread:
             return None

@@ -85,7 +85,8 @@ def flush_misrouted(
         # something would go (a whole table at 5,000).
         going = misrouted(entries, mine)
         if going and node is not None:
-            from portmapctl.ops.flush_udp import node_judging, ours, udp_mappings
+            from portmapctl.ops.flow_owners import node_judging
+            from portmapctl.ops.flush_udp import ours, udp_mappings
 
             found = node_judging(node, node.read(), None)
             judged = udp_mappings(found.mappings)

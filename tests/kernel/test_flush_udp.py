@@ -545,8 +545,10 @@ def test_a_second_add_keeps_the_flows_the_first_one_routed(
     were lost) on each run of an "ensure the mapping" script. With nothing to go, the
     node's mappings are not read for it (a whole table on a big node)."""
     read: list = []
-    real = flush_udp.node_judging
-    monkeypatch.setattr(flush_udp, "node_judging", lambda *a: read.append(1) or real(*a))
+    from portmapctl.ops import flow_owners
+
+    real = flow_owners.node_judging
+    monkeypatch.setattr(flow_owners, "node_judging", lambda *a: read.append(1) or real(*a))
     args = ["add", "--netns", host_ns, "--network", "mynet", "--container", "abc123",
             "--ip", "10.88.0.5/16", "-p", "5353:53/udp"]  # fmt: skip
     if backend == "nftables":

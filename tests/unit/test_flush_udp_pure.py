@@ -43,6 +43,7 @@ from portmapctl.core.status import FlushReason
 from portmapctl.host.conntrack import ConntrackEntry
 from portmapctl.iptables import inventory
 from portmapctl.iptables.inventory import Mapping
+from portmapctl.ops import flow_owners
 from portmapctl.ops.flush_udp import (
     Doomed,
     FlushResult,
@@ -50,6 +51,18 @@ from portmapctl.ops.flush_udp import (
     plan,
     select_ports,
 )
+
+
+@pytest.fixture(autouse=True)
+def _node_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's own addresses, as flow_owners reads them (a flow from one walks
+    OUTPUT): the fixtures' node addresses, not this machine's."""
+    import ipaddress
+
+    from portmapctl.host.addresses import from_networks
+
+    node = from_networks([ipaddress.ip_network(a) for a in ("10.0.0.1/32", "10.0.0.2/32")])
+    monkeypatch.setattr(flow_owners, "local_addresses", lambda families=(4, 6): node)
 
 
 def fixture_mappings(name: str) -> list[Mapping]:
@@ -184,7 +197,7 @@ def test_list_conntrack_says_which_flows_misroute(monkeypatch) -> None:
     # Judged by every mapping of the node (--backend iptables reads the nftables ones
     # only to judge): a flow another row's container takes is not misrouted.
     other = mapping("10.88.0.9", container_id="ffe999")
-    judging = flush_udp.Judging([winner, other], {})
+    judging = flow_owners.Judging([winner, other], {})
     assert flush_udp.count_flows([winner], judging).rows[winner] == Flows(3, frozenset({NEVER}))
 
 
@@ -615,7 +628,7 @@ def test_a_destination_another_tools_rule_takes_first_keeps_its_flows() -> None:
     dead = udp(sport=2, dst="10.0.0.1", reply_src="10.88.0.13", reply_sport=53)
     elsewhere = udp(sport=3, dst="10.0.0.2", reply_src="10.244.1.7", reply_sport=53)
     entries = [theirs, dead, elsewhere]
-    taken = flush_udp.taken_first({4: table_reader(table)}, entries)
+    taken = flow_owners.taken_first({4: table_reader(table)}, entries)
     assert taken == {(4, socket.inet_aton("10.0.0.1"), 5353)}
     live = [mapping("10.88.0.5")]
     ours = flush_udp.ours([(4, "10.88.0.5"), (4, "10.88.0.13")])
@@ -655,7 +668,7 @@ def test_a_rule_for_some_packets_ahead_keeps_the_flows_it_may_take(
     gone = udp(src="198.51.100.7", sport=2, dst="10.0.0.1", reply_src="10.88.0.13",
                reply_sport=53)  # fmt: skip
     entries = [theirs, gone]
-    taken = flush_udp.taken_first({4: table_reader(table)}, entries)
+    taken = flow_owners.taken_first({4: table_reader(table)}, entries)
     live = [mapping("10.88.0.5")]
     ours = flush_udp.ours([(4, "10.88.0.5")])
     doomed = flush_udp.plan(entries, {(4, 5353)}, live, stale_only=True, ours=ours, taken=taken)
@@ -675,7 +688,7 @@ def test_another_nft_tables_hook_keeps_its_flows_and_doubt_keeps_them_too(monkey
 
     from portmapctl.nftables import foreign
     from portmapctl.nftables.hooks import Hook
-    from portmapctl.ops.flush_udp import Judging
+    from portmapctl.ops.flow_owners import Judging
 
     theirs = udp(sport=5, reply_src="10.77.0.7", reply_sport=53)
     node = SimpleNamespace(nft=SimpleNamespace(binary=lambda: "/nonexistent/nft"))

@@ -14,7 +14,7 @@ from portmapctl.ops.gc.family import FamilyPlan
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
-    from portmapctl.ops.flush_udp import Judging
+    from portmapctl.ops.flow_owners import Judging
     from portmapctl.ops.gc.nft import NftPlan
 
 
@@ -81,10 +81,11 @@ def flush_shared(
     now (read again: a rare case, a port shared across backends or in nftables).
     A flow DNATed to none of the containers left or removed (`removed_ips`, per
     family) is another tool's: kept, as in flush_udp_after."""
+    from portmapctl.ops import flow_owners
     from portmapctl.ops import flush_udp as flushing
 
     try:
-        judging = flushing.node_judging(node, node.read(), None)
+        judging = flow_owners.node_judging(node, node.read(), None)
         mappings = judging.mappings
         ours = flushing.ours(
             [(m.family, m.container_ip) for m in flushing.udp_mappings(mappings)]
@@ -138,10 +139,11 @@ def flush_udp_after(
     The chains are gone by now, so a failure here is a warning (as in the plugin's
     ADD), not a failed gc: the entries expire when their flows go idle. `node`: where
     the rules of the other iptables flavour and of other nftables tables' nat hooks
-    are asked which destinations they take first (flush_udp.Judging.taken).
+    are asked which destinations they take first (flow_owners.Judging.taken).
     """
     from portmapctl.host import conntrack  # imported only when there is work
     from portmapctl.host.addresses import local_addresses
+    from portmapctl.ops import flow_owners
     from portmapctl.ops import flush_udp as flushing
 
     deleted = 0
@@ -162,10 +164,10 @@ def flush_udp_after(
             ours |= removed
             # Another tool's rule ahead of the plugin's entry takes some destinations
             # first: their flows are its own, whatever the mappings left.
-            taken = flushing.Taken()
+            taken = flow_owners.Taken()
             if remapped and entries:
                 if plan.foreign_rules is not None:
-                    taken = flushing.taken_first({family: plan.foreign_rules}, entries)
+                    taken = flow_owners.taken_first({family: plan.foreign_rules}, entries)
                 # (The other tables are read only for a flow the judgement is about.)
                 asked = [
                     e
@@ -201,7 +203,7 @@ def elsewhere(node: Node, plan: FamilyPlan) -> Judging:
     FamilyPlan.foreign_rules)."""
     from portmapctl.nftables.foreign import node_hooked
     from portmapctl.ops.flavour_guard import other_flavour_readers
-    from portmapctl.ops.flush_udp import Judging
+    from portmapctl.ops.flow_owners import Judging
     from portmapctl.ops.owners import Owners
 
     other = other_flavour_readers(node.backend.name, (plan.family,))

@@ -292,6 +292,7 @@ def test_flows_taken_lists_no_rules_words(monkeypatch) -> None:
     monkeypatch.setattr(foreign, "live_hooks", lambda _node: [hook])
     monkeypatch.setattr(nft_access, "run_nft", run_nft)
     node = SimpleNamespace(nft=SimpleNamespace(binary=lambda: "/nonexistent/nft"))
-    wanted = {(4, "10.0.0.1"): {("udp", 53)}, (4, "10.0.0.2"): {("udp", 53), ("udp", 9)}}
+    wanted = {(4, "10.0.0.1", False): {("udp", 53)},
+              (4, "10.0.0.2", False): {("udp", 53), ("udp", 9)}}  # fmt: skip
     assert foreign.flows_taken(node, wanted) == {(4, "10.0.0.1", 53), (4, "10.0.0.2", 53)}
     assert [a[0] for a in asked] == ["-j"]

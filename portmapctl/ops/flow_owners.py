@@ -1,0 +1,252 @@
+"""Whose a UDP flow is: the rules that may take its destination before the plugin's.
+
+A conntrack entry says where a flow went, not which rule sent it there. A flow to a
+mapped host port is the plugin's to judge (ops/flush_udp.py: misrouted or not) only
+when no other tool's rule takes its very destination first: another tool's rule ahead
+of the plugin's entry in the node's iptables nat table (`-d NODE_IP ... -j DNAT`, or a
+rule for some sources, interfaces or marks: maybe), anywhere in the other iptables
+flavour's PREROUTING, and in another nftables table's nat hook at or before the
+plugin's priority. A flow the node itself began (from one of its addresses) is judged
+by the output hook it passed. `Judging` gathers those readers for a node
+(`node_judging`), `Taken` is its answer. flush-udp --stale-only, gc's flush, `add`'s
+flush and `list --conntrack` all ask it, so they delete and count alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Collection, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
+from typing import Mapping as ReadOnly
+
+from portmapctl.core.contest import backend_of
+from portmapctl.host.addresses import LocalAddresses, local_addresses
+from portmapctl.host.conntrack import ConntrackEntry, packed
+from portmapctl.iptables import inventory
+from portmapctl.iptables.inventory import Mapping
+from portmapctl.ops.node import Node
+
+Key = Tuple[int, int]  # (family, host port)
+# (family, destination address as flush_udp.plan compares it, host port): where a flow went.
+Destination = Tuple[int, Optional[bytes], int]
+
+
+class Taken(Set[Destination]):
+    """The destinations another tool's rule takes first (taken_first, Judging.taken),
+    and `by_source`: destinations only a rule for some sources (`-s SPEC`) may take,
+    with those SPECs: a flow from another source is not that rule's (review h210)."""
+
+    def __init__(self, items: Iterable[Destination] = ()) -> None:
+        super().__init__(items)
+        self.by_source: Dict[Destination, Set[str]] = {}
+        self._networks: Dict[Destination, List[Any]] = {}  # by_source's, parsed once
+
+    def __bool__(self) -> bool:
+        return bool(len(self) or self.by_source)
+
+    def merge(self, other: Collection[Destination]) -> Taken:
+        self.update(other)
+        for key, specs in getattr(other, "by_source", {}).items():
+            self.by_source.setdefault(key, set()).update(specs)
+        return self
+
+    def holds(self, destination: Destination, entry: ConntrackEntry) -> bool:
+        if destination in self:
+            return True
+        specs = self.by_source.get(destination)
+        if not specs:
+            return False
+        import ipaddress
+
+        networks = self._networks.get(destination)
+        if networks is None:
+            try:
+                networks = [ipaddress.ip_network(s, strict=False) for s in specs]
+            except ValueError:
+                return True  # (cannot tell: kept)
+            self._networks[destination] = networks
+        try:
+            source = ipaddress.ip_address(entry.src)
+        except ValueError:
+            return True
+        return any(source in network for network in networks)
+
+
+def taken_first(
+    readers: ReadOnly[int, Any], entries: Iterable[ConntrackEntry], past_entry: bool = False
+) -> Set[Destination]:
+    """The (family, destination, host port) of these entries that another tool's
+    iptables rule takes before the plugin's entry (iptables/foreign.py `takers`,
+    `readers` its ChainReaders by family), judged for that very destination. A row's
+    status judges a mapping on every address by all of them (a rule with `-d NODE_IP`
+    takes only some: no row is shadowed); a flow goes to one, and one that rule takes
+    is its tool's, whatever its DNAT (gc and --stale-only deleted them as an old
+    destination of the mapping: review helper-149). `past_entry`: the readers are the
+    other iptables flavour's, whose nat chains hook at the plugin's priority: all of
+    PREROUTING is walked (ops/owners.py)."""
+    wanted = _destinations(entries, readers)
+    found = Taken()
+    if not wanted:
+        return found
+    from portmapctl.iptables.foreign import takers
+
+    for (family, dst, output), ports in wanted.items():
+        sources: Dict[Tuple[str, int], FrozenSet[str]] = {}
+        taking = takers(
+            readers[family],
+            ports,
+            past_entry=past_entry,
+            dest=dst,
+            doubt=True,
+            output=output,
+            sources=sources,
+        )
+        for proto_port in taking:
+            key = (family, packed(family, dst), proto_port[1])
+            if proto_port in sources:
+                found.by_source.setdefault(key, set()).update(sources[proto_port])
+            else:
+                found.add(key)
+    # One flow's destination walked twice (the node's own and the network's): what
+    # either walk takes for any source stands.
+    for key in found & set(found.by_source):
+        del found.by_source[key]
+    return found
+
+
+def hooks_take(node: Node, entries: Iterable[ConntrackEntry]) -> Set[Destination]:
+    """taken_first by other nftables tables' nat hooks, at or before the plugin's
+    (nftables/foreign.py flows_taken): a rule with `ip daddr NODE_IP` takes one address's
+    flows (netavark's), which no row's status says (list: `unsure`); flush-udp
+    --stale-only and gc deleted that tool's flows as the mapping's old destination.
+    One netlink dump, and nft only for a table that has such a hook."""
+    wanted = _destinations(entries, (4, 6))
+    if not wanted:
+        return set()
+    from portmapctl.nftables.foreign import flows_taken
+
+    return {(family, packed(family, dst), port) for family, dst, port in flows_taken(node, wanted)}
+
+
+def _destinations(
+    entries: Iterable[ConntrackEntry], families: Collection[int]
+) -> Dict[Tuple[int, str, bool], Set[Tuple[str, int]]]:
+    """The entries' host ports by (family, destination, the node's own: from one of its
+    addresses, through nat OUTPUT, not PREROUTING), of these families. A flow a local
+    process began passed the OUTPUT hook: a rule there (and only there) took it, or
+    not (review h210: it was walked in PREROUTING, an OUTPUT rule's flows deleted)."""
+    wanted: Dict[Tuple[int, str, bool], Set[Tuple[str, int]]] = {}
+    local: Optional[LocalAddresses] = None
+    for entry in entries:
+        if entry.family in families:
+            if local is None:
+                local = local_addresses(sorted({4, 6} & set(families)))
+            own = (entry.family, entry.src) in local
+            wanted.setdefault((entry.family, entry.dst, own), set()).add(("udp", entry.dport))
+    return wanted
+
+
+@dataclass(frozen=True)
+class Judging:
+    """What flows are judged by (node_judging): the node's every mapping, and the rules
+    that may take a flow's destination before the plugin's: another tool's in its
+    iptables nat tables, in the other iptables flavour's, and in another nftables
+    table's nat hook (asked of `node`; None: not asked, a snapshot or a test's)."""
+
+    mappings: List[Mapping]
+    tables: ReadOnly[int, Any]
+    other: ReadOnly[int, Any] = field(default_factory=dict)  # flavour_guard's readers
+    node: Optional[Node] = None
+    # The (family, host port) whose flows another nftables table's hook may take
+    # (Owners.hook_ports: the rows' walk, which costs a listing of each such table, says
+    # which; None: every port). Only their flows are walked again, per destination.
+    hook_ports: Optional[FrozenSet[Key]] = frozenset()
+
+    def taken(self, entries: Iterable[ConntrackEntry]) -> Taken:
+        """The destinations of these entries that another tool's rule takes first."""
+        entries = list(entries)
+        found = Taken()
+        udp = [m for m in self.mappings if m.protocol == "udp"]
+        if self.tables and entries:
+            from portmapctl.core.backend import Backend
+            from portmapctl.iptables.foreign import table_reader
+
+            readers = {f: table_reader(t) for f, t in self.tables.items()}
+            # Only a port an iptables chain maps is taken at the plugin's jump: the rules
+            # after it never see those packets. A port only the nftables backend maps (or
+            # nothing: --port N) is another's wherever in PREROUTING its rule stands:
+            # iptables' nat hooks at cni_hostport's priority, and CNI-HOSTPORT-DNAT has
+            # nothing for it (as the other flavour's table, `past_entry`).
+            chained = {(m.family, m.host_port) for m in udp if backend_of(m) == Backend.IPTABLES}
+            found.merge(
+                taken_first(readers, [e for e in entries if (e.family, e.dport) in chained])
+            )
+            past = [e for e in entries if (e.family, e.dport) not in chained]
+            found.merge(taken_first(readers, past, past_entry=True))
+        if self.other and entries:
+            found.merge(taken_first(self.other, entries, past_entry=True))
+        if self.node is not None and entries:
+            ports = self.hook_ports
+            mapped = {(m.family, m.host_port) for m in udp}
+            from portmapctl.core.mapping import loopback
+
+            # (Parsed once per destination: a node has few, 10,000 entries share them.)
+            looped = {dst for dst in {e.dst for e in entries} if loopback(dst)}
+            # The rows' walk judged a row's own hook and destination only: a flow to a
+            # loopback address passes the output hook, which a row on every address was
+            # not walked for, and a port no row maps (--port N) was not walked at all.
+            asked: List[ConntrackEntry] = []
+            rest: List[ConntrackEntry] = []
+            for e in entries:
+                walked = (
+                    ports is None
+                    or (e.family, e.dport) in ports
+                    or (e.family, e.dport) not in mapped
+                    or e.dst in looped
+                )
+                (asked if walked else rest).append(e)
+            if rest:
+                # A flow the node itself began (from one of its addresses) passed the
+                # output hook, which may take it whatever the rows' statuses say.
+                local = local_addresses(sorted({e.family for e in rest}))
+                asked += [e for e in rest if (e.family, e.src) in local]
+            found.merge(hooks_take(self.node, asked))
+        return found
+
+
+def node_mappings(node: Node, tables: Any, attachments: Any) -> List[Mapping]:
+    """node_judging's mappings."""
+    return node_judging(node, tables, attachments).mappings
+
+
+def node_judging(node: Node, tables: Any, attachments: Any) -> Judging:
+    """Every mapping of the node, as `list` rows them: the plugin's iptables chains and
+    nftables rules, whichever backend the command works on (the other still routes
+    flows: a flow it takes is no stale one), each with the statuses its port's other
+    owners give (ops/owners.py: another nftables table's earlier hook shadows it, the
+    other backend contests it); and the iptables tables read. Judged by fewer,
+    flush-udp deleted live flows that list called routed (review helper-149)."""
+    if not node.options.reads_iptables:
+        # --backend nftables: iptables is read only for this.
+        tables = node.read_iptables_evidence(node.families)
+    found = inventory.build(tables, attachments)
+    # Where nftables is not looked at (--backend iptables) its rules still route
+    # flows: a flow they take is no stale one (read for that alone).
+    live = node.read_nft_evidence()
+    nft_rows: List[Mapping] = []
+    if live.tables:
+        from portmapctl.ops import nft
+
+        owner_ids = {c.container_id for c in found.chains if c.container_id}
+        nft_rows = list(nft.build(node, attachments, owner_ids, live=live)[2].mappings)
+    from portmapctl.ops.flavour_guard import other_flavour_readers
+
+    other = other_flavour_readers(node.backend.name, tuple(tables))
+    readers = other[1] if other is not None else {}
+    if not found.mappings and not nft_rows:
+        # (Ports given, none mapped: every hook is asked of their flows.)
+        return Judging([], tables, readers, node, None)
+    from portmapctl.ops.owners import node_rows, read_owners
+
+    owners = read_owners(node, tables, found.mappings, nft_rows, live, other)
+    rows = node_rows(found.mappings, nft_rows, owners)
+    return Judging(rows, tables, readers, node, owners.hook_ports())
