@@ -30,6 +30,15 @@ Key = Tuple[int, int]  # (family, host port)
 Destination = Tuple[int, Optional[bytes], int]
 
 
+def covers(m: Mapping, entry: ConntrackEntry) -> bool:
+    """Whether mapping m's DNAT rule takes entry's destination: same family and host
+    port (the caller's index), and its host IP when the mapping has one."""
+    if m.host_ip is None:
+        return True
+    address = packed(m.family, m.host_ip)
+    return address is not None and address == packed(entry.family, entry.dst)
+
+
 class Taken(Set[Destination]):
     """The destinations another tool's rule takes first (taken_first, Judging.taken),
     and `by_source`: destinations only a rule for some sources (`-s SPEC`) may take,
@@ -171,16 +180,22 @@ class Judging:
             from portmapctl.iptables.foreign import table_reader
 
             readers = {f: table_reader(t) for f, t in self.tables.items()}
-            # Only a port an iptables chain maps is taken at the plugin's jump: the rules
-            # after it never see those packets. A port only the nftables backend maps (or
-            # nothing: --port N) is another's wherever in PREROUTING its rule stands:
-            # iptables' nat hooks at cni_hostport's priority, and CNI-HOSTPORT-DNAT has
-            # nothing for it (as the other flavour's table, `past_entry`).
-            chained = {(m.family, m.host_port) for m in udp if backend_of(m) == Backend.IPTABLES}
-            found.merge(
-                taken_first(readers, [e for e in entries if (e.family, e.dport) in chained])
-            )
-            past = [e for e in entries if (e.family, e.dport) not in chained]
+            # Only a destination an iptables chain maps is taken at the plugin's jump: the
+            # rules after it never see those packets. A flow to an address no iptables
+            # mapping covers (the port mapped there in nftables alone, or on another
+            # host IP, or not at all: --port N) leaves CNI-HOSTPORT-DNAT untaken and is
+            # another's wherever in PREROUTING its rule stands: iptables' nat hooks at
+            # cni_hostport's priority (as the other flavour's table, `past_entry`).
+            chained: Dict[Key, List[Mapping]] = {}
+            for m in udp:
+                if backend_of(m) == Backend.IPTABLES:
+                    chained.setdefault((m.family, m.host_port), []).append(m)
+            at_jump: List[ConntrackEntry] = []
+            past: List[ConntrackEntry] = []
+            for e in entries:
+                mapped_here = any(covers(m, e) for m in chained.get((e.family, e.dport), ()))
+                (at_jump if mapped_here else past).append(e)
+            found.merge(taken_first(readers, at_jump))
             found.merge(taken_first(readers, past, past_entry=True))
         if self.other and entries:
             found.merge(taken_first(self.other, entries, past_entry=True))

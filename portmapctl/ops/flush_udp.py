@@ -47,7 +47,7 @@ from portmapctl.host.addresses import LocalAddresses, local_addresses
 from portmapctl.host.conntrack import ConntrackEntry, packed
 from portmapctl.iptables import inventory
 from portmapctl.iptables.inventory import Mapping
-from portmapctl.ops.flow_owners import Destination, Judging, Key, Taken, node_judging
+from portmapctl.ops.flow_owners import Destination, Judging, Key, Taken, covers, node_judging
 from portmapctl.ops.node import Node
 
 Progress = Callable[[int, int], None]  # (entries handled, all entries)
@@ -134,21 +134,12 @@ def _index(mappings: Iterable[Mapping]) -> Dict[Key, List[Mapping]]:
     return by_key
 
 
-def _covers(m: Mapping, entry: ConntrackEntry) -> bool:
-    """Whether mapping m's DNAT rule takes entry's destination: same family and host
-    port (the caller's index), and its host IP when the mapping has one."""
-    if m.host_ip is None:
-        return True
-    address = packed(m.family, m.host_ip)
-    return address is not None and address == packed(entry.family, entry.dst)
-
-
 def judge(
     entry: ConntrackEntry, mapped: Sequence[Mapping]
 ) -> Tuple[Optional[FlushReason], Tuple[str, ...]]:
     """(reason, wanted addresses) when the entry misroutes, (None, wanted) when it
     reaches the right place; `mapped` are the UDP mappings of its family and port."""
-    covering = [m for m in mapped if _covers(m, entry)]
+    covering = [m for m in mapped if covers(m, entry)]
     # First-match-wins: a shadowed mapping's container gets no traffic (what shadows
     # it takes every address it is for).
     winners = [m for m in covering if not m.shadowed_by]
@@ -370,7 +361,7 @@ def flush(
         # another address, whose live flows were flushed too (review helper-135).
         own = _index(inventory.select(mappings, container=container, protocol="udp"))
         looked_at = [
-            e for e in looked_at if any(_covers(m, e) for m in own.get((e.family, e.dport), ()))
+            e for e in looked_at if any(covers(m, e) for m in own.get((e.family, e.dport), ()))
         ]
     mine = ours((m.family, m.container_ip) for m in mappings)
     taken = judging.taken(looked_at) if stale_only and judging is not None else set()
@@ -520,7 +511,7 @@ def count_flows(mappings: Iterable[Mapping], judging: Optional[Judging] = None) 
         taken = judging.taken(entries) if judging is not None and entries else set()
         for entry in entries:
             key = (entry.family, entry.dport)
-            covering = [m for m in by_key[key] if _covers(m, entry)]
+            covering = [m for m in by_key[key] if covers(m, entry)]
             astray = misroutes(entry, every, mine, taken) is not None
             if not covering:
                 if astray:

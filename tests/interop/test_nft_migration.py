@@ -273,7 +273,7 @@ def test_gc_flushes_the_dead_containers_flows_of_a_port_still_mapped_in_either_b
     one kept its flows to the dead address (the seed commit's misrouting), and a port
     freed in one backend but mapped in the other lost its live container's flows too."""
     # The flows' destination is the node's own address: only such flows met a mapping.
-    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/24", "dev", "lo"], check=True)
+    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/32", "dev", "lo"], check=True)
     # Port 5010: dead in nftables, live in iptables. 5020: dead and live in nftables.
     # 5030: dead in iptables, live in nftables. 5040: dead in nftables alone.
     upstream.run(V191, "ADD", node, "dead10", upstream.nft_conf(
@@ -323,7 +323,7 @@ def test_gc_keeps_another_tools_flows_on_a_port_left_mapped_on_one_address(
     without knowing whose addresses they went to: the other tool's live flow went as
     "nothing maps this port now" (62e874e fixed it for iptables alone). Now only the
     flow to dead50's address goes. (Both in iptables: kernel/test_field_udp.py.)"""
-    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/24", "dev", "lo"], check=True)
+    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/32", "dev", "lo"], check=True)
     for cid, ip, backend, ports in (
         ("dead50", "10.88.0.91", dead_in, [_pm(5050, 53, "udp")]),
         ("live50", "10.88.0.92", live_in, [_pm(5050, 53, "udp", host_ip="127.0.0.1")]),
@@ -497,7 +497,7 @@ def test_gc_backend_iptables_keeps_the_flows_of_a_port_a_live_nft_container_maps
     --backend iptables removes dead30's chain: the port is no freed port, live30 still
     maps it (in nftables, which gc does not change but still reads for that), so only
     the flows to dead30 go. 0.1 read no nftables and deleted live30's flows too."""
-    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/24", "dev", "lo"], check=True)
+    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/32", "dev", "lo"], check=True)
     live = upstream.nft_conf("podman", ["10.88.0.98/16"], [_pm(5030, 53, "udp")])
     upstream.run(V191, "ADD", node, "live30", live, check=True)
     rp.write_cni_cache(tmp_path, "podman", "live30", "eth0", live, [_pm(5030, 53, "udp")],
@@ -527,7 +527,7 @@ def test_flush_udp_backend_iptables_leaves_the_ports_only_nftables_maps(
     """ipt31 (iptables) maps UDP 5031, nft32 (nftables) UDP 5032. flush-udp --backend
     iptables works on iptables' ports alone, as list does: it deleted nft32's flows too
     (nftables, read under --backend iptables only to judge flows, chose the ports)."""
-    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/24", "dev", "lo"], check=True)
+    subprocess.run([rp._ip(), "-n", node, "addr", "add", "192.0.3.1/32", "dev", "lo"], check=True)
     ipt = rp.plugin_conf("podman", ["10.88.0.31/16"], [_pm(5031, 53, "udp")])
     rp.run_plugin("ADD", node, "ipt31", ipt, check=True)
     _cached(tmp_path, "ipt31", ipt)
@@ -1186,10 +1186,44 @@ def test_another_tools_iptables_rule_keeps_its_flows_on_a_port_the_nftables_back
             _cached(tmp_path, cid, conf)
     rp.iptables(node, ["-t", "nat", "-I", "PREROUTING", "1", *daddr, "-p", "udp", "--dport",
                        "5060", "-j", "DNAT", "--to-destination", "10.244.1.7:53"])  # fmt: skip
+    _only_the_dead_ones_flow_goes(node, tmp_path, 5060, "dead60")
+
+
+def test_an_iptables_rule_after_the_jump_keeps_its_flows_to_an_address_only_nftables_maps(
+    node: str, tmp_path: Path
+) -> None:
+    """5062/udp is mapped in both backends: in iptables on 192.0.3.9 alone (ipt62), in
+    nftables on every address (dead62, leaked and added first; live62). Another tool's
+    iptables rule after the plugin's jump DNATs 192.0.3.1:5062 to its pod: a packet to
+    192.0.3.1 leaves CNI-HOSTPORT-DNAT untaken and meets that rule, at cni_hostport's
+    priority. The per-flow walk stopped at the jump for every flow of a port an iptables
+    chain maps (whatever its address), so list counted that tool's live flow misrouted,
+    flush-udp --stale-only and gc deleted it. Walked past the jump for a destination no
+    iptables mapping covers, it is kept; dead62's own flow still goes."""
+    for address in ("192.0.3.1/32", "192.0.3.9/32"):
+        subprocess.run([rp._ip(), "-n", node, "addr", "add", address, "dev", "lo"], check=True)
+    conf = rp.plugin_conf("podman", ["10.88.0.93/16"], [_pm(5062, 53, "udp", host_ip="192.0.3.9")])
+    rp.run_plugin("ADD", node, "ipt62", conf, check=True)
+    _cached(tmp_path, "ipt62", conf)
+    for cid, ip in (("dead62", "10.88.0.91"), ("live62", "10.88.0.92")):
+        conf = upstream.nft_conf("podman", [f"{ip}/16"], [_pm(5062, 53, "udp")])
+        upstream.run(V191, "ADD", node, cid, conf, check=True)
+        if cid == "live62":
+            _cached(tmp_path, cid, conf)
+    rp.iptables(node, ["-t", "nat", "-A", "PREROUTING", "-d", "192.0.3.1", "-p", "udp", "--dport",
+                       "5062", "-j", "DNAT", "--to-destination", "10.244.1.7:53"])  # fmt: skip
+    _only_the_dead_ones_flow_goes(node, tmp_path, 5062, "dead62")
+
+
+def _only_the_dead_ones_flow_goes(node: str, tmp_path: Path, port: int, dead: str) -> None:
+    """Two flows from outside to 192.0.3.1:PORT, one DNATed to `dead` (10.88.0.91),
+    one to another tool's pod (10.244.1.7), which that tool's rule takes: list counts
+    neither misrouted, flush-udp --stale-only deletes neither, gc removes `dead` and
+    deletes its flow alone."""
     for sport, to in ((41001, "10.88.0.91"), (41002, "10.244.1.7")):
         subprocess.run([rp._ip(), "netns", "exec", node, "conntrack", "-I", "-p", "udp",
                         "-s", "192.0.3.2", "-d", "192.0.3.1", "--sport", str(sport),
-                        "--dport", "5060", "--reply-src", to, "--reply-port-src", "53",
+                        "--dport", str(port), "--reply-src", to, "--reply-port-src", "53",
                         "--reply-dst", "192.0.3.2", "--reply-port-dst", str(sport), "-t", "100"],
                        check=True, capture_output=True)  # fmt: skip
     listed = _pmctl(node, tmp_path, "list", "--conntrack", "-o", "json")
@@ -1201,6 +1235,6 @@ def test_another_tools_iptables_rule_keeps_its_flows_on_a_port_the_nftables_back
     done = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
     assert done.returncode == 0, done.stdout + done.stderr
     doc = json.loads(done.stdout)
-    assert {c["container_id"] for c in doc["removed"]} == {"dead60"}
-    assert rp.udp_flows(node) == {(5060, "10.244.1.7")}
+    assert {c["container_id"] for c in doc["removed"]} == {dead}
+    assert rp.udp_flows(node) == {(port, "10.244.1.7")}
     assert doc["conntrack_deleted"] == 1
