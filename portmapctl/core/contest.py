@@ -49,7 +49,7 @@ def backend_of(row: Mapping) -> Backend:
     return getattr(row, "backend", Backend.IPTABLES)
 
 
-def _takes_port(row: Mapping) -> bool:
+def takes_port(row: Mapping) -> bool:
     # A row with conditions takes only some of the port's packets: as within one
     # backend (a conditional rule shadows nothing), it contests nothing.
     return not row.conditions and not any(s in _TAKES_NOTHING for s in row.status)
@@ -66,7 +66,7 @@ def contests(rows: Iterable[M]) -> Dict[M, Tuple[M, ...]]:
     by_port: Dict[Tuple[int, str, int], List[M]] = {}
     backends = set()
     for row in rows:
-        if _takes_port(row):
+        if takes_port(row):
             by_port.setdefault((row.family, row.protocol, row.host_port), []).append(row)
             backends.add(backend_of(row))
     found: Dict[M, Tuple[M, ...]] = {}
@@ -99,13 +99,13 @@ def flavour_rivals(mine: Iterable[M], theirs: Iterable[M]) -> Dict[M, Tuple[M, .
     (shadowed in its own table, dead, with conditions) contests nothing."""
     by_port: Dict[Tuple[int, str, int], List[M]] = {}
     for row in theirs:
-        if _takes_port(row):
+        if takes_port(row):
             by_port.setdefault((row.family, row.protocol, row.host_port), []).append(row)
     found: Dict[M, Tuple[M, ...]] = {}
     if not by_port:
         return found
     for row in mine:
-        if not _takes_port(row):
+        if not takes_port(row):
             continue
         others = tuple(
             o
@@ -150,7 +150,7 @@ def crossed(
         row: taken[key]
         for row in rows
         if not (nft_only and backend_of(row) == Backend.IPTABLES)
-        and _takes_port(row)
+        and takes_port(row)
         and (key := hook_port_key(row)) in taken
     }
 
@@ -166,7 +166,7 @@ def hooked(
     found: Dict[M, Tuple[str, str]] = {}
     for row in rows:
         hit = taken.get((row.family, row.protocol, row.host_port)) if taken else None
-        if hit is None or not _takes_port(row):
+        if hit is None or not takes_port(row):
             continue
         own = priority(row)
         if hit[0] < own:

@@ -82,7 +82,7 @@ class Taken(Set[Destination]):
 
 def taken_first(
     readers: ReadOnly[int, Any], entries: Iterable[ConntrackEntry], past_entry: bool = False
-) -> Set[Destination]:
+) -> Taken:
     """The (family, destination, host port) of these entries that another tool's
     iptables rule takes before the plugin's entry (iptables/foreign.py `takers`,
     `readers` its ChainReaders by family), judged for that very destination. A row's
@@ -154,6 +154,39 @@ def _destinations(
     return wanted
 
 
+def chain_taken(
+    readers: ReadOnly[int, Any], mappings: Iterable[Mapping], entries: Iterable[ConntrackEntry]
+) -> Taken:
+    """taken_first of the plugin's own iptables flavour (`readers`); `mappings`: the
+    node's rows, of either backend. Only a destination an iptables chain takes whole is
+    taken at the plugin's jump: the rules after it never see those packets. A flow to an
+    address no iptables mapping covers (the port mapped there in nftables alone, or on
+    another host IP, or not at all: --port N) leaves CNI-HOSTPORT-DNAT untaken and is
+    another's wherever in PREROUTING its rule stands: iptables' nat hooks at
+    cni_hostport's priority (as the other flavour's table, `past_entry`). So do the
+    packets a mapping with conditions (conditionsV4/V6 on its entry rule) leaves: both
+    walks for its destinations (a rule after the jump DNATing the other sources' packets
+    was not seen, its live flows counted misrouted and deleted)."""
+    from portmapctl.core.backend import Backend
+    from portmapctl.core.contest import takes_port
+
+    chained: Dict[Key, List[Mapping]] = {}
+    for m in mappings:
+        if m.protocol == "udp" and backend_of(m) == Backend.IPTABLES:
+            chained.setdefault((m.family, m.host_port), []).append(m)
+    at_jump: List[ConntrackEntry] = []
+    past: List[ConntrackEntry] = []
+    for e in entries:
+        covering = [m for m in chained.get((e.family, e.dport), ()) if covers(m, e)]
+        if any(takes_port(m) for m in covering):
+            at_jump.append(e)
+            continue
+        if covering:
+            at_jump.append(e)  # (those its conditions take: rules ahead of the jump)
+        past.append(e)
+    return taken_first(readers, at_jump).merge(taken_first(readers, past, past_entry=True))
+
+
 @dataclass(frozen=True)
 class Judging:
     """What flows are judged by (node_judging): the node's every mapping, and the rules
@@ -176,27 +209,10 @@ class Judging:
         found = Taken()
         udp = [m for m in self.mappings if m.protocol == "udp"]
         if self.tables and entries:
-            from portmapctl.core.backend import Backend
             from portmapctl.iptables.foreign import table_reader
 
             readers = {f: table_reader(t) for f, t in self.tables.items()}
-            # Only a destination an iptables chain maps is taken at the plugin's jump: the
-            # rules after it never see those packets. A flow to an address no iptables
-            # mapping covers (the port mapped there in nftables alone, or on another
-            # host IP, or not at all: --port N) leaves CNI-HOSTPORT-DNAT untaken and is
-            # another's wherever in PREROUTING its rule stands: iptables' nat hooks at
-            # cni_hostport's priority (as the other flavour's table, `past_entry`).
-            chained: Dict[Key, List[Mapping]] = {}
-            for m in udp:
-                if backend_of(m) == Backend.IPTABLES:
-                    chained.setdefault((m.family, m.host_port), []).append(m)
-            at_jump: List[ConntrackEntry] = []
-            past: List[ConntrackEntry] = []
-            for e in entries:
-                mapped_here = any(covers(m, e) for m in chained.get((e.family, e.dport), ()))
-                (at_jump if mapped_here else past).append(e)
-            found.merge(taken_first(readers, at_jump))
-            found.merge(taken_first(readers, past, past_entry=True))
+            found.merge(chain_taken(readers, udp, entries))
         if self.other and entries:
             found.merge(taken_first(self.other, entries, past_entry=True))
         if self.node is not None and entries:

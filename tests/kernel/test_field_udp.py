@@ -223,6 +223,41 @@ def test_gc_and_stale_only_keep_the_flows_a_conditional_rule_takes_first(
     assert result["conntrack_deleted"] == 1
 
 
+def test_list_stale_only_and_gc_keep_the_flows_a_rule_after_the_jump_takes_past_conditions(
+    host_ns, tmp_path
+):
+    """ "old" (leaked) and "new" map 6000/udp for 192.168.0.0/16 alone (conditionsV4 on
+    their entry rules); another tool's rule appended after the plugin's jump (Docker's,
+    its jump added after the plugin's) DNATs the other sources' packets, which leave
+    CNI-HOSTPORT-DNAT untaken, to a pod of its own. The walk stopped at the jump for
+    every destination an iptables mapping covers, conditions or not: list counted that
+    tool's live flow misrouted, flush-udp --stale-only deleted it, and so did gc
+    removing "old". The flow gc's removal left to a dead container still goes."""
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    _ns(host_ns, "ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
+    some = ["-s", "192.168.0.0/16"]
+    rp.run_plugin("ADD", host_ns, "old", rp.plugin_conf("mynet", ["10.88.0.13/16"], UDP,
+                  conditions_v4=some), check=True)  # fmt: skip
+    new = rp.plugin_conf("mynet", ["10.88.0.20/16"], UDP, conditions_v4=some)
+    rp.run_plugin("ADD", host_ns, "new", new, check=True)
+    _cache(cache, "mynet", "new", new)
+    _ns(host_ns, "iptables", "-t", "nat", "-A", "PREROUTING", "-p", "udp", "--dport", "6000",
+        "-j", "DNAT", "--to-destination", "10.244.1.7:60")  # fmt: skip
+    _flow(host_ns, 42001, "192.168.1.1", NODE_IP, 6000, "10.88.0.13", 60)  # to "old"
+    _flow(host_ns, 42005, "198.51.100.5", NODE_IP, 6000, "10.244.1.7", 60)  # the other tool's
+    listed = run(["list", "--netns", host_ns, "--cni-cache-dir", str(cache), "--conntrack",
+                  "-o", "json"])  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["conntrack_misrouted"] == 0
+    stale = run(["flush-udp", "--netns", host_ns, "--cni-cache-dir", str(cache), "--stale-only",
+                 "--dry-run", "-o", "json"])  # fmt: skip
+    assert json.loads(stale.stdout)["deleted"] == []
+    result = _gc_removing_old(host_ns, cache)
+    assert _sports(host_ns) == {42005}
+    assert result["conntrack_deleted"] == 1
+
+
 @pytest.mark.parametrize("owner", ["iptables", "nft-table"])
 def test_gc_and_stale_only_keep_the_node_own_flows_an_output_rule_takes_first(
     host_ns, tmp_path, owner

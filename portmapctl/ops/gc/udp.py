@@ -163,11 +163,14 @@ def flush_udp_after(
             ours = flushing.ours([(m.family, m.container_ip) for m in plan.remaining_udp])
             ours |= removed
             # Another tool's rule ahead of the plugin's entry takes some destinations
-            # first: their flows are its own, whatever the mappings left.
+            # first (or after it, what a mapping with conditions leaves): their flows
+            # are its own, whatever the mappings left.
             taken = flow_owners.Taken()
             if remapped and entries:
                 if plan.foreign_rules is not None:
-                    taken = flow_owners.taken_first({family: plan.foreign_rules}, entries)
+                    taken = flow_owners.chain_taken(
+                        {family: plan.foreign_rules}, plan.remaining_udp, entries
+                    )
                 # (The other tables are read only for a flow the judgement is about.)
                 asked = [
                     e
