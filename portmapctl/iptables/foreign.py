@@ -421,7 +421,11 @@ class _Walk(PortsLeft):
             and not target.startswith("CNI-")
             and self.rules(target) is not None
         ):
-            self.chain(target, rule_proto, rule_ports, reported, path, returned)
+            over = self.chain(target, rule_proto, rule_ports, reported, path, returned)
+            if rule.goto and not over and name in BUILTIN_NAT_CHAINS:
+                # As chain(): what its chain did not take meets the built-in chain's
+                # policy, ACCEPT (the plugin's jump further down never sees it).
+                self._end_table(rule_proto, rule_ports, reported, returned)
         for key, rule_text in self.taken.items():
             if key not in taken:
                 self.maybe.setdefault(key, rule_text)

@@ -679,6 +679,32 @@ def test_a_rule_for_some_packets_ahead_keeps_the_flows_it_may_take(
     assert takers(table_reader(table), {("udp", 5353)}) == {}
 
 
+def test_a_goto_for_some_sources_ahead_keeps_the_flows_its_chain_leaves_to_the_host() -> None:
+    """`-s SPEC -g CHAIN` in PREROUTING ahead of the plugin's entry: what CHAIN does not
+    take of those sources' packets meets PREROUTING's policy, ACCEPT, and never reaches
+    the plugin's jump (as the walk takes a goto without conditions). Walked as if its
+    condition held, the goto came back from CHAIN as a jump does: a flow of those
+    sources the host serves, never DNATed, was counted a blackhole and deleted by
+    --stale-only. Another source's never-DNATed flow still goes."""
+    from portmapctl.iptables.foreign import table_reader
+    from portmapctl.iptables.ruleset import parse_save
+
+    table = parse_save(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-DNAT - [0:0]\n:FWD - [0:0]\n"
+        "-A PREROUTING -s 192.0.2.0/24 -g FWD\n"
+        "-A FWD -p tcp -j DNAT --to-destination 10.244.1.7\n"
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\nCOMMIT\n",
+        4,
+    )
+    hosts = udp(src="192.0.2.7", sport=1)  # never DNATed: the host's own service
+    blackhole = udp(src="198.51.100.7", sport=2)
+    entries = [hosts, blackhole]
+    taken = flow_owners.taken_first({4: table_reader(table)}, entries)
+    doomed = plan(entries, {(4, 5353)}, [mapping()], stale_only=True,
+                  ours=ours([(4, "10.88.0.5")]), taken=taken)  # fmt: skip
+    assert [d.entry for d in doomed] == [blackhole]
+
+
 def test_another_nft_tables_hook_keeps_its_flows_and_doubt_keeps_them_too(monkeypatch) -> None:
     """Judging.taken asks other nftables tables' nat hooks per flow destination
     (nftables/foreign.py flows_taken): only hooks at or before the plugin's priority
