@@ -56,6 +56,7 @@ class Taken(Set[Destination]):
         self.update(other)
         for key, specs in getattr(other, "by_source", {}).items():
             self.by_source.setdefault(key, set()).update(specs)
+            self._networks.pop(key, None)  # (parsed again with the new SPECs)
         return self
 
     def holds(self, destination: Destination, entry: ConntrackEntry) -> bool:

@@ -789,3 +789,19 @@ def test_gc_reads_other_tables_only_for_flows_of_a_port_left_mapped(monkeypatch)
     flows.append(udp(sport=3, dst="10.9.9.9", dport=7000, reply_src="10.77.0.7"))
     gc_udp.flush_udp_after([plan], object())
     assert [[e.sport for e in entries] for entries in asked] == [[2]]
+
+
+def test_a_taken_merged_after_it_was_asked_judges_the_new_sources_too() -> None:
+    """Taken.holds parses a destination's `-s` SPECs once; a merge of more SPECs for it
+    afterwards (another table's walk) counts: the parsed ones were kept, and a flow
+    from the merged source judged the plugin's (deleted as an old destination)."""
+    destination = (4, socket.inet_aton("10.0.0.1"), 5353)
+    first = flow_owners.Taken()
+    first.by_source[destination] = {"192.0.2.0/24"}
+    later = flow_owners.Taken()
+    later.by_source[destination] = {"198.51.100.0/24"}
+    there = udp(src="198.51.100.7", dst="10.0.0.1")
+    assert not first.holds(destination, there)
+    assert first.merge(later).holds(destination, there)
+    assert first.holds(destination, udp(src="192.0.2.9", dst="10.0.0.1"))
+    assert not first.holds(destination, udp(src="203.0.113.1", dst="10.0.0.1"))
