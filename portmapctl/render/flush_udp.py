@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 from portmapctl.core.status import FlushReason
-from portmapctl.render.table import Cuttable, Piece, cut_address, cut_middle, table
+from portmapctl.render.table import (
+    Cuttable,
+    Piece,
+    address_floor,
+    cut_address,
+    cut_ip,
+    ip_floor,
+    table,
+)
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -35,16 +43,18 @@ def _endpoint(address: str, port: int) -> str:
 
 
 # What a terminal's width may cut (the widest first): the addresses in their middle,
-# a port whole. WHY, what says why an entry goes, is never cut.
+# no further than they read (ip_floor, address_floor), a port whole. WHY, what says
+# why an entry goes, is never cut.
 FLUSH_CUTS = {
-    "SOURCE": Cuttable(12, cut_middle),
-    "DESTINATION": Cuttable(12, cut_middle),
-    "REPLY FROM": Cuttable(12, cut_address),
+    "SOURCE": Cuttable(12, cut_ip, ip_floor),
+    "DESTINATION": Cuttable(12, cut_ip, ip_floor),
+    "REPLY FROM": Cuttable(12, cut_address, address_floor),
 }
 # Below that, left out in this order while WHY does not fit whole: where the replies
 # come from (a stale reason's WHY names where the port goes now), then the node's own
 # address (the host port stays in PORTS); -o wide and JSON show all. What still does
-# not fit of WHY goes on below, under its column.
+# not fit of WHY goes on below, under its column; only then is SOURCE cut below what
+# it reads in.
 FLUSH_DROPS = ("REPLY FROM", "DESTINATION")
 
 

@@ -9,6 +9,7 @@ from portmapctl.core.backend import Backend
 from portmapctl.render.table import (
     STATUS_STYLE,
     Cuttable,
+    address_floor,
     count,
     cut_address,
     cut_end,
@@ -111,16 +112,19 @@ def list_summary(
 
 
 # What a terminal's width may cut (SPEC §3: the table fits it): the network name from
-# its end, an address in its middle with the port whole; not the short container ID,
-# the words (FAM, PROTO, SNAT), counts or the statuses, which are what a row says.
+# its end, an address in its middle with the port whole, no further than it reads
+# (address_floor: `[2001:db8:…:7334]:8080`); not the short container ID, the words
+# (FAM, PROTO, SNAT), counts or the statuses, which are what a row says.
 LIST_CUTS = {
     "NETWORK": Cuttable(len("NETWORK"), cut_end),
-    "HOST": Cuttable(12, cut_address),
-    "CONTAINER ADDR": Cuttable(len("CONTAINER ADDR"), cut_address),
+    "HOST": Cuttable(12, cut_address, address_floor),
+    "CONTAINER ADDR": Cuttable(len("CONTAINER ADDR"), cut_address, address_floor),
 }
-# Below 80 columns, what is left out while the statuses still do not fit whole, in
-# this order: where the traffic goes, then the SNAT flag, then the network (the ID,
-# family, protocol and host port say which mapping a row is; -o wide shows all).
+# What is left out while the statuses still do not fit whole beside the readable
+# cuts (on a narrow terminal; at 80 columns beside a long IPv6 address), in this
+# order: where the traffic goes, then the SNAT flag, then the network (the ID,
+# family, protocol and host address say which mapping a row is; -o wide shows all).
+# Only with all of them out does HOST go below what it reads in (table._fitted).
 LIST_DROPS = ("CONTAINER ADDR", "SNAT", "NETWORK")
 
 

@@ -44,11 +44,15 @@ STATUS_STYLE = {
 
 
 class Cuttable(NamedTuple):
-    """How a column may be narrowed to meet a terminal's width: to no fewer than
-    `minimum` characters (at least its header's), each cell by `cut(cell, room)`."""
+    """How a column may be narrowed to meet a terminal's width: each cell by
+    `cut(cell, room)`, to no fewer than `minimum` characters (at least its header's).
+    `readable(cell)`, when given, is the fewest characters a cell still reads in (an
+    address: address_floor); the column goes below that only when every column a
+    table may leave out is out and the row still does not fit (see _fitted)."""
 
     minimum: int
     cut: Callable[[str, int], str]
+    readable: Optional[Callable[[str], int]] = None
 
 
 Cuts = Mapping[str, Cuttable]
@@ -250,12 +254,21 @@ def _fitted(headers: Sequence[str], rows: Sequence[Sequence[str]], widths: List[
             last: Sequence[LastCell], fitting: _Fitting,
             ) -> Tuple[List[str], Sequence[Sequence[str]], List[int]]:  # fmt: skip
     """The headers, rows and widths that meet `fitting.width` with the last cells
-    whole: the cuts first (on the columns kept), then the fewest of `fitting.drops`
-    left out, in their order; all of them when even that is not enough."""
+    whole: the cuts first (on the columns kept, each no further than its cells read:
+    Cuttable.readable), then the fewest of `fitting.drops` left out, in their order.
+    When even all of them out is not enough, the last cells go on below (see
+    table()); only when the columns then leave no room for the last column's header
+    are they cut on, to their minimums, as little as that needs: a line wider than
+    the terminal is wrapped by it, and no row reads through that."""
     assert fitting.width is not None
     whole = max([len(headers[-1]), *(len(",".join(p.text for p in cell)) for cell in last)])
+    if sum(widths) + 2 * len(widths) + whole <= fitting.width:
+        return list(headers), rows, widths  # (the usual case: no cell is looked at)
     dropped = [name for name in fitting.drops if name in headers[:-1]]
-    for leave in range(len(dropped) + 1):
+    readable = _readable_cuts(headers, rows, fitting.cuts)
+    tries = [(leave, readable, whole) for leave in range(len(dropped) + 1)]
+    tries.append((len(dropped), fitting.cuts, len(headers[-1])))
+    for number, (leave, cuts, room) in enumerate(tries):
         gone = {headers.index(name) for name in dropped[:leave]}
         kept = [i for i in range(len(headers) - 1) if i not in gone]
         now_headers = [headers[i] for i in kept] + [headers[-1]]
@@ -263,14 +276,38 @@ def _fitted(headers: Sequence[str], rows: Sequence[Sequence[str]], widths: List[
         if gone:
             now_rows = [[row[i] for i in kept if i < len(row)] for row in rows]
         now_widths = [widths[i] for i in kept]
-        by_index = {
-            n: fitting.cuts[name] for n, name in enumerate(now_headers[:-1]) if name in fitting.cuts
-        }
+        by_index = {n: cuts[name] for n, name in enumerate(now_headers[:-1]) if name in cuts}
         if by_index:
-            now_rows, now_widths = _narrowed(now_rows, now_widths, whole, by_index, fitting.width)
-        if sum(now_widths) + 2 * len(now_widths) + whole <= fitting.width:
+            cut_rows, now_widths = _narrowed(now_rows, now_widths, room, by_index, fitting.width)
+            if cut_rows is not now_rows:
+                # cut_ip keeps whole groups, often fewer characters than the room: the
+                # column as wide as what it shows, the last cells' room the wider.
+                shown = _widths(now_headers[:-1], cut_rows)
+                now_widths = [min(w, need) for w, need in zip(now_widths, shown)]
+            now_rows = cut_rows
+        columns = sum(now_widths) + 2 * len(now_widths)
+        if columns + room <= fitting.width:
             break
+        if number == len(dropped) and columns + len(headers[-1]) <= fitting.width:
+            break  # all out, every cell readable: the last cells go on below
     return now_headers, now_rows, now_widths
+
+
+def _readable_cuts(headers: Sequence[str], rows: Sequence[Sequence[str]], cuts: Cuts) -> Cuts:
+    """`cuts` with each minimum raised to what the column's cells read in (the most
+    any of them needs, Cuttable.readable). Only a cell longer than the floor found so
+    far is measured: most are short (`*:8080`), and a table may have 10,000 rows."""
+    raised = dict(cuts)
+    for name, cuttable in cuts.items():
+        if cuttable.readable is None or name not in headers[:-1]:
+            continue
+        column = headers.index(name)
+        floor = cuttable.minimum
+        for row in rows:
+            if column < len(row) and len(row[column]) > floor:
+                floor = max(floor, cuttable.readable(row[column]))
+        raised[name] = cuttable._replace(minimum=floor)
+    return raised
 
 
 # The control codes rich's Text drops from what it is given (rich.control
@@ -485,9 +522,10 @@ def cut_end(text: str, room: int) -> str:
 
 def cut_address(text: str, room: int) -> str:
     """An `address:port` (IPv6 in brackets) in `room` characters: the port whole, the
-    address cut in its middle (cut_middle); the end cut when not even that fits. A
-    mapping's conditions after it (`10.88.0.1:65002 if ! -s 192.168.0.0/16`) are cut
-    first, from their end, down to `if…`: the port goes last (it was cut first)."""
+    address cut by cut_ip; the end cut when not even that fits. A mapping's conditions
+    after it (`10.88.0.1:65002 if ! -s 192.168.0.0/16`) are cut first, from their end,
+    down to `if…`; then the address, as long as it stays readable (address_floor);
+    then the mark (`…` after the port); the port goes last."""
     if len(text) <= room:
         return text
     where, narrowed, condition = text.partition(" if ")
@@ -495,25 +533,100 @@ def cut_address(text: str, room: int) -> str:
         left = room - len(where) - len(narrowed)
         if left >= 1:
             return where + narrowed + cut_end(condition, left)
-        port = where.rpartition(":")[2]
-        marked = cut_address(where, room - len(" if…"))
-        if marked.endswith(":" + port):
-            return marked + " if…"
-        # The port over the mark that conditions follow, when not both fit.
-        return where + "…" if len(where) < room else cut_address(where, room)
+        # The mark that conditions follow, `if…`, then `…` alone, as long as the
+        # address beside it still reads; the port over the mark when not both fit.
+        for mark in (" if…", "…"):
+            if address_floor(where) + len(mark) <= room:
+                return cut_address(where, room - len(mark)) + mark
+        return cut_address(where, room)
     address, colon, port = text.rpartition(":")
     bracketed = address.startswith("[") and address.endswith("]")
     inner = address[1:-1] if bracketed else address
     kept = room - len(colon + port) - (2 if bracketed else 0)
     if not colon or kept < 3:
         return cut_end(text, room)
-    inner = cut_middle(inner, kept)
+    inner = cut_ip(inner, kept)
     return ("[" + inner + "]" if bracketed else inner) + colon + port
 
 
+def address_floor(text: str) -> int:
+    """The fewest characters cut_address can cut an `address:port` cell to and leave
+    it readable (ip_floor for the address; the port whole; conditions after it may
+    go)."""
+    where = text.partition(" if ")[0]
+    address, colon, _port = where.rpartition(":")
+    if not colon:
+        return len(where)
+    inner = address[1:-1] if address.startswith("[") and address.endswith("]") else address
+    return len(where) - len(inner) + ip_floor(inner)
+
+
+# What a cut IPv6 address keeps at the least (ip_floor), in whole groups: its first
+# two (a /32, as fd00:1111 or 2001:db8: the site's prefix, which tells the network;
+# one alone, `2001` or `fd00`, is that of most addresses), and its last (the host).
+NETWORK_GROUPS = 2
+
+
+def ip_floor(address: str) -> int:
+    """The fewest characters `address` reads in: an IPv6 address cut to its first
+    NETWORK_GROUPS groups and its last (`2001:db8:…:7334`, 15 of 28), unless
+    that is no shorter; an IPv4 address whole (15 characters at most: a cut saves
+    three and reads as another address)."""
+    least = next(iter(_ipv6_cuts(address, NETWORK_GROUPS)), address)
+    return min(len(least), len(address))
+
+
+def cut_ip(address: str, room: int) -> str:
+    """`address` in `room` characters: whole when it fits; an IPv6 address as the most
+    of its first and last groups that fit, each group whole, `…` for those between
+    (`2001:db8:85a3:…:370:7334`, `fd00:1111:…:7777`): a partial group (`85a`) reads as
+    another one. Narrower than ip_floor (a terminal too narrow for anything else: see
+    _fitted), one first group, then its middle by characters (cut_middle)."""
+    if len(address) <= room:
+        return address
+    readable = _ipv6_cuts(address, NETWORK_GROUPS)
+    fitting = [shown for shown in readable if len(shown) <= room]
+    if not fitting:  # below ip_floor: the first group and the last alone
+        least = _ipv6_cuts(address, 1)[:1]
+        least += [shown.replace(":…:", "…") for shown in least]
+        fitting = [shown for shown in least if len(shown) <= room][:1]
+    return fitting[-1] if fitting else cut_middle(address, room)
+
+
+def _ipv6_cuts(address: str, first: int) -> List[str]:
+    """The cuts `head:…:tail` of an IPv6 address (none of an IPv4 one), narrowest first:
+    whole groups, at least `first` non-empty ones in head and one in tail, a group
+    more each time, to head and tail in turn; neither ends at a `::`, and a group at
+    least is left out. Only those shorter than the address."""
+    groups = address.split(":")
+    total = len(groups)
+    if total < 3:
+        return []
+    heads = [n for n in range(1, total) if groups[n - 1] and sum(map(bool, groups[:n])) >= first]
+    tails = [n for n in range(1, total) if groups[total - n]]
+    cuts: List[str] = []
+    head = tail = 0
+    turn = 0
+    while head < len(heads) and tail < len(tails) and heads[head] + tails[tail] < total:
+        shown = ":".join(groups[: heads[head]]) + ":…:" + ":".join(groups[total - tails[tail] :])
+        if len(shown) < len(address):
+            cuts.append(shown)
+        # The next group: to the head, then the tail, in turn (the side that has none
+        # left to give gives way to the other).
+        if turn % 2 == 0 and head + 1 < len(heads) and heads[head + 1] + tails[tail] < total:
+            head += 1
+        elif tail + 1 < len(tails) and heads[head] + tails[tail + 1] < total:
+            tail += 1
+        elif head + 1 < len(heads) and heads[head + 1] + tails[tail] < total:
+            head += 1
+        else:
+            break
+        turn += 1
+    return cuts
+
+
 def cut_middle(text: str, room: int) -> str:
-    """`text` in `room` characters: its start, `…`, its end (an address: the start
-    tells the network, the end the host)."""
+    """`text` in `room` characters: its start, `…`, its end (cut_ip's last resort)."""
     if len(text) <= room:
         return text
     if room < 3:

@@ -9,15 +9,17 @@ Read on a real pseudo-terminal (tests/unit/test_terminal.py), as an operator see
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import List
 
 import pytest
-from test_output_contract import EXAMPLE, long_mapping, pmctl
+from test_output_contract import EXAMPLE, LONG_V6, long_mapping, pmctl
 from test_terminal import run_on_terminal
 
 from portmapctl import render
 from portmapctl.core.status import FlushReason
 from portmapctl.host.conntrack import ConntrackEntry
+from portmapctl.iptables.inventory import Mapping
 from portmapctl.ops.flush_udp import Doomed, FlushResult
 from portmapctl.ops.gc import GcChain, GcResult
 from portmapctl.render.flush_udp import flush_why
@@ -66,7 +68,10 @@ def test_long_statuses_stay_whole_on_a_narrow_terminal():
     for width in (80, 60, 50):
         lines = render.list_table(mappings, [], wide=False, width=width).plain.split("\n")
         assert all(len(line) <= width for line in lines), (width, lines)
-        assert "…" not in "".join(line.rsplit(" ", 1)[-1] for line in lines), lines
+        # (At 60 and 50 the long statuses go on below their row, a readable HOST ends it.)
+        words = [word for line in lines for word in line.split()
+                 if not word.startswith(("[", "a-very-"))]  # fmt: skip
+        assert not any("…" in word for word in words), lines
         text = "".join(line.strip() for line in lines)
         assert "contested,shadowed,stale" in text, (width, lines)
 
@@ -175,7 +180,8 @@ def test_flush_udp_keeps_why_whole_on_a_narrow_terminal():
     [
         (60, "10.88.0.1:65002 if ! -s 192.168.100.0/24"),
         (20, "10.88.0.1:65002 if …"),
-        (15, "10….1:65002 if…"),
+        (18, "10.88.0.1:65002…"),
+        (15, "10.88.0.1:65002"),
         (12, "10.….1:65002"),
     ],
 )
@@ -183,8 +189,210 @@ def test_a_host_cell_with_conditions_keeps_its_port_over_them(room, shown):
     """The HOST cell of a mapping with conditionsV4 (`10.88.0.1:65002 if ! -s ...`),
     cut to its column at 80 columns, showed `10.88.0.1:6…`: the host port, which mapping
     a row is, was cut first. The conditions go first now, from their end, then the mark
-    that they follow, then the address's middle; the port stays."""
+    that they follow (an IPv4 address reads whole only: address_floor), then, in a
+    column narrower than that (only when nothing else is left to give way), the
+    address's middle; the port stays."""
     from portmapctl.render.table import cut_address
 
     assert cut_address("10.88.0.1:65002 if ! -s 192.168.100.0/24", room) == shown
     assert len(shown) <= room
+
+
+# --- addresses stay readable (review h213) -------------------------------------------
+#
+# On an 80-column terminal list cut an IPv6 HOST to `[200…334]:8080` and
+# `[fd…7]:65535`: stubs that tell neither the network nor the host, in the cell that
+# says which mapping a row is. An address is whole now, or cut to whole groups, its
+# first two and last at least (table.ip_floor); CONTAINER ADDR, SNAT and NETWORK are
+# left out before that is not enough.
+
+HOST_V6 = "2001:db8:85a3::8a2e:370:7334"
+CONTAINER_V6 = "fd00:88::5"
+
+
+def host_v6_mapping() -> Mapping:
+    return Mapping("podman", "3f2a9c1e5b7d", 6, "udp", HOST_V6, 8080, CONTAINER_V6, 80, True,
+                   "CNI-DN-0123456789abcdef01234", ("ok",))  # fmt: skip
+
+
+def host_v6_dump(tmp_path: Path) -> List[str]:
+    """list's arguments for a dump of the example node's podman container with two
+    IPv6 mappings on host addresses: udp [HOST_V6]:8080 and tcp [LONG_V6]:65535."""
+    chain = "CNI-DN-27a3997738f625df8206e"
+    comment = '-m comment --comment "dnat name: \\"podman\\" id: \\"3f2a9c1e5b7d4a60web\\""'
+    rules = [
+        f"-A {chain} -s fd00:88::/64 -d {HOST_V6}/128 -p udp -m udp --dport 8080"
+        " -j CNI-HOSTPORT-SETMARK",
+        f"-A {chain} -d {HOST_V6}/128 -p udp -m udp --dport 8080"
+        f" -j DNAT --to-destination [{CONTAINER_V6}]:80",
+        f"-A {chain} -s fd00:88::/64 -d {LONG_V6}/128 -p tcp -m tcp --dport 65535"
+        " -j CNI-HOSTPORT-SETMARK",
+        f"-A {chain} -d {LONG_V6}/128 -p tcp -m tcp --dport 65535"
+        f" -j DNAT --to-destination [{CONTAINER_V6}]:443",
+        f"-A CNI-HOSTPORT-DNAT -p tcp {comment} -m multiport --dports 65535 -j {chain}",
+        f"-A CNI-HOSTPORT-DNAT -p udp {comment} -m multiport --dports 8080 -j {chain}",
+    ]
+    dump = "\n".join(
+        ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+         ":POSTROUTING ACCEPT [0:0]", f":{chain} - [0:0]", ":CNI-HOSTPORT-DNAT - [0:0]",
+         ":CNI-HOSTPORT-MASQ - [0:0]", ":CNI-HOSTPORT-SETMARK - [0:0]",
+         "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT",
+         "-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT",
+         *rules,
+         "-A CNI-HOSTPORT-SETMARK -j MARK --set-xmark 0x2000/0x2000", "COMMIT", ""]
+    )  # fmt: skip
+    path = tmp_path / "host-v6.v6.save"
+    path.write_text(dump)
+    return ["--family", "6", "--snapshot6", str(path), *EXAMPLE[4:]]
+
+
+def readable(cell: str, whole: str) -> bool:
+    """Whether `cell` shows `whole` (an address) whole, or its first two groups and
+    its last, each whole, `…` for groups between."""
+    if cell == whole:
+        return True
+    head, mark, tail = cell.partition("…")
+    groups = whole.split(":")
+    return (
+        mark == "…"
+        and head.endswith(":")
+        and tail.startswith(":")
+        and whole.startswith(head)
+        and whole.endswith(tail)
+        and len([group for group in head.split(":") if group]) >= 2
+        and len(head) + len(tail) - 1 < len(whole)
+        and groups[-1] in tail
+    )
+
+
+def host_cells(table: str) -> List[str]:
+    """The HOST cells of list's table, each `[address]:port` (other cells are words)."""
+    return [word for line in table.split("\n")[1:] for word in line.split() if "]:" in word]
+
+
+@pytest.mark.parametrize(
+    "address, room, shown",
+    [
+        (HOST_V6, 28, HOST_V6),
+        (HOST_V6, 24, "2001:db8:85a3:…:370:7334"),
+        (HOST_V6, 20, "2001:db8:85a3:…:7334"),
+        (HOST_V6, 15, "2001:db8:…:7334"),
+        (LONG_V6, 30, "fd00:1111:2222:…:6666:7777"),
+        (LONG_V6, 16, "fd00:1111:…:7777"),
+        ("fd00:10:244:1::5", 14, "fd00:10:…:5"),
+        ("fe80::1", 7, "fe80::1"),
+        (CONTAINER_V6, 10, CONTAINER_V6),
+    ],
+)
+def test_an_ipv6_address_is_cut_to_whole_groups_its_network_and_host(address, room, shown):
+    """cut_ip keeps whole groups, the first ones and the last, as many as fit; a
+    partial group (`85a`) would read as another address."""
+    from portmapctl.render.table import cut_ip
+
+    assert cut_ip(address, room) == shown
+
+
+@pytest.mark.parametrize(
+    "address, floor",
+    [(HOST_V6, len("2001:db8:…:7334")), (LONG_V6, len("fd00:1111:…:7777")),
+     ("fe80::1", 7), (CONTAINER_V6, 10), ("192.168.122.17", 14)],
+)  # fmt: skip
+def test_an_address_reads_in_its_first_two_groups_and_its_last(address, floor):
+    """The readable floor: short IPv6 addresses (fe80::1, fd00:88::5) and IPv4 ones
+    whole, where a cut would save nothing or turn them into another address."""
+    from portmapctl.render.table import ip_floor
+
+    assert ip_floor(address) == floor
+
+
+def test_list_at_80_columns_keeps_an_ipv6_host_readable_leaving_out_the_container_address():
+    """The reproductions of review h213: at 80 columns `[fd…7]:65535` and
+    `[200…334]:8080` became `[fd00:1111:…:7777]:65535` and the address whole but its
+    middle group, CONTAINER ADDR left out to make room."""
+    one = render.list_table([long_mapping("3f2a9c1e5b7d4a60web")], [], wide=False, width=80)
+    assert one.plain == (
+        "NETWORK         CONTAINER     FAM  PROTO  HOST                      SNAT  STATUS\n"
+        "a-very-long-n…  3f2a9c1e5b7d  v6   udp    [fd00:1111:…:7777]:65535  yes   ok"
+    )
+    two = render.list_table([host_v6_mapping()], [], wide=False, width=80)
+    assert two.plain == (
+        "NETWORK  CONTAINER     FAM  PROTO  HOST                             SNAT  STATUS\n"
+        "podman   3f2a9c1e5b7d  v6   udp    [2001:db8:85a3:…:370:7334]:8080  yes   ok"
+    )
+
+
+@pytest.mark.parametrize("width", range(58, 121))
+def test_every_address_cell_is_whole_or_readable_from_58_columns(width):
+    """From 58 columns (what the ID, family, protocol, the longest IPv6 host with a
+    five-digit port cut readable and STATUS need) every HOST cell and every CONTAINER
+    ADDR shown is whole or readable, no line is wider than the terminal and every
+    status is whole."""
+    mappings = [long_mapping("3f2a9c1e5b7d4a60web"), host_v6_mapping(),
+                long_mapping("8c41d07a2e9f", ("contested", "stale"))]  # fmt: skip
+    table = render.list_table(mappings, [], wide=False, width=width).plain
+    lines = table.split("\n")
+    assert all(len(line) <= width for line in lines), (width, lines)
+    for cell in host_cells(table):
+        address = cell[1 : cell.index("]")]
+        whole = {LONG_V6, HOST_V6, CONTAINER_V6}
+        assert any(readable(address, one) for one in whole), (width, cell, lines)
+        assert cell.endswith(("]:65535", "]:8080", "]:80")), "the port whole"
+    text = "".join(line.strip() for line in lines)  # (a status may go on below)
+    assert "contested,stale" in text and text.count("ok") == 2, lines
+
+
+@pytest.mark.parametrize("width", [60, 50])
+def test_list_gives_way_elsewhere_before_a_host_goes_below_readable(width):
+    """At 60 columns CONTAINER ADDR, SNAT and NETWORK are left out and HOST stays
+    readable; at 50, with all of them out, the row still does not fit beside a
+    readable `[fd00:1111:…:7777]:65535`: only then is it cut further, the port whole,
+    so that no line is wider than the terminal (the terminal's own wrap would break
+    every row)."""
+    table = render.list_table([long_mapping("3f2a9c1e5b7d4a60web"), host_v6_mapping()], [],
+                              wide=False, width=width).plain  # fmt: skip
+    lines = table.split("\n")
+    assert lines[0].split() == ["CONTAINER", "FAM", "PROTO", "HOST", "STATUS"]
+    assert all(len(line) <= width for line in lines), lines
+    cells = host_cells(table)
+    assert [cell.rsplit(":", 1)[1] for cell in cells] == ["65535", "8080"]
+    if width == 60:
+        assert cells == ["[fd00:1111:…:7777]:65535", "[2001:db8:…:7334]:8080"]
+    assert [line.split()[-1] for line in lines[1:]] == ["ok", "ok"]
+
+
+def test_flush_udp_cuts_an_ipv6_source_to_whole_groups_and_an_ipv4_one_not_at_all():
+    """flush-udp's SOURCE at 80 columns read `192.16…22.17`; an IPv4 address is whole
+    now, an IPv6 one cut to whole groups."""
+    v4 = ConntrackEntry(4, "udp", "192.168.122.17", "192.168.122.10", 41000, 5353,
+                        "10.88.0.7", "192.168.122.17", 53, 41000)  # fmt: skip
+    v6 = ConntrackEntry(6, "udp", LONG_V6, "fd00:1111:2222:3333::1", 40012, 5353,
+                        "fd00:88:0:1:2:3:4:9", LONG_V6, 53, 40012)  # fmt: skip
+    doomed = (Doomed(v4, FlushReason.OLD_DESTINATION, ("10.88.0.9:53",)),
+              Doomed(v6, FlushReason.OLD_DESTINATION, ("[fd00:88:0:1:2:3:4:5]:53",)))  # fmt: skip
+    result = FlushResult(True, False, ((4, 5353), (6, 5353)), doomed, 2, 0)
+    for width in (80, 60, 50):
+        lines = render.flush_table(result, width=width).plain.split("\n")
+        assert all(len(line) <= width for line in lines), (width, lines)
+        sources = [line.split()[1] for line in lines[1:] if line.startswith("v")]
+        assert sources[0] == "192.168.122.17", (width, lines)
+        assert readable(sources[1], LONG_V6) and sources[1] != LONG_V6, (width, lines)
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_list_on_a_terminal_shows_an_ipv6_host_readable(tmp_path, columns):
+    """As an operator sees it: a dump with IPv6 host addresses, on a real pseudo-
+    terminal."""
+    code, lines, err = at(columns, "list", *host_v6_dump(tmp_path))
+    assert code == 0 and err == "", err
+    table = table_of(lines)
+    assert all(len(line) <= columns for line in lines), lines
+    assert "CONTAINER ADDR" not in table[0] and table[0].split()[-1] == "STATUS"
+    assert host_cells("\n".join(table)) == (
+        ["[fd00:1111:…:7777]:65535", "[2001:db8:…:7334]:8080"]
+        if columns == 60
+        else ["[fd00:1111:2222:…:7777]:65535", "[2001:db8:85a3:…:370:7334]:8080"]
+    ), table
+    # Piped, whole.
+    piped = pmctl("list", *host_v6_dump(tmp_path)).stdout.split("\n")
+    assert piped[2].split()[4:6] == [f"[{HOST_V6}]:8080", f"[{CONTAINER_V6}]:80"]
+    assert piped[1].split()[4] == f"[{LONG_V6}]:65535" and "…" not in "".join(piped)
