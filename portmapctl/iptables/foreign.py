@@ -488,14 +488,28 @@ class _Walk(PortsLeft):
         return holds is not None and holds == negated
 
 
+# `-p` as iptables-save may print it (a number) -> the name a mapping's protocol has.
+_PROTOCOLS: Dict[str, Optional[str]] = {"6": "tcp", "17": "udp", "132": "sctp", "all": None}
+
+
+def _words(args: Args) -> Optional[Args]:
+    """A rule's arguments: as given, or split from its saved line (`-A CHAIN ...`,
+    one string); None when that line does not split (an unclosed quote)."""
+    if len(args) != 1:
+        return args
+    try:
+        return tuple(split_words(args[0])[2:])
+    except ValueError:
+        return None
+
+
 def _read(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]:
     """The rule's protocol, ports and target, or None when a condition is not benign.
     `dest`: the packets' one host IP (None: any address of the node not loopback)."""
-    if len(args) == 1:
-        try:
-            args = tuple(split_words(args[0])[2:])
-        except ValueError:
-            return None
+    words = _words(args)
+    if words is None:
+        return None
+    args = words
     proto: Optional[str] = None
     ports: Ranges = None
     i, n = 0, len(args)
@@ -521,7 +535,7 @@ def _read(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]:
         if word == "!":
             return None  # any other negated condition: some packets only
         if word == "-p":
-            proto = {"6": "tcp", "17": "udp", "132": "sctp", "all": None}.get(value, value)
+            proto = _PROTOCOLS.get(value, value)
         elif word == "-m":
             if value not in _MATCHES:
                 return None
@@ -539,11 +553,10 @@ def _read(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]:
 def _read_lenient(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]:
     """_read of a rule as if its conditions not judged held: its protocol, ports, a
     `-d` (for none of the packets: matches none) and target. None: unreadable."""
-    if len(args) == 1:
-        try:
-            args = tuple(split_words(args[0])[2:])
-        except ValueError:
-            return None
+    words = _words(args)
+    if words is None:
+        return None
+    args = words
     proto: Optional[str] = None
     ports: Ranges = None
     for i, word in enumerate(args):
@@ -552,7 +565,7 @@ def _read_lenient(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]
         if word in ("-j", "-g"):
             return _Rule(proto, ports, value or None, word == "-g")
         if word == "-p" and not negated:
-            proto = {"6": "tcp", "17": "udp", "132": "sctp", "all": None}.get(value, value)
+            proto = _PROTOCOLS.get(value, value)
         elif word in ("--dport", "--dports") and not negated:
             ports = _ranges(value)
         elif word == "-d" and destined(value, dest) == negated:
@@ -563,11 +576,10 @@ def _read_lenient(args: Args, dest: Optional[Address] = None) -> Optional[_Rule]
 def _only_source(args: Args, dest: Optional[Address] = None) -> Optional[str]:
     """The SPEC of a rule whose one condition _read does not judge is `-s SPEC`: its
     packets are those of these sources alone. None: another condition (or none)."""
-    if len(args) == 1:
-        try:
-            args = tuple(split_words(args[0])[2:])
-        except ValueError:
-            return None
+    words = _words(args)
+    if words is None:
+        return None
+    args = words
     at = [i for i, word in enumerate(args) if word == "-s"]
     if len(at) != 1 or (at[0] > 0 and args[at[0] - 1] == "!") or at[0] + 1 >= len(args):
         return None

@@ -132,6 +132,22 @@ def _gc_removing_old(host_ns: str, cache: Path) -> dict:
     return result
 
 
+def _misrouted(host_ns: str, cache: Path) -> int:
+    """list --conntrack's count of misrouted UDP flows."""
+    listed = run(["list", "--netns", host_ns, "--cni-cache-dir", str(cache), "--conntrack",
+                  "-o", "json"])  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)["conntrack_misrouted"]
+
+
+def _stale_would_delete(host_ns: str, cache: Path) -> list:
+    """What flush-udp --stale-only --dry-run would delete."""
+    stale = run(["flush-udp", "--netns", host_ns, "--cni-cache-dir", str(cache), "--stale-only",
+                 "--dry-run", "-o", "json"])  # fmt: skip
+    assert stale.returncode == 0, stale.stderr
+    return json.loads(stale.stdout)["deleted"]
+
+
 def test_gc_flushes_the_flows_a_removed_chain_misrouted_on_a_port_still_mapped(host_ns, tmp_path):
     # "old" leaked (no cache entry) and its chain, entered first, still takes 6000/udp;
     # "new" maps the same port now.
@@ -178,11 +194,8 @@ def test_gc_and_stale_only_keep_another_tools_flows_it_takes_first_on_a_port_map
         "--dport", "6000", "-j", "DNAT", "--to-destination", "10.244.1.7:60")  # fmt: skip
     _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
     _flow(host_ns, 42005, "192.0.2.5", NODE_IP, 6000, "10.244.1.7", 60)  # the other tool's
-    stale = run(["flush-udp", "--netns", host_ns, "--cni-cache-dir", str(cache), "--stale-only",
-                 "--dry-run", "-o", "json"])  # fmt: skip
-    assert stale.returncode == 0, stale.stderr
     # (Before gc, "old"'s chain still takes 6000 after that rule: its flow is routed.)
-    assert json.loads(stale.stdout)["deleted"] == []
+    assert _stale_would_delete(host_ns, cache) == []
     result = _gc_removing_old(host_ns, cache)
     assert _sports(host_ns) == {42005}
     assert result["conntrack_deleted"] == 1
@@ -211,13 +224,8 @@ def test_gc_and_stale_only_keep_the_flows_a_conditional_rule_takes_first(
         "--dport", "6000", "-j", "DNAT", "--to-destination", "10.244.1.7:60")  # fmt: skip
     _flow(host_ns, 42001, "198.51.100.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
     _flow(host_ns, 42005, "192.0.2.5", NODE_IP, 6000, "10.244.1.7", 60)  # the other tool's
-    listed = run(["list", "--netns", host_ns, "--cni-cache-dir", str(cache), "--conntrack",
-                  "-o", "json"])  # fmt: skip
-    assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout)["conntrack_misrouted"] == 0
-    stale = run(["flush-udp", "--netns", host_ns, "--cni-cache-dir", str(cache), "--stale-only",
-                 "--dry-run", "-o", "json"])  # fmt: skip
-    assert json.loads(stale.stdout)["deleted"] == []
+    assert _misrouted(host_ns, cache) == 0
+    assert _stale_would_delete(host_ns, cache) == []
     result = _gc_removing_old(host_ns, cache)
     assert _sports(host_ns) == {42005}
     assert result["conntrack_deleted"] == 1
@@ -246,13 +254,8 @@ def test_list_stale_only_and_gc_keep_the_flows_a_rule_after_the_jump_takes_past_
         "-j", "DNAT", "--to-destination", "10.244.1.7:60")  # fmt: skip
     _flow(host_ns, 42001, "192.168.1.1", NODE_IP, 6000, "10.88.0.13", 60)  # to "old"
     _flow(host_ns, 42005, "198.51.100.5", NODE_IP, 6000, "10.244.1.7", 60)  # the other tool's
-    listed = run(["list", "--netns", host_ns, "--cni-cache-dir", str(cache), "--conntrack",
-                  "-o", "json"])  # fmt: skip
-    assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout)["conntrack_misrouted"] == 0
-    stale = run(["flush-udp", "--netns", host_ns, "--cni-cache-dir", str(cache), "--stale-only",
-                 "--dry-run", "-o", "json"])  # fmt: skip
-    assert json.loads(stale.stdout)["deleted"] == []
+    assert _misrouted(host_ns, cache) == 0
+    assert _stale_would_delete(host_ns, cache) == []
     result = _gc_removing_old(host_ns, cache)
     assert _sports(host_ns) == {42005}
     assert result["conntrack_deleted"] == 1
@@ -282,10 +285,7 @@ def test_gc_and_stale_only_keep_the_node_own_flows_an_output_rule_takes_first(
     _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
     _flow(host_ns, 42003, NODE_IP, NODE_IP, 6000, "10.88.0.13", 60)  # the node's, dead one's
     _flow(host_ns, 42005, NODE_IP, NODE_IP, 6000, "10.244.1.7", 60)  # the other tool's
-    listed = run(["list", "--netns", host_ns, "--cni-cache-dir", str(cache), "--conntrack",
-                  "-o", "json"])  # fmt: skip
-    assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout)["conntrack_misrouted"] == 0  # ("old" takes it still)
+    assert _misrouted(host_ns, cache) == 0  # ("old" takes it still)
     result = _gc_removing_old(host_ns, cache)
     assert _sports(host_ns) == {42005}
     assert result["conntrack_deleted"] == 2
@@ -313,10 +313,7 @@ def test_gc_and_stale_only_keep_the_flows_another_table_takes_first_on_one_addre
             "-p", "udp", "--dport", "6000", "-j", "DNAT", "--to-destination", "10.244.1.7:60")  # fmt: skip
     _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
     _flow(host_ns, 42005, "192.0.2.5", NODE_IP, 6000, "10.244.1.7", 60)  # the other tool's
-    listed = run(["list", "--netns", host_ns, "--cni-cache-dir", str(cache), "--conntrack",
-                  "-o", "json"])  # fmt: skip
-    assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout)["conntrack_misrouted"] == 0
+    assert _misrouted(host_ns, cache) == 0
     result = _gc_removing_old(host_ns, cache)
     assert _sports(host_ns) == {42005}
     assert result["conntrack_deleted"] == 1
@@ -451,14 +448,8 @@ def test_gc_stale_only_and_list_keep_a_loopback_flow_another_tables_output_hook_
                  " 10.244.1.7:60\n }\n}\n")  # fmt: skip
     _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
     _flow(host_ns, 42006, "127.0.0.1", "127.0.0.1", 6000, "10.244.1.7", 60)  # the other tool's
-    listed = run(["list", "--netns", host_ns, "--cni-cache-dir", str(cache), "--conntrack",
-                  "-o", "json"])  # fmt: skip
-    assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout)["conntrack_misrouted"] == 0
-    stale = run(["flush-udp", "--netns", host_ns, "--cni-cache-dir", str(cache), "--stale-only",
-                 "--dry-run", "-o", "json"])  # fmt: skip
-    assert stale.returncode == 0, stale.stderr
-    assert json.loads(stale.stdout)["deleted"] == []
+    assert _misrouted(host_ns, cache) == 0
+    assert _stale_would_delete(host_ns, cache) == []
     result = _gc_removing_old(host_ns, cache)
     assert _sports(host_ns) == {42006}
     assert result["conntrack_deleted"] == 1
