@@ -82,7 +82,10 @@ class Taken(Set[Destination]):
 
 
 def taken_first(
-    readers: ReadOnly[int, Any], entries: Iterable[ConntrackEntry], past_entry: bool = False
+    readers: ReadOnly[int, Any],
+    entries: Iterable[ConntrackEntry],
+    past_entry: bool = False,
+    local: Optional[LocalAddresses] = None,
 ) -> Taken:
     """The (family, destination, host port) of these entries that another tool's
     iptables rule takes before the plugin's entry (iptables/foreign.py `takers`,
@@ -92,8 +95,9 @@ def taken_first(
     is its tool's, whatever its DNAT (gc and --stale-only deleted them as an old
     destination of the mapping: review helper-149). `past_entry`: the readers are the
     other iptables flavour's, whose nat chains hook at the plugin's priority: all of
-    PREROUTING is walked (ops/owners.py)."""
-    wanted = _destinations(entries, readers)
+    PREROUTING is walked (ops/owners.py). `local`: the node's addresses (None: read
+    here), which say whose flows the node itself began (_destinations)."""
+    wanted = _destinations(entries, readers, local)
     found = Taken()
     if not wanted:
         return found
@@ -123,13 +127,15 @@ def taken_first(
     return found
 
 
-def hooks_take(node: Node, entries: Iterable[ConntrackEntry]) -> Set[Destination]:
+def hooks_take(
+    node: Node, entries: Iterable[ConntrackEntry], local: Optional[LocalAddresses] = None
+) -> Set[Destination]:
     """taken_first by other nftables tables' nat hooks, at or before the plugin's
     (nftables/foreign.py flows_taken): a rule with `ip daddr NODE_IP` takes one address's
     flows (netavark's), which no row's status says (list: `unsure`); flush-udp
     --stale-only and gc deleted that tool's flows as the mapping's old destination.
     One netlink dump, and nft only for a table that has such a hook."""
-    wanted = _destinations(entries, (4, 6))
+    wanted = _destinations(entries, (4, 6), local)
     if not wanted:
         return set()
     from portmapctl.nftables.foreign import flows_taken
@@ -138,14 +144,16 @@ def hooks_take(node: Node, entries: Iterable[ConntrackEntry]) -> Set[Destination
 
 
 def _destinations(
-    entries: Iterable[ConntrackEntry], families: Collection[int]
+    entries: Iterable[ConntrackEntry],
+    families: Collection[int],
+    local: Optional[LocalAddresses] = None,
 ) -> Dict[Tuple[int, str, bool], Set[Tuple[str, int]]]:
     """The entries' host ports by (family, destination, the node's own: from one of its
     addresses, through nat OUTPUT, not PREROUTING), of these families. A flow a local
     process began passed the OUTPUT hook: a rule there (and only there) took it, or
-    not (review h210: it was walked in PREROUTING, an OUTPUT rule's flows deleted)."""
+    not (review h210: it was walked in PREROUTING, an OUTPUT rule's flows deleted).
+    `local`: the node's addresses, read here when not given and an entry needs them."""
     wanted: Dict[Tuple[int, str, bool], Set[Tuple[str, int]]] = {}
-    local: Optional[LocalAddresses] = None
     for entry in entries:
         if entry.family in families:
             if local is None:
@@ -156,7 +164,10 @@ def _destinations(
 
 
 def chain_taken(
-    readers: ReadOnly[int, Any], mappings: Iterable[Mapping], entries: Iterable[ConntrackEntry]
+    readers: ReadOnly[int, Any],
+    mappings: Iterable[Mapping],
+    entries: Iterable[ConntrackEntry],
+    local: Optional[LocalAddresses] = None,
 ) -> Taken:
     """taken_first of the plugin's own iptables flavour (`readers`); `mappings`: the
     node's rows, of either backend. Only a destination an iptables chain takes whole is
@@ -185,7 +196,8 @@ def chain_taken(
         if covering:
             at_jump.append(e)  # (those its conditions take: rules ahead of the jump)
         past.append(e)
-    return taken_first(readers, at_jump).merge(taken_first(readers, past, past_entry=True))
+    found = taken_first(readers, at_jump, local=local)
+    return found.merge(taken_first(readers, past, past_entry=True, local=local))
 
 
 @dataclass(frozen=True)
@@ -204,19 +216,27 @@ class Judging:
     # which; None: every port). Only their flows are walked again, per destination.
     hook_ports: Optional[FrozenSet[Key]] = frozenset()
 
-    def taken(self, entries: Iterable[ConntrackEntry]) -> Taken:
-        """The destinations of these entries that another tool's rule takes first."""
+    def taken(
+        self, entries: Iterable[ConntrackEntry], local: Optional[LocalAddresses] = None
+    ) -> Taken:
+        """The destinations of these entries that another tool's rule takes first.
+        `local`: the node's addresses of the entries' families, as the caller read
+        them (None: read here, once for every walk)."""
         entries = list(entries)
         found = Taken()
+        if not entries or not (self.tables or self.other or self.node is not None):
+            return found
+        if local is None:
+            local = local_addresses(sorted({e.family for e in entries}))
         udp = [m for m in self.mappings if m.protocol == "udp"]
-        if self.tables and entries:
+        if self.tables:
             from portmapctl.iptables.foreign import table_reader
 
             readers = {f: table_reader(t) for f, t in self.tables.items()}
-            found.merge(chain_taken(readers, udp, entries))
-        if self.other and entries:
-            found.merge(taken_first(self.other, entries, past_entry=True))
-        if self.node is not None and entries:
+            found.merge(chain_taken(readers, udp, entries, local))
+        if self.other:
+            found.merge(taken_first(self.other, entries, past_entry=True, local=local))
+        if self.node is not None:
             ports = self.hook_ports
             mapped = {(m.family, m.host_port) for m in udp}
             from portmapctl.core.mapping import loopback
@@ -236,12 +256,10 @@ class Judging:
                     or e.dst in looped
                 )
                 (asked if walked else rest).append(e)
-            if rest:
-                # A flow the node itself began (from one of its addresses) passed the
-                # output hook, which may take it whatever the rows' statuses say.
-                local = local_addresses(sorted({e.family for e in rest}))
-                asked += [e for e in rest if (e.family, e.src) in local]
-            found.merge(hooks_take(self.node, asked))
+            # A flow the node itself began (from one of its addresses) passed the
+            # output hook, which may take it whatever the rows' statuses say.
+            asked += [e for e in rest if (e.family, e.src) in local]
+            found.merge(hooks_take(self.node, asked, local))
         return found
 
 

@@ -364,7 +364,7 @@ def flush(
             e for e in looked_at if any(covers(m, e) for m in own.get((e.family, e.dport), ()))
         ]
     mine = ours((m.family, m.container_ip) for m in mappings)
-    taken = judging.taken(looked_at) if stale_only and judging is not None else set()
+    taken = judging.taken(looked_at, local) if stale_only and judging is not None else set()
     doomed = sorted(
         plan(looked_at, keys, mappings, stale_only=stale_only, local=local, ours=mine, taken=taken),
         key=lambda d: _order(d.entry),
@@ -441,7 +441,7 @@ def flush_ports(
     keys = {(family, port) for family in families for port in ports}
     entries = conntrack.list_udp(sorted(set(families)), sorted(set(ports)))
     local = local_addresses(families) if keep is not None else None
-    taken = judging.taken(entries) if judging is not None and keep is not None else set()
+    taken = judging.taken(entries, local) if judging is not None and keep is not None else set()
     doomed = plan(
         entries, keys, keep or (), stale_only=keep is not None, local=local, ours=ours, taken=taken
     )
@@ -508,7 +508,7 @@ def count_flows(mappings: Iterable[Mapping], judging: Optional[Judging] = None) 
             for e in conntrack.list_udp(sorted(families), sorted({m.host_port for m in udp}))
             if (e.family, e.dst) in local and (e.family, e.dport) in by_key
         ]
-        taken = judging.taken(entries) if judging is not None and entries else set()
+        taken = judging.taken(entries, local) if judging is not None and entries else set()
         for entry in entries:
             key = (entry.family, entry.dport)
             covering = [m for m in by_key[key] if covers(m, entry)]

@@ -768,7 +768,7 @@ def test_gc_reads_other_tables_only_for_flows_of_a_port_left_mapped(monkeypatch)
 
     def elsewhere(_node: object, _plan: object) -> object:
         class Judged:
-            def taken(self, entries: list) -> set:
+            def taken(self, entries: list, local: object = None) -> set:
                 asked.append(list(entries))
                 return set()
 

@@ -169,7 +169,7 @@ def flush_udp_after(
             if remapped and entries:
                 if plan.foreign_rules is not None:
                     taken = flow_owners.chain_taken(
-                        {family: plan.foreign_rules}, plan.remaining_udp, entries
+                        {family: plan.foreign_rules}, plan.remaining_udp, entries, local
                     )
                 # (The other tables are read only for a flow the judgement is about.)
                 asked = [
@@ -178,7 +178,7 @@ def flush_udp_after(
                     if (e.family, e.dport) in remapped and (family, e.dst) in local
                 ]
                 if node is not None and asked:
-                    taken.merge(elsewhere(node, plan).taken(asked))
+                    taken.merge(elsewhere(node, plan).taken(asked, local))
             doomed += flushing.plan(
                 entries,
                 remapped,
