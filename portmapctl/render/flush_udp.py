@@ -5,15 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 from portmapctl.core.status import FlushReason
-from portmapctl.render.table import (
-    Cuttable,
-    Piece,
-    address_floor,
-    cut_address,
-    cut_ip,
-    ip_floor,
-    table,
-)
+from portmapctl.render.cuts import address_floor, cut_address, cut_ip, ip_floor
+from portmapctl.render.table import Cuttable, Piece, table
 
 if TYPE_CHECKING:
     from rich.text import Text

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Backend
-from portmapctl.render.table import Cuttable, count, cut_end, grid, short_id, without_columns
+from portmapctl.render.cuts import cut_end
+from portmapctl.render.table import Cuttable, count, grid, short_id, without_columns
 
 if TYPE_CHECKING:
     from portmapctl.ops.gc import GcChain, GcResult

@@ -6,17 +6,8 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 from typing import Mapping as MappingT
 
 from portmapctl.core.backend import Backend
-from portmapctl.render.table import (
-    STATUS_STYLE,
-    Cuttable,
-    address_floor,
-    count,
-    cut_address,
-    cut_end,
-    grid,
-    short_id,
-    without_columns,
-)
+from portmapctl.render.cuts import address_floor, cut_address, cut_end
+from portmapctl.render.table import STATUS_STYLE, Cuttable, count, grid, short_id, without_columns
 
 if TYPE_CHECKING:
     from portmapctl.iptables.inventory import ChainInfo, Mapping

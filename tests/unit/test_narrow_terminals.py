@@ -192,7 +192,7 @@ def test_a_host_cell_with_conditions_keeps_its_port_over_them(room, shown):
     that they follow (an IPv4 address reads whole only: address_floor), then, in a
     column narrower than that (only when nothing else is left to give way), the
     address's middle; the port stays."""
-    from portmapctl.render.table import cut_address
+    from portmapctl.render.cuts import cut_address
 
     assert cut_address("10.88.0.1:65002 if ! -s 192.168.100.0/24", room) == shown
     assert len(shown) <= room
@@ -203,7 +203,7 @@ def test_a_host_cell_with_conditions_keeps_its_port_over_them(room, shown):
 # On an 80-column terminal list cut an IPv6 HOST to `[200…334]:8080` and
 # `[fd…7]:65535`: stubs that tell neither the network nor the host, in the cell that
 # says which mapping a row is. An address is whole now, or cut to whole groups, its
-# first two and last at least (table.ip_floor); CONTAINER ADDR, SNAT and NETWORK are
+# first two and last at least (cuts.ip_floor); CONTAINER ADDR, SNAT and NETWORK are
 # left out before that is not enough.
 
 HOST_V6 = "2001:db8:85a3::8a2e:370:7334"
@@ -287,7 +287,7 @@ def host_cells(table: str) -> List[str]:
 def test_an_ipv6_address_is_cut_to_whole_groups_its_network_and_host(address, room, shown):
     """cut_ip keeps whole groups, the first ones and the last, as many as fit; a
     partial group (`85a`) would read as another address."""
-    from portmapctl.render.table import cut_ip
+    from portmapctl.render.cuts import cut_ip
 
     assert cut_ip(address, room) == shown
 
@@ -300,7 +300,7 @@ def test_an_ipv6_address_is_cut_to_whole_groups_its_network_and_host(address, ro
 def test_an_address_reads_in_its_first_two_groups_and_its_last(address, floor):
     """The readable floor: short IPv6 addresses (fe80::1, fd00:88::5) and IPv4 ones
     whole, where a cut would save nothing or turn them into another address."""
-    from portmapctl.render.table import ip_floor
+    from portmapctl.render.cuts import ip_floor
 
     assert ip_floor(address) == floor
 

@@ -1,0 +1,131 @@
+"""How a table cell is cut to a terminal's width (render/table.py's Cuttable.cut and
+Cuttable.readable): a name from its end, an `address:port` in the middle of its
+address with the port whole, and an IPv6 address in whole groups, never below what it
+reads in (`2001:db8:…:7334`). Pure string work; the table decides how much room a
+column gets.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+
+def cut_end(text: str, room: int) -> str:
+    """`text` in `room` characters: its start, then `…` (a name: its start tells it
+    apart, as a container ID's does)."""
+    return text if len(text) <= room else text[: max(room - 1, 0)] + "…"
+
+
+def cut_address(text: str, room: int) -> str:
+    """An `address:port` (IPv6 in brackets) in `room` characters: the port whole, the
+    address cut by cut_ip; the end cut when not even that fits. A mapping's conditions
+    after it (`10.88.0.1:65002 if ! -s 192.168.0.0/16`) are cut first, from their end,
+    down to `if…`; then the address, as long as it stays readable (address_floor);
+    then the mark (`…` after the port); the port goes last."""
+    if len(text) <= room:
+        return text
+    where, narrowed, condition = text.partition(" if ")
+    if narrowed:
+        left = room - len(where) - len(narrowed)
+        if left >= 1:
+            return where + narrowed + cut_end(condition, left)
+        # The mark that conditions follow, `if…`, then `…` alone, as long as the
+        # address beside it still reads; the port over the mark when not both fit.
+        for mark in (" if…", "…"):
+            if address_floor(where) + len(mark) <= room:
+                return cut_address(where, room - len(mark)) + mark
+        return cut_address(where, room)
+    address, colon, port = text.rpartition(":")
+    bracketed = address.startswith("[") and address.endswith("]")
+    inner = address[1:-1] if bracketed else address
+    kept = room - len(colon + port) - (2 if bracketed else 0)
+    if not colon or kept < 3:
+        return cut_end(text, room)
+    inner = cut_ip(inner, kept)
+    return ("[" + inner + "]" if bracketed else inner) + colon + port
+
+
+def address_floor(text: str) -> int:
+    """The fewest characters cut_address can cut an `address:port` cell to and leave
+    it readable (ip_floor for the address; the port whole; conditions after it may
+    go)."""
+    where = text.partition(" if ")[0]
+    address, colon, _port = where.rpartition(":")
+    if not colon:
+        return len(where)
+    inner = address[1:-1] if address.startswith("[") and address.endswith("]") else address
+    return len(where) - len(inner) + ip_floor(inner)
+
+
+# What a cut IPv6 address keeps at the least (ip_floor), in whole groups: its first
+# two (a /32, as fd00:1111 or 2001:db8: the site's prefix, which tells the network;
+# one alone, `2001` or `fd00`, is that of most addresses), and its last (the host).
+NETWORK_GROUPS = 2
+
+
+def ip_floor(address: str) -> int:
+    """The fewest characters `address` reads in: an IPv6 address cut to its first
+    NETWORK_GROUPS groups and its last (`2001:db8:…:7334`, 15 of 28), unless
+    that is no shorter; an IPv4 address whole (15 characters at most: a cut saves
+    three and reads as another address)."""
+    least = next(iter(_ipv6_cuts(address, NETWORK_GROUPS)), address)
+    return min(len(least), len(address))
+
+
+def cut_ip(address: str, room: int) -> str:
+    """`address` in `room` characters: whole when it fits; an IPv6 address as the most
+    of its first and last groups that fit, each group whole, `…` for those between
+    (`2001:db8:85a3:…:370:7334`, `fd00:1111:…:7777`): a partial group (`85a`) reads as
+    another one. Narrower than ip_floor (a terminal too narrow for anything else: see
+    _fitted), one first group, then its middle by characters (cut_middle)."""
+    if len(address) <= room:
+        return address
+    readable = _ipv6_cuts(address, NETWORK_GROUPS)
+    fitting = [shown for shown in readable if len(shown) <= room]
+    if not fitting:  # below ip_floor: the first group and the last alone
+        least = _ipv6_cuts(address, 1)[:1]
+        least += [shown.replace(":…:", "…") for shown in least]
+        fitting = [shown for shown in least if len(shown) <= room][:1]
+    return fitting[-1] if fitting else cut_middle(address, room)
+
+
+def _ipv6_cuts(address: str, first: int) -> List[str]:
+    """The cuts `head:…:tail` of an IPv6 address (none of an IPv4 one), narrowest first:
+    whole groups, at least `first` non-empty ones in head and one in tail, a group
+    more each time, to head and tail in turn; neither ends at a `::`, and a group at
+    least is left out. Only those shorter than the address."""
+    groups = address.split(":")
+    total = len(groups)
+    if total < 3:
+        return []
+    heads = [n for n in range(1, total) if groups[n - 1] and sum(map(bool, groups[:n])) >= first]
+    tails = [n for n in range(1, total) if groups[total - n]]
+    cuts: List[str] = []
+    head = tail = 0
+    turn = 0
+    while head < len(heads) and tail < len(tails) and heads[head] + tails[tail] < total:
+        shown = ":".join(groups[: heads[head]]) + ":…:" + ":".join(groups[total - tails[tail] :])
+        if len(shown) < len(address):
+            cuts.append(shown)
+        # The next group: to the head, then the tail, in turn (the side that has none
+        # left to give gives way to the other).
+        if turn % 2 == 0 and head + 1 < len(heads) and heads[head + 1] + tails[tail] < total:
+            head += 1
+        elif tail + 1 < len(tails) and heads[head] + tails[tail + 1] < total:
+            tail += 1
+        elif head + 1 < len(heads) and heads[head + 1] + tails[tail] < total:
+            head += 1
+        else:
+            break
+        turn += 1
+    return cuts
+
+
+def cut_middle(text: str, room: int) -> str:
+    """`text` in `room` characters: its start, `…`, its end (cut_ip's last resort)."""
+    if len(text) <= room:
+        return text
+    if room < 3:
+        return cut_end(text, room)
+    head = room // 2
+    return text[:head] + "…" + text[len(text) - (room - 1 - head) :]
