@@ -16,12 +16,20 @@ def cut_end(text: str, room: int) -> str:
     return text if len(text) <= room else text[: max(room - 1, 0)] + "…"
 
 
+# What a cell keeps of a mapping's conditions at the least: the word that says it has
+# some. Without it the row reads as a mapping that takes every packet to its port; a
+# `…` alone after the port reads as a cut port (`10.88.0.1:65002…`).
+CONDITIONS_MARK = " if…"
+
+
 def cut_address(text: str, room: int) -> str:
     """An `address:port` (IPv6 in brackets) in `room` characters: the port whole, the
     address cut by cut_ip; the end cut when not even that fits. A mapping's conditions
     after it (`10.88.0.1:65002 if ! -s 192.168.0.0/16`) are cut first, from their end,
-    down to `if…`; then the address, as long as it stays readable (address_floor);
-    then the mark (`…` after the port); the port goes last."""
+    down to CONDITIONS_MARK (`10.88.0.1:65002 if…`); then the address beside the mark,
+    to what it reads in (address_floor counts the mark), then below that (only in a
+    column narrower than every cell's floor: table._fitted's last try); the mark goes
+    only when the port would not stay whole beside it; the port goes last."""
     if len(text) <= room:
         return text
     where, narrowed, condition = text.partition(" if ")
@@ -29,11 +37,10 @@ def cut_address(text: str, room: int) -> str:
         left = room - len(where) - len(narrowed)
         if left >= 1:
             return where + narrowed + cut_end(condition, left)
-        # The mark that conditions follow, `if…`, then `…` alone, as long as the
-        # address beside it still reads; the port over the mark when not both fit.
-        for mark in (" if…", "…"):
-            if address_floor(where) + len(mark) <= room:
-                return cut_address(where, room - len(mark)) + mark
+        port = where.rpartition(":")[2]
+        marked = cut_address(where, room - len(CONDITIONS_MARK))
+        if port and marked.endswith(":" + port):
+            return marked + CONDITIONS_MARK
         return cut_address(where, room)
     address, colon, port = text.rpartition(":")
     bracketed = address.startswith("[") and address.endswith("]")
@@ -47,14 +54,15 @@ def cut_address(text: str, room: int) -> str:
 
 def address_floor(text: str) -> int:
     """The fewest characters cut_address can cut an `address:port` cell to and leave
-    it readable (ip_floor for the address; the port whole; conditions after it may
-    go)."""
-    where = text.partition(" if ")[0]
+    it readable (ip_floor for the address; the port whole; a mapping's conditions after
+    it down to CONDITIONS_MARK, which says there are some)."""
+    where, narrowed, _condition = text.partition(" if ")
+    mark = len(CONDITIONS_MARK) if narrowed else 0
     address, colon, _port = where.rpartition(":")
     if not colon:
-        return len(where)
+        return len(where) + mark
     inner = address[1:-1] if address.startswith("[") and address.endswith("]") else address
-    return len(where) - len(inner) + ip_floor(inner)
+    return len(where) - len(inner) + ip_floor(inner) + mark
 
 
 # What a cut IPv6 address keeps at the least (ip_floor), in whole groups: its first

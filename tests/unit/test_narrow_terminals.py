@@ -180,22 +180,64 @@ def test_flush_udp_keeps_why_whole_on_a_narrow_terminal():
     [
         (60, "10.88.0.1:65002 if ! -s 192.168.100.0/24"),
         (20, "10.88.0.1:65002 if …"),
-        (18, "10.88.0.1:65002…"),
-        (15, "10.88.0.1:65002"),
+        (19, "10.88.0.1:65002 if…"),
+        (18, "10.8…0.1:65002 if…"),
+        (15, "10….1:65002 if…"),
         (12, "10.….1:65002"),
     ],
 )
 def test_a_host_cell_with_conditions_keeps_its_port_over_them(room, shown):
     """The HOST cell of a mapping with conditionsV4 (`10.88.0.1:65002 if ! -s ...`),
     cut to its column at 80 columns, showed `10.88.0.1:6…`: the host port, which mapping
-    a row is, was cut first. The conditions go first now, from their end, then the mark
-    that they follow (an IPv4 address reads whole only: address_floor), then, in a
-    column narrower than that (only when nothing else is left to give way), the
-    address's middle; the port stays."""
+    a row is, was cut first. The conditions go first now, from their end, down to the
+    `if…` that says there are some (an IPv4 address beside it reads whole only:
+    address_floor counts both); in a column narrower than that (only when nothing else
+    is left to give way) the address's middle, then the mark; the port stays. Never
+    `…` alone after the port (`10.88.0.1:65002…` reads as a cut port)."""
     from portmapctl.render.cuts import cut_address
 
     assert cut_address("10.88.0.1:65002 if ! -s 192.168.100.0/24", room) == shown
     assert len(shown) <= room
+
+
+@pytest.mark.parametrize(
+    "cell, floor",
+    [("10.88.0.1:65002 if ! -s 192.168.100.0/24", len("10.88.0.1:65002 if…")),
+     ("*:8080 if iifname \"eth0\"", len("*:8080 if…")),
+     ("[2001:db8:85a3::8a2e:370:7334]:8080 if -s 2001:db8::/32", len("[2001:db8:…:7334]:8080 if…")),
+     ("10.88.0.1:65002", 15)],
+)  # fmt: skip
+def test_a_host_cell_with_conditions_reads_in_its_address_and_the_mark_that_says_so(cell, floor):
+    """address_floor, what a HOST cell is cut to at the least before other columns give
+    way, counts `if…`: without it the cell reads as a mapping of every packet."""
+    from portmapctl.render.cuts import address_floor, cut_address
+
+    assert address_floor(cell) == floor
+    assert cut_address(cell, floor).endswith(" if…") == (" if " in cell)
+
+
+CONDITIONED = Mapping("podman", "3f2a9c1e5b7d", 4, "udp", "10.88.0.1", 65002, "10.88.0.5", 53,
+                      True, "CNI-DN-0123456789abcdef01234", ("ok",),
+                      conditions=("!", "-s", "192.168.100.0/24"))  # fmt: skip
+UNCONDITIONED = Mapping("podman", "8c41d07a2e9f", 4, "udp", "10.88.0.1", 65003, "10.88.0.6", 53,
+                        True, "CNI-DN-1123456789abcdef01234", ("ok",))  # fmt: skip
+
+
+@pytest.mark.parametrize("width", range(47, 201))
+def test_a_host_cell_with_conditions_says_so_at_every_width(width):
+    """At 80 columns list showed a mapping with conditionsV4 as `10.88.0.1:65002`, the
+    row of a mapping that takes every packet to the port (at 58 and 64 too; at 81-83,
+    50-52 `10.88.0.1:65002…`, a cut port to the eye): HOST was cut to its address's
+    floor, the conditions' mark let go, to keep CONTAINER ADDR. The mark is part of
+    what the cell reads in: CONTAINER ADDR and the rest are left out first
+    (`10.88.0.1:65002 if ! -s 192.…` at 80). Below 47 columns HOST is at its
+    minimum, 12, too narrow for the port and the mark beside any address."""
+    table = render.list_table([CONDITIONED, UNCONDITIONED], [], wide=False, width=width).plain
+    lines = table.split("\n")
+    assert all(len(line) <= width for line in lines), lines
+    conditioned, unconditioned = lines[1], lines[2]
+    assert ":65002 if" in conditioned and ":65002…" not in conditioned, (width, lines)
+    assert ":65003 " in unconditioned and " if" not in unconditioned, (width, lines)
 
 
 # --- addresses stay readable (review h213) -------------------------------------------
