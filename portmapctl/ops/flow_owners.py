@@ -42,22 +42,103 @@ def covers(m: Mapping, entry: ConntrackEntry) -> bool:
 class Taken(Set[Destination]):
     """The destinations another tool's rule takes first (taken_first, Judging.taken),
     and `by_source`: destinations only a rule for some sources (`-s SPEC`) may take,
-    with those SPECs: a flow from another source is not that rule's (review h210)."""
+    with those SPECs: a flow from another source is not that rule's (review h210).
+    `holds` judges a flow by both.
+
+    As a set it holds the wholly taken alone (`set(taken)`, `in`, `len`). What keeps
+    its meaning per flow keeps by_source: a copy (`copy()`, copy.copy, `Taken(other)`)
+    and a union (`|`, `union`, `|=`, `update`, `merge`: the SPECs of a destination
+    merged, one taken wholly on either side stays wholly taken). An intersection, a
+    difference or an order has no answer as SPECs (every source but a /24 is no SPEC
+    list) and is refused (TypeError): set's own built a plain set of the wholly
+    taken, which judged a some-sources rule as taking no flow at all."""
 
     def __init__(self, items: Iterable[Destination] = ()) -> None:
-        super().__init__(items)
+        super().__init__()
         self.by_source: Dict[Destination, Set[str]] = {}
         self._networks: Dict[Destination, List[Any]] = {}  # by_source's, parsed once
+        self.update(items)
 
     def __bool__(self) -> bool:
         return bool(len(self) or self.by_source)
 
+    def __repr__(self) -> str:
+        return f"Taken({set(self)!r}, by_source={self.by_source!r})"
+
+    def copy(self) -> Taken:
+        return Taken(self)
+
+    __copy__ = copy
+
+    def update(self, *others: Iterable[Destination]) -> None:
+        for other in others:
+            super().update(other)
+            for key, specs in getattr(other, "by_source", {}).items():
+                self.by_source.setdefault(key, set()).update(specs)
+                self._networks.pop(key, None)  # (parsed again with the new SPECs)
+        self.whole_wins()
+
     def merge(self, other: Collection[Destination]) -> Taken:
         self.update(other)
-        for key, specs in getattr(other, "by_source", {}).items():
-            self.by_source.setdefault(key, set()).update(specs)
-            self._networks.pop(key, None)  # (parsed again with the new SPECs)
         return self
+
+    def union(self, *others: Iterable[Destination]) -> Taken:
+        found = self.copy()
+        found.update(*others)
+        return found
+
+    def __or__(self, other: Any) -> Any:
+        if not isinstance(other, (set, frozenset)):
+            return NotImplemented
+        return self.union(other)
+
+    __ror__ = __or__
+
+    def __ior__(self, other: Any) -> Any:
+        if not isinstance(other, (set, frozenset)):
+            return NotImplemented
+        self.update(other)
+        return self
+
+    def whole_wins(self) -> None:
+        """A destination taken wholly needs no SPECs: any flow there is taken."""
+        for key in [key for key in self.by_source if key in self]:
+            del self.by_source[key]
+            self._networks.pop(key, None)
+
+    def clear(self) -> None:
+        super().clear()
+        self.by_source.clear()
+        self._networks.clear()
+
+    def _some(self) -> Dict[Destination, FrozenSet[str]]:
+        return {k: frozenset(v) for k, v in self.by_source.items() if v and k not in self}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, (set, frozenset)):
+            return NotImplemented
+        theirs = other._some() if isinstance(other, Taken) else {}
+        return super().__eq__(other) and self._some() == theirs
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def _refused(self, *_args: Any) -> Any:
+        raise TypeError(
+            "an intersection, difference or order of Taken has no answer as by_source's"
+            " -s SPECs: judge each flow with holds()"
+        )
+
+    __and__ = __rand__ = __iand__ = _refused
+    __sub__ = __rsub__ = __isub__ = _refused
+    __xor__ = __rxor__ = __ixor__ = _refused
+    __le__ = __lt__ = __ge__ = __gt__ = _refused
+    intersection = difference = symmetric_difference = _refused
+    intersection_update = difference_update = symmetric_difference_update = _refused
+    issubset = issuperset = isdisjoint = _refused
 
     def holds(self, destination: Destination, entry: ConntrackEntry) -> bool:
         if destination in self:
@@ -122,8 +203,7 @@ def taken_first(
                 found.add(key)
     # One flow's destination walked twice (the node's own and the network's): what
     # either walk takes for any source stands.
-    for key in found & set(found.by_source):
-        del found.by_source[key]
+    found.whole_wins()
     return found
 
 
