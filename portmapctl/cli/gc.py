@@ -153,6 +153,7 @@ def gc_command(
                     if recorder is not None:
                         recorder.note_gc(preview, node_opts.families)
                     _show(out, preview, options.min_age, cache, asked_dry_run=False)
+                    _not_recorded(preview)
                     return
                 out.show(
                     render.gc_table(
@@ -184,16 +185,29 @@ def gc_command(
         _show(out, result, options.min_age, cache, asked_dry_run=dry_run)
         if common.verbose and dry_run:
             sys.stderr.write(render.transactions_text(result.transactions, tools))
-        if result.state_error is not None:
-            from portmapctl.errors import HostProblem
+        _not_recorded(result)
 
-            # What was done is on stdout already (and the flush ran): this line says
-            # what is missing, exit 3 as for any other environment problem.
-            done = render.removal_text(result.removed, result.shared_removed)
-            raise HostProblem(
-                f"removed {done} (see above), but could not record the chains still pending:"
-                f" {result.state_error} (free space in the run directory)"
-            )
+
+def _not_recorded(result: GcResult) -> None:
+    """The one error line (exit 3) of a run that could not save its sightings: what was
+    done (or, in a dry run, would be) is on stdout already (and the flush ran); this
+    says what is missing, exit 3 as for any other environment problem, a dry run's too
+    (it was a warning there, exit 0: the real run it previewed then failed)."""
+    if result.state_error is None:
+        return
+    from portmapctl import render
+    from portmapctl.errors import HostProblem
+
+    if result.dry_run:
+        raise HostProblem(
+            f"could not record the chains seen for --min-age: {result.state_error}"
+            " (free space in the run directory)"
+        )
+    done = render.removal_text(result.removed, result.shared_removed)
+    raise HostProblem(
+        f"removed {done} (see above), but could not record the chains still pending:"
+        f" {result.state_error} (free space in the run directory)"
+    )
 
 
 NO_ANSWER = ": no answer (end of input)"

@@ -2,8 +2,10 @@
 
 flock(2) on a file we create ourselves: 0600 in a 0700 directory owned by root,
 opened with O_NOFOLLOW so a symlink planted at the path is refused, not followed;
-a directory others can write to, or a lock path that is not our regular file (a
-FIFO, a device, another user's file), is refused too. `PORTMAPCTL_RUN_DIR` moves
+a run directory that is not ours (a file or a symlink where it should be, another
+user's) or that others can write to, or a lock path that is not our regular file (a
+FIFO, a socket, a device, a directory, another user's file), is refused too: exit 3,
+one line, before the command reads or changes anything. `PORTMAPCTL_RUN_DIR` moves
 the directory (see paths.py).
 """
 
@@ -31,15 +33,43 @@ def safe_run_dir(path: str) -> None:
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         info = os.lstat(path)
+    except FileExistsError:
+        info = None  # (a file, or a symlink to one, where the directory should be)
     except OSError as err:
         raise HostProblem(f"cannot create {path}: {err.strerror}") from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+    if info is None or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
         raise HostProblem(f"{path} is not a directory owned by us: refusing to use it")
     # Writable by others, anyone could plant the lock file (and hold it for ever).
     if info.st_mode & 0o022:
         raise HostProblem(
             f"{path} is writable by other users: refusing to use it (chmod 700 {path})"
         )
+
+
+def not_ours(path: str) -> HostProblem:
+    """The refusal of what is at `path` in the run directory but is not our regular
+    file: portmapctl's own files there (the lock, gc's state) are never used then."""
+    return HostProblem(f"{path} is not a regular file owned by us: refusing to use it")
+
+
+def open_refused(path: str, err: OSError, what: str) -> HostProblem:
+    """The one line for `err`, opening our file `path` (`what` it is) in the run
+    directory: a symlink, or something else planted there (a directory, a socket: the
+    open said EISDIR, ENXIO), refused as such, and a run directory that is no
+    directory (a file there: ENOTDIR) as safe_run_dir refuses it; else what the open
+    said."""
+    if err.errno == errno.ELOOP:
+        return HostProblem(f"{path} is a symlink: refusing to follow it")
+    if err.errno == errno.ENOTDIR:
+        folder = os.path.dirname(path)
+        return HostProblem(f"{folder} is not a directory owned by us: refusing to use it")
+    try:
+        planted = not stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        planted = False
+    if planted:
+        return not_ours(path)
+    return HostProblem(f"cannot open {what} {path}: {err.strerror}")
 
 
 def flock_within(
@@ -124,13 +154,11 @@ def held(
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise HostProblem(f"{path} is a symlink: refusing to follow it") from None
-        raise HostProblem(f"cannot open lock file {path}: {err.strerror}") from None
+        raise open_refused(path, err, "lock file") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-            raise HostProblem(f"{path} is not a regular file owned by us: refusing to use it")
+            raise not_ours(path)
         announce = (lambda: _say_waiting(path, holder(fd))) if say_waiting else None
         if not flock_within(fd, wait, on_wait=announce):
             pid = holder(fd)

@@ -22,6 +22,7 @@ from typing import List
 import pytest
 import realplugin as rp
 from pmctl import assert_error, ok, run
+from run_dir_helpers import plant
 
 from portmapctl.iptables.chains import TOPLEVEL_DNAT, chain_name
 
@@ -500,3 +501,113 @@ def test_gc_with_nothing_to_remember_is_fine_with_a_full_run_dir(node, full_run_
         assert "nothing to remove now, 0 pending, 1 kept" in done.stdout
     assert not (full_run_dir / "gc-state.json").exists()
     assert chain_name("mynet", "live1") in rp.save(ns)
+
+
+def test_gc_dry_run_with_a_full_run_dir_shows_its_plan_and_exits_3(node, full_run_dir):
+    """A dry run records its sightings as any run does (SPEC §3 gc). With no room for
+    them it said a warning and exited 0, where the real run it previews exits 3: now it
+    shows its plan all the same and ends with the one error line, exit 3."""
+    ns, cache = node
+    stale = rp.plugin_conf("mynet", ["10.88.0.13/16"], UDP)
+    rp.run_plugin("ADD", ns, "stale1", stale, check=True)
+    before = rp.strip_save_comments(rp.save(ns))
+    args = ["gc", "--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache), "--dry-run"]
+    done = run(args, env={"PORTMAPCTL_RUN_DIR": str(full_run_dir)})
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("portmapctl: error: could not record the chains seen for")
+    assert "No space left on device" in lines[0]
+    assert "stale1" in done.stdout and "gc (dry run): nothing to remove now, 1 pending" in (
+        done.stdout
+    )
+    assert rp.strip_save_comments(rp.save(ns)) == before
+
+
+# --- an unusable run directory -----------------------------------------------------------
+
+# What may stand where the run directory or its files should be. The lock's cases stop
+# every command that takes the lock; gc's state file stops gc (the others never read it).
+RUN_DIR_CASES = ["file-as-run-dir", "file-on-its-path", "read-only", "lock-fifo", "lock-socket",
+                 "lock-directory"]  # fmt: skip
+STATE_CASES = ["state-directory", "state-fifo", "state-socket", "state-symlink",
+               "state-someone-elses"]  # fmt: skip
+
+
+def _planted(base: Path, case: str) -> tuple:
+    """(the run directory to give, the path each refusal names) for `case`."""
+    run_dir = base / "run"
+    if case == "file-as-run-dir":
+        run_dir.write_text("")
+        return run_dir, run_dir
+    if case == "file-on-its-path":
+        (base / "file").write_text("")
+        return base / "file" / "run", base / "file" / "run"
+    run_dir.mkdir(mode=0o700)
+    if case == "read-only":
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k,mode=0700", "tmpfs",
+                        str(run_dir)], check=True)  # fmt: skip
+        return run_dir, run_dir / "lock"
+    what, kind = case.split("-", 1)
+    path = run_dir / ("lock" if what == "lock" else "gc-state.json")
+    if what == "state":  # (a lock there already: taking it changes no directory)
+        os.close(os.open(run_dir / "lock", os.O_WRONLY | os.O_CREAT, 0o600))
+    plant(path, kind)
+    return run_dir, path
+
+
+def _listing(base: Path) -> list:
+    """What is below `base`, but the lock (taken, and so written, by design)."""
+    found = []
+    for path in sorted(base.rglob("*")):
+        if path.name == "lock" and path.is_file() and not path.is_symlink():
+            continue
+        info = path.lstat()
+        found.append((str(path), info.st_mode, info.st_uid, info.st_size, info.st_mtime_ns))
+    return found
+
+
+@pytest.mark.parametrize("case", RUN_DIR_CASES + STATE_CASES)
+def test_an_unusable_run_dir_is_one_line_exit_3_and_changes_nothing(node, tmp_path, case):
+    """Whatever keeps a command from using the run directory as it must (a file where
+    it should be or on its path, a read-only one, a FIFO, socket or directory at its
+    lock; for gc, anything but its own regular file at gc-state.json) is one line, exit
+    3, before anything changes: for every command that takes the lock, gc's dry run
+    included. It was a warning (exit 0) for a dry run at a refused lock, exit 3 for one
+    with a file on the run directory's path; a FIFO or another user's file at the
+    state file was ignored (and replaced), a socket exit 3, and a directory there made
+    every gc remove, then fail to record, exit 3 after a warning: two lines."""
+    _needs_root()
+    ns, cache = node
+    stale = rp.plugin_conf("mynet", ["10.88.0.13/16"], UDP)
+    rp.run_plugin("ADD", ns, "stale1", stale, check=True)
+    base = tmp_path / "planted"
+    base.mkdir()
+    run_dir, named = _planted(base, case)
+    common = ["--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
+    commands = [["gc", "--dry-run", "--min-age", "0"], ["gc", "--yes", "--min-age", "0"]]
+    if case in RUN_DIR_CASES:
+        commands += [
+            ["add", "--network", "mynet", "--container", "new1", "--ip", "10.88.0.14/16",
+             "-p", "9090:90"],
+            ["check", "--repair"],
+            ["flush-udp"],
+        ]  # fmt: skip
+    before, planted = rp.strip_save_comments(rp.save(ns)), _listing(base)
+    try:
+        for command in commands:
+            done = run([*command, *common], env={"PORTMAPCTL_RUN_DIR": str(run_dir)})
+            assert_error(done, 3, str(named))
+            if case.startswith(("lock-", "state-")) and not case.endswith("symlink"):
+                assert "is not a regular file owned by us: refusing to use it" in done.stderr
+            if case.startswith("file-"):
+                assert "is not a directory owned by us: refusing to use it" in done.stderr or (
+                    "Not a directory" in done.stderr
+                )
+        assert rp.strip_save_comments(rp.save(ns)) == before
+        assert _listing(base) == planted
+    finally:
+        if case == "read-only":
+            subprocess.run(["umount", "-l", str(run_dir)], check=False)
+    if case.endswith("symlink"):
+        assert (base / "elsewhere").read_text() == "precious"

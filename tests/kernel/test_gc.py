@@ -503,6 +503,31 @@ def test_on_a_terminal_gc_asks_first(nft_node: Node_):
     assert node.lines(4) == _without(before, {chain_name("gcnet", "stale1")})
 
 
+def test_on_a_terminal_gc_whose_lock_is_refused_exits_3_before_it_asks(nft_node: Node_, tmp_path):
+    """gc that asks reads and previews without the lock, and takes it only after the
+    answer. A FIFO at the lock path made the preview's save a warning, the question was
+    asked, and the yes ended in exit 3 all the same: now the preview's save, under the
+    lock, ends the run before the question, one line, nothing removed."""
+    node = nft_node
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
+    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    before = node.lines(4)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    os.mkfifo(run_dir / "lock", 0o600)
+    argv = ["gc", "--netns", node.ns, "--iptables", "nft", "--cni-cache-dir", str(node.cache),
+            "--min-age", "0"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(run_dir), "PORTMAPCTL_PROGRESS_AFTER": "3600"}
+    code, shown, stdout = _on_terminal(argv, b"y", env)
+    assert code == 3, shown
+    assert "[y/N]" not in shown and stdout == ""
+    assert shown.strip().splitlines() == [
+        f"portmapctl: error: {run_dir / 'lock'} is not a regular file owned by us: refusing"
+        " to use it"
+    ]
+    assert node.lines(4) == before
+
+
 def test_the_preview_on_a_terminal_writes_a_byte_that_is_not_utf8_as_backslash_x(
     nft_node: Node_,
 ):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 import realplugin as rp
 from pmctl import assert_error, run
+from run_dir_helpers import plant
 
 from portmapctl.errors import HostProblem
 from portmapctl.host import lock
@@ -157,21 +159,32 @@ def test_a_symlink_at_the_lock_path_is_refused_not_followed(tmp_path):
     assert not (tmp_path / "does-not-exist-yet").exists()
 
 
-@pytest.mark.parametrize("planted", ["fifo", "directory", "someone-elses"])
+@pytest.mark.parametrize("planted", ["fifo", "socket", "directory", "someone-elses"])
 def test_something_else_at_the_lock_path_is_refused(tmp_path, planted):
+    """Refused, and said as such whatever it is (a directory was "cannot open lock
+    file ...: Is a directory", a socket "...: No such device or address")."""
     run_dir = tmp_path / "run"
     run_dir.mkdir(mode=0o700)
     path = run_dir / "lock"
-    if planted == "fifo":
-        os.mkfifo(path, 0o600)
-    elif planted == "directory":
-        path.mkdir()
-    else:
-        path.write_text("")
-        os.chown(path, 65534, 65534)
-    with pytest.raises(HostProblem, match=str(path)):
+    plant(path, planted)
+    refused = f"{path} is not a regular file owned by us: refusing to use it"
+    with pytest.raises(HostProblem, match=re.escape(refused)):
         with lock.held(str(run_dir), wait=1):
             pytest.fail("the lock was taken")
+
+
+def test_a_run_directory_that_is_a_file_is_refused(tmp_path):
+    """A file where the run directory should be was "cannot create ...: File exists"."""
+    a_file = tmp_path / "run"
+    a_file.write_text("")
+    with pytest.raises(HostProblem, match=re.escape(f"{a_file} is not a directory owned by us")):
+        with lock.held(str(a_file), wait=1):
+            pytest.fail("the lock was taken")
+    below = a_file / "run"
+    with pytest.raises(HostProblem, match=re.escape(f"cannot create {below}: Not a directory")):
+        with lock.held(str(below), wait=1):
+            pytest.fail("the lock was taken")
+    assert a_file.read_text() == ""
 
 
 def test_a_run_directory_that_is_a_symlink_or_writable_by_others_is_refused(tmp_path):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import stat
 from pathlib import Path
 from typing import Dict, Sequence
@@ -20,6 +22,7 @@ from typing import Dict, Sequence
 import pytest
 from fixtures_lib import NAMES, save_text, table
 from gc_helpers import Node_, node  # noqa: F401
+from run_dir_helpers import plant
 
 from portmapctl.core.status import Status
 from portmapctl.errors import BadInput, HostProblem
@@ -458,6 +461,70 @@ def test_state_refuses_symlinks(tmp_path):
     link_dir.symlink_to(planted)
     with pytest.raises(HostProblem, match="not a directory owned by us"):
         gc_state.save(str(link_dir), "ns", {})
+
+
+@pytest.mark.parametrize("planted", ["fifo", "socket", "directory"])
+def test_state_refuses_what_is_not_its_own_file_and_replaces_nothing(tmp_path, planted):
+    """Anything but gc's own regular file at gc-state.json is refused, when gc loads
+    (before it changes anything) and when it saves, as the lock refuses one (exit 3).
+    A FIFO was ignored with a warning and replaced by the save (and another user's
+    file too), a socket was exit 3, and a directory failed every save, after the
+    removal: no --min-age could ever pass."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    path = run_dir / gc_state.STATE_FILE
+    plant(path, planted)
+    kind = path.lstat().st_mode
+    refused = f"{path} is not a regular file owned by us: refusing to use it"
+    with pytest.raises(HostProblem, match=re.escape(refused)):
+        gc_state.load(str(run_dir), "ns")
+    seen = {ChainKey(4, "CNI-DN-x"): gc_state.Seen("f" * 32, gc_state.clock() - 5)}
+    with pytest.raises(HostProblem, match=re.escape(refused)):
+        gc_state.save(str(run_dir), "ns", seen)
+    assert path.lstat().st_mode == kind and sorted(p.name for p in run_dir.iterdir()) == [
+        gc_state.STATE_FILE
+    ]
+
+
+def test_a_state_file_that_cannot_be_read_is_refused_not_taken_for_none(tmp_path, monkeypatch):
+    """A state file gc may not open (EACCES: it was a warning, the file as none and
+    replaced) or whose read fails (EIO: an uncaught OSError, exit 1) is one line, exit
+    3, before gc changes anything; a run directory that is a file names that file."""
+    import errno
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    path = run_dir / gc_state.STATE_FILE
+    path.write_text("{}")
+    real_open, real_read = os.open, os.read
+
+    def denied(name, *args, **kwargs):
+        if str(name) == str(path):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(gc_state.os, "open", denied)
+    with pytest.raises(
+        HostProblem, match=re.escape(f"cannot open gc's state file {path}: Permission")
+    ):
+        gc_state.load(str(run_dir), "ns")
+    monkeypatch.setattr(gc_state.os, "open", real_open)
+
+    def failing(fd, size):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(gc_state.os, "read", failing)
+    with pytest.raises(
+        HostProblem, match=re.escape(f"cannot read gc's state file {path}: Input/output")
+    ):
+        gc_state.load(str(run_dir), "ns")
+    monkeypatch.setattr(gc_state.os, "read", real_read)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(HostProblem, match=re.escape(f"{a_file} is not a directory owned by us")):
+        gc_state.load(str(a_file), "ns")
+    with pytest.raises(HostProblem, match=re.escape(f"{a_file} is not a directory owned by us")):
+        gc_state.save(str(a_file), "ns", {})
 
 
 # --- the command against the real plugin --------------------------------------------------------

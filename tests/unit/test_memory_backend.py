@@ -279,6 +279,65 @@ def test_a_confirmed_gc_does_not_write_back_what_a_gc_during_the_question_forgot
     assert sightings() == {}
 
 
+@pytest.mark.parametrize("planted", ["fifo", "directory", "a file as the run dir"])
+def test_a_dry_run_whose_lock_is_refused_ends_as_any_run_does(tmp_path, monkeypatch, planted):
+    """A dry run takes the lock only to save its sightings. Refused there (a FIFO or a
+    directory at the lock, a file where the run directory should be), it said a
+    warning, showed its plan and exited 0, where the real run exits 3 before it reads:
+    now the refusal ends it too (HostProblem: one line, exit 3), nothing recorded."""
+    import os
+    from functools import partial
+
+    from portmapctl.errors import HostProblem
+    from portmapctl.host import lock
+    from portmapctl.ops import node as node_module
+
+    run_dir = tmp_path / "run"
+    if planted == "a file as the run dir":
+        run_dir.write_text("")
+    else:
+        run_dir.mkdir(mode=0o700)
+        if planted == "fifo":
+            os.mkfifo(run_dir / "lock", 0o600)
+        else:
+            (run_dir / "lock").mkdir()
+    monkeypatch.setattr(node_module.lock, "held", partial(lock.held, str(run_dir), wait=1))
+    node = example_node()
+    state_dir = tmp_path / "state"
+    options = gc_lib.GcOptions(min_age=3600, flush_udp=False, state_dir=str(state_dir))
+    refused = "is not a (regular file|directory) owned by us: refusing to use it"
+    with pytest.raises(HostProblem, match=refused):
+        gc_lib.gc(node, gc_lib.Sources(), replace(options, dry_run=True))
+    assert not state_dir.exists() and not node.backend.applied
+
+
+def test_a_dry_run_that_cannot_write_its_sightings_says_so_as_the_real_run_does(
+    tmp_path, monkeypatch
+):
+    """A full or read-only run directory: the real run reports what it did and ends
+    with the one error line (state_error, exit 3); a dry run made it a warning, exit 0.
+    Now both carry state_error, the plan complete (cli/gc.py ends with the line)."""
+    from functools import partial
+
+    from portmapctl.errors import HostProblem
+    from portmapctl.host import lock
+    from portmapctl.ops import node as node_module
+    from portmapctl.ops.gc import state as gc_state
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(node_module.lock, "held", partial(lock.held, str(run_dir), wait=1))
+
+    def full(path: str, data: bytes) -> None:
+        raise HostProblem(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(gc_state, "write_atomically", full)
+    node = example_node()
+    options = gc_lib.GcOptions(min_age=3600, flush_udp=False, state_dir=str(run_dir))
+    looked = gc_lib.gc(node, gc_lib.Sources(), replace(options, dry_run=True))
+    assert looked.pending and not looked.warnings
+    assert looked.state_error is not None and "No space left on device" in looked.state_error
+
+
 def test_merged_sightings_only_ever_delay_a_removal():
     from portmapctl.ops.gc.state import ChainKey, Seen, merged
 

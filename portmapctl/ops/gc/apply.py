@@ -7,6 +7,7 @@ interactive gc plans, asks, and only then applies what was shown.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
 
 from portmapctl.core.pause import gc_paused
@@ -175,25 +176,23 @@ def _apply_gc_to(
                 transactions["nft"] = text  # type: ignore[index]
     # Every run records its sightings, a dry run (and gc's interactive preview) too:
     # otherwise --min-age would never start counting for someone who looks first.
+    # A dry run read without the lock (it writes no rules; the preview waits on a
+    # person) and takes it now: a lock it cannot take (a run directory or lock path
+    # that is refused, another run holding it too long) ends it as it ends any run,
+    # exit 3 before anything is shown (it was a warning, which the real run it
+    # previews fails on). Either way a gc may have saved since the plan was read (a
+    # real run's plan, too, when gc read it before asking): only this run's changes
+    # go in.
     state_error: Optional[str] = None
-    try:
-        if options.dry_run:
-            # Read without the lock (a dry run writes no rules; the preview waits on
-            # a person): a gc may have saved since, so only this run's changes go in.
-            with locked(node):
-                gc_state.save(options.state_dir, planned.namespace, remembered, planned.seen)
-        else:
-            # Under the lock, but the plan may be older than the lock (gc read it
-            # before asking): only this run's changes go in, as for the preview.
+    with locked(node) if options.dry_run else contextlib.nullcontext():
+        try:
             gc_state.save(options.state_dir, planned.namespace, remembered, planned.seen)
-    except HostProblem as err:
-        if options.dry_run:
-            warnings.append(f"sightings not recorded: {err}")
-        else:
-            # /run full or read-only: the chains are gone already.
-            # What was done is still reported and the conntrack flush still runs; the
-            # caller ends with this as the one error line (exit 3). Not remembering the
-            # sightings only makes later runs wait --min-age again: nothing unsafe.
+        except HostProblem as err:
+            # /run full or read-only: the chains are gone already (a dry run's plan
+            # is made). What was done is still reported and the conntrack flush still
+            # runs; the caller ends with this as the one error line (exit 3). Not
+            # remembering the sightings only makes later runs wait --min-age again:
+            # nothing unsafe.
             state_error = str(err)
     deleted, flush_warnings = 0, ()
     if not options.dry_run and options.flush_udp:

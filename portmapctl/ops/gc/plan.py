@@ -185,17 +185,10 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         raise BadInput("--netns-liveness judges CNI cache entries: there is no CNI cache here")
     view = node.namespace_view()
     namespace = gc_state.namespace_key(node.options.netns)
-    seen, state_warnings = gc_state.load(options.state_dir, namespace)
-    warnings = list(state_warnings)
+    warnings: List[str] = []
     families = node.families
     with_nft = node.nft is not None and gc_nft.speaks_for_nft(sources, use_cache)
     nft_families = families if node.nft is not None else ()
-    # Sightings of families not looked at this run stay as they are.
-    remembered = {
-        key: value
-        for key, value in seen.items()
-        if key.family not in (nft_families if key.nft else families)
-    }
 
     def read() -> Tuple[Dict[int, NatTable], Optional[Ruleset]]:
         if not with_nft:
@@ -213,6 +206,17 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         attachments = _checked_cache(found, cache_dirs, warnings)
     else:
         tables, nft_rules = read()
+    # The sightings once the tables are read (a run that may not read them is told
+    # that first), before anything is planned or applied: a state file gc refuses
+    # (state.py) stops it with nothing changed.
+    seen, state_warnings = gc_state.load(options.state_dir, namespace)
+    warnings[:0] = state_warnings
+    # Sightings of families not looked at this run stay as they are.
+    remembered = {
+        key: value
+        for key, value in seen.items()
+        if key.family not in (nft_families if key.nft else families)
+    }
     from portmapctl.ops.flavour_guard import chains_elsewhere
 
     elsewhere = chains_elsewhere(node.backend.name, tables, bool(nft_rules and nft_rules.tables))

@@ -10,8 +10,13 @@ that became live, changed or went.
 
 Times are CLOCK_BOOTTIME seconds: wall-clock jumps (NTP, a wrong clock set right)
 must not age a chain early. A different boot ID (after a reboot, should /run not be a
-tmpfs) discards the file. A file we cannot read is treated as empty: that delays a
-removal, never hastens it.
+tmpfs) discards the file. A file of ours that says nothing usable (not JSON, too
+large, of another version) is treated as empty: that delays a removal, never hastens
+it, and the save replaces it. Anything else at its path (a directory, a FIFO, a
+socket, a symlink, another user's file) or a file that cannot be read is refused
+(HostProblem: exit 3) as the lock refuses one, when gc plans: before it changes
+anything, dry run or not (it was a warning for some, exit 3 for others, and a
+directory there failed every save after the removal).
 
 Written atomically (a new file renamed over the old one), 0600 in the 0700 run
 directory, never through a symlink: the same care as `lock.py`.
@@ -19,7 +24,6 @@ directory, never through a symlink: the same care as `lock.py`.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import stat
@@ -29,7 +33,7 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from portmapctl.errors import HostProblem
 from portmapctl.host.files import write_atomically
-from portmapctl.host.lock import safe_run_dir
+from portmapctl.host.lock import not_ours, open_refused, safe_run_dir
 
 STATE_FILE = "gc-state.json"
 VERSION = 1
@@ -106,23 +110,22 @@ def _path(state_dir: str) -> str:
 
 
 def _read_document(state_dir: str) -> Tuple[dict, List[str]]:
-    """The whole file as a dict ({} when absent or unusable), with warnings."""
+    """The whole file as a dict ({} when absent or its content unusable), with
+    warnings; HostProblem when something else is there or it cannot be read."""
     path = _path(state_dir)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return {}, []
     except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise HostProblem(f"{path} is a symlink: refusing to follow it") from None
-        if err.errno in (errno.EACCES, errno.EPERM):
-            return {}, [f"cannot read {path}: {err.strerror}"]
-        raise HostProblem(f"cannot open {path}: {err.strerror}") from None
+        raise open_refused(path, err, "gc's state file") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-            return {}, [f"{path} is not a regular file owned by us: ignoring it"]
+            raise not_ours(path)
         data = os.read(fd, MAX_STATE_BYTES + 1)
+    except OSError as err:
+        raise HostProblem(f"cannot read gc's state file {path}: {err.strerror}") from None
     finally:
         os.close(fd)
     if len(data) > MAX_STATE_BYTES:
