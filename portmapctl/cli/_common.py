@@ -23,6 +23,7 @@ from typing import (
     List,
     NamedTuple,
     Optional,
+    Protocol,
     Sequence,
     Tuple,
 )
@@ -353,13 +354,20 @@ def metrics_recording(
         yield recorder
 
 
-ProgressCallback = Callable[[int, int], None]
+class ProgressCallback(Protocol):
+    """What Output.progress yields: called with (done, total) as the work goes;
+    `end()` when the work is over before the block is (see _Display.end)."""
+
+    def __call__(self, done: int, total: int) -> None: ...
+
+    def end(self) -> None: ...
 
 
 class _Display:
     """The progress shown on stderr: a spinner while the amount of work is unknown, a
     bar with `N/M` once a count comes in. Started by a timer (short work shows
-    nothing), refreshed by rich's own thread, erased when done."""
+    nothing), refreshed by rich's own thread, erased when done. Called with
+    `(done, total)`; `end()` erases it before its block ends (ProgressCallback)."""
 
     def __init__(self, console: Callable[[], Console], description: str) -> None:
         self._console = console
@@ -391,6 +399,14 @@ class _Display:
             self._over = True
             if self._shown is not None:
                 self._shown.stop()
+
+    __call__ = update
+
+    def end(self) -> None:
+        """The work it shows is over, its block not yet: erased now, and its timer
+        shows nothing after (gc --dry-run, which then waits for the lock: the
+        waiting line alone, no bar spinning for work that is done)."""
+        self.stop()
 
     def _show(self) -> None:
         from rich.progress import (
@@ -582,7 +598,7 @@ class Output(NamedTuple):
         timer.daemon = True
         timer.start()
         try:
-            yield display.update
+            yield display
         finally:
             timer.cancel()
             display.stop()

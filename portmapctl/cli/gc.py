@@ -176,7 +176,10 @@ def gc_command(
             else:
                 doing = "looking for chains to remove" if dry_run else "removing chains"
                 with out.progress(doing) as progress:
-                    result = apply_gc(node, planned, progress)
+                    # A dry run takes the lock only to record its sightings, once it
+                    # has looked: the bar goes first, the lock's waiting line alone.
+                    ended = progress.end if progress is not None else None
+                    result = apply_gc(node, planned, progress, before_lock=ended)
             tools = restore_tools(node.backend) if common.verbose and dry_run else {}
         if recorder is not None:
             recorder.note_gc(result, node_opts.families)

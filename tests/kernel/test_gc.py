@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import pytest
 import realplugin as rp
@@ -405,10 +405,16 @@ def test_valid_attachments_and_keep(nft_node: Node_, tmp_path):
     node.check("a1")
 
 
-def _on_terminal(argv: List[str], answer: bytes, env: Optional[dict] = None) -> tuple:
+def _on_terminal(
+    argv: List[str],
+    answer: bytes,
+    env: Optional[dict] = None,
+    watch: Optional[Callable[[bytes], None]] = None,
+) -> tuple:
     """Run portmapctl with a terminal on stdin/stderr (where gc asks and shows its
     preview), answer its prompt; returns (exit code, the terminal's text, stdout).
-    `env` adds to (or overrides) the environment, 250 columns and NO_COLOR."""
+    `env` adds to (or overrides) the environment, 250 columns and NO_COLOR. `watch`
+    is given what the terminal has shown so far, as it goes."""
     master, slave = pty.openpty()
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "250", **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "portmapctl", *argv], stdin=slave,
@@ -430,6 +436,8 @@ def _on_terminal(argv: List[str], answer: bytes, env: Optional[dict] = None) -> 
         if not answered and b"[y/N]" in seen:
             os.write(master, answer + b"\n")
             answered = True
+        if watch is not None:
+            watch(seen)
         if proc.poll() is not None and not ready:
             break
     os.close(master)
@@ -526,6 +534,49 @@ def test_on_a_terminal_gc_whose_lock_is_refused_exits_3_before_it_asks(nft_node:
         " to use it"
     ]
     assert node.lines(4) == before
+
+
+def test_a_dry_run_waiting_for_the_lock_says_so_alone_without_its_bar(nft_node: Node_, tmp_path):
+    """gc --dry-run takes the lock only to record its sightings, after it has looked.
+    Its bar ("looking for chains to remove") stayed on while it waited: the waiting line
+    went through rich's redirect above it and the bar spun on below for work that was
+    done (with the default delay it even appeared then, a second into the wait). Now
+    the bar is gone before the lock is asked for: the waiting line shows alone."""
+    import fcntl
+
+    node = nft_node
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
+    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    held = os.open(run_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another run holds it (this one: not inherited)
+    waiting = f"waiting for the portmapctl lock held by PID {os.getpid()} ({run_dir / 'lock'})"
+    release: List[float] = []
+
+    def watch(seen: bytes) -> None:
+        """Once the waiting line shows, the lock is let go 0.6 s later: time for the
+        bar, had it stayed, to be redrawn (ten times a second)."""
+        if not release and waiting.encode() in seen:
+            release.append(time.monotonic() + 0.6)
+        if release and release[0] and time.monotonic() > release[0]:
+            os.close(held)
+            release[0] = 0.0
+
+    argv = ["gc", "--netns", node.ns, "--iptables", "nft", "--cni-cache-dir", str(node.cache),
+            "--min-age", "0", "--dry-run"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(run_dir), "PORTMAPCTL_PROGRESS_AFTER": "0"}
+    try:
+        code, text, stdout = _on_terminal(argv, b"", env, watch)
+    finally:
+        if not release or release[0]:
+            os.close(held)
+    assert code == 0, text
+    _, line, after = text.partition(f"portmapctl: {waiting}")
+    assert line, text
+    assert "looking for chains" not in after and "━" not in after, after
+    assert after.replace("\r", "").startswith("\n"), after
+    assert "gc (dry run): would remove 1 chain of 1 container" in stdout
 
 
 def test_the_preview_on_a_terminal_writes_a_byte_that_is_not_utf8_as_backslash_x(

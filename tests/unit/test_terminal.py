@@ -202,6 +202,31 @@ def test_progress_starts_as_a_spinner_and_turns_into_counts(terminal_stderr, mon
     assert "0/1100" in counted and "600/1100" in counted
 
 
+def test_a_progress_ended_before_its_block_shows_nothing_more(terminal_stderr):
+    """`end()`: the work is over, the block not yet (gc --dry-run then waits for the
+    lock). The bar is erased at once and nothing of it is drawn after, neither by
+    rich's refresh nor by a start timer that fires later; what is written then
+    stands alone."""
+    terminal = terminal_stderr()
+    with Output().progress("looking for chains to remove", after=0.0) as progress:
+        assert progress is not None
+        progress(1, 1)
+        time.sleep(0.3)
+        progress.end()
+        shown = _drain(terminal, 0.1).decode()
+        sys.stderr.write("portmapctl: waiting for the portmapctl lock\n")
+        sys.stderr.flush()
+        time.sleep(0.4)
+        after = _drain(terminal, 0.1).decode()
+    assert "looking for chains to remove" in shown and shown.rstrip().endswith("\x1b[2K")
+    assert after.replace("\r", "") == "portmapctl: waiting for the portmapctl lock\n", after
+    with Output().progress("looking for chains to remove", after=0.2) as progress:
+        assert progress is not None
+        progress.end()
+        time.sleep(0.4)  # (the start timer fires meanwhile)
+    assert _drain(terminal, 0.2) == b""
+
+
 @pytest.mark.parametrize(
     "out",
     [Output(quiet=True), Output(mode=OutputChoice.json)],

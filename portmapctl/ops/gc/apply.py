@@ -62,21 +62,33 @@ def _family_failure(
 Progress = Callable[[int, int], None]
 
 
-def apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress] = None) -> GcResult:
+def apply_gc(
+    node: Node,
+    planned: GcPlan,
+    progress: Optional[Progress] = None,
+    before_lock: Optional[Callable[[], None]] = None,
+) -> GcResult:
     """Apply the plan (unless a dry run) family by family, record the sightings, and
     flush the UDP conntrack entries of the ports unmapped. A family whose table
     changed since it was read is read again (the cache after it) and re-planned.
     `progress(done, total)` (a progress bar): called before the first transaction and
-    after each family's."""
+    after each family's. `before_lock`: called when a dry run, its plan made, is about
+    to take the lock to record its sightings (it may wait there, and say so on
+    stderr): the caller ends its progress bar, so the waiting line shows alone."""
     with gc_paused(freeze=True):
-        return _apply_gc(node, planned, progress)
+        return _apply_gc(node, planned, progress, before_lock)
 
 
-def _apply_gc(node: Node, planned: GcPlan, progress: Optional[Progress]) -> GcResult:
+def _apply_gc(
+    node: Node,
+    planned: GcPlan,
+    progress: Optional[Progress],
+    before_lock: Optional[Callable[[], None]] = None,
+) -> GcResult:
     went: List[FamilyPlan] = []
     nft_went: List[NftPlan] = []
     try:
-        return _apply_gc_to(node, planned, progress, went, nft_went)
+        return _apply_gc_to(node, planned, progress, went, nft_went, before_lock)
     except Interrupted as stop:
         # SIGTERM or Ctrl-C once some removal went in: its UDP flows are flushed on the
         # way out (again, if the flush was under way), or they keep the dead DNAT and
@@ -93,6 +105,7 @@ def _apply_gc_to(
     progress: Optional[Progress],
     went: List[FamilyPlan],
     nft_went: List[NftPlan],
+    before_lock: Optional[Callable[[], None]] = None,
 ) -> GcResult:
     """_apply_gc's work; `went` and `nft_went` get each removal as it goes in."""
     from portmapctl.ops.gc import nft as gc_nft  # loaded only when a run applies, as in plan.py
@@ -184,6 +197,10 @@ def _apply_gc_to(
     # real run's plan, too, when gc read it before asking): only this run's changes
     # go in.
     state_error: Optional[str] = None
+    if options.dry_run and before_lock is not None:
+        # The bar said "looking for chains to remove": kept on while the lock is
+        # waited for, it spun on under the waiting line for work that was done.
+        before_lock()
     with locked(node) if options.dry_run else contextlib.nullcontext():
         try:
             gc_state.save(options.state_dir, planned.namespace, remembered, planned.seen)
