@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable, List, Optional
 
-from portmapctl.host.paths import CNI_CACHE_DIR, MULTUS_CACHE_DIR, RUN_DIR
+from portmapctl.host.paths import CNI_CACHE_DIR, DEFAULT_RUN_DIR, MULTUS_CACHE_DIR
 from tools.clidoc import AppDoc, CommandDoc, OptionDoc
 
 NAME = (
@@ -73,11 +73,11 @@ FILES = [
         " portmap chain); read too, by default, where it exists.",
     ),
     (
-        f"{RUN_DIR}/lock",
+        f"{DEFAULT_RUN_DIR}/lock",
         "Lock file: portmapctl runs that change a node wait for each other here.",
     ),
     (
-        f"{RUN_DIR}/",
+        f"{DEFAULT_RUN_DIR}/",
         "gc's state: when each chain that is not live was first seen, so that a chain"
         " is removed only after --min-age (a chain of a container being added is not"
         " live yet). Kept in /run, so it starts afresh after a reboot.",

@@ -13,7 +13,9 @@ from typing import Optional, Tuple
 # only in the second.
 CNI_CACHE_DIR = "/var/lib/cni"
 MULTUS_CACHE_DIR = "/var/lib/cni/multus"
-RUN_DIR = os.environ.get("PORTMAPCTL_RUN_DIR") or "/run/portmapctl"
+# (The default is what the man page names, whatever this process was given.)
+DEFAULT_RUN_DIR = "/run/portmapctl"
+RUN_DIR = os.environ.get("PORTMAPCTL_RUN_DIR") or DEFAULT_RUN_DIR
 
 # Where a distribution puts iptables, nft (and, on RHEL, ip). Not on cron's PATH
 # (Debian's cron runs jobs with /usr/bin:/bin), nor on many users': looked in after PATH.

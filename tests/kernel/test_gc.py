@@ -28,7 +28,7 @@ from gc_helpers import Node_, node  # noqa: F401
 from pmctl import assert_error, run
 
 from portmapctl.errors import ApplyFailed
-from portmapctl.host import netns
+from portmapctl.host import netns, paths
 from portmapctl.iptables.access.restore import RestoreBackend
 from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, TOPLEVEL_DNAT, chain_name
 from portmapctl.iptables.inventory import build
@@ -344,12 +344,12 @@ def test_min_age_keeps_new_chains_pending_and_forgets_changed_or_live_ones(nft_n
     assert [(p["container_id"], p["seen_seconds"] < 0.5) for p in third["pending"]] == [
         (young, True)
     ]
-    state = json.loads(Path("/run/portmapctl", gc_state.STATE_FILE).read_text())
+    state = json.loads(Path(paths.RUN_DIR, gc_state.STATE_FILE).read_text())
     mine = [part for key, part in state["namespaces"].items() if key.startswith(node.ns + "@")]
     assert len(mine) == 1 and list(mine[0]["chains"]) == [
         ChainKey(4, chain_name("gcnet", young)).text()
     ]
-    assert stat.S_IMODE(Path("/run/portmapctl", gc_state.STATE_FILE).stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(paths.RUN_DIR, gc_state.STATE_FILE).stat().st_mode) == 0o600
 
     time.sleep(0.6)
     done = json.loads(node.gc("--yes", "--min-age", "0.5s", "-o", "json").stdout)
@@ -359,7 +359,7 @@ def test_min_age_keeps_new_chains_pending_and_forgets_changed_or_live_ones(nft_n
         {"protocol": "tcp", "host_port": 8082},
     ]
     node.check(revived)
-    state = json.loads(Path("/run/portmapctl", gc_state.STATE_FILE).read_text())
+    state = json.loads(Path(paths.RUN_DIR, gc_state.STATE_FILE).read_text())
     assert not [k for k in state["namespaces"] if k.startswith(node.ns + "@")]
 
 
