@@ -113,9 +113,13 @@ class Destination(NamedTuple):
 
 
 def split_destination(value: str) -> Optional[Destination]:
-    """`10.88.0.5:80` or `[fd00::5]:80` -> (address, port)."""
+    """`10.88.0.5:80` or `[fd00::5]:80` -> (address, port); None without a port. An
+    IPv6 address has its port only in brackets: `fd00:88::5` (a DNAT to the address
+    alone, as ip6tables-save prints it) is no `fd00:88:` port 5."""
     if value.startswith("["):
         address, _, port = value[1:].partition("]:")
+    elif value.count(":") > 1:
+        return None
     else:
         address, _, port = value.rpartition(":")
     if not address or not port.isdigit():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import socket
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from portmapctl.errors import BadInput
@@ -348,6 +349,61 @@ def normal_address(value: str, family: int) -> str:
     if mask == every ^ (every >> ones):
         return f"{_printed(masked)}/{ones}"
     return f"{_printed(masked)}/{_printed(type(address)(mask))}"
+
+
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+_WIDTH = {4: 32, 6: 128}
+_inet_pton = socket.inet_pton
+
+
+def _numeric(text: str, family: int) -> bool:
+    """Whether `text` is one address of `family` as inet_pton reads it (what
+    iptables-save prints, through inet_ntop, and the NAT targets take)."""
+    try:
+        _inet_pton(_AF[family], text)
+    except (OSError, ValueError):  # (ValueError: an embedded NUL)
+        return False
+    return True
+
+
+def is_rule_address(value: str, family: int) -> bool:
+    """Whether `value` of a rule's -s/-d is `ADDRESS[/MASK]` of `family` as iptables
+    reads it (normal_address takes it): a snapshot's -d `zz::zz::1/128`, or an IPv4
+    address in an ip6tables dump, is not, and list, check and add look into every -d
+    of the plugin's chains. What iptables-save prints passes inet_pton alone (uncached:
+    a kube-proxy node's dump has tens of thousands of them, each once); anything else
+    is asked of normal_address."""
+    address, slash, mask = value.partition("/")
+    if _numeric(address, family) and (
+        not slash or mask.isascii() and mask.isdigit() and int(mask) <= _WIDTH[family]
+    ):
+        return True
+    try:
+        normal_address(value, family)
+    except BadInput:
+        return False
+    return True
+
+
+def nat_misread(value: str, family: int) -> Optional[str]:
+    """The first address of a DNAT/SNAT target's `--to-destination`/`--to-source`
+    (`ADDR[-ADDR][:PORTS]`, `[ADDR[-ADDR]]:PORTS` or a bare IPv6 `ADDR[-ADDR]`) that
+    is not one of `family`, as iptables' NAT targets read them (libxt_NAT's parse_to:
+    inet_pton), or None. A value of ports alone (`:8080`) has none to be wrong."""
+    if value.startswith("["):
+        end = value.find("]")
+        addresses = value[1:end] if end >= 0 else value
+    else:
+        colon = value.find(":")
+        if colon >= 0 and ":" in value[colon + 1 :]:
+            colon = -1  # an IPv6 address without brackets: no port
+        addresses = value if colon < 0 else value[:colon]
+    if not addresses:
+        return None
+    for part in addresses.split("-", 1) if "-" in addresses else (addresses,):
+        if not _numeric(part, family):
+            return part
+    return None
 
 
 def _rule_address(

@@ -272,6 +272,22 @@ def _left(value: Any) -> str:
     raise ValueError("unmodelled left side")
 
 
+# The left sides whose value is an address, with its family.
+_ADDRESS_LEFTS = {"ip saddr": 4, "ip daddr": 4, "ip6 saddr": 6, "ip6 daddr": 6}
+
+
+class _NotAnAddress(ValueError):
+    """An address match or a dnat whose value is no address of its family: nft prints
+    none such, so the document is not its output. The rule is refused, as a dnat to
+    what is no address is (never an opaque match: list and check read a plugin rule's
+    `ip daddr` as its host IP; a snapshot's `ip daddr zz` was an internal error)."""
+
+
+def _is_v6(address: str) -> bool:
+    """Of an address as _address gives it (compressed): IPv6 has a colon, IPv4 none."""
+    return ":" in address
+
+
 class _Values:
     """Expressions -> values for one parse, remembering what recurs.
 
@@ -326,14 +342,40 @@ class _Values:
             key = (left, op, right) if type(right) in (int, str) else None
             found = self.matches.get(key) if key is not None else None
             if found is None:
+                family = _ADDRESS_LEFTS.get(left)
+                if family is not None:
+                    self.addresses_of(left, right, family)
                 found = _made_match(left, op, self.right(right))
                 if key is not None:
                     self.matches[key] = found
             return found
+        except _NotAnAddress:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError):
             return Match("?", raw=json.dumps({"match": expr}, sort_keys=True))
 
-    def body(self, exprs: Iterable[Any], comment: Optional[str]) -> RuleBody:
+    def addresses_of(self, left: str, value: Any, family: int) -> None:
+        """Raises _NotAnAddress where `value` of an address match (`left`) holds what is
+        no address of `family`: a string (not a named set's `@name`), a prefix's
+        address, a set's elements, a range's ends. Other forms are left as they are."""
+        if type(value) is str:
+            if value.startswith("@"):
+                return
+            try:
+                address = self.address(value)
+            except ValueError:
+                address = None
+            if address is None or _is_v6(address) != (family == 6):
+                raise _NotAnAddress(f"{left} {value!r} is not an IPv{family} address")
+        elif isinstance(value, dict) and len(value) == 1:
+            ((kind, inner),) = value.items()
+            if kind == "prefix" and isinstance(inner, dict):
+                self.addresses_of(left, inner.get("addr"), family)
+            elif kind in ("set", "range") and isinstance(inner, list):
+                for element in inner:
+                    self.addresses_of(left, element, family)
+
+    def body(self, exprs: Iterable[Any], comment: Optional[str], family: int) -> RuleBody:
         matches: List[Match] = []
         action = _NO_ACTION
         for expr in exprs:
@@ -345,9 +387,10 @@ class _Values:
                 matches.append(self.match(value))
             elif key == "dnat" and _plain_dnat(value):
                 port = value.get("port")
-                action = _made_dnat(
-                    self.address(str(value["addr"])), int(port) if port is not None else None
-                )
+                address = self.address(str(value["addr"]))
+                if _is_v6(address) != (family == 6):
+                    raise _NotAnAddress(f"dnat to {value['addr']!r} is not an IPv{family} address")
+                action = _made_dnat(address, int(port) if port is not None else None)
             elif key == "masquerade" and not value:
                 # (`masquerade random,persistent`, `to :port`: someone else's, opaque)
                 action = _MASQUERADE
@@ -500,7 +543,7 @@ def _add_rule(obj: Mapping[str, Any], tables: Dict[int, Dict[str, Any]], values:
     handle = obj["handle"]
     if type(handle) is not int or handle < 0:
         handle = _handle(obj)  # (raises: what is wrong with it)
-    rule = _made_rule(family, chain, handle, values.body(exprs, comment))
+    rule = _made_rule(family, chain, handle, values.body(exprs, comment, family))
     rules = parts["rules"].get(chain)
     if rules is None:
         rules = parts["rules"][chain] = []
