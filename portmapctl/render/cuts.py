@@ -7,7 +7,7 @@ column gets.
 
 from __future__ import annotations
 
-from typing import List
+from typing import Iterator, List
 
 
 def cut_end(text: str, room: int) -> str:
@@ -76,7 +76,10 @@ def ip_floor(address: str) -> int:
     NETWORK_GROUPS groups and its last (`2001:db8:…:7334`, 15 of 28), unless
     that is no shorter; an IPv4 address whole (15 characters at most: a cut saves
     three and reads as another address)."""
-    least = next(iter(_ipv6_cuts(address, NETWORK_GROUPS)), address)
+    # The narrowest cut alone: _ipv6_cuts makes them as they are asked for (making
+    # every cut to take the first was most of a 10,000-row list's time at 80 columns:
+    # table._readable_cuts asks it of every address cell).
+    least = next(_ipv6_cuts(address, NETWORK_GROUPS), address)
     return min(len(least), len(address))
 
 
@@ -88,33 +91,47 @@ def cut_ip(address: str, room: int) -> str:
     _fitted), one first group, then its middle by characters (cut_middle)."""
     if len(address) <= room:
         return address
-    readable = _ipv6_cuts(address, NETWORK_GROUPS)
-    fitting = [shown for shown in readable if len(shown) <= room]
-    if not fitting:  # below ip_floor: the first group and the last alone
-        least = _ipv6_cuts(address, 1)[:1]
-        least += [shown.replace(":…:", "…") for shown in least]
-        fitting = [shown for shown in least if len(shown) <= room][:1]
-    return fitting[-1] if fitting else cut_middle(address, room)
+    widest = None
+    for shown in _ipv6_cuts(address, NETWORK_GROUPS):
+        if len(shown) > room:
+            break  # (each cut is longer than the one before: none after fits either)
+        widest = shown
+    if widest is not None:
+        return widest
+    # Below ip_floor: the first group and the last alone, with their colons or without.
+    for shown in _ipv6_cuts(address, 1):
+        for least in (shown, shown.replace(":…:", "…")):
+            if len(least) <= room:
+                return least
+        break
+    return cut_middle(address, room)
 
 
-def _ipv6_cuts(address: str, first: int) -> List[str]:
-    """The cuts `head:…:tail` of an IPv6 address (none of an IPv4 one), narrowest first:
-    whole groups, at least `first` non-empty ones in head and one in tail, a group
-    more each time, to head and tail in turn; neither ends at a `::`, and a group at
-    least is left out. Only those shorter than the address."""
+def _ipv6_cuts(address: str, first: int) -> Iterator[str]:
+    """The cuts `head:…:tail` of an IPv6 address (none of an IPv4 one), narrowest first,
+    each longer than the one before, made as they are asked for: whole groups, at least
+    `first` non-empty ones in head and one in tail, a group more each time, to head
+    and tail in turn; neither ends at a `::`, and a group at least is left out. Only
+    those shorter than the address."""
     groups = address.split(":")
     total = len(groups)
     if total < 3:
-        return []
-    heads = [n for n in range(1, total) if groups[n - 1] and sum(map(bool, groups[:n])) >= first]
+        return
+    heads: List[int] = []
+    named = 0  # (non-empty groups so far: counted once, not again for each head)
+    for n in range(1, total):
+        if groups[n - 1]:
+            named += 1
+            if named >= first:
+                heads.append(n)
     tails = [n for n in range(1, total) if groups[total - n]]
-    cuts: List[str] = []
     head = tail = 0
     turn = 0
     while head < len(heads) and tail < len(tails) and heads[head] + tails[tail] < total:
         shown = ":".join(groups[: heads[head]]) + ":…:" + ":".join(groups[total - tails[tail] :])
-        if len(shown) < len(address):
-            cuts.append(shown)
+        if len(shown) >= len(address):
+            return  # (and every later one: each is a group longer)
+        yield shown
         # The next group: to the head, then the tail, in turn (the side that has none
         # left to give gives way to the other).
         if turn % 2 == 0 and head + 1 < len(heads) and heads[head + 1] + tails[tail] < total:
@@ -126,7 +143,6 @@ def _ipv6_cuts(address: str, first: int) -> List[str]:
         else:
             break
         turn += 1
-    return cuts
 
 
 def cut_middle(text: str, room: int) -> str:
