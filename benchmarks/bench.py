@@ -191,11 +191,15 @@ def dnat_chains(mode: str) -> int:
 
 
 def write_cache(directory: str, containers: Sequence[Dict[str, Any]]) -> None:
-    """libcni's results/ file for each container, as after a successful ADD."""
+    """libcni's results/ file for each container, as after a successful ADD: its
+    namespace (one for all) holds its addresses, put there in one `ip -batch`
+    (`check --repair` makes no chain for a container whose namespace lacks them)."""
     os.makedirs(os.path.join(directory, "results"), exist_ok=True)
+    netns = rp.container_netns()
+    rp.hold_many_addresses(netns, [ip for c in containers for ip in c["ips"]])
     for c in containers:
         rp.write_cni_cache(
-            directory, NETWORK, c["id"], "eth0", plugin_conf(c), c["ports"], c["ips"]
+            directory, NETWORK, c["id"], "eth0", plugin_conf(c), c["ports"], c["ips"], netns
         )
 
 

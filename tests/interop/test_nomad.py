@@ -60,22 +60,7 @@ class NomadNode:
                 conf["runtimeConfig"] = {"portMappings": mappings}
             if result is not None:
                 conf["prevResult"] = result
-            env = {
-                "PATH": f"{rp.bin_dir('nft')}:{rp.SYSTEM_PATH}",
-                "CNI_COMMAND": "ADD",
-                "CNI_CONTAINERID": alloc,
-                "CNI_NETNS": netns,
-                "CNI_IFNAME": "eth0",
-                "CNI_PATH": rp.CNI_PATH,
-            }
-            done = subprocess.run(
-                [rp._ip(), "netns", "exec", self.host_ns, f"{rp.CNI_PATH}/{plugin['type']}"],
-                input=json.dumps(conf),
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            done = rp.run_any_plugin(self.host_ns, "ADD", alloc, netns, conf)
             assert done.returncode == 0, f"{plugin['type']}: {done.stdout} {done.stderr}"
             # The bridge makes a result of its own: loopback's is no prevResult of note.
             result = json.loads(done.stdout) if plugin["type"] != "loopback" else None
