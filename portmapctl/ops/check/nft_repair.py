@@ -27,6 +27,7 @@ from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import ApplyFailed, Interrupted, PortmapctlError, found_in
+from portmapctl.ops.check.cache_now import NamespaceLook, not_made
 from portmapctl.ops.check.nft import (
     expected_configs,
     expected_in_add_order,
@@ -76,6 +77,8 @@ class _CacheAgain:
         self.since = time.time_ns() - _CLOCK_SLACK_NS
         self.now: Dict[str, Optional[Attachment]] = {}  # by path, as read again
         self.left_alone: Set[str] = set()  # paths whose entry is not as first read
+        self.look = NamespaceLook()
+        self.torn_down: Dict[str, Attachment] = {}  # by path: left alone (NamespaceLook)
 
     def configs(self) -> List[MappingConfig]:
         """What the plan makes: the entries as first read, but of the containers left
@@ -107,6 +110,12 @@ class _CacheAgain:
             self.now[a.path] = now if kept else None
             if not kept or now.mapping != a.mapping or self._written_since(a.path):  # type: ignore[union-attr]
                 self.left_alone.add(a.path)
+        # Still cached, its namespace there without its address: being torn down. Left
+        # alone, its entry kept for the check after (which still expects its rules).
+        held = [now for p in paths if (now := self.now.get(p)) is not None]
+        for now in self.look.torn_down([a for a in held if a.path not in self.left_alone]):
+            self.left_alone.add(now.path)
+            self.torn_down[now.path] = now
         return self.configs() != before
 
     def _written_since(self, path: str) -> bool:
@@ -151,6 +160,7 @@ def nft_repair(
     if node.nft is None or attachments is None:
         return NftRepaired("", [], None if attachments is None else list(attachments))
     from portmapctl.nftables import planner
+    from portmapctl.nftables.ruleset import HOSTPORTS
     from portmapctl.nftables.wanted import wanted
 
     cache = _CacheAgain(node, expected_in_add_order(node, attachments))
@@ -199,6 +209,11 @@ def nft_repair(
     left = tuple(
         Unrepaired(t.family, c.network, c.container_id, t.chain, t.why(nft_holder_name(t), cached))
         for c, t in (taken[k] for k in sorted(taken))
+    ) + tuple(
+        u
+        for a in sorted(cache.torn_down.values(), key=lambda a: (a.network, a.container_id))
+        for f in families
+        if (u := not_made(a, f, HOSTPORTS)) is not None
     )
     if not text or not planned:
         return NftRepaired(text, [], now, left, tuple(notes))

@@ -427,6 +427,8 @@ def repair(
             if configs_here:
                 txns, family_unrepaired = _repair_family(node, family, configs_here, notes, cache)
                 unrepaired += family_unrepaired
+                if cache is not None:
+                    unrepaired += cache.left_out(family)  # (being torn down: not made)
             else:
                 txn = _converge_shared(
                     node, family, _plan(None if configs is None else configs_here, None), notes
