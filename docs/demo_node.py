@@ -8,10 +8,11 @@
 
 The node is a network namespace (`pmdemo`) where the real CNI portmap plugin
 (/usr/lib/cni/portmap) has published ports, with a libcni cache and a /run/portmapctl
-of its own. Commands started with `run` or `shell` see that namespace's iptables and
+of its own; a second namespace (`pmdemo-pods`) holds the cached containers' addresses,
+as each container's own would. Commands started with `run` or `shell` see that namespace's iptables and
 conntrack, and the demo's cache at /var/lib/cni and state at /run/portmapctl (bind
 mounts private to them), so `portmapctl list` there works as on a real node. Nothing
-outside the namespace is touched, except that an empty /var/lib/cni is created as a
+outside the two namespaces is touched, except that an empty /var/lib/cni is created as a
 mount point when the host has none (and removed again by `down`).
 
 What `up` leaves (network "podman", SNAT on, as podman/containerd would):
@@ -58,10 +59,19 @@ def add(container: str, ips: List[str], ports: List[dict], cached: bool, mode: s
     conf = rp.plugin_conf("podman", ips, ports)
     rp.run_plugin("ADD", NS, container, conf, mode=mode, check=True)
     if cached:
-        # The entry names a namespace that exists (the node's own stands in for the
-        # container's): a path that does not would make it a zombie.
-        netns = str(Path("/run/netns", NS))
+        # The entry names a namespace that exists and holds the container's address, as
+        # after a real ADD (one namespace stands in for every container's): a path that
+        # does not exist makes a zombie, and one without the address a container whose
+        # DEL is under way, which check --repair leaves alone.
+        netns = str(Path("/run/netns", _pods()))
+        rp.hold_addresses(netns, ips)
         rp.write_cni_cache(CACHE, "podman", container, "eth0", conf, ports, ips, netns=netns)
+
+
+def _pods() -> str:
+    """The namespace standing in for the containers' own (named after NS, which the
+    docs' tests change)."""
+    return f"{NS}-pods"
 
 
 def conntrack(*args: str) -> None:
@@ -84,6 +94,8 @@ def up() -> None:
         sys.exit(f"{NS} exists already: `{sys.argv[0]} down` first")
     subprocess.run(["ip", "netns", "add", NS], check=True)
     subprocess.run(["ip", "-n", NS, "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "netns", "add", _pods()], check=True)
+    subprocess.run(["ip", "-n", _pods(), "link", "set", "lo", "up"], check=True)
     # The node's own address, which the UDP flows below are sent to: flush-udp only
     # looks at flows to the node's addresses (a forwarded flow met no mapping).
     subprocess.run(["ip", "-n", NS, "addr", "add", "203.0.113.1/32", "dev", "lo"], check=True)
@@ -131,6 +143,7 @@ def run_on_node(command: List[str]) -> int:
 
 def down() -> None:
     subprocess.run(["ip", "netns", "delete", NS], check=False)
+    subprocess.run(["ip", "netns", "delete", _pods()], check=False, capture_output=True)
     if MOUNTPOINT_MARK.exists():
         try:
             Path("/var/lib/cni").rmdir()
