@@ -4,6 +4,7 @@ address still on an interface there?), against real namespaces."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import realplugin as rp
@@ -33,3 +34,46 @@ def test_the_addresses_of_an_interface_and_none_once_it_is_deleted(host_ns: str,
     _ip(ctr, "link", "del", "eth0")  # what bridge's DEL does first
     assert addresses_of({path: True})[path] == {"127.0.0.1", "::1"}
     assert namespace_addresses(str(tmp_path / "nothing")) == set()
+
+
+def test_a_signal_as_a_namespace_is_entered_leaves_the_command_where_it_was(
+    host_ns: str, monkeypatch
+):
+    """The CLI raises Terminated on SIGTERM (Interrupted on Ctrl-C) from its handler,
+    which Python runs in the main thread at the first bytecode after the signal. One
+    landing as setns(2) into a container's namespace returned, before the read's `try`
+    that leaves it again, left the command in the container's namespace: a repair's
+    `except Interrupted` then set route_localnet and flushed the UDP conntrack entries
+    of the family it had written there, not on the node. Here the signal is sent right
+    after the setns into the namespace, as one arriving during that call is taken."""
+    import signal
+
+    from portmapctl.errors import Terminated
+    from portmapctl.host import netns
+
+    _ip(host_ns, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
+    _ip(host_ns, "addr", "add", "10.89.0.5/24", "dev", "eth0")
+    real, sent = netns._setns, []
+
+    def setns_then_a_signal(fd: int) -> None:
+        real(fd)
+        if not sent:
+            sent.append(fd)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    monkeypatch.setattr(netns, "_setns", setns_then_a_signal)
+    before = os.stat("/proc/thread-self/ns/net").st_ino
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        with pytest.raises(Terminated):
+            addresses_of({f"/run/netns/{host_ns}": False})
+            for _ in range(100):  # (a signal taken by the main thread once it is back)
+                time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sent
+    assert os.stat("/proc/thread-self/ns/net").st_ino == before  # never left
+    assert "10.89.0.5" in addresses_of({f"/run/netns/{host_ns}": False})[f"/run/netns/{host_ns}"]
