@@ -14,7 +14,10 @@ from typing import Callable, List, Optional
 
 import pytest
 import realplugin as rp
+from flush_udp_helpers import ct_args, ct_sports, ns_run, route_localnet
 from gc_helpers import Node_, node  # noqa: F401
+from pmctl import run as pm_run
+from test_repair_batch import _pod_interface
 
 from portmapctl.core.mapping import MappingConfig, PortMapping
 from portmapctl.errors import ApplyFailed
@@ -222,6 +225,49 @@ def test_the_plugins_del_of_one_interface_before_the_table_was_read_is_not_made_
     assert "--dport 9090 -j DNAT --to-destination 10.77.0.6:80" in saved, saved
     for done in rp.run_check(host_ns, cid, confs["net2"], mode="nft", ifname="net2"):
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_pods_live_interface_beside_one_being_torn_down_gets_the_plugins_side_effects(
+    host_ns: str, tmp_path
+) -> None:
+    """A pod on one network twice (net1, net2: one chain) after a firewall flush, while
+    net1's DEL is under way past portmap (its interface gone from the pod's namespace,
+    its entry still cached: a delegate's DEL, Multus's hot-unplug). The repair makes
+    the chain from net2's entry alone and names net1 (exit 1), as 88f3b5b meant; but
+    net1's `could not repair` line named the chain, and the repair skipped the side
+    effects of every mapping of a chain so named: net2's, made, got neither the UDP
+    flush of the flows that reached the node un-NATed while its mapping was missing
+    (pinned there until idle) nor route_localnet."""
+    rp.require(rp.mode_available("nft"))
+    _pod_interface(host_ns, "cni0", "10.77.0.1/16")
+    pod = rp.create_netns("pmt-ctr")
+    try:
+        path, cache, cid = f"/run/netns/{pod}", tmp_path / "multus", "6e0d" * 16
+        for ifname, ip, port in (("net1", "10.77.0.5/16", 8080), ("net2", "10.77.0.6/16", 9090)):
+            ports = [{"hostPort": port, "containerPort": 53, "protocol": "udp"}]
+            conf = rp.plugin_conf("racenet", [ip], ports)
+            conf["prevResult"]["interfaces"][0]["name"] = ifname  # the delegate's interface
+            rp.run_plugin("ADD", host_ns, cid, conf, mode="nft", ifname=ifname, check=True)
+            rp.write_cni_cache(cache, "racenet", cid, ifname, conf, ports, [ip], netns=path)
+        rp.hold_addresses(path, ["10.77.0.6/16"])  # net1's interface (and address) gone
+        ns_run(host_ns, "sysctl", "-qw", "net.ipv4.conf.cni0.route_localnet=0")
+        for args in (["-F"], ["-X"]):
+            rp.iptables(host_ns, ["-t", "nat", *args])
+        # A flow to net2's host port that reached the node un-NATed meanwhile.
+        ns_run(host_ns, "ip", "addr", "add", "192.0.2.2/32", "dev", "lo")
+        ns_run(host_ns, "conntrack", *ct_args("192.0.2.1", "192.0.2.2", 41000, 9090))
+        done = pm_run(
+            ["check", "--repair", "--netns", host_ns, "--iptables", "nft", "--family", "4"]
+            + ["--cni-cache-dir", str(cache)]
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "its address 10.77.0.5 is on no interface" in done.stderr, done.stderr
+        saved = rp.strip_save_comments(rp.save(host_ns, 4, "nft"))
+        assert "--to-destination 10.77.0.6:53" in saved and "10.77.0.5" not in saved, saved
+        assert 41000 not in ct_sports(host_ns)  # flushed, as the plugin's ADD does
+        assert route_localnet(host_ns, "cni0") == "1"
+    finally:
+        rp.delete_netns(pod)
 
 
 def _no_rule_twice(node: Node_) -> None:  # noqa: F811

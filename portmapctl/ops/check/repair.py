@@ -411,6 +411,7 @@ def repair(
     # there, and the check before found nothing).
     nft_tried: List[Tuple[NftTransaction, List[MappingConfig]]] = []
     notes: List[str] = []  # (a try whose tool died, found gone in: errors.found_in)
+    torn_down: List[Unrepaired] = []  # (cache.left_out: see below)
     try:
         for family in node.families if node.options.reads_iptables else ():
             other = read.other_tables.get(family)
@@ -428,7 +429,9 @@ def repair(
                 txns, family_unrepaired = _repair_family(node, family, configs_here, notes, cache)
                 unrepaired += family_unrepaired
                 if cache is not None:
-                    unrepaired += cache.left_out(family)  # (being torn down: not made)
+                    left = cache.left_out(family)  # (being torn down: not made)
+                    torn_down += left
+                    unrepaired += left
             else:
                 txn = _converge_shared(
                     node, family, _plan(None if configs is None else configs_here, None), notes
@@ -439,7 +442,14 @@ def repair(
             if not txns:
                 continue
             transactions[family] = "".join(t.render() for t in txns)
-            left_out = {u.chain for u in unrepaired if u.family == family}
+            # A container left out as torn down is in no config of cache.current, but its
+            # chain is made from its other interfaces' entries (a pod on the network
+            # twice): those get their side effects.
+            left_out = {
+                u.chain
+                for u in unrepaired
+                if u.family == family and not any(u is t for t in torn_down)
+            }
             for txn in txns:
                 for c in changed_mappings(
                     txn, cache.current(configs or []) if cache else configs or []
