@@ -9,7 +9,6 @@ namespace's own.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import struct
 import time
@@ -433,8 +432,9 @@ def _resolved(path: str) -> str:
 
 def namespace_addresses(path: str) -> Set[str]:
     """The addresses configured in the network namespace at `path` (empty when it
-    cannot be entered), read from its /proc/net: fib_trie's local /32 entries (IPv4)
-    and if_inet6 (IPv6). Entered from a thread of its own (see addresses_of)."""
+    cannot be entered): its interfaces' addresses, asked over netlink from inside it
+    (host/addresses.interface_addresses). Entered from a thread of its own (see
+    addresses_of)."""
     return addresses_of({path: True})[path] or set()
 
 
@@ -453,7 +453,7 @@ def addresses_of(paths: Mapping[str, bool]) -> Dict[str, Optional[Set[str]]]:
     container, not the node. The main thread never leaves its namespace now; a
     signal during the look ends the call in the caller (the thread is left to end).
 
-    An IPv4 address stays in fib_trie while its interface is down; an IPv6 one goes
+    An IPv4 address stays while its interface is down; an IPv6 one goes
     when the interface is set down (keep_addr_on_down is off by default). Both go with
     the interface, which the main plugin's DEL deletes (bridge, ptp, macvlan: first
     thing; calico: after its datastore calls)."""
@@ -506,42 +506,12 @@ def _look_into(paths: Mapping[str, bool], found: Dict[str, Optional[Set[str]]]) 
 
 
 def _addresses_here(ipv6: bool) -> Optional[Set[str]]:
-    """The addresses of this thread's namespace (see addresses_of); None when its
-    fib_trie cannot be read. Where IPv6 is off there is no if_inet6: no address."""
-    text = _read_proc("/proc/thread-self/net/fib_trie")
-    if text is None:
-        return None
-    found: Set[str] = set()
-    last = None
-    for line in text.split(b"\n"):
-        words = line.split()
-        if len(words) == 2 and words[0].endswith(b"--"):
-            last = words[1]
-        elif b"/32 host LOCAL" in line and last is not None:
-            found.add(last.decode("ascii", "replace"))
-    inet6 = _read_proc("/proc/thread-self/net/if_inet6") if ipv6 else None
-    for line in (inet6 or b"").split(b"\n"):
-        raw = line.split()[0] if line.strip() else b""
-        if len(raw) == 32:
-            try:
-                found.add(str(ipaddress.IPv6Address(bytes.fromhex(raw.decode("ascii")))))
-            except ValueError:
-                continue
-    return found
+    """The addresses of this thread's namespace (see addresses_of), over netlink (not
+    /proc/thread-self/net, which some kernels showed stale after a setns); None when
+    they cannot be asked."""
+    from portmapctl.host.addresses import interface_addresses
 
-
-def _read_proc(path: str) -> Optional[bytes]:
-    """A /proc file's whole text, read raw (None when it cannot be)."""
     try:
-        handle = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return set(interface_addresses((4, 6) if ipv6 else (4,)))
     except OSError:
         return None
-    chunks = []
-    try:
-        while chunk := os.read(handle, 65536):
-            chunks.append(chunk)
-    except OSError:
-        return None
-    finally:
-        os.close(handle)
-    return b"".join(chunks)
