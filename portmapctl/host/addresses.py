@@ -102,15 +102,30 @@ def local_addresses(families: Iterable[int] = (4, 6)) -> LocalAddresses:
 
 
 def _dump_local_routes(sock: socket.socket, family: int) -> Iterator[Network]:
-    seq = family  # one request per family on this socket
     body = _RTMSG.pack(_AF[family], 0, 0, 0, 0, 0, 0, 0, 0)
-    sock.sendto(
-        _NLMSGHDR.pack(
-            _NLMSGHDR.size + len(body), _RTM_GETROUTE, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0
-        )
-        + body,  # fmt: skip
-        (0, 0),
+    try:
+        for buf, start, end in _dump(sock, _RTM_GETROUTE, _RTM_NEWROUTE, body, family):
+            found = _local_route(buf, start, end, family)
+            if found is not None:
+                yield found
+    except _Refused as err:
+        raise HostProblem(f"cannot read the node's addresses (netlink): {err.strerror}") from None
+
+
+class _Refused(OSError):
+    """The kernel's NLMSG_ERROR answer to a dump."""
+
+
+def _dump(
+    sock: socket.socket, request: int, reply: int, body: bytes, seq: int
+) -> Iterator[Tuple[bytes, int, int]]:
+    """One NETLINK_ROUTE dump (`request` with `body`, numbered `seq`: one per family on
+    a socket): (buffer, start, end) of the body of each `reply` message. _Refused for
+    the kernel's refusal."""
+    header = _NLMSGHDR.pack(
+        _NLMSGHDR.size + len(body), request, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0
     )
+    sock.sendto(header + body, (0, 0))
     while True:
         buf = sock.recv(1 << 16)
         offset = 0
@@ -126,15 +141,10 @@ def _dump_local_routes(sock: socket.socket, family: int) -> Iterator[Network]:
             if kind == _NLMSG_ERROR:
                 (code,) = _ERRNO.unpack_from(buf, start)
                 if code:
-                    raise HostProblem(
-                        f"cannot read the node's addresses (netlink): {os.strerror(-code)}"
-                    )
+                    raise _Refused(-code, os.strerror(-code))
                 continue
-            if kind != _RTM_NEWROUTE:
-                continue
-            found = _local_route(buf, start, start - _NLMSGHDR.size + length, family)
-            if found is not None:
-                yield found
+            if kind == reply:
+                yield buf, start, start - _NLMSGHDR.size + length
 
 
 def _local_route(buf: bytes, start: int, end: int, family: int) -> Union[Network, None]:
@@ -170,36 +180,11 @@ def interface_addresses(families: Iterable[int]) -> FrozenSet[str]:
 
 
 def _dump_addresses(sock: socket.socket, family: int) -> Iterator[str]:
-    seq = family
     body = _IFADDRMSG.pack(_AF[family], 0, 0, 0, 0)
-    sock.sendto(
-        _NLMSGHDR.pack(
-            _NLMSGHDR.size + len(body), _RTM_GETADDR, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0
-        )
-        + body,  # fmt: skip
-        (0, 0),
-    )
-    while True:
-        buf = sock.recv(1 << 16)
-        offset = 0
-        while offset + _NLMSGHDR.size <= len(buf):
-            length, kind, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(buf, offset)
-            if length < _NLMSGHDR.size:
-                return
-            start, offset = offset + _NLMSGHDR.size, offset + _align(length)
-            if msg_seq != seq:
-                continue
-            if kind == _NLMSG_DONE:
-                return
-            if kind == _NLMSG_ERROR:
-                (code,) = _ERRNO.unpack_from(buf, start)
-                if code:
-                    raise OSError(-code, os.strerror(-code))
-                continue
-            if kind == _RTM_NEWADDR:
-                found = _address(buf, start, start - _NLMSGHDR.size + length, family)
-                if found is not None:
-                    yield found
+    for buf, start, end in _dump(sock, _RTM_GETADDR, _RTM_NEWADDR, body, family):
+        found = _address(buf, start, end, family)
+        if found is not None:
+            yield found
 
 
 def _address(buf: bytes, start: int, end: int, family: int) -> Union[str, None]:
