@@ -1,12 +1,16 @@
 """What the tests of an unusable run directory share: something planted where the
 lock or gc's state file should be (tests/kernel/test_privilege.py,
-tests/kernel/test_field_faults.py, tests/unit/test_gc_pure.py)."""
+tests/kernel/test_field_faults.py, tests/unit/test_gc_pure.py), and a run directory
+with no room left (test_field_faults, test_gc)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
 from pathlib import Path
+from typing import Iterator
 
 
 def plant(path: Path, kind: str) -> None:
@@ -31,3 +35,29 @@ def plant(path: Path, kind: str) -> None:
         os.chown(path, 65534, 65534)
     else:
         raise ValueError(f"nothing to plant called {kind!r}")
+
+
+@contextlib.contextmanager
+def full_run_dir(run_dir: Path) -> Iterator[Path]:
+    """`run_dir` (made here) as a tiny tmpfs, filled up: files can be created (the
+    lock), nothing written (needs root). Unmounted on the way out."""
+    run_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(run_dir)],
+                   check=True)  # fmt: skip
+    try:
+        fill(run_dir)
+        yield run_dir
+    finally:
+        subprocess.run(["umount", "-l", str(run_dir)], check=False)
+
+
+def fill(run_dir: Path) -> None:
+    """Fill the file system of `run_dir` (a file `filler` in it takes what is left)."""
+    fd = os.open(run_dir / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass  # full
+    finally:
+        os.close(fd)

@@ -168,6 +168,10 @@ def gc_command(
                     out.message("nothing removed" + ("" if answer is False else NO_ANSWER))
                     if recorder is not None:
                         recorder.note_gc(preview, node_opts.families)
+                    # A "no" ends the run here: what the preview could not record is
+                    # its one error line, as in a dry run (a "yes" says it after the
+                    # removal, when the real run's save fails too).
+                    _not_recorded(preview)
                     return
                 confirmed = frozenset(c.key for c in preview.removed)
                 options = replace(options, only=confirmed)

@@ -21,8 +21,9 @@ from typing import List
 
 import pytest
 import realplugin as rp
+import run_dir_helpers
 from pmctl import assert_error, ok, run
-from run_dir_helpers import plant
+from run_dir_helpers import fill, plant
 
 from portmapctl.iptables.chains import TOPLEVEL_DNAT, chain_name
 
@@ -403,26 +404,8 @@ def test_gc_removes_a_stale_chain_holding_a_rule_whose_comment_is_not_utf8(node)
 def full_run_dir(tmp_path):
     """A tiny tmpfs, filled up: files can be created (the lock), nothing written."""
     _needs_root()
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(run_dir)],
-                   check=True)  # fmt: skip
-    try:
-        _fill(run_dir)
+    with run_dir_helpers.full_run_dir(tmp_path / "run") as run_dir:
         yield run_dir
-    finally:
-        subprocess.run(["umount", "-l", str(run_dir)], check=False)
-
-
-def _fill(run_dir: Path) -> None:
-    fd = os.open(run_dir / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def test_gc_whose_output_goes_to_a_full_disk_removes_records_and_exits_3(node, tmp_path):
@@ -468,7 +451,7 @@ def test_gc_with_a_full_run_dir_reports_what_it_did_flushes_and_exits_3(node, fu
     env = {"PORTMAPCTL_RUN_DIR": str(full_run_dir)}
     (full_run_dir / "filler").unlink()
     ok([*gc_args, "--dry-run"], env=env)
-    _fill(full_run_dir)
+    fill(full_run_dir)
 
     done = run([*gc_args, "--yes", "--min-age", "0", "-q"], env=env)
 

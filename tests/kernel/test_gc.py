@@ -26,6 +26,7 @@ import pytest
 import realplugin as rp
 from gc_helpers import Node_, node  # noqa: F401
 from pmctl import assert_error, run
+from run_dir_helpers import full_run_dir
 
 from portmapctl.errors import ApplyFailed
 from portmapctl.host import netns, paths
@@ -405,6 +406,16 @@ def test_valid_attachments_and_keep(nft_node: Node_, tmp_path):
     node.check("a1")
 
 
+def _one_live_one_stale(node: Node_) -> tuple:
+    """live1 (cached) and stale1 (not) on gcnet: (the IPv4 table's lines before, the
+    gc command line that asks about stale1)."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
+    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    argv = ["gc", "--netns", node.ns, "--iptables", "nft", "--cni-cache-dir", str(node.cache),
+            "--min-age", "0"]  # fmt: skip
+    return node.lines(4), argv
+
+
 def _on_terminal(
     argv: List[str],
     answer: bytes,
@@ -536,6 +547,24 @@ def test_on_a_terminal_gc_whose_lock_is_refused_exits_3_before_it_asks(nft_node:
     assert node.lines(4) == before
 
 
+def test_on_a_terminal_gc_answered_no_says_the_preview_could_not_record(nft_node: Node_, tmp_path):
+    """The preview records its sightings as a dry run does. With no room for them a dry
+    run ends with the one error line, exit 3; gc that asked and was told "no" said
+    "nothing removed" and exited 0, the failed save unsaid (--min-age never counting
+    from that look). Now the "no" ends with the same line, exit 3, nothing removed."""
+    node = nft_node
+    before, argv = _one_live_one_stale(node)
+    with full_run_dir(tmp_path / "run") as run_dir:
+        env = {"PORTMAPCTL_RUN_DIR": str(run_dir), "PORTMAPCTL_PROGRESS_AFTER": "3600"}
+        code, shown, stdout = _on_terminal(argv, b"n", env)
+    assert code == 3, shown
+    assert "[y/N]" in shown and "nothing removed" in shown and stdout == ""
+    last = shown.strip().splitlines()[-1]
+    assert last.startswith("portmapctl: error: could not record the chains seen for"), shown
+    assert "No space left on device" in last
+    assert node.lines(4) == before
+
+
 def test_a_dry_run_waiting_for_the_lock_says_so_alone_without_its_bar(nft_node: Node_, tmp_path):
     """gc --dry-run takes the lock only to record its sightings, after it has looked.
     Its bar ("looking for chains to remove") stayed on while it waited: the waiting line
@@ -610,11 +639,7 @@ def test_end_of_input_at_gc_prompt_is_the_default_answer_no(nft_node: Node_):
     """Ctrl-D (stdin at its end) answers the prompt as Enter does: no, nothing removed,
     said in one line, exit 0; 130 is Ctrl-C's alone."""
     node = nft_node
-    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
-    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
-    before = node.lines(4)
-    argv = ["gc", "--netns", node.ns, "--iptables", "nft", "--cni-cache-dir", str(node.cache),
-            "--min-age", "0"]  # fmt: skip
+    before, argv = _one_live_one_stale(node)
     code, shown, stdout = _on_terminal(argv, b"\x04")  # VEOF at a line's start: end of input
     assert code == 0, shown
     # Nothing on stdout, not even the space click writes after the prompt (it goes to
