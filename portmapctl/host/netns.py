@@ -9,11 +9,13 @@ namespace's own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import struct
 import time
 from enum import Enum
 from typing import (
+    Any,
     Callable,
     Collection,
     Dict,
@@ -43,19 +45,21 @@ def resolve(name_or_path: str) -> str:
     return os.path.join(NETNS_RUN_DIR, name_or_path)
 
 
-_libc = None  # ctypes' handle of libc, made on the first setns (Python < 3.12)
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    """ctypes' handle of libc (Python < 3.12), made once: 10 us a setns otherwise."""
+    import ctypes  # only with --netns: 2-10 ms that every other run need not pay
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _setns(fd: int) -> None:
-    global _libc
     if hasattr(os, "setns"):  # Python 3.12+
         os.setns(fd, CLONE_NEWNET)
         return
-    import ctypes  # only with --netns: 2-10 ms that every other run need not pay
+    if _libc().setns(fd, CLONE_NEWNET) != 0:
+        import ctypes
 
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)  # (once: 10 us a call otherwise)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
