@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import pmctl
 import pytest
 import realplugin as rp
 import upstream
@@ -229,3 +230,64 @@ def test_a_cached_container_the_plugin_adds_again_during_a_repair_is_not_doubled
     assert ruleset.count("ip saddr 127.0.0.1 ip daddr 10.88.0.11 masquerade") == 1, ruleset
     assert ruleset.count("fib daddr type local jump hostports_all") == 2, ruleset
     upstream.run(V191, "CHECK", node, "live1", live1, check=True)
+
+
+@pytest.mark.parametrize("lost", ["table", "one-rule"])
+def test_a_pods_live_network_beside_one_being_torn_down_is_repaired(
+    node: str, tmp_path: Path, lost: str
+) -> None:
+    """A pod on two networks (Multus: net1 on `net-a`, net2 on `net-b`), net1's DEL under
+    way past portmap (its interface and address gone from the pod's namespace, its entry
+    still cached). Every rule of the container carries one comment, its ID; the repair
+    left the whole container as it was, so net2, live, stayed without its mapping for
+    as long as net1's entry stood (for good when a DEL fails there). Now net2's rules are
+    made; net1's are neither made (`lost` = "table": named, exit 1) nor, where still
+    there (`lost` = "one-rule": only net2's DNAT rule gone), deleted or named."""
+    pod = rp.create_netns("pmt-pod")
+    try:
+        path = f"/run/netns/{pod}"
+        confs = {}
+        for ifname, network, ip, port in (
+            ("net1", "net-a", "10.77.0.5/16", 8080),
+            ("net2", "net-b", "10.77.0.6/16", 9090),
+        ):
+            ports = [rp.port_mapping(port, 80)]
+            confs[ifname] = upstream.nft_conf(network, [ip], ports)
+            confs[ifname]["prevResult"]["interfaces"][0]["name"] = ifname  # (the plugin's pick)
+            upstream.run(V191, "ADD", node, "pod1", confs[ifname], ifname=ifname, check=True)
+            entry = rp.write_cni_cache(
+                tmp_path, network, "pod1", ifname, confs[ifname], ports, [ip], netns=path
+            )
+            old = time.time() - 60  # (not written as the repair began: _CacheAgain)
+            os.utime(entry, (old, old))
+        rp.hold_addresses(path, ["10.77.0.6/16"])  # net1's interface gone, net2's there
+        if lost == "table":
+            upstream.nft(node, "delete", "table", "ip", "cni_hostport")
+        else:
+            handle = next(
+                obj["rule"]["handle"]
+                for obj in json.loads(upstream.ruleset_json(node))["nftables"]
+                if "rule" in obj and obj["rule"]["chain"] == "hostports"
+                and "9090" in json.dumps(obj["rule"]["expr"])
+            )  # fmt: skip
+            upstream.nft(
+                node, "delete", "rule", "ip", "cni_hostport", "hostports", "handle", str(handle)
+            )
+        done = pmctl.run(
+            ["check", "--repair", "--netns", node, "--family", "4"]
+            + ["--cni-cache-dir", str(tmp_path)]
+        )
+        ruleset = upstream.ruleset_text(node)
+        assert "tcp dport 9090 dnat to 10.77.0.6:80" in ruleset, ruleset
+        if lost == "table":
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert "could not repair IPv4 net-a/pod1" in done.stderr, done.stderr
+            assert "its address 10.77.0.5 is on no interface" in done.stderr, done.stderr
+            assert "10.77.0.5" not in ruleset, ruleset
+        else:
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "could not repair" not in done.stderr, done.stderr
+            assert "tcp dport 8080 dnat to 10.77.0.5:80" in ruleset, ruleset
+        upstream.run(V191, "CHECK", node, "pod1", confs["net2"], ifname="net2", check=True)
+    finally:
+        rp.delete_netns(pod)

@@ -81,10 +81,25 @@ class _CacheAgain:
         self.torn_down: Dict[str, Attachment] = {}  # by path: left alone (NamespaceLook)
 
     def configs(self) -> List[MappingConfig]:
-        """What the plan makes: the entries as first read, but of the containers left
-        alone none (a container's rules are judged by all its networks at once)."""
-        alone = {a.container_id for a in self.expected if a.path in self.left_alone}
-        return [a.mapping for a in self.expected if a.container_id not in alone]  # type: ignore[misc]
+        """What the plan makes: the entries as first read, but none of a container the
+        plugin ran for meanwhile (its ADD and DEL touch all its networks' rules: they
+        share the container ID as comment), and none of an entry being torn down."""
+        alone = {
+            a.container_id
+            for a in self.expected
+            if a.path in self.left_alone and a.path not in self.torn_down
+        }
+        return [
+            a.mapping  # type: ignore[misc]
+            for a in self.expected
+            if a.container_id not in alone and a.path not in self.torn_down
+        ]
+
+    def kept(self) -> List[MappingConfig]:
+        """The entries being torn down: the rules of theirs still there stay as they
+        are when their container's other networks are repaired (liveness in doubt);
+        what they lack is not made."""
+        return [a.mapping for a in self.torn_down.values() if a.mapping is not None]
 
     def read_again(self, ids: Iterable[str]) -> bool:
         """Read the entries of the containers `ids` again; whether any differs."""
@@ -172,12 +187,15 @@ def nft_repair(
 
     def plan_from(configs: List[MappingConfig], live: Ruleset) -> NftTransaction:
         want = [w for c in configs for f in families if (w := wanted(c, f)) is not None]
-        # Exactly as compared: their own unwanted rules go too (never anyone else's).
+        # Exactly as compared: their own unwanted rules go too (never anyone else's),
+        # but not those of their networks being torn down.
+        also = [w for c in cache.kept() for f in families if (w := wanted(c, f)) is not None]
         ids = {c.container_id for c in configs}
-        return planner.repair(live, want, ids, families, dedupe=True)
+        return planner.repair(live, want, ids, families, also, dedupe=True)
 
     # By container ID and family; a container is left out whole (its networks at once).
     taken: Dict[Tuple[str, int], Tuple[MappingConfig, PortTaken]] = {}
+    short: Set[Tuple[str, int]] = set()  # (path, family): a torn-down entry's rules lacking
 
     def plan(live: Ruleset) -> NftTransaction:
         configs = cache.configs()
@@ -198,6 +216,12 @@ def nft_repair(
                     taken.setdefault((cid, family), (config, took))
             configs = kept
             txn = plan_from(configs, live)
+        # A network being torn down is named only where it lacks rules: when its
+        # container's other networks are what the plan makes, its own may all be there.
+        short.clear()
+        short.update((path, f) for path, a in cache.torn_down.items() for f in families
+                     if (w := wanted(a.mapping, f)) is not None  # type: ignore[arg-type]
+                     and planner.missing_rules(live, w))  # fmt: skip
         planned.append((txn, configs))
         return txn
 
@@ -213,7 +237,7 @@ def nft_repair(
         u
         for a in sorted(cache.torn_down.values(), key=lambda a: (a.network, a.container_id))
         for f in families
-        if (u := not_made(a, f, HOSTPORTS)) is not None
+        if (a.path, f) in short and (u := not_made(a, f, HOSTPORTS)) is not None
     )
     if not text or not planned:
         return NftRepaired(text, [], now, left, tuple(notes))
