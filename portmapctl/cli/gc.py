@@ -206,14 +206,11 @@ def _not_recorded(result: GcResult) -> None:
     from portmapctl.errors import HostProblem
 
     if result.dry_run:
-        raise HostProblem(
-            f"could not record the chains seen for --min-age: {result.state_error}"
-            " (free space in the run directory)"
-        )
+        raise HostProblem(f"could not record the chains seen for --min-age: {result.state_error}")
     done = render.removal_text(result.removed, result.shared_removed)
     raise HostProblem(
         f"removed {done} (see above), but could not record the chains still pending:"
-        f" {result.state_error} (free space in the run directory)"
+        f" {result.state_error}"
     )
 
 

@@ -3,6 +3,7 @@ portmapctl's own files in its run directory (write_atomically)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -129,7 +130,7 @@ def write_atomically(path: str, data: bytes) -> None:
         except FileExistsError:
             os.unlink(temporary)  # left by a run that died (unlink does not follow links)
         except OSError as err:
-            raise HostProblem(f"cannot write {temporary}: {err.strerror}") from None
+            raise cannot_write(temporary, err) from None
     else:
         raise HostProblem(f"cannot write {temporary}: it keeps reappearing")
     try:
@@ -147,8 +148,24 @@ def write_atomically(path: str, data: bytes) -> None:
         except OSError:
             pass
         if isinstance(err, OSError):
-            raise HostProblem(f"cannot write {path}: {err.strerror}") from None
+            raise cannot_write(path, err) from None
         raise
+
+
+# What the person can do about a failed write of our files, by errno; none where the
+# error says it (a permission, an I/O error: no one remedy fits).
+_REMEDIES = {
+    errno.ENOSPC: "free space in the run directory",
+    errno.EDQUOT: "free space in the run directory (its quota is used up)",
+    errno.EROFS: "the run directory is on a read-only file system; PORTMAPCTL_RUN_DIR moves it",
+}
+
+
+def cannot_write(path: str, err: OSError) -> HostProblem:
+    """The one line for a failed write of our file `path`, with the remedy for its
+    cause where there is one."""
+    remedy = _REMEDIES.get(err.errno or 0)
+    return HostProblem(f"cannot write {path}: {err.strerror}" + (f" ({remedy})" if remedy else ""))
 
 
 # The temporary files of write_atomically: the file's name, a PID, ".tmp".

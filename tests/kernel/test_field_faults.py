@@ -460,7 +460,7 @@ def test_gc_with_a_full_run_dir_reports_what_it_did_flushes_and_exits_3(node, fu
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith("portmapctl: error: removed 1 chain of 1 container (see above)")
-    assert "No space left on device" in lines[0]
+    assert lines[0].endswith(": No space left on device (free space in the run directory)")
     assert done.stdout.startswith("gc: removed 1 chain of 1 container")
     assert "1 UDP conntrack entry deleted" in done.stdout
     assert gone not in rp.save(ns)
@@ -500,7 +500,7 @@ def test_gc_dry_run_with_a_full_run_dir_shows_its_plan_and_exits_3(node, full_ru
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith("portmapctl: error: could not record the chains seen for")
-    assert "No space left on device" in lines[0]
+    assert lines[0].endswith(": No space left on device (free space in the run directory)")
     assert "stale1" in done.stdout and "gc (dry run): nothing to remove now, 1 pending" in (
         done.stdout
     )
