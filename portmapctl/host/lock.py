@@ -1,7 +1,7 @@
 """The lock that serialises portmapctl runs that change a node: /run/portmapctl/lock.
 
 flock(2) on a file we create ourselves: 0600 in a 0700 directory owned by root,
-opened with O_NOFOLLOW so a symlink planted at the path is refused, not followed;
+never following a symlink planted at the path, nor opening anything but a regular file;
 a run directory that is not ours (a file or a symlink where it should be, another
 user's) or that others can write to, or a lock path that is not our regular file (a
 FIFO, a socket, a device, a directory, another user's file), is refused too: exit 3,
@@ -70,6 +70,43 @@ def open_refused(path: str, err: OSError, what: str) -> HostProblem:
     if planted:
         return not_ours(path)
     return HostProblem(f"cannot open {what} {path}: {err.strerror}")
+
+
+def open_own(path: str, flags: int, what: str) -> int:
+    """Our file `path` in the run directory (`what` it is), opened with `flags`, and
+    nothing else there ever opened: a device planted at the path can act on open (a
+    watchdog arms), a FIFO or terminal can block or become ours. So what is there is
+    looked at first (lstat) and anything but a regular file refused unopened; the open
+    then (O_NOFOLLOW, O_NONBLOCK, O_NOCTTY: one swapped in meanwhile, which only root
+    can in our 0700 directory, neither followed nor waited on nor made our terminal)
+    must be a regular file of ours. FileNotFoundError when nothing is there and
+    `flags` do not create it; HostProblem for everything else."""
+    try:
+        found = stat.S_IFMT(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        found = stat.S_IFREG  # (absent: the open creates it, or says so)
+    except OSError as err:
+        raise open_refused(path, err, what) from None
+    if found == stat.S_IFLNK:
+        raise HostProblem(f"{path} is a symlink: refusing to follow it")
+    if found != stat.S_IFREG:
+        raise not_ours(path)
+    safe = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | safe, 0o600)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise open_refused(path, err, what) from None
+    try:
+        info = os.fstat(fd)
+    except OSError as err:
+        os.close(fd)
+        raise HostProblem(f"cannot open {what} {path}: {err.strerror}") from None
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(fd)
+        raise not_ours(path)
+    return fd
 
 
 def flock_within(
@@ -151,14 +188,8 @@ def held(
     not `say_waiting` (-q: a cron job mails whatever stderr gets)."""
     safe_run_dir(run_dir)
     path = os.path.join(run_dir, "lock")
+    fd = open_own(path, os.O_RDWR | os.O_CREAT, "lock file")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise open_refused(path, err, "lock file") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-            raise not_ours(path)
         announce = (lambda: _say_waiting(path, holder(fd))) if say_waiting else None
         if not flock_within(fd, wait, on_wait=announce):
             pid = holder(fd)

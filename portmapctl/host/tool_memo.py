@@ -79,15 +79,17 @@ def read_document(run_dir: str, name: str, version: int, max_bytes: int) -> dict
     """The JSON object written by write_document at `version`, or {} when there is none
     to trust: not a regular file of ours (a symlink, another owner), writable by group
     or others, larger than `max_bytes`, not JSON, another version."""
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.host.lock import open_own
+
     path = os.path.join(run_dir, name)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        fd = open_own(path, os.O_RDONLY, "memo")
+    except (OSError, PortmapctlError):
         return {}
     try:
         info = os.fstat(fd)
-        ours = stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
-        if not ours or info.st_mode & 0o022 or info.st_size > max_bytes:
+        if info.st_mode & 0o022 or info.st_size > max_bytes:
             return {}
         document = json.loads(os.read(fd, max_bytes + 1))
     except (OSError, ValueError):

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from portmapctl.errors import HostProblem
 from portmapctl.host.files import write_atomically
-from portmapctl.host.lock import not_ours, open_refused, safe_run_dir
+from portmapctl.host.lock import open_own, safe_run_dir
 
 STATE_FILE = "gc-state.json"
 VERSION = 1
@@ -114,15 +113,10 @@ def _read_document(state_dir: str) -> Tuple[dict, List[str]]:
     warnings; HostProblem when something else is there or it cannot be read."""
     path = _path(state_dir)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = open_own(path, os.O_RDONLY, "gc's state file")
     except FileNotFoundError:
         return {}, []
-    except OSError as err:
-        raise open_refused(path, err, "gc's state file") from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-            raise not_ours(path)
         data = os.read(fd, MAX_STATE_BYTES + 1)
     except OSError as err:
         raise HostProblem(f"cannot read gc's state file {path}: {err.strerror}") from None
