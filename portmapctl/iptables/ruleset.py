@@ -279,8 +279,8 @@ def address_refusal(args: Sequence[str], family: int) -> Optional[str]:
         at = -1
         for _ in range(args.count(word)):  # (no ValueError to end on: it costs)
             at = args.index(word, at + 1)
-            if at == last or at and args[at - 1] == "--comment":
-                continue  # (last: no value; `--comment -d` is a comment's free text)
+            if at == last or at and _valued(args[at - 1]):
+                continue  # (last: no value; after an option: that option's free text)
             value = args[at + 1]
             if word in _NAT_OPTIONS:
                 misread = nat_misread(value, family)
@@ -291,6 +291,15 @@ def address_refusal(args: Sequence[str], family: int) -> Optional[str]:
             elif not is_rule_address(value, family):
                 found.append((at, f"{word} {value!r} is not an IPv{family} address"))
     return min(found)[1] if found else None  # (the first in the rule, whatever the set's order)
+
+
+def _valued(word: str) -> bool:
+    """Whether `word`, just before an address option's name, is an option whose value
+    that name is: iptables-save prints a free text of `-_0-9A-Za-z` unquoted (`--comment
+    -d`, `--log-prefix -d`, a recent list's `--name -d`; a quoted `"-d"` is the same
+    word once read), and a real -s/-d follows the chain, a `!` or a value, a NAT
+    target's option its target's name. A flag is no option with a value (`--syn -d`)."""
+    return word[:1] == "-" and word not in _FLAG_OPTIONS
 
 
 def _bad(source: str, number: int, why: str) -> BadInput:

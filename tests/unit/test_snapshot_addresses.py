@@ -143,6 +143,41 @@ def test_what_iptables_save_prints_is_no_refusal(args, family):
     assert len(table.rules(chain)) == 1
 
 
+# Rules as iptables 1.8.9's iptables-save printed them (iptables-restore --test takes
+# each): a free text made of `-_0-9A-Za-z` alone is printed unquoted, and a quoted one
+# is one word once read, so an option's value may be the very word `-d` or
+# `--to-destination`. Only `--comment`'s was known; a log prefix or a recent list
+# named so made the dump "not an IPv4 address", exit 2.
+FREE_TEXT = [
+    "-A POSTROUTING -m recent --rcheck --name -d --mask 255.255.255.255 --rsource -j RETURN",
+    '-A POSTROUTING -m string --string "-d" --algo bm -j RETURN',
+    "-A POSTROUTING -j LOG --log-prefix -d --log-level 6",
+    "-A POSTROUTING -j LOG --log-prefix --to-destination --log-level 6",
+    "-A POSTROUTING -j LOG --log-prefix --src --log-level 6",
+    "-A POSTROUTING -m hashlimit --hashlimit-upto 5/sec --hashlimit-burst 5"
+    " --hashlimit-name -d -j RETURN",
+    "-A POSTROUTING -m helper --helper -d -j RETURN",
+    "-A POSTROUTING -m comment --comment -s -m comment --comment x -j RETURN",
+]
+
+
+@pytest.mark.parametrize("rule", FREE_TEXT)
+def test_an_options_free_text_that_is_an_address_options_name_is_no_refusal(rule):
+    text = f"*nat\n:POSTROUTING ACCEPT [0:0]\n{rule}\nCOMMIT\n"
+    table = parse_save(text, 4, "dump", strict=True)
+    assert len(table.rules("POSTROUTING")) == 1
+
+
+def test_an_address_option_after_a_flag_is_still_an_address_option():
+    """A hand-written `--syn -d zz` (iptables-restore takes generic options anywhere):
+    `-d` after a flag is the option, not the flag's value."""
+    from portmapctl.iptables.ruleset import address_refusal
+
+    assert address_refusal(("-p", "tcp", "--syn", "-d", "zz", "-j", "ACCEPT"), 4) == (
+        "-d 'zz' is not an IPv4 address"
+    )
+
+
 def test_address_refusal_names_the_first_value_that_is_no_address():
     from portmapctl.iptables.ruleset import address_refusal
     from portmapctl.iptables.spelling import is_rule_address, nat_misread
