@@ -21,6 +21,9 @@ import realplugin
 # --cni-cache-dir gets this directory, which does not exist, so a test that forgot to
 # name its cache sees "no cache" here and on every other machine alike.
 os.environ["PORTMAPCTL_CNI_CACHE_DIR"] = "/nonexistent/portmapctl-tests-name-a-cache-dir"
+# Nor host-local's leases (/var/lib/cni/networks): a cached config without `dataDir`
+# says nothing of them; a test that wants them gives its conflist a `dataDir`.
+os.environ["PORTMAPCTL_HOST_LOCAL_DIR"] = "/nonexistent/portmapctl-tests-host-local"
 REPORT_ENV = "PORTMAPCTL_NETNS_REPORT"
 
 

@@ -372,8 +372,13 @@ def write_cni_cache(
     port_mappings: Sequence[dict[str, Any]],
     ips: Sequence[str],
     netns: str | None = None,
+    leases: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``DIR/results/NETWORK-CONTAINERID-IFNAME`` as libcni's ``cniCacheV1`` does.
+
+    ``leases``: host-local's data directory, named in the conflist (``dataDir``), where
+    each address gets its lease as host-local's ADD leaves it (``ID\r\nIFNAME``).
+    Without it the conflist names none, and the tests' default (conftest) is nowhere.
 
     ``netns`` is the container's namespace path the entry names (default: the test
     container namespace, which exists: a path that does not makes a zombie entry).
@@ -404,6 +409,12 @@ def write_cni_cache(
             portmap_entry,
         ],
     }
+    if leases is not None:
+        conflist["plugins"][0]["ipam"]["dataDir"] = str(leases)
+        for ip in ips:
+            lease = Path(leases, network, str(ipaddress.ip_interface(ip).ip))
+            lease.parent.mkdir(parents=True, exist_ok=True)
+            lease.write_text(f"{container_id}\r\n{ifname}")
     config_bytes = (json.dumps(conflist, indent=2) + "\n").encode()
 
     # Unprivileged (tests/unit on a laptop) no namespace can be made: the entry names

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from typing import Iterable, List, Optional
 
-from portmapctl.host.paths import CNI_CACHE_DIR, DEFAULT_RUN_DIR, MULTUS_CACHE_DIR
+from portmapctl.host.paths import (
+    CNI_CACHE_DIR,
+    DEFAULT_RUN_DIR,
+    HOST_LOCAL_DATA_DIR,
+    MULTUS_CACHE_DIR,
+)
 from tools.clidoc import AppDoc, CommandDoc, OptionDoc
 
 NAME = (
@@ -82,6 +87,12 @@ FILES = [
         " is removed only after --min-age (a chain of a container being added is not"
         " live yet). Kept in /run, so it starts afresh after a reboot.",
     ),
+    (
+        f"{HOST_LOCAL_DATA_DIR}/",
+        "host-local's leases: check --repair makes nothing for a cached container whose"
+        " address is leased to it no more, where its network namespace cannot be looked"
+        " into (read only).",
+    ),
     ("/run/xtables.lock", "The xtables lock iptables-restore waits for."),
 ]
 
@@ -94,6 +105,11 @@ ENVIRONMENT = [
         "Default for --cni-cache-dir (several directories separated by spaces).",
     ),
     ("PORTMAPCTL_METRICS_FILE", "Default for --metrics-file."),
+    (
+        "PORTMAPCTL_HOST_LOCAL_DIR",
+        "host-local's data directory for a cached network config that names no dataDir;"
+        " default /var/lib/cni/networks.",
+    ),
     (
         "PORTMAPCTL_RUN_DIR",
         "Where the lock, gc's state and add's memos are kept; default /run/portmapctl.",

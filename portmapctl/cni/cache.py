@@ -32,6 +32,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set
 
 from portmapctl.cni import config as cni_config
 from portmapctl.cni.entries import entry_paths
+from portmapctl.cni.leases import host_local_data_dir
 from portmapctl.core import validate
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
@@ -67,6 +68,7 @@ class Attachment:
     netns: Optional[str] = None
     netns_state: NetnsState = NetnsState.UNKNOWN
     problem: Optional[str] = None
+    leases: Optional[str] = None  # host-local's lease directory of its network (cni/leases)
 
     @property
     def dnat_chain(self) -> str:
@@ -369,15 +371,19 @@ class ConfigMemo:
     """
 
     def __init__(self) -> None:
-        self._decoded: Dict[str, Optional[dict]] = {}
+        self._decoded: Dict[str, Tuple[Optional[dict], Optional[str]]] = {}
 
-    def portmap_conf(self, value: Any, source: str) -> Optional[dict]:
+    def portmap_conf(self, value: Any, source: str) -> Tuple[Optional[dict], Optional[str]]:
+        """The portmap entry of the config, and host-local's data directory where the
+        config's main plugin uses host-local (cni/leases.py)."""
         if isinstance(value, str) and value in self._decoded:
             return self._decoded[value]
-        conf = _portmap_conf(_decode_config(value, source), source)
+        decoded = _decode_config(value, source)
+        conf = _portmap_conf(decoded, source)
+        found = (conf, host_local_data_dir(decoded) if conf is not None else None)
         if isinstance(value, str):
-            self._decoded[value] = conf
-        return conf
+            self._decoded[value] = found
+        return found
 
 
 def read_attachment(path: str, *, configs: Optional[ConfigMemo] = None) -> Attachment:
@@ -403,7 +409,7 @@ def read_attachment(path: str, *, configs: Optional[ConfigMemo] = None) -> Attac
     ifname = cached.get("ifName") or ""
     if not isinstance(ifname, str):
         raise BadInput(f"{source}: ifName must be a string")
-    conf = (configs or ConfigMemo()).portmap_conf(cached.get("config"), source)
+    conf, data_dir = (configs or ConfigMemo()).portmap_conf(cached.get("config"), source)
     network = cached.get("networkName") or (conf or {}).get("name") or ""
     network = _named(network, "network name", source)
     _check_file_name(path, network, container_id, ifname, source)
@@ -434,7 +440,8 @@ def read_attachment(path: str, *, configs: Optional[ConfigMemo] = None) -> Attac
     # else: no ports, or no address (an L2 network with empty IPAM): the plugin
     # forwards nothing, and neither does anything else expect it to.
     netns = _netns(cached.get("netns"), result, ifname)
-    return Attachment(network, container_id, ifname, path, mapping, netns)
+    leases = os.path.join(data_dir, network) if data_dir and mapping is not None else None
+    return Attachment(network, container_id, ifname, path, mapping, netns, leases=leases)
 
 
 def _ports_given(conf: dict, capability: dict, source: str) -> Any:

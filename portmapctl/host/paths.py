@@ -13,6 +13,10 @@ from typing import Optional, Tuple
 # only in the second.
 CNI_CACHE_DIR = "/var/lib/cni"
 MULTUS_CACHE_DIR = "/var/lib/cni/multus"
+# host-local's own default for a config without `dataDir` (cni/leases.py);
+# PORTMAPCTL_HOST_LOCAL_DIR (host/settings.py) moves it: portmapctl in a container that
+# mounts the host's elsewhere, and tests, which never read the machine's /var/lib/cni.
+HOST_LOCAL_DATA_DIR = "/var/lib/cni/networks"
 # (The default is what the man page names, whatever this process was given.)
 DEFAULT_RUN_DIR = "/run/portmapctl"
 RUN_DIR = os.environ.get("PORTMAPCTL_RUN_DIR") or DEFAULT_RUN_DIR

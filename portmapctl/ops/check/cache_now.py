@@ -27,28 +27,51 @@ TORN_DOWN = (
     " way; a chain made now would send its host ports to an address being given back"
     " (run check again once the runtime is done)"
 )
+GIVEN_BACK = (
+    "host-local gave its address {address} back ({lease} is gone): its plugins' DEL is"
+    " under way (libcni removes the cache entry last) or failed part way; a chain made"
+    " now would send its host ports to an address the next container gets (run check"
+    " again once the runtime is done)"
+)
+TAKEN = (
+    "host-local gave its address {address} to container {holder} ({lease}): this cache"
+    " entry is stale, and a chain made from it would send its host ports to that"
+    " container"
+)
 
 
 class NamespaceLook:
-    """Which cache entries name a network namespace that is there but holds none of
-    the addresses the plugin DNATs to (the first of each family): the container's
-    interface is gone, so its plugins' DEL is under way past the main plugin (libcni
-    runs a network list's DEL last plugin first, portmap before bridge, ptp or calico,
-    which delete the interface, and removes the cache entry after all of them), or
-    failed there. A repair makes nothing for it: a chain (or nftables rules) made then
-    would send its host ports to an address being given back, kept by gc while the
-    entry stands (docs/guarantees.md, Concurrent-safe).
+    """Which cache entries are of a container being torn down, by what the node shows
+    of them, once per command, for a repair to make nothing for them. A chain (or
+    nftables rules) made then would send its host ports to an address being given
+    back, kept by gc while the entry stands (docs/guarantees.md, Concurrent-safe).
 
-    Only namespaces this command judged there (NetnsState.PRESENT) are looked into,
-    once per command, as many at once as asked (a setns and a netlink dump of its
-    addresses: 18-36 us a namespace; 0.17 s of the 6.1 s a repair of 5,000 made after a
-    flush takes, each in a namespace of its own: docs/performance.md); one that cannot
-    be entered says nothing. The namespace looked into is the one the entry names: a container
-    whose addresses live elsewhere (Kata's macvtap mode takes them off the veth into
-    its VM) gets nothing made."""
+    libcni runs a network list's DEL last plugin first, portmap before bridge, ptp or
+    calico, which delete the container's interface (bridge then has host-local give
+    the address back), and removes the cache entry after all of them. So an entry is
+    torn down when
+
+    - its network namespace is there but holds none of the addresses the plugin DNATs
+      to (the first of each family): the interface is gone. Only namespaces this
+      command judged there (NetnsState.PRESENT) are looked into, as many at once as
+      asked (a setns and a netlink dump of its addresses: 18-36 us a namespace; 0.17 s
+      of the 6.1 s a repair of 5,000 made after a flush takes, each in a namespace of
+      its own: docs/performance.md); one that cannot be entered (no CAP_SYS_ADMIN, as
+      in the shipped DaemonSet and systemd unit) says nothing. The namespace looked
+      into is the one the entry names: a container whose addresses live elsewhere
+      (Kata's macvtap mode takes them off the veth into its VM) gets nothing made;
+    - or, where its namespace cannot be looked into, its network uses host-local and
+      none of those addresses is leased to it any more (cni/leases.py): given back, or
+      given to another container (the entry is stale). That needs no privilege: a
+      repair run as the shipped DaemonSet and systemd units run portmapctl (without
+      CAP_SYS_ADMIN) judges by it. The namespace, where it can be
+      seen, decides: its address there is the container's, whatever the leases say (a
+      data directory wiped by hand). An entry whose namespace is gone is a zombie,
+      judged elsewhere."""
 
     def __init__(self) -> None:
         self.addresses: Dict[Tuple[str, bool], Optional[Set[str]]] = {}  # by namespace
+        self.why: Dict[Tuple[str, int], str] = {}  # (path, family): why it is torn down
 
     def torn_down(self, attachments: Sequence[Attachment]) -> List[Attachment]:
         from portmapctl.host.netns import addresses_of
@@ -61,7 +84,7 @@ class NamespaceLook:
         for path, found in addresses_of(wanted).items():
             self.addresses[(path, wanted[path])] = found
             self.addresses.setdefault((path, False), found)
-        return [a for a, key in zip(attachments, keys) if self._holds(a, key) is False]
+        return [a for a, key in zip(attachments, keys) if self._gone(a, key)]
 
     @staticmethod
     def _key(attachment: Attachment) -> Optional[Tuple[str, bool]]:
@@ -74,25 +97,42 @@ class NamespaceLook:
             return None
         return path, mapping.address(6) is not None
 
-    def _holds(self, attachment: Attachment, key: Optional[Tuple[str, bool]]) -> Optional[bool]:
-        """Whether the entry's namespace (`key`) holds an address the plugin DNATs to;
-        None when that cannot be told."""
-        found = self.addresses.get(key) if key is not None else None
+    def _gone(self, attachment: Attachment, key: Optional[Tuple[str, bool]]) -> bool:
+        """Whether the entry is of a container being torn down (and why: `why`)."""
         mapping = attachment.mapping
-        if found is None or mapping is None:
+        if mapping is None or attachment.zombie:
+            return False
+        addresses = {f: str(a.ip) for f in (4, 6) if (a := mapping.address(f)) is not None}
+        found = self.addresses.get(key) if key is not None else None
+        if found is not None:  # (what the namespace shows decides, where it can be seen)
+            if any(a in found for a in addresses.values()):
+                return False
+            for family, address in addresses.items():
+                why = TORN_DOWN.format(address=address, netns=attachment.netns)
+                self.why[(attachment.path, family)] = why
+            return True
+        if attachment.leases is None:
+            return False
+        from portmapctl.cni.leases import LeaseState, lease_of
+
+        leases = {f: lease_of(attachment.leases, a, attachment.container_id)
+                  for f, a in addresses.items()}  # fmt: skip
+        ended = (LeaseState.GIVEN_BACK, LeaseState.TAKEN)
+        if not leases or not all(lease.state in ended for lease in leases.values()):
+            return False
+        for family, lease in leases.items():
+            template = GIVEN_BACK if lease.state is LeaseState.GIVEN_BACK else TAKEN
+            why = template.format(address=addresses[family], lease=lease.path, holder=lease.holder)
+            self.why[(attachment.path, family)] = why
+        return True
+
+    def not_made(self, attachment: Attachment, family: int, chain: str) -> Optional[Unrepaired]:
+        """The `could not repair` line of an entry torn_down found in `family` (None
+        where it has no address of that family)."""
+        why = self.why.get((attachment.path, family))
+        if why is None:
             return None
-        return any(str(a.ip) in found for f in (4, 6) if (a := mapping.address(f)) is not None)
-
-
-def not_made(attachment: Attachment, family: int, chain: str) -> Optional[Unrepaired]:
-    """The `could not repair` line of a torn-down container (NamespaceLook) in
-    `family` (None where it has no address of that family)."""
-    mapping = attachment.mapping
-    address = mapping.address(family) if mapping is not None else None
-    if address is None:
-        return None
-    why = TORN_DOWN.format(address=address.ip, netns=attachment.netns)
-    return Unrepaired(family, attachment.network, attachment.container_id, chain, why)
+        return Unrepaired(family, attachment.network, attachment.container_id, chain, why)
 
 
 class CacheNow:
@@ -204,7 +244,7 @@ class CacheNow:
             u
             for name in sorted(self.unmade.get(family, ()))
             for a in self.torn_down[name]
-            if (u := not_made(a, family, name)) is not None
+            if (u := self.look.not_made(a, family, name)) is not None
         ]
 
     def _read_again(self, configs: Sequence[MappingConfig]) -> None:

@@ -27,7 +27,7 @@ from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import ApplyFailed, Interrupted, PortmapctlError, found_in
-from portmapctl.ops.check.cache_now import NamespaceLook, not_made
+from portmapctl.ops.check.cache_now import NamespaceLook
 from portmapctl.ops.check.nft import (
     expected_configs,
     expected_in_add_order,
@@ -237,7 +237,7 @@ def nft_repair(
         u
         for a in sorted(cache.torn_down.values(), key=lambda a: (a.network, a.container_id))
         for f in families
-        if (a.path, f) in short and (u := not_made(a, f, HOSTPORTS)) is not None
+        if (a.path, f) in short and (u := cache.look.not_made(a, f, HOSTPORTS)) is not None
     )
     if not text or not planned:
         return NftRepaired(text, [], now, left, tuple(notes))

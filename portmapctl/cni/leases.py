@@ -1,0 +1,100 @@
+"""host-local's leases: whether the address a cache entry names is still reserved for
+its container, read from the IPAM plugin's own files, no privilege needed.
+
+host-local (the IPAM of podman's CNI networks, of bridge and ptp configs, of flannel)
+reserves an address by creating `DATADIR/NETWORK/ADDRESS` holding `ID\\r\\nIFNAME`
+(before v0.7 the ID alone), and removes it on DEL. A network list's DEL runs the main
+plugin's DEL, which deletes the container's interface and then has host-local give the
+address back, before libcni removes the cache entry. So an entry whose lease is gone
+belongs to a container being torn down (or whose DEL failed there), and one whose
+lease names another container is stale: its address is someone else's. check --repair
+makes no rules for either (ops/check/cache_now.NamespaceLook).
+
+Only what the files say plainly counts: a data directory that is not there or cannot
+be read, a lease that cannot be read or is empty (being written) says nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Optional
+
+from portmapctl.host import settings
+
+HOST_LOCAL = "host-local"
+# What a lease file can hold at most: a container ID and an interface name.
+_MAX_LEASE_BYTES = 4096
+
+
+class LeaseState(str, Enum):
+    HELD = "held"  # reserved for this container
+    GIVEN_BACK = "given back"  # no lease for the address: host-local's DEL ran
+    TAKEN = "taken"  # reserved for another container
+    UNKNOWN = "unknown"  # nothing to tell by
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What host-local's lease file at `path` says of one address."""
+
+    state: LeaseState
+    path: str
+    holder: Optional[str] = None  # the container ID of a TAKEN lease
+
+
+def host_local_data_dir(conf: Any) -> Optional[str]:
+    """Where host-local keeps its leases (one directory per network below it) when the
+    cached network config `conf` (a conflist, or one plugin's config) has its main
+    plugin use host-local: the first plugin with an `ipam` section. None for any other
+    IPAM, and for a data directory that is no absolute path."""
+    plugins = conf.get("plugins") if isinstance(conf, dict) else None
+    for plugin in plugins if isinstance(plugins, list) else [conf]:
+        ipam = plugin.get("ipam") if isinstance(plugin, dict) else None
+        if not isinstance(ipam, dict) or not ipam.get("type"):
+            continue
+        if ipam.get("type") != HOST_LOCAL:
+            return None
+        data_dir = ipam.get("dataDir")
+        if not isinstance(data_dir, str) or not data_dir:
+            return settings.HOST_LOCAL_DIR.value()
+        return data_dir if os.path.isabs(data_dir) else None
+    return None
+
+
+def lease_of(directory: str, address: str, container_id: str) -> Lease:
+    """What host-local's `directory` says of `address` (as Go prints it, which is
+    Python's compressed form) for `container_id`."""
+    path = os.path.join(directory, address)
+    if not os.path.isdir(directory):
+        return Lease(LeaseState.UNKNOWN, path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return Lease(LeaseState.GIVEN_BACK, path)
+    except OSError:
+        return Lease(LeaseState.UNKNOWN, path)
+    try:
+        if not _regular(fd):
+            return Lease(LeaseState.UNKNOWN, path)
+        data = os.read(fd, _MAX_LEASE_BYTES + 1)
+    except OSError:
+        return Lease(LeaseState.UNKNOWN, path)
+    finally:
+        os.close(fd)
+    text = data.decode("utf-8", "replace")
+    holder = text.splitlines()[0].strip() if text.strip() else ""
+    if not holder or len(data) > _MAX_LEASE_BYTES:
+        return Lease(LeaseState.UNKNOWN, path)  # (being written, or not a lease)
+    if holder == container_id.strip():
+        return Lease(LeaseState.HELD, path)
+    return Lease(LeaseState.TAKEN, path, holder)
+
+
+def _regular(fd: int) -> bool:
+    return stat.S_ISREG(os.fstat(fd).st_mode)

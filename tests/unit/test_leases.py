@@ -1,0 +1,122 @@
+"""host-local's leases as check --repair reads them (cni/leases.py): where the cached
+config's IPAM keeps them, and what a lease file says. The file layout is host-local's
+own (plugins/ipam/host-local/backend/disk: `DATADIR/NETWORK/ADDRESS` holding
+`ID\\r\\nIFNAME`, the ID alone before v0.7), as the real plugin leaves it in
+tests/interop/test_repair_during_del.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pytest
+
+from portmapctl.cni import cache
+from portmapctl.cni.leases import Lease, LeaseState, host_local_data_dir, lease_of
+
+# Debian's podman 4.3 writes this conflist (/etc/cni/net.d/87-podman-bridge.conflist).
+PODMAN = {
+    "cniVersion": "0.4.0",
+    "name": "podman",
+    "plugins": [
+        {"type": "bridge", "bridge": "cni-podman0", "isGateway": True, "ipMasq": True,
+         "hairpinMode": True,
+         "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}],
+                  "ranges": [[{"subnet": "10.88.0.0/16", "gateway": "10.88.0.1"}]]}},
+        {"type": "portmap", "capabilities": {"portMappings": True}},
+        {"type": "firewall"},
+        {"type": "tuning"},
+    ],
+}  # fmt: skip
+
+
+def test_podmans_conflist_keeps_its_leases_where_host_local_does_by_default(monkeypatch):
+    monkeypatch.delenv("PORTMAPCTL_HOST_LOCAL_DIR")
+    assert host_local_data_dir(PODMAN) == "/var/lib/cni/networks"
+    monkeypatch.setenv("PORTMAPCTL_HOST_LOCAL_DIR", "/host/var/lib/cni/networks")
+    assert host_local_data_dir(PODMAN) == "/host/var/lib/cni/networks"
+
+
+@pytest.mark.parametrize(
+    ("ipam", "found"),
+    [
+        ({"type": "host-local", "dataDir": "/srv/ipam"}, "/srv/ipam"),
+        ({"type": "host-local", "dataDir": "relative/ipam"}, None),  # (not where it is)
+        ({"type": "dhcp"}, None),
+        ({"type": "whereabouts"}, None),
+        ({"type": "calico-ipam"}, None),
+    ],
+)
+def test_only_host_local_says_where_its_leases_are(ipam, found):
+    conflist = json.loads(json.dumps(PODMAN))
+    conflist["plugins"][0]["ipam"] = ipam
+    assert host_local_data_dir(conflist) == found
+    single = dict(conflist["plugins"][0], name="podman", cniVersion="0.4.0")
+    assert host_local_data_dir(single) == found  # (a .conf: one plugin's config)
+
+
+def test_a_config_without_ipam_says_nothing():
+    assert host_local_data_dir({"name": "n", "plugins": [{"type": "portmap"}]}) is None
+    assert host_local_data_dir({"type": "flannel", "delegate": {"isGateway": True}}) is None
+    assert host_local_data_dir(None) is None
+
+
+def test_what_a_lease_file_says(tmp_path):
+    net = tmp_path / "podman"
+    net.mkdir()
+    (net / "10.88.0.5").write_bytes(b"ctr1\r\neth0")  # host-local >= v0.7
+    (net / "10.88.0.6").write_bytes(b"ctr1")  # older host-local: the ID alone
+    (net / "10.88.0.7").write_bytes(b"other\r\neth0")
+    (net / "10.88.0.8").write_bytes(b"")  # created, not written yet
+    (net / "fd00:88::5").write_bytes(b"ctr1\r\neth0")
+    os.mkfifo(net / "10.88.0.9")  # (something odd: read without waiting)
+    assert lease_of(str(net), "10.88.0.5", "ctr1") == Lease(LeaseState.HELD, f"{net}/10.88.0.5")
+    assert lease_of(str(net), "10.88.0.6", "ctr1").state is LeaseState.HELD
+    assert lease_of(str(net), "10.88.0.7", "ctr1") == Lease(
+        LeaseState.TAKEN, f"{net}/10.88.0.7", "other"
+    )
+    assert lease_of(str(net), "10.88.0.8", "ctr1").state is LeaseState.UNKNOWN
+    assert lease_of(str(net), "10.88.0.9", "ctr1").state is LeaseState.UNKNOWN
+    assert lease_of(str(net), "fd00:88::5", "ctr1").state is LeaseState.HELD
+    assert lease_of(str(net), "10.88.0.4", "ctr1") == Lease(
+        LeaseState.GIVEN_BACK, f"{net}/10.88.0.4"
+    )
+    # No data directory (another mount namespace, a node never on host-local): nothing.
+    assert lease_of(str(tmp_path / "absent"), "10.88.0.4", "ctr1").state is LeaseState.UNKNOWN
+
+
+def test_a_lease_symlink_is_not_followed(tmp_path):
+    net = tmp_path / "podman"
+    net.mkdir()
+    (tmp_path / "elsewhere").write_bytes(b"ctr1\r\neth0")
+    (net / "10.88.0.5").symlink_to(tmp_path / "elsewhere")
+    assert lease_of(str(net), "10.88.0.5", "ctr1").state is LeaseState.UNKNOWN
+
+
+def _entry(tmp_path, conflist: dict) -> str:
+    results = tmp_path / "results"
+    results.mkdir(exist_ok=True)
+    path = results / "podman-ctr1-eth0"
+    result = {
+        "cniVersion": "0.4.0",
+        "interfaces": [{"name": "eth0", "sandbox": "/proc/self/ns/net"}],
+        "ips": [{"version": "4", "interface": 0, "address": "10.88.0.5/16"}],
+    }
+    path.write_text(json.dumps({
+        "kind": "cniCacheV1", "containerId": "ctr1",
+        "config": base64.b64encode(json.dumps(conflist).encode()).decode(),
+        "ifName": "eth0", "networkName": "podman", "netns": "/proc/self/ns/net",
+        "capabilityArgs": {"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+        "result": result,
+    }))  # fmt: skip
+    return str(path)
+
+
+def test_a_cached_entry_knows_its_networks_lease_directory(tmp_path):
+    conflist = json.loads(json.dumps(PODMAN))
+    conflist["plugins"][0]["ipam"]["dataDir"] = "/srv/ipam"
+    assert cache.read_attachment(_entry(tmp_path, conflist)).leases == "/srv/ipam/podman"
+    conflist["plugins"][0]["ipam"] = {"type": "dhcp"}
+    assert cache.read_attachment(_entry(tmp_path, conflist)).leases is None
