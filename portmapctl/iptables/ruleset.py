@@ -242,9 +242,17 @@ def restore_refusal(args: Sequence[str]) -> Optional[str]:
     nothing (a line cut to `-A POSTROUTING !`), a value-taking option without its
     value, a `-j`/`-g`/`-m` followed by an option instead of a name. Anything else
     is left to iptables, as the parser leaves other tools' rules alone."""
+    free = False  # (this token is a free-text option's value)
     for i, token in enumerate(args):
         following = args[i + 1] if i + 1 < len(args) else None
-        if token == "!":
+        if free:
+            free = False
+            continue
+        if token in _FREE_TEXT:
+            if following is None:
+                return f"option {token} at the end of the rule has no value"
+            free = True
+        elif token == "!":
             if following is None:
                 return "'!' at the end of the rule negates nothing"
             if not following.startswith("-"):
@@ -255,6 +263,15 @@ def restore_refusal(args: Sequence[str]) -> Optional[str]:
             if token in ("-j", "-g", "-m") and following.startswith("-"):
                 return f"option {token} needs a name, not {following!r}"
     return None
+
+
+# Options whose value is free text, which iptables-save prints unquoted when it is of
+# `-_0-9A-Za-z` (`--log-prefix -s`, `--comment -j`, a recent list's `--name -p`) or
+# quoted (`--log-prefix "!"`, `--string "-m"`): a word, whatever it looks like.
+_FREE_TEXT = frozenset(
+    {"--comment", "--log-prefix", "--nflog-prefix", "--ulog-prefix", "--name",
+     "--hashlimit-name", "--string", "--helper"}
+)  # fmt: skip
 
 
 # Options whose value is an address (or, for the NAT targets, a range of them): what
