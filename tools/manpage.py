@@ -112,7 +112,8 @@ ENVIRONMENT = [
     ),
     (
         "PORTMAPCTL_RUN_DIR",
-        "Where the lock, gc's state and add's memos are kept; default /run/portmapctl.",
+        "Where the lock, gc's state and add's memos are kept (an absolute path);"
+        " default /run/portmapctl.",
     ),
     (
         "PORTMAPCTL_XTABLES_WAIT",

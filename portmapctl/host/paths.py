@@ -19,7 +19,8 @@ MULTUS_CACHE_DIR = "/var/lib/cni/multus"
 HOST_LOCAL_DATA_DIR = "/var/lib/cni/networks"
 # (The default is what the man page names, whatever this process was given.)
 DEFAULT_RUN_DIR = "/run/portmapctl"
-RUN_DIR = os.environ.get("PORTMAPCTL_RUN_DIR") or DEFAULT_RUN_DIR
+# (As host/settings.RUN_DIR reads it, which refuses one that is not absolute.)
+RUN_DIR = os.environ.get("PORTMAPCTL_RUN_DIR", "").strip() or DEFAULT_RUN_DIR
 
 # Where a distribution puts iptables, nft (and, on RHEL, ip). Not on cron's PATH
 # (Debian's cron runs jobs with /usr/bin:/bin), nor on many users': looked in after PATH.

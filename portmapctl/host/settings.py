@@ -13,7 +13,7 @@ import re
 from typing import Any, Callable, NamedTuple, Optional
 
 from portmapctl.errors import BadInput
-from portmapctl.host.paths import HOST_LOCAL_DATA_DIR
+from portmapctl.host.paths import DEFAULT_RUN_DIR, HOST_LOCAL_DATA_DIR
 
 # Plain ASCII decimals: float() would also take "nan", "inf", "1e9", "1_0" and "١".
 # (A pattern string, compiled on first use: add's start-up does not pay for it.)
@@ -92,13 +92,19 @@ NFT_BATCH = Setting(
     "0 (changes through iptables-restore) or 1 (as one nf_tables batch)",
     {"0": False, "1": True}.get,
 )
+
+
+def _absolute(text: str) -> Optional[str]:
+    return text if text.startswith("/") else None
+
+
 HOST_LOCAL_DIR = Setting(
-    "PORTMAPCTL_HOST_LOCAL_DIR",
-    HOST_LOCAL_DATA_DIR,
-    "an absolute path",
-    lambda text: text if text.startswith("/") else None,
+    "PORTMAPCTL_HOST_LOCAL_DIR", HOST_LOCAL_DATA_DIR, "an absolute path", _absolute
 )
-ALL = (XTABLES_WAIT, IPTABLES_TIMEOUT, PROGRESS_AFTER, NFT_BATCH, HOST_LOCAL_DIR)
+# Checked only (paths.RUN_DIR reads it): a relative one is a lock per working
+# directory, and two runs from two directories would not wait for each other.
+RUN_DIR = Setting("PORTMAPCTL_RUN_DIR", DEFAULT_RUN_DIR, "an absolute path", _absolute)
+ALL = (XTABLES_WAIT, IPTABLES_TIMEOUT, PROGRESS_AFTER, NFT_BATCH, HOST_LOCAL_DIR, RUN_DIR)
 
 
 def check() -> None:

@@ -1041,6 +1041,10 @@ BAD_ENVIRONMENT = {
     "PORTMAPCTL_XTABLES_WAIT": ["x", "0", "1.5"],
     "PORTMAPCTL_PROGRESS_AFTER": ["x", "-1", "inf"],
     "PORTMAPCTL_NFT_BATCH": ["maybe", "yes", "2"],
+    # A relative run directory is a lock per working directory: runs from two of them
+    # did not wait for each other (noticed by helper h161).
+    "PORTMAPCTL_RUN_DIR": ["run", "./run"],
+    "PORTMAPCTL_HOST_LOCAL_DIR": ["networks"],
 }
 
 
