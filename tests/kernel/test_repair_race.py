@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import subprocess
 import time
 from typing import Callable, List, Optional
 
@@ -266,6 +267,46 @@ def test_a_pods_live_interface_beside_one_being_torn_down_gets_the_plugins_side_
         assert "--to-destination 10.77.0.6:53" in saved and "10.77.0.5" not in saved, saved
         assert 41000 not in ct_sports(host_ns)  # flushed, as the plugin's ADD does
         assert route_localnet(host_ns, "cni0") == "1"
+    finally:
+        rp.delete_netns(pod)
+
+
+def test_a_container_whose_interface_is_there_without_its_address_is_repaired(
+    host_ns: str, tmp_path
+) -> None:
+    """A live container whose address is not in its namespace: Kata's macvtap mode
+    takes it off the veth (eth0, still there) into its VM. The repair took it for one
+    being torn down (its address on no interface) and made nothing, exit 1: a live
+    mapping left missing after a firewall flush. An interface of the entry's name
+    there says the DEL has not removed it: the chain is made."""
+    rp.require(rp.mode_available("nft"))
+    pod = rp.create_netns("pmt-kata")
+    try:
+        path, cid = f"/run/netns/{pod}", "6b47a" * 8
+        ns_run(pod, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+        ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+        conf = rp.plugin_conf("katanet", ["10.77.0.9/16"], ports)
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="nft", check=True)
+        rp.write_cni_cache(tmp_path, "katanet", cid, "eth0", conf, ports, ["10.77.0.9/16"],
+                           netns=path)  # fmt: skip
+
+        def flushed_then_repaired() -> subprocess.CompletedProcess:
+            for args in (["-F"], ["-X"]):
+                rp.iptables(host_ns, ["-t", "nat", *args])
+            return pm_run(["check", "--repair", "--netns", host_ns, "--iptables", "nft",
+                           "--family", "4", "--cni-cache-dir", str(tmp_path)])  # fmt: skip
+
+        done = flushed_then_repaired()
+        assert done.returncode == 0, done.stdout + done.stderr
+        saved = rp.save(host_ns, 4, "nft")
+        assert "--to-destination 10.77.0.9:80" in saved, saved
+        ns_run(pod, "ip", "link", "del", "eth0")  # its DEL: the interface gone
+        done = flushed_then_repaired()
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert (
+            f"its address 10.77.0.9 is on no interface of its network namespace {path},"
+            " nor is its interface eth0 there"
+        ) in done.stderr, done.stderr
     finally:
         rp.delete_netns(pod)
 

@@ -19,10 +19,12 @@ from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
     from portmapctl.cni.cache import Attachment
+    from portmapctl.host.netns import Inside
 
 
 TORN_DOWN = (
-    "its address {address} is on no interface of its network namespace {netns}: its"
+    "its address {address} is on no interface of its network namespace {netns}, nor is"
+    " its interface {ifname} there: its"
     " plugins' DEL is under way (libcni removes the cache entry last) or failed part"
     " way; a chain made now would send its host ports to an address being given back"
     " (run check again once the runtime is done)"
@@ -52,38 +54,40 @@ class NamespaceLook:
     torn down when
 
     - its network namespace is there but holds none of the addresses the plugin DNATs
-      to (the first of each family): the interface is gone. Only namespaces this
-      command judged there (NetnsState.PRESENT) are looked into, as many at once as
-      asked (a setns and a netlink dump of its addresses: 18-36 us a namespace; 0.17 s
-      of the 6.1 s a repair of 5,000 made after a flush takes, each in a namespace of
-      its own: docs/performance.md); one that cannot be entered (no CAP_SYS_ADMIN, as
-      in the shipped DaemonSet and systemd unit) says nothing. The namespace looked
-      into is the one the entry names: a container whose addresses live elsewhere
-      (Kata's macvtap mode takes them off the veth into its VM) gets nothing made;
+      to (the first of each family), nor an interface of the entry's name: the
+      interface is gone. One there without the address is a live container's whose
+      address lives elsewhere (Kata's macvtap mode takes it off the veth into its
+      VM). Only namespaces this command judged there (NetnsState.PRESENT) are looked
+      into, as many at once as asked (a setns, a netlink dump of its addresses and
+      one of its interfaces: 18-36 us a namespace; 0.17 s of the 6.1 s a repair of
+      5,000 made after a flush takes, each in a namespace of its own:
+      docs/performance.md); one that cannot be entered (no CAP_SYS_ADMIN, as in the
+      shipped DaemonSet and systemd units) says nothing of itself;
     - or, where its namespace cannot be looked into, its network uses host-local and
       none of those addresses is leased to it any more (cni/leases.py): given back, or
       given to another container (the entry is stale). That needs no privilege: a
-      repair run as the shipped DaemonSet and systemd units run portmapctl (without
-      CAP_SYS_ADMIN) judges by it. The namespace, where it can be
-      seen, decides: its address there is the container's, whatever the leases say (a
-      data directory wiped by hand). An entry whose namespace is gone is a zombie,
-      judged elsewhere."""
+      repair run as the shipped DaemonSet and systemd units run portmapctl judges by
+      it. The namespace, where it can be seen, decides: its address there is the
+      container's, whatever the leases say (a data directory wiped by hand). An entry
+      whose namespace is gone is a zombie, judged elsewhere."""
 
     def __init__(self) -> None:
-        self.addresses: Dict[Tuple[str, bool], Optional[Set[str]]] = {}  # by namespace
+        self.inside: Dict[Tuple[str, bool], Optional[Inside]] = {}  # by namespace
         self.why: Dict[Tuple[str, int], str] = {}  # (path, family): why it is torn down
 
     def torn_down(self, attachments: Sequence[Attachment]) -> List[Attachment]:
-        from portmapctl.host.netns import addresses_of
+        from portmapctl.host.netns import look_into
 
         keys = [self._key(a) for a in attachments]
         wanted: Dict[str, bool] = {}  # namespace path -> its IPv6 addresses too
-        for key in keys:
-            if key is not None and key not in self.addresses:
+        expected: Dict[str, Set[str]] = {}  # ... and the addresses its entries DNAT to
+        for a, key in zip(attachments, keys):
+            if key is not None and key not in self.inside:
                 wanted[key[0]] = wanted.get(key[0], False) or key[1]
-        for path, found in addresses_of(wanted).items():
-            self.addresses[(path, wanted[path])] = found
-            self.addresses.setdefault((path, False), found)
+                expected.setdefault(key[0], set()).update(self._addresses(a).values())
+        for path, found in look_into(wanted, expected).items():
+            self.inside[(path, wanted[path])] = found
+            self.inside.setdefault((path, False), found)
         return [a for a, key in zip(attachments, keys) if self._gone(a, key)]
 
     @staticmethod
@@ -102,13 +106,17 @@ class NamespaceLook:
         mapping = attachment.mapping
         if mapping is None or attachment.zombie:
             return False
-        addresses = {f: str(a.ip) for f in (4, 6) if (a := mapping.address(f)) is not None}
-        found = self.addresses.get(key) if key is not None else None
+        addresses = self._addresses(attachment)
+        found = self.inside.get(key) if key is not None else None
         if found is not None:  # (what the namespace shows decides, where it can be seen)
-            if any(a in found for a in addresses.values()):
+            if any(a in found.addresses for a in addresses.values()):
                 return False
+            if attachment.ifname and attachment.ifname in (found.interfaces or ()):
+                return False  # its interface is there, its address elsewhere (Kata)
             for family, address in addresses.items():
-                why = TORN_DOWN.format(address=address, netns=attachment.netns)
+                why = TORN_DOWN.format(
+                    address=address, netns=attachment.netns, ifname=attachment.ifname or "-"
+                )
                 self.why[(attachment.path, family)] = why
             return True
         if attachment.leases is None:
@@ -125,6 +133,13 @@ class NamespaceLook:
             why = template.format(address=addresses[family], lease=lease.path, holder=lease.holder)
             self.why[(attachment.path, family)] = why
         return True
+
+    @staticmethod
+    def _addresses(attachment: Attachment) -> Dict[int, str]:
+        """The addresses the plugin DNATs to (the first of each family), by family."""
+        mapping = attachment.mapping
+        found = (mapping.address(f) if mapping is not None else None for f in (4, 6))
+        return {f: str(a.ip) for f, a in zip((4, 6), found) if a is not None}
 
     def not_made(self, attachment: Attachment, family: int, chain: str) -> Optional[Unrepaired]:
         """The `could not repair` line of an entry torn_down found in `family` (None
