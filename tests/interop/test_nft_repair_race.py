@@ -291,3 +291,71 @@ def test_a_pods_live_network_beside_one_being_torn_down_is_repaired(
         upstream.run(V191, "CHECK", node, "pod1", confs["net2"], ifname="net2", check=True)
     finally:
         rp.delete_netns(pod)
+
+
+def test_a_network_torn_down_then_added_again_during_a_repair_keeps_the_plugins_rules(
+    node: str, tmp_path: Path
+) -> None:
+    """A pod on two networks, net1's DEL past portmap (every rule of the pod gone with
+    it, net1's address off the pod's namespace, its entry still cached): the first try
+    plans net2's rules, net1 judged torn down. Before that try goes in, another
+    container's DEL takes a rule it deletes (the try fails whole) and the runtime adds
+    net1 again (`podman network connect`: the same ID, a new address, a new entry).
+    The second try must leave the pod whole, as for any container the plugin ran for
+    meanwhile: it deleted net1's fresh rules as not wanted, planned from net1's entry
+    still judged torn down."""
+    pod = rp.create_netns("pmt-pod")
+    try:
+        path = f"/run/netns/{pod}"
+        old = time.time() - 60  # (not written as the repair began: _CacheAgain)
+        confs = {}
+        for ifname, network, ip, port in (
+            ("net1", "net-a", "10.77.0.5/16", 8080),
+            ("net2", "net-b", "10.77.0.6/16", 9090),
+        ):
+            ports = [rp.port_mapping(port, 80)]
+            confs[ifname] = upstream.nft_conf(network, [ip], ports)
+            confs[ifname]["prevResult"]["interfaces"][0]["name"] = ifname  # (the plugin's pick)
+            upstream.run(V191, "ADD", node, "pod1", confs[ifname], ifname=ifname, check=True)
+            entry = rp.write_cni_cache(
+                tmp_path, network, "pod1", ifname, confs[ifname], ports, [ip], netns=path
+            )
+            os.utime(entry, (old, old))
+        # "other": an old address's rule on its port, which the repair deletes.
+        ports = [rp.port_mapping(7070, 80)]
+        before = upstream.nft_conf("podman", ["10.88.0.99/16"], ports)
+        upstream.run(V191, "ADD", node, "other", before, check=True)
+        other = upstream.nft_conf("podman", ["10.88.0.11/16"], ports)
+        upstream.run(V191, "ADD", node, "other", other, check=True)
+        entry = rp.write_cni_cache(
+            tmp_path, "podman", "other", "eth0", other, ports, ["10.88.0.11/16"]
+        )
+        os.utime(entry, (old, old))
+        # net1's DEL past portmap (which takes every rule of the pod) and bridge.
+        upstream.run(V191, "DEL", node, "pod1", confs["net1"], ifname="net1", check=True)
+        rp.hold_addresses(path, ["10.77.0.6/16"])
+        again: dict = {}
+
+        def raced() -> None:
+            upstream.run(V191, "DEL", node, "other", other, check=True)
+            (tmp_path / "results" / "podman-other-eth0").unlink()
+            (tmp_path / "results" / "net-a-pod1-net1").unlink()
+            ports = [rp.port_mapping(8080, 80)]
+            again.update(upstream.nft_conf("net-a", ["10.77.0.7/16"], ports))
+            again["prevResult"]["interfaces"][0]["name"] = "net1"
+            rp.hold_addresses(path, ["10.77.0.7/16"])
+            upstream.run(V191, "ADD", node, "pod1", again, ifname="net1", check=True)
+            rp.write_cni_cache(tmp_path, "net-a", "pod1", "net1", again, ports,
+                               ["10.77.0.7/16"], netns=path)  # fmt: skip
+
+        options = NodeOptions(families=(4,), netns=node, cache_dirs=(str(tmp_path),))
+        with netns.entered(node):
+            racing = ApplyRacingNft(_nft_access(options), raced)
+            repair(Node(options, _iptables_access(options), racing), flush_udp=False)
+        assert racing.race is None  # (it ran)
+        ruleset = upstream.ruleset_text(node)
+        assert "tcp dport 8080 dnat to 10.77.0.7:80" in ruleset, ruleset
+        assert "10.77.0.5" not in ruleset, ruleset
+        upstream.run(V191, "CHECK", node, "pod1", again, ifname="net1", check=True)
+    finally:
+        rp.delete_netns(pod)

@@ -125,6 +125,9 @@ class _CacheAgain:
             self.now[a.path] = now if kept else None
             if not kept or now.mapping != a.mapping or self._written_since(a.path):  # type: ignore[union-attr]
                 self.left_alone.add(a.path)
+                # Judged torn down by an earlier read: the plugin ran for it since (its
+                # ADD again, say), so its container is left whole, as any other.
+                self.torn_down.pop(a.path, None)
         # Still cached, its namespace there without its address: being torn down. Left
         # alone, its entry kept for the check after (which still expects its rules).
         held = [now for p in paths if (now := self.now.get(p)) is not None]
