@@ -94,7 +94,9 @@ def open_own(path: str, flags: int, what: str) -> int:
     safe = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
         fd = os.open(path, flags | safe, 0o600)
-    except FileNotFoundError:
+    except FileNotFoundError as err:
+        if flags & os.O_CREAT:  # (its directory went meanwhile)
+            raise open_refused(path, err, what) from None
         raise
     except OSError as err:
         raise open_refused(path, err, what) from None

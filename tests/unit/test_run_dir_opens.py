@@ -98,3 +98,16 @@ def test_our_own_file_is_still_opened_and_used(tmp_path):
             pass
 
     assert opened_while(run_dir / "lock", take)
+
+
+def test_a_run_directory_gone_before_the_lock_is_opened_is_one_line(tmp_path, monkeypatch):
+    """The run directory removed between safe_run_dir and the lock's open (a tmpfiles
+    clean-up): the open that creates the lock says ENOENT, which used to be refused as
+    every failed open ("cannot open lock file"); open_own let FileNotFoundError out of
+    held(), an internal error."""
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(lock, "safe_run_dir", lambda path: None)  # (made, then gone)
+    path = run_dir / "lock"
+    refused = f"cannot open lock file {path}: {os.strerror(2)}"
+    with pytest.raises(HostProblem, match=re.escape(refused)):
+        _take_lock(run_dir)
