@@ -1,17 +1,22 @@
 """host-local's leases: whether the address a cache entry names is still reserved for
 its container, read from the IPAM plugin's own files, no privilege needed.
 
-host-local (the IPAM of podman's CNI networks, of bridge and ptp configs, of flannel)
-reserves an address by creating `DATADIR/NETWORK/ADDRESS` holding `ID\\r\\nIFNAME`
-(before v0.7 the ID alone), and removes it on DEL. A network list's DEL runs the main
-plugin's DEL, which deletes the container's interface and then has host-local give the
-address back, before libcni removes the cache entry. So an entry whose lease is gone
-belongs to a container being torn down (or whose DEL failed there), and one whose
-lease names another container is stale: its address is someone else's. check --repair
-makes no rules for either (ops/check/cache_now.NamespaceLook).
+host-local (the IPAM of podman's CNI networks, of bridge and ptp configs) reserves an
+address by creating `DATADIR/NETWORK/ADDRESS` holding `ID\\r\\nIFNAME` (before v0.7
+the ID alone), and removes it on DEL. A network list's DEL runs the main plugin's DEL,
+which deletes the container's interface and has host-local give the address back
+(bridge after the interface went, ptp before), before libcni removes the cache entry.
+So an entry whose lease is gone belongs to a container being torn down (or whose DEL
+failed there), and one whose lease names another container is stale: its address is
+someone else's. check --repair makes no rules for either (ops/check/cache_now.NamespaceLook).
 
 Only what the files say plainly counts: a data directory that is not there or cannot
-be read, a lease that cannot be read or is empty (being written) says nothing.
+be read, a lease that cannot be read or is empty (being written) says nothing. Only a
+cached config that names host-local itself is judged: flannel's, which has flannel
+make its bridge's host-local section at run time, is not. The data directory is the
+one the config names, else PORTMAPCTL_HOST_LOCAL_DIR's, else host-local's default: it
+does not follow --cni-cache-dir (a cache copied from another node is judged by this
+node's leases where its config names none: give PORTMAPCTL_HOST_LOCAL_DIR).
 """
 
 from __future__ import annotations
@@ -55,16 +60,27 @@ def host_local_data_dir(conf: Any) -> Optional[str]:
     IPAM, and for a data directory that is no absolute path."""
     plugins = conf.get("plugins") if isinstance(conf, dict) else None
     for plugin in plugins if isinstance(plugins, list) else [conf]:
-        ipam = plugin.get("ipam") if isinstance(plugin, dict) else None
-        if not isinstance(ipam, dict) or not ipam.get("type"):
+        ipam = _go_field(plugin, "ipam")
+        if not isinstance(ipam, dict) or not _go_field(ipam, "type"):
             continue
-        if ipam.get("type") != HOST_LOCAL:
+        if _go_field(ipam, "type") != HOST_LOCAL:
             return None
-        data_dir = ipam.get("dataDir")
+        data_dir = _go_field(ipam, "dataDir")
         if not isinstance(data_dir, str) or not data_dir:
             return settings.HOST_LOCAL_DIR.value()
         return data_dir if os.path.isabs(data_dir) else None
     return None
+
+
+def _go_field(value: Any, name: str) -> Any:
+    """`value[name]` as Go's encoding/json decodes a struct field: the key spelled
+    exactly, else the first spelled so in another case (host-local takes `datadir`)."""
+    if not isinstance(value, dict):
+        return None
+    if name in value:
+        return value[name]
+    folded = name.casefold()
+    return next((v for k, v in value.items() if k.casefold() == folded), None)
 
 
 def lease_of(directory: str, address: str, container_id: str) -> Lease:

@@ -56,6 +56,15 @@ def test_only_host_local_says_where_its_leases_are(ipam, found):
     assert host_local_data_dir(single) == found  # (a .conf: one plugin's config)
 
 
+def test_keys_are_read_as_go_reads_them():
+    """Go's encoding/json takes a key in any case where none is spelled exactly."""
+    conflist = json.loads(json.dumps(PODMAN))
+    conflist["plugins"][0]["IPAM"] = dict(conflist["plugins"][0].pop("ipam"), datadir="/srv/x")
+    assert host_local_data_dir(conflist) == "/srv/x"
+    conflist["plugins"][0]["IPAM"]["dataDir"] = "/srv/exact"  # (the exact spelling first)
+    assert host_local_data_dir(conflist) == "/srv/exact"
+
+
 def test_a_config_without_ipam_says_nothing():
     assert host_local_data_dir({"name": "n", "plugins": [{"type": "portmap"}]}) is None
     assert host_local_data_dir({"type": "flannel", "delegate": {"isGateway": True}}) is None
