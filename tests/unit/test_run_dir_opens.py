@@ -63,9 +63,10 @@ OWN_FILES = {
 
 def _planted(path: Path, kind: str) -> None:
     if kind == "device":
-        if os.geteuid() != 0:
-            pytest.skip("mknod of a device needs root")
-        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+        try:
+            os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+        except PermissionError:
+            pytest.skip("mknod of a device needs CAP_MKNOD (the unit tier runs without)")
     else:
         plant(path, kind)
 
