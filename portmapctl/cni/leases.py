@@ -1,22 +1,24 @@
 """host-local's leases: whether the address a cache entry names is still reserved for
 its container, read from the IPAM plugin's own files, no privilege needed.
 
-host-local (the IPAM of podman's CNI networks, of bridge and ptp configs) reserves an
-address by creating `DATADIR/NETWORK/ADDRESS` holding `ID\\r\\nIFNAME` (before v0.7
-the ID alone), and removes it on DEL. A network list's DEL runs the main plugin's DEL,
-which deletes the container's interface and has host-local give the address back
-(bridge after the interface went, ptp before), before libcni removes the cache entry.
-So an entry whose lease is gone belongs to a container being torn down (or whose DEL
-failed there), and one whose lease names another container is stale: its address is
-someone else's. check --repair makes no rules for either (ops/check/cache_now.NamespaceLook).
+host-local (the IPAM of podman's CNI networks, of bridge and ptp configs, of flannel's
+bridge: k3s's default network) reserves an address by creating
+`DATADIR/NETWORK/ADDRESS` holding `ID\\r\\nIFNAME` (before v0.7 the ID alone), and
+removes it on DEL. A network list's DEL runs the main plugin's DEL, which deletes the
+container's interface and has host-local give the address back (bridge after the
+interface went, ptp before), before libcni removes the cache entry. So an entry whose
+lease is gone belongs to a container being torn down (or whose DEL failed there), and
+one whose lease names another container is stale: its address is someone else's.
+check --repair makes no rules for either (ops/check/cache_now.NamespaceLook).
 
 Only what the files say plainly counts: a data directory that is not there or cannot
 be read, a lease that cannot be read or is empty (being written) says nothing. Only a
-cached config that names host-local itself is judged: flannel's, which has flannel
-make its bridge's host-local section at run time, is not. The data directory is the
-one the config names, else PORTMAPCTL_HOST_LOCAL_DIR's, else host-local's default: it
-does not follow --cni-cache-dir (a cache copied from another node is judged by this
-node's leases where its config names none: give PORTMAPCTL_HOST_LOCAL_DIR).
+cached config that names host-local is judged, or flannel's, which makes its bridge's
+host-local section from its own `ipam` (host-local where it names none). The data
+directory is the one the config names, else PORTMAPCTL_HOST_LOCAL_DIR's, else
+host-local's default: it does not follow --cni-cache-dir (a cache copied from another
+node is judged by this node's leases where its config names none: give
+PORTMAPCTL_HOST_LOCAL_DIR).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, Optional
 from portmapctl.host import settings
 
 HOST_LOCAL = "host-local"
+FLANNEL = "flannel"
 # What a lease file can hold at most: a container ID and an interface name.
 _MAX_LEASE_BYTES = 4096
 
@@ -57,10 +60,17 @@ def host_local_data_dir(conf: Any) -> Optional[str]:
     """Where host-local keeps its leases (one directory per network below it) when the
     cached network config `conf` (a conflist, or one plugin's config) has its main
     plugin use host-local: the first plugin with an `ipam` section. None for any other
-    IPAM, and for a data directory that is no absolute path."""
+    IPAM, and for a data directory that is no absolute path. flannel's config counts:
+    it hands its delegate a host-local section made from its own `ipam`."""
     plugins = conf.get("plugins") if isinstance(conf, dict) else None
     for plugin in plugins if isinstance(plugins, list) else [conf]:
         ipam = _go_field(plugin, "ipam")
+        if _go_field(plugin, "type") == FLANNEL:
+            # flannel gives its delegate (bridge) its own `ipam`, of type host-local
+            # where it names none (getDelegateIPAM); its own `dataDir` is for its
+            # scratch configs, not leases.
+            ipam = dict(ipam) if isinstance(ipam, dict) else {}
+            ipam.setdefault("type", _go_field(ipam, "type") or HOST_LOCAL)
         if not isinstance(ipam, dict) or not _go_field(ipam, "type"):
             continue
         if _go_field(ipam, "type") != HOST_LOCAL:

@@ -65,9 +65,36 @@ def test_keys_are_read_as_go_reads_them():
     assert host_local_data_dir(conflist) == "/srv/exact"
 
 
+# k3s's flannel conflist (its embedded CNI config), as libcni caches it.
+K3S_FLANNEL = {
+    "name": "cbr0",
+    "cniVersion": "1.0.0",
+    "plugins": [
+        {"type": "flannel",
+         "delegate": {"hairpinMode": True, "forceAddress": True, "isDefaultGateway": True}},
+        {"type": "portmap", "capabilities": {"portMappings": True}},
+        {"type": "bandwidth", "capabilities": {"bandwidth": True}},
+    ],
+}  # fmt: skip
+
+
+def test_flannel_hands_its_bridge_host_local(monkeypatch):
+    """flannel's getDelegateIPAM: its own `ipam`, of type host-local where it names
+    none; flannel's own `dataDir` holds its scratch configs, not leases."""
+    monkeypatch.delenv("PORTMAPCTL_HOST_LOCAL_DIR")
+    assert host_local_data_dir(K3S_FLANNEL) == "/var/lib/cni/networks"
+    conflist = json.loads(json.dumps(K3S_FLANNEL))
+    conflist["plugins"][0]["dataDir"] = "/var/lib/cni/flannel"
+    assert host_local_data_dir(conflist) == "/var/lib/cni/networks"
+    conflist["plugins"][0]["ipam"] = {"dataDir": "/srv/flannel-ipam"}
+    assert host_local_data_dir(conflist) == "/srv/flannel-ipam"
+    conflist["plugins"][0]["ipam"] = {"type": "whereabouts"}
+    assert host_local_data_dir(conflist) is None
+
+
 def test_a_config_without_ipam_says_nothing():
     assert host_local_data_dir({"name": "n", "plugins": [{"type": "portmap"}]}) is None
-    assert host_local_data_dir({"type": "flannel", "delegate": {"isGateway": True}}) is None
+    assert host_local_data_dir({"type": "macvlan", "master": "eth0"}) is None
     assert host_local_data_dir(None) is None
 
 
