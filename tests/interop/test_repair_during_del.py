@@ -48,29 +48,33 @@ NETWORK = "delnet"
 BACKENDS = pytest.mark.parametrize("backend", ["iptables", "nftables"])
 
 
-def conflist(ipam_dir: Path, backend: str) -> dict[str, Any]:
-    """A podman-shaped network list: bridge (host-local), then portmap."""
+BRIDGE = {"type": "bridge", "bridge": "cni-pmt0", "isGateway": True, "ipMasq": False}
+RANGES = [[{"subnet": "10.89.0.0/24"}]]
+
+
+def conflist(ipam_dir: Path, backend: str, main: str = "bridge") -> dict[str, Any]:
+    """A podman-shaped network list: bridge (host-local), then portmap; or, `main` =
+    "flannel", k3s's shape: flannel (its bridge's host-local data directory in its own
+    `ipam`), then portmap."""
     portmap: dict[str, Any] = {"type": "portmap", "capabilities": {"portMappings": True}}
     if backend == "nftables":
         portmap["backend"] = "nftables"
-    return {
-        "cniVersion": "0.4.0",
-        "name": NETWORK,
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": "cni-pmt0",
-                "isGateway": True,
-                "ipMasq": False,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": "10.89.0.0/24"}]],
-                    "dataDir": str(ipam_dir),
-                },
-            },
-            portmap,
-        ],
-    }
+    first: dict[str, Any] = dict(
+        BRIDGE, ipam={"type": "host-local", "ranges": RANGES, "dataDir": str(ipam_dir)}
+    )
+    if main == "flannel":
+        first = {"type": "flannel", "ipam": {"dataDir": str(ipam_dir)},
+                 "delegate": {"bridge": "cni-pmt0", "hairpinMode": True}}  # fmt: skip
+    return {"cniVersion": "0.4.0", "name": NETWORK, "plugins": [first, portmap]}
+
+
+def flannel_delegate(conf: dict[str, Any]) -> dict[str, Any]:
+    """What flannel's doCmdAdd hands bridge (flannel_linux.go): its delegate, named
+    and typed, with getDelegateIPAM's host-local section (flannel's own `ipam`, its
+    type host-local, the node's subnet) and the defaults it fills in."""
+    ipam = dict(conf.get("ipam") or {}, type="host-local", ranges=RANGES, routes=[])
+    return dict(BRIDGE, **conf["delegate"], name=conf["name"], mtu=1500,
+                cniVersion=conf["cniVersion"], ipam=ipam)  # fmt: skip
 
 
 @dataclass
@@ -91,6 +95,7 @@ class Runtime:
     host_ns: str
     dir: Path
     backend: str  # the portmap plugin's: Debian's on iptables, upstream's on nftables
+    main: str = "bridge"  # the network list's main plugin: bridge, or flannel's bridge
     made: list[str] = field(default_factory=list)  # container namespaces
 
     @property
@@ -99,12 +104,14 @@ class Runtime:
 
     @property
     def conflist(self) -> dict[str, Any]:
-        return conflist(self.dir / "ipam", self.backend)
+        return conflist(self.dir / "ipam", self.backend, self.main)
 
     def entry(self, cid: str) -> Path:
         return self.cache / "results" / f"{NETWORK}-{cid}-eth0"
 
     def _plugin(self, command: str, cid: str, netns: str, conf: dict[str, Any]) -> Any:
+        if conf["type"] == "flannel":  # (its bridge, as flannel runs it)
+            conf = flannel_delegate(conf)
         nft = conf["type"] == "portmap" and self.backend == "nftables"
         binary = upstream.binary("v1.9.1") if nft else None
         done = rp.run_any_plugin(self.host_ns, command, cid, f"/run/netns/{netns}", conf, binary)
@@ -197,14 +204,20 @@ class Runtime:
 
 
 @pytest.fixture
-def runtime(host_ns: str, tmp_path: Path, backend: str) -> Iterator[Runtime]:
+def main() -> str:
+    """The network list's main plugin (a test parametrizes it)."""
+    return "bridge"
+
+
+@pytest.fixture
+def runtime(host_ns: str, tmp_path: Path, backend: str, main: str) -> Iterator[Runtime]:
     rp.require(rp.mode_available("nft"))
     if backend == "nftables":
         rp.require(upstream.available())
     for plugin in ("bridge", "host-local", "portmap"):
         if not Path(rp.CNI_PATH, plugin).exists():
             pytest.skip(f"no {rp.CNI_PATH}/{plugin} (Debian containernetworking-plugins)")
-    made = Runtime(host_ns, tmp_path, backend)
+    made = Runtime(host_ns, tmp_path, backend, main=main)
     try:
         yield made
     finally:
@@ -226,7 +239,7 @@ def _repaired_after_bridges_del(
     seen: dict[str, Any] = {}
 
     def repair_after(plugin: str) -> None:
-        if plugin == "bridge":
+        if plugin in ("bridge", "flannel"):
             assert runtime.entry(dying.id).exists()  # (libcni removes it after this)
             seen["repair"] = pm("check", "--repair")
             seen["live"], seen["dying"] = runtime.maps(live), runtime.maps(dying)
@@ -281,6 +294,7 @@ def test_between_portmaps_del_and_the_interfaces_removal_the_chain_is_made_again
 
 
 @BACKENDS
+@pytest.mark.parametrize("main", ["bridge", "flannel"])
 def test_without_cap_sys_admin_host_locals_leases_tell_a_container_being_torn_down(
     runtime: Runtime,
 ):
