@@ -311,6 +311,43 @@ def test_a_container_whose_interface_is_there_without_its_address_is_repaired(
         rp.delete_netns(pod)
 
 
+def test_a_second_interface_there_without_its_address_is_repaired_in_the_other_family(
+    host_ns: str, tmp_path
+) -> None:
+    """The same, on a pod's second network (Multus: net1, IPv6 only) beside a
+    dual-stack eth0 whose addresses are there. The IPv4 plan looked into the namespace
+    for eth0 alone: every address it expected there, so its interfaces not asked; the
+    IPv6 plan then judged net1 by that look, its interfaces taken for none: named
+    "could not repair ..., nor is its interface net1 there", exit 1, its mapping left
+    missing."""
+    rp.require(rp.mode_available("nft"))
+    pod = rp.create_netns("pmt-kata")
+    try:
+        path, cid = f"/run/netns/{pod}", "6b47b" * 8
+        ns_run(pod, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+        ns_run(pod, "ip", "link", "add", "net1", "type", "veth", "peer", "name", "net1p")
+        ns_run(pod, "ip", "addr", "add", "10.77.0.9/16", "dev", "eth0")
+        ns_run(pod, "ip", "addr", "add", "fd77::9/64", "dev", "eth0", "nodad")
+        for network, ifname, ips, port in (
+            ("dualnet", "eth0", ["10.77.0.9/16", "fd77::9/64"], 8080),
+            ("katanet", "net1", ["fd78::9/64"], 9090),
+        ):
+            ports = [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]
+            conf = rp.plugin_conf(network, ips, ports)
+            rp.write_cni_cache(tmp_path, network, cid, ifname, conf, ports, ips, netns=path)
+        for family in (4, 6):
+            rp.iptables(host_ns, ["-t", "nat", "-F"], family=family)
+            rp.iptables(host_ns, ["-t", "nat", "-X"], family=family)
+        done = pm_run(["check", "--repair", "--netns", host_ns, "--iptables", "nft",
+                       "--cni-cache-dir", str(tmp_path)])  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        saved = rp.save(host_ns, 6, "nft")
+        assert "--to-destination [fd78::9]:80" in saved, saved
+        assert "--to-destination [fd77::9]:80" in saved, saved
+    finally:
+        rp.delete_netns(pod)
+
+
 def _no_rule_twice(node: Node_) -> None:  # noqa: F811
     rules = [line for line in rp.save(node.ns, 4, node.mode).splitlines() if line.startswith("-A")]
     twice = {rule for rule in rules if rules.count(rule) > 1}

@@ -82,13 +82,25 @@ class NamespaceLook:
         wanted: Dict[str, bool] = {}  # namespace path -> its IPv6 addresses too
         expected: Dict[str, Set[str]] = {}  # ... and the addresses its entries DNAT to
         for a, key in zip(attachments, keys):
-            if key is not None and key not in self.inside:
+            if key is not None and not self._known(key, a):
                 wanted[key[0]] = wanted.get(key[0], False) or key[1]
                 expected.setdefault(key[0], set()).update(self._addresses(a).values())
         for path, found in look_into(wanted, expected).items():
             self.inside[(path, wanted[path])] = found
             self.inside.setdefault((path, False), found)
         return [a for a, key in zip(attachments, keys) if self._gone(a, key)]
+
+    def _known(self, key: Tuple[str, bool], attachment: Attachment) -> bool:
+        """Whether an earlier look at the namespace (`key`) tells `attachment`'s case:
+        not where its interfaces were not asked (every address that look expected was
+        there) and its address is not there (a pod's other interface, judged by a plan
+        of the other family or a later try)."""
+        if key not in self.inside:
+            return False
+        found = self.inside[key]
+        if found is None or found.interfaces is not None:
+            return True
+        return found.addresses.issuperset(self._addresses(attachment).values())
 
     @staticmethod
     def _key(attachment: Attachment) -> Optional[Tuple[str, bool]]:
