@@ -311,6 +311,54 @@ def test_a_container_whose_interface_is_there_without_its_address_is_repaired(
         rp.delete_netns(pod)
 
 
+def test_an_interface_back_without_its_address_after_host_locals_del_is_not_repaired(
+    host_ns: str, tmp_path
+) -> None:
+    """host-device's DEL has its IPAM give the address back first, then moves the
+    device out (upstream: into a scratch namespace, renamed there, then to the host).
+    Where that fails (the host's name taken meanwhile: "file exists"), the device is
+    moved back into the container's namespace under its CNI_IFNAME, without its
+    addresses (a namespace change drops them; Debian's 1.1.1, renaming in place, drops
+    the IPv6 ones as it sets the link down). The DEL failed, the runtime retries it:
+    the interface there says nothing of a live container when host-local's lease is
+    gone, and a chain made would send the host ports to an address given back. Where
+    the lease is still the container's (Kata's macvtap mode), it is live."""
+    rp.require(rp.mode_available("nft"))
+    pod, scratch = rp.create_netns("pmt-hdev"), rp.create_netns("pmt-hdtmp")
+    try:
+        path, cid = f"/run/netns/{pod}", "6b47c" * 8
+        ns_run(pod, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+        ns_run(pod, "ip", "addr", "add", "10.77.0.9/16", "dev", "eth0")
+        ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+        conf = rp.plugin_conf("hdnet", ["10.77.0.9/16"], ports)
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="nft", check=True)
+        rp.write_cni_cache(tmp_path, "hdnet", cid, "eth0", conf, ports, ["10.77.0.9/16"],
+                           netns=path, leases=tmp_path / "ipam")  # fmt: skip
+        # The failed DEL: out to the scratch namespace and back, its address lost.
+        ns_run(pod, "ip", "link", "set", "eth0", "netns", scratch)
+        ns_run(scratch, "ip", "link", "set", "eth0", "netns", pod)
+        assert "10.77.0.9" not in ns_run(pod, "ip", "addr", "show", "eth0")
+
+        def flushed_then_repaired() -> subprocess.CompletedProcess:
+            for args in (["-F"], ["-X"]):
+                rp.iptables(host_ns, ["-t", "nat", *args])
+            return pm_run(["check", "--repair", "--netns", host_ns, "--iptables", "nft",
+                           "--family", "4", "--cni-cache-dir", str(tmp_path)])  # fmt: skip
+
+        done = flushed_then_repaired()  # its lease still held: live (Kata)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "--to-destination 10.77.0.9:80" in rp.save(host_ns, 4, "nft")
+        lease = tmp_path / "ipam" / "hdnet" / "10.77.0.9"
+        lease.unlink()  # host-local's DEL, before the device's move failed
+        done = flushed_then_repaired()
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert f"host-local gave its address 10.77.0.9 back ({lease} is gone)" in done.stderr
+        assert "10.77.0.9" not in rp.save(host_ns, 4, "nft")
+    finally:
+        rp.delete_netns(pod)
+        rp.delete_netns(scratch)
+
+
 def test_a_second_interface_there_without_its_address_is_repaired_in_the_other_family(
     host_ns: str, tmp_path
 ) -> None:
