@@ -58,19 +58,22 @@ class NamespaceLook:
       interface is gone. One there without the address is a live container's whose
       address lives elsewhere (Kata's macvtap mode takes it off the veth into its
       VM), unless host-local's lease says as below (host-device's DEL failed after
-      its IPAM's: the device back in under its name, without addresses). Only namespaces this command judged there (NetnsState.PRESENT) are looked
-      into, as many at once as asked (a setns, a netlink dump of its addresses and
-      one of its interfaces: 18-36 us a namespace; 0.17 s of the 6.1 s a repair of
-      5,000 made after a flush takes, each in a namespace of its own:
-      docs/performance.md); one that cannot be entered (no CAP_SYS_ADMIN, as in the
-      shipped DaemonSet and systemd units) says nothing of itself;
+      its IPAM's: the device back in under its name, without addresses). Only
+      namespaces this command judged there (NetnsState.PRESENT) are looked into, as
+      many at once as asked (a setns, a netlink dump of its addresses, and one of its
+      interfaces where an address is missing: 18-36 us a namespace; 0.17 s of the
+      6.1 s a repair of 5,000 made after a flush takes, each in a namespace of its
+      own: docs/performance.md), again only for an entry an earlier look cannot tell;
+      one that cannot be entered (no CAP_SYS_ADMIN, as in the shipped DaemonSet and
+      systemd units) says nothing of itself;
     - or, where its namespace cannot be looked into, its network uses host-local and
       none of those addresses is leased to it any more (cni/leases.py): given back, or
       given to another container (the entry is stale). That needs no privilege: a
       repair run as the shipped DaemonSet and systemd units run portmapctl judges by
-      it. The namespace, where it can be seen, decides: its address there is the
-      container's, whatever the leases say (a data directory wiped by hand). An entry
-      whose namespace is gone is a zombie, judged elsewhere."""
+      it. The namespace, where it can be seen, decides where it holds the address:
+      the address there is the container's, whatever the leases say (a data
+      directory wiped by hand). An entry whose namespace is gone is a zombie, judged
+      elsewhere."""
 
     def __init__(self) -> None:
         self.inside: Dict[Tuple[str, bool], Optional[Inside]] = {}  # by namespace
