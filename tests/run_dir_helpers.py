@@ -1,16 +1,20 @@
 """What the tests of an unusable run directory share: something planted where the
 lock or gc's state file should be (tests/kernel/test_privilege.py,
 tests/kernel/test_field_faults.py, tests/unit/test_gc_pure.py), and a run directory
-with no room left (test_field_faults, test_gc)."""
+with no room left (test_field_faults, test_gc), and whether anything opened a path
+(the kernel's inotify: tests/unit/test_run_dir_opens.py, test_leases.py)."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import socket
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from portmapctl.errors import HostProblem
 
 
 def plant(path: Path, kind: str) -> None:
@@ -61,3 +65,25 @@ def fill(run_dir: Path) -> None:
         pass  # full
     finally:
         os.close(fd)
+
+
+IN_OPEN = 0x20
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def opened_while(path: Path, action: Callable[[], object]) -> bool:
+    """Whether anything opened `path` while `action` ran (its HostProblem let through)."""
+    watch = _LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert watch >= 0, os.strerror(ctypes.get_errno())
+    try:
+        assert _LIBC.inotify_add_watch(watch, str(path).encode(), IN_OPEN) >= 0
+        try:
+            action()
+        except HostProblem:
+            pass
+        try:
+            return bool(os.read(watch, 4096))
+        except BlockingIOError:
+            return False
+    finally:
+        os.close(watch)

@@ -100,6 +100,9 @@ def lease_of(directory: str, address: str, container_id: str) -> Lease:
     if not os.path.isdir(directory):
         return Lease(LeaseState.UNKNOWN, path)
     try:
+        # Looked at before it is opened: a device there could act on open.
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return Lease(LeaseState.UNKNOWN, path)
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return Lease(LeaseState.GIVEN_BACK, path)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import stat
 
 import pytest
+from run_dir_helpers import opened_while
 
 from portmapctl.cni import cache
 from portmapctl.cni.leases import Lease, LeaseState, host_local_data_dir, lease_of
@@ -120,6 +122,21 @@ def test_what_a_lease_file_says(tmp_path):
     )
     # No data directory (another mount namespace, a node never on host-local): nothing.
     assert lease_of(str(tmp_path / "absent"), "10.88.0.4", "ctr1").state is LeaseState.UNKNOWN
+
+
+def test_a_device_at_a_lease_is_not_opened(tmp_path):
+    """Looked at, not opened (opening a device can act): the kernel's inotify says."""
+    net = tmp_path / "podman"
+    net.mkdir()
+    try:
+        os.mknod(net / "10.88.0.5", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("mknod of a device needs CAP_MKNOD (the unit tier runs without)")
+    found = {}
+    assert not opened_while(
+        net / "10.88.0.5", lambda: found.update(x=lease_of(str(net), "10.88.0.5", "c"))
+    )
+    assert found["x"].state is LeaseState.UNKNOWN
 
 
 def test_a_lease_symlink_is_not_followed(tmp_path):

@@ -5,40 +5,17 @@ looked. The kernel says whether it was opened: inotify's IN_OPEN on the path."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from run_dir_helpers import plant
+from run_dir_helpers import opened_while, plant
 
 from portmapctl.errors import HostProblem
 from portmapctl.host import lock, tool_memo
 from portmapctl.ops.gc import state as gc_state
-
-IN_OPEN = 0x20
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def opened_while(path: Path, action: Callable[[], object]) -> bool:
-    """Whether anything opened `path` while `action` ran (its HostProblem let through)."""
-    watch = _LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-    assert watch >= 0, os.strerror(ctypes.get_errno())
-    try:
-        assert _LIBC.inotify_add_watch(watch, str(path).encode(), IN_OPEN) >= 0
-        try:
-            action()
-        except HostProblem:
-            pass
-        try:
-            return bool(os.read(watch, 4096))
-        except BlockingIOError:
-            return False
-    finally:
-        os.close(watch)
 
 
 def _take_lock(run_dir: Path) -> None:
