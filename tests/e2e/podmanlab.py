@@ -296,6 +296,13 @@ class Node:
         return self.dir / "cni-cache"
 
     @property
+    def host_local_dir(self) -> Path:
+        """host-local's data directory (one folder of leases per network): podman's
+        conflists name none, so host-local's default, /var/lib/cni/networks, which in
+        the lab's mount namespace is in the node's cache folder."""
+        return self.cache_dir / "networks"
+
+    @property
     def netconf_dir(self) -> Path:
         return self.dir / "netconf"
 
@@ -328,8 +335,21 @@ class Node:
             sys.executable, "-m", "portmapctl", *args,
             "--netns", self.netns, "--cni-cache-dir", str(self.cache_dir),
         ]  # fmt: skip
-        env = dict(os.environ, NO_COLOR="1", COLUMNS="250")
-        return run(argv, check=False, timeout=timeout, env=env)
+        return run(argv, check=False, timeout=timeout, env=_portmapctl_env())
+
+    def portmapctl_without_sys_admin(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """``portmapctl ARGS --cni-cache-dir CACHE`` run in the node's namespace as the
+        shipped DaemonSet and systemd units run it: root with CAP_NET_ADMIN, without
+        CAP_SYS_ADMIN (no container's namespace can be entered). `env` is added to the
+        environment. Never raises."""
+        argv = [
+            "ip", "netns", "exec", self.netns,
+            "setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin",
+            sys.executable, "-m", "portmapctl", *args, "--cni-cache-dir", str(self.cache_dir),
+        ]  # fmt: skip
+        return run(argv, check=False, timeout=timeout, env=_portmapctl_env(env))
 
     def nat_rules(self) -> list[str]:
         """``iptables-save -t nat`` of the node: declarations of user chains and rules."""
@@ -348,13 +368,20 @@ class Node:
 
     def use_portmap(self, binary: Path) -> None:
         """Podman's plugin folder for this node: the system's plugins, `binary` as portmap."""
+        self.use_plugin("portmap", binary)
+
+    def use_plugin(self, name: str, binary: Path) -> None:
+        """Podman's plugin folder for this node: the system's plugins, `binary` as `name`
+        (the folder made on first use; a later call replaces one more plugin)."""
         plugins = self.dir / "cni-plugins"
-        plugins.mkdir()
-        for plugin in SYSTEM_PLUGINS.iterdir():
-            if plugin.name != "portmap":
+        if not plugins.exists():
+            plugins.mkdir()
+            for plugin in SYSTEM_PLUGINS.iterdir():
                 os.symlink(plugin, plugins / plugin.name)
-        os.symlink(binary, plugins / "portmap")
-        self.conf.write_text(self.conf.read_text().replace(f'"{SYSTEM_PLUGINS}"', f'"{plugins}"'))
+            conf = self.conf.read_text()
+            self.conf.write_text(conf.replace(f'"{SYSTEM_PLUGINS}"', f'"{plugins}"'))
+        (plugins / name).unlink(missing_ok=True)
+        os.symlink(binary, plugins / name)
 
     def use_backend(self, network: str, backend: str) -> None:
         """The portmap plugin's `backend` in a network's config (podman writes none)."""
@@ -491,6 +518,10 @@ class Node:
                     {"src": srcs[0], "dst": dsts[0], "reply_src": srcs[1], "reply_dst": dsts[1]}
                 )
         return flows
+
+
+def _portmapctl_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "NO_COLOR": "1", "COLUMNS": "250", **(extra or {})}
 
 
 def _unmount_netns(path: str) -> None:
