@@ -20,6 +20,7 @@ def run(
     unprivileged: bool = False,
     hide: Sequence[str] = (),
     own_mounts: bool = False,
+    without_sys_admin_in: Optional[str] = None,
 ) -> subprocess.CompletedProcess:
     """`portmapctl ARGS` through `python -m portmapctl`, stdin closed unless given.
 
@@ -31,6 +32,8 @@ def run(
     `own_mounts` runs it in a mount namespace of its own (a copy of the host's that
     still receives its mounts): what a container sees, as far as the host's mount
     namespace is asked.
+    `without_sys_admin_in` runs it in that network namespace (by name) without
+    CAP_SYS_ADMIN (without_sys_admin).
     """
     argv = [sys.executable, "-m", "portmapctl", *args]
     if hide:
@@ -43,6 +46,8 @@ def run(
                 "sh", *argv]  # fmt: skip
     if own_mounts and not hide:  # (hide makes one already)
         argv = [shutil.which("unshare") or "unshare", "-m", "--propagation", "slave", *argv]
+    if without_sys_admin_in is not None:
+        argv = [*without_sys_admin(without_sys_admin_in), *argv]
     if unprivileged:
         drop = "-net_admin,-sys_admin,-net_raw"
         argv = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *argv]
@@ -56,6 +61,14 @@ def run(
         timeout=120,
         check=False,
     )
+
+
+def without_sys_admin(netns: str) -> list:
+    """The argv that runs a command in the network namespace `netns` (by name) as the
+    shipped DaemonSet and systemd units run portmapctl: root with CAP_NET_ADMIN, without
+    CAP_SYS_ADMIN, so no container's namespace can be entered."""
+    return ["ip", "netns", "exec", netns,
+            "setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]  # fmt: skip
 
 
 def ok(args: Sequence[str], **kwargs) -> str:

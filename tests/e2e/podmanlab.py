@@ -344,11 +344,10 @@ class Node:
         shipped DaemonSet and systemd units run it: root with CAP_NET_ADMIN, without
         CAP_SYS_ADMIN (no container's namespace can be entered). `env` is added to the
         environment. Never raises."""
-        argv = [
-            "ip", "netns", "exec", self.netns,
-            "setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin",
-            sys.executable, "-m", "portmapctl", *args, "--cni-cache-dir", str(self.cache_dir),
-        ]  # fmt: skip
+        from pmctl import without_sys_admin
+
+        argv = [*without_sys_admin(self.netns), sys.executable, "-m", "portmapctl", *args,
+                "--cni-cache-dir", str(self.cache_dir)]  # fmt: skip
         return run(argv, check=False, timeout=timeout, env=_portmapctl_env(env))
 
     def nat_rules(self) -> list[str]:

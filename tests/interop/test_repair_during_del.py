@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,14 +159,9 @@ class Runtime:
         return pmctl.run([*args, "--netns", self.host_ns, "--cni-cache-dir", str(self.cache)])
 
     def pm_without_sys_admin(self, *args: str) -> subprocess.CompletedProcess:
-        """portmapctl run in the node's namespace as the shipped DaemonSet and systemd
-        unit run it: root, CAP_NET_ADMIN, no CAP_SYS_ADMIN (no container namespace can
-        be entered)."""
-        argv = ["ip", "netns", "exec", self.host_ns, "setpriv", "--bounding-set=-sys_admin",
-                "--inh-caps=-sys_admin", sys.executable, "-m", "portmapctl", *args,
-                "--cni-cache-dir", str(self.cache)]  # fmt: skip
-        env = dict(os.environ, NO_COLOR="1", COLUMNS="250")
-        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+        """portmapctl in the node's namespace without CAP_SYS_ADMIN (pmctl)."""
+        return pmctl.run([*args, "--cni-cache-dir", str(self.cache)],
+                         without_sys_admin_in=self.host_ns)  # fmt: skip
 
     def rules(self) -> str:
         """Where the plugin keeps its rules: the nat table, or the nftables ruleset."""

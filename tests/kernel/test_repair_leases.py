@@ -7,9 +7,7 @@ the namespace can be looked into, it decides. Debian's real portmap, both flavou
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,11 +20,8 @@ pytestmark = pytest.mark.netns
 
 
 def _without_sys_admin(host_ns: str, *args: str) -> subprocess.CompletedProcess:
-    """portmapctl in the node's namespace, root with CAP_NET_ADMIN, no CAP_SYS_ADMIN."""
-    argv = ["ip", "netns", "exec", host_ns, "setpriv", "--bounding-set=-sys_admin",
-            "--inh-caps=-sys_admin", sys.executable, "-m", "portmapctl", *args]  # fmt: skip
-    env = dict(os.environ, NO_COLOR="1", COLUMNS="250")
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    """portmapctl in the node's namespace without CAP_SYS_ADMIN (pmctl)."""
+    return pm_run(list(args), without_sys_admin_in=host_ns)
 
 
 def _two_cached(host_ns: str, cache: Path, mode: rp.Mode) -> None:
