@@ -42,11 +42,12 @@ TAKEN = (
 )
 
 
-class NamespaceLook:
+class TornDownLook:
     """Which cache entries are of a container being torn down, by what the node shows
-    of them, once per command, for a repair to make nothing for them. A chain (or
-    nftables rules) made then would send its host ports to an address being given
-    back, kept by gc while the entry stands (docs/guarantees.md, Concurrent-safe).
+    of them (its namespace, host-local's leases), for a repair to make nothing for
+    them. A chain (or nftables rules) made then would send its host ports to an
+    address being given back, kept by gc while the entry stands (docs/guarantees.md,
+    Concurrent-safe).
 
     libcni runs a network list's DEL last plugin first, portmap before bridge, ptp or
     calico, which delete the container's interface (bridge then has host-local give
@@ -205,7 +206,7 @@ class CacheNow:
         # not make (for the report).
         self.torn_down: Dict[str, List[Attachment]] = {}
         self.unmade: Dict[int, Set[str]] = {}
-        self.look = NamespaceLook()
+        self.look = TornDownLook()
 
     def current(self, configs: Iterable[MappingConfig]) -> List[MappingConfig]:
         """`configs` as last read: the configs of a chain whose entries were read again
@@ -255,7 +256,7 @@ class CacheNow:
 
     def _torn_down(self, configs: Sequence[MappingConfig], family: int) -> None:
         """The chains to be made whose cache entries are of a container being torn down
-        (NamespaceLook): those entries are left out of the plan, as gone ones are, but
+        (TornDownLook): those entries are left out of the plan, as gone ones are, but
         the check after still expects their chain (the repair names it: left_out). Not
         judged: a chain there that the plan rewrites (only portmap's own DEL, under way,
         can race with that)."""

@@ -27,7 +27,7 @@ from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import ApplyFailed, Interrupted, PortmapctlError, found_in
-from portmapctl.ops.check.cache_now import NamespaceLook
+from portmapctl.ops.check.cache_now import TornDownLook
 from portmapctl.ops.check.nft import (
     expected_configs,
     expected_in_add_order,
@@ -77,8 +77,8 @@ class _CacheAgain:
         self.since = time.time_ns() - _CLOCK_SLACK_NS
         self.now: Dict[str, Optional[Attachment]] = {}  # by path, as read again
         self.left_alone: Set[str] = set()  # paths whose entry is not as first read
-        self.look = NamespaceLook()
-        self.torn_down: Dict[str, Attachment] = {}  # by path: left alone (NamespaceLook)
+        self.look = TornDownLook()
+        self.torn_down: Dict[str, Attachment] = {}  # by path: left alone (TornDownLook)
 
     def configs(self) -> List[MappingConfig]:
         """What the plan makes: the entries as first read, but none of a container the
