@@ -232,6 +232,27 @@ def test_a_cached_container_the_plugin_adds_again_during_a_repair_is_not_doubled
     upstream.run(V191, "CHECK", node, "live1", live1, check=True)
 
 
+def _pod_on_two_networks(node: str, cache: Path, pod: str) -> dict:
+    """`pod1` added by the plugin on `net-a` (net1, 10.77.0.5, host port 8080) and
+    `net-b` (net2, 10.77.0.6, 9090), as a Multus pod in the namespace `pod`, and
+    cached a minute ago (not written as the repair began: _CacheAgain); its confs by
+    interface."""
+    path, old = f"/run/netns/{pod}", time.time() - 60
+    confs = {}
+    for ifname, network, ip, port in (
+        ("net1", "net-a", "10.77.0.5/16", 8080),
+        ("net2", "net-b", "10.77.0.6/16", 9090),
+    ):
+        ports = [rp.port_mapping(port, 80)]
+        confs[ifname] = upstream.nft_conf(network, [ip], ports)
+        confs[ifname]["prevResult"]["interfaces"][0]["name"] = ifname  # (the plugin's pick)
+        upstream.run(V191, "ADD", node, "pod1", confs[ifname], ifname=ifname, check=True)
+        entry = rp.write_cni_cache(cache, network, "pod1", ifname, confs[ifname], ports, [ip],
+                                   netns=path)  # fmt: skip
+        os.utime(entry, (old, old))
+    return confs
+
+
 @pytest.mark.parametrize("lost", ["table", "one-rule"])
 def test_a_pods_live_network_beside_one_being_torn_down_is_repaired(
     node: str, tmp_path: Path, lost: str
@@ -246,20 +267,7 @@ def test_a_pods_live_network_beside_one_being_torn_down_is_repaired(
     pod = rp.create_netns("pmt-pod")
     try:
         path = f"/run/netns/{pod}"
-        confs = {}
-        for ifname, network, ip, port in (
-            ("net1", "net-a", "10.77.0.5/16", 8080),
-            ("net2", "net-b", "10.77.0.6/16", 9090),
-        ):
-            ports = [rp.port_mapping(port, 80)]
-            confs[ifname] = upstream.nft_conf(network, [ip], ports)
-            confs[ifname]["prevResult"]["interfaces"][0]["name"] = ifname  # (the plugin's pick)
-            upstream.run(V191, "ADD", node, "pod1", confs[ifname], ifname=ifname, check=True)
-            entry = rp.write_cni_cache(
-                tmp_path, network, "pod1", ifname, confs[ifname], ports, [ip], netns=path
-            )
-            old = time.time() - 60  # (not written as the repair began: _CacheAgain)
-            os.utime(entry, (old, old))
+        confs = _pod_on_two_networks(node, tmp_path, pod)
         rp.hold_addresses(path, ["10.77.0.6/16"])  # net1's interface gone, net2's there
         if lost == "table":
             upstream.nft(node, "delete", "table", "ip", "cni_hostport")
@@ -308,19 +316,7 @@ def test_a_network_torn_down_then_added_again_during_a_repair_keeps_the_plugins_
     try:
         path = f"/run/netns/{pod}"
         old = time.time() - 60  # (not written as the repair began: _CacheAgain)
-        confs = {}
-        for ifname, network, ip, port in (
-            ("net1", "net-a", "10.77.0.5/16", 8080),
-            ("net2", "net-b", "10.77.0.6/16", 9090),
-        ):
-            ports = [rp.port_mapping(port, 80)]
-            confs[ifname] = upstream.nft_conf(network, [ip], ports)
-            confs[ifname]["prevResult"]["interfaces"][0]["name"] = ifname  # (the plugin's pick)
-            upstream.run(V191, "ADD", node, "pod1", confs[ifname], ifname=ifname, check=True)
-            entry = rp.write_cni_cache(
-                tmp_path, network, "pod1", ifname, confs[ifname], ports, [ip], netns=path
-            )
-            os.utime(entry, (old, old))
+        confs = _pod_on_two_networks(node, tmp_path, pod)
         # "other": an old address's rule on its port, which the repair deletes.
         ports = [rp.port_mapping(7070, 80)]
         before = upstream.nft_conf("podman", ["10.88.0.99/16"], ports)
