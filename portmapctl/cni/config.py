@@ -39,6 +39,19 @@ PORT_MAPPING_FIELDS = {
 }
 
 
+def go_field(entry: Any, name: str) -> Any:
+    """`entry[name]` as Go's encoding/json fills a struct field `name` from a JSON object
+    (None when it has none, or is no object): as _go_fields, keys match without regard
+    to case and the later spelling wins."""
+    if not isinstance(entry, dict):
+        return None
+    folded, found = name.casefold(), None
+    for key, value in entry.items():
+        if isinstance(key, str) and key.casefold() == folded:
+            found = value
+    return found
+
+
 def _go_fields(entry: Mapping[str, Any]) -> dict:
     """`entry` as Go's encoding/json fills the plugin's PortMapEntry: keys match the
     field names without regard to case, and of two spellings the later one wins.

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional
 
+from portmapctl.cni.config import go_field
 from portmapctl.host import settings
 
 HOST_LOCAL = "host-local"
@@ -64,33 +65,22 @@ def host_local_data_dir(conf: Any) -> Optional[str]:
     it hands its delegate a host-local section made from its own `ipam`."""
     plugins = conf.get("plugins") if isinstance(conf, dict) else None
     for plugin in plugins if isinstance(plugins, list) else [conf]:
-        ipam = _go_field(plugin, "ipam")
-        if _go_field(plugin, "type") == FLANNEL:
+        ipam = go_field(plugin, "ipam")
+        if go_field(plugin, "type") == FLANNEL:
             # flannel gives its delegate (bridge) its own `ipam`, of type host-local
-            # where it names none (getDelegateIPAM); its own `dataDir` is for its
-            # scratch configs, not leases.
+            # where it names none (getDelegateIPAM: hasKey, the exact spelling); its
+            # own `dataDir` is for its scratch configs, not leases.
             ipam = dict(ipam) if isinstance(ipam, dict) else {}
-            ipam.setdefault("type", _go_field(ipam, "type") or HOST_LOCAL)
-        if not isinstance(ipam, dict) or not _go_field(ipam, "type"):
+            ipam.setdefault("type", HOST_LOCAL)
+        if not isinstance(ipam, dict) or not go_field(ipam, "type"):
             continue
-        if _go_field(ipam, "type") != HOST_LOCAL:
+        if go_field(ipam, "type") != HOST_LOCAL:
             return None
-        data_dir = _go_field(ipam, "dataDir")
+        data_dir = go_field(ipam, "dataDir")
         if not isinstance(data_dir, str) or not data_dir:
             return settings.HOST_LOCAL_DIR.value()
         return data_dir if os.path.isabs(data_dir) else None
     return None
-
-
-def _go_field(value: Any, name: str) -> Any:
-    """`value[name]` as Go's encoding/json decodes a struct field: the key spelled
-    exactly, else the first spelled so in another case (host-local takes `datadir`)."""
-    if not isinstance(value, dict):
-        return None
-    if name in value:
-        return value[name]
-    folded = name.casefold()
-    return next((v for k, v in value.items() if k.casefold() == folded), None)
 
 
 def lease_of(directory: str, address: str, container_id: str) -> Lease:

@@ -59,11 +59,11 @@ def test_only_host_local_says_where_its_leases_are(ipam, found):
 
 
 def test_keys_are_read_as_go_reads_them():
-    """Go's encoding/json takes a key in any case where none is spelled exactly."""
+    """Go's encoding/json takes a key in any case, the later spelling winning."""
     conflist = json.loads(json.dumps(PODMAN))
     conflist["plugins"][0]["IPAM"] = dict(conflist["plugins"][0].pop("ipam"), datadir="/srv/x")
     assert host_local_data_dir(conflist) == "/srv/x"
-    conflist["plugins"][0]["IPAM"]["dataDir"] = "/srv/exact"  # (the exact spelling first)
+    conflist["plugins"][0]["IPAM"]["dataDir"] = "/srv/exact"  # (the later one)
     assert host_local_data_dir(conflist) == "/srv/exact"
 
 
