@@ -461,8 +461,9 @@ def look_into(
     paths: Mapping[str, bool], expected: Optional[Mapping[str, Collection[str]]] = None
 ) -> Dict[str, Optional[Inside]]:
     """namespace_addresses of each namespace path (True: its IPv6 ones too, 10 us
-    more), and its interfaces' names, but None for one that cannot be entered or read
-    (nothing is known of it).
+    more), and its interfaces' names where it lacks an address `expected` of it (else
+    None: not asked), but None for one that cannot be entered or read (nothing is
+    known of it).
     Each is entered in turn, and left again, from a thread of its own that starts in
     the caller's namespace: 18 us a namespace, about 10 us a call for the thread.
 
@@ -536,14 +537,15 @@ def _inside_here(ipv6: bool, expected: Collection[str]) -> Optional[Inside]:
     netlink (not /proc/thread-self/net, which some kernels showed stale after a setns;
     if_nameindex(3) is an RTM_GETLINK dump from a socket made here); None when they
     cannot be asked. The interfaces only when an address `expected` is missing: 20 us
-    more a namespace, for what a namespace holding them all does not need."""
+    more a namespace, for what a namespace holding them all (or a caller expecting
+    none) does not need."""
     import socket
 
     from portmapctl.host.addresses import interface_addresses
 
     try:
         addresses = set(interface_addresses((4, 6) if ipv6 else (4,)))
-        if expected and addresses.issuperset(expected):
+        if addresses.issuperset(expected):  # (nothing expected: addresses_of's callers)
             return Inside(addresses, None)
         return Inside(addresses, {name for _index, name in socket.if_nameindex()})
     except OSError:
