@@ -8,6 +8,7 @@ again for every chain a plan changes). Real plugin, real iptables, both flavours
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import subprocess
 import time
@@ -490,3 +491,38 @@ def test_a_shared_chain_changed_and_back_between_read_and_write_is_tried_again(
     saved = rp.save(node.ns, 4, node.mode)
     assert saved.count("-j CNI-HOSTPORT-DNAT\n") == 2, saved  # PREROUTING's and OUTPUT's
     node.check("live1")
+
+
+def test_a_dual_stack_container_being_torn_down_is_said_left_out_in_both_families(
+    host_ns: str, tmp_path
+) -> None:
+    """A cached dual-stack container whose namespace is there without its addresses or
+    its interface (its DEL under way), both of its chains flushed: the repair makes
+    neither, and says so of each family (a `could not repair` line, `unrepaired`, no
+    fix). The IPv4 plan judged the chain torn down (one name for both families), and the
+    IPv6 plan then no longer had the container to make: its missing-chain went unsaid,
+    still offering `check --repair`, the command that had just left it so."""
+    rp.require(rp.mode_available("nft"))
+    pod = rp.create_netns("pmt-gone")
+    try:
+        path, cid = f"/run/netns/{pod}", "6b47d" * 8
+        ips = ["10.77.0.11/16", "fd00:77::11/64"]
+        ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+        conf = rp.plugin_conf("gonenet", ips, ports)
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="nft", check=True)
+        rp.write_cni_cache(tmp_path, "gonenet", cid, "eth0", conf, ports, ips, netns=path)
+        for family in (4, 6):
+            for args in (["-F"], ["-X"]):
+                rp.iptables(host_ns, ["-t", "nat", *args], family=family)
+        done = pm_run(["check", "--repair", "--netns", host_ns, "--iptables", "nft",
+                       "--cni-cache-dir", str(tmp_path), "-o", "json"])  # fmt: skip
+        assert done.returncode == 1, done.stdout + done.stderr
+        doc = json.loads(done.stdout)
+        assert sorted(u["family"] for u in doc["unrepaired"]) == [4, 6], doc["unrepaired"]
+        for family in (4, 6):
+            assert f"could not repair IPv{family} gonenet/{cid}" in done.stderr, done.stderr
+        left = [p for p in doc["problems"] if p["container_id"] == cid]
+        assert sorted(p["family"] for p in left) == [4, 6], left
+        assert all(p["fix"] is None for p in left), left
+    finally:
+        rp.delete_netns(pod)
