@@ -150,3 +150,22 @@ def test_demo_node_examples_print_what_the_docs_show(demo, scenario, tmp_path):
         returncode = done.returncode
         printed = (done.stderr + done.stdout).rstrip("\n").split("\n")
         assert _normal(printed) == _normal(example.shown), where
+
+
+@pytest.mark.netns
+def test_add_dry_run_on_a_fresh_node_prints_the_transaction_the_docs_show(host_ns, tmp_path):
+    """add.md's example "on a node where the plugin has not run yet" cannot run on the
+    demo node (the plugin has run there): it runs on a fresh one, its stdout (the
+    transaction; stderr has the warnings of a node without a CNI cache) as shown."""
+    [example] = [
+        e for e in console_examples(ROOT / "docs/commands/add.md")
+        if e.argv[:1] == ["add"] and "--dry-run" in e.argv and "mynet" in e.argv
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR")}
+    env.update(NO_COLOR="1", PYTHONPATH=str(ROOT), PORTMAPCTL_CNI_CACHE_DIR=str(tmp_path))
+    done = subprocess.run(
+        ["ip", "netns", "exec", host_ns, sys.executable, "-m", "portmapctl", *example.argv],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip("\n").split("\n") == example.shown, f"add.md:{example.line}"
