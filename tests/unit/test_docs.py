@@ -132,3 +132,15 @@ def test_examples_that_read_only_files_show_what_they_print_today(page):
         printed = (done.stderr + done.stdout).rstrip("\n").split("\n")
         where = f"{page.relative_to(ROOT)}:{number}: portmapctl {' '.join(argv)}"
         assert sorted(printed) == sorted(shown), where
+
+
+@pytest.mark.parametrize(
+    "page", [ROOT / "README.md", *PAGES], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_a_quiet_example_shows_its_summary_line(page):
+    """`-q` prints the summary line (SPEC §3 output contract), never nothing: a console
+    example of it that shows no output says the command prints nothing."""
+    for example in console_examples(page):
+        if example.argv and ({"-q", "--quiet"} & set(example.argv)):
+            where = f"{page.relative_to(ROOT)}:{example.line}: {' '.join(example.words)}"
+            assert [line for line in example.shown if line.strip()], where
