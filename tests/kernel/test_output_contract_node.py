@@ -8,22 +8,17 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 
-import jsonschema
 import pytest
+from json_schemas import validated
 from pmctl import assert_error, run
 from test_gc import Node_, _on_terminal, _ports
 
 from portmapctl.iptables.chains import chain_name
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schema"
-
 
 def valid(command: str, text: str) -> dict:
-    document = json.loads(text)
-    jsonschema.validate(document, json.loads((SCHEMAS / f"{command}.json").read_text()))
-    return document
+    return validated(command, text)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ again for every chain a plan changes). Real plugin, real iptables, both flavours
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import subprocess
 import time
@@ -18,6 +17,7 @@ import pytest
 import realplugin as rp
 from flush_udp_helpers import ct_args, ct_sports, ns_run, route_localnet
 from gc_helpers import Node_, node  # noqa: F401
+from json_schemas import validated
 from pmctl import run as pm_run
 from test_repair_batch import _pod_interface
 
@@ -517,7 +517,7 @@ def test_a_dual_stack_container_being_torn_down_is_said_left_out_in_both_familie
         done = pm_run(["check", "--repair", "--netns", host_ns, "--iptables", "nft",
                        "--cni-cache-dir", str(tmp_path), "-o", "json"])  # fmt: skip
         assert done.returncode == 1, done.stdout + done.stderr
-        doc = json.loads(done.stdout)
+        doc = validated("check", done.stdout)
         assert sorted(u["family"] for u in doc["unrepaired"]) == [4, 6], doc["unrepaired"]
         for family in (4, 6):
             assert f"could not repair IPv{family} gonenet/{cid}" in done.stderr, done.stderr

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-import jsonschema
+from json_schemas import validated
 from test_terminal import EXAMPLE, ROOT, run_on_terminal
 from typer.testing import CliRunner
 
@@ -21,7 +21,6 @@ from portmapctl.core.status import ProblemKind
 from portmapctl.ops.check import CheckResult, Problem
 
 FIXTURES = ROOT / "tests" / "fixtures"
-SCHEMA = json.loads((ROOT / "docs" / "schema" / "check.json").read_text())
 
 
 def invoke(*args: str) -> str:
@@ -65,7 +64,7 @@ def test_wide_ends_each_problem_row_with_its_rule_whole():
 def test_json_carries_the_same_rule_one_a_line_and_validates():
     wide = invoke("check", *EXAMPLE, "-o", "wide")
     document = json.loads(invoke("check", *EXAMPLE, "-o", "json"))
-    jsonschema.validate(document, SCHEMA)
+    validated("check", document)
     for problem in document["problems"]:
         assert problem["rule"] and problem["rule"].startswith("-A ")
         assert problem["rule"] in wide  # one rule each here: the same text in both
@@ -110,7 +109,7 @@ def test_a_problem_about_no_rule_has_rule_null_and_a_dash():
     result = CheckResult((brain,), (4,), "node", True, 1, 1)
     assert render.problem_json(brain)["rule"] is None
     cache = {"dirs": ["/var/lib/cni"], "present": True, "entries": 1}
-    jsonschema.validate(render.check_json(result, cache), SCHEMA)
+    validated("check", render.check_json(result, cache))
     row = render.check_text(result, wide=True).plain.splitlines()[1]
     assert row.endswith("  -")
 
@@ -149,7 +148,7 @@ def test_nftables_problems_show_the_rule_as_nft_list_prints_it():
     args = ["check", "--nft-snapshot", str(nft / "ruleset.json"), "--cni-cache-dir",
             str(nft / "cni-cache"), "--family", "4"]  # fmt: skip
     document = json.loads(invoke(*args, "-o", "json"))
-    jsonschema.validate(document, SCHEMA)
+    validated("check", document)
     printed = [line.strip() for line in (nft / "ruleset.nft").read_text().splitlines()]
     rules = {p["kind"]: p["rule"] for p in document["problems"] if p["backend"] == "nftables"}
     assert rules["stale"] in printed and "b7e0f2c94d1a4e85oldjob" in rules["stale"]

@@ -20,6 +20,7 @@ from typing import List
 import jsonschema
 import pytest
 import typer
+from json_schemas import validated
 from test_terminal import EXAMPLE, ROOT, run_on_terminal
 
 from portmapctl import render
@@ -63,10 +64,7 @@ def lines_of(out: str) -> List[str]:
 
 
 def validate_document(command: str, text: str) -> dict:
-    document = json.loads(text)
-    schema = json.loads((SCHEMAS / f"{command}.json").read_text())
-    jsonschema.validate(document, schema)
-    return document
+    return validated(command, text)
 
 
 # --- item 2: check reads at 80 columns -------------------------------------------------

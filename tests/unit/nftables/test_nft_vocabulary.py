@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jsonschema
 import nftcases
+from json_schemas import validated
 from pmctl import run
 
 from portmapctl import render
@@ -24,13 +24,10 @@ from portmapctl.ops.gc.nft import plan_nft
 CASE = "v191-shadowed"
 SNAP = str(nftcases.HERE / f"{CASE}.nft.json")
 NFT_CHAINS = {*CONTAINER_CHAINS, MASQUERADING}
-SCHEMAS = Path(__file__).resolve().parents[3] / "docs" / "schema"
 
 
 def validate_document(command: str, text: str) -> dict:
-    document = json.loads(text)
-    jsonschema.validate(document, json.loads((SCHEMAS / f"{command}.json").read_text()))
-    return document
+    return validated(command, text)
 
 
 def _empty_cache(tmp_path: Path) -> str:
