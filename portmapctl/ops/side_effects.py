@@ -7,7 +7,19 @@ until idle). Failures are warnings, as in the plugin.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Collection, Dict, List, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Collection,
+    Dict,
+    FrozenSet,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import FlushReason
@@ -143,6 +155,9 @@ def after_setup_many(
         for p in config.ports
         if p.protocol == "udp"
     }
+    if local_only:
+        # No plugin ADD: only what the re-created rules take (taken_by).
+        keys = taken_by(done)
     if flush_udp and keys:
         try:
             flush_keys(keys, local_only=local_only)
@@ -151,7 +166,34 @@ def after_setup_many(
     return warnings
 
 
-def flush_keys(keys: Collection[Tuple[int, int]], *, local_only: bool = False) -> int:
+# (family, host port) -> the host IPs the mappings there are bound to; None: every address
+Destinations = Dict[Tuple[int, int], Optional[FrozenSet[str]]]
+
+
+def taken_by(done: Sequence[Tuple[MappingConfig, Sequence[int]]]) -> Destinations:
+    """The UDP destinations the rules of these configs take, per (family, host port):
+    a port bound to a host IP takes that address alone, and nothing in the other
+    family (the plugin writes no rule there). check --repair flushed every flow to the
+    port in every family of the container: another container's live flows on another
+    host IP of the port (their replies then went out un-NATed) and the host's own."""
+    found: Dict[Tuple[int, int], Optional[Set[str]]] = {}
+    for config, families in done:
+        for family in families:
+            for p in config.ports:
+                if p.protocol != "udp" or not p.applies_to(family):
+                    continue
+                key, host_ip = (family, p.host_port), p.host_ip_for_rule()
+                ips = found.get(key, set())
+                if host_ip is None or ips is None:
+                    found[key] = None
+                else:
+                    found[key] = ips | {host_ip}
+    return {key: None if ips is None else frozenset(ips) for key, ips in found.items()}
+
+
+def flush_keys(
+    keys: Union[Collection[Tuple[int, int]], Destinations], *, local_only: bool = False
+) -> int:
     """Delete the UDP conntrack entries to these (family, host port) pairs: one dump and
     one delete for all of them, whatever their number. (Not through ops.flush_udp:
     that imports the inventory, which add does not need.)
@@ -159,7 +201,8 @@ def flush_keys(keys: Collection[Tuple[int, int]], *, local_only: bool = False) -
     The plugin's ADD deletes every entry under the port; with `local_only` (check
     --repair, which is no plugin ADD) only flows to the node's own addresses go: a
     forwarded flow (a container's DNS query outside, a client of a container's own
-    address) never met a mapping (SPEC §3 flush-udp)."""
+    address) never met a mapping (SPEC §3 flush-udp); and where `keys` name host IPs
+    (taken_by), only flows to those."""
     if no_conntrack_entries():
         return 0
     from portmapctl.host import conntrack  # imported only when there is work
@@ -173,7 +216,23 @@ def flush_keys(keys: Collection[Tuple[int, int]], *, local_only: bool = False) -
 
         local = local_addresses(sorted({family for family, _ in keys}))
         mine = [e for e in mine if (e.family, e.dst) in local]
+    if isinstance(keys, dict):
+        # Compared packed (any spelling of an address), each host IP packed once.
+        bound = {
+            key: None if ips is None else {conntrack.packed(key[0], ip) for ip in ips}
+            for key, ips in keys.items()
+        }
+        mine = [e for e in mine if _to(e, bound[(e.family, e.dport)])]
     return conntrack.delete(mine)
+
+
+def _to(entry: Any, host_ips: Optional[Set[Optional[bytes]]]) -> bool:
+    """Whether the entry goes to one of these (packed) host IPs (None: any address)."""
+    if host_ips is None:
+        return True
+    from portmapctl.host.conntrack import packed
+
+    return packed(entry.family, entry.dst) in host_ips
 
 
 def no_conntrack_entries() -> bool:

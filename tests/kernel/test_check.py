@@ -449,6 +449,55 @@ def test_repair_flushes_udp_conntrack_of_what_it_recreated(host_ns, tmp_path):
     assert "sport=40001" in left and "sport=40002" in left
 
 
+def test_repair_flushes_only_the_flows_its_mapping_takes(host_ns, tmp_path):
+    """A mapping bound to one host IP takes only that address's flows: repairing it
+    deleted every flow to the port on every node address, in every family the
+    container has, another healthy container's live ones included (their replies then
+    left un-NATed), and the host's own. Only the repaired mapping's destinations go."""
+    udp = "udp"
+    _plugin_node(
+        host_ns,
+        "nft",
+        tmp_path,
+        [
+            ("ctrc", ["10.88.0.21/16", "fd00::21/64"],
+             [{"hostPort": 6000, "containerPort": 60, "protocol": udp, "hostIP": "192.0.2.2"},
+              {"hostPort": 7000, "containerPort": 70, "protocol": udp}]),
+            ("ctrd", ["10.88.0.22/16"],
+             [{"hostPort": 6000, "containerPort": 60, "protocol": udp, "hostIP": "192.0.2.3"}]),
+            ("ctre", ["fd00::23/64"], [{"hostPort": 6000, "containerPort": 60, "protocol": udp}]),
+        ],
+    )  # fmt: skip
+    for family in (4, 6):
+        for line in rp.save(host_ns, family).splitlines():
+            if line.startswith("-A CNI-HOSTPORT-DNAT") and '\\"ctrc\\"' in line:
+                rp.iptables(host_ns, ["-t", "nat", "-D", *shlex.split(line)[1:]], family=family)
+    for address in ("192.0.2.2/32", "192.0.2.3/32", "192.0.2.4/32", "fd00:1::1/128"):
+        rp._run(["ip", "-n", host_ns, "addr", "add", address, "dev", "lo"], check=True)
+    conntrack = ["ip", "netns", "exec", host_ns, "conntrack"]
+    flows = [
+        (40010, "192.0.2.1", "192.0.2.2", 6000, None),  # ctrc's, un-NATed while it was gone
+        (40011, "192.0.2.1", "192.0.2.3", 6000, "10.88.0.22"),  # ctrd's, live
+        (40012, "192.0.2.1", "192.0.2.4", 6000, None),  # the host's own: no mapping for it
+        (40013, "2001:db8::1", "fd00:1::1", 6000, "fd00::23"),  # ctre's, live (IPv6)
+        (40014, "192.0.2.1", "192.0.2.4", 7000, None),  # ctrc's, un-NATed
+    ]
+    for sport, src, dst, dport, reply in flows:
+        args = ["-I", "-p", "udp", "-s", src, "-d", dst, "--sport", str(sport),
+                "--dport", str(dport), "-t", "100"]  # fmt: skip
+        if reply is not None:
+            args += ["--reply-src", reply, "--reply-dst", src, "--reply-port-src", "60",
+                     "--reply-port-dst", str(sport)]  # fmt: skip
+        rp._run([*conntrack, *args], check=True)
+    assert _check(host_ns, "nft", tmp_path, "--repair")["repaired"]
+    left = (
+        rp._run([*conntrack, "-L", "-f", "ipv4"]).stdout
+        + rp._run([*conntrack, "-L", "-f", "ipv6"]).stdout
+    )
+    assert "sport=40010 " not in left and "sport=40014 " not in left
+    assert all(f"sport={sport} " in left for sport in (40011, 40012, 40013)), left
+
+
 def test_repair_needs_root(host_ns, tmp_path):
     done = run(
         ["check", "--repair", "--netns", host_ns, "--cni-cache-dir", str(tmp_path)],
