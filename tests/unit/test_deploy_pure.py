@@ -586,6 +586,49 @@ def test_the_stale_nft_alert_fires_on_the_nft_example_node(tmp_path):
     promtool_test_rules(tmp_path, series, cases)
 
 
+def test_a_list_run_long_ago_keeps_no_alert_firing(tmp_path):
+    """An operator's `list` writes its own file too (one PORTMAPCTL_METRICS_FILE with
+    {command} for the node), which nobody rewrites: the counts it saw once (a stale
+    chain gc has removed since, a shadowed mapping) kept the alerts on list-or-check
+    firing for ever, against check's fresh zeros. A list run as fresh as check's still
+    counts."""
+    node = {"instance": "node4", "job": "node"}
+    series = []
+    for command, stamps, count in (
+        ("check", "0+60x40", 0),  # the timer's: fresh, the node is clean now
+        ("list", "0x40", 1),  # once, at minute 0, before gc removed it
+    ):
+        mine = {"command": command, **node}
+        series.append(
+            {"series": _series("portmapctl_last_run_timestamp_seconds", mine), "values": stamps}
+        )
+        for name, labels in (
+            ("portmapctl_chains", {"backend": "iptables", "chain_type": "dnat", "status": "stale"}),
+            ("portmapctl_mappings", {"backend": "iptables", "status": "shadowed"}),
+            ("portmapctl_mappings", {"backend": "nftables", "status": "stale"}),
+        ):
+            series.append(
+                {
+                    "series": _series(name, {**labels, "family": "4", **mine}),
+                    "values": f"{count}x40",
+                }
+            )
+    cases = [
+        {"eval_time": "35m", "alertname": alert, "exp_alerts": []}
+        for alert in (
+            "PortmapctlStaleChains",
+            "PortmapctlStaleNftMappings",
+            "PortmapctlShadowedMapping",
+        )
+    ]
+    promtool_test_rules(tmp_path, series, cases)
+    # The same list run every minute: what it counts is now, and fires.
+    fresh = [{**s, "values": "0+60x40"} if "timestamp" in s["series"] else s for s in series]
+    warn = {"severity": "warning", **node}
+    cases = [{**case, "exp_alerts": [{"exp_labels": warn}]} for case in cases]
+    promtool_test_rules(tmp_path, fresh, cases)
+
+
 def test_the_missing_metrics_alert_fires_where_nobody_writes_them(tmp_path):
     node = {"instance": "node2", "job": "node"}
     series = [{"series": _series("node_textfile_scrape_error", node), "values": "0x40"}]
