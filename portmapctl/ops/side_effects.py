@@ -7,6 +7,7 @@ until idle). Failures are warnings, as in the plugin.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -16,7 +17,6 @@ from typing import (
     List,
     Optional,
     Sequence,
-    Set,
     Tuple,
     Union,
 )
@@ -166,34 +166,43 @@ def after_setup_many(
     return warnings
 
 
-# (family, host port) -> the host IPs the mappings there are bound to; None: every address
-Destinations = Dict[Tuple[int, int], Optional[FrozenSet[str]]]
+Key = Tuple[int, int]  # (family, host port)
 
 
-def taken_by(done: Sequence[Tuple[MappingConfig, Sequence[int]]]) -> Destinations:
+@dataclass(frozen=True)
+class Reach:
+    """What the re-created rules of one (family, UDP host port) take, and where they
+    send it (check --repair's flush: taken_by)."""
+
+    host_ips: Optional[FrozenSet[str]]  # the addresses they take; None: every one
+    targets: FrozenSet[Tuple[str, int]]  # (container address, container port)
+
+
+def taken_by(done: Sequence[Tuple[MappingConfig, Sequence[int]]]) -> Dict[Key, Reach]:
     """The UDP destinations the rules of these configs take, per (family, host port):
     a port bound to a host IP takes that address alone, and nothing in the other
-    family (the plugin writes no rule there). check --repair flushed every flow to the
-    port in every family of the container: another container's live flows on another
-    host IP of the port (their replies then went out un-NATed) and the host's own."""
-    found: Dict[Tuple[int, int], Optional[Set[str]]] = {}
+    family (the plugin writes no rule there); and the container addresses and ports
+    they DNAT to. check --repair flushed every flow to the port in every family of the
+    container: another container's live flows on another host IP of the port (their
+    replies then went out un-NATed), the host's own, and the live flows of the very
+    mapping it re-created (a missing tcp entry rule cost the udp port its flows)."""
+    host_ips: Dict[Key, Optional[FrozenSet[str]]] = {}
+    targets: Dict[Key, FrozenSet[Tuple[str, int]]] = {}
     for config, families in done:
         for family in families:
+            address = config.address(family)
             for p in config.ports:
-                if p.protocol != "udp" or not p.applies_to(family):
+                if address is None or p.protocol != "udp" or not p.applies_to(family):
                     continue
                 key, host_ip = (family, p.host_port), p.host_ip_for_rule()
-                ips = found.get(key, set())
-                if host_ip is None or ips is None:
-                    found[key] = None
-                else:
-                    found[key] = ips | {host_ip}
-    return {key: None if ips is None else frozenset(ips) for key, ips in found.items()}
+                ips = host_ips.get(key, frozenset())
+                host_ips[key] = None if host_ip is None or ips is None else ips | {host_ip}
+                target = (str(address.ip), p.container_port)
+                targets[key] = targets.get(key, frozenset()) | {target}
+    return {key: Reach(ips, targets[key]) for key, ips in host_ips.items()}
 
 
-def flush_keys(
-    keys: Union[Collection[Tuple[int, int]], Destinations], *, local_only: bool = False
-) -> int:
+def flush_keys(keys: Union[Collection[Key], Dict[Key, Reach]], *, local_only: bool = False) -> int:
     """Delete the UDP conntrack entries to these (family, host port) pairs: one dump and
     one delete for all of them, whatever their number. (Not through ops.flush_udp:
     that imports the inventory, which add does not need.)
@@ -201,8 +210,9 @@ def flush_keys(
     The plugin's ADD deletes every entry under the port; with `local_only` (check
     --repair, which is no plugin ADD) only flows to the node's own addresses go: a
     forwarded flow (a container's DNS query outside, a client of a container's own
-    address) never met a mapping (SPEC §3 flush-udp); and where `keys` name host IPs
-    (taken_by), only flows to those."""
+    address) never met a mapping (SPEC §3 flush-udp). Where `keys` say what the rules
+    reach (taken_by), only the flows to the addresses they take go, and of those not
+    the ones DNATed where they send them (live: the next datagram goes there anyway)."""
     if no_conntrack_entries():
         return 0
     from portmapctl.host import conntrack  # imported only when there is work
@@ -217,22 +227,21 @@ def flush_keys(
         local = local_addresses(sorted({family for family, _ in keys}))
         mine = [e for e in mine if (e.family, e.dst) in local]
     if isinstance(keys, dict):
-        # Compared packed (any spelling of an address), each host IP packed once.
-        bound = {
-            key: None if ips is None else {conntrack.packed(key[0], ip) for ip in ips}
-            for key, ips in keys.items()
+        # Compared packed (any spelling of an address), each address packed once.
+        packed = conntrack.packed
+        taken = {
+            key: None if r.host_ips is None else {packed(key[0], ip) for ip in r.host_ips}
+            for key, r in keys.items()
         }
-        mine = [e for e in mine if _to(e, bound[(e.family, e.dport)])]
+        sent = {key: {(packed(key[0], a), n) for a, n in r.targets} for key, r in keys.items()}
+
+        def goes(e: Any) -> bool:
+            key = (e.family, e.dport)
+            to, reached = taken[key], (packed(e.family, e.reply_src), e.reply_sport)
+            return (to is None or packed(e.family, e.dst) in to) and reached not in sent[key]
+
+        mine = [e for e in mine if goes(e)]
     return conntrack.delete(mine)
-
-
-def _to(entry: Any, host_ips: Optional[Set[Optional[bytes]]]) -> bool:
-    """Whether the entry goes to one of these (packed) host IPs (None: any address)."""
-    if host_ips is None:
-        return True
-    from portmapctl.host.conntrack import packed
-
-    return packed(entry.family, entry.dst) in host_ips
 
 
 def no_conntrack_entries() -> bool:

@@ -498,6 +498,32 @@ def test_repair_flushes_only_the_flows_its_mapping_takes(host_ns, tmp_path):
     assert all(f"sport={sport} " in left for sport in (40011, 40012, 40013)), left
 
 
+def test_repair_keeps_the_udp_flows_that_reach_the_mapping_it_recreated(host_ns, tmp_path):
+    """A flow DNATed to the re-created mapping's own container and port is live: its
+    next datagram goes there through the rules anyway, and deleting its entry sends
+    the replies already on their way out un-NATed (a second add keeps such flows for
+    that reason). Repairing ctr2's missing tcp/8082 entry deleted its live UDP flows on
+    5353, whose rules had never gone; the flows that misroute still go."""
+    _plugin_node(host_ns, "nft", tmp_path, CONTAINERS[1:2])  # 5353/udp to 10.88.0.12:53
+    for line in rp.save(host_ns, 4).splitlines():
+        if line.startswith("-A CNI-HOSTPORT-DNAT") and "-p tcp" in line:
+            rp.iptables(host_ns, ["-t", "nat", "-D", *shlex.split(line)[1:]])
+    rp._run(["ip", "-n", host_ns, "addr", "add", "192.0.2.2/32", "dev", "lo"], check=True)
+    conntrack = ["ip", "netns", "exec", host_ns, "conntrack"]
+    for sport, reply in ((40020, "10.88.0.12"), (40021, "10.88.0.99"), (40022, None)):
+        args = ["-I", "-p", "udp", "-s", "192.0.2.1", "-d", "192.0.2.2", "--sport", str(sport),
+                "--dport", "5353", "-t", "100"]  # fmt: skip
+        if reply is not None:
+            args += ["--reply-src", reply, "--reply-dst", "192.0.2.1", "--reply-port-src", "53",
+                     "--reply-port-dst", str(sport)]  # fmt: skip
+        rp._run([*conntrack, *args], check=True)
+    doc = _check(host_ns, "nft", tmp_path, "--repair")
+    assert doc["repaired"] and doc["healthy"], doc
+    left = rp._run([*conntrack, "-L", "-p", "udp"]).stdout
+    assert "sport=40020 " in left, left  # live: reaches ctr2
+    assert "sport=40021 " not in left and "sport=40022 " not in left, left
+
+
 def test_repair_needs_root(host_ns, tmp_path):
     done = run(
         ["check", "--repair", "--netns", host_ns, "--cni-cache-dir", str(tmp_path)],
