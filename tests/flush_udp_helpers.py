@@ -80,16 +80,37 @@ def ct_args(
     reply_src: Optional[str] = None,
     reply_sport: Optional[int] = None,
     proto: str = "udp",
+    reply_dst: Optional[str] = None,
 ) -> list[str]:
-    """`conntrack -I` arguments for one entry; DNATed when reply_src is given."""
+    """`conntrack -I` arguments for one entry; DNATed when reply_src is given, and
+    masqueraded (SNATed) when reply_dst is given and is not `src`."""
     args = ["-I", "-p", proto, "-s", src, "-d", dst]
     args += ["--sport", str(sport), "--dport", str(dport), "-t", "120"]
     if reply_src is not None:
-        args += ["--reply-src", reply_src, "--reply-dst", src]
+        args += ["--reply-src", reply_src, "--reply-dst", reply_dst or src]
         args += ["--reply-port-src", str(reply_sport), "--reply-port-dst", str(sport)]
     if proto == "tcp":
         args += ["--state", "ESTABLISHED"]
     return args
+
+
+def masquerade_flows(
+    container: str, host_ip: str, dport: int, cport: int, gateway: str, outside: str, sport: int
+) -> list[list[str]]:
+    """`conntrack -I` arguments for four UDP flows to host_ip:dport that reach
+    container:cport, from source ports sport.. sport+3: a hairpin one and a localhost
+    one not masqueraded (their replies bypass the node), a hairpin one masqueraded to
+    `gateway`, and an outside client's (which wants no masquerade)."""
+    flows = [  # (source, destination, the reply's destination)
+        (container, host_ip, container),
+        ("127.0.0.1", "127.0.0.1", "127.0.0.1"),
+        (container, host_ip, gateway),
+        (outside, host_ip, outside),
+    ]
+    return [
+        ct_args(source, destination, sport + n, dport, container, cport, reply_dst=reply_to)
+        for n, (source, destination, reply_to) in enumerate(flows)
+    ]
 
 
 def ct_load(ns: str, entries: list[list[str]]) -> None:

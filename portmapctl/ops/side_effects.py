@@ -8,6 +8,7 @@ until idle). Failures are warnings, as in the plugin.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -15,6 +16,7 @@ from typing import (
     Dict,
     FrozenSet,
     List,
+    Mapping,
     Optional,
     Sequence,
     Tuple,
@@ -170,12 +172,37 @@ Key = Tuple[int, int]  # (family, host port)
 
 
 @dataclass(frozen=True)
+class Masquerade:
+    """Whose flows to a container the plugin's rules masquerade (SNAT on): hairpin ones
+    from its network (iptables marks the whole subnet, nftables the container's own
+    address: the subnet errs towards flushing), IPv4 ones from 127.0.0.1, and with
+    masqAll every one."""
+
+    network: Union[IPv4Network, IPv6Network]
+    every_source: bool = False
+
+    def wants(self, source: str) -> bool:
+        if self.every_source:
+            return True
+        try:
+            address = ip_address(source)
+        except ValueError:
+            return True  # (no address: judged as wanting it, so the flow goes)
+        return address in self.network or address == _LOCALHOST
+
+
+_LOCALHOST = ip_address("127.0.0.1")
+
+
+@dataclass(frozen=True)
 class Reach:
     """What the re-created rules of one (family, UDP host port) take, and where they
     send it (check --repair's flush: taken_by)."""
 
     host_ips: Optional[FrozenSet[str]]  # the addresses they take; None: every one
-    targets: FrozenSet[Tuple[str, int]]  # (container address, container port)
+    # (container address, container port) -> whose flows there are masqueraded (None:
+    # nobody's, SNAT off)
+    targets: Mapping[Tuple[str, int], Optional[Masquerade]]
 
 
 def taken_by(done: Sequence[Tuple[MappingConfig, Sequence[int]]]) -> Dict[Key, Reach]:
@@ -187,18 +214,23 @@ def taken_by(done: Sequence[Tuple[MappingConfig, Sequence[int]]]) -> Dict[Key, R
     replies then went out un-NATed), the host's own, and the live flows of the very
     mapping it re-created (a missing tcp entry rule cost the udp port its flows)."""
     host_ips: Dict[Key, Optional[FrozenSet[str]]] = {}
-    targets: Dict[Key, FrozenSet[Tuple[str, int]]] = {}
+    targets: Dict[Key, Dict[Tuple[str, int], Optional[Masquerade]]] = {}
     for config, families in done:
         for family in families:
             address = config.address(family)
+            masquerade = None
+            if config.snat and address is not None:
+                masquerade = Masquerade(address.network, config.masq_all)
             for p in config.ports:
                 if address is None or p.protocol != "udp" or not p.applies_to(family):
                     continue
                 key, host_ip = (family, p.host_port), p.host_ip_for_rule()
                 ips = host_ips.get(key, frozenset())
                 host_ips[key] = None if host_ip is None or ips is None else ips | {host_ip}
+                sent = targets.setdefault(key, {})
                 target = (str(address.ip), p.container_port)
-                targets[key] = targets.get(key, frozenset()) | {target}
+                # (two configs sending the port to one place: the masquerading one wins)
+                sent[target] = sent.get(target) or masquerade
     return {key: Reach(ips, targets[key]) for key, ips in host_ips.items()}
 
 
@@ -233,12 +265,24 @@ def flush_keys(keys: Union[Collection[Key], Dict[Key, Reach]], *, local_only: bo
             key: None if r.host_ips is None else {packed(key[0], ip) for ip in r.host_ips}
             for key, r in keys.items()
         }
-        sent = {key: {(packed(key[0], a), n) for a, n in r.targets} for key, r in keys.items()}
+        sent = {
+            key: {(packed(key[0], a), n): m for (a, n), m in r.targets.items()}
+            for key, r in keys.items()
+        }
 
         def goes(e: Any) -> bool:
             key = (e.family, e.dport)
             to, reached = taken[key], (packed(e.family, e.reply_src), e.reply_sport)
-            return (to is None or packed(e.family, e.dst) in to) and reached not in sent[key]
+            if to is not None and packed(e.family, e.dst) not in to:
+                return False
+            if reached not in sent[key]:
+                return True
+            # It reaches its container: live, unless it began while the masquerade was
+            # missing and lacks one it needs (a hairpin or localhost flow whose replies
+            # bypass the node): kept, it stays broken for as long as it is busy.
+            masquerade = sent[key][reached]
+            unmasqueraded = packed(e.family, e.reply_dst) == packed(e.family, e.src)
+            return masquerade is not None and unmasqueraded and masquerade.wants(e.src)
 
         mine = [e for e in mine if goes(e)]
     return conntrack.delete(mine)

@@ -16,6 +16,7 @@ import pmctl
 import pytest
 import realplugin as rp
 import upstream
+from flush_udp_helpers import ct_load, ct_sports, masquerade_flows
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.netns
@@ -286,6 +287,26 @@ def test_flush_udp_and_list_conntrack_cover_nft_ports(node: str, tmp_path: Path)
     assert [d["sport"] for d in json.loads(stale.stdout)["deleted"]] == [40002]
     everything = _pmctl(node, tmp_path, "flush-udp", "-o", "json")
     assert [d["sport"] for d in json.loads(everything.stdout)["deleted"]] == [40001]
+
+
+def test_repair_of_the_masquerade_flushes_the_flows_that_lack_it(node: str, tmp_path: Path) -> None:
+    """v1.9.1's masquerade rules of a container gone, its DNAT rules there: a hairpin or
+    localhost flow begun meanwhile reaches the container unmasqueraded (its replies
+    bypass the node). The repair puts the rules back and deletes those flows; a flow
+    from outside (no masquerade wanted) and a masqueraded hairpin one are live and
+    stay."""
+    import subprocess
+
+    _plugin_add(node, tmp_path, WEB)  # 5353/udp to 10.88.0.5:53, SNAT on
+    _delete_rules(node, "web1", ("masquerading",))
+    subprocess.run(["ip", "-n", node, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
+    ct_load(
+        node, masquerade_flows("10.88.0.5", "192.0.2.1", 5353, 53, "10.88.0.1", "192.0.2.9", 40040)
+    )
+    repaired = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert json.loads(repaired.stdout)["repaired"] is True
+    assert ct_sports(node) == {40042, 40043}
 
 
 def test_list_conntrack_judges_by_both_backends_under_backend_iptables(

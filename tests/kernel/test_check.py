@@ -9,6 +9,7 @@ import shlex
 
 import pytest
 import realplugin as rp
+from flush_udp_helpers import ct_load, ct_sports, masquerade_flows
 from pmctl import assert_error, run
 
 from portmapctl.iptables.chains import chain_name
@@ -522,6 +523,27 @@ def test_repair_keeps_the_udp_flows_that_reach_the_mapping_it_recreated(host_ns,
     left = rp._run([*conntrack, "-L", "-p", "udp"]).stdout
     assert "sport=40020 " in left, left  # live: reaches ctr2
     assert "sport=40021 " not in left and "sport=40022 " not in left, left
+
+
+def test_repair_flushes_the_flows_that_reach_the_mapping_without_the_masquerade_they_need(
+    host_ns, tmp_path
+):
+    """A hairpin or localhost flow that began while the container's mark rules were
+    missing reached it DNATed but not masqueraded: its replies bypass the node, and
+    kept it stays broken for as long as it is busy. Repair deletes it; the same flows
+    masqueraded, and an outside client's (no masquerade wanted), stay."""
+    _plugin_node(host_ns, "nft", tmp_path, CONTAINERS[1:2])  # 5353/udp to 10.88.0.12:53
+    for line in rp.save(host_ns, 4).splitlines():
+        if line.startswith("-A CNI-DN-") and "-p udp" in line and "CNI-HOSTPORT-SETMARK" in line:
+            rp.iptables(host_ns, ["-t", "nat", "-D", *shlex.split(line)[1:]])
+    rp._run(["ip", "-n", host_ns, "addr", "add", "192.0.2.2/32", "dev", "lo"], check=True)
+    ct_load(
+        host_ns,
+        masquerade_flows("10.88.0.12", "192.0.2.2", 5353, 53, "10.88.0.1", "192.0.2.1", 40030),
+    )
+    doc = _check(host_ns, "nft", tmp_path, "--repair")
+    assert doc["repaired"] and doc["healthy"], doc
+    assert ct_sports(host_ns) == {40032, 40033}
 
 
 def test_repair_needs_root(host_ns, tmp_path):
