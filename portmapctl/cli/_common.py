@@ -264,7 +264,13 @@ class Common(NamedTuple):
 
     def out(self) -> Output:
         return Output(
-            self.output, self.no_color, self.quiet, self.verbose, self.no_headers, self.no_trunc
+            self.output,
+            self.no_color,
+            self.quiet,
+            self.verbose,
+            self.no_headers,
+            self.no_trunc,
+            WarningTally(),
         )
 
     def cache(self) -> CacheInfo:
@@ -348,8 +354,14 @@ def metrics_recording(
     path = path.replace(METRICS_COMMAND, command)
     from portmapctl.ops import metrics
 
+    tally = out.tally
     with metrics.recording(
-        path, metrics.Command(command), cache_dirs, out.warn, ok_exit_codes
+        path,
+        metrics.Command(command),
+        cache_dirs,
+        out.warn,
+        ok_exit_codes,
+        warned=(lambda: tally.said) if tally is not None else None,
     ) as recorder:
         yield recorder
 
@@ -436,6 +448,18 @@ class _Display:
         self._shown = shown
 
 
+class WarningTally:
+    """How many warnings one run has said: the metrics file's
+    portmapctl_last_run_warnings. A timer's or cron job's stderr is read by nobody,
+    and a warning there (a conntrack flush that failed, an unreadable cache entry) is
+    otherwise a run that worked."""
+
+    __slots__ = ("said",)
+
+    def __init__(self) -> None:
+        self.said = 0
+
+
 class Output(NamedTuple):
     """Where results and messages go (SPEC §3 output contract): the result (table and
     summary line, or JSON; with -q the summary line alone) on stdout; warnings,
@@ -447,6 +471,7 @@ class Output(NamedTuple):
     verbose: bool = False
     no_headers: bool = False
     no_trunc: bool = False
+    tally: Optional[WarningTally] = None  # the run's warnings, counted (Common.out)
 
     @property
     def json(self) -> bool:
@@ -574,6 +599,8 @@ class Output(NamedTuple):
         # names a command (`portmapctl list --iptables legacy`) must paste whole, and a
         # log's grep finds it whole.
         sys.stderr.write(f"portmapctl: warning: {message_text(text)}\n")
+        if self.tally is not None:
+            self.tally.said += 1
 
     @contextlib.contextmanager
     def progress(

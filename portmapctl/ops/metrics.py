@@ -169,6 +169,7 @@ class MetricsReport:
     findings: Findings = field(default_factory=Findings)
     cache_dirs: Tuple[CacheDir, ...] = ()
     version: str = __version__
+    warnings: int = 0  # the warnings the run said on stderr, failed or not
 
 
 # --- building a report from what the commands return ------------------------------------
@@ -304,6 +305,13 @@ def _families(report: MetricsReport) -> Iterator[Any]:
     )
     success.add_metric([command], 1 if report.success else 0)
     yield success
+    warnings = gauge(
+        "last_run_warnings",
+        "Warnings the command's last run said on stderr (0: none): a run that worked may"
+        " still have left something undone (see its stderr or journal).",
+    )
+    warnings.add_metric([command], report.warnings)
+    yield warnings
 
     if report.cache_dirs:
         present = gauge(
@@ -468,12 +476,18 @@ def _not_replaceable(path: str) -> Optional[str]:
 class Recorder:
     """Collects one run's findings while the command works; see `recording`."""
 
-    def __init__(self, command: Command, cache_dirs: Sequence[str]) -> None:
+    def __init__(
+        self,
+        command: Command,
+        cache_dirs: Sequence[str],
+        warned: Optional[Callable[[], int]] = None,
+    ) -> None:
         self.command = command
         self.cache_dirs = tuple(cache_dirs)
         self.findings = Findings()
         self.started = time.time()
         self._clock = time.monotonic()
+        self._warned = warned  # how many warnings the run has said so far
 
     def note(self, findings: Findings) -> None:
         """Add what the command found (fields left None keep what was noted before)."""
@@ -505,6 +519,7 @@ class Recorder:
             # A failed run's counts would be half of the node: report none.
             self.findings if success else Findings(),
             tuple(cache_dir(path) for path in self.cache_dirs),
+            warnings=self._warned() if self._warned is not None else 0,
         )
 
 
@@ -515,17 +530,19 @@ def recording(
     cache_dirs: Sequence[str],
     warn: Callable[[str], None],
     ok_exit_codes: Tuple[int, ...] = (0,),
+    warned: Optional[Callable[[], int]] = None,
 ) -> Iterator[Recorder]:
     """Time the block and write its report to `path` when it ends, however it ends.
 
-    `warn(line)` gets the one line of a write that failed. An exception from the block
+    `warn(line)` gets the one line of a write that failed; `warned()`, how many
+    warnings the run has said (its last_run_warnings). An exception from the block
     (an error of the command) is reported as a failed run and then goes on; so does
     an exit (typer.Exit / SystemExit) whose code is not in `ok_exit_codes`. Ctrl-C
     writes nothing: the run neither finished nor failed.
     """
     from portmapctl.errors import Interrupted
 
-    recorder = Recorder(command, cache_dirs)
+    recorder = Recorder(command, cache_dirs, warned)
     try:
         yield recorder
     except (KeyboardInterrupt, Interrupted):  # (the CLI's Ctrl-C is the second)

@@ -67,3 +67,37 @@ def test_gc_metrics_of_removed_pending_and_conntrack(host_ns, tmp_path):
     assert samples[key("last_run_success", **c)] == 0
     assert not [name for name, _ in samples if name.startswith("portmapctl_gc_")]
     assert samples[key("cni_cache_present", dir=str(tmp_path / "nothing"), **c)] == 0
+
+
+def test_gc_counts_the_warnings_it_said(host_ns, tmp_path):
+    """A cache entry gc cannot read is one warning; its container, named by the file,
+    stays live (SPEC §3) and the run works. Run by a timer, nobody reads that stderr:
+    the metrics file counts it (0 on a clean run)."""
+    if not rp.mode_available("nft")[0]:
+        pytest.skip(rp.mode_available("nft")[1])
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    node = Node_(host_ns, "nft", cache)
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    node.add("gcnet", "kept1", ["10.88.0.12/16"], _ports("9090/tcp"), cache=False)
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    path = tmp_path / "portmapctl-gc.prom"
+    argv = ["gc", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
+    argv += ["--yes", "-q", "--min-age", "0", "--metrics-file", str(path)]
+    (cache / "results" / "gcnet-kept1-eth0").write_text("{not json")
+
+    done = pmctl.run(argv, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("portmapctl: warning:") == 1, done.stderr
+    samples = samples_of(path)
+    c = {"command": "gc"}
+    assert samples[key("last_run_success", **c)] == 1
+    assert samples[key("last_run_warnings", **c)] == 1
+    assert samples[key("gc_chains_removed", family="4", **c)] == 0
+
+    (cache / "results" / "gcnet-kept1-eth0").unlink()
+    done = pmctl.run(argv, env=env)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    samples = samples_of(path)
+    assert samples[key("last_run_warnings", **c)] == 0
+    assert samples[key("gc_chains_removed", family="4", **c)] == 1

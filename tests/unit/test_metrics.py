@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -99,6 +100,7 @@ def test_every_metric_of_the_example_node(tmp_path):
         key("last_run_timestamp_seconds", **c): 1764560000.25,
         key("last_run_duration_seconds", **c): 0.125,
         key("last_run_success", **c): 1,
+        key("last_run_warnings", **c): 0,
         key("cni_cache_present", dir=CACHE, **c): 1,
         key("cni_cache_entries", dir=CACHE, **c): 3,
     }
@@ -121,7 +123,7 @@ def test_every_metric_of_the_example_node(tmp_path):
 def test_names_types_and_help_follow_the_prometheus_conventions():
     text = metrics.render(report(findings=_all_findings()))
     families, _ = parse(text)
-    assert len(families) == 12
+    assert len(families) == 13
     for name, family in families.items():
         assert re.fullmatch(r"portmapctl_[a-z]+(_[a-z]+)*", name), name
         assert family.type == "gauge", "a run's values: gauges, never counters"
@@ -425,9 +427,27 @@ def test_list_writes_the_example_nodes_metrics(tmp_path):
         for status in metrics.CHAIN_STATUSES["dnat"]:
             labels = dict(backend="iptables", family=family, chain_type="dnat", status=status)
             assert samples[key("chains", **labels, **c)] == EXAMPLE_CHAINS.get((family, status), 0)
+    assert samples[key("last_run_warnings", **c)] == 0
     # list does not diagnose, nor collect garbage: those series are absent, not zero.
     assert "portmapctl_problems" not in families
     assert not [name for name in families if name.startswith("portmapctl_gc_")]
+
+
+@pytest.mark.parametrize("command", ["list", "check"])
+def test_the_warnings_a_run_says_are_counted(tmp_path, command):
+    """A cache entry that cannot be read is one warning, and the run goes on and works
+    (SPEC §3): on a timer nobody reads its stderr, so the file counts what it said."""
+    cache = tmp_path / "cache"
+    shutil.copytree(CACHE, cache)
+    (cache / "results" / "podman-0123456789abcdef-eth0").write_text("{not json")
+    path = tmp_path / f"portmapctl-{command}.prom"
+    args = [command, *SNAPSHOT_ARGS[:4], "--cni-cache-dir", str(cache), "--metrics-file", str(path)]
+    done = run_cli(args)
+    said = [line for line in done.stderr.splitlines() if line.startswith("portmapctl: warning:")]
+    assert len(said) == 1 and "podman-0123456789abcdef-eth0" in said[0], done.stderr
+    samples = samples_of(path)
+    assert samples[key("last_run_success", command=command)] == 1
+    assert samples[key("last_run_warnings", command=command)] == 1
 
 
 def test_one_environment_path_gives_each_command_a_file_of_its_own(tmp_path):
