@@ -39,16 +39,18 @@ PORT_MAPPING_FIELDS = {
 }
 
 
-def go_field(entry: Any, name: str) -> Any:
+def go_field(entry: Any, name: str, *, null_keeps: bool = False) -> Any:
     """`entry[name]` as Go's encoding/json fills a struct field `name` from a JSON object
     (None when it has none, or is no object): as _go_fields, keys match without regard
-    to case and the later spelling wins."""
+    to case and the later spelling wins. `null_keeps`: the field is no pointer (the
+    plugin's `masqAll bool`), which a JSON null leaves as it was."""
     if not isinstance(entry, dict):
         return None
     folded, found = name.casefold(), None
     for key, value in entry.items():
         if isinstance(key, str) and key.casefold() == folded:
-            found = value
+            if value is not None or not null_keeps:
+                found = value
     return found
 
 
@@ -241,15 +243,22 @@ def plugin_config(
         if port_mappings_override is not None
         else runtime.get("portMappings")
     )
+    # The plugin's own options are PortMapConf's fields, which Go fills from keys in
+    # any case ("SNAT": false is snat: false to it): go_field, not conf.get.
+    options = {
+        name: go_field(conf, name, null_keeps=name == "masqAll")
+        for name in ("backend", "snat", "masqAll", "markMasqBit", "externalSetMarkChain",
+                     "conditionsV4", "conditionsV6")
+    }  # fmt: skip
     # Go reads an absent key and `null` alike (a nil pointer): the plugin's default.
-    snat = conf.get("snat")
+    snat = options["snat"]
     snat = True if snat is None else snat
-    masq_all = conf.get("masqAll")
+    masq_all = options["masqAll"]
     masq_all = False if masq_all is None else masq_all
     for key, value in (("snat", snat), ("masqAll", masq_all)):
         if not isinstance(value, bool):
             raise BadInput(f"{source}: {key} must be true or false")
-    raw_backend = conf.get("backend")
+    raw_backend = options["backend"]
     if raw_backend is not None and raw_backend not in tuple(Backend):
         # As the plugin: `failed to parse config: unrecognized backend "nft"`.
         raise BadInput(
@@ -270,10 +279,10 @@ def plugin_config(
             ),
             ports=port_mappings(raw_ports, source),
             snat=snat,
-            mark=conf.get("markMasqBit"),
-            external_setmark_chain=conf.get("externalSetMarkChain"),
-            conditions_v4=_go_conditions(conf.get("conditionsV4"), "conditionsV4"),
-            conditions_v6=_go_conditions(conf.get("conditionsV6"), "conditionsV6"),
+            mark=options["markMasqBit"],
+            external_setmark_chain=options["externalSetMarkChain"],
+            conditions_v4=_go_conditions(options["conditionsV4"], "conditionsV4"),
+            conditions_v6=_go_conditions(options["conditionsV6"], "conditionsV6"),
             masq_all=masq_all,
             backend=backend,
             spelling=CONFIG_KEYS,

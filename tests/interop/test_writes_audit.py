@@ -254,3 +254,55 @@ def test_a_lost_empty_chain_is_named_and_repaired_as_the_plugin_made_it(
     assert lost["detail"] == "chain missing (empty as the plugin makes it: every host IP is IPv4)"
     ok([*args, "--repair"])
     assert _saves(host_ns, iptables_mode) == plugins
+
+
+# The plugin's options as Go's encoding/json fills PortMapConf: a key matches its field
+# in any case, and of two spellings the later one wins.
+SPELT_OTHERWISE = {
+    "SNAT": {"SNAT": False},
+    "snat-then-Snat": {"snat": True, "Snat": False},
+    "MarkMasqBit": {"MarkMasqBit": 5},
+    "ConditionsV4": {"ConditionsV4": ["-s", "192.168.0.0/16"]},
+}
+
+
+@pytest.mark.parametrize("options", list(SPELT_OTHERWISE.values()), ids=list(SPELT_OTHERWISE))
+def test_options_spelt_in_another_case_are_the_plugins(
+    host_ns: str, twin_ns: str, iptables_mode: rp.Mode, tmp_path: Path, options: dict
+) -> None:
+    """`"SNAT": false` is `snat: false` to the plugin (Go matches JSON keys to its fields
+    without regard to case). portmapctl read only the exact spelling: add wrote the mark
+    rules the plugin leaves out, and check called the plugin's own chain short of them
+    (--repair would have added them)."""
+    ports = [rp.port_mapping(8080, 80), rp.port_mapping(5353, 53, "udp")]
+    conf = {**rp.plugin_conf(NETWORK, DUAL, ports), **options}
+    rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode=iptables_mode, check=True)
+    _add(twin_ns, iptables_mode, conf)
+    assert _saves(twin_ns, iptables_mode) == _saves(host_ns, iptables_mode)
+    rp.write_cni_cache(tmp_path, NETWORK, CONTAINER, "eth0", conf, ports, DUAL)
+    done = pmctl.run(["check", "--netns", host_ns, "--iptables", iptables_mode,
+                      "--cni-cache-dir", str(tmp_path)])  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("healthy"), done.stdout
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"MasqAll": True}, {"Backend": "nftables"}, {"backend": "nftables", "Snat": False}],
+    ids=["MasqAll", "Backend", "nft-Snat"],
+)
+def test_upstream_options_spelt_in_another_case_are_the_plugins(
+    host_ns: str, twin_ns: str, tmp_path: Path, options: dict
+) -> None:
+    """The same for v1.9.1's own keys: `MasqAll`, and `Backend` (nftables chosen: add
+    wrote iptables chains, and check looked for the container there)."""
+    require(upstream.available())
+    ports = [rp.port_mapping(8080, 80)]
+    conf = {**rp.plugin_conf(NETWORK, DUAL, ports), **options}
+    upstream.run("v1.9.1", "ADD", host_ns, CONTAINER, conf, check=True)
+    _add(twin_ns, "nft", conf)
+    assert _saves(twin_ns, "nft") == _saves(host_ns, "nft")
+    assert upstream.ruleset_text(twin_ns) == upstream.ruleset_text(host_ns)
+    rp.write_cni_cache(tmp_path, NETWORK, CONTAINER, "eth0", conf, ports, DUAL)
+    done = pmctl.run(["check", "--netns", host_ns, "--iptables", "nft",
+                      "--cni-cache-dir", str(tmp_path)])  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("healthy"), done.stdout

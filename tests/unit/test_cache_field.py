@@ -929,6 +929,30 @@ def test_the_nftables_backend_fails_on_a_spelling_only_where_it_writes_the_mappi
         assert (port.protocol, port.protocol_spelling) == ("udp", "UDP")
 
 
+@pytest.mark.parametrize(
+    ("options", "field", "value"),
+    [
+        ({"SNAT": False}, "snat", False),
+        ({"snat": False, "Snat": True}, "snat", True),
+        ({"snat": False, "SNAT": None}, "snat", True),  # null: the nil pointer, default
+        ({"MasqAll": True}, "masq_all", True),
+        ({"masqAll": True, "MASQALL": None}, "masq_all", True),  # a bool keeps its value
+        ({"MarkMasqBit": 5}, "mark_bit", 5),
+        ({"ExternalSetMarkChain": "KUBE-MARK-MASQ"}, "external_setmark_chain", "KUBE-MARK-MASQ"),
+        ({"ConditionsV4": ["-s", "192.168.0.0/16"]}, "conditions_v4", ("-s", "192.168.0.0/16")),
+        ({"conditionsv6": ["!", "-i", "eth0"]}, "conditions_v6", ("!", "-i", "eth0")),
+        ({"Backend": "nftables"}, "backend", "nftables"),
+    ],
+)
+def test_the_plugins_options_are_read_in_any_case(options, field, value):
+    """Go's encoding/json fills PortMapConf's fields from keys in any case, the later
+    spelling winning (pinned by tests/interop/test_writes_audit.py); 0.1 read the exact
+    spelling alone: `"SNAT": false` made add write mark rules the plugin leaves out."""
+    conf = {"name": "net", **options, "runtimeConfig": {"portMappings": PORTS},
+            "prevResult": {"ips": [{"address": "10.88.0.5/16"}]}}  # fmt: skip
+    assert getattr(cni_config.plugin_config(conf, "c1", "conf.json"), field) == value
+
+
 def test_add_backend_nftables_refuses_what_the_nftables_plugin_refuses():
     """A config without the key, written to nftables (add --backend nftables)."""
     pm = {"hostPort": 8080, "containerPort": 80, "protocol": "TCP"}
