@@ -9,7 +9,7 @@ Only the plugin's own vocabulary is written: add table/chain, flush chain, add r
 insert it, at a handle's position), delete rule by handle. Text from a cache or a dump
 reaches the output only as a validated value (a container ID, an address, a port) or,
 for the plugin's nft-syntax conditions, after `check_condition` refused anything that could end a
-command or open a block.
+command or leave a brace unpaired.
 """
 
 from __future__ import annotations
@@ -70,21 +70,34 @@ class Op:
 
 # Comments the plugin writes are container IDs: CNI allows [A-Za-z0-9][A-Za-z0-9_.-]*.
 _COMMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
-# Characters that end an nft command (newline, ;), start a comment (#) or a block, or
-# quote: a condition must stay inside its one rule.
-_UNSAFE = re.compile(r'[\n\r;#{}"\\\x00]')
+# Characters that end an nft command (newline, ;), start a comment (#), or quote: a
+# condition must stay inside its one rule.
+_UNSAFE = re.compile(r'[\n\r;#"\\\x00]')
 
 
 def check_condition(text: str) -> str:
     """An nft-syntax condition from a config, refused when it could escape its rule.
 
     Interface names in double quotes (`iifname "eth0"`) are allowed; nothing else
-    quoted.
+    quoted. Braces only in pairs: an anonymous set (`ip saddr { 10.0.0.0/8,
+    192.168.0.0/16 }`, which the plugin writes as given) opens and closes within the
+    rule; a brace left open or closing what the condition did not open is refused.
     """
     unquoted = re.sub(r'"[A-Za-z0-9_.:@-]{1,15}"', "", text)
-    if _UNSAFE.search(unquoted) or not text.strip():
+    if _UNSAFE.search(unquoted) or not text.strip() or not _paired(unquoted):
         raise BadInput(f"refusing nftables condition {text!r}: not a plain nft match")
     return text
+
+
+def _paired(text: str) -> bool:
+    """Whether every `{` of `text` is closed by a later `}` and no `}` closes more."""
+    depth = 0
+    for char in text:
+        if char in "{}":
+            depth += 1 if char == "{" else -1
+            if depth < 0:
+                return False
+    return depth == 0
 
 
 def _check_body(body: RuleBody) -> None:

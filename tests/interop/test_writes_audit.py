@@ -306,3 +306,36 @@ def test_upstream_options_spelt_in_another_case_are_the_plugins(
     done = pmctl.run(["check", "--netns", host_ns, "--iptables", "nft",
                       "--cni-cache-dir", str(tmp_path)])  # fmt: skip
     assert done.returncode == 0 and done.stdout.startswith("healthy"), done.stdout
+
+
+def test_nft_conditions_with_an_anonymous_set_are_written_as_the_plugin_writes_them(
+    host_ns: str, twin_ns: str, tmp_path: Path
+) -> None:
+    """`conditionsV4: ["ip saddr { 10.0.0.0/8, 192.168.0.0/16 }"]` (several sources in
+    the plugin's one entry rule): v1.9.1 writes it. add refused it as "not a plain nft
+    match", and check --repair of a node whose last ADD had it refused the whole node
+    (exit 2, nothing re-made) once the tables were flushed."""
+    require(upstream.available())
+    plain = upstream.nft_conf("net1", ["10.89.0.5/16"], [rp.port_mapping(8081, 81)])
+    sets = upstream.nft_conf(
+        NETWORK, ["10.88.0.5/16"], [rp.port_mapping(8080, 80)],
+        conditions_v4=["ip saddr { 192.168.0.0/16, 10.0.0.0/8 }"],
+    )  # fmt: skip
+    for cid, conf in (("c1", plain), (CONTAINER, sets)):
+        upstream.run("v1.9.1", "ADD", host_ns, cid, conf, check=True)
+        _add_as(twin_ns, cid, conf)
+        ips = [ip["address"] for ip in conf["prevResult"]["ips"]]
+        ports = conf["runtimeConfig"]["portMappings"]
+        rp.write_cni_cache(tmp_path, conf["name"], cid, "eth0", conf, ports, ips)
+    theirs = upstream.ruleset_text(host_ns)
+    assert upstream.ruleset_text(twin_ns) == theirs
+    upstream.run("v1.9.1", "CHECK", twin_ns, CONTAINER, sets, check=True)
+    upstream.nft(twin_ns, "flush", "table", "ip", "cni_hostport")
+    ok(["check", "--repair", "--netns", twin_ns, "--cni-cache-dir", str(tmp_path),
+        "--no-flush-udp"])  # fmt: skip
+    assert upstream.ruleset_text(twin_ns) == theirs
+
+
+def _add_as(ns: str, container_id: str, conf: dict) -> None:
+    args = ["add", "--netns", ns, "--container", container_id, "--cni-config", "-"]
+    ok([*args, "--no-flush-udp"], stdin=json.dumps(conf))

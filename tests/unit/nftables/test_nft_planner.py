@@ -191,6 +191,30 @@ def test_entry_with_foreign_conditions_is_healthy() -> None:
     assert not planner.setup(live, _wanted([config]))
 
 
+@pytest.mark.parametrize(
+    ("condition", "refused"),
+    [
+        ("ip saddr { 10.0.0.0/8, 192.168.0.0/16 }", False),
+        ("ip saddr { 10.0.0.0/8 } tcp dport { 80, 443 }", False),
+        ('iifname { "eth0", "eth1" }', False),
+        ("ip saddr { 10.0.0.0/8", True),
+        ("ip saddr 10.0.0.0/8 }", True),
+        ("ip saddr } 10.0.0.0/8 {", True),
+        ("ip saddr { 10.0.0.0/8 ; flush ruleset }", True),
+    ],
+)
+def test_a_condition_may_hold_braces_in_pairs(condition: str, refused: bool) -> None:
+    """An anonymous set opens and closes inside the rule, as v1.9.1 writes it
+    (tests/interop/test_writes_audit.py); 0.1 refused every brace."""
+    from portmapctl.nftables.transaction import check_condition
+
+    if refused:
+        with pytest.raises(BadInput, match="refusing nftables condition"):
+            check_condition(condition)
+    else:
+        assert check_condition(condition) == condition
+
+
 def test_unsafe_conditions_and_comments_are_refused() -> None:
     config = nftcases.config_of(nftcases.steps("v191-basic")[0])
     bad = config.__class__(
