@@ -78,12 +78,12 @@ _UNSAFE = re.compile(r'[\n\r;#"\\\x00]')
 def check_condition(text: str) -> str:
     """An nft-syntax condition from a config, refused when it could escape its rule.
 
-    Interface names in double quotes (`iifname "eth0"`) are allowed; nothing else
-    quoted. Braces only in pairs: an anonymous set (`ip saddr { 10.0.0.0/8,
+    Interface names in double quotes (`iifname "eth0"`, or nft's wildcard `"veth*"`)
+    are allowed; nothing else quoted. Braces only in pairs: an anonymous set (`ip saddr { 10.0.0.0/8,
     192.168.0.0/16 }`, which the plugin writes as given) opens and closes within the
     rule; a brace left open or closing what the condition did not open is refused.
     """
-    unquoted = re.sub(r'"[A-Za-z0-9_.:@-]{1,15}"', "", text)
+    unquoted = re.sub(r'"[A-Za-z0-9_.:@*-]{1,15}"', "", text)
     if _UNSAFE.search(unquoted) or not text.strip() or not _paired(unquoted):
         raise BadInput(f"refusing nftables condition {text!r}: not a plain nft match")
     return text

@@ -339,3 +339,18 @@ def test_nft_conditions_with_an_anonymous_set_are_written_as_the_plugin_writes_t
 def _add_as(ns: str, container_id: str, conf: dict) -> None:
     args = ["add", "--netns", ns, "--container", container_id, "--cni-config", "-"]
     ok([*args, "--no-flush-udp"], stdin=json.dumps(conf))
+
+
+def test_nft_conditions_with_an_interface_wildcard_are_written_as_the_plugin_writes_them(
+    host_ns: str, twin_ns: str
+) -> None:
+    """`iifname != "veth*"` (nft's wildcard, quoted): add refused it as "not a plain nft
+    match" while check --repair wrote it."""
+    require(upstream.available())
+    conf = upstream.nft_conf(
+        NETWORK, ["10.88.0.5/16", "fd00::5/64"], [rp.port_mapping(8080, 80)],
+        conditions_v4=['iifname != "veth*"'], conditions_v6=['iifname { "eth*", "ens3" }'],
+    )  # fmt: skip
+    upstream.run("v1.9.1", "ADD", host_ns, CONTAINER, conf, check=True)
+    _add_as(twin_ns, CONTAINER, conf)
+    assert upstream.ruleset_text(twin_ns) == upstream.ruleset_text(host_ns)

@@ -197,6 +197,8 @@ def test_entry_with_foreign_conditions_is_healthy() -> None:
         ("ip saddr { 10.0.0.0/8, 192.168.0.0/16 }", False),
         ("ip saddr { 10.0.0.0/8 } tcp dport { 80, 443 }", False),
         ('iifname { "eth0", "eth1" }', False),
+        ('iifname != "veth*"', False),
+        ('iifname "veth*" ; flush ruleset', True),
         ("ip saddr { 10.0.0.0/8", True),
         ("ip saddr 10.0.0.0/8 }", True),
         ("ip saddr } 10.0.0.0/8 {", True),
@@ -205,7 +207,8 @@ def test_entry_with_foreign_conditions_is_healthy() -> None:
 )
 def test_a_condition_may_hold_braces_in_pairs(condition: str, refused: bool) -> None:
     """An anonymous set opens and closes inside the rule, as v1.9.1 writes it
-    (tests/interop/test_writes_audit.py); 0.1 refused every brace."""
+    (tests/interop/test_writes_audit.py); 0.1 refused every brace, and an interface
+    name's wildcard."""
     from portmapctl.nftables.transaction import check_condition
 
     if refused:
