@@ -167,7 +167,12 @@ def _port_groups(ports: Tuple[PortMapping, ...]) -> List[Tuple[str, str]]:
 @functools.lru_cache(maxsize=32768)
 def dnat_chain(config: MappingConfig, family: int) -> Optional[Chain]:
     """The per-container CNI-DN- chain for one family, or None without an address."""
-    from portmapctl.iptables.ruleset import normal_entry_rule, normal_port_rule, normalize
+    from portmapctl.iptables.ruleset import (
+        address_lists,
+        normal_entry_rule,
+        normal_port_rule,
+        normalize,
+    )
 
     address = config.address(family)
     if address is None:
@@ -176,8 +181,11 @@ def dnat_chain(config: MappingConfig, family: int) -> Optional[Chain]:
     comment = dnat_comment(config.network, config.container_id)
     conditions = config.conditions_v6 if family == 6 else config.conditions_v4
     if conditions:
+        # A -s/-d list in the conditions is a rule per address, as iptables makes them.
         entry_rules = tuple(
-            normalize(
+            normalize(words, family)
+            for proto, ports in _port_groups(config.ports)
+            for words in address_lists(
                 [
                     "-m",
                     "comment",
@@ -192,10 +200,8 @@ def dnat_chain(config: MappingConfig, family: int) -> Optional[Chain]:
                     *conditions,
                     "-j",
                     name,
-                ],
-                family,
+                ]
             )
-            for proto, ports in _port_groups(config.ports)
         )
     else:  # the same rules without conditions, built in saved form directly
         entry_rules = tuple(

@@ -585,6 +585,36 @@ def _stored_comment(text: str) -> str:
     return text if len(raw) <= 255 else raw[:255].decode(errors="ignore")
 
 
+def address_lists(args: Sequence[str]) -> List[List[str]]:
+    """`args` as iptables makes rules of them: a -s or -d naming several addresses
+    (`-s 10.0.0.0/8,192.168.0.0/16`, as a plugin's conditions may) is one rule per
+    address, every source with every destination, sources outermost (xtables' append
+    loops). Anything else is `args` alone; a negated list too (iptables refuses it,
+    and so does normalize)."""
+    tokens = list(args)
+    at: Dict[str, int] = {}  # "-s"/"-d" -> the index of its list
+    for i, token in enumerate(tokens[:-1]):
+        if token in ("-j", "-g"):
+            break
+        name = _GENERIC_ALIASES.get(token, token)
+        negated = i > 0 and tokens[i - 1] == "!"
+        if name in ("-s", "-d") and name not in at and "," in tokens[i + 1] and not negated:
+            at[name] = i + 1
+    if not at:
+        return [tokens]
+    sources = tokens[at["-s"]].split(",") if "-s" in at else [None]
+    destinations = tokens[at["-d"]].split(",") if "-d" in at else [None]
+    rules = []
+    for source in sources:
+        for destination in destinations:
+            rule = list(tokens)
+            for name, value in (("-s", source), ("-d", destination)):
+                if value is not None:
+                    rule[at[name]] = value
+            rules.append(rule)
+    return rules
+
+
 def _need_value(tokens: Sequence[str], i: int) -> str:
     # The target cannot be an option's value: "--dport" given last in conditions
     # would otherwise swallow the "-j" that follows and leave a rule with no target.

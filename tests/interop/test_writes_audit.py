@@ -354,3 +354,35 @@ def test_nft_conditions_with_an_interface_wildcard_are_written_as_the_plugin_wri
     upstream.run("v1.9.1", "ADD", host_ns, CONTAINER, conf, check=True)
     _add_as(twin_ns, CONTAINER, conf)
     assert upstream.ruleset_text(twin_ns) == upstream.ruleset_text(host_ns)
+
+
+def test_conditions_with_address_lists_make_a_rule_per_address_as_iptables_does(
+    host_ns: str, twin_ns: str, iptables_mode: rp.Mode, tmp_path: Path
+) -> None:
+    """`conditionsV4: ["-s", "10.0.0.0/8,192.168.0.0/16"]`: iptables makes one entry
+    rule per address (every source with every destination, sources first), and the
+    plugin's ADD leaves them so. add refused the list ("invalid address"), check could
+    not read the cache entry (so it called a flushed table healthy) and --repair
+    re-made nothing of the container."""
+    ports = [rp.port_mapping(8080, 80), rp.port_mapping(5353, 53, "udp")]
+    conf = rp.plugin_conf(
+        NETWORK, DUAL, ports,
+        conditions_v4=["-s", "10.0.0.0/8,192.168.0.0/16", "-d", "192.0.2.1,192.0.2.2"],
+        conditions_v6=["--destination", "fd00::1,fd00::2"],
+    )  # fmt: skip
+    rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode=iptables_mode, check=True)
+    theirs = _saves(host_ns, iptables_mode)
+    _add(twin_ns, iptables_mode, conf)
+    assert _saves(twin_ns, iptables_mode) == theirs
+    rp.write_cni_cache(tmp_path, NETWORK, CONTAINER, "eth0", conf, ports, DUAL)
+    args = ["check", "--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir",
+            str(tmp_path), "--no-flush-udp"]  # fmt: skip
+    done = pmctl.run(args)
+    assert done.returncode == 0 and done.stdout.startswith("healthy"), done.stdout
+    assert "cannot be read" not in done.stderr, done.stderr
+    for family in (4, 6):
+        for flag in ("-F", "-X"):
+            rp.iptables(host_ns, ["-t", "nat", flag], family=family, mode=iptables_mode)
+    assert pmctl.run(args).returncode == 1
+    ok([*args, "--repair"])
+    assert _saves(host_ns, iptables_mode) == theirs

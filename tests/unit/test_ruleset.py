@@ -262,3 +262,36 @@ def test_rule_counters_of_a_save_with_c_are_left_out():
     assert parse_save(counted, 4, strict=True) == parse_save(plain, 4, strict=True)
     with pytest.raises(BadInput, match="unexpected line"):
         parse_save(counted.replace("] -A ", "] -I ", 1), 4)
+
+
+@pytest.mark.parametrize(
+    ("args", "rules"),
+    [
+        (["-s", "10.0.0.0/8", "-j", "X"], [["-s", "10.0.0.0/8", "-j", "X"]]),
+        (
+            ["--src", "10.0.0.0/8,192.168.0.0/16", "-d", "192.0.2.1,192.0.2.2", "-j", "X"],
+            [
+                ["--src", "10.0.0.0/8", "-d", "192.0.2.1", "-j", "X"],
+                ["--src", "10.0.0.0/8", "-d", "192.0.2.2", "-j", "X"],
+                ["--src", "192.168.0.0/16", "-d", "192.0.2.1", "-j", "X"],
+                ["--src", "192.168.0.0/16", "-d", "192.0.2.2", "-j", "X"],
+            ],
+        ),
+        (
+            ["-d", "fd00::1,fd00::2", "-j", "X"],
+            [["-d", "fd00::1", "-j", "X"], ["-d", "fd00::2", "-j", "X"]],
+        ),
+        # Negated: iptables refuses a list (normalize does too); the comment is no -s.
+        (["!", "-s", "10.0.0.0/8,10.1.0.0/16"], [["!", "-s", "10.0.0.0/8,10.1.0.0/16"]]),
+        (
+            ["-m", "comment", "--comment", "a,b", "-j", "X"],
+            [["-m", "comment", "--comment", "a,b", "-j", "X"]],
+        ),
+    ],
+)
+def test_an_address_list_is_a_rule_per_address_as_iptables_makes_them(args, rules):
+    """Pinned to iptables' own expansion (sources outermost) by
+    tests/interop/test_writes_audit.py::test_conditions_with_address_lists_make_a_rule_per_address_as_iptables_does."""
+    from portmapctl.iptables.ruleset import address_lists
+
+    assert address_lists(args) == rules
