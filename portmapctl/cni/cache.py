@@ -519,10 +519,18 @@ def _portmap_conf(conf: Any, source: str) -> Optional[dict]:
         raise BadInput(f"{source}: the cached config must be a JSON object")
     plugins = conf.get("plugins")
     if plugins is None:
-        return conf if conf.get("type") == "portmap" else None
+        return _as_handed(conf) if conf.get("type") == "portmap" else None
     if not isinstance(plugins, list):
         raise BadInput(f"{source}: the cached config's plugins must be a list")
     for plugin in plugins:
         if isinstance(plugin, dict) and plugin.get("type") == "portmap":
-            return dict(plugin, name=conf.get("name", plugin.get("name")))
+            return dict(_as_handed(plugin), name=conf.get("name", plugin.get("name")))
     return None
+
+
+def _as_handed(plugin: dict) -> dict:
+    """A plugin's entry as libcni handed it to the plugin: re-marshalled from a Go map
+    (InjectConf), so with its keys sorted, while the cache keeps the file's bytes. Of
+    two spellings of one option (`"snat": false, "SNAT": true`) the plugin read the
+    one sorted last (cni/config.go_field takes the later one)."""
+    return dict(sorted(plugin.items()))

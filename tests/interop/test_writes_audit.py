@@ -260,7 +260,10 @@ def test_a_lost_empty_chain_is_named_and_repaired_as_the_plugin_made_it(
 # in any case, and of two spellings the later one wins.
 SPELT_OTHERWISE = {
     "SNAT": {"SNAT": False},
-    "snat-then-Snat": {"snat": True, "Snat": False},
+    # (In this order both ways agree: the stdin's later spelling, and the one sorted
+    # last, by which the cache is read:
+    # test_a_cached_option_in_two_spellings_is_read_as_libcni_handed_it_to_the_plugin.)
+    "SNAT-then-snat": {"SNAT": True, "snat": False},
     "MarkMasqBit": {"MarkMasqBit": 5},
     "ConditionsV4": {"ConditionsV4": ["-s", "192.168.0.0/16"]},
 }
@@ -386,3 +389,21 @@ def test_conditions_with_address_lists_make_a_rule_per_address_as_iptables_does(
     assert pmctl.run(args).returncode == 1
     ok([*args, "--repair"])
     assert _saves(host_ns, iptables_mode) == theirs
+
+
+def test_a_cached_option_in_two_spellings_is_read_as_libcni_handed_it_to_the_plugin(
+    host_ns: str, tmp_path: Path
+) -> None:
+    """libcni hands each plugin its entry re-marshalled from a Go map (InjectConf), keys
+    sorted, while its cache keeps the conflist's bytes as written: of `"snat": false,
+    "SNAT": true` the plugin read `snat` last (false); the cache reader took the later
+    spelling of the file (true) and called the plugin's own chain short of mark rules."""
+    ports = [rp.port_mapping(8080, 80)]
+    conf = {**rp.plugin_conf(NETWORK, DUAL, ports), "snat": False, "SNAT": True}
+    as_libcni = json.loads(json.dumps(conf, sort_keys=True))
+    rp.run_plugin("ADD", host_ns, CONTAINER, as_libcni, mode="nft", check=True)
+    assert "CNI-HOSTPORT-SETMARK" not in _saves(host_ns, "nft")[4]
+    rp.write_cni_cache(tmp_path, NETWORK, CONTAINER, "eth0", conf, ports, DUAL)
+    done = pmctl.run(["check", "--netns", host_ns, "--iptables", "nft",
+                      "--cni-cache-dir", str(tmp_path)])  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("healthy"), done.stdout

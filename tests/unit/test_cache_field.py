@@ -953,6 +953,20 @@ def test_the_plugins_options_are_read_in_any_case(options, field, value):
     assert getattr(cni_config.plugin_config(conf, "c1", "conf.json"), field) == value
 
 
+@pytest.mark.parametrize(
+    ("options", "snat"),
+    [({"snat": False, "SNAT": True}, False), ({"SNAT": True, "snat": False}, False),
+     ({"Snat": True, "SNAT": False}, True)],
+)  # fmt: skip
+def test_a_cached_option_in_two_spellings_is_read_as_libcni_handed_it(tmp_path, options, snat):
+    """libcni re-marshals a plugin's entry from a Go map (keys sorted) before handing it
+    over, and caches the file's bytes: the spelling sorted last is the plugin's
+    (pinned by tests/interop/test_writes_audit.py), whatever the file's order."""
+    portmap = {"type": "portmap", "capabilities": {"portMappings": True}, **options}
+    found = read_attachment(str(write(tmp_path, "mynet-abc123-eth0", entry(portmap=portmap))))
+    assert found.mapping is not None and found.mapping.snat is snat
+
+
 def test_add_backend_nftables_refuses_what_the_nftables_plugin_refuses():
     """A config without the key, written to nftables (add --backend nftables)."""
     pm = {"hostPort": 8080, "containerPort": 80, "protocol": "TCP"}
