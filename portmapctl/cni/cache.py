@@ -528,9 +528,17 @@ def _portmap_conf(conf: Any, source: str) -> Optional[dict]:
     return None
 
 
-def _as_handed(plugin: dict) -> dict:
+def _as_handed(value: Any) -> Any:
     """A plugin's entry as libcni handed it to the plugin: re-marshalled from a Go map
-    (InjectConf), so with its keys sorted, while the cache keeps the file's bytes. Of
+    (InjectConf), while the cache keeps the file's bytes. So its keys are sorted: of
     two spellings of one option (`"snat": false, "SNAT": true`) the plugin read the
-    one sorted last (cni/config.go_field takes the later one)."""
-    return dict(sorted(plugin.items()))
+    one sorted last (cni/config.go_field takes the later one). And every number went
+    through a float64 and back: `"markMasqBit": 5.0` reached the plugin as 5."""
+    if isinstance(value, dict):
+        return {key: _as_handed(item) for key, item in sorted(value.items())}
+    if isinstance(value, list):
+        return [_as_handed(item) for item in value]
+    # (Go prints a float64 of 1e21 or more with an exponent, which no int field takes.)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    return value

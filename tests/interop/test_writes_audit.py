@@ -407,3 +407,26 @@ def test_a_cached_option_in_two_spellings_is_read_as_libcni_handed_it_to_the_plu
     done = pmctl.run(["check", "--netns", host_ns, "--iptables", "nft",
                       "--cni-cache-dir", str(tmp_path)])  # fmt: skip
     assert done.returncode == 0 and done.stdout.startswith("healthy"), done.stdout
+
+
+def test_a_cached_whole_number_written_as_a_float_is_the_plugins_int(
+    host_ns: str, tmp_path: Path
+) -> None:
+    """`"markMasqBit": 5.0` in a conflist reaches the plugin as 5: libcni decodes the
+    entry into a Go map (a float64) and marshals it again (`5`). The cache keeps the
+    file's `5.0`, which the cache reader refused (an unreadable entry: a flushed table
+    was called healthy, nothing repaired)."""
+    ports = [rp.port_mapping(8080, 80)]
+    conf = {**rp.plugin_conf(NETWORK, DUAL, ports), "markMasqBit": 5.0}
+    as_libcni = {**conf, "markMasqBit": 5}
+    rp.run_plugin("ADD", host_ns, CONTAINER, as_libcni, mode="nft", check=True)
+    theirs = _saves(host_ns, "nft")
+    rp.write_cni_cache(tmp_path, NETWORK, CONTAINER, "eth0", conf, ports, DUAL)
+    args = ["check", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir",
+            str(tmp_path), "--no-flush-udp"]  # fmt: skip
+    done = pmctl.run(args)
+    assert done.returncode == 0 and "cannot be read" not in done.stderr, done.stderr
+    for family in (4, 6):
+        rp.iptables(host_ns, ["-t", "nat", "-F"], family=family)
+    ok([*args, "--repair"])
+    assert _saves(host_ns, "nft") == theirs

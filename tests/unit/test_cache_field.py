@@ -967,6 +967,19 @@ def test_a_cached_option_in_two_spellings_is_read_as_libcni_handed_it(tmp_path, 
     assert found.mapping is not None and found.mapping.snat is snat
 
 
+@pytest.mark.parametrize(("value", "bit"), [(5.0, 5), (1e1, 10), (5, 5)])
+def test_a_cached_whole_number_as_a_float_is_read_as_libcni_handed_it(tmp_path, value, bit):
+    """libcni hands the plugin its entry through a Go map: 5.0 is a float64, marshalled
+    as 5, which the plugin's int takes (pinned by tests/interop/test_writes_audit.py).
+    5.5 stays 5.5: the plugin's ADD fails on it, and the entry cannot be read."""
+    portmap = {"type": "portmap", "capabilities": {"portMappings": True}, "markMasqBit": value}
+    found = read_attachment(str(write(tmp_path, "mynet-abc123-eth0", entry(portmap=portmap))))
+    assert found.mapping is not None and found.mapping.mark_bit == bit
+    portmap["markMasqBit"] = 5.5
+    with pytest.raises(BadInput, match="invalid mark bit 5.5"):
+        read_attachment(str(write(tmp_path, "mynet-abc123-eth0", entry(portmap=portmap))))
+
+
 def test_add_backend_nftables_refuses_what_the_nftables_plugin_refuses():
     """A config without the key, written to nftables (add --backend nftables)."""
     pm = {"hostPort": 8080, "containerPort": 80, "protocol": "TCP"}
