@@ -85,13 +85,16 @@ def plan_family(
     hold: FrozenSet[str] = frozenset(),
     by_number: bool = True,
     zombies: Optional[ZombieHold] = None,
+    hold_all: bool = False,
 ) -> FamilyPlan:
     """What gc does to one family's table. Pure: the caller reads and applies.
 
     `seen` is the state file's memory; `only` (confirmed at a prompt) limits what
     may go now; a chain that DNATs to an address in `hold` (a container with that
-    address is being added) stays pending, its clock running; a chain kept only
-    because `zombies` are counted live keeps its sighting as it was (ZombieHold).
+    address is being added) stays pending, its clock running, and so does every chain
+    with `hold_all` (a container may be being added where gc cannot look); a chain
+    kept only because `zombies` are counted live keeps its sighting as it was
+    (ZombieHold).
     """
     family = table.family
     chains = chain_facts(table)
@@ -120,7 +123,7 @@ def plan_family(
         first = before.first_seen if before is not None and before.fingerprint == mark else now
         new_seen[key] = gc_state.Seen(mark, first)
         allowed = only is None or (family, chain.name) in only
-        held = bool(hold and chain.container_ips & hold)
+        held = hold_all or bool(hold and chain.container_ips & hold)
         if now - first >= min_age and allowed and not held:
             removable.append(chain)
         else:

@@ -36,7 +36,7 @@ from portmapctl.errors import (
     PortmapctlError,
     ToolTimedOut,
 )
-from portmapctl.host.netns import NamespaceView, fresh_uncached, namespace_addresses
+from portmapctl.host.netns import NamespaceView, addresses_of, fresh_uncached
 from portmapctl.host.paths import RUN_DIR
 from portmapctl.iptables import plugin_rules
 from portmapctl.iptables.ruleset import NatTable
@@ -97,29 +97,52 @@ def _checked_cache(
     return found
 
 
+class Adding(NamedTuple):
+    """Young namespaces in no cache entry (see _adding): those holding an address a
+    chain may DNAT to, those addresses, and those that could not be looked into."""
+
+    namespaces: List[str]
+    addresses: FrozenSet[str]
+    unknown: List[str]
+
+
 def _adding(
     view: Optional[NamespaceView],
     attachments: Optional[Sequence[Attachment]],
     min_age: float,
-) -> Tuple[List[str], FrozenSet[str]]:
+) -> Adding:
     """Namespaces that look like an ADD in progress (see netns.fresh_uncached).
 
     A container started again with the ID (and ports, and address) of a chain pending
     as stale gets that very chain back from the plugin, unchanged: nothing in the
     table tells, and its cache entry comes only at the end of the ADD. Its new
     namespace does tell: it is young, in no cache entry, and already holds the
-    address the chain DNATs to (the plugins before portmap put it there). Returns
-    (those namespaces, their addresses).
+    address the chain DNATs to (the plugins before portmap put it there).
+
+    One that cannot be entered (no CAP_SYS_ADMIN: the shipped DaemonSet and systemd
+    units run gc so) may hold any address: `unknown`. Taken for holding none, it let
+    the chain of the container being added go.
     """
     if view is None or min_age <= 0:
-        return [], frozenset()
+        return Adding([], frozenset(), [])
     cached = [a.netns for a in attachments or () if a.netns]
+    fresh = fresh_uncached(view, cached, min_age)
+    if not fresh:
+        return Adding([], frozenset(), [])
     found: Dict[str, Set[str]] = {}
-    for path in fresh_uncached(view, cached, min_age):
-        addresses = namespace_addresses(path) - {"127.0.0.1", "::1"}
+    unknown: List[str] = []
+    for path, addresses in addresses_of({path: True for path in fresh}).items():
+        if addresses is None:
+            unknown.append(path)
+            continue
+        addresses = addresses - {"127.0.0.1", "::1"}
         if addresses:
             found[path] = addresses
-    return sorted(found), frozenset(a for addresses in found.values() for a in addresses)
+    return Adding(
+        sorted(found),
+        frozenset(a for addresses in found.values() for a in addresses),
+        sorted(unknown),
+    )
 
 
 class Applied(NamedTuple):
@@ -330,7 +353,7 @@ def _plan_table(
         )
     if attachments is not None and sources.netns_liveness:
         require_namespaces(attachments)
-    adding, addresses = _adding(planning.view, attachments, options.min_age)
+    adding = _adding(planning.view, attachments, options.min_age)
     found = plan_family(
         table,
         live if live is not None else liveness(sources, attachments),
@@ -338,20 +361,42 @@ def _plan_table(
         gc_state.clock(),
         options.min_age,
         options.only,
-        hold=addresses,
+        hold=adding.addresses,
         by_number=by_number,
         zombies=zombies or zombie_hold(sources, attachments, planning.view),
+        hold_all=bool(adding.unknown),
     )
-    if addresses and any(c.seen_seconds >= options.min_age for c in found.pending):
-        warning = (
+    if (adding.addresses or adding.unknown) and any(
+        c.seen_seconds >= options.min_age for c in found.pending
+    ):
+        for warning in _adding_warnings(adding):
+            if warning not in warnings:
+                warnings.append(warning)
+    return found
+
+
+def _adding_warnings(adding: Adding) -> List[str]:
+    """Why ripe chains stay pending this run (_adding)."""
+
+    def named(paths: List[str]) -> str:
+        return ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+
+    warnings = []
+    if adding.addresses:
+        warnings.append(
             f"a network namespace younger than --min-age and in no CNI cache entry"
-            f" ({', '.join(adding[:3])}{', ...' if len(adding) > 3 else ''}) holds an"
+            f" ({named(adding.namespaces)}) holds an"
             " address a stale chain DNATs to: its container is being added, so that"
             " chain is not removed this run"
         )
-        if warning not in warnings:
-            warnings.append(warning)
-    return found
+    if adding.unknown:
+        warnings.append(
+            f"a network namespace younger than --min-age and in no CNI cache entry"
+            f" ({named(adding.unknown)}) could not be looked into (entering one needs"
+            " CAP_SYS_ADMIN): a container may be being added there with the address of"
+            " a stale chain, so no stale chain is removed this run"
+        )
+    return warnings
 
 
 def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> FamilyPlan:
