@@ -265,3 +265,27 @@ def test_an_admins_masquerade_rule_with_a_word_for_comment_is_never_gcs(
         if args[0] == "gc":
             assert json.loads(done.stdout)["removed"] == []
     assert _rules_of(node, "masquerading") == before
+
+
+def test_a_debian_plugins_chain_under_a_nftables_config_gets_no_nftables_copy(
+    node: str, tmp_path: Path
+) -> None:
+    """Debian's 1.1.1 ignores `"backend": "nftables"` (an unknown key to it) and writes
+    the container's chain in iptables. check --repair took the cached key for where the
+    rules belong, found them all missing there and wrote a copy in nftables: a backend
+    its plugin never reads, whose DEL then leaves the copy forwarding the host port to
+    a dead address until gc's --min-age. As for a chain in the other iptables flavour,
+    the evidence says where the plugin writes: nothing is made in nftables, and the
+    repair says why (exit 1). The plugin's own chain stays, and its CHECK passes."""
+    cid, ips, ports = WEB[0], ["10.88.0.5/16"], WEB[2]
+    conf = upstream.nft_conf("podman", ips, ports)
+    rp.run_plugin("ADD", node, cid, conf, check=True)  # Debian's: iptables
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips)
+    saved = rp.save(node, 4)
+    repaired = _pmctl(node, tmp_path, "check", "--repair")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    assert "ignores the key" in repaired.stderr
+    assert f'comment "{cid}"' not in upstream.ruleset_text(node)
+    assert rp.save(node, 4).split("\n", 1)[1] == saved.split("\n", 1)[1]
+    for done in rp.run_check(node, cid, conf):
+        assert done.returncode == 0, done.stdout + done.stderr

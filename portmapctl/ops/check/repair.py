@@ -54,6 +54,7 @@ from portmapctl.ops.node import Node
 from portmapctl.ops.side_effects import after_setup, after_setup_many
 
 if TYPE_CHECKING:
+    from portmapctl.cni.cache import Attachment
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
 # --- repair ---------------------------------------------------------------------------
@@ -381,6 +382,7 @@ def repair(
     configs = cached_configs(sorted(attachments, key=added_at)) if attachments is not None else None
 
     nft_ids: set = set()
+    held: List[Attachment] = []  # nft-backed by their key, but their rules in iptables
     if attachments is not None:
         if node.nft is None:
             # nftables not looked at: its containers (by key or evidence) still get
@@ -401,6 +403,13 @@ def repair(
             # By cache entry: a container on two networks may have one per backend.
             excluded = {(a.network, a.container_id) for a in parts.nftables}
             nft_ids = {a.container_id for a in parts.nftables}
+            from portmapctl.nftables.node import owners_in
+
+            held = nft_repair.held_in_iptables(
+                parts.nftables,
+                check_nft.iptables_owners(read.tables, attachments),
+                owners_in(node.read_nft()),
+            )
         if configs is not None:
             configs = [c for c in configs if (c.network, c.container_id) not in excluded]
     transactions: Dict = {}
@@ -467,9 +476,15 @@ def repair(
         )
         if nft_ids or nft_copies:
             text, nft_changed, attachments, nft_left, nft_notes = nft_repair.nft_repair(
-                node, attachments, dry_run=False, planned=nft_tried, dedupe=nft_copies
+                node,
+                attachments,
+                dry_run=False,
+                planned=nft_tried,
+                dedupe=nft_copies,
+                leave={a.path for a in held},
             )
             unrepaired += nft_left
+            unrepaired += nft_repair.not_made_in_nftables(held, node.families)
             if text:
                 transactions["nft"] = text  # both families, one `nft -f` transaction
         unrepaired = _in_row_order(unrepaired)
