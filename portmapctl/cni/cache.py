@@ -449,14 +449,15 @@ def _ports_given(conf: dict, capability: dict, source: str) -> Any:
     capability args of the capabilities the plugin's config enables (`portMappings:
     true`); without any, the config's own `runtimeConfig` goes as it is. A portmap
     entry without the capability gets none of the runtime's ports."""
-    enabled = conf.get("capabilities") or {}
+    # (Keys as Go reads them into the plugin's structs: in any case, cni_config.go_field.)
+    enabled = cni_config.go_field(conf, "capabilities") or {}
     if not isinstance(enabled, dict):
         raise BadInput(f"{source}: the portmap plugin's capabilities must be an object")
     injected = {k: capability[k] for k, on in enabled.items() if on is True and k in capability}
-    runtime = injected if injected else conf.get("runtimeConfig") or {}
+    runtime = injected if injected else cni_config.go_field(conf, "runtimeConfig") or {}
     if not isinstance(runtime, dict):
         raise BadInput(f"{source}: runtimeConfig must be an object")
-    return runtime.get("portMappings")
+    return cni_config.go_field(runtime, "portMappings")
 
 
 def _netns(netns: Any, result: Any, ifname: str) -> Optional[str]:
@@ -517,14 +518,19 @@ def _portmap_conf(conf: Any, source: str) -> Optional[dict]:
         return None
     if not isinstance(conf, dict):
         raise BadInput(f"{source}: the cached config must be a JSON object")
+    # A conflist's own keys ("plugins", "name") libcni reads from a map, exactly; a
+    # plugin's "type" into a struct (types.NetConf), in any case: `"Type": "portmap"`
+    # runs portmap.
     plugins = conf.get("plugins")
     if plugins is None:
-        return _as_handed(conf) if conf.get("type") == "portmap" else None
+        handed = _as_handed(conf)
+        return handed if cni_config.go_field(handed, "type") == "portmap" else None
     if not isinstance(plugins, list):
         raise BadInput(f"{source}: the cached config's plugins must be a list")
     for plugin in plugins:
-        if isinstance(plugin, dict) and plugin.get("type") == "portmap":
-            return dict(_as_handed(plugin), name=conf.get("name", plugin.get("name")))
+        handed = _as_handed(plugin)
+        if isinstance(handed, dict) and cni_config.go_field(handed, "type") == "portmap":
+            return dict(handed, name=conf.get("name", plugin.get("name")))
     return None
 
 

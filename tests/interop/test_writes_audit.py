@@ -4,6 +4,7 @@ compared byte for byte, then the plugin's CHECK and DEL on portmapctl's result."
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Iterator
@@ -286,6 +287,43 @@ def test_options_spelt_in_another_case_are_the_plugins(
     done = pmctl.run(["check", "--netns", host_ns, "--iptables", iptables_mode,
                       "--cni-cache-dir", str(tmp_path)])  # fmt: skip
     assert done.returncode == 0 and done.stdout.startswith("healthy"), done.stdout
+
+
+def _respelt(path: Path, respell: dict) -> None:
+    """The cache entry at `path` with its portmap entry's keys renamed (`respell`)."""
+    document = json.loads(path.read_text())
+    conflist = json.loads(base64.b64decode(document["config"]))
+    portmap = conflist["plugins"][-1]
+    conflist["plugins"][-1] = {respell.get(key, key): value for key, value in portmap.items()}
+    document["config"] = base64.b64encode(json.dumps(conflist).encode()).decode()
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize(
+    "respell", [{"type": "Type"}, {"type": "TYPE", "capabilities": "Capabilities"}]
+)
+def test_a_cached_portmap_entry_whose_type_is_spelt_otherwise_is_the_plugins(
+    host_ns: str, iptables_mode: rp.Mode, tmp_path: Path, respell: dict
+) -> None:
+    """libcni reads a plugin's `type` and `capabilities` into types.NetConf, in any case:
+    `"Type": "portmap"` runs the plugin, which maps the ports. portmapctl took the entry
+    for no portmap: after a flush, check called the node healthy, repaired nothing."""
+    ports = [rp.port_mapping(8080, 80), rp.port_mapping(5353, 53, "udp")]
+    conf = rp.plugin_conf(NETWORK, DUAL, ports)
+    rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode=iptables_mode, check=True)
+    plugins = _saves(host_ns, iptables_mode)
+    _respelt(rp.write_cni_cache(tmp_path, NETWORK, CONTAINER, "eth0", conf, ports, DUAL), respell)
+    for family in (4, 6):
+        for flag in ("-F", "-X"):
+            rp.iptables(host_ns, ["-t", "nat", flag], family=family, mode=iptables_mode)
+    args = ["check", "--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir",
+            str(tmp_path), "--no-flush-udp"]  # fmt: skip
+    done = pmctl.run([*args, "-o", "json"])
+    assert done.returncode == 1, done.stdout + done.stderr
+    lost = {(p["kind"], p["family"]) for p in json.loads(done.stdout)["problems"]}
+    assert {("missing-chain", 4), ("missing-chain", 6)} <= lost, lost
+    ok([*args, "--repair"])
+    assert _saves(host_ns, iptables_mode) == plugins
 
 
 @pytest.mark.parametrize(

@@ -1094,3 +1094,20 @@ def test_an_nftables_entry_with_options_the_plugin_refuses_is_no_entry_to_model(
     [warning] = cni_cache.warnings(found)
     assert "iptables-specific options " + named in warning and str(bad) in warning
     assert "def456" in liveness(Sources(), found).ids
+
+
+@pytest.mark.parametrize(
+    "portmap",
+    [
+        {"Type": "portmap", "capabilities": {"portMappings": True}},
+        {"TYPE": "portmap", "Capabilities": {"portMappings": True}},
+        {"type": "portmap", "RuntimeConfig": {"PortMappings": PORTS}},
+    ],
+)
+def test_the_plugins_type_and_capabilities_are_read_in_any_case(tmp_path, portmap):
+    """libcni reads a plugin's `type` and `capabilities` into types.NetConf, and the
+    plugin its `runtimeConfig.portMappings` into a struct: keys in any case. The entry
+    was taken for no portmap at all: its chains unexpected, a flushed node healthy."""
+    found = read_attachment(str(write(tmp_path, "mynet-abc123-eth0", entry(portmap=portmap))))
+    assert found.mapping is not None
+    assert [p.host_port for p in found.mapping.ports] == [p["hostPort"] for p in PORTS]
