@@ -523,28 +523,12 @@ def _portmap_conf(conf: Any, source: str) -> Optional[dict]:
     # runs portmap.
     plugins = conf.get("plugins")
     if plugins is None:
-        handed = _as_handed(conf)
+        handed = cni_config.as_handed(conf)
         return handed if cni_config.go_field(handed, "type") == "portmap" else None
     if not isinstance(plugins, list):
         raise BadInput(f"{source}: the cached config's plugins must be a list")
     for plugin in plugins:
-        handed = _as_handed(plugin)
+        handed = cni_config.as_handed(plugin)
         if isinstance(handed, dict) and cni_config.go_field(handed, "type") == "portmap":
             return dict(handed, name=conf.get("name", plugin.get("name")))
     return None
-
-
-def _as_handed(value: Any) -> Any:
-    """A plugin's entry as libcni handed it to the plugin: re-marshalled from a Go map
-    (InjectConf), while the cache keeps the file's bytes. So its keys are sorted: of
-    two spellings of one option (`"snat": false, "SNAT": true`) the plugin read the
-    one sorted last (cni/config.go_field takes the later one). And every number went
-    through a float64 and back: `"markMasqBit": 5.0` reached the plugin as 5."""
-    if isinstance(value, dict):
-        return {key: _as_handed(item) for key, item in sorted(value.items())}
-    if isinstance(value, list):
-        return [_as_handed(item) for item in value]
-    # (Go prints a float64 of 1e21 or more with an exponent, which no int field takes.)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
-        return int(value)
-    return value

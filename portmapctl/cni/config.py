@@ -54,6 +54,22 @@ def go_field(entry: Any, name: str, *, null_keeps: bool = False) -> Any:
     return found
 
 
+def as_handed(value: Any) -> Any:
+    """A plugin's entry as libcni handed it to the plugin: re-marshalled from a Go map
+    (InjectConf), while the cache keeps the file's bytes. So its keys are sorted: of
+    two spellings of one option (`"snat": false, "SNAT": true`) the plugin read the
+    one sorted last (go_field takes the later one). And every number went
+    through a float64 and back: `"markMasqBit": 5.0` reached the plugin as 5."""
+    if isinstance(value, dict):
+        return {key: as_handed(item) for key, item in sorted(value.items())}
+    if isinstance(value, list):
+        return [as_handed(item) for item in value]
+    # (Go prints a float64 of 1e21 or more with an exponent, which no int field takes.)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    return value
+
+
 def _go_fields(entry: Mapping[str, Any]) -> dict:
     """`entry` as Go's encoding/json fills the plugin's PortMapEntry: keys match the
     field names without regard to case, and of two spellings the later one wins.

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional
 
-from portmapctl.cni.config import go_field
+from portmapctl.cni.config import as_handed, go_field
 from portmapctl.host import settings
 
 HOST_LOCAL = "host-local"
@@ -65,6 +65,7 @@ def host_local_data_dir(conf: Any) -> Optional[str]:
     it hands its delegate a host-local section made from its own `ipam`."""
     plugins = conf.get("plugins") if isinstance(conf, dict) else None
     for plugin in plugins if isinstance(plugins, list) else [conf]:
+        plugin = as_handed(plugin)  # (as libcni handed it on: keys sorted)
         ipam = go_field(plugin, "ipam")
         if go_field(plugin, "type") == FLANNEL:
             # flannel gives its delegate (bridge) its own `ipam`, of type host-local

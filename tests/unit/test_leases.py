@@ -59,11 +59,15 @@ def test_only_host_local_says_where_its_leases_are(ipam, found):
 
 
 def test_keys_are_read_as_go_reads_them():
-    """Go's encoding/json takes a key in any case, the later spelling winning."""
+    """Go's encoding/json takes a key in any case, the later spelling winning; and
+    libcni hands the plugin its entry re-marshalled from a Go map, keys sorted, so of
+    two spellings the later one sorted, whatever the file's order."""
     conflist = json.loads(json.dumps(PODMAN))
     conflist["plugins"][0]["IPAM"] = dict(conflist["plugins"][0].pop("ipam"), datadir="/srv/x")
     assert host_local_data_dir(conflist) == "/srv/x"
-    conflist["plugins"][0]["IPAM"]["dataDir"] = "/srv/exact"  # (the later one)
+    conflist["plugins"][0]["IPAM"]["dataDir"] = "/srv/exact"  # (later in the file)
+    assert host_local_data_dir(conflist) == "/srv/x"  # (later sorted: "dataDir" < "datadir")
+    conflist["plugins"][0]["IPAM"].pop("datadir")
     assert host_local_data_dir(conflist) == "/srv/exact"
 
 
