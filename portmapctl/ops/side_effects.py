@@ -150,16 +150,17 @@ def after_setup_many(
             except OSError as err:
                 towards = ", ".join(a for a, i in interfaces.items() if i == interface)
                 warnings.append(f"could not set route_localnet towards {towards}: {err}")
-    keys = {
-        (family, p.host_port)
-        for config, families in done
-        for family in families
-        for p in config.ports
-        if p.protocol == "udp"
-    }
-    if local_only:
-        # No plugin ADD: only what the re-created rules take (taken_by).
+    keys: Union[Collection[Key], Dict[Key, Reach]]
+    if local_only:  # no plugin ADD: only what the re-created rules take
         keys = taken_by(done)
+    else:
+        keys = {
+            (family, p.host_port)
+            for config, families in done
+            for family in families
+            for p in config.ports
+            if p.protocol == "udp"
+        }
     if flush_udp and keys:
         try:
             flush_keys(keys, local_only=local_only)

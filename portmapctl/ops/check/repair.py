@@ -392,24 +392,16 @@ def repair(
                 for a in check_nft.nft_backed_unread(node, read.tables, attachments)
             }
         else:
+            from portmapctl.nftables.node import owners_in
             from portmapctl.ops import nft
 
-            parts = nft.split(
-                attachments,
-                node.read_nft(),
-                check_nft.iptables_owners(read.tables, attachments),
-                node.options.keyless,
-            )
+            nft_tables = node.read_nft()
+            ipt_chains = check_nft.iptables_owners(read.tables, attachments)
+            parts = nft.split(attachments, nft_tables, ipt_chains, node.options.keyless)
             # By cache entry: a container on two networks may have one per backend.
             excluded = {(a.network, a.container_id) for a in parts.nftables}
             nft_ids = {a.container_id for a in parts.nftables}
-            from portmapctl.nftables.node import owners_in
-
-            held = nft_repair.held_in_iptables(
-                parts.nftables,
-                check_nft.iptables_owners(read.tables, attachments),
-                owners_in(node.read_nft()),
-            )
+            held = nft_repair.held_in_iptables(parts.nftables, ipt_chains, owners_in(nft_tables))
         if configs is not None:
             configs = [c for c in configs if (c.network, c.container_id) not in excluded]
     transactions: Dict = {}
