@@ -7,7 +7,7 @@ Per container, as the plugin decides (nftables/node.py `choose`): the cached con
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Collection, Dict, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni.cache import Attachment
@@ -70,6 +70,55 @@ def split(
             ipt_ids.add(cid)
     both = sorted(set(nft_owners) & ipt_ids)
     return Split(tuple(ipt), tuple(nft), tuple(both))
+
+
+def key_ignored(
+    attachments: Sequence[Attachment], iptables_chains: Collection[str], nft_live: Ruleset
+) -> List[Attachment]:
+    """The cache entries whose config says `"backend": "nftables"` and whose plugin
+    wrote them in iptables all the same: their network's chain is there (by name, in
+    `iptables_chains`) and their container has no rule in the plugin's nftables tables.
+
+    Debian's 1.1.1, as every plugin before v1.6, takes `backend` for an unknown key. Its
+    CHECK and DEL look in iptables alone: judged by the key, such a container was
+    `nft-missing-*` on every run, and a repair wrote a copy its plugin never deletes."""
+    candidates = [
+        a
+        for a in attachments
+        if a.mapping is not None
+        and a.mapping.backend == Backend.NFTABLES
+        and a.dnat_chain in iptables_chains
+    ]
+    if not candidates:
+        return []
+    in_nft = owners_in(nft_live)
+    return [a for a in candidates if a.container_id not in in_nft]
+
+
+def judged_in_iptables(
+    attachments: Sequence[Attachment], ignored: Collection[Attachment]
+) -> List[Attachment]:
+    """`attachments` with key_ignored's entries taken as the iptables backend's, where
+    their plugin keeps them."""
+    paths = {a.path for a in ignored}
+    return [
+        replace(a, mapping=replace(a.mapping, backend=Backend.IPTABLES))
+        if a.path in paths and a.mapping is not None
+        else a
+        for a in attachments
+    ]
+
+
+def key_ignored_warning(ignored: Sequence[Attachment]) -> str:
+    """The one line that says key_ignored's entries are judged in iptables."""
+    names = sorted({f"{a.network}/{a.container_id}" for a in ignored})
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return (
+        f'{len(names)} container(s) whose cached config says "backend": "nftables" have'
+        f" their chain in iptables and no rule in nftables ({shown}): the plugin that"
+        " added them ignores the key (plugins before v1.6 do, Debian's 1.1.1 among them),"
+        " so they are judged in iptables, where its CHECK and DEL look"
+    )
 
 
 def _dnat_targets(live: Ruleset) -> Dict[str, Set[str]]:

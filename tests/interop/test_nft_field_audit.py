@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -267,25 +268,72 @@ def test_an_admins_masquerade_rule_with_a_word_for_comment_is_never_gcs(
     assert _rules_of(node, "masquerading") == before
 
 
-def test_a_debian_plugins_chain_under_a_nftables_config_gets_no_nftables_copy(
+def test_a_debian_plugins_chain_under_a_nftables_config_is_judged_where_it_is(
     node: str, tmp_path: Path
 ) -> None:
     """Debian's 1.1.1 ignores `"backend": "nftables"` (an unknown key to it) and writes
-    the container's chain in iptables. check --repair took the cached key for where the
-    rules belong, found them all missing there and wrote a copy in nftables: a backend
-    its plugin never reads, whose DEL then leaves the copy forwarding the host port to
-    a dead address until gc's --min-age. As for a chain in the other iptables flavour,
-    the evidence says where the plugin writes: nothing is made in nftables, and the
-    repair says why (exit 1). The plugin's own chain stays, and its CHECK passes."""
+    the container's chain in iptables, where its CHECK and DEL look. Judged by the key,
+    the container was `nft-missing-table`/`nft-missing-rules` on every run, with
+    `--repair` as the fix, and a repair refused (exit 1): a cron check paged on a
+    healthy node. The evidence says where its plugin writes: it is judged in iptables,
+    healthy, with a warning that the key is ignored; the repair has nothing to do, makes
+    nothing in nftables, and the plugin's CHECK still passes. Beside it, a container
+    v1.9.1 added since (the plugin upgraded) is kept in nftables, as its config says."""
+    cid, ips, ports = WEB[0], ["10.88.0.5/16"], WEB[2]
+    conf = upstream.nft_conf("podman", ips, ports)
+    rp.run_plugin("ADD", node, cid, conf, check=True)  # Debian's: iptables
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips)
+    _plugin_add(node, tmp_path, API)  # v1.9.1: nftables
+    saved, nft_saved = rp.save(node, 4), _rules_of(node, "hostports")
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["problems"] == []
+    assert "podman/web1" in checked.stderr and "ignores the key" in checked.stderr
+    # One mapping, as a script asks (its cached config says where): the same answer.
+    one = ("check", "--network", "podman", "--container", cid, "--ip", ips[0],
+           "-p", "8080:80/tcp", "-p", "5353:53/udp")  # fmt: skip
+    for args in (one, (*one, "--repair"), (*one, "--backend", "iptables", "--repair")):
+        done = _pmctl(node, tmp_path, *args)
+        assert done.returncode == 0, (args, done.stdout + done.stderr)
+        # (Under --backend iptables it is where it was asked for: nothing to say.)
+        assert ("ignores the key" in done.stderr) == ("--backend" not in args), repr(args)
+    repaired = _pmctl(node, tmp_path, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "ignores the key" in repaired.stderr
+    assert f'comment "{cid}"' not in upstream.ruleset_text(node)
+    assert _rules_of(node, "hostports") == nft_saved
+    assert rp.strip_save_comments(rp.save(node, 4)) == rp.strip_save_comments(saved)
+    for done in rp.run_check(node, cid, conf):
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_debian_plugins_chain_under_a_nftables_config_is_repaired_in_iptables(
+    node: str, tmp_path: Path
+) -> None:
+    """The same container with a rule of its chain deleted: check names it
+    (missing-rules, in iptables), and --repair puts the rule back in iptables, where
+    its plugin's CHECK then passes and its DEL removes everything; nothing is made in
+    nftables (before, a repair found every rule missing from nftables and, until
+    97c6e41, wrote a copy there that outlived the plugin's DEL)."""
     cid, ips, ports = WEB[0], ["10.88.0.5/16"], WEB[2]
     conf = upstream.nft_conf("podman", ips, ports)
     rp.run_plugin("ADD", node, cid, conf, check=True)  # Debian's: iptables
     rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips)
     saved = rp.save(node, 4)
+    chain = next(line.split()[1] for line in saved.splitlines() if line.startswith("-A CNI-DN-"))
+    dnat = next(
+        line for line in saved.splitlines()
+        if line.startswith(f"-A {chain} ") and "--dport 8080" in line and "DNAT" in line
+    )  # fmt: skip
+    rp.iptables(node, ["-t", "nat", "-D", *shlex.split(dnat)[1:]])
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    kinds = {(p["kind"], p["backend"]) for p in json.loads(checked.stdout)["problems"]}
+    assert kinds == {("missing-rules", "iptables")}, kinds
     repaired = _pmctl(node, tmp_path, "check", "--repair")
-    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
-    assert "ignores the key" in repaired.stderr
-    assert f'comment "{cid}"' not in upstream.ruleset_text(node)
-    assert rp.strip_save_comments(rp.save(node, 4)) == rp.strip_save_comments(saved)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "cni_hostport" not in upstream.ruleset_text(node)
     for done in rp.run_check(node, cid, conf):
         assert done.returncode == 0, done.stdout + done.stderr
+    rp.run_plugin("DEL", node, cid, conf, check=True)
+    assert "CNI-DN-" not in rp.save(node, 4)

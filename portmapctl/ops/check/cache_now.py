@@ -6,7 +6,19 @@ counterpart is ops/check/nft_repair._CacheAgain."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from dataclasses import replace
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Collection,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
@@ -189,8 +201,13 @@ class CacheNow:
     its network namespace any more). Remembers what it read (`now`, by chain), for what
     the repair reports after, and what it left out as torn down (`torn_down`)."""
 
-    def __init__(self, node: Node, attachments: Sequence[Attachment]) -> None:
+    def __init__(
+        self, node: Node, attachments: Sequence[Attachment], key_ignored: Collection[str] = ()
+    ) -> None:
         self.node = node
+        # The entries whose nftables key their plugin ignores (run.follow_the_plugin,
+        # by path): read again, they are still iptables'.
+        self.key_ignored = frozenset(key_ignored)
         self.paths: Dict[str, List[str]] = {}  # by chain: one entry per interface
         self.first: Dict[str, List[Attachment]] = {}  # ... as read first
         for attachment in attachments:
@@ -300,6 +317,13 @@ class CacheNow:
         by_path = {a.path: a for a in found if a.mapping is not None and not a.zombie}
         for path, name in paths.items():
             attachment = by_path.get(path)
+            if (
+                attachment is not None
+                and path in self.key_ignored
+                and attachment.mapping.backend == Backend.NFTABLES
+            ):
+                mapping = replace(attachment.mapping, backend=Backend.IPTABLES)
+                attachment = replace(attachment, mapping=mapping)
             same_chain = attachment is not None and dnat_chain_name(attachment.mapping) == name
             nft_now = attachment is not None and attachment.mapping.backend == Backend.NFTABLES
             self.by_path[path] = attachment if same_chain and not nft_now else None

@@ -56,7 +56,15 @@ def followed(
     if cached == Backend.NFTABLES:
         from portmapctl.ops.nft import configured_there
 
-        return replace(config, backend=cached), (_checked_in_nftables(configured_there(config)),)
+        there = configured_there(config)
+        if _key_ignored(node, config):
+            # As the node's check (run.follow_the_plugin): where its plugin keeps it.
+            return replace(config, backend=Backend.IPTABLES), (
+                f"{there}, but its chain {dnat_chain_name(config)} is in iptables and it has"
+                " no rule in nftables: the plugin that added it ignores the key (plugins"
+                " before v1.6 do), so it is checked in iptables, where its CHECK looks",
+            )
+        return replace(config, backend=cached), (_checked_in_nftables(there),)
     families = validate.chosen_families(config, node.families, "check")
     if not _plugin_tables_may_exist(node, families):
         return config, ()  # the usual iptables node: one netlink question, no nft run
@@ -84,6 +92,23 @@ def followed(
     return replace(config, backend=Backend.NFTABLES), (_checked_in_nftables(kept_there(config)),)
 
 
+def _key_ignored(node: Node, config: MappingConfig) -> bool:
+    """Whether the plugin that added this container (cached with `"backend":
+    "nftables"`) ignored the key: its chain is in iptables, no rule of it in nftables."""
+    if not node.options.reads_iptables:
+        return False
+    from portmapctl.nftables.node import owners_in
+
+    families = validate.chosen_families(config, node.families, "check")
+    # nftables first: a container kept there (the usual case) costs no iptables read.
+    if config.container_id in owners_in(node.read_nft_evidence()):
+        return False
+    name = dnat_chain_name(config)
+    has_table = getattr(node.backend, "has_nat_table", lambda _family: True)
+    there = tuple(f for f in families if has_table(f))
+    return bool(there) and any(t.has_chain(name) for t in node.read(there).values())
+
+
 def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optional[str]:
     """Why the plugin keeps this container in another backend than `chosen` (as
     `followed` judges under auto: its cached config's key, else, for nftables, its
@@ -94,6 +119,9 @@ def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optio
     if cached is not None:
         from portmapctl.ops.nft import configured_there
 
+        if cached == Backend.NFTABLES and chosen == Backend.IPTABLES:
+            if _key_ignored(node, config):
+                return None  # (its plugin ignored the key: it keeps it in iptables)
         return None if cached == chosen else configured_there(config, cached)
     families = validate.chosen_families(config, node.families, "check")
     name = dnat_chain_name(config)

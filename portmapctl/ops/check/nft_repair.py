@@ -12,7 +12,6 @@ from dataclasses import replace
 from typing import (
     TYPE_CHECKING,
     Callable,
-    Collection,
     Dict,
     Iterable,
     List,
@@ -151,42 +150,6 @@ class _CacheAgain:
         return [a for a in found if a is not None]
 
 
-IN_IPTABLES = (
-    'its cached config says "backend": "nftables", but its rules are in iptables'
-    " ({chain}) and none in nftables: its plugin writes iptables (one before v1.6"
-    " ignores the key); a copy made in nftables would outlive the plugin's DEL (if the"
-    " plugin does use nftables, delete that chain and its entry rules, then repair)"
-)
-
-
-def held_in_iptables(
-    nft_backed: Sequence[Attachment], ipt_chains: Collection[str], nft_owners: Collection[str]
-) -> List[Attachment]:
-    """The entries of `nft_backed` whose network's chain is in iptables (by name, in
-    `ipt_chains`) and whose container has no rule in nftables (`nft_owners`: IDs).
-
-    As a chain in the other iptables flavour is (repair._in_other_flavour), that is
-    evidence of where the plugin writes: Debian's 1.1.1 takes `backend` for an unknown
-    key and writes iptables whatever it says. A repair wrote all of its rules in
-    nftables as well, which that plugin's DEL never reads."""
-    return [
-        a for a in nft_backed if a.dnat_chain in ipt_chains and a.container_id not in nft_owners
-    ]
-
-
-def not_made_in_nftables(held: Sequence[Attachment], families: Sequence[int]) -> List[Unrepaired]:
-    """The `could not repair` lines of held_in_iptables' entries."""
-    from portmapctl.nftables.ruleset import HOSTPORTS
-
-    return [
-        Unrepaired(f, a.network, a.container_id, HOSTPORTS, IN_IPTABLES.format(chain=a.dnat_chain))
-        for a in held
-        if a.mapping is not None
-        for f in families
-        if f in a.mapping.families
-    ]
-
-
 class NftRepaired(NamedTuple):
     """What nft_repair did: its `nft -f` text, the (config, families) it (re)made,
     for the ADD's side effects, the cache entries as the plan last read them, and the
@@ -206,22 +169,19 @@ def nft_repair(
     dry_run: bool,
     planned: Optional[List[Tuple[NftTransaction, List[MappingConfig]]]] = None,
     dedupe: bool = False,
-    leave: Collection[str] = (),
 ) -> NftRepaired:
     """One `nft -f` transaction adding what nft-backed cached containers lack, and
     leaving each jump of an entry chain once (planner.repair's dedupe; `dedupe`: check
     found copies, so it runs with no nft-backed container cached too).
     `planned`: gets each transaction planned, with its configs, as it is tried (what
-    a SIGTERM during the write may have put in: nft_changed says what it changed).
-    `leave`: the cache files (paths) of entries nothing is made for (their caller says
-    why: held_in_iptables)."""
+    a SIGTERM during the write may have put in: nft_changed says what it changed)."""
     if node.nft is None or attachments is None:
         return NftRepaired("", [], None if attachments is None else list(attachments))
     from portmapctl.nftables import planner
     from portmapctl.nftables.ruleset import HOSTPORTS
     from portmapctl.nftables.wanted import wanted
 
-    expected = [a for a in expected_in_add_order(node, attachments) if a.path not in leave]
+    expected = expected_in_add_order(node, attachments)
     cache = _CacheAgain(node, expected)
     if not cache.expected and not dedupe:
         return NftRepaired("", [], list(attachments))

@@ -38,6 +38,7 @@ from portmapctl.ops.check.run import (
     SAME_WITH_REPAIR,
     _check_node,
     check_followed,
+    follow_the_plugin,
     mapping_result,
     read_tables,
     sharing_of,
@@ -365,12 +366,18 @@ def repair(
     node, planned = _planned_node(node)
     attachments = node.read_cache()
     read = read_tables(node)
+    live_nft = None
     if node.nft is not None:
         live_nft = node.read_nft()
         if node.nft_unusable is None:
             from portmapctl.ops.check.nft_repair import ReadOnceNft
 
             node.nft = ReadOnceNft(node.nft, live_nft)
+    # Judged, and repaired, where their plugin keeps them (run.follow_the_plugin). (Not
+    # `read` with nft_live: the check after must read what the repair made.)
+    attachments, key_ignored = follow_the_plugin(
+        node, attachments, replace(read, nft_live=live_nft)
+    )
     before = _check_node(node, attachments, read)
     from portmapctl.cni.cache import added_at
     from portmapctl.ops.check import nft as check_nft
@@ -382,7 +389,6 @@ def repair(
     configs = cached_configs(sorted(attachments, key=added_at)) if attachments is not None else None
 
     nft_ids: set = set()
-    held: List[Attachment] = []  # nft-backed by their key, but their rules in iptables
     if attachments is not None:
         if node.nft is None:
             # nftables not looked at: its containers (by key or evidence) still get
@@ -392,7 +398,6 @@ def repair(
                 for a in check_nft.nft_backed_unread(node, read.tables, attachments)
             }
         else:
-            from portmapctl.nftables.node import owners_in
             from portmapctl.ops import nft
 
             nft_tables = node.read_nft()
@@ -401,13 +406,14 @@ def repair(
             # By cache entry: a container on two networks may have one per backend.
             excluded = {(a.network, a.container_id) for a in parts.nftables}
             nft_ids = {a.container_id for a in parts.nftables}
-            held = nft_repair.held_in_iptables(parts.nftables, ipt_chains, owners_in(nft_tables))
         if configs is not None:
             configs = [c for c in configs if (c.network, c.container_id) not in excluded]
     transactions: Dict = {}
     changed: Dict[MappingConfig, Tuple[MappingConfig, List[int]]] = {}
     unrepaired: List[Unrepaired] = []
-    cache = CacheNow(node, attachments) if attachments is not None else None
+    cache = None
+    if attachments is not None:
+        cache = CacheNow(node, attachments, key_ignored=[a.path for a in key_ignored])
     # --backend nftables: iptables is neither looked at nor written (nothing is expected
     # there, and the check before found nothing).
     nft_tried: List[Tuple[NftTransaction, List[MappingConfig]]] = []
@@ -473,14 +479,17 @@ def repair(
                 dry_run=False,
                 planned=nft_tried,
                 dedupe=nft_copies,
-                leave={a.path for a in held},
             )
             unrepaired += nft_left
-            unrepaired += nft_repair.not_made_in_nftables(held, node.families)
             if text:
                 transactions["nft"] = text  # both families, one `nft -f` transaction
         unrepaired = _in_row_order(unrepaired)
-        warnings: List[str] = [*notes, *nft_notes, *(u.text for u in unrepaired)]
+        warnings: List[str] = [
+            *_key_ignored_warnings(key_ignored),
+            *notes,
+            *nft_notes,
+            *(u.text for u in unrepaired),
+        ]
         for c, fams in nft_changed:
             warnings += after_setup(c, fams, flush_udp, local_only=True)
         if flush_udp and transactions.get("nft") and nft_tried:
@@ -508,6 +517,14 @@ def repair(
     return _repaired(before, after, transactions, warnings, unrepaired)
 
 
+def _key_ignored_warnings(ignored: Sequence[Attachment]) -> List[str]:
+    if not ignored:
+        return []
+    from portmapctl.ops.nft import key_ignored_warning
+
+    return [key_ignored_warning(ignored)]
+
+
 def _repair_mapping(
     node: Node,
     config: MappingConfig,
@@ -517,12 +534,12 @@ def _repair_mapping(
     forced: bool = False,
 ) -> CheckResult:
     """`check --repair` of one mapping given on the command line (for `ifname`)."""
-    config, notes = followed(node, config, writing=True, forced=forced)
+    config, followed_notes = followed(node, config, writing=True, forced=forced)
     if nft_mapping(node, config):
         from portmapctl.ops.check.nft_repair import repair_nft_mapping
 
         done = repair_nft_mapping(node, config, check_followed(node, config), flush_udp)
-        return replace(done, notes=notes + done.notes)
+        return replace(done, notes=followed_notes + done.notes)
     refuse_what_iptables_refuses(node.backend, config, node.families, spelling)
     node, planned = _planned_node(node)
     before = check_followed(node, config, ifname=ifname)
@@ -587,6 +604,7 @@ def _repair_mapping(
     after = with_owner_problems(
         node, config, tables, mapping_result(config, tables, sharing=sharing)
     )
+    after = replace(after, notes=followed_notes + after.notes)
     return _repaired(before, after, transactions, warnings, unrepaired)
 
 

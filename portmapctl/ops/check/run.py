@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment
 from portmapctl.core import validate
+from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import Status
 from portmapctl.errors import HostProblem
@@ -102,7 +103,40 @@ def check_node(node: Node) -> CheckResult:
     read, attachments = side_by_side(
         lambda: read_tables(node, with_nft=True), node.read_cache, foreground_first=True
     )
-    return _check_node(node, attachments, read)
+    attachments, ignored = follow_the_plugin(node, attachments, read)
+    result = _check_node(node, attachments, read)
+    if not ignored:
+        return result
+    from portmapctl.ops.nft import key_ignored_warning
+
+    return replace(result, warnings=(key_ignored_warning(ignored), *result.warnings))
+
+
+def follow_the_plugin(
+    node: Node, attachments: Optional[List[Attachment]], read: NodeTables
+) -> Tuple[Optional[List[Attachment]], List[Attachment]]:
+    """`attachments` with the entries whose config says nftables but whose plugin wrote
+    them in iptables (ops/nft.py key_ignored) taken as iptables', and those entries (as
+    read). Cheap where there are none: no nftables module is imported, nft not read."""
+    if not attachments:
+        return attachments, []
+    chains = {
+        name
+        for tables in (read.tables, read.other_tables)
+        for table in tables.values()
+        for name in table.chains
+        if name.startswith(DNAT_PREFIX)
+    }
+    if not any(
+        a.mapping is not None and a.mapping.backend == Backend.NFTABLES and a.dnat_chain in chains
+        for a in attachments
+    ):
+        return attachments, []
+    from portmapctl.ops import nft
+
+    live = read.nft_live if read.nft_live is not None else node.read_nft_evidence()
+    ignored = nft.key_ignored(attachments, chains, live)
+    return nft.judged_in_iptables(attachments, ignored), ignored
 
 
 def _check_node(
