@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import List, Optional, Set, Tuple
+from typing import Iterable, List, Optional, Set, Tuple
 
 from portmapctl.errors import BadInput
 from portmapctl.nftables.ruleset import FAMILY_NAMES, TABLE, TABLE_COMMENT, BaseHook, RuleBody
@@ -78,15 +78,28 @@ _UNSAFE = re.compile(r'[\n\r;#"\\\x00]')
 def check_condition(text: str) -> str:
     """An nft-syntax condition from a config, refused when it could escape its rule.
 
-    Interface names in double quotes (`iifname "eth0"`, or nft's wildcard `"veth*"`)
-    are allowed; nothing else quoted. Braces only in pairs: an anonymous set (`ip saddr { 10.0.0.0/8,
+    A string in double quotes is one token to nft's scanner, whatever it holds (`;`
+    and `#` in it end nothing: checked against nft 1.0.6), so any is allowed that
+    holds no quote, backslash, white space or NUL: an interface name (`iifname
+    "eth0"`, nft's wildcard `"veth*"`, Linux allows `+` or `#` in one), a helper, a
+    cgroup path. Braces only in pairs: an anonymous set (`ip saddr { 10.0.0.0/8,
     192.168.0.0/16 }`, which the plugin writes as given) opens and closes within the
     rule; a brace left open or closing what the condition did not open is refused.
     """
-    unquoted = re.sub(r'"[A-Za-z0-9_.:@*-]{1,15}"', "", text)
+    unquoted = re.sub(r'"[^"\\\s\x00]*"', "", text)
     if _UNSAFE.search(unquoted) or not text.strip() or not _paired(unquoted):
         raise BadInput(f"refusing nftables condition {text!r}: not a plain nft match")
     return text
+
+
+def refused_condition(conditions: Iterable[str]) -> Optional[str]:
+    """Why one of `conditions` cannot be written (check_condition's words), else None."""
+    for condition in conditions:
+        try:
+            check_condition(condition)
+        except BadInput as err:
+            return str(err)
+    return None
 
 
 def _paired(text: str) -> bool:

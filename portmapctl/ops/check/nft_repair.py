@@ -179,13 +179,25 @@ def nft_repair(
         return NftRepaired("", [], None if attachments is None else list(attachments))
     from portmapctl.nftables import planner
     from portmapctl.nftables.ruleset import HOSTPORTS
+    from portmapctl.nftables.transaction import refused_condition
     from portmapctl.nftables.wanted import wanted
 
+    families = node.options.families
     expected = expected_in_add_order(node, attachments)
+    # One entry whose conditions nft could be made to run as more than a match stops
+    # nothing else: it is left as it is (its rules kept), named where it lacks any.
+    refused = {
+        a.path: why
+        for a in expected
+        if (why := refused_condition((*a.mapping.conditions_v4, *a.mapping.conditions_v6)))  # type: ignore[union-attr]
+    }
+    unwritten = [a for a in expected if a.path in refused]
+    in_add_order, expected = expected, [a for a in expected if a.path not in refused]
     cache = _CacheAgain(node, expected)
     if not cache.expected and not dedupe:
-        return NftRepaired("", [], list(attachments))
-    families = node.options.families
+        return NftRepaired(
+            "", [], list(attachments), _not_written(node.read_nft(), unwritten, refused, families)
+        )
     if planned is None:
         planned = []
 
@@ -193,7 +205,8 @@ def nft_repair(
         want = [w for c in configs for f in families if (w := wanted(c, f)) is not None]
         # Exactly as compared: their own unwanted rules go too (never anyone else's),
         # but not those of their networks being torn down.
-        also = [w for c in cache.kept() for f in families if (w := wanted(c, f)) is not None]
+        kept = [*cache.kept(), *(a.mapping for a in unwritten)]
+        also = [w for c in kept for f in families if (w := wanted(c, f)) is not None]  # type: ignore[arg-type]
         ids = {c.container_id for c in configs}
         return planner.repair(live, want, ids, families, also, dedupe=True)
 
@@ -233,6 +246,8 @@ def nft_repair(
     went_in = _judged(planned, lambda entry: entry[0], notes)
     text = node.converge_nft(plan, dry_run=dry_run, went_in=went_in)
     now = cache.refreshed(attachments)
+    if unwritten:
+        left_unwritten = _not_written(node.read_nft(), unwritten, refused, families)
     cached = {a.container_id for a in attachments}
     left = tuple(
         Unrepaired(t.family, c.network, c.container_id, t.chain, t.why(nft_holder_name(t), cached))
@@ -243,9 +258,68 @@ def nft_repair(
         for f in families
         if (a.path, f) in short and (u := cache.look.not_made(a, f, HOSTPORTS)) is not None
     )
+    if unwritten:
+        left += left_unwritten
     if not text or not planned:
         return NftRepaired(text, [], now, left, tuple(notes))
+    if unwritten:
+        notes += _entry_not_the_newest(planned[-1][0], in_add_order, refused)
     return NftRepaired(text, nft_changed(*planned[-1]), now, left, tuple(notes))
+
+
+def _entry_not_the_newest(
+    txn: NftTransaction, in_add_order: Sequence[Attachment], refused: Dict[str, str]
+) -> List[str]:
+    """Where `txn` wrote a family's entry (prerouting/output) while the newest cached ADD
+    of that family is one whose conditions were refused: whose conditions it got."""
+    from portmapctl.nftables.ruleset import OUTPUT, PREROUTING
+    from portmapctl.nftables.transaction import OpKind
+
+    written = sorted(
+        {
+            op.family
+            for op in txn.ops
+            if op.kind is OpKind.ADD_RULE and op.chain in (PREROUTING, OUTPUT)
+        }
+    )
+    said = []
+    for family in written:
+        of_family = [a for a in in_add_order if family in a.mapping.families]  # type: ignore[union-attr]
+        if not of_family or of_family[-1].path not in refused:
+            continue
+        newest = of_family[-1]
+        used = [a for a in of_family if a.path not in refused]
+        whose = f"those of {used[-1].network}/{used[-1].container_id}" if used else "none"
+        said.append(
+            f"IPv{family} prerouting and output were written with {whose}, not with the"
+            f" conditions of the newest cached ADD, {newest.network}/{newest.container_id}:"
+            f" {refused[newest.path]}"
+        )
+    return said
+
+
+def _not_written(
+    live: Ruleset, unwritten: Sequence[Attachment], why: Dict[str, str], families: Sequence[int]
+) -> Tuple[Unrepaired, ...]:
+    """The `could not repair` lines of the entries nft_repair writes nothing for (`why`:
+    by path), where their family lacks a rule of theirs or the entry that reaches them."""
+    from portmapctl.nftables import planner
+    from portmapctl.nftables.ruleset import HOSTPORTS, OUTPUT, PREROUTING
+    from portmapctl.nftables.wanted import wanted
+
+    found = []
+    for a in unwritten:
+        for family in a.mapping.families:  # type: ignore[union-attr]
+            if family not in families:
+                continue
+            want = wanted(a.mapping, family)  # type: ignore[arg-type]
+            table = live.table(family)
+            if want is not None and (
+                planner.missing_rules(live, want)
+                or not all(planner.entry_ok(table, c) for c in (PREROUTING, OUTPUT))
+            ):
+                found.append(Unrepaired(family, a.network, a.container_id, HOSTPORTS, why[a.path]))
+    return tuple(found)
 
 
 def _judged(
@@ -304,6 +378,7 @@ def repair_mapping(
     `notes`: gets the warning for a try whose nft died and that went in (found_in)."""
     from portmapctl.nftables import planner
     from portmapctl.nftables.transaction import Transaction as NftTransaction
+    from portmapctl.nftables.transaction import refused_condition
     from portmapctl.nftables.wanted import wanted
 
     want = [w for f in families if (w := wanted(config, f)) is not None]
@@ -313,7 +388,9 @@ def repair_mapping(
     # again, it gets the conditions of the newest cached ADD of its family, as the
     # node-wide repair writes it (this container's would apply to every container).
     if attachments:
+        # (Of those whose conditions can be written: nft_repair leaves the others.)
         newest = {w.family: w.entry for c in expected_configs(node, attachments)
+                  if not refused_condition((*c.conditions_v4, *c.conditions_v6))
                   for f in families if (w := wanted(c, f)) is not None}  # fmt: skip
         want = [replace(w, entry=newest.get(w.family, w.entry)) for w in want]
     # Exactly as checked: the container's own unwanted rules go too, by handle

@@ -198,6 +198,14 @@ def test_entry_with_foreign_conditions_is_healthy() -> None:
         ("ip saddr { 10.0.0.0/8 } tcp dport { 80, 443 }", False),
         ('iifname { "eth0", "eth1" }', False),
         ('iifname != "veth*"', False),
+        # A quoted string is one token to nft, whatever it holds (an interface name with
+        # `+`, a cgroup path); only a quote, backslash or space in it is refused.
+        ('iifname "eth+0"', False),
+        ('iifname "a#b;c" ip saddr { 10.0.0.0/8 }', False),
+        ('socket cgroupv2 level 2 "kubepods.slice/kubepods-besteffort.slice"', False),
+        ('iifname "a\\" ; flush ruleset', True),
+        ('iifname "eth 0"', True),
+        ('iifname "x" ; flush ruleset ; "y"', True),
         ('iifname "veth*" ; flush ruleset', True),
         ("ip saddr { 10.0.0.0/8", True),
         ("ip saddr 10.0.0.0/8 }", True),
