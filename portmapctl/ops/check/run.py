@@ -118,19 +118,16 @@ def follow_the_plugin(
     """`attachments` with the entries whose config says nftables but whose plugin wrote
     them in iptables (ops/nft.py key_ignored) taken as iptables', and those entries (as
     read). Cheap where there are none: no nftables module is imported, nft not read."""
-    if not attachments:
+    keyed = [
+        a
+        for a in attachments or ()
+        if a.mapping is not None and a.mapping.backend == Backend.NFTABLES
+    ]
+    if not keyed:
         return attachments, []
-    chains = {
-        name
-        for tables in (read.tables, read.other_tables)
-        for table in tables.values()
-        for name in table.chains
-        if name.startswith(DNAT_PREFIX)
-    }
-    if not any(
-        a.mapping is not None and a.mapping.backend == Backend.NFTABLES and a.dnat_chain in chains
-        for a in attachments
-    ):
+    tables = (*read.tables.values(), *read.other_tables.values())
+    chains = {a.dnat_chain for a in keyed if any(t.has_chain(a.dnat_chain) for t in tables)}
+    if not chains:
         return attachments, []
     from portmapctl.ops import nft
 
