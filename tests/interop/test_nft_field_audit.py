@@ -292,7 +292,11 @@ def test_a_debian_plugins_chain_under_a_nftables_config_is_judged_where_it_is(
     # One mapping, as a script asks (its cached config says where): the same answer.
     one = ("check", "--network", "podman", "--container", cid, "--ip", ips[0],
            "-p", "8080:80/tcp", "-p", "5353:53/udp")  # fmt: skip
-    for args in (one, (*one, "--repair"), (*one, "--backend", "iptables", "--repair")):
+    # Its config as the plugin was handed it, key and all (--cni-config): the same.
+    (tmp_path / "conf.json").write_text(json.dumps(conf))
+    given = ("check", "--container", cid, "--cni-config", str(tmp_path / "conf.json"))
+    for args in (one, (*one, "--repair"), (*one, "--backend", "iptables", "--repair"),
+                 given, (*given, "--repair")):  # fmt: skip
         done = _pmctl(node, tmp_path, *args)
         assert done.returncode == 0, (args, done.stdout + done.stderr)
         # (Under --backend iptables it is where it was asked for: nothing to say.)

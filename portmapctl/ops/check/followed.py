@@ -44,6 +44,13 @@ def followed(
             f"{elsewhere}, so the plugin keeps it there: checked in {config.backend} as"
             " --backend says, where --repair writes nothing for it",
         )
+    if (
+        config.backend == Backend.NFTABLES
+        and node.options.backend == "auto"
+        and _key_ignored(node, config)
+    ):
+        # Its config (--cni-config) says nftables: as its cached one would, below.
+        return replace(config, backend=Backend.IPTABLES), (_key_ignored_note(config),)
     if config.backend is not None or node.options.backend != "auto" or node.nft is None:
         return config, ()
     from portmapctl.cni.cache import configured_backend
@@ -56,15 +63,11 @@ def followed(
     if cached == Backend.NFTABLES:
         from portmapctl.ops.nft import configured_there
 
-        there = configured_there(config)
         if _key_ignored(node, config):
             # As the node's check (run.follow_the_plugin): where its plugin keeps it.
-            return replace(config, backend=Backend.IPTABLES), (
-                f"{there}, but its chain {dnat_chain_name(config)} is in iptables and it has"
-                " no rule in nftables: the plugin that added it ignores the key (plugins"
-                " before v1.6 do), so it is checked in iptables, where its CHECK looks",
-            )
-        return replace(config, backend=cached), (_checked_in_nftables(there),)
+            note = _key_ignored_note(config, configured_there(config))
+            return replace(config, backend=Backend.IPTABLES), (note,)
+        return replace(config, backend=cached), (_checked_in_nftables(configured_there(config)),)
     families = validate.chosen_families(config, node.families, "check")
     if not _plugin_tables_may_exist(node, families):
         return config, ()  # the usual iptables node: one netlink question, no nft run
@@ -93,20 +96,47 @@ def followed(
 
 
 def _key_ignored(node: Node, config: MappingConfig) -> bool:
-    """Whether the plugin that added this container (cached with `"backend":
-    "nftables"`) ignored the key: its chain is in iptables, no rule of it in nftables."""
-    if not node.options.reads_iptables:
+    """Whether the plugin that added this container (its config saying `"backend":
+    "nftables"`) ignored the key: its chain is in iptables, no rule of it in nftables.
+    A container kept in nftables (the usual case) costs one netlink question on an
+    iptables-nft node, no process."""
+    if not node.options.reads_iptables or node.options.offline:
+        return False
+    families = validate.chosen_families(config, node.families, "check")
+    if not _chain_in_iptables(node, families, dnat_chain_name(config)):
         return False
     from portmapctl.nftables.node import owners_in
 
-    families = validate.chosen_families(config, node.families, "check")
-    # nftables first: a container kept there (the usual case) costs no iptables read.
-    if config.container_id in owners_in(node.read_nft_evidence()):
-        return False
-    name = dnat_chain_name(config)
+    return config.container_id not in owners_in(node.read_nft_evidence())
+
+
+def _chain_in_iptables(node: Node, families: Sequence[int], name: str) -> bool:
+    """Whether the node's iptables holds chain `name` in one of `families`: asked of the
+    kernel (NFT_MSG_GETCHAIN) where iptables is iptables-nft, else read."""
+    from portmapctl.iptables.access import Flavour
+
+    if getattr(node.backend, "flavour", None) is Flavour.NFT:
+        from portmapctl.iptables.access import nfgen, nfmsg
+
+        try:
+            with nfgen.open_socket() as sock:
+                return any(nfmsg.chain_exists(sock, f, "nat", name) for f in families)
+        except OSError:
+            pass  # (no netfilter netlink to ask: read, as below)
     has_table = getattr(node.backend, "has_nat_table", lambda _family: True)
     there = tuple(f for f in families if has_table(f))
     return bool(there) and any(t.has_chain(name) for t in node.read(there).values())
+
+
+def _key_ignored_note(config: MappingConfig, said: Optional[str] = None) -> str:
+    """The note of a mapping _key_ignored follows to iptables (`said`: where the key
+    was read, configured_there's words; else the config given)."""
+    where = said or f'{config.network}/{config.container_id}: its config says "backend": "nftables"'
+    return (
+        f"{where}, but its chain {dnat_chain_name(config)} is in iptables and it has no"
+        " rule in nftables: the plugin that added it ignores the key (plugins before v1.6"
+        " do), so it is checked in iptables, where its CHECK looks"
+    )
 
 
 def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optional[str]:
