@@ -69,6 +69,10 @@ class Attachment:
     netns_state: NetnsState = NetnsState.UNKNOWN
     problem: Optional[str] = None
     leases: Optional[str] = None  # host-local's lease directory of its network (cni/leases)
+    # libcni before v0.8 cached the ADD result alone: a whole entry, read as libcni still
+    # reads it, that names no config. Its `problem` says so (its mappings are not known,
+    # as an unreadable entry's are not), but it is nothing to warn of at every run.
+    result_only: bool = False
 
     @property
     def dnat_chain(self) -> str:
@@ -174,6 +178,17 @@ def cache_paths(cache_dirs: CacheDirs) -> Optional[List[str]]:
     return paths
 
 
+class _ResultOnly(BadInput):
+    """A cache file of libcni before v0.8: the ADD result alone (json.Marshal of the
+    result: no `kind`, no config, no capability args). libcni's getCachedResult reads
+    a file that is not cniCacheV1 that way to this day; nodes of that era keep them
+    for as long as their containers run."""
+
+    def __init__(self, result: dict) -> None:
+        super().__init__("libcni before v0.8 cached the ADD result alone: no config to compare")
+        self.result = result
+
+
 class _Unfinished(BadInput):
     """A cache file that could not be read as one whole JSON document: perhaps being
     written (libcni truncates, then writes), so worth reading again."""
@@ -224,6 +239,8 @@ def read_entries(
                     continue  # removed by a DEL between listing and reading: not live
                 if isinstance(err, _Unfinished):
                     failed.append((path, err))
+                elif isinstance(err, _ResultOnly):
+                    found += result_only(path, str(err), err.result)
                 else:
                     found += unreadable(path, str(err))
         if not failed:
@@ -267,6 +284,41 @@ def unreadable(path: str, problem: str) -> List[Attachment]:
     ]
 
 
+def result_only(path: str, problem: str, result: dict) -> List[Attachment]:
+    """A result-only entry (_ResultOnly) for every reading of its file name (libcni
+    named them NETWORK-CONTAINERID-IFNAME already), with the namespace its result's
+    interface names: live by name, a zombie once that namespace is gone."""
+    return [
+        Attachment(
+            network,
+            container_id,
+            ifname,
+            path,
+            None,
+            _netns(None, result, ifname),
+            problem=problem,
+            result_only=True,
+        )
+        for network, container_id, ifname in name_readings(os.path.basename(path))
+    ]
+
+
+def result_only_note(attachments: Optional[Sequence[Attachment]]) -> Optional[str]:
+    """check's remark on the result-only entries (not a warning: nothing is wrong)."""
+    paths = {a.path for a in attachments or () if a.result_only}
+    if not paths:
+        return None
+    if len(paths) == 1:
+        return (
+            "1 CNI cache entry from libcni before v0.8 holds the ADD result alone (no"
+            " config): its container's mappings are not compared"
+        )
+    return (
+        f"{len(paths)} CNI cache entries from libcni before v0.8 hold the ADD result"
+        " alone (no config): their containers' mappings are not compared"
+    )
+
+
 def name_readings(name: str) -> List[Tuple[str, str, str]]:
     """(network, container ID, ifname) for every way `name` splits at two dashes
     into three valid CNI names (libcni: `NETWORK-CONTAINERID-IFNAME`)."""
@@ -294,7 +346,7 @@ def warnings(attachments: Optional[Sequence[Attachment]]) -> List[str]:
     """One line per cache file that could not be understood."""
     seen = {}
     for attachment in attachments or ():
-        if attachment.problem is not None:
+        if attachment.problem is not None and not attachment.result_only:
             seen.setdefault(attachment.path, attachment.problem)
     return [
         f"skipped a CNI cache entry that cannot be read ({problem}); its container"
@@ -403,6 +455,8 @@ def read_attachment(path: str, *, configs: Optional[ConfigMemo] = None) -> Attac
         raise _Unfinished(str(err)) from None
     cached = cni_config.ensure_mapping(document, source)
     kind = cached.get("kind")
+    if kind is None and isinstance(cached.get("cniVersion"), str):
+        raise _ResultOnly(cached)
     if kind != "cniCacheV1":
         raise BadInput(f"{source}: unknown kind {kind!r} (expected cniCacheV1)")
     container_id = _named(cached.get("containerId", ""), "container ID", source)

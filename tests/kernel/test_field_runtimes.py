@@ -276,3 +276,71 @@ def test_the_plugins_del_of_one_interface_is_repaired_for_the_other(twice):
     rp.iptables(host_ns, ["-t", "nat", "-X"], mode="nft")
     rp.run_plugin("ADD", host_ns, CID, confs["net2"], mode="nft", ifname="net2", check=True)
     assert _rules(host_ns) == repaired
+
+
+def _libcni_0_7_entry(cache: Path, network: str, cid: str, ip: str, netns: str) -> Path:
+    """What libcni v0.7.x (containerd 1.2, CRI-O 1.14, podman 1.x) cached after an ADD:
+    the list's result alone, json.Marshal of types/current.Result (no `kind`, no config,
+    no capability args; libcni's getCachedResult still reads it as a legacy result)."""
+    result = {
+        "cniVersion": "0.4.0",
+        "interfaces": [
+            {"name": "cni0", "mac": "02:00:00:00:00:01"},
+            {"name": "veth0", "mac": "02:00:00:00:00:02"},
+            {"name": "eth0", "mac": "02:00:00:00:00:03", "sandbox": netns},
+        ],
+        "ips": [{"version": "4", "interface": 2, "address": ip, "gateway": "10.88.0.1"}],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dns": {},
+    }
+    path = cache / "results" / f"{network}-{cid}-eth0"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, separators=(",", ":")))
+    return path
+
+
+def test_a_libcni_0_7_entry_of_the_result_alone_is_live_without_a_warning(host_ns, tmp_path):
+    """libcni before v0.8 cached the ADD result alone, and nodes of that era still have
+    such entries (libcni reads them to this day). portmapctl took each for a file it
+    cannot read: list, check and gc warned at every run ('unknown kind None'), the
+    metrics counted a warning every run, and the entry's namespace was never judged, so
+    a container its runtime forgot was never a zombie. Now the entry keeps its
+    container live by its name, as libcni names it, its namespace judged, nothing
+    compared (its config is not in it: check says so, not as a warning), no warning."""
+    if not rp.mode_available("nft")[0]:
+        pytest.skip(rp.mode_available("nft")[1])
+    ctr = f"/run/netns/{rp.create_netns('pmt-ctr')}"  # (its own: deleted below)
+    rp.hold_addresses(ctr, ["10.88.0.5/16"])
+    for cid, ip, port in (("old1", "10.88.0.5/16", 8080), ("gone1", "10.88.0.6/16", 8081)):
+        conf = rp.plugin_conf("mynet", [ip], [rp.port_mapping(port, 80)])
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="nft", check=True)
+    cache = tmp_path / "cni"
+    _libcni_0_7_entry(cache, "mynet", "old1", "10.88.0.5/16", ctr)
+
+    done = _pm(host_ns, cache, "list")
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr, done.stderr
+    rows = {r["container_id"]: r["status"] for r in json.loads(done.stdout)["mappings"]}
+    assert rows == {"old1": ["ok"], "gone1": ["stale"]}
+
+    done = _pm(host_ns, cache, "check")
+    assert "warning" not in done.stderr, done.stderr
+    assert "libcni before v0.8" in done.stderr, done.stderr
+    kinds = [(p["kind"], p["container_id"]) for p in json.loads(done.stdout)["problems"]]
+    assert kinds == [("stale", "gone1")], done.stdout
+
+    done = _pm(host_ns, cache, "gc", "--yes", "--min-age", "0")
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr, done.stderr
+    assert [r["container_id"] for r in json.loads(done.stdout)["removed"]] == ["gone1"]
+    assert chain_name("mynet", "old1") in rp.save(host_ns, 4, "nft")
+
+    # Its runtime forgot it (the namespace is gone): a zombie, as a cniCacheV1 entry is.
+    rp.delete_netns(os.path.basename(ctr))
+    done = _pm(host_ns, cache, "list")
+    assert done.returncode == 0, done.stderr
+    rows = {r["container_id"]: r["status"] for r in json.loads(done.stdout)["mappings"]}
+    assert rows == {"old1": ["zombie"]}, done.stdout
+    done = _pm(host_ns, cache, "gc", "--yes", "--min-age", "0", "--netns-liveness")
+    assert done.returncode == 0, done.stderr
+    assert [r["container_id"] for r in json.loads(done.stdout)["removed"]] == ["old1"]

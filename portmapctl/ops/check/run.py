@@ -195,6 +195,9 @@ def _check_node(
             f"no CNI cache in {' or '.join(d + '/results' for d in node.options.cache_dirs)}:"
             " cached mappings and stale chains were not checked (give --cni-cache-dir)"
         )
+    result_only = cni_cache.result_only_note(attachments)
+    if result_only is not None:
+        notes.append(result_only)
     # A warning, as list and gc say theirs: one line, -q included (not a remark).
     elsewhere = _uncached_elsewhere(read, attachments)
     chains = sum(len(plugin_rules.per_container_chains(t)) for t in tables.values())
