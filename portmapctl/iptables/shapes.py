@@ -421,6 +421,9 @@ def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[T
       that version's dead shape closest to what is left (_dead_shape_left). Its lost
       rules come back dead; the current shape would bring the mapping to life and take
       its port from whichever container gets it now.
+    - hairpin marks on the container's own address (/32, /128) where that is not its
+      whole subnet: the v0.7 - v0.8.5 shape (_hairpin_host). Its lost rules come back
+      as that version wrote them; its marks are not `extra`.
     - for a `masqAll` config, mark rules on the subnet: the shape of a plugin that
       ignores the key (before v1.2: Debian's 1.1.1). That plugin wants it so: its
       lost rules are missing, its mark rules not `extra`, and a repair gives back its
@@ -429,8 +432,6 @@ def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[T
     found = as_found(config, family, live)
     if found is not None:
         return found
-    if not config.masq_all and not any(p.host_ip for p in config.ports):
-        return None  # (the usual case: no other shape to tell)
     current = dnat_chain(config, family)
     if current is None or not live.has_chain(current.name):
         return None  # (a missing chain is in no shape)
@@ -438,10 +439,29 @@ def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[T
     rules = live.rules(current.name)
     if dead and _written_dead_there(config, family, live, dead):
         return _dead_shape_left(config, family, live, dead)
-    if not config.masq_all or classify_chain(rules)[0] is not Shape.CURRENT:
+    shown = classify_chain(rules)[0]
+    if shown is Shape.HAIRPIN_HOST:
+        return _hairpin_host(config, family)
+    if not config.masq_all or shown is not Shape.CURRENT:
         return None
     plain = _plain(config, family)
     return None if plain is None else (Shape.CURRENT, plain)
+
+
+def _hairpin_host(config: MappingConfig, family: int) -> Optional[Tuple[Shape, Chain]]:
+    """The v0.7 - v0.8.5 shape of the chain, for a live chain whose hairpin marks are
+    on the container's own address: that version wrote it, and wants its lost rules
+    back so (its marks are not `extra`; a repair does not rewrite them in the current
+    shape). None where that address is its whole subnet (a /32 pod address): then the
+    current plugin marks that very /32, and the current shape is the one to compare."""
+    address = config.address(family)
+    if address is None or address.network.prefixlen == address.max_prefixlen:
+        return None
+    return next(
+        ((shape, chain) for shape, chain in _older_chains(config, family)
+         if shape is Shape.HAIRPIN_HOST),
+        None,
+    )  # fmt: skip
 
 
 def _written_dead_there(

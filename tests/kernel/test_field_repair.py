@@ -362,3 +362,42 @@ def test_repair_without_a_cache_does_not_guess_the_mark_bit(host_ns, tmp_path):
     assert "--set-xmark 0x20/0x20" in saved and "--mark 0x20/0x20" in saved, saved
     for check in rp.run_check(host_ns, "ctr1", conf):
         assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_a_v07_chain_that_lost_a_rule_gets_it_back_in_its_own_shape(host_ns, tmp_path, form):
+    """A v0.7 - v0.8.5 chain (hairpin marks on the pod's own address, /32) whose udp
+    DNAT rule was deleted (by hand, a script): check said its plugin's own /32 marks
+    were `extra-rules` ('does not match the container's config (an old address or
+    port?)') and the subnet marks `missing-rules`, and --repair rewrote both marks in
+    the current shape, as if the chain were another version's. Its marks show which
+    version wrote it: the lost rule alone is missing, and the repair puts it back as
+    that version wrote it, the rest of the chain as it was."""
+    containers, _ = CASES["v0.7-prepend-hairpin"]
+    saved = (FIELD / "v0.7-prepend-hairpin.v4.save").read_text()
+    rp._run(
+        [rp._ip(), "netns", "exec", host_ns, rp.tool_path("iptables-restore", "nft")],
+        input=saved,
+        check=True,
+    )
+    for cid, ip, ports in containers:
+        mappings = [{"hostPort": h, "containerPort": c, "protocol": p} for h, c, p in ports]
+        conf = rp.plugin_conf("mynet", [ip], mappings)
+        rp.write_cni_cache(tmp_path, "mynet", cid, "eth0", conf, mappings, [ip])
+    whole = rp.nat_rules(rp.save(host_ns, 4))
+    lost = next(r for r in whole if r.endswith("-j DNAT --to-destination 10.88.0.5:53"))
+    rp.iptables(host_ns, ["-t", "nat", *shlex.split(lost.replace("-A ", "-D ", 1))])
+    common = ["--netns", host_ns, "--family", "4", "-o", "json", "--cni-cache-dir", str(tmp_path)]
+    if form == "mapping":
+        cid, ip, ports = containers[0]
+        common += ["--network", "mynet", "--container", cid, "--ip", ip,
+                   *(w for h, c, p in ports for w in ("-p", f"{h}:{c}/{p}"))]  # fmt: skip
+    done = run(["check", *common])
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert [p["kind"] for p in problems] == ["missing-rules"], problems
+    assert "10.88.0.0/16" not in problems[0]["detail"], problems[0]["detail"]
+    done = run(["check", "--repair", *common])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rp.nat_rules(rp.save(host_ns, 4)) == whole
