@@ -441,27 +441,36 @@ def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[T
         return _dead_shape_left(config, family, live, dead)
     shown = classify_chain(rules)[0]
     if shown is Shape.HAIRPIN_HOST:
-        return _hairpin_host(config, family)
+        return _older(config, family, Shape.HAIRPIN_HOST)
+    if shown is None and _v0_6_there(current.name, live):
+        return _older(config, family, Shape.V0_6)
     if not config.masq_all or shown is not Shape.CURRENT:
         return None
     plain = _plain(config, family)
     return None if plain is None else (Shape.CURRENT, plain)
 
 
-def _hairpin_host(config: MappingConfig, family: int) -> Optional[Tuple[Shape, Chain]]:
-    """The v0.7 - v0.8.5 shape of the chain, for a live chain whose hairpin marks are
-    on the container's own address: that version wrote it, and wants its lost rules
-    back so (its marks are not `extra`; a repair does not rewrite them in the current
-    shape). None where that address is its whole subnet (a /32 pod address): then the
-    current plugin marks that very /32, and the current shape is the one to compare."""
+def _older(config: MappingConfig, family: int, shape: Shape) -> Optional[Tuple[Shape, Chain]]:
+    """The chain in an older version's `shape` (v0.7 - v0.8.5, v0.6), for a live chain
+    that shows that version wrote it: it wants its lost rules back so (its own rules
+    are not `extra`; a repair does not rewrite them in the current shape). None for
+    the v0.7 - v0.8.5 shape where the pod address is its whole subnet (a /32): then
+    the current plugin marks that very /32, and the current shape is the one."""
     address = config.address(family)
-    if address is None or address.network.prefixlen == address.max_prefixlen:
+    if shape is Shape.HAIRPIN_HOST and (
+        address is None or address.network.prefixlen == address.max_prefixlen
+    ):
         return None
-    return next(
-        ((shape, chain) for shape, chain in _older_chains(config, family)
-         if shape is Shape.HAIRPIN_HOST),
-        None,
-    )  # fmt: skip
+    return next(((s, c) for s, c in _older_chains(config, family) if s is shape), None)
+
+
+def _v0_6_there(name: str, live: NatTable) -> bool:
+    """Whether v0.6 wrote the chain `name`: its paired CNI-SN- chain, or a port-less
+    entry rule to it (_written_before_v0_8_6 without the mark rules' word)."""
+    return live.has_chain(paired_snat_chain(name)) or any(
+        rule_target(r) == name and classify_entry(r) is EntryShape.PORTLESS
+        for r in live.rules(TOPLEVEL_DNAT)
+    )
 
 
 def _written_dead_there(

@@ -401,3 +401,43 @@ def test_a_v07_chain_that_lost_a_rule_gets_it_back_in_its_own_shape(host_ns, tmp
     done = run(["check", "--repair", *common])
     assert done.returncode == 0, done.stdout + done.stderr
     assert rp.nat_rules(rp.save(host_ns, 4)) == whole
+
+
+@pytest.mark.netns
+def test_a_v06_chain_that_lost_a_rule_gets_it_back_in_its_own_shape(host_ns, tmp_path):
+    """A v0.6 chain (DNAT rules only, a port-less entry rule, its CNI-SN- twin) whose
+    9090 DNAT rule was deleted: check called the whole current shape missing (the mark
+    rules, SETMARK and MASQ, a multiport entry rule) and v0.6's own entry rule
+    `extra-entry`, and --repair rewrote the container in the current shape. Its
+    port-less entry and CNI-SN- twin show v0.6 wrote it: the lost rule alone is
+    missing, and the repair puts it back as v0.6 wrote it."""
+    saved = (FIELD / "v0.6-portless-entries.v4.save").read_text()
+    rp._run(
+        [rp._ip(), "netns", "exec", host_ns, rp.tool_path("iptables-restore", "nft")],
+        input=saved,
+        check=True,
+    )
+    containers = (
+        (ID_A, "10.88.0.5/16", [(8080, 80)]),
+        (ID_B, "10.88.0.6/16", [(8080, 80), (9090, 90)]),
+    )
+    for cid, ip, ports in containers:
+        mappings = [{"hostPort": h, "containerPort": c, "protocol": "tcp"} for h, c in ports]
+        conf = rp.plugin_conf("mynet", [ip], mappings)
+        rp.write_cni_cache(tmp_path, "mynet", cid, "eth0", conf, mappings, [ip])
+    common = ["--netns", host_ns, "--family", "4", "-o", "json", "--cni-cache-dir", str(tmp_path)]
+    whole = rp.nat_rules(rp.save(host_ns, 4))
+    before = {
+        (p["kind"], p["container_id"])
+        for p in json.loads(run(["check", *common]).stdout)["problems"]
+    }
+    lost = next(r for r in whole if r.endswith("-j DNAT --to-destination 10.88.0.6:90"))
+    rp.iptables(host_ns, ["-t", "nat", *shlex.split(lost.replace("-A ", "-D ", 1))])
+    done = run(["check", *common])
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert {(p["kind"], p["container_id"]) for p in problems} == before | {("missing-rules", ID_B)}
+    [missing] = [p for p in problems if p["kind"] == "missing-rules"]
+    assert "SETMARK" not in missing["detail"], missing["detail"]
+    run(["check", "--repair", *common])
+    assert rp.nat_rules(rp.save(host_ns, 4)) == whole
