@@ -422,8 +422,9 @@ def as_written(config: MappingConfig, family: int, live: NatTable) -> Optional[T
       rules come back dead; the current shape would bring the mapping to life and take
       its port from whichever container gets it now.
     - hairpin marks on the container's own address (/32, /128) where that is not its
-      whole subnet: the v0.7 - v0.8.5 shape (_hairpin_host). Its lost rules come back
-      as that version wrote them; its marks are not `extra`.
+      whole subnet: the v0.7 - v0.8.5 shape (_older). Its lost rules come back
+      as that version wrote them; its marks are not `extra`. So for v0.6's shape (no
+      mark rules), where its port-less entry rule or CNI-SN- twin shows it.
     - for a `masqAll` config, mark rules on the subnet: the shape of a plugin that
       ignores the key (before v1.2: Debian's 1.1.1). That plugin wants it so: its
       lost rules are missing, its mark rules not `extra`, and a repair gives back its
