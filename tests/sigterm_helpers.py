@@ -135,6 +135,14 @@ elif where == "ahead-start":
         time.sleep(1)
         return ahead
     add_ahead.Ahead.start = classmethod(start)
+elif where == "gc-show":
+    # gc's removal, its UDP flush and its state save are done; it reports what it did.
+    from portmapctl.cli import gc as gc_cli
+    real_show = gc_cli._show
+    def _show(*args, **kwargs):
+        hold()
+        return real_show(*args, **kwargs)
+    gc_cli._show = _show
 elif where in ("starting", "over"):
     # Outside the command: Python still starting (the CLI's modules not imported, its
     # handler not there), or the command over (its output written, its handler gone).

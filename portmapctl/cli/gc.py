@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import replace
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import typer
 
@@ -112,7 +113,11 @@ def gc_command(
     from portmapctl.ops.node import locked, opened
 
     out = common.out()
-    with metrics_recording(metrics_file, "gc", common.cache_dirs, out) as recorder:
+    applied: List[GcResult] = []  # the run's removal, once apply_gc has returned it
+    with (
+        _saying_removed(applied),
+        metrics_recording(metrics_file, "gc", common.cache_dirs, out) as recorder,
+    ):
         options = GcOptions(
             min_age=validate.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp
         )
@@ -177,6 +182,7 @@ def gc_command(
                 options = replace(options, only=confirmed)
                 with locked(node), out.progress("removing chains") as progress:
                     result = apply_gc(node, replace(planned, options=options), progress)
+                    applied.append(result)
             else:
                 doing = "looking for chains to remove" if dry_run else "removing chains"
                 with out.progress(doing) as progress:
@@ -184,6 +190,7 @@ def gc_command(
                     # has looked: the bar goes first, the lock's waiting line alone.
                     ended = progress.end if progress is not None else None
                     result = apply_gc(node, planned, progress, before_lock=ended)
+                    applied.append(result)
             tools = restore_tools(node.backend) if common.verbose and dry_run else {}
         if recorder is not None:
             recorder.note_gc(result, node_opts.families)
@@ -193,6 +200,25 @@ def gc_command(
         if common.verbose and dry_run:
             sys.stderr.write(render.transactions_text(result.transactions, tools))
         _not_recorded(result)
+
+
+@contextlib.contextmanager
+def _saying_removed(applied: List[GcResult]) -> Iterator[None]:
+    """A Ctrl-C or SIGTERM once apply_gc returned (while the removal is reported: a
+    table of thousands of rows, the metrics file) says that the removal went in, as
+    one during it does (plan.say_removed). It said "aborted" alone, nothing on stdout
+    yet: read as "nothing was removed", and the next gc found nothing to remove. (Its
+    UDP flush and state save are done by then.) A dry run's removed nothing."""
+    from portmapctl.errors import Interrupted
+
+    try:
+        yield
+    except Interrupted as stop:
+        if not stop.after:
+            from portmapctl.ops.gc.plan import say_removed
+
+            say_removed(stop, [result for result in applied if not result.dry_run])
+        raise
 
 
 def _not_recorded(result: GcResult) -> None:
