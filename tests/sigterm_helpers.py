@@ -143,6 +143,40 @@ elif where == "gc-show":
         hold()
         return real_show(*args, **kwargs)
     gc_cli._show = _show
+elif where == "repair-returned":
+    # check --repair's repair, its side effects and the check after it are done; the
+    # command reports them (its "repaired:" lines first, then the table).
+    from portmapctl import render
+    real_fixed_lines = render.check_fixed_lines
+    def check_fixed_lines(*args, **kwargs):
+        hold()
+        return real_fixed_lines(*args, **kwargs)
+    render.check_fixed_lines = check_fixed_lines
+elif where == "repair-check-after":
+    # check --repair's transactions went in and their side effects are done: the check
+    # after it (of the node, or of the one mapping) is under way.
+    import sys as _sys
+    import portmapctl.ops.check.repair
+    repair_module = _sys.modules["portmapctl.ops.check.repair"]
+    real_check_node, real_owners, calls = repair_module._check_node, repair_module.with_owner_problems, []
+    def _check_node(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # (the first is the check before)
+            hold()
+        return real_check_node(*args, **kwargs)
+    def with_owner_problems(*args, **kwargs):
+        hold()
+        return real_owners(*args, **kwargs)
+    repair_module._check_node, repair_module.with_owner_problems = _check_node, with_owner_problems
+    # One mapping in the nftables backend: its check after is the one check_followed
+    # looked up in ops.check.run when called (repair.py's check before has its own
+    # name for it, imported before this).
+    from portmapctl.ops.check import run as check_run
+    real_followed = check_run.check_followed
+    def check_followed(*args, **kwargs):
+        hold()
+        return real_followed(*args, **kwargs)
+    check_run.check_followed = check_followed
 elif where in ("starting", "over"):
     # Outside the command: Python still starting (the CLI's modules not imported, its
     # handler not there), or the command over (its output written, its handler gone).

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import typer
 
@@ -93,7 +94,8 @@ def check_command(
     out = common.out()
     # Exit 1 (problems found) is a run that did its work.
     metrics = metrics_recording(metrics_file, "check", common.cache_dirs, out, (0, 1))
-    with gc_paused(), metrics as recorder:
+    repaired: List[CheckResult] = []  # what repair returned, once it has
+    with _saying_repaired(repaired), gc_paused(), metrics as recorder:
         mapping_given = mapping.given
         config = None
         forced = False  # the mapping's backend is --backend's (no config key names it)
@@ -119,6 +121,7 @@ def check_command(
                     spelling=spelling_of(mapping),
                     forced=forced,
                 )
+                repaired.append(result)
             elif config is not None:
                 result = _with_repair_command(
                     check_lib.check_mapping(node, config, mapping.ifname, forced=forced)
@@ -163,6 +166,24 @@ def check_command(
             shown = any(p.fix for p in result.problems) and not out.quiet
             out.summary(render.check_summary(result, fixes_above=shown))
         return 0 if result.healthy else 1
+
+
+@contextlib.contextmanager
+def _saying_repaired(repaired: List[CheckResult]) -> Iterator[None]:
+    """A Ctrl-C or SIGTERM once the repair returned (while it is reported: thousands
+    of "repaired:" lines, the table, the metrics file) says the repair went in, as one
+    during it does: "aborted" alone, half the "repaired:" lines shown, read as
+    "nothing more was repaired"."""
+    from portmapctl.errors import Interrupted
+
+    try:
+        yield
+    except Interrupted as stop:
+        from portmapctl.ops.check.repair import say_repair_done
+
+        for result in repaired:
+            say_repair_done(stop, result)
+        raise
 
 
 def _nothing_expected(common: Common, out: Output, why: str) -> int:

@@ -542,19 +542,26 @@ def repair_nft_mapping(
             with contextlib.suppress(PortmapctlError):  # (the run ends as terminated)
                 flush_routed_after(node, tried[-1])
         raise
-    warnings = notes + (
-        after_setup(config, families, flush_udp, local_only=True) if families else []
-    )
-    if flush_udp and text and tried:
-        warnings += flush_routed_after(node, tried[-1])
-    unrepaired = [
-        Unrepaired(
-            t.family, config.network, config.container_id, t.chain, t.why(nft_holder_name(t))
+    try:
+        warnings = notes + (
+            after_setup(config, families, flush_udp, local_only=True) if families else []
         )
-        for _, t in sorted(left.items())
-    ]
-    warnings += [u.text for u in unrepaired]
-    after = check_followed(node, config)
+        if flush_udp and text and tried:
+            warnings += flush_routed_after(node, tried[-1])
+        unrepaired = [
+            Unrepaired(
+                t.family, config.network, config.container_id, t.chain, t.why(nft_holder_name(t))
+            )
+            for _, t in sorted(left.items())
+        ]
+        warnings += [u.text for u in unrepaired]
+        after = check_followed(node, config)
+    except Interrupted as stop:
+        # `nft -f` went in: its side effects, or the check after, under way.
+        from portmapctl.ops.check.repair import say_repaired
+
+        say_repaired(stop, bool(tried), nft_changed(tried[-1], [config]) if tried else [])
+        raise
     remaining = {p.key for p in after.problems}
     return CheckResult(
         after.problems,

@@ -311,11 +311,26 @@ def say_repaired(
     as "nothing was written"."""
     if not attempted:
         return
-    containers = len({(c.network, c.container_id) for c, _ in made})
-    which = f" of {containers} container{'s' if containers != 1 else ''}" if containers else ""
-    stop.after = (
-        f"the repair{which} had gone in, or was going in (`portmapctl check` shows what is left)"
+    stop.after = _went_in(len({(c.network, c.container_id) for c, _ in made}))
+
+
+def say_repair_done(stop: Interrupted, result: CheckResult) -> None:
+    """say_repaired for a Ctrl-C or SIGTERM once repair() returned `result` (while the
+    command reports it: the "repaired:" lines, the table, the metrics file), unless
+    the line says something already: "terminated" alone read as "nothing was
+    written"."""
+    if stop.after or not result.repaired:
+        return
+    stop.after = _went_in(
+        len({(p.network, p.container_id) for p in result.fixed if p.container_id})
     )
+
+
+def _went_in(containers: int) -> str:
+    """What the line of a signal says once a repair of `containers` went in (0: of
+    no container named, e.g. only the top-level chains)."""
+    which = f" of {containers} container{'s' if containers != 1 else ''}" if containers else ""
+    return f"the repair{which} had gone in, or was going in (`portmapctl check` shows what is left)"
 
 
 def _converge_shared(
@@ -501,19 +516,24 @@ def repair(
         # SIGTERM or Ctrl-C once a transaction went in (or was under way): what it made
         # still gets the plugin's side effects on the way out; the next check finds it
         # healthy and would leave its UDP flows pinned to the un-NATed path for good.
-        made = _attempted(planned, configs or [])
-        if nft_tried:
-            made += nft_repair.nft_changed(*nft_tried[-1])
+        made = _handed_over(planned, configs, nft_tried)
         say_repaired(stop, bool(planned.attempted or nft_tried), made)
         after_setup_many(made, flush_udp, local_only=True)
         if flush_udp and nft_tried:
             with contextlib.suppress(PortmapctlError):  # (the run ends as terminated)
                 nft_repair.flush_routed_after(node, nft_tried[-1][0])
         raise
-    now = {family: planned.read(family) for family in read.tables}
-    if cache is not None and attachments is not None:
-        attachments = cache.refreshed(attachments)  # what the plans were made from
-    after = _check_node(node, attachments, replace(read, tables=now))
+    try:
+        now = {family: planned.read(family) for family in read.tables}
+        if cache is not None and attachments is not None:
+            attachments = cache.refreshed(attachments)  # what the plans were made from
+        after = _check_node(node, attachments, replace(read, tables=now))
+    except Interrupted as stop:
+        # The repair and its side effects are done; the check after it is not.
+        say_repaired(
+            stop, bool(planned.attempted or nft_tried), _handed_over(planned, configs, nft_tried)
+        )
+        raise
     return _repaired(before, after, transactions, warnings, unrepaired)
 
 
@@ -523,6 +543,20 @@ def _key_ignored_warnings(ignored: Sequence[Attachment]) -> List[str]:
     from portmapctl.ops.nft import key_ignored_warning
 
     return [key_ignored_warning(ignored)]
+
+
+def _handed_over(
+    planned: ReadOnce,
+    configs: Optional[Sequence[MappingConfig]],
+    nft_tried: Sequence[Tuple[NftTransaction, List[MappingConfig]]],
+) -> List[Tuple[MappingConfig, List[int]]]:
+    """The mappings the node's repair handed to iptables and nft (re)made."""
+    from portmapctl.ops.check import nft_repair
+
+    made = _attempted(planned, configs or [])
+    if nft_tried:
+        made += nft_repair.nft_changed(*nft_tried[-1])
+    return made
 
 
 def _repair_mapping(
@@ -594,17 +628,22 @@ def _repair_mapping(
         say_repaired(stop, bool(planned.attempted), made)
         after_setup_many(made, flush_udp, local_only=True)
         raise
-    warnings = notes + (
-        after_setup_many([(config, families)], flush_udp, local_only=True) if families else []
-    )
-    unrepaired = _in_row_order([*unrepaired, *missing.values()])
-    warnings += [u.text for u in unrepaired]
-    tables = {family: planned.read(family) for family in before.families}
-    # What other owners take of its ports no repair of ours cures: said after as before.
-    after = with_owner_problems(
-        node, config, tables, mapping_result(config, tables, sharing=sharing)
-    )
-    after = replace(after, notes=followed_notes + after.notes)
+    try:
+        warnings = notes + (
+            after_setup_many([(config, families)], flush_udp, local_only=True) if families else []
+        )
+        unrepaired = _in_row_order([*unrepaired, *missing.values()])
+        warnings += [u.text for u in unrepaired]
+        tables = {family: planned.read(family) for family in before.families}
+        # What other owners take of its ports no repair of ours cures: said after as before.
+        after = with_owner_problems(
+            node, config, tables, mapping_result(config, tables, sharing=sharing)
+        )
+        after = replace(after, notes=followed_notes + after.notes)
+    except Interrupted as stop:
+        # Its transactions are in: their side effects, or the check after, under way.
+        say_repaired(stop, bool(planned.attempted), _attempted(planned, [config]))
+        raise
     return _repaired(before, after, transactions, warnings, unrepaired)
 
 
