@@ -444,6 +444,31 @@ def test_state_distrusts_what_it_cannot_vouch_for(tmp_path):
     assert gc_state.load(str(run_dir), "ns")[0] == {ChainKey(4, "a"): gc_state.Seen("f", 1.0)}
 
 
+@pytest.mark.parametrize(
+    ("document", "words"),
+    [
+        ({"version": 99, "namespaces": {}}, "version 99"),
+        ([1, 2], "not gc's state"),
+        ({"version": 1, "namespaces": []}, "not gc's state"),
+    ],
+)
+def test_a_state_file_of_another_version_or_shape_is_started_afresh_with_a_warning(
+    tmp_path, document, words
+):
+    """guarantees.md says a state file that says nothing usable is started afresh with
+    a warning: one of another version (two portmapctl versions on one node would wipe
+    each other's sightings, so --min-age were never reached) or not gc's shape was
+    started afresh silently. (Another boot's is: /run outlived a reboot, no news.)"""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    if isinstance(document, dict):
+        document = {"boot_id": gc_state._boot_id(), **document}
+    (run_dir / gc_state.STATE_FILE).write_text(json.dumps(document))
+    found, warnings = gc_state.load(str(run_dir), "ns")
+    assert found == {}
+    assert len(warnings) == 1 and words in warnings[0] and "starting afresh" in warnings[0]
+
+
 def test_state_refuses_symlinks(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir(mode=0o700)

@@ -128,13 +128,14 @@ def _read_document(state_dir: str) -> Tuple[dict, List[str]]:
         document = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return {}, [f"{path} is not valid JSON: starting afresh"]
-    if (
-        not isinstance(document, dict)
-        or document.get("version") != VERSION
-        or document.get("boot_id") != _boot_id()
-        or not isinstance(document.get("namespaces"), dict)
-    ):
-        return {}, []
+    if not isinstance(document, dict) or not isinstance(document.get("namespaces"), dict):
+        return {}, [f"{path} is not gc's state: starting afresh"]
+    if document.get("version") != VERSION:
+        # (Another portmapctl's on this node: each would wipe the other's sightings.)
+        version = str(document.get("version"))[:20]
+        return {}, [f"{path} is of version {version}, not {VERSION}: starting afresh"]
+    if document.get("boot_id") != _boot_id():
+        return {}, []  # (/run outlived a reboot: no sighting survives one, no news)
     return document, []
 
 
