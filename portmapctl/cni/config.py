@@ -183,6 +183,51 @@ def port_mappings(value: Any, source: str) -> Tuple[PortMapping, ...]:
 # and hands it to portmap as prevResult, in that version) spell addresses their own way.
 LEGACY_RESULT_VERSIONS = ("0.1.0", "0.2.0")
 
+# libcni's result types (types/020, 040, 100), each with the cniVersions it reads: the
+# stdin's cniVersion picks one, and prevResult must be of a version of that one. ""
+# is 020's too: a config without cniVersion is 0.1.0 to the plugin.
+RESULT_TYPES = (("", *LEGACY_RESULT_VERSIONS), ("0.3.0", "0.3.1", "0.4.0"), ("1.0.0", "1.1.0"))
+# What the plugin's skel takes (upstream v1.6.2-v1.9.1; Debian's 1.1.1 stops at 1.0.0).
+PLUGIN_VERSIONS = tuple(version for versions in RESULT_TYPES for version in versions if version)
+
+
+def stdin_versions(conf: Any, source: str) -> Any:
+    """`conf` (the plugin's stdin) with its prevResult's `cniVersion` the one the plugin
+    reads that result in, which result_addresses goes by; BadInput where the plugin
+    refuses the versions before it reads anything else: a cniVersion it does not
+    support (its skel: "incompatible CNI versions"), or a prevResult of another
+    version than the config's (libcni: "result type supports [...] but unmarshalled
+    cniVersion is ..."). The plugin reads prevResult in the config's version: without
+    a cniVersion (0.1.0), a prevResult spelling `ips` has no address to it, and one
+    spelling `ip4` does."""
+    if not isinstance(conf, dict):
+        return conf  # (plugin_config says why the plugin refuses it)
+    version = go_field(conf, "cniVersion", null_keeps=True)
+    version = "" if version is None else version
+    if not isinstance(version, str) or (version and version not in PLUGIN_VERSIONS):
+        raise BadInput(
+            f"{source}: unsupported cniVersion {shown(version)}: the plugin's ADD fails on it"
+            f" (it takes {', '.join(PLUGIN_VERSIONS)})"
+        )
+    previous = conf.get("prevResult")
+    if not isinstance(previous, dict):
+        return conf
+    # libcni's ParsePrevResult: a result without a version is given the config's, and
+    # the result is re-marshalled from a Go map (keys sorted) before it is read.
+    handed = dict(previous)
+    if handed.get("CNIVersion", "") == "":
+        handed["CNIVersion"] = version
+    result_version = go_field(dict(sorted(handed.items())), "cniVersion", null_keeps=True) or ""
+    [result_type] = [versions for versions in RESULT_TYPES if version in versions]
+    if result_version not in result_type:
+        raise BadInput(
+            f"{source}: prevResult's cniVersion {shown(result_version)} is not of the"
+            f" config's cniVersion {shown(version or '0.1.0')}: the plugin's ADD fails on it"
+            f" (give both the same version)"
+        )
+    # (0.1.0 for 020's "": result_addresses reads a result of that type by its version.)
+    return dict(conf, prevResult=dict(previous, cniVersion=result_version or "0.1.0"))
+
 
 def result_addresses(result: Any, ifname: Optional[str], source: str) -> List[Interface]:
     """The container's addresses from a CNI result, first of each family.
@@ -231,7 +276,11 @@ def forwards_nothing(conf: Any, ifname: Optional[str], source: str) -> str:
     if ports is None or ports == []:
         return "maps no ports (runtimeConfig.portMappings is empty)"
     if not result_addresses(conf["prevResult"], ifname, source):
-        return f"gives {ifname or 'the container'} no address (prevResult.ips)"
+        where = "prevResult.ips"
+        if conf["prevResult"].get("cniVersion") in LEGACY_RESULT_VERSIONS:
+            # (A config without cniVersion is 0.1.0: its prevResult's `ips` are unread.)
+            where = "prevResult.ip4/ip6, as a result of cniVersion 0.1.0 or 0.2.0"
+        return f"gives {ifname or 'the container'} no address ({where})"
     return ""
 
 

@@ -123,7 +123,15 @@ def test_hostile_names_and_ids_are_refused(node, option, name):
         ),
         (json.dumps({"name": "mynet", "snat": "yes"}), "snat must be true or false"),
         (
-            json.dumps({"name": "mynet", "prevResult": {"ips": [{"address": "10.0.0.1"}]}}),
+            # (With its cniVersion: without one the plugin reads prevResult as a 0.1.0
+            # result, whose `ips` it never reads: tests/interop/test_cni_versions.py.)
+            json.dumps(
+                {
+                    "cniVersion": "0.4.0",
+                    "name": "mynet",
+                    "prevResult": {"ips": [{"address": "10.0.0.1"}]},
+                }
+            ),
             "IP/PREFIX",
         ),
     ],
