@@ -57,7 +57,7 @@ def mapping_and_key(
             raise BadInput(f"--cni-config cannot be combined with {', '.join(given)}")
         source = "<stdin>" if cni_config == "-" else cni_config
         conf = cni_json.load_json(files.read_text(cni_config, "--cni-config"), source)
-        conf = cni_json.stdin_versions(conf, source)
+        conf = cni_json.stdin_as_read(conf, source)
         writes_to = backend
         if writes_to is None and paths.find_tool("iptables") is None:
             # No iptables: the plugin, and _add after it, take nftables for a config

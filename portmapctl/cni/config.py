@@ -191,9 +191,12 @@ RESULT_TYPES = (("", *LEGACY_RESULT_VERSIONS), ("0.3.0", "0.3.1", "0.4.0"), ("1.
 PLUGIN_VERSIONS = tuple(version for versions in RESULT_TYPES for version in versions if version)
 
 
-def stdin_versions(conf: Any, source: str) -> Any:
-    """`conf` (the plugin's stdin) with its prevResult's `cniVersion` the one the plugin
-    reads that result in, which result_addresses goes by; BadInput where the plugin
+def stdin_as_read(conf: Any, source: str) -> Any:
+    """`conf` (the plugin's stdin) as the plugin reads it: the keys its structs take in
+    any case (Go's encoding/json: "RuntimeConfig", "PortMappings", "PrevResult" and
+    "Name" are theirs, the later spelling winning) spelled as the rest of this module
+    reads them, and its prevResult's `cniVersion` the one the plugin reads that result
+    in, which result_addresses goes by; BadInput where the plugin
     refuses the versions before it reads anything else: a cniVersion it does not
     support (its skel: "incompatible CNI versions"), or a prevResult of another
     version than the config's (libcni: "result type supports [...] but unmarshalled
@@ -202,6 +205,10 @@ def stdin_versions(conf: Any, source: str) -> Any:
     spelling `ip4` does."""
     if not isinstance(conf, dict):
         return conf  # (plugin_config says why the plugin refuses it)
+    conf = _spelled_as_read(conf, {"name": True, "runtimeConfig": True, "prevResult": False})
+    if isinstance(conf.get("runtimeConfig"), dict):
+        runtime = _spelled_as_read(conf["runtimeConfig"], {"portMappings": False})
+        conf = dict(conf, runtimeConfig=runtime)
     version = go_field(conf, "cniVersion", null_keeps=True)
     version = "" if version is None else version
     if not isinstance(version, str) or (version and version not in PLUGIN_VERSIONS):
@@ -227,6 +234,19 @@ def stdin_versions(conf: Any, source: str) -> Any:
         )
     # (0.1.0 for 020's "": result_addresses reads a result of that type by its version.)
     return dict(conf, prevResult=dict(previous, cniVersion=result_version or "0.1.0"))
+
+
+def _spelled_as_read(entry: dict, fields: Mapping[str, bool]) -> dict:
+    """`entry` with each of `fields` (name: whether a JSON null leaves the Go field as
+    it was: a string's or a struct's) under that name alone, as go_field reads it."""
+    folded = {name.casefold(): name for name in fields}
+    kept = {k: v for k, v in entry.items() if not (isinstance(k, str) and k.casefold() in folded)}
+    for name, null_keeps in fields.items():
+        if any(isinstance(k, str) and k.casefold() == name.casefold() for k in entry):
+            value = go_field(entry, name, null_keeps=null_keeps)
+            if value is not None or not null_keeps:
+                kept[name] = value
+    return kept
 
 
 def result_addresses(result: Any, ifname: Optional[str], source: str) -> List[Interface]:
