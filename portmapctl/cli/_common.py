@@ -505,8 +505,10 @@ class Output(NamedTuple):
 
         stream = sys.stderr if stderr else sys.stdout
         plain = self.plain(stream)
-        # Off a terminal, tables get room instead of being squeezed to 80 columns.
-        width = None if _isatty(stream) else 250
+        # Off a terminal, tables get room instead of being squeezed to 80 columns. On
+        # one, the width the tables were fitted to: rich's own reading takes COLUMNS=0
+        # as it is, and prints nothing at all at that width.
+        width = self.width(stream) if _isatty(stream) else 250
         return Console(
             file=stream,
             no_color=plain,

@@ -280,3 +280,23 @@ def test_a_line_written_while_the_bar_shows_stays_one_line():
     os.close(master)
     lines = shown.decode(errors="replace").replace("\r", "\n").splitlines()
     assert any(line.endswith(f"portmapctl: warning: {long_line}") for line in lines), lines
+
+
+@pytest.mark.parametrize("command", [["list"], ["check"]])
+def test_a_terminal_whose_columns_say_0_gets_the_whole_table(command):
+    """COLUMNS=0 (what `export COLUMNS=$(tput cols)` gives where the terminal reports no
+    size, as `kubectl exec -t` can before its first resize): the table was fitted to
+    the terminal's own width (or 80), but rich, handed no width, took COLUMNS' 0 and
+    printed nothing of a coloured table: `list` showed its summary line alone and
+    `check` said "(fixes above)" under nothing."""
+    import re
+
+    def shown(columns: str) -> str:
+        _, out, _ = run_on_terminal([*command, *EXAMPLE], {"COLUMNS": columns})
+        assert any(c in out for c in SGR_COLOUR), out
+        return re.sub(r"\x1b\[[0-9;]*m", "", out)
+
+    wanted = shown("80")
+    assert "shadowed" in wanted
+    for columns in ("0", "00"):
+        assert shown(columns) == wanted, columns
