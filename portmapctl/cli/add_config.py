@@ -50,11 +50,28 @@ def mapping_and_key(
         from portmapctl.cni import config as cni_json
         from portmapctl.host import files, paths
 
+        # The config's own keys say all of these (name, snat, markMasqBit, ...): one
+        # given beside it was dropped without a word (--no-snat, and SNAT written).
         given = [
-            name for name, value in (("--network", network), ("--ip", ip), ("-p", publish)) if value
+            name
+            for name, value in (
+                ("--network", network),
+                ("--ip", ip),
+                ("-p", publish),
+                ("--no-snat", mapping.no_snat),
+                ("--masq-all", mapping.masq_all),
+                ("--mark-bit", mapping.mark_bit is not None),
+                ("--external-setmark-chain", mapping.external_setmark_chain is not None),
+                ("--conditions-v4", mapping.conditions_v4 is not None),
+                ("--conditions-v6", mapping.conditions_v6 is not None),
+            )
+            if value
         ]
         if given:
-            raise BadInput(f"--cni-config cannot be combined with {', '.join(given)}")
+            raise BadInput(
+                f"--cni-config cannot be combined with {', '.join(given)}: the config's own"
+                f" keys say what they would (give one or the other)"
+            )
         source = "<stdin>" if cni_config == "-" else cni_config
         conf = cni_json.load_json(files.read_text(cni_config, "--cni-config"), source)
         conf = cni_json.stdin_as_read(conf, source)

@@ -680,6 +680,16 @@ def _cases() -> List[Case]:
             "cannot read --cni-config")  # fmt: skip
         add(f"{command} --cni-config missing", _then(base, "--cni-config", "/nonexistent"),
             "cannot read --cni-config")  # fmt: skip
+        # The config's own keys say these: taken silently, they were dropped (add
+        # --cni-config --no-snat wrote the SNAT rules, exit 0).
+        valid = json.dumps(_portmap_config()).encode()
+        for extra in (["--no-snat"], ["--masq-all"], ["--mark-bit", "5"],
+                      ["--external-setmark-chain", "KUBE-MARK-MASQ"],
+                      ["--conditions-v4", "-s 10.0.0.0/8"], ["--conditions-v6", "-s fd00::/8"]):  # fmt: skip
+            add(f"{command} --cni-config with {extra[0]}",
+                _then(_file_arg(base, "--cni-config", lambda f, d=valid: f.write("conf-ok", d)),
+                      *extra),
+                "cannot be combined", extra[0])  # fmt: skip
         add(f"{command} --ifname bad with --cni-config",
             _then(base, "--cni-config", "/dev/null", "--ifname", "a b"), "interface name")  # fmt: skip
 
