@@ -210,6 +210,10 @@ main()
 """
 
 
+def _ctrl_c_as_on_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def killed_while_writing(argv, env, where, marker, sig=signal.SIGTERM):
     """`portmapctl ARGV` held at the hook `where` (its `marker` file says it is there),
     then sent SIGTERM (or `sig`): (exit status, stdout, stderr)."""
@@ -221,6 +225,9 @@ def killed_while_writing(argv, env, where, marker, sig=signal.SIGTERM):
         stderr=subprocess.PIPE,
         text=True,
         env=full,
+        # Ctrl-C's default, as on a terminal: a suite started in the background by a
+        # shell without job control inherits SIGINT ignored, and Python keeps it so.
+        preexec_fn=_ctrl_c_as_on_a_terminal,
     )
     try:
         deadline = time.monotonic() + 60
