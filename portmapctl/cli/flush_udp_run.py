@@ -52,4 +52,4 @@ def run(
         width = None if whole else out.width()
         out.show(render.flush_table(result, width=width, header=not out.no_headers))
         out.blank()
-    out.summary(render.flush_summary(result, container))
+    out.summary(render.flush_summary(result, container, ports or ()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.core.status import FlushReason
 from portmapctl.render.cuts import address_floor, cut_address, cut_ip, ip_floor
@@ -81,11 +81,18 @@ def _flush_ports_text(keys: Iterable[Tuple[int, int]]) -> str:
     return ("host port " if len(families) == 1 else "host ports ") + shown
 
 
-def flush_summary(result: FlushResult, container: Optional[str] = None) -> str:
+def flush_summary(
+    result: FlushResult, container: Optional[str] = None, asked: Sequence[int] = ()
+) -> str:
     """The one line that says what happened (or would): the ports named are those of
     the entries deleted, or where none was, those looked at (with --stale-only, "none
-    misrouted to" them: the entries it found there are kept, and counted)."""
+    misrouted to" them: the entries it found there are kept, and counted). `asked`:
+    the --port values, named when the container maps none of them."""
     if not result.ports:
+        if container and asked:
+            named = ", ".join(str(p) for p in asked)
+            some = "no UDP host port" if len(asked) == 1 else "none of the UDP host ports"
+            return f"a container {container}* maps {some} {named}: nothing to flush"
         whose = f" of a container {container}*" if container else ""
         return f"no mapped UDP host ports{whose}: nothing to flush"
     count = result.deleted

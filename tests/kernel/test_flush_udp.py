@@ -287,8 +287,12 @@ def test_options_choose_the_ports(
          "would delete 0 UDP conntrack entries: none to 10 host ports"),
         (["--container", "def", "--family", "4"],
          "would delete 1 UDP conntrack entry to host port 6000 (v4)"),
+        # It said "no mapped UDP host ports of a container abc*", which maps 5353.
+        (["--container", "abc", "--port", "6000"],
+         "a container abc* maps no UDP host port 6000: nothing to flush"),
     ],
-    ids=["stale-only", "ten-ports-one-found", "none-found", "ten-ports-none-found", "container"],
+    ids=["stale-only", "ten-ports-one-found", "none-found", "ten-ports-none-found", "container",
+         "container-port"],
 )  # fmt: skip
 def test_the_summary_names_the_ports_of_what_it_deletes(
     node: str, capsys: pytest.CaptureFixture[str], args: list[str], summary: str

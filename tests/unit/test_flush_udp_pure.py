@@ -452,6 +452,14 @@ def test_json_has_the_spec_keys_and_table_says_why() -> None:
     assert render.flush_summary(gone).endswith("; 1 had gone already")
     nothing = FlushResult(False, False, (), (), 0, 0)
     assert "nothing to flush" in render.flush_summary(nothing, "zzz")
+    # --container with --port: the port asked for is named, not "no mapped UDP host
+    # ports" of a container that maps some (helper-171's review).
+    assert render.flush_summary(nothing, "live1", [9090]) == (
+        "a container live1* maps no UDP host port 9090: nothing to flush"
+    )
+    assert render.flush_summary(nothing, "live1", [9090, 9091]).startswith(
+        "a container live1* maps none of the UDP host ports 9090, 9091:"
+    )
 
 
 def test_the_summary_names_no_port_of_an_entry_gone_before_the_delete() -> None:
