@@ -232,6 +232,15 @@ def stdin_as_read(conf: Any, source: str) -> Any:
             f" config's cniVersion {shown(version or '0.1.0')}: the plugin's ADD fails on it"
             f" (give both the same version)"
         )
+    if result_version not in ("", *LEGACY_RESULT_VERSIONS):
+        from portmapctl.cni.result_types import refusal
+
+        why = refusal(as_handed(previous), result_version)
+        if why is not None:
+            raise BadInput(
+                f"{source}: prevResult{why}: the plugin's ADD fails on it (libcni cannot"
+                " read the result)"
+            )
     # (0.1.0 for 020's "": result_addresses reads a result of that type by its version.)
     return dict(conf, prevResult=dict(previous, cniVersion=result_version or "0.1.0"))
 
