@@ -151,6 +151,11 @@ class CacheInfo(NamedTuple):
         what the line says, not that stale cannot be told from live."""
         where = ", ".join(os.path.join(d, "results") for d in self.dirs)
         if not self.present:
+            # `--cni-cache-dir /var/lib/cni/results`: the folder libcni keeps below it.
+            below = [d for d in self.dirs if os.path.basename(os.path.normpath(d)) == "results"]
+            if below and os.path.isdir(below[0]):
+                parent = os.path.dirname(os.path.normpath(below[0])) or "."
+                where += f" (results/ is below the cache directory: give {parent})"
             if told_by:
                 return f"no CNI cache at {where}: the live containers are those {told_by} names"
             return (

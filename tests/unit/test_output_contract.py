@@ -408,6 +408,12 @@ def test_a_wrong_cache_dir_is_said_on_stderr_and_in_json(tmp_path):
     done = pmctl("check", *SNAPSHOTS, "--cni-cache-dir", str(empty), "-o", "json")
     assert validate_document("check", done.stdout)["cache"]["entries"] == 0
     assert "is empty" in done.stderr
+    # The results/ folder itself given (helper-171's review): the line says to give its
+    # parent, still one line.
+    (empty / "results" / "mynet-abc-eth0").write_text("{}")
+    done = pmctl("list", *SNAPSHOTS, "--cni-cache-dir", str(empty / "results"))
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert f"results/ is below the cache directory: give {empty})" in done.stderr
     good = pmctl("list", *EXAMPLE, "-o", "json")
     assert json.loads(good.stdout)["cache"] == {"dirs": [CACHE[1]], "present": True, "entries": 3}
     assert good.stderr == ""
