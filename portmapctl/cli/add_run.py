@@ -371,7 +371,11 @@ def _report(
             out.summary(f"unchanged: {chain} ({who}) {are} already in place (dry run)")
         return
     if result.changed:
-        out.summary(f"added {chain} ({who})")
+        # A chain add found (read, not written blind) and wrote to this config's ports.
+        had = config.backend != Backend.NFTABLES and any(
+            table.has_chain(chain) for table in result.seen.values()
+        )
+        out.summary(f"{'rewrote' if had else 'added'} {chain} ({who})")
     else:
         out.summary(f"unchanged: {chain} ({who}) {are} already in place")
 

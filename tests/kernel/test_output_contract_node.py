@@ -84,6 +84,10 @@ def test_quiet_and_stdout_for_add_gc_and_flush_udp(node: Node_):
     assert re.fullmatch(r"added CNI-DN-[0-9a-f]{21} \(n1/c1\)\n", done.stdout), done.stdout
     again = run([*add, "-q"])
     assert again.stdout.startswith("unchanged: ")
+    # Its chain there with other ports, add writes it to this config: not "added".
+    other = run([*add[:-2], "-p", "5301:53/udp", "-q"])
+    assert re.fullmatch(r"rewrote CNI-DN-[0-9a-f]{21} \(n1/c1\)\n", other.stdout), other.stdout
+    assert run([*add, "-q"]).stdout.startswith("rewrote ")
     doc = valid("add", run([*add, "-o", "json"]).stdout)
     assert doc["changed"] is False and doc["backend"] == "iptables"
 
