@@ -37,6 +37,7 @@ from portmapctl.core.mapping import Mapping, MappingConfig, takes_all_of
 from portmapctl.core.status import ChainKind, ProblemKind, Status
 from portmapctl.nftables.node import is_plugin_rule
 from portmapctl.nftables.ruleset import (
+    COUNTER,
     FAMILY_NAMES,
     HOSTIP_HOSTPORTS,
     HOSTPORTS,
@@ -145,7 +146,8 @@ def _dnat_fields(
     rule: Rule,
 ) -> Optional[Tuple[str, Tuple[int, ...], Optional[str], Tuple[str, ...]]]:
     """(protocol, host ports, host IP, the other matches' text) of a host-port rule,
-    else None (no `tcp|udp|sctp dport` it can read)."""
+    else None (no `tcp|udp|sctp dport` it can read). A counter is no such match: it
+    holds no packet back."""
     body = rule.body
     daddr = f"{FAMILY_NAMES[rule.family]} daddr"
     proto, ports = None, None
@@ -155,7 +157,7 @@ def _dnat_fields(
         if len(left) == 2 and left[1] == "dport" and match.op == "==" and ports is None:
             ports = dport_values(match.right)
             proto = left[0]
-        elif not (match.left == daddr and match.op == "=="):
+        elif not (match.left == daddr and match.op == "==") and match != COUNTER:
             others.append(match.text())
     if proto is None or not ports:
         return None

@@ -69,6 +69,11 @@ class Match:
         return f"{left} {op}{right}"
 
 
+# A `counter` statement, whatever it has counted: opaque (a rule with one is not the
+# plugin's), but it holds every packet and lets each one on, so it is no condition of
+# the rule (inventory), and its numbers, which traffic changes, are no part of the value.
+COUNTER = Match("?", raw="counter")
+
 _BARE_META = {"meta iifname", "meta oifname", "meta iif", "meta oif", "meta mark"}
 _QUOTED = {"meta iifname", "meta oifname"}
 
@@ -400,8 +405,10 @@ class _Values:
                     target=str(value["target"]),
                     raw=None if key == "jump" else f"goto {value['target']}",
                 )
+            elif key == "counter":
+                matches.append(COUNTER)
             else:
-                # counter, log, ...: kept as opaque so the rule is not mistaken for ours.
+                # log, limit, ...: kept as opaque so the rule is not mistaken for ours.
                 matches.append(Match("?", raw=json.dumps(expr, sort_keys=True)))
         return _made_body(tuple(matches), action, comment)
 

@@ -82,6 +82,39 @@ def test_a_foreign_rule_taking_a_containers_port_first_shadows_it(
     assert "not the plugin's" in problem["why"] and problem["container_id"] == "web1"
 
 
+def test_a_counter_on_a_rule_taking_a_containers_port_first_is_no_condition(
+    node: str, tmp_path: Path
+) -> None:
+    """A `counter` statement counts every packet and lets every one on: an admin's rule
+    with one (the habit of anyone writing nft rules by hand) inserted before web1's
+    takes tcp/8080 as the same rule without it does. It was read as a condition (the
+    rule's JSON `{"counter": {"bytes": 0, ...}}` printed as one, in the HOST column and
+    in check's note), so the rule claimed no port: web1's row said ok, check healthy,
+    while every packet went to the admin's rule. The stale rule of a gone container
+    with a counter, the same: no `if {"counter": ...}` on its row."""
+    _plugin_add(node, tmp_path, WEB)
+    upstream.nft(node, "insert", "rule", "ip", "cni_hostport", "hostports",
+                 "tcp", "dport", "8080", "counter", "dnat", "to", "10.0.0.1:22")  # fmt: skip
+    upstream.nft(node, "add", "rule", "ip", "cni_hostport", "hostports", "tcp", "dport",
+                 "7070", "counter", "dnat", "to", "10.88.0.99:70", "comment", '"gone1"')  # fmt: skip
+    (alien,) = [r for r in _rules_of(node, "hostports") if "comment" not in r]
+    listed = json.loads(_pmctl(node, tmp_path, "list", "-o", "json").stdout)["mappings"]
+    rows = {(m["container_id"], m["family"], m["protocol"], m["host_port"]): m for m in listed}
+    web = rows[("web1", 4, "tcp", 8080)]
+    assert (web["status"], web.get("shadowed_by")) == (["shadowed"], f"handle {alien['handle']}")
+    gone = rows[("gone1", 4, "tcp", 7070)]
+    assert (gone["status"], "conditions" in gone) == (["stale"], False)
+    text = _pmctl(node, tmp_path, "list", "--no-trunc").stdout
+    assert "counter" not in text, text
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 1
+    kinds = {(p["kind"], p["container_id"]) for p in json.loads(checked.stdout)["problems"]}
+    assert kinds == {("shadowed", "web1"), ("stale", "gone1")}
+    # The note names the admin's rule as nft prints it, never its JSON.
+    assert "tcp dport 8080 counter dnat to 10.0.0.1:22" in checked.stderr, checked.stderr
+    assert "{" not in checked.stderr, checked.stderr
+
+
 # --- a container in both backends -------------------------------------------------------
 
 BOTH = ("both1", ["10.88.0.9/16"], [rp.port_mapping(8090, 90)])

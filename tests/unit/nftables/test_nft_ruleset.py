@@ -237,3 +237,27 @@ def test_hand_written_dnat_statements_are_opaque_not_a_bad_table() -> None:
     plugin = [r for r in rules if is_plugin_rule(r)]
     assert [r.comment for r in plugin] == ["aaaa1111"] * 2 + ["bbbb2222"] * 2 + ["cccc3333"] * 2
     assert plugin[0].body.text(4) == 'tcp dport 8080 dnat to 10.88.0.5:80 comment "aaaa1111"'
+
+
+def test_a_counter_is_one_value_whatever_it_counted() -> None:
+    """A `counter` statement reads as one opaque value, printed as nft takes it: the
+    numbers traffic changes are no part of the rule (its JSON with them was printed as
+    the rule's condition, and made the rule a new value at every packet)."""
+
+    def body(packets: int) -> rs.RuleBody:
+        document = {"nftables": [
+            {"table": {"family": "ip", "name": "cni_hostport", "handle": 1}},
+            {"chain": {"family": "ip", "table": "cni_hostport", "name": "hostports", "handle": 1}},
+            {"rule": {"family": "ip", "table": "cni_hostport", "chain": "hostports", "handle": 2,
+                      "expr": [
+                          {"match": {"op": "==", "left": {"payload": {"protocol": "tcp",
+                                                                      "field": "dport"}},
+                                     "right": 8080}},
+                          {"counter": {"packets": packets, "bytes": 60 * packets}},
+                          {"dnat": {"addr": "10.0.0.1", "port": 22}}]}},
+        ]}  # fmt: skip
+        return rs.parse(json.dumps(document), "d").tables[4].rules_of("hostports")[0].body
+
+    assert body(0) == body(7)
+    assert body(7).text(4) == "tcp dport 8080 counter dnat to 10.0.0.1:22"
+    assert rs.COUNTER in body(7).matches
