@@ -577,6 +577,34 @@ def _host_ip_rule(body: RuleBody) -> bool:
     return bool(body.matches) and body.matches[0].left.endswith(" daddr")
 
 
+def superseded(live: Ruleset, want: WantedFamily, address: str) -> List[Rule]:
+    """The plugin's rules of `want`'s container for its address `address` (DNATs to it,
+    its masquerade rules) that `want` has not: an earlier ADD of this interface with
+    other ports (or SNAT), which add replaces, as it rewrites the container's iptables
+    chain: the state the plugin's DEL and then ADD leave. Its rules for other addresses
+    (the container on another network: the rules name no network) are not these."""
+    from portmapctl.nftables.node import is_plugin_rule
+
+    table = live.table(want.family)
+    if table is None:
+        return []
+    keep = {*want.hostports, *want.masquerading}
+    daddr = f"{'ip6' if want.family == 6 else 'ip'} daddr"
+    found = []
+    for chain in CONTAINER_CHAINS:
+        for rule in table.rules_of(chain):
+            body = rule.body
+            if rule.comment != want.container_id or body in keep or not is_plugin_rule(rule):
+                continue
+            if body.action.kind is ActionKind.DNAT:
+                ours = body.action.addr == address
+            else:  # (is_plugin_rule: a masquerade of `ip saddr A ip daddr B`)
+                ours = body.value(daddr) == address
+            if ours:
+                found.append(rule)
+    return found
+
+
 def teardown(
     live: Ruleset, container_ids: Iterable[str], families: Optional[Iterable[int]] = None
 ) -> Transaction:

@@ -459,10 +459,21 @@ def _add_nft(
     if not dry_run:
         owed.update(families)
     # As the ADD itself: the entry rewritten to this container's conditions and the v1.9
-    # shape (planner.Entries says why), not kept as check --repair keeps it.
+    # shape (planner.Entries says why), not kept as check --repair keeps it. Its rules
+    # for these addresses that this mapping has not (an earlier add with other ports)
+    # go, as its iptables chain is rewritten (planner.superseded).
+    addresses = {f: a.ip.compressed for f in families if (a := config.address(f)) is not None}
+
+    def plan(live: Any) -> Any:
+        txn = planner.setup(live, want, planner.Entries.REWRITE)
+        for w in want:
+            for rule in planner.superseded(live, w, addresses[w.family]):
+                txn.delete_rule(w.family, rule.chain, rule.handle)
+        return txn
+
     warnings: List[str] = []
     text = node.converge_nft(
-        lambda live: planner.setup(live, want, planner.Entries.REWRITE),
+        plan,
         dry_run=dry_run,
         went_in=lambda err: warnings.append(found_in("nftables", err)),
     )

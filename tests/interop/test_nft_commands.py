@@ -173,6 +173,51 @@ def test_add_passes_upstream_check_and_goes_on_del(node: str, tmp_path: Path) ->
     assert "CNI-" not in rp.save(node, 4) + rp.save(node, 6)
 
 
+def test_add_again_with_other_ports_leaves_only_this_mappings_rules_of_its_address(
+    node: str, tmp_path: Path
+) -> None:
+    """add of a container its earlier ADD (v1.7.1's here, a host-IP rule in
+    hostip_hostports) mapped with other ports makes its rules for that address this
+    mapping's, as add does to its iptables chain (the state the plugin's DEL then ADD
+    leave, which check expects of the new cache entry). The old ports stayed forwarded
+    beside the new ones, and check called them nft-unclaimed-rules, which --repair
+    leaves, at every run. The container's rules for another address (its other network:
+    nft rules name no network) stay; v1.9.1's CHECK passes and its DEL removes all."""
+    ips = ["10.88.0.31/16", "fd00:88::31/64"]
+    old = upstream.nft_conf(
+        "podman", ips, [_pm(9090, 90, host_ip="127.0.0.1"), _pm(9092, 92, "udp")]
+    )
+    upstream.run("v1.7.1", "ADD", node, "again1", old, check=True)
+    other_ports = [_pm(6060, 60)]
+    other = upstream.nft_conf("othernet", ["10.90.0.31/16"], other_ports)
+    upstream.run(V191, "ADD", node, "again1", other, check=True)
+    rp.write_cni_cache(
+        tmp_path, "othernet", "again1", "eth1", other, other_ports, ["10.90.0.31/16"]
+    )
+    new_ports = [_pm(9095, 95), _pm(9096, 96, host_ip="127.0.0.1")]
+    new = upstream.nft_conf("podman", ips, new_ports)
+    rp.write_cni_cache(tmp_path, "podman", "again1", "eth0", new, new_ports, ips)
+    done = _pmctl(node, tmp_path, "add", "--backend", "nftables", "--network", "podman",
+                  "--container", "again1", "--ip", ips[0], "--ip", ips[1],
+                  "-p", "9095:95", "-p", "127.0.0.1:9096:96")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = {(r[0], r[3], r[4], r[5]) for r in _rows(node, tmp_path)}
+    assert rows == {
+        ("again1", None, 9095, "10.88.0.31"), ("again1", "127.0.0.1", 9096, "10.88.0.31"),
+        ("again1", None, 9095, "fd00:88::31"), ("again1", None, 6060, "10.90.0.31"),
+    }  # fmt: skip
+    checked = _pmctl(node, tmp_path, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    again = _pmctl(node, tmp_path, "add", "--backend", "nftables", "--network", "podman",
+                   "--container", "again1", "--ip", ips[0], "--ip", ips[1],
+                   "-p", "9095:95", "-p", "127.0.0.1:9096:96", "-o", "json")  # fmt: skip
+    assert json.loads(again.stdout)["changed"] is False
+    upstream.run(V191, "CHECK", node, "again1", new, check=True)
+    upstream.run(V191, "CHECK", node, "again1", other, check=True)
+    upstream.run(V191, "DEL", node, "again1", new, check=True)
+    assert _container_rules(node) == []
+
+
 def test_add_follows_the_cni_config_backend(node: str, tmp_path: Path) -> None:
     conf = upstream.nft_conf("podman", ["10.88.0.10/16"], [_pm(8090, 80)])
     path = tmp_path / "conf.json"

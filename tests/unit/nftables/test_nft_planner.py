@@ -503,3 +503,29 @@ def test_repair_after_delete_table_of_a_v17_node_follows_the_other_familys_table
     fake.delete_table(family)
     fake.apply(planner.setup(fake.read(), _wanted(nftcases.live_configs(case))))
     assert _bodies(fake.read()) == _bodies(nftcases.live(case))
+
+
+@pytest.mark.parametrize("case", V191)
+def test_superseded_are_a_containers_other_rules_of_its_address(case: str) -> None:
+    """A container's rules as the plugin wrote them supersede nothing of their own; given
+    other ports for the same address, every one of its rules for that address that the
+    new ports have not is superseded (add deletes them), its masquerade rules kept while
+    SNAT is on, and no other container's rule."""
+    live = nftcases.live(case)
+    for config in nftcases.live_configs(case):
+        for family in config.families:
+            want = wanted(config, family)
+            address = config.address(family)
+            if want is None or address is None:
+                continue
+            ip = address.ip.compressed
+            assert planner.superseded(live, want, ip) == []
+            moved = dataclasses.replace(want, hostports=())
+            gone = planner.superseded(live, moved, ip)
+            table = live.table(family)
+            assert table is not None
+            assert [r.body for r in gone] == [
+                r.body
+                for r in table.rules_of("hostports")
+                if r.comment == config.container_id and r.body.action.addr == ip
+            ]
