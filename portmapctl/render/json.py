@@ -224,6 +224,7 @@ def gc_chain_json(
         "network": c.network,
         "container_id": c.container_id,
         "host_ports": _host_ports_json(c),
+        "chains": list(c.chains),
     }
     if pending:
         doc["seen_seconds"] = c.seen_seconds

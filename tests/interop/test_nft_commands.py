@@ -218,6 +218,30 @@ def test_add_again_with_other_ports_leaves_only_this_mappings_rules_of_its_addre
     assert _container_rules(node) == []
 
 
+def test_gc_json_names_every_chain_a_dead_containers_rules_are_in(
+    node: str, tmp_path: Path
+) -> None:
+    """A v1.7.1 container's rules are in hostip_hostports (its host-IP mapping),
+    hostports and masquerading; gc's row of it named one chain (`chain`:
+    hostip_hostports), as if that were all it removed. `chains` lists each chain its
+    rules were in, in the order nftables meets them; an iptables row's is its chain."""
+    conf = upstream.nft_conf("podman", ["10.88.0.41/16", "fd00:88::41/64"],
+                             [_pm(9090, 90, host_ip="127.0.0.1"), _pm(9091, 91)])  # fmt: skip
+    upstream.run("v1.7.1", "ADD", node, "gone17", conf, check=True)
+    rp.run_plugin("ADD", node, "goneipt", rp.plugin_conf("ipt", ["10.89.0.41/16"], [_pm(7070, 70)]),
+                  check=True)  # fmt: skip
+    _plugin_add(node, tmp_path, API)  # (something live: the cache is a source)
+    done = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    removed = {(c["container_id"], c["family"]): c for c in json.loads(done.stdout)["removed"]}
+    assert removed[("gone17", 4)]["chain"] == "hostip_hostports"  # (as before)
+    assert removed[("gone17", 4)].get("chains") == ["hostip_hostports", "hostports", "masquerading"]
+    assert removed[("gone17", 6)].get("chains") == ["hostports", "masquerading"]
+    ipt = removed[("goneipt", 4)]
+    assert ipt.get("chains") == [ipt["chain"]]
+    assert ("ip", "hostports", "gone17") not in _container_rules(node)
+
+
 def test_add_follows_the_cni_config_backend(node: str, tmp_path: Path) -> None:
     conf = upstream.nft_conf("podman", ["10.88.0.10/16"], [_pm(8090, 80)])
     path = tmp_path / "conf.json"

@@ -159,6 +159,7 @@ def plan_nft(
                 dead.container_id,
                 ports,
                 round(max(now - first, 0.0), 1),
+                _chains_of(rules),
             )
             allowed = options.only is None or (family, key.chain) in options.only
             if now - first >= options.min_age and allowed:
@@ -228,6 +229,15 @@ def _chain_of(rules: Sequence[Rule]) -> str:
 
     chains = {rule.chain for rule in rules}
     return next((c for c in EVALUATION_ORDER if c in chains), None) or rules[0].chain
+
+
+def _chains_of(rules: Sequence[Rule]) -> Tuple[str, ...]:
+    """Every chain a container's rules are in: its DNAT rules' in evaluation order, then
+    those of its other rules (masquerading)."""
+    from portmapctl.nftables.inventory import EVALUATION_ORDER
+
+    chains = {rule.chain for rule in rules}
+    return (*(c for c in EVALUATION_ORDER if c in chains), *sorted(chains - set(EVALUATION_ORDER)))
 
 
 def apply_nft(

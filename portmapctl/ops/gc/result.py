@@ -27,6 +27,15 @@ class GcChain:
     container_id: Optional[str]
     host_ports: Tuple[ProtoPort, ...]
     seen_seconds: float
+    # nftables: every chain its rules are in, in the order nftables meets them (a v1.6/
+    # v1.7 container's host-IP rules are in hostip_hostports, its others in hostports,
+    # `chain` names one); empty for an iptables chain, which is its own one chain.
+    nft_chains: Tuple[str, ...] = ()
+
+    @property
+    def chains(self) -> Tuple[str, ...]:
+        """Every chain of what it removes (JSON `chains`)."""
+        return self.nft_chains or (self.chain,)
 
     @property
     def backend(self) -> Backend:
