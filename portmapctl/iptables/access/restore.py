@@ -287,7 +287,7 @@ class RestoreBackend:
             message = _first_line(done.stderr) or f"exit code {done.returncode}"
             if "ermission denied" in message or "you must be root" in message:
                 raise _host_problem(argv[0], done.stderr)
-            if "xtables.lock" in message or "holding the xtables lock" in message:
+            if _lock_busy(done.stderr):
                 raise ApplyFailed(
                     f"{argv[0]} gave up waiting {argv[-1]} s for the xtables lock (another"
                     f" program holds it), nothing changed: {message}",
@@ -422,6 +422,17 @@ def _timed_out(binary: str, writing: bool = False) -> ToolTimedOut:
     return ToolTimedOut(
         f"{binary} did not answer within {tool_timeout():g} s and was stopped"
         " (is the xtables lock or the kernel stuck?)"
+    )
+
+
+def _lock_busy(stderr: str) -> bool:
+    """Whether iptables gave up waiting for the xtables lock. Its first line names the
+    lock's file (`Can't lock /run/xtables.lock: ...`), which XTABLES_LOCKFILE moves
+    elsewhere (python-iptables' path honours it too): the second line says it whatever
+    the file (`Another app is currently holding the xtables lock. ...`)."""
+    return any(
+        line.startswith("Can't lock ") or "holding the xtables lock" in line
+        for line in stderr.splitlines()
     )
 
 
