@@ -291,6 +291,27 @@ def test_a_lock_held_at_xtables_lockfile_is_a_busy_lock_not_a_refusal(legacy_nod
     assert _state(legacy_node, "legacy") == before
 
 
+def test_conditions_put_to_iptables_while_the_lock_is_held_are_no_bad_input(legacy_node, tmp_path):
+    """`iptables-legacy-restore --test` waits for the xtables lock too: a lock held
+    longer than the wait made its `Can't lock` line the conditions' refusal, so valid
+    conditions were "invalid --conditions-v4" (exit 2, bad input) whenever kube-proxy
+    or the plugin held the lock. A busy lock tells nothing of them: the write says
+    it, as for an add without conditions (exit 1, nothing changed)."""
+    before = _state(legacy_node, "legacy")
+    lock = str(tmp_path / "iptables.lock")  # (the host's own lock left alone)
+    env = {WAIT_ENV: "1", "XTABLES_LOCKFILE": lock}
+    holder = LockHolder(lock)
+    try:
+        done = run(_add_args(legacy_node, "legacy", "--family", "4",
+                             "--conditions-v4", "-s 10.0.0.0/8"), env=env)  # fmt: skip
+    finally:
+        holder.release()
+    assert_error(done, 1, f"gave up after {APPLY_TRIES} tries, nothing changed",
+                 "waiting 1 s for the xtables lock")  # fmt: skip
+    assert "invalid" not in done.stderr
+    assert _state(legacy_node, "legacy") == before
+
+
 def _child_restore(parent: int) -> Optional[int]:
     """The pid of the iptables-legacy-restore that `parent` runs, if any."""
     for entry in os.listdir("/proc"):

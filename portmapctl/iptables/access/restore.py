@@ -306,6 +306,10 @@ class RestoreBackend:
         done = self._run(argv, txn.render())
         if done.returncode <= 0:
             return None  # (taken; or killed: it cannot tell, the write will)
+        if _lock_busy(done.stderr):
+            # --test waits for the xtables lock too: a busy lock says nothing of the
+            # text (it was bad input, exit 2); the write waits again and says so.
+            return None
         return _first_line(done.stderr) or f"exit code {done.returncode}"
 
     def _removed_by_handle(self, txn: Transaction) -> bool:
