@@ -312,6 +312,27 @@ def test_conditions_put_to_iptables_while_the_lock_is_held_are_no_bad_input(lega
     assert _state(legacy_node, "legacy") == before
 
 
+@pytest.mark.parametrize("mode", ["legacy", "iptc"])
+@pytest.mark.parametrize("conditions", [False, True], ids=["plain", "conditions"])
+def test_an_xtables_lock_that_cannot_be_opened_is_an_environment_error(
+    legacy_node, tmp_path, mode, conditions
+):
+    """A lock file iptables cannot open (/run read-only or not there in a container,
+    XTABLES_LOCKFILE in a missing directory): `Fatal: can't open lock file`, exit 4,
+    for every write. python-iptables' path said so, exit 3; iptables-legacy-restore's
+    was "refused the transaction" three times, exit 1, and with conditions its --test
+    run made them "invalid --conditions-v4", exit 2. One node, one answer: exit 3."""
+    before = _state(legacy_node, "legacy")
+    lock = str(tmp_path / "not-there" / "xtables.lock")
+    env = {WAIT_ENV: "1", "XTABLES_LOCKFILE": lock,
+           "PATH": f"{rp.bin_dir('legacy')}:{os.environ['PATH']}"}  # fmt: skip
+    extra = ["--conditions-v4", "-s 10.0.0.0/8"] if conditions else []
+    done = run(_add_args(legacy_node, mode, "--family", "4", *extra), env=env)
+    assert_error(done, 3, "xtables lock", lock)
+    assert "invalid" not in done.stderr and "refused" not in done.stderr
+    assert _state(legacy_node, "legacy") == before
+
+
 def _child_restore(parent: int) -> Optional[int]:
     """The pid of the iptables-legacy-restore that `parent` runs, if any."""
     for entry in os.listdir("/proc"):

@@ -287,6 +287,7 @@ class RestoreBackend:
             message = _first_line(done.stderr) or f"exit code {done.returncode}"
             if "ermission denied" in message or "you must be root" in message:
                 raise _host_problem(argv[0], done.stderr)
+            _refuse_unopenable_lock(argv[0], done.stderr)
             if _lock_busy(done.stderr):
                 raise ApplyFailed(
                     f"{argv[0]} gave up waiting {argv[-1]} s for the xtables lock (another"
@@ -306,6 +307,7 @@ class RestoreBackend:
         done = self._run(argv, txn.render())
         if done.returncode <= 0:
             return None  # (taken; or killed: it cannot tell, the write will)
+        _refuse_unopenable_lock(argv[0], done.stderr)
         if _lock_busy(done.stderr):
             # --test waits for the xtables lock too: a busy lock says nothing of the
             # text (it was bad input, exit 2); the write waits again and says so.
@@ -438,6 +440,17 @@ def _lock_busy(stderr: str) -> bool:
         line.startswith("Can't lock ") or "holding the xtables lock" in line
         for line in stderr.splitlines()
     )
+
+
+def _refuse_unopenable_lock(binary: str, stderr: str) -> None:
+    """HostProblem (exit 3) when iptables could not open the xtables lock's file
+    (`Fatal: can't open lock file PATH: ...`: /run read-only or absent in a container,
+    XTABLES_LOCKFILE in a missing directory). Every write fails so, whatever it holds:
+    no refusal of the rules (tried again, halved, or taken for bad conditions), as
+    python-iptables' path (iptc.xtables_lock) says it too."""
+    for line in stderr.splitlines():
+        if "can't open lock file" in line:
+            raise HostProblem(f"{binary} cannot open the xtables lock: {line.strip()}")
 
 
 def _first_line(text: str) -> str:
