@@ -265,7 +265,7 @@ def _kept_in_nftables(
     name = dnat_chain_name(config)
 
     def in_iptables() -> bool:
-        backend = open_backend(common.iptables.value)
+        backend = open_backend(common.iptables.value, families=present)
         has_table = getattr(backend, "has_nat_table", lambda _family: True)
         return any(backend.read(f).has_chain(name) for f in present if has_table(f))
 
@@ -511,7 +511,7 @@ def _flavour_ahead(common: Common, config: MappingConfig) -> Optional[str]:
         from portmapctl.iptables.access import host_flavour
 
         try:
-            flavour = host_flavour()
+            flavour = host_flavour(config.families)
         except ToolTimedOut:
             raise  # add would ask again, and wait as long
         except PortmapctlError:

@@ -432,7 +432,7 @@ def _iptables_tables(node: Node, families: Sequence[int]) -> Dict[int, NatTable]
     from portmapctl.iptables.access import open_backend
 
     try:
-        backend = open_backend(node.options.iptables)
+        backend = open_backend(node.options.iptables, families=families)
         has_table = getattr(backend, "has_nat_table", lambda _family: True)
         return {f: backend.read(f) for f in families if has_table(f)}
     except (PortmapctlError, OSError) as err:

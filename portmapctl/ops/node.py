@@ -182,7 +182,7 @@ class Node:
             return {}
         else:
             try:
-                backend = open_backend(self.options.iptables)
+                backend = open_backend(self.options.iptables, families=families)
             except (PortmapctlError, OSError) as err:
                 _debug("reading iptables to judge by failed: %s", err)
                 return {}
@@ -546,7 +546,7 @@ def _iptables_access(options: NodeOptions) -> Backend:
         from portmapctl.iptables.access.snapshot import SnapshotBackend
 
         return SnapshotBackend(options.snapshots if options.uses_iptables else {})
-    return open_backend(options.iptables)
+    return open_backend(options.iptables, families=options.families)
 
 
 def _nft_access(options: NodeOptions) -> Optional[NftAccess]:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import realplugin as rp
-from pmctl import run
+from pmctl import assert_error, run
 
 from portmapctl.iptables.chains import chain_name
 
@@ -240,3 +240,57 @@ def test_a_dry_runs_transaction_applied_as_its_header_says_is_the_real_add(host_
     done = run(args)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("unchanged:"), done.stdout
+
+
+def _alternatives_apart(tmp_path) -> str:
+    """A PATH folder where `iptables*` are the legacy tools and `ip6tables*` the nft
+    ones: Debian's `update-alternatives --set iptables ...-legacy` switches iptables
+    alone, ip6tables is an alternative of its own."""
+    folder = tmp_path / "apart"
+    folder.mkdir()
+    for family, mode in ((4, "legacy"), (6, "nft")):
+        for tool in rp._TOOLS[family]:
+            (folder / tool).symlink_to(rp.tool_path(tool, mode))
+    return str(folder)
+
+
+def test_auto_follows_ip6tables_for_ipv6_where_the_alternatives_differ(host_ns, tmp_path):
+    """The plugin runs `iptables` for IPv4 and `ip6tables` for IPv6: where their
+    alternatives differ, its IPv4 rules are in the legacy tables and its IPv6 ones in
+    nf_tables. `--iptables auto` took `iptables`' flavour for both: check of a healthy
+    node reported the plugin's IPv6 chains missing on every run (exit 1), and add wrote
+    IPv6 into the legacy tables, where the plugin's DEL never looks (a leak, and a
+    split brain). Now auto takes each family's own tool; both families on such a node
+    are one clear line, exit 3, nothing written."""
+    apart = _alternatives_apart(tmp_path)
+    env = {"PATH": f"{apart}:{os.environ['PATH']}"}
+    ips = ["10.88.0.5/16", "fd00::5/64"]
+    conf = rp.plugin_conf("mynet", ips, PORTS)
+    plugin = rp._run(
+        ["ip", "netns", "exec", host_ns, rp.PLUGIN],
+        input=json.dumps(conf),
+        env={"PATH": f"{apart}:{rp.SYSTEM_PATH}", "CNI_COMMAND": "ADD",
+             "CNI_CONTAINERID": "ds1", "CNI_NETNS": rp.container_netns(),
+             "CNI_IFNAME": "eth0", "CNI_PATH": rp.CNI_PATH},
+    )  # fmt: skip
+    assert plugin.returncode == 0, plugin.stderr
+    chain = chain_name("mynet", "ds1")
+    assert chain in rp.save(host_ns, 4, "legacy") and chain in rp.save(host_ns, 6, "nft")
+    rp.write_cni_cache(tmp_path / "cni", "mynet", "ds1", "eth0", conf, PORTS, ips)
+    node = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni")]
+
+    def tables() -> list:
+        return [rp.save(host_ns, f, mode) for f in (4, 6) for mode in ("nft", "legacy")]
+
+    for family in ("4", "6"):
+        done = run(["check", *node, "--family", family], env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+    before = tables()
+    for args in (["check", *node], ["check", "--repair", *node], ["gc", "--yes", *node],
+                 ["add", *node, "--network", "mynet", "--container", "ds2", "--ip",
+                  "10.88.0.6/16", "--ip", "fd00::6/64", "-p", "8081:80"]):  # fmt: skip
+        done = run(args, env=env)
+        assert_error(done, 3, "iptables is legacy", "ip6tables is nft", "--family")
+        assert [rp.strip_save_comments(t) for t in tables()] == [
+            rp.strip_save_comments(t) for t in before
+        ], args

@@ -27,9 +27,30 @@ def test_auto_follows_the_iptables_command_on_path(tmp_path, monkeypatch, flavou
     if not os.path.exists(target):
         pytest.skip(f"{target} not installed")
     (tmp_path / "iptables").symlink_to(target)
+    # (ip6tables too: the sbin directories' own, of the host's alternative, would be
+    # the other flavour's for IPv6, which auto refuses for both families.)
+    (tmp_path / "ip6tables").symlink_to(f"/usr/sbin/ip6tables-{flavour}")
     monkeypatch.setenv("PATH", str(tmp_path))
     assert host_flavour() == flavour
     assert open_backend("auto").name == flavour
+    assert host_flavour((4,)) == flavour
+
+
+def test_auto_takes_each_familys_own_tool_where_the_alternatives_differ(tmp_path, monkeypatch):
+    """The plugin runs `iptables` for IPv4 and `ip6tables` for IPv6 (Debian's
+    alternatives are set one by one): one family asked gets its own tool's flavour,
+    both are refused with the options that read each (tests/kernel/test_legacy_nodes.py
+    has the real plugin's node)."""
+    for tool, target in (("iptables", "iptables-legacy"), ("ip6tables", "ip6tables-nft")):
+        if not os.path.exists(f"/usr/sbin/{target}"):
+            pytest.skip(f"/usr/sbin/{target} not installed")
+        (tmp_path / tool).symlink_to(f"/usr/sbin/{target}")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert host_flavour((4,)) == "legacy"
+    assert host_flavour((6,)) == "nft"
+    assert open_backend("auto", families=(6,)).name == "nft"
+    with pytest.raises(HostProblem, match="--family 4 --iptables legacy and --family 6"):
+        open_backend("auto")
 
 
 def test_no_iptables_at_all_is_an_environment_error(tmp_path, monkeypatch):

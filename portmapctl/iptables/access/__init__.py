@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Dict, Optional, Protocol
+from typing import TYPE_CHECKING, Collection, Dict, Optional, Protocol
 
 from portmapctl.core.backend import Flavour
 from portmapctl.errors import BadInput, HostProblem
@@ -32,17 +32,36 @@ class Backend(Protocol):
     def apply(self, txn: Transaction) -> None: ...
 
 
-def host_flavour() -> Flavour:
-    """Which iptables the host's `iptables` command is: nft or legacy.
+def host_flavour(families: Collection[int] = (4, 6)) -> Flavour:
+    """Which iptables the host's `iptables` command is (nft or legacy), and for IPv6
+    its `ip6tables` command: what the plugin runs for each family, so where its rules
+    of `families` are.
 
-    That is what the plugin runs, so it is where the plugin's rules are.
+    Debian's alternatives set the two apart (`update-alternatives --set iptables`
+    leaves ip6tables as it was): the plugin then writes IPv4 to one flavour's tables
+    and IPv6 to the other's. One family asked gets its own tool's flavour; both,
+    when they differ, are refused (HostProblem): reading IPv6 in iptables' flavour
+    called the plugin's IPv6 chains missing, and add wrote IPv6 where the plugin's
+    DEL never looks. A missing ip6tables leaves it to iptables' (its reads say so).
     """
     from portmapctl.host.paths import find_tool
 
     path = find_tool("iptables")
     if path is None:
         raise HostProblem("no iptables command found: install iptables (nft or legacy)")
-    return tool_flavour(path)
+    flavour = tool_flavour(path)
+    path6 = find_tool("ip6tables") if 6 in families else None
+    if path6 is None:
+        return flavour
+    flavour6 = tool_flavour(path6)
+    if flavour6 == flavour or 4 not in families:
+        return flavour6
+    raise HostProblem(
+        f"this host's iptables is {flavour} and its ip6tables is {flavour6} (their"
+        f" alternatives differ), so the plugin writes IPv4 to the {flavour} tables and"
+        f" IPv6 to the {flavour6} ones: run with --family 4 --iptables {flavour} and"
+        f" --family 6 --iptables {flavour6}, or set both alternatives alike"
+    )
 
 
 def tool_flavour(path: str) -> Flavour:
@@ -129,8 +148,10 @@ def restore_tools(backend: object) -> Dict[int, str]:
 def open_backend(
     name: str = "auto",
     snapshots: Optional[Dict[int, str]] = None,
+    families: Collection[int] = (4, 6),
 ) -> Backend:
-    """The backend for these options; snapshot files win over `--iptables`."""
+    """The backend for these options; snapshot files win over `--iptables`. `auto`
+    follows the tool the plugin runs for each of `families` (host_flavour)."""
     if snapshots:
         from portmapctl.iptables.access.snapshot import SnapshotBackend
 
@@ -139,12 +160,12 @@ def open_backend(
         raise BadInput(f"unknown iptables flavour {name!r}: use one of {', '.join(BACKEND_NAMES)}")
     # `auto` is "nft" or "legacy", never "iptc": on legacy tables save/restore is
     # 2-3 times faster end to end than python-iptables (benchmarks/iptc_bench.py).
-    flavour = host_flavour() if name == "auto" else name
+    flavour = host_flavour(families) if name == "auto" else name
     if flavour == "iptc":
         # libiptc sees only legacy tables: on an nf_tables host it would read an empty
         # table (and a repair would write into tables nothing uses). Checked before
         # the costly import of python-iptables.
-        if host_flavour() == Flavour.NFT:
+        if host_flavour(families) == Flavour.NFT:
             raise HostProblem(
                 "--iptables iptc works on legacy iptables only, and this host's iptables"
                 " is nf_tables (python-iptables would see empty legacy tables here):"

@@ -169,7 +169,7 @@ def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optio
         backend = node.backend
         try:
             if backend.name == Unread.name:
-                backend = open_backend(node.options.iptables)
+                backend = open_backend(node.options.iptables, families=families)
             has_table = getattr(backend, "has_nat_table", lambda _family: True)
             there = any(backend.read(f).has_chain(name) for f in families if has_table(f))
         except PortmapctlError:
