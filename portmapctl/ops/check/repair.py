@@ -217,20 +217,26 @@ def _repair_family(
     def plan_all(live: NatTable) -> Transaction:
         return taking_nothing(live, usable(live))
 
+    busy: List[str] = []  # why the xtables lock stopped the halving, once it did
     try:
         txn = node.converge_judged(family, plan_all, notes)
         return ([txn] if txn else []), [*skipped.values(), *moved.values()]
-    except ApplyFailed:
-        pass
+    except ApplyFailed as err:
+        if err.busy:
+            # Each try waited the lock's whole wait: the shared chains' and the first
+            # half's tries would wait as long again before the halving stopped (two
+            # rounds of waits, 60 s at the default 10 s); every container is named now.
+            busy.append(f"the xtables lock was busy: {err}")
     applied: List[Transaction] = []
 
     def plan_shared(live: NatTable) -> Transaction:
         shared, _ = wanted_on_node(usable(live), family, live)
         return _setup(shared, live)
 
-    txn = _converge_shared(node, family, plan_shared, notes)  # (failing, fails the family)
-    if txn:
-        applied.append(txn)
+    if not busy:
+        txn = _converge_shared(node, family, plan_shared, notes)  # (failing, fails the family)
+        if txn:
+            applied.append(txn)
     failed: List[Unrepaired] = []
     # By chain: all the configs that want one chain go together (a container's
     # interfaces on one network share it; planned apart, the others' rules would go).
@@ -239,8 +245,6 @@ def _repair_family(
         name = dnat_chain_name(config)
         if family in config.families and name not in skipped:
             by_chain.setdefault(name, []).append(config)
-
-    busy: List[str] = []  # why the xtables lock stopped the halving, once it did
 
     def unrepaired(config: MappingConfig, why: str) -> None:
         chain = dnat_chain_name(config)
