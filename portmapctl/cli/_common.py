@@ -598,7 +598,9 @@ class Output(NamedTuple):
         """A remark for people, on stderr; silent with -q."""
         if not self.quiet:
             # A byte that is not UTF-8 as `\xNN`, as warn() and error lines write it.
-            self._console(stderr=True).print(message_text(text))
+            # soft_wrap: one line, as warn() writes it (its wrap is the terminal's):
+            # piped, rich broke a remark longer than its 250 columns in two.
+            self._console(stderr=True).print(message_text(text), soft_wrap=True)
 
     def warn(self, text: str) -> None:
         # A path's byte that is not UTF-8 as `\xNN`, as error lines and JSON write it.

@@ -138,6 +138,18 @@ def test_messages_are_text_not_markup(capsys):
     assert capsys.readouterr().err == "[bold]not bold[/bold] :thumbs_up: [::1]:8080\n"
 
 
+def test_a_long_message_stays_one_line_piped(capsys):
+    """A remark is one line, as a warning is: check --repair's "repaired:" line of a
+    container on a podman network with a long name (podman takes up to 185 characters:
+    libcni's cache file name is the limit) came out of a cron job broken in two, at the
+    250 columns a piped console is given, its first half ending in a space."""
+    network = ("n-x.y_z" * 27)[:180]
+    line = f"repaired: IPv4 missing-chain CNI-DN-e9a5813e818507a76007f ({network}/732246e355e4)"
+    assert len(line) > 250
+    Output().message(line)
+    assert capsys.readouterr().err == line + "\n"
+
+
 @pytest.fixture
 def terminal_stderr(monkeypatch):
     """A function that puts sys.stderr on a pseudo-terminal; gives the master side.
