@@ -13,6 +13,7 @@ marker goes then.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,6 +188,41 @@ def test_zombie_cache_entry_never_repaired(node: Node) -> None:
     assert chains_of(listed, gone) == [], "a chain was made for a container that is gone"
     assert "zombie" in done.stdout + done.stderr
     assert statuses_of(listed, keep) == {"ok"}
+    assert node.http_get(NODE_IP, 8080) == PAGE
+
+
+def test_a_zombie_whose_del_failed_after_portmaps_is_not_said_to_hold_its_ports(
+    node: Node,
+) -> None:
+    """A firewall restart (`nft flush ruleset`) takes the bridge plugin's masquerade
+    chains too: the next `podman stop` runs the CNI DEL, portmap's removes the chain,
+    then bridge's fails on its missing chain, and libcni keeps the cache entry while
+    podman removes the namespace. check called that zombie's entry what "keeps its host
+    ports taken" (and "the runtime forgot the container without a CNI DEL"), beside its
+    own fix saying nothing of it is left: an operator looked for a runtime bug and for
+    what held the port, which a new container publishes and gets traffic on."""
+    node.network("pma", "10.89.45.0/24")
+    web = node.start("web", ["pma"], ["8080:80"], WEB)
+    node.ns("nft", "flush", "ruleset")
+    assert node.portmapctl("check", "--repair").returncode == 0
+    # (The DEL's error goes to `podman stop`'s stderr or to conmon's clean-up's log,
+    # whichever tears the network down first.)
+    node.podman("stop", "-t", "0", "web")
+    node.wait_torn_down(web)
+    assert node.cache_entries(web) and not Path(web.sandbox).exists()
+    assert chains_of(listing(node), web) == []
+
+    done = node.portmapctl("check", "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    [zombie] = json.loads(done.stdout)["problems"]
+    assert (zombie["kind"], zombie["container_id"], zombie["fix"]) == ("zombie", web.id, None)
+    assert "taken" not in zombie["why"] and "or its DEL failed" in zombie["why"], zombie["why"]
+    assert zombie["why"].endswith(
+        f"delete its cache entry {node.cache_entries(web)[0]} once the runtime is done with"
+        " the container"
+    ), zombie["why"]
+
+    node.start("new", ["pma"], ["8080:80"], WEB)
     assert node.http_get(NODE_IP, 8080) == PAGE
 
 

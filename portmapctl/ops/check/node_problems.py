@@ -307,6 +307,7 @@ def zombies(
         in_nft = owned or a.container_id in nft_backed
         if owned:
             where += "; its rules are still in nftables"
+        left = present or owned or (a.container_id in nft_backed and nft_owners is None)
         problems.append(
             Problem(
                 ProblemKind.ZOMBIE,
@@ -318,14 +319,25 @@ def zombies(
                 f"cached on {a.network}, but its network namespace {a.netns} is gone{where};"
                 " not repaired",
                 _zombie_fix(a, fixes, in_nft, (live_on or {}).get(a.container_id))
-                if present or owned or (a.container_id in nft_backed and nft_owners is None)
+                if left
                 else f"nothing of it is left for gc to remove: delete its cache entry {a.path}"
                 " once the runtime is done with the container",
                 "the runtime forgot the container without a CNI DEL: its cache entry keeps"
-                " its host ports taken",
+                " its host ports taken"
+                if left
+                # Nothing takes its ports: a DEL that failed after portmap's (bridge's,
+                # its masquerade chain gone in a firewall restart) leaves just this.
+                else _ZOMBIE_LEFT_NOTHING,
             )
         )
     return problems
+
+
+_ZOMBIE_LEFT_NOTHING = (
+    "the runtime forgot the container without a CNI DEL, or its DEL failed after"
+    " portmap's (libcni then keeps the entry): its host ports are free, but it is"
+    " reported until its cache entry goes"
+)
 
 
 def _zombie_fix(
