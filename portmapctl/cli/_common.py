@@ -598,9 +598,11 @@ class Output(NamedTuple):
         """A remark for people, on stderr; silent with -q."""
         if not self.quiet:
             # A byte that is not UTF-8 as `\xNN`, as warn() and error lines write it.
-            # soft_wrap: one line, as warn() writes it (its wrap is the terminal's):
-            # piped, rich broke a remark longer than its 250 columns in two.
-            self._console(stderr=True).print(message_text(text), soft_wrap=True)
+            # Piped, one line, as warn() writes it: rich broke a remark longer than its
+            # 250 columns in two (a log's grep missed it). On a terminal it is still
+            # word-wrapped at the width, as the tables are fitted to it.
+            piped = not _isatty(sys.stderr)
+            self._console(stderr=True).print(message_text(text), soft_wrap=piped)
 
     def warn(self, text: str) -> None:
         # A path's byte that is not UTF-8 as `\xNN`, as error lines and JSON write it.
