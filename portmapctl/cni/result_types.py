@@ -38,9 +38,16 @@ def _string(value: Any) -> Optional[str]:
     return None if value is None or isinstance(value, str) else "not a string"
 
 
+# Go's int (64 bits): a number beyond it does not decode ("1e+20" after libcni's
+# re-marshal through a float64, which also rounds 2**63 - 1 up to 2**63).
+_GO_INT = (-(2**63), 2**63)
+
+
 def _integer(value: Any) -> Optional[str]:
     whole = isinstance(value, float) and value.is_integer()
     ok = value is None or whole or (isinstance(value, int) and not isinstance(value, bool))
+    if ok and value is not None and not _GO_INT[0] <= float(value) < _GO_INT[1]:
+        return "out of range of an integer"
     return None if ok else "not an integer"
 
 
@@ -60,6 +67,11 @@ def _cidr(what: str) -> Check:
     def check(value: Any) -> Optional[str]:
         wrong = f"invalid {what} {shown(value)}: not IP/PREFIX"
         if not isinstance(value, str) or "%" in value or "/" not in value:
+            return wrong
+        # Go's ParseCIDR takes a prefix length in digits alone; Python's a netmask too
+        # ("10.88.0.5/255.255.0.0"), on which the plugin's ADD fails.
+        prefix = value.rpartition("/")[2]
+        if not (prefix.isascii() and prefix.isdigit()):
             return wrong
         try:
             ipaddress.ip_interface(value)

@@ -95,6 +95,18 @@ CASES = {
     "interface sandbox null": (["interfaces", 0, "sandbox"], None, (False, False), (False, False)),
     "an unknown key": (["foo"], {"x": 1}, (False, False), (False, False)),
     "ip version a number": (["ips", 0, "version"], 4, (True, False), (True, False)),
+    # Python's ip_interface takes a netmask and Go's ParseCIDR does not; Go's int holds
+    # no 1e20 or 2**64 (add wrote these, exit 0: helper h175).
+    "address a netmask": (
+        ["ips", 0, "address"],
+        "10.88.0.5/255.255.0.0",
+        (True, True),
+        (True, True),
+    ),
+    "address prefix 016": (["ips", 0, "address"], "10.88.0.5/016", (False, False), (False, False)),
+    "route dst a netmask": (["routes", 0, "dst"], "0.0.0.0/0.0.0.0", (True, True), (True, True)),
+    "interface index 1e20": (["ips", 0, "interface"], 1e20, (True, True), (True, True)),
+    "interface index 2**64": (["ips", 0, "interface"], 2**64, (True, True), (True, True)),
 }
 
 

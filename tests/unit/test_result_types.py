@@ -46,6 +46,17 @@ def _result(**changes: object) -> dict:
         ({"routes": [{"dst": "0.0.0.0/0", "mtu": "1500"}]}, ".routes[0].mtu: not an integer"),
         ({"dns": {"nameservers": [1]}}, ".dns.nameservers[0]: not a string"),
         ({"interfaces": [{"name": "eth0", "mtu": "1500"}]}, ".interfaces[0].mtu: not an integer"),
+        # Go's ParseCIDR takes no netmask, and Go's int holds no 1e20 (helper h175).
+        ({"ips": [{"address": "10.88.0.5/255.255.0.0"}]},
+         ".ips[0].address: invalid container address '10.88.0.5/255.255.0.0': not IP/PREFIX"),
+        ({"routes": [{"dst": "0.0.0.0/0.0.0.0"}]},
+         ".routes[0].dst: invalid route destination '0.0.0.0/0.0.0.0': not IP/PREFIX"),
+        ({"ips": [{"address": "10.88.0.5/016"}]}, None),
+        ({"ips": [{"address": "10.88.0.5/16", "interface": 1e20}]},
+         ".ips[0].interface: out of range of an integer"),
+        ({"ips": [{"address": "10.88.0.5/16", "interface": 2**63 - 1}]},
+         ".ips[0].interface: out of range of an integer"),
+        ({"ips": [{"address": "10.88.0.5/16", "interface": 2**62}]}, None),
     ],
 )  # fmt: skip
 def test_refused_where_the_plugin_fails(changes: dict, why: object) -> None:
