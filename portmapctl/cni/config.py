@@ -329,7 +329,10 @@ def plugin_config(
     --backend nftables), for what the plugin refuses there."""
     if not isinstance(conf, dict):
         raise BadInput(f"{source}: the network config must be a JSON object")
-    runtime = conf.get("runtimeConfig") or {}
+    # (Only a null, or no key, is none: Go fails to decode [], "", 0 or false into the
+    # plugin's struct, where `or {}` took them for an empty one.)
+    runtime = conf.get("runtimeConfig")
+    runtime = {} if runtime is None else runtime
     if not isinstance(runtime, dict):
         raise BadInput(f"{source}: runtimeConfig must be an object")
     raw_ports = (

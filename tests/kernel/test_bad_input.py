@@ -256,6 +256,13 @@ CNI_CONFIGS = {
         _portmap_config(runtimeConfig={"portMappings": {"hostPort": 80}}),
         "must be a list",
     ),
+    # Go fails to decode these into the plugin's RuntimeConfig struct (both plugins:
+    # "cannot unmarshal array into Go struct field ..."); add said "nothing to add", exit 0.
+    "runtime-config-list": (_portmap_config(runtimeConfig=[]), "runtimeConfig must be an object"),
+    "runtime-config-false": (
+        _portmap_config(runtimeConfig=False),
+        "runtimeConfig must be an object",
+    ),
     "address-33": (
         _portmap_config(prevResult={"ips": [{"address": "10.88.0.60/33"}]}),
         "invalid container address",
