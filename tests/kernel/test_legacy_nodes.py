@@ -294,3 +294,13 @@ def test_auto_follows_ip6tables_for_ipv6_where_the_alternatives_differ(host_ns, 
         assert [rp.strip_save_comments(t) for t in tables()] == [
             rp.strip_save_comments(t) for t in before
         ], args
+    # A node without IPv6 containers runs each command with --family 4 (the line says
+    # so): read and written in iptables' flavour alone, as its plugin does.
+    assert "--family 4 alone" in done.stderr
+    gc = run(["gc", "--yes", "--min-age", "0", "--family", "4", *node], env=env)
+    assert gc.returncode == 0, gc.stdout + gc.stderr
+    added = run(["add", *node, "--family", "4", "--network", "mynet", "--container", "v4only",
+                 "--ip", "10.88.0.7/16", "-p", "8082:80"], env=env)  # fmt: skip
+    assert added.returncode == 0, added.stdout + added.stderr
+    v4only = chain_name("mynet", "v4only")
+    assert v4only in rp.save(host_ns, 4, "legacy") and v4only not in rp.save(host_ns, 4, "nft")

@@ -60,7 +60,8 @@ def host_flavour(families: Collection[int] = (4, 6)) -> Flavour:
         f"this host's iptables is {flavour} and its ip6tables is {flavour6} (their"
         f" alternatives differ), so the plugin writes IPv4 to the {flavour} tables and"
         f" IPv6 to the {flavour6} ones: run with --family 4 --iptables {flavour} and"
-        f" --family 6 --iptables {flavour6}, or set both alternatives alike"
+        f" --family 6 --iptables {flavour6} (a node without IPv6 containers: --family 4"
+        " alone), or set both alternatives alike"
     )
 
 
