@@ -19,7 +19,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Collection, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Collection,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+)
 
 from portmapctl.errors import BadInput
 from portmapctl.iptables.lexer import split_words
@@ -36,6 +47,8 @@ from portmapctl.iptables.spelling import (
 Args = Tuple[str, ...]
 
 BUILTIN_NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,17 @@ class NatTable:
     family: int
     chains: Dict[str, SavedChain] = field(default_factory=dict)
     generation: Optional[int] = field(default=None, compare=False, repr=False)
+    # What derived() made of it: no part of its value, nor of a copy (init=False: a
+    # table made by replace() or without() starts with none).
+    _derived: Dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def derived(self, key: str, make: Callable[[NatTable], T]) -> T:
+        """`make(self)`, made once per table (a table is not changed once made): an
+        index a check consults for every container, built once instead of a scan of
+        CNI-HOSTPORT-DNAT per container (quadratic at thousands of them)."""
+        if key not in self._derived:
+            self._derived[key] = make(self)
+        return self._derived[key]
 
     def rules(self, chain: str) -> Tuple[Args, ...]:
         found = self.chains.get(chain)

@@ -468,9 +468,18 @@ def _older(config: MappingConfig, family: int, shape: Shape) -> Optional[Tuple[S
 def _v0_6_there(name: str, live: NatTable) -> bool:
     """Whether v0.6 wrote the chain `name`: its paired CNI-SN- chain, or a port-less
     entry rule to it (_written_before_v0_8_6 without the mark rules' word)."""
-    return live.has_chain(paired_snat_chain(name)) or any(
-        rule_target(r) == name and classify_entry(r) is EntryShape.PORTLESS
-        for r in live.rules(TOPLEVEL_DNAT)
+    return live.has_chain(paired_snat_chain(name)) or name in _portless_targets(live)
+
+
+def _portless_targets(live: NatTable) -> FrozenSet[Optional[str]]:
+    """The chains a port-less entry rule (v0.6's) enters, indexed once per table."""
+    return live.derived(
+        "portless-entry-targets",
+        lambda table: frozenset(
+            rule_target(r)
+            for r in table.rules(TOPLEVEL_DNAT)
+            if classify_entry(r) is EntryShape.PORTLESS
+        ),
     )
 
 
@@ -500,10 +509,7 @@ def _written_before_v0_8_6(config: MappingConfig, family: int, live: NatTable) -
     address (v0.7-v0.8.5) where that is not its whole subnet (a /32 pod address, as
     Calico's, has the current plugin mark that very /32)."""
     name = dnat_chain_name(config)
-    if live.has_chain(paired_snat_chain(name)) or any(
-        rule_target(r) == name and classify_entry(r) is EntryShape.PORTLESS
-        for r in live.rules(TOPLEVEL_DNAT)
-    ):
+    if live.has_chain(paired_snat_chain(name)) or name in _portless_targets(live):
         return True
     address = config.address(family)
     if address is None or address.network.prefixlen == address.max_prefixlen:
