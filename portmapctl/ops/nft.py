@@ -109,8 +109,10 @@ def judged_in_iptables(
     ]
 
 
-def key_ignored_warning(ignored: Sequence[Attachment]) -> str:
-    """The one line that says key_ignored's entries are judged in iptables."""
+def key_ignored_note(ignored: Sequence[Attachment]) -> str:
+    """The one line that says key_ignored's entries are judged in iptables: a note,
+    not a warning (a healthy node says it on every run; the warnings metric would
+    count it for ever)."""
     names = sorted({f"{a.network}/{a.container_id}" for a in ignored})
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     return (

@@ -504,7 +504,6 @@ def repair(
                 transactions["nft"] = text  # both families, one `nft -f` transaction
         unrepaired = _in_row_order(unrepaired)
         warnings: List[str] = [
-            *_key_ignored_warnings(key_ignored),
             *notes,
             *nft_notes,
             *(u.text for u in unrepaired),
@@ -532,6 +531,7 @@ def repair(
         if cache is not None and attachments is not None:
             attachments = cache.refreshed(attachments)  # what the plans were made from
         after = _check_node(node, attachments, replace(read, tables=now))
+        after = replace(after, notes=(*_key_ignored_notes(key_ignored), *after.notes))
     except Interrupted as stop:
         # The repair and its side effects are done; the check after it is not.
         say_repaired(
@@ -541,12 +541,12 @@ def repair(
     return _repaired(before, after, transactions, warnings, unrepaired)
 
 
-def _key_ignored_warnings(ignored: Sequence[Attachment]) -> List[str]:
+def _key_ignored_notes(ignored: Sequence[Attachment]) -> Tuple[str, ...]:
     if not ignored:
-        return []
-    from portmapctl.ops.nft import key_ignored_warning
+        return ()
+    from portmapctl.ops.nft import key_ignored_note
 
-    return [key_ignored_warning(ignored)]
+    return (key_ignored_note(ignored),)
 
 
 def _handed_over(

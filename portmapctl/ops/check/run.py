@@ -107,9 +107,9 @@ def check_node(node: Node) -> CheckResult:
     result = _check_node(node, attachments, read)
     if not ignored:
         return result
-    from portmapctl.ops.nft import key_ignored_warning
+    from portmapctl.ops.nft import key_ignored_note
 
-    return replace(result, warnings=(key_ignored_warning(ignored), *result.warnings))
+    return replace(result, notes=(key_ignored_note(ignored), *result.notes))
 
 
 def follow_the_plugin(
