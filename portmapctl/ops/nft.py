@@ -77,7 +77,8 @@ def key_ignored(
 ) -> List[Attachment]:
     """The cache entries whose config says `"backend": "nftables"` and whose plugin
     wrote them in iptables all the same: their network's chain is there (by name, in
-    `iptables_chains`) and their container has no rule in the plugin's nftables tables.
+    `iptables_chains`) and their container has no rule in the plugin's nftables tables
+    that DNATs to their address.
 
     Debian's 1.1.1, as every plugin before v1.6, takes `backend` for an unknown key. Its
     CHECK and DEL look in iptables alone: judged by the key, such a container was
@@ -91,8 +92,27 @@ def key_ignored(
     ]
     if not candidates:
         return []
-    in_nft = owners_in(nft_live)
-    return [a for a in candidates if a.container_id not in in_nft]
+    # As split() judges: rules of the container that DNAT to this entry's address (a
+    # container on two networks, the other one added by v1.9.1 in nftables, has rules
+    # there that are not this network's).
+    in_nft, targets = owners_in(nft_live), _dnat_targets(nft_live)
+    return [a for a in candidates if not _rules_of(a.mapping, in_nft, targets)]
+
+
+def has_rules_for(config: MappingConfig, live: Ruleset) -> bool:
+    """Whether the container has rules in the plugin's nftables tables that are this
+    config's: they DNAT to one of its addresses (key_ignored's test, for one mapping)."""
+    return _rules_of(config, owners_in(live), _dnat_targets(live))
+
+
+def _rules_of(
+    config: Optional[MappingConfig], owners: Collection[str], targets: Dict[str, Set[str]]
+) -> bool:
+    return (
+        config is not None
+        and config.container_id in owners
+        and _to_one_of(config, targets.get(config.container_id))
+    )
 
 
 def judged_in_iptables(

@@ -419,3 +419,28 @@ def test_a_cached_condition_nft_would_run_as_more_than_a_match_stops_no_repair(
     assert sorted(left) == sorted(
         (r["family"], r["comment"]) for r in hostports if r["comment"] != "api1"
     )
+
+
+def test_a_container_whose_other_network_is_in_nftables_is_still_judged_where_its_chain_is(
+    node: str, tmp_path: Path
+) -> None:
+    """web1 on `podman` added by Debian's 1.1.1 under a `"backend": "nftables"` config
+    (its chain in iptables), and on `net2` by v1.9.1 since (the plugin upgraded; its
+    rules in nftables carry the same container ID). Judged by the container ID, the
+    `podman` entry was taken as nftables' again (nft-missing-rules on every run): its
+    nftables rules are net2's, DNATing to net2's address (helper-175's review)."""
+    cid, ips, ports = WEB[0], ["10.88.0.5/16"], WEB[2]
+    conf = upstream.nft_conf("podman", ips, ports)
+    rp.run_plugin("ADD", node, cid, conf, check=True)  # Debian's: iptables
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips)
+    ports2, ips2 = [{"hostPort": 9191, "containerPort": 91, "protocol": "tcp"}], ["10.99.0.5/16"]
+    conf2 = upstream.nft_conf("net2", ips2, ports2)
+    upstream.run("v1.9.1", "ADD", node, cid, conf2, check=True)
+    rp.write_cni_cache(tmp_path, "net2", cid, "net1", conf2, ports2, ips2)
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["problems"] == []
+    assert "podman/web1" in checked.stderr and "ignores the key" in checked.stderr
+    one = _pmctl(node, tmp_path, "check", "--network", "podman", "--container", cid,
+                 "--ip", ips[0], "-p", "8080:80/tcp", "-p", "5353:53/udp")  # fmt: skip
+    assert one.returncode == 0 and "ignores the key" in one.stderr, one.stdout + one.stderr

@@ -105,9 +105,9 @@ def _key_ignored(node: Node, config: MappingConfig) -> bool:
     families = validate.chosen_families(config, node.families, "check")
     if not _chain_in_iptables(node, families, dnat_chain_name(config)):
         return False
-    from portmapctl.nftables.node import owners_in
+    from portmapctl.ops.nft import has_rules_for
 
-    return config.container_id not in owners_in(node.read_nft_evidence())
+    return not has_rules_for(config, node.read_nft_evidence())
 
 
 def _chain_in_iptables(node: Node, families: Sequence[int], name: str) -> bool:
