@@ -369,15 +369,17 @@ def repair(
     also: Sequence[WantedFamily] = (),
     addresses: Optional[Collection[str]] = None,
     dedupe: bool = False,
+    held: Collection[int] = (),
 ) -> Transaction:
     """`check --repair`: the containers `ids` exactly as `wanted`: their unwanted rules
     deleted by handle, then what is missing added (setup), in one transaction. `also`:
     more of their rules that are not unwanted, left as they are (the same container's
     on another network, when one mapping is repaired); `addresses`: as for `unwanted`;
     `dedupe` (a repair of the node): an entry chain holding extra copies
-    (`extra_copies`) written again with each rule once, in its order."""
+    (`extra_copies`) written again with each rule once, in its order. `held`: the
+    families whose entry (prerouting/output) is left as it is, whatever it is."""
     txn = Transaction()
-    made = setup(live, wanted)
+    made = setup(live, wanted, held=held)
     flushed = {(op.family, op.chain) for op in made.ops if op.kind is OpKind.FLUSH_CHAIN}
     for family in sorted(set(families)):
         want = [w for w in (*wanted, *also) if w.family == family]
@@ -424,7 +426,10 @@ class Entries(str, Enum):
 
 
 def setup(
-    live: Ruleset, wanted: Iterable[WantedFamily], entries: Entries = Entries.KEEP
+    live: Ruleset,
+    wanted: Iterable[WantedFamily],
+    entries: Entries = Entries.KEEP,
+    held: Collection[int] = (),
 ) -> Transaction:
     """What to add so that every container of `wanted` is as the plugin's ADD leaves it."""
     by_family: Dict[int, List[WantedFamily]] = {}
@@ -438,7 +443,7 @@ def setup(
         # host-IP rules there, passes again and nothing of v1.9's is written on a node
         # that does not run it.
         old = entries is Entries.KEEP and layout(live, family) is Layout.V16
-        _setup_family(txn, live, family, by_family[family], entries, old)
+        _setup_family(txn, live, family, by_family[family], entries, old, family in held)
     return txn
 
 
@@ -469,6 +474,7 @@ def _setup_family(
     wanted: Sequence[WantedFamily],
     entries: Entries,
     old_shape: bool,
+    hold_entry: bool = False,
 ) -> None:
     table = live.table(family)
     chains = {} if table is None else table.chains
@@ -486,6 +492,8 @@ def _setup_family(
     if entries is Entries.KEEP and table is not None and downgraded(table):
         entry = _live_entry(table) or entry
     rewrite, refill = _entries_to_write(table, entry, entries, old_shape)
+    if hold_entry:
+        rewrite = []  # (the caller's: the conditions it would need cannot be written)
     for name in REGULAR_CHAINS:
         if name not in chains and not (old_shape and name == HOSTPORTS_ALL):
             txn.add_chain(family, name, create=fresh)

@@ -178,7 +178,7 @@ def nft_repair(
     if node.nft is None or attachments is None:
         return NftRepaired("", [], None if attachments is None else list(attachments))
     from portmapctl.nftables import planner
-    from portmapctl.nftables.ruleset import HOSTPORTS
+    from portmapctl.nftables.ruleset import HOSTPORTS, OUTPUT, PREROUTING
     from portmapctl.nftables.transaction import refused_condition
     from portmapctl.nftables.wanted import wanted
 
@@ -193,6 +193,10 @@ def nft_repair(
     }
     unwritten = [a for a in expected if a.path in refused]
     in_add_order, expected = expected, [a for a in expected if a.path not in refused]
+    # The entry (prerouting/output) is the node's, with the newest ADD's conditions:
+    # where those are refused, it is left as it is. Another container's conditions
+    # (none, say) would open every host port wider than that ADD asked.
+    held = _newest_refused(in_add_order, refused, families)
     cache = _CacheAgain(node, expected)
     if not cache.expected and not dedupe:
         return NftRepaired(
@@ -208,7 +212,7 @@ def nft_repair(
         kept = [*cache.kept(), *(a.mapping for a in unwritten)]
         also = [w for c in kept for f in families if (w := wanted(c, f)) is not None]  # type: ignore[arg-type]
         ids = {c.container_id for c in configs}
-        return planner.repair(live, want, ids, families, also, dedupe=True)
+        return planner.repair(live, want, ids, families, also, dedupe=True, held=held)
 
     # By container ID and family; a container is left out whole (its networks at once).
     taken: Dict[Tuple[str, int], Tuple[MappingConfig, PortTaken]] = {}
@@ -247,7 +251,14 @@ def nft_repair(
     text = node.converge_nft(plan, dry_run=dry_run, went_in=went_in)
     now = cache.refreshed(attachments)
     if unwritten:
-        left_unwritten = _not_written(node.read_nft(), unwritten, refused, families)
+        after = node.read_nft()
+        left_unwritten = _not_written(after, unwritten, refused, families)
+        # Said where the entry it left is no working one (else nothing to say).
+        notes += [
+            _entry_held(family, newest, refused[newest.path])
+            for family, newest in held.items()
+            if not all(planner.entry_ok(after.table(family), c) for c in (PREROUTING, OUTPUT))
+        ]
     cached = {a.container_id for a in attachments}
     left = tuple(
         Unrepaired(t.family, c.network, c.container_id, t.chain, t.why(nft_holder_name(t), cached))
@@ -262,40 +273,28 @@ def nft_repair(
         left += left_unwritten
     if not text or not planned:
         return NftRepaired(text, [], now, left, tuple(notes))
-    if unwritten:
-        notes += _entry_not_the_newest(planned[-1][0], in_add_order, refused)
     return NftRepaired(text, nft_changed(*planned[-1]), now, left, tuple(notes))
 
 
-def _entry_not_the_newest(
-    txn: NftTransaction, in_add_order: Sequence[Attachment], refused: Dict[str, str]
-) -> List[str]:
-    """Where `txn` wrote a family's entry (prerouting/output) while the newest cached ADD
-    of that family is one whose conditions were refused: whose conditions it got."""
-    from portmapctl.nftables.ruleset import OUTPUT, PREROUTING
-    from portmapctl.nftables.transaction import OpKind
-
-    written = sorted(
-        {
-            op.family
-            for op in txn.ops
-            if op.kind is OpKind.ADD_RULE and op.chain in (PREROUTING, OUTPUT)
-        }
-    )
-    said = []
-    for family in written:
+def _newest_refused(
+    in_add_order: Sequence[Attachment], refused: Dict[str, str], families: Sequence[int]
+) -> Dict[int, Attachment]:
+    """By family, the newest cached ADD where its conditions are refused."""
+    held = {}
+    for family in families:
         of_family = [a for a in in_add_order if family in a.mapping.families]  # type: ignore[union-attr]
-        if not of_family or of_family[-1].path not in refused:
-            continue
-        newest = of_family[-1]
-        used = [a for a in of_family if a.path not in refused]
-        whose = f"those of {used[-1].network}/{used[-1].container_id}" if used else "none"
-        said.append(
-            f"IPv{family} prerouting and output were written with {whose}, not with the"
-            f" conditions of the newest cached ADD, {newest.network}/{newest.container_id}:"
-            f" {refused[newest.path]}"
-        )
-    return said
+        if of_family and of_family[-1].path in refused:
+            held[family] = of_family[-1]
+    return held
+
+
+def _entry_held(family: int, newest: Attachment, why: str) -> str:
+    return (
+        f"IPv{family} prerouting and output were left as they are: they take the"
+        f" conditions of the newest cached ADD, {newest.network}/{newest.container_id},"
+        f" which cannot be written ({why}); another container's would open every host"
+        " port wider than that ADD asked"
+    )
 
 
 def _not_written(
@@ -387,12 +386,15 @@ def repair_mapping(
     # prerouting/output are the node's, not this container's: where one must be written
     # again, it gets the conditions of the newest cached ADD of its family, as the
     # node-wide repair writes it (this container's would apply to every container).
+    held: Set[int] = set()
     if attachments:
-        # (Of those whose conditions can be written: nft_repair leaves the others.)
-        newest = {w.family: w.entry for c in expected_configs(node, attachments)
-                  if not refused_condition((*c.conditions_v4, *c.conditions_v6))
+        newest = {w.family: (w.entry, c) for c in expected_configs(node, attachments)
                   for f in families if (w := wanted(c, f)) is not None}  # fmt: skip
-        want = [replace(w, entry=newest.get(w.family, w.entry)) for w in want]
+        # Where the newest ADD's conditions cannot be written, the entry is left as it
+        # is, as nft_repair leaves it (another's would open every port wider).
+        held = {f for f, (_, c) in newest.items()
+                if refused_condition((*c.conditions_v4, *c.conditions_v6))}  # fmt: skip
+        want = [replace(w, entry=newest.get(w.family, (w.entry, None))[0]) for w in want]
     # Exactly as checked: the container's own unwanted rules go too, by handle
     # (never anyone else's), as the node-wide repair does.
     ids, kept = {config.container_id}, [w.family for w in want]
@@ -400,7 +402,7 @@ def repair_mapping(
     tried: List[NftTransaction] = planned if planned is not None else []
 
     def plan(live: Ruleset) -> NftTransaction:
-        txn = planner.repair(live, want, ids, kept, others, mine)
+        txn = planner.repair(live, want, ids, kept, others, mine, held=held)
         took = {
             f: t for (cid, f), t in nft_ports_taken(live, txn).items() if cid == config.container_id
         }
