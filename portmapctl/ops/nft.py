@@ -211,7 +211,7 @@ def kept_in_nftables(
     there: written to iptables too, the container would be mapped in both backends, one
     of them where the plugin's DEL for it never looks."""
     cid = config.container_id
-    if cid not in owners_in(live) or not _to_one_of(config, _dnat_targets(live).get(cid)):
+    if not has_rules_for(config, live):
         return False
     in_ipt = {cid} if in_iptables() else set()
     return choose(None, cid, {cid}, in_ipt, Backend(keyless)) is Backend.NFTABLES

@@ -178,7 +178,7 @@ def nft_repair(
     if node.nft is None or attachments is None:
         return NftRepaired("", [], None if attachments is None else list(attachments))
     from portmapctl.nftables import planner
-    from portmapctl.nftables.ruleset import HOSTPORTS, OUTPUT, PREROUTING
+    from portmapctl.nftables.ruleset import HOSTPORTS
     from portmapctl.nftables.transaction import refused_condition
     from portmapctl.nftables.wanted import wanted
 
@@ -257,7 +257,7 @@ def nft_repair(
         notes += [
             _entry_held(family, newest, refused[newest.path])
             for family, newest in held.items()
-            if not all(planner.entry_ok(after.table(family), c) for c in (PREROUTING, OUTPUT))
+            if not _entry_works(after, family)
         ]
     cached = {a.container_id for a in attachments}
     left = tuple(
@@ -297,13 +297,22 @@ def _entry_held(family: int, newest: Attachment, why: str) -> str:
     )
 
 
+def _entry_works(live: Ruleset, family: int) -> bool:
+    """Whether `family`'s prerouting and output send local traffic to the host ports."""
+    from portmapctl.nftables import planner
+    from portmapctl.nftables.ruleset import OUTPUT, PREROUTING
+
+    table = live.table(family)
+    return all(planner.entry_ok(table, chain) for chain in (PREROUTING, OUTPUT))
+
+
 def _not_written(
     live: Ruleset, unwritten: Sequence[Attachment], why: Dict[str, str], families: Sequence[int]
 ) -> Tuple[Unrepaired, ...]:
     """The `could not repair` lines of the entries nft_repair writes nothing for (`why`:
     by path), where their family lacks a rule of theirs or the entry that reaches them."""
     from portmapctl.nftables import planner
-    from portmapctl.nftables.ruleset import HOSTPORTS, OUTPUT, PREROUTING
+    from portmapctl.nftables.ruleset import HOSTPORTS
     from portmapctl.nftables.wanted import wanted
 
     found = []
@@ -312,10 +321,8 @@ def _not_written(
             if family not in families:
                 continue
             want = wanted(a.mapping, family)  # type: ignore[arg-type]
-            table = live.table(family)
             if want is not None and (
-                planner.missing_rules(live, want)
-                or not all(planner.entry_ok(table, c) for c in (PREROUTING, OUTPUT))
+                planner.missing_rules(live, want) or not _entry_works(live, family)
             ):
                 found.append(Unrepaired(family, a.network, a.container_id, HOSTPORTS, why[a.path]))
     return tuple(found)
