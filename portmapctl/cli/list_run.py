@@ -258,7 +258,7 @@ def _nft_rows(node: Any, started: Tuple[Any, dict], cache: Any, found: Any, out:
         # Cached containers whose rules are in nftables, and nft cannot read them: a
         # table that cannot be read stops the command (SPEC §5: never "no chains
         # found"), as in check and gc (exit 3, one line).
-        raise node.nft_unusable
+        raise node.nft_unusable.needed_by(a.container_id for a in split.nftables)
     if not nft_found.mappings:
         return []
     return list(nft_found.mappings)

@@ -341,10 +341,11 @@ def flush(
         if node.nft_unusable is not None:
             from portmapctl.ops.check.nft import configured_nft
 
-            if configured_nft(attachments):
+            configured = configured_nft(attachments)
+            if configured:
                 # The ports a cached container maps in nftables cannot be told: its live
                 # flows would be judged by the rest, called misrouted (exit 3, as gc).
-                raise node.nft_unusable
+                raise node.nft_unusable.needed_by(configured)
     keys = select_ports(_worked_on(node, mappings), families, ports=ports, container=container)
     if not keys:
         return FlushResult(dry_run, stale_only, (), (), 0, 0, warnings)

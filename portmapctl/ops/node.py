@@ -139,13 +139,32 @@ class Node:
 
         if self.nft is None:
             return EMPTY
+        wanted = families or self.options.families
         try:
-            return self.nft.read(families or self.options.families)
+            return self.nft.read(wanted)
         except NftUnusable as err:
             if self.options.backend == PluginBackend.NFTABLES:
                 raise
+            if not self._plugin_tables_may_be_here(wanted):
+                # Known empty without nft: no entry or judgment needs nft to read it (a
+                # config whose plugin ignored `"backend": "nftables"` on a node without
+                # nft stopped every whole-node run, exit 3). A write still needs nft.
+                return EMPTY
             self.nft_unusable = err
             return EMPTY
+
+    def _plugin_tables_may_be_here(self, families: Tuple[int, ...]) -> bool:
+        """Whether the kernel may hold the plugin's `cni_hostport` table in `families`:
+        asked over netlink (no nft needed), for the real nft of a live node only (an
+        offline node's kernel is not the one its files come from); True where that
+        cannot be told."""
+        from portmapctl.iptables.access.nfmsg import table_present
+        from portmapctl.nftables import TABLE
+        from portmapctl.nftables.access.nft import RealNft
+
+        if self.options.offline or not isinstance(self.nft, RealNft):
+            return True
+        return any(table_present(family, TABLE) for family in families)
 
     def read_nft_evidence(self) -> Ruleset:
         """The plugin's nftables tables, also where nftables is not looked at

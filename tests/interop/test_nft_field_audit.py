@@ -17,6 +17,8 @@ import realplugin as rp
 import upstream
 from test_nft_commands import API, WEB, _container_rules, _plugin_add, _pmctl, node  # noqa: F401
 
+from portmapctl.iptables.chains import chain_name
+
 pytestmark = pytest.mark.netns
 
 
@@ -439,3 +441,43 @@ def test_a_container_whose_other_network_is_in_nftables_is_still_judged_where_it
     one = _pmctl(node, tmp_path, "check", "--network", "podman", "--container", cid,
                  "--ip", ips[0], "-p", "8080:80/tcp", "-p", "5353:53/udp")  # fmt: skip
     assert one.returncode == 0 and "ignores the key" in one.stderr, one.stdout + one.stderr
+
+
+def test_a_node_without_nft_and_without_the_plugins_tables_is_not_stopped_by_the_key(
+    node: str, tmp_path: Path
+) -> None:
+    """Debian's 1.1.1 with `"backend": "nftables"` in its config (a key it ignores) on a
+    node without nft (a slim DaemonSet image, a minimal install): check, list and gc
+    stopped on every run with exit 3 "nft not found", since a cached config says
+    nftables, and gc removed no dead chain. But the kernel holds no `cni_hostport`
+    table (one netlink question, no nft needed): nothing is in nftables to be read, the
+    container is judged where its chain is (healthy), and gc removes the dead chain and
+    keeps the live one. Where the plugin's table is there, the commands still stop,
+    and now say how to work on the iptables containers alone."""
+    cid, ips, ports = WEB[0], ["10.88.0.5/16"], WEB[2]
+    conf = upstream.nft_conf("podman", ips, ports)
+    rp.run_plugin("ADD", node, cid, conf, check=True)  # Debian's: iptables
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips)
+    dead = rp.plugin_conf("podman", ["10.88.0.9/16"], [rp.port_mapping(8099, 99)])
+    rp.run_plugin("ADD", node, "dead1", dead, check=True)
+    no_nft = [os.path.realpath(shutil.which("nft") or "/usr/sbin/nft")]
+    where = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
+    checked = pmctl.run(["check", "-o", "json", *where], hide=no_nft)
+    assert checked.returncode == 1, checked.stdout + checked.stderr  # dead1: stale
+    assert {(p["kind"], p["container_id"]) for p in json.loads(checked.stdout)["problems"]} == {
+        ("stale", "dead1")
+    }
+    listed = pmctl.run(["list", "-o", "json", *where], hide=no_nft)
+    assert listed.returncode == 0, listed.stderr
+    assert {m["container_id"] for m in json.loads(listed.stdout)["mappings"]} == {cid, "dead1"}
+    done = pmctl.run(["gc", "--yes", "--min-age", "0", *where], hide=no_nft)
+    assert done.returncode == 0, done.stdout + done.stderr
+    saved = rp.save(node, 4)
+    assert chain_name("podman", "dead1") not in saved
+    assert chain_name("podman", cid) in saved
+
+    _plugin_add(node, tmp_path, API)  # v1.9.1: the plugin's table is there now
+    for command in (["check"], ["list"], ["gc", "--yes", "--min-age", "0"]):
+        done = pmctl.run([*command, *where], hide=no_nft)
+        pmctl.assert_error(done, 3, "nft not found")
+        assert "--backend iptables works on the iptables ones alone" in done.stderr

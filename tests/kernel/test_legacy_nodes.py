@@ -148,8 +148,9 @@ def test_gc_on_a_node_without_nft_removes_the_dead_iptables_chains(host_ns, tmp_
     under --backend auto failed every run, exit 3 'nft not found', and removed no dead
     chain (before; list and check went on with iptables). The plugin cannot have used
     nftables there (it runs nft): gc now removes the dead iptables chains, exit 0, and
-    keeps the live one; where a cached config says "backend": "nftables" it stops, as
-    check does (exit 3), nothing changed."""
+    keeps the live one; where a cached config says "backend": "nftables" and the
+    plugin's table is there (unreadable without nft) it stops, as check does (exit 3),
+    nothing changed, and says how to work on the iptables containers alone."""
     cache = tmp_path / "cni"
     for cid, address, port in (("live1", "10.88.0.5/16", 8080), ("dead1", "10.88.0.6/16", 8081)):
         ports = [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]
@@ -171,12 +172,18 @@ def test_gc_on_a_node_without_nft_removes_the_dead_iptables_chains(host_ns, tmp_
     rp.write_cni_cache(cache, "mynet", "nft1", "eth0", nft_conf, ports, ["10.88.0.7/16"])
     rp.run_plugin("ADD", host_ns, "dead2", rp.plugin_conf("mynet", ["10.88.0.8/16"], ports),
                   mode="legacy", check=True)  # fmt: skip
+    # (The plugin's table; without it nothing is in nftables to be read: gc goes on,
+    # tests/interop/test_nft_field_audit.py.)
+    for what in ("table", "chain"):
+        subprocess.run(["ip", "netns", "exec", host_ns, "nft", "add", what, "ip", "cni_hostport",
+                        *(["hostports"] if what == "chain" else [])], check=True)  # fmt: skip
     before = rp.nat_rules(rp.save(host_ns, 4, "legacy"))
     done = run(argv, hide=no_nft)
     assert done.returncode == 3, done.stderr
     assert done.stderr.strip().splitlines() == [
         "portmapctl: error: nft not found: install nftables (1.0.1 or later) to work with"
-        " the plugin's nftables backend"
+        ' the plugin\'s nftables backend; 1 cached container(s) (nft1) say "backend":'
+        ' "nftables" (--backend iptables works on the iptables ones alone)'
     ]
     assert rp.nat_rules(rp.save(host_ns, 4, "legacy")) == before
 

@@ -43,6 +43,20 @@ class NftApplyFailed(ApplyFailed):
 class NftUnusable(HostProblem):
     """No nft, or one older than 1.0.1: the plugin cannot use nftables here either."""
 
+    def needed_by(self, ids: Iterable[str]) -> NftUnusable:
+        """This, where cached containers (`ids`) say `"backend": "nftables"` and a
+        whole-node command stops for them (exit 3): with the way to work on the node's
+        iptables containers meanwhile, which the bare line left to be guessed."""
+        named = sorted(ids)
+        if not named:
+            return self
+        # (Short IDs, as tables print them: the line stays one a terminal can show.)
+        some = ", ".join(i[:12] for i in named[:2]) + (", ..." if len(named) > 2 else "")
+        return NftUnusable(
+            f"{self}; {len(named)} cached container(s) ({some}) say"
+            ' "backend": "nftables" (--backend iptables works on the iptables ones alone)'
+        )
+
 
 class NftAccess(Protocol):
     name: str

@@ -175,7 +175,8 @@ def nft_problems(
     nft_ids = {a.container_id for a in parts.nftables}
     if node.nft_unusable is not None:
         if parts.nftables:
-            raise node.nft_unusable  # nft state is needed and cannot be read
+            # nft state is needed and cannot be read
+            raise node.nft_unusable.needed_by(a.container_id for a in parts.nftables)
         return NftCheck([], nft_ids, 0, [], None, nft_keys=_keys(parts.nftables))
     problems = [
         # (With no CNI cache, --repair leaves nftables alone: nft_repair.)

@@ -251,8 +251,9 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         # unless a cached config says nftables (check: exit 3 too). Sightings stay.
         from portmapctl.ops.check.nft import configured_nft
 
-        if configured_nft(attachments):
-            raise node.nft_unusable
+        configured = configured_nft(attachments)
+        if configured:
+            raise node.nft_unusable.needed_by(configured)
         nft_rules = None
         remembered.update({key: value for key, value in seen.items() if key.nft})
     live = liveness(sources, attachments)  # the same for every family
