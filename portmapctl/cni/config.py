@@ -84,7 +84,7 @@ def _go_fields(entry: Mapping[str, Any]) -> dict:
     return fields
 
 
-def _port_mapping(entry: Any, source: str) -> PortMapping:
+def _port_mapping(entry: Any, source: str, zone_taken: bool = False) -> PortMapping:
     if not isinstance(entry, dict):
         raise BadInput(f"{source}: each port mapping must be an object")
     fields = _go_fields(entry)
@@ -94,7 +94,7 @@ def _port_mapping(entry: Any, source: str) -> PortMapping:
     try:
         host_port = port(_go_int(fields["hostPort"], "hostPort"), "hostPort")
         container_port = port(_go_int(fields["containerPort"], "containerPort"), "containerPort")
-        address = host_ip(raw_ip) if raw_ip else ""
+        address = host_ip(raw_ip, zone_taken=zone_taken) if raw_ip else ""
         refused = plugin_refuses(fields.get("protocol"))
         if refused:
             raise BadInput(f"port mapping {_as_json(entry)}: {refused}")
@@ -171,12 +171,13 @@ def nftables_refuses(config: MappingConfig) -> str:
     return ""
 
 
-def port_mappings(value: Any, source: str) -> Tuple[PortMapping, ...]:
+def port_mappings(value: Any, source: str, zone_taken: bool = False) -> Tuple[PortMapping, ...]:
+    """`zone_taken`: host IPs the plugin's iptables backend took (core/validate.host_ip)."""
     if value is None:
         return ()
     if not isinstance(value, list):
         raise BadInput(f"{source}: portMappings must be a list")
-    return tuple(_port_mapping(entry, source) for entry in value)
+    return tuple(_port_mapping(entry, source, zone_taken) for entry in value)
 
 
 # Results of these versions (a conflist of cniVersion 0.2.0: libcni caches the result,
@@ -321,12 +322,15 @@ def plugin_config(
     port_mappings_override: Any = None,
     addresses: Optional[List[Interface]] = None,
     writes_to_backend: Optional[Backend] = None,
+    cached: bool = False,
 ) -> MappingConfig:
     """The portmap plugin's stdin (or the portmap entry of a cached conflist).
 
     `addresses`: those of `prevResult`, when the caller has them already.
     `writes_to_backend`: where rules go for a config without a `backend` key (add
-    --backend nftables), for what the plugin refuses there."""
+    --backend nftables), for what the plugin refuses there.
+    `cached`: a CNI cache entry's, which the plugin's ADD took: a host IP's zone
+    (`fe80::1%eth0`) its iptables backend took too, and dropped (validate.host_ip)."""
     if not isinstance(conf, dict):
         raise BadInput(f"{source}: the network config must be a JSON object")
     # (Only a null, or no key, is none: Go fails to decode [], "", 0 or false into the
@@ -374,7 +378,8 @@ def plugin_config(
                 if addresses is not None
                 else result_addresses(conf.get("prevResult"), ifname, source)
             ),
-            ports=port_mappings(raw_ports, source),
+            # (Its nftables backend fails on a zone: never cached with one.)
+            ports=port_mappings(raw_ports, source, cached and writes_to != Backend.NFTABLES),
             snat=snat,
             mark=options["markMasqBit"],
             external_setmark_chain=options["externalSetMarkChain"],

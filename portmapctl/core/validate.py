@@ -85,8 +85,16 @@ def protocol(value: Any) -> str:
     return proto
 
 
-def host_ip(value: Any) -> str:
-    """A host address without prefix; brackets around IPv6 are accepted."""
+def host_ip(value: Any, *, zone_taken: bool = False) -> str:
+    """A host address without prefix; brackets around IPv6 are accepted.
+
+    `zone_taken`: the value is one the plugin's iptables backend took (a CNI cache
+    entry of it: its ADD succeeded), zone and all. ip6tables reads `-d` through
+    getaddrinfo, which takes a zone on a link-local address whose interface exists
+    there (`fe80::1%eth0`) and drops it: the rule is `-d fe80::1/128`. Whether the
+    interface existed cannot be told now, so a zone is refused where nothing says it
+    was taken (add: the plugin fails on `fe80::1%nosuch`, and its nftables backend on
+    any zone)."""
     if not isinstance(value, str):
         raise BadInput(f"invalid host IP {shown(value)}")
     text = value[1:-1] if value.startswith("[") and value.endswith("]") else value
@@ -94,9 +102,15 @@ def host_ip(value: Any) -> str:
         address = ipaddress.ip_address(text)
     except ValueError:
         raise BadInput(f"invalid host IP {shown(value)}: not an IPv4 or IPv6 address") from None
-    # ipaddress takes a zone ("fe80::1%eth0", any text after the %): iptables does not.
-    if getattr(address, "scope_id", None):
+    # ipaddress takes a zone ("fe80::1%eth0", any text after the %); iptables only
+    # where the node resolves it (above).
+    zone = getattr(address, "scope_id", None)
+    if zone and not zone_taken:
         raise BadInput(f"invalid host IP {shown(value)}: a zone (%...) cannot go in a rule")
+    if zone:
+        # (Go's net.ParseIP fails on a zone, so the plugin took it for IPv6 whatever
+        # its bits: not the IPv4 of a ::ffff:a.b.c.d, below.)
+        return ipaddress.IPv6Address(text.partition("%")[0]).compressed
     # Go's net.IP treats ::ffff:a.b.c.d as the IPv4 a.b.c.d (To4), and so does the
     # plugin: its rules are IPv4 ones, `-d a.b.c.d`.
     mapped = getattr(address, "ipv4_mapped", None)

@@ -1111,3 +1111,48 @@ def test_the_plugins_type_and_capabilities_are_read_in_any_case(tmp_path, portma
     found = read_attachment(str(write(tmp_path, "mynet-abc123-eth0", entry(portmap=portmap))))
     assert found.mapping is not None
     assert [p.host_port for p in found.mapping.ports] == [p["hostPort"] for p in PORTS]
+
+
+def _zoned(backend: Optional[str]) -> dict:
+    portmap = {"type": "portmap", "capabilities": {"portMappings": True}}
+    if backend is not None:
+        portmap["backend"] = backend
+    result = {
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": "/var/run/netns/x"}],
+        "ips": [{"address": "fd00:88::5/64", "interface": 0}],
+    }
+    ports = [
+        {"hostPort": 8085, "containerPort": 85, "protocol": "udp", "hostIP": "FE80::1%lo"},
+        {"hostPort": 8086, "containerPort": 86, "protocol": "tcp", "hostIP": "::ffff:1.2.3.4%1"},
+    ]
+    return entry(portmap=portmap, result=result, ports=ports)
+
+
+@pytest.mark.parametrize("backend", [None, "iptables"])
+def test_a_cached_host_ip_with_a_zone_is_the_address_the_plugin_wrote(tmp_path, backend):
+    """ip6tables (getaddrinfo) takes `fe80::1%lo` where `lo` exists and writes `-d
+    fe80::1/128`: the plugin's ADD succeeded and libcni cached the zone. 0.1 skipped
+    the entry ("a zone (%...) cannot go in a rule"): the container was never checked.
+    A zone makes Go's net.ParseIP fail, so the plugin took the address for IPv6,
+    whatever its bits (not the IPv4 of ::ffff:a.b.c.d)."""
+    found = read_attachment(str(write(tmp_path, "mynet-abc123-eth0", _zoned(backend))))
+    assert found.mapping is not None
+    assert [(p.host_ip, p.applies_to(6)) for p in found.mapping.ports] == [
+        ("fe80::1", True),
+        ("::ffff:102:304", True),
+    ]
+
+
+def test_a_host_ip_zone_is_refused_where_the_plugin_fails_on_it(tmp_path):
+    """Its nftables backend writes the zone into nft's input, a syntax error: no ADD
+    of such a config succeeded, and its entry says so. The plugin's stdin (add
+    --cni-config) is no proof that the zone's interface exists: refused, as before."""
+    path = str(write(tmp_path, "mynet-abc123-eth0", _zoned("nftables")))
+    with pytest.raises(BadInput, match="a zone"):
+        read_attachment(path)
+    stdin = {"cniVersion": "1.0.0", "name": "mynet", "type": "portmap",
+             "runtimeConfig": {"portMappings": _zoned(None)["capabilityArgs"]["portMappings"]},
+             "prevResult": _zoned(None)["result"]}  # fmt: skip
+    with pytest.raises(BadInput, match="a zone"):
+        cni_config.plugin_config(stdin, "abc123", "<stdin>")
