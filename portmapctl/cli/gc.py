@@ -142,9 +142,8 @@ def gc_command(
         # The cache note is said after gc has run: a refusal (no source of liveness) is
         # its one error line.
         # Asking: read and plan once, without the lock (no other run waits on a
-        # person), ask, then take the lock and apply that plan; a table changed
-        # meanwhile fails its transaction whole, and that family is read and planned
-        # again (Node.converge), limited to what was confirmed.
+        # person), ask, then take the lock, read and plan again, limited to what was
+        # confirmed, and apply that.
         with opened(node_opts, write=not dry_run, lock_now=not ask) as node:
             with out.busy("reading the ruleset"):
                 # Not asking: the smaller family goes in while the other is planned.
@@ -181,7 +180,12 @@ def gc_command(
                 confirmed = frozenset(c.key for c in preview.removed)
                 options = replace(options, only=confirmed)
                 with locked(node), out.progress("removing chains") as progress:
-                    result = apply_gc(node, replace(planned, options=options), progress)
+                    # Not the plan shown: a container may have become live while the
+                    # question was read (one started again with its ID and address gets
+                    # its chain back from the plugin unchanged, then its cache entry),
+                    # and that plan, its table unchanged, would still go in whole.
+                    planned = plan_gc(node, sources, options)
+                    result = apply_gc(node, planned, progress)
                     applied.append(result)
             else:
                 doing = "looking for chains to remove" if dry_run else "removing chains"

@@ -421,11 +421,14 @@ def _on_terminal(
     answer: bytes,
     env: Optional[dict] = None,
     watch: Optional[Callable[[bytes], None]] = None,
+    before_answer: Optional[Callable[[], None]] = None,
 ) -> tuple:
     """Run portmapctl with a terminal on stdin/stderr (where gc asks and shows its
     preview), answer its prompt; returns (exit code, the terminal's text, stdout).
     `env` adds to (or overrides) the environment, 250 columns and NO_COLOR. `watch`
-    is given what the terminal has shown so far, as it goes."""
+    is given what the terminal has shown so far, as it goes; `before_answer` is called
+    once the question is shown, before it is answered (what happens while a person
+    reads it)."""
     master, slave = pty.openpty()
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "250", **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "portmapctl", *argv], stdin=slave,
@@ -445,6 +448,8 @@ def _on_terminal(
                 break
             seen += chunk
         if not answered and b"[y/N]" in seen:
+            if before_answer is not None:
+                before_answer()
             os.write(master, answer + b"\n")
             answered = True
         if watch is not None:
@@ -520,6 +525,36 @@ def test_on_a_terminal_gc_asks_first(nft_node: Node_):
     # stdout holds the result alone: the preview and the question went to the terminal.
     assert [c["chain"] for c in json.loads(stdout)["removed"]] == [chain_name("gcnet", "stale1")]
     assert node.lines(4) == _without(before, {chain_name("gcnet", "stale1")})
+
+
+def test_a_container_live_again_while_gc_asks_keeps_its_chain(nft_node: Node_):
+    """gc that asks plans before the question. A container whose chain waits out
+    --min-age comes back while the question is read, with its ID, address and ports (a
+    static address): the plugin's ADD finds its chain as it was and changes nothing,
+    and libcni writes the cache entry. The table had not changed, so the plan made
+    before the question went in as it was and took the live container's chain (its
+    host port no longer forwarded). Read again once the answer is given, the container
+    is live, and its chain stays."""
+    node = nft_node
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
+    node.add("gcnet", "back", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    assert node.gc("--dry-run", "--min-age", "1s").returncode == 0  # seen stale from here
+    time.sleep(1.2)
+
+    def started_again() -> None:
+        done = rp.run_plugin("ADD", node.ns, "back", node.confs["back"], mode=node.mode)
+        assert done.returncode == 0, done.stdout + done.stderr
+        node.cache_add("gcnet", "back")
+
+    before = node.lines(4)
+    argv = ["gc", "--netns", node.ns, "--iptables", "nft", "--cni-cache-dir", str(node.cache),
+            "--min-age", "1s", "-o", "json"]  # fmt: skip
+    code, shown, stdout = _on_terminal(argv, b"y", before_answer=started_again)
+    assert code == 0, shown
+    assert "Remove 1 chain of 1 container?" in shown and " back " in shown
+    assert json.loads(stdout)["removed"] == []
+    assert node.lines(4) == before
+    node.check("back")
 
 
 def test_on_a_terminal_gc_whose_lock_is_refused_exits_3_before_it_asks(nft_node: Node_, tmp_path):

@@ -2,7 +2,8 @@
 applied ahead by plan_gc reported in its place), then the nftables side, the
 sightings saved for --min-age, and the UDP conntrack flush after (udp.py); the
 GcResult, or the one error line of a family that failed. Apart from plan.py: an
-interactive gc plans, asks, and only then applies what was shown.
+interactive gc plans, asks, then plans again (limited to what was shown) and applies
+that.
 """
 
 from __future__ import annotations
