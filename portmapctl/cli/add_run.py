@@ -508,10 +508,13 @@ def _flavour_ahead(common: Common, config: MappingConfig) -> Optional[str]:
         return None
     flavour = common.iptables.value
     if flavour == "auto":
+        from portmapctl.cli._common import families
         from portmapctl.iptables.access import host_flavour
 
         try:
-            flavour = host_flavour(config.families)
+            # Over the families the node is opened with, as open_backend: where their
+            # tools' flavours differ, add works per family (no write ahead).
+            flavour = host_flavour(families(common.family))
         except ToolTimedOut:
             raise  # add would ask again, and wait as long
         except PortmapctlError:

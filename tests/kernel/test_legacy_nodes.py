@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import realplugin as rp
-from pmctl import assert_error, run
+from pmctl import run
 
 from portmapctl.iptables.chains import chain_name
 
@@ -261,53 +261,97 @@ def _alternatives_apart(tmp_path) -> str:
     return str(folder)
 
 
+def _apart_plugin(host_ns: str, apart: str, command: str, cid: str, conf: dict):
+    """The real plugin run as a runtime on that node runs it: `iptables` and
+    `ip6tables` found on its PATH, each family's alternative."""
+    return rp._run(
+        ["ip", "netns", "exec", host_ns, rp.PLUGIN],
+        input=json.dumps(conf),
+        env={"PATH": f"{apart}:{rp.SYSTEM_PATH}", "CNI_COMMAND": command,
+             "CNI_CONTAINERID": cid, "CNI_NETNS": rp.container_netns(),
+             "CNI_IFNAME": "eth0", "CNI_PATH": rp.CNI_PATH},
+    )  # fmt: skip
+
+
+def _apart_check(host_ns: str, cid: str, conf: dict) -> list:
+    """The plugin's CHECK of each family in that family's flavour (Debian's 1.1.1 checks
+    every address in every family it can run: one family at a time, realplugin.run_check)."""
+    return [
+        rp.run_plugin("CHECK", host_ns, cid, rp.narrow_conf(conf, family), mode=mode,
+                      family=family).returncode
+        for family, mode in ((4, "legacy"), (6, "nft"))
+    ]  # fmt: skip
+
+
 def test_auto_follows_ip6tables_for_ipv6_where_the_alternatives_differ(host_ns, tmp_path):
     """The plugin runs `iptables` for IPv4 and `ip6tables` for IPv6: where their
     alternatives differ, its IPv4 rules are in the legacy tables and its IPv6 ones in
-    nf_tables. `--iptables auto` took `iptables`' flavour for both: check of a healthy
-    node reported the plugin's IPv6 chains missing on every run (exit 1), and add wrote
-    IPv6 into the legacy tables, where the plugin's DEL never looks (a leak, and a
-    split brain). Now auto takes each family's own tool; both families on such a node
-    are one clear line, exit 3, nothing written."""
+    nf_tables. `--iptables auto` took `iptables`' flavour for both (check of a healthy
+    node reported the plugin's IPv6 chains missing on every run, and add wrote IPv6
+    into the legacy tables, where the plugin's DEL never looks), then refused both
+    families, exit 3 (a cron `gc --yes` on such a node failed every run). Now each
+    family is read and written in its own tool's flavour: check is healthy, a lost
+    IPv6 rule is repaired in nf_tables, add writes each family where the plugin's
+    CHECK and DEL find it, gc removes a dead container's chains from both."""
     apart = _alternatives_apart(tmp_path)
     env = {"PATH": f"{apart}:{os.environ['PATH']}"}
+    cache = tmp_path / "cni"
     ips = ["10.88.0.5/16", "fd00::5/64"]
     conf = rp.plugin_conf("mynet", ips, PORTS)
-    plugin = rp._run(
-        ["ip", "netns", "exec", host_ns, rp.PLUGIN],
-        input=json.dumps(conf),
-        env={"PATH": f"{apart}:{rp.SYSTEM_PATH}", "CNI_COMMAND": "ADD",
-             "CNI_CONTAINERID": "ds1", "CNI_NETNS": rp.container_netns(),
-             "CNI_IFNAME": "eth0", "CNI_PATH": rp.CNI_PATH},
-    )  # fmt: skip
-    assert plugin.returncode == 0, plugin.stderr
+    done = _apart_plugin(host_ns, apart, "ADD", "ds1", conf)
+    assert done.returncode == 0, done.stderr
+    rp.write_cni_cache(cache, "mynet", "ds1", "eth0", conf, PORTS, ips)
     chain = chain_name("mynet", "ds1")
     assert chain in rp.save(host_ns, 4, "legacy") and chain in rp.save(host_ns, 6, "nft")
-    rp.write_cni_cache(tmp_path / "cni", "mynet", "ds1", "eth0", conf, PORTS, ips)
-    node = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni")]
+    node = ["--netns", host_ns, "--cni-cache-dir", str(cache)]
 
     def tables() -> list:
-        return [rp.save(host_ns, f, mode) for f in (4, 6) for mode in ("nft", "legacy")]
+        return [rp.strip_save_comments(rp.save(host_ns, f, mode))
+                for f in (4, 6) for mode in ("nft", "legacy")]  # fmt: skip
 
-    for family in ("4", "6"):
-        done = run(["check", *node, "--family", family], env=env)
+    for family in ("4", "6", "all"):
+        done = run(["check", "-o", "json", *node, "--family", family], env=env)
         assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout)["problems"] == []
+    listed = run(["list", "-o", "json", *node], env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = {(m["family"], tuple(m["status"])) for m in json.loads(listed.stdout)["mappings"]}
+    assert rows == {(4, ("ok",)), (6, ("ok",))}
+
+    # A lost IPv6 rule: reported, and put back where the plugin's CHECK looks.
     before = tables()
-    for args in (["check", *node], ["check", "--repair", *node], ["gc", "--yes", *node],
-                 ["add", *node, "--network", "mynet", "--container", "ds2", "--ip",
-                  "10.88.0.6/16", "--ip", "fd00::6/64", "-p", "8081:80"]):  # fmt: skip
-        done = run(args, env=env)
-        assert_error(done, 3, "iptables is legacy", "ip6tables is nft", "--family")
-        assert [rp.strip_save_comments(t) for t in tables()] == [
-            rp.strip_save_comments(t) for t in before
-        ], args
-    # A node without IPv6 containers runs each command with --family 4 (the line says
-    # so): read and written in iptables' flavour alone, as its plugin does.
-    assert "--family 4 alone" in done.stderr
-    gc = run(["gc", "--yes", "--min-age", "0", "--family", "4", *node], env=env)
-    assert gc.returncode == 0, gc.stdout + gc.stderr
-    added = run(["add", *node, "--family", "4", "--network", "mynet", "--container", "v4only",
-                 "--ip", "10.88.0.7/16", "-p", "8082:80"], env=env)  # fmt: skip
+    dnat = [line for line in rp.save(host_ns, 6, "nft").splitlines()
+            if line.startswith(f"-A {chain} ") and "-j DNAT" in line]  # fmt: skip
+    rp.iptables(host_ns, ["-t", "nat", "-D", *dnat[0].split()[1:]], family=6, mode="nft")
+    done = run(["check", "-o", "json", *node], env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    found = [(p["kind"], p["family"]) for p in json.loads(done.stdout)["problems"]]
+    assert found == [("missing-rules", 6)]
+    done = run(["check", "--repair", *node], env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert tables() == before
+    assert _apart_check(host_ns, "ds1", conf) == [0, 0]
+
+    # add: each family in its own flavour, as the plugin's ADD would.
+    ips2 = ["10.88.0.6/16", "fd00::6/64"]
+    ports2 = [{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}]
+    conf2 = rp.plugin_conf("mynet", ips2, ports2)
+    added = run(["add", *node, "--network", "mynet", "--container", "ds2", "--ip", ips2[0],
+                 "--ip", ips2[1], "-p", "8081:80"], env=env)  # fmt: skip
     assert added.returncode == 0, added.stdout + added.stderr
-    v4only = chain_name("mynet", "v4only")
-    assert v4only in rp.save(host_ns, 4, "legacy") and v4only not in rp.save(host_ns, 4, "nft")
+    chain2 = chain_name("mynet", "ds2")
+    assert chain2 in rp.save(host_ns, 4, "legacy") and chain2 in rp.save(host_ns, 6, "nft")
+    assert chain2 not in rp.save(host_ns, 4, "nft") + rp.save(host_ns, 6, "legacy")
+    assert _apart_check(host_ns, "ds2", conf2) == [0, 0]
+    assert _apart_plugin(host_ns, apart, "DEL", "ds2", conf2).returncode == 0
+    saved = "".join(rp.save(host_ns, f, mode) for f in (4, 6) for mode in ("nft", "legacy"))
+    assert chain2 not in saved
+
+    # gc: a dead container's chains go from both flavours; the live one stays.
+    ports3 = [{"hostPort": 8082, "containerPort": 80, "protocol": "tcp"}]
+    dead = rp.plugin_conf("mynet", ["10.88.0.7/16", "fd00::7/64"], ports3)
+    assert _apart_plugin(host_ns, apart, "ADD", "dead1", dead).returncode == 0
+    done = run(["gc", "--yes", "--min-age", "0", *node], env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert tables() == before
+    assert run(["check", *node], env=env).returncode == 0

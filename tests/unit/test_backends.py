@@ -13,7 +13,7 @@ from pmctl import ok
 
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.host import paths
-from portmapctl.iptables.access import host_flavour, open_backend
+from portmapctl.iptables.access import host_flavour, host_flavours, open_backend
 from portmapctl.iptables.access.snapshot import SnapshotBackend
 from portmapctl.iptables.transaction import Transaction
 
@@ -38,9 +38,8 @@ def test_auto_follows_the_iptables_command_on_path(tmp_path, monkeypatch, flavou
 
 def test_auto_takes_each_familys_own_tool_where_the_alternatives_differ(tmp_path, monkeypatch):
     """The plugin runs `iptables` for IPv4 and `ip6tables` for IPv6 (Debian's
-    alternatives are set one by one): one family asked gets its own tool's flavour,
-    both are refused with the options that read each (tests/kernel/test_legacy_nodes.py
-    has the real plugin's node)."""
+    alternatives are set one by one): each family is read and written in its own
+    tool's flavour (tests/kernel/test_legacy_nodes.py has the real plugin's node)."""
     for tool, target in (("iptables", "iptables-legacy"), ("ip6tables", "ip6tables-nft")):
         if not os.path.exists(f"/usr/sbin/{target}"):
             pytest.skip(f"/usr/sbin/{target} not installed")
@@ -49,8 +48,18 @@ def test_auto_takes_each_familys_own_tool_where_the_alternatives_differ(tmp_path
     assert host_flavour((4,)) == "legacy"
     assert host_flavour((6,)) == "nft"
     assert open_backend("auto", families=(6,)).name == "nft"
-    with pytest.raises(HostProblem, match="--family 4 --iptables legacy and --family 6"):
-        open_backend("auto")
+    assert host_flavours() == {4: "legacy", 6: "nft"}
+    both = open_backend("auto")
+    assert both.name == "auto"  # (a kernel backend of no one flavour: flavour_guard)
+    assert {f: both.of(f).flavour for f in (4, 6)} == {4: "legacy", 6: "nft"}
+    assert {f: both.restore_tool(f) for f in (4, 6)} == {
+        4: "iptables-legacy-restore",
+        6: "ip6tables-nft-restore",
+    }
+    with pytest.raises(HostProblem, match="alternatives differ"):
+        host_flavour()
+    with pytest.raises(HostProblem, match="this host's ip6tables is nf_tables"):
+        open_backend("iptc", families=(4, 6))
 
 
 def test_no_iptables_at_all_is_an_environment_error(tmp_path, monkeypatch):

@@ -32,18 +32,14 @@ class Backend(Protocol):
     def apply(self, txn: Transaction) -> None: ...
 
 
-def host_flavour(families: Collection[int] = (4, 6)) -> Flavour:
-    """Which iptables the host's `iptables` command is (nft or legacy), and for IPv6
-    its `ip6tables` command: what the plugin runs for each family, so where its rules
-    of `families` are.
+def host_flavours(families: Collection[int] = (4, 6)) -> Dict[int, Flavour]:
+    """Per family of `families`, which iptables (nft or legacy) the tool the plugin
+    runs for it is: `iptables` for IPv4, `ip6tables` for IPv6, so where its rules are.
 
     Debian's alternatives set the two apart (`update-alternatives --set iptables`
     leaves ip6tables as it was): the plugin then writes IPv4 to one flavour's tables
-    and IPv6 to the other's. One family asked gets its own tool's flavour; both,
-    when they differ, are refused (HostProblem): reading IPv6 in iptables' flavour
-    called the plugin's IPv6 chains missing, and add wrote IPv6 where the plugin's
-    DEL never looks. A missing ip6tables leaves it to iptables' (its reads say so).
-    """
+    and IPv6 to the other's (access/per_family.py). A missing ip6tables leaves IPv6 to
+    iptables' flavour (its reads say what is missing)."""
     from portmapctl.host.paths import find_tool
 
     path = find_tool("iptables")
@@ -51,18 +47,21 @@ def host_flavour(families: Collection[int] = (4, 6)) -> Flavour:
         raise HostProblem("no iptables command found: install iptables (nft or legacy)")
     flavour = tool_flavour(path)
     path6 = find_tool("ip6tables") if 6 in families else None
-    if path6 is None:
-        return flavour
-    flavour6 = tool_flavour(path6)
-    if flavour6 == flavour or 4 not in families:
-        return flavour6
-    raise HostProblem(
-        f"this host's iptables is {flavour} and its ip6tables is {flavour6} (their"
-        f" alternatives differ), so the plugin writes IPv4 to the {flavour} tables and"
-        f" IPv6 to the {flavour6} ones: run with --family 4 --iptables {flavour} and"
-        f" --family 6 --iptables {flavour6} (a node without IPv6 containers: --family 4"
-        " alone), or set both alternatives alike"
-    )
+    flavour6 = tool_flavour(path6) if path6 is not None else flavour
+    return {family: flavour6 if family == 6 else flavour for family in families}
+
+
+def host_flavour(families: Collection[int] = (4, 6)) -> Flavour:
+    """The one flavour of `families`' tools (host_flavours); HostProblem where they
+    differ: for a caller that works in one flavour only (add's early write)."""
+    found = host_flavours(families or (4,))
+    flavours = set(found.values())
+    if len(flavours) > 1:
+        raise HostProblem(
+            f"this host's iptables is {found[4]} and its ip6tables is {found[6]} (their"
+            " alternatives differ)"
+        )
+    return flavours.pop()
 
 
 def tool_flavour(path: str) -> Flavour:
@@ -152,7 +151,8 @@ def open_backend(
     families: Collection[int] = (4, 6),
 ) -> Backend:
     """The backend for these options; snapshot files win over `--iptables`. `auto`
-    follows the tool the plugin runs for each of `families` (host_flavour)."""
+    follows the tool the plugin runs for each of `families` (host_flavours): one
+    flavour's backend, or where the alternatives differ each family's own."""
     if snapshots:
         from portmapctl.iptables.access.snapshot import SnapshotBackend
 
@@ -161,20 +161,29 @@ def open_backend(
         raise BadInput(f"unknown iptables flavour {name!r}: use one of {', '.join(BACKEND_NAMES)}")
     # `auto` is "nft" or "legacy", never "iptc": on legacy tables save/restore is
     # 2-3 times faster end to end than python-iptables (benchmarks/iptc_bench.py).
-    flavour = host_flavour(families) if name == "auto" else name
-    if flavour == "iptc":
+    from portmapctl.iptables.access.restore import RestoreBackend
+
+    if name == "auto":
+        found = host_flavours(families or (4,))
+        if len(set(found.values())) > 1:
+            # Each family where the plugin writes it (the alternatives differ).
+            from portmapctl.iptables.access.per_family import PerFamilyBackend
+
+            return PerFamilyBackend({f: RestoreBackend(flavour) for f, flavour in found.items()})
+        return RestoreBackend(next(iter(found.values())))
+    if name == "iptc":
         # libiptc sees only legacy tables: on an nf_tables host it would read an empty
         # table (and a repair would write into tables nothing uses). Checked before
         # the costly import of python-iptables.
-        if host_flavour(families) == Flavour.NFT:
+        nft = [f for f, flavour in host_flavours(families).items() if flavour is Flavour.NFT]
+        if nft:
+            tool = "iptables" if 4 in nft else "ip6tables"
             raise HostProblem(
-                "--iptables iptc works on legacy iptables only, and this host's iptables"
+                f"--iptables iptc works on legacy iptables only, and this host's {tool}"
                 " is nf_tables (python-iptables would see empty legacy tables here):"
                 " use --iptables auto or nft"
             )
         from portmapctl.iptables.access.iptc import IptcBackend
 
         return IptcBackend()
-    from portmapctl.iptables.access.restore import RestoreBackend
-
-    return RestoreBackend(flavour)
+    return RestoreBackend(name)
