@@ -126,7 +126,9 @@ def test_nft_entry_jumps_twice_are_reported_and_repaired_to_one(
         ("duplicate-entry", 4, "prerouting"),
         ("duplicate-entry", 6, "hostports_all"),
     ]
-    assert all("nft delete rule" in p["fix"] for p in problems)
+    # JSON `fix` is the command; the way by hand, by handle, is in `why`.
+    assert all(p["fix"].startswith("portmapctl check --repair") for p in problems)
+    assert all("`nft delete rule" in p["why"] for p in problems)
     repaired = pmctl.run(["check", "--repair", *args])
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert upstream.ruleset_text(host_ns) == healthy

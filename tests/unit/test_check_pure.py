@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import re
 import shlex
 from dataclasses import replace
 from pathlib import Path
@@ -255,8 +256,11 @@ def test_duplicate_entry_rules_come_with_a_command_that_deletes_one_copy():
         ("duplicate-entry", 4, "PREROUTING"),
     ]
     for problem in problems:
-        # The later copy by its number (a -D by text takes the first: the rule moves).
-        words = shlex.split(problem.fix.split("): ", 1)[1])
+        # The later copy by its number (a -D by text takes the first: the rule moves),
+        # quoted in the prose after the repair command (JSON `fix` is that command).
+        assert split_fix(problem.fix)[0] == "portmapctl check --repair"
+        (by_hand,) = re.findall(r"`([^`]*)`", problem.fix)
+        words = shlex.split(by_hand)
         assert words[:5] == ["iptables-nft", "-t", "nat", "-D", problem.chain]
         rules = tables[4].rules(problem.chain)
         second = int(words[5]) - 1

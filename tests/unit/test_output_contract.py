@@ -18,7 +18,9 @@ import time
 from typing import List
 
 import jsonschema
+import nftcases
 import pytest
+import realplugin as rp
 import typer
 from json_schemas import validated
 from test_terminal import EXAMPLE, ROOT, run_on_terminal
@@ -454,6 +456,77 @@ def test_check_fix_is_a_command_or_null_and_prose_goes_in_why():
     assert shadowed["fix"] is None and "another host port" in shadowed["why"]
     stale = [p for p in doc["problems"] if p["kind"] == "stale"][0]
     assert stale["fix"].startswith("portmapctl gc")
+
+
+def _fix_lines(out: str) -> str:
+    """The one `fix:` of a check table, its lines joined as a shell joins them."""
+    lines = lines_of(out)
+    start = next(i for i, line in enumerate(lines) if line.startswith("  fix: "))
+    shown = [lines[start]]
+    while shown[-1].endswith(" \\"):
+        shown.append(lines[start + len(shown)])
+    return " ".join(line.rstrip("\\").strip() for line in shown)[len("fix: ") :]
+
+
+def _doubled_nft_entry(tmp_path) -> str:
+    """v191-basic (upstream v1.9.1's ADD) with prerouting's entry rule twice, as `nft
+    add rule ip cni_hostport prerouting ...` by hand leaves it (handle 40)."""
+    import copy
+
+    document = json.loads((FIXTURES / "nft" / "v191-basic.nft.json").read_text())
+    items = document["nftables"]
+    at = next(i for i, item in enumerate(items)
+              if item.get("rule", {}).get("chain") == "prerouting"
+              and item["rule"]["family"] == "ip")  # fmt: skip
+    copied = copy.deepcopy(items[at])
+    copied["rule"]["handle"] = 40
+    items.insert(at + 1, copied)
+    path = tmp_path / "doubled.nft.json"
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_a_duplicate_entrys_fix_is_the_repair_command_and_by_hand_is_in_why(tmp_path, backend):
+    """SPEC §3 JSON: `fix` is a command or null, prose goes in `why`. duplicate-entry's
+    fix was `portmapctl check --repair ..., or by hand, the later copies by number, ...:
+    iptables -t nat -D CNI-HOSTPORT-DNAT 2` (nftables: `..., or delete the extra
+    copies by hand: nft delete rule ...`), whole in JSON `fix` (a script running it got
+    `--cni-cache-dir DIR,` and exit 2), and on a terminal wrapped with `\\` as one
+    command to paste."""
+    cache = str(tmp_path / "cache")
+    if backend == "iptables":
+        conf = json.loads((FIXTURES / "basic.conf.json").read_text())
+        [container] = conf["containers"]
+        ports, ips = container["portMappings"], container["ips"]
+        rp.write_cni_cache(cache, conf["network"], container["containerId"], "eth0",
+                           rp.plugin_conf(conf["network"], ips, ports), ports, ips)  # fmt: skip
+        dump = FIXTURES / "basic.v4.save"
+        (entry,) = [line for line in dump.read_text().splitlines()
+                    if line.startswith("-A CNI-HOSTPORT-DNAT") and "--dports 8080" in line]  # fmt: skip
+        doubled = tmp_path / "doubled.v4.save"
+        doubled.write_text(dump.read_text().replace(entry + "\n", entry + "\n" + entry + "\n"))
+        node = ["--snapshot", str(doubled), "--family", "4", "--cni-cache-dir", cache]
+        repair = f"portmapctl check --repair --family 4 --cni-cache-dir {cache}"
+        by_hand = "`iptables -t nat -D CNI-HOSTPORT-DNAT 2`"
+    else:
+        for step in nftcases.steps("v191-basic"):
+            conf = step["conf"]
+            ips = [ip["address"] for ip in conf["prevResult"]["ips"]]
+            ports = conf["runtimeConfig"]["portMappings"]
+            rp.write_cni_cache(cache, conf["name"], step["containerId"], "eth0", conf, ports, ips)
+        node = ["--nft-snapshot", _doubled_nft_entry(tmp_path), "--cni-cache-dir", cache]
+        repair = f"portmapctl check --repair --cni-cache-dir {cache}"
+        by_hand = "`nft delete rule ip cni_hostport prerouting handle 40`"
+    done = pmctl("check", *node, "-o", "json")
+    assert done.returncode == 1, done.stderr
+    [problem] = [p for p in validated("check", done.stdout)["problems"]
+                 if p["kind"] == "duplicate-entry"]  # fmt: skip
+    assert problem["fix"] == repair
+    assert by_hand in problem["why"]
+    code, out, _ = at_80("check", *node)
+    assert code == 1 and _fix_lines(out) == repair, out
+    assert all(len(line) <= 80 for line in lines_of(out)), out
 
 
 def test_without_a_cache_no_fix_is_a_command_with_a_placeholder():

@@ -337,10 +337,16 @@ def _problem(p: InventoryProblem, fix: str) -> Problem:
         )
     if p.kind is ProblemKind.DUPLICATE_ENTRY:
         by_hand = "; ".join(
-            f"nft delete rule {FAMILY_NAMES[p.family]} {TABLE} {p.chain} handle {h}"
+            f"`nft delete rule {FAMILY_NAMES[p.family]} {TABLE} {p.chain} handle {h}`"
             for h in p.handles
         )
-        fix = f"{fix}, or delete the extra copies by hand: {by_hand}" if fix else by_hand
+        # The command, then the way by hand in parentheses: JSON `fix` is a command
+        # (render.split_fix), the rest goes with the why.
+        fix = (
+            f"{fix} (by hand instead, delete the extra copies: {by_hand})"
+            if fix
+            else f"delete the extra copies by hand: {by_hand}"
+        )
     return Problem(
         p.kind.value, p.family, where, p.network, p.container_id, p.detail, fix, why, p.rules
     )

@@ -376,12 +376,15 @@ def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
                 network,
                 container_id,
                 f"{dup.count} copies of {shown_rule('-A', dup.chain, dup.rule)}",
-                f"{fixes.repair}, or by hand, the later copies by number, last first"
-                " (a -D by text deletes the first copy, and the rule moves): "
+                # The command, then the way by hand in parentheses: JSON `fix` is a
+                # command (render.split_fix), the rest goes with the why.
+                f"{fixes.repair} (by hand instead, delete the later copies by number, last"
+                " first, as a -D by text deletes the first copy and the rule moves: "
                 + "; ".join(
-                    fixes.iptables(live.family, "-D", dup.chain, (str(i + 1),))
+                    f"`{fixes.iptables(live.family, '-D', dup.chain, (str(i + 1),))}`"
                     for i in reversed(dup.at[1:])
-                ),
+                )
+                + ")",
                 "two writers found it missing at once (the plugin's ADDs after a flush"
                 " race so) or a script re-adds the plugin's rules; every packet walks"
                 " each copy",
