@@ -446,6 +446,10 @@ def _leftover_problems(
         if cid in compared or cid in parts.both:
             continue
         handles = ", ".join(map(str, left.handles))
+        # With a cache the container is in it (else it is stale, above), and gc keeps a
+        # cached container: no command fixes this now, so the gc for later is prose
+        # too, quoted (JSON `fix` is a command or null: render.split_fix).
+        gc = f"`{fixes.gc}`" if fixes.cache_present else fixes.gc
         problems.append(
             Problem(
                 INCOMPLETE,
@@ -454,7 +458,7 @@ def _leftover_problems(
                 _network_of(attachments, cid),
                 cid,
                 f"{rules} (handle {handles}) but no DNAT rule of the container to it: left behind",
-                f"{fixes.gc} once the container is gone; while it runs, by hand, for each"
+                f"{gc} once the container is gone; while it runs, by hand, for each"
                 f" handle: nft delete rule ip|ip6 {TABLE} {MASQUERADING} handle N",
                 "the container's host ports are not forwarded, and its leftover rules would"
                 " masquerade a later container given the same address",

@@ -114,3 +114,29 @@ def test_without_a_cache_it_is_incomplete(tmp_path: Path) -> None:
     handles = [left.handles for left in leftovers(LIVE) if left.family == 4][0]
     assert f"(handle {', '.join(map(str, handles))})" in v4["detail"]
     assert v4["backend"] == "nftables"
+
+
+def test_cached_on_the_iptables_backend_is_incomplete_and_its_fix_no_prose(tmp_path: Path) -> None:
+    """The container cached with `"backend": "iptables"` (a node migrated back, or
+    rules written by hand; a config naming no backend follows its rules into nftables,
+    `nft-missing-rules`): its masquerade rules there are
+    `incomplete`, and gc keeps a cached container, so no command fixes them now: JSON
+    `fix` is null and the ways (gc once it is gone, `nft delete rule` by hand) are in
+    `why` (SPEC §3 JSON: `fix` is a command or null). It was the whole prose,
+    `portmapctl gc --cni-cache-dir DIR once the container is gone; while it runs, by
+    hand, ...`, which as a command is refused (exit 2), and on a terminal it was
+    wrapped with `\\` as one command to paste."""
+    everyone = [s["containerId"] for s in RECIPE["steps"]]
+    cache = _cache(tmp_path, everyone)
+    step = next(s for s in RECIPE["steps"] if s["containerId"] == GONE)
+    conf = {**step["conf"], "backend": "iptables"}
+    ips = [ip["address"] for ip in conf["prevResult"]["ips"]]
+    rp.write_cni_cache(cache, conf["name"], GONE, "eth0", conf,
+                       conf["runtimeConfig"]["portMappings"], ips)  # fmt: skip
+    problems = [p for p in _check(cache) if p["container_id"] == GONE]
+    assert {(p["kind"], p["family"]) for p in problems} >= {("incomplete", 4), ("incomplete", 6)}
+    for p in problems:
+        if p["kind"] == "incomplete":
+            assert p["fix"] is None, p["fix"]
+            assert f"`portmapctl gc --cni-cache-dir {cache}`" in p["why"]
+            assert "nft delete rule" in p["why"]
