@@ -210,13 +210,18 @@ def _with_repair_command(result: CheckResult) -> CheckResult:
 
     if sys.argv[1:2] != ["check"]:
         return result  # (called in-process, not as the program: no command line to give)
+    # Left out with their values: what to output, and the dumps read (--repair
+    # refuses them: it changes the node, so the fix, as a node check's, is for the
+    # node itself).
+    valued = ("--output", "--snapshot", "--snapshot6", "--nft-snapshot")
+    attached = ("-o", *(f"{option}=" for option in valued))  # -ojson, --snapshot=FILE
     words, skip = [], False
     for word in sys.argv[1:]:
         if skip:
             skip = False
-        elif word in ("-o", "--output"):
+        elif word in ("-o", *valued):
             skip = True
-        elif not word.startswith(("-o", "--output=")) and word not in ("-q", "--quiet"):
+        elif not word.startswith(attached) and word not in ("-q", "--quiet"):
             words.append(word)
     command = shlex.join(["portmapctl", *words, "--repair"])
     problems = tuple(

@@ -898,3 +898,20 @@ def test_a_byte_that_is_not_utf8_in_a_comment_is_written_escaped_in_the_table(tm
     for out in (pmctl(*args).stdout, at_80(*args)[1], pmctl(*args, "--no-trunc").stdout):
         assert "ab\\xff" in out and "\udcff" not in out and "\ufffd" not in out, out
     assert json.loads(pmctl(*args, "-o", "json").stdout)["mappings"][0]["container_id"] == "ab\\xff"
+
+
+def test_the_fix_of_one_mapping_checked_in_a_dump_is_a_repair_that_runs(tmp_path):
+    """A check of one mapping prints as its fix the same command with --repair. Read
+    from a dump (--snapshot6, on a laptop with a support bundle), that command kept
+    `--snapshot6 FILE`, and `check --repair --snapshot6` is refused (exit 2: "--repair
+    changes the node"): the fix printed could not run. As the node check's fix, it is
+    now the command for the node itself, the dumps left out."""
+    dump = str(FIXTURES / "basic.v6.save")  # the real plugin's empty IPv6 nat table
+    mapping = ["--family", "6", "--network", "mynet", "--container", "abc123",
+               "--ip", "fd00::5/64", "-p", "8080:80", "--cni-cache-dir", str(tmp_path)]  # fmt: skip
+    for snapshot in (["--snapshot6", dump], [f"--snapshot6={dump}"]):
+        done = pmctl("check", *snapshot, *mapping, "-o", "json")
+        assert done.returncode == 1, done.stderr
+        [problem] = validated("check", done.stdout)["problems"]
+        assert problem["kind"] == "missing-chain"
+        assert shlex.split(problem["fix"]) == ["portmapctl", "check", *mapping, "--repair"]
