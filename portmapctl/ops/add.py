@@ -48,7 +48,7 @@ from portmapctl.ops.add_ahead import (
     foreign_wanted,
 )
 from portmapctl.ops.conditions import refuse_what_iptables_refuses
-from portmapctl.ops.flavour_guard import flavour_of, refuse_a_copy
+from portmapctl.ops.flavour_guard import by_flavour, flavours_of, refuse_a_copy
 from portmapctl.ops.node import Node
 from portmapctl.ops.side_effects import after_setup
 
@@ -141,15 +141,17 @@ def add(
     sharing = _sharing(node, config, ifname)
     seen: Dict[int, NatTable] = {}
     blind: List[int] = []
-    used = flavour_of(node.backend.name)
-    if ahead is None and used is not None:
-        # (With `ahead`, the CLI asked before it started the write.)
-        refuse_a_copy(
-            used,
-            config,
-            families,
-            lambda f: node.backend.read(f).has_chain(dnat_chain_name(config)),
-        )
+    used_by = flavours_of(node.backend, families)
+    if ahead is None and used_by is not None:
+        # (With `ahead`, the CLI asked before it started the write.) Each family against
+        # its own other flavour, where the alternatives differ.
+        for used, in_it in by_flavour(used_by).items():
+            refuse_a_copy(
+                used,
+                config,
+                in_it,
+                lambda f: node.backend.read(f).has_chain(dnat_chain_name(config)),
+            )
     if ahead is None:
         # Refused whatever the table holds: bad input before any family is written, not
         # a table that changed (with `ahead`, the CLI asked before it started the write).

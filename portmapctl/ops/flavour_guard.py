@@ -20,6 +20,7 @@ from __future__ import annotations
 from functools import partial
 from typing import (
     TYPE_CHECKING,
+    Any,
     Callable,
     Collection,
     Dict,
@@ -45,6 +46,25 @@ _FLAVOURS = {Flavour.NFT: Flavour.NFT, Flavour.LEGACY: Flavour.LEGACY, "iptc": F
 def flavour_of(backend_name: str) -> Optional[Flavour]:
     """nft or legacy for a live backend; None for a snapshot or a fake."""
     return _FLAVOURS.get(backend_name)
+
+
+def flavours_of(backend: Any, families: Sequence[int]) -> Optional[Dict[int, Flavour]]:
+    """The flavour each of `families` is read and written in: one for a one-flavour
+    backend, each family's own where the alternatives differ (PerFamilyBackend, as a
+    repair's ReadOnce wraps it too); None for a snapshot or a fake."""
+    per_family = getattr(backend, "flavours", None)
+    if per_family is not None:
+        return {family: per_family[family] for family in families if family in per_family}
+    used = flavour_of(backend.name)
+    return None if used is None else {family: used for family in families}
+
+
+def by_flavour(used_by: Mapping[int, Flavour]) -> Dict[Flavour, List[int]]:
+    """flavours_of's answer turned around: the families each flavour is used for."""
+    groups: Dict[Flavour, List[int]] = {}
+    for family, used in sorted(used_by.items()):
+        groups.setdefault(used, []).append(family)
+    return groups
 
 
 def other_flavour(flavour: str) -> Flavour:

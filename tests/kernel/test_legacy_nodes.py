@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import realplugin as rp
-from pmctl import run
+from pmctl import assert_error, run
 
 from portmapctl.iptables.chains import chain_name
 
@@ -355,3 +355,44 @@ def test_auto_follows_ip6tables_for_ipv6_where_the_alternatives_differ(host_ns, 
     assert done.returncode == 0, done.stdout + done.stderr
     assert tables() == before
     assert run(["check", *node], env=env).returncode == 0
+
+
+def test_where_the_alternatives_differ_each_family_is_guarded_against_its_own_other_flavour(
+    host_ns, tmp_path
+):
+    """On a node whose iptables is legacy and ip6tables nft, a container added while
+    `iptables` still pointed at nf_tables has its IPv4 chain there. check says where it
+    is, and check --repair makes no copy of it in the legacy tables (the split-brain
+    guard, held per family: IPv4's other flavour is nft, IPv6's legacy); a copy of
+    another container's IPv6 chain in the legacy ip6tables is a split brain."""
+    apart = _alternatives_apart(tmp_path)
+    env = {"PATH": f"{apart}:{os.environ['PATH']}"}
+    cache = tmp_path / "cni"
+    node = ["--netns", host_ns, "--cni-cache-dir", str(cache)]
+    old = rp.plugin_conf("mynet", ["10.88.0.8/16"], PORTS)
+    rp.run_plugin("ADD", host_ns, "before1", old, mode="nft", check=True)  # iptables was nft
+    rp.write_cni_cache(cache, "mynet", "before1", "eth0", old, PORTS, ["10.88.0.8/16"])
+    checked = run(["check", "-o", "json", *node], env=env)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    problems = json.loads(checked.stdout)["problems"]
+    assert {(p["kind"], p["family"]) for p in problems} >= {("missing-chain", 4)}
+    assert any("nft tables" in p["detail"] for p in problems), problems
+    before = [rp.save(host_ns, f, mode) for f in (4, 6) for mode in ("nft", "legacy")]
+    repaired = run(["check", "--repair", *node], env=env)
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    assert chain_name("mynet", "before1") not in rp.save(host_ns, 4, "legacy")
+    after = [rp.save(host_ns, f, mode) for f in (4, 6) for mode in ("nft", "legacy")]
+    assert [rp.strip_save_comments(t) for t in after] == [rp.strip_save_comments(t) for t in before]
+    added = run(["add", *node, "--network", "mynet", "--container", "before1",
+                 "--ip", "10.88.0.8/16", "-p", "8080:80"], env=env)  # fmt: skip
+    assert_error(added, 3, "is in the nft tables, not in the legacy ones add writes")
+
+    six = rp.plugin_conf("mynet", ["fd00::9/64"], PORTS)
+    for mode in ("nft", "legacy"):  # the plugin's (ip6tables: nft), and a copy in legacy
+        rp.run_plugin("ADD", host_ns, "six1", six, mode=mode, check=True)
+    rp.write_cni_cache(cache, "mynet", "six1", "eth0", six, PORTS, ["fd00::9/64"])
+    checked = run(["check", "-o", "json", "--family", "6", *node], env=env)
+    problems = json.loads(checked.stdout)["problems"]
+    brains = [p for p in problems if p["kind"] == "split-brain"]
+    assert [p["family"] for p in brains] == [6], problems
+    assert "in both the nft and the legacy tables" in brains[0]["detail"]

@@ -272,18 +272,24 @@ def test_duplicate_entry_rules_come_with_a_command_that_deletes_one_copy():
 
 def test_split_brain_counts_only_portmap_chains_in_both():
     tables = _tables("basic")
-    problems = check.split_brain(tables, {4: table("basic", 4)}, "nft", "legacy")
+    pairs = {4: ("nft", "legacy"), 6: ("nft", "legacy")}
+    problems = check.split_brain(tables, {4: table("basic", 4)}, pairs)
     assert _kinds(problems) == [("split-brain", 4, None)]
     assert "CNI-HOSTPORT-DNAT" in problems[0].detail
+    assert "in both the nft and the legacy tables" in problems[0].detail
+    # Where the alternatives differ, each family is judged against its own other flavour.
+    apart = check.split_brain(tables, {4: table("basic", 4)}, {4: ("legacy", "nft")})
+    assert "in both the legacy and the nft tables" in apart[0].detail
+    assert "iptables-nft-save" in (apart[0].fix or "")
     # Empty legacy tables (iptables-legacy-save makes them) are no split brain.
-    assert check.split_brain(tables, {4: parse_save(EMPTY_NAT, 4)}, "nft", "legacy") == []
+    assert check.split_brain(tables, {4: parse_save(EMPTY_NAT, 4)}, pairs) == []
     # Through diagnose, and a missing chain says where it is instead.
     empty = {4: parse_save(EMPTY_NAT, 4)}
     problems = _diagnose(
         empty,
         _attachments("basic"),
         other_tables={4: table("basic", 4)},
-        flavours=("nft", "legacy"),
+        flavours={4: ("nft", "legacy")},
     )
     missing = next(p for p in problems if p.kind == "missing-chain")
     assert "legacy tables" in missing.detail

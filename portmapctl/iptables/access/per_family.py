@@ -7,10 +7,12 @@ for IPv4 and `ip6tables` for IPv6, so its IPv4 rules are in one flavour's tables
 its IPv6 rules in the other's: `--iptables auto` reads and writes each family where
 the plugin does, through the flavour's RestoreBackend.
 
-Named `auto` (what it was opened with): it is a kernel backend, but of no single
-flavour, so the checks that look at "the other flavour" (split brain, a copy of a
-chain held there; ops/flavour_guard.py) are not made on such a node. Each family's
-other flavour is the one the other family uses: a chain there is the plugin's own.
+Named `auto` (what it was opened with): a kernel backend of no single flavour.
+`flavours` says each family's; ops/flavour_guard.flavours_of reads it, so that check's
+split brain and the guards against a copy of a chain the other flavour holds (check
+--repair, add) judge each family against its own other flavour. The warnings of list
+and gc about plugin chains in the other flavour, and about another tool's rules there
+taking a mapped port, name one other flavour and are not given on such a node.
 """
 
 from __future__ import annotations

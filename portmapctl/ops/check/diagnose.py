@@ -43,7 +43,7 @@ def diagnose(
     fixes: Fixes = Fixes(),
     *,
     other_tables: Optional[ReadOnly[int, NatTable]] = None,
-    flavours: Optional[Tuple[str, str]] = None,
+    flavours: Optional[ReadOnly[int, Tuple[str, str]]] = None,
     found: Optional[inventory.Inventory] = None,
     not_expected: Collection[str] = (),
     judged: Optional[Collection[str]] = None,
@@ -53,7 +53,8 @@ def diagnose(
     """Every problem of a node (pure). Returns (problems, mappings compared).
 
     `attachments` is the CNI cache (None: there is none). `other_tables` are the same
-    families read from the other iptables flavour; `flavours` is (used, other).
+    families read from the other iptables flavour; `flavours` is, per family, (used,
+    other) (each family's own where the alternatives differ).
     `found` is the inventory of `tables` and `attachments`, when the caller has it.
     Of the containers in `not_expected` (IDs) nothing is expected in iptables: their
     rules are in nftables, or iptables is not looked at (--backend nftables); nor of
@@ -72,14 +73,14 @@ def diagnose(
             if c.container_id not in not_expected and (c.network, c.container_id) not in nft_entries
         ]
     problems: List[Problem] = []
-    other_flavour = flavours[1] if flavours else None
     if other_tables and flavours:
-        problems += split_brain(tables, other_tables, *flavours)
+        problems += split_brain(tables, other_tables, flavours)
     derived: Dict[int, set] = {}
     compared = 0
     for family in sorted(tables):
         live = tables[family]
         other = (other_tables or {}).get(family)
+        other_flavour = flavours[family][1] if flavours and family in flavours else None
         shared, per_container = wanted_on_node(configs, family, live)
         cached_here = [chain.name for _, chain in per_container]
         there = other_flavour if held_elsewhere(live, other, cached_here) else None

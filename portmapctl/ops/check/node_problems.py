@@ -397,15 +397,16 @@ def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
 def split_brain(
     tables: ReadOnly[int, NatTable],
     other_tables: ReadOnly[int, NatTable],
-    used: str,
-    other: str,
+    flavours: ReadOnly[int, Tuple[str, str]],
 ) -> List[Problem]:
-    """Portmap chains present in both flavours' tables (empty tables do not count)."""
+    """Portmap chains present in both flavours' tables (empty tables do not count);
+    `flavours`: per family, (used, other)."""
     problems = []
     for family in sorted(tables):
         other_table = other_tables.get(family)
-        if other_table is None:
+        if other_table is None or family not in flavours:
             continue
+        used, other = flavours[family]
         both = [
             n for n in tables[family].chains if is_portmap_chain(n) and other_table.has_chain(n)
         ]

@@ -42,6 +42,8 @@ class ReadOnce:
         self.backend = backend
         self.name = backend.name
         self.writable = backend.writable
+        # Where the alternatives differ, each family's flavour (flavour_guard.flavours_of).
+        self.flavours = getattr(backend, "flavours", None)
         self.tables: Dict[int, NatTable] = {}
         self.reads = 0  # reads of the real node (for tests)
         # Every transaction handed to iptables and not refused: in, or maybe (killed).

@@ -46,8 +46,9 @@ from portmapctl.ops.check.run import (
 )
 from portmapctl.ops.conditions import refuse_what_iptables_refuses
 from portmapctl.ops.flavour_guard import (
+    by_flavour,
     families_only_in_other_flavour,
-    flavour_of,
+    flavours_of,
     other_flavour,
     split_why,
 )
@@ -442,7 +443,8 @@ def repair(
         for family in node.families if node.options.reads_iptables else ():
             other = read.other_tables.get(family)
             if other is not None and read.flavours is not None:
-                elsewhere = _in_other_flavour(read.tables[family], other, configs, read.flavours)
+                pair = read.flavours[family]
+                elsewhere = _in_other_flavour(read.tables[family], other, configs, pair)
                 unrepaired += elsewhere.unrepaired
                 if elsewhere.whole_family:
                     continue
@@ -584,13 +586,14 @@ def _repair_mapping(
     transactions: Dict = {}
     families: List[int] = []  # where its chain or entry rules were (re)made
     unrepaired: List[Unrepaired] = []
-    used = flavour_of(planned.name)
-    if used is not None:
-        # As the whole-node repair: no copy of a chain only the other flavour holds.
-        name = dnat_chain_name(config)
+    used_by = flavours_of(planned, before.families)
+    name = dnat_chain_name(config)
+    # As the whole-node repair: no copy of a chain only the other flavour holds (each
+    # family's own other flavour, where the alternatives differ).
+    for used, in_it in by_flavour(used_by or {}).items():
         other = other_flavour(used)
         for family in families_only_in_other_flavour(
-            used, config, before.families, lambda f: planned.read(f).has_chain(name)
+            used, config, in_it, lambda f: planned.read(f).has_chain(name)
         ):
             why = split_why(used, other)
             unrepaired.append(Unrepaired(family, config.network, config.container_id, name, why))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment
@@ -23,7 +23,7 @@ from portmapctl.iptables.ruleset import (
 from portmapctl.ops.check.diagnose import diagnose, diagnose_mapping
 from portmapctl.ops.check.expected import sharing_chain
 from portmapctl.ops.check.followed import followed, nft_mapping
-from portmapctl.ops.check.hints import _flavour, fixes_for
+from portmapctl.ops.check.hints import fixes_for
 from portmapctl.ops.check.problem import CheckResult, Problem
 from portmapctl.ops.node import Node, side_by_side
 from portmapctl.ops.owners import node_rows, read_owners, unsure_warnings
@@ -35,18 +35,21 @@ if TYPE_CHECKING:
 
 def _other_flavour(
     node: Node, families: Sequence[int]
-) -> Tuple[Optional[Tuple[str, str]], Dict[int, NatTable], List[str]]:
-    """The same families read from the iptables flavour the backend does not use."""
-    used = _flavour(node)
-    if used is None:
+) -> Tuple[Optional[Dict[int, Tuple[str, str]]], Dict[int, NatTable], List[str]]:
+    """The same families read from the iptables flavour the backend does not use for
+    each (where the alternatives differ, each family's other one), and per family the
+    pair (used, other)."""
+    from portmapctl.ops.flavour_guard import flavours_of, other_flavour
+
+    used_by = None if node.options.snapshots else flavours_of(node.backend, families)
+    if used_by is None:
         return None, {}, []  # a snapshot: there is no other flavour to look at
     from portmapctl.iptables.access.restore import RestoreBackend
-    from portmapctl.ops.flavour_guard import other_flavour
 
-    other = other_flavour(used)
-    backend = RestoreBackend(other)
     tables: Dict[int, NatTable] = {}
     for family in families:
+        other = other_flavour(used_by[family])
+        backend = RestoreBackend(other)
         if not backend.installed(family):
             # (RHEL 8 has no iptables-legacy, iptables before 1.8 no iptables-nft: that is
             # no problem to be fixed by installing it.)
@@ -58,7 +61,8 @@ def _other_flavour(
         except HostProblem as err:
             # A host without the other flavour cannot have a split brain in it.
             return None, {}, [f"not looking for split brain: {err}"]
-    return (used, other), tables, []
+    pairs = {f: (used_by[f], other_flavour(used_by[f])) for f in families}
+    return pairs, tables, []
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,8 @@ class NodeTables:
 
     tables: Dict[int, NatTable]
     other_tables: Dict[int, NatTable]
-    flavours: Optional[Tuple[str, str]]  # (used, other); None: no other flavour here
+    # Per family (used, other); None: no other flavour here.
+    flavours: Optional[Dict[int, Tuple[str, str]]]
     notes: Tuple[str, ...] = ()
     nft_live: Optional[Ruleset] = None
 
@@ -86,11 +91,21 @@ def read_tables(node: Node, with_nft: bool = False) -> NodeTables:
 def _other_readers(read: NodeTables) -> Optional[Tuple[str, Dict[int, ChainReader]]]:
     """The other flavour's tables (read for split brain) as ops/owners.py reads them:
     another tool's rules there may take mapped ports."""
-    if read.flavours is None or not read.other_tables:
+    return _readers_of(read.flavours, read.other_tables)
+
+
+def _readers_of(
+    flavours: Optional[Dict[int, Tuple[str, str]]], other_tables: Dict[int, NatTable]
+) -> Optional[Tuple[str, Dict[int, ChainReader]]]:
+    """The other flavour's name and its tables as chain readers (ops/owners.py), where
+    every family has the same other flavour (ops/owners.py names one; not looked at
+    where the alternatives differ: a warning's reading, no write depends on it)."""
+    others = {other for _used, other in (flavours or {}).values()}
+    if len(others) != 1 or not other_tables:
         return None
     from portmapctl.iptables.foreign import table_reader
 
-    return read.flavours[1], {f: table_reader(t) for f, t in read.other_tables.items()}
+    return others.pop(), {f: table_reader(t) for f, t in other_tables.items()}
 
 
 def check_node(node: Node) -> CheckResult:
@@ -217,40 +232,43 @@ def _check_node(
         warnings=(
             *cni_cache.warnings(attachments),
             *unsure_warnings(owners),
-            *([elsewhere] if elsewhere is not None else ()),
+            *elsewhere,
             *([undecided] if undecided is not None else ()),
         ),
     )
 
 
-def _uncached_elsewhere(read: NodeTables, attachments: Optional[List[Attachment]]) -> Optional[str]:
-    """The note for containers' chains only the other flavour holds, of containers the
+def _uncached_elsewhere(read: NodeTables, attachments: Optional[List[Attachment]]) -> List[str]:
+    """The notes for containers' chains only the other flavour holds, of containers the
     cache does not name (a cached one's problem says where its chain is): on a node
     half moved between flavours, stale ones there forward their ports in the kernel
     all the same, and no run in this flavour judges them (list and gc say so too:
-    flavour_guard.chains_elsewhere)."""
+    flavour_guard.chains_elsewhere). One per pair of flavours (two where the
+    alternatives differ)."""
     if read.flavours is None:
-        return None
-    used, other = read.flavours
+        return []
     cached = {dnat_chain_name(a.mapping) for a in attachments or () if a.mapping is not None}
-    names = sorted(
-        {
+    by_pair: Dict[Tuple[str, str], Set[str]] = {}
+    for family, table in read.other_tables.items():
+        by_pair.setdefault(read.flavours[family], set()).update(
             name
-            for family, table in read.other_tables.items()
             for name in table.chains
             if name.startswith(DNAT_PREFIX)
             and name not in cached
             and not (family in read.tables and read.tables[family].has_chain(name))
-        }
-    )
-    if not names:
-        return None
-    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    return (
-        f"the iptables-{other} tables hold {len(names)} container chain(s) that this check"
-        f" (iptables-{used}) does not judge and the CNI cache does not name ({shown}):"
-        f" see them with `portmapctl list --iptables {other}`"
-    )
+        )
+    notes = []
+    for (used, other), found in by_pair.items():
+        if not found:
+            continue
+        names = sorted(found)
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        notes.append(
+            f"the iptables-{other} tables hold {len(names)} container chain(s) that this check"
+            f" (iptables-{used}) does not judge and the CNI cache does not name ({shown}):"
+            f" see them with `portmapctl list --iptables {other}`"
+        )
+    return notes
 
 
 def check_mapping(
@@ -325,12 +343,7 @@ def with_owner_problems(
 
     rivals = iptables_mapping_rivals(node, config, tables)
     flavours, other_tables, _ = _other_flavour(node, tuple(tables))
-    other = None
-    if flavours is not None and other_tables:
-        from portmapctl.iptables.foreign import table_reader
-
-        other = (flavours[1], {f: table_reader(t) for f, t in other_tables.items()})
-    owners = read_owners(node, tables, rows, (), None, other)
+    owners = read_owners(node, tables, rows, (), None, _readers_of(flavours, other_tables))
     from portmapctl.ops.check.crossed import (
         flavour_rival_problems,
         hook_problems,
@@ -374,10 +387,7 @@ def nft_owner_problems(
     other = None
     if node.options.reads_iptables:
         flavours, other_tables, _ = _other_flavour(node, tuple(sorted({m.family for m in rows})))
-        if flavours is not None and other_tables:
-            from portmapctl.iptables.foreign import table_reader
-
-            other = (flavours[1], {f: table_reader(t) for f, t in other_tables.items()})
+        other = _readers_of(flavours, other_tables)
     # No iptables tables given: another tool's rule in the flavour in use is
     # backend_rivals.py's (said once).
     owners = read_owners(node, {}, (), rows, live, other)
@@ -402,18 +412,22 @@ def _chain_elsewhere(
     """The families whose chain is missing here and held by the other iptables flavour
     (a split node): --repair leaves it there, so its fix is not --repair."""
     from portmapctl.ops.flavour_guard import (
+        by_flavour,
         families_only_in_other_flavour,
-        flavour_of,
+        flavours_of,
         other_flavour,
     )
 
-    used = flavour_of(node.backend.name)
     name = dnat_chain_name(config)
     missing = [family for family, table in tables.items() if not table.has_chain(name)]
-    if used is None or not missing:
+    used_by = flavours_of(node.backend, missing)
+    if used_by is None or not missing:
         return {}
-    found = families_only_in_other_flavour(used, config, missing, lambda family: False)
-    return {family: other_flavour(used) for family in found}
+    return {
+        family: other_flavour(used)
+        for used, families in by_flavour(used_by).items()
+        for family in families_only_in_other_flavour(used, config, families, lambda f: False)
+    }
 
 
 # The fix of a problem of one mapping: the CLI spells it as the command that was run
