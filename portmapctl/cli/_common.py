@@ -344,6 +344,7 @@ def metrics_recording(
     cache_dirs: List[str],
     out: Output,
     ok_exit_codes: Tuple[int, ...] = (0,),
+    whole_node: bool = True,
 ) -> Iterator[Optional[Recorder]]:
     """Record the block's run into the metrics file `path`, if one was asked for.
 
@@ -352,12 +353,28 @@ def metrics_recording(
     `{command}` in `path` is the command's name: one PORTMAPCTL_METRICS_FILE set for
     the node gives each command a file of its own (one file for all, each run
     replaced the others' metrics: an operator's `list` erased the timer's gc).
+    `whole_node=False` (check of one mapping): the file is left alone, one warning
+    after a run that did its work.
     """
     if not path:  # PORTMAPCTL_METRICS_FILE= (empty) is no file
         yield None
         return
     path = path.replace(METRICS_COMMAND, command)
     from portmapctl.ops import metrics
+
+    if not whole_node:
+        # The file holds the node's counts, which the alerts read: a check of one
+        # mapping judges it against the options given (`extra-rules` for the ports
+        # not given), and its bad input is no failed check of the node. Written, it
+        # replaced the timer's file with problems the node does not have. Said once
+        # the run is over: an error's line stays the one line of its run.
+        yield None
+        out.warn(
+            f"no metrics file written: {metrics.shown_path(path)} holds the whole node's"
+            f" {command}, not one mapping's ({command} without the mapping's options"
+            " writes it)"
+        )
+        return
 
     tally = out.tally
     with metrics.recording(

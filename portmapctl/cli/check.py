@@ -92,8 +92,11 @@ def check_command(
     from portmapctl.ops.node import opened
 
     out = common.out()
-    # Exit 1 (problems found) is a run that did its work.
-    metrics = metrics_recording(metrics_file, "check", common.cache_dirs, out, (0, 1))
+    # Exit 1 (problems found) is a run that did its work. Only a check of the whole
+    # node writes the file (one mapping's problems are not the node's).
+    metrics = metrics_recording(
+        metrics_file, "check", common.cache_dirs, out, (0, 1), whole_node=not mapping.given
+    )
     repaired: List[CheckResult] = []  # what repair returned, once it has
     with _saying_repaired(repaired), gc_paused(), metrics as recorder:
         mapping_given = mapping.given

@@ -409,8 +409,7 @@ def render(report: MetricsReport) -> str:
 def write(report: MetricsReport, path: str) -> Optional[str]:
     """Write the report to `path` atomically. Returns None, or what went wrong as one
     line (the caller warns: metrics never change a command's outcome)."""
-    # A newline or escape sequence in the path must not start a line of its own.
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+    shown = shown_path(path)
     if path == "-":  # stdout holds the command's result: not a place for metrics
         return "could not write the metrics file -: give a file path (stdout is for results)"
     refusal = _not_replaceable(path)
@@ -446,6 +445,12 @@ def write(report: MetricsReport, path: str) -> Optional[str]:
 
 
 _TEMPORARY = re.compile(r"\.[0-9]+\.[0-9]+")
+
+
+def shown_path(path: str) -> str:
+    """The path as a warning line names it: a newline or escape sequence in it must
+    not start a line of its own."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
 
 
 def _not_replaceable(path: str) -> Optional[str]:

@@ -485,6 +485,46 @@ def test_check_from_the_environment_variable_reports_its_problems(tmp_path):
     assert samples[key("mappings", **labels)] == 1
 
 
+ONE_MAPPING = ["--container", "3f2a9c1e5b7d4a60web", "--network", "podman"]
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        # Only 8080 of the container's 8080 and 5353: "extra-rules", "extra-entry".
+        [*ONE_MAPPING, "--ip", "10.88.0.5/16", "-p", "8080:80"],
+        [*ONE_MAPPING, "--ip", "10.88.0.5/16"],  # bad input (no -p): exit 2
+    ],
+)
+def test_a_check_of_one_mapping_leaves_the_nodes_check_metrics_alone(tmp_path, mapping):
+    """check of one mapping judges that mapping against what was given, not the node:
+    its problems (the ports not given, `extra-rules`) are no problem of the node, its
+    bad input no failed check. Written into the node's file (PORTMAPCTL_METRICS_FILE
+    set for the node, as monitoring.md sets it up) they replaced the timer's counts:
+    `portmapctl_problems{kind="extra-rules"} 1` (PortmapctlProblems' kind) on a node
+    without it, the node's missing-entry, shadowed and stale gone, or
+    `last_run_success 0`. The file stays as the node-wide check wrote it; one warning
+    after a run that worked, none beside an error's one line."""
+    path = tmp_path / "portmapctl-check.prom"
+    env = {"PORTMAPCTL_METRICS_FILE": str(tmp_path / "portmapctl-{command}.prom")}
+    assert run_cli(["check", *SNAPSHOT_ARGS], env=env).returncode == 1
+    node_wide = path.read_bytes()
+    without = run_cli(["check", *SNAPSHOT_ARGS, *mapping])
+    done = run_cli(["check", *SNAPSHOT_ARGS, *mapping], env=env)
+    assert (done.returncode, done.stdout) == (without.returncode, without.stdout)
+    assert path.read_bytes() == node_wide
+    if without.returncode == 2:  # its error line alone, as ever
+        assert done.stderr == without.stderr
+        pmctl.assert_error(done, 2, "-p")
+    else:
+        added = [line for line in done.stderr.splitlines() if line not in without.stderr]
+        assert added == [
+            f"portmapctl: warning: no metrics file written: {path} holds the whole node's"
+            " check, not one mapping's (check without the mapping's options writes it)"
+        ], done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["portmapctl-check.prom"]
+
+
 @pytest.mark.parametrize("output", [[], ["-o", "json"], ["--port", "9000"]])
 def test_list_from_the_environment_variable_writes_the_file(tmp_path, output):
     """list's plain command lines are parsed without typer (cli/list_fast.py), which
