@@ -355,14 +355,22 @@ def metrics_recording(
     replaced the others' metrics: an operator's `list` erased the timer's gc).
     `whole_node=False` (check of one mapping): the file is left alone, one warning
     after a run that did its work.
+
+    The PORTMAPCTL_ variables are checked here, as the block starts (the commands that
+    record enter it before anything else; `_options._common` and `add_fast.pop_common`
+    leave it to this): one refused is that run's failure, in its file too.
     """
+    from portmapctl.host import settings
+
     if not path:  # PORTMAPCTL_METRICS_FILE= (empty) is no file
+        settings.check()
         yield None
         return
     path = path.replace(METRICS_COMMAND, command)
     from portmapctl.ops import metrics
 
     if not whole_node:
+        settings.check()
         # The file holds the node's counts, which the alerts read: a check of one
         # mapping judges it against the options given (`extra-rules` for the ports
         # not given), and its bad input is no failed check of the node. Written, it
@@ -385,6 +393,10 @@ def metrics_recording(
         ok_exit_codes,
         warned=(lambda: tally.said) if tally is not None else None,
     ) as recorder:
+        # A unit's Environment= with a value a variable does not take refuses every run
+        # (exit 2): written nowhere, the file kept the last good run's success and
+        # counts, and PortmapctlGcFailing never fired.
+        settings.check()
         yield recorder
 
 

@@ -304,10 +304,17 @@ def option_group(
     return decorate
 
 
+METRICS_PARAMETER = "metrics_file"  # MetricsFileOpt's parameter, in each command
+
+
 def _common(context: Any = None, **given: Any) -> Common:
     from portmapctl.host import settings
 
-    settings.check()  # before the command does anything (as add_fast.pop_common)
+    # Before the command does anything (as add_fast.pop_common); a command with a
+    # metrics file (list, check, gc) checks them in its recording (_common's
+    # metrics_recording, the first thing it enters), where a refusal is a failed run.
+    if METRICS_PARAMETER not in (getattr(context, "params", None) or {}):
+        settings.check()
     if given["cni_cache_dir"] is not None:
         given["cni_cache_dir"] = tuple(given["cni_cache_dir"]) or None
     # The context's obj: the nft listing entry.py started for `list` (nftables/early.py).

@@ -113,13 +113,16 @@ def runner(args: List[str], early_claims: Any = None) -> Optional[Callable[[], A
     return lambda: add_run.run(common, mapping, **flags)
 
 
-def pop_common(given: Dict[str, Any]) -> Common:
+def pop_common(given: Dict[str, Any], recorded: bool = False) -> Common:
     """The common options out of what parse() found (they are taken out of `given`);
-    BadInput for an environment variable set to a value it does not accept."""
+    BadInput for an environment variable set to a value it does not accept.
+    `recorded`: a command with a metrics file (list), whose recording checks them
+    (cli/_common.metrics_recording: a refusal is a failed run in the file too)."""
     from portmapctl.cli._common import COMMON_NAMES, Common
     from portmapctl.host import settings
 
-    settings.check()  # before the command does anything (as typer's _options._common)
+    if not recorded:
+        settings.check()  # before the command does anything (as typer's _options._common)
 
     common: Dict[str, Any] = {}
     for name in COMMON_NAMES:

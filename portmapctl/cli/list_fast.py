@@ -49,7 +49,7 @@ def runner(args: List[str], early_nft: Any = None) -> Optional[Callable[[], Any]
     if given is not None:
         from portmapctl.cli import list_run
 
-        common = add_fast.pop_common(given)._replace(early_nft=early_nft)
+        common = add_fast.pop_common(given, recorded=True)._replace(early_nft=early_nft)
         return lambda: list_run.run(common, **given)
     given = add_fast.parse(args, "flush-udp", FLUSH_OPTIONS)
     if given is not None:

@@ -566,6 +566,34 @@ def test_a_failed_run_writes_success_0_and_keeps_its_error(tmp_path):
     assert not [name for name, _ in samples if name == "portmapctl_mappings"]
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", *SNAPSHOT_ARGS],  # the fast path (cli/list_fast.py)
+        ["list", *SNAPSHOT_ARGS, "--proto", "tcp"],  # typer's
+        ["check", *SNAPSHOT_ARGS],
+        ["gc", "--yes", "--cni-cache-dir", CACHE],
+    ],
+)
+def test_a_run_refused_for_its_environment_is_a_failed_run_in_its_file(tmp_path, args):
+    """A PORTMAPCTL_ variable set to a value it does not take (`..._TIMEOUT=2m` in a
+    unit's Environment=) refuses every run, exit 2, before the command starts: nothing
+    was written, so the file kept the last good run's `last_run_success 1` and counts,
+    PortmapctlGcFailing (whose runbook lists exit 2) never fired, and only the file's
+    age told, as if the timer did not run. It is a failed run like any bad input."""
+    path = tmp_path / "portmapctl-{command}.prom"
+    env = {"PORTMAPCTL_METRICS_FILE": str(path)}
+    written = tmp_path / f"portmapctl-{args[0]}.prom"
+    bad = {**env, "PORTMAPCTL_IPTABLES_TIMEOUT": "2m"}
+    done = run_cli(args, env=bad)
+    pmctl.assert_error(done, 2, "PORTMAPCTL_IPTABLES_TIMEOUT")
+    samples = samples_of(written)
+    c = {"command": args[0]}
+    assert samples[key("last_run_success", **c)] == 0
+    assert samples[key("last_run_warnings", **c)] == 0
+    assert not [n for n, _ in samples if n.startswith(("portmapctl_mappings", "portmapctl_gc_"))]
+
+
 def test_without_a_metrics_file_prometheus_client_is_never_imported():
     code = (
         "import sys\n"
