@@ -65,8 +65,7 @@ def run(
             from portmapctl.ops.flavour_guard import chains_elsewhere
 
             nft_here = reader is not None and bool(reader[1]["live"].tables)
-            elsewhere = chains_elsewhere(node.backend.name, tables, nft_here)
-            if elsewhere is not None:
+            for elsewhere in chains_elsewhere(node.backend, tables, nft_here):
                 out.warn(elsewhere)
             mappings: list = []
             owners = None

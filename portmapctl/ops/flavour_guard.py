@@ -126,9 +126,9 @@ def refuse_a_copy(
 
 
 def chains_elsewhere(
-    backend_name: str, tables: Mapping[int, NatTable], plugin_here: bool = False
-) -> Optional[str]:
-    """The warning of list and gc where the other flavour holds plugin state this run
+    backend: Any, tables: Mapping[int, NatTable], plugin_here: bool = False
+) -> List[str]:
+    """The warnings of list and gc where the other flavour holds plugin state this run
     does not read. Two cases: the tables read (and, `plugin_here` False, the plugin's
     nftables tables) hold none of the plugin's chains while the other flavour's hold
     CNI-HOSTPORT-DNAT: list would show an empty node and gc remove nothing (a
@@ -137,39 +137,49 @@ def chains_elsewhere(
     between flavours, whose chains there (live or dead, forwarding their ports in the
     kernel all the same) list never shows and gc never removes. An empty
     CNI-HOSTPORT-DNAT left there (the plugin's DEL leaves it) is no such state.
-    None otherwise, or for a snapshot."""
-    used = flavour_of(backend_name)
-    if used is None:
-        return None
+    Each family against its own other flavour (two where the alternatives differ:
+    one warning each); none for a snapshot."""
+    used_by = flavours_of(backend, tuple(tables))
+    if used_by is None:
+        return []
     from portmapctl.iptables.access.restore import RestoreBackend
     from portmapctl.iptables.chains import TOPLEVEL_DNAT
 
     here = plugin_here or any(_plugins(table) for table in tables.values())
-    other = other_flavour(used)
-    backend = RestoreBackend(other)
-    entered: List[str] = []
+    # Where the alternatives differ, --iptables alone would move the other family too.
+    apart = len(set(used_by.values())) > 1
+    entered: Dict[Tuple[Flavour, Flavour], List[str]] = {}
     for family in tables:
-        if not backend.installed(family) or not backend.has_nat_table(family):
+        used = used_by[family]
+        other = other_flavour(used)
+        there = RestoreBackend(other)
+        if not there.installed(family) or not there.has_nat_table(family):
             continue
-        listed = backend.list_chain(family, TOPLEVEL_DNAT)
+        listed = there.list_chain(family, TOPLEVEL_DNAT)
         if listed is None:
             continue
         if not here:
-            return (
+            run_with = (
+                f"--family {family} --iptables {other}"
+                if apart
+                else f"--iptables {other} (or PORTMAPCTL_IPTABLES={other})"
+            )
+            return [
                 f"no portmap chains in the iptables-{used} tables read, but the iptables-{other}"
                 f" ones hold {TOPLEVEL_DNAT}: if the plugin runs iptables-{other}, run with"
-                f" --iptables {other} (or PORTMAPCTL_IPTABLES={other})"
-            )
-        entered.extend(f"IPv{family} {chain}" for chain in _entered(listed))
-    if not entered:
-        return None
-    return (
-        f"the iptables-{other} tables also hold {len(entered)} container chain(s) entered"
-        f" from {TOPLEVEL_DNAT} ({', '.join(entered[:3])}{', ...' if len(entered) > 3 else ''}),"
+                f" {run_with}"
+            ]
+        names = [f"IPv{family} {chain}" for chain in _entered(listed)]
+        if names:
+            entered.setdefault((used, other), []).extend(names)
+    return [
+        f"the iptables-{other} tables also hold {len(names)} container chain(s) entered"
+        f" from {TOPLEVEL_DNAT} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}),"
         f" which this run (iptables-{used}) does not read: list shows none of them and gc"
         f" removes none; run with --iptables {other} to see them, and `portmapctl check`"
         f" for the split brain"
-    )
+        for (used, other), names in entered.items()
+    ]
 
 
 def other_flavour_readers(

@@ -383,6 +383,16 @@ def test_where_the_alternatives_differ_each_family_is_guarded_against_its_own_ot
     assert chain_name("mynet", "before1") not in rp.save(host_ns, 4, "legacy")
     after = [rp.save(host_ns, f, mode) for f in (4, 6) for mode in ("nft", "legacy")]
     assert [rp.strip_save_comments(t) for t in after] == [rp.strip_save_comments(t) for t in before]
+    # list and gc say where the plugin's state is that they do not read (IPv4's other
+    # flavour), and how to read that family there.
+    for args in (["list"], ["gc", "--dry-run"]):
+        done = run([*args, *node], env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (
+            "no portmap chains in the iptables-legacy tables read, but the iptables-nft ones"
+            " hold CNI-HOSTPORT-DNAT: if the plugin runs iptables-nft, run with --family 4"
+            " --iptables nft"
+        ) in done.stderr
     added = run(["add", *node, "--network", "mynet", "--container", "before1",
                  "--ip", "10.88.0.8/16", "-p", "8080:80"], env=env)  # fmt: skip
     assert_error(added, 3, "is in the nft tables, not in the legacy ones add writes")
@@ -396,3 +406,11 @@ def test_where_the_alternatives_differ_each_family_is_guarded_against_its_own_ot
     brains = [p for p in problems if p["kind"] == "split-brain"]
     assert [p["family"] for p in brains] == [6], problems
     assert "in both the nft and the legacy tables" in brains[0]["detail"]
+    # Now the plugin's chains are here too: each family's chains in its other flavour
+    # get a warning of their own.
+    listed = run(["list", *node], env=env)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    warned = [line for line in listed.stderr.splitlines() if "tables also hold" in line]
+    assert len(warned) == 2, listed.stderr
+    assert "iptables-nft tables also hold 1" in warned[0] and "(IPv4 CNI-DN-" in warned[0]
+    assert "iptables-legacy tables also hold 1" in warned[1] and "(IPv6 CNI-DN-" in warned[1]

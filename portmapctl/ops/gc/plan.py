@@ -242,9 +242,7 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
     }
     from portmapctl.ops.flavour_guard import chains_elsewhere
 
-    elsewhere = chains_elsewhere(node.backend.name, tables, bool(nft_rules and nft_rules.tables))
-    if elsewhere is not None:
-        warnings.append(elsewhere)
+    warnings += chains_elsewhere(node.backend, tables, bool(nft_rules and nft_rules.tables))
     if node.nft_unusable is not None:
         # No usable nft under --backend auto: the plugin cannot use nftables here either
         # (it runs nft), so its removal is skipped and iptables' goes on, as check does;
