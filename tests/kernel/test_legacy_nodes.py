@@ -414,3 +414,30 @@ def test_where_the_alternatives_differ_each_family_is_guarded_against_its_own_ot
     assert len(warned) == 2, listed.stderr
     assert "iptables-nft tables also hold 1" in warned[0] and "(IPv4 CNI-DN-" in warned[0]
     assert "iptables-legacy tables also hold 1" in warned[1] and "(IPv6 CNI-DN-" in warned[1]
+
+
+def test_where_the_alternatives_differ_a_chain_left_in_the_other_flavour_names_both(
+    host_ns, tmp_path
+):
+    """The why of a chain --repair leaves in the other flavour names the flavour the
+    repair writes and the one the plugin may run. Where the alternatives differ the
+    backend has no one flavour (each family its own), and the text said "a copy in the
+    None tables would make a split brain ... if it runs iptables-None" for every such
+    problem: the top-level chains and the container's chain, in the table and in JSON.
+    Each family's is the other of the flavour that holds the chain."""
+    apart = _alternatives_apart(tmp_path)
+    env = {"PATH": f"{apart}:{os.environ['PATH']}"}
+    cache = tmp_path / "cni"
+    node = ["--netns", host_ns, "--cni-cache-dir", str(cache)]
+    old = rp.plugin_conf("mynet", ["10.88.0.8/16"], PORTS)
+    rp.run_plugin("ADD", host_ns, "before1", old, mode="nft", check=True)  # iptables was nft
+    rp.write_cni_cache(cache, "mynet", "before1", "eth0", old, PORTS, ["10.88.0.8/16"])
+    checked = run(["check", "-o", "json", *node], env=env)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    left = [p for p in json.loads(checked.stdout)["problems"] if "--repair leaves it" in p["why"]]
+    assert {p["kind"] for p in left} == {"missing-toplevel", "missing-chain"}, left
+    for problem in left:
+        assert "a copy in the legacy tables would make a split brain" in problem["why"], problem
+        assert "if it runs iptables-legacy, first remove" in problem["why"], problem
+    shown = run(["check", *node], env=env)
+    assert "None" not in shown.stdout + shown.stderr, shown.stdout

@@ -46,10 +46,15 @@ class Fixes:
     def only_in(self, other: str) -> str:
         """The fix of a chain missing here that the other flavour's tables hold: prose,
         as repair leaves it (the plugin may well run that other iptables)."""
+        from portmapctl.ops.flavour_guard import other_flavour
+
+        # The family's own flavour is the other of `other`: not `self.flavour`, which a
+        # backend of one flavour per family (the alternatives apart) has none of.
+        used = other_flavour(other)
         return (
-            f"--repair leaves it, as a copy in the {self.flavour} tables would make a split"
+            f"--repair leaves it, as a copy in the {used} tables would make a split"
             f" brain. If the plugin runs iptables-{other}, run portmapctl with --iptables"
-            f" {other}; if it runs iptables-{self.flavour}, first remove the portmap chains"
+            f" {other}; if it runs iptables-{used}, first remove the portmap chains"
             f" from the {other} tables"
         )
 
