@@ -127,6 +127,10 @@ class Node:
     # Why nft could not be used (no nft, too old) when --backend auto met that: iptables
     # work goes on, and whatever needs nft state raises it.
     nft_unusable: Optional[NftUnusable] = None
+    # Why nft could not be used where the kernel holds no plugin table: read as empty,
+    # nothing needs nft to read it, but a container whose rules belong in nftables
+    # cannot be written there (a check or repair of it raises this, before any work).
+    nft_absent: Optional[NftUnusable] = None
     # Set while `locked` holds the lock for this node: a second `locked` inside (a dry
     # run's save of its sightings, under a library caller's write) must not wait on
     # the lock this process holds already (flock(2) would, for a second descriptor).
@@ -149,6 +153,7 @@ class Node:
                 # Known empty without nft: no entry or judgment needs nft to read it (a
                 # config whose plugin ignored `"backend": "nftables"` on a node without
                 # nft stopped every whole-node run, exit 3). A write still needs nft.
+                self.nft_absent = err
                 return EMPTY
             self.nft_unusable = err
             return EMPTY

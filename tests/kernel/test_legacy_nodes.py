@@ -188,6 +188,51 @@ def test_gc_on_a_node_without_nft_removes_the_dead_iptables_chains(host_ns, tmp_
     assert rp.nat_rules(rp.save(host_ns, 4, "legacy")) == before
 
 
+def test_without_nft_a_cached_nftables_container_stops_check_before_any_repair(host_ns, tmp_path):
+    """Without nft and without the plugin's cni_hostport table, the plugin's nftables
+    tables are read as empty (fe0c4f8). A cached container whose config says
+    "backend": "nftables" and whose rules are nowhere (not in iptables: no plugin that
+    ignored the key) then came out as nft-missing-table/-rules with `check --repair`
+    as the fix, and that repair rewrote the iptables containers' lost rules and only
+    then stopped on nft: exit 3, its one line, nothing on stdout, the iptables change
+    unreported. As where the table is there, check and --repair stop first (exit 3,
+    saying how to work on the iptables containers alone), nothing changed. A zombie
+    entry saying nftables (never repaired) stops nothing, as fe0c4f8 has it."""
+    cache = tmp_path / "cni"
+    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], ports)
+    rp.run_plugin("ADD", host_ns, "live1", conf, mode="legacy", check=True)
+    rp.write_cni_cache(cache, "mynet", "live1", "eth0", conf, ports, ["10.88.0.5/16"])
+    chain = chain_name("mynet", "live1")
+    dnat = [r for r in rp.nat_rules(rp.save(host_ns, 4, "legacy"))
+            if r.startswith(f"-A {chain} ") and "-j DNAT" in r]  # fmt: skip
+    rp.iptables(host_ns, ["-t", "nat", "-D", *dnat[0].split()[1:]], family=4, mode="legacy")
+    nft_ports = [{"hostPort": 9090, "containerPort": 90, "protocol": "tcp"}]
+    nft_conf = {**rp.plugin_conf("mynet", ["10.88.0.7/16"], nft_ports), "backend": "nftables"}
+    no_nft = [os.path.realpath(shutil.which("nft") or "/usr/sbin/nft")]
+    node = ["--netns", host_ns, "--iptables", "legacy", "--family", "4",
+            "--cni-cache-dir", str(cache)]  # fmt: skip
+    # A zombie entry saying nftables is never written: reported, it stops nothing.
+    zombie_ports = [{"hostPort": 9191, "containerPort": 90, "protocol": "tcp"}]
+    zombie = {**rp.plugin_conf("mynet", ["10.88.0.8/16"], zombie_ports), "backend": "nftables"}
+    rp.write_cni_cache(cache, "mynet", "zomb1", "eth0", zombie, zombie_ports, ["10.88.0.8/16"],
+                       netns=f"/run/netns/{host_ns}-gone")  # fmt: skip
+    checked = run(["check", "-o", "json", *node], hide=no_nft)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    found = {(p["kind"], p["container_id"]) for p in json.loads(checked.stdout)["problems"]}
+    assert found == {("missing-rules", "live1"), ("zombie", "zomb1")}, found
+    rp.write_cni_cache(cache, "mynet", "nft1", "eth0", nft_conf, nft_ports, ["10.88.0.7/16"])
+    before = rp.nat_rules(rp.save(host_ns, 4, "legacy"))
+    for command in (["check"], ["check", "--repair"]):
+        done = run([*command, *node], hide=no_nft)
+        assert_error(done, 3, "nft not found", "(nft1)", "--backend iptables")
+        assert rp.nat_rules(rp.save(host_ns, 4, "legacy")) == before, command
+    # The iptables containers alone, as the line says.
+    done = run(["check", "--repair", "--backend", "iptables", *node], hide=no_nft)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert dnat[0] in rp.nat_rules(rp.save(host_ns, 4, "legacy"))
+
+
 def test_a_legacy_node_without_an_nf_tables_nat_table_runs_no_iptables_nft(host_ns, tmp_path):
     """list, check and gc on a legacy node look at the other flavour (split brain, the
     chains-elsewhere warnings, other tools' rules there); iptables-nft ran for it even

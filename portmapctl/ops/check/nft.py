@@ -178,6 +178,13 @@ def nft_problems(
             # nft state is needed and cannot be read
             raise node.nft_unusable.needed_by(a.container_id for a in parts.nftables)
         return NftCheck([], nft_ids, 0, [], None, nft_keys=_keys(parts.nftables))
+    needed = [a.container_id for a in parts.nftables if not a.zombie]
+    if node.nft_absent is not None and needed:
+        # No plugin table, and no nft: their rules are nowhere, and neither --repair
+        # nor the plugin can write them here. Said before anything is done (a repair
+        # rewrote the iptables containers, then stopped on nft, none of it reported).
+        # A zombie's are never written: it is reported as one, nft or not.
+        raise node.nft_absent.needed_by(needed)
     problems = [
         # (With no CNI cache, --repair leaves nftables alone: nft_repair.)
         _problem(
@@ -589,6 +596,8 @@ def check_mapping(
         live = node.read_nft(families)
     if node.nft_unusable is not None:
         raise node.nft_unusable
+    if node.nft_absent is not None:
+        raise node.nft_absent  # (its rules are nowhere, and --repair cannot write them)
     from portmapctl.ops.check.run import SAME_WITH_REPAIR as fix
 
     structure = structure_problems(live, {f: config.snat for f in families})
