@@ -81,7 +81,7 @@ def _other_flavour_warnings(node: Any, config: MappingConfig) -> List[str]:
     from portmapctl.ops.flavour_guard import other_flavour_readers
 
     families = [f for f in config.families if f in node.families]
-    other = other_flavour_readers(node.backend.name, families)
+    other = other_flavour_readers(node.backend, families)
     if other is None:
         return []
     from portmapctl.core.contest import crossed, flavour_rivals
@@ -89,11 +89,11 @@ def _other_flavour_warnings(node: Any, config: MappingConfig) -> List[str]:
     from portmapctl.ops.add import as_rows
     from portmapctl.ops.flavour_guard import plugin_rows
 
-    flavour, readers = other
+    flavours, readers = other
     mine = as_rows(config, families)
     warnings = [
         f"IPv{row.family} {row.protocol}/{row.host_port} is taken by a rule in the"
-        f" iptables-{flavour} nat table too ({rule}): this mapping is contested (the"
+        f" iptables-{flavours[row.family]} nat table too ({rule}): this mapping is contested (the"
         " kernel's hook order decides which of them gets the traffic)"
         for row, rule in crossed(mine, same_priority_takers(readers, mine)).items()
     ]
@@ -103,7 +103,8 @@ def _other_flavour_warnings(node: Any, config: MappingConfig) -> List[str]:
         for row in plugin_rows(read, family, {m.host_port for m in mine if m.family == family})
     ]
     warnings += [
-        f"IPv{row.family} {row.protocol}/{row.host_port} is mapped in the iptables-{flavour}"
+        f"IPv{row.family} {row.protocol}/{row.host_port} is mapped in the"
+        f" iptables-{flavours[row.family]}"
         f" tables too, to {_owner(rivals[0])}: this mapping is contested (the kernel's hook"
         " order decides which of them gets the traffic); `portmapctl check` reports the"
         " split brain"

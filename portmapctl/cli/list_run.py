@@ -78,7 +78,7 @@ def run(
                 live = reader[1].get("live") if reader is not None else None
                 from portmapctl.ops.flavour_guard import other_flavour_readers
 
-                other = other_flavour_readers(node.backend.name, tuple(tables))
+                other = other_flavour_readers(node.backend, tuple(tables))
                 owners = read_owners(node, tables, found.mappings, nft_rows, live, other)
                 mappings = node_rows(found.mappings, nft_rows, owners)
             if recorder is not None:

@@ -183,37 +183,45 @@ def chains_elsewhere(
 
 
 def other_flavour_readers(
-    backend_name: str, families: Sequence[int]
-) -> Optional[Tuple[str, Dict[int, ChainReader]]]:
+    backend: Any, families: Sequence[int]
+) -> Optional[Tuple[Dict[int, Flavour], Dict[int, ChainReader]]]:
     """list's view of the other iptables flavour's nat table, for another tool's rules
-    there that take a mapped port (ops/owners.py): its name and, per family where it has
-    a nat table, a reader of its chains. Nothing is run where it has none
-    (RestoreBackend.has_nat_table: legacy's looked for in /proc, as a read would create
-    it; iptables-nft's with one netlink GETTABLE); then iptables-nft lists only the
-    chains the walk reaches (`-S CHAIN`, a few ms each), legacy is saved once. None for
-    a snapshot or a fake, or where the other flavour's tool is missing."""
-    used = flavour_of(backend_name)
-    if used is None:
+    there that take a mapped port (ops/owners.py): per family where it has a nat table,
+    its name (each family's own where the alternatives differ) and a reader of its
+    chains. Nothing is run where it has none (RestoreBackend.has_nat_table: legacy's
+    looked for in /proc, as a read would create it; iptables-nft's with one netlink
+    GETTABLE); then iptables-nft lists only the chains the walk reaches (`-S CHAIN`, a
+    few ms each), legacy is saved once. None for a snapshot or a fake, or where the
+    other flavour's tool is missing."""
+    used_by = flavours_of(backend, families)
+    if used_by is None:
         return None
     from portmapctl.errors import HostProblem
     from portmapctl.iptables.access.restore import RestoreBackend
     from portmapctl.iptables.foreign import listing_reader, table_reader
 
-    other = other_flavour(used)
-    backend = RestoreBackend(other)
-    present = [family for family in families if backend.has_nat_table(family)]
+    names: Dict[int, Flavour] = {}
     readers: Dict[int, ChainReader] = {}
-    for family in present:
-        if not backend.installed(family):
+    for family in families:
+        other = other_flavour(used_by[family])
+        there = RestoreBackend(other)
+        if not there.has_nat_table(family) or not there.installed(family):
             continue
         if other == Flavour.NFT:
-            readers[family] = listing_reader(partial(backend.list_chain, family))
-            continue
-        try:
-            readers[family] = table_reader(backend.read(family))
-        except HostProblem:
-            continue  # (unreadable: as the split-brain check, nothing said of it)
-    return (other, readers) if readers else None
+            readers[family] = listing_reader(partial(there.list_chain, family))
+        else:
+            try:
+                readers[family] = table_reader(there.read(family))
+            except HostProblem:
+                continue  # (unreadable: as the split-brain check, nothing said of it)
+        names[family] = other
+    return (names, readers) if readers else None
+
+
+def named(names: Mapping[int, str], families: Collection[int]) -> str:
+    """The other flavour's name for a message about rows of `families` (both, joined,
+    where the alternatives differ and rows of both families are named at once)."""
+    return "/".join(sorted({names[f] for f in families if f in names})) or "other"
 
 
 def plugin_rows(read: ChainReader, family: int, ports: Collection[int]) -> List[CoreMapping]:

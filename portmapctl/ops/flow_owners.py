@@ -370,7 +370,7 @@ def node_judging(node: Node, tables: Any, attachments: Any) -> Judging:
         nft_rows = list(nft.build(node, attachments, owner_ids, live=live)[2].mappings)
     from portmapctl.ops.flavour_guard import other_flavour_readers
 
-    other = other_flavour_readers(node.backend.name, tuple(tables))
+    other = other_flavour_readers(node.backend, tuple(tables))
     readers = other[1] if other is not None else {}
     if not found.mappings and not nft_rows:
         # (Ports given, none mapped: every hook is asked of their flows.)

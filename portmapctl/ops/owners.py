@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from portmapctl.core.contest import HookPortKey
+from portmapctl.ops.flavour_guard import named
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,14 @@ def read_owners(
     rows: Sequence[Any],
     nft_rows: Sequence[Any],
     nft_live: Optional[Any],
-    other: Optional[Tuple[str, Mapping[int, Any]]] = None,
+    other: Optional[Tuple[Mapping[int, str], Mapping[int, Any]]] = None,
 ) -> Owners:
     """The owners of the ports of `rows` (iptables) and `nft_rows` (the plugin's
     nftables, `nft_live` as read; None: not read): the usual node pays one netlink
     dump, and nft runs only for another table with a nat hook some row passes.
-    `other`: the other iptables flavour's name and its nat table by family, as chain
-    readers (iptables/foreign.py; only the families where it has one)."""
+    `other`: by family, the other iptables flavour's name and its nat table as a chain
+    reader (iptables/foreign.py; only the families where it has one;
+    flavour_guard.other_flavour_readers)."""
     taken: Dict[HookPortKey, str] = {}
     if nft_rows and any(t.rules("PREROUTING") or t.rules("OUTPUT") for t in tables.values()):
         from portmapctl.iptables.foreign import nft_takers
@@ -83,7 +85,7 @@ def read_owners(
         from portmapctl.iptables.foreign import same_priority_takers
 
         crossed = {
-            key: f"iptables-{other[0]}: {rule}"
+            key: f"iptables-{other[0][key[0]]}: {rule}"
             for key, rule in same_priority_takers(other[1], [*rows, *nft_rows]).items()
         }
     from portmapctl.nftables.foreign import node_hooked
@@ -97,12 +99,12 @@ def read_owners(
         hooked.unread,
         crossed,
         rivals,
-        other[0] if rivals and other is not None else None,
+        named(other[0], {row.family for row in rivals}) if rivals and other is not None else None,
     )
 
 
 def plugin_rivals(
-    other: Optional[Tuple[str, Mapping[int, Any]]],
+    other: Optional[Tuple[Mapping[int, str], Mapping[int, Any]]],
     rows: Sequence[Any],
     hooked: Mapping[Any, Tuple[str, str]],
 ) -> Dict[Any, Tuple[Any, ...]]:
@@ -124,7 +126,9 @@ def plugin_rivals(
     except (PortmapctlError, OSError) as err:
         from portmapctl.ops.add_ahead import debug
 
-        debug("reading the plugin's chains in iptables-%s failed: %s", other[0], err)
+        debug(
+            "reading the plugin's chains in iptables-%s failed: %s", named(other[0], other[0]), err
+        )
         return {}
     # As node_rows marks them: a row another nftables table's hook shadows contests
     # nothing (the keys are the rows node_rows marks, equal as frozen dataclasses).

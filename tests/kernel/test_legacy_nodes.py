@@ -486,3 +486,37 @@ def test_where_the_alternatives_differ_a_chain_left_in_the_other_flavour_names_b
         assert "if it runs iptables-legacy, first remove" in problem["why"], problem
     shown = run(["check", *node], env=env)
     assert "None" not in shown.stdout + shown.stderr, shown.stdout
+
+
+def test_where_the_alternatives_differ_another_tools_rule_in_a_familys_other_flavour_contests(
+    host_ns, tmp_path
+):
+    """iptables legacy, ip6tables nft: a DNAT of another tool (dockerd with its own
+    iptables) in the nf_tables IPv4 nat table takes the plugin's IPv4 port, both hooked
+    at -100. list and check said nothing of it on such a node (the other flavour's
+    rules were read for one-flavour backends only); now IPv4's other flavour (nft) is
+    read: the row is contested, check names `iptables-nft: -A DOCKER ...`, add warns."""
+    apart = _alternatives_apart(tmp_path)
+    env = {"PATH": f"{apart}:{os.environ['PATH']}"}
+    cache = tmp_path / "cni"
+    ips = ["10.88.0.5/16", "fd00::5/64"]
+    conf = rp.plugin_conf("mynet", ips, PORTS)
+    assert _apart_plugin(host_ns, apart, "ADD", "ds1", conf).returncode == 0
+    rp.write_cni_cache(cache, "mynet", "ds1", "eth0", conf, PORTS, ips)
+    for rule in (["-N", "DOCKER"], ["-A", "PREROUTING", "-j", "DOCKER"],
+                 ["-A", "DOCKER", "-p", "tcp", "--dport", "8080", "-j", "DNAT",
+                  "--to-destination", "172.17.0.2:80"]):  # fmt: skip
+        rp.iptables(host_ns, ["-t", "nat", *rule], family=4, mode="nft")
+    node = ["--netns", host_ns, "--cni-cache-dir", str(cache)]
+    listed = run(["list", "-o", "json", *node], env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = {(m["family"], tuple(m["status"])) for m in json.loads(listed.stdout)["mappings"]}
+    assert rows == {(4, ("contested",)), (6, ("ok",))}
+    checked = run(["check", "-o", "json", *node], env=env)
+    problems = json.loads(checked.stdout)["problems"]
+    assert [(p["kind"], p["family"]) for p in problems] == [("contested", 4)], problems
+    assert "iptables-nft: -A DOCKER -p tcp" in problems[0]["detail"]
+    added = run(["add", "--dry-run", *node, "--network", "mynet", "--container", "two1",
+                 "--ip", "10.88.0.6/16", "-p", "8080:80"], env=env)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert "IPv4 tcp/8080 is taken by a rule in the iptables-nft nat table too" in added.stderr

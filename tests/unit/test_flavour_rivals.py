@@ -82,7 +82,7 @@ def test_list_and_check_mark_the_rows_the_other_flavours_plugin_chain_contests()
     the one on 8081 stays ok; a row shadowed by another nftables table's hook contests
     nothing."""
     mine = [_mine(), _mine("new2", 8081)]
-    other = ("legacy", {4: table_reader(fixtures_lib.table("shadowed", 4))})
+    other = ({4: "legacy"}, {4: table_reader(fixtures_lib.table("shadowed", 4))})
     owners = Owners(rivals=plugin_rivals(other, mine, {}), rival_flavour="legacy")
     rows = node_rows(mine, (), owners)
     assert [(r.host_port, r.status) for r in rows] == [
@@ -107,5 +107,5 @@ def test_a_failure_to_read_the_other_flavour_contests_nothing() -> None:
     def failing(chain: str) -> Optional[str]:
         raise HostProblem("iptables-nft -S failed")
 
-    assert plugin_rivals(("nft", {4: listing_reader(failing)}), [_mine()], {}) == {}
+    assert plugin_rivals(({4: "nft"}, {4: listing_reader(failing)}), [_mine()], {}) == {}
     assert plugin_rivals(None, [_mine()], {}) == {}

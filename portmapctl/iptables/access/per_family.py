@@ -10,10 +10,9 @@ the plugin does, through the flavour's RestoreBackend.
 Named `auto` (what it was opened with): a kernel backend of no single flavour.
 `flavours` says each family's; ops/flavour_guard.flavours_of reads it, so that check's
 split brain, the guards against a copy of a chain the other flavour holds (check
---repair, add) and list's and gc's warnings of plugin chains there judge each family
-against its own other flavour. Another tool's rules in the other flavour taking a
-mapped port (ops/owners.py, which names one other flavour) are not looked for on
-such a node.
+--repair, add), list's and gc's warnings of plugin chains there, and another tool's
+rules there that take a mapped port (ops/owners.py, flow judging) look at each
+family's own other flavour.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def read_tables(node: Node, with_nft: bool = False) -> NodeTables:
     return NodeTables(tables, other_tables, flavours, tuple(notes), nft_live)
 
 
-def _other_readers(read: NodeTables) -> Optional[Tuple[str, Dict[int, ChainReader]]]:
+def _other_readers(read: NodeTables) -> Optional[Tuple[Dict[int, str], Dict[int, ChainReader]]]:
     """The other flavour's tables (read for split brain) as ops/owners.py reads them:
     another tool's rules there may take mapped ports."""
     return _readers_of(read.flavours, read.other_tables)
@@ -96,16 +96,15 @@ def _other_readers(read: NodeTables) -> Optional[Tuple[str, Dict[int, ChainReade
 
 def _readers_of(
     flavours: Optional[Dict[int, Tuple[str, str]]], other_tables: Dict[int, NatTable]
-) -> Optional[Tuple[str, Dict[int, ChainReader]]]:
-    """The other flavour's name and its tables as chain readers (ops/owners.py), where
-    every family has the same other flavour (ops/owners.py names one; not looked at
-    where the alternatives differ: a warning's reading, no write depends on it)."""
-    others = {other for _used, other in (flavours or {}).values()}
-    if len(others) != 1 or not other_tables:
+) -> Optional[Tuple[Dict[int, str], Dict[int, ChainReader]]]:
+    """By family, the other flavour's name and its table as a chain reader
+    (ops/owners.py), as flavour_guard.other_flavour_readers gives them."""
+    if flavours is None or not other_tables:
         return None
     from portmapctl.iptables.foreign import table_reader
 
-    return others.pop(), {f: table_reader(t) for f, t in other_tables.items()}
+    names = {family: flavours[family][1] for family in other_tables}
+    return names, {f: table_reader(t) for f, t in other_tables.items()}
 
 
 def check_node(node: Node) -> CheckResult:

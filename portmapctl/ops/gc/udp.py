@@ -209,7 +209,7 @@ def elsewhere(node: Node, plan: FamilyPlan) -> Judging:
     from portmapctl.ops.flow_owners import Judging
     from portmapctl.ops.owners import Owners
 
-    other = other_flavour_readers(node.backend.name, (plan.family,))
+    other = other_flavour_readers(node.backend, (plan.family,))
     hooked = node_hooked(node, plan.remaining_udp, None)
     ports = Owners(hooked=hooked.taken, unsure=hooked.unsure, unread=hooked.unread).hook_ports()
     readers = other[1] if other is not None else {}
