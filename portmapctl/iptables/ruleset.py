@@ -28,6 +28,7 @@ from typing import (
     List,
     Optional,
     Sequence,
+    Set,
     Tuple,
     TypeVar,
 )
@@ -442,6 +443,7 @@ def normalize(args: Iterable[str], family: int) -> Args:
     implicit: Optional[List[str]] = None
     current: Optional[Tuple[str, List[str]]] = None
     negate = False
+    seen: Set[str] = set()  # generic options given (also those printed as nothing)
     i = 0
     while i < len(tokens):
         token = tokens[i]
@@ -455,7 +457,13 @@ def normalize(args: Iterable[str], family: int) -> Args:
             target.extend(prefix + [token])
             i += 1
             continue
+        if token in _GENERIC_ORDER and token in seen:
+            # iptables takes each generic option once: conditions that give `-p` again
+            # (`-p tcp --syn` beside the plugin's own `-p udp`) make the plugin's ADD
+            # fail; keeping the last one wrote a udp mapping's entry rule as tcp.
+            raise BadInput(f"multiple {token} flags in rule (iptables refuses it)")
         if token in _GENERIC_ORDER:
+            seen.add(token)
             if token == "-f":
                 generic[token] = prefix + [token]
                 i += 1

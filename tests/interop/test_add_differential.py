@@ -1,0 +1,60 @@
+"""Cases found by differential fuzzing of `portmapctl add` against the real plugin's
+ADD (the same stdin config, one fresh namespace each), kept here minimised: what the
+plugin refuses portmapctl refuses, and what it writes portmapctl writes."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+import pmctl
+import pytest
+import realplugin as rp
+
+NETWORK = "fznet"
+CONTAINER = "f00d1234"
+
+
+@pytest.fixture
+def twin_ns(host_ns: str) -> Iterator[str]:
+    """A second fresh namespace, for portmapctl beside the plugin's `host_ns`."""
+    name = rp.create_netns("pmt-twin")
+    try:
+        yield name
+    finally:
+        rp.delete_netns(name)
+
+
+def _saves(ns: str, mode: rp.Mode) -> dict[int, str]:
+    return {f: rp.strip_save_comments(rp.save(ns, f, mode)) for f in (4, 6)}
+
+
+def _add(ns: str, mode: rp.Mode, conf: dict):
+    args = ["add", "--netns", ns, "--iptables", mode, "--container", CONTAINER]
+    return pmctl.run([*args, "--cni-config", "-", "--no-flush-udp"], stdin=json.dumps(conf))
+
+
+@pytest.mark.parametrize(
+    "conditions, proto",
+    [
+        (["-p", "tcp", "--syn"], "udp"),
+        (["-p", "tcp"], "tcp"),
+        (["-s", "10.0.0.0/8", "-s", "10.1.0.0/16"], "tcp"),
+    ],
+    ids=["other-protocol", "same-protocol", "twice-in-conditions"],
+)
+def test_conditions_repeating_an_option_of_the_entry_rule_are_refused_as_the_plugin_is(
+    host_ns: str, twin_ns: str, iptables_mode: rp.Mode, conditions: list, proto: str
+) -> None:
+    """conditionsV4 `-p tcp --syn` on a udp mapping: the plugin's entry rule already has
+    `-p udp`, iptables says "multiple -p flags not allowed" and the plugin's ADD fails.
+    add kept the last `-p` and wrote the udp mapping's entry rule as `-p tcp`: exit 0,
+    a mapping that forwards no udp at all (and sends tcp to a chain of udp rules)."""
+    conf = rp.plugin_conf(
+        NETWORK, ["10.88.0.5/16"], [rp.port_mapping(8080, 80, proto)], conditions_v4=conditions
+    )
+    done = rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode=iptables_mode)
+    assert done.returncode != 0 and "multiple -" in done.stdout, done.stdout
+    before = _saves(twin_ns, iptables_mode)
+    pmctl.assert_error(_add(twin_ns, iptables_mode, conf), 2, "conditionsV4", "multiple")
+    assert _saves(twin_ns, iptables_mode) == before
