@@ -422,6 +422,14 @@ _MATCH_OPTIONS = {
     "mark": {"--mark"},
     "addrtype": {"--src-type", "--dst-type", "--limit-iface-in", "--limit-iface-out"},
 }
+# The protocol matches' port options that are prefixes of one multiport option: once
+# multiport is loaded, iptables' option parser (getopt_long) gives them to it.
+_MULTIPORT_BY_PREFIX = {
+    "--sport": "--sports",
+    "--dport": "--dports",
+    "--source-port": "--source-ports",
+    "--destination-port": "--destination-ports",
+}
 _FLAG_OPTIONS = {"--syn", "-f", "--limit-iface-in", "--limit-iface-out"}  # addrtype: flags
 # Options known to take a value, even one that starts with a dash.
 _VALUED_OPTIONS = (set().union(*_MATCH_OPTIONS.values()) | set(_PROTO_OPTIONS)) - _FLAG_OPTIONS
@@ -499,6 +507,21 @@ def normalize(args: Iterable[str], family: int) -> Args:
             continue
         # An option of a match: the open one, or the protocol's implicit match.
         owner = current
+        if (
+            token in _MULTIPORT_BY_PREFIX
+            and any(m == "multiport" for m, _ in matches)
+            and not any(m == proto for m, _ in matches)
+        ):
+            # iptables offers an option to the matches loaded so far, by prefix, and
+            # loads the protocol's own match only for an option none of them takes:
+            # after the plugin's `-m multiport --destination-ports`, conditions'
+            # `--sport 1024:65535` is multiport's --source-ports, which iptables
+            # refuses there (the plugin's ADD fails); `-m tcp --sport` is tcp's.
+            raise BadInput(
+                f"{token} after -m multiport is multiport's {_MULTIPORT_BY_PREFIX[token]},"
+                " a second port option of one multiport match (iptables refuses it;"
+                f" give -m {proto} {token} for the {proto} match's)"
+            )
         if token in _PROTO_OPTIONS and proto in ("tcp", "udp", "sctp"):
             known = _MATCH_OPTIONS.get(current[0]) if current else None
             if current is None or (known is not None and token not in known):

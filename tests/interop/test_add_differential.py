@@ -58,3 +58,42 @@ def test_conditions_repeating_an_option_of_the_entry_rule_are_refused_as_the_plu
     before = _saves(twin_ns, iptables_mode)
     pmctl.assert_error(_add(twin_ns, iptables_mode, conf), 2, "conditionsV4", "multiple")
     assert _saves(twin_ns, iptables_mode) == before
+
+
+@pytest.mark.parametrize(
+    "conditions",
+    [["--sport", "1024:65535"], ["--dport", "80"], ["--source-port", "1024"]],
+    ids=["sport", "dport", "source-port"],
+)
+def test_a_port_option_after_the_entry_rules_multiport_is_refused_as_the_plugin_is(
+    host_ns: str, twin_ns: str, iptables_mode: rp.Mode, conditions: list
+) -> None:
+    """conditionsV4 `--sport 1024:65535` follows the plugin's `-m multiport -p tcp
+    --destination-ports 8080`: iptables gives an option to the matches loaded so far,
+    by prefix, so `--sport` is multiport's `--source-ports` ("cannot be used together
+    with --destination-ports") and `--dport` its `--destination-ports` ("can only be
+    used once"); the plugin's ADD fails. add gave them to the tcp match, exit 0."""
+    conf = rp.plugin_conf(
+        NETWORK, ["10.88.0.5/16"], [rp.port_mapping(8080, 80)], conditions_v4=conditions
+    )
+    done = rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode=iptables_mode)
+    assert done.returncode != 0 and "multiport: option" in done.stdout, done.stdout
+    before = _saves(twin_ns, iptables_mode)
+    pmctl.assert_error(_add(twin_ns, iptables_mode, conf), 2, "conditionsV4", "multiport")
+    assert _saves(twin_ns, iptables_mode) == before
+
+
+def test_a_port_option_of_an_explicit_match_after_multiport_is_the_plugins(
+    host_ns: str, twin_ns: str, iptables_mode: rp.Mode
+) -> None:
+    """With `-m tcp` first the option is tcp's, as the plugin's ADD writes it."""
+    conf = rp.plugin_conf(
+        NETWORK,
+        ["10.88.0.5/16"],
+        [rp.port_mapping(8080, 80)],
+        conditions_v4=["-m", "tcp", "--sport", "1024:65535"],
+    )
+    rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode=iptables_mode, check=True)
+    done = _add(twin_ns, iptables_mode, conf)
+    assert done.returncode == 0, done.stderr
+    assert _saves(twin_ns, iptables_mode) == _saves(host_ns, iptables_mode)
