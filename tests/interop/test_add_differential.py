@@ -97,3 +97,28 @@ def test_a_port_option_of_an_explicit_match_after_multiport_is_the_plugins(
     done = _add(twin_ns, iptables_mode, conf)
     assert done.returncode == 0, done.stderr
     assert _saves(twin_ns, iptables_mode) == _saves(host_ns, iptables_mode)
+
+
+def test_a_rule_the_kernel_refuses_is_named_in_the_error_line(host_ns: str, twin_ns: str) -> None:
+    """conditionsV4 `-m owner --uid-owner 0` parses (`iptables-restore --test` takes
+    it) but the kernel refuses the owner match on a chain PREROUTING reaches: the
+    plugin's ADD fails ("Invalid argument"), and so does add, nothing written. Its line
+    said `refused the transaction, nothing changed: iptables-nft-restore v1.8.9
+    (nf_tables):` and stopped there: the first line of iptables-nft-restore's stderr
+    is a banner, the reason (`line 4: RULE_APPEND failed (Invalid argument): rule in
+    chain CNI-HOSTPORT-DNAT`) is on the next."""
+    conf = rp.plugin_conf(
+        NETWORK,
+        ["10.88.0.5/16"],
+        [rp.port_mapping(8080, 80)],
+        conditions_v4=["-m", "owner", "--uid-owner", "0"],
+    )
+    done = rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode="nft")
+    assert done.returncode != 0 and "Invalid argument" in done.stdout, done.stdout
+    before = _saves(twin_ns, "nft")
+    added = _add(twin_ns, "nft", conf)
+    assert added.returncode == 1, added.stderr
+    line = pmctl.without_cache_note(added.stderr).strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, added.stderr
+    assert "RULE_APPEND failed (Invalid argument)" in line, line
+    assert _saves(twin_ns, "nft") == before

@@ -454,7 +454,13 @@ def _refuse_unopenable_lock(binary: str, stderr: str) -> None:
 
 
 def _first_line(text: str) -> str:
+    """The first line of a tool's stderr, as the one line an error says. Where it is
+    only the tool's banner (`iptables-nft-restore v1.8.9 (nf_tables):`, as it starts
+    a commit the kernel refused), the reason on the next line goes with it: `line 4:
+    RULE_APPEND failed (Invalid argument): rule in chain CNI-HOSTPORT-DNAT`."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[1]}"
     return lines[0] if lines else ""
 
 
