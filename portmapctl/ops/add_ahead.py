@@ -347,7 +347,7 @@ def apply_blind(
     transaction `txn` applied (what it changed returned: its -C lines left out), or None
     when iptables-restore refused it (nothing changed: a shared chain or rule, or a jump
     into one, is missing, or the container's chain exists) or the backend cannot check
-    (python-iptables); then the caller reads and plans as usual. `unsure(txn, error)` is
+    (python-iptables), or not soundly in that family (ip6tables-legacy); then the caller reads and plans as usual. `unsure(txn, error)` is
     told when the restore died without saying (killed: it may have gone in, whole), with
     what it would have changed: the caller's read and plan judge it (ops/add.py).
 
@@ -360,7 +360,8 @@ def apply_blind(
     faster end to end: the quicker commit then lands during the shadow warning's dump
     of CNI-HOSTPORT-DNAT (nfnl), which is torn and taken again (measured side by side,
     benchmarks/shapes_bench.py)."""
-    if not getattr(backend, "checks", False):
+    checks = getattr(backend, "checks", None)
+    if checks is None or not checks(txn.family):
         return None
     try:
         backend.apply(txn)

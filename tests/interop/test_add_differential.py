@@ -122,3 +122,28 @@ def test_a_rule_the_kernel_refuses_is_named_in_the_error_line(host_ns: str, twin
     assert len(line.splitlines()) == 1 and "Traceback" not in line, added.stderr
     assert "RULE_APPEND failed (Invalid argument)" in line, line
     assert _saves(twin_ns, "nft") == before
+
+
+def test_a_second_mark_bit_under_ip6tables_legacy_gets_its_shared_rules(
+    host_ns: str, twin_ns: str
+) -> None:
+    """A container whose network says markMasqBit 14, then one with the default 13,
+    dual-stack, legacy iptables. The second add planned without a read: its `-C
+    CNI-HOSTPORT-SETMARK ... --set-xmark 0x2000/0x2000` inside ip6tables-legacy-restore
+    passed on the 0x4000 rule (ip6tables-legacy's -C ignores the MARK target's data, and
+    the MASQ rule's mark), so IPv6 got no 0x2000 SETMARK/MASQ rules: add said "added",
+    and check then called the node unhealthy (missing-toplevel-rule) at every run, and
+    a second add wrote them. Planned from a read, as under IPv4 and nf_tables, they are
+    what the plugin writes where its own `-C` is sound (ip6tables-nft)."""
+    ips = [["10.88.0.5/16", "fd00::5/64"], ["10.88.0.6/16", "fd00::6/64"]]
+    confs = [
+        rp.plugin_conf(NETWORK, ips[0], [rp.port_mapping(8080, 80)], mark_masq_bit=14),
+        rp.plugin_conf("other", ips[1], [rp.port_mapping(8081, 80)]),
+    ]
+    for number, conf in enumerate(confs):
+        cid = f"{CONTAINER}{number}"
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="nft", check=True)
+        args = ["add", "--netns", twin_ns, "--iptables", "legacy", "--container", cid]
+        done = pmctl.run([*args, "--cni-config", "-", "--no-flush-udp"], stdin=json.dumps(conf))
+        assert done.returncode == 0, done.stderr
+    assert _saves(twin_ns, "legacy")[6] == _saves(host_ns, "nft")[6]

@@ -34,9 +34,6 @@ def lock_wait_seconds() -> int:
 
 class RestoreBackend:
     writable = True
-    # iptables-restore takes `-C` (a check that fails the transaction): add's plan
-    # without a read (planner.plan_blind) needs it.
-    checks = True
 
     def __init__(self, flavour: str) -> None:
         self.flavour = Flavour(flavour)  # (ValueError for anything else)
@@ -51,6 +48,15 @@ class RestoreBackend:
         # Every tool started, for stop_tools: a save a thread waits on (beside the
         # cache read) is not reaped by that thread when SIGTERM ends the run.
         self._tools: List[subprocess.Popen] = []
+
+    def checks(self, family: int) -> bool:
+        """Whether iptables-restore's `-C` (a check that fails the transaction) can be
+        trusted in `family`: add's plan without a read (planner.plan_blind) stands on
+        it. ip6tables-legacy's -C ignores the MARK target's data and compares some
+        matches' data wrongly (reference/upstream/FACTS.md), so a `-C` of the default
+        mark bit's SETMARK rule passed on another bit's and the write went in without
+        it; that family is planned from a read."""
+        return not (self.flavour is Flavour.LEGACY and family == 6)
 
     def _binary(self, family: int, tool: str) -> str:
         command = "ip6tables" if family == 6 else "iptables"
