@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 class PerFamilyBackend:
     name = "auto"
     writable = True
-    checks = True  # both flavours' iptables-restore take `-C`
     # (One family's chains are cheap to list under nf_tables, the other's are not: add
     # takes the path that reads the table, right for both.)
     cheap_chain_reads = False
@@ -44,6 +43,10 @@ class PerFamilyBackend:
 
     def of(self, family: int) -> RestoreBackend:
         return self._by_family[family]
+
+    def checks(self, family: int) -> bool:
+        """Whether `-C` in `family`'s restore can be trusted (RestoreBackend.checks)."""
+        return self.of(family).checks(family)
 
     def read(self, family: int) -> NatTable:
         return self.of(family).read(family)
