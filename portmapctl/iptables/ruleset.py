@@ -430,6 +430,8 @@ _MULTIPORT_BY_PREFIX = {
     "--source-port": "--source-ports",
     "--destination-port": "--destination-ports",
 }
+# multiport's port options as saved (one of them a match: a second is refused).
+_MULTIPORT_PORTS = {"--sports", "--dports", "--ports"}
 _FLAG_OPTIONS = {"--syn", "-f", "--limit-iface-in", "--limit-iface-out"}  # addrtype: flags
 # Options known to take a value, even one that starts with a dash.
 _VALUED_OPTIONS = (set().union(*_MATCH_OPTIONS.values()) | set(_PROTO_OPTIONS)) - _FLAG_OPTIONS
@@ -508,6 +510,16 @@ def normalize(args: Iterable[str], family: int) -> Args:
         # An option of a match: the open one, or the protocol's implicit match.
         owner = current
         if (
+            token in _MULTIPORT_BY_PREFIX
+            and current is not None
+            and current[0] == "multiport"
+            and not _MULTIPORT_PORTS.intersection(current[1])
+        ):
+            # The open multiport has no port option yet (conditions' own `-m multiport
+            # --sport 1024:65535`): by prefix it is that match's --source-ports, as
+            # iptables and the plugin's ADD take it.
+            token = _MULTIPORT_BY_PREFIX[token]
+        elif (
             token in _MULTIPORT_BY_PREFIX
             and any(m == "multiport" for m, _ in matches)
             and not any(m == proto for m, _ in matches)

@@ -147,3 +147,28 @@ def test_a_second_mark_bit_under_ip6tables_legacy_gets_its_shared_rules(
         done = pmctl.run([*args, "--cni-config", "-", "--no-flush-udp"], stdin=json.dumps(conf))
         assert done.returncode == 0, done.stderr
     assert _saves(twin_ns, "legacy")[6] == _saves(host_ns, "nft")[6]
+
+
+@pytest.mark.parametrize(
+    "option, saved",
+    [("--sport", "--sports"), ("--source-port", "--sports")],
+    ids=["sport", "source-port"],
+)
+def test_a_port_option_of_a_second_multiport_in_conditions_is_the_plugins(
+    host_ns: str, twin_ns: str, iptables_mode: rp.Mode, option: str, saved: str
+) -> None:
+    """conditionsV4 `-m multiport --sport 1024:65535` loads a second multiport, whose
+    first port option `--sport` is (by prefix, as getopt_long gives it) `--sports`:
+    the plugin's ADD writes `-m multiport --sports 1024:65535`. add refused it as a
+    second port option of the entry rule's own multiport (exit 2)."""
+    conf = rp.plugin_conf(
+        NETWORK,
+        ["10.88.0.5/16"],
+        [rp.port_mapping(8080, 80)],
+        conditions_v4=["-m", "multiport", option, "1024:65535"],
+    )
+    rp.run_plugin("ADD", host_ns, CONTAINER, conf, mode=iptables_mode, check=True)
+    assert f"-m multiport {saved} 1024:65535" in _saves(host_ns, iptables_mode)[4]
+    done = _add(twin_ns, iptables_mode, conf)
+    assert done.returncode == 0, done.stderr
+    assert _saves(twin_ns, iptables_mode) == _saves(host_ns, iptables_mode)
