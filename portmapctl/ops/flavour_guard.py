@@ -186,8 +186,8 @@ def other_flavour_readers(
     backend: Any, families: Sequence[int]
 ) -> Optional[Tuple[Dict[int, Flavour], Dict[int, ChainReader]]]:
     """list's view of the other iptables flavour's nat table, for another tool's rules
-    there that take a mapped port (ops/owners.py): per family where it has a nat table,
-    its name (each family's own where the alternatives differ) and a reader of its
+    there that take a mapped port (ops/owners.py): per family, its name (each family's
+    own where the alternatives differ), and where it has a nat table a reader of its
     chains. Nothing is run where it has none (RestoreBackend.has_nat_table: legacy's
     looked for in /proc, as a read would create it; iptables-nft's with one netlink
     GETTABLE); then iptables-nft lists only the chains the walk reaches (`-S CHAIN`, a
@@ -203,7 +203,8 @@ def other_flavour_readers(
     names: Dict[int, Flavour] = {}
     readers: Dict[int, ChainReader] = {}
     for family in families:
-        other = other_flavour(used_by[family])
+        # (Every family's name, read or not: whether the families' differ is a hint's.)
+        other = names[family] = other_flavour(used_by[family])
         there = RestoreBackend(other)
         if not there.has_nat_table(family) or not there.installed(family):
             continue
@@ -214,7 +215,6 @@ def other_flavour_readers(
                 readers[family] = table_reader(there.read(family))
             except HostProblem:
                 continue  # (unreadable: as the split-brain check, nothing said of it)
-        names[family] = other
     return (names, readers) if readers else None
 
 

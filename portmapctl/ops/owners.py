@@ -42,9 +42,10 @@ class Owners:
     other_flavour: Dict[HookPortKey, str] = field(default_factory=dict)
     # A row (either backend) -> the plugin's own rows of other containers in the other
     # iptables flavour's chains that map its port too (a split-brain node:
-    # core/contest.flavour_rivals), and that flavour's name.
+    # core/contest.flavour_rivals), and that flavour's name by family (each family's
+    # own other flavour where the alternatives differ).
     rivals: Dict[Any, Tuple[Any, ...]] = field(default_factory=dict)
-    rival_flavour: Optional[str] = None
+    rival_flavours: Mapping[int, str] = field(default_factory=dict)
 
     def hook_ports(self) -> Optional[FrozenSet[Tuple[int, int]]]:
         """The (family, UDP host port) of the rows another nftables table's nat hook
@@ -99,7 +100,7 @@ def read_owners(
         hooked.unread,
         crossed,
         rivals,
-        named(other[0], {row.family for row in rivals}) if rivals and other is not None else None,
+        dict(other[0]) if rivals and other is not None else {},
     )
 
 

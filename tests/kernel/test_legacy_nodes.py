@@ -520,3 +520,29 @@ def test_where_the_alternatives_differ_another_tools_rule_in_a_familys_other_fla
                  "--ip", "10.88.0.6/16", "-p", "8080:80"], env=env)  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert "IPv4 tcp/8080 is taken by a rule in the iptables-nft nat table too" in added.stderr
+
+
+def test_where_the_alternatives_differ_a_rival_chain_in_a_familys_other_flavour_names_its_family(
+    host_ns, tmp_path
+):
+    """iptables legacy, ip6tables nft: a gone container's chain left in the nf_tables
+    IPv4 table maps the port a live container maps in legacy. check's `contested` fix
+    removes it with gc in that flavour: `--family 4 --iptables nft` (`--iptables nft`
+    alone would read and write IPv6 in the wrong flavour on this node)."""
+    apart = _alternatives_apart(tmp_path)
+    env = {"PATH": f"{apart}:{os.environ['PATH']}"}
+    cache = tmp_path / "cni"
+    old = rp.plugin_conf("mynet", ["10.88.0.8/16"], PORTS)
+    rp.run_plugin("ADD", host_ns, "old1", old, mode="nft", check=True)  # not cached: gone
+    ips = ["10.88.0.5/16", "fd00::5/64"]
+    conf = rp.plugin_conf("mynet", ips, PORTS)
+    assert _apart_plugin(host_ns, apart, "ADD", "new1", conf).returncode == 0
+    rp.write_cni_cache(cache, "mynet", "new1", "eth0", conf, PORTS, ips)
+    checked = run(["check", "-o", "json", "--netns", host_ns, "--cni-cache-dir", str(cache)],
+                  env=env)  # fmt: skip
+    contested = [p for p in json.loads(checked.stdout)["problems"] if p["kind"] == "contested"]
+    assert [p["family"] for p in contested] == [4], checked.stdout
+    assert "iptables-nft" in contested[0]["detail"]
+    assert "portmapctl gc --family 4 --iptables nft" in contested[0]["why"] + str(
+        contested[0]["fix"]
+    )

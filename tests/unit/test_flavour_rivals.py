@@ -83,7 +83,7 @@ def test_list_and_check_mark_the_rows_the_other_flavours_plugin_chain_contests()
     nothing."""
     mine = [_mine(), _mine("new2", 8081)]
     other = ({4: "legacy"}, {4: table_reader(fixtures_lib.table("shadowed", 4))})
-    owners = Owners(rivals=plugin_rivals(other, mine, {}), rival_flavour="legacy")
+    owners = Owners(rivals=plugin_rivals(other, mine, {}), rival_flavours={4: "legacy"})
     rows = node_rows(mine, (), owners)
     assert [(r.host_port, r.status) for r in rows] == [
         (8080, (Status.CONTESTED,)),

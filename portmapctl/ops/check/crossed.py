@@ -168,16 +168,32 @@ def flavour_rival_problems(
     ours picks a winner: prose naming the other side."""
     if not owners.rivals:
         return []
-    flavour = f"iptables-{owners.rival_flavour}"
+    from portmapctl.ops.flavour_guard import named
+
     chains = {(c.name, c.family): c for c in found.chains} if found is not None else {}
     rules = rules_by_handle(live) if live is not None else {}
-    fix = (
-        "no command of ours picks a winner: re-create one of them on another host"
-        f" port, or remove the {flavour} one if its container is gone (`portmapctl"
-        f" gc --iptables {owners.rival_flavour}`)"
-    )
+    # Where the alternatives differ, --iptables alone would move the other family too.
+    apart = len(set(owners.rival_flavours.values())) > 1
+
+    def fix(family: int) -> str:
+        other = named(owners.rival_flavours, (family,))
+        given = f"--family {family} --iptables {other}" if apart else f"--iptables {other}"
+        return (
+            "no command of ours picks a winner: re-create one of them on another host"
+            f" port, or remove the iptables-{other} one if its container is gone"
+            f" (`portmapctl gc {given}`)"
+        )
+
     return [
-        _mapped_too(row, others, flavour, fix, _OTHER_FLAVOUR_WHY, chains, rules)
+        _mapped_too(
+            row,
+            others,
+            f"iptables-{named(owners.rival_flavours, (row.family,))}",
+            fix(row.family),
+            _OTHER_FLAVOUR_WHY,
+            chains,
+            rules,
+        )
         for row, others in owners.rivals.items()
     ]
 

@@ -103,7 +103,7 @@ def _readers_of(
         return None
     from portmapctl.iptables.foreign import table_reader
 
-    names = {family: flavours[family][1] for family in other_tables}
+    names = {family: other for family, (_used, other) in flavours.items()}
     return names, {f: table_reader(t) for f, t in other_tables.items()}
 
 
