@@ -549,3 +549,24 @@ def test_on_an_empty_cache_the_stale_fix_is_no_gc_that_refuses(tmp_path):
     for problem in stale:
         assert problem["fix"] is None
         assert "portmapctl gc --valid-attachments FILE" in problem["why"]
+
+
+def test_a_missing_chains_detail_names_each_ports_host_ip():
+    """One port on every address and on one host IP: the detail said
+    `tcp/8080->[fd00:77::5]:80, tcp/8080->[fd00:77::5]:80`, the same text twice
+    (helper-176)."""
+    import ipaddress
+
+    from portmapctl.core.mapping import MappingConfig, PortMapping
+    from portmapctl.ops.check.hints import _config_ports
+
+    config = MappingConfig(
+        "mynet",
+        "abc123",
+        (ipaddress.ip_interface("10.88.0.5/16"), ipaddress.ip_interface("fd00:77::5/64")),
+        (PortMapping(8080, 80), PortMapping(8080, 80, host_ip="2001:db8::1")),
+    )
+    assert _config_ports(config, 6) == (
+        "tcp/8080->[fd00:77::5]:80, tcp/[2001:db8::1]:8080->[fd00:77::5]:80"
+    )
+    assert _config_ports(config, 4) == "tcp/8080->10.88.0.5:80"

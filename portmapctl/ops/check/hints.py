@@ -90,10 +90,18 @@ def _config_ports(config: MappingConfig, family: int) -> str:
     ip = "?" if address is None else address.ip.compressed
     ip = f"[{ip}]" if family == 6 else ip
     return ", ".join(
-        f"{p.protocol}/{p.host_port}->{ip}:{p.container_port}"
+        f"{p.protocol}/{_host(p.host_ip, family)}{p.host_port}->{ip}:{p.container_port}"
         for p in config.ports
         if p.applies_to(family)
     )
+
+
+def _host(host_ip: str, family: int) -> str:
+    """A port's host IP before its number (`[2001:db8::1]:8080`), as list's HOST column
+    shows it: two mappings of one port on other host IPs read apart."""
+    if not host_ip:
+        return ""
+    return f"[{host_ip}]:" if family == 6 else f"{host_ip}:"
 
 
 def _rules_text(chain: str, rules: Sequence[Args], command: str = "-A") -> str:
