@@ -332,7 +332,8 @@ def _families(report: MetricsReport) -> Iterator[Any]:
     if found.mappings is not None:
         mappings = gauge(
             "mappings",
-            "Port mappings (DNAT rules of per-container chains) by status; a mapping with"
+            "Port mappings (DNAT rules: of per-container chains for backend iptables, of"
+            " the plugin's cni_hostport tables for nftables) by status; a mapping with"
             " several statuses counts under each.",
             ["backend", "family", "status"],
         )
