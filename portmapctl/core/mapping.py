@@ -18,6 +18,11 @@ Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 DEFAULT_MARK_BIT = 13
 
 
+def endpoint(address: str, port: int) -> str:
+    """An address and port as people write them: `10.88.0.5:80`, `[fd00::5]:80`."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def loopback(host_ip: Optional[str]) -> bool:
     """A mapping on this host IP serves the node's own connections alone (127.0.0.1,
     ::1): they pass the nat output hook, never prerouting, so what another tool's rule

@@ -128,7 +128,7 @@ def plugin_rivals(
         from portmapctl.ops.add_ahead import debug
 
         debug(
-            "reading the plugin's chains in iptables-%s failed: %s", named(other[0], other[0]), err
+            "reading the plugin's chains in iptables-%s failed: %s", named(other[0], other[1]), err
         )
         return {}
     # As node_rows marks them: a row another nftables table's hook shadows contests

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from portmapctl.core.mapping import endpoint
 from portmapctl.core.status import FlushReason
 from portmapctl.render.cuts import address_floor, cut_address, cut_ip, ip_floor
 from portmapctl.render.table import Cuttable, Piece, table
@@ -29,10 +30,6 @@ FLUSH_STYLE = {
 
 def flush_why(d: Doomed) -> str:
     return FLUSH_WHY[d.reason].format(wanted=", ".join(d.wanted) or "-")
-
-
-def _endpoint(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 # What a terminal's width may cut (the widest first): the addresses in their middle,
@@ -63,7 +60,7 @@ def flush_table(result: FlushResult, width: Optional[int] = None, header: bool =
             d.entry.src,
             d.entry.dst,
             f"{d.entry.sport}->{d.entry.dport}",
-            _endpoint(d.entry.reply_src, d.entry.reply_sport),
+            endpoint(d.entry.reply_src, d.entry.reply_sport),
         ]
         for d in result.shown
     ]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 from typing import Mapping as MappingT
 
 from portmapctl.core.backend import Backend
+from portmapctl.core.mapping import endpoint
 from portmapctl.render.cuts import address_floor, cut_address, cut_end
 from portmapctl.render.table import STATUS_STYLE, Cuttable, count, grid, short_id, without_columns
 
@@ -46,9 +47,7 @@ def host_address(m: Mapping) -> str:
     if m.host_ip is None:
         address = f"*:{m.host_port}"
     else:
-        address = (
-            f"[{m.host_ip}]:{m.host_port}" if ":" in m.host_ip else f"{m.host_ip}:{m.host_port}"
-        )
+        address = endpoint(m.host_ip, m.host_port)
     # Conditions (conditionsV4/V6, an nftables rule's own) narrow who reaches the
     # port: never `*` alone.
     return f"{address} if {' '.join(m.conditions)}" if m.conditions else address

@@ -5,28 +5,14 @@ plugin refuses portmapctl refuses, and what it writes portmapctl writes."""
 from __future__ import annotations
 
 import json
-from typing import Iterator
 
 import pmctl
 import pytest
 import realplugin as rp
+from test_writes_audit import _saves, twin_ns  # noqa: F401 (a fixture)
 
 NETWORK = "fznet"
 CONTAINER = "f00d1234"
-
-
-@pytest.fixture
-def twin_ns(host_ns: str) -> Iterator[str]:
-    """A second fresh namespace, for portmapctl beside the plugin's `host_ns`."""
-    name = rp.create_netns("pmt-twin")
-    try:
-        yield name
-    finally:
-        rp.delete_netns(name)
-
-
-def _saves(ns: str, mode: rp.Mode) -> dict[int, str]:
-    return {f: rp.strip_save_comments(rp.save(ns, f, mode)) for f in (4, 6)}
 
 
 def _add(ns: str, mode: rp.Mode, conf: dict):

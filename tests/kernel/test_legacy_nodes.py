@@ -328,6 +328,24 @@ def _apart_check(host_ns: str, cid: str, conf: dict) -> list:
     ]  # fmt: skip
 
 
+def _apart_node(host_ns: str, tmp_path) -> tuple:
+    """A node whose alternatives differ (iptables legacy, ip6tables nft): the PATH
+    folder, portmapctl's environment with it first, a CNI cache of the test's own, and
+    the options that point portmapctl at the node and that cache."""
+    apart = _alternatives_apart(tmp_path)
+    cache = tmp_path / "cni"
+    env = {"PATH": f"{apart}:{os.environ['PATH']}"}
+    return apart, env, cache, ["--netns", host_ns, "--cni-cache-dir", str(cache)]
+
+
+def _added_while_iptables_was_nft(host_ns: str, cache) -> None:
+    """before1 (IPv4 only, cached): its chain in the nf_tables IPv4 table, as the plugin
+    made it while `iptables` still pointed there."""
+    old = rp.plugin_conf("mynet", ["10.88.0.8/16"], PORTS)
+    rp.run_plugin("ADD", host_ns, "before1", old, mode="nft", check=True)
+    rp.write_cni_cache(cache, "mynet", "before1", "eth0", old, PORTS, ["10.88.0.8/16"])
+
+
 def test_auto_follows_ip6tables_for_ipv6_where_the_alternatives_differ(host_ns, tmp_path):
     """The plugin runs `iptables` for IPv4 and `ip6tables` for IPv6: where their
     alternatives differ, its IPv4 rules are in the legacy tables and its IPv6 ones in
@@ -338,9 +356,7 @@ def test_auto_follows_ip6tables_for_ipv6_where_the_alternatives_differ(host_ns, 
     family is read and written in its own tool's flavour: check is healthy, a lost
     IPv6 rule is repaired in nf_tables, add writes each family where the plugin's
     CHECK and DEL find it, gc removes a dead container's chains from both."""
-    apart = _alternatives_apart(tmp_path)
-    env = {"PATH": f"{apart}:{os.environ['PATH']}"}
-    cache = tmp_path / "cni"
+    apart, env, cache, node = _apart_node(host_ns, tmp_path)
     ips = ["10.88.0.5/16", "fd00::5/64"]
     conf = rp.plugin_conf("mynet", ips, PORTS)
     done = _apart_plugin(host_ns, apart, "ADD", "ds1", conf)
@@ -348,7 +364,6 @@ def test_auto_follows_ip6tables_for_ipv6_where_the_alternatives_differ(host_ns, 
     rp.write_cni_cache(cache, "mynet", "ds1", "eth0", conf, PORTS, ips)
     chain = chain_name("mynet", "ds1")
     assert chain in rp.save(host_ns, 4, "legacy") and chain in rp.save(host_ns, 6, "nft")
-    node = ["--netns", host_ns, "--cni-cache-dir", str(cache)]
 
     def tables() -> list:
         return [rp.strip_save_comments(rp.save(host_ns, f, mode))
@@ -410,13 +425,8 @@ def test_where_the_alternatives_differ_each_family_is_guarded_against_its_own_ot
     is, and check --repair makes no copy of it in the legacy tables (the split-brain
     guard, held per family: IPv4's other flavour is nft, IPv6's legacy); a copy of
     another container's IPv6 chain in the legacy ip6tables is a split brain."""
-    apart = _alternatives_apart(tmp_path)
-    env = {"PATH": f"{apart}:{os.environ['PATH']}"}
-    cache = tmp_path / "cni"
-    node = ["--netns", host_ns, "--cni-cache-dir", str(cache)]
-    old = rp.plugin_conf("mynet", ["10.88.0.8/16"], PORTS)
-    rp.run_plugin("ADD", host_ns, "before1", old, mode="nft", check=True)  # iptables was nft
-    rp.write_cni_cache(cache, "mynet", "before1", "eth0", old, PORTS, ["10.88.0.8/16"])
+    _apart, env, cache, node = _apart_node(host_ns, tmp_path)
+    _added_while_iptables_was_nft(host_ns, cache)
     checked = run(["check", "-o", "json", *node], env=env)
     assert checked.returncode == 1, checked.stdout + checked.stderr
     problems = json.loads(checked.stdout)["problems"]
@@ -470,13 +480,8 @@ def test_where_the_alternatives_differ_a_chain_left_in_the_other_flavour_names_b
     None tables would make a split brain ... if it runs iptables-None" for every such
     problem: the top-level chains and the container's chain, in the table and in JSON.
     Each family's is the other of the flavour that holds the chain."""
-    apart = _alternatives_apart(tmp_path)
-    env = {"PATH": f"{apart}:{os.environ['PATH']}"}
-    cache = tmp_path / "cni"
-    node = ["--netns", host_ns, "--cni-cache-dir", str(cache)]
-    old = rp.plugin_conf("mynet", ["10.88.0.8/16"], PORTS)
-    rp.run_plugin("ADD", host_ns, "before1", old, mode="nft", check=True)  # iptables was nft
-    rp.write_cni_cache(cache, "mynet", "before1", "eth0", old, PORTS, ["10.88.0.8/16"])
+    _apart, env, cache, node = _apart_node(host_ns, tmp_path)
+    _added_while_iptables_was_nft(host_ns, cache)
     checked = run(["check", "-o", "json", *node], env=env)
     assert checked.returncode == 1, checked.stdout + checked.stderr
     left = [p for p in json.loads(checked.stdout)["problems"] if "--repair leaves it" in p["why"]]
@@ -496,9 +501,7 @@ def test_where_the_alternatives_differ_another_tools_rule_in_a_familys_other_fla
     at -100. list and check said nothing of it on such a node (the other flavour's
     rules were read for one-flavour backends only); now IPv4's other flavour (nft) is
     read: the row is contested, check names `iptables-nft: -A DOCKER ...`, add warns."""
-    apart = _alternatives_apart(tmp_path)
-    env = {"PATH": f"{apart}:{os.environ['PATH']}"}
-    cache = tmp_path / "cni"
+    apart, env, cache, node = _apart_node(host_ns, tmp_path)
     ips = ["10.88.0.5/16", "fd00::5/64"]
     conf = rp.plugin_conf("mynet", ips, PORTS)
     assert _apart_plugin(host_ns, apart, "ADD", "ds1", conf).returncode == 0
@@ -507,7 +510,6 @@ def test_where_the_alternatives_differ_another_tools_rule_in_a_familys_other_fla
                  ["-A", "DOCKER", "-p", "tcp", "--dport", "8080", "-j", "DNAT",
                   "--to-destination", "172.17.0.2:80"]):  # fmt: skip
         rp.iptables(host_ns, ["-t", "nat", *rule], family=4, mode="nft")
-    node = ["--netns", host_ns, "--cni-cache-dir", str(cache)]
     listed = run(["list", "-o", "json", *node], env=env)
     assert listed.returncode == 0, listed.stderr
     rows = {(m["family"], tuple(m["status"])) for m in json.loads(listed.stdout)["mappings"]}
@@ -529,17 +531,14 @@ def test_where_the_alternatives_differ_a_rival_chain_in_a_familys_other_flavour_
     IPv4 table maps the port a live container maps in legacy. check's `contested` fix
     removes it with gc in that flavour: `--family 4 --iptables nft` (`--iptables nft`
     alone would read and write IPv6 in the wrong flavour on this node)."""
-    apart = _alternatives_apart(tmp_path)
-    env = {"PATH": f"{apart}:{os.environ['PATH']}"}
-    cache = tmp_path / "cni"
+    apart, env, cache, node = _apart_node(host_ns, tmp_path)
     old = rp.plugin_conf("mynet", ["10.88.0.8/16"], PORTS)
     rp.run_plugin("ADD", host_ns, "old1", old, mode="nft", check=True)  # not cached: gone
     ips = ["10.88.0.5/16", "fd00::5/64"]
     conf = rp.plugin_conf("mynet", ips, PORTS)
     assert _apart_plugin(host_ns, apart, "ADD", "new1", conf).returncode == 0
     rp.write_cni_cache(cache, "mynet", "new1", "eth0", conf, PORTS, ips)
-    checked = run(["check", "-o", "json", "--netns", host_ns, "--cni-cache-dir", str(cache)],
-                  env=env)  # fmt: skip
+    checked = run(["check", "-o", "json", *node], env=env)
     contested = [p for p in json.loads(checked.stdout)["problems"] if p["kind"] == "contested"]
     assert [p["family"] for p in contested] == [4], checked.stdout
     assert "iptables-nft" in contested[0]["detail"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Flavour
-from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.mapping import MappingConfig, endpoint
 from portmapctl.iptables.ruleset import Args
 from portmapctl.iptables.shown import command_line, shown_rule
 from portmapctl.ops.node import Node
@@ -88,20 +88,14 @@ def _ports_text(ports: Sequence[Tuple[str, int]]) -> str:
 def _config_ports(config: MappingConfig, family: int) -> str:
     address = config.address(family)
     ip = "?" if address is None else address.ip.compressed
-    ip = f"[{ip}]" if family == 6 else ip
+    # A port's host IP before its number, as list's HOST column shows it: two
+    # mappings of one port on other host IPs read apart.
     return ", ".join(
-        f"{p.protocol}/{_host(p.host_ip, family)}{p.host_port}->{ip}:{p.container_port}"
+        f"{p.protocol}/{endpoint(p.host_ip, p.host_port) if p.host_ip else p.host_port}"
+        f"->{endpoint(ip, p.container_port)}"
         for p in config.ports
         if p.applies_to(family)
     )
-
-
-def _host(host_ip: str, family: int) -> str:
-    """A port's host IP before its number (`[2001:db8::1]:8080`), as list's HOST column
-    shows it: two mappings of one port on other host IPs read apart."""
-    if not host_ip:
-        return ""
-    return f"[{host_ip}]:" if family == 6 else f"{host_ip}:"
 
 
 def _rules_text(chain: str, rules: Sequence[Args], command: str = "-A") -> str:
