@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import (
+    Any,
     Callable,
     Collection,
     Dict,
@@ -265,6 +266,48 @@ def plan_freed(
         for d in plan(entries, ports, (), stale_only=True, local=local)
         if (d.entry.family, packed(d.entry.family, d.entry.reply_src)) in removed
     ]
+
+
+# (family, host port, DNAT address, DNAT port): where one of the plugin's nftables
+# rules sends a UDP host port (routed_flows).
+RoutedTarget = Tuple[int, int, str, int]
+
+
+def dnat_targets(family: int, rules: Iterable[Any]) -> Set[RoutedTarget]:
+    """The RoutedTargets of `family`'s nftables `rules` (nftables.ruleset.Rule) that
+    DNAT a UDP host port to an address and port."""
+    import ipaddress
+
+    from portmapctl.nftables.inventory import dport_values
+    from portmapctl.nftables.ruleset import ActionKind
+
+    found: Set[RoutedTarget] = set()
+    for rule in rules:
+        action, ports = rule.body.action, rule.body.value("udp dport")
+        if action.kind is not ActionKind.DNAT or not action.addr or not action.port:
+            continue
+        address = ipaddress.ip_address(action.addr).compressed
+        found.update(
+            (family, port, address, action.port) for port in dport_values(ports or "") or ()
+        )
+    return found
+
+
+def routed_flows(
+    entries: Iterable[ConntrackEntry], targets: Collection[RoutedTarget], local: LocalAddresses
+) -> List[ConntrackEntry]:
+    """The entries of flows the node routes to another host (to none of its own
+    addresses) that were DNATed to exactly one of `targets` on its host port. Only an
+    nftables entry without `fib daddr type local` (v1.6/v1.7's, which sends every
+    packet of a mapped port there, whatever its destination) takes such a flow to a
+    container: the flows to own addresses are judged by plan(), these by this alone."""
+    import ipaddress
+
+    def taken(e: ConntrackEntry) -> bool:
+        to = (e.family, e.dport, ipaddress.ip_address(e.reply_src).compressed, e.reply_sport)
+        return e.dnat and (e.family, e.dst) not in local and to in targets
+
+    return [e for e in entries if taken(e)]
 
 
 def misroutes(

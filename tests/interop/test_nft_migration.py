@@ -1134,6 +1134,41 @@ def test_repair_of_an_older_plugins_entry_also_lets_go_of_the_routed_flows_it_to
     assert rp.udp_flows(node) == {(5353, "198.51.100.2"), (6000, "198.51.100.2")}
 
 
+def test_gc_on_a_v171_node_lets_go_of_the_routed_flows_the_removed_rules_took(
+    node: str, routed: str, tmp_path: Path
+) -> None:
+    """v1.6/v1.7's entry has no `fib daddr type local`: on a node only they ran, a
+    stream the node routes to another host (198.51.100.2:5353) is DNATed to the
+    container that maps 5353. That container went (no DEL, no cache entry) and gc
+    removed its rules, but flushed only the flows to the node's own addresses: the
+    routed stream kept its conntrack entry and its next datagram still went to the dead
+    container's address. gc now deletes a routed flow DNATed to exactly a removed
+    rule's destination on its host port; the live container's routed flow, and one to
+    a port nothing maps, stay; the live container passes v1.7.1's CHECK and DEL."""
+    dead = upstream.nft_conf("podman", ["10.88.0.5/16"], [_pm(5353, 53, "udp")])
+    upstream.run("v1.7.1", "ADD", node, "dead1", dead, check=True)
+    live = _cached(tmp_path, "live1", upstream.nft_conf("podman", ["10.88.0.6/16"],
+                                                       [_pm(6000, 60, "udp")]))  # fmt: skip
+    upstream.run("v1.7.1", "ADD", node, "live1", live, check=True)
+    stream = ("198.51.100.2", "5353", "40000")
+    _ip("netns", "exec", node, "conntrack", "-F")
+    for args in (stream, ("198.51.100.2", "6000", "40001"), ("198.51.100.2", "7000", "40002")):
+        _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *args)
+    assert rp.udp_flows(node) == {(5353, "10.88.0.5"), (6000, "10.88.0.6"),
+                                  (7000, "198.51.100.2")}  # fmt: skip
+
+    done = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert {c["container_id"] for c in doc["removed"]} == {"dead1"}
+    assert doc["conntrack_deleted"] == 1, doc
+    assert rp.udp_flows(node) == {(6000, "10.88.0.6"), (7000, "198.51.100.2")}
+    _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *stream)
+    assert (5353, "198.51.100.2") in rp.udp_flows(node)
+    upstream.run("v1.7.1", "CHECK", node, "live1", live, check=True)
+    upstream.run("v1.7.1", "DEL", node, "live1", live, check=True)
+
+
 @pytest.mark.parametrize("form", ["node", "mapping"])
 def test_a_repair_sigtermed_once_the_entry_went_in_still_lets_go_of_the_routed_flows(
     node: str, routed: str, tmp_path: Path, form: str

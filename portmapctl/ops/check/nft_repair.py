@@ -458,18 +458,16 @@ def flush_routed(node: Node, families: Sequence[int]) -> List[str]:
     that host port to. Only an entry without `fib daddr type local` (v1.6/v1.7's,
     `downgraded`) sent such a flow there; left alone, a stream that keeps sending stays
     pinned to the container after the repair. Failures are warnings, as after_setup's."""
-    from portmapctl.nftables.ruleset import HOSTIP_HOSTPORTS, HOSTPORTS, ActionKind
+    from portmapctl.nftables.ruleset import HOSTIP_HOSTPORTS, HOSTPORTS
+    from portmapctl.ops.flush_udp import RoutedTarget, dnat_targets, routed_flows
 
     live = node.read_nft()
-    targets: Set[Tuple[int, int, str, int]] = set()
+    targets: Set[RoutedTarget] = set()
     for family in families:
         table = live.table(family)
-        for rule in () if table is None else (*table.rules_of(HOSTPORTS),
-                                               *table.rules_of(HOSTIP_HOSTPORTS)):  # fmt: skip
-            action, port = rule.body.action, rule.body.value("udp dport")
-            if action.kind is ActionKind.DNAT and action.addr and action.port and port:
-                if port.isdigit():
-                    targets.add((family, int(port), action.addr, action.port))
+        if table is not None:
+            rules = (*table.rules_of(HOSTPORTS), *table.rules_of(HOSTIP_HOSTPORTS))
+            targets |= dnat_targets(family, rules)
     if not targets:
         return []
     from portmapctl.ops.side_effects import no_conntrack_entries, not_flushed
@@ -478,20 +476,12 @@ def flush_routed(node: Node, families: Sequence[int]) -> List[str]:
     if no_conntrack_entries():
         return []
     try:
-        import ipaddress
-
         from portmapctl.host import conntrack
         from portmapctl.host.addresses import local_addresses
 
         wanted = sorted({family for family, _ in keys})
         entries = conntrack.list_udp(wanted, sorted({port for _, port in keys}))
-        local = local_addresses(wanted)
-
-        def hijacked(e: conntrack.ConntrackEntry) -> bool:
-            to = (e.family, e.dport, ipaddress.ip_address(e.reply_src).compressed, e.reply_sport)
-            return e.dnat and (e.family, e.dst) not in local and to in targets
-
-        conntrack.delete([e for e in entries if hijacked(e)])
+        conntrack.delete(routed_flows(entries, targets, local_addresses(wanted)))
     except Exception as err:  # noqa: BLE001 - as after_setup's flush
         return [not_flushed(keys, err)]
     return []

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import (
     TYPE_CHECKING,
     Dict,
+    FrozenSet,
     List,
     Mapping,
     NamedTuple,
@@ -37,6 +38,7 @@ from portmapctl.ops.node import Node
 if TYPE_CHECKING:
     from portmapctl.nftables.ruleset import Rule, Ruleset
     from portmapctl.nftables.transaction import Transaction as NftTransaction
+    from portmapctl.ops.flush_udp import RoutedTarget
 
 
 # Its rules carry the bare container ID and no network: liveness is by ID (the cache's
@@ -80,6 +82,10 @@ class NftPlan(NamedTuple):
     # The DNAT addresses of the removed rules per family: a flow DNATed there is the
     # removal's to flush, one DNATed elsewhere on a port left mapped is another tool's.
     removed_ips: Dict[int, Set[str]] = {}
+    # Where the removed rules sent their UDP host ports and no rule left does (family,
+    # host port, address, port): v1.6/v1.7's entry (no `fib daddr type local`) DNATed
+    # flows the node routes elsewhere there too, which keep the dead destination.
+    routed: FrozenSet[RoutedTarget] = frozenset()
 
 
 def speaks_for_nft(sources: Sources, use_cache: bool) -> bool:
@@ -109,6 +115,7 @@ def plan_nft(
     from portmapctl.nftables.node import dead_containers, is_plugin_rule
     from portmapctl.nftables.ruleset import CONTAINER_CHAINS
     from portmapctl.nftables.transaction import Transaction as NftTransaction
+    from portmapctl.ops.flush_udp import dnat_targets
 
     if says_nothing(sources, attachments) and any(
         is_plugin_rule(rule)
@@ -187,6 +194,12 @@ def plan_nft(
     freed = {f: ports - still.get(f, set()) for f, ports in gone_udp.items()}
     remapped = {f: ports & still.get(f, set()) for f, ports in gone_udp.items()}
     kept = len(kept_pairs)
+    gone = {(op.family, op.handle or 0) for op in txn.ops}
+    routed: Set[RoutedTarget] = set()
+    for family, table in live_rules.tables.items():
+        rules = [r for chain in CONTAINER_CHAINS for r in table.rules_of(chain)]
+        routed |= dnat_targets(family, [r for r in rules if (family, r.handle) in gone])
+        routed -= dnat_targets(family, [r for r in rules if (family, r.handle) not in gone])
     return NftPlan(
         removed,
         pending,
@@ -197,6 +210,7 @@ def plan_nft(
         {f: p for f, p in remapped.items() if p},
         still,
         removed_ips,
+        frozenset(routed),
     )
 
 

@@ -7,7 +7,17 @@ Apart from apply.py: it runs after the rules are gone, and fails only as a warni
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Collection,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.gc.family import FamilyPlan
@@ -15,6 +25,7 @@ from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
     from portmapctl.ops.flow_owners import Judging
+    from portmapctl.ops.flush_udp import RoutedTarget
     from portmapctl.ops.gc.nft import NftPlan
 
 
@@ -123,7 +134,30 @@ def flush_removed(
         more, more_warnings = flush_shared(node, shared_ports, removed_ips)
         deleted += more
         warnings += more_warnings
+    if nft_done is not None and nft_done.routed:
+        more, more_warnings = flush_routed_removed(nft_done.routed)
+        deleted += more
+        warnings += more_warnings
     return deleted, warnings
+
+
+def flush_routed_removed(targets: Collection[RoutedTarget]) -> Tuple[int, Tuple[str, ...]]:
+    """The flows the node routes to another host that the removed nftables rules had
+    DNATed (flush_udp.routed_flows: v1.6/v1.7's entry has no `fib daddr type local`):
+    their container is gone, and a stream that keeps sending would stay pinned to its
+    address. The other flushes here look only at flows to the node's own addresses."""
+    from portmapctl.host import conntrack
+    from portmapctl.host.addresses import local_addresses
+    from portmapctl.ops.flush_udp import routed_flows
+
+    families = sorted({family for family, _port, _addr, _to in targets})
+    ports = sorted({port for _family, port, _addr, _to in targets})
+    try:
+        entries = conntrack.list_udp(families, ports)
+        return conntrack.delete(routed_flows(entries, targets, local_addresses(families))), ()
+    except Exception as err:  # noqa: BLE001 - reported, never fatal after the removal
+        listed = ", ".join(str(p) for p in ports[:10]) + ("..." if len(ports) > 10 else "")
+        return 0, (f"could not flush the routed UDP conntrack entries of ports {listed}: {err}",)
 
 
 def flush_udp_after(
