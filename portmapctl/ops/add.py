@@ -466,11 +466,14 @@ def _add_nft(
     # go, as its iptables chain is rewritten (planner.superseded).
     addresses = {f: a.ip.compressed for f in families if (a := config.address(f)) is not None}
 
+    tried: List[Any] = []
+
     def plan(live: Any) -> Any:
         txn = planner.setup(live, want, planner.Entries.REWRITE)
         for w in want:
             for rule in planner.superseded(live, w, addresses[w.family]):
                 txn.delete_rule(w.family, rule.chain, rule.handle)
+        tried.append(txn)
         return txn
 
     warnings: List[str] = []
@@ -483,6 +486,13 @@ def _add_nft(
         warnings += after_setup(  # as above
             config, families, flush_udp, misrouted_only=not text, node=node
         )
+        if text and flush_udp and tried:
+            # The entry rewritten (a v1.6/v1.7 table upgraded, as v1.9.1's ADD does)
+            # lets go of the routed flows v1.6/v1.7's entry, without `fib daddr type
+            # local`, DNATed to a container: as check --repair's (flush_routed_after).
+            from portmapctl.ops.check.nft_repair import flush_routed_after
+
+            warnings += flush_routed_after(node, tried[-1])
         owed.clear()
     transactions = {"nft": text} if text else {}
     # The nft chains its rules are in (JSON `chain` is a chain's name in every

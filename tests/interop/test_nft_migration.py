@@ -1169,6 +1169,41 @@ def test_gc_on_a_v171_node_lets_go_of_the_routed_flows_the_removed_rules_took(
     upstream.run("v1.7.1", "DEL", node, "live1", live, check=True)
 
 
+def test_add_that_makes_a_v171_entry_local_lets_go_of_the_routed_flows_it_took(
+    node: str, routed: str, tmp_path: Path
+) -> None:
+    """`add` on a node v1.7.1 alone ran writes v1.9.1's entry (as v1.9.1's ADD does),
+    with `fib daddr type local`: routed traffic is no longer DNATed. But a stream the
+    node routes to another host (to 198.51.100.2:5353), DNATed to old1 while v1.7.1's
+    entry was there, kept its conntrack entry and its next datagram still went to
+    old1; nothing after would let it go (check finds the entry healthy, flush-udp
+    looks only at flows to the node's own addresses). add now deletes such flows, as
+    check --repair does when it makes an entry local; old1's flow to the node's own
+    address stays, and both containers pass v1.9.1's CHECK."""
+    old = _cached(tmp_path, "old1", upstream.nft_conf("podman", ["10.88.0.5/16"],
+                                                     [_pm(5353, 53, "udp")]))  # fmt: skip
+    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
+    stream = ("198.51.100.2", "5353", "40000")
+    _ip("netns", "exec", node, "conntrack", "-F")
+    for args in (stream, ("192.0.2.1", "5353", "40001")):
+        _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *args)
+    assert rp.udp_flows(node) == {(5353, "10.88.0.5")}
+
+    done = _pmctl(node, tmp_path, "add", "--network", "podman", "--container", "new1",
+                  "--ip", "10.88.0.6/16", "-p", "6000:60/udp", "--backend", "nftables")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = upstream.nft(node, "list", "chain", "ip", "cni_hostport", "prerouting").stdout
+    assert "fib daddr type local jump hostports_all" in listed, listed
+    flows = subprocess.run([rp._ip(), "netns", "exec", node, "conntrack", "-L", "-p", "udp"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "sport=40001 dport=5353" in flows and "sport=40000" not in flows, flows
+    _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *stream)
+    assert rp.udp_flows(node) == {(5353, "10.88.0.5"), (5353, "198.51.100.2")}
+    new = upstream.nft_conf("podman", ["10.88.0.6/16"], [_pm(6000, 60, "udp")])
+    for cid, conf in (("old1", old), ("new1", new)):
+        upstream.run(V191, "CHECK", node, cid, conf, check=True)
+
+
 @pytest.mark.parametrize("form", ["node", "mapping"])
 def test_a_repair_sigtermed_once_the_entry_went_in_still_lets_go_of_the_routed_flows(
     node: str, routed: str, tmp_path: Path, form: str
