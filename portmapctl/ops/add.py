@@ -472,7 +472,7 @@ def _add_nft(
         txn = planner.setup(live, want, planner.Entries.REWRITE)
         for w in want:
             for rule in planner.superseded(live, w, addresses[w.family]):
-                txn.delete_rule(w.family, rule.chain, rule.handle)
+                txn.delete_rule(w.family, rule.chain, rule.handle, rule.body)
         tried.append(txn)
         return txn
 

@@ -273,17 +273,17 @@ def plan_freed(
 RoutedTarget = Tuple[int, int, str, int]
 
 
-def dnat_targets(family: int, rules: Iterable[Any]) -> Set[RoutedTarget]:
-    """The RoutedTargets of `family`'s nftables `rules` (nftables.ruleset.Rule) that
-    DNAT a UDP host port to an address and port."""
+def dnat_targets(family: int, bodies: Iterable[Any]) -> Set[RoutedTarget]:
+    """The RoutedTargets of `family`'s nftables rule `bodies` (nftables.ruleset.RuleBody)
+    that DNAT a UDP host port to an address and port."""
     import ipaddress
 
     from portmapctl.nftables.inventory import dport_values
     from portmapctl.nftables.ruleset import ActionKind
 
     found: Set[RoutedTarget] = set()
-    for rule in rules:
-        action, ports = rule.body.action, rule.body.value("udp dport")
+    for body in bodies:
+        action, ports = body.action, body.value("udp dport")
         if action.kind is not ActionKind.DNAT or not action.addr or not action.port:
             continue
         address = ipaddress.ip_address(action.addr).compressed

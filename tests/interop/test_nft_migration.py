@@ -1204,6 +1204,37 @@ def test_add_that_makes_a_v171_entry_local_lets_go_of_the_routed_flows_it_took(
         upstream.run(V191, "CHECK", node, cid, conf, check=True)
 
 
+def test_repair_of_a_moved_containers_rule_on_a_v171_node_lets_go_of_its_routed_flows(
+    node: str, routed: str, tmp_path: Path
+) -> None:
+    """On a node v1.7.1 alone ran (its entry without `fib daddr type local`), web1's
+    rule still sends 5353 to its old address 10.88.0.5 while its cache entry says
+    10.88.0.9. A stream the node routes to another host (to 198.51.100.2:5353) had
+    been DNATed to 10.88.0.5 by that rule; check --repair replaced the rule but the
+    stream kept its conntrack entry, pinned to the old address (the flows to the
+    node's own addresses were flushed, the routed one was not). Now a routed flow
+    DNATed to exactly a rule the repair deleted (no rule left sending the port there)
+    goes too: its next datagram goes where v1.7.1's entry sends the port now, and
+    v1.7.1's CHECK passes."""
+    moved = upstream.nft_conf("podman", ["10.88.0.5/16"], [_pm(5353, 53, "udp")])
+    upstream.run("v1.7.1", "ADD", node, "web1", moved, check=True)
+    conf = _cached(tmp_path, "web1", upstream.nft_conf("podman", ["10.88.0.9/16"],
+                                                      [_pm(5353, 53, "udp")]))  # fmt: skip
+    stream = ("198.51.100.2", "5353", "40000")
+    _ip("netns", "exec", node, "conntrack", "-F")
+    _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *stream)
+    assert rp.udp_flows(node) == {(5353, "10.88.0.5")}
+
+    done = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    assert {(p["kind"], p["container_id"]) for p in json.loads(done.stdout)["fixed"]} >= {
+        ("extra-rules", "web1"), ("nft-missing-rules", "web1"),
+    }, done.stdout + done.stderr  # fmt: skip
+    assert rp.udp_flows(node) == set()
+    _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *stream)
+    assert rp.udp_flows(node) == {(5353, "10.88.0.9")}
+    upstream.run("v1.7.1", "CHECK", node, "web1", conf, check=True)
+
+
 @pytest.mark.parametrize("form", ["node", "mapping"])
 def test_a_repair_sigtermed_once_the_entry_went_in_still_lets_go_of_the_routed_flows(
     node: str, routed: str, tmp_path: Path, form: str

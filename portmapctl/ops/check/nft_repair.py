@@ -41,7 +41,7 @@ from portmapctl.ops.side_effects import after_setup
 
 if TYPE_CHECKING:
     from portmapctl.nftables.access import NftAccess
-    from portmapctl.nftables.ruleset import Ruleset
+    from portmapctl.nftables.ruleset import RuleBody, Ruleset
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
 
@@ -444,30 +444,53 @@ def entry_families(txn: NftTransaction) -> List[int]:
 
 def flush_routed_after(node: Node, txn: NftTransaction) -> List[str]:
     """flush_routed in the families whose prerouting entry `txn` (re)wrote: an entry
-    made local again lets go of the routed flows the old one DNATed. Also on the way
-    out of a SIGTERM or Ctrl-C once `txn` went in (or was under way): the next check
-    finds the entry healthy and would leave those flows pinned to the container."""
+    made local again lets go of the routed flows the old one DNATed; and of the rules
+    `txn` deleted (their bodies known: a repair's, an add's superseded ones), the
+    routed flows DNATed to where no rule left sends their port (an old address of a
+    moved container). Also on the way out of a SIGTERM or Ctrl-C once `txn` went in (or
+    was under way): the next check finds the entry healthy and would leave those flows
+    pinned to the container."""
+    from portmapctl.nftables.transaction import OpKind
+    from portmapctl.ops.flush_udp import dnat_targets
+
     routed = entry_families(txn)
-    return flush_routed(node, routed) if routed else []
+    # (Only a deleted rule that DNATs a UDP port has flows to let go: the usual repair
+    # reads nothing more.)
+    deleted = [
+        (op.family, op.body)
+        for op in txn.ops
+        if op.kind is OpKind.DELETE_RULE
+        and op.body is not None
+        and dnat_targets(op.family, (op.body,))
+    ]
+    return flush_routed(node, routed, deleted) if routed or deleted else []
 
 
-def flush_routed(node: Node, families: Sequence[int]) -> List[str]:
+def flush_routed(
+    node: Node, families: Sequence[int], deleted: Sequence[Tuple[int, RuleBody]] = ()
+) -> List[str]:
     """After prerouting's entry was written again in `families`: delete the UDP
     conntrack entries of flows the node routes to another host (not to one of its own
     addresses) that were DNATed to a container address and port the plugin's rules map
     that host port to. Only an entry without `fib daddr type local` (v1.6/v1.7's,
     `downgraded`) sent such a flow there; left alone, a stream that keeps sending stays
-    pinned to the container after the repair. Failures are warnings, as after_setup's."""
+    pinned to the container after the repair. Also those DNATed to where one of the
+    `deleted` rule bodies (family, body) sent its port and no rule left does: that
+    destination is no mapping's any more. Failures are warnings, as after_setup's."""
     from portmapctl.nftables.ruleset import HOSTIP_HOSTPORTS, HOSTPORTS
     from portmapctl.ops.flush_udp import RoutedTarget, dnat_targets, routed_flows
 
     live = node.read_nft()
     targets: Set[RoutedTarget] = set()
-    for family in families:
-        table = live.table(family)
-        if table is not None:
-            rules = (*table.rules_of(HOSTPORTS), *table.rules_of(HOSTIP_HOSTPORTS))
-            targets |= dnat_targets(family, rules)
+    left: Set[RoutedTarget] = set()
+    for family, table in live.tables.items():
+        rules = (*table.rules_of(HOSTPORTS), *table.rules_of(HOSTIP_HOSTPORTS))
+        found = dnat_targets(family, (rule.body for rule in rules))
+        left |= found
+        if family in families:
+            targets |= found
+    for family, body in deleted:
+        targets |= dnat_targets(family, (body,)) - left
     if not targets:
         return []
     from portmapctl.ops.side_effects import no_conntrack_entries, not_flushed

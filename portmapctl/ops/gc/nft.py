@@ -198,8 +198,8 @@ def plan_nft(
     routed: Set[RoutedTarget] = set()
     for family, table in live_rules.tables.items():
         rules = [r for chain in CONTAINER_CHAINS for r in table.rules_of(chain)]
-        routed |= dnat_targets(family, [r for r in rules if (family, r.handle) in gone])
-        routed -= dnat_targets(family, [r for r in rules if (family, r.handle) not in gone])
+        routed |= dnat_targets(family, [r.body for r in rules if (family, r.handle) in gone])
+        routed -= dnat_targets(family, [r.body for r in rules if (family, r.handle) not in gone])
     return NftPlan(
         removed,
         pending,
