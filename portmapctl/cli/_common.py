@@ -326,6 +326,21 @@ class Common(NamedTuple):
         )
 
 
+def snapshot_files(
+    snapshot: Optional[str], snapshot6: Optional[str], nft_snapshot: Optional[str]
+) -> Tuple[Dict[int, str], Optional[str]]:
+    """The dumps given (--snapshot, --snapshot6 by family; --nft-snapshot). An empty
+    path is bad input: taken for no option (`--snapshot "$DUMP"`, DUMP unset), it had
+    the command read the node it runs on instead of the file, and say "healthy"."""
+    from portmapctl.errors import BadInput
+
+    given = (("--snapshot", snapshot), ("--snapshot6", snapshot6), ("--nft-snapshot", nft_snapshot))
+    for option, path in given:
+        if path == "":
+            raise BadInput(f"{option} is empty: give a file (a dump to read, or - for stdin)")
+    return {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}, nft_snapshot
+
+
 def progress_after() -> float:
     """Seconds of work before progress shows (SPEC §3: progress for work over ~1 s;
     0 shows it at once: tests, demos)."""

@@ -16,6 +16,7 @@ from portmapctl.cli._common import (
     NftSnapshotOpt,
     common_options,
     metrics_recording,
+    snapshot_files,
 )
 from portmapctl.cli.add import mapping_and_key, mapping_options, refuse_short_id
 from portmapctl.cli.add_config import ForwardsNothing, spelling_of
@@ -110,7 +111,7 @@ def check_command(
                 # The plugin's CHECK passes at once: nothing is expected, nothing to repair.
                 return _nothing_expected(common, out, str(idle))
             refuse_short_id(common.cache_dirs, config)
-        snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
+        snapshots, nft_snapshot = snapshot_files(snapshot, snapshot6, nft_snapshot)
         if repair and (snapshots or nft_snapshot):
             raise BadInput("--repair changes the node: it cannot be used with --snapshot")
         options = common.node_options(snapshots, nft_snapshot)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Collection, List, Optional, Sequence, Tuple
 
-from portmapctl.cli._common import Common, metrics_recording
+from portmapctl.cli._common import Common, metrics_recording, snapshot_files
 from portmapctl.core.pause import gc_paused
 
 
@@ -36,7 +36,7 @@ def run(
         for prefix in container or ():
             # A prefix of a valid ID is itself one: anything else can match nothing.
             validate.cni_name(prefix, "container ID")
-        snapshots = {f: path for f, path in ((4, snapshot), (6, snapshot6)) if path}
+        snapshots, nft_snapshot = snapshot_files(snapshot, snapshot6, nft_snapshot)
         options = common.node_options(snapshots, nft_snapshot)
         if conntrack and options.offline:
             # Said before the snapshot is read: whatever the file holds, the two clash.

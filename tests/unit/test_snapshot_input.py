@@ -68,3 +68,16 @@ def test_a_nat_table_without_chains_is_a_node_without_chains(tmp_path: Path):
 def test_conntrack_with_a_snapshot_is_refused_whatever_the_file_holds(tmp_path):
     done = run(["list", "--snapshot", "/dev/null", "--conntrack"])
     assert_error(done, 2, "--conntrack reads the kernel")
+
+
+@pytest.mark.parametrize("command", ["list", "check", "check --repair"])
+@pytest.mark.parametrize("option", ["--snapshot", "--snapshot6", "--nft-snapshot"])
+def test_an_empty_snapshot_path_is_bad_input_never_a_read_of_the_kernel(tmp_path, command, option):
+    """`portmapctl check -o json --snapshot "$DUMP"` with DUMP unset: the empty path was
+    taken for no option at all, so the command read the node it ran on (as root: said
+    "healthy" of the laptop reading a support bundle; --repair wrote to it) and exit 0."""
+    cache = ["--cni-cache-dir", str(tmp_path / "no-cache")]
+    # (Without CAP_NET_ADMIN: were the path ever taken for no option again, this test
+    # must not read or repair the machine it runs on.)
+    done = run([*command.split(), option, "", *cache], unprivileged=True)
+    assert_error(done, 2, f"{option} is empty", "give a file")
