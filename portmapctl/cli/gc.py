@@ -122,7 +122,11 @@ def gc_command(
             min_age=validate.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp
         )
         sources = Sources(
-            documents=(read_valid_attachments(valid_attachments),) if valid_attachments else (),
+            documents=(
+                (read_valid_attachments(valid_attachments),)
+                if valid_attachments is not None
+                else ()
+            ),
             keep=tuple(_kept_id(k) for k in keep or ()),
             remove_all=remove_all,
             netns_liveness=netns_liveness,

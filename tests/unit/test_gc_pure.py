@@ -731,3 +731,20 @@ def test_a_zombie_s_orphan_chain_is_named_by_its_cache_entry():
     assert [(c.chain, c.network, c.container_id) for c in plan.removed] == [
         (names["ctr1"], "mynet", "ctr1")
     ]
+
+
+def test_an_empty_valid_attachments_path_is_bad_input_never_no_option(tmp_path):
+    """`gc --yes --valid-attachments "$DOC"` with DOC unset: the empty path was taken
+    for no option at all, and gc went on with the cache (or --keep) alone, so the
+    containers the document was to keep live were not; now exit 2 before anything is
+    read (a namespace that does not exist: a regression here touches no node)."""
+    import pmctl
+
+    cache = tmp_path / "cache"
+    (cache / "results").mkdir(parents=True)
+    done = pmctl.run(
+        ["gc", "--yes", "--min-age", "0", "--netns", "pmt-no-such-ns", "--cni-cache-dir",
+         str(cache), "--keep", "abc123", "--valid-attachments", ""],
+        unprivileged=True,
+    )  # fmt: skip
+    pmctl.assert_error(done, 2, "--valid-attachments is empty", "give a file")

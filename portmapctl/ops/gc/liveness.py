@@ -76,7 +76,11 @@ def parse_valid_attachments(text: str, source: str) -> ValidAttachments:
 
 
 def read_valid_attachments(path: str) -> ValidAttachments:
-    """The document in `path` (`-`: standard input)."""
+    """The document in `path` (`-`: standard input). An empty path is bad input: taken
+    for no option (`--valid-attachments "$DOC"`, DOC unset), gc went on without the
+    document, and the containers it lists were not live."""
+    if not path:
+        raise BadInput("--valid-attachments is empty: give a file (or - for stdin)")
     source = "<stdin>" if path == "-" else path
     return parse_valid_attachments(files.read_text(path, "--valid-attachments"), source)
 
