@@ -146,15 +146,26 @@ def ifname(value: Any) -> str:
     if (
         not isinstance(value, str)
         or not value
+        # A byte that is not UTF-8 (an argument's, held as a lone surrogate): no name
+        # in the ADD result (JSON) is it; encode() raised, an internal error.
+        or not _utf8(value)
         or len(value.encode()) > 15
         or value in (".", "..")
         or _IFNAME_FORBIDDEN.search(value)
         or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
     ):
         raise BadInput(
-            f"invalid interface name {shown(value)}: 1 to 15 bytes, no '/', ':' or whitespace"
+            f"invalid interface name {shown(value)}: 1 to 15 bytes of UTF-8, no '/', ':' or whitespace"
         )
     return value
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def port_spec(spec: str) -> PortMapping:

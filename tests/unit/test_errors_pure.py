@@ -263,3 +263,18 @@ def test_an_iptables_save_that_prints_garbage_is_the_environment_not_bad_input()
         assert (
             "\n" not in message and "cannot be read through /usr/sbin/iptables-nft-save" in message
         )
+
+
+@pytest.mark.parametrize("command", ["add --dry-run", "check"])
+@pytest.mark.parametrize("name", ["\udcff", "eth\udce9", "\udcff" * 16])
+def test_an_interface_name_not_utf8_is_bad_input(tmp_path, command, name):
+    """A byte that is not UTF-8 in --ifname (held as a lone surrogate) ended in
+    `internal error: UnicodeEncodeError`, exit 3, where any other bad name is exit 2."""
+    mapping = ["--network", "mynet", "--container", "abc123", "--ip", "10.88.0.5/16"]
+    snapshot = ["--snapshot", str(FIXTURES / "basic.v4.save")] if command == "check" else []
+    done = run(
+        [*command.split(), *mapping, "-p", "8080:80", "--ifname", name, *snapshot,
+         "--cni-cache-dir", str(tmp_path)],
+        unprivileged=True,
+    )  # fmt: skip
+    assert_error(done, 2, "invalid interface name", "\\x")
