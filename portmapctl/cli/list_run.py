@@ -54,7 +54,7 @@ def run(
             tables, attachments = node.read_with_cache(started)
             from portmapctl.cni.cache import warnings
 
-            for warning in warnings(attachments):
+            for warning in warnings(attachments, options.cache_dirs):
                 out.warn(warning)
             found = inventory.build(tables, attachments)
             nft_rows: list = []

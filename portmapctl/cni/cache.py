@@ -342,17 +342,46 @@ def _is_name(value: str) -> bool:
     return True
 
 
-def warnings(attachments: Optional[Sequence[Attachment]]) -> List[str]:
-    """One line per cache file that could not be understood."""
+def warnings(attachments: Optional[Sequence[Attachment]], cache_dirs: CacheDirs = ()) -> List[str]:
+    """One line per cache file that could not be understood, and one per file in
+    `cache_dirs` whose name is none libcni writes (unnamed_entries)."""
     seen = {}
     for attachment in attachments or ():
         if attachment.problem is not None and not attachment.result_only:
             seen.setdefault(attachment.path, attachment.problem)
-    return [
+    lines = [
         f"skipped a CNI cache entry that cannot be read ({problem}); its container"
         " is kept as live by the file name"
         for problem in seen.values()
     ]
+    if attachments is None:
+        return lines  # (no cache: nothing listed)
+    known = {a.path for a in attachments}
+    return lines + [
+        f"skipped CNI cache file {path}: its name is not libcni's"
+        " NETWORK-CONTAINERID-IFNAME, so it keeps no container live"
+        for path in unnamed_entries(cache_dirs, known)
+    ]
+
+
+def unnamed_entries(cache_dirs: CacheDirs, known: Set[str]) -> List[str]:
+    """The files of the caches' results/ that no reading of their names makes an
+    attachment of (name_readings: none). read_entries has no stand-in for such a
+    file, so nothing else says it was skipped: one bad record is reported, never
+    dropped without a word. `known`: the paths read into attachments (their names
+    have readings; only the others are split here)."""
+    found = []
+    for folder in map(results_dir, _dirs(cache_dirs)):
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue  # (read_cache said what was wrong with the folder)
+        for name in names:
+            path = os.path.join(folder, name)
+            if name.startswith(".") or path in known or name_readings(name):
+                continue
+            found.append(path)
+    return found
 
 
 def configured_backend(cache_dirs: CacheDirs, network: str, container_id: str) -> Optional[Backend]:

@@ -378,7 +378,7 @@ def flush(
         # The rows are acyclic and kept to the end: no cyclic collections (as list).
         with gc_paused():
             tables, attachments = node.read_with_cache()
-            warnings = tuple(cni_cache.warnings(attachments))
+            warnings = tuple(cni_cache.warnings(attachments, node.options.cache_dirs))
             judging = node_judging(node, tables, attachments)
             mappings = udp_mappings(judging.mappings)
         if node.nft_unusable is not None:

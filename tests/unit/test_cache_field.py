@@ -1156,3 +1156,43 @@ def test_a_host_ip_zone_is_refused_where_the_plugin_fails_on_it(tmp_path):
              "prevResult": _zoned(None)["result"]}  # fmt: skip
     with pytest.raises(BadInput, match="a zone"):
         cni_config.plugin_config(stdin, "abc123", "<stdin>")
+
+
+NAMELESS = ["abc123", "weird name", "-abc123-eth0", "mynet-\x1b[31m-eth0", "my\udcffnet-abc-eth0"]
+
+
+@pytest.mark.parametrize("command", ["list", "check"])
+def test_an_entry_whose_name_is_not_libcnis_is_reported_not_dropped(tmp_path, command):
+    """A file in results/ whose name has no reading as NETWORK-CONTAINERID-IFNAME (a
+    copy saved by hand, a name with a space, a byte that is not UTF-8) has no stand-in
+    to report it, and was skipped without a word, the others' warnings said: now one
+    warning each, naming the file, saying it keeps no container live; the rest of the
+    cache is read as ever."""
+    import pmctl
+
+    results = tmp_path / "results"
+    write(results, "mynet-abc123-eth0", entry())
+    write(results, "mynet-f00d-eth0", "{")  # unreadable, named: as before
+    for name in NAMELESS:
+        (results / os.fsencode(name).decode("utf-8", "surrogateescape")).write_text(
+            json.dumps(entry())
+        )
+    snapshot = str(Path(__file__).parents[1] / "fixtures" / "basic.v4.save")
+    done = pmctl.run([command, "--snapshot", snapshot, "--cni-cache-dir", str(tmp_path)])
+    assert done.returncode in (0, 1), done.stderr  # (check: the entry has one port of two)
+    lines = done.stderr.splitlines()
+    assert all(line.startswith("portmapctl: warning: ") for line in lines), lines
+    named = [line for line in lines if "mynet-f00d-eth0" in line]
+    assert len(named) == 1 and "kept as live by the file name" in named[0]
+    nameless = [line for line in lines if "is not libcni's" in line]
+    assert len(nameless) == len(NAMELESS) == len(lines) - 1, lines
+    assert all("keeps no container live" in line for line in nameless)
+    shown = " ".join(nameless)
+    for name in (
+        "abc123",
+        "weird name",
+        "-abc123-eth0",
+        "mynet-\\x1b[31m-eth0",
+        "my\\xffnet-abc-eth0",
+    ):
+        assert str(results / name) in shown, (name, shown)

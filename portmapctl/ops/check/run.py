@@ -229,7 +229,7 @@ def _check_node(
         found=found,
         rows=tuple(node_rows(found.mappings, nft_rows, owners)),
         warnings=(
-            *cni_cache.warnings(attachments),
+            *cni_cache.warnings(attachments, node.options.cache_dirs),
             *unsure_warnings(owners),
             *elsewhere,
             *([undecided] if undecided is not None else ()),

@@ -91,7 +91,7 @@ def _checked_cache(
         raise HostProblem(
             f"the CNI cache {gone} disappeared while gc ran: nothing removed from this family"
         )
-    for warning in cni_cache.warnings(found):
+    for warning in cni_cache.warnings(found, dirs):
         if warning not in warnings:
             warnings.append(warning)
     return found
