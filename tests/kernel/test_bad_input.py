@@ -369,11 +369,11 @@ class Files:
             handle.truncate(size)
         return str(path)
 
-    def cache_dir(self, name: str, data: bytes) -> str:
-        """A CNI cache directory whose one results/ file holds `data`."""
+    def cache_dir(self, name: str, data: bytes, file: str = f"{NET}-cached9-eth0") -> str:
+        """A CNI cache directory whose one results/ file, `file`, holds `data`."""
         folder = self.root / f"cache-{name}"
         (folder / "results").mkdir(parents=True, exist_ok=True)
-        (folder / "results" / f"{NET}-cached9-eth0").write_bytes(data)
+        (folder / "results" / file).write_bytes(data)
         return str(folder)
 
     def huge_cache_dir(self, size: int) -> str:
@@ -871,6 +871,12 @@ def _cases() -> List[Case]:
         add(f"{command} cache huge",
             _also(base, "--cni-cache-dir", lambda f: f.huge_cache_dir(huge_config)),
             "CNI cache file", "larger than 16 MiB", code=WARNED)  # fmt: skip
+        # A whole entry under a name libcni never writes: no reading of the name keeps
+        # a container live, and it was skipped without a word.
+        misnamed = lambda f: f.cache_dir("misnamed", b"{}", "cached9 copy")  # noqa: E731
+        add(f"{command} cache misnamed", _also(base, "--cni-cache-dir", misnamed),
+            "CNI cache file", "cached9 copy: its name is not libcni's",
+            "keeps no container live", code=WARNED)  # fmt: skip
     return cases
 
 
