@@ -3,7 +3,7 @@
 A `Chain` is one chain the plugin manages plus the rules that enter it from other
 chains, like the plugin's own `chain` struct. The generators below produce the
 chains for a `MappingConfig`, in the plugin's order and, through
-`ruleset.normalize`, in the exact form `iptables-save` prints. Everything here is
+`normal_form.normalize`, in the exact form `iptables-save` prints. Everything here is
 pure: no process, no kernel.
 """
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig, PortMapping
     from portmapctl.iptables.ruleset import Args
 
-# The rule generators import ruleset (normalize) when they first run: the chain names
+# The rule generators import normal_form (normalize) when they first run: the chain names
 # alone (add's fast path, every command's --help through cli/add_run.py) need neither
 # it nor ipaddress.
 
@@ -107,7 +107,7 @@ def _mark(bit: int) -> str:
 # once per container (a third of check's normalize() calls). Chain values are frozen.
 @functools.cache
 def toplevel_dnat_chain(family: int) -> Chain:
-    from portmapctl.iptables.ruleset import normalize
+    from portmapctl.iptables.normal_form import normalize
 
     return Chain(
         TOPLEVEL_DNAT,
@@ -120,7 +120,7 @@ def toplevel_dnat_chain(family: int) -> Chain:
 
 @functools.cache
 def setmark_chain(mark_bit: int, family: int) -> Chain:
-    from portmapctl.iptables.ruleset import normalize
+    from portmapctl.iptables.normal_form import normalize
 
     rule = ["-m", "comment", "--comment", "CNI portfwd masquerade mark"]
     return Chain(
@@ -130,7 +130,7 @@ def setmark_chain(mark_bit: int, family: int) -> Chain:
 
 @functools.cache
 def masq_chain(mark_bit: int, family: int) -> Chain:
-    from portmapctl.iptables.ruleset import normalize
+    from portmapctl.iptables.normal_form import normalize
 
     entry = ["-m", "comment", "--comment", "CNI portfwd requiring masquerade", "-j", MASQ]
     return Chain(
@@ -167,7 +167,7 @@ def _port_groups(ports: Tuple[PortMapping, ...]) -> List[Tuple[str, str]]:
 @functools.lru_cache(maxsize=32768)
 def dnat_chain(config: MappingConfig, family: int) -> Optional[Chain]:
     """The per-container CNI-DN- chain for one family, or None without an address."""
-    from portmapctl.iptables.ruleset import (
+    from portmapctl.iptables.normal_form import (
         address_lists,
         normal_entry_rule,
         normal_port_rule,

@@ -48,7 +48,8 @@ from portmapctl.iptables.chains import (
     dnat_chain,
     dnat_chain_name,
 )
-from portmapctl.iptables.ruleset import Args, NatTable, normalize, options, rule_target
+from portmapctl.iptables.normal_form import normalize
+from portmapctl.iptables.ruleset import Args, NatTable, options, rule_target
 
 ProtoPort = Tuple[str, int]
 

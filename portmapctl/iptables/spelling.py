@@ -215,7 +215,7 @@ def canonical(match: str, options: Sequence[str]) -> List[str]:
 
 
 # --- values every rule may hold: addresses, protocols, and the tcp match's flags ---------
-# (normalize() in ruleset.py puts -s/-d, -p, --syn and --tcp-flags through these.)
+# (normalize() in normal_form.py puts -s/-d, -p, --syn and --tcp-flags through these.)
 
 # `--syn` of the tcp match, as iptables stores and prints it.
 SYN = ("--tcp-flags", "FIN,SYN,RST,ACK", "SYN")

@@ -1,5 +1,5 @@
 """Rules in normal form against iptables itself: for conditions a user may give the
-plugin (--conditions-v4/-v6, conditionsV4/V6), ruleset.normalize writes what
+plugin (--conditions-v4/-v6, conditionsV4/V6), normal_form.normalize writes what
 iptables-save prints back after the plugin's `iptables -A` with the same words, so
 portmapctl writes, and recognises, the rule the plugin leaves. Addresses with any
 mask (a length, leading ones, or any other mask, which iptables takes as it is),
@@ -14,7 +14,7 @@ import realplugin as rp
 
 from portmapctl.errors import BadInput
 from portmapctl.iptables.lexer import split_words
-from portmapctl.iptables.ruleset import normalize
+from portmapctl.iptables.normal_form import normalize
 
 CHAIN = "PMT-ADDR"
 

@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from portmapctl.core.mapping import DEFAULT_MARK_BIT, MappingConfig, PortMapping
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chains import dnat_chain_name, wanted_chains
-from portmapctl.iptables.ruleset import format_rule, normalize, parse_save
+from portmapctl.iptables.normal_form import normalize
+from portmapctl.iptables.ruleset import format_rule, parse_save
 from portmapctl.ops.add import add
 from portmapctl.ops.gc import GcOptions, Sources, gc
 from portmapctl.ops.node import NodeOptions, opened

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from portmapctl.errors import BadInput
 from portmapctl.iptables.lexer import split_words
+from portmapctl.iptables.normal_form import normalize
 from portmapctl.iptables.ruleset import (
     format_rule,
-    normalize,
     parse_save,
     quote,
     rule_target,
@@ -292,6 +292,6 @@ def test_rule_counters_of_a_save_with_c_are_left_out():
 def test_an_address_list_is_a_rule_per_address_as_iptables_makes_them(args, rules):
     """Pinned to iptables' own expansion (sources outermost) by
     tests/interop/test_writes_audit.py::test_conditions_with_address_lists_make_a_rule_per_address_as_iptables_does."""
-    from portmapctl.iptables.ruleset import address_lists
+    from portmapctl.iptables.normal_form import address_lists
 
     assert address_lists(args) == rules

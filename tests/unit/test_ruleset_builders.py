@@ -1,4 +1,4 @@
-"""ruleset.normal_port_rule / normal_entry_rule build the plugin's rules in saved form
+"""normal_form.normal_port_rule / normal_entry_rule build the plugin's rules in saved form
 directly (check makes every cached container's chain): each must give exactly what
 normalize() gives for the tokens it stands for, errors included, for any values, not
 only the plugin's."""
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portmapctl.errors import BadInput
-from portmapctl.iptables.ruleset import normal_entry_rule, normal_port_rule, normalize
+from portmapctl.iptables.normal_form import normal_entry_rule, normal_port_rule, normalize
 
 # Plain values, values normalize() reads specially, and arbitrary text.
 ODD = ["!", "-j", "-g", "--src", "--jump", "--match", "-s", "-m", "--dport", "", " "]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from portmapctl.iptables.ruleset import normalize
+from portmapctl.iptables.normal_form import normalize
 
 # (as written, as iptables -S / iptables-save prints it), from a real iptables 1.8.9
 PRINTED = [
