@@ -21,20 +21,30 @@ no row, as a foreign rule in CNI-HOSTPORT-DNAT is none on the iptables side: it 
 no container, so it can be neither stale nor anyone's to remove. It still takes its
 port first; `NftInventory.foreign` lists it for check's note.
 
-Health problems of the structure (a flushed or deleted table, say) are `Problem`s:
-missing table, base chain, entry rule or hostports_all jumps, and, given the cached
-configs of nft-backed containers, their missing rules.
+Health problems of the structure (a flushed or deleted table, say) and, given the
+cached configs of nft-backed containers, of their rules are `Problem`s, found by
+problems.py: build() gathers them beside the rows unless asked for rows only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
-from typing import Mapping as ReadOnly
+from typing import (
+    TYPE_CHECKING,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Mapping, MappingConfig, takes_all_of
-from portmapctl.core.status import ChainKind, ProblemKind, Status
+from portmapctl.core.status import ChainKind, Status
 from portmapctl.nftables.node import is_plugin_rule
 from portmapctl.nftables.ruleset import (
     COUNTER,
@@ -43,17 +53,16 @@ from portmapctl.nftables.ruleset import (
     HOSTPORTS,
     HOSTPORTS_ALL,
     MASQUERADING,
-    OUTPUT,
     PREROUTING,
-    TABLE,
     ActionKind,
-    BaseHook,
     Rule,
-    RuleBody,
     Ruleset,
     Table,
 )
-from portmapctl.nftables.wanted import BASE_CHAINS, FIB_LOCAL, WantedFamily
+from portmapctl.nftables.wanted import FIB_LOCAL
+
+if TYPE_CHECKING:
+    from portmapctl.nftables.problems import Problem
 
 BACKEND = Backend.NFTABLES
 # Evaluation order of the container chains: hostports_all (v1.9) and the base chains
@@ -79,19 +88,6 @@ class NftMapping(Mapping):
     handle: int = 0
     backend: Backend = BACKEND
     chain_type: ChainKind = ChainKind.NFT_RULE
-
-
-@dataclass(frozen=True)
-class Problem:
-    kind: ProblemKind
-    family: int
-    chain: Optional[str]
-    network: Optional[str]
-    container_id: Optional[str]
-    detail: str
-    backend: Backend = BACKEND
-    rules: Tuple[str, ...] = ()  # the rules at issue, as `nft list` prints them
-    handles: Tuple[int, ...] = ()  # duplicate-entry: the extra copies (a fix by hand)
 
 
 @dataclass(frozen=True)
@@ -353,8 +349,10 @@ def build(
                 for port in found.ports:
                     claims.setdefault((proto, port), []).append((host_ip, found.who))
     if problems:  # `list` shows rows only: no need to compare with the cached configs
-        found_problems += _structure_problems(ruleset, list(nft_backed))
-        found_problems += _rule_problems(ruleset, list(nft_backed))
+        from portmapctl.nftables.problems import rule_problems, structure_problems_for
+
+        found_problems += structure_problems_for(ruleset, list(nft_backed))
+        found_problems += rule_problems(ruleset, list(nft_backed))
     rows.sort(
         key=lambda m: (m.network or "", m.container_id or "", m.family, m.protocol, m.host_port)
     )
@@ -413,257 +411,3 @@ def leftovers(ruleset: Ruleset) -> List[Leftover]:
             Leftover(family, cid, addr, tuple(rules)) for (cid, addr), rules in sorted(left.items())
         ]
     return found
-
-
-# --- problems ---------------------------------------------------------------------------
-
-
-def _families_needed(nft_backed: Sequence[Owner]) -> Dict[int, bool]:
-    """family -> whether some container there has SNAT on."""
-    needed: Dict[int, bool] = {}
-    for owner in nft_backed:
-        if owner.mapping is None or owner.zombie:
-            continue
-        for family in owner.mapping.families:
-            needed[family] = needed.get(family, False) or owner.mapping.snat
-    return needed
-
-
-def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Problem]:
-    """What the plugin's shared structure lacks in `families` (family -> SNAT needed)."""
-    # Here, not at the top: `list` builds rows only and needs neither module.
-    from portmapctl.nftables.planner import (
-        downgraded,
-        entry_ok,
-        extra_copies,
-        hostports_all_ok,
-    )
-
-    problems: List[Problem] = []
-    for family in sorted(families):
-        table = ruleset.table(family)
-        where = f"{FAMILY_NAMES[family]} {TABLE}"
-        if table is None:
-            problems.append(
-                Problem(
-                    ProblemKind.NFT_MISSING_TABLE,
-                    family,
-                    None,
-                    None,
-                    None,
-                    f"table {where} is missing",
-                )
-            )
-            continue
-        wanted_chains = [HOSTPORTS, HOSTIP_HOSTPORTS, PREROUTING, OUTPUT]
-        if families[family]:
-            wanted_chains.append(MASQUERADING)
-        for chain in wanted_chains:
-            if chain not in table.chains:
-                problems.append(
-                    Problem(
-                        ProblemKind.NFT_MISSING_CHAIN,
-                        family,
-                        chain,
-                        None,
-                        None,
-                        f"chain {chain} of {where} is missing",
-                    )
-                )
-        problems += _wrong_base_chains(table)
-        for chain in (PREROUTING, OUTPUT):
-            if chain in table.chains and not entry_ok(table, chain):
-                problems.append(
-                    Problem(
-                        ProblemKind.NFT_MISSING_ENTRY,
-                        family,
-                        chain,
-                        None,
-                        None,
-                        f"{chain} of {where} does not jump to the host-port rules",
-                    )
-                )
-        if downgraded(table):
-            problems.append(
-                Problem(
-                    ProblemKind.NFT_ENTRY_NOT_LOCAL,
-                    family,
-                    PREROUTING,
-                    None,
-                    None,
-                    f"{PREROUTING} of {where} is v1.6/v1.7's entry (no fib daddr type local),"
-                    f" written over v1.9's ({HOSTPORTS_ALL} is here): it DNATs a mapped port"
-                    " of any destination, not only of this node's addresses",
-                )
-            )
-        problems += _duplicates(table, extra_copies(table), where)
-        jumps_to_all = any(
-            r.body.action.kind is ActionKind.JUMP and r.body.action.target == HOSTPORTS_ALL
-            for c in (PREROUTING, OUTPUT)
-            for r in table.rules_of(c)
-        )
-        if jumps_to_all and not hostports_all_ok(table, copies_ok=True):
-            problems.append(
-                Problem(
-                    ProblemKind.NFT_MISSING_JUMPS,
-                    family,
-                    HOSTPORTS_ALL,
-                    None,
-                    None,
-                    f"{HOSTPORTS_ALL} of {where} lacks its jumps to "
-                    f"{HOSTIP_HOSTPORTS} and {HOSTPORTS}",
-                )
-            )
-    return problems
-
-
-def _duplicates(table: Table, extra: Sequence[Rule], where: str) -> List[Problem]:
-    """One duplicate-entry problem per rule standing more than once in an entry chain."""
-    by_rule: Dict[Tuple[str, RuleBody], List[int]] = {}
-    for rule in extra:
-        by_rule.setdefault((rule.chain, rule.body), []).append(rule.handle)
-    problems = []
-    for (chain, body), handles in by_rule.items():
-        text = body.text(table.family)
-        problems.append(
-            Problem(
-                ProblemKind.DUPLICATE_ENTRY,
-                table.family,
-                chain,
-                None,
-                None,
-                f"{len(handles) + 1} copies of `{text}` in {chain} of {where}",
-                rules=(text,),
-                handles=tuple(handles),
-            )
-        )
-    return problems
-
-
-def _base_chain_text(base: Optional[BaseHook], policy: Optional[str]) -> str:
-    if base is None:
-        return "a regular chain (no hook)"
-    return f"type {base.type} hook {base.hook} priority {base.priority}; policy {policy}"
-
-
-def _wrong_base_chains(table: Table) -> List[Problem]:
-    """The plugin's base chains that are there but not as its ADD makes them. Another
-    type, hook or priority makes every later ADD fail (its `add chain` with the plugin's
-    hook: Operation not supported); a policy drop drops what no rule of the table takes.
-    Neither is a problem of a container, and repair does not rewrite a chain someone
-    changed: the fix says how to let it re-create the chain."""
-    problems: List[Problem] = []
-    where = f"{FAMILY_NAMES[table.family]} {TABLE}"
-    for name, want in BASE_CHAINS.items():
-        chain = table.chains.get(name)
-        if chain is None or (chain.base == want and chain.policy == "accept"):
-            continue
-        found = _base_chain_text(chain.base, chain.policy)
-        wanted = _base_chain_text(want, "accept")
-        problems.append(
-            Problem(
-                ProblemKind.NFT_WRONG_BASE_CHAIN,
-                table.family,
-                name,
-                None,
-                None,
-                f"chain {name} of {where} is {found}; the plugin's: {wanted}",
-            )
-        )
-    return problems
-
-
-def _structure_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem]:
-    families = _families_needed(nft_backed)
-    # A table present with rules is checked even without a cache saying so.
-    for family, table in ruleset.tables.items():
-        if family not in families and any(table.rules_of(c) for c in (HOSTPORTS, HOSTIP_HOSTPORTS)):
-            families[family] = bool(table.rules_of(MASQUERADING))
-    return structure_problems(ruleset, families)
-
-
-def extra_rules(
-    table: Optional[Table],
-    family: int,
-    wants: Sequence[WantedFamily],
-    networks: ReadOnly[str, str],
-    said: str = "its cached config",
-    addresses: Optional[Iterable[str]] = None,
-) -> List[Problem]:
-    """One `extra-rules` per container of `networks` (ID -> network) holding rules in
-    this family that none of `wants` is (planner.unwanted: what --repair deletes), and
-    one `nft-unclaimed-rules` per container holding such rules for a host port or an
-    address none of `wants` has (unaccounted, planner.not_wanted: --repair leaves them).
-    `said`: whose config it is (the node check's cached one, or the mapping given);
-    `addresses`: only rules for these container addresses (planner.unwanted)."""
-    from portmapctl.nftables.planner import not_wanted
-
-    only = None if addresses is None else set(addresses)
-    unwanted, unaccounted = not_wanted(table, wants, networks.keys(), only)
-    problems = []
-    for selected, kind, what in (
-        (unwanted, ProblemKind.EXTRA_RULES, f"{said} does not make"),
-        (unaccounted, ProblemKind.NFT_UNCLAIMED_RULES, f"for ports or addresses {said} has not"),
-    ):
-        found: Dict[str, List[Rule]] = {}
-        for rule in selected:
-            found.setdefault(rule.comment or "", []).append(rule)
-        for cid in sorted(found):
-            rules = found[cid]
-            texts = tuple(r.body.text(family) for r in rules)
-            handles = ", ".join(str(r.handle) for r in rules)
-            problems.append(
-                Problem(
-                    kind,
-                    family,
-                    rules[0].chain,
-                    networks[cid],
-                    cid,
-                    f"{len(rules)} rule(s) {what} (handle {handles}): {'; '.join(texts)}",
-                    rules=texts,
-                )
-            )
-    return problems
-
-
-def _rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem]:
-    """Each compared container's rules against what the plugin's ADD writes, exactly
-    (SPEC §3 check): what is missing, and what of its own is there that it would not
-    have written (planner.unwanted: what --repair deletes)."""
-    from portmapctl.nftables.planner import missing_where
-    from portmapctl.nftables.wanted import wanted
-
-    compared = [o for o in nft_backed if o.mapping is not None and not o.zombie]
-    networks: Dict[str, str] = {}
-    for owner in compared:
-        networks.setdefault(owner.container_id, owner.network)
-    problems = []
-    for family in (4, 6):
-        owners: List[Owner] = []
-        wants = []
-        for owner in compared:
-            want = wanted(owner.mapping, family) if owner.mapping is not None else None
-            if want is not None:
-                owners.append(owner)
-                wants.append(want)
-        problems += extra_rules(ruleset.table(family), family, wants, networks)
-        if not wants:
-            continue
-        missing: Dict[int, List] = {}
-        for index, chain, body in missing_where(ruleset, family, wants):
-            missing.setdefault(index, []).append((chain, body))
-        for index in sorted(missing):
-            owner, found = owners[index], missing[index]
-            texts = "; ".join(body.text(family) for _chain, body in found)
-            problems.append(
-                Problem(
-                    ProblemKind.NFT_MISSING_RULES,
-                    family,
-                    found[0][0],
-                    owner.network,
-                    owner.container_id,
-                    f"{len(found)} rule(s) missing: {texts}",
-                    rules=tuple(body.text(family) for _chain, body in found),
-                )
-            )
-    return problems

@@ -20,6 +20,7 @@ import realplugin as rp
 import upstream
 
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.status import ProblemKind
 from portmapctl.host import netns
 from portmapctl.nftables import inventory, planner, ruleset
 from portmapctl.nftables.access.nft import RealNft
@@ -216,8 +217,8 @@ def test_repair_after_flush_table(node: str) -> None:
     configs = [_config(s) for s in steps]
     broken = _rows(_read(node), configs)
     assert {p.kind for p in broken.problems} >= {
-        inventory.ProblemKind.NFT_MISSING_ENTRY,
-        inventory.ProblemKind.NFT_MISSING_RULES,
+        ProblemKind.NFT_MISSING_ENTRY,
+        ProblemKind.NFT_MISSING_RULES,
     }
     _apply(node, planner.setup(_read(node), _wanted(configs)))
     assert _bodies(_read(node)) == before

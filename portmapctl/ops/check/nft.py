@@ -37,7 +37,7 @@ from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
     from portmapctl.nftables.inventory import Foreign, NftInventory, NftMapping
-    from portmapctl.nftables.inventory import Problem as InventoryProblem
+    from portmapctl.nftables.problems import Problem as InventoryProblem
     from portmapctl.nftables.ruleset import Rule, Ruleset
     from portmapctl.nftables.wanted import WantedFamily
     from portmapctl.ops.nft import Split
@@ -588,8 +588,8 @@ def check_mapping(
     beyond that CHECK, the container's own rules its config does not make
     (`extra-rules`, as the node check: first-match-wins sends the port elsewhere).
     `live`: the plugin's tables in `families`, as read already (else read here)."""
-    from portmapctl.nftables.inventory import extra_rules, structure_problems
     from portmapctl.nftables.planner import missing_rules
+    from portmapctl.nftables.problems import extra_rules, structure_problems
     from portmapctl.nftables.wanted import wanted
 
     if live is None:

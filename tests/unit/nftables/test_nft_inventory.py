@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import nftcases
 
+from portmapctl.core.status import ProblemKind
 from portmapctl.nftables import inventory as inv
 from portmapctl.nftables.access.memory import MemoryNft
-from portmapctl.nftables.inventory import Owner, ProblemKind
+from portmapctl.nftables.inventory import Owner
 
 
 def _owners(case: str) -> list[Owner]:
