@@ -319,7 +319,7 @@ class Common(NamedTuple):
             netns=self.netns,
             cache_dirs=dirs,
             snapshots=snapshots or {},
-            backend=self.backend.value,
+            backend=self.plugin_backend,
             nft_snapshot=nft_snapshot,
             early_nft=self.early_nft,
             quiet=self.quiet,

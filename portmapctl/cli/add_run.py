@@ -155,7 +155,7 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
     contested warning then reads instead of listing them again."""
     if config.backend is not None:
         _other_than_cached(common, config, out)
-    if config.backend is not None or common.backend.value != "auto" or not _net_admin():
+    if config.backend is not None or common.plugin_backend is not None or not _net_admin():
         return config, None
     from dataclasses import replace
 
@@ -295,7 +295,7 @@ def _add(
     from portmapctl.ops.node import opened
 
     options = common.node_options()
-    keyless_here = config.backend is None and options.backend == "auto"
+    keyless_here = config.backend is None and options.backend is None
     if config.backend != Backend.NFTABLES and not (
         keyless_here and paths.find_tool("iptables") is None
     ):

@@ -459,7 +459,7 @@ def _worked_on(node: Node, mappings: List[Mapping]) -> List[Mapping]:
     """The mappings of the backends the command works on: under --backend iptables or
     nftables the other backend's rows are read only to judge flows (node_mappings),
     their ports are not this run's to flush."""
-    if node.options.backend == "auto" or not mappings:
+    if node.options.backend is None or not mappings:
         return mappings
     return [m for m in mappings if backend_of(m) == node.options.backend]
 

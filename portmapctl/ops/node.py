@@ -56,7 +56,8 @@ class NodeOptions:
     """The options every command takes (SPEC §3).
 
     `iptables` is how iptables is read and written (--iptables); `backend` which of
-    the plugin's backends to look at (--backend: auto, iptables, nftables).
+    the plugin's backends to look at (--backend): one of them, or None for auto (both,
+    each container followed to its own, as cli's Common.plugin_backend says it).
     """
 
     iptables: str = "auto"
@@ -64,7 +65,7 @@ class NodeOptions:
     netns: Optional[str] = None
     cache_dirs: Tuple[str, ...] = field(default_factory=paths.default_cni_cache_dirs)
     snapshots: Dict[int, str] = field(default_factory=dict)
-    backend: str = "auto"
+    backend: Optional[PluginBackend] = None
     nft_snapshot: Optional[str] = None
     # The backend the plugin takes on this node for a config without a `backend` key:
     # iptables wherever iptables works; nftables only where the node has none
@@ -75,6 +76,12 @@ class NodeOptions:
     early_nft: Optional[EarlyListing] = field(default=None, compare=False, repr=False)
     # -q: nothing on stderr but problems (no "waiting for the lock" line for cron to mail).
     quiet: bool = False
+
+    def __post_init__(self) -> None:
+        # Its word, as a core Backend: "auto" is None here, and a word of another
+        # vocabulary (an --iptables flavour) is refused, not read as neither backend.
+        if self.backend is not None:
+            object.__setattr__(self, "backend", PluginBackend(self.backend))
 
     @property
     def offline(self) -> bool:
@@ -105,7 +112,7 @@ class NodeOptions:
         spelled = ""
         if self.netns:
             spelled += f" --netns {shlex.quote(self.netns)}"
-        if self.backend != "auto":
+        if self.backend is not None:
             spelled += f" --backend {self.backend}"
         if self.iptables != "auto":
             spelled += f" --iptables {self.iptables}"
@@ -542,7 +549,7 @@ def _as_the_plugin_chooses(options: NodeOptions) -> NodeOptions:
 
     if options.offline or options.backend == PluginBackend.IPTABLES:
         return options
-    if options.backend == "auto" and options.iptables != "auto":
+    if options.backend is None and options.iptables != "auto":
         return options
     # (Found as the tools are found: on PATH, else in the sbin directories cron leaves out.)
     nft = paths.find_tool("nft")

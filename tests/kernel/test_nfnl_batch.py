@@ -153,7 +153,7 @@ def test_rules_it_cannot_re_add_make_it_delete_by_handle(nft_node, monkeypatch):
 
 
 def _node_for(node: Node_) -> Node:
-    return Node(NodeOptions(backend=node.mode, families=(4,)), open_backend(node.mode))
+    return Node(NodeOptions(iptables=node.mode, families=(4,)), open_backend(node.mode))
 
 
 @pytest.mark.parametrize("way", sorted(WAYS))

@@ -132,7 +132,7 @@ def test_a_plugin_call_between_read_and_write_fails_the_plan(node: Node_, race: 
     assert node.lines(4) == raced  # refused whole
     # converge re-reads and re-plans: the stale chains go, the plugin's work stays.
     with entered(node.ns):
-        node_ = Node(NodeOptions(backend=node.mode, families=(4,)), open_backend(node.mode))
+        node_ = Node(NodeOptions(iptables=node.mode, families=(4,)), open_backend(node.mode))
         node_.converge(4, lambda live: plan_teardown(live, _dn(stale)))
     expected = {f"c{i:02d}-{tag}" for i in range(0, 2 * BY_NUMBER_FROM + 2, 2)}
     if race != "add":

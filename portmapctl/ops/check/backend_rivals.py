@@ -164,9 +164,9 @@ def _fixes(node: Node, cache_present: bool) -> Fixes:
     backend a --backend given for this mapping does not name."""
     from portmapctl.ops.check.hints import fixes_for
 
-    if node.options.backend == "auto":
+    if node.options.backend is None:
         return fixes_for(node, cache_present)
-    return fixes_for(replace(node, options=replace(node.options, backend="auto")), cache_present)
+    return fixes_for(replace(node, options=replace(node.options, backend=None)), cache_present)
 
 
 def _plugin_nft(node: Node, families: Tuple[int, ...]) -> Optional[Ruleset]:

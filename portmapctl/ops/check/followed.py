@@ -46,12 +46,12 @@ def followed(
         )
     if (
         config.backend == Backend.NFTABLES
-        and node.options.backend == "auto"
+        and node.options.backend is None
         and _key_ignored(node, config)
     ):
         # Its config (--cni-config) says nftables: as its cached one would, below.
         return replace(config, backend=Backend.IPTABLES), (_key_ignored_note(config),)
-    if config.backend is not None or node.options.backend != "auto" or node.nft is None:
+    if config.backend is not None or node.options.backend is not None or node.nft is None:
         return config, ()
     from portmapctl.cni.cache import configured_backend
 
