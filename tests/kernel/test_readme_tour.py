@@ -1,13 +1,14 @@
 """The README's tour on the example node loaded into a namespace, run as a reader runs it.
 
-README.md's check, gc and flush-udp examples run against `examples/` loaded into a
-namespace `demo`, beside a namespace `ctr` that the cached containers name
-(docs/commands/README.md#trying-the-examples says how). Neither tests/unit/test_docs.py
-(files only) nor tests/kernel/test_docs_demo_node.py (docs/demo_node.py's node) runs
-them. Here they run with those very names, in a mount namespace of their own whose
-/run/netns is a private tmpfs (no other run on this machine sees `demo` or `ctr`), on an
-80-column terminal as the README says, and must print what it shows (stdout and
-stderr, lines in any order; gc's SEEN column aside) and exit as the tour says.
+README.md's check, gc and flush-udp examples (and check.md's repair of the same node)
+run against `examples/` loaded into a namespace `demo`, beside a namespace `ctr` that
+the cached containers name (docs/commands/README.md#trying-the-examples says how).
+Neither tests/unit/test_docs.py (files only) nor tests/kernel/test_docs_demo_node.py
+(docs/demo_node.py's node) runs them. Here they run with those very names, in a mount
+namespace of their own whose /run/netns is a private tmpfs (no other run on this
+machine sees `demo` or `ctr`), on an 80-column terminal as the pages say, and must
+print what they show (stdout and stderr, lines in any order; gc's SEEN column aside)
+and exit as they say.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import pytest
 from docexamples import console_examples
@@ -71,12 +72,10 @@ def _normal(lines: List[str]) -> List[str]:
     return sorted(_SEEN.sub("Ns", line.rstrip()) for line in lines)
 
 
-@pytest.mark.netns
-def test_readme_tour_on_the_example_node_prints_what_the_readme_shows(tmp_path):
+def _on_example_node(argvs: List[List[str]], tmp_path: Path) -> List[Tuple[int, List[str]]]:
+    """Each command line on a fresh example node, in turn: (exit code, output lines)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1)")
-    tour = [e for e in console_examples(README) if "--netns" in e.argv and "demo" in e.argv]
-    assert [e.argv[0] for e in tour] == ["check", "gc", "gc", "flush-udp"]
     env = {
         k: v
         for k, v in os.environ.items()
@@ -89,16 +88,35 @@ def test_readme_tour_on_the_example_node_prints_what_the_readme_shows(tmp_path):
     )  # fmt: skip
     done = subprocess.run(
         ["unshare", "-m", "--propagation", "private", sys.executable, "-c", _ON_NODE,
-         json.dumps([e.argv for e in tour])],
+         json.dumps(argvs)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     results = [json.loads(line) for line in done.stdout.splitlines()]
-    assert len(results) == len(tour), done.stdout
+    assert len(results) == len(argvs), done.stdout
+    return [(code, out.replace("\r", "").rstrip("\n").split("\n")) for code, out in results]
+
+
+@pytest.mark.netns
+def test_readme_tour_on_the_example_node_prints_what_the_readme_shows(tmp_path):
+    tour = [e for e in console_examples(README) if "--netns" in e.argv and "demo" in e.argv]
+    assert [e.argv[0] for e in tour] == ["check", "gc", "gc", "flush-udp"]
+    results = _on_example_node([e.argv for e in tour], tmp_path)
     # The tour's words: check finds problems (exit 1), the rest succeed.
-    expected_codes = [1, 0, 0, 0]
-    for example, (code, printed), want in zip(tour, results, expected_codes):
+    for example, (code, lines), want in zip(tour, results, [1, 0, 0, 0]):
         where = f"README.md:{example.line}: {' '.join(example.words)}"
-        lines = printed.replace("\r", "").rstrip("\n").split("\n")
-        assert code == want, f"{where}: exit {code}\n{printed}"
+        assert code == want, f"{where}: exit {code}\n{lines}"
         assert _normal(lines) == _normal(example.shown), where
+
+
+@pytest.mark.netns
+def test_check_md_repair_of_the_example_node_prints_what_the_page_shows(tmp_path):
+    """check.md's `check --repair` of "the same node loaded into a namespace", on an
+    80-column terminal: it repairs the missing entry rule and exits 1 (the shadowed and
+    stale problems remain, as the page says)."""
+    page = ROOT / "docs" / "commands" / "check.md"
+    [example] = [e for e in console_examples(page) if "--netns" in e.argv and "demo" in e.argv]
+    [(code, lines)] = _on_example_node([example.argv], tmp_path)
+    where = f"check.md:{example.line}: {' '.join(example.words)}"
+    assert code == 1, f"{where}: exit {code}\n{lines}"
+    assert _normal(lines) == _normal(example.shown), where
