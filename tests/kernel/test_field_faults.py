@@ -469,6 +469,39 @@ def test_gc_with_a_full_run_dir_reports_what_it_did_flushes_and_exits_3(node, fu
     assert "dport=6000" not in flows
 
 
+def test_a_sighting_a_full_run_dir_kept_never_hastens_a_removal(node, full_run_dir):
+    """A gc that removed a chain but could not rewrite its state file (full /run:
+    journald's volatile logs fill it) left the chain's old sighting on file. The same
+    container started again (podman restart: same ID, address and ports) has the same
+    chain with the same rules; a gc that ran during its ADD, before libcni wrote its
+    cache entry, found that sighting older than --min-age and removed the chain at
+    once (the min-age rule exists for exactly this), and the container came up live
+    without its mapping, also after the run directory had room again. Now a state file
+    that cannot be rewritten is removed (forgetting only delays a removal): the chain
+    is pending, first seen now."""
+    ns, cache = node
+    stale = rp.plugin_conf("mynet", ["10.88.0.13/16"], UDP)
+    rp.run_plugin("ADD", ns, "again1", stale, check=True)
+    gc_args = ["gc", "--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache), "--yes"]
+    env = {"PORTMAPCTL_RUN_DIR": str(full_run_dir)}
+    (full_run_dir / "filler").unlink()
+    ok([*gc_args, "--min-age", "1s"], env=env)  # sighted, while there was room
+    fill(full_run_dir)
+    time.sleep(1.2)
+    done = run([*gc_args, "--min-age", "1s"], env=env)
+    assert done.returncode == 3, done.stderr  # removed, its sighting not forgotten
+    assert chain_name("mynet", "again1") not in rp.save(ns)
+    (full_run_dir / "filler").unlink()  # room again
+
+    # Started again: the plugin's ADD is done, libcni has not written the entry yet.
+    rp.run_plugin("ADD", ns, "again1", stale, check=True)
+    done = run([*gc_args, "--min-age", "1s", "-o", "json"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert chain_name("mynet", "again1") in rp.save(ns)
+    pending = json.loads(done.stdout)["pending"]
+    assert [(p["container_id"], p["seen_seconds"] < 1) for p in pending] == [("again1", True)]
+
+
 def test_gc_with_nothing_to_remember_is_fine_with_a_full_run_dir(node, full_run_dir):
     """A cron gc on a healthy node whose /run is full: nothing stale, nothing pending,
     no state file before, so none to write. It wrote an empty one anyway and exited 3

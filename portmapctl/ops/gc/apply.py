@@ -208,9 +208,9 @@ def _apply_gc_to(
         except HostProblem as err:
             # /run full or read-only: the chains are gone already (a dry run's plan
             # is made). What was done is still reported and the conntrack flush still
-            # runs; the caller ends with this as the one error line (exit 3). Not
-            # remembering the sightings only makes later runs wait --min-age again:
-            # nothing unsafe.
+            # runs; the caller ends with this as the one error line (exit 3). The
+            # save removed the file it could not replace (state._forget_all): later
+            # runs wait --min-age again, never less.
             state_error = str(err)
     deleted, flush_warnings = 0, ()
     if not options.dry_run and options.flush_udp:

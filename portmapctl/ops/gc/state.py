@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
@@ -210,7 +211,29 @@ def save(
         {"version": VERSION, "boot_id": _boot_id(), "namespaces": namespaces},
         separators=(",", ":"),
     )
-    write_atomically(_path(state_dir), text.encode())
+    try:
+        write_atomically(_path(state_dir), text.encode())
+    except HostProblem:
+        _forget_all(state_dir)
+        raise
+
+
+def _forget_all(state_dir: str) -> None:
+    """Remove the state file after a save that could not replace it (a full /run).
+    The file still holds what the run meant to forget: the sightings of chains it
+    removed, or that became live or changed. Kept, such a sighting let the chain's next
+    not-live moment pass --min-age at once: a container started again under its ID
+    with the same rules, seen during its ADD before libcni wrote its cache entry, lost
+    its chain (the min-age rule exists for that moment). Without the file every chain
+    waits --min-age again: a delay, never a hastened removal. Best effort (a removal
+    needs no room); only our own regular file is removed."""
+    path = _path(state_dir)
+    try:
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def merged(
