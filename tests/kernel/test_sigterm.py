@@ -6,6 +6,7 @@ metrics' rendering, sleeps once its temporary file exists), the only stand-in.""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -133,6 +134,38 @@ def test_sigterm_after_the_family_applied_ahead_still_flushes_its_udp_flows(host
     assert chain_name("mynet", "gone1") in rp.save(host_ns, 4)  # never planned
     flows = _conntrack(host_ns, "-L", "-f", "ipv6", "-p", "udp")
     assert "dport=6000" not in flows, flows
+
+
+@pytest.mark.parametrize("where", ["converge", "save"])
+def test_a_removal_stopped_by_sigterm_leaves_no_sighting_of_what_it_removed(
+    host_ns, tmp_path, where
+):
+    """SIGTERM once gc's removal went in, before its state save replaced the file
+    (`converge`), or during it (`save`): the file kept the removed chain's sighting
+    from the run before. The same container started again under its ID (podman
+    restart: same address and ports, so the same chain and rules), seen by the next
+    gc during its ADD, before libcni wrote its cache entry, had that old sighting pass
+    --min-age and lost its chain at once: live, without its mapping. Now a removal
+    stopped on its way forgets every sighting (the file goes): the chain is pending,
+    first seen now."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], PORTS)
+    rp.run_plugin("ADD", host_ns, "gone1", conf, check=True)
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    argv = ["gc", "--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"),
+            "--keep", "other1", "--min-age", "1s", "--yes"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    pm_run(argv, env=env)  # sighted
+    time.sleep(1.2)
+    code, _out, err = killed_while_writing(argv, env, where, tmp_path / "marker")
+    assert code == -signal.SIGTERM, err
+    assert chain_name("mynet", "gone1") not in rp.save(host_ns)
+
+    rp.run_plugin("ADD", host_ns, "gone1", conf, check=True)  # started again
+    done = pm_run([*argv, "-o", "json"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert chain_name("mynet", "gone1") in rp.save(host_ns)
+    pending = json.loads(done.stdout)["pending"]
+    assert [(p["container_id"], p["seen_seconds"] < 1) for p in pending] == [("gone1", True)]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

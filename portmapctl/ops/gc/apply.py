@@ -88,14 +88,20 @@ def _apply_gc(
 ) -> GcResult:
     went: List[FamilyPlan] = []
     nft_went: List[NftPlan] = []
+    saved: List[bool] = []  # [True] once the state file says what this run did
     try:
-        return _apply_gc_to(node, planned, progress, went, nft_went, before_lock)
+        return _apply_gc_to(node, planned, progress, went, nft_went, saved, before_lock)
     except Interrupted as stop:
         # SIGTERM or Ctrl-C once some removal went in: its UDP flows are flushed on the
         # way out (again, if the flush was under way), or they keep the dead DNAT and
         # no later gc knows their ports (it finds nothing to remove).
         if planned.options.flush_udp and (went or nft_went):
             flush_removed(node, went, nft_went[0] if nft_went else None)
+        if (went or nft_went) and not saved:
+            # The state save is not reached (or was cut short): on file stay the
+            # sightings of the chains just removed, and the same container started
+            # again under its ID would have its chain pass --min-age at once.
+            gc_state.forget_all(planned.options.state_dir)
         say_removed(stop, [*went, *nft_went])
         raise
 
@@ -106,9 +112,11 @@ def _apply_gc_to(
     progress: Optional[Progress],
     went: List[FamilyPlan],
     nft_went: List[NftPlan],
+    saved: List[bool],
     before_lock: Optional[Callable[[], None]] = None,
 ) -> GcResult:
-    """_apply_gc's work; `went` and `nft_went` get each removal as it goes in."""
+    """_apply_gc's work; `went` and `nft_went` get each removal as it goes in, `saved`
+    True once the state file is saved."""
     from portmapctl.ops.gc import nft as gc_nft  # loaded only when a run applies, as in plan.py
 
     total = planned.removing
@@ -205,11 +213,12 @@ def _apply_gc_to(
     with locked(node) if options.dry_run else contextlib.nullcontext():
         try:
             gc_state.save(options.state_dir, planned.namespace, remembered, planned.seen)
+            saved.append(True)
         except HostProblem as err:
             # /run full or read-only: the chains are gone already (a dry run's plan
             # is made). What was done is still reported and the conntrack flush still
             # runs; the caller ends with this as the one error line (exit 3). The
-            # save removed the file it could not replace (state._forget_all): later
+            # save removed the file it could not replace (state.forget_all): later
             # runs wait --min-age again, never less.
             state_error = str(err)
     deleted, flush_warnings = 0, ()

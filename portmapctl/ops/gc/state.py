@@ -214,14 +214,15 @@ def save(
     try:
         write_atomically(_path(state_dir), text.encode())
     except HostProblem:
-        _forget_all(state_dir)
+        forget_all(state_dir)
         raise
 
 
-def _forget_all(state_dir: str) -> None:
-    """Remove the state file after a save that could not replace it (a full /run).
-    The file still holds what the run meant to forget: the sightings of chains it
-    removed, or that became live or changed. Kept, such a sighting let the chain's next
+def forget_all(state_dir: str) -> None:
+    """Remove the state file after a save that could not replace it (a full /run), or
+    that a removal stopped on its way (SIGTERM, Ctrl-C) never came to: the file still
+    holds what the run meant to forget, the sightings of chains it removed, or that
+    became live or changed. Kept, such a sighting let the chain's next
     not-live moment pass --min-age at once: a container started again under its ID
     with the same rules, seen during its ADD before libcni wrote its cache entry, lost
     its chain (the min-age rule exists for that moment). Without the file every chain
