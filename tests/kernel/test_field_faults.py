@@ -216,6 +216,43 @@ def test_a_hung_iptables_restore_is_run_once_then_exit_3(host_ns, iptables_mode,
     assert _nat_save(ns, mode) == before  # (this restore never commits)
 
 
+def test_a_gc_restore_that_went_in_then_hung_leaves_no_sighting_of_what_it_removed(
+    host_ns, iptables_mode, tmp_path
+):
+    """gc's restore committed, then did not exit (a stuck iptables, killed at the
+    timeout: "may have gone in"). gc saved, as for a removal that had not gone in, the
+    sightings of the chains it planned to remove, first seen before. The same container
+    started again under its ID (same address and ports: the same chain and rules),
+    seen by the next gc during its ADD before libcni wrote its cache entry, had that
+    old sighting pass --min-age and lost its chain at once. Now a family whose write
+    may have gone in keeps no sighting: the chain is pending, first seen now."""
+    ns, mode = host_ns, iptables_mode
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    stale = rp.plugin_conf("mynet", ["10.88.0.8/16"], [rp.port_mapping(8083, 80)])
+    rp.run_plugin("ADD", ns, "gone1", stale, mode=mode, check=True)  # never cached
+    args = ["gc", "--netns", ns, "--iptables", mode, "--cni-cache-dir", str(tmp_path / "cni"),
+            "--keep", "other1", "--family", "4", "--yes", "--min-age", "1s"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    ok(args, env=env)  # sighted
+    time.sleep(1.2)
+    folder = tmp_path / "wrap"
+    folder.mkdir()
+    tool = f"iptables-{mode}-restore"
+    (folder / tool).write_text(f'#!/bin/bash\n/usr/sbin/{tool} "$@"\nexec sleep 600\n')
+    (folder / tool).chmod(0o755)
+    hung = {"PATH": f"{folder}:{os.environ['PATH']}", "PORTMAPCTL_IPTABLES_TIMEOUT": "1",
+            "PORTMAPCTL_NFT_BATCH": "0"}  # fmt: skip
+    assert_error(run(args, env={**env, **hung}), 3, "may have gone in")
+    assert chain_name("mynet", "gone1") not in _nat_save(ns, mode)  # it went in
+
+    rp.run_plugin("ADD", ns, "gone1", stale, mode=mode, check=True)  # started again
+    done = run([*args, "-o", "json"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert chain_name("mynet", "gone1") in _nat_save(ns, mode)
+    pending = json.loads(done.stdout)["pending"]
+    assert [(p["container_id"], p["seen_seconds"] < 1) for p in pending] == [("gone1", True)]
+
+
 def _without_dac(args: List[str]) -> subprocess.CompletedProcess:
     """portmapctl as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: file modes
     apply to it, as to a non-root user (or root in a user namespace)."""

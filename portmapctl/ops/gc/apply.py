@@ -154,7 +154,12 @@ def _apply_gc_to(
         if done is None:
             if failure is None:
                 failure, failed_family = error, family
-            remembered.update(first.seen)  # nothing went: remember all of it
+            if not getattr(error, "maybe_applied", False):
+                remembered.update(first.seen)  # nothing went: remember all of it
+            # Else its write may have gone in (a tool killed or timed out after its
+            # commit): the family's sightings are forgotten, as a removal forgets them.
+            # Kept, the old sighting of a removed chain let the same container's chain,
+            # made again under its ID, pass --min-age at once during its next ADD.
             continue
         plans.append(done)
         if not options.dry_run:
