@@ -66,16 +66,21 @@ def killed(tool: str, number: int) -> ApplyFailed:
     """The tool writing a transaction died of signal `number` (the OOM killer, a stop
     signal to its group): maybe after its commit, which the kernel makes whole or not
     at all; the caller's next read tells which."""
+    return ApplyFailed(
+        f"{tool} was killed by {signal_name(number)} (a transaction is applied whole or"
+        " not at all)",
+        maybe_applied=True,
+    )
+
+
+def signal_name(number: int) -> str:
+    """`SIGKILL` for 9; `signal N` for a number Python does not name."""
     import signal
 
     try:
-        name = signal.Signals(number).name
+        return signal.Signals(number).name
     except ValueError:
-        name = f"signal {number}"
-    return ApplyFailed(
-        f"{tool} was killed by {name} (a transaction is applied whole or not at all)",
-        maybe_applied=True,
-    )
+        return f"signal {number}"
 
 
 def found_in(where: str, err: ApplyFailed) -> str:

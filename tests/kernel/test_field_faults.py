@@ -155,6 +155,38 @@ def test_a_hung_iptables_save_is_killed_with_its_children_exit_3(node, tmp_path,
     assert _gone(pids), "a save is still running"
 
 
+@pytest.mark.parametrize("signal_name", ["SEGV", "KILL"])
+@pytest.mark.parametrize("command", ["list", "gc"])
+@pytest.mark.parametrize("tool", ["iptables-nft-save", "nft"])
+def test_a_read_killed_by_a_signal_says_so_and_what_to_do(
+    node, tmp_path, signal_name, command, tool
+):
+    """iptables-save (or `nft -j list`) killed by a signal (a crash, the OOM killer in
+    a DaemonSet's memory limit on a node with a big table): the line said
+    "iptables-nft-save failed: no error message" ("nft -j list table ip cni_hostport
+    failed: failed"), which neither says what happened nor what to do. Now it names
+    the signal, says nothing was changed and to run again. Exit 3."""
+    ns, cache = node
+    folder = tmp_path / "wrap"
+    folder.mkdir()
+    kill = f"exec kill -{signal_name} $$\n"
+    if tool == "nft":  # (its version is asked first: answered, the listing dies)
+        scripts = {"nft": f'[ "$1" = --version ] && exec /usr/sbin/nft "$@"\n{kill}'}
+    else:
+        scripts = {name: kill for name in ("iptables-nft-save", "ip6tables-nft-save")}
+    for name, body in scripts.items():
+        (folder / name).write_text(f"#!/bin/bash\n{body}")
+        (folder / name).chmod(0o755)
+    env = {"PATH": f"{folder}:{os.environ['PATH']}"}
+    args = [command, "--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
+    args += ["--yes", "--min-age", "0"] if command == "gc" else []
+    before = _nat_save(ns, "nft")
+    done = run(args, env=env)
+    assert_error(done, 3, f"{tool} was killed by SIG{signal_name}" if tool != "nft" else
+                 f"was killed by SIG{signal_name}", "nothing was changed", "run again")  # fmt: skip
+    assert _nat_save(ns, "nft") == before
+
+
 def _hanging_restore(tmp_path: Path, mode: str) -> tuple:
     """iptables-MODE-restore and ip6tables-MODE-restore that never answer (each start
     logged); the saves and listings are the real ones."""

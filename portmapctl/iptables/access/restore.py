@@ -15,7 +15,14 @@ from dataclasses import replace
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Flavour
-from portmapctl.errors import ApplyFailed, BadInput, HostProblem, ToolTimedOut, killed
+from portmapctl.errors import (
+    ApplyFailed,
+    BadInput,
+    HostProblem,
+    ToolTimedOut,
+    killed,
+    signal_name,
+)
 from portmapctl.host import settings
 from portmapctl.host.paths import find_tool
 from portmapctl.iptables.access import NEW_NAT_TABLE, legacy_nat_present, legacy_read_skipped
@@ -170,7 +177,7 @@ class RestoreBackend:
         done = self._run(argv)
         read_at = self._read_at(before)
         if done.returncode != 0:
-            raise _host_problem(argv[0], done.stderr)
+            raise _read_failed(argv[0], done.returncode, done.stderr)
         table = _parse(done.stdout, family, argv[0])
         return table if read_at is None else replace(table, generation=read_at)
 
@@ -247,7 +254,7 @@ class RestoreBackend:
         tables = {}
         for family, (stdout, stderr) in outputs.items():
             if running[family].returncode != 0:
-                raise _host_problem(argvs[family][0], _decode(stderr))
+                raise _read_failed(argvs[family][0], running[family].returncode, _decode(stderr))
             table = _parse(_decode(stdout), family, argvs[family][0])
             tables[family] = table if read_at is None else replace(table, generation=read_at)
         tables.update(absent or {})
@@ -468,6 +475,19 @@ def _first_line(text: str) -> str:
     if len(lines) > 1 and lines[0].endswith(":"):
         return f"{lines[0]} {lines[1]}"
     return lines[0] if lines else ""
+
+
+def _read_failed(binary: str, returncode: int, stderr: str) -> HostProblem:
+    """The one line for a save that failed: killed by a signal (a crash, the OOM killer
+    in a pod's memory limit on a big table) it says nothing itself, and the line said
+    "failed: no error message"."""
+    if returncode < 0:
+        return HostProblem(
+            f"{binary} was killed by {signal_name(-returncode)} while it read the nat table"
+            " (a crash, or the OOM killer: see the kernel log): nothing was changed; run"
+            " again"
+        )
+    return _host_problem(binary, stderr)
 
 
 def _host_problem(binary: str, stderr: str) -> HostProblem:

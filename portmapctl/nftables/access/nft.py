@@ -26,7 +26,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Callable, Iterable, List, NamedTuple, Optional, Tuple
 
-from portmapctl.errors import HostProblem, ToolTimedOut, killed
+from portmapctl.errors import HostProblem, ToolTimedOut, killed, signal_name
 from portmapctl.host.paths import find_tool
 from portmapctl.nftables import FAMILY_NAMES, TABLE
 from portmapctl.nftables.access import NftApplyFailed, NftUnusable
@@ -323,6 +323,12 @@ class RealNft:
         documents = []
         for family, proc in done:
             source = f"nft -j list table {FAMILY_NAMES[family]} {TABLE}"
+            if proc.returncode < 0:
+                # (A crash, the OOM killer: it says nothing; "failed: failed" said less.)
+                raise HostProblem(
+                    f"{source} was killed by {signal_name(-proc.returncode)} (a crash, or"
+                    " the OOM killer: see the kernel log): nothing was changed; run again"
+                )
             if proc.returncode != 0:
                 reason = first_error(proc.stderr)
                 if reason.startswith("No such file or directory"):
