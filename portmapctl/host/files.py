@@ -164,8 +164,14 @@ _REMEDIES = {
 def cannot_write(path: str, err: OSError) -> HostProblem:
     """The one line for a failed write of our file `path`, with the remedy for its
     cause where there is one."""
+    return HostProblem(f"cannot write {path}: {err.strerror}{remedy_of(err)}")
+
+
+def remedy_of(err: OSError) -> str:
+    """` (what to do)` for a failed write or creation of our files in the run
+    directory, where one remedy fits its cause; "" elsewhere."""
     remedy = _REMEDIES.get(err.errno or 0)
-    return HostProblem(f"cannot write {path}: {err.strerror}" + (f" ({remedy})" if remedy else ""))
+    return f" ({remedy})" if remedy else ""
 
 
 # The temporary files of write_atomically: the file's name, a PID, ".tmp".

@@ -69,7 +69,10 @@ def open_refused(path: str, err: OSError, what: str) -> HostProblem:
         planted = False
     if planted:
         return not_ours(path)
-    return HostProblem(f"cannot open {what} {path}: {err.strerror}")
+    from portmapctl.host.files import remedy_of
+
+    # (A read-only /run, or one out of room or inodes: the same remedy as a write's.)
+    return HostProblem(f"cannot open {what} {path}: {err.strerror}{remedy_of(err)}")
 
 
 def open_own(path: str, flags: int, what: str) -> int:

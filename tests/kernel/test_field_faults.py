@@ -652,6 +652,36 @@ def _listing(base: Path) -> list:
     return found
 
 
+@pytest.mark.parametrize("case", ["read-only", "no-inodes"])
+def test_a_lock_file_that_cannot_be_made_says_what_to_do(node, tmp_path, case):
+    """The lock file cannot be made in the run directory: /run read-only (a container
+    whose /run is a read-only mount), or out of inodes (a small tmpfs full of files,
+    while it still has blocks). The line said only what open(2) said ("cannot open
+    lock file /run/portmapctl/lock: Read-only file system", "... No space left on
+    device"), where a write of gc's state file in the same directory says the remedy.
+    Now the lock's line says it too. Exit 3, nothing changed."""
+    _needs_root()
+    ns, cache = node
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    options = "ro,size=64k" if case == "read-only" else "size=64k,nr_inodes=2"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options},mode=0700", "tmpfs",
+                    str(run_dir)], check=True)  # fmt: skip
+    try:
+        if case == "no-inodes":
+            (run_dir / "other").write_text("")  # (the root directory is the other inode)
+        remedy = {"read-only": "PORTMAPCTL_RUN_DIR moves it",
+                  "no-inodes": "free space in the run directory"}[case]  # fmt: skip
+        before = rp.strip_save_comments(rp.save(ns))
+        for command in (["gc", "--yes", "--min-age", "0"], ["check", "--repair"]):
+            args = [*command, "--netns", ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
+            done = run(args, env={"PORTMAPCTL_RUN_DIR": str(run_dir)})
+            assert_error(done, 3, f"cannot open lock file {run_dir / 'lock'}", remedy)
+        assert rp.strip_save_comments(rp.save(ns)) == before
+    finally:
+        subprocess.run(["umount", "-l", str(run_dir)], check=False)
+
+
 @pytest.mark.parametrize("case", RUN_DIR_CASES + STATE_CASES)
 def test_an_unusable_run_dir_is_one_line_exit_3_and_changes_nothing(node, tmp_path, case):
     """Whatever keeps a command from using the run directory as it must (a file where
