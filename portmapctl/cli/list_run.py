@@ -60,6 +60,8 @@ def run(
             nft_rows: list = []
             if reader is not None:
                 nft_rows = _nft_rows(node, reader, attachments, found, out)
+                for unread in node.nft_unread():
+                    out.warn(unread)
             # (Where the plugin's nftables tables are, even empty, the plugin is
             # there: only containers' chains in the other flavour are worth a word.)
             from portmapctl.ops.flavour_guard import chains_elsewhere

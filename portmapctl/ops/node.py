@@ -165,6 +165,18 @@ class Node:
             self.nft_unusable = err
             return EMPTY
 
+    def nft_unread(self) -> List[str]:
+        """The warning of a whole-node command that went on without the plugin's
+        nftables tables: nft cannot be used here (nft_unusable), the kernel holds them
+        (or cannot be asked), and no cached container needed them (that stops the
+        command). Their rules forward ports all the same: said, never passed over."""
+        if self.nft_unusable is None:
+            return []
+        return [
+            f"the plugin's nftables tables (cni_hostport) are not read: {self.nft_unusable};"
+            " their rules still forward ports, and are not shown, checked or removed"
+        ]
+
     def _plugin_tables_may_be_here(self, families: Tuple[int, ...]) -> bool:
         """Whether the kernel may hold the plugin's `cni_hostport` table in `families`:
         asked over netlink (no nft needed), for the real nft of a live node only (an

@@ -481,3 +481,31 @@ def test_a_node_without_nft_and_without_the_plugins_tables_is_not_stopped_by_the
         done = pmctl.run([*command, *where], hide=no_nft)
         pmctl.assert_error(done, 3, "nft not found")
         assert "--backend iptables works on the iptables ones alone" in done.stderr
+
+
+def test_plugin_tables_nft_cannot_read_are_said_not_passed_over(node: str, tmp_path: Path) -> None:
+    """nft gone (a slim DaemonSet image, nft removed after the plugin moved back to
+    iptables) while the kernel still holds the v1.9.1 plugin's cni_hostport table of a
+    container no cached config names: list printed its iptables rows and nothing else,
+    check said healthy and gc removed nothing there, none of them with a word on stderr,
+    though the table's rules forward the port all the same. Each now says the plugin's
+    tables are not read, and why (its exit stays the iptables work's)."""
+    _plugin_add(node, tmp_path, API, cached=False)  # left over: no cache entry says nftables
+    cid, ips, ports = WEB[0], ["10.88.0.5/16"], WEB[2]
+    conf = rp.plugin_conf("podman", ips, ports)
+    rp.run_plugin("ADD", node, cid, conf, check=True)  # Debian's: iptables
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips)
+    no_nft = [os.path.realpath(shutil.which("nft") or "/usr/sbin/nft")]
+    where = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
+    for command, code in (
+        (["list"], 0),
+        (["check"], 0),
+        (["gc", "--yes", "--min-age", "0"], 0),
+        (["flush-udp", "--dry-run"], 0),
+    ):
+        done = pmctl.run([*command, *where], hide=no_nft)
+        assert done.returncode == code, (command, done.stdout + done.stderr)
+        said = [line for line in done.stderr.splitlines() if "cni_hostport" in line]
+        assert len(said) == 1, (command, done.stderr)
+        assert "nft not found" in said[0] and "not read" in said[0], said
+    assert "api1" in upstream.ruleset_json(node)  # gc left the table as it was

@@ -232,6 +232,7 @@ def _check_node(
             *cni_cache.warnings(attachments, node.options.cache_dirs),
             *unsure_warnings(owners),
             *elsewhere,
+            *node.nft_unread(),
             *([undecided] if undecided is not None else ()),
         ),
     )

@@ -252,6 +252,7 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         configured = configured_nft(attachments)
         if configured:
             raise node.nft_unusable.needed_by(configured)
+        warnings += node.nft_unread()
         nft_rules = None
         remembered.update({key: value for key, value in seen.items() if key.nft})
     live = liveness(sources, attachments)  # the same for every family
