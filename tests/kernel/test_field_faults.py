@@ -142,7 +142,7 @@ def _hanging_save(tmp_path: Path) -> tuple:
 
 
 @pytest.mark.parametrize("families", [["--family", "4"], []], ids=["one-save", "two-saves"])
-def test_a_hung_iptables_save_is_killed_with_its_children_exit_3(node, tmp_path, families):
+def test_a_hung_iptables_save_is_killed_exit_3(node, tmp_path, families):
     ns, cache = node
     env, log = _hanging_save(tmp_path)
     started = time.monotonic()
