@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import replace
-from typing import TYPE_CHECKING, Iterator, List, Optional
+from typing import TYPE_CHECKING, Collection, FrozenSet, Iterator, List, Optional
 
 import typer
 
@@ -148,6 +148,7 @@ def gc_command(
         # Asking: read and plan once, without the lock (no other run waits on a
         # person), ask, then take the lock, read and plan again, limited to what was
         # confirmed, and apply that.
+        shown: FrozenSet[str] = frozenset()  # warnings said before the question
         with opened(node_opts, write=not dry_run, lock_now=not ask) as node:
             with out.busy("reading the ruleset"):
                 # Not asking: the smaller family goes in while the other is planned.
@@ -163,6 +164,11 @@ def gc_command(
                     _show(out, preview, options.min_age, cache, asked_dry_run=False)
                     _not_recorded(preview)
                     return
+                # Its warnings before the question (a --keep that keeps nothing, chains
+                # in the other flavour): they may change the answer. Not said again.
+                shown = frozenset(preview.warnings)
+                for warning in preview.warnings:
+                    out.warn(warning)
                 out.show(
                     render.gc_table(
                         preview, options.min_age, preview=True, wide=out.wide,
@@ -204,7 +210,7 @@ def gc_command(
             recorder.note_gc(result, node_opts.families)
         if not ask:
             out.cache_note(cache, told_by)
-        _show(out, result, options.min_age, cache, asked_dry_run=dry_run)
+        _show(out, result, options.min_age, cache, asked_dry_run=dry_run, said=shown)
         if common.verbose and dry_run:
             sys.stderr.write(render.transactions_text(result.transactions, tools))
         _not_recorded(result)
@@ -271,12 +277,19 @@ def _answer(question: str) -> Optional[bool]:
 
 
 def _show(
-    out: Output, result: GcResult, min_age: float, cache: CacheInfo, asked_dry_run: bool
+    out: Output,
+    result: GcResult,
+    min_age: float,
+    cache: CacheInfo,
+    asked_dry_run: bool,
+    said: Collection[str] = (),
 ) -> None:
+    """The result; `said`: warnings shown already (before the question)."""
     from portmapctl import render
 
     for warning in result.warnings:
-        out.warn(warning)
+        if warning not in said:
+            out.warn(warning)
     if out.json:
         out.print_json(render.gc_json(result, min_age, cache.json()))
         return

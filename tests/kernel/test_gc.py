@@ -406,6 +406,35 @@ def test_valid_attachments_and_keep(nft_node: Node_, tmp_path):
     node.check("a1")
 
 
+def test_a_keep_that_matches_no_container_is_said(nft_node: Node_, tmp_path):
+    """`gc --keep web` (a runtime's container name where an ID belongs) kept nothing
+    and said nothing: the chain of the container it was meant to keep went, and the
+    dry run or the question before it showed no sign. Now each --keep that no
+    container on the node (a chain's rules, the plugin's nftables rules, the cache)
+    has an ID starting with is named in a warning; one that does is not."""
+    node = nft_node
+    node.add("neta", "a1b2c3", ["10.88.0.11/16"], _ports("8081/tcp"), cache=False)
+    nowhere = tmp_path / "no-cache"
+    done = node.gc("--dry-run", "--min-age", "0", "--keep", "web", "--keep", "a1b",
+                   cache=nowhere)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "--keep" in line]
+    assert len(said) == 2, done.stderr  # the cache note names --keep too
+    [unmatched] = [line for line in said if "matches no container" in line]
+    assert "--keep web matches no container" in unmatched, unmatched
+    assert "a1b" not in unmatched
+    done = node.gc("--yes", "--min-age", "0", "-o", "json", "--keep", "a1b", cache=nowhere)
+    assert "matches no container" not in done.stderr, done.stderr
+    assert json.loads(done.stdout)["removed"] == []
+    # Asked on a terminal: said before the question (it may change the answer), once.
+    argv = ["gc", "--netns", node.ns, "--iptables", "nft", "--cni-cache-dir", str(nowhere),
+            "--min-age", "0", "--keep", "web"]  # fmt: skip
+    code, shown, _ = _on_terminal(argv, b"y")
+    assert code == 0, shown
+    assert shown.count("--keep web matches no container") == 1, shown
+    assert shown.index("--keep web matches no container") < shown.index("Remove 1 chain"), shown
+
+
 def _one_live_one_stale(node: Node_) -> tuple:
     """live1 (cached) and stale1 (not) on gcnet: (the IPv4 table's lines before, the
     gc command line that asks about stale1)."""

@@ -11,6 +11,7 @@ from typing import (
     TYPE_CHECKING,
     Dict,
     FrozenSet,
+    Iterable,
     List,
     Mapping,
     Optional,
@@ -33,6 +34,7 @@ from portmapctl.iptables.shapes import paired_snat_chain
 
 if TYPE_CHECKING:
     from portmapctl.host.netns import NamespaceView
+    from portmapctl.iptables.ruleset import NatTable
 
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
 # gc plans from ChainFacts; a ChainInfo (list, check) answers the same questions.
@@ -215,6 +217,38 @@ def _is_cni_name(value: str) -> bool:
     except BadInput:
         return False
     return True
+
+
+def unmatched_keeps(
+    keep: Sequence[str],
+    tables: Mapping[int, NatTable],
+    nft_owners: Iterable[str],
+    attachments: Optional[Sequence[Attachment]],
+) -> List[str]:
+    """The warnings for the --keep values that keep nothing on this node: no container
+    of a per-container chain's entry rules, of the plugin's nftables rules
+    (`nft_owners`) or of the cache has an ID starting with one, and no chain is named
+    for it on a network seen. A runtime's container name where its ID belongs (`--keep
+    web`) is the usual cause: the container meant to be kept lost its chains, and
+    neither the dry run nor the question before a removal said so."""
+    from portmapctl.iptables.plugin_rules import entry_rules, per_container_chains
+
+    ids = set(nft_owners) | {a.container_id for a in attachments or ()}
+    networks = {a.network for a in attachments or ()}
+    chains: Set[str] = set()
+    for table in tables.values():
+        named = per_container_chains(table)
+        chains.update(named)
+        for entries in entry_rules(table, set(named)).values():
+            ids.update(e.container_id for e in entries if e.container_id)
+            networks.update(e.network for e in entries if e.network)
+    return [
+        f"--keep {prefix} matches no container on this node: it keeps nothing (--keep"
+        " takes a container's ID or its prefix, as `portmapctl list` shows it, not a name)"
+        for prefix in keep
+        if not any(cid.startswith(prefix) for cid in ids)
+        and not any(chain_name(network, prefix) in chains for network in networks)
+    ]
 
 
 def liveness(sources: Sources, attachments: Optional[Sequence[Attachment]]) -> Liveness:

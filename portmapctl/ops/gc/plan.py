@@ -256,6 +256,12 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         nft_rules = None
         remembered.update({key: value for key, value in seen.items() if key.nft})
     live = liveness(sources, attachments)  # the same for every family
+    if sources.keep:
+        from portmapctl.nftables.node import owners_in
+        from portmapctl.ops.gc.liveness import unmatched_keeps
+
+        nft_owners = owners_in(nft_rules) if nft_rules is not None else ()
+        warnings += unmatched_keeps(sources.keep, tables, nft_owners, attachments)
     zombies = zombie_hold(sources, attachments, view)
 
     nft = None
