@@ -168,6 +168,40 @@ def test_a_removal_stopped_by_sigterm_leaves_no_sighting_of_what_it_removed(
     assert [(p["container_id"], p["seen_seconds"] < 1) for p in pending] == [("gone1", True)]
 
 
+def test_a_removal_applied_ahead_and_stopped_by_sigterm_leaves_no_sighting(host_ns, tmp_path):
+    """The same when SIGTERM comes while IPv4 is planned, the smaller IPv6 table's
+    removal already in (gc applies it meanwhile): that way out (plan_gc's) flushed the
+    removed ports' flows but left the state file, and with it the removed IPv6 chain's
+    sighting from the run before; the container started again, seen by the next gc
+    during its ADD, lost its IPv6 chain at once. Now that way out forgets every
+    sighting too: both chains are pending, first seen now."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16", "fd00::5/64"], PORTS)
+    rp.run_plugin("ADD", host_ns, "gone1", conf, check=True)
+    live = rp.plugin_conf("mynet", ["10.88.0.6/16"], PORTS)  # IPv4 the bigger table
+    rp.run_plugin("ADD", host_ns, "live1", live, check=True)
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    argv = ["gc", "--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"),
+            "--keep", "live1", "--min-age", "1s", "--yes"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    pm_run(argv, env=env)  # sighted
+    time.sleep(1.2)
+    code, _out, err = killed_while_writing(argv, env, "ahead", tmp_path / "marker")
+    assert code == -signal.SIGTERM, err
+    assert chain_name("mynet", "gone1") not in rp.save(host_ns, 6)
+
+    # Started again (its runtime's DEL of what is left, then its ADD), not cached yet.
+    rp.run_plugin("DEL", host_ns, "gone1", conf, check=True)
+    rp.run_plugin("ADD", host_ns, "gone1", conf, check=True)
+    done = pm_run([*argv, "-o", "json"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert chain_name("mynet", "gone1") in rp.save(host_ns, 6)
+    assert chain_name("mynet", "gone1") in rp.save(host_ns, 4)
+    pending = json.loads(done.stdout)["pending"]
+    assert sorted((p["container_id"], p["family"], p["seen_seconds"] < 1) for p in pending) == [
+        ("gone1", 4, True), ("gone1", 6, True)
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_gc_reports_its_removal_says_the_removal_went_in(host_ns, tmp_path, sig):
     """SIGTERM or Ctrl-C once gc's removal, its UDP flush and its state save were done,

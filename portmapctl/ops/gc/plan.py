@@ -300,7 +300,15 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
                 applied[ahead], rest = side_by_side(
                     apply_ahead, lambda: {f: plan(f) for f in families if f != ahead}
                 )
-            except Interrupted as stop:
+            except BaseException as stop:
+                if went:
+                    # apply_gc's state save is never reached: on file stay the
+                    # sightings of the chains just removed, and the same container
+                    # started again under its ID would have its chain pass --min-age
+                    # at once (as apply_gc's way out, state.forget_all).
+                    gc_state.forget_all(options.state_dir)
+                if not isinstance(stop, Interrupted):
+                    raise
                 # SIGTERM or Ctrl-C while the others were planned: what went in ahead
                 # has its UDP flows flushed on the way out, as apply_gc does.
                 if went and options.flush_udp:
