@@ -8,6 +8,7 @@ ports whose flows still went to the dead containers. Through the memory fakes, n
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -190,6 +191,52 @@ def test_an_nft_transaction_stopped_before_its_commit_fails_and_changes_nothing(
         run_nft_gc(fake, tmp_path)
     assert fake.read() == before
     assert flushed == [[]]
+
+
+class HungNft(MemoryNft):
+    """`nft -f` stopped at its time limit as RealNft.apply stops it (ToolTimedOut, exit
+    3, no retry), after its commit."""
+
+    def apply(self, txn) -> None:
+        from portmapctl.errors import ToolTimedOut
+
+        super().apply(txn)
+        if not txn:
+            return
+        raise ToolTimedOut("nft -f did not finish within 120 s and was stopped; its"
+                           " transaction may have gone in", maybe_applied=True)  # fmt: skip
+
+
+def test_an_nft_write_that_timed_out_still_records_and_flushes_the_iptables_removals(
+    tmp_path, flushed
+):
+    """A node with stale iptables chains and nftables rules: the iptables families'
+    removals went in, then `nft -f` hung and was stopped (ToolTimedOut). That error left
+    gc from apply_nft, past the state save and the UDP flush: the removed chains' flows
+    kept the dead DNAT (the next gc found nothing to remove, so nothing flushed them)
+    and their old sightings stayed on file. Now it ends the run as a timed-out iptables
+    family does: exit 3 with its line, after what went in is flushed and recorded (the
+    nftables rules' sightings forgotten: their write may have gone in)."""
+    from portmapctl.errors import ToolTimedOut
+    from portmapctl.ops.gc import state as gc_state
+
+    tables = example_tables()
+    expected = stale_chains(tables, tmp_path)
+    fake = HungNft(nftcases.live("v191-several"))
+    node = Node(NodeOptions(cache_dirs=(EXAMPLE_CACHE,)), MemoryBackend(dict(tables)), fake)
+    options = gc_lib.GcOptions(min_age=3600, state_dir=str(tmp_path / "run"))
+    gc_lib.gc(node, gc_lib.Sources(keep=LIVE), options)  # sighted, nothing removed
+    seen, _ = gc_state.load(str(tmp_path / "run"), gc_state.namespace_key(None))
+    assert {c for chains in expected.values() for c in chains} <= {k.chain for k in seen}
+    with pytest.raises(ToolTimedOut, match="nft -f did not finish"):
+        gc_lib.gc(node, gc_lib.Sources(keep=LIVE), dataclasses.replace(options, min_age=0))
+    assert not any(node.backend.read(f).has_chain(c) for f, cs in expected.items() for c in cs)
+    assert sorted(c for call in flushed for c in call) == sorted(
+        c for chains in expected.values() for c in chains
+    )
+    seen, _ = gc_state.load(str(tmp_path / "run"), gc_state.namespace_key(None))
+    assert not {k.nft for k in seen}  # (the rules' write may have gone in)
+    assert not {k.chain for k in seen} & {c for chains in expected.values() for c in chains}
 
 
 # --- what speaks for the nftables rules (no tool dies here) ------------------------------

@@ -188,6 +188,14 @@ def _apply_gc_to(
         except ApplyFailed as err:
             failure = ApplyFailed(f"nftables: {err}")
             nft_went.clear()
+        except ToolTimedOut as err:
+            # `nft -f` stopped at its time limit (no retry: exit 3, its line), as a
+            # timed-out iptables family above: what the iptables families removed is
+            # still recorded and flushed below (it left past both: the removed chains'
+            # flows kept the dead DNAT, their old sightings stayed on file), and the
+            # rules' sightings are forgotten, since the write may have gone in.
+            failure = err
+            nft_went.clear()
         else:
             nft_removed, nft_pending = nft_done.removed, nft_done.pending
             if not options.dry_run:
