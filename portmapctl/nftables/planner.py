@@ -140,6 +140,20 @@ def downgraded(table: Optional[Table], chain: str = PREROUTING) -> bool:
     )
 
 
+def took_routed(live: Ruleset, family: int) -> bool:
+    """Whether `family`'s table as read sends packets the node routes to other hosts,
+    on a mapped port, to containers too: v1.6/v1.7's entry in prerouting (no `fib daddr
+    type local`), or a v1.6/v1.7 table that lost its entry (the flows it DNATed keep
+    their conntrack entries). Only there has a flow the node routes ever been the
+    plugin's to let go (ops/flush_udp.routed_flows); under v1.9's entry such a flow
+    DNATed to a container is another tool's (kube-proxy's to a pod), never touched."""
+    table = live.table(family)
+    if table is None:
+        return False
+    found = _entry_layout(table, PREROUTING)
+    return found is Layout.V16 or (found is None and layout(live, family) is Layout.V16)
+
+
 def _live_entry(table: Table) -> Optional[RuleBody]:
     """v1.9's entry with the conditions of the v1.6/v1.7 entry in prerouting (the node's:
     the last ADD's), for rewriting a downgraded one."""
@@ -400,6 +414,7 @@ def repair(
                     txn.add_rule(family, chain, body)
                 txn.as_read.add((family, chain))
     txn.ops += made.ops
+    txn.took_routed = made.took_routed
     return txn
 
 
@@ -444,6 +459,7 @@ def setup(
         # that does not run it.
         old = entries is Entries.KEEP and layout(live, family) is Layout.V16
         _setup_family(txn, live, family, by_family[family], entries, old, family in held)
+    txn.took_routed = frozenset(f for f in live.tables if took_routed(live, f))
     return txn
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable, List, Optional, Set, Tuple
+from typing import FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from portmapctl.errors import BadInput
 from portmapctl.nftables.ruleset import FAMILY_NAMES, TABLE, TABLE_COMMENT, BaseHook, RuleBody
@@ -127,6 +127,10 @@ class Transaction:
     # (family, chain) written again with the rules it held, each once (the repair's
     # dedupe): nothing of it was missing, so no mapping was dark (nft_repair.nft_changed).
     as_read: Set[Tuple[int, str]] = field(default_factory=set, compare=False)
+    # The families whose table, as read when this was planned, took flows the node
+    # routes to other hosts (planner.took_routed): only there are such flows, DNATed to
+    # where a rewritten entry or a deleted rule sent them, let go afterwards.
+    took_routed: FrozenSet[int] = field(default=frozenset(), compare=False)
 
     def add_table(self, family: int, create: bool = False) -> None:
         """`create`: fail the transaction if the table exists by then (else a no-op)."""

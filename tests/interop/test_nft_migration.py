@@ -1339,3 +1339,38 @@ def _only_the_dead_ones_flow_goes(node: str, tmp_path: Path, port: int, dead: st
     assert {c["container_id"] for c in doc["removed"]} == {dead}
     assert rp.udp_flows(node) == {(port, "10.244.1.7")}
     assert doc["conntrack_deleted"] == 1
+
+
+@pytest.mark.parametrize("command", ["repair", "add"])
+def test_on_a_v191_node_another_tools_routed_flow_to_a_container_stays(
+    node: str, routed: str, tmp_path: Path, command: str
+) -> None:
+    """v1.9's entry (`fib daddr type local`) never DNATs a flow the node routes to another
+    host: one DNATed to a container's address and port is another tool's (kube-proxy's
+    to a pod that also has a hostPort; here an iptables DNAT for 198.51.100.2:5353). But
+    check --repair that wrote the entry again (after `nft flush chain ... prerouting`)
+    and add that rewrote it (another container's conditions) deleted every routed flow
+    DNATed to where the plugin's rules send a UDP port, that one included: only a
+    v1.6/v1.7 entry ever took such flows, and only there are they let go now."""
+    conf = _cached(tmp_path, "web1", upstream.nft_conf("podman", ["10.88.0.5/16"],
+                                                      [_pm(5353, 53, "udp")]))  # fmt: skip
+    upstream.run(V191, "ADD", node, "web1", conf, check=True)
+    _ip("netns", "exec", node, "iptables", "-t", "nat", "-A", "PREROUTING", "-d",
+        "198.51.100.2", "-p", "udp", "--dport", "5353", "-j", "DNAT", "--to-destination",
+        "10.88.0.5:53")  # fmt: skip
+    stream = ("198.51.100.2", "5353", "40000")
+    _ip("netns", "exec", node, "conntrack", "-F")
+    _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *stream)
+    assert rp.udp_flows(node) == {(5353, "10.88.0.5")}
+
+    if command == "repair":
+        upstream.nft(node, "flush", "chain", "ip", "cni_hostport", "prerouting")
+        done = _pmctl(node, tmp_path, "check", "--repair")
+    else:
+        done = _pmctl(node, tmp_path, "add", "--network", "podman", "--container", "new1",
+                      "--ip", "10.88.0.6/16", "-p", "6000:60/udp", "--backend", "nftables",
+                      "--conditions-v4", "ip saddr != 203.0.113.0/24")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = upstream.nft(node, "list", "chain", "ip", "cni_hostport", "prerouting").stdout
+    assert "fib daddr type local jump hostports_all" in listed, listed  # written again
+    assert rp.udp_flows(node) == {(5353, "10.88.0.5")}  # the other tool's flow stays

@@ -453,13 +453,17 @@ def flush_routed_after(node: Node, txn: NftTransaction) -> List[str]:
     from portmapctl.nftables.transaction import OpKind
     from portmapctl.ops.flush_udp import dnat_targets
 
-    routed = entry_families(txn)
+    # Only where the table as read took routed flows (v1.6/v1.7's entry): under v1.9's
+    # a routed flow DNATed to a container's address and port is another tool's
+    # (kube-proxy's to a pod), never the plugin's, and stays.
+    routed = [f for f in entry_families(txn) if f in txn.took_routed]
     # (Only a deleted rule that DNATs a UDP port has flows to let go: the usual repair
     # reads nothing more.)
     deleted = [
         (op.family, op.body)
         for op in txn.ops
         if op.kind is OpKind.DELETE_RULE
+        and op.family in txn.took_routed
         and op.body is not None
         and dnat_targets(op.family, (op.body,))
     ]

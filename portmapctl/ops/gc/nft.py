@@ -113,6 +113,7 @@ def plan_nft(
     `zombies`: a container kept only because they count as live keeps its sightings
     as they were (liveness.ZombieHold)."""
     from portmapctl.nftables.node import dead_containers, is_plugin_rule
+    from portmapctl.nftables.planner import took_routed
     from portmapctl.nftables.ruleset import CONTAINER_CHAINS
     from portmapctl.nftables.transaction import Transaction as NftTransaction
     from portmapctl.ops.flush_udp import dnat_targets
@@ -197,6 +198,8 @@ def plan_nft(
     gone = {(op.family, op.handle or 0) for op in txn.ops}
     routed: Set[RoutedTarget] = set()
     for family, table in live_rules.tables.items():
+        if not took_routed(live_rules, family):
+            continue  # (v1.9's entry DNATs no routed flow: one DNATed so is another's)
         rules = [r for chain in CONTAINER_CHAINS for r in table.rules_of(chain)]
         routed |= dnat_targets(family, [r.body for r in rules if (family, r.handle) in gone])
         routed -= dnat_targets(family, [r.body for r in rules if (family, r.handle) not in gone])
