@@ -7,8 +7,9 @@ judge. A transaction carrying them is refused whatever the table holds, and was 
 again as if the plugin had changed the table: exit 1, "gave up after 3 tries", where
 SPEC §4 says bad input is exit 2. So before a write that is planned from a read (the
 write without a read refuses them as it refuses a node not as it assumed), the
-mapping's entry rules are put to `iptables-restore --test`, their jump turned into a
-RETURN in a scratch chain: the same words in the same rule, parsed, never committed.
+mapping's entry rules are put to `iptables-restore --test` (python-iptables: built on a
+handle never committed), their jump turned into a RETURN in a scratch chain: the same
+words in the same rule, parsed, never committed.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def refuse_what_iptables_refuses(
     backend: object, config: MappingConfig, families: Iterable[int], spelling: Spelling
 ) -> None:
     """BadInput when iptables refuses the entry rules `config`'s conditions are in, in
-    one of `families`. A backend that cannot parse without writing (python-iptables,
-    the memory backend of tests) is not asked: its write says it, as before."""
+    one of `families`. A backend that cannot parse without writing (the memory backend
+    of tests) is not asked: its write says it, as before. (python-iptables builds the
+    rules on a table handle it never commits: IptcBackend.refusal.)"""
     refusal = getattr(backend, "refusal", None)
     if refusal is None:
         return

@@ -188,6 +188,27 @@ def test_conditions_iptables_refuses_are_bad_input_before_either_family_is_writt
     assert _state(node, mode) == before
 
 
+@pytest.mark.parametrize(
+    "conditions, said",
+    [("-m nosuchmatch --foo", "nosuchmatch"), ("-m set --match-set nosuch src", "nosuch")],
+)
+def test_conditions_python_iptables_refuses_are_bad_input_as_through_restore(
+    legacy_node, conditions, said
+):
+    """The same conditions through --iptables iptc: python-iptables builds the entry
+    rule and refuses it as iptables-legacy-restore --test does (an unknown match, a set
+    that does not exist), whatever the table holds. It was not asked before the write
+    (no `refusal`): the write was tried three times as if the plugin had changed the
+    table, exit 1 "gave up after 3 tries", where --iptables legacy says exit 2."""
+    before = _state(legacy_node, "legacy")
+    env = {"PATH": f"{rp.bin_dir('legacy')}:{os.environ['PATH']}"}
+    for mode in ("legacy", "iptc"):
+        done = run(_add_args(legacy_node, mode, "--conditions-v4", conditions), env=env)
+        assert_error(done, 2, "invalid --conditions-v4: iptables refuses them", said)
+        assert "tries" not in done.stderr, done.stderr
+        assert _state(legacy_node, "legacy") == before
+
+
 # --- the xtables lock (legacy iptables) --------------------------------------------------
 
 

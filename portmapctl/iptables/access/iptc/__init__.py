@@ -101,6 +101,21 @@ class IptcBackend:
         assert isinstance(text, str)
         return text
 
+    def refusal(self, txn: Transaction) -> Optional[str]:
+        """What python-iptables refuses of `txn`, built on a table handle that is never
+        committed (Writer.refusal), None when it takes it: bad input told from a table
+        that changed, as RestoreBackend.refusal tells it with iptables-restore --test
+        (ops/conditions.py). A child that dies says nothing of the text: the write will."""
+        if not txn:
+            return None
+        try:
+            said = _in_child(
+                self._lib, lambda: Writer(self._lib, txn.family).refusal(txn), ApplyFailed
+            )
+        except ApplyFailed:
+            return None
+        return said
+
     def apply(self, txn: Transaction) -> None:
         if not txn.ops:
             return

@@ -40,6 +40,18 @@ class Writer(Session):
                 f"python-iptables refused the transaction, nothing changed: {where}: {clean(err)}"
             ) from None
 
+    def refusal(self, txn: Transaction) -> Optional[str]:
+        """What python-iptables refuses of `txn`, every op built and done on this
+        handle, which is dropped, never committed (as iptables-restore --test parses
+        without committing: ops/conditions.py asks it); None when it takes it all."""
+        for op in txn.ops:
+            try:
+                self._do(op)
+            except Exception as err:  # noqa: BLE001 - python-iptables raises many kinds
+                # (Not the rule: the caller's is a scratch one, ops/conditions.py.)
+                return f"python-iptables: {clean(err)}"
+        return None
+
     def _do(self, op: Op) -> None:
         table = self.table
         if op.kind is OpKind.NEW_CHAIN:
