@@ -7,7 +7,9 @@ KUBE-EXT-...`) usually sit ahead of it. A packet such a rule DNATs, REDIRECTs or
 ACCEPTs never reaches the plugin's chain: the container's mapping gets nothing.
 
 `takers` walks PREROUTING in order up to the jump to CNI-HOSTPORT-DNAT, descending
-into jumps and gotos to non-plugin chains (each chain once per path). Only external
+into jumps and gotos to non-plugin chains (each chain once per path); a jump there for
+some ports alone (an operator's `-p tcp --dport 9443 -j CNI-HOSTPORT-DNAT` at the top)
+ends the walk for those ports only. Only external
 traffic is judged: a rule reached only from OUTPUT takes locally made connections,
 while the hostPort still serves the network, so it is not reported. A mapping bound
 to a loopback host IP (127.0.0.1, ::1) serves no network: its connections come
@@ -330,7 +332,9 @@ class _Walk(PortsLeft):
             if _jumps_to_entry(args):
                 if self.past_entry:
                     continue  # an nftables port: back from CNI-HOSTPORT-DNAT untouched
-                return True
+                if self._entered(args, proto, ports, returned):
+                    return True
+                continue
             text = args[0] if len(args) == 1 else shown_rule("-A", name, args)
             if not self._may_matter(text):
                 continue
@@ -383,6 +387,28 @@ class _Walk(PortsLeft):
                         return False
                     returned = returned | self._covered(rule_proto, rule_ports)
         return False
+
+    def _entered(
+        self, args: Args, proto: Optional[str], ports: Ranges, returned: FrozenSet[ProtoPort]
+    ) -> bool:
+        """A jump to CNI-HOSTPORT-DNAT: the ports it sends there are the plugin's (no
+        later rule sees their packets). True when no port is left: the plugin's own
+        jump takes every one. A jump for some ports alone (an operator's `-I PREROUTING
+        1 -p tcp --dport 9443 -j CNI-HOSTPORT-DNAT`, to beat Docker on that port) leaves
+        the other ports' packets to the rules after it, which may take them (the walk
+        ended at any such jump: a Docker DNAT after it shadowed nothing). A condition
+        not judged (`-s`, `-i`) sends some packets of its ports there: those ports
+        are not called shadowed by a later rule (no false alarm)."""
+        rule = _read(args, self.dest) or _read_lenient(args, self.dest)
+        if rule is None:
+            return True  # unreadable: as if it took every port
+        if proto and rule.proto and rule.proto != proto:
+            return False
+        rule_ports = intersect(ports, rule.ports)
+        if rule_ports == ():
+            return False
+        self._leave(rule.proto or proto, rule_ports, returned)
+        return not self.left
 
     def _doubtful(
         self,

@@ -367,3 +367,27 @@ def test_a_docker_publish_on_one_host_ip_shadows_that_address_alone(
     there = pmctl.run([*base[:-4], "--container", "abc124", "--ip", "10.88.0.6/16", "-p",
                        "192.168.1.5:8080:80"])  # fmt: skip
     assert there.returncode == 0 and warning in there.stderr, there.stderr
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_jump_to_the_plugin_for_other_ports_does_not_hide_a_rule_after_it(
+    host_ns: str, tmp_path: Path, mode: rp.Mode
+) -> None:
+    """An operator's workaround on a Docker node: `iptables -t nat -I PREROUTING 1 -p
+    tcp --dport 9443 -j CNI-HOSTPORT-DNAT`, so that one hostPort beats Docker's rule.
+    Every other port's packets go on past it to Docker's DNAT of tcp/8080, which takes
+    the container's port first: shadowed. The walk stopped at the first jump to
+    CNI-HOSTPORT-DNAT whatever it matched, and called the mapping ok (list, check
+    healthy, exit 0). The ports that jump does send to the plugin are the plugin's."""
+    args = _container(host_ns, tmp_path, 8080, mode)
+    _docker(host_ns, mode, 8080)
+    for ports in ("9443", "9443,9444"):
+        _nat(host_ns, mode, ["-I", "PREROUTING", "1", "-p", "tcp", "-m", "multiport",
+                             "--dports", ports, "-j", "CNI-HOSTPORT-DNAT"])  # fmt: skip
+    _assert_shadowed(args, 8080, DOCKER_RULE.format(port=8080))
+    # The same workaround for this very port: the container gets its traffic.
+    _nat(host_ns, mode, ["-I", "PREROUTING", "1", "-p", "tcp", "-m", "tcp", "--dport",
+                         "8080", "-j", "CNI-HOSTPORT-DNAT"])  # fmt: skip
+    assert _list(args) == [(8080, ["ok"], None)]
+    checked = pmctl.run(["check", *args])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
