@@ -195,8 +195,9 @@ def _walked(
             keys = [e[0] if isinstance(e, list) and e else e for e in named.get("elem", [])]
             sets[f"@{named.get('name')}"] = {"set": keys}
         port_set = obj.get("set") if isinstance(obj, dict) else None
-        if isinstance(port_set, dict) and port_set.get("type") == "inet_service":
-            # `tcp dport @ports`: judged by the set's elements as listed now.
+        if isinstance(port_set, dict) and port_set.get("type") in _JUDGED_SETS:
+            # `tcp dport @ports`, `ip daddr @nodeport-ips`: judged by the set's
+            # elements as listed now.
             sets[f"@{port_set.get('name')}"] = {"set": port_set.get("elem", [])}
     walk = _Walk(chains, _Printed(text), set(wanted), maps, sets)
     walk.family = family
@@ -265,6 +266,8 @@ def _printed(text: str) -> Dict[int, str]:
 # endpoint or drops it: either way the container gets none of it (as KUBE-EXT- in
 # iptables/foreign.py), so such a verdict takes the port without looking inside.
 _KUBE_TABLE, _KUBE_SERVICE = "kube-proxy", ("external-", "service-")
+# Named sets a rule's match is judged by: ports, and destination addresses.
+_JUDGED_SETS = frozenset({"inet_service", "ipv4_addr", "ipv6_addr"})
 
 
 class _Walk(PortsLeft):
@@ -371,6 +374,11 @@ class _Walk(PortsLeft):
                     self.chain(rule.target, rule.proto or proto, rule_ports, None, path, returned)
                 finally:
                     self.doubt = outer
+        elif rule.verdict == "vmap":
+            # (kube-proxy's NodePorts on its primary addresses, for a mapping on every
+            # address: `ip daddr @nodeport-ips ... vmap @service-nodeports` takes only
+            # the connections to those.)
+            self._vmap(rule, rule.proto or proto, rule_ports, text, path, returned, maybe=True)
 
     def _take(
         self, proto: Optional[str], ports: Ranges, text: Words, returned: FrozenSet[ProtoPort]
@@ -401,11 +409,13 @@ class _Walk(PortsLeft):
         text: Words,
         path: FrozenSet[str],
         returned: FrozenSet[ProtoPort],
+        maybe: bool = False,
     ) -> FrozenSet[ProtoPort]:
         """`meta l4proto . th dport vmap` (a named map or inline elements): each element
         is a protocol and a port with its verdict. A packet no element matches goes on
         to the next rule, so the walk goes on after this one; the ports of `goto` and
-        `return` elements never come back to it (returned)."""
+        `return` elements never come back to it (returned). `maybe`: the rule has a
+        condition not judged (`_maybe`): what an element takes, it takes maybe."""
         alone = rule.target == SINGLE
         elements = rule.elements if alone or not rule.target else self.maps.get(rule.target, ())
         gone: FrozenSet[ProtoPort] = frozenset()
@@ -426,12 +436,24 @@ class _Walk(PortsLeft):
                     continue  # (no port asked: its words are not needed)
                 named = str(key[1]) if alone else f"{key[0]} . {key[1]}"
                 element_text = f"{named} : {kind}" + (f" {target}" if target else "")
-                self._take(key_proto, port_ranges, f"{text} ({element_text})", returned)
+                if maybe and self.doubt is None:
+                    self._doubted(key_proto, port_ranges, f"{text} ({element_text})", returned)
+                else:
+                    self._take(key_proto, port_ranges, f"{text} ({element_text})", returned)
             elif kind == LEAVES:
-                self._leave(key_proto, port_ranges, returned)
+                if maybe:  # (only some packets leave)
+                    self.escaped |= self._covered(key_proto, port_ranges) - returned
+                else:
+                    self._leave(key_proto, port_ranges, returned)
             elif kind in ("jump", "goto") and target and target not in path:
                 if len(path) < _DEPTH:
-                    self.chain(target, key_proto, port_ranges, text, path, returned)
+                    outer = self.doubt
+                    if maybe:
+                        self.doubt = self.doubt or text
+                    try:
+                        self.chain(target, key_proto, port_ranges, text, path, returned)
+                    finally:
+                        self.doubt = outer
             if kind in ("goto", "return"):
                 gone = gone | self._covered(key_proto, port_ranges)
         return gone

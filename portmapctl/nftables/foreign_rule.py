@@ -68,7 +68,7 @@ def conditions(
             if _nfproto_match(value) != family:
                 return ReadRule(proto, (), "", None)  # the other family's rule
             continue
-        holds = _daddr_holds(value, family, dest) if kind == "match" else None
+        holds = _daddr_holds(value, family, dest, sets) if kind == "match" else None
         if holds is not None:
             # (kube-proxy's NodePorts: `ip daddr != 127.0.0.0/8`; netavark's mapping on
             # one host IP: `ip daddr 192.168.5.5`.)
@@ -238,11 +238,14 @@ def _nfproto_match(value: Any) -> Optional[int]:
     return _NFPROTO_NAMES.get(str(value.get("right")))
 
 
-def _daddr_holds(value: Any, family: int, dest: Optional[str]) -> Optional[bool]:
-    """Whether a match of `ip daddr` (`ip6 daddr`) with an address or a prefix holds
-    for the walk's packets, those of `family` for host IP `dest` (None: any address of
-    the node that is not loopback): True for all of them, False for none, None when
-    it is no such match or holds for only some (a set, a range, a map: not judged)."""
+def _daddr_holds(
+    value: Any, family: int, dest: Optional[str], sets: Optional[Dict[str, Any]] = None
+) -> Optional[bool]:
+    """Whether a match of `ip daddr` (`ip6 daddr`) with an address, a prefix or a named
+    set of them (`sets`) holds for the walk's packets, those of `family` for host IP
+    `dest` (None: any address of the node that is not loopback): True for all of them,
+    False for none, None when it is no such match or holds for only some (an anonymous
+    set, a range, a map: not judged)."""
     if not isinstance(value, dict) or value.get("op") not in ("==", "in", "!="):
         return None
     left, right = value.get("left"), value.get("right")
@@ -254,16 +257,42 @@ def _daddr_holds(value: Any, family: int, dest: Optional[str]) -> Optional[bool]
         return None
     if version != family:
         return False  # (an inet table: the other family's packets never match it)
-    prefix = right.get("prefix") if isinstance(right, dict) else None
-    spelled = f"{prefix.get('addr')}/{prefix.get('len')}" if isinstance(prefix, dict) else right
-    if not isinstance(spelled, str):
-        return None
-    from portmapctl.core.mapping import destined
-
-    inside = destined(spelled, dest)
+    if isinstance(right, str) and right.startswith("@"):
+        # kube-proxy's NodePorts on its primary addresses alone (nodePortAddresses
+        # "primary", its nftables mode's default): `ip daddr @nodeport-ips`, judged by
+        # the set's elements as listed now, as a port set is.
+        inside = _in_address_set((sets or {}).get(right), dest)
+    else:
+        inside = _destined(right, dest)
     if inside is None:
         return None
     return inside if value["op"] != "!=" else not inside
+
+
+def _destined(right: Any, dest: Optional[str]) -> Optional[bool]:
+    """core/mapping.destined of an address or a prefix as nft's JSON gives it."""
+    from portmapctl.core.mapping import destined
+
+    prefix = right.get("prefix") if isinstance(right, dict) else None
+    spelled = f"{prefix.get('addr')}/{prefix.get('len')}" if isinstance(prefix, dict) else right
+    return destined(spelled, dest) if isinstance(spelled, str) else None
+
+
+def _in_address_set(named: Any, dest: Optional[str]) -> Optional[bool]:
+    """Whether the walk's packets (for `dest`) are for an element of a named address
+    set (`{"set": [elements]}`): all of them, none, or only some (None; also for an
+    element that is no address or prefix, a range: not judged)."""
+    elements = named.get("set") if isinstance(named, dict) else None
+    if not isinstance(elements, list):
+        return None
+    found: List[Optional[bool]] = []
+    for element in elements:
+        if isinstance(element, dict) and isinstance(element.get("elem"), dict):
+            element = element["elem"].get("val")  # (an element with a timeout, a counter)
+        found.append(_destined(element, dest))
+    if True in found:
+        return True
+    return False if found and all(holds is False for holds in found) else None
 
 
 def _ranges(right: Any) -> Optional[Tuple[Tuple[int, int], ...]]:

@@ -871,3 +871,92 @@ def test_another_tables_rule_for_one_host_ip_is_judged_for_each_host_ip(
         "portmapctl: warning: IPv4 tcp/9001 is taken first by another nftables table's nat"
         f" hook ({taken}): this mapping is shadowed (it gets no traffic there)\n"
     )
+
+
+# kube-proxy's nftables mode as it runs by default (nodePortAddresses "primary"): the
+# NodePorts are taken on the node's primary addresses alone, a named address set.
+KUBE_PRIMARY = """
+table ip kube-proxy {
+  comment "rules for kube-proxy"
+  set nodeport-ips {
+    type ipv4_addr
+    comment "IPs that accept NodePort traffic"
+    elements = { 192.168.5.5 }
+  }
+  map service-nodeports {
+    type inet_proto . inet_service : verdict
+    comment "NodePort traffic"
+    elements = { tcp . 30085 : goto external-4GDCUZ2U-ns/svc/tcp/http,
+                 tcp . 30086 : goto external-4GDCUZ2U-ns/svc/tcp/http,
+                 tcp . 30087 : goto external-4GDCUZ2U-ns/svc/tcp/http,
+                 tcp . 30088 : goto external-4GDCUZ2U-ns/svc/tcp/http }
+  }
+  chain nat-prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    jump services
+  }
+  chain services {
+    ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
+  }
+  chain mark-for-masquerade {
+    meta mark set meta mark | 0x00004000
+  }
+  chain external-4GDCUZ2U-ns/svc/tcp/http {
+    jump mark-for-masquerade
+    goto service-4GDCUZ2U-ns/svc/tcp/http
+  }
+  chain service-4GDCUZ2U-ns/svc/tcp/http {
+    numgen random mod 1 vmap { 0 : goto endpoint-5OJB2KTY-ns/svc/tcp/http__10.244.2.5/8080 }
+  }
+  chain endpoint-5OJB2KTY-ns/svc/tcp/http__10.244.2.5/8080 {
+    ip saddr 10.244.2.5 jump mark-for-masquerade
+    meta l4proto tcp dnat to 10.244.2.5:8080
+  }
+}
+"""
+
+
+def test_kube_proxys_nodeports_on_its_primary_addresses_are_judged(
+    node: str, tmp_path: Path
+) -> None:
+    """kube-proxy's default nftables rule, `ip daddr @nodeport-ips meta l4proto . th
+    dport vmap @service-nodeports`, was passed over whole: a hostPort on the node's
+    primary address (in the set) that is also a NodePort was `ok` in either backend
+    (it is contested: both hooks at dstnat), and one on every address was `ok` with
+    nothing said, though the NodePort takes its connections to that address. The set
+    is judged for a mapping on one host IP, as `ip daddr 192.168.5.5` is; for a mapping
+    on every address list and check say they cannot tell; a host IP outside the set
+    is not taken."""
+    rp.require(rp.plugin_available())
+    _mapped_behind(node, tmp_path, [rp.port_mapping(30088, 80, host_ip="192.168.5.5")],
+                   KUBE_PRIMARY)  # fmt: skip
+    ipt_ports = [rp.port_mapping(30085, 80, host_ip="192.168.5.5"),
+                 rp.port_mapping(30086, 80, host_ip="192.168.6.6"),
+                 rp.port_mapping(30087, 80)]  # fmt: skip
+    conf = rp.plugin_conf("podman", ["10.88.0.11/16"], ipt_ports)
+    rp.run_plugin("ADD", node, "nftfor0b", conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "nftfor0b", "eth0", conf, ipt_ports, ["10.88.0.11/16"])
+    args = _args(node, tmp_path)
+    done = pmctl.run(["list", *args, "-o", "json"])
+    assert done.returncode == 0, done.stderr
+    rows = {(r["backend"], r["host_port"]): r["status"]
+            for r in json.loads(done.stdout)["mappings"]}  # fmt: skip
+    assert rows == {
+        ("nftables", 30088): ["contested"],
+        ("iptables", 30085): ["contested"],
+        ("iptables", 30086): ["ok"],
+        ("iptables", 30087): ["ok"],
+    }
+    rule = "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"
+    assert done.stderr.splitlines() == [
+        "portmapctl: warning: cannot tell whether IPv4 tcp/30087 (podman/nftfor0b) gets all"
+        " its traffic: another nftables table's nat hook, at or before the plugin's, may"
+        f" take some of it ({rule} (tcp . 30087 : goto external-4GDCUZ2U-ns/svc/tcp/http))"
+    ]
+    done = pmctl.run(["check", *args, "-o", "json"])
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert sorted((p["kind"], p["detail"].split(" ")[0]) for p in problems) == [
+        ("contested", "tcp/30085"), ("contested", "tcp/30088")
+    ]  # fmt: skip
+    assert all(rule in p["detail"] for p in problems), problems
