@@ -143,15 +143,22 @@ def downgraded(table: Optional[Table], chain: str = PREROUTING) -> bool:
 def took_routed(live: Ruleset, family: int) -> bool:
     """Whether `family`'s table as read sends packets the node routes to other hosts,
     on a mapped port, to containers too: v1.6/v1.7's entry in prerouting (no `fib daddr
-    type local`), or a v1.6/v1.7 table that lost its entry (the flows it DNATed keep
-    their conntrack entries). Only there has a flow the node routes ever been the
+    type local`), or, prerouting's lost, in output (a downgraded table's too), or a
+    v1.6/v1.7 table that lost both (the flows it DNATed keep their conntrack entries). Only there has a flow the node routes ever been the
     plugin's to let go (ops/flush_udp.routed_flows); under v1.9's entry such a flow
     DNATed to a container is another tool's (kube-proxy's to a pod), never touched."""
     table = live.table(family)
     if table is None:
         return False
-    found = _entry_layout(table, PREROUTING)
-    return found is Layout.V16 or (found is None and layout(live, family) is Layout.V16)
+    for chain in (PREROUTING, OUTPUT):
+        # prerouting's entry lost (a firewall script's flush): output's tells what
+        # prerouting held, as every ADD writes both. Not the table's layout first: a
+        # downgraded table (hostports_all, v1.6/v1.7's entry) reads as v1.9's there,
+        # and the flows its v1.6/v1.7 entry DNATed stayed pinned to the container.
+        found = _entry_layout(table, chain)
+        if found is not None:
+            return found is Layout.V16
+    return layout(live, family) is Layout.V16
 
 
 def _live_entry(table: Table) -> Optional[RuleBody]:

@@ -1374,3 +1374,29 @@ def test_on_a_v191_node_another_tools_routed_flow_to_a_container_stays(
     listed = upstream.nft(node, "list", "chain", "ip", "cni_hostport", "prerouting").stdout
     assert "fib daddr type local jump hostports_all" in listed, listed  # written again
     assert rp.udp_flows(node) == {(5353, "10.88.0.5")}  # the other tool's flow stays
+
+
+@pytest.mark.parametrize("command", ["repair", "gc"])
+def test_a_downgraded_node_that_lost_its_prerouting_entry_still_lets_go_of_its_routed_flows(
+    node: str, routed: str, tmp_path: Path, command: str
+) -> None:
+    """v1.7.1's ADD after v1.9.1's: its entry (no `fib daddr type local`) DNATed a stream
+    the node routes to 198.51.100.2:5353 to new1; then prerouting was flushed (a firewall
+    script), output still holding v1.7.1's entry. The table has v1.9's hostports_all, so
+    took_routed read it as v1.9's and let go of nothing: check --repair wrote v1.9's
+    entry and gc removed the dead new1's rules, and the stream stayed DNATed to new1's
+    address (a dead one after gc). Output's entry tells which plugin wrote the entry
+    last: v1.7.1's took routed flows, and they go as before the prerouting flush."""
+    stream = _downgraded_with_routed_streams(node, routed, tmp_path)
+    upstream.nft(node, "flush", "chain", "ip", "cni_hostport", "prerouting")
+    if command == "repair":
+        done = _pmctl(node, tmp_path, "check", "--repair")
+    else:
+        for entry in (tmp_path / "results").iterdir():
+            if "-new1-" in entry.name:
+                entry.unlink()  # new1 went without its DEL
+        done = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rp.udp_flows(node) == {(6000, "198.51.100.2")}
+    _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *stream)
+    assert rp.udp_flows(node) == {(5353, "198.51.100.2"), (6000, "198.51.100.2")}
