@@ -169,13 +169,29 @@ class Node:
         """The warning of a whole-node command that went on without the plugin's
         nftables tables: nft cannot be used here (nft_unusable), the kernel holds them
         (or cannot be asked), and no cached container needed them (that stops the
-        command). Their rules forward ports all the same: said, never passed over."""
-        if self.nft_unusable is None:
+        command). Their rules forward ports all the same: said, never passed over. Not
+        where their host-port chains hold no rule: the plugin's DEL of its last
+        container leaves the tables so, for good on a node that moved back to iptables
+        and dropped nft, and every cron run said "their rules still forward ports"."""
+        if self.nft_unusable is None or not self._plugin_rules_may_be_here():
             return []
         return [
             f"the plugin's nftables tables (cni_hostport) are not read: {self.nft_unusable};"
             " their rules still forward ports, and are not shown, checked or removed"
         ]
+
+    def _plugin_rules_may_be_here(self) -> bool:
+        """Whether the plugin's host-port chains (hostports, hostip_hostports) may hold
+        a rule: asked over netlink as _plugin_tables_may_be_here is, and on the same
+        terms (True offline, beside a fake nft, or where it cannot be told)."""
+        from portmapctl.iptables.access.nfmsg import chains_hold_rules
+        from portmapctl.nftables import TABLE
+        from portmapctl.nftables.access.nft import RealNft
+        from portmapctl.nftables.ruleset import HOSTIP_HOSTPORTS, HOSTPORTS
+
+        if self.options.offline or not isinstance(self.nft, RealNft):
+            return True
+        return chains_hold_rules(self.options.families, TABLE, (HOSTPORTS, HOSTIP_HOSTPORTS))
 
     def _plugin_tables_may_be_here(self, families: Tuple[int, ...]) -> bool:
         """Whether the kernel may hold the plugin's `cni_hostport` table in `families`:

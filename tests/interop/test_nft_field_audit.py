@@ -509,3 +509,26 @@ def test_plugin_tables_nft_cannot_read_are_said_not_passed_over(node: str, tmp_p
         assert len(said) == 1, (command, done.stderr)
         assert "nft not found" in said[0] and "not read" in said[0], said
     assert "api1" in upstream.ruleset_json(node)  # gc left the table as it was
+
+
+def test_the_plugins_empty_tables_nft_cannot_read_are_no_warning(node: str, tmp_path: Path) -> None:
+    """The plugin's DEL of its last nftables container leaves both cni_hostport tables
+    in place, their host-port chains empty: the node that moved back to iptables and
+    dropped nft (a slim DaemonSet image) holds them for good. list, check, gc and
+    flush-udp each warned there that "their rules still forward ports", on every cron
+    run, of tables with no rule that forwards a port. Said only where a host-port chain
+    holds a rule (the test above), as netlink tells without nft."""
+    conf = _plugin_add(node, tmp_path, WEB, cached=False)
+    upstream.run("v1.9.1", "DEL", node, WEB[0], conf, check=True)
+    assert "cni_hostport" in upstream.ruleset_text(node)  # left, empty
+    cid, ips, ports = API[0], ["10.88.0.6/16"], [rp.port_mapping(9091, 91)]
+    conf = rp.plugin_conf("podman", ips, ports)
+    rp.run_plugin("ADD", node, cid, conf, check=True)  # Debian's: iptables
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips)
+    no_nft = [os.path.realpath(shutil.which("nft") or "/usr/sbin/nft")]
+    where = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
+    for command in (["list"], ["check"], ["gc", "--yes", "--min-age", "0"],
+                    ["flush-udp", "--dry-run"]):  # fmt: skip
+        done = pmctl.run([*command, *where], hide=no_nft)
+        assert done.returncode == 0, (command, done.stdout + done.stderr)
+        assert "cni_hostport" not in done.stderr, (command, done.stderr)

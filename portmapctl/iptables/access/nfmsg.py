@@ -177,6 +177,25 @@ def table_present(family: int, table: str) -> bool:
         return True
 
 
+def chains_hold_rules(families: Sequence[int], table: str, chains: Sequence[str]) -> bool:
+    """Whether one of `chains` of `table` holds a rule in `families` (a dump of each,
+    no nft needed); True where that cannot be told (no netfilter netlink, a dump
+    torn by a commit). A chain or table that is not there holds none."""
+    try:
+        with nfgen.open_socket() as sock:
+            for family in families:
+                for chain in chains:
+                    try:
+                        if dump_chain(sock, family, table, chain):
+                            return True
+                    except OSError as err:
+                        if err.errno != errno.ENOENT:
+                            raise
+    except (OSError, Changed):
+        return True
+    return False
+
+
 def table_chains(sock: socket.socket, family: int, table: str) -> int:
     """How many chains `table` holds (NFTA_TABLE_USE of NFT_MSG_GETTABLE): about the
     number of containers of a plugin's nat table, one round trip. 0: no such table."""
