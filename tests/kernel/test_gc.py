@@ -435,6 +435,30 @@ def test_a_keep_that_matches_no_container_is_said(nft_node: Node_, tmp_path):
     assert shown.index("--keep web matches no container") < shown.index("Remove 1 chain"), shown
 
 
+def test_a_keep_of_a_container_not_running_now_is_said_only_when_the_run_removes(
+    nft_node: Node_, tmp_path
+):
+    """A cron job's `gc --yes --keep ID` whose container is stopped right now (no
+    chain, no cache entry: nothing of it to keep) warned on every run that the --keep
+    "keeps nothing (... not a name)", though nothing was removed and the ID was right:
+    stderr mailed every few minutes. An unattended run says it only when it removes or
+    waits to remove a chain (what a wrong --keep costs), in words that allow a
+    container that is not running; a dry run, where a person looks, says it always."""
+    node = nft_node
+    node.add("neta", "live01", ["10.88.0.11/16"], _ports("8081/tcp"))  # cached: live
+    argv = ("--yes", "--min-age", "0", "--keep", "d00d5")
+    done = node.gc(*argv)
+    assert done.returncode == 0, done.stderr
+    assert "--keep" not in done.stderr, done.stderr
+    assert "--keep d00d5 matches no container" in node.gc("--dry-run", *argv[1:]).stderr
+    node.add("neta", "gone01", ["10.88.0.12/16"], _ports("8082/tcp"), cache=False)
+    done = node.gc(*argv)
+    assert done.returncode == 0, done.stderr
+    [said] = [line for line in done.stderr.splitlines() if "--keep d00d5" in line]
+    assert "matches no container" in said and "not running" in said, said
+    assert chain_name("neta", "gone01") not in "\n".join(node.lines(4))
+
+
 def _one_live_one_stale(node: Node_) -> tuple:
     """live1 (cached) and stale1 (not) on gcnet: (the IPv4 table's lines before, the
     gc command line that asks about stale1)."""

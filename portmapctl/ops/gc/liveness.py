@@ -243,8 +243,9 @@ def unmatched_keeps(
             ids.update(e.container_id for e in entries if e.container_id)
             networks.update(e.network for e in entries if e.network)
     return [
-        f"--keep {prefix} matches no container on this node: it keeps nothing (--keep"
-        " takes a container's ID or its prefix, as `portmapctl list` shows it, not a name)"
+        f"--keep {prefix} matches no container on this node: it keeps nothing (a"
+        " container not running now has no chain to keep; --keep takes a container's ID"
+        " or its prefix, as `portmapctl list` shows it, not a name)"
         for prefix in keep
         if not any(cid.startswith(prefix) for cid in ids)
         and not any(chain_name(network, prefix) in chains for network in networks)

@@ -256,12 +256,13 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         nft_rules = None
         remembered.update({key: value for key, value in seen.items() if key.nft})
     live = liveness(sources, attachments)  # the same for every family
+    unmatched: List[str] = []
     if sources.keep:
         from portmapctl.nftables.node import owners_in
         from portmapctl.ops.gc.liveness import unmatched_keeps
 
         nft_owners = owners_in(nft_rules) if nft_rules is not None else ()
-        warnings += unmatched_keeps(sources.keep, tables, nft_owners, attachments)
+        unmatched = unmatched_keeps(sources.keep, tables, nft_owners, attachments)
     zombies = zombie_hold(sources, attachments, view)
 
     nft = None
@@ -323,6 +324,11 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         if family not in planned:
             planned[family] = plan(family)
     plans = tuple(planned[f] for f in families)
+    if unmatched and (options.dry_run or _at_stake(plans, nft)):
+        # Said where a person looks (a dry run), or where the run removes or waits to
+        # remove a chain, which a wrong --keep (a name) may be meant to keep: not on
+        # every cron run whose kept container is simply not running now.
+        warnings += unmatched
     return GcPlan(
         sources,
         options,
@@ -336,6 +342,13 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         tuple(warnings),
         applied,
     )
+
+
+def _at_stake(plans: Sequence[FamilyPlan], nft: Optional[NftPlan]) -> bool:
+    """Whether a chain (or a container's nftables rules) is removed or pending."""
+    if nft is not None and (nft.removed or nft.pending):
+        return True
+    return any(p.removed or p.pending for p in plans)
 
 
 @dataclass(frozen=True)
