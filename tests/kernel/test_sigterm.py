@@ -33,10 +33,14 @@ REPAIR_WENT_IN = (
 
 
 def _node(host_ns, tmp_path):
-    """A chain of a container nobody keeps (so gc's --min-age records a sighting)."""
+    """A chain of a container nobody keeps (so gc's --min-age records a sighting), and
+    other1's, which --keep keeps (the source of liveness gc needs: a --keep that
+    matches no container is a warning of its own where chains are pending)."""
     for n in range(3):
         conf = rp.plugin_conf("mynet", [f"10.88.0.{5 + n}/16"], PORTS)
         rp.run_plugin("ADD", host_ns, f"gone{n}", conf, check=True)
+    conf = rp.plugin_conf("mynet", ["10.88.0.9/16"], [{**PORTS[0], "hostPort": 8081}])
+    rp.run_plugin("ADD", host_ns, "other1", conf, check=True)
     (tmp_path / "cni" / "results").mkdir(parents=True)
     run_dir = tmp_path / "run"
     argv = ["gc", "--netns", host_ns, "--cni-cache-dir", str(tmp_path / "cni"),
