@@ -57,6 +57,9 @@ class Taken(Set[Destination]):
         super().__init__()
         self.by_source: Dict[Destination, Set[str]] = {}
         self._networks: Dict[Destination, List[Any]] = {}  # by_source's, parsed once
+        # Where the rules that take a destination DNAT its flows, where their text
+        # says so exactly: (packed address, port; None: the host port kept). `sends`.
+        self.sent_to: Dict[Destination, Set[Target]] = {}
         self.update(items)
 
     def __bool__(self) -> bool:
@@ -76,6 +79,8 @@ class Taken(Set[Destination]):
             for key, specs in getattr(other, "by_source", {}).items():
                 self.by_source.setdefault(key, set()).update(specs)
                 self._networks.pop(key, None)  # (parsed again with the new SPECs)
+            for key, targets in getattr(other, "sent_to", {}).items():
+                self.sent_to.setdefault(key, set()).update(targets)
         self.whole_wins()
 
     def merge(self, other: Collection[Destination]) -> Taken:
@@ -110,6 +115,7 @@ class Taken(Set[Destination]):
         super().clear()
         self.by_source.clear()
         self._networks.clear()
+        self.sent_to.clear()
 
     def _some(self) -> Dict[Destination, FrozenSet[str]]:
         return {k: frozenset(v) for k, v in self.by_source.items() if v and k not in self}
@@ -161,6 +167,44 @@ class Taken(Set[Destination]):
             return True
         return any(source in network for network in networks)
 
+    def sends(self, destination: Destination, entry: ConntrackEntry) -> bool:
+        """Whether a rule that takes `destination` DNATs it to where `entry` went: the
+        flow is that rule's own, live, even when it went to an address of one of the
+        plugin's containers (on a port none of its mappings sends the host port to)."""
+        targets = self.sent_to.get(destination)
+        if not targets:
+            return False
+        replier = packed(entry.family, entry.reply_src)
+        kept = (replier, None) in targets and entry.reply_sport == entry.dport
+        return kept or (replier, entry.reply_sport) in targets
+
+
+# Where a rule DNATs: (packed address, port; None: the port is kept).
+Target = Tuple[Optional[bytes], Optional[int]]
+
+
+def dnat_target(family: int, rule: str) -> Optional[Target]:
+    """The one address (and port) a foreign rule's text, as iptables-save prints it,
+    DNATs to; None for another target, a range, or what cannot be read."""
+    import shlex
+
+    from portmapctl.iptables.ruleset import option_value, rule_target
+    from portmapctl.iptables.shapes import split_destination
+
+    try:
+        args = shlex.split(rule)
+    except ValueError:
+        return None
+    to = option_value(args, "--to-destination") if rule_target(args) == "DNAT" else None
+    if not to or "-" in to:
+        return None
+    found = split_destination(to)
+    if found is not None:
+        address = packed(family, found.address)
+        return None if address is None else (address, found.port)
+    address = packed(family, to.strip("[]"))
+    return None if address is None else (address, None)
+
 
 def taken_first(
     readers: ReadOnly[int, Any],
@@ -195,8 +239,11 @@ def taken_first(
             output=output,
             sources=sources,
         )
-        for proto_port in taking:
+        for proto_port, rule in taking.items():
             key = (family, packed(family, dst), proto_port[1])
+            target = dnat_target(family, rule)
+            if target is not None:
+                found.sent_to.setdefault(key, set()).add(target)
             if proto_port in sources:
                 found.by_source.setdefault(key, set()).update(sources[proto_port])
             else:

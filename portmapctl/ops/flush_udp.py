@@ -324,10 +324,16 @@ def misroutes(
     if (
         taken
         and (taken.holds(destination, entry) if isinstance(taken, Taken) else destination in taken)
-        and (ours is None or replier not in ours)
+        and (
+            ours is None
+            or replier not in ours
+            or (isinstance(taken, Taken) and taken.sends(destination, entry))
+        )
     ):
         # Another tool's rule takes this destination before any mapping: a flow to no
-        # container of the plugin's is that tool's (or, never DNATed, in doubt).
+        # container of the plugin's is that tool's (or, never DNATed, in doubt), and so
+        # is one DNATed to exactly where that rule sends it, a container of the
+        # plugin's on another port included (its next datagram goes there too).
         return None
     key = (entry.family, entry.dport)
     reason, wanted = judge(entry, by_key.get(key, ()))

@@ -488,3 +488,28 @@ def test_stale_only_of_a_port_given_keeps_what_another_tables_hook_takes_whateve
     _cache(cache, "mynet", "new", new)
     assert stale() == []
     assert _sports(host_ns) == {42010}
+
+
+def test_gc_stale_only_and_list_keep_the_flows_another_tools_rule_dnats_to_a_mapped_containers_other_port(
+    host_ns, tmp_path
+):
+    """Another tool's rule ahead of CNI-HOSTPORT-DNAT takes NODE_IP:6000 to "new"'s own
+    address, on another port (53: a hand-made forward of the node's DNS to the pod, a
+    Service to the same pod), while "new" maps 6000/udp to :60. Its flows are that
+    rule's and live: the next datagram goes to the same place. Found by real traffic
+    (helper h190): as that address is a container of the plugin's, the flow was judged
+    against "new"'s mapping alone and called an old destination: list counted it
+    misrouted, flush-udp --stale-only deleted it, and so did gc removing "old". Only the
+    flow to the removed container goes."""
+    cache = _old_and_new(host_ns, tmp_path, UDP)
+    _ns(host_ns, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-d", NODE_IP, "-p", "udp",
+        "--dport", "6000", "-j", "DNAT", "--to-destination", "10.88.0.20:53")  # fmt: skip
+    _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 6000, "10.88.0.13", 60)  # to the dead one
+    _flow(host_ns, 42005, "192.0.2.5", NODE_IP, 6000, "10.88.0.20", 53)  # the other rule's
+    assert _misrouted(host_ns, cache) == 0
+    assert _stale_would_delete(host_ns, cache) == []
+    result = _gc_removing_old(host_ns, cache)
+    assert _sports(host_ns) == {42005}
+    assert result["conntrack_deleted"] == 1
+    assert _misrouted(host_ns, cache) == 0
+    assert _stale_would_delete(host_ns, cache) == []
