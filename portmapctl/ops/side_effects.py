@@ -47,7 +47,9 @@ def after_setup(
     `misrouted_only`: flush only the flows that misroute (flush_misrouted, judged
     against `node`'s mappings: an add that wrote nothing)."""
     if not misrouted_only:
-        return after_setup_many([(config, families)], flush_udp, interfaces, local_only=local_only)
+        return after_setup_many(
+            [(config, families)], flush_udp, interfaces, local_only=local_only, node=node
+        )
     warnings = after_setup_many([(config, families)], False, interfaces)
     return warnings + (flush_misrouted(config, families, node) if flush_udp else [])
 
@@ -99,17 +101,37 @@ def flush_misrouted(
         # something would go (a whole table at 5,000).
         going = misrouted(entries, mine)
         if going and node is not None:
-            from portmapctl.ops.flow_owners import node_judging
-            from portmapctl.ops.flush_udp import ours, udp_mappings
-
-            found = node_judging(node, node.read(), None)
-            judged = udp_mappings(found.mappings)
-            mapped = ours((m.family, m.container_ip) for m in judged)
-            going = misrouted(going, judged, ours=mapped, taken=found.taken(going))
+            going = misrouted_on_node(node, going, keys, local)
         conntrack.delete(going)
     except Exception as err:  # noqa: BLE001 - as after_setup_many's flush
         return [not_flushed(keys, err)]
     return []
+
+
+def misrouted_on_node(
+    node: Node, entries: Sequence[Any], keys: Collection[Key], local: Any
+) -> List[Any]:
+    """Of these entries (to `keys`, flows to the node's own addresses `local`), those
+    that misroute as flush-udp --stale-only judges them against every mapping of
+    `node` and the rules that take a destination first (never DNATed, or DNATed
+    elsewhere: `_MISROUTED`); those reaching the container or tool that takes their
+    destination stay. The node's tables are read here, only when something would go."""
+    from portmapctl.ops.flow_owners import node_judging
+    from portmapctl.ops.flush_udp import ours, plan, udp_mappings
+
+    found = node_judging(node, node.read(), None)
+    judged = udp_mappings(found.mappings)
+    mapped = ours((m.family, m.container_ip) for m in judged)
+    doomed = plan(
+        entries,
+        keys,
+        judged,
+        stale_only=True,
+        local=local,
+        ours=mapped,
+        taken=found.taken(entries, local),
+    )
+    return [d.entry for d in doomed if d.reason in _MISROUTED]
 
 
 def not_flushed(keys: Collection[Tuple[int, int]], err: Exception) -> str:
@@ -124,11 +146,14 @@ def after_setup_many(
     interfaces: Optional[Dict[str, str]] = None,
     *,
     local_only: bool = False,
+    node: Optional[Node] = None,
 ) -> List[str]:
     """after_setup for many containers at once (`check --repair`): every route lookup
     on one rtnetlink socket, route_localnet written once per interface, and one conntrack
     dump and delete for every UDP port. 5,000 containers one by one took a process and
-    a netlink dump each (60-88 s of repair); this is one of each."""
+    a netlink dump each (60-88 s of repair); this is one of each. `node` (with
+    local_only): the repaired node, whose mappings and other tools' rules judge what
+    would go (flush_keys)."""
     warnings: List[str] = []
     addresses = []
     for config, families in done:
@@ -163,7 +188,7 @@ def after_setup_many(
         }
     if flush_udp and keys:
         try:
-            flush_keys(keys, local_only=local_only)
+            flush_keys(keys, local_only=local_only, node=node if local_only else None)
         except Exception as err:  # noqa: BLE001 - the plugin only logs this too
             warnings.append(not_flushed(keys, err))
     return warnings
@@ -235,7 +260,12 @@ def taken_by(done: Sequence[Tuple[MappingConfig, Sequence[int]]]) -> Dict[Key, R
     return {key: Reach(ips, targets[key]) for key, ips in host_ips.items()}
 
 
-def flush_keys(keys: Union[Collection[Key], Dict[Key, Reach]], *, local_only: bool = False) -> int:
+def flush_keys(
+    keys: Union[Collection[Key], Dict[Key, Reach]],
+    *,
+    local_only: bool = False,
+    node: Optional[Node] = None,
+) -> int:
     """Delete the UDP conntrack entries to these (family, host port) pairs: one dump and
     one delete for all of them, whatever their number. (Not through ops.flush_udp:
     that imports the inventory, which add does not need.)
@@ -245,7 +275,11 @@ def flush_keys(keys: Union[Collection[Key], Dict[Key, Reach]], *, local_only: bo
     forwarded flow (a container's DNS query outside, a client of a container's own
     address) never met a mapping (SPEC §3 flush-udp). Where `keys` say what the rules
     reach (taken_by), only the flows to the addresses they take go, and of those not
-    the ones DNATed where they send them (live: the next datagram goes there anyway)."""
+    the ones DNATed where they send them (live: the next datagram goes there anyway).
+    With `node` (the repaired node, local_only), the rest is judged against its every
+    mapping and the rules that take a destination first (misrouted_on_node): a flow of
+    the container that takes the port first (the repaired one is shadowed) or of
+    another tool's rule ahead of the plugin's is live, and was deleted."""
     if no_conntrack_entries():
         return 0
     from portmapctl.host import conntrack  # imported only when there is work
@@ -286,6 +320,17 @@ def flush_keys(keys: Union[Collection[Key], Dict[Key, Reach]], *, local_only: bo
             return masquerade is not None and unmasqueraded and masquerade.wants(e.src)
 
         mine = [e for e in mine if goes(e)]
+        if node is not None and local_only:
+            # Those reaching the repaired container go for the masquerade they lack;
+            # the others only if they misroute on the node as it now is.
+            elsewhere = [
+                e
+                for e in mine
+                if (packed(e.family, e.reply_src), e.reply_sport) not in sent[(e.family, e.dport)]
+            ]
+            if elsewhere:
+                kept = set(elsewhere) - set(misrouted_on_node(node, elsewhere, keys, local))
+                mine = [e for e in mine if e not in kept]
     return conntrack.delete(mine)
 
 

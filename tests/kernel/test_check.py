@@ -9,7 +9,7 @@ import shlex
 
 import pytest
 import realplugin as rp
-from flush_udp_helpers import ct_load, ct_sports, masquerade_flows
+from flush_udp_helpers import ct_args, ct_load, ct_sports, masquerade_flows
 from pmctl import assert_error, run
 
 from portmapctl.iptables.chains import chain_name
@@ -523,6 +523,42 @@ def test_repair_keeps_the_udp_flows_that_reach_the_mapping_it_recreated(host_ns,
     left = rp._run([*conntrack, "-L", "-p", "udp"]).stdout
     assert "sport=40020 " in left, left  # live: reaches ctr2
     assert "sport=40021 " not in left and "sport=40022 " not in left, left
+
+
+def test_repair_keeps_the_flows_of_the_container_or_rule_that_takes_the_port_first(
+    host_ns, tmp_path
+):
+    """Repairing a shadowed container's missing entry rule (wina, added first, keeps
+    taking 5353/udp) deleted wina's live flows, and those of another tool's rule ahead
+    of the plugin's (-d 192.0.2.3): they reach neither the repaired container nor its
+    port, so they went, although the re-created rule takes none of them (its replies on
+    their way then go out un-NATed). Found with real traffic (helper h190). Now what
+    would go is judged against every mapping of the node and the rules that take a
+    destination first, as flush-udp --stale-only judges: the blackholed and the
+    old-destination flows still go."""
+    udp = [{"hostPort": 5353, "containerPort": 53, "protocol": "udp"}]
+    _plugin_node(
+        host_ns, "nft", tmp_path, [("wina", ["10.88.0.31/16"], udp), ("shadb", ["10.88.0.32/16"], udp)]
+    )  # fmt: skip
+    for line in rp.save(host_ns, 4).splitlines():
+        if line.startswith("-A CNI-HOSTPORT-DNAT") and '\\"shadb\\"' in line:
+            rp.iptables(host_ns, ["-t", "nat", "-D", *shlex.split(line)[1:]])
+    rp.iptables(host_ns, ["-t", "nat", "-I", "PREROUTING", "1", "-d", "192.0.2.3", "-p", "udp",
+                          "--dport", "5353", "-j", "DNAT", "--to-destination", "10.244.1.7:53"])  # fmt: skip
+    for address in ("192.0.2.2/32", "192.0.2.3/32"):
+        rp._run(["ip", "-n", host_ns, "addr", "add", address, "dev", "lo"], check=True)
+    ct_load(
+        host_ns,
+        [
+            ct_args("192.0.2.1", "192.0.2.2", 40040, 5353, "10.88.0.31", 53),  # wina's, live
+            ct_args("192.0.2.1", "192.0.2.3", 40041, 5353, "10.244.1.7", 53),  # the other rule's
+            ct_args("192.0.2.1", "192.0.2.2", 40042, 5353),  # never DNATed: the blackhole
+            ct_args("192.0.2.1", "192.0.2.2", 40043, 5353, "10.88.0.99", 53),  # a gone one's
+        ],
+    )
+    doc = _check(host_ns, "nft", tmp_path, "--repair")
+    assert doc["repaired"], doc
+    assert ct_sports(host_ns) == {40040, 40041}
 
 
 def test_repair_flushes_the_flows_that_reach_the_mapping_without_the_masquerade_they_need(

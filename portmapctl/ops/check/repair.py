@@ -511,12 +511,12 @@ def repair(
             *(u.text for u in unrepaired),
         ]
         for c, fams in nft_changed:
-            warnings += after_setup(c, fams, flush_udp, local_only=True)
+            warnings += after_setup(c, fams, flush_udp, local_only=True, node=node)
         if flush_udp and transactions.get("nft") and nft_tried:
             warnings += nft_repair.flush_routed_after(node, nft_tried[-1][0])
         # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
         # un-NATed path it took while the mapping was missing.
-        warnings += after_setup_many(list(changed.values()), flush_udp, local_only=True)
+        warnings += after_setup_many(list(changed.values()), flush_udp, local_only=True, node=node)
     except Interrupted as stop:
         # SIGTERM or Ctrl-C once a transaction went in (or was under way): what it made
         # still gets the plugin's side effects on the way out; the next check finds it
@@ -637,7 +637,9 @@ def _repair_mapping(
         raise
     try:
         warnings = notes + (
-            after_setup_many([(config, families)], flush_udp, local_only=True) if families else []
+            after_setup_many([(config, families)], flush_udp, local_only=True, node=node)
+            if families
+            else []
         )
         unrepaired = _in_row_order([*unrepaired, *missing.values()])
         warnings += [u.text for u in unrepaired]
