@@ -288,13 +288,13 @@ def flush_keys(
         sorted({family for family, _ in keys}), sorted({port for _, port in keys})
     )
     mine = [e for e in entries if (e.family, e.dport) in keys]
+    local = local_addresses_of(keys) if local_only or isinstance(keys, dict) else None
     if local_only:
-        from portmapctl.host.addresses import local_addresses
-
-        local = local_addresses(sorted({family for family, _ in keys}))
         mine = [e for e in mine if (e.family, e.dst) in local]
     if isinstance(keys, dict):
         # Compared packed (any spelling of an address), each address packed once.
+        from portmapctl.core.mapping import loopback
+
         packed = conntrack.packed
         taken = {
             key: None if r.host_ips is None else {packed(key[0], ip) for ip in r.host_ips}
@@ -305,6 +305,9 @@ def flush_keys(
             for key, r in keys.items()
         }
 
+        def own_source(e: Any) -> bool:
+            return (e.family, e.src) in local and not loopback(e.src)
+
         def goes(e: Any) -> bool:
             key = (e.family, e.dport)
             to, reached = taken[key], (packed(e.family, e.reply_src), e.reply_sport)
@@ -314,10 +317,15 @@ def flush_keys(
                 return True
             # It reaches its container: live, unless it began while the masquerade was
             # missing and lacks one it needs (a hairpin or localhost flow whose replies
-            # bypass the node): kept, it stays broken for as long as it is busy.
+            # bypass the node): kept, it stays broken for as long as it is busy. One
+            # the node sent from its own address (not loopback) needs none: the replies
+            # come back to the node, and a masquerade from its bridge address changes
+            # nothing (the entry looks the same, masqueraded or not).
             masquerade = sent[key][reached]
             unmasqueraded = packed(e.family, e.reply_dst) == packed(e.family, e.src)
-            return masquerade is not None and unmasqueraded and masquerade.wants(e.src)
+            if masquerade is None or not unmasqueraded or not masquerade.wants(e.src):
+                return False
+            return not own_source(e)
 
         mine = [e for e in mine if goes(e)]
         if node is not None and local_only:
@@ -332,6 +340,13 @@ def flush_keys(
                 kept = set(elsewhere) - set(misrouted_on_node(node, elsewhere, keys, local))
                 mine = [e for e in mine if e not in kept]
     return conntrack.delete(mine)
+
+
+def local_addresses_of(keys: Collection[Key]) -> Any:
+    """The node's own addresses in the families of `keys`."""
+    from portmapctl.host.addresses import local_addresses
+
+    return local_addresses(sorted({family for family, _ in keys}))
 
 
 def no_conntrack_entries() -> bool:

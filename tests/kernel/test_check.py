@@ -582,6 +582,34 @@ def test_repair_flushes_the_flows_that_reach_the_mapping_without_the_masquerade_
     assert ct_sports(host_ns) == {40032, 40033}
 
 
+def test_repair_keeps_the_node_own_flows_from_its_address_on_the_containers_network(
+    host_ns, tmp_path
+):
+    """A flow the node itself sends from its own address on the containers' network
+    (the bridge's 10.88.0.1, to a mapped port of the node) reached ctr2 with its source
+    as it was: the masquerade the mapping gives it picks that very address (a no-op),
+    and the replies come back to the node anyway. Repair took it for a hairpin flow
+    lacking its masquerade and deleted it, live, whenever it re-created anything of
+    ctr2 (here its tcp entry rule). Found by an oracle fuzz with real traffic (helper
+    h190). A container's own hairpin flow without the masquerade still goes."""
+    _plugin_node(host_ns, "nft", tmp_path, CONTAINERS[1:2])  # 5353/udp to 10.88.0.12:53
+    rp.routed_node(host_ns)  # 10.88.0.1/16 on d0, 10.0.0.1 on lo
+    for line in rp.save(host_ns, 4).splitlines():
+        if line.startswith("-A CNI-HOSTPORT-DNAT") and "-p tcp" in line:
+            rp.iptables(host_ns, ["-t", "nat", "-D", *shlex.split(line)[1:]])
+    ct_load(
+        host_ns,
+        [
+            ct_args("10.88.0.1", "10.0.0.1", 40050, 5353, "10.88.0.12", 53),  # the node's own
+            ct_args("10.88.0.1", "10.88.0.1", 40051, 5353, "10.88.0.12", 53),  # the node's own
+            ct_args("10.88.0.7", "10.0.0.1", 40052, 5353, "10.88.0.12", 53),  # hairpin, bare
+        ],
+    )
+    doc = _check(host_ns, "nft", tmp_path, "--repair")
+    assert doc["repaired"] and doc["healthy"], doc
+    assert ct_sports(host_ns) == {40050, 40051}
+
+
 def test_repair_needs_root(host_ns, tmp_path):
     done = run(
         ["check", "--repair", "--netns", host_ns, "--cni-cache-dir", str(tmp_path)],
