@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pmctl import ok
 
+from portmapctl.core.backend import Flavour, IptablesAccess
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.host import paths
 from portmapctl.iptables.access import host_flavour, host_flavours, open_backend
@@ -83,6 +84,20 @@ def test_iptables_off_path_is_found_in_sbin(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     monkeypatch.setattr(paths, "SBIN_DIRS", str(sbin))
     assert host_flavour() == "nft"
+
+
+def test_iptables_access_words_and_the_flavours_they_write():
+    """--iptables's words, in the order help and errors list them, and the tables each
+    writes: python-iptables (libiptc) legacy ones only; auto the host tools' own."""
+    assert [str(a) for a in IptablesAccess] == ["auto", "nft", "legacy", "iptc"]
+    assert {a: a.flavour for a in IptablesAccess} == {
+        IptablesAccess.AUTO: None,
+        IptablesAccess.NFT: Flavour.NFT,
+        IptablesAccess.LEGACY: Flavour.LEGACY,
+        IptablesAccess.IPTC: Flavour.LEGACY,
+    }
+    # NFT and LEGACY are the flavours' own words.
+    assert {IptablesAccess(f) for f in Flavour} == {IptablesAccess.NFT, IptablesAccess.LEGACY}
 
 
 def test_unknown_backend_is_bad_input():
