@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Collection, Dict, Optional, Protocol
 
-from portmapctl.core.backend import Flavour
+from portmapctl.core.backend import Flavour, IptablesAccess
 from portmapctl.errors import BadInput, HostProblem
 
 if TYPE_CHECKING:
@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from portmapctl.iptables.ruleset import NatTable
     from portmapctl.iptables.transaction import Transaction
 
-BACKEND_NAMES = ("auto", Flavour.NFT.value, Flavour.LEGACY.value, "iptc")
+# The kernel backends' names: each is named for the --iptables word that opens it.
+BACKEND_NAMES = tuple(IptablesAccess)
 
 
 class Backend(Protocol):
-    name: str
+    name: str  # an IptablesAccess for the kernel's (BACKEND_NAMES); else its own word
     writable: bool
 
     def read(self, family: int) -> NatTable: ...
@@ -135,7 +136,7 @@ def restore_tools(backend: object) -> Dict[int, str]:
     split brain. python-iptables writes legacy tables: legacy's tool (plain before 1.8,
     as for --iptables legacy); a backend that writes nothing (snapshots) gets none, and
     its texts the plain name."""
-    if getattr(backend, "name", "") == "iptc":
+    if getattr(backend, "name", "") == IptablesAccess.IPTC:
         from portmapctl.iptables.access.restore import RestoreBackend
 
         backend = RestoreBackend(Flavour.LEGACY)
@@ -146,7 +147,7 @@ def restore_tools(backend: object) -> Dict[int, str]:
 
 
 def open_backend(
-    name: str = "auto",
+    name: str = IptablesAccess.AUTO,
     snapshots: Optional[Dict[int, str]] = None,
     families: Collection[int] = (4, 6),
 ) -> Backend:
@@ -157,13 +158,16 @@ def open_backend(
         from portmapctl.iptables.access.snapshot import SnapshotBackend
 
         return SnapshotBackend(snapshots)
-    if name not in BACKEND_NAMES:
-        raise BadInput(f"unknown iptables flavour {name!r}: use one of {', '.join(BACKEND_NAMES)}")
+    try:
+        access = IptablesAccess(name)
+    except ValueError:
+        words = ", ".join(IptablesAccess)
+        raise BadInput(f"unknown iptables flavour {name!r}: use one of {words}") from None
     # `auto` is "nft" or "legacy", never "iptc": on legacy tables save/restore is
     # 2-3 times faster end to end than python-iptables (benchmarks/iptc_bench.py).
     from portmapctl.iptables.access.restore import RestoreBackend
 
-    if name == "auto":
+    if access is IptablesAccess.AUTO:
         found = host_flavours(families or (4,))
         if len(set(found.values())) > 1:
             # Each family where the plugin writes it (the alternatives differ).
@@ -171,7 +175,7 @@ def open_backend(
 
             return PerFamilyBackend({f: RestoreBackend(flavour) for f, flavour in found.items()})
         return RestoreBackend(next(iter(found.values())))
-    if name == "iptc":
+    if access is IptablesAccess.IPTC:
         # libiptc sees only legacy tables: on an nf_tables host it would read an empty
         # table (and a repair would write into tables nothing uses). Checked before
         # the costly import of python-iptables.
@@ -186,4 +190,4 @@ def open_backend(
         from portmapctl.iptables.access.iptc import IptcBackend
 
         return IptcBackend()
-    return RestoreBackend(name)
+    return RestoreBackend(access.flavour)

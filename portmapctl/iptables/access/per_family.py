@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
-from portmapctl.core.backend import Flavour
+from portmapctl.core.backend import Flavour, IptablesAccess
 
 if TYPE_CHECKING:
     from portmapctl.iptables.access.restore import RestoreBackend
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 class PerFamilyBackend:
-    name = "auto"
+    name = IptablesAccess.AUTO
     writable = True
     # (One family's chains are cheap to list under nf_tables, the other's are not: add
     # takes the path that reads the table, right for both.)

@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from portmapctl.core.backend import Flavour
+from portmapctl.core.backend import Flavour, IptablesAccess
 from portmapctl.errors import (
     ApplyFailed,
     BadInput,
@@ -44,7 +44,7 @@ class RestoreBackend:
 
     def __init__(self, flavour: str) -> None:
         self.flavour = Flavour(flavour)  # (ValueError for anything else)
-        self.name = self.flavour.value
+        self.name = IptablesAccess(self.flavour)  # (the --iptables word that opens it)
         # Listing one chain is cheap under nf_tables (that chain is fetched); legacy
         # iptables gets the whole table and waits for the xtables lock for it.
         self.cheap_chain_reads = self.flavour is Flavour.NFT

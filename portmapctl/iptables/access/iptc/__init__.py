@@ -64,6 +64,7 @@ import os
 import sys
 from typing import Any, Callable, Dict, Iterator, Optional
 
+from portmapctl.core.backend import IptablesAccess
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem, PortmapctlError, killed
 from portmapctl.host.lock import flock_within
 from portmapctl.iptables.access import NEW_NAT_TABLE, legacy_read_skipped
@@ -80,7 +81,7 @@ XT_LOCK_NAME = "/run/xtables.lock"  # iptables' own lock (XTABLES_LOCKFILE overr
 class IptcBackend:
     """The backend; every libiptc session runs in a forked child (see `_in_child`)."""
 
-    name = "iptc"
+    name = IptablesAccess.IPTC
     writable = True
 
     def __init__(self, lock_wait: Optional[float] = None) -> None:
