@@ -31,7 +31,7 @@ from typing import (
     Tuple,
 )
 
-from portmapctl.core.backend import Flavour
+from portmapctl.core.backend import Flavour, IptablesAccess
 
 if TYPE_CHECKING:
     from portmapctl.core.mapping import Mapping as CoreMapping
@@ -39,8 +39,9 @@ if TYPE_CHECKING:
     from portmapctl.iptables.foreign import ChainReader
     from portmapctl.iptables.ruleset import Args, NatTable
 
-# The flavour each live iptables backend writes (python-iptables: legacy tables only).
-_FLAVOURS = {Flavour.NFT: Flavour.NFT, Flavour.LEGACY: Flavour.LEGACY, "iptc": Flavour.LEGACY}
+# The flavour each live one-flavour iptables backend writes, by its name (python-iptables:
+# legacy tables only; auto's per-family backend says its own, `flavours`).
+_FLAVOURS = {a: a.flavour for a in IptablesAccess if a.flavour is not None}
 
 
 def flavour_of(backend_name: str) -> Optional[Flavour]:
