@@ -21,6 +21,7 @@ from typing import (
 )
 
 from portmapctl.core.backend import Backend as PluginBackend
+from portmapctl.core.backend import IptablesAccess
 from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError, found_in
 from portmapctl.host import lock, netns, paths
 from portmapctl.host.netns import NamespaceView
@@ -60,7 +61,7 @@ class NodeOptions:
     each container followed to its own, as cli's Common.plugin_backend says it).
     """
 
-    iptables: str = "auto"
+    iptables: IptablesAccess = IptablesAccess.AUTO
     families: Tuple[int, ...] = (4, 6)
     netns: Optional[str] = None
     cache_dirs: Tuple[str, ...] = field(default_factory=paths.default_cni_cache_dirs)
@@ -82,6 +83,8 @@ class NodeOptions:
         # vocabulary (an --iptables flavour) is refused, not read as neither backend.
         if self.backend is not None:
             object.__setattr__(self, "backend", PluginBackend(self.backend))
+        # (And --iptables's word as an IptablesAccess: a caller's plain "nft" is one.)
+        object.__setattr__(self, "iptables", IptablesAccess(self.iptables))
 
     @property
     def offline(self) -> bool:
@@ -114,7 +117,7 @@ class NodeOptions:
             spelled += f" --netns {shlex.quote(self.netns)}"
         if self.backend is not None:
             spelled += f" --backend {self.backend}"
-        if self.iptables != "auto":
+        if self.iptables is not IptablesAccess.AUTO:
             spelled += f" --iptables {self.iptables}"
         if tuple(self.families) != (4, 6):
             one = len(self.families) == 1
@@ -577,7 +580,7 @@ def _as_the_plugin_chooses(options: NodeOptions) -> NodeOptions:
 
     if options.offline or options.backend == PluginBackend.IPTABLES:
         return options
-    if options.backend is None and options.iptables != "auto":
+    if options.backend is None and options.iptables is not IptablesAccess.AUTO:
         return options
     # (Found as the tools are found: on PATH, else in the sbin directories cron leaves out.)
     nft = paths.find_tool("nft")
