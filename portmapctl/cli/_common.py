@@ -28,7 +28,7 @@ from typing import (
     Tuple,
 )
 
-from portmapctl.core.backend import Backend
+from portmapctl.core.backend import Backend, IptablesAccess
 from portmapctl.core.text import cell_text, message_text
 from portmapctl.host.paths import CNI_CACHE_DIR, default_cni_cache_dirs
 
@@ -46,15 +46,6 @@ class BackendChoice(str, Enum):
     auto = "auto"
     iptables = "iptables"
     nftables = "nftables"
-
-
-class IptablesChoice(str, Enum):
-    """How iptables is read and written."""
-
-    auto = "auto"
-    nft = "nft"
-    legacy = "legacy"
-    iptc = "iptc"
 
 
 class FamilyChoice(str, Enum):
@@ -239,7 +230,7 @@ class Common(NamedTuple):
     """The common options of one run, parsed."""
 
     backend: BackendChoice = BackendChoice.auto
-    iptables: IptablesChoice = IptablesChoice.auto
+    iptables: IptablesAccess = IptablesAccess.AUTO
     family: FamilyChoice = FamilyChoice.all
     netns: Optional[str] = None
     cni_cache_dir: Optional[Tuple[str, ...]] = None
@@ -314,7 +305,7 @@ class Common(NamedTuple):
                 "only one of --snapshot/--snapshot6/--nft-snapshot can read standard input"
             )
         return NodeOptions(
-            iptables=self.iptables.value,
+            iptables=self.iptables,
             families=wanted,
             netns=self.netns,
             cache_dirs=dirs,

@@ -19,10 +19,10 @@ from portmapctl.cli._common import (
     BackendChoice,
     Common,
     FamilyChoice,
-    IptablesChoice,
     OutputChoice,
     complete_netns,
 )
+from portmapctl.core.backend import IptablesAccess
 from portmapctl.host.paths import CNI_CACHE_DIR, MULTUS_CACHE_DIR, default_cni_cache_dirs
 
 # Completion of values (typer `autocompletion=`): typer reads their annotations, so
@@ -91,7 +91,7 @@ COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
     (
         "iptables",
         Annotated[
-            IptablesChoice,
+            IptablesAccess,
             typer.Option(
                 "--iptables",
                 envvar="PORTMAPCTL_IPTABLES",
@@ -100,7 +100,7 @@ COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
                 case_sensitive=False,
             ),
         ],
-        IptablesChoice.auto,
+        IptablesAccess.AUTO,
     ),
     (
         "family",

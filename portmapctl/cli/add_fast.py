@@ -15,7 +15,8 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from portmapctl.cli import add_options
-from portmapctl.cli._common import BackendChoice, FamilyChoice, IptablesChoice, OutputChoice
+from portmapctl.cli._common import BackendChoice, FamilyChoice, OutputChoice
+from portmapctl.core.backend import IptablesAccess
 
 if TYPE_CHECKING:
     from portmapctl.cli._common import Common
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 # The options whose values are an Enum's (cli/_common.py: no typer there).
 _ENUMS = {
     "backend": BackendChoice,
-    "iptables": IptablesChoice,
+    "iptables": IptablesAccess,
     "family": FamilyChoice,
     "output": OutputChoice,
 }

@@ -20,7 +20,7 @@ from portmapctl.cli.add_warnings import (
     other_flavour_warnings,
     shadow_warnings,
 )
-from portmapctl.core.backend import Backend, Flavour
+from portmapctl.core.backend import Backend, Flavour, IptablesAccess
 from portmapctl.errors import HostProblem, Interrupted
 from portmapctl.iptables.chains import dnat_chain_name
 
@@ -265,7 +265,7 @@ def _kept_in_nftables(
     name = dnat_chain_name(config)
 
     def in_iptables() -> bool:
-        backend = open_backend(common.iptables.value, families=present)
+        backend = open_backend(common.iptables, families=present)
         has_table = getattr(backend, "has_nat_table", lambda _family: True)
         return any(backend.read(f).has_chain(name) for f in present if has_table(f))
 
@@ -495,19 +495,22 @@ def _early_foreign(common: Common, config: MappingConfig) -> Optional[Callable[[
     return early_foreign_takers(common.netns, config, wanted, Flavour.LEGACY)
 
 
-def _flavour_ahead(common: Common, config: MappingConfig) -> Optional[str]:
+def _flavour_ahead(common: Common, config: MappingConfig) -> Optional[Flavour]:
     """The iptables flavour (nft, legacy) `config` will be written to, when add's work
     may start before the rest of add is imported; None when it may not: the nftables
-    backend, no CAP_NET_ADMIN (add says so first, having touched nothing), a flavour
-    or --netns that add will refuse (and say why, in its usual order)."""
+    backend, no CAP_NET_ADMIN (add says so first, having touched nothing), python-iptables
+    (--iptables iptc: add's own backend), a flavour or --netns that add will refuse (and
+    say why, in its usual order)."""
     import os
 
     from portmapctl.errors import PortmapctlError, ToolTimedOut
 
     if config.backend == Backend.NFTABLES or not _net_admin():
         return None
-    flavour = common.iptables.value
-    if flavour == "auto":
+    if common.iptables is IptablesAccess.IPTC:
+        return None
+    flavour = common.iptables.flavour
+    if flavour is None:  # auto
         from portmapctl.cli._common import families
         from portmapctl.iptables.access import host_flavour
 

@@ -27,12 +27,12 @@ from hypothesis import strategies as st
 from portmapctl.cli._common import (
     BackendChoice,
     FamilyChoice,
-    IptablesChoice,
     OutputChoice,
     ProtoChoice,
     families,
 )
 from portmapctl.cli.typer_app import build_app
+from portmapctl.core.backend import IptablesAccess
 from portmapctl.core.status import Status
 from portmapctl.nftables import early
 from portmapctl.nftables.access.nft import EarlyListing, RealNft
@@ -137,7 +137,7 @@ def test_the_option_table_is_lists() -> None:
     assert known == names
     choices = {
         "--backend": BackendChoice,
-        "--iptables": IptablesChoice,
+        "--iptables": IptablesAccess,
         "--family": FamilyChoice,
         "--output": OutputChoice,
         "-o": OutputChoice,
