@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable, List, Optional
 
+from portmapctl.core.backend import IptablesAccess
 from portmapctl.host.paths import (
     CNI_CACHE_DIR,
     DEFAULT_RUN_DIR,
@@ -96,10 +97,14 @@ FILES = [
     ("/run/xtables.lock", "The xtables lock iptables-restore waits for."),
 ]
 
+# --iptables's words (core's IptablesAccess), as a sentence lists them: "a, b or c".
+_ACCESS = [str(access) for access in IptablesAccess]
+_ACCESS_WORDS = f"{', '.join(_ACCESS[:-1])} or {_ACCESS[-1]}"
+
 # Every variable docs/commands/README.md's environment table names (the test of the
 # man page holds the two to the same names).
 ENVIRONMENT = [
-    ("PORTMAPCTL_IPTABLES", "Default for --iptables: auto, nft, legacy or iptc."),
+    ("PORTMAPCTL_IPTABLES", f"Default for --iptables: {_ACCESS_WORDS}."),
     (
         "PORTMAPCTL_CNI_CACHE_DIR",
         "Default for --cni-cache-dir (several directories separated by spaces).",
