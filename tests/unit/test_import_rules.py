@@ -150,11 +150,12 @@ SPELT_AT_THE_EDGE = {
 
 
 def test_backends_and_flavours_are_not_compared_as_strings() -> None:
-    """The plugin's backend and iptables' flavour are core/backend.py's Enums wherever
-    code decides on them (docs/architecture.md: Vocabularies are Enums)."""
-    from portmapctl.core.backend import Backend, Flavour
+    """The plugin's backend, iptables' flavour and --iptables's words are
+    core/backend.py's Enums wherever code decides on them (docs/architecture.md:
+    Vocabularies are Enums)."""
+    from portmapctl.core.backend import Backend, Flavour, IptablesAccess
 
-    words = {m.value for m in (*Backend, *Flavour)}
+    words = {m.value for m in (*Backend, *Flavour, *IptablesAccess)}
     found = []
     for name, tree in _modules():
         for node in ast.walk(tree):
