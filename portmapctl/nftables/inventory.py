@@ -384,8 +384,6 @@ class Leftover:
 
 def leftovers(ruleset: Ruleset) -> List[Leftover]:
     """Every Leftover, by family, container ID and address."""
-    from portmapctl.nftables.node import is_plugin_rule
-
     found: List[Leftover] = []
     dnat_to = {
         family: {
