@@ -16,7 +16,7 @@ import pmctl
 import pytest
 import realplugin as rp
 import upstream
-from flush_udp_helpers import ct_load, ct_sports, masquerade_flows
+from flush_udp_helpers import ct_args, ct_load, ct_sports, masquerade_flows
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.netns
@@ -376,6 +376,40 @@ def test_repair_of_the_masquerade_flushes_the_flows_that_lack_it(node: str, tmp_
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert json.loads(repaired.stdout)["repaired"] is True
     assert ct_sports(node) == {40042, 40043}
+
+
+@pytest.mark.parametrize("one", [False, True], ids=["node", "one-mapping"])
+def test_repair_keeps_the_flows_of_the_nftables_container_that_takes_the_port_first(
+    node: str, tmp_path: Path, one: bool
+) -> None:
+    """v1.9.1's shadb, added after wina with the same 5353/udp, lost its DNAT rule:
+    wina's rule is ahead and keeps taking the port. Repairing shadb (the whole node, or
+    its one mapping given on the command line) must not delete wina's live flows, which
+    reach neither shadb nor its port: the one-mapping repair judged them against shadb's
+    mapping alone and deleted them (the node-wide one judges them against the node, as
+    flush-udp --stale-only does). The never-DNATed and old-destination flows go."""
+    import subprocess
+
+    udp = [_pm(5353, 53, "udp")]
+    _plugin_add(node, tmp_path, ("wina", ["10.88.0.31/16"], udp))
+    conf = _plugin_add(node, tmp_path, ("shadb", ["10.88.0.32/16"], udp))
+    _delete_rules(node, "shadb", ("hostports",))
+    subprocess.run(["ip", "-n", node, "addr", "add", "192.0.2.2/32", "dev", "lo"], check=True)
+    ct_load(
+        node,
+        [
+            ct_args("192.0.2.1", "192.0.2.2", 40040, 5353, "10.88.0.31", 53),  # wina's, live
+            ct_args("192.0.2.1", "192.0.2.2", 40042, 5353),  # never DNATed: the blackhole
+            ct_args("192.0.2.1", "192.0.2.2", 40043, 5353, "10.88.0.99", 53),  # a gone one's
+        ],
+    )
+    args = ["check", "--repair", "-o", "json", "--netns", node, "--cni-cache-dir", str(tmp_path)]
+    if one:
+        args += ["--backend", "nftables", "--container", "shadb", "--cni-config", "-"]
+    done = pmctl.run(args, stdin=json.dumps(conf) if one else None)
+    assert done.returncode == 1, done.stdout + done.stderr  # (shadb is shadowed: a problem)
+    assert json.loads(done.stdout)["repaired"] is True
+    assert ct_sports(node) == {40040}
 
 
 def test_list_conntrack_judges_by_both_backends_under_backend_iptables(

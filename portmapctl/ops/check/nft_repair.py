@@ -569,8 +569,11 @@ def repair_nft_mapping(
                 flush_routed_after(node, tried[-1])
         raise
     try:
+        # (`node`: what would go and does not reach this container is judged against the
+        # node's every mapping, as the node-wide repair judges it: a shadowed
+        # container's repair deleted the live flows of the one that takes the port.)
         warnings = notes + (
-            after_setup(config, families, flush_udp, local_only=True) if families else []
+            after_setup(config, families, flush_udp, local_only=True, node=node) if families else []
         )
         if flush_udp and text and tried:
             warnings += flush_routed_after(node, tried[-1])
