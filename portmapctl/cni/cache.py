@@ -373,14 +373,17 @@ def unnamed_entries(cache_dirs: CacheDirs, known: Set[str]) -> List[str]:
     found = []
     for folder in map(results_dir, _dirs(cache_dirs)):
         try:
-            names = sorted(os.listdir(folder))
+            names = os.listdir(folder)
         except OSError:
             continue  # (read_cache said what was wrong with the folder)
-        for name in names:
-            path = os.path.join(folder, name)
-            if name.startswith(".") or path in known or name_readings(name):
+        # Names against names, the set difference in C: every list, check and gc pays
+        # this, and a path joined and looked up per file was 0.8 ms at 1,000 entries.
+        prefix = os.path.join(folder, "")
+        read = {path[len(prefix) :] for path in known if path.startswith(prefix)}
+        for name in sorted(set(names).difference(read)):
+            if name.startswith(".") or name_readings(name):
                 continue
-            found.append(path)
+            found.append(prefix + name)
     return found
 
 
