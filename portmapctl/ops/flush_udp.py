@@ -310,6 +310,16 @@ def routed_flows(
     return [e for e in entries if taken(e)]
 
 
+def delete_routed(targets: Collection[RoutedTarget]) -> int:
+    """Delete the conntrack entries of the flows the node routes to another host that
+    were DNATed to one of `targets` (routed_flows): the number deleted. Whatever
+    conntrack raises is the caller's to report."""
+    families = sorted({family for family, _port, _addr, _to in targets})
+    ports = sorted({port for _family, port, _addr, _to in targets})
+    entries = conntrack.list_udp(families, ports)
+    return conntrack.delete(routed_flows(entries, targets, local_addresses(families)))
+
+
 def misroutes(
     entry: ConntrackEntry,
     by_key: ReadOnly[Key, Sequence[Mapping]],

@@ -482,7 +482,7 @@ def flush_routed(
     `deleted` rule bodies (family, body) sent its port and no rule left does: that
     destination is no mapping's any more. Failures are warnings, as after_setup's."""
     from portmapctl.nftables.ruleset import HOSTIP_HOSTPORTS, HOSTPORTS
-    from portmapctl.ops.flush_udp import RoutedTarget, dnat_targets, routed_flows
+    from portmapctl.ops.flush_udp import RoutedTarget, delete_routed, dnat_targets
 
     live = node.read_nft()
     targets: Set[RoutedTarget] = set()
@@ -503,12 +503,7 @@ def flush_routed(
     if no_conntrack_entries():
         return []
     try:
-        from portmapctl.host import conntrack
-        from portmapctl.host.addresses import local_addresses
-
-        wanted = sorted({family for family, _ in keys})
-        entries = conntrack.list_udp(wanted, sorted({port for _, port in keys}))
-        conntrack.delete(routed_flows(entries, targets, local_addresses(wanted)))
+        delete_routed(targets)
     except Exception as err:  # noqa: BLE001 - as after_setup's flush
         return [not_flushed(keys, err)]
     return []

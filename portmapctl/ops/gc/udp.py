@@ -146,16 +146,12 @@ def flush_routed_removed(targets: Collection[RoutedTarget]) -> Tuple[int, Tuple[
     DNATed (flush_udp.routed_flows: v1.6/v1.7's entry has no `fib daddr type local`):
     their container is gone, and a stream that keeps sending would stay pinned to its
     address. The other flushes here look only at flows to the node's own addresses."""
-    from portmapctl.host import conntrack
-    from portmapctl.host.addresses import local_addresses
-    from portmapctl.ops.flush_udp import routed_flows
+    from portmapctl.ops.flush_udp import delete_routed
 
-    families = sorted({family for family, _port, _addr, _to in targets})
-    ports = sorted({port for _family, port, _addr, _to in targets})
     try:
-        entries = conntrack.list_udp(families, ports)
-        return conntrack.delete(routed_flows(entries, targets, local_addresses(families))), ()
+        return delete_routed(targets), ()
     except Exception as err:  # noqa: BLE001 - reported, never fatal after the removal
+        ports = sorted({port for _family, port, _addr, _to in targets})
         listed = ", ".join(str(p) for p in ports[:10]) + ("..." if len(ports) > 10 else "")
         return 0, (f"could not flush the routed UDP conntrack entries of ports {listed}: {err}",)
 
