@@ -22,8 +22,8 @@ The shapes (IPv4 text; IPv6 alike with ::1-less rules and /128):
                 `-s 127.0.0.1/32 -d PODIP/32 -p P --dport CONTAINERPORT -j MASQUERADE`.
                 No SETMARK/MASQ chains.
   v0.7.0-v0.8.5 multiport entry rules (as today); hairpin mark on `-s PODIP/32` (the
-                bare container address); v0.7.x prepends its entries and rules
-                (v0.8.0 on appends).
+                bare container address); v0.7.0-v0.7.4 prepend their entries and
+                rules, v0.7.5 on append (plugins f8fcb352; the text is the same).
   v0.8.6 on     hairpin mark on `-s POD-SUBNET` (the current shape; Debian's 1.1.1).
   < v0.8.7      a hostIP of 0.0.0.0 (or ::) is written as `-d 0.0.0.0/32` (`-d ::/128`),
                 which matches no packet (plugins#643, fixed by plugins#487): dead.

@@ -156,14 +156,16 @@ def mapping_dnat_chain(
     return _joined_as_found(chains, prepending, live) if chains else None
 
 
-# The shapes of versions before v0.8.0, whose ADD inserted a chain's missing rules first.
+# The shapes whose plugin may have inserted a chain's missing rules first: v0.6 and
+# v0.7.0-v0.7.4 did; v0.7.5-v0.8.5 write HAIRPIN_HOST's text too but append, so the
+# prepended order is taken only where the live chain shows it (_joined_as_found).
 _PREPENDING = frozenset({shapes.Shape.HAIRPIN_HOST, shapes.Shape.V0_6})
 
 
 def _joined_as_found(chains: Sequence[Chain], prepending: bool, live: NatTable) -> Chain:
     """The chain the ADDs of a container's interfaces on one network leave (`chains`,
-    in ADD order): each appends the rules the chain lacks (v0.8.0 on). Plugins before
-    v0.8.0 inserted them first: where every chain is in an older shape that such a
+    in ADD order): each appends the rules the chain lacks (v0.7.5 on). Plugins before
+    v0.7.5 inserted them first: where every chain is in an older shape that such a
     version wrote (`prepending`) and the live chain is so (or what is left of it is in
     that order only), that is the chain wanted."""
     joined = functools.reduce(_joined, chains)
@@ -184,7 +186,7 @@ def _in_that_order(rules: Sequence[Args], wanted: Sequence[Args]) -> bool:
 
 
 def _joined_first(have: Chain, chain: Chain) -> Chain:
-    """`have` with what a later ADD of v0.6-v0.7 puts before its rules: the rules of
+    """`have` with what a later ADD of v0.6-v0.7.4 puts before its rules: the rules of
     `chain` it lacks, each `-I 1` in reverse (so in their order, at the top)."""
     joined = _joined(have, chain)
     lacking = tuple(r for r in chain.rules if r not in have.rules)
