@@ -1733,3 +1733,37 @@ def test_repair_takes_no_port_from_someone_elses_rule(
     assert "from the rule handle" in doc["unrepaired"][0]["why"]
     assert "decide which container keeps it" in doc["unrepaired"][0]["why"]
     assert upstream.ruleset_json(node) == before
+
+
+@pytest.mark.parametrize("looked_at", ["iptables", "nftables"])
+def test_list_narrowed_to_the_backend_the_plugin_does_not_use_says_where_the_mappings_are(
+    node: str, tmp_path: Path, looked_at: str
+) -> None:
+    """`list --backend iptables` on a node whose plugin (v1.9.1) keeps its mappings in
+    the cni_hostport tables alone (and `--backend nftables` on a Debian 1.1.1 node) said
+    "no portmap chains found", exit 0 and nothing on stderr: an operator who typed the
+    wrong backend was told the node has no mappings at all. It still lists nothing
+    there, but never says there is nothing: the summary names the backend read, and
+    stderr how many mappings the other holds and the option that shows them."""
+    if looked_at == "iptables":
+        _plugin_add(node, tmp_path, WEB)
+        held_in, count = "nftables", 4
+    else:
+        ipt_conf = rp.plugin_conf("podman", ["10.88.0.20/16"], [_pm(8100, 80), _pm(8101, 81)])
+        rp.run_plugin("ADD", node, "ipt1", ipt_conf, check=True)
+        held_in, count = "iptables", 2
+    for quiet in ((), ("-q",)):
+        done = _pmctl(node, tmp_path, "list", "--backend", looked_at, *quiet)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [f"no portmap chains found in {looked_at}"]
+        assert (
+            f"portmapctl: warning: --backend {looked_at}: the plugin's {held_in} holds {count}"
+            f" mapping(s) on this node, not read here: run with --backend auto to list them"
+        ) in done.stderr.splitlines(), done.stderr
+    # JSON: nothing but the document on stdout, the warning on stderr.
+    done = _pmctl(node, tmp_path, "list", "--backend", looked_at, "-o", "json")
+    assert done.returncode == 0 and json.loads(done.stdout)["mappings"] == []
+    assert f"the plugin's {held_in} holds {count} mapping(s)" in done.stderr
+    # Where the backend read holds them, or neither does, nothing of the kind is said.
+    done = _pmctl(node, tmp_path, "list", "--backend", held_in, "-q")
+    assert "not read here" not in done.stderr and "found" not in done.stdout
