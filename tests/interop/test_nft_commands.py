@@ -1767,3 +1767,35 @@ def test_list_narrowed_to_the_backend_the_plugin_does_not_use_says_where_the_map
     # Where the backend read holds them, or neither does, nothing of the kind is said.
     done = _pmctl(node, tmp_path, "list", "--backend", held_in, "-q")
     assert "not read here" not in done.stderr and "found" not in done.stdout
+
+
+def test_gc_shows_a_containers_host_ports_in_one_order_on_either_backend(
+    node: str, twin: str, tmp_path: Path
+) -> None:
+    """One stale container, its ports mapped by the v1.6.2 plugin in nftables (host-IP
+    rules in hostip_hostports, the others in hostports) and by Debian's 1.1.1 in
+    iptables (one chain, mapping order): gc's HOST PORTS column read
+    `9000/tcp,7000/udp,8000/tcp,8080/tcp` on the first and `9000/tcp,8080/tcp,7000/udp,
+    8000/tcp` on the second (the JSON `host_ports` alike), so a script or an operator
+    comparing two nodes saw a difference where there is none. Both are now in list's
+    row order: protocol, then port."""
+    ports = [_pm(9000, 90), _pm(8080, 80, host_ip="127.0.0.1"), _pm(7000, 70, "udp"), _pm(8000, 80)]
+    upstream.run(
+        "v1.6.2", "ADD", node, "old1", upstream.nft_conf("podman", ["10.88.0.7/16"], ports),
+        check=True,
+    )  # fmt: skip
+    rp.run_plugin(
+        "ADD", twin, "old1", rp.plugin_conf("podman", ["10.88.0.7/16"], ports), check=True
+    )
+    (tmp_path / "results").mkdir()
+    args = ("gc", "--dry-run", "--all", "--min-age", "0", "--family", "4")
+    wanted = "8000/tcp,8080/tcp,9000/tcp,7000/udp"
+    for ns in (node, twin):
+        table = _pmctl(ns, tmp_path, *args)
+        assert table.returncode == 0, table.stderr
+        rows = [line for line in table.stdout.splitlines() if " old1 " in line]
+        assert len(rows) == 1 and f"  {wanted}  " in rows[0], (ns, table.stdout)
+        doc = json.loads(_pmctl(ns, tmp_path, *args, "-o", "json").stdout)
+        assert [f"{p['host_port']}/{p['protocol']}" for p in doc["removed"][0]["host_ports"]] == (
+            wanted.split(",")
+        ), ns

@@ -20,7 +20,7 @@ from portmapctl.iptables.shapes import ProtoPort
 from portmapctl.iptables.transaction import OpKind, Transaction
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.liveness import AnyChain, Liveness, ZombieHold
-from portmapctl.ops.gc.result import GcChain
+from portmapctl.ops.gc.result import GcChain, row_order
 from portmapctl.ops.gc.state import ChainKey
 
 
@@ -70,7 +70,7 @@ def _gc_chain(
         chain.kind,
         network,
         container_id,
-        ports,
+        row_order(ports),
         round(max(seen_seconds, 0.0), 1),
     )
 

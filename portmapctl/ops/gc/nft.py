@@ -31,7 +31,7 @@ from portmapctl.ops.gc.liveness import (
     zombie_hold,
 )
 from portmapctl.ops.gc.plan import GcOptions, read_cache_while_planning
-from portmapctl.ops.gc.result import GcChain
+from portmapctl.ops.gc.result import GcChain, row_order
 from portmapctl.ops.gc.state import NFT_PREFIX, ChainKey
 from portmapctl.ops.node import Node
 
@@ -165,7 +165,7 @@ def plan_nft(
                 ChainKind.NFT_RULE,
                 next(iter(cached)) if len(cached) == 1 else None,
                 dead.container_id,
-                ports,
+                row_order(ports),
                 round(max(now - first, 0.0), 1),
                 _chains_of(rules),
             )

@@ -5,13 +5,21 @@ JSON and metrics read these values and nothing else of gc."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.status import ChainKind
 from portmapctl.iptables.shapes import ProtoPort
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.state import ChainKey
+
+
+def row_order(ports: Iterable[ProtoPort]) -> Tuple[ProtoPort, ...]:
+    """A chain's host ports as list orders a container's rows: protocol, then port. Rule
+    order differs by backend for the same container (the plugin's nftables v1.6/v1.7
+    put host-IP mappings in hostip_hostports, its iptables one chain in mapping order),
+    so gc's HOST PORTS and JSON `host_ports` read differently for the same ports."""
+    return tuple(sorted(ports))
 
 
 @dataclass(frozen=True)
