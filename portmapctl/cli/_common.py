@@ -636,8 +636,15 @@ class Output(NamedTuple):
             # Piped, one line, as warn() writes it: rich broke a remark longer than its
             # 250 columns in two (a log's grep missed it). On a terminal it is still
             # word-wrapped at the width, as the tables are fitted to it.
-            piped = not _isatty(sys.stderr)
-            self._console(stderr=True).print(message_text(text), soft_wrap=piped)
+            if not _isatty(sys.stderr):
+                self._console(stderr=True).print(message_text(text), soft_wrap=True)
+                return
+            # rich leaves the space it broke a line at on that line's end (`...9116c `
+            # before a long network name went to the next line): printed without it.
+            console = self._console(stderr=True)
+            with console.capture() as wrapped:
+                console.print(message_text(text))
+            sys.stderr.write("".join(row.rstrip(" ") + "\n" for row in wrapped.get().splitlines()))
 
     def warn(self, text: str) -> None:
         # A path's byte that is not UTF-8 as `\xNN`, as error lines and JSON write it.

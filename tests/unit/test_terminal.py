@@ -173,6 +173,24 @@ def terminal_stderr(monkeypatch):
     os.close(master)
 
 
+def test_a_message_wrapped_on_an_80_column_terminal_ends_no_line_in_a_space(
+    terminal_stderr, monkeypatch
+):
+    """check --repair's "repaired:" line of a container on a long network name, on an
+    80-column terminal: rich wrapped it at the space before the parenthesis and left
+    that space at the end of the first line (`... CNI-DN-dd4cac0efe17048d9116c `), seen
+    on a real node with `script` at 80 columns. Every word is still there, in order."""
+    monkeypatch.setenv("COLUMNS", "80")
+    network = "a-rather-long-network-name-for-the-wrap-test"
+    line = f"repaired: IPv4 missing-entry CNI-DN-dd4cac0efe17048d9116c ({network}/c4eeeeeeeeee)"
+    master = terminal_stderr()
+    Output().message(line)
+    shown = _drain(master).decode().replace("\r", "").split("\n")
+    assert shown[-1] == "" and len(shown) > 2, shown
+    assert all(len(row) <= 80 and row == row.rstrip() for row in shown), shown
+    assert " ".join(row.strip() for row in shown[:-1]) == line
+
+
 def _work(out: Output, total: int, after: float, pause: float = 0.0) -> None:
     with out.progress("deleting things", after=after) as progress:
         assert progress is not None
