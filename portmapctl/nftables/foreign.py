@@ -92,6 +92,9 @@ class HookTakers(NamedTuple):
     # Only some packets of, maybe (a condition not judged), and no rule at or before
     # that hook takes them whole: the earliest such hook's rule.
     unsure: Taken
+    # The table of each `taken` rule (`ip kube-proxy`): a fix must send the operator to
+    # the tool that owns it, kube-proxy's NodePorts are no hand-written firewall.
+    tables: Dict[Tuple[int, str, int], str]
 
 
 def read_takers(
@@ -113,6 +116,7 @@ def read_takers(
             by_table.setdefault((hook.family, hook.table), []).append(hook)
     taken: Taken = {}
     unsure: Taken = {}
+    tables: Dict[Tuple[int, str, int], str] = {}
     for (family, table), table_hooks in by_table.items():
         listing = run(["-j", "list", "table", family, table])
         text = _text_of(run, family, table)
@@ -131,12 +135,13 @@ def read_takers(
                     key = (seen, proto, port)
                     if key not in taken or hook.priority < taken[key][0]:
                         taken[key] = (hook.priority, rule)
+                        tables[key] = f"{family} {table}"
                 for (proto, port), rule in maybe.items():
                     key = (seen, proto, port)
                     if key not in unsure or hook.priority < unsure[key][0]:
                         unsure[key] = (hook.priority, rule)
     unsure = {k: v for k, v in unsure.items() if k not in taken or taken[k][0] > v[0]}
-    return HookTakers(taken, unsure)
+    return HookTakers(taken, unsure, tables)
 
 
 def _text_of(run: Callable[[List[str]], str], family: str, table: str) -> Callable[[], str]:
@@ -470,6 +475,8 @@ class Hooked:
     unsure: Dict[Any, str] = field(default_factory=dict)
     # why some rows' hooks could not be read (none of them is then judged)
     unread: Tuple[str, ...] = ()
+    # row of `taken` -> the table its rule is in (`ip kube-proxy`)
+    tables: Dict[Any, str] = field(default_factory=dict)
 
 
 def node_hooked(
@@ -523,6 +530,7 @@ def node_hooked(
         by_hook.setdefault((where(row), destination(row.host_ip)), []).append(row)
     found: Dict[Any, Tuple[str, str]] = {}
     unsure: Dict[Any, str] = {}
+    tables: Dict[Any, str] = {}
     unread: List[str] = []
     listed: Dict[Tuple[str, ...], str] = {}
     for (hook, dest), hook_rows in by_hook.items():
@@ -531,7 +539,7 @@ def node_hooked(
             wanted.setdefault(row.family, set()).add((row.protocol, row.host_port))
         try:
             binary = getattr(node.nft, "binary", find_nft)()
-            taken, maybe = read_takers(
+            taken, maybe, taken_in = read_takers(
                 hooks,
                 {f: frozenset(p) for f, p in wanted.items()},
                 _listed_once(run_nft(binary), listed),
@@ -543,12 +551,16 @@ def node_hooked(
             if said not in unread:
                 unread.append(said)
             continue
-        found.update(hooked(hook_rows, taken, priority))
+        now_found = hooked(hook_rows, taken, priority)
+        found.update(now_found)
+        tables.update(
+            (row, taken_in[(row.family, row.protocol, row.host_port)]) for row in now_found
+        )
         for row in hook_rows:
             hit = maybe.get((row.family, row.protocol, row.host_port))
             if hit is not None and row not in found and hit[0] <= priority(row):
                 unsure[row] = hit[1]
-    return Hooked(found, unsure, tuple(unread))
+    return Hooked(found, unsure, tuple(unread), tables)
 
 
 def flows_taken(
@@ -584,7 +596,7 @@ def flows_taken(
     for (family, dst, own), ports in wanted.items():
         try:
             binary = getattr(node.nft, "binary", find_nft)()
-            taken, maybe = read_takers(
+            taken, maybe, _tables = read_takers(
                 hooks,
                 {family: frozenset(ports)},
                 _wordless(_listed_once(run_nft(binary), listed)),

@@ -46,6 +46,8 @@ class Owners:
     # own other flavour where the alternatives differ).
     rivals: Dict[Any, Tuple[Any, ...]] = field(default_factory=dict)
     rival_flavours: Mapping[int, str] = field(default_factory=dict)
+    # A row of `hooked` -> the nftables table its rule is in (`ip kube-proxy`).
+    hooked_tables: Dict[Any, str] = field(default_factory=dict)
 
     def hook_ports(self) -> Optional[FrozenSet[Tuple[int, int]]]:
         """The (family, UDP host port) of the rows another nftables table's nat hook
@@ -101,6 +103,7 @@ def read_owners(
         crossed,
         rivals,
         dict(other[0]) if rivals and other is not None else {},
+        hooked.tables,
     )
 
 

@@ -289,6 +289,30 @@ def test_a_kube_proxy_nftables_nodeport_on_a_host_port_is_contested(
     )
 
 
+def test_the_contested_fix_names_kube_proxys_table_not_a_hand_written_one(
+    node: str, tmp_path: Path
+) -> None:
+    """check's fix for a hostPort that kube-proxy's nftables NodePort contests said "the
+    node's other NAT owner (a hand-written nft table) holds this port": the operator was
+    sent looking for a table someone wrote by hand, while it is kube-proxy's (a Service
+    to change). It names the table the rule is in, on the terminal and in JSON."""
+    ports = [rp.port_mapping(30080, 80)]
+    conf = upstream.nft_conf("podman", ["10.88.0.21/16"], ports)
+    upstream.run(V191, "ADD", node, CID, conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", CID, "eth0", conf, ports, ["10.88.0.21/16"])
+    kube = Path(__file__).parents[1] / "fixtures" / "nft_foreign" / "ip-kube-proxy.txt"
+    text = "\n".join(line.split(" # handle ")[0] for line in kube.read_text().splitlines())
+    upstream.nft(node, "-f", "-", stdin=text)
+    args = _args(node, tmp_path)
+    done = pmctl.run(["check", *args, "-o", "json"])
+    [problem] = json.loads(done.stdout)["problems"]
+    said = "the node's other NAT owner (the nftables table ip kube-proxy) holds this port"
+    assert problem["kind"] == "contested" and said in problem["why"], problem
+    assert "hand-written" not in problem["why"] + (problem["fix"] or "")
+    done = pmctl.run(["check", *args])
+    assert done.returncode == 1 and said in " ".join(done.stdout.split()), done.stdout
+
+
 def _mapping_samples(path: Path) -> Dict[Tuple[str, ...], str]:
     """portmapctl_mappings samples of a metrics file, keyed by their labels but the
     command's."""

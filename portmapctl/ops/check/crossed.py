@@ -249,6 +249,12 @@ _HOOK_WHY = {
 }
 
 
+def _table_named(table: Optional[str]) -> str:
+    """The table a hooked row's rule is in, as nft names it (kube-proxy's NodePorts,
+    firewalld's, one written by hand: which one says who to ask)."""
+    return f"the nftables table {table}" if table else "another nftables table"
+
+
 def hook_problems(live: Optional[Ruleset], owners: Owners) -> List[Problem]:
     """One problem per mapping (either backend) whose port another nftables table's nat
     hook takes (`owners.hooked`; prerouting, output for a loopback host IP): shadowed by an earlier hook, contested at
@@ -279,8 +285,9 @@ def hook_problems(live: Optional[Ruleset], owners: Owners) -> List[Problem]:
                 row.network,
                 row.container_id,
                 detail,
-                "the node's other NAT owner (a hand-written nft table) holds this port:"
-                " free it there or re-create the container on another host port",
+                f"the node's other NAT owner ({_table_named(owners.hooked_tables.get(row))})"
+                " holds this port: free it there or re-create the container on another host"
+                " port",
                 _HOOK_WHY[word],
                 rule_text(rules, row) if nft else (),  # type: ignore[arg-type]
             )
