@@ -52,10 +52,18 @@ GC_CUTS = {
 GC_DROPS = ("NETWORK", "HOST PORTS")
 
 
-def _by_container(c: GcChain) -> Tuple[str, str, int, str]:
-    """A table's order, as list's: by network and container (the plan's is the
-    tables', which an operator cannot scan), then family."""
-    return (c.network or "", c.container_id or "", c.family, c.chain)
+def _by_container(c: GcChain) -> Tuple[bool, str, bool, str, int, str]:
+    """A table's order, as list's (render.list.sort_key): by network and container,
+    unnamed ones last (the plan's is the tables', which an operator cannot scan), then
+    family."""
+    return (
+        c.network is None,
+        c.network or "",
+        c.container_id is None,
+        c.container_id or "",
+        c.family,
+        c.chain,
+    )
 
 
 def gc_table(

@@ -1799,3 +1799,25 @@ def test_gc_shows_a_containers_host_ports_in_one_order_on_either_backend(
         assert [f"{p['host_port']}/{p['protocol']}" for p in doc["removed"][0]["host_ports"]] == (
             wanted.split(",")
         ), ns
+
+
+def test_gc_orders_its_rows_as_list_does_unnamed_networks_last(node: str, tmp_path: Path) -> None:
+    """gc's table says it is in list's order (network, container), but it sorted a row
+    of no known network ("-", a stale nftables container: its rules name none) before
+    the named ones, where list puts it last: the same node's two tables read in two
+    orders. Seen at 80 columns on a node with a stale Debian 1.1.1 chain and a stale
+    v1.9.1 nftables container."""
+    rp.run_plugin("ADD", node, "ab1", rp.plugin_conf("podman", ["10.88.0.5/16"], [_pm(20000, 80)]),
+                  check=True)  # fmt: skip
+    _plugin_add(node, tmp_path, ("0cd1", ["10.88.0.6/16"], [_pm(30000, 80)]), cached=False)
+    (tmp_path / "results").mkdir(exist_ok=True)
+    listed = _pmctl(node, tmp_path, "list", "--family", "4", "--no-headers")
+    gc = _pmctl(node, tmp_path, "gc", "--dry-run", "--all", "--min-age", "1h", "--family", "4",
+                "--no-headers")  # fmt: skip
+    assert gc.returncode == 0, gc.stderr
+
+    def containers(text: str, column: int) -> List[str]:
+        return [line.split()[column] for line in text.splitlines() if line.strip()][:-1]
+
+    assert containers(listed.stdout, 1) == ["ab1", "0cd1"], listed.stdout
+    assert containers(gc.stdout, 2) == ["ab1", "0cd1"], gc.stdout
