@@ -85,9 +85,11 @@ def run(
                 mappings = node_rows(found.mappings, nft_rows, owners)
             unread = None
             if not mappings and not found.chains:
-                unread = _unread_backend(node, attachments)
+                from portmapctl.ops.flavour_guard import unread_backend
+
+                unread = unread_backend(node)
                 if unread is not None:
-                    out.warn(unread.warning())
+                    out.warn(unread.warning("to list them"))
             if recorder is not None:
                 from portmapctl.ops.nft import backends_read
 
@@ -229,47 +231,6 @@ class Filters:
             and not self.protocols
             and (not self.statuses or any(str(s) in self.statuses for s in c.status))
         )
-
-
-@dataclass(frozen=True)
-class UnreadBackend:
-    """The plugin's mappings in the backend that --backend left out, where the one
-    read holds none."""
-
-    looked_at: str
-    held_in: str
-    count: int
-
-    def warning(self) -> str:
-        return (
-            f"--backend {self.looked_at}: the plugin's {self.held_in} holds {self.count}"
-            f" mapping(s) on this node, not read here: run with --backend auto to list them"
-        )
-
-
-def _unread_backend(node: Any, attachments: Any) -> Optional[UnreadBackend]:
-    """Where --backend narrowed a live read to a backend holding nothing, the other
-    backend's mappings (read as evidence only, in the families asked); None where none,
-    offline, or not narrowed."""
-    from portmapctl.core.backend import Backend
-
-    options = node.options
-    if options.backend is None or options.offline:
-        return None
-    if options.backend == Backend.IPTABLES:
-        from portmapctl.nftables import inventory as nft_inventory
-
-        count = len(nft_inventory.build(node.read_nft_evidence(), problems=False).mappings)
-        held_in = Backend.NFTABLES
-    else:
-        from portmapctl.iptables import inventory
-
-        tables = node.read_iptables_evidence(options.families)
-        count = len(inventory.build(tables, attachments).mappings) if tables else 0
-        held_in = Backend.IPTABLES
-    if not count:
-        return None
-    return UnreadBackend(str(options.backend), str(held_in), count)
 
 
 def _start_nft_read(node: Any) -> Optional[Tuple[Any, dict]]:

@@ -3,7 +3,9 @@ silence where the plugin's chains are all, or partly, in the other flavour
 (chains_elsewhere); and list's reading of the other flavour's nat table, where another
 tool's rules may take mapped ports (other_flavour_readers, ops/owners.py), and where
 the plugin's own chains there may map add's host ports to another container
-(plugin_rows, cli/add_warnings.other_flavour_warnings).
+(plugin_rows, cli/add_warnings.other_flavour_warnings). Likewise no "nothing here"
+where --backend narrowed a run to the plugin backend this node does not use
+(unread_backend).
 
 A node can hold rules in both iptables flavours (legacy x_tables and nf_tables): the
 kernel applies both, so a container's chain written in the flavour in use while the
@@ -17,6 +19,7 @@ ADD does.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import (
     TYPE_CHECKING,
@@ -31,7 +34,7 @@ from typing import (
     Tuple,
 )
 
-from portmapctl.core.backend import Flavour, IptablesAccess
+from portmapctl.core.backend import Backend, Flavour, IptablesAccess
 
 if TYPE_CHECKING:
     from portmapctl.core.mapping import Mapping as CoreMapping
@@ -298,3 +301,45 @@ def _plugins(table: NatTable) -> bool:
         name == TOPLEVEL_DNAT or name.startswith((DNAT_PREFIX, SNAT_PREFIX))
         for name in table.chains
     )
+
+
+@dataclass(frozen=True)
+class UnreadBackend:
+    """The plugin's mappings in the backend that --backend left out, where the one
+    read holds none."""
+
+    looked_at: str
+    held_in: str
+    count: int
+
+    def warning(self, to: str) -> str:
+        """`to`: what --backend auto does with them (`to list them`)."""
+        return (
+            f"--backend {self.looked_at}: the plugin's {self.held_in} holds {self.count}"
+            f" mapping(s) on this node, not read here: run with --backend auto {to}"
+        )
+
+
+def unread_backend(node: Any) -> Optional[UnreadBackend]:
+    """Where --backend narrowed a live read to a backend that holds nothing, the other
+    backend's mappings (read as evidence only, in the families asked): `list --backend
+    iptables` on a node whose plugin writes nftables said "no portmap chains found",
+    check "healthy", gc "nothing to remove", and nothing more. None where there are
+    none, offline, or not narrowed. The caller asks only when its backend held none."""
+    options = node.options
+    if options.backend is None or options.offline:
+        return None
+    if options.backend == Backend.IPTABLES:
+        from portmapctl.nftables import inventory as nft_inventory
+
+        count = len(nft_inventory.build(node.read_nft_evidence(), problems=False).mappings)
+        held_in = Backend.NFTABLES
+    else:
+        from portmapctl.iptables import inventory
+
+        tables = node.read_iptables_evidence(options.families)
+        count = len(inventory.build(tables, None).mappings) if tables else 0
+        held_in = Backend.IPTABLES
+    if not count:
+        return None
+    return UnreadBackend(str(options.backend), str(held_in), count)

@@ -1821,3 +1821,41 @@ def test_gc_orders_its_rows_as_list_does_unnamed_networks_last(node: str, tmp_pa
 
     assert containers(listed.stdout, 1) == ["ab1", "0cd1"], listed.stdout
     assert containers(gc.stdout, 2) == ["ab1", "0cd1"], gc.stdout
+
+
+@pytest.mark.parametrize("looked_at", ["iptables", "nftables"])
+def test_check_and_gc_narrowed_to_the_backend_the_plugin_does_not_use_say_where_the_mappings_are(
+    node: str, tmp_path: Path, looked_at: str
+) -> None:
+    """As list (above): `check --backend iptables` on a node whose only container is a
+    stale one in the plugin's nftables tables said "healthy: no cached port mappings and
+    no portmap chains", exit 0, and `gc --backend iptables` "nothing to remove now",
+    with nothing on stderr: a cron job left on the old backend after a migration passes
+    every night while the stale rules keep their ports. Both still judge only the
+    backend asked (exit 0, nothing changed) and warn where the mappings are; gc's JSON
+    `warnings` holds the line too."""
+    if looked_at == "iptables":
+        _plugin_add(node, tmp_path, OLD, cached=False)
+        held_in, count = "nftables", 4
+    else:
+        ipt_conf = rp.plugin_conf("podman", ["10.88.0.20/16"], [_pm(8100, 80), _pm(8101, 81)])
+        rp.run_plugin("ADD", node, "ipt1", ipt_conf, check=True)
+        held_in, count = "iptables", 2
+    (tmp_path / "results").mkdir(exist_ok=True)
+    said = (
+        f"portmapctl: warning: --backend {looked_at}: the plugin's {held_in} holds {count}"
+        f" mapping(s) on this node, not read here: run with --backend auto"
+    )
+    check = _pmctl(node, tmp_path, "check", "--backend", looked_at, "-q")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"{said} to check them" in check.stderr.splitlines(), check.stderr
+    gc = _pmctl(node, tmp_path, "gc", "--backend", looked_at, "--all", "--dry-run", "-o", "json")
+    assert gc.returncode == 0, gc.stderr
+    assert f"{said} for gc to judge them" in gc.stderr.splitlines(), gc.stderr
+    doc = json.loads(gc.stdout)
+    assert doc["removed"] == [] and doc["pending"] == []
+    assert f"{said} for gc to judge them"[len("portmapctl: warning: ") :] in doc["warnings"]
+    # The backend the plugin uses: nothing of the kind.
+    for args in (("check",), ("gc", "--all", "--dry-run")):
+        done = _pmctl(node, tmp_path, *args, "--backend", held_in)
+        assert "not read here" not in done.stderr, done.stderr

@@ -214,6 +214,13 @@ def _check_node(
         notes.append(result_only)
     # A warning, as list and gc say theirs: one line, -q included (not a remark).
     elsewhere = _uncached_elsewhere(read, attachments)
+    if node.options.backend is not None and not (found.mappings or found.chains or nft_rows):
+        # Narrowed to the backend this node's plugin does not use: "healthy" alone
+        # would pass a node whose other backend holds stale rules.
+        from portmapctl.ops.flavour_guard import unread_backend
+
+        unread = unread_backend(node)
+        elsewhere += [unread.warning("to check them")] if unread is not None else []
     chains = sum(len(plugin_rules.per_container_chains(t)) for t in tables.values())
     undecided = inventory.undecided_note(found.chains)
     return CheckResult(

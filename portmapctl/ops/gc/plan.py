@@ -82,6 +82,19 @@ def read_cache_while_planning(
     return _checked_cache(node.read_cache(judge_namespaces), dirs, warnings)
 
 
+def _holds_containers(tables: Dict[int, NatTable], nft_rules: Any) -> bool:
+    """Whether what was read holds any container's chain or nftables rule."""
+    from portmapctl.nftables.node import is_plugin_rule
+    from portmapctl.nftables.ruleset import CONTAINER_CHAINS
+
+    return any(plugin_rules.per_container_chains(t) for t in tables.values()) or any(
+        is_plugin_rule(rule)
+        for table in (nft_rules.tables.values() if nft_rules else ())
+        for chain in CONTAINER_CHAINS
+        for rule in table.rules_of(chain)
+    )
+
+
 def _checked_cache(
     found: Optional[List[Attachment]], dirs: Sequence[str], warnings: List[str]
 ) -> List[Attachment]:
@@ -240,9 +253,13 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         for key, value in seen.items()
         if key.family not in (nft_families if key.nft else families)
     }
-    from portmapctl.ops.flavour_guard import chains_elsewhere
+    from portmapctl.ops.flavour_guard import chains_elsewhere, unread_backend
 
     warnings += chains_elsewhere(node.backend, tables, bool(nft_rules and nft_rules.tables))
+    if node.options.backend is not None and not _holds_containers(tables, nft_rules):
+        unread = unread_backend(node)
+        if unread is not None:
+            warnings.append(unread.warning("for gc to judge them"))
     if node.nft_unusable is not None:
         # No usable nft under --backend auto: the plugin cannot use nftables here either
         # (it runs nft), so its removal is skipped and iptables' goes on, as check does;
