@@ -33,7 +33,14 @@ from portmapctl.iptables.chains import (
     is_plugin_chain,
     is_portmap_chain,
 )
-from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, Args, NatTable, SavedChain, rule_target
+from portmapctl.iptables.ruleset import (
+    BUILTIN_NAT_CHAINS,
+    CONTROL_CHARS,
+    Args,
+    NatTable,
+    SavedChain,
+    rule_target,
+)
 from portmapctl.iptables.transaction import Op, OpKind, Removal, Transaction
 
 if TYPE_CHECKING:
@@ -409,7 +416,11 @@ def _delete_rules(
     can rebuild safely, iptables/access/nfnl_batch.py. This text is what legacy
     iptables, python-iptables and the fallback apply.)
     """
-    if not by_number or len(positions) < BY_NUMBER_FROM:
+    # A rule whose text restore cannot be given (a comment another tool wrote with
+    # control characters: quote() refuses it, as a newline would inject a line) goes by
+    # number too: refusing it stopped every gc of the node, a dry run included (exit 2).
+    writable = not any(CONTROL_CHARS.search(a) for i in positions for a in chain.rules[i])
+    if not by_number or (len(positions) < BY_NUMBER_FROM and writable):
         for i in positions:
             txn.delete(chain.name, chain.rules[i])
         return

@@ -990,3 +990,33 @@ def test_concurrent_plugin_add_del_and_gc_loop(node: Node_):
     removed += [r["container_id"] for r in json.loads(final.stdout)["removed"]]
     assert sorted(removed) == sorted(stale)
     assert _containers(node) == set(live) | {anchor}
+
+
+def test_an_entry_rule_whose_comment_holds_control_characters_goes_by_number(node: Node_):
+    """A stale chain entered by a rule whose comment holds an escape sequence (written
+    by another tool: the plugin refuses such names) stopped every gc of the node, the
+    dry run too: "error: refusing a rule argument with control characters", exit 2 (bad
+    input, which nobody gave), and no other stale chain went either. quote() refuses
+    such a token as restore text (a newline would inject a line); the rule is now
+    deleted by its number behind the count guard (planner._delete_rules), the JSON
+    names the chain, and every other rule stays."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
+    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    node.add("gcnet", "stale2", ["10.88.0.13/16"], _ports("8081/tcp"), cache=False)
+    hostile = chain_name("gcnet", "stale1")
+    comment = 'dnat name: "ev\x1b[2J\x07il" id: "stale1"'
+    node.ipt(4, "-I", "CNI-HOSTPORT-DNAT", "-p", "tcp", "-m", "comment", "--comment", comment,
+             "-m", "multiport", "--dports", "8082", "-j", hostile)  # fmt: skip
+    before = node.lines(4)
+    dry = node.gc("--dry-run", "--min-age", "0", "-o", "json")
+    assert dry.returncode == 0, dry.stderr
+    assert {r["container_id"] for r in json.loads(dry.stdout)["removed"]} >= {"stale2"}
+    assert node.lines(4) == before
+    done = node.gc("--yes", "--min-age", "0", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    gone = {r["chain"] for r in json.loads(done.stdout)["removed"]}
+    assert {hostile, chain_name("gcnet", "stale2")} <= gone
+    after = node.lines(4)
+    assert not [line for line in after if hostile in line or "stale2" in line], after
+    assert [line for line in after if chain_name("gcnet", "live1") in line]
+    node.check("live1")
