@@ -418,9 +418,10 @@ def _delete_rules(
     """
     # A rule whose text restore cannot be given (a comment another tool wrote with
     # control characters: quote() refuses it, as a newline would inject a line) goes by
-    # number too: refusing it stopped every gc of the node, a dry run included (exit 2).
+    # number too, also on the last try that otherwise goes by text: refusing it stopped
+    # every gc of the node, a dry run included (exit 2).
     writable = not any(CONTROL_CHARS.search(a) for i in positions for a in chain.rules[i])
-    if not by_number or (len(positions) < BY_NUMBER_FROM and writable):
+    if writable and (not by_number or len(positions) < BY_NUMBER_FROM):
         for i in positions:
             txn.delete(chain.name, chain.rules[i])
         return
