@@ -595,6 +595,12 @@ class Output(NamedTuple):
         note = cache.note(told_by)
         if note is not None:
             self.warn(note)
+        # A runtime's cache below the one read (cri-dockerd's /var/lib/cni/cache): its
+        # live pods were called stale, and gc removed their chains, without a word.
+        from portmapctl.cni.entries import unread_caches
+
+        for unread in unread_caches(cache.dirs):
+            self.warn(unread.warning(cache.dirs))
 
     def summary(self, line: str) -> None:
         """The result's one summary line: on stdout, -q included (it is all -q prints).

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional, Sequence, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+
+from portmapctl.host.paths import RUNTIME_CACHES
 
 # What runtimes name containers with: hex (podman, containerd, CRI-O) or a UUID (Nomad).
 # A short form is at least this long (`docker ps` habits: 8 and more; list prints 12):
@@ -85,3 +87,43 @@ def _container_id(path: str, network: str) -> Optional[str]:
         pass
     guessed = os.path.basename(path)[len(network) + 1 :].rpartition("-")[0]
     return guessed if _RUNTIME_ID.fullmatch(guessed) else None
+
+
+class UnreadCache(NamedTuple):
+    """A runtime's libcni cache below a directory read, not read itself (RUNTIME_CACHES):
+    the cache directory to give for it, whose it is, and its entries' file names."""
+
+    cache_dir: str
+    runtime: str
+    names: Tuple[str, ...]
+
+    def warning(self, read: Sequence[str]) -> str:
+        """The one line every command says of it. `read`: the directories read."""
+        given = " ".join(f"--cni-cache-dir {d}" for d in (*read, self.cache_dir))
+        count = len(self.names)
+        return (
+            f"{os.path.join(self.cache_dir, 'results')} holds {count} CNI cache"
+            f" {'entry' if count == 1 else 'entries'} not read here ({self.runtime} cache):"
+            " list and check call their containers stale, gc keeps their chains by the"
+            f" entries' names; give {given}"
+        )
+
+
+def unread_caches(cache_dirs: Sequence[str]) -> List[UnreadCache]:
+    """The runtime caches below `cache_dirs` that hold an entry and are not among them
+    (a listing of each: a missing one costs a failed open)."""
+    read = {os.path.normpath(d) for d in cache_dirs}
+    found = []
+    for cache_dir in cache_dirs:
+        for known in RUNTIME_CACHES:
+            below = os.path.join(cache_dir, known.below)
+            if os.path.normpath(below) in read or any(below == u.cache_dir for u in found):
+                continue
+            try:
+                names = os.listdir(os.path.join(below, "results"))
+            except OSError:
+                continue
+            entries = tuple(sorted(n for n in names if not n.startswith(".")))
+            if entries:
+                found.append(UnreadCache(below, known.runtime, entries))
+    return found

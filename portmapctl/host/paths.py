@@ -5,7 +5,7 @@ and for hosts where several independent portmapctl setups must not share one loc
 """
 
 import os
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 # libcni's cache: the runtime's own, and the one Multus gives libcni for the delegate
 # networks (its `cniDir`, this by default). Both are read by default where they exist
@@ -13,6 +13,21 @@ from typing import Optional, Tuple
 # only in the second.
 CNI_CACHE_DIR = "/var/lib/cni"
 MULTUS_CACHE_DIR = "/var/lib/cni/multus"
+
+
+class RuntimeCache(NamedTuple):
+    """A libcni cache a runtime keeps below the cache directory portmapctl reads, and
+    that is not read unless given: its containers' chains look stale without it."""
+
+    below: str  # its directory, relative to a cache directory read
+    runtime: str  # whose it is, as a warning names it
+
+
+# cri-dockerd's --cni-cache-dir default, /var/lib/cni/cache (k3s --docker runs it with
+# that default): docs/troubleshooting.md, "Every pod looks stale on a cri-dockerd or k3s
+# --docker node", says where each runtime keeps it. Looked at (read-only) below every
+# directory read.
+RUNTIME_CACHES = (RuntimeCache("cache", "cri-dockerd's and k3s --docker's"),)
 # host-local's own default for a config without `dataDir` (cni/leases.py);
 # PORTMAPCTL_HOST_LOCAL_DIR (host/settings.py) moves it: portmapctl in a container that
 # mounts the host's elsewhere, and tests, which never read the machine's /var/lib/cni.

@@ -97,6 +97,34 @@ class Sources:
     # --netns-liveness: a cache entry whose network namespace is gone (a zombie) does
     # not make its container live.
     netns_liveness: bool = False
+    # Container IDs that the names of a runtime's cache below a directory read, not
+    # read itself (cni/entries.unread_caches: cri-dockerd's), keep live. No source of
+    # their own (a refusal names that cache instead): a doubt, and a chain in doubt stays.
+    held: FrozenSet[str] = frozenset()
+
+
+def held_ids(cache_dirs: Sequence[str]) -> FrozenSet[str]:
+    """Sources.held: every reading of every entry's name (as an unreadable entry's)."""
+    from portmapctl.cni.cache import name_readings
+    from portmapctl.cni.entries import unread_caches
+
+    return frozenset(
+        cid
+        for unread in unread_caches(cache_dirs)
+        for name in unread.names
+        for _network, cid, _ifname in name_readings(name)
+    )
+
+
+def _unread_hint(cache_dirs: Sequence[str]) -> str:
+    """For a refusal: the runtime caches below `cache_dirs` that would have said."""
+    from portmapctl.cni.entries import unread_caches
+
+    return "".join(
+        f" ({os.path.join(u.cache_dir, 'results')} holds {len(u.names)}, {u.runtime}"
+        f" cache: give --cni-cache-dir {u.cache_dir})"
+        for u in unread_caches(cache_dirs)
+    )
 
 
 def _other_source(sources: Sources) -> bool:
@@ -117,8 +145,9 @@ def require_source(sources: Sources, cache_dirs: Sequence[str]) -> None:
     documents = ", ".join(d.source for d in sources.documents)
     given = f"{documents} lists no attachment" if documents else "no --valid-attachments"
     raise BadInput(
-        f"nothing says which containers are live (no CNI cache at {where},"
-        f" {given}, no --keep): give one, or --all to remove every per-container chain"
+        f"nothing says which containers are live (no CNI cache at {where}"
+        f"{_unread_hint(cache_dirs)}, {given}, no --keep): give one, or --all to remove"
+        " every per-container chain"
     )
 
 
@@ -133,7 +162,7 @@ def empty_cache_refusal(cache_dirs: Sequence[str], found: str, everything: str) 
     """The one line for `says_nothing` on a node that holds `found` (exit 2)."""
     where = " and ".join(results_dir(d) for d in cache_dirs)
     return BadInput(
-        f"the CNI cache at {where} is empty but there are {found}:"
+        f"the CNI cache at {where} is empty{_unread_hint(cache_dirs)} but there are {found}:"
         " nothing says which containers are live (give --valid-attachments or --keep,"
         f" or --all to remove {everything})"
     )
@@ -276,6 +305,7 @@ def liveness(sources: Sources, attachments: Optional[Sequence[Attachment]]) -> L
             dnat = attachment.dnat_chain
             chains.update((dnat, paired_snat_chain(dnat)))
         ids.add(attachment.container_id)
+    ids.update(sources.held)
     for document in sources.documents:
         if document.network is None:
             ids.update(document.container_ids)

@@ -61,6 +61,7 @@ def _nft_live_ids(sources: Sources, attachments: Optional[Sequence[Attachment]])
     }
     for document in sources.documents:
         ids.update(document.container_ids)
+    ids.update(sources.held)
     return ids
 
 

@@ -48,6 +48,7 @@ from portmapctl.ops.gc.liveness import (
     Sources,
     ZombieHold,
     empty_cache_refusal,
+    held_ids,
     liveness,
     require_namespaces,
     require_source,
@@ -242,6 +243,8 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         attachments = _checked_cache(found, cache_dirs, warnings)
     else:
         tables, nft_rules = read()
+    # After the tables too: a pod whose ADD finished in between is held (cli says why).
+    sources = replace(sources, held=sources.held | held_ids(node.options.cache_dirs))
     # The sightings once the tables are read (a run that may not read them is told
     # that first), before anything is planned or applied: a state file gc refuses
     # (state.py) stops it with nothing changed.
