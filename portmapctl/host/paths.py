@@ -23,11 +23,12 @@ class RuntimeCache(NamedTuple):
     runtime: str  # whose it is, as a warning names it
 
 
-# cri-dockerd's --cni-cache-dir default, /var/lib/cni/cache (k3s --docker runs it with
+# cri-dockerd's --cni-cache-dir default, /var/lib/cni/cache (as kubelet's dockershim's
+# before it, Kubernetes 1.16-1.23; k3s --docker runs cri-dockerd with
 # that default): docs/troubleshooting.md, "Every pod looks stale on a cri-dockerd or k3s
 # --docker node", says where each runtime keeps it. Looked at (read-only) below every
 # directory read.
-RUNTIME_CACHES = (RuntimeCache("cache", "cri-dockerd's and k3s --docker's"),)
+RUNTIME_CACHES = (RuntimeCache("cache", "cri-dockerd's, k3s --docker's or dockershim's"),)
 # host-local's own default for a config without `dataDir` (cni/leases.py);
 # PORTMAPCTL_HOST_LOCAL_DIR (host/settings.py) moves it: portmapctl in a container that
 # mounts the host's elsewhere, and tests, which never read the machine's /var/lib/cni.
