@@ -262,3 +262,60 @@ def test_a_network_scoped_document_alone_removes_no_nftables_rule(tmp_path, flus
         result = gc_lib.gc(node, gc_lib.Sources(documents=(document,)), options)
         assert {c.container_id for c in result.removed} == gone
         assert owners_in(fake.read()) == everyone - gone
+
+
+# --- SIGKILL between a removal and the state save ----------------------------------------
+
+
+def test_each_transaction_goes_in_with_no_sighting_of_what_it_removes_on_file(
+    tmp_path, flushed, monkeypatch
+):
+    """gc saved its state only after every removal: a SIGKILL in between (the OOM
+    killer) left the removed chains' old sightings on file, and the same container
+    started again under its ID, seen by the next gc during its ADD, had its chain pass
+    --min-age at once (tests/kernel/test_sigterm.py kills gc for real). Now whenever a
+    transaction goes in (each iptables family, the nftables one), the file already
+    holds none of the sightings of what it removes; the sightings are dropped before
+    the first removal in few writes, not one per chain."""
+    from portmapctl.host import files
+    from portmapctl.ops.gc import state as gc_state
+
+    run_dir = str(tmp_path / "run")
+    namespace = gc_state.namespace_key(None)
+    on_file_at_apply: List[set] = []
+
+    def sightings() -> set:
+        return set(gc_state.load(run_dir, namespace)[0])
+
+    class Watching(MemoryBackend):
+        def apply(self, txn: Transaction) -> None:
+            on_file_at_apply.append(sightings())
+            super().apply(txn)
+
+    class WatchingNft(MemoryNft):
+        def apply(self, txn) -> None:
+            on_file_at_apply.append(sightings())
+            super().apply(txn)
+
+    tables = example_tables()
+    fake = WatchingNft(nftcases.live("v191-several"))
+    node = Node(NodeOptions(cache_dirs=(EXAMPLE_CACHE,)), Watching(dict(tables)), fake)
+    options = gc_lib.GcOptions(min_age=3600, state_dir=run_dir)
+    gc_lib.gc(node, gc_lib.Sources(keep=LIVE), options)  # sighted, nothing removed
+    sighted = sightings()
+    assert on_file_at_apply == [] and sighted
+
+    writes: List[str] = []
+    real_write = files.write_atomically
+    monkeypatch.setattr(
+        files, "write_atomically", lambda *a, **k: (writes.append(a[0]), real_write(*a, **k))[1]
+    )
+    monkeypatch.setattr(gc_state, "write_atomically", files.write_atomically)
+    result = gc_lib.gc(node, gc_lib.Sources(keep=LIVE), dataclasses.replace(options, min_age=0))
+    removed = {c.key for c in result.removed}
+    families = {k.family for k in removed if not k.nft}
+    assert families and any(k.nft for k in removed) and removed <= sighted
+    assert len(on_file_at_apply) == len(families) + 1  # (and the nftables transaction)
+    for on_file in on_file_at_apply:
+        assert not on_file & removed
+    assert 0 < len(writes) <= 3  # (the family ahead's, the others', the run's save)

@@ -130,7 +130,18 @@ def _apply_gc_to(
     transactions: Dict[int, str] = {}
     failure: Optional[Failure] = None
     failed_family = 0
-    planning = Planning(sources, options, planned.seen, planned.view, planned.cache_dirs, warnings)
+    forgetting = None if options.dry_run else planned.forgetting
+    planning = Planning(
+        sources, options, planned.seen, planned.view, planned.cache_dirs, warnings, forgetting
+    )
+    # Every removal's sightings leave the state file before the first goes in, in one
+    # write (Planning.forget; a family's re-plan forgets what it adds, if anything).
+    planning.forget(
+        [
+            *(c for p in planned.families if p.family not in planned.applied for c in p.removed),
+            *(planned.nft.removed if planned.nft is not None else ()),
+        ]
+    )
     for first in planned.families:
         family = first.family
         ahead = planned.applied.get(family)
@@ -183,8 +194,9 @@ def _apply_gc_to(
             nft_went.append(planned.nft)  # as a family's plan above
         try:
             text, nft_done = gc_nft.apply_nft(
-                node, planned.nft, sources, options, planned.seen, planned.cache_dirs, warnings
-            )
+                node, planned.nft, sources, options, planned.seen, planned.cache_dirs, warnings,
+                planning.forget,
+            )  # fmt: skip
         except ApplyFailed as err:
             failure = ApplyFailed(f"nftables: {err}")
             nft_went.clear()
@@ -234,6 +246,10 @@ def _apply_gc_to(
             # save removed the file it could not replace (state.forget_all): later
             # runs wait --min-age again, never less.
             state_error = str(err)
+    if state_error is None and forgetting is not None and forgetting.errors:
+        # A sighting's forgetting before a removal could not rewrite the file (it was
+        # removed instead), and the save found nothing more to write: the same line.
+        state_error = forgetting.errors[0]
     deleted, flush_warnings = 0, ()
     if not options.dry_run and options.flush_udp:
         # Also when a later family failed: what went in the others went for good.

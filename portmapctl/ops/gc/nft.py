@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import (
     TYPE_CHECKING,
+    Callable,
     Dict,
     FrozenSet,
     List,
@@ -266,9 +267,12 @@ def apply_nft(
     seen: Mapping[ChainKey, gc_state.Seen],
     cache_dirs: Sequence[str],
     warnings: List[str],
+    forget: Optional[Callable[[Sequence[GcChain]], None]] = None,
 ) -> Tuple[str, NftPlan]:
     """Apply `planned`; when the tables changed meanwhile, read (and the cache after
-    them) and plan again. Returns the transaction's text and the plan applied."""
+    them) and plan again. Returns the transaction's text and the plan applied.
+    `forget`: told what a plan removes before it goes in (plan.Planning.forget: the
+    caller told it of `planned`'s)."""
     applied = [planned]
 
     def replan(live_rules: Ruleset) -> NftTransaction:
@@ -279,6 +283,8 @@ def apply_nft(
                 live_rules, attachments, sources, options, seen, node.families, cache_dirs, zombies
             )
         )
+        if forget is not None:
+            forget(applied[-1].removed)
         return applied[-1].transaction
 
     try:

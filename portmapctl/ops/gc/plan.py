@@ -15,6 +15,7 @@ from typing import (
     Any,
     Dict,
     FrozenSet,
+    Iterable,
     List,
     Mapping,
     NamedTuple,
@@ -55,6 +56,7 @@ from portmapctl.ops.gc.liveness import (
     says_nothing,
     zombie_hold,
 )
+from portmapctl.ops.gc.result import GcChain
 from portmapctl.ops.gc.state import ChainKey
 from portmapctl.ops.node import APPLY_TRIES, Node, side_by_side
 
@@ -184,6 +186,8 @@ class GcPlan:
     warnings: Tuple[str, ...]
     # Families applied while the others were planned (plan_gc's apply_early).
     applied: Mapping[int, Applied] = field(default_factory=dict)
+    # Sightings left the file before a removal (Planning.forget); None: a dry run.
+    forgetting: Optional[gc_state.Forgetting] = None
 
     @property
     def removing(self) -> int:
@@ -292,7 +296,10 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         nft = gc_nft.plan_nft(
             nft_rules, attachments, sources, options, seen, families, cache_dirs, zombies
         )
-    planning = Planning(sources, options, seen, view, cache_dirs, warnings)
+    forgetting = (
+        None if options.dry_run else gc_state.Forgetting(options.state_dir, namespace, set(seen))
+    )
+    planning = Planning(sources, options, seen, view, cache_dirs, warnings, forgetting)
 
     def plan(family: int) -> FamilyPlan:
         return _plan_table(tables[family], attachments, planning, True, live, zombies)
@@ -361,6 +368,7 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         view,
         tuple(warnings),
         applied,
+        forgetting,
     )
 
 
@@ -381,6 +389,15 @@ class Planning:
     view: Optional[NamespaceView]
     cache_dirs: Sequence[str]
     warnings: List[str]  # where warnings go (appended to)
+    forgetting: Optional[gc_state.Forgetting] = None  # None: a dry run
+
+    def forget(self, removed: Iterable[GcChain]) -> None:
+        """Before a transaction removing `removed` goes in: their sightings leave the
+        state file (state.forget; the run's own save comes after the removal, and a
+        SIGKILL in between left them there). One write for all the chains given; none
+        for those already forgotten or never on file."""
+        if self.forgetting is not None:
+            self.forgetting({chain.key for chain in removed})
 
 
 def _plan_table(
@@ -475,11 +492,14 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
             else None
         )
         by_number = next(tries) < APPLY_TRIES
-        return _plan_table(table, attachments, planning, by_number)
+        replanned = _plan_table(table, attachments, planning, by_number)
+        planning.forget(replanned.removed)  # (node.converge applies it next)
+        return replanned
 
     def tell(plan: FamilyPlan, error: ApplyFailed) -> None:
         unsure.append((plan, error))
 
+    planning.forget(first.removed)
     try:
         return node.converge(
             first.family, replan, planning.options.dry_run, planned=first, unsure=tell

@@ -28,8 +28,8 @@ import json
 import os
 import stat
 import time
-from dataclasses import dataclass
-from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Collection, Dict, List, Mapping, NamedTuple, Optional, Set, Tuple
 
 from portmapctl.errors import HostProblem
 from portmapctl.host.files import write_atomically
@@ -216,6 +216,71 @@ def save(
     except HostProblem:
         forget_all(state_dir)
         raise
+
+
+def forget(state_dir: str, namespace: str, keys: Collection[ChainKey]) -> None:
+    """Drop the sightings of `keys` from this namespace's part of the file: the chains
+    a transaction is about to remove, before it goes in (the caller holds the lock).
+
+    The run's save comes only after the removal, and nothing runs on the way out of a
+    SIGKILL (the OOM killer): kept on file, the removed chain's old sighting let the
+    same container started again under its ID (podman restart), seen by the next gc
+    during its ADD before libcni wrote its cache entry, pass --min-age at once. Forgotten
+    first, a removal that then fails or is refused only makes the chain wait --min-age
+    again: a delay, never a hastened removal. One write for the run's removal (not per
+    chain); none when no key is on file. A file it cannot replace (a full /run) is
+    removed, as by save (forget_all: every chain waits again), and HostProblem raised."""
+    if not keys:
+        return
+    document, _unusable = _read_document(state_dir)
+    part = document.get("namespaces", {}).get(namespace)
+    chains = part.get("chains") if isinstance(part, dict) else None
+    if not isinstance(chains, dict):
+        return
+    left = {
+        text: value
+        for text, value in chains.items()
+        if not (isinstance(text, str) and ChainKey.parse(text) in keys)
+    }
+    if len(left) == len(chains):
+        return
+    namespaces = dict(document["namespaces"])
+    if left:
+        namespaces[namespace] = {**part, "chains": left}
+    else:
+        del namespaces[namespace]
+    text = json.dumps(
+        {"version": VERSION, "boot_id": document["boot_id"], "namespaces": namespaces},
+        separators=(",", ":"),
+    )
+    try:
+        write_atomically(_path(state_dir), text.encode())
+    except HostProblem:
+        forget_all(state_dir)
+        raise
+
+
+@dataclass(frozen=True)
+class Forgetting:
+    """A run's `forget` calls: each sighting loaded (`on_file`) leaves the file once,
+    in one write per call; a write that failed (the file then removed) is kept in
+    `errors` for the run to end on, as a failed save ends it (exit 3), since the save
+    after it may have nothing left to write."""
+
+    state_dir: str
+    namespace: str
+    on_file: Set[ChainKey]
+    errors: List[str] = field(default_factory=list)
+
+    def __call__(self, keys: Collection[ChainKey]) -> None:
+        dropping = self.on_file.intersection(keys)
+        if not dropping:
+            return
+        self.on_file.difference_update(dropping)
+        try:
+            forget(self.state_dir, self.namespace, dropping)
+        except HostProblem as err:
+            self.errors.append(str(err))
 
 
 def forget_all(state_dir: str) -> None:
