@@ -21,7 +21,7 @@ from portmapctl.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from portmapctl.ops.gc import GcResult
+    from portmapctl.ops.gc import GcChain, GcResult
 
 EXAMPLES = """
 Examples:
@@ -214,6 +214,7 @@ def gc_command(
         if common.verbose and dry_run:
             sys.stderr.write(render.transactions_text(result.transactions, tools))
         _not_recorded(result)
+        _refused(result)
 
 
 @contextlib.contextmanager
@@ -251,6 +252,31 @@ def _not_recorded(result: GcResult) -> None:
     raise HostProblem(
         f"removed {done} (see above), but could not record the chains still pending:"
         f" {result.state_error}"
+    )
+
+
+def _refused(result: GcResult) -> None:
+    """The one error line (exit 1: gc could not apply) of a run whose removal iptables
+    refused for some chains, each tried alone (ops/gc/plan.settle_family): what was
+    removed is on stdout already, flushed and recorded; this names what was not."""
+    if not result.refused:
+        return
+    from portmapctl.errors import ApplyFailed
+
+    def named(chain: GcChain) -> str:
+        who = f"container {chain.container_id}" if chain.container_id else "no known container"
+        on = f" on {chain.network}" if chain.network else ""
+        return f"{chain.chain} (IPv{chain.family}, {who}{on})"
+
+    first = result.refused[0]
+    which = (
+        named(first.chain)
+        if len(result.refused) == 1
+        else f"{len(result.refused)} chains: " + ", ".join(named(r.chain) for r in result.refused)
+    )
+    raise ApplyFailed(
+        f"iptables refused the removal of {which} (tried alone; every other stale chain"
+        f" was removed, see above): {first.why}"
     )
 
 
@@ -293,7 +319,7 @@ def _show(
     if out.json:
         out.print_json(render.gc_json(result, min_age, cache.json()))
         return
-    if result.removed or result.pending or result.shared_removed:
+    if result.removed or result.pending or result.shared_removed or result.refused:
         out.show(
             render.gc_table(
                 result,

@@ -105,6 +105,9 @@ def gc_table(
     for family, name in result.shared_removed:
         rows.append([f"v{family}", "shared", "-", "-", "-", name, "-"])
         statuses.append([verb])
+    for refused in sorted(result.refused, key=lambda r: _by_container(r.chain)):
+        rows.append(row(refused.chain))
+        statuses.append(["refused by iptables"])
     for c in sorted(result.pending, key=_by_container):
         rows.append(row(c))
         statuses.append([removable_text(c, min_age) if min_age is not None else "pending"])
@@ -152,6 +155,8 @@ def gc_summary(result: GcResult, asked_dry_run: Optional[bool] = None) -> str:
     parts = [f"{verb} {removal_text(result.removed, result.shared_removed)}"]
     if not result.changes:
         parts = ["nothing to remove now"]
+    if result.refused:
+        parts.append(f"{len(result.refused)} refused")
     parts.append(f"{len(result.pending)} pending")
     parts.append(f"{result.kept} kept")
     if not result.dry_run and result.changes:

@@ -253,6 +253,13 @@ def gc_json(
             for fam, name in result.shared_removed
         ],
         warnings=list(result.warnings),
+        # Not removed: iptables refused them, each tried alone (the others went). Only
+        # when there are some (docs/schema/gc.json): a new key on a rare path.
+        **(
+            {"refused": [{**gc_chain_json(r.chain), "why": r.why} for r in result.refused]}
+            if result.refused
+            else {}
+        ),
     )
 
 

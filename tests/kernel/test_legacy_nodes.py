@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import json_schemas
 import realplugin as rp
 from pmctl import assert_error, run
 
@@ -545,3 +546,61 @@ def test_where_the_alternatives_differ_a_rival_chain_in_a_familys_other_flavour_
     assert "portmapctl gc --family 4 --iptables nft" in contested[0]["why"] + str(
         contested[0]["fix"]
     )
+
+
+def test_a_stale_entry_rule_legacy_cannot_delete_by_its_text_is_named_and_the_rest_removed(
+    host_ns, tmp_path
+):
+    """The plugin's conditionsV4 put `-m recent --name x --rcheck` into gone1's entry
+    rule; on legacy iptables the rule's saved text does not round-trip through `-D`
+    (iptables-legacy-restore: "line N failed": No chain/target/match by that name).
+    gc's one transaction for IPv4 then failed whole on every try, every run: exit 1,
+    and no stale chain of that family was ever removed again (gone2's stayed). SPEC §5:
+    one bad record never stops the node's work. Now the refused chain is found (the
+    removal halved until it stands alone) and named, on stderr (exit 1: gc could not
+    apply it) and in the JSON (`refused`, with `why`); everything else is removed."""
+    recent = ["-m", "recent", "--name", "x", "--rcheck"]
+    for cid, ip, port, conditions in (
+        ("gone1", "10.88.0.5/16", 8080, recent),
+        ("gone2", "10.88.0.6/16", 8081, None),  # (UDP: its flow goes with its chain)
+        ("gone3", "10.88.0.7/16", 8082, None),
+        ("other1", "10.88.0.9/16", 8083, None),
+    ):
+        proto = "udp" if cid == "gone2" else "tcp"
+        conf = rp.plugin_conf("mynet", [ip], [{**PORTS[0], "hostPort": port, "protocol": proto}],
+                              conditions_v4=conditions)  # fmt: skip
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="legacy", check=True)
+    assert "-m recent --rcheck --name x" in rp.save(host_ns, 4, "legacy")
+    # A flow to gone2's UDP port, DNATed to it: it must not outlive the chain.
+    subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-I", "-p", "udp", "-s",
+                    "127.0.0.1", "-d", "127.0.0.1", "--sport", "40001", "--dport", "8081",
+                    "--reply-src", "10.88.0.6", "--reply-dst", "127.0.0.1", "--reply-port-src",
+                    "80", "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--cni-cache-dir",
+            str(tmp_path / "cni"), "--keep", "other1", "--min-age", "0", "--yes"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    done = run([*argv, "-o", "json"], env=env)
+    assert done.returncode == 1, done.stderr
+    saved = rp.save(host_ns, 4, "legacy")
+    assert chain_name("mynet", "gone1") in saved
+    for cid in ("gone2", "gone3"):
+        assert chain_name("mynet", cid) not in saved
+    assert chain_name("mynet", "other1") in saved
+    document = json.loads(done.stdout)
+    json_schemas.validated("gc", document)
+    assert sorted(c["container_id"] for c in document["removed"]) == ["gone2", "gone3"]
+    [refused] = document["refused"]
+    assert (refused["container_id"], refused["chain"]) == ("gone1", chain_name("mynet", "gone1"))
+    assert "refused" in refused["why"]
+    lines = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(lines) == 1 and chain_name("mynet", "gone1") in lines[0], done.stderr
+    assert "gone1" in lines[0] and "Traceback" not in done.stderr
+    assert document["conntrack_deleted"] == 1
+    flows = subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-L", "-p", "udp"],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    assert "dport=8081" not in flows, flows
+
+    # The table: a row of its own; the next run (gone1's sighting forgotten) only waits.
+    again = run([*argv[:-3], "--min-age", "1h", "--yes"], env=env)
+    assert again.returncode == 0, again.stderr

@@ -22,9 +22,11 @@ from portmapctl.ops.gc.plan import (
     Planning,
     converge_family,
     plan_gc,
+    refused_outright,
     say_removed,
+    settle_family,
 )
-from portmapctl.ops.gc.result import GcChain, GcResult
+from portmapctl.ops.gc.result import GcChain, GcResult, Refused
 from portmapctl.ops.gc.state import ChainKey
 from portmapctl.ops.gc.udp import flush_removed
 from portmapctl.ops.node import Node, locked
@@ -130,10 +132,12 @@ def _apply_gc_to(
     transactions: Dict[int, str] = {}
     failure: Optional[Failure] = None
     failed_family = 0
+    refused: List[Refused] = []
     forgetting = None if options.dry_run else planned.forgetting
     planning = Planning(
-        sources, options, planned.seen, planned.view, planned.cache_dirs, warnings, forgetting
-    )
+        sources, options, planned.seen, planned.view, planned.cache_dirs, warnings, forgetting,
+        dict(planned.last_read),
+    )  # fmt: skip
     # Every removal's sightings leave the state file before the first goes in, in one
     # write (Planning.forget; a family's re-plan forgets what it adds, if anything).
     planning.forget(
@@ -162,6 +166,20 @@ def _apply_gc_to(
                 error = err
             if not options.dry_run:
                 went.pop()
+        if done is None and not options.dry_run and first.removed and refused_outright(error):
+            # Refused whole (not for a stale plan: the tries re-read and re-planned):
+            # the chains at fault are found and named, the others removed.
+            went.append(first)  # (its chains go in group by group: SIGTERM now)
+            done, refused_here = settle_family(node, first, planning, str(error))
+            went.pop()
+            if done is not None:
+                refused += refused_here
+            elif refused_here:
+                # The one chain it removes: named in the family's line.
+                error = ApplyFailed(
+                    f"{error} (iptables refuses the removal of {refused_here[0].chain.chain},"
+                    f" container {refused_here[0].chain.container_id or '-'}, tried alone)"
+                )
         if done is None:
             if failure is None:
                 failure, failed_family = error, family
@@ -266,6 +284,7 @@ def _apply_gc_to(
         transactions,
         tuple(warnings) + flush_warnings,
         state_error,
+        tuple(refused),
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chain_facts import ChainFacts, chain_facts
@@ -171,6 +171,35 @@ def plan_family(
         frozenset(still_mapped),
         removed_ips,
         foreign_rules,
+    )
+
+
+def settled(
+    went: Sequence[FamilyPlan], rest: FamilyPlan, after: NatTable, refused: Set[ChainKey]
+) -> FamilyPlan:
+    """One family's plan as applied in several transactions (`went`: a removal iptables
+    refused whole, halved: plan.settle_family), as if it had been one: what they removed,
+    and, from `rest` (the table `after` them planned with nothing allowed to go), what
+    waits (the `refused` chains left out: they are reported apart), what is kept, the
+    sightings, and the UDP ports judged against what is still mapped after them all."""
+    gone_udp = {port for p in went for c in p.removed for proto, port in c.host_ports
+                if proto == "udp"}  # fmt: skip
+    still = rest.mapped_udp_ports
+    remapped = gone_udp & still
+    return FamilyPlan(
+        rest.family,
+        tuple(c for p in went for c in p.removed),
+        tuple(c for c in rest.pending if c.key not in refused),
+        rest.kept,
+        tuple(name for p in went for name in p.shared_removed),
+        tuple(sorted(gone_udp - still)),
+        rest.seen,
+        Transaction(rest.family),
+        tuple(sorted(remapped)),
+        _remaining_udp(after, set()) if remapped else (),
+        still,
+        frozenset(ip for p in went for ip in p.removed_ips),
+        table_reader(after) if remapped else None,
     )
 
 

@@ -43,7 +43,7 @@ from portmapctl.iptables import plugin_rules
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.gc import state as gc_state
-from portmapctl.ops.gc.family import FamilyPlan, plan_family
+from portmapctl.ops.gc.family import FamilyPlan, plan_family, settled
 from portmapctl.ops.gc.liveness import (
     Liveness,
     Sources,
@@ -56,7 +56,7 @@ from portmapctl.ops.gc.liveness import (
     says_nothing,
     zombie_hold,
 )
-from portmapctl.ops.gc.result import GcChain
+from portmapctl.ops.gc.result import GcChain, Refused
 from portmapctl.ops.gc.state import ChainKey
 from portmapctl.ops.node import APPLY_TRIES, Node, side_by_side
 
@@ -188,6 +188,7 @@ class GcPlan:
     applied: Mapping[int, Applied] = field(default_factory=dict)
     # Sightings left the file before a removal (Planning.forget); None: a dry run.
     forgetting: Optional[gc_state.Forgetting] = None
+    last_read: Mapping[int, NatTable] = field(default_factory=dict)  # (Planning's)
 
     @property
     def removing(self) -> int:
@@ -369,6 +370,7 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         tuple(warnings),
         applied,
         forgetting,
+        planning.last_read,
     )
 
 
@@ -390,6 +392,9 @@ class Planning:
     cache_dirs: Sequence[str]
     warnings: List[str]  # where warnings go (appended to)
     forgetting: Optional[gc_state.Forgetting] = None  # None: a dry run
+    # Per family, the table its last try was planned from (converge_family): a refusal
+    # on a table still so is no stale plan's (settle_family).
+    last_read: Dict[int, NatTable] = field(default_factory=dict)
 
     def forget(self, removed: Iterable[GcChain]) -> None:
         """Before a transaction removing `removed` goes in: their sightings leave the
@@ -492,6 +497,7 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
             else None
         )
         by_number = next(tries) < APPLY_TRIES
+        planning.last_read[table.family] = table
         replanned = _plan_table(table, attachments, planning, by_number)
         planning.forget(replanned.removed)  # (node.converge applies it next)
         return replanned
@@ -515,6 +521,104 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
         if went is None:
             raise
         return went
+
+
+def refused_outright(error: Optional[Union[ApplyFailed, ToolTimedOut]]) -> bool:
+    """Whether a family's failure is iptables refusing its removal (after the tries
+    that re-read and re-plan): not a busy lock, not a tool that died or hung (its
+    transaction may have gone in)."""
+    return (
+        isinstance(error, ApplyFailed) and not error.busy and not error.maybe_applied
+    )  # fmt: skip
+
+
+def settle_family(
+    node: Node, first: FamilyPlan, planning: Planning, why: str
+) -> Tuple[Optional[FamilyPlan], List[Refused]]:
+    """`first`'s removal, which iptables refused whole, chain by chain where needed
+    (SPEC §5: one bad record never stops the node's work; check --repair's halving,
+    ops/check/repair.py): the chains halved until each one refused stands alone, that
+    one named (Refused), every other removed, in about 2·log2(N) transactions for one
+    refused chain among N. One stale entry rule whose saved text iptables cannot delete
+    (legacy's `-m recent`) failed the family's transaction on every try of every run,
+    and no stale chain of the family was removed again. Each group is planned from a
+    fresh read, limited to its chains (GcOptions.only), and applied as any family is
+    (converge_family). Once a try fails otherwise (a busy lock, a tool that died or
+    hung) nothing more is tried: the chains not removed are named with that error.
+    Returns the plan as applied (family.settled) and the chains refused; no plan when
+    none of it went in (the family fails as before): a table the plugin kept changing,
+    both halves refused (more than one chain's fault, or the tool's: one refusing
+    everything is not tried chain by chain), or the one chain it removes refused."""
+    family = first.family
+    went: List[FamilyPlan] = []
+    refused: List[Refused] = []
+    stopped: List[str] = []
+
+    def plan_of(keys: Sequence[ChainKey]) -> Tuple[FamilyPlan, Planning]:
+        only = frozenset(tuple(key) for key in keys)
+        limited = replace(planning, options=replace(planning.options, only=only))
+        table = node.backend.read(family)
+        attachments = (
+            read_cache_while_planning(
+                node, planning.cache_dirs, planning.warnings, planning.sources.netns_liveness
+            )
+            if planning.cache_dirs
+            else None
+        )
+        return _plan_table(table, attachments, limited, True), limited
+
+    def attempt(groups: Sequence[GcChain]) -> Optional[str]:
+        """The group in one transaction: None once it went in, else why not."""
+        if stopped:
+            return stopped[0]
+        plan, limited = plan_of([chain.key for chain in groups])
+        try:
+            went.append(converge_family(node, plan, limited))
+        except (ApplyFailed, ToolTimedOut) as err:
+            if not refused_outright(err):
+                stopped.append(str(err))  # (nothing more is tried)
+            return str(err)
+        return None
+
+    def settle(groups: Sequence[GcChain], why: str) -> None:
+        """`groups`, refused together (`why`), halved until each refused stands alone."""
+        if len(groups) == 1 or stopped:
+            refused.extend(Refused(chain, stopped[0] if stopped else why) for chain in groups)
+            return
+        half = len(groups) // 2
+        for part in (groups[:half], groups[half:]):
+            failed = attempt(part)
+            if failed is not None:
+                settle(part, failed)
+
+    # Refused for a stale plan (a busy node: the plugin changed the table before each
+    # try) is no chain's fault: only a refusal of a plan made from the table as it
+    # still is is halved.
+    if node.backend.read(family) != planning.last_read.get(family):
+        return None, []
+    if len(first.removed) == 1:
+        return None, [Refused(first.removed[0], why)]
+    half = len(first.removed) // 2
+    parts = (first.removed[:half], first.removed[half:])
+    failures = [attempt(part) for part in parts]
+    if all(failures):
+        # Both halves refused: the fault of more than one chain, or the tool's (one
+        # that refuses everything would be tried chain by chain): the family fails.
+        return None, []
+    for part, failed in zip(parts, failures):
+        if failed is not None:
+            settle(part, failed)
+    after = node.backend.read(family)
+    attachments = (
+        read_cache_while_planning(
+            node, planning.cache_dirs, planning.warnings, planning.sources.netns_liveness
+        )
+        if planning.cache_dirs
+        else None
+    )
+    nothing = replace(planning, options=replace(planning.options, only=frozenset()))
+    rest = _plan_table(after, attachments, nothing, True)
+    return settled(went, rest, after, {r.chain.key for r in refused}), refused
 
 
 def _went_in(

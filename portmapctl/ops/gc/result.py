@@ -60,6 +60,15 @@ class GcChain:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """A chain whose removal iptables refused when tried alone (SPEC §5: named, the
+    others removed): `why` is the tool's refusal."""
+
+    chain: GcChain
+    why: str
+
+
+@dataclass(frozen=True)
 class GcResult:
     dry_run: bool
     removed: Tuple[GcChain, ...]
@@ -70,6 +79,7 @@ class GcResult:
     transactions: Dict[int, str] = field(default_factory=dict)
     warnings: Tuple[str, ...] = ()
     state_error: Optional[str] = None  # the state file could not be written
+    refused: Tuple[Refused, ...] = ()  # not removed: iptables refused them (plan.settle_family)
 
     @property
     def changes(self) -> bool:
