@@ -8,6 +8,7 @@ container (IPv4, SNAT on) and a flush of the mapped UDP ports' conntrack entries
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
@@ -25,7 +26,14 @@ from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import Status
 from portmapctl.core.validate import OPTIONS, Spelling
-from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError, ToolTimedOut, found_in
+from portmapctl.errors import (
+    ApplyFailed,
+    HostProblem,
+    Interrupted,
+    PortmapctlError,
+    ToolTimedOut,
+    found_in,
+)
 from portmapctl.iptables import foreign
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
@@ -477,23 +485,37 @@ def _add_nft(
         return txn
 
     warnings: List[str] = []
-    text = node.converge_nft(
-        plan,
-        dry_run=dry_run,
-        went_in=lambda err: warnings.append(found_in("nftables", err)),
-    )
-    if not dry_run and families:
-        warnings += after_setup(  # as above
-            config, families, flush_udp, misrouted_only=not text, node=node
+    try:
+        text = node.converge_nft(
+            plan,
+            dry_run=dry_run,
+            went_in=lambda err: warnings.append(found_in("nftables", err)),
         )
-        if text and flush_udp and tried:
-            # The entry rewritten (a v1.6/v1.7 table upgraded, as v1.9.1's ADD does)
-            # lets go of the routed flows v1.6/v1.7's entry, without `fib daddr type
-            # local`, DNATed to a container: as check --repair's (flush_routed_after).
+        if not dry_run and families:
+            warnings += after_setup(  # as above
+                config, families, flush_udp, misrouted_only=not text, node=node
+            )
+            if text and flush_udp and tried:
+                # The entry rewritten (a v1.6/v1.7 table upgraded, as v1.9.1's ADD does)
+                # lets go of the routed flows v1.6/v1.7's entry, without `fib daddr type
+                # local`, DNATed to a container: as check --repair's (flush_routed_after).
+                from portmapctl.ops.check.nft_repair import flush_routed_after
+
+                warnings += flush_routed_after(node, tried[-1])
+            owed.clear()
+    except Interrupted:
+        # SIGTERM or Ctrl-C once the write went in, or while it ran (it may have gone
+        # in, whole): the routed flows the old entry took are let go on the way out as
+        # above (the CLI's way out flushes only what misroutes to the node's own
+        # addresses), or nothing lets them go: the next add finds nothing to write,
+        # check finds the entry healthy. Only where the transaction rewrote the entry
+        # of a table that took routed flows; its warnings are not said.
+        if not dry_run and flush_udp and tried:
             from portmapctl.ops.check.nft_repair import flush_routed_after
 
-            warnings += flush_routed_after(node, tried[-1])
-        owed.clear()
+            with contextlib.suppress(PortmapctlError, OSError):
+                flush_routed_after(node, tried[-1])
+        raise
     transactions = {"nft": text} if text else {}
     # The nft chains its rules are in (JSON `chain` is a chain's name in every
     # document, never the container ID): hostports, and masquerading with SNAT.

@@ -1204,6 +1204,37 @@ def test_add_that_makes_a_v171_entry_local_lets_go_of_the_routed_flows_it_took(
         upstream.run(V191, "CHECK", node, cid, conf, check=True)
 
 
+def test_an_add_sigtermed_once_it_made_a_v171_entry_local_still_lets_go_of_the_routed_flows(
+    node: str, routed: str, tmp_path: Path
+) -> None:
+    """The add above, SIGTERMed once its `nft -f` went in, before its UDP flush (a
+    runtime's timeout, a pod deleted): the way out flushed the flows that misroute to
+    the node's own addresses, not the routed stream v1.7.1's entry had DNATed to old1,
+    and nothing after would let it go (the next add finds nothing to write, check
+    finds the entry healthy). Now the way out lets go of it too, as the finished add
+    and a SIGTERMed check --repair do."""
+    old = _cached(tmp_path, "old1", upstream.nft_conf("podman", ["10.88.0.5/16"],
+                                                     [_pm(5353, 53, "udp")]))  # fmt: skip
+    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
+    stream = ("198.51.100.2", "5353", "40000")
+    _ip("netns", "exec", node, "conntrack", "-F")
+    for args in (stream, ("192.0.2.1", "5353", "40001")):
+        _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *args)
+    assert rp.udp_flows(node) == {(5353, "10.88.0.5")}
+
+    argv = ["add", "--network", "podman", "--container", "new1", "--ip", "10.88.0.6/16",
+            "-p", "6000:60/udp", "--backend", "nftables", "--netns", node,
+            "--cni-cache-dir", str(tmp_path)]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PMT_DURING": "-L"}
+    code, _out, err = killed_while_writing(argv, env, "add", tmp_path / "marker")
+    assert code == -signal.SIGTERM, err
+    listed = upstream.nft(node, "list", "chain", "ip", "cni_hostport", "prerouting").stdout
+    assert "fib daddr type local jump hostports_all" in listed, listed
+    flows = subprocess.run([rp._ip(), "netns", "exec", node, "conntrack", "-L", "-p", "udp"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "sport=40001 dport=5353" in flows and "sport=40000" not in flows, flows
+
+
 def test_repair_of_a_moved_containers_rule_on_a_v171_node_lets_go_of_its_routed_flows(
     node: str, routed: str, tmp_path: Path
 ) -> None:
