@@ -106,6 +106,39 @@ def entered(name_or_path: Optional[str]) -> Iterator[None]:
         os.close(original)
 
 
+@contextlib.contextmanager
+def scratch() -> Iterator[bool]:
+    """Run the body in a new, empty network namespace of the calling thread's own (the
+    processes it starts inherit it), then return to the one it left: what is made there
+    goes with it. For a probe that would create what it opens where the user works (a
+    legacy nat table: ops/conditions.py). Yields False, staying where it is, when none
+    can be made (no CAP_SYS_ADMIN, a seccomp profile): the caller then does without."""
+    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            _unshare(CLONE_NEWNET)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            _setns(original)
+    finally:
+        os.close(original)
+
+
+def _unshare(flags: int) -> None:
+    if hasattr(os, "unshare"):  # Python 3.12+
+        os.unshare(flags)
+        return
+    if _libc().unshare(flags) != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 # --- is a cached container's namespace still there? -----------------------------------
 
 # The initial PID namespace has this fixed inode number (PROC_PID_INIT_INO): only there

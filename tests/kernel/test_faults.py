@@ -209,6 +209,29 @@ def test_conditions_python_iptables_refuses_are_bad_input_as_through_restore(
         assert _state(legacy_node, "legacy") == before
 
 
+@pytest.mark.parametrize("mode", ["legacy", "iptc"])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_conditions_are_judged_without_creating_a_legacy_table(host_ns, mode, dry_run):
+    """Where the legacy nat table is not there (a fresh namespace, an nf_tables node),
+    the conditions' probe opened it to parse them (iptables-legacy-restore --test, a
+    python-iptables handle) and so created it: `add --dry-run` left empty legacy tables
+    behind, and so did conditions refused as bad input (exit 2, "nothing changed").
+    The probe now runs in a scratch namespace there, and still refuses what it refused."""
+    tables = "/proc/self/net/ip_tables_names /proc/self/net/ip6_tables_names"
+    env = {"PATH": f"{rp.bin_dir('legacy')}:{os.environ['PATH']}"}  # (iptc: a legacy host)
+    extra = ["--ip", "fd00::5/64", "--conditions-v6", "-s fd00::/8"] + ["--dry-run"] * dry_run
+    for conditions, code in (("-s 10.0.0.0/8", 0), ("-m nosuchmatch --foo", 2)):
+        if code == 0 and not dry_run:
+            continue  # (a write creates the table: it is the write's to)
+        done = run(_add_args(host_ns, mode, "--conditions-v4", conditions, *extra), env=env)
+        if code:
+            assert_error(done, 2, "invalid --conditions-v4: iptables refuses them", "nosuchmatch")
+        else:
+            assert done.returncode == 0, done.stderr
+        made = rp._run([rp._ip(), "netns", "exec", host_ns, "cat", *tables.split()], check=True)
+        assert made.stdout.split() == [], (conditions, made.stdout)
+
+
 # --- the xtables lock (legacy iptables) --------------------------------------------------
 
 

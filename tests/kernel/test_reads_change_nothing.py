@@ -268,6 +268,10 @@ ONE_MAPPING = ["--network", "mynet", "--container", "web1", "--ip", "10.88.0.5/1
                "--ip", "fd00:88::5/64", "-p", "8080:80", "-p", "5353:53/udp"]  # fmt: skip
 NEW_MAPPING = ["--network", "mynet", "--container", "new1", "--ip", "10.88.0.9/16",
                "-p", "8090:80", "-p", "5355:53/udp"]  # fmt: skip
+# Conditions are put to iptables-restore --test before a write (ops/conditions.py);
+# legacy's --test opens the nat table, which created it where there was none.
+LEGACY_CONDITIONS = ["--ip", "fd00:88::9/64", "--iptables", "legacy",
+                     "--conditions-v4", "-s 10.0.0.0/8", "--conditions-v6", "-s fd00::/8"]  # fmt: skip
 
 READS = {
     "list": ["list"],
@@ -287,6 +291,7 @@ READS = {
     "flush-udp dry-run": ["flush-udp", "--dry-run"],
     "flush-udp stale-only dry-run": ["flush-udp", "--stale-only", "--dry-run"],
     "add dry-run": ["add", *NEW_MAPPING, "--dry-run"],
+    "add dry-run conditions legacy": ["add", *NEW_MAPPING, *LEGACY_CONDITIONS, "--dry-run"],
 }
 
 

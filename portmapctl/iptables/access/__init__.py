@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import TYPE_CHECKING, Collection, Dict, Optional, Protocol
+from typing import TYPE_CHECKING, Collection, Dict, Iterator, Optional, Protocol
 
 from portmapctl.core.backend import Flavour, IptablesAccess
 from portmapctl.errors import BadInput, HostProblem
@@ -118,6 +119,22 @@ def legacy_nat_present(family: int) -> bool:
         except OSError:
             return True  # cannot tell: reading is the safe answer
     return False  # no x_tables at all: the legacy module is not even loaded
+
+
+@contextlib.contextmanager
+def legacy_probe_place(family: int) -> Iterator[bool]:
+    """Where a probe that opens the legacy nat table of `family` only to parse (never
+    to commit: iptables-legacy-restore --test, a python-iptables handle dropped) runs:
+    here where the table is there; else in a scratch namespace, since opening it would
+    create it (a dry run, or bad input said as exit 2, must leave the node as it was).
+    Yields False when neither can be (no namespace can be made): no probe then."""
+    if legacy_nat_present(family):
+        yield True
+        return
+    from portmapctl.host.netns import scratch
+
+    with scratch() as made:
+        yield made
 
 
 def legacy_read_skipped(family: int) -> bool:

@@ -25,7 +25,12 @@ from portmapctl.errors import (
 )
 from portmapctl.host import settings
 from portmapctl.host.paths import find_tool
-from portmapctl.iptables.access import NEW_NAT_TABLE, legacy_nat_present, legacy_read_skipped
+from portmapctl.iptables.access import (
+    NEW_NAT_TABLE,
+    legacy_nat_present,
+    legacy_probe_place,
+    legacy_read_skipped,
+)
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.ruleset import Args, NatTable, parse_save, unreadable_note
 from portmapctl.iptables.transaction import Transaction
@@ -317,7 +322,13 @@ class RestoreBackend:
             return None
         argv = [self._binary(txn.family, "restore"), "--noflush", "--test"]
         argv += ["-w", str(lock_wait_seconds())]
-        done = self._run(argv, txn.render())
+        if self.flavour is Flavour.LEGACY:
+            with legacy_probe_place(txn.family) as placed:
+                if not placed:
+                    return None  # (it cannot tell without creating the table: the write will)
+                done = self._run(argv, txn.render())
+        else:
+            done = self._run(argv, txn.render())  # (nf_tables' --test creates nothing)
         if done.returncode <= 0:
             return None  # (taken; or killed: it cannot tell, the write will)
         _refuse_unopenable_lock(argv[0], done.stderr)

@@ -67,7 +67,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 from portmapctl.core.backend import IptablesAccess
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem, PortmapctlError, killed
 from portmapctl.host.lock import flock_within
-from portmapctl.iptables.access import NEW_NAT_TABLE, legacy_read_skipped
+from portmapctl.iptables.access import NEW_NAT_TABLE, legacy_probe_place, legacy_read_skipped
 from portmapctl.iptables.access.iptc.lib import Lib, clean, load
 from portmapctl.iptables.access.iptc.read import Reader
 from portmapctl.iptables.access.iptc.write import Writer
@@ -109,12 +109,16 @@ class IptcBackend:
         (ops/conditions.py). A child that dies says nothing of the text: the write will."""
         if not txn:
             return None
-        try:
-            said = _in_child(
-                self._lib, lambda: Writer(self._lib, txn.family).refusal(txn), ApplyFailed
-            )
-        except ApplyFailed:
-            return None
+        # (The child's handle opens the table, which creates it where it was not.)
+        with legacy_probe_place(txn.family) as placed:
+            if not placed:
+                return None
+            try:
+                said = _in_child(
+                    self._lib, lambda: Writer(self._lib, txn.family).refusal(txn), ApplyFailed
+                )
+            except ApplyFailed:
+                return None
         return said
 
     def apply(self, txn: Transaction) -> None:
