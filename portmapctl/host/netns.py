@@ -30,7 +30,7 @@ from typing import (
     Tuple,
 )
 
-from portmapctl.errors import HostProblem
+from portmapctl.errors import BadInput, HostProblem
 from portmapctl.host import mountns
 
 CLONE_NEWNET = 0x40000000
@@ -41,7 +41,11 @@ def resolve(name_or_path: str) -> str:
     """`foo` means /run/netns/foo; anything with a slash is a path already."""
     if "/" in name_or_path:
         return name_or_path
-    if name_or_path in ("", ".", ".."):
+    if not name_or_path:
+        # Bad input (SPEC §4: exit 2), as an empty --snapshot is: `--netns "$NS"` with
+        # NS unset is a mistake in the command line, not a namespace missing here.
+        raise BadInput("--netns is empty: give a namespace name (/run/netns/NAME) or a path")
+    if name_or_path in (".", ".."):
         raise HostProblem(f"network namespace {name_or_path!r} not found")
     return os.path.join(NETNS_RUN_DIR, name_or_path)
 
@@ -71,7 +75,7 @@ def entered(name_or_path: Optional[str]) -> Iterator[None]:
     if name_or_path is None:
         yield
         return
-    path = resolve(name_or_path)  # "" is refused: `--netns "$UNSET"` is not the host
+    path = resolve(name_or_path)  # "" is refused (bad input): `--netns "$UNSET"` is not the host
     try:
         # O_NONBLOCK: a FIFO at that path would otherwise wait forever for a writer;
         # opened without blocking, setns refuses it like any other non-namespace.

@@ -633,7 +633,10 @@ def _cases() -> List[Case]:
             add(f"{command} -o {value!r}", _then(base, "-o", value), "--output")
         add(f"{command} --cni-cache-dir ''", _then(base, "--cni-cache-dir", ""), "cache")
         for i, value in enumerate(["pmt-no-such-ns", "a b", "", "x\ny", "/etc/passwd", "/proc/1"]):
-            add(f"{command} --netns ns{i}", _with(base, "--netns", value), "namespace", code=3)
+            # An empty value is a mistake in the command line (`--netns "$NS"`, NS unset):
+            # bad input, as an empty --snapshot is; it said "namespace '' not found", 3.
+            code, words = (2, "--netns is empty") if value == "" else (3, "namespace")
+            add(f"{command} --netns ns{i}", _with(base, "--netns", value), words, code=code)
         add(f"{command} --no-such-option", _then(base, "--no-such-option"), "No such option")
         add(f"{command} --no-color=x", _then(base, "--no-color=x"), "does not take a value")
         for flag in ("--no-headers", "--no-trunc"):
