@@ -213,10 +213,13 @@ class MappingOptions(NamedTuple):
 
     @property
     def given(self) -> bool:
-        """Whether any was given (check then checks that mapping, not the node)."""
+        """Whether any was given (check then checks that mapping, not the node). An
+        empty value is given (`--container "$CID"`, CID unset: refused as bad input),
+        never taken for no option: that checked and repaired the whole node instead."""
+        named = (self.network, self.container, self.cni_config, self.external_setmark_chain)
         return (
-            any((self.network, self.container, self.ip, self.publish, self.cni_config))
-            or any((self.external_setmark_chain, self.no_snat, self.masq_all))
+            any(v is not None for v in named)
+            or any((self.ip, self.publish, self.no_snat, self.masq_all))
             or any(v is not None for v in (self.conditions_v4, self.conditions_v6))
             or self.mark_bit is not None
             or self.ifname != "eth0"

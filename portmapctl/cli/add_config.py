@@ -46,6 +46,9 @@ def mapping_and_key(
     if container is None:
         raise BadInput("--container is required")
     ifname = validate.ifname(mapping.ifname)
+    if cni_config == "":
+        # (It said "cannot read --cni-config : No such file or directory".)
+        raise BadInput("--cni-config is empty: give a file (or - for stdin)")
     if cni_config is not None:
         from portmapctl.cni import config as cni_json
         from portmapctl.host import files, paths
