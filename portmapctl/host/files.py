@@ -74,12 +74,35 @@ def read_text(
         raise BadInput(f"cannot read {what} {source}: {err.strerror}") from None
     if len(data) > max_bytes:
         raise BadInput(f"{what} {source} is larger than {max_bytes // 2**20} MiB")
+    if not regular_only:
+        data = _past_byte_order_mark(data, what, source)
     if any_bytes and b"\x00" not in data:  # NUL: binary, never text in any encoding
         return data.decode("utf-8", "surrogateescape")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise BadInput(f"{what} {source}: not text (binary data?)") from None
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+# UTF-16's marks, each with where the NUL of its first (ASCII: `#`, `*`, `{`) character is.
+_UTF16_BOMS = ((b"\xff\xfe", 3), (b"\xfe\xff", 2))
+
+
+def _past_byte_order_mark(data: bytes, what: str, source: str) -> bytes:
+    """A file the user names, without the UTF-8 byte-order mark that Windows editors
+    (Notepad, `Out-File -Encoding utf8`) put first: it says how the text is encoded,
+    nothing more, and a support bundle saved there was refused as "not iptables-save
+    output". UTF-16 (Windows PowerShell's `>`) is said to be UTF-16, not "binary".
+    (Not for the node's own files, cache entries: libcni reads no mark either.)"""
+    if data.startswith(_UTF8_BOM):
+        return data[len(_UTF8_BOM) :]
+    if any(data.startswith(mark) and data[nul : nul + 1] == b"\0" for mark, nul in _UTF16_BOMS):
+        raise BadInput(
+            f"{what} {source} is UTF-16 text (as Windows PowerShell's `>` writes):"
+            " convert it to UTF-8 (`iconv -f UTF-16 -t UTF-8`), or save it with `> FILE` on Linux"
+        )
+    return data
 
 
 # A writer running now is never that slow: its temporary file is older than this only

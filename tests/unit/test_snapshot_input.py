@@ -8,10 +8,15 @@ no table was ever made), and `nft -j list ruleset` always prints its metainfo.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from pmctl import assert_error, run
+
+from portmapctl.ops.gc.liveness import read_valid_attachments
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 NO_NAT = {
     "empty": ("", "empty, not {save} output"),
@@ -81,3 +86,50 @@ def test_an_empty_snapshot_path_is_bad_input_never_a_read_of_the_kernel(tmp_path
     # must not read or repair the machine it runs on.)
     done = run([*command.split(), option, "", *cache], unprivileged=True)
     assert_error(done, 2, f"{option} is empty", "give a file")
+
+
+# --- files written on Windows ---------------------------------------------------------
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("where", ["stdin", "file"])
+def test_a_dump_that_starts_with_a_byte_order_mark_is_read(tmp_path, where):
+    """A support bundle opened and saved on Windows (Notepad, `Out-File -Encoding utf8`)
+    starts with a UTF-8 byte-order mark: it was refused as "not iptables-save output"
+    (line 1: expected a '*table' line first), where the dump itself is whole. The mark
+    says how the text is encoded, nothing more: it is read as the same dump without it."""
+    dump = (FIXTURES / "basic.v4.save").read_bytes()
+    cache = ["--cni-cache-dir", str(tmp_path / "no-cache")]
+    plain = run(["list", "-o", "json", "--snapshot", "-", *cache], stdin=dump.decode())
+    assert plain.returncode == 0, plain.stderr
+    if where == "stdin":
+        # (The mark as bytes: run's text stdin would encode a str "\ufeff" the same.)
+        done = run(["list", "-o", "json", "--snapshot", "-", *cache], stdin=(BOM + dump).decode())
+    else:
+        path = tmp_path / "dump.save"
+        path.write_bytes(BOM + dump)
+        done = run(["list", "-o", "json", "--snapshot", str(path), *cache])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == plain.stdout
+
+
+def test_other_files_named_by_the_user_are_read_past_a_byte_order_mark(tmp_path):
+    nft = (FIXTURES / "nft" / "upgrade.nft.json").read_bytes()
+    (tmp_path / "ruleset.json").write_bytes(BOM + nft)
+    cache = ["--cni-cache-dir", str(tmp_path / "no-cache")]
+    done = run(["list", "--nft-snapshot", str(tmp_path / "ruleset.json"), *cache])
+    assert done.returncode == 0, done.stderr
+    doc = {"cniVersion": "1.1.0", "cni.dev/valid-attachments": [{"containerID": "c1"}]}
+    (tmp_path / "valid.json").write_bytes(BOM + json.dumps(doc).encode())
+    assert read_valid_attachments(str(tmp_path / "valid.json")).container_ids == {"c1"}
+
+
+def test_a_utf16_dump_is_said_to_be_utf16(tmp_path):
+    """Windows PowerShell's `>` writes UTF-16 with its byte-order mark: not read (every
+    other byte a NUL), and said so in the words that tell what to do."""
+    dump = (FIXTURES / "basic.v4.save").read_text()
+    path = tmp_path / "dump.save"
+    path.write_bytes(dump.encode("utf-16"))  # (the mark first, as PowerShell writes)
+    done = run(["list", "--snapshot", str(path), "--cni-cache-dir", str(tmp_path / "c")])
+    assert_error(done, 2, str(path), "UTF-16", "UTF-8")
