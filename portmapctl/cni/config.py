@@ -7,6 +7,7 @@ Accepts what the plugin accepts; every refusal is a BadInput naming the source.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, List, Mapping, Optional, Tuple
 
 from portmapctl.core.backend import Backend
@@ -28,9 +29,32 @@ def load_json(text: str, source: str) -> Any:
     if "\x00" in text:
         raise BadInput(f"{source}: binary data, not JSON")
     try:
-        return json.loads(text)
+        document = json.loads(text)
     except (ValueError, RecursionError) as err:
         raise BadInput(f"{source}: not valid JSON ({err})") from None
+    # (A cheap look first: every command reads every cache entry through here.)
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        document = _as_go_reads(document)
+    return document
+
+
+# `\uD800`-`\uDFFF`: half of a UTF-16 pair, which json.loads keeps even with no other
+# half: a lone surrogate, which no text can be encoded from (a rule's comment made of
+# one ended list and check of the whole node in an internal error).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _as_go_reads(value: Any) -> Any:
+    """`value` with each lone surrogate as Go's encoding/json reads it: U+FFFD, the
+    plugin's text (a pair json.loads has already joined into one character)."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_as_go_reads(item) for item in value]
+    if isinstance(value, dict):
+        return {_as_go_reads(key): _as_go_reads(item) for key, item in value.items()}
+    return value
 
 
 # The fields of the plugin's PortMapEntry, by their case-folded JSON names.

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -276,6 +277,38 @@ def test_an_entry_whose_conditions_make_no_rule_stops_nothing(tmp_path):
     odd["conditionsV4"] = ["-s", "10.0.0.0/0.0.255.255"]
     fine = write(tmp_path / "results", "mynet-def456-eth0", entry(cid="def456", portmap=odd))
     assert read_attachment(str(fine)).mapping is not None
+
+
+def test_a_lone_surrogate_in_an_entry_is_read_as_the_plugin_reads_it(tmp_path):
+    """JSON can spell a UTF-16 half with no other half (`"\\udcff"`): Python's json
+    makes it a lone surrogate, which no text can be encoded from, so one such entry's
+    conditions ended `list` and `check` of the whole node in an internal error (exit 3).
+    Go's encoding/json reads it as U+FFFD, and so does the plugin: so it is read here
+    (cni/config.load_json), and every other container is handled as before."""
+    odd = {
+        "type": "portmap",
+        "capabilities": {"portMappings": True},
+        "conditionsV4": ["-m", "comment", "--comment", "a\udcffb"],
+    }
+    good = write(tmp_path / "results", "mynet-abc123-eth0", entry())
+    bad = write(tmp_path / "results", "mynet-def456-eth0", entry(cid="def456", portmap=odd))
+    read = read_attachment(str(bad)).mapping
+    assert read is not None and read.conditions_v4 == ("-m", "comment", "--comment", "a\ufffdb")
+    assert read_attachment(str(good)).mapping is not None
+    nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    nat += ":POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+    dump = tmp_path / "nat.save"
+    dump.write_text(nat)
+    for command in ("list", "check"):
+        done = subprocess.run(
+            [sys.executable, "-m", "portmapctl", command, "-o", "json", "--snapshot", str(dump),
+             "--cni-cache-dir", str(tmp_path)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode in (0, 1) and "error" not in done.stderr, done.stderr
+        if command == "check":
+            missing = {p["container_id"] for p in json.loads(done.stdout)["problems"]}
+            assert {"abc123", "def456"} <= missing, done.stdout
 
 
 def test_name_readings():
