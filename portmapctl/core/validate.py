@@ -209,6 +209,10 @@ def conditions(value: Any, what: str) -> Tuple[str, ...]:
             raise BadInput(f"invalid {what}: {shown(word)} is not a non-empty string")
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in word):
             raise BadInput(f"invalid {what}: {shown(word)} holds control characters")
+        if not _utf8(word):
+            # Bytes that are not UTF-8 in argv (lone surrogates): no rule text can be
+            # made of them (an internal error, exit 3, in a comment).
+            raise BadInput(f"invalid {what}: {shown(word)} is not UTF-8")
         if _TARGET_WORD.fullmatch(word):
             raise BadInput(f"invalid {what}: conditions cannot set a target ({shown(word)})")
         if _COMMAND_WORD.fullmatch(word):

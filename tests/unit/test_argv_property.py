@@ -73,7 +73,7 @@ VALUES = [
     "iptc", "json", "wide", "xml", "-", "--", "-x", "abc123", "mynet", "ok", "stale",
     "bogus", "/", "/dev/null", "13", "33", "CNI-HOSTPORT-DNAT", "-s 1.2.3.4",
     "-m conntrack --ctstate BOGUS", "-j ACCEPT", "'unclosed", '"', "\\", "eth0", "..",
-    "x" * 300,
+    "x" * 300, "-m comment --comment \udcff",
 ]  # fmt: skip
 
 
@@ -241,3 +241,18 @@ def test_any_command_line_ends_as_spec_4_says(files, tmp_path, monkeypatch, data
             assert lines == errors, (argv, err)
     assert code != 1 or argv[0] == "check", (argv, code, err)  # (1: check's problems)
     assert (_tree(root), _tree(tmp_path)) == before, argv
+
+
+@pytest.mark.parametrize("option", ["--conditions-v4", "--conditions-v6"])
+@pytest.mark.parametrize("words", ["-m comment --comment \udcff", "-i eth\udce9"])
+def test_conditions_of_bytes_that_are_not_utf8_are_bad_input(files, option, words):
+    """Bytes that are not UTF-8 on the command line arrive as lone surrogates: in a
+    comment they ended check and add in an internal error (UnicodeEncodeError, exit
+    3); they are refused as bad input, as an interface name that is not UTF-8 is."""
+    argv = ["check", "--snapshot", files["good4"], "--cni-cache-dir", files["cache"],
+            "--network", "mynet", "--container", "abc123", "--ip", "10.88.0.5/16",
+            "--ip", "fd00::5/64", "-p", "8080:80", option, words]  # fmt: skip
+    code, out, err = _run(argv)
+    assert code == 2 and out == "", err
+    assert err.startswith(f"portmapctl: error: invalid {option}") and "not UTF-8" in err, err
+    assert len(err.splitlines()) == 1, err
