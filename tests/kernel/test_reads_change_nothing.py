@@ -272,6 +272,10 @@ NEW_MAPPING = ["--network", "mynet", "--container", "new1", "--ip", "10.88.0.9/1
 # legacy's --test opens the nat table, which created it where there was none.
 LEGACY_CONDITIONS = ["--ip", "fd00:88::9/64", "--iptables", "legacy",
                      "--conditions-v4", "-s 10.0.0.0/8", "--conditions-v6", "-s fd00::/8"]  # fmt: skip
+NFT_CONDITIONS = ["--ip", "fd00:88::9/64", "--iptables", "nft",
+                  "--conditions-v4", "-s 10.0.0.0/8", "--conditions-v6", "-s fd00::/8"]  # fmt: skip
+NFTABLES_CONDITIONS = ["--ip", "fd00:88::9/64", "--backend", "nftables",
+                       "--conditions-v4", "ip saddr 10.0.0.0/8", "--conditions-v6", "ip6 saddr fd00::/8"]  # fmt: skip
 
 READS = {
     "list": ["list"],
@@ -292,6 +296,8 @@ READS = {
     "flush-udp stale-only dry-run": ["flush-udp", "--stale-only", "--dry-run"],
     "add dry-run": ["add", *NEW_MAPPING, "--dry-run"],
     "add dry-run conditions legacy": ["add", *NEW_MAPPING, *LEGACY_CONDITIONS, "--dry-run"],
+    "add dry-run conditions nft": ["add", *NEW_MAPPING, *NFT_CONDITIONS, "--dry-run"],
+    "add dry-run conditions nftables": ["add", *NEW_MAPPING, *NFTABLES_CONDITIONS, "--dry-run"],
 }
 
 
