@@ -6,8 +6,10 @@ Accepts what the plugin accepts; every refusal is a BadInput naming the source.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+from dataclasses import replace
 from typing import Any, List, Mapping, Optional, Tuple
 
 from portmapctl.core.backend import Backend
@@ -195,13 +197,65 @@ def nftables_refuses(config: MappingConfig) -> str:
     return ""
 
 
-def port_mappings(value: Any, source: str, zone_taken: bool = False) -> Tuple[PortMapping, ...]:
-    """`zone_taken`: host IPs the plugin's iptables backend took (core/validate.host_ip)."""
+def port_mappings(
+    value: Any, source: str, zone_taken: bool = False, writes_to: Optional[Backend] = None
+) -> Tuple[Tuple[PortMapping, ...], Tuple[Mapping[str, Any], ...]]:
+    """The entries, and those whose hostIP the plugin takes for an IPv6 one it cannot
+    write (_unwritable_in_brackets; among the entries as IPv6 ones): `plugin_config`
+    refuses them for a container with an IPv6 address, where the plugin's ADD fails. `zone_taken`: host IPs the plugin's iptables backend took
+    (core/validate.host_ip). `writes_to`: the backend the rules go to (None: iptables)."""
     if value is None:
-        return ()
+        return (), ()
     if not isinstance(value, list):
         raise BadInput(f"{source}: portMappings must be a list")
-    return tuple(_port_mapping(entry, source, zone_taken) for entry in value)
+    mappings, unwritable = [], []
+    for entry in value:
+        if _unwritable_in_brackets(entry, writes_to):
+            unwritable.append(entry)
+            mappings.append(_as_ipv6_entry(entry, source, zone_taken))
+        else:
+            mappings.append(_port_mapping(entry, source, zone_taken))
+    return tuple(mappings), tuple(unwritable)
+
+
+def _as_ipv6_entry(entry: Mapping[str, Any], source: str, zone_taken: bool) -> PortMapping:
+    """A bracketed hostIP's entry as the plugin has it where it skips it (a container
+    without an IPv6 address): an IPv6 one, so this family writes no rule of it while
+    its entry rule still names the port (the plugin's multiport lists every entry's),
+    as for `::1`. The address inside, in IPv6 (`[127.0.0.1]`: ::ffff:127.0.0.1)."""
+    inside = {key: item for key, item in entry.items() if str(key).casefold() != "hostip"}
+    inside["hostIP"] = str(_go_fields(entry)["hostIP"])[1:].rstrip("]")
+    mapping = _port_mapping(inside, source, zone_taken)
+    address = ipaddress.ip_address(mapping.host_ip)
+    if address.version == 4:
+        address = ipaddress.IPv6Address(f"::ffff:{address}")
+    return replace(mapping, host_ip=address.compressed)
+
+
+def _unwritable_in_brackets(entry: Any, writes_to: Optional[Backend]) -> bool:
+    """Whether the plugin takes `entry`'s hostIP for an IPv6 host IP it cannot write.
+
+    Brackets are -p syntax (core/validate.port_spec; Docker strips them from any
+    address). The plugin's Go reads a hostIP with net.ParseIP, which takes no brackets:
+    nil, whose To4() is nil, so the entry is an IPv6 one to it: skipped for a container
+    without an IPv6 address, and written as `-d [x]` otherwise, which ip6tables refuses
+    (`host/network '[::1]' not found`). Its nftables backend writes `ip6 daddr [x]`, which
+    nft reads for an IPv6 address, and refuses for any other (Debian's 1.1.1, upstream
+    v1.9.1: tests/unit/test_bracketed_host_ip.py)."""
+    fields = _go_fields(entry) if isinstance(entry, dict) else {}
+    raw = fields.get("hostIP")
+    if not isinstance(raw, str) or not raw.startswith("["):
+        return False
+    if writes_to == Backend.NFTABLES and raw.endswith("]"):
+        try:
+            inside = ipaddress.ip_address(raw[1:-1])
+        except ValueError:
+            return True
+        # (`ip6 daddr [::]` is a rule for ::, not every address: not written so here.)
+        return not (
+            inside.version == 6 and inside.ipv4_mapped is None and not inside.is_unspecified
+        )
+    return True
 
 
 # Results of these versions (a conflist of cniVersion 0.2.0: libcni caches the result,
@@ -394,16 +448,23 @@ def plugin_config(
     # nftables writes a keyless config there).
     writes_to = backend or writes_to_backend
     try:
+        if addresses is None:
+            addresses = result_addresses(conf.get("prevResult"), ifname, source)
+        # (Its nftables backend fails on a zone: never cached with one.)
+        zone_taken = cached and writes_to != Backend.NFTABLES
+        ports, unwritable = port_mappings(raw_ports, source, zone_taken, writes_to)
+        if unwritable and any(address.version == 6 for address in addresses):
+            odd = unwritable[0]
+            raise BadInput(
+                f"port mapping {_as_json(odd)}: hostIP {shown(_go_fields(odd)['hostIP'])}:"
+                " the plugin reads no brackets there (they are -p syntax) and takes it for"
+                f" an IPv6 address it cannot write: {_FAILS_THE_ADD}"
+            )
         config = mapping_config(
             network=conf.get("name", ""),
             container_id=container_id,
-            addresses=(
-                addresses
-                if addresses is not None
-                else result_addresses(conf.get("prevResult"), ifname, source)
-            ),
-            # (Its nftables backend fails on a zone: never cached with one.)
-            ports=port_mappings(raw_ports, source, cached and writes_to != Backend.NFTABLES),
+            addresses=addresses,
+            ports=ports,
             snat=snat,
             mark=options["markMasqBit"],
             external_setmark_chain=options["externalSetMarkChain"],
