@@ -330,9 +330,20 @@ def unread_backend(node: Any) -> Optional[UnreadBackend]:
     if options.backend is None or options.offline:
         return None
     if options.backend == Backend.IPTABLES:
+        from portmapctl.errors import PortmapctlError
         from portmapctl.nftables import inventory as nft_inventory
 
-        count = len(nft_inventory.build(node.read_nft_evidence(), problems=False).mappings)
+        # Evidence for a warning only, as read_iptables_evidence's below: an nft that
+        # cannot list (a kernel without nf_tables, often why --backend iptables was
+        # given) stopped list, check and gc of an idle node with exit 3.
+        try:
+            ruleset = node.read_nft_evidence()
+        except PortmapctlError as err:
+            from portmapctl.ops.add_ahead import debug
+
+            debug("reading nftables to count its mappings failed: %s", err)
+            return None
+        count = len(nft_inventory.build(ruleset, problems=False).mappings)
         held_in = Backend.NFTABLES
     else:
         from portmapctl.iptables import inventory

@@ -1859,3 +1859,32 @@ def test_check_and_gc_narrowed_to_the_backend_the_plugin_does_not_use_say_where_
     for args in (("check",), ("gc", "--all", "--dry-run")):
         done = _pmctl(node, tmp_path, *args, "--backend", held_in)
         assert "not read here" not in done.stderr, done.stderr
+
+
+def test_narrowed_to_iptables_where_nft_cannot_list_runs_as_before(
+    node: str, tmp_path: Path
+) -> None:
+    """--backend iptables on a node whose nft cannot list (a kernel without nf_tables:
+    "Operation not supported"; the operator narrowed to iptables for that): list, check
+    and gc whose iptables held no container stopped with "error: nft -j list table ip
+    cni_hostport failed", exit 3, where they had said "nothing" with exit 0, because
+    the other backend was now read to count its mappings for a warning. A cron `gc
+    --backend iptables --yes` failed every run on an idle node. That count is evidence
+    only: unreadable, it warns of nothing and the run goes on."""
+    wrap = tmp_path / "wrap"
+    wrap.mkdir()
+    real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
+    (wrap / "nft").write_text(
+        f'#!/bin/sh\n[ "$1" = --version ] && exec {real} "$@"\n'
+        'echo "Error: Could not process rule: Operation not supported" >&2\nexit 1\n'
+    )
+    (wrap / "nft").chmod(0o755)
+    env = {"PATH": f"{wrap}:{os.environ['PATH']}"}
+    (tmp_path / "results").mkdir()
+    for args in (("list",), ("check",), ("gc", "--yes", "--min-age", "0")):
+        done = pmctl.run(
+            [*args, "--backend", "iptables", "--netns", node, "--cni-cache-dir", str(tmp_path)],
+            env=env,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "error" not in done.stderr and "not read here" not in done.stderr, done.stderr
