@@ -382,8 +382,21 @@ def _empty_chain(txn: Transaction, live: NatTable, name: str) -> None:
     the chain, a rewrite's guard) when the chain holds anything else by then. A
     container started again between the read and the write (an interactive gc waits
     for its answer meanwhile) has the same chain and entry rule, but other rules in
-    it: it is live, and its rules must stay."""
-    for rule in live.rules(name):
+    it: it is live, and its rules must stay.
+
+    A chain holding a rule whose text restore cannot be given (another tool's, with
+    control characters in its comment: quote() refuses it) has its rules deleted by
+    number instead, last first, as _delete_rules does such a rule: refusing it stopped
+    every gc of the node, dry runs included (exit 2). No guard of its own is needed:
+    what follows fails the transaction when the chain does not hold exactly the count
+    read (a -D of a number past its end; gc's -X, the rewrite's guard of 0, when
+    anything is left). Only the text check is lost, for such a chain alone."""
+    rules = live.rules(name)
+    if any(CONTROL_CHARS.search(a) for rule in rules for a in rule):
+        for i in range(len(rules), 0, -1):
+            txn.delete_number(name, i)
+        return
+    for rule in rules:
         txn.delete(name, rule)
 
 

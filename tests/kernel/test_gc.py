@@ -1020,3 +1020,45 @@ def test_an_entry_rule_whose_comment_holds_control_characters_goes_by_number(nod
     assert not [line for line in after if hostile in line or "stale2" in line], after
     assert [line for line in after if chain_name("gcnet", "live1") in line]
     node.check("live1")
+
+
+def test_a_stale_chain_holding_a_rule_with_control_characters_goes_by_number(node: Node_):
+    """As the entry rule above, a rule with an escape sequence in its comment inside a
+    stale CNI-DN- chain itself (another tool's: the plugin writes no comment there)
+    stopped gc with "error: refusing a rule argument with control characters", exit 2:
+    every run on legacy iptables, and every dry run on iptables-nft too (its removal
+    goes as an nf_tables batch, the dry run shows the restore text). _empty_chain
+    deleted each rule read by its text; such a chain's rules now go by number, last
+    first, the chain's -X (or the rewrite's guard) failing the transaction when it
+    holds anything else by then."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
+    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    node.add("gcnet", "stale2", ["10.88.0.13/16"], _ports("8081/tcp"), cache=False)
+    hostile = chain_name("gcnet", "stale1")
+    node.ipt(4, "-A", hostile, "-p", "tcp", "-m", "comment", "--comment", "x\x1b[31my",
+             "-j", "RETURN")  # fmt: skip
+    before = node.lines(4)
+    dry = node.gc("--dry-run", "--min-age", "0", "-o", "json")
+    assert dry.returncode == 0, dry.stderr
+    assert {r["chain"] for r in json.loads(dry.stdout)["removed"]} == {
+        hostile,
+        chain_name("gcnet", "stale2"),
+    }
+    assert node.lines(4) == before
+    done = node.gc("--yes", "--min-age", "0", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    gone = {r["chain"] for r in json.loads(done.stdout)["removed"]}
+    assert gone == {hostile, chain_name("gcnet", "stale2")}
+    after = node.lines(4)
+    assert not [line for line in after if hostile in line or "stale2" in line], after
+    assert [line for line in after if chain_name("gcnet", "live1") in line]
+    node.check("live1")
+    # check --repair's rewrite of a live chain empties it the same way: it refused too.
+    live = chain_name("gcnet", "live1")
+    node.ipt(4, "-I", live, "2", "-p", "tcp", "-m", "comment", "--comment", "x\x1b[31my",
+             "-j", "RETURN")  # fmt: skip
+    repair = run(["check", "--repair", "--netns", node.ns, "--iptables", node.mode,
+                  "--cni-cache-dir", str(node.cache)])  # fmt: skip
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    assert not [line for line in node.lines(4) if "RETURN" in line], node.lines(4)
+    node.check("live1")
