@@ -29,6 +29,7 @@ from portmapctl.iptables.chains import (
     DNAT_PREFIX,
     OLD_TOPLEVEL_SNAT,
     SHARED_CHAINS,
+    TOPLEVEL_DNAT,
     Chain,
     is_plugin_chain,
     is_portmap_chain,
@@ -444,6 +445,36 @@ def _delete_rules(
     txn.delete_chain(GUARD_CHAIN)
     for i in reversed(positions):
         txn.delete_number(chain.name, i + 1)
+
+
+def unwritable_entry(name: str, live: NatTable, then: str) -> Optional[str]:
+    """Why per-container chain `name` cannot be set up in `live` by a restore: a rule
+    in CNI-HOSTPORT-DNAT jumps to it whose text holds control characters (another
+    tool's, in its comment: the plugin writes none, so it is never one to keep). Setting
+    the chain up deletes such a rule by its text, which quote() refuses: the whole
+    repair stopped with exit 2 (bad input, which nobody gave), every other container
+    unrepaired too. Said as a `could not repair` line instead, naming the rule's number
+    (numbers shift with every plugin call: gc alone deletes by number, behind a guard).
+    None when there is none. `then`: what to do after ("repair again")."""
+    # Indexed once per table read: a repair asks once per cached container (5,000).
+    number = live.derived("unwritable-entries", _unwritable_entries).get(name)
+    if number is None:
+        return None
+    return (
+        f"rule {number} of {TOPLEVEL_DNAT} in the IPv{live.family} nat table jumps to it"
+        " with control characters in its text (another tool's rule: the plugin writes"
+        f" none), which portmapctl does not write back: delete that rule, then {then}"
+    )
+
+
+def _unwritable_entries(live: NatTable) -> Dict[str, int]:
+    """The chains CNI-HOSTPORT-DNAT's rules with control characters jump to -> the
+    number of the first such rule."""
+    found: Dict[str, int] = {}
+    for i, rule in enumerate(live.rules(TOPLEVEL_DNAT)):
+        if CONTROL_CHARS.search(" ".join(rule)):
+            found.setdefault(rule_target(rule) or "", i + 1)
+    return found
 
 
 def missing_setmark_chain(

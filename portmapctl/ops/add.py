@@ -44,7 +44,12 @@ from portmapctl.iptables.chains import (
     wanted_chains,
 )
 from portmapctl.iptables.lexer import split_words
-from portmapctl.iptables.planner import missing_setmark_chain, plan_blind, plan_setup
+from portmapctl.iptables.planner import (
+    missing_setmark_chain,
+    plan_blind,
+    plan_setup,
+    unwritable_entry,
+)
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
 from portmapctl.iptables.shapes import ProtoPort
 from portmapctl.iptables.transaction import Transaction
@@ -187,7 +192,9 @@ def add(
 
         def plan(live: NatTable, w: List[Chain] = wanted, f: int = family) -> Transaction:
             seen[f] = live  # the last try's read: the table this transaction was made for
-            why = missing_setmark_chain(config, live, spelling, "create it, then add again")
+            why = missing_setmark_chain(
+                config, live, spelling, "create it, then add again"
+            ) or unwritable_entry(dnat_chain_name(config), live, "add again")
             if why is not None:
                 # No retry cures it (iptables refuses the jump each time): said at once,
                 # from the table this read anyway (the write without a read was refused).

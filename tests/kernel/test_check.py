@@ -711,3 +711,37 @@ def test_repair_after_a_flush_is_not_stopped_by_stale_chains_elsewhere(host_ns, 
     doc = _check(host_ns, "nft", tmp_path, "--repair", "--family", "4")
     assert doc["repaired"] and ("split-brain", 4, None) in _problems(doc)
     assert _state(host_ns, "nft")[4] == made[4]
+
+
+def test_an_entry_rule_with_control_characters_leaves_its_container_alone_not_the_node(
+    host_ns, iptables_mode, tmp_path
+):
+    """A rule another tool inserted into CNI-HOSTPORT-DNAT, jumping to ctr1's chain
+    with an escape sequence in its comment: check calls it extra-entry, and --repair,
+    whose plan deletes it by its text, stopped with "error: refusing a rule argument
+    with control characters", exit 2 (bad input, which nobody gave): nothing was
+    repaired, ctr2's missing chain neither. Now ctr1 gets a `could not repair` line
+    naming the rule's number, and the rest of the node is repaired."""
+    mode = iptables_mode
+    _plugin_node(host_ns, mode, tmp_path, CONTAINERS[:2])
+    rp.iptables(host_ns, ["-t", "nat", "-I", "CNI-HOSTPORT-DNAT", "1", "-p", "tcp", "-m",
+                          "comment", "--comment", "x\x1b[31my", "-m", "multiport", "--dports",
+                          "8081", "-j", _chain("ctr1")], mode=mode)  # fmt: skip
+    entries = [line for line in rp.save(host_ns, 4, mode).splitlines()
+               if line.startswith("-A CNI-HOSTPORT-DNAT") and _chain("ctr2") in line]  # fmt: skip
+    assert entries
+    for line in entries:  # ctr2's entry rules gone: missing-entry, for --repair to make
+        rp.iptables(host_ns, ["-t", "nat", "-D", *shlex.split(line)[1:]], mode=mode)
+    args = ["--netns", host_ns, "--iptables", mode, "--cni-cache-dir", str(tmp_path)]
+    one_mapping = ["--network", "mynet", "--container", "ctr1", "--ip", "10.88.0.11/16",
+                   "-p", "8081:80"]  # fmt: skip
+    for one in ([], one_mapping):
+        done = run(["check", "--repair", *args, *one])
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "could not repair IPv4 mynet/ctr1" in done.stderr, done.stderr
+        assert "rule 1 of CNI-HOSTPORT-DNAT" in done.stderr, done.stderr
+        assert "\x1b" not in done.stdout + done.stderr
+    after = "\n".join(_state(host_ns, mode)[4])
+    assert len([line for line in after.splitlines() if _chain("ctr2") in line
+                and line.startswith("-A CNI-HOSTPORT-DNAT")]) == len(entries), after  # fmt: skip
+    assert "x[31my" in after or "x\x1b[31my" in after  # the other tool's rule: left

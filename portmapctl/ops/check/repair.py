@@ -17,7 +17,7 @@ from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
 from portmapctl.errors import ApplyFailed, BadInput, Interrupted, PortmapctlError
 from portmapctl.iptables import shapes
 from portmapctl.iptables.chains import MASQ, SETMARK, Chain, dnat_chain_name
-from portmapctl.iptables.planner import missing_setmark_chain, plan_setup
+from portmapctl.iptables.planner import missing_setmark_chain, plan_setup, unwritable_entry
 from portmapctl.iptables.ruleset import (
     NatTable,
 )
@@ -135,7 +135,9 @@ def _in_row_order(unrepaired: Sequence[Unrepaired]) -> List[Unrepaired]:
 def _missing_reference(config: MappingConfig, live: NatTable) -> Optional[str]:
     """Why a cached `config` cannot be set up in this table as it is, found before
     trying (planner.missing_setmark_chain)."""
-    return missing_setmark_chain(config, live, CONFIG_KEYS, "restore it, then repair again")
+    return missing_setmark_chain(
+        config, live, CONFIG_KEYS, "restore it, then repair again"
+    ) or unwritable_entry(dnat_chain_name(config), live, "repair again")
 
 
 @dataclass(frozen=True)
@@ -605,8 +607,10 @@ def _repair_mapping(
 
     def plan(live: NatTable) -> Transaction:
         # A refusal no retry can cure is said, not tried (as the whole-node repair).
-        why = missing_setmark_chain(config, live, spelling, "restore it, then repair again")
         name = dnat_chain_name(config)
+        why = missing_setmark_chain(
+            config, live, spelling, "restore it, then repair again"
+        ) or unwritable_entry(name, live, "repair again")
         if why is None:
             missing.pop(live.family, None)
             txn = setup(live)
