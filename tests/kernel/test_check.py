@@ -745,3 +745,30 @@ def test_an_entry_rule_with_control_characters_leaves_its_container_alone_not_th
     assert len([line for line in after.splitlines() if _chain("ctr2") in line
                 and line.startswith("-A CNI-HOSTPORT-DNAT")]) == len(entries), after  # fmt: skip
     assert "x[31my" in after or "x\x1b[31my" in after  # the other tool's rule: left
+
+
+def test_copies_of_a_rule_with_control_characters_stop_no_repair(host_ns, iptables_mode, tmp_path):
+    """Two copies of a jump to CNI-HOSTPORT-DNAT in PREROUTING with an escape sequence
+    in its comment (written by another tool, or a script re-adding the plugin's rules
+    from a mangled dump): check rightly calls them duplicate-entry, but --repair, whose
+    dedupe deletes copies by their text, which quote() refuses, stopped with "error:
+    refusing a rule argument with control characters", exit 2: nothing of the node was
+    repaired. Now the copies are left, their fix is the way by hand alone (no --repair,
+    which cannot do it), and the rest is repaired."""
+    mode = iptables_mode
+    _plugin_node(host_ns, mode, tmp_path, CONTAINERS[:2])
+    for _ in range(2):
+        rp.iptables(host_ns, ["-t", "nat", "-I", "PREROUTING", "1", "-p", "tcp", "-m", "comment",
+                              "--comment", "y\x1b[31my", "-j", "CNI-HOSTPORT-DNAT"], mode=mode)  # fmt: skip
+    rp.iptables(host_ns, ["-t", "nat", "-F", _chain("ctr2")], mode=mode)
+    args = ["--netns", host_ns, "--iptables", mode, "--cni-cache-dir", str(tmp_path)]
+    done = run(["check", "--repair", "-o", "json", *args])
+    assert done.returncode == 1, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    (left,) = doc["problems"]
+    assert left["kind"] == "duplicate-entry" and left["chain"] == "PREROUTING", left
+    assert left["fix"].endswith("-t nat -D PREROUTING 2"), left
+    assert "--repair leaves it" in left["why"], left
+    after = "\n".join(_state(host_ns, mode)[4])
+    assert f"-A {_chain('ctr2')} -p tcp" in after, after  # repaired
+    assert len([line for line in after.splitlines() if "y[31my" in line or "\x1b" in line]) == 2

@@ -4,7 +4,7 @@ and portmap chains in both iptables flavours (split brain)."""
 
 from __future__ import annotations
 
-from typing import Collection, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
@@ -361,6 +361,29 @@ def _zombie_fix(
     )
 
 
+def _duplicate_fix(family: int, dup: Any, fixes: Fixes) -> str:
+    """--repair, then the way by hand; by hand alone for a rule --repair leaves
+    (planner.unwritable_duplicate: control characters in its text)."""
+    from portmapctl.iptables.planner import unwritable_duplicate
+
+    commands = [
+        fixes.iptables(family, "-D", dup.chain, (str(i + 1),)) for i in reversed(dup.at[1:])
+    ]
+    if unwritable_duplicate(dup):
+        return (
+            "--repair leaves it (control characters in its text, which portmapctl does not"
+            " write back): delete the later copies by number, last first: " + "; ".join(commands)
+        )
+    # The command, then the way by hand in parentheses: JSON `fix` is a command
+    # (render.split_fix), the rest goes with the why.
+    return (
+        f"{fixes.repair} (by hand instead, delete the later copies by number, last"
+        " first, as a -D by text deletes the first copy and the rule moves: "
+        + "; ".join(f"`{c}`" for c in commands)
+        + ")"
+    )
+
+
 def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
     """The plugin's rules standing more than once in one chain (planner.duplicates)."""
     from portmapctl.iptables.planner import duplicates as found
@@ -376,15 +399,7 @@ def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
                 network,
                 container_id,
                 f"{dup.count} copies of {shown_rule('-A', dup.chain, dup.rule)}",
-                # The command, then the way by hand in parentheses: JSON `fix` is a
-                # command (render.split_fix), the rest goes with the why.
-                f"{fixes.repair} (by hand instead, delete the later copies by number, last"
-                " first, as a -D by text deletes the first copy and the rule moves: "
-                + "; ".join(
-                    f"`{fixes.iptables(live.family, '-D', dup.chain, (str(i + 1),))}`"
-                    for i in reversed(dup.at[1:])
-                )
-                + ")",
+                _duplicate_fix(live.family, dup, fixes),
                 "two writers found it missing at once (the plugin's ADDs after a flush"
                 " race so) or a script re-adds the plugin's rules; every packet walks"
                 " each copy",
