@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import json_schemas
 import realplugin as rp
@@ -604,3 +605,32 @@ def test_a_stale_entry_rule_legacy_cannot_delete_by_its_text_is_named_and_the_re
     # The table: a row of its own; the next run (gone1's sighting forgotten) only waits.
     again = run([*argv[:-3], "--min-age", "1h", "--yes"], env=env)
     assert again.returncode == 0, again.stderr
+
+
+def test_a_stale_chain_iptables_refuses_is_named_by_every_run_past_min_age(host_ns, tmp_path):
+    """The chain above, under a real --min-age: gc forgets the sightings of what it is
+    about to remove before the transaction goes in, and never wrote back those of the
+    chain iptables then refused, so it waited --min-age afresh: every other run said
+    exit 0 with the chain "pending", and a cron job's alarm flapped. It stays on file:
+    each run past --min-age names it (exit 1)."""
+    recent = ["-m", "recent", "--name", "x", "--rcheck"]
+    for cid, ip, port, conditions in (
+        ("gone1", "10.88.0.5/16", 8080, recent),
+        ("gone2", "10.88.0.6/16", 8081, None),
+        ("other1", "10.88.0.9/16", 8083, None),
+    ):
+        conf = rp.plugin_conf("mynet", [ip], [{**PORTS[0], "hostPort": port}],
+                              conditions_v4=conditions)  # fmt: skip
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="legacy", check=True)
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--cni-cache-dir",
+            str(tmp_path / "cni"), "--keep", "other1", "--min-age", "2", "--yes"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    first = run(argv, env=env)  # (sighted)
+    assert first.returncode == 0, first.stderr
+    time.sleep(2.2)
+    for _ in range(2):
+        done = run(argv, env=env)
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert chain_name("mynet", "gone1") in done.stderr, done.stderr
+    assert chain_name("mynet", "gone2") not in rp.save(host_ns, 4, "legacy")

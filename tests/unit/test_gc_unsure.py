@@ -319,3 +319,34 @@ def test_each_transaction_goes_in_with_no_sighting_of_what_it_removes_on_file(
     for on_file in on_file_at_apply:
         assert not on_file & removed
     assert 0 < len(writes) <= 3  # (the family ahead's, the others', the run's save)
+
+
+def test_a_removal_refused_whole_keeps_its_sightings_so_the_next_run_fails_too(
+    tmp_path, flushed, monkeypatch
+):
+    """The sightings of what a transaction removes leave the file before it goes in (a
+    SIGKILL after it must not leave them); but a transaction iptables refused (nothing
+    changed) removed nothing, and those sightings were never written back: every chain
+    of the family waited --min-age afresh, so a node whose iptables refuses gc's removal
+    (or one stale chain it cannot delete, tests/kernel/test_legacy_nodes.py) failed
+    (exit 1) only one run in each --min-age: the runs between said exit 0, "pending",
+    and a cron job's alarm flapped. Nothing went in: the sightings stay as they were."""
+    from portmapctl.ops.gc import state as gc_state
+
+    class Refusing(MemoryBackend):
+        def apply(self, txn: Transaction) -> None:
+            raise ApplyFailed("iptables-restore refused the transaction, nothing changed: x")
+
+    run_dir = str(tmp_path / "run")
+    namespace = gc_state.namespace_key(None)
+    node = Node(NodeOptions(cache_dirs=(EXAMPLE_CACHE,)), Refusing(example_tables()))
+    options = gc_lib.GcOptions(min_age=600, flush_udp=False, state_dir=run_dir)
+    gc_lib.gc(node, gc_lib.Sources(), options)  # sighted, nothing removed yet
+    sighted = gc_state.load(run_dir, namespace)[0]
+    assert sighted
+    later = gc_state.clock() + 3600
+    monkeypatch.setattr(gc_state, "clock", lambda: later)
+    for _ in range(2):  # each run past --min-age is refused, and says so
+        with pytest.raises(ApplyFailed, match="refused"):
+            gc_lib.gc(node, gc_lib.Sources(), options)
+        assert gc_state.load(run_dir, namespace)[0] == sighted

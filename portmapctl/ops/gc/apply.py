@@ -9,7 +9,7 @@ that.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Union
 
 from portmapctl.core.pause import gc_paused
 from portmapctl.errors import ApplyFailed, HostProblem, Interrupted, ToolTimedOut
@@ -134,6 +134,10 @@ def _apply_gc_to(
     failed_family = 0
     refused: List[Refused] = []
     forgetting = None if options.dry_run else planned.forgetting
+    # Sightings forgotten before a removal that did not remove their chains (refused,
+    # nothing changed): written back by the save, or every refused run made the
+    # family's chains wait --min-age afresh and only one run in each said it failed.
+    unremoved: Set[ChainKey] = set()
     planning = Planning(
         sources, options, planned.seen, planned.view, planned.cache_dirs, warnings, forgetting,
         dict(planned.last_read),
@@ -174,6 +178,8 @@ def _apply_gc_to(
             went.pop()
             if done is not None:
                 refused += refused_here
+                # (done.seen: chains the table still holds after the groups went in.)
+                unremoved.update(done.seen)
             elif refused_here:
                 # The one chain it removes: named in the family's line.
                 error = ApplyFailed(
@@ -185,6 +191,8 @@ def _apply_gc_to(
                 failure, failed_family = error, family
             if not getattr(error, "maybe_applied", False):
                 remembered.update(first.seen)  # nothing went: remember all of it
+                if forgetting is not None:  # (a real run: under the lock since its read)
+                    unremoved.update(first.seen)
             # Else its write may have gone in (a tool killed or timed out after its
             # commit): the family's sightings are forgotten, as a removal forgets them.
             # Kept, the old sighting of a removed chain let the same container's chain,
@@ -255,7 +263,8 @@ def _apply_gc_to(
         before_lock()
     with locked(node) if options.dry_run else contextlib.nullcontext():
         try:
-            gc_state.save(options.state_dir, planned.namespace, remembered, planned.seen)
+            since = {k: v for k, v in planned.seen.items() if k not in unremoved}
+            gc_state.save(options.state_dir, planned.namespace, remembered, since)
             saved.append(True)
         except HostProblem as err:
             # /run full or read-only: the chains are gone already (a dry run's plan

@@ -226,8 +226,9 @@ def forget(state_dir: str, namespace: str, keys: Collection[ChainKey]) -> None:
     SIGKILL (the OOM killer): kept on file, the removed chain's old sighting let the
     same container started again under its ID (podman restart), seen by the next gc
     during its ADD before libcni wrote its cache entry, pass --min-age at once. Forgotten
-    first, a removal that then fails or is refused only makes the chain wait --min-age
-    again: a delay, never a hastened removal. One write for the run's removal (not per
+    first, a removal that then may have gone in only makes the chain wait --min-age
+    again: a delay, never a hastened removal (one refused, nothing changed, has its
+    sightings written back by the run's save: apply.py `unremoved`). One write for the run's removal (not per
     chain); none when no key is on file. A file it cannot replace (a full /run) is
     removed, as by save (forget_all: every chain waits again), and HostProblem raised."""
     if not keys:
