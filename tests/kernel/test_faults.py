@@ -232,6 +232,32 @@ def test_conditions_are_judged_without_creating_a_legacy_table(host_ns, mode, dr
         assert made.stdout.split() == [], (conditions, made.stdout)
 
 
+@pytest.mark.parametrize("mode", ["legacy", "iptc"])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_conditions_naming_an_ipset_of_the_namespace_are_taken_where_no_legacy_table_is(
+    host_ns, mode, dry_run
+):
+    """Ipsets belong to a network namespace, and iptables looks the set of
+    `-m set --match-set NAME` up when it parses the rule: the conditions' probe, run in
+    a scratch namespace where the legacy nat table is not there (so as not to create
+    it), found no such set and refused valid conditions as bad input (exit 2, "Set NAME
+    doesn't exist"), for a dry run and for the write, which never came: the first
+    container of a fresh namespace whose conditions name a set the node made. The set
+    is there: the add goes ahead, and its rule names the set."""
+    subprocess.run(["ip", "netns", "exec", host_ns, sys.executable, "-c",
+                    "from pyroute2.ipset import IPSet; IPSet().create('pmt-allowed', stype='hash:net')"],
+                   check=True)  # fmt: skip
+    env = {"PATH": f"{rp.bin_dir('legacy')}:{os.environ['PATH']}"}  # (iptc: a legacy host)
+    extra = ["--dry-run"] * dry_run
+    conditions = "-m set --match-set pmt-allowed src"
+    done = run(_add_args(host_ns, mode, "--conditions-v4", conditions, *extra), env=env)
+    assert done.returncode == 0, done.stderr
+    if dry_run:
+        assert "--match-set pmt-allowed src" in done.stdout, done.stdout
+    else:
+        assert "--match-set pmt-allowed src" in rp.save(host_ns, 4, "legacy")
+
+
 # --- the xtables lock (legacy iptables) --------------------------------------------------
 
 

@@ -121,15 +121,38 @@ def legacy_nat_present(family: int) -> bool:
     return False  # no x_tables at all: the legacy module is not even loaded
 
 
+# Matches whose words iptables resolves in the namespace it parses them in (not only
+# when the rule goes in): `-m set --match-set NAME` (libxt_set asks the kernel for the
+# set by name, and ipsets are per network namespace). A scratch namespace has none.
+_NAMESPACE_MATCHES = frozenset({"set"})
+
+
+def _names_namespace_objects(txn: Transaction) -> bool:
+    """Whether a rule of `txn` loads a match of _NAMESPACE_MATCHES (`-m`/`--match`)."""
+    for op in txn.ops:
+        words = op.args
+        if any(
+            word in ("-m", "--match") and following in _NAMESPACE_MATCHES
+            for word, following in zip(words, words[1:])
+        ):
+            return True
+    return False
+
+
 @contextlib.contextmanager
-def legacy_probe_place(family: int) -> Iterator[bool]:
-    """Where a probe that opens the legacy nat table of `family` only to parse (never
-    to commit: iptables-legacy-restore --test, a python-iptables handle dropped) runs:
-    here where the table is there; else in a scratch namespace, since opening it would
-    create it (a dry run, or bad input said as exit 2, must leave the node as it was).
-    Yields False when neither can be (no namespace can be made): no probe then."""
-    if legacy_nat_present(family):
+def legacy_probe_place(txn: Transaction) -> Iterator[bool]:
+    """Where a probe that opens the legacy nat table of `txn`'s family only to parse
+    `txn` (never to commit: iptables-legacy-restore --test, a python-iptables handle
+    dropped) runs: here where the table is there; else in a scratch namespace, since
+    opening it would create it (a dry run, or bad input said as exit 2, must leave the
+    node as it was). Yields False when neither can be (no namespace can be made, or
+    `txn` names what only this namespace has, an ipset: refused there as missing, valid
+    conditions were bad input, exit 2): no probe then, the write judges."""
+    if legacy_nat_present(txn.family):
         yield True
+        return
+    if _names_namespace_objects(txn):
+        yield False
         return
     from portmapctl.host.netns import scratch
 

@@ -323,9 +323,9 @@ class RestoreBackend:
         argv = [self._binary(txn.family, "restore"), "--noflush", "--test"]
         argv += ["-w", str(lock_wait_seconds())]
         if self.flavour is Flavour.LEGACY:
-            with legacy_probe_place(txn.family) as placed:
+            with legacy_probe_place(txn) as placed:
                 if not placed:
-                    return None  # (it cannot tell without creating the table: the write will)
+                    return None  # (not without creating the table, or not here: the write will)
                 done = self._run(argv, txn.render())
         else:
             done = self._run(argv, txn.render())  # (nf_tables' --test creates nothing)

@@ -110,7 +110,7 @@ class IptcBackend:
         if not txn:
             return None
         # (The child's handle opens the table, which creates it where it was not.)
-        with legacy_probe_place(txn.family) as placed:
+        with legacy_probe_place(txn) as placed:
             if not placed:
                 return None
             try:
