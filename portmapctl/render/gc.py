@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Backend
 from portmapctl.render.cuts import cut_end
-from portmapctl.render.table import Cuttable, count, grid, short_id, without_columns
+from portmapctl.render.table import Cuttable, count, grid, owner_order, short_id, without_columns
 
 if TYPE_CHECKING:
     from portmapctl.ops.gc import GcChain, GcResult
@@ -56,14 +56,7 @@ def _by_container(c: GcChain) -> Tuple[bool, str, bool, str, int, str]:
     """A table's order, as list's (render.list.sort_key): by network and container,
     unnamed ones last (the plan's is the tables', which an operator cannot scan), then
     family."""
-    return (
-        c.network is None,
-        c.network or "",
-        c.container_id is None,
-        c.container_id or "",
-        c.family,
-        c.chain,
-    )
+    return (*owner_order(c.network, c.container_id), c.family, c.chain)
 
 
 def gc_table(

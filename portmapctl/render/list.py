@@ -8,7 +8,15 @@ from typing import Mapping as MappingT
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import endpoint
 from portmapctl.render.cuts import address_floor, cut_address, cut_end
-from portmapctl.render.table import STATUS_STYLE, Cuttable, count, grid, short_id, without_columns
+from portmapctl.render.table import (
+    STATUS_STYLE,
+    Cuttable,
+    count,
+    grid,
+    owner_order,
+    short_id,
+    without_columns,
+)
 
 if TYPE_CHECKING:
     from portmapctl.iptables.inventory import ChainInfo, Mapping
@@ -20,10 +28,7 @@ def sort_key(m: Mapping) -> Tuple[Any, ...]:
     """SPEC §3 list: network, container, family, protocol, host port (a container's
     rows stand together; unnamed ones last)."""
     return (
-        m.network is None,
-        m.network or "",
-        m.container_id is None,
-        m.container_id or "",
+        *owner_order(m.network, m.container_id),
         m.family,
         m.protocol,
         m.host_port,
@@ -34,10 +39,7 @@ def sort_key(m: Mapping) -> Tuple[Any, ...]:
 
 def chain_sort_key(c: ChainInfo) -> Tuple[Any, ...]:
     return (
-        c.network is None,
-        c.network or "",
-        c.container_id is None,
-        c.container_id or "",
+        *owner_order(c.network, c.container_id),
         c.family,
         c.name,
     )

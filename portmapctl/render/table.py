@@ -68,6 +68,12 @@ class Piece(NamedTuple):
     style: str = ""
 
 
+def owner_order(network: Optional[str], container_id: Optional[str]) -> Tuple[bool, str, bool, str]:
+    """The first of every table's order (list's and gc's): by network, then container,
+    unnamed ones last."""
+    return (network is None, network or "", container_id is None, container_id or "")
+
+
 def short_id(container_id: Optional[str], full: bool = False) -> str:
     if not container_id:
         return "-"

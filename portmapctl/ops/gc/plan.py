@@ -85,6 +85,16 @@ def read_cache_while_planning(
     return _checked_cache(node.read_cache(judge_namespaces), dirs, warnings)
 
 
+def _reread_cache(node: Node, planning: Planning) -> Optional[List[Attachment]]:
+    """The cache read again for a re-plan (read_cache_while_planning), None where the
+    run has none (liveness from other sources)."""
+    if not planning.cache_dirs:
+        return None
+    return read_cache_while_planning(
+        node, planning.cache_dirs, planning.warnings, planning.sources.netns_liveness
+    )
+
+
 def _holds_containers(tables: Dict[int, NatTable], nft_rules: Any) -> bool:
     """Whether what was read holds any container's chain or nftables rule."""
     from portmapctl.nftables.node import is_plugin_rule
@@ -489,13 +499,7 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
             went = _went_in(unsure.pop(), table, planning.warnings)
             if went is not None:
                 return went
-        attachments = (
-            read_cache_while_planning(
-                node, planning.cache_dirs, planning.warnings, planning.sources.netns_liveness
-            )
-            if planning.cache_dirs
-            else None
-        )
+        attachments = _reread_cache(node, planning)
         by_number = next(tries) < APPLY_TRIES
         planning.last_read[table.family] = table
         replanned = _plan_table(table, attachments, planning, by_number)
@@ -558,13 +562,7 @@ def settle_family(
         only = frozenset(tuple(key) for key in keys)
         limited = replace(planning, options=replace(planning.options, only=only))
         table = node.backend.read(family)
-        attachments = (
-            read_cache_while_planning(
-                node, planning.cache_dirs, planning.warnings, planning.sources.netns_liveness
-            )
-            if planning.cache_dirs
-            else None
-        )
+        attachments = _reread_cache(node, planning)
         return _plan_table(table, attachments, limited, True), limited
 
     def attempt(groups: Sequence[GcChain]) -> Optional[str]:
@@ -609,13 +607,7 @@ def settle_family(
         if failed is not None:
             settle(part, failed)
     after = node.backend.read(family)
-    attachments = (
-        read_cache_while_planning(
-            node, planning.cache_dirs, planning.warnings, planning.sources.netns_liveness
-        )
-        if planning.cache_dirs
-        else None
-    )
+    attachments = _reread_cache(node, planning)
     nothing = replace(planning, options=replace(planning.options, only=frozenset()))
     rest = _plan_table(after, attachments, nothing, True)
     return settled(went, rest, after, {r.chain.key for r in refused}), refused

@@ -207,15 +207,7 @@ def save(
         # it says (an absent one, nothing). Not writing keeps a full run directory
         # from failing a gc that has nothing to remember (a bad file is replaced).
         return
-    text = json.dumps(
-        {"version": VERSION, "boot_id": _boot_id(), "namespaces": namespaces},
-        separators=(",", ":"),
-    )
-    try:
-        write_atomically(_path(state_dir), text.encode())
-    except HostProblem:
-        forget_all(state_dir)
-        raise
+    _write(state_dir, _boot_id(), namespaces)
 
 
 def forget(state_dir: str, namespace: str, keys: Collection[ChainKey]) -> None:
@@ -228,8 +220,8 @@ def forget(state_dir: str, namespace: str, keys: Collection[ChainKey]) -> None:
     during its ADD before libcni wrote its cache entry, pass --min-age at once. Forgotten
     first, a removal that then may have gone in only makes the chain wait --min-age
     again: a delay, never a hastened removal (one refused, nothing changed, has its
-    sightings written back by the run's save: apply.py `unremoved`). One write for the run's removal (not per
-    chain); none when no key is on file. A file it cannot replace (a full /run) is
+    sightings written back by the run's save: apply.py `unremoved`). One write for the
+    run's removal (not per chain); none when no key is on file. A file it cannot replace (a full /run) is
     removed, as by save (forget_all: every chain waits again), and HostProblem raised."""
     if not keys:
         return
@@ -250,8 +242,15 @@ def forget(state_dir: str, namespace: str, keys: Collection[ChainKey]) -> None:
         namespaces[namespace] = {**part, "chains": left}
     else:
         del namespaces[namespace]
+    _write(state_dir, document["boot_id"], namespaces)
+
+
+def _write(state_dir: str, boot_id: object, namespaces: Mapping[str, object]) -> None:
+    """The file as `namespaces` (save's and forget's one write): a file it cannot
+    replace (a full /run) is removed (forget_all: every chain waits --min-age again),
+    and HostProblem raised."""
     text = json.dumps(
-        {"version": VERSION, "boot_id": document["boot_id"], "namespaces": namespaces},
+        {"version": VERSION, "boot_id": boot_id, "namespaces": namespaces},
         separators=(",", ":"),
     )
     try:
