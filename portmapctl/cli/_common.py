@@ -30,7 +30,7 @@ from typing import (
 
 from portmapctl.core.backend import Backend, IptablesAccess
 from portmapctl.core.text import cell_text, message_text
-from portmapctl.host.paths import CNI_CACHE_DIR, default_cni_cache_dirs
+from portmapctl.host.paths import CNI_CACHE_DIR, default_cni_cache_dirs, same_dirs
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -256,9 +256,10 @@ class Common(NamedTuple):
 
     @property
     def cache_dirs(self) -> Tuple[str, ...]:
-        """--cni-cache-dir as given (repeatable), or the default directories."""
+        """--cni-cache-dir as given (repeatable; a directory given twice, in any
+        spelling, once: host/paths.same_dirs), or the default directories."""
         if self.cni_cache_dir:
-            return tuple(dict.fromkeys(self.cni_cache_dir))
+            return same_dirs(self.cni_cache_dir)
         return default_cni_cache_dirs()
 
     def out(self) -> Output:

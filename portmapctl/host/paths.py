@@ -5,7 +5,7 @@ and for hosts where several independent portmapctl setups must not share one loc
 """
 
 import os
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 # libcni's cache: the runtime's own, and the one Multus gives libcni for the delegate
 # networks (its `cniDir`, this by default). Both are read by default where they exist
@@ -50,6 +50,21 @@ def default_cni_cache_dirs() -> Tuple[str, ...]:
     if os.path.isdir(MULTUS_CACHE_DIR):
         return (CNI_CACHE_DIR, MULTUS_CACHE_DIR)
     return (CNI_CACHE_DIR,)
+
+
+def same_dirs(dirs: Sequence[str]) -> Tuple[str, ...]:
+    """`dirs` with each directory once, under the spelling given first: `D`, `D/`, a
+    symlink to D and a path through one are the same directory, whose entries were read
+    (counted, warned of, a metrics series each) once per spelling. An empty one stays,
+    for the caller to refuse (realpath makes it the working directory)."""
+    seen = set()
+    found = []
+    for folder in dirs:
+        key = os.path.realpath(folder) if folder else folder
+        if key not in seen:
+            seen.add(key)
+            found.append(folder)
+    return tuple(found)
 
 
 def find_tool(name: str) -> Optional[str]:

@@ -429,6 +429,34 @@ def test_cache_dir_repeats(tmp_path):
     assert json.loads(done.stdout)["cache"]["dirs"] == [CACHE[1], str(other)]
 
 
+def test_one_cache_directory_given_in_several_spellings_is_read_once(tmp_path):
+    """`--cni-cache-dir D --cni-cache-dir D/` (or D and a symlink to it, or a path
+    through one: a unit file naming /var/lib/cni beside a runtime's config naming where
+    it really is) read every entry twice: JSON said 6 entries of a 3-entry cache, each
+    warning about an entry came twice, and the metrics file had a series per spelling,
+    whose sum (monitoring.md's "nodes whose cache is empty" query) doubled the count.
+    The directory is read once, under the spelling given first."""
+    import shutil
+
+    cache = tmp_path / "cni"
+    shutil.copytree(CACHE[1], cache)
+    (cache / "results" / "mynet-abc123-eth0").write_text("{")  # one warning, named
+    (tmp_path / "alias").symlink_to(cache)
+    spellings = [str(cache), f"{cache}/", str(tmp_path / "alias"), f"{tmp_path}/./cni"]
+    given = [arg for d in spellings for arg in ("--cni-cache-dir", d)]
+    metrics = tmp_path / "list.prom"
+    done = pmctl("list", *SNAPSHOTS, *given, "-o", "json", "--metrics-file", str(metrics))
+    assert done.returncode == 0, done.stderr
+    doc = validate_document("list", done.stdout)
+    assert doc["cache"] == {"dirs": [str(cache)], "present": True, "entries": 4}
+    assert done.stderr.count("mynet-abc123-eth0") == 1, done.stderr
+    series = [
+        line for line in metrics.read_text().splitlines()
+        if line.startswith("portmapctl_cni_cache_entries{")
+    ]  # fmt: skip
+    assert len(series) == 1 and f'dir="{cache}"' in series[0], series
+
+
 # --- item 6: JSON schema 2, validated -------------------------------------------------------
 
 
