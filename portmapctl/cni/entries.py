@@ -111,14 +111,18 @@ class UnreadCache(NamedTuple):
 
 def unread_caches(cache_dirs: Sequence[str]) -> List[UnreadCache]:
     """The runtime caches below `cache_dirs` that hold an entry and are not among them
-    (a listing of each: a missing one costs a failed open)."""
-    read = {os.path.normpath(d) for d in cache_dirs}
+    (a listing of each: a missing one costs a failed open). Told apart by real path:
+    /var/lib/cni a symlink to /data/cni, with /data/cni/cache given, is read (by
+    normpath, which follows no symlink, it was warned of at every run)."""
+    read = {os.path.realpath(d) for d in cache_dirs}
     found = []
     for cache_dir in cache_dirs:
         for known in RUNTIME_CACHES:
             below = os.path.join(cache_dir, known.below)
-            if os.path.normpath(below) in read or any(below == u.cache_dir for u in found):
+            real = os.path.realpath(below)
+            if real in read:
                 continue
+            read.add(real)  # (said once, under the first spelling)
             try:
                 names = os.listdir(os.path.join(below, "results"))
             except OSError:

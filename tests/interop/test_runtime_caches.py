@@ -91,3 +91,27 @@ def test_gc_with_only_a_runtime_cache_it_does_not_read_names_it(
                     "--cni-cache-dir", str(var_lib_cni)])  # fmt: skip
     pmctl.assert_error(gc, 2, "nothing says which containers are live", f"{var_lib_cni}/cache")
     assert rp.nat_rules(rp.save(host_ns, 4)) == before
+
+
+def test_a_runtime_cache_given_through_another_spelling_is_read_not_warned_of(
+    host_ns: str, tmp_path: Path
+) -> None:
+    """The node's /var/lib/cni a symlink to where the disk is (/data/cni), and
+    cri-dockerd's cache given as its config names it, through the real path: both
+    directories were read (check healthy), yet every command warned, every run, that
+    /var/lib/cni/cache/results was not read, and told to give it a third time (the
+    unread cache was told from the ones read by normpath, which follows no symlink)."""
+    data_cni = _node(host_ns, tmp_path / "data")
+    var_lib = tmp_path / "var" / "lib"
+    var_lib.mkdir(parents=True)
+    (var_lib / "cni").symlink_to(data_cni)
+    given = ["--netns", host_ns, "--cni-cache-dir", str(var_lib / "cni"),
+             "--cni-cache-dir", str(data_cni / "cache")]  # fmt: skip
+
+    check = pmctl.run(["check", *given])
+    assert "cri-dockerd" not in check.stderr, check.stderr
+    assert "stale" in check.stdout  # GONE, and only it: POD's entry was read
+    assert f"{POD[:12]}" not in check.stdout, check.stdout
+    gc = pmctl.run(["gc", "--yes", "--min-age", "0", "-o", "json", *given])
+    assert gc.returncode == 0 and gc.stderr == "", gc.stderr
+    assert {row["container_id"] for row in json.loads(gc.stdout)["removed"]} == {GONE}
