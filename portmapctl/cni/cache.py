@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import json
 import os
 import stat
@@ -97,6 +98,12 @@ def added_at(attachment: Attachment) -> Tuple[int, str]:
         return 0, attachment.path
 
 
+# What stat(2) says of a path no directory can be at, whatever the node: a symlink loop,
+# a name longer than the system takes. Bad input (exit 2), as a file given as the cache
+# is; EACCES, EIO and the like are the environment's (exit 3).
+_NEVER_A_DIRECTORY = frozenset({errno.ELOOP, errno.ENAMETOOLONG})
+
+
 def results_dir(cache_dir: str) -> str:
     return os.path.join(cache_dir, "results")
 
@@ -114,6 +121,12 @@ def cache_exists(cache_dir: str) -> bool:
     except NotADirectoryError:
         folder = cache_dir  # (a file given as the cache: no "no cache" for a typo)
     except OSError as err:
+        if err.errno in _NEVER_A_DIRECTORY:
+            # The path's own fault, as a file's: no run as root, no node state reads it.
+            raise BadInput(
+                f"the CNI cache {folder} cannot be a directory: {err.strerror}"
+                " (give the cache directory's own path)"
+            ) from None
         raise HostProblem(f"cannot read the CNI cache {folder}: {err.strerror}") from None
     raise BadInput(f"the CNI cache {folder} is not a directory")
 

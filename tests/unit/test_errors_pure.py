@@ -153,6 +153,29 @@ def test_a_cni_cache_that_is_a_file_is_bad_input(tmp_path, where):
         assert_error(done, 2, f"the CNI cache {named} is not a directory")
 
 
+@pytest.mark.parametrize("where", ["loop", "results-loop", "too-long"])
+def test_a_cni_cache_path_that_can_never_be_a_directory_is_bad_input(tmp_path, where):
+    """`--cni-cache-dir` naming a symlink loop (or a `results` that is one), or a name
+    longer than the system takes, was "cannot read the CNI cache" exit 3, the
+    environment's code (not root, no iptables): nothing on the node makes such a path a
+    directory, no run as root reads it; the path given is wrong, as one naming a file is
+    (exit 2)."""
+    if where == "loop":
+        (tmp_path / "a").symlink_to(tmp_path / "b")
+        (tmp_path / "b").symlink_to(tmp_path / "a")
+        given, named = tmp_path / "a", tmp_path / "a" / "results"
+    elif where == "results-loop":
+        (tmp_path / "results").symlink_to(tmp_path / "results")
+        given, named = tmp_path, tmp_path / "results"
+    else:
+        given = tmp_path / ("x" * 300)
+        named = given / "results"
+    for command in ("list", "check"):
+        done = run([command, "--snapshot", str(FIXTURES / "basic.v4.save"),
+                    "--cni-cache-dir", str(given)])  # fmt: skip
+        assert_error(done, 2, f"the CNI cache {named}", "cannot be a directory")
+
+
 @pytest.mark.parametrize(
     "given, family, words",
     [("--snapshot", "6", "--family 6: no IPv6 dump to read (give --snapshot6 FILE)"),
