@@ -110,7 +110,8 @@ class UnreadCache(NamedTuple):
 
 
 def unread_caches(cache_dirs: Sequence[str]) -> List[UnreadCache]:
-    """The runtime caches below `cache_dirs` that hold an entry and are not among them
+    """The runtime caches below `cache_dirs` that hold an entry (a name libcni's
+    NETWORK-CONTAINERID-IFNAME reads) and are not among them
     (a listing of each: a missing one costs a failed open). Told apart by real path:
     /var/lib/cni a symlink to /data/cni, with /data/cni/cache given, is read (by
     normpath, which follows no symlink, it was warned of at every run)."""
@@ -127,7 +128,14 @@ def unread_caches(cache_dirs: Sequence[str]) -> List[UnreadCache]:
                 names = os.listdir(os.path.join(below, "results"))
             except OSError:
                 continue
-            entries = tuple(sorted(n for n in names if not n.startswith(".")))
+            names = [n for n in names if not n.startswith(".")]
+            if not names:
+                continue
+            # Only the names gc keeps containers by (libcni's NETWORK-CONTAINERID-IFNAME):
+            # a README or lost+found there was warned of as entries at every run.
+            from portmapctl.cni.cache import name_readings  # (rarely: a cache below)
+
+            entries = tuple(sorted(n for n in names if name_readings(n)))
             if entries:
                 found.append(UnreadCache(below, known.runtime, entries))
     return found

@@ -1229,3 +1229,35 @@ def test_an_entry_whose_name_is_not_libcnis_is_reported_not_dropped(tmp_path, co
         "my\\xffnet-abc-eth0",
     ):
         assert str(results / name) in shown, (name, shown)
+
+
+def test_a_runtime_cache_below_is_counted_by_its_entries_not_its_names(tmp_path):
+    """The runtime cache below the one read (cri-dockerd's cache/) was judged by every
+    name in its results/: one holding a README, a lost+found or only files no libcni
+    name reads as NETWORK-CONTAINERID-IFNAME was warned of at every run as "holds 2 CNI
+    cache entries not read here ... gc keeps their chains by the entries' names", and
+    gc's refusal pointed at it, though no name there keeps anything live. Now only the
+    names gc keeps containers by are counted."""
+    import pmctl
+
+    from portmapctl.cni.entries import unread_caches
+    from portmapctl.ops.gc.liveness import held_ids
+
+    write(tmp_path / "results", "mynet-abc123-eth0", entry())
+    below = tmp_path / "cache" / "results"
+    below.mkdir(parents=True)
+    (below / "README").write_text("cri-dockerd's cache\n")
+    (below / "lost+found").mkdir()
+    for name in NAMELESS[1:3]:
+        (below / name).write_text(json.dumps(entry()))
+    assert unread_caches([str(tmp_path)]) == [] and held_ids([str(tmp_path)]) == frozenset()
+    snapshot = str(Path(__file__).parents[1] / "fixtures" / "basic.v4.save")
+    done = pmctl.run(["list", "--snapshot", snapshot, "--cni-cache-dir", str(tmp_path)])
+    assert done.returncode == 0 and "not read here" not in done.stderr, done.stderr
+
+    # One entry libcni names beside them: it is counted alone, and keeps its container.
+    write(below, "cbr0-d0d0d0d0-eth0", entry("cbr0", "d0d0d0d0"))
+    (unread,) = unread_caches([str(tmp_path)])
+    assert unread.names == ("cbr0-d0d0d0d0-eth0",)
+    assert "holds 1 CNI cache entry not read here" in unread.warning([str(tmp_path)])
+    assert "d0d0d0d0" in held_ids([str(tmp_path)])
