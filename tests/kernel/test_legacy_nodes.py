@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 
 import json_schemas
+import pytest
 import realplugin as rp
 from pmctl import assert_error, run
 
@@ -634,3 +636,89 @@ def test_a_stale_chain_iptables_refuses_is_named_by_every_run_past_min_age(host_
         assert done.returncode == 1, (done.stdout, done.stderr)
         assert chain_name("mynet", "gone1") in done.stderr, done.stderr
     assert chain_name("mynet", "gone2") not in rp.save(host_ns, 4, "legacy")
+
+
+@pytest.mark.parametrize("fault", ["busy-lock", "hung", "hung-after-commit"])
+def test_a_busy_lock_or_hung_tool_while_a_refused_removal_is_halved_is_no_refusal(
+    host_ns, tmp_path, fault
+):
+    """gc halves a removal iptables refused whole (gone1's `-m recent` entry rule, as in
+    the test above) to find the chain at fault. When one of those tries met a busy
+    xtables lock (another iptables held it longer than the wait) or a tool that hung
+    (killed at PORTMAPCTL_IPTABLES_TIMEOUT), the halving stopped, and every chain not
+    removed by then was reported "refused by iptables ... (tried alone ...)", exit 1:
+    gone3, which iptables never refused (it was never tried alone), named as refused,
+    and a hung tool (SPEC §4: exit 3, as a hung tool anywhere else in gc) said exit 1.
+    A try whose tool hung after its commit went in unreported: its chain's UDP flow
+    kept the dead DNAT. Now the line is the lock's (exit 1) or the hung tool's (exit 3),
+    the chains left are named as not removed, and what went in is flushed.
+
+    The fault is real: a private xtables lock (XTABLES_LOCKFILE) taken by `flock`, or a
+    restore that sleeps past the timeout, when the transaction removes gone3 alone."""
+    recent = ["-m", "recent", "--name", "x", "--rcheck"]
+    for cid, ip, port, conditions in (
+        ("gone1", "10.88.0.5/16", 8080, recent),
+        ("gone2", "10.88.0.6/16", 8081, None),
+        ("gone3", "10.88.0.7/16", 8082, None),  # (UDP: its flow goes with its chain)
+        ("other1", "10.88.0.9/16", 8083, None),
+    ):
+        proto = "udp" if cid == "gone3" else "tcp"
+        conf = rp.plugin_conf("mynet", [ip], [{**PORTS[0], "hostPort": port, "protocol": proto}],
+                              conditions_v4=conditions)  # fmt: skip
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="legacy", check=True)
+    subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-I", "-p", "udp", "-s",
+                    "127.0.0.1", "-d", "127.0.0.1", "--sport", "40001", "--dport", "8082",
+                    "--reply-src", "10.88.0.7", "--reply-dst", "127.0.0.1", "--reply-port-src",
+                    "80", "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
+    gone = {cid: chain_name("mynet", cid) for cid in ("gone1", "gone2", "gone3")}
+    lock, held = tmp_path / "xtables.lock", tmp_path / "held"
+    # The transaction that removes gone3's chain alone (gone2's goes in alone before it,
+    # gone3's and gone1's are refused together: the halving's order by chain name).
+    alone = (f'grep -q -- "-X {gone["gone3"]}" "$IN" && ! grep -q -e {gone["gone1"]}'
+             f' -e {gone["gone2"]} "$IN"')  # fmt: skip
+    real = '/usr/sbin/iptables-legacy-restore "$@" < "$IN"'
+    body = {
+        # Held until the test ends (its fds away from ours: the restore's pipes close).
+        "busy-lock": f'if {alone} && [ ! -e {held} ]; then setsid flock {lock} -c "echo \\$\\$ > {held}.pid;'
+        f' touch {held}; exec sleep 60" < /dev/null > /dev/null 2>&1 & while [ ! -e {held} ]; do sleep 0.05;'
+        f" done; fi\nexec {real}",
+        "hung": f"if {alone}; then exec sleep 60; fi\nexec {real}",
+        "hung-after-commit": f"{real} || exit $?\nif {alone}; then exec sleep 60; fi",
+    }[fault]
+    folder = tmp_path / "wrap"
+    folder.mkdir()
+    script = folder / "iptables-legacy-restore"
+    script.write_text(f'#!/bin/bash\nIN={tmp_path}/in.$$\ncat > "$IN"\n{body}\n')
+    script.chmod(0o755)
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
+            str(tmp_path / "cni"), "--keep", "other1", "--min-age", "0", "--yes"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{folder}:{os.environ['PATH']}",
+           "XTABLES_LOCKFILE": str(lock), "PORTMAPCTL_XTABLES_WAIT": "1",
+           "PORTMAPCTL_IPTABLES_TIMEOUT": "3"}  # fmt: skip
+    try:
+        done = run(argv, env=env)
+    finally:
+        if (tmp_path / "held.pid").exists():  # (the lock's holder: this test's own)
+            os.kill(int((tmp_path / "held.pid").read_text()), signal.SIGTERM)
+    saved = rp.save(host_ns, 4, "legacy")
+    assert gone["gone2"] not in saved and chain_name("mynet", "other1") in saved
+    assert gone["gone1"] in saved
+    assert "Traceback" not in done.stderr
+    [line] = [line for line in done.stderr.splitlines() if "error" in line]
+    assert "refused the removal of" not in line and "tried alone" not in line, line
+    flows = subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-L", "-p", "udp"],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    if fault == "busy-lock":
+        assert done.returncode == 1, done.stderr
+        assert "xtables lock" in line, line
+    else:
+        assert done.returncode == 3, done.stderr
+        assert "did not finish within 3 s" in line, line
+    if fault == "hung-after-commit":
+        assert gone["gone3"] not in saved
+        assert "dport=8082" not in flows, flows  # (its chain went: its flow with it)
+    else:
+        assert gone["gone3"] in saved
+        assert gone["gone3"] in line, line  # named: not removed
+        assert "dport=8082" in flows, flows

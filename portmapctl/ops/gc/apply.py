@@ -45,8 +45,10 @@ def _family_failure(
     order = [p.family for p in planned.families]
     earlier = set(order[: order.index(family)])
     before = sum(len(p.removed) for p in plans if p.family in earlier)
-    # Later in the order, yet applied: ahead of the others (plan_gc's apply_early).
-    ahead = [p for p in plans if p.family not in earlier]
+    # Later in the order, yet applied: ahead of the others (plan_gc's apply_early). (The
+    # family itself may be among plans: part of it went in before it failed, which its
+    # error says: Settled.stopped.)
+    ahead = [p for p in plans if p.family not in earlier and p.family != family]
     line = (
         f"IPv{family}: {err}"
         + (f" (earlier families: {before} chains removed)" if before else "")
@@ -174,12 +176,20 @@ def _apply_gc_to(
             # Refused whole (not for a stale plan: the tries re-read and re-planned):
             # the chains at fault are found and named, the others removed.
             went.append(first)  # (its chains go in group by group: SIGTERM now)
-            done, refused_here = settle_family(node, first, planning, str(error))
+            halved = settle_family(node, first, planning, str(error))
             went.pop()
+            done, refused_here = halved.plan, halved.refused
             if done is not None:
                 refused += refused_here
                 # (done.seen: chains the table still holds after the groups went in.)
                 unremoved.update(done.seen)
+                if halved.stop is not None and failure is None:
+                    # A busy lock or a hung tool stopped the halving: what went in is
+                    # reported below (recorded, flushed), the family fails with that
+                    # error (no later family is tried), not as refused by iptables.
+                    failure, failed_family = halved.stopped(), family
+            elif halved.stop is not None:
+                error = halved.stopped()
             elif refused_here:
                 # The one chain it removes: named in the family's line.
                 error = ApplyFailed(

@@ -536,27 +536,65 @@ def refused_outright(error: Optional[Union[ApplyFailed, ToolTimedOut]]) -> bool:
     )  # fmt: skip
 
 
-def settle_family(
-    node: Node, first: FamilyPlan, planning: Planning, why: str
-) -> Tuple[Optional[FamilyPlan], List[Refused]]:
+class Settled(NamedTuple):
+    """How settle_family went: the plan as applied (None: none of it went in), the
+    chains iptables refused tried alone, and, when a try failed otherwise (a busy
+    xtables lock, a tool that hung or died: `stop`), the chains left untried."""
+
+    plan: Optional[FamilyPlan]
+    refused: List[Refused]
+    stop: Optional[Union[ApplyFailed, ToolTimedOut]] = None
+    untried: Tuple[GcChain, ...] = ()
+
+    def stopped(self) -> Union[ApplyFailed, ToolTimedOut]:
+        """The family's error for a halving `stop` ended: its own kind (a hung tool
+        exit 3, as anywhere in gc; a busy lock exit 1), and what it left. Not "refused
+        by iptables": the chains it left were never tried alone."""
+        assert self.stop is not None
+        left = [*self.untried, *(r.chain for r in self.refused)]
+        line = (
+            f"{self.stop} (trying the chains of a removal iptables refused whole in"
+            f" smaller groups: {len(self.plan.removed) if self.plan else 0} removed"
+            + (f", not removed: {', '.join(_named(c) for c in left)}" if left else "")
+            + "".join(f"; iptables refused {_named(r.chain)} tried alone" for r in self.refused)
+            + ")"
+        )
+        if isinstance(self.stop, ToolTimedOut):
+            return ToolTimedOut(line, maybe_applied=self.stop.maybe_applied)
+        return ApplyFailed(line, maybe_applied=self.stop.maybe_applied, busy=self.stop.busy)
+
+
+def _named(chain: GcChain) -> str:
+    return f"{chain.chain} (container {chain.container_id or '-'})"
+
+
+def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -> Settled:
     """`first`'s removal, which iptables refused whole, chain by chain where needed
     (SPEC §5: one bad record never stops the node's work; check --repair's halving,
     ops/check/repair.py): the chains halved until each one refused stands alone, that
-    one named (Refused), every other removed, in about 2·log2(N) transactions for one
-    refused chain among N. One stale entry rule whose saved text iptables cannot delete
-    (legacy's `-m recent`) failed the family's transaction on every try of every run,
-    and no stale chain of the family was removed again. Each group is planned from a
-    fresh read, limited to its chains (GcOptions.only), and applied as any family is
-    (converge_family). Once a try fails otherwise (a busy lock, a tool that died or
-    hung) nothing more is tried: the chains not removed are named with that error.
-    Returns the plan as applied (family.settled) and the chains refused; no plan when
-    none of it went in (the family fails as before): a table the plugin kept changing,
-    both halves refused (more than one chain's fault, or the tool's: one refusing
-    everything is not tried chain by chain), or the one chain it removes refused."""
+    one named (Refused), every other removed. One refused chain among N takes about
+    2·log2(N) groups, and each group refused is tried APPLY_TRIES times over
+    (converge_family: a refusal is re-read and re-planned), so about
+    (APPLY_TRIES + 1)·log2(N) transactions. One stale entry rule whose saved text
+    iptables cannot delete (legacy's `-m recent`) failed the family's transaction on
+    every try of every run, and no stale chain of the family was removed again. Each
+    group is planned from a fresh read, limited to its chains (GcOptions.only), and
+    applied as any family is (converge_family).
+
+    Once a try fails otherwise (a busy lock, a tool that died or hung: `stop`) nothing
+    more is tried: the chains not removed are `untried`, not refused (iptables never
+    refused them alone; the family's error is that failure's, Settled.stopped). A try
+    whose tool hung or died may have gone in: judged by the read after it (_went_in),
+    it is in the plan as applied, so its chains are reported and their UDP flows
+    flushed. No plan when none of it went in (the family fails as before, with `stop`
+    if there was one): a table the plugin kept changing, both halves refused (more than
+    one chain's fault, or the tool's: one refusing everything is not tried chain by
+    chain), or the one chain it removes refused."""
     family = first.family
     went: List[FamilyPlan] = []
     refused: List[Refused] = []
-    stopped: List[str] = []
+    stop: List[Union[ApplyFailed, ToolTimedOut]] = []
+    untried: List[GcChain] = []
 
     def plan_of(keys: Sequence[ChainKey]) -> Tuple[FamilyPlan, Planning]:
         only = frozenset(tuple(key) for key in keys)
@@ -567,21 +605,37 @@ def settle_family(
 
     def attempt(groups: Sequence[GcChain]) -> Optional[str]:
         """The group in one transaction: None once it went in, else why not."""
-        if stopped:
-            return stopped[0]
+        if stop:
+            return str(stop[0])
         plan, limited = plan_of([chain.key for chain in groups])
         try:
             went.append(converge_family(node, plan, limited))
         except (ApplyFailed, ToolTimedOut) as err:
             if not refused_outright(err):
-                stopped.append(str(err))  # (nothing more is tried)
+                stop.append(err)  # (nothing more is tried)
+                if err.maybe_applied and judged_in(plan, err):
+                    return None
             return str(err)
         return None
 
+    def judged_in(plan: FamilyPlan, err: Union[ApplyFailed, ToolTimedOut]) -> bool:
+        """Whether a try whose tool hung or died went in, by the read after it."""
+        try:
+            table = node.backend.read(family)
+        except PortmapctlError:
+            return False  # (unread: the chains stay untried, the error says what is known)
+        done = _went_in((plan, err), table, planning.warnings)
+        if done is not None:
+            went.append(done)
+        return done is not None
+
     def settle(groups: Sequence[GcChain], why: str) -> None:
         """`groups`, refused together (`why`), halved until each refused stands alone."""
-        if len(groups) == 1 or stopped:
-            refused.extend(Refused(chain, stopped[0] if stopped else why) for chain in groups)
+        if stop:
+            untried.extend(groups)
+            return
+        if len(groups) == 1:
+            refused.extend(Refused(chain, why) for chain in groups)
             return
         half = len(groups) // 2
         for part in (groups[:half], groups[half:]):
@@ -593,16 +647,17 @@ def settle_family(
     # try) is no chain's fault: only a refusal of a plan made from the table as it
     # still is is halved.
     if node.backend.read(family) != planning.last_read.get(family):
-        return None, []
+        return Settled(None, [])
     if len(first.removed) == 1:
-        return None, [Refused(first.removed[0], why)]
+        return Settled(None, [Refused(first.removed[0], why)])
     half = len(first.removed) // 2
     parts = (first.removed[:half], first.removed[half:])
     failures = [attempt(part) for part in parts]
     if all(failures):
         # Both halves refused: the fault of more than one chain, or the tool's (one
-        # that refuses everything would be tried chain by chain): the family fails.
-        return None, []
+        # that refuses everything would be tried chain by chain): the family fails; or
+        # a try failed otherwise, and the family fails with that.
+        return Settled(None, [], stop[0] if stop else None, first.removed if stop else ())
     for part, failed in zip(parts, failures):
         if failed is not None:
             settle(part, failed)
@@ -610,11 +665,16 @@ def settle_family(
     attachments = _reread_cache(node, planning)
     nothing = replace(planning, options=replace(planning.options, only=frozenset()))
     rest = _plan_table(after, attachments, nothing, True)
-    return settled(went, rest, after, {r.chain.key for r in refused}), refused
+    # The chains left untried are left out of `pending` too: the family's error names them.
+    apart = {r.chain.key for r in refused} | {chain.key for chain in untried}
+    done = settled(went, rest, after, apart)
+    return Settled(done, refused, stop[0] if stop else None, tuple(untried))
 
 
 def _went_in(
-    tried: Tuple[FamilyPlan, ApplyFailed], table: NatTable, warnings: List[str]
+    tried: Tuple[FamilyPlan, Union[ApplyFailed, ToolTimedOut]],
+    table: NatTable,
+    warnings: List[str],
 ) -> Optional[FamilyPlan]:
     """The plan of a try that may have gone in, as applied, when `table` (read after
     it) has none of the chains it removes; else None."""
