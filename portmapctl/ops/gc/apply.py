@@ -19,6 +19,7 @@ from portmapctl.ops.gc.liveness import Sources
 from portmapctl.ops.gc.plan import (
     GcOptions,
     GcPlan,
+    HungWentIn,
     Planning,
     converge_family,
     plan_gc,
@@ -172,6 +173,13 @@ def _apply_gc_to(
                 error = err
             if not options.dry_run:
                 went.pop()
+        if isinstance(error, HungWentIn):
+            # Its tool hung, yet the read after it found its removal in: the family's
+            # error ends the run (exit 3), and what went in is recorded and flushed,
+            # or no later run knew its ports (it found nothing to remove).
+            done = error.plan
+            if failure is None:
+                failure, failed_family = error, family
         if done is None and not options.dry_run and first.removed and refused_outright(error):
             # Refused whole (not for a stale plan: the tries re-read and re-planned):
             # the chains at fault are found and named, the others removed.

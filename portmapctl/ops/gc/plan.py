@@ -331,6 +331,8 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
                         node, planned[ahead], replace(planning, warnings=ahead_warnings)
                     )
                 except (ApplyFailed, ToolTimedOut) as err:  # (apply_gc raises it)
+                    if isinstance(err, HungWentIn):
+                        went.append(err.plan)  # (in, by the read after it)
                     return Applied(None, err)
                 went.append(done)
                 return Applied(done, None)
@@ -482,17 +484,21 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
     """Apply one family's plan; re-read and re-plan while its table changed meanwhile
     (Node.converge). Returns the plan applied; ApplyFailed after the last try.
 
-    A try whose tool died without saying (killed: ApplyFailed.maybe_applied; one that
-    timed out ends gc instead, errors.ToolTimedOut) is judged by the next read: when
-    none of the chains it removes is left, it went in (a transaction goes in whole),
-    and it is the plan returned, so that its chains are reported and their UDP flows
-    flushed. Planned again on that table instead, they would be in no plan: gc would
-    say it removed nothing, and no later run would know their ports."""
+    A try whose tool died without saying (killed: ApplyFailed.maybe_applied) is judged
+    by the next read: when none of the chains it removes is left, it went in (a
+    transaction goes in whole), and it is the plan returned, so that its chains are
+    reported and their UDP flows flushed. Planned again on that table instead, they
+    would be in no plan: gc would say it removed nothing, and no later run would know
+    their ports. One that timed out (errors.ToolTimedOut) still ends gc, not tried
+    again, but is judged by a read too: gone in, it is raised as HungWentIn with its
+    plan (it said "run again to see", and the run after found nothing to remove: the
+    removed chains' UDP flows kept their dead DNAT)."""
     # The first re-plan is the second try; the last try deletes by text: slower
     # on a big chain, but a plugin call elsewhere in CNI-HOSTPORT-DNAT does not
     # make it fail (the guards do, and on a busy node they may every time).
     tries = itertools.count(2)
     unsure: List[Tuple[FamilyPlan, ApplyFailed]] = []
+    tried = [first]  # (the last: the plan of the try a timed-out tool was writing)
 
     def replan(table: NatTable) -> FamilyPlan:
         if unsure:
@@ -504,6 +510,7 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
         planning.last_read[table.family] = table
         replanned = _plan_table(table, attachments, planning, by_number)
         planning.forget(replanned.removed)  # (node.converge applies it next)
+        tried.append(replanned)
         return replanned
 
     def tell(plan: FamilyPlan, error: ApplyFailed) -> None:
@@ -525,6 +532,32 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
         if went is None:
             raise
         return went
+    except ToolTimedOut as err:
+        if not err.maybe_applied:
+            raise
+        try:
+            table = node.backend.read(first.family)
+        except PortmapctlError:
+            raise err from None
+        went = _went_in((tried[-1], err), table, [])  # (HungWentIn's line says it)
+        if went is None:
+            raise
+        raise HungWentIn(err, went) from None
+
+
+class HungWentIn(ToolTimedOut):
+    """A family's try whose tool hung (stopped at its time limit: exit 3, gc ends) and
+    that went in, by the read after it: `plan`, as applied, is still reported in the
+    line, its chains' UDP flows flushed and their sightings forgotten (apply_gc)."""
+
+    def __init__(self, err: ToolTimedOut, plan: FamilyPlan) -> None:
+        count = len(plan.removed)
+        super().__init__(
+            f"{err}; read again, none of the {count} chain{'s' if count != 1 else ''} it"
+            " removes is left: it went in",
+            maybe_applied=True,
+        )
+        self.plan = plan
 
 
 def refused_outright(error: Optional[Union[ApplyFailed, ToolTimedOut]]) -> bool:
@@ -584,8 +617,8 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
     Once a try fails otherwise (a busy lock, a tool that died or hung: `stop`) nothing
     more is tried: the chains not removed are `untried`, not refused (iptables never
     refused them alone; the family's error is that failure's, Settled.stopped). A try
-    whose tool hung or died may have gone in: judged by the read after it (_went_in),
-    it is in the plan as applied, so its chains are reported and their UDP flows
+    whose tool hung or died may have gone in: judged by the read after it (_went_in;
+    converge_family's HungWentIn), it is in the plan as applied, so its chains are reported and their UDP flows
     flushed. No plan when none of it went in (the family fails as before, with `stop`
     if there was one): a table the plugin kept changing, both halves refused (more than
     one chain's fault, or the tool's: one refusing everything is not tried chain by
@@ -613,21 +646,11 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
         except (ApplyFailed, ToolTimedOut) as err:
             if not refused_outright(err):
                 stop.append(err)  # (nothing more is tried)
-                if err.maybe_applied and judged_in(plan, err):
+                if isinstance(err, HungWentIn):
+                    went.append(err.plan)  # (judged by the read after it: it went in)
                     return None
             return str(err)
         return None
-
-    def judged_in(plan: FamilyPlan, err: Union[ApplyFailed, ToolTimedOut]) -> bool:
-        """Whether a try whose tool hung or died went in, by the read after it."""
-        try:
-            table = node.backend.read(family)
-        except PortmapctlError:
-            return False  # (unread: the chains stay untried, the error says what is known)
-        done = _went_in((plan, err), table, planning.warnings)
-        if done is not None:
-            went.append(done)
-        return done is not None
 
     def settle(groups: Sequence[GcChain], why: str) -> None:
         """`groups`, refused together (`why`), halved until each refused stands alone."""
