@@ -74,7 +74,7 @@ elif where == "ahead":
     import threading
     from portmapctl.ops.gc import plan
     went = threading.Event()
-    real_converge, real_plan_table = plan.converge_family, plan._plan_table
+    real_converge, real_plan_table = plan.converge_family, plan.plan_table
     def converge_family(*args, **kwargs):
         done = real_converge(*args, **kwargs)
         went.set()
@@ -84,7 +84,7 @@ elif where == "ahead":
             went.wait(30)
             hold()
         return real_plan_table(table, *args, **kwargs)
-    plan.converge_family, plan._plan_table = converge_family, plan_table
+    plan.converge_family, plan.plan_table = converge_family, plan_table
 elif where == "add":
     # add's write went in (ahead of it, or by add itself); its UDP flush has not run.
     # Meanwhile a flow through the new rules is made (PMT_DURING: conntrack -I's args).

@@ -257,7 +257,7 @@ def _not_recorded(result: GcResult) -> None:
 
 def _refused(result: GcResult) -> None:
     """The one error line (exit 1: gc could not apply) of a run whose removal iptables
-    refused for some chains, each tried alone (ops/gc/plan.settle_family): what was
+    refused for some chains, each tried alone (ops/gc/converge.settle_family): what was
     removed is on stdout already, flushed and recorded; this names what was not."""
     if not result.refused:
         return

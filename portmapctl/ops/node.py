@@ -457,7 +457,7 @@ class Node:
         transaction goes in whole or not at all, so when that read leaves nothing to do
         the try went in. It is returned as the transaction applied (what it made gets
         the plugin's side effects), and `notes` gets errors.found_in's warning. (gc
-        judges its own tries: ops/gc/plan.py converge_family.)"""
+        judges its own tries: ops/gc/converge.py converge_family.)"""
         killed = [earlier] if earlier is not None else []
 
         def unsure(tried: Planned, err: ApplyFailed) -> None:

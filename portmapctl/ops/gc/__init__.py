@@ -29,7 +29,11 @@ The modules, by job:
 - `liveness.py`: the sources of liveness, merged into one Liveness;
 - `state.py`: the sightings --min-age counts from (/run/portmapctl/gc-state.json);
 - `family.py`: one family's plan from its table (pure: FamilyPlan, plan_family);
+- `planning.py`: what planning one family from a read takes (Planning, plan_table);
 - `plan.py`: a whole run planned from one read of the node (GcPlan, plan_gc);
+- `converge.py`: applying one family: its re-plans while the table changes, a tool
+  that died or hung judged by a read, a refused removal halved (converge_family,
+  settle_family);
 - `nft.py`: the nftables backend's side of the plan and its apply;
 - `apply.py`: applying a plan (apply_gc; gc plans and applies);
 - `udp.py`: the UDP conntrack entries the removal leaves pointing nowhere;
@@ -52,14 +56,8 @@ from portmapctl.ops.gc.liveness import (
     require_source,
     says_nothing,
 )
-from portmapctl.ops.gc.plan import (
-    DEFAULT_MIN_AGE,
-    Applied,
-    GcOptions,
-    GcPlan,
-    plan_gc,
-    read_cache_while_planning,
-)
+from portmapctl.ops.gc.plan import Applied, GcPlan, plan_gc
+from portmapctl.ops.gc.planning import DEFAULT_MIN_AGE, GcOptions, read_cache_while_planning
 from portmapctl.ops.gc.result import GcChain, GcResult
 from portmapctl.ops.gc.udp import flush_udp_after
 

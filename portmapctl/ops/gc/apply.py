@@ -14,19 +14,16 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set,
 from portmapctl.core.pause import gc_paused
 from portmapctl.errors import ApplyFailed, HostProblem, Interrupted, ToolTimedOut
 from portmapctl.ops.gc import state as gc_state
-from portmapctl.ops.gc.family import FamilyPlan
-from portmapctl.ops.gc.liveness import Sources
-from portmapctl.ops.gc.plan import (
-    GcOptions,
-    GcPlan,
+from portmapctl.ops.gc.converge import (
     HungWentIn,
-    Planning,
     converge_family,
-    plan_gc,
     refused_outright,
-    say_removed,
     settle_family,
 )
+from portmapctl.ops.gc.family import FamilyPlan
+from portmapctl.ops.gc.liveness import Sources
+from portmapctl.ops.gc.plan import GcPlan, plan_gc, say_removed
+from portmapctl.ops.gc.planning import GcOptions, Planning
 from portmapctl.ops.gc.result import GcChain, GcResult, Refused
 from portmapctl.ops.gc.state import ChainKey
 from portmapctl.ops.gc.udp import flush_removed

@@ -182,7 +182,7 @@ def settled(
     went: Sequence[FamilyPlan], rest: FamilyPlan, after: NatTable, refused: Set[ChainKey]
 ) -> FamilyPlan:
     """One family's plan as applied in several transactions (`went`: a removal iptables
-    refused whole, halved: plan.settle_family), as if it had been one: what they removed,
+    refused whole, halved: converge.settle_family), as if it had been one: what they removed,
     and, from `rest` (the table `after` them planned with nothing allowed to go), what
     waits (the `refused` chains left out: they are reported apart), what is kept, the
     sightings, and the UDP ports judged against what is still mapped after them all."""

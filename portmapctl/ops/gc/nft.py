@@ -31,7 +31,7 @@ from portmapctl.ops.gc.liveness import (
     says_nothing,
     zombie_hold,
 )
-from portmapctl.ops.gc.plan import GcOptions, read_cache_while_planning
+from portmapctl.ops.gc.planning import GcOptions, read_cache_while_planning
 from portmapctl.ops.gc.result import GcChain, row_order
 from portmapctl.ops.gc.state import NFT_PREFIX, ChainKey
 from portmapctl.ops.node import Node
@@ -127,7 +127,7 @@ def plan_nft(
         for chain in CONTAINER_CHAINS
         for rule in table.rules_of(chain)
     ):
-        # As for the iptables chains (plan.py _plan_table), whatever --backend says.
+        # As for the iptables chains (planning.py plan_table), whatever --backend says.
         raise empty_cache_refusal(
             cache_dirs, "portmap rules in nftables (cni_hostport)", "every container's rules"
         )
@@ -271,7 +271,7 @@ def apply_nft(
 ) -> Tuple[str, NftPlan]:
     """Apply `planned`; when the tables changed meanwhile, read (and the cache after
     them) and plan again. Returns the transaction's text and the plan applied.
-    `forget`: told what a plan removes before it goes in (plan.Planning.forget: the
+    `forget`: told what a plan removes before it goes in (planning.Planning.forget: the
     caller told it of `planned`'s)."""
     applied = [planned]
 

@@ -1,98 +1,43 @@
 """A whole gc run planned from one read of the node: every table, then the cache,
-liveness from the sources, and per family a FamilyPlan (family.py), with the
-nftables side beside it (nft.py). Also re-planning a family whose table changed
-(converge_family), since a run that asks nobody applies one family while it plans
-the others (plan_gc's apply_early). Apart from apply.py, which applies the plan a
-prompt showed, and from family.py, whose plan of a table is pure.
+liveness from the sources, and per family a FamilyPlan (family.py, by way of
+planning.py), with the nftables side beside it (nft.py). A run that asks nobody
+applies one family (converge.py) while it plans the others (plan_gc's apply_early).
+Apart from apply.py, which applies the plan a prompt showed.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field, replace
 from typing import (
     TYPE_CHECKING,
     Any,
     Dict,
-    FrozenSet,
-    Iterable,
     List,
     Mapping,
     NamedTuple,
     Optional,
     Sequence,
-    Set,
     Tuple,
     Union,
 )
 
-from portmapctl.cni import cache as cni_cache
-from portmapctl.cni.cache import Attachment, present_dirs, results_dir
+from portmapctl.cni.cache import Attachment, present_dirs
 from portmapctl.core.pause import gc_paused
-from portmapctl.errors import (
-    ApplyFailed,
-    BadInput,
-    HostProblem,
-    Interrupted,
-    PortmapctlError,
-    ToolTimedOut,
-)
-from portmapctl.host.netns import NamespaceView, addresses_of, fresh_uncached
-from portmapctl.host.paths import RUN_DIR
+from portmapctl.errors import ApplyFailed, BadInput, Interrupted, ToolTimedOut
+from portmapctl.host.netns import NamespaceView
 from portmapctl.iptables import plugin_rules
 from portmapctl.iptables.ruleset import NatTable
-from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.gc import state as gc_state
-from portmapctl.ops.gc.family import FamilyPlan, plan_family, settled
-from portmapctl.ops.gc.liveness import (
-    Liveness,
-    Sources,
-    ZombieHold,
-    empty_cache_refusal,
-    held_ids,
-    liveness,
-    require_namespaces,
-    require_source,
-    says_nothing,
-    zombie_hold,
-)
-from portmapctl.ops.gc.result import GcChain, Refused
+from portmapctl.ops.gc.converge import HungWentIn, converge_family
+from portmapctl.ops.gc.family import FamilyPlan
+from portmapctl.ops.gc.liveness import Sources, held_ids, liveness, require_source, zombie_hold
+from portmapctl.ops.gc.planning import GcOptions, Planning, checked_cache, plan_table
 from portmapctl.ops.gc.state import ChainKey
-from portmapctl.ops.node import APPLY_TRIES, Node, side_by_side
+from portmapctl.ops.node import Node, side_by_side
 
 if TYPE_CHECKING:
     from portmapctl.nftables.ruleset import Ruleset
     from portmapctl.ops.gc.nft import NftPlan
-
-DEFAULT_MIN_AGE = 120.0
-
-
-@dataclass(frozen=True)
-class GcOptions:
-    min_age: float = DEFAULT_MIN_AGE
-    dry_run: bool = False
-    flush_udp: bool = True
-    only: Optional[FrozenSet[Tuple[int, str]]] = None  # what a prompt confirmed
-    state_dir: str = RUN_DIR
-
-
-def read_cache_while_planning(
-    node: Node, dirs: Sequence[str], warnings: List[str], judge_namespaces: bool = True
-) -> List[Attachment]:
-    """The cache (cni.cache reads a half-written file again); `dirs` were present at
-    the start: one gone since would make its containers look stale. Namespaces are
-    judged only for --netns-liveness (judge_namespaces)."""
-    return _checked_cache(node.read_cache(judge_namespaces), dirs, warnings)
-
-
-def _reread_cache(node: Node, planning: Planning) -> Optional[List[Attachment]]:
-    """The cache read again for a re-plan (read_cache_while_planning), None where the
-    run has none (liveness from other sources)."""
-    if not planning.cache_dirs:
-        return None
-    return read_cache_while_planning(
-        node, planning.cache_dirs, planning.warnings, planning.sources.netns_liveness
-    )
 
 
 def _holds_containers(tables: Dict[int, NatTable], nft_rules: Any) -> bool:
@@ -105,69 +50,6 @@ def _holds_containers(tables: Dict[int, NatTable], nft_rules: Any) -> bool:
         for table in (nft_rules.tables.values() if nft_rules else ())
         for chain in CONTAINER_CHAINS
         for rule in table.rules_of(chain)
-    )
-
-
-def _checked_cache(
-    found: Optional[List[Attachment]], dirs: Sequence[str], warnings: List[str]
-) -> List[Attachment]:
-    missing = [d for d in dirs if d not in present_dirs(dirs)]
-    if found is None or missing:
-        gone = ", ".join(results_dir(d) for d in (missing or dirs))
-        raise HostProblem(
-            f"the CNI cache {gone} disappeared while gc ran: nothing removed from this family"
-        )
-    for warning in cni_cache.warnings(found, dirs):
-        if warning not in warnings:
-            warnings.append(warning)
-    return found
-
-
-class Adding(NamedTuple):
-    """Young namespaces in no cache entry (see _adding): those holding an address a
-    chain may DNAT to, those addresses, and those that could not be looked into."""
-
-    namespaces: List[str]
-    addresses: FrozenSet[str]
-    unknown: List[str]
-
-
-def _adding(
-    view: Optional[NamespaceView],
-    attachments: Optional[Sequence[Attachment]],
-    min_age: float,
-) -> Adding:
-    """Namespaces that look like an ADD in progress (see netns.fresh_uncached).
-
-    A container started again with the ID (and ports, and address) of a chain pending
-    as stale gets that very chain back from the plugin, unchanged: nothing in the
-    table tells, and its cache entry comes only at the end of the ADD. Its new
-    namespace does tell: it is young, in no cache entry, and already holds the
-    address the chain DNATs to (the plugins before portmap put it there).
-
-    One that cannot be entered (no CAP_SYS_ADMIN: the shipped DaemonSet and systemd
-    units run gc so) may hold any address: `unknown`. Taken for holding none, it let
-    the chain of the container being added go.
-    """
-    if view is None or min_age <= 0:
-        return Adding([], frozenset(), [])
-    cached = [a.netns for a in attachments or () if a.netns]
-    fresh = fresh_uncached(view, cached, min_age)
-    if not fresh:
-        return Adding([], frozenset(), [])
-    found: Dict[str, Set[str]] = {}
-    unknown: List[str] = []
-    for path, addresses in addresses_of({path: True for path in fresh}).items():
-        if addresses is None:
-            unknown.append(path)
-            continue
-        addresses = addresses - {"127.0.0.1", "::1"}
-        if addresses:
-            found[path] = addresses
-    return Adding(
-        sorted(found),
-        frozenset(a for addresses in found.values() for a in addresses),
-        sorted(unknown),
     )
 
 
@@ -255,7 +137,7 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         # A cache entry's namespace matters only to --netns-liveness: not looked up
         # otherwise (a stat or two per entry).
         (tables, nft_rules), found = node.read_then_cache(read, sources.netns_liveness)
-        attachments = _checked_cache(found, cache_dirs, warnings)
+        attachments = checked_cache(found, cache_dirs, warnings)
     else:
         tables, nft_rules = read()
     # After the tables too: a pod whose ADD finished in between is held (cli says why).
@@ -313,7 +195,7 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
     planning = Planning(sources, options, seen, view, cache_dirs, warnings, forgetting)
 
     def plan(family: int) -> FamilyPlan:
-        return _plan_table(tables[family], attachments, planning, True, live, zombies)
+        return plan_table(tables[family], attachments, planning, True, live, zombies)
 
     planned: Dict[int, FamilyPlan] = {}
     applied: Dict[int, Applied] = {}
@@ -391,323 +273,6 @@ def _at_stake(plans: Sequence[FamilyPlan], nft: Optional[NftPlan]) -> bool:
     if nft is not None and (nft.removed or nft.pending):
         return True
     return any(p.removed or p.pending for p in plans)
-
-
-@dataclass(frozen=True)
-class Planning:
-    """What planning a family takes besides its table, the same for every try."""
-
-    sources: Sources
-    options: GcOptions
-    seen: Mapping[ChainKey, gc_state.Seen]  # the state file as read
-    view: Optional[NamespaceView]
-    cache_dirs: Sequence[str]
-    warnings: List[str]  # where warnings go (appended to)
-    forgetting: Optional[gc_state.Forgetting] = None  # None: a dry run
-    # Per family, the table its last try was planned from (converge_family): a refusal
-    # on a table still so is no stale plan's (settle_family).
-    last_read: Dict[int, NatTable] = field(default_factory=dict)
-
-    def forget(self, removed: Iterable[GcChain]) -> None:
-        """Before a transaction removing `removed` goes in: their sightings leave the
-        state file (state.forget; the run's own save comes after the removal, and a
-        SIGKILL in between left them there). One write for all the chains given; none
-        for those already forgotten or never on file."""
-        if self.forgetting is not None:
-            self.forgetting({chain.key for chain in removed})
-
-
-def _plan_table(
-    table: NatTable,
-    attachments: Optional[List[Attachment]],
-    planning: Planning,
-    by_number: bool,
-    live: Optional[Liveness] = None,
-    zombies: Optional[ZombieHold] = None,
-) -> FamilyPlan:
-    """plan_family with what the sources say; `attachments` read after `table`
-    (`live`, `zombies`: what they say, when the caller has merged them already)."""
-    sources, options, warnings = planning.sources, planning.options, planning.warnings
-    if says_nothing(sources, attachments) and plugin_rules.per_container_chains(table):
-        raise empty_cache_refusal(
-            planning.cache_dirs, "portmap chains", "every per-container chain"
-        )
-    if attachments is not None and sources.netns_liveness:
-        require_namespaces(attachments)
-    adding = _adding(planning.view, attachments, options.min_age)
-    found = plan_family(
-        table,
-        live if live is not None else liveness(sources, attachments),
-        planning.seen,
-        gc_state.clock(),
-        options.min_age,
-        options.only,
-        hold=adding.addresses,
-        by_number=by_number,
-        zombies=zombies or zombie_hold(sources, attachments, planning.view),
-        hold_all=bool(adding.unknown),
-    )
-    if (adding.addresses or adding.unknown) and any(
-        c.seen_seconds >= options.min_age for c in found.pending
-    ):
-        for warning in _adding_warnings(adding):
-            if warning not in warnings:
-                warnings.append(warning)
-    return found
-
-
-def _adding_warnings(adding: Adding) -> List[str]:
-    """Why ripe chains stay pending this run (_adding)."""
-
-    def named(paths: List[str]) -> str:
-        return ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
-
-    warnings = []
-    if adding.addresses:
-        warnings.append(
-            f"a network namespace younger than --min-age and in no CNI cache entry"
-            f" ({named(adding.namespaces)}) holds an"
-            " address a stale chain DNATs to: its container is being added, so that"
-            " chain is not removed this run"
-        )
-    if adding.unknown:
-        warnings.append(
-            f"a network namespace younger than --min-age and in no CNI cache entry"
-            f" ({named(adding.unknown)}) could not be looked into (entering one needs"
-            " CAP_SYS_ADMIN): a container may be being added there with the address of"
-            " a stale chain, so no stale chain is removed this run"
-        )
-    return warnings
-
-
-def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> FamilyPlan:
-    """Apply one family's plan; re-read and re-plan while its table changed meanwhile
-    (Node.converge). Returns the plan applied; ApplyFailed after the last try.
-
-    A try whose tool died without saying (killed: ApplyFailed.maybe_applied) is judged
-    by the next read: when none of the chains it removes is left, it went in (a
-    transaction goes in whole), and it is the plan returned, so that its chains are
-    reported and their UDP flows flushed. Planned again on that table instead, they
-    would be in no plan: gc would say it removed nothing, and no later run would know
-    their ports. One that timed out (errors.ToolTimedOut) still ends gc, not tried
-    again, but is judged by a read too: gone in, it is raised as HungWentIn with its
-    plan (it said "run again to see", and the run after found nothing to remove: the
-    removed chains' UDP flows kept their dead DNAT)."""
-    # The first re-plan is the second try; the last try deletes by text: slower
-    # on a big chain, but a plugin call elsewhere in CNI-HOSTPORT-DNAT does not
-    # make it fail (the guards do, and on a busy node they may every time).
-    tries = itertools.count(2)
-    unsure: List[Tuple[FamilyPlan, ApplyFailed]] = []
-    tried = [first]  # (the last: the plan of the try a timed-out tool was writing)
-
-    def replan(table: NatTable) -> FamilyPlan:
-        if unsure:
-            went = _went_in(unsure.pop(), table, planning.warnings)
-            if went is not None:
-                return went
-        attachments = _reread_cache(node, planning)
-        by_number = next(tries) < APPLY_TRIES
-        planning.last_read[table.family] = table
-        replanned = _plan_table(table, attachments, planning, by_number)
-        planning.forget(replanned.removed)  # (node.converge applies it next)
-        tried.append(replanned)
-        return replanned
-
-    def tell(plan: FamilyPlan, error: ApplyFailed) -> None:
-        unsure.append((plan, error))
-
-    planning.forget(first.removed)
-    try:
-        return node.converge(
-            first.family, replan, planning.options.dry_run, planned=first, unsure=tell
-        )
-    except ApplyFailed as err:
-        if not (err.maybe_applied and unsure):
-            raise
-        try:
-            table = node.backend.read(first.family)
-        except PortmapctlError:
-            raise err from None  # (unread: the tool's own error says what is known)
-        went = _went_in(unsure.pop(), table, planning.warnings)
-        if went is None:
-            raise
-        return went
-    except ToolTimedOut as err:
-        if not err.maybe_applied:
-            raise
-        try:
-            table = node.backend.read(first.family)
-        except PortmapctlError:
-            raise err from None
-        went = _went_in((tried[-1], err), table, [])  # (HungWentIn's line says it)
-        if went is None:
-            raise
-        raise HungWentIn(err, went) from None
-
-
-class HungWentIn(ToolTimedOut):
-    """A family's try whose tool hung (stopped at its time limit: exit 3, gc ends) and
-    that went in, by the read after it: `plan`, as applied, is still reported in the
-    line, its chains' UDP flows flushed and their sightings forgotten (apply_gc)."""
-
-    def __init__(self, err: ToolTimedOut, plan: FamilyPlan) -> None:
-        count = len(plan.removed)
-        super().__init__(
-            f"{err}; read again, none of the {count} chain{'s' if count != 1 else ''} it"
-            " removes is left: it went in",
-            maybe_applied=True,
-        )
-        self.plan = plan
-
-
-def refused_outright(error: Optional[Union[ApplyFailed, ToolTimedOut]]) -> bool:
-    """Whether a family's failure is iptables refusing its removal (after the tries
-    that re-read and re-plan): not a busy lock, not a tool that died or hung (its
-    transaction may have gone in)."""
-    return (
-        isinstance(error, ApplyFailed) and not error.busy and not error.maybe_applied
-    )  # fmt: skip
-
-
-class Settled(NamedTuple):
-    """How settle_family went: the plan as applied (None: none of it went in), the
-    chains iptables refused tried alone, and, when a try failed otherwise (a busy
-    xtables lock, a tool that hung or died: `stop`), the chains left untried."""
-
-    plan: Optional[FamilyPlan]
-    refused: List[Refused]
-    stop: Optional[Union[ApplyFailed, ToolTimedOut]] = None
-    untried: Tuple[GcChain, ...] = ()
-
-    def stopped(self) -> Union[ApplyFailed, ToolTimedOut]:
-        """The family's error for a halving `stop` ended: its own kind (a hung tool
-        exit 3, as anywhere in gc; a busy lock exit 1), and what it left. Not "refused
-        by iptables": the chains it left were never tried alone."""
-        assert self.stop is not None
-        left = [*self.untried, *(r.chain for r in self.refused)]
-        line = (
-            f"{self.stop} (trying the chains of a removal iptables refused whole in"
-            f" smaller groups: {len(self.plan.removed) if self.plan else 0} removed"
-            + (f", not removed: {', '.join(_named(c) for c in left)}" if left else "")
-            + "".join(f"; iptables refused {_named(r.chain)} tried alone" for r in self.refused)
-            + ")"
-        )
-        if isinstance(self.stop, ToolTimedOut):
-            return ToolTimedOut(line, maybe_applied=self.stop.maybe_applied)
-        return ApplyFailed(line, maybe_applied=self.stop.maybe_applied, busy=self.stop.busy)
-
-
-def _named(chain: GcChain) -> str:
-    return f"{chain.chain} (container {chain.container_id or '-'})"
-
-
-def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -> Settled:
-    """`first`'s removal, which iptables refused whole, chain by chain where needed
-    (SPEC §5: one bad record never stops the node's work; check --repair's halving,
-    ops/check/repair.py): the chains halved until each one refused stands alone, that
-    one named (Refused), every other removed. One refused chain among N takes about
-    2·log2(N) groups, and each group refused is tried APPLY_TRIES times over
-    (converge_family: a refusal is re-read and re-planned), so about
-    (APPLY_TRIES + 1)·log2(N) transactions. One stale entry rule whose saved text
-    iptables cannot delete (legacy's `-m recent`) failed the family's transaction on
-    every try of every run, and no stale chain of the family was removed again. Each
-    group is planned from a fresh read, limited to its chains (GcOptions.only), and
-    applied as any family is (converge_family).
-
-    Once a try fails otherwise (a busy lock, a tool that died or hung: `stop`) nothing
-    more is tried: the chains not removed are `untried`, not refused (iptables never
-    refused them alone; the family's error is that failure's, Settled.stopped). A try
-    whose tool hung or died may have gone in: judged by the read after it (_went_in;
-    converge_family's HungWentIn), it is in the plan as applied, so its chains are reported and their UDP flows
-    flushed. No plan when none of it went in (the family fails as before, with `stop`
-    if there was one): a table the plugin kept changing, both halves refused (more than
-    one chain's fault, or the tool's: one refusing everything is not tried chain by
-    chain), or the one chain it removes refused."""
-    family = first.family
-    went: List[FamilyPlan] = []
-    refused: List[Refused] = []
-    stop: List[Union[ApplyFailed, ToolTimedOut]] = []
-    untried: List[GcChain] = []
-
-    def plan_of(keys: Sequence[ChainKey]) -> Tuple[FamilyPlan, Planning]:
-        only = frozenset(tuple(key) for key in keys)
-        limited = replace(planning, options=replace(planning.options, only=only))
-        table = node.backend.read(family)
-        attachments = _reread_cache(node, planning)
-        return _plan_table(table, attachments, limited, True), limited
-
-    def attempt(groups: Sequence[GcChain]) -> Optional[str]:
-        """The group in one transaction: None once it went in, else why not."""
-        if stop:
-            return str(stop[0])
-        plan, limited = plan_of([chain.key for chain in groups])
-        try:
-            went.append(converge_family(node, plan, limited))
-        except (ApplyFailed, ToolTimedOut) as err:
-            if not refused_outright(err):
-                stop.append(err)  # (nothing more is tried)
-                if isinstance(err, HungWentIn):
-                    went.append(err.plan)  # (judged by the read after it: it went in)
-                    return None
-            return str(err)
-        return None
-
-    def settle(groups: Sequence[GcChain], why: str) -> None:
-        """`groups`, refused together (`why`), halved until each refused stands alone."""
-        if stop:
-            untried.extend(groups)
-            return
-        if len(groups) == 1:
-            refused.extend(Refused(chain, why) for chain in groups)
-            return
-        half = len(groups) // 2
-        for part in (groups[:half], groups[half:]):
-            failed = attempt(part)
-            if failed is not None:
-                settle(part, failed)
-
-    # Refused for a stale plan (a busy node: the plugin changed the table before each
-    # try) is no chain's fault: only a refusal of a plan made from the table as it
-    # still is is halved.
-    if node.backend.read(family) != planning.last_read.get(family):
-        return Settled(None, [])
-    if len(first.removed) == 1:
-        return Settled(None, [Refused(first.removed[0], why)])
-    half = len(first.removed) // 2
-    parts = (first.removed[:half], first.removed[half:])
-    failures = [attempt(part) for part in parts]
-    if all(failures):
-        # Both halves refused: the fault of more than one chain, or the tool's (one
-        # that refuses everything would be tried chain by chain): the family fails; or
-        # a try failed otherwise, and the family fails with that.
-        return Settled(None, [], stop[0] if stop else None, first.removed if stop else ())
-    for part, failed in zip(parts, failures):
-        if failed is not None:
-            settle(part, failed)
-    after = node.backend.read(family)
-    attachments = _reread_cache(node, planning)
-    nothing = replace(planning, options=replace(planning.options, only=frozenset()))
-    rest = _plan_table(after, attachments, nothing, True)
-    # The chains left untried are left out of `pending` too: the family's error names them.
-    apart = {r.chain.key for r in refused} | {chain.key for chain in untried}
-    done = settled(went, rest, after, apart)
-    return Settled(done, refused, stop[0] if stop else None, tuple(untried))
-
-
-def _went_in(
-    tried: Tuple[FamilyPlan, Union[ApplyFailed, ToolTimedOut]],
-    table: NatTable,
-    warnings: List[str],
-) -> Optional[FamilyPlan]:
-    """The plan of a try that may have gone in, as applied, when `table` (read after
-    it) has none of the chains it removes; else None."""
-    plan, error = tried
-    if not plan.removed or any(table.has_chain(chain.chain) for chain in plan.removed):
-        return None  # (one left: the transaction, all or nothing, did not go in)
-    warnings.append(
-        f"IPv{plan.family}: {error}; read again, none of the chains it removes is left: it went in"
-    )
-    return replace(plan, transaction=Transaction(plan.family))
 
 
 def say_removed(stop: Interrupted, went: Sequence[Any]) -> None:

@@ -79,7 +79,7 @@ class GcResult:
     transactions: Dict[int, str] = field(default_factory=dict)
     warnings: Tuple[str, ...] = ()
     state_error: Optional[str] = None  # the state file could not be written
-    refused: Tuple[Refused, ...] = ()  # not removed: iptables refused them (plan.settle_family)
+    refused: Tuple[Refused, ...] = ()  # not removed: iptables refused them (converge.settle_family)
 
     @property
     def changes(self) -> bool:

@@ -1,0 +1,254 @@
+"""Applying one family's gc plan: Node.converge's tries, re-read and re-planned while
+the table changes (converge_family); a try whose tool died or hung, judged by the read
+after it (HungWentIn); and a removal iptables refused whole, halved until the chain at
+fault stands alone (settle_family). apply.py applies a run's families with it, plan.py
+the family it applies ahead.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+from portmapctl.errors import ApplyFailed, PortmapctlError, ToolTimedOut
+from portmapctl.iptables.ruleset import NatTable
+from portmapctl.iptables.transaction import Transaction
+from portmapctl.ops.gc.family import FamilyPlan, settled
+from portmapctl.ops.gc.planning import Planning, plan_table, reread_cache
+from portmapctl.ops.gc.result import GcChain, Refused
+from portmapctl.ops.gc.state import ChainKey
+from portmapctl.ops.node import APPLY_TRIES, Node
+
+if TYPE_CHECKING:
+    pass
+
+
+def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> FamilyPlan:
+    """Apply one family's plan; re-read and re-plan while its table changed meanwhile
+    (Node.converge). Returns the plan applied; ApplyFailed after the last try.
+
+    A try whose tool died without saying (killed: ApplyFailed.maybe_applied) is judged
+    by the next read: when none of the chains it removes is left, it went in (a
+    transaction goes in whole), and it is the plan returned, so that its chains are
+    reported and their UDP flows flushed. Planned again on that table instead, they
+    would be in no plan: gc would say it removed nothing, and no later run would know
+    their ports. One that timed out (errors.ToolTimedOut) still ends gc, not tried
+    again, but is judged by a read too: gone in, it is raised as HungWentIn with its
+    plan (it said "run again to see", and the run after found nothing to remove: the
+    removed chains' UDP flows kept their dead DNAT)."""
+    # The first re-plan is the second try; the last try deletes by text: slower
+    # on a big chain, but a plugin call elsewhere in CNI-HOSTPORT-DNAT does not
+    # make it fail (the guards do, and on a busy node they may every time).
+    tries = itertools.count(2)
+    unsure: List[Tuple[FamilyPlan, ApplyFailed]] = []
+    tried = [first]  # (the last: the plan of the try a timed-out tool was writing)
+
+    def replan(table: NatTable) -> FamilyPlan:
+        if unsure:
+            went = _went_in(unsure.pop(), table, planning.warnings)
+            if went is not None:
+                return went
+        attachments = reread_cache(node, planning)
+        by_number = next(tries) < APPLY_TRIES
+        planning.last_read[table.family] = table
+        replanned = plan_table(table, attachments, planning, by_number)
+        planning.forget(replanned.removed)  # (node.converge applies it next)
+        tried.append(replanned)
+        return replanned
+
+    def tell(plan: FamilyPlan, error: ApplyFailed) -> None:
+        unsure.append((plan, error))
+
+    planning.forget(first.removed)
+    try:
+        return node.converge(
+            first.family, replan, planning.options.dry_run, planned=first, unsure=tell
+        )
+    except ApplyFailed as err:
+        if not (err.maybe_applied and unsure):
+            raise
+        try:
+            table = node.backend.read(first.family)
+        except PortmapctlError:
+            raise err from None  # (unread: the tool's own error says what is known)
+        went = _went_in(unsure.pop(), table, planning.warnings)
+        if went is None:
+            raise
+        return went
+    except ToolTimedOut as err:
+        if not err.maybe_applied:
+            raise
+        try:
+            table = node.backend.read(first.family)
+        except PortmapctlError:
+            raise err from None
+        went = _went_in((tried[-1], err), table, [])  # (HungWentIn's line says it)
+        if went is None:
+            raise
+        raise HungWentIn(err, went) from None
+
+
+class HungWentIn(ToolTimedOut):
+    """A family's try whose tool hung (stopped at its time limit: exit 3, gc ends) and
+    that went in, by the read after it: `plan`, as applied, is still reported in the
+    line, its chains' UDP flows flushed and their sightings forgotten (apply_gc)."""
+
+    def __init__(self, err: ToolTimedOut, plan: FamilyPlan) -> None:
+        count = len(plan.removed)
+        super().__init__(
+            f"{err}; read again, none of the {count} chain{'s' if count != 1 else ''} it"
+            " removes is left: it went in",
+            maybe_applied=True,
+        )
+        self.plan = plan
+
+
+def refused_outright(error: Optional[Union[ApplyFailed, ToolTimedOut]]) -> bool:
+    """Whether a family's failure is iptables refusing its removal (after the tries
+    that re-read and re-plan): not a busy lock, not a tool that died or hung (its
+    transaction may have gone in)."""
+    return (
+        isinstance(error, ApplyFailed) and not error.busy and not error.maybe_applied
+    )  # fmt: skip
+
+
+class Settled(NamedTuple):
+    """How settle_family went: the plan as applied (None: none of it went in), the
+    chains iptables refused tried alone, and, when a try failed otherwise (a busy
+    xtables lock, a tool that hung or died: `stop`), the chains left untried."""
+
+    plan: Optional[FamilyPlan]
+    refused: List[Refused]
+    stop: Optional[Union[ApplyFailed, ToolTimedOut]] = None
+    untried: Tuple[GcChain, ...] = ()
+
+    def stopped(self) -> Union[ApplyFailed, ToolTimedOut]:
+        """The family's error for a halving `stop` ended: its own kind (a hung tool
+        exit 3, as anywhere in gc; a busy lock exit 1), and what it left. Not "refused
+        by iptables": the chains it left were never tried alone."""
+        assert self.stop is not None
+        left = [*self.untried, *(r.chain for r in self.refused)]
+        line = (
+            f"{self.stop} (trying the chains of a removal iptables refused whole in"
+            f" smaller groups: {len(self.plan.removed) if self.plan else 0} removed"
+            + (f", not removed: {', '.join(_named(c) for c in left)}" if left else "")
+            + "".join(f"; iptables refused {_named(r.chain)} tried alone" for r in self.refused)
+            + ")"
+        )
+        if isinstance(self.stop, ToolTimedOut):
+            return ToolTimedOut(line, maybe_applied=self.stop.maybe_applied)
+        return ApplyFailed(line, maybe_applied=self.stop.maybe_applied, busy=self.stop.busy)
+
+
+def _named(chain: GcChain) -> str:
+    return f"{chain.chain} (container {chain.container_id or '-'})"
+
+
+def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -> Settled:
+    """`first`'s removal, which iptables refused whole, chain by chain where needed
+    (SPEC §5: one bad record never stops the node's work; check --repair's halving,
+    ops/check/repair.py): the chains halved until each one refused stands alone, that
+    one named (Refused), every other removed. One refused chain among N takes about
+    2·log2(N) groups, and each group refused is tried APPLY_TRIES times over
+    (converge_family: a refusal is re-read and re-planned), so about
+    (APPLY_TRIES + 1)·log2(N) transactions. One stale entry rule whose saved text
+    iptables cannot delete (legacy's `-m recent`) failed the family's transaction on
+    every try of every run, and no stale chain of the family was removed again. Each
+    group is planned from a fresh read, limited to its chains (GcOptions.only), and
+    applied as any family is (converge_family).
+
+    Once a try fails otherwise (a busy lock, a tool that died or hung: `stop`) nothing
+    more is tried: the chains not removed are `untried`, not refused (iptables never
+    refused them alone; the family's error is that failure's, Settled.stopped). A try
+    whose tool hung or died may have gone in: judged by the read after it (_went_in;
+    converge_family's HungWentIn), it is in the plan as applied, so its chains are reported and their UDP flows
+    flushed. No plan when none of it went in (the family fails as before, with `stop`
+    if there was one): a table the plugin kept changing, both halves refused (more than
+    one chain's fault, or the tool's: one refusing everything is not tried chain by
+    chain), or the one chain it removes refused."""
+    family = first.family
+    went: List[FamilyPlan] = []
+    refused: List[Refused] = []
+    stop: List[Union[ApplyFailed, ToolTimedOut]] = []
+    untried: List[GcChain] = []
+
+    def plan_of(keys: Sequence[ChainKey]) -> Tuple[FamilyPlan, Planning]:
+        only = frozenset(tuple(key) for key in keys)
+        limited = replace(planning, options=replace(planning.options, only=only))
+        table = node.backend.read(family)
+        attachments = reread_cache(node, planning)
+        return plan_table(table, attachments, limited, True), limited
+
+    def attempt(groups: Sequence[GcChain]) -> Optional[str]:
+        """The group in one transaction: None once it went in, else why not."""
+        if stop:
+            return str(stop[0])
+        plan, limited = plan_of([chain.key for chain in groups])
+        try:
+            went.append(converge_family(node, plan, limited))
+        except (ApplyFailed, ToolTimedOut) as err:
+            if not refused_outright(err):
+                stop.append(err)  # (nothing more is tried)
+                if isinstance(err, HungWentIn):
+                    went.append(err.plan)  # (judged by the read after it: it went in)
+                    return None
+            return str(err)
+        return None
+
+    def settle(groups: Sequence[GcChain], why: str) -> None:
+        """`groups`, refused together (`why`), halved until each refused stands alone."""
+        if stop:
+            untried.extend(groups)
+            return
+        if len(groups) == 1:
+            refused.extend(Refused(chain, why) for chain in groups)
+            return
+        half = len(groups) // 2
+        for part in (groups[:half], groups[half:]):
+            failed = attempt(part)
+            if failed is not None:
+                settle(part, failed)
+
+    # Refused for a stale plan (a busy node: the plugin changed the table before each
+    # try) is no chain's fault: only a refusal of a plan made from the table as it
+    # still is is halved.
+    if node.backend.read(family) != planning.last_read.get(family):
+        return Settled(None, [])
+    if len(first.removed) == 1:
+        return Settled(None, [Refused(first.removed[0], why)])
+    half = len(first.removed) // 2
+    parts = (first.removed[:half], first.removed[half:])
+    failures = [attempt(part) for part in parts]
+    if all(failures):
+        # Both halves refused: the fault of more than one chain, or the tool's (one
+        # that refuses everything would be tried chain by chain): the family fails; or
+        # a try failed otherwise, and the family fails with that.
+        return Settled(None, [], stop[0] if stop else None, first.removed if stop else ())
+    for part, failed in zip(parts, failures):
+        if failed is not None:
+            settle(part, failed)
+    after = node.backend.read(family)
+    attachments = reread_cache(node, planning)
+    nothing = replace(planning, options=replace(planning.options, only=frozenset()))
+    rest = plan_table(after, attachments, nothing, True)
+    # The chains left untried are left out of `pending` too: the family's error names them.
+    apart = {r.chain.key for r in refused} | {chain.key for chain in untried}
+    done = settled(went, rest, after, apart)
+    return Settled(done, refused, stop[0] if stop else None, tuple(untried))
+
+
+def _went_in(
+    tried: Tuple[FamilyPlan, Union[ApplyFailed, ToolTimedOut]],
+    table: NatTable,
+    warnings: List[str],
+) -> Optional[FamilyPlan]:
+    """The plan of a try that may have gone in, as applied, when `table` (read after
+    it) has none of the chains it removes; else None."""
+    plan, error = tried
+    if not plan.removed or any(table.has_chain(chain.chain) for chain in plan.removed):
+        return None  # (one left: the transaction, all or nothing, did not go in)
+    warnings.append(
+        f"IPv{plan.family}: {error}; read again, none of the chains it removes is left: it went in"
+    )
+    return replace(plan, transaction=Transaction(plan.family))
