@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import pytest
 from fixtures_lib import table
+from hypothesis import given
+from hypothesis import strategies as st
 from realplugin import nomad_conflist
 
 from portmapctl.cli._common import Common
@@ -984,6 +986,30 @@ def test_the_plugins_options_are_read_in_any_case(options, field, value):
     conf = {"name": "net", **options, "runtimeConfig": {"portMappings": PORTS},
             "prevResult": {"ips": [{"address": "10.88.0.5/16"}]}}  # fmt: skip
     assert getattr(cni_config.plugin_config(conf, "c1", "conf.json"), field) == value
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["backend", "snat", "masqAll", "markMasqBit", "externalSetMarkChain",
+                             "conditionsV4", "conditionsV6", "name", "type", "capabilities"]),
+            st.sampled_from([str.lower, str.upper, str.title, lambda name: name]),
+            st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=3)),
+        ),
+        max_size=12,
+    )
+)  # fmt: skip
+def test_the_plugins_options_read_in_one_pass_as_go_field_reads_each(keys):
+    """plugin_config reads its 7 options in one pass over the config's keys; what it
+    finds is go_field's for each (masqAll with null_keeps), for any spellings in any
+    order, nulls among them."""
+    conf = {spell(name): value for name, spell, value in keys}
+    expected = {
+        name: cni_config.go_field(conf, name, null_keeps=name == "masqAll")
+        for name in ("backend", "snat", "masqAll", "markMasqBit", "externalSetMarkChain",
+                     "conditionsV4", "conditionsV6")
+    }  # fmt: skip
+    assert cni_config._plugin_options(conf) == expected
 
 
 @pytest.mark.parametrize(
