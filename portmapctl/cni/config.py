@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from dataclasses import replace
 from typing import Any, List, Mapping, Optional, Tuple
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Interface, MappingConfig, PortMapping
+from portmapctl.core.patterns import lazy
 from portmapctl.core.validate import (
     CONFIG_KEYS,
     conditions,
@@ -43,8 +43,8 @@ def load_json(text: str, source: str) -> Any:
 # `\uD800`-`\uDFFF`: half of a UTF-16 pair, which json.loads keeps even with no other
 # half: a lone surrogate, which no text can be encoded from (a rule's comment made of
 # one ended list and check of the whole node in an internal error).
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = lazy(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = lazy("[\ud800-\udfff]")
 
 
 def _as_go_reads(value: Any) -> Any:

@@ -5,16 +5,16 @@ cni/cache.py (which reads them) costs ~5 ms, paid only where there is one to rea
 from __future__ import annotations
 
 import os
-import re
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from portmapctl.core.patterns import lazy
 from portmapctl.host.paths import RUNTIME_CACHES
 
 # What runtimes name containers with: hex (podman, containerd, CRI-O) or a UUID (Nomad).
 # A short form is at least this long (`docker ps` habits: 8 and more; list prints 12):
 # a shorter hex ID begins a cached one too often to be refused for it.
 MIN_SHORT = 8
-_RUNTIME_ID = re.compile(r"[0-9a-fA-F-]+")
+_RUNTIME_ID = lazy(r"[0-9a-fA-F-]+")
 
 
 def entry_paths(

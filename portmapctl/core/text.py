@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import re
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+from portmapctl.core.patterns import lazy
+
+_SURROGATE = lazy("[\ud800-\udfff]")
 # C0 but the line break and tab, DEL, C1: what a terminal acts on.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = lazy("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # What a table's cell may not hold as it is: a control character (a line break and a
 # tab too: they would move the columns) or a lone surrogate.
 _NOT_IN_A_CELL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # What repr() makes of such a byte inside a quoted value ('\udce9'): a backslash the
 # value held is doubled there, so an escape is one preceded by an even run of them.
-_REPR_BYTE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+_REPR_BYTE = lazy(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
 
 
 def surrogate_text(char: str) -> str:

@@ -13,23 +13,24 @@ from typing import Any, Iterable, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import DEFAULT_MARK_BIT, Interface, MappingConfig, PortMapping
+from portmapctl.core.patterns import lazy
 from portmapctl.errors import BadInput
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 # The CNI spec's rule for network names and container IDs; the plugin enforces it.
 _CNI_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
-_CHAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,27}\Z")
+_CHAIN_NAME = lazy(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,27}\Z")
 # Plain ASCII digits: int() would also take "８０", "8_080", " 80" and "+80".
-_DIGITS = re.compile(r"[0-9]{1,5}\Z")
+_DIGITS = lazy(r"[0-9]{1,5}\Z")
 # CNI's rule for interface names (libcni ValidateInterfaceName), as the kernel's.
-_IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
+_IFNAME_FORBIDDEN = lazy(r"[/:\s]")
 # Words iptables' getopt reads as a target: -j/-g (also with the value attached, or
 # bundled after flags such as -4jACCEPT) and unambiguous prefixes of --jump/--goto.
-_TARGET_WORD = re.compile(r"-[^-]*[jg].*|--(?:j|ju|jum|jump|g|go|got|goto)(?:=.*)?", re.DOTALL)
+_TARGET_WORD = lazy(r"-[^-]*[jg].*|--(?:j|ju|jum|jump|g|go|got|goto)(?:=.*)?", re.DOTALL)
 # Words iptables reads as a command or a table of its own: in conditions (appended to
 # the plugin's own -A/-C/-D) iptables refuses them ("Cannot use -A with -A"), so the
 # plugin's ADD fails; refused here, before anything is written or retried.
-_COMMAND_WORD = re.compile(
+_COMMAND_WORD = lazy(
     r"-[ACDIRLSFZNXPEthV].*|--(?:append|check|delete|insert|replace|list|list-rules|flush"
     r"|zero|new-chain|delete-chain|policy|rename-chain|table|help|version)(?:=.*)?",
     re.DOTALL,
@@ -41,7 +42,7 @@ _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4_INTERFACE = re.compile(
     rf"({_OCTET})\.({_OCTET})\.({_OCTET})\.({_OCTET})/(3[0-2]|[12]?[0-9])\Z"
 )
-_PORT_SPEC = re.compile(
+_PORT_SPEC = lazy(
     r"(?:(?P<host_ip>\[[^\]]*\]|[^:\[\]]+):)?(?P<host_port>[^:/]+):(?P<container_port>[^:/]+)"
     r"(?:/(?P<proto>[^/]*))?\Z"
 )

@@ -66,7 +66,6 @@ ports, or none at all and has a target.
 from __future__ import annotations
 
 import bisect
-import re
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import (
     Any,
@@ -87,6 +86,7 @@ from typing import (
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import destined, loopback
+from portmapctl.core.patterns import lazy
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, Args, NatTable
@@ -100,7 +100,7 @@ ChainReader = Callable[[str], Optional[Sequence[Args]]]
 _TAKES = frozenset({"DNAT", "REDIRECT", "ACCEPT", "NETMAP"})
 _KUBE_SERVICE = ("KUBE-EXT-", "KUBE-SVC-", "KUBE-SVL-", "KUBE-FW-", "KUBE-XLB-")
 _MATCHES = frozenset({"comment", "tcp", "udp", "sctp", "multiport", "addrtype"})
-_PORTS = re.compile(r" --dports? ([0-9:,]+)")
+_PORTS = lazy(r" --dports? ([0-9:,]+)")
 _ADDRESSED = ("-s ", "-d ", "-i ", "-o ", "! -s ", "! -d ", "! -o ")
 _DEPTH = 16  # chains on one path: far beyond any real node's nesting
 

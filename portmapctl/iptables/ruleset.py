@@ -27,6 +27,7 @@ from typing import (
     TypeVar,
 )
 
+from portmapctl.core.patterns import lazy
 from portmapctl.errors import BadInput
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.normal_form import FLAG_OPTIONS
@@ -103,9 +104,9 @@ class NatTable:
 _BUILTIN_RULE = tuple(f"-A {name} " for name in BUILTIN_NAT_CHAINS)
 
 
-_UNREADABLE_RE = re.compile(r"^# Table `nat' is incompatible.*$", re.MULTILINE)
+_UNREADABLE_RE = lazy(r"^# Table `nat' is incompatible.*$", re.MULTILINE)
 # `iptables-save -c` puts each rule's counters first: "[PACKETS:BYTES] -A CHAIN ...".
-_COUNTERS_RE = re.compile(r"^\[\d+:\d+\] (?=-A )", re.MULTILINE)
+_COUNTERS_RE = lazy(r"^\[\d+:\d+\] (?=-A )", re.MULTILINE)
 
 
 def unreadable_note(text: str) -> Optional[str]:
@@ -370,8 +371,8 @@ def option_value(args: Sequence[str], *names: str) -> Optional[str]:
 # The same two checks as regular expressions: a transaction of 1,000 containers has
 # some 30,000 tokens, and per-character generators took 0.2 s of gc's budget. (What
 # quote() refuses, iptables/shown.py writes out for people.)
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-_BARE_RE = re.compile(r"[A-Za-z0-9_\-./:,!\[\]+=@%]+\Z")
+CONTROL_CHARS = lazy(r"[\x00-\x1f\x7f]")
+_BARE_RE = lazy(r"[A-Za-z0-9_\-./:,!\[\]+=@%]+\Z")
 
 
 def quote(token: str) -> str:

@@ -26,6 +26,7 @@ import re
 import socket
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from portmapctl.core.patterns import lazy
 from portmapctl.errors import BadInput
 
 
@@ -252,7 +253,7 @@ XTABLES_PROTOCOLS = (
     ("mobility-header", 135), ("ipv6-mh", 135), ("mh", 135), ("all", 0),
 )  # fmt: skip
 _ETC_PROTOCOLS = "/etc/protocols"
-_C_NUMBER = re.compile(r"0x([0-9a-f]+)|0([0-7]*)|[1-9][0-9]*", re.ASCII)
+_C_NUMBER = lazy(r"0x([0-9a-f]+)|0([0-7]*)|[1-9][0-9]*", re.ASCII)
 
 
 @functools.lru_cache(maxsize=256)

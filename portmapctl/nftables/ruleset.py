@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
+from portmapctl.core.patterns import lazy
 from portmapctl.errors import BadInput
 from portmapctl.nftables import FAMILY_NAMES, TABLE  # noqa: F401 - re-exported
 
@@ -557,7 +557,7 @@ def _add_rule(obj: Mapping[str, Any], tables: Dict[int, Dict[str, Any]], values:
     rules.append(rule)
 
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*\Z")
+_NAME = lazy(r"[A-Za-z_][A-Za-z0-9_./-]*\Z")
 
 
 def _name(value: Any) -> str:

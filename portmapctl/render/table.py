@@ -7,7 +7,6 @@ Text, its plain string and style spans put together at once (a few milliseconds 
 
 from __future__ import annotations
 
-import re
 from typing import (
     TYPE_CHECKING,
     Callable,
@@ -22,6 +21,7 @@ from typing import (
 )
 
 from portmapctl.core.ids import SHORT_ID
+from portmapctl.core.patterns import lazy
 from portmapctl.core.status import Status
 from portmapctl.core.text import cell_text
 
@@ -330,7 +330,7 @@ def _readable_cuts(headers: Sequence[str], rows: Sequence[Sequence[str]], cuts: 
 _STRIPPED = dict.fromkeys((7, 8, 11, 12, 13))
 # Whether a text holds one: a search, where translating a table of 10,000 rows with a
 # `…` in it (not ASCII) to compare took 50-90 ms.
-_STRIPPED_FOUND = re.compile("[\a\b\v\f\r]")
+_STRIPPED_FOUND = lazy("[\a\b\v\f\r]")
 
 
 def strip_control_codes(text: str) -> str:
