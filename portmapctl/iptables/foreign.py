@@ -68,6 +68,7 @@ from __future__ import annotations
 import bisect
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import (
+    TYPE_CHECKING,
     Any,
     Callable,
     Collection,
@@ -90,8 +91,10 @@ from portmapctl.core.patterns import lazy
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.ruleset import BUILTIN_NAT_CHAINS, Args, NatTable
-from portmapctl.iptables.shapes import ProtoPort
 from portmapctl.iptables.shown import shown_line, shown_rule
+
+if TYPE_CHECKING:
+    from portmapctl.iptables.shapes import ProtoPort
 
 # Reads a chain's rules (lexed, or a one-token placeholder: the saved line), None when
 # there is no such chain (then the target is an extension such as MARK).

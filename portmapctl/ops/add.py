@@ -51,7 +51,6 @@ from portmapctl.iptables.planner import (
     unwritable_entry,
 )
 from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
-from portmapctl.iptables.shapes import ProtoPort
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.add_ahead import (
     Ahead,
@@ -67,6 +66,7 @@ from portmapctl.ops.side_effects import after_setup
 
 if TYPE_CHECKING:
     from portmapctl.iptables.access.nfnl import Claims
+    from portmapctl.iptables.shapes import ProtoPort
 
 
 @dataclass(frozen=True)
