@@ -631,6 +631,56 @@ def test_gc_whose_nft_was_killed_after_its_commit_reports_and_flushes(
     assert "dport=7001" not in _ct(node, "-L", "-p", "udp")
 
 
+def _nft_refusing_every_write(tmp_path: Path, reason: str) -> dict:
+    """PATH with an `nft` in front of the real one that refuses every `nft -f` (the
+    kernel's answer `reason`, nothing applied) and passes every read through."""
+    wrap = tmp_path / "refusing"
+    wrap.mkdir(parents=True)
+    real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
+    (wrap / "nft").write_text(
+        f'#!/bin/bash\nif [ "$1" = -f ]; then\n  cat >/dev/null\n'
+        f'  echo "Error: Could not process rule: {reason}" >&2\n  exit 1\nfi\n'
+        f'exec {real} "$@"\n'
+    )
+    (wrap / "nft").chmod(0o755)
+    return {"PATH": f"{wrap}:{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize(
+    "reason", ["No buffer space available", "No such file or directory"], ids=["refused", "racing"]
+)
+def test_a_removal_nft_refuses_is_named_by_every_run_past_min_age(
+    node: str, tmp_path: Path, reason: str
+) -> None:
+    """gc forgets the sightings of what it is about to remove before `nft -f` goes in,
+    and never wrote back those of rules nft then refused (nothing changed), nor the
+    other dead containers' it had not come to: they waited --min-age afresh, so every
+    other run said exit 0 with the rules "pending" and a cron job's alarm flapped (the
+    iptables side's e2f655b). Refused whole ("racing": the table changed under every
+    try), they stay on file: each run past --min-age fails (exit 1)."""
+    _plugin_add(node, tmp_path / "cni", WEB)
+    _plugin_add(node, tmp_path / "cni", OLD, cached=False)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    env = {"PORTMAPCTL_RUN_DIR": str(run_dir), **_nft_refusing_every_write(tmp_path, reason)}
+    args = ["gc", "--yes", "--netns", node, "--cni-cache-dir", str(tmp_path / "cni"),
+            "--min-age", "2", "-o", "json"]  # fmt: skip
+    first = pmctl.run(args, env=env)  # (sighted)
+    assert first.returncode == 0, first.stderr
+    assert {c["container_id"] for c in json.loads(first.stdout)["pending"]} == {"old1"}
+    sighted = json.loads((run_dir / "gc-state.json").read_text())["namespaces"]
+    time.sleep(2.2)
+    for _ in range(2):
+        done = pmctl.run(args, env=env)
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert "nftables: " in done.stderr, done.stderr
+        on_file = json.loads((run_dir / "gc-state.json").read_text())["namespaces"]
+        assert {k: v["chains"] for k, v in on_file.items()} == {
+            k: v["chains"] for k, v in sighted.items()
+        }
+    assert {r[2] for r in _container_rules(node)} == {"web1", "old1"}
+
+
 @pytest.mark.parametrize("version", ["v1.7.1", V191])
 def test_a_rule_for_one_host_ip_first_leaves_the_other_addresses(
     node: str, tmp_path: Path, version: str

@@ -350,3 +350,32 @@ def test_a_removal_refused_whole_keeps_its_sightings_so_the_next_run_fails_too(
         with pytest.raises(ApplyFailed, match="refused"):
             gc_lib.gc(node, gc_lib.Sources(), options)
         assert gc_state.load(run_dir, namespace)[0] == sighted
+
+
+def test_the_nftables_sightings_stay_when_an_iptables_refusal_stops_the_run(
+    tmp_path, flushed, monkeypatch
+):
+    """An iptables family refused whole ends the run before the nftables rules are
+    tried: nothing of them went, yet their sightings (those gc had forgotten before the
+    first removal, and the pending ones) were left out of the save, so every dead
+    container's rules waited --min-age afresh after each such run."""
+    from portmapctl.ops.gc import state as gc_state
+
+    class Refusing(MemoryBackend):
+        def apply(self, txn: Transaction) -> None:
+            raise ApplyFailed("iptables-restore refused the transaction, nothing changed: x")
+
+    run_dir = str(tmp_path / "run")
+    namespace = gc_state.namespace_key(None)
+    fake = MemoryNft(nftcases.live("v191-several"))
+    node = Node(NodeOptions(cache_dirs=(EXAMPLE_CACHE,)), Refusing(example_tables()), fake)
+    options = gc_lib.GcOptions(min_age=600, flush_udp=False, state_dir=run_dir)
+    gc_lib.gc(node, gc_lib.Sources(keep=LIVE), options)  # sighted, nothing removed yet
+    sighted = gc_state.load(run_dir, namespace)[0]
+    assert {k for k in sighted if k.nft}
+    later = gc_state.clock() + 3600
+    monkeypatch.setattr(gc_state, "clock", lambda: later)
+    for _ in range(2):
+        with pytest.raises(ApplyFailed, match="refused"):
+            gc_lib.gc(node, gc_lib.Sources(keep=LIVE), options)
+        assert gc_state.load(run_dir, namespace)[0] == sighted

@@ -230,6 +230,9 @@ def _apply_gc_to(
     nft_pending: List[GcChain] = []
     nft_kept = 0
     nft_done: Optional[NftPlan] = None
+    # The nftables plan when none of it went in (refused whole, or not tried after a
+    # family failed): its sightings stay as they were, as a refused family's above.
+    nft_unapplied: Optional[NftPlan] = planned.nft if failure is not None else None
     if failure is None and planned.nft is not None:
         if not options.dry_run:
             nft_went.append(planned.nft)  # as a family's plan above
@@ -241,6 +244,8 @@ def _apply_gc_to(
         except ApplyFailed as err:
             failure = ApplyFailed(f"nftables: {err}")
             nft_went.clear()
+            if not err.maybe_applied:
+                nft_unapplied = planned.nft  # refused whole: nothing went
         except ToolTimedOut as err:
             # `nft -f` stopped at its time limit (no retry: exit 3, its line), as a
             # timed-out iptables family above: what the iptables families removed is
@@ -262,6 +267,10 @@ def _apply_gc_to(
                     remembered.pop(chain.key, None)
             if text and options.dry_run:
                 transactions["nft"] = text  # type: ignore[index]
+    if nft_unapplied is not None:
+        remembered.update(nft_unapplied.seen)
+        if forgetting is not None:  # (forgotten before the first removal: written back)
+            unremoved.update(nft_unapplied.seen)
     # Every run records its sightings, a dry run (and gc's interactive preview) too:
     # otherwise --min-age would never start counting for someone who looks first.
     # A dry run read without the lock (it writes no rules; the preview waits on a
