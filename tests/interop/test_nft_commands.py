@@ -1938,3 +1938,42 @@ def test_narrowed_to_iptables_where_nft_cannot_list_runs_as_before(
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "error" not in done.stderr and "not read here" not in done.stderr, done.stderr
+
+
+def test_narrowed_to_iptables_where_nft_hangs_waits_little_for_the_warning(
+    node: str, tmp_path: Path
+) -> None:
+    """--backend iptables on a node whose nft hangs (nf_tables stuck: the operator
+    narrowed to iptables for that) and whose iptables holds no container: list, check
+    and gc each waited 120 s (nft's time limit for a read gc or a repair acts on) for
+    a listing that only counts nftables' mappings for a warning, then went on as if
+    there were none. A cron job ran two minutes a time. That read now waits 10 s
+    (nft.EVIDENCE_TIMEOUT_SECONDS), said with -v; the run goes on as before."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wrap = tmp_path / "wrap"
+    wrap.mkdir()
+    real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
+    (wrap / "nft").write_text(
+        f'#!/bin/sh\n[ "$1" = --version ] && exec {real} "$@"\nexec sleep 150\n'
+    )
+    (wrap / "nft").chmod(0o755)
+    env = {"PATH": f"{wrap}:{os.environ['PATH']}"}
+    (tmp_path / "results").mkdir()
+
+    def run(args) -> tuple:
+        started = time.monotonic()
+        done = pmctl.run(
+            [*args, "--backend", "iptables", "--netns", node, "--cni-cache-dir", str(tmp_path),
+             "-v"], env=env,
+        )  # fmt: skip
+        return done, time.monotonic() - started
+
+    commands = (("list",), ("check",), ("gc", "--yes", "--min-age", "0"))
+    with ThreadPoolExecutor(len(commands)) as pool:
+        results = list(pool.map(run, commands))
+    for done, took in results:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "not read here" not in done.stderr, done.stderr
+        assert "nft did not answer within 10 s" in done.stderr, done.stderr
+        assert took < 30, (took, done.stderr)

@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 
 MIN_VERSION = (1, 0, 1)
 TIMEOUT_SECONDS = 120
+# A listing read for a warning alone (--backend iptables counting the mappings it does
+# not look at, flavour_guard.unread_backend): a hung nft delayed every list, check and
+# gc of an idle node by TIMEOUT_SECONDS for a line it then did not print. 10 s is many
+# times what `nft -j list table` of 10,000 rules takes on a busy node.
+EVIDENCE_TIMEOUT_SECONDS = 10
 # Patterns as text: `re` compiles them when first used (a version check, an error),
 # not on every start (compiling them was 5 ms of each `list`).
 _VERSION = r"nftables v(\d+)\.(\d+)(?:\.(\d+))?"
@@ -192,16 +197,16 @@ def _wait(process: subprocess.Popen, timeout: float) -> None:
     process.wait()
 
 
-def finish(running: Running) -> subprocess.CompletedProcess:
+def finish(running: Running, timeout: float = TIMEOUT_SECONDS) -> subprocess.CompletedProcess:
     """Wait for a listing; its output as a CompletedProcess (text). Frees its files."""
     process = running.process
     try:
         try:
-            _wait(process, TIMEOUT_SECONDS)
+            _wait(process, timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-            raise HostProblem("nft did not answer within 120 s") from None
+            raise HostProblem(f"nft did not answer within {timeout:g} s") from None
         out, err = _text(running.out), _text(running.err)
     finally:
         _close((running.out, running.err))
@@ -263,10 +268,16 @@ class RealNft:
     name = "nft"
     writable = True
 
-    def __init__(self, binary: Optional[str] = None, early: Optional[EarlyListing] = None) -> None:
+    def __init__(
+        self,
+        binary: Optional[str] = None,
+        early: Optional[EarlyListing] = None,
+        read_timeout: float = TIMEOUT_SECONDS,
+    ) -> None:
         self._binary = binary
         self._checked = False
         self._early = early
+        self._read_timeout = read_timeout  # each listing's (EVIDENCE_TIMEOUT_SECONDS)
 
     def binary(self) -> str:
         if self._binary is None:
@@ -316,7 +327,7 @@ class RealNft:
 
             done: List[Tuple[int, subprocess.CompletedProcess]] = []
             while running:
-                done.append((running[0].family, finish(running.pop(0))))
+                done.append((running[0].family, finish(running.pop(0), self._read_timeout)))
         finally:
             stop(running)
         self._check_listed_version([proc.stdout for _f, proc in done if proc.returncode == 0])
