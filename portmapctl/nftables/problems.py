@@ -33,7 +33,7 @@ from portmapctl.nftables.ruleset import (
     Ruleset,
     Table,
 )
-from portmapctl.nftables.wanted import BASE_CHAINS, WantedFamily
+from portmapctl.nftables.wanted import BASE_CHAINS, REGULAR_CHAINS, WantedFamily
 
 if TYPE_CHECKING:
     from portmapctl.nftables.inventory import Owner
@@ -184,13 +184,17 @@ def _wrong_base_chains(table: Table) -> List[Problem]:
     """The plugin's base chains that are there but not as its ADD makes them. Another
     type, hook or priority makes every later ADD fail (its `add chain` with the plugin's
     hook: Operation not supported); a policy drop drops what no rule of the table takes.
+    A regular chain of the plugin's made a base chain (another tool's table of the
+    same name) takes no jump and no dnat: the kernel refuses both, so every ADD and
+    every --repair failed on it ("Operation not supported") with no word of which chain.
     Neither is a problem of a container, and repair does not rewrite a chain someone
     changed: the fix says how to let it re-create the chain."""
     problems: List[Problem] = []
     where = f"{FAMILY_NAMES[table.family]} {TABLE}"
-    for name, want in BASE_CHAINS.items():
+    wanted: Dict[str, Optional[BaseHook]] = {**BASE_CHAINS, **dict.fromkeys(REGULAR_CHAINS)}
+    for name, want in wanted.items():
         chain = table.chains.get(name)
-        if chain is None or (chain.base == want and chain.policy == "accept"):
+        if chain is None or (chain.base == want and (want is None or chain.policy == "accept")):
             continue
         found = _base_chain_text(chain.base, chain.policy)
         wanted = _base_chain_text(want, "accept")

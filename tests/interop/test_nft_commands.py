@@ -1543,6 +1543,43 @@ def test_a_base_chain_of_another_priority_or_policy_is_reported(node: str, tmp_p
     upstream.run(V191, "ADD", node, "new1", new, check=True)
 
 
+@pytest.mark.parametrize("chain", ["hostports", "hostports_all"])
+def test_a_host_port_chain_made_a_base_chain_is_reported_with_its_fix(
+    node: str, tmp_path: Path, chain: str
+) -> None:
+    """A table `ip cni_hostport` another tool made (or one re-created by hand) whose
+    hostports (or hostports_all) is a base chain: the kernel refuses a jump to a base
+    chain and a dnat outside a nat chain, so the plugin's ADD fails ("Operation not
+    supported") and so did check --repair, every run, with that one line. check named
+    only the chains missing beside it, and their fix, --repair: it never said which
+    chain was wrong. Now it is nft-wrong-base-chain (the plugin's: a regular chain),
+    whose fix by hand (delete it, then --repair) gives the plugin its table back."""
+    upstream.nft(node, "-f", "-", stdin=(
+        "table ip cni_hostport {\n"
+        f"  chain {chain} {{ type filter hook input priority 0; policy accept;"
+        ' tcp dport 22 accept comment "sshd"; }\n'
+        "}\n"
+    ))  # fmt: skip
+    conf = upstream.nft_conf("podman", ["10.88.0.5/16"], [_pm(8080, 80)])
+    rp.write_cni_cache(tmp_path, "podman", "web1", "eth0", conf, [_pm(8080, 80)], ["10.88.0.5/16"])
+    refused = upstream.run(V191, "ADD", node, "web1", conf)
+    assert refused.returncode != 0 and "Operation not supported" in refused.stdout
+    broken = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    found = {(p["kind"], p["family"], p["chain"], p["fix"])
+             for p in json.loads(broken.stdout)["problems"]}  # fmt: skip
+    assert ("nft-wrong-base-chain", 4, chain, None) in found, found
+    text = _pmctl(node, tmp_path, "check")
+    assert f"chain {chain} of ip cni_hostport is type filter hook input priority 0;" in text.stdout
+    assert "the plugin's: a regular chain (no hook)" in text.stdout
+    assert f"nft delete chain ip cni_hostport {chain}" in text.stdout
+
+    upstream.nft(node, "delete", "chain", "ip", "cni_hostport", chain)
+    repaired = _pmctl(node, tmp_path, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    upstream.run(V191, "CHECK", node, "web1", conf, check=True)
+
+
 def test_a_container_added_again_without_ports_keeps_rules_check_reports(
     node: str, tmp_path: Path
 ) -> None:
