@@ -211,6 +211,25 @@ def _wrong_base_chains(table: Table) -> List[Problem]:
     return problems
 
 
+def refuses_the_plugins_rules(table: Optional[Table]) -> bool:
+    """Whether a chain of the plugin's in `table` is of a kind the kernel refuses the
+    plugin's rules in: a regular chain made a base chain (no jump may reach it), or a
+    base chain of a type other than nat (no dnat or masquerade in it, nor in what it
+    jumps to). Every `nft -f` writing the family fails there ("Operation not
+    supported"): --repair leaves the family to the fix by hand (_wrong_base_chains)."""
+    if table is None:
+        return False
+    for name in REGULAR_CHAINS:
+        chain = table.chains.get(name)
+        if chain is not None and chain.base is not None:
+            return True
+    for name in BASE_CHAINS:
+        chain = table.chains.get(name)
+        if chain is not None and chain.base is not None and chain.base.type != "nat":
+            return True
+    return False
+
+
 def structure_problems_for(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem]:
     """structure_problems in the families the nft-backed containers need (SNAT:
     the masquerading chain too), and in any whose table holds host-port rules."""

@@ -1580,6 +1580,37 @@ def test_a_host_port_chain_made_a_base_chain_is_reported_with_its_fix(
     upstream.run(V191, "CHECK", node, "web1", conf, check=True)
 
 
+@pytest.mark.parametrize(
+    "chain", ["hostports { type filter hook input priority 0;", "masquerading { type filter"
+              " hook postrouting priority 100;"], ids=["hostports-base", "masquerading-filter"],
+)  # fmt: skip
+def test_a_family_whose_chain_refuses_the_plugins_rules_stops_no_repair_of_the_other(
+    node: str, tmp_path: Path, chain: str
+) -> None:
+    """One family's table with a chain of the plugin's the kernel refuses its rules in
+    (hostports a base chain: no jump to it; masquerading a filter chain: no masquerade
+    there): check --repair's one `nft -f` for both families was refused whole, so the
+    dual-stack container's IPv6 rules, which nothing stopped, were not re-created
+    either, and the run said only "nft -f refused the transaction: Operation not
+    supported". That family is now left as it is (its nft-wrong-base-chain and the
+    rules it lacks reported, with the fix by hand, exit 1) and the other repaired."""
+    upstream.nft(node, "-f", "-", stdin=(
+        f"table ip cni_hostport {{\n  chain {chain} policy accept; }}\n}}\n"
+    ))  # fmt: skip
+    cid, ips, ports = WEB
+    conf = upstream.nft_conf("podman", ips, ports)
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips)
+    done = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "refused the transaction" not in done.stderr, done.stderr
+    doc = json.loads(done.stdout)
+    left = {(p["kind"], p["family"]) for p in doc["problems"]}
+    assert ("nft-wrong-base-chain", 4) in left and not {f for _k, f in left} - {4}, left
+    assert {(r[0], r[1]) for r in _container_rules(node)} == {
+        ("ip6", "hostports"), ("ip6", "masquerading"),
+    }  # fmt: skip
+
+
 def test_a_container_added_again_without_ports_keeps_rules_check_reports(
     node: str, tmp_path: Path
 ) -> None:

@@ -178,6 +178,7 @@ def nft_repair(
     if node.nft is None or attachments is None:
         return NftRepaired("", [], None if attachments is None else list(attachments))
     from portmapctl.nftables import planner
+    from portmapctl.nftables.problems import refuses_the_plugins_rules
     from portmapctl.nftables.ruleset import HOSTPORTS
     from portmapctl.nftables.transaction import refused_condition
     from portmapctl.nftables.wanted import wanted
@@ -206,13 +207,17 @@ def nft_repair(
         planned = []
 
     def plan_from(configs: List[MappingConfig], live: Ruleset) -> NftTransaction:
-        want = [w for c in configs for f in families if (w := wanted(c, f)) is not None]
+        # A family whose table refuses the plugin's rules (a chain of another kind: the
+        # fix is by hand, nft-wrong-base-chain) is left as it is: written, it failed
+        # the one `nft -f` of both families whole, so the other was not repaired either.
+        usable = [f for f in families if not refuses_the_plugins_rules(live.table(f))]
+        want = [w for c in configs for f in usable if (w := wanted(c, f)) is not None]
         # Exactly as compared: their own unwanted rules go too (never anyone else's),
         # but not those of their networks being torn down.
         kept = [*cache.kept(), *(a.mapping for a in unwritten)]
-        also = [w for c in kept for f in families if (w := wanted(c, f)) is not None]  # type: ignore[arg-type]
+        also = [w for c in kept for f in usable if (w := wanted(c, f)) is not None]  # type: ignore[arg-type]
         ids = {c.container_id for c in configs}
-        return planner.repair(live, want, ids, families, also, dedupe=True, held=held)
+        return planner.repair(live, want, ids, usable, also, dedupe=True, held=held)
 
     # By container ID and family; a container is left out whole (its networks at once).
     taken: Dict[Tuple[str, int], Tuple[MappingConfig, PortTaken]] = {}
