@@ -336,9 +336,9 @@ def unread_backend(node: Any) -> Optional[UnreadBackend]:
         # Evidence for a warning only, as read_iptables_evidence's below: an nft that
         # cannot list (a kernel without nf_tables, often why --backend iptables was
         # given) stopped list, check and gc of an idle node with exit 3; one that hangs
-        # delayed them by nft's 120 s (a short wait: for_warning).
+        # delayed them by nft's 120 s (a short wait: quick).
         try:
-            ruleset = node.read_nft_evidence(for_warning=True)
+            ruleset = node.read_nft_evidence(quick=True)
         except PortmapctlError as err:
             from portmapctl.ops.add_ahead import debug
 

@@ -209,14 +209,15 @@ class Node:
             return True
         return any(table_present(family, TABLE) for family in families)
 
-    def read_nft_evidence(self, for_warning: bool = False) -> Ruleset:
+    def read_nft_evidence(self, quick: bool = False) -> Ruleset:
         """The plugin's nftables tables, also where nftables is not looked at
         (--backend iptables): only to tell which cache entries are nftables' (a config
         without the `backend` key whose rules are there alone), so that nothing of
         theirs is expected, or written, in iptables. Empty offline, beside iptables in
         memory, and where nft cannot be used (the plugin's nftables backend runs nft: it
-        wrote nothing there). `for_warning`: read for a warning alone, where nftables
-        is not looked at: each listing waits EVIDENCE_TIMEOUT_SECONDS, not 120 s."""
+        wrote nothing there). `quick`: where nftables is not looked at, read for what
+        can do without it (a warning; gc's flush judged by the removed chains alone):
+        each listing waits EVIDENCE_TIMEOUT_SECONDS, not 120 s."""
         from portmapctl.nftables.access import NftUnusable
         from portmapctl.nftables.ruleset import EMPTY
 
@@ -228,7 +229,7 @@ class Node:
             return EMPTY  # iptables in memory: a test's node, whose nftables is not this host's
         from portmapctl.nftables.access import nft as real_nft
 
-        timeout = real_nft.EVIDENCE_TIMEOUT_SECONDS if for_warning else real_nft.TIMEOUT_SECONDS
+        timeout = real_nft.EVIDENCE_TIMEOUT_SECONDS if quick else real_nft.TIMEOUT_SECONDS
         try:
             return real_nft.RealNft(read_timeout=timeout).read(self.options.families)
         except NftUnusable:

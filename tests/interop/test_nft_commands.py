@@ -2045,3 +2045,46 @@ def test_narrowed_to_iptables_where_nft_hangs_waits_little_for_the_warning(
         assert "not read here" not in done.stderr, done.stderr
         assert "nft did not answer within 10 s" in done.stderr, done.stderr
         assert took < 30, (took, done.stderr)
+
+
+@pytest.mark.parametrize("nft_fails", ["cannot-list", "hangs"])
+def test_gc_narrowed_to_iptables_whose_nft_fails_still_reports_and_flushes_its_removal(
+    node: str, tmp_path: Path, nft_fails: str
+) -> None:
+    """gc --backend iptables --yes on a node whose nft cannot list (a kernel without
+    nf_tables) or hangs: after the stale chain of a UDP port went, the flush read
+    nftables to learn which of the freed ports a live nftables container still maps,
+    and that read's failure ended gc ("error: nft -j list table ip cni_hostport
+    failed", exit 3; or after 120 s) with the removal unreported and its flows left to
+    the dead container, every run alike (the next found nothing to remove). An
+    unreadable nftables holds no live mapping to keep (the plugin cannot have written
+    there either): gc reports its removal and flushes, with a warning."""
+    import subprocess
+
+    wrap = tmp_path / "wrap"
+    wrap.mkdir()
+    real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
+    failing = (
+        'echo "Error: Could not process rule: Operation not supported" >&2\nexit 1\n'
+        if nft_fails == "cannot-list"
+        else "exec sleep 150\n"
+    )
+    (wrap / "nft").write_text(f'#!/bin/sh\n[ "$1" = --version ] && exec {real} "$@"\n{failing}')
+    (wrap / "nft").chmod(0o755)
+    conf = rp.plugin_conf("podman", ["10.88.0.7/16"], [_pm(7001, 71, "udp")])
+    rp.run_plugin("ADD", node, "gone1", conf, check=True)
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    subprocess.run(["ip", "-n", node, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
+    _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40001",
+        "--dport", "7001", "--reply-src", "10.88.0.7", "--reply-dst", "192.0.2.9",
+        "--reply-port-src", "71", "--reply-port-dst", "40001", "-t", "120")  # fmt: skip
+    started = time.monotonic()
+    done = pmctl.run(["gc", "--backend", "iptables", "--yes", "--all", "--min-age", "0",
+                      "--netns", node, "--cni-cache-dir", str(tmp_path / "cni"), "-o", "json"],
+                     env={"PATH": f"{wrap}:{os.environ['PATH']}"})  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert time.monotonic() - started < 60
+    doc = json.loads(done.stdout)
+    assert [c["container_id"] for c in doc["removed"]] == ["gone1"]
+    assert doc["conntrack_deleted"] == 1, doc
+    assert "dport=7001" not in _ct(node, "-L", "-p", "udp")

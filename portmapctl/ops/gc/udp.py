@@ -36,7 +36,20 @@ def unread_nft_udp(node: Node, plans: Sequence[FamilyPlan]) -> Dict[int, Set[int
     container's flows."""
     if not any(p.freed_udp_ports or p.remapped_udp_ports for p in plans):
         return {}
-    live = node.read_nft_evidence()
+    from portmapctl.errors import PortmapctlError
+
+    # Evidence only, read after the removal went in: an nft that cannot list (a kernel
+    # without nf_tables, often why --backend iptables was given) or hangs ended gc with
+    # exit 3 there, the removal unreported and its flows left to the dead container.
+    # Without it the freed ports are judged as nftables mapped none: their flush takes
+    # only the flows DNATed to a removed chain's address (flush_udp.plan_freed).
+    try:
+        live = node.read_nft_evidence(quick=True)
+    except PortmapctlError as err:
+        from portmapctl.ops.add_ahead import debug
+
+        debug("reading nftables to judge the freed UDP ports failed: %s", err)
+        return {}
     if not live.tables:
         return {}
     from portmapctl.ops.gc.nft import nft_udp_ports
