@@ -1584,8 +1584,9 @@ def test_a_host_port_chain_made_a_base_chain_is_reported_with_its_fix(
     "chain", ["hostports { type filter hook input priority 0;", "masquerading { type filter"
               " hook postrouting priority 100;"], ids=["hostports-base", "masquerading-filter"],
 )  # fmt: skip
+@pytest.mark.parametrize("one", [False, True], ids=["node", "one-mapping"])
 def test_a_family_whose_chain_refuses_the_plugins_rules_stops_no_repair_of_the_other(
-    node: str, tmp_path: Path, chain: str
+    node: str, tmp_path: Path, chain: str, one: bool
 ) -> None:
     """One family's table with a chain of the plugin's the kernel refuses its rules in
     (hostports a base chain: no jump to it; masquerading a filter chain: no masquerade
@@ -1600,7 +1601,12 @@ def test_a_family_whose_chain_refuses_the_plugins_rules_stops_no_repair_of_the_o
     cid, ips, ports = WEB
     conf = upstream.nft_conf("podman", ips, ports)
     rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips)
-    done = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    args = ["check", "--repair", "-o", "json"]
+    if one:
+        path = tmp_path / "web1.json"
+        path.write_text(json.dumps(conf))
+        args += ["--container", cid, "--cni-config", str(path)]
+    done = _pmctl(node, tmp_path, *args)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "refused the transaction" not in done.stderr, done.stderr
     doc = json.loads(done.stdout)

@@ -388,6 +388,7 @@ def repair_mapping(
     when that would take a port another container has (port_moves): `left` gets why.
     `notes`: gets the warning for a try whose nft died and that went in (found_in)."""
     from portmapctl.nftables import planner
+    from portmapctl.nftables.problems import refuses_the_plugins_rules
     from portmapctl.nftables.transaction import Transaction as NftTransaction
     from portmapctl.nftables.transaction import refused_condition
     from portmapctl.nftables.wanted import wanted
@@ -409,12 +410,16 @@ def repair_mapping(
         want = [replace(w, entry=newest.get(w.family, (w.entry, None))[0]) for w in want]
     # Exactly as checked: the container's own unwanted rules go too, by handle
     # (never anyone else's), as the node-wide repair does.
-    ids, kept = {config.container_id}, [w.family for w in want]
+    ids, written = {config.container_id}, [w.family for w in want]
     mine = own_addresses(config)
     tried: List[NftTransaction] = planned if planned is not None else []
 
     def plan(live: Ruleset) -> NftTransaction:
-        txn = planner.repair(live, want, ids, kept, others, mine, held=held)
+        # A family whose table refuses the plugin's rules is left, as nft_repair leaves
+        # it: written, it failed the one `nft -f` of both families whole.
+        usable = [w for w in want if not refuses_the_plugins_rules(live.table(w.family))]
+        written[:] = [w.family for w in usable]
+        txn = planner.repair(live, usable, ids, written, others, mine, held=held)
         took = {
             f: t for (cid, f), t in nft_ports_taken(live, txn).items() if cid == config.container_id
         }
@@ -428,7 +433,7 @@ def repair_mapping(
 
     went_in = _judged(tried, lambda txn: txn, [] if notes is None else notes)
     text = node.converge_nft(plan, went_in=went_in)
-    return text, ([w.family for w in want] if text else [])
+    return text, (list(written) if text else [])
 
 
 def entry_families(txn: NftTransaction) -> List[int]:
