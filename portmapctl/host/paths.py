@@ -54,17 +54,31 @@ def default_cni_cache_dirs() -> Tuple[str, ...]:
 
 def same_dirs(dirs: Sequence[str]) -> Tuple[str, ...]:
     """`dirs` with each directory once, under the spelling given first: `D`, `D/`, a
-    symlink to D and a path through one are the same directory, whose entries were read
-    (counted, warned of, a metrics series each) once per spelling. An empty one stays,
-    for the caller to refuse (realpath makes it the working directory)."""
+    symlink to D, a path through one and a bind mount of D are the same directory, whose
+    entries were read (counted, warned of, a metrics series each) once per spelling. An
+    empty one stays, for the caller to refuse."""
     seen = set()
     found = []
     for folder in dirs:
-        key = os.path.realpath(folder) if folder else folder
+        key = dir_identity(folder) if folder else folder
         if key not in seen:
             seen.add(key)
             found.append(folder)
     return tuple(found)
+
+
+def dir_identity(folder: str) -> object:
+    """What tells `folder` from another directory: its device and inode, one stat(2).
+    Not its real path: /proc/PID/root/var/lib/cni, a runtime's own cache in a mount
+    namespace of its own (rootlesskit's), has the real path /var/lib/cni (the link
+    reads "/"), the host's, another directory; and realpath asks for the working
+    directory of a relative path, which fails once that was deleted. One that cannot be
+    looked at (missing, a loop) by its spelling, normalised: its reader says why."""
+    try:
+        found = os.stat(folder)
+    except (OSError, ValueError):
+        return os.path.normpath(folder)
+    return (found.st_dev, found.st_ino)
 
 
 def find_tool(name: str) -> Optional[str]:

@@ -473,6 +473,66 @@ def _hidden_namespace(tmp_path: Path) -> Iterator[str]:
         runtime.wait()
 
 
+@contextlib.contextmanager
+def _private_directory(folder: Path) -> Iterator[Path]:
+    """`folder` as a runtime in a mount namespace of its own has it (rootlesskit's
+    copied-up /var/lib, a containerized kubelet's): a tmpfs there, the host's own
+    `folder` another directory. Yields the path into it from the host,
+    /proc/PID/root/FOLDER, whose real path is the host's FOLDER (the link reads "/")."""
+    runtime = subprocess.Popen(
+        [shutil.which("unshare") or "unshare", "-m", "--propagation", "private",
+         "sh", "-c", f"mount -t tmpfs none {folder} && echo ready && exec sleep 300"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert runtime.stdout is not None and runtime.stdout.readline().strip() == "ready"
+        inside = Path(f"/proc/{runtime.pid}/root{folder}")
+        assert os.path.realpath(inside) == str(folder), "a root of its own"
+        yield inside
+    finally:
+        runtime.kill()
+        runtime.wait()
+
+
+def test_a_cache_seen_through_another_mount_namespace_is_read_beside_the_hosts(lab: Lab):
+    """`--cni-cache-dir D --cni-cache-dir /proc/PID/root/D`: the host's D and the one of
+    a runtime in a mount namespace of its own (same root, so the link reads "/") are two
+    directories. Told apart by real path they were one: the second was never read, its
+    container had no entry, and gc removed the chain of that live container."""
+    with _private_directory(lab.cache) as inside:
+        (inside / "results").mkdir()
+        lab.add("mynet", "hostctr", "10.88.0.51/16", PORT_A)
+        lab.add("mynet", "nsctr", "10.88.0.52/16", PORT_B, cache_dir=inside)
+        dirs = (lab.cache, inside)
+        listed = lab.json("list", dirs=dirs)
+        assert listed["cache"]["dirs"] == [str(d) for d in dirs]
+        assert listed["cache"]["entries"] == 2
+        assert statuses(listed, "nsctr") == {"ok"}
+        doc = lab.json("gc", "--yes", "--min-age", "0", dirs=dirs)
+        assert doc["removed"] == [], doc["removed"]
+        assert chain_lines(lab.rules(), chain_name("mynet", "nsctr"))
+
+
+def test_a_bind_mount_of_a_cache_directory_is_that_directory(lab: Lab, tmp_path):
+    """`/var/lib/cni` where it is a bind mount of the cache given beside it (podman
+    unshare --rootless-netns's /var/lib/cni is `<tmp_dir>/rootless-netns/var/lib/cni`):
+    one directory, whose entries were counted twice, as `D` and `D/` were."""
+    lab.add("mynet", "ctr1", "10.88.0.53/16", PORT_A)
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    argv = [
+        shutil.which("unshare") or "unshare", "-m", "--propagation", "private", "sh", "-c",
+        f"mount --bind {lab.cache} {mounted} && exec \"$@\"", "sh",
+        sys.executable, "-m", "portmapctl", "list", "--netns", lab.ns, "--iptables", "nft",
+        "--cni-cache-dir", str(lab.cache), "--cni-cache-dir", str(mounted), "-o", "json",
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["cache"] == {
+        "dirs": [str(lab.cache)], "present": True, "entries": 1
+    }  # fmt: skip
+
+
 def _netns_liveness_refused_and_chain_kept(lab: Lab, cid: str) -> None:
     before = lab.rules()
     assert_error(
