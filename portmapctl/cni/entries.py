@@ -8,7 +8,7 @@ import os
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from portmapctl.core.patterns import lazy
-from portmapctl.host.paths import RUNTIME_CACHES
+from portmapctl.host.paths import RUNTIME_CACHES, dir_identity
 
 # What runtimes name containers with: hex (podman, containerd, CRI-O) or a UUID (Nomad).
 # A short form is at least this long (`docker ps` habits: 8 and more; list prints 12):
@@ -112,18 +112,17 @@ class UnreadCache(NamedTuple):
 def unread_caches(cache_dirs: Sequence[str]) -> List[UnreadCache]:
     """The runtime caches below `cache_dirs` that hold an entry (a name libcni's
     NETWORK-CONTAINERID-IFNAME reads) and are not among them
-    (a listing of each: a missing one costs a failed open). Told apart by real path:
-    /var/lib/cni a symlink to /data/cni, with /data/cni/cache given, is read (by
-    normpath, which follows no symlink, it was warned of at every run)."""
-    read = {os.path.realpath(d) for d in cache_dirs}
+    (a listing of each: a missing one costs a failed open). Told apart by device and
+    inode (host/paths.dir_identity): /var/lib/cni a symlink to /data/cni, with
+    /data/cni/cache given, is read (by normpath, which follows no symlink, it was warned
+    of at every run); /proc/PID/root/D/cache of a runtime in a mount namespace of its
+    own is not the host's D/cache (by real path it was, and gc held none of its
+    containers)."""
+    read: Optional[set] = None
     found = []
     for cache_dir in cache_dirs:
         for known in RUNTIME_CACHES:
             below = os.path.join(cache_dir, known.below)
-            real = os.path.realpath(below)
-            if real in read:
-                continue
-            read.add(real)  # (said once, under the first spelling)
             try:
                 names = os.listdir(os.path.join(below, "results"))
             except OSError:
@@ -131,6 +130,12 @@ def unread_caches(cache_dirs: Sequence[str]) -> List[UnreadCache]:
             names = [n for n in names if not n.startswith(".")]
             if not names:
                 continue
+            if read is None:  # (rarely: a cache below that holds a name)
+                read = {dir_identity(d) for d in cache_dirs}
+            identity = dir_identity(below)
+            if identity in read:
+                continue
+            read.add(identity)  # (said once, under the first spelling)
             # Only the names gc keeps containers by (libcni's NETWORK-CONTAINERID-IFNAME):
             # a README or lost+found there was warned of as entries at every run.
             from portmapctl.cni.cache import name_readings  # (rarely: a cache below)

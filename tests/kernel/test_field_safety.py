@@ -513,6 +513,27 @@ def test_a_cache_seen_through_another_mount_namespace_is_read_beside_the_hosts(l
         assert chain_lines(lab.rules(), chain_name("mynet", "nsctr"))
 
 
+def test_a_runtime_cache_below_another_mount_namespaces_directory_keeps_its_chains(
+    lab: Lab, tmp_path
+):
+    """`--cni-cache-dir D/cache --cni-cache-dir /proc/PID/root/D`: the runtime cache
+    below the second (cri-dockerd's D/cache, as that mount namespace has it) is not the
+    host's D/cache read first, though its real path is. Taken for it, it was neither
+    warned of nor held: gc removed the chain of its live container."""
+    folder = tmp_path / "node-cni"
+    (folder / "cache" / "results").mkdir(parents=True)
+    lab.add("mynet", "hostctr", "10.88.0.54/16", PORT_A, cache_dir=folder / "cache")
+    with _private_directory(folder) as inside:
+        (inside / "cache" / "results").mkdir(parents=True)
+        lab.add("mynet", "belowctr", "10.88.0.55/16", PORT_B, cache_dir=inside / "cache")
+        dirs = (folder / "cache", inside)
+        done = lab.pm("gc", "--yes", "--min-age", "0", "-o", "json", dirs=dirs)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["removed"] == []
+        assert f"{inside}/cache/results holds 1 CNI cache entry not read here" in done.stderr
+        assert chain_lines(lab.rules(), chain_name("mynet", "belowctr"))
+
+
 def test_a_bind_mount_of_a_cache_directory_is_that_directory(lab: Lab, tmp_path):
     """`/var/lib/cni` where it is a bind mount of the cache given beside it (podman
     unshare --rootless-netns's /var/lib/cni is `<tmp_dir>/rootless-netns/var/lib/cni`):

@@ -457,6 +457,27 @@ def test_one_cache_directory_given_in_several_spellings_is_read_once(tmp_path):
     assert len(series) == 1 and f'dir="{cache}"' in series[0], series
 
 
+def test_a_relative_cache_directory_in_a_deleted_working_directory_is_no_internal_error(
+    tmp_path,
+):
+    """A cron job or script whose working directory was removed, given a relative
+    --cni-cache-dir: telling the directories apart by real path asked for the working
+    directory (realpath of a relative path), and every command ended in "internal
+    error: FileNotFoundError" (exit 3). The cache is missing, as it is to the reads:
+    said once, the command done."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
+    argv = ["sh", "-c", script, "sh", str(gone), sys.executable, "-m", "portmapctl",
+            "list", *SNAPSHOTS, "--cni-cache-dir", "cni", "--cni-cache-dir", "cni/",
+            "-o", "json"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1")
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert validate_document("list", done.stdout)["cache"]["dirs"] == ["cni"]
+    assert done.stderr.count("no CNI cache at cni/results") == 1, done.stderr
+
+
 # --- item 6: JSON schema 2, validated -------------------------------------------------------
 
 
