@@ -20,6 +20,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -105,6 +106,25 @@ class Rootless:
         assert len(names) == 1, listed.stdout
         return str(self.dir / "xdg/netns" / names[0])
 
+    def kill_own_processes(self) -> None:
+        """The pause process, slirp4netns, rootlessport of this podman: the processes in
+        its pause process's user namespace. Not every process of the user: that is
+        shared by every run of this test on the machine (`pkill -u` killed another
+        checkout's run in the middle, its podman exiting -9)."""
+        try:
+            pid = int((self.tmp_dir / "pause.pid").read_text().strip())
+            own = os.readlink(f"/proc/{pid}/ns/user")
+        except (OSError, ValueError):
+            return  # (podman never ran, or its pause process is gone)
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:  # (a container's process may run as a subordinate ID: not by uid)
+                if os.readlink(f"/proc/{entry}/ns/user") == own:
+                    os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                continue  # (gone meanwhile)
+
     def portmapctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The documented root recipe: portmapctl in the pause process's mount namespace,
         given the rootless netns and the cache below podman's tmp_dir."""
@@ -168,8 +188,7 @@ def rootless(lab: podmanlab.Lab) -> Iterator[Rootless]:
         yield made
     finally:
         made.podman("rm", "-a", "-f", "-t", "0", check=False)
-        # The pause process, slirp4netns, rootlessport: the user is this test's alone.
-        run(["pkill", "-KILL", "-u", str(user.pw_uid)], check=False)
+        made.kill_own_processes()
         run(["ip", "netns", "delete", netns], check=False)
         shutil.rmtree(base, ignore_errors=True)
 
