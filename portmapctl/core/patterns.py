@@ -24,6 +24,11 @@ class lazy:  # noqa: N801 - read as a function: `_X = lazy(r"...")`, as `re.comp
     def __getattr__(self, name: str) -> Any:
         # (Only for what this object does not hold yet: _source, then what is kept.
         # re.compile's own cache makes the pattern once for all the names.)
+        if name == "_source":
+            # One made without __init__ (copy.copy, pickle: they ask it for
+            # __setstate__ before its state is in) has none: asked for here again,
+            # it recursed until RecursionError.
+            raise AttributeError(name)
         value = getattr(re.compile(*self._source), name)
         setattr(self, name, value)
         return value

@@ -23,3 +23,20 @@ def test_a_lazy_pattern_is_compiled_on_first_use_then_kept() -> None:
     assert "match" not in vars(made)  # nothing compiled as the module is imported
     assert made.match("42") is not None
     assert vars(made)["match"].__self__ is re.compile(r"[0-9]+\Z")  # kept: read once
+
+
+def test_a_lazy_pattern_copied_or_pickled_answers_as_the_compiled_one() -> None:
+    # copy.copy and pickle make the object without __init__ and ask it for
+    # __setstate__: its missing _source was looked up through __getattr__ again, a
+    # RecursionError (re.compile's patterns copy and pickle).
+    import copy
+    import pickle
+
+    for used in (False, True):
+        made = lazy(r"[0-9]+\Z")
+        if used:
+            assert made.match("1") is not None
+        for again in (copy.copy(made), pickle.loads(pickle.dumps(made))):
+            assert again.match("42") is not None
+            assert again.match("x") is None
+            assert again.pattern == r"[0-9]+\Z"
