@@ -211,21 +211,35 @@ def _wrong_base_chains(table: Table) -> List[Problem]:
     return problems
 
 
+# The hooks at which a nat base chain of the plugin's takes its rules: the kernel lets
+# a dnat (what prerouting and output reach through hostports_all) in at prerouting or
+# output alone, and a masquerade at postrouting alone. At another hook the chain
+# refuses them as a filter chain does ("Operation not supported").
+_HOOKS_TAKING_RULES = {
+    PREROUTING: ("prerouting", "output"),
+    OUTPUT: ("prerouting", "output"),
+    MASQUERADING: ("postrouting",),
+}
+
+
 def refuses_the_plugins_rules(table: Optional[Table]) -> bool:
     """Whether a chain of the plugin's in `table` is of a kind the kernel refuses the
     plugin's rules in: a regular chain made a base chain (no jump may reach it), or a
-    base chain of a type other than nat (no dnat or masquerade in it, nor in what it
-    jumps to). Every `nft -f` writing the family fails there ("Operation not
-    supported"): --repair leaves the family to the fix by hand (_wrong_base_chains)."""
+    base chain of a type other than nat, or of nat at a hook where no dnat (prerouting,
+    output) or masquerade (masquerading) may be (none in it, nor in what it jumps
+    to). Every `nft -f` writing the family fails there ("Operation not supported"):
+    --repair leaves the family to the fix by hand (_wrong_base_chains)."""
     if table is None:
         return False
     for name in REGULAR_CHAINS:
         chain = table.chains.get(name)
         if chain is not None and chain.base is not None:
             return True
-    for name in BASE_CHAINS:
+    for name, hooks in _HOOKS_TAKING_RULES.items():
         chain = table.chains.get(name)
-        if chain is not None and chain.base is not None and chain.base.type != "nat":
+        if chain is None or chain.base is None:
+            continue
+        if chain.base.type != "nat" or chain.base.hook not in hooks:
             return True
     return False
 

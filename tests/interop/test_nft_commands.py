@@ -1582,7 +1582,10 @@ def test_a_host_port_chain_made_a_base_chain_is_reported_with_its_fix(
 
 @pytest.mark.parametrize(
     "chain", ["hostports { type filter hook input priority 0;", "masquerading { type filter"
-              " hook postrouting priority 100;"], ids=["hostports-base", "masquerading-filter"],
+              " hook postrouting priority 100;", "masquerading { type nat hook prerouting"
+              " priority 100;", "prerouting { type nat hook postrouting priority -100;"],
+    ids=["hostports-base", "masquerading-filter", "masquerading-nat-prerouting",
+         "prerouting-nat-postrouting"],
 )  # fmt: skip
 @pytest.mark.parametrize("one", [False, True], ids=["node", "one-mapping"])
 def test_a_family_whose_chain_refuses_the_plugins_rules_stops_no_repair_of_the_other(
