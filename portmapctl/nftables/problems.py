@@ -12,7 +12,7 @@ never imports this module.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Collection, Dict, Iterable, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.core.backend import Backend
@@ -220,27 +220,33 @@ _HOOKS_TAKING_RULES = {
     OUTPUT: ("prerouting", "output"),
     MASQUERADING: ("postrouting",),
 }
+# The chains a rule written to one of them is judged along: a dnat's (prerouting and
+# output jump to it through hostports_all), and a masquerade's. A chain of the wrong
+# kind on one side refuses nothing written to the other: with masquerading a filter
+# chain, the plugin's ADD of a container without SNAT goes in, and so does its repair.
+_SIDES = ((PREROUTING, OUTPUT, HOSTPORTS_ALL, HOSTIP_HOSTPORTS, HOSTPORTS), (MASQUERADING,))
 
 
-def refuses_the_plugins_rules(table: Optional[Table]) -> bool:
-    """Whether a chain of the plugin's in `table` is of a kind the kernel refuses the
-    plugin's rules in: a regular chain made a base chain (no jump may reach it), or a
-    base chain of a type other than nat, or of nat at a hook where no dnat (prerouting,
-    output) or masquerade (masquerading) may be (none in it, nor in what it jumps
-    to). Every `nft -f` writing the family fails there ("Operation not supported"):
-    --repair leaves the family to the fix by hand (_wrong_base_chains)."""
+def refuses_the_plugins_rules(table: Optional[Table], written: Collection[str]) -> bool:
+    """Whether the kernel refuses what is `written` (chains rules are added to) in
+    `table`: a chain of the plugin's on their side (_SIDES) is of a kind that takes none
+    of them: a regular chain made a base chain (no jump may reach it), or a base chain
+    of a type other than nat, or of nat at a hook where no dnat (prerouting, output) or
+    masquerade (masquerading) may be (none in it, nor in what it jumps to). Every `nft
+    -f` writing there fails ("Operation not supported"): --repair leaves the family to
+    the fix by hand (_wrong_base_chains)."""
     if table is None:
         return False
-    for name in REGULAR_CHAINS:
-        chain = table.chains.get(name)
-        if chain is not None and chain.base is not None:
-            return True
-    for name, hooks in _HOOKS_TAKING_RULES.items():
-        chain = table.chains.get(name)
-        if chain is None or chain.base is None:
+    for side in _SIDES:
+        if not set(side) & set(written):
             continue
-        if chain.base.type != "nat" or chain.base.hook not in hooks:
-            return True
+        for name in side:
+            chain = table.chains.get(name)
+            if chain is None or chain.base is None:
+                continue
+            hooks = _HOOKS_TAKING_RULES.get(name)
+            if hooks is None or chain.base.type != "nat" or chain.base.hook not in hooks:
+                return True
     return False
 
 

@@ -170,6 +170,14 @@ class Transaction:
     def families(self) -> Tuple[int, ...]:
         return tuple(sorted({op.family for op in self.ops}))
 
+    def written(self, family: int) -> Set[str]:
+        """The chains of `family` this adds rules (or chains) to: what the kernel judges
+        (problems.refuses_the_plugins_rules); a deletion it takes anywhere."""
+        adding = (OpKind.ADD_RULE, OpKind.ADD_CHAIN)
+        return {
+            op.chain for op in self.ops if op.family == family and op.kind in adding and op.chain
+        }
+
     def render(self) -> str:
         """The text for `nft -f -` (empty when there is nothing to do)."""
         if not self.ops:

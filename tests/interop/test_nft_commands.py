@@ -1620,6 +1620,37 @@ def test_a_family_whose_chain_refuses_the_plugins_rules_stops_no_repair_of_the_o
     }  # fmt: skip
 
 
+@pytest.mark.parametrize("one", [False, True], ids=["node", "one-mapping"])
+def test_a_chain_refusing_only_masquerades_stops_no_repair_of_a_container_without_snat(
+    node: str, tmp_path: Path, one: bool
+) -> None:
+    """masquerading a filter chain refuses a masquerade, nothing else: upstream v1.9.1's
+    ADD of a container with SNAT off goes in there (it writes no masquerade). check
+    --repair left that whole family out since b53e3db, so the IPv4 dnat rule it lacked
+    was never made again, run after run (only nft-wrong-base-chain, which it does not
+    need, was to blame). Now only a family whose write the chain refuses is left."""
+    upstream.nft(node, "-f", "-", stdin=(
+        "table ip cni_hostport {\n  chain masquerading { type filter hook postrouting"
+        " priority 100; policy accept; }\n}\n"
+    ))  # fmt: skip
+    conf = _plugin_add(node, tmp_path, WEB, snat=False)
+    listed = upstream.nft(node, "-a", "list", "chain", "ip", "cni_hostport", "hostports").stdout
+    handle = next(
+        line.rsplit("# handle ", 1)[1] for line in listed.splitlines() if "dport 8080" in line
+    )
+    upstream.nft(node, "delete", "rule", "ip", "cni_hostport", "hostports", "handle", handle)
+    args = ["check", "--repair", "-o", "json"]
+    if one:
+        path = tmp_path / "web1.json"
+        path.write_text(json.dumps(conf))
+        args += ["--container", WEB[0], "--cni-config", str(path)]
+    done = _pmctl(node, tmp_path, *args)
+    assert done.returncode == 1, done.stdout + done.stderr  # (the chain: by hand)
+    left = {(p["kind"], p["family"]) for p in json.loads(done.stdout)["problems"]}
+    assert left == {("nft-wrong-base-chain", 4)}, left
+    upstream.run(V191, "CHECK", node, WEB[0], conf, check=True)
+
+
 def test_a_container_added_again_without_ports_keeps_rules_check_reports(
     node: str, tmp_path: Path
 ) -> None:

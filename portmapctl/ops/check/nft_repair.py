@@ -207,17 +207,25 @@ def nft_repair(
         planned = []
 
     def plan_from(configs: List[MappingConfig], live: Ruleset) -> NftTransaction:
-        # A family whose table refuses the plugin's rules (a chain of another kind: the
-        # fix is by hand, nft-wrong-base-chain) is left as it is: written, it failed
-        # the one `nft -f` of both families whole, so the other was not repaired either.
-        usable = [f for f in families if not refuses_the_plugins_rules(live.table(f))]
-        want = [w for c in configs for f in usable if (w := wanted(c, f)) is not None]
-        # Exactly as compared: their own unwanted rules go too (never anyone else's),
-        # but not those of their networks being torn down.
-        kept = [*cache.kept(), *(a.mapping for a in unwritten)]
-        also = [w for c in kept for f in usable if (w := wanted(c, f)) is not None]  # type: ignore[arg-type]
-        ids = {c.container_id for c in configs}
-        return planner.repair(live, want, ids, usable, also, dedupe=True, held=held)
+        def plan_in(usable: List[int]) -> NftTransaction:
+            want = [w for c in configs for f in usable if (w := wanted(c, f)) is not None]
+            # Exactly as compared: their own unwanted rules go too (never anyone
+            # else's), but not those of their networks being torn down.
+            kept = [*cache.kept(), *(a.mapping for a in unwritten)]
+            also = [w for c in kept for f in usable if (w := wanted(c, f)) is not None]  # type: ignore[arg-type]
+            ids = {c.container_id for c in configs}
+            return planner.repair(live, want, ids, usable, also, dedupe=True, held=held)
+
+        # A family whose table refuses what the plan writes there (a chain of another
+        # kind: the fix is by hand, nft-wrong-base-chain) is left as it is: written, it
+        # failed the one `nft -f` of both families whole, so the other was not repaired
+        # either. Only what the plan writes: what it deletes, or writes where such a
+        # chain judges nothing, goes in there as before.
+        txn = plan_in(list(families))
+        usable = [
+            f for f in families if not refuses_the_plugins_rules(live.table(f), txn.written(f))
+        ]
+        return txn if len(usable) == len(families) else plan_in(usable)
 
     # By container ID and family; a container is left out whole (its networks at once).
     taken: Dict[Tuple[str, int], Tuple[MappingConfig, PortTaken]] = {}
@@ -415,11 +423,19 @@ def repair_mapping(
     tried: List[NftTransaction] = planned if planned is not None else []
 
     def plan(live: Ruleset) -> NftTransaction:
-        # A family whose table refuses the plugin's rules is left, as nft_repair leaves
-        # it: written, it failed the one `nft -f` of both families whole.
-        usable = [w for w in want if not refuses_the_plugins_rules(live.table(w.family))]
-        written[:] = [w.family for w in usable]
-        txn = planner.repair(live, usable, ids, written, others, mine, held=held)
+        # A family whose table refuses what the plan writes there is left, as
+        # nft_repair leaves it: written, it failed the one `nft -f` of both families
+        # whole.
+        written[:] = [w.family for w in want]
+        txn = planner.repair(live, want, ids, written, others, mine, held=held)
+        usable = [
+            w
+            for w in want
+            if not refuses_the_plugins_rules(live.table(w.family), txn.written(w.family))
+        ]
+        if len(usable) < len(want):
+            written[:] = [w.family for w in usable]
+            txn = planner.repair(live, usable, ids, written, others, mine, held=held)
         took = {
             f: t for (cid, f), t in nft_ports_taken(live, txn).items() if cid == config.container_id
         }
