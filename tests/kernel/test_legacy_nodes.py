@@ -768,3 +768,97 @@ def test_a_removal_whose_restore_hung_after_its_commit_still_has_its_flows_flush
     assert "dport=8080" not in flows, flows
     again = run(argv, env=run_dir)
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("where", ["before-the-groups", "next-group", "after-the-groups"])
+def test_a_hung_read_while_a_refused_removal_is_halved_still_flushes_what_went_in(
+    host_ns, tmp_path, where
+):
+    """The halving of a removal iptables refused whole (gone1's `-m recent` entry rule)
+    reads the table before it starts, before each group and once after them all. An
+    iptables-save that hung there (stopped at PORTMAPCTL_IPTABLES_TIMEOUT: a stuck
+    kernel, as for a hung restore) escaped settle_family and apply_gc uncaught: exit 3,
+    "iptables-legacy-save did not answer", and nothing of what had gone in was
+    reported, recorded or flushed: gone3's chain (gone in alone before it) and six1's
+    (IPv6, applied ahead) kept their UDP flows' dead DNAT, and the next run found
+    nothing of them to remove. A hung restore there stops the halving with what went
+    in flushed (the test above); a hung read now does too.
+
+    Real tables, a real hang: a wrapper in front of iptables-legacy-save sleeps past
+    the timeout once IPv4's whole removal was refused its last try (the read that
+    starts the halving), once gone3's chain went in alone (the read for gone1's group),
+    or once gone1's last try alone was refused (the read after the groups)."""
+    recent = ["-m", "recent", "--name", "x", "--rcheck"]
+    for cid, ip, port, conditions in (
+        ("gone1", "10.88.0.5/16", 8080, recent),
+        ("gone2", "10.88.0.6/16", 8081, None),
+        ("gone3", "10.88.0.7/16", 8082, None),  # (UDP: its flow goes with its chain)
+        ("other1", "10.88.0.9/16", 8083, None),
+        ("six1", "fd00::9/64", 8090, None),  # (IPv6 alone: applied ahead; UDP)
+    ):
+        proto = "udp" if cid in ("gone3", "six1") else "tcp"
+        conf = rp.plugin_conf("mynet", [ip], [{**PORTS[0], "hostPort": port, "protocol": proto}],
+                              conditions_v4=conditions)  # fmt: skip
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="legacy", check=True)
+    subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-I", "-p", "udp", "-s",
+                    "127.0.0.1", "-d", "127.0.0.1", "--sport", "40001", "--dport", "8082",
+                    "--reply-src", "10.88.0.7", "--reply-dst", "127.0.0.1", "--reply-port-src",
+                    "80", "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
+    subprocess.run(["ip", "-n", host_ns, "addr", "replace", "fd00:1::1/128", "dev", "lo"],
+                   check=True)  # fmt: skip
+    subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-I", "-p", "udp", "-s",
+                    "2001:db8::7", "-d", "fd00:1::1", "--sport", "40001", "--dport", "8090",
+                    "--reply-src", "fd00::9", "--reply-dst", "2001:db8::7", "--reply-port-src",
+                    "80", "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
+    gone = {cid: chain_name("mynet", cid) for cid in ("gone1", "gone2", "gone3")}
+    marker, tries = tmp_path / "hang", tmp_path / "tries"
+
+    def alone(*cids: str) -> str:
+        has = " && ".join(f'grep -q -- "-X {gone[c]}" "$IN"' for c in cids)
+        others = " ".join(f"-e {gone[c]}" for c in gone if c not in cids)
+        return has + (f' && ! grep -q {others} "$IN"' if others else "")
+
+    def refused_thrice(*cids: str) -> str:
+        return (f"if [ $rc != 0 ] && {alone(*cids)}; then echo >> {tries};"
+                f" [ $(wc -l < {tries}) -ge 3 ] && touch {marker}; fi")  # fmt: skip
+
+    after = {
+        # IPv4's whole removal refused its last try (APPLY_TRIES): the halving's first read.
+        "before-the-groups": refused_thrice("gone1", "gone2", "gone3"),
+        # gone3's chain went in alone: the next read is the one for gone1's group.
+        "next-group": f"if [ $rc = 0 ] && {alone('gone3')}; then touch {marker}; fi",
+        # gone1's last try alone was refused: the next read is the one after the groups.
+        "after-the-groups": refused_thrice("gone1"),
+    }[where]
+    folder = tmp_path / "wrap"
+    folder.mkdir()
+    restore = folder / "iptables-legacy-restore"
+    restore.write_text(f'#!/bin/bash\nIN={tmp_path}/in.$$\ncat > "$IN"\n'
+                       f'/usr/sbin/iptables-legacy-restore "$@" < "$IN"; rc=$?\n{after}\nexit $rc\n')  # fmt: skip
+    save = folder / "iptables-legacy-save"
+    save.write_text(f'#!/bin/bash\nif [ -e {marker} ]; then exec sleep 60; fi\n'
+                    'exec /usr/sbin/iptables-legacy-save "$@"\n')  # fmt: skip
+    for script in (restore, save):
+        script.chmod(0o755)
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--cni-cache-dir",
+            str(tmp_path / "cni"), "--keep", "other1", "--min-age", "0", "--yes"]  # fmt: skip
+    run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    env = {**run_dir, "PATH": f"{folder}:{os.environ['PATH']}", "PORTMAPCTL_IPTABLES_TIMEOUT": "3"}
+    done = run(argv, env=env)
+    assert marker.exists()  # (the hang was met)
+    saved = rp.save(host_ns, 4, "legacy")
+    removed = 0 if where == "before-the-groups" else 2
+    assert (gone["gone2"] in saved, gone["gone3"] in saved) == (not removed, not removed)
+    assert gone["gone1"] in saved and chain_name("mynet", "other1") in saved
+    assert chain_name("mynet", "six1") not in rp.save(host_ns, 6, "legacy")
+    assert_error(done, 3, "IPv4: ", "did not answer within 3 s", f"{removed} removed",
+                 gone["gone1"], "IPv6 was applied ahead of it: 1 chains removed")  # fmt: skip
+    [line] = done.stderr.splitlines()
+    assert "refused the removal of" not in line, line
+    flows = subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-L", "-p", "udp"],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    assert ("dport=8082" in flows) == (not removed), flows  # (its chain went: its flow too)
+    flows = subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-L", "-f", "ipv6",
+                            "-p", "udp"], capture_output=True, text=True).stdout  # fmt: skip
+    assert "dport=8090" not in flows, flows

@@ -158,25 +158,39 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
     group is planned from a fresh read, limited to its chains (GcOptions.only), and
     applied as any family is (converge_family).
 
-    Once a try fails otherwise (a busy lock, a tool that died or hung: `stop`) nothing
-    more is tried: the chains not removed are `untried`, not refused (iptables never
-    refused them alone; the family's error is that failure's, Settled.stopped). A try
-    whose tool hung or died may have gone in: judged by the read after it (_went_in;
-    converge_family's HungWentIn), it is in the plan as applied, so its chains are reported and their UDP flows
-    flushed. No plan when none of it went in (the family fails as before, with `stop`
-    if there was one): a table the plugin kept changing, both halves refused (more than
-    one chain's fault, or the tool's: one refusing everything is not tried chain by
-    chain), or the one chain it removes refused."""
+    Once a try fails otherwise (a busy lock, a tool that died or hung, iptables-save's
+    read before a group or after them all too: `stop`) nothing more is tried: the
+    chains not removed are `untried`, not refused (iptables never refused them alone;
+    the family's error is that failure's, Settled.stopped). A try whose tool hung or
+    died may have gone in: judged by the read after it (_went_in; converge_family's
+    HungWentIn), it is in the plan as applied, so its chains are reported and their
+    UDP flows flushed. No plan when none of it went in (the family fails as before,
+    with `stop` if there was one): a table the plugin kept changing, both halves
+    refused (more than one chain's fault, or the tool's: one refusing everything is not
+    tried chain by chain), or the one chain it removes refused."""
     family = first.family
     went: List[FamilyPlan] = []
     refused: List[Refused] = []
     stop: List[Union[ApplyFailed, ToolTimedOut]] = []
     untried: List[GcChain] = []
 
+    # The table as last read, less what went in since: the table after the groups when
+    # the read after them hangs (what went in is still reported, recorded and flushed).
+    known: List[NatTable] = []
+
+    def read() -> NatTable:
+        known[:] = [node.backend.read(family)]
+        return known[0]
+
+    def gone(plan: FamilyPlan) -> FamilyPlan:
+        went.append(plan)
+        known[:] = [known[0].without({chain.chain for chain in plan.removed})]
+        return plan
+
     def plan_of(keys: Sequence[ChainKey]) -> Tuple[FamilyPlan, Planning]:
         only = frozenset(tuple(key) for key in keys)
         limited = replace(planning, options=replace(planning.options, only=only))
-        table = node.backend.read(family)
+        table = read()
         attachments = reread_cache(node, planning)
         return plan_table(table, attachments, limited, True), limited
 
@@ -184,14 +198,16 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
         """The group in one transaction: None once it went in, else why not."""
         if stop:
             return str(stop[0])
-        plan, limited = plan_of([chain.key for chain in groups])
         try:
-            went.append(converge_family(node, plan, limited))
+            # Its read too: an iptables-save that hung there (exit 3) escaped with the
+            # groups before it gone in unreported, their UDP flows never flushed.
+            plan, limited = plan_of([chain.key for chain in groups])
+            gone(converge_family(node, plan, limited))
         except (ApplyFailed, ToolTimedOut) as err:
             if not refused_outright(err):
                 stop.append(err)  # (nothing more is tried)
                 if isinstance(err, HungWentIn):
-                    went.append(err.plan)  # (judged by the read after it: it went in)
+                    gone(err.plan)  # (judged by the read after it: it went in)
                     return None
             return str(err)
         return None
@@ -213,7 +229,11 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
     # Refused for a stale plan (a busy node: the plugin changed the table before each
     # try) is no chain's fault: only a refusal of a plan made from the table as it
     # still is is halved.
-    if node.backend.read(family) != planning.last_read.get(family):
+    try:
+        table = read()
+    except ToolTimedOut as err:  # (hung before any group: nothing of it went in)
+        return Settled(None, [], err, first.removed)
+    if table != planning.last_read.get(family):
         return Settled(None, [])
     if len(first.removed) == 1:
         return Settled(None, [Refused(first.removed[0], why)])
@@ -228,7 +248,13 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
     for part, failed in zip(parts, failures):
         if failed is not None:
             settle(part, failed)
-    after = node.backend.read(family)
+    try:
+        after = read()
+    except ToolTimedOut as err:
+        # Hung after the groups: the table they left, as known (a plugin call meanwhile
+        # aside), and the family fails with that error, what went in reported.
+        stop.append(err)
+        after = known[0]
     attachments = reread_cache(node, planning)
     nothing = replace(planning, options=replace(planning.options, only=frozenset()))
     rest = plan_table(after, attachments, nothing, True)
