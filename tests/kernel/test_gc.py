@@ -1100,3 +1100,46 @@ def test_a_busy_node_still_loses_its_other_stale_chains_beside_one_gone_by_numbe
     with netns.entered(node.ns):
         result = gc(racing, Sources(), GcOptions(min_age=0, state_dir=str(tmp_path / "run")))
     assert [c.chain for c in result.removed] == [hostile]
+
+
+def test_a_stale_chain_left_for_a_later_run_by_the_last_try_keeps_its_sighting(
+    node: Node_, tmp_path
+):
+    """The chain gc's last try leaves for a later run (family._by_text: entered by a
+    rule with control characters, on a busy node) had its sighting forgotten before the
+    first try, as every chain a try removes has, and never written back: the run
+    removed the others and the state file lost it, so its --min-age started over at
+    the next run (pending again, "removable in" the whole --min-age), and under a
+    cron more frequent than --min-age it was ripe one run in two at best. A chain not
+    removed keeps its sighting (as a refused removal's do)."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
+    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    node.add("gcnet", "stale2", ["10.88.0.13/16"], _ports("8081/tcp"), cache=False)
+    hostile = chain_name("gcnet", "stale1")
+    comment = 'dnat name: "ev\x1b[2J\x07il" id: "stale1"'
+    node.ipt(4, "-I", "CNI-HOSTPORT-DNAT", "-p", "tcp", "-m", "comment", "--comment", comment,
+             "-m", "multiport", "--dports", "8082", "-j", hostile)  # fmt: skip
+    options = GcOptions(min_age=1, state_dir=str(tmp_path / "run"))
+    quiet = _racing_node(node, [])
+    with netns.entered(node.ns):
+        first = gc(quiet, Sources(), options)  # (the sightings: a second to wait)
+    assert sorted(c.container_id for c in first.pending) == ["stale1", "stale2"]
+    time.sleep(1.2)
+
+    def pod_added(i: int) -> Callable[[], None]:
+        def race() -> None:  # (the real plugin, as the kubelet's ADD of a new pod)
+            node.add("gcnet", f"new{i}", [f"10.88.0.{30 + i}/16"], _ports(f"90{10 + i}/tcp"))
+
+        return race
+
+    racing = _racing_node(node, [pod_added(i) for i in range(APPLY_TRIES)])
+    with netns.entered(node.ns):
+        busy = gc(racing, Sources(), options)
+    assert [c.container_id for c in busy.removed] == ["stale2"], (busy.pending, busy.warnings)
+    [waiting] = busy.pending
+    assert waiting.chain == hostile and waiting.seen_seconds >= 1
+    # The next run, at once, on a quiet node: ripe still (seen over a second ago), so
+    # removed; its sighting lost, it was a new chain there, pending for --min-age.
+    with netns.entered(node.ns):
+        result = gc(quiet, Sources(), options)
+    assert [c.chain for c in result.removed] == [hostile], result.pending

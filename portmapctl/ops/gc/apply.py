@@ -221,6 +221,11 @@ def _apply_gc_to(
         if done.transaction and options.dry_run:
             transactions[family] = done.transaction.render()  # shown with -v
         remembered.update(done.seen)
+        if forgetting is not None:
+            # The chains the last try left for a later run (family._by_text): the tries
+            # before it forgot their sightings (they were to go), and none removed them.
+            # Not written back, their --min-age started over at every such run.
+            unremoved.update(done.left)
         if not options.dry_run:
             for chain in done.removed:
                 remembered.pop(ChainKey(family, chain.chain), None)

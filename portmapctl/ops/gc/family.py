@@ -47,6 +47,9 @@ class FamilyPlan:
     # With remapped ports, the table's chains (iptables/foreign.py table_reader): a rule
     # of another tool ahead of the plugin's entry takes some flows of a port first.
     foreign_rules: Optional[ChainReader] = None
+    # Ripe chains the last try leaves for a later run (_by_text), among `pending`: the
+    # tries before it forgot their sightings, which the run writes back (apply.py).
+    left: FrozenSet[ChainKey] = frozenset()
 
 
 def fingerprint(chain: AnyChain) -> str:
@@ -128,6 +131,7 @@ def plan_family(
             removable.append(chain)
         else:
             pending.append(_gc_chain(chain, ports[chain.name], now - first, live))
+    waiting: List[ChainFacts] = []
     if not by_number:
         removable, waiting = _by_text(removable)
         pending += [_gc_chain(c, ports[c.name], now - new_seen[ChainKey(family, c.name)].first_seen,
@@ -175,6 +179,7 @@ def plan_family(
         frozenset(still_mapped),
         removed_ips,
         foreign_rules,
+        frozenset(ChainKey(family, c.name) for c in waiting),
     )
 
 
