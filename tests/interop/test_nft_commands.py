@@ -681,6 +681,48 @@ def test_a_removal_nft_refuses_is_named_by_every_run_past_min_age(
     assert {r[2] for r in _container_rules(node)} == {"web1", "old1"}
 
 
+def test_gc_whose_nft_hung_after_its_commit_reports_and_flushes(node: str, tmp_path: Path) -> None:
+    """`nft -f` stopped at its time limit after its commit (a stuck exit, a kernel slow
+    to answer): gc ended with exit 3, "its transaction may have gone in ... run again to
+    see", and neither reported nor flushed what it removed; run again, it found nothing
+    to remove (exit 0), so the UDP flow DNATed to the removed container kept its dead
+    destination. iptables' hung restore is judged by the read after it (HungWentIn);
+    nft's, whose rules go by handle (never reused), now is too: still exit 3, the line
+    saying it went in, the flow flushed. The real nft, wrapped to sleep once it wrote;
+    only the time limit is made short (TIMEOUT_SECONDS, 120 s, has no variable)."""
+    import subprocess
+    import sys
+
+    _plugin_add(node, tmp_path / "cni", WEB)
+    _plugin_add(node, tmp_path / "cni", OLD, cached=False)  # 7001/udp
+    subprocess.run(["ip", "-n", node, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
+    _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40001",
+        "--dport", "7001", "--reply-src", "10.88.0.7", "--reply-dst", "192.0.2.9",
+        "--reply-port-src", "71", "--reply-port-dst", "40001", "-t", "120")  # fmt: skip
+    wrap = tmp_path / "wrap"
+    wrap.mkdir()
+    real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
+    (wrap / "nft").write_text(
+        f'#!/bin/bash\n{real} "$@" || exit $?\nif [ "$1" = -f ]; then exec sleep 60; fi\n'
+    )
+    (wrap / "nft").chmod(0o755)
+    short = (
+        "import sys; from portmapctl.nftables.access import nft; nft.TIMEOUT_SECONDS = 3\n"
+        "from portmapctl.entry import main; sys.argv[0] = 'portmapctl'; main()"
+    )
+    argv = ["gc", "--netns", node, "--cni-cache-dir", str(tmp_path / "cni"), "--yes",
+            "--min-age", "0"]  # fmt: skip
+    run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    env = {**os.environ, **run_dir, "PATH": f"{wrap}:{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-c", short, *argv], env=env, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=120)  # fmt: skip
+    pmctl.assert_error(done, 3, "nft -f did not finish within 3 s", "it went in")
+    assert {r[2] for r in _container_rules(node)} == {"web1"}
+    assert "dport=7001" not in _ct(node, "-L", "-p", "udp")
+    again = pmctl.run(argv, env=run_dir)
+    assert again.returncode == 0, again.stderr
+
+
 @pytest.mark.parametrize("version", ["v1.7.1", V191])
 def test_a_rule_for_one_host_ip_first_leaves_the_other_addresses(
     node: str, tmp_path: Path, version: str

@@ -251,6 +251,11 @@ def _apply_gc_to(
             nft_went.clear()
             if not err.maybe_applied:
                 nft_unapplied = planned.nft  # refused whole: nothing went
+        except gc_nft.NftHungWentIn as err:
+            # Hung, yet its rules are gone by the read after it: the run still fails
+            # with it (exit 3), and what went in is reported, recorded and flushed, or
+            # no later run knew its ports (it found nothing to remove).
+            failure, text, nft_done = err, "", err.plan
         except ToolTimedOut as err:
             # `nft -f` stopped at its time limit (no retry: exit 3, its line), as a
             # timed-out iptables family above: what the iptables families removed is
@@ -259,7 +264,7 @@ def _apply_gc_to(
             # rules' sightings are forgotten, since the write may have gone in.
             failure = err
             nft_went.clear()
-        else:
+        if nft_done is not None:
             nft_removed, nft_pending = nft_done.removed, nft_done.pending
             if not options.dry_run:
                 nft_went[:] = [nft_done]

@@ -22,7 +22,7 @@ from typing import (
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.status import ChainKind
-from portmapctl.errors import ApplyFailed, PortmapctlError
+from portmapctl.errors import ApplyFailed, PortmapctlError, ToolTimedOut
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.liveness import (
     Sources,
@@ -292,7 +292,7 @@ def apply_nft(
     except ApplyFailed as err:
         if not err.maybe_applied:
             raise
-        # nft died without saying (stopped at its time limit): its rules went by handle,
+        # nft died without saying (killed by a signal): its rules went by handle,
         # and handles are never reused, so a read tells whether it went in (whole).
         # Gone in, it is the plan applied: its rules reported, their UDP flows flushed.
         tried = applied[-1].transaction
@@ -304,7 +304,34 @@ def apply_nft(
             raise
         warnings.append(f"nftables: {err}; read again, none of the rules it deletes is left")
         return tried.render(), applied[-1]
+    except ToolTimedOut as err:
+        # nft stopped at its time limit (not tried again: exit 3), judged by a read too,
+        # as iptables' hung restore is (converge.HungWentIn): it said "run again to see",
+        # and the run after found nothing to remove, the removed rules' UDP flows kept
+        # their dead DNAT.
+        if not err.maybe_applied:
+            raise
+        try:
+            live = node.read_nft()
+        except PortmapctlError:
+            raise err from None
+        if not _went_in(applied[-1].transaction, live):
+            raise
+        raise NftHungWentIn(err, applied[-1]) from None
     return text, applied[-1]
+
+
+class NftHungWentIn(ToolTimedOut):
+    """`nft -f` stopped at its time limit (exit 3, gc ends) whose rules are gone, by the
+    read after it: `plan`, as applied, is still reported in the line, its UDP flows
+    flushed and its sightings forgotten (apply_gc)."""
+
+    def __init__(self, err: ToolTimedOut, plan: NftPlan) -> None:
+        super().__init__(
+            f"{err}; read again, none of the rules it deletes is left: it went in",
+            maybe_applied=True,
+        )
+        self.plan = plan
 
 
 def _went_in(txn: NftTransaction, live: Ruleset) -> bool:
