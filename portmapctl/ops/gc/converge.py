@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
-from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from portmapctl.errors import ApplyFailed, PortmapctlError, ToolTimedOut
 from portmapctl.iptables.ruleset import NatTable
@@ -19,9 +19,6 @@ from portmapctl.ops.gc.planning import Planning, plan_table, reread_cache
 from portmapctl.ops.gc.result import GcChain, Refused
 from portmapctl.ops.gc.state import ChainKey
 from portmapctl.ops.node import APPLY_TRIES, Node
-
-if TYPE_CHECKING:
-    pass
 
 
 def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> FamilyPlan:

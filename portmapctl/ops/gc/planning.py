@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import (
-    TYPE_CHECKING,
     Dict,
     FrozenSet,
     Iterable,
@@ -43,9 +42,6 @@ from portmapctl.ops.gc.liveness import (
 from portmapctl.ops.gc.result import GcChain
 from portmapctl.ops.gc.state import ChainKey
 from portmapctl.ops.node import Node
-
-if TYPE_CHECKING:
-    pass
 
 DEFAULT_MIN_AGE = 120.0
 
