@@ -388,3 +388,51 @@ def test_the_nftables_sightings_stay_when_an_iptables_refusal_stops_the_run(
         with pytest.raises(ApplyFailed, match="refused"):
             gc_lib.gc(node, gc_lib.Sources(keep=LIVE), options)
         assert gc_state.load(run_dir, namespace)[0] == sighted
+
+
+def test_the_nftables_sightings_stay_when_its_read_hangs_before_any_write(
+    tmp_path, flushed, monkeypatch
+):
+    """`nft list` stopped at its time limit as apply_nft reads before its write
+    (ToolTimedOut without maybe_applied: no `nft -f` ran, nothing of it went in). The
+    run fails with it (exit 3), but its nftables sightings were left out of the save,
+    as a refused write's were before e3606f4: every dead container's rules waited
+    --min-age afresh, and such a node failed one run in each --min-age, exit 0 between.
+    An iptables family whose tool hung that way keeps its sightings; so do they now."""
+    from portmapctl.errors import ToolTimedOut
+    from portmapctl.ops.gc import nft as gc_nft
+    from portmapctl.ops.gc import state as gc_state
+
+    class HangingRead(MemoryNft):
+        hang = False
+
+        def read(self, families=(4, 6)):
+            if self.hang:
+                raise ToolTimedOut("nft did not answer within 120 s and was stopped")
+            return super().read(families)
+
+    applying = gc_nft.apply_nft
+
+    def hang_then_apply(*args, **kwargs):
+        fake.hang = True  # (the plan is made: the read before the write hangs)
+        return applying(*args, **kwargs)
+
+    run_dir = str(tmp_path / "run")
+    namespace = gc_state.namespace_key(None)
+    empty = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
+    tables = {f: parse_save(empty, f) for f in (4, 6)}
+    fake = HangingRead(nftcases.live("v191-several"))
+    node = Node(NodeOptions(cache_dirs=("/nonexistent",)), MemoryBackend(tables), fake)
+    options = gc_lib.GcOptions(min_age=600, flush_udp=False, state_dir=run_dir)
+    gc_lib.gc(node, gc_lib.Sources(keep=LIVE), options)  # sighted, nothing removed yet
+    sighted = gc_state.load(run_dir, namespace)[0]
+    assert {k for k in sighted if k.nft}
+    before = fake.read()
+    later = gc_state.clock() + 3600
+    monkeypatch.setattr(gc_state, "clock", lambda: later)
+    monkeypatch.setattr(gc_nft, "apply_nft", hang_then_apply)
+    with pytest.raises(ToolTimedOut, match="did not answer"):
+        gc_lib.gc(node, gc_lib.Sources(keep=LIVE), options)
+    fake.hang = False
+    assert fake.read() == before
+    assert gc_state.load(run_dir, namespace)[0] == sighted

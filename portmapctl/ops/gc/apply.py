@@ -274,6 +274,10 @@ def _apply_gc_to(
             # rules' sightings are forgotten, since the write may have gone in.
             failure = err
             nft_went.clear()
+            if not err.maybe_applied:
+                # Hung before any write (its read): nothing went, as a refusal above.
+                # Dropped, every dead container's rules waited --min-age afresh.
+                nft_unapplied = planned.nft
         if nft_done is not None:
             nft_removed, nft_pending = nft_done.removed, nft_done.pending
             if not options.dry_run:
