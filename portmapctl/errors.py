@@ -30,11 +30,18 @@ class ToolTimedOut(HostProblem):
     ApplyFailed on purpose: no retry loop tries it again, since each try would wait as
     long (an unattended add waited the timeout four times, check --repair six): the
     first one ends the command. `maybe_applied`: it was writing, and its transaction
-    may have gone in (whole: the kernel takes it in one commit)."""
+    may have gone in (whole: the kernel takes it in one commit). `stopped`: the line
+    without its advice for that ("may have gone in ...: run again to see"), for a read
+    after it that settles whether it did (gc's HungWentIn, NftHungWentIn)."""
 
-    def __init__(self, message: str = "", maybe_applied: bool = False) -> None:
+    def __init__(self, message: str = "", maybe_applied: bool = False, stopped: str = "") -> None:
         super().__init__(message)
         self.maybe_applied = maybe_applied
+        self.stopped = stopped or message
+
+
+# What a writing tool stopped at its time limit adds to its line (ToolTimedOut.stopped).
+MAY_HAVE_GONE_IN = "its transaction may have gone in (whole, never half): run again to see"
 
 
 class ApplyFailed(PortmapctlError):

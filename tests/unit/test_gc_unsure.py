@@ -436,3 +436,47 @@ def test_the_nftables_sightings_stay_when_its_read_hangs_before_any_write(
     fake.hang = False
     assert fake.read() == before
     assert gc_state.load(run_dir, namespace)[0] == sighted
+
+
+def test_a_hung_write_that_went_in_says_so_and_not_run_again_to_see(monkeypatch):
+    """A write stopped at its time limit says "its transaction may have gone in (whole,
+    never half): run again to see"; gc then reads again, and when it went in its line
+    (HungWentIn, NftHungWentIn) said both: "... may have gone in ...: run again to see;
+    read again, none of the 2 chains it removes is left: it went in", advice to run
+    again for what the line then settles (the run after finds nothing to remove). The
+    errors as the real iptables-restore and nft timeouts make them."""
+    import subprocess
+    import types
+
+    from portmapctl.errors import ToolTimedOut
+    from portmapctl.iptables.access import restore
+    from portmapctl.nftables.access import nft as nft_access
+    from portmapctl.ops.gc import nft as gc_nft
+    from portmapctl.ops.gc.converge import HungWentIn
+
+    def hung(*args, **kwargs):
+        raise subprocess.TimeoutExpired("nft", 120)
+
+    monkeypatch.setattr(nft_access.RealNft, "_ready", lambda self: None)
+    monkeypatch.setattr(nft_access.RealNft, "binary", lambda self: "nft")
+    monkeypatch.setattr(nft_access.subprocess, "run", hung)
+    with pytest.raises(ToolTimedOut) as nft_hung:
+        nft_access.RealNft().apply(_OneOp())
+    plan = types.SimpleNamespace(removed=("a", "b"))
+    for line in (
+        str(HungWentIn(restore._timed_out("iptables-legacy-restore", writing=True), plan)),
+        str(gc_nft.NftHungWentIn(nft_hung.value, plan)),
+    ):
+        assert line.count("went in") == 1 and line.endswith("it went in"), line
+        assert "run again to see" not in line and "may have gone in" not in line, line
+        assert "did not finish within" in line and "was stopped" in line, line
+
+
+class _OneOp:
+    """A transaction that is not empty, rendered as one line (RealNft.apply writes it)."""
+
+    def __bool__(self) -> bool:
+        return True
+
+    def render(self) -> str:
+        return "delete rule ip cni_hostport hostports handle 7\n"

@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 from portmapctl.core.backend import Flavour, IptablesAccess
 from portmapctl.errors import (
+    MAY_HAVE_GONE_IN,
     ApplyFailed,
     BadInput,
     HostProblem,
@@ -443,12 +444,11 @@ def _parse(text: str, family: int, binary: str) -> NatTable:
 
 def _timed_out(binary: str, writing: bool = False) -> ToolTimedOut:
     if writing:
-        return ToolTimedOut(
+        stopped = (
             f"{binary} did not finish within {tool_timeout():g} s and was stopped"
-            " (is the xtables lock or the kernel stuck?); its transaction may have gone in"
-            " (whole, never half): run again to see",
-            maybe_applied=True,
+            " (is the xtables lock or the kernel stuck?)"
         )
+        return ToolTimedOut(f"{stopped}; {MAY_HAVE_GONE_IN}", maybe_applied=True, stopped=stopped)
     return ToolTimedOut(
         f"{binary} did not answer within {tool_timeout():g} s and was stopped"
         " (is the xtables lock or the kernel stuck?)"

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Callable, Iterable, List, NamedTuple, Optional, Tuple
 
-from portmapctl.errors import HostProblem, ToolTimedOut, killed, signal_name
+from portmapctl.errors import MAY_HAVE_GONE_IN, HostProblem, ToolTimedOut, killed, signal_name
 from portmapctl.host.paths import find_tool
 from portmapctl.nftables import FAMILY_NAMES, TABLE
 from portmapctl.nftables.access import NftApplyFailed, NftUnusable
@@ -383,10 +383,9 @@ class RealNft:
         except subprocess.TimeoutExpired:
             # Not an NftApplyFailed: converge_nft would run it again, each try waiting
             # as long (as iptables-restore's ToolTimedOut); the first ends the command.
+            stopped = f"nft -f did not finish within {TIMEOUT_SECONDS:g} s and was stopped"
             raise ToolTimedOut(
-                f"nft -f did not finish within {TIMEOUT_SECONDS:g} s and was stopped; its"
-                " transaction may have gone in (whole, never half): run again to see",
-                maybe_applied=True,
+                f"{stopped}; {MAY_HAVE_GONE_IN}", maybe_applied=True, stopped=stopped
             ) from None
         if proc.returncode < 0:
             # Not a refusal: maybe it went in (whole); the caller reads again.

@@ -94,8 +94,10 @@ class HungWentIn(ToolTimedOut):
     def __init__(self, err: ToolTimedOut, plan: FamilyPlan) -> None:
         count = len(plan.removed)
         super().__init__(
-            f"{err}; read again, none of the {count} chain{'s' if count != 1 else ''} it"
-            " removes is left: it went in",
+            # (err.stopped: not its "may have gone in ...: run again to see", which
+            # the read settles; the run after would find nothing to remove)
+            f"{err.stopped}; read again, none of the {count} chain{'s' if count != 1 else ''}"
+            " it removes is left: it went in",
             maybe_applied=True,
         )
         self.plan = plan

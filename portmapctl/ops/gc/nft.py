@@ -328,7 +328,7 @@ class NftHungWentIn(ToolTimedOut):
 
     def __init__(self, err: ToolTimedOut, plan: NftPlan) -> None:
         super().__init__(
-            f"{err}; read again, none of the rules it deletes is left: it went in",
+            f"{err.stopped}; read again, none of the rules it deletes is left: it went in",
             maybe_applied=True,
         )
         self.plan = plan
