@@ -22,6 +22,7 @@ from typing import (
 
 from portmapctl.core.backend import Backend as PluginBackend
 from portmapctl.core.backend import IptablesAccess
+from portmapctl.core.patterns import lazy
 from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError, found_in
 from portmapctl.host import lock, netns, paths
 from portmapctl.host.netns import NamespaceView
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
 APPLY_TRIES = 3
+_NOTHING_CHANGED = "nothing changed"
+# How the tools' lines say it (restore.py: "refused the transaction, nothing changed: ",
+# iptc: "... for 5 s: nothing changed"), taken out where a failed converge says it.
+_SAID_UNCHANGED = lazy(r"[,:] nothing changed(?=:|$)")
 
 
 class HoldsTransaction(Protocol):
@@ -438,10 +443,15 @@ class Node:
         outcome = (
             "the last try may have been applied (whole): run again to see"
             if error is not None and error.maybe_applied
-            else "nothing changed"
+            else _NOTHING_CHANGED
         )
+        said = str(error)
+        if outcome == _NOTHING_CHANGED:
+            # The tool's line says it too ("... refused the transaction, nothing changed:
+            # ..."): said once, where gc's lines for a refused chain carry it.
+            said = _SAID_UNCHANGED.sub("", said, count=1)
         raise ApplyFailed(
-            f"gave up after {APPLY_TRIES} tries, {outcome}: {error}",
+            f"gave up after {APPLY_TRIES} tries, {outcome}: {said}",
             maybe_applied=error is not None and error.maybe_applied,
             busy=error is not None and error.busy,
         )

@@ -480,3 +480,40 @@ class _OneOp:
 
     def render(self) -> str:
         return "delete rule ip cni_hostport hostports handle 7\n"
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "/usr/sbin/iptables-legacy-restore refused the transaction, nothing changed:"
+        " iptables-restore: line 5 failed",
+        "/usr/sbin/iptables-legacy-restore gave up waiting 1 s for the xtables lock (another"
+        " program holds it), nothing changed: Can't lock /run/xtables.lock: Resource"
+        " temporarily unavailable",
+        "another program held the xtables lock (/run/xtables.lock) for 5 s: nothing changed",
+    ],
+    ids=["refused", "busy-lock", "iptc-busy-lock"],
+)
+def test_a_removal_given_up_on_says_nothing_changed_once(said):
+    """A write refused at every try ended in "gave up after 3 tries, nothing changed:
+    /usr/sbin/iptables-legacy-restore refused the transaction, nothing changed: ...",
+    the words twice in one line: gc's line for a chain iptables refused tried alone
+    (cli/gc._refused) and for a halving a busy lock stopped (Settled.stopped) carry it.
+    The tools' own words, as restore.py and iptc say them."""
+
+    class Refusing(MemoryBackend):
+        def apply(self, txn: Transaction) -> None:
+            raise ApplyFailed(said, busy="lock" in said)
+
+    def plan(table: NatTable) -> Transaction:
+        txn = Transaction(4)
+        txn.new_chain("CNI-DN-x")
+        return txn
+
+    node = Node(NodeOptions(), Refusing(example_tables()))
+    with pytest.raises(ApplyFailed) as given_up:
+        node.converge(4, plan)
+    line = str(given_up.value)
+    assert line.startswith("gave up after 3 tries, nothing changed: "), line
+    assert line.count("nothing changed") == 1, line
+    assert said.split(",")[0].split(":")[0] in line, line  # (the tool's words kept)
