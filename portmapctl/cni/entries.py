@@ -99,7 +99,11 @@ class UnreadCache(NamedTuple):
 
     def warning(self, read: Sequence[str]) -> str:
         """The one line every command says of it. `read`: the directories read."""
-        given = " ".join(f"--cni-cache-dir {d}" for d in (*read, self.cache_dir))
+        import shlex  # (only where such a cache is found: add's path does not)
+
+        # Quoted as the cache note's command spells them (ops/node.py): pasted, a
+        # directory with a space in it must stay one option's value.
+        given = " ".join(f"--cni-cache-dir {shlex.quote(d)}" for d in (*read, self.cache_dir))
         count = len(self.names)
         return (
             f"{os.path.join(self.cache_dir, 'results')} holds {count} CNI cache"

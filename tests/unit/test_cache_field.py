@@ -1287,3 +1287,25 @@ def test_a_runtime_cache_below_is_counted_by_its_entries_not_its_names(tmp_path)
     assert unread.names == ("cbr0-d0d0d0d0-eth0",)
     assert "holds 1 CNI cache entry not read here" in unread.warning([str(tmp_path)])
     assert "d0d0d0d0" in held_ids([str(tmp_path)])
+
+
+def test_the_options_an_unread_runtime_cache_warning_gives_paste_as_they_read(tmp_path):
+    """The warning of a runtime cache below the one read ends "give --cni-cache-dir D
+    --cni-cache-dir D/cache" for the operator to paste; with a space in D (a data disk
+    mounted as "/mnt/node data") it gave `--cni-cache-dir /mnt/node data/cni ...`,
+    which a shell splits into other options and a stray argument (the command the
+    cache note spells, ops/node.py, quotes them). So does gc's refusal hint."""
+    import shlex
+
+    from portmapctl.cni.entries import unread_caches
+    from portmapctl.ops.gc.liveness import _unread_hint
+
+    spaced = tmp_path / "node data"
+    write(spaced / "results", "mynet-abc123-eth0", entry())
+    write(spaced / "cache" / "results", "cbr0-d0d0d0d0-eth0", entry("cbr0", "d0d0d0d0"))
+    (unread,) = unread_caches([str(spaced)])
+    given = unread.warning([str(spaced)]).rpartition("; give ")[2]
+    assert shlex.split(given) == ["--cni-cache-dir", str(spaced),
+                                  "--cni-cache-dir", str(spaced / "cache")]  # fmt: skip
+    hint = _unread_hint([str(spaced)])
+    assert hint.endswith(f" cache: give --cni-cache-dir {shlex.quote(str(spaced / 'cache'))})")

@@ -118,11 +118,13 @@ def held_ids(cache_dirs: Sequence[str]) -> FrozenSet[str]:
 
 def _unread_hint(cache_dirs: Sequence[str]) -> str:
     """For a refusal: the runtime caches below `cache_dirs` that would have said."""
+    import shlex
+
     from portmapctl.cni.entries import unread_caches
 
     return "".join(
         f" ({os.path.join(u.cache_dir, 'results')} holds {len(u.names)}, {u.runtime}"
-        f" cache: give --cni-cache-dir {u.cache_dir})"
+        f" cache: give --cni-cache-dir {shlex.quote(u.cache_dir)})"
         for u in unread_caches(cache_dirs)
     )
 
