@@ -964,3 +964,19 @@ def test_the_fix_of_one_mapping_checked_in_a_dump_is_a_repair_that_runs(tmp_path
         [problem] = validated("check", done.stdout)["problems"]
         assert problem["kind"] == "missing-chain"
         assert shlex.split(problem["fix"]) == ["portmapctl", "check", *mapping, "--repair"]
+
+
+def test_every_key_of_each_json_schema_is_in_docs_json_md():
+    """docs/json.md is where a script's author reads what each command's document
+    holds: gc's `refused` (the chains iptables refused, each tried alone, with `why`:
+    the run exits 1 and still prints its document) was in docs/schema/gc.json and in
+    the output, and not in json.md's gc table, whose Errors section said to read stdout
+    only on exit 0 (or 1 for check)."""
+    text = (ROOT / "docs" / "json.md").read_text()
+    sections = dict(re.findall(r"^## (\S+)\n(.*?)(?=^## |\Z)", text, re.M | re.S))
+    for command in ("list", "add", "check", "gc", "flush-udp"):
+        schema = json.loads((ROOT / "docs" / "schema" / f"{command}.json").read_text())
+        common = ("schema", "cache")  # (Schema 2's section says them for every command)
+        missing = [k for k in schema["properties"] if k not in common
+                   and f"`{k}`" not in sections[command]]  # fmt: skip
+        assert not missing, (command, missing)
