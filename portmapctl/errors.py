@@ -42,6 +42,8 @@ class ToolTimedOut(HostProblem):
 
 # What a writing tool stopped at its time limit adds to its line (ToolTimedOut.stopped).
 MAY_HAVE_GONE_IN = "its transaction may have gone in (whole, never half): run again to see"
+# What replaces it once a read after it found what it removes still there (gc).
+NOT_GONE_IN = "read again, what it removes is still there: it did not go in"
 
 
 class ApplyFailed(PortmapctlError):

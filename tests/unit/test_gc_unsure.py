@@ -517,3 +517,37 @@ def test_a_removal_given_up_on_says_nothing_changed_once(said):
     assert line.startswith("gave up after 3 tries, nothing changed: "), line
     assert line.count("nothing changed") == 1, line
     assert said.split(",")[0].split(":")[0] in line, line  # (the tool's words kept)
+
+
+def test_a_hung_write_that_did_not_go_in_says_so_and_not_that_it_may_have(tmp_path, flushed):
+    """A write stopped at its time limit before its commit: gc reads again (HungWentIn's
+    read), finds what it removes all still there, and so knows it did not go in; its
+    line still said "its transaction may have gone in (whole, never half): run again to
+    see" (and, in a halving, beside "not removed: <the same chains>"). Now it says what
+    the read found. iptables (restore's timeout error) and nftables (RealNft.apply's)."""
+    from portmapctl.errors import ToolTimedOut
+    from portmapctl.iptables.access import restore
+
+    class HungBefore(MemoryBackend):
+        def apply(self, txn: Transaction) -> None:
+            raise restore._timed_out("iptables-legacy-restore", writing=True)
+
+    class HungNftBefore(MemoryNft):
+        def apply(self, txn) -> None:
+            if txn:
+                raise ToolTimedOut("nft -f did not finish within 120 s and was stopped; its"
+                                   " transaction may have gone in (whole, never half): run"
+                                   " again to see", maybe_applied=True,
+                                   stopped="nft -f did not finish within 120 s and was stopped")  # fmt: skip
+            super().apply(txn)
+
+    lines = []
+    with pytest.raises(ToolTimedOut) as hung:
+        run_gc(HungBefore(example_tables()), tmp_path)
+    lines.append(str(hung.value))
+    with pytest.raises(ToolTimedOut) as hung:
+        run_nft_gc(HungNftBefore(nftcases.live("v191-several")), tmp_path)
+    lines.append(str(hung.value))
+    for line in lines:
+        assert "did not finish within" in line and "it did not go in" in line, line
+        assert "may have gone in" not in line and "went in" not in line, line
