@@ -551,3 +551,27 @@ def test_a_hung_write_that_did_not_go_in_says_so_and_not_that_it_may_have(tmp_pa
     for line in lines:
         assert "did not finish within" in line and "it did not go in" in line, line
         assert "may have gone in" not in line and "went in" not in line, line
+
+
+def test_a_halving_stopped_names_each_chain_it_left_once():
+    """A halving whose read after its groups hung (tests/kernel/test_legacy_nodes.py's
+    after-the-groups) left gone1, refused tried alone: its line named it twice, "not
+    removed: CNI-DN-e48e... (container gone1); iptables refused CNI-DN-e48e...
+    (container gone1) tried alone". Each chain left is named once: the untried as not
+    removed, a refused one with its refusal."""
+    import types
+
+    from portmapctl.errors import ToolTimedOut
+    from portmapctl.ops.gc.converge import Settled
+    from portmapctl.ops.gc.result import GcChain, Refused
+
+    refused = GcChain("CNI-DN-e48e31feea1c58a50531a", 4, "dnat", "mynet", "gone1", (), 0.0)
+    untried = GcChain("CNI-DN-ce1fc0344378fc3dcfb34", 4, "dnat", "mynet", "gone3", (), 0.0)
+    plan = types.SimpleNamespace(removed=("a", "b"))
+    stop = ToolTimedOut("iptables-legacy-save did not answer within 3 s and was stopped")
+    for left in ((), (untried,)):
+        line = str(Settled(plan, [Refused(refused, "line 5 failed")], stop, left).stopped())
+        assert line.count(refused.chain) == 1, line
+        assert f"iptables refused {refused.chain} (container gone1) tried alone" in line, line
+        assert ("not removed" in line) == bool(left) and line.count(untried.chain) == len(left)
+        assert "2 removed" in line, line

@@ -135,7 +135,9 @@ class Settled(NamedTuple):
         exit 3, as anywhere in gc; a busy lock exit 1), and what it left. Not "refused
         by iptables": the chains it left were never tried alone."""
         assert self.stop is not None
-        left = [*self.untried, *(r.chain for r in self.refused)]
+        # Each chain left named once: a refused one by its refusal (it was named twice,
+        # "not removed: X; iptables refused X tried alone"), the others as not removed.
+        left = self.untried
         line = (
             f"{self.stop} (trying the chains of a removal iptables refused whole in"
             f" smaller groups: {len(self.plan.removed) if self.plan else 0} removed"
