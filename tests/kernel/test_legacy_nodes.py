@@ -854,7 +854,7 @@ def test_a_hung_read_while_a_refused_removal_is_halved_still_flushes_what_went_i
     assert gone["gone1"] in saved and chain_name("mynet", "other1") in saved
     assert chain_name("mynet", "six1") not in rp.save(host_ns, 6, "legacy")
     assert_error(done, 3, "IPv4: ", "did not answer within 3 s", f"{removed} removed",
-                 gone["gone1"], "IPv6 was applied ahead of it: 1 chains removed")  # fmt: skip
+                 gone["gone1"], "IPv6 was applied ahead of it: 1 chain removed")  # fmt: skip
     [line] = done.stderr.splitlines()
     assert "refused the removal of" not in line, line
     flows = subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-L", "-p", "udp"],

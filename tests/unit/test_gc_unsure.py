@@ -575,3 +575,24 @@ def test_a_halving_stopped_names_each_chain_it_left_once():
         assert f"iptables refused {refused.chain} (container gone1) tried alone" in line, line
         assert ("not removed" in line) == bool(left) and line.count(untried.chain) == len(left)
         assert "2 removed" in line, line
+
+
+def test_a_family_failing_after_another_counts_one_chain_as_one():
+    """The family applied ahead or before a failing one is counted in the failure's
+    line: with one chain it said "(IPv6 was applied ahead of it: 1 chains removed)"
+    (tests/kernel/test_legacy_nodes.py's dual-stack halving, its stderr printed)."""
+    import types
+
+    from portmapctl.errors import ToolTimedOut
+    from portmapctl.ops.gc.apply import _family_failure
+
+    def plan(family: int, removed: int):
+        return types.SimpleNamespace(family=family, removed=("x",) * removed)
+
+    err = ToolTimedOut("iptables-legacy-save did not answer within 3 s and was stopped")
+    for planned_order, failing in (((6, 4), 4), ((4, 6), 4)):  # (earlier, ahead)
+        planned = types.SimpleNamespace(families=[plan(f, 0) for f in planned_order])
+        other = 10 - failing
+        for count, said in ((1, "1 chain removed"), (2, "2 chains removed")):
+            line = str(_family_failure(failing, err, [plan(other, count)], planned))
+            assert f"{said})" in line, line

@@ -49,9 +49,9 @@ def _family_failure(
     ahead = [p for p in plans if p.family not in earlier and p.family != family]
     line = (
         f"IPv{family}: {err}"
-        + (f" (earlier families: {before} chains removed)" if before else "")
+        + (f" (earlier families: {_chains(before)} removed)" if before else "")
         + "".join(
-            f" (IPv{p.family} was applied ahead of it: {len(p.removed)} chains removed)"
+            f" (IPv{p.family} was applied ahead of it: {_chains(len(p.removed))} removed)"
             for p in ahead
             if p.removed
         )
@@ -59,6 +59,10 @@ def _family_failure(
     if isinstance(err, ToolTimedOut):
         return ToolTimedOut(line, maybe_applied=err.maybe_applied)
     return ApplyFailed(line)
+
+
+def _chains(count: int) -> str:
+    return f"{count} chain{'' if count == 1 else 's'}"  # ("1 chains removed" before)
 
 
 # Called after each transaction with (chains removed so far, chains planned in all).
