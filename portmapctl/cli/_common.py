@@ -661,7 +661,10 @@ class Output(NamedTuple):
         # One line, on a terminal too (its own wrap is the terminal's): a warning that
         # names a command (`portmapctl list --iptables legacy`) must paste whole, and a
         # log's grep finds it whole.
-        sys.stderr.write(f"portmapctl: warning: {message_text(text)}\n")
+        # A line break too (message_text keeps it, for messages of several lines): a
+        # --cni-cache-dir holding one made a warning two lines, the second unprefixed.
+        line = message_text(text).replace("\n", "\\n")
+        sys.stderr.write(f"portmapctl: warning: {line}\n")
         if self.tally is not None:
             self.tally.said += 1
 

@@ -980,3 +980,25 @@ def test_every_key_of_each_json_schema_is_in_docs_json_md():
         missing = [k for k in schema["properties"] if k not in common
                    and f"`{k}`" not in sections[command]]  # fmt: skip
         assert not missing, (command, missing)
+
+
+def test_a_line_break_in_a_cache_directory_keeps_each_warning_one_line(tmp_path):
+    """A warning is one line (Output.warn: a log's grep finds it whole), its control
+    characters escaped; a line break was not: with --cni-cache-dir "D\\nE" holding an
+    empty results/ and a runtime's cache/ below it, "the CNI cache at D" / "E/results
+    is empty ..." and "D" / "E/cache/results holds 1 CNI cache entry not read here ..."
+    came out as two lines each, the second without `portmapctl: warning:`."""
+    from pmctl import run
+
+    odd = tmp_path / "n\nl"
+    (odd / "results").mkdir(parents=True)
+    below = odd / "cache" / "results"
+    below.mkdir(parents=True)
+    (below / "cbr0-d0d0d0d0-eth0").write_text(json.dumps({"kind": "cniCacheV1"}))
+    snapshot = str(ROOT / "tests" / "fixtures" / "basic.v4.save")
+    done = run(["list", "--snapshot", snapshot, "--cni-cache-dir", str(odd)])
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert any("not read here" in line for line in lines), done.stderr
+    assert all(line.startswith("portmapctl: warning: ") for line in lines), done.stderr
+    assert all("n\\nl" in line for line in lines), done.stderr
