@@ -596,3 +596,19 @@ def test_a_family_failing_after_another_counts_one_chain_as_one():
         for count, said in ((1, "1 chain removed"), (2, "2 chains removed")):
             line = str(_family_failure(failing, err, [plan(other, count)], planned))
             assert f"{said})" in line, line
+
+
+def test_a_hung_write_of_one_chain_that_went_in_reads_as_one():
+    """HungWentIn's line for a write removing one chain said "read again, none of the 1
+    chain it removes is left: it went in" (tests/kernel/test_legacy_nodes.py's halving,
+    hung after its commit)."""
+    import types
+
+    from portmapctl.iptables.access import restore
+    from portmapctl.ops.gc.converge import HungWentIn
+
+    hung = restore._timed_out("iptables-legacy-restore", writing=True)
+    one = str(HungWentIn(hung, types.SimpleNamespace(removed=("a",))))
+    assert "none of the 1" not in one and "the chain it removes is gone: it went in" in one, one
+    two = str(HungWentIn(hung, types.SimpleNamespace(removed=("a", "b"))))
+    assert "none of the 2 chains it removes is left: it went in" in two, two

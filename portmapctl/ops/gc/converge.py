@@ -101,11 +101,15 @@ class HungWentIn(ToolTimedOut):
 
     def __init__(self, err: ToolTimedOut, plan: FamilyPlan) -> None:
         count = len(plan.removed)
+        found = (
+            "the chain it removes is gone"  # ("none of the 1 chain ... is left" before)
+            if count == 1
+            else f"none of the {count} chains it removes is left"
+        )
         super().__init__(
             # (err.stopped: not its "may have gone in ...: run again to see", which
             # the read settles; the run after would find nothing to remove)
-            f"{err.stopped}; read again, none of the {count} chain{'s' if count != 1 else ''}"
-            " it removes is left: it went in",
+            f"{err.stopped}; read again, {found}: it went in",
             maybe_applied=True,
         )
         self.plan = plan
