@@ -39,6 +39,13 @@ class ToolTimedOut(HostProblem):
         self.maybe_applied = maybe_applied
         self.stopped = stopped or message
 
+    def not_gone_in(self) -> ToolTimedOut:
+        """This timeout once a read after it found what it removes still there: its line
+        says so instead of "may have gone in ...: run again to see" (gc's families and
+        its nftables write judge a hung write alike)."""
+        line = f"{self.stopped}; {NOT_GONE_IN}"
+        return ToolTimedOut(line, maybe_applied=self.maybe_applied, stopped=self.stopped)
+
 
 # What a writing tool stopped at its time limit adds to its line (ToolTimedOut.stopped).
 MAY_HAVE_GONE_IN = "its transaction may have gone in (whole, never half): run again to see"

@@ -11,7 +11,7 @@ import itertools
 from dataclasses import replace
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from portmapctl.errors import NOT_GONE_IN, ApplyFailed, PortmapctlError, ToolTimedOut
+from portmapctl.errors import ApplyFailed, PortmapctlError, ToolTimedOut
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.gc.family import FamilyPlan, settled
@@ -86,11 +86,7 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
                 raise
             # A chain it removes is left: the transaction (all or nothing) did not go
             # in, which its "may have gone in ...: run again to see" left open.
-            raise ToolTimedOut(
-                f"{err.stopped}; {NOT_GONE_IN}",
-                maybe_applied=err.maybe_applied,
-                stopped=err.stopped,
-            ) from None
+            raise err.not_gone_in() from None
         raise HungWentIn(err, went) from None
 
 

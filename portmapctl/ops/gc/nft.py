@@ -22,7 +22,7 @@ from typing import (
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.status import ChainKind
-from portmapctl.errors import NOT_GONE_IN, ApplyFailed, PortmapctlError, ToolTimedOut
+from portmapctl.errors import ApplyFailed, PortmapctlError, ToolTimedOut
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.liveness import (
     Sources,
@@ -319,11 +319,7 @@ def apply_nft(
             if not applied[-1].transaction.ops:
                 raise
             # A rule it deletes is left: not gone in (all or nothing), as for iptables.
-            raise ToolTimedOut(
-                f"{err.stopped}; {NOT_GONE_IN}",
-                maybe_applied=err.maybe_applied,
-                stopped=err.stopped,
-            ) from None
+            raise err.not_gone_in() from None
         raise NftHungWentIn(err, applied[-1]) from None
     return text, applied[-1]
 
