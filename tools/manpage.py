@@ -24,23 +24,30 @@ NAME = (
 )
 
 DESCRIPTION = [
-    "The CNI portmap plugin publishes container ports on a Linux node with iptables"
-    " NAT rules: per container a chain CNI-DN-<hash> in the nat table (IPv4 and IPv6),"
-    " entered from the shared chain CNI-HOSTPORT-DNAT, plus the marking and masquerade"
-    " chains CNI-HOSTPORT-SETMARK and CNI-HOSTPORT-MASQ; plugins from before 2018 also"
-    " left CNI-SN-<hash> chains. UDP flows keep following an old DNAT destination in"
-    " conntrack until they go idle.",
+    "The CNI portmap plugin publishes container ports on a Linux node with NAT rules."
+    " On its iptables backend (the default): per container a chain CNI-DN-<hash> in"
+    " the nat table (IPv4 and IPv6), entered from the shared chain CNI-HOSTPORT-DNAT,"
+    " plus the marking and masquerade chains CNI-HOSTPORT-SETMARK and"
+    " CNI-HOSTPORT-MASQ; plugins from before 2018 also left CNI-SN-<hash> chains. On"
+    ' its nftables backend (v1.6 on, "backend": "nftables" in its config): the tables'
+    " ip cni_hostport and ip6 cni_hostport, one DNAT rule per mapping and masquerade"
+    " rules, each commented with the bare container ID. UDP flows keep following an"
+    " old DNAT destination in conntrack until they go idle.",
     "portmapctl lists that state (list), creates it exactly as the plugin does (add),"
     " verifies and repairs it against the CNI cache (check), removes what dead"
     " containers left behind (gc) and deletes UDP conntrack entries that misroute"
-    " (flush-udp).",
+    " (flush-udp). --backend auto (the default) reads both backends and follows each"
+    " container to the one the plugin uses for it.",
     "Each address family is read with one iptables-save and changed with one atomic"
     " iptables-restore --noflush transaction, waiting for the xtables lock (gc's"
-    " removal on nf_tables: one nf_tables batch that the kernel refuses whole when the"
-    " ruleset changed since it was read). Only the"
-    " CNI-HOSTPORT-*, CNI-DN-* and CNI-SN-* chains and the rules that jump to them are"
-    " ever written. Runs that change a node serialise on a lock file. Every value given"
-    " on the command line or read from a file is validated before anything is written.",
+    " removal and add's write of a new container on nf_tables: one nf_tables batch that"
+    " the kernel refuses whole when the ruleset changed since it was read); the"
+    " nftables backend is read with nft -j list and changed with one nft -f transaction"
+    " for both families. Only the CNI-HOSTPORT-*, CNI-DN-* and CNI-SN-* chains and the"
+    " rules that jump to them, and the cni_hostport tables and the plugin's rules in"
+    " them, are ever written. Runs that change a node serialise on a lock file. Every"
+    " value given on the command line or read from a file is validated before"
+    " anything is written.",
     "Options go after the command, as in portmapctl list -o json. With -o json a command"
     " prints one JSON document on standard output and its messages on standard error."
     " Colour is used only on a terminal, and not with --no-color or NO_COLOR.",
@@ -176,6 +183,7 @@ SEE_ALSO = [
     ("iptables-save", "8"),
     ("iptables-restore", "8"),
     ("iptables", "8"),
+    ("nft", "8"),
     ("conntrack", "8"),
     ("ip-netns", "8"),
 ]

@@ -110,6 +110,20 @@ def test_the_man_page_names_every_variable_the_docs_name():
         assert f"\\fB{manpage.esc(name)}\\fR" in man, name
 
 
+def test_the_man_page_describes_both_of_the_plugins_backends():
+    """Its DESCRIPTION spoke of the plugin's iptables chains alone, and said only the
+    CNI-* chains "are ever written", while add, check --repair and gc write the
+    plugin's nftables backend too (core.backend.Backend): each backend is named there,
+    with what portmapctl reads and writes of it, and nft is in SEE ALSO."""
+    from portmapctl.core.backend import Backend
+
+    description = " ".join(manpage.DESCRIPTION)
+    for backend in Backend:
+        assert f"{backend} backend" in description, backend
+    assert "cni_hostport" in description and "nft -f" in description
+    assert ("nft", "8") in manpage.SEE_ALSO
+
+
 class Level(str, Enum):
     low = "low"
     high = "high"
