@@ -68,7 +68,19 @@ EXIT_STATUS = [
     (
         "3",
         "Environment: not root where root is needed, no usable iptables, the namespace"
-        " was not found, or the backend cannot be used on this host.",
+        " was not found, or the backend cannot be used on this host; a nat table that"
+        " cannot be read, an iptables tool or nft that did not answer within its"
+        " timeout, the lock held by another run for over 60 s, output that could not"
+        " be written (a full disk); and an internal error (portmapctl: internal error:"
+        " ...), never 1, which check means as problems found.",
+    ),
+    ("130", "Interrupted (Ctrl-C): one line, portmapctl: aborted."),
+    (
+        "143",
+        "Stopped by SIGTERM: one line, portmapctl: terminated, then the process ends by"
+        " SIGTERM itself (shells and Kubernetes show 143; a systemd unit counts it a"
+        " success only with SuccessExitStatus=SIGTERM, as the units in deploy/systemd"
+        " have). No transaction is half-applied.",
     ),
 ]
 

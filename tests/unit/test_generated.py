@@ -124,6 +124,23 @@ def test_the_man_page_describes_both_of_the_plugins_backends():
     assert ("nft", "8") in manpage.SEE_ALSO
 
 
+def test_the_man_pages_exit_status_has_every_exit_code_the_program_ends_with():
+    """Its EXIT STATUS listed 0-3 alone: not Ctrl-C's 130 nor the end by SIGTERM (143
+    in a shell), and its 3 said nothing of an internal error, which is 3 (never 1, which
+    a unit's SuccessExitStatus=1 takes for check's problems found)."""
+    import signal
+
+    from portmapctl import entry, errors
+
+    listed = {int(code) for code, _ in manpage.EXIT_STATUS}
+    ends = {0, errors.ApplyFailed.exit_code, errors.BadInput.exit_code}
+    ends |= {errors.HostProblem.exit_code, entry.INTERRUPTED_EXIT, 128 + signal.SIGTERM}
+    assert ends <= listed, sorted(ends - listed)
+    meaning = dict(manpage.EXIT_STATUS)
+    assert "internal error" in meaning[str(errors.HostProblem.exit_code)]
+    assert "SIGTERM" in meaning[str(128 + signal.SIGTERM)]
+
+
 class Level(str, Enum):
     low = "low"
     high = "high"
