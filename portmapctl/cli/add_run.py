@@ -363,18 +363,19 @@ def _report(
     chain = "nftables rules" if config.backend == Backend.NFTABLES else dnat_chain_name(config)
     who = f"{config.network}/{render.short_id(config.container_id, out.no_trunc)}"
     are = "are" if config.backend == Backend.NFTABLES else "is"
+    # A chain add found (read, not written blind) and writes to this config's ports: a
+    # dry run says what the same add for real would print.
+    had = config.backend != Backend.NFTABLES and any(
+        table.has_chain(chain) for table in result.seen.values()
+    )
     if dry_run:
         if result.transactions:
             out.show_text(render.transactions_text(result.transactions, result.tools))
-            out.summary(f"would add {chain} ({who}) (dry run)")
+            out.summary(f"would {'rewrite' if had else 'add'} {chain} ({who}) (dry run)")
         else:
             out.summary(f"unchanged: {chain} ({who}) {are} already in place (dry run)")
         return
     if result.changed:
-        # A chain add found (read, not written blind) and wrote to this config's ports.
-        had = config.backend != Backend.NFTABLES and any(
-            table.has_chain(chain) for table in result.seen.values()
-        )
         out.summary(f"{'rewrote' if had else 'added'} {chain} ({who})")
     else:
         out.summary(f"unchanged: {chain} ({who}) {are} already in place")

@@ -102,6 +102,23 @@ def test_quiet_and_stdout_for_add_gc_and_flush_udp(node: Node_):
     assert gc.stderr == ""
 
 
+def test_a_dry_run_of_a_rewrite_says_it_would_rewrite(node: Node_):
+    """add --dry-run over a container's chain that holds other ports said `would add
+    CNI-DN-... (n1/c1) (dry run)`, where the same add for real says `rewrote`: the dry
+    run names what the real run would print, and changes nothing."""
+    add = ["add", *common(node), "--network", "n1", "--container", "c1"]
+    add += ["--ip", "10.88.0.21/16"]
+    assert run([*add, "-p", "5300:53/udp", "--dry-run", "-q"]).stdout.startswith("would add ")
+    assert run([*add, "-p", "5300:53/udp", "-q"]).stdout.startswith("added ")
+    before = node.lines(4)
+    dry = run([*add, "-p", "5301:53/udp", "--dry-run", "-q"])
+    assert dry.returncode == 0, dry.stderr
+    want = rf"would rewrite {chain_name('n1', 'c1')} \(n1/c1\) \(dry run\)\n"
+    assert re.fullmatch(want, dry.stdout), dry.stdout
+    assert node.lines(4) == before
+    assert run([*add, "-p", "5301:53/udp", "-q"]).stdout.startswith("rewrote ")
+
+
 def test_gc_json_validates_with_pending_and_removed(node: Node_):
     node.add("gcnet", "a1", ["10.88.0.11/16", "fd00::11/64"], _ports("8080/tcp", "53/udp"))
     node.add("gcnet", "b1", ["10.88.0.12/16"], _ports("8081/tcp"), cache=False)
