@@ -45,7 +45,7 @@ Examples:
 
 \b
   portmapctl add --network mynet --container abc123 --ip 10.88.0.5/16 \\
-      --ip fd00::5/64 -p 127.0.0.1:9090:90/tcp -p [::1]:9091:91 --dry-run
+      --ip fd00::5/64 -p 127.0.0.1:9090:90/tcp -p '[::1]:9091:91' --dry-run
 
 \b
   portmapctl add --container abc123 --cni-config portmap.json

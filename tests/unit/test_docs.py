@@ -144,3 +144,38 @@ def test_a_quiet_example_shows_its_summary_line(page):
         if example.argv and ({"-q", "--quiet"} & set(example.argv)):
             where = f"{page.relative_to(ROOT)}:{example.line}: {' '.join(example.words)}"
             assert [line for line in example.shown if line.strip()], where
+
+
+def _unquoted_globs(command: str) -> List[str]:
+    """The words of a command line, as typed, that a shell would expand as a glob: `[`,
+    `]`, `*` or `?` outside quotes (`$?` is a parameter; a comment is no word)."""
+    command = re.sub(r"\s#.*$", "", command)
+    bare = re.sub(r"'[^']*'|\"[^\"]*\"|\$\?", "Q", command)
+    return [word for word in bare.split() if re.search(r"[\[\]*?]", word)]
+
+
+def test_example_commands_quote_what_a_shell_would_expand():
+    """`add --help`'s example (and so the man page's) gave `-p [::1]:9091:91` bare: zsh,
+    whose completion we ship, stops at it (`no matches found: [::1]:9091:91`), and bash
+    turns it into `-p 1:9091:91` where a file of that name is in the current directory.
+    Every example a reader copies, from --help, the man page or these pages, quotes
+    such a word, as add.md's `-p '[::1]:8082:80/tcp'` does."""
+    from tools import clidoc, manpage
+
+    found = []
+    for command in clidoc.read().commands:
+        for example in command.examples:
+            words = _unquoted_globs(example.replace("\\\n", " "))
+            found += [f"{command.name} --help: {word}" for word in words]
+    for _, commands in manpage.EXAMPLES_INTRO:
+        for example in commands:
+            found += [f"man page: {word}" for word in _unquoted_globs(example)]
+    for page in [*PAGES, ROOT / "README.md"]:
+        lines = page.read_text().splitlines()
+        for example in console_examples(page):
+            typed, number = lines[example.line - 1][2:], example.line
+            while typed.endswith("\\") and number < len(lines):
+                typed, number = typed[:-1] + " " + lines[number], number + 1
+            words = _unquoted_globs(typed)
+            found += [f"{page.relative_to(ROOT)}:{example.line}: {word}" for word in words]
+    assert found == []
