@@ -103,9 +103,12 @@ FILES = [
     ),
     (
         f"{DEFAULT_RUN_DIR}/",
-        "gc's state: when each chain that is not live was first seen, so that a chain"
-        " is removed only after --min-age (a chain of a container being added is not"
-        " live yet). Kept in /run, so it starts afresh after a reboot.",
+        "gc's state (gc-state.json): when each chain that is not live was first seen, so"
+        " that a chain is removed only after --min-age (a chain of a container being"
+        " added is not live yet). add's memos of what the node's tools said"
+        " (tool-answers.json: iptables --version; iptables-lines.v4.json and .v6: the"
+        " lines iptables printed for rules add reads over netlink), each used only while"
+        " the tool is the same file. Kept in /run, so it starts afresh after a reboot.",
     ),
     (
         f"{HOST_LOCAL_DATA_DIR}/",

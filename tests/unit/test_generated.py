@@ -21,6 +21,7 @@ import typer
 
 from portmapctl.cli import app
 from portmapctl.cli import list as list_cli
+from portmapctl.host.paths import DEFAULT_RUN_DIR
 from tools import clidoc, gendocs, manpage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,6 +140,19 @@ def test_the_man_pages_exit_status_has_every_exit_code_the_program_ends_with():
     meaning = dict(manpage.EXIT_STATUS)
     assert "internal error" in meaning[str(errors.HostProblem.exit_code)]
     assert "SIGTERM" in meaning[str(128 + signal.SIGTERM)]
+
+
+def test_the_man_pages_files_name_what_portmapctl_keeps_in_its_run_directory():
+    """FILES said /run/portmapctl/ held gc's state; add keeps its memos there too
+    (tool-answers.json, iptables-lines.v4.json and .v6), which an operator finds there
+    and the page did not name."""
+    from portmapctl.host import tool_memo
+    from portmapctl.iptables.access import nfnl_lines
+    from portmapctl.ops.gc.state import STATE_FILE
+
+    [run_dir] = [meaning for path, meaning in manpage.FILES if path == f"{DEFAULT_RUN_DIR}/"]
+    kept = [STATE_FILE, tool_memo.NAME, nfnl_lines.file_name(4)]
+    assert [name for name in kept if name not in run_dir] == []
 
 
 class Level(str, Enum):
