@@ -17,6 +17,7 @@ from typing import (
 )
 
 from portmapctl.core.text import cell_text
+from portmapctl.iptables.chains import is_plugin_chain
 from portmapctl.render.table import SHORT_ID, Piece, count, short_id, table, wrap
 
 if TYPE_CHECKING:
@@ -51,6 +52,15 @@ def _in_path(text: str, match: re.Match) -> bool:
     start = match.start()
     word_start = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start)) + 1
     return start > word_start and text[word_start] == "/"
+
+
+def _who(p: Problem, full_ids: bool, wide: bool) -> str:
+    """CONTAINER: the container's short ID; for a per-container chain of no known
+    container (an orphan no entry rule names), the chain's name, as gc's table has it:
+    else nothing in the row would say which chain (`-o wide` has its CHAIN column)."""
+    if p.container_id is None and not wide and p.chain and is_plugin_chain(p.chain):
+        return p.chain
+    return short_id(p.container_id, full_ids)
 
 
 def _shorten_ids(text: str, ids: AbstractSet[str]) -> str:
@@ -118,7 +128,7 @@ def check_text(
     details = []
     for p in problems:
         detail = p.detail if full_ids else _shorten_ids(p.detail, ids)
-        row = [str(p.kind), f"v{p.family}" if p.family else "-", short_id(p.container_id, full_ids)]
+        row = [str(p.kind), f"v{p.family}" if p.family else "-", _who(p, full_ids, wide)]
         if wide:
             row += [p.network or "-", p.chain or "-", detail]
             details.append([Piece(rule_cell(p.rules))])

@@ -570,3 +570,37 @@ def test_a_missing_chains_detail_names_each_ports_host_ip():
         "tcp/8080->[fd00:77::5]:80, tcp/[2001:db8::1]:8080->[fd00:77::5]:80"
     )
     assert _config_ports(config, 4) == "tcp/8080->10.88.0.5:80"
+
+
+def test_a_chain_of_no_known_container_is_named_in_the_table(tmp_path):
+    """A per-container chain no rule names (an orphan an admin or a DEL cut short left)
+    showed `-` under CONTAINER and "no CNI cache entry for an unknown container and
+    nothing enters it; it maps tcp/9999": at 80 columns (the chain is in `-o wide`
+    alone) nothing said which chain. As gc's table, CONTAINER names the chain then;
+    JSON keeps `container_id` null."""
+    orphan = "CNI-DN-0123456789abcdef01234"
+    dump = (
+        (EXAMPLES / "node.v4.save")
+        .read_text()
+        .replace(
+            "COMMIT\n",
+            f":{orphan} - [0:0]\n"
+            f"-A {orphan} -p tcp -m tcp --dport 9999 -j DNAT --to-destination 10.88.0.99:99\n"
+            "COMMIT\n",
+        )
+    )
+    (tmp_path / "v4.save").write_text(dump)
+    argv = ["check", "--snapshot", str(tmp_path / "v4.save")]
+    argv += ["--cni-cache-dir", str(EXAMPLES / "cni-cache")]
+    done = run(argv)
+    assert done.returncode == 1, done.stderr
+    [row] = [line for line in done.stdout.splitlines() if "tcp/9999" in line]
+    assert row.split()[:3] == ["stale", "v4", orphan], row
+    [problem] = [p for p in json.loads(run([*argv, "-o", "json"]).stdout)["problems"]
+                 if p["chain"] == orphan]  # fmt: skip
+    assert problem["container_id"] is None
+    # A problem of the node's shared chains (no container either) stays `-`.
+    (tmp_path / "empty.save").write_text(EMPTY_NAT)
+    flushed = run(["check", "--snapshot", str(tmp_path / "empty.save"), *argv[3:]])
+    rows = [line.split() for line in flushed.stdout.splitlines() if "missing-toplevel" in line]
+    assert rows and all(row[2] == "-" for row in rows if row[0] == "missing-toplevel"), rows
