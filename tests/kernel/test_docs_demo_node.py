@@ -169,3 +169,24 @@ def test_add_dry_run_on_a_fresh_node_prints_the_transaction_the_docs_show(host_n
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip("\n").split("\n") == example.shown, f"add.md:{example.line}"
+
+
+@pytest.mark.netns
+def test_readme_add_examples_on_a_fresh_node_print_what_the_readme_shows(host_ns, tmp_path):
+    """README.md's tour of add (no test ran it: the tour's other commands run on the
+    example node, tests/kernel/test_readme_tour.py): its three adds, in turn, on a
+    fresh node, print what the README shows (stdout and stderr, lines in any order),
+    but for the note of a node without a CNI cache, which a node with a runtime has."""
+    adds = [e for e in console_examples(ROOT / "README.md") if e.argv[:1] == ["add"]]
+    assert len(adds) == 3
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR")}
+    env.update(NO_COLOR="1", PYTHONPATH=str(ROOT), PORTMAPCTL_CNI_CACHE_DIR=str(tmp_path))
+    for example in adds:
+        done = subprocess.run(
+            ["ip", "netns", "exec", host_ns, sys.executable, "-m", "portmapctl", *example.argv],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        printed = (done.stderr + done.stdout).rstrip("\n").split("\n")
+        printed = [line for line in printed if "no CNI cache at" not in line]
+        assert sorted(printed) == sorted(example.shown), f"README.md:{example.line}"
