@@ -333,6 +333,9 @@ def check_healthy_line(result: CheckResult) -> str:
             f" no CNI cache to compare {'it' if one else 'them'} with"
         )
     if not result.mappings_checked and not result.chains_seen and not result.nft_seen:
+        if result.looked_at is not None:
+            # (The other backend holds them: "no cached port mappings" would be false.)
+            return f"healthy: no port mappings in {result.looked_at} ({where})"
         return f"healthy: no cached port mappings and no portmap chains ({where})"
     # What was compared: one chain per cached container and family, or under the
     # nftables backend that container's rules for the family.

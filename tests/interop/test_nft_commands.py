@@ -1970,6 +1970,39 @@ def test_list_narrowed_to_the_backend_the_plugin_does_not_use_says_where_the_map
     assert "not read here" not in done.stderr and "found" not in done.stdout
 
 
+@pytest.mark.parametrize("looked_at", ["iptables", "nftables"])
+def test_check_narrowed_to_the_backend_the_plugin_does_not_use_does_not_say_there_is_nothing(
+    node: str, tmp_path: Path, looked_at: str
+) -> None:
+    """`check --backend nftables` on a Debian 1.1.1 node with three cached containers
+    (and `--backend iptables` on a v1.9.1 nftables node) summed up "healthy: no cached
+    port mappings and no portmap chains (IPv4 and IPv6)", on stdout and as the JSON
+    summary, while the cache held them and the other backend their rules: only a warning
+    said so. As list's "no portmap chains found in <backend>", the summary names the
+    backend it read."""
+    if looked_at == "iptables":
+        _plugin_add(node, tmp_path, WEB)
+        held_in = "nftables"
+    else:
+        for i in range(3):
+            ips, ports = [f"10.88.0.{20 + i}/16"], [_pm(8100 + i, 80)]
+            ipt_conf = rp.plugin_conf("podman", ips, ports)
+            rp.run_plugin("ADD", node, f"ipt{i}", ipt_conf, check=True)
+            rp.write_cni_cache(tmp_path, "podman", f"ipt{i}", "eth0", ipt_conf, ports, ips)
+        held_in = "iptables"
+    text = _pmctl(node, tmp_path, "check", "--backend", looked_at)
+    doc = _pmctl(node, tmp_path, "check", "--backend", looked_at, "-o", "json")
+    assert text.returncode == doc.returncode == 0, text.stderr + doc.stderr
+    summary = json.loads(doc.stdout)["summary"]
+    assert text.stdout.splitlines() == [summary]
+    assert summary.startswith("healthy: ") and f"in {looked_at}" in summary, summary
+    assert "no cached port mappings and" not in summary, summary
+    assert f"the plugin's {held_in} holds" in text.stderr
+    # Where the backend read holds them, the summary is the usual one.
+    done = _pmctl(node, tmp_path, "check", "--backend", held_in)
+    assert done.returncode == 0 and done.stdout.startswith("healthy: all "), done.stdout
+
+
 def test_gc_shows_a_containers_host_ports_in_one_order_on_either_backend(
     node: str, twin: str, tmp_path: Path
 ) -> None:

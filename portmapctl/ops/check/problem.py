@@ -88,6 +88,9 @@ class CheckResult:
     # (container, family) rule sets in the plugin's nftables tables (node scope): what
     # chains_seen is of iptables.
     nft_seen: int = 0
+    # The backend --backend narrowed check to where the other one holds the plugin's
+    # mappings (flavour_guard.UnreadBackend): the summary names what it read.
+    looked_at: Optional[str] = None
 
     @property
     def healthy(self) -> bool:

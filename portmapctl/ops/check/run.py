@@ -214,13 +214,16 @@ def _check_node(
         notes.append(result_only)
     # A warning, as list and gc say theirs: one line, -q included (not a remark).
     elsewhere = _uncached_elsewhere(read, attachments)
+    looked_at: Optional[str] = None
     if node.options.backend is not None and not (found.mappings or found.chains or nft_rows):
         # Narrowed to the backend this node's plugin does not use: "healthy" alone
         # would pass a node whose other backend holds stale rules.
         from portmapctl.ops.flavour_guard import unread_backend
 
         unread = unread_backend(node)
-        elsewhere += [unread.warning("to check them")] if unread is not None else []
+        if unread is not None:
+            elsewhere.append(unread.warning("to check them"))
+            looked_at = unread.looked_at
     chains = sum(len(plugin_rules.per_container_chains(t)) for t in tables.values())
     undecided = inventory.undecided_note(found.chains)
     return CheckResult(
@@ -232,6 +235,7 @@ def _check_node(
         chains,
         nft_checked=nft_compared,
         nft_seen=len({(m.container_id, m.family) for m in nft_rows if m.family in tables}),
+        looked_at=looked_at,
         notes=tuple(notes),
         found=found,
         rows=tuple(node_rows(found.mappings, nft_rows, owners)),
