@@ -5,8 +5,9 @@
 - `converge`: read, plan, apply one `nft -f` transaction; when the tables changed
   underneath (the plugin ran: a handle is gone, a chain appeared), re-read and re-plan
   a few times, never force;
-- what gc would remove: per dead container ID, its rules, host ports and a fingerprint
-  (`--min-age` forgets a container whose rules changed).
+- what gc would remove: per dead container ID, its rules and host ports; the mark of
+  its rules in one family (`--min-age` forgets a container whose rules changed, or
+  were written again, but not one whose table a firewall reload made afresh).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from portmapctl.nftables.ruleset import (
     ActionKind,
     Rule,
     Ruleset,
+    Table,
 )
 
 if TYPE_CHECKING:  # (imported by what plans, not by `list`, which only reads)
@@ -158,16 +160,95 @@ class DeadContainer:
     host_ports: Tuple[Tuple[int, str, int], ...]  # (family, protocol, port)
 
     @property
-    def fingerprint(self) -> str:
-        """Changes when any of its rules is replaced (a new ADD gets new handles)."""
-        import hashlib  # here: `list` imports this module and never needs it
-
-        items = sorted(f"{r.family} {r.chain} {r.handle}" for r in self.rules)
-        return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
-
-    @property
     def families(self) -> Tuple[int, ...]:
         return tuple(sorted({r.family for r in self.rules}))
+
+
+@dataclass(frozen=True)
+class RulesMark:
+    """What gc's --min-age sighting of one container's rules in one family holds (the
+    state file's fingerprint, `text()`): the rules as written, the table's handle and
+    the rules' handles.
+
+    Handles alone (as gc kept them before) were lost to a firewall reload (`nft -f`
+    of a saved ruleset makes the table afresh, every handle new), so on a node
+    reloading more often than --min-age nothing was ever removed. Content alone could not tell the
+    same container's rules written again (its DEL, then an ADD under the same ID:
+    podman restart) from the old ones, and gc may look during that ADD, before libcni
+    writes the cache entry that makes it live: removed then, a container loses its
+    ports (the --min-age rule exists for that moment)."""
+
+    content: str  # the rules as `nft list` shows them, in listing order
+    table: int  # the table's handle: one made afresh (a reload) gets a new one
+    handles: str  # the rules' handles: a rule written again gets a new one
+
+    def text(self) -> str:
+        return f"{self.content}:{self.table}:{self.handles}"
+
+    @classmethod
+    def parse(cls, text: str) -> Optional[RulesMark]:
+        """The mark `text()` wrote; None for anything else (the handle digest before: the
+        clock starts again once, a delay)."""
+        parts = text.split(":")
+        if len(parts) != 3 or not parts[1].isdigit():
+            return None
+        return cls(parts[0], int(parts[1]), parts[2])
+
+
+def rules_mark(table: Table, rules: Collection[Rule]) -> RulesMark:
+    """The mark of one container's `rules` in `table` (its family's)."""
+    import hashlib  # here: `list` imports this module and never needs it
+
+    def digest(lines: Iterable[str]) -> str:
+        text = "\n".join(lines).encode("utf-8", "surrogateescape")
+        return hashlib.sha256(text).hexdigest()[:16]
+
+    return RulesMark(
+        digest(f"{r.family} {r.chain} {r.body.text(r.family)}" for r in rules),
+        table.handle,
+        digest(f"{r.family} {r.chain} {r.handle}" for r in rules),
+    )
+
+
+def same_rules(before: str, mark: RulesMark, table: Table, container_id: str) -> bool:
+    """Whether the container's rules in `table` now (their `mark`) are the ones a
+    sighting marked `before`: the same rules, or the same content written again by a
+    reload.
+
+    A reload is told from the container's DEL and ADD by handles: a table's handles
+    count up from 1, and the batch that makes a table writes its chains and the
+    table's own rules (the uncommented jumps into its chains, which the plugin writes
+    only then). A rule written later has a handle above all of them; one below the
+    first jump was written with the table. The plugin writes one container per ADD:
+    rules of two containers below the first jump come from something that wrote
+    several at once with the table (a reload, in whatever order nft takes the saved
+    text; `check --repair` writes live containers only). Anything else starts over:
+    the same table with the rules written again (an ADD), a table the container's
+    own ADD made (a reload keeping only it looks the same), a container written after
+    its table was made: a delay, never a removal before --min-age."""
+    old = RulesMark.parse(before)
+    if old is None or old.content != mark.content:
+        return False
+    if old == mark:
+        return True
+    if 0 in (old.table, mark.table) or old.table == mark.table:
+        return False  # (the same table, rules written again: an ADD; or unknown)
+    jumps = [
+        rule.handle
+        for rules_of_chain in table.rules.values()
+        for rule in rules_of_chain
+        if rule.comment is None and rule.body.action.kind is ActionKind.JUMP
+    ]
+    if not jumps:
+        return False
+    first_jump = min(jumps)
+    writers = {
+        rule.comment
+        for chain in CONTAINER_CHAINS
+        for rule in table.rules_of(chain)
+        if rule.comment is not None and rule.handle < first_jump
+    }
+    return container_id in writers and len(writers) > 1
 
 
 _CNI_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")

@@ -5,9 +5,10 @@ signal (tests/kernel/test_sigterm.py has the iptables side).
 The sightings of what a removal takes must leave the --min-age state file before the
 removal goes in; otherwise the same container started again under its ID (podman
 restart), seen by the next gc during its ADD before libcni wrote its cache entry,
-has the old sighting pass --min-age and loses its rules at once. An nftables sighting's
-fingerprint is its rules' handles, which a table made afresh repeats: so the firewall
-is reloaded here before the restart (without the forgetting, gone1's new rules go).
+has the old sighting pass --min-age and loses its rules at once. A sighting of
+nftables rules holds across a firewall reload (the same rules in a table made afresh):
+here the firewall restores the ruleset it saved before the removal, gone1's rules
+with it, so a sighting left on file would have them go at once.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def test_a_nft_removal_sigkilled_before_its_state_save_leaves_no_sighting_of_wha
     assert sighted.returncode == 0, sighted.stderr
     assert {f for f, _ in _rules_of(node, "gone1")} == {"ip", "ip6"}
     time.sleep(1.2)
+    saved = upstream.ruleset_text(node)
 
     code, _out, err = killed_while_writing(
         argv, env, "nft-write", tmp_path / "marker", signal.SIGKILL
@@ -74,13 +76,8 @@ def test_a_nft_removal_sigkilled_before_its_state_save_leaves_no_sighting_of_wha
     assert code == -signal.SIGKILL, err
     assert _rules_of(node, "gone1") == set(), "the removal went in before the kill"
 
-    # The node's firewall reloaded (`nft flush ruleset`), then both started again, in the
-    # same order, gone1 under its ID, not cached yet: the tables made afresh number
-    # their rules as before, so gone1's rules look as they did when first sighted (a
-    # fingerprint is its rules' handles).
-    upstream.nft(node, "flush", "ruleset")
-    for cid in ("gone1", "live1"):
-        upstream.run(V191, "ADD", node, cid, confs[cid], check=True)
+    # The node's firewall restores the ruleset it saved before the removal.
+    upstream.nft(node, "-f", "-", stdin="flush ruleset\n" + saved)
     done = pmctl.run([*argv, "-o", "json"], env=env)
     assert done.returncode == 0, done.stderr
     assert {f for f, _ in _rules_of(node, "gone1")} == {"ip", "ip6"}, done.stdout

@@ -114,7 +114,7 @@ def plan_nft(
     `cache_dirs`: where `attachments` were read (named when they are none);
     `zombies`: a container kept only because they count as live keeps its sightings
     as they were (liveness.ZombieHold)."""
-    from portmapctl.nftables.node import dead_containers, is_plugin_rule
+    from portmapctl.nftables.node import dead_containers, is_plugin_rule, rules_mark, same_rules
     from portmapctl.nftables.planner import took_routed
     from portmapctl.nftables.ruleset import CONTAINER_CHAINS
     from portmapctl.nftables.transaction import Transaction as NftTransaction
@@ -156,10 +156,12 @@ def plan_nft(
             rules = tuple(r for r in dead.rules if r.family == family)
             ports = tuple((p, n) for f, p, n in dead.host_ports if f == family)
             key = nft_key(family, dead.container_id)
-            mark = type(dead)(dead.container_id, rules, ()).fingerprint
+            table = live_rules.tables[family]
+            mark = rules_mark(table, rules)
             before = seen.get(key)
-            first = before.first_seen if before and before.fingerprint == mark else now
-            new_seen[key] = gc_state.Seen(mark, first)
+            carried = before and same_rules(before.fingerprint, mark, table, dead.container_id)
+            first = before.first_seen if before and carried else now
+            new_seen[key] = gc_state.Seen(mark.text(), first)
             cached = networks.get(dead.container_id, set())
             item = GcChain(
                 _chain_of(rules),

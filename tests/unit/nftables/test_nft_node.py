@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import nftcases
 import pytest
 
@@ -9,6 +11,7 @@ from portmapctl.errors import ApplyFailed
 from portmapctl.nftables import node, planner
 from portmapctl.nftables.access.memory import MemoryNft
 from portmapctl.nftables.node import Backend
+from portmapctl.nftables.ruleset import EMPTY
 from portmapctl.nftables.transaction import Transaction
 
 
@@ -88,16 +91,81 @@ def test_dead_containers() -> None:
     assert dead[0].families == (4, 6)
     assert len(dead[0].rules) == 7
     assert node.udp_ports(dead) == {4: [5353, 6000], 6: [5353]}
-    # The fingerprint changes when the container's rules are replaced.
+
+
+def _mark(live, cid: str, family: int = 4) -> str:
+    rules = [r for d in node.dead_containers(live, lambda c: c != cid) for r in d.rules]
+    return node.rules_mark(live.tables[family], [r for r in rules if r.family == family]).text()
+
+
+def _same(before: str, live, cid: str, family: int = 4) -> bool:
+    rules = [r for d in node.dead_containers(live, lambda c: c != cid) for r in d.rules]
+    mine = [r for r in rules if r.family == family]
+    table = live.tables[family]
+    return node.same_rules(before, node.rules_mark(table, mine), table, cid)
+
+
+def _reloaded(live, jumps_last: bool = False):
+    """`live` as `nft -f` of its listing makes it again: a new table handle, chains then
+    rules numbered afresh from 1, in listing order or (as nft 1.0.6 did once) the
+    table's jumps after every container's rule."""
+    tables = {}
+    for family, table in live.tables.items():
+        chains = {n: replace(c, handle=i) for i, (n, c) in enumerate(table.chains.items(), 1)}
+        listed = [r for name in table.chains for r in table.rules_of(name)]
+        if jumps_last:
+            listed.sort(key=lambda rule: rule.comment is None)
+        numbered = {id(r): h for h, r in enumerate(listed, len(chains) + 1)}
+        rules = {
+            name: tuple(replace(r, handle=numbered[id(r)]) for r in table.rules_of(name))
+            for name in table.chains
+        }
+        tables[family] = replace(table, handle=table.handle + 100, chains=chains, rules=rules)
+    return replace(live, tables=tables)
+
+
+def test_a_mark_holds_across_a_reload_not_across_rules_written_again() -> None:
+    live = nftcases.live("v191-several")
+    before = _mark(live, "eeee5555")
+    assert _same(before, live, "eeee5555")
+    assert _same(before, _reloaded(live), "eeee5555")
+    assert _same(before, _reloaded(live, jumps_last=True), "eeee5555")
+    assert _same(before, _reloaded(_reloaded(live)), "eeee5555")
+    # Written again by its DEL and ADD, the same content: a new sighting.
     fake = MemoryNft(live)
-    before = dead[1].fingerprint
     fake.apply(planner.teardown(fake.read(), {"eeee5555"}))
     configs = [c for c in nftcases.live_configs("v191-several") if c.container_id == "eeee5555"]
     from portmapctl.nftables.wanted import wanted
 
     fake.apply(planner.setup(fake.read(), [wanted(configs[0], 4)]))
-    again = node.dead_containers(fake.read(), lambda cid: cid != "eeee5555")
-    assert again[0].fingerprint != before
+    again = fake.read()
+    assert _mark(again, "eeee5555").split(":")[0] == before.split(":")[0]
+    assert not _same(before, again, "eeee5555")
+    # Another container with the same ID and other rules: new across a reload too.
+    other = replace(configs[0], ports=(replace(configs[0].ports[0], host_port=6001),))
+    fake.apply(planner.teardown(fake.read(), {"eeee5555"}))
+    fake.apply(planner.setup(fake.read(), [wanted(other, 4)]))
+    assert not _same(before, _reloaded(fake.read()), "eeee5555")
+    # 0.x's handle digest on file: the clock starts again once.
+    assert not _same("432570afc29f49c9", live, "eeee5555")
+
+
+def test_a_table_the_containers_own_add_made_is_no_reload() -> None:
+    """Alone below the table's first jump, its rules look as a reload keeping only it
+    would: a new sighting (a delay), never a carried one."""
+    configs = {c.container_id: c for c in nftcases.live_configs("v191-several")}
+    from portmapctl.nftables.wanted import wanted
+
+    live = nftcases.live("v191-several")
+    before = _mark(live, "eeee5555")
+    # Made again by its own ADD after a flush: the same rules, a new table.
+    again = MemoryNft(EMPTY)
+    again.apply(planner.setup(again.read(), [wanted(configs["eeee5555"], 4)]))
+    made = again.read()
+    made = replace(made, tables={4: replace(made.tables[4], handle=made.tables[4].handle + 7)})
+    assert _mark(made, "eeee5555").split(":")[0] == before.split(":")[0]
+    assert not _same(before, made, "eeee5555")
+    assert not _same(before, _reloaded(made), "eeee5555")
 
 
 def test_gc_never_takes_rules_the_plugin_did_not_write() -> None:
