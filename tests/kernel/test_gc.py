@@ -345,8 +345,10 @@ def test_min_age_keeps_new_chains_pending_and_forgets_changed_or_live_ones(nft_n
     assert [(p["container_id"], p["seen_seconds"] < 0.5) for p in third["pending"]] == [
         (young, True)
     ]
+    with netns.entered(node.ns):
+        key = gc_state.namespace_key(node.ns)
     state = json.loads(Path(paths.RUN_DIR, gc_state.STATE_FILE).read_text())
-    mine = [part for key, part in state["namespaces"].items() if key.startswith(node.ns + "@")]
+    mine = [part for k, part in state["namespaces"].items() if k == key]
     assert len(mine) == 1 and list(mine[0]["chains"]) == [
         ChainKey(4, chain_name("gcnet", young)).text()
     ]
@@ -361,7 +363,117 @@ def test_min_age_keeps_new_chains_pending_and_forgets_changed_or_live_ones(nft_n
     ]
     node.check(revived)
     state = json.loads(Path(paths.RUN_DIR, gc_state.STATE_FILE).read_text())
-    assert not [k for k in state["namespaces"] if k.startswith(node.ns + "@")]
+    assert key not in state["namespaces"]
+
+
+def test_every_spelling_of_a_namespace_shares_its_min_age_clock(nft_node: Node_, tmp_path):
+    """`--netns NAME`, `/run/netns/NAME`, `/var/run/netns/NAME` and a bind mount of it
+    elsewhere are one namespace: a cron job and an operator spelling it differently
+    each started a clock of their own (the state was keyed by the spelling), and a
+    sighting kept under one spelling outlived a removal made under another."""
+    node = nft_node
+    node.add("gcnet", "live1", ["10.88.0.20/16"], _ports("8090/tcp"))
+    node.add("gcnet", "old1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    bound = tmp_path / "ns"
+    bound.touch()
+    subprocess.run(["mount", "--bind", f"/run/netns/{node.ns}", str(bound)], check=True)
+    try:
+
+        def gc_as(spelling: str, *args: str) -> dict:
+            done = run(
+                ["gc", "--netns", spelling, "--iptables", node.mode, "--cni-cache-dir",
+                 str(node.cache), "--min-age", "1s", "-o", "json", *args]
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        first = gc_as(node.ns, "--yes")
+        assert [p["container_id"] for p in first["pending"]] == ["old1"]
+        time.sleep(1.1)
+        for spelling in (f"/run/netns/{node.ns}", str(bound)):
+            looked = gc_as(spelling, "--dry-run")
+            assert [r["container_id"] for r in looked["removed"]] == ["old1"], (spelling, looked)
+        done = gc_as(f"/var/run/netns/{node.ns}", "--yes")
+        assert [r["container_id"] for r in done["removed"]] == ["old1"]
+    finally:
+        subprocess.run(["umount", str(bound)], check=True)
+    with netns.entered(node.ns):
+        key = gc_state.namespace_key(node.ns)
+    state = json.loads(Path(paths.RUN_DIR, gc_state.STATE_FILE).read_text())
+    assert key not in state["namespaces"]  # (no sighting left of what went)
+    assert not [k for k in state["namespaces"] if node.ns in k]  # (nor one per spelling)
+
+
+def test_a_namespace_made_again_under_a_deleted_ones_inode_starts_afresh(tmp_path):
+    """nsfs inode numbers are reused at once: a namespace made after one was deleted
+    may get its inode, and so, at the same path (a node's namespace recreated), the
+    same state key. Its containers, added again under their IDs, have the same chains:
+    the old namespace's sightings let the next gc remove them at once, during their
+    ADD."""
+    if not rp.mode_available("nft")[0]:
+        pytest.skip(rp.mode_available("nft")[1])
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    at = tmp_path / "node-ns"  # where the node's namespace is, old and new
+    at.touch()
+    made: List[str] = []
+
+    def make() -> str:
+        name = rp.create_netns("pmt-reuse")
+        made.append(name)
+        return name
+
+    def gc_at() -> dict:
+        done = run(
+            ["gc", "--yes", "--netns", str(at), "--iptables", "nft", "--cni-cache-dir",
+             str(cache), "--min-age", "1s", "-o", "json"]
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def containers(name: str) -> None:
+        node = Node_(name, "nft", cache)
+        node.add("gcnet", "live1", ["10.88.0.20/16"], _ports("8090/tcp"))
+        node.add("gcnet", "old1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+
+    def old_then_new() -> Optional[str]:
+        """A namespace at `at` seen by gc, deleted; then namespaces made and held until
+        one has its inode (the lowest free first; another run's namespace, on a busy
+        machine, may take it first)."""
+        old = make()
+        inode = os.stat(f"/run/netns/{old}").st_ino
+        subprocess.run(["mount", "--bind", f"/run/netns/{old}", str(at)], check=True)
+        containers(old)
+        assert [p["container_id"] for p in gc_at()["pending"]] == ["old1"]
+        subprocess.run(["umount", str(at)], check=True)
+        rp.delete_netns(old)
+        made.remove(old)
+        for _ in range(30):
+            new = make()
+            if os.stat(f"/run/netns/{new}").st_ino == inode:
+                return new
+            time.sleep(0.05)
+        return None
+
+    try:
+        for _ in range(5):
+            new = old_then_new()
+            if new is not None:
+                break
+        else:
+            pytest.skip("no namespace was given a deleted one's inode in 5 tries")
+        time.sleep(1.1)  # (past --min-age since the old namespace's sighting)
+        subprocess.run(["mount", "--bind", f"/run/netns/{new}", str(at)], check=True)
+        containers(new)
+        done = gc_at()
+        assert done["removed"] == [], done
+        assert [(p["container_id"], p["seen_seconds"] < 1) for p in done["pending"]] == [
+            ("old1", True)
+        ]
+    finally:
+        subprocess.run(["umount", str(at)], check=False, capture_output=True)
+        for name in made:
+            rp.delete_netns(name)
 
 
 def test_valid_attachments_and_keep(nft_node: Node_, tmp_path):

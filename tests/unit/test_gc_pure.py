@@ -422,6 +422,22 @@ def test_state_file_of_0_2_is_read_and_written_back_in_its_format(tmp_path):
     assert again["namespaces"]["ns"]["chains"] == chains
 
 
+def test_the_state_key_is_the_namespace_not_its_spelling(monkeypatch):
+    """The --netns spelling (`foo`, `/run/netns/foo`, none for the current one) is no
+    part of the key where the kernel gives the namespace's cookie (never reused in a
+    boot, unlike its inode); without one, the key is as before: the spelling and the
+    inode (a delay where spellings differ, no key shared with another namespace that
+    had the inode before)."""
+    if gc_state._netns_cookie() is None:
+        pytest.skip("this kernel gives no SO_NETNS_COOKIE (before 5.14)")
+    key = gc_state.namespace_key(None)
+    assert key == gc_state.namespace_key("foo") == gc_state.namespace_key("/run/netns/foo")
+    assert key == f"netns-cookie:{gc_state._netns_cookie()}"
+    monkeypatch.setattr(gc_state, "_netns_cookie", lambda: None)
+    info = os.stat("/proc/self/ns/net")
+    assert gc_state.namespace_key("foo") == f"foo@{info.st_dev}:{info.st_ino}"
+
+
 def test_state_distrusts_what_it_cannot_vouch_for(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir(mode=0o700)

@@ -2,7 +2,8 @@
 
 `gc --min-age` removes a chain only once it has seen it not live and unchanged for
 that long (SPEC §3), so the first sighting must outlive the run. In memory a sighting
-is keyed by `ChainKey(family, chain)`; the file holds, per network namespace,
+is keyed by `ChainKey(family, chain)`; the file holds, per network namespace (its
+cookie: namespace_key),
 `"<family> <chain>" -> {fingerprint, first_seen}` (an nftables container's rules:
 `"nft<family> <container ID>"`), the format 0.2 wrote, so either version reads the
 other's file. gc rewrites its namespace's part on every run, which forgets chains
@@ -39,7 +40,8 @@ STATE_FILE = "gc-state.json"
 VERSION = 1
 MAX_STATE_BYTES = 16 * 1024 * 1024
 # A namespace's part nobody has updated for this long belongs to a namespace that is
-# gone (namespace inode numbers are reused, so it must not linger).
+# gone (keyed by inode where the kernel gives no cookie, and inodes are reused, so it
+# must not linger).
 FORGET_NAMESPACE_SECONDS = 24 * 3600.0
 
 
@@ -87,14 +89,49 @@ def clock() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+# SO_NETNS_COOKIE (Linux 5.14): a number the kernel gives each network namespace it
+# makes, never again in the same boot. Python's socket module does not name it (3.11).
+_NETNS_COOKIE = {"parisc": 0x4050, "parisc64": 0x4050, "sparc": 0x0050, "sparc64": 0x0050}
+
+
 def namespace_key(label: Optional[str] = None) -> str:
-    """The current network namespace: `--netns` as given, plus the namespace's inode."""
+    """The current network namespace, as the state file keys its part.
+
+    Its cookie where the kernel gives one: `--netns foo`, `/run/netns/foo`,
+    `/var/run/netns/foo`, a bind mount of it and /proc/PID/ns/net are one namespace,
+    one clock (keyed by the spelling, a cron job and an operator each had theirs, and a
+    sighting kept under one outlived a removal made under another). Not its inode
+    alone: nsfs inodes are reused at once, and a namespace made again (a node's
+    namespace recreated, its containers added again under their IDs) took over the
+    old one's sightings and lost the chains at once, during their ADD. A cookie is
+    never reused in a boot (and the file goes with the boot ID). Without one (a
+    kernel before 5.14): `--netns` as given and the inode, as before (a delay where
+    spellings differ; the old namespace's part is dropped a day after its last run)."""
+    cookie = _netns_cookie()
+    if cookie is not None:
+        return f"netns-cookie:{cookie}"
     try:
         info = os.stat("/proc/self/ns/net")
         identity = f"{info.st_dev}:{info.st_ino}"
     except OSError:
         identity = "?"
     return f"{label or ''}@{identity}"
+
+
+def _netns_cookie() -> Optional[int]:
+    import socket
+    import sys
+
+    option = getattr(socket, "SO_NETNS_COOKIE", None)
+    if option is None:
+        option = _NETNS_COOKIE.get(os.uname().machine, 71)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            raw = sock.getsockopt(socket.SOL_SOCKET, option, 8)
+    except OSError:  # (ENOPROTOOPT: an older kernel; a sandbox without sockets)
+        return None
+    cookie = int.from_bytes(raw, sys.byteorder) if len(raw) == 8 else 0
+    return cookie or None
 
 
 def _boot_id() -> str:
