@@ -590,21 +590,22 @@ class Output(NamedTuple):
         if not self.quiet:
             sys.stdout.write("\n")
 
-    def cache_note(self, cache: CacheInfo, told_by: str = "") -> None:
+    def cache_note(self, cache: CacheInfo, told_by: str = "") -> List[str]:
         """Say once, on stderr, when no cache or an empty one was found (SPEC §3: every
         command): a wrong --cni-cache-dir must not turn stale into ok silently, nor
         make gc with --keep remove what the cache would have kept, nor add and check
         of one mapping miss the backend its cached config names. `told_by`: as for
-        CacheInfo.note."""
-        note = cache.note(told_by)
-        if note is not None:
-            self.warn(note)
+        CacheInfo.note. Returns the warnings said (gc's JSON `warnings` holds every
+        warning it said)."""
+        said = [] if (note := cache.note(told_by)) is None else [note]
         # A runtime's cache below the one read (cri-dockerd's /var/lib/cni/cache): its
         # live pods were called stale, and gc removed their chains, without a word.
         from portmapctl.cni.entries import unread_caches
 
-        for unread in unread_caches(cache.dirs):
-            self.warn(unread.warning(cache.dirs))
+        said += [unread.warning(cache.dirs) for unread in unread_caches(cache.dirs)]
+        for warning in said:
+            self.warn(warning)
+        return said
 
     def summary(self, line: str) -> None:
         """The result's one summary line: on stdout, -q included (it is all -q prints).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import replace
-from typing import TYPE_CHECKING, Collection, FrozenSet, Iterator, List, Optional
+from typing import TYPE_CHECKING, Collection, FrozenSet, Iterator, List, Optional, Sequence
 
 import typer
 
@@ -149,6 +149,7 @@ def gc_command(
         # person), ask, then take the lock, read and plan again, limited to what was
         # confirmed, and apply that.
         shown: FrozenSet[str] = frozenset()  # warnings said before the question
+        noted: List[str] = []  # the cache's warnings, said on stderr: JSON's too
         with opened(node_opts, write=not dry_run, lock_now=not ask) as node:
             with out.busy("reading the ruleset"):
                 # Not asking: the smaller family goes in while the other is planned.
@@ -157,11 +158,11 @@ def gc_command(
                 # The preview is a dry run that records its sightings like any run (so
                 # --min-age counts from here), shown on stderr: stdout is for the result.
                 preview = apply_gc(node, replace(planned, options=replace(options, dry_run=True)))
-                out.cache_note(cache, told_by)
+                noted = out.cache_note(cache, told_by)
                 if not preview.changes:
                     if recorder is not None:
                         recorder.note_gc(preview, node_opts.families)
-                    _show(out, preview, options.min_age, cache, asked_dry_run=False)
+                    _show(out, preview, options.min_age, cache, asked_dry_run=False, noted=noted)
                     _not_recorded(preview)
                     return
                 # Its warnings before the question (a --keep that keeps nothing, chains
@@ -209,8 +210,8 @@ def gc_command(
         if recorder is not None:
             recorder.note_gc(result, node_opts.families)
         if not ask:
-            out.cache_note(cache, told_by)
-        _show(out, result, options.min_age, cache, asked_dry_run=dry_run, said=shown)
+            noted = out.cache_note(cache, told_by)
+        _show(out, result, options.min_age, cache, asked_dry_run=dry_run, said=shown, noted=noted)
         if common.verbose and dry_run:
             sys.stderr.write(render.transactions_text(result.transactions, tools))
         _not_recorded(result)
@@ -309,15 +310,17 @@ def _show(
     cache: CacheInfo,
     asked_dry_run: bool,
     said: Collection[str] = (),
+    noted: Sequence[str] = (),
 ) -> None:
-    """The result; `said`: warnings shown already (before the question)."""
+    """The result; `said`: warnings shown already (before the question); `noted`: the
+    cache's, said on stderr by Output.cache_note (JSON `warnings` holds them too)."""
     from portmapctl import render
 
     for warning in result.warnings:
         if warning not in said:
             out.warn(warning)
     if out.json:
-        out.print_json(render.gc_json(result, min_age, cache.json()))
+        out.print_json(render.gc_json(result, min_age, cache.json(), noted))
         return
     if result.removed or result.pending or result.shared_removed or result.refused:
         out.show(

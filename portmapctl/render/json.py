@@ -238,7 +238,9 @@ def gc_json(
     result: GcResult,
     min_age: Optional[float] = None,
     cache: Optional[MappingT[str, Any]] = None,
+    warnings: Iterable[str] = (),
 ) -> Dict[str, Any]:
+    """`warnings`: said before the result's own (the cache's: cli Output.cache_note)."""
     return document(
         cache,
         dry_run=result.dry_run,
@@ -252,7 +254,7 @@ def gc_json(
             {"backend": BACKEND.value, "chain": name, "family": fam}
             for fam, name in result.shared_removed
         ],
-        warnings=list(result.warnings),
+        warnings=[*warnings, *result.warnings],
         # Not removed: iptables refused them, each tried alone (the others went). Only
         # when there are some (docs/schema/gc.json): a new key on a rare path.
         **(

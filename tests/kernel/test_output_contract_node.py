@@ -290,3 +290,27 @@ def test_every_command_says_once_when_there_is_no_cache(node: Node_, tmp_path, c
         assert done.returncode in (0, 1), (argv, done.stderr)
         lines = [line for line in done.stderr.splitlines() if said in line]
         assert len(lines) == 1 and lines[0].startswith("portmapctl: warning: "), (argv, done.stderr)
+
+
+@pytest.mark.parametrize("cache", ["empty", "runtime-below"])
+def test_gc_json_warnings_are_every_warning_said_on_stderr(node: Node_, tmp_path, cache):
+    """docs/json.md gc: `warnings` are "also printed on stderr". The cache's own lines
+    (an empty results/, a runtime's cache below the one read) were said on stderr
+    alone: a script reading the document learnt nothing of a wrong --cni-cache-dir
+    that made every chain removable."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    node.add("gcnet", "gone1", ["10.88.0.12/16"], _ports("8081/tcp"), cache=False)
+    where = tmp_path / "other"
+    (where / "results").mkdir(parents=True)
+    args = ["--keep", "nosuch1"]  # (a warning of gc's own: keeps nothing)
+    if cache == "runtime-below":  # cri-dockerd's: CACHE/cache/results, not read
+        node.cache_add("gcnet", "live1").rename(where / "results" / "gcnet-live1-eth0")
+        (where / "cache" / "results").mkdir(parents=True)
+        (where / "cache" / "results" / "gcnet-other1-eth0").write_text("{}")
+        args = []
+    done = node.gc("--dry-run", "--min-age", "0", *args, "-o", "json", cache=where)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines and all(line.startswith("portmapctl: warning: ") for line in lines), lines
+    said = [line.removeprefix("portmapctl: warning: ") for line in lines]
+    assert valid("gc", done.stdout)["warnings"] == said
