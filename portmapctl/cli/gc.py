@@ -180,9 +180,19 @@ def gc_command(
                 removal = render.removal_text(preview.removed, preview.shared_removed)
                 answer = _answer(f"Remove {removal}?")
                 if not answer:
-                    out.message("nothing removed" + ("" if answer is False else NO_ANSWER))
                     if recorder is not None:
                         recorder.note_gc(preview, node_opts.families)
+                    # The result, on stdout as any run's (SPEC §3: the JSON document,
+                    # -q's summary line): it printed nothing there, `gc -o json > out`
+                    # left an empty file. The preview's table is on the terminal above.
+                    declined = replace(
+                        preview, dry_run=False, removed=(), shared_removed=(),
+                        transactions={}, declined=preview.removed,
+                    )  # fmt: skip
+                    _show(
+                        out, declined, options.min_age, cache, asked_dry_run=False,
+                        said=shown, noted=noted, answered=answer is not None,
+                    )  # fmt: skip
                     # A "no" ends the run here: what the preview could not record is
                     # its one error line, as in a dry run (a "yes" says it after the
                     # removal, when the real run's save fails too).
@@ -281,9 +291,6 @@ def _refused(result: GcResult) -> None:
     )
 
 
-NO_ANSWER = ": no answer (end of input)"
-
-
 def _answer(question: str) -> Optional[bool]:
     """The person's yes or no; None at end of input (Ctrl-D, stdin closed), which
     counts as the default answer, no. click turns both end of input and
@@ -311,6 +318,7 @@ def _show(
     asked_dry_run: bool,
     said: Collection[str] = (),
     noted: Sequence[str] = (),
+    answered: bool = True,
 ) -> None:
     """The result; `said`: warnings shown already (before the question); `noted`: the
     cache's, said on stderr by Output.cache_note (JSON `warnings` holds them too)."""
@@ -322,7 +330,10 @@ def _show(
     if out.json:
         out.print_json(render.gc_json(result, min_age, cache.json(), noted))
         return
-    if result.removed or result.pending or result.shared_removed or result.refused:
+    # A declined run's rows were the question's, on the terminal: its line says the rest.
+    if result.declined is None and (
+        result.removed or result.pending or result.shared_removed or result.refused
+    ):
         out.show(
             render.gc_table(
                 result,
@@ -334,7 +345,7 @@ def _show(
             )  # fmt: skip
         )
         out.blank()
-    out.summary(render.gc_summary(result, asked_dry_run))
+    out.summary(render.gc_summary(result, asked_dry_run, answered))
 
 
 def _kept_id(value: str) -> str:

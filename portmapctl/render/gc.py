@@ -141,13 +141,18 @@ def removal_text(removed: Sequence[GcChain], shared: Sequence[Tuple[int, str]] =
     return " and ".join([", ".join(pieces[:-1]), pieces[-1]] if len(pieces) > 1 else pieces)
 
 
-def gc_summary(result: GcResult, asked_dry_run: Optional[bool] = None) -> str:
-    """One line for a cron log; "(dry run)" only when --dry-run was asked."""
+def gc_summary(
+    result: GcResult, asked_dry_run: Optional[bool] = None, answered: bool = True
+) -> str:
+    """One line for a cron log; "(dry run)" only when --dry-run was asked. A run whose
+    question was declined (`answered`: "n", not end of input) says nothing was removed."""
     dry_run = result.dry_run if asked_dry_run is None else asked_dry_run
     verb = "would remove" if result.dry_run else "removed"
     parts = [f"{verb} {removal_text(result.removed, result.shared_removed)}"]
     if not result.changes:
         parts = ["nothing to remove now"]
+    if result.declined is not None:
+        parts = [f"nothing removed ({'not confirmed' if answered else 'no answer'})"]
     if result.refused:
         parts.append(f"{len(result.refused)} refused")
     parts.append(f"{len(result.pending)} pending")

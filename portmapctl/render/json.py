@@ -262,6 +262,12 @@ def gc_json(
             if result.refused
             else {}
         ),
+        # Not removed: the person did not confirm the question's removal (cli gc).
+        **(
+            {"declined": [gc_chain_json(c) for c in result.declined]}
+            if result.declined is not None
+            else {}
+        ),
     )
 
 

@@ -754,15 +754,18 @@ def test_on_a_terminal_gc_answered_no_says_the_preview_could_not_record(nft_node
     """The preview records its sightings as a dry run does. With no room for them a dry
     run ends with the one error line, exit 3; gc that asked and was told "no" said
     "nothing removed" and exited 0, the failed save unsaid (--min-age never counting
-    from that look). Now the "no" ends with the same line, exit 3, nothing removed."""
+    from that look). Now the "no" ends with the same line, exit 3, nothing removed
+    (its summary line on stdout, as any run's result)."""
     node = nft_node
     before, argv = _one_live_one_stale(node)
     with full_run_dir(tmp_path / "run") as run_dir:
         env = {"PORTMAPCTL_RUN_DIR": str(run_dir), "PORTMAPCTL_PROGRESS_AFTER": "3600"}
         code, shown, stdout = _on_terminal(argv, b"n", env)
     assert code == 3, shown
-    assert "[y/N]" in shown and "nothing removed" in shown and stdout == ""
-    last = shown.strip().splitlines()[-1]
+    assert "[y/N]" in shown and stdout.startswith("gc: nothing removed (not confirmed), ")
+    # (.lstrip(): the answer is typed as soon as the question shows, so the space click
+    # writes after it can come after the echoed answer, at the next line's start.)
+    last = shown.strip().splitlines()[-1].lstrip()
     assert last.startswith("portmapctl: error: could not record the chains seen for"), shown
     assert "No space left on device" in last
     assert node.lines(4) == before
@@ -840,16 +843,16 @@ def test_the_preview_on_a_terminal_writes_a_byte_that_is_not_utf8_as_backslash_x
 
 def test_end_of_input_at_gc_prompt_is_the_default_answer_no(nft_node: Node_):
     """Ctrl-D (stdin at its end) answers the prompt as Enter does: no, nothing removed,
-    said in one line, exit 0; 130 is Ctrl-C's alone."""
+    said in one line (the result's, on stdout), exit 0; 130 is Ctrl-C's alone."""
     node = nft_node
     before, argv = _one_live_one_stale(node)
     code, shown, stdout = _on_terminal(argv, b"\x04")  # VEOF at a line's start: end of input
     assert code == 0, shown
-    # Nothing on stdout, not even the space click writes after the prompt (it goes to
-    # the terminal with the rest of the prompt).
-    assert "aborted" not in shown and stdout == ""
-    said = shown.replace("\r", "").split("[y/N]:", 1)[1]
-    assert said.split() == "nothing removed: no answer (end of input)".split()
+    # The summary line alone on stdout, not even the space click writes after the
+    # prompt (it goes to the terminal with the rest of the prompt).
+    assert "aborted" not in shown
+    assert stdout == "gc: nothing removed (no answer), 0 pending, 1 kept\n"
+    assert shown.replace("\r", "").split("[y/N]:", 1)[1].split() == []
     assert node.lines(4) == before
 
 

@@ -222,8 +222,8 @@ def test_the_gc_prompt_leaves_stdout_alone(node: Node_):
     argv = ["gc", *common(node), "--min-age", "0"]
     code, terminal, stdout = _on_terminal(argv, b"n")
     assert code == 0, terminal
-    assert "Remove 1 chain of 1 container? [y/N]:" in terminal and "nothing removed" in terminal
-    assert stdout == ""
+    assert "Remove 1 chain of 1 container? [y/N]:" in terminal
+    assert stdout == "gc: nothing removed (not confirmed), 0 pending, 1 kept\n"
     code, terminal, stdout = _on_terminal([*argv, "-o", "json"], b"y")
     assert code == 0, terminal
     assert stdout.startswith("{") and valid("gc", stdout)["removed"], stdout
@@ -314,3 +314,29 @@ def test_gc_json_warnings_are_every_warning_said_on_stderr(node: Node_, tmp_path
     assert lines and all(line.startswith("portmapctl: warning: ") for line in lines), lines
     said = [line.removeprefix("portmapctl: warning: ") for line in lines]
     assert valid("gc", done.stdout)["warnings"] == said
+
+
+@pytest.mark.parametrize("answer", [b"n", b"\x04"])
+def test_a_declined_gc_says_so_on_stdout(node: Node_, answer):
+    """SPEC §3: stdout holds the result, the JSON document with -o json, the summary
+    line alone with -q. A "no" (or no answer: Ctrl-D) printed nothing there: `gc -o
+    json > out` on a terminal left an empty file, not a document; -q said nothing at
+    all. Now one summary line saying nothing was removed (the document: `removed`
+    empty, `declined` what the question offered), exit 0, the chain still there."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    node.add("gcnet", "gone1", ["10.88.0.12/16"], _ports("8081/tcp"), cache=False)
+    gone = chain_name("gcnet", "gone1")
+    argv = ["gc", *common(node), "--min-age", "0"]
+    why = "not confirmed" if answer == b"n" else "no answer"
+    line = f"gc: nothing removed ({why}), 0 pending, 1 kept\n"
+    code, terminal, stdout = _on_terminal([*argv, "-q"], answer)
+    assert (code, stdout) == (0, line), terminal
+    code, terminal, stdout = _on_terminal(argv, answer)
+    assert (code, stdout) == (0, line), terminal
+    assert "nothing removed" not in terminal  # (said once, on stdout)
+    code, terminal, stdout = _on_terminal([*argv, "-o", "json"], answer)
+    assert code == 0, terminal
+    doc = valid("gc", stdout)
+    assert doc["dry_run"] is False and doc["removed"] == [] and doc["kept"] == 1
+    assert [d["chain"] for d in doc["declined"]] == [gone]
+    assert [line for line in node.lines(4) if gone in line]

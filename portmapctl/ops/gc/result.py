@@ -80,6 +80,9 @@ class GcResult:
     warnings: Tuple[str, ...] = ()
     state_error: Optional[str] = None  # the state file could not be written
     refused: Tuple[Refused, ...] = ()  # not removed: iptables refused them (converge.settle_family)
+    # Not removed: what the question offered and the person did not confirm (cli gc;
+    # None: no question declined; its shared chains are not listed).
+    declined: Optional[Tuple[GcChain, ...]] = None
 
     @property
     def changes(self) -> bool:
