@@ -577,6 +577,36 @@ def test_a_halving_stopped_names_each_chain_it_left_once():
         assert "2 removed" in line, line
 
 
+def test_a_halving_stopped_with_thousands_left_counts_them_and_names_a_few():
+    """A halving stopped at its first group (a hung restore) leaves every chain of the
+    family untried: with 5,002 stale chains (a real node, legacy, tests/kernel's
+    halving wrapper hanging the first group) its one error line named each, 535,407
+    bytes. The line counts them and names the first few, then how many more."""
+    import types
+
+    from portmapctl.errors import ToolTimedOut
+    from portmapctl.ops.gc.converge import Settled
+    from portmapctl.ops.gc.result import GcChain
+
+    def chain(i: int) -> GcChain:
+        return GcChain(f"CNI-DN-{i:021x}", 4, "dnat", "mynet", f"{i:08x}" + "b" * 56, (), 0.0)
+
+    stop = ToolTimedOut("iptables-legacy-restore did not finish within 3 s and was stopped")
+    plan = types.SimpleNamespace(removed=())
+    for count in (1, 3, 4, 5000):
+        left = tuple(chain(i) for i in range(count))
+        line = str(Settled(plan, [], stop, left).stopped())
+        named = [c.chain for c in left if c.chain in line]
+        if count <= 3:
+            assert named == [c.chain for c in left], line
+            assert "more" not in line, line
+        else:
+            assert named == [c.chain for c in left[:3]], line
+            assert f"not removed: {count} chains, " in line, line
+            assert f" and {count - 3} more" in line, line
+            assert len(line) < 600, len(line)
+
+
 def test_a_family_failing_after_another_counts_one_chain_as_one():
     """The family applied ahead or before a failing one is counted in the failure's
     line: with one chain it said "(IPv6 was applied ahead of it: 1 chains removed)"
