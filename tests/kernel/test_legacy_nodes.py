@@ -771,9 +771,10 @@ def test_a_removal_whose_restore_hung_after_its_commit_still_has_its_flows_flush
     assert again.returncode == 0, again.stderr
 
 
+@pytest.mark.parametrize("fault", ["hung", "failing"])
 @pytest.mark.parametrize("where", ["before-the-groups", "next-group", "after-the-groups"])
 def test_a_hung_read_while_a_refused_removal_is_halved_still_flushes_what_went_in(
-    host_ns, tmp_path, where
+    host_ns, tmp_path, where, fault
 ):
     """The halving of a removal iptables refused whole (gone1's `-m recent` entry rule)
     reads the table before it starts, before each group and once after them all. An
@@ -788,7 +789,12 @@ def test_a_hung_read_while_a_refused_removal_is_halved_still_flushes_what_went_i
     Real tables, a real hang: a wrapper in front of iptables-legacy-save sleeps past
     the timeout once IPv4's whole removal was refused its last try (the read that
     starts the halving), once gone3's chain went in alone (the read for gone1's group),
-    or once gone1's last try alone was refused (the read after the groups)."""
+    or once gone1's last try alone was refused (the read after the groups).
+
+    `failing`: an iptables-save that fails there instead (exit 1, its own message: a
+    HostProblem, not a timeout) escaped the same way: "iptables-legacy-save failed:
+    ...", exit 3, gone2's and gone3's chains gone unsaid and gone3's flow kept; its
+    line now says what went in, as the hung read's does."""
     recent = ["-m", "recent", "--name", "x", "--rcheck"]
     for cid, ip, port, conditions in (
         ("gone1", "10.88.0.5/16", 8080, recent),
@@ -837,7 +843,9 @@ def test_a_hung_read_while_a_refused_removal_is_halved_still_flushes_what_went_i
     restore.write_text(f'#!/bin/bash\nIN={tmp_path}/in.$$\ncat > "$IN"\n'
                        f'/usr/sbin/iptables-legacy-restore "$@" < "$IN"; rc=$?\n{after}\nexit $rc\n')  # fmt: skip
     save = folder / "iptables-legacy-save"
-    save.write_text(f'#!/bin/bash\nif [ -e {marker} ]; then exec sleep 60; fi\n'
+    failed = "iptables-legacy-save: Cannot allocate memory"
+    then = "exec sleep 60" if fault == "hung" else f"echo '{failed}' >&2; exit 1"
+    save.write_text(f'#!/bin/bash\nif [ -e {marker} ]; then {then}; fi\n'
                     'exec /usr/sbin/iptables-legacy-save "$@"\n')  # fmt: skip
     for script in (restore, save):
         script.chmod(0o755)
@@ -853,7 +861,8 @@ def test_a_hung_read_while_a_refused_removal_is_halved_still_flushes_what_went_i
     assert (gone["gone2"] in saved, gone["gone3"] in saved) == (not removed, not removed)
     assert gone["gone1"] in saved and chain_name("mynet", "other1") in saved
     assert chain_name("mynet", "six1") not in rp.save(host_ns, 6, "legacy")
-    assert_error(done, 3, "IPv4: ", "did not answer within 3 s", f"{removed} removed",
+    said = "did not answer within 3 s" if fault == "hung" else f"failed: {failed}"
+    assert_error(done, 3, "IPv4: ", said, f"{removed} removed",
                  gone["gone1"], "IPv6 was applied ahead of it: 1 chain removed")  # fmt: skip
     [line] = done.stderr.splitlines()
     assert "refused the removal of" not in line, line

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from portmapctl.ops.gc.nft import NftPlan
 
 
-Failure = Union[ApplyFailed, ToolTimedOut]  # (a timed-out tool: exit 3, not tried again)
+# (A timed-out tool, a failed read: HostProblem, exit 3, not tried again.)
+Failure = Union[ApplyFailed, HostProblem]
 
 
 def _family_failure(
@@ -58,6 +59,8 @@ def _family_failure(
     )
     if isinstance(err, ToolTimedOut):
         return ToolTimedOut(line, maybe_applied=err.maybe_applied)
+    if isinstance(err, HostProblem):
+        return HostProblem(line)  # (exit 3: a halving's read that failed; was exit 1)
     return ApplyFailed(line)
 
 

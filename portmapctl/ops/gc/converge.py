@@ -11,7 +11,7 @@ import itertools
 from dataclasses import replace
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from portmapctl.errors import ApplyFailed, PortmapctlError, ToolTimedOut
+from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError, ToolTimedOut
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.gc.family import FamilyPlan, settled
@@ -127,13 +127,13 @@ class Settled(NamedTuple):
 
     plan: Optional[FamilyPlan]
     refused: List[Refused]
-    stop: Optional[Union[ApplyFailed, ToolTimedOut]] = None
+    stop: Optional[Union[ApplyFailed, HostProblem]] = None
     untried: Tuple[GcChain, ...] = ()
 
-    def stopped(self) -> Union[ApplyFailed, ToolTimedOut]:
-        """The family's error for a halving `stop` ended: its own kind (a hung tool
-        exit 3, as anywhere in gc; a busy lock exit 1), and what it left. Not "refused
-        by iptables": the chains it left were never tried alone."""
+    def stopped(self) -> Union[ApplyFailed, HostProblem]:
+        """The family's error for a halving `stop` ended: its own kind (a hung tool or
+        a failed read exit 3, as anywhere in gc; a busy lock exit 1), and what it left.
+        Not "refused by iptables": the chains it left were never tried alone."""
         assert self.stop is not None
         # Each chain left named once: a refused one by its refusal (it was named twice,
         # "not removed: X; iptables refused X tried alone"), the others as not removed.
@@ -147,6 +147,8 @@ class Settled(NamedTuple):
         )
         if isinstance(self.stop, ToolTimedOut):
             return ToolTimedOut(line, maybe_applied=self.stop.maybe_applied)
+        if isinstance(self.stop, HostProblem):
+            return HostProblem(line)
         return ApplyFailed(line, maybe_applied=self.stop.maybe_applied, busy=self.stop.busy)
 
 
@@ -194,7 +196,7 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
     family = first.family
     went: List[FamilyPlan] = []
     refused: List[Refused] = []
-    stop: List[Union[ApplyFailed, ToolTimedOut]] = []
+    stop: List[Union[ApplyFailed, HostProblem]] = []
     untried: List[GcChain] = []
 
     # The table as last read, less what went in since: the table after the groups when
@@ -226,7 +228,9 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
             # groups before it gone in unreported, their UDP flows never flushed.
             plan, limited = plan_of([chain.key for chain in groups])
             gone(converge_family(node, plan, limited))
-        except (ApplyFailed, ToolTimedOut) as err:
+        except (ApplyFailed, HostProblem) as err:
+            # (HostProblem: a read that failed, iptables-save's own error, not only one
+            # that hung; it escaped with the groups before it gone in unreported.)
             if not refused_outright(err):
                 stop.append(err)  # (nothing more is tried)
                 if isinstance(err, HungWentIn):
@@ -254,7 +258,7 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
     # still is is halved.
     try:
         table = read()
-    except ToolTimedOut as err:  # (hung before any group: nothing of it went in)
+    except HostProblem as err:  # (hung or failed before any group: nothing went in)
         return Settled(None, [], err, first.removed)
     if table != planning.last_read.get(family):
         return Settled(None, [])
@@ -273,8 +277,8 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
             settle(part, failed)
     try:
         after = read()
-    except ToolTimedOut as err:
-        # Hung after the groups: the table they left, as known (a plugin call meanwhile
+    except HostProblem as err:
+        # Hung (or failed) after the groups: the table they left, as known (a plugin call meanwhile
         # aside), and the family fails with that error, what went in reported.
         stop.append(err)
         after = known[0]
