@@ -171,9 +171,11 @@ def _apply_gc_to(
                 went.append(first)  # until it returns: in already, maybe (SIGTERM now)
             try:
                 done = converge_family(node, first, planning)
-            except (ApplyFailed, ToolTimedOut) as err:
-                # A timed-out tool, as a failure: no later family is tried, and what
-                # the others removed is still recorded and flushed.
+            except (ApplyFailed, HostProblem) as err:
+                # A timed-out tool, or a read that failed before a re-plan (iptables-
+                # save's own error), as a failure: no later family is tried, and what
+                # the others removed is still recorded and flushed (a failed read went
+                # past here, the family applied ahead unsaid, its flows kept).
                 error = err
             if not options.dry_run:
                 went.pop()
