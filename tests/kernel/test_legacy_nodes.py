@@ -932,3 +932,51 @@ def test_a_failed_read_while_a_family_is_planned_again_keeps_what_the_other_remo
     assert later.returncode == 0, later.stderr
     [pending] = json.loads(later.stdout)["pending"]
     assert pending["container_id"] == "gone1" and pending["seen_seconds"] >= 1, pending
+
+
+def test_a_failed_nft_read_after_its_refusal_keeps_what_iptables_removed(host_ns, tmp_path):
+    """The nftables side goes after the iptables families. Its `nft -f` refused (a rule
+    gone meanwhile), the read for its next try failed (`nft -j list`'s own error: a
+    HostProblem, not a timeout) and escaped apply_gc: the one line was the bare read
+    error, the iptables chain removed just before kept its UDP flow's dead DNAT, and no
+    sighting was saved. Now the line is nftables' (exit 3), that flow is flushed, the
+    nftables container, untouched, keeps its sighting. Real tables (the Debian plugin on legacy, upstream v1.9.1's
+    nftables backend); a wrapper in front of nft refuses its first write and fails
+    every read after it."""
+    import upstream
+
+    rp.require(upstream.available())
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], [{**PORTS[0], "protocol": "udp"}])
+    rp.run_plugin("ADD", host_ns, "gone1", conf, mode="legacy", check=True)
+    nft_ports = [{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}]
+    upstream.run("v1.9.1", "ADD", host_ns, "nftgone", upstream.nft_conf(
+        "mynet", ["10.88.0.6/16"], nft_ports), check=True)  # fmt: skip
+    subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-I", "-p", "udp", "-s",
+                    "127.0.0.1", "-d", "127.0.0.1", "--sport", "40001", "--dport", "8080",
+                    "--reply-src", "10.88.0.5", "--reply-dst", "127.0.0.1", "--reply-port-src",
+                    "80", "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
+    marker, folder = tmp_path / "refused", tmp_path / "wrap"
+    folder.mkdir()
+    failed = "netlink: Error: cache initialization failed: Cannot allocate memory"
+    (folder / "nft").write_text(
+        f'#!/bin/bash\nif [ "$1" = -f ] && [ ! -e {marker} ]; then cat > /dev/null;'
+        f' touch {marker}; echo "Error: Could not process rule: No such file or directory" >&2;'
+        f" exit 1; fi\nif [ -e {marker} ]; then echo '{failed}' >&2; exit 1; fi\n"
+        'exec /usr/sbin/nft "$@"\n'
+    )  # fmt: skip
+    (folder / "nft").chmod(0o755)
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
+            str(tmp_path / "cni"), "--all", "--yes"]  # fmt: skip
+    run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    done = run([*argv, "--min-age", "0"], env={**run_dir, "PATH": f"{folder}:{os.environ['PATH']}"})
+    assert marker.exists()  # (the refusal was made)
+    assert_error(done, 3, "nftables: ", "Cannot allocate memory")
+    assert chain_name("mynet", "gone1") not in rp.save(host_ns, 4, "legacy")
+    assert '"nftgone"' in upstream.ruleset_text(host_ns)
+    assert "dport=8080" not in _udp_flows(host_ns, "ipv4")
+    time.sleep(1.1)
+    later = run([*argv, "--min-age", "1h", "-o", "json"], env=run_dir)
+    assert later.returncode == 0, later.stderr
+    [pending] = json.loads(later.stdout)["pending"]
+    assert pending["container_id"] == "nftgone" and pending["seen_seconds"] >= 1, pending

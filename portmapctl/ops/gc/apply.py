@@ -275,15 +275,16 @@ def _apply_gc_to(
             # with it (exit 3), and what went in is reported, recorded and flushed, or
             # no later run knew its ports (it found nothing to remove).
             failure, text, nft_done = err, "", err.plan
-        except ToolTimedOut as err:
-            # `nft -f` stopped at its time limit (no retry: exit 3, its line), as a
-            # timed-out iptables family above: what the iptables families removed is
-            # still recorded and flushed below (it left past both: the removed chains'
-            # flows kept the dead DNAT, their old sightings stayed on file), and the
-            # rules' sightings are forgotten, since the write may have gone in.
-            failure = err
+        except HostProblem as err:
+            # `nft -f` stopped at its time limit (no retry: exit 3, its line), or a read
+            # before a re-plan that failed (`nft -j list`'s own error), as a failed
+            # iptables family above: what the iptables families removed is still
+            # recorded and flushed below (it left past both: the removed chains' flows
+            # kept the dead DNAT, their old sightings stayed on file), and the rules'
+            # sightings are forgotten when the write may have gone in.
+            failure = err if isinstance(err, ToolTimedOut) else HostProblem(f"nftables: {err}")
             nft_went.clear()
-            if not err.maybe_applied:
+            if not getattr(err, "maybe_applied", False):
                 # Hung before any write (its read): nothing went, as a refusal above.
                 # Dropped, every dead container's rules waited --min-age afresh.
                 nft_unapplied = planned.nft
