@@ -64,6 +64,20 @@ def _family_failure(
     return ApplyFailed(line)
 
 
+def _after_iptables(err: Failure, plans: Sequence[FamilyPlan]) -> Failure:
+    """The nftables side's error line, with what the iptables families removed before
+    it (gone, flushed and recorded): it said nothing of them, as if nothing went."""
+    removed = sum(len(p.removed) for p in plans)
+    if not removed:
+        return err
+    line = f"{err} (iptables, applied before it: {_chains(removed)} removed)"
+    if isinstance(err, ToolTimedOut):
+        return ToolTimedOut(line, maybe_applied=err.maybe_applied)
+    if isinstance(err, HostProblem):
+        return HostProblem(line)
+    return ApplyFailed(line, maybe_applied=err.maybe_applied)
+
+
 def _chains(count: int) -> str:
     return f"{count} chain{'' if count == 1 else 's'}"  # ("1 chains removed" before)
 
@@ -288,6 +302,8 @@ def _apply_gc_to(
                 # Hung before any write (its read): nothing went, as a refusal above.
                 # Dropped, every dead container's rules waited --min-age afresh.
                 nft_unapplied = planned.nft
+        if failure is not None:
+            failure = _after_iptables(failure, plans)
         if nft_done is not None:
             nft_removed, nft_pending = nft_done.removed, nft_done.pending
             if not options.dry_run:
