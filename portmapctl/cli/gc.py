@@ -273,6 +273,7 @@ def _refused(result: GcResult) -> None:
     if not result.refused:
         return
     from portmapctl.errors import ApplyFailed
+    from portmapctl.ops.gc.result import some_of
 
     def named(chain: GcChain) -> str:
         who = f"container {chain.container_id}" if chain.container_id else "no known container"
@@ -283,7 +284,8 @@ def _refused(result: GcResult) -> None:
     which = (
         named(first.chain)
         if len(result.refused) == 1
-        else f"{len(result.refused)} chains: " + ", ".join(named(r.chain) for r in result.refused)
+        # (A few named: the table above and JSON `refused` list every one.)
+        else f"{len(result.refused)} chains: " + some_of([named(r.chain) for r in result.refused])
     )
     raise ApplyFailed(
         f"iptables refused the removal of {which} (tried alone; every other stale chain"

@@ -607,6 +607,30 @@ def test_a_halving_stopped_with_thousands_left_counts_them_and_names_a_few():
             assert len(line) < 600, len(line)
 
 
+def test_the_line_of_many_refused_chains_counts_them_and_names_a_few():
+    """gc's error line for chains iptables refused, each tried alone, named every one
+    (5 on a real node, legacy, 16 stale chains of which a wrapper refused 5: "iptables
+    refused the removal of 5 chains: CNI-DN-03eb… (IPv4, container c15 on mynet), ...
+    (5 named)"); the table above and JSON `refused` list them all. The line names
+    three, then how many more."""
+    from portmapctl.cli.gc import _refused
+    from portmapctl.ops.gc.result import GcChain, GcResult, Refused
+
+    def refused(i: int) -> Refused:
+        chain = GcChain(f"CNI-DN-{i:021x}", 4, "dnat", "mynet", f"c{i:02d}", (), 0.0)
+        return Refused(chain, "iptables-restore: line 2 failed")
+
+    for count in (1, 3, 5, 500):
+        result = GcResult(False, (), (), 0, 0, refused=tuple(refused(i) for i in range(count)))
+        with pytest.raises(ApplyFailed) as raised:
+            _refused(result)
+        line = str(raised.value)
+        named = [r.chain.chain for r in result.refused if r.chain.chain in line]
+        assert named == [r.chain.chain for r in result.refused[:3]], line
+        assert (f" and {count - 3} more" in line) == (count > 3), line
+        assert line.endswith(": iptables-restore: line 2 failed") and len(line) < 500, line
+
+
 def test_a_family_failing_after_another_counts_one_chain_as_one():
     """The family applied ahead or before a failing one is counted in the failure's
     line: with one chain it said "(IPv6 was applied ahead of it: 1 chains removed)"

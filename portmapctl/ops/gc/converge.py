@@ -16,7 +16,7 @@ from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.gc.family import FamilyPlan, settled
 from portmapctl.ops.gc.planning import Planning, plan_table, reread_cache
-from portmapctl.ops.gc.result import GcChain, Refused
+from portmapctl.ops.gc.result import NAMED_AT_MOST, GcChain, Refused, some_of
 from portmapctl.ops.gc.state import ChainKey
 from portmapctl.ops.node import APPLY_TRIES, Node
 
@@ -156,18 +156,11 @@ def _named(chain: GcChain) -> str:
     return f"{chain.chain} (container {chain.container_id or '-'})"
 
 
-# How many of the chains a stopped halving left its line names: a group stopped at the
-# first try leaves every chain of the family, and 5,002 named made a line of 535 KB.
-NAMED_LEFT = 3
-
-
 def _left_text(left: Sequence[GcChain]) -> str:
-    """`CNI-DN-… (container …), …` for a few; for more, their count, the first few and
-    how many more (the next run tries them all again)."""
-    if len(left) <= NAMED_LEFT:
-        return ", ".join(_named(c) for c in left)
-    first = ", ".join(_named(c) for c in left[:NAMED_LEFT])
-    return f"{len(left)} chains, {first} and {len(left) - NAMED_LEFT} more"
+    """`CNI-DN-… (container …), …` for a few; for more, their count first (a group
+    stopped at the first try leaves every chain of the family)."""
+    count = f"{len(left)} chains, " if len(left) > NAMED_AT_MOST else ""
+    return count + some_of([_named(c) for c in left])
 
 
 def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -> Settled:

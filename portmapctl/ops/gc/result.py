@@ -5,7 +5,7 @@ JSON and metrics read these values and nothing else of gc."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.status import ChainKind
@@ -57,6 +57,19 @@ class GcChain:
         if self.kind == ChainKind.NFT_RULE:
             return ChainKey(self.family, f"{gc_state.NFT_PREFIX}{self.container_id}")
         return ChainKey(self.family, self.chain)
+
+
+# How many chains an error line names: a line naming 5,002 was 535 KB, read by nobody
+# (the table and JSON list them all).
+NAMED_AT_MOST = 3
+
+
+def some_of(names: Sequence[str]) -> str:
+    """`A, B` for a few; `A, B, C and 4999 more` past NAMED_AT_MOST (an error line's
+    list of chains, after its count)."""
+    if len(names) <= NAMED_AT_MOST:
+        return ", ".join(names)
+    return f"{', '.join(names[:NAMED_AT_MOST])} and {len(names) - NAMED_AT_MOST} more"
 
 
 @dataclass(frozen=True)
