@@ -1980,16 +1980,7 @@ def test_check_narrowed_to_the_backend_the_plugin_does_not_use_does_not_say_ther
     summary, while the cache held them and the other backend their rules: only a warning
     said so. As list's "no portmap chains found in <backend>", the summary names the
     backend it read."""
-    if looked_at == "iptables":
-        _plugin_add(node, tmp_path, WEB)
-        held_in = "nftables"
-    else:
-        for i in range(3):
-            ips, ports = [f"10.88.0.{20 + i}/16"], [_pm(8100 + i, 80)]
-            ipt_conf = rp.plugin_conf("podman", ips, ports)
-            rp.run_plugin("ADD", node, f"ipt{i}", ipt_conf, check=True)
-            rp.write_cni_cache(tmp_path, "podman", f"ipt{i}", "eth0", ipt_conf, ports, ips)
-        held_in = "iptables"
+    held_in = _held_in_the_other_backend(node, tmp_path, looked_at)
     text = _pmctl(node, tmp_path, "check", "--backend", looked_at)
     doc = _pmctl(node, tmp_path, "check", "--backend", looked_at, "-o", "json")
     assert text.returncode == doc.returncode == 0, text.stderr + doc.stderr
@@ -2001,6 +1992,46 @@ def test_check_narrowed_to_the_backend_the_plugin_does_not_use_does_not_say_ther
     # Where the backend read holds them, the summary is the usual one.
     done = _pmctl(node, tmp_path, "check", "--backend", held_in)
     assert done.returncode == 0 and done.stdout.startswith("healthy: all "), done.stdout
+
+
+def _held_in_the_other_backend(node: str, tmp_path: Path, looked_at: str) -> str:
+    """The plugin's cached mappings in the backend other than `looked_at` (v1.9.1's
+    nftables, or Debian 1.1.1's iptables: three containers); that backend's name."""
+    if looked_at == "iptables":
+        _plugin_add(node, tmp_path, WEB)
+        return "nftables"
+    for i in range(3):
+        ips, ports = [f"10.88.0.{20 + i}/16"], [_pm(8100 + i, 80)]
+        ipt_conf = rp.plugin_conf("podman", ips, ports)
+        rp.run_plugin("ADD", node, f"ipt{i}", ipt_conf, check=True)
+        rp.write_cni_cache(tmp_path, "podman", f"ipt{i}", "eth0", ipt_conf, ports, ips)
+    return "iptables"
+
+
+@pytest.mark.parametrize("looked_at", ["iptables", "nftables"])
+def test_check_repair_narrowed_to_the_backend_the_plugin_does_not_use_does_not_say_there_is_nothing(
+    node: str, tmp_path: Path, looked_at: str
+) -> None:
+    """`check --backend nftables --repair` on a Debian 1.1.1 node with three cached
+    containers still summed up "healthy: no cached port mappings and no portmap chains
+    (IPv4 and IPv6)" (text and JSON) where check without --repair names the backend it
+    read: the check after the repair lost it. It says what check says, and writes
+    nothing."""
+    _held_in_the_other_backend(node, tmp_path, looked_at)
+
+    def state() -> tuple:
+        saved = tuple(rp.strip_save_comments(rp.save(node, f)) for f in (4, 6))
+        return (*saved, upstream.ruleset_json(node))
+
+    before = state()
+    plain = _pmctl(node, tmp_path, "check", "--backend", looked_at)
+    text = _pmctl(node, tmp_path, "check", "--backend", looked_at, "--repair")
+    doc = _pmctl(node, tmp_path, "check", "--backend", looked_at, "--repair", "-o", "json")
+    assert plain.returncode == text.returncode == doc.returncode == 0, text.stderr + doc.stderr
+    assert f"in {looked_at}" in plain.stdout, plain.stdout
+    assert text.stdout == plain.stdout
+    assert json.loads(doc.stdout)["summary"] == plain.stdout.strip()
+    assert state() == before
 
 
 def test_gc_shows_a_containers_host_ports_in_one_order_on_either_backend(

@@ -687,22 +687,14 @@ def _repaired(
         else p
         for p in after.problems
     )
-    return CheckResult(
-        problems,
-        after.families,
-        after.scope,
-        after.cache_present,
-        after.mappings_checked,
-        after.chains_seen,
-        after.chain,
-        nft_checked=after.nft_checked,
-        nft_seen=after.nft_seen,
+    # The check after, with the repair's own: what it read (its counts, its looked_at:
+    # a field left out here went missing, and the summary said another thing than check).
+    return replace(
+        after,
+        problems=problems,
         repaired=bool(transactions),
         fixed=fixed,
         transactions=transactions,
-        notes=after.notes,
         warnings=after.warnings + tuple(warnings),
-        found=after.found,
-        rows=after.rows,
         unrepaired=tuple((u.family, u.network, u.container_id, u.chain, u.why) for u in unrepaired),
     )
