@@ -322,6 +322,11 @@ def check_healthy_line(result: CheckResult) -> str:
         if (result.chain or "").startswith("nft:"):  # (nftables: no chain of its own)
             return f"healthy: the nftables rules of {result.chain[4:]} are in place ({where})"
         return f"healthy: {result.chain} and its entry rules are in place ({where})"
+    nothing = not result.mappings_checked and not result.chains_seen and not result.nft_seen
+    if nothing and result.looked_at is not None:
+        # (The other backend holds them: "no cached port mappings", or without a cache
+        # "0 portmap chains look sound", would pass a node that holds them.)
+        return f"healthy: no port mappings in {result.looked_at} ({where})"
     if not result.cache_present:
         seen = ([count(result.chains_seen, "portmap chain")] if result.chains_seen else []) + (
             [count(result.nft_seen, "nftables rule set")] if result.nft_seen else []
@@ -332,10 +337,7 @@ def check_healthy_line(result: CheckResult) -> str:
             f" {'looks' if one else 'look'} sound ({where});"
             f" no CNI cache to compare {'it' if one else 'them'} with"
         )
-    if not result.mappings_checked and not result.chains_seen and not result.nft_seen:
-        if result.looked_at is not None:
-            # (The other backend holds them: "no cached port mappings" would be false.)
-            return f"healthy: no port mappings in {result.looked_at} ({where})"
+    if nothing:
         return f"healthy: no cached port mappings and no portmap chains ({where})"
     # What was compared: one chain per cached container and family, or under the
     # nftables backend that container's rules for the family.

@@ -2034,6 +2034,31 @@ def test_check_repair_narrowed_to_the_backend_the_plugin_does_not_use_does_not_s
     assert state() == before
 
 
+@pytest.mark.parametrize("looked_at", ["iptables", "nftables"])
+def test_check_narrowed_to_the_other_backend_without_a_cache_does_not_say_there_is_nothing(
+    node: str, tmp_path: Path, looked_at: str
+) -> None:
+    """Without a CNI cache, `check --backend nftables` on a Debian 1.1.1 node with three
+    containers' chains in iptables summed up "healthy: 0 portmap chains look sound (IPv4
+    and IPv6); no CNI cache to compare them with" (--repair the same, and --backend
+    iptables on a v1.9.1 nftables node): the node holds them, in the backend not read.
+    The summary names the backend read, as with a cache."""
+    held_in = _held_in_the_other_backend(node, tmp_path, looked_at)
+    empty = tmp_path / "no-cache"
+    empty.mkdir()
+    for repair in ([], ["--repair"]):
+        text = _pmctl(node, empty, "check", "--backend", looked_at, *repair)
+        doc = _pmctl(node, empty, "check", "--backend", looked_at, *repair, "-o", "json")
+        assert text.returncode == doc.returncode == 0, text.stderr + doc.stderr
+        summary = json.loads(doc.stdout)["summary"]
+        assert text.stdout.splitlines() == [summary]
+        assert summary == f"healthy: no port mappings in {looked_at} (IPv4 and IPv6)", summary
+        assert f"the plugin's {held_in} holds" in text.stderr
+    # Where the backend read holds them, the usual no-cache line.
+    done = _pmctl(node, empty, "check", "--backend", held_in)
+    assert done.returncode == 0 and "no CNI cache to compare" in done.stdout, done.stdout
+
+
 def test_gc_shows_a_containers_host_ports_in_one_order_on_either_backend(
     node: str, twin: str, tmp_path: Path
 ) -> None:
