@@ -11,6 +11,10 @@ class PortmapctlError(Exception):
     """Base class: a message meant for the user, and the exit code it maps to."""
 
     exit_code = 1
+    # What had been done when it ended, set on the way out by whoever knows (gc: the
+    # GcResult of chains that went in before a family failed), for the CLI to show
+    # ahead of the one line: else `-o json` printed no document of what was removed.
+    done: object = None
 
 
 class BadInput(PortmapctlError):

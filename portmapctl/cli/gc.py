@@ -5,7 +5,18 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import replace
-from typing import TYPE_CHECKING, Collection, FrozenSet, Iterator, List, Optional, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Collection,
+    FrozenSet,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import typer
 
@@ -21,6 +32,7 @@ from portmapctl.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from portmapctl.errors import PortmapctlError
     from portmapctl.ops.gc import GcChain, GcResult
 
 EXAMPLES = """
@@ -206,7 +218,7 @@ def gc_command(
                     # its chain back from the plugin unchanged, then its cache entry),
                     # and that plan, its table unchanged, would still go in whole.
                     planned = plan_gc(node, sources, options)
-                    result = apply_gc(node, planned, progress)
+                    result, failed = _applied(apply_gc, node, planned, progress)
                     applied.append(result)
             else:
                 doing = "looking for chains to remove" if dry_run else "removing chains"
@@ -214,18 +226,38 @@ def gc_command(
                     # A dry run takes the lock only to record its sightings, once it
                     # has looked: the bar goes first, the lock's waiting line alone.
                     ended = progress.end if progress is not None else None
-                    result = apply_gc(node, planned, progress, before_lock=ended)
+                    result, failed = _applied(apply_gc, node, planned, progress, before_lock=ended)
                     applied.append(result)
             tools = restore_tools(node.backend) if common.verbose and dry_run else {}
-        if recorder is not None:
+        if recorder is not None and failed is None:  # (a failed run's file says it failed)
             recorder.note_gc(result, node_opts.families)
         if not ask:
             noted = out.cache_note(cache, told_by)
         _show(out, result, options.min_age, cache, asked_dry_run=dry_run, said=shown, noted=noted)
+        if failed is not None:
+            raise failed  # its one line, after what went in before it failed
         if common.verbose and dry_run:
             sys.stderr.write(render.transactions_text(result.transactions, tools))
         _not_recorded(result)
         _refused(result)
+
+
+def _applied(
+    apply: Callable[..., GcResult], *args: Any, **kwargs: Any
+) -> Tuple[GcResult, Optional[PortmapctlError]]:
+    """apply_gc's result; or, where it failed after chains went in (a family after
+    another, the nftables side after iptables, a halving stopped part-way), what went in
+    and the failure, raised once that is shown: else `-o json` printed no document and
+    the table none of the chains it had removed, flushed and recorded."""
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.ops.gc import GcResult
+
+    try:
+        return apply(*args, **kwargs), None
+    except PortmapctlError as err:
+        if not isinstance(err.done, GcResult):
+            raise
+        return err.done, err
 
 
 @contextlib.contextmanager

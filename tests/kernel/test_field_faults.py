@@ -276,7 +276,7 @@ def test_a_gc_restore_that_went_in_then_hung_leaves_no_sighting_of_what_it_remov
     hung = {"PATH": f"{folder}:{os.environ['PATH']}", "PORTMAPCTL_IPTABLES_TIMEOUT": "1",
             "PORTMAPCTL_NFT_BATCH": "0"}  # fmt: skip
     # (its line says what the read after it found: it went in, not "may have")
-    assert_error(run(args, env={**env, **hung}), 3, "it went in")
+    assert_error(run(args, env={**env, **hung}), 3, "it went in", after_work=True)
     assert chain_name("mynet", "gone1") not in _nat_save(ns, mode)  # it went in
 
     rp.run_plugin("ADD", ns, "gone1", stale, mode=mode, check=True)  # started again

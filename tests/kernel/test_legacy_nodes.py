@@ -759,7 +759,7 @@ def test_a_removal_whose_restore_hung_after_its_commit_still_has_its_flows_flush
     env = {**run_dir, "PATH": f"{folder}:{os.environ['PATH']}",
            "PORTMAPCTL_IPTABLES_TIMEOUT": "2", "PORTMAPCTL_NFT_BATCH": "0"}  # fmt: skip
     done = run(argv, env=env)
-    assert_error(done, 3, "did not finish within 2 s", "it went in", "2 chains")
+    assert_error(done, 3, "did not finish within 2 s", "it went in", "2 chains", after_work=True)
     assert "run again to see" not in done.stderr  # (it went in: the read after it says so)
     saved = rp.save(host_ns, 4, mode)
     assert chain_name("mynet", "gone1") not in saved and chain_name("mynet", "gone2") not in saved
@@ -875,8 +875,9 @@ def test_a_hung_read_while_a_refused_removal_is_halved_still_flushes_what_went_i
     assert chain_name("mynet", "six1") not in rp.save(host_ns, 6, "legacy")
     said = "did not answer within 3 s" if fault == "hung" else f"failed: {failed}"
     assert_error(done, 3, "IPv4: ", said, f"{removed} removed",
-                 gone["gone1"], "IPv6 was applied ahead of it: 1 chain removed")  # fmt: skip
-    [line] = done.stderr.splitlines()
+                 gone["gone1"], "IPv6 was applied ahead of it: 1 chain removed",
+                 after_work=True)  # fmt: skip
+    line = done.stderr.splitlines()[-1]
     assert "refused the removal of" not in line, line
     flows = subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-L", "-p", "udp"],
                            capture_output=True, text=True).stdout  # fmt: skip
@@ -885,19 +886,12 @@ def test_a_hung_read_while_a_refused_removal_is_halved_still_flushes_what_went_i
     assert "dport=8090" not in flows, flows
 
 
-def test_a_failed_read_while_a_family_is_planned_again_keeps_what_the_other_removed(
-    host_ns, tmp_path
-):
-    """IPv4's removal refused once (the plugin changed the table, as gc takes it), and
-    the read for its next try failed: iptables-legacy-save's own error (exit 1), a
-    HostProblem, not a timeout. It escaped apply_gc: the one line was the bare read
-    error ("... iptables-legacy-save failed: ..."), IPv6's removal, applied ahead,
-    went unsaid, its chain's UDP flow kept the dead DNAT and no sighting was saved.
-    Now the line is IPv4's, with what IPv6 removed; its flow is flushed; IPv4's chain,
-    untouched, keeps its sighting (a later run counts --min-age from this one).
-
-    Real tables: wrappers in front of iptables-legacy-restore (refuses its first
-    transaction) and iptables-legacy-save (fails once that refusal is made)."""
+def _ipv4_refused_then_unreadable(host_ns, tmp_path):
+    """gone1 and other1 on IPv4, six1 (UDP, a flow) on IPv6, by the Debian plugin on
+    legacy; wrappers in front of iptables-legacy-restore (refuses its first
+    transaction) and iptables-legacy-save (fails once that refusal is made). Returns
+    gc's argv (other1 kept), its run directory's env, the env with the wrappers, the
+    refusal's marker and the save's error."""
     for cid, ip, port in (
         ("gone1", "10.88.0.5/16", 8080),
         ("other1", "10.88.0.9/16", 8083),
@@ -919,10 +913,53 @@ def test_a_failed_read_while_a_family_is_planned_again_keeps_what_the_other_remo
     argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--cni-cache-dir",
             str(tmp_path / "cni"), "--keep", "other1", "--yes"]  # fmt: skip
     run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
-    done = run([*argv, "--min-age", "0"], env={**run_dir, "PATH": f"{folder}:{os.environ['PATH']}"})
+    env = {**run_dir, "PATH": f"{folder}:{os.environ['PATH']}"}
+    return argv, run_dir, env, marker, failed
+
+
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_a_gc_failing_after_a_family_went_in_shows_what_went_in(host_ns, tmp_path, output):
+    """IPv6's removal went in (applied ahead), then IPv4's failed (exit 3): the one
+    error line said "IPv6 was applied ahead of it: 1 chain removed", and stdout was
+    empty, `-o json` printing no document: a script saw nothing of the chain removed,
+    its flow flushed, its sighting forgotten. What went in is shown as any run's
+    result (the table and summary, or the document), then the one line."""
+    argv, _, env, _, failed = _ipv4_refused_then_unreadable(host_ns, tmp_path)
+    shown = [] if output == "table" else ["-o", "json"]
+    done = run([*argv, "--min-age", "0", *shown], env=env)
+    assert_error(done, 3, "IPv4: ", f"failed: {failed}", after_work=True)
+    six1 = chain_name("mynet", "six1")
+    assert six1 not in rp.save(host_ns, 6, "legacy")
+    if output == "json":
+        doc = json.loads(done.stdout)
+        assert [(r["chain"], r["family"], r["container_id"]) for r in doc["removed"]] == [
+            (six1, 6, "six1")
+        ], doc
+        assert doc["dry_run"] is False and doc["conntrack_deleted"] >= 1, doc
+    else:
+        lines = done.stdout.splitlines()
+        assert any("six1" in line and "removed" in line for line in lines), done.stdout
+        assert lines[-1].startswith("gc: removed 1 chain of 1 container"), done.stdout
+
+
+def test_a_failed_read_while_a_family_is_planned_again_keeps_what_the_other_removed(
+    host_ns, tmp_path
+):
+    """IPv4's removal refused once (the plugin changed the table, as gc takes it), and
+    the read for its next try failed: iptables-legacy-save's own error (exit 1), a
+    HostProblem, not a timeout. It escaped apply_gc: the one line was the bare read
+    error ("... iptables-legacy-save failed: ..."), IPv6's removal, applied ahead,
+    went unsaid, its chain's UDP flow kept the dead DNAT and no sighting was saved.
+    Now the line is IPv4's, with what IPv6 removed; its flow is flushed; IPv4's chain,
+    untouched, keeps its sighting (a later run counts --min-age from this one).
+
+    Real tables: wrappers in front of iptables-legacy-restore (refuses its first
+    transaction) and iptables-legacy-save (fails once that refusal is made)."""
+    argv, run_dir, env, marker, failed = _ipv4_refused_then_unreadable(host_ns, tmp_path)
+    done = run([*argv, "--min-age", "0"], env=env)
     assert marker.exists()  # (the refusal was made)
     assert_error(done, 3, "IPv4: ", f"failed: {failed}",
-                 "IPv6 was applied ahead of it: 1 chain removed")  # fmt: skip
+                 "IPv6 was applied ahead of it: 1 chain removed", after_work=True)  # fmt: skip
     assert chain_name("mynet", "six1") not in rp.save(host_ns, 6, "legacy")
     assert chain_name("mynet", "gone1") in rp.save(host_ns, 4, "legacy")
     flows = _udp_flows(host_ns, "ipv6")
@@ -973,7 +1010,7 @@ def test_a_failed_nft_read_after_its_refusal_keeps_what_iptables_removed(host_ns
     assert marker.exists()  # (the refusal was made)
     # (What iptables removed before it: the line said nothing of it.)
     assert_error(done, 3, "nftables: ", "Cannot allocate memory",
-                 "(iptables, applied before it: 1 chain removed)")  # fmt: skip
+                 "(iptables, applied before it: 1 chain removed)", after_work=True)  # fmt: skip
     assert chain_name("mynet", "gone1") not in rp.save(host_ns, 4, "legacy")
     assert '"nftgone"' in upstream.ruleset_text(host_ns)
     assert "dport=8080" not in _udp_flows(host_ns, "ipv4")

@@ -355,9 +355,7 @@ def _apply_gc_to(
     if not options.dry_run and options.flush_udp:
         # Also when a later family failed: what went in the others went for good.
         deleted, flush_warnings = flush_removed(node, plans, nft_done)
-    if failure is not None:
-        raise failure
-    return GcResult(
+    result = GcResult(
         options.dry_run,
         tuple(c for p in plans for c in p.removed) + tuple(nft_removed),
         tuple(c for p in plans for c in p.pending) + tuple(nft_pending),
@@ -369,6 +367,11 @@ def _apply_gc_to(
         state_error,
         tuple(refused),
     )
+    if failure is not None:
+        if result.removed or result.shared_removed:
+            failure.done = result  # (gone for good: the CLI shows it before the line)
+        raise failure
+    return result
 
 
 def gc(
