@@ -16,6 +16,7 @@ import json
 import os
 import re
 import stat
+import sys
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -436,6 +437,51 @@ def test_the_state_key_is_the_namespace_not_its_spelling(monkeypatch):
     monkeypatch.setattr(gc_state, "_netns_cookie", lambda: None)
     info = os.stat("/proc/self/ns/net")
     assert gc_state.namespace_key("foo") == f"foo@{info.st_dev}:{info.st_ino}"
+
+
+@pytest.mark.parametrize(
+    "machine, option",
+    [
+        # The kernel's arch/*/include/uapi/asm/socket.h (include/uapi/asm-generic/
+        # socket.h for the others): SO_NETNS_COOKIE.
+        ("x86_64", 71),
+        ("aarch64", 71),
+        ("ppc64le", 71),
+        ("s390x", 71),
+        ("mips64", 71),
+        ("alpha", 71),
+        ("parisc", 0x4045),
+        ("parisc64", 0x4045),
+        ("sparc64", 0x0050),
+    ],
+)
+def test_the_cookie_is_asked_for_by_the_architectures_option_number(monkeypatch, machine, option):
+    """Python (3.11) does not name SO_NETNS_COOKIE: its number is the architecture's. A
+    wrong one reads another option (a value of another size: no cookie; worse, one that
+    does not tell namespaces apart) or none."""
+    import socket
+
+    asked = []
+
+    class Socket:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def __enter__(self) -> Socket:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def getsockopt(self, level: int, name: int, size: int) -> bytes:
+            asked.append((level, name, size))
+            return (12345).to_bytes(8, sys.byteorder)
+
+    monkeypatch.delattr(socket, "SO_NETNS_COOKIE", raising=False)
+    monkeypatch.setattr(socket, "socket", Socket)
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result(("Linux", "n", "r", "v", machine)))
+    assert gc_state._netns_cookie() == 12345
+    assert asked == [(socket.SOL_SOCKET, option, 8)]
 
 
 def test_state_distrusts_what_it_cannot_vouch_for(tmp_path):

@@ -90,8 +90,10 @@ def clock() -> float:
 
 
 # SO_NETNS_COOKIE (Linux 5.14): a number the kernel gives each network namespace it
-# makes, never again in the same boot. Python's socket module does not name it (3.11).
-_NETNS_COOKIE = {"parisc": 0x4050, "parisc64": 0x4050, "sparc": 0x0050, "sparc64": 0x0050}
+# makes, never again in the same boot. Python's socket module does not name it (3.11);
+# 71 (asm-generic, alpha, mips) unless the kernel's arch/*/include/uapi/asm/socket.h
+# says otherwise.
+_NETNS_COOKIE = {"parisc": 0x4045, "parisc64": 0x4045, "sparc": 0x0050, "sparc64": 0x0050}
 
 
 def namespace_key(label: Optional[str] = None) -> str:
