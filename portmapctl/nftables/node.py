@@ -168,18 +168,25 @@ class DeadContainer:
 class RulesMark:
     """What gc's --min-age sighting of one container's rules in one family holds (the
     state file's fingerprint, `text()`): the rules as written, the table's handle and
-    the rules' handles.
+    the rules' handles. The clock carries only while all three are the same.
 
-    Handles alone (as gc kept them before) were lost to a firewall reload (`nft -f`
-    of a saved ruleset makes the table afresh, every handle new), so on a node
-    reloading more often than --min-age nothing was ever removed. Content alone could not tell the
-    same container's rules written again (its DEL, then an ADD under the same ID:
-    podman restart) from the old ones, and gc may look during that ADD, before libcni
-    writes the cache entry that makes it live: removed then, a container loses its
-    ports (the --min-age rule exists for that moment)."""
+    The rules' handles alone (gc's mark before) came back the same after `nft flush
+    ruleset`: the plugin's ADDs, in the same order, make the table again under the
+    same handles, and a stale container started again under its ID (its rules written
+    again, its cache entry not yet: gc may look during that ADD) lost its rules at
+    once. The table's handle is never given out again in a namespace. Content alone
+    could not tell those rules from the old ones either.
+
+    A firewall reload of the saved ruleset (`nft -f`: flush ruleset, then the listing)
+    makes the table afresh too, and so starts every clock over: a delay, and on a node
+    reloading more often than --min-age the stale rules stay. Telling such a reload from
+    the plugin's ADDs was tried, by how nft numbers the handles of a table made from a
+    listing: it depends on the order nft and the plugin write in (both changed it
+    between versions), and a guess wrong one way removes a restarted container's rules
+    during its ADD. Kept out: when in doubt, the rules stay."""
 
     content: str  # the rules as `nft list` shows them, in listing order
-    table: int  # the table's handle: one made afresh (a reload) gets a new one
+    table: int  # the table's handle: one made afresh gets a new one
     handles: str  # the rules' handles: a rule written again gets a new one
 
     def text(self) -> str:
@@ -210,45 +217,10 @@ def rules_mark(table: Table, rules: Collection[Rule]) -> RulesMark:
     )
 
 
-def same_rules(before: str, mark: RulesMark, table: Table, container_id: str) -> bool:
-    """Whether the container's rules in `table` now (their `mark`) are the ones a
-    sighting marked `before`: the same rules, or the same content written again by a
-    reload.
-
-    A reload is told from the container's DEL and ADD by handles: a table's handles
-    count up from 1, and the batch that makes a table writes its chains and the
-    table's own rules (the uncommented jumps into its chains, which the plugin writes
-    only then). A rule written later has a handle above all of them; one below the
-    first jump was written with the table. The plugin writes one container per ADD:
-    rules of two containers below the first jump come from something that wrote
-    several at once with the table (a reload, in whatever order nft takes the saved
-    text; `check --repair` writes live containers only). Anything else starts over:
-    the same table with the rules written again (an ADD), a table the container's
-    own ADD made (a reload keeping only it looks the same), a container written after
-    its table was made: a delay, never a removal before --min-age."""
-    old = RulesMark.parse(before)
-    if old is None or old.content != mark.content:
-        return False
-    if old == mark:
-        return True
-    if 0 in (old.table, mark.table) or old.table == mark.table:
-        return False  # (the same table, rules written again: an ADD; or unknown)
-    jumps = [
-        rule.handle
-        for rules_of_chain in table.rules.values()
-        for rule in rules_of_chain
-        if rule.comment is None and rule.body.action.kind is ActionKind.JUMP
-    ]
-    if not jumps:
-        return False
-    first_jump = min(jumps)
-    writers = {
-        rule.comment
-        for chain in CONTAINER_CHAINS
-        for rule in table.rules_of(chain)
-        if rule.comment is not None and rule.handle < first_jump
-    }
-    return container_id in writers and len(writers) > 1
+def same_rules(before: str, mark: RulesMark) -> bool:
+    """Whether the container's rules now (their `mark`) are the ones a sighting marked
+    `before` (RulesMark.text()): anything else starts the clock over."""
+    return RulesMark.parse(before) == mark
 
 
 _CNI_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")

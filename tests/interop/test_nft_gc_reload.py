@@ -1,12 +1,13 @@
-"""gc --min-age across a firewall reload, on a node of the upstream plugin's nftables
-backend: a real `nft -f` of the saved ruleset (what a node's firewall service does on
-every reload) makes the `cni_hostport` tables afresh, every rule under a new handle.
+"""gc --min-age across a firewall reload and a table made again, on a node of the
+upstream plugin's nftables backend.
 
-A stale container's sighting must survive such a reload (its rules are as they were),
-or a node reloading more often than --min-age never has a rule removed; yet the same
-container's rules written again (its DEL and ADD: podman restart), with a reload or
-without, must start a new sighting: gc may be looking during that ADD, before libcni
-wrote the cache entry that makes it live.
+A sighting is of a container's very rules, in the table seen: the same container's
+rules written again (its DEL and ADD: podman restart; the plugin making the table again
+after `nft flush ruleset`, even under the same rule handles) must start a new one, gc
+may be looking during that ADD, before libcni wrote the cache entry that makes it live.
+A real `nft -f` of the saved ruleset (a firewall service's reload) makes the tables
+afresh as well: it starts the clock over too (a delay), and a later run past
+--min-age removes the rules.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ def node() -> Iterator[str]:
         rp.delete_netns(name)
 
 
-def _add(ns: str, cache: Path, ctr, cached: bool) -> dict:
+def _add(ns: str, cache: Path, ctr, cached: bool, version: str = V191) -> dict:
     cid, ips, ports = ctr
     conf = upstream.nft_conf("podman", ips, ports)
-    upstream.run(V191, "ADD", ns, cid, conf, check=True)
+    upstream.run(version, "ADD", ns, cid, conf, check=True)
     if cached:
         rp.write_cni_cache(cache, "podman", cid, "eth0", conf, ports, ips)
     return conf
@@ -80,9 +81,10 @@ def _ids(rows) -> set:
     return {(row["container_id"], row["family"]) for row in rows}
 
 
-def test_a_reload_of_the_same_rules_keeps_a_stale_containers_clock(
-    node: str, tmp_path: Path
-) -> None:
+def test_a_reload_of_the_same_rules_starts_the_clock_over(node: str, tmp_path: Path) -> None:
+    """`nft -f` of the saved ruleset renumbers every handle, the tables' too: the stale
+    container's rules stay pending from that run (it cannot be told for sure from the
+    plugin writing the table again), and go once seen so for --min-age."""
     _add(node, tmp_path, LIVE, cached=True)
     _add(node, tmp_path, OLD, cached=False)
     run_dir = tmp_path / "run"
@@ -95,6 +97,8 @@ def test_a_reload_of_the_same_rules_keeps_a_stale_containers_clock(
     # The reload renumbered everything: the tables' handles and every rule's.
     assert before.keys() == after.keys()
     assert all(before[key] != after[key] for key in before), (before, after)
+    _started_over(_gc(node, tmp_path, run_dir))
+    time.sleep(MIN_AGE + 0.2)
     done = _gc(node, tmp_path, run_dir)
     assert _ids(done["removed"]) == {("old1", 4), ("old1", 6)}, done
     assert {key for key in _handles(node) if key[1] != "table"} == {
@@ -102,11 +106,13 @@ def test_a_reload_of_the_same_rules_keeps_a_stale_containers_clock(
     }  # fmt: skip
 
 
-def _sighted_then_aged(node: str, cache: Path, run_dir: Path) -> dict:
+def _sighted_then_aged(
+    node: str, cache: Path, run_dir: Path, version: str = V191, live=LIVE
+) -> dict:
     """live1 cached, old1 stale: seen once, then left for longer than --min-age."""
     confs = {
-        LIVE[0]: _add(node, cache, LIVE, cached=True),
-        OLD[0]: _add(node, cache, OLD, cached=False),
+        LIVE[0]: _add(node, cache, live, cached=True, version=version),
+        OLD[0]: _add(node, cache, OLD, cached=False, version=version),
     }
     first = _gc(node, cache, run_dir)
     assert _ids(first["pending"]) == {("old1", 4), ("old1", 6)} and first["removed"] == []
@@ -170,4 +176,32 @@ def test_the_same_id_with_other_rules_starts_over_across_a_reload(
         upstream.nft_conf("podman", ips, [rp.port_mapping(7002, 70, "udp")]), check=True,
     )  # fmt: skip
     _reload(node)
+    _started_over(_gc(node, tmp_path, run_dir))
+
+
+LIVE2 = ("live2", ["10.88.0.9/16", "fd00:88::9/64"], [rp.port_mapping(8090, 90)])
+
+
+@pytest.mark.parametrize("version", upstream.VERSIONS)
+@pytest.mark.parametrize("made_by", ["flush", "reload"])
+def test_a_stale_container_added_again_before_another_add_starts_over(
+    node: str, tmp_path: Path, made_by: str, version: str
+) -> None:
+    """old1 started again under its ID in a table made afresh (after `nft flush
+    ruleset` the plugin's ADDs make it again; after a reload its DEL and ADD), and
+    another container's ADD before libcni wrote old1's cache entry (containers started
+    together). Every ADD flushes and writes again the table's jumps: old1's new rules
+    end up below the first jump beside live1's, as a reload leaves them (a mark that
+    took that for a reload carried its clock, and its new rules went at once, during
+    its ADD)."""
+    run_dir = tmp_path / "run"
+    confs = _sighted_then_aged(node, tmp_path, run_dir, version)
+    if made_by == "flush":
+        upstream.nft(node, "flush", "ruleset")
+        _add(node, tmp_path, LIVE, cached=True, version=version)
+    else:
+        _reload(node)
+        upstream.run(version, "DEL", node, "old1", confs["old1"], check=True)
+    upstream.run(version, "ADD", node, "old1", confs["old1"], check=True)
+    _add(node, tmp_path, LIVE2, cached=True, version=version)
     _started_over(_gc(node, tmp_path, run_dir))

@@ -159,7 +159,7 @@ def plan_nft(
             table = live_rules.tables[family]
             mark = rules_mark(table, rules)
             before = seen.get(key)
-            carried = before and same_rules(before.fingerprint, mark, table, dead.container_id)
+            carried = before and same_rules(before.fingerprint, mark)
             first = before.first_seen if before and carried else now
             new_seen[key] = gc_state.Seen(mark.text(), first)
             cached = networks.get(dead.container_id, set())
