@@ -107,8 +107,10 @@ def namespace_key(label: Optional[str] = None) -> str:
     namespace recreated, its containers added again under their IDs) took over the
     old one's sightings and lost the chains at once, during their ADD. A cookie is
     never reused in a boot (and the file goes with the boot ID). Without one (a
-    kernel before 5.14): `--netns` as given and the inode, as before (a delay where
-    spellings differ; the old namespace's part is dropped a day after its last run)."""
+    kernel before 5.14): `--netns` as given and the inode, as before: a delay where
+    spellings differ, and that takeover, where a namespace made again at the same
+    path gets the old one's inode within a day of the old one's last run (its part is
+    dropped then; docs/guarantees.md)."""
     cookie = _netns_cookie()
     if cookie is not None:
         return f"netns-cookie:{cookie}"
