@@ -24,9 +24,15 @@ class BadInput(PortmapctlError):
 
 
 class HostProblem(PortmapctlError):
-    """The environment: not root, no usable iptables, no such namespace (exit 3)."""
+    """The environment: not root, no usable iptables, no such namespace (exit 3).
+    `maybe_applied`: it stopped a write's judging (a read after a tool that died or
+    hung while writing): that transaction may have gone in (whole, never half)."""
 
     exit_code = 3
+
+    def __init__(self, message: str = "", maybe_applied: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_applied = maybe_applied
 
 
 class ToolTimedOut(HostProblem):
@@ -39,8 +45,7 @@ class ToolTimedOut(HostProblem):
     after it that settles whether it did (gc's HungWentIn, NftHungWentIn)."""
 
     def __init__(self, message: str = "", maybe_applied: bool = False, stopped: str = "") -> None:
-        super().__init__(message)
-        self.maybe_applied = maybe_applied
+        super().__init__(message, maybe_applied)
         self.stopped = stopped or message
 
     def not_gone_in(self) -> ToolTimedOut:

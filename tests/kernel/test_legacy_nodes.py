@@ -971,6 +971,49 @@ def test_a_failed_read_while_a_family_is_planned_again_keeps_what_the_other_remo
     assert pending["container_id"] == "gone1" and pending["seen_seconds"] >= 1, pending
 
 
+def test_a_failed_read_after_a_killed_restore_forgets_what_it_may_have_removed(host_ns, tmp_path):
+    """An iptables-restore killed after its commit (the OOM killer: "killed by SIGKILL",
+    it may have gone in) is judged by the read after it. When that read failed
+    (iptables-save's own error, a HostProblem, not a timeout), apply_gc, which catches
+    it now (6a529ec), took it for a family where nothing went and wrote its sightings
+    back as they were: gone1's chain was gone, yet its old sighting stayed on file, so
+    the same container's chain, made again under its ID, was past --min-age at its
+    first sighting and the next gc removed it at once (SPEC: never sooner than
+    --min-age after first seen stale). As for any write that may have gone in, they
+    are forgotten, and the line says that write may have gone in.
+
+    Real tables: gone1 seen stale by a first run (--min-age 1h: pending); the second
+    run's restore goes in, then is killed, and every read after it fails; the plugin
+    makes gone1's chain again; a third run counts gone1 from its own read."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], PORTS)
+    rp.run_plugin("ADD", host_ns, "gone1", conf, mode="legacy", check=True)
+    killed, folder = tmp_path / "killed", tmp_path / "wrap"
+    folder.mkdir()
+    failed = "iptables-legacy-save: Cannot allocate memory"
+    _wrap(folder, f'IN={tmp_path}/in.$$\ncat > "$IN"\n'
+                  f'/usr/sbin/iptables-legacy-restore "$@" < "$IN" && touch {killed}'
+                  ' && kill -9 $$\nexit 1',
+          f"if [ -e {killed} ]; then echo '{failed}' >&2; exit 1; fi\n"
+          'exec /usr/sbin/iptables-legacy-save "$@"')  # fmt: skip
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
+            str(tmp_path / "cni"), "--all", "--yes"]  # fmt: skip
+    run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    first = run([*argv, "--min-age", "1h"], env=run_dir)
+    assert first.returncode == 0, first.stderr
+    time.sleep(2.1)
+    done = run([*argv, "--min-age", "0"], env={**run_dir, "PATH": f"{folder}:{os.environ['PATH']}"})
+    assert killed.exists()  # (the restore went in, then was killed)
+    assert_error(done, 3, "IPv4: ", f"failed: {failed}", "killed by SIGKILL", "may have gone in")
+    assert chain_name("mynet", "gone1") not in rp.save(host_ns, 4, "legacy")
+    rp.run_plugin("ADD", host_ns, "gone1", conf, mode="legacy", check=True)
+    later = run([*argv, "--min-age", "1h", "--dry-run", "-o", "json"], env=run_dir)
+    assert later.returncode == 0, later.stderr
+    [pending] = json.loads(later.stdout)["pending"]
+    # (Its old sighting, written back, made it 2 s old at once: --min-age 2s removed it.)
+    assert pending["container_id"] == "gone1" and pending["seen_seconds"] < 2, pending
+
+
 def test_a_failed_nft_read_after_its_refusal_keeps_what_iptables_removed(host_ns, tmp_path):
     """The nftables side goes after the iptables families. Its `nft -f` refused (a rule
     gone meanwhile), the read for its next try failed (`nft -j list`'s own error: a

@@ -60,7 +60,8 @@ def _family_failure(
     if isinstance(err, ToolTimedOut):
         return ToolTimedOut(line, maybe_applied=err.maybe_applied)
     if isinstance(err, HostProblem):
-        return HostProblem(line)  # (exit 3: a halving's read that failed; was exit 1)
+        # (exit 3: a halving's read that failed; was exit 1)
+        return HostProblem(line, maybe_applied=err.maybe_applied)
     return ApplyFailed(line)
 
 
@@ -74,7 +75,7 @@ def _after_iptables(err: Failure, plans: Sequence[FamilyPlan]) -> Failure:
     if isinstance(err, ToolTimedOut):
         return ToolTimedOut(line, maybe_applied=err.maybe_applied)
     if isinstance(err, HostProblem):
-        return HostProblem(line)
+        return HostProblem(line, maybe_applied=err.maybe_applied)
     return ApplyFailed(line, maybe_applied=err.maybe_applied)
 
 
@@ -227,7 +228,7 @@ def _apply_gc_to(
         if done is None:
             if failure is None:
                 failure, failed_family = error, family
-            if not getattr(error, "maybe_applied", False):
+            if not (error is not None and error.maybe_applied):
                 remembered.update(first.seen)  # nothing went: remember all of it
                 if forgetting is not None:  # (a real run: under the lock since its read)
                     unremoved.update(first.seen)
@@ -296,9 +297,13 @@ def _apply_gc_to(
             # recorded and flushed below (it left past both: the removed chains' flows
             # kept the dead DNAT, their old sightings stayed on file), and the rules'
             # sightings are forgotten when the write may have gone in.
-            failure = err if isinstance(err, ToolTimedOut) else HostProblem(f"nftables: {err}")
+            failure = (
+                err
+                if isinstance(err, ToolTimedOut)
+                else HostProblem(f"nftables: {err}", maybe_applied=err.maybe_applied)
+            )
             nft_went.clear()
-            if not getattr(err, "maybe_applied", False):
+            if not err.maybe_applied:
                 # Hung before any write (its read): nothing went, as a refusal above.
                 # Dropped, every dead container's rules waited --min-age afresh.
                 nft_unapplied = planned.nft

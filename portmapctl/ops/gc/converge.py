@@ -11,7 +11,13 @@ import itertools
 from dataclasses import replace
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError, ToolTimedOut
+from portmapctl.errors import (
+    MAY_HAVE_GONE_IN,
+    ApplyFailed,
+    HostProblem,
+    PortmapctlError,
+    ToolTimedOut,
+)
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.gc.family import FamilyPlan, settled
@@ -75,7 +81,7 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
         return went
     except ToolTimedOut as err:
         if not err.maybe_applied:
-            raise
+            raise _unjudged(err, unsure) from None
         try:
             table = node.backend.read(first.family)
         except PortmapctlError:
@@ -88,6 +94,24 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
             # in, which its "may have gone in ...: run again to see" left open.
             raise err.not_gone_in() from None
         raise HungWentIn(err, went) from None
+    except HostProblem as err:
+        # A read (or the cache's, to re-plan) that failed after a try whose tool died
+        # without saying: that try is not judged, so it may have gone in. Raised bare,
+        # apply_gc took the family for one where nothing went and wrote its chains' old
+        # sightings back: the same container's chain, made again under its ID, was past
+        # --min-age at its first sighting.
+        raise _unjudged(err, unsure) from None
+
+
+def _unjudged(err: HostProblem, unsure: Sequence[Tuple[FamilyPlan, ApplyFailed]]) -> HostProblem:
+    """`err`, which stopped the judging of a try whose tool died (`unsure`): saying so,
+    and that its write may have gone in (its sightings forgotten, as a removal's)."""
+    if not unsure:
+        return err
+    line = f"{err} (after {unsure[-1][1]}: {MAY_HAVE_GONE_IN})"
+    if isinstance(err, ToolTimedOut):
+        return ToolTimedOut(line, maybe_applied=True)
+    return HostProblem(line, maybe_applied=True)
 
 
 class HungWentIn(ToolTimedOut):
@@ -148,7 +172,7 @@ class Settled(NamedTuple):
         if isinstance(self.stop, ToolTimedOut):
             return ToolTimedOut(line, maybe_applied=self.stop.maybe_applied)
         if isinstance(self.stop, HostProblem):
-            return HostProblem(line)
+            return HostProblem(line, maybe_applied=self.stop.maybe_applied)
         return ApplyFailed(line, maybe_applied=self.stop.maybe_applied, busy=self.stop.busy)
 
 
