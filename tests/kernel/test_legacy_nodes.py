@@ -971,6 +971,40 @@ def test_a_failed_read_while_a_family_is_planned_again_keeps_what_the_other_remo
     assert pending["container_id"] == "gone1" and pending["seen_seconds"] >= 1, pending
 
 
+KILLED_READ = "iptables-legacy-save: Cannot allocate memory"
+
+
+def _seen_then_killed(host_ns: str, tmp_path, killed_when: str):
+    """The runs of a killed-restore test: a first gc (--min-age 1h) sees the stale
+    chains; 2 s later a second (--min-age 0) through wrappers, iptables-legacy-restore
+    killed by SIGKILL once it applied a transaction `killed_when` (a bash condition on
+    its input, "$IN") accepts, iptables-legacy-save failing (KILLED_READ) after that.
+    Returns the second run and what gives a later dry run's pending ages by container."""
+    killed, folder = tmp_path / "killed", tmp_path / "wrap"
+    folder.mkdir()
+    _wrap(folder, f'IN={tmp_path}/in.$$\ncat > "$IN"\n'
+                  f'/usr/sbin/iptables-legacy-restore "$@" < "$IN"; rc=$?\n'
+                  f"if [ $rc = 0 ] && {killed_when}; then touch {killed}; kill -9 $$; fi\nexit $rc",
+          f"if [ -e {killed} ]; then echo '{KILLED_READ}' >&2; exit 1; fi\n"
+          'exec /usr/sbin/iptables-legacy-save "$@"')  # fmt: skip
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
+            str(tmp_path / "cni"), "--all", "--yes"]  # fmt: skip
+    run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    first = run([*argv, "--min-age", "1h"], env=run_dir)
+    assert first.returncode == 0, first.stderr
+    time.sleep(2.1)
+    done = run([*argv, "--min-age", "0"], env={**run_dir, "PATH": f"{folder}:{os.environ['PATH']}"})
+    assert killed.exists()  # (a restore went in, then was killed)
+
+    def pending_ages():
+        later = run([*argv, "--min-age", "1h", "--dry-run", "-o", "json"], env=run_dir)
+        assert later.returncode == 0, later.stderr
+        return {p["container_id"]: p["seen_seconds"] for p in json.loads(later.stdout)["pending"]}
+
+    return done, pending_ages
+
+
 def test_a_failed_read_after_a_killed_restore_forgets_what_it_may_have_removed(host_ns, tmp_path):
     """An iptables-restore killed after its commit (the OOM killer: "killed by SIGKILL",
     it may have gone in) is judged by the read after it. When that read failed
@@ -987,31 +1021,52 @@ def test_a_failed_read_after_a_killed_restore_forgets_what_it_may_have_removed(h
     makes gone1's chain again; a third run counts gone1 from its own read."""
     conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], PORTS)
     rp.run_plugin("ADD", host_ns, "gone1", conf, mode="legacy", check=True)
-    killed, folder = tmp_path / "killed", tmp_path / "wrap"
-    folder.mkdir()
-    failed = "iptables-legacy-save: Cannot allocate memory"
-    _wrap(folder, f'IN={tmp_path}/in.$$\ncat > "$IN"\n'
-                  f'/usr/sbin/iptables-legacy-restore "$@" < "$IN" && touch {killed}'
-                  ' && kill -9 $$\nexit 1',
-          f"if [ -e {killed} ]; then echo '{failed}' >&2; exit 1; fi\n"
-          'exec /usr/sbin/iptables-legacy-save "$@"')  # fmt: skip
-    (tmp_path / "cni" / "results").mkdir(parents=True)
-    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
-            str(tmp_path / "cni"), "--all", "--yes"]  # fmt: skip
-    run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
-    first = run([*argv, "--min-age", "1h"], env=run_dir)
-    assert first.returncode == 0, first.stderr
-    time.sleep(2.1)
-    done = run([*argv, "--min-age", "0"], env={**run_dir, "PATH": f"{folder}:{os.environ['PATH']}"})
-    assert killed.exists()  # (the restore went in, then was killed)
-    assert_error(done, 3, "IPv4: ", f"failed: {failed}", "killed by SIGKILL", "may have gone in")
+    done, pending_ages = _seen_then_killed(host_ns, tmp_path, "true")
+    assert_error(
+        done, 3, "IPv4: ", f"failed: {KILLED_READ}", "killed by SIGKILL", "may have gone in"
+    )
     assert chain_name("mynet", "gone1") not in rp.save(host_ns, 4, "legacy")
     rp.run_plugin("ADD", host_ns, "gone1", conf, mode="legacy", check=True)
-    later = run([*argv, "--min-age", "1h", "--dry-run", "-o", "json"], env=run_dir)
-    assert later.returncode == 0, later.stderr
-    [pending] = json.loads(later.stdout)["pending"]
+    ages = pending_ages()
     # (Its old sighting, written back, made it 2 s old at once: --min-age 2s removed it.)
-    assert pending["container_id"] == "gone1" and pending["seen_seconds"] < 2, pending
+    assert list(ages) == ["gone1"] and ages["gone1"] < 2, ages
+
+
+def test_a_failed_read_after_a_killed_group_of_a_halving_forgets_that_group(host_ns, tmp_path):
+    """The halving of a removal iptables refused whole (gone1's `-m recent` entry
+    rule) applies its groups one by one. gone2's went in; gone3's restore went in too,
+    then was killed (SIGKILL: it may have gone in), and every read after it failed, the
+    one after the groups too. The family's line said so, yet its plan, made from the
+    table as last known (gone3's chain still in it), wrote gone3's sighting back as it
+    was: gone3's chain, gone, kept its old sighting, so the same container's chain,
+    made again under its ID, was past --min-age at its first sighting (SPEC: never
+    sooner than --min-age after first seen stale). A group that may have gone in is
+    forgotten, as a removal's chains are.
+
+    Real tables: gone3 seen stale by a first run (--min-age 1h); wrappers in front of
+    iptables-legacy-restore (killed once gone3's chain went in alone) and
+    iptables-legacy-save (failing after that)."""
+    recent = ["-m", "recent", "--name", "x", "--rcheck"]
+    for cid, ip, port, conditions in (
+        ("gone1", "10.88.0.5/16", 8080, recent),
+        ("gone2", "10.88.0.6/16", 8081, None),
+        ("gone3", "10.88.0.7/16", 8082, None),
+    ):
+        conf = rp.plugin_conf("mynet", [ip], [{**PORTS[0], "hostPort": port}],
+                              conditions_v4=conditions)  # fmt: skip
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="legacy", check=True)
+    gone = {cid: chain_name("mynet", cid) for cid in ("gone1", "gone2", "gone3")}
+    alone = (f'grep -q -- "-X {gone["gone3"]}" "$IN" &&'
+             f' ! grep -q -e {gone["gone1"]} -e {gone["gone2"]} "$IN"')  # fmt: skip
+    done, pending_ages = _seen_then_killed(host_ns, tmp_path, alone)
+    assert_error(done, 3, "IPv4: ", f"failed: {KILLED_READ}", "killed by SIGKILL", "1 removed")
+    saved = rp.save(host_ns, 4, "legacy")
+    assert gone["gone2"] not in saved and gone["gone3"] not in saved and gone["gone1"] in saved
+    conf = rp.plugin_conf("mynet", ["10.88.0.7/16"], [{**PORTS[0], "hostPort": 8082}])
+    rp.run_plugin("ADD", host_ns, "gone3", conf, mode="legacy", check=True)
+    seen = pending_ages()
+    # (gone3's old sighting, written back, made it 2 s old at once.)
+    assert seen["gone3"] < 2 and seen["gone1"] >= 2, seen
 
 
 def test_a_failed_nft_read_after_its_refusal_keeps_what_iptables_removed(host_ns, tmp_path):

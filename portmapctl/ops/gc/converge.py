@@ -215,6 +215,9 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
     refused: List[Refused] = []
     stop: List[Union[ApplyFailed, HostProblem]] = []
     untried: List[GcChain] = []
+    # A group whose try may have gone in, not judged (its tool killed or hung, the read
+    # after it failed): its chains' sightings are not written back (as a removal's).
+    unjudged: List[GcChain] = []
 
     # The table as last read, less what went in since: the table after the groups when
     # the read after them hangs (what went in is still reported, recorded and flushed).
@@ -253,6 +256,8 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
                 if isinstance(err, HungWentIn):
                     gone(err.plan)  # (judged by the read after it: it went in)
                     return None
+                if err.maybe_applied:
+                    unjudged.extend(groups)
             return str(err)
         return None
 
@@ -305,6 +310,12 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
     # The chains left untried are left out of `pending` too: the family's error names them.
     apart = {r.chain.key for r in refused} | {chain.key for chain in untried}
     done = settled(went, rest, after, apart)
+    if unjudged:
+        # The table as last known still has them when the read after the groups failed
+        # too: their old sightings, written back, let the same container's chain, made
+        # again under its ID, pass --min-age at its first sighting.
+        maybe_gone = {chain.key for chain in unjudged}
+        done = replace(done, seen={k: v for k, v in done.seen.items() if k not in maybe_gone})
     return Settled(done, refused, stop[0] if stop else None, tuple(untried))
 
 
