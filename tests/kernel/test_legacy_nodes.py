@@ -741,10 +741,7 @@ def test_a_removal_whose_restore_hung_after_its_commit_still_has_its_flows_flush
                                  ("other1", "10.88.0.9/16", 8083, "tcp")):  # fmt: skip
         conf = rp.plugin_conf("mynet", [ip], [{**PORTS[0], "hostPort": port, "protocol": proto}])
         rp.run_plugin("ADD", host_ns, cid, conf, mode=mode, check=True)
-    subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-I", "-p", "udp", "-s",
-                    "127.0.0.1", "-d", "127.0.0.1", "--sport", "40001", "--dport", "8080",
-                    "--reply-src", "10.88.0.5", "--reply-dst", "127.0.0.1", "--reply-port-src",
-                    "80", "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
+    _gone1_flow(host_ns)
     folder = tmp_path / "wrap"
     folder.mkdir()
     tool = f"iptables-{mode}-restore"
@@ -771,6 +768,22 @@ def test_a_removal_whose_restore_hung_after_its_commit_still_has_its_flows_flush
     assert again.returncode == 0, again.stderr
 
 
+def _added(host_ns: str, rows) -> None:
+    """Containers of the Debian plugin on legacy: (ID, address, host port, protocol)
+    each, its container port 80."""
+    for cid, ip, port, proto in rows:
+        conf = rp.plugin_conf("mynet", [ip], [{**PORTS[0], "hostPort": port, "protocol": proto}])
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="legacy", check=True)
+
+
+def _gone1_flow(host_ns: str) -> None:
+    """A UDP flow to gone1's host port 8080 (10.88.0.5, IPv4), DNATed to it."""
+    subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-I", "-p", "udp", "-s",
+                    "127.0.0.1", "-d", "127.0.0.1", "--sport", "40001", "--dport", "8080",
+                    "--reply-src", "10.88.0.5", "--reply-dst", "127.0.0.1", "--reply-port-src",
+                    "80", "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
+
+
 def _six1_flow(host_ns: str) -> None:
     """A UDP flow to six1's host port 8090 (fd00::9, IPv6), DNATed to it."""
     subprocess.run(["ip", "-n", host_ns, "addr", "replace", "fd00:1::1/128", "dev", "lo"],
@@ -781,11 +794,28 @@ def _six1_flow(host_ns: str) -> None:
                     "80", "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
 
 
-def _wrap(folder, restore: str, save: str) -> None:
-    """bash scripts in `folder` in front of iptables-legacy-restore and -save."""
-    for tool, body in (("iptables-legacy-restore", restore), ("iptables-legacy-save", save)):
+def _wrap(folder, restore: str, save: str, tools: str = "iptables") -> None:
+    """bash scripts in `folder` in front of iptables-legacy-restore and -save (`tools`
+    "ip6tables": ip6tables-legacy-restore and -save)."""
+    for tool, body in ((f"{tools}-legacy-restore", restore), (f"{tools}-legacy-save", save)):
         (folder / tool).write_text(f"#!/bin/bash\n{body}\n")
         (folder / tool).chmod(0o755)
+
+
+def _refused_then_failing(tmp_path, tools: str):
+    """Wrappers (_wrap) refusing `tools`' first restore, then failing every read of its
+    -save ("Cannot allocate memory", exit 1), and an empty CNI cache (tmp_path/cni): the
+    marker the refusal makes, the wrappers' folder and the read's error."""
+    marker, folder = tmp_path / "refused", tmp_path / "wrap"
+    folder.mkdir()
+    (tmp_path / "cni" / "results").mkdir(parents=True)
+    failed = f"{tools}-legacy-save: Cannot allocate memory"
+    _wrap(folder, f'if [ ! -e {marker} ]; then cat > /dev/null; touch {marker};'
+                  f' echo "{tools}-restore: line 2 failed" >&2; exit 1; fi\n'
+                  f'exec /usr/sbin/{tools}-legacy-restore "$@"',
+          f"if [ -e {marker} ]; then echo '{failed}' >&2; exit 1; fi\n"
+          f'exec /usr/sbin/{tools}-legacy-save "$@"', tools)  # fmt: skip
+    return marker, folder, failed
 
 
 def _udp_flows(host_ns: str, family: str) -> str:
@@ -892,24 +922,12 @@ def _ipv4_refused_then_unreadable(host_ns, tmp_path):
     transaction) and iptables-legacy-save (fails once that refusal is made). Returns
     gc's argv (other1 kept), its run directory's env, the env with the wrappers, the
     refusal's marker and the save's error."""
-    for cid, ip, port in (
-        ("gone1", "10.88.0.5/16", 8080),
-        ("other1", "10.88.0.9/16", 8083),
-        ("six1", "fd00::9/64", 8090),  # (IPv6 alone: applied ahead; UDP)
-    ):
-        proto = "udp" if cid == "six1" else "tcp"
-        conf = rp.plugin_conf("mynet", [ip], [{**PORTS[0], "hostPort": port, "protocol": proto}])
-        rp.run_plugin("ADD", host_ns, cid, conf, mode="legacy", check=True)
+    # (six1: IPv6 alone, the smaller table, applied ahead; UDP)
+    _added(host_ns, (("gone1", "10.88.0.5/16", 8080, "tcp"),
+                     ("other1", "10.88.0.9/16", 8083, "tcp"),
+                     ("six1", "fd00::9/64", 8090, "udp")))  # fmt: skip
     _six1_flow(host_ns)
-    marker, folder = tmp_path / "refused", tmp_path / "wrap"
-    folder.mkdir()
-    failed = "iptables-legacy-save: Cannot allocate memory"
-    _wrap(folder, f'if [ ! -e {marker} ]; then cat > /dev/null; touch {marker};'
-                  ' echo "iptables-restore: line 2 failed" >&2; exit 1; fi\n'
-                  'exec /usr/sbin/iptables-legacy-restore "$@"',
-          f"if [ -e {marker} ]; then echo '{failed}' >&2; exit 1; fi\n"
-          'exec /usr/sbin/iptables-legacy-save "$@"')  # fmt: skip
-    (tmp_path / "cni" / "results").mkdir(parents=True)
+    marker, folder, failed = _refused_then_failing(tmp_path, "iptables")
     argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--cni-cache-dir",
             str(tmp_path / "cni"), "--keep", "other1", "--yes"]  # fmt: skip
     run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
@@ -969,6 +987,39 @@ def test_a_failed_read_while_a_family_is_planned_again_keeps_what_the_other_remo
     assert later.returncode == 0, later.stderr
     [pending] = json.loads(later.stdout)["pending"]
     assert pending["container_id"] == "gone1" and pending["seen_seconds"] >= 1, pending
+
+
+def test_a_failed_read_while_the_family_applied_ahead_is_planned_again_is_that_familys(
+    host_ns, tmp_path
+):
+    """The family with the smaller table (IPv6 here) goes in while the others are
+    planned (plan_gc's apply_early). Its removal refused once, the read for its next
+    try failed (ip6tables-legacy-save's own error, a HostProblem, not a timeout): that
+    escaped plan_gc, which caught only ApplyFailed and a timeout there, so the run
+    ended on the bare read error (".../ip6tables-legacy-save failed: ...", no family
+    named) and IPv4's removal was never tried, unlike when the same read hangs or the
+    restore is refused (IPv6's line, IPv4 removed). Now it is IPv6's failure like
+    those: its line, exit 3, IPv4's stale chain removed, its UDP flow flushed.
+
+    Real tables: wrappers in front of ip6tables-legacy-restore (refuses its first
+    transaction) and ip6tables-legacy-save (fails once that refusal is made)."""
+    # (gone1: UDP, its flow goes with its chain; six1: IPv6 alone, the smaller table)
+    _added(host_ns, (("gone1", "10.88.0.5/16", 8080, "udp"),
+                     ("other1", "10.88.0.9/16", 8083, "tcp"),
+                     ("other2", "10.88.0.10/16", 8084, "tcp"),
+                     ("six1", "fd00::9/64", 8090, "tcp")))  # fmt: skip
+    _gone1_flow(host_ns)
+    marker, folder, failed = _refused_then_failing(tmp_path, "ip6tables")
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--cni-cache-dir",
+            str(tmp_path / "cni"), "--keep", "other1", "--keep", "other2", "--min-age", "0",
+            "--yes"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{folder}:{os.environ['PATH']}"}
+    done = run(argv, env=env)
+    assert marker.exists()  # (the refusal was made)
+    assert_error(done, 3, "IPv6: ", f"failed: {failed}", "earlier families: 1 chain removed")
+    assert chain_name("mynet", "gone1") not in rp.save(host_ns, 4, "legacy")
+    assert chain_name("mynet", "six1") in rp.save(host_ns, 6, "legacy")
+    assert "dport=8080" not in _udp_flows(host_ns, "ipv4")
 
 
 KILLED_READ = "iptables-legacy-save: Cannot allocate memory"
@@ -1086,10 +1137,7 @@ def test_a_failed_nft_read_after_its_refusal_keeps_what_iptables_removed(host_ns
     nft_ports = [{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}]
     upstream.run("v1.9.1", "ADD", host_ns, "nftgone", upstream.nft_conf(
         "mynet", ["10.88.0.6/16"], nft_ports), check=True)  # fmt: skip
-    subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-I", "-p", "udp", "-s",
-                    "127.0.0.1", "-d", "127.0.0.1", "--sport", "40001", "--dport", "8080",
-                    "--reply-src", "10.88.0.5", "--reply-dst", "127.0.0.1", "--reply-port-src",
-                    "80", "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
+    _gone1_flow(host_ns)
     marker, folder = tmp_path / "refused", tmp_path / "wrap"
     folder.mkdir()
     failed = "netlink: Error: cache initialization failed: Cannot allocate memory"

@@ -23,7 +23,7 @@ from typing import (
 
 from portmapctl.cni.cache import Attachment, present_dirs
 from portmapctl.core.pause import gc_paused
-from portmapctl.errors import ApplyFailed, BadInput, Interrupted, ToolTimedOut
+from portmapctl.errors import ApplyFailed, BadInput, HostProblem, Interrupted
 from portmapctl.host.netns import NamespaceView
 from portmapctl.iptables import plugin_rules
 from portmapctl.iptables.ruleset import NatTable
@@ -57,7 +57,7 @@ class Applied(NamedTuple):
     """How a family applied ahead went: the plan that went in, or why none did."""
 
     plan: Optional[FamilyPlan]
-    failure: Optional[Union[ApplyFailed, ToolTimedOut]]
+    failure: Optional[Union[ApplyFailed, HostProblem]]  # (a timeout, a failed read: exit 3)
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,9 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
                     done = converge_family(
                         node, planned[ahead], replace(planning, warnings=ahead_warnings)
                     )
-                except (ApplyFailed, ToolTimedOut) as err:  # (apply_gc raises it)
+                except (ApplyFailed, HostProblem) as err:  # (apply_gc raises it)
+                    # (HostProblem: a read before a re-plan that failed, not only one
+                    # that hung; it escaped as the bare line, the other families untried.)
                     if isinstance(err, HungWentIn):
                         went.append(err.plan)  # (in, by the read after it)
                     return Applied(None, err)
