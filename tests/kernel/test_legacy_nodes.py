@@ -1016,7 +1016,8 @@ def test_a_failed_read_while_the_family_applied_ahead_is_planned_again_is_that_f
     env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{folder}:{os.environ['PATH']}"}
     done = run(argv, env=env)
     assert marker.exists()  # (the refusal was made)
-    assert_error(done, 3, "IPv6: ", f"failed: {failed}", "earlier families: 1 chain removed")
+    assert_error(done, 3, "IPv6: ", f"failed: {failed}", "earlier families: 1 chain removed",
+                 after_work=True)  # fmt: skip
     assert chain_name("mynet", "gone1") not in rp.save(host_ns, 4, "legacy")
     assert chain_name("mynet", "six1") in rp.save(host_ns, 6, "legacy")
     assert "dport=8080" not in _udp_flows(host_ns, "ipv4")
@@ -1110,7 +1111,8 @@ def test_a_failed_read_after_a_killed_group_of_a_halving_forgets_that_group(host
     alone = (f'grep -q -- "-X {gone["gone3"]}" "$IN" &&'
              f' ! grep -q -e {gone["gone1"]} -e {gone["gone2"]} "$IN"')  # fmt: skip
     done, pending_ages = _seen_then_killed(host_ns, tmp_path, alone)
-    assert_error(done, 3, "IPv4: ", f"failed: {KILLED_READ}", "killed by SIGKILL", "1 removed")
+    assert_error(done, 3, "IPv4: ", f"failed: {KILLED_READ}", "killed by SIGKILL", "1 removed",
+                 after_work=True)  # fmt: skip
     saved = rp.save(host_ns, 4, "legacy")
     assert gone["gone2"] not in saved and gone["gone3"] not in saved and gone["gone1"] in saved
     conf = rp.plugin_conf("mynet", ["10.88.0.7/16"], [{**PORTS[0], "hostPort": 8082}])
