@@ -20,7 +20,14 @@ from enum import Enum
 from typing import FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from portmapctl.errors import BadInput
-from portmapctl.nftables.ruleset import FAMILY_NAMES, TABLE, TABLE_COMMENT, BaseHook, RuleBody
+from portmapctl.nftables.ruleset import (
+    FAMILY_NAMES,
+    TABLE,
+    TABLE_COMMENT,
+    BaseHook,
+    RuleBody,
+    Ruleset,
+)
 
 
 class OpKind(str, Enum):
@@ -163,6 +170,20 @@ class Transaction:
     ) -> None:
         """By handle only; `body` says whose rule it was (never written out)."""
         self.ops.append(Op(OpKind.DELETE_RULE, family, chain, body=body, handle=int(handle)))
+
+    def holds_in(self, live: Ruleset) -> bool:
+        """Whether every rule this deletes by handle (with its body known) is, in `live`,
+        at that handle of that chain. Within one table a handle is never given twice,
+        but a table made again (a firewall reload: list, flush, load) hands its rules
+        handles anew: another container's rule may have the handle read before."""
+        for op in self.ops:
+            if op.kind is not OpKind.DELETE_RULE or op.body is None:
+                continue
+            table = live.tables.get(op.family)
+            rules = table.rules_of(op.chain or "") if table is not None else ()
+            if not any(r.handle == op.handle and r.body == op.body for r in rules):
+                return False
+        return True
 
     def __bool__(self) -> bool:
         return bool(self.ops)

@@ -305,8 +305,15 @@ class Node:
         first = [planned] if planned is not None else []
 
         def first_then_plan(live: Ruleset) -> NftTransaction:
-            # nftables.node.converge reads before every try: the first read is spent.
-            return first.pop() if first else plan(live)
+            # nftables.node.converge reads before every try: the first read is spent,
+            # unless the tables were made again since `planned` was read (a firewall
+            # reload): its handles may now be other containers' rules, and nft would
+            # delete them. Planned again from this read then.
+            if first:
+                planned_first = first.pop()
+                if planned_first.holds_in(live):
+                    return planned_first
+            return plan(live)
 
         done = converge(
             self.nft, first_then_plan, self.options.families, judge_unsure=went_in is not None

@@ -2260,3 +2260,42 @@ def test_gc_narrowed_to_iptables_whose_nft_fails_still_reports_and_flushes_its_r
     assert [c["container_id"] for c in doc["removed"]] == ["gone1"]
     assert doc["conntrack_deleted"] == 1, doc
     assert "dport=7001" not in _ct(node, "-L", "-p", "udp")
+
+
+def test_a_firewall_reload_between_gcs_read_and_its_write_keeps_every_live_rule(
+    node: str, tmp_path: Path
+) -> None:
+    """A firewall reload (`nft list ruleset`, `nft flush ruleset`, `nft -f` of what was
+    listed) makes the plugin's tables again, and the kernel hands their rules handles
+    anew: old1's DNAT, handle 10 when gc read it, was 10 no more, and handle 10 was
+    now live5's. gc's removal, planned from its first read and deleted by handle,
+    deleted live5's rule, kept old1's, and said "removed the nftables rules of 1
+    container" (exit 0). The reload here comes just before gc's read ahead of its
+    write (a wrapped nft, on its third run); that read now re-plans a removal whose
+    rules it does not find as planned."""
+    cache = tmp_path / "cni"
+    _plugin_add(node, cache, ("old1", ["10.88.0.7/16"], [_pm(7000, 70)]), cached=False,
+                snat=False)  # fmt: skip
+    live = [f"live{i}" for i in range(2, 7)]
+    for i, cid in enumerate(live, start=2):
+        _plugin_add(node, cache, (cid, [f"10.88.0.{10 + i}/16"], [_pm(7000 + i, 70)]), snat=False)
+    wrap = tmp_path / "wrap"
+    wrap.mkdir()
+    real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
+    (wrap / "nft").write_text(
+        "#!/bin/bash\n"
+        f"exec 9>>{wrap}/lock; flock 9\n"
+        f'echo "$*" >> {wrap}/calls; n=$(wc -l < {wrap}/calls)\n'
+        f"if [ $n = 3 ]; then {real} list ruleset > {wrap}/saved && {real} flush ruleset"
+        f" && {real} -f {wrap}/saved || exit 99; fi\n"
+        "flock -u 9\n"
+        f'exec {real} "$@"\n'
+    )
+    (wrap / "nft").chmod(0o755)
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{wrap}:{os.environ['PATH']}"}
+    argv = ["gc", "--netns", node, "--cni-cache-dir", str(cache), "--yes", "--min-age", "0"]
+    done = pmctl.run(argv, env=env)
+    calls = (wrap / "calls").read_text().splitlines()
+    assert calls[2].startswith("-j list") and calls[-1] == "-f -", calls  # reloaded, then read
+    assert done.returncode == 0, done.stderr
+    assert sorted(r[2] for r in _container_rules(node)) == live, done.stdout

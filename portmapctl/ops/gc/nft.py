@@ -177,7 +177,9 @@ def plan_nft(
             if now - first >= options.min_age and allowed:
                 removed.append(item)
                 for rule in rules:
-                    txn.delete_rule(family, rule.chain, rule.handle)
+                    # The body goes with the handle: Transaction.holds_in tells a plan
+                    # whose handles a firewall reload has handed to other rules.
+                    txn.delete_rule(family, rule.chain, rule.handle, rule.body)
                     if rule.body.action.addr is not None:
                         removed_ips.setdefault(family, set()).add(rule.body.action.addr)
                 gone_udp.setdefault(family, set()).update(n for p, n in ports if p == "udp")
