@@ -23,6 +23,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -683,3 +684,52 @@ def test_the_empty_cache_query_names_only_nodes_with_an_empty_cache(tmp_path):
         ],
     }
     run_promtool_test(tmp_path, test)
+
+
+def test_every_line_the_pods_loop_writes_to_its_log_is_portmapctls(daemonset, tmp_path):
+    """The pod's log is the loop's stderr: a log pipeline keeps the lines that start
+    `portmapctl:` (every error and warning of portmapctl does). The loop's own line for
+    a failed gc read `portmapctl gc: exit 2`, and was dropped with the exit code it
+    gives. The loop runs here as the pod runs it, one round; its portmapctl is this
+    one, pointed at a namespace and a CNI cache that are not there, so check (exit 3)
+    and gc (exit 2) fail without looking at anything of this machine's."""
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    shim = tmp_path / "bin" / "portmapctl"
+    shim.parent.mkdir()
+    shim.write_text(
+        f'#!/bin/sh\nexec {sys.executable} -m portmapctl "$@" --netns {tmp_path}/no-such-ns'
+        f" --cni-cache-dir {tmp_path}/cni\n"
+    )
+    shim.chmod(0o755)
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    run_env = {
+        **os.environ,
+        **env,
+        "METRICS_DIR": str(metrics),
+        "GC_INTERVAL_SECONDS": "600",
+        "PORTMAPCTL_RUN_DIR": str(tmp_path / "run"),
+        "PATH": f"{shim.parent}:{os.environ['PATH']}",
+    }
+    log = tmp_path / "log"
+    with log.open("w") as stderr:
+        loop = subprocess.Popen(
+            [*container["command"], *container["args"]],
+            env=run_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        try:
+            for _ in range(600):  # one round: gc's metrics written, its exit said
+                if len(log.read_text().splitlines()) >= 3:
+                    break
+                time.sleep(0.05)
+        finally:
+            loop.terminate()  # the pod's stop: the loop ends at its sleep
+            assert loop.wait(timeout=30) == 0
+    lines = log.read_text().splitlines()
+    assert len(lines) >= 3, lines  # check's error, gc's error, gc's exit code
+    assert [line for line in lines if not line.startswith("portmapctl:")] == [], lines
+    assert lines[-1].endswith(" 2"), lines
