@@ -716,7 +716,7 @@ def test_gc_whose_nft_hung_after_its_commit_reports_and_flushes(node: str, tmp_p
     env = {**os.environ, **run_dir, "PATH": f"{wrap}:{os.environ['PATH']}"}
     done = subprocess.run([sys.executable, "-c", short, *argv], env=env, capture_output=True,
                           text=True, stdin=subprocess.DEVNULL, timeout=120)  # fmt: skip
-    pmctl.assert_error(done, 3, "nft -f did not finish within 3 s", "it went in")
+    pmctl.assert_error(done, 3, "nft -f did not finish within 3 s", "it went in", after_work=True)
     assert "run again to see" not in done.stderr  # (the read after it settled it)
     assert {r[2] for r in _container_rules(node)} == {"web1"}
     assert "dport=7001" not in _ct(node, "-L", "-p", "udp")
