@@ -960,6 +960,25 @@ def test_a_gc_failing_after_a_family_went_in_shows_what_went_in(host_ns, tmp_pat
         assert lines[-1].startswith("gc: removed 1 chain of 1 container"), done.stdout
 
 
+def test_a_gc_failing_after_a_family_went_in_says_it_could_not_record_either(host_ns, tmp_path):
+    """IPv6's removal went in (applied ahead), IPv4's failed (exit 3), and the state file
+    could not be written (a full run directory): the document of what went in was
+    shown, then IPv4's line alone; nothing said the sightings were not recorded (the
+    file removed: every stale chain waits --min-age again), while docs/json.md says
+    the document's removal had "its sightings saved". The line says it now."""
+    from run_dir_helpers import full_run_dir
+
+    argv, _, env, _, failed = _ipv4_refused_then_unreadable(host_ns, tmp_path)
+    with full_run_dir(tmp_path / "full") as run_dir:
+        env = {**env, "PORTMAPCTL_RUN_DIR": str(run_dir)}
+        done = run([*argv, "--min-age", "0", "-o", "json"], env=env)
+    assert_error(done, 3, "IPv4: ", f"failed: {failed}",
+                 "could not record the chains still pending", after_work=True)  # fmt: skip
+    doc = json_schemas.validated("gc", done.stdout)
+    assert [r["container_id"] for r in doc["removed"]] == ["six1"], doc
+    assert chain_name("mynet", "six1") not in rp.save(host_ns, 6, "legacy")
+
+
 def test_a_failed_read_while_a_family_is_planned_again_keeps_what_the_other_removed(
     host_ns, tmp_path
 ):

@@ -71,7 +71,21 @@ def _after_iptables(err: Failure, plans: Sequence[FamilyPlan]) -> Failure:
     removed = sum(len(p.removed) for p in plans)
     if not removed:
         return err
-    line = f"{err} (iptables, applied before it: {_chains(removed)} removed)"
+    return _reworded(err, f"{err} (iptables, applied before it: {_chains(removed)} removed)")
+
+
+def _unrecorded(err: Failure, state_error: Optional[str]) -> Failure:
+    """A failed run's line, with the state file it could not write: said nowhere else
+    (the CLI raises the failure, not _not_recorded's line), while the file was removed
+    (every stale chain waits --min-age again) and the document shown above it reads as
+    a run whose sightings were saved."""
+    if state_error is None:
+        return err
+    return _reworded(err, f"{err} (and could not record the chains still pending: {state_error})")
+
+
+def _reworded(err: Failure, line: str) -> Failure:
+    """`err` saying `line`: its class (the exit code) and maybe_applied kept."""
     if isinstance(err, ToolTimedOut):
         return ToolTimedOut(line, maybe_applied=err.maybe_applied)
     if isinstance(err, HostProblem):
@@ -373,6 +387,7 @@ def _apply_gc_to(
         tuple(refused),
     )
     if failure is not None:
+        failure = _unrecorded(failure, state_error)
         if result.removed or result.shared_removed:
             failure.done = result  # (gone for good: the CLI shows it before the line)
         raise failure
