@@ -687,10 +687,11 @@ def test_the_empty_cache_query_names_only_nodes_with_an_empty_cache(tmp_path):
 
 
 def test_every_line_the_pods_loop_writes_to_its_log_is_portmapctls(daemonset, tmp_path):
-    """The pod's log is the loop's stderr: a log pipeline keeps the lines that start
-    `portmapctl:` (every error and warning of portmapctl does). The loop's own line for
-    a failed gc read `portmapctl gc: exit 2`, and was dropped with the exit code it
-    gives. The loop runs here as the pod runs it, one round; its portmapctl is this
+    """The pod's log holds the loop's stdout (gc's summary line each round) and its
+    stderr, where a log pipeline keeps the lines that start `portmapctl:` (every error
+    and warning of portmapctl does). The loop's own line for a failed gc read
+    `portmapctl gc: exit 2`, the one stderr line without it, and was dropped with the
+    exit code it gives. The loop runs here as the pod runs it, one round; its portmapctl is this
     one, pointed at a namespace and a CNI cache that are not there, so check (exit 3)
     and gc (exit 2) fail without looking at anything of this machine's."""
     (container,) = daemonset["spec"]["template"]["spec"]["containers"]
