@@ -1039,6 +1039,24 @@ def test_a_family_that_fails_after_the_other_went_in_ahead_says_so(nft_node, tmp
     assert not [key for key in seen if key.family == 6]  # removed: forgotten
 
 
+def test_a_family_refused_after_the_other_went_in_with_no_state_saved_is_exit_3(nft_node, tmp_path):
+    """IPv4 refused every try (exit 1 alone) after IPv6 went in ahead, and the state file
+    could not be written (a full run directory): the run ended exit 1, where any run
+    whose save failed ends exit 3 (the environment; a refusal's exit 1 is said after
+    that line, _not_recorded before _refused). Now 3, the line naming both."""
+    node = nft_node
+    _two_families_stale(node)
+    env = _refusing(tmp_path, "iptables-nft-restore")
+    env["PORTMAPCTL_NFT_BATCH"] = "0"  # the removal through iptables-restore, refused
+    with full_run_dir(tmp_path / "full") as run_dir:
+        env["PORTMAPCTL_RUN_DIR"] = str(run_dir)
+        done = run(["gc", "--yes", "--min-age", "0", "--netns", node.ns, "--iptables", "nft",
+                    "--cni-cache-dir", str(node.cache)], env=env)  # fmt: skip
+    assert_error(done, 3, "IPv4: gave up after 3 tries", "IPv6 was applied ahead of it",
+                 "could not record the chains still pending", after_work=True)  # fmt: skip
+    assert _containers(node, 6) == {"live1"}
+
+
 # --- the plugin and gc at the same time ---------------------------------------------------------
 
 

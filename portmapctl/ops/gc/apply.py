@@ -81,7 +81,12 @@ def _unrecorded(err: Failure, state_error: Optional[str]) -> Failure:
     a run whose sightings were saved."""
     if state_error is None:
         return err
-    return _reworded(err, f"{err} (and could not record the chains still pending: {state_error})")
+    line = f"{err} (and could not record the chains still pending: {state_error})"
+    if isinstance(err, HostProblem):
+        return _reworded(err, line)
+    # A refusal (exit 1) with it ends as any run whose save failed ends: exit 3, the
+    # environment (the CLI says _not_recorded's line before _refused's).
+    return HostProblem(line, maybe_applied=err.maybe_applied)
 
 
 def _reworded(err: Failure, line: str) -> Failure:
