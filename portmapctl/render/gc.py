@@ -152,7 +152,9 @@ def gc_summary(
     if not result.changes:
         parts = ["nothing to remove now"]
     if result.declined is not None:
-        parts = [f"nothing removed ({'not confirmed' if answered else 'no answer'})"]
+        # What was offered, as the question said it: a -q line in a log says how much.
+        why = "not confirmed" if answered else "offered, no answer"
+        parts = [f"nothing removed ({removal_text(result.declined)} {why})"]
     if result.refused:
         parts.append(f"{len(result.refused)} refused")
     parts.append(f"{len(result.pending)} pending")

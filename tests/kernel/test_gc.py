@@ -768,7 +768,7 @@ def test_on_a_terminal_gc_answered_no_says_the_preview_could_not_record(nft_node
         env = {"PORTMAPCTL_RUN_DIR": str(run_dir), "PORTMAPCTL_PROGRESS_AFTER": "3600"}
         code, shown, stdout = _on_terminal(argv, b"n", env)
     assert code == 3, shown
-    assert "[y/N]" in shown and stdout.startswith("gc: nothing removed (not confirmed), ")
+    assert "[y/N]" in shown and stdout.startswith("gc: nothing removed (")
     # (.lstrip(): the answer is typed as soon as the question shows, so the space click
     # writes after it can come after the echoed answer, at the next line's start.)
     last = shown.strip().splitlines()[-1].lstrip()
@@ -857,7 +857,10 @@ def test_end_of_input_at_gc_prompt_is_the_default_answer_no(nft_node: Node_):
     # The summary line alone on stdout, not even the space click writes after the
     # prompt (it goes to the terminal with the rest of the prompt).
     assert "aborted" not in shown
-    assert stdout == "gc: nothing removed (no answer), 0 pending, 1 kept\n"
+    assert (
+        stdout
+        == "gc: nothing removed (1 chain of 1 container offered, no answer), 0 pending, 1 kept\n"
+    )
     assert shown.replace("\r", "").split("[y/N]:", 1)[1].split() == []
     assert node.lines(4) == before
 

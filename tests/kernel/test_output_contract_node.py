@@ -223,7 +223,9 @@ def test_the_gc_prompt_leaves_stdout_alone(node: Node_):
     code, terminal, stdout = _on_terminal(argv, b"n")
     assert code == 0, terminal
     assert "Remove 1 chain of 1 container? [y/N]:" in terminal
-    assert stdout == "gc: nothing removed (not confirmed), 0 pending, 1 kept\n"
+    assert (
+        stdout == "gc: nothing removed (1 chain of 1 container not confirmed), 0 pending, 1 kept\n"
+    )
     code, terminal, stdout = _on_terminal([*argv, "-o", "json"], b"y")
     assert code == 0, terminal
     assert stdout.startswith("{") and valid("gc", stdout)["removed"], stdout
@@ -327,8 +329,8 @@ def test_a_declined_gc_says_so_on_stdout(node: Node_, answer):
     node.add("gcnet", "gone1", ["10.88.0.12/16"], _ports("8081/tcp"), cache=False)
     gone = chain_name("gcnet", "gone1")
     argv = ["gc", *common(node), "--min-age", "0"]
-    why = "not confirmed" if answer == b"n" else "no answer"
-    line = f"gc: nothing removed ({why}), 0 pending, 1 kept\n"
+    why = "not confirmed" if answer == b"n" else "offered, no answer"
+    line = f"gc: nothing removed (1 chain of 1 container {why}), 0 pending, 1 kept\n"
     code, terminal, stdout = _on_terminal([*argv, "-q"], answer)
     assert (code, stdout) == (0, line), terminal
     code, terminal, stdout = _on_terminal(argv, answer)
