@@ -528,6 +528,16 @@ def test_repair_leaves_the_rules_of_the_containers_other_network(
         assert both.returncode == 0, both.stdout
 
 
+def _old1_flow(ns: str) -> None:
+    """A UDP flow to the node's 192.0.2.1:7001 DNATed to old1 (10.88.0.7:71)."""
+    import subprocess
+
+    subprocess.run(["ip", "-n", ns, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
+    _ct(ns, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40001",
+        "--dport", "7001", "--reply-src", "10.88.0.7", "--reply-dst", "192.0.2.9",
+        "--reply-port-src", "71", "--reply-port-dst", "40001", "-t", "120")  # fmt: skip
+
+
 def _nft_killed_once_after_it_ran(tmp_path: Path) -> tuple:
     """PATH with an `nft` in front of the real one that SIGKILLs itself after the first
     `nft -f` it ran (its transaction in, no answer), and the file it makes then."""
@@ -605,14 +615,10 @@ def test_gc_whose_nft_was_killed_after_its_commit_reports_and_flushes(
     in, and before took the death for a refusal (exit 2, "check the nftables
     conditions"), the rules gone unreported and the flows to the dead container left.
     Handles are never reused: the read after tells that it went in."""
-    import subprocess
 
     _plugin_add(node, tmp_path / "cni", WEB)
     _plugin_add(node, tmp_path / "cni", OLD, cached=False)  # 7001/udp
-    subprocess.run(["ip", "-n", node, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
-    _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40001",
-        "--dport", "7001", "--reply-src", "10.88.0.7", "--reply-dst", "192.0.2.9",
-        "--reply-port-src", "71", "--reply-port-dst", "40001", "-t", "120")  # fmt: skip
+    _old1_flow(node)
     _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40002",
         "--dport", "5353", "-t", "120")  # fmt: skip
     env, killed = _nft_killed_once_after_it_ran(tmp_path)
@@ -695,10 +701,7 @@ def test_gc_whose_nft_hung_after_its_commit_reports_and_flushes(node: str, tmp_p
 
     _plugin_add(node, tmp_path / "cni", WEB)
     _plugin_add(node, tmp_path / "cni", OLD, cached=False)  # 7001/udp
-    subprocess.run(["ip", "-n", node, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
-    _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40001",
-        "--dport", "7001", "--reply-src", "10.88.0.7", "--reply-dst", "192.0.2.9",
-        "--reply-port-src", "71", "--reply-port-dst", "40001", "-t", "120")  # fmt: skip
+    _old1_flow(node)
     wrap = tmp_path / "wrap"
     wrap.mkdir()
     real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
@@ -2231,7 +2234,6 @@ def test_gc_narrowed_to_iptables_whose_nft_fails_still_reports_and_flushes_its_r
     the dead container, every run alike (the next found nothing to remove). An
     unreadable nftables holds no live mapping to keep (the plugin cannot have written
     there either): gc reports its removal and flushes, with a warning."""
-    import subprocess
 
     wrap = tmp_path / "wrap"
     wrap.mkdir()
@@ -2246,10 +2248,7 @@ def test_gc_narrowed_to_iptables_whose_nft_fails_still_reports_and_flushes_its_r
     conf = rp.plugin_conf("podman", ["10.88.0.7/16"], [_pm(7001, 71, "udp")])
     rp.run_plugin("ADD", node, "gone1", conf, check=True)
     (tmp_path / "cni" / "results").mkdir(parents=True)
-    subprocess.run(["ip", "-n", node, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
-    _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40001",
-        "--dport", "7001", "--reply-src", "10.88.0.7", "--reply-dst", "192.0.2.9",
-        "--reply-port-src", "71", "--reply-port-dst", "40001", "-t", "120")  # fmt: skip
+    _old1_flow(node)
     started = time.monotonic()
     done = pmctl.run(["gc", "--backend", "iptables", "--yes", "--all", "--min-age", "0",
                       "--netns", node, "--cni-cache-dir", str(tmp_path / "cni"), "-o", "json"],
@@ -2299,3 +2298,61 @@ def test_a_firewall_reload_between_gcs_read_and_its_write_keeps_every_live_rule(
     assert calls[2].startswith("-j list") and calls[-1] == "-f -", calls  # reloaded, then read
     assert done.returncode == 0, done.stderr
     assert sorted(r[2] for r in _container_rules(node)) == live, done.stdout
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+def test_a_killed_nft_is_judged_by_its_rules_bodies_across_a_firewall_reload(
+    node: str, tmp_path: Path, when: str
+) -> None:
+    """gc's `nft -f` killed (no answer), a firewall reload (`nft list ruleset`, `nft
+    flush ruleset`, `nft -f` of it) before the read that judges it: the reload hands
+    the rules handles anew, and the judgment was by handle alone. "after": nft went in
+    (old1's UDP DNAT gone, handle 10 when planned), then the reload gave handle 10 to a
+    live rule; gc said the write "may have gone in" (exit 1), reported nothing and left
+    old1's flow DNATed to it, and the next gc found nothing to remove. "before": the
+    reload, then nft killed before it ran; old1's rules, handles up in the 20s after
+    the plugin's churn, were made again below them; gc said "read again, none of the
+    rules it deletes is left" and "removed" old1 (exit 0), its rules still there. The
+    planned deletions carry their rules' bodies: judged by those now."""
+
+    cache = tmp_path / "cni"
+    old = ("old1", ["10.88.0.7/16"], [_pm(7001, 71, "udp")])
+    live = [f"live{i}" for i in range(2, 7)]
+    if when == "after":
+        _plugin_add(node, cache, old, cached=False, snat=False)
+    for i, cid in enumerate(live, start=2):
+        _plugin_add(node, cache, (cid, [f"10.88.0.{10 + i}/16"], [_pm(7001 + i, 70)]), snat=False)
+    if when == "before":
+        churn = ("churn", ["10.88.0.9/16"], [_pm(7100, 70), _pm(7101, 70)])
+        for _ in range(4):
+            conf = _plugin_add(node, cache, churn, cached=False, snat=False)
+            upstream.run(V191, "DEL", node, "churn", conf, check=True)
+        _plugin_add(node, cache, old, cached=False, snat=False)
+    _old1_flow(node)
+    wrap = tmp_path / "wrap"
+    wrap.mkdir()
+    real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
+    write = f'{real} "$@"' if when == "after" else "cat > /dev/null"
+    reload = f"{real} list ruleset > {wrap}/saved && {real} flush ruleset && {real} -f {wrap}/saved"
+    (wrap / "nft").write_text(
+        f'#!/bin/bash\nif [ "$1" = -f ] && [ ! -e {wrap}/killed ]; then\n'
+        f"  touch {wrap}/killed; {write}; {reload}; kill -KILL $$\nfi\n"
+        f'exec {real} "$@"\n'
+    )
+    (wrap / "nft").chmod(0o755)
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{wrap}:{os.environ['PATH']}"}
+    argv = ["gc", "--netns", node, "--cni-cache-dir", str(cache), "--yes", "--min-age", "0"]
+    done = pmctl.run([*argv, "-o", "json"], env=env)
+    assert (wrap / "killed").exists()
+    rules = sorted(r[2] for r in _container_rules(node))
+    if when == "after":
+        assert done.returncode == 0, done.stderr
+        assert [c["container_id"] for c in json.loads(done.stdout)["removed"]] == ["old1"]
+        assert rules == live
+        assert "dport=7001" not in _ct(node, "-L", "-p", "udp")
+    else:
+        pmctl.assert_error(done, 1, "killed by SIGKILL")
+        assert rules == sorted([*live, "old1"]), done.stdout
+        again = pmctl.run(argv, env={"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")})
+        assert again.returncode == 0, again.stderr
+        assert sorted(r[2] for r in _container_rules(node)) == live

@@ -342,12 +342,20 @@ class NftHungWentIn(ToolTimedOut):
 
 
 def _went_in(txn: NftTransaction, live: Ruleset) -> bool:
-    """True when none of the rules `txn` deletes is in `live`."""
-    deleted = {(op.family, op.handle) for op in txn.ops}
-    return bool(deleted) and not any(
-        (family, rule.handle) in deleted
+    """True when none of the rules `txn` deletes is in `live`: by its body (gc's plans
+    carry it) in its chain at any handle, as a firewall reload (list, flush, load) makes
+    the table again and hands its rules handles anew: a deleted handle is then another
+    rule's, and a rule not deleted has a handle never read. A rule without its body
+    known is judged by its handle alone."""
+    from portmapctl.nftables.transaction import OpKind
+
+    deletes = [op for op in txn.ops if op.kind is OpKind.DELETE_RULE]
+    bodies = {(op.family, op.chain or "", op.body) for op in deletes if op.body is not None}
+    handles = {(op.family, op.handle) for op in deletes if op.body is None}
+    return bool(deletes) and not any(
+        (family, rule.handle) in handles or (family, chain, rule.body) in bodies
         for family, table in live.tables.items()
-        for rules in table.rules.values()
+        for chain, rules in table.rules.items()
         for rule in rules
     )
 
