@@ -200,6 +200,7 @@ def gc_command(
                     declined = replace(
                         preview, dry_run=False, removed=(), shared_removed=(),
                         transactions={}, declined=preview.removed,
+                        declined_shared=preview.shared_removed,
                     )  # fmt: skip
                     _show(
                         out, declined, options.min_age, cache, asked_dry_run=False,

@@ -154,7 +154,8 @@ def gc_summary(
     if result.declined is not None:
         # What was offered, as the question said it: a -q line in a log says how much.
         why = "not confirmed" if answered else "offered, no answer"
-        parts = [f"nothing removed ({removal_text(result.declined)} {why})"]
+        offered = removal_text(result.declined, result.declined_shared)
+        parts = [f"nothing removed ({offered} {why})"]
     if result.refused:
         parts.append(f"{len(result.refused)} refused")
     parts.append(f"{len(result.pending)} pending")

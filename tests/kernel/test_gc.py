@@ -243,6 +243,26 @@ def test_gc_removes_the_legacy_snat_chain_once_empty(node: Node_):
     node.check("live1")
 
 
+def test_a_declined_gc_names_the_shared_chain_its_question_offered(node: Node_):
+    """The question offered "3 chains of 2 containers and CNI-HOSTPORT-SNAT (v4)"; told
+    no, the summary said "(3 chains of 2 containers not confirmed)": not what it
+    offered, in a -q log the shared chain left out (4688b37 says the question's words)."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
+    node.add("gcnet", "old1", ["10.88.0.12/16"], _ports("6001/udp"), cache=False)
+    for cid, ip in (("old1", "10.88.0.12"), ("old2", "10.88.0.13")):
+        node.legacy_snat("gcnet", cid, ip)
+    before = node.lines(4)
+    argv = ["gc", "--netns", node.ns, "--iptables", node.mode, "--cni-cache-dir",
+            str(node.cache), "--min-age", "0", "-q"]  # fmt: skip
+    offered = "3 chains of 2 containers and CNI-HOSTPORT-SNAT (v4)"
+    for answer, why in ((b"n", "not confirmed"), (b"\x04", "offered, no answer")):
+        code, shown, stdout = _on_terminal(argv, answer)
+        assert code == 0, shown
+        assert f"Remove {offered}? [y/N]" in shown, shown
+        assert stdout == f"gc: nothing removed ({offered} {why}), 0 pending, 1 kept\n", shown
+    assert node.lines(4) == before
+
+
 def test_the_summary_says_an_orphan_chain_belongs_to_no_known_container(node: Node_):
     """A CNI-DN- chain nothing enters names no container: the summary said "removed
     1 chain of 0 containers"."""

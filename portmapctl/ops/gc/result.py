@@ -94,8 +94,10 @@ class GcResult:
     state_error: Optional[str] = None  # the state file could not be written
     refused: Tuple[Refused, ...] = ()  # not removed: iptables refused them (converge.settle_family)
     # Not removed: what the question offered and the person did not confirm (cli gc;
-    # None: no question declined; its shared chains are not listed).
+    # None: no question declined; JSON lists these alone), and the shared chains it
+    # offered with them (the summary names them, as the question did).
     declined: Optional[Tuple[GcChain, ...]] = None
+    declined_shared: Tuple[Tuple[int, str], ...] = ()
 
     @property
     def changes(self) -> bool:
