@@ -6,8 +6,8 @@
   underneath (the plugin ran: a handle is gone, a chain appeared), re-read and re-plan
   a few times, never force;
 - what gc would remove: per dead container ID, its rules and host ports; the mark of
-  its rules in one family (`--min-age` forgets a container whose rules changed, or
-  were written again, but not one whose table a firewall reload made afresh).
+  its rules in one family (`--min-age` forgets a container whose rules changed, were
+  written again, or whose table was made afresh: a firewall reload too).
 """
 
 from __future__ import annotations
