@@ -630,6 +630,34 @@ def test_a_list_run_long_ago_keeps_no_alert_firing(tmp_path):
     promtool_test_rules(tmp_path, fresh, cases)
 
 
+def test_a_failing_check_is_an_alert_before_the_node_is_blind_for_long(tmp_path):
+    """A check that fails writes no counts: the stale-chain alert on this node stops
+    at once (its chain is not gone), and PortmapctlCheckFailing waited an hour, so a
+    node whose check broke was blind for an hour. It fires after 15 minutes of
+    failing runs (three of the timer's), as long as a problem must last to be one."""
+    node = {"instance": "node5", "job": "node"}
+    check = {"command": "check", **node}
+    stale = {"backend": "iptables", "chain_type": "dnat", "family": "4", "status": "stale"}
+    series = [
+        {"series": _series("portmapctl_last_run_timestamp_seconds", check), "values": "0+60x70"},
+        # Runs fine for 20 minutes, then fails every time (from minute 21).
+        {"series": _series("portmapctl_last_run_success", check), "values": "1x20 0x50"},
+        {"series": _series("portmapctl_chains", {**stale, **check}), "values": "1x20 _x50"},
+    ]
+    failing = {"severity": "warning", **check}
+    cases = [
+        {"eval_time": "35m", "alertname": "PortmapctlCheckFailing", "exp_alerts": []},
+        {
+            "eval_time": "37m",
+            "alertname": "PortmapctlCheckFailing",
+            "exp_alerts": [{"exp_labels": failing}],
+        },
+        # What it hides: the stale chain, seen for 20 minutes, never fires.
+        {"eval_time": "37m", "alertname": "PortmapctlStaleChains", "exp_alerts": []},
+    ]
+    promtool_test_rules(tmp_path, series, cases)
+
+
 def test_the_missing_metrics_alert_fires_where_nobody_writes_them(tmp_path):
     node = {"instance": "node2", "job": "node"}
     series = [{"series": _series("node_textfile_scrape_error", node), "values": "0x40"}]
