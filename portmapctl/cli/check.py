@@ -207,9 +207,9 @@ def _nothing_expected(common: Common, out: Output, why: str) -> int:
 def _with_repair_command(result: CheckResult) -> CheckResult:
     """The check of one mapping, its fixes spelled as the command to run: this one, with
     --repair (what to output is left out: the repair's own output is its business)."""
-    import shlex
     from dataclasses import replace
 
+    from portmapctl.core.text import shell_word
     from portmapctl.ops.check.run import SAME_WITH_REPAIR
 
     if sys.argv[1:2] != ["check"]:
@@ -227,7 +227,7 @@ def _with_repair_command(result: CheckResult) -> CheckResult:
             skip = True
         elif not word.startswith(attached) and word not in ("-q", "--quiet"):
             words.append(word)
-    command = shlex.join(["portmapctl", *words, "--repair"])
+    command = " ".join(shell_word(word) for word in ["portmapctl", *words, "--repair"])
     problems = tuple(
         replace(p, fix=command) if p.fix == SAME_WITH_REPAIR else p for p in result.problems
     )

@@ -99,11 +99,11 @@ class UnreadCache(NamedTuple):
 
     def warning(self, read: Sequence[str]) -> str:
         """The one line every command says of it. `read`: the directories read."""
-        import shlex  # (only where such a cache is found: add's path does not)
+        from portmapctl.core.text import shell_word  # (add's path finds none)
 
         # Quoted as the cache note's command spells them (ops/node.py): pasted, a
         # directory with a space in it must stay one option's value.
-        given = " ".join(f"--cni-cache-dir {shlex.quote(d)}" for d in (*read, self.cache_dir))
+        given = " ".join(f"--cni-cache-dir {shell_word(d)}" for d in (*read, self.cache_dir))
         count = len(self.names)
         return (
             f"{os.path.join(self.cache_dir, 'results')} holds {count} CNI cache"

@@ -66,3 +66,32 @@ def cell_text(text: str) -> str:
     if _NOT_IN_A_CELL.search(text) is None:
         return text
     return _NOT_IN_A_CELL.sub(lambda found: char_text(found.group()), text)
+
+
+def shell_word(word: str) -> str:
+    """`word` as a shell reads it back to the same bytes, for a command printed for a
+    person to paste (a fix, a hint): shlex.quote's, or, where it holds a byte that is not
+    UTF-8 (a lone surrogate) or a control character, bash's and zsh's $'...' with each
+    such byte written `\\xNN`. shlex.quote left them raw, and the line that printed them
+    then wrote them as the text `\\xf6`: quoted '...', that text is what the shell gave
+    the command (`--cni-cache-dir '/srv/n\\xf6de'`, a directory that is not there)."""
+    import shlex
+
+    if _NOT_IN_A_CELL.search(word) is None:
+        return shlex.quote(word)
+    spelled = []
+    for char in word:
+        if char == "\\":
+            spelled.append("\\\\")
+        elif char == "'":
+            # (Not \': check's table wraps a command at spaces outside '...', and reads
+            # a backslash inside them as itself, as POSIX quotes do.)
+            spelled.append("\\x27")
+        elif 0xDC80 <= ord(char) <= 0xDCFF:  # surrogateescape's stand-in for a byte
+            spelled.append(f"\\x{ord(char) - 0xDC00:02x}")
+        elif _NOT_IN_A_CELL.match(char):
+            raw = char.encode("utf-8", "surrogatepass")  # (a C1 character: two bytes)
+            spelled.append("".join(f"\\x{byte:02x}" for byte in raw))
+        else:
+            spelled.append(char)
+    return "$'" + "".join(spelled) + "'"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from portmapctl.core.backend import Flavour
-from portmapctl.core.text import char_text
+from portmapctl.core.text import char_text, shell_word
 from portmapctl.errors import BadInput
 from portmapctl.iptables.ruleset import CONTROL_CHARS, format_rule, quote
 
@@ -48,15 +48,4 @@ def command_line(
     tool = "ip6tables" if family == 6 else "iptables"
     if flavour in tuple(Flavour):
         tool += f"-{flavour}"
-    return " ".join(_shell_word(word) for word in (tool, "-t", "nat", command, chain, *args))
-
-
-def _shell_word(word: str) -> str:
-    """One word as a shell reads it back; a control character read from a dump in
-    bash's $'...' with the character written out (shlex.quote would print it raw)."""
-    import shlex
-
-    if not CONTROL_CHARS.search(word):
-        return shlex.quote(word)
-    escaped = word.replace("\\", "\\\\").replace("'", "\\'")
-    return "$'" + shown_line(escaped) + "'"
+    return " ".join(shell_word(word) for word in (tool, "-t", "nat", command, chain, *args))

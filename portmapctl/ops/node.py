@@ -115,11 +115,11 @@ class NodeOptions:
         """These options as command-line arguments, those that differ from the
         defaults (` --netns pmdemo --family 4`): a fix command a command prints is
         spelled with them, or it would run on another namespace, cache or family."""
-        import shlex
+        from portmapctl.core.text import shell_word
 
         spelled = ""
         if self.netns:
-            spelled += f" --netns {shlex.quote(self.netns)}"
+            spelled += f" --netns {shell_word(self.netns)}"
         if self.backend is not None:
             spelled += f" --backend {self.backend}"
         if self.iptables is not IptablesAccess.AUTO:
@@ -128,7 +128,7 @@ class NodeOptions:
             one = len(self.families) == 1
             spelled += " --family " + (str(self.families[0]) if one else "all")
         if tuple(self.cache_dirs) != paths.default_cni_cache_dirs():
-            spelled += "".join(f" --cni-cache-dir {shlex.quote(d)}" for d in self.cache_dirs)
+            spelled += "".join(f" --cni-cache-dir {shell_word(d)}" for d in self.cache_dirs)
         return spelled
 
 

@@ -343,3 +343,43 @@ def test_other_stderr_lines_write_a_paths_byte_as_backslash_x(tmp_path, what, en
     err = done.stderr.decode("ascii")  # all of it ASCII text
     assert f"{tmp_path}/run-\\xe9" in err and "\\udc" not in err, err
     assert len(err.splitlines()) == 1, err
+
+
+def _words_a_shell_reads(command: str, shell: str) -> List[bytes]:
+    """The arguments `shell` hands portmapctl when `command` is pasted into it."""
+    done = subprocess.run(
+        [shell, "-c", "portmapctl() { printf '%s\\0' \"$@\"; }\n" + command],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout.split(b"\0")[:-1]
+
+
+@pytest.mark.parametrize(
+    "name", [b"cni-\xf6", b"cni\nnew line", b"it's \\ \xe9\x1b[31m"], ids=["byte", "newline", "mix"]
+)
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_a_fix_command_names_a_paths_bytes_as_a_shell_reads_them_back(tmp_path, name, shell):
+    """A cache directory whose name is not UTF-8 text (or holds a control character):
+    check's fix `portmapctl gc --cni-cache-dir '/tmp/.../cni-\\xf6'` was the text
+    `\\xf6` in single quotes, so pasted, gc read a directory that is not there and
+    refused ("nothing says which containers are live"). The command, pasted into a
+    shell, must give gc the directory's own bytes: in the table and in JSON `fix`."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"no {shell}")
+    cache = bytes(tmp_path) + b"/" + name
+    os.makedirs(cache + b"/results")
+    # An entry of another container: the cache is there, so gc is the fix (a command).
+    Path(os.fsdecode(cache + b"/results/othernet-0123456789ab-eth0")).write_text("{}")
+    args = ["check", "--snapshot", str(ROOT / "tests/fixtures/basic.v4.save")]
+    args += ["--cni-cache-dir", os.fsdecode(cache)]
+    wanted = [b"gc", b"--cni-cache-dir", cache]
+    table = piped(args, {"NO_COLOR": "1"})
+    assert table.returncode == 1, table.stderr
+    fixes = [line for line in table.stdout.decode().splitlines() if "fix: " in line]
+    assert len(fixes) == 1, table.stdout
+    assert _words_a_shell_reads(fixes[0].split("fix: ", 1)[1], shell) == wanted
+    document = json.loads(piped([*args, "-o", "json"], {}).stdout)
+    (fix,) = {p["fix"] for p in document["problems"]}
+    assert _words_a_shell_reads(fix, shell) == wanted

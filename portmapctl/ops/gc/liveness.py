@@ -118,13 +118,12 @@ def held_ids(cache_dirs: Sequence[str]) -> FrozenSet[str]:
 
 def _unread_hint(cache_dirs: Sequence[str]) -> str:
     """For a refusal: the runtime caches below `cache_dirs` that would have said."""
-    import shlex
-
     from portmapctl.cni.entries import unread_caches
+    from portmapctl.core.text import shell_word
 
     return "".join(
         f" ({os.path.join(u.cache_dir, 'results')} holds {len(u.names)}, {u.runtime}"
-        f" cache: give --cni-cache-dir {shlex.quote(u.cache_dir)})"
+        f" cache: give --cni-cache-dir {shell_word(u.cache_dir)})"
         for u in unread_caches(cache_dirs)
     )
 
