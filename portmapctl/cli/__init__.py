@@ -171,9 +171,19 @@ def _by_typer(args: List[str], early_nft: Any = None) -> Callable[[], Any]:
 
     command = _click_command(args)
     # early_nft: the context's `obj`, where the common options find it (cli/_options.py).
-    return lambda: command.main(
+    run = lambda: command.main(  # noqa: E731
         args=args, prog_name="portmapctl", standalone_mode=False, obj=early_nft
     )
+    from portmapctl.cli import completion_scripts
+
+    if not completion_scripts.asks_for_a_script(args):
+        return run
+
+    def with_our_zsh_script() -> Any:
+        with completion_scripts.zsh_completes_the_first_tab():
+            return run()
+
+    return with_our_zsh_script
 
 
 def _no_command() -> None:

@@ -5,7 +5,8 @@ The scripts are typer's: on each TAB they run `portmapctl` with
 subcommands, options, the choices of --backend/--iptables/--family/-o, container IDs and network
 names from a CNI cache (what a cache holds, nothing made up), that a broken cache or a
 missing directory completes nothing without a word on stderr, and that the committed
-scripts are what typer's --show-completion/--install-completion give.
+scripts are what --show-completion/--install-completion give (zsh completing its first
+TAB when autoloaded from fpath).
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ def bash_complete(env: Dict[str, str], *lines: str) -> Dict[str, List[str]]:
             current.append(line)
     assert list(found) == list(lines)
     return found
+
+
+def in_a_shell(*argv: str, env: Dict[str, str]) -> subprocess.CompletedProcess:
+    """`argv` (a shell and its script) run to its end, its output as text."""
+    return subprocess.run(
+        list(argv), capture_output=True, text=True, env=env, timeout=120, check=False
+    )
 
 
 def commands() -> List[str]:
@@ -160,19 +168,13 @@ def test_completion_callbacks_give_hints_and_never_raise(tmp_path):
 def test_fish_completes_with_hints(shell_env):
     script = ROOT / gendocs.COMPLETIONS["fish"]
     cache = shell_env["CACHE"]
-    done = subprocess.run(
-        [
-            "fish",
-            "--no-config",
-            "-c",
-            f"source {shlex.quote(str(script))}; complete -C 'portmapctl l';"
-            f" complete -C 'portmapctl list --cni-cache-dir {cache} --container d'",
-        ],
-        capture_output=True,
-        text=True,
+    done = in_a_shell(
+        "fish",
+        "--no-config",
+        "-c",
+        f"source {shlex.quote(str(script))}; complete -C 'portmapctl l';"
+        f" complete -C 'portmapctl list --cni-cache-dir {cache} --container d'",
         env=shell_env,
-        timeout=120,
-        check=False,
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -196,10 +198,65 @@ def test_committed_scripts_are_what_typer_installs(shell):
     code = [line for line in committed.splitlines() if not line.startswith("# portmapctl")]
     typer_code = [line for line in done.stdout.splitlines() if line]
     code = [line for line in code if line]
-    if shell == "zsh":
-        # Ours also completes on the first TAB when autoloaded from fpath (see gendocs).
-        assert typer_code[-1] == "compdef _portmapctl_completion portmapctl"
-        assert code[: len(typer_code) - 1] == typer_code[:-1]
-        assert "loadautofunc" in committed
-    else:
-        assert code == typer_code
+    # zsh's too: it completes the first TAB when autoloaded from fpath
+    # (portmapctl/cli/completion_scripts.py).
+    assert code == typer_code
+
+
+def _first_tab_in_zsh(env: Dict[str, str], home: Path, line: str) -> str:
+    """What an interactive zsh (HOME=`home`, its .zshrc read) shows after `line` and
+    one TAB, on a pseudo-terminal; read until the line has grown or 20 s went by."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    shell = subprocess.Popen(
+        ["zsh", "-i"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=dict(env, HOME=str(home), ZDOTDIR=str(home), TERM="xterm", PS1="> "),
+        start_new_session=True,
+    )
+    os.close(slave)
+    seen = b""
+
+    def read(seconds: float, until: bytes = b"") -> None:
+        nonlocal seen
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (until and until in seen):
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    return
+
+    try:
+        os.write(master, b"PS1='> '; unsetopt beep; print re''ady\n")  # (the echo: re''ady)
+        read(20, b"ready\r\n")
+        os.write(master, line.encode() + b"\t")
+        read(20, b"--dry-run")
+    finally:
+        shell.kill()
+        shell.wait()
+        os.close(master)
+    return seen.decode(errors="replace")
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_completes_on_the_first_tab_after_install_completion(shell_env, tmp_path):
+    """`portmapctl --install-completion` in zsh writes ~/.zfunc/_portmapctl, which
+    .zshrc puts in fpath: autoloaded there, typer's script only registered itself on
+    the first TAB of every new shell, which completed nothing (`gc --dry` stayed; the
+    second TAB gave --dry-run). What it installs, and what --show-completion prints,
+    must be the committed script, which completes that first TAB."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(shell_env, HOME=str(home))
+    install = in_a_shell("zsh", "-fc", "portmapctl --install-completion; exit $?", env=env)
+    assert install.returncode == 0, install.stderr
+    installed = (home / ".zfunc" / "_portmapctl").read_text()
+    assert "loadautofunc" in installed  # (typer's own lacks it)
+    screen = _first_tab_in_zsh(shell_env, home, "portmapctl gc --dry")
+    assert "portmapctl gc --dry-run" in screen, screen
