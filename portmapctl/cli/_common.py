@@ -132,6 +132,9 @@ class CacheInfo(NamedTuple):
     dirs: Tuple[str, ...]
     present: bool
     entries: int
+    # Whether --cni-cache-dir named `dirs` (else they are the defaults): a missing
+    # cache's hint tells to give the option only when it was not given.
+    given: bool = False
 
     def json(self) -> Dict[str, Any]:
         return {"dirs": list(self.dirs), "present": self.present, "entries": self.entries}
@@ -144,15 +147,24 @@ class CacheInfo(NamedTuple):
         if not self.present:
             # `--cni-cache-dir /var/lib/cni/results`: the folder libcni keeps below it.
             below = [d for d in self.dirs if os.path.basename(os.path.normpath(d)) == "results"]
+            hint = " (give --cni-cache-dir)"
+            if self.given:
+                # Given (--cni-cache-dir or its variable), and wrong: whether the runtime
+                # writes there is what to check.
+                which = (
+                    "is the cache directory" if len(self.dirs) == 1 else "are the cache directories"
+                )
+                hint = (
+                    f" ({', '.join(self.dirs)} {which} given:"
+                    " check that the container runtime writes its CNI cache there)"
+                )
             if below and os.path.isdir(below[0]):
                 parent = os.path.dirname(os.path.normpath(below[0])) or "."
                 where += f" (results/ is below the cache directory: give {parent})"
+                hint = ""  # (that says what to give)
             if told_by:
                 return f"no CNI cache at {where}: the live containers are those {told_by} names"
-            return (
-                f"no CNI cache at {where}: stale mappings cannot be told from live ones"
-                " (give --cni-cache-dir)"
-            )
+            return f"no CNI cache at {where}: stale mappings cannot be told from live ones{hint}"
         if not self.entries:
             # Of several directories, one missing is named as such, not called empty.
             results = [os.path.join(d, "results") for d in self.dirs]
@@ -164,23 +176,25 @@ class CacheInfo(NamedTuple):
         return None
 
 
-def cache_glance(dirs: Sequence[str]) -> CacheInfo:
+def cache_glance(dirs: Sequence[str], given: bool = False) -> CacheInfo:
     """Whether there is a cache with an entry in it, without counting them all (`entries`
-    is 0 or 1): what the note needs, at no cost per entry (add, at 5,000 of them)."""
+    is 0 or 1): what the note needs, at no cost per entry (add, at 5,000 of them).
+    `given`: as CacheInfo's."""
     present = False
     for folder in dirs:
         try:
             with os.scandir(os.path.join(folder, "results")) as names:
                 present = True
                 if any(not n.name.startswith(".") for n in names):
-                    return CacheInfo(tuple(dirs), True, 1)
+                    return CacheInfo(tuple(dirs), True, 1, given)
         except OSError:
             continue
-    return CacheInfo(tuple(dirs), present, 0)
+    return CacheInfo(tuple(dirs), present, 0, given)
 
 
-def cache_info(dirs: Sequence[str]) -> CacheInfo:
-    """Counted by listing results/ (cheap): the entries libcni wrote, not temporary files."""
+def cache_info(dirs: Sequence[str], given: bool = False) -> CacheInfo:
+    """Counted by listing results/ (cheap): the entries libcni wrote, not temporary files.
+    `given`: as CacheInfo's."""
     present = False
     entries = 0
     for folder in dirs:
@@ -191,7 +205,7 @@ def cache_info(dirs: Sequence[str]) -> CacheInfo:
             continue
         present = True
         entries += sum(1 for n in names if not n.startswith("."))
-    return CacheInfo(tuple(dirs), present, entries)
+    return CacheInfo(tuple(dirs), present, entries, given)
 
 
 class MappingOptions(NamedTuple):
@@ -274,7 +288,7 @@ class Common(NamedTuple):
         )
 
     def cache(self) -> CacheInfo:
-        return cache_info(self.cache_dirs)
+        return cache_info(self.cache_dirs, given=bool(self.cni_cache_dir))
 
     def node_options(
         self, snapshots: Optional[Dict[int, str]] = None, nft_snapshot: Optional[str] = None

@@ -386,7 +386,7 @@ def _cache_note(common: Common, out: Output) -> None:
     backend and refuses its short ID by it): a glance at results/, not a count."""
     from portmapctl.cli._common import cache_glance
 
-    out.cache_note(cache_glance(common.cache_dirs))
+    out.cache_note(cache_glance(common.cache_dirs, given=bool(common.cni_cache_dir)))
 
 
 def _report_nothing(common: Common, out: Output, why: str, dry_run: bool) -> None:

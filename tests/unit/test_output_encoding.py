@@ -166,7 +166,8 @@ def test_a_warning_writes_a_paths_byte_as_backslash_x(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr.decode("ascii") == (
         f"portmapctl: warning: no CNI cache at {tmp_path}/cni-\\xe9/results: stale mappings"
-        " cannot be told from live ones (give --cni-cache-dir)\n"
+        f" cannot be told from live ones ({tmp_path}/cni-\\xe9 is the cache directory given:"
+        " check that the container runtime writes its CNI cache there)\n"
     )
 
 
