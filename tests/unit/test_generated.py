@@ -125,6 +125,24 @@ def test_the_man_page_describes_both_of_the_plugins_backends():
     assert ("nft", "8") in manpage.SEE_ALSO
 
 
+def test_the_man_page_says_add_reads_over_netlink_and_who_reads_with_iptables_save():
+    """It said "Each address family is read with one iptables-save", while add of a new
+    container on nf_tables runs no iptables-save: its checks read over netlink and it
+    writes one nf_tables batch (ops/add_ahead.write_new, iptables/access/nfnl_add.py),
+    reading the table only when that is refused. The sentence that names iptables-save
+    names every other command of the app, and add's its own way."""
+    description = " ".join(manpage.DESCRIPTION)
+    sentences = description.split(". ")
+    saving = [s for s in sentences if "iptables-save" in s]
+    assert saving, description
+    names = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+    for name in names - {"add"}:
+        assert any(re.search(rf"(^|[ (]){name}\b", s) for s in saving), (name, saving)
+    assert not any(re.match(r"(Each|Every) address family", s) for s in saving), saving
+    add = [s for s in sentences if s.startswith("add ")]
+    assert add and "netlink" in add[0], add
+
+
 def test_the_man_pages_exit_status_has_every_exit_code_the_program_ends_with():
     """Its EXIT STATUS listed 0-3 alone: not Ctrl-C's 130 nor the end by SIGTERM (143
     in a shell), and its 3 said nothing of an internal error, which is 3 (never 1, which
