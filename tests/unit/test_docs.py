@@ -181,6 +181,40 @@ def test_example_commands_quote_what_a_shell_would_expand():
     assert found == []
 
 
+def test_check_md_says_what_each_table_shows_under_container_for_a_chain_of_no_container(
+    tmp_path,
+):
+    """check.md said a chain no rule names has "the chain's name" under CONTAINER, and
+    `-o wide` keeps `-` there (its CHAIN column names the chain): the page's paragraph
+    on CONTAINER says what each table prints, as check prints it today (the example
+    node with no cache: its orphan chain, of no known container)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NO_COLOR="1", PYTHONPATH=str(ROOT))
+    snapshots = ["--snapshot", "examples/node.v4.save", "--snapshot6", "examples/node.v6.save"]
+    shown = {}
+    for output in ("table", "wide"):
+        done = subprocess.run(
+            [sys.executable, "-m", "portmapctl", "check", *snapshots, "-o", output,
+             "--cni-cache-dir", str(tmp_path / "nocache")],
+            cwd=ROOT, capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        header, *rows = done.stdout.split("\n\n")[0].splitlines()
+        start = header.index("CONTAINER")
+        end = header.index(header[start:].split()[1], start)  # the next column's
+        orphan = [row for row in rows if row.startswith("orphan ")]
+        assert len(orphan) == 1, done.stdout
+        shown[output] = orphan[0][start:end].strip()
+    assert shown["table"].startswith("CNI-DN-"), shown
+    page = (ROOT / "docs" / "commands" / "check.md").read_text()
+    paragraph = page[page.index("CONTAINER is the container's") :].split("\n\n")[0]
+    assert "it is the chain's\nname" in paragraph or "it is the chain's name" in paragraph
+    said = re.search(r"`-o wide`[^.;]*`([^`]+)`", paragraph)
+    assert said is not None and said.group(1) == shown["wide"], (paragraph, shown)
+
+
 def test_the_architecture_map_names_every_module():
     """docs/architecture.md maps the code module by module; portmapctl/core/patterns.py
     (the lazily compiled regular expressions nine modules use) was in no line of it.
