@@ -215,17 +215,65 @@ def test_check_md_says_what_each_table_shows_under_container_for_a_chain_of_no_c
     assert said is not None and said.group(1) == shown["wide"], (paragraph, shown)
 
 
+# Where the map's description column starts: left of it, a module's or directory's name.
+_MAP_COLUMN = 26
+
+
+def _mapped_modules(text: str) -> set:
+    """The package-relative paths architecture.md's map names: a module in the name
+    column under its directory (indented below it), a module a directory's description
+    names (`diagnose.py`, `check/nft.py`: below that directory), and a path a module's
+    description gives (`check/nft.py` beside ops/nft.py: below ops/; `nftables/early.py`:
+    below portmapctl/). A bare name in a module's description names nothing."""
+    tree = text[text.index("```\nportmapctl/") + 4 : text.index("\ntools/")]
+    named = set()
+    parents: List[Tuple[int, str]] = []  # (indent, directory), innermost last
+    here, of_directory = "", True  # the entry the description column belongs to
+    mention = r"(?<![\w/])(?:\w+/)*\w+\.py\b"
+    for line in tree.splitlines()[1:]:
+        head, said = line[:_MAP_COLUMN], line[_MAP_COLUMN:]
+        if head.strip():
+            indent = len(head) - len(head.lstrip())
+            while parents and parents[-1][0] >= indent:
+                parents.pop()
+            parent = parents[-1][1] if parents else ""
+            if head.split()[0].endswith("/"):
+                here, of_directory = parent + head.split()[0], True
+                parents.append((indent, here))
+            else:
+                named |= {parent + name for name in re.findall(r"\b\w+\.py\b", head)}
+                here, of_directory = parent, False
+        for path in re.findall(mention, said):
+            if of_directory or "/" in path:
+                named.add(here + path)
+            if "/" in path:
+                named.add(path)
+    return named
+
+
 def test_the_architecture_map_names_every_module():
     """docs/architecture.md maps the code module by module; portmapctl/core/patterns.py
     (the lazily compiled regular expressions nine modules use) was in no line of it.
-    Each module of the package is named in the map (by its file name: the map groups
-    a package's modules under its directory)."""
-    text = (ROOT / "docs" / "architecture.md").read_text()
-    tree = text[text.index("```\nportmapctl/") : text.index("\ntools/")]
-    named = set(re.findall(r"\b(\w+)\.py\b", tree)) | set(re.findall(r"\b(\w+)/", tree))
+    Each module of the package is named in the map by its path: matched by file name
+    alone, cli/check.py passed as render/check.py, and a new nft.py anywhere would pass
+    as nftables/access/nft.py."""
+    named = _mapped_modules((ROOT / "docs" / "architecture.md").read_text())
     missing = [
         str(path.relative_to(ROOT))
         for path in sorted((ROOT / "portmapctl").rglob("*.py"))
-        if path.stem != "__init__" and path.stem not in named
+        if path.stem != "__init__" and str(path.relative_to(ROOT / "portmapctl")) not in named
     ]
     assert missing == []
+
+
+def test_the_architecture_map_is_read_by_path():
+    """The reading above holds a module to its own directory: a name elsewhere, or a
+    bare one in another module's description, does not name it."""
+    text = """```
+portmapctl/
+  a.py                    names b.py in passing; d/e.py by path
+  d/                      the d package: c.py, x/y.py
+    f.py                  one module
+tools/
+```"""
+    assert _mapped_modules(text) == {"a.py", "d/e.py", "d/c.py", "d/x/y.py", "x/y.py", "d/f.py"}
