@@ -14,7 +14,7 @@ from typing import Iterator, List, Tuple
 
 import pytest
 import typer
-from docexamples import console_examples
+from docexamples import Example, console_examples
 
 from portmapctl.cli import app
 
@@ -146,6 +146,35 @@ def test_a_quiet_example_shows_its_summary_line(page):
             assert [line for line in example.shown if line.strip()], where
 
 
+def test_a_console_block_indented_under_a_list_item_is_read_as_any_other(tmp_path):
+    """troubleshooting.md's steps hold their ```console blocks indented under the list
+    item (three spaces, as Markdown nests them): console_examples read none of them, so
+    their shown output was never checked. Each is read with its indentation taken off,
+    the block's own (a line indented further keeps the rest)."""
+    page = tmp_path / "page.md"
+    page.write_text(
+        "1. A step:\n\n"
+        "   ```console\n"
+        "   $ sudo portmapctl gc --all \\\n"
+        "       --yes\n"
+        "   FAM  NETWORK\n"
+        "     v4 podman\n"
+        "\n"
+        "   ```\n\n"
+        "   ```sh\n"
+        "   $ not an example\n"
+        "   ```\n"
+        "```console\n$ portmapctl list\nno portmap chains found\n```\n"
+    )
+    assert console_examples(page) == [
+        Example(4, ["portmapctl", "gc", "--all", "--yes"], ["FAM  NETWORK", "  v4 podman", ""]),
+        Example(15, ["portmapctl", "list"], ["no portmap chains found"]),
+    ]
+    steps = [e for e in console_examples(ROOT / "docs" / "troubleshooting.md") if e.line > 250]
+    assert steps[0].argv[:3] == ["gc", "--iptables", "legacy"], steps[0]
+    assert steps[0].shown[-1].startswith("gc: removed 1 chain of 1 container"), steps[0]
+
+
 def _unquoted_globs(command: str) -> List[str]:
     """The words of a command line, as typed, that a shell would expand as a glob: `[`,
     `]`, `*` or `?` outside quotes (`$?` is a parameter; a comment is no word)."""
@@ -173,7 +202,7 @@ def test_example_commands_quote_what_a_shell_would_expand():
     for page in [*PAGES, ROOT / "README.md"]:
         lines = page.read_text().splitlines()
         for example in console_examples(page):
-            typed, number = lines[example.line - 1][2:], example.line
+            typed, number = lines[example.line - 1].lstrip()[2:], example.line
             while typed.endswith("\\") and number < len(lines):
                 typed, number = typed[:-1] + " " + lines[number], number + 1
             words = _unquoted_globs(typed)
