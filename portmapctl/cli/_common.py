@@ -576,7 +576,9 @@ class Output(NamedTuple):
             markup=False,
             emoji=False,
             width=width,
-            force_terminal=True if not plain and _force_color() else None,
+            # Whether it is a terminal is ours to say: rich reads FORCE_COLOR (and
+            # TTY_COMPATIBLE) for it too, an empty FORCE_COLOR as "not a terminal".
+            force_terminal=True if not plain and _force_color() else _isatty(stream),
             color_system=None if plain else "auto",
         )
 

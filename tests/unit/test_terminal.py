@@ -102,6 +102,16 @@ def test_list_is_coloured_on_a_terminal_only_and_honours_no_color():
     assert "\x1b[" not in piped.stdout and "shadowed" in piped.stdout
 
 
+def test_an_empty_force_color_leaves_a_terminal_coloured():
+    """FORCE_COLOR set to nothing counts as not set (force-color.org), as NO_COLOR does:
+    rich took any FORCE_COLOR for its own say on whether stdout is a terminal, and an
+    empty one for "not a terminal", so the table lost its colour there."""
+    code, out, _ = run_on_terminal(["list", *EXAMPLE], {"FORCE_COLOR": ""})
+    assert code == 0 and any(c in out for c in SGR_COLOUR), out
+    code, out, _ = run_on_terminal(["list", *EXAMPLE], {"FORCE_COLOR": "", "NO_COLOR": "1"})
+    assert code == 0 and "\x1b[" not in out and "shadowed" in out
+
+
 def test_json_on_a_terminal_is_one_plain_document(tmp_path):
     code, out, err = run_on_terminal(["list", *EXAMPLE, "-o", "json"])
     assert code == 0 and "\x1b[" not in out
