@@ -541,12 +541,13 @@ class Output(NamedTuple):
 
     def plain(self, stream: Any) -> bool:
         """No colour: --no-color, a non-empty NO_COLOR (no-color.org), or not a terminal
-        (unless a non-empty FORCE_COLOR asks for colour anyway)."""
+        (TTY_COMPATIBLE=0 says it is none; a non-empty FORCE_COLOR asks for colour
+        anyway)."""
         if self.no_color or os.environ.get("NO_COLOR", "") != "":
             return True
         if _force_color():
             return False
-        return not _isatty(stream)
+        return not _terminal(stream)
 
     def width(self, stream: Any = None) -> Optional[int]:
         """The terminal's width (COLUMNS wins, as for every tool), None off a terminal:
@@ -578,7 +579,7 @@ class Output(NamedTuple):
             width=width,
             # Whether it is a terminal is ours to say: rich reads FORCE_COLOR (and
             # TTY_COMPATIBLE) for it too, an empty FORCE_COLOR as "not a terminal".
-            force_terminal=True if not plain and _force_color() else _isatty(stream),
+            force_terminal=True if not plain and _force_color() else _terminal(stream),
             color_system=None if plain else "auto",
         )
 
@@ -722,6 +723,13 @@ class Output(NamedTuple):
 
 def _force_color() -> bool:
     return os.environ.get("FORCE_COLOR", "") not in ("", "0")
+
+
+def _terminal(stream: Any) -> bool:
+    """Whether `stream` is a terminal that takes escape sequences: a tty, unless
+    TTY_COMPATIBLE=0 says otherwise (rich's variable, which it no longer reads itself
+    once told whether the stream is a terminal: Output._console)."""
+    return _isatty(stream) and os.environ.get("TTY_COMPATIBLE", "") != "0"
 
 
 def _isatty(stream: Any) -> bool:

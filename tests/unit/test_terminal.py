@@ -112,6 +112,18 @@ def test_an_empty_force_color_leaves_a_terminal_coloured():
     assert code == 0 and "\x1b[" not in out and "shadowed" in out
 
 
+def test_tty_compatible_0_keeps_a_terminal_plain():
+    """TTY_COMPATIBLE=0 says the terminal takes no escape sequences (rich's variable):
+    the table was plain there until the Console was told it is a terminal whatever the
+    variable says (127d124), which printed it coloured."""
+    code, out, _ = run_on_terminal(["list", *EXAMPLE], {"TTY_COMPATIBLE": "0"})
+    assert code == 0 and "\x1b[" not in out and "shadowed" in out, out
+    # FORCE_COLOR asks for colour whatever the terminal, as off one.
+    env = {"TTY_COMPATIBLE": "0", "FORCE_COLOR": "1"}
+    code, out, _ = run_on_terminal(["list", *EXAMPLE], env)
+    assert code == 0 and any(c in out for c in SGR_COLOUR), out
+
+
 def test_json_on_a_terminal_is_one_plain_document(tmp_path):
     code, out, err = run_on_terminal(["list", *EXAMPLE, "-o", "json"])
     assert code == 0 and "\x1b[" not in out
