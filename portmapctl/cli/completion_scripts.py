@@ -18,10 +18,10 @@ from typing import Iterator
 ZSH_TYPER_TAIL = "compdef %(complete_func)s %(prog_name)s"
 ZSH_TAIL = """\
 if [[ $zsh_eval_context[-1] == loadautofunc ]]; then
-  # autoloaded from fpath (site-functions): complete this TAB now
+  # autoloaded from fpath (--install-completion's ~/.zfunc): complete this TAB now
   %(complete_func)s "$@"
 else
-  # sourced, or installed by --install-completion: register for later TABs
+  # sourced (--show-completion's output): register for later TABs
   compdef %(complete_func)s %(prog_name)s
 fi"""
 

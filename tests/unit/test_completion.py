@@ -260,3 +260,41 @@ def test_zsh_completes_on_the_first_tab_after_install_completion(shell_env, tmp_
     assert "loadautofunc" in installed  # (typer's own lacks it)
     screen = _first_tab_in_zsh(shell_env, home, "portmapctl gc --dry")
     assert "portmapctl gc --dry-run" in screen, screen
+
+
+def _tail_line_run(env: Dict[str, str], script: str) -> int:
+    """The line of the installed ~/.zfunc/_portmapctl (HOME in `env`) whose command its
+    zsh tail ran when `script` loaded it: xtrace names each command's file and line."""
+    tracing = 'PS4="+%x:%I> "; compdef() { :; }; setopt xtrace; '
+    done = in_a_shell("zsh", "-fc", tracing + script, env=env)
+    installed = str(Path(env["HOME"]) / ".zfunc" / "_portmapctl")
+    ran = [
+        line.split("> ", 1)
+        for line in done.stderr.splitlines()
+        if line.startswith(f"+{installed}:")
+    ]
+    tail = [where for where, command in ran if command.split()[:1] in (["compdef"],)]
+    tail += [where for where, command in ran if command == "_portmapctl_completion"]
+    assert len(tail) == 1, done.stderr
+    return int(tail[0].rsplit(":", 1)[1])
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_the_zsh_tails_comments_name_how_the_script_got_to_each_branch(shell_env, tmp_path):
+    """The tail's comment said "sourced, or installed by --install-completion: register
+    for later TABs", while --install-completion's file is autoloaded from the fpath its
+    .zshrc line names and takes the other branch (completing the TAB). The comment just
+    above the line each way of loading runs names that way."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(shell_env, HOME=str(home), ZDOTDIR=str(home))
+    install = in_a_shell("zsh", "-fc", "portmapctl --install-completion; exit $?", env=env)
+    assert install.returncode == 0, install.stderr
+    lines = (home / ".zfunc" / "_portmapctl").read_text().splitlines()
+    # As the new shell's first TAB does: compinit's autoload from .zshrc's fpath.
+    autoloaded = _tail_line_run(env, "source ~/.zshrc; _portmapctl")
+    sourced = _tail_line_run(env, "autoload -Uz compinit; compinit -u; source ~/.zfunc/_portmapctl")
+    assert autoloaded != sourced
+    assert "--install-completion" in lines[autoloaded - 2], lines
+    assert "--install-completion" not in lines[sourced - 2], lines
+    assert "sourced" in lines[sourced - 2] and "sourced" not in lines[autoloaded - 2], lines
