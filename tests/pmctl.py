@@ -21,6 +21,7 @@ def run(
     hide: Sequence[str] = (),
     own_mounts: bool = False,
     without_sys_admin_in: Optional[str] = None,
+    without_caps: Sequence[str] = (),
 ) -> subprocess.CompletedProcess:
     """`portmapctl ARGS` through `python -m portmapctl`, stdin closed unless given.
 
@@ -34,6 +35,8 @@ def run(
     namespace is asked.
     `without_sys_admin_in` runs it in that network namespace (by name) without
     CAP_SYS_ADMIN (without_sys_admin).
+    `without_caps`: capabilities it runs without, still root with the rest
+    (`dac_override`, `dac_read_search`: root then meets file modes as any owner does).
     """
     argv = [sys.executable, "-m", "portmapctl", *args]
     if hide:
@@ -48,8 +51,9 @@ def run(
         argv = [shutil.which("unshare") or "unshare", "-m", "--propagation", "slave", *argv]
     if without_sys_admin_in is not None:
         argv = [*without_sys_admin(without_sys_admin_in), *argv]
-    if unprivileged:
-        drop = "-net_admin,-sys_admin,-net_raw"
+    if unprivileged or without_caps:
+        names = ("net_admin", "sys_admin", "net_raw") if unprivileged else ()
+        drop = ",".join(f"-{name}" for name in (*names, *without_caps))
         argv = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *argv]
     full_env = dict(os.environ, NO_COLOR="1", COLUMNS="250", **(env or {}))
     return subprocess.run(

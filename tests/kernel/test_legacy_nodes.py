@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Dict
 
 import json_schemas
 import pytest
@@ -16,6 +17,7 @@ import realplugin as rp
 from pmctl import assert_error, run
 
 from portmapctl.iptables.chains import chain_name
+from portmapctl.ops.node import APPLY_TRIES
 
 PORTS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
 
@@ -655,22 +657,7 @@ def test_a_busy_lock_or_hung_tool_while_a_refused_removal_is_halved_is_no_refusa
 
     The fault is real: a private xtables lock (XTABLES_LOCKFILE) taken by `flock`, or a
     restore that sleeps past the timeout, when the transaction removes gone3 alone."""
-    recent = ["-m", "recent", "--name", "x", "--rcheck"]
-    for cid, ip, port, conditions in (
-        ("gone1", "10.88.0.5/16", 8080, recent),
-        ("gone2", "10.88.0.6/16", 8081, None),
-        ("gone3", "10.88.0.7/16", 8082, None),  # (UDP: its flow goes with its chain)
-        ("other1", "10.88.0.9/16", 8083, None),
-    ):
-        proto = "udp" if cid == "gone3" else "tcp"
-        conf = rp.plugin_conf("mynet", [ip], [{**PORTS[0], "hostPort": port, "protocol": proto}],
-                              conditions_v4=conditions)  # fmt: skip
-        rp.run_plugin("ADD", host_ns, cid, conf, mode="legacy", check=True)
-    subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-I", "-p", "udp", "-s",
-                    "127.0.0.1", "-d", "127.0.0.1", "--sport", "40001", "--dport", "8082",
-                    "--reply-src", "10.88.0.7", "--reply-dst", "127.0.0.1", "--reply-port-src",
-                    "80", "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
-    gone = {cid: chain_name("mynet", cid) for cid in ("gone1", "gone2", "gone3")}
+    gone = _halved_node(host_ns)
     lock, held = tmp_path / "xtables.lock", tmp_path / "held"
     # The transaction that removes gone3's chain alone (gone2's goes in alone before it,
     # gone3's and gone1's are refused together: the halving's order by chain name).
@@ -724,6 +711,70 @@ def test_a_busy_lock_or_hung_tool_while_a_refused_removal_is_halved_is_no_refusa
         assert "dport=8082" in flows, flows
 
 
+@pytest.mark.parametrize("fault", ["gone", "unreadable"])
+def test_a_cache_lost_after_a_refused_removal_was_halved_still_reports_what_went_in(
+    host_ns, tmp_path, fault
+):
+    """gc halves a removal iptables refused whole (gone1's `-m recent` entry rule, as
+    above), and once the groups went in reads the table and the CNI cache again to plan
+    what is left. A cache directory gone by then (the runtime's, removed or remounted),
+    or one that could not be read (here: gc without CAP_DAC_OVERRIDE, results/ made
+    mode 000), ended gc with a bare line, exit 3 ("the CNI cache ... disappeared while
+    gc ran: nothing removed from this family"): gone2's and gone3's chains were gone,
+    yet no table or JSON said so, gone3's UDP flow kept its dead DNAT, and gone1's
+    sighting was not written back. Now it ends as every other late failure: the
+    document of what went in, the family's one line (the cache's error, what was
+    removed, gone1 refused), exit 3, the flow flushed, the sightings saved.
+
+    The fault is real: the last try of gone1 alone (iptables-legacy-restore, wrapped)
+    removes or locks the cache after iptables refused it."""
+    gone = _halved_node(host_ns)
+    cache = tmp_path / "cni"
+    rp.write_cni_cache(cache, "other", "live1", "eth0",
+                       rp.plugin_conf("other", ["10.89.0.5/16"], PORTS), PORTS,
+                       ["10.89.0.5/16"])  # fmt: skip
+    lose = {"gone": f"rm -rf {cache / 'results'}", "unreadable": f"chmod 000 {cache / 'results'}"}
+    # gone1's removal alone, refused on each of its APPLY_TRIES tries: the last one
+    # loses the cache, right before gc reads the table and the cache after the groups.
+    alone = f'grep -q -- "-X {gone["gone1"]}" "$IN" && ! grep -q -e {gone["gone2"]} -e {gone["gone3"]} "$IN"'
+    folder = tmp_path / "wrap"
+    folder.mkdir()
+    script = folder / "iptables-legacy-restore"
+    script.write_text(
+        f'#!/bin/bash\nIN={tmp_path}/in.$$\ncat > "$IN"\n'
+        f'/usr/sbin/iptables-legacy-restore "$@" < "$IN"; rc=$?\n'
+        f"if {alone}; then echo x >> {tmp_path}/tries;"
+        f" if [ $(wc -l < {tmp_path}/tries) = {APPLY_TRIES} ]; then {lose[fault]}; fi; fi\n"
+        "exit $rc\n"
+    )
+    script.chmod(0o755)
+    run_dir = tmp_path / "run"
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
+            str(cache), "--keep", "other1", "--min-age", "0", "--yes", "-o", "json"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(run_dir), "PATH": f"{folder}:{os.environ['PATH']}"}
+    caps = ("dac_override", "dac_read_search") if fault == "unreadable" else ()
+    try:
+        done = run(argv, env=env, without_caps=caps)
+    finally:
+        if (cache / "results").exists():
+            (cache / "results").chmod(0o700)  # (or pytest, without capabilities, cannot clean up)
+    assert_error(done, 3, str(cache / "results"), "2 removed", gone["gone1"], after_work=True)
+    assert "nothing removed" not in done.stderr, done.stderr
+    saved = rp.save(host_ns, 4, "legacy")
+    assert gone["gone2"] not in saved and gone["gone3"] not in saved and gone["gone1"] in saved
+    document = json.loads(done.stdout)
+    json_schemas.validated("gc", document)
+    assert sorted(c["container_id"] for c in document["removed"]) == ["gone2", "gone3"]
+    assert [r["container_id"] for r in document["refused"]] == ["gone1"]
+    assert document["conntrack_deleted"] == 1
+    flows = subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-L", "-p", "udp"],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    assert "dport=8082" not in flows, flows
+    # gone1's sighting, forgotten before the first removal, is written back.
+    state = (run_dir / "gc-state.json").read_text()
+    assert gone["gone1"] in state and gone["gone2"] not in state, state
+
+
 @pytest.mark.parametrize("mode", ["legacy", "nft"])
 def test_a_removal_whose_restore_hung_after_its_commit_still_has_its_flows_flushed(
     host_ns, tmp_path, mode
@@ -766,6 +817,30 @@ def test_a_removal_whose_restore_hung_after_its_commit_still_has_its_flows_flush
     assert "dport=8080" not in flows, flows
     again = run(argv, env=run_dir)
     assert again.returncode == 0, again.stderr
+
+
+def _halved_node(host_ns: str, six1: bool = False) -> Dict[str, str]:
+    """gone1 (its entry rule `-m recent`: legacy iptables refuses its removal, so gc
+    halves the family's), gone2, gone3 (UDP 8082, a flow DNATed to it) and other1 on
+    legacy, with `six1` six1 too (IPv6, UDP 8090); the chains of the gone ones, by
+    container ID."""
+    recent = ["-m", "recent", "--name", "x", "--rcheck"]
+    rows = [
+        ("gone1", "10.88.0.5/16", 8080, recent),
+        ("gone2", "10.88.0.6/16", 8081, None),
+        ("gone3", "10.88.0.7/16", 8082, None),  # (UDP: its flow goes with its chain)
+        ("other1", "10.88.0.9/16", 8083, None),
+    ]
+    for cid, ip, port, conditions in rows + ([("six1", "fd00::9/64", 8090, None)] if six1 else []):
+        proto = "udp" if cid in ("gone3", "six1") else "tcp"
+        conf = rp.plugin_conf("mynet", [ip], [{**PORTS[0], "hostPort": port, "protocol": proto}],
+                              conditions_v4=conditions)  # fmt: skip
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="legacy", check=True)
+    subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-I", "-p", "udp", "-s",
+                    "127.0.0.1", "-d", "127.0.0.1", "--sport", "40001", "--dport", "8082",
+                    "--reply-src", "10.88.0.7", "--reply-dst", "127.0.0.1", "--reply-port-src",
+                    "80", "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
+    return {cid: chain_name("mynet", cid) for cid in ("gone1", "gone2", "gone3")}
 
 
 def _added(host_ns: str, rows) -> None:
@@ -847,24 +922,8 @@ def test_a_hung_read_while_a_refused_removal_is_halved_still_flushes_what_went_i
     HostProblem, not a timeout) escaped the same way: "iptables-legacy-save failed:
     ...", exit 3, gone2's and gone3's chains gone unsaid and gone3's flow kept; its
     line now says what went in, as the hung read's does."""
-    recent = ["-m", "recent", "--name", "x", "--rcheck"]
-    for cid, ip, port, conditions in (
-        ("gone1", "10.88.0.5/16", 8080, recent),
-        ("gone2", "10.88.0.6/16", 8081, None),
-        ("gone3", "10.88.0.7/16", 8082, None),  # (UDP: its flow goes with its chain)
-        ("other1", "10.88.0.9/16", 8083, None),
-        ("six1", "fd00::9/64", 8090, None),  # (IPv6 alone: applied ahead; UDP)
-    ):
-        proto = "udp" if cid in ("gone3", "six1") else "tcp"
-        conf = rp.plugin_conf("mynet", [ip], [{**PORTS[0], "hostPort": port, "protocol": proto}],
-                              conditions_v4=conditions)  # fmt: skip
-        rp.run_plugin("ADD", host_ns, cid, conf, mode="legacy", check=True)
-    subprocess.run(["ip", "netns", "exec", host_ns, "conntrack", "-I", "-p", "udp", "-s",
-                    "127.0.0.1", "-d", "127.0.0.1", "--sport", "40001", "--dport", "8082",
-                    "--reply-src", "10.88.0.7", "--reply-dst", "127.0.0.1", "--reply-port-src",
-                    "80", "--reply-port-dst", "40001", "-t", "100"], check=True)  # fmt: skip
+    gone = _halved_node(host_ns, six1=True)  # (six1: IPv6 alone, applied ahead; UDP)
     _six1_flow(host_ns)
-    gone = {cid: chain_name("mynet", cid) for cid in ("gone1", "gone2", "gone3")}
     marker, tries = tmp_path / "hang", tmp_path / "tries"
 
     def alone(*cids: str) -> str:

@@ -20,7 +20,7 @@ from portmapctl.errors import (
 )
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
-from portmapctl.ops.gc.family import FamilyPlan, settled
+from portmapctl.ops.gc.family import FamilyPlan, as_judged, settled
 from portmapctl.ops.gc.planning import Planning, plan_table, reread_cache
 from portmapctl.ops.gc.result import NAMED_AT_MOST, GcChain, Refused, some_of
 from portmapctl.ops.gc.state import ChainKey
@@ -304,9 +304,17 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
         # aside), and the family fails with that error, what went in reported.
         stop.append(err)
         after = known[0]
-    attachments = reread_cache(node, planning)
     nothing = replace(planning, options=replace(planning.options, only=frozenset()))
-    rest = plan_table(after, attachments, nothing, True)
+    try:
+        rest = plan_table(after, reread_cache(node, planning), nothing, True)
+    except PortmapctlError as err:
+        # The cache gone, unreadable or emptied by now (it was read before each group):
+        # escaped bare, it ended gc with one line (exit 3), the groups gone in
+        # unreported, their UDP flows never flushed, no sighting saved. The family
+        # fails with it (exit 3, the environment: the run changed the node already),
+        # what went in reported, and what is left as the first plan judged it.
+        stop.append(err if isinstance(err, HostProblem) else HostProblem(str(err)))
+        rest = as_judged(first, after)
     # The chains left untried are left out of `pending` too: the family's error names them.
     apart = {r.chain.key for r in refused} | {chain.key for chain in untried}
     done = settled(went, rest, after, apart)

@@ -212,6 +212,25 @@ def settled(
     )
 
 
+def as_judged(first: FamilyPlan, after: NatTable) -> FamilyPlan:
+    """`rest` for settled() when the table `after` the groups cannot be planned afresh
+    (the CNI cache that says what is live could not be read again): what `first`
+    judged of the chains `after` still holds, nothing removed. The UDP ports still
+    mapped are the table's own: liveness plays no part in them."""
+    ports = {chain.name: chain.host_ports for chain in chain_facts(after)}
+    return FamilyPlan(
+        first.family,
+        (),
+        tuple(c for c in first.pending if c.chain in ports),
+        first.kept,
+        (),
+        (),
+        {key: seen for key, seen in first.seen.items() if key.chain in ports},
+        Transaction(first.family),
+        mapped_udp_ports=frozenset(_udp_ports(ports, set(ports))),
+    )
+
+
 def _by_text(removable: List[ChainFacts]) -> Tuple[List[ChainFacts], List[ChainFacts]]:
     """The last try's chains (by_number=False: every rule by its text, so that a plugin
     call elsewhere in CNI-HOSTPORT-DNAT does not fail it), and those left for a later

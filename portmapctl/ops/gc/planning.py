@@ -80,9 +80,9 @@ def checked_cache(
     missing = [d for d in dirs if d not in present_dirs(dirs)]
     if found is None or missing:
         gone = ", ".join(results_dir(d) for d in (missing or dirs))
-        raise HostProblem(
-            f"the CNI cache {gone} disappeared while gc ran: nothing removed from this family"
-        )
+        # (Not "nothing removed from this family": read again after some of a
+        # family's chains went in (converge.settle_family), it said so of them too.)
+        raise HostProblem(f"the CNI cache {gone} disappeared while gc ran")
     for warning in cni_cache.warnings(found, dirs):
         if warning not in warnings:
             warnings.append(warning)
