@@ -2261,6 +2261,51 @@ def test_gc_narrowed_to_iptables_whose_nft_fails_still_reports_and_flushes_its_r
     assert "dport=7001" not in _ct(node, "-L", "-p", "udp")
 
 
+def test_an_nft_table_gc_cannot_read_after_its_iptables_removal_went_in_says_what_went_in(
+    node: str, tmp_path: Path
+) -> None:
+    """A mixed node: gone1's stale iptables chain (UDP 7001, a flow DNATed to it),
+    old2's stale nftables rules, web1 live. Another tool adds a chain to cni_hostport
+    between gc's read and its write, through nft's JSON (or libnftnl: what nft's own
+    syntax cannot name, `a b`), which the parser refuses ("not `nft -j list` output").
+    The iptables side had gone in, and the nftables side's read ahead of its write
+    ended gc with a bare "error: nft -j list table ip cni_hostport: not `nft -j list`
+    output (...)", exit 2 ("bad input, nothing changed"): gone1's chain gone
+    unreported, its flow kept, no sighting saved. An nft table that cannot be read is
+    the environment's, as an iptables-save that cannot be read is (exit 3): the run
+    ends as any whose nftables side failed after its iptables side went in, the
+    document of what went in shown, the flow flushed. The chain comes from a wrapped
+    iptables-legacy-restore, once its commit went in."""
+    cache = tmp_path / "cni"
+    conf = rp.plugin_conf("podman", ["10.88.0.7/16"], [_pm(7001, 71, "udp")])
+    rp.run_plugin("ADD", node, "gone1", conf, mode="legacy", check=True)
+    _plugin_add(node, cache, WEB)
+    _plugin_add(node, cache, ("old2", ["10.88.0.8/16"], [_pm(7002, 72)]), cached=False)
+    _old1_flow(node)
+    odd = {"nftables": [{"add": {"chain": {"family": "ip", "table": "cni_hostport",
+                                            "name": "a b"}}}]}  # fmt: skip
+    (tmp_path / "odd.json").write_text(json.dumps(odd))
+    wrap = tmp_path / "wrap"
+    wrap.mkdir()
+    (wrap / "iptables-legacy-restore").write_text(
+        '#!/bin/bash\n/usr/sbin/iptables-legacy-restore "$@" || exit $?\n'
+        f"nft -j -f {tmp_path / 'odd.json'}\n"
+    )
+    (wrap / "iptables-legacy-restore").chmod(0o755)
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{wrap}:{os.environ['PATH']}"}
+    argv = ["gc", "--netns", node, "--iptables", "legacy", "--cni-cache-dir", str(cache),
+            "--yes", "--min-age", "0", "-o", "json"]  # fmt: skip
+    done = pmctl.run(argv, env=env)
+    pmctl.assert_error(done, 3, "not `nft -j list` output", "iptables, applied before it: 1 chain removed",
+                       after_work=True)  # fmt: skip
+    doc = json.loads(done.stdout)
+    assert [c["container_id"] for c in doc["removed"]] == ["gone1"], doc
+    assert doc["conntrack_deleted"] == 1, doc
+    assert "dport=7001" not in _ct(node, "-L", "-p", "udp")
+    assert "old2" in {r[2] for r in _container_rules(node)}  # (its nft write never ran)
+    assert (tmp_path / "run" / "gc-state.json").exists()
+
+
 def test_a_firewall_reload_between_gcs_read_and_its_write_keeps_every_live_rule(
     node: str, tmp_path: Path
 ) -> None:

@@ -12,7 +12,7 @@ import contextlib
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Union
 
 from portmapctl.core.pause import gc_paused
-from portmapctl.errors import ApplyFailed, HostProblem, Interrupted, ToolTimedOut
+from portmapctl.errors import ApplyFailed, BadInput, HostProblem, Interrupted, ToolTimedOut
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.converge import (
     HungWentIn,
@@ -304,6 +304,18 @@ def _apply_gc_to(
             nft_went.clear()
             if not err.maybe_applied:
                 nft_unapplied = planned.nft  # refused whole: nothing went
+        except BadInput as err:
+            # Refused before any of it went in: the table its read found (a chain
+            # another tool named as nft's syntax cannot: "not `nft -j list` output"),
+            # the cache read again to re-plan, nft refusing the text. Once the iptables
+            # side removed chains that is no "bad input, nothing changed" (exit 2, a
+            # bare line): it ended the run with their removal unreported, their UDP
+            # flows kept, no sighting saved. It ends as a failed nftables side does.
+            if not any(p.removed for p in plans):
+                raise
+            failure = HostProblem(f"nftables: {err}")
+            nft_went.clear()
+            nft_unapplied = planned.nft
         except gc_nft.NftHungWentIn as err:
             # Hung, yet its rules are gone by the read after it: the run still fails
             # with it (exit 3), and what went in is reported, recorded and flushed, or
