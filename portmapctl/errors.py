@@ -55,11 +55,26 @@ class ToolTimedOut(HostProblem):
         line = f"{self.stopped}; {NOT_GONE_IN}"
         return ToolTimedOut(line, maybe_applied=self.maybe_applied, stopped=self.stopped)
 
+    def made_again(self) -> ToolTimedOut:
+        """This timeout once a read after it found what it removes made again meanwhile
+        (gc's nftables write: rules with the bodies of those it deletes, not where it
+        planned them): that read cannot tell whether it went in, and says so; it said
+        NOT_GONE_IN, false where the write went in before the same container's ADD."""
+        line = f"{self.stopped}; {MADE_AGAIN}"
+        return ToolTimedOut(line, maybe_applied=self.maybe_applied, stopped=self.stopped)
+
 
 # What a writing tool stopped at its time limit adds to its line (ToolTimedOut.stopped).
 MAY_HAVE_GONE_IN = "its transaction may have gone in (whole, never half): run again to see"
 # What replaces it once a read after it found what it removes still there (gc).
 NOT_GONE_IN = "read again, what it removes is still there: it did not go in"
+# What replaces it once that read found what it removes made again meanwhile (gc's
+# nftables write: ToolTimedOut.made_again).
+MADE_AGAIN = (
+    "read again, rules like those it deletes are there, made again meanwhile (the same"
+    " container started again under its ID and ports, or a firewall reload): it may have"
+    " gone in"
+)
 
 
 class ApplyFailed(PortmapctlError):

@@ -727,6 +727,52 @@ def test_gc_whose_nft_hung_after_its_commit_reports_and_flushes(node: str, tmp_p
     assert again.returncode == 0, again.stderr
 
 
+def test_gc_whose_nft_hung_while_its_container_came_back_says_it_may_have_gone_in(
+    node: str, tmp_path: Path
+) -> None:
+    """`nft -f` went in and hung (stopped at its time limit), and old1, whose rules it
+    deleted, was started again under its ID with the same ports before gc's read that
+    judges it (the plugin's ADD: the same rules, at new handles). That read finds rules
+    with the bodies of those it deletes, so it cannot tell a write that did not go in
+    from one that went in before the ADD; gc does the safe thing (old1's sightings
+    forgotten, no flow flushed), yet its line said "read again, what it removes is still
+    there: it did not go in", which was false here. Now it says the read cannot tell.
+    The real nft and plugin, wrapped: nft sleeps once its write went in and old1's ADD
+    ran; the time limit is made short as in the test above."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cni"
+    _plugin_add(node, cache, WEB)
+    conf = _plugin_add(node, cache, OLD, cached=False)
+    (tmp_path / "old1.json").write_text(json.dumps(conf))
+    wrap = tmp_path / "wrap"
+    wrap.mkdir()
+    real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
+    add = (f"env -i PATH={rp.SYSTEM_PATH} CNI_COMMAND=ADD CNI_CONTAINERID=old1"
+           f" CNI_NETNS={rp.container_netns()} CNI_IFNAME=eth0 CNI_PATH={rp.CNI_PATH}"
+           f" {upstream.binary(V191)} < {tmp_path / 'old1.json'} > {tmp_path / 'add.out'}")  # fmt: skip
+    (wrap / "nft").write_text(
+        f'#!/bin/bash\n{real} "$@" || exit $?\nif [ "$1" = -f ]; then {add} || exit 97;'
+        " exec sleep 60; fi\n"
+    )
+    (wrap / "nft").chmod(0o755)
+    short = (
+        "import sys; from portmapctl.nftables.access import nft; nft.TIMEOUT_SECONDS = 3\n"
+        "from portmapctl.entry import main; sys.argv[0] = 'portmapctl'; main()"
+    )
+    argv = ["gc", "--netns", node, "--cni-cache-dir", str(cache), "--yes", "--min-age", "0"]
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PORTMAPCTL_RUN_DIR": str(run_dir), "PATH": f"{wrap}:{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-c", short, *argv], env=env, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=120)  # fmt: skip
+    pmctl.assert_error(done, 3, "nft -f did not finish within 3 s", "may have gone in")
+    assert "did not go in" not in done.stderr and "it went in" not in done.stderr, done.stderr
+    assert {r[2] for r in _container_rules(node)} == {"web1", "old1"}  # (old1's, made again)
+    state = run_dir / "gc-state.json"
+    assert not state.exists() or "old1" not in state.read_text()  # (its sightings forgotten)
+
+
 @pytest.mark.parametrize("version", ["v1.7.1", V191])
 def test_a_rule_for_one_host_ip_first_leaves_the_other_addresses(
     node: str, tmp_path: Path, version: str

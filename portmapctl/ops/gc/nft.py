@@ -88,6 +88,9 @@ class NftPlan(NamedTuple):
     # host port, address, port): v1.6/v1.7's entry (no `fib daddr type local`) DNATed
     # flows the node routes elsewhere there too, which keep the dead destination.
     routed: FrozenSet[RoutedTarget] = frozenset()
+    # The handle of each family's table it was planned from: a write whose tool hung is
+    # judged "not gone in" only by a rule left as planned in that very table.
+    tables: Dict[int, int] = {}
 
 
 def speaks_for_nft(sources: Sources, use_cache: bool) -> bool:
@@ -220,6 +223,7 @@ def plan_nft(
         still,
         removed_ips,
         frozenset(routed),
+        {family: table.handle for family, table in live_rules.tables.items()},
     )
 
 
@@ -322,8 +326,13 @@ def apply_nft(
         if not _went_in(applied[-1].transaction, live):
             if not applied[-1].transaction.ops:
                 raise
-            # A rule it deletes is left: not gone in (all or nothing), as for iptables.
-            raise err.not_gone_in() from None
+            if _left_as_planned(applied[-1], live):
+                # A rule it deletes is left: not gone in (all or nothing), as for iptables.
+                raise err.not_gone_in() from None
+            # Only rules like them, made again (an ADD of the same ID and ports, a
+            # reload): it may have gone in before. Still raised as maybe applied: the
+            # sightings forgotten, nothing flushed (apply_gc).
+            raise err.made_again() from None
         raise NftHungWentIn(err, applied[-1]) from None
     return text, applied[-1]
 
@@ -339,6 +348,27 @@ class NftHungWentIn(ToolTimedOut):
             maybe_applied=True,
         )
         self.plan = plan
+
+
+def _left_as_planned(plan: NftPlan, live: Ruleset) -> bool:
+    """Whether a rule `plan` deletes is in `live` as planned: at its handle, with its
+    body, in the table it was planned from (a table keeps its handle until made
+    afresh, and gives none of its rules' handles twice). Then its write, all or
+    nothing, did not go in; a rule like it elsewhere may have been made again since."""
+    from portmapctl.nftables.transaction import OpKind
+
+    for op in plan.transaction.ops:
+        table = live.tables.get(op.family)
+        if op.kind is not OpKind.DELETE_RULE or table is None:
+            continue
+        if op.body is not None and plan.tables.get(op.family) != table.handle:
+            continue  # (made afresh since: its handles say nothing of the plan's)
+        if any(
+            r.handle == op.handle and (op.body is None or r.body == op.body)
+            for r in table.rules_of(op.chain or "")
+        ):
+            return True
+    return False
 
 
 def _went_in(txn: NftTransaction, live: Ruleset) -> bool:
