@@ -736,18 +736,7 @@ def test_a_cache_lost_after_a_refused_removal_was_halved_still_reports_what_went
     lose = {"gone": f"rm -rf {cache / 'results'}", "unreadable": f"chmod 000 {cache / 'results'}"}
     # gone1's removal alone, refused on each of its APPLY_TRIES tries: the last one
     # loses the cache, right before gc reads the table and the cache after the groups.
-    alone = f'grep -q -- "-X {gone["gone1"]}" "$IN" && ! grep -q -e {gone["gone2"]} -e {gone["gone3"]} "$IN"'
-    folder = tmp_path / "wrap"
-    folder.mkdir()
-    script = folder / "iptables-legacy-restore"
-    script.write_text(
-        f'#!/bin/bash\nIN={tmp_path}/in.$$\ncat > "$IN"\n'
-        f'/usr/sbin/iptables-legacy-restore "$@" < "$IN"; rc=$?\n'
-        f"if {alone}; then echo x >> {tmp_path}/tries;"
-        f" if [ $(wc -l < {tmp_path}/tries) = {APPLY_TRIES} ]; then {lose[fault]}; fi; fi\n"
-        "exit $rc\n"
-    )
-    script.chmod(0o755)
+    folder = _after_restore_alone(tmp_path, gone, "gone1", APPLY_TRIES, lose[fault])
     run_dir = tmp_path / "run"
     argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
             str(cache), "--keep", "other1", "--min-age", "0", "--yes", "-o", "json"]  # fmt: skip
@@ -773,6 +762,55 @@ def test_a_cache_lost_after_a_refused_removal_was_halved_still_reports_what_went
     # gone1's sighting, forgotten before the first removal, is written back.
     state = (run_dir / "gc-state.json").read_text()
     assert gone["gone1"] in state and gone["gone2"] not in state, state
+
+
+def test_a_cache_emptied_between_the_groups_of_a_halving_is_no_bad_input(host_ns, tmp_path):
+    """The halving above plans each group from a fresh read of the table and the CNI
+    cache. A cache emptied between two groups (the node's last container removed, gc
+    judging by the cache alone) made planning the next group refuse as bad input
+    ("the CNI cache at ... is empty ...: nothing says which containers are live"),
+    which the halving's tries did not catch: gc ended with that bare line, exit 2
+    ("bad input, nothing changed"), though gone2's chain had gone in alone, unreported
+    and unrecorded. Now it stops the halving as a failed read does (exit 3), what went
+    in reported, the chains left named as not removed."""
+    gone = _halved_node(host_ns)
+    cache = tmp_path / "cni"
+    conf = rp.plugin_conf("mynet", ["10.88.0.9/16"], [{**PORTS[0], "hostPort": 8083}])
+    rp.write_cni_cache(cache, "mynet", "other1", "eth0", conf, conf["runtimeConfig"]["portMappings"],
+                       ["10.88.0.9/16"])  # fmt: skip
+    # gone2's removal alone, the first group (it goes in): then the cache is emptied.
+    folder = _after_restore_alone(tmp_path, gone, "gone2", 1, f"rm -f {cache}/results/*")
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
+            str(cache), "--min-age", "0", "--yes", "-o", "json"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{folder}:{os.environ['PATH']}"}
+    done = run(argv, env=env)
+    assert_error(done, 3, "is empty", "1 removed", gone["gone3"], after_work=True)
+    saved = rp.save(host_ns, 4, "legacy")
+    assert gone["gone2"] not in saved and gone["gone3"] in saved and gone["gone1"] in saved
+    document = json.loads(done.stdout)
+    assert [c["container_id"] for c in document["removed"]] == ["gone2"]
+
+
+def _after_restore_alone(tmp_path, gone: Dict[str, str], cid: str, nth: int, then: str):
+    """A folder for PATH with an iptables-legacy-restore in front of the real one that
+    runs `then` after the `nth` transaction removing `cid`'s chain alone (of the
+    `gone` ones), whatever it answered."""
+    others = [chain for other, chain in gone.items() if other != cid]
+    alone = f'grep -q -- "-X {gone[cid]}" "$IN" && ! grep -q' + "".join(
+        f" -e {chain}" for chain in others
+    )
+    folder = tmp_path / "wrap"
+    folder.mkdir()
+    script = folder / "iptables-legacy-restore"
+    script.write_text(
+        f'#!/bin/bash\nIN={tmp_path}/in.$$\ncat > "$IN"\n'
+        f'/usr/sbin/iptables-legacy-restore "$@" < "$IN"; rc=$?\n'
+        f'if {alone} "$IN"; then echo x >> {tmp_path}/tries;'
+        f" if [ $(wc -l < {tmp_path}/tries) = {nth} ]; then {then}; fi; fi\n"
+        "exit $rc\n"
+    )
+    script.chmod(0o755)
+    return folder
 
 
 @pytest.mark.parametrize("mode", ["legacy", "nft"])

@@ -14,6 +14,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 from portmapctl.errors import (
     MAY_HAVE_GONE_IN,
     ApplyFailed,
+    BadInput,
     HostProblem,
     PortmapctlError,
     ToolTimedOut,
@@ -248,6 +249,12 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
             # groups before it gone in unreported, their UDP flows never flushed.
             plan, limited = plan_of([chain.key for chain in groups])
             gone(converge_family(node, plan, limited))
+        except BadInput as bad:
+            # The cache read for the group refused as bad input (emptied meanwhile, its
+            # results/ made a file): no "nothing changed" (exit 2) once a group went in
+            # (it escaped bare, those unreported). A failed read, as below.
+            stop.append(HostProblem(str(bad)))
+            return str(bad)
         except (ApplyFailed, HostProblem) as err:
             # (HostProblem: a read that failed, iptables-save's own error, not only one
             # that hung; it escaped with the groups before it gone in unreported.)
