@@ -21,7 +21,7 @@ from portmapctl.cli.add_warnings import (
     shadow_warnings,
 )
 from portmapctl.core.backend import Backend, Flavour, IptablesAccess
-from portmapctl.errors import HostProblem, Interrupted
+from portmapctl.errors import BadInput, HostProblem, Interrupted
 from portmapctl.iptables.chains import dnat_chain_name
 
 if TYPE_CHECKING:
@@ -154,6 +154,7 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
     Also the plugin's nftables tables as read for it (None: not read), which the
     contested warning then reads instead of listing them again."""
     if config.backend is not None:
+        _refuse_a_copy(common, config)
         _other_than_cached(common, config, out)
     if config.backend is not None or common.plugin_backend is not None or not _net_admin():
         return config, None
@@ -208,6 +209,74 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
     return _goes_to_nftables(config, out, kept_there(config)), None
 
 
+def _refuse_a_copy(common: Common, config: MappingConfig) -> None:
+    """Nothing written, in a dry run as for real, where add was told a backend
+    (--backend, a --cni-config's key) and the container's plugin keeps it in the
+    other one: a copy would map it in both backends, and the plugin's DEL cleans one
+    alone. Refused as check --repair refuses such a copy (ops/check/followed.py: exit
+    2, the backend given is what stops it). Its chain in iptables (its network's, by
+    name) and no cached config naming a backend: the plugin takes iptables
+    (nftables/node.py choose), and its DEL looks there alone."""
+    if config.backend != Backend.NFTABLES or not _net_admin():
+        return
+    from portmapctl.cni.entries import entry_paths
+
+    paths = entry_paths(common.cache_dirs, config.network, config.container_id)
+    if paths:
+        from portmapctl.cni.cache import backend_in
+
+        if backend_in(paths, config.network, config.container_id) is not None:
+            return  # (_other_than_cached judges it)
+    chain = dnat_chain_name(config)
+    if _chain_in_iptables(common, config, chain):
+        who = f"{config.network}/{config.container_id}"
+        raise _kept_elsewhere(common, config, f"{who}: its chain {chain} is in iptables")
+
+
+def _kept_elsewhere(common: Common, config: MappingConfig, elsewhere: str) -> BadInput:
+    """_refuse_a_copy's line, in check --repair's words for the same (`elsewhere`:
+    where the plugin keeps the container), and what to give instead: without a
+    backend, add follows the container (_followed)."""
+    if common.plugin_backend is not None:
+        told, instead = f"--backend {config.backend.value}", "add it without --backend"
+    else:  # (the --cni-config's own key)
+        told = f'its config\'s "backend": "{config.backend.value}"'
+        instead = 'give its config no "backend" key: add follows it'
+    return BadInput(
+        f"{elsewhere}, so the plugin keeps it there: add under {told} would write a copy"
+        " that its plugin never reads nor deletes (the container mapped in both backends);"
+        f" nothing changed ({instead})"
+    )
+
+
+def _chain_in_iptables(common: Common, config: MappingConfig, chain: str) -> bool:
+    """Whether the container's chain is in the iptables nat table add would read (one
+    `iptables -S CHAIN` per family where it can: a save of the whole table elsewhere).
+    False where iptables cannot be read: there the plugin cannot use it either."""
+    from portmapctl.cli._common import families
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.host.netns import entered
+    from portmapctl.iptables.access import open_backend
+
+    wanted = [f for f in config.families if f in families(common.family)]
+    try:
+        with entered(common.netns):
+            backend = open_backend(common.iptables, families=wanted)
+            has_table = getattr(backend, "has_nat_table", lambda _family: True)
+            list_chain = getattr(backend, "list_chain", None)
+            for family in wanted:
+                if not has_table(family):
+                    continue
+                if list_chain is not None:
+                    if list_chain(family, chain) is not None:
+                        return True
+                elif backend.read(family).has_chain(chain):
+                    return True
+    except PortmapctlError:
+        return False
+    return False
+
+
 def _other_than_cached(common: Common, config: MappingConfig, out: Output) -> None:
     """A warning when the backend add was told (--backend, a --cni-config's key) is not
     the one the container's cached config names: the plugin's DEL cleans that one
@@ -236,7 +305,6 @@ def _goes_to_nftables(config: MappingConfig, out: Output, why: str) -> MappingCo
     from dataclasses import replace
 
     from portmapctl.core.validate import nft_refusals
-    from portmapctl.errors import BadInput
 
     try:
         nft_refusals(config)

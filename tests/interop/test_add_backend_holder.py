@@ -1,0 +1,75 @@
+"""add told a backend (--backend, a --cni-config's `backend` key) for a container its
+plugin keeps in the other one: its rules are there (an iptables CNI-DN- chain of its
+network, nftables rules DNATing to its address), or its cached config names it. A copy
+would map the container in both backends, and the plugin's DEL cleans one alone: add
+writes nothing, one line on stderr, exit 2 (SPEC §4; as check --repair refuses such a
+copy), `--dry-run` too. Real plugins
+(Debian's 1.1.1, upstream v1.9.1) make the node; a fresh namespace per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, List
+
+import pmctl
+import pytest
+import realplugin as rp
+import upstream
+
+pytestmark = pytest.mark.netns
+
+_pm = rp.port_mapping
+
+
+@pytest.fixture
+def node() -> Iterator[str]:
+    rp.require(rp.plugin_available())
+    rp.require(upstream.available())
+    name = rp.create_netns("pmt-hold")
+    try:
+        yield name
+    finally:
+        rp.delete_netns(name)
+
+
+def _add(node: str, cache: Path, cid: str, ip: str, *args: str) -> List[str]:
+    return ["add", "--network", "mynet", "--container", cid, "--ip", ip, *args,
+            "--netns", node, "--cni-cache-dir", str(cache)]  # fmt: skip
+
+
+def _state(node: str) -> tuple:
+    """Both backends' rules as the kernel holds them (iptables-save's header and
+    counters, which change by the second, left out)."""
+    nft = upstream.nft(node, "list", "ruleset").stdout
+    return _rules(rp.save(node, 4, "nft")), _rules(rp.save(node, 6, "nft")), nft
+
+
+def _rules(save: str) -> str:
+    return "\n".join(line for line in save.splitlines() if not line.startswith(("#", ":")))
+
+
+def test_backend_nftables_for_a_container_kept_in_iptables_is_refused(
+    node: str, tmp_path: Path
+) -> None:
+    """Debian's plugin added mynet/ipt1 (its CNI-DN- chain in iptables; no cache entry):
+    `add --backend nftables` of it printed an nftables plan (--dry-run) and wrote it
+    (exit 0), the container then mapped in both backends, and `check` said healthy. It
+    is refused, the dry run as the real run; another container still goes to nftables."""
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], [_pm(8080, 80)])
+    rp.run_plugin("ADD", node, "ipt1", conf, check=True)
+    before = _state(node)
+    for extra in (["--dry-run"], [], ["-p", "8090:80"]):  # (other ports: the same container)
+        args = _add(node, tmp_path, "ipt1", "10.88.0.5/16", "--backend", "nftables", *extra)
+        if "-p" not in extra:
+            args += ["-p", "8080:80"]
+        done = pmctl.run(args)
+        pmctl.assert_error(
+            done, 2, "mynet/ipt1: its chain CNI-DN-b0247353f1acf2151164b is in iptables",
+            "--backend nftables", "both backends", "nothing changed",
+        )  # fmt: skip
+        assert _state(node) == before, extra
+    rp.run_plugin("CHECK", node, "ipt1", conf, family=4, check=True)
+    other = _add(node, tmp_path, "new1", "10.88.0.7/16", "--backend", "nftables", "-p", "8082:80")
+    assert pmctl.run(other).returncode == 0
+    assert 'comment "new1"' in upstream.ruleset_text(node)
+    assert _rules(rp.save(node, 4, "nft")) == before[0]
