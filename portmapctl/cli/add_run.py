@@ -154,9 +154,10 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
     Also the plugin's nftables tables as read for it (None: not read), which the
     contested warning then reads instead of listing them again."""
     if config.backend is not None:
-        _refuse_a_copy(common, config)
+        live = _refuse_a_copy(common, config)
         _other_than_cached(common, config, out)
-    if config.backend is not None or common.plugin_backend is not None or not _net_admin():
+        return config, live
+    if common.plugin_backend is not None or not _net_admin():
         return config, None
     from dataclasses import replace
 
@@ -209,16 +210,20 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
     return _goes_to_nftables(config, out, kept_there(config)), None
 
 
-def _refuse_a_copy(common: Common, config: MappingConfig) -> None:
+def _refuse_a_copy(common: Common, config: MappingConfig) -> Any:
     """Nothing written, in a dry run as for real, where add was told a backend
     (--backend, a --cni-config's key) and the container's plugin keeps it in the
     other one: a copy would map it in both backends, and the plugin's DEL cleans one
     alone. Refused as check --repair refuses such a copy (ops/check/followed.py: exit
-    2, the backend given is what stops it). Its chain in iptables (its network's, by
-    name) and no cached config naming a backend: the plugin takes iptables
-    (nftables/node.py choose), and its DEL looks there alone."""
-    if config.backend != Backend.NFTABLES or not _net_admin():
-        return
+    2, the backend given is what stops it). With no cached config naming a backend,
+    the plugin's is where its rules are (nftables/node.py choose): its chain in
+    iptables (its network's, by name), or rules in the plugin's nftables tables
+    DNATing to its address and no such chain (in both: iptables, the plugin's choice
+    where iptables works).
+    Returns the plugin's nftables tables as read for an iptables add (None: not read),
+    which its contested warning then reads instead of listing them again."""
+    if not _net_admin():
+        return None
     from portmapctl.cni.entries import entry_paths
 
     paths = entry_paths(common.cache_dirs, config.network, config.container_id)
@@ -226,11 +231,43 @@ def _refuse_a_copy(common: Common, config: MappingConfig) -> None:
         from portmapctl.cni.cache import backend_in
 
         if backend_in(paths, config.network, config.container_id) is not None:
-            return  # (_other_than_cached judges it)
+            return None  # (_other_than_cached judges it)
     chain = dnat_chain_name(config)
-    if _chain_in_iptables(common, config, chain):
-        who = f"{config.network}/{config.container_id}"
-        raise _kept_elsewhere(common, config, f"{who}: its chain {chain} is in iptables")
+    who = f"{config.network}/{config.container_id}"
+    if config.backend == Backend.NFTABLES:
+        if _chain_in_iptables(common, config, chain):
+            raise _kept_elsewhere(common, config, f"{who}: its chain {chain} is in iptables")
+        return None
+    from portmapctl.ops.nft import has_rules_for, kept_there
+
+    live = _plugin_tables(common, config)
+    if live is not None and has_rules_for(config, live):
+        if not _chain_in_iptables(common, config, chain):
+            raise _kept_elsewhere(common, config, kept_there(config))
+    return live
+
+
+def _plugin_tables(common: Common, config: MappingConfig) -> Any:
+    """The plugin's nftables tables of the families add writes, read where they exist
+    (one netlink question each first); None where there are none, or nft cannot read
+    them: the backend was given, as cannot_tell bids where that cannot be told."""
+    from portmapctl.cli._common import families
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.host.netns import entered
+    from portmapctl.iptables.access.nfmsg import tables_present
+    from portmapctl.nftables import TABLE
+
+    wanted = [f for f in config.families if f in families(common.family)]
+    try:
+        with entered(common.netns):
+            present = tables_present(wanted, TABLE)
+            if not present:
+                return None
+            from portmapctl.nftables.access.nft import RealNft
+
+            return RealNft().read(present)
+    except PortmapctlError:
+        return None  # (NftUnusable among them)
 
 
 def _kept_elsewhere(common: Common, config: MappingConfig, elsewhere: str) -> BadInput:
@@ -309,14 +346,9 @@ def _goes_to_nftables(config: MappingConfig, out: Output, why: str) -> MappingCo
     try:
         nft_refusals(config)
     except BadInput as err:
-        raise BadInput(
-            f"{why}, so it goes to nftables, which refuses it: {err} (give --backend"
-            " iptables for iptables)"
-        ) from None
-    out.message(
-        f"{why}, so the plugin keeps it there: it goes to nftables (give --backend iptables"
-        " for iptables)"
-    )
+        # (No "give --backend iptables": a copy there is refused, _refuse_a_copy.)
+        raise BadInput(f"{why}, so it goes to nftables, which refuses it: {err}") from None
+    out.message(f"{why}, so the plugin keeps it there: it goes to nftables")
     return replace(config, backend=Backend.NFTABLES)
 
 

@@ -48,6 +48,18 @@ def _rules(save: str) -> str:
     return "\n".join(line for line in save.splitlines() if not line.startswith(("#", ":")))
 
 
+def _refused(node: str, cache: Path, who: tuple, backend: str, *words: str) -> None:
+    """add of `who` (container, address, host port) under --backend `backend`: its dry
+    run, its real run and the same container with other ports each write nothing,
+    exit 2, one line with `words`."""
+    cid, ip, port = who
+    before = _state(node)
+    for extra in (["--dry-run", "-p", f"{port}:80"], ["-p", f"{port}:80"], ["-p", "8099:80"]):
+        done = pmctl.run(_add(node, cache, cid, ip, "--backend", backend, *extra))
+        pmctl.assert_error(done, 2, *words, f"--backend {backend}", "both backends")
+        assert _state(node) == before, extra
+
+
 def test_backend_nftables_for_a_container_kept_in_iptables_is_refused(
     node: str, tmp_path: Path
 ) -> None:
@@ -58,18 +70,34 @@ def test_backend_nftables_for_a_container_kept_in_iptables_is_refused(
     conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], [_pm(8080, 80)])
     rp.run_plugin("ADD", node, "ipt1", conf, check=True)
     before = _state(node)
-    for extra in (["--dry-run"], [], ["-p", "8090:80"]):  # (other ports: the same container)
-        args = _add(node, tmp_path, "ipt1", "10.88.0.5/16", "--backend", "nftables", *extra)
-        if "-p" not in extra:
-            args += ["-p", "8080:80"]
-        done = pmctl.run(args)
-        pmctl.assert_error(
-            done, 2, "mynet/ipt1: its chain CNI-DN-b0247353f1acf2151164b is in iptables",
-            "--backend nftables", "both backends", "nothing changed",
-        )  # fmt: skip
-        assert _state(node) == before, extra
+    chain = "mynet/ipt1: its chain CNI-DN-b0247353f1acf2151164b is in iptables"
+    _refused(node, tmp_path, ("ipt1", "10.88.0.5/16", 8080), "nftables", chain)
     rp.run_plugin("CHECK", node, "ipt1", conf, family=4, check=True)
     other = _add(node, tmp_path, "new1", "10.88.0.7/16", "--backend", "nftables", "-p", "8082:80")
     assert pmctl.run(other).returncode == 0
     assert 'comment "new1"' in upstream.ruleset_text(node)
     assert _rules(rp.save(node, 4, "nft")) == before[0]
+
+
+def test_backend_iptables_for_a_container_kept_in_nftables_is_refused(
+    node: str, tmp_path: Path
+) -> None:
+    """The mirror: v1.9.1 added mynet/nft1 in nftables (no cache entry): `add --backend
+    iptables` of it wrote a CNI-DN- chain (exit 0), the container then mapped in both
+    backends. Refused, the dry run as the real run. A container whose nftables rules
+    are another network's (they DNAT to another address: the plugin's rules name no
+    network) and a new one still go to iptables."""
+    conf = upstream.nft_conf("mynet", ["10.88.0.6/16"], [_pm(8081, 80)])
+    upstream.run("v1.9.1", "ADD", node, "nft1", conf, check=True)
+    other = upstream.nft_conf("othernet", ["10.89.0.8/16"], [_pm(8083, 80)])
+    upstream.run("v1.9.1", "ADD", node, "two1", other, check=True)
+    before = _state(node)
+    kept = "mynet/nft1: its rules are in the plugin's nftables tables alone"
+    _refused(node, tmp_path, ("nft1", "10.88.0.6/16", 8081), "iptables", kept)
+    upstream.run("v1.9.1", "CHECK", node, "nft1", conf, check=True)
+    for cid, ip, port in (("two1", "10.88.0.8/16", "8084:80"), ("new1", "10.88.0.7/16", "8082:80")):
+        args = _add(node, tmp_path, cid, ip, "--backend", "iptables", "-p", port)
+        done = pmctl.run(args)
+        assert done.returncode == 0, done.stderr
+    assert rp.save(node, 4, "nft").count("-A CNI-HOSTPORT-DNAT ") == 2
+    assert upstream.nft(node, "list", "table", "ip", "cni_hostport").stdout in before[2]

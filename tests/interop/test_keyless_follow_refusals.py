@@ -39,7 +39,7 @@ def test_a_followed_add_with_an_iptables_only_option_says_one_line(
     before = upstream.ruleset_text(node)
     nft1 = ["--network", "podman", "--container", "nft1", "--ip", "10.88.0.21/16", "-p", "8011:80"]
     done = pmctl.run(["add", *nft1, *option, "--netns", node, "--cni-cache-dir", str(tmp_path)])
-    pmctl.assert_error(done, 2, "podman/nft1", "--backend iptables")
+    pmctl.assert_error(done, 2, "podman/nft1", "so it goes to nftables, which refuses it")
     assert upstream.ruleset_text(node) == before
     assert "CNI-DN-" not in rp.save(node, 4, "nft")  # (nor a copy in iptables)
 
