@@ -154,9 +154,7 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
     Also the plugin's nftables tables as read for it (None: not read), which the
     contested warning then reads instead of listing them again."""
     if config.backend is not None:
-        live = _refuse_a_copy(common, config)
-        _other_than_cached(common, config, out)
-        return config, live
+        return config, _refuse_a_copy(common, config)
     if common.plugin_backend is not None or not _net_admin():
         return config, None
     from dataclasses import replace
@@ -215,35 +213,43 @@ def _refuse_a_copy(common: Common, config: MappingConfig) -> Any:
     (--backend, a --cni-config's key) and the container's plugin keeps it in the
     other one: a copy would map it in both backends, and the plugin's DEL cleans one
     alone. Refused as check --repair refuses such a copy (ops/check/followed.py: exit
-    2, the backend given is what stops it). With no cached config naming a backend,
-    the plugin's is where its rules are (nftables/node.py choose): its chain in
-    iptables (its network's, by name), or rules in the plugin's nftables tables
-    DNATing to its address and no such chain (in both: iptables, the plugin's choice
-    where iptables works).
+    2, the backend given is what stops it). Where the plugin keeps it: its cached
+    config's `backend` key (its DEL is given that config), except a "nftables" its
+    plugin ignored (a plugin before v1.6: its chain in iptables, no rule in nftables,
+    as ops/nft.py key_ignored judges); without the key, where its rules are
+    (nftables/node.py choose): its chain in iptables (its network's, by name), or
+    rules in the plugin's nftables tables DNATing to its address and no such chain
+    (in both: iptables, the plugin's choice where iptables works).
     Returns the plugin's nftables tables as read for an iptables add (None: not read),
     which its contested warning then reads instead of listing them again."""
     if not _net_admin():
         return None
     from portmapctl.cni.entries import entry_paths
+    from portmapctl.ops.nft import configured_there, has_rules_for, kept_there
 
+    cached = None
     paths = entry_paths(common.cache_dirs, config.network, config.container_id)
     if paths:
         from portmapctl.cni.cache import backend_in
 
-        if backend_in(paths, config.network, config.container_id) is not None:
-            return None  # (_other_than_cached judges it)
+        cached = backend_in(paths, config.network, config.container_id)
+    if cached == Backend.IPTABLES and config.backend == Backend.NFTABLES:
+        raise _kept_elsewhere(common, config, configured_there(config, cached))
+    if cached == config.backend:
+        return None
     chain = dnat_chain_name(config)
-    who = f"{config.network}/{config.container_id}"
     if config.backend == Backend.NFTABLES:
         if _chain_in_iptables(common, config, chain):
+            who = f"{config.network}/{config.container_id}"
             raise _kept_elsewhere(common, config, f"{who}: its chain {chain} is in iptables")
         return None
-    from portmapctl.ops.nft import has_rules_for, kept_there
-
     live = _plugin_tables(common, config)
-    if live is not None and has_rules_for(config, live):
-        if not _chain_in_iptables(common, config, chain):
-            raise _kept_elsewhere(common, config, kept_there(config))
+    in_nft = live is not None and has_rules_for(config, live)
+    if cached == Backend.NFTABLES:
+        if in_nft or not _chain_in_iptables(common, config, chain):
+            raise _kept_elsewhere(common, config, configured_there(config, cached))
+    elif in_nft and not _chain_in_iptables(common, config, chain):
+        raise _kept_elsewhere(common, config, kept_there(config))
     return live
 
 
@@ -312,27 +318,6 @@ def _chain_in_iptables(common: Common, config: MappingConfig, chain: str) -> boo
     except PortmapctlError:
         return False
     return False
-
-
-def _other_than_cached(common: Common, config: MappingConfig, out: Output) -> None:
-    """A warning when the backend add was told (--backend, a --cni-config's key) is not
-    the one the container's cached config names: the plugin's DEL cleans that one
-    alone, so this copy outlives the container (check: both-backends). Written all the
-    same: the user said where (check --repair, which decides for itself, refuses)."""
-    from portmapctl.cni.entries import entry_paths
-
-    paths = entry_paths(common.cache_dirs, config.network, config.container_id)
-    if not paths:
-        return
-    from portmapctl.cni.cache import backend_in
-
-    cached = backend_in(paths, config.network, config.container_id)
-    if cached is not None and cached != config.backend:
-        out.warn(
-            f"{config.network}/{config.container_id}'s cached config puts it in {cached.value}:"
-            f" the plugin's DEL cleans {cached.value} alone, so these {config.backend.value}"
-            " rules outlive the container (check reports both-backends)"
-        )
 
 
 def _goes_to_nftables(config: MappingConfig, out: Output, why: str) -> MappingConfig:

@@ -8,6 +8,7 @@ copy), `--dry-run` too. Real plugins
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator, List
 
@@ -101,3 +102,39 @@ def test_backend_iptables_for_a_container_kept_in_nftables_is_refused(
         assert done.returncode == 0, done.stderr
     assert rp.save(node, 4, "nft").count("-A CNI-HOSTPORT-DNAT ") == 2
     assert upstream.nft(node, "list", "table", "ip", "cni_hostport").stdout in before[2]
+
+
+def test_a_backend_other_than_the_cached_configs_is_refused(node: str, tmp_path: Path) -> None:
+    """web1's cached config says "backend": "nftables" (v1.9.1 added it there), ipt1's
+    says "iptables": `add --backend iptables` of web1 (and `--backend nftables` of
+    ipt1) wrote the copy, exit 0, with a warning that it outlives the container: a
+    second set of rules its plugin never reads nor deletes. Refused, the dry run too;
+    so is a --cni-config whose key names the other backend. deb1's cached config says
+    nftables, but Debian's 1.1.1 ignored the key (its chain in iptables, no rule in
+    nftables): its plugin keeps it in iptables, so --backend iptables is its own."""
+    ports = [_pm(8081, 80)]
+    web = upstream.nft_conf("mynet", ["10.88.0.6/16"], ports)
+    upstream.run("v1.9.1", "ADD", node, "web1", web, check=True)
+    rp.write_cni_cache(tmp_path, "mynet", "web1", "eth0", web, ports, ["10.88.0.6/16"])
+    ipt = upstream.nft_conf("mynet", ["10.88.0.5/16"], [_pm(8080, 80)], backend="iptables")
+    upstream.run("v1.9.1", "ADD", node, "ipt1", ipt, check=True)
+    rp.write_cni_cache(tmp_path, "mynet", "ipt1", "eth0", ipt, [_pm(8080, 80)], ["10.88.0.5/16"])
+    deb = {**rp.plugin_conf("mynet", ["10.88.0.7/16"], [_pm(8082, 80)]), "backend": "nftables"}
+    rp.run_plugin("ADD", node, "deb1", deb, check=True)
+    rp.write_cni_cache(tmp_path, "mynet", "deb1", "eth0", deb, [_pm(8082, 80)], ["10.88.0.7/16"])
+    said = 'its cached config says "backend": "{}", so the plugin keeps it there'
+    _refused(node, tmp_path, ("web1", "10.88.0.6/16", 8081), "iptables", said.format("nftables"))
+    _refused(node, tmp_path, ("ipt1", "10.88.0.5/16", 8080), "nftables", said.format("iptables"))
+    before = _state(node)
+    given = tmp_path / "web1.json"
+    given.write_text(json.dumps({**web, "backend": "iptables"}))
+    for extra in (["--dry-run"], []):
+        done = pmctl.run(["add", "--container", "web1", "--cni-config", str(given), *extra,
+                          "--netns", node, "--cni-cache-dir", str(tmp_path)])  # fmt: skip
+        pmctl.assert_error(done, 2, said.format("nftables"), '"backend": "iptables"')
+        assert _state(node) == before, extra
+    done = pmctl.run(_add(node, tmp_path, "deb1", "10.88.0.7/16", "--backend", "iptables",
+                          "-p", "8082:80"))  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("unchanged"), done.stderr
+    assert _state(node) == before
+    upstream.run("v1.9.1", "CHECK", node, "web1", web, check=True)

@@ -622,8 +622,10 @@ def test_a_mapping_given_without_a_backend_follows_its_cached_config_when_no_rul
     ipt = upstream.nft_conf("podman", ["10.88.0.41/16"], [_pm(8041, 80)], backend="iptables")
     _cached(tmp_path, "ipt1", ipt)
     ipt1 = ["--network", "podman", "--container", "ipt1", "--ip", "10.88.0.41/16", "-p", "8041:80"]
-    done = _pmctl(node, tmp_path, "add", "--backend", "nftables", *ipt1)
-    assert done.returncode == 0, done.stdout + done.stderr
+    # (Its rules in nftables: the plugin given the key's other value. add refuses to
+    # write them there, test_add_backend_holder.py.)
+    in_nft = upstream.nft_conf("podman", ["10.88.0.41/16"], [_pm(8041, 80)])
+    upstream.run(V191, "ADD", node, "ipt1", in_nft, check=True)
     done = _pmctl(node, tmp_path, "check", *ipt1)
     assert done.returncode == 1 and done.stderr == "", done.stdout + done.stderr
     assert (
