@@ -159,21 +159,21 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
         return config, None
     from dataclasses import replace
 
-    from portmapctl.cni.entries import entry_paths
-
     # The container's cached config first: the plugin's ADD was given it, and its DEL
     # looks in that backend alone, whatever rules are left (after a flush, none).
-    cached = None
-    paths = entry_paths(common.cache_dirs, config.network, config.container_id)
-    if paths:  # (cni/cache.py's imports only for a container that has an entry)
-        from portmapctl.cni.cache import backend_in
-
-        cached = backend_in(paths, config.network, config.container_id)
+    cached = _cached_backend(common, config)
     if cached == Backend.IPTABLES:
         return replace(config, backend=cached), None
     if cached == Backend.NFTABLES:
         from portmapctl.ops.nft import configured_there
 
+        if _key_ignored(common, config):
+            out.message(
+                f"{configured_there(config)}, but its chain {dnat_chain_name(config)} is in"
+                " iptables and it has no rule in nftables: the plugin that added it ignores"
+                " the key (plugins before v1.6 do), so it goes to iptables, where its DEL looks"
+            )
+            return replace(config, backend=Backend.IPTABLES), None
         return _goes_to_nftables(config, out, configured_there(config)), None
     from portmapctl.cli._common import families
     from portmapctl.errors import PortmapctlError
@@ -224,20 +224,21 @@ def _refuse_a_copy(common: Common, config: MappingConfig) -> Any:
     which its contested warning then reads instead of listing them again."""
     if not _net_admin():
         return None
-    from portmapctl.cni.entries import entry_paths
     from portmapctl.ops.nft import configured_there, has_rules_for, kept_there
 
-    cached = None
-    paths = entry_paths(common.cache_dirs, config.network, config.container_id)
-    if paths:
-        from portmapctl.cni.cache import backend_in
-
-        cached = backend_in(paths, config.network, config.container_id)
+    cached = _cached_backend(common, config)
     if cached == Backend.IPTABLES and config.backend == Backend.NFTABLES:
         raise _kept_elsewhere(common, config, configured_there(config, cached))
+    chain = dnat_chain_name(config)
+    if cached == Backend.NFTABLES == config.backend and _key_ignored(common, config):
+        ignored = (
+            f"{config.network}/{config.container_id}: its chain {chain} is in iptables, no"
+            ' rule of it in nftables: its plugin ignores its cached "backend": "nftables"'
+            " (plugins before v1.6 do)"
+        )
+        raise _kept_elsewhere(common, config, ignored)
     if cached == config.backend:
         return None
-    chain = dnat_chain_name(config)
     if config.backend == Backend.NFTABLES:
         if _chain_in_iptables(common, config, chain):
             who = f"{config.network}/{config.container_id}"
@@ -253,10 +254,39 @@ def _refuse_a_copy(common: Common, config: MappingConfig) -> Any:
     return live
 
 
-def _plugin_tables(common: Common, config: MappingConfig) -> Any:
+def _cached_backend(common: Common, config: MappingConfig) -> Optional[Backend]:
+    """The `backend` key of the container's cached config on this network (None: no
+    entry, or no key); cni/cache.py's imports only for a container that has an entry."""
+    from portmapctl.cni.entries import entry_paths
+
+    paths = entry_paths(common.cache_dirs, config.network, config.container_id)
+    if not paths:
+        return None
+    from portmapctl.cni.cache import backend_in
+
+    return backend_in(paths, config.network, config.container_id)
+
+
+def _key_ignored(common: Common, config: MappingConfig) -> bool:
+    """Whether the plugin that added the container ignored its cached `"backend":
+    "nftables"` (plugins before v1.6 take it for an unknown key, Debian's 1.1.1 among
+    them): its chain is in iptables and no rule of it in the plugin's nftables tables
+    DNATs to its address, as check judges it (ops/nft.py key_ignored). Its CHECK and
+    DEL look in iptables: a copy in nftables would outlive it. Where nft cannot read
+    the tables, add stops (nft's own error, exit 3), as it would writing there."""
+    from portmapctl.ops.nft import has_rules_for
+
+    if not _chain_in_iptables(common, config, dnat_chain_name(config)):
+        return False  # (the usual nftables container: one `iptables -S CHAIN`)
+    live = _plugin_tables(common, config, strict=True)
+    return live is None or not has_rules_for(config, live)
+
+
+def _plugin_tables(common: Common, config: MappingConfig, strict: bool = False) -> Any:
     """The plugin's nftables tables of the families add writes, read where they exist
     (one netlink question each first); None where there are none, or nft cannot read
-    them: the backend was given, as cannot_tell bids where that cannot be told."""
+    them (`strict`: that error instead): the backend was given, as cannot_tell bids
+    where that cannot be told."""
     from portmapctl.cli._common import families
     from portmapctl.errors import PortmapctlError
     from portmapctl.host.netns import entered
@@ -273,6 +303,8 @@ def _plugin_tables(common: Common, config: MappingConfig) -> Any:
 
             return RealNft().read(present)
     except PortmapctlError:
+        if strict:
+            raise
         return None  # (NftUnusable among them)
 
 

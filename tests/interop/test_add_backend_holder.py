@@ -138,3 +138,30 @@ def test_a_backend_other_than_the_cached_configs_is_refused(node: str, tmp_path:
     assert done.returncode == 0 and done.stdout.startswith("unchanged"), done.stderr
     assert _state(node) == before
     upstream.run("v1.9.1", "CHECK", node, "web1", web, check=True)
+
+
+def test_a_cached_nftables_key_its_plugin_ignored_keeps_the_container_in_iptables(
+    node: str, tmp_path: Path
+) -> None:
+    """deb1's cached config says "backend": "nftables", and Debian's 1.1.1, which takes
+    the key for an unknown one, wrote it in iptables (check judges it there: key
+    ignored). `add` of it without a backend followed the key: "its cached config says
+    "backend": "nftables", so the plugin keeps it there: it goes to nftables", and
+    wrote an nftables copy (exit 0; --backend nftables the same, silently): the
+    container in both backends, where its plugin's DEL cleans iptables alone. add
+    follows it into iptables (unchanged, a note says why), and --backend nftables is
+    refused."""
+    ports = [_pm(8082, 80)]
+    deb = {**rp.plugin_conf("mynet", ["10.88.0.7/16"], ports), "backend": "nftables"}
+    rp.run_plugin("ADD", node, "deb1", deb, check=True)
+    rp.write_cni_cache(tmp_path, "mynet", "deb1", "eth0", deb, ports, ["10.88.0.7/16"])
+    before = _state(node)
+    for extra in (["--dry-run"], []):
+        done = pmctl.run(_add(node, tmp_path, "deb1", "10.88.0.7/16", "-p", "8082:80", *extra))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("unchanged: CNI-DN-"), done.stdout
+        assert "ignores the key" in done.stderr, done.stderr
+        assert _state(node) == before, extra
+    chain = "its chain CNI-DN-5674861064a32995697f4 is in iptables"
+    _refused(node, tmp_path, ("deb1", "10.88.0.7/16", 8082), "nftables", chain)
+    rp.run_plugin("CHECK", node, "deb1", deb, family=4, check=True)
