@@ -240,16 +240,17 @@ def _refuse_a_copy(common: Common, config: MappingConfig) -> Any:
     if cached == config.backend:
         return None
     if config.backend == Backend.NFTABLES:
-        if _chain_in_iptables(common, config, chain):
+        where = _chain_in_iptables(common, config, chain)
+        if where is not None:
             who = f"{config.network}/{config.container_id}"
-            raise _kept_elsewhere(common, config, f"{who}: its chain {chain} is in iptables")
+            raise _kept_elsewhere(common, config, f"{who}: its chain {chain} is in {where}")
         return None
     live = _plugin_tables(common, config)
     in_nft = live is not None and has_rules_for(config, live)
     if cached == Backend.NFTABLES:
-        if in_nft or not _chain_in_iptables(common, config, chain):
+        if in_nft or _chain_in_iptables(common, config, chain) is None:
             raise _kept_elsewhere(common, config, configured_there(config, cached))
-    elif in_nft and not _chain_in_iptables(common, config, chain):
+    elif in_nft and _chain_in_iptables(common, config, chain) is None:
         raise _kept_elsewhere(common, config, kept_there(config))
     return live
 
@@ -276,7 +277,7 @@ def _key_ignored(common: Common, config: MappingConfig) -> bool:
     the tables, add stops (nft's own error, exit 3), as it would writing there."""
     from portmapctl.ops.nft import has_rules_for
 
-    if not _chain_in_iptables(common, config, dnat_chain_name(config)):
+    if _chain_in_iptables(common, config, dnat_chain_name(config)) is None:
         return False  # (the usual nftables container: one `iptables -S CHAIN`)
     live = _plugin_tables(common, config, strict=True)
     return live is None or not has_rules_for(config, live)
@@ -324,14 +325,19 @@ def _kept_elsewhere(common: Common, config: MappingConfig, elsewhere: str) -> Ba
     )
 
 
-def _chain_in_iptables(common: Common, config: MappingConfig, chain: str) -> bool:
-    """Whether the container's chain is in the iptables nat table add would read (one
-    `iptables -S CHAIN` per family where it can: a save of the whole table elsewhere).
-    False where iptables cannot be read: there the plugin cannot use it either."""
+def _chain_in_iptables(common: Common, config: MappingConfig, chain: str) -> Optional[str]:
+    """Where the container's chain is: the iptables nat table add would read (one
+    `iptables -S CHAIN` per family where it can: a save of the whole table elsewhere),
+    else the other flavour's (the plugin ran with it: the `iptables` alternative
+    switched since; looked for only where that flavour has a nat table, asked without
+    creating one, ops/flavour_guard.py). None where it is in neither, or iptables
+    cannot be read: there the plugin cannot use it either."""
     from portmapctl.cli._common import families
     from portmapctl.errors import PortmapctlError
     from portmapctl.host.netns import entered
     from portmapctl.iptables.access import open_backend
+    from portmapctl.iptables.access.restore import RestoreBackend
+    from portmapctl.ops.flavour_guard import flavours_of, other_flavour
 
     wanted = [f for f in config.families if f in families(common.family)]
     try:
@@ -344,12 +350,18 @@ def _chain_in_iptables(common: Common, config: MappingConfig, chain: str) -> boo
                     continue
                 if list_chain is not None:
                     if list_chain(family, chain) is not None:
-                        return True
+                        return "iptables"
                 elif backend.read(family).has_chain(chain):
-                    return True
+                    return "iptables"
+            for family, used in (flavours_of(backend, wanted) or {}).items():
+                other = RestoreBackend(other_flavour(used))
+                if not other.has_nat_table(family) or not other.installed(family):
+                    continue
+                if other.list_chain(family, chain) is not None:
+                    return f"the iptables-{other_flavour(used)} tables"
     except PortmapctlError:
-        return False
-    return False
+        return None
+    return None
 
 
 def _goes_to_nftables(config: MappingConfig, out: Output, why: str) -> MappingConfig:

@@ -165,3 +165,23 @@ def test_a_cached_nftables_key_its_plugin_ignored_keeps_the_container_in_iptable
     chain = "its chain CNI-DN-5674861064a32995697f4 is in iptables"
     _refused(node, tmp_path, ("deb1", "10.88.0.7/16", 8082), "nftables", chain)
     rp.run_plugin("CHECK", node, "deb1", deb, family=4, check=True)
+
+
+def test_backend_nftables_for_a_container_kept_in_the_other_iptables_flavour_is_refused(
+    node: str, tmp_path: Path
+) -> None:
+    """Debian's plugin ran with iptables-legacy first on its PATH (the alternative
+    switched since): leg1's chain is in the legacy tables, `iptables` is iptables-nft.
+    `add --backend nftables` of leg1 looked in iptables-nft alone and wrote an nftables
+    copy (exit 0). Refused, as a chain in the flavour add reads is."""
+    rp.require(rp.mode_available("legacy"))
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], [_pm(8080, 80)])
+    rp.run_plugin("ADD", node, "leg1", conf, mode="legacy", check=True)
+    before = _rules(rp.save(node, 4, "legacy"))
+    chain = "mynet/leg1: its chain CNI-DN-"
+    for extra in (["--dry-run"], []):
+        args = _add(node, tmp_path, "leg1", "10.88.0.5/16", "--backend", "nftables", *extra)
+        done = pmctl.run([*args, "-p", "8080:80"])
+        pmctl.assert_error(done, 2, chain, "iptables-legacy", "--backend nftables")
+    assert "cni_hostport" not in upstream.ruleset_text(node)
+    assert _rules(rp.save(node, 4, "legacy")) == before
