@@ -10,6 +10,11 @@ value comparison, never a string one.
 
 Input from a file or from `nft` that is not what `nft -j` prints is bad input naming
 its source; objects of other tables (iptables-nft's, firewalld's) are skipped unread.
+A chain of `cni_hostport` that is not the plugin's, and whose name or rules this
+parser cannot take (another tool's, added through nft's JSON: `a b`, a name nft's own
+syntax cannot write), is skipped too and said (`UnreadChain`): one such chain stopped every
+command (SPEC §5: one bad record stops nothing). The plugin's own chains are read
+whole, or the document is refused.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ OUTPUT = "output"
 MASQUERADING = "masquerading"
 # Chains whose rules belong to containers (what the plugin's DEL searches).
 CONTAINER_CHAINS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQUERADING)
+# Every chain the plugin makes: what cannot be read in one of them refuses the table.
+PLUGIN_CHAINS = frozenset({HOSTPORTS, HOSTIP_HOSTPORTS, HOSTPORTS_ALL, PREROUTING, OUTPUT,
+                           MASQUERADING})  # fmt: skip
 
 
 class ActionKind(str, Enum):
@@ -171,11 +179,32 @@ class Table:
 
 
 @dataclass(frozen=True)
+class UnreadChain:
+    """A chain of `cni_hostport` that is not the plugin's and that the parser could not
+    take (its name, or `rules` of its rules): left out of the Table, so that nothing
+    of ours shows, judges, deletes or rewrites it."""
+
+    family: int
+    chain: str  # as listed (a name that is not text: its repr)
+    why: str
+    rules: int = 0  # its rules left unread
+
+    def warning(self) -> str:
+        where = f"{FAMILY_NAMES[self.family]} {TABLE}"
+        rules = f"; {self.rules} rule(s)" if self.rules else ""
+        return (
+            f"{where}: chain {self.chain!r} is not the plugin's and cannot be read"
+            f" ({self.why}{rules}): left alone, not shown, checked or removed"
+        )
+
+
+@dataclass(frozen=True)
 class Ruleset:
     """The plugin's tables by family (a family without its table is absent)."""
 
     tables: Mapping[int, Table]
     nft_version: Optional[str] = None
+    unread: Tuple[UnreadChain, ...] = ()  # other chains of the tables, skipped
 
     def table(self, family: int) -> Optional[Table]:
         return self.tables.get(family)
@@ -445,10 +474,24 @@ def parse_many(documents: Iterable[Tuple[str, str]]) -> Ruleset:
     for text, source in documents:
         version = _parse_into(text, source, tables, values) or version
     built = {}
+    unread: List[UnreadChain] = []
     for family, parts in tables.items():
         rules = {name: tuple(found) for name, found in parts["rules"].items()}
         built[family] = Table(family, parts["handle"], dict(parts["chains"]), rules)
-    return Ruleset(built, version)
+        unread += parts.get("unread", {}).values()
+    return Ruleset(built, version, tuple(unread))
+
+
+def _skip(parts: Dict[str, Any], family: int, chain: Any, why: str, rule: bool) -> None:
+    """Leave out a chain that is not the plugin's (or one of its rules), said once."""
+    name = chain if isinstance(chain, str) else repr(chain)
+    if not isinstance(chain, str) or not _NAME.match(chain):
+        why = "a name nft's own syntax cannot write" if isinstance(chain, str) else "no name"
+    skipped = parts.setdefault("unread", {})
+    found = skipped.get(name)
+    if found is None:
+        found = UnreadChain(family, name, why)
+    skipped[name] = UnreadChain(family, name, found.why, found.rules + rule)
 
 
 def _bad(source: str, detail: str) -> BadInput:
@@ -525,7 +568,12 @@ def _add_object(
     parts = tables.get(family)
     if parts is None:  # (setdefault would build the default for each of 4,000 rules)
         parts = tables[family] = {"chains": {}, "rules": {}, "handle": 0}
-    name = _name(obj["name"])  # a chain
+    try:
+        name = _name(obj["name"])  # a chain
+    except ValueError as err:
+        # (Never one of the plugin's names: each of them is a valid one.)
+        _skip(parts, family, obj["name"], str(err), rule=False)
+        return
     base = policy = None
     if "hook" in obj:
         base = BaseHook(str(obj["type"]), str(obj["hook"]), int(obj["prio"]))
@@ -540,17 +588,26 @@ def _add_rule(obj: Mapping[str, Any], tables: Dict[int, Dict[str, Any]], values:
     parts = tables.get(family)
     if parts is None:  # (setdefault would build the default for each of 4,000 rules)
         parts = tables[family] = {"chains": {}, "rules": {}, "handle": 0}
-    chain = values.chain_name(obj["chain"])
-    comment = obj.get("comment")
-    if comment is not None and not isinstance(comment, str):
-        raise ValueError("comment is not a string")
-    exprs = obj["expr"]
-    if not isinstance(exprs, list):
-        raise ValueError("expr is not a list")
-    handle = obj["handle"]
-    if type(handle) is not int or handle < 0:
-        handle = _handle(obj)  # (raises: what is wrong with it)
-    rule = _made_rule(family, chain, handle, values.body(exprs, comment, family))
+    chain = obj["chain"]
+    try:
+        chain = values.chain_name(chain)
+        comment = obj.get("comment")
+        if comment is not None and not isinstance(comment, str):
+            raise ValueError("comment is not a string")
+        exprs = obj["expr"]
+        if not isinstance(exprs, list):
+            raise ValueError("expr is not a list")
+        handle = obj["handle"]
+        if type(handle) is not int or handle < 0:
+            handle = _handle(obj)  # (raises: what is wrong with it)
+        body = values.body(exprs, comment, family)
+    except (KeyError, TypeError, ValueError) as err:
+        if not isinstance(chain, str) or chain in PLUGIN_CHAINS:
+            raise  # the plugin's own chain cannot be read: the whole table is refused
+        what = f"no {err} key" if isinstance(err, KeyError) else str(err)
+        _skip(parts, family, chain, what, rule=True)
+        return
+    rule = _made_rule(family, chain, handle, body)
     rules = parts["rules"].get(chain)
     if rules is None:
         rules = parts["rules"][chain] = []

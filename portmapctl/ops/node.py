@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from portmapctl.cni import cache as cni_cache
     from portmapctl.nftables.access import NftAccess, NftUnusable
     from portmapctl.nftables.access.nft import EarlyListing
-    from portmapctl.nftables.ruleset import Ruleset
+    from portmapctl.nftables.ruleset import Ruleset, UnreadChain
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
 APPLY_TRIES = 3
@@ -150,6 +150,10 @@ class Node:
     # run's save of its sightings, under a library caller's write) must not wait on
     # the lock this process holds already (flock(2) would, for a second descriptor).
     holds_lock: bool = field(default=False, compare=False, repr=False)
+    # Chains of the plugin's tables that are not its own and that the parser could not
+    # take (nftables/ruleset.py UnreadChain), as any read of this command found them: said
+    # once by nft_unread.
+    nft_skipped: Tuple[UnreadChain, ...] = field(default=(), compare=False, repr=False)
 
     def read_nft(self, families: Optional[Tuple[int, ...]] = None) -> Ruleset:
         """The plugin's nftables tables (empty when not looked at)."""
@@ -160,7 +164,7 @@ class Node:
             return EMPTY
         wanted = families or self.options.families
         try:
-            return self.nft.read(wanted)
+            live = self.nft.read(wanted)
         except NftUnusable as err:
             if self.options.backend == PluginBackend.NFTABLES:
                 raise
@@ -172,6 +176,10 @@ class Node:
                 return EMPTY
             self.nft_unusable = err
             return EMPTY
+        new = tuple(u for u in live.unread if u not in self.nft_skipped)
+        if new:
+            self.nft_skipped += new
+        return live
 
     def nft_unread(self) -> List[str]:
         """The warning of a whole-node command that went on without the plugin's
@@ -180,10 +188,13 @@ class Node:
         command). Their rules forward ports all the same: said, never passed over. Not
         where their host-port chains hold no rule: the plugin's DEL of its last
         container leaves the tables so, for good on a node that moved back to iptables
-        and dropped nft, and every cron run said "their rules still forward ports"."""
+        and dropped nft, and every cron run said "their rules still forward ports".
+        Also each chain of those tables that is not the plugin's and could not be read
+        (nft_skipped): the rest was read, and the command went on without it."""
+        skipped = [unread.warning() for unread in self.nft_skipped]
         if self.nft_unusable is None or not self._plugin_rules_may_be_here():
-            return []
-        return [
+            return skipped
+        return skipped + [
             f"the plugin's nftables tables (cni_hostport) are not read: {self.nft_unusable};"
             " their rules still forward ports, and are not shown, checked or removed"
         ]

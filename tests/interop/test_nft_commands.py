@@ -2305,33 +2305,39 @@ def test_an_nft_table_gc_cannot_read_after_its_iptables_removal_went_in_says_wha
     node: str, tmp_path: Path
 ) -> None:
     """A mixed node: gone1's stale iptables chain (UDP 7001, a flow DNATed to it),
-    old2's stale nftables rules, web1 live. Another tool adds a chain to cni_hostport
-    between gc's read and its write, through nft's JSON (or libnftnl: what nft's own
-    syntax cannot name, `a b`), which the parser refuses ("not `nft -j list` output").
-    The iptables side had gone in, and the nftables side's read ahead of its write
-    ended gc with a bare "error: nft -j list table ip cni_hostport: not `nft -j list`
-    output (...)", exit 2 ("bad input, nothing changed"): gone1's chain gone
+    old2's stale nftables rules, web1 live. Between gc's read and its write the table
+    turns into one the parser refuses ("not `nft -j list` output") in a chain of the
+    plugin's. The iptables side had gone in, and the nftables side's read ahead of its
+    write ended gc with a bare "error: nft -j list table ip cni_hostport: not `nft -j
+    list` output (...)", exit 2 ("bad input, nothing changed"): gone1's chain gone
     unreported, its flow kept, no sighting saved. An nft table that cannot be read is
     the environment's, as an iptables-save that cannot be read is (exit 3): the run
     ends as any whose nftables side failed after its iptables side went in, the
-    document of what went in shown, the flow flushed. The chain comes from a wrapped
-    iptables-legacy-restore, once its commit went in."""
+    document of what went in shown, the flow flushed. (It was another tool's chain
+    named `a b`, added through nft's JSON: such a chain is now left out and said,
+    test_a_chain_of_another_tools_that_cannot_be_read_stops_nothing. Nothing the real
+    nft lists of the plugin's chains is refused, so a wrapped nft, once a wrapped
+    iptables-legacy-restore's commit went in, lists web1's comment as a number.)"""
     cache = tmp_path / "cni"
     conf = rp.plugin_conf("podman", ["10.88.0.7/16"], [_pm(7001, 71, "udp")])
     rp.run_plugin("ADD", node, "gone1", conf, mode="legacy", check=True)
     _plugin_add(node, cache, WEB)
     _plugin_add(node, cache, ("old2", ["10.88.0.8/16"], [_pm(7002, 72)]), cached=False)
     _old1_flow(node)
-    odd = {"nftables": [{"add": {"chain": {"family": "ip", "table": "cni_hostport",
-                                            "name": "a b"}}}]}  # fmt: skip
-    (tmp_path / "odd.json").write_text(json.dumps(odd))
+    went_in = tmp_path / "went-in"
     wrap = tmp_path / "wrap"
     wrap.mkdir()
     (wrap / "iptables-legacy-restore").write_text(
-        '#!/bin/bash\n/usr/sbin/iptables-legacy-restore "$@" || exit $?\n'
-        f"nft -j -f {tmp_path / 'odd.json'}\n"
+        f'#!/bin/bash\n/usr/sbin/iptables-legacy-restore "$@" || exit $?\ntouch {went_in}\n'
     )
-    (wrap / "iptables-legacy-restore").chmod(0o755)
+    (wrap / "nft").write_text(
+        f'#!/bin/bash\nif [ -e {went_in} ] && [ "$1 $2" = "-j list" ]; then\n'
+        '  /usr/sbin/nft "$@" | sed \'s/"comment": "web1"/"comment": 5/\'\n'
+        "  exit ${PIPESTATUS[0]}\nfi\n"
+        'exec /usr/sbin/nft "$@"\n'
+    )
+    for tool in ("iptables-legacy-restore", "nft"):
+        (wrap / tool).chmod(0o755)
     env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{wrap}:{os.environ['PATH']}"}
     argv = ["gc", "--netns", node, "--iptables", "legacy", "--cni-cache-dir", str(cache),
             "--yes", "--min-age", "0", "-o", "json"]  # fmt: skip
@@ -2441,3 +2447,70 @@ def test_a_killed_nft_is_judged_by_its_rules_bodies_across_a_firewall_reload(
         again = pmctl.run(argv, env={"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")})
         assert again.returncode == 0, again.stderr
         assert sorted(r[2] for r in _container_rules(node)) == live
+
+
+# Another tool's chain in cni_hostport, added through nft's JSON: a name nft's own
+# syntax cannot write (nor `nft list chain` name), with a rule in it.
+_ODD_CHAIN = {"nftables": [
+    {"add": {"chain": {"family": "ip", "table": "cni_hostport", "name": "a b"}}},
+    {"add": {"rule": {"family": "ip", "table": "cni_hostport", "chain": "a b", "expr": [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                   "right": 9999}},
+        {"accept": None}]}}},
+]}  # fmt: skip
+
+
+def _odd_chain(ns: str) -> List[dict]:
+    """The rules of chain `a b` in ip cni_hostport, as `nft -j` lists them."""
+    return [
+        obj["rule"]
+        for obj in json.loads(upstream.ruleset_json(ns))["nftables"]
+        if "rule" in obj and obj["rule"]["chain"] == "a b"
+    ]
+
+
+def test_a_chain_of_another_tools_that_cannot_be_read_stops_nothing(
+    node: str, tmp_path: Path
+) -> None:
+    """web1 live, old1 stale (upstream v1.9.1), and another tool's chain `a b` with a
+    rule in cni_hostport: `list`, `check` and `gc` all exited 2, "nft -j list table ip
+    cni_hostport: not `nft -j list` output (item 8: bad chain: ValueError("chain name
+    'a b'"))", while the plugin's own ADD, CHECK and DEL go on working on that table.
+    SPEC §5: one bad record stops nothing. The chain is said once (a warning) and left
+    alone; the plugin's rules are listed, checked, gc'ed and repaired as ever."""
+    web = _plugin_add(node, tmp_path, WEB)
+    _plugin_add(node, tmp_path, OLD, cached=False)
+    upstream.nft(node, "-j", "-f", "-", stdin=json.dumps(_ODD_CHAIN))
+    odd = _odd_chain(node)
+    assert len(odd) == 1
+    warning = (
+        "portmapctl: warning: ip cni_hostport: chain 'a b' is not the plugin's and cannot be read"
+    )
+    listed = _pmctl(node, tmp_path, "list", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stderr.count(warning) == 1, listed.stderr
+    rows = {(m["container_id"], m["family"], m["host_port"], tuple(m["status"]))
+            for m in json.loads(listed.stdout)["mappings"]}  # fmt: skip
+    assert ("web1", 4, 8080, ("ok",)) in rows and ("old1", 4, 7000, ("stale",)) in rows
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 1, checked.stderr
+    assert checked.stderr.count(warning) == 1, checked.stderr
+    problems = json.loads(checked.stdout)["problems"]
+    assert {(p["kind"], p["container_id"]) for p in problems} == {("stale", "old1")}
+    # The plugin's next ADD and DEL on that table work (knftables lists by JSON too).
+    api = _plugin_add(node, tmp_path, API)
+    upstream.run(V191, "CHECK", node, "api1", api, check=True)
+    gc = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
+    assert gc.returncode == 0, gc.stderr
+    assert gc.stderr.count(warning) == 1, gc.stderr
+    assert {c["container_id"] for c in json.loads(gc.stdout)["removed"]} == {"old1"}
+    assert {r[2] for r in _container_rules(node)} == {"web1", "api1"}
+    assert _odd_chain(node) == odd
+    upstream.nft(node, "flush", "chain", "ip", "cni_hostport", "hostports")
+    repaired = _pmctl(node, tmp_path, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert repaired.stderr.count(warning) == 1, repaired.stderr
+    upstream.run(V191, "CHECK", node, "web1", web, check=True)
+    assert _odd_chain(node) == odd
+    upstream.run(V191, "DEL", node, "api1", api, check=True)
+    assert _odd_chain(node) == odd

@@ -169,9 +169,11 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         configured = configured_nft(attachments)
         if configured:
             raise node.nft_unusable.needed_by(configured)
-        warnings += node.nft_unread()
         nft_rules = None
         remembered.update({key: value for key, value in seen.items() if key.nft})
+    # (Also the chains of the plugin's tables that are not its own and could not be
+    # read: left alone, the rest removed as ever.)
+    warnings += node.nft_unread()
     live = liveness(sources, attachments)  # the same for every family
     unmatched: List[str] = []
     if sources.keep:

@@ -145,13 +145,14 @@ def test_unknown_expressions_are_kept_opaque() -> None:
             "bad table",
         ),
         (
-            '{"nftables": [{"rule": {"family": "ip", "table": "cni_hostport", "chain": "a b",'
-            ' "handle": 1, "expr": []}}]}',
+            # (In one of the plugin's chains: another tool's is skipped and said.)
+            '{"nftables": [{"rule": {"family": "ip", "table": "cni_hostport",'
+            ' "chain": "hostports", "handle": -1, "expr": []}}]}',
             "bad rule",
         ),
         (
-            '{"nftables": [{"rule": {"family": "ip", "table": "cni_hostport", "chain": "c",'
-            ' "handle": 1, "expr": [{"a": 1, "b": 2}]}}]}',
+            '{"nftables": [{"rule": {"family": "ip", "table": "cni_hostport",'
+            ' "chain": "masquerading", "handle": 1, "expr": [{"a": 1, "b": 2}]}}]}',
             "bad rule",
         ),
         ("\x00", "binary"),
@@ -261,3 +262,45 @@ def test_a_counter_is_one_value_whatever_it_counted() -> None:
     assert body(0) == body(7)
     assert body(7).text(4) == "tcp dport 8080 counter dnat to 10.0.0.1:22"
     assert rs.COUNTER in body(7).matches
+
+
+def test_a_chain_that_is_not_the_plugins_and_cannot_be_read_is_skipped_and_said() -> None:
+    """Real `nft -j` output (tests/fixtures/nft_edited/foreign-chain): the v1.9.1
+    plugin's table with a chain `a b` and a rule in it, added through nft's JSON (a
+    name nft's own syntax cannot write). The whole table was refused ("item 8: bad
+    chain: ValueError("chain name 'a b'")"): every command exited 2. That chain is
+    left out and said once; the plugin's chains and rules read as before."""
+    folder = nftcases.HERE.parent / "nft_edited"
+    live = rs.parse((folder / "foreign-chain.nft.json").read_text(), "foreign-chain.nft.json")
+    table = live.tables[4]
+    assert list(table.chains) == [
+        "hostports", "hostip_hostports", "hostports_all", "prerouting", "output", "masquerading"
+    ]  # fmt: skip
+    assert [r.comment for r in table.rules_of("hostports")] == ["web1", "old1"]
+    assert len(table.rules_of("masquerading")) == 4
+    assert live.unread == (rs.UnreadChain(4, "a b", "a name nft's own syntax cannot write", 1),)
+    assert live.unread[0].warning() == (
+        "ip cni_hostport: chain 'a b' is not the plugin's and cannot be read (a name nft's"
+        " own syntax cannot write; 1 rule(s)): left alone, not shown, checked or removed"
+    )
+
+
+def test_a_rule_that_cannot_be_read_refuses_the_table_only_in_a_chain_of_the_plugins() -> None:
+    """Another tool's chain (a valid name) holding a rule the parser cannot take is
+    skipped and said; the same rule in one of the plugin's chains refuses the table:
+    what is not read of the plugin's own there can never be judged, nor written."""
+    folder = nftcases.HERE.parent / "nft_edited"
+    document = json.loads((folder / "foreign-chain.nft.json").read_text())
+    items = document["nftables"]
+    rule = next(i["rule"] for i in items if "rule" in i and i["rule"]["chain"] == "a b")
+    rule["chain"] = "mine"
+    rule["expr"] = [{"accept": None, "drop": None}]  # (no one-key expression)
+    items.insert(2, {"chain": {"family": "ip", "table": "cni_hostport", "name": "mine",
+                               "handle": 99}})  # fmt: skip
+    live = rs.parse(json.dumps(document), "d")
+    assert [(u.chain, u.rules) for u in live.unread] == [("a b", 0), ("mine", 1)]
+    assert "mine" in live.tables[4].chains and not live.tables[4].rules_of("mine")
+    assert [r.comment for r in live.tables[4].rules_of("hostports")] == ["web1", "old1"]
+    rule["chain"] = "hostports"
+    with pytest.raises(BadInput, match="bad rule: a rule expression is not a one-key object"):
+        rs.parse(json.dumps(document), "d")
