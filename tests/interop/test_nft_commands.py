@@ -2514,3 +2514,50 @@ def test_a_chain_of_another_tools_that_cannot_be_read_stops_nothing(
     assert _odd_chain(node) == odd
     upstream.run(V191, "DEL", node, "api1", api, check=True)
     assert _odd_chain(node) == odd
+
+
+def test_a_live_table_whose_plugin_chain_cannot_be_read_is_exit_3_and_changes_nothing(
+    node: str, tmp_path: Path
+) -> None:
+    """web1 live, old1 stale (upstream v1.9.1); nft (wrapped) lists web1's comment in
+    hostports as a number, which the parser cannot take in one of the plugin's own
+    chains. `list`, `check` and `gc` said "not `nft -j list` output (...)" with exit 2,
+    "bad input": the kernel's table as nft printed it is no input of the user's, and
+    the iptables side's read says exit 3 for its like (an iptables-save whose output
+    cannot be read). Now exit 3, one line, nothing removed; the same listing given as
+    --nft-snapshot (a file of the user's) is still bad input, exit 2."""
+    _plugin_add(node, tmp_path, WEB)
+    _plugin_add(node, tmp_path, OLD, cached=False)
+    before = upstream.ruleset_text(node)
+    wrap = tmp_path / "wrap"
+    wrap.mkdir()
+    (wrap / "nft").write_text(
+        '#!/bin/bash\nif [ "$1 $2" = "-j list" ]; then\n'
+        '  /usr/sbin/nft "$@" | sed \'s/"comment": "web1"/"comment": 5/\'\n'
+        "  exit ${PIPESTATUS[0]}\nfi\n"
+        'exec /usr/sbin/nft "$@"\n'
+    )
+    (wrap / "nft").chmod(0o755)
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{wrap}:{os.environ['PATH']}"}
+    common = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
+    said = "nft -j list table ip cni_hostport: not `nft -j list` output (item "
+    for command in (["list"], ["check"], ["check", "--repair"], ["gc", "--yes", "--min-age", "0"]):
+        done = pmctl.run([*command, *common], env=env)
+        pmctl.assert_error(
+            done,
+            3,
+            said,
+            "bad rule: comment is not a string",
+            f"cannot be read through {wrap / 'nft'}",
+        )
+    assert upstream.ruleset_text(node) == before
+    listing = tmp_path / "listing.json"
+    listing.write_text(
+        upstream.nft(node, "-j", "list", "ruleset").stdout.replace(
+            '"comment": "web1"', '"comment": 5'
+        )
+    )
+    done = pmctl.run(["list", "--nft-snapshot", str(listing)], env=env)
+    pmctl.assert_error(
+        done, 2, "not `nft -j list` output (item ", "bad rule: comment is not a string"
+    )

@@ -26,7 +26,14 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Callable, Iterable, List, NamedTuple, Optional, Tuple
 
-from portmapctl.errors import MAY_HAVE_GONE_IN, HostProblem, ToolTimedOut, killed, signal_name
+from portmapctl.errors import (
+    MAY_HAVE_GONE_IN,
+    BadInput,
+    HostProblem,
+    ToolTimedOut,
+    killed,
+    signal_name,
+)
 from portmapctl.host.paths import find_tool
 from portmapctl.nftables import FAMILY_NAMES, TABLE
 from portmapctl.nftables.access import NftApplyFailed, NftUnusable
@@ -348,7 +355,17 @@ class RealNft:
                     raise HostProblem(f"{source}: operation not permitted (run as root)")
                 raise HostProblem(f"{source} failed: {reason}")
             documents.append((proc.stdout, source))
-        return parse_many(documents)
+        try:
+            return parse_many(documents)
+        except BadInput as err:
+            # The kernel's table as nft printed it: no input of the user's (exit 2), but a
+            # table that cannot be read (SPEC §5: exit 3), as iptables-save's output that
+            # cannot be read is (iptables/access/restore.py). What is refused is in one of
+            # the plugin's own chains (ruleset.py skips and says another tool's chain), so
+            # nothing is written in its tables.
+            raise HostProblem(
+                f"{err} (the plugin's table cannot be read through {self.binary()})"
+            ) from None
 
     def _check_listed_version(self, outputs: List[str]) -> None:
         """The version check, from the `metainfo` that `nft -j` prints first: one

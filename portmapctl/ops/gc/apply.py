@@ -305,12 +305,12 @@ def _apply_gc_to(
             if not err.maybe_applied:
                 nft_unapplied = planned.nft  # refused whole: nothing went
         except BadInput as err:
-            # Refused before any of it went in: the table its read found (a chain
-            # another tool named as nft's syntax cannot: "not `nft -j list` output"),
-            # the cache read again to re-plan, nft refusing the text. Once the iptables
-            # side removed chains that is no "bad input, nothing changed" (exit 2, a
-            # bare line): it ended the run with their removal unreported, their UDP
-            # flows kept, no sighting saved. It ends as a failed nftables side does.
+            # Refused before any of it went in: the cache read again to re-plan (a
+            # table its read cannot parse is a HostProblem, below), nft refusing the
+            # text. Once the iptables side removed chains that is no "bad input,
+            # nothing changed" (exit 2, a bare line): it ended the run with their
+            # removal unreported, their UDP flows kept, no sighting saved. It ends as
+            # a failed nftables side does.
             if not any(p.removed for p in plans):
                 raise
             failure = HostProblem(f"nftables: {err}")
