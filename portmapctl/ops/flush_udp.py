@@ -405,7 +405,8 @@ def flush(
                 # The ports a cached container maps in nftables cannot be told: its live
                 # flows would be judged by the rest, called misrouted (exit 3, as gc).
                 raise node.nft_unusable.needed_by(configured)
-            warnings += tuple(node.nft_unread())
+        # (Also another tool's chain in the plugin's tables that was skipped unread.)
+        warnings += tuple(node.nft_unread())
     keys = select_ports(_worked_on(node, mappings), families, ports=ports, container=container)
     if not keys:
         return FlushResult(dry_run, stale_only, (), (), 0, 0, warnings)

@@ -2497,6 +2497,10 @@ def test_a_chain_of_another_tools_that_cannot_be_read_stops_nothing(
     assert checked.stderr.count(warning) == 1, checked.stderr
     problems = json.loads(checked.stdout)["problems"]
     assert {(p["kind"], p["container_id"]) for p in problems} == {("stale", "old1")}
+    # flush-udp reads the tables too (said nothing of the chain where nft worked).
+    flushed = _pmctl(node, tmp_path, "flush-udp", "--dry-run")
+    assert flushed.returncode == 0, flushed.stderr
+    assert flushed.stderr.count(warning) == 1, flushed.stderr
     # The plugin's next ADD and DEL on that table work (knftables lists by JSON too).
     api = _plugin_add(node, tmp_path, API)
     upstream.run(V191, "CHECK", node, "api1", api, check=True)
