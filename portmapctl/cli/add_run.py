@@ -284,20 +284,21 @@ def _key_ignored(common: Common, config: MappingConfig) -> bool:
 
 
 def _plugin_tables(common: Common, config: MappingConfig, strict: bool = False) -> Any:
-    """The plugin's nftables tables of the families add writes, read where they exist
+    """The plugin's nftables tables of the container's families, read where they exist
     (one netlink question each first); None where there are none, or nft cannot read
     them (`strict`: that error instead): the backend was given, as cannot_tell bids
     where that cannot be told."""
-    from portmapctl.cli._common import families
     from portmapctl.errors import PortmapctlError
     from portmapctl.host.netns import entered
     from portmapctl.iptables.access.nfmsg import tables_present
     from portmapctl.nftables import TABLE
 
-    wanted = [f for f in config.families if f in families(common.family)]
+    # Every family of its addresses, --family or not: the plugin keeps a container in
+    # one backend, so its IPv4 rules there hold its IPv6 ones there too (a copy of one
+    # family alone is still a copy).
     try:
         with entered(common.netns):
-            present = tables_present(wanted, TABLE)
+            present = tables_present(list(config.families), TABLE)
             if not present:
                 return None
             from portmapctl.nftables.access.nft import RealNft
@@ -339,7 +340,11 @@ def _chain_in_iptables(common: Common, config: MappingConfig, chain: str) -> Opt
     from portmapctl.iptables.access.restore import RestoreBackend
     from portmapctl.ops.flavour_guard import flavours_of, other_flavour
 
+    # Both families, those add writes first: the chain's name is its container's on its
+    # network in either, and its plugin keeps it in one backend whatever the family
+    # (`add --family 6` of a container whose chain is IPv4's wrote an nftables copy).
     wanted = [f for f in config.families if f in families(common.family)]
+    wanted += [f for f in (4, 6) if f not in wanted]
     try:
         with entered(common.netns):
             backend = open_backend(common.iptables, families=wanted)

@@ -185,3 +185,30 @@ def test_backend_nftables_for_a_container_kept_in_the_other_iptables_flavour_is_
         pmctl.assert_error(done, 2, chain, "iptables-legacy", "--backend nftables")
     assert "cni_hostport" not in upstream.ruleset_text(node)
     assert _rules(rp.save(node, 4, "legacy")) == before
+
+
+def test_a_copy_for_the_other_family_alone_is_refused(node: str, tmp_path: Path) -> None:
+    """The plugin keeps a container in one backend whatever the family: Debian's
+    plugin added ipt1 (its chain in iptables, IPv4), v1.9.1 added nft1 (its rules in
+    ip cni_hostport). `add --family 6` of either, with its IPv6 address too, under the
+    other backend looked for its rules in IPv6 alone, found none, and wrote the IPv6
+    copy (exit 0): the container mapped in both backends, its plugin's DEL cleaning
+    one. Refused, the dry run as the real run."""
+    ipt = rp.plugin_conf("mynet", ["10.88.0.5/16"], [_pm(8080, 80)])
+    rp.run_plugin("ADD", node, "ipt1", ipt, check=True)
+    nft = upstream.nft_conf("mynet", ["10.88.0.6/16"], [_pm(8081, 80)])
+    upstream.run("v1.9.1", "ADD", node, "nft1", nft, check=True)
+    before = _state(node)
+    cases = (
+        ("ipt1", "10.88.0.5/16", "fd00::5/64", "8080:80", "nftables",
+         "mynet/ipt1: its chain CNI-DN-b0247353f1acf2151164b is in iptables"),
+        ("nft1", "10.88.0.6/16", "fd00::6/64", "8081:80", "iptables",
+         "mynet/nft1: its rules are in the plugin's nftables tables alone"),
+    )  # fmt: skip
+    for cid, ip4, ip6, port, backend, words in cases:
+        for extra in (["--dry-run"], []):
+            args = _add(node, tmp_path, cid, ip4, "--ip", ip6, "--family", "6",
+                        "--backend", backend, "-p", port, *extra)  # fmt: skip
+            done = pmctl.run(args)
+            pmctl.assert_error(done, 2, words, f"--backend {backend}", "both backends")
+            assert _state(node) == before, (cid, extra)
