@@ -224,10 +224,12 @@ def _refuse_a_copy(common: Common, config: MappingConfig) -> Any:
     which its contested warning then reads instead of listing them again."""
     if not _net_admin():
         return None
-    from portmapctl.ops.nft import configured_there, has_rules_for, kept_there
-
+    # (ops/nft.py imported only where it is used: it pulls in nftables' modules, ~20 ms
+    # on every iptables add of a node with no plugin nftables table.)
     cached = _cached_backend(common, config)
     if cached == Backend.IPTABLES and config.backend == Backend.NFTABLES:
+        from portmapctl.ops.nft import configured_there
+
         raise _kept_elsewhere(common, config, configured_there(config, cached))
     chain = dnat_chain_name(config)
     if cached == Backend.NFTABLES == config.backend and _key_ignored(common, config):
@@ -246,6 +248,10 @@ def _refuse_a_copy(common: Common, config: MappingConfig) -> Any:
             raise _kept_elsewhere(common, config, f"{who}: its chain {chain} is in {where}")
         return None
     live = _plugin_tables(common, config)
+    if live is None and cached is None:
+        return None  # (the usual iptables add: nothing of it in nftables)
+    from portmapctl.ops.nft import configured_there, has_rules_for, kept_there
+
     in_nft = live is not None and has_rules_for(config, live)
     if cached == Backend.NFTABLES:
         if in_nft or _chain_in_iptables(common, config, chain) is None:

@@ -1,5 +1,6 @@
 """What a live `add` imports (SPEC §6: one `add` per container): cni/cache.py (~5 ms of
-imports) only where the container has a cache entry whose `backend` key it follows."""
+imports) only where the container has a cache entry whose `backend` key it follows;
+nftables' modules not for an iptables add on a node with no plugin nftables table."""
 
 from __future__ import annotations
 
@@ -15,19 +16,21 @@ ROOT = Path(__file__).resolve().parents[2]
 PORTS = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
 
 
-def _add_importing(host_ns: str, cache: Path, container: str) -> tuple:
-    """A keyless `add --dry-run` of `container` in-process: (its exit code, whether it
-    imported cni/cache.py)."""
+def _add_importing(
+    host_ns: str, cache: Path, container: str, *extra: str, module: str = "portmapctl.cni.cache"
+) -> tuple:
+    """A keyless `add --dry-run` of `container` in-process (`extra`: more options):
+    (its exit code, whether it imported `module`)."""
     argv = ["add", "--netns", host_ns, "--cni-cache-dir", str(cache), "--family", "4",
             "--network", "n1", "--container", container, "--ip", "10.1.0.2/24",
-            "-p", "8080:80", "--dry-run", "-q"]  # fmt: skip
+            "-p", "8080:80", "--dry-run", "-q", *extra]  # fmt: skip
     code = f"""
         import sys
         from portmapctl.entry import main
         try:
             main({argv!r})
         except SystemExit as done:
-            print(done.code, "portmapctl.cni.cache" in sys.modules)
+            print(done.code, {module!r} in sys.modules)
         """
     done = subprocess.run(
         [sys.executable, "-P", "-c", textwrap.dedent(code)],
@@ -51,3 +54,13 @@ def test_add_of_an_uncached_container_reads_no_cache_module(host_ns, tmp_path):
     conf["backend"] = "iptables"
     rp.write_cni_cache(tmp_path, "n1", "c2", "eth0", conf, PORTS, ["10.1.0.2/24"])
     assert _add_importing(host_ns, tmp_path, "c2") == ("0", True)
+
+
+def test_add_told_iptables_opens_no_nftables_module(host_ns, tmp_path):
+    """`add --backend iptables` asks netlink whether the plugin's nftables tables exist
+    (a copy of a container kept there is refused): with none, nothing of nftables is
+    imported (ops/nft.py and what it pulls in, ~20 ms: 4b56ba9 imported it first)."""
+    (tmp_path / "results").mkdir()
+    for module in ("portmapctl.ops.nft", "portmapctl.nftables.node", "portmapctl.cni.cache"):
+        told = _add_importing(host_ns, tmp_path, "c1", "--backend", "iptables", module=module)
+        assert told == ("0", False), module
