@@ -175,16 +175,16 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
             )
             return replace(config, backend=Backend.IPTABLES), None
         return _goes_to_nftables(config, out, configured_there(config)), None
-    from portmapctl.cli._common import families
     from portmapctl.errors import PortmapctlError
     from portmapctl.host.netns import entered
     from portmapctl.iptables.access.nfmsg import tables_present
     from portmapctl.nftables import TABLE
 
-    wanted = [f for f in config.families if f in families(common.family)]
     try:
         with entered(common.netns):
-            present = tables_present(wanted, TABLE)
+            # Every family of its addresses, --family or not (as _plugin_tables): its
+            # IPv4 rules in nftables keep its IPv6 ones there too.
+            present = tables_present(list(config.families), TABLE)
             if not present:
                 return config, None
             # (Imported only here: the usual iptables node never loads nft's access.)
@@ -197,7 +197,7 @@ def _followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappi
                 from portmapctl.ops.nft import cannot_tell
 
                 raise _CannotTell(cannot_tell(config, err)) from None
-            if not _kept_in_nftables(common, config, live, present):
+            if not _kept_in_nftables(common, config, live):
                 return config, live
     except _CannotTell:
         raise
@@ -396,18 +396,18 @@ class _CannotTell(HostProblem):
     """The plugin's nftables tables are here and nft cannot read them (exit 3)."""
 
 
-def _kept_in_nftables(
-    common: Common, config: MappingConfig, live: Any, present: Tuple[int, ...]
-) -> bool:
+def _kept_in_nftables(common: Common, config: MappingConfig, live: Any) -> bool:
     from portmapctl.iptables.access import open_backend
     from portmapctl.ops.nft import kept_in_nftables
 
     name = dnat_chain_name(config)
 
     def in_iptables() -> bool:
-        backend = open_backend(common.iptables, families=present)
+        # Its chain in either family: the plugin keeps it in one backend for both.
+        wanted = list(config.families)
+        backend = open_backend(common.iptables, families=wanted)
         has_table = getattr(backend, "has_nat_table", lambda _family: True)
-        return any(backend.read(f).has_chain(name) for f in present if has_table(f))
+        return any(backend.read(f).has_chain(name) for f in wanted if has_table(f))
 
     return kept_in_nftables(config, live, in_iptables)
 

@@ -212,3 +212,23 @@ def test_a_copy_for_the_other_family_alone_is_refused(node: str, tmp_path: Path)
             done = pmctl.run(args)
             pmctl.assert_error(done, 2, words, f"--backend {backend}", "both backends")
             assert _state(node) == before, (cid, extra)
+
+
+def test_a_keyless_add_for_the_other_family_alone_follows_the_container(
+    node: str, tmp_path: Path
+) -> None:
+    """v1.9.1 keeps nft1 in nftables (ip cni_hostport; no ip6 table, no cache entry).
+    A keyless `add --family 6` of it, with its IPv6 address too, looked for its rules in
+    IPv6 alone, found no table there and wrote an ip6tables CNI-DN- chain: the
+    container mapped in both backends, the plugin's DEL cleaning nftables alone (found
+    by h230). It follows the container into nftables, as without --family."""
+    nft = upstream.nft_conf("mynet", ["10.88.0.6/16"], [_pm(8081, 80)])
+    upstream.run("v1.9.1", "ADD", node, "nft1", nft, check=True)
+    args = _add(node, tmp_path, "nft1", "10.88.0.6/16", "--ip", "fd00::6/64",
+                "--family", "6", "-p", "8081:80")  # fmt: skip
+    done = pmctl.run(args)
+    assert done.returncode == 0, done.stderr
+    assert "its rules are in the plugin's nftables tables alone" in done.stderr, done.stderr
+    assert "CNI-DN-" not in _rules(rp.save(node, 6, "nft"))
+    ip6 = upstream.nft(node, "list", "table", "ip6", "cni_hostport").stdout
+    assert 'comment "nft1"' in ip6 and "fd00::6" in ip6, ip6
