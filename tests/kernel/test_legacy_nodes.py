@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Dict
+from typing import Dict, List
 
 import json_schemas
 import pytest
@@ -789,6 +789,48 @@ def test_a_cache_emptied_between_the_groups_of_a_halving_is_no_bad_input(host_ns
     assert gone["gone2"] not in saved and gone["gone3"] in saved and gone["gone1"] in saved
     document = json.loads(done.stdout)
     assert [c["container_id"] for c in document["removed"]] == ["gone2"]
+
+
+def test_a_cache_emptied_before_the_first_group_of_a_halving_is_bad_input(host_ns, tmp_path):
+    """The same cache, emptied once the removal of all three was refused whole and before
+    any group went in: nothing changed, so it is the bad input it is (exit 2, one line,
+    no document), as every other run that meets an empty cache says; ae44933 made it
+    exit 3, a failure after work (found by h230's review)."""
+    gone = _halved_node(host_ns)
+    cache = tmp_path / "cni"
+    conf = rp.plugin_conf("mynet", ["10.88.0.9/16"], [{**PORTS[0], "hostPort": 8083}])
+    rp.write_cni_cache(cache, "mynet", "other1", "eth0", conf, conf["runtimeConfig"]["portMappings"],
+                       ["10.88.0.9/16"])  # fmt: skip
+    folder = tmp_path / "wrap"
+    folder.mkdir()
+    whole = "".join(f' && grep -q -- "-X {chain}" "$IN"' for chain in gone.values())
+    script = folder / "iptables-legacy-restore"
+    script.write_text(
+        f'#!/bin/bash\nIN={tmp_path}/in.$$\ncat > "$IN"\n'
+        f'/usr/sbin/iptables-legacy-restore "$@" < "$IN"; rc=$?\n'
+        f"if [ $rc != 0 ]{whole}; then echo x >> {tmp_path}/whole;"
+        f" if [ $(wc -l < {tmp_path}/whole) = {WHOLE_TRIES} ]; then rm -f {cache}/results/*;"
+        " fi; fi\nexit $rc\n"
+    )
+    script.chmod(0o755)
+    before = rp.save(host_ns, 4, "legacy")
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
+            str(cache), "--min-age", "0", "--yes", "-o", "json"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{folder}:{os.environ['PATH']}"}
+    done = run(argv, env=env)
+    assert (tmp_path / "whole").read_text().count("x") == WHOLE_TRIES  # (the halving's turn)
+    assert_error(done, 2, "is empty")
+    assert _rules_of(rp.save(host_ns, 4, "legacy")) == _rules_of(before)
+
+
+# The transactions of a removal iptables refuses whole before gc halves it (the last of
+# them by the rules' text: ops/gc/converge.py).
+WHOLE_TRIES = APPLY_TRIES
+
+
+def _rules_of(save: str) -> List[str]:
+    """iptables-save's rules and chains, without its comments and counters."""
+    return [line.split(" [")[0] for line in save.splitlines() if not line.startswith("#")]
 
 
 def _after_restore_alone(tmp_path, gone: Dict[str, str], cid: str, nth: int, then: str):

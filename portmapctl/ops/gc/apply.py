@@ -16,6 +16,7 @@ from portmapctl.errors import ApplyFailed, BadInput, HostProblem, Interrupted, T
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.converge import (
     HungWentIn,
+    Settled,
     converge_family,
     refused_outright,
     settle_family,
@@ -63,6 +64,13 @@ def _family_failure(
         # (exit 3: a halving's read that failed; was exit 1)
         return HostProblem(line, maybe_applied=err.maybe_applied)
     return ApplyFailed(line)
+
+
+def _removed_before(plans: Sequence[FamilyPlan], planned: GcPlan) -> bool:
+    """Whether some of the run went in already: a family before this one, or one
+    applied ahead of the others (plan_gc's apply_early)."""
+    ahead = (a.plan for a in planned.applied.values() if a.plan is not None)
+    return any(p.removed for p in plans) or any(p.removed for p in ahead)
 
 
 def _after_iptables(err: Failure, plans: Sequence[FamilyPlan]) -> Failure:
@@ -224,7 +232,14 @@ def _apply_gc_to(
             # Refused whole (not for a stale plan: the tries re-read and re-planned):
             # the chains at fault are found and named, the others removed.
             went.append(first)  # (its chains go in group by group: SIGTERM now)
-            halved = settle_family(node, first, planning, str(error))
+            try:
+                halved = settle_family(node, first, planning, str(error))
+            except BadInput as bad:
+                # Met before any group went in: with nothing removed anywhere, the bad
+                # input it is (exit 2, nothing changed); else a failure after work.
+                if not _removed_before(plans, planned):
+                    raise
+                halved = Settled(None, [], [], [], HostProblem(str(bad)))
             went.pop()
             done, refused_here = halved.plan, halved.refused
             if done is not None:

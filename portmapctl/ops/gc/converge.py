@@ -252,7 +252,11 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
         except BadInput as bad:
             # The cache read for the group refused as bad input (emptied meanwhile, its
             # results/ made a file): no "nothing changed" (exit 2) once a group went in
-            # (it escaped bare, those unreported). A failed read, as below.
+            # (it escaped bare, those unreported). A failed read, as below. Before any
+            # did, it is the bad input it is: apply_gc judges the run (another family
+            # may have gone in).
+            if not went:
+                raise
             stop.append(HostProblem(str(bad)))
             return str(bad)
         except (ApplyFailed, HostProblem) as err:
