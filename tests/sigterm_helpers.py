@@ -62,11 +62,12 @@ elif where == "nft-repair":
         hold()
     nft_repair.ReadOnceNft.apply = nft_apply
 elif where == "nft-write":
-    # The nftables backend's `nft -f` went in; its apply has not returned yet.
+    # The nftables backend's write went in (`nft -f`, or gc's batch at the generation
+    # read: read_at); its apply has not returned yet.
     from portmapctl.nftables.access import nft
     real_nft_write = nft.RealNft.apply
-    def nft_write(self, txn):
-        real_nft_write(self, txn)
+    def nft_write(self, txn, *read_at):
+        real_nft_write(self, txn, *read_at)
         hold()
     nft.RealNft.apply = nft_write
 elif where == "ahead":

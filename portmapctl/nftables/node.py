@@ -41,6 +41,9 @@ RETRY_REASONS = frozenset(
         "File exists",
         "Device or resource busy",
         "Interrupted system call",
+        # gc's batch of deletions, refused by the kernel: the ruleset moved since the
+        # read it was planned from (nftables/access/batch.py).
+        "the ruleset changed since it was read",
     }
 )
 
@@ -95,6 +98,7 @@ def converge(
     families: Iterable[int] = (4, 6),
     attempts: int = ATTEMPTS,
     judge_unsure: bool = False,
+    at_generation: bool = False,
 ) -> Converged:
     """Apply `plan(live)` atomically, re-planning when the tables changed meanwhile.
 
@@ -103,19 +107,29 @@ def converge(
     whole or not at all, so when the plan made from that read is empty the try went
     in, and it is returned as applied (Converged.unsure); otherwise the new plan is
     tried. (gc judges its own tries: ops/gc/nft.py apply_nft.)
+
+    `at_generation` (gc): each read is stamped with the ruleset generation it was
+    listed at where the access can (RealNft.read_settled), and a transaction of
+    deletions planned from it is applied only at that generation, refused whole (then
+    read and planned again) when anything committed since.
     """
     wanted = tuple(families)
+    read_settled = getattr(access, "read_settled", None) if at_generation else None
     last: Optional[NftApplyFailed] = None
     killed: Optional[Tuple[Transaction, NftApplyFailed]] = None
     for attempt in range(1, attempts + 1):
-        txn = plan(access.read(wanted))
+        live = read_settled(wanted) if read_settled is not None else access.read(wanted)
+        txn = plan(live)
         if not txn:
             if killed is not None:
                 return Converged(killed[0].render(), attempt, unsure=killed[1])
             return Converged("", attempt)
         killed = None
         try:
-            access.apply(txn)
+            if live.generation is not None and read_settled is not None:
+                access.apply(txn, live.generation)  # type: ignore[call-arg]
+            else:
+                access.apply(txn)
         except NftApplyFailed as err:
             if err.maybe_applied:
                 if not judge_unsure:

@@ -205,6 +205,9 @@ class Ruleset:
     tables: Mapping[int, Table]
     nft_version: Optional[str] = None
     unread: Tuple[UnreadChain, ...] = ()  # other chains of the tables, skipped
+    # The nf_tables ruleset generation these tables were listed at, when nothing
+    # committed while nft listed them (RealNft.read_settled); None when not known.
+    generation: Optional[int] = field(default=None, compare=False)
 
     def table(self, family: int) -> Optional[Table]:
         return self.tables.get(family)

@@ -293,6 +293,7 @@ class Node:
         dry_run: bool = False,
         planned: Optional[NftTransaction] = None,
         went_in: Optional[Callable[[ApplyFailed], None]] = None,
+        at_generation: bool = False,
     ) -> str:
         """One `nft -f` transaction for both families, re-planned when the tables
         changed under us; returns its text ("" when nothing was needed).
@@ -302,6 +303,9 @@ class Node:
         fails whole when a rule went meanwhile (handles are never reused). `went_in`:
         a try whose nft died without saying is judged by the next read, not raised;
         when it went in, its text is returned and `went_in` is told its error.
+        `at_generation` (gc's deletions): applied only at the ruleset generation of the
+        read they were checked against (nftables.node.converge), so a firewall reload
+        after that read cannot hand their handles to live rules.
         """
         from portmapctl.nftables.node import converge
 
@@ -327,7 +331,11 @@ class Node:
             return plan(live)
 
         done = converge(
-            self.nft, first_then_plan, self.options.families, judge_unsure=went_in is not None
+            self.nft,
+            first_then_plan,
+            self.options.families,
+            judge_unsure=went_in is not None,
+            at_generation=at_generation,
         )
         if done.unsure is not None and went_in is not None:
             went_in(done.unsure)

@@ -616,8 +616,10 @@ def test_gc_whose_nft_was_killed_after_its_commit_reports_and_flushes(
     _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40002",
         "--dport", "5353", "-t", "120")  # fmt: skip
     env, killed = _nft_killed_once_after_it_ran(tmp_path)
+    # (PORTMAPCTL_NFT_BATCH=0: gc's deletions through `nft -f`, the write where no
+    # nf_tables batch can be sent; with one, nft only lists.)
     done = pmctl.run(["gc", "--netns", node, "--cni-cache-dir", str(tmp_path / "cni"), "--yes",
-                      "--min-age", "0", "-o", "json"], env=env)  # fmt: skip
+                      "--min-age", "0", "-o", "json"], env={**env, "PORTMAPCTL_NFT_BATCH": "0"})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert killed.exists()  # (the wrapper was the nft that wrote)
     result = json.loads(done.stdout)
@@ -662,7 +664,10 @@ def test_a_removal_nft_refuses_is_named_by_every_run_past_min_age(
     _plugin_add(node, tmp_path / "cni", OLD, cached=False)
     run_dir = tmp_path / "run"
     run_dir.mkdir(mode=0o700)
-    env = {"PORTMAPCTL_RUN_DIR": str(run_dir), **_nft_refusing_every_write(tmp_path, reason)}
+    # (PORTMAPCTL_NFT_BATCH=0: gc's deletions through `nft -f`, the write where no
+    # nf_tables batch can be sent; with one, nft only lists.)
+    env = {"PORTMAPCTL_RUN_DIR": str(run_dir), **_nft_refusing_every_write(tmp_path, reason),
+           "PORTMAPCTL_NFT_BATCH": "0"}  # fmt: skip
     args = ["gc", "--yes", "--netns", node, "--cni-cache-dir", str(tmp_path / "cni"),
             "--min-age", "2", "-o", "json"]  # fmt: skip
     first = pmctl.run(args, env=env)  # (sighted)
@@ -710,7 +715,10 @@ def test_gc_whose_nft_hung_after_its_commit_reports_and_flushes(node: str, tmp_p
     argv = ["gc", "--netns", node, "--cni-cache-dir", str(tmp_path / "cni"), "--yes",
             "--min-age", "0"]  # fmt: skip
     run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
-    env = {**os.environ, **run_dir, "PATH": f"{wrap}:{os.environ['PATH']}"}
+    # (PORTMAPCTL_NFT_BATCH=0: gc's deletions through `nft -f`, the write where no
+    # nf_tables batch can be sent; with one, nft only lists.)
+    env = {**os.environ, **run_dir, "PATH": f"{wrap}:{os.environ['PATH']}",
+           "PORTMAPCTL_NFT_BATCH": "0"}  # fmt: skip
     done = subprocess.run([sys.executable, "-c", short, *argv], env=env, capture_output=True,
                           text=True, stdin=subprocess.DEVNULL, timeout=120)  # fmt: skip
     pmctl.assert_error(done, 3, "nft -f did not finish within 3 s", "it went in", after_work=True)
@@ -2352,6 +2360,17 @@ def test_an_nft_table_gc_cannot_read_after_its_iptables_removal_went_in_says_wha
     assert (tmp_path / "run" / "gc-state.json").exists()
 
 
+def _old1_then_five_live(node: str, cache: Path) -> List[str]:
+    """old1 (not cached), then live2..live6 (cached), one TCP port each, no SNAT: a
+    reload hands old1's DNAT handle to live5's. The live containers' IDs."""
+    _plugin_add(node, cache, ("old1", ["10.88.0.7/16"], [_pm(7000, 70)]), cached=False,
+                snat=False)  # fmt: skip
+    live = [f"live{i}" for i in range(2, 7)]
+    for i, cid in enumerate(live, start=2):
+        _plugin_add(node, cache, (cid, [f"10.88.0.{10 + i}/16"], [_pm(7000 + i, 70)]), snat=False)
+    return live
+
+
 def test_a_firewall_reload_between_gcs_read_and_its_write_keeps_every_live_rule(
     node: str, tmp_path: Path
 ) -> None:
@@ -2364,11 +2383,7 @@ def test_a_firewall_reload_between_gcs_read_and_its_write_keeps_every_live_rule(
     write (a wrapped nft, on its third run); that read now re-plans a removal whose
     rules it does not find as planned."""
     cache = tmp_path / "cni"
-    _plugin_add(node, cache, ("old1", ["10.88.0.7/16"], [_pm(7000, 70)]), cached=False,
-                snat=False)  # fmt: skip
-    live = [f"live{i}" for i in range(2, 7)]
-    for i, cid in enumerate(live, start=2):
-        _plugin_add(node, cache, (cid, [f"10.88.0.{10 + i}/16"], [_pm(7000 + i, 70)]), snat=False)
+    live = _old1_then_five_live(node, cache)
     wrap = tmp_path / "wrap"
     wrap.mkdir()
     real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
@@ -2386,9 +2401,65 @@ def test_a_firewall_reload_between_gcs_read_and_its_write_keeps_every_live_rule(
     argv = ["gc", "--netns", node, "--cni-cache-dir", str(cache), "--yes", "--min-age", "0"]
     done = pmctl.run(argv, env=env)
     calls = (wrap / "calls").read_text().splitlines()
-    assert calls[2].startswith("-j list") and calls[-1] == "-f -", calls  # reloaded, then read
+    assert calls[2].startswith("-j list"), calls  # reloaded, then read
     assert done.returncode == 0, done.stderr
     assert sorted(r[2] for r in _container_rules(node)) == live, done.stdout
+
+
+# Loaded by gc's interpreter (PYTHONPATH): the moment after gc's last check of its plan
+# against its last read (Transaction.holds_in, which converge_nft asks just before the
+# write), a firewall reload, once. No wrapped nft can reach that moment: the write
+# need not be an `nft -f`.
+_RELOAD_AFTER_CHECK = """
+import os, subprocess
+
+_marker = os.environ.get("PMT_RELOAD_AFTER_CHECK")
+if _marker:
+    from portmapctl.nftables import transaction as _transaction
+
+    _holds_in = _transaction.Transaction.holds_in
+
+    def _then_reload(self, live):
+        held = _holds_in(self, live)
+        if held and not os.path.exists(_marker):
+            open(_marker, "w").close()
+            saved = subprocess.run(
+                ["nft", "list", "ruleset"], capture_output=True, text=True, check=True
+            ).stdout
+            subprocess.run(["nft", "-f", "-"], input="flush ruleset\\n" + saved, text=True, check=True)
+        return held
+
+    _transaction.Transaction.holds_in = _then_reload
+"""
+
+
+def test_a_firewall_reload_after_gcs_last_read_keeps_every_live_rule(
+    node: str, tmp_path: Path
+) -> None:
+    """A firewall reload (`nft list ruleset`, `nft flush ruleset`, `nft -f` of it) in
+    the window between gc's last read, checked against its plan (holds_in), and its
+    write: the reload made the tables again and handed their rules handles anew, and
+    `delete rule ip cni_hostport hostports handle 10` deleted live5's DNAT; old1's
+    stayed, gc said it removed old1 (exit 0). The deletions now go as one nf_tables
+    batch carrying the generation the last read was settled at: the kernel refuses it
+    (the reload committed since), and gc reads again and plans again, as after a
+    refused `nft -f`."""
+    cache = tmp_path / "cni"
+    live = _old1_then_five_live(node, cache)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(_RELOAD_AFTER_CHECK)
+    marker = tmp_path / "reloaded"
+    python_path = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH")) if p)
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PYTHONPATH": python_path,
+           "PMT_RELOAD_AFTER_CHECK": str(marker)}  # fmt: skip
+    argv = ["gc", "--netns", node, "--cni-cache-dir", str(cache), "--yes", "--min-age", "0"]
+    done = pmctl.run([*argv, "-o", "json"], env=env)
+    assert marker.exists(), done.stderr  # the reload came in the window
+    assert done.returncode == 0, done.stderr
+    assert [c["container_id"] for c in json.loads(done.stdout)["removed"]] == ["old1"]
+    left = sorted(r[2] for r in _container_rules(node))
+    assert left == live, (left, done.stderr)
 
 
 @pytest.mark.parametrize("when", ["after", "before"])
@@ -2431,7 +2502,10 @@ def test_a_killed_nft_is_judged_by_its_rules_bodies_across_a_firewall_reload(
         f'exec {real} "$@"\n'
     )
     (wrap / "nft").chmod(0o755)
-    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{wrap}:{os.environ['PATH']}"}
+    # (PORTMAPCTL_NFT_BATCH=0: gc's deletions through `nft -f`, the write where no
+    # nf_tables batch can be sent; with one, nft only lists.)
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{wrap}:{os.environ['PATH']}",
+           "PORTMAPCTL_NFT_BATCH": "0"}  # fmt: skip
     argv = ["gc", "--netns", node, "--cni-cache-dir", str(cache), "--yes", "--min-age", "0"]
     done = pmctl.run([*argv, "-o", "json"], env=env)
     assert (wrap / "killed").exists()

@@ -1,6 +1,7 @@
-"""gc SIGKILLed once its `nft -f` removed a dead container's rules, before its state
-save, on a node of the upstream plugin's nftables backend: a real process, a real
-signal (tests/kernel/test_sigterm.py has the iptables side).
+"""gc SIGKILLed once its write (its nf_tables batch; `nft -f` where there is none)
+removed a dead container's rules, before its state save, on a node of the upstream
+plugin's nftables backend: a real process, a real signal (tests/kernel/test_sigterm.py
+has the iptables side).
 
 The sightings of what a removal takes must leave the --min-age state file before the
 removal goes in; otherwise the same container started again under its ID (podman

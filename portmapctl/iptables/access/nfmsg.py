@@ -277,6 +277,31 @@ def kernel_checks_generation(sock: socket.socket, read_at: int) -> bool:
     return any(seq == 4 and code == -errno.ERESTART for seq, code in errors)
 
 
+class Sent(NamedTuple):
+    """What came of sending one batch at a generation (sent_at)."""
+
+    outcome: Outcome  # APPLIED: answered (REFUSED: with errors); UNAVAILABLE, UNKNOWN
+    errors: List[Tuple[int, int]]  # (seq, negative errno) the kernel answered with
+    generation: int  # the generation asked for right after it (when answered)
+    why: str = ""
+
+
+def sent_at(sock: socket.socket, batch: bytes, read_at: int, answer_seq: int) -> Sent:
+    """Send `batch` (nfgen.batch at generation `read_at`), only to a kernel that checks
+    a batch's generation (UNAVAILABLE, nothing sent: one that does not), and read its
+    answer: the generation is then asked under `answer_seq`. UNKNOWN: sent, and no
+    answer could be read (it went in whole or not at all)."""
+    if not kernel_checks_generation(sock, read_at):
+        return Sent(Outcome.UNAVAILABLE, [], 0, "this kernel does not check a batch's generation")
+    room_for(sock, len(batch))
+    sock.send(batch)
+    try:
+        after, errors = nfgen.replies_until(sock, answer_seq)
+    except OSError as err:
+        return Sent(Outcome.UNKNOWN, [], 0, f"no answer from nf_tables: {err.strerror or err}")
+    return Sent(Outcome.REFUSED if errors else Outcome.APPLIED, errors, after)
+
+
 def room_for(sock: socket.socket, size: int) -> None:
     """A send buffer the whole batch fits in: the kernel takes a batch in one message."""
     wanted = size + (1 << 16)

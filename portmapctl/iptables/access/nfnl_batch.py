@@ -204,17 +204,13 @@ def _apply(sock: socket.socket, family: int, removal: Removal, read_at: int, tab
         return Result(Outcome.APPLIED, "nothing to remove", read_at)
     begin_seq = 9
     batch = nfgen.batch(chain_ops, read_at, begin_seq, seq)
-    if not nfmsg.kernel_checks_generation(sock, read_at):
-        return Result(Outcome.UNAVAILABLE, "this kernel does not check a batch's generation")
-    nfmsg.room_for(sock, len(batch))
-    sock.send(batch)
-    try:
-        after, errors = nfgen.replies_until(sock, seq + 1)
-    except OSError as err:
-        return Result(Outcome.UNKNOWN, f"no answer from nf_tables: {err.strerror or err}")
-    if not errors:
+    sent = nfmsg.sent_at(sock, batch, read_at, seq + 1)
+    errors = sent.errors
+    if sent.outcome is Outcome.APPLIED:
         how.append(f"{len(removal.chains)} chains deleted")
-        return Result(Outcome.APPLIED, "; ".join(how), after)
+        return Result(Outcome.APPLIED, "; ".join(how), sent.generation)
+    if sent.outcome is not Outcome.REFUSED:
+        return Result(sent.outcome, sent.why)
     if any(s == begin_seq and code == -errno.ERESTART for s, code in errors):
         return Result(Outcome.CHANGED, "the ruleset changed since it was read")
     seq_, code = errors[0]

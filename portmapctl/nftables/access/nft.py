@@ -4,7 +4,8 @@ One `nft -j list table FAMILY cni_hostport` per family, the families listed
 concurrently (one process each: `nft -f` of several `list` commands mis-reports a
 missing table in nft 1.0.6, and `list ruleset` would also dump iptables-nft's own
 tables, which on a kube-proxy node are most of the bytes). One `nft -f -` for any
-change of both families.
+change of both families; gc's deletions go as one nf_tables batch at the generation
+their read was listed at instead, where it can be had (read_settled, batch.py).
 
 A listing writes into memory files, not pipes: nft prints its JSON as it serialises
 it, and into a pipe nobody reads yet (64 KiB) it stopped until we read, so most of
@@ -43,6 +44,11 @@ if TYPE_CHECKING:
     from portmapctl.nftables.transaction import Transaction
 
 MIN_VERSION = (1, 0, 1)
+# NftApplyFailed.reason of a batch the kernel refused because the ruleset moved since
+# the read it was planned from (nftables.node.RETRY_REASONS: read again, plan again).
+CHANGED = "the ruleset changed since it was read"
+# Listings tried for one at a settled generation (read_settled) before giving up.
+_SETTLED_READS = 3
 TIMEOUT_SECONDS = 120
 # A listing read for a warning alone (--backend iptables counting the mappings it does
 # not look at, flavour_guard.unread_backend): a hung nft delayed every list, check and
@@ -367,6 +373,29 @@ class RealNft:
                 f"{err} (the plugin's table cannot be read through {self.binary()})"
             ) from None
 
+    def read_settled(self, families: Iterable[int] = (4, 6)) -> Ruleset:
+        """read(), stamped with the ruleset generation it was listed at
+        (Ruleset.generation): settled before the listing (no commit under way) and the
+        same after it, so nothing committed meanwhile; listed again when something
+        did. Unstamped when the generation cannot be had (no netlink, not allowed,
+        PORTMAPCTL_NFT_BATCH=0) or kept moving: the write is then `nft -f`."""
+        from dataclasses import replace
+
+        from portmapctl.iptables.access import nfgen
+
+        if not nfgen.batches_on():
+            return self.read(families)
+        for _ in range(_SETTLED_READS):
+            before = nfgen.generation(settled=True)
+            ruleset = self.read(families)
+            if before is None:
+                return ruleset
+            # (Not settled: a commit under way now is not in the listing, and moves
+            # the number before it shows.)
+            if nfgen.generation(settled=False) == before:
+                return replace(ruleset, generation=before)
+        return ruleset
+
     def _check_listed_version(self, outputs: List[str]) -> None:
         """The version check, from the `metainfo` that `nft -j` prints first: one
         process less per read (it was a tenth of `list`'s nft time). Without one (no
@@ -382,8 +411,13 @@ class RealNft:
                 return
         self._ready()
 
-    def apply(self, txn: Transaction) -> None:
+    def apply(self, txn: Transaction, read_at: Optional[int] = None) -> None:
+        """`read_at`: the generation the tables `txn` was planned from were listed at
+        (read_settled): a transaction of deletions alone then goes as one nf_tables
+        batch the kernel applies only at that generation (batch.py says why)."""
         if not txn:
+            return
+        if read_at is not None and self._deleted_at(txn, read_at):
             return
         self._ready()
         try:
@@ -416,6 +450,33 @@ class RealNft:
                 reason,
                 userspace="Could not process rule" not in proc.stderr,
             )
+
+    def _deleted_at(self, txn: Transaction, read_at: int) -> bool:
+        """True when `txn`'s deletions went in as one batch at generation `read_at`;
+        False when that way is not possible (nothing changed: `nft -f` then).
+        NftApplyFailed when the kernel refused it because the ruleset moved (the
+        caller reads again and plans again), or when no answer came back."""
+        from portmapctl.nftables.access import batch
+
+        if not batch.deletes_only(txn):
+            return False
+        import logging
+
+        result = batch.delete_rules(txn, read_at)
+        log = logging.getLogger("portmapctl.nftables")
+        if result.outcome is batch.Outcome.APPLIED:
+            log.debug("nftables: deleted as one nf_tables batch at generation %d", read_at)
+            return True
+        if result.outcome is batch.Outcome.CHANGED:
+            log.debug("nftables: %s at generation %d: read again", result.why, read_at)
+            raise NftApplyFailed(f"nf_tables refused the batch: {result.why}", CHANGED)
+        if result.outcome is batch.Outcome.UNKNOWN:
+            raise NftApplyFailed(
+                f"the nf_tables batch was sent but {result.why} (it went in whole or not at all)",
+                maybe_applied=True,
+            )
+        log.debug("nftables: not as one nf_tables batch (%s): nft -f", result.why)
+        return False
 
 
 def run_nft(binary: str) -> Callable[[List[str]], str]:

@@ -1,7 +1,8 @@
 """gc of the plugin's nftables backend (v1.6 on): which containers' rules go, one
-`nft -f` transaction deleting them by handle, their sightings for --min-age. The
-iptables side and the run as a whole are in family.py, plan.py and apply.py, which
-call `plan_nft` and `apply_nft`."""
+transaction deleting them by handle (one nf_tables batch at the generation of the
+read it was checked against, access/batch.py; else `nft -f`), their sightings for
+--min-age. The iptables side and the run as a whole are in family.py, plan.py and
+apply.py, which call `plan_nft` and `apply_nft`."""
 
 from __future__ import annotations
 
@@ -296,7 +297,11 @@ def apply_nft(
         return applied[-1].transaction
 
     try:
-        text = node.converge_nft(replan, dry_run=options.dry_run, planned=planned.transaction)
+        # At the generation of the read checked last: a firewall reload after it (a
+        # table made again, its handles handed to other rules) refuses the deletions.
+        text = node.converge_nft(
+            replan, dry_run=options.dry_run, planned=planned.transaction, at_generation=True
+        )
     except ApplyFailed as err:
         if not err.maybe_applied:
             raise

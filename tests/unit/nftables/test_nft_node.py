@@ -9,6 +9,7 @@ import pytest
 
 from portmapctl.errors import ApplyFailed
 from portmapctl.nftables import node, planner
+from portmapctl.nftables.access import NftApplyFailed, nft
 from portmapctl.nftables.access.memory import MemoryNft
 from portmapctl.nftables.node import Backend
 from portmapctl.nftables.transaction import Transaction
@@ -70,6 +71,56 @@ def test_converge_gives_up_cleanly() -> None:
     with pytest.raises(ApplyFailed, match=r"kept changing .*\(3 tries"):
         node.converge(fake, plan)
     assert fake.read() == before
+
+
+class GenerationNft(RacingNft):
+    """As the real nft where gc's deletions go as one batch at the ruleset generation
+    read (RealNft.read_settled, apply's `read_at`): every write moves the generation,
+    and a batch at a generation that moved is refused whole, as the kernel refuses it."""
+
+    def __init__(self, initial, victim: str, times: int = 1) -> None:
+        super().__init__(initial, victim, times)
+        self.generation = 1
+        self.writes: list = []  # (generation read at or None, the op count)
+
+    def read_settled(self, families=(4, 6)):
+        return replace(self.read(families), generation=self.generation)
+
+    def apply(self, txn: Transaction, read_at=None) -> None:
+        self.writes.append((read_at, len(txn.ops)))
+        if self.times > 0:
+            # Another commit after our read: the plugin's DEL (or a firewall reload).
+            self.times -= 1
+            MemoryNft.apply(self, planner.teardown(self.read(), {self.victim}))
+            self.generation += 1
+        if read_at is not None and read_at != self.generation:
+            raise NftApplyFailed("refused", nft.CHANGED)
+        MemoryNft.apply(self, txn)
+        self.generation += 1
+
+
+def test_converge_at_generation_reads_and_plans_again_when_the_batch_is_refused() -> None:
+    """gc's deletions refused because the ruleset moved after the read they were
+    checked against: read and planned again, applied at the new read's generation,
+    never written without one (as `nft -f`, which a reload's handles would meet)."""
+    fake = GenerationNft(nftcases.live("v191-several"), victim="aaaa1111")
+    reads: list = []
+
+    def plan(live):
+        reads.append(live.generation)
+        return planner.teardown(live, {"aaaa1111", "bbbb2222"})
+
+    done = node.converge(fake, plan, at_generation=True)
+    assert reads == [1, 2] and done.attempts == 2
+    assert [at for at, _ops in fake.writes] == [1, 2]
+    assert node.owners_in(fake.read()) == {"cccc3333", "dddd4444", "eeee5555", "ffff6666"}
+
+
+def test_converge_without_at_generation_writes_as_before() -> None:
+    """add's and repair's writes: no generation asked for, `nft -f` as before."""
+    fake = GenerationNft(nftcases.live("v191-several"), victim="x", times=0)
+    node.converge(fake, lambda live: planner.teardown(live, {"aaaa1111"}))
+    assert [at for at, _ops in fake.writes] == [None]
 
 
 def test_converge_nothing_to_do() -> None:
