@@ -765,7 +765,9 @@ def test_gc_whose_nft_hung_while_its_container_came_back_says_it_may_have_gone_i
     )
     argv = ["gc", "--netns", node, "--cni-cache-dir", str(cache), "--yes", "--min-age", "0"]
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PORTMAPCTL_RUN_DIR": str(run_dir), "PATH": f"{wrap}:{os.environ['PATH']}"}
+    # (PORTMAPCTL_NFT_BATCH=0: gc's deletions through `nft -f`, the write that can hang.)
+    env = {**os.environ, "PORTMAPCTL_RUN_DIR": str(run_dir), "PATH": f"{wrap}:{os.environ['PATH']}",
+           "PORTMAPCTL_NFT_BATCH": "0"}  # fmt: skip
     done = subprocess.run([sys.executable, "-c", short, *argv], env=env, capture_output=True,
                           text=True, stdin=subprocess.DEVNULL, timeout=120)  # fmt: skip
     pmctl.assert_error(done, 3, "nft -f did not finish within 3 s", "may have gone in")
