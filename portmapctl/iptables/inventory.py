@@ -345,8 +345,10 @@ def _missing_ports(
     cannot tell (below).
 
     The plugin's entry rules name every port of the container, but a port whose host
-    IP is of the other family has no rules in this family: that is not a fault. What
-    tells is the cache entry, else the other family's table. With neither (--family 4
+    IP is of the other family (`0.0.0.0` and `::` too) has no rules in this family: that
+    is not a fault. What tells is the cache entry, else the other family's table (its
+    rule for the port on an address of its own family, or on none while this family
+    has no rule of the port left: an unspecified host IP's shape). With neither (--family 4
     and no cache, an IPv4 dump alone) a port is missing only where the chain still has
     a rule for it (a SETMARK rule left without its DNAT); one the chain has no rule
     for cannot be told from another family's host IP (it called a healthy container's
@@ -360,19 +362,28 @@ def _missing_ports(
     if not unmatched:
         return [], []  # the usual case: no need to look at the other family
     undecided: List[ProtoPort] = []
+    found = (port_match(args) for args in rules)
+    traces = {(m.protocol, m.host_port) for m in found if m is not None}
     if other is None and (attachment is None or attachment.mapping is None):
-        found = (port_match(args) for args in rules)
-        traces = {(m.protocol, m.host_port) for m in found if m is not None}
         undecided = list(dict.fromkeys(pp for pp in unmatched if pp not in traces))
         unmatched = [pp for pp in unmatched if pp in traces]
     other_family = set()
-    if attachment is not None and attachment.mapping is not None:
+    cached = attachment is not None and attachment.mapping is not None
+    if cached:
         other_family = {
             (p.protocol, p.host_port) for p in attachment.mapping.ports if not p.applies_to(family)
         }
     if other is not None:
         for proto, port, host_ip, *_ in dnat_rules(other.rules(name)):
             if host_ip and ipaddress.ip_address(host_ip).version != family:
+                other_family.add((proto, port))
+            elif not host_ip and not cached and (proto, port) not in traces:
+                # Host IP `0.0.0.0` (`::`): the plugin writes no `-d` and maps that
+                # family alone, so this one has no rule for the port at all (it called
+                # a healthy dual-stack container incomplete in both families). A port
+                # without a host IP has its rules in both: one with a rule of it left
+                # here lost the others, and stays missing; the cache, where there is
+                # one, says which it is.
                 other_family.add((proto, port))
     missing: Dict[ProtoPort, None] = {}
     for proto_port in unmatched:

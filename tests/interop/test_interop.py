@@ -254,3 +254,45 @@ def test_changed_ports_rewrite_the_chain_and_entry_rules(host_ns, iptables_mode)
         assert done.returncode == 0, done.stdout + done.stderr
     text = rp.save(host_ns, 4, iptables_mode)
     assert "8080" not in text and "5353" not in text
+
+
+def test_an_unspecified_host_ip_of_one_family_is_no_fault_of_the_other(host_ns, iptables_mode):
+    """`0.0.0.0` maps in IPv4 alone and `::` in IPv6 alone (FACTS: a host IP of the other
+    family skips that family), though the plugin's entry rules name every port in both:
+    read without the CNI cache, the other family's rule, with no `-d`, is what says so.
+    A port that still has a rule of this family (its SETMARK rules, the DNAT gone) is
+    another matter: that one stays incomplete."""
+    ips = ["10.88.0.5/16", "fd00:88::5/64"]
+    ports = [
+        {"hostPort": 8082, "containerPort": 82, "protocol": "udp", "hostIP": "0.0.0.0"},
+        {"hostPort": 8083, "containerPort": 83, "protocol": "tcp", "hostIP": "::"},
+        # udp: ip6tables-legacy -C takes a second tcp port for the first (FACTS.md).
+        {"hostPort": 8084, "containerPort": 84, "protocol": "udp"},
+    ]
+    conf_ = rp.plugin_conf("mynet", ips, ports)
+    rp.run_plugin("ADD", host_ns, "abc123", conf_, mode=iptables_mode, check=True)
+    common = ["--netns", host_ns, "--iptables", iptables_mode]
+    doc = json.loads(ok(["list", *common, "-o", "json"]))
+    got = sorted(
+        (m["family"], m["protocol"], m["host_port"], *m["status"]) for m in doc["mappings"]
+    )
+    assert got == [
+        (4, "udp", 8082, "ok"),
+        (4, "udp", 8084, "ok"),
+        (6, "tcp", 8083, "ok"),
+        (6, "udp", 8084, "ok"),
+    ]
+    assert ok(["check", *common]).startswith("healthy: ")
+
+    # The IPv6 DNAT of 8084 (no host IP: in both families) lost, its SETMARK rule kept.
+    (rule,) = [
+        line
+        for line in rp.nat_rules(rp.save(host_ns, 6, iptables_mode))
+        if "--dport 8084" in line and "DNAT" in line
+    ]
+    rp.iptables(host_ns, ["-t", "nat", "-D", *rule.split()[1:]], family=6, mode=iptables_mode)
+    doc = json.loads(ok(["list", *common, "-o", "json"]))
+    incomplete = {
+        (m["family"], m["host_port"]) for m in doc["mappings"] if "incomplete" in m["status"]
+    }
+    assert incomplete == {(6, 8083)}
