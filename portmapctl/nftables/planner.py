@@ -391,6 +391,7 @@ def repair(
     addresses: Optional[Collection[str]] = None,
     dedupe: bool = False,
     held: Collection[int] = (),
+    left: Collection[Tuple[str, int]] = (),
 ) -> Transaction:
     """`check --repair`: the containers `ids` exactly as `wanted`: their unwanted rules
     deleted by handle, then what is missing added (setup), in one transaction. `also`:
@@ -398,13 +399,16 @@ def repair(
     on another network, when one mapping is repaired); `addresses`: as for `unwanted`;
     `dedupe` (a repair of the node): an entry chain holding extra copies
     (`extra_copies`) written again with each rule once, in its order. `held`: the
-    families whose entry (prerouting/output) is left as it is, whatever it is."""
+    families whose entry (prerouting/output) is left as it is, whatever it is. `left`:
+    (container ID, family) whose rules in that family stay as they are (none of
+    `wanted`: its repair there would take a port), though it is repaired in another."""
     txn = Transaction()
     made = setup(live, wanted, held=held)
     flushed = {(op.family, op.chain) for op in made.ops if op.kind is OpKind.FLUSH_CHAIN}
     for family in sorted(set(families)):
         want = [w for w in (*wanted, *also) if w.family == family]
-        for rule in unwanted(live.table(family), want, ids, addresses):
+        mine = [cid for cid in ids if (cid, family) not in left]
+        for rule in unwanted(live.table(family), want, mine, addresses):
             txn.delete_rule(family, rule.chain, rule.handle, rule.body)
         if dedupe:
             # The chain written again as read, each rule once, as the plugin's ADD

@@ -1955,6 +1955,60 @@ def test_repair_finds_a_port_move_behind_a_host_ip_rule(node: str, tmp_path: Pat
     assert upstream.ruleset_json(node) == before
 
 
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_repair_leaves_only_the_family_whose_rule_would_take_a_port(
+    node: str, tmp_path: Path, form: str
+) -> None:
+    """v1.7.1 ADDs A (dual-stack: 192.0.2.10:8080, [2001:db8::10]:8081, 0.0.0.0:8082/udp,
+    [::]:8083), then B (8080:81); A's DNAT rules are lost in both families. Put back,
+    A's IPv4 host-IP rule goes into hostip_hostports, ahead of B's hostports rule, and
+    would take tcp/192.0.2.10:8080 from B: IPv4 is left. The repair left A whole, its
+    IPv6 rules too (which take nothing from anyone, in their own ip6 table), and its
+    one `could not repair` line named IPv4 alone (the check of that one mapping left it
+    whole too). Now IPv6 is repaired, as the iptables backend repairs the other family's
+    chain of a container it leaves in one."""
+    a = ("aaaa1111", ["10.88.0.10/16", "fd00:88::10/64"],
+         [_pm(8080, 80, host_ip="192.0.2.10"), _pm(8081, 81, host_ip="2001:db8::10"),
+          _pm(8082, 82, "udp", "0.0.0.0"), _pm(8083, 83, host_ip="::")])  # fmt: skip
+    b = ("bbbb2222", ["10.88.0.11/16", "fd00:88::11/64"], [_pm(8080, 81)])
+    conf_a = _plugin_add(node, tmp_path, a, version="v1.7.1")
+    given: List[str] = []
+    if form == "mapping":
+        path = tmp_path / "aaaa1111.json"
+        path.write_text(json.dumps(conf_a))
+        given = ["--container", "aaaa1111", "--cni-config", str(path)]
+    conf_b = _plugin_add(node, tmp_path, b, version="v1.7.1")
+    made = upstream.nft(node, "list", "table", "ip6", "cni_hostport").stdout
+    made4 = upstream.nft(node, "list", "table", "ip", "cni_hostport").stdout
+    _delete_dnat_rules(node, "aaaa1111")
+    ipv4 = upstream.nft(node, "-j", "list", "table", "ip", "cni_hostport").stdout
+    done = _pmctl(node, tmp_path, "check", "--repair", *given, "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["repaired"], done.stderr
+    assert [(u["family"], u["container_id"]) for u in doc["unrepaired"]] == [(4, "aaaa1111")]
+    assert "would take tcp/192.0.2.10:8080 from bbbb2222 (hostports)" in doc["unrepaired"][0]["why"]
+    assert {(p["kind"], p["family"], p["container_id"]) for p in doc["problems"]} == {
+        ("nft-missing-rules", 4, "aaaa1111")
+    }
+    assert "could not repair IPv4 podman/aaaa1111 (hostip_hostports)" in done.stderr
+    # IPv6 has every rule the plugin's ADD made (A's appended after B's: it had none
+    # left); IPv4 is as it was left, not a rule of it touched.
+    ipv6 = upstream.nft(node, "list", "table", "ip6", "cni_hostport").stdout
+    assert sorted(ipv6.splitlines()) == sorted(made.splitlines())
+    assert upstream.nft(node, "-j", "list", "table", "ip", "cni_hostport").stdout == ipv4
+    # B gone, A's IPv4 rules take nothing from anyone: put back as its ADD made them.
+    # (v1.7.1's CHECK fails on a dual-stack container as its ADD leaves it: FACTS.md.)
+    upstream.run("v1.7.1", "DEL", node, "bbbb2222", conf_b, check=True)
+    (tmp_path / "results" / "podman-bbbb2222-eth0").unlink()
+    again = _pmctl(node, tmp_path, "check", "--repair", *given)
+    assert again.returncode == 0, again.stdout + again.stderr
+    ipv4 = upstream.nft(node, "list", "table", "ip", "cni_hostport").stdout
+    assert sorted(ipv4.splitlines()) == sorted(
+        line for line in made4.splitlines() if "bbbb2222" not in line
+    )
+
+
 @pytest.mark.parametrize(
     "admin",
     [

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import (
     TYPE_CHECKING,
     Callable,
+    Collection,
     Dict,
     Iterable,
     List,
@@ -206,15 +207,18 @@ def nft_repair(
     if planned is None:
         planned = []
 
-    def plan_from(configs: List[MappingConfig], live: Ruleset) -> NftTransaction:
+    def plan_from(
+        configs: List[MappingConfig], live: Ruleset, left: Collection[Tuple[str, int]] = ()
+    ) -> NftTransaction:
         def plan_in(usable: List[int]) -> NftTransaction:
-            want = [w for c in configs for f in usable if (w := wanted(c, f)) is not None]
+            want = [w for c in _without(configs, left) for f in usable
+                    if (w := wanted(c, f)) is not None]  # fmt: skip
             # Exactly as compared: their own unwanted rules go too (never anyone
             # else's), but not those of their networks being torn down.
             kept = [*cache.kept(), *(a.mapping for a in unwritten)]
             also = [w for c in kept for f in usable if (w := wanted(c, f)) is not None]  # type: ignore[arg-type]
             ids = {c.container_id for c in configs}
-            return planner.repair(live, want, ids, usable, also, dedupe=True, held=held)
+            return planner.repair(live, want, ids, usable, also, dedupe=True, held=held, left=left)
 
         # A family whose table refuses what the plan writes there (a chain of another
         # kind: the fix is by hand, nft-wrong-base-chain) is left as it is: written, it
@@ -227,7 +231,10 @@ def nft_repair(
         ]
         return txn if len(usable) == len(families) else plan_in(usable)
 
-    # By container ID and family; a container is left out whole (its networks at once).
+    # By container ID and family: a container is left out of that family alone (its
+    # networks at once), its rules there as they are. The plugin keeps each family in a
+    # table of its own (ip, ip6 cni_hostport), so its other family is repaired, as the
+    # iptables backend repairs the chain of the family that takes nothing.
     taken: Dict[Tuple[str, int], Tuple[MappingConfig, PortTaken]] = {}
     short: Set[Tuple[str, int]] = set()  # (path, family): a torn-down entry's rules lacking
 
@@ -240,23 +247,24 @@ def nft_repair(
             txn = plan_from(configs, live)
         taken.clear()  # (planned again from a fresh read)
         while found := nft_ports_taken(live, txn):
-            ids = {cid for cid, _ in found}
-            kept = [c for c in configs if c.container_id not in ids]
-            if len(kept) == len(configs):
-                break  # (no container of the plan's: nothing to leave out)
-            for (cid, family), took in found.items():
-                config = next((c for c in configs if c.container_id == cid), None)
-                if config is not None:
-                    taken.setdefault((cid, family), (config, took))
-            configs = kept
-            txn = plan_from(configs, live)
+            new = [
+                (key, config, took)
+                for key, took in found.items()
+                if key not in taken
+                and (config := next((c for c in configs if c.container_id == key[0]), None))
+            ]
+            if not new:
+                break  # (nothing of the plan's left to leave out)
+            for key, config, took in new:
+                taken[key] = (config, took)  # type: ignore[assignment]
+            txn = plan_from(configs, live, set(taken))
         # A network being torn down is named only where it lacks rules: when its
         # container's other networks are what the plan makes, its own may all be there.
         short.clear()
         short.update((path, f) for path, a in cache.torn_down.items() for f in families
                      if (w := wanted(a.mapping, f)) is not None  # type: ignore[arg-type]
                      and planner.missing_rules(live, w))  # fmt: skip
-        planned.append((txn, configs))
+        planned.append((txn, _without(configs, set(taken))))
         return txn
 
     notes: List[str] = []
@@ -287,6 +295,21 @@ def nft_repair(
     if not text or not planned:
         return NftRepaired(text, [], now, left, tuple(notes))
     return NftRepaired(text, nft_changed(*planned[-1]), now, left, tuple(notes))
+
+
+def _without(
+    configs: Sequence[MappingConfig], left: Collection[Tuple[str, int]]
+) -> List[MappingConfig]:
+    """`configs` less the families `left` (by container ID and family) leaves as they
+    are: what a plan makes of each (none of a container left in every family)."""
+    if not left:
+        return list(configs)
+    made = []
+    for c in configs:
+        kept = tuple(a for a in c.addresses if (c.container_id, a.version) not in left)
+        if kept:
+            made.append(c if len(kept) == len(c.addresses) else replace(c, addresses=kept))
+    return made
 
 
 def _newest_refused(
@@ -392,8 +415,9 @@ def repair_mapping(
     """Make one nft-backed mapping as the plugin's ADD would, and delete the rules of
     its container that its config does not make (what check_mapping calls extra): the
     transaction's text and the families written. `planned`: gets each transaction as
-    it is tried (what a SIGTERM during the write may have put in). Nothing is written
-    when that would take a port another container has (port_moves): `left` gets why.
+    it is tried (what a SIGTERM during the write may have put in). Nothing is written in
+    a family where that would take a port another container has (port_moves): `left`
+    gets why, by family.
     `notes`: gets the warning for a try whose nft died and that went in (found_in)."""
     from portmapctl.nftables import planner
     from portmapctl.nftables.problems import refuses_the_plugins_rules
@@ -443,7 +467,13 @@ def repair_mapping(
             left.clear()  # (planned again from a fresh read)
             left.update(took)
         if took:
+            # The family whose repair would take a port is left as it is; the other is
+            # repaired (a table of its own: nothing of it takes or gives that port).
+            usable = [w for w in usable if w.family not in took]
+            written[:] = [w.family for w in usable]
             txn = NftTransaction()
+            if usable:
+                txn = planner.repair(live, usable, ids, written, others, mine, held=held)
         tried.append(txn)
         return txn
 
