@@ -1992,6 +1992,11 @@ def test_repair_leaves_only_the_family_whose_rule_would_take_a_port(
         ("nft-missing-rules", 4, "aaaa1111")
     }
     assert "could not repair IPv4 podman/aaaa1111 (hostip_hostports)" in done.stderr
+    # The row --repair left names its line, not --repair again (table and JSON).
+    (left,) = doc["problems"]
+    assert left["why"].endswith("--repair left it as it is: its `could not repair` line says why")
+    table = _pmctl(node, tmp_path, "check", "--repair", *given)
+    assert "with --repair" not in table.stdout, table.stdout
     # IPv6 has every rule the plugin's ADD made (A's appended after B's: it had none
     # left); IPv4 is as it was left, not a rule of it touched.
     ipv6 = upstream.nft(node, "list", "table", "ip6", "cni_hostport").stdout

@@ -642,9 +642,11 @@ def repair_nft_mapping(
 
         say_repaired(stop, bool(tried), nft_changed(tried[-1], [config]) if tried else [])
         raise
+    from portmapctl.ops.check.repair import left_named
+
     remaining = {p.key for p in after.problems}
     return CheckResult(
-        after.problems,
+        left_named(after.problems, unrepaired),
         after.families,
         after.scope,
         mappings_checked=after.mappings_checked,

@@ -58,6 +58,7 @@ from portmapctl.ops.side_effects import after_setup, after_setup_many
 if TYPE_CHECKING:
     from portmapctl.cni.cache import Attachment
     from portmapctl.nftables.transaction import Transaction as NftTransaction
+    from portmapctl.ops.check.problem import Problem
 
 # --- repair ---------------------------------------------------------------------------
 
@@ -668,6 +669,20 @@ def _names_repair(fix: str) -> bool:
     return REPAIR_COMMAND in fix or fix == SAME_WITH_REPAIR
 
 
+def left_named(
+    problems: Sequence[Problem], unrepaired: Sequence[Unrepaired]
+) -> Tuple[Problem, ...]:
+    """`problems` after a repair, those of a container it could not make (in that
+    family) naming their `could not repair` line as their fix, not --repair again."""
+    left = {(u.family, u.network, u.container_id) for u in unrepaired}
+    return tuple(
+        replace(p, fix=_LEFT)
+        if (p.family, p.network, p.container_id) in left and _names_repair(p.fix)
+        else p
+        for p in problems
+    )
+
+
 def _repaired(
     before: CheckResult,
     after: CheckResult,
@@ -680,13 +695,7 @@ def _repaired(
     `could not repair` line says why."""
     remaining = {p.key for p in after.problems}
     fixed = tuple(p for p in before.problems if p.key not in remaining)
-    left = {(u.family, u.network, u.container_id) for u in unrepaired}
-    problems = tuple(
-        replace(p, fix=_LEFT)
-        if (p.family, p.network, p.container_id) in left and _names_repair(p.fix)
-        else p
-        for p in after.problems
-    )
+    problems = left_named(after.problems, unrepaired)
     # The check after, with the repair's own: what it read (its counts, its looked_at:
     # a field left out here went missing, and the summary said another thing than check).
     return replace(
