@@ -1,0 +1,293 @@
+"""Which backend `portmapctl add` writes in: the one the container's plugin keeps it
+in. Given none, add follows the container (its cached config's `backend` key, else
+where its rules are); given one (--backend, a --cni-config's key) that its plugin does
+not use for it, add refuses: a copy would map the container in both backends, and the
+plugin's DEL cleans one alone. Asked before add's write starts (cli/add_run.py)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional, Tuple
+
+from portmapctl.core.backend import Backend
+from portmapctl.errors import BadInput, HostProblem
+from portmapctl.iptables.chains import dnat_chain_name
+
+if TYPE_CHECKING:
+    from portmapctl.cli._common import Common, Output
+    from portmapctl.core.mapping import MappingConfig
+
+
+def followed(common: Common, config: MappingConfig, out: Output) -> Tuple[MappingConfig, Any]:
+    """A mapping without a `backend` key (under --backend auto) goes where the plugin
+    keeps its container: the backend its cached config names (cni/cache.py
+    configured_backend), else nftables when its rules are in the plugin's tables alone
+    (ops/nft.py kept_in_nftables), with a note; else as given. Asked before the write
+    starts; the rules only where a `cni_hostport` table exists (one netlink question
+    elsewhere).
+    Also the plugin's nftables tables as read for it (None: not read), which the
+    contested warning then reads instead of listing them again."""
+    if config.backend is not None:
+        return config, _refuse_a_copy(common, config)
+    if common.plugin_backend is not None or not net_admin():
+        return config, None
+    from dataclasses import replace
+
+    # The container's cached config first: the plugin's ADD was given it, and its DEL
+    # looks in that backend alone, whatever rules are left (after a flush, none).
+    cached = _cached_backend(common, config)
+    if cached == Backend.IPTABLES:
+        return replace(config, backend=cached), None
+    if cached == Backend.NFTABLES:
+        from portmapctl.ops.nft import configured_there
+
+        if _key_ignored(common, config):
+            out.message(
+                f"{configured_there(config)}, but its chain {dnat_chain_name(config)} is in"
+                " iptables and it has no rule in nftables: the plugin that added it ignores"
+                " the key (plugins before v1.6 do), so it goes to iptables, where its DEL looks"
+            )
+            return replace(config, backend=Backend.IPTABLES), None
+        return _goes_to_nftables(config, out, configured_there(config)), None
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.host.netns import entered
+    from portmapctl.iptables.access.nfmsg import tables_present
+    from portmapctl.nftables import TABLE
+
+    try:
+        with entered(common.netns):
+            # Every family of its addresses, --family or not (as _plugin_tables): its
+            # IPv4 rules in nftables keep its IPv6 ones there too.
+            present = tables_present(list(config.families), TABLE)
+            if not present:
+                return config, None
+            # (Imported only here: the usual iptables node never loads nft's access.)
+            from portmapctl.nftables.access import NftUnusable
+            from portmapctl.nftables.access.nft import RealNft
+
+            try:
+                live = RealNft().read(present)
+            except NftUnusable as err:
+                from portmapctl.ops.nft import cannot_tell
+
+                raise _CannotTell(cannot_tell(config, err)) from None
+            if not _kept_in_nftables(common, config, live):
+                return config, live
+    except _CannotTell:
+        raise
+    except PortmapctlError:
+        return config, None  # (add meets it again, and says so in its usual order)
+    from portmapctl.ops.nft import kept_there
+
+    return _goes_to_nftables(config, out, kept_there(config)), None
+
+
+def _refuse_a_copy(common: Common, config: MappingConfig) -> Any:
+    """Nothing written, in a dry run as for real, where add was told a backend
+    (--backend, a --cni-config's key) and the container's plugin keeps it in the
+    other one: a copy would map it in both backends, and the plugin's DEL cleans one
+    alone. Refused as check --repair refuses such a copy (ops/check/followed.py: exit
+    2, the backend given is what stops it). Where the plugin keeps it: its cached
+    config's `backend` key (its DEL is given that config), except a "nftables" its
+    plugin ignored (a plugin before v1.6: its chain in iptables, no rule in nftables,
+    as ops/nft.py key_ignored judges); without the key, where its rules are
+    (nftables/node.py choose): its chain in iptables (its network's, by name), or
+    rules in the plugin's nftables tables DNATing to its address and no such chain
+    (in both: iptables, the plugin's choice where iptables works).
+    Returns the plugin's nftables tables as read for an iptables add (None: not read),
+    which its contested warning then reads instead of listing them again."""
+    if not net_admin():
+        return None
+    # (ops/nft.py imported only where it is used: it pulls in nftables' modules, ~20 ms
+    # on every iptables add of a node with no plugin nftables table.)
+    cached = _cached_backend(common, config)
+    if cached == Backend.IPTABLES and config.backend == Backend.NFTABLES:
+        from portmapctl.ops.nft import configured_there
+
+        raise _kept_elsewhere(common, config, configured_there(config, cached))
+    chain = dnat_chain_name(config)
+    if cached == Backend.NFTABLES == config.backend and _key_ignored(common, config):
+        ignored = (
+            f"{config.network}/{config.container_id}: its chain {chain} is in iptables, no"
+            ' rule of it in nftables: its plugin ignores its cached "backend": "nftables"'
+            " (plugins before v1.6 do)"
+        )
+        raise _kept_elsewhere(common, config, ignored)
+    if cached == config.backend:
+        return None
+    if config.backend == Backend.NFTABLES:
+        where = _chain_in_iptables(common, config, chain)
+        if where is not None:
+            who = f"{config.network}/{config.container_id}"
+            raise _kept_elsewhere(common, config, f"{who}: its chain {chain} is in {where}")
+        return None
+    live = _plugin_tables(common, config)
+    if live is None and cached is None:
+        return None  # (the usual iptables add: nothing of it in nftables)
+    from portmapctl.ops.nft import configured_there, has_rules_for, kept_there
+
+    in_nft = live is not None and has_rules_for(config, live)
+    if cached == Backend.NFTABLES:
+        if in_nft or _chain_in_iptables(common, config, chain) is None:
+            raise _kept_elsewhere(common, config, configured_there(config, cached))
+    elif in_nft and _chain_in_iptables(common, config, chain) is None:
+        raise _kept_elsewhere(common, config, kept_there(config))
+    return live
+
+
+def _cached_backend(common: Common, config: MappingConfig) -> Optional[Backend]:
+    """The `backend` key of the container's cached config on this network (None: no
+    entry, or no key); cni/cache.py's imports only for a container that has an entry."""
+    from portmapctl.cni.entries import entry_paths
+
+    paths = entry_paths(common.cache_dirs, config.network, config.container_id)
+    if not paths:
+        return None
+    from portmapctl.cni.cache import backend_in
+
+    return backend_in(paths, config.network, config.container_id)
+
+
+def _key_ignored(common: Common, config: MappingConfig) -> bool:
+    """Whether the plugin that added the container ignored its cached `"backend":
+    "nftables"` (plugins before v1.6 take it for an unknown key, Debian's 1.1.1 among
+    them): its chain is in iptables and no rule of it in the plugin's nftables tables
+    DNATs to its address, as check judges it (ops/nft.py key_ignored). Its CHECK and
+    DEL look in iptables: a copy in nftables would outlive it. Where nft cannot read
+    the tables, add stops (nft's own error, exit 3), as it would writing there."""
+    from portmapctl.ops.nft import has_rules_for
+
+    if _chain_in_iptables(common, config, dnat_chain_name(config)) is None:
+        return False  # (the usual nftables container: one `iptables -S CHAIN`)
+    live = _plugin_tables(common, config, strict=True)
+    return live is None or not has_rules_for(config, live)
+
+
+def _plugin_tables(common: Common, config: MappingConfig, strict: bool = False) -> Any:
+    """The plugin's nftables tables of the container's families, read where they exist
+    (one netlink question each first); None where there are none, or nft cannot read
+    them (`strict`: that error instead): the backend was given, as cannot_tell bids
+    where that cannot be told."""
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.host.netns import entered
+    from portmapctl.iptables.access.nfmsg import tables_present
+    from portmapctl.nftables import TABLE
+
+    # Every family of its addresses, --family or not: the plugin keeps a container in
+    # one backend, so its IPv4 rules there hold its IPv6 ones there too (a copy of one
+    # family alone is still a copy).
+    try:
+        with entered(common.netns):
+            present = tables_present(list(config.families), TABLE)
+            if not present:
+                return None
+            from portmapctl.nftables.access.nft import RealNft
+
+            return RealNft().read(present)
+    except PortmapctlError:
+        if strict:
+            raise
+        return None  # (NftUnusable among them)
+
+
+def _kept_elsewhere(common: Common, config: MappingConfig, elsewhere: str) -> BadInput:
+    """_refuse_a_copy's line, in check --repair's words for the same (`elsewhere`:
+    where the plugin keeps the container), and what to give instead: without a
+    backend, add follows the container (followed)."""
+    if common.plugin_backend is not None:
+        told, instead = f"--backend {config.backend.value}", "add it without --backend"
+    else:  # (the --cni-config's own key)
+        told = f'its config\'s "backend": "{config.backend.value}"'
+        instead = 'give its config no "backend" key: add follows it'
+    return BadInput(
+        f"{elsewhere}, so the plugin keeps it there: add under {told} would write a copy"
+        " that its plugin never reads nor deletes (the container mapped in both backends);"
+        f" nothing changed ({instead})"
+    )
+
+
+def _chain_in_iptables(common: Common, config: MappingConfig, chain: str) -> Optional[str]:
+    """Where the container's chain is: the iptables nat table add would read (one
+    `iptables -S CHAIN` per family where it can: a save of the whole table elsewhere),
+    else the other flavour's (the plugin ran with it: the `iptables` alternative
+    switched since; looked for only where that flavour has a nat table, asked without
+    creating one, ops/flavour_guard.py). None where it is in neither, or iptables
+    cannot be read: there the plugin cannot use it either."""
+    from portmapctl.cli._common import families
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.host.netns import entered
+    from portmapctl.iptables.access import open_backend
+    from portmapctl.iptables.access.restore import RestoreBackend
+    from portmapctl.ops.flavour_guard import flavours_of, other_flavour
+
+    # Both families, those add writes first: the chain's name is its container's on its
+    # network in either, and its plugin keeps it in one backend whatever the family
+    # (`add --family 6` of a container whose chain is IPv4's wrote an nftables copy).
+    wanted = [f for f in config.families if f in families(common.family)]
+    wanted += [f for f in (4, 6) if f not in wanted]
+    try:
+        with entered(common.netns):
+            backend = open_backend(common.iptables, families=wanted)
+            has_table = getattr(backend, "has_nat_table", lambda _family: True)
+            list_chain = getattr(backend, "list_chain", None)
+            for family in wanted:
+                if not has_table(family):
+                    continue
+                if list_chain is not None:
+                    if list_chain(family, chain) is not None:
+                        return "iptables"
+                elif backend.read(family).has_chain(chain):
+                    return "iptables"
+            for family, used in (flavours_of(backend, wanted) or {}).items():
+                other = RestoreBackend(other_flavour(used))
+                if not other.has_nat_table(family) or not other.installed(family):
+                    continue
+                if other.list_chain(family, chain) is not None:
+                    return f"the iptables-{other_flavour(used)} tables"
+    except PortmapctlError:
+        return None
+    return None
+
+
+def _goes_to_nftables(config: MappingConfig, out: Output, why: str) -> MappingConfig:
+    """`config` bound for nftables, where `why` says the plugin keeps its container,
+    with the note that says so; one line and nothing written when nftables refuses it
+    (the user asked for no backend)."""
+    from dataclasses import replace
+
+    from portmapctl.core.validate import nft_refusals
+
+    try:
+        nft_refusals(config)
+    except BadInput as err:
+        # (No "give --backend iptables": a copy there is refused, _refuse_a_copy.)
+        raise BadInput(f"{why}, so it goes to nftables, which refuses it: {err}") from None
+    out.message(f"{why}, so the plugin keeps it there: it goes to nftables")
+    return replace(config, backend=Backend.NFTABLES)
+
+
+class _CannotTell(HostProblem):
+    """The plugin's nftables tables are here and nft cannot read them (exit 3)."""
+
+
+def _kept_in_nftables(common: Common, config: MappingConfig, live: Any) -> bool:
+    from portmapctl.iptables.access import open_backend
+    from portmapctl.ops.nft import kept_in_nftables
+
+    name = dnat_chain_name(config)
+
+    def in_iptables() -> bool:
+        # Its chain in either family: the plugin keeps it in one backend for both.
+        wanted = list(config.families)
+        backend = open_backend(common.iptables, families=wanted)
+        has_table = getattr(backend, "has_nat_table", lambda _family: True)
+        return any(backend.read(f).has_chain(name) for f in wanted if has_table(f))
+
+    return kept_in_nftables(config, live, in_iptables)
+
+
+def net_admin() -> bool:
+    """CAP_NET_ADMIN in the effective set (False when unsure: then nothing starts
+    ahead, and add's own check speaks)."""
+    from portmapctl.host.privilege import CAP_NET_ADMIN, effective
+
+    return effective(CAP_NET_ADMIN) is True
