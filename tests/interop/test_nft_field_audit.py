@@ -380,6 +380,52 @@ def test_a_debian_plugins_chain_under_a_nftables_config_is_repaired_in_iptables(
     assert "CNI-DN-" not in rp.save(node, 4)
 
 
+def test_a_debian_plugins_chain_under_a_nftables_config_gets_no_copy_under_backend_nftables(
+    node: str, tmp_path: Path
+) -> None:
+    """Debian's 1.1.1 added web1 under a `"backend": "nftables"` config (cached so; its
+    chain in iptables, where its CHECK and DEL look). `check --repair --backend
+    nftables` (of the node, and of web1's mapping) printed "repaired: IPv4
+    nft-missing-rules nft:hostports (podman/web1)", exit 0, and wrote nftables rules for
+    web1: mapped in both backends, a copy its plugin never deletes. Under --backend
+    nftables no iptables is read, so nothing asked whether the plugin had ignored the
+    key. The mapping's repair is refused as add's is (one line, exit 2, nothing
+    written); the node's repairs the rest (new1's deleted rule) and leaves web1 where its
+    plugin keeps it, as the plain repair does."""
+    cid, ips, ports = WEB[0], ["10.88.0.5/16"], WEB[2]
+    conf = upstream.nft_conf("podman", ips, ports)
+    rp.run_plugin("ADD", node, cid, conf, check=True)  # Debian's: iptables
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips)
+    new = ("new1", ["10.88.0.8/16"], [rp.port_mapping(8088, 80)])
+    _plugin_add(node, tmp_path, new)  # v1.9.1: nftables
+    (lost,) = [r for r in _rules_of(node, "hostports") if r["comment"] == "new1"]
+    saved, nft_saved = rp.save(node, 4), _rules_of(node, "hostports")
+    upstream.nft(node, "delete", "rule", "ip", "cni_hostport", "hostports",
+                 "handle", str(lost["handle"]))  # fmt: skip
+    nft_before = upstream.ruleset_text(node)
+    one = ("check", "--backend", "nftables", "--network", "podman", "--container", cid,
+           "--ip", ips[0], "-p", "8080:80/tcp", "-p", "5353:53/udp")  # fmt: skip
+    refused = _pmctl(node, tmp_path, *one, "--repair")
+    pmctl.assert_error(refused, 2, "podman/web1: its chain", "is in iptables",
+                       'ignores its cached "backend": "nftables"', "--backend nftables")  # fmt: skip
+    assert upstream.ruleset_text(node) == nft_before
+    checked = _pmctl(node, tmp_path, *one)
+    assert "where --repair writes nothing for it" in checked.stderr, checked.stderr
+    node_check = _pmctl(node, tmp_path, "check", "--backend", "nftables", "-o", "json")
+    problems = json.loads(node_check.stdout)["problems"]
+    assert {p["container_id"] for p in problems} == {"new1"}, problems
+    repaired = _pmctl(node, tmp_path, "check", "--repair", "--backend", "nftables")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "podman/web1" in repaired.stderr and "ignores the key" in repaired.stderr
+    assert "repaired: IPv4 nft-missing-rules nft:hostports (podman/new1)" in repaired.stderr
+    assert "nft:hostports (podman/web1)" not in repaired.stderr, repaired.stderr
+    assert f'comment "{cid}"' not in upstream.ruleset_text(node)
+    assert len(_rules_of(node, "hostports")) == len(nft_saved)
+    assert rp.strip_save_comments(rp.save(node, 4)) == rp.strip_save_comments(saved)
+    for done in rp.run_check(node, cid, conf):
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_a_cached_condition_nft_would_run_as_more_than_a_match_stops_no_repair(
     node: str, tmp_path: Path
 ) -> None:

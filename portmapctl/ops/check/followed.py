@@ -98,9 +98,11 @@ def followed(
 def _key_ignored(node: Node, config: MappingConfig) -> bool:
     """Whether the plugin that added this container (its config saying `"backend":
     "nftables"`) ignored the key: its chain is in iptables, no rule of it in nftables.
-    A container kept in nftables (the usual case) costs one netlink question on an
-    iptables-nft node, no process."""
-    if not node.options.reads_iptables or node.options.offline:
+    Asked under --backend nftables too, where the host's iptables is read for it: a
+    --repair there would write a copy its plugin never deletes. A container kept in
+    nftables (the usual case) costs one netlink question on an iptables-nft node, no
+    process."""
+    if node.options.offline:
         return False
     families = validate.chosen_families(config, node.families, "check")
     if not _chain_in_iptables(node, families, dnat_chain_name(config)):
@@ -111,11 +113,24 @@ def _key_ignored(node: Node, config: MappingConfig) -> bool:
 
 
 def _chain_in_iptables(node: Node, families: Sequence[int], name: str) -> bool:
-    """Whether the node's iptables holds chain `name` in one of `families`: asked of the
-    kernel (NFT_MSG_GETCHAIN) where iptables is iptables-nft, else read."""
+    """Whether the host's iptables holds chain `name` in one of `families`: asked of
+    the kernel (NFT_MSG_GETCHAIN) where iptables is iptables-nft, else read. Under
+    --backend nftables the node reads no iptables (Unread): the host's is opened for
+    this; none to open: False (nothing says the plugin keeps it there). Not offline:
+    a snapshot's own tables only (None but the node's)."""
     from portmapctl.iptables.access import Flavour
 
-    if getattr(node.backend, "flavour", None) is Flavour.NFT:
+    backend = node.backend
+    if not node.options.reads_iptables:
+        from portmapctl.iptables.access import open_backend
+
+        if node.options.offline:
+            return False
+        try:
+            backend = open_backend(node.options.iptables, families=families)
+        except PortmapctlError:
+            return False
+    if getattr(backend, "flavour", None) is Flavour.NFT:
         from portmapctl.iptables.access import nfgen, nfmsg
 
         try:
@@ -123,9 +138,16 @@ def _chain_in_iptables(node: Node, families: Sequence[int], name: str) -> bool:
                 return any(nfmsg.chain_exists(sock, f, "nat", name) for f in families)
         except OSError:
             pass  # (no netfilter netlink to ask: read, as below)
-    has_table = getattr(node.backend, "has_nat_table", lambda _family: True)
+    has_table = getattr(backend, "has_nat_table", lambda _family: True)
     there = tuple(f for f in families if has_table(f))
-    return bool(there) and any(t.has_chain(name) for t in node.read(there).values())
+    if not there:
+        return False
+    if backend is node.backend:
+        return any(t.has_chain(name) for t in node.read(there).values())
+    try:
+        return any(backend.read(f).has_chain(name) for f in there)
+    except PortmapctlError:
+        return False  # (no iptables to read here: nothing says it is kept there)
 
 
 def _key_ignored_note(config: MappingConfig, said: Optional[str] = None) -> str:
@@ -149,32 +171,19 @@ def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optio
     if cached is not None:
         from portmapctl.ops.nft import configured_there
 
-        if cached == Backend.NFTABLES and chosen == Backend.IPTABLES:
-            if _key_ignored(node, config):
-                return None  # (its plugin ignored the key: it keeps it in iptables)
+        if cached == Backend.NFTABLES and _key_ignored(node, config):
+            # Its plugin ignored the key (one before v1.6): it keeps it in iptables.
+            if chosen == Backend.IPTABLES:
+                return None
+            return _ignored_there(config)
         return None if cached == chosen else configured_there(config, cached)
     families = validate.chosen_families(config, node.families, "check")
     name = dnat_chain_name(config)
     if chosen != Backend.IPTABLES:
         # Its chain in iptables: a config without the key is kept there by the plugin
-        # (ops/nft.py choose: in both, iptables wins).
-        # Under --backend nftables the node reads no iptables (Unread): the host's is
-        # opened for this. A nat table is asked for first, without a process: a node on
-        # nftables alone runs no iptables for this.
-        from portmapctl.iptables.access import open_backend
-        from portmapctl.iptables.access.unread import Unread
-
-        if node.options.offline:
-            return None
-        backend = node.backend
-        try:
-            if backend.name == Unread.name:
-                backend = open_backend(node.options.iptables, families=families)
-            has_table = getattr(backend, "has_nat_table", lambda _family: True)
-            there = any(backend.read(f).has_chain(name) for f in families if has_table(f))
-        except PortmapctlError:
-            return None  # (no iptables to read here: nothing says it is kept there)
-        if there:
+        # (ops/nft.py choose: in both, iptables wins). A nat table is asked for first,
+        # without a process: a node on nftables alone runs no iptables for this.
+        if not node.options.offline and _chain_in_iptables(node, families, name):
             return f"{config.network}/{config.container_id}: its chain {name} is in iptables"
         return None
     from portmapctl.ops.nft import kept_in_nftables, kept_there
@@ -199,6 +208,16 @@ def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optio
     if kept_in_nftables(config, live, in_iptables, node.options.keyless):
         return kept_there(config)
     return None
+
+
+def _ignored_there(config: MappingConfig) -> str:
+    """_kept_elsewhere's words for a container whose plugin ignored its cached
+    `"backend": "nftables"` (as add says it, cli/add_run.py _refuse_a_copy)."""
+    return (
+        f"{config.network}/{config.container_id}: its chain {dnat_chain_name(config)} is in"
+        ' iptables, no rule of it in nftables: its plugin ignores its cached "backend":'
+        ' "nftables" (plugins before v1.6 do)'
+    )
 
 
 def _checked_in_nftables(why: str) -> str:

@@ -131,7 +131,10 @@ def follow_the_plugin(
 ) -> Tuple[Optional[List[Attachment]], List[Attachment]]:
     """`attachments` with the entries whose config says nftables but whose plugin wrote
     them in iptables (ops/nft.py key_ignored) taken as iptables', and those entries (as
-    read). Cheap where there are none: no nftables module is imported, nft not read."""
+    read). Cheap where there are none: no nftables module is imported, nft not read.
+    Under --backend nftables, which reads no iptables, the host's is read for those
+    with no rule in nftables (Node.read_iptables_evidence): judged by the key alone, a
+    --repair wrote them a copy their plugin never deletes."""
     keyed = [
         a
         for a in attachments or ()
@@ -140,12 +143,21 @@ def follow_the_plugin(
     if not keyed:
         return attachments, []
     tables = (*read.tables.values(), *read.other_tables.values())
+    live = None
+    if not node.options.reads_iptables and not node.options.offline:
+        from portmapctl.ops import nft
+
+        live = read.nft_live if read.nft_live is not None else node.read_nft_evidence()
+        if not nft.key_ignored(keyed, {a.dnat_chain for a in keyed}, live):
+            return attachments, []  # (all in nftables, the usual node: no iptables read)
+        tables = tuple(node.read_iptables_evidence(node.families).values())
     chains = {a.dnat_chain for a in keyed if any(t.has_chain(a.dnat_chain) for t in tables)}
     if not chains:
         return attachments, []
     from portmapctl.ops import nft
 
-    live = read.nft_live if read.nft_live is not None else node.read_nft_evidence()
+    if live is None:
+        live = read.nft_live if read.nft_live is not None else node.read_nft_evidence()
     ignored = nft.key_ignored(attachments, chains, live)
     return nft.judged_in_iptables(attachments, ignored), ignored
 
