@@ -161,6 +161,49 @@ def test_both_backends_says_how_to_remove_the_copy_the_config_does_not_use(
     assert ("CNI-DN-" in rp.save(node, 4)) == (cached == "iptables")
 
 
+def test_a_container_in_both_backends_without_a_cni_cache_is_both_backends(
+    node: str, tmp_path: Path
+) -> None:
+    """dbl1 mapped in both backends (Debian's 1.1.1 in iptables, then v1.9.1 with
+    `"backend": "nftables"` in nftables: the same network, address and port), no CNI
+    cache: `check` said "healthy: 1 portmap chain and 1 nftables rule set look sound",
+    exit 0, while list showed the mapping twice, both ok. Live, one copy leaks at its
+    plugin's DEL; gone, both are stale: wrong either way, so it is both-backends, with
+    no command (no cache says which copy its plugin keeps). web1, on two networks one
+    per backend (other addresses), is no double. Nothing is written: --repair leaves it,
+    and gc, with no cache, still removes nothing it is not told is gone."""
+    ports = [rp.port_mapping(8082, 80)]
+    rp.run_plugin("ADD", node, "dbl1", rp.plugin_conf("mynet", ["10.88.0.7/16"], ports),
+                  check=True)  # fmt: skip
+    upstream.run("v1.9.1", "ADD", node, "dbl1", upstream.nft_conf("mynet", ["10.88.0.7/16"], ports),
+                 check=True)  # fmt: skip
+    rp.run_plugin("ADD", node, "web1", rp.plugin_conf("podman", ["10.88.0.5/16"], WEB[2][:1]),
+                  check=True)  # fmt: skip
+    two = upstream.nft_conf("net2", ["10.99.0.5/16"], [rp.port_mapping(9191, 91)])
+    upstream.run("v1.9.1", "ADD", node, "web1", two, check=True)
+    saved, nft_saved = rp.save(node, 4), upstream.ruleset_text(node)
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    (problem,) = json.loads(checked.stdout)["problems"]
+    assert (problem["kind"], problem["network"], problem["container_id"], problem["fix"]) == (
+        "both-backends", "mynet", "dbl1", None,
+    )  # fmt: skip
+    assert "no CNI cache" in problem["detail"] and "--cni-cache-dir" in problem["why"]
+    # Both copies: the chain, its entry rule, and the nftables rules.
+    assert "-j CNI-DN-" in problem["rule"] and "--to-destination 10.88.0.7:80" in problem["rule"]
+    assert 'dnat to 10.88.0.7:80 comment "dbl1"' in problem["rule"], problem["rule"]
+    assert "10.88.0.5" not in problem["rule"] and "web1" not in problem["rule"]
+    repaired = _pmctl(node, tmp_path, "check", "--repair")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    gc = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
+    assert gc.returncode == 2, gc.stdout + gc.stderr  # nothing says which are live
+    kept = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "--keep", "dbl1",
+                  "--keep", "web1", "-o", "json")  # fmt: skip
+    assert json.loads(kept.stdout)["removed"] == [], kept.stdout + kept.stderr
+    assert rp.strip_save_comments(rp.save(node, 4)) == rp.strip_save_comments(saved)
+    assert upstream.ruleset_text(node) == nft_saved
+
+
 # --- rules list could not read ----------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment, added_at
 from portmapctl.core.backend import Backend
-from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import ProblemKind, Status
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.shown import shown_rule
@@ -142,9 +142,11 @@ def nft_problems(
     attachments: Optional[Sequence[Attachment]],
     fixes: Fixes,
     live: Optional[Ruleset] = None,
+    ipt_rows: Sequence[Mapping] = (),
 ) -> NftCheck:
     """nftables' part of a node check; `live`: the tables as read already (else read
-    here)."""
+    here); `ipt_rows`: the iptables inventory's rows (with no CNI cache, a container
+    whose copies in both backends DNAT to one address is `both-backends` by them)."""
     if node.nft is None:
         # nftables not looked at (--backend iptables, iptables dumps only): nothing of
         # it is checked, and nothing of the containers it holds is expected in iptables.
@@ -226,6 +228,8 @@ def nft_problems(
         problem = _both_backends(cid, tables, live, parts, fixes)
         if problem is not None:
             problems.append(problem)
+    if attachments is None:
+        problems += _both_backends_uncached(tables, live, found.mappings, ipt_rows)
     compared = sum(len(a.mapping.families) for a in parts.expected if a.mapping is not None)
     from portmapctl.nftables.node import owners_in
 
@@ -536,6 +540,67 @@ def _both_backends(
         _NFT_WHY[ProblemKind.BOTH_BACKENDS],
         tuple(rules),
     )
+
+
+def _both_backends_uncached(
+    tables: ReadOnly[int, NatTable],
+    live: Ruleset,
+    nft_rows: Sequence[NftMapping],
+    ipt_rows: Sequence[Mapping],
+) -> List[Problem]:
+    """With no CNI cache: containers whose iptables chain and nftables rules DNAT to
+    one address (one attachment mapped in both backends; a container on two networks,
+    one per backend, DNATs to two). Live, the plugin's DEL cleans one copy and the
+    other leaks; gone, both are stale: wrong either way, though no cache says which.
+    Nor which copy its plugin keeps (its config's `backend` key), so no command: `why`
+    says how to find out. gc, with no source of liveness, removes neither."""
+    in_nft = {(m.container_id, m.family, m.container_ip) for m in nft_rows if m.container_id}
+    doubles: Dict[str, Set[str]] = {}  # container ID -> its chains with a copy in nftables
+    network: Dict[str, Optional[str]] = {}
+    for m in ipt_rows:
+        if (m.container_id, m.family, m.container_ip) in in_nft and m.container_id:
+            doubles.setdefault(m.container_id, set()).add(m.chain)
+            network.setdefault(m.container_id, m.network)
+    if not doubles:
+        return []
+    from portmapctl.iptables.plugin_rules import entry_rules
+
+    by_handle = rules_by_handle(live)
+    problems: List[Problem] = []
+    for cid in sorted(doubles):
+        rules: List[str] = []
+        for family in sorted(tables):
+            table = tables[family]
+            for chain in sorted(c for c in doubles[cid] if table.has_chain(c)):
+                rules += [
+                    shown_rule("-A", e.chain, e.args) for e in entry_rules(table, {chain})[chain]
+                ]
+                rules += [shown_rule("-A", chain, r) for r in table.rules(chain)]
+        rules += [
+            rule.body.text(family)
+            for (family, _handle), rule in sorted(by_handle.items())
+            if rule.comment == cid
+        ]
+        problems.append(
+            Problem(
+                ProblemKind.BOTH_BACKENDS.value,
+                None,
+                None,
+                network[cid],
+                cid,
+                "rules in both iptables and nftables to one address; no CNI cache says"
+                " which its plugin uses",
+                # Prose (JSON `fix` null): no cache says which copy is the plugin's.
+                "no CNI cache says which copy its plugin keeps (the backend its network"
+                " config's `backend` key names; no key, or a plugin before v1.6: iptables):"
+                " give --cni-cache-dir where its runtime keeps the CNI cache, and check names"
+                " the copy to remove, or both stale (gc removes both only once told the container is not"
+                " live: --valid-attachments, --keep)",
+                _NFT_WHY[ProblemKind.BOTH_BACKENDS],
+                tuple(rules),
+            )
+        )
+    return problems
 
 
 def _network_of(attachments: Optional[Sequence[Attachment]], container_id: str) -> Optional[str]:

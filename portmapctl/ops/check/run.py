@@ -183,7 +183,7 @@ def _check_node(
     )
     from portmapctl.ops.check.nft import nft_problems
 
-    nft = nft_problems(node, tables, attachments, fixes, read.nft_live)
+    nft = nft_problems(node, tables, attachments, fixes, read.nft_live, found.mappings)
     nft_found, nft_ids, nft_compared = nft.problems, nft.nft_ids, nft.compared
     notes += nft.notes
     # --backend narrows what is looked at: nothing is expected of a backend not looked
