@@ -216,8 +216,7 @@ def _chain_in_iptables(common: Common, config: MappingConfig, chain: str) -> Opt
     from portmapctl.errors import PortmapctlError
     from portmapctl.host.netns import entered
     from portmapctl.iptables.access import open_backend
-    from portmapctl.iptables.access.restore import RestoreBackend
-    from portmapctl.ops.flavour_guard import flavours_of, other_flavour
+    from portmapctl.ops.flavour_guard import in_other_flavour
 
     # Both families, those add writes first: the chain's name is its container's on its
     # network in either, and its plugin keeps it in one backend whatever the family
@@ -237,12 +236,9 @@ def _chain_in_iptables(common: Common, config: MappingConfig, chain: str) -> Opt
                         return "iptables"
                 elif backend.read(family).has_chain(chain):
                     return "iptables"
-            for family, used in (flavours_of(backend, wanted) or {}).items():
-                other = RestoreBackend(other_flavour(used))
-                if not other.has_nat_table(family) or not other.installed(family):
-                    continue
-                if other.list_chain(family, chain) is not None:
-                    return f"the iptables-{other_flavour(used)} tables"
+            other = in_other_flavour(backend, wanted, chain)
+            if other is not None:
+                return f"the iptables-{other} tables"
     except PortmapctlError:
         return None
     return None

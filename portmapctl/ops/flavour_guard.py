@@ -107,6 +107,23 @@ def families_only_in_other_flavour(
     return found
 
 
+def in_other_flavour(backend: Any, families: Sequence[int], name: str) -> Optional[Flavour]:
+    """The other iptables flavour (than `backend` uses, per family) whose nat table
+    holds chain `name` in one of `families` (the plugin ran with it: the `iptables`
+    alternative switched since); None where none does. Looked for only where that
+    flavour has a nat table, asked without creating one (legacy's in /proc, nf_tables'
+    by netlink): no process where there is none."""
+    from portmapctl.iptables.access.restore import RestoreBackend
+
+    for family, used in (flavours_of(backend, families) or {}).items():
+        other = RestoreBackend(other_flavour(used))
+        if not other.has_nat_table(family) or not other.installed(family):
+            continue
+        if other.list_chain(family, name) is not None:
+            return other_flavour(used)
+    return None
+
+
 def refuse_a_copy(
     used: str, config: MappingConfig, families: Sequence[int], here: Callable[[int], bool]
 ) -> None:

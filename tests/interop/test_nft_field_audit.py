@@ -469,6 +469,42 @@ def test_a_debian_plugins_chain_under_a_nftables_config_gets_no_copy_under_backe
         assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_a_chain_in_the_other_iptables_flavour_gets_no_nftables_copy_from_check_repair(
+    node: str, tmp_path: Path
+) -> None:
+    """Debian's 1.1.1 ran with iptables-legacy first on its PATH (the `iptables`
+    alternative switched to nft since): leg1's chain (config "backend": "nftables",
+    cached so) and leg2's (no key, no cache entry) are in the legacy tables. `check
+    --repair` of leg1's mapping (no --backend, and --backend nftables), of leg2's under
+    --backend nftables, and of the node under --backend nftables each wrote an
+    nftables copy, exit 0: the chain was looked for in iptables-nft alone (add looks in
+    both flavours since aeb8760). None is written now: the mappings' --backend nftables
+    repairs are refused (exit 2), leg1's own is left as a split brain (exit 1), the
+    node's judges leg1 in iptables (exit 0)."""
+    rp.require(rp.mode_available("legacy"))
+    ports = [rp.port_mapping(8080, 80)]
+    conf = upstream.nft_conf("podman", ["10.88.0.5/16"], ports)
+    rp.run_plugin("ADD", node, "leg1", conf, mode="legacy", check=True)
+    rp.write_cni_cache(tmp_path, "podman", "leg1", "eth0", conf, ports, ["10.88.0.5/16"])
+    plain = rp.plugin_conf("podman", ["10.88.0.6/16"], [rp.port_mapping(8081, 80)])
+    rp.run_plugin("ADD", node, "leg2", plain, mode="legacy", check=True)
+    legacy = rp.strip_save_comments(rp.save(node, 4, "legacy"))
+    one = ("check", "--repair", "--network", "podman", "--container")
+    leg1 = (*one, "leg1", "--ip", "10.88.0.5/16", "-p", "8080:80")
+    leg2 = (*one, "leg2", "--ip", "10.88.0.6/16", "-p", "8081:80")
+    for args in ((*leg1, "--backend", "nftables"), (*leg2, "--backend", "nftables")):
+        done = _pmctl(node, tmp_path, *args)
+        pmctl.assert_error(done, 2, "its chain CNI-DN-", "--backend nftables", "copy")
+    done = _pmctl(node, tmp_path, *leg1)
+    assert done.returncode == 1 and "legacy tables" in done.stderr, done.stdout + done.stderr
+    done = _pmctl(node, tmp_path, "check", "--repair", "--backend", "nftables")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "podman/leg1" in done.stderr and "ignores the key" in done.stderr
+    assert "cni_hostport" not in upstream.ruleset_text(node)
+    assert rp.strip_save_comments(rp.save(node, 4, "legacy")) == legacy
+    assert "CNI-DN-" not in rp.save(node, 4, "nft")
+
+
 def test_a_cached_condition_nft_would_run_as_more_than_a_match_stops_no_repair(
     node: str, tmp_path: Path
 ) -> None:

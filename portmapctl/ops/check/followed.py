@@ -105,21 +105,21 @@ def _key_ignored(node: Node, config: MappingConfig) -> bool:
     if node.options.offline:
         return False
     families = validate.chosen_families(config, node.families, "check")
-    if not _chain_in_iptables(node, families, dnat_chain_name(config)):
+    if not chain_in_iptables(node, families, dnat_chain_name(config)):
         return False
     from portmapctl.ops.nft import has_rules_for
 
     return not has_rules_for(config, node.read_nft_evidence())
 
 
-def _chain_in_iptables(node: Node, families: Sequence[int], name: str) -> bool:
-    """Whether the host's iptables holds chain `name` in one of `families`: asked of
-    the kernel (NFT_MSG_GETCHAIN) where iptables is iptables-nft, else read. Under
-    --backend nftables the node reads no iptables (Unread): the host's is opened for
-    this; none to open: False (nothing says the plugin keeps it there). Not offline:
-    a snapshot's own tables only (None but the node's)."""
-    from portmapctl.iptables.access import Flavour
-
+def chain_in_iptables(node: Node, families: Sequence[int], name: str) -> bool:
+    """Whether the host's iptables holds chain `name` in one of `families`: the flavour
+    the node uses (asked of the kernel, NFT_MSG_GETCHAIN, where it is iptables-nft;
+    else read), else the other flavour (the plugin ran with it: the `iptables`
+    alternative switched since; flavour_guard.in_other_flavour: no process where it has
+    no nat table). Under --backend nftables the node reads no iptables (Unread): the
+    host's is opened for this; none to open: False (nothing says the plugin keeps it
+    there). Offline: a snapshot's own tables only."""
     backend = node.backend
     if not node.options.reads_iptables:
         from portmapctl.iptables.access import open_backend
@@ -130,6 +130,26 @@ def _chain_in_iptables(node: Node, families: Sequence[int], name: str) -> bool:
             backend = open_backend(node.options.iptables, families=families)
         except PortmapctlError:
             return False
+    try:
+        if _in_flavour_used(node, backend, families, name):
+            return True
+    except PortmapctlError:
+        if backend is node.backend:
+            raise  # (the node's own read: as any read of it)
+        return False  # (no iptables to read here: nothing says it is kept there)
+    if node.options.offline:
+        return False
+    from portmapctl.ops.flavour_guard import in_other_flavour
+
+    try:
+        return in_other_flavour(backend, families, name) is not None
+    except PortmapctlError:
+        return False  # (the other flavour unreadable: the plugin cannot use it either)
+
+
+def _in_flavour_used(node: Node, backend: object, families: Sequence[int], name: str) -> bool:
+    from portmapctl.iptables.access import Flavour
+
     if getattr(backend, "flavour", None) is Flavour.NFT:
         from portmapctl.iptables.access import nfgen, nfmsg
 
@@ -144,10 +164,7 @@ def _chain_in_iptables(node: Node, families: Sequence[int], name: str) -> bool:
         return False
     if backend is node.backend:
         return any(t.has_chain(name) for t in node.read(there).values())
-    try:
-        return any(backend.read(f).has_chain(name) for f in there)
-    except PortmapctlError:
-        return False  # (no iptables to read here: nothing says it is kept there)
+    return any(backend.read(f).has_chain(name) for f in there)  # type: ignore[attr-defined]
 
 
 def _key_ignored_note(config: MappingConfig, said: Optional[str] = None) -> str:
@@ -183,7 +200,7 @@ def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optio
         # Its chain in iptables: a config without the key is kept there by the plugin
         # (ops/nft.py choose: in both, iptables wins). A nat table is asked for first,
         # without a process: a node on nftables alone runs no iptables for this.
-        if not node.options.offline and _chain_in_iptables(node, families, name):
+        if not node.options.offline and chain_in_iptables(node, families, name):
             return f"{config.network}/{config.container_id}: its chain {name} is in iptables"
         return None
     from portmapctl.ops.nft import kept_in_nftables, kept_there

@@ -132,9 +132,9 @@ def follow_the_plugin(
     """`attachments` with the entries whose config says nftables but whose plugin wrote
     them in iptables (ops/nft.py key_ignored) taken as iptables', and those entries (as
     read). Cheap where there are none: no nftables module is imported, nft not read.
-    Under --backend nftables, which reads no iptables, the host's is read for those
-    with no rule in nftables (Node.read_iptables_evidence): judged by the key alone, a
-    --repair wrote them a copy their plugin never deletes."""
+    Under --backend nftables, which reads no iptables, the host's is asked for the
+    chains of those with no rule in nftables (either flavour: followed.chain_in_iptables):
+    judged by the key alone, a --repair wrote them a copy their plugin never deletes."""
     keyed = [
         a
         for a in attachments or ()
@@ -148,10 +148,16 @@ def follow_the_plugin(
         from portmapctl.ops import nft
 
         live = read.nft_live if read.nft_live is not None else node.read_nft_evidence()
-        if not nft.key_ignored(keyed, {a.dnat_chain for a in keyed}, live):
+        unheld = nft.key_ignored(keyed, {a.dnat_chain for a in keyed}, live)
+        if not unheld:
             return attachments, []  # (all in nftables, the usual node: no iptables read)
-        tables = tuple(node.read_iptables_evidence(node.families).values())
-    chains = {a.dnat_chain for a in keyed if any(t.has_chain(a.dnat_chain) for t in tables)}
+        from portmapctl.ops.check.followed import chain_in_iptables
+
+        chains = {
+            a.dnat_chain for a in unheld if chain_in_iptables(node, node.families, a.dnat_chain)
+        }
+    else:
+        chains = {a.dnat_chain for a in keyed if any(t.has_chain(a.dnat_chain) for t in tables)}
     if not chains:
         return attachments, []
     from portmapctl.ops import nft
