@@ -143,6 +143,14 @@ def test_the_man_page_says_add_reads_over_netlink_and_who_reads_with_iptables_sa
     assert add and "netlink" in add[0], add
 
 
+def test_the_man_page_says_how_gc_deletes_nftables_rules():
+    """It said the nftables backend is changed with one nft -f transaction alone; gc's
+    deletions there go as one nf_tables batch at the generation of their read (acad330:
+    nft -f deletes by handle, which a firewall reload between hands to live rules)."""
+    description = " ".join(manpage.DESCRIPTION)
+    assert "gc's deletions there: one nf_tables batch" in description, description
+
+
 def test_the_man_pages_exit_status_has_every_exit_code_the_program_ends_with():
     """Its EXIT STATUS listed 0-3 alone: not Ctrl-C's 130 nor the end by SIGTERM (143
     in a shell), and its 3 said nothing of an internal error, which is 3 (never 1, which
