@@ -33,6 +33,9 @@ if TYPE_CHECKING:  # (imported by what plans, not by `list`, which only reads)
     from portmapctl.nftables.transaction import Transaction
 
 ATTEMPTS = 3
+# gc's batch of deletions, refused by the kernel: the ruleset moved since the read it
+# was planned from (nftables/access/batch.py; access/nft.py's CHANGED).
+BATCH_REFUSED = "the ruleset changed since it was read"
 # What a table changed under us looks like: a handle or chain gone, a chain made
 # meanwhile, the kernel busy with another transaction.
 RETRY_REASONS = frozenset(
@@ -41,9 +44,7 @@ RETRY_REASONS = frozenset(
         "File exists",
         "Device or resource busy",
         "Interrupted system call",
-        # gc's batch of deletions, refused by the kernel: the ruleset moved since the
-        # read it was planned from (nftables/access/batch.py).
-        "the ruleset changed since it was read",
+        BATCH_REFUSED,
     }
 )
 
@@ -117,6 +118,11 @@ def converge(
     read_settled = getattr(access, "read_settled", None) if at_generation else None
     last: Optional[NftApplyFailed] = None
     killed: Optional[Tuple[Transaction, NftApplyFailed]] = None
+    # A batch refused because the ruleset moved since its read (a firewall reload, it
+    # may be): from then on only a read stamped with its generation is written. One
+    # not (it kept moving while nft listed) went as `nft -f`, which deletes by handle
+    # alone: the write the refusal had just kept out.
+    refused_at_generation = False
     for attempt in range(1, attempts + 1):
         live = read_settled(wanted) if read_settled is not None else access.read(wanted)
         txn = plan(live)
@@ -125,6 +131,8 @@ def converge(
                 return Converged(killed[0].render(), attempt, unsure=killed[1])
             return Converged("", attempt)
         killed = None
+        if refused_at_generation and live.generation is None:
+            continue  # (`last` is the refusal: "kept changing" when no try is left)
         try:
             if live.generation is not None and read_settled is not None:
                 access.apply(txn, live.generation)  # type: ignore[call-arg]
@@ -138,6 +146,7 @@ def converge(
                 continue
             if err.reason in RETRY_REASONS:
                 last = err
+                refused_at_generation = refused_at_generation or err.reason == BATCH_REFUSED
                 continue
             if err.userspace:
                 # nft refused the text itself: of what we write, only the plugin's

@@ -116,6 +116,43 @@ def test_converge_at_generation_reads_and_plans_again_when_the_batch_is_refused(
     assert node.owners_in(fake.read()) == {"cccc3333", "dddd4444", "eeee5555", "ffff6666"}
 
 
+class MovingNft(GenerationNft):
+    """A node whose ruleset commits again (another table's) while each read after
+    the first lists: read_settled then cannot stamp it (RealNft: the generation moved
+    through its three listings) and returns it unstamped."""
+
+    def __init__(self, initial) -> None:
+        super().__init__(initial, victim="x", times=0)
+        self.settled_reads = 0
+
+    def read_settled(self, families=(4, 6)):
+        self.settled_reads += 1
+        if self.settled_reads == 1:
+            return super().read_settled(families)
+        self.generation += 1  # (committed while it listed)
+        return self.read(families)
+
+    def apply(self, txn: Transaction, read_at=None) -> None:
+        if read_at is not None:
+            self.generation += 1  # a commit after the read: the batch is refused
+        super().apply(txn, read_at)
+
+
+def test_a_batch_refused_for_its_generation_is_never_followed_by_nft_f() -> None:
+    """gc's batch refused because the ruleset moved since its read (a firewall reload
+    perhaps), then reads the generation could not be stamped on (it kept moving):
+    `nft -f` of those reads deleted by handle alone, the write the refusal kept out
+    (100 commits/s in another table: two batches refused, then `nft -f`). Read again
+    instead, and when no read can be stamped, nothing written: "kept changing"."""
+    fake = MovingNft(nftcases.live("v191-several"))
+    before = fake.read()
+    with pytest.raises(ApplyFailed, match="kept changing") as failed:
+        node.converge(fake, lambda live: planner.teardown(live, {"aaaa1111"}), at_generation=True)
+    assert not failed.value.maybe_applied
+    assert [at for at, _ops in fake.writes] == [1]  # the refused batch alone
+    assert fake.read() == before
+
+
 def test_converge_without_at_generation_writes_as_before() -> None:
     """add's and repair's writes: no generation asked for, `nft -f` as before."""
     fake = GenerationNft(nftcases.live("v191-several"), victim="x", times=0)
