@@ -796,7 +796,44 @@ def test_a_cache_emptied_before_the_first_group_of_a_halving_is_bad_input(host_n
     any group went in: nothing changed, so it is the bad input it is (exit 2, one line,
     no document), as every other run that meets an empty cache says; ae44933 made it
     exit 3, a failure after work (found by h230's review)."""
-    gone = _halved_node(host_ns)
+    cache, folder = _emptied_after_whole_tries(host_ns, tmp_path, six1=False)
+    before = rp.save(host_ns, 4, "legacy")
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
+            str(cache), "--min-age", "0", "--yes", "-o", "json"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{folder}:{os.environ['PATH']}"}
+    done = run(argv, env=env)
+    assert (tmp_path / "whole").read_text().count("x") == WHOLE_TRIES  # (the halving's turn)
+    assert_error(done, 2, "is empty")
+    assert _rules_of(rp.save(host_ns, 4, "legacy")) == _rules_of(before)
+
+
+def test_a_cache_emptied_before_the_first_group_after_another_family_went_in_says_so(
+    host_ns, tmp_path
+):
+    """The same, with six1 (IPv6, stale) removed ahead of IPv4: the cache emptied before
+    the first group of IPv4's halving is then a failure after work, as f9ecd21 meant
+    (exit 3, six1's removal said), not the bad input alone. Its Settled was built with
+    one argument too many: "internal error" (a TypeError), six1's removal unsaid."""
+    cache, folder = _emptied_after_whole_tries(host_ns, tmp_path, six1=True)
+    before = rp.save(host_ns, 4, "legacy")
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--cni-cache-dir", str(cache),
+            "--min-age", "0", "--yes", "-o", "json"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{folder}:{os.environ['PATH']}"}
+    done = run(argv, env=env)
+    assert (tmp_path / "whole").read_text().count("x") == WHOLE_TRIES  # (the halving's turn)
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert_error(done, 3, "is empty", "IPv6 was applied ahead of it: 1 chain removed",
+                 after_work=True)  # fmt: skip
+    assert chain_name("mynet", "six1") not in rp.save(host_ns, 6, "legacy")
+    assert _rules_of(rp.save(host_ns, 4, "legacy")) == _rules_of(before)
+    assert [c["container_id"] for c in json.loads(done.stdout)["removed"]] == ["six1"]
+
+
+def _emptied_after_whole_tries(host_ns: str, tmp_path, six1: bool):
+    """_halved_node with other1 cached alone, and a PATH folder whose
+    iptables-legacy-restore empties the cache once the removal of gone1..3 was refused
+    whole WHOLE_TRIES times (the halving's turn next): the cache and that folder."""
+    gone = _halved_node(host_ns, six1=six1)
     cache = tmp_path / "cni"
     conf = rp.plugin_conf("mynet", ["10.88.0.9/16"], [{**PORTS[0], "hostPort": 8083}])
     rp.write_cni_cache(cache, "mynet", "other1", "eth0", conf, conf["runtimeConfig"]["portMappings"],
@@ -813,14 +850,7 @@ def test_a_cache_emptied_before_the_first_group_of_a_halving_is_bad_input(host_n
         " fi; fi\nexit $rc\n"
     )
     script.chmod(0o755)
-    before = rp.save(host_ns, 4, "legacy")
-    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
-            str(cache), "--min-age", "0", "--yes", "-o", "json"]  # fmt: skip
-    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{folder}:{os.environ['PATH']}"}
-    done = run(argv, env=env)
-    assert (tmp_path / "whole").read_text().count("x") == WHOLE_TRIES  # (the halving's turn)
-    assert_error(done, 2, "is empty")
-    assert _rules_of(rp.save(host_ns, 4, "legacy")) == _rules_of(before)
+    return cache, folder
 
 
 # The transactions of a removal iptables refuses whole before gc halves it (the last of

@@ -239,7 +239,8 @@ def _apply_gc_to(
                 # input it is (exit 2, nothing changed); else a failure after work.
                 if not _removed_before(plans, planned):
                     raise
-                halved = Settled(None, [], [], [], HostProblem(str(bad)))
+                # (None of this family went in: every chain of it left untried.)
+                halved = Settled(None, [], HostProblem(str(bad)), first.removed)
             went.pop()
             done, refused_here = halved.plan, halved.refused
             if done is not None:
