@@ -632,7 +632,7 @@ def test_a_stale_chain_iptables_refuses_is_named_by_every_run_past_min_age(host_
     env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
     first = run(argv, env=env)  # (sighted)
     assert first.returncode == 0, first.stderr
-    time.sleep(2.2)
+    time.sleep(3)  # (past --min-age)
     for _ in range(2):
         done = run(argv, env=env)
         assert done.returncode == 1, (done.stdout, done.stderr)
@@ -805,6 +805,31 @@ def test_a_cache_emptied_before_the_first_group_of_a_halving_is_bad_input(host_n
     assert (tmp_path / "whole").read_text().count("x") == WHOLE_TRIES  # (the halving's turn)
     assert_error(done, 2, "is empty")
     assert _rules_of(rp.save(host_ns, 4, "legacy")) == _rules_of(before)
+
+
+def test_a_cache_emptied_before_the_first_group_of_a_halving_keeps_the_sightings(host_ns, tmp_path):
+    """The run before saw gone1..3 (--min-age 2: pending); past it, their removal
+    refused whole, the cache emptied before any group: exit 2, "nothing changed", yet
+    the state file had lost their sightings (forgotten before the first try, written
+    back only by the save that the bare bad input skipped; before f9ecd21, exit 3, they
+    were): each then waited --min-age afresh. Now written back, then the bad input."""
+    cache, folder = _emptied_after_whole_tries(host_ns, tmp_path, six1=False)
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
+            str(cache), "--min-age", "2", "--yes", "-o", "json"]  # fmt: skip
+    run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    first = run(argv, env=run_dir)
+    assert first.returncode == 0, first.stderr
+    assert len(json.loads(first.stdout)["pending"]) == 3
+    state = tmp_path / "run" / "gc-state.json"
+    sighted = json.loads(state.read_text())["namespaces"]
+    time.sleep(3)  # (past --min-age)
+    done = run(argv, env={**run_dir, "PATH": f"{folder}:{os.environ['PATH']}"})
+    assert (tmp_path / "whole").read_text().count("x") == WHOLE_TRIES  # (the halving's turn)
+    assert_error(done, 2, "is empty")
+    after = json.loads(state.read_text())["namespaces"]
+    assert {ns: part["chains"] for ns, part in after.items()} == {
+        ns: part["chains"] for ns, part in sighted.items()
+    }
 
 
 def test_a_cache_emptied_before_the_first_group_after_another_family_went_in_says_so(

@@ -182,6 +182,8 @@ def _apply_gc_to(
     failure: Optional[Failure] = None
     failed_family = 0
     refused: List[Refused] = []
+    # A halving's cache read refused as bad input before anything of the run went in.
+    bad_input: Optional[BadInput] = None
     forgetting = None if options.dry_run else planned.forgetting
     # Sightings forgotten before a removal that did not remove their chains (refused,
     # nothing changed): written back by the save, or every refused run made the
@@ -237,8 +239,10 @@ def _apply_gc_to(
             except BadInput as bad:
                 # Met before any group went in: with nothing removed anywhere, the bad
                 # input it is (exit 2, nothing changed); else a failure after work.
+                # Raised after the save below: the sightings forgotten before the first
+                # try are written back (raised here, they were lost: --min-age afresh).
                 if not _removed_before(plans, planned):
-                    raise
+                    bad_input = bad
                 # (None of this family went in: every chain of it left untried.)
                 halved = Settled(None, [], HostProblem(str(bad)), first.removed)
             went.pop()
@@ -419,6 +423,8 @@ def _apply_gc_to(
         state_error,
         tuple(refused),
     )
+    if bad_input is not None and state_error is None and not result.removed:
+        raise bad_input  # (nothing went in: the sightings are as they were)
     if failure is not None:
         failure = _unrecorded(failure, state_error)
         if result.removed or result.shared_removed:
