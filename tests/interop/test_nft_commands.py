@@ -2523,6 +2523,57 @@ def test_a_firewall_reload_after_gcs_last_read_keeps_every_live_rule(
     assert left == live, (left, done.stderr)
 
 
+# Loaded by gc's interpreter too: after each of gc's `nft -j list`, a commit in another
+# table (a busy node: kube-proxy, a firewall), so that no listing is at one generation.
+_COMMIT_AFTER_EACH_LISTING = """
+import os, subprocess
+
+if os.environ.get("PMT_COMMIT_AFTER_LISTING"):
+    from portmapctl.nftables.access import nft as _nft
+
+    _read = _nft.RealNft.read
+
+    def _then_commit(self, *args, **kwargs):
+        listed = _read(self, *args, **kwargs)
+        subprocess.run(["nft", "add", "rule", "inet", "other", "c", "counter"], check=True)
+        return listed
+
+    _nft.RealNft.read = _then_commit
+"""
+
+
+def test_a_firewall_reload_after_gcs_last_read_on_a_busy_node_keeps_every_live_rule(
+    node: str, tmp_path: Path
+) -> None:
+    """The reload of the test above, on a node where another table commits while each
+    of gc's listings runs (measured: at 70 commits a second and more, no listing of
+    three was at one generation): the read was left unstamped and the deletions went
+    as `nft -f` by handle alone; live5's DNAT deleted, old1's kept, exit 0 (2 runs in
+    4 at 100 commits a second). Stamped instead at a settled generation after the
+    listing where the plugin's tables are still the makings listed (their handles: a
+    table made again has a new one, and a table never gives a rule handle twice), the
+    reload refuses the batch and gc plans again."""
+    cache = tmp_path / "cni"
+    live = _old1_then_five_live(node, cache)
+    upstream.nft(node, "add", "table", "inet", "other")
+    upstream.nft(node, "add", "chain", "inet", "other", "c")
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(_RELOAD_AFTER_CHECK + _COMMIT_AFTER_EACH_LISTING)
+    marker = tmp_path / "reloaded"
+    python_path = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH")) if p)
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PYTHONPATH": python_path,
+           "PMT_RELOAD_AFTER_CHECK": str(marker), "PMT_COMMIT_AFTER_LISTING": "1"}  # fmt: skip
+    argv = ["gc", "--netns", node, "--cni-cache-dir", str(cache), "--yes", "--min-age", "0"]
+    done = pmctl.run([*argv, "-v", "-o", "json"], env=env)
+    assert marker.exists(), done.stderr  # the reload came in the window
+    assert done.returncode == 0, done.stderr
+    assert [c["container_id"] for c in json.loads(done.stdout)["removed"]] == ["old1"]
+    left = sorted(r[2] for r in _container_rules(node))
+    assert left == live, (left, done.stderr)
+    assert "deleted as one nf_tables batch" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("when", ["after", "before"])
 def test_a_killed_nft_is_judged_by_its_rules_bodies_across_a_firewall_reload(
     node: str, tmp_path: Path, when: str

@@ -23,7 +23,7 @@ GETTABLE, GETCHAIN, NEWCHAIN, DELCHAIN, NEWRULE, GETRULE, DELRULE = 1, 4, 3, 5, 
 NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x200, 0x400, 0x800
 RULE_TABLE, RULE_CHAIN, RULE_HANDLE, RULE_EXPRESSIONS, RULE_USERDATA = 1, 2, 3, 4, 7
 CHAIN_NAME = 3  # (NFTA_CHAIN_TABLE is 1, as NFTA_RULE_TABLE)
-TABLE_NAME, TABLE_USE = 1, 3
+TABLE_NAME, TABLE_USE, TABLE_HANDLE = 1, 3, 4
 _LIST_ELEM, _EXPR_NAME, _EXPR_DATA = 1, 1, 2
 _IMMEDIATE_DATA, _DATA_VERDICT, _VERDICT_CODE, _VERDICT_CHAIN = 2, 2, 1, 2
 _NFT_JUMPS = (-3, -4)  # NFT_JUMP, NFT_GOTO
@@ -199,6 +199,22 @@ def chains_hold_rules(families: Sequence[int], table: str, chains: Sequence[str]
 def table_chains(sock: socket.socket, family: int, table: str) -> int:
     """How many chains `table` holds (NFTA_TABLE_USE of NFT_MSG_GETTABLE): about the
     number of containers of a plugin's nat table, one round trip. 0: no such table."""
+    found = _table_attribute(sock, family, table, TABLE_USE, 4)
+    return 0 if found is None else _BE32.unpack(found)[0]
+
+
+def table_handle(sock: socket.socket, family: int, table: str) -> Optional[int]:
+    """`table`'s handle (NFTA_TABLE_HANDLE), None when there is no such table. A
+    network namespace gives a table's handle once: a table made again (a firewall
+    reload) has another."""
+    found = _table_attribute(sock, family, table, TABLE_HANDLE, 8)
+    return None if found is None else _BE64.unpack(found)[0]
+
+
+def _table_attribute(
+    sock: socket.socket, family: int, table: str, attribute: int, size: int
+) -> Optional[bytes]:
+    """One attribute of NFT_MSG_GETTABLE's answer (`size` bytes); None: no such table."""
     sock.send(
         nfgen.message(
             nfgen.nftables(GETTABLE),
@@ -213,12 +229,12 @@ def table_chains(sock: socket.socket, family: int, table: str) -> int:
     if kind == nl.NLMSG_ERROR:
         (code,) = nl.ERRNO.unpack_from(buf, nl.HEADER.size)
         if code == -errno.ENOENT:
-            return 0
+            return None
         raise OSError(-code or errno.EIO, f"cannot ask for table {table}")
-    found = nl.attrs(buf, nl.HEADER.size + nl.NFGENMSG.size, length).get(TABLE_USE)
-    if found is None or found[1] - found[0] != 4:
-        raise OSError(errno.EBADMSG, "a table without its number of chains")
-    return _BE32.unpack_from(buf, found[0])[0]
+    found = nl.attrs(buf, nl.HEADER.size + nl.NFGENMSG.size, length).get(attribute)
+    if found is None or found[1] - found[0] != size:
+        raise OSError(errno.EBADMSG, f"a table without its attribute {attribute}")
+    return buf[found[0] : found[1]]
 
 
 def jump_target(buf: bytes, start: int, end: int) -> Optional[str]:

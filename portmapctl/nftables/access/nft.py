@@ -377,7 +377,8 @@ class RealNft:
         """read(), stamped with the ruleset generation it was listed at
         (Ruleset.generation): settled before the listing (no commit under way) and the
         same after it, so nothing committed meanwhile; listed again when something
-        did. Unstamped when the generation cannot be had (no netlink, not allowed,
+        did, unless the plugin's tables are still the makings listed (_same_tables_at).
+        Unstamped when the generation cannot be had (no netlink, not allowed,
         PORTMAPCTL_NFT_BATCH=0) or kept moving: the write is then `nft -f`."""
         from dataclasses import replace
 
@@ -394,6 +395,9 @@ class RealNft:
             # the number before it shows.)
             if nfgen.generation(settled=False) == before:
                 return replace(ruleset, generation=before)
+            at = _same_tables_at(ruleset)
+            if at is not None:
+                return replace(ruleset, generation=at)
         return ruleset
 
     def _check_listed_version(self, outputs: List[str]) -> None:
@@ -477,6 +481,35 @@ class RealNft:
             )
         log.debug("nftables: not as one nf_tables batch (%s): nft -f", result.why)
         return False
+
+
+def _same_tables_at(ruleset: Ruleset) -> Optional[int]:
+    """A settled generation after `ruleset` was listed at which each of its tables is
+    still the making listed (the same handle: a table made again, by a firewall
+    reload, has a new one); None when not (or it cannot be asked, or moved meanwhile).
+
+    On a busy node (another table committing at 70/s and more) no listing of three was
+    at one generation, and the deletions went as `nft -f` by handle alone: a reload
+    then deleted a live container's rule. Stamped so instead: a table never gives a
+    rule's handle twice, so each handle the plan deletes is still the rule listed, or
+    gone (the batch is refused whole, ENOENT, and planned again), unless another tool
+    replaced that rule in place (`nft replace rule`, which the plugin never does); and
+    any commit after this generation refuses the batch."""
+    from portmapctl.iptables.access import nfgen, nfmsg
+
+    at = nfgen.generation(settled=True)
+    if at is None:
+        return None
+    try:
+        with nfgen.open_socket() as sock:
+            handles = {f: nfmsg.table_handle(sock, f, TABLE) for f in ruleset.tables}
+    except OSError:
+        return None
+    if nfgen.generation(settled=False) != at:
+        return None
+    if any(handles[f] != table.handle for f, table in ruleset.tables.items()):
+        return None
+    return at
 
 
 def run_nft(binary: str) -> Callable[[List[str]], str]:
