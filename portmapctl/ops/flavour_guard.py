@@ -124,6 +124,19 @@ def in_other_flavour(backend: Any, families: Sequence[int], name: str) -> Option
     return None
 
 
+def other_flavour_tables(backend: Any, families: Sequence[int]) -> Dict[int, NatTable]:
+    """in_other_flavour for many chains: the other flavour's nat table of each of
+    `families` read once, where it has one (asked as in_other_flavour asks)."""
+    from portmapctl.iptables.access.restore import RestoreBackend
+
+    tables: Dict[int, NatTable] = {}
+    for family, used in (flavours_of(backend, families) or {}).items():
+        other = RestoreBackend(other_flavour(used))
+        if other.has_nat_table(family) and other.installed(family):
+            tables[family] = other.read(family)
+    return tables
+
+
 def refuse_a_copy(
     used: str, config: MappingConfig, families: Sequence[int], here: Callable[[int], bool]
 ) -> None:

@@ -657,3 +657,51 @@ def test_the_plugins_empty_tables_nft_cannot_read_are_no_warning(node: str, tmp_
         done = pmctl.run([*command, *where], hide=no_nft)
         assert done.returncode == 0, (command, done.stdout + done.stderr)
         assert "cni_hostport" not in done.stderr, (command, done.stderr)
+
+
+def test_a_node_whose_nftables_rules_were_flushed_asks_iptables_once_under_backend_nftables(
+    node: str, tmp_path: Path
+) -> None:
+    """A firewall reload flushed the plugin's nftables rules on a node where
+    iptables-legacy also has a nat table: under --backend nftables every cached
+    "nftables" container has no rule left, and each had its chain looked for in
+    iptables one by one (followed.chain_in_iptables: an `iptables-legacy -S CHAIN`
+    process each; on a node of 1,000 such containers 1,000 processes, `check` 0.67 s ->
+    4.4 s). Each iptables table is read once now, whatever the number of containers,
+    and they are all still repaired in nftables (their plugin keeps them there)."""
+    rp.require(rp.mode_available("legacy"))
+    ids = [f"new{i}" for i in range(6)]
+    for i, cid in enumerate(ids):
+        _plugin_add(
+            node, tmp_path, (cid, [f"10.88.0.{10 + i}/16"], [rp.port_mapping(8000 + i, 80)])
+        )
+    rp.iptables(node, ["-t", "nat", "-S"], mode="legacy")  # (a legacy nat table: another tool's)
+    made = upstream.ruleset_text(node)
+    for chain in ("hostports", "masquerading"):
+        upstream.nft(node, "flush", "chain", "ip", "cni_hostport", chain)
+    runs = tmp_path / "runs"
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    for name in ("iptables", "ip6tables"):
+        for tail in ("-legacy", "-legacy-save", "-nft", "-nft-save"):
+            real = shutil.which(name + tail)
+            if real is None:
+                continue
+            wrapper = wrappers / (name + tail)
+            wrapper.write_text(f'#!/bin/sh\necho "$0 $*" >> {runs}\nexec {real} "$@"\n')
+            wrapper.chmod(0o755)
+    env = {"PATH": f"{wrappers}:{os.environ['PATH']}"}
+    args = ["check", "--backend", "nftables", "-o", "json", "--netns", node,
+            "--cni-cache-dir", str(tmp_path)]  # fmt: skip
+    done = pmctl.run(args, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert {(p["kind"], p["container_id"]) for p in problems} == {
+        ("nft-missing-rules", cid) for cid in ids
+    }
+    ran = runs.read_text().splitlines() if runs.exists() else []
+    # At most one read of each family's nat table in each flavour.
+    assert len(ran) <= 4, ran
+    repaired = pmctl.run([*args[:1], "--repair", *args[1:]], env=env)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert sorted(upstream.ruleset_text(node).splitlines()) == sorted(made.splitlines())

@@ -133,7 +133,7 @@ def follow_the_plugin(
     them in iptables (ops/nft.py key_ignored) taken as iptables', and those entries (as
     read). Cheap where there are none: no nftables module is imported, nft not read.
     Under --backend nftables, which reads no iptables, the host's is asked for the
-    chains of those with no rule in nftables (either flavour: followed.chain_in_iptables):
+    chains of those with no rule in nftables (either flavour: followed.chains_in_iptables):
     judged by the key alone, a --repair wrote them a copy their plugin never deletes."""
     keyed = [
         a
@@ -151,11 +151,9 @@ def follow_the_plugin(
         unheld = nft.key_ignored(keyed, {a.dnat_chain for a in keyed}, live)
         if not unheld:
             return attachments, []  # (all in nftables, the usual node: no iptables read)
-        from portmapctl.ops.check.followed import chain_in_iptables
+        from portmapctl.ops.check.followed import chains_in_iptables
 
-        chains = {
-            a.dnat_chain for a in unheld if chain_in_iptables(node, node.families, a.dnat_chain)
-        }
+        chains = chains_in_iptables(node, node.families, {a.dnat_chain for a in unheld})
     else:
         chains = {a.dnat_chain for a in keyed if any(t.has_chain(a.dnat_chain) for t in tables)}
     if not chains:
