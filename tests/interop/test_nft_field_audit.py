@@ -469,6 +469,48 @@ def test_a_debian_plugins_chain_under_a_nftables_config_gets_no_copy_under_backe
         assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_a_cni_config_whose_key_is_not_where_the_plugin_keeps_it_gets_no_copy(
+    node: str, tmp_path: Path
+) -> None:
+    """A `--cni-config` naming a backend is checked there: Debian's 1.1.1 added web1
+    under a `"backend": "nftables"` config (cached so; its chain in iptables), and
+    `check --repair --container web1 --cni-config c.json --backend nftables` (c.json
+    that config) printed "repaired: IPv4 nft-missing-rules nft:hostports
+    (podman/web1)", exit 0, writing a copy its plugin never deletes; so did one whose
+    key says "iptables" for new1, which v1.9.1 keeps in nftables (an iptables chain for
+    it). Only --backend given with a keyless config was asked where the plugin keeps
+    the container. Both are refused now as that is (one line, exit 2, nothing written);
+    their dry checks say so in a note, and no fix names --repair."""
+    cid, ips, ports = WEB[0], ["10.88.0.5/16"], WEB[2]
+    conf = upstream.nft_conf("podman", ips, ports)
+    rp.run_plugin("ADD", node, cid, conf, check=True)  # Debian's: iptables
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips)
+    new1 = _plugin_add(node, tmp_path, ("new1", ["10.88.0.8/16"], [rp.port_mapping(8088, 80)]))
+    (tmp_path / "c.json").write_text(json.dumps(conf))
+    (tmp_path / "i.json").write_text(json.dumps({**new1, "backend": "iptables"}))
+    saved, nft_before = rp.strip_save_comments(rp.save(node, 4)), upstream.ruleset_text(node)
+    web1 = ("check", "--container", cid, "--cni-config", str(tmp_path / "c.json"),
+            "--backend", "nftables")  # fmt: skip
+    ignored = 'ignores its cached "backend": "nftables"'
+    refused = _pmctl(node, tmp_path, *web1, "--repair")
+    pmctl.assert_error(refused, 2, "podman/web1: its chain", ignored, "--backend nftables", "copy")
+    new = ("check", "--container", "new1", "--cni-config", str(tmp_path / "i.json"))
+    told = 'its config\'s "backend": "iptables"'
+    for args in (new, (*new, "--backend", "iptables")):
+        refused = _pmctl(node, tmp_path, *args, "--repair")
+        cached = 'podman/new1: its cached config says "backend": "nftables"'
+        said = "--backend iptables" if "--backend" in args else told
+        pmctl.assert_error(refused, 2, cached, said, "copy")
+    for args, where in ((web1, ignored), (new, "as " + told + " says")):
+        checked = _pmctl(node, tmp_path, *args)
+        assert "where --repair writes nothing for it" in checked.stderr, checked.stderr
+        assert where in checked.stderr and "--repair" not in checked.stdout, checked.stdout
+    assert upstream.ruleset_text(node) == nft_before
+    assert rp.strip_save_comments(rp.save(node, 4)) == saved
+    for done in rp.run_check(node, cid, conf):
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_a_chain_in_the_other_iptables_flavour_gets_no_nftables_copy_from_check_repair(
     node: str, tmp_path: Path
 ) -> None:

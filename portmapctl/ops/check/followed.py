@@ -22,36 +22,15 @@ def followed(
     """`config` with the backend the plugin keeps its container in, where the command
     line said none and --backend is auto (the one its cached config names, else
     ops/nft.py kept_in_nftables: its rules are in the plugin's nftables tables alone),
-    with the note that says so; else as given.
+    with the note that says so; else as given (_as_given).
     Where the plugin's tables exist and nft cannot read them, `writing` (--repair)
     stops (HostProblem): an iptables copy of a container kept there would map it twice;
     a check says so in a note.
-    `forced`: the backend is --backend's, given with the mapping options (no config
-    key): where that is not where the plugin keeps the container (by the same
-    evidence), a check looks there and says so, and `writing` stops (BadInput): a copy
-    there is one its plugin neither reads nor deletes."""
-    if forced and config.backend is not None:
-        elsewhere = _kept_elsewhere(node, config, config.backend)
-        if elsewhere is None:
-            return config, ()
-        if writing:
-            raise BadInput(
-                f"{elsewhere}, so the plugin keeps it there: --repair under --backend"
-                f" {config.backend} would write a copy that its plugin never reads nor"
-                " deletes; nothing changed (check it without --backend)"
-            )
-        return config, (
-            f"{elsewhere}, so the plugin keeps it there: checked in {config.backend} as"
-            " --backend says, where --repair writes nothing for it",
-        )
-    if (
-        config.backend == Backend.NFTABLES
-        and node.options.backend is None
-        and _key_ignored(node, config)
-    ):
-        # Its config (--cni-config) says nftables: as its cached one would, below.
-        return replace(config, backend=Backend.IPTABLES), (_key_ignored_note(config),)
-    if config.backend is not None or node.options.backend is not None or node.nft is None:
+    `forced`: the backend `config` holds is --backend's, given with the mapping options
+    (no config key); else a backend it holds is its --cni-config's key."""
+    if config.backend is not None:
+        return _as_given(node, config, writing, forced)
+    if node.options.backend is not None or node.nft is None:
         return config, ()
     from portmapctl.cni.cache import configured_backend
 
@@ -93,6 +72,48 @@ def followed(
     if not kept_in_nftables(config, live, in_iptables, node.options.keyless):
         return config, ()
     return replace(config, backend=Backend.NFTABLES), (_checked_in_nftables(kept_there(config)),)
+
+
+def _as_given(
+    node: Node, config: MappingConfig, writing: bool, forced: bool
+) -> Tuple[MappingConfig, Tuple[str, ...]]:
+    """`followed` of a mapping whose backend was given: --backend's (`forced`), or its
+    --cni-config's key (with --backend or not). A key "nftables" its plugin ignored
+    (_key_ignored) is followed to iptables under auto, with a note, as a cached one is.
+    Otherwise, where that is not where the plugin keeps the container (_kept_elsewhere:
+    its cached config first, whose key its CHECK and DEL are given), a check looks there
+    and says so, and `writing` stops (BadInput): a copy there is one its plugin neither
+    reads nor deletes. A key was taken at its word before, and --repair wrote that copy."""
+    assert config.backend is not None  # (`followed` asks only then)
+    keyed = not forced
+    ignored: Optional[bool] = None
+    if keyed and config.backend == Backend.NFTABLES:
+        ignored = _key_ignored(node, config)
+        if ignored and node.options.backend is None:
+            # Its config (--cni-config) says nftables: as its cached one would, below.
+            return replace(config, backend=Backend.IPTABLES), (_key_ignored_note(config),)
+    elsewhere = _kept_elsewhere(node, config, config.backend, keyed, ignored)
+    if elsewhere is None:
+        return config, ()
+    if node.options.backend is not None:
+        told, as_told = f"--backend {config.backend}", "--backend"  # (the note's words)
+    else:
+        told = as_told = f'its config\'s "backend": "{config.backend}"'
+    if writing:
+        if not keyed or ignored:
+            instead = "check it without --backend"  # (followed there, as under auto)
+        else:
+            instead = 'check it with a config without the "backend" key'
+            if node.options.backend is not None:
+                instead += ", and without --backend"
+        raise BadInput(
+            f"{elsewhere}, so the plugin keeps it there: --repair under {told} would write"
+            f" a copy that its plugin never reads nor deletes; nothing changed ({instead})"
+        )
+    return config, (
+        f"{elsewhere}, so the plugin keeps it there: checked in {config.backend} as"
+        f" {as_told} says, where --repair writes nothing for it",
+    )
 
 
 def _key_ignored(node: Node, config: MappingConfig) -> bool:
@@ -201,17 +222,26 @@ def _key_ignored_note(config: MappingConfig, said: Optional[str] = None) -> str:
     )
 
 
-def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optional[str]:
+def _kept_elsewhere(
+    node: Node,
+    config: MappingConfig,
+    chosen: Backend,
+    keyed: bool = False,
+    ignored: Optional[bool] = None,
+) -> Optional[str]:
     """Why the plugin keeps this container in another backend than `chosen` (as
     `followed` judges under auto: its cached config's key, else, for nftables, its
-    rules in the plugin's tables alone); None when nothing says so."""
+    rules in the plugin's tables alone); None when nothing says so. `keyed`: `chosen`
+    is the key of the config given (--cni-config): with no cache entry, a key
+    "nftables" is the plugin's but where it ignored it. `ignored`: _key_ignored's
+    answer, where it was asked already (None: asked here if needed)."""
     from portmapctl.cni.cache import configured_backend
 
     cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
     if cached is not None:
         from portmapctl.ops.nft import configured_there
 
-        if cached == Backend.NFTABLES and _key_ignored(node, config):
+        if cached == Backend.NFTABLES and _ignored(node, config, ignored):
             # Its plugin ignored the key (one before v1.6): it keeps it in iptables.
             if chosen == Backend.IPTABLES:
                 return None
@@ -220,6 +250,11 @@ def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optio
     families = validate.chosen_families(config, node.families, "check")
     name = dnat_chain_name(config)
     if chosen != Backend.IPTABLES:
+        if keyed:
+            # Its config says nftables, and a plugin given it writes there (v1.6 on):
+            # one keeps it in iptables only where it ignored the key (its chain there,
+            # no rule in nftables), whatever else is in iptables.
+            return _ignored_there(config, "the") if _ignored(node, config, ignored) else None
         # Its chain in iptables: a config without the key is kept there by the plugin
         # (ops/nft.py choose: in both, iptables wins). A nat table is asked for first,
         # without a process: a node on nftables alone runs no iptables for this.
@@ -238,6 +273,8 @@ def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optio
 
         if not tables_present(families, TABLE):
             return None  # (the usual iptables node: one netlink question, no nft run)
+    elif not _plugin_tables_may_exist(node, families):
+        return None  # (likewise: a config's key "iptables" under auto runs no nft)
     live = node.read_nft_evidence()
     if not live.tables:
         return None
@@ -250,12 +287,17 @@ def _kept_elsewhere(node: Node, config: MappingConfig, chosen: Backend) -> Optio
     return None
 
 
-def _ignored_there(config: MappingConfig) -> str:
+def _ignored(node: Node, config: MappingConfig, known: Optional[bool]) -> bool:
+    return _key_ignored(node, config) if known is None else known
+
+
+def _ignored_there(config: MappingConfig, whose: str = "its cached") -> str:
     """_kept_elsewhere's words for a container whose plugin ignored its cached
-    `"backend": "nftables"` (as add says it, cli/add_run.py _refuse_a_copy)."""
+    `"backend": "nftables"` (as add says it, cli/add_run.py _refuse_a_copy); `whose`:
+    the key's (its cached config's, else the config given)."""
     return (
         f"{config.network}/{config.container_id}: its chain {dnat_chain_name(config)} is in"
-        ' iptables, no rule of it in nftables: its plugin ignores its cached "backend":'
+        f' iptables, no rule of it in nftables: its plugin ignores {whose} "backend":'
         ' "nftables" (plugins before v1.6 do)'
     )
 

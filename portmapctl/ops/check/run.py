@@ -303,12 +303,14 @@ def check_mapping(
 ) -> CheckResult:
     """Check one mapping as the plugin's CHECK does (a missing chain is a failure), in
     the backend its container is followed to (`followed`; `forced`: --backend's, given
-    with the mapping options); `ifname`: its interface."""
+    with the mapping options, else its --cni-config's key); `ifname`: its interface."""
+    given = config.backend
     config, notes = followed(node, config, forced=forced)
     result = check_followed(node, config, notes, ifname)
-    if forced and notes:
-        # Checked where --backend says, not where the plugin keeps it (`followed`'s
-        # note): --repair would refuse, so no fix names it.
+    if given is not None and config.backend == given and notes:
+        # Checked where --backend or its config's key says, not where the plugin keeps
+        # it (`followed`'s note; one followed elsewhere has another backend): --repair
+        # would refuse, so no fix names it.
         problems = tuple(
             replace(p, fix=None) if p.fix == SAME_WITH_REPAIR else p for p in result.problems
         )
