@@ -813,23 +813,7 @@ def test_a_cache_emptied_before_the_first_group_of_a_halving_keeps_the_sightings
     the state file had lost their sightings (forgotten before the first try, written
     back only by the save that the bare bad input skipped; before f9ecd21, exit 3, they
     were): each then waited --min-age afresh. Now written back, then the bad input."""
-    cache, folder = _emptied_after_whole_tries(host_ns, tmp_path, six1=False)
-    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
-            str(cache), "--min-age", "2", "--yes", "-o", "json"]  # fmt: skip
-    run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
-    first = run(argv, env=run_dir)
-    assert first.returncode == 0, first.stderr
-    assert len(json.loads(first.stdout)["pending"]) == 3
-    state = tmp_path / "run" / "gc-state.json"
-    sighted = json.loads(state.read_text())["namespaces"]
-    time.sleep(3)  # (past --min-age)
-    done = run(argv, env={**run_dir, "PATH": f"{folder}:{os.environ['PATH']}"})
-    assert (tmp_path / "whole").read_text().count("x") == WHOLE_TRIES  # (the halving's turn)
-    assert_error(done, 2, "is empty")
-    after = json.loads(state.read_text())["namespaces"]
-    assert {ns: part["chains"] for ns, part in after.items()} == {
-        ns: part["chains"] for ns, part in sighted.items()
-    }
+    _sightings_kept_past_an_emptied_cache(host_ns, tmp_path, WHOLE_TRIES)  # (the halving's turn)
 
 
 def test_a_cache_emptied_before_the_first_group_after_another_family_went_in_says_so(
@@ -854,10 +838,65 @@ def test_a_cache_emptied_before_the_first_group_after_another_family_went_in_say
     assert [c["container_id"] for c in json.loads(done.stdout)["removed"]] == ["six1"]
 
 
-def _emptied_after_whole_tries(host_ns: str, tmp_path, six1: bool):
+def test_a_cache_emptied_between_whole_tries_after_another_family_went_in_says_so(
+    host_ns, tmp_path
+):
+    """six1 (IPv6) removed ahead of IPv4, whose whole removal was refused once; the
+    cache emptied before the re-plan of its next try (converge_family reads it again):
+    a failure after work (exit 3, six1's removal said, its flows flushed), as when
+    the cache is emptied before the halving's first group. It escaped bare: exit 2,
+    "nothing changed", six1's removal unsaid and no sighting saved."""
+    cache, folder = _emptied_after_whole_tries(host_ns, tmp_path, six1=True, tries=1)
+    before = rp.save(host_ns, 4, "legacy")
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--cni-cache-dir", str(cache),
+            "--min-age", "0", "--yes", "-o", "json"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PATH": f"{folder}:{os.environ['PATH']}"}
+    done = run(argv, env=env)
+    assert (tmp_path / "whole").read_text().count("x") == 1
+    assert chain_name("mynet", "six1") not in rp.save(host_ns, 6, "legacy")
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert_error(done, 3, "is empty", "IPv6 was applied ahead of it: 1 chain removed",
+                 after_work=True)  # fmt: skip
+    assert _rules_of(rp.save(host_ns, 4, "legacy")) == _rules_of(before)
+    assert [c["container_id"] for c in json.loads(done.stdout)["removed"]] == ["six1"]
+
+
+def test_a_cache_emptied_between_whole_tries_keeps_the_sightings(host_ns, tmp_path):
+    """As ..._before_the_first_group_of_a_halving_keeps_the_sightings, the cache
+    emptied before the re-plan of the second whole try instead: exit 2, and the
+    sightings of gone1..3 as they were (lost: each waited --min-age afresh)."""
+    _sightings_kept_past_an_emptied_cache(host_ns, tmp_path, 1)
+
+
+def _sightings_kept_past_an_emptied_cache(host_ns: str, tmp_path, tries: int) -> None:
+    """gc run twice (--min-age 2: gone1..3 pending, then past it), the cache emptied in
+    the second once their removal was refused whole `tries` times: exit 2, and their
+    sightings as the first run saved them."""
+    cache, folder = _emptied_after_whole_tries(host_ns, tmp_path, six1=False, tries=tries)
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
+            str(cache), "--min-age", "2", "--yes", "-o", "json"]  # fmt: skip
+    run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+    first = run(argv, env=run_dir)
+    assert first.returncode == 0, first.stderr
+    assert len(json.loads(first.stdout)["pending"]) == 3
+    state = tmp_path / "run" / "gc-state.json"
+    sighted = json.loads(state.read_text())["namespaces"]
+    time.sleep(3)  # (past --min-age)
+    done = run(argv, env={**run_dir, "PATH": f"{folder}:{os.environ['PATH']}"})
+    assert (tmp_path / "whole").read_text().count("x") == tries
+    assert_error(done, 2, "is empty")
+    after = json.loads(state.read_text())["namespaces"]
+    assert {ns: part["chains"] for ns, part in after.items()} == {
+        ns: part["chains"] for ns, part in sighted.items()
+    }
+
+
+def _emptied_after_whole_tries(host_ns: str, tmp_path, six1: bool, tries: int = 0):
     """_halved_node with other1 cached alone, and a PATH folder whose
     iptables-legacy-restore empties the cache once the removal of gone1..3 was refused
-    whole WHOLE_TRIES times (the halving's turn next): the cache and that folder."""
+    whole `tries` times (WHOLE_TRIES: the halving's turn next; fewer: the re-plan of
+    the next whole try reads it): the cache and that folder."""
+    tries = tries or WHOLE_TRIES
     gone = _halved_node(host_ns, six1=six1)
     cache = tmp_path / "cni"
     conf = rp.plugin_conf("mynet", ["10.88.0.9/16"], [{**PORTS[0], "hostPort": 8083}])
@@ -871,7 +910,7 @@ def _emptied_after_whole_tries(host_ns: str, tmp_path, six1: bool):
         f'#!/bin/bash\nIN={tmp_path}/in.$$\ncat > "$IN"\n'
         f'/usr/sbin/iptables-legacy-restore "$@" < "$IN"; rc=$?\n'
         f"if [ $rc != 0 ]{whole}; then echo x >> {tmp_path}/whole;"
-        f" if [ $(wc -l < {tmp_path}/whole) = {WHOLE_TRIES} ]; then rm -f {cache}/results/*;"
+        f" if [ $(wc -l < {tmp_path}/whole) = {tries} ]; then rm -f {cache}/results/*;"
         " fi; fi\nexit $rc\n"
     )
     script.chmod(0o755)

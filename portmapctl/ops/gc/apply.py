@@ -221,6 +221,16 @@ def _apply_gc_to(
                 # the others removed is still recorded and flushed (a failed read went
                 # past here, the family applied ahead unsaid, its flows kept).
                 error = err
+            except BadInput as bad:
+                # A re-plan's cache read refused (emptied, or its results/ made a file,
+                # after a try refused): no try of this family went in (a killed one is
+                # judged by the read before it). Escaped bare, it said "nothing
+                # changed" (exit 2) after a family applied ahead went in, unreported,
+                # and the sightings forgotten before the first try were lost. As the
+                # halving's below: the bad input after the save, or a failure after work.
+                if not _removed_before(plans, planned):
+                    bad_input = bad
+                error = HostProblem(str(bad))
             if not options.dry_run:
                 went.pop()
         if isinstance(error, HungWentIn):
