@@ -868,22 +868,68 @@ def test_a_cache_emptied_between_whole_tries_keeps_the_sightings(host_ns, tmp_pa
     _sightings_kept_past_an_emptied_cache(host_ns, tmp_path, 1)
 
 
+def test_a_cache_emptied_between_the_whole_tries_of_the_family_applied_ahead_keeps_the_sightings(
+    host_ns, tmp_path
+):
+    """The family applied ahead (IPv6, fewer chains) meets the cache emptied before the
+    re-plan of its second whole try (its first refused: a wrapped restore): nothing
+    went in, exit 2, and the sightings of six1 and six2 as the run before saved them;
+    the bad input escaped plan_gc past apply_gc's save, and they were lost (each waited
+    --min-age afresh)."""
+    rows = [("six1", "fd00::5/64", 8090), ("six2", "fd00::6/64", 8091)]
+    rows += [(f"gone{n}", f"10.88.0.{n + 10}/16", 8080 + n) for n in range(1, 4)]
+    for cid, ip, port in rows:
+        conf = rp.plugin_conf("mynet", [ip], [{**PORTS[0], "hostPort": port}])
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="legacy", check=True)
+    cache, folder = _other1_cached(tmp_path, 8089)
+    script = folder / "ip6tables-legacy-restore"
+    script.write_text(
+        f'#!/bin/bash\nIN={tmp_path}/in.$$\ncat > "$IN"\n'
+        f'if grep -q -- "-X {chain_name("mynet", "six1")}" "$IN" && ! [ -e {tmp_path}/once ];'
+        f" then touch {tmp_path}/once; rm -f {cache}/results/*;"
+        ' echo "ip6tables-restore: line 4 failed" >&2; exit 1; fi\n'
+        '/usr/sbin/ip6tables-legacy-restore "$@" < "$IN"\n'
+    )
+    script.chmod(0o755)
+    _sightings_kept(host_ns, tmp_path, cache, folder, (), 5)
+    assert (tmp_path / "once").exists()
+    assert chain_name("mynet", "six2") in rp.save(host_ns, 6, "legacy")
+
+
 def _sightings_kept_past_an_emptied_cache(host_ns: str, tmp_path, tries: int) -> None:
     """gc run twice (--min-age 2: gone1..3 pending, then past it), the cache emptied in
     the second once their removal was refused whole `tries` times: exit 2, and their
     sightings as the first run saved them."""
     cache, folder = _emptied_after_whole_tries(host_ns, tmp_path, six1=False, tries=tries)
-    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", "--family", "4", "--cni-cache-dir",
+    _sightings_kept(host_ns, tmp_path, cache, folder, ("--family", "4"), 3)
+    assert (tmp_path / "whole").read_text().count("x") == tries
+
+
+def _other1_cached(tmp_path, port: int):
+    """A CNI cache of other1 alone (10.88.0.9, `port`), and an empty folder for PATH."""
+    cache = tmp_path / "cni"
+    conf = rp.plugin_conf("mynet", ["10.88.0.9/16"], [{**PORTS[0], "hostPort": port}])
+    rp.write_cni_cache(cache, "mynet", "other1", "eth0", conf, conf["runtimeConfig"]["portMappings"],
+                       ["10.88.0.9/16"])  # fmt: skip
+    folder = tmp_path / "wrap"
+    folder.mkdir()
+    return cache, folder
+
+
+def _sightings_kept(host_ns: str, tmp_path, cache, folder, args, pending: int) -> None:
+    """gc run twice (--min-age 2: `pending` chains pending, then past it, with `folder`
+    first on PATH the second time): exit 2, the cache empty, and the sightings as the
+    first run saved them."""
+    argv = ["gc", "--netns", host_ns, "--iptables", "legacy", *args, "--cni-cache-dir",
             str(cache), "--min-age", "2", "--yes", "-o", "json"]  # fmt: skip
     run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
     first = run(argv, env=run_dir)
     assert first.returncode == 0, first.stderr
-    assert len(json.loads(first.stdout)["pending"]) == 3
+    assert len(json.loads(first.stdout)["pending"]) == pending
     state = tmp_path / "run" / "gc-state.json"
     sighted = json.loads(state.read_text())["namespaces"]
     time.sleep(3)  # (past --min-age)
     done = run(argv, env={**run_dir, "PATH": f"{folder}:{os.environ['PATH']}"})
-    assert (tmp_path / "whole").read_text().count("x") == tries
     assert_error(done, 2, "is empty")
     after = json.loads(state.read_text())["namespaces"]
     assert {ns: part["chains"] for ns, part in after.items()} == {
@@ -898,12 +944,7 @@ def _emptied_after_whole_tries(host_ns: str, tmp_path, six1: bool, tries: int = 
     the next whole try reads it): the cache and that folder."""
     tries = tries or WHOLE_TRIES
     gone = _halved_node(host_ns, six1=six1)
-    cache = tmp_path / "cni"
-    conf = rp.plugin_conf("mynet", ["10.88.0.9/16"], [{**PORTS[0], "hostPort": 8083}])
-    rp.write_cni_cache(cache, "mynet", "other1", "eth0", conf, conf["runtimeConfig"]["portMappings"],
-                       ["10.88.0.9/16"])  # fmt: skip
-    folder = tmp_path / "wrap"
-    folder.mkdir()
+    cache, folder = _other1_cached(tmp_path, 8083)
     whole = "".join(f' && grep -q -- "-X {chain}" "$IN"' for chain in gone.values())
     script = folder / "iptables-legacy-restore"
     script.write_text(

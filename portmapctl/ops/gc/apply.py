@@ -182,8 +182,12 @@ def _apply_gc_to(
     failure: Optional[Failure] = None
     failed_family = 0
     refused: List[Refused] = []
-    # A halving's cache read refused as bad input before anything of the run went in.
-    bad_input: Optional[BadInput] = None
+    # A halving's cache read refused as bad input before anything of the run went in;
+    # or a re-plan's of the family applied ahead (then no other family is tried).
+    bad_input: Optional[BadInput] = next(
+        (a.bad_input for a in planned.applied.values() if a.bad_input is not None), None
+    )
+    bad_ahead = bad_input is not None
     forgetting = None if options.dry_run else planned.forgetting
     # Sightings forgotten before a removal that did not remove their chains (refused,
     # nothing changed): written back by the save, or every refused run made the
@@ -195,12 +199,18 @@ def _apply_gc_to(
     )  # fmt: skip
     # Every removal's sightings leave the state file before the first goes in, in one
     # write (Planning.forget; a family's re-plan forgets what it adds, if anything).
-    planning.forget(
-        [
-            *(c for p in planned.families if p.family not in planned.applied for c in p.removed),
-            *(planned.nft.removed if planned.nft is not None else ()),
-        ]
-    )
+    if not bad_ahead:
+        planning.forget(
+            [
+                *(
+                    c
+                    for p in planned.families
+                    if p.family not in planned.applied
+                    for c in p.removed
+                ),
+                *(planned.nft.removed if planned.nft is not None else ()),
+            ]
+        )
     for first in planned.families:
         family = first.family
         ahead = planned.applied.get(family)
@@ -208,6 +218,10 @@ def _apply_gc_to(
         error: Optional[Failure] = None
         if ahead is not None:
             done, error = ahead.plan, ahead.failure
+        elif bad_ahead:
+            # Not tried: the cache the family applied ahead met is empty now. Its
+            # sightings stay (written back below, as a family's that did not go in).
+            error = HostProblem(str(bad_input))
         elif failure is not None:
             continue  # after a family failed, the later ones are not tried
         else:

@@ -58,6 +58,9 @@ class Applied(NamedTuple):
 
     plan: Optional[FamilyPlan]
     failure: Optional[Union[ApplyFailed, HostProblem]]  # (a timeout, a failed read: exit 3)
+    # A re-plan's cache read refused as bad input (emptied after a try refused): none of
+    # it went in, and apply_gc raises it after writing the sightings back (exit 2).
+    bad_input: Optional[BadInput] = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,10 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
                     if isinstance(err, HungWentIn):
                         went.append(err.plan)  # (in, by the read after it)
                     return Applied(None, err)
+                except BadInput as bad:
+                    # Escaped bare, past apply_gc's save: the sightings its first try
+                    # forgot were lost (each chain waited --min-age afresh).
+                    return Applied(None, HostProblem(str(bad)), bad)
                 went.append(done)
                 return Applied(done, None)
 
