@@ -747,3 +747,30 @@ def test_a_node_whose_nftables_rules_were_flushed_asks_iptables_once_under_backe
     repaired = pmctl.run([*args[:1], "--repair", *args[1:]], env=env)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert sorted(upstream.ruleset_text(node).splitlines()) == sorted(made.splitlines())
+
+
+def test_a_key_ignored_chain_in_a_nat_table_iptables_nft_cannot_save_gets_no_nftables_copy(
+    node: str, tmp_path: Path
+) -> None:
+    """Debian's 1.1.1 added web1 under a `"backend": "nftables"` config (cached so; its
+    chain in iptables-nft, the key ignored), beside v1.9.1's new1 in cni_hostport; a
+    native nft rule in the nat table (`fib daddr type local`) leaves iptables-nft-save
+    showing no nat table at all. `check --repair --backend nftables` asked the kernel
+    for web1's chain (NFT_MSG_GETCHAIN) and followed it to iptables; since 5c626a4 it
+    reads the table through iptables-nft-save, whose failure is taken for "no chain",
+    and wrote web1 an nftables copy its plugin never reads nor deletes."""
+    cid, ips, ports = WEB[0], ["10.88.0.5/16"], WEB[2]
+    conf = upstream.nft_conf("podman", ips, ports)
+    rp.run_plugin("ADD", node, cid, conf, check=True)  # Debian's: iptables
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips)
+    _plugin_add(node, tmp_path, ("new1", ["10.88.0.8/16"], [rp.port_mapping(8088, 80)]))
+    assert chain_name("podman", cid) in rp.save(node, 4)
+    subprocess.run(["ip", "netns", "exec", node, "nft", "add", "rule", "ip", "nat",
+                    "CNI-HOSTPORT-DNAT", "fib", "daddr", "type", "local", "counter"],
+                   check=True)  # fmt: skip
+    assert "incompatible" in rp.save(node, 4)
+    before = upstream.ruleset_text(node)
+    done = _pmctl(node, tmp_path, "check", "--repair", "--backend", "nftables")
+    assert cid not in upstream.ruleset_text(node), done.stdout + done.stderr
+    assert upstream.ruleset_text(node) == before
+    assert done.returncode == 0 and "ignores the key" in done.stderr, done.stdout + done.stderr

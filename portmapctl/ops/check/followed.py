@@ -180,15 +180,37 @@ def chains_in_iptables(node: Node, families: Sequence[int], names: Collection[st
     found = {name for name in names if any(t.has_chain(name) for t in tables)}
     if len(found) == len(names):
         return found
-    from portmapctl.iptables.access import open_backend
+    from portmapctl.iptables.access import Flavour, open_backend
     from portmapctl.ops.flavour_guard import other_flavour_tables
 
     try:
         backend = open_backend(node.options.iptables, families=families)
+    except (PortmapctlError, OSError):
+        return found
+    if getattr(backend, "flavour", None) is Flavour.NFT:
+        # The kernel asked as chain_in_iptables asks it (no process): a nat table
+        # iptables-nft-save cannot show (a native nft rule in it) read as none, and
+        # every chain in it was repaired with an nftables copy its plugin never deletes.
+        found |= _chains_in_kernel(families, set(names) - found)
+    try:
         others = other_flavour_tables(backend, families).values()
     except (PortmapctlError, OSError):
         return found  # (the other flavour unreadable: the plugin cannot use it either)
     return found | {name for name in names if any(t.has_chain(name) for t in others)}
+
+
+def _chains_in_kernel(families: Sequence[int], names: Collection[str]) -> Set[str]:
+    """Those of `names` the nf_tables nat table of one of `families` holds (one
+    NFT_MSG_GETCHAIN each, one socket); none where netlink cannot be asked."""
+    from portmapctl.iptables.access import nfgen, nfmsg
+
+    try:
+        with nfgen.open_socket() as sock:
+            return {
+                n for n in names if any(nfmsg.chain_exists(sock, f, "nat", n) for f in families)
+            }
+    except OSError:
+        return set()
 
 
 def _in_flavour_used(node: Node, backend: object, families: Sequence[int], name: str) -> bool:
