@@ -50,32 +50,26 @@ def followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappin
         return _goes_to_nftables(config, out, configured_there(config)), None
     from portmapctl.errors import PortmapctlError
     from portmapctl.host.netns import entered
-    from portmapctl.iptables.access.nfmsg import tables_present
-    from portmapctl.nftables import TABLE
 
     try:
+        live = _plugin_tables(common, config, strict=True)
+    except PortmapctlError as err:
+        # (Imported only here: the usual iptables node never loads nft's access.)
+        from portmapctl.nftables.access import NftUnusable
+
+        if isinstance(err, NftUnusable):
+            from portmapctl.ops.nft import cannot_tell
+
+            raise HostProblem(cannot_tell(config, err)) from None
+        return config, None  # (add meets it again, and says so in its usual order)
+    if live is None:
+        return config, None
+    try:
         with entered(common.netns):
-            # Every family of its addresses, --family or not (as _plugin_tables): its
-            # IPv4 rules in nftables keep its IPv6 ones there too.
-            present = tables_present(list(config.families), TABLE)
-            if not present:
-                return config, None
-            # (Imported only here: the usual iptables node never loads nft's access.)
-            from portmapctl.nftables.access import NftUnusable
-            from portmapctl.nftables.access.nft import RealNft
-
-            try:
-                live = RealNft().read(present)
-            except NftUnusable as err:
-                from portmapctl.ops.nft import cannot_tell
-
-                raise _CannotTell(cannot_tell(config, err)) from None
             if not _kept_in_nftables(common, config, live):
                 return config, live
-    except _CannotTell:
-        raise
     except PortmapctlError:
-        return config, None  # (add meets it again, and says so in its usual order)
+        return config, None
     from portmapctl.ops.nft import kept_there
 
     return _goes_to_nftables(config, out, kept_there(config)), None
@@ -259,10 +253,6 @@ def _goes_to_nftables(config: MappingConfig, out: Output, why: str) -> MappingCo
         raise BadInput(f"{why}, so it goes to nftables, which refuses it: {err}") from None
     out.message(f"{why}, so the plugin keeps it there: it goes to nftables")
     return replace(config, backend=Backend.NFTABLES)
-
-
-class _CannotTell(HostProblem):
-    """The plugin's nftables tables are here and nft cannot read them (exit 3)."""
 
 
 def _kept_in_nftables(common: Common, config: MappingConfig, live: Any) -> bool:

@@ -6,6 +6,7 @@ apply.py, which call `plan_nft` and `apply_nft`."""
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import (
     TYPE_CHECKING,
     Callable,
@@ -91,7 +92,7 @@ class NftPlan(NamedTuple):
     routed: FrozenSet[RoutedTarget] = frozenset()
     # The handle of each family's table it was planned from: a write whose tool hung is
     # judged "not gone in" only by a rule left as planned in that very table.
-    tables: Dict[int, int] = {}
+    tables: Mapping[int, int] = MappingProxyType({})
 
 
 def speaks_for_nft(sources: Sources, use_cache: bool) -> bool:
