@@ -87,7 +87,7 @@ Ports = Annotated[
         "--publish",
         "-p",
         metavar="[HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]",
-        help="A port mapping (repeat for more).",
+        help="A port mapping (repeat for more); a range, 8000-8005:9000-9005, maps port by port.",
         rich_help_panel="Mapping",
     ),
 ]

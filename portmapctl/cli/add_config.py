@@ -110,7 +110,7 @@ def mapping_and_key(
         network=network,
         container_id=container,
         addresses=[validate.interface(value) for value in ip or []],
-        ports=[validate.port_spec(spec) for spec in publish],
+        ports=[mapping for spec in publish for mapping in validate.port_specs(spec)],
         snat=not mapping.no_snat,
         mark=mapping.mark_bit,
         external_setmark_chain=mapping.external_setmark_chain,

@@ -171,19 +171,52 @@ def _utf8(value: str) -> bool:
 
 def port_spec(spec: str) -> PortMapping:
     """Docker's -p syntax: [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]; IPv6 in brackets."""
+    mappings = port_specs(spec)
+    if len(mappings) != 1:
+        raise BadInput(f"invalid port spec {shown(spec)}: one port, not a range, here")
+    return mappings[0]
+
+
+def port_specs(spec: str) -> Tuple[PortMapping, ...]:
+    """Docker's -p syntax, port ranges too: [HOSTIP:]HOSTPORT[-END]:CONTAINERPORT[-END][/PROTO].
+
+    A range maps port by port, in ascending order: `8000-8002:9000-9002` is 8000->9000,
+    8001->9001, 8002->9002, the portMappings podman (and Docker's CNI users) hand the
+    plugin for it. Both sides are ranges of one length or neither is, as podman
+    requires: Docker reads `8000-8002:80` as "any one free host port of the range", which
+    names no mapping to add or check."""
     match = _PORT_SPEC.match(spec) if isinstance(spec, str) else None
     if not match:
         raise BadInput(
             f"invalid port spec {shown(spec)}: use [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO],"
-            " e.g. 8080:80/tcp or [::1]:8080:80"
+            " e.g. 8080:80/tcp, [::1]:8080:80 or 8000-8005:8000-8005"
         )
     raw_ip = match["host_ip"]
-    return PortMapping(
-        host_port=port(match["host_port"], "host port"),
-        container_port=port(match["container_port"], "container port"),
-        protocol=protocol(match["proto"] if match["proto"] is not None else "tcp"),
-        host_ip=host_ip(raw_ip) if raw_ip else "",
+    host_ports = _port_range(match["host_port"], "host port")
+    container_ports = _port_range(match["container_port"], "container port")
+    if len(host_ports) != len(container_ports):
+        raise BadInput(
+            f"invalid port spec {shown(spec)}: the host and container port ranges have"
+            f" different lengths ({len(host_ports)} and {len(container_ports)})"
+        )
+    proto = protocol(match["proto"] if match["proto"] is not None else "tcp")
+    address = host_ip(raw_ip) if raw_ip else ""
+    return tuple(
+        PortMapping(host_port=host, container_port=inside, protocol=proto, host_ip=address)
+        for host, inside in zip(host_ports, container_ports)
     )
+
+
+def _port_range(value: str, what: str) -> range:
+    """`80` or `8000-8005` (both ends included, the end not below the start)."""
+    start, dash, end = value.partition("-")
+    if not dash:
+        number = port(value, what)
+        return range(number, number + 1)
+    first, last = port(start, what), port(end, what)
+    if last < first:
+        raise BadInput(f"invalid {what} range {shown(value)}: its end is below its start")
+    return range(first, last + 1)
 
 
 def conditions(value: Any, what: str) -> Tuple[str, ...]:

@@ -27,7 +27,7 @@ import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, ContextManager, Dict, FrozenSet, List, Optional, Tuple
+from typing import TYPE_CHECKING, ContextManager, Dict, FrozenSet, List, Optional, Set, Tuple
 
 if TYPE_CHECKING:
     from portmapctl.iptables.access.nfnl import Dumped
@@ -252,12 +252,14 @@ def _read_line(args: List[str]) -> Optional[Tuple[FrozenSet[int], Optional[str],
 
 
 def _host_ports(specs: List[str]) -> FrozenSet[int]:
-    """The host ports of `-p [HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]` specs; empty when
-    one cannot be read this simply (add's own checks say what is wrong)."""
-    ports = set()
+    """The host ports of `-p [HOSTIP:]HOSTPORT[-END]:CONTAINERPORT[-END][/PROTO]` specs;
+    empty when one cannot be read this simply (add's own checks say what is wrong)."""
+    ports: Set[int] = set()
     for spec in specs:
         words = spec.split("/", 1)[0].rsplit(":", 2)
-        if len(words) < 2 or not (words[-2].isascii() and words[-2].isdigit()):
+        ends = words[-2].split("-", 1) if len(words) >= 2 else []
+        if not ends or not all(end.isascii() and end.isdigit() and len(end) <= 5 for end in ends):
             return frozenset()
-        ports.add(int(words[-2]))
+        # (At most 65,536 ports however the ends are spelled; add refuses the bad ones.)
+        ports.update(range(int(ends[0]), min(int(ends[-1]), 65535) + 1))
     return frozenset(ports)

@@ -419,3 +419,45 @@ def test_one_mapping_check_takes_the_ports_in_any_order_podman_gave_them(node: N
     assert set(node.nat_rules()) == set(before)
     assert node.portmapctl("check", *mapping).returncode == 0
     assert node.http_get(NODE_IP, 8080) == PAGE
+
+
+def test_one_mapping_check_and_add_take_podmans_port_ranges(node: Node) -> None:
+    """`podman run -p 8000-8005:8000-8005` hands the plugin one portMapping per port.
+    check of the mapping given with the same -p (Docker's syntax, which SPEC §3 says
+    the specs follow) said "invalid host port '8000-8005'", exit 2. Now a range maps
+    port by port: healthy, add unchanged; a port of the range whose DNAT is lost is
+    found and repaired; a range podman refuses too (lengths differ) is bad input."""
+    node.network("pmr", "10.89.131.0/24")
+    ports = ["8000-8005:8000-8005", "127.0.0.1:9000-9001:90-91/udp", "8080:80"]
+    web = node.start("web", ["pmr"], ports, WEB)
+    chain = the_chain(listing(node), web)["chain"]
+    mapping = ["--network", "pmr", "--container", web.id, "--ip", f"{web.ips['pmr']}/24"]
+    for port in ports:
+        mapping += ["-p", port]
+    before = node.nat_rules()
+
+    done = node.portmapctl("check", *mapping)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"healthy: {chain} and its entry rules are in place")
+    done = node.portmapctl("add", "-o", "json", *mapping)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["changed"] is False
+    assert node.nat_rules() == before
+
+    # The middle of the range loses its DNAT: the check of the range names it.
+    dnat = next(r for r in before if f"-A {chain} " in r and "--dport 8003 " in r and "DNAT" in r)
+    node.ns("iptables", "-w", "-t", "nat", "-D", *dnat.split()[1:])
+    done = node.portmapctl("check", "-o", "json", *mapping)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert [p["kind"] for p in json.loads(done.stdout)["problems"]] == ["missing-rules"]
+    assert node.portmapctl("check", "--repair", *mapping).returncode == 0
+    assert node.nat_rules() == before
+
+    for bad, says in (
+        ("8000-8005:80", "the host and container port ranges have different lengths (6 and 1)"),
+        ("8005-8000:8000-8005", "invalid host port range '8005-8000': its end is below its start"),
+    ):
+        done = node.portmapctl("check", *mapping, "-p", bad)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert says in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+    assert node.nat_rules() == before
