@@ -63,6 +63,14 @@ class ToolTimedOut(HostProblem):
         line = f"{self.stopped}; {MADE_AGAIN}"
         return ToolTimedOut(line, maybe_applied=self.maybe_applied, stopped=self.stopped)
 
+    def there_again_or_not_gone(self) -> ToolTimedOut:
+        """This timeout once a read after it found a chain it removes there, but not
+        where a chain never removed would be (gc's iptables families: an iptables
+        chain has no handle; the plugin's ADD of the same container after the write
+        makes the same chain again, its entry rule appended): it may have gone in."""
+        line = f"{self.stopped}; {THERE_AGAIN_OR_NOT_GONE}"
+        return ToolTimedOut(line, maybe_applied=self.maybe_applied, stopped=self.stopped)
+
 
 # What a writing tool stopped at its time limit adds to its line (ToolTimedOut.stopped).
 MAY_HAVE_GONE_IN = "its transaction may have gone in (whole, never half): run again to see"
@@ -74,6 +82,13 @@ MADE_AGAIN = (
     "read again, rules like those it deletes are there, made again meanwhile (the same"
     " container started again under its ID and ports, or a firewall reload): it may have"
     " gone in"
+)
+
+# What replaces it once that read found a chain it removes there, but nothing in the
+# table says it was never removed (gc's iptables families: ToolTimedOut.there_again_or_not_gone).
+THERE_AGAIN_OR_NOT_GONE = (
+    "read again, a chain it removes is there, as it was or made again meanwhile (the same"
+    " container added again under its ID): it may have gone in"
 )
 
 

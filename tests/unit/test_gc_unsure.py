@@ -543,14 +543,19 @@ def test_a_hung_write_that_did_not_go_in_says_so_and_not_that_it_may_have(tmp_pa
 
     lines = []
     with pytest.raises(ToolTimedOut) as hung:
-        run_gc(HungBefore(example_tables()), tmp_path)
-    lines.append(str(hung.value))
-    with pytest.raises(ToolTimedOut) as hung:
         run_nft_gc(HungNftBefore(nftcases.live("v191-several")), tmp_path)
     lines.append(str(hung.value))
     for line in lines:
         assert "did not finish within" in line and "it did not go in" in line, line
         assert "may have gone in" not in line and "went in" not in line, line
+    # The example node's stale iptables chains have their entry rules last: the same
+    # as the plugin's ADD of them again after a commit would leave, so the read cannot
+    # say it did not go in (test_a_hung_write_whose_chain_is_there_again_...).
+    with pytest.raises(ToolTimedOut) as hung:
+        run_gc(HungBefore(example_tables()), tmp_path)
+    line = str(hung.value)
+    assert "did not finish within" in line and "made again meanwhile" in line, line
+    assert "it did not go in" not in line and "run again to see" not in line, line
 
 
 def test_a_halving_stopped_names_each_chain_it_left_once():
@@ -666,3 +671,88 @@ def test_a_hung_write_of_one_chain_that_went_in_reads_as_one():
     assert "none of the 1" not in one and "the chain it removes is gone: it went in" in one, one
     two = str(HungWentIn(hung, types.SimpleNamespace(removed=("a", "b"))))
     assert "none of the 2 chains it removes is left: it went in" in two, two
+
+
+# gone1 (stale) and other1 (kept), as Debian's plugin leaves them (legacy iptables-save).
+_GONE1 = "CNI-DN-7ee34ac8ac11d5eac97a5"
+_GONE1_CHAIN = f"""\
+-A {_GONE1} -s 10.88.0.0/16 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK
+-A {_GONE1} -s 127.0.0.1/32 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK
+-A {_GONE1} -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.88.0.5:80
+"""
+_GONE1_ENTRY = (
+    '-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"net1\\" id: \\"gone1\\""'
+    f" -m multiport --dports 8080 -j {_GONE1}\n"
+)
+_OTHER1_ENTRY = (
+    '-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"net1\\" id: \\"other1\\""'
+    " -m multiport --dports 8081 -j CNI-DN-ef782da6b6332bdc3882c\n"
+)
+
+
+def _two_containers(entries: str) -> NatTable:
+    """The nat table with gone1 and other1, their entry rules as `entries` orders them."""
+    return parse_save(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+        ":CNI-DN-7ee34ac8ac11d5eac97a5 - [0:0]\n:CNI-DN-ef782da6b6332bdc3882c - [0:0]\n"
+        ":CNI-HOSTPORT-DNAT - [0:0]\n:CNI-HOSTPORT-SETMARK - [0:0]\n"
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n"
+        '-A CNI-HOSTPORT-SETMARK -m comment --comment "CNI portfwd masquerade mark"'
+        " -j MARK --set-xmark 0x2000/0x2000\n"
+        + _GONE1_CHAIN
+        + "-A CNI-DN-ef782da6b6332bdc3882c -p tcp -m tcp --dport 8081"
+        " -j DNAT --to-destination 10.88.0.6:80\n" + entries + "COMMIT\n",
+        4,
+    )
+
+
+@pytest.mark.parametrize(
+    "case, said",
+    [
+        # Committed, then hung; meanwhile the plugin added gone1 again under its ID (the
+        # same chain, its entry rule appended): gc's read finds it, made again.
+        ("went-in-then-added-again", "may have gone in"),
+        # Hung before its commit, gone1's entry rule still ahead of other1's, as read:
+        # a chain made again would have its entry appended behind it.
+        ("hung-before-in-place", "it did not go in"),
+        # Hung before its commit, gone1's entry rule the last, as read: the same as an
+        # ADD of gone1 again after the commit would leave (nothing tells which).
+        ("hung-before-last", "may have gone in"),
+    ],
+)
+def test_a_hung_write_whose_chain_is_there_again_never_says_it_did_not_go_in(
+    tmp_path, flushed, case, said
+):
+    """h239: gc's iptables-legacy-restore committed, then hung (stopped at its time
+    limit), and meanwhile the plugin added the same container again (its chain has the
+    same name, from network and ID). gc read again, found the chain and said "read
+    again, what it removes is still there: it did not go in": false, it had gone in.
+    Now "did not go in" is said only where the read proves it (the chain as read, its
+    entry rule still ahead of a rule that followed it), else that it may have."""
+    from portmapctl.errors import ToolTimedOut
+    from portmapctl.iptables.access import restore
+
+    entries = (
+        _OTHER1_ENTRY + _GONE1_ENTRY if case == "hung-before-last" else _GONE1_ENTRY + _OTHER1_ENTRY
+    )
+
+    class Hung(MemoryBackend):
+        def apply(self, txn: Transaction) -> None:
+            if case == "went-in-then-added-again":
+                super().apply(txn)
+                assert not self.tables[4].has_chain(_GONE1)
+                self.tables[4] = _two_containers(_OTHER1_ENTRY + _GONE1_ENTRY)  # the ADD
+            raise restore._timed_out("iptables-legacy-restore", writing=True)
+
+    backend = Hung({4: _two_containers(entries)})
+    node = Node(
+        NodeOptions(cache_dirs=(str(tmp_path / "none"),), backend="iptables", families=(4,)),
+        backend,
+    )
+    options = gc_lib.GcOptions(min_age=0, state_dir=str(tmp_path / "run"))
+    with pytest.raises(ToolTimedOut) as hung:
+        gc_lib.gc(node, gc_lib.Sources(keep=("other1",)), options)
+    line = str(hung.value)
+    assert "did not finish within" in line and said in line, line
+    assert ("it did not go in" in line) == (said == "it did not go in"), line
+    assert "run again to see" not in line, line

@@ -19,7 +19,7 @@ from portmapctl.errors import (
     PortmapctlError,
     ToolTimedOut,
 )
-from portmapctl.iptables.ruleset import NatTable
+from portmapctl.iptables.ruleset import NatTable, rule_target
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.gc.family import FamilyPlan, as_judged, settled
 from portmapctl.ops.gc.planning import Planning, plan_table, reread_cache
@@ -91,9 +91,14 @@ def converge_family(node: Node, first: FamilyPlan, planning: Planning) -> Family
         if went is None:
             if not tried[-1].removed:
                 raise
-            # A chain it removes is left: the transaction (all or nothing) did not go
-            # in, which its "may have gone in ...: run again to see" left open.
-            raise err.not_gone_in() from None
+            if left_in_place(tried[-1], table):
+                # A chain it removes is left where it was: the transaction (all or
+                # nothing) did not go in, which its "may have gone in ...: run again
+                # to see" left open.
+                raise err.not_gone_in() from None
+            # Left, but as the plugin's ADD of the same container after the write would
+            # leave it: it said "did not go in", false where it had gone in.
+            raise err.there_again_or_not_gone() from None
         raise HungWentIn(err, went) from None
     except HostProblem as err:
         # A read (or the cache's, to re-plan) that failed after a try whose tool died
@@ -336,6 +341,34 @@ def settle_family(node: Node, first: FamilyPlan, planning: Planning, why: str) -
         maybe_gone = {chain.key for chain in unjudged}
         done = replace(done, seen={k: v for k, v in done.seen.items() if k not in maybe_gone})
     return Settled(done, refused, stop[0] if stop else None, tuple(untried))
+
+
+def left_in_place(plan: FamilyPlan, after: NatTable) -> bool:
+    """Whether `after`, read after a write of `plan` that hung, shows a chain the plan
+    removes never removed: its rules as read before, and a rule entering it still
+    ahead of a rule that followed it then and that the plan keeps. An iptables chain
+    has no handle: the plugin's ADD of the same container after the write makes the
+    same chain again (its name comes from network and ID), but appends its entry
+    rules, behind every rule already there. Where nothing tells (its entry rules last,
+    a chain nothing enters, the read before not known) it may have gone in. (A v0.7
+    plugin prepends its entry rules: one made again by it is not told apart.)"""
+    before = plan.read_from
+    if before is None:
+        return False
+    gone = {chain.chain for chain in plan.removed}
+    for name in gone:
+        if not after.has_chain(name) or after.rules(name) != before.rules(name):
+            continue
+        for entry_chain, chain in before.chains.items():
+            rules = chain.rules
+            now = after.rules(entry_chain)
+            for index, rule in enumerate(rules):
+                if rule_target(rule) != name or rule not in now:
+                    continue
+                kept = {r for r in rules[index + 1 :] if rule_target(r) not in gone}
+                if kept & set(now[now.index(rule) + 1 :]):
+                    return True
+    return False
 
 
 def _went_in(

@@ -7,7 +7,7 @@ reads the node and plans a whole run with it, so that it is tested on tables alo
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 from portmapctl.iptables import inventory
@@ -50,6 +50,9 @@ class FamilyPlan:
     # Ripe chains the last try leaves for a later run (_by_text), among `pending`: the
     # tries before it forgot their sightings, which the run writes back (apply.py).
     left: FrozenSet[ChainKey] = frozenset()
+    # The table it was planned from: a write of it that hung is judged against it
+    # (converge.left_in_place). No part of the plan's value.
+    read_from: Optional[NatTable] = field(default=None, compare=False, repr=False)
 
 
 def fingerprint(chain: AnyChain) -> str:
@@ -180,6 +183,7 @@ def plan_family(
         removed_ips,
         foreign_rules,
         frozenset(ChainKey(family, c.name) for c in waiting),
+        read_from=table,
     )
 
 
