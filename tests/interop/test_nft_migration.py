@@ -695,6 +695,29 @@ def test_check_under_backend_nftables_of_an_iptables_container_repairs_nothing_t
     assert all(c.returncode == 0 for c in rp.run_check(node, "ipt1", conf)), "the plugin's CHECK"
 
 
+def test_check_under_backend_nftables_names_the_iptables_flavour_holding_the_chain(
+    node: str, tmp_path: Path
+) -> None:
+    """h239: ipt1's chain is in the iptables-legacy tables (Debian's plugin run with
+    iptables-legacy; the node's `iptables` is iptables-nft). `check --backend nftables`
+    of its mapping said "its chain CNI-DN-... is in iptables, so the plugin keeps it
+    there", where `iptables -t nat -S` shows nothing of it; add of the same mapping
+    said "is in the iptables-legacy tables". Now check names the flavour as add does."""
+    if rp.mode_available("legacy")[0] is False or shutil.which("iptables-legacy") is None:
+        pytest.skip("no iptables-legacy")
+    conf = rp.plugin_conf("podman", ["10.88.0.42/16"], [_pm(8042, 80)])
+    rp.run_plugin("ADD", node, "ipt1", conf, mode="legacy", check=True)
+    ipt1 = ["--network", "podman", "--container", "ipt1", "--ip", "10.88.0.42/16", "-p", "8042:80",
+            "--backend", "nftables", "--iptables", "nft"]  # fmt: skip
+    said = f"its chain {chain_name('podman', 'ipt1')} is in the iptables-legacy tables"
+    done = _pmctl(node, tmp_path, "check", *ipt1)
+    assert done.returncode == 1 and said in done.stderr, done.stderr
+    done = _pmctl(node, tmp_path, "check", *ipt1, "--repair")
+    pmctl.assert_error(done, 2, said, "so the plugin keeps it there", "nothing changed")
+    done = _pmctl(node, tmp_path, "add", *ipt1)
+    pmctl.assert_error(done, 2, said, "so the plugin keeps it there", "nothing changed")
+
+
 def test_an_nftables_node_with_legacy_leftovers_is_not_sent_to_iptables_legacy(
     node: str, tmp_path: Path
 ) -> None:

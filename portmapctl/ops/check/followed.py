@@ -126,46 +126,50 @@ def _key_ignored(node: Node, config: MappingConfig) -> bool:
     if node.options.offline:
         return False
     families = validate.chosen_families(config, node.families, "check")
-    if not chain_in_iptables(node, families, dnat_chain_name(config)):
+    if chain_in_iptables(node, families, dnat_chain_name(config)) is None:
         return False
     from portmapctl.ops.nft import has_rules_for
 
     return not has_rules_for(config, node.read_nft_evidence())
 
 
-def chain_in_iptables(node: Node, families: Sequence[int], name: str) -> bool:
-    """Whether the host's iptables holds chain `name` in one of `families`: the flavour
-    the node uses (asked of the kernel, NFT_MSG_GETCHAIN, where it is iptables-nft;
-    else read), else the other flavour (the plugin ran with it: the `iptables`
-    alternative switched since; flavour_guard.in_other_flavour: no process where it has
-    no nat table). Under --backend nftables the node reads no iptables (Unread): the
-    host's is opened for this; none to open: False (nothing says the plugin keeps it
-    there). Offline: a snapshot's own tables only."""
+def chain_in_iptables(node: Node, families: Sequence[int], name: str) -> Optional[str]:
+    """Where the host's iptables holds chain `name` in one of `families`, in the words
+    add says it (cli/add_backend.py): "iptables" for the flavour the node uses (asked
+    of the kernel, NFT_MSG_GETCHAIN, where it is iptables-nft; else read), "the
+    iptables-legacy tables" (or -nft) for the other (the plugin ran with it: the
+    `iptables` alternative switched since; flavour_guard.in_other_flavour: no process
+    where it has no nat table); None where neither does. Under --backend nftables the
+    node reads no iptables (Unread): the host's is opened for this; none to open: None
+    (nothing says the plugin keeps it there). Offline: a snapshot's own tables only."""
     backend = node.backend
     if not node.options.reads_iptables:
         from portmapctl.iptables.access import open_backend
 
         if node.options.offline:
-            return False
+            return None
         try:
             backend = open_backend(node.options.iptables, families=families)
         except PortmapctlError:
-            return False
+            return None
     try:
         if _in_flavour_used(node, backend, families, name):
-            return True
+            return "iptables"
     except PortmapctlError:
         if backend is node.backend:
             raise  # (the node's own read: as any read of it)
-        return False  # (no iptables to read here: nothing says it is kept there)
+        return None  # (no iptables to read here: nothing says it is kept there)
     if node.options.offline:
-        return False
+        return None
     from portmapctl.ops.flavour_guard import in_other_flavour
 
     try:
-        return in_other_flavour(backend, families, name) is not None
+        other = in_other_flavour(backend, families, name)
     except PortmapctlError:
-        return False  # (the other flavour unreadable: the plugin cannot use it either)
+        return None  # (the other flavour unreadable: the plugin cannot use it either)
+    # (Named: "is in iptables" sent people to `iptables -t nat -S`, which shows nothing
+    # of it where `iptables` is the other flavour.)
+    return None if other is None else f"the iptables-{other} tables"
 
 
 def chains_in_iptables(node: Node, families: Sequence[int], names: Collection[str]) -> Set[str]:
@@ -280,8 +284,9 @@ def _kept_elsewhere(
         # Its chain in iptables: a config without the key is kept there by the plugin
         # (ops/nft.py choose: in both, iptables wins). A nat table is asked for first,
         # without a process: a node on nftables alone runs no iptables for this.
-        if not node.options.offline and chain_in_iptables(node, families, name):
-            return f"{config.network}/{config.container_id}: its chain {name} is in iptables"
+        where = None if node.options.offline else chain_in_iptables(node, families, name)
+        if where is not None:
+            return f"{config.network}/{config.container_id}: its chain {name} is in {where}"
         return None
     from portmapctl.ops.nft import kept_in_nftables, kept_there
 
