@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -277,6 +280,56 @@ def test_a_copy_in_the_backend_the_cached_config_does_not_use_is_both_backends(
     assert sorted(line.split()[-2] for line in listed[1:3]) == ["iptables", "nftables"], listed
     alone = _pmctl(node, tmp_path, "list", "--backend", "nftables").stdout.splitlines()
     assert "BACKEND" not in alone[0] and "CHAIN" not in alone[0], alone  # (one backend)
+
+
+def _run_named(ns: str, why: str) -> None:
+    """Run the commands a `why` names (each in backquotes), in the namespace."""
+    for command in re.findall(r"`([^`]*)`", why):
+        if command == "portmap":
+            continue  # (the plugin's version, named as how to find it)
+        subprocess.run(["ip", "netns", "exec", ns, *shlex.split(command)], check=True)
+
+
+@pytest.mark.parametrize("plugin", ["v1.9.1", "debian"])
+def test_both_backends_under_a_cached_nftables_key_never_names_only_the_copy_its_plugin_reads(
+    node: str, tmp_path: Path, plugin: str
+) -> None:
+    """web1 cached with "backend": "nftables", its rules in both backends: v1.9.1 added
+    it (nftables) and Debian's 1.1.1 wrote an iptables copy, or Debian's 1.1.1 added it
+    (it ignores the key: iptables) and v1.9.1 wrote an nftables copy. The two states
+    are the same, rule for rule. check named the iptables copy for removal in both: on
+    the 1.1.1 node that deletes the rules its plugin reads (its DEL then leaves the
+    nftables copy for ever). Now `why` names each copy under the plugin version that
+    does not use it; the removal named for the container's plugin leaves its own rules,
+    which its CHECK passes and its DEL removes whole."""
+    conf = upstream.nft_conf("podman", ["10.88.0.5/16"], [_pm(8080, 80)])
+    debian = lambda cmd: rp.run_plugin(cmd, node, "web1", conf, check=True)  # noqa: E731
+    v191 = lambda cmd: upstream.run(V191, cmd, node, "web1", conf, check=True)  # noqa: E731
+    own, copier = (v191, debian) if plugin == "v1.9.1" else (debian, v191)
+    own("ADD")
+    copier("ADD")
+    rp.write_cni_cache(tmp_path, "podman", "web1", "eth0", conf, [_pm(8080, 80)],
+                       ["10.88.0.5/16"])  # fmt: skip
+    done = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    (problem,) = json.loads(done.stdout)["problems"]
+    assert problem["kind"] == "both-backends" and problem["fix"] is None, problem
+    why = problem["why"]
+    newer, _, older = why.partition("With a plugin before v1.6")
+    assert older, why  # (each copy under its own plugin version)
+    assert "iptables-nft -t nat -X" in newer and "nft delete" not in newer, why
+    assert "nft delete rule" in older and "iptables" not in older.replace("in iptables", ""), why
+    _run_named(node, newer if plugin == "v1.9.1" else older)
+    healthy = _pmctl(node, tmp_path, "check", "-o", "json")
+    if plugin == "v1.9.1":
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        v191("CHECK")
+    else:
+        for result in rp.run_check(node, "web1", conf):
+            assert result.returncode == 0, result.stdout + result.stderr
+    own("DEL")
+    assert "web1" not in rp.save(node, 4)
+    assert "web1" not in upstream.nft(node, "list", "ruleset").stdout
 
 
 def test_mixed_node(node: str, tmp_path: Path) -> None:

@@ -148,11 +148,18 @@ def test_both_backends_says_how_to_remove_the_copy_the_config_does_not_use(
     assert (problem["kind"], problem["container_id"], problem["fix"]) == (
         "both-backends", "both1", None,
     )  # fmt: skip
-    assert f"remove its {other} copy by hand" in problem["why"]
+    why = problem["why"]
+    if cached == "nftables":
+        # Each copy under the plugin version that does not use it (a plugin before v1.6
+        # ignores the key): both1's is v1.9.1's, so the iptables copy goes.
+        assert "remove by hand the copy its plugin does not use" in why
+        why = why.partition("With a plugin before v1.6")[0].partition("With v1.6 or later")[2]
+    else:
+        assert f"remove its {other} copy by hand" in why
     assert problem["rule"]
     gc = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
     assert json.loads(gc.stdout)["removed"] == []  # why gc was no fix
-    _run_steps(node, problem["why"])
+    _run_steps(node, why)
     after = _pmctl(node, tmp_path, "check", "-o", "json")
     assert after.returncode == 0, after.stdout + after.stderr
     upstream.run("v1.9.1", "CHECK", node, "both1", conf, check=True)

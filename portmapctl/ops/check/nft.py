@@ -495,51 +495,99 @@ def _both_backends(
     A copy is judged per cached network: the iptables chain of a network whose cached
     config uses nftables, or nftables rules when no cached network of the container
     uses nftables. A container on two networks, one per backend (a network switched to
-    nftables, the other not), has rules in both and nothing to remove: None."""
-    from portmapctl.iptables.plugin_rules import entry_rules
-    from portmapctl.nftables.transaction import Op, OpKind
+    nftables, the other not), has rules in both and nothing to remove: None.
 
+    A cached `"backend": "nftables"` does not say alone which copy is the plugin's: a
+    plugin of v1.6 on keeps the container in nftables, one before v1.6 (Debian's 1.1.1)
+    ignores the key and keeps it in iptables (ops/nft.py key_ignored), and the two
+    copies are the same whichever plugin wrote which. So `why` gives both removals,
+    each under the plugin version it is for: naming the iptables copy alone told the
+    operator of a node running 1.1.1 to delete the rules its plugin reads."""
     in_nft = [a for a in parts.nftables if a.container_id == cid]
-    steps: List[str] = []
-    rules: List[str] = []
     if in_nft:
         keep, network = Backend.NFTABLES, in_nft[0].network
-        chains = {a.dnat_chain for a in in_nft}
-        for family in sorted(tables):
-            table = tables[family]
-            for chain in sorted(c for c in chains if table.has_chain(c)):
-                for entry in entry_rules(table, {chain})[chain]:
-                    steps.append(fixes.iptables(family, "-D", entry.chain, entry.args))
-                    rules.append(shown_rule("-A", entry.chain, entry.args))
-                steps.append(fixes.iptables(family, "-F", chain, ()))
-                steps.append(fixes.iptables(family, "-X", chain, ()))
-                rules += [shown_rule("-A", chain, r) for r in table.rules(chain)]
+        steps, rules = _iptables_copy(tables, {a.dnat_chain for a in in_nft}, fixes)
     else:
         keep = Backend.IPTABLES
         network = next((a.network for a in parts.iptables if a.container_id == cid), None)
-        for (family, _handle), rule in sorted(rules_by_handle(live).items()):
-            if rule.comment != cid:
-                continue
-            delete = Op(OpKind.DELETE_RULE, family, rule.chain, handle=rule.handle)
-            steps.append(f"nft {delete.line()}")
-            rules.append(rule.body.text(family))
+        steps, rules = _nft_copy(cid, live)
     if not steps:
         return None  # each copy is a cached network's own
     other = Backend.IPTABLES if keep is Backend.NFTABLES else Backend.NFTABLES
-    how = "; ".join(f"`{step}`" for step in steps)
+    keyed = any(a.mapping is not None and a.mapping.backend == Backend.NFTABLES for a in in_nft)
+    if not keyed:
+        # No key, or "iptables": every plugin version keeps it in `keep`.
+        detail = f"rules in both iptables and nftables; its cached config uses {keep.value}"
+        # Prose, not a command: JSON `fix` is null and this goes to `why` (gc keeps a
+        # live container's rules in both backends).
+        how = f"remove its {other} copy by hand (gc keeps both: the container is live): "
+        how += _commands(steps)
+    else:
+        nft_steps, nft_rules = _nft_copy(cid, live)
+        rules += nft_rules
+        detail = (
+            "rules in both iptables and nftables; its cached config says nftables, which"
+            " plugins before v1.6 ignore"
+        )
+        how = (
+            "remove by hand the copy its plugin does not use (gc keeps both: the container"
+            " is live); `portmap` run with no CNI_COMMAND prints its version. With v1.6"
+            f" or later (it keeps it in nftables), the iptables copy: {_commands(steps)}."
+            ' With a plugin before v1.6 (Debian\'s 1.1.1: "version unknown"; it ignores'
+            f" the key and keeps it in iptables), the nftables copy: {_commands(nft_steps)}"
+        )
     return Problem(
         ProblemKind.BOTH_BACKENDS.value,
         None,
         None,
         network,
         cid,
-        f"rules in both iptables and nftables; its cached config uses {keep.value}",
-        # Prose, not a command: JSON `fix` is null and this goes to `why` (gc keeps a
-        # live container's rules in both backends).
-        f"remove its {other} copy by hand (gc keeps both: the container is live): {how}",
+        detail,
+        how,
         _NFT_WHY[ProblemKind.BOTH_BACKENDS],
         tuple(rules),
     )
+
+
+def _iptables_copy(
+    tables: ReadOnly[int, NatTable], chains: Set[str], fixes: Fixes
+) -> Tuple[List[str], List[str]]:
+    """The commands that remove `chains` and their entry rules from iptables, and those
+    rules as iptables-save prints them."""
+    from portmapctl.iptables.plugin_rules import entry_rules
+
+    steps: List[str] = []
+    rules: List[str] = []
+    for family in sorted(tables):
+        table = tables[family]
+        for chain in sorted(c for c in chains if table.has_chain(c)):
+            for entry in entry_rules(table, {chain})[chain]:
+                steps.append(fixes.iptables(family, "-D", entry.chain, entry.args))
+                rules.append(shown_rule("-A", entry.chain, entry.args))
+            steps.append(fixes.iptables(family, "-F", chain, ()))
+            steps.append(fixes.iptables(family, "-X", chain, ()))
+            rules += [shown_rule("-A", chain, r) for r in table.rules(chain)]
+    return steps, rules
+
+
+def _nft_copy(cid: str, live: Ruleset) -> Tuple[List[str], List[str]]:
+    """The `nft delete rule` of each of the container's rules in the plugin's tables,
+    and those rules as `nft list` prints them."""
+    from portmapctl.nftables.transaction import Op, OpKind
+
+    steps: List[str] = []
+    rules: List[str] = []
+    for (family, _handle), rule in sorted(rules_by_handle(live).items()):
+        if rule.comment != cid:
+            continue
+        delete = Op(OpKind.DELETE_RULE, family, rule.chain, handle=rule.handle)
+        steps.append(f"nft {delete.line()}")
+        rules.append(rule.body.text(family))
+    return steps, rules
+
+
+def _commands(steps: Sequence[str]) -> str:
+    return "; ".join(f"`{step}`" for step in steps)
 
 
 def _both_backends_uncached(
