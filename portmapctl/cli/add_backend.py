@@ -100,19 +100,17 @@ def _refuse_a_copy(common: Common, config: MappingConfig) -> Any:
         raise _kept_elsewhere(common, config, configured_there(config, cached))
     chain = dnat_chain_name(config)
     if cached == Backend.NFTABLES == config.backend and _key_ignored(common, config):
-        ignored = (
-            f"{config.network}/{config.container_id}: its chain {chain} is in iptables, no"
-            ' rule of it in nftables: its plugin ignores its cached "backend": "nftables"'
-            " (plugins before v1.6 do)"
-        )
-        raise _kept_elsewhere(common, config, ignored)
+        from portmapctl.ops.nft import ignored_there
+
+        raise _kept_elsewhere(common, config, ignored_there(config))
     if cached == config.backend:
         return None
     if config.backend == Backend.NFTABLES:
         where = _chain_in_iptables(common, config, chain)
         if where is not None:
-            who = f"{config.network}/{config.container_id}"
-            raise _kept_elsewhere(common, config, f"{who}: its chain {chain} is in {where}")
+            from portmapctl.ops.nft import chain_there
+
+            raise _kept_elsewhere(common, config, chain_there(config, where))
         return None
     live = _plugin_tables(common, config)
     if live is None and cached is None:
@@ -200,17 +198,14 @@ def _kept_elsewhere(common: Common, config: MappingConfig, elsewhere: str) -> Ba
 
 
 def _chain_in_iptables(common: Common, config: MappingConfig, chain: str) -> Optional[str]:
-    """Where the container's chain is: the iptables nat table add would read (one
-    `iptables -S CHAIN` per family where it can: a save of the whole table elsewhere),
-    else the other flavour's (the plugin ran with it: the `iptables` alternative
-    switched since; looked for only where that flavour has a nat table, asked without
-    creating one, ops/flavour_guard.py). None where it is in neither, or iptables
-    cannot be read: there the plugin cannot use it either."""
+    """Where the container's chain is in iptables, in either flavour (ops/chain_place.py,
+    check's question too), as add's refusals and notes say it; None where it is in
+    neither, or iptables cannot be read: there the plugin cannot use it either."""
     from portmapctl.cli._common import families
     from portmapctl.errors import PortmapctlError
     from portmapctl.host.netns import entered
     from portmapctl.iptables.access import open_backend
-    from portmapctl.ops.flavour_guard import in_other_flavour
+    from portmapctl.ops.chain_place import chain_place
 
     # Both families, those add writes first: the chain's name is its container's on its
     # network in either, and its plugin keeps it in one backend whatever the family
@@ -219,23 +214,10 @@ def _chain_in_iptables(common: Common, config: MappingConfig, chain: str) -> Opt
     wanted += [f for f in (4, 6) if f not in wanted]
     try:
         with entered(common.netns):
-            backend = open_backend(common.iptables, families=wanted)
-            has_table = getattr(backend, "has_nat_table", lambda _family: True)
-            list_chain = getattr(backend, "list_chain", None)
-            for family in wanted:
-                if not has_table(family):
-                    continue
-                if list_chain is not None:
-                    if list_chain(family, chain) is not None:
-                        return "iptables"
-                elif backend.read(family).has_chain(chain):
-                    return "iptables"
-            other = in_other_flavour(backend, wanted, chain)
-            if other is not None:
-                return f"the iptables-{other} tables"
+            found = chain_place(open_backend(common.iptables, families=wanted), wanted, chain)
     except PortmapctlError:
         return None
-    return None
+    return None if found is None else found.words
 
 
 def _goes_to_nftables(config: MappingConfig, out: Output, why: str) -> MappingConfig:

@@ -177,6 +177,27 @@ def kept_there(config: MappingConfig) -> str:
     )
 
 
+def chain_there(config: MappingConfig, where: str = "iptables") -> str:
+    """What ops/chain_place.py found (`where`: ChainPlace.words), as the notes and
+    refusals that follow it begin: the plugin keeps a container whose chain is in
+    iptables there."""
+    from portmapctl.iptables.chains import dnat_chain_name
+
+    return (
+        f"{config.network}/{config.container_id}: its chain {dnat_chain_name(config)} is in {where}"
+    )
+
+
+def ignored_there(config: MappingConfig, whose: str = "its cached") -> str:
+    """What key_ignored found for one container, as the refusals that follow it begin:
+    its plugin ignored the `"backend": "nftables"` of a config (`whose`: its cached
+    config's, else the config given)."""
+    return (
+        f"{chain_there(config)}, no rule of it in nftables: its plugin ignores {whose}"
+        ' "backend": "nftables" (plugins before v1.6 do)'
+    )
+
+
 def configured_there(config: MappingConfig, backend: Backend = Backend.NFTABLES) -> str:
     """What cni/cache.py configured_backend found, as the notes and errors that follow
     it begin: the container's cached config names `backend`."""

@@ -64,10 +64,8 @@ def followed(
     if not live.tables:
         return config, ()
 
-    name = dnat_chain_name(config)
-
     def in_iptables() -> bool:
-        return any(table.has_chain(name) for table in node.read(families).values())
+        return _in_node_iptables(node, families, dnat_chain_name(config))
 
     if not kept_in_nftables(config, live, in_iptables, node.options.keyless):
         return config, ()
@@ -134,42 +132,39 @@ def _key_ignored(node: Node, config: MappingConfig) -> bool:
 
 
 def chain_in_iptables(node: Node, families: Sequence[int], name: str) -> Optional[str]:
-    """Where the host's iptables holds chain `name` in one of `families`, in the words
-    add says it (cli/add_backend.py): "iptables" for the flavour the node uses (asked
-    of the kernel, NFT_MSG_GETCHAIN, where it is iptables-nft; else read), "the
-    iptables-legacy tables" (or -nft) for the other (the plugin ran with it: the
-    `iptables` alternative switched since; flavour_guard.in_other_flavour: no process
-    where it has no nat table); None where neither does. Under --backend nftables the
-    node reads no iptables (Unread): the host's is opened for this; none to open: None
-    (nothing says the plugin keeps it there). Offline: a snapshot's own tables only."""
-    backend = node.backend
-    if not node.options.reads_iptables:
-        from portmapctl.iptables.access import open_backend
+    """Where the host's iptables holds chain `name` in one of `families`, in either
+    flavour (ops/chain_place.py, add's question too), in the words add says it
+    (ChainPlace.words: "iptables", "the iptables-legacy tables"); None where neither
+    does. Under --backend nftables the node reads no iptables (Unread): the host's is
+    opened for this; none to open, or its read failing: None (nothing says the plugin
+    keeps it there). Offline: a snapshot's own tables only."""
+    from portmapctl.ops.chain_place import chain_place
 
-        if node.options.offline:
-            return None
-        try:
-            backend = open_backend(node.options.iptables, families=families)
-        except PortmapctlError:
-            return None
-    try:
-        if _in_flavour_used(node, backend, families, name):
-            return "iptables"
-    except PortmapctlError:
-        if backend is node.backend:
-            raise  # (the node's own read: as any read of it)
-        return None  # (no iptables to read here: nothing says it is kept there)
+    if node.options.reads_iptables:
+        # (The node's own read: failing, it fails as any read of it.)
+        found = chain_place(
+            node.backend, families, name, read=node.read, other_flavour=not node.options.offline
+        )
+        return None if found is None else found.words
     if node.options.offline:
         return None
-    from portmapctl.ops.flavour_guard import in_other_flavour
+    from portmapctl.iptables.access import open_backend
 
     try:
-        other = in_other_flavour(backend, families, name)
+        backend = open_backend(node.options.iptables, families=families)
+        found = chain_place(backend, families, name)
     except PortmapctlError:
-        return None  # (the other flavour unreadable: the plugin cannot use it either)
-    # (Named: "is in iptables" sent people to `iptables -t nat -S`, which shows nothing
-    # of it where `iptables` is the other flavour.)
-    return None if other is None else f"the iptables-{other} tables"
+        return None  # (no iptables to read here: nothing says it is kept there)
+    return None if found is None else found.words
+
+
+def _in_node_iptables(node: Node, families: Sequence[int], name: str) -> bool:
+    """kept_in_nftables' question: chain `name` in the flavour the node reads (not the
+    other: a container with rules in nftables and a chain only there is kept in
+    nftables, as the node's check splits it)."""
+    from portmapctl.ops.chain_place import in_flavour_used
+
+    return in_flavour_used(node.backend, families, name, read=node.read)
 
 
 def chains_in_iptables(node: Node, families: Sequence[int], names: Collection[str]) -> Set[str]:
@@ -192,49 +187,17 @@ def chains_in_iptables(node: Node, families: Sequence[int], names: Collection[st
     except (PortmapctlError, OSError):
         return found
     if getattr(backend, "flavour", None) is Flavour.NFT:
+        from portmapctl.ops.chain_place import chains_in_kernel
+
         # The kernel asked as chain_in_iptables asks it (no process): a nat table
         # iptables-nft-save cannot show (a native nft rule in it) read as none, and
         # every chain in it was repaired with an nftables copy its plugin never deletes.
-        found |= _chains_in_kernel(families, set(names) - found)
+        found |= chains_in_kernel(families, set(names) - found) or set()
     try:
         others = other_flavour_tables(backend, families).values()
     except (PortmapctlError, OSError):
         return found  # (the other flavour unreadable: the plugin cannot use it either)
     return found | {name for name in names if any(t.has_chain(name) for t in others)}
-
-
-def _chains_in_kernel(families: Sequence[int], names: Collection[str]) -> Set[str]:
-    """Those of `names` the nf_tables nat table of one of `families` holds (one
-    NFT_MSG_GETCHAIN each, one socket); none where netlink cannot be asked."""
-    from portmapctl.iptables.access import nfgen, nfmsg
-
-    try:
-        with nfgen.open_socket() as sock:
-            return {
-                n for n in names if any(nfmsg.chain_exists(sock, f, "nat", n) for f in families)
-            }
-    except OSError:
-        return set()
-
-
-def _in_flavour_used(node: Node, backend: object, families: Sequence[int], name: str) -> bool:
-    from portmapctl.iptables.access import Flavour
-
-    if getattr(backend, "flavour", None) is Flavour.NFT:
-        from portmapctl.iptables.access import nfgen, nfmsg
-
-        try:
-            with nfgen.open_socket() as sock:
-                return any(nfmsg.chain_exists(sock, f, "nat", name) for f in families)
-        except OSError:
-            pass  # (no netfilter netlink to ask: read, as below)
-    has_table = getattr(backend, "has_nat_table", lambda _family: True)
-    there = tuple(f for f in families if has_table(f))
-    if not there:
-        return False
-    if backend is node.backend:
-        return any(t.has_chain(name) for t in node.read(there).values())
-    return any(backend.read(f).has_chain(name) for f in there)  # type: ignore[attr-defined]
 
 
 def _key_ignored_note(config: MappingConfig, said: Optional[str] = None) -> str:
@@ -262,16 +225,15 @@ def _kept_elsewhere(
     "nftables" is the plugin's but where it ignored it. `ignored`: _key_ignored's
     answer, where it was asked already (None: asked here if needed)."""
     from portmapctl.cni.cache import configured_backend
+    from portmapctl.ops.nft import chain_there, configured_there, ignored_there
 
     cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
     if cached is not None:
-        from portmapctl.ops.nft import configured_there
-
         if cached == Backend.NFTABLES and _ignored(node, config, ignored):
             # Its plugin ignored the key (one before v1.6): it keeps it in iptables.
             if chosen == Backend.IPTABLES:
                 return None
-            return _ignored_there(config)
+            return ignored_there(config)
         return None if cached == chosen else configured_there(config, cached)
     families = validate.chosen_families(config, node.families, "check")
     name = dnat_chain_name(config)
@@ -280,13 +242,13 @@ def _kept_elsewhere(
             # Its config says nftables, and a plugin given it writes there (v1.6 on):
             # one keeps it in iptables only where it ignored the key (its chain there,
             # no rule in nftables), whatever else is in iptables.
-            return _ignored_there(config, "the") if _ignored(node, config, ignored) else None
+            return ignored_there(config, "the") if _ignored(node, config, ignored) else None
         # Its chain in iptables: a config without the key is kept there by the plugin
         # (ops/nft.py choose: in both, iptables wins). A nat table is asked for first,
         # without a process: a node on nftables alone runs no iptables for this.
         where = None if node.options.offline else chain_in_iptables(node, families, name)
         if where is not None:
-            return f"{config.network}/{config.container_id}: its chain {name} is in {where}"
+            return chain_there(config, where)
         return None
     from portmapctl.ops.nft import kept_in_nftables, kept_there
 
@@ -307,7 +269,7 @@ def _kept_elsewhere(
         return None
 
     def in_iptables() -> bool:
-        return any(table.has_chain(name) for table in node.read(families).values())
+        return _in_node_iptables(node, families, name)
 
     if kept_in_nftables(config, live, in_iptables, node.options.keyless):
         return kept_there(config)
@@ -316,17 +278,6 @@ def _kept_elsewhere(
 
 def _ignored(node: Node, config: MappingConfig, known: Optional[bool]) -> bool:
     return _key_ignored(node, config) if known is None else known
-
-
-def _ignored_there(config: MappingConfig, whose: str = "its cached") -> str:
-    """_kept_elsewhere's words for a container whose plugin ignored its cached
-    `"backend": "nftables"` (as add says it, cli/add_run.py _refuse_a_copy); `whose`:
-    the key's (its cached config's, else the config given)."""
-    return (
-        f"{config.network}/{config.container_id}: its chain {dnat_chain_name(config)} is in"
-        f' iptables, no rule of it in nftables: its plugin ignores {whose} "backend":'
-        ' "nftables" (plugins before v1.6 do)'
-    )
 
 
 def _checked_in_nftables(why: str) -> str:
