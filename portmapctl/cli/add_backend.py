@@ -238,17 +238,18 @@ def _goes_to_nftables(config: MappingConfig, out: Output, why: str) -> MappingCo
 
 
 def _kept_in_nftables(common: Common, config: MappingConfig, live: Any) -> bool:
+    """ops/nft.py kept_in_nftables for add (entered in --netns): its chain looked for in
+    the flavour add reads, in either family (the plugin keeps it in one backend for
+    both), by one question each (ops/chain_place.py in_flavour_used: on iptables-nft the
+    kernel, so a nat table iptables-nft-save cannot show is searched too)."""
     from portmapctl.iptables.access import open_backend
+    from portmapctl.ops.chain_place import in_flavour_used
     from portmapctl.ops.nft import kept_in_nftables
 
-    name = dnat_chain_name(config)
-
     def in_iptables() -> bool:
-        # Its chain in either family: the plugin keeps it in one backend for both.
         wanted = list(config.families)
         backend = open_backend(common.iptables, families=wanted)
-        has_table = getattr(backend, "has_nat_table", lambda _family: True)
-        return any(backend.read(f).has_chain(name) for f in wanted if has_table(f))
+        return in_flavour_used(backend, wanted, dnat_chain_name(config))
 
     return kept_in_nftables(config, live, in_iptables)
 

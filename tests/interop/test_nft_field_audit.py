@@ -781,3 +781,35 @@ def test_a_key_ignored_chain_in_a_nat_table_iptables_nft_cannot_save_gets_no_nft
     assert cid not in upstream.ruleset_text(node), done.stdout + done.stderr
     assert upstream.ruleset_text(node) == before
     assert done.returncode == 0 and "ignores the key" in done.stderr, done.stdout + done.stderr
+
+
+def test_add_follows_a_container_kept_in_nftables_where_iptables_nft_cannot_save_nat(
+    node: str, tmp_path: Path
+) -> None:
+    """v1.9.1 added new1 (cni_hostport, no cache entry); a native nft rule in the
+    iptables-nft nat table (`fib daddr type local`) leaves iptables-nft-save showing no
+    nat table at all. A keyless `add` of new1 printed "iptables-nft-save cannot read the
+    nat table", exit 3, nothing written, where `add --backend nftables` adds it (exit
+    0): the question whether its chain is in iptables too (choose: in both, iptables
+    wins) read the whole table through iptables-nft-save, whose refusal ended the
+    follow (new1 taken as iptables'), and the contested warning's read of iptables
+    under auto was fatal where under --backend nftables it is skipped. The kernel is
+    asked for the one chain now (NFT_MSG_GETCHAIN): add follows new1 to nftables, and
+    writes no iptables chain for it."""
+    new = ("new1", ["10.88.0.8/16"], [rp.port_mapping(8088, 80)])
+    _plugin_add(node, tmp_path, new, cached=False)
+    subprocess.run(["ip", "netns", "exec", node, "iptables-nft", "-t", "nat", "-N",
+                    "CNI-HOSTPORT-DNAT"], check=True)  # fmt: skip
+    subprocess.run(["ip", "netns", "exec", node, "nft", "add", "rule", "ip", "nat",
+                    "CNI-HOSTPORT-DNAT", "fib", "daddr", "type", "local", "counter"],
+                   check=True)  # fmt: skip
+    assert "incompatible" in rp.save(node, 4)
+    chain = chain_name("podman", "new1")
+    done = _pmctl(node, tmp_path, "add", "--network", "podman", "--container", "new1",
+                  "--ip", "10.88.0.8/16", "-p", "8088:80")  # fmt: skip
+    listed = subprocess.run(["ip", "netns", "exec", node, "nft", "list", "table", "ip", "nat"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert chain not in listed, done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "its rules are in the plugin's nftables tables alone" in done.stderr, done.stderr
+    assert ("ip", "hostports", "new1") in _container_rules(node)
