@@ -514,8 +514,8 @@ def flush_ports(
 class Flows:
     """`list --conntrack` for one UDP mapping: how many entries are under it, and those
     of them that misroute (an old DNAT destination, never DNATed: what flush-udp
-    --stale-only deletes). A set, not a count: one entry under two mappings (a shadowed
-    one and its winner) is one flow to flush."""
+    --stale-only deletes). A set, not a count: one entry under two mappings (never
+    DNATed, under a shadowed one and its winner) is one flow to flush."""
 
     entries: int = 0
     misrouted: FrozenSet[ConntrackEntry] = frozenset()
@@ -546,10 +546,32 @@ class Counted:
         return len(astray)
 
 
+def behind(covering: Sequence[Mapping], entry: ConntrackEntry) -> List[Mapping]:
+    """Of the mappings that cover an entry's destination, those it is behind (list
+    --conntrack counts it under each): the ones that DNAT to where it went (their
+    container's address and port; else its address: an old container port), when one
+    does. A flow DNATed to another row's container is not behind this one (a container
+    on two networks mapping one port: the node's flow DNATed to the first network's
+    address was counted on both rows, one flow read as two). One never DNATed (begun
+    before the rules: what --stale-only deletes), or DNATed to an address none of them
+    sends to (a gone container's), is behind each of them: it bypasses them all."""
+    if not entry.dnat:
+        return list(covering)
+    replier = packed(entry.family, entry.reply_src)
+    exact = [
+        m
+        for m in covering
+        if packed(m.family, m.container_ip) == replier and m.container_port == entry.reply_sport
+    ]
+    same = exact or [m for m in covering if packed(m.family, m.container_ip) == replier]
+    return same or list(covering)
+
+
 def count_flows(mappings: Iterable[Mapping], judging: Optional[Judging] = None) -> Counted:
     """`list --conntrack`: the UDP entries per UDP mapping (family, host port, and host
-    IP when the mapping has one). An entry counts for every mapping that covers it,
-    shadowed ones too: it is under their port. Only flows to the node's own addresses
+    IP when the mapping has one). An entry counts for the mappings that cover it and
+    that it is `behind`: the one that DNATed it to its container, shadowed or not; one
+    never DNATed (or DNATed to none of them), for every one that covers it. Only flows to the node's own addresses
     count, the ones flush-udp looks at: a forwarded flow to the same port elsewhere (a
     container's DNS query) never met the mapping. A count alone said "3 flows, ok" of a
     mapping two of whose flows went to a gone pod (helper-146): the misrouted ones are
@@ -579,7 +601,7 @@ def count_flows(mappings: Iterable[Mapping], judging: Optional[Judging] = None) 
                 if astray:
                     elsewhere.setdefault(key, set()).add(entry)
                 continue
-            for m in covering:
+            for m in behind(covering, entry):
                 counts[m] += 1
                 if astray:
                     misrouted.setdefault(m, set()).add(entry)

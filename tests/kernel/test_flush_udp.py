@@ -789,3 +789,51 @@ def test_flows_an_other_nft_tables_address_rule_takes_are_kept_and_counted_alike
     assert code == 0, err
     assert [d["host_ip"] for d in json.loads(out)["deleted"]] == going
     assert ct_sports(host_ns) == ({40100} if daddr else {40100, 40200})
+
+
+def test_list_counts_a_flow_under_the_mapping_it_was_dnated_by(
+    host_ns: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A container on two networks, both mapping 6001/udp (podman allows it): net1's
+    entry rule comes first and takes the port. The node sends a datagram to its own
+    192.0.2.10:6001 (real traffic through the plugin's OUTPUT jump): DNATed to net1's
+    10.88.0.5. `list --conntrack` counted that one flow on both rows (FLOWS 1 and 1:
+    two flows to a reader), and a flow DNATed to net2's address on net1's row too. A
+    flow counts under the mappings that DNATed it to their container's address (not
+    under another's row); one never DNATed (what --stale-only deletes) under every
+    mapping of its port and address."""
+    mapped = [{"hostPort": 6001, "containerPort": 6001, "protocol": "udp"}]
+    for n, (network, address) in enumerate((("net1", "10.88.0.5"), ("net2", "10.89.0.5"))):
+        # A route to each network (a veth link: the datagram leaves, conntrack keeps it).
+        ns_run(host_ns, "ip", "link", "add", f"br{n}", "type", "veth", "peer", f"br{n}p")
+        ns_run(host_ns, "ip", "addr", "add", f"{address[:-1]}1/16", "dev", f"br{n}")
+        for device in (f"br{n}", f"br{n}p"):
+            ns_run(host_ns, "ip", "link", "set", device, "up")
+        conf = rp.plugin_conf(network, [f"{address}/16"], mapped)
+        rp.run_plugin("ADD", host_ns, "ctr1", conf, check=True)
+    ns_run(host_ns, "ip", "addr", "add", "192.0.2.10/32", "dev", "lo")
+
+    def counted() -> tuple[dict[str, tuple[int, int]], int]:
+        code, out, err = cli(capsys, "list", "--netns", host_ns, "--conntrack", "-o", "json")
+        assert code == 0, err
+        doc = json.loads(out)
+        rows = {
+            m["network"]: (m["conntrack_entries"], m["conntrack_misrouted"])
+            for m in doc["mappings"]
+        }
+        return rows, doc["conntrack_misrouted"]
+
+    with entered(host_ns):
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sender:
+        sender.bind(("192.0.2.10", 40001))
+        sender.sendto(b"ping", ("192.0.2.10", 6001))
+    assert rp.udp_flows(host_ns) == {(6001, "10.88.0.5")}  # the real DNAT: net1 first
+    assert counted() == ({"net1": (1, 0), "net2": (0, 0)}, 0)
+    ct_load(host_ns, [ct_args("192.0.2.30", "192.0.2.10", 40003, 6001, "10.89.0.5", 6001),
+                      ct_args("192.0.2.20", "192.0.2.10", 40002, 6001)])  # fmt: skip
+    assert counted() == ({"net1": (2, 1), "net2": (2, 1)}, 1)
+    code, out, err = cli(capsys, "flush-udp", "--netns", host_ns, "--stale-only", "--dry-run",
+                         "-o", "json")  # fmt: skip
+    assert code == 0, err
+    assert [d["sport"] for d in json.loads(out)["deleted"]] == [40002]

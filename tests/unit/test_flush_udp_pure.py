@@ -157,7 +157,8 @@ def test_list_conntrack_says_which_flows_misroute(monkeypatch) -> None:
     """list --conntrack's FLOWS said "3, ok" of a mapping two of whose flows went to a
     gone pod or bypassed it (helper-146). Each mapping's misrouted entries are judged
     as --stale-only judges them; one entry under two rows (a shadowed one and its
-    winner) is one flow in the summary; a forwarded flow counts for nothing."""
+    winner) is one flow in the summary; a forwarded flow counts for nothing. The
+    winner's live flow (DNATed to its container) is not under the shadowed row."""
     import ipaddress
 
     from portmapctl.host.addresses import from_networks
@@ -176,7 +177,7 @@ def test_list_conntrack_says_which_flows_misroute(monkeypatch) -> None:
     flows = counted.rows
     assert flows == {
         winner: Flows(3, frozenset({OLD, NEVER})),
-        loser: Flows(3, frozenset({OLD, NEVER})),
+        loser: Flows(2, frozenset({OLD, NEVER})),
     }
     rows = [loser, winner, tcp]
     summary = "3 mappings of 2 containers: 3 ok"
@@ -191,7 +192,7 @@ def test_list_conntrack_says_which_flows_misroute(monkeypatch) -> None:
     )
     doc = render.list_json(rows, [], flows, misrouted=counted.misrouted(rows))
     assert [(m["protocol"], m.get("conntrack_entries"), m.get("conntrack_misrouted"))
-            for m in doc["mappings"]] == [("udp", 3, 2), ("udp", 3, 2), ("tcp", None, None)]  # fmt: skip
+            for m in doc["mappings"]] == [("udp", 2, 2), ("udp", 3, 2), ("tcp", None, None)]  # fmt: skip
     assert doc["conntrack_misrouted"] == 2
     assert "conntrack_misrouted" not in render.list_json(rows, [])  # without --conntrack
     # Judged by every mapping of the node (--backend iptables reads the nftables ones
@@ -199,6 +200,38 @@ def test_list_conntrack_says_which_flows_misroute(monkeypatch) -> None:
     other = mapping("10.88.0.9", container_id="ffe999")
     judging = flow_owners.Judging([winner, other], {})
     assert flush_udp.count_flows([winner], judging).rows[winner] == Flows(3, frozenset({NEVER}))
+
+
+def test_a_flow_counts_under_the_rows_that_dnated_it(monkeypatch) -> None:
+    """A container on two networks maps 6001/udp on both (net1's rule first). A flow
+    DNATed to one network's address is behind that row alone (it counted on both:
+    one flow read as two), one DNATed to the same address on another container port
+    behind that address's row, and one never DNATed or DNATed to a gone container's
+    address behind both (the summary counts it once)."""
+    import ipaddress
+
+    from portmapctl.host.addresses import from_networks
+    from portmapctl.ops import flush_udp
+    from portmapctl.ops.flush_udp import Flows
+
+    net1 = dataclasses.replace(mapping("10.88.0.5", 6001, container_port=6001), network="net1")
+    net2 = dataclasses.replace(mapping("10.89.0.5", 6001, container_port=6001), network="net2")
+    to1 = udp(sport=1, dport=6001, reply_src="10.88.0.5", reply_sport=6001)
+    to2 = udp(sport=2, dport=6001, reply_src="10.89.0.5", reply_sport=6001)
+    old_port = udp(sport=3, dport=6001, reply_src="10.89.0.5", reply_sport=53)
+    never = udp(sport=4, dport=6001)
+    gone = udp(sport=5, dport=6001, reply_src="10.88.0.9", reply_sport=6001)
+    dumped = [to1, to2, old_port, never, gone]
+    monkeypatch.setattr(flush_udp.conntrack, "list_udp", lambda families, ports: dumped)
+    node = from_networks([ipaddress.ip_network("10.0.0.1/32")])
+    monkeypatch.setattr(flush_udp, "local_addresses", lambda families: node)
+    counted = flush_udp.count_flows([net1, net2])
+    assert counted.rows == {
+        net1: Flows(3, frozenset({never, gone})),
+        net2: Flows(4, frozenset({old_port, never, gone})),
+    }
+    assert counted.misrouted([net1, net2]) == 3
+    assert flush_udp.behind([net1, net2], to1) == [net1]
 
 
 def test_list_counts_the_flows_to_an_address_no_row_is_for(monkeypatch) -> None:
