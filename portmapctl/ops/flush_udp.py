@@ -567,11 +567,18 @@ def behind(covering: Sequence[Mapping], entry: ConntrackEntry) -> List[Mapping]:
     return same or list(covering)
 
 
+def _target(m: Mapping) -> Tuple[Optional[bytes], int]:
+    """Where mapping m DNATs to: its container's address (packed) and port."""
+    return packed(m.family, m.container_ip), m.container_port
+
+
 def count_flows(mappings: Iterable[Mapping], judging: Optional[Judging] = None) -> Counted:
     """`list --conntrack`: the UDP entries per UDP mapping (family, host port, and host
     IP when the mapping has one). An entry counts for the mappings that cover it and
-    that it is `behind`: the one that DNATed it to its container, shadowed or not; one
-    never DNATed (or DNATed to none of them), for every one that covers it. Only flows to the node's own addresses
+    that it is `behind`: the one that DNATed it to its container, shadowed or not, told
+    among every mapping of `judging` (one of the other backend's, not listed, takes it
+    from the rows); one never DNATed (or DNATed to none of them), for every one that
+    covers it. Only flows to the node's own addresses
     count, the ones flush-udp looks at: a forwarded flow to the same port elsewhere (a
     container's DNS query) never met the mapping. A count alone said "3 flows, ok" of a
     mapping two of whose flows went to a gone pod (helper-146): the misrouted ones are
@@ -601,7 +608,12 @@ def count_flows(mappings: Iterable[Mapping], judging: Optional[Judging] = None) 
                 if astray:
                     elsewhere.setdefault(key, set()).add(entry)
                 continue
-            for m in behind(covering, entry):
+            # Behind which, among every mapping of the node (under --backend iptables a
+            # flow the nftables rule DNATed to its container is not behind the
+            # iptables row listed: it was counted there), told by where they DNAT.
+            judged = covering + [m for m in every.get(key, ()) if covers(m, entry)]
+            went = {_target(m) for m in behind(judged, entry)}
+            for m in (m for m in covering if _target(m) in went):
                 counts[m] += 1
                 if astray:
                     misrouted.setdefault(m, set()).add(entry)

@@ -465,7 +465,9 @@ def test_list_conntrack_judges_by_both_backends_under_backend_iptables(
     """A mixed node: v1.9.1's nftables rules and Debian's iptables plugin both map
     5353/udp. Under --backend iptables only the iptables row is listed, but a flow the
     nftables rule DNATed to its container is live (flush-udp --stale-only keeps it), so
-    it is not counted as misrouted on that row; the never-DNATed one is."""
+    it is not counted as misrouted on that row; the never-DNATed one is. Nor is it
+    behind that row at all: it went to the nftables container (FLOWS said 2 of ipt5's
+    row, which has one flow, while --backend auto said 1)."""
     import subprocess
 
     _plugin_add(node, tmp_path, WEB)  # nftables: 5353/udp to 10.88.0.5:53
@@ -482,7 +484,7 @@ def test_list_conntrack_judges_by_both_backends_under_backend_iptables(
     rows = [m for m in json.loads(listed.stdout)["mappings"] if m["family"] == 4]
     assert [
         (m["container_id"], m["conntrack_entries"], m["conntrack_misrouted"]) for m in rows
-    ] == [("ipt5", 2, 1)]
+    ] == [("ipt5", 1, 1)]
     stale = _pmctl(node, tmp_path, "flush-udp", "--backend", "iptables", "--stale-only",
                    "--dry-run", "-o", "json")  # fmt: skip
     assert [d["sport"] for d in json.loads(stale.stdout)["deleted"]] == [40002]
@@ -494,7 +496,9 @@ def test_list_conntrack_judges_by_both_backends_under_backend_nftables(
     """The mirror of the test above: v1.9.1's nftables rule and Debian's iptables
     plugin both map 5353/udp; a flow the iptables chain DNATed to its container is live.
     Under --backend nftables list counted it misrouted on the nftables row, and
-    flush-udp --stale-only would delete it: only nftables judged (review helper-149)."""
+    flush-udp --stale-only would delete it: only nftables judged (review helper-149).
+    Nor is it behind the nftables row: it went to the iptables container (FLOWS said 1
+    under --backend nftables, 0 under auto)."""
     import subprocess
 
     _plugin_add(node, tmp_path, WEB)  # nftables: 5353/udp to 10.88.0.5:53
@@ -511,9 +515,10 @@ def test_list_conntrack_judges_by_both_backends_under_backend_nftables(
         assert listed.returncode == 0, listed.stderr
         doc = json.loads(listed.stdout)
         rows = [m for m in doc["mappings"] if m["family"] == 4 and m["protocol"] == "udp"]
-        assert {(m["container_id"], m["conntrack_misrouted"]) for m in rows} == (
-            {("web1", 0), ("ipt5", 0)} if backend == "auto" else {("web1", 0)}
-        )
+        assert {(m["container_id"], m["conntrack_entries"], m["conntrack_misrouted"])
+                for m in rows} == (
+            {("web1", 0, 0), ("ipt5", 1, 0)} if backend == "auto" else {("web1", 0, 0)}
+        )  # fmt: skip
         assert doc["conntrack_misrouted"] == 0
     stale = _pmctl(node, tmp_path, "flush-udp", "--backend", "nftables", "--stale-only",
                    "--dry-run", "-o", "json")  # fmt: skip
