@@ -1,5 +1,6 @@
-"""What the tests of an unusable run directory share: something planted where the
-lock or gc's state file should be (tests/kernel/test_privilege.py,
+"""What the tests of an unusable run directory share: a run directory portmapctl
+refuses (unusable_run_dir: tests/unit/test_dry_run_lock.py, tests/kernel/test_privilege.py),
+something planted where the lock or gc's state file should be (tests/kernel/test_privilege.py,
 tests/kernel/test_field_faults.py, tests/unit/test_gc_pure.py), and a run directory
 with no room left (test_field_faults, test_gc), and whether anything opened a path
 (the kernel's inotify: tests/unit/test_run_dir_opens.py, test_leases.py)."""
@@ -87,3 +88,30 @@ def opened_while(path: Path, action: Callable[[], object]) -> bool:
             return False
     finally:
         os.close(watch)
+
+
+def unusable_run_dir(parent: Path, kind: str) -> Path:
+    """`parent`/run as `kind` makes it one that lock.held refuses: a `file` there, one
+    `below-a-file`, a `symlink` to our directory, `someone-elses` (nobody's: needs
+    root), `open-to-all` (1777), or ours with a `lock-symlink`, `lock-directory` or
+    `lock-fifo` at its lock. The path the run is given is returned."""
+    run_dir = parent / "run"
+    if kind in ("file", "below-a-file"):
+        run_dir.write_text("")
+        return run_dir / "run" if kind == "below-a-file" else run_dir
+    if kind == "symlink":
+        (parent / "real").mkdir(mode=0o700)
+        run_dir.symlink_to(parent / "real")
+        return run_dir
+    run_dir.mkdir(mode=0o700)
+    if kind == "someone-elses":
+        os.chown(run_dir, 65534, 65534)  # (as root's /run/portmapctl to nobody)
+    elif kind == "open-to-all":
+        run_dir.chmod(0o1777)
+    elif kind == "lock-symlink":
+        (run_dir / "lock").symlink_to(parent / "elsewhere")
+    elif kind == "lock-directory":
+        (run_dir / "lock").mkdir()
+    elif kind == "lock-fifo":
+        os.mkfifo(run_dir / "lock", 0o600)
+    return run_dir

@@ -57,6 +57,14 @@ def run(
     config, nft_live = followed(common, config, out)
     started: List[Ahead] = []
     owed = _Owed()  # ops.add.add's: families written, their flush not yet run
+    if dry_run:
+        from portmapctl.host import lock
+
+        # Where the add would take the lock: what it would refuse there (a run
+        # directory not ours), its dry run refuses in its words, exit 3, rather than
+        # print a plan that cannot go in (SPEC §4; §3: a dry run changes nothing, so
+        # it is looked at, not made nor locked).
+        lock.refuse_unusable()
     with contextlib.ExitStack() as held:
         try:
             # add's work starts now, under the lock, before the rest of add is imported

@@ -37,6 +37,12 @@ def safe_run_dir(path: str) -> None:
         info = None  # (a file, or a symlink to one, where the directory should be)
     except OSError as err:
         raise HostProblem(f"cannot create {path}: {err.strerror}") from None
+    _refuse_found(path, info)
+
+
+def _refuse_found(path: str, info: Optional[os.stat_result]) -> None:
+    """safe_run_dir's refusal of what is at `path` (`info`: its lstat; None: no
+    directory can be made there)."""
     if info is None or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
         raise HostProblem(f"{path} is not a directory owned by us: refusing to use it")
     # Writable by others, anyone could plant the lock file (and hold it for ever).
@@ -44,6 +50,56 @@ def safe_run_dir(path: str) -> None:
         raise HostProblem(
             f"{path} is writable by other users: refusing to use it (chmod 700 {path})"
         )
+
+
+def refuse_unusable(run_dir: str = RUN_DIR) -> None:
+    """What `held` would refuse of `run_dir` and its lock file, in its words
+    (HostProblem, exit 3), found without creating, opening or locking anything: for a
+    dry run (add --dry-run), which changes nothing, yet says what its run would do. A
+    plan printed with exit 0 where the run then refuses ("... is not a directory owned
+    by us", a non-root user with CAP_NET_ADMIN and root's /run/portmapctl) told a
+    preflight script that the add would go through. The lock being held is no refusal
+    (the run waits for it)."""
+    try:
+        info: Optional[os.stat_result] = os.lstat(run_dir)
+    except FileNotFoundError:
+        _refuse_uncreatable(run_dir)
+        return
+    except OSError as err:
+        # (A file above it: ENOTDIR, as os.makedirs would meet it.)
+        raise HostProblem(f"cannot create {run_dir}: {err.strerror}") from None
+    if info is not None and stat.S_ISLNK(info.st_mode):
+        # safe_run_dir's makedirs leaves a symlink to a directory, then refuses it by
+        # its lstat; one to nothing it cannot make a directory of: refused alike.
+        info = None
+    _refuse_found(run_dir, info)
+    path = os.path.join(run_dir, "lock")
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return  # (held creates it)
+    except OSError as err:
+        raise open_refused(path, err, "lock file") from None
+    if stat.S_ISLNK(found.st_mode):
+        raise HostProblem(f"{path} is a symlink: refusing to follow it")
+    if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+        raise not_ours(path)
+
+
+def _refuse_uncreatable(run_dir: str) -> None:
+    """safe_run_dir's refusal where it would have to make `run_dir` (and the missing
+    directories above it) and could not: the nearest one there must be a directory we
+    may write in."""
+    above = os.path.dirname(os.path.abspath(run_dir))
+    while not os.path.lexists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        code = errno.ENOTDIR
+    elif not os.access(above, os.W_OK | os.X_OK):
+        code = errno.EROFS if os.statvfs(above).f_flag & os.ST_RDONLY else errno.EACCES
+    else:
+        return
+    raise HostProblem(f"cannot create {run_dir}: {os.strerror(code)}")
 
 
 def not_ours(path: str) -> HostProblem:

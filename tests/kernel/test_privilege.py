@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import realplugin as rp
 from pmctl import assert_error, run
-from run_dir_helpers import plant
+from run_dir_helpers import plant, unusable_run_dir
 
 from portmapctl.errors import HostProblem
 from portmapctl.host import lock
@@ -280,3 +280,30 @@ def test_a_planted_lock_symlink_stops_a_real_add_before_it_writes(host_ns, tmp_p
     assert_error(done, 3, "is a symlink: refusing to follow it")
     assert _state(host_ns) == before
     assert target.read_text() == "precious"
+
+
+@pytest.mark.parametrize("unusable", ["someone-elses", "file", "open-to-all", "lock-symlink"])
+def test_a_dry_run_add_refuses_a_run_directory_as_the_add_does(host_ns, tmp_path, unusable):
+    """h243: run as nobody with CAP_NET_ADMIN and CAP_NET_RAW (setpriv), `add` said
+    "<run dir> is not a directory owned by us: refusing to use it", exit 3, while `add
+    --dry-run` printed the whole transaction and exited 0: a plan the run cannot carry
+    out. The dry run now refuses with the add's own line and exit code (SPEC §4: 3,
+    environment), and creates nothing there."""
+    run_dir = unusable_run_dir(tmp_path, unusable)
+    before = _state(host_ns)
+    add = ["add", "--netns", host_ns, "--network", "mynet", "--container", "abc123",
+           "--ip", "10.88.0.5/16", "-p", "8080:80", "--cni-cache-dir", str(tmp_path / "cni")]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(run_dir)}
+    real = run(add, env=env)
+    assert real.returncode == 3, real.stderr
+    refusal = real.stderr.strip().splitlines()[-1]
+    assert "refusing" in refusal, real.stderr
+    for extra in (["--dry-run"], ["--dry-run", "-o", "json"]):
+        dry = run([*add, *extra], env=env)
+        assert_error(dry, 3, refusal.removeprefix("portmapctl: error: "))
+    assert _state(host_ns) == before
+    if unusable != "file":
+        assert sorted(p.name for p in run_dir.iterdir()) == (
+            ["lock"] if unusable == "lock-symlink" else []
+        )
+    assert not (tmp_path / "elsewhere").exists()
