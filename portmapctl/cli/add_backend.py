@@ -40,10 +40,11 @@ def followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappin
     if cached == Backend.NFTABLES:
         from portmapctl.ops.nft import configured_there
 
-        if _key_ignored(common, config):
+        where = _key_ignored(common, config)
+        if where is not None:
             out.message(
                 f"{configured_there(config)}, but its chain {dnat_chain_name(config)} is in"
-                " iptables and it has no rule in nftables: the plugin that added it ignores"
+                f" {where} and it has no rule in nftables: the plugin that added it ignores"
                 " the key (plugins before v1.6 do), so it goes to iptables, where its DEL looks"
             )
             return replace(config, backend=Backend.IPTABLES), None
@@ -99,10 +100,11 @@ def _refuse_a_copy(common: Common, config: MappingConfig) -> Any:
 
         raise _kept_elsewhere(common, config, configured_there(config, cached))
     chain = dnat_chain_name(config)
-    if cached == Backend.NFTABLES == config.backend and _key_ignored(common, config):
+    where = _key_ignored(common, config) if cached == Backend.NFTABLES == config.backend else None
+    if where is not None:
         from portmapctl.ops.nft import ignored_there
 
-        raise _kept_elsewhere(common, config, ignored_there(config))
+        raise _kept_elsewhere(common, config, ignored_there(config, where))
     if cached == config.backend:
         return None
     if config.backend == Backend.NFTABLES:
@@ -139,19 +141,21 @@ def _cached_backend(common: Common, config: MappingConfig) -> Optional[Backend]:
     return backend_in(paths, config.network, config.container_id)
 
 
-def _key_ignored(common: Common, config: MappingConfig) -> bool:
-    """Whether the plugin that added the container ignored its cached `"backend":
-    "nftables"` (plugins before v1.6 take it for an unknown key, Debian's 1.1.1 among
-    them): its chain is in iptables and no rule of it in the plugin's nftables tables
+def _key_ignored(common: Common, config: MappingConfig) -> Optional[str]:
+    """Where its chain is (_chain_in_iptables' words) when the plugin that added the
+    container ignored its cached `"backend": "nftables"` (plugins before v1.6 take it
+    for an unknown key, Debian's 1.1.1 among them), else None: its chain is in
+    iptables, either flavour, and no rule of it in the plugin's nftables tables
     DNATs to its address, as check judges it (ops/nft.py key_ignored). Its CHECK and
     DEL look in iptables: a copy in nftables would outlive it. Where nft cannot read
     the tables, add stops (nft's own error, exit 3), as it would writing there."""
     from portmapctl.ops.nft import has_rules_for
 
-    if _chain_in_iptables(common, config, dnat_chain_name(config)) is None:
-        return False  # (the usual nftables container: one `iptables -S CHAIN`)
+    where = _chain_in_iptables(common, config, dnat_chain_name(config))
+    if where is None:
+        return None  # (the usual nftables container: one `iptables -S CHAIN`)
     live = _plugin_tables(common, config, strict=True)
-    return live is None or not has_rules_for(config, live)
+    return where if live is None or not has_rules_for(config, live) else None
 
 
 def _plugin_tables(common: Common, config: MappingConfig, strict: bool = False) -> Any:

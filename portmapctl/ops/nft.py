@@ -8,7 +8,7 @@ Per container, as the plugin decides (nftables/node.py `choose`): the cached con
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Collection, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
@@ -129,15 +129,19 @@ def judged_in_iptables(
     ]
 
 
-def key_ignored_note(ignored: Sequence[Attachment]) -> str:
+def key_ignored_note(ignored: Sequence[Attachment], where: Mapping[str, str]) -> str:
     """The one line that says key_ignored's entries are judged in iptables: a note,
     not a warning (a healthy node says it on every run; the warnings metric would
-    count it for ever)."""
+    count it for ever). `where`: each one's chain, by name, as
+    check/followed.chain_in_iptables says it ("iptables", "the iptables-legacy
+    tables"): "in iptables" alone sent people to `iptables -t nat -S`, which shows
+    nothing of a chain in the other flavour."""
     names = sorted({f"{a.network}/{a.container_id}" for a in ignored})
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    places = " or ".join(sorted({where.get(a.dnat_chain, "iptables") for a in ignored}))
     return (
         f'{len(names)} container(s) whose cached config says "backend": "nftables" have'
-        f" their chain in iptables and no rule in nftables ({shown}): the plugin that"
+        f" their chain in {places} and no rule in nftables ({shown}): the plugin that"
         " added them ignores the key (plugins before v1.6 do, Debian's 1.1.1 among them),"
         " so they are judged in iptables, where its CHECK and DEL look"
     )
@@ -188,12 +192,12 @@ def chain_there(config: MappingConfig, where: str = "iptables") -> str:
     )
 
 
-def ignored_there(config: MappingConfig, whose: str = "its cached") -> str:
+def ignored_there(config: MappingConfig, where: str = "iptables", whose: str = "its cached") -> str:
     """What key_ignored found for one container, as the refusals that follow it begin:
-    its plugin ignored the `"backend": "nftables"` of a config (`whose`: its cached
-    config's, else the config given)."""
+    its plugin ignored the `"backend": "nftables"` of a config (`where`: its chain,
+    ChainPlace.words; `whose`: its cached config's, else the config given)."""
     return (
-        f"{chain_there(config)}, no rule of it in nftables: its plugin ignores {whose}"
+        f"{chain_there(config, where)}, no rule of it in nftables: its plugin ignores {whose}"
         ' "backend": "nftables" (plugins before v1.6 do)'
     )
 

@@ -718,6 +718,46 @@ def test_check_under_backend_nftables_names_the_iptables_flavour_holding_the_cha
     pmctl.assert_error(done, 2, said, "so the plugin keeps it there", "nothing changed")
 
 
+def test_the_key_ignored_notes_name_the_iptables_flavour_holding_the_chain(
+    node: str, tmp_path: Path
+) -> None:
+    """h243: Debian's plugin (which ignores `"backend": "nftables"`) run with
+    iptables-legacy, the node's `iptables` iptables-nft, ign1 cached with that key.
+    check's notes that follow ign1 to iptables (the node's, one mapping's under auto
+    and under --backend nftables, --repair's) and add's said its chain "is in iptables",
+    where `iptables -t nat -S` shows nothing of it: they name the flavour, as add's
+    refusal of a keyless copy does."""
+    if rp.mode_available("legacy")[0] is False or shutil.which("iptables-legacy") is None:
+        pytest.skip("no iptables-legacy")
+    conf = rp.plugin_conf("podman", ["10.88.0.43/16"], [_pm(8043, 80)])
+    conf["backend"] = "nftables"
+    rp.run_plugin("ADD", node, "ign1", conf, mode="legacy", check=True)
+    _cached(tmp_path, "ign1", conf)
+    ign1 = ["--network", "podman", "--container", "ign1", "--ip", "10.88.0.43/16", "-p", "8043:80",
+            "--iptables", "nft"]  # fmt: skip
+    where = "in the iptables-legacy tables"
+    runs = {
+        "node": ["check", "--iptables", "nft"],
+        "node --repair": ["check", "--iptables", "nft", "--repair"],
+        "node --backend nftables": ["check", "--iptables", "nft", "--backend", "nftables"],
+        "mapping": ["check", *ign1],
+        "mapping --backend nftables": ["check", *ign1, "--backend", "nftables"],
+        "mapping --backend nftables --repair": [
+            "check",
+            *ign1,
+            "--backend",
+            "nftables",
+            "--repair",
+        ],
+        "add --dry-run": ["add", *ign1, "--dry-run"],
+        "add --backend nftables": ["add", *ign1, "--backend", "nftables"],
+    }
+    for what, args in runs.items():
+        said = _pmctl(node, tmp_path, *args).stderr
+        assert "ignore" in said and where in said, (what, said)
+        assert "chain in iptables" not in said and "is in iptables" not in said, (what, said)
+
+
 def test_an_nftables_node_with_legacy_leftovers_is_not_sent_to_iptables_legacy(
     node: str, tmp_path: Path
 ) -> None:

@@ -6,7 +6,7 @@ the plugin keeps it elsewhere (`--repair` then writes nothing)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Collection, Optional, Sequence, Set, Tuple
+from typing import Collection, Dict, Optional, Sequence, Tuple
 
 from portmapctl.core import validate
 from portmapctl.core.backend import Backend
@@ -42,9 +42,10 @@ def followed(
     if cached == Backend.NFTABLES:
         from portmapctl.ops.nft import configured_there
 
-        if _key_ignored(node, config):
+        where = _key_ignored(node, config)
+        if where is not None:
             # As the node's check (run.follow_the_plugin): where its plugin keeps it.
-            note = _key_ignored_note(config, configured_there(config))
+            note = _key_ignored_note(config, where, configured_there(config))
             return replace(config, backend=Backend.IPTABLES), (note,)
         return replace(config, backend=cached), (_checked_in_nftables(configured_there(config)),)
     families = validate.chosen_families(config, node.families, "check")
@@ -84,13 +85,12 @@ def _as_given(
     reads nor deletes. A key was taken at its word before, and --repair wrote that copy."""
     assert config.backend is not None  # (`followed` asks only then)
     keyed = not forced
-    ignored: Optional[bool] = None
-    if keyed and config.backend == Backend.NFTABLES:
-        ignored = _key_ignored(node, config)
-        if ignored and node.options.backend is None:
-            # Its config (--cni-config) says nftables: as its cached one would, below.
-            return replace(config, backend=Backend.IPTABLES), (_key_ignored_note(config),)
-    elsewhere = _kept_elsewhere(node, config, config.backend, keyed, ignored)
+    asked = keyed and config.backend == Backend.NFTABLES
+    ignored = _key_ignored(node, config) if asked else None
+    if ignored is not None and node.options.backend is None:
+        # Its config (--cni-config) says nftables: as its cached one would, below.
+        return replace(config, backend=Backend.IPTABLES), (_key_ignored_note(config, ignored),)
+    elsewhere = _kept_elsewhere(node, config, config.backend, keyed, ignored, asked)
     if elsewhere is None:
         return config, ()
     if node.options.backend is not None:
@@ -98,7 +98,7 @@ def _as_given(
     else:
         told = as_told = f'its config\'s "backend": "{config.backend}"'
     if writing:
-        if not keyed or ignored:
+        if not keyed or ignored is not None:
             instead = "check it without --backend"  # (followed there, as under auto)
         else:
             instead = 'check it with a config without the "backend" key'
@@ -114,21 +114,23 @@ def _as_given(
     )
 
 
-def _key_ignored(node: Node, config: MappingConfig) -> bool:
-    """Whether the plugin that added this container (its config saying `"backend":
-    "nftables"`) ignored the key: its chain is in iptables, no rule of it in nftables.
+def _key_ignored(node: Node, config: MappingConfig) -> Optional[str]:
+    """Where the chain is (chain_in_iptables' words) when the plugin that added this
+    container (its config saying `"backend": "nftables"`) ignored the key: its chain is
+    in iptables, either flavour, no rule of it in nftables; None when it did not.
     Asked under --backend nftables too, where the host's iptables is read for it: a
     --repair there would write a copy its plugin never deletes. A container kept in
     nftables (the usual case) costs one netlink question on an iptables-nft node, no
     process."""
     if node.options.offline:
-        return False
+        return None
     families = validate.chosen_families(config, node.families, "check")
-    if chain_in_iptables(node, families, dnat_chain_name(config)) is None:
-        return False
+    where = chain_in_iptables(node, families, dnat_chain_name(config))
+    if where is None:
+        return None
     from portmapctl.ops.nft import has_rules_for
 
-    return not has_rules_for(config, node.read_nft_evidence())
+    return None if has_rules_for(config, node.read_nft_evidence()) else where
 
 
 def chain_in_iptables(node: Node, families: Sequence[int], name: str) -> Optional[str]:
@@ -167,20 +169,33 @@ def _in_node_iptables(node: Node, families: Sequence[int], name: str) -> bool:
     return in_flavour_used(node.backend, families, name, read=node.read)
 
 
-def chains_in_iptables(node: Node, families: Sequence[int], names: Collection[str]) -> Set[str]:
-    """Those of `names` chain_in_iptables finds, asked of each table once: after a
-    firewall flushed the plugin's nftables rules, every cached "nftables" container is
-    asked (run.follow_the_plugin), and one process per chain (a save of the flavour
-    used under legacy, `-S CHAIN` of the other) cost 1,000 processes on a node of
-    1,000 containers. Under --backend nftables only (the node reads no iptables)."""
+def other_flavour_tables_words(other: str) -> str:
+    """How a chain in the other iptables flavour's tables is placed, as add says it
+    (ChainPlace.words): "is in iptables" sent people to `iptables -t nat -S`, which
+    shows nothing of it where `iptables` is the other flavour."""
+    from portmapctl.core.backend import Flavour
+    from portmapctl.ops.chain_place import ChainPlace
+
+    return ChainPlace(Flavour(other)).words
+
+
+def chains_in_iptables(
+    node: Node, families: Sequence[int], names: Collection[str]
+) -> Dict[str, str]:
+    """Those of `names` chain_in_iptables finds, each with where (its words), asked of
+    each table once: after a firewall flushed the plugin's nftables rules, every cached
+    "nftables" container is asked (run.follow_the_plugin), and one process per chain (a
+    save of the flavour used under legacy, `-S CHAIN` of the other) cost 1,000
+    processes on a node of 1,000 containers. Under --backend nftables only (the node
+    reads no iptables)."""
     if node.options.offline or not names:
-        return set()
+        return {}
     tables = list(node.read_iptables_evidence(tuple(families)).values())
-    found = {name for name in names if any(t.has_chain(name) for t in tables)}
+    found = {name: "iptables" for name in names if any(t.has_chain(name) for t in tables)}
     if len(found) == len(names):
         return found
     from portmapctl.iptables.access import Flavour, open_backend
-    from portmapctl.ops.flavour_guard import other_flavour_tables
+    from portmapctl.ops.flavour_guard import flavours_of, other_flavour, other_flavour_tables
 
     try:
         backend = open_backend(node.options.iptables, families=families)
@@ -192,20 +207,28 @@ def chains_in_iptables(node: Node, families: Sequence[int], names: Collection[st
         # The kernel asked as chain_in_iptables asks it (no process): a nat table
         # iptables-nft-save cannot show (a native nft rule in it) read as none, and
         # every chain in it was repaired with an nftables copy its plugin never deletes.
-        found |= chains_in_kernel(families, set(names) - found) or set()
+        found |= dict.fromkeys(
+            chains_in_kernel(families, set(names) - set(found)) or (), "iptables"
+        )
     try:
-        others = other_flavour_tables(backend, families).values()
+        others = other_flavour_tables(backend, families)
+        used = flavours_of(backend, tuple(others)) or {}
     except (PortmapctlError, OSError):
         return found  # (the other flavour unreadable: the plugin cannot use it either)
-    return found | {name for name in names if any(t.has_chain(name) for t in others)}
+    for family, table in others.items():
+        # (Each family's own other flavour: the two alternatives may differ.)
+        words = other_flavour_tables_words(other_flavour(used[family]))
+        found.update({n: words for n in names if n not in found and table.has_chain(n)})
+    return found
 
 
-def _key_ignored_note(config: MappingConfig, said: Optional[str] = None) -> str:
-    """The note of a mapping _key_ignored follows to iptables (`said`: where the key
-    was read, configured_there's words; else the config given)."""
-    where = said or f'{config.network}/{config.container_id}: its config says "backend": "nftables"'
+def _key_ignored_note(config: MappingConfig, where: str, said: Optional[str] = None) -> str:
+    """The note of a mapping _key_ignored follows to iptables (`where`: its chain, as
+    _key_ignored says it; `said`: where the key was read, configured_there's words;
+    else the config given)."""
+    key = said or f'{config.network}/{config.container_id}: its config says "backend": "nftables"'
     return (
-        f"{where}, but its chain {dnat_chain_name(config)} is in iptables and it has no"
+        f"{key}, but its chain {dnat_chain_name(config)} is in {where} and it has no"
         " rule in nftables: the plugin that added it ignores the key (plugins before v1.6"
         " do), so it is checked in iptables, where its CHECK looks"
     )
@@ -216,24 +239,26 @@ def _kept_elsewhere(
     config: MappingConfig,
     chosen: Backend,
     keyed: bool = False,
-    ignored: Optional[bool] = None,
+    ignored: Optional[str] = None,
+    asked: bool = False,
 ) -> Optional[str]:
     """Why the plugin keeps this container in another backend than `chosen` (as
     `followed` judges under auto: its cached config's key, else, for nftables, its
     rules in the plugin's tables alone); None when nothing says so. `keyed`: `chosen`
     is the key of the config given (--cni-config): with no cache entry, a key
     "nftables" is the plugin's but where it ignored it. `ignored`: _key_ignored's
-    answer, where it was asked already (None: asked here if needed)."""
+    answer, where it was `asked` already (else asked here if needed)."""
     from portmapctl.cni.cache import configured_backend
     from portmapctl.ops.nft import chain_there, configured_there, ignored_there
 
     cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
     if cached is not None:
-        if cached == Backend.NFTABLES and _ignored(node, config, ignored):
+        where = _ignored(node, config, ignored, asked) if cached == Backend.NFTABLES else None
+        if where is not None:
             # Its plugin ignored the key (one before v1.6): it keeps it in iptables.
             if chosen == Backend.IPTABLES:
                 return None
-            return ignored_there(config)
+            return ignored_there(config, where)
         return None if cached == chosen else configured_there(config, cached)
     families = validate.chosen_families(config, node.families, "check")
     name = dnat_chain_name(config)
@@ -242,7 +267,8 @@ def _kept_elsewhere(
             # Its config says nftables, and a plugin given it writes there (v1.6 on):
             # one keeps it in iptables only where it ignored the key (its chain there,
             # no rule in nftables), whatever else is in iptables.
-            return ignored_there(config, "the") if _ignored(node, config, ignored) else None
+            where = _ignored(node, config, ignored, asked)
+            return None if where is None else ignored_there(config, where, "the")
         # Its chain in iptables: a config without the key is kept there by the plugin
         # (ops/nft.py choose: in both, iptables wins). A nat table is asked for first,
         # without a process: a node on nftables alone runs no iptables for this.
@@ -276,8 +302,8 @@ def _kept_elsewhere(
     return None
 
 
-def _ignored(node: Node, config: MappingConfig, known: Optional[bool]) -> bool:
-    return _key_ignored(node, config) if known is None else known
+def _ignored(node: Node, config: MappingConfig, known: Optional[str], asked: bool) -> Optional[str]:
+    return known if asked else _key_ignored(node, config)
 
 
 def _checked_in_nftables(why: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
@@ -398,7 +398,7 @@ def repair(
             node.nft = ReadOnceNft(node.nft, live_nft)
     # Judged, and repaired, where their plugin keeps them (run.follow_the_plugin). (Not
     # `read` with nft_live: the check after must read what the repair made.)
-    attachments, key_ignored = follow_the_plugin(
+    attachments, key_ignored, key_ignored_where = follow_the_plugin(
         node, attachments, replace(read, nft_live=live_nft)
     )
     before = _check_node(node, attachments, read)
@@ -536,7 +536,8 @@ def repair(
         if cache is not None and attachments is not None:
             attachments = cache.refreshed(attachments)  # what the plans were made from
         after = _check_node(node, attachments, replace(read, tables=now))
-        after = replace(after, notes=(*_key_ignored_notes(key_ignored), *after.notes))
+        ignored_notes = _key_ignored_notes(key_ignored, key_ignored_where)
+        after = replace(after, notes=(*ignored_notes, *after.notes))
     except Interrupted as stop:
         # The repair and its side effects are done; the check after it is not.
         say_repaired(
@@ -546,12 +547,12 @@ def repair(
     return _repaired(before, after, transactions, warnings, unrepaired)
 
 
-def _key_ignored_notes(ignored: Sequence[Attachment]) -> Tuple[str, ...]:
+def _key_ignored_notes(ignored: Sequence[Attachment], where: Mapping[str, str]) -> Tuple[str, ...]:
     if not ignored:
         return ()
     from portmapctl.ops.nft import key_ignored_note
 
-    return (key_ignored_note(ignored),)
+    return (key_ignored_note(ignored, where),)
 
 
 def _handed_over(

@@ -117,21 +117,23 @@ def check_node(node: Node) -> CheckResult:
     read, attachments = side_by_side(
         lambda: read_tables(node, with_nft=True), node.read_cache, foreground_first=True
     )
-    attachments, ignored = follow_the_plugin(node, attachments, read)
+    attachments, ignored, where = follow_the_plugin(node, attachments, read)
     result = _check_node(node, attachments, read)
     if not ignored:
         return result
     from portmapctl.ops.nft import key_ignored_note
 
-    return replace(result, notes=(key_ignored_note(ignored), *result.notes))
+    return replace(result, notes=(key_ignored_note(ignored, where), *result.notes))
 
 
 def follow_the_plugin(
     node: Node, attachments: Optional[List[Attachment]], read: NodeTables
-) -> Tuple[Optional[List[Attachment]], List[Attachment]]:
+) -> Tuple[Optional[List[Attachment]], List[Attachment], Dict[str, str]]:
     """`attachments` with the entries whose config says nftables but whose plugin wrote
-    them in iptables (ops/nft.py key_ignored) taken as iptables', and those entries (as
-    read). Cheap where there are none: no nftables module is imported, nft not read.
+    them in iptables (ops/nft.py key_ignored) taken as iptables', those entries (as
+    read), and where each one's chain is, by name (followed.chain_in_iptables' words:
+    "iptables", or the other flavour's tables, which `iptables` does not show).
+    Cheap where there are none: no nftables module is imported, nft not read.
     Under --backend nftables, which reads no iptables, the host's is asked for the
     chains of those with no rule in nftables (either flavour: followed.chains_in_iptables):
     judged by the key alone, a --repair wrote them a copy their plugin never deletes."""
@@ -141,8 +143,7 @@ def follow_the_plugin(
         if a.mapping is not None and a.mapping.backend == Backend.NFTABLES
     ]
     if not keyed:
-        return attachments, []
-    tables = (*read.tables.values(), *read.other_tables.values())
+        return attachments, [], {}
     live = None
     if not node.options.reads_iptables and not node.options.offline:
         from portmapctl.ops import nft
@@ -150,20 +151,33 @@ def follow_the_plugin(
         live = read.nft_live if read.nft_live is not None else node.read_nft_evidence()
         unheld = nft.key_ignored(keyed, {a.dnat_chain for a in keyed}, live)
         if not unheld:
-            return attachments, []  # (all in nftables, the usual node: no iptables read)
+            return attachments, [], {}  # (all in nftables, the usual node: no iptables read)
         from portmapctl.ops.check.followed import chains_in_iptables
 
         chains = chains_in_iptables(node, node.families, {a.dnat_chain for a in unheld})
     else:
-        chains = {a.dnat_chain for a in keyed if any(t.has_chain(a.dnat_chain) for t in tables)}
+        chains = _chains_read(read, {a.dnat_chain for a in keyed})
     if not chains:
-        return attachments, []
+        return attachments, [], {}
     from portmapctl.ops import nft
 
     if live is None:
         live = read.nft_live if read.nft_live is not None else node.read_nft_evidence()
     ignored = nft.key_ignored(attachments, chains, live)
-    return nft.judged_in_iptables(attachments, ignored), ignored
+    return nft.judged_in_iptables(attachments, ignored), ignored, chains
+
+
+def _chains_read(read: NodeTables, names: Set[str]) -> Dict[str, str]:
+    """Those of `names` in the tables check read, each with where (as
+    followed.chains_in_iptables says it): the flavour used first."""
+    from portmapctl.ops.check.followed import other_flavour_tables_words
+
+    found = {n: "iptables" for n in names if any(t.has_chain(n) for t in read.tables.values())}
+    for family, table in read.other_tables.items():
+        other = (read.flavours or {}).get(family)
+        words = other_flavour_tables_words(other[1]) if other else "iptables"
+        found.update({n: words for n in names if n not in found and table.has_chain(n)})
+    return found
 
 
 def _check_node(
