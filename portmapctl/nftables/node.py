@@ -137,6 +137,14 @@ def converge(
             if live.generation is not None and read_settled is not None:
                 access.apply(txn, live.generation)  # type: ignore[call-arg]
             else:
+                if read_settled is not None:
+                    # As the batch's own lines (access/nft.py): `-v` says which way ran.
+                    import logging
+
+                    why = live.unstamped or "its ruleset generation is not known"
+                    logging.getLogger("portmapctl.nftables").debug(
+                        "nftables: not as one nf_tables batch (%s): nft -f", why
+                    )
                 access.apply(txn)
         except NftApplyFailed as err:
             if err.maybe_applied:

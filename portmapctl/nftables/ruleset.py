@@ -208,6 +208,9 @@ class Ruleset:
     # The nf_tables ruleset generation these tables were listed at, when nothing
     # committed while nft listed them (RealNft.read_settled); None when not known.
     generation: Optional[int] = field(default=None, compare=False)
+    # Why a read meant to be stamped (read_settled) is not: gc's deletions then go as
+    # `nft -f`, and `-v` says so with this (nftables.node.converge).
+    unstamped: str = field(default="", compare=False)
 
     def table(self, family: int) -> Optional[Table]:
         return self.tables.get(family)

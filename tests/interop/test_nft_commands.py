@@ -2632,6 +2632,33 @@ def test_a_firewall_reload_after_gcs_last_read_on_a_busy_node_keeps_every_live_r
     assert "deleted as one nf_tables batch" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize(
+    ("batch", "said"),
+    [
+        ("1", "deleted as one nf_tables batch at generation "),
+        ("0", "not as one nf_tables batch (PORTMAPCTL_NFT_BATCH=0): nft -f"),
+    ],
+)
+def test_gc_verbose_says_which_way_its_nftables_deletions_went(
+    node: str, tmp_path: Path, batch: str, said: str
+) -> None:
+    """`gc -v` said "deleted as one nf_tables batch at generation N" when its
+    deletions went as the batch, and nothing at all when they went as `nft -f`
+    (PORTMAPCTL_NFT_BATCH=0, no nf_tables netlink, a ruleset that kept moving while
+    nft listed it): an operator could not tell which way ran. Both ways say so now."""
+    cache = tmp_path / "cni"
+    _plugin_add(node, cache, WEB)
+    _plugin_add(node, cache, OLD, cached=False)
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PORTMAPCTL_NFT_BATCH": batch}
+    argv = ["gc", "--netns", node, "--cni-cache-dir", str(cache), "--yes", "--min-age", "0"]
+    done = pmctl.run([*argv, "-v", "-o", "json"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert [c["container_id"] for c in json.loads(done.stdout)["removed"]] == ["old1", "old1"]
+    assert sorted({r[2] for r in _container_rules(node)}) == ["web1"]
+    lines = [line for line in done.stderr.splitlines() if "nf_tables batch" in line]
+    assert len(lines) == 1 and said in lines[0], done.stderr
+
+
 @pytest.mark.parametrize("when", ["after", "before"])
 def test_a_killed_nft_is_judged_by_its_rules_bodies_across_a_firewall_reload(
     node: str, tmp_path: Path, when: str

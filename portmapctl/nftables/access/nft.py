@@ -385,12 +385,16 @@ class RealNft:
         from portmapctl.iptables.access import nfgen
 
         if not nfgen.batches_on():
-            return self.read(families)
+            return replace(self.read(families), unstamped="PORTMAPCTL_NFT_BATCH=0")
         for _ in range(_SETTLED_READS):
             before = nfgen.generation(settled=True)
             ruleset = self.read(families)
             if before is None:
-                return ruleset
+                return replace(
+                    ruleset,
+                    unstamped="no ruleset generation: nf_tables netlink cannot be used here,"
+                    " or commits kept it moving",
+                )
             # (Not settled: a commit under way now is not in the listing, and moves
             # the number before it shows.)
             if nfgen.generation(settled=False) == before:
@@ -398,7 +402,10 @@ class RealNft:
             at = _same_tables_at(ruleset)
             if at is not None:
                 return replace(ruleset, generation=at)
-        return ruleset
+        return replace(
+            ruleset,
+            unstamped=f"the ruleset kept changing while nft listed it ({_SETTLED_READS} listings)",
+        )
 
     def _check_listed_version(self, outputs: List[str]) -> None:
         """The version check, from the `metainfo` that `nft -j` prints first: one
