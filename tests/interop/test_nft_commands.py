@@ -2527,29 +2527,45 @@ def test_a_firewall_reload_between_gcs_read_and_its_write_keeps_every_live_rule(
 
 # Loaded by gc's interpreter (PYTHONPATH): the moment after gc's last check of its plan
 # against its last read (Transaction.holds_in, which converge_nft asks just before the
-# write), a firewall reload, once. No wrapped nft can reach that moment: the write
-# need not be an `nft -f`.
-_RELOAD_AFTER_CHECK = """
-import os, subprocess
+# write), `action`, once (the file named by `marker_env` made then). No wrapped nft can
+# reach that moment: the write need not be an `nft -f`.
+_ONCE_AFTER_CHECK = """
+import json, os, pathlib, subprocess
 
-_marker = os.environ.get("PMT_RELOAD_AFTER_CHECK")
-if _marker:
+
+def _once_after_check(marker_env, action):
+    marker = os.environ.get(marker_env)
+    if not marker:
+        return
     from portmapctl.nftables import transaction as _transaction
 
-    _holds_in = _transaction.Transaction.holds_in
+    holds_in = _transaction.Transaction.holds_in
 
-    def _then_reload(self, live):
-        held = _holds_in(self, live)
-        if held and not os.path.exists(_marker):
-            open(_marker, "w").close()
-            saved = subprocess.run(
-                ["nft", "list", "ruleset"], capture_output=True, text=True, check=True
-            ).stdout
-            subprocess.run(["nft", "-f", "-"], input="flush ruleset\\n" + saved, text=True, check=True)
+    def _then_act(self, live):
+        held = holds_in(self, live)
+        if held and not os.path.exists(marker):
+            open(marker, "w").close()
+            action()
         return held
 
-    _transaction.Transaction.holds_in = _then_reload
+    _transaction.Transaction.holds_in = _then_act
 """
+
+# A firewall reload then.
+_RELOAD_AFTER_CHECK = (
+    _ONCE_AFTER_CHECK
+    + """
+
+def _reload():
+    saved = subprocess.run(
+        ["nft", "list", "ruleset"], capture_output=True, text=True, check=True
+    ).stdout
+    subprocess.run(["nft", "-f", "-"], input="flush ruleset\\n" + saved, text=True, check=True)
+
+
+_once_after_check("PMT_RELOAD_AFTER_CHECK", _reload)
+"""
+)
 
 
 def test_a_firewall_reload_after_gcs_last_read_keeps_every_live_rule(
@@ -2657,6 +2673,74 @@ def test_gc_verbose_says_which_way_its_nftables_deletions_went(
     assert sorted({r[2] for r in _container_rules(node)}) == ["web1"]
     lines = [line for line in done.stderr.splitlines() if "nf_tables batch" in line]
     assert len(lines) == 1 and said in lines[0], done.stderr
+
+
+# The plugin's DEL of a stale container then (its conf in PMT_DEL_CONF), and the
+# runtime's cache emptied (PMT_DEL_CACHE): the write is refused, and the re-plan's
+# cache read finds no entry.
+_DEL_AND_EMPTY_AFTER_CHECK = (
+    _ONCE_AFTER_CHECK
+    + """
+
+def _del_and_empty():
+    conf = json.loads(pathlib.Path(os.environ["PMT_DEL_CONF"]).read_text())
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "DEL",
+           "CNI_CONTAINERID": conf.pop("id"), "CNI_NETNS": os.environ["PMT_DEL_NETNS"],
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+    subprocess.run([os.environ["PMT_DEL_PLUGIN"]], input=json.dumps(conf), env=env,
+                   text=True, capture_output=True, check=True)
+    for entry in pathlib.Path(os.environ["PMT_DEL_CACHE"], "results").iterdir():
+        entry.unlink()
+
+
+_once_after_check("PMT_DEL_AFTER_CHECK", _del_and_empty)
+"""
+)
+
+
+@pytest.mark.parametrize("batch", ["1", "0"])
+def test_a_cache_emptied_while_gcs_nftables_removal_is_refused_keeps_the_sightings(
+    node: str, tmp_path: Path, batch: str
+) -> None:
+    """old1 and old2 stale (v1.9.1), web1 live; gc run twice with --min-age 2 (the
+    stale ones pending, then past it). In the second, old2's DEL by the plugin came
+    between gc's last read and its write (refused: the batch for its generation, `nft
+    -f` for old2's handles), and the runtime's cache was emptied meanwhile: the re-plan
+    refused the empty cache (exit 2, nothing changed), but the BadInput was raised
+    before the sightings were saved, and those of the rules it was about to remove had
+    left the state file already: old1 waited --min-age afresh. Saved as they were now."""
+    cache = tmp_path / "cni"
+    _plugin_add(node, cache, WEB)
+    _plugin_add(node, cache, OLD, cached=False)
+    old2 = ("old2", ["10.88.0.8/16"], [_pm(7002, 72)])
+    conf = _plugin_add(node, cache, old2, cached=False)
+    (tmp_path / "old2.json").write_text(json.dumps({**conf, "id": "old2"}))
+    argv = ["gc", "--netns", node, "--cni-cache-dir", str(cache), "--yes", "--min-age", "2",
+            "-o", "json"]  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PORTMAPCTL_NFT_BATCH": batch}
+    first = pmctl.run(argv, env=env)
+    assert first.returncode == 0, first.stderr
+    assert len(json.loads(first.stdout)["pending"]) == 3
+    state = tmp_path / "run" / "gc-state.json"
+    sighted = {ns: p["chains"] for ns, p in json.loads(state.read_text())["namespaces"].items()}
+    assert len(next(iter(sighted.values()))) == 3, sighted
+    time.sleep(2.5)  # (past --min-age)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(_DEL_AND_EMPTY_AFTER_CHECK)
+    marker = tmp_path / "deleted"
+    python_path = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH")) if p)
+    done = pmctl.run(argv, env={**env, "PYTHONPATH": python_path,
+                                "PMT_DEL_AFTER_CHECK": str(marker),
+                                "PMT_DEL_CONF": str(tmp_path / "old2.json"),
+                                "PMT_DEL_PLUGIN": str(upstream.binary(V191)),
+                                "PMT_DEL_NETNS": rp.container_netns(),
+                                "PMT_DEL_CACHE": str(cache)})  # fmt: skip
+    assert marker.exists(), done.stderr
+    pmctl.assert_error(done, 2, "is empty")
+    assert sorted({r[2] for r in _container_rules(node)}) == ["old1", "web1"]
+    after = {ns: p["chains"] for ns, p in json.loads(state.read_text())["namespaces"].items()}
+    assert after == sighted
 
 
 @pytest.mark.parametrize("when", ["after", "before"])

@@ -354,10 +354,14 @@ def _apply_gc_to(
             # text. Once the iptables side removed chains that is no "bad input,
             # nothing changed" (exit 2, a bare line): it ended the run with their
             # removal unreported, their UDP flows kept, no sighting saved. It ends as
-            # a failed nftables side does.
-            if not any(p.removed for p in plans):
-                raise
-            failure = HostProblem(f"nftables: {err}")
+            # a failed nftables side does. With nothing removed anywhere it is the bad
+            # input (exit 2), raised after the save below: raised here, the sightings
+            # of the rules it was to remove, forgotten before its first try, were lost
+            # (each waited --min-age afresh), as the iptables families' were.
+            if any(p.removed for p in plans):
+                failure = HostProblem(f"nftables: {err}")
+            else:
+                bad_input = err
             nft_went.clear()
             nft_unapplied = planned.nft
         except gc_nft.NftHungWentIn as err:
