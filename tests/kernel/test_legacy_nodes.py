@@ -896,6 +896,27 @@ def test_a_cache_emptied_between_the_whole_tries_of_the_family_applied_ahead_kee
     assert chain_name("mynet", "six2") in rp.save(host_ns, 6, "legacy")
 
 
+def test_a_family_not_tried_after_the_one_applied_ahead_failed_keeps_its_sightings(
+    host_ns, tmp_path
+):
+    """IPv4 (gone1, other1 kept: the smaller table) goes in ahead and fails (its removal
+    refused once, then iptables-legacy-save failing); IPv6 (six1..3), later in the
+    order, is not tried (exit 3, IPv4's line). Its sightings had left the state file
+    before the first removal (Planning.forget) and were not written back: six1..3
+    waited --min-age afresh after every such run. As the first run saved them now."""
+    rows = [("gone1", "10.88.0.5/16", 8080), ("other1", "10.88.0.9/16", 8083)]
+    rows += [(f"six{n}", f"fd00::{n + 4}/64", 8090 + n) for n in range(1, 4)]
+    for cid, ip, port in rows:
+        conf = rp.plugin_conf("mynet", [ip], [{**PORTS[0], "hostPort": port}])
+        rp.run_plugin("ADD", host_ns, cid, conf, mode="legacy", check=True)
+    marker, folder, failed = _refused_then_failing(tmp_path, "iptables")
+    _sightings_kept(host_ns, tmp_path, tmp_path / "cni", folder, ("--keep", "other1"), 4, 3,
+                    ("IPv4: ", f"failed: {failed}"))  # fmt: skip
+    assert marker.exists()
+    saved = rp.save(host_ns, 6, "legacy")
+    assert all(chain_name("mynet", f"six{n}") in saved for n in range(1, 4))
+
+
 def _sightings_kept_past_an_emptied_cache(host_ns: str, tmp_path, tries: int) -> None:
     """gc run twice (--min-age 2: gone1..3 pending, then past it), the cache emptied in
     the second once their removal was refused whole `tries` times: exit 2, and their
@@ -916,10 +937,13 @@ def _other1_cached(tmp_path, port: int):
     return cache, folder
 
 
-def _sightings_kept(host_ns: str, tmp_path, cache, folder, args, pending: int) -> None:
+def _sightings_kept(
+    host_ns: str, tmp_path, cache, folder, args, pending: int, code: int = 2,
+    words=("is empty",),
+) -> None:  # fmt: skip
     """gc run twice (--min-age 2: `pending` chains pending, then past it, with `folder`
-    first on PATH the second time): exit 2, the cache empty, and the sightings as the
-    first run saved them."""
+    first on PATH the second time): exit `code` with `words` (2: the cache empty), and
+    the sightings as the first run saved them."""
     argv = ["gc", "--netns", host_ns, "--iptables", "legacy", *args, "--cni-cache-dir",
             str(cache), "--min-age", "2", "--yes", "-o", "json"]  # fmt: skip
     run_dir = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
@@ -930,7 +954,7 @@ def _sightings_kept(host_ns: str, tmp_path, cache, folder, args, pending: int) -
     sighted = json.loads(state.read_text())["namespaces"]
     time.sleep(3)  # (past --min-age)
     done = run(argv, env={**run_dir, "PATH": f"{folder}:{os.environ['PATH']}"})
-    assert_error(done, 2, "is empty")
+    assert_error(done, code, *words)
     after = json.loads(state.read_text())["namespaces"]
     assert {ns: part["chains"] for ns, part in after.items()} == {
         ns: part["chains"] for ns, part in sighted.items()

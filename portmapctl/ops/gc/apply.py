@@ -223,7 +223,13 @@ def _apply_gc_to(
             # sightings stay (written back below, as a family's that did not go in).
             error = HostProblem(str(bad_input))
         elif failure is not None:
-            continue  # after a family failed, the later ones are not tried
+            # After a family failed, the later ones are not tried. Their sightings left
+            # the file before the first removal (Planning.forget): written back, as a
+            # refused family's below, or each of their chains waited --min-age afresh.
+            remembered.update(first.seen)
+            if forgetting is not None:
+                unremoved.update(first.seen)
+            continue
         else:
             if not options.dry_run:
                 went.append(first)  # until it returns: in already, maybe (SIGTERM now)
