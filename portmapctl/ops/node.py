@@ -176,10 +176,18 @@ class Node:
                 return EMPTY
             self.nft_unusable = err
             return EMPTY
-        new = tuple(u for u in live.unread if u not in self.nft_skipped)
+        self.note_nft_unread(live)
+        return live
+
+    def note_nft_unread(self, live: Ruleset) -> None:
+        """Keep the chains `live` skipped unread (UnreadChain) that no read of this
+        command met before, for nft_unread to say: also those of the reads a write
+        makes before each try (converge_nft), where another tool's chain may first
+        show. One per chain: a rule more in it since is no other chain."""
+        said = {(u.family, u.chain) for u in self.nft_skipped}
+        new = tuple(u for u in live.unread if (u.family, u.chain) not in said)
         if new:
             self.nft_skipped += new
-        return live
 
     def nft_unread(self) -> List[str]:
         """The warning of a whole-node command that went on without the plugin's
@@ -320,6 +328,7 @@ class Node:
         first = [planned] if planned is not None else []
 
         def first_then_plan(live: Ruleset) -> NftTransaction:
+            self.note_nft_unread(live)
             # nftables.node.converge reads before every try: the first read is spent,
             # unless the tables were made again since `planned` was read (a firewall
             # reload): its handles may now be other containers' rules, and nft would

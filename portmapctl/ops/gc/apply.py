@@ -392,6 +392,10 @@ def _apply_gc_to(
                 # Hung before any write (its read): nothing went, as a refusal above.
                 # Dropped, every dead container's rules waited --min-age afresh.
                 nft_unapplied = planned.nft
+        # Another tool's chain in the plugin's tables that cannot be read and first
+        # showed in a read of the tries (converge_nft): said as the plan's read's are
+        # (plan.py), where it was passed over without a word.
+        warnings += [w for w in node.nft_unread() if w not in warnings]
         if failure is not None:
             failure = _after_iptables(failure, plans)
         if nft_done is not None:
