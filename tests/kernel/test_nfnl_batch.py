@@ -435,3 +435,21 @@ def test_gc_verbose_says_how_each_family_was_removed(nft_node):
         f"portmapctl: IPv4: applied as one nf_tables batch: {TOPLEVEL_DNAT}: by handle,"
         " 3 rules out, 1 kept; 3 chains deleted"
     ], done.stderr
+
+
+def test_gc_verbose_says_a_removal_went_through_iptables_restore(nft_node, monkeypatch):
+    """With PORTMAPCTL_NFT_BATCH=0 (or a read whose ruleset generation is not known)
+    gc's removal on iptables-nft goes through iptables-restore, and `-v` said nothing
+    of it, where the batch says "applied as one nf_tables batch": which way ran could
+    not be told. Said now."""
+    node = nft_node
+    for i in range(2):
+        node.add("bnet", f"r{i}", [f"10.88.15.{i + 1}/16"], _ports(f"{9980 + i}/tcp"), cache=i == 0)
+    monkeypatch.setenv("PORTMAPCTL_NFT_BATCH", "0")
+    done = node.gc("--yes", "--min-age", "0", "-v", "--family", "4")
+    assert done.returncode == 0, done.stderr
+    assert chain_name("bnet", "r1") not in "\n".join(node.lines(4))
+    told = [line for line in done.stderr.splitlines() if "nf_tables batch" in line]
+    assert told == [
+        "portmapctl: IPv4: not as one nf_tables batch (PORTMAPCTL_NFT_BATCH=0): iptables-restore"
+    ], done.stderr

@@ -346,13 +346,23 @@ class RestoreBackend:
         the restore text then applies it, or refuses it when our chains moved.
         ApplyFailed(maybe_applied) when it was sent and no answer came back."""
         removal = txn.removal
-        if self.flavour is not Flavour.NFT or removal is None or removal.generation is None:
-            return False
-        from portmapctl.iptables.access import nfgen
-
-        if not nfgen.batches_on():
+        if self.flavour is not Flavour.NFT or removal is None:
             return False
         import logging
+
+        from portmapctl.iptables.access import nfgen
+
+        if removal.generation is None or not nfgen.batches_on():
+            # As the batch's own lines below: `-v` says which way ran (it said nothing).
+            why = (
+                "PORTMAPCTL_NFT_BATCH=0"
+                if not nfgen.batches_on()
+                else "the ruleset generation of its read is not known"
+            )
+            logging.getLogger("portmapctl.iptables").debug(
+                "IPv%s: not as one nf_tables batch (%s): iptables-restore", txn.family, why
+            )
+            return False
 
         from portmapctl.iptables.access import nfnl_batch
 
