@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig
 
 
-def followed(common: Common, config: MappingConfig, out: Output) -> Tuple[MappingConfig, Any]:
+def followed(
+    common: Common, config: MappingConfig, out: Output, keyed: bool = False
+) -> Tuple[MappingConfig, Any]:
     """A mapping without a `backend` key (under --backend auto) goes where the plugin
     keeps its container: the backend its cached config names (cni/cache.py
     configured_backend), else nftables when its rules are in the plugin's tables alone
@@ -25,9 +27,10 @@ def followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappin
     starts; the rules only where a `cni_hostport` table exists (one netlink question
     elsewhere).
     Also the plugin's nftables tables as read for it (None: not read), which the
-    contested warning then reads instead of listing them again."""
+    contested warning then reads instead of listing them again. `keyed`: the backend
+    `config` holds is its --cni-config's own key (mapping_and_key), else --backend's."""
     if config.backend is not None:
-        return config, _refuse_a_copy(common, config)
+        return config, _refuse_a_copy(common, config, keyed)
     if common.plugin_backend is not None or not net_admin():
         return config, None
     from dataclasses import replace
@@ -76,7 +79,7 @@ def followed(common: Common, config: MappingConfig, out: Output) -> Tuple[Mappin
     return _goes_to_nftables(config, out, kept_there(config)), None
 
 
-def _refuse_a_copy(common: Common, config: MappingConfig) -> Any:
+def _refuse_a_copy(common: Common, config: MappingConfig, keyed: bool = False) -> Any:
     """Nothing written, in a dry run as for real, where add was told a backend
     (--backend, a --cni-config's key) and the container's plugin keeps it in the
     other one: a copy would map it in both backends, and the plugin's DEL cleans one
@@ -87,7 +90,12 @@ def _refuse_a_copy(common: Common, config: MappingConfig) -> Any:
     as ops/nft.py key_ignored judges); without the key, where its rules are
     (nftables/node.py choose): its chain in iptables (its network's, by name), or
     rules in the plugin's nftables tables DNATing to its address and no such chain
-    (in both: iptables, the plugin's choice where iptables works).
+    (in both: iptables, the plugin's choice where iptables works). A --cni-config's
+    own key "nftables" (`keyed`) is what the runtime gives the plugin: every plugin
+    from v1.6 on keeps the container in nftables by it, whatever else iptables holds
+    (a leaked copy of an older plugin's ADD), so it is refused only where its plugin
+    ignored it, as check --repair judges the same config (ops/check/followed.py
+    _kept_elsewhere).
     Returns the plugin's nftables tables as read for an iptables add (None: not read),
     which its contested warning then reads instead of listing them again."""
     if not net_admin():
@@ -109,6 +117,14 @@ def _refuse_a_copy(common: Common, config: MappingConfig) -> Any:
         return None
     if config.backend == Backend.NFTABLES:
         where = _chain_in_iptables(common, config, chain)
+        if where is not None and keyed:
+            # (Said as it is: "its chain is in iptables, so the plugin keeps it there"
+            # sent the operator of a v1.6+ node to iptables, its key dropped.)
+            if _no_rule_in_nftables(common, config):
+                from portmapctl.ops.nft import ignored_there
+
+                raise _kept_elsewhere(common, config, ignored_there(config, where, "its config's"))
+            return None
         if where is not None:
             from portmapctl.ops.nft import chain_there
 
@@ -149,13 +165,19 @@ def _key_ignored(common: Common, config: MappingConfig) -> Optional[str]:
     DNATs to its address, as check judges it (ops/nft.py key_ignored). Its CHECK and
     DEL look in iptables: a copy in nftables would outlive it. Where nft cannot read
     the tables, add stops (nft's own error, exit 3), as it would writing there."""
-    from portmapctl.ops.nft import has_rules_for
-
     where = _chain_in_iptables(common, config, dnat_chain_name(config))
     if where is None:
         return None  # (the usual nftables container: one `iptables -S CHAIN`)
+    return where if _no_rule_in_nftables(common, config) else None
+
+
+def _no_rule_in_nftables(common: Common, config: MappingConfig) -> bool:
+    """_key_ignored's second half, its chain found in iptables: no rule of the
+    container in the plugin's nftables tables DNATs to its address."""
+    from portmapctl.ops.nft import has_rules_for
+
     live = _plugin_tables(common, config, strict=True)
-    return where if live is None or not has_rules_for(config, live) else None
+    return live is None or not has_rules_for(config, live)
 
 
 def _plugin_tables(common: Common, config: MappingConfig, strict: bool = False) -> Any:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optio
 from portmapctl.cli.add_backend import followed, net_admin
 from portmapctl.cli.add_config import (
     ForwardsNothing,
-    mapping_from_options,
+    mapping_and_key,
     refuse_short_id,
     spelling_of,
 )
@@ -44,7 +44,7 @@ def run(
 ) -> None:
     out = common.out()
     try:
-        config = mapping_from_options(mapping, backend=common.plugin_backend)
+        config, keyed = mapping_and_key(mapping, backend=common.plugin_backend)
     except ForwardsNothing as idle:
         _report_nothing(common, out, str(idle), dry_run)
         return
@@ -54,7 +54,7 @@ def run(
 
     # Checked before the lock and the write start (ops/add_ahead.py).
     validate.chosen_families(config, families(common.family), "add")
-    config, nft_live = followed(common, config, out)
+    config, nft_live = followed(common, config, out, keyed)
     started: List[Ahead] = []
     owed = _Owed()  # ops.add.add's: families written, their flush not yet run
     if dry_run:

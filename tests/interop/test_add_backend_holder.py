@@ -232,3 +232,42 @@ def test_a_keyless_add_for_the_other_family_alone_follows_the_container(
     assert "CNI-DN-" not in _rules(rp.save(node, 6, "nft"))
     ip6 = upstream.nft(node, "list", "table", "ip6", "cni_hostport").stdout
     assert 'comment "nft1"' in ip6 and "fd00::6" in ip6, ip6
+
+
+def test_a_cni_configs_nftables_key_is_refused_only_where_its_plugin_ignored_it(
+    node: str, tmp_path: Path
+) -> None:
+    """v1.9.1 added podman/web1 with `"backend": "nftables"` (its rules in cni_hostport),
+    and Debian's 1.1.1 added it too (a CNI-DN- chain in iptables); no cache entry.
+    `add --cni-config` of that same config said "its chain CNI-DN-... is in iptables,
+    so the plugin keeps it there ... (give its config no "backend" key: add follows
+    it)", exit 2: false (a plugin given the key keeps it in nftables from v1.6 on) and
+    steering the operator into iptables, while check --repair of the same config said
+    healthy. add now agrees: unchanged, in nftables, where v1.9.1's CHECK passes. Where
+    Debian's plugin alone added it (the key ignored: its chain in iptables, no rule in
+    nftables) add still refuses, and says that is why."""
+    ports = [_pm(8080, 80)]
+    conf = upstream.nft_conf("podman", ["10.88.0.5/16"], ports)
+    upstream.run("v1.9.1", "ADD", node, "web1", conf, check=True)
+    rp.run_plugin("ADD", node, "web1", conf, check=True)
+    given = tmp_path / "conf.json"
+    given.write_text(json.dumps(conf))
+    before = _state(node)
+    for extra in (["--dry-run"], []):
+        done = pmctl.run(["add", "--container", "web1", "--cni-config", str(given), *extra,
+                          "--netns", node, "--cni-cache-dir", str(tmp_path)])  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("unchanged: nftables rules (podman/web1)"), done.stdout
+        assert _state(node) == before, extra
+    upstream.run("v1.9.1", "CHECK", node, "web1", conf, check=True)
+    deb = upstream.nft_conf("podman", ["10.88.0.7/16"], [_pm(8082, 80)])
+    rp.run_plugin("ADD", node, "deb1", deb, check=True)
+    given.write_text(json.dumps(deb))
+    before = _state(node)
+    ignored = 'no rule of it in nftables: its plugin ignores its config\'s "backend": "nftables"'
+    for extra in (["--dry-run"], []):
+        done = pmctl.run(["add", "--container", "deb1", "--cni-config", str(given), *extra,
+                          "--netns", node, "--cni-cache-dir", str(tmp_path)])  # fmt: skip
+        pmctl.assert_error(done, 2, "podman/deb1: its chain CNI-DN-", ignored,
+                           'give its config no "backend" key')  # fmt: skip
+        assert _state(node) == before, extra
