@@ -13,6 +13,7 @@ from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.iptables.chains import chain_name
 from portmapctl.nftables import inventory as nft_inventory
 from portmapctl.nftables.inventory import NftInventory, Owner
 from portmapctl.nftables.node import choose, owners_in
@@ -78,11 +79,32 @@ def key_ignored(
     """The cache entries whose config says `"backend": "nftables"` and whose plugin
     wrote them in iptables all the same: their network's chain is there (by name, in
     `iptables_chains`) and their container has no rule in the plugin's nftables tables
-    that DNATs to their address.
+    that DNATs to their address, where that absence says so (absence_tells: no such
+    table of theirs, or one as the plugin leaves it).
 
     Debian's 1.1.1, as every plugin before v1.6, takes `backend` for an unknown key. Its
     CHECK and DEL look in iptables alone: judged by the key, such a container was
     `nft-missing-*` on every run, and a repair wrote a copy its plugin never deletes."""
+    return key_judged(attachments, iptables_chains, nft_live).ignored
+
+
+@dataclass(frozen=True)
+class KeyJudged:
+    """key_judged's answer: the entries whose plugin ignored their key "nftables"
+    (`ignored`), and those of which that cannot be told (`in_doubt`)."""
+
+    ignored: List[Attachment]
+    in_doubt: List[Attachment]
+
+
+def key_judged(
+    attachments: Sequence[Attachment], iptables_chains: Collection[str], nft_live: Ruleset
+) -> KeyJudged:
+    """key_ignored, and beside it the entries whose chain is in iptables with no rule
+    in nftables where the plugin's table of their family is here but not as any
+    plugin leaves it (a firewall's `nft flush table`): a v1.6+ plugin's rules, and
+    the jumps to them, are gone from it as well, so the absence tells nothing of which
+    plugin added them; the iptables chain may be an older plugin's leaked copy."""
     candidates = [
         a
         for a in attachments
@@ -91,12 +113,54 @@ def key_ignored(
         and a.dnat_chain in iptables_chains
     ]
     if not candidates:
-        return []
+        return KeyJudged([], [])
     # As split() judges: rules of the container that DNAT to this entry's address (a
     # container on two networks, the other one added by v1.9.1 in nftables, has rules
     # there that are not this network's).
     in_nft, targets = owners_in(nft_live), _dnat_targets(nft_live)
-    return [a for a in candidates if not _rules_of(a.mapping, in_nft, targets)]
+    unheld = [a for a in candidates if not _rules_of(a.mapping, in_nft, targets)]
+    ignored = [a for a in unheld if absence_tells(a.mapping, nft_live)]
+    return KeyJudged(ignored, [a for a in unheld if a not in ignored])
+
+
+def absence_tells(config: Optional[MappingConfig], live: Ruleset) -> bool:
+    """Whether no rule of `config`'s container in the plugin's nftables tables says
+    that its plugin never wrote there: for each family of its addresses, no
+    `cni_hostport` table (a v1.6+ ADD given the key makes it, and no DEL removes it),
+    or one as a v1.6+ ADD leaves it and no DEL undoes (FACTS: its chains, prerouting
+    and output jumping to the host-port rules, hostports_all's two jumps where v1.9
+    made it). A table that lost those (flushed) lost that plugin's rules too."""
+    from portmapctl.nftables import ruleset as rs
+    from portmapctl.nftables.planner import entry_ok, hostports_all_ok
+
+    if config is None:
+        return True
+    # (hostports_all: v1.9 on; its absence is v1.6/v1.7's layout.)
+    made = rs.PLUGIN_CHAINS - {rs.HOSTPORTS_ALL}
+    for family in config.families:
+        table = live.table(family)
+        if table is None:
+            continue
+        if not made <= set(table.chains):
+            return False
+        if not all(entry_ok(table, chain) for chain in (rs.PREROUTING, rs.OUTPUT)):
+            return False
+        if rs.HOSTPORTS_ALL in table.chains and not hostports_all_ok(table, copies_ok=True):
+            return False
+    return True
+
+
+def in_doubt_text(config: MappingConfig, said: str) -> str:
+    """Why the backend of a container key_judged puts `in_doubt` cannot be told (`said`:
+    where its key "nftables" was read, configured_there's words or the config's)."""
+    return (
+        f"{said}, its chain {chain_name(config.network, config.container_id, 'DN-')} is in"
+        " iptables and it has no rule in nftables, where the plugin's table is here but"
+        " not as the plugin leaves it (flushed?): whether its plugin ignores the key"
+        " (before v1.6: it keeps it in iptables) or not (v1.6 on: in nftables) cannot be"
+        " told, so nothing is written for it in either backend (`portmap` run with no"
+        " CNI_COMMAND prints its version)"
+    )
 
 
 def has_rules_for(config: MappingConfig, live: Ruleset) -> bool:

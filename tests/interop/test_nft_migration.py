@@ -1496,3 +1496,51 @@ def test_a_downgraded_node_that_lost_its_prerouting_entry_still_lets_go_of_its_r
     assert rp.udp_flows(node) == {(6000, "198.51.100.2")}
     _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *stream)
     assert rp.udp_flows(node) == {(5353, "198.51.100.2"), (6000, "198.51.100.2")}
+
+
+@pytest.mark.parametrize("entry", ["lost", "kept"])
+def test_a_leaked_iptables_chain_beside_a_flushed_plugin_table_is_in_doubt_and_left_alone(
+    node: str, tmp_path: Path, entry: str
+) -> None:
+    """v1.9.1 added podman/web1 under `"backend": "nftables"` (cached so); Debian's
+    1.1.1 ADD of the same left a CNI-DN- chain in iptables; a firewall's `nft flush
+    table ip cni_hostport` took v1.9.1's rules and jumps. "No rule in nftables" was
+    taken for "the key ignored": check judged web1 in iptables (missing-entry, where
+    its entry rule was lost; healthy, exit 0, where it was kept, though v1.9.1's CHECK
+    fails) and --repair wrote the entry rule in iptables, which v1.9.1 never reads.
+    A flushed table tells nothing of which plugin added it: check reports web1, with
+    no fix and a warning saying why; --repair, gc change nothing of it."""
+    ips, ports = ["10.88.0.5/16"], [_pm(8080, 80)]
+    conf = upstream.nft_conf("podman", ips, ports)
+    upstream.run(V191, "ADD", node, "web1", conf, check=True)
+    _cached(tmp_path, "web1", conf)
+    rp.run_plugin("ADD", node, "web1", conf, check=True)  # Debian's copy
+    chain = chain_name("podman", "web1")
+    if entry == "lost":
+        rule = next(
+            line for line in rp.save(node, 4).splitlines()
+            if line.startswith("-A CNI-HOSTPORT-DNAT") and chain in line
+        )  # fmt: skip
+        rp.iptables(node, ["-t", "nat", "-D", *shlex.split(rule)[1:]])
+    upstream.nft(node, "flush", "table", "ip", "cni_hostport")
+    before = (rp.save(node, 4).split("\n", 1)[1], _plugin_tables(node))
+    done = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot be told" in done.stderr and "podman/web1" in done.stderr, done.stderr
+    assert all(p["fix"] is None for p in json.loads(done.stdout)["problems"]), done.stdout
+    repaired = _pmctl(node, tmp_path, "check", "--repair")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    assert "could not repair IPv4 podman/web1" in repaired.stderr, repaired.stderr
+    assert "repaired:" not in repaired.stdout + repaired.stderr
+    gc = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0")
+    assert gc.returncode == 0, gc.stdout + gc.stderr
+    listed = _pmctl(node, tmp_path, "list")
+    assert listed.returncode == 0 and "web1" in listed.stdout, listed.stdout + listed.stderr
+    after = (rp.save(node, 4).split("\n", 1)[1], _plugin_tables(node))
+    assert _no_counters(after) == _no_counters(before)
+    assert upstream.run(V191, "CHECK", node, "web1", conf).returncode != 0
+
+
+def _no_counters(state: Tuple[str, str]) -> Tuple[str, str]:
+    save, nft = state
+    return re.sub(r"\[\d+:\d+\]|# .*", "", save), nft

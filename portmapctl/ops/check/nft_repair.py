@@ -9,6 +9,7 @@ import contextlib
 import os
 import time
 from dataclasses import replace
+from types import MappingProxyType
 from typing import (
     TYPE_CHECKING,
     Callable,
@@ -23,6 +24,7 @@ from typing import (
     Tuple,
     TypeVar,
 )
+from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
@@ -170,12 +172,15 @@ def nft_repair(
     dry_run: bool,
     planned: Optional[List[Tuple[NftTransaction, List[MappingConfig]]]] = None,
     dedupe: bool = False,
+    in_doubt: ReadOnly[str, str] = MappingProxyType({}),
 ) -> NftRepaired:
     """One `nft -f` transaction adding what nft-backed cached containers lack, and
     leaving each jump of an entry chain once (planner.repair's dedupe; `dedupe`: check
     found copies, so it runs with no nft-backed container cached too).
     `planned`: gets each transaction planned, with its configs, as it is tried (what
-    a SIGTERM during the write may have put in: nft_changed says what it changed)."""
+    a SIGTERM during the write may have put in: nft_changed says what it changed).
+    `in_doubt`: by path, the entries whose plugin may keep them in iptables, and why
+    (run.follow_the_plugin): left as they are, as a refused one is, and named."""
     if node.nft is None or attachments is None:
         return NftRepaired("", [], None if attachments is None else list(attachments))
     from portmapctl.nftables import planner
@@ -193,12 +198,13 @@ def nft_repair(
         for a in expected
         if (why := refused_condition((*a.mapping.conditions_v4, *a.mapping.conditions_v6)))  # type: ignore[union-attr]
     }
-    unwritten = [a for a in expected if a.path in refused]
-    in_add_order, expected = expected, [a for a in expected if a.path not in refused]
     # The entry (prerouting/output) is the node's, with the newest ADD's conditions:
     # where those are refused, it is left as it is. Another container's conditions
     # (none, say) would open every host port wider than that ADD asked.
-    held = _newest_refused(in_add_order, refused, families)
+    held = _newest_refused(expected, refused, families)
+    refused.update((a.path, in_doubt[a.path]) for a in expected if a.path in in_doubt)
+    unwritten = [a for a in expected if a.path in refused]
+    expected = [a for a in expected if a.path not in refused]
     cache = _CacheAgain(node, expected)
     if not cache.expected and not dedupe:
         return NftRepaired(

@@ -39,6 +39,7 @@ from portmapctl.ops.check.run import (
     _check_node,
     check_followed,
     follow_the_plugin,
+    in_doubt_left,
     mapping_result,
     read_tables,
     sharing_of,
@@ -398,10 +399,10 @@ def repair(
             node.nft = ReadOnceNft(node.nft, live_nft)
     # Judged, and repaired, where their plugin keeps them (run.follow_the_plugin). (Not
     # `read` with nft_live: the check after must read what the repair made.)
-    attachments, key_ignored, key_ignored_where = follow_the_plugin(
+    attachments, key_ignored, in_doubt, key_ignored_where = follow_the_plugin(
         node, attachments, replace(read, nft_live=live_nft)
     )
-    before = _check_node(node, attachments, read)
+    before = in_doubt_left(_check_node(node, attachments, read), in_doubt)
     from portmapctl.cni.cache import added_at
     from portmapctl.ops.check import nft as check_nft
     from portmapctl.ops.check import nft_repair
@@ -503,6 +504,7 @@ def repair(
                 dry_run=False,
                 planned=nft_tried,
                 dedupe=nft_copies,
+                in_doubt=_in_doubt_why(in_doubt),
             )
             unrepaired += nft_left
             if text:
@@ -536,6 +538,7 @@ def repair(
         if cache is not None and attachments is not None:
             attachments = cache.refreshed(attachments)  # what the plans were made from
         after = _check_node(node, attachments, replace(read, tables=now))
+        after = in_doubt_left(after, in_doubt)
         ignored_notes = _key_ignored_notes(key_ignored, key_ignored_where)
         after = replace(after, notes=(*ignored_notes, *after.notes))
     except Interrupted as stop:
@@ -545,6 +548,16 @@ def repair(
         )
         raise
     return _repaired(before, after, transactions, warnings, unrepaired)
+
+
+def _in_doubt_why(in_doubt: Sequence[Attachment]) -> Dict[str, str]:
+    """By path, why nft_repair writes nothing for the entries whose backend is in doubt
+    (run.follow_the_plugin): the plugin that added them may keep them in iptables."""
+    return {
+        a.path: 'its cached config says "backend": "nftables", its chain is in iptables:'
+        " whether its plugin ignores the key cannot be told here"
+        for a in in_doubt
+    }
 
 
 def _key_ignored_notes(ignored: Sequence[Attachment], where: Mapping[str, str]) -> Tuple[str, ...]:

@@ -117,8 +117,8 @@ def check_node(node: Node) -> CheckResult:
     read, attachments = side_by_side(
         lambda: read_tables(node, with_nft=True), node.read_cache, foreground_first=True
     )
-    attachments, ignored, where = follow_the_plugin(node, attachments, read)
-    result = _check_node(node, attachments, read)
+    attachments, ignored, in_doubt, where = follow_the_plugin(node, attachments, read)
+    result = in_doubt_left(_check_node(node, attachments, read), in_doubt)
     if not ignored:
         return result
     from portmapctl.ops.nft import key_ignored_note
@@ -126,14 +126,54 @@ def check_node(node: Node) -> CheckResult:
     return replace(result, notes=(key_ignored_note(ignored, where), *result.notes))
 
 
+def in_doubt_left(result: CheckResult, in_doubt: Sequence[Attachment]) -> CheckResult:
+    """`result` with the problems of the containers whose backend is in doubt
+    (follow_the_plugin) naming no fix, in either backend (--repair writes nothing for
+    them, and a removal by hand may be of the rules its plugin reads), nor do those of
+    the plugin's nftables structure where they alone need it (rebuilt, it would make
+    their absence read as the key ignored); and one warning each that says why.
+    Judged by their key (nftables): not healthy to a plugin that honours it."""
+    if not in_doubt:
+        return result
+    from portmapctl.ops.nft import configured_there, in_doubt_text
+
+    ids = {a.container_id for a in in_doubt}
+    # The families some other container's problem in nftables shows in need of them.
+    needed = {
+        p.family for p in result.problems if p.in_nftables and p.container_id not in (None, *ids)
+    }
+    problems = tuple(
+        replace(p, fix="", why=_IN_DOUBT)
+        if p.container_id in ids
+        else replace(p, fix="")
+        if p.container_id is None and p.in_nftables and p.family not in needed
+        else p
+        for p in result.problems
+    )
+    said = [
+        in_doubt_text(a.mapping, configured_there(a.mapping))
+        for a in in_doubt
+        if a.mapping is not None
+    ]
+    return replace(result, problems=problems, warnings=(*result.warnings, *said))
+
+
+_IN_DOUBT = (
+    "which backend its plugin keeps it in cannot be told (see the warning): nothing is"
+    " written or removed for it"
+)
+
+
 def follow_the_plugin(
     node: Node, attachments: Optional[List[Attachment]], read: NodeTables
-) -> Tuple[Optional[List[Attachment]], List[Attachment], Dict[str, str]]:
+) -> Tuple[Optional[List[Attachment]], List[Attachment], List[Attachment], Dict[str, str]]:
     """`attachments` with the entries whose config says nftables but whose plugin wrote
     them in iptables (ops/nft.py key_ignored) taken as iptables', those entries (as
-    read), and where each one's chain is, by name (followed.chain_in_iptables' words:
-    "iptables", or the other flavour's tables, which `iptables` does not show).
-    Cheap where there are none: no nftables module is imported, nft not read.
+    read), the entries of which that cannot be told (key_judged's in_doubt: left to
+    their key, nftables; nothing is written for them), and where each chain in
+    iptables is, by name (followed.chain_in_iptables' words: "iptables", or the other
+    flavour's tables, which `iptables` does not show). Cheap where there are none: no
+    nftables module is imported, nft not read.
     Under --backend nftables, which reads no iptables, the host's is asked for the
     chains of those with no rule in nftables (either flavour: followed.chains_in_iptables):
     judged by the key alone, a --repair wrote them a copy their plugin never deletes."""
@@ -143,28 +183,30 @@ def follow_the_plugin(
         if a.mapping is not None and a.mapping.backend == Backend.NFTABLES
     ]
     if not keyed:
-        return attachments, [], {}
+        return attachments, [], [], {}
     live = None
     if not node.options.reads_iptables and not node.options.offline:
         from portmapctl.ops import nft
 
         live = read.nft_live if read.nft_live is not None else node.read_nft_evidence()
-        unheld = nft.key_ignored(keyed, {a.dnat_chain for a in keyed}, live)
+        judged = nft.key_judged(keyed, {a.dnat_chain for a in keyed}, live)
+        unheld = [*judged.ignored, *judged.in_doubt]
         if not unheld:
-            return attachments, [], {}  # (all in nftables, the usual node: no iptables read)
+            return attachments, [], [], {}  # (all in nftables, the usual node: no iptables read)
         from portmapctl.ops.check.followed import chains_in_iptables
 
         chains = chains_in_iptables(node, node.families, {a.dnat_chain for a in unheld})
     else:
         chains = _chains_read(read, {a.dnat_chain for a in keyed})
     if not chains:
-        return attachments, [], {}
+        return attachments, [], [], {}
     from portmapctl.ops import nft
 
     if live is None:
         live = read.nft_live if read.nft_live is not None else node.read_nft_evidence()
-    ignored = nft.key_ignored(attachments, chains, live)
-    return nft.judged_in_iptables(attachments, ignored), ignored, chains
+    found = nft.key_judged(attachments, chains, live)
+    ignored = found.ignored
+    return nft.judged_in_iptables(attachments, ignored), ignored, found.in_doubt, chains
 
 
 def _chains_read(read: NodeTables, names: Set[str]) -> Dict[str, str]:
