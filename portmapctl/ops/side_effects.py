@@ -179,12 +179,16 @@ def after_setup_many(
     if local_only:  # no plugin ADD: only what the re-created rules take
         keys = taken_by(done)
     else:
+        # The plugin's ADD flushes every UDP port in each family of the container, also
+        # one bound to a host IP of the other family: it has no rule there, so that
+        # flush moves no flow onto this container and deleted only others' (the live
+        # flows another container's `*:PORT` had DNATed). Only the families it maps.
         keys = {
             (family, p.host_port)
             for config, families in done
             for family in families
             for p in config.ports
-            if p.protocol == "udp"
+            if p.protocol == "udp" and p.applies_to(family)
         }
     if flush_udp and keys:
         try:

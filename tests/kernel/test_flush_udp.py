@@ -541,6 +541,29 @@ def test_add_flushes_its_udp_host_ports(
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_add_flushes_a_port_bound_to_a_host_ip_in_that_family_alone(
+    host_ns: str, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    """A dual-stack container's `[fd00::1]:9191:91/udp` gets rules in IPv6 alone, yet
+    add flushed 9191 in IPv4 too (as the plugin's ADD does: every UDP port in each
+    family of the container), deleting the live IPv4 flows another container's
+    `*:9191` mapping had DNATed to it; nothing of this add takes an IPv4 flow there."""
+    ns_run(host_ns, "ip", "addr", "add", "fd00::1/128", "dev", "lo", "nodad")
+    ct_load(host_ns, [
+        ct_args("192.0.2.1", "10.0.0.1", 40001, 9191, "10.88.0.7", 91),  # another's, live
+        ct_args("2001:db8::1", "fd00::1", 40002, 9191),  # began before the rule: goes
+    ])  # fmt: skip
+    args = ["add", "--netns", host_ns, "--network", "mynet", "--container", "gone1",
+            "--ip", "10.88.0.5/16", "--ip", "fd00::5/64", "-p", "8080:80",
+            "-p", "[fd00::1]:9191:91/udp"]  # fmt: skip
+    if backend == "nftables":
+        args += ["--backend", "nftables"]
+    code, _, err = cli(capsys, *args)
+    assert code == 0 and "warning" not in without_cache_note(err), err
+    assert ct_sports(host_ns) == {40001}
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_a_second_add_keeps_the_flows_the_first_one_routed(
     host_ns: str, capsys: pytest.CaptureFixture[str], backend: str, monkeypatch
 ) -> None:
