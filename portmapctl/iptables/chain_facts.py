@@ -33,7 +33,8 @@ class ChainFacts:
     container_id: Optional[str]
     entries: Tuple[EntryRule, ...]
     rules: Tuple[Args, ...]
-    # Host ports it maps, as ChainInfo.host_ports; none for a legacy CNI-SN- chain (its
+    # Host ports it maps, as ChainInfo.host_ports (its rules', not its entry rules': those
+    # name the other family's host IPs' ports too); none for a legacy CNI-SN- chain (its
     # --dport is the container port).
     host_ports: Tuple[ProtoPort, ...]
     container_ips: FrozenSet[str]  # where its DNAT rules send traffic
@@ -79,9 +80,6 @@ def chain_facts(table: NatTable) -> List[ChainFacts]:
                 destination = shapes.split_destination(to or "")
                 if destination:
                     addresses.add(destination[0])
-        for entry in chain_entries:
-            for proto_port in entry.ports:
-                ports.setdefault(proto_port, None)
         found.append(
             ChainFacts(
                 name,

@@ -73,15 +73,17 @@ class ChainInfo:
 
     @property
     def host_ports(self) -> Tuple[ProtoPort, ...]:
-        """Host ports this chain maps (from its rules, else from its entry rules)."""
+        """Host ports this chain maps in its family: those its own rules name. Not its
+        entry rules' ports: the plugin's name every port of the container in both
+        families, also one whose host IP is of the other family (no rule here: its
+        packets fall through the chain). Crediting them said a stale IPv4 chain "maps"
+        `[fd00::1]:9191`, and gc flushed IPv4 9191's flows for its removal. An entered
+        port a rule is missing for is `missing_ports` (check says it apart)."""
         found: Dict[ProtoPort, None] = {}
         for rule in self.rules:
             parsed = port_match(rule)
             if parsed:
                 found[(parsed.protocol, parsed.host_port)] = None
-        for entry in self.entries:
-            for proto_port in entry.ports:
-                found.setdefault(proto_port, None)
         return tuple(found)
 
 

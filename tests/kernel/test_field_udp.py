@@ -513,3 +513,38 @@ def test_gc_stale_only_and_list_keep_the_flows_another_tools_rule_dnats_to_a_map
     assert result["conntrack_deleted"] == 1
     assert _misrouted(host_ns, cache) == 0
     assert _stale_would_delete(host_ns, cache) == []
+
+
+def test_gc_flushes_no_port_in_a_family_the_removed_chain_does_not_map_it_in(host_ns, tmp_path):
+    """gone1 (dual-stack, stale) maps `[fd00::1]:9191:91/udp`: its IPv4 entry rule names
+    9191 (the plugin's multiport has every port), its IPv4 chain has no rule for it.
+    live1 (cached) maps `*:9191` over IPv4. gc removing gone1 took IPv4 9191 for a port
+    of the removal and deleted its flows as flush-udp --stale-only would (the one never
+    DNATed, the one DNATed to an old address): nothing of the removal ever took them.
+    gone1's own IPv6 flow still goes."""
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    _ns(host_ns, "ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
+    _ns(host_ns, "ip", "addr", "add", "fd00::1/128", "dev", "lo", "nodad")
+    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+             {"hostPort": 9191, "containerPort": 91, "protocol": "udp", "hostIP": "fd00::1"}]  # fmt: skip
+    rp.run_plugin("ADD", host_ns, "gone1", rp.plugin_conf("mynet", ["10.88.0.5/16", "fd00::5/64"],
+                                                          ports), check=True)  # fmt: skip
+    live = rp.plugin_conf("mynet", ["10.88.0.7/16"], [{"hostPort": 9191, "containerPort": 91,
+                                                       "protocol": "udp"}])  # fmt: skip
+    rp.run_plugin("ADD", host_ns, "live1", live, check=True)
+    _cache(cache, "mynet", "live1", live)
+    _flow(host_ns, 42001, "192.0.2.1", NODE_IP, 9191, "10.88.0.7", 91)  # live1's
+    _flow(host_ns, 42002, "192.0.2.2", NODE_IP, 9191)  # never DNATed
+    _flow(host_ns, 42003, "192.0.2.3", NODE_IP, 9191, "10.88.0.9", 91)  # an old address
+    _flow(host_ns, 42004, "2001:db8::4", "fd00::1", 9191, "fd00::5", 91)  # gone1's
+    done = run(["gc", "--netns", host_ns, "--cni-cache-dir", str(cache), "--yes", "--min-age",
+                "0", "-o", "json"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert sorted((r["family"], r["container_id"]) for r in result["removed"]) == [
+        (4, "gone1"), (6, "gone1")]  # fmt: skip
+    v4 = [r for r in result["removed"] if r["family"] == 4][0]
+    assert v4["host_ports"] == [{"protocol": "tcp", "host_port": 8080}]
+    assert result["conntrack_deleted"] == 1
+    assert _sports(host_ns) == {42001, 42002, 42003}

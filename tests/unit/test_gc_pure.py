@@ -810,3 +810,55 @@ def test_an_empty_valid_attachments_path_is_bad_input_never_no_option(tmp_path):
         unprivileged=True,
     )  # fmt: skip
     pmctl.assert_error(done, 2, "--valid-attachments is empty", "give a file")
+
+
+# Debian's plugin (/usr/lib/cni/portmap, iptables-nft) ADD of mynet/gone1 (10.88.0.5/16,
+# fd00::5/64; 8080:80, [fd00::1]:9090:90/tcp, [fd00::1]:9191:91/udp), then of mynet/live1
+# (10.88.0.7/16; 9191:91/udp): its IPv4 nat table as iptables-save printed it (the
+# built-in chains' declarations written by the loop, their rules moved last).
+_BUILTIN = "".join(f":{c} ACCEPT [0:0]\n" for c in ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"))
+_GONE1_LIVE1_V4 = (
+    "*nat\n"
+    + _BUILTIN
+    + """:CNI-DN-83bfb10bc11d871583609 - [0:0]
+:CNI-DN-e48e31feea1c58a50531a - [0:0]
+:CNI-HOSTPORT-DNAT - [0:0]
+:CNI-HOSTPORT-MASQ - [0:0]
+:CNI-HOSTPORT-SETMARK - [0:0]
+-A CNI-DN-83bfb10bc11d871583609 -s 10.88.0.0/16 -p udp -m udp --dport 9191 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-83bfb10bc11d871583609 -s 127.0.0.1/32 -p udp -m udp --dport 9191 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-83bfb10bc11d871583609 -p udp -m udp --dport 9191 -j DNAT --to-destination 10.88.0.7:91
+-A CNI-DN-e48e31feea1c58a50531a -s 10.88.0.0/16 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-e48e31feea1c58a50531a -s 127.0.0.1/32 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-e48e31feea1c58a50531a -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.88.0.5:80
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"mynet\\" id: \\"gone1\\"" -m multiport --dports 8080,9090 -j CNI-DN-e48e31feea1c58a50531a
+-A CNI-HOSTPORT-DNAT -p udp -m comment --comment "dnat name: \\"mynet\\" id: \\"gone1\\"" -m multiport --dports 9191 -j CNI-DN-e48e31feea1c58a50531a
+-A CNI-HOSTPORT-DNAT -p udp -m comment --comment "dnat name: \\"mynet\\" id: \\"live1\\"" -m multiport --dports 9191 -j CNI-DN-83bfb10bc11d871583609
+-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ
+-A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE
+-A CNI-HOSTPORT-SETMARK -m comment --comment "CNI portfwd masquerade mark" -j MARK --set-xmark 0x2000/0x2000
+COMMIT
+"""
+)
+
+
+@pytest.mark.parametrize("keep", [("live1",), ()], ids=["live1-kept", "all"])
+def test_a_removed_chain_frees_only_the_ports_it_maps_in_its_family(keep):
+    """gone1's IPv4 entry rules name 9090/tcp and 9191/udp (the plugin's multiport has
+    every port of the container), but its IPv4 chain DNATs 8080 alone: both have an
+    IPv6 host IP. gc's v4 row said `8080/tcp,9090/tcp,9191/udp`, and its UDP flush
+    judged IPv4 9191 as a port the removal touched (remapped, with live1 kept: a
+    flush-udp --stale-only of IPv4 9191 nobody asked for; freed, with live1 gone too,
+    where it is live1's own port that frees it)."""
+    tbl = parse_save(_GONE1_LIVE1_V4, 4)
+    sources = Sources(keep=keep) if keep else Sources(remove_all=True)
+    plan = _plan(tbl, liveness(sources, None))
+    removed = {c.container_id: c for c in plan.removed}
+    assert removed["gone1"].host_ports == (("tcp", 8080),)
+    assert [f.host_ports for f in chain_facts(tbl)] == [(("udp", 9191),), (("tcp", 8080),)]
+    if keep:
+        assert plan.remapped_udp_ports == () and plan.freed_udp_ports == ()
+    else:
+        assert plan.freed_udp_ports == (9191,) and plan.remapped_udp_ports == ()
