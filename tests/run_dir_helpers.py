@@ -94,7 +94,9 @@ def unusable_run_dir(parent: Path, kind: str) -> Path:
     """`parent`/run as `kind` makes it one that lock.held refuses: a `file` there, one
     `below-a-file`, a `symlink` to our directory, `someone-elses` (nobody's: needs
     root), `open-to-all` (1777), or ours with a `lock-symlink`, `lock-directory` or
-    `lock-fifo` at its lock. The path the run is given is returned."""
+    `lock-fifo` at its lock; ours but `closed` to writing (0500, no lock yet) or with
+    a `lock-read-only` (0400): refused where the modes bind us (no CAP_DAC_OVERRIDE).
+    The path the run is given is returned."""
     run_dir = parent / "run"
     if kind in ("file", "below-a-file"):
         run_dir.write_text("")
@@ -114,4 +116,9 @@ def unusable_run_dir(parent: Path, kind: str) -> Path:
         (run_dir / "lock").mkdir()
     elif kind == "lock-fifo":
         os.mkfifo(run_dir / "lock", 0o600)
+    elif kind == "lock-read-only":
+        (run_dir / "lock").write_text("")
+        (run_dir / "lock").chmod(0o400)
+    elif kind == "closed":
+        run_dir.chmod(0o500)
     return run_dir

@@ -58,7 +58,8 @@ def refuse_unusable(run_dir: str = RUN_DIR) -> None:
     dry run (add --dry-run), which changes nothing, yet says what its run would do. A
     plan printed with exit 0 where the run then refuses ("... is not a directory owned
     by us", a non-root user with CAP_NET_ADMIN and root's /run/portmapctl) told a
-    preflight script that the add would go through. The lock being held is no refusal
+    preflight script that the add would go through; so did one on a read-only file
+    system, where held's open of the lock fails. The lock being held is no refusal
     (the run waits for it)."""
     try:
         info: Optional[os.stat_result] = os.lstat(run_dir)
@@ -77,13 +78,34 @@ def refuse_unusable(run_dir: str = RUN_DIR) -> None:
     try:
         found = os.lstat(path)
     except FileNotFoundError:
-        return  # (held creates it)
+        # held creates it: in a directory we may write in (not one closed to us, nor on
+        # a read-only file system: "cannot open lock file ...: Read-only file system").
+        _refuse_unopenable(path, run_dir, os.W_OK | os.X_OK)
+        return
     except OSError as err:
         raise open_refused(path, err, "lock file") from None
     if stat.S_ISLNK(found.st_mode):
         raise HostProblem(f"{path} is a symlink: refusing to follow it")
     if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
         raise not_ours(path)
+    _refuse_unopenable(path, path, os.R_OK | os.W_OK)  # (held opens it O_RDWR)
+
+
+def _denied(path: str, mode: int) -> Optional[int]:
+    """The errno an open or creation needing `mode` (os.access's) of `path` would meet:
+    EROFS on a read-only file system, EACCES where the modes deny it to us; None when
+    it may go."""
+    if os.access(path, mode):
+        return None
+    return errno.EROFS if os.statvfs(path).f_flag & os.ST_RDONLY else errno.EACCES
+
+
+def _refuse_unopenable(path: str, needing: str, mode: int) -> None:
+    """held's refusal of the lock file `path` where its open would fail on `needing`
+    (the run directory to create it in, or the file to open for writing)."""
+    code = _denied(needing, mode)
+    if code is not None:
+        raise open_refused(path, OSError(code, os.strerror(code)), "lock file")
 
 
 def _refuse_uncreatable(run_dir: str) -> None:
@@ -93,13 +115,9 @@ def _refuse_uncreatable(run_dir: str) -> None:
     above = os.path.dirname(os.path.abspath(run_dir))
     while not os.path.lexists(above):
         above = os.path.dirname(above)
-    if not os.path.isdir(above):
-        code = errno.ENOTDIR
-    elif not os.access(above, os.W_OK | os.X_OK):
-        code = errno.EROFS if os.statvfs(above).f_flag & os.ST_RDONLY else errno.EACCES
-    else:
-        return
-    raise HostProblem(f"cannot create {run_dir}: {os.strerror(code)}")
+    code = errno.ENOTDIR if not os.path.isdir(above) else _denied(above, os.W_OK | os.X_OK)
+    if code is not None:
+        raise HostProblem(f"cannot create {run_dir}: {os.strerror(code)}")
 
 
 def not_ours(path: str) -> HostProblem:

@@ -307,3 +307,49 @@ def test_a_dry_run_add_refuses_a_run_directory_as_the_add_does(host_ns, tmp_path
             ["lock"] if unusable == "lock-symlink" else []
         )
     assert not (tmp_path / "elsewhere").exists()
+
+
+def _add_in_read_only_run_dir(run_dir: Path, args: list) -> subprocess.CompletedProcess:
+    """`portmapctl ARGS` with its run directory bind-mounted read-only over itself, in
+    a mount namespace of its own (the host's mounts untouched): a container whose root
+    file system, /run with it, is read-only."""
+    folder = str(run_dir)
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" || exit 97; shift; exec "$@"'
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, folder, "sh",
+            sys.executable, "-m", "portmapctl", *args]  # fmt: skip
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="250", PORTMAPCTL_RUN_DIR=folder)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("unusable", ["read-only", "closed", "lock-read-only"])
+def test_a_dry_run_add_refuses_a_run_directory_whose_lock_the_add_cannot_open(
+    host_ns, tmp_path, unusable
+):
+    """With the run directory on a read-only file system (or, without
+    CAP_DAC_OVERRIDE, ours but 0500, or its lock 0400), `add` said "cannot open lock
+    file <run dir>/lock: Read-only file system (...)" (Permission denied), exit 3,
+    while `add --dry-run` printed the whole transaction and exited 0."""
+    run_dir = tmp_path / "run"
+    if unusable == "read-only":
+        run_dir.mkdir(mode=0o700)
+    else:
+        run_dir = unusable_run_dir(tmp_path, unusable)
+    add = ["add", "--netns", host_ns, "--network", "mynet", "--container", "abc123",
+           "--ip", "10.88.0.5/16", "-p", "8080:80", "--cni-cache-dir", str(tmp_path / "cni")]  # fmt: skip
+    before = _state(host_ns)
+
+    def portmapctl(args: list) -> subprocess.CompletedProcess:
+        if unusable == "read-only":
+            return _add_in_read_only_run_dir(run_dir, args)
+        caps = ("dac_override", "dac_read_search")
+        return run(args, env={"PORTMAPCTL_RUN_DIR": str(run_dir)}, without_caps=caps)
+
+    real = portmapctl(add)
+    assert_error(real, 3, f"cannot open lock file {run_dir}/lock: ")
+    refusal = real.stderr.strip().removeprefix("portmapctl: error: ")
+    for extra in (["--dry-run"], ["--dry-run", "-o", "json"]):
+        assert_error(portmapctl([*add, *extra]), 3, refusal)
+    assert _state(host_ns) == before
+    assert sorted(p.name for p in run_dir.iterdir()) == (
+        ["lock"] if unusable == "lock-read-only" else []
+    )

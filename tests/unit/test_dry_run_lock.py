@@ -53,3 +53,21 @@ def test_a_run_directory_that_cannot_be_made_is_refused_in_helds_words(tmp_path:
     with pytest.raises(HostProblem, match=re.escape(_held_says(run_dir))):
         lock.refuse_unusable(str(run_dir))
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("unusable", ["closed", "lock-read-only"])
+def test_a_run_directory_whose_lock_cannot_be_opened_is_refused_in_helds_words(
+    tmp_path: Path, unusable: str
+) -> None:
+    """Ours, not writable by us (0500; a lock file 0400): held's open of the lock
+    said "cannot open lock file ...: Permission denied", exit 3, while the dry run
+    passed (the same for a read-only file system: tests/kernel/test_privilege.py)."""
+    run_dir = unusable_run_dir(tmp_path, unusable)
+    if os.access(run_dir if unusable == "closed" else run_dir / "lock", os.W_OK):
+        pytest.skip("writable all the same (CAP_DAC_OVERRIDE)")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    said = _held_says(run_dir)
+    assert "cannot open lock file" in said
+    with pytest.raises(HostProblem, match=re.escape(said)):
+        lock.refuse_unusable(str(run_dir))
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
