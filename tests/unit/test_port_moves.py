@@ -29,9 +29,11 @@ def _id(letter: str) -> str:
     return letter * 12 + "0" * 52
 
 
-def _config(letter: str, n: int, host_ip: Optional[str] = None) -> MappingConfig:
+def _config(
+    letter: str, n: int, host_ip: Optional[str] = None, network: str = "mynet"
+) -> MappingConfig:
     return MappingConfig(
-        "mynet",
+        network,
         _id(letter),
         (ipaddress.ip_interface(f"10.88.0.{n}/16"),),
         (PortMapping(8080, 80, "tcp", host_ip),),
@@ -46,8 +48,10 @@ def _node(tmp_path: Path, configs: Sequence[MappingConfig], cached: Sequence[Map
         pm = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp",
                "hostIP": c.ports[0].host_ip or ""}]  # fmt: skip
         ip = str(c.addresses[0])
-        conf = realplugin.plugin_conf("mynet", [ip], pm)
-        path = realplugin.write_cni_cache(tmp_path, "mynet", c.container_id, "eth0", conf, pm, [ip])
+        conf = realplugin.plugin_conf(c.network, [ip], pm)
+        path = realplugin.write_cni_cache(
+            tmp_path, c.network, c.container_id, "eth0", conf, pm, [ip]
+        )
         os.utime(path, (start + i, start + i))
     memory = MemoryBackend({4: empty_table(4)})
     for c in configs:
@@ -100,6 +104,50 @@ def test_every_chain_ahead_of_the_holder_is_left_out_in_one_plan(tmp_path, monke
     assert sorted(u[3] for u in done.unrepaired) == sorted(dnat_chain_name(c) for c in ahead)
     assert len(calls) == 2  # the plan, then the plan without them
     assert first_taker(memory.read(4), "tcp", 8080, -1) == dnat_chain_name(b)
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_a_containers_own_chain_on_another_network_is_no_holder(tmp_path, form):
+    """A on net1 then on net2, both tcp/8080 (podman allows it); net1's DNAT rule lost,
+    so A's net2 chain has the port. A container is not shadowing itself (SPEC §3): the
+    repair puts net1's rule back (before: "would take tcp/8080 from net2/aaaa...")."""
+    a1, a2 = _config("a", 5, network="net1"), _config("a", 5, network="net2")
+    memory, node = _node(tmp_path, [a1, a2], [a1, a2])
+    healthy = memory.read(4)
+    _lose_dnat(memory, dnat_chain_name(a1))
+    assert first_taker(memory.read(4), "tcp", 8080, -1) == dnat_chain_name(a2)
+    done = repair(node, flush_udp=False) if form == "node" else repair(node, a1, flush_udp=False)
+    assert not done.unrepaired
+    assert memory.read(4) == healthy
+
+
+def test_a_comment_naming_the_container_on_anothers_chain_is_not_believed(tmp_path):
+    """B's chain (net2) with an entry comment that says A: its name is not the plugin's
+    for A on net2, so it is someone else's, and A's repair would take the port from it:
+    A is left as it is (B's comment is put right: B keeps the port)."""
+    a1, b2 = _config("a", 5, network="net1"), _config("b", 6, network="net2")
+    memory, node = _node(tmp_path, [a1, b2], [a1, b2])
+    said = f'dnat name: "net2" id: "{_id("b")}"'
+    forged = said.replace(_id("b"), _id("a"))
+    live = memory.read(4)
+    memory.tables[4] = NatTable(
+        4,
+        {
+            n: SavedChain(
+                n, c.policy, tuple(tuple(a.replace(said, forged) for a in r) for r in c.rules)
+            )
+            for n, c in live.chains.items()
+        },
+    )
+    _lose_dnat(memory, dnat_chain_name(a1))
+    before = memory.read(4)
+    assert f'id: "{_id("a")}"' in str(before.rules("CNI-HOSTPORT-DNAT")[-1])
+    (left,) = repair(node, flush_udp=False).unrepaired
+    assert left[3] == dnat_chain_name(a1)
+    assert f"would take tcp/8080 from net2/{_id('a')[:12]} ({dnat_chain_name(b2)})" in left[4]
+    after = memory.read(4)
+    assert after.rules(dnat_chain_name(a1)) == before.rules(dnat_chain_name(a1))
+    assert first_taker(after, "tcp", 8080, -1) == dnat_chain_name(b2)
 
 
 def test_a_stale_holder_is_named_with_gc(tmp_path):

@@ -22,6 +22,14 @@ for it; rules only appended to `hostports` take nothing from anyone.
 
 Both backends are judged per destination (`_taken_from`): a rule on a host IP takes
 only packets to that address, one without takes every address no earlier rule names.
+
+A container on several networks (podman allows one port on each) is not shadowing
+itself (SPEC §3): putting back net1's lost rule ahead of its own net2 chain gives the
+port back to the same container, as the plugin wrote it (its re-ADD does the same).
+Only a holder that is another container, or nobody's, stops a repair. Who a chain is
+comes from its entry rule's comment, believed only where the chain is the name the
+plugin makes of that network and ID (`_container_of`): a comment alone could say
+anyone, and a chain of nobody known is another's.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from portmapctl.iptables.chains import (
     DNAT_ENTRY_CHAINS,
     DNAT_PREFIX,
     TOPLEVEL_DNAT,
+    chain_name,
     dnat_chain_name,
 )
 from portmapctl.iptables.plugin_rules import parse_comment
@@ -96,8 +105,8 @@ class PortTaken:
 
 
 # A port's takers, in the order the kernel tries them: (who, host IP or None for every
-# address, the chain the rule is in, partial), by (protocol, port) or, for nftables, by
-# (family, protocol, port). A partial taker (a rule with conditions of its own, or on
+# address, the chain the rule is in, partial, foreign, container), by (protocol, port)
+# or, for nftables, by (family, protocol, port). A partial taker (a rule with conditions of its own, or on
 # addresses no one host IP names: someone else's) has some of the port's packets: it is
 # a holder, but packets it does not take go on to the next rule.
 class _Taker(NamedTuple):
@@ -106,6 +115,7 @@ class _Taker(NamedTuple):
     chain: str
     partial: bool
     foreign: bool  # someone else's rule, no container's
+    container: Optional[str]  # the container ID it is for, where sure (None: unknown)
 
 
 _Takers = Dict[tuple, List[_Taker]]
@@ -147,7 +157,9 @@ def _taken_from(
     after, while still wanting it; None when nobody does. Every destination the rule
     takes is asked: its host IP, or (no host IP) each address some rule names and every
     other. Not only when `who` comes first after: several rewritten ahead of the one
-    that has the port are all found in one pass (no re-plan for each)."""
+    that has the port are all found in one pass (no re-plan for each). A holder of the
+    same container as `who` (its chain on another network) loses nothing to it."""
+    mine = next((t.container for t in then.get(key, ()) if t.who == who), None)
     if host_ip is not None:
         addresses: List[Optional[str]] = [host_ip]
     else:
@@ -155,7 +167,9 @@ def _taken_from(
         addresses = [*sorted(named), None]
     for address in addresses:
         for holder in _holders(now, key, address):
-            if holder.who == who or not _ahead_of(then, key, address, who, holder.who):
+            if holder.who == who or (mine is not None and holder.container == mine):
+                continue
+            if not _ahead_of(then, key, address, who, holder.who):
                 continue
             if any(t.who == holder.who and _matches(t.host_ip, address) for t in then[key]):
                 return holder
@@ -188,6 +202,15 @@ def _dnat_ports(rules: Iterable) -> List[Tuple[Tuple[str, int], Optional[str]]]:
     ]
 
 
+def _container_of(entry: Sequence[str], chain: str) -> Optional[str]:
+    """The container ID the entry rule's comment names, where `chain` is the plugin's
+    name for that network and ID (SHA-512 of both): else None, nobody known."""
+    who = parse_comment(entry)
+    if who.network is None or who.container_id is None:
+        return None
+    return who.container_id if chain_name(who.network, who.container_id) == chain else None
+
+
 def _takers(table: NatTable, keys: Set[Tuple[str, int]]) -> _Takers:
     """For each (protocol, port) of `keys`: the CNI-DN- chains whose DNAT rule for it an
     entry rule of CNI-HOSTPORT-DNAT reaches, in order (shapes.first_taker's walk, once
@@ -201,7 +224,8 @@ def _takers(table: NatTable, keys: Set[Tuple[str, int]]) -> _Takers:
             # else it matches), never a chain gc or a repair changes.
             label = f"the rule {index + 1} of {TOPLEVEL_DNAT}"
             for key in set(entry_ports(entry, ())) & keys:
-                found.setdefault(key, []).append(_Taker(label, None, TOPLEVEL_DNAT, True, True))
+                taker = _Taker(label, None, TOPLEVEL_DNAT, True, True, None)
+                found.setdefault(key, []).append(taker)
             continue
         if chain is None or not chain.startswith(DNAT_PREFIX):
             continue
@@ -211,9 +235,11 @@ def _takers(table: NatTable, keys: Set[Tuple[str, int]]) -> _Takers:
             continue
         if chain not in dnats:
             dnats[chain] = _dnat_ports(rules)
+        container = _container_of(entry, chain)
         for key, host_ip in dnats[chain]:
             if key in ports:
-                found.setdefault(key, []).append(_Taker(chain, host_ip, chain, False, False))
+                taker = _Taker(chain, host_ip, chain, False, False, container)
+                found.setdefault(key, []).append(taker)
     return found
 
 
@@ -313,7 +339,9 @@ def _nft_takers(ruleset: Ruleset) -> _Takers:
             host_ip = rule.host_ip if one else None
             partial = not (rule.claims and one)
             foreign = rule.foreign is not None
-            taker = _Taker(rule.who, host_ip, rule.rule.chain, partial, foreign)
+            # (Every rule of the plugin's carries the bare container ID: `who`.)
+            container = None if foreign else rule.who
+            taker = _Taker(rule.who, host_ip, rule.rule.chain, partial, foreign, container)
             for port in rule.ports:
                 found.setdefault((family, rule.protocol, port), []).append(taker)
     return found

@@ -1,0 +1,190 @@
+"""One container on two networks that map the same host port (podman allows it: each
+network's ADD gives the container a chain, net1's entry rule first), against the real
+plugins: Debian's on both iptables flavours, v1.9.1 under `"backend": "nftables"`.
+
+SPEC §3: a container on several networks is not shadowing itself. A repair that puts
+back net1's lost rule gives the port back to the container's net1 address from its own
+net2 address: that is the plugin's own state (its re-ADD, which `podman network
+reload` runs, does the same), not a port moved to another container, which a repair
+still never does (ops/check/port_moves.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pmctl
+import pytest
+import realplugin as rp
+import upstream
+from realplugin import require
+
+CTR = "ctr1"
+OTHER = "ctr2"
+PORTS = [rp.port_mapping(6001, 6001, "udp")]
+NETS = {"net1": ("10.88.0.5/16", "eth0"), "net2": ("10.89.0.5/16", "eth1")}
+DN1 = "CNI-DN-85373d34c6846b6c53ee2"  # chain_name("net1", "ctr1")
+DNAT1 = ["-p", "udp", "-m", "udp", "--dport", "6001", "-j", "DNAT",
+         "--to-destination", "10.88.0.5:6001"]  # fmt: skip
+ENTRY1 = ["-p", "udp", "-m", "comment", "--comment", 'dnat name: "net1" id: "ctr1"',
+          "-m", "multiport", "--dports", "6001", "-j", DN1]  # fmt: skip
+
+
+def _conf(network: str, ip: str, ifname: str, nft: bool) -> Dict[str, Any]:
+    conf = (upstream.nft_conf if nft else rp.plugin_conf)(network, [ip], PORTS)
+    # The plugin takes the addresses of CNI_IFNAME's interface only: net2's is eth1.
+    conf["prevResult"]["interfaces"][0]["name"] = ifname
+    return conf
+
+
+def _plugin(command: str, ns: str, cid: str, network: str, mode: str, cache=None):
+    """The plugin's `command` for `cid` on `network` (Debian's in iptables flavour
+    `mode`, or v1.9.1 when `mode` is "nftables"); with `cache`, libcni's entry too."""
+    ip, ifname = NETS[network] if cid == CTR else ("10.90.0.6/16", "eth0")
+    nft = mode == "nftables"
+    conf = _conf(network, ip, ifname, nft)
+    if nft:
+        done = upstream.run("v1.9.1", command, ns, cid, conf, ifname=ifname)
+    else:
+        family = 4 if command == "CHECK" else None
+        done = rp.run_plugin(command, ns, cid, conf, mode=mode, family=family, ifname=ifname)
+    if cache is not None:
+        rp.write_cni_cache(cache, network, cid, ifname, conf, PORTS, [ip])
+        rp.hold_addresses(rp.container_netns(), [ip])
+    return done
+
+
+def _node(ns: str, mode: str, cache: Path, order=(("net1", CTR), ("net2", CTR))) -> None:
+    if mode == "nftables":
+        require(upstream.available())
+    require(rp.plugin_available())
+    for network, cid in order:
+        done = _plugin("ADD", ns, cid, network, mode, cache)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _state(ns: str, mode: str) -> List[str]:
+    if mode == "nftables":
+        return upstream.ruleset_text(ns).splitlines()
+    return rp.nat_rules(rp.save(ns, 4, mode))
+
+
+def _args(ns: str, mode: str, cache: Path) -> List[str]:
+    chosen = ["--backend", "nftables"] if mode == "nftables" else ["--iptables", mode]
+    return ["--netns", ns, *chosen, "--cni-cache-dir", str(cache), "--no-flush-udp"]
+
+
+def _one_mapping(network: str) -> List[str]:
+    ip, ifname = NETS[network]
+    return ["--network", network, "--container", CTR, "--ip", ip, "-p", "6001:6001/udp",
+            "--ifname", ifname]  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_repair_puts_back_the_lost_dnat_rule_of_a_container_on_two_networks(
+    host_ns: str, iptables_mode: rp.Mode, tmp_path: Path, form: str
+) -> None:
+    """Debian's ADDs of ctr1 on net1 then net2, both udp/6001; net1's DNAT rule
+    deleted by hand, so net2's chain gets the port (the plugin's CHECK of net1 fails).
+    Before, `check --repair` refused: "its chain would take udp/6001 from net2/ctr1
+    ...; a repair never moves a port between mappings", exit 1. Now it puts the rule
+    back: the table is what the plugin wrote, its CHECK passes for both networks, and
+    its re-ADD of net1 changes nothing."""
+    _node(host_ns, iptables_mode, tmp_path)
+    healthy = _state(host_ns, iptables_mode)
+    rp.iptables(host_ns, ["-t", "nat", "-D", DN1, *DNAT1], mode=iptables_mode)
+    assert _plugin("CHECK", host_ns, CTR, "net1", iptables_mode).returncode != 0
+    args = _args(host_ns, iptables_mode, tmp_path)
+    given = _one_mapping("net1") if form == "mapping" else []
+
+    done = pmctl.run(["check", "--repair", *args, *given, "-o", "json"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["repaired"] and "could not repair" not in done.stderr
+    assert _state(host_ns, iptables_mode) == healthy
+    for network in NETS:
+        checked = _plugin("CHECK", host_ns, CTR, network, iptables_mode)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert _plugin("ADD", host_ns, CTR, "net1", iptables_mode).returncode == 0
+    assert _state(host_ns, iptables_mode) == healthy
+    assert pmctl.run(["check", *args[:-1]]).returncode == 0
+
+
+def test_repair_still_never_takes_the_port_from_another_container(
+    host_ns: str, iptables_mode: rp.Mode, tmp_path: Path
+) -> None:
+    """ctr1 on net1, then ctr2 on net3, then ctr1 on net2, all udp/6001; net1's DNAT
+    rule lost, so ctr2 gets the port: putting it back would take it from ctr2, another
+    container. Left as it is and said (ctr1's own net2 chain behind changes nothing)."""
+    order = (("net1", CTR), ("net3", OTHER), ("net2", CTR))
+    _node(host_ns, iptables_mode, tmp_path, order)
+    rp.iptables(host_ns, ["-t", "nat", "-D", DN1, *DNAT1], mode=iptables_mode)
+    damaged = _state(host_ns, iptables_mode)
+    done = pmctl.run(["check", "--repair", *_args(host_ns, iptables_mode, tmp_path)])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "could not repair IPv4 net1/ctr1" in done.stderr
+    assert "would take udp/6001 from net3/ctr2" in done.stderr
+    assert _state(host_ns, iptables_mode) == damaged
+
+
+def test_a_lost_entry_rule_comes_back_where_the_plugins_re_add_puts_it(
+    host_ns: str, iptables_mode: rp.Mode, tmp_path: Path
+) -> None:
+    """net1's entry rule deleted instead: the repair appends it (behind net2's, which
+    keeps the port), as the plugin's re-ADD does; its CHECK passes, and its re-ADD
+    changes nothing."""
+    _node(host_ns, iptables_mode, tmp_path)
+    rp.iptables(host_ns, ["-t", "nat", "-D", "CNI-HOSTPORT-DNAT", *ENTRY1], mode=iptables_mode)
+    done = pmctl.run(["check", "--repair", *_args(host_ns, iptables_mode, tmp_path)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    repaired = _state(host_ns, iptables_mode)
+    entries = [line for line in repaired if line.startswith("-A CNI-HOSTPORT-DNAT")]
+    assert ["net2" in entries[0], "net1" in entries[1]] == [True, True]
+    assert _plugin("CHECK", host_ns, CTR, "net1", iptables_mode).returncode == 0
+    assert _plugin("ADD", host_ns, CTR, "net1", iptables_mode).returncode == 0
+    assert _state(host_ns, iptables_mode) == repaired
+
+
+def test_nftables_repair_puts_back_a_two_network_containers_lost_rule(
+    host_ns: str, tmp_path: Path
+) -> None:
+    """v1.9.1 under "backend": "nftables": both rules in `hostports` carry the bare
+    container ID; net1's deleted. The repair appends it again, as the plugin's re-ADD
+    of net1 does (and v1.9.1's CHECK passes before and after)."""
+    _node(host_ns, "nftables", tmp_path)
+    lost = next(
+        r for r in json.loads(upstream.ruleset_json(host_ns))["nftables"]
+        if "rule" in r and r["rule"]["chain"] == "hostports"
+        and "10.88.0.5" in json.dumps(r["rule"]["expr"])
+    )["rule"]  # fmt: skip
+    upstream.nft(host_ns, "delete", "rule", "ip", "cni_hostport", "hostports",
+                 "handle", str(lost["handle"]))  # fmt: skip
+    args = _args(host_ns, "nftables", tmp_path)
+    done = pmctl.run(["check", "--repair", *args])
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = upstream.ruleset_text(host_ns)
+    rules = [line.strip() for line in text.splitlines() if "dnat to" in line]
+    assert rules == [
+        'udp dport 6001 dnat to 10.89.0.5:6001 comment "ctr1"',
+        'udp dport 6001 dnat to 10.88.0.5:6001 comment "ctr1"',
+    ]
+    for network in NETS:
+        assert _plugin("CHECK", host_ns, CTR, network, "nftables").returncode == 0
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy", "nftables"])
+def test_add_of_a_two_network_container_changes_nothing(
+    host_ns: str, tmp_path: Path, mode: str
+) -> None:
+    """`add` of what the plugin made, per network, on the healthy node: changed false,
+    the table as it was (idempotent, SPEC §3)."""
+    if mode != "nftables":
+        require(rp.mode_available(mode))
+    _node(host_ns, mode, tmp_path)
+    healthy = _state(host_ns, mode)
+    for network in NETS:
+        done = pmctl.run(["add", *_args(host_ns, mode, tmp_path), *_one_mapping(network),
+                          "-o", "json"])  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout)["changed"] is False
+    assert _state(host_ns, mode) == healthy
