@@ -2953,3 +2953,56 @@ def test_a_live_table_whose_plugin_chain_cannot_be_read_is_exit_3_and_changes_no
     pmctl.assert_error(
         done, 2, "not `nft -j list` output (item ", "bad rule: comment is not a string"
     )
+
+
+@pytest.mark.parametrize("version", ["v1.7.1", V191])
+def test_an_ipv6_host_ip_port_is_nobodys_in_ipv4_for_gc_and_repair(
+    node: str, tmp_path: Path, version: str
+) -> None:
+    """A host IP of the other family skips the mapping in that family (upstream FACTS):
+    a dual-stack container's `[fd00::1]:9191:91/udp` has a rule in IPv6 alone
+    (`hostports` for v1.9.1, `hostip_hostports` for v1.7.1). So its IPv4 side neither
+    maps 9191 (list's rows, gc's row and JSON host_ports) nor frees or takes its flows:
+    gc removing stale gone1 and check --repair re-creating web1 flush the port in IPv6
+    alone; live1's live IPv4 flows on the same ports, and the IPv4 ones nothing of
+    theirs ever took, stay (the iptables side credited a stale chain with its entry
+    rules' ports and so deleted them: 62427f6, 086b161)."""
+    subprocess.run(["ip", "-n", node, "addr", "add", "10.0.0.1/32", "dev", "lo"], check=True)
+    subprocess.run(["ip", "-n", node, "addr", "add", "fd00::1/128", "dev", "lo", "nodad"],
+                   check=True)  # fmt: skip
+    live1 = ("live1", ["10.88.0.7/16"], [_pm(9191, 91, "udp"), _pm(9292, 92, "udp")])
+    gone1 = ("gone1", ["10.88.0.5/16", "fd00::5/64"],
+             [_pm(8080, 80), _pm(9191, 91, "udp", host_ip="fd00::1")])  # fmt: skip
+    web1 = ("web1", ["10.88.0.6/16", "fd00::6/64"],
+            [_pm(8081, 81), _pm(9292, 92, "udp", host_ip="fd00::1")])  # fmt: skip
+    _plugin_add(node, tmp_path, live1, version=version)
+    _plugin_add(node, tmp_path, gone1, cached=False, version=version)
+    _plugin_add(node, tmp_path, web1, version=version)
+    _delete_rules(node, "web1", ("hostports", "hostip_hostports"))
+    ct_load(node, [
+        ct_args("192.0.2.1", "10.0.0.1", 42001, 9191, "10.88.0.7", 91),  # live1's
+        ct_args("192.0.2.2", "10.0.0.1", 42002, 9191),  # never DNATed: nobody's here
+        ct_args("192.0.2.3", "10.0.0.1", 42003, 9191, "10.88.0.9", 91),  # an old address
+        ct_args("2001:db8::4", "fd00::1", 42004, 9191, "fd00::5", 91),  # gone1's: goes
+        ct_args("192.0.2.5", "10.0.0.1", 42005, 9292, "10.88.0.7", 92),  # live1's
+        ct_args("192.0.2.6", "10.0.0.1", 42006, 9292),  # never DNATed: nobody's here
+        ct_args("2001:db8::7", "fd00::1", 42007, 9292),  # before web1's rule: goes
+    ])  # fmt: skip
+    gone_rows = {(r[1], r[2], r[3], r[4]) for r in _rows(node, tmp_path) if r[0] == "gone1"}
+    assert gone_rows == {(4, "tcp", None, 8080), (6, "tcp", None, 8080),
+                         (6, "udp", "fd00::1", 9191)}  # fmt: skip
+    done = _pmctl(node, tmp_path, "gc", "--yes", "--min-age", "0", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    ports = {r["family"]: [(p["protocol"], p["host_port"]) for p in r["host_ports"]]
+             for r in result["removed"] if r["container_id"] == "gone1"}  # fmt: skip
+    assert ports == {4: [("tcp", 8080)], 6: [("tcp", 8080), ("udp", 9191)]}
+    assert result["conntrack_deleted"] == 1
+    assert ct_sports(node) == {42001, 42002, 42003, 42005, 42006, 42007}
+    repaired = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert ct_sports(node) == {42001, 42002, 42003, 42005, 42006}
+    if version == V191:  # (v1.7.1's CHECK fails for any host-IP mapping: FACTS)
+        for cid, ips, ports_of in (live1, web1):
+            conf = upstream.nft_conf("podman", ips, ports_of)
+            upstream.run(V191, "CHECK", node, cid, conf, check=True)
