@@ -213,10 +213,27 @@ def _port_range(value: str, what: str) -> range:
     if not dash:
         number = port(value, what)
         return range(number, number + 1)
-    first, last = port(start, what), port(end, what)
+    first, last = _range_end(value, start, "start", what), _range_end(value, end, "end", what)
     if last < first:
         raise BadInput(f"invalid {what} range {shown(value)}: its end is below its start")
     return range(first, last + 1)
+
+
+def _range_end(value: str, part: str, which: str, what: str) -> int:
+    """One end of the range `value`, named with the range: `port` would say "invalid
+    host port ''" for `8000-`, a port no one gave."""
+    if not part:
+        raise BadInput(
+            f"invalid {what} range {shown(value)}: its {which} is missing (START-END, e.g."
+            " 8000-8005)"
+        )
+    try:
+        return port(part, what)
+    except BadInput:
+        raise BadInput(
+            f"invalid {what} range {shown(value)}: its {which} {shown(part)} must be a number"
+            " from 1 to 65535"
+        ) from None
 
 
 def conditions(value: Any, what: str) -> Tuple[str, ...]:

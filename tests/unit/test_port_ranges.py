@@ -40,11 +40,18 @@ def test_a_range_maps_port_by_port_in_ascending_order(spec, expected):
         ("8000-8001:80-82", "different lengths (2 and 3)"),
         ("8002-8000:80-82", "invalid host port range '8002-8000': its end is below its start"),
         ("8000-8002:82-80", "invalid container port range '82-80': its end is below its start"),
-        ("8000-:80", "invalid host port ''"),
-        ("-8000:80", "invalid host port ''"),
-        ("8000-8002-8004:80-82-84", "invalid host port '8002-8004'"),
-        ("65535-65536:1-2", "invalid host port '65536'"),
-        ("0-2:1-3", "invalid host port '0'"),
+        # A bad end names the range it is in: "invalid host port ''" named nothing given.
+        ("8000-:80", "invalid host port range '8000-': its end is missing (START-END, e.g."),
+        ("-8000:80", "invalid host port range '-8000': its start is missing (START-END, e.g."),
+        ("80:8000-", "invalid container port range '8000-': its end is missing"),
+        ("-:80", "invalid host port range '-': its start is missing"),
+        ("8000--8001:80", "invalid host port range '8000--8001': its end '-8001' must be a number"),
+        ("8000-8002-8004:80-82-84", "invalid host port range '8000-8002-8004': its end '8002-"),
+        ("65535-65536:1-2", "invalid host port range '65535-65536': its end '65536' must be a nu"),
+        ("0-2:1-3", "invalid host port range '0-2': its start '0' must be a number from 1 to 6553"),
+        ("8000-x:80", "invalid host port range '8000-x': its end 'x' must be a number from 1 to"),
+        # One port (no range) is named as it was.
+        ("70000:80", "invalid host port '70000': must be a number from 1 to 65535"),
         ("8000-8002:80-82/xx", "invalid protocol 'xx'"),
     ],
 )
@@ -81,3 +88,15 @@ def test_the_early_dump_leaves_a_range_it_cannot_read_to_add():
     args = ["add", "--network", "n", "--container", "c", "--ip", "10.88.0.5/16"]
     for spec in ("8000-x:80", "1-999999:1-2", "8000--8001:80"):
         assert add_early._read_line([*args, "-p", spec]) is None, spec
+
+
+@pytest.mark.parametrize("command", ["add", "check"])
+@pytest.mark.parametrize("spec, given", [("8000-:80", "'8000-'"), ("-8000:80", "'-8000'")])
+def test_a_range_with_a_missing_end_is_named_as_given_on_the_command_line(command, spec, given):
+    """`-p 8000-:80` said "invalid host port '': must be a number from 1 to 65535":
+    no port '' was given, and the operator had to guess which -p it was."""
+    import pmctl
+
+    args = [command, "--network", "n", "--container", "c", "--ip", "10.88.0.5/16", "-p", spec]
+    done = pmctl.run(args, unprivileged=True)
+    pmctl.assert_error(done, 2, f"invalid host port range {given}: its ")
