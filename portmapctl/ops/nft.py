@@ -127,16 +127,17 @@ def absence_tells(config: Optional[MappingConfig], live: Ruleset) -> bool:
     """Whether no rule of `config`'s container in the plugin's nftables tables says
     that its plugin never wrote there: for each family of its addresses, no
     `cni_hostport` table (a v1.6+ ADD given the key makes it, and no DEL removes it),
-    or one as a v1.6+ ADD leaves it and no DEL undoes (FACTS: its chains, prerouting
-    and output jumping to the host-port rules, hostports_all's two jumps where v1.9
-    made it). A table that lost those (flushed) lost that plugin's rules too."""
+    or one as a v1.6+ ADD leaves it and no DEL undoes (FACTS: its chains, but
+    masquerading, which only an ADD with SNAT on makes; prerouting and output jumping
+    to the host-port rules, hostports_all's two jumps where v1.9 made it). A table that lost those (flushed) lost that plugin's rules too."""
     from portmapctl.nftables import ruleset as rs
     from portmapctl.nftables.planner import entry_ok, hostports_all_ok
 
     if config is None:
         return True
-    # (hostports_all: v1.9 on; its absence is v1.6/v1.7's layout.)
-    made = rs.PLUGIN_CHAINS - {rs.HOSTPORTS_ALL}
+    # (hostports_all: v1.9 on; its absence is v1.6/v1.7's layout. masquerading: made
+    # only by an ADD with SNAT on, so a node whose ADDs all had `"snat": false` has none.)
+    made = rs.PLUGIN_CHAINS - {rs.HOSTPORTS_ALL, rs.MASQUERADING}
     for family in config.families:
         table = live.table(family)
         if table is None:

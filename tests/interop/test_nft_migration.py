@@ -1544,3 +1544,39 @@ def test_a_leaked_iptables_chain_beside_a_flushed_plugin_table_is_in_doubt_and_l
 def _no_counters(state: Tuple[str, str]) -> Tuple[str, str]:
     save, nft = state
     return re.sub(r"\[\d+:\d+\]|# .*", "", save), nft
+
+
+@pytest.mark.parametrize("version", upstream.VERSIONS)
+@pytest.mark.parametrize("dele", [False, True], ids=["kept", "deleted"])
+def test_a_table_of_snat_off_adds_still_tells_an_ignored_key(
+    node: str, tmp_path: Path, version: str, dele: bool
+) -> None:
+    """A node upgraded from Debian's 1.1.1: deb1's config says `"backend": "nftables"`,
+    which that plugin ignored (its chain in iptables); then the upstream plugin added
+    new1 under the same key with `"snat": false`, which makes no `masquerading` chain
+    (FACTS). That table is whole as the plugin leaves it, so "no rule of deb1 in
+    nftables" still tells the key ignored: deb1 is judged in iptables and the node is
+    healthy. A table without masquerading was taken for a flushed one: deb1 "in doubt",
+    check exit 1 and --repair refused for a node the plugins' CHECKs pass (also after
+    new1's DEL, which leaves the table and its chains)."""
+    dual = ["10.88.0.7/16", "fd00::7/64"]
+    new = upstream.nft_conf("podman", dual, [_pm(9091, 91)], snat=False)
+    upstream.run(version, "ADD", node, "new1", new, check=True)
+    if dele:
+        upstream.run(version, "DEL", node, "new1", new, check=True)
+    else:
+        _cached(tmp_path, "new1", new)
+    deb = rp.plugin_conf("podman", ["10.88.0.6/16", "fd00::6/64"], [_pm(9090, 90)])
+    deb = _cached(tmp_path, "deb1", {**deb, "backend": "nftables"})
+    rp.run_plugin("ADD", node, "deb1", deb, check=True)
+    assert "masquerading" not in upstream.ruleset_text(node)
+    before = _no_counters((rp.save(node, 4) + rp.save(node, 6), upstream.ruleset_text(node)))
+    done = _pmctl(node, tmp_path, "check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cannot be told" not in done.stderr, done.stderr
+    assert "(podman/deb1): the plugin that added them ignores the key" in done.stderr
+    repaired = _pmctl(node, tmp_path, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    after = _no_counters((rp.save(node, 4) + rp.save(node, 6), upstream.ruleset_text(node)))
+    assert after == before
+    assert all(c.returncode == 0 for c in rp.run_check(node, "deb1", deb))
