@@ -188,3 +188,31 @@ def test_add_of_a_two_network_container_changes_nothing(
         assert done.returncode == 0, done.stdout + done.stderr
         assert json.loads(done.stdout)["changed"] is False
     assert _state(host_ns, mode) == healthy
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_a_stale_chain_of_the_same_container_id_whose_address_went_to_another_is_a_holder(
+    host_ns: str, iptables_mode: rp.Mode, tmp_path: Path, form: str
+) -> None:
+    """ctr1 on net1 (cached), ctr1 on net2 (its cache entry gone, its DEL never ran:
+    a stale chain DNATing to 10.89.0.5), then ctr2 on net2 given that address again,
+    mapping udp/6001 too (cached); net1's DNAT rule lost. The port's traffic goes
+    through ctr1's stale net2 chain to 10.89.0.5: to ctr2. Putting net1's rule back
+    takes it from ctr2, another container; the stale chain's name says ctr1, but the
+    cache does not say that chain is ctr1's now. Left as it is, as before the
+    same-container exemption: "gc removes it, then repair"."""
+    _node(host_ns, iptables_mode, tmp_path, (("net1", CTR),))
+    assert _plugin("ADD", host_ns, CTR, "net2", iptables_mode).returncode == 0  # not cached
+    ip, ifname = NETS["net2"]
+    conf = _conf("net2", ip, ifname, False)
+    done = rp.run_plugin("ADD", host_ns, OTHER, conf, mode=iptables_mode, ifname=ifname)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rp.write_cni_cache(tmp_path, "net2", OTHER, ifname, conf, PORTS, [ip])
+    rp.iptables(host_ns, ["-t", "nat", "-D", DN1, *DNAT1], mode=iptables_mode)
+    damaged = _state(host_ns, iptables_mode)
+    given = _one_mapping("net1") if form == "mapping" else []
+    done = pmctl.run(["check", "--repair", *_args(host_ns, iptables_mode, tmp_path), *given])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "could not repair IPv4 net1/ctr1" in done.stderr, done.stderr
+    assert "would take udp/6001 from net2/ctr1" in done.stderr, done.stderr
+    assert _state(host_ns, iptables_mode) == damaged

@@ -254,3 +254,21 @@ def test_a_holder_cut_off_by_lost_jumps_is_not_said_to_get_traffic(tmp_path):
     after = memory.read(4)
     assert any("CNI-HOSTPORT-DNAT" in r for r in after.rules("PREROUTING"))  # put back
     assert first_taker(after, "tcp", 8080, -1) == dnat_chain_name(b)
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_a_stale_chain_of_the_same_id_is_still_a_holder(tmp_path, form):
+    """A on net1 (cached), A on net2 (no cache entry: its DEL never ran), then B on net2
+    at A's old address, all tcp/8080; net1's DNAT rule lost. A's stale net2 chain
+    sends the port to that address, B's now: the repair would give it to A. Only a
+    chain the cache names is A's own: left as it is ("gc removes it, then repair")."""
+    a1, a2 = _config("a", 5, network="net1"), _config("a", 5, network="net2")
+    b2 = _config("b", 5, network="net2")
+    memory, node = _node(tmp_path, [a1, a2, b2], [a1, b2])
+    _lose_dnat(memory, dnat_chain_name(a1))
+    before = memory.read(4)
+    assert first_taker(before, "tcp", 8080, -1) == dnat_chain_name(a2)
+    done = repair(node, flush_udp=False) if form == "node" else repair(node, a1, flush_udp=False)
+    (left,) = [u for u in done.unrepaired if u[3] == dnat_chain_name(a1)]
+    assert f"would take tcp/8080 from net2/{_id('a')[:12]} ({dnat_chain_name(a2)})" in left[4]
+    assert memory.read(4).rules(dnat_chain_name(a1)) == before.rules(dnat_chain_name(a1))

@@ -29,7 +29,10 @@ port back to the same container, as the plugin wrote it (its re-ADD does the sam
 Only a holder that is another container, or nobody's, stops a repair. Who a chain is
 comes from its entry rule's comment, believed only where the chain is the name the
 plugin makes of that network and ID (`_container_of`): a comment alone could say
-anyone, and a chain of nobody known is another's.
+anyone, and a chain of nobody known is another's. And only where the CNI cache names
+that chain (`cached`): a stale chain of the same ID (its network's entry gone, its DEL
+never run) DNATs to an address the runtime may have given another container since, who
+gets the port's traffic through it now.
 """
 
 from __future__ import annotations
@@ -202,16 +205,19 @@ def _dnat_ports(rules: Iterable) -> List[Tuple[Tuple[str, int], Optional[str]]]:
     ]
 
 
-def _container_of(entry: Sequence[str], chain: str) -> Optional[str]:
+def _container_of(entry: Sequence[str], chain: str, cached: Collection[str]) -> Optional[str]:
     """The container ID the entry rule's comment names, where `chain` is the plugin's
-    name for that network and ID (SHA-512 of both): else None, nobody known."""
+    name for that network and ID (SHA-512 of both) and the CNI cache names it (`cached`:
+    its address is that container's now): else None, nobody known."""
+    if chain not in cached:
+        return None
     who = parse_comment(entry)
     if who.network is None or who.container_id is None:
         return None
     return who.container_id if chain_name(who.network, who.container_id) == chain else None
 
 
-def _takers(table: NatTable, keys: Set[Tuple[str, int]]) -> _Takers:
+def _takers(table: NatTable, keys: Set[Tuple[str, int]], cached: Collection[str] = ()) -> _Takers:
     """For each (protocol, port) of `keys`: the CNI-DN- chains whose DNAT rule for it an
     entry rule of CNI-HOSTPORT-DNAT reaches, in order (shapes.first_taker's walk, once
     for every port: a repair rewriting 1,000 chains asks about 2,000 ports)."""
@@ -235,7 +241,7 @@ def _takers(table: NatTable, keys: Set[Tuple[str, int]]) -> _Takers:
             continue
         if chain not in dnats:
             dnats[chain] = _dnat_ports(rules)
-        container = _container_of(entry, chain)
+        container = _container_of(entry, chain, cached)
         for key, host_ip in dnats[chain]:
             if key in ports:
                 taker = _Taker(chain, host_ip, chain, False, False, container)
@@ -243,9 +249,12 @@ def _takers(table: NatTable, keys: Set[Tuple[str, int]]) -> _Takers:
     return found
 
 
-def ports_taken(live: NatTable, txn: Transaction) -> Dict[str, PortTaken]:
+def ports_taken(
+    live: NatTable, txn: Transaction, cached: Collection[str] = ()
+) -> Dict[str, PortTaken]:
     """By chain: a port each chain would take, applied, from another chain that gets it
-    in `live` and still wants it after."""
+    in `live` and still wants it after. `cached`: the chains the CNI cache names, the
+    only ones whose container a holder of the same container can be (_container_of)."""
     suspects = _suspects(txn, live)
     if not suspects:
         return {}
@@ -257,7 +266,7 @@ def ports_taken(live: NatTable, txn: Transaction) -> Dict[str, PortTaken]:
     after = memory.tables[live.family]
     wanted = {chain: _dnat_ports(after.rules(chain)) for chain in sorted(suspects)}
     keys = {key for ports in wanted.values() for key, _ in ports}
-    now, then = _takers(live, keys), _takers(after, keys)
+    now, then = _takers(live, keys, cached), _takers(after, keys, cached)
     # Packets reach CNI-HOSTPORT-DNAT only through its jumps (a firewall script that
     # flushed PREROUTING and OUTPUT took them): the words say whether they do now.
     entered = any(
@@ -288,15 +297,16 @@ def plan_taking_nothing(
     live: NatTable,
     configs: Sequence[MappingConfig],
     plan: Callable[[Sequence[MappingConfig]], Transaction],
+    cached: Collection[str] = (),
 ) -> Tuple[Transaction, Dict[str, PortTaken]]:
     """`plan(configs)`, made again without the configs of every chain that would take a
-    port from another (`ports_taken`), until none would. Returns the plan and, by chain,
-    what was left out."""
+    port from another (`ports_taken`, `cached` as there), until none would. Returns the
+    plan and, by chain, what was left out."""
     left_out: Dict[str, PortTaken] = {}
     these: List[MappingConfig] = list(configs)
     while True:
         txn = plan(these)
-        taken = ports_taken(live, txn)
+        taken = ports_taken(live, txn, cached)
         kept = [c for c in these if dnat_chain_name(c) not in taken]
         if len(kept) == len(these):
             return txn, left_out  # (none, or no chain of the plan's configs)

@@ -200,7 +200,9 @@ def _repair_family(
     def taking_nothing(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
         for name in {dnat_chain_name(c) for c in these}:
             moved.pop(name, None)  # planned again from a fresh read
-        txn, taken = plan_taking_nothing(live, these, lambda cs: _plan(cs, None, cache)(live))
+        txn, taken = plan_taking_nothing(
+            live, these, lambda cs: _plan(cs, None, cache)(live), cached
+        )
         for name, took in taken.items():
             first = next(c for c in these if dnat_chain_name(c) == name)
             why = took.why(holder_name(live, took.holder), cached)
@@ -619,6 +621,15 @@ def _repair_mapping(
     setup = _plan(None, config, sharing=sharing)
     missing: Dict[int, Unrepaired] = {}
     notes: List[str] = []  # (a try whose restore died, found gone in: errors.found_in)
+    own: List[Tuple[str, ...]] = []
+
+    def own_chains() -> Tuple[str, ...]:
+        # The chains the CNI cache names for this container, on any network: only those
+        # are its own (port_moves); read once, and only where a port would be taken.
+        if not own:
+            found = node.read_cache(judge_namespaces=False) or ()
+            own.append(tuple(a.dnat_chain for a in found if a.container_id == config.container_id))
+        return own[0]
 
     def plan(live: NatTable) -> Transaction:
         # A refusal no retry can cure is said, not tried (as the whole-node repair).
@@ -630,6 +641,8 @@ def _repair_mapping(
             missing.pop(live.family, None)
             txn = setup(live)
             took = ports_taken(live, txn).get(name)
+            if took is not None:  # unless its holder is its own chain on another network
+                took = ports_taken(live, txn, own_chains()).get(name)
             if took is None:
                 return txn
             why = took.why(holder_name(live, took.holder))
