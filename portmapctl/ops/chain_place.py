@@ -73,8 +73,9 @@ def in_flavour_used(
     On iptables-nft the kernel is asked (chains_in_kernel); elsewhere, or where netlink
     cannot be asked, the table: through `read` where the caller reads it anyway, else
     one `iptables -S CHAIN` a family where the backend lists chains (a save of the whole
-    table otherwise); a family without a nat table, asked without creating one, is
-    passed by."""
+    table otherwise, and where the listing cannot tell: legacy's waits for the xtables
+    lock, the save takes none); a family without a nat table, asked without creating
+    one, is passed by."""
     if getattr(backend, "flavour", None) is Flavour.NFT:
         found = chains_in_kernel(families, (name,))
         if found is not None:
@@ -85,9 +86,18 @@ def in_flavour_used(
         return False
     if read is not None:
         return any(t.has_chain(name) for t in read(there).values())
-    list_chain = getattr(backend, "list_chain", None)
-    if list_chain is not None:
-        return any(list_chain(f, name) is not None for f in there)
+    lists_chain = getattr(backend, "lists_chain", None)
+    if lists_chain is not None:
+        unsure = []
+        for family in there:
+            listed = lists_chain(family, name)
+            if listed:
+                return True
+            if listed is None:
+                unsure.append(family)
+        # (Not "not there": another iptables holding the xtables lock past the wait
+        # failed legacy's listing, and the chain so hidden got a copy in nftables.)
+        there = tuple(unsure)
     return any(backend.read(f).has_chain(name) for f in there)  # type: ignore[attr-defined]
 
 

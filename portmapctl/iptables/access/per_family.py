@@ -63,6 +63,9 @@ class PerFamilyBackend:
     def list_chain(self, family: int, chain: str) -> Optional[str]:
         return self.of(family).list_chain(family, chain)
 
+    def lists_chain(self, family: int, chain: str) -> Optional[bool]:
+        return self.of(family).lists_chain(family, chain)
+
     def list_binary(self, family: int) -> str:
         return self.of(family).list_binary(family)
 

@@ -211,11 +211,25 @@ class RestoreBackend:
     def list_chain(self, family: int, chain: str) -> Optional[str]:
         """`iptables -t nat -S CHAIN` as printed (None when it fails): for a caller that
         parses only the lines it needs (add's shadow warning, in a chain of 10,000)."""
+        done = self._list(family, chain)
+        return done.stdout if done is not None and done.returncode == 0 else None
+
+    def lists_chain(self, family: int, chain: str) -> Optional[bool]:
+        """Whether `iptables -t nat -S CHAIN` lists the chain: False where iptables says
+        there is none (exit 1), None where the listing cannot tell (any other exit:
+        legacy's waits for the xtables lock, and another iptables holding it past -w
+        fails it, exit 4, where a save takes no lock). For a caller that must not take
+        "cannot tell" for "not there" (ops/chain_place.py)."""
+        done = self._list(family, chain)
+        if done is None:
+            return False  # (no table, no chain)
+        return {0: True, 1: False}.get(done.returncode)
+
+    def _list(self, family: int, chain: str) -> Optional[subprocess.CompletedProcess]:
         argv = [self.list_binary(family), "-w", str(lock_wait_seconds()), "-t", "nat"]
         if self._skipped(family):
             return None  # (no table, no chain: and listing it would create the table)
-        done = self._run([*argv, "-S", chain])
-        return done.stdout if done.returncode == 0 else None
+        return self._run([*argv, "-S", chain])
 
     def read_families(self, families: Sequence[int]) -> Dict[int, NatTable]:
         """Both families at once: the two saves run side by side."""
