@@ -112,14 +112,19 @@ def in_other_flavour(backend: Any, families: Sequence[int], name: str) -> Option
     holds chain `name` in one of `families` (the plugin ran with it: the `iptables`
     alternative switched since); None where none does. Looked for only where that
     flavour has a nat table, asked without creating one (legacy's in /proc, nf_tables'
-    by netlink): no process where there is none."""
+    by netlink): no process where there is none. A listing that cannot tell (legacy's
+    waits for the xtables lock, and fails past -w) is answered by the save, which takes
+    no lock: taken for "not there", the chain so hidden got a copy in nftables."""
     from portmapctl.iptables.access.restore import RestoreBackend
 
     for family, used in (flavours_of(backend, families) or {}).items():
         other = RestoreBackend(other_flavour(used))
         if not other.has_nat_table(family) or not other.installed(family):
             continue
-        if other.list_chain(family, name) is not None:
+        listed = other.lists_chain(family, name)
+        if listed is None:
+            listed = other.read(family).has_chain(name)
+        if listed:
             return other_flavour(used)
     return None
 

@@ -718,25 +718,29 @@ def test_check_under_backend_nftables_names_the_iptables_flavour_holding_the_cha
     pmctl.assert_error(done, 2, said, "so the plugin keeps it there", "nothing changed")
 
 
+@pytest.mark.parametrize(
+    ("used", "where"), [("legacy", "iptables"), ("nft", "the iptables-legacy tables")]
+)
 def test_a_busy_xtables_lock_never_hides_a_legacy_chain_from_the_copy_guard(
-    node: str, tmp_path: Path
+    node: str, tmp_path: Path, used: str, where: str
 ) -> None:
-    """ipt1's chain is in the legacy tables, the flavour the node uses (--iptables
-    legacy; Debian's plugin run with iptables-legacy). Another iptables holds the
-    xtables lock past the wait (a private XTABLES_LOCKFILE held by `flock`). Asked by
-    `iptables-legacy -t nat -S CHAIN`, which waits for the lock and fails (exit 4),
-    the chain was taken for absent: `check --repair --backend nftables` wrote ipt1 an
-    nftables copy its plugin never deletes (exit 0), and `add --backend nftables` too,
-    where each refuses it with the lock free. A listing that cannot tell is answered by
-    the save (iptables-legacy-save takes no lock): refused the same, nothing written."""
+    """ipt1's chain is in the legacy tables (Debian's plugin run with iptables-legacy):
+    the flavour the node uses (--iptables legacy), or the other one (--iptables nft).
+    Another iptables holds the xtables lock past the wait (a private XTABLES_LOCKFILE
+    held by `flock`). Asked by `iptables-legacy -t nat -S CHAIN`, which waits for the
+    lock and fails (exit 4), the chain was taken for absent: `check --repair --backend
+    nftables` wrote ipt1 an nftables copy its plugin never deletes (exit 0), and `add
+    --backend nftables` too, where each refuses it with the lock free. A listing that
+    cannot tell is answered by the save (iptables-legacy-save takes no lock): refused
+    the same, nothing written."""
     if rp.mode_available("legacy")[0] is False or shutil.which("iptables-legacy") is None:
         pytest.skip("no iptables-legacy")
     conf = rp.plugin_conf("podman", ["10.88.0.44/16"], [_pm(8044, 80)])
     rp.run_plugin("ADD", node, "ipt1", conf, mode="legacy", check=True)
     ipt1 = ["--network", "podman", "--container", "ipt1", "--ip", "10.88.0.44/16", "-p", "8044:80",
-            "--backend", "nftables", "--iptables", "legacy", "--netns", node,
+            "--backend", "nftables", "--iptables", used, "--netns", node,
             "--cni-cache-dir", str(tmp_path)]  # fmt: skip
-    said = f"its chain {chain_name('podman', 'ipt1')} is in iptables"
+    said = f"its chain {chain_name('podman', 'ipt1')} is in {where},"
     lock = tmp_path / "xtables.lock"
     lock.touch()
     env = {"XTABLES_LOCKFILE": str(lock), "PORTMAPCTL_XTABLES_WAIT": "1"}
