@@ -17,8 +17,7 @@ from typing import (
 )
 
 from portmapctl.core.text import cell_text
-from portmapctl.iptables.chains import is_plugin_chain
-from portmapctl.render.table import SHORT_ID, Piece, count, short_id, table, wrap
+from portmapctl.render.table import SHORT_ID, Piece, count, owner_cell, short_id, table, wrap
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -58,9 +57,7 @@ def _who(p: Problem, full_ids: bool, wide: bool) -> str:
     """CONTAINER: the container's short ID; for a per-container chain of no known
     container (an orphan no entry rule names), the chain's name, as gc's table has it:
     else nothing in the row would say which chain (`-o wide` has its CHAIN column)."""
-    if p.container_id is None and not wide and p.chain and is_plugin_chain(p.chain):
-        return p.chain
-    return short_id(p.container_id, full_ids)
+    return owner_cell(p.container_id, p.chain, full_ids, chain_shown=wide)
 
 
 def _shorten_ids(text: str, ids: AbstractSet[str]) -> str:

@@ -13,8 +13,8 @@ from portmapctl.render.table import (
     Cuttable,
     count,
     grid,
+    owner_cell,
     owner_order,
-    short_id,
     without_columns,
 )
 
@@ -141,7 +141,7 @@ def list_table(
     # A container with rules in both backends (the plugin's DEL cleans one): without
     # the backend its two copies are two identical rows.
     by_backend = not wide and _both_backends(mappings)
-    rows, statuses = _list_rows(mappings, chains, conntrack, full_ids, by_backend)
+    rows, statuses = _list_rows(mappings, chains, conntrack, full_ids, by_backend, wide)
     if by_backend:
         headers[headers.index("CHAIN")] = "BACKEND"
     elif not wide:
@@ -164,15 +164,18 @@ def _list_rows(
     conntrack: Optional[MappingT[Mapping, Flows]],
     full_ids: bool,
     by_backend: bool = False,
+    wide: bool = True,
 ) -> Tuple[List[List[str]], List[Iterable[str]]]:
     """The cells of every row; the last column is the CHAIN, or with `by_backend`
-    the BACKEND (a chain without a mapping is an iptables chain)."""
+    the BACKEND (a chain without a mapping is an iptables chain). Where CHAIN is
+    not shown (not `wide`), a chain of no known container is named under CONTAINER,
+    as in check's and gc's tables (render.table.owner_cell)."""
     rows: List[List[str]] = []
     statuses: List[Iterable[str]] = []
     for m in mappings:
         row = [
             m.network or "-",
-            short_id(m.container_id, full_ids),
+            owner_cell(m.container_id, m.chain, full_ids, chain_shown=wide),
             f"v{m.family}",
             m.protocol,
             host_address(m),
@@ -192,7 +195,7 @@ def _list_rows(
             continue
         row = [
             c.network or "-",
-            short_id(c.container_id, full_ids),
+            owner_cell(c.container_id, c.name, full_ids, chain_shown=wide),
             f"v{c.family}",
             "-",
             "-",

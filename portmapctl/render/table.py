@@ -80,6 +80,21 @@ def short_id(container_id: Optional[str], full: bool = False) -> str:
     return container_id if full else container_id[:SHORT_ID]
 
 
+def owner_cell(
+    container_id: Optional[str], chain: Optional[str], full: bool = False, chain_shown: bool = False
+) -> str:
+    """A CONTAINER cell: the container's short ID (`full`: whole); for a per-container
+    chain of no known container (an orphan no entry rule names), the chain's name,
+    unless the table has a CHAIN column (`chain_shown`, -o wide): else nothing in the
+    row would say which chain. check's and list's tables (gc's names it always)."""
+    if not container_id and not chain_shown and chain:
+        from portmapctl.iptables.chains import is_plugin_chain  # (rows of no known container only)
+
+        if is_plugin_chain(chain):
+            return chain
+    return short_id(container_id, full)
+
+
 def count(number: int, word: str) -> str:
     """`1 chain`, `2 chains`."""
     return f"{number} {word}" + ("" if number == 1 else "s")

@@ -1,0 +1,40 @@
+"""Every row of `list`'s table says what it is at 80 columns, where the CHAIN column
+is left out (SPEC §3: the table fits 80 columns; -o wide has CHAIN): a mapping of a
+chain no entry rule names, and a chain with no mapping at all, name their chain, as
+check's and gc's tables name such a chain under CONTAINER (render/check.py _who,
+render/gc.py). JSON keeps its values (`container_id` null)."""
+
+from __future__ import annotations
+
+import json
+from typing import List
+
+import pytest
+from test_output_contract import at_80, pmctl
+
+FIELD = "tests/fixtures/field"
+NO_CACHE = ["--cni-cache-dir", "tests/golden/no-such-dir"]
+
+
+def rows(out: str) -> List[List[str]]:
+    """The table's rows as their cells (split at spaces), the header first."""
+    table = out.replace("\r", "").split("\n\n")[0]
+    return [line.split() for line in table.splitlines()]
+
+
+@pytest.mark.parametrize("dump", ["plugins-643-dead", "plugins-643-hairpin32"])
+def test_a_mapping_of_no_known_container_names_its_chain_under_container(dump):
+    """Its row read `-  -  v4  tcp  *:2202  10.4.0.2:22  yes  orphan`: nothing in it
+    said which chain (check and gc name the chain there)."""
+    args = ["list", "--snapshot", f"{FIELD}/{dump}.v4.save", *NO_CACHE]
+    document = json.loads(pmctl(*args, "-o", "json").stdout)
+    (chain,) = {m["chain"] for m in document["mappings"]}
+    assert {m["container_id"] for m in document["mappings"]} == {None}  # JSON as it was
+    code, out, err = at_80(*args)
+    assert code == 0, err
+    for shown in (rows(out), rows(pmctl(*args).stdout)):  # on a terminal, and piped
+        column = shown[0].index("CONTAINER")
+        assert [row[column] for row in shown[1:]] == [chain], shown
+    # -o wide has the CHAIN column: CONTAINER stays `-` there, as in check's.
+    wide = rows(pmctl(*args, "-o", "wide").stdout)
+    assert [row[1] for row in wide[1:]] == ["-"] and chain in wide[1], wide
