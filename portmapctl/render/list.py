@@ -10,6 +10,7 @@ from portmapctl.core.mapping import endpoint
 from portmapctl.render.cuts import address_floor, cut_address, cut_end
 from portmapctl.render.table import (
     STATUS_STYLE,
+    Across,
     Cuttable,
     count,
     grid,
@@ -118,6 +119,11 @@ LIST_CUTS = {
 # family, protocol and host address say which mapping a row is; -o wide shows all).
 # Only with all of them out does HOST go below what it reads in (table._fitted).
 LIST_DROPS = ("CONTAINER ADDR", "SNAT", "NETWORK")
+# Where the row of a chain with no mapping names its chain when the table has no
+# CHAIN column: across the cells a mapping's row fills and it has none of (35
+# characters at the least, a chain's name is 28; on a narrow terminal that left some
+# of them out, its start, `…`).
+BARE_CHAIN_CELLS = ("PROTO", "HOST", "CONTAINER ADDR", "SNAT")
 
 
 def list_table(
@@ -141,7 +147,7 @@ def list_table(
     # A container with rules in both backends (the plugin's DEL cleans one): without
     # the backend its two copies are two identical rows.
     by_backend = not wide and _both_backends(mappings)
-    rows, statuses = _list_rows(mappings, chains, conntrack, full_ids, by_backend, wide)
+    rows, statuses, bare = _list_rows(mappings, chains, conntrack, full_ids, by_backend, wide)
     if by_backend:
         headers[headers.index("CHAIN")] = "BACKEND"
     elif not wide:
@@ -155,6 +161,7 @@ def list_table(
         width=None if whole else width,
         cuts=LIST_CUTS,
         drops=LIST_DROPS,
+        across=None if wide else Across(BARE_CHAIN_CELLS, bare),
     )
 
 
@@ -165,13 +172,16 @@ def _list_rows(
     full_ids: bool,
     by_backend: bool = False,
     wide: bool = True,
-) -> Tuple[List[List[str]], List[Iterable[str]]]:
-    """The cells of every row; the last column is the CHAIN, or with `by_backend`
-    the BACKEND (a chain without a mapping is an iptables chain). Where CHAIN is
-    not shown (not `wide`), a chain of no known container is named under CONTAINER,
-    as in check's and gc's tables (render.table.owner_cell)."""
+) -> Tuple[List[List[str]], List[Iterable[str]], Dict[int, str]]:
+    """The cells of every row, their statuses, and the name of the chain of each row
+    of a chain without a mapping (by row number) whose CONTAINER cell does not name
+    it; the last column is the CHAIN, or with `by_backend` the BACKEND (a chain
+    without a mapping is an iptables chain). Where CHAIN is not shown (not `wide`), a
+    chain of no known container is named under CONTAINER, as in check's and gc's
+    tables (render.table.owner_cell)."""
     rows: List[List[str]] = []
     statuses: List[Iterable[str]] = []
+    bare: Dict[int, str] = {}
     for m in mappings:
         row = [
             m.network or "-",
@@ -193,9 +203,12 @@ def _list_rows(
     for c in chains:
         if (c.name, c.family) in with_rows:
             continue
+        who = owner_cell(c.container_id, c.name, full_ids, chain_shown=wide)
+        if who != c.name:
+            bare[len(rows)] = c.name
         row = [
             c.network or "-",
-            owner_cell(c.container_id, c.name, full_ids, chain_shown=wide),
+            who,
             f"v{c.family}",
             "-",
             "-",
@@ -207,7 +220,7 @@ def _list_rows(
             row.append("-")
         rows.append(row)
         statuses.append(c.status)
-    return rows, statuses
+    return rows, statuses, bare
 
 
 def _backend_of(m: Mapping) -> Backend:

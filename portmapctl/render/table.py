@@ -24,6 +24,7 @@ from portmapctl.core.ids import SHORT_ID
 from portmapctl.core.patterns import lazy
 from portmapctl.core.status import Status
 from portmapctl.core.text import cell_text
+from portmapctl.render.cuts import cut_end
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -59,6 +60,17 @@ class Cuttable(NamedTuple):
 
 Cuts = Mapping[str, Cuttable]
 """The columns (by header) that may be cut, and how."""
+
+
+class Across(NamedTuple):
+    """Texts that stand in some rows in place of the cells of `columns` (by header;
+    those of them a table shows, next to each other), across their width: `texts` by
+    row number. list's row of a chain with no mapping names its chain where a
+    mapping's protocol and addresses are (cut at its end, `…`, only where the columns
+    left on a narrow terminal are narrower)."""
+
+    columns: Tuple[str, ...]
+    texts: Mapping[int, str]
 
 
 class Piece(NamedTuple):
@@ -128,14 +140,16 @@ def without_columns(headers: List[str], rows: List[List[str]], names: Sequence[s
 
 def grid(headers: List[str], rows: List[List[str]], status: List[Iterable[str]],
          header: bool = True, status_header: str = "STATUS", width: Optional[int] = None,
-         cuts: Optional[Cuts] = None, drops: Sequence[str] = ()) -> Grid:  # fmt: skip
+         cuts: Optional[Cuts] = None, drops: Sequence[str] = (),
+         across: Optional[Across] = None) -> Grid:  # fmt: skip
     """Columns padded to width, then the status words, each coloured (list, gc); a
     `width` (a terminal's) is met as table() meets it, the statuses never cut
-    (wrapped under their column): they are what a row says."""
+    (wrapped under their column): they are what a row says. `across`: texts that
+    stand in some rows in place of some cells (see Across)."""
     last = [status_pieces(w) for w in status]
     headers = headers + [status_header]
     fitting = _Fitting(width, cuts or {}, tuple(drops))
-    return Grid(*_text_and_spans(headers, rows, last, header, "", False, fitting))
+    return Grid(*_text_and_spans(headers, rows, last, header, "", False, fitting, across))
 
 
 class Grid:
@@ -232,9 +246,12 @@ def _widths(shown: Sequence[str], rows: Sequence[Sequence[str]]) -> List[int]:
 
 def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
                     last: Sequence[LastCell], header: bool, first_style: str,
-                    strip_lines: bool, fitting: _Fitting) -> Tuple[str, List[SpanTuple]]:  # fmt: skip
+                    strip_lines: bool, fitting: _Fitting,
+                    across: Optional[Across] = None) -> Tuple[str, List[SpanTuple]]:  # fmt: skip
     """table()'s text and spans (start, end, style), before rich: see table()."""
     rows, last = _escaped(rows, last)
+    if across is not None:
+        across = across._replace(texts={n: cell_text(t) for n, t in across.texts.items()})
     widths = _widths(headers[:-1], rows)
     cells: Sequence[Union[LastCell, Wrapped]] = last
     if fitting.width is not None:
@@ -248,7 +265,7 @@ def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
         if _longest_word(last, room) > room:
             indent, later = HANG, max(fitting.width - HANG, room)
         cells = [_wrapped(pieces, room, later, indent) for pieces in last]
-    layout = _Layout(list(headers), widths, header, first_style, strip_lines)
+    layout = _Layout(list(headers), widths, header, first_style, strip_lines, across)
     plain, spans = _grid_text(layout, rows, cells, _same)
     if _STRIPPED_FOUND.search(plain) is not None:
         # Text.append drops control codes from each piece: offsets must be counted
@@ -358,6 +375,23 @@ class _Layout(NamedTuple):
     header: bool
     first_style: str
     strip_lines: bool
+    across: Optional[Across] = None
+
+
+def _padded(layout: _Layout, number: int, row: Sequence[str]) -> List[str]:
+    """Row `number`'s cells, each padded to its column's width; a text `layout.across`
+    has for it in one cell across the columns it names."""
+    padded = [c.ljust(w) for c, w in zip(row, layout.widths)]
+    text = layout.across.texts.get(number) if layout.across is not None else None
+    if text is None:
+        return padded
+    assert layout.across is not None
+    span = [i for i in range(len(padded)) if layout.headers[i] in layout.across.columns]
+    if not span:
+        return padded
+    first, end = span[0], span[-1] + 1
+    room = sum(map(len, padded[first:end])) + 2 * (end - first - 1)
+    return padded[:first] + [cut_end(text, room).ljust(room)] + padded[end:]
 
 
 def _same(text: str) -> str:
@@ -382,11 +416,11 @@ def _grid_text(
     pieces = [head] if layout.header else []
     spans = [(0, len(head), "bold")] if layout.header else []
     offset = len(head) if layout.header else 0
-    for row, cell in zip(rows, last):
+    for number, (row, cell) in enumerate(zip(rows, last)):
         if isinstance(cell, Wrapped):
-            offset = _wrapped_row(layout, row, cell, clean, pieces, spans, offset)
+            offset = _wrapped_row(layout, number, row, cell, clean, pieces, spans, offset)
             continue
-        padded = [c.ljust(w) for c, w in zip(row, widths)]
+        padded = _padded(layout, number, row)
         if layout.first_style and padded:
             first = clean(padded[0])
             rest = clean("  " + "  ".join(padded[1:]) + "  ")
@@ -418,12 +452,12 @@ def _grid_text(
     return "".join(pieces), spans
 
 
-def _wrapped_row(layout: _Layout, row: Sequence[str], cell: Wrapped,
+def _wrapped_row(layout: _Layout, number: int, row: Sequence[str], cell: Wrapped,
                  clean: Callable[[str], str], out: List[str], spans: List[SpanTuple],
                  offset: int) -> int:  # fmt: skip
-    """One row whose last cell is wrapped, appended to `out` and `spans` as
+    """Row `number`, whose last cell is wrapped, appended to `out` and `spans` as
     _grid_text's rows are; returns the offset after it."""
-    padded = [c.ljust(w) for c, w in zip(row, layout.widths)]
+    padded = _padded(layout, number, row)
     first = clean(padded[0]) if padded else ""
     start = first + clean("  " + "  ".join(padded[1:]) + "  ") if padded else ""
     for number, line in enumerate(cell.lines):

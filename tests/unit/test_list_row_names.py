@@ -38,3 +38,38 @@ def test_a_mapping_of_no_known_container_names_its_chain_under_container(dump):
     # -o wide has the CHAIN column: CONTAINER stays `-` there, as in check's.
     wide = rows(pmctl(*args, "-o", "wide").stdout)
     assert [row[1] for row in wide[1:]] == ["-"] and chain in wide[1], wide
+
+
+# Dumps with a chain that has no DNAT rule (a legacy CNI-SN- chain, a CNI-DN- chain
+# whose only entry names a port of the other family), of a container that is known.
+BARE = [
+    ["--snapshot", "tests/fixtures/legacy-sn.v4.save", "--snapshot6", "tests/fixtures/legacy-sn.v6.save"],
+    ["--snapshot", f"{FIELD}/cilium-6499-v0.6.v4.save"],
+    ["--snapshot", f"{FIELD}/v0.6-portless-entries.v4.save"],
+    ["--snapshot", f"{FIELD}/lima-nerdctl-hostip.v4.save"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dump", BARE, ids=["legacy-sn", "cilium-6499", "v0.6-portless", "lima"])
+def test_a_chain_without_a_mapping_names_itself(dump):
+    """Its row read `mynet  abc123  v4  -  -  -  -  legacy` (lima's `... -  ok`): one
+    container's chain, but which? Its name stands where a mapping's protocol and
+    addresses would, the STATUS column where it is on every other row."""
+    args = ["list", *dump, *NO_CACHE]
+    document = json.loads(pmctl(*args, "-o", "json").stdout)
+    mapped = {(m["chain"], m["family"]) for m in document["mappings"]}
+    bare = [c for c in document["chains"] if (c["chain"], c["family"]) not in mapped]
+    assert bare and all(c["container_id"] for c in bare), document  # (a known container)
+    code, out, err = at_80(*args)
+    assert code == 0, err
+    for table, terminal in ((out.replace("\r", ""), True), (pmctl(*args).stdout, False)):
+        lines = table.split("\n\n")[0].splitlines()
+        assert not terminal or all(len(line) <= 80 for line in lines), lines
+        status = lines[0].index("STATUS")
+        for chain in bare:
+            (row,) = [line for line in lines if chain["chain"] in line]
+            network, container, family = row.split()[:3]
+            # (A terminal's width may cut the network's name at its end.)
+            assert chain["network"].startswith(network.rstrip("…")), (row, lines)
+            assert [container, family] == [chain["container_id"][:12], "v4"], (row, lines)
+            assert row[status:].split(",") == chain["status"], (row, lines)
