@@ -155,7 +155,9 @@ def _errors_for(encoding: str, errors: Optional[str]) -> Optional[str]:
     not UTF-8 (iptables takes any bytes; they are read as surrogates) or a table's
     cut mark `…` on an ASCII terminal into an internal error, exit 1. UTF-8 writes
     such bytes back as they were (as Python's C locale does); any other encoding
-    writes `?`, one character for one, so a table stays aligned."""
+    writes `?`, one character for one, so a table stays aligned. (Tables write such
+    bytes as `\\xNN` themselves, core/text.cell_text, and their cut mark as `...`
+    where the encoding has no `…`, render/cuts.mark: this is the last resort.)"""
     if errors != "strict":
         return errors
     import codecs

@@ -7,26 +7,53 @@ column gets.
 
 from __future__ import annotations
 
-from typing import Iterator, List
+import sys
+from typing import Dict, Iterator, List
+
+# What a cut leaves in place of what it took: `…`, or `...` on a stdout whose
+# encoding has no `…` (PYTHONIOENCODING=ascii, a latin-1 locale), where it was
+# written `?` (entry._errors_for), which reads as a character of the name or address.
+# Every cut below counts the mark's own length, so a table stays aligned either way.
+ELLIPSIS = "\u2026"
+ASCII_ELLIPSIS = "..."
+_MARKS: Dict[str, str] = {}  # (by encoding: asked of every cut cell)
+
+
+def mark() -> str:
+    """The cut mark stdout can write: ELLIPSIS, else ASCII_ELLIPSIS."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    found = _MARKS.get(encoding)
+    if found is None:
+        try:
+            ELLIPSIS.encode(encoding)
+            found = ELLIPSIS
+        except (UnicodeEncodeError, LookupError):
+            found = ASCII_ELLIPSIS
+        _MARKS[encoding] = found
+    return found
 
 
 def cut_end(text: str, room: int) -> str:
     """`text` in `room` characters: its start, then `…` (a name: its start tells it
     apart, as a container ID's does)."""
-    return text if len(text) <= room else text[: max(room - 1, 0)] + "…"
+    if len(text) <= room:
+        return text
+    cut = mark()
+    return text[: max(room - len(cut), 0)] + cut
 
 
 # What a cell keeps of a mapping's conditions at the least: the word that says it has
 # some. Without it the row reads as a mapping that takes every packet to its port; a
 # `…` alone after the port reads as a cut port (`10.88.0.1:65002…`).
-CONDITIONS_MARK = " if…"
+def conditions_mark() -> str:
+    return " if" + mark()
 
 
 def cut_address(text: str, room: int) -> str:
     """An `address:port` (IPv6 in brackets) in `room` characters: the port whole, the
     address cut by cut_ip; the end cut when not even that fits. A mapping's conditions
     after it (`10.88.0.1:65002 if ! -s 192.168.0.0/16`) are cut first, from their end,
-    down to CONDITIONS_MARK (`10.88.0.1:65002 if…`); then the address beside the mark,
+    down to conditions_mark() (`10.88.0.1:65002 if…`); then the address beside the mark,
     to what it reads in (address_floor counts the mark), then below that (only in a
     column narrower than every cell's floor: table._fitted's last try); the mark goes
     only when the port would not stay whole beside it; the port goes last."""
@@ -38,9 +65,9 @@ def cut_address(text: str, room: int) -> str:
         if left >= 1:
             return where + narrowed + cut_end(condition, left)
         port = where.rpartition(":")[2]
-        marked = cut_address(where, room - len(CONDITIONS_MARK))
+        marked = cut_address(where, room - len(conditions_mark()))
         if port and marked.endswith(":" + port):
-            return marked + CONDITIONS_MARK
+            return marked + conditions_mark()
         return cut_address(where, room)
     address, colon, port = text.rpartition(":")
     bracketed = address.startswith("[") and address.endswith("]")
@@ -55,14 +82,14 @@ def cut_address(text: str, room: int) -> str:
 def address_floor(text: str) -> int:
     """The fewest characters cut_address can cut an `address:port` cell to and leave
     it readable (ip_floor for the address; the port whole; a mapping's conditions after
-    it down to CONDITIONS_MARK, which says there are some)."""
+    it down to conditions_mark(), which says there are some)."""
     where, narrowed, _condition = text.partition(" if ")
-    mark = len(CONDITIONS_MARK) if narrowed else 0
+    marked = len(conditions_mark()) if narrowed else 0
     address, colon, _port = where.rpartition(":")
     if not colon:
-        return len(where) + mark
+        return len(where) + marked
     inner = address[1:-1] if address.startswith("[") and address.endswith("]") else address
-    return len(where) - len(inner) + ip_floor(inner) + mark
+    return len(where) - len(inner) + ip_floor(inner) + marked
 
 
 # What a cut IPv6 address keeps at the least (ip_floor), in whole groups: its first
@@ -100,7 +127,7 @@ def cut_ip(address: str, room: int) -> str:
         return widest
     # Below ip_floor: the first group and the last alone, with their colons or without.
     for shown in _ipv6_cuts(address, 1):
-        for least in (shown, shown.replace(":…:", "…")):
+        for least in (shown, shown.replace(":" + mark() + ":", mark())):
             if len(least) <= room:
                 return least
         break
@@ -127,8 +154,9 @@ def _ipv6_cuts(address: str, first: int) -> Iterator[str]:
     tails = [n for n in range(1, total) if groups[total - n]]
     head = tail = 0
     turn = 0
+    gap = ":" + mark() + ":"
     while head < len(heads) and tail < len(tails) and heads[head] + tails[tail] < total:
-        shown = ":".join(groups[: heads[head]]) + ":…:" + ":".join(groups[total - tails[tail] :])
+        shown = ":".join(groups[: heads[head]]) + gap + ":".join(groups[total - tails[tail] :])
         if len(shown) >= len(address):
             return  # (and every later one: each is a group longer)
         yield shown
@@ -149,7 +177,8 @@ def cut_middle(text: str, room: int) -> str:
     """`text` in `room` characters: its start, `…`, its end (cut_ip's last resort)."""
     if len(text) <= room:
         return text
-    if room < 3:
+    cut = mark()
+    if room < len(cut) + 2:
         return cut_end(text, room)
-    head = room // 2
-    return text[:head] + "…" + text[len(text) - (room - 1 - head) :]
+    head = (room - len(cut) + 1) // 2
+    return text[:head] + cut + text[len(text) - (room - len(cut) - head) :]

@@ -63,19 +63,28 @@ def test_a_comment_that_is_not_utf8_is_written_as_backslash_x_in_a_strict_utf8_l
 
 
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
-def test_a_terminal_that_cannot_show_the_cut_mark_gets_a_question_mark(encoding, tmp_path):
-    """At 80 columns list cuts an IPv6 host address with `…`; a terminal whose
-    encoding has no such character gets `?`, the table still aligned."""
+def test_a_terminal_that_cannot_show_the_cut_mark_gets_three_dots(encoding, tmp_path):
+    """At 80 columns list cuts an IPv6 host address, and a long network name, with
+    `…`; a terminal whose encoding has no such character got `?` for it
+    (`[2001:db8:85a3:?:370:7334]:8080`, `long-network-na?`), which reads as a
+    character of the address or name. It gets `...`, the table still aligned and
+    within the width, the address still in whole groups."""
     from test_narrow_terminals import host_v6_dump
 
     env = {"PYTHONIOENCODING": encoding, "COLUMNS": "80", "NO_COLOR": "1"}
     code, out, err = run_on_terminal(["list", *host_v6_dump(tmp_path)], env)
     assert code == 0 and "internal error" not in err, err
-    rows = out.splitlines()
-    assert "[2001:db8:85a3:?:370:7334]:8080" in out, out
+    rows = out.replace("\r", "").splitlines()
+    # Whole groups, the first two and the last at least (cuts.ip_floor).
+    assert re.search(r" \[2001:db8:[0-9a-f:]*\.\.\.:[0-9a-f:]*7334\]:8080 ", out), out
     assert len({row.index(" yes ") for row in rows[1:3]}) == 1, rows
+    assert all(len(row) <= 80 for row in rows), rows
     assert "2 mappings of 1 container" in out
-    assert "\u2026" not in out
+    assert "\u2026" not in out and "?" not in out, out
+    save = ["--snapshot", "tests/fixtures/long-comment.v4.save", "--cni-cache-dir", EXAMPLE[5]]
+    code, out, err = run_on_terminal(["list", *save], env)
+    network = out.replace("\r", "").splitlines()[1].split()[0]
+    assert code == 0 and network.startswith("long-network") and network.endswith("..."), out
 
 
 @pytest.mark.parametrize("output", ["table", "wide"])
