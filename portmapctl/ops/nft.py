@@ -8,6 +8,7 @@ Per container, as the plugin decides (nftables/node.py `choose`): the cached con
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni.cache import Attachment
@@ -118,9 +119,38 @@ def key_judged(
     # container on two networks, the other one added by v1.9.1 in nftables, has rules
     # there that are not this network's).
     in_nft, targets = owners_in(nft_live), _dnat_targets(nft_live)
-    unheld = [a for a in candidates if not _rules_of(a.mapping, in_nft, targets)]
-    ignored = [a for a in unheld if absence_tells(a.mapping, nft_live)]
-    return KeyJudged(ignored, [a for a in unheld if a not in ignored])
+    verdicts = [(a, _verdict(a.mapping, nft_live, in_nft, targets)) for a in candidates]
+    return KeyJudged(
+        [a for a, said in verdicts if said is KeyVerdict.IGNORED],
+        [a for a, said in verdicts if said is KeyVerdict.IN_DOUBT],
+    )
+
+
+class KeyVerdict(Enum):
+    """What the plugin that added a container did with its config's `"backend":
+    "nftables"`, its chain being in iptables (key_verdict)."""
+
+    HONOURED = "honoured"  # its rules are in nftables: v1.6 on, kept there
+    IGNORED = "ignored"  # none, and that absence tells: before v1.6, kept in iptables
+    IN_DOUBT = "in doubt"  # none, in a table not as a plugin leaves it: cannot be told
+
+
+def key_verdict(config: MappingConfig, nft_live: Ruleset) -> KeyVerdict:
+    """key_judged for one mapping given on the command line (check of one mapping and
+    its --repair, add) whose chain is in iptables: the same question, the same answer
+    as the node's check gives its cache entry."""
+    return _verdict(config, nft_live, owners_in(nft_live), _dnat_targets(nft_live))
+
+
+def _verdict(
+    config: Optional[MappingConfig],
+    nft_live: Ruleset,
+    owners: Collection[str],
+    targets: Dict[str, Set[str]],
+) -> KeyVerdict:
+    if _rules_of(config, owners, targets):
+        return KeyVerdict.HONOURED
+    return KeyVerdict.IGNORED if absence_tells(config, nft_live) else KeyVerdict.IN_DOUBT
 
 
 def absence_tells(config: Optional[MappingConfig], live: Ruleset) -> bool:
@@ -151,12 +181,13 @@ def absence_tells(config: Optional[MappingConfig], live: Ruleset) -> bool:
     return True
 
 
-def in_doubt_text(config: MappingConfig, said: str) -> str:
+def in_doubt_text(config: MappingConfig, said: str, where: str = "iptables") -> str:
     """Why the backend of a container key_judged puts `in_doubt` cannot be told (`said`:
-    where its key "nftables" was read, configured_there's words or the config's)."""
+    where its key "nftables" was read, configured_there's words or the config's;
+    `where`: its chain, ChainPlace.words)."""
     return (
         f"{said}, its chain {chain_name(config.network, config.container_id, 'DN-')} is in"
-        " iptables and it has no rule in nftables, where the plugin's table is here but"
+        f" {where} and it has no rule in nftables, where the plugin's table is here but"
         " not as the plugin leaves it (flushed?): whether its plugin ignores the key"
         " (before v1.6: it keeps it in iptables) or not (v1.6 on: in nftables) cannot be"
         " told, so nothing is written for it in either backend (`portmap` run with no"

@@ -1553,20 +1553,8 @@ def test_a_leaked_iptables_chain_beside_a_flushed_plugin_table_is_in_doubt_and_l
     fails) and --repair wrote the entry rule in iptables, which v1.9.1 never reads.
     A flushed table tells nothing of which plugin added it: check reports web1, with
     no fix and a warning saying why; --repair, gc change nothing of it."""
-    ips, ports = ["10.88.0.5/16"], [_pm(8080, 80)]
-    conf = upstream.nft_conf("podman", ips, ports)
-    upstream.run(V191, "ADD", node, "web1", conf, check=True)
-    _cached(tmp_path, "web1", conf)
-    rp.run_plugin("ADD", node, "web1", conf, check=True)  # Debian's copy
-    chain = chain_name("podman", "web1")
-    if entry == "lost":
-        rule = next(
-            line for line in rp.save(node, 4).splitlines()
-            if line.startswith("-A CNI-HOSTPORT-DNAT") and chain in line
-        )  # fmt: skip
-        rp.iptables(node, ["-t", "nat", "-D", *shlex.split(rule)[1:]])
-    upstream.nft(node, "flush", "table", "ip", "cni_hostport")
-    before = (rp.save(node, 4).split("\n", 1)[1], _plugin_tables(node))
+    conf = _leaked_beside_flushed(node, tmp_path, entry)
+    before = _both_backends(node)
     done = _pmctl(node, tmp_path, "check", "-o", "json")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "cannot be told" in done.stderr and "podman/web1" in done.stderr, done.stderr
@@ -1579,9 +1567,68 @@ def test_a_leaked_iptables_chain_beside_a_flushed_plugin_table_is_in_doubt_and_l
     assert gc.returncode == 0, gc.stdout + gc.stderr
     listed = _pmctl(node, tmp_path, "list")
     assert listed.returncode == 0 and "web1" in listed.stdout, listed.stdout + listed.stderr
-    after = (rp.save(node, 4).split("\n", 1)[1], _plugin_tables(node))
-    assert _no_counters(after) == _no_counters(before)
+    assert _both_backends(node) == before
     assert upstream.run(V191, "CHECK", node, "web1", conf).returncode != 0
+
+
+@pytest.mark.parametrize("entry", ["lost", "kept"])
+def test_one_mapping_beside_a_flushed_plugin_table_is_in_doubt_and_not_repaired(
+    node: str, tmp_path: Path, entry: str
+) -> None:
+    """As the node's check (above) judges it, so one mapping of it: the one-mapping
+    check took "no rule in nftables" for the key ignored and checked web1 in iptables
+    (missing-entry, where its entry rule was lost; healthy where it was kept), and
+    `check --repair` of it wrote the entry rule in iptables ("repaired: IPv4
+    missing-entry CNI-DN-... (podman/web1)", exit 0), which v1.9.1 never reads. Its
+    check is not healthy, names no fix and warns why; every --repair of it (its
+    cached config's key, a --cni-config's, --backend) stops with one line, exit 3."""
+    conf = _leaked_beside_flushed(node, tmp_path, entry)
+    given = tmp_path / "conf.json"
+    given.write_text(json.dumps(conf))
+    mapping = ["--network", "podman", "--container", "web1", "--ip", "10.88.0.5/16",
+               "-p", "8080:80"]  # fmt: skip
+    keyed = ["--container", "web1", "--cni-config", str(given)]
+    before = _both_backends(node)
+    for args in (mapping, keyed):
+        done = _pmctl(node, tmp_path, "check", *args, "-o", "json")
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "warning: podman/web1:" in done.stderr, done.stderr
+        assert "cannot be told" in done.stderr, done.stderr
+        problems = json.loads(done.stdout)["problems"]
+        assert problems and all(p["fix"] is None for p in problems), done.stdout
+    uncached = tmp_path / "none"
+    for cache, args in ((tmp_path, mapping), (tmp_path, keyed), (uncached, keyed),
+                        (tmp_path, [*mapping, "--backend", "iptables"]),
+                        (tmp_path, [*mapping, "--backend", "nftables"])):  # fmt: skip
+        done = _pmctl(node, cache, "check", *args, "--repair")
+        pmctl.assert_error(done, 3, "podman/web1: its", "cannot be told", "nothing is written")
+        assert _both_backends(node) == before, args
+    assert upstream.run(V191, "CHECK", node, "web1", conf).returncode != 0
+
+
+def _leaked_beside_flushed(node: str, cache: Path, entry: str) -> Dict[str, Any]:
+    """v1.9.1's ADD of podman/web1 (10.88.0.5/16, 8080:80) under `"backend":
+    "nftables"`, cached so; Debian's 1.1.1 ADD of the same (a CNI-DN- chain in
+    iptables), its CNI-HOSTPORT-DNAT entry rule deleted where `entry` is "lost"; then
+    a firewall's `nft flush table ip cni_hostport`. Its config."""
+    conf = upstream.nft_conf("podman", ["10.88.0.5/16"], [_pm(8080, 80)])
+    upstream.run(V191, "ADD", node, "web1", conf, check=True)
+    _cached(cache, "web1", conf)
+    rp.run_plugin("ADD", node, "web1", conf, check=True)  # Debian's copy
+    chain = chain_name("podman", "web1")
+    if entry == "lost":
+        rule = next(
+            line for line in rp.save(node, 4).splitlines()
+            if line.startswith("-A CNI-HOSTPORT-DNAT") and chain in line
+        )  # fmt: skip
+        rp.iptables(node, ["-t", "nat", "-D", *shlex.split(rule)[1:]])
+    upstream.nft(node, "flush", "table", "ip", "cni_hostport")
+    return conf
+
+
+def _both_backends(node: str) -> Tuple[str, str]:
+    """IPv4's iptables rules (no header, no counters) and the plugin's table."""
+    return _no_counters((rp.save(node, 4).split("\n", 1)[1], _plugin_tables(node)))
 
 
 def _no_counters(state: Tuple[str, str]) -> Tuple[str, str]:

@@ -114,10 +114,23 @@ def _as_given(
     )
 
 
+class KeyInDoubt(HostProblem):
+    """Whether the plugin that added a container (its config saying `"backend":
+    "nftables"`, its chain in iptables, no rule of it in nftables) ignored the key
+    cannot be told: the plugin's table is here but not as a plugin leaves it (ops/nft.py
+    key_verdict). A --repair stops on it (exit 3: the node's state stops it, as
+    cannot_tell does), writing nothing in either backend; a check catches it and
+    judges the mapping as the node's check does (run.check_mapping)."""
+
+
 def _key_ignored(node: Node, config: MappingConfig) -> Optional[str]:
     """Where the chain is (chain_in_iptables' words) when the plugin that added this
     container (its config saying `"backend": "nftables"`) ignored the key: its chain is
-    in iptables, either flavour, no rule of it in nftables; None when it did not.
+    in iptables, either flavour, no rule of it in nftables, and that absence tells
+    (ops/nft.py key_verdict, as the node's check judges a cache entry); None when it
+    did not. KeyInDoubt where that cannot be told: "no rule in nftables" in a flushed
+    table was taken for the key ignored, and --repair wrote an iptables entry rule a
+    v1.9.1 plugin never reads.
     Asked under --backend nftables too, where the host's iptables is read for it: a
     --repair there would write a copy its plugin never deletes. A container kept in
     nftables (the usual case) costs one netlink question on an iptables-nft node, no
@@ -128,9 +141,26 @@ def _key_ignored(node: Node, config: MappingConfig) -> Optional[str]:
     where = chain_in_iptables(node, families, dnat_chain_name(config))
     if where is None:
         return None
-    from portmapctl.ops.nft import has_rules_for
+    from portmapctl.ops.nft import KeyVerdict, key_verdict
 
-    return None if has_rules_for(config, node.read_nft_evidence()) else where
+    verdict = key_verdict(config, node.read_nft_evidence())
+    if verdict is KeyVerdict.IN_DOUBT:
+        raise KeyInDoubt(_in_doubt(node, config, where))
+    return where if verdict is KeyVerdict.IGNORED else None
+
+
+def _in_doubt(node: Node, config: MappingConfig, where: str) -> str:
+    """KeyInDoubt's line: the node check's warning (ops/nft.py in_doubt_text), its key
+    said as read, from the cached config or else the config given (--cni-config)."""
+    from portmapctl.cni.cache import configured_backend
+    from portmapctl.ops.nft import configured_there, in_doubt_text
+
+    cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
+    if cached == Backend.NFTABLES:
+        said = configured_there(config)
+    else:
+        said = f'{config.network}/{config.container_id}: its config says "backend": "nftables"'
+    return in_doubt_text(config, said, where)
 
 
 def chain_in_iptables(node: Node, families: Sequence[int], name: str) -> Optional[str]:

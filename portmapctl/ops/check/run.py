@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Collection, Dict, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment
@@ -22,7 +22,7 @@ from portmapctl.iptables.ruleset import (
 )
 from portmapctl.ops.check.diagnose import diagnose, diagnose_mapping
 from portmapctl.ops.check.expected import sharing_chain
-from portmapctl.ops.check.followed import followed, nft_mapping
+from portmapctl.ops.check.followed import KeyInDoubt, followed, nft_mapping
 from portmapctl.ops.check.hints import fixes_for
 from portmapctl.ops.check.problem import CheckResult, Problem
 from portmapctl.ops.node import Node, side_by_side
@@ -137,7 +137,17 @@ def in_doubt_left(result: CheckResult, in_doubt: Sequence[Attachment]) -> CheckR
         return result
     from portmapctl.ops.nft import configured_there, in_doubt_text
 
-    ids = {a.container_id for a in in_doubt}
+    said = [
+        in_doubt_text(a.mapping, configured_there(a.mapping))
+        for a in in_doubt
+        if a.mapping is not None
+    ]
+    return _left_alone(result, {a.container_id for a in in_doubt}, said)
+
+
+def _left_alone(result: CheckResult, ids: Collection[str], said: Sequence[str]) -> CheckResult:
+    """in_doubt_left's work, for the containers `ids` (a one-mapping check's too:
+    check_mapping), with `said`, the warnings that say why."""
     # The families some other container's problem in nftables shows in need of them.
     needed = {
         p.family for p in result.problems if p.in_nftables and p.container_id not in (None, *ids)
@@ -150,11 +160,6 @@ def in_doubt_left(result: CheckResult, in_doubt: Sequence[Attachment]) -> CheckR
         else p
         for p in result.problems
     )
-    said = [
-        in_doubt_text(a.mapping, configured_there(a.mapping))
-        for a in in_doubt
-        if a.mapping is not None
-    ]
     return replace(result, problems=problems, warnings=(*result.warnings, *said))
 
 
@@ -361,7 +366,14 @@ def check_mapping(
     the backend its container is followed to (`followed`; `forced`: --backend's, given
     with the mapping options, else its --cni-config's key); `ifname`: its interface."""
     given = config.backend
-    config, notes = followed(node, config, forced=forced)
+    try:
+        config, notes = followed(node, config, forced=forced)
+    except KeyInDoubt as doubt:
+        # As the node's check (in_doubt_left): judged where it was asked (by its key,
+        # nftables, under auto), naming no fix, and a warning says why.
+        config = replace(config, backend=given or Backend.NFTABLES)
+        result = check_followed(node, config, (), ifname)
+        return _left_alone(result, {config.container_id}, [str(doubt)])
     result = check_followed(node, config, notes, ifname)
     if given is not None and config.backend == given and notes:
         # Checked where --backend or its config's key says, not where the plugin keeps
