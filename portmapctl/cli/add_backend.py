@@ -87,7 +87,8 @@ def _refuse_a_copy(common: Common, config: MappingConfig, keyed: bool = False) -
     2, the backend given is what stops it). Where the plugin keeps it: its cached
     config's `backend` key (its DEL is given that config), except a "nftables" its
     plugin ignored (a plugin before v1.6: its chain in iptables, no rule in nftables,
-    as ops/nft.py key_ignored judges); without the key, where its rules are
+    as ops/nft.py key_verdict judges; where that cannot be told, add stops, exit 3:
+    _ignored_in); without the key, where its rules are
     (nftables/node.py choose): its chain in iptables (its network's, by name), or
     rules in the plugin's nftables tables DNATing to its address and no such chain
     (in both: iptables, the plugin's choice where iptables works). A --cni-config's
@@ -120,7 +121,9 @@ def _refuse_a_copy(common: Common, config: MappingConfig, keyed: bool = False) -
         if where is not None and keyed:
             # (Said as it is: "its chain is in iptables, so the plugin keeps it there"
             # sent the operator of a v1.6+ node to iptables, its key dropped.)
-            if _no_rule_in_nftables(common, config):
+            from portmapctl.ops.nft import configured_there
+
+            if _no_rule_in_nftables(common, config, where, configured_there(config, cached=False)):
                 from portmapctl.ops.nft import ignored_there
 
                 raise _kept_elsewhere(common, config, ignored_there(config, where, "its config's"))
@@ -137,7 +140,10 @@ def _refuse_a_copy(common: Common, config: MappingConfig, keyed: bool = False) -
 
     in_nft = live is not None and has_rules_for(config, live)
     if cached == Backend.NFTABLES:
-        if in_nft or _chain_in_iptables(common, config, chain) is None:
+        # Kept in iptables only where its plugin ignored the key (its chain there, no
+        # rule in nftables, and that absence tells); where that cannot be told, stopped.
+        where = None if in_nft else _chain_in_iptables(common, config, chain)
+        if where is None or not _ignored_in(config, live, where, configured_there(config)):
             raise _kept_elsewhere(common, config, configured_there(config, cached))
     elif in_nft and _chain_in_iptables(common, config, chain) is None:
         raise _kept_elsewhere(common, config, kept_there(config))
@@ -162,22 +168,41 @@ def _key_ignored(common: Common, config: MappingConfig) -> Optional[str]:
     container ignored its cached `"backend": "nftables"` (plugins before v1.6 take it
     for an unknown key, Debian's 1.1.1 among them), else None: its chain is in
     iptables, either flavour, and no rule of it in the plugin's nftables tables
-    DNATs to its address, as check judges it (ops/nft.py key_ignored). Its CHECK and
+    DNATs to its address, as check judges it (_no_rule_in_nftables). Its CHECK and
     DEL look in iptables: a copy in nftables would outlive it. Where nft cannot read
     the tables, add stops (nft's own error, exit 3), as it would writing there."""
     where = _chain_in_iptables(common, config, dnat_chain_name(config))
     if where is None:
         return None  # (the usual nftables container: one `iptables -S CHAIN`)
-    return where if _no_rule_in_nftables(common, config) else None
+    from portmapctl.ops.nft import configured_there
+
+    return where if _no_rule_in_nftables(common, config, where, configured_there(config)) else None
 
 
-def _no_rule_in_nftables(common: Common, config: MappingConfig) -> bool:
-    """_key_ignored's second half, its chain found in iptables: no rule of the
-    container in the plugin's nftables tables DNATs to its address."""
-    from portmapctl.ops.nft import has_rules_for
+def _no_rule_in_nftables(common: Common, config: MappingConfig, where: str, said: str) -> bool:
+    """_key_ignored's second half, its chain found in iptables (`where`): no rule of
+    the container in the plugin's nftables tables DNATs to its address, and that
+    absence tells (_ignored_in; `said`: where its key was read)."""
+    return _ignored_in(config, _plugin_tables(common, config, strict=True), where, said)
 
-    live = _plugin_tables(common, config, strict=True)
-    return live is None or not has_rules_for(config, live)
+
+def _ignored_in(config: MappingConfig, live: Any, where: str, said: str) -> bool:
+    """Whether the plugin's nftables tables as read (`live`; None: there are none) say
+    that the plugin that added the container, its chain in iptables (`where`), ignored
+    its key "nftables", as the node's check judges a cache entry (ops/nft.py
+    key_verdict). Where that cannot be told (the plugin's table here but flushed: a
+    v1.6+ plugin's rules went with it), add stops (HostProblem, exit 3: the node's
+    state stops it, as cannot_tell does): taken for the key ignored, the iptables entry
+    rule went in, which a v1.9.1 plugin never reads; taken for the key honoured, the
+    nftables rules would be a copy an older plugin never deletes."""
+    if live is None:
+        return True  # (no table of its families: the absence tells)
+    from portmapctl.ops.nft import KeyVerdict, in_doubt_text, key_verdict
+
+    verdict = key_verdict(config, live)
+    if verdict is KeyVerdict.IN_DOUBT:
+        raise HostProblem(in_doubt_text(config, said, where))
+    return verdict is KeyVerdict.IGNORED
 
 
 def _plugin_tables(common: Common, config: MappingConfig, strict: bool = False) -> Any:

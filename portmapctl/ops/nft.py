@@ -298,13 +298,14 @@ def ignored_there(config: MappingConfig, where: str = "iptables", whose: str = "
     )
 
 
-def configured_there(config: MappingConfig, backend: Backend = Backend.NFTABLES) -> str:
+def configured_there(
+    config: MappingConfig, backend: Backend = Backend.NFTABLES, cached: bool = True
+) -> str:
     """What cni/cache.py configured_backend found, as the notes and errors that follow
-    it begin: the container's cached config names `backend`."""
-    return (
-        f"{config.network}/{config.container_id}: its cached config says"
-        f' "backend": "{backend.value}"'
-    )
+    it begin: the container's cached config names `backend` (`cached` False: the
+    config given, --cni-config, does)."""
+    whose = "its cached config" if cached else "its config"
+    return f'{config.network}/{config.container_id}: {whose} says "backend": "{backend.value}"'
 
 
 def cannot_tell(config: MappingConfig, why: object) -> str:

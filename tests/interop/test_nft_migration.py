@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pmctl
 import pytest
@@ -1583,27 +1583,58 @@ def test_one_mapping_beside_a_flushed_plugin_table_is_in_doubt_and_not_repaired(
     check is not healthy, names no fix and warns why; every --repair of it (its
     cached config's key, a --cni-config's, --backend) stops with one line, exit 3."""
     conf = _leaked_beside_flushed(node, tmp_path, entry)
-    given = tmp_path / "conf.json"
-    given.write_text(json.dumps(conf))
-    mapping = ["--network", "podman", "--container", "web1", "--ip", "10.88.0.5/16",
-               "-p", "8080:80"]  # fmt: skip
-    keyed = ["--container", "web1", "--cni-config", str(given)]
+    forms = _web1_given(tmp_path, conf)
     before = _both_backends(node)
-    for args in (mapping, keyed):
-        done = _pmctl(node, tmp_path, "check", *args, "-o", "json")
+    for cache, args in forms[:2]:  # (its key read from its cache entry, from --cni-config)
+        done = _pmctl(node, cache, "check", *args, "-o", "json")
         assert done.returncode == 1, done.stdout + done.stderr
         assert "warning: podman/web1:" in done.stderr, done.stderr
         assert "cannot be told" in done.stderr, done.stderr
         problems = json.loads(done.stdout)["problems"]
         assert problems and all(p["fix"] is None for p in problems), done.stdout
-    uncached = tmp_path / "none"
-    for cache, args in ((tmp_path, mapping), (tmp_path, keyed), (uncached, keyed),
-                        (tmp_path, [*mapping, "--backend", "iptables"]),
-                        (tmp_path, [*mapping, "--backend", "nftables"])):  # fmt: skip
+    for cache, args in forms:
         done = _pmctl(node, cache, "check", *args, "--repair")
         pmctl.assert_error(done, 3, "podman/web1: its", "cannot be told", "nothing is written")
         assert _both_backends(node) == before, args
     assert upstream.run(V191, "CHECK", node, "web1", conf).returncode != 0
+
+
+@pytest.mark.parametrize("entry", ["lost", "kept"])
+def test_add_beside_a_flushed_plugin_table_is_in_doubt_and_writes_nothing(
+    node: str, tmp_path: Path, entry: str
+) -> None:
+    """add of web1 there took "no rule in nftables" for the key ignored: `add --dry-run`
+    of the mapping planned its iptables entry rule ("... ignores the key ... so it goes
+    to iptables"), exit 0, a rule its v1.9.1 plugin never reads (so did `--backend
+    iptables`), and `--backend nftables`, a --cni-config with the key (cached or not)
+    were refused as "its plugin ignores ... the key" (exit 2), steering the operator
+    to iptables. Every form now stops with the line that says it cannot be told, exit
+    3 (the node's state stops it, as add's cannot_tell does), the dry run as the real
+    run, nothing written."""
+    conf = _leaked_beside_flushed(node, tmp_path, entry)
+    forms = _web1_given(tmp_path, conf)
+    before = _both_backends(node)
+    for cache, args in forms:
+        for dry in (["--dry-run"], []):
+            done = _pmctl(node, cache, "add", *args, *dry)
+            pmctl.assert_error(done, 3, "podman/web1: its", "cannot be told", "nothing is written")
+            assert _both_backends(node) == before, (args, dry)
+    assert upstream.run(V191, "CHECK", node, "web1", conf).returncode != 0
+
+
+def _web1_given(cache: Path, conf: Dict[str, Any]) -> List[Tuple[Path, List[str]]]:
+    """The ways web1 (_leaked_beside_flushed) is given on the command line, each with
+    its --cni-cache-dir: mapping options (its key read from its cache entry); its
+    config with the key (--cni-config), cached, then with no cache entry; mapping
+    options under --backend iptables, then nftables."""
+    given = cache / "conf.json"
+    given.write_text(json.dumps(conf))
+    mapping = ["--network", "podman", "--container", "web1", "--ip", "10.88.0.5/16",
+               "-p", "8080:80"]  # fmt: skip
+    keyed = ["--container", "web1", "--cni-config", str(given)]
+    return [(cache, mapping), (cache, keyed), (cache / "none", keyed),
+            (cache, [*mapping, "--backend", "iptables"]),
+            (cache, [*mapping, "--backend", "nftables"])]  # fmt: skip
 
 
 def _leaked_beside_flushed(node: str, cache: Path, entry: str) -> Dict[str, Any]:

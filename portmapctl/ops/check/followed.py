@@ -156,10 +156,7 @@ def _in_doubt(node: Node, config: MappingConfig, where: str) -> str:
     from portmapctl.ops.nft import configured_there, in_doubt_text
 
     cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
-    if cached == Backend.NFTABLES:
-        said = configured_there(config)
-    else:
-        said = f'{config.network}/{config.container_id}: its config says "backend": "nftables"'
+    said = configured_there(config, cached=cached == Backend.NFTABLES)
     return in_doubt_text(config, said, where)
 
 
@@ -256,7 +253,9 @@ def _key_ignored_note(config: MappingConfig, where: str, said: Optional[str] = N
     """The note of a mapping _key_ignored follows to iptables (`where`: its chain, as
     _key_ignored says it; `said`: where the key was read, configured_there's words;
     else the config given)."""
-    key = said or f'{config.network}/{config.container_id}: its config says "backend": "nftables"'
+    from portmapctl.ops.nft import configured_there
+
+    key = said or configured_there(config, cached=False)
     return (
         f"{key}, but its chain {dnat_chain_name(config)} is in {where} and it has no"
         " rule in nftables: the plugin that added it ignores the key (plugins before v1.6"
