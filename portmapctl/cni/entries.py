@@ -96,6 +96,7 @@ class UnreadCache(NamedTuple):
     cache_dir: str
     runtime: str
     names: Tuple[str, ...]
+    unread: str  # what list and check make of its containers (host/paths.RuntimeCache)
 
     def warning(self, read: Sequence[str]) -> str:
         """The one line every command says of it. `read`: the directories read."""
@@ -108,8 +109,7 @@ class UnreadCache(NamedTuple):
         return (
             f"{os.path.join(self.cache_dir, 'results')} holds {count} CNI cache"
             f" {'entry' if count == 1 else 'entries'} not read here ({self.runtime} cache):"
-            " list and check call their containers stale, gc keeps their chains by the"
-            f" entries' names; give {given}"
+            f" {self.unread}, gc keeps their chains by the entries' names; give {given}"
         )
 
 
@@ -146,5 +146,5 @@ def unread_caches(cache_dirs: Sequence[str]) -> List[UnreadCache]:
 
             entries = tuple(sorted(n for n in names if name_readings(n)))
             if entries:
-                found.append(UnreadCache(below, known.runtime, entries))
+                found.append(UnreadCache(below, known.runtime, entries, known.unread))
     return found

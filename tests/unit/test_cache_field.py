@@ -1289,6 +1289,47 @@ def test_a_runtime_cache_below_is_counted_by_its_entries_not_its_names(tmp_path)
     assert "d0d0d0d0" in held_ids([str(tmp_path)])
 
 
+def test_multus_delegates_below_the_runtime_cache_read_are_warned_of(tmp_path):
+    """A Multus node with `--cni-cache-dir /var/lib/cni` given (as troubleshooting's
+    cri-dockerd advice spells it): the runtime's cache holds the outer
+    multus-cni-network entry, whose config has no portmap of its own, and the delegate
+    that names the pod's chain is cached in Multus's `cniDir`, /var/lib/cni/multus,
+    below it. Not read, and not said: with the nat table flushed, check called the node
+    "healthy: no cached port mappings" (exit 0) and --repair re-made nothing. Now every
+    command says once that Multus's cache is there and not read, as cri-dockerd's."""
+    import pmctl
+
+    from portmapctl.cni.entries import unread_caches
+
+    pod = "d1" * 32
+    delegate = entry("k8s-pod-network", pod)
+    outer_config = {"cniVersion": "0.3.1", "name": "multus-cni-network", "type": "multus",
+                    "capabilities": {"portMappings": True},
+                    "delegates": [json.loads(base64.b64decode(delegate["config"]))]}  # fmt: skip
+    write(tmp_path / "results", f"multus-cni-network-{pod}-eth0",
+          entry("multus-cni-network", pod, config=outer_config))  # fmt: skip
+    write(tmp_path / "multus" / "results", f"k8s-pod-network-{pod}-eth0", delegate)
+    (tmp_path / "multus" / pod).write_text("[]")  # Multus's own scratch file of the pod
+
+    (unread,) = unread_caches([str(tmp_path)])
+    assert unread.cache_dir == str(tmp_path / "multus") and "Multus" in unread.runtime
+    assert unread.names == (f"k8s-pod-network-{pod}-eth0",)
+    flushed = tmp_path / "flushed.v4.save"  # the node's nat table after a flush
+    flushed.write_text("*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+    empty = str(flushed)
+    done = pmctl.run(["check", "--snapshot", empty, "--cni-cache-dir", str(tmp_path)])
+    warned = [line for line in done.stderr.splitlines() if "not read here" in line]
+    assert len(warned) == 1, done.stderr
+    assert f"{tmp_path}/multus/results holds 1 CNI cache entry" in warned[0]
+    assert f"--cni-cache-dir {tmp_path}/multus" in warned[0]
+    assert "stale" not in warned[0]  # the pod is live by its outer entry: unchecked
+
+    # Read as the warning says (or by default, where /var/lib/cni/multus exists): quiet.
+    both = ["--cni-cache-dir", str(tmp_path), "--cni-cache-dir", str(tmp_path / "multus")]
+    done = pmctl.run(["check", "--snapshot", empty, *both])
+    assert "not read here" not in done.stderr, done.stderr
+
+
 def test_the_options_an_unread_runtime_cache_warning_gives_paste_as_they_read(tmp_path):
     """The warning of a runtime cache below the one read ends "give --cni-cache-dir D
     --cni-cache-dir D/cache" for the operator to paste; with a space in D (a data disk
