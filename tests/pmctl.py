@@ -116,3 +116,13 @@ def without_cache_note(stderr: str) -> str:
             or (line.startswith("portmapctl: warning: the CNI cache at ") and "is empty" in line)
         )
     )
+
+
+def assert_metrics_left_alone(done, without, path, holds: str) -> None:
+    """`done` (a run given a metrics file its kind of run does not write) said, beside
+    what the same run `without` one said, the one warning that names the file and
+    what it `holds`."""
+    added = [line for line in done.stderr.splitlines() if line not in without.stderr]
+    assert added == [f"portmapctl: warning: no metrics file written: {path} holds {holds}"], (
+        done.stderr
+    )

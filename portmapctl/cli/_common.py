@@ -361,6 +361,28 @@ def progress_after() -> float:
 METRICS_COMMAND = "{command}"  # in a metrics file's path: the command's name
 
 
+class Unrecorded(Enum):
+    """Runs that leave the command's metrics file as the node's own runs wrote it (the
+    timer's or the DaemonSet's: the alerts read it), each with what the warning says
+    the file holds instead.
+
+    ONE_MAPPING: a check of one mapping judges it against the options given
+    (`extra-rules` for the ports not given), and its bad input is no failed check of
+    the node; written, it replaced the timer's file with problems the node does not
+    have. DRY_RUN: gc's file says whether gc removes what it should
+    (PortmapctlGcFailing); a dry run removes nothing, so its success said nothing of
+    that, and an operator's `gc --dry-run` (the runbook's) restarted the alert's hour
+    on a gc that failed every run."""
+
+    ONE_MAPPING = (
+        "the whole node's {command}, not one mapping's ({command} without the mapping's"
+        " options writes it)"
+    )
+    DRY_RUN = (
+        "what {command} did, and a dry run does nothing ({command} without --dry-run writes it)"
+    )
+
+
 @contextlib.contextmanager
 def metrics_recording(
     path: Optional[str],
@@ -368,7 +390,7 @@ def metrics_recording(
     cache_dirs: List[str],
     out: Output,
     ok_exit_codes: Tuple[int, ...] = (0,),
-    whole_node: bool = True,
+    unrecorded: Optional[Unrecorded] = None,
 ) -> Iterator[Optional[Recorder]]:
     """Record the block's run into the metrics file `path`, if one was asked for.
 
@@ -377,8 +399,8 @@ def metrics_recording(
     `{command}` in `path` is the command's name: one PORTMAPCTL_METRICS_FILE set for
     the node gives each command a file of its own (one file for all, each run
     replaced the others' metrics: an operator's `list` erased the timer's gc).
-    `whole_node=False` (check of one mapping): the file is left alone, one warning
-    after a run that did its work.
+    `unrecorded` (a check of one mapping, a gc dry run): the file is left alone, one
+    warning after a run that did its work.
 
     The PORTMAPCTL_ variables are checked here, as the block starts (the commands that
     record enter it before anything else; `_options._common` and `add_fast.pop_common`
@@ -393,19 +415,12 @@ def metrics_recording(
     path = path.replace(METRICS_COMMAND, command)
     from portmapctl.ops import metrics
 
-    if not whole_node:
+    if unrecorded is not None:
         settings.check()
-        # The file holds the node's counts, which the alerts read: a check of one
-        # mapping judges it against the options given (`extra-rules` for the ports
-        # not given), and its bad input is no failed check of the node. Written, it
-        # replaced the timer's file with problems the node does not have. Said once
-        # the run is over: an error's line stays the one line of its run.
+        # Said once the run is over: an error's line stays the one line of its run.
         yield None
-        out.warn(
-            f"no metrics file written: {metrics.shown_path(path)} holds the whole node's"
-            f" {command}, not one mapping's ({command} without the mapping's options"
-            " writes it)"
-        )
+        why = unrecorded.value.format(command=command)
+        out.warn(f"no metrics file written: {metrics.shown_path(path)} holds {why}")
         return
 
     tally = out.tally

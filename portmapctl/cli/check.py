@@ -14,6 +14,7 @@ from portmapctl.cli._common import (
     MappingOptions,
     MetricsFileOpt,
     NftSnapshotOpt,
+    Unrecorded,
     common_options,
     metrics_recording,
     snapshot_files,
@@ -95,9 +96,8 @@ def check_command(
     out = common.out()
     # Exit 1 (problems found) is a run that did its work. Only a check of the whole
     # node writes the file (one mapping's problems are not the node's).
-    metrics = metrics_recording(
-        metrics_file, "check", common.cache_dirs, out, (0, 1), whole_node=not mapping.given
-    )
+    unrecorded = Unrecorded.ONE_MAPPING if mapping.given else None
+    metrics = metrics_recording(metrics_file, "check", common.cache_dirs, out, (0, 1), unrecorded)
     repaired: List[CheckResult] = []  # what repair returned, once it has
     with _saying_repaired(repaired), gc_paused(), metrics as recorder:
         mapping_given = mapping.given

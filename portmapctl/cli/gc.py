@@ -26,6 +26,7 @@ from portmapctl.cli._common import (
     Common,
     MetricsFileOpt,
     Output,
+    Unrecorded,
     common_options,
     complete_container,
     metrics_recording,
@@ -128,7 +129,14 @@ def gc_command(
     applied: List[GcResult] = []  # the run's removal, once apply_gc has returned it
     with (
         _saying_removed(applied),
-        metrics_recording(metrics_file, "gc", common.cache_dirs, out) as recorder,
+        # A dry run leaves gc's file to the runs that remove (Unrecorded.DRY_RUN).
+        metrics_recording(
+            metrics_file,
+            "gc",
+            common.cache_dirs,
+            out,
+            unrecorded=Unrecorded.DRY_RUN if dry_run else None,
+        ) as recorder,
     ):
         options = GcOptions(
             min_age=validate.duration(min_age), dry_run=dry_run, flush_udp=not no_flush_udp

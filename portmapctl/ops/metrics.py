@@ -132,7 +132,9 @@ class GcCount:
 
     family: int
     removed: int  # per-container chains removed by this run (0 in a dry run)
-    pending: int  # not live, still on the node: waiting for --min-age (or a dry run)
+    # Not live, still on the node: waiting for --min-age (what a dry run would
+    # remove, for the library's callers: the CLI writes no file for a dry run).
+    pending: int
 
 
 @dataclass(frozen=True)
@@ -364,7 +366,7 @@ def _families(report: MetricsReport) -> Iterator[Any]:
         pending = gauge(
             "gc_chains_pending",
             "Per-container chains not live but still on the node after the last gc run"
-            " (seen for less than --min-age, or a dry run).",
+            " (seen for less than --min-age).",
             ["family"],
         )
         for g in found.gc:

@@ -3,11 +3,13 @@ files run it, its metrics file read back with prometheus_client's parser."""
 
 from __future__ import annotations
 
+import re
 from typing import Dict, Tuple
 
 import pmctl
 import pytest
 import realplugin as rp
+from deploy_helpers import promtool_test_rules, series_name
 from prometheus_client.parser import text_string_to_metric_families
 from test_gc import Node_, _ports, _udp_flow
 
@@ -69,17 +71,24 @@ def test_gc_metrics_of_removed_pending_and_conntrack(host_ns, tmp_path):
     assert samples[key("cni_cache_present", dir=str(tmp_path / "nothing"), **c)] == 0
 
 
-def test_gc_counts_the_warnings_it_said(host_ns, tmp_path):
-    """A cache entry gc cannot read is one warning; its container, named by the file,
-    stays live (SPEC §3) and the run works. Run by a timer, nobody reads that stderr:
-    the metrics file counts it (0 on a clean run)."""
+def _live_and_uncached(host_ns: str, tmp_path, uncached: str):
+    """A node the real plugin made (nf_tables): live1 in the CNI cache (returned), and
+    `uncached` (9090/tcp), whose entry is not there."""
     if not rp.mode_available("nft")[0]:
         pytest.skip(rp.mode_available("nft")[1])
     cache = tmp_path / "cni"
     (cache / "results").mkdir(parents=True)
     node = Node_(host_ns, "nft", cache)
     node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp"))
-    node.add("gcnet", "kept1", ["10.88.0.12/16"], _ports("9090/tcp"), cache=False)
+    node.add("gcnet", uncached, ["10.88.0.12/16"], _ports("9090/tcp"), cache=False)
+    return cache
+
+
+def test_gc_counts_the_warnings_it_said(host_ns, tmp_path):
+    """A cache entry gc cannot read is one warning; its container, named by the file,
+    stays live (SPEC §3) and the run works. Run by a timer, nobody reads that stderr:
+    the metrics file counts it (0 on a clean run)."""
+    cache = _live_and_uncached(host_ns, tmp_path, "kept1")
     env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
     path = tmp_path / "portmapctl-gc.prom"
     argv = ["gc", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
@@ -101,3 +110,68 @@ def test_gc_counts_the_warnings_it_said(host_ns, tmp_path):
     samples = samples_of(path)
     assert samples[key("last_run_warnings", **c)] == 0
     assert samples[key("gc_chains_removed", family="4", **c)] == 1
+
+
+def _alert_series(files_by_minute, node: Dict[str, str]) -> list:
+    """promtool input series: at each minute, the samples of the file the textfile
+    directory held then (a series a file lacks is missing there: `_`)."""
+    values: Dict[str, list] = {}
+    for minute, text in enumerate(files_by_minute):
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                name = series_name(sample.name, {**sample.labels, **node})
+                values.setdefault(name, ["_"] * len(files_by_minute))[minute] = f"{sample.value:g}"
+    return [{"series": name, "values": " ".join(v)} for name, v in values.items()]
+
+
+def test_a_dry_run_leaves_the_timers_gc_metrics_as_they_are(host_ns, tmp_path):
+    """The gc file says how the timer's gc went: PortmapctlGcFailing fires when it has
+    failed for an hour. A dry run removes nothing; run by hand (the runbook's
+    `gc --dry-run`, with the node-wide PORTMAPCTL_METRICS_FILE monitoring.md sets
+    up) it wrote `last_run_success 1`, and the alert on a gc that fails every run
+    started its hour again. It leaves the file as the timer's run wrote it, and says so
+    in one warning."""
+    cache = _live_and_uncached(host_ns, tmp_path, "gone1")
+    textfiles = tmp_path / "textfiles"
+    textfiles.mkdir()
+    path = textfiles / "portmapctl-gc.prom"
+    env = {
+        "PORTMAPCTL_RUN_DIR": str(tmp_path / "run"),
+        "PORTMAPCTL_METRICS_FILE": str(textfiles / "portmapctl-{command}.prom"),
+    }
+    argv = ["gc", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
+
+    # The timer's gc fails: its unit's Environment= has a value gc does not take.
+    done = pmctl.run([*argv, "--yes", "-q"], env={**env, "PORTMAPCTL_IPTABLES_TIMEOUT": "2m"})
+    assert done.returncode == 2, done.stderr
+    failed = path.read_text()
+    assert samples_of(path)[key("last_run_success", command="gc")] == 0
+
+    without = pmctl.run(
+        [*argv, "--dry-run", "-q", "--min-age", "0"],
+        env={"PORTMAPCTL_RUN_DIR": env["PORTMAPCTL_RUN_DIR"]},
+    )
+    done = pmctl.run([*argv, "--dry-run", "-q", "--min-age", "0"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == without.stdout and "would remove 1 chain" in done.stdout
+    assert path.read_text() == failed
+    holds = "what gc did, and a dry run does nothing (gc without --dry-run writes it)"
+    pmctl.assert_metrics_left_alone(done, without, path, holds)
+    assert sorted(p.name for p in textfiles.iterdir()) == ["portmapctl-gc.prom"]
+
+    # The alert, on what the directory held each minute: the timer's failed gc every 5
+    # minutes for 70, the dry run by hand at minute 40.
+    def at(minute: int) -> str:
+        stamp = f'portmapctl_last_run_timestamp_seconds{{command="gc"}} {minute // 5 * 300}'
+        held = path.read_text() if 40 <= minute < 45 else failed
+        return re.sub(r"portmapctl_last_run_timestamp_seconds\{command=\"gc\"\} \S+", stamp, held)
+
+    node_labels = {"instance": "node1", "job": "node"}
+    series = _alert_series([at(m) for m in range(71)], node_labels)
+    fired = {"severity": "warning", "command": "gc", **node_labels}
+    cases = [
+        {"eval_time": "59m", "alertname": "PortmapctlGcFailing", "exp_alerts": []},
+        {"eval_time": "61m", "alertname": "PortmapctlGcFailing",
+         "exp_alerts": [{"exp_labels": fired}]},
+    ]  # fmt: skip
+    promtool_test_rules(tmp_path, series, cases)

@@ -30,7 +30,18 @@ from typing import Dict, List, Sequence
 import pytest
 import typer
 import yaml
-from deploy_helpers import DEPLOY, MANIFEST, SERVICE, gc_argv, read_unit  # noqa: F401
+from deploy_helpers import (  # noqa: F401
+    DEPLOY,
+    MANIFEST,
+    RULES,
+    SERVICE,
+    gc_argv,
+    promtool,
+    promtool_test_rules,
+    read_unit,
+    run_promtool_test,
+    series_name,
+)
 
 from portmapctl.cli import app
 from portmapctl.host import netns, paths
@@ -40,7 +51,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TIMER = DEPLOY / "systemd" / "portmapctl-gc.timer"
 CHECK_SERVICE = DEPLOY / "systemd" / "portmapctl-check.service"
 CHECK_TIMER = DEPLOY / "systemd" / "portmapctl-check.timer"
-RULES = DEPLOY / "prometheus" / "portmapctl.rules.yaml"
 MONITORING = ROOT / "docs" / "monitoring.md"
 XTABLES_LOCK = "/run/xtables.lock"
 # Where the node_exporter reads textfiles: the DaemonSet's host path (a common choice)
@@ -411,17 +421,6 @@ def _every_metric_report():
     )
 
 
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        # CI installs Debian's prometheus package (it ships promtool): there, a missing
-        # promtool is a failure, not a skip.
-        if os.environ.get("PORTMAPCTL_REQUIRE_NETNS") == "1":
-            pytest.fail("promtool is not installed (Debian package prometheus)", pytrace=False)
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    return found
-
-
 def test_promtool_checks_the_rules():
     done = subprocess.run(
         [promtool(), "check", "rules", str(RULES)],
@@ -463,11 +462,6 @@ def example_check_metrics(tmp_path: Path, node: Sequence[str] = tuple(EXAMPLE_NO
     return path.read_text()
 
 
-def _series(name: str, labels: Dict[str, str]) -> str:
-    shown = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    return f"{name}{{{shown}}}"
-
-
 def test_the_alerts_fire_on_the_example_node(tmp_path):
     """promtool's rule tests, fed the metrics the example node gives (scraped every
     minute for 70 minutes from the node_exporter at instance "node1"), plus a gc that
@@ -483,15 +477,15 @@ def test_the_alerts_fire_on_the_example_node(tmp_path):
                 values = "0+60x70"  # fresh: written every minute
             else:
                 values = f"{sample.value:g}x70"
-            series.append({"series": _series(sample.name, labels), "values": values})
+            series.append({"series": series_name(sample.name, labels), "values": values})
     gc = {"command": "gc", **node}
     series += [
-        {"series": _series("portmapctl_last_run_success", gc), "values": "0x70"},
+        {"series": series_name("portmapctl_last_run_success", gc), "values": "0x70"},
         {
-            "series": _series("portmapctl_last_run_timestamp_seconds", gc),
+            "series": series_name("portmapctl_last_run_timestamp_seconds", gc),
             "values": "0+60x10 600x60",
         },
-        {"series": _series("node_textfile_scrape_error", node), "values": "0x70"},
+        {"series": series_name("node_textfile_scrape_error", node), "values": "0x70"},
     ]
     warn = {"severity": "warning", **node}
 
@@ -523,36 +517,6 @@ def test_the_alerts_fire_on_the_example_node(tmp_path):
     promtool_test_rules(tmp_path, series, cases)
 
 
-def promtool_test_rules(tmp_path: Path, series: List[dict], cases: List[dict]) -> None:
-    """Run promtool's rule tests (`cases`) on `series`, scraped every minute."""
-    # Annotations are templates promtool check rules has checked; compare the labels.
-    stripped = {"groups": yaml.safe_load(RULES.read_text())["groups"]}
-    for group in stripped["groups"]:
-        for rule in group["rules"]:
-            rule.pop("annotations", None)
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(stripped))
-    test = {
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": cases}],
-    }
-    run_promtool_test(tmp_path, test)
-
-
-def run_promtool_test(tmp_path: Path, test: dict) -> None:
-    """`promtool test rules` of the test file `test` (its rule files in `tmp_path`)."""
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test))
-    done = subprocess.run(
-        [promtool(), "test", "rules", "test.yaml"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
 def test_the_stale_nft_alert_fires_on_the_nft_example_node(tmp_path):
     """The nftables example's one stale mapping fires PortmapctlStaleNftMappings after
     30 minutes (and not the chain alert: that backend has no chains)."""
@@ -562,7 +526,7 @@ def test_the_stale_nft_alert_fires_on_the_nft_example_node(tmp_path):
     text = example_check_metrics(tmp_path, NFT_EXAMPLE_NODE)
     series = [
         {
-            "series": _series(sample.name, {**sample.labels, **node}),
+            "series": series_name(sample.name, {**sample.labels, **node}),
             "values": f"{sample.value:g}x40",
         }
         for family in text_string_to_metric_families(text)
@@ -601,7 +565,7 @@ def test_a_list_run_long_ago_keeps_no_alert_firing(tmp_path):
     ):
         mine = {"command": command, **node}
         series.append(
-            {"series": _series("portmapctl_last_run_timestamp_seconds", mine), "values": stamps}
+            {"series": series_name("portmapctl_last_run_timestamp_seconds", mine), "values": stamps}
         )
         for name, labels in (
             ("portmapctl_chains", {"backend": "iptables", "chain_type": "dnat", "status": "stale"}),
@@ -610,7 +574,7 @@ def test_a_list_run_long_ago_keeps_no_alert_firing(tmp_path):
         ):
             series.append(
                 {
-                    "series": _series(name, {**labels, "family": "4", **mine}),
+                    "series": series_name(name, {**labels, "family": "4", **mine}),
                     "values": f"{count}x40",
                 }
             )
@@ -639,10 +603,13 @@ def test_a_failing_check_is_an_alert_before_the_node_is_blind_for_long(tmp_path)
     check = {"command": "check", **node}
     stale = {"backend": "iptables", "chain_type": "dnat", "family": "4", "status": "stale"}
     series = [
-        {"series": _series("portmapctl_last_run_timestamp_seconds", check), "values": "0+60x70"},
+        {
+            "series": series_name("portmapctl_last_run_timestamp_seconds", check),
+            "values": "0+60x70",
+        },
         # Runs fine for 20 minutes, then fails every time (from minute 21).
-        {"series": _series("portmapctl_last_run_success", check), "values": "1x20 0x50"},
-        {"series": _series("portmapctl_chains", {**stale, **check}), "values": "1x20 _x50"},
+        {"series": series_name("portmapctl_last_run_success", check), "values": "1x20 0x50"},
+        {"series": series_name("portmapctl_chains", {**stale, **check}), "values": "1x20 _x50"},
     ]
     failing = {"severity": "warning", **check}
     cases = [
@@ -668,10 +635,13 @@ def test_a_check_failing_most_runs_is_an_alert_though_it_never_fails_for_long(tm
     flapping = " ".join((["0"] * 10 + ["1"] * 5) * 8)  # 120 minutes
     now_and_then = " ".join((["0"] + ["1"] * 9) * 12)  # one run in ten fails
     series = [
-        {"series": _series("portmapctl_last_run_timestamp_seconds", check), "values": "0+60x119"},
-        {"series": _series("portmapctl_last_run_success", check), "values": flapping},
         {
-            "series": _series("portmapctl_last_run_success", {**check, "instance": "node7"}),
+            "series": series_name("portmapctl_last_run_timestamp_seconds", check),
+            "values": "0+60x119",
+        },
+        {"series": series_name("portmapctl_last_run_success", check), "values": flapping},
+        {
+            "series": series_name("portmapctl_last_run_success", {**check, "instance": "node7"}),
             "values": now_and_then,
         },
     ]
@@ -693,7 +663,7 @@ def test_a_check_failing_most_runs_is_an_alert_though_it_never_fails_for_long(tm
 
 def test_the_missing_metrics_alert_fires_where_nobody_writes_them(tmp_path):
     node = {"instance": "node2", "job": "node"}
-    series = [{"series": _series("node_textfile_scrape_error", node), "values": "0x40"}]
+    series = [{"series": series_name("node_textfile_scrape_error", node), "values": "0x40"}]
     cases = [
         {"eval_time": "29m", "alertname": "PortmapctlMetricsMissing", "exp_alerts": []},
         {
@@ -723,7 +693,10 @@ def test_the_empty_cache_query_names_only_nodes_with_an_empty_cache(tmp_path):
         for directory, count in (("/var/lib/cni", entries), ("/var/lib/cni/multus", 0)):
             labels = {"command": "gc", "dir": directory, "instance": instance, "job": "node"}
             series.append(
-                {"series": _series("portmapctl_cni_cache_entries", labels), "values": f"{count}x5"}
+                {
+                    "series": series_name("portmapctl_cni_cache_entries", labels),
+                    "values": f"{count}x5",
+                }
             )
     test = {
         "rule_files": [],
