@@ -133,19 +133,25 @@ def _refuse_a_copy(common: Common, config: MappingConfig, keyed: bool = False) -
 
             raise _kept_elsewhere(common, config, chain_there(config, where))
         return None
+    if cached == Backend.NFTABLES:
+        from portmapctl.ops.nft import configured_there
+
+        # Kept in iptables only where its plugin ignored the key (its chain there, no
+        # rule in nftables, and that absence tells); where that cannot be told, stopped.
+        # The tables read strictly, as _key_ignored reads them: a table nft could not
+        # read was taken for none, "the key ignored", and the iptables add went in.
+        where = _chain_in_iptables(common, config, chain)
+        live = None if where is None else _plugin_tables(common, config, strict=True)
+        if where is None or not _ignored_in(config, live, where, configured_there(config)):
+            raise _kept_elsewhere(common, config, configured_there(config, cached))
+        return live
     live = _plugin_tables(common, config)
     if live is None and cached is None:
         return None  # (the usual iptables add: nothing of it in nftables)
-    from portmapctl.ops.nft import configured_there, has_rules_for, kept_there
+    from portmapctl.ops.nft import has_rules_for, kept_there
 
     in_nft = live is not None and has_rules_for(config, live)
-    if cached == Backend.NFTABLES:
-        # Kept in iptables only where its plugin ignored the key (its chain there, no
-        # rule in nftables, and that absence tells); where that cannot be told, stopped.
-        where = None if in_nft else _chain_in_iptables(common, config, chain)
-        if where is None or not _ignored_in(config, live, where, configured_there(config)):
-            raise _kept_elsewhere(common, config, configured_there(config, cached))
-    elif in_nft and _chain_in_iptables(common, config, chain) is None:
+    if in_nft and _chain_in_iptables(common, config, chain) is None:
         raise _kept_elsewhere(common, config, kept_there(config))
     return live
 

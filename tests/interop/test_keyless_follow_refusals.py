@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Iterator
 
@@ -96,3 +97,39 @@ def test_a_one_mapping_repair_follows_a_cached_nftables_config_whose_rules_are_g
     assert "CNI-DN-" not in rp.save(node, 4, "nft")
     assert 'comment "nft1"' in upstream.ruleset_text(node)
     upstream.run("v1.9.1", "CHECK", node, "nft1", conf, check=True)
+
+
+def test_a_cached_nftables_key_under_backend_iptables_stops_where_nft_cannot_read_the_tables(
+    node: str, tmp_path: Path
+) -> None:
+    """web1's cached config says `"backend": "nftables"`: v1.9.1 keeps it in the
+    plugin's nftables table, beside a leaked copy of Debian's 1.1.1 ADD in iptables
+    (its entry rule lost). With nft readable, `add --backend iptables` is refused (exit
+    2: a copy its plugin never reads). Where the table is there and the nft on PATH
+    cannot read it, the add took the unread table for none, "the key ignored", and
+    wrote the iptables entry rule, exit 0: whether its plugin ignored the key cannot be
+    told there, so it stops, nft's own line, exit 3, nothing written (a dry run too)."""
+    conf = upstream.nft_conf("podman", ["10.88.0.5/16"], [rp.port_mapping(8080, 80)])
+    upstream.run("v1.9.1", "ADD", node, "web1", conf, check=True)
+    ports = conf["runtimeConfig"]["portMappings"]
+    rp.write_cni_cache(tmp_path, "podman", "web1", "eth0", conf, ports, ["10.88.0.5/16"])
+    rp.run_plugin("ADD", node, "web1", conf, check=True)  # Debian's copy, in iptables
+    entry = next(
+        line for line in rp.save(node, 4).splitlines()
+        if line.startswith("-A CNI-HOSTPORT-DNAT") and "web1" in line
+    )  # fmt: skip
+    rp.iptables(node, ["-t", "nat", "-D", *shlex.split(entry)[1:]])
+    before = rp.nat_rules(rp.save(node, 4))
+    web1 = ["--network", "podman", "--container", "web1", "--ip", "10.88.0.5/16", "-p", "8080:80"]
+    given = [*web1, "--backend", "iptables", "--netns", node, "--cni-cache-dir", str(tmp_path)]
+    done = pmctl.run(["add", *given])
+    pmctl.assert_error(done, 2, "its cached config says", "would write a copy")
+    broken = tmp_path / "bin" / "nft"
+    broken.parent.mkdir()
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    env = {"PATH": f"{broken.parent}:{os.environ['PATH']}"}
+    for dry in (["--dry-run"], []):
+        done = pmctl.run(["add", *given, *dry], env=env)
+        pmctl.assert_error(done, 3, str(broken))
+        assert rp.nat_rules(rp.save(node, 4)) == before, dry
