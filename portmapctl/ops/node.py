@@ -233,7 +233,7 @@ class Node:
             return True
         return any(table_present(family, TABLE) for family in families)
 
-    def read_nft_evidence(self, quick: bool = False) -> Ruleset:
+    def read_nft_evidence(self, quick: bool = False, strict: bool = False) -> Ruleset:
         """The plugin's nftables tables, also where nftables is not looked at
         (--backend iptables): only to tell which cache entries are nftables' (a config
         without the `backend` key whose rules are there alone), so that nothing of
@@ -241,12 +241,18 @@ class Node:
         memory, and where nft cannot be used (the plugin's nftables backend runs nft: it
         wrote nothing there). `quick`: where nftables is not looked at, read for what
         can do without it (a warning; gc's flush judged by the removed chains alone):
-        each listing waits EVIDENCE_TIMEOUT_SECONDS, not 120 s."""
+        each listing waits EVIDENCE_TIMEOUT_SECONDS, not 120 s. `strict`: where nft
+        cannot be used and the kernel holds the plugin's tables, that error (exit 3), not
+        read as no table: a judgement made from the absence of a container's rules there
+        (ops/check/followed.py _key_ignored) would be made from tables nobody read."""
         from portmapctl.nftables.access import NftUnusable
         from portmapctl.nftables.ruleset import EMPTY
 
         if self.nft is not None:
-            return self.read_nft()
+            live = self.read_nft()
+            if strict and self.nft_unusable is not None:
+                raise self.nft_unusable  # (set only where the tables may be here)
+            return live
         if self.options.offline or self.options.backend != PluginBackend.IPTABLES:
             return EMPTY
         if self.backend.name not in BACKEND_NAMES:
@@ -257,6 +263,12 @@ class Node:
         try:
             return real_nft.RealNft(read_timeout=timeout).read(self.options.families)
         except NftUnusable:
+            if strict:
+                from portmapctl.iptables.access.nfmsg import tables_present
+                from portmapctl.nftables import TABLE
+
+                if tables_present(self.options.families, TABLE):
+                    raise
             return EMPTY
 
     def read_iptables_evidence(self, families: Tuple[int, ...]) -> Dict[int, NatTable]:

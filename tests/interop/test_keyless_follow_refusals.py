@@ -109,27 +109,60 @@ def test_a_cached_nftables_key_under_backend_iptables_stops_where_nft_cannot_rea
     cannot read it, the add took the unread table for none, "the key ignored", and
     wrote the iptables entry rule, exit 0: whether its plugin ignored the key cannot be
     told there, so it stops, nft's own line, exit 3, nothing written (a dry run too)."""
+    web1 = _leaked_copy_of_web1(node, tmp_path)
+    before = rp.nat_rules(rp.save(node, 4))
+    given = [*web1, "--backend", "iptables"]
+    done = pmctl.run(["add", *given])
+    pmctl.assert_error(done, 2, "its cached config says", "would write a copy")
+    broken, env = _broken_nft(tmp_path)
+    for dry in (["--dry-run"], []):
+        done = pmctl.run(["add", *given, *dry], env=env)
+        pmctl.assert_error(done, 3, str(broken))
+        assert rp.nat_rules(rp.save(node, 4)) == before, dry
+
+
+def _leaked_copy_of_web1(node: str, cache: Path) -> list:
+    """v1.9.1's ADD of podman/web1 (10.88.0.5/16, 8080:80) under `"backend":
+    "nftables"`, cached so in `cache`; Debian's 1.1.1 ADD of the same, a leaked copy in
+    iptables, its CNI-HOSTPORT-DNAT entry rule deleted. web1's mapping options (with
+    --netns and --cni-cache-dir)."""
     conf = upstream.nft_conf("podman", ["10.88.0.5/16"], [rp.port_mapping(8080, 80)])
     upstream.run("v1.9.1", "ADD", node, "web1", conf, check=True)
     ports = conf["runtimeConfig"]["portMappings"]
-    rp.write_cni_cache(tmp_path, "podman", "web1", "eth0", conf, ports, ["10.88.0.5/16"])
+    rp.write_cni_cache(cache, "podman", "web1", "eth0", conf, ports, ["10.88.0.5/16"])
     rp.run_plugin("ADD", node, "web1", conf, check=True)  # Debian's copy, in iptables
     entry = next(
         line for line in rp.save(node, 4).splitlines()
         if line.startswith("-A CNI-HOSTPORT-DNAT") and "web1" in line
     )  # fmt: skip
     rp.iptables(node, ["-t", "nat", "-D", *shlex.split(entry)[1:]])
-    before = rp.nat_rules(rp.save(node, 4))
     web1 = ["--network", "podman", "--container", "web1", "--ip", "10.88.0.5/16", "-p", "8080:80"]
-    given = [*web1, "--backend", "iptables", "--netns", node, "--cni-cache-dir", str(tmp_path)]
-    done = pmctl.run(["add", *given])
-    pmctl.assert_error(done, 2, "its cached config says", "would write a copy")
+    return [*web1, "--netns", node, "--cni-cache-dir", str(cache)]
+
+
+def _broken_nft(tmp_path: Path) -> tuple:
+    """An `nft` that exits 1, and the environment that puts it first on PATH."""
     broken = tmp_path / "bin" / "nft"
     broken.parent.mkdir()
     broken.write_text("#!/bin/sh\nexit 1\n")
     broken.chmod(0o755)
-    env = {"PATH": f"{broken.parent}:{os.environ['PATH']}"}
-    for dry in (["--dry-run"], []):
-        done = pmctl.run(["add", *given, *dry], env=env)
+    return broken, {"PATH": f"{broken.parent}:{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("backend", [[], ["--backend", "iptables"]], ids=["auto", "iptables"])
+def test_a_one_mapping_repair_of_a_cached_nftables_key_stops_where_nft_cannot_read_the_tables(
+    node: str, tmp_path: Path, backend: list
+) -> None:
+    """As add (above), so check of web1's one mapping: where the plugin's table is there
+    and the nft on PATH cannot read it, its unread rules were taken for none, "the
+    plugin that added it ignores the key ... checked in iptables", and `check --repair`
+    (without --backend too) put the entry rule back in iptables, exit 0, a rule its
+    v1.9.1 plugin never reads. Whether it ignored the key cannot be told: check and
+    --repair stop with nft's own line, exit 3, nothing written."""
+    web1 = _leaked_copy_of_web1(node, tmp_path)
+    before = rp.nat_rules(rp.save(node, 4))
+    broken, env = _broken_nft(tmp_path)
+    for command in (["check"], ["check", "--repair"]):
+        done = pmctl.run([*command, *web1, *backend], env=env)
         pmctl.assert_error(done, 3, str(broken))
-        assert rp.nat_rules(rp.save(node, 4)) == before, dry
+        assert rp.nat_rules(rp.save(node, 4)) == before, command

@@ -143,7 +143,10 @@ def _key_ignored(node: Node, config: MappingConfig) -> Optional[str]:
         return None
     from portmapctl.ops.nft import KeyVerdict, key_verdict
 
-    verdict = key_verdict(config, node.read_nft_evidence())
+    # Strictly: tables nft could not read were taken for none, "the key ignored", and
+    # --repair wrote the iptables rules of a container its v1.9.1 plugin keeps in
+    # nftables. Where they are there and unread, nft's error stops it (exit 3), as add.
+    verdict = key_verdict(config, node.read_nft_evidence(strict=True))
     if verdict is KeyVerdict.IN_DOUBT:
         raise KeyInDoubt(_in_doubt(node, config, where))
     return where if verdict is KeyVerdict.IGNORED else None
