@@ -216,3 +216,86 @@ def test_a_stale_chain_of_the_same_container_id_whose_address_went_to_another_is
     assert "could not repair IPv4 net1/ctr1" in done.stderr, done.stderr
     assert "would take udp/6001 from net2/ctr1" in done.stderr, done.stderr
     assert _state(host_ns, iptables_mode) == damaged
+
+
+def _nft_add(ns: str, cid: str, network: str, ip: str, ifname: str, ports, cache=None) -> None:
+    """v1.9.1's ADD (`"backend": "nftables"`) of `cid` on `network` with `ports`; with
+    `cache`, libcni's entry too."""
+    conf = upstream.nft_conf(network, [ip], ports)
+    conf["prevResult"]["interfaces"][0]["name"] = ifname
+    done = upstream.run("v1.9.1", "ADD", ns, cid, conf, ifname=ifname)
+    assert done.returncode == 0, done.stdout + done.stderr
+    if cache is not None:
+        rp.write_cni_cache(cache, network, cid, ifname, conf, ports, [ip])
+        rp.hold_addresses(rp.container_netns(), [ip])
+
+
+def _nft_stale_node(ns: str, cache: Path, net1_ports: List[int]) -> List[str]:
+    """ctr1 on net1 (10.88.0.5, `net1_ports`, udp, cached), ctr1 on net2 (10.89.0.5, the
+    same ports, no cache entry: its DEL never ran), then ctr2 on net2 given 10.89.0.5
+    again (udp/6001, cached); net1's 6001 rule deleted by handle. Returns hostports's
+    DNAT rules as they are then."""
+    require(upstream.available())
+    mine = [rp.port_mapping(p, p, "udp") for p in net1_ports]
+    _nft_add(ns, CTR, "net1", *NETS["net1"], mine, cache)
+    _nft_add(ns, CTR, "net2", *NETS["net2"], mine)
+    _nft_add(ns, OTHER, "net2", NETS["net2"][0], "eth0", PORTS, cache)
+    lost = next(
+        r for r in json.loads(upstream.ruleset_json(ns))["nftables"]
+        if "rule" in r and r["rule"]["family"] == "ip" and r["rule"]["chain"] == "hostports"
+        and "10.88.0.5" in json.dumps(r["rule"]["expr"])
+        and '"right": 6001' in json.dumps(r["rule"]["expr"])
+    )["rule"]  # fmt: skip
+    upstream.nft(ns, "delete", "rule", "ip", "cni_hostport", "hostports",
+                 "handle", str(lost["handle"]))  # fmt: skip
+    return _nft_dnat_rules(ns)
+
+
+def _nft_dnat_rules(ns: str) -> List[str]:
+    return [line.strip() for line in upstream.ruleset_text(ns).splitlines() if "dnat to" in line]
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_nftables_a_stale_rule_of_the_same_container_id_is_a_holder(
+    host_ns: str, tmp_path: Path, form: str
+) -> None:
+    """The nftables analogue of the iptables case above (v1.9.1, whose rules carry the
+    bare container ID, no network): ctr1 maps udp/6001 and 6002 on net1 (cached) and on
+    net2 (stale), ctr2 udp/6001 at ctr1's old net2 address; net1's 6001 rule lost.
+    udp/6001 goes through ctr1's stale rule to 10.89.0.5: to ctr2. Before, both forms
+    put net1's rule back before its 6002 rule (the plugin's order), ahead of the stale
+    rule and ctr2's: udp/6001 went to ctr1 (the node form deleted the stale rules too;
+    the one-mapping form said "healthy", exit 0). v1.9.1's re-ADD of net1 appends
+    instead, behind them, and moves nothing. Now the family is left as it is, said."""
+    damaged = _nft_stale_node(host_ns, tmp_path, [6001, 6002])
+    assert damaged[1] == 'udp dport 6001 dnat to 10.89.0.5:6001 comment "ctr1"', damaged
+    given = ["--network", "net1", "--container", CTR, "--ip", NETS["net1"][0],
+             "-p", "6001:6001/udp", "-p", "6002:6002/udp", "--ifname", "eth0"]  # fmt: skip
+    args = _args(host_ns, "nftables", tmp_path)
+    done = pmctl.run(["check", "--repair", *args, *(given if form == "mapping" else [])])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "could not repair IPv4 net1/ctr1 (hostports)" in done.stderr, done.stderr
+    assert "would take udp/6001 from ctr1's rule for 10.89.0.5 (hostports)" in done.stderr
+    assert "no CNI cache entry read of ctr1 has 10.89.0.5" in done.stderr
+    assert _nft_dnat_rules(host_ns) == damaged
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_nftables_a_lost_rule_is_appended_behind_a_stale_one_as_the_plugins_re_add_does(
+    host_ns: str, tmp_path: Path, form: str
+) -> None:
+    """The same node with net1 mapping udp/6001 alone: the repair appends net1's rule
+    (passed before too), where v1.9.1's re-ADD of net1 puts it: behind ctr1's stale rule
+    and ctr2's, so udp/6001 still goes to 10.89.0.5 (ctr2), nothing taken. (The node
+    form also deletes ctr1's stale DNAT rule as extra: ctr2's own rule then sends the
+    port to the same address.) v1.9.1's CHECK of net1 passes after."""
+    damaged = _nft_stale_node(host_ns, tmp_path, [6001])
+    args = _args(host_ns, "nftables", tmp_path)
+    done = pmctl.run(["check", "--repair", *args,
+                      *(_one_mapping("net1") if form == "mapping" else [])])  # fmt: skip
+    assert "could not repair IPv4 net1/ctr1" not in done.stderr, done.stderr
+    after = _nft_dnat_rules(host_ns)
+    assert after[-1] == 'udp dport 6001 dnat to 10.88.0.5:6001 comment "ctr1"', after
+    assert "10.89.0.5:6001" in after[0], after
+    assert after[:-1] == (damaged if form == "mapping" else damaged[1:])
+    assert _plugin("CHECK", host_ns, CTR, "net1", "nftables").returncode == 0

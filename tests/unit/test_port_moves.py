@@ -224,7 +224,8 @@ def test_nft_a_lost_rule_put_back_ahead_of_the_holder_is_found():
     live = memory.read((4,))
     txn = planner.repair(live, [wanted(a, 4)], {"ctr-a"}, (4,))
     assert txn  # (the plan puts the rule back)
-    (took,) = port_moves.nft_ports_taken(live, txn).items()
+    own = {"ctr-a": ("10.88.0.21",), "ctr-b": ("10.88.0.22",)}
+    (took,) = port_moves.nft_ports_taken(live, txn, own).items()
     assert took[0] == ("ctr-a", 4)
     assert (took[1].holder, took[1].protocol, took[1].port) == ("ctr-b", "tcp", 8080)
     assert port_moves.nft_holder_name(took[1]) == "ctr-b (hostports)"
@@ -272,3 +273,134 @@ def test_a_stale_chain_of_the_same_id_is_still_a_holder(tmp_path, form):
     (left,) = [u for u in done.unrepaired if u[3] == dnat_chain_name(a1)]
     assert f"would take tcp/8080 from net2/{_id('a')[:12]} ({dnat_chain_name(a2)})" in left[4]
     assert memory.read(4).rules(dnat_chain_name(a1)) == before.rules(dnat_chain_name(a1))
+
+
+def _nft_node(tmp_path: Path, adds: Sequence[MappingConfig], cached: Sequence[MappingConfig]):
+    """v1.9.1's ADDs of `adds` in order (setup: appended), in memory; `cached` in the
+    CNI cache (nft-backed), in that order. Returns the fake and the node."""
+    import upstream
+
+    from portmapctl.iptables.access.memory import MemoryBackend
+    from portmapctl.nftables import planner
+    from portmapctl.nftables.access.memory import MemoryNft
+    from portmapctl.nftables.ruleset import EMPTY
+    from portmapctl.nftables.wanted import wanted
+
+    start = time.time() - 100
+    for i, c in enumerate(cached):
+        pm = [{"hostPort": p.host_port, "containerPort": p.container_port,
+               "protocol": p.protocol} for p in c.ports]  # fmt: skip
+        ip = str(c.addresses[0])
+        conf = upstream.nft_conf(c.network, [ip], pm)
+        path = realplugin.write_cni_cache(tmp_path, c.network, c.container_id, "eth0", conf,
+                                          pm, [ip])  # fmt: skip
+        os.utime(path, (start + i, start + i))
+    nft = MemoryNft()
+    for c in adds:
+        live = nft.read((4,)) if nft.read((4,)).tables else EMPTY
+        nft.apply(planner.setup(live, [wanted(c, 4)]))
+    options = NodeOptions(cache_dirs=(str(tmp_path),), backend="nftables", families=(4,))
+    return nft, Node(options, MemoryBackend({4: empty_table(4)}), nft)
+
+
+def _nft_two_networks(network: str, cid: str, ip: str, ports: Sequence[int]) -> MappingConfig:
+    from portmapctl.core.backend import Backend
+
+    return MappingConfig(
+        network,
+        cid,
+        (ipaddress.ip_interface(ip),),
+        tuple(PortMapping(p, p, "udp") for p in ports),
+        backend=Backend.NFTABLES,
+    )
+
+
+def _nft_dnats(nft) -> List[str]:
+    return [r.body.text(4) for r in nft.read((4,)).tables[4].rules_of("hostports")]
+
+
+def _nft_lose(nft, text: str) -> None:
+    from portmapctl.nftables.transaction import Transaction as NftTransaction
+
+    (lost,) = [r for r in nft.read((4,)).tables[4].rules_of("hostports") if r.body.text(4) == text]
+    drop = NftTransaction()
+    drop.delete_rule(4, "hostports", lost.handle)
+    nft.apply(drop)
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_nft_a_stale_rule_of_the_same_id_is_still_a_holder(tmp_path, form):
+    """nftables, the analogue of the iptables case above: ctr1 on net1 (10.88.0.5,
+    udp/6001 and 6002, cached), ctr1 on net2 (10.89.0.5, no cache entry: its DEL never
+    ran), then ctr2 on net2 given 10.89.0.5 again (udp/6001, cached); net1's 6001 rule
+    lost. udp/6001 goes through ctr1's stale rule to 10.89.0.5: to ctr2. The repair put
+    net1's rule back before its 6002 rule (the plugin's order), ahead of both: udp/6001
+    went to ctr1. The rule's comment is ctr1, but no cache entry of ctr1 has 10.89.0.5:
+    it is a holder; the family is left as it is."""
+    a1 = _nft_two_networks("net1", "ctr1", "10.88.0.5/16", (6001, 6002))
+    a2 = _nft_two_networks("net2", "ctr1", "10.89.0.5/16", (6001, 6002))
+    b2 = _nft_two_networks("net2", "ctr2", "10.89.0.5/16", (6001,))
+    nft, node = _nft_node(tmp_path, [a1, a2, b2], [a1, b2])
+    _nft_lose(nft, 'udp dport 6001 dnat to 10.88.0.5:6001 comment "ctr1"')
+    damaged = _nft_dnats(nft)
+    assert damaged[1] == 'udp dport 6001 dnat to 10.89.0.5:6001 comment "ctr1"'
+    done = repair(node, flush_udp=False) if form == "node" else repair(node, a1, flush_udp=False)
+    after = _nft_dnats(nft)
+    first = next(r for r in after if r.startswith("udp dport 6001 "))
+    assert "10.89.0.5:6001" in first, after  # still ctr2's address
+    assert after == damaged
+    (left,) = [u for u in done.unrepaired if u[2] == "ctr1"]
+    assert "would take udp/6001 from ctr1's rule for 10.89.0.5" in left[4], left[4]
+    assert "no CNI cache entry read of ctr1 has" in left[4], left[4]
+    assert "gc" not in left[4]  # (gc keeps a live container ID's rules)
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_nft_a_lost_rule_appended_behind_a_stale_one_moves_nothing(tmp_path, form):
+    """The same node with net1 mapping udp/6001 alone: its lost rule comes back appended,
+    as v1.9.1's re-ADD of net1 appends it, behind ctr1's stale rule and ctr2's: udp/6001
+    still goes to 10.89.0.5 (ctr2), the repair takes nothing."""
+    a1 = _nft_two_networks("net1", "ctr1", "10.88.0.5/16", (6001,))
+    a2 = _nft_two_networks("net2", "ctr1", "10.89.0.5/16", (6001,))
+    b2 = _nft_two_networks("net2", "ctr2", "10.89.0.5/16", (6001,))
+    nft, node = _nft_node(tmp_path, [a1, a2, b2], [a1, b2])
+    _nft_lose(nft, 'udp dport 6001 dnat to 10.88.0.5:6001 comment "ctr1"')
+    done = repair(node, flush_udp=False) if form == "node" else repair(node, a1, flush_udp=False)
+    after = _nft_dnats(nft)
+    assert after[-1] == 'udp dport 6001 dnat to 10.88.0.5:6001 comment "ctr1"', after
+    assert "10.89.0.5:6001" in after[0], after
+    assert not [u for u in done.unrepaired if u[2] == "ctr1"]
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_nft_a_containers_own_rule_on_another_network_is_no_holder(tmp_path, form):
+    """Both networks of ctr1 cached (udp/6001 and 6002 on each), net1's 6001 rule lost:
+    its own net2 rule has the port; the repair puts net1's back before its 6002 rule,
+    where the plugin wrote it (SPEC §3: no container shadows itself)."""
+    a1 = _nft_two_networks("net1", "ctr1", "10.88.0.5/16", (6001, 6002))
+    a2 = _nft_two_networks("net2", "ctr1", "10.89.0.5/16", (6001, 6002))
+    nft, node = _nft_node(tmp_path, [a1, a2], [a1, a2])
+    healthy = _nft_dnats(nft)
+    _nft_lose(nft, 'udp dport 6001 dnat to 10.88.0.5:6001 comment "ctr1"')
+    done = repair(node, flush_udp=False) if form == "node" else repair(node, a1, flush_udp=False)
+    assert not done.unrepaired
+    assert _nft_dnats(nft) == healthy
+
+
+def test_nft_a_containers_old_address_rule_the_repair_deletes_is_no_holder(tmp_path):
+    """ctr1 (udp/6001 and 6002 at 10.88.0.5, cached) with a rule of its own for 6001 to
+    10.88.0.99, an address no cache entry gives anyone (an old one), first; its 6001
+    rule lost. The node repair deletes the old rule (extra) and puts 6001 back before its
+    6002 rule: the port goes from no container the cache knows to ctr1. Repaired (the
+    kernel's side: tests/interop/test_nft_commands.py::
+    test_a_cached_containers_wrong_rule_is_extra_and_repair_removes_it)."""
+    a1 = _nft_two_networks("net1", "ctr1", "10.88.0.5/16", (6001, 6002))
+    old = _nft_two_networks("net1", "ctr1", "10.88.0.99/16", (6001,))
+    nft, node = _nft_node(tmp_path, [old, a1], [a1])
+    _nft_lose(nft, 'udp dport 6001 dnat to 10.88.0.5:6001 comment "ctr1"')
+    done = repair(node, flush_udp=False)
+    assert not [u for u in done.unrepaired if u[2] == "ctr1"]
+    assert _nft_dnats(nft) == [
+        'udp dport 6001 dnat to 10.88.0.5:6001 comment "ctr1"',
+        'udp dport 6002 dnat to 10.88.0.5:6002 comment "ctr1"',
+    ]

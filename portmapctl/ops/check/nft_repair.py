@@ -243,6 +243,9 @@ def nft_repair(
     # iptables backend repairs the chain of the family that takes nothing.
     taken: Dict[Tuple[str, int], Tuple[MappingConfig, PortTaken]] = {}
     short: Set[Tuple[str, int]] = set()  # (path, family): a torn-down entry's rules lacking
+    # A rule of a cached container's ID is its own (no holder) only for an address its
+    # cache entries give it: one for another address is stale (port_moves).
+    own = cached_addresses(attachments)
 
     def plan(live: Ruleset) -> NftTransaction:
         configs = cache.configs()
@@ -252,7 +255,7 @@ def nft_repair(
             configs = cache.configs()
             txn = plan_from(configs, live)
         taken.clear()  # (planned again from a fresh read)
-        while found := nft_ports_taken(live, txn):
+        while found := nft_ports_taken(live, txn, own):
             new = [
                 (key, config, took)
                 for key, took in found.items()
@@ -301,6 +304,17 @@ def nft_repair(
     if not text or not planned:
         return NftRepaired(text, [], now, left, tuple(notes))
     return NftRepaired(text, nft_changed(*planned[-1]), now, left, tuple(notes))
+
+
+def cached_addresses(attachments: Iterable[Attachment]) -> Dict[str, Tuple[str, ...]]:
+    """By container ID, the container addresses its cache entries give it (both
+    families, as nft prints them): its nftables rules for others are stale."""
+    found: Dict[str, Tuple[str, ...]] = {}
+    for a in attachments:
+        if a.mapping is not None:
+            ips = tuple(address.ip.compressed for address in a.mapping.addresses)
+            found[a.container_id] = (*found.get(a.container_id, ()), *ips)
+    return found
 
 
 def _without(
@@ -450,6 +464,10 @@ def repair_mapping(
     # (never anyone else's), as the node-wide repair does.
     ids, written = {config.container_id}, [w.family for w in want]
     mine = own_addresses(config)
+    # Its rules are its own (no holder: port_moves) for the addresses given and those of
+    # its cache entries; one for another address is stale, maybe another's now.
+    own = cached_addresses([a for a in attachments or () if a.container_id == config.container_id])
+    own[config.container_id] = (*own.get(config.container_id, ()), *mine)
     tried: List[NftTransaction] = planned if planned is not None else []
 
     def plan(live: Ruleset) -> NftTransaction:
@@ -467,7 +485,9 @@ def repair_mapping(
             written[:] = [w.family for w in usable]
             txn = planner.repair(live, usable, ids, written, others, mine, held=held)
         took = {
-            f: t for (cid, f), t in nft_ports_taken(live, txn).items() if cid == config.container_id
+            f: t
+            for (cid, f), t in nft_ports_taken(live, txn, own).items()
+            if cid == config.container_id
         }
         if left is not None:
             left.clear()  # (planned again from a fresh read)

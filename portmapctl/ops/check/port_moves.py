@@ -32,7 +32,13 @@ plugin makes of that network and ID (`_container_of`): a comment alone could say
 anyone, and a chain of nobody known is another's. And only where the CNI cache names
 that chain (`cached`): a stale chain of the same ID (its network's entry gone, its DEL
 never run) DNATs to an address the runtime may have given another container since, who
-gets the port's traffic through it now.
+gets the port's traffic through it now. The nftables rules carry the bare container ID,
+no network: there a rule is the container's own only where it DNATs to an address the
+CNI cache gives that ID (`own`); one of that ID to another address is a stale rule
+(`_Stale`), a holder where it stays ahead of where the repair puts the rule back. Where
+the same repair deletes it as the container's extra rule (an old address of its own,
+the node repair's to clean up), it is a holder only if the cache gives its address to
+another container: that one gets the port's traffic through it now.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Sequence, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
+from typing import Mapping as ReadOnly
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import ApplyFailed
@@ -84,6 +91,9 @@ class PortTaken:
     holder_chain: str
     holder_foreign: bool
     entered: bool = True
+    # nftables: the holder is a rule of container `holder`'s for an address no CNI
+    # cache entry of it has (a network whose DEL never ran): (that address, its handle).
+    holder_stale: Optional[Tuple[str, int]] = None
 
     def why(self, holder_name: str, cached: Optional[Collection[str]] = None) -> str:
         """Why the repair leaves the chain; `cached`: the chains (iptables) or container
@@ -100,11 +110,31 @@ class PortTaken:
             f"its chain would take {self.protocol}/{on}{self.port} from {holder_name}, which"
             f" {has}; a repair never moves a port between mappings"
         )
+        if self.holder_stale is not None:
+            address, handle = self.holder_stale
+            family = "ip6" if self.family == 6 else "ip"
+            return why + (
+                f" (no CNI cache entry read of {self.holder[:12]} has {address}: a network"
+                " whose DEL never ran, its address maybe another container's now, or an"
+                " entry in a cache directory not given (--cni-cache-dir); once that rule"
+                f" is no container's, `nft delete rule {family} cni_hostport"
+                f" {self.holder_chain} handle {handle}`, then repair)"
+            )
         if cached is not None and not self.holder_foreign and self.holder not in cached:
             return (
                 why + " (that one has no CNI cache entry: `portmapctl gc` removes it, then repair)"
             )
         return why + " (decide which container keeps it, then re-create or gc the other)"
+
+
+class _Stale(NamedTuple):
+    """An nftables rule of a cached container ID for an address no cache entry of that
+    ID has (a network whose DEL never ran, or whose entry is not read here)."""
+
+    container: str
+    address: str
+    handle: int
+    anothers: bool  # the cache gives the address to another container
 
 
 # A port's takers, in the order the kernel tries them: (who, host IP or None for every
@@ -119,6 +149,7 @@ class _Taker(NamedTuple):
     partial: bool
     foreign: bool  # someone else's rule, no container's
     container: Optional[str]  # the container ID it is for, where sure (None: unknown)
+    stale: Optional[_Stale] = None  # nftables: `who` is then the rule's handle
 
 
 _Takers = Dict[tuple, List[_Taker]]
@@ -172,9 +203,16 @@ def _taken_from(
         for holder in _holders(now, key, address):
             if holder.who == who or (mine is not None and holder.container == mine):
                 continue
-            if not _ahead_of(then, key, address, who, holder.who):
-                continue
             if any(t.who == holder.who and _matches(t.host_ip, address) for t in then[key]):
+                if _ahead_of(then, key, address, who, holder.who):
+                    return holder
+            elif (
+                holder.stale is not None
+                and holder.stale.anothers
+                and any(t.who == who for t in _holders(then, key, address))
+            ):
+                # Deleted by the plan as the container's extra rule: the traffic it sent
+                # to another container's address goes to `who` after.
                 return holder
     return None
 
@@ -329,17 +367,25 @@ def holder_name(live: NatTable, chain: str) -> str:
 
 
 def nft_holder_name(took: PortTaken) -> str:
-    """`8c1d2e3f4a5b (hostports)`, or for a rule that is nobody's `the rule handle 7 of
-    hostports`."""
+    """`8c1d2e3f4a5b (hostports)`; for a rule that is nobody's `the rule handle 7 of
+    hostports`; for a stale rule `8c1d2e3f4a5b's rule for 10.89.0.5 (hostports)`."""
     if took.holder_foreign:
         return f"the rule {took.holder} of {took.holder_chain}"
+    if took.holder_stale is not None:
+        return f"{took.holder[:12]}'s rule for {took.holder_stale[0]} ({took.holder_chain})"
     return f"{took.holder[:12]} ({took.holder_chain})"
 
 
-def _nft_takers(ruleset: Ruleset) -> _Takers:
-    """Every host port's takers in both families, by (family, protocol, port)."""
+def _nft_takers(ruleset: Ruleset, own: ReadOnly[str, Collection[str]]) -> _Takers:
+    """Every host port's takers in both families, by (family, protocol, port). `own`:
+    by container ID, the addresses the CNI cache gives it: a rule of one of those IDs
+    for another address is stale (`_Taker.stale`), its own no more."""
     from portmapctl.nftables.inventory import host_port_rules
 
+    given: Dict[str, Set[str]] = {}  # the container IDs the cache gives each address
+    for cid, addresses in own.items():
+        for address in addresses:
+            given.setdefault(address, set()).add(cid)
     found: _Takers = {}
     for family, table in ruleset.tables.items():
         for rule in host_port_rules(table):
@@ -351,7 +397,14 @@ def _nft_takers(ruleset: Ruleset) -> _Takers:
             foreign = rule.foreign is not None
             # (Every rule of the plugin's carries the bare container ID: `who`.)
             container = None if foreign else rule.who
-            taker = _Taker(rule.who, host_ip, rule.rule.chain, partial, foreign, container)
+            address = rule.rule.body.action.addr or ""
+            if container in own and address not in own[container]:
+                handle = rule.rule.handle
+                stale = _Stale(container, address, handle, bool(given.get(address)))
+                taker = _Taker(f"handle {handle}", host_ip, rule.rule.chain, partial, False,
+                               None, stale)  # fmt: skip
+            else:
+                taker = _Taker(rule.who, host_ip, rule.rule.chain, partial, foreign, container)
             for port in rule.ports:
                 found.setdefault((family, rule.protocol, port), []).append(taker)
     return found
@@ -362,11 +415,15 @@ def _one_address(text: str) -> bool:
     return bool(text) and set(text) <= _ADDRESS_CHARACTERS
 
 
-def nft_ports_taken(live: Ruleset, txn: NftTransaction) -> Dict[Tuple[str, int], PortTaken]:
+def nft_ports_taken(
+    live: Ruleset, txn: NftTransaction, own: ReadOnly[str, Collection[str]]
+) -> Dict[Tuple[str, int], PortTaken]:
     """By container ID and family: a port the container's rules, as `txn` leaves them,
     take from another that gets it in `live` (a container, or a rule that is nobody's:
-    `handle N`) and still has its rule after. `chain` is the nft chain of the rule that
-    would take it."""
+    `handle N`) and still has its rule after, or from a stale rule of any ID in `own`
+    (by container ID, the addresses the CNI cache gives it: the IDs not in it are
+    judged by their comment alone). `chain` is the nft chain of the rule that would
+    take it."""
     from portmapctl.nftables import inventory
     from portmapctl.nftables.access import NftApplyFailed
     from portmapctl.nftables.access.memory import MemoryNft
@@ -389,7 +446,7 @@ def nft_ports_taken(live: Ruleset, txn: NftTransaction) -> Dict[Tuple[str, int],
         memory.apply(txn)
     except NftApplyFailed:
         return {}  # nft will refuse it too, and the caller re-plans from a fresh read
-    now, then = _nft_takers(live), _nft_takers(memory.read(tuple(live.tables)))
+    now, then = _nft_takers(live, own), _nft_takers(memory.read(tuple(live.tables)), own)
     found: Dict[Tuple[str, int], PortTaken] = {}
     for key, takers in then.items():
         family, protocol, port = key
@@ -399,8 +456,11 @@ def nft_ports_taken(live: Ruleset, txn: NftTransaction) -> Dict[Tuple[str, int],
                 continue
             holder = _taken_from(now, then, key, mine.host_ip, who)
             if holder is not None:
+                stale = holder.stale
                 found[(who, family)] = PortTaken(
                     family, mine.chain, protocol, port, mine.host_ip,
-                    holder.who, holder.chain, holder.foreign,
+                    holder.who if stale is None else stale.container, holder.chain,
+                    holder.foreign,
+                    holder_stale=None if stale is None else (stale.address, stale.handle),
                 )  # fmt: skip
     return found
