@@ -78,7 +78,11 @@ class ChainInfo:
         families, also one whose host IP is of the other family (no rule here: its
         packets fall through the chain). Crediting them said a stale IPv4 chain "maps"
         `[fd00::1]:9191`, and gc flushed IPv4 9191's flows for its removal. An entered
-        port a rule is missing for is `missing_ports` (check says it apart)."""
+        port a rule is missing for is `missing_ports` (check says it apart). None for a
+        legacy CNI-SN- chain: its MASQUERADE rules' --dport is the container port (as
+        chain_facts.ChainFacts says)."""
+        if self.kind is ChainKind.LEGACY_SNAT:
+            return ()
         found: Dict[ProtoPort, None] = {}
         for rule in self.rules:
             parsed = port_match(rule)

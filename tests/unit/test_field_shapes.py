@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -984,3 +985,58 @@ def test_a_v07_shared_dead_chain_is_judged_in_the_order_v07_wrote_it(tmp_path, l
     assert after.rules(DN_A) == parse_save(written, 4).rules(DN_A)
     assert first_taker(after, "tcp", 2202, -1) == DN_B
     assert not plan(after)
+
+
+# --- a v0.6 CNI-SN- chain's --dport is the container port, never a host port -----------
+
+
+def _sn_udp_body() -> str:
+    """v0.6-portless-entries with B's second mapping UDP (5353->53): its CNI-SN- chain
+    then matches `-p udp --dport 53`, the container port, which no chain maps on the
+    host."""
+    return (
+        text("v0.6-portless-entries")
+        .replace(
+            "-p tcp -m tcp --dport 9090 -j DNAT --to-destination 10.88.0.6:90",
+            "-p udp -m udp --dport 5353 -j DNAT --to-destination 10.88.0.6:53",
+        )
+        .replace(
+            "-d 10.88.0.6/32 -p tcp -m tcp --dport 90 -j MASQUERADE",
+            "-d 10.88.0.6/32 -p udp -m udp --dport 53 -j MASQUERADE",
+        )
+    )
+
+
+def test_a_legacy_sn_chain_maps_no_host_port():
+    """ChainInfo.host_ports of a CNI-SN- chain said its MASQUERADE rules' --dport (80,
+    90: the container ports) were host ports it maps; gc's ChainFacts already said none.
+    No output read them (check's legacy row and gc's use ChainFacts), but the next
+    caller would have (a `--dport 80` of the SNAT chain flushed as UDP host port 80)."""
+    from portmapctl.iptables import inventory
+    from portmapctl.iptables.ruleset import parse_save
+
+    built = inventory.build({4: parse_save(text("v0.6-portless-entries"), 4)})
+    by_name = {c.name: c for c in built.chains}
+    assert by_name[SN_A].host_ports == () and by_name[SN_B].host_ports == ()
+    assert by_name[DN_B].host_ports == (("tcp", 8080), ("tcp", 9090))
+
+
+def test_no_output_and_no_flush_shows_a_legacy_chains_container_port(tmp_path):
+    """list, check and gc (-o json, every chain stale) on the UDP variant: no host port
+    53 (nor 80) anywhere, gc's SN rows map nothing, and gc's UDP flush after removing
+    them is 5353 alone."""
+    save = snapshot(tmp_path, "v0.6-portless-entries", _sn_udp_body())
+    empty = empty_cache(tmp_path)
+    listed = json.loads(run(cli("list", save, empty, "-o", "json")).stdout)
+    assert sorted(m["host_port"] for m in listed["mappings"]) == [5353, 8080, 8080]
+    checked = run(cli("check", save, empty, "-o", "json"))
+    stale = [p for p in json.loads(checked.stdout)["problems"] if p["kind"] == "stale"]
+    assert sorted(p["detail"].split("it maps ")[1] for p in stale) == [
+        "tcp/8080", "tcp/8080, udp/5353"
+    ]  # fmt: skip
+    details = [p["detail"] for p in json.loads(checked.stdout)["problems"]]
+    assert not [d for d in details if re.search(r"/(53|80|90)\b", d)], details
+    plan = _gc_plan(_sn_udp_body(), keep=("ffffffff",))
+    removed = {c.chain: c for c in plan.removed}
+    assert removed[SN_A].host_ports == () and removed[SN_B].host_ports == ()
+    assert plan.freed_udp_ports == (5353,)
