@@ -259,6 +259,9 @@ class Common(NamedTuple):
     verbose: bool = False
     # The nft listing entry.py started for this run (nftables/early.py), not an option.
     early_nft: Optional[EarlyListing] = None
+    # --metrics-file's value came from PORTMAPCTL_METRICS_FILE, not the command line
+    # (click's ParameterSource.ENVIRONMENT): the node's own file (snapshot_unrecorded).
+    metrics_from_environment: bool = False
 
     @property
     def plugin_backend(self) -> Optional[Backend]:
@@ -372,7 +375,8 @@ class Unrecorded(Enum):
     have. DRY_RUN: gc's file says whether gc removes what it should
     (PortmapctlGcFailing); a dry run removes nothing, so its success said nothing of
     that, and an operator's `gc --dry-run` (the runbook's) restarted the alert's hour
-    on a gc that failed every run."""
+    on a gc that failed every run. SNAPSHOT: a list or check of a dump with the
+    node-wide PORTMAPCTL_METRICS_FILE (snapshot_unrecorded)."""
 
     ONE_MAPPING = (
         "the whole node's {command}, not one mapping's ({command} without the mapping's"
@@ -381,6 +385,23 @@ class Unrecorded(Enum):
     DRY_RUN = (
         "what {command} did, and a dry run does nothing ({command} without --dry-run writes it)"
     )
+    SNAPSHOT = (
+        "this node's {command} (PORTMAPCTL_METRICS_FILE), and a snapshot may be another"
+        " node's (an explicit --metrics-file writes the snapshot's)"
+    )
+
+
+def snapshot_unrecorded(common: Common, *dumps: Optional[str]) -> Optional[Unrecorded]:
+    """Unrecorded.SNAPSHOT for a run that reads a dump (`dumps`: --snapshot,
+    --snapshot6, --nft-snapshot as given) with the file PORTMAPCTL_METRICS_FILE names.
+
+    The variable is set node-wide for the node's own runs (monitoring.md), and a dump
+    is a support bundle's, maybe another node's: written, its counts raised or reset
+    this node's alerts. An explicit --metrics-file is the operator's own choice (a
+    bundle's metrics to look at, the docs' examples): it is written."""
+    if common.metrics_from_environment and any(d is not None for d in dumps):
+        return Unrecorded.SNAPSHOT
+    return None
 
 
 @contextlib.contextmanager
@@ -399,8 +420,8 @@ def metrics_recording(
     `{command}` in `path` is the command's name: one PORTMAPCTL_METRICS_FILE set for
     the node gives each command a file of its own (one file for all, each run
     replaced the others' metrics: an operator's `list` erased the timer's gc).
-    `unrecorded` (a check of one mapping, a gc dry run): the file is left alone, one
-    warning after a run that did its work.
+    `unrecorded` (a check of one mapping, a gc dry run, a snapshot read into the
+    node's file): the file is left alone, one warning after a run that did its work.
 
     The PORTMAPCTL_ variables are checked here, as the block starts (the commands that
     record enter it before anything else; `_options._common` and `add_fast.pop_common`

@@ -310,16 +310,21 @@ METRICS_PARAMETER = "metrics_file"  # MetricsFileOpt's parameter, in each comman
 def _common(context: Any = None, **given: Any) -> Common:
     from portmapctl.host import settings
 
+    recorded = METRICS_PARAMETER in (getattr(context, "params", None) or {})
     # Before the command does anything (as add_fast.pop_common); a command with a
     # metrics file (list, check, gc) checks them in its recording (_common's
     # metrics_recording, the first thing it enters), where a refusal is a failed run.
-    if METRICS_PARAMETER not in (getattr(context, "params", None) or {}):
+    if not recorded:
         settings.check()
     if given["cni_cache_dir"] is not None:
         given["cni_cache_dir"] = tuple(given["cni_cache_dir"]) or None
     # The context's obj: the nft listing entry.py started for `list` (nftables/early.py).
     early_nft = getattr(context, "obj", None)
-    return Common(**given, early_nft=early_nft)
+    # Where --metrics-file's value came from: ParameterSource.ENVIRONMENT, by its name
+    # (typer 0.28 carries a click of its own, typer._click, whose enum is not click's).
+    source = context.get_parameter_source(METRICS_PARAMETER) if recorded else None
+    from_environment = getattr(source, "name", None) == "ENVIRONMENT"
+    return Common(**given, early_nft=early_nft, metrics_from_environment=from_environment)
 
 
 # `command(common: Common, **its own options)` as a typer command that also takes the

@@ -18,6 +18,7 @@ from portmapctl.cli._common import (
     common_options,
     metrics_recording,
     snapshot_files,
+    snapshot_unrecorded,
 )
 from portmapctl.cli.add import mapping_and_key, mapping_options, refuse_short_id
 from portmapctl.cli.add_config import ForwardsNothing, spelling_of
@@ -95,8 +96,13 @@ def check_command(
 
     out = common.out()
     # Exit 1 (problems found) is a run that did its work. Only a check of the whole
-    # node writes the file (one mapping's problems are not the node's).
-    unrecorded = Unrecorded.ONE_MAPPING if mapping.given else None
+    # node writes the file (one mapping's problems are not the node's), and the node's
+    # file only a check of the node (not of a dump: snapshot_unrecorded).
+    unrecorded = (
+        Unrecorded.ONE_MAPPING
+        if mapping.given
+        else snapshot_unrecorded(common, snapshot, snapshot6, nft_snapshot)
+    )
     metrics = metrics_recording(metrics_file, "check", common.cache_dirs, out, (0, 1), unrecorded)
     repaired: List[CheckResult] = []  # what repair returned, once it has
     with _saying_repaired(repaired), gc_paused(), metrics as recorder:

@@ -41,6 +41,14 @@ FLUSH_OPTIONS: Dict[str, tuple] = {
 }
 
 
+def _given_on_command_line(args: List[str], option: str) -> bool:
+    """Whether `option` is one of the words of a command line add_fast.parse took:
+    there a value never starts with "-", so every such word is an option's name
+    (`--name` or `--name=value`). Else its value came from its variable, as click's
+    ParameterSource.ENVIRONMENT says on typer's path (cli/_options._common)."""
+    return any(word.partition("=")[0] == option for word in args[1:])
+
+
 def runner(args: List[str], early_nft: Any = None) -> Optional[Callable[[], Any]]:
     """What `portmapctl ARGS` runs, when ARGS is a `list` or a `flush-udp` this module
     can parse. `early_nft`: the nft listing entry.py started for a `list`
@@ -49,7 +57,11 @@ def runner(args: List[str], early_nft: Any = None) -> Optional[Callable[[], Any]
     if given is not None:
         from portmapctl.cli import list_run
 
-        common = add_fast.pop_common(given, recorded=True)._replace(early_nft=early_nft)
+        common = add_fast.pop_common(given, recorded=True)._replace(
+            early_nft=early_nft,
+            metrics_from_environment="metrics_file" in given
+            and not _given_on_command_line(args, "--metrics-file"),
+        )
         return lambda: list_run.run(common, **given)
     given = add_fast.parse(args, "flush-udp", FLUSH_OPTIONS)
     if given is not None:

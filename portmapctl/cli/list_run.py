@@ -6,7 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Collection, List, Optional, Sequence, Tuple
 
-from portmapctl.cli._common import Common, metrics_recording, snapshot_files
+from portmapctl.cli._common import (
+    Common,
+    metrics_recording,
+    snapshot_files,
+    snapshot_unrecorded,
+)
 from portmapctl.core.pause import gc_paused
 
 
@@ -29,7 +34,10 @@ def run(
     from portmapctl.ops.node import opened
 
     out = common.out()
-    with gc_paused(), metrics_recording(metrics_file, "list", common.cache_dirs, out) as recorder:
+    # A dump's rows are not this node's: not into the node's file (snapshot_unrecorded).
+    unrecorded = snapshot_unrecorded(common, snapshot, snapshot6, nft_snapshot)
+    metrics = metrics_recording(metrics_file, "list", common.cache_dirs, out, unrecorded=unrecorded)
+    with gc_paused(), metrics as recorder:
         ports = tuple(validate.port(p, "--port") for p in port or ())
         for name in network or ():
             validate.cni_name(name, "network name")

@@ -450,12 +450,14 @@ def test_the_warnings_a_run_says_are_counted(tmp_path, command):
     assert samples[key("last_run_warnings", command=command)] == 1
 
 
-def test_one_environment_path_gives_each_command_a_file_of_its_own(tmp_path):
-    """PORTMAPCTL_METRICS_FILE set for the node with {command}: list and check write a
-    file each (with one fixed path, a list replaced check's metrics, and gc's)."""
-    env = {"PORTMAPCTL_METRICS_FILE": str(tmp_path / "portmapctl-{command}.prom")}
-    assert run_cli(["list", *SNAPSHOT_ARGS], env=env).returncode == 0
-    assert run_cli(["check", *SNAPSHOT_ARGS], env=env).returncode == 1
+def test_one_path_gives_each_command_a_file_of_its_own(tmp_path):
+    """{command} in the path: list and check write a file each (with one fixed path,
+    a list replaced check's metrics, and gc's). Given here on the command line: from
+    PORTMAPCTL_METRICS_FILE a snapshot's run writes none (the node's own runs, with the
+    variable: tests/kernel/test_metrics_node.py)."""
+    given = ["--metrics-file", str(tmp_path / "portmapctl-{command}.prom")]
+    assert run_cli(["list", *SNAPSHOT_ARGS, *given]).returncode == 0
+    assert run_cli(["check", *SNAPSHOT_ARGS, *given]).returncode == 1
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["portmapctl-check.prom", "portmapctl-list.prom"]
     for command in ("check", "list"):
@@ -471,9 +473,9 @@ def test_list_metrics_are_the_whole_node_whatever_the_filters(tmp_path):
     assert samples_of(path)[key("mappings", **labels)] == 2
 
 
-def test_check_from_the_environment_variable_reports_its_problems(tmp_path):
+def test_check_reports_its_problems(tmp_path):
     path = tmp_path / "portmapctl-check.prom"
-    done = run_cli(["check", *SNAPSHOT_ARGS], env={"PORTMAPCTL_METRICS_FILE": str(path)})
+    done = run_cli(["check", *SNAPSHOT_ARGS, "--metrics-file", str(path)])
     assert done.returncode == 1, "problems found: exit 1, as without metrics"
     assert done.stderr == ""
     samples = samples_of(path)
@@ -507,7 +509,9 @@ def test_a_check_of_one_mapping_leaves_the_nodes_check_metrics_alone(tmp_path, m
     after a run that worked, none beside an error's one line."""
     path = tmp_path / "portmapctl-check.prom"
     env = {"PORTMAPCTL_METRICS_FILE": str(tmp_path / "portmapctl-{command}.prom")}
-    assert run_cli(["check", *SNAPSHOT_ARGS], env=env).returncode == 1
+    # The node-wide check's file (a dump's, given by name: from the variable a
+    # snapshot's check writes none).
+    assert run_cli(["check", *SNAPSHOT_ARGS, "--metrics-file", str(path)]).returncode == 1
     node_wide = path.read_bytes()
     without = run_cli(["check", *SNAPSHOT_ARGS, *mapping])
     done = run_cli(["check", *SNAPSHOT_ARGS, *mapping], env=env)
@@ -527,16 +531,64 @@ def test_a_check_of_one_mapping_leaves_the_nodes_check_metrics_alone(tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["portmapctl-check.prom"]
 
 
-@pytest.mark.parametrize("output", [[], ["-o", "json"], ["--port", "9000"]])
-def test_list_from_the_environment_variable_writes_the_file(tmp_path, output):
-    """list's plain command lines are parsed without typer (cli/list_fast.py), which
-    read PORTMAPCTL_METRICS_FILE nowhere: `list` from a cron job or a pod given the
-    variable wrote no file, with no word said. Now as with --metrics-file."""
-    path = tmp_path / "portmapctl-list.prom"
-    done = run_cli(["list", *SNAPSHOT_ARGS, *output], env={"PORTMAPCTL_METRICS_FILE": str(path)})
-    assert done.returncode == 0 and done.stderr == ""
-    labels = dict(backend="iptables", family="4", status="ok", command="list")
-    assert samples_of(path)[key("mappings", **labels)] == 2
+NFT_EXAMPLE = ["--nft-snapshot", str(EXAMPLES / "nft" / "ruleset.json")]
+# A support bundle's dumps, read on some node: each snapshot option alone, and both.
+DUMPS = {
+    "snapshot": ["--snapshot", SNAPSHOTS[4], "--cni-cache-dir", CACHE],
+    "snapshot6": ["--snapshot6", SNAPSHOTS[6], "--cni-cache-dir", CACHE],
+    "nft-snapshot": [*NFT_EXAMPLE, "--cni-cache-dir", str(EXAMPLES / "nft" / "cni-cache")],
+    "all": [*SNAPSHOT_ARGS, *NFT_EXAMPLE],
+}
+SNAPSHOT_HOLDS = (
+    "this node's {command} (PORTMAPCTL_METRICS_FILE), and a snapshot may be another"
+    " node's (an explicit --metrics-file writes the snapshot's)"
+)
+THE_NODES = b'portmapctl_last_run_success{command="X"} 1.0\n'  # what the timer wrote
+
+
+@pytest.mark.parametrize("dump", list(DUMPS.values()), ids=list(DUMPS))
+@pytest.mark.parametrize(
+    "args",
+    [["list"], ["list", "--proto", "tcp"], ["check"]],
+    ids=["list", "list-by-typer", "check"],  # list's fast path (cli/list_fast.py), typer's
+)
+def test_a_snapshot_run_leaves_the_nodes_metrics_file_alone(tmp_path, args, dump):
+    """A run that reads a dump (--snapshot, --snapshot6, --nft-snapshot: a support
+    bundle's, maybe another node's) wrote the node's file that PORTMAPCTL_METRICS_FILE
+    names (set node-wide, as monitoring.md sets it up) with the dump's counts: a
+    support engineer reading a bundle on a node raised its alerts (the bundle's stale
+    and shadowed) or reset them (a healthy bundle's zeros). From the variable the file
+    is left as the node's runs wrote it, with one warning; given on the command line
+    (--metrics-file) the snapshot's metrics are written, as asked."""
+    command = args[0]
+    path = tmp_path / f"portmapctl-{command}.prom"
+    path.write_bytes(THE_NODES)
+    env = {"PORTMAPCTL_METRICS_FILE": str(tmp_path / "portmapctl-{command}.prom")}
+    without = run_cli([*args, *dump], env={"PORTMAPCTL_METRICS_FILE": ""})
+    done = run_cli([*args, *dump], env=env)
+    assert without.returncode in (0, 1), without.stderr
+    assert (done.returncode, done.stdout) == (without.returncode, without.stdout)
+    assert path.read_bytes() == THE_NODES
+    pmctl.assert_metrics_left_alone(done, without, path, SNAPSHOT_HOLDS.format(command=command))
+    given = tmp_path / "bundle.prom"
+    done = run_cli([*args, *dump, "--metrics-file", str(given)], env=env)
+    assert (done.returncode, done.stderr) == (without.returncode, without.stderr)
+    assert samples_of(given)[key("last_run_success", command=command)] == 1
+    assert path.read_bytes() == THE_NODES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.prom", path.name]
+
+
+@pytest.mark.parametrize("command", ["list", "check"])
+def test_a_snapshot_that_cannot_be_read_is_no_failed_run_of_the_node(tmp_path, command):
+    """A bundle's dump missing or malformed is the snapshot run's bad input: with the
+    node-wide variable it wrote `last_run_success 0` into the node's file
+    (PortmapctlCheckFailing averages check's). Its error line alone, the file kept."""
+    path = tmp_path / f"portmapctl-{command}.prom"
+    path.write_bytes(THE_NODES)
+    env = {"PORTMAPCTL_METRICS_FILE": str(tmp_path / "portmapctl-{command}.prom")}
+    done = run_cli([command, "--snapshot", str(tmp_path / "missing.save")], env=env)
+    pmctl.assert_error(done, 2, "missing.save")
+    assert path.read_bytes() == THE_NODES
 
 
 def test_an_empty_environment_variable_asks_for_no_file(tmp_path):
@@ -585,6 +637,10 @@ def test_a_run_refused_for_its_environment_is_a_failed_run_in_its_file(tmp_path,
     age told, as if the timer did not run. It is a failed run like any bad input."""
     path = tmp_path / "portmapctl-{command}.prom"
     env = {"PORTMAPCTL_METRICS_FILE": str(path)}
+    if "--snapshot" in args:
+        # A snapshot's run writes the file only when given by name (from the variable,
+        # the node's file, it writes none: test_a_snapshot_run_leaves_the_nodes_...).
+        args = [*args, "--metrics-file", str(path)]
     written = tmp_path / f"portmapctl-{args[0]}.prom"
     bad = {**env, "PORTMAPCTL_IPTABLES_TIMEOUT": "2m"}
     done = run_cli(args, env=bad)
