@@ -181,14 +181,22 @@ def absence_tells(config: Optional[MappingConfig], live: Ruleset) -> bool:
     return True
 
 
-def in_doubt_text(config: MappingConfig, said: str, where: str = "iptables") -> str:
+def in_doubt_text(
+    config: MappingConfig, said: str, where: str = "iptables", unread: Optional[str] = None
+) -> str:
     """Why the backend of a container key_judged puts `in_doubt` cannot be told (`said`:
     where its key "nftables" was read, configured_there's words or the config's;
-    `where`: its chain, ChainPlace.words)."""
+    `where`: its chain, ChainPlace.words); `unread`: nft's error, where that is so
+    because the plugin's table is here and nft cannot read it (run.follow_the_plugin)."""
+    seen = (
+        " and it has no rule in nftables, where the plugin's table is here but not as the"
+        " plugin leaves it (flushed?)"
+        if unread is None
+        else f", and the plugin's table is here but nft cannot read it ({unread})"
+    )
     return (
         f"{said}, its chain {chain_name(config.network, config.container_id, 'DN-')} is in"
-        f" {where} and it has no rule in nftables, where the plugin's table is here but"
-        " not as the plugin leaves it (flushed?): whether its plugin ignores the key"
+        f" {where}{seen}: whether its plugin ignores the key"
         " (before v1.6: it keeps it in iptables) or not (v1.6 on: in nftables) cannot be"
         " told, so nothing is written for it in either backend (`portmap` run with no"
         " CNI_COMMAND prints its version)"

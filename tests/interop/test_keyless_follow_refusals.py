@@ -16,6 +16,8 @@ import pytest
 import realplugin as rp
 import upstream
 
+from portmapctl.iptables.chains import chain_name
+
 pytestmark = pytest.mark.netns
 
 
@@ -166,3 +168,74 @@ def test_a_one_mapping_repair_of_a_cached_nftables_key_stops_where_nft_cannot_re
         done = pmctl.run([*command, *web1, *backend], env=env)
         pmctl.assert_error(done, 3, str(broken))
         assert rp.nat_rules(rp.save(node, 4)) == before, command
+
+
+def _lost_entry_of_web2(node: str, cache: Path) -> str:
+    """Debian's 1.1.1 ADD of podman/web2 (10.88.0.6/16, 8081:80), no `backend` key,
+    cached in `cache`, its CNI-HOSTPORT-DNAT entry rule deleted: an iptables container
+    whose repair nothing else stands in the way of. Its chain's name."""
+    conf = rp.plugin_conf("podman", ["10.88.0.6/16"], [rp.port_mapping(8081, 80)])
+    ports = conf["runtimeConfig"]["portMappings"]
+    rp.write_cni_cache(cache, "podman", "web2", "eth0", conf, ports, ["10.88.0.6/16"])
+    rp.run_plugin("ADD", node, "web2", conf, check=True)
+    entry = next(
+        line for line in rp.save(node, 4).splitlines()
+        if line.startswith("-A CNI-HOSTPORT-DNAT") and "web2" in line
+    )  # fmt: skip
+    rp.iptables(node, ["-t", "nat", "-D", *shlex.split(entry)[1:]])
+    return shlex.split(entry)[-1]
+
+
+def _entered(node: str, chain: str) -> bool:
+    return any(
+        line.startswith("-A CNI-HOSTPORT-DNAT") and line.endswith(f"-j {chain}")
+        for line in rp.save(node, 4).splitlines()
+    )
+
+
+def test_the_node_check_of_a_cached_nftables_key_stops_where_nft_cannot_read_the_tables(
+    node: str, tmp_path: Path
+) -> None:
+    """As the one-mapping check (above), the node's: where the plugin's table is there
+    and the nft on PATH cannot read it, web1's unread rules were taken for none, "the
+    plugin that added them ignores the key", and `check --repair` put its entry rule
+    back in iptables, exit 0, a rule its v1.9.1 plugin never reads. Left to its key,
+    nftables, which cannot be read here: check and --repair stop as they do for any
+    cached "nftables" container then (exit 3, naming --backend iptables), nothing
+    written."""
+    _leaked_copy_of_web1(node, tmp_path)
+    _lost_entry_of_web2(node, tmp_path)
+    before = rp.nat_rules(rp.save(node, 4))
+    broken, env = _broken_nft(tmp_path)
+    where = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
+    for command in (["check"], ["check", "--repair"]):
+        done = pmctl.run([*command, *where], env=env)
+        pmctl.assert_error(done, 3, str(broken), "--backend iptables works on the iptables")
+        assert "ignores the key (plugins before v1.6" not in done.stderr, done.stderr
+        assert rp.nat_rules(rp.save(node, 4)) == before, command
+
+
+def test_the_node_check_under_backend_iptables_leaves_a_cached_nftables_key_in_doubt_where_nft_cannot_read_the_tables(
+    node: str, tmp_path: Path
+) -> None:
+    """Under --backend iptables (what the stop above bids), web1 was judged "the key
+    ignored" from tables nobody read, and --repair wrote its entry rule in iptables.
+    Whether its plugin ignored the key cannot be told there: web1 is in doubt (a
+    warning that says why, its problems with no fix, nothing written for it), and
+    web2, an iptables container, is repaired all the same (one record stops nothing)."""
+    web1 = chain_name("podman", "web1")
+    _leaked_copy_of_web1(node, tmp_path)
+    web2 = _lost_entry_of_web2(node, tmp_path)
+    broken, env = _broken_nft(tmp_path)
+    given = ["--backend", "iptables", "--netns", node, "--cni-cache-dir", str(tmp_path)]
+    done = pmctl.run(["check", *given, "-o", "json"], env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ignores the key (plugins before v1.6" not in done.stderr, done.stderr
+    assert "podman/web1" in done.stderr and "nft cannot read" in done.stderr, done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert {p["container_id"] for p in problems if p["fix"]} == {"web2"}, problems
+    done = pmctl.run(["check", "--repair", *given], env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"repaired: IPv4 missing-entry {web2} (podman/web2)" in done.stdout + done.stderr
+    assert "(podman/web1)" not in done.stdout, done.stdout
+    assert _entered(node, web2) and not _entered(node, web1)

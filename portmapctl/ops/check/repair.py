@@ -401,10 +401,9 @@ def repair(
             node.nft = ReadOnceNft(node.nft, live_nft)
     # Judged, and repaired, where their plugin keeps them (run.follow_the_plugin). (Not
     # `read` with nft_live: the check after must read what the repair made.)
-    attachments, key_ignored, in_doubt, key_ignored_where = follow_the_plugin(
-        node, attachments, replace(read, nft_live=live_nft)
-    )
-    before = in_doubt_left(_check_node(node, attachments, read), in_doubt)
+    followed = follow_the_plugin(node, attachments, replace(read, nft_live=live_nft))
+    attachments, key_ignored, in_doubt = followed.attachments, followed.ignored, followed.in_doubt
+    before = in_doubt_left(_check_node(node, attachments, read), followed)
     from portmapctl.cni.cache import added_at
     from portmapctl.ops.check import nft as check_nft
     from portmapctl.ops.check import nft_repair
@@ -540,8 +539,8 @@ def repair(
         if cache is not None and attachments is not None:
             attachments = cache.refreshed(attachments)  # what the plans were made from
         after = _check_node(node, attachments, replace(read, tables=now))
-        after = in_doubt_left(after, in_doubt)
-        ignored_notes = _key_ignored_notes(key_ignored, key_ignored_where)
+        after = in_doubt_left(after, followed)
+        ignored_notes = _key_ignored_notes(key_ignored, followed.where)
         after = replace(after, notes=(*ignored_notes, *after.notes))
     except Interrupted as stop:
         # The repair and its side effects are done; the check after it is not.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Collection, Dict, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni import cache as cni_cache
@@ -30,6 +30,7 @@ from portmapctl.ops.owners import node_rows, read_owners, unsure_warnings
 
 if TYPE_CHECKING:
     from portmapctl.iptables.foreign import ChainReader
+    from portmapctl.nftables.access import NftUnusable
     from portmapctl.nftables.ruleset import Ruleset
 
 
@@ -117,32 +118,38 @@ def check_node(node: Node) -> CheckResult:
     read, attachments = side_by_side(
         lambda: read_tables(node, with_nft=True), node.read_cache, foreground_first=True
     )
-    attachments, ignored, in_doubt, where = follow_the_plugin(node, attachments, read)
-    result = in_doubt_left(_check_node(node, attachments, read), in_doubt)
-    if not ignored:
+    followed = follow_the_plugin(node, attachments, read)
+    result = in_doubt_left(_check_node(node, followed.attachments, read), followed)
+    if not followed.ignored:
         return result
     from portmapctl.ops.nft import key_ignored_note
 
-    return replace(result, notes=(key_ignored_note(ignored, where), *result.notes))
+    note = key_ignored_note(followed.ignored, followed.where)
+    return replace(result, notes=(note, *result.notes))
 
 
-def in_doubt_left(result: CheckResult, in_doubt: Sequence[Attachment]) -> CheckResult:
+def in_doubt_left(result: CheckResult, followed: Followed) -> CheckResult:
     """`result` with the problems of the containers whose backend is in doubt
     (follow_the_plugin) naming no fix, in either backend (--repair writes nothing for
     them, and a removal by hand may be of the rules its plugin reads), nor do those of
     the plugin's nftables structure where they alone need it (rebuilt, it would make
     their absence read as the key ignored); and one warning each that says why.
     Judged by their key (nftables): not healthy to a plugin that honours it."""
-    if not in_doubt:
+    if not followed.in_doubt:
         return result
     from portmapctl.ops.nft import configured_there, in_doubt_text
 
     said = [
-        in_doubt_text(a.mapping, configured_there(a.mapping))
-        for a in in_doubt
+        in_doubt_text(
+            a.mapping,
+            configured_there(a.mapping),
+            followed.where.get(a.dnat_chain, "iptables"),
+            unread=followed.unread,
+        )
+        for a in followed.in_doubt
         if a.mapping is not None
     ]
-    return _left_alone(result, {a.container_id for a in in_doubt}, said)
+    return _left_alone(result, {a.container_id for a in followed.in_doubt}, said)
 
 
 def _left_alone(result: CheckResult, ids: Collection[str], said: Sequence[str]) -> CheckResult:
@@ -169,26 +176,46 @@ _IN_DOUBT = (
 )
 
 
+@dataclass(frozen=True)
+class Followed:
+    """follow_the_plugin's answer: the cache entries as judged (`attachments`: those
+    whose plugin ignored their key "nftables" taken as iptables'), those entries
+    (`ignored`), the entries of which that cannot be told (`in_doubt`: left to their
+    key, nftables; nothing is written for them), where each chain in iptables is, by
+    name (followed.chain_in_iptables' words: "iptables", or the other flavour's
+    tables, which `iptables` does not show), and, where `in_doubt` is so because nft
+    cannot read the plugin's tables, nft's error (`unread`; None: they were read)."""
+
+    attachments: Optional[List[Attachment]]
+    ignored: Sequence[Attachment] = ()
+    in_doubt: Sequence[Attachment] = ()
+    where: Dict[str, str] = field(default_factory=dict)
+    unread: Optional[str] = None
+
+
 def follow_the_plugin(
     node: Node, attachments: Optional[List[Attachment]], read: NodeTables
-) -> Tuple[Optional[List[Attachment]], List[Attachment], List[Attachment], Dict[str, str]]:
-    """`attachments` with the entries whose config says nftables but whose plugin wrote
-    them in iptables (ops/nft.py key_ignored) taken as iptables', those entries (as
-    read), the entries of which that cannot be told (key_judged's in_doubt: left to
-    their key, nftables; nothing is written for them), and where each chain in
-    iptables is, by name (followed.chain_in_iptables' words: "iptables", or the other
-    flavour's tables, which `iptables` does not show). Cheap where there are none: no
-    nftables module is imported, nft not read.
+) -> Followed:
+    """`attachments` judged where their plugin keeps them: the entries whose config
+    says nftables but whose plugin wrote them in iptables (ops/nft.py key_ignored) taken
+    as iptables' (see Followed). Cheap where there are none: no nftables module is
+    imported, nft not read.
     Under --backend nftables, which reads no iptables, the host's is asked for the
     chains of those with no rule in nftables (either flavour: followed.chains_in_iptables):
-    judged by the key alone, a --repair wrote them a copy their plugin never deletes."""
+    judged by the key alone, a --repair wrote them a copy their plugin never deletes.
+    Where the kernel holds the plugin's tables and nft cannot read them, no entry is
+    judged "the key ignored" (_tables_to_judge_by): under --backend auto they are left
+    to their key, and the check stops for them as for every cached "nftables" entry
+    then (check/nft.py nft_problems: NftUnusable.needed_by, exit 3, which names
+    --backend iptables); under --backend iptables, which that line bids, they are in
+    doubt: reported with no fix, nothing written for them, the rest of the node done."""
     keyed = [
         a
         for a in attachments or ()
         if a.mapping is not None and a.mapping.backend == Backend.NFTABLES
     ]
     if not keyed:
-        return attachments, [], [], {}
+        return Followed(attachments)
     live = None
     if not node.options.reads_iptables and not node.options.offline:
         from portmapctl.ops import nft
@@ -197,21 +224,45 @@ def follow_the_plugin(
         judged = nft.key_judged(keyed, {a.dnat_chain for a in keyed}, live)
         unheld = [*judged.ignored, *judged.in_doubt]
         if not unheld:
-            return attachments, [], [], {}  # (all in nftables, the usual node: no iptables read)
+            return Followed(attachments)  # (all in nftables, the usual node: no iptables read)
         from portmapctl.ops.check.followed import chains_in_iptables
 
         chains = chains_in_iptables(node, node.families, {a.dnat_chain for a in unheld})
     else:
         chains = _chains_read(read, {a.dnat_chain for a in keyed})
     if not chains:
-        return attachments, [], [], {}
+        return Followed(attachments)
     from portmapctl.ops import nft
 
+    unread = None
     if live is None:
-        live = read.nft_live if read.nft_live is not None else node.read_nft_evidence()
+        live, unread = _tables_to_judge_by(node, read)
+    if unread is not None:
+        # Judged from tables nobody read, each was "the key ignored" (no rule of it
+        # seen), and --repair wrote its iptables rules, which a v1.6+ plugin never reads.
+        if node.nft is not None:
+            return Followed(attachments)  # (nft_problems stops for them: needed_by)
+        doubted = [a for a in keyed if a.dnat_chain in chains]
+        return Followed(attachments, in_doubt=doubted, where=chains, unread=str(unread))
     found = nft.key_judged(attachments, chains, live)
     ignored = found.ignored
-    return nft.judged_in_iptables(attachments, ignored), ignored, found.in_doubt, chains
+    in_iptables = nft.judged_in_iptables(attachments, ignored)
+    return Followed(in_iptables, ignored, found.in_doubt, chains)
+
+
+def _tables_to_judge_by(node: Node, read: NodeTables) -> Tuple[Ruleset, Optional[NftUnusable]]:
+    """The plugin's nftables tables that follow_the_plugin judges the keys by (as check
+    read them, else read for it), and nft's error where the kernel holds them and nft
+    cannot read them (None: read, or there are none): they read as none then."""
+    from portmapctl.nftables.access import NftUnusable
+    from portmapctl.nftables.ruleset import EMPTY
+
+    if read.nft_live is not None:
+        return read.nft_live, node.nft_unusable  # (set only where the tables are here)
+    try:
+        return node.read_nft_evidence(strict=True), None
+    except NftUnusable as err:
+        return EMPTY, err
 
 
 def _chains_read(read: NodeTables, names: Set[str]) -> Dict[str, str]:
