@@ -389,6 +389,14 @@ class Unrecorded(Enum):
         "this node's {command} (PORTMAPCTL_METRICS_FILE), and a snapshot may be another"
         " node's (an explicit --metrics-file writes the snapshot's)"
     )
+    # Known once the question is answered (Recorder.leave_alone): gc on a terminal told
+    # "no" (or given no answer) removes nothing, as a dry run, and wrote
+    # `last_run_success 1` all the same.
+    DECLINED = "what {command} did, and a run told no does nothing (a run that removes writes it)"
+
+    def holds(self, command: str) -> str:
+        """What the file holds instead, as the warning says it."""
+        return self.value.format(command=command)
 
 
 def snapshot_unrecorded(common: Common, *dumps: Optional[str]) -> Optional[Unrecorded]:
@@ -421,7 +429,8 @@ def metrics_recording(
     the node gives each command a file of its own (one file for all, each run
     replaced the others' metrics: an operator's `list` erased the timer's gc).
     `unrecorded` (a check of one mapping, a gc dry run, a snapshot read into the
-    node's file): the file is left alone, one warning after a run that did its work.
+    node's file): the file is left alone, one warning after a run that did its work;
+    so too where the block tells its recorder so (Recorder.leave_alone: gc told "no").
 
     The PORTMAPCTL_ variables are checked here, as the block starts (the commands that
     record enter it before anything else; `_options._common` and `add_fast.pop_common`
@@ -440,8 +449,7 @@ def metrics_recording(
         settings.check()
         # Said once the run is over: an error's line stays the one line of its run.
         yield None
-        why = unrecorded.value.format(command=command)
-        out.warn(f"no metrics file written: {metrics.shown_path(path)} holds {why}")
+        _say_unrecorded(out, path, unrecorded.holds(command))
         return
 
     tally = out.tally
@@ -458,6 +466,15 @@ def metrics_recording(
         # counts, and PortmapctlGcFailing never fired.
         settings.check()
         yield recorder
+    if recorder.left_alone is not None:  # (a run that ended well: an error says its line)
+        _say_unrecorded(out, path, recorder.left_alone)
+
+
+def _say_unrecorded(out: Output, path: str, holds: str) -> None:
+    """The one warning of a run that leaves its metrics file alone (Unrecorded)."""
+    from portmapctl.ops import metrics
+
+    out.warn(f"no metrics file written: {metrics.shown_path(path)} holds {holds}")
 
 
 class ProgressCallback(Protocol):

@@ -496,6 +496,15 @@ class Recorder:
         self.started = time.time()
         self._clock = time.monotonic()
         self._warned = warned  # how many warnings the run has said so far
+        # What the file holds instead, where the run turned out to be one that leaves
+        # it alone (leave_alone): nothing is written then, however the run ends.
+        self.left_alone: Optional[str] = None
+
+    def leave_alone(self, holds: str) -> None:
+        """This run writes no file: it did not do what the file says of the command
+        (gc told "no" removes nothing); `holds`, what the file holds instead (the
+        caller's warning says it)."""
+        self.left_alone = holds
 
     def note(self, findings: Findings) -> None:
         """Add what the command found (fields left None keep what was noted before)."""
@@ -546,7 +555,8 @@ def recording(
     warnings the run has said (its last_run_warnings). An exception from the block
     (an error of the command) is reported as a failed run and then goes on; so does
     an exit (typer.Exit / SystemExit) whose code is not in `ok_exit_codes`. Ctrl-C
-    writes nothing: the run neither finished nor failed.
+    writes nothing: the run neither finished nor failed. Nor does a run its recorder
+    was told to leave the file alone (Recorder.leave_alone).
     """
     from portmapctl.errors import Interrupted
 
@@ -556,9 +566,11 @@ def recording(
     except (KeyboardInterrupt, Interrupted):  # (the CLI's Ctrl-C is the second)
         raise
     except BaseException as err:  # noqa: B036 - reported, then re-raised as it was
-        _finish(recorder, path, warn, _is_exit(err) and _exit_code(err) in ok_exit_codes)
+        if recorder.left_alone is None:
+            _finish(recorder, path, warn, _is_exit(err) and _exit_code(err) in ok_exit_codes)
         raise
-    _finish(recorder, path, warn, True)
+    if recorder.left_alone is None:
+        _finish(recorder, path, warn, True)
 
 
 def _finish(recorder: Recorder, path: str, warn: Callable[[str], None], success: bool) -> None:

@@ -4,6 +4,7 @@ files run it, its metrics file read back with prometheus_client's parser."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Dict, Tuple
 
 import pmctl
@@ -11,7 +12,7 @@ import pytest
 import realplugin as rp
 from deploy_helpers import promtool_test_rules, series_name
 from prometheus_client.parser import text_string_to_metric_families
-from test_gc import Node_, _ports, _udp_flow
+from test_gc import Node_, _on_terminal, _ports, _udp_flow
 
 
 def samples_of(path) -> Dict[Tuple[str, frozenset], float]:
@@ -124,13 +125,10 @@ def _alert_series(files_by_minute, node: Dict[str, str]) -> list:
     return [{"series": name, "values": " ".join(v)} for name, v in values.items()]
 
 
-def test_a_dry_run_leaves_the_timers_gc_metrics_as_they_are(host_ns, tmp_path):
-    """The gc file says how the timer's gc went: PortmapctlGcFailing fires when it has
-    failed for an hour. A dry run removes nothing; run by hand (the runbook's
-    `gc --dry-run`, with the node-wide PORTMAPCTL_METRICS_FILE monitoring.md sets
-    up) it wrote `last_run_success 1`, and the alert on a gc that fails every run
-    started its hour again. It leaves the file as the timer's run wrote it, and says so
-    in one warning."""
+def _timers_gc_failed(host_ns: str, tmp_path) -> Tuple[list, dict, Path, str]:
+    """A node with a stale chain (gone1) whose timer's gc failed: gc's argv, the
+    environment with the node-wide PORTMAPCTL_METRICS_FILE, the gc file and what the
+    failed run left in it (`last_run_success 0`)."""
     cache = _live_and_uncached(host_ns, tmp_path, "gone1")
     textfiles = tmp_path / "textfiles"
     textfiles.mkdir()
@@ -144,8 +142,19 @@ def test_a_dry_run_leaves_the_timers_gc_metrics_as_they_are(host_ns, tmp_path):
     # The timer's gc fails: its unit's Environment= has a value gc does not take.
     done = pmctl.run([*argv, "--yes", "-q"], env={**env, "PORTMAPCTL_IPTABLES_TIMEOUT": "2m"})
     assert done.returncode == 2, done.stderr
-    failed = path.read_text()
     assert samples_of(path)[key("last_run_success", command="gc")] == 0
+    return argv, env, path, path.read_text()
+
+
+def test_a_dry_run_leaves_the_timers_gc_metrics_as_they_are(host_ns, tmp_path):
+    """The gc file says how the timer's gc went: PortmapctlGcFailing fires when it has
+    failed for an hour. A dry run removes nothing; run by hand (the runbook's
+    `gc --dry-run`, with the node-wide PORTMAPCTL_METRICS_FILE monitoring.md sets
+    up) it wrote `last_run_success 1`, and the alert on a gc that fails every run
+    started its hour again. It leaves the file as the timer's run wrote it, and says so
+    in one warning."""
+    argv, env, path, failed = _timers_gc_failed(host_ns, tmp_path)
+    textfiles = path.parent
 
     without = pmctl.run(
         [*argv, "--dry-run", "-q", "--min-age", "0"],
@@ -175,3 +184,27 @@ def test_a_dry_run_leaves_the_timers_gc_metrics_as_they_are(host_ns, tmp_path):
          "exp_alerts": [{"exp_labels": fired}]},
     ]  # fmt: skip
     promtool_test_rules(tmp_path, series, cases)
+
+
+def test_a_gc_told_no_leaves_the_timers_gc_metrics_as_they_are(host_ns, tmp_path):
+    """gc on a terminal asks first; told "no" (or given no answer) it removes nothing,
+    as a dry run, and it wrote `last_run_success 1` over the timer's failed run all the
+    same: an operator's look at what gc would remove restarted PortmapctlGcFailing's
+    hour. It leaves the file alone and says so in one warning; told "yes" it writes
+    it, as any run that removes."""
+    argv, env, path, failed = _timers_gc_failed(host_ns, tmp_path)
+
+    holds = "what gc did, and a run told no does nothing (a run that removes writes it)"
+    for answer in (b"n", b"\x04"):
+        code, shown, stdout = _on_terminal([*argv, "--min-age", "0"], answer, env=env)
+        assert code == 0 and "nothing removed (1 chain of 1 container" in stdout, shown
+        assert path.read_text() == failed
+        said = [line for line in shown.splitlines() if "no metrics file written" in line]
+        assert said == [f"portmapctl: warning: no metrics file written: {path} holds {holds}"]
+
+    code, shown, stdout = _on_terminal([*argv, "--min-age", "0"], b"y", env=env)
+    assert code == 0 and "removed 1 chain" in stdout, shown
+    assert "no metrics file written" not in shown
+    samples = samples_of(path)
+    assert samples[key("last_run_success", command="gc")] == 1
+    assert samples[key("gc_chains_removed", family="4", command="gc")] == 1
