@@ -96,7 +96,8 @@ class UnreadCache(NamedTuple):
     cache_dir: str
     runtime: str
     names: Tuple[str, ...]
-    unread: str  # what list and check make of its containers (host/paths.RuntimeCache)
+    unread: str  # what list, check and gc make of its containers (host/paths.RuntimeCache)
+    holds: bool  # gc keeps a container by an entry's name here (RuntimeCache.holds)
 
     def warning(self, read: Sequence[str]) -> str:
         """The one line every command says of it. `read`: the directories read."""
@@ -109,7 +110,7 @@ class UnreadCache(NamedTuple):
         return (
             f"{os.path.join(self.cache_dir, 'results')} holds {count} CNI cache"
             f" {'entry' if count == 1 else 'entries'} not read here ({self.runtime} cache):"
-            f" {self.unread}, gc keeps their chains by the entries' names; give {given}"
+            f" {self.unread}; give {given}"
         )
 
 
@@ -146,5 +147,5 @@ def unread_caches(cache_dirs: Sequence[str]) -> List[UnreadCache]:
 
             entries = tuple(sorted(n for n in names if name_readings(n)))
             if entries:
-                found.append(UnreadCache(below, known.runtime, entries, known.unread))
+                found.append(UnreadCache(below, known.runtime, entries, known.unread, known.holds))
     return found

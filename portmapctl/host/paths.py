@@ -21,7 +21,13 @@ class RuntimeCache(NamedTuple):
 
     below: str  # its directory, relative to a cache directory read
     runtime: str  # whose it is, as a warning names it
-    unread: str  # what list and check make of its containers while it is not read
+    # What list, check and gc make of its containers while it is not read.
+    unread: str
+    # Whether gc keeps a container by an entry's name there (ops/gc/liveness.held_ids):
+    # cri-dockerd's pods have no other entry. Multus's have their outer entry in the
+    # runtime's cache, which gc reads: by it, with --netns-liveness too, as gc judged
+    # them before this cache was looked at (held, a zombie pod's chain stayed).
+    holds: bool
 
 
 # cri-dockerd's --cni-cache-dir default, /var/lib/cni/cache (as kubelet's dockershim's
@@ -36,12 +42,15 @@ RUNTIME_CACHES = (
     RuntimeCache(
         "cache",
         "cri-dockerd's, k3s --docker's or dockershim's",
-        "list and check call their containers stale",
+        "list and check call their containers stale, gc keeps their chains by the entries' names",
+        holds=True,
     ),
     RuntimeCache(
         "multus",
         "Multus's delegate-network",
-        "check expects none of their chains (a missing one is not reported)",
+        "check expects none of their chains (a missing one is not reported), gc judges"
+        " their pods by the runtime's entries",
+        holds=False,
     ),
 )
 # host-local's own default for a config without `dataDir` (cni/leases.py);

@@ -152,10 +152,8 @@ def test_multus_delegate_is_read_from_its_own_cache_dir(tmp_path):
     assert read_cache([str(tmp_path / "none")]) is None
 
 
-def test_multus_pod_is_live_by_container_id_whichever_dir_is_read(tmp_path):
-    """0.1 read only /var/lib/cni: every Multus pod's chain was stale and gc took it."""
-    cid = "5f8e0c2a9b7d"
-    root = multus_node(tmp_path, cid)
+def _delegate_chain(cid: str):
+    """The nat table with the chain of `cid`'s delegate network (multus_node)."""
     name = chain_name("k8s-pod-network", cid)
     save = (
         "*nat\n:PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-DNAT - [0:0]\n"
@@ -165,7 +163,14 @@ def test_multus_pod_is_live_by_container_id_whichever_dir_is_read(tmp_path):
         f"-A {name} -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.88.0.5:80\n"
         "COMMIT\n"
     )
-    tbl = parse_save(save, 4)
+    return parse_save(save, 4)
+
+
+def test_multus_pod_is_live_by_container_id_whichever_dir_is_read(tmp_path):
+    """0.1 read only /var/lib/cni: every Multus pod's chain was stale and gc took it."""
+    cid = "5f8e0c2a9b7d"
+    root = multus_node(tmp_path, cid)
+    tbl = _delegate_chain(cid)
     for dirs in ([str(root)], [str(root), str(root / "multus")]):
         attachments = read_cache(dirs)
         plan = plan_family(tbl, liveness(Sources(), attachments), {}, 1000.0, 0.0)
@@ -1328,6 +1333,38 @@ def test_multus_delegates_below_the_runtime_cache_read_are_warned_of(tmp_path):
     both = ["--cni-cache-dir", str(tmp_path), "--cni-cache-dir", str(tmp_path / "multus")]
     done = pmctl.run(["check", "--snapshot", empty, *both])
     assert "not read here" not in done.stderr, done.stderr
+
+
+def test_a_zombie_multus_pod_goes_with_netns_liveness_whichever_dir_is_read(tmp_path):
+    """`gc --netns-liveness` of a Multus pod whose network namespace is gone: with both
+    cache directories read its chain goes; with `--cni-cache-dir /var/lib/cni` alone it
+    went too (its outer entry, a zombie, is what gc reads of it), until Multus's cache
+    below was looked at as cri-dockerd's is, whose entries' names hold their containers
+    live: the zombie's chain stayed ("1 kept"). Multus's pods have their outer entry in
+    the directory read, so its cache is warned of and holds nothing; cri-dockerd's
+    still holds (test_a_runtime_cache_below_is_counted_by_its_entries_not_its_names)."""
+    from dataclasses import replace
+
+    from portmapctl.cni.entries import unread_caches
+    from portmapctl.ops.gc.liveness import held_ids
+
+    cid = "5f8e0c2a9b7d"
+    root = multus_node(tmp_path, cid)
+    tbl = _delegate_chain(cid)
+    for dirs in ([str(root)], [str(root), str(root / "multus")]):
+        # Its namespace gone, as the host's view judges it (tested apart, above).
+        gone = [replace(a, netns_state=NetnsState.GONE) for a in read_cache(dirs) or ()]
+        sources = Sources(netns_liveness=True, held=held_ids(dirs))  # (as gc's plan)
+        plan = plan_family(tbl, liveness(sources, gone), {}, 1000.0, 0.0)
+        assert [c.chain for c in plan.removed] == [chain_name("k8s-pod-network", cid)], dirs
+        assert plan.kept == 0, dirs
+        # Without --netns-liveness it is live, by either entry.
+        plan = plan_family(tbl, liveness(Sources(held=held_ids(dirs)), gone), {}, 1000.0, 0.0)
+        assert plan.removed == () and plan.kept == 1, dirs
+    (unread,) = unread_caches([str(root)])
+    said = unread.warning([str(root)])
+    assert "gc judges their pods by the runtime's entries;" in said
+    assert "keeps their chains" not in said
 
 
 def test_the_options_an_unread_runtime_cache_warning_gives_paste_as_they_read(tmp_path):

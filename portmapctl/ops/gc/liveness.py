@@ -104,13 +104,16 @@ class Sources:
 
 
 def held_ids(cache_dirs: Sequence[str]) -> FrozenSet[str]:
-    """Sources.held: every reading of every entry's name (as an unreadable entry's)."""
+    """Sources.held: every reading of every entry's name (as an unreadable entry's), in
+    the runtime caches below that hold their containers (RuntimeCache.holds:
+    cri-dockerd's, not Multus's)."""
     from portmapctl.cni.cache import name_readings
     from portmapctl.cni.entries import unread_caches
 
     return frozenset(
         cid
         for unread in unread_caches(cache_dirs)
+        if unread.holds
         for name in unread.names
         for _network, cid, _ifname in name_readings(name)
     )
