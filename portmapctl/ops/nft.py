@@ -203,6 +203,21 @@ def in_doubt_text(
     )
 
 
+def unplaced_text(config: MappingConfig, unread: str) -> str:
+    """Why a cache entry without a `backend` key whose chain is in no iptables
+    (run.follow_the_plugin: `unplaced`) is in doubt: the plugin's table is here and nft
+    cannot read it (`unread`: nft's error), so whether its rules are there alone (where
+    it is followed: kept_in_nftables, split) cannot be told."""
+    return (
+        f'{config.network}/{config.container_id}: its cached config has no "backend" key,'
+        f" its chain {chain_name(config.network, config.container_id, 'DN-')} is not in"
+        " iptables (either flavour), and the plugin's table is here but nft cannot read it"
+        f" ({unread}): whether its rules are in nftables alone (where it is followed) or"
+        " gone cannot be told, so nothing is written for it in either backend (an"
+        " iptables copy would map it twice)"
+    )
+
+
 def has_rules_for(config: MappingConfig, live: Ruleset) -> bool:
     """Whether the container has rules in the plugin's nftables tables that are this
     config's: they DNAT to one of its addresses (key_ignored's test, for one mapping)."""

@@ -200,23 +200,24 @@ class Node:
         Also each chain of those tables that is not the plugin's and could not be read
         (nft_skipped): the rest was read, and the command went on without it."""
         skipped = [unread.warning() for unread in self.nft_skipped]
-        if self.nft_unusable is None or not self._plugin_rules_may_be_here():
+        if self.nft_unusable is None or not self.plugin_rules_may_be_here():
             return skipped
         return skipped + [
             f"the plugin's nftables tables (cni_hostport) are not read: {self.nft_unusable};"
             " their rules still forward ports, and are not shown, checked or removed"
         ]
 
-    def _plugin_rules_may_be_here(self) -> bool:
+    def plugin_rules_may_be_here(self) -> bool:
         """Whether the plugin's host-port chains (hostports, hostip_hostports) may hold
         a rule: asked over netlink as _plugin_tables_may_be_here is, and on the same
-        terms (True offline, beside a fake nft, or where it cannot be told)."""
+        terms (True offline, beside a fake nft, or where it cannot be told); under
+        --backend iptables, where no nft is looked at, as read_nft_evidence's real nft."""
         from portmapctl.iptables.access.nfmsg import chains_hold_rules
         from portmapctl.nftables import TABLE
         from portmapctl.nftables.access.nft import RealNft
         from portmapctl.nftables.ruleset import HOSTIP_HOSTPORTS, HOSTPORTS
 
-        if self.options.offline or not isinstance(self.nft, RealNft):
+        if self.options.offline or (self.nft is not None and not isinstance(self.nft, RealNft)):
             return True
         return chains_hold_rules(self.options.families, TABLE, (HOSTPORTS, HOSTIP_HOSTPORTS))
 

@@ -239,3 +239,96 @@ def test_the_node_check_under_backend_iptables_leaves_a_cached_nftables_key_in_d
     assert f"repaired: IPv4 missing-entry {web2} (podman/web2)" in done.stdout + done.stderr
     assert "(podman/web1)" not in done.stdout, done.stdout
     assert _entered(node, web2) and not _entered(node, web1)
+
+
+def _keyless_kl1(node: str, cache: Path) -> str:
+    """v1.9.1's ADD of podman/kl1 (10.88.0.7/16, 8087:80) under `"backend":
+    "nftables"`, cached in `cache` without the key: a keyless container whose rules are
+    in the plugin's nftables table alone, which check follows there. Its chain's name
+    (none in iptables)."""
+    conf = upstream.nft_conf("podman", ["10.88.0.7/16"], [rp.port_mapping(8087, 80)])
+    upstream.run("v1.9.1", "ADD", node, "kl1", conf, check=True)
+    keyless = {k: v for k, v in conf.items() if k != "backend"}
+    ports = keyless["runtimeConfig"]["portMappings"]
+    rp.write_cni_cache(cache, "podman", "kl1", "eth0", keyless, ports, ["10.88.0.7/16"])
+    return chain_name("podman", "kl1")
+
+
+def test_the_node_check_of_a_keyless_entry_without_a_chain_stops_where_nft_cannot_read_the_tables(
+    node: str, tmp_path: Path
+) -> None:
+    """kl1 has no `backend` key and its rules are in the plugin's nftables table alone:
+    check follows it there (healthy). Where the table is there and the nft on PATH
+    cannot read it, kl1 was `missing-chain` with --repair as its fix, and `check
+    --repair` wrote its chain in iptables (exit 0): a copy beside its nftables rules,
+    `both-backends` once nft reads again. Whether its rules are in nftables cannot be
+    told: check and --repair stop as for a cached "nftables" entry (exit 3, naming it
+    and --backend iptables), nothing written."""
+    kl1 = _keyless_kl1(node, tmp_path)
+    where = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
+    done = pmctl.run(["check", *where])
+    assert done.returncode == 0, done.stdout + done.stderr
+    before = rp.nat_rules(rp.save(node, 4))
+    broken, env = _broken_nft(tmp_path)
+    for command in (["check"], ["check", "--repair"]):
+        done = pmctl.run([*command, *where], env=env)
+        pmctl.assert_error(
+            done, 3, str(broken), "(kl1)", "--backend iptables works on the iptables"
+        )
+        assert rp.nat_rules(rp.save(node, 4)) == before, command
+    assert kl1 not in rp.save(node, 4)
+    assert pmctl.run(["check", *where]).returncode == 0
+
+
+def test_the_node_check_under_backend_iptables_leaves_a_keyless_entry_without_a_chain_in_doubt_where_nft_cannot_read_the_tables(
+    node: str, tmp_path: Path
+) -> None:
+    """Under --backend iptables (what the stop above bids), kl1 was `missing-chain`
+    with --repair as its fix, and --repair wrote its chain in iptables. It is in doubt:
+    a warning that says why, its problem with no fix, nothing written for it; web2, an
+    iptables container, is repaired beside it, and once nft reads again the node is
+    healthy (no copy of kl1 in iptables)."""
+    kl1 = _keyless_kl1(node, tmp_path)
+    web2 = _lost_entry_of_web2(node, tmp_path)
+    broken, env = _broken_nft(tmp_path)
+    where = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
+    given = ["--backend", "iptables", *where]
+    done = pmctl.run(["check", *given, "-o", "json"], env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "podman/kl1" in done.stderr and "nft cannot read" in done.stderr, done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert any(p["container_id"] == "kl1" for p in problems), problems  # (reported)
+    assert {p["container_id"] for p in problems if p["fix"]} == {"web2"}, problems
+    done = pmctl.run(["check", "--repair", *given], env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"repaired: IPv4 missing-entry {web2} (podman/web2)" in done.stdout + done.stderr
+    assert "(podman/kl1)" not in done.stdout, done.stdout
+    assert _entered(node, web2) and kl1 not in rp.save(node, 4)
+    done = pmctl.run(["check", *where])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_keyless_entry_without_a_chain_beside_a_table_with_no_rule_is_iptables_where_nft_cannot_read_it(
+    node: str, tmp_path: Path
+) -> None:
+    """The guard of the two above: the plugin's table is there, but its host-port
+    chains hold no rule (v1.9.1's DEL of its last container leaves it so, on a node
+    that went back to iptables): no container is kept there, so a keyless one without
+    a chain is iptables' and `missing-chain`, and --repair makes it, nft readable or
+    not (asked over netlink)."""
+    conf = upstream.nft_conf("podman", ["10.88.0.8/16"], [rp.port_mapping(8088, 80)])
+    upstream.run("v1.9.1", "ADD", node, "gone1", conf, check=True)
+    upstream.run("v1.9.1", "DEL", node, "gone1", conf, check=True)
+    keyless = rp.plugin_conf("podman", ["10.88.0.9/16"], [rp.port_mapping(8089, 80)])
+    ports = keyless["runtimeConfig"]["portMappings"]
+    rp.write_cni_cache(tmp_path, "podman", "kl2", "eth0", keyless, ports, ["10.88.0.9/16"])
+    _broken, env = _broken_nft(tmp_path)
+    where = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
+    for backend in ([], ["--backend", "iptables"]):
+        done = pmctl.run(["check", *where, *backend, "-o", "json"], env=env)
+        assert done.returncode == 1, done.stdout + done.stderr
+        problems = json.loads(done.stdout)["problems"]
+        assert any(p["kind"] == "missing-chain" and p["fix"] for p in problems), problems
+    done = pmctl.run(["check", "--repair", *where], env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert chain_name("podman", "kl2") in rp.save(node, 4)

@@ -10,7 +10,7 @@ by tests/kernel/test_nft_conformance.py.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Protocol
+from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
 from portmapctl.errors import ApplyFailed, HostProblem
 
@@ -43,19 +43,34 @@ class NftApplyFailed(ApplyFailed):
 class NftUnusable(HostProblem):
     """No nft, or one older than 1.0.1: the plugin cannot use nftables here either."""
 
-    def needed_by(self, ids: Iterable[str]) -> NftUnusable:
-        """This, where cached containers (`ids`) say `"backend": "nftables"` and a
-        whole-node command stops for them (exit 3): with the way to work on the node's
-        iptables containers meanwhile, which the bare line left to be guessed."""
-        named = sorted(ids)
-        if not named:
+    def needed_by(self, ids: Iterable[str], unplaced: Iterable[str] = ()) -> NftUnusable:
+        """This, where cached containers (`ids`) say `"backend": "nftables"`, or
+        (`unplaced`) have no `backend` key and no chain in iptables beside the plugin's
+        tables nft cannot read (ops/check/run.py follow_the_plugin: they may be kept
+        there), and a whole-node command stops for them (exit 3): with the way to work
+        on the node's iptables containers meanwhile, which the bare line left to be
+        guessed."""
+        keyed, keyless = sorted(ids), sorted(unplaced)
+        if not keyed and not keyless:
             return self
-        # (Short IDs, as tables print them: the line stays one a terminal can show.)
-        some = ", ".join(i[:12] for i in named[:2]) + (", ..." if len(named) > 2 else "")
+        said = []
+        if keyed:
+            said.append(f'{_some(keyed)} say "backend": "nftables"')
+        if keyless:
+            said.append(
+                f'{_some(keyless)} have no "backend" key and no chain in iptables, so may be'
+                " in nftables"
+            )
         return NftUnusable(
-            f"{self}; {len(named)} cached container(s) ({some}) say"
-            ' "backend": "nftables" (--backend iptables works on the iptables ones alone)'
+            f"{self}; {'; '.join(said)} (--backend iptables works on the iptables ones alone)"
         )
+
+
+def _some(named: Sequence[str]) -> str:
+    """`named` containers counted, and the first two by short ID, as tables print them:
+    the line stays one a terminal can show."""
+    shown = ", ".join(i[:12] for i in named[:2]) + (", ..." if len(named) > 2 else "")
+    return f"{len(named)} cached container(s) ({shown})"
 
 
 class NftAccess(Protocol):

@@ -431,6 +431,9 @@ def repair(
             # By cache entry: a container on two networks may have one per backend.
             excluded = {(a.network, a.container_id) for a in parts.nftables}
             nft_ids = {a.container_id for a in parts.nftables}
+        # Nor anything for those whose rules may be in tables nft cannot read
+        # (run._unplaced): an iptables copy beside them would map them twice.
+        excluded |= {(a.network, a.container_id) for a in followed.unplaced}
         if configs is not None:
             configs = [c for c in configs if (c.network, c.container_id) not in excluded]
     transactions: Dict = {}

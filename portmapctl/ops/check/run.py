@@ -134,10 +134,11 @@ def in_doubt_left(result: CheckResult, followed: Followed) -> CheckResult:
     them, and a removal by hand may be of the rules its plugin reads), nor do those of
     the plugin's nftables structure where they alone need it (rebuilt, it would make
     their absence read as the key ignored); and one warning each that says why.
-    Judged by their key (nftables): not healthy to a plugin that honours it."""
-    if not followed.in_doubt:
+    Judged by their key (nftables): not healthy to a plugin that honours it. So are
+    the `unplaced` ones (no key; their iptables `missing-chain`, no fix)."""
+    if not followed.in_doubt and not followed.unplaced:
         return result
-    from portmapctl.ops.nft import configured_there, in_doubt_text
+    from portmapctl.ops.nft import configured_there, in_doubt_text, unplaced_text
 
     said = [
         in_doubt_text(
@@ -149,7 +150,13 @@ def in_doubt_left(result: CheckResult, followed: Followed) -> CheckResult:
         for a in followed.in_doubt
         if a.mapping is not None
     ]
-    return _left_alone(result, {a.container_id for a in followed.in_doubt}, said)
+    said += [
+        unplaced_text(a.mapping, followed.unread or "")
+        for a in followed.unplaced
+        if a.mapping is not None
+    ]
+    doubted = {a.container_id for a in (*followed.in_doubt, *followed.unplaced)}
+    return _left_alone(result, doubted, said)
 
 
 def _left_alone(result: CheckResult, ids: Collection[str], said: Sequence[str]) -> CheckResult:
@@ -184,18 +191,28 @@ class Followed:
     key, nftables; nothing is written for them), where each chain in iptables is, by
     name (followed.chain_in_iptables' words: "iptables", or the other flavour's
     tables, which `iptables` does not show), and, where `in_doubt` is so because nft
-    cannot read the plugin's tables, nft's error (`unread`; None: they were read)."""
+    cannot read the plugin's tables, nft's error (`unread`; None: they were read).
+    `unplaced`: the entries without a `backend` key whose chain is in no iptables,
+    where nft cannot read the plugin's tables (--backend iptables: in doubt as well,
+    by evidence nobody read rather than by a key; _unplaced)."""
 
     attachments: Optional[List[Attachment]]
     ignored: Sequence[Attachment] = ()
     in_doubt: Sequence[Attachment] = ()
     where: Dict[str, str] = field(default_factory=dict)
     unread: Optional[str] = None
+    unplaced: Sequence[Attachment] = ()
 
 
 def follow_the_plugin(
     node: Node, attachments: Optional[List[Attachment]], read: NodeTables
 ) -> Followed:
+    """`attachments` judged where their plugin keeps them (_follow_keys), and the
+    entries without a key that cannot be placed (_unplaced)."""
+    return _unplaced(node, _follow_keys(node, attachments, read), read)
+
+
+def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: NodeTables) -> Followed:
     """`attachments` judged where their plugin keeps them: the entries whose config
     says nftables but whose plugin wrote them in iptables (ops/nft.py key_ignored) taken
     as iptables' (see Followed). Cheap where there are none: no nftables module is
@@ -248,6 +265,50 @@ def follow_the_plugin(
     ignored = found.ignored
     in_iptables = nft.judged_in_iptables(attachments, ignored)
     return Followed(in_iptables, ignored, found.in_doubt, chains)
+
+
+def _unplaced(node: Node, followed: Followed, read: NodeTables) -> Followed:
+    """`followed`, where the kernel holds the plugin's tables, their host-port chains
+    may hold rules (netlink), and nft cannot read them, with the cache entries without
+    a `backend` key whose chain is in no iptables (either flavour): a container kept in
+    nftables (its rules there alone: ops/nft.py split, which is followed) cannot be
+    told from one whose chain is gone. Judged from the unread tables as none, each was
+    `missing-chain` and --repair wrote an iptables copy beside its nftables rules.
+    Under --backend auto the check stops for them, as for the cached "nftables"
+    entries then (NftUnusable.needed_by, exit 3, naming --backend iptables); under
+    --backend iptables they are in doubt (`unplaced`: their problems name no fix,
+    --repair writes nothing for them, the rest of the node is done). Cheap where there
+    are none: nothing more is read."""
+    if not node.options.reads_iptables or node.options.offline:
+        return followed  # (--backend nftables: a keyless entry without rules there is iptables')
+    families = set(read.tables)
+    keyless = [
+        a
+        for a in followed.attachments or ()
+        if a.mapping is not None
+        and a.mapping.backend is None
+        and not a.zombie  # (nothing is expected of it)
+        and families & set(a.mapping.families)
+    ]
+    if not keyless:
+        return followed
+    held = _chains_read(read, {a.dnat_chain for a in keyless})
+    chainless = [a for a in keyless if a.dnat_chain not in held]
+    if not chainless:
+        return followed
+    _live, unread = _tables_to_judge_by(node, read)
+    # (Host-port chains with no rule: no container is kept there, v1.9.1's DEL of its
+    # last one leaves them so on a node gone back to iptables; a missing chain is one.)
+    if unread is None or not node.plugin_rules_may_be_here():
+        return followed
+    if node.nft is not None:
+        keyed = [
+            a.container_id
+            for a in followed.attachments or ()
+            if a.mapping is not None and a.mapping.backend == Backend.NFTABLES
+        ]
+        raise unread.needed_by(keyed, unplaced=[a.container_id for a in chainless])
+    return replace(followed, unplaced=tuple(chainless), unread=str(unread))
 
 
 def _tables_to_judge_by(node: Node, read: NodeTables) -> Tuple[Ruleset, Optional[NftUnusable]]:
