@@ -332,3 +332,29 @@ def test_a_keyless_entry_without_a_chain_beside_a_table_with_no_rule_is_iptables
     done = pmctl.run(["check", "--repair", *where], env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert chain_name("podman", "kl2") in rp.save(node, 4)
+
+
+def test_the_top_level_chains_only_a_keyless_entry_in_doubt_needs_name_no_fix(
+    node: str, tmp_path: Path
+) -> None:
+    """kl1 alone, in doubt under --backend iptables (above): the node has no iptables
+    chain of the plugin, and the three missing-toplevel rows that kl1 alone wants
+    named `check --repair` as their fix, which writes none of them (it writes nothing
+    for kl1): no fix, the repair leaves iptables as it is, and once nft reads again the
+    node is healthy."""
+    _keyless_kl1(node, tmp_path)
+    broken, env = _broken_nft(tmp_path)
+    where = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
+    given = ["--backend", "iptables", *where]
+    before = rp.nat_rules(rp.save(node, 4))
+    done = pmctl.run(["check", *given, "-o", "json"], env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert {p["kind"] for p in problems} == {"missing-toplevel", "missing-chain"}, problems
+    assert [p for p in problems if p["fix"]] == [], problems
+    done = pmctl.run(["check", "--repair", *given, "-o", "json"], env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert [p for p in json.loads(done.stdout)["problems"] if p["fix"]] == [], done.stdout
+    assert rp.nat_rules(rp.save(node, 4)) == before
+    done = pmctl.run(["check", *where])
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -403,7 +403,7 @@ def repair(
     # `read` with nft_live: the check after must read what the repair made.)
     followed = follow_the_plugin(node, attachments, replace(read, nft_live=live_nft))
     attachments, key_ignored, in_doubt = followed.attachments, followed.ignored, followed.in_doubt
-    before = in_doubt_left(_check_node(node, attachments, read), followed)
+    before = in_doubt_left(_check_node(node, attachments, read), followed, read.tables)
     from portmapctl.cni.cache import added_at
     from portmapctl.ops.check import nft as check_nft
     from portmapctl.ops.check import nft_repair
@@ -542,7 +542,7 @@ def repair(
         if cache is not None and attachments is not None:
             attachments = cache.refreshed(attachments)  # what the plans were made from
         after = _check_node(node, attachments, replace(read, tables=now))
-        after = in_doubt_left(after, followed)
+        after = in_doubt_left(after, followed, now)
         ignored_notes = _key_ignored_notes(key_ignored, followed.where)
         after = replace(after, notes=(*ignored_notes, *after.notes))
     except Interrupted as stop:

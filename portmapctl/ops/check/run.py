@@ -10,7 +10,7 @@ from portmapctl.cni.cache import Attachment
 from portmapctl.core import validate
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.core.status import Status
+from portmapctl.core.status import ProblemKind, Status
 from portmapctl.errors import HostProblem
 from portmapctl.iptables import inventory, plugin_rules
 from portmapctl.iptables.chains import (
@@ -119,7 +119,7 @@ def check_node(node: Node) -> CheckResult:
         lambda: read_tables(node, with_nft=True), node.read_cache, foreground_first=True
     )
     followed = follow_the_plugin(node, attachments, read)
-    result = in_doubt_left(_check_node(node, followed.attachments, read), followed)
+    result = in_doubt_left(_check_node(node, followed.attachments, read), followed, read.tables)
     if not followed.ignored:
         return result
     from portmapctl.ops.nft import key_ignored_note
@@ -128,14 +128,18 @@ def check_node(node: Node) -> CheckResult:
     return replace(result, notes=(note, *result.notes))
 
 
-def in_doubt_left(result: CheckResult, followed: Followed) -> CheckResult:
+def in_doubt_left(
+    result: CheckResult, followed: Followed, tables: Optional[Dict[int, NatTable]] = None
+) -> CheckResult:
     """`result` with the problems of the containers whose backend is in doubt
     (follow_the_plugin) naming no fix, in either backend (--repair writes nothing for
     them, and a removal by hand may be of the rules its plugin reads), nor do those of
     the plugin's nftables structure where they alone need it (rebuilt, it would make
     their absence read as the key ignored); and one warning each that says why.
     Judged by their key (nftables): not healthy to a plugin that honours it. So are
-    the `unplaced` ones (no key; their iptables `missing-chain`, no fix)."""
+    the `unplaced` ones (no key; their iptables `missing-chain`, no fix), and the
+    top-level chains and jumps in `tables` (as checked) that they alone want
+    (_toplevel_left)."""
     if not followed.in_doubt and not followed.unplaced:
         return result
     from portmapctl.ops.nft import configured_there, in_doubt_text, unplaced_text
@@ -156,7 +160,63 @@ def in_doubt_left(result: CheckResult, followed: Followed) -> CheckResult:
         if a.mapping is not None
     ]
     doubted = {a.container_id for a in (*followed.in_doubt, *followed.unplaced)}
-    return _left_alone(result, doubted, said)
+    result = _left_alone(result, doubted, said)
+    if not followed.unplaced or tables is None:
+        return result
+    return _toplevel_left(result, followed, tables)
+
+
+# The problems of the plugin's shared iptables chains (compare.check_shared): the cached
+# iptables containers want them, none in particular.
+_TOPLEVEL_KINDS = frozenset(
+    k.value
+    for k in (
+        ProblemKind.MISSING_TOPLEVEL,
+        ProblemKind.MISSING_TOPLEVEL_RULE,
+        ProblemKind.MISSING_JUMP,
+    )
+)
+
+
+def _toplevel_left(
+    result: CheckResult, followed: Followed, tables: Dict[int, NatTable]
+) -> CheckResult:
+    """`result` with the problems of the shared iptables chains and jumps (CNI-HOSTPORT-*)
+    that no cached iptables container but the `unplaced` ones wants naming no fix:
+    --repair, which writes nothing for those, makes none of them (repair.py plans from
+    the other configs); their fix named it, and a node whose only container is in doubt
+    got the plugin's top-level chains from it. Wanted as the check wants them
+    (wanted_on_node, check_shared), by the other cached iptables configs."""
+    from portmapctl.ops.check.compare import check_shared
+    from portmapctl.ops.check.expected import cached_configs, wanted_on_node
+    from portmapctl.ops.check.hints import Fixes
+
+    unplaced = {(a.network, a.container_id) for a in followed.unplaced}
+    others = cached_configs(
+        [
+            a
+            for a in followed.attachments or ()
+            if (a.network, a.container_id) not in unplaced
+            and a.mapping is not None
+            and a.mapping.backend != Backend.NFTABLES
+        ]
+    )
+    wanted = {
+        (p.kind, p.family, p.chain)
+        for family, live in tables.items()
+        for chain in wanted_on_node(others, family, live)[0]
+        for p in check_shared(chain, live, Fixes())
+    }
+    problems = tuple(
+        replace(p, fix="")
+        if p.kind in _TOPLEVEL_KINDS
+        and p.container_id is None
+        and not p.in_nftables
+        and (p.kind, p.family, p.chain) not in wanted
+        else p
+        for p in result.problems
+    )
+    return replace(result, problems=problems)
 
 
 def _left_alone(result: CheckResult, ids: Collection[str], said: Sequence[str]) -> CheckResult:
