@@ -641,7 +641,10 @@ def _on_terminal(
             if not chunk:
                 break
             seen += chunk
-        if not answered and b"[y/N]" in seen:
+        # The whole prompt: click writes its last character, a space, apart (its
+        # input(" ")), and an answer typed before it is echoed ahead of it, so the space
+        # began the run's next line on stderr (" portmapctl: warning: ...").
+        if not answered and b"[y/N]: " in seen:
             if before_answer is not None:
                 before_answer()
             os.write(master, answer + b"\n")
