@@ -7,6 +7,7 @@ Per container, as the plugin decides (nftables/node.py `choose`): the cached con
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence, Set, Tuple
@@ -178,6 +179,47 @@ def absence_tells(config: Optional[MappingConfig], live: Ruleset) -> bool:
             return False
         if rs.HOSTPORTS_ALL in table.chains and not hostports_all_ok(table, copies_ok=True):
             return False
+    return True
+
+
+def left_as_the_plugin_leaves_it(families: Sequence[int]) -> bool:
+    """absence_tells' test of the plugin's `cni_hostport` tables, asked over netlink
+    where nft cannot read them (ops/check/run.py _follow_keys): in each of `families`,
+    no table, or one with the chains a v1.6+ ADD makes (but masquerading and
+    hostports_all), prerouting and output each jumping to hostports_all or to both
+    host-port chains, and hostports_all, where there, jumping to both. (Jump targets
+    alone: a table a flush emptied has none.) False where that cannot be told."""
+    from portmapctl.iptables.access import nfgen
+    from portmapctl.iptables.access.nfmsg import Changed, dump_chain, table_chains
+    from portmapctl.nftables import TABLE
+    from portmapctl.nftables import ruleset as rs
+
+    made = rs.PLUGIN_CHAINS - {rs.HOSTPORTS_ALL, rs.MASQUERADING}
+    both = {rs.HOSTPORTS, rs.HOSTIP_HOSTPORTS}
+    try:
+        with nfgen.open_socket() as sock:
+            for family in families:
+                if table_chains(sock, family, TABLE) == 0:
+                    continue
+                targets = {
+                    chain: {rule.target() for rule in dump_chain(sock, family, TABLE, chain)}
+                    for chain in made
+                }  # (OSError ENOENT: a chain the plugin makes is not there)
+                for chain in (rs.PREROUTING, rs.OUTPUT):
+                    if rs.HOSTPORTS_ALL not in targets[chain] and not both <= targets[chain]:
+                        return False
+                try:
+                    alls = {
+                        rule.target() for rule in dump_chain(sock, family, TABLE, rs.HOSTPORTS_ALL)
+                    }
+                except OSError as err:
+                    if err.errno != errno.ENOENT:
+                        raise
+                    continue  # (v1.6/v1.7's layout)
+                if not both <= alls:
+                    return False
+    except (OSError, Changed):
+        return False
     return True
 
 

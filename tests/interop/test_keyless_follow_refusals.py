@@ -175,12 +175,18 @@ def _lost_entry_of_web2(node: str, cache: Path) -> str:
     cached in `cache`, its CNI-HOSTPORT-DNAT entry rule deleted: an iptables container
     whose repair nothing else stands in the way of. Its chain's name."""
     conf = rp.plugin_conf("podman", ["10.88.0.6/16"], [rp.port_mapping(8081, 80)])
+    return _debian_add_without_entry(node, cache, "web2", conf, "10.88.0.6/16")
+
+
+def _debian_add_without_entry(node: str, cache: Path, name: str, conf: dict, ip: str) -> str:
+    """Debian's 1.1.1 ADD of podman/`name` (`conf`, at `ip`), cached so in `cache`, its
+    CNI-HOSTPORT-DNAT entry rule deleted. Its chain's name."""
     ports = conf["runtimeConfig"]["portMappings"]
-    rp.write_cni_cache(cache, "podman", "web2", "eth0", conf, ports, ["10.88.0.6/16"])
-    rp.run_plugin("ADD", node, "web2", conf, check=True)
+    rp.write_cni_cache(cache, "podman", name, "eth0", conf, ports, [ip])
+    rp.run_plugin("ADD", node, name, conf, check=True)
     entry = next(
         line for line in rp.save(node, 4).splitlines()
-        if line.startswith("-A CNI-HOSTPORT-DNAT") and "web2" in line
+        if line.startswith("-A CNI-HOSTPORT-DNAT") and name in line
     )  # fmt: skip
     rp.iptables(node, ["-t", "nat", "-D", *shlex.split(entry)[1:]])
     return shlex.split(entry)[-1]
@@ -205,12 +211,18 @@ def test_the_node_check_of_a_cached_nftables_key_stops_where_nft_cannot_read_the
     written."""
     _leaked_copy_of_web1(node, tmp_path)
     _lost_entry_of_web2(node, tmp_path)
+    _node_check_stops(node, tmp_path, "--backend iptables works on the iptables")
+
+
+def _node_check_stops(node: str, tmp_path: Path, *said: str) -> None:
+    """Where the nft on PATH cannot read the plugin's table, the node's check and
+    check --repair stop with nft's line (and `said`), exit 3, nothing written."""
     before = rp.nat_rules(rp.save(node, 4))
     broken, env = _broken_nft(tmp_path)
     where = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
     for command in (["check"], ["check", "--repair"]):
         done = pmctl.run([*command, *where], env=env)
-        pmctl.assert_error(done, 3, str(broken), "--backend iptables works on the iptables")
+        pmctl.assert_error(done, 3, str(broken), *said)
         assert "ignores the key (plugins before v1.6" not in done.stderr, done.stderr
         assert rp.nat_rules(rp.save(node, 4)) == before, command
 
@@ -358,3 +370,52 @@ def test_the_top_level_chains_only_a_keyless_entry_in_doubt_needs_name_no_fix(
     assert rp.nat_rules(rp.save(node, 4)) == before
     done = pmctl.run(["check", *where])
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _ignored_key_beside_an_emptied_table(node: str, cache: Path) -> str:
+    """v1.9.1's ADD then DEL of other/nftx under `"backend": "nftables"` (the table it
+    leaves: its chains and base-chain jumps, no rule in its host-port chains: a node
+    gone back to iptables); Debian's 1.1.1 ADD of podman/web1 (10.88.0.5/16, 8080:80)
+    given the key, which it ignores (its chain in iptables), cached so in `cache`, its
+    CNI-HOSTPORT-DNAT entry rule deleted. web1's chain."""
+    other = upstream.nft_conf("other", ["10.89.0.9/16"], [rp.port_mapping(9090, 90)])
+    upstream.run("v1.9.1", "ADD", node, "nftx", other, check=True)
+    upstream.run("v1.9.1", "DEL", node, "nftx", other, check=True)
+    conf = upstream.nft_conf("podman", ["10.88.0.5/16"], [rp.port_mapping(8080, 80)])
+    return _debian_add_without_entry(node, cache, "web1", conf, "10.88.0.5/16")
+
+
+def test_a_cached_nftables_key_beside_a_table_with_no_rule_is_ignored_where_nft_cannot_read_it(
+    node: str, tmp_path: Path
+) -> None:
+    """The guard of the two node tests above: the plugin's table is there as its DEL of
+    its last container leaves it (no rule in its host-port chains, netlink says; its
+    base chains' jumps kept), so no container's rules are in it, and web1, whose
+    Debian plugin ignored its key, is iptables' (missing-entry, repaired) whether nft
+    reads the table or not. 0d7e573 stopped here every run (exit 3, naming web1), a
+    node that dropped nft and kept the table the DEL leaves."""
+    web1 = _ignored_key_beside_an_emptied_table(node, tmp_path)
+    _broken, env = _broken_nft(tmp_path)
+    where = ["--netns", node, "--cni-cache-dir", str(tmp_path)]
+    for backend in ([], ["--backend", "iptables"]):
+        done = pmctl.run(["check", *where, *backend, "-o", "json"], env=env)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "ignores the key (plugins before v1.6" in done.stderr, done.stderr
+        problems = json.loads(done.stdout)["problems"]
+        assert [(p["kind"], p["container_id"]) for p in problems if p["fix"]] == [
+            ("missing-entry", "web1")
+        ], problems
+    done = pmctl.run(["check", "--repair", *where], env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _entered(node, web1)
+
+
+def test_a_cached_nftables_key_beside_a_flushed_emptied_table_stays_in_doubt_where_nft_cannot_read_it(
+    node: str, tmp_path: Path
+) -> None:
+    """The table as above, flushed (its base chains lost their jumps too): what a
+    flush took cannot be told from it, so the stop of 0d7e573 stands (exit 3 naming
+    web1, --repair too, nothing written)."""
+    _ignored_key_beside_an_emptied_table(node, tmp_path)
+    upstream.nft(node, "flush", "table", "ip", "cni_hostport")
+    _node_check_stops(node, tmp_path, "(web1)")

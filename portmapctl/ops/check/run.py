@@ -285,7 +285,9 @@ def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: Node
     to their key, and the check stops for them as for every cached "nftables" entry
     then (check/nft.py nft_problems: NftUnusable.needed_by, exit 3, which names
     --backend iptables); under --backend iptables, which that line bids, they are in
-    doubt: reported with no fix, nothing written for them, the rest of the node done."""
+    doubt: reported with no fix, nothing written for them, the rest of the node done.
+    Not where netlink tells that no container's rules are in those tables
+    (_no_container_there): judged as where nft reads them."""
     keyed = [
         a
         for a in attachments or ()
@@ -314,6 +316,8 @@ def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: Node
     unread = None
     if live is None:
         live, unread = _tables_to_judge_by(node, read)
+    if unread is not None and _no_container_there(node):
+        unread = None  # (the absence of their rules tells, as where nft reads it: `live`, none)
     if unread is not None:
         # Judged from tables nobody read, each was "the key ignored" (no rule of it
         # seen), and --repair wrote its iptables rules, which a v1.6+ plugin never reads.
@@ -325,6 +329,22 @@ def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: Node
     ignored = found.ignored
     in_iptables = nft.judged_in_iptables(attachments, ignored)
     return Followed(in_iptables, ignored, found.in_doubt, chains)
+
+
+def _no_container_there(node: Node) -> bool:
+    """Where nft cannot read the plugin's tables: whether netlink says no container's
+    rules are in them, and that this tells (ops/nft.py absence_tells): their host-port
+    chains hold no rule (Node.plugin_rules_may_be_here, the narrowing of _unplaced)
+    and each is as the plugin leaves it (left_as_the_plugin_leaves_it: not flushed,
+    which empties those chains too). v1.9.1's DEL of its last container leaves the
+    table so, for good on a node gone back to iptables that dropped nft: a container
+    cached "nftables" whose chain is in iptables is then judged "the key ignored", as
+    where nft reads the table, not a stop on every cron run."""
+    from portmapctl.ops.nft import left_as_the_plugin_leaves_it
+
+    if node.plugin_rules_may_be_here():
+        return False
+    return left_as_the_plugin_leaves_it(node.options.families)
 
 
 def _unplaced(node: Node, followed: Followed, read: NodeTables) -> Followed:
