@@ -184,8 +184,8 @@ def absence_tells(config: Optional[MappingConfig], live: Ruleset) -> bool:
 
 def left_as_the_plugin_leaves_it(families: Sequence[int]) -> bool:
     """absence_tells' test of the plugin's `cni_hostport` tables, asked over netlink
-    where nft cannot read them (ops/check/run.py _follow_keys): in each of `families`,
-    no table, or one with the chains a v1.6+ ADD makes (but masquerading and
+    where nft cannot read them (ops/check/followed_entries.py _follow_keys): in each of
+    `families`, no table, or one with the chains a v1.6+ ADD makes (but masquerading and
     hostports_all), prerouting and output each jumping to hostports_all or to both
     host-port chains, and hostports_all, where there, jumping to both. (Jump targets
     alone: a table a flush emptied has none.) False where that cannot be told."""
@@ -229,7 +229,8 @@ def in_doubt_text(
     """Why the backend of a container key_judged puts `in_doubt` cannot be told (`said`:
     where its key "nftables" was read, configured_there's words or the config's;
     `where`: its chain, ChainPlace.words); `unread`: nft's error, where that is so
-    because the plugin's table is here and nft cannot read it (run.follow_the_plugin)."""
+    because the plugin's table is here and nft cannot read it
+    (followed_entries.follow_the_plugin)."""
     seen = (
         " and it has no rule in nftables, where the plugin's table is here but not as the"
         " plugin leaves it (flushed?)"
@@ -247,8 +248,8 @@ def in_doubt_text(
 
 def unplaced_text(config: MappingConfig, unread: str) -> str:
     """Why a cache entry without a `backend` key whose chain is in no iptables
-    (run.follow_the_plugin: `unplaced`) is in doubt: the plugin's table is here and nft
-    cannot read it (`unread`: nft's error), so whether its rules are there alone (where
+    (followed_entries.follow_the_plugin: `unplaced`) is in doubt: the plugin's table is
+    here and nft cannot read it (`unread`: nft's error), so whether its rules are there alone (where
     it is followed: kept_in_nftables, split) cannot be told."""
     return (
         f'{config.network}/{config.container_id}: its cached config has no "backend" key,'

@@ -46,8 +46,8 @@ class NftUnusable(HostProblem):
     def needed_by(self, ids: Iterable[str], unplaced: Iterable[str] = ()) -> NftUnusable:
         """This, where cached containers (`ids`) say `"backend": "nftables"`, or
         (`unplaced`) have no `backend` key and no chain in iptables beside the plugin's
-        tables nft cannot read (ops/check/run.py follow_the_plugin: they may be kept
-        there), and a whole-node command stops for them (exit 3): with the way to work
+        tables nft cannot read (ops/check/followed_entries.py follow_the_plugin: they may
+        be kept there), and a whole-node command stops for them (exit 3): with the way to work
         on the node's iptables containers meanwhile, which the bare line left to be
         guessed."""
         keyed, keyless = sorted(ids), sorted(unplaced)

@@ -205,8 +205,8 @@ class CacheNow:
         self, node: Node, attachments: Sequence[Attachment], key_ignored: Collection[str] = ()
     ) -> None:
         self.node = node
-        # The entries whose nftables key their plugin ignores (run.follow_the_plugin,
-        # by path): read again, they are still iptables'.
+        # The entries whose nftables key their plugin ignores (by path:
+        # followed_entries.follow_the_plugin): read again, they are still iptables'.
         self.key_ignored = frozenset(key_ignored)
         self.paths: Dict[str, List[str]] = {}  # by chain: one entry per interface
         self.first: Dict[str, List[Attachment]] = {}  # ... as read first

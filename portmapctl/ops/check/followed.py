@@ -44,7 +44,8 @@ def followed(
 
         where = _key_ignored(node, config)
         if where is not None:
-            # As the node's check (run.follow_the_plugin): where its plugin keeps it.
+            # As the node's check (followed_entries.follow_the_plugin): where its plugin
+            # keeps it.
             note = _key_ignored_note(config, where, configured_there(config))
             return replace(config, backend=Backend.IPTABLES), (note,)
         return replace(config, backend=cached), (_checked_in_nftables(configured_there(config)),)
@@ -214,9 +215,9 @@ def chains_in_iptables(
 ) -> Dict[str, str]:
     """Those of `names` chain_in_iptables finds, each with where (its words), asked of
     each table once: after a firewall flushed the plugin's nftables rules, every cached
-    "nftables" container is asked (run.follow_the_plugin), and one process per chain (a
-    save of the flavour used under legacy, `-S CHAIN` of the other) cost 1,000
-    processes on a node of 1,000 containers. Under --backend nftables only (the node
+    "nftables" container is asked (followed_entries.follow_the_plugin), and one process
+    per chain (a save of the flavour used under legacy, `-S CHAIN` of the other) cost
+    1,000 processes on a node of 1,000 containers. Under --backend nftables only (the node
     reads no iptables)."""
     if node.options.offline or not names:
         return {}

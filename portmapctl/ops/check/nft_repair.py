@@ -180,7 +180,8 @@ def nft_repair(
     `planned`: gets each transaction planned, with its configs, as it is tried (what
     a SIGTERM during the write may have put in: nft_changed says what it changed).
     `in_doubt`: by path, the entries whose plugin may keep them in iptables, and why
-    (run.follow_the_plugin): left as they are, as a refused one is, and named."""
+    (followed_entries.follow_the_plugin): left as they are, as a refused one is, and
+    named."""
     if node.nft is None or attachments is None:
         return NftRepaired("", [], None if attachments is None else list(attachments))
     from portmapctl.nftables import planner

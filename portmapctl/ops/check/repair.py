@@ -30,6 +30,7 @@ from portmapctl.ops.check.expected import (
     wanted_sharing,
 )
 from portmapctl.ops.check.followed import followed, nft_mapping
+from portmapctl.ops.check.followed_entries import follow_the_plugin, in_doubt_left
 from portmapctl.ops.check.hints import REPAIR_COMMAND
 from portmapctl.ops.check.port_moves import holder_name, plan_taking_nothing, ports_taken
 from portmapctl.ops.check.problem import CheckResult, Unrepaired
@@ -38,8 +39,6 @@ from portmapctl.ops.check.run import (
     SAME_WITH_REPAIR,
     _check_node,
     check_followed,
-    follow_the_plugin,
-    in_doubt_left,
     mapping_result,
     read_tables,
     sharing_of,
@@ -399,8 +398,9 @@ def repair(
             from portmapctl.ops.check.nft_repair import ReadOnceNft
 
             node.nft = ReadOnceNft(node.nft, live_nft)
-    # Judged, and repaired, where their plugin keeps them (run.follow_the_plugin). (Not
-    # `read` with nft_live: the check after must read what the repair made.)
+    # Judged, and repaired, where their plugin keeps them
+    # (followed_entries.follow_the_plugin). (Not `read` with nft_live: the check after
+    # must read what the repair made.)
     followed = follow_the_plugin(node, attachments, replace(read, nft_live=live_nft))
     attachments, key_ignored, in_doubt = followed.attachments, followed.ignored, followed.in_doubt
     before = in_doubt_left(_check_node(node, attachments, read), followed, read.tables)
@@ -432,7 +432,7 @@ def repair(
             excluded = {(a.network, a.container_id) for a in parts.nftables}
             nft_ids = {a.container_id for a in parts.nftables}
         # Nor anything for those whose rules may be in tables nft cannot read
-        # (run._unplaced): an iptables copy beside them would map them twice.
+        # (followed_entries._unplaced): an iptables copy beside them would map them twice.
         excluded |= {(a.network, a.container_id) for a in followed.unplaced}
         if configs is not None:
             configs = [c for c in configs if (c.network, c.container_id) not in excluded]
@@ -556,7 +556,8 @@ def repair(
 
 def _in_doubt_why(in_doubt: Sequence[Attachment]) -> Dict[str, str]:
     """By path, why nft_repair writes nothing for the entries whose backend is in doubt
-    (run.follow_the_plugin): the plugin that added them may keep them in iptables."""
+    (followed_entries.follow_the_plugin): the plugin that added them may keep them in
+    iptables."""
     return {
         a.path: 'its cached config says "backend": "nftables", its chain is in iptables:'
         " whether its plugin ignores the key cannot be told here"

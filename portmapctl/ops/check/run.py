@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Collection, Dict, List, Optional, Sequence, Set, Tuple
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment
 from portmapctl.core import validate
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.core.status import ProblemKind, Status
+from portmapctl.core.status import Status
 from portmapctl.errors import HostProblem
 from portmapctl.iptables import inventory, plugin_rules
 from portmapctl.iptables.chains import (
@@ -23,6 +23,7 @@ from portmapctl.iptables.ruleset import (
 from portmapctl.ops.check.diagnose import diagnose, diagnose_mapping
 from portmapctl.ops.check.expected import sharing_chain
 from portmapctl.ops.check.followed import KeyInDoubt, followed, nft_mapping
+from portmapctl.ops.check.followed_entries import follow_the_plugin, in_doubt_left, left_alone
 from portmapctl.ops.check.hints import fixes_for
 from portmapctl.ops.check.problem import CheckResult, Problem
 from portmapctl.ops.node import Node, side_by_side
@@ -30,7 +31,6 @@ from portmapctl.ops.owners import node_rows, read_owners, unsure_warnings
 
 if TYPE_CHECKING:
     from portmapctl.iptables.foreign import ChainReader
-    from portmapctl.nftables.access import NftUnusable
     from portmapctl.nftables.ruleset import Ruleset
 
 
@@ -126,297 +126,6 @@ def check_node(node: Node) -> CheckResult:
 
     note = key_ignored_note(followed.ignored, followed.where)
     return replace(result, notes=(note, *result.notes))
-
-
-def in_doubt_left(
-    result: CheckResult, followed: Followed, tables: Optional[Dict[int, NatTable]] = None
-) -> CheckResult:
-    """`result` with the problems of the containers whose backend is in doubt
-    (follow_the_plugin) naming no fix, in either backend (--repair writes nothing for
-    them, and a removal by hand may be of the rules its plugin reads), nor do those of
-    the plugin's nftables structure where they alone need it (rebuilt, it would make
-    their absence read as the key ignored); and one warning each that says why.
-    Judged by their key (nftables): not healthy to a plugin that honours it. So are
-    the `unplaced` ones (no key; their iptables `missing-chain`, no fix), and the
-    top-level chains and jumps in `tables` (as checked) that they alone want
-    (_toplevel_left)."""
-    if not followed.in_doubt and not followed.unplaced:
-        return result
-    from portmapctl.ops.nft import configured_there, in_doubt_text, unplaced_text
-
-    said = [
-        in_doubt_text(
-            a.mapping,
-            configured_there(a.mapping),
-            followed.where.get(a.dnat_chain, "iptables"),
-            unread=followed.unread,
-        )
-        for a in followed.in_doubt
-        if a.mapping is not None
-    ]
-    said += [
-        unplaced_text(a.mapping, followed.unread or "")
-        for a in followed.unplaced
-        if a.mapping is not None
-    ]
-    doubted = {a.container_id for a in (*followed.in_doubt, *followed.unplaced)}
-    result = _left_alone(result, doubted, said)
-    if not followed.unplaced or tables is None:
-        return result
-    return _toplevel_left(result, followed, tables)
-
-
-# The problems of the plugin's shared iptables chains (compare.check_shared): the cached
-# iptables containers want them, none in particular.
-_TOPLEVEL_KINDS = frozenset(
-    k.value
-    for k in (
-        ProblemKind.MISSING_TOPLEVEL,
-        ProblemKind.MISSING_TOPLEVEL_RULE,
-        ProblemKind.MISSING_JUMP,
-    )
-)
-
-
-def _toplevel_left(
-    result: CheckResult, followed: Followed, tables: Dict[int, NatTable]
-) -> CheckResult:
-    """`result` with the problems of the shared iptables chains and jumps (CNI-HOSTPORT-*)
-    that no cached iptables container but the `unplaced` ones wants naming no fix:
-    --repair, which writes nothing for those, makes none of them (repair.py plans from
-    the other configs); their fix named it, and a node whose only container is in doubt
-    got the plugin's top-level chains from it. Wanted as the check wants them
-    (wanted_on_node, check_shared), by the other cached iptables configs."""
-    from portmapctl.ops.check.compare import check_shared
-    from portmapctl.ops.check.expected import cached_configs, wanted_on_node
-    from portmapctl.ops.check.hints import Fixes
-
-    unplaced = {(a.network, a.container_id) for a in followed.unplaced}
-    others = cached_configs(
-        [
-            a
-            for a in followed.attachments or ()
-            if (a.network, a.container_id) not in unplaced
-            and a.mapping is not None
-            and a.mapping.backend != Backend.NFTABLES
-        ]
-    )
-    wanted = {
-        (p.kind, p.family, p.chain)
-        for family, live in tables.items()
-        for chain in wanted_on_node(others, family, live)[0]
-        for p in check_shared(chain, live, Fixes())
-    }
-    problems = tuple(
-        replace(p, fix="")
-        if p.kind in _TOPLEVEL_KINDS
-        and p.container_id is None
-        and not p.in_nftables
-        and (p.kind, p.family, p.chain) not in wanted
-        else p
-        for p in result.problems
-    )
-    return replace(result, problems=problems)
-
-
-def _left_alone(result: CheckResult, ids: Collection[str], said: Sequence[str]) -> CheckResult:
-    """in_doubt_left's work, for the containers `ids` (a one-mapping check's too:
-    check_mapping), with `said`, the warnings that say why."""
-    # The families some other container's problem in nftables shows in need of them.
-    needed = {
-        p.family for p in result.problems if p.in_nftables and p.container_id not in (None, *ids)
-    }
-    problems = tuple(
-        replace(p, fix="", why=_IN_DOUBT)
-        if p.container_id in ids
-        else replace(p, fix="")
-        if p.container_id is None and p.in_nftables and p.family not in needed
-        else p
-        for p in result.problems
-    )
-    return replace(result, problems=problems, warnings=(*result.warnings, *said))
-
-
-_IN_DOUBT = (
-    "which backend its plugin keeps it in cannot be told (see the warning): nothing is"
-    " written or removed for it"
-)
-
-
-@dataclass(frozen=True)
-class Followed:
-    """follow_the_plugin's answer: the cache entries as judged (`attachments`: those
-    whose plugin ignored their key "nftables" taken as iptables'), those entries
-    (`ignored`), the entries of which that cannot be told (`in_doubt`: left to their
-    key, nftables; nothing is written for them), where each chain in iptables is, by
-    name (followed.chain_in_iptables' words: "iptables", or the other flavour's
-    tables, which `iptables` does not show), and, where `in_doubt` is so because nft
-    cannot read the plugin's tables, nft's error (`unread`; None: they were read).
-    `unplaced`: the entries without a `backend` key whose chain is in no iptables,
-    where nft cannot read the plugin's tables (--backend iptables: in doubt as well,
-    by evidence nobody read rather than by a key; _unplaced)."""
-
-    attachments: Optional[List[Attachment]]
-    ignored: Sequence[Attachment] = ()
-    in_doubt: Sequence[Attachment] = ()
-    where: Dict[str, str] = field(default_factory=dict)
-    unread: Optional[str] = None
-    unplaced: Sequence[Attachment] = ()
-
-
-def follow_the_plugin(
-    node: Node, attachments: Optional[List[Attachment]], read: NodeTables
-) -> Followed:
-    """`attachments` judged where their plugin keeps them (_follow_keys), and the
-    entries without a key that cannot be placed (_unplaced)."""
-    return _unplaced(node, _follow_keys(node, attachments, read), read)
-
-
-def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: NodeTables) -> Followed:
-    """`attachments` judged where their plugin keeps them: the entries whose config
-    says nftables but whose plugin wrote them in iptables (ops/nft.py key_ignored) taken
-    as iptables' (see Followed). Cheap where there are none: no nftables module is
-    imported, nft not read.
-    Under --backend nftables, which reads no iptables, the host's is asked for the
-    chains of those with no rule in nftables (either flavour: followed.chains_in_iptables):
-    judged by the key alone, a --repair wrote them a copy their plugin never deletes.
-    Where the kernel holds the plugin's tables and nft cannot read them, no entry is
-    judged "the key ignored" (_tables_to_judge_by): under --backend auto they are left
-    to their key, and the check stops for them as for every cached "nftables" entry
-    then (check/nft.py nft_problems: NftUnusable.needed_by, exit 3, which names
-    --backend iptables); under --backend iptables, which that line bids, they are in
-    doubt: reported with no fix, nothing written for them, the rest of the node done.
-    Not where netlink tells that no container's rules are in those tables
-    (_no_container_there): judged as where nft reads them."""
-    keyed = [
-        a
-        for a in attachments or ()
-        if a.mapping is not None and a.mapping.backend == Backend.NFTABLES
-    ]
-    if not keyed:
-        return Followed(attachments)
-    live = None
-    if not node.options.reads_iptables and not node.options.offline:
-        from portmapctl.ops import nft
-
-        live = read.nft_live if read.nft_live is not None else node.read_nft_evidence()
-        judged = nft.key_judged(keyed, {a.dnat_chain for a in keyed}, live)
-        unheld = [*judged.ignored, *judged.in_doubt]
-        if not unheld:
-            return Followed(attachments)  # (all in nftables, the usual node: no iptables read)
-        from portmapctl.ops.check.followed import chains_in_iptables
-
-        chains = chains_in_iptables(node, node.families, {a.dnat_chain for a in unheld})
-    else:
-        chains = _chains_read(read, {a.dnat_chain for a in keyed})
-    if not chains:
-        return Followed(attachments)
-    from portmapctl.ops import nft
-
-    unread = None
-    if live is None:
-        live, unread = _tables_to_judge_by(node, read)
-    if unread is not None and _no_container_there(node):
-        unread = None  # (the absence of their rules tells, as where nft reads it: `live`, none)
-    if unread is not None:
-        # Judged from tables nobody read, each was "the key ignored" (no rule of it
-        # seen), and --repair wrote its iptables rules, which a v1.6+ plugin never reads.
-        if node.nft is not None:
-            return Followed(attachments)  # (nft_problems stops for them: needed_by)
-        doubted = [a for a in keyed if a.dnat_chain in chains]
-        return Followed(attachments, in_doubt=doubted, where=chains, unread=str(unread))
-    found = nft.key_judged(attachments, chains, live)
-    ignored = found.ignored
-    in_iptables = nft.judged_in_iptables(attachments, ignored)
-    return Followed(in_iptables, ignored, found.in_doubt, chains)
-
-
-def _no_container_there(node: Node) -> bool:
-    """Where nft cannot read the plugin's tables: whether netlink says no container's
-    rules are in them, and that this tells (ops/nft.py absence_tells): their host-port
-    chains hold no rule (Node.plugin_rules_may_be_here, the narrowing of _unplaced)
-    and each is as the plugin leaves it (left_as_the_plugin_leaves_it: not flushed,
-    which empties those chains too). v1.9.1's DEL of its last container leaves the
-    table so, for good on a node gone back to iptables that dropped nft: a container
-    cached "nftables" whose chain is in iptables is then judged "the key ignored", as
-    where nft reads the table, not a stop on every cron run."""
-    from portmapctl.ops.nft import left_as_the_plugin_leaves_it
-
-    if node.plugin_rules_may_be_here():
-        return False
-    return left_as_the_plugin_leaves_it(node.options.families)
-
-
-def _unplaced(node: Node, followed: Followed, read: NodeTables) -> Followed:
-    """`followed`, where the kernel holds the plugin's tables, their host-port chains
-    may hold rules (netlink), and nft cannot read them, with the cache entries without
-    a `backend` key whose chain is in no iptables (either flavour): a container kept in
-    nftables (its rules there alone: ops/nft.py split, which is followed) cannot be
-    told from one whose chain is gone. Judged from the unread tables as none, each was
-    `missing-chain` and --repair wrote an iptables copy beside its nftables rules.
-    Under --backend auto the check stops for them, as for the cached "nftables"
-    entries then (NftUnusable.needed_by, exit 3, naming --backend iptables); under
-    --backend iptables they are in doubt (`unplaced`: their problems name no fix,
-    --repair writes nothing for them, the rest of the node is done). Cheap where there
-    are none: nothing more is read."""
-    if not node.options.reads_iptables or node.options.offline:
-        return followed  # (--backend nftables: a keyless entry without rules there is iptables')
-    families = set(read.tables)
-    keyless = [
-        a
-        for a in followed.attachments or ()
-        if a.mapping is not None
-        and a.mapping.backend is None
-        and not a.zombie  # (nothing is expected of it)
-        and families & set(a.mapping.families)
-    ]
-    if not keyless:
-        return followed
-    held = _chains_read(read, {a.dnat_chain for a in keyless})
-    chainless = [a for a in keyless if a.dnat_chain not in held]
-    if not chainless:
-        return followed
-    _live, unread = _tables_to_judge_by(node, read)
-    # (Host-port chains with no rule: no container is kept there, v1.9.1's DEL of its
-    # last one leaves them so on a node gone back to iptables; a missing chain is one.)
-    if unread is None or not node.plugin_rules_may_be_here():
-        return followed
-    if node.nft is not None:
-        keyed = [
-            a.container_id
-            for a in followed.attachments or ()
-            if a.mapping is not None and a.mapping.backend == Backend.NFTABLES
-        ]
-        raise unread.needed_by(keyed, unplaced=[a.container_id for a in chainless])
-    return replace(followed, unplaced=tuple(chainless), unread=str(unread))
-
-
-def _tables_to_judge_by(node: Node, read: NodeTables) -> Tuple[Ruleset, Optional[NftUnusable]]:
-    """The plugin's nftables tables that follow_the_plugin judges the keys by (as check
-    read them, else read for it), and nft's error where the kernel holds them and nft
-    cannot read them (None: read, or there are none): they read as none then."""
-    from portmapctl.nftables.access import NftUnusable
-    from portmapctl.nftables.ruleset import EMPTY
-
-    if read.nft_live is not None:
-        return read.nft_live, node.nft_unusable  # (set only where the tables are here)
-    try:
-        return node.read_nft_evidence(strict=True), None
-    except NftUnusable as err:
-        return EMPTY, err
-
-
-def _chains_read(read: NodeTables, names: Set[str]) -> Dict[str, str]:
-    """Those of `names` in the tables check read, each with where (as
-    followed.chains_in_iptables says it): the flavour used first."""
-    from portmapctl.ops.check.followed import other_flavour_tables_words
-
-    found = {n: "iptables" for n in names if any(t.has_chain(n) for t in read.tables.values())}
-    for family, table in read.other_tables.items():
-        other = (read.flavours or {}).get(family)
-        words = other_flavour_tables_words(other[1]) if other else "iptables"
-        found.update({n: words for n in names if n not in found and table.has_chain(n)})
-    return found
 
 
 def _check_node(
@@ -565,7 +274,7 @@ def check_mapping(
         # nftables, under auto), naming no fix, and a warning says why.
         config = replace(config, backend=given or Backend.NFTABLES)
         result = check_followed(node, config, (), ifname)
-        return _left_alone(result, {config.container_id}, [str(doubt)])
+        return left_alone(result, {config.container_id}, [str(doubt)])
     result = check_followed(node, config, notes, ifname)
     if given is not None and config.backend == given and notes:
         # Checked where --backend or its config's key says, not where the plugin keeps
