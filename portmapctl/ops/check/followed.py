@@ -6,7 +6,7 @@ the plugin keeps it elsewhere (`--repair` then writes nothing)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Collection, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Collection, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from portmapctl.core import validate
 from portmapctl.core.backend import Backend
@@ -14,6 +14,9 @@ from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import BadInput, HostProblem, PortmapctlError
 from portmapctl.iptables.chains import dnat_chain_name
 from portmapctl.ops.node import Node
+
+if TYPE_CHECKING:
+    from portmapctl.iptables.ruleset import NatTable
 
 
 def followed(
@@ -221,8 +224,7 @@ def chains_in_iptables(
     reads no iptables)."""
     if node.options.offline or not names:
         return {}
-    tables = list(node.read_iptables_evidence(tuple(families)).values())
-    found = {name: "iptables" for name in names if any(t.has_chain(name) for t in tables)}
+    found = chains_in_tables(names, node.read_iptables_evidence(tuple(families)).values())
     if len(found) == len(names):
         return found
     from portmapctl.iptables.access import Flavour, open_backend
@@ -246,11 +248,33 @@ def chains_in_iptables(
         used = flavours_of(backend, tuple(others)) or {}
     except (PortmapctlError, OSError):
         return found  # (the other flavour unreadable: the plugin cannot use it either)
-    for family, table in others.items():
-        # (Each family's own other flavour: the two alternatives may differ.)
-        words = other_flavour_tables_words(other_flavour(used[family]))
-        found.update({n: words for n in names if n not in found and table.has_chain(n)})
-    return found
+    # (Each family's own other flavour: the two alternatives may differ.)
+    other_of = {family: other_flavour(used[family]) for family in others}
+    return chains_in_tables(names, (), others, other_of, found)
+
+
+def chains_in_tables(
+    names: Collection[str],
+    used: Iterable[NatTable],
+    others: Optional[Mapping[int, NatTable]] = None,
+    other_of: Optional[Mapping[int, str]] = None,
+    found: Optional[Mapping[str, str]] = None,
+) -> Dict[str, str]:
+    """`found` with those of `names` it does not place found in tables already read,
+    each with where (chains_in_iptables' words): in the flavour used's (`used`),
+    "iptables", else in the other flavour's (`others`, by family; `other_of`: that
+    flavour's name), other_flavour_tables_words. The check of the node asks it of
+    the tables it read (followed_entries), chains_in_iptables of those it reads."""
+    placed = dict(found or {})
+    tables = list(used)
+    placed.update(
+        {n: "iptables" for n in names if n not in placed and any(t.has_chain(n) for t in tables)}
+    )
+    for family, table in (others or {}).items():
+        other = (other_of or {}).get(family)
+        words = other_flavour_tables_words(other) if other else "iptables"
+        placed.update({n: words for n in names if n not in placed and table.has_chain(n)})
+    return placed
 
 
 def _key_ignored_note(config: MappingConfig, where: str, said: Optional[str] = None) -> str:

@@ -303,11 +303,7 @@ def _tables_to_judge_by(node: Node, read: NodeTables) -> Tuple[Ruleset, Optional
 def _chains_read(read: NodeTables, names: Set[str]) -> Dict[str, str]:
     """Those of `names` in the tables check read, each with where (as
     followed.chains_in_iptables says it): the flavour used first."""
-    from portmapctl.ops.check.followed import other_flavour_tables_words
+    from portmapctl.ops.check.followed import chains_in_tables
 
-    found = {n: "iptables" for n in names if any(t.has_chain(n) for t in read.tables.values())}
-    for family, table in read.other_tables.items():
-        other = (read.flavours or {}).get(family)
-        words = other_flavour_tables_words(other[1]) if other else "iptables"
-        found.update({n: words for n in names if n not in found and table.has_chain(n)})
-    return found
+    other_of = {family: other for family, (_used, other) in (read.flavours or {}).items()}
+    return chains_in_tables(names, read.tables.values(), read.other_tables, other_of)
