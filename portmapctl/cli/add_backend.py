@@ -193,22 +193,14 @@ def _no_rule_in_nftables(common: Common, config: MappingConfig, where: str, said
 
 
 def _ignored_in(config: MappingConfig, live: Any, where: str, said: str) -> bool:
-    """Whether the plugin's nftables tables as read (`live`; None: there are none) say
-    that the plugin that added the container, its chain in iptables (`where`), ignored
-    its key "nftables", as the node's check judges a cache entry (ops/nft.py
-    key_verdict). Where that cannot be told (the plugin's table here but flushed: a
-    v1.6+ plugin's rules went with it), add stops (HostProblem, exit 3: the node's
-    state stops it, as cannot_tell does): taken for the key ignored, the iptables entry
-    rule went in, which a v1.9.1 plugin never reads; taken for the key honoured, the
-    nftables rules would be a copy an older plugin never deletes."""
-    if live is None:
-        return True  # (no table of its families: the absence tells)
-    from portmapctl.ops.nft import KeyVerdict, in_doubt_text, key_verdict
+    """ops/nft.py key_ignored_in, as check of one mapping asks it: whether the plugin's
+    nftables tables as read (`live`; None: there are none) say that the plugin that
+    added the container, its chain in iptables (`where`), ignored its key "nftables";
+    where that cannot be told, add stops (HostProblem, exit 3: the node's state stops
+    it, as cannot_tell does; `said`: where its key was read)."""
+    from portmapctl.ops.nft import key_ignored_in
 
-    verdict = key_verdict(config, live)
-    if verdict is KeyVerdict.IN_DOUBT:
-        raise HostProblem(in_doubt_text(config, said, where))
-    return verdict is KeyVerdict.IGNORED
+    return key_ignored_in(config, live, where, lambda: said)
 
 
 def _plugin_tables(common: Common, config: MappingConfig, strict: bool = False) -> Any:

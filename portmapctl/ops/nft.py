@@ -10,11 +10,12 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.errors import HostProblem
 from portmapctl.iptables.chains import chain_name
 from portmapctl.nftables import inventory as nft_inventory
 from portmapctl.nftables.inventory import NftInventory, Owner
@@ -141,6 +142,30 @@ def key_verdict(config: MappingConfig, nft_live: Ruleset) -> KeyVerdict:
     its --repair, add) whose chain is in iptables: the same question, the same answer
     as the node's check gives its cache entry."""
     return _verdict(config, nft_live, owners_in(nft_live), _dnat_targets(nft_live))
+
+
+def key_ignored_in(
+    config: MappingConfig,
+    live: Optional[Ruleset],
+    where: str,
+    said: Callable[[], str],
+    stop: Type[HostProblem] = HostProblem,
+) -> bool:
+    """Whether the plugin that added a mapping given on the command line (add, check
+    of one mapping and its --repair), its config saying `"backend": "nftables"` and
+    its chain in iptables (`where`: ChainPlace.words), ignored the key: key_verdict of
+    the plugin's tables as read strictly (`live`; None: there are none, and the absence
+    tells). Where that cannot be told (the plugin's table here but flushed: a v1.6+
+    plugin's rules went with it), `stop` with in_doubt_text (`said()`: where its key
+    was read), exit 3, nothing written: taken for the key ignored, the iptables entry
+    rule went in, which a v1.9.1 plugin never reads; taken for it honoured, the
+    nftables rules would be a copy an older plugin never deletes."""
+    if live is None:
+        return True  # (no table of its families: the absence tells)
+    verdict = key_verdict(config, live)
+    if verdict is KeyVerdict.IN_DOUBT:
+        raise stop(in_doubt_text(config, said(), where))
+    return verdict is KeyVerdict.IGNORED
 
 
 def _verdict(

@@ -145,26 +145,24 @@ def _key_ignored(node: Node, config: MappingConfig) -> Optional[str]:
     where = chain_in_iptables(node, families, dnat_chain_name(config))
     if where is None:
         return None
-    from portmapctl.ops.nft import KeyVerdict, key_verdict
+    from portmapctl.ops.nft import key_ignored_in
 
     # Strictly: tables nft could not read were taken for none, "the key ignored", and
     # --repair wrote the iptables rules of a container its v1.9.1 plugin keeps in
     # nftables. Where they are there and unread, nft's error stops it (exit 3), as add.
-    verdict = key_verdict(config, node.read_nft_evidence(strict=True))
-    if verdict is KeyVerdict.IN_DOUBT:
-        raise KeyInDoubt(_in_doubt(node, config, where))
-    return where if verdict is KeyVerdict.IGNORED else None
+    live = node.read_nft_evidence(strict=True)
+    ignored = key_ignored_in(config, live, where, lambda: _said(node, config), KeyInDoubt)
+    return where if ignored else None
 
 
-def _in_doubt(node: Node, config: MappingConfig, where: str) -> str:
-    """KeyInDoubt's line: the node check's warning (ops/nft.py in_doubt_text), its key
-    said as read, from the cached config or else the config given (--cni-config)."""
+def _said(node: Node, config: MappingConfig) -> str:
+    """Where KeyInDoubt's line (the node check's warning, ops/nft.py in_doubt_text)
+    says its key was read: the cached config, or else the config given (--cni-config)."""
     from portmapctl.cni.cache import configured_backend
-    from portmapctl.ops.nft import configured_there, in_doubt_text
+    from portmapctl.ops.nft import configured_there
 
     cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
-    said = configured_there(config, cached=cached == Backend.NFTABLES)
-    return in_doubt_text(config, said, where)
+    return configured_there(config, cached=cached == Backend.NFTABLES)
 
 
 def chain_in_iptables(node: Node, families: Sequence[int], name: str) -> Optional[str]:
