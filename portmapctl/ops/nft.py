@@ -260,29 +260,43 @@ def in_doubt_text(
         " and it has no rule in nftables, where the plugin's table is here but not as the"
         " plugin leaves it (flushed?)"
         if unread is None
-        else f", and the plugin's table is here but nft cannot read it ({unread})"
+        else _UNREAD.format(unread)
     )
-    return (
-        f"{said}, its chain {chain_name(config.network, config.container_id, 'DN-')} is in"
-        f" {where}{seen}: whether its plugin ignores the key"
-        " (before v1.6: it keeps it in iptables) or not (v1.6 on: in nftables) cannot be"
-        " told, so nothing is written for it in either backend (`portmap` run with no"
-        " CNI_COMMAND prints its version)"
+    return _doubt_text(
+        config,
+        said,
+        f"is in {where}{seen}",
+        "its plugin ignores the key (before v1.6: it keeps it in iptables) or not (v1.6 on:"
+        " in nftables)",
+        "`portmap` run with no CNI_COMMAND prints its version",
     )
 
 
 def unplaced_text(config: MappingConfig, unread: str) -> str:
     """Why a cache entry without a `backend` key whose chain is in no iptables
     (followed_entries.follow_the_plugin: `unplaced`) is in doubt: the plugin's table is
-    here and nft cannot read it (`unread`: nft's error), so whether its rules are there alone (where
-    it is followed: kept_in_nftables, split) cannot be told."""
+    here and nft cannot read it (`unread`: nft's error), so whether its rules are there
+    alone (where it is followed: kept_in_nftables, split) cannot be told."""
+    return _doubt_text(
+        config,
+        f'{config.network}/{config.container_id}: its cached config has no "backend" key',
+        f"is not in iptables (either flavour){_UNREAD.format(unread)}",
+        "its rules are in nftables alone (where it is followed) or gone",
+        "an iptables copy would map it twice",
+    )
+
+
+_UNREAD = ", and the plugin's table is here but nft cannot read it ({})"
+
+
+def _doubt_text(config: MappingConfig, said: str, chain: str, whether: str, why: str) -> str:
+    """The one line in_doubt_text and unplaced_text say: `said` (its config's key),
+    where its chain is (`chain`), `whether` what cannot be told, and nothing written
+    (`why`: what tells more, or what a write would do)."""
     return (
-        f'{config.network}/{config.container_id}: its cached config has no "backend" key,'
-        f" its chain {chain_name(config.network, config.container_id, 'DN-')} is not in"
-        " iptables (either flavour), and the plugin's table is here but nft cannot read it"
-        f" ({unread}): whether its rules are in nftables alone (where it is followed) or"
-        " gone cannot be told, so nothing is written for it in either backend (an"
-        " iptables copy would map it twice)"
+        f"{said}, its chain {chain_name(config.network, config.container_id, 'DN-')}"
+        f" {chain}: whether {whether} cannot be told, so nothing is written for it in either"
+        f" backend ({why})"
     )
 
 
