@@ -39,6 +39,7 @@ from portmapctl.core.backend import Backend, Flavour, IptablesAccess
 if TYPE_CHECKING:
     from portmapctl.core.mapping import Mapping as CoreMapping
     from portmapctl.core.mapping import MappingConfig
+    from portmapctl.iptables.access.restore import RestoreBackend
     from portmapctl.iptables.foreign import ChainReader
     from portmapctl.iptables.ruleset import Args, NatTable
 
@@ -91,7 +92,10 @@ def families_only_in_other_flavour(
     """The families in which the other flavour holds the container's chain and this
     one does not (`here(family)`: whether the chain is in the flavour in use, asked
     only then). Cheap where nothing is there: legacy's nat table is looked for in
-    /proc first (reading legacy tables would create them), in the caller's namespace."""
+    /proc first (reading legacy tables would create them), in the caller's namespace.
+    Asked as in_other_flavour asks (_holds): a failed listing (legacy's, under a held
+    xtables lock) was taken for "not there", and add and a one-mapping --repair wrote
+    the copy they refuse with the lock free."""
     from portmapctl.iptables.access.restore import RestoreBackend
     from portmapctl.iptables.chains import dnat_chain_name
 
@@ -101,7 +105,7 @@ def families_only_in_other_flavour(
     for family in families:
         if not other.has_nat_table(family) or not other.installed(family):
             continue
-        if other.list_chain(family, name) is None or here(family):
+        if not _holds(other, family, name) or here(family):
             continue
         found.append(family)
     return found
@@ -121,12 +125,19 @@ def in_other_flavour(backend: Any, families: Sequence[int], name: str) -> Option
         other = RestoreBackend(other_flavour(used))
         if not other.has_nat_table(family) or not other.installed(family):
             continue
-        listed = other.lists_chain(family, name)
-        if listed is None:
-            listed = other.read(family).has_chain(name)
-        if listed:
+        if _holds(other, family, name):
             return other_flavour(used)
     return None
+
+
+def _holds(other: RestoreBackend, family: int, name: str) -> bool:
+    """Whether `other` (a RestoreBackend of the other flavour, its nat table there)
+    holds chain `name`: its listing, and where that cannot tell (legacy's waits for
+    the xtables lock, and fails past -w) the save, which takes no lock."""
+    listed = other.lists_chain(family, name)
+    if listed is None:
+        listed = other.read(family).has_chain(name)
+    return bool(listed)
 
 
 def other_flavour_tables(backend: Any, families: Sequence[int]) -> Dict[int, NatTable]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 import realplugin as rp
@@ -393,3 +394,43 @@ def test_the_same_container_in_both_flavours_is_not_contested(host_ns, tmp_path)
         done = run(["check", *args, "--iptables", flavour])
         kinds = [p["kind"] for p in json.loads(done.stdout)["problems"]]
         assert "split-brain" in kinds and "contested" not in kinds, kinds
+
+
+@pytest.mark.parametrize("command", [["add", "--dry-run"], ["add"], ["check", "--repair"]])
+def test_a_busy_xtables_lock_never_hides_the_legacy_copy_from_a_one_mapping_write(
+    host_ns, tmp_path, command
+):
+    """ctrA's chain is in the legacy tables only, nft in use (--iptables nft), and
+    another iptables holds the xtables lock past the wait (a private XTABLES_LOCKFILE
+    held by `flock`). The guard asked `iptables-legacy -t nat -S CHAIN`, which waits
+    for the lock and fails (exit 4), and took that for "not there": add wrote ctrA a
+    copy in the nft tables (exit 0), and check --repair of its mapping too ("repaired"),
+    the split brain each refuses with the lock free. A listing that cannot tell is
+    answered by the save (iptables-legacy-save takes no lock), as ops/chain_place.py
+    asks: refused the same, nothing written."""
+    _plugin_add(host_ns, "ctrA", "legacy")
+    name = chain_name("mynet", "ctrA")
+    before = rp.nat_rules(rp.save(host_ns, 4, "nft"))
+    lock = tmp_path / "xtables.lock"
+    lock.touch()
+    env = {"XTABLES_LOCKFILE": str(lock), "PORTMAPCTL_XTABLES_WAIT": "1"}
+    held = subprocess.Popen(["flock", str(lock), "sleep", "120"])
+    try:
+        busy = subprocess.run(["ip", "netns", "exec", host_ns, "iptables-legacy", "-w", "1",
+                               "-t", "nat", "-S", name], capture_output=True, text=True,
+                              env={**os.environ, **env})  # fmt: skip
+        assert busy.returncode == 4, busy.stderr  # (the lock is held: the fault is real)
+        argv = [*command, "--netns", host_ns, "--iptables", "nft", "--container", "ctrA"]
+        done = run([*argv, *MAPPING], env=env)
+    finally:
+        held.kill()
+        held.wait()
+    if command[0] == "add":
+        assert_error(done, 3, name, "in the legacy tables", "--iptables legacy")
+    else:
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert f"could not repair IPv4 mynet/ctrA ({name}): its chain is in the legacy" in (
+            done.stderr
+        ), done.stderr
+    assert rp.nat_rules(rp.save(host_ns, 4, "nft")) == before
+    assert name in rp.save(host_ns, 4, "legacy")
