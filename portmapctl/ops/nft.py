@@ -248,6 +248,85 @@ def left_as_the_plugin_leaves_it(families: Sequence[int]) -> bool:
     return True
 
 
+def nothing_left(
+    attachments: Sequence[Attachment],
+    iptables_chains: Collection[str],
+    live: Ruleset,
+    judged: KeyJudged,
+    plugin_in_iptables: bool,
+) -> Dict[str, str]:
+    """By path, with why (gone_text's), the cache entries whose config says `"backend":
+    "nftables"` of which nothing is left (no chain in `iptables_chains`, no rule in the
+    plugin's nftables tables that DNATs to their address: a firewall took it all) and
+    of which nothing on the node tells that their plugin honours the key. Judged by the
+    key, they were repaired into nftables, where a plugin before v1.6 (Debian's 1.1.1,
+    which keeps them in iptables) never looks: its DEL leaves that copy, its next ADD
+    makes a second one in iptables. In doubt (nothing written for them) where the
+    node's other entries cached so are kept in iptables (`judged`: key_judged's
+    ignored or in doubt); not where one of them has its rules in nftables (the plugin
+    here honours the key), where a `cni_hostport` table of their family is here (only
+    a v1.6+ ADD given the key makes it, no DEL removes it), or where the plugin's
+    CNI-HOSTPORT-DNAT is in no iptables (`plugin_in_iptables` False: every iptables ADD
+    makes it and no DEL removes it, so no plugin wrote iptables here: a firewall
+    reload that dropped the plugin's tables of a v1.6+ node, repaired there)."""
+    owners, targets = owners_in(live), _dnat_targets(live)
+    keyed = [
+        a
+        for a in attachments
+        if a.mapping is not None and a.mapping.backend == Backend.NFTABLES and not a.zombie
+    ]
+    gone = [
+        a
+        for a in keyed
+        if a.dnat_chain not in iptables_chains and not _rules_of(a.mapping, owners, targets)
+    ]
+    if not gone:
+        return {}
+    unheld = sorted({f"{a.network}/{a.container_id}" for a in (*judged.ignored, *judged.in_doubt)})
+    if unheld:
+        shown = ", ".join(unheld[:3]) + (", ..." if len(unheld) > 3 else "")
+        why = (
+            f"{len(unheld)} other container(s) cached so have their chain in iptables and"
+            f" no rule in nftables ({shown}): the plugin here may ignore the key"
+        )
+        return {a.path: why for a in gone}
+    if not plugin_in_iptables or any(_rules_of(a.mapping, owners, targets) for a in keyed):
+        return {}
+    from portmapctl.iptables.chains import TOPLEVEL_DNAT
+
+    why = (
+        "nothing on the node tells that its plugin honours the key (no other container"
+        " cached so has rules in nftables, no plugin table of its family is there, and"
+        f" the plugin's {TOPLEVEL_DNAT} is in iptables)"
+    )
+    return {
+        a.path: why
+        for a in gone
+        if not any(live.table(family) is not None for family in a.mapping.families)  # type: ignore[union-attr]
+    }
+
+
+def gone_text(config: MappingConfig, said: str, why: str) -> str:
+    """Why the backend of a container nothing_left puts in doubt cannot be told
+    (`said`: where its key "nftables" was read; `why`: nothing_left's)."""
+    return _doubt_text(
+        config,
+        said,
+        f"is in no iptables and no rule of it is in nftables (nothing of it is left); {why}",
+        _KEY_WHETHER,
+        _KEY_WHY,
+    )
+
+
+# What cannot be told of a container whose key "nftables" its plugin may ignore, and
+# what would tell (in_doubt_text, gone_text).
+_KEY_WHETHER = (
+    "its plugin ignores the key (before v1.6: it keeps it in iptables) or not (v1.6 on:"
+    " in nftables)"
+)
+_KEY_WHY = "`portmap` run with no CNI_COMMAND prints its version"
+
+
 def in_doubt_text(
     config: MappingConfig, said: str, where: str = "iptables", unread: Optional[str] = None
 ) -> str:
@@ -262,14 +341,7 @@ def in_doubt_text(
         if unread is None
         else _UNREAD.format(unread)
     )
-    return _doubt_text(
-        config,
-        said,
-        f"is in {where}{seen}",
-        "its plugin ignores the key (before v1.6: it keeps it in iptables) or not (v1.6 on:"
-        " in nftables)",
-        "`portmap` run with no CNI_COMMAND prints its version",
-    )
+    return _doubt_text(config, said, f"is in {where}{seen}", _KEY_WHETHER, _KEY_WHY)
 
 
 def unplaced_text(config: MappingConfig, unread: str) -> str:
@@ -290,7 +362,7 @@ _UNREAD = ", and the plugin's table is here but nft cannot read it ({})"
 
 
 def _doubt_text(config: MappingConfig, said: str, chain: str, whether: str, why: str) -> str:
-    """The one line in_doubt_text and unplaced_text say: `said` (its config's key),
+    """The one line in_doubt_text, gone_text and unplaced_text say: `said` (its config's key),
     where its chain is (`chain`), `whether` what cannot be told, and nothing written
     (`why`: what tells more, or what a write would do)."""
     return (

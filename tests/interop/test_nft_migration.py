@@ -1701,3 +1701,86 @@ def test_a_table_of_snat_off_adds_still_tells_an_ignored_key(
     after = _no_counters((rp.save(node, 4) + rp.save(node, 6), upstream.ruleset_text(node)))
     assert after == before
     assert all(c.returncode == 0 for c in rp.run_check(node, "deb1", deb))
+
+
+def _debian_gone(
+    node: str, cache: Path, cid: str, ip: str, port: int, lose: bool
+) -> Dict[str, Any]:
+    """Debian's 1.1.1 ADD of podman/`cid` under `"backend": "nftables"` (a key it
+    ignores: its chain in iptables), cached so; where `lose`, a firewall then removed
+    its CNI-DN- chain and its CNI-HOSTPORT-DNAT entry rule (the top-level chains stay).
+    Its config."""
+    conf = rp.plugin_conf("podman", [ip], [_pm(port, 80)])
+    conf = _cached(cache, cid, {**conf, "backend": "nftables"})
+    rp.run_plugin("ADD", node, cid, conf, check=True)
+    if lose:
+        chain = chain_name("podman", cid)
+        rule = next(
+            line for line in rp.save(node, 4).splitlines()
+            if line.startswith("-A CNI-HOSTPORT-DNAT") and chain in line
+        )  # fmt: skip
+        rp.iptables(node, ["-t", "nat", "-D", *shlex.split(rule)[1:]])
+        rp.iptables(node, ["-t", "nat", "-F", chain])
+        rp.iptables(node, ["-t", "nat", "-X", chain])
+    return conf
+
+
+def _both_rulesets(node: str) -> Tuple[str, str]:
+    """IPv4's iptables rules (no header, no counters) and the whole nft ruleset (the
+    plugin's table may be absent)."""
+    return _no_counters((rp.save(node, 4).split("\n", 1)[1], upstream.ruleset_text(node)))
+
+
+@pytest.mark.parametrize("beside", ["alone", "beside-an-ignored-key"])
+def test_a_key_ignoring_container_with_nothing_left_is_in_doubt_not_written_to_nftables(
+    node: str, tmp_path: Path, beside: str
+) -> None:
+    """deb1 was added by Debian's 1.1.1 under `"backend": "nftables"`, a key it
+    ignores (its chain in iptables), and a firewall removed its CNI-DN- chain and its
+    entry rule; alone, or beside deb2, added so and whole (its chain in iptables, none
+    in nftables: the node's plugin ignores the key). With nothing of deb1 left, it was
+    judged by its key: the node's check reported it `nft-missing-*` with --repair as
+    the fix, and `check --repair` wrote it into nftables (exit 0, "healthy"), a backend
+    its plugin never uses (its DEL never removes that copy; its next ADD makes a second
+    one in iptables). Nothing tells that its plugin honours the key: it is in doubt,
+    reported with no fix and a warning, nothing written in either backend."""
+    _debian_gone(node, tmp_path, "deb1", "10.88.0.31/16", 8031, lose=True)
+    if beside != "alone":
+        _debian_gone(node, tmp_path, "deb2", "10.88.0.32/16", 8032, lose=False)
+    before = _both_rulesets(node)
+    done = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "podman/deb1" in done.stderr and "cannot be told" in done.stderr, done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    # (deb1's and the plugin's table it alone wants, as judged by its key.)
+    assert {p["container_id"] for p in problems} == {"deb1", None}, done.stdout
+    assert all(p["fix"] is None for p in problems), done.stdout
+    repaired = _pmctl(node, tmp_path, "check", "--repair")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    assert "could not repair IPv4 podman/deb1" in repaired.stderr, repaired.stderr
+    assert "repaired:" not in repaired.stdout + repaired.stderr
+    assert _both_rulesets(node) == before
+    assert "cni_hostport" not in upstream.nft(node, "list", "tables").stdout
+
+
+def test_a_cached_nftables_container_with_nothing_left_beside_the_plugins_table_is_repaired(
+    node: str, tmp_path: Path
+) -> None:
+    """The other side of the test above: nft1 and nft2 added by v1.9.1 under
+    `"backend": "nftables"`, beside deb0 (Debian's, no key: the plugin's CNI-HOSTPORT-*
+    chains in iptables); nft1's rules removed (its plugin's DEL, its cache entry kept).
+    The plugin's table holds nft2's rules: the plugin here honours the key, so nft1 is
+    repaired there, as before, and its v1.9.1 CHECK passes; nothing in iptables."""
+    deb = rp.plugin_conf("podman", ["10.88.0.30/16"], [_pm(8030, 80)])
+    rp.run_plugin("ADD", node, "deb0", _cached(tmp_path, "deb0", deb), check=True)
+    confs = {}
+    for cid, ip, port in (("nft1", "10.88.0.33/16", 8033), ("nft2", "10.88.0.34/16", 8034)):
+        confs[cid] = _cached(tmp_path, cid, upstream.nft_conf("podman", [ip], [_pm(port, 80)]))
+        upstream.run(V191, "ADD", node, cid, confs[cid], check=True)
+    upstream.run(V191, "DEL", node, "nft1", confs["nft1"], check=True)
+    iptables = rp.nat_rules(rp.save(node, 4))
+    done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cannot be told" not in done.stderr, done.stderr
+    upstream.run(V191, "CHECK", node, "nft1", confs["nft1"], check=True)
+    assert rp.nat_rules(rp.save(node, 4)) == iptables

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Collection, Dict, List, Optional, Sequence, Se
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.status import ProblemKind
+from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.ruleset import NatTable
-from portmapctl.ops.check.problem import CheckResult
+from portmapctl.ops.check.problem import CheckResult, Problem
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
@@ -36,18 +37,9 @@ def in_doubt_left(
     (_toplevel_left)."""
     if not followed.in_doubt and not followed.unplaced:
         return result
-    from portmapctl.ops.nft import configured_there, in_doubt_text, unplaced_text
+    from portmapctl.ops.nft import unplaced_text
 
-    said = [
-        in_doubt_text(
-            a.mapping,
-            configured_there(a.mapping),
-            followed.where.get(a.dnat_chain, "iptables"),
-            unread=followed.unread,
-        )
-        for a in followed.in_doubt
-        if a.mapping is not None
-    ]
+    said = [followed.doubt_text(a) for a in followed.in_doubt if a.mapping is not None]
     said += [
         unplaced_text(a.mapping, followed.unread or "")
         for a in followed.unplaced
@@ -124,11 +116,18 @@ def left_alone(result: CheckResult, ids: Collection[str], said: Sequence[str]) -
         replace(p, fix="", why=_IN_DOUBT)
         if p.container_id in ids
         else replace(p, fix="")
-        if p.container_id is None and p.in_nftables and p.family not in needed
+        if p.container_id is None and _of_nft_tables(p) and p.family not in needed
         else p
         for p in result.problems
     )
     return replace(result, problems=problems, warnings=(*result.warnings, *said))
+
+
+def _of_nft_tables(problem: Problem) -> bool:
+    """A problem of the plugin's nftables structure: of its chains or rules, or its
+    table missing (where nothing is left of a container in doubt, nft.nothing_left,
+    its fix made that table for it alone)."""
+    return problem.in_nftables or problem.kind == ProblemKind.NFT_MISSING_TABLE
 
 
 _IN_DOUBT = (
@@ -156,6 +155,19 @@ class Followed:
     where: Dict[str, str] = field(default_factory=dict)
     unread: Optional[str] = None
     unplaced: Sequence[Attachment] = ()
+    gone: Dict[str, str] = field(default_factory=dict)  # path -> why (nft.nothing_left)
+
+    def doubt_text(self, attachment: Attachment) -> str:
+        """Why `attachment` (of `in_doubt`, its mapping there) is in doubt."""
+        from portmapctl.ops.nft import configured_there, gone_text, in_doubt_text
+
+        config = attachment.mapping
+        assert config is not None
+        said = configured_there(config)
+        if attachment.path in self.gone:
+            return gone_text(config, said, self.gone[attachment.path])
+        where = self.where.get(attachment.dnat_chain, "iptables")
+        return in_doubt_text(config, said, where, unread=self.unread)
 
 
 def follow_the_plugin(
@@ -200,10 +212,13 @@ def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: Node
             return Followed(attachments)  # (all in nftables, the usual node: no iptables read)
         from portmapctl.ops.check.followed import chains_in_iptables
 
-        chains = chains_in_iptables(node, node.families, {a.dnat_chain for a in unheld})
+        asked = {a.dnat_chain for a in unheld} | {TOPLEVEL_DNAT}
+        chains = chains_in_iptables(node, node.families, asked)
     else:
-        chains = _chains_read(read, {a.dnat_chain for a in keyed})
-    if not chains:
+        chains = _chains_read(read, {a.dnat_chain for a in keyed} | {TOPLEVEL_DNAT})
+    # (The plugin's CNI-HOSTPORT-DNAT: whether a plugin wrote iptables here, nft.nothing_left.)
+    plugin_there = chains.pop(TOPLEVEL_DNAT, None) is not None
+    if not chains and not plugin_there:
         return Followed(attachments)
     from portmapctl.ops import nft
 
@@ -222,7 +237,10 @@ def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: Node
     found = nft.key_judged(attachments, chains, live)
     ignored = found.ignored
     in_iptables = nft.judged_in_iptables(attachments, ignored)
-    return Followed(in_iptables, ignored, found.in_doubt, chains)
+    # Those of which nothing is left, where nothing tells their plugin honours the key.
+    gone = nft.nothing_left(attachments, chains, live, found, plugin_there)
+    in_doubt = [*found.in_doubt, *(a for a in attachments or () if a.path in gone)]
+    return Followed(in_iptables, ignored, in_doubt, chains, gone=gone)
 
 
 def _no_container_there(node: Node) -> bool:

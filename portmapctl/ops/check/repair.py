@@ -508,7 +508,7 @@ def repair(
                 dry_run=False,
                 planned=nft_tried,
                 dedupe=nft_copies,
-                in_doubt=_in_doubt_why(in_doubt),
+                in_doubt=_in_doubt_why(in_doubt, followed.gone),
             )
             unrepaired += nft_left
             if text:
@@ -554,13 +554,14 @@ def repair(
     return _repaired(before, after, transactions, warnings, unrepaired)
 
 
-def _in_doubt_why(in_doubt: Sequence[Attachment]) -> Dict[str, str]:
+def _in_doubt_why(in_doubt: Sequence[Attachment], gone: Mapping[str, str]) -> Dict[str, str]:
     """By path, why nft_repair writes nothing for the entries whose backend is in doubt
     (followed_entries.follow_the_plugin): the plugin that added them may keep them in
-    iptables."""
+    iptables (`gone`: those of which nothing is left, ops/nft.py nothing_left)."""
     return {
-        a.path: 'its cached config says "backend": "nftables", its chain is in iptables:'
-        " whether its plugin ignores the key cannot be told here"
+        a.path: 'its cached config says "backend": "nftables", '
+        + ("nothing of it is left" if a.path in gone else "its chain is in iptables")
+        + ": whether its plugin ignores the key cannot be told here"
         for a in in_doubt
     }
 
