@@ -314,13 +314,52 @@ def not_wanted(
     (it cannot be read, it is in a cache directory not given, or it is not written yet:
     libcni writes it once the ADD is done). --repair deleted them, and so another
     network's live mapping, which the plugin's CHECK (counting rules by ID) never
-    missed: reported, never deleted (SPEC §3: repair never deletes a live mapping)."""
+    missed: reported, never deleted (SPEC §3: repair never deletes a live mapping).
+
+    A masquerade rule of theirs for an address only their unwanted DNAT rules send to
+    (an old address: the plugin's ADD again on a new one, without a DEL) is unwanted
+    with them: it is that mapping's own, and no rule of theirs left after a repair
+    sends anything there. --repair deleted the DNAT rule and left these two, reported
+    as unclaimed at every check after."""
     claims = _claims(wanted)
     claimed: List[Rule] = []
     unclaimed: List[Rule] = []
     for rule in _not_wanted(table, wanted, ids, addresses):
         (claimed if _claim(rule) in claims else unclaimed).append(rule)
+    orphaned = _served_only_by(table, claimed, ids) if table is not None else set()
+    if orphaned:
+        claimed += [r for r in unclaimed if _masquerade_of(r) in orphaned]
+        unclaimed = [r for r in unclaimed if _masquerade_of(r) not in orphaned]
     return claimed, unclaimed
+
+
+def _masquerade_of(rule: Rule) -> Optional[Tuple[str, str]]:
+    """(container ID, address) a masquerade rule of the plugin's is for."""
+    if rule.chain != MASQUERADING:
+        return None
+    address = container_address(rule)
+    return None if address is None else (rule.comment or "", address)
+
+
+def _served_only_by(
+    table: Table, doomed: Sequence[Rule], ids: Collection[str]
+) -> Set[Tuple[str, str]]:
+    """(container ID, address) that `doomed`'s DNAT rules send to and no other DNAT
+    rule of that ID in the table does (wanted or not, read or filtered out: every one
+    counts, so a rule of its other network keeps the address's masquerade)."""
+    from portmapctl.nftables.node import is_plugin_rule
+
+    going = {id(rule) for rule in doomed}
+    sent = {(r.comment or "", container_address(r)) for r in doomed if r.chain != MASQUERADING}
+    if not sent:
+        return set()
+    for chain in CONTAINER_CHAINS:
+        if chain == MASQUERADING:
+            continue
+        for rule in table.rules_of(chain):
+            if rule.comment in ids and id(rule) not in going and is_plugin_rule(rule):
+                sent.discard((rule.comment or "", container_address(rule)))
+    return {(cid, address) for cid, address in sent if address is not None}
 
 
 def _not_wanted(

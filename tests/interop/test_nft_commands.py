@@ -1315,6 +1315,65 @@ def test_a_cached_containers_wrong_rule_is_extra_and_repair_removes_it(
         upstream.run(V191, "CHECK", node, cid, conf, check=True)
 
 
+@pytest.mark.parametrize("old_address_kept", [False, True], ids=["alone", "kept-by-a-port"])
+def test_repair_of_an_old_address_takes_its_masquerade_rules_along(
+    node: str, tmp_path: Path, old_address_kept: bool
+) -> None:
+    """A container the plugin ADDed again on a new address without a DEL keeps the old
+    address's DNAT rule (ahead of the new one: it takes the port) and its two
+    masquerade rules (hairpin, localhost). --repair deleted the DNAT rule as extra but
+    left the masquerade rules, which then were nft-unclaimed-rules at every check
+    (exit 1), though nothing of the container sends traffic to that address any more.
+    They go in the same transaction, as extra-rules. A rule of its own that still
+    DNATs to that address (a port its config has not: maybe its other network's) keeps
+    them: they serve that rule."""
+    ports = [_pm(8080, 80)]
+    old = upstream.nft_conf("podman", ["10.88.0.5/16"], ports)
+    new = upstream.nft_conf("podman", ["10.88.0.6/16"], ports)
+    upstream.run(V191, "ADD", node, "moved1", old, check=True)
+    upstream.run(V191, "ADD", node, "moved1", new, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "moved1", "eth0", new, ports, ["10.88.0.6/16"])
+    if old_address_kept:
+        upstream.nft(node, "add", "rule", "ip", "cni_hostport", "hostports", "tcp", "dport",
+                     "7777", "dnat", "to", "10.88.0.5:77", "comment", '"moved1"')  # fmt: skip
+
+    found = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    kinds = {p["kind"]: p for p in json.loads(found.stdout)["problems"]}
+    old_masq = [
+        'ip saddr 10.88.0.5 ip daddr 10.88.0.5 masquerade comment "moved1"',
+        'ip saddr 127.0.0.1 ip daddr 10.88.0.5 masquerade comment "moved1"',
+    ]
+    old_dnat = 'tcp dport 8080 dnat to 10.88.0.5:80 comment "moved1"'
+    if old_address_kept:
+        assert kinds["extra-rules"]["rule"] == old_dnat
+        assert set(kinds["nft-unclaimed-rules"]["rule"].split("\n")) == {
+            'tcp dport 7777 dnat to 10.88.0.5:77 comment "moved1"', *old_masq,
+        }  # fmt: skip
+    else:
+        assert set(kinds) == {"extra-rules"}, kinds
+        assert kinds["extra-rules"]["rule"].split("\n") == [old_dnat, *old_masq]
+
+    repaired = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    doc = json.loads(repaired.stdout)
+    assert [p["kind"] for p in doc["fixed"]] == ["extra-rules"]
+    text = upstream.ruleset_text(node)
+    assert "dnat to 10.88.0.5:80" not in text
+    assert ("daddr 10.88.0.5 masquerade" in text) is old_address_kept
+    if old_address_kept:
+        assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+        assert [p["kind"] for p in doc["problems"]] == ["nft-unclaimed-rules"]
+    else:
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        assert doc["problems"] == []
+    masq = {r["expr"][1]["match"]["right"] for r in _rules_of(node, "moved1")
+            if r["chain"] == "masquerading"}  # fmt: skip
+    assert "10.88.0.6" in masq  # the new address's stay
+    upstream.run(V191, "CHECK", node, "moved1", new, check=True)
+    upstream.run(V191, "DEL", node, "moved1", new, check=True)
+    assert _container_rules(node) == []
+
+
 # --- --backend narrows what check looks at: with --backend nftables nothing is expected
 # of iptables (it is not read), with --backend iptables nothing of nftables. ---
 
