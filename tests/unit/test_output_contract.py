@@ -87,8 +87,8 @@ def test_check_at_80_columns_one_row_per_problem_why_and_fix_once_then_a_summary
     problems = " ".join(line[len("missing-entry  v4   d19e3b7f60c2  ") :] for line in table)
     assert "…" not in problems
     assert (
-        "taken first by CNI-DN-27a3997738f625df8206e (podman/3f2a9c1e5b7d4a60web), which wins"
-        in problems
+        "taken first by the rule CNI-DN-27a3997738f625df8206e of podman/3f2a9c1e5b7d4a60web,"
+        " which DNATs to 10.88.0.5:80" in problems
     )
     # Each kind explained once, the fix command whole on its own lines (continued with
     # " \\" where the checkout's path makes it longer than the terminal).

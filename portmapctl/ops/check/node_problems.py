@@ -121,7 +121,7 @@ def inventory_problems(
             problems.append(dead_problem(found, c, fixes))
         rows = shadowed.get((c.name, c.family))
         if rows:
-            problems.append(shadow_problem(c, rows, by_chain, fixes))
+            problems.append(shadow_problem(c, rows, by_chain, fixes, found.mappings))
     return problems
 
 
@@ -229,29 +229,47 @@ def shadow_problem(
     rows: Sequence[inventory.Mapping],
     by_chain: ReadOnly[Tuple[str, int], inventory.ChainInfo],
     fixes: Fixes,
+    mappings: Sequence[inventory.Mapping] = (),
 ) -> Problem:
-    winners: Dict[str, List[str]] = {}
+    """`loser`'s ports (`rows`) that an earlier entry takes. `mappings`: every row of the
+    node, to say where the winning rule sends each port: a stale chain of a container
+    that is gone often DNATs to the address the runtime gave the shadowed one since
+    (IPAM hands it out again), and then that container gets its traffic today, through
+    a rule gc is about to remove; "gets no traffic" was false there."""
+    winners: Dict[str, List[inventory.Mapping]] = {}
     for m in rows:
-        winners.setdefault(m.shadowed_by or "?", []).append(f"{m.protocol}/{m.host_port}")
+        winners.setdefault(m.shadowed_by or "?", []).append(m)
+    sends: Dict[Tuple[str, str, int], List[inventory.Mapping]] = {}
+    for m in mappings:
+        if m.family == loser.family:
+            sends.setdefault((m.chain, m.protocol, m.host_port), []).append(m)
     parts = []
     winner_stale = winner_zombie = foreign = False
-    for name, ports in winners.items():
+    own_everywhere = True  # every winning rule sends to the loser's own address and port
+    for name, lost in winners.items():
+        ports = ", ".join(f"{m.protocol}/{m.host_port}" for m in lost)
         if name.startswith("-A "):
             # Another tool's rule ahead of the plugin's entry (iptables/foreign.py).
+            own_everywhere = False
             foreign = True
-            parts.append(
-                f"{', '.join(ports)} taken first by a rule outside the plugin's chains: {name}"
-            )
+            parts.append(f"{ports} taken first by a rule outside the plugin's chains: {name}")
             continue
         winner = by_chain.get((name, loser.family))
         who = _who(winner.network, winner.container_id) if winner else "?"
-        winner_stale = winner_stale or (winner is not None and ProblemKind.STALE in winner.status)
+        stale = winner is not None and ProblemKind.STALE in winner.status
         # A zombie's container is gone too (Nomad: a new allocation on the static port
         # of one whose pause container vanished), but only gc --netns-liveness removes it.
-        winner_zombie = winner_zombie or (
-            winner is not None and ProblemKind.ZOMBIE in winner.status
-        )
-        parts.append(f"{', '.join(ports)} taken first by {name} ({who}), which wins")
+        zombie = winner is not None and ProblemKind.ZOMBIE in winner.status
+        winner_stale, winner_zombie = winner_stale or stale, winner_zombie or zombie
+        state = "the stale rule" if stale else "the zombie's rule" if zombie else "the rule"
+        dests, own = _destinations(lost, name, sends)
+        own_everywhere = own_everywhere and own
+        text = f"{ports} taken first by {state} {name} of {who}"
+        if dests:
+            text += f", which DNATs to {dests}"
+            if own:
+                text += f": {loser.container_id or 'this container'}'s own address and port"
+        parts.append(text)
     if foreign:
         # No command of ours may touch another tool's rule: prose (JSON fix null).
         fix = _FOREIGN_FIX
@@ -269,11 +287,57 @@ def shadow_problem(
         loser.container_id,
         "; ".join(parts),
         fix,
-        _FOREIGN_WHY
-        if foreign
-        else "iptables uses the first matching rule in CNI-HOSTPORT-DNAT: this container gets"
-        " no traffic on those ports",
+        _FOREIGN_WHY if foreign else _shadow_why(own_everywhere, winner_stale or winner_zombie),
         entries_for(loser, [(m.protocol, m.host_port) for m in rows]),
+    )
+
+
+def _destinations(
+    lost: Sequence[inventory.Mapping],
+    winner: str,
+    sends: ReadOnly[Tuple[str, str, int], Sequence[inventory.Mapping]],
+) -> Tuple[str, bool]:
+    """Where `winner` sends the ports `lost` (`10.88.0.5:80`, `[fd00::5]:80`; empty
+    when its rows are not known), and whether each goes to the loser's own address and
+    port, as the loser's rule would send it."""
+    found: Dict[str, None] = {}
+    own = True
+    for m in lost:
+        sent = sends.get((winner, m.protocol, m.host_port))
+        if not sent:
+            return "", False
+        for row in sent:
+            found[_address_port(row.container_ip, row.container_port)] = None
+            own = own and (row.container_ip, row.container_port) == (
+                m.container_ip,
+                m.container_port,
+            )
+    return ", ".join(found), own
+
+
+def _address_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _shadow_why(own: bool, gone: bool) -> str:
+    """What the shadowing does to the loser's traffic, and what gc and --repair do.
+    Naming no container: a kind's whys are printed once each under the table."""
+    name = "this container"
+    head = "iptables uses the first matching rule in CNI-HOSTPORT-DNAT: "
+    if own and gone:
+        return (
+            f"{head}{name} gets this traffic now, through the rule of a container that is"
+            f" gone; gc removes that rule and its own rule takes over, to the same address;"
+            f" check --repair leaves it (stale chains are gc's)"
+        )
+    if gone:
+        return (
+            f"{head}{name} gets no traffic on those ports; gc removes the winning rule and"
+            f" its own rule takes them; check --repair leaves it (stale chains are gc's)"
+        )
+    return (
+        f"{head}{name} gets no traffic on those ports; check --repair leaves it (which"
+        " container should have a port is not a repair's to decide)"
     )
 
 

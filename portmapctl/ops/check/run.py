@@ -503,5 +503,5 @@ def _as_the_node_check_says(config: MappingConfig, tables: Dict[int, NatTable]) 
         if chain is not None and Status.DEAD in chain.status:
             problems.append(dead_problem(found, chain, Fixes()))
         if chain is not None and rows:
-            problems.append(shadow_problem(chain, rows, by_chain, Fixes()))
+            problems.append(shadow_problem(chain, rows, by_chain, Fixes(), found.mappings))
     return problems
