@@ -189,13 +189,16 @@ def _add(
             # nftables backend (as list, check and gc read it), so add writes there.
             config = replace(config, backend=Backend.NFTABLES)
         if config.backend == Backend.NFTABLES:
-            # (The tables as before: a re-added mapping keeps its rules' place.)
-            live = node.read_nft()
+            result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp, owed=owed)
+            # The tables as before the write (a re-added mapping keeps its rules' place):
+            # the read its transaction was planned from, right before the write (the
+            # window a concurrent plugin ADD or DEL has stays that narrow); not a second
+            # listing of the whole table (~160 ms at 1,000 containers).
+            live = result.nft_seen if result.nft_seen is not None else node.read_nft()
             clashes = nft_shadow_warnings(config, live)
             clashes += contest_warnings(node, config)
             clashes += other_flavour_warnings(node, config)
             clashes += hook_warnings(node, config, live)
-            result = add(node, config, dry_run=dry_run, flush_udp=not no_flush_udp, owed=owed)
         else:
             # What add read (or listed meanwhile): not a second read of the whole table.
             result = add(

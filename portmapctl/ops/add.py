@@ -67,6 +67,7 @@ from portmapctl.ops.side_effects import after_setup
 if TYPE_CHECKING:
     from portmapctl.iptables.access.nfnl import Claims
     from portmapctl.iptables.shapes import ProtoPort
+    from portmapctl.nftables.ruleset import Ruleset
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,10 @@ class AddResult:
     taken: Dict[int, Dict[ProtoPort, str]] = field(default_factory=dict)
     # Per family, the restore command the transaction goes to (access.restore_tools).
     tools: Dict[int, str] = field(default_factory=dict)
+    # An nftables add's: the plugin's tables as read for the transaction that went in
+    # (or, nothing to write, the last read), before it was written: what its warnings
+    # judge, so that add lists the tables once (cli/add_run.py).
+    nft_seen: Optional[Ruleset] = None
 
 
 def _sharing(
@@ -488,6 +493,7 @@ def _add_nft(
     addresses = {f: a.ip.compressed for f in families if (a := config.address(f)) is not None}
 
     tried: List[Any] = []
+    read: List[Any] = []  # each try's read, beside its transaction in `tried`
 
     def plan(live: Any) -> Any:
         txn = planner.setup(live, want, planner.Entries.REWRITE)
@@ -495,6 +501,7 @@ def _add_nft(
             for rule in planner.superseded(live, w, addresses[w.family]):
                 txn.delete_rule(w.family, rule.chain, rule.handle, rule.body)
         tried.append(txn)
+        read.append(live)
         return txn
 
     warnings: List[str] = []
@@ -540,4 +547,17 @@ def _add_nft(
         transactions,
         tuple(warnings),  # type: ignore[arg-type]
         backend=Backend.NFTABLES,
+        nft_seen=_planned_from(text, tried, read),
     )
+
+
+def _planned_from(text: str, tried: List[Any], read: List[Any]) -> Optional[Ruleset]:
+    """The read the transaction that went in (`text`) was planned from: the last try
+    that planned something (a try killed after its commit is followed by a read that
+    plans nothing, taken after the write); with nothing written, the last read. None
+    where nothing was read (no nft to read with)."""
+    if text:
+        for txn, live in zip(reversed(tried), reversed(read)):
+            if txn:
+                return live
+    return read[-1] if read else None

@@ -335,7 +335,14 @@ class Node:
         if self.nft is None:
             return ""
         if dry_run or not self.nft.writable:
-            return (planned if planned is not None else plan(self.read_nft())).render()
+            if planned is not None:
+                return planned.render()
+            live = self.read_nft()
+            if self.nft_unusable is not None:
+                # (This read found nft unusable, the tables maybe here: a plan from no
+                # table is no plan of theirs. add's own read used to find it first.)
+                raise self.nft_unusable
+            return plan(live).render()
         if planned is not None and not planned:
             return ""
         first = [planned] if planned is not None else []

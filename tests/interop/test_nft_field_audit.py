@@ -317,6 +317,27 @@ def test_flush_udp_without_nft_keeps_the_flows_of_a_cached_nftables_container(
     assert [d["sport"] for d in json.loads(given.stdout)["deleted"]] == [40001]
 
 
+def test_add_dry_run_without_nft_on_a_node_with_the_plugins_tables_plans_nothing(
+    node: str, tmp_path: Path
+) -> None:
+    """An nftables add's dry run where nft cannot be used and the kernel holds the
+    plugin's tables: exit 3, one line, as the add itself. Its transaction's read is now
+    add's only one (ops/node.py converge_nft): read as no table, it printed a plan that
+    made the table afresh, exit 0."""
+    _plugin_add(node, tmp_path, WEB)
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(upstream.nft_conf("podman", ["10.88.0.9/16"],
+                                                 [rp.port_mapping(8081, 80)])))  # fmt: skip
+    no_nft = [os.path.realpath(shutil.which("nft") or "/usr/sbin/nft")]
+    args = ["add", "--container", "mine1", "--cni-config", str(path), "--netns", node,
+            "--cni-cache-dir", str(tmp_path)]  # fmt: skip
+    for extra in (["--dry-run"], []):
+        pmctl.assert_error(pmctl.run([*args, *extra], hide=no_nft), 3, "nft not found")
+    dry = pmctl.run([*args, "--dry-run"])
+    assert dry.returncode == 0, dry.stderr
+    assert "add rule ip cni_hostport hostports" in dry.stdout, dry.stdout
+
+
 def test_list_without_nft_on_a_node_whose_cache_says_nftables_stops_as_check_does(
     node: str, tmp_path: Path
 ) -> None:
