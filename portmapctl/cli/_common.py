@@ -272,6 +272,11 @@ class Common(NamedTuple):
         return Backend(self.backend.value)
 
     @property
+    def narrowed(self) -> bool:
+        """--family or --backend looks at part of the node only."""
+        return self.family is not FamilyChoice.all or self.backend is not BackendChoice.auto
+
+    @property
     def cache_dirs(self) -> Tuple[str, ...]:
         """--cni-cache-dir as given (repeatable; a directory given twice, in any
         spelling, once: host/paths.same_dirs), or the default directories."""
@@ -376,7 +381,11 @@ class Unrecorded(Enum):
     (PortmapctlGcFailing); a dry run removes nothing, so its success said nothing of
     that, and an operator's `gc --dry-run` (the runbook's) restarted the alert's hour
     on a gc that failed every run. SNAPSHOT: a list or check of a dump with the
-    node-wide PORTMAPCTL_METRICS_FILE (snapshot_unrecorded)."""
+    node-wide PORTMAPCTL_METRICS_FILE (snapshot_unrecorded). NARROWED: a check of part
+    of the node (--family 4|6, --backend iptables|nftables): the problems gauge has no
+    family or backend, so the part not looked at was written as zeros in place of the
+    last whole-node check's counts (PortmapctlProblems and the stale alerts cleared,
+    their `for:` restarted, until the timer's next run)."""
 
     ONE_MAPPING = (
         "the whole node's {command}, not one mapping's ({command} without the mapping's"
@@ -384,6 +393,10 @@ class Unrecorded(Enum):
     )
     DRY_RUN = (
         "what {command} did, and a dry run does nothing ({command} without --dry-run writes it)"
+    )
+    NARROWED = (
+        "the whole node's {command}, not part of it ({command} without --family and"
+        " --backend writes it)"
     )
     SNAPSHOT = (
         "this node's {command} (PORTMAPCTL_METRICS_FILE), and a snapshot may be another"

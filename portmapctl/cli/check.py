@@ -96,12 +96,19 @@ def check_command(
 
     out = common.out()
     # Exit 1 (problems found) is a run that did its work. Only a check of the whole
-    # node writes the file (one mapping's problems are not the node's), and the node's
-    # file only a check of the node (not of a dump: snapshot_unrecorded).
+    # node writes the file (one mapping's problems are not the node's, nor one
+    # family's or backend's: the problems gauge has neither label, so the rest read as
+    # zeros), and the node's file only a check of the node (not of a dump:
+    # snapshot_unrecorded; a dump's, asked for by name, holds what was read of it).
+    dumps = (snapshot, snapshot6, nft_snapshot)
     unrecorded = (
         Unrecorded.ONE_MAPPING
         if mapping.given
-        else snapshot_unrecorded(common, snapshot, snapshot6, nft_snapshot)
+        else snapshot_unrecorded(common, *dumps)
+        if any(dump is not None for dump in dumps)
+        else Unrecorded.NARROWED
+        if common.narrowed
+        else None
     )
     metrics = metrics_recording(metrics_file, "check", common.cache_dirs, out, (0, 1), unrecorded)
     repaired: List[CheckResult] = []  # what repair returned, once it has

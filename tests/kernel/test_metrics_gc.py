@@ -23,6 +23,17 @@ def samples_of(path) -> Dict[Tuple[str, frozenset], float]:
     }
 
 
+def node_textfiles(tmp_path) -> Tuple[Path, Dict[str, str]]:
+    """A textfile directory and the environment that sets the node-wide
+    PORTMAPCTL_METRICS_FILE into it as docs/monitoring.md does (a file per command)."""
+    textfiles = tmp_path / "textfiles"
+    textfiles.mkdir()
+    return textfiles, {
+        "PORTMAPCTL_RUN_DIR": str(tmp_path / "run"),
+        "PORTMAPCTL_METRICS_FILE": str(textfiles / "portmapctl-{command}.prom"),
+    }
+
+
 def key(name: str, **labels: str) -> Tuple[str, frozenset]:
     return (f"portmapctl_{name}", frozenset(labels.items()))
 
@@ -130,13 +141,8 @@ def _timers_gc_failed(host_ns: str, tmp_path) -> Tuple[list, dict, Path, str]:
     environment with the node-wide PORTMAPCTL_METRICS_FILE, the gc file and what the
     failed run left in it (`last_run_success 0`)."""
     cache = _live_and_uncached(host_ns, tmp_path, "gone1")
-    textfiles = tmp_path / "textfiles"
-    textfiles.mkdir()
+    textfiles, env = node_textfiles(tmp_path)
     path = textfiles / "portmapctl-gc.prom"
-    env = {
-        "PORTMAPCTL_RUN_DIR": str(tmp_path / "run"),
-        "PORTMAPCTL_METRICS_FILE": str(textfiles / "portmapctl-{command}.prom"),
-    }
     argv = ["gc", "--netns", host_ns, "--iptables", "nft", "--cni-cache-dir", str(cache)]
 
     # The timer's gc fails: its unit's Environment= has a value gc does not take.
