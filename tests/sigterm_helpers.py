@@ -200,12 +200,14 @@ elif where == "state":
             hold()
     os.fsync = fsync
 else:
-    import prometheus_client.exposition as exposition
-    real_latest = exposition.generate_latest
-    def generate_latest(*args, **kwargs):
-        hold()  # (the temporary file is open already)
-        return real_latest(*args, **kwargs)
-    exposition.generate_latest = generate_latest
+    # The metrics file's temporary one (NAME.prom.PID.TID) written, before its rename.
+    import re as _re
+    real_fsync = os.fsync
+    def fsync(fd):
+        real_fsync(fd)
+        if _re.search(r"\\.prom\\.[0-9]+\\.[0-9]+$", os.readlink(f"/proc/self/fd/{fd}")):
+            hold()
+    os.fsync = fsync
 from portmapctl.entry import main
 main()
 """

@@ -139,9 +139,10 @@ def write_atomically(path: str, data: bytes) -> None:
 
     O_EXCL|O_NOFOLLOW: the new file is ours, not something planted at that name;
     rename(2) replaces a symlink at `path` rather than writing through it. Readers
-    see the old file or the new one, never half of one. The temporary file goes on
-    any way out, SIGTERM's (cli raises it as Terminated) included; one an earlier run
-    left when it could not clean up (SIGKILL, a crash) goes on the next save.
+    see the old file or the new one, never half of one, after a crash too
+    (replace_durably). The temporary file goes on any way out, SIGTERM's (cli raises
+    it as Terminated) included; one an earlier run left when it could not clean up
+    (SIGKILL, a crash) goes on the next save.
     """
     remove_stale(path, _TEMPORARY)
     temporary = f"{path}.{os.getpid()}.tmp"
@@ -157,6 +158,19 @@ def write_atomically(path: str, data: bytes) -> None:
     else:
         raise HostProblem(f"cannot write {temporary}: it keeps reappearing")
     try:
+        replace_durably(fd, temporary, path, data)
+    except OSError as err:
+        raise cannot_write(path, err) from None
+
+
+def replace_durably(fd: int, temporary: str, path: str, data: bytes) -> None:
+    """Fill `fd`, the new file `temporary` just created beside `path`, with `data` and
+    rename it over `path`, on disk: the file is fsynced before the rename, so a crash
+    leaves the old file or the whole new one, never the new name on an empty file
+    (ext4 and XFS may put the rename on disk before the data), and the directory
+    after it, so the rename itself is kept. Closes `fd`; the temporary file goes on
+    any way out (SIGTERM's Terminated too), and the error goes on as it was."""
+    try:
         try:
             view = memoryview(data)
             while view:
@@ -165,14 +179,29 @@ def write_atomically(path: str, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(temporary, path)
-    except BaseException as err:  # noqa: B036 - the file goes, the error goes on as it was
+    except BaseException:  # noqa: B036 - the file goes, the error goes on as it was
         try:
             os.unlink(temporary)
         except OSError:
             pass
-        if isinstance(err, OSError):
-            raise cannot_write(path, err) from None
         raise
+    _sync_directory(os.path.dirname(path) or ".")
+
+
+def _sync_directory(folder: str) -> None:
+    """fsync a directory, best effort: the file is in place once renamed, and some
+    file systems refuse fsync of a directory (EINVAL): a write that worked is not
+    called failed for it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # What the person can do about a failed write of our files, by errno; none where the

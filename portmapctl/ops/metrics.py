@@ -3,10 +3,14 @@
 A command (`list`, `check`, `gc`) fills a `MetricsReport`: plain, bounded values
 (counts by backend, family, status, kind; never a container ID or chain name as a
 label, so a fleet's series count does not grow with its containers). `write()` turns
-the report into Prometheus text with prometheus_client's own registry and writer,
+the report into Prometheus text with prometheus_client's own registry, and writes it
 atomically: a temporary file in the same directory, then rename(2), so the collector
 never reads half a file (and ignores the temporary one: its name does not end in
-`.prom`).
+`.prom`). Not with prometheus_client's write_to_textfile: it (0.26, whose code we read) renames
+without fsync, so a node crash could leave the new name on an empty file (ext4, XFS
+may put the rename on disk before the data), which node_exporter reads as no metrics
+of the command until its next run; ours fsyncs the file before the rename and the
+directory after it (host/files.replace_durably).
 
 prometheus_client is imported only to render or write a report (about 30 ms), and
 this module only when `--metrics-file` is given: a run without it imports neither.
@@ -419,7 +423,7 @@ def write(report: MetricsReport, path: str) -> Optional[str]:
     if refusal is not None:
         return f"could not write the metrics file {shown}: {refusal}"
     try:
-        from prometheus_client import write_to_textfile
+        data = render(report).encode()
     except ImportError:  # a distribution's package without it: the command goes on
         return f"could not write the metrics file {shown}: prometheus_client is not installed"
     # node_exporter runs as a user of its own: the file must be readable by it even
@@ -428,23 +432,37 @@ def write(report: MetricsReport, path: str) -> Optional[str]:
     os.umask(umask & ~0o044)
     try:
         # Temporary file next to `path` (same file system: rename is atomic), removed
-        # by prometheus_client when writing it fails with an Exception, here when
-        # anything else ends it (SIGTERM: cli's Terminated); one a killed run left
-        # (SIGKILL) goes now. Its name is prometheus_client's: path.PID.THREAD.
+        # when anything ends the write (SIGTERM's Terminated too); one a killed run
+        # left (SIGKILL) goes now. Its name is prometheus_client's: path.PID.THREAD.
         from portmapctl.host.files import remove_stale
 
         remove_stale(path, _TEMPORARY)
-        write_to_textfile(path, registry(report))
+        _write_durably(path, data)
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
         reason = getattr(err, "strerror", None) or str(err)
         return f"could not write the metrics file {shown}: {reason}"
-    except BaseException:
+    except BaseException:  # (between the open and replace_durably's own cleanup)
         with contextlib.suppress(OSError):
-            os.unlink(f"{path}.{os.getpid()}.{threading.current_thread().ident}")
+            os.unlink(_temporary(path))
         raise
     finally:
         os.umask(umask)
     return None
+
+
+def _temporary(path: str) -> str:
+    return f"{path}.{os.getpid()}.{threading.current_thread().ident}"
+
+
+def _write_durably(path: str, data: bytes) -> None:
+    """prometheus_client's write_to_textfile, on disk (files.replace_durably: the
+    module docstring says why). O_NOFOLLOW: a symlink planted at the temporary name
+    is not written through (root writes this file)."""
+    from portmapctl.host.files import replace_durably
+
+    temporary = _temporary(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    replace_durably(os.open(temporary, flags, 0o666), temporary, path, data)
 
 
 _TEMPORARY = re.compile(r"\.[0-9]+\.[0-9]+")

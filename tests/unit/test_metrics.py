@@ -260,7 +260,7 @@ def test_a_failed_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     def full_disk(*_args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "rename", full_disk)
+    monkeypatch.setattr(os, "replace", full_disk)
     problem = metrics.write(report(started=2.0), str(path))
     assert problem == f"could not write the metrics file {path}: No space left on device"
     assert path.read_text() == before
@@ -667,3 +667,50 @@ def test_without_a_metrics_file_prometheus_client_is_never_imported():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.stderr == "[]", done.stderr
+
+
+# One syscall strace shows: `PID name(args) = result` (-f: every line starts with the PID).
+_SYSCALL = re.compile(r"^\d+\s+(\w+)\((.*)\)\s+=\s+(-?\d+)")
+
+
+def test_the_file_is_on_disk_before_it_replaces_the_last_one(tmp_path):
+    """prometheus_client's write_to_textfile (0.26) writes the temporary file and
+    renames it without fsync: after a node crash the rename could be on disk and the
+    data not, an empty .prom file, which node_exporter reads as no metrics of the
+    command (PortmapctlMetricsMissing or every alert's series gone) until its next run.
+    The real command, under strace: the temporary file is fsynced before the rename,
+    and the directory after it (the rename is the directory's change)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("no strace")
+    path = tmp_path / "portmapctl-list.prom"
+    log = tmp_path / "strace.log"
+    argv = [strace, "-f", "-qq", "-o", str(log), "-e",
+            "trace=open,openat,fsync,fdatasync,rename,renameat,renameat2",
+            sys.executable, "-m", "portmapctl", "list", *SNAPSHOT_ARGS,
+            "--metrics-file", str(path)]  # fmt: skip
+    done = subprocess.run(
+        argv, capture_output=True, text=True, env=dict(os.environ, NO_COLOR="1"), timeout=120
+    )
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert samples_of(path)[key("last_run_success", command="list")] == 1
+    calls = [m.groups() for m in map(_SYSCALL.match, log.read_text().splitlines()) if m]
+    names = [name for name, _, _ in calls]
+    (renamed,) = [
+        i for i, (name, args, _) in enumerate(calls)
+        if name.startswith("rename") and f'"{path}"' in args
+    ]  # fmt: skip
+    temporary = re.search(r'"([^"]+)"', calls[renamed][1]).group(1)
+    assert temporary.startswith(f"{path}.") and temporary != str(path)
+    (created,) = [i for i, (name, args, _) in enumerate(calls) if f'"{temporary}"' in args
+                  and name.startswith("open")]  # fmt: skip
+    fd = calls[created][2]
+    synced = [i for i, (name, args, _) in enumerate(calls) if name in ("fsync", "fdatasync")
+              and args == fd]  # fmt: skip
+    assert any(created < i < renamed for i in synced), names[created : renamed + 1]
+    (folder,) = [
+        i for i, (name, args, _) in enumerate(calls)
+        if i > renamed and name.startswith("open") and f'"{tmp_path}"' in args
+        and "O_DIRECTORY" in args
+    ]  # fmt: skip
+    assert calls[folder + 1][:2] == ("fsync", calls[folder][2]), names[renamed:]
