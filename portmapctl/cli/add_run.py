@@ -239,9 +239,10 @@ def _report(
         out.warn(warning)
     for warning in result.warnings:
         out.warn(warning)
-    _cache_note(common, out)
+    noted = _cache_note(common, out)
     if out.json:
-        out.print_json(render.add_json(result, common.cache().json(), clashes))
+        # Every warning said on stderr, in its order (docs/json.md).
+        out.print_json(render.add_json(result, common.cache().json(), clashes, noted))
         return
     # An nftables mapping has no chain of its own: its rules carry the container ID.
     chain = "nftables rules" if config.backend == Backend.NFTABLES else dnat_chain_name(config)
@@ -265,12 +266,13 @@ def _report(
         out.summary(f"unchanged: {chain} ({who}) {are} already in place")
 
 
-def _cache_note(common: Common, out: Output) -> None:
+def _cache_note(common: Common, out: Output) -> List[str]:
     """SPEC §3's note of a missing or empty cache (add follows a container's cached
-    backend and refuses its short ID by it): a glance at results/, not a count."""
+    backend and refuses its short ID by it): a glance at results/, not a count. Returns
+    the warnings said (and those of a runtime's cache below: the JSON's too)."""
     from portmapctl.cli._common import cache_glance
 
-    out.cache_note(cache_glance(common.cache_dirs, given=bool(common.cni_cache_dir)))
+    return out.cache_note(cache_glance(common.cache_dirs, given=bool(common.cni_cache_dir)))
 
 
 def _report_nothing(common: Common, out: Output, why: str, dry_run: bool) -> None:
@@ -278,10 +280,10 @@ def _report_nothing(common: Common, out: Output, why: str, dry_run: bool) -> Non
     from portmapctl import render
     from portmapctl.ops.add import AddResult
 
-    _cache_note(common, out)
+    noted = _cache_note(common, out)
     if out.json:
         result = AddResult(dry_run=dry_run, changed=False, chains=(), transactions={})
-        out.print_json(render.add_json(result, common.cache().json()))
+        out.print_json(render.add_json(result, common.cache().json(), after=noted))
         return
     out.summary(f"nothing to add: {why}; the plugin adds no rule for it")
 

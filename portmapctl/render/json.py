@@ -146,7 +146,10 @@ def add_json(
     result: AddResult,
     cache: Optional[MappingT[str, Any]] = None,
     warnings: Iterable[str] = (),
+    after: Iterable[str] = (),
 ) -> Dict[str, Any]:
+    """add's document; `warnings`: said before the result's own, `after`: after them
+    (the cache's notes), as on stderr."""
     return document(
         cache,
         backend=getattr(result, "backend", BACKEND),
@@ -154,7 +157,7 @@ def add_json(
         changed=result.changed,
         chains=list(result.chains),
         transaction={str(f): text for f, text in sorted(result.transactions.items())},
-        warnings=[*warnings, *result.warnings],
+        warnings=[*warnings, *result.warnings, *after],
     )
 
 

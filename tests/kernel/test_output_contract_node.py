@@ -342,3 +342,44 @@ def test_a_declined_gc_says_so_on_stdout(node: Node_, answer):
     assert doc["dry_run"] is False and doc["removed"] == [] and doc["kept"] == 1
     assert [d["chain"] for d in doc["declined"]] == [gone]
     assert [line for line in node.lines(4) if gone in line]
+
+
+NOTHING_TO_ADD = {  # the plugin's stdin with no port mapping: its ADD returns at once
+    "cniVersion": "0.4.0",
+    "name": "gcnet",
+    "type": "portmap",
+    "runtimeConfig": {"portMappings": []},
+    "prevResult": {"cniVersion": "0.4.0", "ips": [{"address": "10.88.0.13/16"}]},
+}
+
+
+@pytest.mark.parametrize("cache", ["missing", "empty", "multus", "runtime-below"])
+def test_add_json_warnings_are_every_warning_said_on_stderr(node: Node_, tmp_path, cache):
+    """docs/json.md add: `warnings` held the port's clash and what went wrong
+    afterwards, not the cache's own lines (no cache, an empty one, Multus's or a
+    runtime's cache below the one read), which the run said on stderr alone: a script
+    reading the document learnt nothing of a wrong --cni-cache-dir, where add follows a
+    container's cached backend. Now every warning said is there, once, in stderr's
+    order; so too for an add that has nothing to write."""
+    node.add("gcnet", "first", ["10.88.0.11/16"], _ports("8080/tcp"))
+    where = tmp_path / "other"
+    if cache != "missing":
+        (where / "results").mkdir(parents=True)
+    below = {"multus": "multus", "runtime-below": "cache"}.get(cache)
+    if below is not None:  # the plugin's own entry of `first`, in a cache not read
+        (where / below / "results").mkdir(parents=True)
+        node.cache_add("gcnet", "first").rename(where / below / "results" / "gcnet-first-eth0")
+    args = ["--netns", node.ns, "--iptables", node.mode, "--cni-cache-dir", str(where)]
+    mapping = ["--network", "gcnet", "--container", "second", "--ip", "10.88.0.12/16"]
+    runs = [
+        (["add", *mapping, "-p", "8080:80", *args], None),  # shadowed by `first`
+        (["add", *mapping, "-p", "8082:80", *args, "--dry-run"], None),
+        (["add", "--container", "third", "--cni-config", "-", *args], NOTHING_TO_ADD),
+    ]
+    for argv, stdin in runs:
+        done = run([*argv, "-o", "json"], stdin=json.dumps(stdin) if stdin else None)
+        assert done.returncode == 0, done.stderr
+        lines = done.stderr.splitlines()
+        assert lines and all(line.startswith("portmapctl: warning: ") for line in lines), lines
+        said = [line.removeprefix("portmapctl: warning: ") for line in lines]
+        assert valid("add", done.stdout)["warnings"] == said, argv
