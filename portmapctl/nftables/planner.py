@@ -104,17 +104,22 @@ def _entry_layout(table: Optional[Table], chain: str) -> Optional[Layout]:
     return Layout.V16 if {HOSTIP_HOSTPORTS, HOSTPORTS} <= targets else None
 
 
-def layout(live: Ruleset, family: int) -> Layout:
+def layout(live: Ruleset, family: int, lone: Collection[int] = ()) -> Layout:
     """The layout the plugin keeps in `family`'s table, told from the node: the
     hostports_all chain, which every v1.9 ADD creates and no v1.6/v1.7 ADD does (a
     v1.6/v1.7 entry beside it is an older plugin's ADD run after v1.9's: `downgraded`);
     else a working entry (prerouting's first); with none left, a host-IP rule in
     hostports, where only v1.9 puts one. A family without its table follows the other
-    family's (one plugin wrote both); no table at all tells nothing: the current
-    plugin's (v1.9)."""
+    family's (one ADD wrote both), unless `family` is in `lone` (lone_families): a
+    container of this family alone was added by a plugin the other table never met
+    (v1.9.1 after an upgrade, say). What tells nothing (no table at all, or only such a
+    v1.6/v1.7 one) gets the current plugin's layout (v1.9): its entry DNATs only what
+    is addressed to the node, where v1.6/v1.7's takes routed traffic too."""
     table = live.table(family)
     if table is None:
         table = live.table(6 if family == 4 else 4)
+        if table is not None and family in lone and HOSTPORTS_ALL not in table.chains:
+            return Layout.V19
     if table is None or HOSTPORTS_ALL in table.chains:
         return Layout.V19
     for chain in (PREROUTING, OUTPUT):
@@ -172,6 +177,13 @@ def _live_entry(table: Table) -> Optional[RuleBody]:
     return None
 
 
+def lone_families(families_of: Iterable[Collection[int]]) -> Set[int]:
+    """The families some cached container has alone (`families_of`: each one's
+    families): its ADD wrote that family's table and not the other's, so the other's
+    layout says nothing of the plugin that made it (`layout`)."""
+    return {f for families in families_of if len(set(families)) == 1 for f in families}
+
+
 def own_layouts(live: Ruleset, family: int) -> Dict[str, Layout]:
     """Where each container's own plugin put its host-IP rules, told by those of its
     rules still there: hostip_hostports (v1.6/v1.7) or hostports (v1.9); this family's
@@ -201,6 +213,7 @@ def _host_ips_in_hostip(
     family: int,
     wanted: Sequence[WantedFamily],
     missing: Iterable[Tuple[int, str, RuleBody]],
+    lone: Collection[int] = (),
 ) -> Dict[int, bool]:
     """For each index of `wanted` with a missing host-IP rule: whether those rules go to
     hostip_hostports, as its own plugin put them (own_layouts), else as the table's
@@ -208,7 +221,7 @@ def _host_ips_in_hostip(
     lacking = {index for index, chain, body in missing if _moves_to_hostip(chain, body)}
     if not lacking:
         return {}
-    node = layout(live, family)
+    node = layout(live, family, lone)
     own = own_layouts(live, family)
     return {i: own.get(wanted[i].container_id, node) is Layout.V16 for i in lacking}
 
@@ -234,14 +247,14 @@ def missing_rules(live: Ruleset, wanted: WantedFamily) -> List[Tuple[str, RuleBo
 
 
 def missing_where(
-    live: Ruleset, family: int, wanted: Sequence[WantedFamily]
+    live: Ruleset, family: int, wanted: Sequence[WantedFamily], lone: Collection[int] = ()
 ) -> List[Tuple[int, str, RuleBody]]:
     """missing_by_container, each rule named by the chain setup (check --repair) writes
     it to: a host-IP rule goes to hostip_hostports for a container of v1.6/v1.7 (its
     other host-IP rules there, or none left in a table of that layout), so check says
-    that chain, not v1.9's."""
+    that chain, not v1.9's. `lone`: as for `layout`."""
     missing = missing_by_container(live.table(family), wanted)
-    old = _host_ips_in_hostip(live, family, wanted, missing)
+    old = _host_ips_in_hostip(live, family, wanted, missing, lone)
     return [
         (
             index,
@@ -431,6 +444,7 @@ def repair(
     dedupe: bool = False,
     held: Collection[int] = (),
     left: Collection[Tuple[str, int]] = (),
+    lone: Collection[int] = (),
 ) -> Transaction:
     """`check --repair`: the containers `ids` exactly as `wanted`: their unwanted rules
     deleted by handle, then what is missing added (setup), in one transaction. `also`:
@@ -440,9 +454,10 @@ def repair(
     (`extra_copies`) written again with each rule once, in its order. `held`: the
     families whose entry (prerouting/output) is left as it is, whatever it is. `left`:
     (container ID, family) whose rules in that family stay as they are (none of
-    `wanted`: its repair there would take a port), though it is repaired in another."""
+    `wanted`: its repair there would take a port), though it is repaired in another.
+    `lone`: as for `layout` (lone_families of every cached container)."""
     txn = Transaction()
-    made = setup(live, wanted, held=held)
+    made = setup(live, wanted, held=held, lone=lone)
     flushed = {(op.family, op.chain) for op in made.ops if op.kind is OpKind.FLUSH_CHAIN}
     for family in sorted(set(families)):
         want = [w for w in (*wanted, *also) if w.family == family]
@@ -495,8 +510,10 @@ def setup(
     wanted: Iterable[WantedFamily],
     entries: Entries = Entries.KEEP,
     held: Collection[int] = (),
+    lone: Collection[int] = (),
 ) -> Transaction:
-    """What to add so that every container of `wanted` is as the plugin's ADD leaves it."""
+    """What to add so that every container of `wanted` is as the plugin's ADD leaves it.
+    `lone`: as for `layout`."""
     by_family: Dict[int, List[WantedFamily]] = {}
     for want in wanted:
         by_family.setdefault(want.family, []).append(want)
@@ -507,8 +524,8 @@ def setup(
         # rules in hostip_hostports, no hostports_all), so its CHECK, which counts
         # host-IP rules there, passes again and nothing of v1.9's is written on a node
         # that does not run it.
-        old = entries is Entries.KEEP and layout(live, family) is Layout.V16
-        _setup_family(txn, live, family, by_family[family], entries, old, family in held)
+        old = entries is Entries.KEEP and layout(live, family, lone) is Layout.V16
+        _setup_family(txn, live, family, by_family[family], entries, old, family in held, lone)
     txn.took_routed = frozenset(f for f in live.tables if took_routed(live, f))
     return txn
 
@@ -541,6 +558,7 @@ def _setup_family(
     entries: Entries,
     old_shape: bool,
     hold_entry: bool = False,
+    lone: Collection[int] = (),
 ) -> None:
     table = live.table(family)
     chains = {} if table is None else table.chains
@@ -582,7 +600,9 @@ def _setup_family(
     missing = missing_by_container(table, wanted)
     # Under check --repair each container's host-IP rules go where its own plugin put
     # them; add is v1.9.1's ADD (hostports).
-    hostip = _host_ips_in_hostip(live, family, wanted, missing) if entries is Entries.KEEP else {}
+    hostip = (
+        _host_ips_in_hostip(live, family, wanted, missing, lone) if entries is Entries.KEEP else {}
+    )
     groups: Dict[Tuple[int, str], List[RuleBody]] = {}
     for index, chain, body in missing:
         groups.setdefault((index, chain), []).append(body)

@@ -309,10 +309,11 @@ def rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem
     """Each compared container's rules against what the plugin's ADD writes, exactly
     (SPEC §3 check): what is missing, and what of its own is there that it would not
     have written (planner.unwanted: what --repair deletes)."""
-    from portmapctl.nftables.planner import missing_where
+    from portmapctl.nftables.planner import lone_families, missing_where
     from portmapctl.nftables.wanted import wanted
 
     compared = [o for o in nft_backed if o.mapping is not None and not o.zombie]
+    lone = lone_families(o.mapping.families for o in compared if o.mapping is not None)
     networks: Dict[str, str] = {}
     for owner in compared:
         networks.setdefault(owner.container_id, owner.network)
@@ -329,7 +330,7 @@ def rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem
         if not wants:
             continue
         missing: Dict[int, List] = {}
-        for index, chain, body in missing_where(ruleset, family, wants):
+        for index, chain, body in missing_where(ruleset, family, wants, lone):
             missing.setdefault(index, []).append((chain, body))
         for index in sorted(missing):
             owner, found = owners[index], missing[index]

@@ -264,6 +264,35 @@ def test_repair_of_a_v16_v17_nodes_deleted_table_follows_its_other_familys(
     assert "comment" not in upstream.ruleset_text(node).replace('comment "CNI portmap plugin"', "")
 
 
+def test_repair_of_an_upgraded_nodes_deleted_table_is_v191s_where_the_other_cannot_tell(
+    node: str, tmp_path: Path
+) -> None:
+    """v1.7.1 added a dual-stack container, the node was upgraded and v1.9.1 added
+    IPv4-only ones (the IPv6 table stays v1.7.1's: no ADD has touched it since), then
+    `nft delete table ip cni_hostport`. The IPv6 table cannot tell which plugin wrote
+    the IPv4 one last (containers only there were added since): check --repair re-created
+    it in v1.9.1's layout (it followed the IPv6 table into v1.7's: v1.9.1's CHECK of every
+    container with a host-IP mapping then failed, `missing hostport rules in "hostports"
+    chain`, and its prerouting DNATed routed traffic)."""
+    old = _cached(tmp_path, "old1", upstream.nft_conf("podman", ["10.88.0.21/16", "fd00:88::21/64"],
+                                                      [_pm(8011, 80), _pm(9011, 90, host_ip="127.0.0.1")]))  # fmt: skip
+    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
+    new = _cached(tmp_path, "new1", upstream.nft_conf("podman", ["10.88.0.22/16"],
+                                                      [_pm(8021, 80), _pm(9021, 90, host_ip="127.0.0.1")]))  # fmt: skip
+    upstream.run(V191, "ADD", node, "new1", new, check=True)
+    upstream.run(V191, "CHECK", node, "new1", new, check=True)
+    upstream.nft(node, "delete", "table", "ip", "cni_hostport")
+    done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = _plugin_tables(node)
+    assert "hostports_all" in table and "fib daddr type local jump hostports_all" in table, table
+    for cid, conf in (("old1", old), ("new1", new)):
+        upstream.run(V191, "CHECK", node, cid, conf, check=True)
+    for cid, conf in (("old1", old), ("new1", new)):
+        upstream.run(V191, "DEL", node, cid, conf, check=True)
+    assert "comment" not in upstream.ruleset_text(node).replace('comment "CNI portmap plugin"', "")
+
+
 def test_gc_flushes_the_dead_containers_flows_of_a_port_still_mapped_in_either_backend(
     node: str, tmp_path: Path
 ) -> None:

@@ -203,6 +203,9 @@ def nft_repair(
     # where those are refused, it is left as it is. Another container's conditions
     # (none, say) would open every host port wider than that ADD asked.
     held = _newest_refused(expected, refused, families)
+    # Which families a container has alone, over every cached one (written or not):
+    # there the other family's table cannot tell a deleted one's layout (planner.layout).
+    lone = planner.lone_families(a.mapping.families for a in expected)  # type: ignore[union-attr]
     refused.update((a.path, in_doubt[a.path]) for a in expected if a.path in in_doubt)
     unwritten = [a for a in expected if a.path in refused]
     expected = [a for a in expected if a.path not in refused]
@@ -225,7 +228,9 @@ def nft_repair(
             kept = [*cache.kept(), *(a.mapping for a in unwritten)]
             also = [w for c in kept for f in usable if (w := wanted(c, f)) is not None]  # type: ignore[arg-type]
             ids = {c.container_id for c in configs}
-            return planner.repair(live, want, ids, usable, also, dedupe=True, held=held, left=left)
+            return planner.repair(
+                live, want, ids, usable, also, dedupe=True, held=held, left=left, lone=lone
+            )
 
         # A family whose table refuses what the plan writes there (a chain of another
         # kind: the fix is by hand, nft-wrong-base-chain) is left as it is: written, it
@@ -453,8 +458,12 @@ def repair_mapping(
     # again, it gets the conditions of the newest cached ADD of its family, as the
     # node-wide repair writes it (this container's would apply to every container).
     held: Set[int] = set()
+    # (As nft_repair's: over every cached container, this one too.)
+    lone = planner.lone_families([config.families])
     if attachments:
-        newest = {w.family: (w.entry, c) for c in expected_configs(node, attachments)
+        cached = expected_configs(node, attachments)
+        lone = planner.lone_families([config.families, *(c.families for c in cached)])
+        newest = {w.family: (w.entry, c) for c in cached
                   for f in families if (w := wanted(c, f)) is not None}  # fmt: skip
         # Where the newest ADD's conditions cannot be written, the entry is left as it
         # is, as nft_repair leaves it (another's would open every port wider).
@@ -476,7 +485,7 @@ def repair_mapping(
         # nft_repair leaves it: written, it failed the one `nft -f` of both families
         # whole.
         written[:] = [w.family for w in want]
-        txn = planner.repair(live, want, ids, written, others, mine, held=held)
+        txn = planner.repair(live, want, ids, written, others, mine, held=held, lone=lone)
         usable = [
             w
             for w in want
@@ -484,7 +493,7 @@ def repair_mapping(
         ]
         if len(usable) < len(want):
             written[:] = [w.family for w in usable]
-            txn = planner.repair(live, usable, ids, written, others, mine, held=held)
+            txn = planner.repair(live, usable, ids, written, others, mine, held=held, lone=lone)
         took = {
             f: t
             for (cid, f), t in nft_ports_taken(live, txn, own).items()
@@ -500,7 +509,7 @@ def repair_mapping(
             written[:] = [w.family for w in usable]
             txn = NftTransaction()
             if usable:
-                txn = planner.repair(live, usable, ids, written, others, mine, held=held)
+                txn = planner.repair(live, usable, ids, written, others, mine, held=held, lone=lone)
         tried.append(txn)
         return txn
 
