@@ -4,9 +4,12 @@ setup: add only what is missing, creating the table and chains the way the plugi
 ADD does (v1.9.1 shape; under `check --repair`, in a table of v1.6/v1.7's layout as
 that ADD did: its two-jump entry, host-IP rules in `hostip_hostports`, no
 `hostports_all`; `layout` tells one from what is on the node; a container's lost
-host-IP rules go where its own plugin put its others, `own_layouts`). A rule counts as present when
+host-IP rules go where its own plugin put its others, `own_layouts`, unless v1.9 has run
+on the node, `upgraded`). A rule counts as present when
 an equal rule (same matches, action and comment, compared as values) is in the chain the
-plugin would look in; host-IP rules that v1.6/v1.7 put in `hostip_hostports` count too. What it makes of
+plugin would look in; host-IP rules that v1.6/v1.7 put in `hostip_hostports` count too,
+but not once v1.9 has run on the node: its CHECK counts `hostports` alone, and check
+--repair moves them there (`misplaced`). What it makes of
 the node's shared entry (prerouting, output, hostports_all) is the caller's `Entries`:
 `check --repair` keeps any working shape (an older version's, another ADD's
 conditions; not a v1.6/v1.7 entry written over v1.9's, `downgraded`), `add` writes it as the v1.9.1 ADD does every time (its own conditions,
@@ -177,6 +180,41 @@ def _live_entry(table: Table) -> Optional[RuleBody]:
     return None
 
 
+def upgraded(live: Ruleset) -> bool:
+    """Whether v1.9 judges the node: a table has hostports_all, which only a v1.9 ADD
+    makes. v1.9.1's CHECK counts a container's DNAT rules in hostports alone, in both
+    families: a host-IP rule v1.6/v1.7 left in hostip_hostports still forwards
+    (hostports_all, and v1.6/v1.7's entry, jump there first) but fails it, so it counts
+    as missing and check --repair moves it (`misplaced`). A node without hostports_all
+    keeps v1.6/v1.7's layout, where that rule is right.
+
+    Also where v1.6/v1.7's entry stands over v1.9's (`downgraded`: two runtimes, a
+    downgrade): check --repair writes v1.9's entry there, after which nothing on the
+    node tells the two apart; judged as its own plugin put it, a v1.7 container's
+    host-IP rule was right before that repair and missing after it."""
+    return any(HOSTPORTS_ALL in table.chains for table in live.tables.values())
+
+
+def misplaced(
+    live: Ruleset, family: int, wanted: Sequence[WantedFamily], ids: Collection[str]
+) -> List[Rule]:
+    """On an upgraded node, the rules of containers `ids` in hostip_hostports that
+    their `wanted` puts in hostports: v1.9.1's CHECK does not count them there, so
+    check --repair deletes them in the transaction that adds them to hostports."""
+    table = live.table(family)
+    if table is None or not upgraded(live):
+        return []
+    belong: Dict[str, Set[RuleBody]] = {}
+    for want in wanted:
+        if want.family == family and want.container_id in ids:
+            belong.setdefault(want.container_id, set()).update(want.hostports)
+    return [
+        rule
+        for rule in table.rules_of(HOSTIP_HOSTPORTS)
+        if rule.comment is not None and rule.body in belong.get(rule.comment, ())
+    ]
+
+
 def lone_families(families_of: Iterable[Collection[int]]) -> Set[int]:
     """The families some cached container has alone (`families_of`: each one's
     families): its ADD wrote that family's table and not the other's, so the other's
@@ -219,8 +257,8 @@ def _host_ips_in_hostip(
     hostip_hostports, as its own plugin put them (own_layouts), else as the table's
     layout says."""
     lacking = {index for index, chain, body in missing if _moves_to_hostip(chain, body)}
-    if not lacking:
-        return {}
+    if not lacking or upgraded(live):
+        return {}  # (v1.9.1 CHECKs an upgraded node's containers: hostports)
     node = layout(live, family, lone)
     own = own_layouts(live, family)
     return {i: own.get(wanted[i].container_id, node) is Layout.V16 for i in lacking}
@@ -253,7 +291,7 @@ def missing_where(
     it to: a host-IP rule goes to hostip_hostports for a container of v1.6/v1.7 (its
     other host-IP rules there, or none left in a table of that layout), so check says
     that chain, not v1.9's. `lone`: as for `layout`."""
-    missing = missing_by_container(live.table(family), wanted)
+    missing = missing_by_container(live.table(family), wanted, not upgraded(live))
     old = _host_ips_in_hostip(live, family, wanted, missing, lone)
     return [
         (
@@ -266,14 +304,18 @@ def missing_where(
 
 
 def missing_by_container(
-    table: Optional[Table], wanted: Sequence[WantedFamily]
+    table: Optional[Table], wanted: Sequence[WantedFamily], hostip_counts: bool = True
 ) -> List[Tuple[int, str, RuleBody]]:
     """(index into `wanted`, chain, rule) of every wanted rule the table lacks.
+    `hostip_counts`: a DNAT rule in hostip_hostports counts (v1.6/v1.7 put host-IP
+    rules there); not on an upgraded node (`upgraded`), whose v1.9.1 CHECK counts
+    hostports alone.
 
     The table is counted once (a multiset of rule bodies), whatever the number of
     containers: checking 1,000 containers one by one against it was quadratic.
     """
-    have_dnat = Counter(_bodies(table, HOSTPORTS) + _bodies(table, HOSTIP_HOSTPORTS))
+    hostip = _bodies(table, HOSTIP_HOSTPORTS) if hostip_counts else []
+    have_dnat = Counter(_bodies(table, HOSTPORTS) + hostip)
     have_masq = Counter(_bodies(table, MASQUERADING))
     found: List[Tuple[int, str, RuleBody]] = []
     for index, want in enumerate(wanted):
@@ -464,6 +506,10 @@ def repair(
         mine = [cid for cid in ids if (cid, family) not in left]
         for rule in unwanted(live.table(family), want, mine, addresses):
             txn.delete_rule(family, rule.chain, rule.handle, rule.body)
+        # Moved, not copied: setup adds each to hostports (it counts as missing there).
+        for rule in misplaced(live, family, wanted, mine):
+            if addresses is None or container_address(rule) in addresses:
+                txn.delete_rule(family, rule.chain, rule.handle, rule.body)
         if dedupe:
             # The chain written again as read, each rule once, as the plugin's ADD
             # rewrites these chains: not by handle, which a table deleted and made
@@ -597,7 +643,7 @@ def _setup_family(
                 txn.add_rule(family, name, body)
     if MASQUERADING not in chains and any(w.snat for w in wanted):
         txn.add_chain(family, MASQUERADING, BASE_CHAINS[MASQUERADING], create=fresh)
-    missing = missing_by_container(table, wanted)
+    missing = missing_by_container(table, wanted, not upgraded(live))
     # Under check --repair each container's host-IP rules go where its own plugin put
     # them; add is v1.9.1's ADD (hostports).
     hostip = (

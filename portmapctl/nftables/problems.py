@@ -309,7 +309,7 @@ def rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem
     """Each compared container's rules against what the plugin's ADD writes, exactly
     (SPEC §3 check): what is missing, and what of its own is there that it would not
     have written (planner.unwanted: what --repair deletes)."""
-    from portmapctl.nftables.planner import lone_families, missing_where
+    from portmapctl.nftables.planner import lone_families, missing_where, upgraded
     from portmapctl.nftables.wanted import wanted
 
     compared = [o for o in nft_backed if o.mapping is not None and not o.zombie]
@@ -332,9 +332,23 @@ def rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem
         missing: Dict[int, List] = {}
         for index, chain, body in missing_where(ruleset, family, wants, lone):
             missing.setdefault(index, []).append((chain, body))
+        # On an upgraded node a v1.6/v1.7 host-IP rule in hostip_hostports forwards but
+        # fails v1.9.1's CHECK (planner.upgraded): said, as it is not lost.
+        table = ruleset.table(family)
+        stranded = (
+            set()
+            if table is None or not upgraded(ruleset)
+            else {r.body for r in table.rules_of(HOSTIP_HOSTPORTS)}
+        )
         for index in sorted(missing):
             owner, found = owners[index], missing[index]
             texts = "; ".join(body.text(family) for _chain, body in found)
+            moved = sum(1 for chain, body in found if chain == HOSTPORTS and body in stranded)
+            if moved:
+                texts += (
+                    f" ({moved} of them in {HOSTIP_HOSTPORTS}, where v1.6/v1.7 put them:"
+                    f" forwarded, but the node's v1.9 CHECK counts {HOSTPORTS} alone)"
+                )
             problems.append(
                 Problem(
                     ProblemKind.NFT_MISSING_RULES,

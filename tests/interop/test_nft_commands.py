@@ -1106,10 +1106,14 @@ def _add_args(network: str, ctr, conditions_v4=(), conditions_v6=()) -> List[str
     return args
 
 
-def _ours_then_the_plugins(node: str, twin: str, cache: Path, network: str, ctr, **opts) -> dict:
+def _ours_then_the_plugins(
+    node: str, twin: str, cache: Path, network: str, ctr, *, moves: bool = False, **opts
+) -> dict:
     """portmapctl add of `ctr` in `node`, the v1.9.1 ADD of it in `twin`: the same ruleset.
 
-    Then the second add changes nothing, and `check --repair` finds nothing to do.
+    Then the second add changes nothing, and `check --repair` finds nothing to do
+    (`moves`: but to move v1.7.1's host-IP rules left in hostip_hostports to hostports,
+    where the node's v1.9.1 CHECK now counts them).
     """
     conf = _conf(network, ctr, **opts)
     args = _add_args(network, ctr, opts.get("conditions_v4", ()), opts.get("conditions_v6", ()))
@@ -1124,8 +1128,8 @@ def _ours_then_the_plugins(node: str, twin: str, cache: Path, network: str, ctr,
     rp.write_cni_cache(cache, network, ctr[0], "eth0", conf, ctr[2], ctr[1])
     repaired = _pmctl(node, cache, "check", "--repair", "-o", "json")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    assert json.loads(repaired.stdout)["repaired"] is False, repaired.stdout
-    assert upstream.ruleset_text(node) == ours
+    assert json.loads(repaired.stdout)["repaired"] is moves, repaired.stdout
+    assert (upstream.ruleset_text(node) == ours) is not moves
     upstream.run(V191, "CHECK", node, ctr[0], conf, check=True)
     return conf
 
@@ -1156,7 +1160,9 @@ def test_add_into_a_v171_table_upgrades_it_as_v191_does(
     node: str, twin: str, tmp_path: Path
 ) -> None:
     """v1.7.1's entry (jumps to hostip_hostports and hostports, no hostports_all) becomes
-    v1.9.1's, in both families; old1's host-IP rule stays in hostip_hostports, reached."""
+    v1.9.1's, in both families; old1's host-IP rule stays in hostip_hostports, reached,
+    as v1.9.1's ADD leaves it. v1.9.1's CHECK of old1 then fails (it counts hostports
+    alone): check --repair moves those rules to hostports, and that CHECK passes."""
     old = (
         "old1",
         ["10.88.0.6/16", "fd00:88::6/64"],
@@ -1176,8 +1182,11 @@ def test_add_into_a_v171_table_upgrades_it_as_v191_does(
     ):
         assert line in dry.stdout.splitlines(), dry.stdout
     assert upstream.ruleset_text(node) == before
-    conf = _ours_then_the_plugins(node, twin, tmp_path, "podman", new)
+    conf = _ours_then_the_plugins(node, twin, tmp_path, "podman", new, moves=True)
+    # (The twin, as the plugin's ADD left it: v1.9.1's CHECK of old1 fails there.)
+    assert upstream.run(V191, "CHECK", twin, "old1", _conf("podman", old)).returncode != 0
     assert "jump hostip_hostports\n\t\tjump hostports\n" in upstream.ruleset_text(node)
+    upstream.run(V191, "CHECK", node, "old1", _conf("podman", old), check=True)
     for cid, c in (("old1", _conf("podman", old)), ("new1", conf)):
         upstream.run(V191, "DEL", node, cid, c, check=True)
     assert _container_rules(node) == []

@@ -951,54 +951,109 @@ def _container_rules(ns: str) -> set:
 
 @pytest.mark.parametrize("one_mapping", [False, True], ids=["node", "one-mapping"])
 @pytest.mark.parametrize("last", ["v1.7.1", "v1.9.1"])
-def test_repair_puts_a_host_ip_rule_where_its_own_plugin_put_it(
+def test_a_lost_host_ip_rule_on_a_node_v191_has_run_goes_where_v191s_check_counts_it(
     node: str, tmp_path: Path, last: str, one_mapping: bool
 ) -> None:
-    """Two plugin versions on one node (two runtimes, or a downgrade): v1.9.1 puts
-    host-IP rules in hostports, v1.7.1 in hostip_hostports, and the table's entry is
-    whichever ADD ran last. A container of the other version that lost a host-IP rule
-    got it back where the last ADD's layout puts them, not where its own plugin did
-    (its other host-IP rule, still there, says where): check named that chain, and
-    after --repair its own plugin's CHECK failed (v1.9.1: `missing hostport rules in
-    "hostports" chain`; v1.7.1: `... in "hostip_hostports" chain`). Now it goes back
-    beside its other host-IP rule, the table as it was."""
+    """Two plugin versions on one node (an upgrade, two runtimes, a downgrade): v1.9.1
+    puts host-IP rules in hostports, v1.7.1 in hostip_hostports. Once v1.9.1 has run
+    (hostports_all is there) it judges the node: its CHECK counts hostports alone, and
+    check --repair writes v1.9.1's entry over a v1.7.1 one, after which nothing tells
+    who ran last. A container that lost a host-IP rule gets it back in hostports, and
+    a v1.7.1 container's host-IP rules still in hostip_hostports move there too:
+    v1.9.1's CHECK of both passes, and the check after is healthy. (The repair put a
+    v1.7.1 container's rule back in hostip_hostports, so that v1.9.1's CHECK of it
+    failed on an upgraded node, and check called that node healthy.)"""
     first = "v1.9.1" if last == "v1.7.1" else "v1.7.1"
-    # (Two mappings: v1.7.1's CHECK wants a masquerading rule per mapping, of which the
-    # plugin writes two per IPv4 container.)
     ports = [_pm(9011, 90, host_ip="127.0.0.1"), _pm(9012, 90, host_ip="127.0.0.1")]
     mine = _cached(tmp_path, "mine", upstream.nft_conf("podman", ["10.88.0.21/16"], ports))
     upstream.run(first, "ADD", node, "mine", mine, check=True)
     later = [_pm(8021, 80), _pm(9021, 90, host_ip="127.0.0.1")]
     other = _cached(tmp_path, "other", upstream.nft_conf("podman", ["10.88.0.22/16"], later))
     upstream.run(last, "ADD", node, "other", other, check=True)
-    upstream.run(first, "CHECK", node, "mine", mine, check=True)
+    old_one = "mine" if first == "v1.7.1" else "other"
     before = _container_rules(node)
-    own_chain = "hostports" if first == V191 else "hostip_hostports"
     assert (
-        own_chain,
-        'ip daddr 127.0.0.1 tcp dport 9011 dnat to 10.88.0.21:90 comment "mine"',
-    ) in before
+        "hostip_hostports",
+        f"ip daddr 127.0.0.1 tcp dport 90{'11' if old_one == 'mine' else '21'} dnat to"
+        f' 10.88.0.{"21" if old_one == "mine" else "22"}:90 comment "{old_one}"',
+    ) in before, before
 
     _delete_rule(node, "mine", 9011)
-    assert upstream.run(first, "CHECK", node, "mine", mine).returncode != 0
+    assert upstream.run(V191, "CHECK", node, "mine", mine).returncode != 0
     found = _pmctl(node, tmp_path, "check", "-o", "json")
     assert found.returncode == 1, found.stdout + found.stderr
     # (With v1.7.1's ADD last the node's entry is reported too: nft-entry-not-local.)
-    [problem] = [p for p in json.loads(found.stdout)["problems"] if p["container_id"]]
-    assert (problem["kind"], problem["chain"]) == ("nft-missing-rules", own_chain)
+    problems = {(p["kind"], p["chain"], p["container_id"])
+                for p in json.loads(found.stdout)["problems"] if p["container_id"]}  # fmt: skip
+    assert problems == {("nft-missing-rules", "hostports", cid) for cid in {"mine", old_one}}
     if one_mapping:
         spec = ["-p", "127.0.0.1:9011:90", "-p", "127.0.0.1:9012:90"]
         args = ["--network", "podman", "--container", "mine", "--ip", "10.88.0.21/16", *spec]
         done = _pmctl(node, tmp_path, "check", "--repair", *args)
+        if old_one == "other":  # (a mapping checked alone repairs that one alone)
+            done = _pmctl(node, tmp_path, "check", "--repair")
     else:
         done = _pmctl(node, tmp_path, "check", "--repair")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"nft:{own_chain} (podman/mine)" in done.stderr, done.stderr
-    assert _container_rules(node) == before
-    upstream.run(first, "CHECK", node, "mine", mine, check=True)
-    upstream.run(last, "CHECK", node, "other", other, check=True)
+    assert not [rule for rule in _container_rules(node) if rule[0] == "hostip_hostports"]
+    upstream.run(V191, "CHECK", node, "mine", mine, check=True)
+    upstream.run(V191, "CHECK", node, "other", other, check=True)
     after = _pmctl(node, tmp_path, "check", "-o", "json")
-    assert {p["kind"] for p in json.loads(after.stdout)["problems"]} <= {"nft-entry-not-local"}
+    assert after.returncode == 0, after.stdout + after.stderr
+
+
+@pytest.mark.parametrize("one_mapping", [False, True], ids=["node", "one-mapping"])
+def test_an_upgraded_nodes_old_host_ip_rule_is_moved_where_v191s_check_counts_it(
+    node: str, tmp_path: Path, one_mapping: bool
+) -> None:
+    """v1.7.1 put a container's host-IP rules in hostip_hostports, the right place on a
+    v1.7.1 node (check healthy there). After an upgrade (a v1.9.1 ADD: hostports_all,
+    v1.9's entry) v1.9.1 runs the node's CHECK, which counts a container's DNAT rules
+    in hostports alone: that container's CHECK fails (FACTS.md), also for its IPv6 `::1`
+    rule in the IPv6 table v1.9.1 has not touched. check said healthy; now it reports
+    the rules missing from hostports (nft-missing-rules), and --repair moves them there
+    (one transaction: added to hostports, deleted from hostip_hostports), after which
+    v1.9.1's CHECK passes and its DEL leaves nothing."""
+    ports = [_pm(8011, 80), _pm(9011, 90, host_ip="127.0.0.1"), _pm(9012, 90, host_ip="::1")]
+    ips = ["10.88.0.21/16", "fd00:88::21/64"]
+    old = _cached(tmp_path, "old1", upstream.nft_conf("podman", ips, ports))
+    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
+    v17 = _pmctl(node, tmp_path, "check")
+    assert v17.returncode == 0, v17.stdout + v17.stderr  # (right on a v1.7.1 node)
+    new = _cached(tmp_path, "new1", upstream.nft_conf("podman", ["10.88.0.22/16"], [_pm(8021, 80)]))
+    upstream.run(V191, "ADD", node, "new1", new, check=True)
+    assert upstream.run(V191, "CHECK", node, "old1", old).returncode != 0
+
+    found = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    problems = {(p["kind"], p["family"], p["chain"], p["container_id"])
+                for p in json.loads(found.stdout)["problems"]}  # fmt: skip
+    assert problems == {("nft-missing-rules", f, "hostports", "old1") for f in (4, 6)}, problems
+    if one_mapping:
+        spec = ["-p", "8011:80", "-p", "127.0.0.1:9011:90", "-p", "[::1]:9012:90"]
+        args = [
+            "--network",
+            "podman",
+            "--container",
+            "old1",
+            *[a for ip in ips for a in ("--ip", ip)],
+        ]
+        done = _pmctl(node, tmp_path, "check", "--repair", *args, *spec)
+    else:
+        done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = upstream.ruleset_text(node)
+    assert "127.0.0.1 tcp dport 9011" in text and "::1 tcp dport 9012" in text, text
+    for family in ("ip", "ip6"):
+        listed = upstream.nft(node, "list", "chain", family, "cni_hostport", "hostip_hostports")
+        assert "comment" not in listed.stdout, listed.stdout
+    for cid, conf in (("old1", old), ("new1", new)):
+        upstream.run(V191, "CHECK", node, cid, conf, check=True)
+    after = _pmctl(node, tmp_path, "check")
+    assert after.returncode == 0, after.stdout + after.stderr
+    for cid, conf in (("old1", old), ("new1", new)):
+        upstream.run(V191, "DEL", node, cid, conf, check=True)
+    assert "comment" not in upstream.ruleset_text(node).replace('comment "CNI portmap plugin"', "")
 
 
 def _masq_all_cached(cache: Path, cid: str, ips: list, ports: list) -> Dict[str, Any]:
