@@ -37,6 +37,7 @@ from portmapctl.cni.leases import host_local_data_dir
 from portmapctl.core import validate
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.text import name_text
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.host import files
 from portmapctl.host.netns import NamespaceView, NetnsState
@@ -371,7 +372,7 @@ def warnings(attachments: Optional[Sequence[Attachment]], cache_dirs: CacheDirs 
         return lines  # (no cache: nothing listed)
     known = {a.path for a in attachments}
     return lines + [
-        f"skipped CNI cache file {path}: its name is not libcni's"
+        f"skipped CNI cache file {name_text(path)}: its name is not libcni's"
         " NETWORK-CONTAINERID-IFNAME, so it keeps no container live"
         for path in unnamed_entries(cache_dirs, known)
     ]
@@ -487,7 +488,9 @@ def read_attachment(path: str, *, configs: Optional[ConfigMemo] = None) -> Attac
     """The attachment of one cache file, its namespace not judged (read_entries does).
     `configs`: the configs decoded so far in this read (read_entries passes one for
     all its files)."""
-    source = f"CNI cache file {path}"
+    # (The path as a name from the node: its backslashes doubled, so a warning's
+    # `\\xe9` is the byte 0xe9 of the file's name, never the name's own text.)
+    source = f"CNI cache file {name_text(path)}"
     try:
         text = files.read_text(path, "CNI cache file", MAX_CACHE_FILE_BYTES, regular_only=True)
     except BadInput as err:

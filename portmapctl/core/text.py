@@ -6,17 +6,36 @@ no Unicode text: JSON escaped it as `\\udce9`, and so did error lines (repr() of
 value, or stderr's backslashreplace). Everywhere a person or a parser reads it (JSON,
 error and warning lines, tables) it is `\\xNN` instead, as the metrics write a path's
 such bytes; any other lone surrogate is `\\uNNNN`.
+
+What people read (tables on stdout, lines on stderr) writes any other character it
+cannot show as it is, `\\uNNNN` (`\\UNNNNNNNN` past U+FFFF): one that is not
+printable (a C1 control, a no-break space, a zero-width joiner; an ASCII control keeps
+repr()'s `\\n`, `\\x1b`, which no byte that is not UTF-8 can be) or that the stream's
+encoding lacks (`é` under PYTHONIOENCODING=ascii was rich's `?`, and stderr's
+`\\xe9`, the text of the byte 0xe9). A name read from the node (a network, a
+container ID, a cache file's name) has its backslash doubled too (name_text): so its
+text reads back to one name, as bash's $'...' reads it (`\\xNN` a byte, `\\uNNNN` a
+character), and `caf\\u00e9`, `caf\\xe9` and `caf\\\\xe9` are three names.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+from enum import Enum
+from typing import Optional, TextIO, Union
 
 from portmapctl.core.patterns import lazy
 
+
+class _Stream(Enum):
+    """Which standard stream's encoding a line is written for, by default."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
 _SURROGATE = lazy("[\ud800-\udfff]")
-# C0 but the line break and tab, DEL, C1: what a terminal acts on.
-_CONTROL = lazy("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # What a table's cell may not hold as it is: a control character (a line break and a
 # tab too: they would move the columns) or a lone surrogate.
 _NOT_IN_A_CELL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -39,33 +58,101 @@ def bytes_as_text(text: str) -> str:
 
 
 def char_text(char: str) -> str:
-    """A character that is not printable, as text: a lone surrogate as surrogate_text
-    says, anything else as repr() writes it (`\\n`, `\\x1b`)."""
-    if "\ud800" <= char <= "\udfff":
+    """A character that cannot be shown as it is, as text: a lone surrogate as
+    surrogate_text says; an ASCII one as repr() writes it (`\\n`, `\\x1b`); any other
+    `\\uNNNN` or `\\UNNNNNNNN`. (repr() wrote a C1 control U+0085 `\\x85`, the text of
+    the byte 0x85 that is not UTF-8.)"""
+    point = ord(char)
+    if 0xD800 <= point <= 0xDFFF:
         return surrogate_text(char)
-    return repr(char)[1:-1]
+    if point < 0x80:
+        return repr(char)[1:-1]
+    return f"\\u{point:04x}" if point <= 0xFFFF else f"\\U{point:08x}"
 
 
-def message_text(text: str) -> str:
+def stream_codec(stream: Optional[TextIO]) -> Optional[str]:
+    """The codec of `stream`'s encoding, None where it writes every character (UTF-8,
+    or a stream that names none)."""
+    encoding = getattr(stream, "encoding", None)
+    if not encoding:
+        return None
+    import codecs
+
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        return None
+    return None if name.startswith("utf") else name
+
+
+def _stdout_codec() -> Optional[str]:
+    return stream_codec(sys.stdout)
+
+
+def _as_is(text: str, codec: Optional[str]) -> bool:
+    """Whether `text` (a whole text: one scan in C, the usual case; or one character)
+    is written as it is: printable, and in `codec` (None: any)."""
+    if not text.isprintable():
+        return False
+    if codec is None or text.isascii():
+        return True
+    try:
+        text.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _spelled(text: str, codec: Optional[str], keep: str = "", backslash: bool = False) -> str:
+    """`text` with each character _as_is says no to as char_text writes it, but
+    those in `keep`; with `backslash`, a backslash doubled."""
+    if _as_is(text, codec) and not (backslash and "\\" in text):
+        return text
+    out = []
+    for char in text:
+        if char == "\\" and backslash:
+            out.append("\\\\")
+        elif char in keep or _as_is(char, codec):
+            out.append(char)
+        else:
+            out.append(char_text(char))
+    return "".join(out)
+
+
+def name_text(name: str) -> str:
+    """A name read from the node (a network, a container ID, a cache file's path), to
+    be put in a line for people: its backslashes doubled, each character it cannot
+    show as char_text writes it. The line's own pass (message_text, cell_text) then
+    writes what its stream's encoding lacks; the text reads back to this one name."""
+    return _spelled(name, None, backslash=True)
+
+
+def message_text(text: str, codec: Union[str, None, _Stream] = _Stream.STDERR) -> str:
     """A line for stderr: lone surrogates as bytes_as_text writes them, and so the
-    ones a message quoted with repr() (click's usage errors, our `{value!r}`); a
-    control character other than a line break as char_text writes it (a foreign rule's
-    comment quoted in a note must not colour or move the operator's terminal)."""
-    text = _CONTROL.sub(lambda found: char_text(found.group()), bytes_as_text(text))
+    ones a message quoted with repr() (click's usage errors, our `{value!r}`); any
+    other character but a line break and a tab that is not printable, or that the
+    stream's encoding (`codec`; by default stderr's) lacks, as char_text writes it (a
+    foreign rule's comment quoted in a note must not colour or move the operator's
+    terminal; `é` on an ASCII stderr was its `\\xe9`, the text of a byte)."""
+    if codec is _Stream.STDERR:
+        codec = stream_codec(sys.stderr)
+    text = _spelled(bytes_as_text(text), codec, keep="\n\t")
     if "\\udc" not in text:
         return text
     return _REPR_BYTE.sub(r"\1\\x\2", text)
 
 
-def cell_text(text: str) -> str:
-    """`text` for a table on stdout (a cell, a line under check's table): each control
-    character, a line break and a tab included, and each lone surrogate as char_text
-    writes it (`\\x1b`, `\\xe9`): a foreign rule's comment in a cell must not colour or
-    move the operator's terminal, nor its bytes reach it raw. `text` itself when it
-    holds none (the usual case: one scan)."""
-    if _NOT_IN_A_CELL.search(text) is None:
-        return text
-    return _NOT_IN_A_CELL.sub(lambda found: char_text(found.group()), text)
+def cell_text(text: str, codec: Union[str, None, _Stream] = _Stream.STDOUT) -> str:
+    """`text` for a table on stdout (a cell, a line under check's table): each
+    character that is not printable (a control character, a line break and a tab
+    included), or that the stream's encoding (`codec`; by default stdout's) lacks,
+    and each lone surrogate as char_text writes it (`\\x1b`, `\\xe9`, `\\u00e9`): a
+    foreign rule's comment in a cell must not colour or move the operator's terminal,
+    nor its bytes reach it raw. `text` itself when it holds none (the usual case: one
+    scan)."""
+    if codec is _Stream.STDOUT:
+        codec = _stdout_codec()
+    return _spelled(text, codec)
 
 
 def shell_word(word: str) -> str:

@@ -7,6 +7,7 @@ Text, its plain string and style spans put together at once (a few milliseconds 
 
 from __future__ import annotations
 
+import sys
 from typing import (
     TYPE_CHECKING,
     Callable,
@@ -23,7 +24,7 @@ from typing import (
 from portmapctl.core.ids import SHORT_ID
 from portmapctl.core.patterns import lazy
 from portmapctl.core.status import Status
-from portmapctl.core.text import cell_text
+from portmapctl.core.text import cell_text, name_text, stream_codec
 from portmapctl.render.cuts import cut_end
 
 if TYPE_CHECKING:
@@ -249,9 +250,11 @@ def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
                     strip_lines: bool, fitting: _Fitting,
                     across: Optional[Across] = None) -> Tuple[str, List[SpanTuple]]:  # fmt: skip
     """table()'s text and spans (start, end, style), before rich: see table()."""
-    rows, last = _escaped(rows, last)
+    rows, last = _escaped(headers, rows, last)
     if across is not None:
-        across = across._replace(texts={n: cell_text(t) for n, t in across.texts.items()})
+        across = across._replace(
+            texts={n: cell_text(name_text(t)) for n, t in across.texts.items()}
+        )
     widths = _widths(headers[:-1], rows)
     cells: Sequence[Union[LastCell, Wrapped]] = last
     if fitting.width is not None:
@@ -274,19 +277,34 @@ def _text_and_spans(headers: Sequence[str], rows: Sequence[Sequence[str]],
     return plain, spans
 
 
-def _escaped(rows: Sequence[Sequence[str]], last: Sequence[LastCell],
+# The columns whose cells are names read from the node, each written as name_text
+# writes it (list's, check's and gc's tables).
+NAME_COLUMNS = frozenset({"NETWORK", "CONTAINER", "CHAIN"})
+
+
+def _escaped(headers: Sequence[str], rows: Sequence[Sequence[str]], last: Sequence[LastCell],
              ) -> Tuple[Sequence[Sequence[str]], Sequence[LastCell]]:  # fmt: skip
-    """The cells with what a terminal acts on written out (core/text.cell_text): a
-    control character (ESC of a foreign rule's comment) as `\\x1b`, a byte that is not
-    UTF-8 (a container ID from such a comment) as `\\xNN`, as in JSON and on stderr.
-    One scan of all the cells when none holds any (the usual case)."""
+    """The cells with what a terminal acts on or stdout cannot write written out
+    (core/text.cell_text): a control character (ESC of a foreign rule's comment) as
+    `\\x1b`, a byte that is not UTF-8 (a container ID from such a comment) as `\\xNN`,
+    as in JSON and on stderr, `é` on an ASCII stdout as `\\u00e9`. A cell of a name
+    (NAME_COLUMNS: a network, a container ID, a chain) is written as name_text writes
+    it, its backslash doubled, so that it reads back to one name; any other (a
+    problem quoting a rule, a rule, the status) is text. One scan of all the cells
+    when none holds any (the usual case)."""
     everything = "".join(cell for row in rows for cell in row) + "".join(
         piece.text for pieces in last for piece in pieces
     )
-    if cell_text(everything) == everything:
+    codec = stream_codec(sys.stdout)
+    if "\\" not in everything and cell_text(everything, codec) == everything:
         return rows, last
-    rows = [[cell_text(cell) for cell in row] for row in rows]
-    last = [[Piece(cell_text(p.text), p.style) for p in pieces] for pieces in last]
+    named = [h in NAME_COLUMNS for h in headers]
+    rows = [
+        [cell_text(name_text(cell) if name else cell, codec) for cell, name in zip(row, named)]
+        + [cell_text(cell, codec) for cell in row[len(named) :]]
+        for row in rows
+    ]
+    last = [[Piece(cell_text(p.text, codec), p.style) for p in pieces] for pieces in last]
     return rows, last
 
 

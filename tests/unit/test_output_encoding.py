@@ -196,7 +196,9 @@ def test_message_text_writes_control_characters_a_terminal_would_act_on():
     from portmapctl.core.text import message_text
 
     comment = "caf\u00e9 \x1b[31m\x07\x7f\x9b"
-    assert message_text(f"rule: {comment}\nnext") == "rule: café \\x1b[31m\\x07\\x7f\\x9b\nnext"
+    # (A C1 control as `\\u009b`: `\\x9b` is the text of the byte 0x9b.)
+    want = "rule: café \\x1b[31m\\x07\\x7f\\u009b\nnext"
+    assert message_text(f"rule: {comment}\nnext", None) == want
     assert message_text("a\tb") == "a\tb"
 
 
@@ -286,8 +288,8 @@ def test_every_table_and_the_summary_line_write_control_characters_and_bytes_as_
     from portmapctl.render.table import Piece, grid, table
 
     odd = "a\x1b[2J\t\n\x9b\udce9\ud800"
-    shown = "a\\x1b[2J\\t\\n\\x9b\\xe9\\ud800"
-    assert cell_text(odd) == shown and cell_text("café \U0001f600") == "café \U0001f600"
+    shown = "a\\x1b[2J\\t\\n\\u009b\\xe9\\ud800"
+    assert cell_text(odd, None) == shown and cell_text("café \U0001f600", None) == "café \U0001f600"
     rows = grid(["A", "B"], [[odd, "x"]], [[odd, "ok"]], width=None)
     drawn = table(["A", "LAST"], [[odd]], [[Piece(odd, "red")]], width=80)
     chain = GcChain("CNI-DN-0123456789abcdef01234", 4, "dnat", odd, odd, (), 0.0)
