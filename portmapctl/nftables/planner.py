@@ -22,6 +22,7 @@ Tables and base chains stay, as after the plugin's last DEL.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from enum import Enum
 from typing import Collection, Dict, Iterable, List, Optional, Sequence, Set, Tuple
@@ -363,24 +364,26 @@ def not_wanted(
 ) -> Tuple[List[Rule], List[Rule]]:
     """The rules of the containers `ids` that none of their wanted rules is, as
     (unwanted, unaccounted), in one pass over the table. Unaccounted: not for one of
-    their wanted mappings (`_claim`) either, a host port or a container address none
-    of their cached configs has. The rules carry the bare container ID, so such a rule
-    may be the same container's on another network whose cache entry is not read here
-    (it cannot be read, it is in a cache directory not given, or it is not written yet:
-    libcni writes it once the ADD is done). --repair deleted them, and so another
-    network's live mapping, which the plugin's CHECK (counting rules by ID) never
-    missed: reported, never deleted (SPEC §3: repair never deletes a live mapping).
+    their wanted mappings (`_claimed`) either: a host port (with its host IP and
+    protocol) none of their cached configs has, a DNAT to an address outside the subnet
+    of theirs on that network, a masquerade of an address they have not. The rules
+    carry the bare container ID, so such a rule may be the same container's on another
+    network whose cache entry is not read here (it cannot be read, it is in a cache
+    directory not given, or it is not written yet: libcni writes it once the ADD is
+    done), mapping the same host port there (the plugin refuses no such pair) or
+    another. --repair deleted them, and so another network's live mapping, which the
+    plugin's CHECK (counting rules by ID) never missed: reported, never deleted (SPEC
+    §3: repair never deletes a live mapping).
 
     A masquerade rule of theirs for an address only their unwanted DNAT rules send to
     (an old address: the plugin's ADD again on a new one, without a DEL) is unwanted
     with them: it is that mapping's own, and no rule of theirs left after a repair
     sends anything there. --repair deleted the DNAT rule and left these two, reported
     as unclaimed at every check after."""
-    claims = _claims(wanted)
     claimed: List[Rule] = []
     unclaimed: List[Rule] = []
     for rule in _not_wanted(table, wanted, ids, addresses):
-        (claimed if _claim(rule) in claims else unclaimed).append(rule)
+        (claimed if _claimed(rule, wanted) else unclaimed).append(rule)
     orphaned = _served_only_by(table, claimed, ids) if table is not None else set()
     if orphaned:
         claimed += [r for r in unclaimed if _masquerade_of(r) in orphaned]
@@ -439,30 +442,39 @@ def _not_wanted(
     return found
 
 
-Claim = Tuple[str, str, Tuple[Tuple[str, str], ...]]
-
-
-def _claims(wanted: Sequence[WantedFamily]) -> Set[Claim]:
-    """What the wanted rules are for, by container: each DNAT rule's host port match,
-    each masquerade rule's container address."""
-    found: Set[Claim] = set()
-    for want in wanted:
-        for body in want.hostports:
-            found.add((want.container_id, "dnat", _ports_of(body)))
-        for body in want.masquerading:
-            found.add((want.container_id, "masquerade", _addresses_of(body)))
-    return found
-
-
-def _claim(rule: Rule) -> Claim:
-    """What a rule of a container is for, as _claims says of wanted ones."""
+def _claimed(rule: Rule, wanted: Sequence[WantedFamily]) -> bool:
+    """Whether a rule of a container none of its wanted rules is, is still for one of
+    its wanted mappings, so the network being compared's own (--repair deletes it).
+    A masquerade: of the address a wanted masquerade rule is for. A DNAT: with the
+    exact matches of a wanted DNAT rule (host IP, protocol, host port), sending into
+    that network's subnet (an address the container had there: ADD again on another
+    one without a DEL). Its other network's rule for the same host port (another host
+    IP or protocol, or the same, the plugin refuses neither) sends to its address
+    there, outside this subnet as a rule tells: not claimed. Where the two networks'
+    subnets overlap, an old address and the other network's cannot be told apart from
+    the rules: claimed, as before (see docs/guarantees.md)."""
+    cid = rule.comment or ""
     if rule.chain == MASQUERADING:
-        return (rule.comment or "", "masquerade", _addresses_of(rule.body))
-    return (rule.comment or "", "dnat", _ports_of(rule.body))
-
-
-def _ports_of(body: RuleBody) -> Tuple[Tuple[str, str], ...]:
-    return tuple((m.left, m.right) for m in body.matches if m.left.endswith(" dport"))
+        mine = _addresses_of(rule.body)
+        return any(
+            mine == _addresses_of(body)
+            for want in wanted
+            if want.container_id == cid
+            for body in want.masquerading
+        )
+    sent = container_address(rule)
+    if sent is None:
+        return False
+    try:
+        address = ipaddress.ip_address(sent)
+    except ValueError:
+        return False
+    return any(
+        rule.body.matches == body.matches and address in want.subnet
+        for want in wanted
+        if want.container_id == cid
+        for body in want.hostports
+    )
 
 
 def _addresses_of(body: RuleBody) -> Tuple[Tuple[str, str], ...]:

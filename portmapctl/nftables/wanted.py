@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.nftables.ruleset import (
@@ -85,6 +85,10 @@ class WantedFamily:
     masquerading: Tuple[RuleBody, ...]
     entry: RuleBody
     snat: bool
+    # The subnet of the container's address on this network (its cached result's
+    # prefix): the one evidence, in rules that carry the bare container ID, that a rule
+    # sending elsewhere is this network's (an old address) and not another network's.
+    subnet: Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 def wanted(config: MappingConfig, family: int) -> Optional[WantedFamily]:
@@ -120,6 +124,7 @@ def wanted(config: MappingConfig, family: int) -> Optional[WantedFamily]:
         tuple(masq),
         entry_rule(parse_conditions(conditions)),
         config.snat,
+        address.network,
     )
 
 

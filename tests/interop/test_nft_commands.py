@@ -580,6 +580,63 @@ def test_repair_leaves_the_rules_of_the_containers_other_network(
         assert both.returncode == 0, both.stdout
 
 
+# (neta's addresses, neta's ports, netb's addresses, netb's ports): each maps host port 8080.
+_SAME_PORT_ELSEWHERE = {
+    "same-port": (["10.88.0.5/16"], [_pm(8080, 80)], ["10.89.0.5/16"], [_pm(8080, 80)]),
+    # neta's for one host IP, netb's for every other: netb's gone, no other host
+    # address forwards 8080 at all.
+    "other-host-ip": (
+        ["10.88.0.5/16"], [_pm(8080, 80, host_ip="127.0.0.1")], ["10.89.0.5/16"], [_pm(8080, 80)]
+    ),
+    "ipv6": (["10.88.0.5/16", "fd00:88::5/64"], [_pm(8080, 80)], ["fd00:89::5/64"], [_pm(8080, 80)]),
+    "udp": (["10.88.0.5/16"], [_pm(8080, 80)], ["10.89.0.5/16"], [_pm(8080, 80, "udp")]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("how", list(_SAME_PORT_ELSEWHERE))
+def test_repair_leaves_the_other_networks_rule_for_the_same_host_port(
+    node: str, tmp_path: Path, how: str
+) -> None:
+    """One container on two nft networks (v1.9.1), each mapping host port 8080 (the
+    plugin refuses none of it: the same port and protocol, another host IP, the other
+    family, another protocol), netb's cache entry not read (libcni has not written it
+    yet). A rule of the container was neta's `extra-rules` when it had the protocol and
+    host port of one of neta's mappings (not its host IP, not where it sends), so
+    `check --repair` deleted netb's DNAT rule by handle and, no rule of the container
+    sending there any more, netb's address's masquerade rules with it ("repaired",
+    exit 0): netb's live mapping gone, which v1.9.1's CHECK of netb, counting the
+    container's rules by ID (neta's carry it too), never notices. netb's rules send
+    outside neta's subnet, to no address neta's cache entry gave the container: they are
+    reported (nft-unclaimed-rules) and left."""
+    cid = "xxxx0002"
+    ips_a, ports_a, ips_b, ports_b = _SAME_PORT_ELSEWHERE[how]
+    conf_a = upstream.nft_conf("neta", ips_a, ports_a)
+    conf_b = upstream.nft_conf("netb", ips_b, ports_b)
+    conf_b["prevResult"]["interfaces"][0]["name"] = "eth1"  # (its second interface)
+    # netb first: its rule is ahead of neta's, so it takes its traffic today.
+    upstream.run(V191, "ADD", node, cid, conf_b, ifname="eth1", check=True)
+    upstream.run(V191, "ADD", node, cid, conf_a, check=True)
+    rp.write_cni_cache(tmp_path, "neta", cid, "eth0", conf_a, ports_a, ips_a)
+    address_b = ips_b[0].split("/")[0]
+    before = upstream.ruleset_text(node)
+    assert "masquerade" in before and address_b in before
+
+    found = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    problems = json.loads(found.stdout)["problems"]
+    assert [p["kind"] for p in problems] == ["nft-unclaimed-rules"], problems
+    [theirs] = problems
+    assert theirs["fix"] is None
+    lines = theirs["rule"].split("\n")  # its DNAT, its hairpin (and localhost) masquerade
+    assert len(lines) == (2 if ":" in address_b else 3) and all(address_b in r for r in lines)
+    fixed = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    assert fixed.returncode == 1, fixed.stdout + fixed.stderr  # (netb's stay reported)
+    assert json.loads(fixed.stdout)["fixed"] == []
+    assert upstream.ruleset_text(node) == before
+    upstream.run(V191, "CHECK", node, cid, conf_b, ifname="eth1", check=True)
+    upstream.run(V191, "CHECK", node, cid, conf_a, check=True)
+
+
 def _old1_flow(ns: str) -> None:
     """A UDP flow to the node's 192.0.2.1:7001 DNATed to old1 (10.88.0.7:71)."""
     import subprocess

@@ -427,6 +427,53 @@ def test_repair_of_one_network_keeps_the_containers_rules_of_another() -> None:
     assert unclaimed and all(r.body != wrong for r in unclaimed)
 
 
+def test_only_a_rule_of_a_wanted_mappings_matches_into_its_subnet_is_claimed() -> None:
+    """A container's rule none of its wanted rules is goes by --repair (extra-rules) only
+    when it has the exact matches of one of them (host IP, protocol, host port) and
+    sends into the subnet of the container's address on that network (an old address:
+    ADD again without a DEL, with that address's masquerade rules along). The same host
+    port sending elsewhere, or for another host IP, may be its other network's mapping,
+    whose cache entry is not read: unclaimed, left (the host port alone deleted it)."""
+    configs = nftcases.live_configs("v191-several")
+    mine = configs[0]  # 8080/tcp -> 10.88.0.5/16
+    fake = MemoryNft(nftcases.live("v191-several"))
+    [right, *_] = [w for w in _wanted([mine]) if w.family == 4][0].hostports
+    old = dataclasses.replace(right, action=dataclasses.replace(right.action, addr="10.88.7.7"))
+    other_net = dataclasses.replace(old, action=dataclasses.replace(old.action, addr="10.89.0.9"))
+    host_ip = dataclasses.replace(
+        old, matches=(ruleset.Match("ip daddr", "==", "192.0.2.1"), *old.matches)
+    )
+    masq = {
+        address: ruleset.RuleBody(
+            (ruleset.Match("ip saddr", "==", address), ruleset.Match("ip daddr", "==", address)),
+            ruleset.Action(ruleset.ActionKind.MASQUERADE),
+            mine.container_id,
+        )
+        for address in ("10.88.7.7", "10.89.0.9")
+    }
+    txn = Transaction()
+    for body in (old, other_net, host_ip):
+        txn.add_rule(4, "hostports", body)
+    for body in masq.values():
+        txn.add_rule(4, "masquerading", body)
+    fake.apply(txn)
+    wants = [w for w in _wanted([mine]) if w.family == 4]
+    table = fake.read().table(4)
+
+    unwanted, unclaimed = planner.not_wanted(table, wants, {mine.container_id})
+    assert [r.body for r in unwanted] == [old]  # (its masquerade: host_ip sends there too)
+    assert {r.body for r in unclaimed} == {other_net, host_ip, *masq.values()}
+    # Without the host-IP rule the old address's masquerade goes with its DNAT rule;
+    # the other network's stays.
+    [handle] = [r.handle for r in table.rules_of("hostports") if r.body == host_ip]
+    gone = Transaction()
+    gone.delete_rule(4, "hostports", handle)
+    fake.apply(gone)
+    unwanted, unclaimed = planner.not_wanted(fake.read().table(4), wants, {mine.container_id})
+    assert [r.body for r in unwanted] == [old, masq["10.88.7.7"]]
+    assert [r.body for r in unclaimed] == [other_net, masq["10.89.0.9"]]
+
+
 def test_repair_in_a_v17_table_writes_what_v17_wrote() -> None:
     """check --repair keeps a working v1.6/v1.7 entry; what it re-creates there goes
     where that plugin's ADD puts it: host-IP rules in hostip_hostports (v1.7.1's CHECK
