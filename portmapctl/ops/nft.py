@@ -253,7 +253,7 @@ def nothing_left(
     iptables_chains: Collection[str],
     live: Ruleset,
     judged: KeyJudged,
-    plugin_in_iptables: bool,
+    iptables_sign: Optional[str],
 ) -> Dict[str, str]:
     """By path, with why (gone_text's), the cache entries whose config says `"backend":
     "nftables"` of which nothing is left (no chain in `iptables_chains`, no rule in the
@@ -265,10 +265,14 @@ def nothing_left(
     node's other entries cached so are kept in iptables (`judged`: key_judged's
     ignored or in doubt); not where one of them has its rules in nftables (the plugin
     here honours the key), where a `cni_hostport` table of their family is here (only
-    a v1.6+ ADD given the key makes it, no DEL removes it), or where the plugin's
-    CNI-HOSTPORT-DNAT is in no iptables (`plugin_in_iptables` False: every iptables ADD
-    makes it and no DEL removes it, so no plugin wrote iptables here: a firewall
-    reload that dropped the plugin's tables of a v1.6+ node, repaired there)."""
+    a v1.6+ ADD given the key makes it, no DEL removes it), or where nothing of
+    iptables is here (`iptables_sign` None: no CNI-HOSTPORT-DNAT, which every iptables
+    ADD makes and no DEL removes, and no nat table a firewall could have flushed it
+    from: the plugin's tables of a v1.6+ node dropped by `nft flush ruleset`, repaired
+    there). `iptables_sign`: what says iptables may hold them (CNI-HOSTPORT-DNAT, or a
+    nat table without it: a firewall's reload of iptables, `iptables-restore` of its
+    own file, takes CNI-HOSTPORT-DNAT with the chains, and was taken for a v1.6+
+    node's, deb1 written to nftables)."""
     owners, targets = owners_in(live), _dnat_targets(live)
     keyed = [
         a
@@ -290,14 +294,12 @@ def nothing_left(
             f" no rule in nftables ({shown}): the plugin here may ignore the key"
         )
         return {a.path: why for a in gone}
-    if not plugin_in_iptables or any(_rules_of(a.mapping, owners, targets) for a in keyed):
+    if iptables_sign is None or any(_rules_of(a.mapping, owners, targets) for a in keyed):
         return {}
-    from portmapctl.iptables.chains import TOPLEVEL_DNAT
-
     why = (
         "nothing on the node tells that its plugin honours the key (no other container"
-        " cached so has rules in nftables, no plugin table of its family is there, and"
-        f" the plugin's {TOPLEVEL_DNAT} is in iptables)"
+        f" cached so has rules in nftables, no plugin table of its family is there, and"
+        f" {iptables_sign})"
     )
     return {
         a.path: why

@@ -1847,6 +1847,33 @@ def test_a_key_ignoring_container_with_nothing_left_is_in_doubt_not_written_to_n
     assert "cni_hostport" not in upstream.nft(node, "list", "tables").stdout
 
 
+def test_a_key_ignoring_container_whose_nat_table_a_firewall_flushed_is_in_doubt(
+    node: str, tmp_path: Path
+) -> None:
+    """As above, but the firewall reloaded iptables' nat table whole (`iptables-restore`
+    of its own file; here `iptables -t nat -F` and `-X`), the usual way a node loses
+    its chains: CNI-HOSTPORT-DNAT went with deb1's chain. Its absence was taken for "no
+    plugin ever wrote iptables here" (a v1.6+ node), and `check --repair` wrote deb1
+    into nftables (exit 0), a copy Debian's plugin never deletes. The nat table is
+    still here, so that absence tells nothing: in doubt, nothing written."""
+    _debian_gone(node, tmp_path, "deb1", "10.88.0.35/16", 8035, lose=False)
+    rp.iptables(node, ["-t", "nat", "-F"])
+    rp.iptables(node, ["-t", "nat", "-X"])
+    assert "CNI-HOSTPORT-DNAT" not in rp.save(node, 4)
+    before = _both_rulesets(node)
+    done = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "podman/deb1" in done.stderr and "cannot be told" in done.stderr, done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert "deb1" in {p["container_id"] for p in problems}, done.stdout
+    assert all(p["fix"] is None for p in problems if p["container_id"] in ("deb1", None))
+    repaired = _pmctl(node, tmp_path, "check", "--repair")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    assert "repaired:" not in repaired.stdout + repaired.stderr
+    assert _both_rulesets(node) == before
+    assert "cni_hostport" not in upstream.nft(node, "list", "tables").stdout
+
+
 def test_a_cached_nftables_container_with_nothing_left_beside_the_plugins_table_is_repaired(
     node: str, tmp_path: Path
 ) -> None:

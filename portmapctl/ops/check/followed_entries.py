@@ -216,9 +216,10 @@ def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: Node
         chains = chains_in_iptables(node, node.families, asked)
     else:
         chains = _chains_read(read, {a.dnat_chain for a in keyed} | {TOPLEVEL_DNAT})
-    # (The plugin's CNI-HOSTPORT-DNAT: whether a plugin wrote iptables here, nft.nothing_left.)
-    plugin_there = chains.pop(TOPLEVEL_DNAT, None) is not None
-    if not chains and not plugin_there:
+    # Whether a plugin may have written iptables here (nft.nothing_left): its
+    # CNI-HOSTPORT-DNAT, or a nat table a firewall's reload may have flushed it from.
+    sign = _iptables_sign(node, chains.pop(TOPLEVEL_DNAT, None) is not None)
+    if not chains and sign is None:
         return Followed(attachments)
     from portmapctl.ops import nft
 
@@ -238,9 +239,47 @@ def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: Node
     ignored = found.ignored
     in_iptables = nft.judged_in_iptables(attachments, ignored)
     # Those of which nothing is left, where nothing tells their plugin honours the key.
-    gone = nft.nothing_left(attachments, chains, live, found, plugin_there)
+    gone = nft.nothing_left(attachments, chains, live, found, sign)
     in_doubt = [*found.in_doubt, *(a for a in attachments or () if a.path in gone)]
     return Followed(in_iptables, ignored, in_doubt, chains, gone=gone)
+
+
+def _iptables_sign(node: Node, toplevel: bool) -> Optional[str]:
+    """What says a plugin may have written this node's iptables (nft.nothing_left), or
+    None: the plugin's CNI-HOSTPORT-DNAT there (`toplevel`), else an iptables nat table
+    of one of the node's families in either flavour (asked without creating one: a
+    netlink question, /proc for legacy). A firewall's reload of iptables
+    (`iptables-restore` of its own file, `iptables -t nat -F` and `-X`) takes
+    CNI-HOSTPORT-DNAT with the chains but leaves the table: its absence then said "no
+    plugin wrote iptables here", and a container Debian's plugin keeps in iptables,
+    cached `"backend": "nftables"`, was repaired into nftables. Offline (dumps) or
+    read from no kernel (a test's tables in memory): the toplevel chain alone."""
+    if toplevel:
+        return f"the plugin's {TOPLEVEL_DNAT} is in iptables"
+    if node.namespace_view() is None:
+        return None  # (this host's kernel is not the node read)
+    from portmapctl.iptables.access import legacy_nat_present
+
+    if _nft_nat_table_here(node.families) or any(legacy_nat_present(f) for f in node.families):
+        return (
+            f"iptables' nat table is here, without {TOPLEVEL_DNAT}: a firewall's reload of"
+            " it takes that chain too"
+        )
+    return None
+
+
+def _nft_nat_table_here(families: Sequence[int]) -> bool:
+    """Whether iptables-nft's nat table exists in one of `families`, empty too (its
+    `-F` and `-X` leave it with no chain: nfmsg.table_present counts chains); True where
+    netlink cannot be asked (then nothing tells that iptables was never written)."""
+    from portmapctl.iptables.access import nfgen
+    from portmapctl.iptables.access.nfmsg import table_handle
+
+    try:
+        with nfgen.open_socket() as sock:
+            return any(table_handle(sock, f, "nat") is not None for f in families)
+    except OSError:
+        return True
 
 
 def _no_container_there(node: Node) -> bool:
