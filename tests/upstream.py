@@ -129,3 +129,17 @@ def ruleset_json(host_ns: str) -> str:
 
 def ruleset_text(host_ns: str) -> str:
     return nft(host_ns, "list", "ruleset").stdout
+
+
+def nft_killed_once_after_it_ran(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """PATH with an `nft` in front of the real one that SIGKILLs itself after the first
+    `nft -f` it ran (its transaction in, no answer), and the file it makes then."""
+    wrap, killed = tmp_path / "wrap", tmp_path / "killed"
+    wrap.mkdir(parents=True)
+    real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
+    (wrap / "nft").write_text(
+        f'#!/bin/bash\n{real} "$@"\nrc=$?\nif [ "$1" = -f ] && [ ! -e {killed} ]; then\n'
+        f"  touch {killed}; kill -KILL $$\nfi\nexit $rc\n"
+    )
+    (wrap / "nft").chmod(0o755)
+    return {"PATH": f"{wrap}:{os.environ['PATH']}"}, killed

@@ -492,16 +492,14 @@ def _add_nft(
     # go, as its iptables chain is rewritten (planner.superseded).
     addresses = {f: a.ip.compressed for f in families if (a := config.address(f)) is not None}
 
-    tried: List[Any] = []
-    read: List[Any] = []  # each try's read, beside its transaction in `tried`
+    tried: List[Tuple[Any, Any]] = []  # each try's (transaction, the read it was planned from)
 
     def plan(live: Any) -> Any:
         txn = planner.setup(live, want, planner.Entries.REWRITE)
         for w in want:
             for rule in planner.superseded(live, w, addresses[w.family]):
                 txn.delete_rule(w.family, rule.chain, rule.handle, rule.body)
-        tried.append(txn)
-        read.append(live)
+        tried.append((txn, live))
         return txn
 
     warnings: List[str] = []
@@ -515,13 +513,16 @@ def _add_nft(
             warnings += after_setup(  # as above
                 config, families, flush_udp, misrouted_only=not text, node=node
             )
-            if text and flush_udp and tried:
+            went = _went_in(tried)
+            if text and flush_udp and went is not None:
                 # The entry rewritten (a v1.6/v1.7 table upgraded, as v1.9.1's ADD does)
                 # lets go of the routed flows v1.6/v1.7's entry, without `fib daddr type
                 # local`, DNATed to a container: as check --repair's (flush_routed_after).
+                # By the transaction that went in: after a try killed past its commit,
+                # the last plan is the empty one of the read after it.
                 from portmapctl.ops.check.nft_repair import flush_routed_after
 
-                warnings += flush_routed_after(node, tried[-1])
+                warnings += flush_routed_after(node, went[0])
             owed.clear()
     except Interrupted:
         # SIGTERM or Ctrl-C once the write went in, or while it ran (it may have gone
@@ -530,11 +531,12 @@ def _add_nft(
         # addresses), or nothing lets them go: the next add finds nothing to write,
         # check finds the entry healthy. Only where the transaction rewrote the entry
         # of a table that took routed flows; its warnings are not said.
-        if not dry_run and flush_udp and tried:
+        went = _went_in(tried)
+        if not dry_run and flush_udp and went is not None:
             from portmapctl.ops.check.nft_repair import flush_routed_after
 
             with contextlib.suppress(PortmapctlError, OSError):
-                flush_routed_after(node, tried[-1])
+                flush_routed_after(node, went[0])
         raise
     transactions = {"nft": text} if text else {}
     # The nft chains its rules are in (JSON `chain` is a chain's name in every
@@ -547,17 +549,22 @@ def _add_nft(
         transactions,
         tuple(warnings),  # type: ignore[arg-type]
         backend=Backend.NFTABLES,
-        nft_seen=_planned_from(text, tried, read),
+        nft_seen=_planned_from(text, tried),
     )
 
 
-def _planned_from(text: str, tried: List[Any], read: List[Any]) -> Optional[Ruleset]:
-    """The read the transaction that went in (`text`) was planned from: the last try
-    that planned something (a try killed after its commit is followed by a read that
-    plans nothing, taken after the write); with nothing written, the last read. None
-    where nothing was read (no nft to read with)."""
-    if text:
-        for txn, live in zip(reversed(tried), reversed(read)):
-            if txn:
-                return live
-    return read[-1] if read else None
+def _went_in(tried: Sequence[Tuple[Any, Any]]) -> Optional[Tuple[Any, Any]]:
+    """The last try that planned something, with its read: the transaction that went in
+    when converge returned one (a try killed after its commit is followed by a read
+    that plans nothing, taken after the write), or on the way out of a signal the one
+    that went in or was under way. None: no try planned anything."""
+    return next((try_ for try_ in reversed(tried) if try_[0]), None)
+
+
+def _planned_from(text: str, tried: Sequence[Tuple[Any, Any]]) -> Optional[Ruleset]:
+    """The read the transaction that went in (`text`) was planned from; with nothing
+    written, the last read. None where nothing was read (no nft to read with)."""
+    went = _went_in(tried) if text else None
+    if went is not None:
+        return went[1]
+    return tried[-1][1] if tried else None

@@ -647,20 +647,6 @@ def _old1_flow(ns: str) -> None:
         "--reply-port-src", "71", "--reply-port-dst", "40001", "-t", "120")  # fmt: skip
 
 
-def _nft_killed_once_after_it_ran(tmp_path: Path) -> tuple:
-    """PATH with an `nft` in front of the real one that SIGKILLs itself after the first
-    `nft -f` it ran (its transaction in, no answer), and the file it makes then."""
-    wrap, killed = tmp_path / "wrap", tmp_path / "killed"
-    wrap.mkdir(parents=True)
-    real = next(p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p))
-    (wrap / "nft").write_text(
-        f'#!/bin/bash\n{real} "$@"\nrc=$?\nif [ "$1" = -f ] && [ ! -e {killed} ]; then\n'
-        f"  touch {killed}; kill -KILL $$\nfi\nexit $rc\n"
-    )
-    (wrap / "nft").chmod(0o755)
-    return {"PATH": f"{wrap}:{os.environ['PATH']}"}, killed
-
-
 def test_add_whose_nft_was_killed_after_its_commit_is_judged_by_the_next_read(
     node: str, tmp_path: Path
 ) -> None:
@@ -674,7 +660,7 @@ def test_add_whose_nft_was_killed_after_its_commit_is_judged_by_the_next_read(
     # A flow to the port before the mapping existed: never DNATed (the seed's blackhole).
     _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40002",
         "--dport", "5353", "-t", "120")  # fmt: skip
-    env, killed = _nft_killed_once_after_it_ran(tmp_path)
+    env, killed = upstream.nft_killed_once_after_it_ran(tmp_path)
     args = ["add", "--backend", "nftables", "--network", "podman", "--container", "web1",
             "--ip", "10.88.0.5/16", "--ip", "fd00:88::5/64", "-p", "8080:80", "-p",
             "5353:53/udp", "--netns", node, "--cni-cache-dir", str(tmp_path), "-o", "json"]  # fmt: skip
@@ -749,7 +735,7 @@ def test_repair_whose_nft_was_killed_after_its_commit_reports_the_repair(
         path = tmp_path / "web1.json"
         path.write_text(json.dumps(conf))
         args += ["--container", "web1", "--cni-config", str(path)]
-    env, killed = _nft_killed_once_after_it_ran(tmp_path / "w")
+    env, killed = upstream.nft_killed_once_after_it_ran(tmp_path / "w")
     done = pmctl.run(args, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert killed.exists()
@@ -774,7 +760,7 @@ def test_gc_whose_nft_was_killed_after_its_commit_reports_and_flushes(
     _old1_flow(node)
     _ct(node, "-I", "-p", "udp", "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", "40002",
         "--dport", "5353", "-t", "120")  # fmt: skip
-    env, killed = _nft_killed_once_after_it_ran(tmp_path)
+    env, killed = upstream.nft_killed_once_after_it_ran(tmp_path)
     # (PORTMAPCTL_NFT_BATCH=0: gc's deletions through `nft -f`, the write where no
     # nf_tables batch can be sent; with one, nft only lists.)
     done = pmctl.run(["gc", "--netns", node, "--cni-cache-dir", str(tmp_path / "cni"), "--yes",

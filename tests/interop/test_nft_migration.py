@@ -1361,6 +1361,31 @@ def test_gc_on_a_v171_node_lets_go_of_the_routed_flows_the_removed_rules_took(
     upstream.run("v1.7.1", "DEL", node, "live1", live, check=True)
 
 
+def _v171_node_with_a_routed_stream(node: str, routed: str, cache: Path) -> Tuple[Any, ...]:
+    """old1 added by v1.7.1 alone (its entry not local) and two flows DNATed to it: a
+    stream the node routes to another host (198.51.100.2:5353, returned with old1's
+    config) and one to the node's own address (192.0.2.1:5353)."""
+    old = _cached(cache, "old1", upstream.nft_conf("podman", ["10.88.0.5/16"],
+                                                  [_pm(5353, 53, "udp")]))  # fmt: skip
+    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
+    stream = ("198.51.100.2", "5353", "40000")
+    _ip("netns", "exec", node, "conntrack", "-F")
+    for args in (stream, ("192.0.2.1", "5353", "40001")):
+        _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *args)
+    assert rp.udp_flows(node) == {(5353, "10.88.0.5")}
+    return old, stream
+
+
+def _entry_local_and_the_routed_stream_let_go(node: str) -> None:
+    """v1.9's entry is in, the routed stream's conntrack entry is gone and the flow to
+    the node's own address stays."""
+    listed = upstream.nft(node, "list", "chain", "ip", "cni_hostport", "prerouting").stdout
+    assert "fib daddr type local jump hostports_all" in listed, listed
+    flows = subprocess.run([rp._ip(), "netns", "exec", node, "conntrack", "-L", "-p", "udp"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "sport=40001 dport=5353" in flows and "sport=40000" not in flows, flows
+
+
 def test_add_that_makes_a_v171_entry_local_lets_go_of_the_routed_flows_it_took(
     node: str, routed: str, tmp_path: Path
 ) -> None:
@@ -1372,23 +1397,12 @@ def test_add_that_makes_a_v171_entry_local_lets_go_of_the_routed_flows_it_took(
     looks only at flows to the node's own addresses). add now deletes such flows, as
     check --repair does when it makes an entry local; old1's flow to the node's own
     address stays, and both containers pass v1.9.1's CHECK."""
-    old = _cached(tmp_path, "old1", upstream.nft_conf("podman", ["10.88.0.5/16"],
-                                                     [_pm(5353, 53, "udp")]))  # fmt: skip
-    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
-    stream = ("198.51.100.2", "5353", "40000")
-    _ip("netns", "exec", node, "conntrack", "-F")
-    for args in (stream, ("192.0.2.1", "5353", "40001")):
-        _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *args)
-    assert rp.udp_flows(node) == {(5353, "10.88.0.5")}
+    old, stream = _v171_node_with_a_routed_stream(node, routed, tmp_path)
 
     done = _pmctl(node, tmp_path, "add", "--network", "podman", "--container", "new1",
                   "--ip", "10.88.0.6/16", "-p", "6000:60/udp", "--backend", "nftables")  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    listed = upstream.nft(node, "list", "chain", "ip", "cni_hostport", "prerouting").stdout
-    assert "fib daddr type local jump hostports_all" in listed, listed
-    flows = subprocess.run([rp._ip(), "netns", "exec", node, "conntrack", "-L", "-p", "udp"],
-                           capture_output=True, text=True, check=True).stdout  # fmt: skip
-    assert "sport=40001 dport=5353" in flows and "sport=40000" not in flows, flows
+    _entry_local_and_the_routed_stream_let_go(node)
     _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *stream)
     assert rp.udp_flows(node) == {(5353, "10.88.0.5"), (5353, "198.51.100.2")}
     new = upstream.nft_conf("podman", ["10.88.0.6/16"], [_pm(6000, 60, "udp")])
@@ -1405,14 +1419,7 @@ def test_an_add_sigtermed_once_it_made_a_v171_entry_local_still_lets_go_of_the_r
     and nothing after would let it go (the next add finds nothing to write, check
     finds the entry healthy). Now the way out lets go of it too, as the finished add
     and a SIGTERMed check --repair do."""
-    old = _cached(tmp_path, "old1", upstream.nft_conf("podman", ["10.88.0.5/16"],
-                                                     [_pm(5353, 53, "udp")]))  # fmt: skip
-    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
-    stream = ("198.51.100.2", "5353", "40000")
-    _ip("netns", "exec", node, "conntrack", "-F")
-    for args in (stream, ("192.0.2.1", "5353", "40001")):
-        _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *args)
-    assert rp.udp_flows(node) == {(5353, "10.88.0.5")}
+    _v171_node_with_a_routed_stream(node, routed, tmp_path)
 
     argv = ["add", "--network", "podman", "--container", "new1", "--ip", "10.88.0.6/16",
             "-p", "6000:60/udp", "--backend", "nftables", "--netns", node,
@@ -1420,11 +1427,32 @@ def test_an_add_sigtermed_once_it_made_a_v171_entry_local_still_lets_go_of_the_r
     env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run"), "PMT_DURING": "-L"}
     code, _out, err = killed_while_writing(argv, env, "add", tmp_path / "marker")
     assert code == -signal.SIGTERM, err
-    listed = upstream.nft(node, "list", "chain", "ip", "cni_hostport", "prerouting").stdout
-    assert "fib daddr type local jump hostports_all" in listed, listed
-    flows = subprocess.run([rp._ip(), "netns", "exec", node, "conntrack", "-L", "-p", "udp"],
-                           capture_output=True, text=True, check=True).stdout  # fmt: skip
-    assert "sport=40001 dport=5353" in flows and "sport=40000" not in flows, flows
+    _entry_local_and_the_routed_stream_let_go(node)
+
+
+def test_an_add_whose_nft_was_killed_after_it_made_a_v171_entry_local_lets_go_of_the_routed_flows(
+    node: str, routed: str, tmp_path: Path
+) -> None:
+    """The add above, its `nft -f` SIGKILLed just after its commit (the OOM killer, a
+    runtime's cgroup torn down): the read after it plans nothing, so the try went in
+    and add goes on as having written it. But the routed flows were let go by the plan
+    of that last read (nothing: no entry rewritten), not by the transaction that went
+    in: the routed stream v1.7.1's entry had DNATed to old1 stayed pinned to it, and
+    nothing after would let it go. Now the transaction that went in says which."""
+    _old, stream = _v171_node_with_a_routed_stream(node, routed, tmp_path)
+
+    env, killed = upstream.nft_killed_once_after_it_ran(tmp_path / "w")
+    done = pmctl.run(["add", "--network", "podman", "--container", "new1", "--ip",
+                      "10.88.0.6/16", "-p", "6000:60/udp", "--backend", "nftables", "--netns",
+                      node, "--cni-cache-dir", str(tmp_path), "-o", "json"], env=env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert killed.exists()  # (the wrapper was the nft that wrote)
+    result = json.loads(done.stdout)
+    assert result["changed"] is True
+    assert [w for w in result["warnings"] if "SIGKILL" in w and "everything it writes" in w]
+    _entry_local_and_the_routed_stream_let_go(node)
+    _ip("netns", "exec", routed, sys.executable, "-c", _SEND, *stream)
+    assert rp.udp_flows(node) == {(5353, "10.88.0.5"), (5353, "198.51.100.2")}
 
 
 def test_repair_of_a_moved_containers_rule_on_a_v171_node_lets_go_of_its_routed_flows(
