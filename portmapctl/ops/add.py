@@ -191,6 +191,9 @@ def add(
         killed[tried.family] = (tried, err)
 
     notes: List[str] = []
+    # Each try's transaction and the read it was planned from: a try killed after its
+    # commit is followed by a read, taken after the write, that plans nothing.
+    planned: List[Tuple[Transaction, NatTable]] = []
     for family in families:
         wanted = wanted_by_family[family]
         chains += [c.name for c in wanted if c.name not in chains]
@@ -207,7 +210,9 @@ def add(
                     f"cannot add {config.network}/{config.container_id}: {why}"
                     + _applied(families, transactions, written)
                 )
-            return plan_setup(sharing(live, w), live)
+            txn = plan_setup(sharing(live, w), live)
+            planned.append((txn, live))
+            return txn
 
         try:
             if family in hung:
@@ -223,6 +228,8 @@ def add(
                 if not dry_run:
                     owed.add(family)
                 txn = node.converge_judged(family, plan, notes, dry_run, killed.get(family))
+                if txn:
+                    _judged_from(txn, family, planned, seen, blind)
             else:
                 blind.append(family)
         except (ApplyFailed, ToolTimedOut) as err:
@@ -271,6 +278,27 @@ def add(
         seen,
         taken=taken,
     )
+
+
+def _judged_from(
+    txn: Transaction,
+    family: int,
+    planned: Sequence[Tuple[Transaction, NatTable]],
+    seen: Dict[int, NatTable],
+    blind: List[int],
+) -> None:
+    """Where the transaction converge_judged returned was a try killed after its commit,
+    the family is reported from the table before it, as the same add unkilled: `seen`
+    the read it was planned from, or (a write without a read) a blind one. Not the read
+    that judged it, taken after the write, with the container's chain in it: a chain
+    add made was said "rewrote", and a port another container maps first "is shadowed"
+    where it "will be"."""
+    read = next((live for tried, live in reversed(planned) if tried is txn), None)
+    if read is not None:
+        seen[family] = read
+    elif family not in blind:
+        seen.pop(family, None)  # (shadow_views lists it again, as for a blind write)
+        blind.append(family)
 
 
 def _applied(families: Sequence[int], transactions: Dict[int, str], written: Dict[int, Any]) -> str:

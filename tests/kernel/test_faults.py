@@ -118,6 +118,31 @@ def test_restore_killed_after_it_applied_is_found_done_on_the_re_read(request, t
         assert check.returncode == 0, check.stderr
 
 
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_an_add_whose_restore_was_killed_after_it_applied_is_reported_from_the_table_before(
+    request, tmp_path, mode
+):
+    """A new container's restore killed after its commit: add judged it gone in by the
+    read after it, but said its warnings and summary from that read too, the table
+    with its own chain already in: "rewrote CNI-DN-..." for a chain it made, and "this
+    mapping is shadowed" where an unkilled add says "will be shadowed". Reported now
+    as from the table the write was made for, as the same add unkilled reports it."""
+    node = request.getfixturevalue("node" if mode == "nft" else "legacy_node")
+    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    first = rp.plugin_conf("othernet", ["10.88.0.8/16"], ports)
+    rp.run_plugin("ADD", node, "first", first, mode=mode, check=True)
+    tool = f"iptables-{mode}-restore"
+    env, log = _wrapper(tmp_path, tool, '"$REAL" "$@"\nkill -KILL $$')
+    env.update(RESTORE_ONLY)
+    done = run(_add_args(node, mode, "--family", "4"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert _calls(log) == 1
+    assert f"{tool} was killed by SIGKILL" in done.stderr
+    assert done.stdout.strip() == f"added {CHAIN} (mynet/new1)", done.stdout
+    shadowed = [line for line in done.stderr.splitlines() if "tcp/8080" in line]
+    assert len(shadowed) == 1 and "this mapping will be shadowed" in shadowed[0], done.stderr
+
+
 @pytest.mark.parametrize("one", [False, True], ids=["node", "one-mapping"])
 def test_repair_whose_restore_was_killed_after_it_applied_reports_the_repair(node, tmp_path, one):
     """check --repair's restore killed after its commit: the retry's read found nothing
