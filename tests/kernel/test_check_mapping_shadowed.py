@@ -37,7 +37,10 @@ def test_one_mapping_check_reports_its_port_shadowed_by_an_earlier_container(hos
     assert [(p["kind"], p["chain"]) for p in problems] == [
         ("shadowed", chain_name("mynet", "ctrB"))
     ], problems
-    assert f"tcp/8080 taken first by {chain_name('mynet', 'ctrA')}" in problems[0]["detail"]
+    assert (
+        f"tcp/8080 taken first by the rule {chain_name('mynet', 'ctrA')} of mynet/ctrA,"
+        " which DNATs to 10.88.0.5:80" in problems[0]["detail"]
+    ), problems[0]["detail"]
     assert done.returncode == 1, done.stderr
     # --repair cannot cure it (no command of ours picks a winner): still exit 1, no change.
     before = rp.nat_rules(rp.save(host_ns, 4))
