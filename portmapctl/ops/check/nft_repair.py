@@ -253,6 +253,19 @@ def nft_repair(
     # cache entries give it: one for another address is stale (port_moves).
     own = cached_addresses(attachments)
 
+    def _extra_left(
+        live: Ruleset, txn: NftTransaction, cid: str, family: int, configs: List[MappingConfig]
+    ) -> bool:
+        """Whether `txn` leaves a rule of container `cid` in `family` that none of its
+        cached configs (planned, kept or unwritten) makes: the check after's
+        `extra-rules`."""
+        mine = [c for c in (*configs, *cache.kept(), *(a.mapping for a in unwritten))
+                if c is not None and c.container_id == cid]  # fmt: skip
+        want = [w for c in mine if (w := wanted(c, family)) is not None]
+        gone = {op.handle for op in txn.ops if op.family == family and op.handle is not None}
+        extra = planner.unwanted(live.table(family), want, [cid])
+        return any(rule.handle not in gone for rule in extra)
+
     def plan(live: Ruleset) -> NftTransaction:
         configs = cache.configs()
         txn = plan_from(configs, live)
@@ -273,12 +286,17 @@ def nft_repair(
             for key, config, took in new:
                 taken[key] = (config, took)  # type: ignore[assignment]
             txn = plan_from(configs, live, set(taken))
-        # A network being torn down is named only where it lacks rules: when its
-        # container's other networks are what the plan makes, its own may all be there.
+        # A network being torn down is named only where it lacks rules, or where the
+        # plan leaves a rule of its container its cached configs do not make (an old
+        # address's: the plugin's ADD again without a DEL): kept, it is reported
+        # extra after, and `check --repair` would leave it again, unsaid. When its
+        # container's other networks are what the plan makes, its own may all be
+        # there, and their repair deletes what none of them makes.
         short.clear()
         short.update((path, f) for path, a in cache.torn_down.items() for f in families
                      if (w := wanted(a.mapping, f)) is not None  # type: ignore[arg-type]
-                     and planner.missing_rules(live, w))  # fmt: skip
+                     and (planner.missing_rules(live, w)
+                          or _extra_left(live, txn, a.container_id, f, configs)))  # fmt: skip
         planned.append((txn, _without(configs, set(taken))))
         return txn
 
