@@ -6,8 +6,10 @@ plugin's DEL cleans one alone. Asked before add's write starts (cli/add_run.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Tuple
 
+from portmapctl.cni.entries import CachedKey
 from portmapctl.core.backend import Backend
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.iptables.chains import dnat_chain_name
@@ -17,27 +19,53 @@ if TYPE_CHECKING:
     from portmapctl.core.mapping import MappingConfig
 
 
-def followed(
-    common: Common, config: MappingConfig, out: Output, keyed: bool = False
-) -> Tuple[MappingConfig, Any]:
+@dataclass(frozen=True)
+class Followed:
+    """followed's answer."""
+
+    config: MappingConfig  # with the backend it goes to (None: as given, the default)
+    # The plugin's nftables tables as read for it (None: not read), which the contested
+    # warning then reads instead of listing them again.
+    nft_live: Any = None
+    # The warnings said of the cache entries read for it (another container's that
+    # cannot be read): add's JSON `warnings` holds them too.
+    warned: Tuple[str, ...] = ()
+
+
+def followed(common: Common, config: MappingConfig, out: Output, keyed: bool = False) -> Followed:
     """A mapping without a `backend` key (under --backend auto) goes where the plugin
     keeps its container: the backend its cached config names (cni/cache.py
-    configured_backend), else nftables when its rules are in the plugin's tables alone
-    (ops/nft.py kept_in_nftables), with a note; else as given. Asked before the write
-    starts; the rules only where a `cni_hostport` table exists (one netlink question
-    elsewhere).
-    Also the plugin's nftables tables as read for it (None: not read), which the
-    contested warning then reads instead of listing them again. `keyed`: the backend
-    `config` holds is its --cni-config's own key (mapping_and_key), else --backend's."""
+    configured_key), else nftables when its rules are in the plugin's tables alone
+    (ops/nft.py kept_in_nftables), with a note; else as given. Where its own cache
+    entry cannot be read, where its rules are decide, or nothing is written
+    (_unread_followed). Asked before the write starts; the rules only where a
+    `cni_hostport` table exists (one netlink question elsewhere).
+    `keyed`: the backend `config` holds is its --cni-config's own key
+    (mapping_and_key), else --backend's."""
+    if not net_admin():
+        return Followed(config)
+    key = _cached_key(common, config)
+    for warning in key.skipped:
+        out.warn(warning)
     if config.backend is not None:
-        return config, _refuse_a_copy(common, config, keyed)
-    if common.plugin_backend is not None or not net_admin():
-        return config, None
+        return Followed(config, _refuse_a_copy(common, config, key.backend, keyed), key.skipped)
+    if common.plugin_backend is not None:
+        return Followed(config, None, key.skipped)
+    if key.unread is not None:
+        return Followed(_unread_followed(common, config, out, key.unread), None, key.skipped)
+    config, live = _followed(common, config, out, key.backend)
+    return Followed(config, live, key.skipped)
+
+
+def _followed(
+    common: Common, config: MappingConfig, out: Output, cached: Optional[Backend]
+) -> Tuple[MappingConfig, Any]:
+    """followed of a mapping without a backend whose cached config's key is `cached`
+    (None: no entry, or no key)."""
     from dataclasses import replace
 
     # The container's cached config first: the plugin's ADD was given it, and its DEL
     # looks in that backend alone, whatever rules are left (after a flush, none).
-    cached = _cached_backend(common, config)
     if cached == Backend.IPTABLES:
         return replace(config, backend=cached), None
     if cached == Backend.NFTABLES:
@@ -79,7 +107,40 @@ def followed(
     return _goes_to_nftables(config, out, kept_there(config)), None
 
 
-def _refuse_a_copy(common: Common, config: MappingConfig, keyed: bool = False) -> Any:
+def _unread_followed(
+    common: Common, config: MappingConfig, out: Output, unread: str
+) -> MappingConfig:
+    """followed of a mapping without a backend whose own cache entry cannot be read
+    (`unread`: why): its key, which its plugin was given, is not known, so where its
+    rules are decides (ops/nft.py unread_key_verdict), with a note; where they do not,
+    nothing is written (HostProblem, exit 3, the dry run too), as when the plugin's
+    tables cannot be read (the same line: nft's error)."""
+    from dataclasses import replace
+
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.ops.nft import chain_there, kept_there, unread_key_verdict
+
+    where = _chain_in_iptables(common, config, dnat_chain_name(config))
+    try:
+        live = _plugin_tables(common, config, strict=True)
+    except PortmapctlError as err:
+        raise HostProblem(
+            f"{config.network}/{config.container_id}: its CNI cache entry cannot"
+            f" be read ({unread}); {err}"
+        ) from None
+    if unread_key_verdict(config, unread, where, live) == Backend.NFTABLES:
+        return _goes_to_nftables(config, out, f"{kept_there(config)} (its cache entry unread)")
+    out.message(
+        f"{chain_there(config, where or 'iptables')} and it has no rule in nftables, so the"
+        " plugin keeps it there whatever its cache entry, which cannot be read, says: it"
+        " goes to iptables"
+    )
+    return replace(config, backend=Backend.IPTABLES)
+
+
+def _refuse_a_copy(
+    common: Common, config: MappingConfig, cached: Optional[Backend], keyed: bool = False
+) -> Any:
     """Nothing written, in a dry run as for real, where add was told a backend
     (--backend, a --cni-config's key) and the container's plugin keeps it in the
     other one: a copy would map it in both backends, and the plugin's DEL cleans one
@@ -99,11 +160,8 @@ def _refuse_a_copy(common: Common, config: MappingConfig, keyed: bool = False) -
     _kept_elsewhere).
     Returns the plugin's nftables tables as read for an iptables add (None: not read),
     which its contested warning then reads instead of listing them again."""
-    if not net_admin():
-        return None
     # (ops/nft.py imported only where it is used: it pulls in nftables' modules, ~20 ms
     # on every iptables add of a node with no plugin nftables table.)
-    cached = _cached_backend(common, config)
     if cached == Backend.IPTABLES and config.backend == Backend.NFTABLES:
         from portmapctl.ops.nft import configured_there
 
@@ -156,17 +214,21 @@ def _refuse_a_copy(common: Common, config: MappingConfig, keyed: bool = False) -
     return live
 
 
-def _cached_backend(common: Common, config: MappingConfig) -> Optional[Backend]:
-    """The `backend` key of the container's cached config on this network (None: no
-    entry, or no key); cni/cache.py's imports only for a container that has an entry."""
+def _cached_key(common: Common, config: MappingConfig) -> CachedKey:
+    """What the container's cache entries on this network say of its `backend` key
+    (cni/cache.py CachedKey); cni/cache.py's imports only for a container that has an
+    entry."""
     from portmapctl.cni.entries import entry_paths
 
     paths = entry_paths(common.cache_dirs, config.network, config.container_id)
     if not paths:
-        return None
-    from portmapctl.cni.cache import backend_in
+        return _NO_ENTRY
+    from portmapctl.cni.cache import key_in
 
-    return backend_in(paths, config.network, config.container_id)
+    return key_in(paths, config.network, config.container_id)
+
+
+_NO_ENTRY = CachedKey()
 
 
 def _key_ignored(common: Common, config: MappingConfig) -> Optional[str]:

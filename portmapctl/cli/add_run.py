@@ -54,7 +54,8 @@ def run(
 
     # Checked before the lock and the write start (ops/add_ahead.py).
     validate.chosen_families(config, families(common.family), "add")
-    config, nft_live = followed(common, config, out, keyed)
+    found = followed(common, config, out, keyed)
+    config, nft_live = found.config, found.nft_live
     started: List[Ahead] = []
     owed = _Owed()  # ops.add.add's: families written, their flush not yet run
     if dry_run:
@@ -98,7 +99,7 @@ def run(
             if not dry_run and not no_flush_udp:
                 _flush_on_the_way_out(common, config, owed, ahead_started)
             raise
-    _report(common, out, added, result, clashes, dry_run)
+    _report(common, out, added, result, clashes, dry_run, found.warned)
 
 
 def _flush_on_the_way_out(
@@ -232,7 +233,9 @@ def _report(
     result: AddResult,
     clashes: List[str],
     dry_run: bool,
+    warned: Iterable[str] = (),
 ) -> None:
+    """`warned`: the warnings said already (add_backend.followed's), the JSON's first."""
     from portmapctl import render
 
     for warning in clashes:
@@ -242,7 +245,8 @@ def _report(
     noted = _cache_note(common, out)
     if out.json:
         # Every warning said on stderr, in its order (docs/json.md).
-        out.print_json(render.add_json(result, common.cache().json(), clashes, noted))
+        said = [*warned, *clashes]
+        out.print_json(render.add_json(result, common.cache().json(), said, noted))
         return
     # An nftables mapping has no chain of its own: its rules carry the container ID.
     chain = "nftables rules" if config.backend == Backend.NFTABLES else dnat_chain_name(config)

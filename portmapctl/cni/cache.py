@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from portmapctl.cni import config as cni_config
-from portmapctl.cni.entries import entry_paths
+from portmapctl.cni.entries import CachedKey, entry_paths
 from portmapctl.cni.leases import host_local_data_dir
 from portmapctl.core import validate
 from portmapctl.core.backend import Backend
@@ -363,11 +363,7 @@ def warnings(attachments: Optional[Sequence[Attachment]], cache_dirs: CacheDirs 
     for attachment in attachments or ():
         if attachment.problem is not None and not attachment.result_only:
             seen.setdefault(attachment.path, attachment.problem)
-    lines = [
-        f"skipped a CNI cache entry that cannot be read ({problem}); its container"
-        " is kept as live by the file name"
-        for problem in seen.values()
-    ]
+    lines = [skipped_line(problem) for problem in seen.values()]
     if attachments is None:
         return lines  # (no cache: nothing listed)
     known = {a.path for a in attachments}
@@ -376,6 +372,14 @@ def warnings(attachments: Optional[Sequence[Attachment]], cache_dirs: CacheDirs 
         " NETWORK-CONTAINERID-IFNAME, so it keeps no container live"
         for path in unnamed_entries(cache_dirs, known)
     ]
+
+
+def skipped_line(problem: str) -> str:
+    """The warning of one cache file that could not be understood (`problem`: why)."""
+    return (
+        f"skipped a CNI cache entry that cannot be read ({problem}); its container"
+        " is kept as live by the file name"
+    )
 
 
 def unnamed_entries(cache_dirs: CacheDirs, known: Set[str]) -> List[str]:
@@ -408,22 +412,64 @@ def configured_backend(cache_dirs: CacheDirs, network: str, container_id: str) -
     it would without the cache). For a mapping given on the command line without the
     key: the plugin's ADD for this container was given the cached config, and its DEL
     looks in that backend alone. Only the files libcni names for the two
-    (`NETWORK-CONTAINERID-IFNAME`) are read; nothing here fails the command."""
-    return backend_in(entry_paths(cache_dirs, network, container_id), network, container_id)
+    (`NETWORK-CONTAINERID-IFNAME`) are read; nothing here fails the command. Where an
+    entry of its own cannot be read, configured_key says so."""
+    return configured_key(cache_dirs, network, container_id).backend
 
 
-def backend_in(paths: Sequence[str], network: str, container_id: str) -> Optional[Backend]:
-    """configured_backend of the entries `paths` (cni/entries.py entry_paths)."""
+def configured_key(cache_dirs: CacheDirs, network: str, container_id: str) -> CachedKey:
+    """configured_backend, with the entries that may be the container's own and cannot
+    be read (CachedKey.unread) and those of others read for it (CachedKey.skipped)."""
+    return key_in(entry_paths(cache_dirs, network, container_id), network, container_id)
+
+
+def key_in(paths: Sequence[str], network: str, container_id: str) -> CachedKey:
+    """configured_key of the entries `paths` (cni/entries.py entry_paths), each read as
+    every command reads the cache (read_entries: a half-written file read again)."""
+    if not paths:
+        return CachedKey()
     found: Set[Optional[Backend]] = set()
-    for path in paths:
-        try:
-            attachment = read_attachment(path)
-        except BadInput:
-            continue  # (list and check report it; its key is not known)
-        mapping = attachment.mapping
-        if (attachment.network, attachment.container_id) == (network, container_id):
+    unread: Dict[str, str] = {}
+    for attachment in read_entries(paths):
+        if attachment.result_only:
+            continue  # (libcni before v0.8: no config, so no key; as before, not a doubt)
+        if attachment.problem is not None:
+            unread.setdefault(attachment.path, attachment.problem)
+        elif (attachment.network, attachment.container_id) == (network, container_id):
+            mapping = attachment.mapping
             found.add(mapping.backend if mapping is not None else None)
-    return found.pop() if len(found) == 1 else None
+    own = [p for p in unread if _maybe_of(p, network, container_id)]
+    others = tuple(skipped_line(problem) for p, problem in unread.items() if p not in own)
+    backend = found.pop() if len(found) == 1 and not own else None
+    return CachedKey(backend, unread[own[0]] if own else None, others)
+
+
+def _maybe_of(path: str, network: str, container_id: str) -> bool:
+    """Whether an entry that cannot be read may be this container's on this network: a
+    reading of its name says so, and its body, as far as it reads, names no other
+    container that a reading of its name is (`mynet-web-2-eth0` naming web-2 is web-2's
+    entry; with nothing readable in it, it may be web's of an interface `2-eth0`)."""
+    readings = {(n, c) for n, c, _ in name_readings(os.path.basename(path))}
+    if (network, container_id) not in readings:
+        return False
+    named = _named_in_body(path)
+    return named is None or named == (network, container_id) or named not in readings
+
+
+def _named_in_body(path: str) -> Optional[Tuple[str, str]]:
+    """The network and container ID an entry's body names (libcni writes both), where
+    it is one JSON object that names them; else None."""
+    try:
+        text = files.read_text(path, "CNI cache file", MAX_CACHE_FILE_BYTES, regular_only=True)
+        body = json.loads(text)
+    except (BadInput, ValueError, RecursionError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    network, container_id = body.get("networkName"), body.get("containerId")
+    if isinstance(network, str) and isinstance(container_id, str):
+        return network, container_id
+    return None
 
 
 def cached_names(cache_dirs: CacheDirs, limit: int = 4096) -> List[Tuple[str, str]]:

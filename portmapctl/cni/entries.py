@@ -5,10 +5,14 @@ cni/cache.py (which reads them) costs ~5 ms, paid only where there is one to rea
 from __future__ import annotations
 
 import os
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from portmapctl.core.patterns import lazy
 from portmapctl.host.paths import RUNTIME_CACHES, dir_identity
+
+if TYPE_CHECKING:
+    from portmapctl.core.backend import Backend
 
 # What runtimes name containers with: hex (podman, containerd, CRI-O) or a UUID (Nomad).
 # A short form is at least this long (`docker ps` habits: 8 and more; list prints 12):
@@ -32,6 +36,21 @@ def entry_paths(
             continue
         found += [os.path.join(folder, name) for name in names if name.startswith(prefix)]
     return found
+
+
+@dataclass(frozen=True)
+class CachedKey:
+    """What a container's own cache entries on a network say of its backend
+    (cni/cache.py configured_key; here, so that a container with no entry costs add no
+    import of cni/cache.py)."""
+
+    backend: Optional[Backend] = None  # configured_backend's answer
+    # Why an entry that may be its own cannot be read: the key it holds is not known,
+    # so neither is the backend its plugin keeps it in (the caller judges by the node).
+    unread: Optional[str] = None
+    # The warnings (as list says them) of entries read for it that cannot be read and
+    # name another container (its ID begins with this one's and a dash).
+    skipped: Tuple[str, ...] = ()
 
 
 def longer_id(

@@ -363,6 +363,51 @@ def unplaced_text(config: MappingConfig, unread: str) -> str:
 _UNREAD = ", and the plugin's table is here but nft cannot read it ({})"
 
 
+def unread_key_verdict(
+    config: MappingConfig,
+    unread: str,
+    where: Optional[str],
+    live: Optional[Ruleset],
+    stop: Type[HostProblem] = HostProblem,
+) -> Backend:
+    """The backend the plugin keeps a container in whose own cache entry cannot be read
+    (`unread`: why; cni/cache.py CachedKey), for a mapping given without a backend (add,
+    check of one mapping and its --repair): its key, which its ADD and DEL were given,
+    is not known, so only what its plugin left decides. Its chain in iptables (`where`:
+    ChainPlace.words) and no rule of it in nftables, where that absence tells
+    (absence_tells): iptables, whatever the key (a key "nftables" there is one its
+    plugin ignored); its rules in nftables (`live`: the plugin's tables as read
+    strictly; None: there are none) and no chain: nftables, whatever the key (a plugin
+    writes there only by the key, or on a node then without iptables). Else (nothing of it anywhere, both, a
+    flushed table) `stop`, exit 3, nothing written: taken for iptables, the plugin's
+    default, the add or repair wrote a copy where a plugin given "nftables" never looks."""
+    in_nft = live is not None and has_rules_for(config, live)
+    if where is not None and not in_nft and (live is None or absence_tells(config, live)):
+        return Backend.IPTABLES
+    if in_nft and where is None:
+        return Backend.NFTABLES
+    if where is None:
+        chain = "is in no iptables and " + ("it has rules" if in_nft else "no rule of it is")
+        chain += " in nftables"
+    elif in_nft:
+        chain = f"is in {where} and it has rules in nftables too"
+    else:
+        chain = (
+            f"is in {where} and it has no rule in nftables, where the plugin's table is here"
+            " but not as the plugin leaves it (flushed?)"
+        )
+    said = f"{config.network}/{config.container_id}: its CNI cache entry cannot be read ({unread})"
+    raise stop(
+        _doubt_text(
+            config,
+            said,
+            chain,
+            "its plugin keeps it in iptables or in nftables",
+            "give --backend iptables or --backend nftables to say which, or mend the entry",
+        )
+    )
+
+
 def _doubt_text(config: MappingConfig, said: str, chain: str, whether: str, why: str) -> str:
     """The one line in_doubt_text, gone_text and unplaced_text say: `said` (its config's key),
     where its chain is (`chain`), `whether` what cannot be told, and nothing written

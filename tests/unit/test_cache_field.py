@@ -1104,6 +1104,43 @@ def test_the_backend_a_containers_cached_config_names_is_found_for_its_network(t
     assert cni_cache.configured_backend(dirs, "other", "c1") is None
 
 
+def test_an_entry_that_may_be_the_containers_own_and_cannot_be_read_leaves_its_key_unknown(
+    tmp_path,
+):
+    """configured_backend took an entry of the container's own that cannot be read for
+    none at all, so add and a one-mapping check --repair wrote iptables for a container
+    whose entry may say "nftables". configured_key says it is unread (the caller judges
+    by the node), also beside a readable entry of another interface; an unreadable
+    entry whose name begins with the container's but whose body names another
+    container (`c3-x`) is that one's: a warning, the key still known."""
+    results = tmp_path / "results"
+    write(results, "net-c1-eth0", "{not json")
+    write(results, "net-c2-eth0", _with_backend("nftables", cid="c2"))
+    write(results, "net-c2-net1", dict(_with_backend("nftables", cid="c2"), config="%"))
+    write(results, "net-c3-eth0", _with_backend("nftables", cid="c3"))
+    write(results, "net-c3-x-eth0", dict(_with_backend("iptables", cid="c3-x"), config="%"))
+    # Nothing readable in it: c4-x's entry of eth0, or c4's of an interface `x-eth0`.
+    write(results, "net-c4-x-eth0", "{not json")
+    keys = {cid: cni_cache.configured_key(str(tmp_path), "net", cid) for cid in
+            ("c1", "c2", "c3", "c4", "c4-x", "c5")}  # fmt: skip
+    assert {cid: (k.backend, k.unread is not None) for cid, k in keys.items()} == {
+        "c1": (None, True),
+        "c2": (None, True),  # its net1 entry's key is not known: nor is its backend
+        "c3": ("nftables", False),
+        "c4": (None, True),
+        "c4-x": (None, True),
+        "c5": (None, False),  # not cached
+    }
+    assert "net-c1-eth0: not valid JSON" in (keys["c1"].unread or "")
+    assert "net-c2-net1: config is not valid base64" in (keys["c2"].unread or "")
+    assert [k for k, v in keys.items() if v.skipped] == ["c3"]
+    [warning] = keys["c3"].skipped
+    listed = cni_cache.warnings(cni_cache.read_cache(str(tmp_path)), str(tmp_path))
+    assert warning in listed and "net-c3-x-eth0" in warning, (warning, listed)  # list's line
+    # (configured_backend answers as it did: None where the key is not known.)
+    assert cni_cache.configured_backend(str(tmp_path), "net", "c1") is None
+
+
 def test_mark_bit_and_setmark_chain_together_are_named_as_the_entry_spells_them(tmp_path):
     """A cache entry has config keys, not the CLI's options: its warning names
     markMasqBit and externalSetMarkChain (0.1: --mark-bit and --external-setmark-chain,

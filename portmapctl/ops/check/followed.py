@@ -35,11 +35,14 @@ def followed(
         return _as_given(node, config, writing, forced)
     if node.options.backend is not None or node.nft is None:
         return config, ()
-    from portmapctl.cni.cache import configured_backend
+    from portmapctl.cni.cache import configured_key
 
     # The container's cached config first: the plugin's CHECK is given it, and looks in
     # that backend alone, whatever rules are left.
-    cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
+    key = configured_key(node.options.cache_dirs, config.network, config.container_id)
+    if key.unread is not None:
+        return _unread_followed(node, config, key.unread)
+    cached = key.backend
     if cached == Backend.IPTABLES:
         return replace(config, backend=cached), ()
     if cached == Backend.NFTABLES:
@@ -124,7 +127,41 @@ class KeyInDoubt(HostProblem):
     cannot be told: the plugin's table is here but not as a plugin leaves it (ops/nft.py
     key_verdict). A --repair stops on it (exit 3: the node's state stops it, as
     cannot_tell does), writing nothing in either backend; a check catches it and
-    judges the mapping as the node's check does (run.check_mapping)."""
+    judges the mapping as the node's check does (run.check_mapping), in `judged_in`
+    (None: the backend the plugin takes without a key)."""
+
+    judged_in: Optional[Backend] = Backend.NFTABLES  # (where its key says)
+
+
+class EntryInDoubt(KeyInDoubt):
+    """The container's own cache entry cannot be read, and where its rules are does not
+    tell which backend its plugin keeps it in (ops/nft.py unread_key_verdict): as
+    KeyInDoubt, a check judging it where the plugin goes without a key."""
+
+    judged_in = None
+
+
+def _unread_followed(
+    node: Node, config: MappingConfig, unread: str
+) -> Tuple[MappingConfig, Tuple[str, ...]]:
+    """`followed` of a mapping without a backend whose own cache entry cannot be read
+    (`unread`: why): where its rules are decides (unread_key_verdict), with a note;
+    where they do not, EntryInDoubt (a --repair writes nothing). The tables read
+    strictly, as _key_ignored reads them: where nft cannot, its error (exit 3)."""
+    from portmapctl.ops.nft import chain_there, kept_there, unread_key_verdict
+
+    families = validate.chosen_families(config, node.families, "check")
+    where = chain_in_iptables(node, families, dnat_chain_name(config))
+    live = node.read_nft_evidence(strict=True)
+    if unread_key_verdict(config, unread, where, live, EntryInDoubt) == Backend.NFTABLES:
+        why = f"{kept_there(config)} (its cache entry unread)"
+        return replace(config, backend=Backend.NFTABLES), (_checked_in_nftables(why),)
+    note = (
+        f"{chain_there(config, where or 'iptables')} and it has no rule in nftables, so the"
+        " plugin keeps it there whatever its cache entry, which cannot be read, says:"
+        " checked in iptables"
+    )
+    return replace(config, backend=Backend.IPTABLES), (note,)
 
 
 def _key_ignored(node: Node, config: MappingConfig) -> Optional[str]:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment
 from portmapctl.core import validate
-from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import Status
 from portmapctl.errors import HostProblem
@@ -272,7 +271,7 @@ def check_mapping(
     except KeyInDoubt as doubt:
         # As the node's check (in_doubt_left): judged where it was asked (by its key,
         # nftables, under auto), naming no fix, and a warning says why.
-        config = replace(config, backend=given or Backend.NFTABLES)
+        config = replace(config, backend=given or doubt.judged_in or node.options.keyless)
         result = check_followed(node, config, (), ifname)
         return left_alone(result, {config.container_id}, [str(doubt)])
     result = check_followed(node, config, notes, ifname)
