@@ -260,7 +260,7 @@ class Common(NamedTuple):
     # The nft listing entry.py started for this run (nftables/early.py), not an option.
     early_nft: Optional[EarlyListing] = None
     # --metrics-file's value came from PORTMAPCTL_METRICS_FILE, not the command line
-    # (click's ParameterSource.ENVIRONMENT): the node's own file (snapshot_unrecorded).
+    # (click's ParameterSource.ENVIRONMENT): the node's own file (node_unrecorded).
     metrics_from_environment: bool = False
 
     @property
@@ -381,11 +381,12 @@ class Unrecorded(Enum):
     (PortmapctlGcFailing); a dry run removes nothing, so its success said nothing of
     that, and an operator's `gc --dry-run` (the runbook's) restarted the alert's hour
     on a gc that failed every run. SNAPSHOT: a list or check of a dump with the
-    node-wide PORTMAPCTL_METRICS_FILE (snapshot_unrecorded). NARROWED: a check of part
-    of the node (--family 4|6, --backend iptables|nftables): the problems gauge has no
-    family or backend, so the part not looked at was written as zeros in place of the
-    last whole-node check's counts (PortmapctlProblems and the stale alerts cleared,
-    their `for:` restarted, until the timer's next run)."""
+    node-wide PORTMAPCTL_METRICS_FILE (node_unrecorded). NARROWED: a list or check of
+    part of the node (--family 4|6, --backend iptables|nftables): check's problems gauge
+    has no family or backend, so the part not looked at was written as zeros in place
+    of the last whole-node check's counts (PortmapctlProblems and the stale alerts
+    cleared, their `for:` restarted, until the timer's next run); list's file lost the
+    series of the part not read (their stale and shadowed mappings)."""
 
     ONE_MAPPING = (
         "the whole node's {command}, not one mapping's ({command} without the mapping's"
@@ -412,17 +413,22 @@ class Unrecorded(Enum):
         return self.value.format(command=command)
 
 
-def snapshot_unrecorded(common: Common, *dumps: Optional[str]) -> Optional[Unrecorded]:
-    """Unrecorded.SNAPSHOT for a run that reads a dump (`dumps`: --snapshot,
-    --snapshot6, --nft-snapshot as given) with the file PORTMAPCTL_METRICS_FILE names.
+def node_unrecorded(common: Common, *dumps: Optional[str]) -> Optional[Unrecorded]:
+    """Why a list or check of the node (not of one mapping) leaves its metrics file
+    alone, if it does (`dumps`: --snapshot, --snapshot6, --nft-snapshot as given).
 
-    The variable is set node-wide for the node's own runs (monitoring.md), and a dump
-    is a support bundle's, maybe another node's: written, its counts raised or reset
-    this node's alerts. An explicit --metrics-file is the operator's own choice (a
-    bundle's metrics to look at, the docs' examples): it is written."""
-    if common.metrics_from_environment and any(d is not None for d in dumps):
-        return Unrecorded.SNAPSHOT
-    return None
+    SNAPSHOT: a dump read with the file PORTMAPCTL_METRICS_FILE names. The variable is
+    set node-wide for the node's own runs (monitoring.md), and a dump is a support
+    bundle's, maybe another node's: written, its counts raised or reset this node's
+    alerts. An explicit --metrics-file is the operator's own choice (a bundle's metrics
+    to look at, the docs' examples): it is written, --family or --backend too.
+    NARROWED: the node's own tables, part of them (--family, --backend): the file
+    holds the whole node's figures, and a narrowed run replaced them with its part's
+    (check's problems gauge, with no family or backend label, as zeros for the rest;
+    list's series of the family or backend not read gone)."""
+    if any(d is not None for d in dumps):
+        return Unrecorded.SNAPSHOT if common.metrics_from_environment else None
+    return Unrecorded.NARROWED if common.narrowed else None
 
 
 @contextlib.contextmanager

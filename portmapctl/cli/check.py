@@ -17,8 +17,8 @@ from portmapctl.cli._common import (
     Unrecorded,
     common_options,
     metrics_recording,
+    node_unrecorded,
     snapshot_files,
-    snapshot_unrecorded,
 )
 from portmapctl.cli.add import mapping_and_key, mapping_options, refuse_short_id
 from portmapctl.cli.add_config import ForwardsNothing, spelling_of
@@ -99,16 +99,11 @@ def check_command(
     # node writes the file (one mapping's problems are not the node's, nor one
     # family's or backend's: the problems gauge has neither label, so the rest read as
     # zeros), and the node's file only a check of the node (not of a dump:
-    # snapshot_unrecorded; a dump's, asked for by name, holds what was read of it).
-    dumps = (snapshot, snapshot6, nft_snapshot)
+    # node_unrecorded; a dump's, asked for by name, holds what was read of it).
     unrecorded = (
         Unrecorded.ONE_MAPPING
         if mapping.given
-        else snapshot_unrecorded(common, *dumps)
-        if any(dump is not None for dump in dumps)
-        else Unrecorded.NARROWED
-        if common.narrowed
-        else None
+        else node_unrecorded(common, snapshot, snapshot6, nft_snapshot)
     )
     metrics = metrics_recording(metrics_file, "check", common.cache_dirs, out, (0, 1), unrecorded)
     repaired: List[CheckResult] = []  # what repair returned, once it has

@@ -9,8 +9,8 @@ from typing import Any, Collection, List, Optional, Sequence, Tuple
 from portmapctl.cli._common import (
     Common,
     metrics_recording,
+    node_unrecorded,
     snapshot_files,
-    snapshot_unrecorded,
 )
 from portmapctl.core.pause import gc_paused
 
@@ -34,8 +34,9 @@ def run(
     from portmapctl.ops.node import opened
 
     out = common.out()
-    # A dump's rows are not this node's: not into the node's file (snapshot_unrecorded).
-    unrecorded = snapshot_unrecorded(common, snapshot, snapshot6, nft_snapshot)
+    # A dump's rows are not this node's, nor part of the node the whole: not into the
+    # node's file (node_unrecorded, as check's).
+    unrecorded = node_unrecorded(common, snapshot, snapshot6, nft_snapshot)
     metrics = metrics_recording(metrics_file, "list", common.cache_dirs, out, unrecorded=unrecorded)
     with gc_paused(), metrics as recorder:
         ports = tuple(validate.port(p, "--port") for p in port or ())

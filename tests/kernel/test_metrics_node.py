@@ -90,8 +90,9 @@ def test_reading_a_bundle_leaves_the_nodes_metrics_as_its_own_runs_wrote_them(
     assert sorted(p.name for p in textfiles.iterdir()) == sorted(p.name for p in files.values())
 
 
-def test_a_narrowed_check_leaves_the_whole_nodes_check_metrics_as_they_were(
-    nft_node: Node_, tmp_path
+@pytest.mark.parametrize("command, gauge", [("check", "problems"), ("list", "mappings")])
+def test_a_narrowed_run_leaves_the_whole_nodes_metrics_as_they_were(
+    nft_node: Node_, tmp_path, command, gauge
 ):
     """`check --family 4` or `check --backend iptables` looks at part of the node, but
     wrote the problems gauge as if it were the whole node: the IPv6 stale chain and the
@@ -100,39 +101,41 @@ def test_a_narrowed_check_leaves_the_whole_nodes_check_metrics_as_they_were(
     node-wide PORTMAPCTL_METRICS_FILE, or the unit's --metrics-file) cleared
     PortmapctlProblems' and the stale alerts' series until the timer's next run, and
     restarted their `for:`. Now it leaves the file as the whole node's check wrote it,
-    with one warning."""
+    with one warning. So does `list`, whose file a narrowed run replaced with the part
+    it read: the series of the family or backend not read (their stale mappings) were
+    gone from it."""
     if not upstream.available()[0]:
         pytest.skip(upstream.available()[1])
     node = nft_node
     node.add("podman", "live1", ["10.88.0.11/16", "fd00::11/64"], _ports("8080/tcp"))
-    # Problems only where the narrowed checks do not look: a gone container's IPv6
+    # Problems only where the narrowed runs do not look: a gone container's IPv6
     # chain (iptables), and a gone container of the plugin's nftables backend.
     node.add("podman", "gone6", ["fd00::12/64"], _ports("8081/tcp"), cache=False)
     conf = upstream.nft_conf("nftnet", ["fd00::13/64"], _ports("8082/tcp"))
     upstream.run("v1.9.1", "ADD", node.ns, "gone7", conf, check=True)
     textfiles, env = node_textfiles(tmp_path)
-    path = textfiles / "portmapctl-check.prom"
+    path = textfiles / f"portmapctl-{command}.prom"
     on_node = ["--netns", node.ns, "--iptables", "nft", "--cni-cache-dir", str(node.cache)]
 
-    whole = pmctl.run(["check", *on_node], env=env)
-    assert whole.returncode == 1, whole.stdout + whole.stderr
-    assert _counted(samples_of(path), "problems") == {"stale": 2}, path.read_text()
+    whole = pmctl.run([command, *on_node], env=env)
+    assert whole.returncode == (1 if command == "check" else 0), whole.stdout + whole.stderr
+    assert _counted(samples_of(path), gauge)["stale"] == 2, path.read_text()
     written = path.read_bytes()
 
     for narrowed in (["--family", "4"], ["--backend", "iptables"], ["--backend", "nftables"]):
         without = pmctl.run(
-            ["check", *narrowed, *on_node], env={**env, "PORTMAPCTL_METRICS_FILE": ""}
+            [command, *narrowed, *on_node], env={**env, "PORTMAPCTL_METRICS_FILE": ""}
         )
         assert without.returncode in (0, 1), without.stderr
         for given in ([], ["--metrics-file", str(path)]):  # the variable's, the unit's
-            done = pmctl.run(["check", *narrowed, *on_node, *given], env=env)
+            done = pmctl.run([command, *narrowed, *on_node, *given], env=env)
             assert (done.returncode, done.stdout) == (without.returncode, without.stdout)
             assert path.read_bytes() == written, (narrowed, path.read_text())
             pmctl.assert_metrics_left_alone(
                 done,
                 without,
                 path,
-                "the whole node's check, not part of it (check without --family and"
-                " --backend writes it)",
+                f"the whole node's {command}, not part of it ({command} without --family"
+                " and --backend writes it)",
             )
     assert [p.name for p in textfiles.iterdir()] == [path.name]
