@@ -9,7 +9,8 @@ on the node, `upgraded`). A rule counts as present when
 an equal rule (same matches, action and comment, compared as values) is in the chain the
 plugin would look in; host-IP rules that v1.6/v1.7 put in `hostip_hostports` count too,
 but not once v1.9 has run on the node: its CHECK counts `hostports` alone, and check
---repair moves them there (`misplaced`). What it makes of
+--repair moves them there (`misplaced`), as add does its own container's (add is v1.9's
+ADD: the node is upgraded after it). What it makes of
 the node's shared entry (prerouting, output, hostports_all) is the caller's `Entries`:
 `check --repair` keeps any working shape (an older version's, another ADD's
 conditions; not a v1.6/v1.7 entry written over v1.9's, `downgraded`), `add` writes it as the v1.9.1 ADD does every time (its own conditions,
@@ -197,13 +198,19 @@ def upgraded(live: Ruleset) -> bool:
 
 
 def misplaced(
-    live: Ruleset, family: int, wanted: Sequence[WantedFamily], ids: Collection[str]
+    live: Ruleset,
+    family: int,
+    wanted: Sequence[WantedFamily],
+    ids: Collection[str],
+    upgrading: bool = False,
 ) -> List[Rule]:
     """On an upgraded node, the rules of containers `ids` in hostip_hostports that
     their `wanted` puts in hostports: v1.9.1's CHECK does not count them there, so
-    check --repair deletes them in the transaction that adds them to hostports."""
+    check --repair (and add, for its own container) deletes them in the transaction
+    that adds them to hostports. `upgrading`: the caller is v1.9's ADD (add, whose
+    Entries.REWRITE writes hostports_all), so the node is upgraded once it is done."""
     table = live.table(family)
-    if table is None or not upgraded(live):
+    if table is None or not (upgrading or upgraded(live)):
         return []
     belong: Dict[str, Set[RuleBody]] = {}
     for want in wanted:
@@ -655,7 +662,10 @@ def _setup_family(
                 txn.add_rule(family, name, body)
     if MASQUERADING not in chains and any(w.snat for w in wanted):
         txn.add_chain(family, MASQUERADING, BASE_CHAINS[MASQUERADING], create=fresh)
-    missing = missing_by_container(table, wanted, not upgraded(live))
+    # add is v1.9's ADD: the node is upgraded once it is done (it writes hostports_all),
+    # so a host-IP rule of its container in hostip_hostports counts as missing there too.
+    upgraded_after = entries is Entries.REWRITE or upgraded(live)
+    missing = missing_by_container(table, wanted, not upgraded_after)
     # Under check --repair each container's host-IP rules go where its own plugin put
     # them; add is v1.9.1's ADD (hostports).
     hostip = (

@@ -1056,6 +1056,47 @@ def test_an_upgraded_nodes_old_host_ip_rule_is_moved_where_v191s_check_counts_it
     assert "comment" not in upstream.ruleset_text(node).replace('comment "CNI portmap plugin"', "")
 
 
+@pytest.mark.parametrize("upgraded_by", ["another-v191-add", "this-add"])
+def test_add_of_a_v171_container_moves_its_host_ip_rules_where_v191s_check_counts_them(
+    node: str, tmp_path: Path, upgraded_by: str
+) -> None:
+    """v1.7.1 put old1's host-IP rules in hostip_hostports (IPv4 and IPv6). `portmapctl
+    add` of old1 with the same mappings is v1.9.1's ADD (the node is upgraded after it,
+    if another v1.9.1 ADD has not done so): its host-IP rules go to hostports, where
+    v1.9.1's CHECK counts them, and leave hostip_hostports in the same transaction.
+    (add wrote the copy to hostports and left the old rule, which v1.9.1's CHECK and
+    portmapctl check both passed over; or, where this add itself upgraded the node,
+    wrote nothing, so that v1.9.1's CHECK of old1 failed right after it.)"""
+    ports = [_pm(8011, 80), _pm(9090, 90, host_ip="127.0.0.1"), _pm(9092, 92, "udp", "::1")]
+    ips = ["10.88.0.21/16", "fd00:88::21/64"]
+    old = _cached(tmp_path, "old1", upstream.nft_conf("podman", ips, ports))
+    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
+    confs = {"old1": old}
+    if upgraded_by == "another-v191-add":
+        confs["new1"] = _cached(
+            tmp_path, "new1", upstream.nft_conf("podman", ["10.88.0.22/16"], [_pm(8021, 80)])
+        )
+        upstream.run(V191, "ADD", node, "new1", confs["new1"], check=True)
+    spec = ["-p", "8011:80", "-p", "127.0.0.1:9090:90", "-p", "[::1]:9092:92/udp"]
+    args = ["--backend", "nftables", "--network", "podman", "--container", "old1"]
+    done = _pmctl(node, tmp_path, "add", *args, *[a for ip in ips for a in ("--ip", ip)], *spec)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for family, rule in (("ip", "ip daddr 127.0.0.1 tcp dport 9090"),
+                         ("ip6", "ip6 daddr ::1 udp dport 9092")):  # fmt: skip
+        listed = {
+            chain: upstream.nft(node, "list", "chain", family, "cni_hostport", chain).stdout
+            for chain in ("hostports", "hostip_hostports")
+        }
+        assert listed["hostports"].count(rule) == 1, listed
+        assert "comment" not in listed["hostip_hostports"], listed
+    for cid, conf in confs.items():
+        upstream.run(V191, "CHECK", node, cid, conf, check=True)
+    after = _pmctl(node, tmp_path, "check")
+    assert after.returncode == 0, after.stdout + after.stderr
+    upstream.run(V191, "DEL", node, "old1", old, check=True)
+    assert '"old1"' not in upstream.ruleset_text(node)
+
+
 def _masq_all_cached(cache: Path, cid: str, ips: list, ports: list) -> Dict[str, Any]:
     """A `masqAll` config (key order as libcni passes a conflist's), cached."""
     conf = rp.plugin_conf("mynet", ips, ports)
