@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from portmapctl import render
 from portmapctl.cli import app
 from portmapctl.core.status import ProblemKind
+from portmapctl.nftables.ruleset import HOSTIP_HOSTPORTS
 from portmapctl.ops.check import CheckResult, Problem
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -153,6 +154,26 @@ def test_nftables_problems_show_the_rule_as_nft_list_prints_it():
     rules = {p["kind"]: p["rule"] for p in document["problems"] if p["backend"] == "nftables"}
     assert rules["stale"] in printed and "b7e0f2c94d1a4e85oldjob" in rules["stale"]
     assert rules["shadowed"] in printed and "8c41d07a2e9f4b13web2" in rules["shadowed"]
+
+
+def test_the_missing_rules_line_is_true_of_a_moved_rule_that_still_forwards():
+    """examples/nft (the real plugin's ruleset): 5e1c0a7d2b9f's host-IP rule is in
+    hostip_hostports, which hostports_all jumps to: it forwards, and is reported missing
+    from hostports only because v1.9's CHECK counts that chain alone. The kind's line
+    said "a cached container's host ports are not forwarded", against its own detail."""
+    nft = ROOT / "examples" / "nft"
+    printed = (nft / "ruleset.nft").read_text()
+    hostip = printed.split("chain hostip_hostports {", 1)[1].split("}", 1)[0]
+    assert '"5e1c0a7d2b9f' in hostip and "jump hostip_hostports" in printed
+    out = invoke("check", "--nft-snapshot", str(nft / "ruleset.json"), "--cni-cache-dir",
+                 str(nft / "cni-cache"), "--family", "4")  # fmt: skip
+    [row] = [line for line in out.splitlines() if line.startswith("nft-missing-rules ")]
+    assert "in hostip_hostports" in row and "forwarded, but" in row, row
+    [why] = [line for line in out.splitlines() if line.startswith("nft-missing-rules:")]
+    # True of both: rules lost (not forwarded) and rules that still forward where
+    # v1.9's CHECK does not count them.
+    assert "not forwarded" in why and "still forward" in why, why
+    assert HOSTIP_HOSTPORTS in why and "CHECK" in why, why
 
 
 def test_a_rule_the_config_does_not_make_and_one_missing_are_the_rules_shown(tmp_path):

@@ -56,7 +56,11 @@ _NFT_WHY = {
     ProblemKind.NFT_ENTRY_NOT_LOCAL: "traffic routed through this node to another host on a"
     " mapped port is DNATed to a container (an older plugin's ADD ran after v1.9's; the next"
     " v1.6/v1.7 ADD writes that entry again: run one plugin version on the node)",
-    ProblemKind.NFT_MISSING_RULES: "a cached container's host ports are not forwarded",
+    # (Also the host-IP rules v1.6/v1.7 left in hostip_hostports once v1.9 has run:
+    # planner.upgraded. They forward; only the CHECK fails, so the line says both.)
+    ProblemKind.NFT_MISSING_RULES: "a cached container's rules are not where the plugin's"
+    " CHECK counts them: lost ones leave its host ports not forwarded; those v1.6/v1.7 left"
+    " in hostip_hostports on a node v1.9 has run still forward, but that CHECK fails",
     ProblemKind.EXTRA_RULES: "the container's rules do not match its config (an old address or"
     " port?): nftables is first-match-wins, so traffic may go to the wrong place",
     ProblemKind.NFT_UNCLAIMED_RULES: "the plugin marks its nftables rules with the bare"
