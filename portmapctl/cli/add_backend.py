@@ -199,6 +199,8 @@ def _refuse_a_copy(
         # The tables read strictly, as _key_ignored reads them: a table nft could not
         # read was taken for none, "the key ignored", and the iptables add went in.
         where = _chain_in_iptables(common, config, chain)
+        if where is None:
+            _nothing_left_in_doubt(common, config)
         live = None if where is None else _plugin_tables(common, config, strict=True)
         if where is None or not _ignored_in(config, live, where, configured_there(config)):
             raise _kept_elsewhere(common, config, configured_there(config, cached))
@@ -238,13 +240,36 @@ def _key_ignored(common: Common, config: MappingConfig) -> Optional[str]:
     iptables, either flavour, and no rule of it in the plugin's nftables tables
     DNATs to its address, as check judges it (_no_rule_in_nftables). Its CHECK and
     DEL look in iptables: a copy in nftables would outlive it. Where nft cannot read
-    the tables, add stops (nft's own error, exit 3), as it would writing there."""
+    the tables, add stops (nft's own error, exit 3), as it would writing there; so it
+    does where nothing of it is left and that puts it in doubt (_nothing_left_in_doubt)."""
     where = _chain_in_iptables(common, config, dnat_chain_name(config))
     if where is None:
-        return None  # (the usual nftables container: one `iptables -S CHAIN`)
+        _nothing_left_in_doubt(common, config)
+        return None  # (the usual nftables container: one `iptables -S CHAIN`, one nft read)
     from portmapctl.ops.nft import configured_there
 
     return where if _no_rule_in_nftables(common, config, where, configured_there(config)) else None
+
+
+def _nothing_left_in_doubt(common: Common, config: MappingConfig) -> None:
+    """Stops (HostProblem, exit 3: the node's state stops it, as _ignored_in does),
+    nothing written, where the container's cached config says `"backend": "nftables"`,
+    its chain is in no iptables, and the node's check puts it in doubt (check's
+    followed_entries.entry_in_doubt: nothing of it left, and nothing on the node tells
+    that its plugin honours the key). add went by its key and wrote it into nftables,
+    a copy that a plugin before v1.6 (which ignores the key) never deletes."""
+    from portmapctl.ops.nft import has_rules_for
+
+    live = _plugin_tables(common, config)
+    if live is not None and has_rules_for(config, live):
+        return  # (the usual nftables container: no node opened, no cache read)
+    from portmapctl.ops.check.followed_entries import entry_in_doubt
+    from portmapctl.ops.node import opened
+
+    with opened(common.node_options()) as node:
+        doubt = entry_in_doubt(node, config)
+    if doubt is not None:
+        raise HostProblem(doubt)
 
 
 def _no_rule_in_nftables(common: Common, config: MappingConfig, where: str, said: str) -> bool:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import pmctl
 import pytest
@@ -621,14 +621,19 @@ def test_a_mapping_given_without_a_backend_follows_its_containers_rules_into_nft
 def test_a_mapping_given_without_a_backend_follows_its_cached_config_when_no_rules_are_left(
     node: str, tmp_path: Path
 ) -> None:
-    """nft1's cached config says `"backend": "nftables"`; a firewall reload then dropped
-    the plugin's tables, so no rule of it is left anywhere. Given on the command line
-    without a backend key, its mapping follows the cached config, as the plugin's
-    CHECK and DEL for it do: check finds it missing in nftables, and --repair and add
-    put it back there, where v1.9.1's CHECK finds it. Before, all three went by the
-    rules alone, found none, and took iptables: --repair and add wrote an iptables copy
-    the plugin's DEL for nft1 never removes. A container whose cached config says
-    `"backend": "iptables"` is checked in iptables, though its rules are in nftables."""
+    """nft1's cached config says `"backend": "nftables"`; its rules were then removed
+    (v1.9.1's DEL, the plugin's table left), so no rule of it is left anywhere. Given
+    on the command line without a backend key, its mapping follows the cached config,
+    as the plugin's CHECK and DEL for it do: check finds it missing in nftables, and
+    --repair and add put it back there, where v1.9.1's CHECK finds it. Before, all three
+    went by the rules alone, found none, and took iptables: --repair and add wrote an
+    iptables copy the plugin's DEL for nft1 never removes. (Where a firewall reload
+    dropped the plugin's table as well, nothing on this node tells that its plugin
+    honours the key, deb1's and up1's CNI-HOSTPORT-DNAT in iptables: in doubt, as the
+    node's check judges it, nothing written; see
+    test_one_mapping_of_a_key_ignoring_container_with_nothing_left_is_in_doubt.)
+    A container whose cached config says `"backend": "iptables"` is checked in
+    iptables, though its rules are in nftables."""
     confs = _keyless_iptables_node(node, tmp_path)
 
     def iptables() -> str:
@@ -638,7 +643,7 @@ def test_a_mapping_given_without_a_backend_follows_its_cached_config_when_no_rul
     nft1 = ["--network", "podman", "--container", "nft1", "--ip", "10.88.0.21/16", "-p", "8011:80"]
     note = 'podman/nft1: its cached config says "backend": "nftables", so the plugin keeps it there'
     for command in (["check", "--repair"], ["add"]):
-        upstream.nft(node, "delete", "table", "ip", "cni_hostport")
+        upstream.run(V191, "DEL", node, "nft1", confs["nft1"], check=True)
         done = _pmctl(node, tmp_path, "check", *nft1)
         assert done.returncode == 1, done.stdout + done.stderr
         assert note in done.stderr and "nft" in done.stdout, done.stdout + done.stderr
@@ -647,6 +652,12 @@ def test_a_mapping_given_without_a_backend_follows_its_cached_config_when_no_rul
         assert note in done.stderr, (command, done.stderr)
         assert iptables() == before, command
         upstream.run(V191, "CHECK", node, "nft1", confs["nft1"], check=True)
+    upstream.nft(node, "delete", "table", "ip", "cni_hostport")
+    done = _pmctl(node, tmp_path, "check", *nft1, "--repair")
+    pmctl.assert_error(done, 3, "podman/nft1: its", "cannot be told", "nothing is written")
+    assert (
+        iptables() == before and "cni_hostport" not in upstream.nft(node, "list", "tables").stdout
+    )
     # Its cached config says iptables: checked there, whatever nftables holds.
     ipt = upstream.nft_conf("podman", ["10.88.0.41/16"], [_pm(8041, 80)], backend="iptables")
     _cached(tmp_path, "ipt1", ipt)
@@ -1739,17 +1750,23 @@ def test_one_mapping_beside_a_flushed_plugin_table_is_in_doubt_and_not_repaired(
     forms = _web1_given(tmp_path, conf)
     before = _both_backends(node)
     for cache, args in forms[:2]:  # (its key read from its cache entry, from --cni-config)
-        done = _pmctl(node, cache, "check", *args, "-o", "json")
-        assert done.returncode == 1, done.stdout + done.stderr
-        assert "warning: podman/web1:" in done.stderr, done.stderr
-        assert "cannot be told" in done.stderr, done.stderr
-        problems = json.loads(done.stdout)["problems"]
-        assert problems and all(p["fix"] is None for p in problems), done.stdout
+        _checked_in_doubt(node, cache, "web1", args)
     for cache, args in forms:
         done = _pmctl(node, cache, "check", *args, "--repair")
         pmctl.assert_error(done, 3, "podman/web1: its", "cannot be told", "nothing is written")
         assert _both_backends(node) == before, args
     assert upstream.run(V191, "CHECK", node, "web1", conf).returncode != 0
+
+
+def _checked_in_doubt(node: str, cache: Path, cid: str, args: Sequence[str]) -> None:
+    """The check of podman/`cid`'s mapping (`args`) says it is in doubt, as the node's
+    check does: not healthy (exit 1), a warning saying why, no problem naming a fix."""
+    done = _pmctl(node, cache, "check", *args, "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"warning: podman/{cid}:" in done.stderr, done.stderr
+    assert "cannot be told" in done.stderr, done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    assert problems and all(p["fix"] is None for p in problems), done.stdout
 
 
 @pytest.mark.parametrize("entry", ["lost", "kept"])
@@ -1943,6 +1960,21 @@ def test_a_key_ignoring_container_whose_nat_table_a_firewall_flushed_is_in_doubt
     assert "cni_hostport" not in upstream.nft(node, "list", "tables").stdout
 
 
+def _nft1_gone_beside_nft2(node: str, cache: Path) -> Dict[str, Dict[str, Any]]:
+    """deb0 added by Debian's 1.1.1 without a key (the plugin's CNI-HOSTPORT-* chains
+    in iptables), nft1 and nft2 by v1.9.1 under `"backend": "nftables"`, all cached;
+    then nft1's rules removed (its plugin's DEL, its cache entry kept). nft1's and
+    nft2's configs."""
+    deb = rp.plugin_conf("podman", ["10.88.0.30/16"], [_pm(8030, 80)])
+    rp.run_plugin("ADD", node, "deb0", _cached(cache, "deb0", deb), check=True)
+    confs = {}
+    for cid, ip, port in (("nft1", "10.88.0.33/16", 8033), ("nft2", "10.88.0.34/16", 8034)):
+        confs[cid] = _cached(cache, cid, upstream.nft_conf("podman", [ip], [_pm(port, 80)]))
+        upstream.run(V191, "ADD", node, cid, confs[cid], check=True)
+    upstream.run(V191, "DEL", node, "nft1", confs["nft1"], check=True)
+    return confs
+
+
 def test_a_cached_nftables_container_with_nothing_left_beside_the_plugins_table_is_repaired(
     node: str, tmp_path: Path
 ) -> None:
@@ -1951,15 +1983,73 @@ def test_a_cached_nftables_container_with_nothing_left_beside_the_plugins_table_
     chains in iptables); nft1's rules removed (its plugin's DEL, its cache entry kept).
     The plugin's table holds nft2's rules: the plugin here honours the key, so nft1 is
     repaired there, as before, and its v1.9.1 CHECK passes; nothing in iptables."""
-    deb = rp.plugin_conf("podman", ["10.88.0.30/16"], [_pm(8030, 80)])
-    rp.run_plugin("ADD", node, "deb0", _cached(tmp_path, "deb0", deb), check=True)
-    confs = {}
-    for cid, ip, port in (("nft1", "10.88.0.33/16", 8033), ("nft2", "10.88.0.34/16", 8034)):
-        confs[cid] = _cached(tmp_path, cid, upstream.nft_conf("podman", [ip], [_pm(port, 80)]))
-        upstream.run(V191, "ADD", node, cid, confs[cid], check=True)
-    upstream.run(V191, "DEL", node, "nft1", confs["nft1"], check=True)
+    confs = _nft1_gone_beside_nft2(node, tmp_path)
     iptables = rp.nat_rules(rp.save(node, 4))
     done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cannot be told" not in done.stderr, done.stderr
+    upstream.run(V191, "CHECK", node, "nft1", confs["nft1"], check=True)
+    assert rp.nat_rules(rp.save(node, 4)) == iptables
+
+
+def _deb1_given(cache: Path, conf: Dict[str, Any]) -> List[Tuple[str, ...]]:
+    """The ways deb1 (_debian_gone: 10.88.0.31/16, 8031:80) is given on the command
+    line, its cache entry kept: mapping options (its key read from the entry), its
+    config with the key (--cni-config), mapping options under --backend nftables, then
+    iptables."""
+    given = cache / "deb1.json"
+    given.write_text(json.dumps(conf))
+    mapping = ("--network", "podman", "--container", "deb1", "--ip", "10.88.0.31/16",
+               "-p", "8031:80")  # fmt: skip
+    return [mapping, ("--container", "deb1", "--cni-config", str(given)),
+            (*mapping, "--backend", "nftables"), (*mapping, "--backend", "iptables")]  # fmt: skip
+
+
+@pytest.mark.parametrize("beside", ["alone", "beside-an-ignored-key"])
+def test_one_mapping_of_a_key_ignoring_container_with_nothing_left_is_in_doubt(
+    node: str, tmp_path: Path, beside: str
+) -> None:
+    """As the node's check judges deb1 (above: added by Debian's 1.1.1 under
+    `"backend": "nftables"`, a key it ignores; its chain and entry rule removed by a
+    firewall), so one mapping of it: `check --repair` of the mapping and `add` of it
+    went by its key and wrote it into nftables (exit 0: the cni_hostport table with
+    deb1's rules), a copy its plugin's DEL never removes. Its check names no fix and
+    warns why; every --repair and add of it (dry or not) stops with one line, exit 3,
+    nothing written in either backend."""
+    conf = _debian_gone(node, tmp_path, "deb1", "10.88.0.31/16", 8031, lose=True)
+    if beside != "alone":
+        _debian_gone(node, tmp_path, "deb2", "10.88.0.32/16", 8032, lose=False)
+    forms = _deb1_given(tmp_path, conf)
+    before = _both_rulesets(node)
+    for args in forms[:2]:
+        _checked_in_doubt(node, tmp_path, "deb1", args)
+    for args in forms:
+        done = _pmctl(node, tmp_path, "check", *args, "--repair")
+        pmctl.assert_error(done, 3, "podman/deb1: its", "cannot be told", "nothing is written")
+        assert _both_rulesets(node) == before, args
+        for dry in (("--dry-run",), ()):
+            done = _pmctl(node, tmp_path, "add", *args, *dry)
+            pmctl.assert_error(done, 3, "podman/deb1: its", "cannot be told", "nothing is written")
+            assert _both_rulesets(node) == before, (args, dry)
+    assert "cni_hostport" not in upstream.nft(node, "list", "tables").stdout
+
+
+@pytest.mark.parametrize("command", ["repair", "add"])
+def test_one_mapping_with_nothing_left_beside_the_plugins_table_goes_to_nftables(
+    node: str, tmp_path: Path, command: str
+) -> None:
+    """The other side of the test above: nft1 and nft2 added by v1.9.1 under `"backend":
+    "nftables"` beside deb0 (Debian's, no key: the plugin's CNI-HOSTPORT-* chains in
+    iptables); nft1's rules removed (its plugin's DEL, its cache entry kept). nft2's
+    rules in the plugin's table tell the plugin here honours the key: `check --repair`
+    of nft1's mapping, or `add` of it, writes it into nftables, where v1.9.1's CHECK
+    finds it; nothing in iptables."""
+    confs = _nft1_gone_beside_nft2(node, tmp_path)
+    iptables = rp.nat_rules(rp.save(node, 4))
+    mapping = ("--network", "podman", "--container", "nft1", "--ip", "10.88.0.33/16",
+               "-p", "8033:80")  # fmt: skip
+    args = ("check", *mapping, "--repair") if command == "repair" else ("add", *mapping)
+    done = _pmctl(node, tmp_path, *args)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "cannot be told" not in done.stderr, done.stderr
     upstream.run(V191, "CHECK", node, "nft1", confs["nft1"], check=True)

@@ -171,7 +171,9 @@ def _key_ignored(node: Node, config: MappingConfig) -> Optional[str]:
     (ops/nft.py key_verdict, as the node's check judges a cache entry); None when it
     did not. KeyInDoubt where that cannot be told: "no rule in nftables" in a flushed
     table was taken for the key ignored, and --repair wrote an iptables entry rule a
-    v1.9.1 plugin never reads.
+    v1.9.1 plugin never reads. Its chain in no iptables and no rule of it in nftables
+    (nothing of it left): KeyInDoubt where the node's check puts its cache entry in
+    doubt (followed_entries.entry_in_doubt), else None (kept by its key).
     Asked under --backend nftables too, where the host's iptables is read for it: a
     --repair there would write a copy its plugin never deletes. A container kept in
     nftables (the usual case) costs one netlink question on an iptables-nft node, no
@@ -181,6 +183,14 @@ def _key_ignored(node: Node, config: MappingConfig) -> Optional[str]:
     families = validate.chosen_families(config, node.families, "check")
     where = chain_in_iptables(node, families, dnat_chain_name(config))
     if where is None:
+        from portmapctl.ops.check.followed_entries import entry_in_doubt
+
+        # Nothing of it left (nor in nftables): in doubt as the node's check judges it,
+        # else kept by its key. Judged by the key alone, --repair wrote it into nftables
+        # where its plugin ignored the key, a copy that plugin never deletes.
+        doubt = entry_in_doubt(node, config)
+        if doubt is not None:
+            raise KeyInDoubt(doubt)
         return None
     from portmapctl.ops.nft import key_ignored_in
 

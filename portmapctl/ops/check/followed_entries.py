@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Collection, Dict, List, Optional, Sequence, Se
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
+from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.ruleset import NatTable
@@ -176,6 +177,41 @@ def follow_the_plugin(
     """`attachments` judged where their plugin keeps them (_follow_keys), and the
     entries without a key that cannot be placed (_unplaced)."""
     return _unplaced(node, _follow_keys(node, attachments, read), read)
+
+
+def entry_in_doubt(node: Node, config: MappingConfig) -> Optional[str]:
+    """The node's check's verdict (follow_the_plugin, from the same reads) on the cache
+    entry of `config`'s container on its network, for one mapping given on the command
+    line (check of it, its --repair, add) whose cached config says `"backend":
+    "nftables"` and whose chain is in no iptables: why it is in doubt (its warning,
+    Followed.doubt_text), or None. Nothing of such a container left (ops/nft.py
+    nothing_left: a firewall took its chain and entry rule) was judged by its key, and
+    the one-mapping --repair and add wrote it into nftables, a copy a plugin before
+    v1.6 (Debian's 1.1.1, which ignores the key) never deletes. Asked only where no
+    rule of it is in the plugin's nftables tables: the usual nftables container costs
+    the nft read its check makes anyway."""
+    from portmapctl.cni.cache import configured_backend
+    from portmapctl.ops.nft import has_rules_for
+
+    cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
+    if cached != Backend.NFTABLES or has_rules_for(config, node.read_nft_evidence()):
+        return None
+    from portmapctl.ops.check.run import read_tables
+    from portmapctl.ops.node import side_by_side
+
+    read, attachments = side_by_side(
+        lambda: read_tables(node, with_nft=True), node.read_cache, foreground_first=True
+    )
+    followed = follow_the_plugin(node, attachments, read)
+    return next(
+        (
+            followed.doubt_text(a)
+            for a in followed.in_doubt
+            if (a.network, a.container_id) == (config.network, config.container_id)
+            and a.mapping is not None
+        ),
+        None,
+    )
 
 
 def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: NodeTables) -> Followed:
