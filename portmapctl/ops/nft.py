@@ -320,8 +320,22 @@ def gone_text(config: MappingConfig, said: str, why: str) -> str:
     )
 
 
+def unread_text(config: MappingConfig, said: str, why: str) -> str:
+    """Why the backend of a container whose config says "nftables" and which has no
+    rule in nftables cannot be told where the host's iptables cannot be read (`why`:
+    its error; followed_entries.follow_the_plugin under --backend nftables)."""
+    return _doubt_text(
+        config,
+        said,
+        f"cannot be looked for in iptables, which cannot be read ({why}), and no rule of it"
+        " is in nftables",
+        _KEY_WHETHER,
+        _KEY_WHY,
+    )
+
+
 # What cannot be told of a container whose key "nftables" its plugin may ignore, and
-# what would tell (in_doubt_text, gone_text).
+# what would tell (in_doubt_text, gone_text, unread_text).
 _KEY_WHETHER = (
     "its plugin ignores the key (before v1.6: it keeps it in iptables) or not (v1.6 on:"
     " in nftables)"
@@ -409,7 +423,7 @@ def unread_key_verdict(
 
 
 def _doubt_text(config: MappingConfig, said: str, chain: str, whether: str, why: str) -> str:
-    """The one line in_doubt_text, gone_text and unplaced_text say: `said` (its config's key),
+    """The one line in_doubt_text, gone_text, unread_text and unplaced_text say: `said` (its config's key),
     where its chain is (`chain`), `whether` what cannot be told, and nothing written
     (`why`: what tells more, or what a write would do)."""
     return (

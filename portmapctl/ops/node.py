@@ -272,12 +272,15 @@ class Node:
                     raise
             return EMPTY
 
-    def read_iptables_evidence(self, families: Tuple[int, ...]) -> Dict[int, NatTable]:
+    def read_iptables_evidence(
+        self, families: Tuple[int, ...], strict: bool = False
+    ) -> Dict[int, NatTable]:
         """iptables' nat tables in `families` where there is one (asked first: no save
         runs where there is none, and a legacy read would create it), also under
         --backend nftables, where they are read only to judge (whose port a flow is,
         which rule takes it); none offline without --snapshot, or where iptables
-        cannot be read then (a -v detail)."""
+        cannot be read then (a -v detail; `strict`: that error instead, for a judgement
+        that an absence there would decide, followed.chains_in_iptables)."""
         if self.options.reads_iptables:
             backend = self.backend
         elif self.options.offline:
@@ -286,6 +289,8 @@ class Node:
             try:
                 backend = open_backend(self.options.iptables, families=families)
             except (PortmapctlError, OSError) as err:
+                if strict:
+                    raise
                 _debug("reading iptables to judge by failed: %s", err)
                 return {}
         has_table = getattr(backend, "has_nat_table", None)
@@ -297,6 +302,8 @@ class Node:
         try:
             return {f: backend.read(f) for f in wanted}
         except (PortmapctlError, OSError) as err:
+            if strict:
+                raise
             _debug("reading iptables to judge by failed: %s", err)
             return {}
 

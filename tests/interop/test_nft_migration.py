@@ -1874,24 +1874,24 @@ def test_a_table_of_snat_off_adds_still_tells_an_ignored_key(
 
 
 def _debian_gone(
-    node: str, cache: Path, cid: str, ip: str, port: int, lose: bool
+    node: str, cache: Path, cid: str, ip: str, port: int, lose: bool, mode: rp.Mode = "nft"
 ) -> Dict[str, Any]:
     """Debian's 1.1.1 ADD of podman/`cid` under `"backend": "nftables"` (a key it
-    ignores: its chain in iptables), cached so; where `lose`, a firewall then removed
-    its CNI-DN- chain and its CNI-HOSTPORT-DNAT entry rule (the top-level chains stay).
-    Its config."""
+    ignores: its chain in iptables, `mode` its flavour), cached so; where `lose`, a
+    firewall then removed its CNI-DN- chain and its CNI-HOSTPORT-DNAT entry rule (the
+    top-level chains stay). Its config."""
     conf = rp.plugin_conf("podman", [ip], [_pm(port, 80)])
     conf = _cached(cache, cid, {**conf, "backend": "nftables"})
-    rp.run_plugin("ADD", node, cid, conf, check=True)
+    rp.run_plugin("ADD", node, cid, conf, mode=mode, check=True)
     if lose:
         chain = chain_name("podman", cid)
         rule = next(
-            line for line in rp.save(node, 4).splitlines()
+            line for line in rp.save(node, 4, mode).splitlines()
             if line.startswith("-A CNI-HOSTPORT-DNAT") and chain in line
         )  # fmt: skip
-        rp.iptables(node, ["-t", "nat", "-D", *shlex.split(rule)[1:]])
-        rp.iptables(node, ["-t", "nat", "-F", chain])
-        rp.iptables(node, ["-t", "nat", "-X", chain])
+        rp.iptables(node, ["-t", "nat", "-D", *shlex.split(rule)[1:]], mode=mode)
+        rp.iptables(node, ["-t", "nat", "-F", chain], mode=mode)
+        rp.iptables(node, ["-t", "nat", "-X", chain], mode=mode)
     return conf
 
 
@@ -2054,3 +2054,37 @@ def test_one_mapping_with_nothing_left_beside_the_plugins_table_goes_to_nftables
     assert "cannot be told" not in done.stderr, done.stderr
     upstream.run(V191, "CHECK", node, "nft1", confs["nft1"], check=True)
     assert rp.nat_rules(rp.save(node, 4)) == iptables
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_iptables_unreadable_under_backend_nftables_is_no_sign_of_a_v1_6_plugin(
+    node: str, tmp_path: Path, mode: rp.Mode
+) -> None:
+    """deb1 as above (Debian's 1.1.1 under `"backend": "nftables"`, nothing of it left;
+    its flavour's CNI-HOSTPORT-DNAT in iptables), checked under --backend nftables by a
+    portmapctl that cannot run iptables (its tools not there, as in a DaemonSet image
+    without them). The failed read was taken for "the plugin's CNI-HOSTPORT-DNAT is in
+    no iptables", a v1.6+ node: the node's `check --repair`, that of deb1's mapping and
+    `add` of it wrote it into nftables (exit 0), a copy its plugin never deletes.
+    Unread is "cannot be told": the node's repair leaves it (exit 1, a warning saying
+    iptables cannot be read), the one-mapping --repair and add stop (exit 3), nothing
+    written."""
+    _debian_gone(node, tmp_path, "deb1", "10.88.0.31/16", 8031, lose=True, mode=mode)
+    before = _no_counters((rp.save(node, 4, mode), upstream.ruleset_text(node)))
+    hide = [os.path.realpath(shutil.which(tool, path=rp.SYSTEM_PATH) or tool)
+            for tool in ("iptables-nft", "iptables-legacy")]  # fmt: skip
+    # (`--iptables auto`, which asks the tools which flavour `iptables` is: told
+    # `--iptables nft`, the kernel is asked over netlink, and answers.)
+    told = ["--netns", node, "--cni-cache-dir", str(tmp_path), "--backend", "nftables",
+            *(["--iptables", mode] if mode == "legacy" else [])]  # fmt: skip
+    mapping = ["--network", "podman", "--container", "deb1", "--ip", "10.88.0.31/16",
+               "-p", "8031:80"]  # fmt: skip
+    done = pmctl.run(["check", "--repair", *told], hide=hide)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "could not repair IPv4 podman/deb1" in done.stderr, done.stderr
+    assert "which cannot be read" in done.stderr, done.stderr
+    for args in (["check", "--repair"], ["add", "--dry-run"], ["add"]):
+        done = pmctl.run([*args, *mapping, *told], hide=hide)
+        pmctl.assert_error(done, 3, "podman/deb1: its", "cannot be read", "nothing is written")
+    assert _no_counters((rp.save(node, 4, mode), upstream.ruleset_text(node))) == before
+    assert "cni_hostport" not in upstream.nft(node, "list", "tables").stdout

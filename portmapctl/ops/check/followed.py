@@ -258,6 +258,11 @@ def other_flavour_tables_words(other: str) -> str:
     return ChainPlace(Flavour(other)).words
 
 
+class IptablesUnread(Exception):
+    """chains_in_iptables could not tell: the host's iptables cannot be read (its
+    error's words)."""
+
+
 def chains_in_iptables(
     node: Node, families: Sequence[int], names: Collection[str]
 ) -> Dict[str, str]:
@@ -266,10 +271,18 @@ def chains_in_iptables(
     "nftables" container is asked (followed_entries.follow_the_plugin), and one process
     per chain (a save of the flavour used under legacy, `-S CHAIN` of the other) cost
     1,000 processes on a node of 1,000 containers. Under --backend nftables only (the node
-    reads no iptables)."""
+    reads no iptables). IptablesUnread where the flavour used cannot be read (no
+    iptables to open, its save failing, and on iptables-nft the kernel not answering
+    either): read as none, the plugin's chains were "not there", and a container its
+    plugin keeps in iptables was judged v1.6+'s and repaired into nftables."""
     if node.options.offline or not names:
         return {}
-    found = chains_in_tables(names, node.read_iptables_evidence(tuple(families)).values())
+    try:
+        tables = node.read_iptables_evidence(tuple(families), strict=True)
+        unread: Optional[BaseException] = None
+    except (PortmapctlError, OSError) as err:
+        tables, unread = {}, err
+    found = chains_in_tables(names, tables.values())
     if len(found) == len(names):
         return found
     from portmapctl.iptables.access import Flavour, open_backend
@@ -277,17 +290,20 @@ def chains_in_iptables(
 
     try:
         backend = open_backend(node.options.iptables, families=families)
-    except (PortmapctlError, OSError):
-        return found
+    except (PortmapctlError, OSError) as err:
+        raise IptablesUnread(str(err)) from None
     if getattr(backend, "flavour", None) is Flavour.NFT:
         from portmapctl.ops.chain_place import chains_in_kernel
 
         # The kernel asked as chain_in_iptables asks it (no process): a nat table
         # iptables-nft-save cannot show (a native nft rule in it) read as none, and
         # every chain in it was repaired with an nftables copy its plugin never deletes.
-        found |= dict.fromkeys(
-            chains_in_kernel(families, set(names) - set(found)) or (), "iptables"
-        )
+        in_kernel = chains_in_kernel(families, set(names) - set(found))
+        if in_kernel is not None:
+            unread = None  # (the kernel answered for the save)
+        found |= dict.fromkeys(in_kernel or (), "iptables")
+    if unread is not None:
+        raise IptablesUnread(str(unread))
     try:
         others = other_flavour_tables(backend, families)
         used = flavours_of(backend, tuple(others)) or {}

@@ -157,16 +157,21 @@ class Followed:
     unread: Optional[str] = None
     unplaced: Sequence[Attachment] = ()
     gone: Dict[str, str] = field(default_factory=dict)  # path -> why (nft.nothing_left)
+    # Under --backend nftables: the host's iptables could not be read (its error), so
+    # whether `in_doubt` are kept there cannot be told (_follow_keys).
+    iptables_unread: Optional[str] = None
 
     def doubt_text(self, attachment: Attachment) -> str:
         """Why `attachment` (of `in_doubt`, its mapping there) is in doubt."""
-        from portmapctl.ops.nft import configured_there, gone_text, in_doubt_text
+        from portmapctl.ops.nft import configured_there, gone_text, in_doubt_text, unread_text
 
         config = attachment.mapping
         assert config is not None
         said = configured_there(config)
         if attachment.path in self.gone:
             return gone_text(config, said, self.gone[attachment.path])
+        if self.iptables_unread is not None:
+            return unread_text(config, said, self.iptables_unread)
         where = self.where.get(attachment.dnat_chain, "iptables")
         return in_doubt_text(config, said, where, unread=self.unread)
 
@@ -246,10 +251,16 @@ def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: Node
         unheld = [*judged.ignored, *judged.in_doubt]
         if not unheld:
             return Followed(attachments)  # (all in nftables, the usual node: no iptables read)
-        from portmapctl.ops.check.followed import chains_in_iptables
+        from portmapctl.ops.check.followed import IptablesUnread, chains_in_iptables
 
         asked = {a.dnat_chain for a in unheld} | {TOPLEVEL_DNAT}
-        chains = chains_in_iptables(node, node.families, asked)
+        try:
+            chains = chains_in_iptables(node, node.families, asked)
+        except IptablesUnread as err:
+            # Whether their plugin keeps them in iptables cannot be told: read as none,
+            # they were judged v1.6+'s and repaired into nftables.
+            doubted = [a for a in unheld if not a.zombie]
+            return Followed(attachments, in_doubt=doubted, iptables_unread=str(err))
     else:
         chains = _chains_read(read, {a.dnat_chain for a in keyed} | {TOPLEVEL_DNAT})
     # Whether a plugin may have written iptables here (nft.nothing_left): its

@@ -30,7 +30,7 @@ from portmapctl.ops.check.expected import (
     wanted_sharing,
 )
 from portmapctl.ops.check.followed import followed, nft_mapping
-from portmapctl.ops.check.followed_entries import follow_the_plugin, in_doubt_left
+from portmapctl.ops.check.followed_entries import Followed, follow_the_plugin, in_doubt_left
 from portmapctl.ops.check.hints import REPAIR_COMMAND
 from portmapctl.ops.check.port_moves import holder_name, plan_taking_nothing, ports_taken
 from portmapctl.ops.check.problem import CheckResult, Unrepaired
@@ -508,7 +508,7 @@ def repair(
                 dry_run=False,
                 planned=nft_tried,
                 dedupe=nft_copies,
-                in_doubt=_in_doubt_why(in_doubt, followed.gone),
+                in_doubt=_in_doubt_why(in_doubt, followed),
             )
             unrepaired += nft_left
             if text:
@@ -554,14 +554,22 @@ def repair(
     return _repaired(before, after, transactions, warnings, unrepaired)
 
 
-def _in_doubt_why(in_doubt: Sequence[Attachment], gone: Mapping[str, str]) -> Dict[str, str]:
+def _in_doubt_why(in_doubt: Sequence[Attachment], judged: Followed) -> Dict[str, str]:
     """By path, why nft_repair writes nothing for the entries whose backend is in doubt
     (followed_entries.follow_the_plugin): the plugin that added them may keep them in
-    iptables (`gone`: those of which nothing is left, ops/nft.py nothing_left)."""
+    iptables (`judged.gone`: those of which nothing is left, ops/nft.py nothing_left;
+    `judged.iptables_unread`: iptables could not be read to look)."""
+
+    def seen(a: Attachment) -> str:
+        if a.path in judged.gone:
+            return "nothing of it is left"
+        if judged.iptables_unread is not None:
+            return "iptables, where its chain would be, cannot be read"
+        return "its chain is in iptables"
+
     return {
-        a.path: 'its cached config says "backend": "nftables", '
-        + ("nothing of it is left" if a.path in gone else "its chain is in iptables")
-        + ": whether its plugin ignores the key cannot be told here"
+        a.path: f'its cached config says "backend": "nftables", {seen(a)}:'
+        " whether its plugin ignores the key cannot be told here"
         for a in in_doubt
     }
 
