@@ -2088,3 +2088,33 @@ def test_iptables_unreadable_under_backend_nftables_is_no_sign_of_a_v1_6_plugin(
         pmctl.assert_error(done, 3, "podman/deb1: its", "cannot be read", "nothing is written")
     assert _no_counters((rp.save(node, 4, mode), upstream.ruleset_text(node))) == before
     assert "cni_hostport" not in upstream.nft(node, "list", "tables").stdout
+
+
+def test_nothing_left_is_judged_by_the_nodes_evidence_not_its_networks(
+    node: str, tmp_path: Path
+) -> None:
+    """Why the node, not the network, is what nothing_left judges by: nft1 (podman) and
+    nft2 (k8s) added by one v1.9.1 under `"backend": "nftables"`, beside deb0 (Debian's,
+    no key: CNI-HOSTPORT-DNAT in iptables); nft1's rules removed (its DEL, its entry
+    kept). Only nft2's rules, of another network, and the table tell that the plugin
+    honours the key: the cache names no binary nor runtime, and one runtime's networks
+    share its binary. Judged per network, nft1 would be in doubt; it is repaired into
+    nftables, where v1.9.1's CHECK finds it. (Two runtimes with different binaries
+    sharing the cache directory are what this judgement cannot tell apart:
+    docs/guarantees.md.)"""
+    deb = rp.plugin_conf("podman", ["10.88.0.30/16"], [_pm(8030, 80)])
+    rp.run_plugin("ADD", node, "deb0", _cached(tmp_path, "deb0", deb), check=True)
+    nft1 = _cached(
+        tmp_path, "nft1", upstream.nft_conf("podman", ["10.88.0.33/16"], [_pm(8033, 80)])
+    )
+    nft2 = upstream.nft_conf("k8s", ["10.89.0.34/16"], [_pm(8034, 80)])
+    rp.write_cni_cache(tmp_path, "k8s", "nft2", "eth0", nft2, [_pm(8034, 80)], ["10.89.0.34/16"])
+    for cid, conf in (("nft1", nft1), ("nft2", nft2)):
+        upstream.run(V191, "ADD", node, cid, conf, check=True)
+    upstream.run(V191, "DEL", node, "nft1", nft1, check=True)
+    iptables = rp.nat_rules(rp.save(node, 4))
+    done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cannot be told" not in done.stderr, done.stderr
+    upstream.run(V191, "CHECK", node, "nft1", nft1, check=True)
+    assert rp.nat_rules(rp.save(node, 4)) == iptables
