@@ -274,8 +274,10 @@ def chains_in_iptables(
     reads no iptables). IptablesUnread where the flavour used cannot be read (no
     iptables to open, its save failing, and on iptables-nft the kernel not answering
     either): read as none, the plugin's chains were "not there", and a container its
-    plugin keeps in iptables was judged v1.6+'s and repaired into nftables."""
-    if node.options.offline or not names:
+    plugin keeps in iptables was judged v1.6+'s and repaired into nftables. None asked
+    of a node read from no kernel (a test's tables in memory: namespace_view None): the
+    host's iptables is not that node's."""
+    if node.options.offline or not names or node.namespace_view() is None:
         return {}
     try:
         tables = node.read_iptables_evidence(tuple(families), strict=True)
