@@ -671,8 +671,16 @@ def _setup_family(
     hostip = (
         _host_ips_in_hostip(live, family, wanted, missing, lone) if entries is Entries.KEEP else {}
     )
+    moving = _moving(table, wanted, missing) if entries is Entries.KEEP and upgraded(live) else []
+    # Inserted last first, so that they stand at the head of hostports in their order.
+    for _index, body in reversed(moving):
+        txn.add_rule(family, HOSTPORTS, body, before=True)
+    moved = Counter(moving)
     groups: Dict[Tuple[int, str], List[RuleBody]] = {}
     for index, chain, body in missing:
+        if chain == HOSTPORTS and moved[(index, body)] > 0:
+            moved[(index, body)] -= 1
+            continue
         groups.setdefault((index, chain), []).append(body)
     for (index, chain), bodies in groups.items():
         for body, position, before in _placed(table, chain, wanted[index], bodies):
@@ -680,6 +688,36 @@ def _setup_family(
                 txn.add_rule(family, HOSTIP_HOSTPORTS, body)
             else:
                 txn.add_rule(family, chain, body, position, before)
+
+
+def _moving(
+    table: Optional[Table],
+    wanted: Sequence[WantedFamily],
+    missing: Sequence[Tuple[int, str, RuleBody]],
+) -> List[Tuple[int, RuleBody]]:
+    """(index into `wanted`, rule) of the missing hostports rules that are in
+    hostip_hostports with their container's comment, in that chain's order: on an
+    upgraded node check --repair moves them (`misplaced`). hostports_all (and a
+    v1.6/v1.7 entry) jumps to hostip_hostports before hostports, so each took its port
+    ahead of every rule of hostports; they go first there, in their order, for every
+    port to go where it went. Appended, or placed after the container's own rules
+    there, they stood behind a later ADD's rule for the same port (another container's
+    `tcp dport 9011`, for old1's `ip daddr 127.0.0.1 tcp dport 9011`), which then took
+    it: first-match-wins."""
+    if table is None:
+        return []
+    lacking = Counter((index, body) for index, chain, body in missing if chain == HOSTPORTS)
+    by_id: Dict[str, List[int]] = {}
+    for index, want in enumerate(wanted):
+        by_id.setdefault(want.container_id, []).append(index)
+    found: List[Tuple[int, RuleBody]] = []
+    for rule in table.rules_of(HOSTIP_HOSTPORTS):
+        for index in by_id.get(rule.comment or "", ()):
+            if lacking[(index, rule.body)] > 0:
+                lacking[(index, rule.body)] -= 1
+                found.append((index, rule.body))
+                break
+    return found
 
 
 def _placed(

@@ -47,7 +47,8 @@ class Op:
     body: Optional[RuleBody] = None  # ADD_RULE; DELETE_RULE: the rule, when known
     handle: Optional[int] = None  # DELETE_RULE
     # ADD_RULE at a place: before (`insert rule ... position H`) or after (`add rule
-    # ... position H`) the rule with handle H; None appends.
+    # ... position H`) the rule with handle H; None appends, or with `before` puts it
+    # first in the chain (`insert rule`).
     position: Optional[int] = None
     before: bool = False
     # ADD_TABLE/ADD_CHAIN as `create`: the transaction fails when it exists by then.
@@ -67,9 +68,8 @@ class Op:
             return f"flush chain {where} {self.chain}"
         if self.kind is OpKind.ADD_RULE:
             assert self.body is not None
-            verb, at = "add", ""
+            verb, at = ("insert" if self.before else "add"), ""
             if self.position is not None:
-                verb = "insert" if self.before else "add"
                 at = f" position {self.position}"
             return f"{verb} rule {where} {self.chain}{at} {self.body.text(self.family)}"
         return f"delete rule {where} {self.chain} handle {self.handle}"
@@ -160,7 +160,8 @@ class Transaction:
         position: Optional[int] = None,
         before: bool = False,
     ) -> None:
-        """Append, or with `position` put it before/after the rule of that handle."""
+        """Append (`before`: put it first), or with `position` put it before/after the
+        rule of that handle."""
         _check_body(body)
         op = Op(OpKind.ADD_RULE, family, chain, body=body, position=position, before=before)
         self.ops.append(op)

@@ -1108,6 +1108,41 @@ def test_add_of_a_v171_container_moves_its_host_ip_rules_where_v191s_check_count
     assert '"old1"' not in upstream.ruleset_text(node)
 
 
+@pytest.mark.parametrize("one_mapping", [False, True], ids=["node", "one-mapping"])
+def test_a_moved_host_ip_rule_keeps_its_port_ahead_of_a_later_wildcard_rule(
+    node: str, tmp_path: Path, one_mapping: bool
+) -> None:
+    """A v1.7.1 container with host-IP mappings alone (old1: 127.0.0.1:9011), then,
+    after the upgrade, v1.9.1's ADD of new1 mapping the same port on every address
+    (9011, the plugin refuses no such pair). hostports_all jumps to hostip_hostports
+    first: 127.0.0.1:9011 goes to old1, as it did on the v1.7.1 node. --repair moved
+    old1's rule to the end of hostports (none of old1's rules there to place it by),
+    behind new1's: nftables is first-match-wins, so the repair handed old1's live port
+    to new1 (v1.9.1's CHECK of both passing: it counts). The moved rules go first in
+    hostports, in hostip_hostports' order: every port goes where it went."""
+    ports = [_pm(9011, 90, host_ip="127.0.0.1"), _pm(9012, 90, host_ip="127.0.0.1")]
+    old = _cached(tmp_path, "old1", upstream.nft_conf("podman", ["10.88.0.21/16"], ports))
+    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
+    new = _cached(tmp_path, "new1", upstream.nft_conf("podman", ["10.88.0.22/16"], [_pm(9011, 91)]))
+    upstream.run(V191, "ADD", node, "new1", new, check=True)
+    if one_mapping:
+        spec = ["-p", "127.0.0.1:9011:90", "-p", "127.0.0.1:9012:90"]
+        args = ["--network", "podman", "--container", "old1", "--ip", "10.88.0.21/16", *spec]
+        done = _pmctl(node, tmp_path, "check", "--repair", *args)
+    else:
+        done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = upstream.nft(node, "list", "chain", "ip", "cni_hostport", "hostports").stdout
+    dnats = [line.strip() for line in listed.splitlines() if "dnat to" in line]
+    assert dnats == [
+        'ip daddr 127.0.0.1 tcp dport 9011 dnat to 10.88.0.21:90 comment "old1"',
+        'ip daddr 127.0.0.1 tcp dport 9012 dnat to 10.88.0.21:90 comment "old1"',
+        'tcp dport 9011 dnat to 10.88.0.22:91 comment "new1"',
+    ], listed
+    for cid, conf in (("old1", old), ("new1", new)):
+        upstream.run(V191, "CHECK", node, cid, conf, check=True)
+
+
 def _masq_all_cached(cache: Path, cid: str, ips: list, ports: list) -> Dict[str, Any]:
     """A `masqAll` config (key order as libcni passes a conflist's), cached."""
     conf = rp.plugin_conf("mynet", ips, ports)

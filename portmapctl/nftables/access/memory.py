@@ -180,7 +180,9 @@ class MemoryNft:
             if action.kind is ActionKind.JUMP and action.target not in table.chains:
                 raise _Failed(op, ENOENT)
             rule = Rule(op.family, op.chain, handle, op.body)
-            if op.position is None:
+            if op.position is None and op.before:
+                chain.rules.insert(0, rule)  # (`insert rule`: first in the chain)
+            elif op.position is None:
                 chain.rules.append(rule)
             else:
                 at = [i for i, r in enumerate(chain.rules) if r.handle == op.position]

@@ -437,7 +437,7 @@ def nft_ports_taken(
         and op.body is not None
         and op.body.comment
         and op.chain in inventory.EVALUATION_ORDER  # (a masquerade rule takes no port)
-        and (op.position is not None or op.chain != last)
+        and (op.position is not None or op.before or op.chain != last)
     }
     if not suspects:
         return {}

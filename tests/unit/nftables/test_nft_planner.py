@@ -71,13 +71,14 @@ def test_plugin_state_needs_no_setup(case: str) -> None:
     Only `upgrade` and the v1.6/v1.7 cases differ: an unused hostports_all is created as
     the v1.9.1 ADD would; and in `upgrade` v1.7.1's host-IP rule, left in
     hostip_hostports, goes to hostports, where v1.9.1's CHECK counts it (that CHECK of
-    old1 fails there, FACTS.md).
+    old1 fails there, FACTS.md): first in it (`insert`), as hostports_all reached it
+    before every rule of hostports.
     """
     live = nftcases.live(case)
     txn = planner.setup(live, _wanted(nftcases.live_configs(case)))
     lines = txn.render().splitlines()
     if case == "upgrade":
-        moved = 'add rule ip cni_hostport hostports ip daddr 127.0.0.1 tcp dport 9090 dnat to 10.88.0.6:90 comment "old1"'
+        moved = 'insert rule ip cni_hostport hostports ip daddr 127.0.0.1 tcp dport 9090 dnat to 10.88.0.6:90 comment "old1"'
         assert moved in lines, lines
         lines.remove(moved)
     assert all(line.startswith("add chain") and "hostports_all" in line for line in lines), lines
