@@ -182,7 +182,7 @@ def _live_entry(table: Table) -> Optional[RuleBody]:
     return None
 
 
-def upgraded(live: Ruleset) -> bool:
+def upgraded(live: Ruleset, lone: Collection[int] = ()) -> bool:
     """Whether v1.9 judges the node: a table has hostports_all, which only a v1.9 ADD
     makes. v1.9.1's CHECK counts a container's DNAT rules in hostports alone, in both
     families: a host-IP rule v1.6/v1.7 left in hostip_hostports still forwards
@@ -193,8 +193,19 @@ def upgraded(live: Ruleset) -> bool:
     Also where v1.6/v1.7's entry stands over v1.9's (`downgraded`: two runtimes, a
     downgrade): check --repair writes v1.9's entry there, after which nothing on the
     node tells the two apart; judged as its own plugin put it, a v1.7 container's
-    host-IP rule was right before that repair and missing after it."""
-    return any(HOSTPORTS_ALL in table.chains for table in live.tables.values())
+    host-IP rule was right before that repair and missing after it.
+
+    `lone` (lone_families): a family without its table beside the other's v1.6/v1.7
+    one, which check --repair makes as v1.9 does (`layout`), hostports_all with it, is
+    judged upgraded already: judged as it was, the repair put host-IP rules back in
+    hostip_hostports and left those there, which the check after it (the same run's)
+    reported, for a second repair to move."""
+    if any(HOSTPORTS_ALL in table.chains for table in live.tables.values()):
+        return True
+    return any(
+        live.table(family) is None and live.table(6 if family == 4 else 4) is not None
+        for family in lone
+    )
 
 
 def misplaced(
@@ -203,14 +214,16 @@ def misplaced(
     wanted: Sequence[WantedFamily],
     ids: Collection[str],
     upgrading: bool = False,
+    lone: Collection[int] = (),
 ) -> List[Rule]:
     """On an upgraded node, the rules of containers `ids` in hostip_hostports that
     their `wanted` puts in hostports: v1.9.1's CHECK does not count them there, so
     check --repair (and add, for its own container) deletes them in the transaction
     that adds them to hostports. `upgrading`: the caller is v1.9's ADD (add, whose
-    Entries.REWRITE writes hostports_all), so the node is upgraded once it is done."""
+    Entries.REWRITE writes hostports_all), so the node is upgraded once it is done.
+    `lone`: as for `layout`."""
     table = live.table(family)
-    if table is None or not (upgrading or upgraded(live)):
+    if table is None or not (upgrading or upgraded(live, lone)):
         return []
     belong: Dict[str, Set[RuleBody]] = {}
     for want in wanted:
@@ -265,7 +278,7 @@ def _host_ips_in_hostip(
     hostip_hostports, as its own plugin put them (own_layouts), else as the table's
     layout says."""
     lacking = {index for index, chain, body in missing if _moves_to_hostip(chain, body)}
-    if not lacking or upgraded(live):
+    if not lacking or upgraded(live, lone):
         return {}  # (v1.9.1 CHECKs an upgraded node's containers: hostports)
     node = layout(live, family, lone)
     own = own_layouts(live, family)
@@ -299,7 +312,7 @@ def missing_where(
     it to: a host-IP rule goes to hostip_hostports for a container of v1.6/v1.7 (its
     other host-IP rules there, or none left in a table of that layout), so check says
     that chain, not v1.9's. `lone`: as for `layout`."""
-    missing = missing_by_container(live.table(family), wanted, not upgraded(live))
+    missing = missing_by_container(live.table(family), wanted, not upgraded(live, lone))
     old = _host_ips_in_hostip(live, family, wanted, missing, lone)
     return [
         (
@@ -526,7 +539,7 @@ def repair(
         for rule in unwanted(live.table(family), want, mine, addresses):
             txn.delete_rule(family, rule.chain, rule.handle, rule.body)
         # Moved, not copied: setup adds each to hostports (it counts as missing there).
-        for rule in misplaced(live, family, wanted, mine):
+        for rule in misplaced(live, family, wanted, mine, lone=lone):
             if addresses is None or container_address(rule) in addresses:
                 txn.delete_rule(family, rule.chain, rule.handle, rule.body)
         if dedupe:
@@ -664,14 +677,15 @@ def _setup_family(
         txn.add_chain(family, MASQUERADING, BASE_CHAINS[MASQUERADING], create=fresh)
     # add is v1.9's ADD: the node is upgraded once it is done (it writes hostports_all),
     # so a host-IP rule of its container in hostip_hostports counts as missing there too.
-    upgraded_after = entries is Entries.REWRITE or upgraded(live)
+    upgraded_after = entries is Entries.REWRITE or upgraded(live, lone)
     missing = missing_by_container(table, wanted, not upgraded_after)
     # Under check --repair each container's host-IP rules go where its own plugin put
     # them; add is v1.9.1's ADD (hostports).
     hostip = (
         _host_ips_in_hostip(live, family, wanted, missing, lone) if entries is Entries.KEEP else {}
     )
-    moving = _moving(table, wanted, missing) if entries is Entries.KEEP and upgraded(live) else []
+    judged = upgraded(live, lone)
+    moving = _moving(table, wanted, missing) if entries is Entries.KEEP and judged else []
     # Inserted last first, so that they stand at the head of hostports in their order.
     for _index, body in reversed(moving):
         txn.add_rule(family, HOSTPORTS, body, before=True)

@@ -337,7 +337,7 @@ def rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem
         table = ruleset.table(family)
         stranded = (
             set()
-            if table is None or not upgraded(ruleset)
+            if table is None or not upgraded(ruleset, lone)
             else {r.body for r in table.rules_of(HOSTIP_HOSTPORTS)}
         )
         for index in sorted(missing):

@@ -1143,6 +1143,37 @@ def test_a_moved_host_ip_rule_keeps_its_port_ahead_of_a_later_wildcard_rule(
         upstream.run(V191, "CHECK", node, cid, conf, check=True)
 
 
+def test_a_v171_nodes_deleted_table_made_v191s_is_repaired_in_one_pass(
+    node: str, tmp_path: Path
+) -> None:
+    """A v1.7.1 node: d1 dual-stack with host-IP mappings (127.0.0.1, ::1), s1 IPv4
+    alone; `nft delete table ip cni_hostport`. s1 has IPv4 alone, so the IPv6 table
+    cannot tell who wrote the IPv4 one (lone_families) and check --repair makes it as
+    v1.9.1 does, with hostports_all: the node is upgraded from then on. The plan still
+    judged it as not upgraded: d1's 127.0.0.1 rule went back to hostip_hostports and
+    its ::1 rule stayed there, which the check in the same run reported as missing from
+    hostports (exit 1 after "repaired"), for a second --repair to move. Now one pass
+    leaves what the next check calls healthy, and v1.9.1's CHECK of both passes."""
+    ports = [_pm(8051, 80), _pm(9051, 90, host_ip="127.0.0.1"), _pm(9052, 90, host_ip="::1")]
+    d1 = _cached(
+        tmp_path, "d1", upstream.nft_conf("podman", ["10.88.0.51/16", "fd00:88::51/64"], ports)
+    )
+    s1 = _cached(tmp_path, "s1", upstream.nft_conf("podman", ["10.88.0.52/16"], [_pm(8052, 80)]))
+    for cid, conf in (("d1", d1), ("s1", s1)):
+        upstream.run("v1.7.1", "ADD", node, cid, conf, check=True)
+    upstream.nft(node, "delete", "table", "ip", "cni_hostport")
+    done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "hostports_all" in upstream.ruleset_text(node)
+    for family in ("ip", "ip6"):
+        listed = upstream.nft(node, "list", "chain", family, "cni_hostport", "hostip_hostports")
+        assert "comment" not in listed.stdout, listed.stdout
+    after = _pmctl(node, tmp_path, "check")
+    assert after.returncode == 0, after.stdout + after.stderr
+    for cid, conf in (("d1", d1), ("s1", s1)):
+        upstream.run(V191, "CHECK", node, cid, conf, check=True)
+
+
 def _masq_all_cached(cache: Path, cid: str, ips: list, ports: list) -> Dict[str, Any]:
     """A `masqAll` config (key order as libcni passes a conflist's), cached."""
     conf = rp.plugin_conf("mynet", ips, ports)
