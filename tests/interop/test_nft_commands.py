@@ -721,6 +721,35 @@ def test_add_reads_the_plugins_tables_once_and_warns_from_that_read(
     assert written == ([] if how != "new" else ["-f -"])
 
 
+def test_add_of_a_container_cached_with_the_key_lists_the_plugins_tables_once_to_judge_it(
+    node: str, tmp_path: Path
+) -> None:
+    """The common path of a v1.9.1 node: web1 and api1 added by the plugin under
+    `"backend": "nftables"` and cached, mine1 cached so and not added yet; `add` of mine1
+    without --backend follows its key. Since 7dc171c it asks the node's check whether
+    mine1 is in doubt (no rule of it in nftables yet), and that read each family's table
+    twice: node.read_nft_evidence for its rules, then read_tables(with_nft=True) again
+    for follow_the_plugin (4 listings a family, 2 before 7dc171c). Now per family: add's
+    look at its container's tables, the node's judgement (one read), the transaction's
+    read; exit 0, written, and v1.9.1's CHECK of mine1 passes."""
+    for ctr in (WEB, API):
+        _plugin_add(node, tmp_path, ctr)
+    ips, ports = ["10.88.0.9/16", "fd00:88::9/64"], [_pm(8081, 80)]
+    conf = upstream.nft_conf("podman", ips, ports)
+    rp.write_cni_cache(tmp_path, "podman", "mine1", "eth0", conf, ports, ips)
+    env, runs = _nft_runs_logged(tmp_path)
+    done = pmctl.run(
+        ["add", "--network", "podman", "--container", "mine1", "--ip", ips[0], "--ip", ips[1],
+         "-p", "8081:80", "--netns", node, "--cni-cache-dir", str(tmp_path)], env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = runs.read_text().splitlines()
+    for family in ("ip", "ip6"):
+        assert lines.count(f"-j list table {family} cni_hostport") == 3, lines
+    assert [line for line in lines if line.startswith("-f")] == ["-f -"], lines
+    upstream.run(V191, "CHECK", node, "mine1", conf, check=True)
+
+
 @pytest.mark.parametrize("one", [False, True], ids=["node", "one-mapping"])
 def test_repair_whose_nft_was_killed_after_its_commit_reports_the_repair(
     node: str, tmp_path: Path, one: bool

@@ -199,13 +199,22 @@ def entry_in_doubt(node: Node, config: MappingConfig) -> Optional[str]:
     from portmapctl.ops.nft import has_rules_for
 
     cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
-    if cached != Backend.NFTABLES or has_rules_for(config, node.read_nft_evidence()):
+    if cached != Backend.NFTABLES:
         return None
+    live = node.read_nft_evidence()
+    if has_rules_for(config, live):
+        return None
+    from dataclasses import replace
+
     from portmapctl.ops.check.run import read_tables
     from portmapctl.ops.node import side_by_side
 
+    # The tables as the node's check reads them (read_tables with_nft), its nftables
+    # read being the one just made (node.read_nft where nft is looked at): reading them
+    # again listed each table twice on every add of a new container cached so.
+    kept = live if node.nft is not None else None
     read, attachments = side_by_side(
-        lambda: read_tables(node, with_nft=True), node.read_cache, foreground_first=True
+        lambda: replace(read_tables(node), nft_live=kept), node.read_cache, foreground_first=True
     )
     followed = follow_the_plugin(node, attachments, read)
     return next(
