@@ -42,7 +42,12 @@ def node() -> Iterator[str]:
 
 
 def _args(ns: str, cache: Path) -> List[str]:
-    return ["--netns", ns, "--cni-cache-dir", str(cache), "--family", "4"]
+    return [*_whole_node(ns, cache), "--family", "4"]
+
+
+def _whole_node(ns: str, cache: Path) -> List[str]:
+    """_args without --family: a run narrowed to a family writes no metrics file."""
+    return ["--netns", ns, "--cni-cache-dir", str(cache)]
 
 
 def _nft_container(ns: str, cache: Path) -> None:
@@ -89,7 +94,7 @@ def test_docker_rule_on_an_nftables_port_contests_it(node: str, tmp_path: Path) 
         f" ({DOCKER_RULE}); the kernel's hook order decides which gets the traffic"
     )
     metrics = tmp_path / "list.prom"
-    pmctl.ok(["list", *args, "--metrics-file", str(metrics)])
+    pmctl.ok(["list", *_whole_node(node, tmp_path), "--metrics-file", str(metrics)])
     assert any(
         'status="contested"' in line and line.endswith(" 1.0")
         for line in metrics.read_text().splitlines()
@@ -332,7 +337,7 @@ def test_check_counts_the_mappings_list_counts(node: str, tmp_path: Path) -> Non
     shadows (or one at its priority contests) as `ok`, while list counted it `shadowed`
     (`contested`): an alert on one command's series missed what the other's raised."""
     _behind_handmade(node, tmp_path)
-    args = _args(node, tmp_path)
+    args = _whole_node(node, tmp_path)
     samples = {}
     for command in ("list", "check"):
         path = tmp_path / f"{command}.prom"
