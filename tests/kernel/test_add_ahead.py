@@ -54,6 +54,12 @@ def _add(ns: str, cid: str, ip: str, udp: int, *extra: str):
     return json.loads(done.stdout)
 
 
+def _said(doc) -> list:
+    """add's JSON warnings but the note of the tests' CNI cache, which is not there
+    (conftest: PORTMAPCTL_CNI_CACHE_DIR), which -o json holds too since 87e9ab4."""
+    return [w for w in doc.get("warnings") or () if not w.startswith("no CNI cache at ")]
+
+
 def test_route_localnet_and_the_udp_flush_follow_the_restore(host_ns):
     rp.require(rp.mode_available("nft"))
     _node(host_ns)
@@ -61,14 +67,14 @@ def test_route_localnet_and_the_udp_flush_follow_the_restore(host_ns):
     ns_run(host_ns, "conntrack", *ct_args("192.0.2.1", "192.0.2.2", 41001, 5300))
     ns_run(host_ns, "conntrack", *ct_args("192.0.2.1", "192.0.2.2", 41002, 5399))
     doc = _add(host_ns, "second", "10.88.0.3/16", 5300)
-    assert doc["changed"] is True and not doc.get("warnings")
+    assert doc["changed"] is True and not _said(doc), doc
     assert "-C PREROUTING" not in json.dumps(doc)  # the checks are not shown as changes
     assert route_localnet(host_ns, "cni0") == "1"
     assert ct_sports(host_ns) == {41002}
     # Nothing in the table: the flush has nothing to do, and says nothing.
     ns_run(host_ns, "conntrack", "-F")
     doc = _add(host_ns, "third", "10.88.0.4/16", 5301)
-    assert doc["changed"] is True and not doc.get("warnings")
+    assert doc["changed"] is True and not _said(doc), doc
     # --no-flush-udp: the flow stays.
     ns_run(host_ns, "conntrack", *ct_args("192.0.2.1", "192.0.2.2", 41003, 5302))
     doc = _add(host_ns, "fourth", "10.88.0.5/16", 5302, "--no-flush-udp")
