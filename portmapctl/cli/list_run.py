@@ -34,8 +34,8 @@ def run(
     from portmapctl.ops.node import opened
 
     out = common.out()
-    # A dump's rows are not this node's, nor part of the node the whole: not into the
-    # node's file (node_unrecorded, as check's).
+    # A dump's rows are not this node's, nor is a run narrowed to a family or backend
+    # the whole node: neither goes into the node's file (node_unrecorded, as check's).
     unrecorded = node_unrecorded(common, snapshot, snapshot6, nft_snapshot)
     metrics = metrics_recording(metrics_file, "list", common.cache_dirs, out, unrecorded=unrecorded)
     with gc_paused(), metrics as recorder:
