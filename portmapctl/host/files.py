@@ -146,21 +146,35 @@ def write_atomically(path: str, data: bytes) -> None:
     """
     remove_stale(path, _TEMPORARY)
     temporary = f"{path}.{os.getpid()}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(2):
-        try:
-            fd = os.open(temporary, flags, 0o600)
-            break
-        except FileExistsError:
-            os.unlink(temporary)  # left by a run that died (unlink does not follow links)
-        except OSError as err:
-            raise cannot_write(temporary, err) from None
-    else:
-        raise HostProblem(f"cannot write {temporary}: it keeps reappearing")
+    try:
+        fd = create_new(temporary, 0o600)
+    except FileExistsError:
+        raise HostProblem(f"cannot write {temporary}: it keeps reappearing") from None
+    except OSError as err:
+        raise cannot_write(temporary, err) from None
     try:
         replace_durably(fd, temporary, path, data)
     except OSError as err:
         raise cannot_write(path, err) from None
+
+
+def create_new(temporary: str, mode: int) -> int:
+    """`temporary` (a writer's temporary file, its name predictable: PATH.PID...)
+    created anew and opened for writing: the one way both our writers open theirs.
+
+    O_EXCL|O_NOFOLLOW: never something already at that name, which in a directory
+    others can write to (node_exporter's textfile directory is often group-writable)
+    may be planted: O_TRUNC wrote through a hard link there into the linked file, and
+    waited forever on a FIFO for a reader. What is there (a dead run's file with our
+    PID, or a planted one) is unlinked, which follows nothing, and the name created
+    once more; FileExistsError when it is back by then (someone keeps planting it).
+    Other OSErrors as open(2) or unlink(2) gave them (a directory there: EISDIR)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(temporary, flags, mode)
+    except FileExistsError:
+        os.unlink(temporary)
+    return os.open(temporary, flags, mode)
 
 
 def replace_durably(fd: int, temporary: str, path: str, data: bytes) -> None:

@@ -438,6 +438,11 @@ def write(report: MetricsReport, path: str) -> Optional[str]:
 
         remove_stale(path, _TEMPORARY)
         _write_durably(path, data)
+    except FileExistsError:  # (from files.create_new: planted again once unlinked)
+        return (
+            f"could not write the metrics file {shown}: its temporary file"
+            f" {shown_path(_temporary(path))} keeps reappearing"
+        )
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
         reason = getattr(err, "strerror", None) or str(err)
         return f"could not write the metrics file {shown}: {reason}"
@@ -456,13 +461,13 @@ def _temporary(path: str) -> str:
 
 def _write_durably(path: str, data: bytes) -> None:
     """prometheus_client's write_to_textfile, on disk (files.replace_durably: the
-    module docstring says why). O_NOFOLLOW: a symlink planted at the temporary name
-    is not written through (root writes this file)."""
-    from portmapctl.host.files import replace_durably
+    module docstring says why), and into a file of its own (files.create_new: its
+    O_TRUNC wrote through a hard link planted at the temporary name, and hung on a
+    FIFO there; root writes this file, in a directory others may write to)."""
+    from portmapctl.host.files import create_new, replace_durably
 
     temporary = _temporary(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    replace_durably(os.open(temporary, flags, 0o666), temporary, path, data)
+    replace_durably(create_new(temporary, 0o666), temporary, path, data)
 
 
 _TEMPORARY = re.compile(r"\.[0-9]+\.[0-9]+")

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, FrozenSet, Tuple
+from typing import Dict, FrozenSet, Iterator, Tuple
 
 import pmctl
 import pytest
@@ -25,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.core.status import ChainKind, ProblemKind, Status
+from portmapctl.host import files
 from portmapctl.iptables import inventory
 from portmapctl.iptables.access.snapshot import SnapshotBackend
 from portmapctl.ops import check, metrics
@@ -313,6 +316,101 @@ def test_the_file_is_readable_by_the_collector_under_a_strict_umask(tmp_path):
     assert after == 0o077, "the caller's umask is restored"
     assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044
     assert stat.S_IMODE(path.stat().st_mode) & 0o022 == 0
+
+
+# Something planted at the name of a writer's temporary file: the metrics file's
+# (`PATH.PID.TID`, beside the .prom file in node_exporter's textfile directory, often
+# group-writable) and write_atomically's (`PATH.PID.tmp`, in the run directory). Both
+# names are predictable. The metrics writer opened its name with O_TRUNC, without
+# O_EXCL (as prometheus_client's write_to_textfile does): root wrote through a hard
+# link planted there into the linked file and renamed that inode, owned by whoever
+# planted it, into place; hung forever on a FIFO (an open for writing waits for a
+# reader), the cron job and the lock it held with it; and gave up on a symlink, no
+# metrics. Now both writers create their file with O_EXCL|O_NOFOLLOW, the one way
+# (files.create_new): what was planted is unlinked (unlink follows nothing), never
+# written through, and the file is written all the same: a cron job wants its
+# metrics, and a warning would not stop the planting.
+
+
+def _write_metrics(path: Path) -> None:
+    assert metrics.write(report(), str(path)) is None
+
+
+def _write_state(path: Path) -> None:
+    files.write_atomically(str(path), b'{"state": 1}\n')
+
+
+WRITERS = {
+    "metrics": (_write_metrics, lambda p: Path(f"{p}.{os.getpid()}.{threading.get_ident()}")),
+    "write_atomically": (_write_state, lambda p: Path(f"{p}.{os.getpid()}.tmp")),
+}
+
+
+@pytest.fixture
+def no_hang() -> Iterator[None]:
+    """A FIFO opened for writing waits for a reader: the test fails, not hangs."""
+
+    def expired(*_args: object) -> None:
+        raise TimeoutError("the writer hung on what was planted at its temporary name")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(10)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+@pytest.mark.parametrize("planted", ["symlink", "hardlink", "fifo"])
+def test_what_is_planted_at_the_temporary_name_is_never_written_through(
+    tmp_path: Path, no_hang: None, writer: str, planted: str
+) -> None:
+    write, temporary_of = WRITERS[writer]
+    folder = tmp_path / "textfile"
+    folder.mkdir()
+    path = folder / "portmapctl-check.prom"
+    target = tmp_path / "elsewhere"
+    target.write_text("someone else's\n")
+    temporary = temporary_of(path)
+    if planted == "symlink":
+        temporary.symlink_to(target)
+    elif planted == "hardlink":
+        os.link(target, temporary)
+    else:
+        os.mkfifo(temporary)
+    write(path)
+    assert target.read_text() == "someone else's\n", "the target is left as it was"
+    assert os.lstat(path).st_ino != os.lstat(target).st_ino, "not the planted inode"
+    assert path.is_file() and not path.is_symlink()
+    if writer == "metrics":
+        assert path.read_text() == metrics.render(report())
+    assert sorted(p.name for p in folder.iterdir()) == [path.name], "no temporary file left"
+
+
+def test_a_temporary_name_planted_again_at_once_is_one_warning(tmp_path, monkeypatch):
+    """Someone planting the name again as soon as it is unlinked (a loop racing the
+    writer): the metrics are not written that run, one line says why, the command's
+    outcome is its own (metrics never change it); nothing is written through."""
+    path = tmp_path / "portmapctl-check.prom"
+    target = tmp_path / "elsewhere"
+    target.write_text("someone else's\n")
+    temporary = Path(f"{path}.{os.getpid()}.{threading.get_ident()}")
+    temporary.symlink_to(target)
+    real_unlink = os.unlink
+
+    def planted_again(name, *args, **kwargs):
+        real_unlink(name, *args, **kwargs)
+        if name == str(temporary):
+            temporary.symlink_to(target)
+
+    monkeypatch.setattr(files.os, "unlink", planted_again)
+    problem = metrics.write(report(), str(path))
+    assert problem == (
+        f"could not write the metrics file {path}: its temporary file {temporary} keeps reappearing"
+    )
+    assert target.read_text() == "someone else's\n" and not path.exists()
 
 
 # --- recording a run ----------------------------------------------------------------------
