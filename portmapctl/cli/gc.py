@@ -31,6 +31,7 @@ from portmapctl.cli._common import (
     complete_container,
     metrics_recording,
 )
+from portmapctl.core.text import name_text
 
 if TYPE_CHECKING:
     from portmapctl.errors import PortmapctlError
@@ -319,8 +320,13 @@ def _refused(result: GcResult) -> None:
     from portmapctl.ops.gc.result import some_of
 
     def named(chain: GcChain) -> str:
-        who = f"container {chain.container_id}" if chain.container_id else "no known container"
-        on = f" on {chain.network}" if chain.network else ""
+        # Names read from the node, as their table cells write them.
+        who = (
+            f"container {name_text(chain.container_id)}"
+            if chain.container_id
+            else "no known container"
+        )
+        on = f" on {name_text(chain.network)}" if chain.network else ""
         return f"{chain.chain} (IPv{chain.family}, {who}{on})"
 
     first = result.refused[0]

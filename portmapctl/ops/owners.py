@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from portmapctl.core.contest import HookPortKey
+from portmapctl.core.text import name_text
 from portmapctl.ops.flavour_guard import named
 
 
@@ -149,7 +150,8 @@ def unsure_warnings(owners: Owners, keep: Optional[Callable[[Any], bool]] = None
     ]
     return unread + [
         f"cannot tell whether IPv{row.family} {row.protocol}/{row.host_port}"
-        f" ({row.network}/{row.container_id}) gets all its traffic: another nftables"
+        f" ({name_text(row.network or '?')}/{name_text(row.container_id or '?')}) gets all its"
+        " traffic: another nftables"
         f" table's nat hook, at or before the plugin's, may take some of it ({rule})"
         for row, rule in sorted(
             ((row, rule) for row, rule in owners.unsure.items() if keep is None or keep(row)),

@@ -16,7 +16,7 @@ from typing import (
     Tuple,
 )
 
-from portmapctl.core.text import cell_text
+from portmapctl.core.text import cell_text, name_text
 from portmapctl.render.table import SHORT_ID, Piece, count, owner_cell, short_id, table, wrap
 
 if TYPE_CHECKING:
@@ -363,7 +363,7 @@ def check_fixed_lines(result: CheckResult) -> List[str]:
     return [
         f"repaired: IPv{p.family} {p.kind} {p.chain or ''}"
         + (
-            f" ({p.network or '?'}/{short_id(p.container_id)})"
+            f" ({name_text(p.network or '?')}/{name_text(short_id(p.container_id))})"
             if p.network or p.container_id
             else ""
         )

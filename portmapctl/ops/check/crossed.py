@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 from portmapctl.core.backend import Backend
 from portmapctl.core.contest import backend_of
 from portmapctl.core.status import ProblemKind
+from portmapctl.core.text import name_text
 from portmapctl.ops.check.hints import Fixes
 from portmapctl.ops.check.nft import STALE, rule_text, rules_by_handle
 from portmapctl.ops.check.problem import Problem, entries_for
@@ -219,7 +220,7 @@ def _mapped_too(
         shown = rule_text(rules, row)
     other = others[0]
     more = f" and {len(others) - 1} more" if len(others) > 1 else ""
-    who = f"{other.network or '?'}/{other.container_id or '?'}"
+    who = f"{name_text(other.network or '?')}/{name_text(other.container_id or '?')}"
     return Problem(
         ProblemKind.CONTESTED.value,
         row.family,

@@ -8,6 +8,7 @@ from typing import Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Flavour
 from portmapctl.core.mapping import MappingConfig, endpoint
+from portmapctl.core.text import name_text
 from portmapctl.iptables.ruleset import Args
 from portmapctl.iptables.shown import command_line, shown_rule
 from portmapctl.ops.node import Node
@@ -78,7 +79,8 @@ def _flavour(node: Node) -> Optional[Flavour]:
 def _who(network: Optional[str], container_id: Optional[str]) -> str:
     if network is None and container_id is None:
         return "an unknown container"
-    return f"{network or '?'}/{container_id or '?'}"
+    # A name read from the node, as its table cell writes it (core/text.name_text).
+    return f"{name_text(network or '?')}/{name_text(container_id or '?')}"
 
 
 def _ports_text(ports: Sequence[Tuple[str, int]]) -> str:

@@ -9,6 +9,7 @@ from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.status import ChainKind, ProblemKind, Status
+from portmapctl.core.text import name_text
 from portmapctl.iptables import inventory, plugin_rules, shapes
 from portmapctl.iptables.chains import TOPLEVEL_DNAT, is_portmap_chain
 from portmapctl.iptables.ruleset import NatTable, option_value
@@ -268,7 +269,9 @@ def shadow_problem(
         if dests:
             text += f", which DNATs to {dests}"
             if own:
-                text += f": {loser.container_id or 'this container'}'s own address and port"
+                text += (
+                    f": {name_text(loser.container_id or 'this container')}'s own address and port"
+                )
         parts.append(text)
     if foreign:
         # No command of ours may touch another tool's rule: prose (JSON fix null).

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.text import name_text
 from portmapctl.errors import ApplyFailed
 from portmapctl.iptables.access.memory import MemoryBackend
 from portmapctl.iptables.chains import (
@@ -114,7 +115,7 @@ class PortTaken:
             address, handle = self.holder_stale
             family = "ip6" if self.family == 6 else "ip"
             return why + (
-                f" (no CNI cache entry read of {self.holder[:12]} has {address}: a network"
+                f" (no CNI cache entry read of {name_text(self.holder[:12])} has {address}: a network"
                 " whose DEL never ran, its address maybe another container's now, or an"
                 " entry in a cache directory not given (--cni-cache-dir); once that rule"
                 f" is no container's, `nft delete rule {family} cni_hostport"
@@ -359,7 +360,7 @@ def holder_name(live: NatTable, chain: str) -> str:
         if rule_target(args) == chain:
             who = parse_comment(args)
             if who.network is not None and who.container_id is not None:
-                return f"{who.network}/{who.container_id[:12]} ({chain})"
+                return f"{name_text(who.network)}/{name_text(who.container_id[:12])} ({chain})"
     return chain
 
 
@@ -370,10 +371,13 @@ def nft_holder_name(took: PortTaken) -> str:
     """`8c1d2e3f4a5b (hostports)`; for a rule that is nobody's `the rule handle 7 of
     hostports`; for a stale rule `8c1d2e3f4a5b's rule for 10.89.0.5 (hostports)`."""
     if took.holder_foreign:
-        return f"the rule {took.holder} of {took.holder_chain}"
+        return f"the rule {took.holder} of {name_text(took.holder_chain)}"
     if took.holder_stale is not None:
-        return f"{took.holder[:12]}'s rule for {took.holder_stale[0]} ({took.holder_chain})"
-    return f"{took.holder[:12]} ({took.holder_chain})"
+        return (
+            f"{name_text(took.holder[:12])}'s rule for {took.holder_stale[0]}"
+            f" ({name_text(took.holder_chain)})"
+        )
+    return f"{name_text(took.holder[:12])} ({name_text(took.holder_chain)})"
 
 
 def _nft_takers(ruleset: Ruleset, own: ReadOnly[str, Collection[str]]) -> _Takers:

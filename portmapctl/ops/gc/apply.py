@@ -12,6 +12,7 @@ import contextlib
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Union
 
 from portmapctl.core.pause import gc_paused
+from portmapctl.core.text import name_text
 from portmapctl.errors import ApplyFailed, BadInput, HostProblem, Interrupted, ToolTimedOut
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.converge import (
@@ -292,7 +293,7 @@ def _apply_gc_to(
                 # The one chain it removes: named in the family's line.
                 error = ApplyFailed(
                     f"{error} (iptables refuses the removal of {refused_here[0].chain.chain},"
-                    f" container {refused_here[0].chain.container_id or '-'}, tried alone)"
+                    f" container {name_text(refused_here[0].chain.container_id or '-')}, tried alone)"
                 )
         if done is None:
             if failure is None:
@@ -323,7 +324,7 @@ def _apply_gc_to(
                 # Past --min-age, yet a pending row ("removable in 1s") with nothing
                 # said, and on a node that stays busy every run leaves it so.
                 warnings.append(
-                    f"IPv{family}: {chain.chain} (container {chain.container_id or '-'}) is"
+                    f"IPv{family}: {chain.chain} (container {name_text(chain.container_id or '-')}) is"
                     " left for a later run, though past --min-age: a rule entering it has"
                     " control characters in its comment (another tool's), so it goes by"
                     " number, behind a guard the plugin's calls on this busy node failed"

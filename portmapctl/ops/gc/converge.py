@@ -11,6 +11,7 @@ import itertools
 from dataclasses import replace
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from portmapctl.core.text import name_text
 from portmapctl.errors import (
     MAY_HAVE_GONE_IN,
     ApplyFailed,
@@ -183,7 +184,7 @@ class Settled(NamedTuple):
 
 
 def _named(chain: GcChain) -> str:
-    return f"{chain.chain} (container {chain.container_id or '-'})"
+    return f"{chain.chain} (container {name_text(chain.container_id or '-')})"
 
 
 def _left_text(left: Sequence[GcChain]) -> str:
