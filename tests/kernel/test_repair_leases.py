@@ -24,7 +24,7 @@ def _without_sys_admin(host_ns: str, *args: str) -> subprocess.CompletedProcess:
     return pm_run(list(args), without_sys_admin_in=host_ns)
 
 
-def _two_cached(host_ns: str, cache: Path, mode: rp.Mode) -> None:
+def _two_cached(host_ns: str, cache: Path, mode: rp.Mode, holder: str = "newcomer") -> None:
     """`live` (10.77.0.6) and `stale` (10.77.0.5) added by the real plugin and cached,
     their leases in cache/ipam, each address on the container namespace's lo; then
     host-local gives 10.77.0.5 to `newcomer` (stale's DEL failed past bridge, the
@@ -35,7 +35,7 @@ def _two_cached(host_ns: str, cache: Path, mode: rp.Mode) -> None:
         rp.run_plugin("ADD", host_ns, cid, conf, mode=mode, check=True)
         rp.write_cni_cache(cache, "leasenet", cid, "eth0", conf, ports, [ip],
                            leases=cache / "ipam")  # fmt: skip
-    (cache / "ipam" / "leasenet" / "10.77.0.5").write_text("newcomer\r\neth0")
+    (cache / "ipam" / "leasenet" / "10.77.0.5").write_text(f"{holder}\r\neth0")
     for args in (["-F"], ["-X"]):
         rp.iptables(host_ns, ["-t", "nat", *args], mode=mode)
 
@@ -55,6 +55,19 @@ def test_an_address_host_local_gave_to_another_container_is_not_mapped_again(
     saved = rp.save(host_ns, 4, iptables_mode)
     assert "--to-destination 10.77.0.6:80" in saved and "10.77.0.5" not in saved, saved
     assert chain_name("leasenet", "stale", "DN-") not in saved
+
+
+def test_a_holder_read_from_the_lease_is_written_as_a_name(
+    host_ns: str, tmp_path: Path, iptables_mode: rp.Mode
+) -> None:
+    """The lease file's first line is whatever host-local (or anyone) wrote there: in
+    the refusal it reads as name_text writes a name, a real ESC apart from the text
+    `\\x1b`, so neither can forge the line."""
+    _two_cached(host_ns, tmp_path, iptables_mode, holder="new\x1b[31mcomer\\x1b")
+    args = ["check", "--repair", "--iptables", iptables_mode, "--family", "4"]
+    done = _without_sys_admin(host_ns, *args, "--cni-cache-dir", str(tmp_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "to container new\\x1b[31mcomer\\\\x1b (" in done.stderr, done.stderr
 
 
 def test_where_the_namespace_can_be_looked_into_it_decides(

@@ -22,6 +22,7 @@ from typing import (
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.text import name_text
 from portmapctl.iptables.chains import DNAT_ENTRY_CHAINS, TOPLEVEL_DNAT, dnat_chain_name
 from portmapctl.iptables.ruleset import NatTable, rule_target
 from portmapctl.iptables.transaction import OpKind, Transaction
@@ -143,7 +144,9 @@ class TornDownLook:
             if not attachment.ifname or attachment.ifname not in (found.interfaces or ()):
                 for family, address in addresses.items():
                     why = TORN_DOWN.format(
-                        address=address, netns=attachment.netns, ifname=attachment.ifname or "-"
+                        address=address,
+                        netns=name_text(str(attachment.netns)),
+                        ifname=name_text(attachment.ifname or "-"),
                     )
                     self.why[(attachment.path, family)] = why
                 return True
@@ -161,7 +164,11 @@ class TornDownLook:
             return False
         for family, lease in leases.items():
             template = GIVEN_BACK if lease.state is LeaseState.GIVEN_BACK else TAKEN
-            why = template.format(address=addresses[family], lease=lease.path, holder=lease.holder)
+            # The lease file's first line and the paths are the node's text, not ours.
+            holder = name_text(lease.holder or "")
+            why = template.format(
+                address=addresses[family], lease=name_text(lease.path), holder=holder
+            )
             self.why[(attachment.path, family)] = why
         return True
 
