@@ -85,6 +85,14 @@ def _plugin_checks(host_ns: str, confs: Dict[str, dict]) -> None:
             assert done.returncode == 0, f"{ifname}: {done.stdout} {done.stderr}"
 
 
+def _delete_dnat(host_ns: str, ifname: str) -> None:
+    """Delete `ifname`'s DNAT rule from the shared chain, as by hand."""
+    ip, host, to = ("10.77.0.5", "8080", "80") if ifname == "net1" else ("10.77.0.6", "9090", "90")
+    rp.iptables(host_ns, ["-t", "nat", "-D", chain_name(NETWORK, CID), "-p", "tcp", "-m", "tcp",
+                          "--dport", host, "-j", "DNAT", "--to-destination", f"{ip}:{to}"],
+                mode="nft")  # fmt: skip
+
+
 def test_a_pod_on_one_network_twice_is_healthy_and_repair_keeps_both_mappings(twice):
     """check called net2's rules extra-rules and extra-entry ('its cached config does
     not make'), exit 1, and check --repair deleted them: host port 9090 no longer
@@ -119,18 +127,55 @@ def test_repair_after_a_flush_writes_both_attachments_rules_as_the_plugin_did(tw
     assert _pm(host_ns, cache, "check").returncode == 0
 
 
-def test_repair_of_one_attachments_lost_rule_keeps_the_others(twice):
-    """net2's DNAT rule deleted by hand: the repair reads both entries again (the
-    chain exists and changes) and puts back the chain the two ADDs made."""
+@pytest.mark.parametrize("lost", ["net1", "net2"])
+def test_repair_of_one_attachments_lost_rule_keeps_the_others(twice, lost):
+    """net2's (or net1's) DNAT rule deleted by hand: the repair reads both entries again
+    (the chain exists and changes) and puts back the chain the two ADDs made."""
     host_ns, cache, confs = twice
     added = _rules(host_ns)
-    chain = chain_name(NETWORK, CID)
-    rp.iptables(host_ns, ["-t", "nat", "-D", chain, "-p", "tcp", "-m", "tcp", "--dport", "9090",
-                          "-j", "DNAT", "--to-destination", "10.77.0.6:90"], mode="nft")  # fmt: skip
+    _delete_dnat(host_ns, lost)
 
     done = _pm(host_ns, cache, "check")
     assert done.returncode == 1
     assert [p["kind"] for p in json.loads(done.stdout)["problems"]] == ["missing-rules"]
+    done = _pm(host_ns, cache, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _rules(host_ns) == added
+    _plugin_checks(host_ns, confs)
+
+
+@pytest.mark.parametrize("unread", ["net1", "net2"])
+@pytest.mark.parametrize("lost", [None, "read"])
+def test_an_unreadable_entry_of_the_other_interface_keeps_the_shared_chain(twice, unread, lost):
+    """One interface's entry malformed (a torn write, a disk error): the node check
+    wanted the chain from the other entry alone, called the unreadable one's live rules
+    extra-rules and extra-entry with `--repair` as the fix, and --repair deleted them
+    (exit 0, 'healthy'): its host port no longer forwarded. So too when the read
+    interface's own DNAT rule was lost: the repair rewrote the chain from its entry.
+    The chain may hold a mapping the check cannot read: reported, no fix, nothing
+    written or removed; with the entry readable again the repair makes both."""
+    host_ns, cache, confs = twice
+    added = _rules(host_ns)
+    read = "net2" if unread == "net1" else "net1"
+    entry = cache / "results" / f"{NETWORK}-{CID}-{unread}"
+    good, stamp = entry.read_bytes(), entry.stat().st_mtime
+    entry.write_text('{"kind": "cniCacheV1", "containerId": ')
+    if lost:
+        _delete_dnat(host_ns, read)
+    before = _rules(host_ns)
+
+    chain = chain_name(NETWORK, CID)
+    for args in (["check"], ["check", "--repair"]):
+        done = _pm(host_ns, cache, *args)
+        assert done.returncode == 1, done.stdout + done.stderr
+        problems = json.loads(done.stdout)["problems"]
+        assert problems and all(p["chain"] == chain for p in problems), done.stdout
+        assert all(not p["fix"] and "cannot be read" in p["why"] for p in problems), problems
+        assert entry.name in done.stderr, done.stderr
+        assert _rules(host_ns) == before, f"{args} changed the chain"
+
+    entry.write_bytes(good)
+    os.utime(entry, (stamp, stamp))  # (its ADD order: the entries' modification times)
     done = _pm(host_ns, cache, "check", "--repair")
     assert done.returncode == 0, done.stdout + done.stderr
     assert _rules(host_ns) == added

@@ -44,6 +44,7 @@ from portmapctl.ops.check.run import (
     sharing_of,
     with_owner_problems,
 )
+from portmapctl.ops.check.unread_entries import unread_left, unread_pairs
 from portmapctl.ops.conditions import refuse_what_iptables_refuses
 from portmapctl.ops.flavour_guard import (
     by_flavour,
@@ -404,6 +405,7 @@ def repair(
     followed = follow_the_plugin(node, attachments, replace(read, nft_live=live_nft))
     attachments, key_ignored, in_doubt = followed.attachments, followed.ignored, followed.in_doubt
     before = in_doubt_left(_check_node(node, attachments, read), followed, read.tables)
+    before = unread_left(before, attachments)
     from portmapctl.cni.cache import added_at
     from portmapctl.ops.check import nft as check_nft
     from portmapctl.ops.check import nft_repair
@@ -434,6 +436,9 @@ def repair(
         # Nor anything for those whose rules may be in tables nft cannot read
         # (followed_entries._unplaced): an iptables copy beside them would map them twice.
         excluded |= {(a.network, a.container_id) for a in followed.unplaced}
+        # Nor anything for a chain one of whose entries cannot be read (unread_entries):
+        # its rules the entries read do not make may be that interface's live mapping.
+        excluded |= set(unread_pairs(attachments))
         if configs is not None:
             configs = [c for c in configs if (c.network, c.container_id) not in excluded]
     transactions: Dict = {}
@@ -542,7 +547,7 @@ def repair(
         if cache is not None and attachments is not None:
             attachments = cache.refreshed(attachments)  # what the plans were made from
         after = _check_node(node, attachments, replace(read, tables=now))
-        after = in_doubt_left(after, followed, now)
+        after = unread_left(in_doubt_left(after, followed, now), attachments)
         ignored_notes = _key_ignored_notes(key_ignored, followed.where)
         after = replace(after, notes=(*ignored_notes, *after.notes))
     except Interrupted as stop:

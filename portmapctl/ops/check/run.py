@@ -25,6 +25,7 @@ from portmapctl.ops.check.followed import KeyInDoubt, followed, nft_mapping
 from portmapctl.ops.check.followed_entries import follow_the_plugin, in_doubt_left, left_alone
 from portmapctl.ops.check.hints import fixes_for
 from portmapctl.ops.check.problem import CheckResult, Problem
+from portmapctl.ops.check.unread_entries import unread_left
 from portmapctl.ops.node import Node, side_by_side
 from portmapctl.ops.owners import node_rows, read_owners, unsure_warnings
 
@@ -119,6 +120,7 @@ def check_node(node: Node) -> CheckResult:
     )
     followed = follow_the_plugin(node, attachments, read)
     result = in_doubt_left(_check_node(node, followed.attachments, read), followed, read.tables)
+    result = unread_left(result, followed.attachments)
     if not followed.ignored:
         return result
     from portmapctl.ops.nft import key_ignored_note

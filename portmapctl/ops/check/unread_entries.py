@@ -1,0 +1,69 @@
+"""The containers with a cache entry on a network that cannot be read (malformed, cut
+short, not readable by us), beside entries that can: their chain is in doubt.
+
+The plugin names a container's chain after the network and the container alone, so a
+pod on one network through several interfaces (Multus naming it twice: net1, net2, one
+entry each) has one chain every interface's ADD appended its rules to. Where one of
+those entries cannot be read, the chain's rules that the others do not make may be
+that interface's live mapping: the node's check reports its problems with no fix, and
+--repair writes nothing for it (neither rewrites the chain from the entries it read nor
+deletes the rules they do not make). Fixed or removed, the entry is read at the next run
+and the repair goes ahead."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Dict, Optional, Sequence, Set, Tuple
+
+from portmapctl.cni.cache import Attachment
+from portmapctl.ops.check.problem import CheckResult
+
+# (network, container ID): the pair a chain is named after.
+Pair = Tuple[str, str]
+
+UNREAD_WHY = (
+    "a cache entry of this container on this network cannot be read (see the warning),"
+    " and the chain is shared by all its interfaces on it: its rules may be that"
+    " interface's live mapping, so nothing is written or removed for it"
+)
+
+
+def unread_pairs(attachments: Optional[Sequence[Attachment]]) -> Dict[Pair, str]:
+    """By (network, container ID), an entry that may be theirs and cannot be read, of
+    those that also have an entry read (the chain judged from the entries read): every
+    reading of its file name (cache.unreadable), as liveness takes it."""
+    read: Set[Pair] = {
+        (a.network, a.container_id) for a in attachments or () if a.mapping is not None
+    }
+    found: Dict[Pair, str] = {}
+    for a in attachments or ():
+        # (A result-only entry is whole: libcni before v0.8 wrote no config, no doubt.)
+        if a.mapping is None and a.problem is not None and not a.result_only:
+            if (a.network, a.container_id) in read:
+                found.setdefault((a.network, a.container_id), a.path)
+    return found
+
+
+def unread_left(result: CheckResult, attachments: Optional[Sequence[Attachment]]) -> CheckResult:
+    """`result` with the iptables problems of the containers of unread_pairs naming no
+    fix and saying why, and a warning for each such container with a problem."""
+    pairs = unread_pairs(attachments)
+    if not pairs:
+        return result
+    left = [not p.in_nftables and (p.network, p.container_id) in pairs for p in result.problems]
+    problems = tuple(
+        replace(p, fix="", why=UNREAD_WHY) if doubted else p
+        for p, doubted in zip(result.problems, left)
+    )
+    hit = sorted({(p.network, p.container_id) for p, doubted in zip(problems, left) if doubted})
+    said = tuple(unread_text(pair, pairs[pair]) for pair in hit)  # type: ignore[index]
+    return replace(result, problems=problems, warnings=(*result.warnings, *said))
+
+
+def unread_text(pair: Pair, path: str) -> str:
+    network, container_id = pair
+    return (
+        f"{network}/{container_id}: its cache entry {path} cannot be read, so its chain may"
+        " hold that interface's live mapping: nothing is written or removed for it (fix or"
+        " remove the entry, then run check --repair again)"
+    )
