@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 Mode = Literal["nft", "legacy"]
 Family = Literal[4, 6]
@@ -361,6 +361,21 @@ def udp_flows(ns: str) -> set[tuple[int, str]]:
 def _go_json(value: Any) -> str:
     # encoding/json: compact, map keys sorted (structs keep field order, handled by caller).
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def cut_short(results: Path, network: str, container_id: str, ifname: str) -> Callable[[], None]:
+    """Make the entry `results/NETWORK-CONTAINERID-IFNAME` unreadable, as a torn write
+    leaves it (not valid JSON); the function returned puts it back, with its
+    modification time (its ADD order, as the commands read it)."""
+    entry = results / f"{network}-{container_id}-{ifname}"
+    good, stamp = entry.read_bytes(), entry.stat().st_mtime
+
+    def restore() -> None:
+        entry.write_bytes(good)
+        os.utime(entry, (stamp, stamp))
+
+    entry.write_text('{"kind": "cniCacheV1", "containerId": ')
+    return restore
 
 
 def write_cni_cache(
