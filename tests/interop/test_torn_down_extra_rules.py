@@ -4,7 +4,10 @@ extra rule of an old address: the plugin's ADD again on a new address without a 
 leaves the old address's DNAT rule (real upstream v1.9.1). The repair keeps its rules
 (liveness in doubt: ops/check/nft_repair._CacheAgain.kept), so it must say so, as for
 one whose rules are missing; before, it said nothing, and the check after offered
-`check --repair` for the extra rule again, a loop that never ends."""
+`check --repair` for the extra rule again, a loop that never ends. On iptables the
+repair rewrote such a container's chain (the old address's rule deleted, exit 0), and
+filled one a flush had emptied with a DNAT to the address being given back: it keeps
+it too (real Debian plugin, iptables-nft and legacy)."""
 
 from __future__ import annotations
 
@@ -67,3 +70,77 @@ def test_a_torn_down_container_with_an_old_address_rule_is_named_not_repaired(
     assert why in done.stderr, done.stderr
     assert "check --repair" not in done.stdout, done.stdout
     assert upstream.ruleset_text(host) == before
+
+
+# The iptables backend: the same container, added by Debian's plugin (ADD again without
+# a DEL appends the new address's DNAT to the chain behind the old one's). Its repair
+# rewrote the chain there (the old address's rule deleted, exit 0) while the nftables
+# repair keeps a torn-down container's rules as they are: the chain is kept too, and
+# named, on both flavours.
+
+
+def _debian_added(host: str, mode: rp.Mode, addresses: tuple[str, ...]) -> dict:
+    ports = [rp.port_mapping(8080, 80)]
+    conf: dict = {}
+    for ip in addresses:  # ADD again, no DEL between
+        conf = rp.plugin_conf("podman", [ip], ports)
+        rp.run_plugin("ADD", host, "dying", conf, mode=mode, check=True)
+    return conf
+
+
+def _named_not_repaired(done, out: dict, why: str) -> None:
+    [left] = out["unrepaired"]
+    assert (left["network"], left["container_id"], left["family"]) == ("podman", "dying", 4)
+    assert left["chain"].startswith("CNI-DN-"), left
+    assert left["why"].startswith(why), left
+    assert done.returncode == 1, done.stdout + done.stderr
+
+
+def test_iptables_a_torn_down_containers_chain_with_an_old_address_rule_is_kept(
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode
+) -> None:
+    host, container = nodes
+    conf = _debian_added(host, iptables_mode, ("10.88.0.7/16", "10.88.0.8/16"))
+    rp.write_cni_cache(tmp_path, "podman", "dying", "eth0", conf, [rp.port_mapping(8080, 80)],
+                       ["10.88.0.8/16"], netns=f"/run/netns/{container}")  # fmt: skip
+    before = rp.save(host, 4, iptables_mode)
+    assert "10.88.0.7:80" in before and "10.88.0.8:80" in before
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4",
+            "--iptables", iptables_mode]  # fmt: skip
+
+    done = pmctl.run(["check", "--repair", *args, "-o", "json"])
+    out = json.loads(done.stdout)
+    # Liveness in doubt: nothing written, the old address's rule kept as nftables keeps it.
+    assert rp.nat_rules(rp.save(host, 4, iptables_mode)) == rp.nat_rules(before)
+    _named_not_repaired(done, out, "its address 10.88.0.8 is on no interface of its network")
+    extra = [p for p in out["problems"] if p["container_id"] == "dying"]
+    assert [p["kind"] for p in extra] == ["extra-rules"], extra
+    assert extra[0]["fix"] is None, extra
+
+
+def test_iptables_a_torn_down_containers_flushed_chain_is_not_filled(
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode
+) -> None:
+    """A flush of the nat table's rules (`iptables -t nat -F`: the chains stay, empty)
+    while the container is torn down: its chain was filled again with a DNAT to the
+    address being given back, where after `-F -X` (the chain made) nothing is."""
+    host, container = nodes
+    conf = _debian_added(host, iptables_mode, ("10.88.0.8/16",))
+    rp.write_cni_cache(tmp_path, "podman", "dying", "eth0", conf, [rp.port_mapping(8080, 80)],
+                       ["10.88.0.8/16"], netns=f"/run/netns/{container}")  # fmt: skip
+    # A live container beside it (its namespace holds its address): repaired.
+    ports = [rp.port_mapping(8090, 80)]
+    live = rp.plugin_conf("podman", ["10.88.0.9/16"], ports)
+    rp.run_plugin("ADD", host, "live1", live, mode=iptables_mode, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "live1", "eth0", live, ports, ["10.88.0.9/16"])
+    rp.iptables(host, ["-t", "nat", "-F"], mode=iptables_mode)
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4",
+            "--iptables", iptables_mode]  # fmt: skip
+
+    done = pmctl.run(["check", "--repair", *args, "-o", "json"])
+    out = json.loads(done.stdout)
+    after = rp.save(host, 4, iptables_mode)
+    assert "10.88.0.8" not in after, after  # no DNAT to the address being given back
+    assert "-j DNAT --to-destination 10.88.0.9:80" in after, after  # live1's is made
+    assert "-m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT" in after, after
+    _named_not_repaired(done, out, "its address 10.88.0.8 is on no interface of its network")

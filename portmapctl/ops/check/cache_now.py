@@ -25,7 +25,7 @@ from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.text import name_text
 from portmapctl.iptables.chains import DNAT_ENTRY_CHAINS, TOPLEVEL_DNAT, dnat_chain_name
 from portmapctl.iptables.ruleset import NatTable, rule_target
-from portmapctl.iptables.transaction import OpKind, Transaction
+from portmapctl.iptables.transaction import Op, OpKind, Transaction
 from portmapctl.ops.check.expected import cached_groups
 from portmapctl.ops.check.problem import Unrepaired
 from portmapctl.ops.node import Node
@@ -260,18 +260,33 @@ class CacheNow:
         if changing:
             self._read_again(changing)
         self._gone(made)
-        self._torn_down(made, live.family)
-        # A chain an earlier family's plan found torn down (one name for both families)
-        # is in no config `current` gives, so in no `made` here: left out here too.
-        self.unmade.setdefault(live.family, set()).update(
-            name
-            for c in configs
-            if live.family in c.families
-            and self.torn_down.get(name := dnat_chain_name(c))
-            and not live.has_chain(name)
-        )
+        # Judged: the chains whose own rules the plan writes (made, or there and
+        # rewritten), not those a rewrite of the family's jumps alone touches.
+        own = written_chains(txn)
+        self._torn_down([c for c in changed if dnat_chain_name(c) in own], live)
+        self._left_out_here(live, configs, setup)
         again = self.current(configs)
         return txn if again == these else setup(live, again)
+
+    def _left_out_here(
+        self,
+        live: NatTable,
+        configs: Sequence[MappingConfig],
+        setup: Callable[[NatTable, Sequence[MappingConfig]], Transaction],
+    ) -> None:
+        """The chains judged torn down (in this family's plan or an earlier one's: one
+        name for both families) whose rules a plan with their entries would write in
+        this family: those are what it left out here (`unmade`). A chain of theirs
+        there that is as its entries make it is not named."""
+        torn = {name for name, left in self.torn_down.items() if left}
+        here = {name for c in configs
+                if live.family in c.families and (name := dnat_chain_name(c)) in torn}  # fmt: skip
+        if not here:
+            return
+        whole = [*self.current(configs),
+                 *(a.mapping for name in sorted(here) for a in self.torn_down[name])]  # fmt: skip
+        written = written_chains(setup(live, whole))  # type: ignore[arg-type]
+        self.unmade.setdefault(live.family, set()).update(here & written)
 
     def _gone(self, configs: Sequence[MappingConfig]) -> None:
         """The chains to be made some of whose cache entries are gone since the cache
@@ -287,23 +302,27 @@ class CacheNow:
                 self.by_path.update(dict.fromkeys(gone))
                 self.now[name] = [a for a in self.first[name] if a.path not in gone]
 
-    def _torn_down(self, configs: Sequence[MappingConfig], family: int) -> None:
-        """The chains to be made whose cache entries are of a container being torn down
-        (TornDownLook): those entries are left out of the plan, as gone ones are, but
-        the check after still expects their chain (the repair names it: left_out). Not
-        judged: a chain there that the plan rewrites (only portmap's own DEL, under way,
-        can race with that)."""
-        made = {dnat_chain_name(c) for c in configs}
+    def _torn_down(self, configs: Sequence[MappingConfig], live: NatTable) -> None:
+        """The chains the plan writes (made, or there and rewritten) whose cache entries
+        are of a container being torn down (TornDownLook): those entries are left out of
+        the plan, as gone ones are, but the check after still expects their chain (the
+        repair names it: left_out). A chain there is left as it is only where every
+        entry of it is torn down (liveness in doubt: what it holds stays, what it lacks
+        is not made, as on the nftables backend); one shared with a live interface (a
+        pod on the network twice) is rewritten from all of them, as before."""
+        written = {dnat_chain_name(c) for c in configs}
         held = {
             name: [a for a in self.now.get(name, self.first.get(name, [])) if not a.zombie]
-            for name in made - set(self.torn_down)
+            for name in written - set(self.torn_down)
         }
         gone = set(map(id, self.look.torn_down([a for each in held.values() for a in each])))
         for name, attachments in held.items():
-            self.torn_down[name] = [a for a in attachments if id(a) in gone]
-            if self.torn_down[name]:
+            torn = [a for a in attachments if id(a) in gone]
+            if live.has_chain(name) and len(torn) < len(attachments):
+                torn = []
+            self.torn_down[name] = torn
+            if torn:
                 self.now[name] = [a for a in attachments if id(a) not in gone]
-        self.unmade.setdefault(family, set()).update(n for n in made if self.torn_down[n])
 
     def left_out(self, family: int) -> List[Unrepaired]:
         """What a plan of `family` left out as torn down (_torn_down), and why."""
@@ -352,17 +371,10 @@ class CacheNow:
 def changed_mappings(txn: Transaction, configs: Sequence[MappingConfig]) -> List[MappingConfig]:
     """The mappings a repair (re)made: their chain or entry rules were written, or the
     jumps into CNI-HOSTPORT-DNAT were (then every mapping of the family was dark)."""
-    touched = set()
+    touched = written_chains(txn)
     whole_family = False
-    # A rule deleted and put back in the same transaction (planner._dedupe: one copy of
-    # a duplicated rule left where it stood) was there throughout: nothing was dark.
-    deleted = {(op.chain, op.args) for op in txn.ops if op.kind is OpKind.DELETE}
-    put_back = {(op.chain, op.args) for op in txn.ops if op.kind is OpKind.INSERT} & deleted
-    for op in txn.ops:
-        if (op.chain, op.args) in put_back:
-            continue
+    for op in _written_ops(txn):
         target = rule_target(op.args) if op.args else None
-        touched.update({op.chain, target})
         if (op.kind is OpKind.NEW_CHAIN and op.chain == TOPLEVEL_DNAT) or (
             op.chain in DNAT_ENTRY_CHAINS and target == TOPLEVEL_DNAT
         ):
@@ -372,3 +384,20 @@ def changed_mappings(txn: Transaction, configs: Sequence[MappingConfig]) -> List
         for c in configs
         if txn.family in c.families and (whole_family or dnat_chain_name(c) in touched)
     ]
+
+
+def _written_ops(txn: Transaction) -> List[Op]:
+    """`txn`'s operations but a rule deleted and put back in it (planner._dedupe: one
+    copy of a duplicated rule left where it stood): that one was there throughout."""
+    deleted = {(op.chain, op.args) for op in txn.ops if op.kind is OpKind.DELETE}
+    put_back = {(op.chain, op.args) for op in txn.ops if op.kind is OpKind.INSERT} & deleted
+    return [op for op in txn.ops if (op.chain, op.args) not in put_back]
+
+
+def written_chains(txn: Transaction) -> Set[Optional[str]]:
+    """The chains `txn` writes, or writes a rule jumping to (a container's chain or its
+    entry rule)."""
+    touched: Set[Optional[str]] = set()
+    for op in _written_ops(txn):
+        touched.update({op.chain, rule_target(op.args) if op.args else None})
+    return touched
