@@ -36,10 +36,9 @@ def nodes() -> Iterator[tuple[str, str]]:
         rp.delete_netns(container)
 
 
-def test_a_torn_down_container_with_an_old_address_rule_is_named_not_repaired(
-    nodes: tuple[str, str], tmp_path: Path
-) -> None:
-    host, container = nodes
+def _upstream_added(host: str, container: str, tmp_path: Path) -> None:
+    """dying ADDed by upstream v1.9.1 at .7, then again at .8 without a DEL; its cache
+    entry at .8, naming `container` (which holds no address) as its namespace."""
     ports = [rp.port_mapping(8080, 80)]
     for ip in ("10.88.0.7/16", "10.88.0.8/16"):  # ADD again, no DEL between
         upstream.run("v1.9.1", "ADD", host, "dying", upstream.nft_conf("podman", [ip], ports),
@@ -47,6 +46,13 @@ def test_a_torn_down_container_with_an_old_address_rule_is_named_not_repaired(
     conf = upstream.nft_conf("podman", ["10.88.0.8/16"], ports)
     rp.write_cni_cache(tmp_path, "podman", "dying", "eth0", conf, ports, ["10.88.0.8/16"],
                        netns=f"/run/netns/{container}")  # fmt: skip
+
+
+def test_a_torn_down_container_with_an_old_address_rule_is_named_not_repaired(
+    nodes: tuple[str, str], tmp_path: Path
+) -> None:
+    host, container = nodes
+    _upstream_added(host, container, tmp_path)
     before = upstream.ruleset_text(host)
     assert "dnat to 10.88.0.7:80" in before and "dnat to 10.88.0.8:80" in before
     args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4"]
@@ -88,6 +94,16 @@ def _debian_added(host: str, mode: rp.Mode, addresses: tuple[str, ...]) -> dict:
     return conf
 
 
+def _debian_dying(host: str, container: str, tmp_path: Path, mode: rp.Mode) -> list[str]:
+    """dying ADDed by Debian's plugin at .7, then again at .8 without a DEL; its cache
+    entry at .8, naming `container` (which holds no address): portmapctl's arguments."""
+    conf = _debian_added(host, mode, ("10.88.0.7/16", "10.88.0.8/16"))
+    rp.write_cni_cache(tmp_path, "podman", "dying", "eth0", conf, [rp.port_mapping(8080, 80)],
+                       ["10.88.0.8/16"], netns=f"/run/netns/{container}")  # fmt: skip
+    return ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4",
+            "--iptables", mode]  # fmt: skip
+
+
 def _named_not_repaired(done, out: dict, why: str) -> None:
     [left] = out["unrepaired"]
     assert (left["network"], left["container_id"], left["family"]) == ("podman", "dying", 4)
@@ -100,13 +116,9 @@ def test_iptables_a_torn_down_containers_chain_with_an_old_address_rule_is_kept(
     nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode
 ) -> None:
     host, container = nodes
-    conf = _debian_added(host, iptables_mode, ("10.88.0.7/16", "10.88.0.8/16"))
-    rp.write_cni_cache(tmp_path, "podman", "dying", "eth0", conf, [rp.port_mapping(8080, 80)],
-                       ["10.88.0.8/16"], netns=f"/run/netns/{container}")  # fmt: skip
+    args = _debian_dying(host, container, tmp_path, iptables_mode)
     before = rp.save(host, 4, iptables_mode)
     assert "10.88.0.7:80" in before and "10.88.0.8:80" in before
-    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4",
-            "--iptables", iptables_mode]  # fmt: skip
 
     done = pmctl.run(["check", "--repair", *args, "-o", "json"])
     out = json.loads(done.stdout)
@@ -144,3 +156,40 @@ def test_iptables_a_torn_down_containers_flushed_chain_is_not_filled(
     assert "-j DNAT --to-destination 10.88.0.9:80" in after, after  # live1's is made
     assert "-m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT" in after, after
     _named_not_repaired(done, out, "its address 10.88.0.8 is on no interface of its network")
+
+
+# The plain check (no --repair) offered `check --repair` for such a container's
+# problem, on both backends, though the repair leaves it as it is: it now looks into
+# the namespaces of the containers whose problems --repair would fix, and says so.
+
+_WHY = "its address 10.88.0.8 is on no interface of its network namespace"
+
+
+def _check_says_repair_leaves_it(args: list[str]) -> None:
+    done = pmctl.run(["check", *args, "-o", "json"])
+    assert done.returncode == 1, done.stdout + done.stderr
+    [problem] = [p for p in json.loads(done.stdout)["problems"] if p["container_id"] == "dying"]
+    assert problem["kind"] == "extra-rules", problem
+    assert problem["fix"] is None, problem
+    assert "--repair would leave it as it is: " + _WHY in problem["why"], problem
+    done = pmctl.run(["check", *args])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "--repair" not in done.stdout.replace("--repair would leave", ""), done.stdout
+    assert _WHY in done.stdout, done.stdout
+
+
+def test_check_offers_no_repair_for_a_torn_down_nft_container(
+    nodes: tuple[str, str], tmp_path: Path
+) -> None:
+    host, container = nodes
+    _upstream_added(host, container, tmp_path)
+    _check_says_repair_leaves_it(
+        ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4"]
+    )
+
+
+def test_check_offers_no_repair_for_a_torn_down_iptables_container(
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode
+) -> None:
+    host, container = nodes
+    _check_says_repair_leaves_it(_debian_dying(host, container, tmp_path, iptables_mode))

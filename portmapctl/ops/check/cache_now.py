@@ -27,7 +27,8 @@ from portmapctl.iptables.chains import DNAT_ENTRY_CHAINS, TOPLEVEL_DNAT, dnat_ch
 from portmapctl.iptables.ruleset import NatTable, rule_target
 from portmapctl.iptables.transaction import Op, OpKind, Transaction
 from portmapctl.ops.check.expected import cached_groups
-from portmapctl.ops.check.problem import Unrepaired
+from portmapctl.ops.check.hints import REPAIR_COMMAND
+from portmapctl.ops.check.problem import Problem, Unrepaired
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
@@ -53,6 +54,49 @@ TAKEN = (
     " entry is stale, and a chain made from it would send its host ports to that"
     " container"
 )
+
+
+WOULD_LEAVE = "--repair would leave it as it is: {why}"
+
+
+def torn_down_fixes(
+    problems: Sequence[Problem], attachments: Optional[Sequence[Attachment]]
+) -> Tuple[Problem, ...]:
+    """`problems` as the plain check reports them: those of a container whose fix is
+    --repair, where every cache entry of the container on that network is of one being
+    torn down (TornDownLook), name why the repair would leave it as it is (prose: JSON
+    `fix` null) instead of offering it. The repair keeps such a container's chain (or
+    nftables rules) as it is on both backends; offered, `check --repair` said `could
+    not repair`, and the next check offered it again. Only the namespaces of those
+    containers are looked into (a healthy node's none), once each."""
+    by_key: Dict[Tuple[str, str], List[Attachment]] = {}
+    for a in attachments or ():
+        if a.mapping is not None and not a.zombie:
+            by_key.setdefault((a.network, a.container_id), []).append(a)
+    keys = {
+        key
+        for p in problems
+        if p.family and REPAIR_COMMAND in p.fix
+        and (key := (p.network or "", p.container_id or "")) in by_key
+    }  # fmt: skip
+    if not keys:
+        return tuple(problems)
+    look = TornDownLook()
+    gone = set(map(id, look.torn_down([a for key in sorted(keys) for a in by_key[key]])))
+    why: Dict[Tuple[str, str, int], str] = {}  # (network, container ID, family)
+    for key in keys:
+        if all(id(a) in gone for a in by_key[key]):
+            for a in by_key[key]:
+                for family in (4, 6):
+                    if (text := look.why.get((a.path, family))) is not None:
+                        why.setdefault((*key, family), text)
+    return tuple(
+        replace(p, fix=WOULD_LEAVE.format(why=text))
+        if REPAIR_COMMAND in p.fix
+        and (text := why.get((p.network or "", p.container_id or "", p.family or 0)))
+        else p
+        for p in problems
+    )
 
 
 class TornDownLook:

@@ -121,6 +121,11 @@ def check_node(node: Node) -> CheckResult:
     followed = follow_the_plugin(node, attachments, read)
     result = in_doubt_left(_check_node(node, followed.attachments, read), followed, read.tables)
     result = unread_left(result, followed.attachments)
+    if node.namespace_view() is not None:  # (a snapshot's namespaces are another node's)
+        from portmapctl.ops.check.cache_now import torn_down_fixes
+
+        problems = torn_down_fixes(result.problems, followed.attachments)
+        result = replace(result, problems=problems)
     if not followed.ignored:
         return result
     from portmapctl.ops.nft import key_ignored_note
