@@ -3,18 +3,19 @@
 setup: add only what is missing, creating the table and chains the way the plugin's
 ADD does (v1.9.1 shape; under `check --repair`, in a table of v1.6/v1.7's layout as
 that ADD did: its two-jump entry, host-IP rules in `hostip_hostports`, no
-`hostports_all`; `layout` tells one from what is on the node; a container's lost
-host-IP rules go where its own plugin put its others, `own_layouts`, unless v1.9 has run
-on the node, `upgraded`). A rule counts as present when
-an equal rule (same matches, action and comment, compared as values) is in the chain the
-plugin would look in; host-IP rules that v1.6/v1.7 put in `hostip_hostports` count too,
-but not once v1.9 has run on the node: its CHECK counts `hostports` alone, and check
---repair moves them there (`misplaced`), as add does its own container's (add is v1.9's
-ADD: the node is upgraded after it). What it makes of
-the node's shared entry (prerouting, output, hostports_all) is the caller's `Entries`:
-`check --repair` keeps any working shape (an older version's, another ADD's
-conditions; not a v1.6/v1.7 entry written over v1.9's, `downgraded`), `add` writes it as the v1.9.1 ADD does every time (its own conditions,
-the v1.9 jumps), changing nothing when it is already exactly that.
+`hostports_all`). Which layout a table is in, where a container's lost host-IP rules
+go, and whether v1.9 has run on the node is nftables/layout.py's judgement (`layout`,
+`own_layouts`, `upgraded`, `misplaced`, `downgraded`); this module plans from it. A
+rule counts as present when an equal rule (same matches, action and comment, compared
+as values) is in the chain the plugin would look in; host-IP rules that v1.6/v1.7 put
+in `hostip_hostports` count too, but not once v1.9 has run on the node: its CHECK
+counts `hostports` alone, and check --repair moves them there (`misplaced`), as add
+does its own container's (add is v1.9's ADD: the node is upgraded after it). What it
+makes of the node's shared entry (prerouting, output, hostports_all) is the caller's
+`Entries`: `check --repair` keeps any working shape (an older version's, another ADD's
+conditions; not a v1.6/v1.7 entry written over v1.9's, `downgraded`), `add` writes it
+as the v1.9.1 ADD does every time (its own conditions, the v1.9 jumps), changing
+nothing when it is already exactly that.
 
 teardown: delete by handle every rule whose comment is one of the given container IDs
 in the chains the plugin's DEL searches (hostports, hostip_hostports, masquerading).
@@ -28,6 +29,20 @@ from collections import Counter
 from enum import Enum
 from typing import Collection, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+from portmapctl.nftables.layout import (
+    Layout,
+    downgraded,
+    entry_ok,
+    host_ips_in_hostip,
+    hostports_all_ok,
+    layout,
+    live_entry,
+    misplaced,
+    moves_to_hostip,
+    took_routed,
+    upgraded,
+    uses_hostports_all,
+)
 from portmapctl.nftables.ruleset import (
     CONTAINER_CHAINS,
     HOSTIP_HOSTPORTS,
@@ -36,27 +51,21 @@ from portmapctl.nftables.ruleset import (
     MASQUERADING,
     OUTPUT,
     PREROUTING,
-    Action,
     ActionKind,
     Rule,
     RuleBody,
     Ruleset,
     Table,
+    chain_bodies,
 )
 from portmapctl.nftables.transaction import OpKind, Transaction
 from portmapctl.nftables.wanted import (
     BASE_CHAINS,
-    FIB_LOCAL,
     HOSTPORTS_ALL_RULES,
     REGULAR_CHAINS,
     WantedFamily,
     old_entry_rules,
 )
-
-
-def _bodies(table: Optional[Table], chain: str) -> List[RuleBody]:
-    return [] if table is None else [rule.body for rule in table.rules_of(chain)]
-
 
 # The chains whose jumps lead to the container rules, and where those jumps go.
 ENTRY_CHAINS = (PREROUTING, OUTPUT, HOSTPORTS_ALL)
@@ -81,225 +90,6 @@ def extra_copies(table: Optional[Table]) -> List[Rule]:
     return extra
 
 
-def entry_ok(table: Optional[Table], chain: str) -> bool:
-    """Does base chain `chain` send local traffic to the container rules?"""
-    return _entry_layout(table, chain) is not None
-
-
-class Layout(str, Enum):
-    """The shape of a table's entry, by the plugin versions that write it."""
-
-    # v1.9: a rule ending `fib daddr type local jump hostports_all` (conditions before
-    # it are the node's, last writer wins, so any are fine).
-    V19 = "v1.9"
-    # v1.6/v1.7: jumps to both hostip_hostports and hostports, no hostports_all; host-IP
-    # rules in hostip_hostports.
-    V16 = "v1.6"
-
-
-def _entry_layout(table: Optional[Table], chain: str) -> Optional[Layout]:
-    """The layout of base chain `chain`'s working entry, or None when it has none."""
-    targets = set()
-    for body in _bodies(table, chain):
-        if body.action.kind is not ActionKind.JUMP:
-            continue
-        if body.action.target == HOSTPORTS_ALL and body.matches[-1:] == (FIB_LOCAL,):
-            return Layout.V19
-        targets.add(body.action.target)
-    return Layout.V16 if {HOSTIP_HOSTPORTS, HOSTPORTS} <= targets else None
-
-
-def layout(live: Ruleset, family: int, lone: Collection[int] = ()) -> Layout:
-    """The layout the plugin keeps in `family`'s table, told from the node: the
-    hostports_all chain, which every v1.9 ADD creates and no v1.6/v1.7 ADD does (a
-    v1.6/v1.7 entry beside it is an older plugin's ADD run after v1.9's: `downgraded`);
-    else a working entry (prerouting's first); with none left, a host-IP rule in
-    hostports, where only v1.9 puts one. A family without its table follows the other
-    family's (one ADD wrote both), unless `family` is in `lone` (lone_families): a
-    container of this family alone was added by a plugin the other table never met
-    (v1.9.1 after an upgrade, say). What tells nothing (no table at all, or only such a
-    v1.6/v1.7 one) gets the current plugin's layout (v1.9): its entry DNATs only what
-    is addressed to the node, where v1.6/v1.7's takes routed traffic too."""
-    table = live.table(family)
-    if table is None:
-        table = live.table(6 if family == 4 else 4)
-        if table is not None and family in lone and HOSTPORTS_ALL not in table.chains:
-            return Layout.V19
-    if table is None or HOSTPORTS_ALL in table.chains:
-        return Layout.V19
-    for chain in (PREROUTING, OUTPUT):
-        found = _entry_layout(table, chain)
-        if found is not None:
-            return found
-    if any(map(_host_ip_rule, _bodies(table, HOSTPORTS))):
-        return Layout.V19
-    return Layout.V16
-
-
-def downgraded(table: Optional[Table], chain: str = PREROUTING) -> bool:
-    """Whether base chain `chain` holds v1.6/v1.7's entry in a table v1.9 made (its
-    hostports_all chain): a v1.6/v1.7 ADD ran after v1.9's (two runtimes, a downgrade)
-    and flushed and rewrote prerouting and output. In prerouting that entry has no
-    `fib daddr type local`: packets routed through the node to any other host on a
-    mapped port are DNATed to the container as well (v1.9.0 made it local only), the
-    v1.9 containers' mappings included."""
-    return (
-        table is not None
-        and HOSTPORTS_ALL in table.chains
-        and _entry_layout(table, chain) is Layout.V16
-    )
-
-
-def took_routed(live: Ruleset, family: int) -> bool:
-    """Whether `family`'s table as read sends packets the node routes to other hosts,
-    on a mapped port, to containers too: v1.6/v1.7's entry in prerouting (no `fib daddr
-    type local`), or, prerouting's lost, in output (a downgraded table's too), or a
-    v1.6/v1.7 table that lost both (the flows it DNATed keep their conntrack entries). Only there has a flow the node routes ever been the
-    plugin's to let go (ops/flush_udp.routed_flows); under v1.9's entry such a flow
-    DNATed to a container is another tool's (kube-proxy's to a pod), never touched."""
-    table = live.table(family)
-    if table is None:
-        return False
-    for chain in (PREROUTING, OUTPUT):
-        # prerouting's entry lost (a firewall script's flush): output's tells what
-        # prerouting held, as every ADD writes both. Not the table's layout first: a
-        # downgraded table (hostports_all, v1.6/v1.7's entry) reads as v1.9's there,
-        # and the flows its v1.6/v1.7 entry DNATed stayed pinned to the container.
-        found = _entry_layout(table, chain)
-        if found is not None:
-            return found is Layout.V16
-    return layout(live, family) is Layout.V16
-
-
-def _live_entry(table: Table) -> Optional[RuleBody]:
-    """v1.9's entry with the conditions of the v1.6/v1.7 entry in prerouting (the node's:
-    the last ADD's), for rewriting a downgraded one."""
-    for body in _bodies(table, PREROUTING):
-        if body.action.kind is ActionKind.JUMP and body.action.target == HOSTIP_HOSTPORTS:
-            return RuleBody(
-                (*body.matches, FIB_LOCAL), Action(ActionKind.JUMP, target=HOSTPORTS_ALL)
-            )
-    return None
-
-
-def upgraded(live: Ruleset, lone: Collection[int] = ()) -> bool:
-    """Whether v1.9 judges the node: a table has hostports_all, which only a v1.9 ADD
-    makes. v1.9.1's CHECK counts a container's DNAT rules in hostports alone, in both
-    families: a host-IP rule v1.6/v1.7 left in hostip_hostports still forwards
-    (hostports_all, and v1.6/v1.7's entry, jump there first) but fails it, so it counts
-    as missing and check --repair moves it (`misplaced`). A node without hostports_all
-    keeps v1.6/v1.7's layout, where that rule is right.
-
-    Also where v1.6/v1.7's entry stands over v1.9's (`downgraded`: two runtimes, a
-    downgrade): check --repair writes v1.9's entry there, after which nothing on the
-    node tells the two apart; judged as its own plugin put it, a v1.7 container's
-    host-IP rule was right before that repair and missing after it.
-
-    `lone` (lone_families): a family without its table beside the other's v1.6/v1.7
-    one, which check --repair makes as v1.9 does (`layout`), hostports_all with it, is
-    judged upgraded already: judged as it was, the repair put host-IP rules back in
-    hostip_hostports and left those there, which the check after it (the same run's)
-    reported, for a second repair to move."""
-    if any(HOSTPORTS_ALL in table.chains for table in live.tables.values()):
-        return True
-    return any(
-        live.table(family) is None and live.table(6 if family == 4 else 4) is not None
-        for family in lone
-    )
-
-
-def misplaced(
-    live: Ruleset,
-    family: int,
-    wanted: Sequence[WantedFamily],
-    ids: Collection[str],
-    upgrading: bool = False,
-    lone: Collection[int] = (),
-) -> List[Rule]:
-    """On an upgraded node, the rules of containers `ids` in hostip_hostports that
-    their `wanted` puts in hostports: v1.9.1's CHECK does not count them there, so
-    check --repair (and add, for its own container) deletes them in the transaction
-    that adds them to hostports. `upgrading`: the caller is v1.9's ADD (add, whose
-    Entries.REWRITE writes hostports_all), so the node is upgraded once it is done.
-    `lone`: as for `layout`."""
-    table = live.table(family)
-    if table is None or not (upgrading or upgraded(live, lone)):
-        return []
-    belong: Dict[str, Set[RuleBody]] = {}
-    for want in wanted:
-        if want.family == family and want.container_id in ids:
-            belong.setdefault(want.container_id, set()).update(want.hostports)
-    return [
-        rule
-        for rule in table.rules_of(HOSTIP_HOSTPORTS)
-        if rule.comment is not None and rule.body in belong.get(rule.comment, ())
-    ]
-
-
-def lone_families(families_of: Iterable[Collection[int]]) -> Set[int]:
-    """The families some cached container has alone (`families_of`: each one's
-    families): its ADD wrote that family's table and not the other's, so the other's
-    layout says nothing of the plugin that made it (`layout`)."""
-    return {f for families in families_of if len(set(families)) == 1 for f in families}
-
-
-def own_layouts(live: Ruleset, family: int) -> Dict[str, Layout]:
-    """Where each container's own plugin put its host-IP rules, told by those of its
-    rules still there: hostip_hostports (v1.6/v1.7) or hostports (v1.9); this family's
-    table before the other family's (one ADD wrote both). A container with none left
-    is absent. One pass over the tables, whatever the number of containers.
-
-    A node's entry is the last ADD's, so on a node where v1.7.1 and v1.9.1 both run
-    (two runtimes, a downgrade) the table's layout is not every container's: a v1.9.1
-    container's lost host-IP rule repaired into hostip_hostports fails v1.9.1's CHECK
-    (it counts hostports), and a v1.7.1 one's put in hostports fails v1.7.1's."""
-    found: Dict[str, Layout] = {}
-    # Later writes win: the other family first, this one's hostip_hostports last.
-    for fam in (6 if family == 4 else 4, family):
-        table = live.table(fam)
-        if table is None:
-            continue
-        for chain, shape in ((HOSTPORTS, Layout.V19), (HOSTIP_HOSTPORTS, Layout.V16)):
-            for rule in table.rules_of(chain):
-                body = rule.body
-                if rule.comment and body.action.kind is ActionKind.DNAT and _host_ip_rule(body):
-                    found[rule.comment] = shape
-    return found
-
-
-def _host_ips_in_hostip(
-    live: Ruleset,
-    family: int,
-    wanted: Sequence[WantedFamily],
-    missing: Iterable[Tuple[int, str, RuleBody]],
-    lone: Collection[int] = (),
-) -> Dict[int, bool]:
-    """For each index of `wanted` with a missing host-IP rule: whether those rules go to
-    hostip_hostports, as its own plugin put them (own_layouts), else as the table's
-    layout says."""
-    lacking = {index for index, chain, body in missing if _moves_to_hostip(chain, body)}
-    if not lacking or upgraded(live, lone):
-        return {}  # (v1.9.1 CHECKs an upgraded node's containers: hostports)
-    node = layout(live, family, lone)
-    own = own_layouts(live, family)
-    return {i: own.get(wanted[i].container_id, node) is Layout.V16 for i in lacking}
-
-
-def hostports_all_ok(table: Optional[Table], copies_ok: bool = False) -> bool:
-    """hostports_all is its two jumps, in order; `copies_ok`: later copies of them aside
-    (check reports those as duplicate-entry, and its repair writes the chain again)."""
-    bodies = _bodies(table, HOSTPORTS_ALL)
-    return tuple(dict.fromkeys(bodies) if copies_ok else bodies) == HOSTPORTS_ALL_RULES
-
-
-def _uses_hostports_all(table: Optional[Table]) -> bool:
-    return any(
-        body.action.kind is ActionKind.JUMP and body.action.target == HOSTPORTS_ALL
-        for chain in (PREROUTING, OUTPUT)
-        for body in _bodies(table, chain)
-    )
-
-
 def missing_rules(live: Ruleset, wanted: WantedFamily) -> List[Tuple[str, RuleBody]]:
     """(chain, rule) of `wanted` that the table lacks, in the plugin's order."""
     return [(chain, body) for _index, chain, body in missing_where(live, wanted.family, [wanted])]
@@ -313,11 +103,11 @@ def missing_where(
     other host-IP rules there, or none left in a table of that layout), so check says
     that chain, not v1.9's. `lone`: as for `layout`."""
     missing = missing_by_container(live.table(family), wanted, not upgraded(live, lone))
-    old = _host_ips_in_hostip(live, family, wanted, missing, lone)
+    old = host_ips_in_hostip(live, family, wanted, missing, lone)
     return [
         (
             index,
-            HOSTIP_HOSTPORTS if old.get(index) and _moves_to_hostip(chain, body) else chain,
+            HOSTIP_HOSTPORTS if old.get(index) and moves_to_hostip(chain, body) else chain,
             body,
         )
         for index, chain, body in missing
@@ -335,9 +125,9 @@ def missing_by_container(
     The table is counted once (a multiset of rule bodies), whatever the number of
     containers: checking 1,000 containers one by one against it was quadratic.
     """
-    hostip = _bodies(table, HOSTIP_HOSTPORTS) if hostip_counts else []
-    have_dnat = Counter(_bodies(table, HOSTPORTS) + hostip)
-    have_masq = Counter(_bodies(table, MASQUERADING))
+    hostip = chain_bodies(table, HOSTIP_HOSTPORTS) if hostip_counts else []
+    have_dnat = Counter(chain_bodies(table, HOSTPORTS) + hostip)
+    have_masq = Counter(chain_bodies(table, MASQUERADING))
     found: List[Tuple[int, str, RuleBody]] = []
     for index, want in enumerate(wanted):
         for chain, bodies, have in (
@@ -553,7 +343,7 @@ def repair(
                 if (family, chain) in flushed:
                     continue
                 txn.flush_chain(family, chain)
-                for body in dict.fromkeys(_bodies(table, chain)):
+                for body in dict.fromkeys(chain_bodies(table, chain)):
                     txn.add_rule(family, chain, body)
                 txn.as_read.add((family, chain))
     txn.ops += made.ops
@@ -614,7 +404,7 @@ def _entries_to_write(
     """The base chains setup (flushes and) writes the entry into, and whether it refills
     hostports_all."""
     if entries is Entries.REWRITE:
-        rewrite = [c for c in (PREROUTING, OUTPUT) if tuple(_bodies(table, c)) != (entry,)]
+        rewrite = [c for c in (PREROUTING, OUTPUT) if tuple(chain_bodies(table, c)) != (entry,)]
         return rewrite, not hostports_all_ok(table)
     rewrite = [c for c in (PREROUTING, OUTPUT) if not entry_ok(table, c)]
     if old:
@@ -623,7 +413,7 @@ def _entries_to_write(
     rewrite += [c for c in (PREROUTING, OUTPUT) if c not in rewrite and downgraded(table, c)]
     # hostports_all matters where a base chain jumps to it, or will once we rewrite one.
     refill = not hostports_all_ok(table, copies_ok=True) and bool(
-        rewrite or _uses_hostports_all(table)
+        rewrite or uses_hostports_all(table)
     )
     return rewrite, refill
 
@@ -652,7 +442,7 @@ def _setup_family(
     # (the last ADD's) when check --repair makes it v1.9's.
     entry = wanted[-1].entry
     if entries is Entries.KEEP and table is not None and downgraded(table):
-        entry = _live_entry(table) or entry
+        entry = live_entry(table) or entry
     rewrite, refill = _entries_to_write(table, entry, entries, old_shape)
     if hold_entry:
         rewrite = []  # (the caller's: the conditions it would need cannot be written)
@@ -682,7 +472,7 @@ def _setup_family(
     # Under check --repair each container's host-IP rules go where its own plugin put
     # them; add is v1.9.1's ADD (hostports).
     hostip = (
-        _host_ips_in_hostip(live, family, wanted, missing, lone) if entries is Entries.KEEP else {}
+        host_ips_in_hostip(live, family, wanted, missing, lone) if entries is Entries.KEEP else {}
     )
     judged = upgraded(live, lone)
     moving = _moving(table, wanted, missing) if entries is Entries.KEEP and judged else []
@@ -698,7 +488,7 @@ def _setup_family(
         groups.setdefault((index, chain), []).append(body)
     for (index, chain), bodies in groups.items():
         for body, position, before in _placed(table, chain, wanted[index], bodies):
-            if hostip.get(index) and _moves_to_hostip(chain, body):
+            if hostip.get(index) and moves_to_hostip(chain, body):
                 txn.add_rule(family, HOSTIP_HOSTPORTS, body)
             else:
                 txn.add_rule(family, chain, body, position, before)
@@ -779,16 +569,6 @@ def _placed(
     if last is None:
         return placed + [(body, None, False) for body in tail]
     return placed + [(body, last, False) for body in reversed(tail)]
-
-
-def _moves_to_hostip(chain: str, body: RuleBody) -> bool:
-    """Whether v1.9's rule `body` of `chain` is one v1.6/v1.7 keep in hostip_hostports."""
-    return chain == HOSTPORTS and _host_ip_rule(body)
-
-
-def _host_ip_rule(body: RuleBody) -> bool:
-    """A DNAT rule for one host address (`ip|ip6 daddr H` first)."""
-    return bool(body.matches) and body.matches[0].left.endswith(" daddr")
 
 
 def superseded(live: Ruleset, want: WantedFamily, address: str) -> List[Rule]:

@@ -66,12 +66,8 @@ def _families_needed(nft_backed: Sequence[Owner]) -> Dict[int, bool]:
 def structure_problems(ruleset: Ruleset, families: Dict[int, bool]) -> List[Problem]:
     """What the plugin's shared structure lacks in `families` (family -> SNAT needed)."""
     # Here, not at the top: `list` builds rows only and needs neither module.
-    from portmapctl.nftables.planner import (
-        downgraded,
-        entry_ok,
-        extra_copies,
-        hostports_all_ok,
-    )
+    from portmapctl.nftables.layout import downgraded, entry_ok, hostports_all_ok
+    from portmapctl.nftables.planner import extra_copies
 
     problems: List[Problem] = []
     for family in sorted(families):
@@ -309,7 +305,8 @@ def rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem
     """Each compared container's rules against what the plugin's ADD writes, exactly
     (SPEC §3 check): what is missing, and what of its own is there that it would not
     have written (planner.unwanted: what --repair deletes)."""
-    from portmapctl.nftables.planner import lone_families, missing_where, upgraded
+    from portmapctl.nftables.layout import lone_families, upgraded
+    from portmapctl.nftables.planner import missing_where
     from portmapctl.nftables.wanted import wanted
 
     compared = [o for o in nft_backed if o.mapping is not None and not o.zombie]
@@ -333,7 +330,7 @@ def rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem
         for index, chain, body in missing_where(ruleset, family, wants, lone):
             missing.setdefault(index, []).append((chain, body))
         # On an upgraded node a v1.6/v1.7 host-IP rule in hostip_hostports forwards but
-        # fails v1.9.1's CHECK (planner.upgraded): said, as it is not lost.
+        # fails v1.9.1's CHECK (layout.upgraded): said, as it is not lost.
         table = ruleset.table(family)
         stranded = (
             set()

@@ -178,6 +178,11 @@ class Table:
         return self.rules.get(chain, ())
 
 
+def chain_bodies(table: Optional[Table], chain: str) -> List[RuleBody]:
+    """The bodies of `chain`'s rules in order; none where the table is absent."""
+    return [] if table is None else [rule.body for rule in table.rules_of(chain)]
+
+
 @dataclass(frozen=True)
 class UnreadChain:
     """A chain of `cni_hostport` that is not the plugin's and that the parser could not

@@ -135,7 +135,7 @@ class Transaction:
     # dedupe): nothing of it was missing, so no mapping was dark (nft_repair.nft_changed).
     as_read: Set[Tuple[int, str]] = field(default_factory=set, compare=False)
     # The families whose table, as read when this was planned, took flows the node
-    # routes to other hosts (planner.took_routed): only there are such flows, DNATed to
+    # routes to other hosts (layout.took_routed): only there are such flows, DNATed to
     # where a rewritten entry or a deleted rule sent them, let go afterwards.
     took_routed: FrozenSet[int] = field(default=frozenset(), compare=False)
 

@@ -503,6 +503,7 @@ def _add_nft(
     as add's)."""
     from portmapctl.core.validate import nft_refusals
     from portmapctl.nftables import planner
+    from portmapctl.nftables.layout import misplaced
     from portmapctl.nftables.ruleset import HOSTPORTS, MASQUERADING
     from portmapctl.nftables.transaction import check_condition
     from portmapctl.nftables.wanted import wanted
@@ -530,7 +531,7 @@ def _add_nft(
             # Moved, not copied: v1.6/v1.7's host-IP rules of this container in
             # hostip_hostports, which setup wrote again to hostports (v1.9.1's DEL
             # removes both, but a copy left there is one no CHECK counts).
-            for rule in planner.misplaced(live, w.family, want, {w.container_id}, upgrading=True):
+            for rule in misplaced(live, w.family, want, {w.container_id}, upgrading=True):
                 txn.delete_rule(w.family, rule.chain, rule.handle, rule.body)
         tried.append((txn, live))
         return txn

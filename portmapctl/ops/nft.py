@@ -187,7 +187,7 @@ def absence_tells(config: Optional[MappingConfig], live: Ruleset) -> bool:
     masquerading, which only an ADD with SNAT on makes; prerouting and output jumping
     to the host-port rules, hostports_all's two jumps where v1.9 made it). A table that lost those (flushed) lost that plugin's rules too."""
     from portmapctl.nftables import ruleset as rs
-    from portmapctl.nftables.planner import entry_ok, hostports_all_ok
+    from portmapctl.nftables.layout import entry_ok, hostports_all_ok
 
     if config is None:
         return True

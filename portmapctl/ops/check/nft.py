@@ -57,7 +57,7 @@ _NFT_WHY = {
     " mapped port is DNATed to a container (an older plugin's ADD ran after v1.9's; the next"
     " v1.6/v1.7 ADD writes that entry again: run one plugin version on the node)",
     # (Also the host-IP rules v1.6/v1.7 left in hostip_hostports once v1.9 has run:
-    # planner.upgraded. They forward; only the CHECK fails, so the line says both.)
+    # layout.upgraded. They forward; only the CHECK fails, so the line says both.)
     ProblemKind.NFT_MISSING_RULES: "a cached container's rules are not where the plugin's"
     " CHECK counts them: lost ones leave its host ports not forwarded; those v1.6/v1.7 left"
     " in hostip_hostports on a node v1.9 has run still forward, but that CHECK fails",

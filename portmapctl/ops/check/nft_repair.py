@@ -185,6 +185,7 @@ def nft_repair(
     if node.nft is None or attachments is None:
         return NftRepaired("", [], None if attachments is None else list(attachments))
     from portmapctl.nftables import planner
+    from portmapctl.nftables.layout import lone_families
     from portmapctl.nftables.problems import refuses_the_plugins_rules
     from portmapctl.nftables.ruleset import HOSTPORTS
     from portmapctl.nftables.transaction import refused_condition
@@ -204,8 +205,8 @@ def nft_repair(
     # (none, say) would open every host port wider than that ADD asked.
     held = _newest_refused(expected, refused, families)
     # Which families a container has alone, over every cached one (written or not):
-    # there the other family's table cannot tell a deleted one's layout (planner.layout).
-    lone = planner.lone_families(a.mapping.families for a in expected)  # type: ignore[union-attr]
+    # there the other family's table cannot tell a deleted one's layout (layout.layout).
+    lone = lone_families(a.mapping.families for a in expected)  # type: ignore[union-attr]
     refused.update((a.path, in_doubt[a.path]) for a in expected if a.path in in_doubt)
     unwritten = [a for a in expected if a.path in refused]
     expected = [a for a in expected if a.path not in refused]
@@ -379,11 +380,11 @@ def _entry_held(family: int, newest: Attachment, why: str) -> str:
 
 def _entry_works(live: Ruleset, family: int) -> bool:
     """Whether `family`'s prerouting and output send local traffic to the host ports."""
-    from portmapctl.nftables import planner
+    from portmapctl.nftables.layout import entry_ok
     from portmapctl.nftables.ruleset import OUTPUT, PREROUTING
 
     table = live.table(family)
-    return all(planner.entry_ok(table, chain) for chain in (PREROUTING, OUTPUT))
+    return all(entry_ok(table, chain) for chain in (PREROUTING, OUTPUT))
 
 
 def _not_written(
@@ -464,6 +465,7 @@ def repair_mapping(
     gets why, by family.
     `notes`: gets the warning for a try whose nft died and that went in (found_in)."""
     from portmapctl.nftables import planner
+    from portmapctl.nftables.layout import lone_families
     from portmapctl.nftables.problems import refuses_the_plugins_rules
     from portmapctl.nftables.transaction import Transaction as NftTransaction
     from portmapctl.nftables.transaction import refused_condition
@@ -477,10 +479,10 @@ def repair_mapping(
     # node-wide repair writes it (this container's would apply to every container).
     held: Set[int] = set()
     # (As nft_repair's: over every cached container, this one too.)
-    lone = planner.lone_families([config.families])
+    lone = lone_families([config.families])
     if attachments:
         cached = expected_configs(node, attachments)
-        lone = planner.lone_families([config.families, *(c.families for c in cached)])
+        lone = lone_families([config.families, *(c.families for c in cached)])
         newest = {w.family: (w.entry, c) for c in cached
                   for f in families if (w := wanted(c, f)) is not None}  # fmt: skip
         # Where the newest ADD's conditions cannot be written, the entry is left as it

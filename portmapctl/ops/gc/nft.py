@@ -119,8 +119,8 @@ def plan_nft(
     `cache_dirs`: where `attachments` were read (named when they are none);
     `zombies`: a container kept only because they count as live keeps its sightings
     as they were (liveness.ZombieHold)."""
+    from portmapctl.nftables.layout import took_routed
     from portmapctl.nftables.node import dead_containers, is_plugin_rule, rules_mark, same_rules
-    from portmapctl.nftables.planner import took_routed
     from portmapctl.nftables.ruleset import CONTAINER_CHAINS
     from portmapctl.nftables.transaction import Transaction as NftTransaction
     from portmapctl.ops.flush_udp import dnat_targets

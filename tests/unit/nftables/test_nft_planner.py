@@ -9,7 +9,7 @@ import nftcases
 import pytest
 
 from portmapctl.errors import BadInput
-from portmapctl.nftables import planner, ruleset
+from portmapctl.nftables import layout, planner, ruleset
 from portmapctl.nftables.access import NftApplyFailed
 from portmapctl.nftables.access.memory import MemoryNft
 from portmapctl.nftables.transaction import Transaction
@@ -335,7 +335,7 @@ def test_nothing_any_plugin_version_wrote_is_unwanted(case: str) -> None:
         want = [w for w in _wanted(configs) if w.family == family]
         assert planner.unwanted(live.table(family), want, ids) == []
     # (In `upgrade` v1.7.1's host-IP rule is moved, not copied, to hostports.)
-    moved = [r for f in (4, 6) for r in planner.misplaced(live, f, _wanted(configs), ids)]
+    moved = [r for f in (4, 6) for r in layout.misplaced(live, f, _wanted(configs), ids)]
     assert [(r.chain, r.comment) for r in moved] == (
         [("hostip_hostports", "old1")] if case == "upgrade" else []
     )
@@ -537,18 +537,18 @@ def test_layout_is_told_from_the_node() -> None:
     """A working entry decides; with none, the hostports_all chain (v1.9 ADD always makes
     it), or else a host-IP rule in hostports (only v1.9 puts one there); a family without
     its table follows the other; no table at all: v1.9."""
-    v16, v19 = planner.Layout.V16, planner.Layout.V19
-    assert planner.layout(ruleset.EMPTY, 4) is v19
-    assert planner.layout(nftcases.live("v171-hostip"), 6) is v16
-    assert planner.layout(nftcases.live("v191-several"), 4) is v19
+    v16, v19 = layout.Layout.V16, layout.Layout.V19
+    assert layout.layout(ruleset.EMPTY, 4) is v19
+    assert layout.layout(nftcases.live("v171-hostip"), 6) is v16
+    assert layout.layout(nftcases.live("v191-several"), 4) is v19
     # An upgraded node: v1.9's entry, a v1.7 host-IP rule left in hostip_hostports.
-    assert planner.layout(nftcases.live("upgrade"), 4) is v19
+    assert layout.layout(nftcases.live("upgrade"), 4) is v19
     for case, expected in (("v171-hostip", v16), ("v191-several", v19)):
         fake = MemoryNft(nftcases.live(case))
         fake.flush_table(4)
-        assert planner.layout(fake.read(), 4) is expected, case
+        assert layout.layout(fake.read(), 4) is expected, case
         fake.delete_table(4)
-        assert planner.layout(fake.read(), 4) is expected, case
+        assert layout.layout(fake.read(), 4) is expected, case
 
 
 @pytest.mark.parametrize("family", [4, 6])
