@@ -69,7 +69,7 @@ def _followed(
     if cached == Backend.IPTABLES:
         return replace(config, backend=cached), None
     if cached == Backend.NFTABLES:
-        from portmapctl.ops.nft import configured_there
+        from portmapctl.ops.nft_words import configured_there
 
         where = _key_ignored(common, config)
         if where is not None:
@@ -90,7 +90,7 @@ def _followed(
         from portmapctl.nftables.access import NftUnusable
 
         if isinstance(err, NftUnusable):
-            from portmapctl.ops.nft import cannot_tell
+            from portmapctl.ops.nft_words import cannot_tell
 
             raise HostProblem(cannot_tell(config, err)) from None
         return config, None  # (add meets it again, and says so in its usual order)
@@ -102,7 +102,7 @@ def _followed(
                 return config, live
     except PortmapctlError:
         return config, None
-    from portmapctl.ops.nft import kept_there
+    from portmapctl.ops.nft_words import kept_there
 
     return _goes_to_nftables(config, out, kept_there(config)), None
 
@@ -118,7 +118,8 @@ def _unread_followed(
     from dataclasses import replace
 
     from portmapctl.errors import PortmapctlError
-    from portmapctl.ops.nft import chain_there, kept_there, unread_key_verdict
+    from portmapctl.ops.nft import unread_key_verdict
+    from portmapctl.ops.nft_words import chain_there, kept_there
 
     where = _chain_in_iptables(common, config, dnat_chain_name(config))
     try:
@@ -163,13 +164,13 @@ def _refuse_a_copy(
     # (ops/nft.py imported only where it is used: it pulls in nftables' modules, ~20 ms
     # on every iptables add of a node with no plugin nftables table.)
     if cached == Backend.IPTABLES and config.backend == Backend.NFTABLES:
-        from portmapctl.ops.nft import configured_there
+        from portmapctl.ops.nft_words import configured_there
 
         raise _kept_elsewhere(common, config, configured_there(config, cached))
     chain = dnat_chain_name(config)
     where = _key_ignored(common, config) if cached == Backend.NFTABLES == config.backend else None
     if where is not None:
-        from portmapctl.ops.nft import ignored_there
+        from portmapctl.ops.nft_words import ignored_there
 
         raise _kept_elsewhere(common, config, ignored_there(config, where))
     if cached == config.backend:
@@ -179,20 +180,20 @@ def _refuse_a_copy(
         if where is not None and keyed:
             # (Said as it is: "its chain is in iptables, so the plugin keeps it there"
             # sent the operator of a v1.6+ node to iptables, its key dropped.)
-            from portmapctl.ops.nft import configured_there
+            from portmapctl.ops.nft_words import configured_there
 
             if _no_rule_in_nftables(common, config, where, configured_there(config, cached=False)):
-                from portmapctl.ops.nft import ignored_there
+                from portmapctl.ops.nft_words import ignored_there
 
                 raise _kept_elsewhere(common, config, ignored_there(config, where, "its config's"))
             return None
         if where is not None:
-            from portmapctl.ops.nft import chain_there
+            from portmapctl.ops.nft_words import chain_there
 
             raise _kept_elsewhere(common, config, chain_there(config, where))
         return None
     if cached == Backend.NFTABLES:
-        from portmapctl.ops.nft import configured_there
+        from portmapctl.ops.nft_words import configured_there
 
         # Kept in iptables only where its plugin ignored the key (its chain there, no
         # rule in nftables, and that absence tells); where that cannot be told, stopped.
@@ -208,7 +209,8 @@ def _refuse_a_copy(
     live = _plugin_tables(common, config)
     if live is None and cached is None:
         return None  # (the usual iptables add: nothing of it in nftables)
-    from portmapctl.ops.nft import has_rules_for, kept_there
+    from portmapctl.ops.nft import has_rules_for
+    from portmapctl.ops.nft_words import kept_there
 
     in_nft = live is not None and has_rules_for(config, live)
     if in_nft and _chain_in_iptables(common, config, chain) is None:
@@ -246,7 +248,7 @@ def _key_ignored(common: Common, config: MappingConfig) -> Optional[str]:
     if where is None:
         _nothing_left_in_doubt(common, config)
         return None  # (the usual nftables container: one `iptables -S CHAIN`, one nft read)
-    from portmapctl.ops.nft import configured_there
+    from portmapctl.ops.nft_words import configured_there
 
     return where if _no_rule_in_nftables(common, config, where, configured_there(config)) else None
 

@@ -46,7 +46,7 @@ def followed(
     if cached == Backend.IPTABLES:
         return replace(config, backend=cached), ()
     if cached == Backend.NFTABLES:
-        from portmapctl.ops.nft import configured_there
+        from portmapctl.ops.nft_words import configured_there
 
         where = _key_ignored(node, config)
         if where is not None:
@@ -59,7 +59,8 @@ def followed(
     if not _plugin_tables_may_exist(node, families):
         return config, ()  # the usual iptables node: one netlink question, no nft run
     live = node.read_nft()
-    from portmapctl.ops.nft import cannot_tell, kept_in_nftables, kept_there
+    from portmapctl.ops.nft import kept_in_nftables
+    from portmapctl.ops.nft_words import cannot_tell, kept_there
 
     if node.nft_unusable is not None and isinstance(node.nft, _real_nft()):
         if writing:
@@ -148,7 +149,8 @@ def _unread_followed(
     (`unread`: why): where its rules are decides (unread_key_verdict), with a note;
     where they do not, EntryInDoubt (a --repair writes nothing). The tables read
     strictly, as _key_ignored reads them: where nft cannot, its error (exit 3)."""
-    from portmapctl.ops.nft import chain_there, kept_there, unread_key_verdict
+    from portmapctl.ops.nft import unread_key_verdict
+    from portmapctl.ops.nft_words import chain_there, kept_there
 
     families = validate.chosen_families(config, node.families, "check")
     where = chain_in_iptables(node, families, dnat_chain_name(config))
@@ -203,10 +205,10 @@ def _key_ignored(node: Node, config: MappingConfig) -> Optional[str]:
 
 
 def _said(node: Node, config: MappingConfig) -> str:
-    """Where KeyInDoubt's line (the node check's warning, ops/nft.py in_doubt_text)
+    """Where KeyInDoubt's line (the node check's warning, ops/nft_words.py in_doubt_text)
     says its key was read: the cached config, or else the config given (--cni-config)."""
     from portmapctl.cni.cache import configured_backend
-    from portmapctl.ops.nft import configured_there
+    from portmapctl.ops.nft_words import configured_there
 
     cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
     return configured_there(config, cached=cached == Backend.NFTABLES)
@@ -344,7 +346,7 @@ def _key_ignored_note(config: MappingConfig, where: str, said: Optional[str] = N
     """The note of a mapping _key_ignored follows to iptables (`where`: its chain, as
     _key_ignored says it; `said`: where the key was read, configured_there's words;
     else the config given)."""
-    from portmapctl.ops.nft import configured_there
+    from portmapctl.ops.nft_words import configured_there
 
     key = said or configured_there(config, cached=False)
     return (
@@ -369,7 +371,7 @@ def _kept_elsewhere(
     "nftables" is the plugin's but where it ignored it. `ignored`: _key_ignored's
     answer, where it was `asked` already (else asked here if needed)."""
     from portmapctl.cni.cache import configured_backend
-    from portmapctl.ops.nft import chain_there, configured_there, ignored_there
+    from portmapctl.ops.nft_words import chain_there, configured_there, ignored_there
 
     cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
     if cached is not None:
@@ -396,7 +398,8 @@ def _kept_elsewhere(
         if where is not None:
             return chain_there(config, where)
         return None
-    from portmapctl.ops.nft import kept_in_nftables, kept_there
+    from portmapctl.ops.nft import kept_in_nftables
+    from portmapctl.ops.nft_words import kept_there
 
     if node.nft is None:
         from portmapctl.iptables.access import BACKEND_NAMES

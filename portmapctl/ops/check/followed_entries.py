@@ -38,7 +38,7 @@ def in_doubt_left(
     (_toplevel_left)."""
     if not followed.in_doubt and not followed.unplaced:
         return result
-    from portmapctl.ops.nft import unplaced_text
+    from portmapctl.ops.nft_words import unplaced_text
 
     said = [followed.doubt_text(a) for a in followed.in_doubt if a.mapping is not None]
     said += [
@@ -163,7 +163,7 @@ class Followed:
 
     def doubt_text(self, attachment: Attachment) -> str:
         """Why `attachment` (of `in_doubt`, its mapping there) is in doubt."""
-        from portmapctl.ops.nft import configured_there, gone_text, in_doubt_text, unread_text
+        from portmapctl.ops.nft_words import configured_there, gone_text, in_doubt_text, unread_text
 
         config = attachment.mapping
         assert config is not None

@@ -582,7 +582,7 @@ def _in_doubt_why(in_doubt: Sequence[Attachment], judged: Followed) -> Dict[str,
 def _key_ignored_notes(ignored: Sequence[Attachment], where: Mapping[str, str]) -> Tuple[str, ...]:
     if not ignored:
         return ()
-    from portmapctl.ops.nft import key_ignored_note
+    from portmapctl.ops.nft_words import key_ignored_note
 
     return (key_ignored_note(ignored, where),)
 

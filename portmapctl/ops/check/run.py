@@ -128,7 +128,7 @@ def check_node(node: Node) -> CheckResult:
         result = replace(result, problems=problems)
     if not followed.ignored:
         return result
-    from portmapctl.ops.nft import key_ignored_note
+    from portmapctl.ops.nft_words import key_ignored_note
 
     note = key_ignored_note(followed.ignored, followed.where)
     return replace(result, notes=(note, *result.notes))
