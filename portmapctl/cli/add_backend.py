@@ -69,15 +69,12 @@ def _followed(
     if cached == Backend.IPTABLES:
         return replace(config, backend=cached), None
     if cached == Backend.NFTABLES:
-        from portmapctl.ops.nft_words import configured_there
+        from portmapctl.ops.nft_words import FollowedBy, configured_there, key_followed_to_iptables
 
         where = _key_ignored(common, config)
         if where is not None:
-            out.message(
-                f"{configured_there(config)}, but its chain {dnat_chain_name(config)} is in"
-                f" {where} and it has no rule in nftables: the plugin that added it ignores"
-                " the key (plugins before v1.6 do), so it goes to iptables, where its DEL looks"
-            )
+            said = configured_there(config)
+            out.message(key_followed_to_iptables(config, where, said, FollowedBy.ADD))
             return replace(config, backend=Backend.IPTABLES), None
         return _goes_to_nftables(config, out, configured_there(config)), None
     from portmapctl.errors import PortmapctlError

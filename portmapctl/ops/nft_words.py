@@ -8,11 +8,12 @@ module only words it, so that one finding reads the same in every command.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.iptables.chains import chain_name
+from portmapctl.iptables.chains import chain_name, dnat_chain_name
 
 if TYPE_CHECKING:  # (add's refusals import these words: not the cache reader with them)
     from portmapctl.cni.cache import Attachment
@@ -128,10 +129,29 @@ def chain_there(config: MappingConfig, where: str = "iptables") -> str:
     """What ops/chain_place.py found (`where`: ChainPlace.words), as the notes and
     refusals that follow it begin: the plugin keeps a container whose chain is in
     iptables there."""
-    from portmapctl.iptables.chains import dnat_chain_name
-
     return (
         f"{config.network}/{config.container_id}: its chain {dnat_chain_name(config)} is in {where}"
+    )
+
+
+class FollowedBy(str, Enum):
+    """What a command does with a mapping whose key "nftables" its plugin ignored, and
+    the plugin call that looks for it where it goes (key_followed_to_iptables' end)."""
+
+    ADD = "it goes to iptables, where its DEL looks"
+    CHECK = "it is checked in iptables, where its CHECK looks"
+
+
+def key_followed_to_iptables(config: MappingConfig, where: str, said: str, by: FollowedBy) -> str:
+    """The note of one mapping whose config says "backend": "nftables" while its chain
+    is in iptables and no rule of it is in nftables, which add and check follow to
+    iptables (cli/add_backend.py, check/followed.py): `said`, where the key was read
+    (configured_there's words); `where`, its chain (ChainPlace.words); `by`, the
+    command, which the note ends with. The node's many such entries: key_ignored_note."""
+    return (
+        f"{said}, but its chain {dnat_chain_name(config)} is in {where} and it has no"
+        " rule in nftables: the plugin that added it ignores the key (plugins before v1.6"
+        f" do), so {by.value}"
     )
 
 

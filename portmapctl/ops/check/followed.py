@@ -46,13 +46,14 @@ def followed(
     if cached == Backend.IPTABLES:
         return replace(config, backend=cached), ()
     if cached == Backend.NFTABLES:
-        from portmapctl.ops.nft_words import configured_there
+        from portmapctl.ops.nft_words import FollowedBy, configured_there, key_followed_to_iptables
 
         where = _key_ignored(node, config)
         if where is not None:
             # As the node's check (followed_entries.follow_the_plugin): where its plugin
             # keeps it.
-            note = _key_ignored_note(config, where, configured_there(config))
+            said = configured_there(config)
+            note = key_followed_to_iptables(config, where, said, FollowedBy.CHECK)
             return replace(config, backend=Backend.IPTABLES), (note,)
         return replace(config, backend=cached), (_checked_in_nftables(configured_there(config)),)
     families = validate.chosen_families(config, node.families, "check")
@@ -97,7 +98,11 @@ def _as_given(
     ignored = _key_ignored(node, config) if asked else None
     if ignored is not None and node.options.backend is None:
         # Its config (--cni-config) says nftables: as its cached one would, below.
-        return replace(config, backend=Backend.IPTABLES), (_key_ignored_note(config, ignored),)
+        from portmapctl.ops.nft_words import FollowedBy, configured_there, key_followed_to_iptables
+
+        said = configured_there(config, cached=False)
+        note = key_followed_to_iptables(config, ignored, said, FollowedBy.CHECK)
+        return replace(config, backend=Backend.IPTABLES), (note,)
     elsewhere = _kept_elsewhere(node, config, config.backend, keyed, ignored, asked)
     if elsewhere is None:
         return config, ()
@@ -340,20 +345,6 @@ def chains_in_tables(
         words = other_flavour_tables_words(other) if other else "iptables"
         placed.update({n: words for n in names if n not in placed and table.has_chain(n)})
     return placed
-
-
-def _key_ignored_note(config: MappingConfig, where: str, said: Optional[str] = None) -> str:
-    """The note of a mapping _key_ignored follows to iptables (`where`: its chain, as
-    _key_ignored says it; `said`: where the key was read, configured_there's words;
-    else the config given)."""
-    from portmapctl.ops.nft_words import configured_there
-
-    key = said or configured_there(config, cached=False)
-    return (
-        f"{key}, but its chain {dnat_chain_name(config)} is in {where} and it has no"
-        " rule in nftables: the plugin that added it ignores the key (plugins before v1.6"
-        " do), so it is checked in iptables, where its CHECK looks"
-    )
 
 
 def _kept_elsewhere(
