@@ -149,8 +149,9 @@ def upgraded(live: Ruleset, lone: Collection[int] = ()) -> bool:
     makes. v1.9.1's CHECK counts a container's DNAT rules in hostports alone, in both
     families: a host-IP rule v1.6/v1.7 left in hostip_hostports still forwards
     (hostports_all, and v1.6/v1.7's entry, jump there first) but fails it, so it counts
-    as missing and check --repair moves it (`misplaced`). A node without hostports_all
-    keeps v1.6/v1.7's layout, where that rule is right.
+    as missing and check --repair moves it (`misplaced`), but for a container of one
+    family alone in a table no v1.9 ADD wrote (`keeps_hostip`). A node without
+    hostports_all keeps v1.6/v1.7's layout, where that rule is right.
 
     Also where v1.6/v1.7's entry stands over v1.9's (`downgraded`: two runtimes, a
     downgrade): check --repair writes v1.9's entry there, after which nothing on the
@@ -183,19 +184,39 @@ def misplaced(
     check --repair (and add, for its own container) deletes them in the transaction
     that adds them to hostports. `upgrading`: the caller is v1.9's ADD (add, whose
     Entries.REWRITE writes hostports_all), so the node is upgraded once it is done.
-    `lone`: as for `layout`."""
+    `lone`: as for `layout`. A container of this family alone keeps them where no v1.9
+    ADD wrote this family's table (`keeps_hostip`)."""
     table = live.table(family)
     if table is None or not (upgrading or upgraded(live, lone)):
         return []
+    kept = not upgrading and keeps_hostip(live, family)
     belong: Dict[str, Set[RuleBody]] = {}
     for want in wanted:
-        if want.family == family and want.container_id in ids:
+        if want.family == family and want.container_id in ids and not (kept and want.alone):
             belong.setdefault(want.container_id, set()).update(want.hostports)
     return [
         rule
         for rule in table.rules_of(HOSTIP_HOSTPORTS)
         if rule.comment is not None and rule.body in belong.get(rule.comment, ())
     ]
+
+
+def keeps_hostip(live: Ruleset, family: int) -> bool:
+    """Whether `family`'s table is there in v1.6/v1.7's layout (no hostports_all: no v1.9
+    ADD wrote it) on a node judged upgraded (`upgraded`): there a container of this
+    family alone (WantedFamily.alone) keeps its host-IP rules in hostip_hostports, and
+    they count. Its ADD was v1.6/v1.7's (v1.9's would have made hostports_all here), and
+    nothing on the node tells whether its plugin is now v1.9.1 (an upgrade whose ADDs
+    had the other family alone) or still v1.7.1 (the other table made as v1.9 does by
+    check --repair, `layout`'s lone_families, or a second runtime): the rulesets are the
+    same. v1.7.1's CHECK counts such a rule in hostip_hostports and passes (an IPv4
+    container; an IPv6 one without SNAT), moved to hostports it fails; v1.9.1's CHECK of
+    it fails either way until moved, as the upgrade itself left it. So it stays (keep).
+    A dual-stack container's host-IP rules still move: v1.7.1's CHECK of it fails wherever
+    they are (it counts both families' host-IP mappings against each family's
+    hostip_hostports; FACTS.md), so only v1.9.1's can pass."""
+    table = live.table(family)
+    return table is not None and layout(live, family) is Layout.V16
 
 
 def lone_families(families_of: Iterable[Collection[int]]) -> Set[int]:
@@ -240,8 +261,14 @@ def host_ips_in_hostip(
     hostip_hostports, as its own plugin put them (own_layouts), else as the table's
     layout says."""
     lacking = {index for index, chain, body in missing if moves_to_hostip(chain, body)}
-    if not lacking or upgraded(live, lone):
-        return {}  # (v1.9.1 CHECKs an upgraded node's containers: hostports)
+    if not lacking:
+        return {}
+    if upgraded(live, lone):
+        # v1.9.1 CHECKs an upgraded node's containers (hostports), but those of a
+        # family alone in a table no v1.9 ADD wrote keep their host-IP rules there.
+        if not keeps_hostip(live, family):
+            return {}
+        lacking = {i for i in lacking if wanted[i].alone}
     node = layout(live, family, lone)
     own = own_layouts(live, family)
     return {i: own.get(wanted[i].container_id, node) is Layout.V16 for i in lacking}

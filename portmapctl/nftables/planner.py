@@ -35,6 +35,7 @@ from portmapctl.nftables.layout import (
     entry_ok,
     host_ips_in_hostip,
     hostports_all_ok,
+    keeps_hostip,
     layout,
     live_entry,
     misplaced,
@@ -102,7 +103,8 @@ def missing_where(
     it to: a host-IP rule goes to hostip_hostports for a container of v1.6/v1.7 (its
     other host-IP rules there, or none left in a table of that layout), so check says
     that chain, not v1.9's. `lone`: as for `layout`."""
-    missing = missing_by_container(live.table(family), wanted, not upgraded(live, lone))
+    counts = not upgraded(live, lone)
+    missing = missing_by_container(live.table(family), wanted, counts, keeps_hostip(live, family))
     old = host_ips_in_hostip(live, family, wanted, missing, lone)
     return [
         (
@@ -115,27 +117,34 @@ def missing_where(
 
 
 def missing_by_container(
-    table: Optional[Table], wanted: Sequence[WantedFamily], hostip_counts: bool = True
+    table: Optional[Table],
+    wanted: Sequence[WantedFamily],
+    hostip_counts: bool = True,
+    alone_kept: bool = False,
 ) -> List[Tuple[int, str, RuleBody]]:
     """(index into `wanted`, chain, rule) of every wanted rule the table lacks.
     `hostip_counts`: a DNAT rule in hostip_hostports counts (v1.6/v1.7 put host-IP
     rules there); not on an upgraded node (`upgraded`), whose v1.9.1 CHECK counts
-    hostports alone.
+    hostports alone. `alone_kept`: it counts for a container of this family alone all
+    the same (`keeps_hostip`).
 
     The table is counted once (a multiset of rule bodies), whatever the number of
     containers: checking 1,000 containers one by one against it was quadratic.
     """
-    hostip = chain_bodies(table, HOSTIP_HOSTPORTS) if hostip_counts else []
-    have_dnat = Counter(chain_bodies(table, HOSTPORTS) + hostip)
+    hostip = chain_bodies(table, HOSTIP_HOSTPORTS) if hostip_counts or alone_kept else []
+    have_dnat = Counter(chain_bodies(table, HOSTPORTS))
+    have_hostip = Counter(hostip)
     have_masq = Counter(chain_bodies(table, MASQUERADING))
     found: List[Tuple[int, str, RuleBody]] = []
     for index, want in enumerate(wanted):
-        for chain, bodies, have in (
-            (HOSTPORTS, want.hostports, have_dnat),
-            (MASQUERADING, want.masquerading, have_masq),
+        counted = hostip_counts or (alone_kept and want.alone)
+        for chain, bodies, haves in (
+            (HOSTPORTS, want.hostports, (have_dnat, have_hostip) if counted else (have_dnat,)),
+            (MASQUERADING, want.masquerading, (have_masq,)),
         ):
             for body in bodies:
-                if have[body] > 0:
+                have = next((h for h in haves if h[body] > 0), None)
+                if have is not None:
                     have[body] -= 1
                 else:
                     found.append((index, chain, body))
@@ -468,7 +477,8 @@ def _setup_family(
     # add is v1.9's ADD: the node is upgraded once it is done (it writes hostports_all),
     # so a host-IP rule of its container in hostip_hostports counts as missing there too.
     upgraded_after = entries is Entries.REWRITE or upgraded(live, lone)
-    missing = missing_by_container(table, wanted, not upgraded_after)
+    kept = entries is Entries.KEEP and keeps_hostip(live, family)
+    missing = missing_by_container(table, wanted, not upgraded_after, kept)
     # Under check --repair each container's host-IP rules go where its own plugin put
     # them; add is v1.9.1's ADD (hostports).
     hostip = (

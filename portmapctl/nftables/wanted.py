@@ -89,6 +89,10 @@ class WantedFamily:
     # prefix): the one evidence, in rules that carry the bare container ID, that a rule
     # sending elsewhere is this network's (an old address) and not another network's.
     subnet: Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+    # The container has this family alone (no address of the other): where no v1.9 ADD
+    # wrote this family's table, its host-IP rules stay in hostip_hostports
+    # (layout.keeps_hostip).
+    alone: bool = False
 
 
 def wanted(config: MappingConfig, family: int) -> Optional[WantedFamily]:
@@ -125,6 +129,7 @@ def wanted(config: MappingConfig, family: int) -> Optional[WantedFamily]:
         entry_rule(parse_conditions(conditions)),
         config.snat,
         address.network,
+        len(config.families) == 1,
     )
 
 

@@ -1174,6 +1174,43 @@ def test_a_v171_nodes_deleted_table_made_v191s_is_repaired_in_one_pass(
         upstream.run(V191, "CHECK", node, cid, conf, check=True)
 
 
+@pytest.mark.parametrize("plugin", ["v1.7.1", V191])
+def test_a_deleted_tables_repair_keeps_the_other_tables_single_family_host_ip_rule(
+    node: str, tmp_path: Path, plugin: str
+) -> None:
+    """v1.7.1 added v6only (IPv6 alone, `[::1]:9012`, snat off: a container whose v1.7.1
+    CHECK passes, which counts its rule in hostip_hostports), then `plugin` added v4only
+    (IPv4 alone), and `nft delete table ip cni_hostport`. Nothing on the node tells a
+    v1.7.1 node from one upgraded to v1.9.1 (the rulesets are the same), so the IPv4 table
+    comes back as v1.9.1 writes it (v4only has IPv4 alone: lone_families). check
+    --repair moved v6only's rule from the IPv6 table's hostip_hostports to hostports too
+    (judging the node upgraded): on the v1.7.1 node, which never ran v1.9, v1.7.1's CHECK
+    of v6only then failed. The IPv6 table, which no v1.9 ADD wrote, keeps it: each
+    plugin's CHECK of each container says what it said before the table was deleted."""
+    v6 = upstream.nft_conf("podman", ["fd00:88::61/64"], [_pm(9012, 80, host_ip="::1")], snat=False)
+    v4 = upstream.nft_conf("podman", ["10.88.0.62/16"], [_pm(8062, 80)])
+    confs = {"v6only": _cached(tmp_path, "v6only", v6), "v4only": _cached(tmp_path, "v4only", v4)}
+    upstream.run("v1.7.1", "ADD", node, "v6only", v6, check=True)
+    upstream.run(plugin, "ADD", node, "v4only", v4, check=True)
+    before = {cid: upstream.run(plugin, "CHECK", node, cid, conf).returncode
+              for cid, conf in confs.items()}  # fmt: skip
+    assert before == {"v6only": 0 if plugin == "v1.7.1" else 1, "v4only": 0}, before
+    upstream.nft(node, "delete", "table", "ip", "cni_hostport")
+    done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "hostports_all" in _plugin_tables(node)
+    kept = upstream.nft(node, "list", "chain", "ip6", "cni_hostport", "hostip_hostports").stdout
+    assert 'ip6 daddr ::1 tcp dport 9012 dnat to [fd00:88::61]:80 comment "v6only"' in kept, kept
+    after = {cid: upstream.run(plugin, "CHECK", node, cid, conf).returncode
+             for cid, conf in confs.items()}  # fmt: skip
+    assert after == before, (after, upstream.ruleset_text(node))
+    again = _pmctl(node, tmp_path, "check")
+    assert again.returncode == 0, again.stdout + again.stderr
+    for cid, conf in confs.items():
+        upstream.run(plugin, "DEL", node, cid, conf, check=True)
+    assert "comment" not in upstream.ruleset_text(node).replace('comment "CNI portmap plugin"', "")
+
+
 def _masq_all_cached(cache: Path, cid: str, ips: list, ports: list) -> Dict[str, Any]:
     """A `masqAll` config (key order as libcni passes a conflist's), cached."""
     conf = rp.plugin_conf("mynet", ips, ports)
