@@ -2221,3 +2221,45 @@ def test_nothing_left_is_judged_by_the_nodes_evidence_not_its_networks(
     assert "cannot be told" not in done.stderr, done.stderr
     upstream.run(V191, "CHECK", node, "nft1", nft1, check=True)
     assert rp.nat_rules(rp.save(node, 4)) == iptables
+
+
+def test_a_new_container_beside_the_plugins_table_and_an_ignored_key_is_in_doubt(
+    node: str, tmp_path: Path
+) -> None:
+    """The case an early exit on "the plugin's table of its family is here" must not
+    change: nft2 added by v1.9.1 under `"backend": "nftables"` (the cni_hostport table
+    with its rules), deb2 added by Debian's 1.1.1 under the same key, which it ignores
+    (its chain in iptables, no rule in nftables), both cached; new1 cached so, not added
+    yet. The node holds both plugins' work, and the cache names no binary: which one
+    adds new1 cannot be told from it, and the two do opposite things with it (shown
+    below: Debian's ADD writes its chain in iptables, v1.9.1's its rules in nftables).
+    So new1 is in doubt, though the table is here (nothing_left: another container
+    cached so is kept in iptables): `add` of it (dry or not) and `check --repair` of its
+    mapping stop, exit 3, nothing written in either backend; add by the key wrote a
+    copy a downgraded node's plugin never deletes, by iptables one an upgraded node's
+    never reads."""
+    nft2 = _cached(
+        tmp_path, "nft2", upstream.nft_conf("podman", ["10.88.0.34/16"], [_pm(8034, 80)])
+    )
+    upstream.run(V191, "ADD", node, "nft2", nft2, check=True)
+    _debian_gone(node, tmp_path, "deb2", "10.88.0.32/16", 8032, lose=False)
+    new1 = _cached(
+        tmp_path, "new1", upstream.nft_conf("podman", ["10.88.0.36/16"], [_pm(8036, 80)])
+    )
+    mapping = ("--network", "podman", "--container", "new1", "--ip", "10.88.0.36/16",
+               "-p", "8036:80")  # fmt: skip
+    before = _both_rulesets(node)
+    for args in (("add", *mapping, "--dry-run"), ("add", *mapping),
+                 ("check", *mapping, "--repair")):  # fmt: skip
+        done = _pmctl(node, tmp_path, *args)
+        pmctl.assert_error(done, 3, "podman/new1: its", "cannot be told", "nothing is written")
+        assert "podman/deb2" in done.stderr, done.stderr
+        assert _both_rulesets(node) == before, args
+    # What each plugin the node has seen does with new1's config: both are possible.
+    rp.run_plugin("ADD", node, "new1", new1, check=True)
+    assert chain_name("podman", "new1") in rp.save(node, 4)
+    assert "10.88.0.36" not in _plugin_tables(node)
+    rp.run_plugin("DEL", node, "new1", new1, check=True)
+    upstream.run(V191, "ADD", node, "new1", new1, check=True)
+    assert chain_name("podman", "new1") not in rp.save(node, 4)
+    assert "10.88.0.36" in _plugin_tables(node)
