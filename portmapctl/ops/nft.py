@@ -359,6 +359,12 @@ def has_rules_for(config: MappingConfig, live: Ruleset) -> bool:
     return _rules_of(config, owners_in(live), _dnat_targets(live))
 
 
+def all_have_rules(configs: Sequence[MappingConfig], live: Ruleset) -> bool:
+    """has_rules_for of each of `configs`, `live` indexed once."""
+    owners, targets = owners_in(live), _dnat_targets(live)
+    return all(_rules_of(config, owners, targets) for config in configs)
+
+
 def _rules_of(
     config: Optional[MappingConfig], owners: Collection[str], targets: Dict[str, Set[str]]
 ) -> bool:

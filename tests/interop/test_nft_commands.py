@@ -721,6 +721,38 @@ def test_add_reads_the_plugins_tables_once_and_warns_from_that_read(
     assert written == ([] if how != "new" else ["-f -"])
 
 
+def _add_of_mine1_logged(node: str, tmp_path: Path, saves: bool = False) -> List[str]:
+    """web1 and api1 added by v1.9.1 under `"backend": "nftables"` and cached, mine1
+    cached so and not added yet, and `add` of mine1 without --backend (its key
+    followed): each run of nft (its arguments) and, with `saves` (an iptables nat
+    table made first, as kube-proxy's or docker's is there), of iptables-nft-save and
+    ip6tables-nft-save (their names first), one line a run. The add exits 0 and
+    v1.9.1's CHECK of mine1 passes."""
+    for ctr in (WEB, API):
+        _plugin_add(node, tmp_path, ctr)
+    ips, ports = ["10.88.0.9/16", "fd00:88::9/64"], [_pm(8081, 80)]
+    conf = upstream.nft_conf("podman", ips, ports)
+    rp.write_cni_cache(tmp_path, "podman", "mine1", "eth0", conf, ports, ips)
+    env, runs = _nft_runs_logged(tmp_path)
+    if saves:
+        rp.iptables(node, ["-t", "nat", "-N", "KUBE-SERVICES"])
+        wrap = Path(env["PATH"].split(":", 1)[0])
+        for tool in ("iptables-nft-save", "ip6tables-nft-save"):
+            (wrap / tool).write_text(
+                f'#!/bin/sh\necho "{tool} $@" >> {runs}\nexec /usr/sbin/{tool} "$@"\n'
+            )
+            (wrap / tool).chmod(0o755)
+    done = pmctl.run(
+        ["add", "--network", "podman", "--container", "mine1", "--ip", ips[0], "--ip", ips[1],
+         "-p", "8081:80", "--netns", node, "--cni-cache-dir", str(tmp_path)], env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    upstream.run(V191, "CHECK", node, "mine1", conf, check=True)
+    lines = runs.read_text().splitlines()
+    assert [line for line in lines if line.startswith("-f")] == ["-f -"], lines
+    return lines
+
+
 def test_add_of_a_container_cached_with_the_key_lists_the_plugins_tables_once_to_judge_it(
     node: str, tmp_path: Path
 ) -> None:
@@ -732,22 +764,23 @@ def test_add_of_a_container_cached_with_the_key_lists_the_plugins_tables_once_to
     for follow_the_plugin (4 listings a family, 2 before 7dc171c). Now per family: add's
     look at its container's tables, the node's judgement (one read), the transaction's
     read; exit 0, written, and v1.9.1's CHECK of mine1 passes."""
-    for ctr in (WEB, API):
-        _plugin_add(node, tmp_path, ctr)
-    ips, ports = ["10.88.0.9/16", "fd00:88::9/64"], [_pm(8081, 80)]
-    conf = upstream.nft_conf("podman", ips, ports)
-    rp.write_cni_cache(tmp_path, "podman", "mine1", "eth0", conf, ports, ips)
-    env, runs = _nft_runs_logged(tmp_path)
-    done = pmctl.run(
-        ["add", "--network", "podman", "--container", "mine1", "--ip", ips[0], "--ip", ips[1],
-         "-p", "8081:80", "--netns", node, "--cni-cache-dir", str(tmp_path)], env=env,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = runs.read_text().splitlines()
+    lines = _add_of_mine1_logged(node, tmp_path)
     for family in ("ip", "ip6"):
         assert lines.count(f"-j list table {family} cni_hostport") == 3, lines
-    assert [line for line in lines if line.startswith("-f")] == ["-f -"], lines
-    upstream.run(V191, "CHECK", node, "mine1", conf, check=True)
+
+
+def test_add_of_a_new_container_cached_with_the_key_beside_the_plugins_table_saves_no_iptables(
+    node: str, tmp_path: Path
+) -> None:
+    """As above, on a node with an iptables nat table (kube-proxy's, docker's): whether
+    mine1 is in doubt (7dc171c: no rule of it in nftables) ran iptables-save of both
+    families to find the chains of the node's other containers cached so, though each
+    has its rules in nftables (then none is kept in iptables, whatever iptables holds:
+    followed_entries._others_honour_the_key) and mine1's families have the plugin's
+    table: 2 saves a family, where the add's own follow-up (after its write) runs 1."""
+    lines = _add_of_mine1_logged(node, tmp_path, saves=True)
+    for tool in ("iptables-nft-save", "ip6tables-nft-save"):
+        assert sum(line.startswith(f"{tool} ") for line in lines) == 1, lines
 
 
 @pytest.mark.parametrize("one", [False, True], ids=["node", "one-mapping"])
