@@ -266,7 +266,7 @@ def _nothing_left_in_doubt(common: Common, config: MappingConfig) -> None:
     from portmapctl.ops.node import opened
 
     with opened(common.node_options()) as node:
-        doubt = entry_in_doubt(node, config)
+        doubt = entry_in_doubt(node, config, seen=live)
     if doubt is not None:
         raise HostProblem(doubt)
 

@@ -761,12 +761,14 @@ def test_add_of_a_container_cached_with_the_key_lists_the_plugins_tables_once_to
     without --backend follows its key. Since 7dc171c it asks the node's check whether
     mine1 is in doubt (no rule of it in nftables yet), and that read each family's table
     twice: node.read_nft_evidence for its rules, then read_tables(with_nft=True) again
-    for follow_the_plugin (4 listings a family, 2 before 7dc171c). Now per family: add's
-    look at its container's tables, the node's judgement (one read), the transaction's
-    read; exit 0, written, and v1.9.1's CHECK of mine1 passes."""
+    for follow_the_plugin (4 listings a family, 2 before 7dc171c); 016f670 made it 3:
+    add's look at its container's tables, the node's judgement, the transaction's read.
+    The judgement now takes add's look for its read where the container's families are
+    the node's (the same tables): 2, as before 7dc171c; exit 0, written, and v1.9.1's
+    CHECK of mine1 passes."""
     lines = _add_of_mine1_logged(node, tmp_path)
     for family in ("ip", "ip6"):
-        assert lines.count(f"-j list table {family} cni_hostport") == 3, lines
+        assert lines.count(f"-j list table {family} cni_hostport") == 2, lines
 
 
 def test_add_of_a_new_container_cached_with_the_key_beside_the_plugins_table_saves_no_iptables(

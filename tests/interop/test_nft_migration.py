@@ -2223,8 +2223,9 @@ def test_nothing_left_is_judged_by_the_nodes_evidence_not_its_networks(
     assert rp.nat_rules(rp.save(node, 4)) == iptables
 
 
+@pytest.mark.parametrize("stack", ["ipv4", "dual"])
 def test_a_new_container_beside_the_plugins_table_and_an_ignored_key_is_in_doubt(
-    node: str, tmp_path: Path
+    node: str, tmp_path: Path, stack: str
 ) -> None:
     """The case an early exit on "the plugin's table of its family is here" must not
     change: nft2 added by v1.9.1 under `"backend": "nftables"` (the cni_hostport table
@@ -2237,17 +2238,17 @@ def test_a_new_container_beside_the_plugins_table_and_an_ignored_key_is_in_doubt
     cached so is kept in iptables): `add` of it (dry or not) and `check --repair` of its
     mapping stop, exit 3, nothing written in either backend; add by the key wrote a
     copy a downgraded node's plugin never deletes, by iptables one an upgraded node's
-    never reads."""
+    never reads. new1 dual-stack too: its families are the node's, and add judges it
+    from its own read of the plugin's tables (entry_in_doubt's `seen`)."""
     nft2 = _cached(
         tmp_path, "nft2", upstream.nft_conf("podman", ["10.88.0.34/16"], [_pm(8034, 80)])
     )
     upstream.run(V191, "ADD", node, "nft2", nft2, check=True)
     _debian_gone(node, tmp_path, "deb2", "10.88.0.32/16", 8032, lose=False)
-    new1 = _cached(
-        tmp_path, "new1", upstream.nft_conf("podman", ["10.88.0.36/16"], [_pm(8036, 80)])
-    )
-    mapping = ("--network", "podman", "--container", "new1", "--ip", "10.88.0.36/16",
-               "-p", "8036:80")  # fmt: skip
+    ips = ["10.88.0.36/16", *(["fd00:88::36/64"] if stack == "dual" else [])]
+    new1 = _cached(tmp_path, "new1", upstream.nft_conf("podman", ips, [_pm(8036, 80)]))
+    mapping = ("--network", "podman", "--container", "new1",
+               *(arg for ip in ips for arg in ("--ip", ip)), "-p", "8036:80")  # fmt: skip
     before = _both_rulesets(node)
     for args in (("add", *mapping, "--dry-run"), ("add", *mapping),
                  ("check", *mapping, "--repair")):  # fmt: skip

@@ -184,7 +184,9 @@ def follow_the_plugin(
     return _unplaced(node, _follow_keys(node, attachments, read), read)
 
 
-def entry_in_doubt(node: Node, config: MappingConfig) -> Optional[str]:
+def entry_in_doubt(
+    node: Node, config: MappingConfig, seen: Optional[Ruleset] = None
+) -> Optional[str]:
     """The node's check's verdict (follow_the_plugin, from the same reads) on the cache
     entry of `config`'s container on its network, for one mapping given on the command
     line (check of it, its --repair, add) whose cached config says `"backend":
@@ -197,14 +199,19 @@ def entry_in_doubt(node: Node, config: MappingConfig) -> Optional[str]:
     the nft read its check makes anyway. A new one (no rule yet) beside the plugin's
     table of its family, where every other entry cached so has its rules in nftables,
     costs the cache read, no iptables read: nothing iptables holds changes the verdict
-    then (_table_tells, _others_honour_the_key)."""
+    then (_table_tells, _others_honour_the_key). `seen`: the plugin's tables of
+    `config`'s families as the caller read them (add), taken for the node's read where
+    those are the node's families (the same tables): each was listed once more here."""
     from portmapctl.cni.cache import configured_backend
     from portmapctl.ops.nft import has_rules_for
 
     cached = configured_backend(node.options.cache_dirs, config.network, config.container_id)
     if cached != Backend.NFTABLES:
         return None
-    live = node.read_nft_evidence()
+    if seen is not None and set(config.families) == set(node.families):
+        live = seen
+    else:
+        live = node.read_nft_evidence()
     if has_rules_for(config, live):
         return None
     from dataclasses import replace
