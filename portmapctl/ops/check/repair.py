@@ -634,7 +634,9 @@ def _repair_mapping(
             why = split_why(used, other)
             unrepaired.append(Unrepaired(family, config.network, config.container_id, name, why))
     left = {u.family for u in unrepaired}
-    sharing = sharing_of(node, config, ifname)
+    # Made from the entries read where another of its container on the network cannot
+    # be read, the chain dropped that interface's live rules: in doubt, nothing written.
+    sharing = sharing_of(node, config, ifname, writing=True)
     setup = _plan(None, config, sharing=sharing)
     missing: Dict[int, Unrepaired] = {}
     notes: List[str] = []  # (a try whose restore died, found gone in: errors.found_in)

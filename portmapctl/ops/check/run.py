@@ -25,7 +25,7 @@ from portmapctl.ops.check.followed import KeyInDoubt, followed, nft_mapping
 from portmapctl.ops.check.followed_entries import follow_the_plugin, in_doubt_left, left_alone
 from portmapctl.ops.check.hints import fixes_for
 from portmapctl.ops.check.problem import CheckResult, Problem
-from portmapctl.ops.check.unread_entries import unread_left
+from portmapctl.ops.check.unread_entries import stop_where_unread, unread_left
 from portmapctl.ops.node import Node, side_by_side
 from portmapctl.ops.owners import node_rows, read_owners, unsure_warnings
 
@@ -319,9 +319,13 @@ def check_followed(
             notes=notes,
         )
     tables = node.read(families)
-    sharing = sharing_of(node, config, ifname)
+    entries = entries_of(node, config)
+    sharing = sharing_chain(config, entries, ifname)
     result = mapping_result(config, tables, _chain_elsewhere(node, config, tables), sharing)
     result = with_owner_problems(node, config, tables, result)
+    # An entry of its container on the network that cannot be read: as the node's check
+    # says it, no fix named (its --repair stops: sharing_of), and a warning says why.
+    result = unread_left(result, entries)
     return replace(result, notes=notes + result.notes) if notes else result
 
 
@@ -440,22 +444,33 @@ SAME_WITH_REPAIR = "run the same command with --repair"
 
 
 def sharing_of(
-    node: Node, config: MappingConfig, ifname: Optional[str] = None
+    node: Node, config: MappingConfig, ifname: Optional[str] = None, writing: bool = False
 ) -> Tuple[MappingConfig, ...]:
     """expected.sharing_chain of `config` (given for interface `ifname`) by the
     container's cache entries on its network (a Multus pod attached to it twice: net1,
-    net2 fill one chain; the entry of `ifname` itself, whose other ports stay)."""
+    net2 fill one chain; the entry of `ifname` itself, whose other ports stay).
+    `writing` (a --repair of it, add into its chain): where one of those entries cannot
+    be read beside one that can, the chain is in doubt (unread_entries.stop_where_unread,
+    exit 3): made from the entries read, a write dropped that interface's live rules."""
+    entries = entries_of(node, config)
+    if writing:
+        stop_where_unread(config, entries)
+    return sharing_chain(config, entries, ifname)
+
+
+def entries_of(node: Node, config: MappingConfig) -> List[Attachment]:
+    """The cache entries of `config`'s container on its network, those that cannot be
+    read included (each reading of its file name that is of this pair)."""
     from portmapctl.cni.entries import entry_paths
 
     cache_dirs = node.options.cache_dirs
     paths = entry_paths(cache_dirs, config.network, config.container_id)
     if not paths:
-        return (config,)
+        return []
     found = cni_cache.read_entries(paths, node.namespace_view())
-    mine = [
+    return [
         a for a in found if (a.network, a.container_id) == (config.network, config.container_id)
     ]
-    return sharing_chain(config, mine, ifname)
 
 
 def mapping_result(

@@ -16,6 +16,9 @@ from dataclasses import replace
 from typing import Dict, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni.cache import Attachment
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.text import name_text
+from portmapctl.errors import HostProblem
 from portmapctl.ops.check.problem import CheckResult
 
 # (network, container ID): the pair a chain is named after.
@@ -66,4 +69,33 @@ def unread_text(pair: Pair, path: str) -> str:
         f"{network}/{container_id}: its cache entry {path} cannot be read, so its chain may"
         " hold that interface's live mapping: nothing is written or removed for it (fix or"
         " remove the entry, then run check --repair again)"
+    )
+
+
+class ChainInDoubt(HostProblem):
+    """A write of one mapping (check --repair of it, add) into a chain unread_pairs puts
+    in doubt: stopped, nothing written (exit 3: the node's state stops it, as a backend
+    in doubt stops them: followed_entries.entry_in_doubt)."""
+
+
+def stop_where_unread(config: MappingConfig, entries: Sequence[Attachment]) -> None:
+    """ChainInDoubt where one of `entries` (run.entries_of: `config`'s container's on its
+    network) cannot be read and another can: the chain made from the entries read (and
+    the one given) dropped the rules of the interface whose entry it is, a live mapping,
+    where the plugin's ADD appends to them."""
+    pair = (config.network, config.container_id)
+    path = unread_pairs(entries).get(pair)
+    if path is not None:
+        raise ChainInDoubt(stopped_text(pair, path))
+
+
+def stopped_text(pair: Pair, path: str) -> str:
+    """ChainInDoubt's one line; the names and path as the node gives them, escaped
+    (core/text.name_text)."""
+    network, container_id = pair
+    return (
+        f"{name_text(network)}/{name_text(container_id)}: its cache entry {name_text(path)}"
+        " cannot be read, and its chain is shared by all its interfaces on the network, so"
+        " it may hold that interface's live mapping: nothing changed (fix or remove the"
+        " entry, then run the same command again)"
     )
