@@ -119,6 +119,16 @@ def _unread_followed(
     from portmapctl.ops.nft_words import chain_there, kept_there
 
     where = _chain_in_iptables(common, config, dnat_chain_name(config))
+    if where is not None:
+        # Its chain there and another entry of its container on the network read: the
+        # one unread may be that interface's, whose live rules the chain holds (a Multus
+        # pod on one network twice). Stopped here, before the note below (ops/add.py
+        # stops a write into it too, where a backend was given).
+        from portmapctl.cni.cache import pair_entries
+        from portmapctl.ops.check.unread_entries import stop_where_unread
+
+        entries = pair_entries(common.cache_dirs, config.network, config.container_id)
+        stop_where_unread(config, entries)
     try:
         live = _plugin_tables(common, config, strict=True)
     except PortmapctlError as err:

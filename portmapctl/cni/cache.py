@@ -405,6 +405,21 @@ def unnamed_entries(cache_dirs: CacheDirs, known: Set[str]) -> List[str]:
     return found
 
 
+def pair_entries(
+    cache_dirs: CacheDirs,
+    network: str,
+    container_id: str,
+    namespaces: Optional[NamespaceView] = None,
+) -> List[Attachment]:
+    """The entries of `container_id` on `network` (read_entries of entry_paths), those
+    that cannot be read included: each reading of its file name that is of this pair."""
+    paths = entry_paths(cache_dirs, network, container_id)
+    if not paths:
+        return []
+    found = read_entries(paths, namespaces)
+    return [a for a in found if (a.network, a.container_id) == (network, container_id)]
+
+
 def configured_backend(cache_dirs: CacheDirs, network: str, container_id: str) -> Optional[Backend]:
     """The `backend` key (iptables or nftables) of the portmap config libcni cached
     for this container on this network, when its entries name one and agree; else None

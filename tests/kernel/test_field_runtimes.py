@@ -16,7 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 import realplugin as rp
@@ -107,6 +107,16 @@ def _delete_dnat(host_ns: str, ifname: str, mode: rp.Mode = "nft") -> None:
     rp.iptables(host_ns, ["-t", "nat", "-D", chain_name(NETWORK, CID), "-p", "tcp", "-m", "tcp",
                           "--dport", host, "-j", "DNAT", "--to-destination", f"{ip}:{to}"],
                 mode=mode)  # fmt: skip
+
+
+def _net2_unread(host_ns: str, cache: Path, mode: rp.Mode, lost: Optional[str]):
+    """net2's entry cut short (and `lost`'s DNAT rule deleted): the rules as the two ADDs
+    left them, the function that puts the entry back, and the rules now."""
+    added = _rules(host_ns, mode)
+    restore = rp.cut_short(cache / "results", NETWORK, CID, "net2")
+    if lost:
+        _delete_dnat(host_ns, lost, mode)
+    return added, restore, _rules(host_ns, mode)
 
 
 def _stopped_for_the_unread_entry(done, unread: str) -> None:
@@ -210,17 +220,13 @@ def test_one_mapping_repair_writes_nothing_for_a_chain_with_an_unreadable_entry(
     twice_in, tmp_path, lost
 ):
     """net2's entry malformed, check --repair of net1's mapping (its delegate's stdin)
-    rewrote the shared chain from net1's entry alone, exit 0 ('repaired 2 problems ...
+    rewrote the shared chain from net1's entry alone, exit 0 ('repaired 3 problems ...
     healthy'): net2's live --dport 9090 rules gone. So too with net1's own DNAT rule
     lost. The chain is in doubt as the node's repair judges it (unread_entries): the
     repair stops (exit 3, one line naming the entry), nothing written; the check of the
     mapping names no fix for it; the entry readable again, the repair makes both."""
     host_ns, cache, confs, mode = twice_in
-    added = _rules(host_ns, mode)
-    restore = rp.cut_short(cache / "results", NETWORK, CID, "net2")
-    if lost:
-        _delete_dnat(host_ns, lost, mode)
-    before = _rules(host_ns, mode)
+    added, restore, before = _net2_unread(host_ns, cache, mode, lost)
     one = ("check", *_given(confs, tmp_path, "net1"))
 
     done = _pm(host_ns, cache, *one, "--repair", mode=mode)
@@ -308,6 +314,51 @@ def test_add_of_one_attachment_keeps_the_other_interfaces_rules(twice, tmp_path)
     _add_net2(host_ns, cache, confs, tmp_path)
     assert _rules(host_ns) == added
     _plugin_checks(host_ns, confs)
+
+
+def _add(
+    host_ns: str, cache: Path, confs: Dict[str, dict], tmp_path: Path, mode: rp.Mode, *more: str
+):
+    """add of net1's mapping as its delegate ADD's stdin gives it."""
+    return run(["add", *_given(confs, tmp_path, "net1"), "--netns", host_ns, "--iptables", mode,
+                "--cni-cache-dir", str(cache), *more])  # fmt: skip
+
+
+def test_add_of_the_first_interface_keeps_the_seconds_rules_as_the_plugins_add(twice_in, tmp_path):
+    """The plugin's ADD of net1 again (its chain there, net2's rules in it) appends only
+    what the chain lacks: net2's rules stay. So does add of net1, both entries read."""
+    host_ns, cache, confs, mode = twice_in
+    added = _rules(host_ns, mode)
+    rp.run_plugin("ADD", host_ns, CID, confs["net1"], mode=mode, ifname="net1", check=True)
+    plugin = _rules(host_ns, mode)
+    assert plugin == added, "the plugin's ADD of net1 changed the shared chain"
+
+    done = _add(host_ns, cache, confs, tmp_path, mode)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _rules(host_ns, mode) == plugin
+    _plugin_checks(host_ns, confs, mode)
+
+
+@pytest.mark.parametrize(("lost", "more"), [(None, ()), ("net1", ()), (None, ("--backend", "iptables")), (None, ("--dry-run",))])  # fmt: skip
+def test_add_writes_nothing_into_a_chain_with_an_unreadable_entry(twice_in, tmp_path, lost, more):
+    """net2's entry malformed, add of net1's mapping rewrote the shared chain from net1's
+    entry and the config given, exit 0 ('rewrote CNI-DN-c1ee...'): net2's live --dport
+    9090 rules gone, where the plugin's ADD of net1 keeps them. So too with net1's own
+    DNAT rule lost. The chain is in doubt as the node's repair judges it: add stops
+    (exit 3, one line naming the entry), nothing written, under --backend iptables and
+    in a dry run too; the entry readable again, add keeps net2's rules."""
+    host_ns, cache, confs, mode = twice_in
+    added, restore, before = _net2_unread(host_ns, cache, mode, lost)
+
+    done = _add(host_ns, cache, confs, tmp_path, mode, *more)
+    _stopped_for_the_unread_entry(done, "net2")
+    assert _rules(host_ns, mode) == before, "add changed the shared chain"
+
+    restore()
+    done = _add(host_ns, cache, confs, tmp_path, mode)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [r for r in _rules(host_ns, mode) if "9090" in r] == [r for r in added if "9090" in r]
+    _plugin_checks(host_ns, confs, mode)
 
 
 @pytest.mark.parametrize("mode", ["nft", "legacy"])

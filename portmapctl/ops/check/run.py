@@ -460,17 +460,10 @@ def sharing_of(
 
 def entries_of(node: Node, config: MappingConfig) -> List[Attachment]:
     """The cache entries of `config`'s container on its network, those that cannot be
-    read included (each reading of its file name that is of this pair)."""
-    from portmapctl.cni.entries import entry_paths
-
-    cache_dirs = node.options.cache_dirs
-    paths = entry_paths(cache_dirs, config.network, config.container_id)
-    if not paths:
-        return []
-    found = cni_cache.read_entries(paths, node.namespace_view())
-    return [
-        a for a in found if (a.network, a.container_id) == (config.network, config.container_id)
-    ]
+    read included (cni/cache.py pair_entries)."""
+    return cni_cache.pair_entries(
+        node.options.cache_dirs, config.network, config.container_id, node.namespace_view()
+    )
 
 
 def mapping_result(
