@@ -246,6 +246,28 @@ def test_one_mapping_repair_writes_nothing_for_a_chain_with_an_unreadable_entry(
     _plugin_checks(host_ns, confs, mode)
 
 
+@pytest.mark.parametrize("command", ["check", "check-one-repair", "add"])
+def test_the_unread_entrys_name_is_said_unambiguously(twice, tmp_path, command):
+    """net2's entry cut short and renamed `...-net\\x1b` (a backslash, then `x1b`: a
+    file name's tail is anyone's text): the node check's warning put its path in the
+    sentence as it was, which reads as the name `...-net<ESC>` does (the line's pass
+    writes ESC `\\x1b`). Names and paths in sentences go through name_text (4b5b210):
+    the backslash doubled. The one-mapping repair's and add's lines say it so too."""
+    host_ns, cache, confs = twice
+    rp.cut_short(cache / "results", NETWORK, CID, "net2")
+    results = cache / "results"
+    (results / f"{NETWORK}-{CID}-net2").rename(results / f"{NETWORK}-{CID}-net\\x1b")
+    if command == "check":
+        done = _pm(host_ns, cache, "check")
+        assert done.returncode == 1, done.stdout + done.stderr
+    else:
+        args = ["check", "--repair"] if command == "check-one-repair" else ["add"]
+        done = run([*args, *_given(confs, tmp_path, "net1"), "--netns", host_ns, "--iptables",
+                    "nft", "--cni-cache-dir", str(cache)])  # fmt: skip
+        assert done.returncode == 3, done.stdout + done.stderr
+    assert f"-{CID}-net\\\\x1b cannot be read" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("given", ["net1", "net2"])
 def test_check_of_one_attachment_leaves_the_other_interfaces_rules(twice, tmp_path, given):
     """check --cni-config of net1's (or net2's) stdin called the other interface's rules

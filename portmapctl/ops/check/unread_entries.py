@@ -64,9 +64,12 @@ def unread_left(result: CheckResult, attachments: Optional[Sequence[Attachment]]
 
 
 def unread_text(pair: Pair, path: str) -> str:
+    """The node check's warning; the names and path as the node gives them, escaped
+    (core/text.name_text: a file name's tail is anyone's text)."""
     network, container_id = pair
     return (
-        f"{network}/{container_id}: its cache entry {path} cannot be read, so its chain may"
+        f"{name_text(network)}/{name_text(container_id)}: its cache entry {name_text(path)}"
+        " cannot be read, so its chain may"
         " hold that interface's live mapping: nothing is written or removed for it (fix or"
         " remove the entry, then run check --repair again)"
     )
