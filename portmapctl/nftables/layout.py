@@ -209,12 +209,13 @@ def keeps_hostip(live: Ruleset, family: int) -> bool:
     nothing on the node tells whether its plugin is now v1.9.1 (an upgrade whose ADDs
     had the other family alone) or still v1.7.1 (the other table made as v1.9 does by
     check --repair, `layout`'s lone_families, or a second runtime): the rulesets are the
-    same. v1.7.1's CHECK counts such a rule in hostip_hostports and passes (an IPv4
-    container; an IPv6 one without SNAT), moved to hostports it fails; v1.9.1's CHECK of
-    it fails either way until moved, as the upgrade itself left it. So it stays (keep).
-    A dual-stack container's host-IP rules still move: v1.7.1's CHECK of it fails wherever
-    they are (it counts both families' host-IP mappings against each family's
-    hostip_hostports; FACTS.md), so only v1.9.1's can pass."""
+    same. v1.7.1's CHECK counts such a rule in hostip_hostports and passes, moved to
+    hostports it fails; v1.9.1's CHECK of it fails either way until moved, as the upgrade
+    itself left it. So it stays (keep). Where v1.7.1's CHECK of the container fails
+    wherever its rules are (IPv6 with SNAT, IPv4 with SNAT and more than two mappings, a
+    0.0.0.0/:: host IP: wanted._v17_check_can_pass, WantedFamily.alone False), and for a
+    dual-stack container (it counts both families' host-IP mappings against each
+    family's hostip_hostports; FACTS.md), only v1.9.1's can pass: they move."""
     table = live.table(family)
     return table is not None and layout(live, family) is Layout.V16
 

@@ -89,9 +89,11 @@ class WantedFamily:
     # prefix): the one evidence, in rules that carry the bare container ID, that a rule
     # sending elsewhere is this network's (an old address) and not another network's.
     subnet: Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-    # The container has this family alone (no address of the other): where no v1.9 ADD
-    # wrote this family's table, its host-IP rules stay in hostip_hostports
-    # (layout.keeps_hostip).
+    # The container has this family alone (no address of the other) and v1.7.1's CHECK
+    # of it can pass (`_v17_check_can_pass`): where no v1.9 ADD wrote this family's
+    # table, its host-IP rules stay in hostip_hostports (layout.keeps_hostip). Where that
+    # CHECK fails wherever they are, only v1.9.1's can pass: they move, as a dual-stack
+    # container's do.
     alone: bool = False
 
 
@@ -129,8 +131,21 @@ def wanted(config: MappingConfig, family: int) -> Optional[WantedFamily]:
         entry_rule(parse_conditions(conditions)),
         config.snat,
         address.network,
-        len(config.families) == 1,
+        len(config.families) == 1 and _v17_check_can_pass(config, family),
     )
+
+
+def _v17_check_can_pass(config: MappingConfig, family: int) -> bool:
+    """Whether v1.6.2/v1.7.1's CHECK (checkPorts) of a container of `family` alone can
+    pass on what their ADD wrote. It counts the container's rules by comment: a
+    masquerading rule per mapping with SNAT on (two per mapping in IPv6), where the ADD
+    writes two per container in IPv4 and one in IPv6; a hostip_hostports rule per
+    mapping with any host IP, where the ADD writes one there only for a specific host IP
+    of the family (0.0.0.0/:: goes to hostports, the other family's is skipped)."""
+    ports = config.ports
+    if config.snat and len(ports) * (2 if family == 6 else 1) > (1 if family == 6 else 2):
+        return False
+    return all(p.applies_to(family) and p.host_ip_for_rule() for p in ports if p.host_ip)
 
 
 def host_ip_text(host_ip: str) -> str:

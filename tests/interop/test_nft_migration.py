@@ -1055,13 +1055,7 @@ def test_an_upgraded_nodes_old_host_ip_rule_is_moved_where_v191s_check_counts_it
     assert done.returncode == 0, done.stdout + done.stderr
     text = upstream.ruleset_text(node)
     assert "127.0.0.1 tcp dport 9011" in text and "::1 tcp dport 9012" in text, text
-    for family in ("ip", "ip6"):
-        listed = upstream.nft(node, "list", "chain", family, "cni_hostport", "hostip_hostports")
-        assert "comment" not in listed.stdout, listed.stdout
-    for cid, conf in (("old1", old), ("new1", new)):
-        upstream.run(V191, "CHECK", node, cid, conf, check=True)
-    after = _pmctl(node, tmp_path, "check")
-    assert after.returncode == 0, after.stdout + after.stderr
+    _moved_where_v191s_check_counts(node, tmp_path, ("ip", "ip6"), {"old1": old, "new1": new})
     for cid, conf in (("old1", old), ("new1", new)):
         upstream.run(V191, "DEL", node, cid, conf, check=True)
     assert "comment" not in upstream.ruleset_text(node).replace('comment "CNI portmap plugin"', "")
@@ -1209,6 +1203,62 @@ def test_a_deleted_tables_repair_keeps_the_other_tables_single_family_host_ip_ru
     for cid, conf in confs.items():
         upstream.run(plugin, "DEL", node, cid, conf, check=True)
     assert "comment" not in upstream.ruleset_text(node).replace('comment "CNI portmap plugin"', "")
+
+
+@pytest.mark.parametrize(
+    "old_ip,new_ip,ports,snat",
+    [
+        # IPv6 with SNAT: v1.7.1's CHECK wants 2 masquerading rules per mapping there.
+        ("fd00:88::63/64", "10.88.0.64/16", [_pm(9013, 80, host_ip="::1")], True),
+        # IPv4 with SNAT and 3 mappings: it wants 3, the ADD wrote 2.
+        ("10.88.0.63/16", "fd00:88::64/64",
+         [_pm(8063, 80), _pm(8064, 81), _pm(9013, 82, host_ip="127.0.0.1")], True),
+        # SNAT off, but a mapping on every address given as `::`: it wants a
+        # hostip_hostports rule for it, where the ADD wrote it to hostports.
+        ("fd00:88::63/64", "10.88.0.64/16",
+         [_pm(9013, 80, host_ip="::1"), _pm(8066, 81, host_ip="::")], False),
+    ],
+)  # fmt: skip
+def test_an_upgraded_nodes_single_family_host_ip_rule_moves_where_v171s_check_fails_anyway(
+    node: str, tmp_path: Path, old_ip: str, new_ip: str, ports: list, snat: bool
+) -> None:
+    """keeps_hostip leaves a single-family container's host-IP rule in a v1.6/v1.7
+    table's hostip_hostports because v1.7.1's CHECK counts it there and passes. Where
+    that CHECK fails whatever is where (SNAT on: it wants a masquerading rule per
+    mapping, two per mapping in IPv6; the ADD wrote two per container in IPv4, one in
+    IPv6; it wants a hostip_hostports rule for a mapping with any host IP, `::` too),
+    keeping it helps no CHECK: on this node, upgraded by v1.9.1's ADD of a
+    container of the other family, v1.9.1's CHECK of old1 failed and check said healthy.
+    Moved, v1.9.1's CHECK passes; v1.7.1's fails as it did."""
+    old = _cached(tmp_path, "old1", upstream.nft_conf("podman", [old_ip], ports, snat=snat))
+    upstream.run("v1.7.1", "ADD", node, "old1", old, check=True)
+    assert upstream.run("v1.7.1", "CHECK", node, "old1", old).returncode != 0
+    new = _cached(tmp_path, "new1", upstream.nft_conf("podman", [new_ip], [_pm(8065, 80)]))
+    upstream.run(V191, "ADD", node, "new1", new, check=True)
+    assert upstream.run(V191, "CHECK", node, "old1", old).returncode != 0
+    found = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    problems = {(p["kind"], p["chain"], p["container_id"])
+                for p in json.loads(found.stdout)["problems"]}  # fmt: skip
+    assert problems == {("nft-missing-rules", "hostports", "old1")}, problems
+    done = _pmctl(node, tmp_path, "check", "--repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    family = "ip6" if ":" in old_ip else "ip"
+    _moved_where_v191s_check_counts(node, tmp_path, (family,), {"old1": old, "new1": new})
+
+
+def _moved_where_v191s_check_counts(
+    node: str, cache: Path, families: Sequence[str], confs: Dict[str, Dict[str, Any]]
+) -> None:
+    """No container's rule left in `families`' hostip_hostports, v1.9.1's CHECK of each
+    of `confs` passes, and check after says healthy."""
+    for family in families:
+        listed = upstream.nft(node, "list", "chain", family, "cni_hostport", "hostip_hostports")
+        assert "comment" not in listed.stdout, listed.stdout
+    for cid, conf in confs.items():
+        upstream.run(V191, "CHECK", node, cid, conf, check=True)
+    after = _pmctl(node, cache, "check")
+    assert after.returncode == 0, after.stdout + after.stderr
 
 
 def _masq_all_cached(cache: Path, cid: str, ips: list, ports: list) -> Dict[str, Any]:
