@@ -168,12 +168,17 @@ def create_new(temporary: str, mode: int) -> int:
     waited forever on a FIFO for a reader. What is there (a dead run's file with our
     PID, or a planted one) is unlinked, which follows nothing, and the name created
     once more; FileExistsError when it is back by then (someone keeps planting it).
-    Other OSErrors as open(2) or unlink(2) gave them (a directory there: EISDIR)."""
+    Gone before the unlink (another run's remove_stale took a dead run's file, or
+    whoever planted it took it back): the name is free, as wanted. Other OSErrors as
+    open(2) or unlink(2) gave them (a directory there: EISDIR)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         return os.open(temporary, flags, mode)
     except FileExistsError:
-        os.unlink(temporary)
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
     return os.open(temporary, flags, mode)
 
 

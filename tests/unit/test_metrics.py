@@ -413,6 +413,31 @@ def test_a_temporary_name_planted_again_at_once_is_one_warning(tmp_path, monkeyp
     assert target.read_text() == "someone else's\n" and not path.exists()
 
 
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_a_temporary_name_gone_before_it_is_unlinked_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    """What was at the temporary name (a dead run's file with our PID: PIDs come round)
+    gone between the open that found it and create_new's unlink of it: another run's
+    remove_stale took it (older than a minute, any run's), or whoever planted it. The
+    name is free, as wanted: the file is written. unlink's ENOENT failed the write
+    (metrics: `No such file or directory`; write_atomically: its "cannot write")."""
+    write, temporary_of = WRITERS[writer]
+    path = tmp_path / "portmapctl-check.prom"
+    temporary = temporary_of(path)
+    temporary.write_text("a dead run's\n")
+    real_unlink = os.unlink
+
+    def taken_first(name, *args, **kwargs):
+        if name == str(temporary) and temporary.exists():
+            real_unlink(name)  # (the other one's unlink, just before ours)
+        real_unlink(name, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "unlink", taken_first)
+    write(path)
+    assert path.is_file() and not temporary.exists()
+
+
 # --- recording a run ----------------------------------------------------------------------
 
 
