@@ -94,3 +94,37 @@ def test_a_hostile_name_in_a_warning_on_stderr(tmp_path):
     owners = SimpleNamespace(unread=[], unsure={Row(4, "tcp", 8080, None, CONTAINER): "r"})
     (line,) = unsure_warnings(owners)  # type: ignore[arg-type]
     assert f"IPv4 tcp/8080 (?/{CONTAINER_TEXT}) gets all its traffic" in line
+
+
+def test_a_hostile_name_in_could_not_repair_and_zombie_lines():
+    """Two sentences 4b5b210 and 6888495 left: the head of check --repair's `could not
+    repair IPv4 NETWORK/ID (CHAIN): WHY` line (6888495 escaped its WHY alone), and a
+    zombie entry's PROBLEM detail and fix (its network, its cached netns path, its cache
+    file's path: all the node's text). A real ESC and the text `\\x1b` read alike."""
+    import ipaddress
+    from types import SimpleNamespace
+
+    from portmapctl.cni.cache import Attachment
+    from portmapctl.core.mapping import MappingConfig, PortMapping
+    from portmapctl.host.netns import NetnsState
+    from portmapctl.ops.check.hints import Fixes
+    from portmapctl.ops.check.node_problems import zombies
+    from portmapctl.ops.check.problem import Unrepaired
+
+    line = Unrepaired(4, NETWORK, CONTAINER, "CNI-DN-x", "why").text
+    assert line.startswith(f"could not repair IPv4 {NETWORK_TEXT}/{CONTAINER_TEXT} ("), line
+
+    config = MappingConfig(
+        NETWORK, CONTAINER, (ipaddress.ip_interface("10.88.0.5/16"),), (PortMapping(8080, 80),)
+    )
+    netns = "/var/run/netns/x\x1b[2Jy"
+    path = "/var/lib/cni/results/n-b\\x1b-eth0"
+    common = dict(mapping=config, netns=netns, netns_state=NetnsState.GONE)
+    entry = Attachment(NETWORK, CONTAINER, "eth0", path, **common)  # type: ignore[arg-type]
+    left = SimpleNamespace(has_chain=lambda _chain: True)
+    gone = SimpleNamespace(has_chain=lambda _chain: False)
+    (kept,) = zombies([entry], {4: left}, Fixes())  # type: ignore[dict-item]
+    assert f"cached on {NETWORK_TEXT}, but its network namespace" in kept.detail
+    assert "/var/run/netns/x\\x1b[2Jy is gone" in kept.detail, kept.detail
+    (done,) = zombies([entry], {4: gone}, Fixes())  # type: ignore[dict-item]
+    assert "delete its cache entry /var/lib/cni/results/n-b\\\\x1b-eth0 once" in done.fix

@@ -383,12 +383,12 @@ def zombies(
                 a.dnat_chain if present or not in_nft else "nft",
                 a.network,
                 a.container_id,
-                f"cached on {a.network}, but its network namespace {a.netns} is gone{where};"
-                " not repaired",
+                f"cached on {name_text(a.network)}, but its network namespace"
+                f" {name_text(str(a.netns))} is gone{where}; not repaired",
                 _zombie_fix(a, fixes, in_nft, (live_on or {}).get(a.container_id))
                 if left
-                else f"nothing of it is left for gc to remove: delete its cache entry {a.path}"
-                " once the runtime is done with the container",
+                else "nothing of it is left for gc to remove: delete its cache entry"
+                f" {name_text(a.path)} once the runtime is done with the container",
                 "the runtime forgot the container without a CNI DEL: its cache entry keeps"
                 " its host ports taken"
                 if left
@@ -415,7 +415,7 @@ def _zombie_fix(
     if not live_on:
         return f"{fixes.gc} --netns-liveness"
     kept = (
-        f"gc keeps its rules: the container is live on {', '.join(sorted(live_on))}"
+        f"gc keeps its rules: the container is live on {', '.join(map(name_text, sorted(live_on)))}"
         " (a cache entry whose namespace is there), and liveness is by container ID"
     )
     if in_nft:
@@ -423,8 +423,8 @@ def _zombie_fix(
         # network's too.
         return f"{kept}; they go when the container does"
     return (
-        f"{kept}; the plugin's DEL for {a.network} removes them, then delete its cache"
-        f" entry {a.path}"
+        f"{kept}; the plugin's DEL for {name_text(a.network)} removes them, then delete"
+        f" its cache entry {name_text(a.path)}"
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import Mapping
+from portmapctl.core.text import name_text
 from portmapctl.iptables import inventory
 from portmapctl.iptables.ruleset import Args
 from portmapctl.iptables.shown import shown_rule
@@ -24,8 +25,11 @@ class Unrepaired:
 
     @property
     def text(self) -> str:
+        # The names are the node's, as their cells write them (core/text.name_text);
+        # `why` is written so by whoever made it.
         return (
-            f"could not repair IPv{self.family} {self.network}/{self.container_id}"
+            f"could not repair IPv{self.family}"
+            f" {name_text(self.network)}/{name_text(self.container_id)}"
             f" ({self.chain}): {self.why}"
         )
 
