@@ -15,6 +15,7 @@ from typing import Callable, Collection, Dict, List, Optional, Sequence, Set, Tu
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.text import name_text
 from portmapctl.errors import HostProblem
 from portmapctl.nftables import inventory as nft_inventory
 from portmapctl.nftables.inventory import NftInventory, Owner
@@ -286,7 +287,10 @@ def nothing_left(
     ]
     if not gone:
         return {}
-    unheld = sorted({f"{a.network}/{a.container_id}" for a in (*judged.ignored, *judged.in_doubt)})
+    unheld = sorted(
+        {f"{name_text(a.network)}/{name_text(a.container_id)}"
+         for a in (*judged.ignored, *judged.in_doubt)}
+    )  # fmt: skip
     if unheld:
         shown = ", ".join(unheld[:3]) + (", ..." if len(unheld) > 3 else "")
         why = (
@@ -341,7 +345,10 @@ def unread_key_verdict(
             f"is in {where} and it has no rule in nftables, where the plugin's table is here"
             " but not as the plugin leaves it (flushed?)"
         )
-    said = f"{config.network}/{config.container_id}: its CNI cache entry cannot be read ({unread})"
+    said = (
+        f"{name_text(config.network)}/{name_text(config.container_id)}: its CNI cache entry"
+        f" cannot be read ({unread})"
+    )
     raise stop(
         doubt_text(
             config,

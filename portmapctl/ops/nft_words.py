@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.text import name_text
 from portmapctl.iptables.chains import chain_name, dnat_chain_name
 
 if TYPE_CHECKING:  # (add's refusals import these words: not the cache reader with them)
@@ -78,7 +79,7 @@ def unplaced_text(config: MappingConfig, unread: str) -> str:
     alone (where it is followed: kept_in_nftables, split) cannot be told."""
     return doubt_text(
         config,
-        f'{config.network}/{config.container_id}: its cached config has no "backend" key',
+        f'{_who(config)}: its cached config has no "backend" key',
         f"is not in iptables (either flavour){_UNREAD.format(unread)}",
         "its rules are in nftables alone (where it is followed) or gone",
         "an iptables copy would map it twice",
@@ -106,7 +107,7 @@ def key_ignored_note(ignored: Sequence[Attachment], where: Mapping[str, str]) ->
     check/followed.chain_in_iptables says it ("iptables", "the iptables-legacy
     tables"): "in iptables" alone sent people to `iptables -t nat -S`, which shows
     nothing of a chain in the other flavour."""
-    names = sorted({f"{a.network}/{a.container_id}" for a in ignored})
+    names = sorted({f"{name_text(a.network)}/{name_text(a.container_id)}" for a in ignored})
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     places = " or ".join(sorted({where.get(a.dnat_chain, "iptables") for a in ignored}))
     return (
@@ -119,19 +120,14 @@ def key_ignored_note(ignored: Sequence[Attachment], where: Mapping[str, str]) ->
 
 def kept_there(config: MappingConfig) -> str:
     """What kept_in_nftables found, as the notes and errors that follow it begin."""
-    return (
-        f"{config.network}/{config.container_id}: its rules are in the plugin's nftables"
-        " tables alone"
-    )
+    return f"{_who(config)}: its rules are in the plugin's nftables tables alone"
 
 
 def chain_there(config: MappingConfig, where: str = "iptables") -> str:
     """What ops/chain_place.py found (`where`: ChainPlace.words), as the notes and
     refusals that follow it begin: the plugin keeps a container whose chain is in
     iptables there."""
-    return (
-        f"{config.network}/{config.container_id}: its chain {dnat_chain_name(config)} is in {where}"
-    )
+    return f"{_who(config)}: its chain {dnat_chain_name(config)} is in {where}"
 
 
 class FollowedBy(str, Enum):
@@ -172,7 +168,7 @@ def configured_there(
     it begin: the container's cached config names `backend` (`cached` False: the
     config given, --cni-config, does)."""
     whose = "its cached config" if cached else "its config"
-    return f'{config.network}/{config.container_id}: {whose} says "backend": "{backend.value}"'
+    return f'{_who(config)}: {whose} says "backend": "{backend.value}"'
 
 
 def cannot_tell(config: MappingConfig, why: object) -> str:
@@ -181,6 +177,12 @@ def cannot_tell(config: MappingConfig, why: object) -> str:
     of a container kept there would map it twice)."""
     return (
         f"the plugin's nftables tables are here but nft cannot read them ({why}): cannot"
-        f" tell whether it keeps {config.network}/{config.container_id} there; give"
+        f" tell whether it keeps {_who(config)} there; give"
         " --backend iptables or --backend nftables"
     )
+
+
+def _who(config: MappingConfig) -> str:
+    """NETWORK/ID as these lines name a container: the names are the node's (a cached
+    config's) or the user's, written as their cells write them (core/text.name_text)."""
+    return f"{name_text(config.network)}/{name_text(config.container_id)}"

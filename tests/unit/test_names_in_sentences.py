@@ -128,3 +128,36 @@ def test_a_hostile_name_in_could_not_repair_and_zombie_lines():
     assert "/var/run/netns/x\\x1b[2Jy is gone" in kept.detail, kept.detail
     (done,) = zombies([entry], {4: gone}, Fixes())  # type: ignore[dict-item]
     assert "delete its cache entry /var/lib/cni/results/n-b\\\\x1b-eth0 once" in done.fix
+
+
+def test_a_hostile_name_in_the_backend_notes_and_refusals():
+    """The notes, warnings and refusals that say which backend the plugin keeps a cached
+    container in (ops/nft_words.py: check's stderr, add's refusals), the unreadable
+    entry's warning (its cache file's path too) and the held entry's note wrote the
+    names as they were."""
+    import ipaddress
+
+    from portmapctl.cni.cache import Attachment
+    from portmapctl.core.mapping import MappingConfig, PortMapping
+    from portmapctl.ops import nft_words
+    from portmapctl.ops.check.nft_repair import _entry_held
+    from portmapctl.ops.check.unread_entries import unread_text
+
+    config = MappingConfig(
+        NETWORK, CONTAINER, (ipaddress.ip_interface("10.88.0.5/16"),), (PortMapping(8080, 80),)
+    )
+    entry = Attachment(NETWORK, CONTAINER, "eth0", "/c/n-b\x1b-eth0", config)
+    who = f"{NETWORK_TEXT}/{CONTAINER_TEXT}"
+    lines = {
+        "configured_there": nft_words.configured_there(config),
+        "chain_there": nft_words.chain_there(config),
+        "kept_there": nft_words.kept_there(config),
+        "cannot_tell": nft_words.cannot_tell(config, "nft: error"),
+        "unplaced_text": nft_words.unplaced_text(config, "nft: error"),
+        "key_ignored_note": nft_words.key_ignored_note([entry], {}),
+        "unread_text": unread_text((NETWORK, CONTAINER), entry.path),
+        "_entry_held": _entry_held(4, entry, "why"),
+    }
+    for name, line in lines.items():
+        assert who in line and "\x1b" not in line and "\x07" not in line, (name, line)
+    assert "its cache entry /c/n-b\\x1b-eth0 cannot be read" in lines["unread_text"]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Collection, Dict, Iterable, Mapping, Optional,
 from portmapctl.core import validate
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.text import name_text
 from portmapctl.errors import BadInput, HostProblem, PortmapctlError
 from portmapctl.iptables.chains import dnat_chain_name
 from portmapctl.ops.node import Node
@@ -68,7 +69,8 @@ def followed(
             raise HostProblem(cannot_tell(config, node.nft_unusable))
         return config, (
             f"the plugin's nftables tables are here but nft cannot read them"
-            f" ({node.nft_unusable}): {config.network}/{config.container_id} was checked"
+            f" ({node.nft_unusable}): {name_text(config.network)}/"
+            f"{name_text(config.container_id)} was checked"
             " in iptables, where the plugin keeps it unless its config says nftables",
         )
     if not live.tables:

@@ -26,6 +26,7 @@ from portmapctl.cni.cache import Attachment, added_at
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import ProblemKind, Status
+from portmapctl.core.text import name_text
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.shown import shown_rule
 from portmapctl.nftables import FAMILY_NAMES
@@ -389,7 +390,8 @@ def _keyless_notes(node: Node, parts: Split) -> List[str]:
         if a.mapping is None or a.mapping.backend is not None or a.zombie:
             continue
         notes.append(
-            f"{a.network}/{a.container_id}: its rules are in nftables, but its cached config"
+            f"{name_text(a.network)}/{name_text(a.container_id)}: its rules are in nftables,"
+            " but its cached config"
             ' has no "backend" key, for which the plugin takes iptables wherever iptables'
             " works, as it does here: then its CHECK fails and its DEL leaves these rules"
             " (gc removes them once the container is gone)"

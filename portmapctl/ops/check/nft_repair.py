@@ -29,6 +29,7 @@ from typing import Mapping as ReadOnly
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.text import name_text
 from portmapctl.errors import ApplyFailed, Interrupted, PortmapctlError, found_in
 from portmapctl.ops.check.cache_now import TornDownLook
 from portmapctl.ops.check.nft import (
@@ -372,7 +373,8 @@ def _newest_refused(
 def _entry_held(family: int, newest: Attachment, why: str) -> str:
     return (
         f"IPv{family} prerouting and output were left as they are: they take the"
-        f" conditions of the newest cached ADD, {newest.network}/{newest.container_id},"
+        f" conditions of the newest cached ADD,"
+        f" {name_text(newest.network)}/{name_text(newest.container_id)},"
         f" which cannot be written ({why}); another container's would open every host"
         " port wider than that ADD asked"
     )
