@@ -12,6 +12,7 @@ from typing import (
     Callable,
     Collection,
     Dict,
+    FrozenSet,
     Iterable,
     List,
     Optional,
@@ -274,11 +275,17 @@ class CacheNow:
         # not make (for the report).
         self.torn_down: Dict[str, List[Attachment]] = {}
         self.unmade: Dict[int, Set[str]] = {}
+        # By (chain, family): the paths of its torn-down entries planned with it there
+        # (_torn_down: a chain there a live interface shares), judged in each family
+        # apart: one name for both families, not one state (the IPv4 chain there, the
+        # IPv6 one to be made).
+        self.kept: Dict[Tuple[str, int], FrozenSet[str]] = {}
         self.look = TornDownLook()
 
-    def current(self, configs: Iterable[MappingConfig]) -> List[MappingConfig]:
+    def current(self, configs: Iterable[MappingConfig], family: int) -> List[MappingConfig]:
         """`configs` as last read: the configs of a chain whose entries were read again
-        replaced by theirs (none where they are gone)."""
+        replaced by theirs (none where they are gone), but its torn-down entries (by
+        path) that `family`'s plan does not keep (`kept`)."""
         found = []
         replaced = set()
         for config in configs:
@@ -287,8 +294,14 @@ class CacheNow:
                 found.append(config)
             elif name not in replaced:
                 replaced.add(name)
-                found += [a.mapping for a in self.now[name]]  # type: ignore[misc]
+                out = self._left_out_of(name, family)
+                found += [a.mapping for a in self.now[name] if a.path not in out]  # type: ignore[misc]
         return found
+
+    def _left_out_of(self, name: str, family: int) -> Set[str]:
+        """The paths of `name`'s torn-down entries `family`'s plan leaves out."""
+        kept = self.kept.get((name, family), frozenset())
+        return {a.path for a in self.torn_down.get(name, ()) if a.path not in kept}
 
     def plan(
         self,
@@ -296,7 +309,7 @@ class CacheNow:
         configs: Sequence[MappingConfig],
         setup: Callable[[NatTable, Sequence[MappingConfig]], Transaction],
     ) -> Transaction:
-        these = self.current(configs)
+        these = self.current(configs, live.family)
         txn = setup(live, these)
         changed = changed_mappings(txn, these)
         changing = [c for c in changed if live.has_chain(dnat_chain_name(c))]
@@ -309,7 +322,7 @@ class CacheNow:
         own = written_chains(txn)
         self._torn_down([c for c in changed if dnat_chain_name(c) in own], live)
         self._left_out_here(live, configs, setup)
-        again = self.current(configs)
+        again = self.current(configs, live.family)
         return txn if again == these else setup(live, again)
 
     def _left_out_here(
@@ -322,13 +335,16 @@ class CacheNow:
         name for both families) whose rules a plan with their entries would write in
         this family: those are what it left out here (`unmade`). A chain of theirs
         there that is as its entries make it is not named."""
-        torn = {name for name, left in self.torn_down.items() if left}
+        family = live.family
+        torn = {name for name in self.torn_down if self._left_out_of(name, family)}
         here = {name for c in configs
-                if live.family in c.families and (name := dnat_chain_name(c)) in torn}  # fmt: skip
+                if family in c.families and (name := dnat_chain_name(c)) in torn}  # fmt: skip
         if not here:
             return
-        whole = [*self.current(configs),
-                 *(a.mapping for name in sorted(here) for a in self.torn_down[name])]  # fmt: skip
+        out = {path for name in here for path in self._left_out_of(name, family)}
+        whole = [*self.current(configs, family),
+                 *(a.mapping for name in sorted(here) for a in self.torn_down[name]
+                   if a.path in out)]  # fmt: skip
         written = written_chains(setup(live, whole))  # type: ignore[arg-type]
         self.unmade.setdefault(live.family, set()).update(here & written)
 
@@ -353,7 +369,9 @@ class CacheNow:
         repair names it: left_out). A chain there is left as it is only where every
         entry of it is torn down (liveness in doubt: what it holds stays, what it lacks
         is not made, as on the nftables backend); one shared with a live interface (a
-        pod on the network twice) is rewritten from all of them, as before."""
+        pod on the network twice) is rewritten from all of them, as before. Which
+        entries go whole is judged once; what a plan does with them, in each family
+        (`kept`): the chain there in one may be made in the other."""
         written = {dnat_chain_name(c) for c in configs}
         held = {
             name: [a for a in self.now.get(name, self.first.get(name, [])) if not a.zombie]
@@ -362,11 +380,23 @@ class CacheNow:
         gone = set(map(id, self.look.torn_down([a for each in held.values() for a in each])))
         for name, attachments in held.items():
             torn = [a for a in attachments if id(a) in gone]
-            if live.has_chain(name) and len(torn) < len(attachments):
-                torn = []
             self.torn_down[name] = torn
             if torn:
-                self.now[name] = [a for a in attachments if id(a) not in gone]
+                # All of them: `current` leaves the torn-down ones out by path, as each
+                # family's plan decides below.
+                self.now[name] = attachments
+        for name in written:
+            torn = self.torn_down.get(name)
+            if not torn or (name, live.family) in self.kept:
+                continue
+            # Which family's chain is there is judged in that family: the IPv4 chain
+            # rewritten from all its entries must not have the IPv6 one made with the
+            # torn-down interface's rules too.
+            everyone = [a for a in self.now.get(name, ()) if not a.zombie]
+            shared = live.has_chain(name) and len(torn) < len(everyone)
+            self.kept[(name, live.family)] = (
+                frozenset(a.path for a in torn) if shared else frozenset()
+            )
 
     def left_out(self, family: int) -> List[Unrepaired]:
         """What a plan of `family` left out as torn down (_torn_down), and why."""
@@ -374,7 +404,8 @@ class CacheNow:
             u
             for name in sorted(self.unmade.get(family, ()))
             for a in self.torn_down[name]
-            if (u := self.look.not_made(a, family, name)) is not None
+            if a.path in self._left_out_of(name, family)
+            and (u := self.look.not_made(a, family, name)) is not None
         ]
 
     def _read_again(self, configs: Sequence[MappingConfig]) -> None:

@@ -493,7 +493,7 @@ def repair(
             }
             for txn in txns:
                 for c in changed_mappings(
-                    txn, cache.current(configs or []) if cache else configs or []
+                    txn, cache.current(configs or [], family) if cache else configs or []
                 ):
                     if dnat_chain_name(c) in left_out:
                         continue  # nothing of it was made: no route_localnet, no flush
