@@ -196,7 +196,10 @@ def test_check_offers_no_repair_for_a_torn_down_iptables_container(
 
 
 # A pod on one network twice (net1, net2: one chain both ADDs appended to), net1 being
-# torn down (its address and interface gone from the pod's namespace), net2 live.
+# torn down (its address and interface gone from the pod's namespace), net2 live. After
+# `-F -X` the repair makes the chain from net2's entry alone and names net1; after `-F`
+# (the chain there, empty) it filled the chain from both entries: a DNAT to net1's
+# address being given back, which a333eca stopped for a container alone.
 
 
 def _pod_twice(host: str, pod: str, tmp_path: Path, mode: rp.Mode, ips: dict) -> None:
@@ -208,6 +211,25 @@ def _pod_twice(host: str, pod: str, tmp_path: Path, mode: rp.Mode, ips: dict) ->
         rp.write_cni_cache(tmp_path, "podman", "twice", ifname, conf, ports, ips[ifname],
                            netns=f"/run/netns/{pod}")  # fmt: skip
     rp.hold_addresses(f"/run/netns/{pod}", ips["net2"])  # net1's address and interface gone
+
+
+@pytest.mark.parametrize("flush", [["-F"], ["-F", "-X"]], ids=["F", "FX"])
+def test_iptables_a_shared_chain_flushed_gets_no_rule_of_the_torn_down_interface(
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode, flush: list
+) -> None:
+    host, pod = nodes
+    _pod_twice(host, pod, tmp_path, iptables_mode,
+               {"net1": ["10.88.0.7/16"], "net2": ["10.88.0.9/16"]})  # fmt: skip
+    for args in flush:
+        rp.iptables(host, ["-t", "nat", args], mode=iptables_mode)
+    done = pmctl.run(["check", "--repair", "--netns", host, "--cni-cache-dir", str(tmp_path),
+                      "--family", "4", "--iptables", iptables_mode, "-o", "json"])  # fmt: skip
+    after = rp.save(host, 4, iptables_mode)
+    assert "10.88.0.7" not in after, after  # no DNAT to the address being given back
+    assert "-j DNAT --to-destination 10.88.0.9:80" in after, after  # net2's is made
+    [left] = json.loads(done.stdout)["unrepaired"]
+    assert left["why"].startswith("its address 10.88.0.7 is on no interface"), left
+    assert done.returncode == 1, done.stdout + done.stderr
 
 
 def test_iptables_a_shared_chain_there_in_one_family_made_in_the_other(

@@ -394,8 +394,11 @@ class CacheNow:
             # torn-down interface's rules too.
             everyone = [a for a in self.now.get(name, ()) if not a.zombie]
             shared = live.has_chain(name) and len(torn) < len(everyone)
-            self.kept[(name, live.family)] = (
-                frozenset(a.path for a in torn) if shared else frozenset()
+            # Of those only the ones whose DNAT the chain holds: what it holds is kept,
+            # what it lacks is not made (a chain `iptables -t nat -F` emptied gets none,
+            # as one made after `-F -X` does not).
+            self.kept[(name, live.family)] = frozenset(
+                a.path for a in torn if shared and _holds_dnat_of(live, name, a)
             )
 
     def left_out(self, family: int) -> List[Unrepaired]:
@@ -441,6 +444,22 @@ class CacheNow:
             if attachment is not None:
                 found.append(attachment)
         return found
+
+
+def _holds_dnat_of(live: NatTable, name: str, attachment: Attachment) -> bool:
+    """Whether chain `name` of `live` DNATs to `attachment`'s address of its family."""
+    mapping = attachment.mapping
+    address = mapping.address(live.family) if mapping is not None else None
+    if address is None:
+        return False
+    host = address.ip.compressed
+    to = f"[{host}]:" if address.version == 6 else f"{host}:"  # as iptables-save writes it
+    return any(
+        rule[i + 1].startswith(to)
+        for rule in live.rules(name)
+        for i, arg in enumerate(rule[:-1])
+        if arg == "--to-destination"
+    )
 
 
 def changed_mappings(txn: Transaction, configs: Sequence[MappingConfig]) -> List[MappingConfig]:
