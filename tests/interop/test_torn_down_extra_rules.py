@@ -12,6 +12,7 @@ it too (real Debian plugin, iptables-nft and legacy)."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Iterator
 
@@ -265,3 +266,30 @@ def chain_of(host: str, mode: rp.Mode) -> str:
     [name] = {line.split()[1] for line in rp.save(host, 4, mode).splitlines()
               if line.startswith("-A CNI-DN-")}  # fmt: skip
     return name
+
+
+def test_check_offers_repair_for_a_torn_down_containers_duplicated_entry_rule(
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode
+) -> None:
+    """A torn-down container's entry rule twice in CNI-HOSTPORT-DNAT (a script re-adding
+    the plugin's rules): the repair deletes the extra copy whatever the container (its
+    dedupe reads the table, not the cache), so the plain check must offer it, not say
+    `--repair would leave it as it is`."""
+    host, container = nodes
+    conf = _debian_added(host, iptables_mode, ("10.88.0.8/16",))
+    rp.write_cni_cache(tmp_path, "podman", "dying", "eth0", conf, [rp.port_mapping(8080, 80)],
+                       ["10.88.0.8/16"], netns=f"/run/netns/{container}")  # fmt: skip
+    [entry] = [shlex.split(line) for line in rp.save(host, 4, iptables_mode).splitlines()
+               if line.startswith("-A CNI-HOSTPORT-DNAT ")]  # fmt: skip
+    rp.iptables(host, ["-t", "nat", *entry], mode=iptables_mode)  # the same rule again
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4",
+            "--iptables", iptables_mode]  # fmt: skip
+    assert rp.save(host, 4, iptables_mode).count("-A CNI-HOSTPORT-DNAT ") == 2
+
+    done = pmctl.run(["check", *args, "-o", "json"])
+    [dup] = [p for p in json.loads(done.stdout)["problems"] if p["kind"] == "duplicate-entry"]
+    assert dup["fix"] is not None and "check --repair" in dup["fix"], dup
+    assert "would leave it" not in dup["why"], dup
+    done = pmctl.run(["check", "--repair", *args, "-o", "json"])
+    assert rp.save(host, 4, iptables_mode).count("-A CNI-HOSTPORT-DNAT ") == 1  # it does
+    assert [p["kind"] for p in json.loads(done.stdout)["fixed"]] == ["duplicate-entry"]

@@ -23,6 +23,7 @@ from typing import (
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.status import ProblemKind
 from portmapctl.core.text import name_text
 from portmapctl.iptables.chains import DNAT_ENTRY_CHAINS, TOPLEVEL_DNAT, dnat_chain_name
 from portmapctl.iptables.ruleset import NatTable, rule_target
@@ -74,12 +75,15 @@ def torn_down_fixes(
     for a in attachments or ():
         if a.mapping is not None and not a.zombie:
             by_key.setdefault((a.network, a.container_id), []).append(a)
+    # (A duplicated entry rule's extra copies the repair deletes whoever's it is: its
+    # dedupe reads the table, not the cache.)
+    left = [p.family and REPAIR_COMMAND in p.fix and p.kind != ProblemKind.DUPLICATE_ENTRY
+            for p in problems]  # fmt: skip
     keys = {
         key
-        for p in problems
-        if p.family and REPAIR_COMMAND in p.fix
-        and (key := (p.network or "", p.container_id or "")) in by_key
-    }  # fmt: skip
+        for p, leaves in zip(problems, left)
+        if leaves and (key := (p.network or "", p.container_id or "")) in by_key
+    }
     if not keys:
         return tuple(problems)
     look = TornDownLook()
@@ -93,10 +97,9 @@ def torn_down_fixes(
                         why.setdefault((*key, family), text)
     return tuple(
         replace(p, fix=WOULD_LEAVE.format(why=text))
-        if REPAIR_COMMAND in p.fix
-        and (text := why.get((p.network or "", p.container_id or "", p.family or 0)))
+        if leaves and (text := why.get((p.network or "", p.container_id or "", p.family or 0)))
         else p
-        for p in problems
+        for p, leaves in zip(problems, left)
     )
 
 
