@@ -215,6 +215,27 @@ def test_an_unreadable_entry_of_the_other_interface_keeps_the_shared_chain(twice
     _plugin_checks(host_ns, confs)
 
 
+def test_an_unreadable_entry_still_has_the_repair_make_the_top_level_chains(twice):
+    """After `iptables -t nat -F -X` on a node whose one pod (on the network twice)
+    has net2's entry unreadable: the repair left the pod out of its plan (d76e041) and
+    with it the top-level chains and jumps its read entry wants, wrote nothing, exit 1,
+    and its check after still gave missing-toplevel rows with `--repair` as the fix: a
+    repair offered that never does it. The shared chains are made; the pod's chain
+    (in doubt) is not."""
+    host_ns, cache, _ = twice
+    rp.cut_short(cache / "results", NETWORK, CID, "net2")
+    for args in (["-F"], ["-X"]):
+        rp.iptables(host_ns, ["-t", "nat", *args], mode="nft")
+    done = _pm(host_ns, cache, "check", "--repair")
+    assert done.returncode == 1, done.stdout + done.stderr  # the pod's chain: in doubt
+    problems = json.loads(done.stdout)["problems"]
+    assert [p["kind"] for p in problems] == ["missing-chain"], problems
+    assert problems[0]["fix"] is None, problems
+    rules = _rules(host_ns)
+    assert "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT" in rules, rules
+    assert not [r for r in rules if "CNI-DN-" in r], rules  # nothing of the pod's
+
+
 @pytest.mark.parametrize("lost", [None, "net1"])
 def test_one_mapping_repair_writes_nothing_for_a_chain_with_an_unreadable_entry(
     twice_in, tmp_path, lost

@@ -361,6 +361,25 @@ def _converge_shared(
     return node.converge_judged(family, plan, notes)
 
 
+def _shared_of_doubted(
+    node: Node, family: int, doubted: Sequence[MappingConfig], notes: List[str]
+) -> List[Transaction]:
+    """The top-level chains and jumps the containers whose chain is in doubt
+    (unread_entries: left out of the plan) want in `family`, made: their check after
+    expects them, and with no other container to bring them a repair after a flush
+    made none, while its missing-toplevel rows still offered --repair."""
+    doubted = [c for c in doubted if family in c.families]
+    if not doubted:
+        return []
+
+    def plan(live: NatTable) -> Transaction:
+        shared, _ = wanted_on_node(doubted, family, live)
+        return _setup(shared, live)
+
+    txn = _converge_shared(node, family, plan, notes)
+    return [txn] if txn else []
+
+
 def _planned_node(node: Node) -> Tuple[Node, ReadOnce]:
     """The node with reads that are made once (see ReadOnce)."""
     planned = ReadOnce(node.backend)
@@ -416,6 +435,7 @@ def repair(
     configs = cached_configs(sorted(attachments, key=added_at)) if attachments is not None else None
 
     nft_ids: set = set()
+    doubted: List[MappingConfig] = []  # (unread_entries: their chain left as it is)
     if attachments is not None:
         if node.nft is None:
             # nftables not looked at: its containers (by key or evidence) still get
@@ -438,8 +458,10 @@ def repair(
         excluded |= {(a.network, a.container_id) for a in followed.unplaced}
         # Nor anything for a chain one of whose entries cannot be read (unread_entries):
         # its rules the entries read do not make may be that interface's live mapping.
-        excluded |= set(unread_pairs(attachments))
+        unread = set(unread_pairs(attachments)) - excluded
+        excluded |= unread
         if configs is not None:
+            doubted = [c for c in configs if (c.network, c.container_id) in unread]
             configs = [c for c in configs if (c.network, c.container_id) not in excluded]
     transactions: Dict = {}
     changed: Dict[MappingConfig, Tuple[MappingConfig, List[int]]] = {}
@@ -466,6 +488,10 @@ def repair(
                 ]
             else:
                 configs_here = list(configs or ())
+            skip = elsewhere.chains if other is not None and read.flavours is not None else ()
+            shared_txns = _shared_of_doubted(
+                node, family, [c for c in doubted if dnat_chain_name(c) not in skip], notes
+            )
             if configs_here:
                 txns, family_unrepaired = _repair_family(node, family, configs_here, notes, cache)
                 unrepaired += family_unrepaired
@@ -480,6 +506,7 @@ def repair(
                 if configs is None and bit_unknown(read.tables[family]):
                     notes.append(_BIT_UNKNOWN.format(family=family))
                 txns = [txn] if txn else []
+            txns = [*shared_txns, *txns]
             if not txns:
                 continue
             transactions[family] = "".join(t.render() for t in txns)
