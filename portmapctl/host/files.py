@@ -13,7 +13,7 @@ from typing import Pattern
 from portmapctl.errors import BadInput, HostProblem
 
 
-def _read_regular(path: str, max_bytes: int) -> bytes:
+def read_regular(path: str, max_bytes: int) -> bytes:
     """A regular file's first `max_bytes + 1` bytes; OSError for anything else.
 
     O_NONBLOCK: opening a FIFO or a terminal planted where a file was expected (or a
@@ -66,7 +66,7 @@ def read_text(
                 )
             data = sys.stdin.buffer.read(max_bytes + 1)
         elif regular_only:
-            data = _read_regular(path, max_bytes)
+            data = read_regular(path, max_bytes)
         else:
             with open(path, "rb") as handle:
                 data = handle.read(max_bytes + 1)

@@ -57,6 +57,23 @@ RUNTIME_CACHES = (
 # PORTMAPCTL_HOST_LOCAL_DIR (host/settings.py) moves it: portmapctl in a container that
 # mounts the host's elsewhere, and tests, which never read the machine's /var/lib/cni.
 HOST_LOCAL_DATA_DIR = "/var/lib/cni/networks"
+# Where runtimes look for the CNI plugins by default, read (never run) for what their
+# `portmap` does with the key "backend": "nftables" (host/cni_bins.py): containerd's
+# and CRI-O's bin_dir and the upstream release's, /opt/cni/bin; podman's
+# cni_plugin_dirs (containers.conf: /usr/local/libexec/cni, /usr/libexec/cni,
+# /usr/local/lib/cni, /usr/lib/cni, /opt/cni/bin; Debian's package, /usr/lib/cni);
+# k3s's, /var/lib/rancher/k3s/data/cni since 1.31 (links into the release's bin), and
+# data/current/bin before it. --cni-bin-dir replaces them.
+CNI_BIN_DIRS = (
+    "/opt/cni/bin",
+    "/usr/libexec/cni",
+    "/usr/lib/cni",
+    "/usr/local/libexec/cni",
+    "/usr/local/lib/cni",
+    "/var/lib/rancher/k3s/data/cni",
+    "/var/lib/rancher/k3s/data/current/bin",
+)
+PORTMAP = "portmap"  # the plugin's file name in a CNI bin directory
 # (The default is what the man page names, whatever this process was given.)
 DEFAULT_RUN_DIR = "/run/portmapctl"
 # (As host/settings.RUN_DIR reads it, which refuses one that is not absolute.)

@@ -1,0 +1,47 @@
+"""Whether a `portmap` plugin binary honours the config key `"backend": "nftables"`,
+told from its bytes (never by running it): host/cni_bins.py reads the files.
+
+The test: the binary holds the name of the table the nftables backend writes,
+`cni_hostport`. Measured on the real binaries: upstream v1.6.2, v1.7.1 and v1.9.1
+hold it (once, inside Go's packed string data, `cni_hostportmasquerading...`: Go
+strings are not NUL-terminated, so the name is searched for as bytes, not as a C
+string); Debian's 1.1.1 (/usr/lib/cni/portmap), like every plugin before v1.6, which
+has no nftables backend and takes `backend` for an unknown key, does not.
+
+Why not the version: Go's build information (the `\\xff Go buildinf:` blob, what
+`go version -m` prints) names the toolchain (go1.19.8 in Debian's, go1.23.5 and
+go1.25.5 upstream's) but not the plugin's version: upstream's release binaries say
+`mod github.com/containernetworking/plugins (devel)`, and Debian's, built without
+modules, have no `mod` line at all. Its `dep sigs.k8s.io/knftables` line (v1.6+'s)
+is missing from a build without modules. The table name is the backend itself.
+The blob still serves: a file without it is no Go program (a wrapper script named
+`portmap`), of which nothing is told.
+
+Cost, measured: 4-7 ms a binary (2.5-5 MB read and searched, page cache warm), and
+asked only where a container's backend is in doubt without it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Optional
+
+# The table the plugin's nftables backend (v1.6 on) writes (nftables/__init__.py TABLE).
+NFT_TABLE_NAME = b"cni_hostport"
+# The start of Go's build information (debug/buildinfo): in every Go program since 1.13.
+GO_BUILDINFO = b"\xff Go buildinf:"
+
+
+class KeySupport(Enum):
+    """What a portmap binary does with the key `"backend": "nftables"`."""
+
+    HONOURS = "honours"  # v1.6 on: the nftables backend
+    IGNORES = "ignores"  # before v1.6: an unknown key, the container kept in iptables
+
+
+def key_support(data: bytes) -> Optional[KeySupport]:
+    """What the portmap binary whose bytes are `data` does with the key, or None where
+    `data` is no Go program (nothing is told of it)."""
+    if GO_BUILDINFO not in data:
+        return None
+    return KeySupport.HONOURS if NFT_TABLE_NAME in data else KeySupport.IGNORES

@@ -1,0 +1,86 @@
+"""The node's `portmap` plugin binaries, read (never run) to tell whether they honour
+the config key `"backend": "nftables"` (core/plugin_binary.py says how, and what it
+costs). Read only where a cache entry's backend cannot be told from the rules on the
+node (ops/check/followed_entries.py).
+
+The binaries are the host's files: under --netns too (a network namespace has no
+files of its own). A dump (--snapshot, --nft-snapshot) may be another node's: none is
+read for it (the caller's choice)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+from portmapctl.core.plugin_binary import KeySupport, key_support
+from portmapctl.host.files import read_regular
+from portmapctl.host.paths import PORTMAP
+
+# A portmap binary is 2.5-5 MB (Debian's 1.1.1, upstream's v1.6.2 to v1.9.1); a
+# multi-call binary of every plugin (k3s's `cni`, which `portmap` links to) some 60 MB.
+# Above this, nothing is told of the file: a bigger one is no plugin to read whole.
+MAX_BYTES = 128 << 20
+
+
+@dataclass(frozen=True)
+class PortmapBinary:
+    """One `portmap` found: what it does with the key (None: cannot be told, `error`
+    saying why)."""
+
+    path: str
+    support: Optional[KeySupport]
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class PortmapBinaries:
+    """The `portmap` binaries of the directories looked in (each file once)."""
+
+    dirs: Tuple[str, ...]
+    found: Tuple[PortmapBinary, ...]
+
+    @property
+    def verdict(self) -> Optional[KeySupport]:
+        """What every binary found does with the key, where they all tell and agree;
+        None where none is found, one cannot be told, or they disagree (two runtimes,
+        each with its own plugin: which one added a container is not known)."""
+        said = {b.support for b in self.found}
+        if len(said) != 1:
+            return None
+        (only,) = said
+        return only
+
+    def words(self) -> str:
+        """The binaries, as a reason names them: `/opt/cni/bin/portmap`, and so on."""
+        return ", ".join(b.path for b in self.found)
+
+
+def portmap_binaries(dirs: Sequence[str]) -> PortmapBinaries:
+    """The file `portmap` of each of `dirs` that has one (a symlink followed; the same
+    file through two directories, once), each read with MAX_BYTES at most."""
+    found = []
+    seen = set()
+    for folder in dirs:
+        path = os.path.join(folder, PORTMAP)
+        try:
+            identity = os.stat(path)
+        except (OSError, ValueError):
+            continue  # (no such file, or no directory: nothing there)
+        key = (identity.st_dev, identity.st_ino)
+        if key in seen:
+            continue
+        seen.add(key)
+        found.append(_read(path))
+    return PortmapBinaries(tuple(dirs), tuple(found))
+
+
+def _read(path: str) -> PortmapBinary:
+    try:
+        data = read_regular(path, MAX_BYTES)
+    except OSError as err:
+        return PortmapBinary(path, None, err.strerror or str(err))
+    if len(data) > MAX_BYTES:
+        return PortmapBinary(path, None, f"larger than {MAX_BYTES >> 20} MiB")
+    support = key_support(data)
+    return PortmapBinary(path, support, None if support is not None else "not a Go program")

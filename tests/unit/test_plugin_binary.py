@@ -1,0 +1,82 @@
+"""Whether a portmap binary honours "backend": "nftables", told from its bytes
+(core/plugin_binary.py, host/cni_bins.py), on the real binaries: Debian's 1.1.1
+(/usr/lib/cni/portmap) and upstream's v1.6.2, v1.7.1, v1.9.1 (../shared; CI has both).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import upstream
+
+from portmapctl.core.plugin_binary import KeySupport, key_support
+from portmapctl.host import cni_bins
+from portmapctl.host.cni_bins import portmap_binaries
+
+DEBIAN = Path("/usr/lib/cni/portmap")
+
+
+def _bytes_of(path: Path) -> bytes:
+    if not path.is_file():
+        pytest.skip(f"no {path} here (CI has it; PORTMAPCTL_UPSTREAM_BIN names the folder)")
+    return path.read_bytes()
+
+
+def test_debians_1_1_1_ignores_the_key() -> None:
+    assert key_support(_bytes_of(DEBIAN)) is KeySupport.IGNORES
+
+
+@pytest.mark.parametrize("version", upstream.VERSIONS)
+def test_upstream_v1_6_on_honours_the_key(version: str) -> None:
+    assert key_support(_bytes_of(upstream.binary(version))) is KeySupport.HONOURS
+
+
+def test_no_go_program_tells_nothing(tmp_path: Path) -> None:
+    # A wrapper script named portmap: neither verdict.
+    assert key_support(b'#!/bin/sh\nexec /usr/lib/cni/portmap.real "$@"\n') is None
+    assert key_support(b"#!/bin/sh\n# cni_hostport\n") is None
+
+
+def _bin_dir(tmp_path: Path, name: str, source: Path) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    _bytes_of(source)
+    shutil.copy(source, folder / "portmap")
+    return folder
+
+
+def test_the_binaries_of_the_dirs_agree_or_tell_nothing(tmp_path: Path) -> None:
+    deb = _bin_dir(tmp_path, "deb", DEBIAN)
+    new = _bin_dir(tmp_path, "new", upstream.binary("v1.9.1"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert portmap_binaries([str(deb), str(empty)]).verdict is KeySupport.IGNORES
+    assert portmap_binaries([str(new), str(tmp_path / "missing")]).verdict is KeySupport.HONOURS
+    # Two runtimes, two plugins: which one added a container is not known.
+    both = portmap_binaries([str(deb), str(new)])
+    assert both.verdict is None and len(both.found) == 2
+    assert portmap_binaries([str(empty)]).verdict is None
+    assert portmap_binaries([]).verdict is None
+
+
+def test_the_same_file_through_two_dirs_is_one_binary(tmp_path: Path) -> None:
+    new = _bin_dir(tmp_path, "new", upstream.binary("v1.7.1"))
+    (tmp_path / "link").symlink_to(new)
+    found = portmap_binaries([str(new), str(tmp_path / "link")])
+    assert [b.path for b in found.found] == [str(new / "portmap")]
+
+
+def test_an_unreadable_or_oversized_binary_tells_nothing(tmp_path: Path, monkeypatch) -> None:
+    new = _bin_dir(tmp_path, "new", upstream.binary("v1.6.2"))
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    os.mkfifo(odd / "portmap")  # (never waited on: not a regular file)
+    found = portmap_binaries([str(new), str(odd)])
+    assert found.verdict is None
+    assert found.found[1].support is None and found.found[1].error
+    monkeypatch.setattr(cni_bins, "MAX_BYTES", 1 << 20)
+    big = portmap_binaries([str(new)])
+    assert big.verdict is None and "larger than" in (big.found[0].error or "")
