@@ -30,7 +30,12 @@ from typing import (
 
 from portmapctl.core.backend import Backend, IptablesAccess
 from portmapctl.core.text import cell_text, message_text
-from portmapctl.host.paths import CNI_CACHE_DIR, default_cni_cache_dirs, same_dirs
+from portmapctl.host.paths import (
+    CNI_CACHE_DIR,
+    default_cni_bin_dirs,
+    default_cni_cache_dirs,
+    same_dirs,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -104,6 +109,7 @@ _TYPER_DECLARED = (
     "COMMON_PARAMETERS",
     "NftSnapshotOpt",
     "MetricsFileOpt",
+    "CniBinDirOpt",
     "common_options",
     "complete_container",
     "complete_network",
@@ -262,6 +268,8 @@ class Common(NamedTuple):
     # --metrics-file's value came from PORTMAPCTL_METRICS_FILE, not the command line
     # (click's ParameterSource.ENVIRONMENT): the node's own file (node_unrecorded).
     metrics_from_environment: bool = False
+    # --cni-bin-dir (check's and add's own option, not a common one: with_bin_dirs).
+    cni_bin_dir: Optional[Tuple[str, ...]] = None
 
     @property
     def plugin_backend(self) -> Optional[Backend]:
@@ -294,6 +302,22 @@ class Common(NamedTuple):
             self.no_trunc,
             WarningTally(),
         )
+
+    def with_bin_dirs(self, given: Optional[Sequence[str]]) -> Common:
+        """With --cni-bin-dir's directories (repeatable; given, they replace the
+        defaults, host/paths.CNI_BIN_DIRS), as check and add take it."""
+        from portmapctl.errors import BadInput
+
+        if not given:
+            return self
+        if any(not d for d in given):
+            raise BadInput("--cni-bin-dir is empty: give a directory (where `portmap` is)")
+        return self._replace(cni_bin_dir=same_dirs(given))
+
+    @property
+    def bin_dirs(self) -> Tuple[str, ...]:
+        """--cni-bin-dir as given, or the default directories."""
+        return self.cni_bin_dir or default_cni_bin_dirs()
 
     def cache(self) -> CacheInfo:
         return cache_info(self.cache_dirs, given=bool(self.cni_cache_dir))
@@ -335,6 +359,7 @@ class Common(NamedTuple):
             families=wanted,
             netns=self.netns,
             cache_dirs=dirs,
+            bin_dirs=self.bin_dirs,
             snapshots=snapshots or {},
             backend=self.plugin_backend,
             nft_snapshot=nft_snapshot,

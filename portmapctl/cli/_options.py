@@ -23,7 +23,13 @@ from portmapctl.cli._common import (
     complete_netns,
 )
 from portmapctl.core.backend import IptablesAccess
-from portmapctl.host.paths import CNI_CACHE_DIR, MULTUS_CACHE_DIR, default_cni_cache_dirs
+from portmapctl.host.paths import (
+    CNI_BIN_DIR_ENV,
+    CNI_BIN_DIRS,
+    CNI_CACHE_DIR,
+    MULTUS_CACHE_DIR,
+    default_cni_cache_dirs,
+)
 
 # Completion of values (typer `autocompletion=`): typer reads their annotations, so
 # they live where typer is imported.
@@ -226,6 +232,21 @@ NftSnapshotOpt = Annotated[
         "--nft-snapshot",
         metavar="FILE",
         help="Read `nft -j list ruleset` output ('-' for stdin), not the kernel.",
+    ),
+]
+# Not common: only the commands that judge which backend a container's plugin keeps it
+# in (check, add) take it.
+CniBinDirOpt = Annotated[
+    Optional[List[str]],
+    typer.Option(
+        "--cni-bin-dir",
+        metavar="DIR",
+        # Several directories in the variable: separated by spaces (click's rule).
+        envvar=CNI_BIN_DIR_ENV,
+        help="Where the node's CNI plugins are (repeat for more; default"
+        f" {', '.join(CNI_BIN_DIRS)}): their `portmap` is read, never run, where a"
+        " container's backend cannot be told from its rules.",
+        show_envvar=True,
     ),
 ]
 MetricsFileOpt = Annotated[

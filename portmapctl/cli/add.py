@@ -8,6 +8,7 @@ import typer
 
 from portmapctl.cli._common import (
     Annotated,
+    CniBinDirOpt,
     Common,
     MappingOptions,
     common_options,
@@ -194,10 +195,12 @@ def add_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the transaction, change nothing.")
     ] = False,
+    cni_bin_dir: CniBinDirOpt = None,
 ) -> None:
     """Create a container's port mappings, idempotently, as the plugin's ADD would.
     Prints what it did on stdout (with --dry-run: the transaction); warns on stderr
     when a host port is already taken."""
     from portmapctl.cli import add_run
 
+    common = common.with_bin_dirs(cni_bin_dir)
     add_run.run(common, mapping, no_flush_udp=no_flush_udp, dry_run=dry_run)

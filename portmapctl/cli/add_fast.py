@@ -40,6 +40,7 @@ OPTIONS: Dict[str, tuple] = {
 ENVIRONMENT = {
     "iptables": "PORTMAPCTL_IPTABLES",
     "cni_cache_dir": "PORTMAPCTL_CNI_CACHE_DIR",
+    "cni_bin_dir": "PORTMAPCTL_CNI_BIN_DIR",
     "metrics_file": "PORTMAPCTL_METRICS_FILE",
 }
 COMPLETION_ENV = "_PORTMAPCTL_COMPLETE"
@@ -106,7 +107,7 @@ def runner(args: List[str], early_claims: Any = None) -> Optional[Callable[[], A
     from portmapctl.cli import add_run
     from portmapctl.cli._common import MAPPING_NAMES, MappingOptions
 
-    common = pop_common(given)
+    common = pop_common(given).with_bin_dirs(given.pop("cni_bin_dir", None))
     mapping = MappingOptions(**{name: given.pop(name) for name in MAPPING_NAMES if name in given})
     flags = {"no_flush_udp": False, "dry_run": False, **given}  # add's own options
     if early_claims is not None:

@@ -30,6 +30,7 @@ OPTIONS = {
     "--family": ("family", "choice"),
     "--netns": ("netns", "value"),
     "--cni-cache-dir": ("cni_cache_dir", "many"),
+    "--cni-bin-dir": ("cni_bin_dir", "many"),
     "--output": ("output", "choice"),
     "-o": ("output", "choice"),
     "--no-headers": ("no_headers", "flag"),

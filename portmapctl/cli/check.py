@@ -10,6 +10,7 @@ import typer
 
 from portmapctl.cli._common import (
     Annotated,
+    CniBinDirOpt,
     Common,
     MappingOptions,
     MetricsFileOpt,
@@ -83,6 +84,7 @@ def check_command(
     ] = None,
     nft_snapshot: NftSnapshotOpt = None,
     metrics_file: MetricsFileOpt = None,
+    cni_bin_dir: CniBinDirOpt = None,
 ) -> int:
     """Check the node (or one mapping) for missing, stale, shadowed and broken chains:
     one row per problem, then why each kind matters and the command that fixes it."""
@@ -95,6 +97,7 @@ def check_command(
     from portmapctl.ops.node import opened
 
     out = common.out()
+    common = common.with_bin_dirs(cni_bin_dir)
     # Exit 1 (problems found) is a run that did its work. Only a check of the whole
     # node writes the file (one mapping's problems are not the node's, nor one
     # family's or backend's: the problems gauge has neither label, so the rest read as

@@ -93,6 +93,19 @@ def default_cni_cache_dirs() -> Tuple[str, ...]:
     return (CNI_CACHE_DIR,)
 
 
+# PORTMAPCTL_CNI_BIN_DIR: --cni-bin-dir's variable (directories separated by spaces,
+# click's rule for a repeatable option), read here too for the callers that build their
+# options without the command line; tests point it at a directory with no plugin.
+CNI_BIN_DIR_ENV = "PORTMAPCTL_CNI_BIN_DIR"
+
+
+def default_cni_bin_dirs() -> Tuple[str, ...]:
+    """The CNI bin directories looked in without --cni-bin-dir: its variable's, else
+    CNI_BIN_DIRS."""
+    given = os.environ.get(CNI_BIN_DIR_ENV, "").split()
+    return tuple(given) if given else CNI_BIN_DIRS
+
+
 def same_dirs(dirs: Sequence[str]) -> Tuple[str, ...]:
     """`dirs` with each directory once, under the spelling given first: `D`, `D/`, a
     symlink to D, a path through one and a bind mount of D are the same directory, whose

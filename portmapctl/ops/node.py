@@ -33,6 +33,7 @@ from portmapctl.iptables.transaction import Transaction
 
 if TYPE_CHECKING:
     from portmapctl.cni import cache as cni_cache
+    from portmapctl.host.cni_bins import PortmapBinaries
     from portmapctl.nftables.access import NftAccess, NftUnusable
     from portmapctl.nftables.access.nft import EarlyListing
     from portmapctl.nftables.ruleset import Ruleset, UnreadChain
@@ -82,6 +83,9 @@ class NodeOptions:
     early_nft: Optional[EarlyListing] = field(default=None, compare=False, repr=False)
     # -q: nothing on stderr but problems (no "waiting for the lock" line for cron to mail).
     quiet: bool = False
+    # Where the node's CNI plugins are (--cni-bin-dir): their `portmap` is read (never
+    # run) where a container's backend cannot be told from its rules (plugin_binaries).
+    bin_dirs: Tuple[str, ...] = field(default_factory=paths.default_cni_bin_dirs)
 
     def __post_init__(self) -> None:
         # Its word, as a core Backend: "auto" is None here, and a word of another
@@ -129,6 +133,8 @@ class NodeOptions:
             spelled += " --family " + (str(self.families[0]) if one else "all")
         if tuple(self.cache_dirs) != paths.default_cni_cache_dirs():
             spelled += "".join(f" --cni-cache-dir {shell_word(d)}" for d in self.cache_dirs)
+        if tuple(self.bin_dirs) != paths.default_cni_bin_dirs():
+            spelled += "".join(f" --cni-bin-dir {shell_word(d)}" for d in self.bin_dirs)
         return spelled
 
 
@@ -154,6 +160,21 @@ class Node:
     # take (nftables/ruleset.py UnreadChain), as any read of this command found them: said
     # once by nft_unread.
     nft_skipped: Tuple[UnreadChain, ...] = field(default=(), compare=False, repr=False)
+    # The node's portmap binaries as plugin_binaries read them: once a command.
+    binaries: Optional[PortmapBinaries] = field(default=None, compare=False, repr=False)
+
+    def plugin_binaries(self) -> Optional[PortmapBinaries]:
+        """The `portmap` binaries of the node's CNI bin directories (options.bin_dirs;
+        host/cni_bins.py), read once. None where the node read is not this host's: a
+        dump may be another node's, a test's tables in memory are no node (under
+        --netns they are read: the binaries are the host's files, not namespaced)."""
+        if self.namespace_view() is None:
+            return None
+        if self.binaries is None:
+            from portmapctl.host.cni_bins import portmap_binaries
+
+            self.binaries = portmap_binaries(self.options.bin_dirs)
+        return self.binaries
 
     def read_nft(self, families: Optional[Tuple[int, ...]] = None) -> Ruleset:
         """The plugin's nftables tables (empty when not looked at)."""

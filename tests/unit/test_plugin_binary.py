@@ -80,3 +80,33 @@ def test_an_unreadable_or_oversized_binary_tells_nothing(tmp_path: Path, monkeyp
     monkeypatch.setattr(cni_bins, "MAX_BYTES", 1 << 20)
     big = portmap_binaries([str(new)])
     assert big.verdict is None and "larger than" in (big.found[0].error or "")
+
+
+def test_tests_never_read_the_machines_own_plugins() -> None:
+    # conftest points the default at a directory without a plugin: CI has Debian's
+    # /usr/lib/cni/portmap, which would settle verdicts that every other machine
+    # leaves in doubt. In-process (NodeOptions' default) and in a command's process.
+    from portmapctl.host.paths import CNI_BIN_DIRS, default_cni_bin_dirs
+    from portmapctl.ops.node import NodeOptions
+
+    assert "/usr/lib/cni" in CNI_BIN_DIRS
+    for dirs in (default_cni_bin_dirs(), NodeOptions().bin_dirs):
+        assert not set(dirs) & set(CNI_BIN_DIRS)
+        assert portmap_binaries(dirs).found == ()
+    assert os.environ["PORTMAPCTL_CNI_BIN_DIR"].startswith("/nonexistent/")
+
+
+def test_cni_bin_dir_replaces_the_defaults_and_is_spelled_in_fix_commands() -> None:
+    from portmapctl.cli import add_fast
+    from portmapctl.cli._common import Common
+
+    common = Common().with_bin_dirs(["/srv/cni", "/srv/cni/", "/opt/other"])
+    options = common.node_options()
+    assert options.bin_dirs == ("/srv/cni", "/opt/other")
+    assert " --cni-bin-dir /srv/cni --cni-bin-dir /opt/other" in options.arguments
+    assert "--cni-bin-dir" not in Common().node_options().arguments
+    # add's fast path (no typer) takes it as typer does.
+    given = add_fast.parse(["add", "--cni-bin-dir", "/srv/cni", "--network", "n"])
+    assert given is not None and given["cni_bin_dir"] == ["/srv/cni"]
+    with pytest.raises(Exception, match="--cni-bin-dir is empty"):
+        Common().with_bin_dirs([""])
