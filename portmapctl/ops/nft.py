@@ -275,16 +275,8 @@ def nothing_left(
     own file, takes CNI-HOSTPORT-DNAT with the chains, and was taken for a v1.6+
     node's, deb1 written to nftables)."""
     owners, targets = owners_in(live), _dnat_targets(live)
-    keyed = [
-        a
-        for a in attachments
-        if a.mapping is not None and a.mapping.backend == Backend.NFTABLES and not a.zombie
-    ]
-    gone = [
-        a
-        for a in keyed
-        if a.dnat_chain not in iptables_chains and not _rules_of(a.mapping, owners, targets)
-    ]
+    keyed = _keyed(attachments)
+    gone = nothing_of(attachments, iptables_chains, live)
     if not gone:
         return {}
     unheld = sorted(
@@ -310,6 +302,40 @@ def nothing_left(
         for a in gone
         if not any(live.table(family) is not None for family in a.mapping.families)  # type: ignore[union-attr]
     }
+
+
+def nothing_of(
+    attachments: Sequence[Attachment], iptables_chains: Collection[str], live: Ruleset
+) -> List[Attachment]:
+    """The cache entries whose config says `"backend": "nftables"` of which nothing is
+    left (nothing_left's: no chain in `iptables_chains`, no rule in nftables that DNATs
+    to their address), whatever tells their backend."""
+    owners, targets = owners_in(live), _dnat_targets(live)
+    return [
+        a
+        for a in _keyed(attachments)
+        if a.dnat_chain not in iptables_chains and not _rules_of(a.mapping, owners, targets)
+    ]
+
+
+def honoured_here(attachment: Attachment, attachments: Sequence[Attachment], live: Ruleset) -> bool:
+    """Whether the node's rules tell that a plugin honoured the key "nftables" here, as
+    nothing_left takes it (the strong evidence, which a plugin binary read never
+    overrides): a `cni_hostport` table of `attachment`'s family (only a v1.6+ ADD given
+    the key makes it), or another entry cached so with its rules in nftables."""
+    owners, targets = owners_in(live), _dnat_targets(live)
+    config = attachment.mapping
+    if config is not None and any(live.table(f) is not None for f in config.families):
+        return True
+    return any(_rules_of(a.mapping, owners, targets) for a in _keyed(attachments))
+
+
+def _keyed(attachments: Sequence[Attachment]) -> List[Attachment]:
+    return [
+        a
+        for a in attachments
+        if a.mapping is not None and a.mapping.backend == Backend.NFTABLES and not a.zombie
+    ]
 
 
 def unread_key_verdict(

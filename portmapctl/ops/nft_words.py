@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.plugin_binary import KeySupport
 from portmapctl.core.text import name_text
 from portmapctl.iptables.chains import chain_name, dnat_chain_name
 
@@ -186,3 +187,19 @@ def _who(config: MappingConfig) -> str:
     """NETWORK/ID as these lines name a container: the names are the node's (a cached
     config's) or the user's, written as their cells write them (core/text.name_text)."""
     return f"{name_text(config.network)}/{name_text(config.container_id)}"
+
+
+def binaries_text(paths: str, verdict: KeySupport, count: int) -> str:
+    """What the node's portmap binaries (`paths`, `count` of them: host/cni_bins.py)
+    do with the key "backend": "nftables", as a verdict they settled says it."""
+    one = count == 1
+    them = f"the portmap binar{'y' if one else 'ies'} {paths}"
+    if verdict is KeySupport.HONOURS:
+        return (
+            f"{them} honour{'s' if one else ''} the key (v1.6 on: the table name"
+            f" cni_hostport is in {'it' if one else 'each'})"
+        )
+    return (
+        f"{them} ignore{'s' if one else ''} the key (before v1.6: no nftables backend"
+        f" in {'it' if one else 'any'}, the table name cni_hostport is not there)"
+    )

@@ -36,6 +36,12 @@ def in_doubt_left(
     the `unplaced` ones (no key; their iptables `missing-chain`, no fix), and the
     top-level chains and jumps in `tables` (as checked) that they alone want
     (_toplevel_left)."""
+    if followed.by_binaries or followed.binaries_differ:
+        result = replace(
+            result,
+            notes=(*followed.by_binaries.values(), *result.notes),
+            warnings=(*result.warnings, *followed.binaries_differ),
+        )
     if not followed.in_doubt and not followed.unplaced:
         return result
     from portmapctl.ops.nft_words import unplaced_text
@@ -160,6 +166,12 @@ class Followed:
     # Under --backend nftables: the host's iptables could not be read (its error), so
     # whether `in_doubt` are kept there cannot be told (_follow_keys).
     iptables_unread: Optional[str] = None
+    # The entries of which nothing is left whose backend the node's portmap binaries
+    # settled (_by_binaries), by path: the note that says so, naming the binaries; and
+    # `binaries_differ`: the warnings where those binaries say what the node's rules
+    # contradict (kept as the rules say).
+    by_binaries: Dict[str, str] = field(default_factory=dict)
+    binaries_differ: Tuple[str, ...] = ()
 
     def doubt_text(self, attachment: Attachment) -> str:
         """Why `attachment` (of `in_doubt`, its mapping there) is in doubt."""
@@ -237,12 +249,21 @@ def entry_in_doubt(
             return None
         read = tables()
     followed = follow_the_plugin(node, attachments, read)
+    mine = (config.network, config.container_id)
+    for a in followed.attachments or ():
+        if (a.network, a.container_id) == mine and a.path in followed.by_binaries:
+            if a.mapping is not None and a.mapping.backend == Backend.IPTABLES:
+                # (Its plugin keeps it in iptables, the binaries say: this command, by
+                # the key, would write it into nftables. The node's repair puts it back.)
+                return (
+                    f"{followed.by_binaries[a.path]}; give `portmapctl check --repair`"
+                    " of the node, which does"
+                )
     return next(
         (
             followed.doubt_text(a)
             for a in followed.in_doubt
-            if (a.network, a.container_id) == (config.network, config.container_id)
-            and a.mapping is not None
+            if (a.network, a.container_id) == mine and a.mapping is not None
         ),
         None,
     )
@@ -340,7 +361,13 @@ def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: Node
     # CNI-HOSTPORT-DNAT, or a nat table a firewall's reload may have flushed it from.
     sign = _iptables_sign(node, chains.pop(TOPLEVEL_DNAT, None) is not None)
     if not chains and sign is None:
-        return Followed(attachments)
+        # (Nothing of iptables here: each judged by its key. Where nothing is left of
+        # one, the plugin's binaries may say otherwise: `nft flush ruleset` took
+        # iptables-nft's nat table of a Debian-plugin node too.)
+        seen = live if live is not None else read.nft_live
+        if seen is None or attachments is None:
+            return Followed(attachments)
+        return _by_binaries(node, Followed(attachments), attachments, chains, seen, False)
     from portmapctl.ops import nft
 
     unread = None
@@ -361,7 +388,95 @@ def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: Node
     # Those of which nothing is left, where nothing tells their plugin honours the key.
     gone = nft.nothing_left(attachments, chains, live, found, sign)
     in_doubt = [*found.in_doubt, *(a for a in attachments or () if a.path in gone)]
-    return Followed(in_iptables, ignored, in_doubt, chains, gone=gone)
+    followed = Followed(in_iptables, ignored, in_doubt, chains, gone=gone)
+    if attachments is None:
+        return followed
+    unheld = bool(found.ignored or found.in_doubt)
+    return _by_binaries(node, followed, attachments, chains, live, unheld)
+
+
+def _by_binaries(
+    node: Node,
+    followed: Followed,
+    attachments: List[Attachment],
+    chains: Dict[str, str],
+    live: Ruleset,
+    unheld: bool,
+) -> Followed:
+    """`followed` with the entries cached "nftables" of which nothing is left settled
+    by what the node's portmap binaries do with the key (Node.plugin_binaries), where
+    they all tell and agree; never against the rules on the node.
+
+    All honour it (v1.6 on): those in doubt by a weak sign alone (an iptables nat
+    table, kube-proxy's: nft.nothing_left) are judged, and repaired, by their key, in
+    nftables; where other entries cached so are kept in iptables (`unheld`: a plugin
+    before v1.6 added them, an upgrade since?) they stay in doubt, their warning
+    saying so. All ignore it (before v1.6): each is the iptables backend's, where
+    that plugin's CHECK and DEL look (`nft flush ruleset` of a Debian-plugin node on
+    iptables-nft takes iptables' nat table too, and nothing was taken for a v1.6+
+    node: repaired into nftables, a copy that plugin never deletes); not where the
+    rules say a plugin honoured the key (nft.honoured_here): kept as they say, with a
+    warning. Binaries read only where such an entry is there."""
+    from portmapctl.ops import nft
+
+    nothing = nft.nothing_of(attachments, chains, live)
+    if not nothing:
+        return followed
+    binaries = node.plugin_binaries()
+    verdict = binaries.verdict if binaries is not None else None
+    if binaries is None or verdict is None:
+        return followed
+    from portmapctl.core.plugin_binary import KeySupport
+    from portmapctl.ops.nft_words import binaries_text
+
+    said = binaries_text(binaries.words(), verdict, len(binaries.found))
+    if verdict is KeySupport.HONOURS:
+        doubted = [a for a in nothing if a.path in followed.gone]
+        if unheld:
+            gone = {
+                path: f"{why}; {said}, but the others' plugin was not (an upgrade since?)"
+                if path in {a.path for a in doubted}
+                else why
+                for path, why in followed.gone.items()
+            }
+            return replace(followed, gone=gone)
+        settled = {a.path for a in doubted}
+        return replace(
+            followed,
+            in_doubt=[a for a in followed.in_doubt if a.path not in settled],
+            gone={p: w for p, w in followed.gone.items() if p not in settled},
+            by_binaries={
+                a.path: f"{_named(a)}: nothing of it is left ({followed.gone[a.path]}); {said}:"
+                " judged, and repaired, in nftables, by its key"
+                for a in doubted
+            },
+        )
+    settled_list = [a for a in nothing if not nft.honoured_here(a, attachments, live)]
+    differ = tuple(
+        f"{_named(a)}: nothing of it is left; {said}, but the node's rules tell that a plugin"
+        " honoured the key (the plugin's table of its family, or another container's rules"
+        " in nftables): judged by them, not by the binaries"
+        for a in nothing
+        if a not in settled_list
+    )
+    settled = {a.path for a in settled_list}
+    return replace(
+        followed,
+        attachments=nft.judged_in_iptables(followed.attachments or [], settled_list),
+        in_doubt=[a for a in followed.in_doubt if a.path not in settled],
+        gone={p: w for p, w in followed.gone.items() if p not in settled},
+        by_binaries={
+            a.path: f'{_named(a)}: its cached config says "backend": "nftables" and'
+            f" nothing of it is left; {said}: judged, and repaired, in iptables, where that"
+            " plugin's CHECK and DEL look"
+            for a in settled_list
+        },
+        binaries_differ=differ,
+    )
+
+
+def _named(attachment: Attachment) -> str:
+    return f"{attachment.network}/{attachment.container_id}"
 
 
 def _iptables_sign(node: Node, toplevel: bool) -> Optional[str]:
