@@ -97,6 +97,15 @@ def test_a_debian_node_whose_rules_are_all_gone_is_repaired_in_iptables_by_its_b
     assert not any(p["kind"].startswith("nft-") for p in said["problems"]), done.stdout
     assert "ignores the key" in done.stdout + done.stderr
     assert "debian-bin/portmap" in done.stdout + done.stderr
+    # One mapping of it, by its cached key, would go to nftables: it stops, naming the
+    # node's repair, nothing written.
+    mapping = ("--network", "podman", "--container", "deb1", "--ip", "10.88.0.41/16",
+               "-p", "8041:80")  # fmt: skip
+    for command in (("add",), ("check", "--repair")):
+        one = _pmctl(node, tmp_path, *command, *mapping, *bins)
+        assert one.returncode == 3, one.stdout + one.stderr
+        assert "ignores the key" in one.stderr and "check --repair" in one.stderr, one.stderr
+    assert "cni_hostport" not in _tables(node)
     repaired = _pmctl(node, tmp_path, "check", "--repair", *bins)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert "cni_hostport" not in _tables(node)
