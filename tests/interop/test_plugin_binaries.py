@@ -6,6 +6,7 @@ default at none, so the machine's /usr/lib/cni is never read unasked)."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterator
@@ -143,3 +144,64 @@ def test_a_v191_node_whose_plugin_tables_were_deleted_is_repaired_in_nftables_by
     assert "v191-bin/portmap" in done.stdout + done.stderr
     upstream.run(V191, "CHECK", node, "nft1", conf, check=True)
     assert chain_name("podman", "nft1") not in rp.save(node, 4, mode)
+
+
+def _debian_keyed(node: str, cache: Path, cid: str, ip: str, port: int) -> Dict[str, Any]:
+    """Debian's 1.1.1 ADD of podman/`cid` under `"backend": "nftables"` (its chain in
+    iptables), cached so."""
+    conf = rp.plugin_conf("podman", [ip], [_pm(port, 80)])
+    conf = _cached(cache, cid, {**conf, "backend": "nftables"})
+    rp.run_plugin("ADD", node, cid, conf, check=True)
+    return conf
+
+
+def _lose(node: str, cid: str) -> None:
+    """A firewall took podman/`cid`'s chain and its CNI-HOSTPORT-DNAT rule."""
+    chain = chain_name("podman", cid)
+    rule = next(
+        line for line in rp.save(node, 4).splitlines()
+        if line.startswith("-A CNI-HOSTPORT-DNAT") and chain in line
+    )  # fmt: skip
+    rp.iptables(node, ["-t", "nat", "-D", *shlex.split(rule)[1:]])
+    rp.iptables(node, ["-t", "nat", "-F", chain])
+    rp.iptables(node, ["-t", "nat", "-X", chain])
+
+
+def test_binaries_without_the_backend_never_outweigh_a_v16_plugins_rules(
+    node: str, tmp_path: Path
+) -> None:
+    """deb1 added by Debian's 1.1.1 under the key, then lost (chain and entry rule);
+    nft2 added by v1.9.1 under the key, its rules in the plugin's table. Only Debian's
+    binary given (a second runtime's v1.9.1 not named): the binaries say "ignored", the
+    node's rules say a plugin here honours the key. Judged by the rules, as without
+    binaries (deb1 repaired in nftables), with a warning that says so."""
+    _debian_keyed(node, tmp_path, "deb1", "10.88.0.51/16", 8051)
+    _lose(node, "deb1")
+    nft2 = upstream.nft_conf("podman", ["10.88.0.52/16"], [_pm(8052, 80)])
+    upstream.run(V191, "ADD", node, "nft2", _cached(tmp_path, "nft2", nft2), check=True)
+    done = _pmctl(node, tmp_path, "check", "-o", "json", "--cni-bin-dir", _debian(tmp_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    said = json.loads(done.stdout)
+    assert "judged by them, not by the binaries" in done.stderr, done.stderr
+    kinds = {p["kind"] for p in said["problems"] if p["container_id"] == "deb1"}
+    assert kinds and all(k.startswith("nft-") for k in kinds), said
+    assert chain_name("podman", "deb1") not in rp.save(node, 4)
+
+
+def test_binaries_with_the_backend_leave_in_doubt_beside_containers_kept_in_iptables(
+    node: str, tmp_path: Path
+) -> None:
+    """deb1 lost, deb2 whole, both added by Debian's 1.1.1 under the key (kept in
+    iptables: the key ignored). v1.9.1's binary given (the plugin upgraded since?):
+    which plugin added deb1 cannot be told, so it stays in doubt, nothing written, its
+    warning naming the binary."""
+    _debian_keyed(node, tmp_path, "deb1", "10.88.0.53/16", 8053)
+    _lose(node, "deb1")
+    _debian_keyed(node, tmp_path, "deb2", "10.88.0.54/16", 8054)
+    before = rp.save(node, 4).split("\n", 1)[1]
+    done = _pmctl(node, tmp_path, "check", "--repair", "--cni-bin-dir", _v191(tmp_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot be told" in done.stderr and "v191-bin/portmap" in done.stderr, done.stderr
+    assert "an upgrade since?" in done.stderr, done.stderr
+    assert "cni_hostport" not in _tables(node)
+    assert rp.nat_rules(rp.save(node, 4)) == rp.nat_rules(before)
