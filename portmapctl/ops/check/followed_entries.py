@@ -256,8 +256,8 @@ def entry_in_doubt(
                 # (Its plugin keeps it in iptables, the binaries say: this command, by
                 # the key, would write it into nftables. The node's repair puts it back.)
                 return (
-                    f"{followed.by_binaries[a.path]}; give `portmapctl check --repair`"
-                    " of the node, which does"
+                    f"{followed.by_binaries[a.path]}; give `portmapctl check --repair"
+                    f"{node.options.arguments}` of the node, which does"
                 )
     return next(
         (
