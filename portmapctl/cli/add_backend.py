@@ -48,6 +48,11 @@ def followed(common: Common, config: MappingConfig, out: Output, keyed: bool = F
     for warning in key.skipped:
         out.warn(warning)
     if config.backend is not None:
+        if key.unread is not None and config.backend == Backend.IPTABLES:
+            # Every family first, before anything is written (the write ahead included):
+            # ops/add.py finds the chain family by family, and a family without it (its
+            # table flushed) went in before another's stopped the add.
+            _stop_where_shared(common, config)
         return Followed(config, _refuse_a_copy(common, config, key.backend, keyed), key.skipped)
     if common.plugin_backend is not None:
         return Followed(config, None, key.skipped)
@@ -118,17 +123,8 @@ def _unread_followed(
     from portmapctl.ops.nft import unread_key_verdict
     from portmapctl.ops.nft_words import chain_there, kept_there
 
-    where = _chain_in_iptables(common, config, dnat_chain_name(config))
-    if where is not None:
-        # Its chain there and another entry of its container on the network read: the
-        # one unread may be that interface's, whose live rules the chain holds (a Multus
-        # pod on one network twice). Stopped here, before the note below (ops/add.py
-        # stops a write into it too, where a backend was given).
-        from portmapctl.cni.cache import pair_entries
-        from portmapctl.ops.check.unread_entries import stop_where_unread
-
-        entries = pair_entries(common.cache_dirs, config.network, config.container_id)
-        stop_where_unread(config, entries)
+    # Stopped before the note below (else two lines).
+    where = _stop_where_shared(common, config)
     try:
         live = _plugin_tables(common, config, strict=True)
     except PortmapctlError as err:
@@ -144,6 +140,23 @@ def _unread_followed(
         " goes to iptables"
     )
     return replace(config, backend=Backend.IPTABLES)
+
+
+def _stop_where_shared(common: Common, config: MappingConfig) -> Optional[str]:
+    """Where the container's chain is in iptables, in any family (_chain_in_iptables),
+    when another entry of its container on the network reads beside its unread one;
+    else ChainInDoubt (exit 3, nothing written): the one unread may be that interface's,
+    whose live rules the chain holds (a Multus pod on one network twice). Asked for every
+    family at once, before any is written (ops/add.py stops a write into the chain too,
+    family by family)."""
+    where = _chain_in_iptables(common, config, dnat_chain_name(config))
+    if where is not None:
+        from portmapctl.cni.cache import pair_entries
+        from portmapctl.ops.check.unread_entries import stop_where_unread
+
+        entries = pair_entries(common.cache_dirs, config.network, config.container_id)
+        stop_where_unread(config, entries)
+    return where
 
 
 def _refuse_a_copy(

@@ -240,6 +240,17 @@ def add(
                 f"IPv{family}: {err}" + _applied(families, transactions, written),
                 maybe_applied=err.maybe_applied,
             ) from None
+        except HostProblem as err:
+            # (Imported here: not on add's usual path.)
+            from portmapctl.ops.check.unread_entries import ChainInDoubt
+
+            # The CLI asks every family before the write (cli/add_backend.py); here it
+            # is found family by family (a library caller, a chain made meanwhile): a
+            # family written before it is said, not "nothing changed".
+            done = _applied(families, transactions, written)
+            if not isinstance(err, ChainInDoubt) or not done:
+                raise
+            raise ChainInDoubt(err.pair, err.path, done) from None
         if txn:
             transactions[family] = txn.render()
     warnings: List[str] = notes

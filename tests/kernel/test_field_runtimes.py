@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from ipaddress import ip_interface
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -22,7 +23,13 @@ import pytest
 import realplugin as rp
 from pmctl import run
 
+from portmapctl.core.mapping import MappingConfig, PortMapping
+from portmapctl.host import netns
+from portmapctl.iptables.access.restore import RestoreBackend
 from portmapctl.iptables.chains import chain_name
+from portmapctl.ops.add import add
+from portmapctl.ops.check.unread_entries import ChainInDoubt
+from portmapctl.ops.node import Node, NodeOptions
 
 NETWORK = "macvlan-conf"
 CID = "5f0c" * 16
@@ -33,25 +40,32 @@ ATTACHMENTS: Tuple[Tuple[str, str, List[dict]], ...] = (
 )
 
 
-def _conf(ifname: str, ip: str, ports: List[dict]) -> dict:
-    conf = rp.plugin_conf(NETWORK, [ip], ports)
+# Each interface's IPv6 address beside its IPv4 one, for a dual-stack pod.
+IPV6 = {"net1": "fd77::5/64", "net2": "fd77::6/64"}
+
+
+def _conf(ifname: str, ip: str, ports: List[dict], dual: bool = False) -> dict:
+    conf = rp.plugin_conf(NETWORK, [ip, IPV6[ifname]] if dual else [ip], ports)
     conf["prevResult"]["interfaces"][0]["name"] = ifname  # the delegate's interface
     return conf
 
 
-def _attach_twice(host_ns: str, tmp_path: Path, mode: rp.Mode) -> Tuple[Path, Dict[str, dict]]:
+def _attach_twice(
+    host_ns: str, tmp_path: Path, mode: rp.Mode, dual: bool = False
+) -> Tuple[Path, Dict[str, dict]]:
     """The pod attached to one network twice, added as Multus adds it (net1, then
     net2) by the real plugin in iptables `mode`, its entries cached with the
-    modification times of that order."""
+    modification times of that order. `dual`: each interface has an IPv6 address too."""
     if not rp.mode_available(mode)[0]:
         pytest.skip(rp.mode_available(mode)[1])
     cache = tmp_path / "multus"
     confs = {}
     stamp = time.time() - 60
     for ifname, ip, ports in ATTACHMENTS:
-        conf = confs[ifname] = _conf(ifname, ip, ports)
+        conf = confs[ifname] = _conf(ifname, ip, ports, dual)
+        ips = [ip, IPV6[ifname]] if dual else [ip]
         rp.run_plugin("ADD", host_ns, CID, conf, mode=mode, ifname=ifname, check=True)
-        path = rp.write_cni_cache(cache, NETWORK, CID, ifname, conf, ports, [ip])
+        path = rp.write_cni_cache(cache, NETWORK, CID, ifname, conf, ports, ips)
         stamp += 1
         os.utime(path, (stamp, stamp))
     return cache, confs
@@ -402,6 +416,51 @@ def test_add_writes_nothing_into_a_chain_with_an_unreadable_entry(twice_in, tmp_
     assert done.returncode == 0, done.stdout + done.stderr
     assert [r for r in _rules(host_ns, mode) if "9090" in r] == [r for r in added if "9090" in r]
     _plugin_checks(host_ns, confs, mode)
+
+
+def _dual_ipv4_flushed(host_ns: str, tmp_path: Path, mode: rp.Mode) -> Tuple[Path, Dict[str, dict]]:
+    """_attach_twice dual-stack, then the IPv4 nat table flushed and its chains deleted
+    (the IPv6 chain left) and net2's entry cut short."""
+    cache, confs = _attach_twice(host_ns, tmp_path, mode, dual=True)
+    rp.iptables(host_ns, ["-t", "nat", "-F"], mode=mode)
+    rp.iptables(host_ns, ["-t", "nat", "-X"], mode=mode)
+    rp.cut_short(cache / "results", NETWORK, CID, "net2")
+    return cache, confs
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("more", [("--backend", "iptables"), ()])
+def test_add_writes_no_family_when_another_familys_chain_is_in_doubt(host_ns, tmp_path, mode, more):
+    """A dual-stack pod on one network twice, its IPv4 nat table flushed (chain gone),
+    its IPv6 chain still there, net2's entry cut short: add of net1 under --backend
+    iptables wrote IPv4 (net1's rules alone) and then stopped at IPv6 with exit 3 and
+    'nothing changed', which was false (ops/add.py judged the chain family by family,
+    where it found it). It decides for every family first: nothing written in either,
+    the line true; without --backend too."""
+    cache, confs = _dual_ipv4_flushed(host_ns, tmp_path, mode)
+    before = {family: rp.nat_rules(rp.save(host_ns, family, mode)) for family in (4, 6)}
+    assert chain_name(NETWORK, CID) in "\n".join(before[6]), before[6]
+
+    done = _add(host_ns, cache, confs, tmp_path, mode, *more)
+    _stopped_for_the_unread_entry(done, "net2")
+    after = {family: rp.nat_rules(rp.save(host_ns, family, mode)) for family in (4, 6)}
+    assert after == before, "add wrote a family before it stopped"
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_adds_library_stop_says_which_family_went_in(host_ns, tmp_path, mode):
+    """The same node, add called as a library (no CLI to ask every family first): it
+    finds the chain family by family, so IPv4 goes in before IPv6 stops it. Its line
+    said 'nothing changed'; it says what was applied."""
+    cache, _ = _dual_ipv4_flushed(host_ns, tmp_path, mode)
+    given = MappingConfig(NETWORK, CID, (ip_interface("10.77.0.5/16"), ip_interface("fd77::5/64")),
+                          (PortMapping(8080, 80),))  # fmt: skip
+    options = NodeOptions(iptables=mode, families=(4, 6), netns=host_ns, cache_dirs=(str(cache),))
+    with netns.entered(host_ns), pytest.raises(ChainInDoubt) as stopped:
+        add(Node(options, RestoreBackend(mode)), given, flush_udp=False, ifname="net1")
+    assert chain_name(NETWORK, CID) in rp.save(host_ns, 4, mode)  # (IPv4 went in)
+    assert "nothing changed" not in str(stopped.value), stopped.value
+    assert "nothing more changed (IPv4 was applied)" in str(stopped.value), stopped.value
 
 
 @pytest.mark.parametrize("mode", ["nft", "legacy"])

@@ -78,7 +78,13 @@ def unread_text(pair: Pair, path: str) -> str:
 class ChainInDoubt(HostProblem):
     """A write of one mapping (check --repair of it, add) into a chain unread_pairs puts
     in doubt: stopped, nothing written (exit 3: the node's state stops it, as a backend
-    in doubt stops them: followed_entries.entry_in_doubt)."""
+    in doubt stops them: followed_entries.entry_in_doubt). `applied`: what went in
+    before it was found, in the words of ops/add.py _applied (else nothing did)."""
+
+    def __init__(self, pair: Pair, path: str, applied: str = "") -> None:
+        super().__init__(stopped_text(pair, path, applied))
+        self.pair = pair
+        self.path = path
 
 
 def stop_where_unread(config: MappingConfig, entries: Sequence[Attachment]) -> None:
@@ -89,16 +95,17 @@ def stop_where_unread(config: MappingConfig, entries: Sequence[Attachment]) -> N
     pair = (config.network, config.container_id)
     path = unread_pairs(entries).get(pair)
     if path is not None:
-        raise ChainInDoubt(stopped_text(pair, path))
+        raise ChainInDoubt(pair, path)
 
 
-def stopped_text(pair: Pair, path: str) -> str:
+def stopped_text(pair: Pair, path: str, applied: str = "") -> str:
     """ChainInDoubt's one line; the names and path as the node gives them, escaped
-    (core/text.name_text)."""
+    (core/text.name_text). `applied`: as ChainInDoubt's."""
     network, container_id = pair
+    changed = f"nothing more changed{applied}" if applied else "nothing changed"
     return (
         f"{name_text(network)}/{name_text(container_id)}: its cache entry {name_text(path)}"
         " cannot be read, and its chain is shared by all its interfaces on the network, so"
-        " it may hold that interface's live mapping: nothing changed (fix or remove the"
+        f" it may hold that interface's live mapping: {changed} (fix or remove the"
         " entry, then run the same command again)"
     )
