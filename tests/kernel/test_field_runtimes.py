@@ -281,6 +281,26 @@ def test_one_mapping_repair_writes_nothing_for_a_chain_with_an_unreadable_entry(
     _plugin_checks(host_ns, confs, mode)
 
 
+@pytest.mark.parametrize("command", ["check", "check-repair", "check-one"])
+def test_the_unread_entry_is_warned_of_once(twice, tmp_path, command):
+    """net2's entry cut short: the node check warned twice of the one file, the cache
+    reader's 'skipped a CNI cache entry that cannot be read (... not valid JSON ...);
+    its container is kept as live by the file name', then 'its cache entry ... cannot
+    be read, so its chain may hold ...'; the one-mapping check said the second alone,
+    without why the entry cannot be read. One line says it all, in each."""
+    host_ns, cache, confs = twice
+    rp.cut_short(cache / "results", NETWORK, CID, "net2")
+    args = {"check": ["check"], "check-repair": ["check", "--repair"],
+            "check-one": ["check", *_given(confs, tmp_path, "net1")]}[command]  # fmt: skip
+    done = _pm(host_ns, cache, *args)
+    assert done.returncode == 1, done.stdout + done.stderr
+    said = [line for line in done.stderr.splitlines() if f"{NETWORK}-{CID}-net2" in line]
+    assert len(said) == 1, done.stderr
+    for words in ("cannot be read (not valid JSON", "kept as live by the file name",
+                  "may hold that interface's live mapping", "fix or remove the entry"):  # fmt: skip
+        assert words in said[0], said[0]
+
+
 @pytest.mark.parametrize("command", ["check", "check-one-repair", "add"])
 def test_the_unread_entrys_name_is_said_unambiguously(twice, tmp_path, command):
     """net2's entry cut short and renamed `...-net\\x1b` (a backslash, then `x1b`: a

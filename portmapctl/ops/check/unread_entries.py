@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Dict, Optional, Sequence, Set, Tuple
 
-from portmapctl.cni.cache import Attachment
+from portmapctl.cni.cache import Attachment, skipped_line
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.text import name_text
 from portmapctl.errors import HostProblem
@@ -59,19 +59,31 @@ def unread_left(result: CheckResult, attachments: Optional[Sequence[Attachment]]
         for p, doubted in zip(result.problems, left)
     )
     hit = sorted({(p.network, p.container_id) for p, doubted in zip(problems, left) if doubted})
-    said = tuple(unread_text(pair, pairs[pair]) for pair in hit)  # type: ignore[index]
-    return replace(result, problems=problems, warnings=(*result.warnings, *said))
+    why = {a.path: a.problem for a in attachments or () if a.problem is not None}
+    paths = [pairs[pair] for pair in hit]  # type: ignore[index]
+    said = tuple(unread_text(pair, path, why.get(path)) for pair, path in zip(hit, paths))
+    # Each says all the cache reader's own line of its entry says (cni/cache.py
+    # skipped_line): that line goes, so the file is warned of once.
+    merged = {skipped_line(why[path]) for path in paths if path in why}
+    kept = tuple(w for w in result.warnings if w not in merged)
+    return replace(result, problems=problems, warnings=(*kept, *said))
 
 
-def unread_text(pair: Pair, path: str) -> str:
+def unread_text(pair: Pair, path: str, problem: Optional[str] = None) -> str:
     """The node check's warning; the names and path as the node gives them, escaped
-    (core/text.name_text: a file name's tail is anyone's text)."""
+    (core/text.name_text: a file name's tail is anyone's text). `problem`: why the
+    entry cannot be read, as the cache reader says it (its own `CNI cache file PATH: `
+    left out, the path being said already)."""
     network, container_id = pair
+    source = f"CNI cache file {name_text(path)}: "
+    why = ""
+    if problem is not None:
+        why = f" ({problem[len(source) :] if problem.startswith(source) else problem})"
     return (
         f"{name_text(network)}/{name_text(container_id)}: its cache entry {name_text(path)}"
-        " cannot be read, so its chain may"
-        " hold that interface's live mapping: nothing is written or removed for it (fix or"
-        " remove the entry, then run check --repair again)"
+        f" cannot be read{why}; its container is kept as live by the file name, and its"
+        " chain may hold that interface's live mapping: nothing is written or removed for"
+        " it (fix or remove the entry, then run check --repair again)"
     )
 
 
