@@ -17,6 +17,13 @@ is missing from a build without modules. The table name is the backend itself.
 The blob still serves: a file without it is no Go program (a wrapper script named
 `portmap`), of which nothing is told.
 
+Why the plugin's own chain name too: "ignores" is told by a name's absence, which
+any Go program has. Another plugin put where portmap is (the same release's bridge
+or host-local, a Go shim that runs the real one elsewhere) said "ignores the key",
+and a container whose plugin keeps it in nftables was repaired in iptables. The
+iptables backend's chain CNI-HOSTPORT-DNAT is in every portmap (Debian's 1.1.1,
+upstream's v1.6.2 to v1.9.1: measured) and in no other plugin of those releases.
+
 Cost, measured: 4-7 ms a binary (2.5-5 MB read and searched, page cache warm), and
 asked only where a container's backend is in doubt without it.
 """
@@ -30,6 +37,9 @@ from typing import Optional
 NFT_TABLE_NAME = b"cni_hostport"
 # The start of Go's build information (debug/buildinfo): in every Go program since 1.13.
 GO_BUILDINFO = b"\xff Go buildinf:"
+# The iptables backend's toplevel chain (iptables/chains.TOPLEVEL_DNAT): in every
+# portmap plugin, in none of the other plugins.
+PORTMAP_MARK = b"CNI-HOSTPORT-DNAT"
 
 
 class KeySupport(Enum):
@@ -41,7 +51,7 @@ class KeySupport(Enum):
 
 def key_support(data: bytes) -> Optional[KeySupport]:
     """What the portmap binary whose bytes are `data` does with the key, or None where
-    `data` is no Go program (nothing is told of it)."""
-    if GO_BUILDINFO not in data:
+    `data` is no Go program, or no portmap plugin (nothing is told of it)."""
+    if GO_BUILDINFO not in data or PORTMAP_MARK not in data:
         return None
     return KeySupport.HONOURS if NFT_TABLE_NAME in data else KeySupport.IGNORES

@@ -83,4 +83,4 @@ def _read(path: str) -> PortmapBinary:
     if len(data) > MAX_BYTES:
         return PortmapBinary(path, None, f"larger than {MAX_BYTES >> 20} MiB")
     support = key_support(data)
-    return PortmapBinary(path, support, None if support is not None else "not a Go program")
+    return PortmapBinary(path, support, None if support is not None else "not a Go portmap plugin")
