@@ -13,13 +13,14 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
-from portmapctl.core.plugin_binary import KeySupport, key_support
-from portmapctl.host.files import read_regular
+from portmapctl.core.plugin_binary import KeySupport, key_support_of
+from portmapctl.host.files import open_regular, read_chunks
 from portmapctl.host.paths import PORTMAP
 
 # A portmap binary is 2.5-5 MB (Debian's 1.1.1, upstream's v1.6.2 to v1.9.1); a
 # multi-call binary of every plugin (k3s's `cni`, which `portmap` links to) some 60 MB.
-# Above this, nothing is told of the file: a bigger one is no plugin to read whole.
+# Above this, nothing is told of the file (not read: a bigger one is no plugin); below
+# it, read a MiB at a time, never held whole (the DaemonSet's limit is 256 MiB).
 MAX_BYTES = 128 << 20
 
 
@@ -76,11 +77,12 @@ def portmap_binaries(dirs: Sequence[str]) -> PortmapBinaries:
 
 
 def _read(path: str) -> PortmapBinary:
+    """A chunk at a time (never held whole), and a file over MAX_BYTES not at all."""
     try:
-        data = read_regular(path, MAX_BYTES)
+        with open_regular(path) as fd:
+            if os.fstat(fd).st_size > MAX_BYTES:
+                return PortmapBinary(path, None, f"larger than {MAX_BYTES >> 20} MiB")
+            support = key_support_of(read_chunks(fd, MAX_BYTES))
     except OSError as err:
         return PortmapBinary(path, None, err.strerror or str(err))
-    if len(data) > MAX_BYTES:
-        return PortmapBinary(path, None, f"larger than {MAX_BYTES >> 20} MiB")
-    support = key_support(data)
     return PortmapBinary(path, support, None if support is not None else "not a Go portmap plugin")

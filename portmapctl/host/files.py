@@ -3,18 +3,20 @@ portmapctl's own files in its run directory (write_atomically)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import stat
 import time
-from typing import Pattern
+from typing import Iterator, Pattern
 
 from portmapctl.errors import BadInput, HostProblem
 
 
-def read_regular(path: str, max_bytes: int) -> bytes:
-    """A regular file's first `max_bytes + 1` bytes; OSError for anything else.
+@contextlib.contextmanager
+def open_regular(path: str) -> Iterator[int]:
+    """A regular file's descriptor, open for reading; OSError for anything else.
 
     O_NONBLOCK: opening a FIFO or a terminal planted where a file was expected (or a
     symlink to one) must not wait forever for a writer, least of all while gc holds
@@ -25,17 +27,28 @@ def read_regular(path: str, max_bytes: int) -> bytes:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(0, "not a regular file")
-        chunks = []
-        left = max_bytes + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+        yield fd
     finally:
         os.close(fd)
+
+
+def read_chunks(fd: int, max_bytes: int) -> Iterator[bytes]:
+    """The first `max_bytes` bytes of `fd`, a MiB at a time (a big file is searched
+    without holding it whole: host/cni_bins.py)."""
+    left = max_bytes
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return
+        yield chunk
+        left -= len(chunk)
+
+
+def read_regular(path: str, max_bytes: int) -> bytes:
+    """A regular file's first `max_bytes + 1` bytes; OSError for anything else
+    (open_regular)."""
+    with open_regular(path) as fd:
+        return b"".join(read_chunks(fd, max_bytes + 1))
 
 
 def read_text(

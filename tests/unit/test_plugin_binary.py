@@ -91,6 +91,55 @@ def test_an_unreadable_or_oversized_binary_tells_nothing(tmp_path: Path, monkeyp
     assert big.verdict is None and "larger than" in (big.found[0].error or "")
 
 
+def _cut(data: bytes, size: int) -> list:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def test_marks_split_between_chunks_are_found() -> None:
+    # The chunks a binary is read in (a MiB each) cut where they fall: a name across
+    # two of them is still found, and one cut short is not made up.
+    from portmapctl.core.plugin_binary import key_support_of
+
+    data = b"..\xff Go buildinf:..CNI-HOSTPORT-DNAT..cni_hostport.."
+    for size in (1, 2, 3, 5, 7, 11):
+        assert key_support_of(_cut(data, size)) is KeySupport.HONOURS, size
+        assert key_support_of(_cut(data[:-3], size)) is KeySupport.IGNORES, size
+        assert key_support_of(_cut(data[:30], size)) is None, size
+    assert key_support_of([]) is None
+
+
+def _read_with_peak(folder: Path):
+    """portmap_binaries of `folder`, and the most memory held at once meanwhile."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        found = portmap_binaries([str(folder)])
+        return found, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_binary_is_never_held_whole_in_memory(tmp_path: Path) -> None:
+    # k3s's multi-call `cni` (which its portmap links to) is some 60 MB, and a file up
+    # to the cap was read whole and then joined: twice its size at once, 256 MiB near
+    # the cap, the DaemonSet's memory limit (an OOM kill on every run). Searched a
+    # chunk at a time, and a file over the cap not read at all.
+    new = _bin_dir(tmp_path, "new", upstream.binary("v1.9.1"))
+    with open(new / "portmap", "r+b") as grown:
+        grown.truncate((cni_bins.MAX_BYTES >> 1) + (16 << 20))  # (sparse: no disk)
+        grown.seek(cni_bins.MAX_BYTES >> 1)
+        grown.write(upstream.binary("v1.9.1").read_bytes())
+    found, peak = _read_with_peak(new)
+    assert found.verdict is KeySupport.HONOURS, found
+    assert peak < 8 << 20, f"{peak >> 20} MiB held at once"
+    with open(new / "portmap", "r+b") as huge:
+        huge.truncate(cni_bins.MAX_BYTES + 1)
+    found, peak = _read_with_peak(new)
+    assert found.verdict is None and "larger than" in (found.found[0].error or "")
+    assert peak < 1 << 20, f"{peak >> 20} MiB read of a file over the cap"
+
+
 def test_tests_never_read_the_machines_own_plugins() -> None:
     # conftest points the default at a directory without a plugin: CI has Debian's
     # /usr/lib/cni/portmap, which would settle verdicts that every other machine
