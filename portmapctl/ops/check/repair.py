@@ -16,7 +16,7 @@ from portmapctl.core.status import ProblemKind
 from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
 from portmapctl.errors import ApplyFailed, BadInput, Interrupted, PortmapctlError
 from portmapctl.iptables import shapes
-from portmapctl.iptables.chains import MASQ, SETMARK, Chain, dnat_chain_name
+from portmapctl.iptables.chains import MASQ, SETMARK, Chain, chain_name, dnat_chain_name
 from portmapctl.iptables.planner import missing_setmark_chain, plan_setup, unwritable_entry
 from portmapctl.iptables.ruleset import (
     NatTable,
@@ -26,6 +26,7 @@ from portmapctl.ops.check.cache_now import CacheNow, changed_mappings
 from portmapctl.ops.check.compare import held_elsewhere, in_live_order
 from portmapctl.ops.check.expected import (
     cached_configs,
+    sharing_chain,
     wanted_on_node,
     wanted_sharing,
 )
@@ -39,12 +40,17 @@ from portmapctl.ops.check.run import (
     SAME_WITH_REPAIR,
     _check_node,
     check_followed,
+    entries_of,
     mapping_result,
     read_tables,
-    sharing_of,
     with_owner_problems,
 )
-from portmapctl.ops.check.unread_entries import unread_left, unread_pairs
+from portmapctl.ops.check.unread_entries import (
+    held_chains,
+    stop_where_unread,
+    unread_left,
+    unread_pairs,
+)
 from portmapctl.ops.conditions import refuse_what_iptables_refuses
 from portmapctl.ops.flavour_guard import (
     by_flavour,
@@ -88,14 +94,22 @@ def _plan(
     single: Optional[MappingConfig],
     cache: Optional[CacheNow] = None,
     sharing: Sequence[MappingConfig] = (),
+    unread: frozenset[str] = frozenset(),
 ) -> Callable[[NatTable], Transaction]:
     """The planner for one family: what the check compares against, made to exist.
     `cache`: the cached configs of containers whose chain the plan would change are
     read again first (`CacheNow`); `single` (given on the command line) never is, and
-    `sharing` (run.sharing_of) is what else its chain holds."""
+    `sharing` (run.sharing_of) is what else its chain holds. `unread`: the chains of
+    unread_entries.unread_pairs, written only where `live` holds nothing the entries
+    read do not make (held_chains: judged on each read a try is planned from)."""
 
     def setup(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
         shared, per_container = wanted_on_node(these, live.family, live)
+        if unread:
+            # Its rules the entries read do not make may be that interface's live
+            # mapping: the chain is left as it is (its shared chains are made).
+            held = held_chains(live, [chain for _, chain in per_container], unread)
+            per_container = [(c, chain) for c, chain in per_container if chain.name not in held]
         if these is None and bit_unknown(live):
             # No cache, and no rule left that says the mark bit: written, it would be a
             # guess (the default, 13), masquerading what other software marks so.
@@ -185,6 +199,7 @@ def _repair_family(
     configs: Sequence[MappingConfig],
     notes: List[str],
     cache: Optional[CacheNow] = None,
+    unread: frozenset[str] = frozenset(),
 ) -> Tuple[List[Transaction], List[Unrepaired]]:
     """Repair one family container by container where needed (SPEC §5: one bad record
     stops nothing). First everything in one transaction, as always; when iptables
@@ -192,7 +207,8 @@ def _repair_family(
     refuses stands alone (`settle`): that one is named, all the others are repaired,
     in about 2·log2(N) transactions for one refused container among N (one each, as
     before, took a restore and a plan of the whole table per container: minutes at
-    5,000). `notes`: gets the warning for a try whose restore died and went in."""
+    5,000). `notes`: gets the warning for a try whose restore died and went in.
+    `unread`: as _plan's."""
     skipped: Dict[str, Unrepaired] = {}
     moved: Dict[str, Unrepaired] = {}  # left as they are: they would take a port (port_moves)
     cached = {dnat_chain_name(c) for c in configs}
@@ -201,7 +217,7 @@ def _repair_family(
         for name in {dnat_chain_name(c) for c in these}:
             moved.pop(name, None)  # planned again from a fresh read
         txn, taken = plan_taking_nothing(
-            live, these, lambda cs: _plan(cs, None, cache)(live), cached
+            live, these, lambda cs: _plan(cs, None, cache, unread=unread)(live), cached
         )
         for name, took in taken.items():
             first = next(c for c in these if dnat_chain_name(c) == name)
@@ -361,25 +377,6 @@ def _converge_shared(
     return node.converge_judged(family, plan, notes)
 
 
-def _shared_of_doubted(
-    node: Node, family: int, doubted: Sequence[MappingConfig], notes: List[str]
-) -> List[Transaction]:
-    """The top-level chains and jumps the containers whose chain is in doubt
-    (unread_entries: left out of the plan) want in `family`, made: their check after
-    expects them, and with no other container to bring them a repair after a flush
-    made none, while its missing-toplevel rows still offered --repair."""
-    doubted = [c for c in doubted if family in c.families]
-    if not doubted:
-        return []
-
-    def plan(live: NatTable) -> Transaction:
-        shared, _ = wanted_on_node(doubted, family, live)
-        return _setup(shared, live)
-
-    txn = _converge_shared(node, family, plan, notes)
-    return [txn] if txn else []
-
-
 def _planned_node(node: Node) -> Tuple[Node, ReadOnce]:
     """The node with reads that are made once (see ReadOnce)."""
     planned = ReadOnce(node.backend)
@@ -424,7 +421,7 @@ def repair(
     followed = follow_the_plugin(node, attachments, replace(read, nft_live=live_nft))
     attachments, key_ignored, in_doubt = followed.attachments, followed.ignored, followed.in_doubt
     before = in_doubt_left(_check_node(node, attachments, read), followed, read.tables)
-    before = unread_left(before, attachments)
+    before = unread_left(before, attachments, read.tables)
     from portmapctl.cni.cache import added_at
     from portmapctl.ops.check import nft as check_nft
     from portmapctl.ops.check import nft_repair
@@ -435,7 +432,9 @@ def repair(
     configs = cached_configs(sorted(attachments, key=added_at)) if attachments is not None else None
 
     nft_ids: set = set()
-    doubted: List[MappingConfig] = []  # (unread_entries: their chain left as it is)
+    unread: frozenset[str] = (
+        frozenset()
+    )  # (unread_entries: their chains, written where nothing is held)
     if attachments is not None:
         if node.nft is None:
             # nftables not looked at: its containers (by key or evidence) still get
@@ -456,12 +455,11 @@ def repair(
         # Nor anything for those whose rules may be in tables nft cannot read
         # (followed_entries._unplaced): an iptables copy beside them would map them twice.
         excluded |= {(a.network, a.container_id) for a in followed.unplaced}
-        # Nor anything for a chain one of whose entries cannot be read (unread_entries):
-        # its rules the entries read do not make may be that interface's live mapping.
-        unread = set(unread_pairs(attachments)) - excluded
-        excluded |= unread
+        # A chain one of whose entries cannot be read (unread_entries) is written only
+        # where it holds nothing the entries read do not make (_plan): anything else
+        # may be that interface's live mapping.
+        unread = frozenset(chain_name(*p) for p in set(unread_pairs(attachments)) - excluded)
         if configs is not None:
-            doubted = [c for c in configs if (c.network, c.container_id) in unread]
             configs = [c for c in configs if (c.network, c.container_id) not in excluded]
     transactions: Dict = {}
     changed: Dict[MappingConfig, Tuple[MappingConfig, List[int]]] = {}
@@ -488,12 +486,10 @@ def repair(
                 ]
             else:
                 configs_here = list(configs or ())
-            skip = elsewhere.chains if other is not None and read.flavours is not None else ()
-            shared_txns = _shared_of_doubted(
-                node, family, [c for c in doubted if dnat_chain_name(c) not in skip], notes
-            )
             if configs_here:
-                txns, family_unrepaired = _repair_family(node, family, configs_here, notes, cache)
+                txns, family_unrepaired = _repair_family(
+                    node, family, configs_here, notes, cache, unread
+                )
                 unrepaired += family_unrepaired
                 if cache is not None:
                     left = cache.left_out(family)  # (being torn down: not made)
@@ -506,7 +502,6 @@ def repair(
                 if configs is None and bit_unknown(read.tables[family]):
                     notes.append(_BIT_UNKNOWN.format(family=family))
                 txns = [txn] if txn else []
-            txns = [*shared_txns, *txns]
             if not txns:
                 continue
             transactions[family] = "".join(t.render() for t in txns)
@@ -574,7 +569,7 @@ def repair(
         if cache is not None and attachments is not None:
             attachments = cache.refreshed(attachments)  # what the plans were made from
         after = _check_node(node, attachments, replace(read, tables=now))
-        after = unread_left(in_doubt_left(after, followed, now), attachments)
+        after = unread_left(in_doubt_left(after, followed, now), attachments, now)
         ignored_notes = _key_ignored_notes(key_ignored, followed.where)
         after = replace(after, notes=(*ignored_notes, *after.notes))
     except Interrupted as stop:
@@ -662,9 +657,20 @@ def _repair_mapping(
             unrepaired.append(Unrepaired(family, config.network, config.container_id, name, why))
     left = {u.family for u in unrepaired}
     # Made from the entries read where another of its container on the network cannot
-    # be read, the chain dropped that interface's live rules: in doubt, nothing written.
-    sharing = sharing_of(node, config, ifname, writing=True)
+    # be read, the chain dropped that interface's live rules: in doubt, nothing written,
+    # unless it holds nothing they do not make (a flush): stopped before any family is
+    # written, and judged again on each read a try is planned from.
+    entries = entries_of(node, config)
+    sharing = sharing_chain(config, entries, ifname)
     setup = _plan(None, config, sharing=sharing)
+
+    def stop_where_held(live: NatTable) -> None:
+        wanted = wanted_sharing(config, sharing or (config,), live.family, live)
+        stop_where_unread(config, entries, live, wanted)
+
+    for family in before.families:
+        if family not in left:
+            stop_where_held(planned.read(family))
     missing: Dict[int, Unrepaired] = {}
     notes: List[str] = []  # (a try whose restore died, found gone in: errors.found_in)
     own: List[Tuple[str, ...]] = []
@@ -684,6 +690,7 @@ def _repair_mapping(
             config, live, spelling, "restore it, then repair again"
         ) or unwritable_entry(name, live, "repair again")
         if why is None:
+            stop_where_held(live)
             missing.pop(live.family, None)
             txn = setup(live)
             took = ports_taken(live, txn).get(name)
@@ -726,6 +733,7 @@ def _repair_mapping(
         after = with_owner_problems(
             node, config, tables, mapping_result(config, tables, sharing=sharing)
         )
+        after = unread_left(after, entries, tables)  # (as check_followed says it)
         after = replace(after, notes=followed_notes + after.notes)
     except Interrupted as stop:
         # Its transactions are in: their side effects, or the check after, under way.

@@ -120,7 +120,7 @@ def check_node(node: Node) -> CheckResult:
     )
     followed = follow_the_plugin(node, attachments, read)
     result = in_doubt_left(_check_node(node, followed.attachments, read), followed, read.tables)
-    result = unread_left(result, followed.attachments)
+    result = unread_left(result, followed.attachments, read.tables)
     if node.namespace_view() is not None:  # (a snapshot's namespaces are another node's)
         from portmapctl.ops.check.cache_now import torn_down_fixes
 
@@ -325,7 +325,7 @@ def check_followed(
     result = with_owner_problems(node, config, tables, result)
     # An entry of its container on the network that cannot be read: as the node's check
     # says it, no fix named (its --repair stops: sharing_of), and a warning says why.
-    result = unread_left(result, entries)
+    result = unread_left(result, entries, tables)
     return replace(result, notes=notes + result.notes) if notes else result
 
 

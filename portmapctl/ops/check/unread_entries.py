@@ -7,19 +7,25 @@ entry each) has one chain every interface's ADD appended its rules to. Where one
 those entries cannot be read, the chain's rules that the others do not make may be
 that interface's live mapping: the node's check reports its problems with no fix, and
 --repair writes nothing for it (neither rewrites the chain from the entries it read nor
-deletes the rules they do not make). Fixed or removed, the entry is read at the next run
-and the repair goes ahead."""
+deletes the rules they do not make). Where the chain holds nothing the entries read do
+not make (held_chains: after a flush, `-F -X` or `-F`), nothing of that interface's is
+there to lose: --repair makes it from them, as the plugin's ADD of them alone does, and
+the check after still says the entry (unknown_rules: its rules are not known), exit 1.
+Fixed or removed, the entry is read at the next run and the repair goes ahead."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, Optional, Sequence, Set, Tuple
+from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from portmapctl.cni.cache import Attachment, skipped_line
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.status import ProblemKind
 from portmapctl.core.text import name_text
 from portmapctl.errors import HostProblem
-from portmapctl.ops.check.problem import CheckResult
+from portmapctl.iptables.chains import Chain, chain_name
+from portmapctl.iptables.ruleset import NatTable
+from portmapctl.ops.check.problem import CheckResult, Problem
 
 # (network, container ID): the pair a chain is named after.
 Pair = Tuple[str, str]
@@ -47,12 +53,72 @@ def unread_pairs(attachments: Optional[Sequence[Attachment]]) -> Dict[Pair, str]
     return found
 
 
-def unread_left(result: CheckResult, attachments: Optional[Sequence[Attachment]]) -> CheckResult:
+def held_chains(live: NatTable, wanted: Iterable[Chain], names: Collection[str]) -> Set[str]:
+    """Of `names` (chains of unread_pairs), those `live` holds a rule of, or an entry rule
+    to, that `wanted` (made from the entries read) does not make: it may be the unread
+    interface's live mapping. A chain not there, or holding only rules of theirs, loses
+    nothing made from them (after `iptables -t nat -F -X`, or `-F`: left empty)."""
+    from portmapctl.ops.check.compare import entry_index
+
+    by_name = {chain.name: chain for chain in wanted}
+    index = entry_index(live)
+    held = set()
+    for name in names:
+        if not live.has_chain(name):
+            continue
+        chain = by_name.get(name, Chain(name))
+        if any(r not in chain.rules for r in live.rules(name)) or any(
+            r not in chain.entry_rules for r in index.by_target.get(name, ())
+        ):
+            held.add(name)
+    return held
+
+
+UNKNOWN_DETAIL = (
+    "the chain holds the rules of its entries that are read; those of the one that cannot"
+    " be read are not known"
+)
+
+
+def unknown_rules(pairs: Mapping[Pair, str], tables: Mapping[int, NatTable]) -> List[Problem]:
+    """A row for each chain of `pairs` there in a family of `tables` that no problem
+    names (made from the entries read, by a repair after a flush): the unread
+    interface's rules are not known, so it is not known healthy (exit 1), and no fix
+    (nothing --repair writes or deletes makes it known)."""
+    return [
+        Problem(
+            ProblemKind.MISSING_RULES,
+            family,
+            chain_name(*pair),
+            *pair,
+            UNKNOWN_DETAIL,
+            "",
+            UNREAD_WHY,
+        )
+        for pair in sorted(pairs)
+        for family, live in sorted(tables.items())
+        if live.has_chain(chain_name(*pair))
+    ]
+
+
+def unread_left(
+    result: CheckResult,
+    attachments: Optional[Sequence[Attachment]],
+    tables: Optional[Mapping[int, NatTable]] = None,
+) -> CheckResult:
     """`result` with the iptables problems of the containers of unread_pairs naming no
-    fix and saying why, and a warning for each such container with a problem."""
+    fix and saying why, a row for such a chain in `tables` no problem names
+    (unknown_rules), and a warning for each such container with a problem."""
     pairs = unread_pairs(attachments)
     if not pairs:
         return result
+    named = {(p.family, p.network, p.container_id) for p in result.problems if not p.in_nftables}
+    unknown = [
+        p
+        for p in unknown_rules(pairs, tables or {})
+        if (p.family, p.network, p.container_id) not in named
+    ]
+    result = replace(result, problems=(*result.problems, *unknown))
     left = [not p.in_nftables and (p.network, p.container_id) in pairs for p in result.problems]
     problems = tuple(
         replace(p, fix="", why=UNREAD_WHY) if doubted else p
@@ -99,14 +165,22 @@ class ChainInDoubt(HostProblem):
         self.path = path
 
 
-def stop_where_unread(config: MappingConfig, entries: Sequence[Attachment]) -> None:
+def stop_where_unread(
+    config: MappingConfig,
+    entries: Sequence[Attachment],
+    live: Optional[NatTable] = None,
+    wanted: Sequence[Chain] = (),
+) -> None:
     """ChainInDoubt where one of `entries` (run.entries_of: `config`'s container's on its
     network) cannot be read and another can: the chain made from the entries read (and
     the one given) dropped the rules of the interface whose entry it is, a live mapping,
-    where the plugin's ADD appends to them."""
+    where the plugin's ADD appends to them. Given `live` (and `wanted`, the chains the
+    write makes), only where the chain there holds such rules (held_chains)."""
     pair = (config.network, config.container_id)
     path = unread_pairs(entries).get(pair)
-    if path is not None:
+    if path is None:
+        return
+    if live is None or held_chains(live, wanted, {chain_name(*pair)}):
         raise ChainInDoubt(pair, path)
 
 
