@@ -24,11 +24,14 @@ os.environ["PORTMAPCTL_CNI_CACHE_DIR"] = "/nonexistent/portmapctl-tests-name-a-c
 # Nor host-local's leases (/var/lib/cni/networks): a cached config without `dataDir`
 # says nothing of them; a test that wants them gives its conflist a `dataDir`.
 os.environ["PORTMAPCTL_HOST_LOCAL_DIR"] = "/nonexistent/portmapctl-tests-host-local"
-# Nor its CNI plugins (/usr/lib/cni/portmap, Debian's 1.1.1 on CI, would settle which
-# backend a container whose rules are gone is in): a command run without --cni-bin-dir
-# looks in this directory, which does not exist; a test that wants a plugin read gives
-# --cni-bin-dir (tests/unit/test_plugin_binary.py guards this).
-os.environ["PORTMAPCTL_CNI_BIN_DIR"] = "/nonexistent/portmapctl-tests-name-a-cni-bin-dir"
+# Nor its CNI plugins (/usr/lib/cni/portmap, Debian's 1.1.1 on CI, would add doubt of
+# which backend a container whose rules are gone is in): a command run without
+# --cni-bin-dir looks in this directory, which does not exist, as its default (not a
+# --cni-bin-dir: commands run as an operator runs them, without the option); a test
+# that wants a plugin read gives --cni-bin-dir, or points the default at its own
+# directory (tests/unit/test_plugin_binary.py guards this).
+os.environ.pop("PORTMAPCTL_CNI_BIN_DIR", None)
+os.environ["PORTMAPCTL_CNI_BIN_DEFAULTS"] = "/nonexistent/portmapctl-tests-no-cni-bin-dir"
 REPORT_ENV = "PORTMAPCTL_NETNS_REPORT"
 
 

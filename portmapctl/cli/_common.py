@@ -35,6 +35,7 @@ from portmapctl.host.paths import (
     default_cni_bin_dirs,
     default_cni_cache_dirs,
     same_dirs,
+    stated_cni_bin_dirs,
 )
 
 if TYPE_CHECKING:
@@ -360,6 +361,8 @@ class Common(NamedTuple):
             netns=self.netns,
             cache_dirs=dirs,
             bin_dirs=self.bin_dirs,
+            # (Its variable too where a command without the option reads it.)
+            bin_dirs_stated=bool(self.cni_bin_dir or stated_cni_bin_dirs()),
             snapshots=snapshots or {},
             backend=self.plugin_backend,
             nft_snapshot=nft_snapshot,

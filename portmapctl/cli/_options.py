@@ -245,7 +245,8 @@ CniBinDirOpt = Annotated[
         envvar=CNI_BIN_DIR_ENV,
         help="Where the node's CNI plugins are (repeat for more; default"
         f" {', '.join(CNI_BIN_DIRS)}): their `portmap` is read, never run, where a"
-        " container's backend cannot be told from its rules.",
+        " container's backend cannot be told from its rules; found in the defaults"
+        " alone, it only adds doubt.",
         show_envvar=True,
     ),
 ]

@@ -36,10 +36,12 @@ class PortmapBinary:
 
 @dataclass(frozen=True)
 class PortmapBinaries:
-    """The `portmap` binaries of the directories looked in (each file once)."""
+    """The `portmap` binaries of the directories looked in (each file once); `stated`:
+    those directories were given (--cni-bin-dir), not the defaults."""
 
     dirs: Tuple[str, ...]
     found: Tuple[PortmapBinary, ...]
+    stated: bool = True
 
     @property
     def verdict(self) -> Optional[KeySupport]:
@@ -57,9 +59,10 @@ class PortmapBinaries:
         return ", ".join(b.path for b in self.found)
 
 
-def portmap_binaries(dirs: Sequence[str]) -> PortmapBinaries:
+def portmap_binaries(dirs: Sequence[str], stated: bool = True) -> PortmapBinaries:
     """The file `portmap` of each of `dirs` that has one (a symlink followed; the same
-    file through two directories, once), each read with MAX_BYTES at most."""
+    file through two directories, once), each read with MAX_BYTES at most; `stated`:
+    as PortmapBinaries says."""
     found = []
     seen = set()
     for folder in dirs:
@@ -73,7 +76,7 @@ def portmap_binaries(dirs: Sequence[str]) -> PortmapBinaries:
             continue
         seen.add(key)
         found.append(_read(path))
-    return PortmapBinaries(tuple(dirs), tuple(found))
+    return PortmapBinaries(tuple(dirs), tuple(found), stated)
 
 
 def _read(path: str) -> PortmapBinary:

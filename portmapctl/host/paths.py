@@ -99,11 +99,31 @@ def default_cni_cache_dirs() -> Tuple[str, ...]:
 CNI_BIN_DIR_ENV = "PORTMAPCTL_CNI_BIN_DIR"
 
 
+# PORTMAPCTL_CNI_BIN_DEFAULTS: the default directories themselves (spaces between), for
+# an image that mounts the host's / elsewhere, and for tests (conftest points it at none,
+# so the machine's /usr/lib/cni is never read unasked). Still the defaults: a guess of
+# where the runtime's plugins are, whose binaries only add doubt
+# (ops/check/followed_entries._by_binaries), unlike --cni-bin-dir's statement.
+CNI_BIN_DEFAULTS_ENV = "PORTMAPCTL_CNI_BIN_DEFAULTS"
+
+
+def guessed_cni_bin_dirs() -> Tuple[str, ...]:
+    """The default CNI bin directories: PORTMAPCTL_CNI_BIN_DEFAULTS', else CNI_BIN_DIRS."""
+    moved = os.environ.get(CNI_BIN_DEFAULTS_ENV, "").split()
+    return tuple(moved) if moved else CNI_BIN_DIRS
+
+
+def stated_cni_bin_dirs() -> Tuple[str, ...]:
+    """PORTMAPCTL_CNI_BIN_DIR's directories: an operator's statement, as --cni-bin-dir
+    is (none: unset or empty, the defaults then, as every variable's empty value is:
+    host/settings.py; an empty one never decides a write, defaults only add doubt)."""
+    return tuple(os.environ.get(CNI_BIN_DIR_ENV, "").split())
+
+
 def default_cni_bin_dirs() -> Tuple[str, ...]:
     """The CNI bin directories looked in without --cni-bin-dir: its variable's, else
-    CNI_BIN_DIRS."""
-    given = os.environ.get(CNI_BIN_DIR_ENV, "").split()
-    return tuple(given) if given else CNI_BIN_DIRS
+    the defaults (guessed_cni_bin_dirs)."""
+    return stated_cni_bin_dirs() or guessed_cni_bin_dirs()
 
 
 def same_dirs(dirs: Sequence[str]) -> Tuple[str, ...]:

@@ -19,6 +19,7 @@ from portmapctl.iptables.chains import chain_name, dnat_chain_name
 
 if TYPE_CHECKING:  # (add's refusals import these words: not the cache reader with them)
     from portmapctl.cni.cache import Attachment
+    from portmapctl.host.cni_bins import PortmapBinaries
 
 
 def gone_text(config: MappingConfig, said: str, why: str) -> str:
@@ -202,4 +203,35 @@ def binaries_text(paths: str, verdict: KeySupport, count: int) -> str:
     return (
         f"{them} ignore{'s' if one else ''} the key (before v1.6: no nftables backend"
         f" in {'it' if one else 'any'}, the table name cni_hostport is not there)"
+    )
+
+
+def settle_text(binaries: PortmapBinaries) -> str:
+    """Why the node's portmap binaries (host/cni_bins.py) settled nothing of a container
+    of which nothing is left, or decide nothing (found in the default directories, a
+    guess of where the runtime's plugins are), and what settles it: the directories
+    looked in, and `--cni-bin-dir DIR`, where the runtime's plugins are."""
+    looked = "given" if binaries.stated else "default"
+    where = f"the {looked} CNI bin directories ({', '.join(binaries.dirs)})"
+    told = [b for b in binaries.found if b.support is not None]
+    verdict = binaries.verdict
+    if not binaries.found:
+        found = f"no portmap binary is in {where}"
+    elif verdict is not None and not binaries.stated:
+        found = (
+            f"{binaries_text(binaries.words(), verdict, len(binaries.found))}, found in"
+            f" {where}, which need not be the runtime's"
+        )
+    elif len(told) < len(binaries.found):
+        untold = "; ".join(f"{b.path}: {b.error}" for b in binaries.found if b.support is None)
+        found = f"a portmap binary of {where} tells nothing ({untold})"
+    else:
+        found = (
+            f"the portmap binaries of {where} disagree ("
+            + "; ".join(f"{b.path} {b.support.value} the key" for b in told if b.support)
+            + ")"
+        )
+    return (
+        f"{found}: `--cni-bin-dir DIR`, the directory the runtime's plugins are in"
+        " (containerd's bin_dir, CRI-O's plugin_dirs), settles it"
     )

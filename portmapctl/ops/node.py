@@ -86,6 +86,11 @@ class NodeOptions:
     # Where the node's CNI plugins are (--cni-bin-dir): their `portmap` is read (never
     # run) where a container's backend cannot be told from its rules (plugin_binaries).
     bin_dirs: Tuple[str, ...] = field(default_factory=paths.default_cni_bin_dirs)
+    # Whether `bin_dirs` were stated (--cni-bin-dir, PORTMAPCTL_CNI_BIN_DIR): their
+    # binaries decide. The defaults are a guess of where the runtime's plugins are (a
+    # podman dependency's /usr/lib/cni/portmap beside a kubelet's plugins elsewhere):
+    # theirs only add doubt (ops/check/followed_entries._by_binaries).
+    bin_dirs_stated: bool = field(default_factory=lambda: bool(paths.stated_cni_bin_dirs()))
 
     def __post_init__(self) -> None:
         # Its word, as a core Backend: "auto" is None here, and a word of another
@@ -173,7 +178,9 @@ class Node:
         if self.binaries is None:
             from portmapctl.host.cni_bins import portmap_binaries
 
-            self.binaries = portmap_binaries(self.options.bin_dirs)
+            self.binaries = portmap_binaries(
+                self.options.bin_dirs, stated=self.options.bin_dirs_stated
+            )
         return self.binaries
 
     def read_nft(self, families: Optional[Tuple[int, ...]] = None) -> Ruleset:

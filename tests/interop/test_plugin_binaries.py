@@ -9,7 +9,7 @@ import json
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 import pmctl
 import pytest
@@ -55,8 +55,14 @@ def _v191(tmp_path: Path) -> str:
     return _bin_dir(tmp_path, "v191-bin", upstream.binary(V191))
 
 
-def _pmctl(ns: str, cache: Path, *args: str):
-    return pmctl.run([*args, "--netns", ns, "--cni-cache-dir", str(cache / "cache")])
+def _pmctl(ns: str, cache: Path, *args: str, env: Optional[Dict[str, str]] = None):
+    return pmctl.run([*args, "--netns", ns, "--cni-cache-dir", str(cache / "cache")], env=env)
+
+
+def _defaults(folder: str) -> Dict[str, str]:
+    """The environment of a run whose DEFAULT bin directories are `folder` alone (the
+    seam conftest points at none): a guess of where the runtime's plugins are."""
+    return {"PORTMAPCTL_CNI_BIN_DEFAULTS": folder}
 
 
 def _cached(cache: Path, cid: str, conf: Dict[str, Any]) -> Dict[str, Any]:
@@ -115,6 +121,22 @@ def test_a_debian_node_whose_rules_are_all_gone_is_repaired_in_iptables_by_its_b
     assert all(c.returncode == 0 for c in rp.run_check(node, "deb1", conf, mode=mode))
 
 
+_NFT1_MAPPING = ("--network", "podman", "--container", "nft1", "--ip", "10.88.0.42/16",
+                 "-p", "8042:80")  # fmt: skip
+
+
+def _v191_tables_deleted(node: str, cache: Path, mode: rp.Mode) -> Dict[str, Any]:
+    """Hole (b)'s node: nft1 added by v1.9.1 under `"backend": "nftables"` (cached so),
+    then the plugin's tables deleted, beside kube-proxy's iptables nat table."""
+    conf = _cached(cache, "nft1", upstream.nft_conf("podman", ["10.88.0.42/16"], [_pm(8042, 80)]))
+    upstream.run(V191, "ADD", node, "nft1", conf, check=True)
+    rp.iptables(node, ["-t", "nat", "-N", "KUBE-SERVICES"], mode=mode)
+    for family in ("ip", "ip6"):
+        if f"table {family} cni_hostport" in _tables(node):
+            upstream.nft(node, "delete", "table", family, "cni_hostport")
+    return conf
+
+
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_a_v191_node_whose_plugin_tables_were_deleted_is_repaired_in_nftables_by_its_binary(
     node: str, tmp_path: Path, mode: rp.Mode
@@ -125,25 +147,22 @@ def test_a_v191_node_whose_plugin_tables_were_deleted_is_repaired_in_nftables_by
     every run, and nothing an operator could give settled it. With v1.9.1's binary in
     --cni-bin-dir it is repaired in nftables, and v1.9.1's CHECK passes; with Debian's
     beside it (two runtimes, two plugins), still in doubt, nothing written."""
-    conf = _cached(
-        tmp_path, "nft1", upstream.nft_conf("podman", ["10.88.0.42/16"], [_pm(8042, 80)])
-    )
-    upstream.run(V191, "ADD", node, "nft1", conf, check=True)
-    rp.iptables(node, ["-t", "nat", "-N", "KUBE-SERVICES"], mode=mode)
-    for family in ("ip", "ip6"):
-        if f"table {family} cni_hostport" in _tables(node):
-            upstream.nft(node, "delete", "table", family, "cni_hostport")
+    conf = _v191_tables_deleted(node, tmp_path, mode)
     doubted = _pmctl(node, tmp_path, "check", "--repair")
     assert doubted.returncode == 1 and "cannot be told" in doubted.stderr, doubted.stderr
+    # The binaries were looked for and settled nothing: the warning says where, and what
+    # settles it.
+    assert "no portmap binary is in the default CNI bin directories (/nonexistent/" in (
+        doubted.stderr
+    ), doubted.stderr
+    assert "`--cni-bin-dir DIR`" in doubted.stderr, doubted.stderr
     two = _pmctl(node, tmp_path, "check", "--repair", "--cni-bin-dir", _v191(tmp_path),
                  "--cni-bin-dir", _debian(tmp_path))  # fmt: skip
     assert two.returncode == 1 and "cannot be told" in two.stderr, two.stderr
     assert "cni_hostport" not in _tables(node)
     bins = ("--cni-bin-dir", _v191(tmp_path))
     if mode == "nft":  # (one mapping of it: as the node's check judges it, by its key)
-        mapping = ("--network", "podman", "--container", "nft1", "--ip", "10.88.0.42/16",
-                   "-p", "8042:80")  # fmt: skip
-        one = _pmctl(node, tmp_path, "check", "--repair", *mapping, *bins)
+        one = _pmctl(node, tmp_path, "check", "--repair", *_NFT1_MAPPING, *bins)
         assert one.returncode == 0, one.stdout + one.stderr
         upstream.run(V191, "CHECK", node, "nft1", conf, check=True)
         upstream.nft(node, "delete", "table", "ip", "cni_hostport")
@@ -214,3 +233,73 @@ def test_binaries_with_the_backend_leave_in_doubt_beside_containers_kept_in_ipta
     assert "an upgrade since?" in done.stderr, done.stderr
     assert "cni_hostport" not in _tables(node)
     assert rp.nat_rules(rp.save(node, 4)) == rp.nat_rules(before)
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_portmap_of_another_package_in_the_default_dirs_never_decides_a_write(
+    node: str, tmp_path: Path, mode: rp.Mode
+) -> None:
+    """Hole (b) where the runtime's plugin dir (v1.9.1: GKE's /home/kubernetes/bin,
+    microk8s' snap, OpenShift's /var/lib/cni/bin) is not among the defaults and
+    Debian's 1.1.1 (a podman dependency's /usr/lib/cni/portmap) is: that binary
+    decided alone, and `check --repair` wrote nft1 into iptables, where v1.9.1 never
+    looks. The defaults are a guess: nft1 stays in doubt, nothing written, the warning
+    naming the directory looked in and --cni-bin-dir; one mapping of it stops (exit
+    3). Stated (PORTMAPCTL_CNI_BIN_DIR, as --cni-bin-dir), v1.9.1's binary decides."""
+    conf = _v191_tables_deleted(node, tmp_path, mode)
+    before = rp.save(node, 4, mode).split("\n", 1)[1]
+    guess = _defaults(_debian(tmp_path))
+    done = _pmctl(node, tmp_path, "check", "--repair", env=guess)
+    assert done.returncode == 1 and "cannot be told" in done.stderr, done.stdout + done.stderr
+    assert "debian-bin/portmap ignores the key" in done.stderr, done.stderr
+    assert f"default CNI bin directories ({_debian(tmp_path)})" in done.stderr, done.stderr
+    assert "`--cni-bin-dir DIR`" in done.stderr, done.stderr
+    assert chain_name("podman", "nft1") not in rp.save(node, 4, mode)
+    assert rp.nat_rules(rp.save(node, 4, mode)) == rp.nat_rules(before)
+    assert "cni_hostport" not in _tables(node)
+    for command in (("add",), ("check", "--repair")):
+        one = _pmctl(node, tmp_path, *command, *_NFT1_MAPPING, env=guess)
+        assert one.returncode == 3, one.stdout + one.stderr
+        assert "`--cni-bin-dir DIR`" in one.stderr, one.stderr
+    assert chain_name("podman", "nft1") not in rp.save(node, 4, mode)
+    assert "cni_hostport" not in _tables(node)
+    stated = {**guess, "PORTMAPCTL_CNI_BIN_DIR": _v191(tmp_path)}
+    repaired = _pmctl(node, tmp_path, "check", "--repair", env=stated)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    upstream.run(V191, "CHECK", node, "nft1", conf, check=True)
+    assert chain_name("podman", "nft1") not in rp.save(node, 4, mode)
+
+
+def test_default_binaries_against_the_weak_sign_put_in_doubt_not_decide(
+    node: str, tmp_path: Path
+) -> None:
+    """Hole (a) on iptables-nft (`nft flush ruleset` took iptables' nat table too: no
+    nat table, the weak sign read as a v1.6+ plugin, deb1 judged by its key): Debian's
+    binary only in the default directories says the opposite, so deb1 is in doubt,
+    nothing written in either backend (before the binaries it was written into
+    nftables, where that plugin never looks; decided by a guess, into iptables).
+    v1.9.1's there agrees with the rules: as before them, repaired in nftables."""
+    conf = rp.plugin_conf("podman", ["10.88.0.41/16"], [_pm(8041, 80)])
+    conf = _cached(tmp_path, "deb1", {**conf, "backend": "nftables"})
+    rp.run_plugin("ADD", node, "deb1", conf, mode="nft", check=True)
+    upstream.nft(node, "flush", "ruleset")
+    guess = _defaults(_debian(tmp_path))
+    for args in (("check", "--repair"), ("check", "-o", "json")):
+        done = _pmctl(node, tmp_path, *args, env=guess)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "cannot be told" in done.stderr, done.stderr
+        assert "no iptables nat table is here" in done.stderr, done.stderr
+        assert "`--cni-bin-dir DIR`" in done.stderr, done.stderr
+    said = json.loads(done.stdout)
+    assert all(not p["fix"] for p in said["problems"] if p["container_id"] == "deb1"), said
+    assert "cni_hostport" not in _tables(node)
+    assert chain_name("podman", "deb1") not in rp.save(node, 4, "nft")
+    mapping = ("--network", "podman", "--container", "deb1", "--ip", "10.88.0.41/16",
+               "-p", "8041:80")  # fmt: skip
+    one = _pmctl(node, tmp_path, "add", *mapping, env=guess)
+    assert one.returncode == 3 and "`--cni-bin-dir DIR`" in one.stderr, one.stderr
+    assert "cni_hostport" not in _tables(node)
+    # Agreeing with the rules: as without binaries (its key, nftables).
+    agree = _pmctl(node, tmp_path, "check", "--repair", env=_defaults(_v191(tmp_path)))
+    assert agree.returncode == 0, agree.stdout + agree.stderr
+    assert "cni_hostport" in _tables(node)

@@ -151,20 +151,33 @@ def test_tests_never_read_the_machines_own_plugins() -> None:
     for dirs in (default_cni_bin_dirs(), NodeOptions().bin_dirs):
         assert not set(dirs) & set(CNI_BIN_DIRS)
         assert portmap_binaries(dirs).found == ()
-    assert os.environ["PORTMAPCTL_CNI_BIN_DIR"].startswith("/nonexistent/")
+    assert os.environ["PORTMAPCTL_CNI_BIN_DEFAULTS"].startswith("/nonexistent/")
+    assert "PORTMAPCTL_CNI_BIN_DIR" not in os.environ  # (the defaults, as an operator's)
+    assert not NodeOptions().bin_dirs_stated
 
 
-def test_cni_bin_dir_replaces_the_defaults_and_is_spelled_in_fix_commands() -> None:
+def test_cni_bin_dir_replaces_the_defaults_and_is_spelled_in_fix_commands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from portmapctl.cli import add_fast
     from portmapctl.cli._common import Common
+    from portmapctl.ops.node import NodeOptions
 
     common = Common().with_bin_dirs(["/srv/cni", "/srv/cni/", "/opt/other"])
     options = common.node_options()
     assert options.bin_dirs == ("/srv/cni", "/opt/other")
     assert " --cni-bin-dir /srv/cni --cni-bin-dir /opt/other" in options.arguments
     assert "--cni-bin-dir" not in Common().node_options().arguments
+    # Given, they decide; the defaults only add doubt (followed_entries._doubt_only).
+    assert options.bin_dirs_stated and not Common().node_options().bin_dirs_stated
     # add's fast path (no typer) takes it as typer does.
     given = add_fast.parse(["add", "--cni-bin-dir", "/srv/cni", "--network", "n"])
     assert given is not None and given["cni_bin_dir"] == ["/srv/cni"]
     with pytest.raises(Exception, match="--cni-bin-dir is empty"):
         Common().with_bin_dirs([""])
+    # Its variable is a statement too; empty, the defaults (as every variable's empty
+    # value is: host/settings.py), whose binaries only add doubt.
+    monkeypatch.setenv("PORTMAPCTL_CNI_BIN_DIR", "/srv/cni")
+    assert NodeOptions().bin_dirs_stated and Common().node_options().bin_dirs_stated
+    monkeypatch.setenv("PORTMAPCTL_CNI_BIN_DIR", " ")
+    assert not NodeOptions().bin_dirs_stated and not Common().node_options().bin_dirs_stated

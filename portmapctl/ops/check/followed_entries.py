@@ -19,6 +19,7 @@ from portmapctl.ops.check.problem import CheckResult, Problem
 from portmapctl.ops.node import Node
 
 if TYPE_CHECKING:
+    from portmapctl.host.cni_bins import PortmapBinaries
     from portmapctl.nftables.access import NftUnusable
     from portmapctl.nftables.ruleset import Ruleset
     from portmapctl.ops.check.run import NodeTables
@@ -423,9 +424,11 @@ def _by_binaries(
     if not nothing:
         return followed
     binaries = node.plugin_binaries()
-    verdict = binaries.verdict if binaries is not None else None
-    if binaries is None or verdict is None:
+    if binaries is None:
         return followed
+    verdict = binaries.verdict
+    if verdict is None or not binaries.stated:
+        return _doubt_only(followed, attachments, live, nothing, binaries)
     from portmapctl.core.plugin_binary import KeySupport
     from portmapctl.ops.nft_words import binaries_text
 
@@ -452,13 +455,7 @@ def _by_binaries(
             },
         )
     settled_list = [a for a in nothing if not nft.honoured_here(a, attachments, live)]
-    differ = tuple(
-        f"{_named(a)}: nothing of it is left; {said}, but the node's rules tell that a plugin"
-        " honoured the key (the plugin's table of its family, or another container's rules"
-        " in nftables): judged by them, not by the binaries"
-        for a in nothing
-        if a not in settled_list
-    )
+    differ = tuple(_differ_text(a, said) for a in nothing if a not in settled_list)
     settled = {a.path for a in settled_list}
     return replace(
         followed,
@@ -472,6 +469,73 @@ def _by_binaries(
             for a in settled_list
         },
         binaries_differ=differ,
+    )
+
+
+def _doubt_only(
+    followed: Followed,
+    attachments: List[Attachment],
+    live: Ruleset,
+    nothing: List[Attachment],
+    binaries: PortmapBinaries,
+) -> Followed:
+    """`followed` where the node's portmap binaries settle nothing (none found, one that
+    tells nothing, binaries that disagree) or were found in the default directories
+    alone, a guess of where the runtime's plugins are: a podman dependency's
+    /usr/lib/cni/portmap (Debian's 1.1.1) where a kubelet's v1.9.1 is in
+    /home/kubernetes/bin (GKE), /var/lib/cni/bin (OpenShift) or microk8s' snap decided
+    alone, and a container its plugin keeps in nftables was repaired into iptables.
+    Those only add doubt: all ignoring the key where the rules judge one of `nothing`
+    by its key (no iptables nat table here, the weak sign), it is in doubt (nothing
+    written) instead of repaired into nftables; agreeing with the rules, or telling
+    nothing, as without them. Never against the strong evidence (nft.honoured_here):
+    kept as it says, with a warning, as given binaries are. Each one of `nothing` in
+    doubt has its warning name the directories looked in and `--cni-bin-dir`, which
+    settles it."""
+    from portmapctl.core.plugin_binary import KeySupport
+    from portmapctl.ops import nft
+    from portmapctl.ops.nft_words import binaries_text, settle_text
+
+    settle = settle_text(binaries)
+    gone = {
+        path: f"{why}; {settle}" if path in {a.path for a in nothing} else why
+        for path, why in followed.gone.items()
+    }
+    if binaries.verdict is not KeySupport.IGNORES:
+        return replace(followed, gone=gone)
+    said = binaries_text(binaries.words(), KeySupport.IGNORES, len(binaries.found))
+    doubted = [
+        a
+        for a in nothing
+        if a.path not in gone
+        and a not in followed.in_doubt
+        and not nft.honoured_here(a, attachments, live)
+    ]
+    differ = tuple(
+        _differ_text(a, said)
+        for a in nothing
+        if a.path not in gone and nft.honoured_here(a, attachments, live)
+    )
+    for a in doubted:
+        gone[a.path] = (
+            "no iptables nat table is here, which alone says its plugin honours the key,"
+            f" but {settle}"
+        )
+    return replace(
+        followed,
+        in_doubt=[*followed.in_doubt, *doubted],
+        gone=gone,
+        binaries_differ=(*followed.binaries_differ, *differ),
+    )
+
+
+def _differ_text(attachment: Attachment, said: str) -> str:
+    """The warning where binaries that ignore the key (`said`: binaries_text) meet the
+    node's rules that tell a plugin honoured it: judged by the rules."""
+    return (
+        f"{_named(attachment)}: nothing of it is left; {said}, but the node's rules tell"
+        " that a plugin honoured the key (the plugin's table of its family, or another"
+        " container's rules in nftables): judged by them, not by the binaries"
     )
 
 
