@@ -138,6 +138,11 @@ ENVIRONMENT = [
         "PORTMAPCTL_CNI_CACHE_DIR",
         "Default for --cni-cache-dir (several directories separated by spaces).",
     ),
+    (
+        "PORTMAPCTL_CNI_BIN_DIR",
+        "Default for check's and add's --cni-bin-dir (several directories separated by"
+        " spaces): where the runtime's CNI plugins are.",
+    ),
     ("PORTMAPCTL_METRICS_FILE", "Default for --metrics-file."),
     (
         "PORTMAPCTL_HOST_LOCAL_DIR",
