@@ -54,6 +54,9 @@ def _bin_dir(tmp_path: Path, name: str, source: Path) -> Path:
     folder.mkdir()
     _bytes_of(source)
     shutil.copy(source, folder / "portmap")
+    # The copy keeps the source's mode (r-x: ../shared's are read-only), and the unit
+    # tier runs as a root without CAP_DAC_OVERRIDE: the tests that grow it must write.
+    (folder / "portmap").chmod(0o755)
     return folder
 
 
