@@ -643,6 +643,11 @@ def _cases() -> List[Case]:
             add(f"{command} {flag}=x", _then(base, f"{flag}=x"), "does not take a value")
         for value in ("bogus", "", "nft", "iptables;reboot"):
             add(f"{command} --backend {value!r}", _with(base, "--backend", value), "--backend")
+    # The commands that judge backends read the node's portmap binaries (--cni-bin-dir):
+    # an empty one is a mistake in the command line (`--cni-bin-dir "$DIR"`, DIR unset).
+    for command in ("add", "check"):
+        add(f"{command} --cni-bin-dir ''", _then(BASES[command], "--cni-bin-dir", ""),
+            "--cni-bin-dir is empty")  # fmt: skip
     # gc's own options.
     for i, value in enumerate(HOSTILE_DURATIONS):
         add(f"gc --min-age dur{i}", _with(_gc, "--min-age", value), "invalid duration")
