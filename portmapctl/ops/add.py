@@ -211,7 +211,7 @@ def add(
                 # from the table this read anyway (the write without a read was refused).
                 raise HostProblem(
                     f"cannot add {config.network}/{config.container_id}: {why}"
-                    + _applied(families, transactions, written)
+                    + _applied(families, transactions, written, dry_run)
                 )
             txn = plan_setup(sharing(live, w), live)
             planned.append((txn, live))
@@ -237,7 +237,7 @@ def add(
                 blind.append(family)
         except (ApplyFailed, ToolTimedOut) as err:
             raise type(err)(
-                f"IPv{family}: {err}" + _applied(families, transactions, written),
+                f"IPv{family}: {err}" + _applied(families, transactions, written, dry_run),
                 maybe_applied=err.maybe_applied,
             ) from None
         except HostProblem as err:
@@ -247,7 +247,7 @@ def add(
             # The CLI asks every family before the write (cli/add_backend.py); here it
             # is found family by family (a library caller, a chain made meanwhile): a
             # family written before it is said, not "nothing changed".
-            done = _applied(families, transactions, written)
+            done = _applied(families, transactions, written, dry_run)
             if not isinstance(err, ChainInDoubt) or not done:
                 raise
             raise ChainInDoubt(err.pair, err.path, done) from None
@@ -315,8 +315,14 @@ def _judged_from(
         blind.append(family)
 
 
-def _applied(families: Sequence[int], transactions: Dict[int, str], written: Dict[int, Any]) -> str:
-    """Each family is its own transaction: which went in before a failing one."""
+def _applied(
+    families: Sequence[int], transactions: Dict[int, str], written: Dict[int, Any], dry_run: bool
+) -> str:
+    """Each family is its own transaction: which went in before a failing one. None in
+    a dry run: its `transactions` are what it would write (it said "IPv4 was applied"
+    of a plan)."""
+    if dry_run:
+        return ""
     done = [f"IPv{f}" for f in families if f in transactions or written.get(f)]
     return f" ({', '.join(done)} was applied)" if done else ""
 

@@ -239,6 +239,26 @@ def test_add_whose_setmark_chain_is_missing_says_so_once_and_changes_nothing(
     assert "-j KUBE-MARK-MASQ" in rp.save(host_ns, 4, mode=iptables_mode)
 
 
+def test_a_dry_run_stopped_at_a_later_family_says_nothing_was_applied(host_ns, iptables_mode):
+    """The admin's KUBE-MARK-MASQ in the IPv4 nat table alone, a dual-stack add under
+    it: the write stops at IPv6 (exit 3) and says that IPv4 went in, which it did. Its
+    dry run said the same, "(IPv4 was applied)", with nothing written: what a dry run
+    would write is not applied."""
+    rp.iptables(host_ns, ["-t", "nat", "-N", "KUBE-MARK-MASQ"], family=4, mode=iptables_mode)
+    args = [*ADD, "--ip", "fd00::5/64", "-p", "8080:80", "--external-setmark-chain",
+            "KUBE-MARK-MASQ", "--netns", host_ns, "--iptables", iptables_mode,
+            "--cni-cache-dir", str(host_ns)]  # fmt: skip
+    before = _modal_state(host_ns, iptables_mode)
+    done = run([*args, "--dry-run"])
+    named = "its --external-setmark-chain KUBE-MARK-MASQ does not exist in the IPv6 nat table"
+    assert_error(done, 3, "cannot add mynet/abc123: " + named)
+    assert "applied" not in done.stderr, done.stderr
+    assert _modal_state(host_ns, iptables_mode) == before
+    done = run(args)
+    assert_error(done, 3, "cannot add mynet/abc123: " + named, "(IPv4 was applied)")
+    assert "CNI-DN-70a29d9dc18bc4d652ea5" in rp.save(host_ns, 4, mode=iptables_mode)
+
+
 def test_check_repair_of_one_mapping_whose_setmark_chain_is_missing_names_it(host_ns):
     """check --repair of one mapping met the same refusal three times (exit 1, "gave up
     after 3 tries"); now it names it as the whole-node repair does: not repaired, why,

@@ -550,16 +550,24 @@ def test_add_writes_no_family_when_another_familys_chain_is_in_doubt(host_ns, tm
 
 
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
-def test_adds_library_stop_says_which_family_went_in(host_ns, tmp_path, mode):
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_adds_library_stop_says_which_family_went_in(host_ns, tmp_path, mode, dry_run):
     """The same node, add called as a library (no CLI to ask every family first): it
     finds the chain family by family, so IPv4 goes in before IPv6 stops it. Its line
-    said 'nothing changed'; it says what was applied."""
+    said 'nothing changed'; it says what was applied. A dry run applies nothing: it
+    said "nothing more changed (IPv4 was applied)" of the IPv4 it only planned."""
     cache, _ = _dual_ipv4_flushed(host_ns, tmp_path, mode)
     given = MappingConfig(NETWORK, CID, (ip_interface("10.77.0.5/16"), ip_interface("fd77::5/64")),
                           (PortMapping(8080, 80),))  # fmt: skip
     options = NodeOptions(iptables=mode, families=(4, 6), netns=host_ns, cache_dirs=(str(cache),))
     with netns.entered(host_ns), pytest.raises(ChainInDoubt) as stopped:
-        add(Node(options, RestoreBackend(mode)), given, flush_udp=False, ifname="net1")
+        add(Node(options, RestoreBackend(mode)), given, flush_udp=False, ifname="net1",
+            dry_run=dry_run)  # fmt: skip
+    if dry_run:
+        assert chain_name(NETWORK, CID) not in rp.save(host_ns, 4, mode)
+        assert "nothing changed (fix" in str(stopped.value), stopped.value
+        assert "applied" not in str(stopped.value), stopped.value
+        return
     assert chain_name(NETWORK, CID) in rp.save(host_ns, 4, mode)  # (IPv4 went in)
     assert "nothing changed" not in str(stopped.value), stopped.value
     assert "nothing more changed (IPv4 was applied)" in str(stopped.value), stopped.value
