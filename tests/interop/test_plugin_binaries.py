@@ -137,6 +137,15 @@ def _v191_tables_deleted(node: str, cache: Path, mode: rp.Mode) -> Dict[str, Any
     return conf
 
 
+def _repair_line_says_what_settles_it(stderr: str, looked_in: str) -> None:
+    """The repair's own line for a container left in doubt (an operator may read only
+    it: a cron job's mail, a log grep for "could not repair") names the directories
+    looked in and `--cni-bin-dir DIR`, as the check's warning does."""
+    line = next(x for x in stderr.splitlines() if "could not repair" in x)
+    assert "cannot be told" in line, line
+    assert looked_in in line and "`--cni-bin-dir DIR`" in line, line
+
+
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_a_v191_node_whose_plugin_tables_were_deleted_is_repaired_in_nftables_by_its_binary(
     node: str, tmp_path: Path, mode: rp.Mode
@@ -156,6 +165,7 @@ def test_a_v191_node_whose_plugin_tables_were_deleted_is_repaired_in_nftables_by
         doubted.stderr
     ), doubted.stderr
     assert "`--cni-bin-dir DIR`" in doubted.stderr, doubted.stderr
+    _repair_line_says_what_settles_it(doubted.stderr, "/nonexistent/")
     two = _pmctl(node, tmp_path, "check", "--repair", "--cni-bin-dir", _v191(tmp_path),
                  "--cni-bin-dir", _debian(tmp_path))  # fmt: skip
     assert two.returncode == 1 and "cannot be told" in two.stderr, two.stderr
@@ -254,6 +264,7 @@ def test_a_portmap_of_another_package_in_the_default_dirs_never_decides_a_write(
     assert "debian-bin/portmap ignores the key" in done.stderr, done.stderr
     assert f"default CNI bin directories ({_debian(tmp_path)})" in done.stderr, done.stderr
     assert "`--cni-bin-dir DIR`" in done.stderr, done.stderr
+    _repair_line_says_what_settles_it(done.stderr, _debian(tmp_path))
     assert chain_name("podman", "nft1") not in rp.save(node, 4, mode)
     assert rp.nat_rules(rp.save(node, 4, mode)) == rp.nat_rules(before)
     assert "cni_hostport" not in _tables(node)

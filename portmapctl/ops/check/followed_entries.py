@@ -173,6 +173,10 @@ class Followed:
     # contradict (kept as the rules say).
     by_binaries: Dict[str, str] = field(default_factory=dict)
     binaries_differ: Tuple[str, ...] = ()
+    # By path, of the entries in doubt that a --cni-bin-dir of the runtime's plugins
+    # would settle (_doubt_only): the directories looked in and that option
+    # (nft_words.settle_text), for the repair's own line of each (repair.py).
+    settle: Dict[str, str] = field(default_factory=dict)
 
     def doubt_text(self, attachment: Attachment) -> str:
         """Why `attachment` (of `in_doubt`, its mapping there) is in doubt."""
@@ -501,8 +505,9 @@ def _doubt_only(
         path: f"{why}; {settle}" if path in {a.path for a in nothing} else why
         for path, why in followed.gone.items()
     }
+    settles = {a.path: settle for a in nothing if a.path in gone}
     if binaries.verdict is not KeySupport.IGNORES:
-        return replace(followed, gone=gone)
+        return replace(followed, gone=gone, settle=settles)
     said = binaries_text(binaries.words(), KeySupport.IGNORES, len(binaries.found))
     doubted = [
         a
@@ -521,10 +526,12 @@ def _doubt_only(
             "no iptables nat table is here, which alone says its plugin honours the key,"
             f" but {settle}"
         )
+        settles[a.path] = settle
     return replace(
         followed,
         in_doubt=[*followed.in_doubt, *doubted],
         gone=gone,
+        settle=settles,
         binaries_differ=(*followed.binaries_differ, *differ),
     )
 

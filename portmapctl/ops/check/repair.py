@@ -585,7 +585,10 @@ def _in_doubt_why(in_doubt: Sequence[Attachment], judged: Followed) -> Dict[str,
     """By path, why nft_repair writes nothing for the entries whose backend is in doubt
     (followed_entries.follow_the_plugin): the plugin that added them may keep them in
     iptables (`judged.gone`: those of which nothing is left, ops/nft.py nothing_left;
-    `judged.iptables_unread`: iptables could not be read to look)."""
+    `judged.iptables_unread`: iptables could not be read to look), and where the
+    runtime's plugins would settle it, the directories looked in and `--cni-bin-dir
+    DIR` (`judged.settle`): the line an operator reading only the repair's output
+    sees."""
 
     def seen(a: Attachment) -> str:
         if a.path in judged.gone:
@@ -594,9 +597,12 @@ def _in_doubt_why(in_doubt: Sequence[Attachment], judged: Followed) -> Dict[str,
             return "iptables, where its chain would be, cannot be read"
         return "its chain is in iptables"
 
+    def settle(a: Attachment) -> str:
+        return f"; {judged.settle[a.path]}" if a.path in judged.settle else ""
+
     return {
         a.path: f'its cached config says "backend": "nftables", {seen(a)}:'
-        " whether its plugin ignores the key cannot be told here"
+        f" whether its plugin ignores the key cannot be told here{settle(a)}"
         for a in in_doubt
     }
 
