@@ -99,18 +99,14 @@ def default_cni_cache_dirs() -> Tuple[str, ...]:
 CNI_BIN_DIR_ENV = "PORTMAPCTL_CNI_BIN_DIR"
 
 
-# PORTMAPCTL_CNI_BIN_DEFAULTS: the default directories themselves (spaces between), for
-# an image that mounts the host's / elsewhere, and for tests (conftest points it at none,
-# so the machine's /usr/lib/cni is never read unasked). Still the defaults: a guess of
-# where the runtime's plugins are, whose binaries only add doubt
-# (ops/check/followed_entries._by_binaries), unlike --cni-bin-dir's statement.
-CNI_BIN_DEFAULTS_ENV = "PORTMAPCTL_CNI_BIN_DEFAULTS"
-
-
 def guessed_cni_bin_dirs() -> Tuple[str, ...]:
-    """The default CNI bin directories: PORTMAPCTL_CNI_BIN_DEFAULTS', else CNI_BIN_DIRS."""
-    moved = os.environ.get(CNI_BIN_DEFAULTS_ENV, "").split()
-    return tuple(moved) if moved else CNI_BIN_DIRS
+    """The default CNI bin directories: CNI_BIN_DIRS, unless tests' seam
+    PORTMAPCTL_CNI_BIN_DEFAULTS moves them (host/settings.py declares it). Still the
+    defaults: a guess of where the runtime's plugins are, whose binaries only add doubt
+    (ops/check/followed_entries._by_binaries), unlike --cni-bin-dir's statement."""
+    from portmapctl.host import settings  # (it imports this module)
+
+    return settings.CNI_BIN_DEFAULTS.value()
 
 
 def stated_cni_bin_dirs() -> Tuple[str, ...]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 from portmapctl.errors import BadInput
-from portmapctl.host.paths import DEFAULT_RUN_DIR, HOST_LOCAL_DATA_DIR
+from portmapctl.host.paths import CNI_BIN_DIRS, DEFAULT_RUN_DIR, HOST_LOCAL_DATA_DIR
 
 # Plain ASCII decimals: float() would also take "nan", "inf", "1e9", "1_0" and "١".
 # (A pattern string, compiled on first use: add's start-up does not pay for it.)
@@ -47,6 +47,8 @@ class Setting(NamedTuple):
     def _default_text(self) -> str:
         if isinstance(self.default, bool):
             return "1" if self.default else "0"
+        if isinstance(self.default, tuple):  # (the error stays one short line)
+            return f"{self.default[0]} and {len(self.default) - 1} more"
         return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
 
 
@@ -104,7 +106,33 @@ HOST_LOCAL_DIR = Setting(
 # Checked only (paths.RUN_DIR reads it): a relative one is a lock per working
 # directory, and two runs from two directories would not wait for each other.
 RUN_DIR = Setting("PORTMAPCTL_RUN_DIR", DEFAULT_RUN_DIR, "an absolute path", _absolute)
-ALL = (XTABLES_WAIT, IPTABLES_TIMEOUT, PROGRESS_AFTER, NFT_BATCH, HOST_LOCAL_DIR, RUN_DIR)
+
+
+def _absolute_dirs(text: str) -> Optional[Tuple[str, ...]]:
+    dirs = tuple(text.split())
+    return dirs if all(d.startswith("/") for d in dirs) else None
+
+
+# The DEFAULT CNI bin directories (paths.guessed_cni_bin_dirs reads it): a test seam,
+# named in no user document (conftest points it at none, so a test never reads the
+# machine's /usr/lib/cni/portmap unasked). Still a guess of where the runtime's plugins
+# are, whose binaries only add doubt; an operator states them with --cni-bin-dir
+# (PORTMAPCTL_CNI_BIN_DIR, an option's variable, declared with the option).
+CNI_BIN_DEFAULTS = Setting(
+    "PORTMAPCTL_CNI_BIN_DEFAULTS",
+    CNI_BIN_DIRS,
+    "absolute directories separated by spaces",
+    _absolute_dirs,
+)
+ALL = (
+    XTABLES_WAIT,
+    IPTABLES_TIMEOUT,
+    PROGRESS_AFTER,
+    NFT_BATCH,
+    HOST_LOCAL_DIR,
+    RUN_DIR,
+    CNI_BIN_DEFAULTS,
+)
 
 
 def check() -> None:

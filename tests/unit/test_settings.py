@@ -19,6 +19,7 @@ GOOD = [
     (settings.NFT_BATCH, "", True),
     (settings.NFT_BATCH, "0", False),
     (settings.NFT_BATCH, "1", True),
+    (settings.CNI_BIN_DEFAULTS, "/srv/cni  /opt/b ", ("/srv/cni", "/opt/b")),
 ]
 BAD = [
     (settings.XTABLES_WAIT, "x"),
@@ -40,6 +41,8 @@ BAD = [
     (settings.NFT_BATCH, "maybe"),
     (settings.NFT_BATCH, "yes"),
     (settings.NFT_BATCH, "false"),
+    (settings.CNI_BIN_DEFAULTS, "cni/bin"),
+    (settings.CNI_BIN_DEFAULTS, "/opt/cni/bin ./bin"),
 ]
 
 
@@ -78,3 +81,31 @@ def test_the_accessors_read_the_one_definition(monkeypatch):
             read()
         monkeypatch.delenv(setting.name)
         assert read() == setting.default
+
+
+def test_the_cni_bin_defaults_seam_is_read_through_its_one_definition(monkeypatch):
+    """PORTMAPCTL_CNI_BIN_DEFAULTS (tests' seam: conftest points it at none) is read by
+    host/paths.py through settings, so a relative directory, which would be looked for
+    below whatever directory a run starts in, is refused as every variable's bad value
+    is, not taken."""
+    from portmapctl.host.paths import CNI_BIN_DIRS, guessed_cni_bin_dirs
+
+    monkeypatch.setenv(settings.CNI_BIN_DEFAULTS.name, "usr/lib/cni")
+    with pytest.raises(BadInput):
+        guessed_cni_bin_dirs()
+    monkeypatch.setenv(settings.CNI_BIN_DEFAULTS.name, " ")
+    assert guessed_cni_bin_dirs() == CNI_BIN_DIRS == settings.CNI_BIN_DEFAULTS.default
+
+
+def test_the_cni_bin_defaults_seam_is_no_user_option():
+    """It moves the guess only (binaries found there never decide a write), and is
+    named in no user document: the operator's statement is --cni-bin-dir."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for doc in [
+        root / "README.md",
+        *root.joinpath("docs").rglob("*.md"),
+        root / "man/portmapctl.1",
+    ]:
+        assert settings.CNI_BIN_DEFAULTS.name not in doc.read_text(), doc
