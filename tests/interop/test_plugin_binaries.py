@@ -6,6 +6,7 @@ default at none, so the machine's /usr/lib/cni is never read unasked)."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 from pathlib import Path
@@ -314,3 +315,43 @@ def test_default_binaries_against_the_weak_sign_put_in_doubt_not_decide(
     agree = _pmctl(node, tmp_path, "check", "--repair", env=_defaults(_v191(tmp_path)))
     assert agree.returncode == 0, agree.stdout + agree.stderr
     assert "cni_hostport" in _tables(node)
+
+
+def test_binaries_without_the_backend_settle_where_iptables_cannot_be_read(
+    node: str, tmp_path: Path
+) -> None:
+    """Under --backend nftables, which reads iptables only to follow the plugin, by a
+    portmapctl that cannot run iptables (a DaemonSet image without its tools): deb1,
+    Debian's 1.1.1 under the key (its chain in iptables), nothing of it in nftables. Whether its chain is in
+    iptables cannot be looked at, so it was in doubt on every run, whatever binary
+    was given. Debian's binary stated, its plugin keeps it in iptables whatever that
+    iptables holds: judged there (not this backend's: nothing written, not checked),
+    the note naming the binary and saying nothing is repaired there. v1.9.1's stated,
+    or Debian's in the defaults alone, settle nothing (a plugin upgraded since may have
+    left its chain in iptables; a guess): in doubt as before, nothing written."""
+    _debian_keyed(node, tmp_path, "deb1", "10.88.0.55/16", 8055)
+    hide = [os.path.realpath(shutil.which(tool, path=rp.SYSTEM_PATH) or tool)
+            for tool in ("iptables-nft", "iptables-legacy")]  # fmt: skip
+    told = ["--netns", node, "--cni-cache-dir", str(tmp_path / "cache"), "--backend", "nftables"]
+    before = rp.nat_rules(rp.save(node, 4))
+    debian = ["--cni-bin-dir", _debian(tmp_path)]
+    done = pmctl.run(["check", "--repair", *told, *debian], hide=hide)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cannot be told" not in done.stderr, done.stderr
+    assert "debian-bin/portmap ignores the key" in done.stderr, done.stderr
+    assert "judged, and repaired, in iptables" not in done.stderr, done.stderr
+    assert "not checked" in done.stderr, done.stderr
+    mapping = ["--network", "podman", "--container", "deb1", "--ip", "10.88.0.55/16",
+               "-p", "8055:80"]  # fmt: skip
+    one = pmctl.run(["add", *mapping, *told, *debian], hide=hide)
+    pmctl.assert_error(one, 3, "podman/deb1", "ignores the key", "--backend nftables neither")
+    assert "which does" not in one.stderr, one.stderr
+    for given, env in (
+        (["--cni-bin-dir", _v191(tmp_path)], None),
+        ([], _defaults(_debian(tmp_path))),
+    ):
+        doubted = pmctl.run(["check", "--repair", *told, *given], hide=hide, env=env)
+        assert doubted.returncode == 1, doubted.stdout + doubted.stderr
+        assert "which cannot be read" in doubted.stderr, doubted.stderr
+    assert "cni_hostport" not in _tables(node)
+    assert rp.nat_rules(rp.save(node, 4)) == before

@@ -259,7 +259,10 @@ def entry_in_doubt(
         if (a.network, a.container_id) == mine and a.path in followed.by_binaries:
             if a.mapping is not None and a.mapping.backend == Backend.IPTABLES:
                 # (Its plugin keeps it in iptables, the binaries say: this command, by
-                # the key, would write it into nftables. The node's repair puts it back.)
+                # the key, would write it into nftables. The node's repair puts it back;
+                # not under --backend nftables, which the note says.)
+                if not node.options.reads_iptables:
+                    return followed.by_binaries[a.path]
                 return (
                     f"{followed.by_binaries[a.path]}; give `portmapctl check --repair"
                     f"{node.options.arguments}` of the node, which does"
@@ -359,7 +362,8 @@ def _follow_keys(node: Node, attachments: Optional[List[Attachment]], read: Node
             # Whether their plugin keeps them in iptables cannot be told: read as none,
             # they were judged v1.6+'s and repaired into nftables.
             doubted = [a for a in unheld if not a.zombie]
-            return Followed(attachments, in_doubt=doubted, iptables_unread=str(err))
+            followed = Followed(attachments, in_doubt=doubted, iptables_unread=str(err))
+            return _unread_by_binaries(node, followed, attachments, doubted, live)
     else:
         chains = _chains_read(read, {a.dnat_chain for a in keyed} | {TOPLEVEL_DNAT})
     # Whether a plugin may have written iptables here (nft.nothing_left): its
@@ -458,9 +462,37 @@ def _by_binaries(
                 for a in doubted
             },
         )
-    settled_list = [a for a in nothing if not nft.honoured_here(a, attachments, live)]
-    differ = tuple(_differ_text(a, said) for a in nothing if a not in settled_list)
+    return _ignored_by_binaries(node, followed, attachments, nothing, live, said, "nothing")
+
+
+def _ignored_by_binaries(
+    node: Node,
+    followed: Followed,
+    attachments: List[Attachment],
+    judged: List[Attachment],
+    live: Ruleset,
+    said: str,
+    seen: str,
+) -> Followed:
+    """`followed` with those of `judged` (cached "nftables", no rule of theirs in
+    nftables) that the node's rules do not tell a plugin honoured the key for
+    (nft.honoured_here) judged in iptables, where the stated binaries (`said`:
+    binaries_text), which all ignore the key, keep them; the others kept as the rules
+    say, with a warning. `seen`: what was seen of them, as the note says it (nothing
+    left; or nothing in nftables, iptables unread)."""
+    from portmapctl.ops import nft
+
+    settled_list = [a for a in judged if not nft.honoured_here(a, attachments, live)]
+    differ = tuple(_differ_text(a, said) for a in judged if a not in settled_list)
     settled = {a.path for a in settled_list}
+    # Under --backend nftables, which never writes iptables, it is judged there, not
+    # repaired there: the note said "repaired in iptables" of a run that did not.
+    done = (
+        "judged, and repaired, in iptables, where that plugin's CHECK and DEL look"
+        if node.options.reads_iptables
+        else "judged in iptables, where that plugin's CHECK and DEL look: --backend nftables"
+        " neither checks it nor writes anything for it"
+    )
     return replace(
         followed,
         attachments=nft.judged_in_iptables(followed.attachments or [], settled_list),
@@ -468,12 +500,46 @@ def _by_binaries(
         gone={p: w for p, w in followed.gone.items() if p not in settled},
         by_binaries={
             a.path: f'{_named(a)}: its cached config says "backend": "nftables" and'
-            f" nothing of it is left; {said}: judged, and repaired, in iptables, where that"
-            " plugin's CHECK and DEL look"
+            f" {_SEEN[seen]}; {said}: {done}"
             for a in settled_list
         },
         binaries_differ=differ,
     )
+
+
+# What _ignored_by_binaries' note says was seen of a container.
+_SEEN = {
+    "nothing": "nothing of it is left",
+    "unread": "no rule of it is in nftables (iptables, where its chain would be, cannot be read)",
+}
+
+
+def _unread_by_binaries(
+    node: Node,
+    followed: Followed,
+    attachments: Optional[List[Attachment]],
+    doubted: List[Attachment],
+    live: Ruleset,
+) -> Followed:
+    """`followed` (under --backend nftables, the host's iptables unread: `doubted` in
+    doubt) with those the stated binaries settle: all ignoring the key, their plugin
+    keeps them in iptables whatever that iptables holds (its chain there: the key
+    ignored; none: lost there), so it need not be read; not this backend's, nothing is
+    written. Binaries that honour it settle nothing: a plugin upgraded since may have
+    left the chain of one added before in iptables, which cannot be looked at. Found
+    in the default directories alone, a guess: nothing settled either."""
+    if not doubted or attachments is None:
+        return followed
+    binaries = node.plugin_binaries()
+    if binaries is None or not binaries.stated:
+        return followed
+    from portmapctl.core.plugin_binary import KeySupport
+    from portmapctl.ops.nft_words import binaries_text
+
+    if binaries.verdict is not KeySupport.IGNORES:
+        return followed
+    said = binaries_text(binaries.words(), KeySupport.IGNORES, len(binaries.found))
+    return _ignored_by_binaries(node, followed, attachments, doubted, live, said, "unread")
 
 
 def _doubt_only(
