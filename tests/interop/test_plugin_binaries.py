@@ -355,3 +355,24 @@ def test_binaries_without_the_backend_settle_where_iptables_cannot_be_read(
         assert "which cannot be read" in doubted.stderr, doubted.stderr
     assert "cni_hostport" not in _tables(node)
     assert rp.nat_rules(rp.save(node, 4)) == before
+
+
+def test_binaries_never_settle_a_chain_in_iptables_beside_a_flushed_table(
+    node: str, tmp_path: Path
+) -> None:
+    """deb1 added by Debian's 1.1.1 under the key (its chain in iptables), nft2 by
+    v1.9.1 (its rules in the plugin's table), then `nft flush table ip cni_hostport`:
+    the table says a plugin here honoured the key, deb1's chain that one ignored it.
+    Neither binary overrules those rules: deb1 stays in doubt with either given,
+    nothing written for it in either backend."""
+    _debian_keyed(node, tmp_path, "deb1", "10.88.0.56/16", 8056)
+    nft2 = upstream.nft_conf("podman", ["10.88.0.57/16"], [_pm(8057, 80)])
+    upstream.run(V191, "ADD", node, "nft2", _cached(tmp_path, "nft2", nft2), check=True)
+    upstream.nft(node, "flush", "table", "ip", "cni_hostport")
+    before = (rp.nat_rules(rp.save(node, 4)), upstream.ruleset_text(node))
+    for given in (_debian(tmp_path), _v191(tmp_path)):
+        done = _pmctl(node, tmp_path, "check", "--repair", "--cni-bin-dir", given)
+        assert done.returncode == 1, done.stdout + done.stderr
+        doubt = next(x for x in done.stderr.splitlines() if "warning: podman/deb1:" in x)
+        assert "is in iptables" in doubt and "cannot be told" in doubt, done.stderr
+        assert (rp.nat_rules(rp.save(node, 4)), upstream.ruleset_text(node)) == before
