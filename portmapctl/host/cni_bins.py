@@ -9,6 +9,7 @@ read for it (the caller's choice)."""
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
@@ -61,16 +62,24 @@ class PortmapBinaries:
 
 def portmap_binaries(dirs: Sequence[str], stated: bool = True) -> PortmapBinaries:
     """The file `portmap` of each of `dirs` that has one (a symlink followed; the same
-    file through two directories, once), each read with MAX_BYTES at most; `stated`:
-    as PortmapBinaries says."""
+    file through two directories, once), each read with MAX_BYTES at most, and one that
+    cannot be looked at (but for "no such file"), which tells nothing; `stated`: as
+    PortmapBinaries says."""
     found = []
     seen = set()
     for folder in dirs:
         path = os.path.join(folder, PORTMAP)
         try:
             identity = os.stat(path)
-        except (OSError, ValueError):
-            continue  # (no such file, or no directory: nothing there)
+        except ValueError:
+            continue  # (a NUL in the name: no such file)
+        except OSError as err:
+            if err.errno in (errno.ENOENT, errno.ENOTDIR):
+                continue  # (no such file, or no directory: nothing there)
+            # A symlink loop, a directory this process may not search: a binary may be
+            # there, unread; skipped, the other directories' decided alone.
+            found.append(PortmapBinary(path, None, err.strerror or str(err)))
+            continue
         key = (identity.st_dev, identity.st_ino)
         if key in seen:
             continue

@@ -94,6 +94,32 @@ def test_an_unreadable_or_oversized_binary_tells_nothing(tmp_path: Path, monkeyp
     assert big.verdict is None and "larger than" in (big.found[0].error or "")
 
 
+def test_a_portmap_that_cannot_be_looked_at_tells_nothing(tmp_path: Path) -> None:
+    # A portmap whose stat(2) fails but for "no such file" (a symlink loop, planted or
+    # a k3s data/ link caught mid-upgrade; a directory this process may not search)
+    # is a binary there that cannot be read, not an empty directory: skipped, the other
+    # directory's binary decided alone, against what the unread one may do.
+    new = _bin_dir(tmp_path, "new", upstream.binary("v1.9.1"))
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    (loop / "portmap").symlink_to(loop / "portmap")
+    found = portmap_binaries([str(new), str(loop)])
+    assert found.verdict is None, found
+    assert found.found[1].path == str(loop / "portmap") and found.found[1].error
+    shut = tmp_path / "shut"
+    shutil.copytree(_bin_dir(tmp_path, "deb", DEBIAN), shut)
+    shut.chmod(0)
+    try:
+        if os.access(shut / "portmap", os.F_OK):
+            pytest.skip(
+                "this root may search any directory (CAP_DAC_OVERRIDE): the unit tier has none"
+            )
+        found = portmap_binaries([str(new), str(shut)])
+        assert found.verdict is None and "ermission" in (found.found[1].error or ""), found
+    finally:
+        shut.chmod(0o755)
+
+
 def _cut(data: bytes, size: int) -> list:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
