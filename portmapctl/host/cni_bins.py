@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -84,6 +85,11 @@ def portmap_binaries(dirs: Sequence[str], stated: bool = True) -> PortmapBinarie
         if key in seen:
             continue
         seen.add(key)
+        if not stat.S_ISREG(identity.st_mode):
+            # (Never opened: opening a device has effects of its own, /dev/watchdog
+            # arms the node's watchdog. open_regular's fstat still checks what it opens.)
+            found.append(PortmapBinary(path, None, "not a regular file"))
+            continue
         found.append(_read(path))
     return PortmapBinaries(tuple(dirs), tuple(found), stated)
 

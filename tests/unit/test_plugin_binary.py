@@ -120,6 +120,26 @@ def test_a_portmap_that_cannot_be_looked_at_tells_nothing(tmp_path: Path) -> Non
         shut.chmod(0o755)
 
 
+def test_a_portmap_that_is_no_regular_file_is_never_opened(tmp_path: Path, monkeypatch) -> None:
+    # Opening a device has effects of its own (/dev/watchdog arms the node's watchdog,
+    # a tape rewinds): a portmap linked to one was opened, then refused by its fstat.
+    # What stat(2) already shows to be no regular file tells nothing, unopened.
+    opened = []
+    real = cni_bins.open_regular
+
+    def spy(path: str):
+        opened.append(path)
+        return real(path)
+
+    monkeypatch.setattr(cni_bins, "open_regular", spy)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "portmap").symlink_to("/dev/null")
+    found = portmap_binaries([str(odd)])
+    assert found.verdict is None and found.found[0].error == "not a regular file"
+    assert opened == []
+
+
 def _cut(data: bytes, size: int) -> list:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
