@@ -103,7 +103,7 @@ def guessed_cni_bin_dirs() -> Tuple[str, ...]:
     """The default CNI bin directories: CNI_BIN_DIRS, unless tests' seam
     PORTMAPCTL_CNI_BIN_DEFAULTS moves them (host/settings.py declares it). Still the
     defaults: a guess of where the runtime's plugins are, whose binaries only add doubt
-    (ops/check/followed_entries._by_binaries), unlike --cni-bin-dir's statement."""
+    (ops/check/binary_verdicts.py), unlike --cni-bin-dir's statement."""
     from portmapctl.host import settings  # (it imports this module)
 
     return settings.CNI_BIN_DEFAULTS.value()

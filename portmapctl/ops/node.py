@@ -89,7 +89,7 @@ class NodeOptions:
     # Whether `bin_dirs` were stated (--cni-bin-dir, PORTMAPCTL_CNI_BIN_DIR): their
     # binaries decide. The defaults are a guess of where the runtime's plugins are (a
     # podman dependency's /usr/lib/cni/portmap beside a kubelet's plugins elsewhere):
-    # theirs only add doubt (ops/check/followed_entries._by_binaries).
+    # theirs only add doubt (ops/check/binary_verdicts.py).
     bin_dirs_stated: bool = field(default_factory=lambda: bool(paths.stated_cni_bin_dirs()))
 
     def __post_init__(self) -> None:

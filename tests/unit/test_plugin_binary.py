@@ -217,7 +217,7 @@ def test_cni_bin_dir_replaces_the_defaults_and_is_spelled_in_fix_commands(
     assert options.bin_dirs == ("/srv/cni", "/opt/other")
     assert " --cni-bin-dir /srv/cni --cni-bin-dir /opt/other" in options.arguments
     assert "--cni-bin-dir" not in Common().node_options().arguments
-    # Given, they decide; the defaults only add doubt (followed_entries._doubt_only).
+    # Given, they decide; the defaults only add doubt (binary_verdicts._doubt_only).
     assert options.bin_dirs_stated and not Common().node_options().bin_dirs_stated
     # add's fast path (no typer) takes it as typer does.
     given = add_fast.parse(["add", "--cni-bin-dir", "/srv/cni", "--network", "n"])
