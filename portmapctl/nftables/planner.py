@@ -167,7 +167,7 @@ def unwanted(
     (nftables/node.py `is_plugin_rule`), as for gc: anything else in these chains is
     nobody's to remove. A wanted rule repeated is not unwanted (as on the iptables side).
     `addresses`: only rules for these container addresses (`container_address`), when
-    the caller knows one attachment alone; see ops/check/nft.check_mapping. Only a rule
+    the caller knows one attachment alone; see ops/check/nft_one.check_mapping. Only a rule
     for one of their wanted mappings (the same host port, the same masqueraded
     address) is unwanted: the others are unaccounted (`not_wanted`).
     """

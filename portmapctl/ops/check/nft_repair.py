@@ -1,7 +1,8 @@
 """check --repair over the plugin's nftables backend: the node's nft-backed cached
 containers made as the plugin's ADD makes them (nft_repair), or one mapping given
 (repair_mapping), each in one `nft -f` transaction (nftables/planner.py), never in
-iptables. What they compare against is ops/check/nft.py's."""
+iptables. What they compare against is ops/check/nft.py's (one mapping's:
+ops/check/nft_one.py's)."""
 
 from __future__ import annotations
 
@@ -32,12 +33,8 @@ from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.text import name_text
 from portmapctl.errors import ApplyFailed, Interrupted, PortmapctlError, found_in
 from portmapctl.ops.check.cache_now import TornDownLook
-from portmapctl.ops.check.nft import (
-    expected_configs,
-    expected_in_add_order,
-    other_networks,
-    own_addresses,
-)
+from portmapctl.ops.check.nft import expected_configs, expected_in_add_order
+from portmapctl.ops.check.nft_one import other_networks, own_addresses
 from portmapctl.ops.check.port_moves import PortTaken, nft_holder_name, nft_ports_taken
 from portmapctl.ops.check.problem import CheckResult, Unrepaired
 from portmapctl.ops.node import Node

@@ -300,12 +300,12 @@ def check_followed(
     checks before and after: the node is not asked again)."""
     families = validate.chosen_families(config, node.families, "check")
     if nft_mapping(node, config):
-        from portmapctl.ops.check import nft
+        from portmapctl.ops.check import nft_one
         from portmapctl.ops.check.backend_rivals import nft_mapping_rivals
 
         live = node.read_nft(families)
-        problems = nft.check_mapping(node, config, families, live)
-        problems += nft.mapping_shadowed(node, config, families, live)
+        problems = nft_one.check_mapping(node, config, families, live)
+        problems += nft_one.mapping_shadowed(node, config, families, live)
         # What the plugin's iptables (or another tool's rule there) takes of its ports,
         # as the node check says: the plugin's CHECK looks at nftables alone.
         problems += nft_mapping_rivals(node, config, families, live)
