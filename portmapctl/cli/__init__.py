@@ -123,7 +123,7 @@ def _interrupted(after: str = "") -> None:
     prompt), and exit 130 as shells do. `after`: Interrupted.after."""
     # A second Ctrl-C while the line is written must not turn into a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from portmapctl.cli._common import _isatty
+    from portmapctl.cli.output import _isatty
 
     fresh = "\n" if _isatty(sys.stderr) else ""
     done = f": {after}" if after else ""

@@ -19,9 +19,9 @@ from portmapctl.cli._common import (
     BackendChoice,
     Common,
     FamilyChoice,
-    OutputChoice,
     complete_netns,
 )
+from portmapctl.cli.output import OutputChoice
 from portmapctl.core.backend import IptablesAccess
 from portmapctl.host.paths import (
     CNI_BIN_DIR_ENV,

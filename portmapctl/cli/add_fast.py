@@ -15,13 +15,14 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from portmapctl.cli import add_options
-from portmapctl.cli._common import BackendChoice, FamilyChoice, OutputChoice
+from portmapctl.cli._common import BackendChoice, FamilyChoice
+from portmapctl.cli.output import OutputChoice
 from portmapctl.core.backend import IptablesAccess
 
 if TYPE_CHECKING:
     from portmapctl.cli._common import Common
 
-# The options whose values are an Enum's (cli/_common.py: no typer there).
+# The options whose values are an Enum's (cli/_common.py, cli/output.py: no typer there).
 _ENUMS = {
     "backend": BackendChoice,
     "iptables": IptablesAccess,
@@ -119,7 +120,7 @@ def pop_common(given: Dict[str, Any], recorded: bool = False) -> Common:
     """The common options out of what parse() found (they are taken out of `given`);
     BadInput for an environment variable set to a value it does not accept.
     `recorded`: a command with a metrics file (list), whose recording checks them
-    (cli/_common.metrics_recording: a refusal is a failed run in the file too)."""
+    (cli/metrics_file.metrics_recording: a refusal is a failed run in the file too)."""
     from portmapctl.cli._common import COMMON_NAMES, Common
     from portmapctl.host import settings
 

@@ -1,8 +1,8 @@
 """`portmapctl add`'s options by name, for the parsers that run before typer.
 
 Name -> (parameter, kind). Kinds: "flag", "value", "many" (repeatable), "int", or
-"choice" (an Enum option: its values are cli/_common.py's, which cli/add_fast.py puts
-in). The same names as cli/add.py and cli/_options.py declare for typer.
+"choice" (an Enum option: its values are cli/_common.py's and cli/output.py's, which
+cli/add_fast.py puts in). The same names as cli/add.py and cli/_options.py declare for typer.
 
 Nothing is imported here: ops/add_early.py reads an add command line with this table
 as the process starts, before it forks the shadow warning's dump, and everything it

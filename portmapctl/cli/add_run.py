@@ -26,7 +26,8 @@ from portmapctl.errors import Interrupted
 from portmapctl.iptables.chains import dnat_chain_name
 
 if TYPE_CHECKING:
-    from portmapctl.cli._common import Common, MappingOptions, Output
+    from portmapctl.cli._common import Common, MappingOptions
+    from portmapctl.cli.output import Output
     from portmapctl.core.mapping import MappingConfig
     from portmapctl.core.validate import Spelling
     from portmapctl.ops.add import AddResult

@@ -15,17 +15,15 @@ from portmapctl.cli._common import (
     MappingOptions,
     MetricsFileOpt,
     NftSnapshotOpt,
-    Unrecorded,
     common_options,
-    metrics_recording,
-    node_unrecorded,
     snapshot_files,
 )
 from portmapctl.cli.add import mapping_and_key, mapping_options, refuse_short_id
 from portmapctl.cli.add_config import ForwardsNothing, spelling_of
+from portmapctl.cli.metrics_file import Unrecorded, metrics_recording, node_unrecorded
 
 if TYPE_CHECKING:
-    from portmapctl.cli._common import Output
+    from portmapctl.cli.output import Output
     from portmapctl.ops.check import CheckResult
 
 EXAMPLES = """

@@ -25,12 +25,11 @@ from portmapctl.cli._common import (
     CacheInfo,
     Common,
     MetricsFileOpt,
-    Output,
-    Unrecorded,
     common_options,
     complete_container,
-    metrics_recording,
 )
+from portmapctl.cli.metrics_file import Unrecorded, metrics_recording
+from portmapctl.cli.output import Output
 from portmapctl.core.text import name_text
 
 if TYPE_CHECKING:

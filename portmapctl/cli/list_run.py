@@ -6,12 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Collection, List, Optional, Sequence, Tuple
 
-from portmapctl.cli._common import (
-    Common,
-    metrics_recording,
-    node_unrecorded,
-    snapshot_files,
-)
+from portmapctl.cli._common import Common, snapshot_files
+from portmapctl.cli.metrics_file import metrics_recording, node_unrecorded
 from portmapctl.core.pause import gc_paused
 
 

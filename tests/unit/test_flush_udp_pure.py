@@ -549,7 +549,7 @@ def test_dry_run_table_and_summary_fit_an_80_column_terminal(monkeypatch) -> Non
     it; the summary word-wrapped; piped, both stay whole, one line each."""
     from test_terminal import summary_on_terminal
 
-    from portmapctl.cli._common import Output
+    from portmapctl.cli.output import Output
 
     v6 = udp("2001:db8:4444:5555:6666:7777:8888:9999", "fd00:1111:2222:3333::1", 40012, 5353,
              "fd00:88:0:1:2:3:4:9", 53, family=6)  # fmt: skip

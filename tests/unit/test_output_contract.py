@@ -27,8 +27,9 @@ from test_terminal import EXAMPLE, ROOT, run_on_terminal
 
 from portmapctl import render
 from portmapctl.cli import app
-from portmapctl.cli._common import Output, cache_info
+from portmapctl.cli._common import cache_info
 from portmapctl.cli.add import shadow_warnings
+from portmapctl.cli.output import Output
 from portmapctl.core import validate
 from portmapctl.core.mapping import Mapping, MappingConfig, PortMapping
 from portmapctl.core.status import ProblemKind

@@ -281,7 +281,7 @@ def test_every_table_and_the_summary_line_write_control_characters_and_bytes_as_
     """The grid under list and gc (a row's cells and its status), the table under check
     and flush-udp (a last cell's pieces too), and the summary line: a tab and a line
     break in a cell are written out too (they would move its columns)."""
-    from portmapctl.cli._common import Output
+    from portmapctl.cli.output import Output
     from portmapctl.core.text import cell_text
     from portmapctl.ops.gc import GcChain, GcResult
     from portmapctl.render.gc import gc_table
@@ -321,7 +321,7 @@ _STDERR_LINES = {
     # A remark (Output.message, printed by rich): check's notes, the repair's lines.
     "message": (
         "import sys\n"
-        "from portmapctl.cli._common import Output\n"
+        "from portmapctl.cli.output import Output\n"
         "Output().message(f'looked in {sys.argv[1]}')\n"
     ),
     # -v's details (logging).

@@ -66,7 +66,7 @@ def test_any_other_value_is_bad_input_naming_the_variable(monkeypatch, setting, 
 
 def test_the_accessors_read_the_one_definition(monkeypatch):
     """restore.py, nfgen.py and the progress display read the variables through it."""
-    from portmapctl.cli._common import progress_after
+    from portmapctl.cli.output import progress_after
     from portmapctl.iptables.access import nfgen
     from portmapctl.iptables.access.restore import lock_wait_seconds, tool_timeout
 

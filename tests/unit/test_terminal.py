@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from portmapctl.cli._common import Output, OutputChoice
+from portmapctl.cli.output import Output, OutputChoice
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = [
@@ -299,7 +299,7 @@ def test_no_progress_bar_off_a_terminal(capsys):
 
 LINE_DURING_BAR = """
 import sys, time
-from portmapctl.cli._common import Output
+from portmapctl.cli.output import Output
 with Output().progress("looking for chains to remove", after=0.0):
     time.sleep(0.3)
     Output().warn(sys.argv[1])

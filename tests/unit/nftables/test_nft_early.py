@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 from portmapctl.cli._common import (
     BackendChoice,
     FamilyChoice,
-    OutputChoice,
     ProtoChoice,
     families,
 )
+from portmapctl.cli.output import OutputChoice
 from portmapctl.cli.typer_app import build_app
 from portmapctl.core.backend import IptablesAccess
 from portmapctl.core.status import Status
