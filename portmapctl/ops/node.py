@@ -1,5 +1,6 @@
 """A node as the commands see it: where to look (namespace, backend, cache) and
-how to read and change it safely.
+how to read and change it safely. The access it is opened with (which backend, read
+and written through what) is chosen in ops/node_access.py.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from portmapctl.iptables.access import BACKEND_NAMES, Backend, open_backend
 from portmapctl.iptables.access.unread import Unread
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
+from portmapctl.ops.node_access import as_the_plugin_chooses, iptables_access, nft_access
 
 if TYPE_CHECKING:
     from portmapctl.cni import cache as cni_cache
@@ -76,7 +78,8 @@ class NodeOptions:
     nft_snapshot: Optional[str] = None
     # The backend the plugin takes on this node for a config without a `backend` key:
     # iptables wherever iptables works; nftables only where the node has none
-    # (_as_the_plugin_chooses). Never --backend itself: that narrows what is looked at.
+    # (node_access.as_the_plugin_chooses). Never --backend itself: that narrows what is
+    # looked at.
     keyless: PluginBackend = PluginBackend.IPTABLES
     # An nft listing started before the command line was parsed (entry.py, for `list`):
     # the first read takes it if it is the one that read would start.
@@ -635,8 +638,8 @@ def opened(options: NodeOptions, write: bool = False, lock_now: bool = True) -> 
             " run with sudo"
         )
     with netns.entered(options.netns):
-        options = _as_the_plugin_chooses(options)
-        node = Node(options, _iptables_access(options), _nft_access(options))
+        options = as_the_plugin_chooses(options)
+        node = Node(options, iptables_access(options), nft_access(options))
         if write and lock_now:
             with locked(node), _tools_stopped(node):
                 yield node
@@ -671,61 +674,6 @@ def locked(node: Node) -> Iterator[None]:
             yield
         finally:
             node.holds_lock = False
-
-
-def _as_the_plugin_chooses(options: NodeOptions) -> NodeOptions:
-    """--backend auto where there is no iptables command but nft: the plugin, given no
-    `backend` key, takes iptables only if `iptables` works, else nftables (a node with
-    nftables alone: kube-proxy's nftables mode on a system without iptables). So do
-    we, rather than stop at "no iptables command found". --backend nftables on such a
-    node: containers without the key are nftables' too (`keyless`)."""
-    from dataclasses import replace
-
-    if options.offline or options.backend == PluginBackend.IPTABLES:
-        return options
-    if options.backend is None and options.iptables is not IptablesAccess.AUTO:
-        return options
-    # (Found as the tools are found: on PATH, else in the sbin directories cron leaves out.)
-    nft = paths.find_tool("nft")
-    if paths.find_tool("iptables") is not None or nft is None or _iptables_nat_present(nft):
-        # A nat table of iptables here: the plugin's iptables may work where it runs
-        # (portmapctl in an image without iptables): stop, never guess nftables. Under
-        # --backend nftables, containers without the key stay iptables' (not looked at).
-        return options
-    nftables = PluginBackend.NFTABLES
-    return replace(options, backend=nftables, keyless=nftables)
-
-
-def _iptables_nat_present(nft: str) -> bool:
-    # nftables/access is imported only here: most nodes have an iptables command.
-    from portmapctl.nftables.access.nft import iptables_nat_present
-
-    return iptables_nat_present(nft)
-
-
-def _iptables_access(options: NodeOptions) -> Backend:
-    if not options.uses_iptables and not options.offline:
-        return Unread()
-    if options.offline or not options.uses_iptables:
-        # Only the dumps given are read: an --nft-snapshot alone reads no iptables.
-        from portmapctl.iptables.access.snapshot import SnapshotBackend
-
-        return SnapshotBackend(options.snapshots if options.uses_iptables else {})
-    return open_backend(options.iptables, families=options.families)
-
-
-def _nft_access(options: NodeOptions) -> Optional[NftAccess]:
-    if not options.uses_nft:
-        return None
-    if options.nft_snapshot:
-        from portmapctl.nftables.access.snapshot import SnapshotNft
-
-        return SnapshotNft(options.nft_snapshot)
-    if options.offline:
-        return None  # iptables dumps only: no nftables state to read
-    from portmapctl.nftables.access.nft import RealNft
-
-    return RealNft(early=options.early_nft)
 
 
 def _debug(message: str, *args: object) -> None:

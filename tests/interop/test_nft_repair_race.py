@@ -21,7 +21,8 @@ import upstream
 
 from portmapctl.host import netns
 from portmapctl.ops.check.repair import repair
-from portmapctl.ops.node import Node, NodeOptions, _iptables_access, _nft_access
+from portmapctl.ops.node import Node, NodeOptions
+from portmapctl.ops.node_access import iptables_access, nft_access
 
 pytestmark = pytest.mark.netns
 
@@ -94,9 +95,7 @@ def test_a_container_restarted_during_a_repair_keeps_the_plugins_rules(
 
     options = NodeOptions(families=(4,), netns=node, cache_dirs=(str(tmp_path),))
     with netns.entered(node):
-        racing = Node(
-            options, _iptables_access(options), RacingNft(_nft_access(options), restarted)
-        )
+        racing = Node(options, iptables_access(options), RacingNft(nft_access(options), restarted))
         result = repair(racing, flush_udp=False)
     ruleset = upstream.ruleset_text(node)
     assert "10.88.0.12" not in ruleset  # the old address's rules were not written back
@@ -143,7 +142,7 @@ def test_a_container_added_again_after_the_tables_were_read_is_left_alone(
 
     options = NodeOptions(families=(4,), netns=node, cache_dirs=(str(tmp_path),))
     with netns.entered(node):
-        racing = Node(options, _iptables_access(options), RacingNft(_nft_access(options), deleted))
+        racing = Node(options, iptables_access(options), RacingNft(nft_access(options), deleted))
         repair(racing, flush_udp=False)
     if not new:  # the repair never read the entry again: the plugin's ADD comes now
         new.update(_add(node, tmp_path, "back", f"{again}/16", 8081))
@@ -189,8 +188,8 @@ def _repair_racing(node: str, tmp_path: Path, cid: str, conf: dict):
 
     options = NodeOptions(families=(4,), netns=node, cache_dirs=(str(tmp_path),))
     with netns.entered(node):
-        racing = ApplyRacingNft(_nft_access(options), added)
-        result = repair(Node(options, _iptables_access(options), racing), flush_udp=False)
+        racing = ApplyRacingNft(nft_access(options), added)
+        result = repair(Node(options, iptables_access(options), racing), flush_udp=False)
     assert racing.race is None  # (it ran)
     return result
 
@@ -346,8 +345,8 @@ def test_a_network_torn_down_then_added_again_during_a_repair_keeps_the_plugins_
 
         options = NodeOptions(families=(4,), netns=node, cache_dirs=(str(tmp_path),))
         with netns.entered(node):
-            racing = ApplyRacingNft(_nft_access(options), raced)
-            repair(Node(options, _iptables_access(options), racing), flush_udp=False)
+            racing = ApplyRacingNft(nft_access(options), raced)
+            repair(Node(options, iptables_access(options), racing), flush_udp=False)
         assert racing.race is None  # (it ran)
         ruleset = upstream.ruleset_text(node)
         assert "tcp dport 8080 dnat to 10.77.0.7:80" in ruleset, ruleset

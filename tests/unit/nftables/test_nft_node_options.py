@@ -56,13 +56,13 @@ def test_backend_nftables_neither_reads_nor_writes_iptables() -> None:
     from portmapctl.errors import BadInput
     from portmapctl.iptables.access.unread import Unread
     from portmapctl.iptables.transaction import Transaction
-    from portmapctl.ops.node import _iptables_access
+    from portmapctl.ops.node_access import iptables_access
 
     options = NodeOptions(backend="nftables")
     assert not options.reads_iptables
     assert NodeOptions(nft_snapshot=SNAPSHOT).reads_iptables is False
     assert NodeOptions(backend="iptables", snapshots={4: "/dev/null"}).reads_iptables
-    backend = _iptables_access(options)
+    backend = iptables_access(options)
     assert isinstance(backend, Unread) and not backend.read(4).chains
     with pytest.raises(BadInput, match="^--backend nftables does not look at iptables"):
         backend.apply(Transaction(4))
