@@ -32,7 +32,13 @@ class Followed:
     warned: Tuple[str, ...] = ()
 
 
-def followed(common: Common, config: MappingConfig, out: Output, keyed: bool = False) -> Followed:
+def followed(
+    common: Common,
+    config: MappingConfig,
+    out: Output,
+    keyed: bool = False,
+    ifname: Optional[str] = None,
+) -> Followed:
     """A mapping without a `backend` key (under --backend auto) goes where the plugin
     keeps its container: the backend its cached config names (cni/cache.py
     configured_key), else nftables when its rules are in the plugin's tables alone
@@ -41,7 +47,7 @@ def followed(common: Common, config: MappingConfig, out: Output, keyed: bool = F
     (_unread_followed). Asked before the write starts; the rules only where a
     `cni_hostport` table exists (one netlink question elsewhere).
     `keyed`: the backend `config` holds is its --cni-config's own key
-    (mapping_and_key), else --backend's."""
+    (mapping_and_key), else --backend's. `ifname`: the interface it is given for."""
     if not net_admin():
         return Followed(config)
     key = _cached_key(common, config)
@@ -52,12 +58,13 @@ def followed(common: Common, config: MappingConfig, out: Output, keyed: bool = F
             # Every family first, before anything is written (the write ahead included):
             # ops/add.py finds the chain family by family, and a family without it (its
             # table flushed) went in before another's stopped the add.
-            _stop_where_shared(common, config)
+            _stop_where_shared(common, config, ifname)
         return Followed(config, _refuse_a_copy(common, config, key.backend, keyed), key.skipped)
     if common.plugin_backend is not None:
         return Followed(config, None, key.skipped)
     if key.unread is not None:
-        return Followed(_unread_followed(common, config, out, key.unread), None, key.skipped)
+        followed_to = _unread_followed(common, config, out, key.unread, ifname)
+        return Followed(followed_to, None, key.skipped)
     config, live = _followed(common, config, out, key.backend)
     return Followed(config, live, key.skipped)
 
@@ -110,7 +117,7 @@ def _followed(
 
 
 def _unread_followed(
-    common: Common, config: MappingConfig, out: Output, unread: str
+    common: Common, config: MappingConfig, out: Output, unread: str, ifname: Optional[str]
 ) -> MappingConfig:
     """followed of a mapping without a backend whose own cache entry cannot be read
     (`unread`: why): its key, which its plugin was given, is not known, so where its
@@ -124,7 +131,7 @@ def _unread_followed(
     from portmapctl.ops.nft_words import chain_there, kept_there
 
     # Stopped before the note below (else two lines).
-    where = _stop_where_shared(common, config)
+    where = _stop_where_shared(common, config, ifname)
     try:
         live = _plugin_tables(common, config, strict=True)
     except PortmapctlError as err:
@@ -142,21 +149,57 @@ def _unread_followed(
     return replace(config, backend=Backend.IPTABLES)
 
 
-def _stop_where_shared(common: Common, config: MappingConfig) -> Optional[str]:
+def _stop_where_shared(
+    common: Common, config: MappingConfig, ifname: Optional[str] = None
+) -> Optional[str]:
     """Where the container's chain is in iptables, in any family (_chain_in_iptables),
     when another entry of its container on the network reads beside its unread one;
     else ChainInDoubt (exit 3, nothing written): the one unread may be that interface's,
-    whose live rules the chain holds (a Multus pod on one network twice). Asked for every
-    family at once, before any is written (ops/add.py stops a write into the chain too,
-    family by family)."""
-    where = _chain_in_iptables(common, config, dnat_chain_name(config))
+    whose live rules the chain holds (a Multus pod on one network twice). Judged as the
+    node's repair and ops/add.py judge it (unread_entries.stop_where_held): a chain
+    holding nothing the write does not make (a flush emptied it) loses nothing. Asked
+    for every family at once, before any is written (ops/add.py stops a write into the
+    chain too, family by family). `ifname`: the interface `config` is given for."""
+    name = dnat_chain_name(config)
+    where = _chain_in_iptables(common, config, name)
     if where is not None:
         from portmapctl.cni.cache import pair_entries
-        from portmapctl.ops.check.unread_entries import stop_where_unread
+        from portmapctl.ops.check.unread_entries import stop_where_unread, unread_pairs
 
         entries = pair_entries(common.cache_dirs, config.network, config.container_id)
-        stop_where_unread(config, entries)
+        if (config.network, config.container_id) not in unread_pairs(entries):
+            return where
+        tables = _tables_holding(common, config, name) if where == "iptables" else None
+        if tables is None:
+            stop_where_unread(config, entries)  # (unread, or the other flavour's: in doubt)
+            return where
+        from portmapctl.ops.check.expected import sharing_chain
+        from portmapctl.ops.check.unread_entries import stop_where_held
+
+        sharing = sharing_chain(config, entries, ifname)
+        for live in tables:
+            stop_where_held(config, entries, sharing, live)
     return where
+
+
+def _tables_holding(common: Common, config: MappingConfig, name: str) -> Optional[list]:
+    """The nat tables of the flavour add reads that hold chain `name`, in either family
+    (as _chain_in_iptables asks); None where one cannot be read."""
+    from portmapctl.errors import PortmapctlError
+    from portmapctl.host.netns import entered
+    from portmapctl.iptables.access import open_backend
+
+    wanted = [f for f in (4, 6) if f in config.families] + [
+        f for f in (4, 6) if f not in config.families
+    ]
+    try:
+        with entered(common.netns):
+            backend = open_backend(common.iptables, families=wanted)
+            has_table = getattr(backend, "has_nat_table", lambda _family: True)
+            read = [backend.read(f) for f in wanted if has_table(f)]  # type: ignore[attr-defined]
+    except PortmapctlError:
+        return None
+    return [live for live in read if live.has_chain(name)]
 
 
 def _refuse_a_copy(

@@ -55,7 +55,7 @@ def run(
 
     # Checked before the lock and the write start (ops/add_ahead.py).
     validate.chosen_families(config, families(common.family), "add")
-    found = followed(common, config, out, keyed)
+    found = followed(common, config, out, keyed, mapping.ifname)
     config, nft_live = found.config, found.nft_live
     started: List[Ahead] = []
     owed = _Owed()  # ops.add.add's: families written, their flush not yet run

@@ -65,6 +65,7 @@ from portmapctl.ops.node import Node
 from portmapctl.ops.side_effects import after_setup
 
 if TYPE_CHECKING:
+    from portmapctl.cni.cache import Attachment
     from portmapctl.iptables.access.nfnl import Claims
     from portmapctl.iptables.shapes import ProtoPort
     from portmapctl.nftables.ruleset import Ruleset
@@ -105,23 +106,30 @@ def _sharing(
     wanted: run.sharing_of, expected.wanted_sharing). A new chain holds this config's
     rules alone, as the plugin's ADD makes it (its early blind write included). The
     cache is asked once, and only then: not on the path of a new container."""
-    found: List[Tuple[MappingConfig, ...]] = []
+    found: List[Tuple[List[Attachment], Tuple[MappingConfig, ...]]] = []
 
     def wanted(live: NatTable, chains: List[Chain]) -> List[Chain]:
         if not live.has_chain(dnat_chain_name(config)):
             return chains
+        from portmapctl.ops.check.expected import sharing_chain, wanted_sharing
+
         if not found:
-            from portmapctl.ops.check.run import sharing_of
+            from portmapctl.ops.check.run import entries_of
 
-            # One of those entries unread beside another: the chain made from the entries
-            # read dropped that interface's live rules, where the plugin's ADD appends to
-            # them; in doubt, add stops (exit 3) and writes nothing (unread_entries).
-            found.append(sharing_of(node, config, ifname, writing=True))
-        if len(found[0]) < 2:
+            entries = entries_of(node, config)
+            found.append((entries, sharing_chain(config, entries, ifname)))
+        entries, sharing = found[0]
+        # One of those entries unread beside another: where the chain holds rules the
+        # entries read do not make, they may be that interface's live mapping, which
+        # the write would drop where the plugin's ADD appends to them; in doubt, add
+        # stops (exit 3) and writes nothing. A chain a flush emptied holds none: made,
+        # as the node's repair makes it (unread_entries.stop_where_held).
+        from portmapctl.ops.check.unread_entries import stop_where_held
+
+        stop_where_held(config, entries, sharing, live)
+        if len(sharing) < 2:
             return chains
-        from portmapctl.ops.check.expected import wanted_sharing
-
-        return wanted_sharing(config, found[0], live.family)
+        return wanted_sharing(config, sharing, live.family)
 
     return wanted
 

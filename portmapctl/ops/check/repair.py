@@ -47,7 +47,7 @@ from portmapctl.ops.check.run import (
 )
 from portmapctl.ops.check.unread_entries import (
     held_chains,
-    stop_where_unread,
+    stop_where_held,
     unread_left,
     unread_pairs,
 )
@@ -670,13 +670,12 @@ def _repair_mapping(
     sharing = sharing_chain(config, entries, ifname)
     setup = _plan(None, config, sharing=sharing)
 
-    def stop_where_held(live: NatTable) -> None:
-        wanted = wanted_sharing(config, sharing or (config,), live.family, live)
-        stop_where_unread(config, entries, live, wanted)
+    def held_stops(live: NatTable) -> None:
+        stop_where_held(config, entries, sharing, live)
 
     for family in before.families:
         if family not in left:
-            stop_where_held(planned.read(family))
+            held_stops(planned.read(family))
     missing: Dict[int, Unrepaired] = {}
     notes: List[str] = []  # (a try whose restore died, found gone in: errors.found_in)
     own: List[Tuple[str, ...]] = []
@@ -696,7 +695,7 @@ def _repair_mapping(
             config, live, spelling, "restore it, then repair again"
         ) or unwritable_entry(name, live, "repair again")
         if why is None:
-            stop_where_held(live)
+            held_stops(live)
             missing.pop(live.family, None)
             txn = setup(live)
             took = ports_taken(live, txn).get(name)

@@ -25,7 +25,7 @@ from portmapctl.ops.check.followed import KeyInDoubt, followed, nft_mapping
 from portmapctl.ops.check.followed_entries import follow_the_plugin, in_doubt_left, left_alone
 from portmapctl.ops.check.hints import fixes_for
 from portmapctl.ops.check.problem import CheckResult, Problem
-from portmapctl.ops.check.unread_entries import stop_where_unread, unread_left
+from portmapctl.ops.check.unread_entries import unread_left
 from portmapctl.ops.node import Node, side_by_side
 from portmapctl.ops.owners import node_rows, read_owners, unsure_warnings
 
@@ -444,18 +444,12 @@ SAME_WITH_REPAIR = "run the same command with --repair"
 
 
 def sharing_of(
-    node: Node, config: MappingConfig, ifname: Optional[str] = None, writing: bool = False
+    node: Node, config: MappingConfig, ifname: Optional[str] = None
 ) -> Tuple[MappingConfig, ...]:
     """expected.sharing_chain of `config` (given for interface `ifname`) by the
     container's cache entries on its network (a Multus pod attached to it twice: net1,
-    net2 fill one chain; the entry of `ifname` itself, whose other ports stay).
-    `writing` (a --repair of it, add into its chain): where one of those entries cannot
-    be read beside one that can, the chain is in doubt (unread_entries.stop_where_unread,
-    exit 3): made from the entries read, a write dropped that interface's live rules."""
-    entries = entries_of(node, config)
-    if writing:
-        stop_where_unread(config, entries)
-    return sharing_chain(config, entries, ifname)
+    net2 fill one chain; the entry of `ifname` itself, whose other ports stay)."""
+    return sharing_chain(config, entries_of(node, config), ifname)
 
 
 def entries_of(node: Node, config: MappingConfig) -> List[Attachment]:

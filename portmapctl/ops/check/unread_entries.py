@@ -184,6 +184,26 @@ def stop_where_unread(
         raise ChainInDoubt(pair, path)
 
 
+def stop_where_held(
+    config: MappingConfig,
+    entries: Sequence[Attachment],
+    sharing: Sequence[MappingConfig],
+    live: NatTable,
+) -> None:
+    """stop_where_unread judged on `live` against the chain a write of `config` makes
+    there, its container's other interfaces' rules (`sharing`: expected.sharing_chain)
+    joined to it: where the chain holds nothing more (a flush emptied it), nothing of
+    the unread interface's is there to lose, and the write goes ahead, as the node's
+    repair makes it (held_chains). The same judgement for add and the one-mapping
+    repair, so that the three agree."""
+    if (config.network, config.container_id) not in unread_pairs(entries):
+        return
+    from portmapctl.ops.check.expected import wanted_sharing
+
+    wanted = wanted_sharing(config, sharing or (config,), live.family, live)
+    stop_where_unread(config, entries, live, wanted)
+
+
 def stopped_text(pair: Pair, path: str, applied: str = "") -> str:
     """ChainInDoubt's one line; the names and path as the node gives them, escaped
     (core/text.name_text). `applied`: as ChainInDoubt's."""
