@@ -50,11 +50,12 @@ def followed(
     (mapping_and_key), else --backend's. `ifname`: the interface it is given for."""
     if not net_admin():
         return Followed(config)
-    key = _cached_key(common, config)
+    key = _cached_key(common, config, ifname)
     for warning in key.skipped:
         out.warn(warning)
+    shared_unread = key.unread is not None or bool(key.others_unread)
     if config.backend is not None:
-        if key.unread is not None and config.backend == Backend.IPTABLES:
+        if shared_unread and config.backend == Backend.IPTABLES:
             # Every family first, before anything is written (the write ahead included):
             # ops/add.py finds the chain family by family, and a family without it (its
             # table flushed) went in before another's stopped the add.
@@ -65,6 +66,10 @@ def followed(
     if key.unread is not None:
         followed_to = _unread_followed(common, config, out, key.unread, ifname)
         return Followed(followed_to, None, key.skipped)
+    if shared_unread:
+        # Its own entry read, another interface's not: its key decides, but the chain
+        # they share is judged for every family first, as above.
+        _stop_where_shared(common, config, ifname)
     config, live = _followed(common, config, out, key.backend)
     return Followed(config, live, key.skipped)
 
@@ -281,7 +286,7 @@ def _refuse_a_copy(
     return live
 
 
-def _cached_key(common: Common, config: MappingConfig) -> CachedKey:
+def _cached_key(common: Common, config: MappingConfig, ifname: Optional[str]) -> CachedKey:
     """What the container's cache entries on this network say of its `backend` key
     (cni/cache.py CachedKey); cni/cache.py's imports only for a container that has an
     entry."""
@@ -292,7 +297,7 @@ def _cached_key(common: Common, config: MappingConfig) -> CachedKey:
         return _NO_ENTRY
     from portmapctl.cni.cache import key_in
 
-    return key_in(paths, config.network, config.container_id)
+    return key_in(paths, config.network, config.container_id, ifname)
 
 
 _NO_ENTRY = CachedKey()

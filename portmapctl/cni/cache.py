@@ -432,19 +432,33 @@ def configured_backend(cache_dirs: CacheDirs, network: str, container_id: str) -
     return configured_key(cache_dirs, network, container_id).backend
 
 
-def configured_key(cache_dirs: CacheDirs, network: str, container_id: str) -> CachedKey:
+def configured_key(
+    cache_dirs: CacheDirs, network: str, container_id: str, ifname: Optional[str] = None
+) -> CachedKey:
     """configured_backend, with the entries that may be the container's own and cannot
-    be read (CachedKey.unread) and those of others read for it (CachedKey.skipped)."""
-    return key_in(entry_paths(cache_dirs, network, container_id), network, container_id)
+    be read (CachedKey.unread) and those of others read for it (CachedKey.skipped).
+    `ifname`: the interface the mapping is given for (key_in)."""
+    paths = entry_paths(cache_dirs, network, container_id)
+    return key_in(paths, network, container_id, ifname)
 
 
-def key_in(paths: Sequence[str], network: str, container_id: str) -> CachedKey:
+def key_in(
+    paths: Sequence[str], network: str, container_id: str, ifname: Optional[str] = None
+) -> CachedKey:
     """configured_key of the entries `paths` (cni/entries.py entry_paths), each read as
-    every command reads the cache (read_entries: a half-written file read again)."""
+    every command reads the cache (read_entries: a half-written file read again).
+    `ifname`: the interface the mapping is given for. Where its entry reads, an entry
+    of another interface of the pair that cannot be read is not its own: the key its
+    plugin was given for this interface is the one read (each delegate ADD is given
+    its own config), as the node's repair judges each entry read (a Multus pod on one
+    network twice, net2's entry cut short: net1's backend was "cannot be told" after a
+    flush, where the node's repair made its chain). Those entries are named apart
+    (CachedKey.others_unread): the shared chain may hold their rules."""
     if not paths:
         return CachedKey()
     found: Set[Optional[Backend]] = set()
     unread: Dict[str, str] = {}
+    read_here = False  # the entry of `ifname` read
     for attachment in read_entries(paths):
         if attachment.result_only:
             continue  # (libcni before v0.8: no config, so no key; as before, not a doubt)
@@ -453,10 +467,17 @@ def key_in(paths: Sequence[str], network: str, container_id: str) -> CachedKey:
         elif (attachment.network, attachment.container_id) == (network, container_id):
             mapping = attachment.mapping
             found.add(mapping.backend if mapping is not None else None)
+            read_here = read_here or (ifname is not None and attachment.ifname == ifname)
     own = [p for p in unread if _maybe_of(p, network, container_id)]
     others = tuple(skipped_line(problem) for p, problem in unread.items() if p not in own)
+    siblings: Tuple[str, ...] = ()
+    if read_here:
+        # (Not one that a reading of its name makes this interface's own entry.)
+        mine = (network, container_id, ifname)
+        siblings = tuple(p for p in own if mine not in name_readings(os.path.basename(p)))
+        own = [p for p in own if p not in siblings]
     backend = found.pop() if len(found) == 1 and not own else None
-    return CachedKey(backend, unread[own[0]] if own else None, others)
+    return CachedKey(backend, unread[own[0]] if own else None, others, siblings)
 
 
 def _maybe_of(path: str, network: str, container_id: str) -> bool:

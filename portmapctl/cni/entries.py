@@ -51,6 +51,10 @@ class CachedKey:
     # The warnings (as list says them) of entries read for it that cannot be read and
     # name another container (its ID begins with this one's and a dash).
     skipped: Tuple[str, ...] = ()
+    # The paths of its entries of other interfaces on the network that cannot be read,
+    # where the entry of the interface asked about reads (cni/cache.py key_in): not its
+    # own key, but the chain they share may hold their rules (unread_entries).
+    others_unread: Tuple[str, ...] = ()
 
 
 def longer_id(

@@ -297,13 +297,14 @@ def test_after_a_flush_the_one_mapping_repair_makes_the_chain_from_the_readable_
 ):
     """The same through check --repair of net1's mapping (its delegate's stdin): it
     stopped (exit 3, 7f0f89e) on a chain with nothing net2's in it. Now it makes net1's
-    rules, exit 1 with the entry named, and again writes nothing."""
+    rules, exit 1 with the entry named, and again writes nothing. With no chain left
+    anywhere (`-F; -X`) and no --backend, it stopped too (exit 3, 'whether its plugin
+    keeps it in iptables or in nftables cannot be told'): net2's unread entry was taken
+    for net1's own, whose key is not known, where net1's entry reads and says it (the
+    key its plugin was given for net1), as the node's repair judges it."""
     host_ns, cache, confs, mode = twice_in
     added, restore = _flushed_with_net2_unread(host_ns, cache, mode, flush)
-    # With no chain left anywhere, net2's unread entry may say "backend": "nftables"
-    # (followed: exit 3 without --backend, a verdict of its own): given here.
-    backend = ("--backend", "iptables") if flush == "flushed" else ()
-    one = ("check", *_given(confs, tmp_path, "net1"), *backend)
+    one = ("check", *_given(confs, tmp_path, "net1"))
 
     done = _pm(host_ns, cache, *one, "--repair", mode=mode)
     _unread_left_after(done)
@@ -524,15 +525,20 @@ def test_add_writes_nothing_into_a_chain_with_an_unreadable_entry(twice_in, tmp_
 
 
 @pytest.mark.parametrize("more", [(), ("--backend", "iptables"), ("--dry-run",)])
-def test_add_into_a_chain_a_flush_emptied_makes_it_as_the_repairs_do(twice_in, tmp_path, more):
+@pytest.mark.parametrize("flush", sorted(_FLUSHES))
+def test_add_into_a_chain_a_flush_emptied_makes_it_as_the_repairs_do(
+    twice_in, tmp_path, more, flush
+):
     """net2's entry cut short, then `iptables -t nat -F` (the chain left there, empty, no
     entry rule left): the node's repair and the one-mapping repair make net1's rules in
     it (9e8815b, held_chains: nothing of net2's there to lose), but add of net1 stopped
     (exit 3, 'may hold that interface's live mapping: nothing changed'), judging by the
     chain being there alone. Now add judges it as they do and makes the same rules
-    (the dry run writes nothing and says so)."""
+    (the dry run writes nothing and says so). After `-F; -X` (no chain anywhere) add
+    without --backend stopped too (exit 3, its backend 'cannot be told': net2's
+    unread entry taken for net1's own)."""
     host_ns, cache, confs, mode = twice_in
-    added, _ = _flushed_with_net2_unread(host_ns, cache, mode, "emptied")
+    added, _ = _flushed_with_net2_unread(host_ns, cache, mode, flush)
     before = _rules(host_ns, mode)
 
     done = _add(host_ns, cache, confs, tmp_path, mode, *more)
@@ -543,7 +549,8 @@ def test_add_into_a_chain_a_flush_emptied_makes_it_as_the_repairs_do(twice_in, t
         return
     made = _rules(host_ns, mode)
     _net1_alone(added, made)
-    rp.iptables(host_ns, ["-t", "nat", "-F"], mode=mode)
+    for args in _FLUSHES[flush]:
+        rp.iptables(host_ns, ["-t", "nat", *args], mode=mode)
     done = _pm(host_ns, cache, "check", "--repair", mode=mode)
     _unread_left_after(done)
     assert _rules(host_ns, mode) == made, "add and the node's repair made other rules"

@@ -21,7 +21,11 @@ if TYPE_CHECKING:
 
 
 def followed(
-    node: Node, config: MappingConfig, writing: bool = False, forced: bool = False
+    node: Node,
+    config: MappingConfig,
+    writing: bool = False,
+    forced: bool = False,
+    ifname: Optional[str] = None,
 ) -> Tuple[MappingConfig, Tuple[str, ...]]:
     """`config` with the backend the plugin keeps its container in, where the command
     line said none and --backend is auto (the one its cached config names, else
@@ -31,7 +35,9 @@ def followed(
     stops (HostProblem): an iptables copy of a container kept there would map it twice;
     a check says so in a note.
     `forced`: the backend `config` holds is --backend's, given with the mapping options
-    (no config key); else a backend it holds is its --cni-config's key."""
+    (no config key); else a backend it holds is its --cni-config's key. `ifname`:
+    the interface it is given for (cni/cache.py key_in: another interface's unread
+    entry is not its own)."""
     if config.backend is not None:
         return _as_given(node, config, writing, forced)
     if node.options.backend is not None or node.nft is None:
@@ -40,7 +46,7 @@ def followed(
 
     # The container's cached config first: the plugin's CHECK is given it, and looks in
     # that backend alone, whatever rules are left.
-    key = configured_key(node.options.cache_dirs, config.network, config.container_id)
+    key = configured_key(node.options.cache_dirs, config.network, config.container_id, ifname)
     if key.unread is not None:
         return _unread_followed(node, config, key.unread)
     cached = key.backend

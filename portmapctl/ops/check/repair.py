@@ -638,7 +638,7 @@ def _repair_mapping(
     forced: bool = False,
 ) -> CheckResult:
     """`check --repair` of one mapping given on the command line (for `ifname`)."""
-    config, followed_notes = followed(node, config, writing=True, forced=forced)
+    config, followed_notes = followed(node, config, writing=True, forced=forced, ifname=ifname)
     if nft_mapping(node, config):
         from portmapctl.ops.check.nft_repair import repair_nft_mapping
 

@@ -274,7 +274,7 @@ def check_mapping(
     with the mapping options, else its --cni-config's key); `ifname`: its interface."""
     given = config.backend
     try:
-        config, notes = followed(node, config, forced=forced)
+        config, notes = followed(node, config, forced=forced, ifname=ifname)
     except KeyInDoubt as doubt:
         # As the node's check (in_doubt_left): judged where it was asked (by its key,
         # nftables, under auto), naming no fix, and a warning says why.
