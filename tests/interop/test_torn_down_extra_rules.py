@@ -293,3 +293,80 @@ def test_check_offers_repair_for_a_torn_down_containers_duplicated_entry_rule(
     done = pmctl.run(["check", "--repair", *args, "-o", "json"])
     assert rp.save(host, 4, iptables_mode).count("-A CNI-HOSTPORT-DNAT ") == 1  # it does
     assert [p["kind"] for p in json.loads(done.stdout)["fixed"]] == ["duplicate-entry"]
+
+
+# A pod on one network twice, net1 being torn down, its chain there with a problem: the
+# repair rewrote the chain from BOTH entries (a333eca: "shared with a live interface:
+# rewritten from all of them"), so net1's lost entry rule, DNAT or mark rule was written
+# anew, a host port sent to an address being given back. The decision is per entry, as
+# on nftables: net2's rules repaired, net1's left as they are (what it holds kept, what
+# it lacks not made, net1 named); the plain check offers --repair only for what the
+# repair then does, and says why it leaves the rest (no loop).
+
+
+def _lose(host: str, mode: rp.Mode, what: str) -> None:
+    """Delete one rule of the pod's: net1's (8080) or net2's (9090) DNAT, or net1's entry
+    rule in CNI-HOSTPORT-DNAT."""
+    ifname, kind = what.split("-")
+    port = "8080" if ifname == "net1" else "9090"
+    for line in rp.save(host, 4, mode).splitlines():
+        words = shlex.split(line)
+        if words[:1] != ["-A"] or port not in words:
+            continue
+        if (kind == "entry") == (words[1] == "CNI-HOSTPORT-DNAT") and (
+            kind == "entry" or "DNAT" == words[words.index("-j") + 1]
+        ):
+            rp.iptables(host, ["-t", "nat", "-D", *words[1:]], mode=mode)
+            return
+    raise AssertionError(f"no rule for {what}")
+
+
+def _twice_rows(done) -> list:
+    assert done.returncode == 1, done.stdout + done.stderr
+    return [p for p in json.loads(done.stdout)["problems"] if p["container_id"] == "twice"]
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [("net1-entry",), ("net1-entry", "net2-dnat"), ("net1-dnat", "net2-dnat")],
+    ids=["dying-entry", "dying-entry+live-dnat", "dying-dnat+live-dnat"],
+)
+def test_iptables_a_shared_chain_there_gets_nothing_new_of_the_torn_down_interface(
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode, lost: tuple
+) -> None:
+    host, pod = nodes
+    _pod_twice(host, pod, tmp_path, iptables_mode,
+               {"net1": ["10.88.0.7/16"], "net2": ["10.88.0.9/16"]})  # fmt: skip
+    added = rp.nat_rules(rp.save(host, 4, iptables_mode))
+    for what in lost:
+        _lose(host, iptables_mode, what)
+    before = rp.nat_rules(rp.save(host, 4, iptables_mode))
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4",
+            "--iptables", iptables_mode, "-o", "json"]  # fmt: skip
+
+    # The plain check: --repair offered only where the repair does something.
+    rows = _twice_rows(pmctl.run(["check", *args]))
+    live_lost = "net2-dnat" in lost
+    assert [bool(p["fix"]) for p in rows] == [
+        live_lost and p["kind"] == "missing-rules" for p in rows
+    ], rows
+    assert all("--repair would leave it as it is" in p["why"] for p in rows if not p["fix"])
+
+    done = pmctl.run(["check", "--repair", *args])
+    after = rp.nat_rules(rp.save(host, 4, iptables_mode))
+    # net1's: nothing made that was not there, nothing of it deleted.
+    net1 = lambda rules: [r for r in rules if "8080" in r]  # noqa: E731
+    assert net1(after) == net1(before), after
+    # net2's: as its ADD made them.
+    assert [r for r in after if "9090" in r] == [r for r in added if "9090" in r], after
+    [left] = json.loads(done.stdout)["unrepaired"]
+    assert left["why"].startswith("its address 10.88.0.7 is on no interface"), left
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert all(not p["fix"] for p in _twice_rows(done)), done.stdout
+
+    # After: no --repair offered again, and a second repair writes nothing.
+    rows = _twice_rows(pmctl.run(["check", *args]))
+    assert rows and all(not p["fix"] for p in rows), rows
+    assert all("--repair would leave it as it is" in p["why"] for p in rows), rows
+    pmctl.run(["check", "--repair", *args])
+    assert rp.nat_rules(rp.save(host, 4, iptables_mode)) == after

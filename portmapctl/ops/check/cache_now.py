@@ -15,6 +15,7 @@ from typing import (
     FrozenSet,
     Iterable,
     List,
+    Mapping,
     Optional,
     Sequence,
     Set,
@@ -25,7 +26,7 @@ from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
 from portmapctl.core.text import name_text
-from portmapctl.iptables.chains import DNAT_ENTRY_CHAINS, TOPLEVEL_DNAT, dnat_chain_name
+from portmapctl.iptables.chains import DNAT_ENTRY_CHAINS, TOPLEVEL_DNAT, Chain, dnat_chain_name
 from portmapctl.iptables.ruleset import NatTable, rule_target
 from portmapctl.iptables.transaction import Op, OpKind, Transaction
 from portmapctl.ops.check.expected import cached_groups
@@ -62,7 +63,9 @@ WOULD_LEAVE = "--repair would leave it as it is: {why}"
 
 
 def torn_down_fixes(
-    problems: Sequence[Problem], attachments: Optional[Sequence[Attachment]]
+    problems: Sequence[Problem],
+    attachments: Optional[Sequence[Attachment]],
+    tables: Optional[Mapping[int, NatTable]] = None,
 ) -> Tuple[Problem, ...]:
     """`problems` as the plain check reports them: those of a container whose fix is
     --repair, where every cache entry of the container on that network is of one being
@@ -70,7 +73,11 @@ def torn_down_fixes(
     `fix` null) instead of offering it. The repair keeps such a container's chain (or
     nftables rules) as it is on both backends; offered, `check --repair` said `could
     not repair`, and the next check offered it again. Only the namespaces of those
-    containers are looked into (a healthy node's none), once each."""
+    containers are looked into (a healthy node's none), once each.
+    Where some of its entries are torn down and some live (a pod on the network twice)
+    and its chain is there in `tables`, the repair keeps of the torn-down ones only what
+    the chain holds (CacheNow.held): a row the chain so judged no longer has is theirs
+    alone, and names why the repair leaves it; the others keep --repair."""
     by_key: Dict[Tuple[str, str], List[Attachment]] = {}
     for a in attachments or ():
         if a.mapping is not None and not a.zombie:
@@ -89,18 +96,52 @@ def torn_down_fixes(
     look = TornDownLook()
     gone = set(map(id, look.torn_down([a for key in sorted(keys) for a in by_key[key]])))
     why: Dict[Tuple[str, str, int], str] = {}  # (network, container ID, family)
+    # Of a container with live entries too, by (network, container ID, family): the
+    # kinds of problem its chain still has once the repair keeps the torn-down
+    # entries' rules only as far as it holds them.
+    after: Dict[Tuple[str, str, int], Set[str]] = {}
+    whole = set()  # every entry torn down: the repair leaves its chain as it is
     for key in keys:
-        if all(id(a) in gone for a in by_key[key]):
-            for a in by_key[key]:
-                for family in (4, 6):
-                    if (text := look.why.get((a.path, family))) is not None:
-                        why.setdefault((*key, family), text)
+        torn = [a for a in by_key[key] if id(a) in gone]
+        if torn and len(torn) == len(by_key[key]):
+            whole.add(key)
+        for a in torn:
+            for family in (4, 6):
+                if (text := look.why.get((a.path, family))) is not None:
+                    why.setdefault((*key, family), text)
+        if torn and len(torn) < len(by_key[key]):
+            for family, live in (tables or {}).items():
+                if (*key, family) in why:
+                    after[(*key, family)] = _still_after(by_key[key], torn, live)
     return tuple(
         replace(p, fix=WOULD_LEAVE.format(why=text))
-        if leaves and (text := why.get((p.network or "", p.container_id or "", p.family or 0)))
+        if leaves
+        and (text := why.get(at := (p.network or "", p.container_id or "", p.family or 0)))
+        and (at[:2] in whole or (not p.in_nftables and p.kind not in after.get(at, {p.kind})))
         else p
         for p, leaves in zip(problems, left)
     )
+
+
+def _still_after(
+    attachments: Sequence[Attachment], torn: Sequence[Attachment], live: NatTable
+) -> Set[str]:
+    """The kinds of problem of the chain of `attachments` (one container on one network)
+    in `live` once the repair wrote it from the live entries, keeping of the torn-down
+    ones (`torn`) only what it holds (held_only); every kind where the chain is not
+    there (the repair makes it from the live ones)."""
+    from portmapctl.ops.check.compare import check_container
+    from portmapctl.ops.check.expected import cached_configs, wanted_on_node
+
+    configs = cached_configs(attachments)
+    out = {id(a.mapping) for a in torn}
+    _, full = wanted_on_node(configs, live.family, live)
+    _, bare = wanted_on_node([c for c in configs if id(c) not in out], live.family, live)
+    if not full or not live.has_chain(full[0][1].name):
+        return set(ProblemKind)
+    config, chain = full[0]
+    kept = held_only(chain, bare[0][1] if bare else None, live)
+    return {p.kind for p in check_container(config, kept, live, "", exact=True)}
 
 
 class TornDownLook:
@@ -283,6 +324,9 @@ class CacheNow:
         # apart: one name for both families, not one state (the IPv4 chain there, the
         # IPv6 one to be made).
         self.kept: Dict[Tuple[str, int], FrozenSet[str]] = {}
+        # By family: the chains there whose kept torn-down entries' rules a plan did not
+        # all make (held_only): named as those left out are.
+        self.short: Dict[int, Set[str]] = {}
         self.look = TornDownLook()
 
     def current(self, configs: Iterable[MappingConfig], family: int) -> List[MappingConfig]:
@@ -326,7 +370,10 @@ class CacheNow:
         self._torn_down([c for c in changed if dnat_chain_name(c) in own], live)
         self._left_out_here(live, configs, setup)
         again = self.current(configs, live.family)
-        return txn if again == these else setup(live, again)
+        # (Planned again where a torn-down entry is kept with its chain: `held` trims
+        # it only once it is judged, after the first plan.)
+        held = any(paths for (_, family), paths in self.kept.items() if family == live.family)
+        return txn if again == these and not held else setup(live, again)
 
     def _left_out_here(
         self,
@@ -397,22 +444,60 @@ class CacheNow:
             # torn-down interface's rules too.
             everyone = [a for a in self.now.get(name, ()) if not a.zombie]
             shared = live.has_chain(name) and len(torn) < len(everyone)
-            # Of those only the ones whose DNAT the chain holds: what it holds is kept,
-            # what it lacks is not made (a chain `iptables -t nat -F` emptied gets none,
-            # as one made after `-F -X` does not).
-            self.kept[(name, live.family)] = frozenset(
-                a.path for a in torn if shared and _holds_dnat_of(live, name, a)
-            )
+            # Planned with the live ones, but of theirs only what the chain holds is
+            # kept, what it lacks is not made (held_only: per rule, per entry rule; a
+            # chain `iptables -t nat -F` emptied gets none of theirs, as one made after
+            # `-F -X` does not).
+            self.kept[(name, live.family)] = frozenset(a.path for a in torn if shared)
 
     def left_out(self, family: int) -> List[Unrepaired]:
-        """What a plan of `family` left out as torn down (_torn_down), and why."""
+        """What a plan of `family` left out as torn down (_torn_down), or kept only as
+        far as its chain holds it (held), and why."""
+        short = self.short.get(family, set())
         return [
             u
-            for name in sorted(self.unmade.get(family, ()))
+            for name in sorted(self.unmade.get(family, set()) | short)
             for a in self.torn_down[name]
-            if a.path in self._left_out_of(name, family)
+            if (a.path in self._left_out_of(name, family) or name in short)
             and (u := self.look.not_made(a, family, name)) is not None
         ]
+
+    def held(
+        self,
+        live: NatTable,
+        these: Sequence[MappingConfig],
+        per_container: Sequence[Tuple[MappingConfig, Chain]],
+        wanted: Callable[[Sequence[MappingConfig]], Sequence[Tuple[MappingConfig, Chain]]],
+    ) -> List[Tuple[MappingConfig, Chain]]:
+        """`per_container` (the chains wanted from `these`) with each chain there that a
+        live interface shares with kept torn-down entries (`kept`) made held_only: the
+        live interfaces' rules (`wanted` of `these` without the torn-down ones) and of
+        the others only what the chain holds. Decided per entry, as the nftables repair
+        keeps a torn-down container's rules (nft_repair._CacheAgain.kept): rewritten
+        from all entries, the chain got the torn-down interface's lost DNAT or entry
+        rule anew, a host port sent to an address being given back. A chain where
+        anything of theirs is not made names them (left_out)."""
+        torn = {
+            a.mapping
+            for (name, family), paths in self.kept.items()
+            if family == live.family and paths
+            for a in self.torn_down.get(name, ())
+            if a.path in paths
+        }
+        torn &= set(these)
+        if not torn:
+            return list(per_container)
+        names = {dnat_chain_name(c) for c in torn}  # type: ignore[arg-type]
+        bare = {chain.name: chain for _, chain in wanted([c for c in these if c not in torn])}
+        found = []
+        for config, chain in per_container:
+            if chain.name in names:
+                kept = held_only(chain, bare.get(chain.name), live)
+                if kept != chain:
+                    self.short.setdefault(live.family, set()).add(chain.name)
+                chain = kept
+            found.append((config, chain))
+        return found
 
     def _read_again(self, configs: Sequence[MappingConfig]) -> None:
         from portmapctl.cni.cache import read_entries
@@ -449,19 +534,21 @@ class CacheNow:
         return found
 
 
-def _holds_dnat_of(live: NatTable, name: str, attachment: Attachment) -> bool:
-    """Whether chain `name` of `live` DNATs to `attachment`'s address of its family."""
-    mapping = attachment.mapping
-    address = mapping.address(live.family) if mapping is not None else None
-    if address is None:
-        return False
-    host = address.ip.compressed
-    to = f"[{host}]:" if address.version == 6 else f"{host}:"  # as iptables-save writes it
-    return any(
-        rule[i + 1].startswith(to)
-        for rule in live.rules(name)
-        for i, arg in enumerate(rule[:-1])
-        if arg == "--to-destination"
+def held_only(full: Chain, bare: Optional[Chain], live: NatTable) -> Chain:
+    """`full` (a chain as all its entries make it) with the rules and entry rules that
+    only its torn-down entries make (not in `bare`, the chain of the others) kept where
+    `live` holds them, and not made where it does not: theirs are neither written anew
+    nor deleted."""
+    from portmapctl.ops.check.compare import entry_index
+
+    rules = bare.rules if bare is not None else ()
+    entry_rules = bare.entry_rules if bare is not None else ()
+    there = live.rules(full.name)
+    entered = entry_index(live).by_target.get(full.name, ())
+    return replace(
+        full,
+        rules=tuple(r for r in full.rules if r in rules or r in there),
+        entry_rules=tuple(r for r in full.entry_rules if r in entry_rules or r in entered),
     )
 
 

@@ -105,6 +105,11 @@ def _plan(
 
     def setup(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
         shared, per_container = wanted_on_node(these, live.family, live)
+        if cache is not None:
+            # A torn-down interface's rules kept only as far as the chain holds them.
+            per_container = cache.held(
+                live, these, per_container, lambda cs: wanted_on_node(cs, live.family, live)[1]
+            )
         if unread:
             # Its rules the entries read do not make may be that interface's live
             # mapping: the chain is left as it is (its shared chains are made).

@@ -124,7 +124,7 @@ def check_node(node: Node) -> CheckResult:
     if node.namespace_view() is not None:  # (a snapshot's namespaces are another node's)
         from portmapctl.ops.check.cache_now import torn_down_fixes
 
-        problems = torn_down_fixes(result.problems, followed.attachments)
+        problems = torn_down_fixes(result.problems, followed.attachments, read.tables)
         result = replace(result, problems=problems)
     if not followed.ignored:
         return result
