@@ -321,6 +321,18 @@ def _lose(host: str, mode: rp.Mode, what: str) -> None:
     raise AssertionError(f"no rule for {what}")
 
 
+def _net2_repaired_net1_kept(done, host: str, mode: rp.Mode, before: list, added: list) -> list:
+    """After the repair: net1's rules as they were (nothing made, nothing deleted), net2's
+    as its ADD made them, net1 named, exit 1. The rules now."""
+    after = rp.nat_rules(rp.save(host, 4, mode))
+    assert [r for r in after if "8080" in r] == [r for r in before if "8080" in r], after
+    assert [r for r in after if "9090" in r] == [r for r in added if "9090" in r], after
+    [left] = json.loads(done.stdout)["unrepaired"]
+    assert left["why"].startswith("its address 10.88.0.7 is on no interface"), left
+    assert done.returncode == 1, done.stdout + done.stderr
+    return after
+
+
 def _twice_rows(done) -> list:
     assert done.returncode == 1, done.stdout + done.stderr
     return [p for p in json.loads(done.stdout)["problems"] if p["container_id"] == "twice"]
@@ -353,20 +365,52 @@ def test_iptables_a_shared_chain_there_gets_nothing_new_of_the_torn_down_interfa
     assert all("--repair would leave it as it is" in p["why"] for p in rows if not p["fix"])
 
     done = pmctl.run(["check", "--repair", *args])
-    after = rp.nat_rules(rp.save(host, 4, iptables_mode))
-    # net1's: nothing made that was not there, nothing of it deleted.
-    net1 = lambda rules: [r for r in rules if "8080" in r]  # noqa: E731
-    assert net1(after) == net1(before), after
-    # net2's: as its ADD made them.
-    assert [r for r in after if "9090" in r] == [r for r in added if "9090" in r], after
-    [left] = json.loads(done.stdout)["unrepaired"]
-    assert left["why"].startswith("its address 10.88.0.7 is on no interface"), left
-    assert done.returncode == 1, done.stdout + done.stderr
+    after = _net2_repaired_net1_kept(done, host, iptables_mode, before, added)
     assert all(not p["fix"] for p in _twice_rows(done)), done.stdout
 
     # After: no --repair offered again, and a second repair writes nothing.
     rows = _twice_rows(pmctl.run(["check", *args]))
     assert rows and all(not p["fix"] for p in rows), rows
     assert all("--repair would leave it as it is" in p["why"] for p in rows), rows
+    pmctl.run(["check", "--repair", *args])
+    assert rp.nat_rules(rp.save(host, 4, iptables_mode)) == after
+
+
+def test_one_mapping_repair_writes_nothing_new_of_the_torn_down_interface(
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode
+) -> None:
+    """The same pod, net1's entry rule and net2's DNAT lost, through the check and the
+    repair of net2's mapping alone (its delegate's stdin, --ifname net2): the check
+    offered `--repair` for net1's lost entry rule, and the repair wrote it anew (`--dports
+    8080 -j CNI-DN-...`, exit 0), net1's torn-down state never judged on this path. Now
+    as the node's repair: net2's DNAT back, nothing of net1's made, net1 named, exit 1;
+    the check offers --repair only for net2's row, and nothing after."""
+    host, pod = nodes
+    _pod_twice(host, pod, tmp_path, iptables_mode,
+               {"net1": ["10.88.0.7/16"], "net2": ["10.88.0.9/16"]})  # fmt: skip
+    added = rp.nat_rules(rp.save(host, 4, iptables_mode))
+    for what in ("net1-entry", "net2-dnat"):
+        _lose(host, iptables_mode, what)
+    before = rp.nat_rules(rp.save(host, 4, iptables_mode))
+    conf = rp.plugin_conf("podman", ["10.88.0.9/16"], [rp.port_mapping(9090, 80)])
+    conf["prevResult"]["interfaces"][0]["name"] = "net2"
+    stdin = tmp_path / "net2.json"
+    stdin.write_text(json.dumps(conf))
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4",
+            "--iptables", iptables_mode, "-o", "json", "--container", "twice",
+            "--cni-config", str(stdin), "--ifname", "net2"]  # fmt: skip
+
+    rows = _twice_rows(pmctl.run(["check", *args]))
+    assert [(p["kind"], bool(p["fix"])) for p in rows] == [
+        ("missing-rules", True),
+        ("missing-entry", False),
+    ], rows
+    assert "--repair would leave it as it is" in rows[1]["why"], rows
+
+    done = pmctl.run(["check", "--repair", *args])
+    after = _net2_repaired_net1_kept(done, host, iptables_mode, before, added)
+
+    rows = _twice_rows(pmctl.run(["check", *args]))
+    assert [(p["kind"], bool(p["fix"])) for p in rows] == [("missing-entry", False)], rows
     pmctl.run(["check", "--repair", *args])
     assert rp.nat_rules(rp.save(host, 4, iptables_mode)) == after

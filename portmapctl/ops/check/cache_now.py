@@ -123,6 +123,89 @@ def torn_down_fixes(
     )
 
 
+def torn_beside(
+    config: MappingConfig, entries: Sequence[Attachment], ifname: Optional[str] = None
+) -> Tuple[List[Attachment], TornDownLook]:
+    """Of the entries of `config`'s container on its network (run.entries_of) of its
+    other interfaces (not `ifname`'s, nor one with its addresses: expected.sharing_chain
+    keeps those beside it), those being torn down (TornDownLook), for the check and the
+    repair of one mapping given on the command line: their rules in the shared chain
+    are kept as far as it holds them (held_only), as the node's repair keeps them."""
+    addresses = (config.address(4), config.address(6))
+    others = [
+        a
+        for a in entries
+        if a.mapping is not None
+        and not a.zombie
+        and a.mapping.backend != Backend.NFTABLES
+        and (a.ifname != ifname if ifname else True)
+        and (a.mapping.address(4), a.mapping.address(6)) != addresses
+    ]
+    look = TornDownLook()
+    return (look.torn_down(others) if others else []), look
+
+
+def one_mapping_held(
+    config: MappingConfig,
+    sharing: Sequence[MappingConfig],
+    torn: Sequence[Attachment],
+    wanted: Sequence[Chain],
+    live: NatTable,
+) -> List[Chain]:
+    """`wanted` (the chains a write of `config` makes, its chain holding `sharing`'s
+    rules: expected.wanted_sharing) with its CNI-DN- chain held_only for the entries
+    `torn` (torn_beside): theirs kept where `live` holds them, not made where not."""
+    from portmapctl.ops.check.expected import wanted_sharing
+
+    if not torn:
+        return list(wanted)
+    out = [a.mapping for a in torn]
+    rest = [c for c in sharing if c not in out] or [config]
+    bare = {c.name: c for c in wanted_sharing(config, rest, live.family, live)}
+    name = dnat_chain_name(config)
+    return [held_only(c, bare.get(c.name), live) if c.name == name else c for c in wanted]
+
+
+def one_mapping_fixes(
+    problems: Sequence[Problem],
+    config: MappingConfig,
+    sharing: Sequence[MappingConfig],
+    torn: Sequence[Attachment],
+    look: TornDownLook,
+    tables: Mapping[int, NatTable],
+    fix: str,
+) -> Tuple[Problem, ...]:
+    """`problems` of one mapping (run.check_followed) whose fix is `fix` (--repair of
+    it), those the repair leaves because they are the torn-down entries' alone (a row
+    the chain judged held_only no longer has) naming why, as torn_down_fixes does."""
+    from portmapctl.ops.check.compare import check_container
+    from portmapctl.ops.check.expected import wanted_sharing
+
+    if not torn:
+        return tuple(problems)
+    name = dnat_chain_name(config)
+    still: Dict[int, Set[str]] = {}
+    why: Dict[int, str] = {}
+    for family, live in tables.items():
+        texts = [t for a in torn if (t := look.why.get((a.path, family))) is not None]
+        if not texts or config.address(family) is None:
+            continue
+        why[family] = texts[0]
+        wanted = wanted_sharing(config, sharing, family, live)
+        held = one_mapping_held(config, sharing, torn, wanted, live)
+        chain = next((c for c in held if c.name == name), None)
+        if chain is None:
+            continue
+        found = check_container(config, chain, live, "", exact=True, any_order=True)
+        still[family] = {p.kind for p in found}
+    return tuple(
+        replace(p, fix=WOULD_LEAVE.format(why=why[p.family]))
+        if p.fix == fix and p.family in still and p.kind not in still[p.family]
+        else p
+        for p in problems
+    )
+
+
 def _still_after(
     attachments: Sequence[Attachment], torn: Sequence[Attachment], live: NatTable
 ) -> Set[str]:

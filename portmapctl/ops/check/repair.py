@@ -22,7 +22,12 @@ from portmapctl.iptables.ruleset import (
     NatTable,
 )
 from portmapctl.iptables.transaction import Transaction
-from portmapctl.ops.check.cache_now import CacheNow, changed_mappings
+from portmapctl.ops.check.cache_now import (
+    CacheNow,
+    changed_mappings,
+    one_mapping_held,
+    torn_beside,
+)
 from portmapctl.ops.check.compare import held_elsewhere, in_live_order
 from portmapctl.ops.check.expected import (
     cached_configs,
@@ -95,13 +100,16 @@ def _plan(
     cache: Optional[CacheNow] = None,
     sharing: Sequence[MappingConfig] = (),
     unread: frozenset[str] = frozenset(),
+    held: Optional[Callable[[Sequence[Chain], NatTable], List[Chain]]] = None,
 ) -> Callable[[NatTable], Transaction]:
     """The planner for one family: what the check compares against, made to exist.
     `cache`: the cached configs of containers whose chain the plan would change are
     read again first (`CacheNow`); `single` (given on the command line) never is, and
     `sharing` (run.sharing_of) is what else its chain holds. `unread`: the chains of
     unread_entries.unread_pairs, written only where `live` holds nothing the entries
-    read do not make (held_chains: judged on each read a try is planned from)."""
+    read do not make (held_chains: judged on each read a try is planned from).
+    `held`: `single`'s chains as written where other interfaces sharing its chain are
+    being torn down (cache_now.one_mapping_held)."""
 
     def setup(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
         shared, per_container = wanted_on_node(these, live.family, live)
@@ -125,6 +133,8 @@ def _plan(
         if single is not None:
             # The -p given in another order than the runtime's: the chain stays as it is.
             wanted = wanted_sharing(single, sharing or (single,), live.family, live)
+            if held is not None:
+                wanted = held(wanted, live)
             return _setup([in_live_order(chain, live) for chain in wanted], live, dedupe=False)
         if cache is None or configs is None:
             return setup(live, configs)  # type: ignore[arg-type]
@@ -673,7 +683,19 @@ def _repair_mapping(
     # written, and judged again on each read a try is planned from.
     entries = entries_of(node, config)
     sharing = sharing_chain(config, entries, ifname)
-    setup = _plan(None, config, sharing=sharing)
+    # Its other interfaces' entries being torn down (a pod on the network twice): of
+    # theirs only what the chain holds is kept, what it lacks is not made (as the
+    # node's repair: CacheNow.held), and they are named.
+    torn, look = torn_beside(config, entries, ifname)
+    short: List[int] = []  # the families where something of theirs was not made
+
+    def held(wanted: Sequence[Chain], live: NatTable) -> List[Chain]:
+        kept = one_mapping_held(config, sharing, torn, wanted, live)
+        if kept != list(wanted) and live.family not in short:
+            short.append(live.family)
+        return kept
+
+    setup = _plan(None, config, sharing=sharing, held=held if torn else None)
 
     def held_stops(live: NatTable) -> None:
         stop_where_held(config, entries, sharing, live)
@@ -736,6 +758,7 @@ def _repair_mapping(
             if families
             else []
         )
+        unrepaired += [u for family in short for a in torn if (u := look.not_made(a, family, name))]
         unrepaired = _in_row_order([*unrepaired, *missing.values()])
         warnings += [u.text for u in unrepaired]
         tables = {family: planned.read(family) for family in before.families}

@@ -326,6 +326,18 @@ def check_followed(
     # An entry of its container on the network that cannot be read: as the node's check
     # says it, no fix named (its --repair stops: sharing_of), and a warning says why.
     result = unread_left(result, entries, tables)
+    if node.namespace_view() is not None and any(
+        p.fix == SAME_WITH_REPAIR for p in result.problems
+    ):
+        # Its other interfaces' entries being torn down: what of theirs the chain lacks
+        # its --repair does not make (cache_now.one_mapping_held); not offered for it.
+        from portmapctl.ops.check.cache_now import one_mapping_fixes, torn_beside
+
+        torn, look = torn_beside(config, entries, ifname)
+        problems = one_mapping_fixes(
+            result.problems, config, sharing, torn, look, tables, SAME_WITH_REPAIR
+        )
+        result = replace(result, problems=problems)
     return replace(result, notes=notes + result.notes) if notes else result
 
 
