@@ -97,7 +97,7 @@ class AddResult:
 
 
 def _sharing(
-    node: Node, config: MappingConfig, ifname: Optional[str]
+    node: Node, config: MappingConfig, ifname: Optional[str], said: List[str]
 ) -> Callable[[NatTable, List[Chain]], List[Chain]]:
     """`chains` (wanted_chains of the config) as set up in `live`. Where `live` holds the
     container's chain already, its other cached interfaces on the network (a Multus
@@ -105,7 +105,11 @@ def _sharing(
     rules to it, as the plugin's ADD of this one appends to theirs: kept (check's
     wanted: run.sharing_of, expected.wanted_sharing). A new chain holds this config's
     rules alone, as the plugin's ADD makes it (its early blind write included). The
-    cache is asked once, and only then: not on the path of a new container."""
+    cache is asked once, and only then: not on the path of a new container. Of those
+    interfaces being torn down (their address and interface gone from the pod's
+    namespace: cache_now.torn_beside), only what the chain holds is kept, what it lacks
+    is not made (the plugin's ADD of this one never writes theirs; made, it sent a host
+    port to an address being given back), and `said` gets why, once a family."""
     found: List[Tuple[List[Attachment], Tuple[MappingConfig, ...]]] = []
 
     def wanted(live: NatTable, chains: List[Chain]) -> List[Chain]:
@@ -129,7 +133,25 @@ def _sharing(
         stop_where_held(config, entries, sharing, live)
         if len(sharing) < 2:
             return chains
-        return wanted_sharing(config, sharing, live.family)
+        joined = wanted_sharing(config, sharing, live.family)
+        from portmapctl.ops.check.cache_now import one_mapping_held, torn_beside
+
+        torn, look = torn_beside(config, entries, ifname)
+        kept = one_mapping_held(config, sharing, torn, joined, live, as_found=False)
+        if kept != joined:
+            from portmapctl.core.text import name_text
+
+            for a in torn:
+                why = look.why.get((a.path, live.family))
+                text = (
+                    f"IPv{live.family} {name_text(config.network)}/"
+                    f"{name_text(config.container_id)} ({dnat_chain_name(config)}): what"
+                    f" the chain lacks of its interface {name_text(a.ifname or '-')}'s"
+                    f" rules is not made: {why}"
+                )
+                if why is not None and text not in said:
+                    said.append(text)
+        return kept
 
     return wanted
 
@@ -167,7 +189,8 @@ def add(
     # Every family's chains first: one that cannot be built (a condition of the wrong
     # family, say) is bad input before any family is written, not after the first.
     wanted_by_family = {family: wanted_chains(config, family) for family in families}
-    sharing = _sharing(node, config, ifname)
+    said: List[str] = []  # (_sharing's: a torn-down interface's rules not made)
+    sharing = _sharing(node, config, ifname, said)
     seen: Dict[int, NatTable] = {}
     blind: List[int] = []
     used_by = flavours_of(node.backend, families)
@@ -261,7 +284,7 @@ def add(
             raise ChainInDoubt(err.pair, err.path, done) from None
         if txn:
             transactions[family] = txn.render()
-    warnings: List[str] = notes
+    warnings: List[str] = [*notes, *said]
     if not dry_run and families:
         interfaces = ahead.interfaces() if ahead is not None else None
         # The flush moves the port's flows onto the new rules; with nothing written

@@ -376,6 +376,23 @@ def test_iptables_a_shared_chain_there_gets_nothing_new_of_the_torn_down_interfa
     assert rp.nat_rules(rp.save(host, 4, iptables_mode)) == after
 
 
+def _net2_given_after_losses(
+    nodes: tuple[str, str], tmp_path: Path, mode: rp.Mode
+) -> tuple[list, list, Path]:
+    """The pod, net1's entry rule and net2's DNAT then lost: the rules as the ADDs made
+    them, the rules now, and net2's delegate stdin (for --cni-config)."""
+    host, pod = nodes
+    _pod_twice(host, pod, tmp_path, mode, {"net1": ["10.88.0.7/16"], "net2": ["10.88.0.9/16"]})
+    added = rp.nat_rules(rp.save(host, 4, mode))
+    for what in ("net1-entry", "net2-dnat"):
+        _lose(host, mode, what)
+    conf = rp.plugin_conf("podman", ["10.88.0.9/16"], [rp.port_mapping(9090, 80)])
+    conf["prevResult"]["interfaces"][0]["name"] = "net2"
+    stdin = tmp_path / "net2.json"
+    stdin.write_text(json.dumps(conf))
+    return added, rp.nat_rules(rp.save(host, 4, mode)), stdin
+
+
 def test_one_mapping_repair_writes_nothing_new_of_the_torn_down_interface(
     nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode
 ) -> None:
@@ -385,17 +402,8 @@ def test_one_mapping_repair_writes_nothing_new_of_the_torn_down_interface(
     8080 -j CNI-DN-...`, exit 0), net1's torn-down state never judged on this path. Now
     as the node's repair: net2's DNAT back, nothing of net1's made, net1 named, exit 1;
     the check offers --repair only for net2's row, and nothing after."""
-    host, pod = nodes
-    _pod_twice(host, pod, tmp_path, iptables_mode,
-               {"net1": ["10.88.0.7/16"], "net2": ["10.88.0.9/16"]})  # fmt: skip
-    added = rp.nat_rules(rp.save(host, 4, iptables_mode))
-    for what in ("net1-entry", "net2-dnat"):
-        _lose(host, iptables_mode, what)
-    before = rp.nat_rules(rp.save(host, 4, iptables_mode))
-    conf = rp.plugin_conf("podman", ["10.88.0.9/16"], [rp.port_mapping(9090, 80)])
-    conf["prevResult"]["interfaces"][0]["name"] = "net2"
-    stdin = tmp_path / "net2.json"
-    stdin.write_text(json.dumps(conf))
+    host, _ = nodes
+    added, before, stdin = _net2_given_after_losses(nodes, tmp_path, iptables_mode)
     args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4",
             "--iptables", iptables_mode, "-o", "json", "--container", "twice",
             "--cni-config", str(stdin), "--ifname", "net2"]  # fmt: skip
@@ -414,3 +422,23 @@ def test_one_mapping_repair_writes_nothing_new_of_the_torn_down_interface(
     assert [(p["kind"], bool(p["fix"])) for p in rows] == [("missing-entry", False)], rows
     pmctl.run(["check", "--repair", *args])
     assert rp.nat_rules(rp.save(host, 4, iptables_mode)) == after
+
+
+def test_add_of_the_live_interface_writes_nothing_new_of_the_torn_down_one(
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode
+) -> None:
+    """The same pod, net1's entry rule and net2's DNAT lost, then add of net2's mapping
+    (its delegate's stdin): add joins the chain from both cached interfaces (as check
+    wants it) and wrote net1's lost entry rule anew, exit 0 ('rewrote CNI-DN-...'),
+    where the plugin's ADD of net2 appends net2's rules alone. Now net2's DNAT is back,
+    nothing of net1's made or deleted, and a warning says why."""
+    host, _ = nodes
+    added, before, stdin = _net2_given_after_losses(nodes, tmp_path, iptables_mode)
+    done = pmctl.run(["add", "--netns", host, "--cni-cache-dir", str(tmp_path), "--family",
+                      "4", "--iptables", iptables_mode, "--container", "twice",
+                      "--cni-config", str(stdin), "--ifname", "net2"])  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = rp.nat_rules(rp.save(host, 4, iptables_mode))
+    assert [r for r in after if "8080" in r] == [r for r in before if "8080" in r], after
+    assert [r for r in after if "9090" in r] == [r for r in added if "9090" in r], after
+    assert "its address 10.88.0.7 is on no interface" in done.stderr, done.stderr

@@ -151,17 +151,21 @@ def one_mapping_held(
     torn: Sequence[Attachment],
     wanted: Sequence[Chain],
     live: NatTable,
+    as_found: bool = True,
 ) -> List[Chain]:
     """`wanted` (the chains a write of `config` makes, its chain holding `sharing`'s
     rules: expected.wanted_sharing) with its CNI-DN- chain held_only for the entries
-    `torn` (torn_beside): theirs kept where `live` holds them, not made where not."""
+    `torn` (torn_beside): theirs kept where `live` holds them, not made where not.
+    `as_found`: `wanted` judged the shapes found in `live` (wanted_sharing's `live`), as
+    check does; add's does not."""
     from portmapctl.ops.check.expected import wanted_sharing
 
     if not torn:
         return list(wanted)
     out = [a.mapping for a in torn]
     rest = [c for c in sharing if c not in out] or [config]
-    bare = {c.name: c for c in wanted_sharing(config, rest, live.family, live)}
+    found = wanted_sharing(config, rest, live.family, live if as_found else None)
+    bare = {c.name: c for c in found}
     name = dnat_chain_name(config)
     return [held_only(c, bare.get(c.name), live) if c.name == name else c for c in wanted]
 
