@@ -174,7 +174,11 @@ def _stop_where_shared(
         entries = pair_entries(common.cache_dirs, config.network, config.container_id)
         if (config.network, config.container_id) not in unread_pairs(entries):
             return where
-        tables = _tables_holding(common, config, name) if where == "iptables" else None
+        from portmapctl.ops.chain_place import ChainPlace
+
+        # (Found in the flavour add reads: the other's tables are not read here.)
+        used = where == ChainPlace().words
+        tables = _tables_holding(common, config, name) if used else None
         if tables is None:
             stop_where_unread(config, entries)  # (unread, or the other flavour's: in doubt)
             return where
