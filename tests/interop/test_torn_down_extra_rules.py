@@ -442,3 +442,72 @@ def test_add_of_the_live_interface_writes_nothing_new_of_the_torn_down_one(
     assert [r for r in after if "8080" in r] == [r for r in before if "8080" in r], after
     assert [r for r in after if "9090" in r] == [r for r in added if "9090" in r], after
     assert "its address 10.88.0.7 is on no interface" in done.stderr, done.stderr
+
+
+# The same pod on the plugin's nftables backend (upstream v1.9.1): the repair keeps a
+# torn-down interface's rules as they are (nft_repair._CacheAgain.kept: what they lack
+# is not made) and repairs the live one's, but the plain check offered `--repair` for
+# the dying interface's lost rule all the same (torn_down_fixes judged only iptables
+# rows of a container with live entries too): `check --repair` then said `could not
+# repair`, and the next check offered it again, a loop.
+
+
+def _nft_pod_twice(host: str, pod: str, tmp_path: Path) -> None:
+    ips = {"net1": ["10.88.0.7/16"], "net2": ["10.88.0.9/16"]}
+    for ifname, port in (("net1", 8080), ("net2", 9090)):
+        ports = [rp.port_mapping(port, 80)]
+        conf = upstream.nft_conf("podman", ips[ifname], ports)
+        conf["prevResult"]["interfaces"][0]["name"] = ifname
+        upstream.run("v1.9.1", "ADD", host, "twice", conf, ifname=ifname, check=True)
+        rp.write_cni_cache(tmp_path, "podman", "twice", ifname, conf, ports, ips[ifname],
+                           netns=f"/run/netns/{pod}")  # fmt: skip
+    rp.hold_addresses(f"/run/netns/{pod}", ips["net2"])  # net1's address and interface gone
+
+
+def _nft_lose(host: str, chain: str, text: str) -> None:
+    listed = upstream.nft(host, "-a", "list", "chain", "ip", "cni_hostport", chain).stdout
+    [handle] = [line.rsplit("# handle ", 1)[1] for line in listed.splitlines() if text in line]
+    upstream.nft(host, "delete", "rule", "ip", "cni_hostport", chain, "handle", handle)
+
+
+_NET1_DNAT = ("hostports", "dnat to 10.88.0.7:80")
+_NET1_MASQ = ("masquerading", "ip saddr 10.88.0.7 ip daddr 10.88.0.7")
+_NET2_DNAT = ("hostports", "dnat to 10.88.0.9:80")
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [(_NET1_DNAT,), (_NET1_MASQ,), (_NET1_MASQ, _NET2_DNAT)],
+    ids=["dying-dnat", "dying-masq", "dying-masq+live-dnat"],
+)
+def test_nft_check_offers_no_repair_for_the_torn_down_interfaces_lost_rule(
+    nodes: tuple[str, str], tmp_path: Path, lost: tuple
+) -> None:
+    host, pod = nodes
+    _nft_pod_twice(host, pod, tmp_path)
+    for chain, text in lost:
+        _nft_lose(host, chain, text)
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4", "-o", "json"]
+
+    rows = _twice_rows(pmctl.run(["check", *args]))
+    live_lost = _NET2_DNAT in lost
+    # --repair offered for net2's lost rule alone: the repair makes it, not net1's.
+    assert [bool(p["fix"]) for p in rows] == ["10.88.0.9" in p["detail"] for p in rows], rows
+    assert len(rows) == len(lost), rows
+    assert all(_WHY.replace("10.88.0.8", "10.88.0.7") in p["why"] for p in rows if not p["fix"])
+
+    before = upstream.ruleset_text(host)
+    done = pmctl.run(["check", "--repair", *args])
+    after = upstream.ruleset_text(host)
+    made = [line for line in after.splitlines() if line not in before.splitlines()]
+    assert made == (['\t\ttcp dport 9090 dnat to 10.88.0.9:80 comment "twice"'] if live_lost
+                    else []), made  # fmt: skip
+    [left] = json.loads(done.stdout)["unrepaired"]
+    assert left["why"].startswith("its address 10.88.0.7 is on no interface"), left
+    assert done.returncode == 1, done.stdout + done.stderr
+
+    # After: the dying interface's row named, --repair not offered again (no loop).
+    rows = _twice_rows(pmctl.run(["check", *args]))
+    assert len(rows) == len(lost) - live_lost and not any(p["fix"] for p in rows), rows
+    pmctl.run(["check", "--repair", *args])
+    assert upstream.ruleset_text(host) == after

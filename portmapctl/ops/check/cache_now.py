@@ -77,7 +77,9 @@ def torn_down_fixes(
     Where some of its entries are torn down and some live (a pod on the network twice)
     and its chain is there in `tables`, the repair keeps of the torn-down ones only what
     the chain holds (CacheNow.held): a row the chain so judged no longer has is theirs
-    alone, and names why the repair leaves it; the others keep --repair."""
+    alone, and names why the repair leaves it; the others keep --repair. On nftables
+    the repair makes only the live entries' rules (_nft_made): a missing-rules row
+    (one entry's) none of whose rules they make is the torn-down ones' alone."""
     by_key: Dict[Tuple[str, str], List[Attachment]] = {}
     for a in attachments or ():
         if a.mapping is not None and not a.zombie:
@@ -101,6 +103,9 @@ def torn_down_fixes(
     # entries' rules only as far as it holds them.
     after: Dict[Tuple[str, str, int], Set[str]] = {}
     whole = set()  # every entry torn down: the repair leaves its chain as it is
+    # Of such a container on nftables, by (network, container ID, family): the rules the
+    # repair makes there, of its live entries alone.
+    made: Dict[Tuple[str, str, int], Set[str]] = {}
     for key in keys:
         torn = [a for a in by_key[key] if id(a) in gone]
         if torn and len(torn) == len(by_key[key]):
@@ -113,14 +118,46 @@ def torn_down_fixes(
             for family, live in (tables or {}).items():
                 if (*key, family) in why:
                     after[(*key, family)] = _still_after(by_key[key], torn, live)
+            for family in (4, 6):
+                made[(*key, family)] = _nft_made(by_key[key], torn, family)
     return tuple(
         replace(p, fix=WOULD_LEAVE.format(why=text))
         if leaves
         and (text := why.get(at := (p.network or "", p.container_id or "", p.family or 0)))
-        and (at[:2] in whole or (not p.in_nftables and p.kind not in after.get(at, {p.kind})))
+        and (
+            at[:2] in whole
+            or (not p.in_nftables and p.kind not in after.get(at, {p.kind}))
+            or (
+                p.in_nftables
+                and p.kind == ProblemKind.NFT_MISSING_RULES
+                and at in made
+                and bool(p.rules)
+                and not made[at].intersection(p.rules)
+            )
+        )
         else p
         for p, leaves in zip(problems, left)
     )
+
+
+def _nft_made(
+    attachments: Sequence[Attachment], torn: Sequence[Attachment], family: int
+) -> Set[str]:
+    """The nftables rules (as `nft list` prints them) the repair makes in `family` for
+    the entries of `attachments` (one container on one network) not in `torn`: it keeps
+    the torn-down ones' rules as they are and makes none they lack
+    (nft_repair._CacheAgain.kept), so a missing-rules row (one entry's) none of whose
+    rules a live entry makes is theirs alone, and left."""
+    from portmapctl.nftables.wanted import wanted
+
+    out = set(map(id, torn))
+    made: Set[str] = set()
+    for a in attachments:
+        if id(a) in out or a.mapping is None or a.mapping.backend == Backend.IPTABLES:
+            continue
+        if (w := wanted(a.mapping, family)) is not None:
+            made.update(body.text(family) for body in (*w.hostports, *w.masquerading))
+    return made
 
 
 def torn_beside(
