@@ -393,30 +393,45 @@ def _net2_given_after_losses(
     return added, rp.nat_rules(rp.save(host, 4, mode)), stdin
 
 
+def _net1_given(tmp_path: Path) -> Path:
+    """net1's delegate stdin (the interface being torn down), for --cni-config."""
+    conf = rp.plugin_conf("podman", ["10.88.0.7/16"], [rp.port_mapping(8080, 80)])
+    conf["prevResult"]["interfaces"][0]["name"] = "net1"
+    stdin = tmp_path / "net1.json"
+    stdin.write_text(json.dumps(conf))
+    return stdin
+
+
+@pytest.mark.parametrize("ifname", ["net2", "net1"])
 def test_one_mapping_repair_writes_nothing_new_of_the_torn_down_interface(
-    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode, ifname: str
 ) -> None:
     """The same pod, net1's entry rule and net2's DNAT lost, through the check and the
     repair of net2's mapping alone (its delegate's stdin, --ifname net2): the check
     offered `--repair` for net1's lost entry rule, and the repair wrote it anew (`--dports
     8080 -j CNI-DN-...`, exit 0), net1's torn-down state never judged on this path. Now
     as the node's repair: net2's DNAT back, nothing of net1's made, net1 named, exit 1;
-    the check offers --repair only for net2's row, and nothing after."""
+    the check offers --repair only for net2's row, and nothing after. So through net1's
+    own mapping (--ifname net1): that path judged the other interfaces alone, and wrote
+    net1's lost entry rule anew too (exit 0); the live net2's lost DNAT, in the chain
+    both share, it makes."""
     host, _ = nodes
     added, before, stdin = _net2_given_after_losses(nodes, tmp_path, iptables_mode)
+    stdin = _net1_given(tmp_path) if ifname == "net1" else stdin
     args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4",
             "--iptables", iptables_mode, "-o", "json", "--container", "twice",
-            "--cni-config", str(stdin), "--ifname", "net2"]  # fmt: skip
+            "--cni-config", str(stdin), "--ifname", ifname]  # fmt: skip
 
     rows = _twice_rows(pmctl.run(["check", *args]))
     assert [(p["kind"], bool(p["fix"])) for p in rows] == [
         ("missing-rules", True),
         ("missing-entry", False),
     ], rows
-    assert "--repair would leave it as it is" in rows[1]["why"], rows
+    assert "--repair would leave it as it is: its address 10.88.0.7" in rows[1]["why"], rows
 
     done = pmctl.run(["check", "--repair", *args])
     after = _net2_repaired_net1_kept(done, host, iptables_mode, before, added)
+    assert "could not repair IPv4 podman/twice" in done.stderr, done.stderr
 
     rows = _twice_rows(pmctl.run(["check", *args]))
     assert [(p["kind"], bool(p["fix"])) for p in rows] == [("missing-entry", False)], rows
@@ -511,3 +526,34 @@ def test_nft_check_offers_no_repair_for_the_torn_down_interfaces_lost_rule(
     assert len(rows) == len(lost) - live_lost and not any(p["fix"] for p in rows), rows
     pmctl.run(["check", "--repair", *args])
     assert upstream.ruleset_text(host) == after
+
+
+def test_one_mapping_repair_of_a_torn_down_container_keeps_its_chain(
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode
+) -> None:
+    """A container alone on the network, being torn down, its entry rule lost beside
+    its old address's extra DNAT, repaired through its own --cni-config: the chain and
+    its entry rules are left as they are (the node's repair leaves them), named, exit 1;
+    the check offers --repair for none of its rows."""
+    host, container = nodes
+    args = _debian_dying(host, container, tmp_path, iptables_mode)
+    [entry] = [shlex.split(line)[1:] for line in rp.save(host, 4, iptables_mode).splitlines()
+               if line.startswith("-A CNI-HOSTPORT-DNAT ")]  # fmt: skip
+    rp.iptables(host, ["-t", "nat", "-D", *entry], mode=iptables_mode)
+    before = rp.nat_rules(rp.save(host, 4, iptables_mode))
+    conf = rp.plugin_conf("podman", ["10.88.0.8/16"], [rp.port_mapping(8080, 80)])
+    stdin = tmp_path / "dying.json"
+    stdin.write_text(json.dumps(conf))
+    args += ["-o", "json", "--container", "dying", "--cni-config", str(stdin),
+             "--ifname", "eth0"]  # fmt: skip
+
+    done = pmctl.run(["check", *args])
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = json.loads(done.stdout)["problems"]
+    assert {p["kind"] for p in rows} == {"missing-entry", "extra-rules"}, rows
+    assert all(not p["fix"] and "--repair would leave it as it is: " + _WHY in p["why"]
+               for p in rows), rows  # fmt: skip
+
+    done = pmctl.run(["check", "--repair", *args])
+    assert rp.nat_rules(rp.save(host, 4, iptables_mode)) == before
+    _named_not_repaired(done, json.loads(done.stdout), _WHY)

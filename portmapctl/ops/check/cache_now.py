@@ -182,6 +182,37 @@ def torn_beside(
     return (look.torn_down(others) if others else []), look
 
 
+def torn_own(
+    config: MappingConfig, entries: Sequence[Attachment], ifname: Optional[str], look: TornDownLook
+) -> List[Attachment]:
+    """The cache entries of `config`'s own interface (`ifname`'s, else those with its
+    addresses: expected.sharing_chain's own), where the container is being torn down
+    by what its namespace shows of `config`'s addresses (TornDownLook, `look`'s why):
+    for the check and the repair of the dying interface's own mapping. Those judged
+    the other interfaces alone (torn_beside), so its own lost rules were written anew,
+    a DNAT to an address its namespace no longer holds; the node's repair leaves them.
+    Without such an entry (nothing cached says it is the container's) nothing is."""
+    group = [
+        a
+        for a in entries
+        if a.mapping is not None
+        and not a.zombie
+        and a.mapping.backend != Backend.NFTABLES
+        and dnat_chain_name(a.mapping) == dnat_chain_name(config)
+    ]
+    addresses = (config.address(4), config.address(6))
+    mine = [a for a in group if ifname and a.ifname == ifname] or [
+        a
+        for a in group
+        if (a.mapping.address(4), a.mapping.address(6)) == addresses  # type: ignore[union-attr]
+    ]
+    if not mine:
+        return []
+    # Judged by the addresses the write DNATs to (`config`'s), in the entry's namespace.
+    gone = {a.path for a in look.torn_down([replace(a, mapping=config) for a in mine])}
+    return [a for a in mine if a.path in gone]
+
+
 def one_mapping_held(
     config: MappingConfig,
     sharing: Sequence[MappingConfig],
@@ -189,21 +220,27 @@ def one_mapping_held(
     wanted: Sequence[Chain],
     live: NatTable,
     as_found: bool = True,
+    own: Sequence[Attachment] = (),
 ) -> List[Chain]:
     """`wanted` (the chains a write of `config` makes, its chain holding `sharing`'s
     rules: expected.wanted_sharing) with its CNI-DN- chain held_only for the entries
-    `torn` (torn_beside): theirs kept where `live` holds them, not made where not.
-    `as_found`: `wanted` judged the shapes found in `live` (wanted_sharing's `live`), as
-    check does; add's does not."""
+    `torn` (torn_beside) and, where `own` (torn_own), for `config`'s own: theirs kept
+    where `live` holds them, not made where not. Every entry of the chain so: the chain
+    is left out (the node's repair leaves such a chain as it is). `as_found`: `wanted`
+    judged the shapes found in `live` (wanted_sharing's `live`), as check does; add's
+    does not."""
     from portmapctl.ops.check.expected import wanted_sharing
 
-    if not torn:
+    if not torn and not own:
         return list(wanted)
-    out = [a.mapping for a in torn]
-    rest = [c for c in sharing if c not in out] or [config]
+    name = dnat_chain_name(config)
+    out = [a.mapping for a in (*torn, *own)] + ([config] if own else [])
+    rest = [c for c in sharing if c not in out]
+    if own and not rest:
+        return [c for c in wanted if c.name != name]
+    rest = rest or [config]
     found = wanted_sharing(config, rest, live.family, live if as_found else None)
     bare = {c.name: c for c in found}
-    name = dnat_chain_name(config)
     return [held_only(c, bare.get(c.name), live) if c.name == name else c for c in wanted]
 
 
@@ -215,27 +252,32 @@ def one_mapping_fixes(
     look: TornDownLook,
     tables: Mapping[int, NatTable],
     fix: str,
+    own: Sequence[Attachment] = (),
 ) -> Tuple[Problem, ...]:
     """`problems` of one mapping (run.check_followed) whose fix is `fix` (--repair of
     it), those the repair leaves because they are the torn-down entries' alone (a row
-    the chain judged held_only no longer has) naming why, as torn_down_fixes does."""
+    the chain judged held_only no longer has) naming why, as torn_down_fixes does.
+    `own`: torn_own's (the mapping's own interface torn down too); where no live entry
+    shares the chain, the repair leaves it whole: none of its rows is offered."""
     from portmapctl.ops.check.compare import check_container
     from portmapctl.ops.check.expected import wanted_sharing
 
-    if not torn:
+    if not torn and not own:
         return tuple(problems)
     name = dnat_chain_name(config)
     still: Dict[int, Set[str]] = {}
     why: Dict[int, str] = {}
     for family, live in tables.items():
-        texts = [t for a in torn if (t := look.why.get((a.path, family))) is not None]
+        texts = [t for a in (*own, *torn) if (t := look.why.get((a.path, family))) is not None]
         if not texts or config.address(family) is None:
             continue
         why[family] = texts[0]
         wanted = wanted_sharing(config, sharing, family, live)
-        held = one_mapping_held(config, sharing, torn, wanted, live)
+        held = one_mapping_held(config, sharing, torn, wanted, live, own=own)
         chain = next((c for c in held if c.name == name), None)
         if chain is None:
+            # Left out whole: what stays is the shared chains' (made as ever).
+            still[family] = set(ProblemKind) - _CHAIN_KINDS
             continue
         found = check_container(config, chain, live, "", exact=True, any_order=True)
         still[family] = {p.kind for p in found}
@@ -245,6 +287,19 @@ def one_mapping_fixes(
         else p
         for p in problems
     )
+
+
+# The kinds of problem of a container's own chain and entry rules (compare.check_container).
+_CHAIN_KINDS = frozenset(
+    {
+        ProblemKind.MISSING_CHAIN,
+        ProblemKind.MISSING_RULES,
+        ProblemKind.EXTRA_RULES,
+        ProblemKind.RULES_ORDER,
+        ProblemKind.MISSING_ENTRY,
+        ProblemKind.EXTRA_ENTRY,
+    }
+)
 
 
 def _still_after(

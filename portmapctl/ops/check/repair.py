@@ -27,6 +27,7 @@ from portmapctl.ops.check.cache_now import (
     changed_mappings,
     one_mapping_held,
     torn_beside,
+    torn_own,
 )
 from portmapctl.ops.check.compare import held_elsewhere, in_live_order
 from portmapctl.ops.check.expected import (
@@ -687,15 +688,20 @@ def _repair_mapping(
     # theirs only what the chain holds is kept, what it lacks is not made (as the
     # node's repair: CacheNow.held), and they are named.
     torn, look = torn_beside(config, entries, ifname)
+    # So its own, where its interface is being torn down itself (its address and
+    # interface gone from the namespace its entry names): nothing of its own made, as
+    # the node's repair makes nothing of it; its chain left whole where no live
+    # interface shares it.
+    dying = torn_own(config, entries, ifname, look)
     short: List[int] = []  # the families where something of theirs was not made
 
     def held(wanted: Sequence[Chain], live: NatTable) -> List[Chain]:
-        kept = one_mapping_held(config, sharing, torn, wanted, live)
+        kept = one_mapping_held(config, sharing, torn, wanted, live, own=dying)
         if kept != list(wanted) and live.family not in short:
             short.append(live.family)
         return kept
 
-    setup = _plan(None, config, sharing=sharing, held=held if torn else None)
+    setup = _plan(None, config, sharing=sharing, held=held if torn or dying else None)
 
     def held_stops(live: NatTable) -> None:
         stop_where_held(config, entries, sharing, live)
@@ -758,7 +764,9 @@ def _repair_mapping(
             if families
             else []
         )
-        unrepaired += [u for family in short for a in torn if (u := look.not_made(a, family, name))]
+        unrepaired += [
+            u for family in short for a in (*dying, *torn) if (u := look.not_made(a, family, name))
+        ]
         unrepaired = _in_row_order([*unrepaired, *missing.values()])
         warnings += [u.text for u in unrepaired]
         tables = {family: planned.read(family) for family in before.families}

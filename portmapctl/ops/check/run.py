@@ -331,11 +331,13 @@ def check_followed(
     ):
         # Its other interfaces' entries being torn down: what of theirs the chain lacks
         # its --repair does not make (cache_now.one_mapping_held); not offered for it.
-        from portmapctl.ops.check.cache_now import one_mapping_fixes, torn_beside
+        # So is its own interface's, where that is being torn down (cache_now.torn_own).
+        from portmapctl.ops.check.cache_now import one_mapping_fixes, torn_beside, torn_own
 
         torn, look = torn_beside(config, entries, ifname)
+        own = torn_own(config, entries, ifname, look)
         problems = one_mapping_fixes(
-            result.problems, config, sharing, torn, look, tables, SAME_WITH_REPAIR
+            result.problems, config, sharing, torn, look, tables, SAME_WITH_REPAIR, own
         )
         result = replace(result, problems=problems)
     return replace(result, notes=notes + result.notes) if notes else result
