@@ -99,7 +99,10 @@ def _ignored_by_binaries(
     from portmapctl.ops import nft
 
     settled_list = [a for a in judged if not nft.honoured_here(a, attachments, live)]
-    differ = tuple(_differ_text(a, said) for a in judged if a not in settled_list)
+    doubted = {a.path for a in followed.in_doubt} | set(followed.gone)
+    differ = tuple(
+        _differ_text(a, said, a.path in doubted, seen) for a in judged if a not in settled_list
+    )
     settled = {a.path for a in settled_list}
     # Under --backend nftables, which never writes iptables, it is judged there, not
     # repaired there: the note said "repaired in iptables" of a run that did not.
@@ -218,13 +221,24 @@ def _doubt_only(
     )
 
 
-def _differ_text(attachment: Attachment, said: str) -> str:
+def _differ_text(
+    attachment: Attachment, said: str, in_doubt: bool = False, seen: str = "nothing"
+) -> str:
     """The warning where binaries that ignore the key (`said`: binaries_text) meet the
-    node's rules that tell a plugin honoured it: judged by the rules."""
-    return (
-        f"{_named(attachment)}: nothing of it is left; {said}, but the node's rules tell"
+    node's rules that tell a plugin honoured it: judged by the rules, or, `in_doubt`
+    (left in doubt all the same: another container cached so with its chain in
+    iptables beside it, iptables unread; its own warning says which), by neither: it
+    said "judged by them" of one nothing was written for. `seen`: as _SEEN says it."""
+    head = (
+        f"{_named(attachment)}: {_SEEN[seen]}; {said}, but the node's rules tell"
         " that a plugin honoured the key (the plugin's table of its family, or another"
-        " container's rules in nftables): judged by them, not by the binaries"
+        " container's rules in nftables)"
+    )
+    if not in_doubt:
+        return f"{head}: judged by them, not by the binaries"
+    return (
+        f"{head}, so the binaries do not settle it; nor do the rules (its other warning"
+        " says why): it stays in doubt, nothing written for it in either backend"
     )
 
 
