@@ -182,6 +182,10 @@ def _stop_where_shared(
         if tables is None:
             stop_where_unread(config, entries)  # (unread, or the other flavour's: in doubt)
             return where
+        from portmapctl.ops.check.unread_entries import own_unread_only
+
+        if own_unread_only(config, entries, ifname):
+            return where  # (its own alone: ops/add.py keeps what the chain holds)
         from portmapctl.ops.check.expected import sharing_chain
         from portmapctl.ops.check.unread_entries import stop_where_held
 

@@ -128,11 +128,24 @@ def _sharing(
         # the write would drop where the plugin's ADD appends to them; in doubt, add
         # stops (exit 3) and writes nothing. A chain a flush emptied holds none: made,
         # as the node's repair makes it (unread_entries.stop_where_held).
-        from portmapctl.ops.check.unread_entries import stop_where_held
+        # The one unread being this interface's own (its --ifname), the others read:
+        # nothing of another interface's is unknown, so add goes ahead as the plugin's
+        # ADD does, keeping what the chain holds (kept_as_added).
+        from portmapctl.ops.check.unread_entries import (
+            kept_as_added,
+            own_unread_only,
+            stop_where_held,
+        )
 
-        stop_where_held(config, entries, sharing, live)
+        own_only = own_unread_only(config, entries, ifname)
+        if not own_only:
+            stop_where_held(config, entries, sharing, live)
+
+        def done(chains: List[Chain]) -> List[Chain]:
+            return kept_as_added(chains, dnat_chain_name(config), live) if own_only else chains
+
         if len(sharing) < 2:
-            return chains
+            return done(chains)
         joined = wanted_sharing(config, sharing, live.family)
         from portmapctl.ops.check.cache_now import one_mapping_held, torn_beside
 
@@ -151,7 +164,7 @@ def _sharing(
                 )
                 if why is not None and text not in said:
                     said.append(text)
-        return kept
+        return done(kept)
 
     return wanted
 

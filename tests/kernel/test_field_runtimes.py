@@ -755,3 +755,31 @@ def test_a_libcni_0_7_entry_of_the_result_alone_is_live_without_a_warning(host_n
     done = _pm(host_ns, cache, "gc", "--yes", "--min-age", "0", "--netns-liveness")
     assert done.returncode == 0, done.stderr
     assert [r["container_id"] for r in json.loads(done.stdout)["removed"]] == ["old1"]
+
+
+@pytest.mark.parametrize("port", [8080, 8081], ids=["same", "another-port"])
+def test_add_of_the_interface_whose_own_entry_cannot_be_read_does_as_the_plugins_add(
+    twice_in, tmp_path, port
+):
+    """net1's OWN entry cut short (net2's read), add of net1's mapping (--ifname net1):
+    given another port, add stopped (exit 3, ChainInDoubt) for the chain's 8080 rules
+    that no entry read makes, though net2's are known from its entry: they are net1's
+    own (its earlier ADD), nothing of another interface's. Given the same, it rewrote
+    the chain, net1's rules moved behind net2's. Now as the plugin's ADD of net1: what
+    the chain holds stays in place, what it lacks is appended; the plugin's ADD after
+    it changes nothing, and its CHECK of each passes."""
+    host_ns, cache, confs, mode = twice_in
+    added = _rules(host_ns, mode)
+    rp.cut_short(cache / "results", NETWORK, CID, "net1")
+    confs = {**confs, "net1": _conf("net1", "10.77.0.5/16", [rp.port_mapping(port, 80)])}
+    done = _add(host_ns, cache, confs, tmp_path, mode)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = _rules(host_ns, mode)
+    assert [r for r in after if r in added] == added, after  # all kept, in their order
+    new = [r for r in after if r not in added]  # only the new port's, each after them
+    assert all(f"--dport {port} " in r or f"--dports {port} " in r for r in new), new
+    rp.run_plugin("ADD", host_ns, CID, confs["net1"], mode=mode, ifname="net1", check=True)
+    assert _rules(host_ns, mode) == after, "the plugin's ADD of net1 found more to write"
+    _plugin_checks(host_ns, confs, mode)
+    if port == 8080:
+        assert after == added, after

@@ -204,6 +204,54 @@ def stop_where_held(
     stop_where_unread(config, entries, live, wanted)
 
 
+def own_unread_only(
+    config: MappingConfig, entries: Sequence[Attachment], ifname: Optional[str]
+) -> bool:
+    """Whether the entries of `config`'s container on its network that cannot be read
+    (unread_pairs: another read beside them) are all that of `ifname` itself, the
+    interface an add is given for: every other interface's rules are known from its
+    entry, so what the chain holds beyond them and `config` is that interface's own
+    (an earlier ADD of it), or of an interface with no entry at all, as where every
+    entry reads. add then keeps it (kept_as_added), as the plugin's ADD does, and
+    needs no stop: nothing of another interface's is lost."""
+    pair = (config.network, config.container_id)
+    if not ifname or pair not in unread_pairs(entries):
+        return False
+    unread = [
+        a
+        for a in entries
+        if a.mapping is None
+        and a.problem is not None
+        and not a.result_only
+        and (a.network, a.container_id) == pair
+    ]
+    return all(a.ifname == ifname for a in unread)
+
+
+def kept_as_added(chains: Sequence[Chain], name: str, live: NatTable) -> List[Chain]:
+    """`chains` with chain `name` as the plugin's ADD leaves it where `live` holds it:
+    every rule and entry rule there kept, in place, those of `chains` it lacks
+    appended (it appends what is missing and deletes nothing)."""
+    from dataclasses import replace as replaced
+
+    from portmapctl.ops.check.compare import entry_index
+
+    if not live.has_chain(name):
+        return list(chains)
+    there = tuple(live.rules(name))
+    entered = tuple(entry_index(live).by_target.get(name, ()))
+    return [
+        replaced(
+            c,
+            rules=there + tuple(r for r in c.rules if r not in there),
+            entry_rules=entered + tuple(r for r in c.entry_rules if r not in entered),
+        )
+        if c.name == name
+        else c
+        for c in chains
+    ]
+
+
 def stopped_text(pair: Pair, path: str, applied: str = "") -> str:
     """ChainInDoubt's one line; the names and path as the node gives them, escaped
     (core/text.name_text). `applied`: as ChainInDoubt's."""
