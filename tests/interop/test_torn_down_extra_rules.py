@@ -557,3 +557,52 @@ def test_one_mapping_repair_of_a_torn_down_container_keeps_its_chain(
     done = pmctl.run(["check", "--repair", *args])
     assert rp.nat_rules(rp.save(host, 4, iptables_mode)) == before
     _named_not_repaired(done, json.loads(done.stdout), _WHY)
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [(_NET1_DNAT,), (_NET1_MASQ,), (_NET1_DNAT, _NET2_DNAT)],
+    ids=["dying-dnat", "dying-masq", "dying-dnat+live-dnat"],
+)
+def test_nft_one_mapping_repair_of_the_torn_down_interface_writes_nothing_of_it(
+    nodes: tuple[str, str], tmp_path: Path, lost: tuple
+) -> None:
+    """The same pod on v1.9.1's tables, through net1's own mapping (its delegate's
+    stdin, --ifname net1), net1 being torn down: `repair_nft_mapping` never judged the
+    interface given (cache_now.torn_own covered iptables alone), so it wrote net1's lost
+    DNAT or masquerade rule anew, exit 0 (a host port sent to an address being given
+    back), where the node's repair keeps it as it is and names it; the plain check
+    offered --repair for it. Now nothing of net1's is made, it is named, exit 1; the
+    check offers no --repair for net1's rows. net2's rules are not this mapping's
+    (another address: nft_one.own_addresses): its lost DNAT is left to the node's
+    repair either way."""
+    host, pod = nodes
+    _nft_pod_twice(host, pod, tmp_path)
+    for chain, text in lost:
+        _nft_lose(host, chain, text)
+    conf = upstream.nft_conf("podman", ["10.88.0.7/16"], [rp.port_mapping(8080, 80)])
+    conf["prevResult"]["interfaces"][0]["name"] = "net1"
+    stdin = tmp_path / "net1.json"
+    stdin.write_text(json.dumps(conf))
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4", "-o", "json",
+            "--container", "twice", "--cni-config", str(stdin), "--ifname", "net1"]  # fmt: skip
+    why = _WHY.replace("10.88.0.8", "10.88.0.7")
+
+    rows = _twice_rows(pmctl.run(["check", *args]))
+    assert rows and all("10.88.0.7" in p["detail"] for p in rows), rows
+    assert all(not p["fix"] and "--repair would leave it as it is: " + why in p["why"]
+               for p in rows), rows  # fmt: skip
+
+    before = upstream.ruleset_text(host)
+    done = pmctl.run(["check", "--repair", *args])
+    assert upstream.ruleset_text(host) == before, "the repair wrote for net1"
+    [left] = json.loads(done.stdout)["unrepaired"]
+    assert left["why"].startswith(why), left
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "could not repair IPv4 podman/twice" in done.stderr, done.stderr
+
+    # After: --repair not offered again (no loop), and a second repair writes nothing.
+    rows = _twice_rows(pmctl.run(["check", *args]))
+    assert rows and not any(p["fix"] for p in rows), rows
+    pmctl.run(["check", "--repair", *args])
+    assert upstream.ruleset_text(host) == before

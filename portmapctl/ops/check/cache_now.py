@@ -183,7 +183,11 @@ def torn_beside(
 
 
 def torn_own(
-    config: MappingConfig, entries: Sequence[Attachment], ifname: Optional[str], look: TornDownLook
+    config: MappingConfig,
+    entries: Sequence[Attachment],
+    ifname: Optional[str],
+    look: TornDownLook,
+    backend: Backend = Backend.IPTABLES,
 ) -> List[Attachment]:
     """The cache entries of `config`'s own interface (`ifname`'s, else those with its
     addresses: expected.sharing_chain's own), where the container is being torn down
@@ -191,13 +195,15 @@ def torn_own(
     for the check and the repair of the dying interface's own mapping. Those judged
     the other interfaces alone (torn_beside), so its own lost rules were written anew,
     a DNAT to an address its namespace no longer holds; the node's repair leaves them.
-    Without such an entry (nothing cached says it is the container's) nothing is."""
+    Without such an entry (nothing cached says it is the container's) nothing is.
+    `backend`: the one `config` is kept in (no entry cached for the other is its own)."""
+    other = Backend.IPTABLES if backend == Backend.NFTABLES else Backend.NFTABLES
     group = [
         a
         for a in entries
         if a.mapping is not None
         and not a.zombie
-        and a.mapping.backend != Backend.NFTABLES
+        and a.mapping.backend != other
         and dnat_chain_name(a.mapping) == dnat_chain_name(config)
     ]
     addresses = (config.address(4), config.address(6))
@@ -211,6 +217,25 @@ def torn_own(
     # Judged by the addresses the write DNATs to (`config`'s), in the entry's namespace.
     gone = {a.path for a in look.torn_down([replace(a, mapping=config) for a in mine])}
     return [a for a in mine if a.path in gone]
+
+
+def nft_torn_own(
+    config: MappingConfig, entries: Sequence[Attachment], ifname: Optional[str]
+) -> Dict[int, str]:
+    """By family, why the nft-backed `config`'s own interface is being torn down
+    (torn_own): for the check and the repair of that mapping alone. Its rules are
+    judged by its own addresses only (nft_one.own_addresses), so nothing else of the
+    container's is written there: that family is left as it is, as the node's repair
+    keeps a torn-down entry's rules and makes none they lack (nft_repair._CacheAgain).
+    Before, the repair wrote its lost DNAT or masquerade rule anew, exit 0."""
+    look = TornDownLook()
+    found: Dict[int, str] = {}
+    for a in torn_own(config, entries, ifname, look, Backend.NFTABLES):
+        for family in (4, 6):
+            why = look.why.get((a.path, family))
+            if why is not None and config.address(family) is not None:
+                found.setdefault(family, why)
+    return found
 
 
 def one_mapping_held(

@@ -644,14 +644,21 @@ class ReadOnceNft:
 
 
 def repair_nft_mapping(
-    node: Node, config: MappingConfig, before: CheckResult, flush_udp: bool
+    node: Node,
+    config: MappingConfig,
+    before: CheckResult,
+    flush_udp: bool,
+    ifname: Optional[str] = None,
 ) -> CheckResult:
-    """`check --repair` of one mapping given on the command line whose container
-    `followed` put in the nftables backend: repair_mapping, then its side effects (on
-    the way out of a SIGTERM too) and the check after."""
+    """`check --repair` of one mapping given on the command line (for `ifname`) whose
+    container `followed` put in the nftables backend: repair_mapping, then its side
+    effects (on the way out of a SIGTERM too) and the check after. A family where its
+    own interface is being torn down (cache_now.nft_torn_own) is left as it is, named."""
     from portmapctl.core.validate import nft_refusals
+    from portmapctl.nftables.ruleset import HOSTPORTS
     from portmapctl.nftables.transaction import check_condition
-    from portmapctl.ops.check.run import check_followed
+    from portmapctl.ops.check.cache_now import nft_torn_own
+    from portmapctl.ops.check.run import check_followed, entries_of
 
     nft_refusals(config)
     for condition in (*config.conditions_v4, *config.conditions_v6):
@@ -659,8 +666,16 @@ def repair_nft_mapping(
     tried: List[NftTransaction] = []
     left: Dict[int, PortTaken] = {}  # by family
     notes: List[str] = []
+    # (Looked into only where something would be written: a healthy mapping costs nothing.)
+    dying = nft_torn_own(config, entries_of(node, config), ifname) if before.problems else {}
+    dead = [
+        Unrepaired(f, config.network, config.container_id, HOSTPORTS, why)
+        for f, why in sorted(dying.items())
+        if any(p.family == f for p in before.problems)
+    ]
+    families = tuple(f for f in before.families if f not in dying)
     try:
-        text, families = repair_mapping(node, config, before.families, tried, left, notes)
+        text, families = repair_mapping(node, config, families, tried, left, notes)
     except Interrupted as stop:
         # SIGTERM or Ctrl-C once `nft -f` went in (or was under way): what it made gets
         # the plugin's side effects on the way out, as the whole-node repair does.
@@ -683,14 +698,14 @@ def repair_nft_mapping(
         )
         if flush_udp and text and tried:
             warnings += flush_routed_after(node, tried[-1])
-        unrepaired = [
+        unrepaired = dead + [
             Unrepaired(
                 t.family, config.network, config.container_id, t.chain, t.why(nft_holder_name(t))
             )
             for _, t in sorted(left.items())
         ]
         warnings += [u.text for u in unrepaired]
-        after = check_followed(node, config)
+        after = check_followed(node, config, ifname=ifname)
     except Interrupted as stop:
         # `nft -f` went in: its side effects, or the check after, under way.
         from portmapctl.ops.check.repair import say_repaired

@@ -658,7 +658,8 @@ def _repair_mapping(
     if nft_mapping(node, config):
         from portmapctl.ops.check.nft_repair import repair_nft_mapping
 
-        done = repair_nft_mapping(node, config, check_followed(node, config), flush_udp)
+        before = check_followed(node, config, ifname=ifname)
+        done = repair_nft_mapping(node, config, before, flush_udp, ifname)
         return replace(done, notes=followed_notes + done.notes)
     refuse_what_iptables_refuses(node.backend, config, node.families, spelling)
     node, planned = _planned_node(node)

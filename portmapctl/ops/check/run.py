@@ -310,6 +310,18 @@ def check_followed(
         # as the node check says: the plugin's CHECK looks at nftables alone.
         problems += nft_mapping_rivals(node, config, families, live)
         problems += nft_owner_problems(node, config, families, live)
+        if any(p.fix == SAME_WITH_REPAIR for p in problems):
+            # Its own interface being torn down: its --repair writes nothing in that
+            # family (cache_now.nft_torn_own), so it is not offered there.
+            from portmapctl.ops.check.cache_now import WOULD_LEAVE, nft_torn_own
+
+            dying = nft_torn_own(config, entries_of(node, config), ifname)
+            problems = [
+                replace(p, fix=WOULD_LEAVE.format(why=dying[p.family]))
+                if p.fix == SAME_WITH_REPAIR and p.family in dying
+                else p
+                for p in problems
+            ]
         return CheckResult(
             tuple(problems),
             families,
