@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from ipaddress import ip_interface
 from pathlib import Path
@@ -562,9 +563,11 @@ def _dual_ipv4_flushed(host_ns: str, tmp_path: Path, mode: rp.Mode) -> Tuple[Pat
     cache, confs = _attach_twice(host_ns, tmp_path, mode, dual=True)
     if "9090" not in rp.save(host_ns, 6, mode):
         # Debian's plugin on iptables-legacy leaves net2's IPv6 rules out of the chain
-        # net1's ADD made (measured; on iptables-nft it appends them): put in as the
-        # plugin on iptables-nft does, so that the IPv6 chain holds the unread
-        # interface's live rules (else nothing of it is there to lose: held_chains).
+        # net1's ADD made (on iptables-nft it appends them): ip6tables-legacy's `-C`
+        # does not compare the port match's or DNAT's data, so they "exist"
+        # (test_legacy_ipv6_second_interfaces_rules_...). Put in as the plugin on
+        # iptables-nft does, so that the IPv6 chain holds the unread interface's live
+        # rules (else nothing of it is there to lose: held_chains).
         chain = chain_name(NETWORK, CID)
         rp.iptables(host_ns, ["-t", "nat", "-A", chain, "-p", "tcp", "-m", "tcp", "--dport",
                               "9090", "-j", "DNAT", "--to-destination", "[fd77::6]:90"],
@@ -783,3 +786,63 @@ def test_add_of_the_interface_whose_own_entry_cannot_be_read_does_as_the_plugins
     _plugin_checks(host_ns, confs, mode)
     if port == 8080:
         assert after == added, after
+
+
+def _dnat6_of(ns: str, port: int) -> Optional[str]:
+    """Where the kernel DNATs a TCP connection from the node to its own [fd00::1]:port
+    (the reply source of its conntrack entry), None where nothing DNATs it: the node
+    refuses it itself, no entry left."""
+    for args in (["link", "add", "d0", "type", "veth", "peer", "name", "d0p"],
+                 ["link", "set", "d0", "up"], ["link", "set", "d0p", "up"],
+                 ["link", "set", "lo", "up"], ["addr", "replace", "fd77::1/64", "dev", "d0", "nodad"],
+                 ["addr", "replace", "fd00::1/128", "dev", "lo"]):  # fmt: skip
+        subprocess.run(["ip", "-n", ns, *args], capture_output=True, check=False)
+    script = f"exec 3<>/dev/tcp/fd00::1/{port}"
+    subprocess.run(["ip", "netns", "exec", ns, "timeout", "1", "bash", "-c", script],
+                   capture_output=True, check=False)  # fmt: skip
+    listed = subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-L", "-f", "ipv6", "-p",
+                             "tcp", "--dport", str(port), "--dst", "fd00::1"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    found = [w.split("=")[1] for w in listed.split() if w.startswith("src=")]
+    return found[1] if len(found) > 1 else None
+
+
+def test_legacy_ipv6_second_interfaces_rules_the_plugin_left_out_are_missing_and_repaired(
+    host_ns, tmp_path
+):
+    """A dual-stack pod on one network twice, Debian's plugin on iptables-legacy: net2's
+    ADD leaves net2's IPv6 rules out (its mark and DNAT rules and its entry rule), where
+    on iptables-nft it appends them. Not the plugin's design: go-iptables' AppendUnique
+    and InsertUnique ask `-C` first, and ip6tables-legacy 1.8.9's `-C` compares the
+    rule's header and its matches' and target's names but not their data (FACTS.md:
+    it ignores the port match; here the DNAT target's address too), so each of net2's
+    IPv6 rules "exists" as net1's. The state is broken for traffic: [host]:9090 over
+    IPv6 is not DNATed (the node refuses it itself), 8080 is. So check must say them
+    missing, with --repair, though the plugin's CHECK (the same `-C`) passes; the
+    repair writes them and the port is forwarded to net2's [fd77::6]:90."""
+    cache, confs = _attach_twice(host_ns, tmp_path, "legacy", dual=True)
+    v6 = rp.nat_rules(rp.save(host_ns, 6, "legacy"))
+    if any("9090" in rule for rule in v6):
+        pytest.skip("this ip6tables-legacy's -C tells net2's rules from net1's")
+    assert _dnat6_of(host_ns, 8080) == "fd77::5"
+    assert _dnat6_of(host_ns, 9090) is None  # not forwarded
+    # The plugin's CHECK passes all the same (the same `-C`; IPv6 alone: FACTS.md).
+    _plugin_checks(host_ns, {i: rp.narrow_conf(c, 6) for i, c in confs.items()}, "legacy")
+
+    done = _pm(host_ns, cache, "check", mode="legacy")
+    rows = [(p["kind"], p["family"], bool(p["fix"])) for p in json.loads(done.stdout)["problems"]]
+    assert sorted(rows) == [("missing-entry", 6, True), ("missing-rules", 6, True)], rows
+    assert done.returncode == 1
+
+    done = _pm(host_ns, cache, "check", "--repair", mode="legacy")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [r for r in rp.nat_rules(rp.save(host_ns, 6, "legacy")) if r not in v6] == [
+        f"-A {chain_name(NETWORK, CID)} -s fd77::/64 -p tcp -m tcp --dport 9090 -j CNI-HOSTPORT-SETMARK",
+        f"-A {chain_name(NETWORK, CID)} -p tcp -m tcp --dport 9090 -j DNAT --to-destination [fd77::6]:90",
+        f'-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"{NETWORK}\\" id: '
+        f'\\"{CID}\\"" -m multiport --dports 9090 -j {chain_name(NETWORK, CID)}',
+    ]  # fmt: skip
+    assert _dnat6_of(host_ns, 9090) == "fd77::6"
+    assert _pm(host_ns, cache, "check", mode="legacy").returncode == 0
+    # (IPv6 alone: Debian's CHECK looks in both families, FACTS.md)
+    _plugin_checks(host_ns, {i: rp.narrow_conf(c, 6) for i, c in confs.items()}, "legacy")
