@@ -9,7 +9,7 @@ container's interface and has host-local give the address back (bridge after the
 interface went, ptp before), before libcni removes the cache entry. So an entry whose
 lease is gone belongs to a container being torn down (or whose DEL failed there), and
 one whose lease names another container is stale: its address is someone else's.
-check --repair makes no rules for either (ops/check/cache_now.TornDownLook).
+check --repair makes no rules for either (ops/check/torn_down.TornDownLook).
 
 Only what the files say plainly counts: a data directory that is not there or cannot
 be read, a lease that cannot be read or is empty (being written) says nothing. Only a

@@ -107,7 +107,7 @@ def _sharing(
     rules alone, as the plugin's ADD makes it (its early blind write included). The
     cache is asked once, and only then: not on the path of a new container. Of those
     interfaces being torn down (their address and interface gone from the pod's
-    namespace: cache_now.torn_beside), only what the chain holds is kept, what it lacks
+    namespace: torn_down.torn_beside), only what the chain holds is kept, what it lacks
     is not made (the plugin's ADD of this one never writes theirs; made, it sent a host
     port to an address being given back), and `said` gets why, once a family."""
     found: List[Tuple[List[Attachment], Tuple[MappingConfig, ...]]] = []
@@ -147,7 +147,7 @@ def _sharing(
         if len(sharing) < 2:
             return done(chains)
         joined = wanted_sharing(config, sharing, live.family)
-        from portmapctl.ops.check.cache_now import one_mapping_held, torn_beside
+        from portmapctl.ops.check.torn_down import one_mapping_held, torn_beside
 
         torn, look = torn_beside(config, entries, ifname)
         kept = one_mapping_held(config, sharing, torn, joined, live, as_found=False)

@@ -569,7 +569,7 @@ def test_nft_one_mapping_repair_of_the_torn_down_interface_writes_nothing_of_it(
 ) -> None:
     """The same pod on v1.9.1's tables, through net1's own mapping (its delegate's
     stdin, --ifname net1), net1 being torn down: `repair_nft_mapping` never judged the
-    interface given (cache_now.torn_own covered iptables alone), so it wrote net1's lost
+    interface given (torn_down.torn_own covered iptables alone), so it wrote net1's lost
     DNAT or masquerade rule anew, exit 0 (a host port sent to an address being given
     back), where the node's repair keeps it as it is and names it; the plain check
     offered --repair for it. Now nothing of net1's is made, it is named, exit 1; the

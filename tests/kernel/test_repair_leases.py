@@ -1,4 +1,4 @@
-"""`check --repair` and host-local's leases (cni/leases.py, ops/check/cache_now.TornDownLook):
+"""`check --repair` and host-local's leases (cni/leases.py, ops/check/torn_down.TornDownLook):
 run as the shipped DaemonSet and systemd unit run it, without CAP_SYS_ADMIN, it cannot
 look into a container's namespace; a cached container whose address host-local has
 given to another container is then told by the lease, and nothing made for it (a chain

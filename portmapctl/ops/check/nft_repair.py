@@ -32,11 +32,11 @@ from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.text import name_text
 from portmapctl.errors import ApplyFailed, Interrupted, PortmapctlError, found_in
-from portmapctl.ops.check.cache_now import TornDownLook
 from portmapctl.ops.check.nft import expected_configs, expected_in_add_order
 from portmapctl.ops.check.nft_one import other_networks, own_addresses
 from portmapctl.ops.check.port_moves import PortTaken, nft_holder_name, nft_ports_taken
 from portmapctl.ops.check.problem import CheckResult, Unrepaired
+from portmapctl.ops.check.torn_down import TornDownLook
 from portmapctl.ops.node import Node
 from portmapctl.ops.side_effects import after_setup
 
@@ -653,12 +653,12 @@ def repair_nft_mapping(
     """`check --repair` of one mapping given on the command line (for `ifname`) whose
     container `followed` put in the nftables backend: repair_mapping, then its side
     effects (on the way out of a SIGTERM too) and the check after. A family where its
-    own interface is being torn down (cache_now.nft_torn_own) is left as it is, named."""
+    own interface is being torn down (torn_down.nft_torn_own) is left as it is, named."""
     from portmapctl.core.validate import nft_refusals
     from portmapctl.nftables.ruleset import HOSTPORTS
     from portmapctl.nftables.transaction import check_condition
-    from portmapctl.ops.check.cache_now import nft_torn_own
     from portmapctl.ops.check.run import check_followed, entries_of
+    from portmapctl.ops.check.torn_down import nft_torn_own
 
     nft_refusals(config)
     for condition in (*config.conditions_v4, *config.conditions_v6):

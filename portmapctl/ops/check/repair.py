@@ -22,13 +22,7 @@ from portmapctl.iptables.ruleset import (
     NatTable,
 )
 from portmapctl.iptables.transaction import Transaction
-from portmapctl.ops.check.cache_now import (
-    CacheNow,
-    changed_mappings,
-    one_mapping_held,
-    torn_beside,
-    torn_own,
-)
+from portmapctl.ops.check.cache_now import CacheNow, changed_mappings
 from portmapctl.ops.check.compare import held_elsewhere, in_live_order
 from portmapctl.ops.check.expected import (
     cached_configs,
@@ -51,6 +45,7 @@ from portmapctl.ops.check.run import (
     read_tables,
     with_owner_problems,
 )
+from portmapctl.ops.check.torn_down import one_mapping_held, torn_beside, torn_own
 from portmapctl.ops.check.unread_entries import (
     held_chains,
     stop_where_held,
@@ -110,7 +105,7 @@ def _plan(
     unread_entries.unread_pairs, written only where `live` holds nothing the entries
     read do not make (held_chains: judged on each read a try is planned from).
     `held`: `single`'s chains as written where other interfaces sharing its chain are
-    being torn down (cache_now.one_mapping_held)."""
+    being torn down (torn_down.one_mapping_held)."""
 
     def setup(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
         shared, per_container = wanted_on_node(these, live.family, live)

@@ -122,7 +122,7 @@ def check_node(node: Node) -> CheckResult:
     result = in_doubt_left(_check_node(node, followed.attachments, read), followed, read.tables)
     result = unread_left(result, followed.attachments, read.tables)
     if node.namespace_view() is not None:  # (a snapshot's namespaces are another node's)
-        from portmapctl.ops.check.cache_now import torn_down_fixes
+        from portmapctl.ops.check.torn_down import torn_down_fixes
 
         problems = torn_down_fixes(result.problems, followed.attachments, read.tables)
         result = replace(result, problems=problems)
@@ -312,8 +312,8 @@ def check_followed(
         problems += nft_owner_problems(node, config, families, live)
         if any(p.fix == SAME_WITH_REPAIR for p in problems):
             # Its own interface being torn down: its --repair writes nothing in that
-            # family (cache_now.nft_torn_own), so it is not offered there.
-            from portmapctl.ops.check.cache_now import WOULD_LEAVE, nft_torn_own
+            # family (torn_down.nft_torn_own), so it is not offered there.
+            from portmapctl.ops.check.torn_down import WOULD_LEAVE, nft_torn_own
 
             dying = nft_torn_own(config, entries_of(node, config), ifname)
             problems = [
@@ -342,9 +342,9 @@ def check_followed(
         p.fix == SAME_WITH_REPAIR for p in result.problems
     ):
         # Its other interfaces' entries being torn down: what of theirs the chain lacks
-        # its --repair does not make (cache_now.one_mapping_held); not offered for it.
-        # So is its own interface's, where that is being torn down (cache_now.torn_own).
-        from portmapctl.ops.check.cache_now import one_mapping_fixes, torn_beside, torn_own
+        # its --repair does not make (torn_down.one_mapping_held); not offered for it.
+        # So is its own interface's, where that is being torn down (torn_down.torn_own).
+        from portmapctl.ops.check.torn_down import one_mapping_fixes, torn_beside, torn_own
 
         torn, look = torn_beside(config, entries, ifname)
         own = torn_own(config, entries, ifname, look)
