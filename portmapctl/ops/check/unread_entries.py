@@ -46,11 +46,17 @@ def unread_pairs(attachments: Optional[Sequence[Attachment]]) -> Dict[Pair, str]
     }
     found: Dict[Pair, str] = {}
     for a in attachments or ():
-        # (A result-only entry is whole: libcni before v0.8 wrote no config, no doubt.)
-        if a.mapping is None and a.problem is not None and not a.result_only:
-            if (a.network, a.container_id) in read:
-                found.setdefault((a.network, a.container_id), a.path)
+        if _unreadable(a) and (a.network, a.container_id) in read:
+            found.setdefault((a.network, a.container_id), a.path)
     return found
+
+
+def _unreadable(attachment: Attachment) -> bool:
+    """An entry that cannot be read. (A result-only entry is whole: libcni before v0.8
+    wrote no config, no doubt.)"""
+    return (
+        attachment.mapping is None and attachment.problem is not None and not attachment.result_only
+    )
 
 
 def held_chains(live: NatTable, wanted: Iterable[Chain], names: Collection[str]) -> Set[str]:
@@ -217,14 +223,7 @@ def own_unread_only(
     pair = (config.network, config.container_id)
     if not ifname or pair not in unread_pairs(entries):
         return False
-    unread = [
-        a
-        for a in entries
-        if a.mapping is None
-        and a.problem is not None
-        and not a.result_only
-        and (a.network, a.container_id) == pair
-    ]
+    unread = [a for a in entries if _unreadable(a) and (a.network, a.container_id) == pair]
     return all(a.ifname == ifname for a in unread)
 
 
@@ -232,8 +231,6 @@ def kept_as_added(chains: Sequence[Chain], name: str, live: NatTable) -> List[Ch
     """`chains` with chain `name` as the plugin's ADD leaves it where `live` holds it:
     every rule and entry rule there kept, in place, those of `chains` it lacks
     appended (it appends what is missing and deletes nothing)."""
-    from dataclasses import replace as replaced
-
     from portmapctl.ops.check.compare import entry_index
 
     if not live.has_chain(name):
@@ -241,7 +238,7 @@ def kept_as_added(chains: Sequence[Chain], name: str, live: NatTable) -> List[Ch
     there = tuple(live.rules(name))
     entered = tuple(entry_index(live).by_target.get(name, ()))
     return [
-        replaced(
+        replace(
             c,
             rules=there + tuple(r for r in c.rules if r not in there),
             entry_rules=entered + tuple(r for r in c.entry_rules if r not in entered),
