@@ -103,7 +103,7 @@ def _sharing(
     container's chain already, its other cached interfaces on the network (a Multus
     pod attached to it twice: net1, net2; `ifname` is this config's) appended their
     rules to it, as the plugin's ADD of this one appends to theirs: kept (check's
-    wanted: run.sharing_of, expected.wanted_sharing). A new chain holds this config's
+    wanted: expected.sharing_chain, expected.wanted_sharing). A new chain holds this config's
     rules alone, as the plugin's ADD makes it (its early blind write included). The
     cache is asked once, and only then: not on the path of a new container. Of those
     interfaces being torn down (their address and interface gone from the pod's

@@ -101,7 +101,7 @@ def _plan(
     """The planner for one family: what the check compares against, made to exist.
     `cache`: the cached configs of containers whose chain the plan would change are
     read again first (`CacheNow`); `single` (given on the command line) never is, and
-    `sharing` (run.sharing_of) is what else its chain holds. `unread`: the chains of
+    `sharing` (expected.sharing_chain) is what else its chain holds. `unread`: the chains of
     unread_entries.unread_pairs, written only where `live` holds nothing the entries
     read do not make (held_chains: judged on each read a try is planned from).
     `held`: `single`'s chains as written where other interfaces sharing its chain are

@@ -336,7 +336,8 @@ def check_followed(
     result = mapping_result(config, tables, _chain_elsewhere(node, config, tables), sharing)
     result = with_owner_problems(node, config, tables, result)
     # An entry of its container on the network that cannot be read: as the node's check
-    # says it, no fix named (its --repair stops: sharing_of), and a warning says why.
+    # says it, no fix named (its --repair stops: unread_entries.stop_where_held), and a
+    # warning says why.
     result = unread_left(result, entries, tables)
     if node.namespace_view() is not None and any(
         p.fix == SAME_WITH_REPAIR for p in result.problems
@@ -469,15 +470,6 @@ def _chain_elsewhere(
 SAME_WITH_REPAIR = "run the same command with --repair"
 
 
-def sharing_of(
-    node: Node, config: MappingConfig, ifname: Optional[str] = None
-) -> Tuple[MappingConfig, ...]:
-    """expected.sharing_chain of `config` (given for interface `ifname`) by the
-    container's cache entries on its network (a Multus pod attached to it twice: net1,
-    net2 fill one chain; the entry of `ifname` itself, whose other ports stay)."""
-    return sharing_chain(config, entries_of(node, config), ifname)
-
-
 def entries_of(node: Node, config: MappingConfig) -> List[Attachment]:
     """The cache entries of `config`'s container on its network, those that cannot be
     read included (cni/cache.py pair_entries)."""
@@ -494,7 +486,7 @@ def mapping_result(
 ) -> CheckResult:
     """The check of one mapping in these tables (as read, or as a repair left them);
     `elsewhere`: the families whose chain only the other iptables flavour holds;
-    `sharing`: sharing_of(config)."""
+    `sharing`: expected.sharing_chain of its entries (entries_of)."""
     problems, compared = diagnose_mapping(
         tables, config, SAME_WITH_REPAIR, elsewhere or {}, sharing
     )
