@@ -158,8 +158,10 @@ elif where == "repair-check-after":
     # after it (of the node, or of the one mapping) is under way.
     import sys as _sys
     import portmapctl.ops.check.repair
+    import portmapctl.ops.check.repair_one
     repair_module = _sys.modules["portmapctl.ops.check.repair"]
-    real_check_node, real_owners, calls = repair_module._check_node, repair_module.with_owner_problems, []
+    one_module = _sys.modules["portmapctl.ops.check.repair_one"]
+    real_check_node, real_owners, calls = repair_module._check_node, one_module.with_owner_problems, []
     def _check_node(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:  # (the first is the check before)
@@ -168,9 +170,9 @@ elif where == "repair-check-after":
     def with_owner_problems(*args, **kwargs):
         hold()
         return real_owners(*args, **kwargs)
-    repair_module._check_node, repair_module.with_owner_problems = _check_node, with_owner_problems
+    repair_module._check_node, one_module.with_owner_problems = _check_node, with_owner_problems
     # One mapping in the nftables backend: its check after is the one check_followed
-    # looked up in ops.check.run when called (repair.py's check before has its own
+    # looked up in ops.check.run when called (repair_one.py's check before has its own
     # name for it, imported before this).
     from portmapctl.ops.check import run as check_run
     real_followed = check_run.check_followed

@@ -192,7 +192,7 @@ def _saying_repaired(repaired: List[CheckResult]) -> Iterator[None]:
     try:
         yield
     except Interrupted as stop:
-        from portmapctl.ops.check.repair import say_repair_done
+        from portmapctl.ops.check.repair_report import say_repair_done
 
         for result in repaired:
             say_repair_done(stop, result)

@@ -149,7 +149,7 @@ def test_a_cached_dead_chain_is_dead_alone_and_its_repair_takes_no_port(tmp_path
     from portmapctl.cni.cache import read_cache
     from portmapctl.iptables.ruleset import parse_save
     from portmapctl.ops import check
-    from portmapctl.ops.check.repair import _plan
+    from portmapctl.ops.check.repair_plan import _plan
 
     configs = check.cached_configs(read_cache(both))
     assert len(configs) == 2
@@ -170,7 +170,7 @@ def test_one_dead_mapping_checked_alone_is_dead_and_its_repair_takes_no_port(tmp
 
     from portmapctl.core.mapping import MappingConfig, PortMapping
     from portmapctl.iptables.ruleset import parse_save
-    from portmapctl.ops.check.repair import _plan
+    from portmapctl.ops.check.repair_plan import _plan
 
     config = MappingConfig(
         "mynet",
@@ -225,7 +225,7 @@ def dead_plan(cache_dir: str, form: str):
     from portmapctl.cni.cache import read_cache
     from portmapctl.ops import check
     from portmapctl.ops.check.expected import sharing_chain
-    from portmapctl.ops.check.repair import _plan
+    from portmapctl.ops.check.repair_plan import _plan
 
     attachments = read_cache(cache_dir)
     configs = check.cached_configs(attachments)
@@ -303,7 +303,7 @@ def test_a_v06_chain_without_its_dead_rule_gets_it_back_dead(tmp_path, lost):
     from portmapctl.iptables.ruleset import parse_save
     from portmapctl.iptables.shapes import first_taker
     from portmapctl.ops import check
-    from portmapctl.ops.check.repair import _plan
+    from portmapctl.ops.check.repair_plan import _plan
 
     dead_rule = f"-A {DN_B} -d 0.0.0.0/32 -p tcp -m tcp --dport 8080"
     written = text("v0.6-portless-entries").replace(
@@ -349,7 +349,7 @@ def test_a_host_ip_0_0_0_0_rule_written_live_is_not_killed():
     from portmapctl.iptables.access.memory import MemoryBackend
     from portmapctl.iptables.ruleset import parse_save
     from portmapctl.iptables.shapes import first_taker
-    from portmapctl.ops.check.repair import _plan
+    from portmapctl.ops.check.repair_plan import _plan
 
     written = text("v0.8.5-dead-before-working").replace(" -d 0.0.0.0/32", "")
     body = (
@@ -612,7 +612,7 @@ def test_repair_plans_nothing_for_an_old_working_shape(tmp_path):
     from portmapctl.cni.cache import read_cache
     from portmapctl.iptables.ruleset import parse_save
     from portmapctl.ops import check
-    from portmapctl.ops.check.repair import _plan
+    from portmapctl.ops.check.repair_plan import _plan
 
     directory = cache(
         tmp_path,

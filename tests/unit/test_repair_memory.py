@@ -6,7 +6,7 @@ tests/kernel/test_check.py and test_field_repair.py)."""
 
 from __future__ import annotations
 
-import sys
+import importlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
@@ -66,10 +66,13 @@ class Recording:
 def no_side_effects(monkeypatch):
     """No route_localnet or conntrack on the machine running the tests: record who."""
     made: List[str] = []
-    monkeypatch.setattr(
-        sys.modules["portmapctl.ops.check.repair"], "after_setup_many",
-        lambda changed, flush, **_: made.extend(c.container_id for c, _ in changed) or [],
-    )  # fmt: skip
+    # The node's repair and one mapping's (the package's `repair` is the function: the
+    # modules by import_module).
+    for module in ("repair", "repair_one"):
+        monkeypatch.setattr(
+            importlib.import_module(f"portmapctl.ops.check.{module}"), "after_setup_many",
+            lambda changed, flush, **_: made.extend(c.container_id for c, _ in changed) or [],
+        )  # fmt: skip
     return made
 
 

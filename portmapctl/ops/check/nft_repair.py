@@ -679,7 +679,7 @@ def repair_nft_mapping(
     except Interrupted as stop:
         # SIGTERM or Ctrl-C once `nft -f` went in (or was under way): what it made gets
         # the plugin's side effects on the way out, as the whole-node repair does.
-        from portmapctl.ops.check.repair import say_repaired
+        from portmapctl.ops.check.repair_report import say_repaired
 
         made = nft_changed(tried[-1], [config]) if tried else []
         say_repaired(stop, bool(tried), made)
@@ -708,11 +708,11 @@ def repair_nft_mapping(
         after = check_followed(node, config, ifname=ifname)
     except Interrupted as stop:
         # `nft -f` went in: its side effects, or the check after, under way.
-        from portmapctl.ops.check.repair import say_repaired
+        from portmapctl.ops.check.repair_report import say_repaired
 
         say_repaired(stop, bool(tried), nft_changed(tried[-1], [config]) if tried else [])
         raise
-    from portmapctl.ops.check.repair import left_named
+    from portmapctl.ops.check.repair_report import left_named
 
     remaining = {p.key for p in after.problems}
     return CheckResult(

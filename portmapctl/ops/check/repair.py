@@ -1,9 +1,16 @@
-"""`check --repair`: plans with `planner.plan_setup` from the same wanted chains the
-diagnosis compares against and applies through `Node.converge`. It only creates what is
-missing (a cached container's own chain is rewritten when its rules differ, as the
-plugin's ADD would), never deletes another container's chain, and leaves stale state
-to `gc`. The node is read once: the check after the repair is of the tables as the
-applied transactions left them, in memory (`ReadOnce`)."""
+"""`check --repair` of the node: plans with `planner.plan_setup` from the same wanted
+chains the diagnosis compares against and applies through `Node.converge`. It only
+creates what is missing (a cached container's own chain is rewritten when its rules
+differ, as the plugin's ADD would), never deletes another container's chain, and
+leaves stale state to `gc`. The node is read once: the check after the repair is of
+the tables as the applied transactions left them, in memory (`ReadOnce`).
+
+What it decides: which cached containers each family gets (none whose rules nftables
+holds or may hold, none the other iptables flavour holds; a chain one of whose entries
+cannot be read only where it holds nothing else), and, when iptables refuses the
+whole, which containers it refuses (`_repair_family`: the others are made). `repair()` is also the entry of one mapping's repair, which it hands to
+repair_one.py; the planner both use is repair_plan.py, what they report
+repair_report.py."""
 
 from __future__ import annotations
 
@@ -15,134 +22,28 @@ from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
 from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
 from portmapctl.errors import ApplyFailed, BadInput, Interrupted, PortmapctlError
-from portmapctl.iptables import shapes
-from portmapctl.iptables.chains import MASQ, SETMARK, Chain, chain_name, dnat_chain_name
-from portmapctl.iptables.planner import missing_setmark_chain, plan_setup, unwritable_entry
-from portmapctl.iptables.ruleset import (
-    NatTable,
-)
+from portmapctl.iptables.chains import chain_name, dnat_chain_name
+from portmapctl.iptables.planner import missing_setmark_chain, unwritable_entry
+from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.check.cache_now import CacheNow, changed_mappings
-from portmapctl.ops.check.compare import held_elsewhere, in_live_order
-from portmapctl.ops.check.expected import (
-    cached_configs,
-    sharing_chain,
-    wanted_on_node,
-    wanted_sharing,
-)
-from portmapctl.ops.check.followed import followed, nft_mapping
+from portmapctl.ops.check.compare import held_elsewhere
+from portmapctl.ops.check.expected import cached_configs, wanted_on_node
 from portmapctl.ops.check.followed_entries import Followed, follow_the_plugin, in_doubt_left
-from portmapctl.ops.check.hints import REPAIR_COMMAND
-from portmapctl.ops.check.port_moves import holder_name, plan_taking_nothing, ports_taken
+from portmapctl.ops.check.port_moves import holder_name, plan_taking_nothing
 from portmapctl.ops.check.problem import CheckResult, Unrepaired
 from portmapctl.ops.check.read_once import ReadOnce
-from portmapctl.ops.check.run import (
-    SAME_WITH_REPAIR,
-    _check_node,
-    check_followed,
-    entries_of,
-    mapping_result,
-    read_tables,
-    with_owner_problems,
-)
-from portmapctl.ops.check.torn_down import one_mapping_held, torn_beside, torn_own
-from portmapctl.ops.check.unread_entries import (
-    held_chains,
-    stop_where_held,
-    unread_left,
-    unread_pairs,
-)
-from portmapctl.ops.conditions import refuse_what_iptables_refuses
-from portmapctl.ops.flavour_guard import (
-    by_flavour,
-    families_only_in_other_flavour,
-    flavours_of,
-    other_flavour,
-    split_why,
-)
+from portmapctl.ops.check.repair_plan import _plan, _planned_node, _setup, bit_unknown
+from portmapctl.ops.check.repair_report import _attempted, _in_row_order, _repaired, say_repaired
+from portmapctl.ops.check.run import _check_node, read_tables
+from portmapctl.ops.check.unread_entries import unread_left, unread_pairs
+from portmapctl.ops.flavour_guard import split_why
 from portmapctl.ops.node import Node
 from portmapctl.ops.side_effects import after_setup, after_setup_many
 
 if TYPE_CHECKING:
     from portmapctl.cni.cache import Attachment
     from portmapctl.nftables.transaction import Transaction as NftTransaction
-    from portmapctl.ops.check.problem import Problem
-
-# --- repair ---------------------------------------------------------------------------
-
-
-class _RenderedOnce(Transaction):
-    """A planned transaction whose restore text is made once: iptables-restore and the
-    report both need it (0.3 s each at 5,000 containers). Never changed once planned."""
-
-    def render(self) -> str:
-        text = self.__dict__.get("_text")
-        if text is None:
-            text = self.__dict__["_text"] = super().render()
-        return text
-
-
-def _setup(wanted: Sequence[Chain], live: NatTable, dedupe: bool = True) -> Transaction:
-    """`dedupe`: the node's duplicated entry rules lose their extra copies too (check
-    of the node reports them; a check of one mapping does not, and touches nothing
-    else)."""
-    txn = plan_setup(wanted, live, dedupe=dedupe)
-    return _RenderedOnce(txn.family, txn.ops)
-
-
-def _plan(
-    configs: Optional[Sequence[MappingConfig]],
-    single: Optional[MappingConfig],
-    cache: Optional[CacheNow] = None,
-    sharing: Sequence[MappingConfig] = (),
-    unread: frozenset[str] = frozenset(),
-    held: Optional[Callable[[Sequence[Chain], NatTable], List[Chain]]] = None,
-) -> Callable[[NatTable], Transaction]:
-    """The planner for one family: what the check compares against, made to exist.
-    `cache`: the cached configs of containers whose chain the plan would change are
-    read again first (`CacheNow`); `single` (given on the command line) never is, and
-    `sharing` (expected.sharing_chain) is what else its chain holds. `unread`: the chains of
-    unread_entries.unread_pairs, written only where `live` holds nothing the entries
-    read do not make (held_chains: judged on each read a try is planned from).
-    `held`: `single`'s chains as written where other interfaces sharing its chain are
-    being torn down (torn_down.one_mapping_held)."""
-
-    def setup(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
-        shared, per_container = wanted_on_node(these, live.family, live)
-        if cache is not None:
-            # A torn-down interface's rules kept only as far as the chain holds them.
-            per_container = cache.held(
-                live, these, per_container, lambda cs: wanted_on_node(cs, live.family, live)[1]
-            )
-        if unread:
-            # Its rules the entries read do not make may be that interface's live
-            # mapping: the chain is left as it is (its shared chains are made).
-            held = held_chains(live, [chain for _, chain in per_container], unread)
-            per_container = [(c, chain) for c, chain in per_container if chain.name not in held]
-        if these is None and bit_unknown(live):
-            # No cache, and no rule left that says the mark bit: written, it would be a
-            # guess (the default, 13), masquerading what other software marks so.
-            shared = [c for c in shared if c.name not in (SETMARK, MASQ)]
-        return _setup([*shared, *(chain for _, chain in per_container)], live)
-
-    def plan(live: NatTable) -> Transaction:
-        if single is not None:
-            # The -p given in another order than the runtime's: the chain stays as it is.
-            wanted = wanted_sharing(single, sharing or (single,), live.family, live)
-            if held is not None:
-                wanted = held(wanted, live)
-            return _setup([in_live_order(chain, live) for chain in wanted], live, dedupe=False)
-        if cache is None or configs is None:
-            return setup(live, configs)  # type: ignore[arg-type]
-        return cache.plan(live, configs, setup)
-
-    return plan
-
-
-def bit_unknown(live: NatTable) -> bool:
-    """Whether the table's chains mark through CNI-HOSTPORT-SETMARK and no SETMARK or
-    MASQ rule is left to tell the mark bit (with no cache, nothing else tells it)."""
-    return shapes.uses_setmark(live) and shapes.mark_bit_in(live) is None
 
 
 _BIT_UNKNOWN = (
@@ -150,13 +51,6 @@ _BIT_UNKNOWN = (
     " cache says the masquerade mark bit (markMasqBit): not written (a guess would masquerade"
     " what other software marks); give --cni-cache-dir"
 )
-
-
-def _in_row_order(unrepaired: Sequence[Unrepaired]) -> List[Unrepaired]:
-    """As check's problem rows and "repaired:" lines (render.check.problem_sort_key):
-    by network, container and family, so one container's lines stand together (the
-    repair finds them family by family)."""
-    return sorted(unrepaired, key=lambda u: (u.network, u.container_id, u.family))
 
 
 def _missing_reference(config: MappingConfig, live: NatTable) -> Optional[str]:
@@ -328,49 +222,6 @@ def _repair_family(
     return applied, [*skipped.values(), *moved.values(), *failed]
 
 
-def _attempted(
-    planned: ReadOnce, configs: Sequence[MappingConfig]
-) -> List[Tuple[MappingConfig, List[int]]]:
-    """The mappings the transactions handed to iptables (re)made, with their families."""
-    made: Dict[MappingConfig, List[int]] = {}
-    for txn in planned.attempted:
-        for c in changed_mappings(txn, configs):
-            families = made.setdefault(c, [])
-            if txn.family not in families:
-                families.append(txn.family)
-    return list(made.items())
-
-
-def say_repaired(
-    stop: Interrupted, attempted: bool, made: Sequence[Tuple[MappingConfig, Sequence[int]]]
-) -> None:
-    """Put on a Ctrl-C or SIGTERM (Interrupted.after) that a repair had been handed
-    over (`attempted`), and for how many containers (`made`): "terminated" alone reads
-    as "nothing was written"."""
-    if not attempted:
-        return
-    stop.after = _went_in(len({(c.network, c.container_id) for c, _ in made}))
-
-
-def say_repair_done(stop: Interrupted, result: CheckResult) -> None:
-    """say_repaired for a Ctrl-C or SIGTERM once repair() returned `result` (while the
-    command reports it: the "repaired:" lines, the table, the metrics file), unless
-    the line says something already: "terminated" alone read as "nothing was
-    written"."""
-    if stop.after or not result.repaired:
-        return
-    stop.after = _went_in(
-        len({(p.network, p.container_id) for p in result.fixed if p.container_id})
-    )
-
-
-def _went_in(containers: int) -> str:
-    """What the line of a signal says once a repair of `containers` went in (0: of
-    no container named, e.g. only the top-level chains)."""
-    which = f" of {containers} container{'s' if containers != 1 else ''}" if containers else ""
-    return f"the repair{which} had gone in, or was going in (`portmapctl check` shows what is left)"
-
-
 def _converge_shared(
     node: Node, family: int, plan: Callable[[NatTable], Transaction], notes: List[str]
 ) -> Transaction:
@@ -386,12 +237,6 @@ def _converge_shared(
         if not err.final:
             raise
     return node.converge_judged(family, plan, notes)
-
-
-def _planned_node(node: Node) -> Tuple[Node, ReadOnce]:
-    """The node with reads that are made once (see ReadOnce)."""
-    planned = ReadOnce(node.backend)
-    return replace(node, backend=planned), planned
 
 
 def repair(
@@ -415,6 +260,8 @@ def repair(
     if node.options.offline or (node.options.uses_iptables and not node.backend.writable):
         raise BadInput("--repair changes the node: it cannot work on a --snapshot")
     if config is not None:
+        from portmapctl.ops.check.repair_one import _repair_mapping
+
         return _repair_mapping(node, config, flush_udp, ifname, spelling, forced)
     node, planned = _planned_node(node)
     attachments = node.read_cache()
@@ -638,190 +485,3 @@ def _handed_over(
     if nft_tried:
         made += nft_repair.nft_changed(*nft_tried[-1])
     return made
-
-
-def _repair_mapping(
-    node: Node,
-    config: MappingConfig,
-    flush_udp: bool,
-    ifname: Optional[str],
-    spelling: Spelling = OPTIONS,
-    forced: bool = False,
-) -> CheckResult:
-    """`check --repair` of one mapping given on the command line (for `ifname`)."""
-    config, followed_notes = followed(node, config, writing=True, forced=forced, ifname=ifname)
-    if nft_mapping(node, config):
-        from portmapctl.ops.check.nft_repair import repair_nft_mapping
-
-        before = check_followed(node, config, ifname=ifname)
-        done = repair_nft_mapping(node, config, before, flush_udp, ifname)
-        return replace(done, notes=followed_notes + done.notes)
-    refuse_what_iptables_refuses(node.backend, config, node.families, spelling)
-    node, planned = _planned_node(node)
-    before = check_followed(node, config, ifname=ifname)
-    transactions: Dict = {}
-    families: List[int] = []  # where its chain or entry rules were (re)made
-    unrepaired: List[Unrepaired] = []
-    used_by = flavours_of(planned, before.families)
-    name = dnat_chain_name(config)
-    # As the whole-node repair: no copy of a chain only the other flavour holds (each
-    # family's own other flavour, where the alternatives differ).
-    for used, in_it in by_flavour(used_by or {}).items():
-        other = other_flavour(used)
-        for family in families_only_in_other_flavour(
-            used, config, in_it, lambda f: planned.read(f).has_chain(name)
-        ):
-            why = split_why(used, other)
-            unrepaired.append(Unrepaired(family, config.network, config.container_id, name, why))
-    left = {u.family for u in unrepaired}
-    # Made from the entries read where another of its container on the network cannot
-    # be read, the chain dropped that interface's live rules: in doubt, nothing written,
-    # unless it holds nothing they do not make (a flush): stopped before any family is
-    # written, and judged again on each read a try is planned from.
-    entries = entries_of(node, config)
-    sharing = sharing_chain(config, entries, ifname)
-    # Its other interfaces' entries being torn down (a pod on the network twice): of
-    # theirs only what the chain holds is kept, what it lacks is not made (as the
-    # node's repair: CacheNow.held), and they are named.
-    torn, look = torn_beside(config, entries, ifname)
-    # So its own, where its interface is being torn down itself (its address and
-    # interface gone from the namespace its entry names): nothing of its own made, as
-    # the node's repair makes nothing of it; its chain left whole where no live
-    # interface shares it.
-    dying = torn_own(config, entries, ifname, look)
-    short: List[int] = []  # the families where something of theirs was not made
-
-    def held(wanted: Sequence[Chain], live: NatTable) -> List[Chain]:
-        kept = one_mapping_held(config, sharing, torn, wanted, live, own=dying)
-        if kept != list(wanted) and live.family not in short:
-            short.append(live.family)
-        return kept
-
-    setup = _plan(None, config, sharing=sharing, held=held if torn or dying else None)
-
-    def held_stops(live: NatTable) -> None:
-        stop_where_held(config, entries, sharing, live)
-
-    for family in before.families:
-        if family not in left:
-            held_stops(planned.read(family))
-    missing: Dict[int, Unrepaired] = {}
-    notes: List[str] = []  # (a try whose restore died, found gone in: errors.found_in)
-    own: List[Tuple[str, ...]] = []
-
-    def own_chains() -> Tuple[str, ...]:
-        # The chains the CNI cache names for this container, on any network: only those
-        # are its own (port_moves); read once, and only where a port would be taken.
-        if not own:
-            found = node.read_cache(judge_namespaces=False) or ()
-            own.append(tuple(a.dnat_chain for a in found if a.container_id == config.container_id))
-        return own[0]
-
-    def plan(live: NatTable) -> Transaction:
-        # A refusal no retry can cure is said, not tried (as the whole-node repair).
-        name = dnat_chain_name(config)
-        why = missing_setmark_chain(
-            config, live, spelling, "restore it, then repair again"
-        ) or unwritable_entry(name, live, "repair again")
-        if why is None:
-            held_stops(live)
-            missing.pop(live.family, None)
-            txn = setup(live)
-            took = ports_taken(live, txn).get(name)
-            if took is not None:  # unless its holder is its own chain on another network
-                took = ports_taken(live, txn, own_chains()).get(name)
-            if took is None:
-                return txn
-            why = took.why(holder_name(live, took.holder))
-        missing[live.family] = Unrepaired(
-            live.family, config.network, config.container_id, name, why
-        )
-        return Transaction(live.family)
-
-    try:
-        for family in before.families:
-            if family in left:
-                continue
-            txn = node.converge_judged(family, plan, notes)
-            if txn:
-                transactions[family] = txn.render()
-                families += [family] if changed_mappings(txn, [config]) else []
-    except Interrupted as stop:
-        # As the whole-node repair: what a transaction handed to iptables (re)made gets
-        # route_localnet and its UDP flows flushed on the way out; the next check finds
-        # the mapping healthy and would leave the flows pinned to the un-NATed path.
-        made = _attempted(planned, [config])
-        say_repaired(stop, bool(planned.attempted), made)
-        after_setup_many(made, flush_udp, local_only=True)
-        raise
-    try:
-        warnings = notes + (
-            after_setup_many([(config, families)], flush_udp, local_only=True, node=node)
-            if families
-            else []
-        )
-        unrepaired += [
-            u for family in short for a in (*dying, *torn) if (u := look.not_made(a, family, name))
-        ]
-        unrepaired = _in_row_order([*unrepaired, *missing.values()])
-        warnings += [u.text for u in unrepaired]
-        tables = {family: planned.read(family) for family in before.families}
-        # What other owners take of its ports no repair of ours cures: said after as before.
-        after = with_owner_problems(
-            node, config, tables, mapping_result(config, tables, sharing=sharing)
-        )
-        after = unread_left(after, entries, tables)  # (as check_followed says it)
-        after = replace(after, notes=followed_notes + after.notes)
-    except Interrupted as stop:
-        # Its transactions are in: their side effects, or the check after, under way.
-        say_repaired(stop, bool(planned.attempted), _attempted(planned, [config]))
-        raise
-    return _repaired(before, after, transactions, warnings, unrepaired)
-
-
-_LEFT = "--repair left it as it is: its `could not repair` line says why"
-
-
-def _names_repair(fix: str) -> bool:
-    """Whether a problem's fix is --repair (the node's command, or one mapping's)."""
-    return REPAIR_COMMAND in fix or fix == SAME_WITH_REPAIR
-
-
-def left_named(
-    problems: Sequence[Problem], unrepaired: Sequence[Unrepaired]
-) -> Tuple[Problem, ...]:
-    """`problems` after a repair, those of a container it could not make (in that
-    family) naming their `could not repair` line as their fix, not --repair again."""
-    left = {(u.family, u.network, u.container_id) for u in unrepaired}
-    return tuple(
-        replace(p, fix=_LEFT)
-        if (p.family, p.network, p.container_id) in left and _names_repair(p.fix)
-        else p
-        for p in problems
-    )
-
-
-def _repaired(
-    before: CheckResult,
-    after: CheckResult,
-    transactions: Dict,
-    warnings: List[str],
-    unrepaired: Sequence[Unrepaired],
-) -> CheckResult:
-    """The check after a repair, with what it fixed and what it could not. A problem of
-    a container the repair could not make does not name --repair as its fix again: its
-    `could not repair` line says why."""
-    remaining = {p.key for p in after.problems}
-    fixed = tuple(p for p in before.problems if p.key not in remaining)
-    problems = left_named(after.problems, unrepaired)
-    # The check after, with the repair's own: what it read (its counts, its looked_at:
-    # a field left out here went missing, and the summary said another thing than check).
-    return replace(
-        after,
-        problems=problems,
-        repaired=bool(transactions),
-        fixed=fixed,
-        transactions=transactions,
-        warnings=after.warnings + tuple(warnings),
-        unrepaired=tuple((u.family, u.network, u.container_id, u.chain, u.why) for u in unrepaired),
-    )

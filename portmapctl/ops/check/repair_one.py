@@ -1,0 +1,182 @@
+"""`check --repair` of one mapping given on the command line (with its mapping
+options): its chain and entry rules made where missing, family by family, and nothing
+else of the node touched (not the node's duplicated entry rules, not another
+container's chain). It decides for this one container what the node's repair
+(repair.py) decides for each: no copy of a chain only the other iptables flavour
+holds, nothing made of a torn-down interface sharing its chain, nothing written where
+an entry sharing its chain cannot be read and the chain holds more than the entries
+read make, no host port taken from another container. A mapping its plugin keeps in
+nftables goes to nft_repair.repair_nft_mapping. repair.repair imports it only when a
+mapping is given: the node's check and repair never load it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.validate import OPTIONS, Spelling
+from portmapctl.errors import Interrupted
+from portmapctl.iptables.chains import Chain, dnat_chain_name
+from portmapctl.iptables.planner import missing_setmark_chain, unwritable_entry
+from portmapctl.iptables.ruleset import NatTable
+from portmapctl.iptables.transaction import Transaction
+from portmapctl.ops.check.cache_now import changed_mappings
+from portmapctl.ops.check.expected import sharing_chain
+from portmapctl.ops.check.followed import followed, nft_mapping
+from portmapctl.ops.check.port_moves import holder_name, ports_taken
+from portmapctl.ops.check.problem import CheckResult, Unrepaired
+from portmapctl.ops.check.repair_plan import _plan, _planned_node
+from portmapctl.ops.check.repair_report import _attempted, _in_row_order, _repaired, say_repaired
+from portmapctl.ops.check.run import check_followed, entries_of, mapping_result, with_owner_problems
+from portmapctl.ops.check.torn_down import one_mapping_held, torn_beside, torn_own
+from portmapctl.ops.check.unread_entries import stop_where_held, unread_left
+from portmapctl.ops.conditions import refuse_what_iptables_refuses
+from portmapctl.ops.flavour_guard import (
+    by_flavour,
+    families_only_in_other_flavour,
+    flavours_of,
+    other_flavour,
+    split_why,
+)
+from portmapctl.ops.node import Node
+from portmapctl.ops.side_effects import after_setup_many
+
+
+def _repair_mapping(
+    node: Node,
+    config: MappingConfig,
+    flush_udp: bool,
+    ifname: Optional[str],
+    spelling: Spelling = OPTIONS,
+    forced: bool = False,
+) -> CheckResult:
+    """`check --repair` of one mapping given on the command line (for `ifname`)."""
+    config, followed_notes = followed(node, config, writing=True, forced=forced, ifname=ifname)
+    if nft_mapping(node, config):
+        from portmapctl.ops.check.nft_repair import repair_nft_mapping
+
+        before = check_followed(node, config, ifname=ifname)
+        done = repair_nft_mapping(node, config, before, flush_udp, ifname)
+        return replace(done, notes=followed_notes + done.notes)
+    refuse_what_iptables_refuses(node.backend, config, node.families, spelling)
+    node, planned = _planned_node(node)
+    before = check_followed(node, config, ifname=ifname)
+    transactions: Dict = {}
+    families: List[int] = []  # where its chain or entry rules were (re)made
+    unrepaired: List[Unrepaired] = []
+    used_by = flavours_of(planned, before.families)
+    name = dnat_chain_name(config)
+    # As the whole-node repair: no copy of a chain only the other flavour holds (each
+    # family's own other flavour, where the alternatives differ).
+    for used, in_it in by_flavour(used_by or {}).items():
+        other = other_flavour(used)
+        for family in families_only_in_other_flavour(
+            used, config, in_it, lambda f: planned.read(f).has_chain(name)
+        ):
+            why = split_why(used, other)
+            unrepaired.append(Unrepaired(family, config.network, config.container_id, name, why))
+    left = {u.family for u in unrepaired}
+    # Made from the entries read where another of its container on the network cannot
+    # be read, the chain dropped that interface's live rules: in doubt, nothing written,
+    # unless it holds nothing they do not make (a flush): stopped before any family is
+    # written, and judged again on each read a try is planned from.
+    entries = entries_of(node, config)
+    sharing = sharing_chain(config, entries, ifname)
+    # Its other interfaces' entries being torn down (a pod on the network twice): of
+    # theirs only what the chain holds is kept, what it lacks is not made (as the
+    # node's repair: CacheNow.held), and they are named.
+    torn, look = torn_beside(config, entries, ifname)
+    # So its own, where its interface is being torn down itself (its address and
+    # interface gone from the namespace its entry names): nothing of its own made, as
+    # the node's repair makes nothing of it; its chain left whole where no live
+    # interface shares it.
+    dying = torn_own(config, entries, ifname, look)
+    short: List[int] = []  # the families where something of theirs was not made
+
+    def held(wanted: Sequence[Chain], live: NatTable) -> List[Chain]:
+        kept = one_mapping_held(config, sharing, torn, wanted, live, own=dying)
+        if kept != list(wanted) and live.family not in short:
+            short.append(live.family)
+        return kept
+
+    setup = _plan(None, config, sharing=sharing, held=held if torn or dying else None)
+
+    def held_stops(live: NatTable) -> None:
+        stop_where_held(config, entries, sharing, live)
+
+    for family in before.families:
+        if family not in left:
+            held_stops(planned.read(family))
+    missing: Dict[int, Unrepaired] = {}
+    notes: List[str] = []  # (a try whose restore died, found gone in: errors.found_in)
+    own: List[Tuple[str, ...]] = []
+
+    def own_chains() -> Tuple[str, ...]:
+        # The chains the CNI cache names for this container, on any network: only those
+        # are its own (port_moves); read once, and only where a port would be taken.
+        if not own:
+            found = node.read_cache(judge_namespaces=False) or ()
+            own.append(tuple(a.dnat_chain for a in found if a.container_id == config.container_id))
+        return own[0]
+
+    def plan(live: NatTable) -> Transaction:
+        # A refusal no retry can cure is said, not tried (as the whole-node repair).
+        name = dnat_chain_name(config)
+        why = missing_setmark_chain(
+            config, live, spelling, "restore it, then repair again"
+        ) or unwritable_entry(name, live, "repair again")
+        if why is None:
+            held_stops(live)
+            missing.pop(live.family, None)
+            txn = setup(live)
+            took = ports_taken(live, txn).get(name)
+            if took is not None:  # unless its holder is its own chain on another network
+                took = ports_taken(live, txn, own_chains()).get(name)
+            if took is None:
+                return txn
+            why = took.why(holder_name(live, took.holder))
+        missing[live.family] = Unrepaired(
+            live.family, config.network, config.container_id, name, why
+        )
+        return Transaction(live.family)
+
+    try:
+        for family in before.families:
+            if family in left:
+                continue
+            txn = node.converge_judged(family, plan, notes)
+            if txn:
+                transactions[family] = txn.render()
+                families += [family] if changed_mappings(txn, [config]) else []
+    except Interrupted as stop:
+        # As the whole-node repair: what a transaction handed to iptables (re)made gets
+        # route_localnet and its UDP flows flushed on the way out; the next check finds
+        # the mapping healthy and would leave the flows pinned to the un-NATed path.
+        made = _attempted(planned, [config])
+        say_repaired(stop, bool(planned.attempted), made)
+        after_setup_many(made, flush_udp, local_only=True)
+        raise
+    try:
+        warnings = notes + (
+            after_setup_many([(config, families)], flush_udp, local_only=True, node=node)
+            if families
+            else []
+        )
+        unrepaired += [
+            u for family in short for a in (*dying, *torn) if (u := look.not_made(a, family, name))
+        ]
+        unrepaired = _in_row_order([*unrepaired, *missing.values()])
+        warnings += [u.text for u in unrepaired]
+        tables = {family: planned.read(family) for family in before.families}
+        # What other owners take of its ports no repair of ours cures: said after as before.
+        after = with_owner_problems(
+            node, config, tables, mapping_result(config, tables, sharing=sharing)
+        )
+        after = unread_left(after, entries, tables)  # (as check_followed says it)
+        after = replace(after, notes=followed_notes + after.notes)
+    except Interrupted as stop:
+        # Its transactions are in: their side effects, or the check after, under way.
+        say_repaired(stop, bool(planned.attempted), _attempted(planned, [config]))
+        raise
+    return _repaired(before, after, transactions, warnings, unrepaired)
