@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 from typing import Mapping as MappingT
 
@@ -182,7 +183,28 @@ def _list_rows(
     rows: List[List[str]] = []
     statuses: List[Iterable[str]] = []
     bare: Dict[int, str] = {}
+    # Chains with no DNAT rule (legacy SN- chains, emptied chains) still get a line,
+    # among their container's rows (SPEC §3: a container's rows stand together), after
+    # its mappings of that family: merged into `mappings`, which come sorted (sort_key).
+    with_rows = {(m.chain, m.family) for m in mappings}
+    waiting = deque(
+        sorted((c for c in chains if (c.name, c.family) not in with_rows), key=chain_sort_key)
+    )
+
+    def add_bare(c: ChainInfo) -> None:
+        who = owner_cell(c.container_id, c.name, full_ids, chain_shown=wide)
+        if who != c.name:
+            bare[len(rows)] = c.name
+        row = [c.network or "-", who, f"v{c.family}", "-", "-", "-", "-"]
+        row.append(Backend.IPTABLES.value if by_backend else c.name)
+        if conntrack is not None:
+            row.append("-")
+        rows.append(row)
+        statuses.append(c.status)
+
     for m in mappings:
+        while waiting and _row_place(waiting[0]) < _row_place(m):
+            add_bare(waiting.popleft())
         row = [
             m.network or "-",
             owner_cell(m.container_id, m.chain, full_ids, chain_shown=wide),
@@ -198,29 +220,15 @@ def _list_rows(
             row.append(str(flows.entries if flows else 0) if m.protocol == "udp" else "-")
         rows.append(row)
         statuses.append(m.status)
-    # Chains with no DNAT rule (legacy SN- chains, emptied chains) still get a line.
-    with_rows = {(m.chain, m.family) for m in mappings}
-    for c in chains:
-        if (c.name, c.family) in with_rows:
-            continue
-        who = owner_cell(c.container_id, c.name, full_ids, chain_shown=wide)
-        if who != c.name:
-            bare[len(rows)] = c.name
-        row = [
-            c.network or "-",
-            who,
-            f"v{c.family}",
-            "-",
-            "-",
-            "-",
-            "-",
-            Backend.IPTABLES.value if by_backend else c.name,
-        ]
-        if conntrack is not None:
-            row.append("-")
-        rows.append(row)
-        statuses.append(c.status)
+    for c in waiting:
+        add_bare(c)
     return rows, statuses, bare
+
+
+def _row_place(row: Any) -> Tuple[Any, ...]:
+    """Where a row of the table goes, by what mappings and chains share: network,
+    container, family (a chain without a mapping after that family's mappings)."""
+    return (*owner_order(row.network, row.container_id), row.family)
 
 
 def _backend_of(m: Mapping) -> Backend:

@@ -73,3 +73,34 @@ def test_a_chain_without_a_mapping_names_itself(dump):
             assert chain["network"].startswith(network.rstrip("…")), (row, lines)
             assert [container, family] == [chain["container_id"][:12], "v4"], (row, lines)
             assert row[status:].split(",") == chain["status"], (row, lines)
+
+
+@pytest.mark.parametrize("dump", BARE, ids=["legacy-sn", "cilium-6499", "v0.6-portless", "lima"])
+def test_a_chain_without_a_mapping_stands_with_its_containers_rows(dump):
+    """SPEC §3 list: rows are sorted by network, container, family, so a container's
+    rows stand together. A chain without a mapping went after every mapping's row:
+    v0.6-portless printed 3f6e3b0a4b7c's shadowed 8080, 8c1d2e3f4a5b's two rows, then
+    3f6e3b0a4b7c's CNI-SN- chain; lima's default-393b (a chain whose only entry names
+    a port of no DNAT rule) after default-c93e. On a field node, a dual-stack pod whose
+    host ports are all on IPv4 host IPs (its IPv6 chain maps nothing) and an emptied
+    zombie chain went after the stale nftables rows of no network, far from their own.
+    Piped and at 80 columns; JSON's `chains` is a list of its own and keeps its order."""
+    args = ["list", *dump, *NO_CACHE]
+    document = json.loads(pmctl(*args, "-o", "json").stdout)
+    wanted = sorted(
+        [(m["network"], m["container_id"][:12], m["family"]) for m in document["mappings"]]
+        + [
+            (c["network"], c["container_id"][:12], c["family"])
+            for c in document["chains"]
+            if (c["chain"], c["family"])
+            not in {(m["chain"], m["family"]) for m in document["mappings"]}
+        ]
+    )
+    code, out, err = at_80(*args)
+    assert code == 0, err
+    for shown in (rows(out), rows(pmctl(*args).stdout)):  # on a terminal, and piped
+        got = [(row[1], int(row[2][1:])) for row in shown[1:]]
+        assert got == [(container, family) for _, container, family in wanted], shown
+        # (A terminal's width may cut the network's name at its end.)
+        networks = [row[0].rstrip("…") for row in shown[1:]]
+        assert all(w[0].startswith(n) for w, n in zip(wanted, networks)), shown
