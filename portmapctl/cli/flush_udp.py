@@ -43,7 +43,7 @@ def flush_udp_command(
         typer.Option(
             "--container",
             metavar="ID",
-            help="Only this container's flows: to its UDP host ports, on the host IPs its mappings are for (ID prefix).",
+            help="Only this container's flows: to its UDP host ports, on the host IPs its mappings are for (ID prefix, or the chain list names for a container it does not know).",
             autocompletion=complete_container,
         ),
     ] = None,

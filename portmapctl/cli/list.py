@@ -61,7 +61,7 @@ def list_command(
         Optional[List[str]],
         typer.Option(
             metavar="ID",
-            help="Only this container (ID prefix; repeat for either).",
+            help="Only this container (ID prefix, or the chain a row of no known container names there; repeat for either).",
             autocompletion=complete_container,
         ),
     ] = None,

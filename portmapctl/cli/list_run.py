@@ -213,21 +213,25 @@ class Filters:
         """Filters only a mapping (a row) can answer."""
         return bool(self.ports or self.protocols or self.statuses)
 
-    def _owner(self, network: Optional[str], container_id: Optional[str]) -> bool:
-        return (not self.networks or network in self.networks) and (
-            not self.containers or (container_id or "").startswith(self.containers)
-        )
+    def _owner(self, network: Optional[str], container_id: Optional[str], chain: str) -> bool:
+        if self.networks and network not in self.networks:
+            return False
+        if not self.containers:
+            return True
+        from portmapctl.iptables.inventory import owned_by  # (read the node: imported)
+
+        return owned_by(container_id, chain, self.containers)
 
     def mapping(self, m: Any) -> bool:
         return (
-            self._owner(m.network, m.container_id)
+            self._owner(m.network, m.container_id, m.chain)
             and (not self.ports or m.host_port in self.ports)
             and (not self.protocols or m.protocol in self.protocols)
             and (not self.statuses or any(str(s) in self.statuses for s in m.status))
         )
 
     def chain(self, c: Any) -> bool:
-        return self._owner(c.network, c.container_id)
+        return self._owner(c.network, c.container_id, c.name)
 
     def bare_chain(self, c: Any) -> bool:
         """A chain without DNAT rows: only a status filter can speak for it."""

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import Mapping, destination, takes_all_of
 from portmapctl.core.status import ChainKind, Status
 from portmapctl.iptables import foreign, shapes
-from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT
+from portmapctl.iptables.chains import DNAT_PREFIX, SNAT_PREFIX, TOPLEVEL_DNAT, is_plugin_chain
 from portmapctl.iptables.plugin_rules import (
     DnatRule,
     EntryRule,
@@ -419,6 +419,18 @@ def undecided_note(chains: Iterable[ChainInfo]) -> Optional[str]:
     )
 
 
+def owned_by(
+    container_id: Optional[str], chain: str, prefixes: Union[str, Tuple[str, ...]]
+) -> bool:
+    """Whether `--container PREFIX` (any of `prefixes`) selects a row: its container ID
+    starts with it; or, for a row of no known container, which shows its chain under
+    CONTAINER (render.table.owner_cell), that chain's name does (SPEC §3: every value
+    printed is accepted as input; a terminal cuts the name to its start)."""
+    if container_id:
+        return container_id.startswith(prefixes)
+    return is_plugin_chain(chain) and chain.startswith(prefixes)
+
+
 def select(
     mappings: Iterable[Mapping],
     *,
@@ -427,11 +439,11 @@ def select(
     port: Optional[int] = None,
     protocol: Optional[str] = None,
 ) -> List[Mapping]:
-    """`list`'s filters: container ID prefix, network, host port, protocol."""
+    """`list`'s filters: container ID prefix (owned_by), network, host port, protocol."""
     return [
         m
         for m in mappings
-        if (container is None or (m.container_id or "").startswith(container))
+        if (container is None or owned_by(m.container_id, m.chain, container))
         and (network is None or m.network == network)
         and (port is None or m.host_port == port)
         and (protocol is None or m.protocol == protocol)

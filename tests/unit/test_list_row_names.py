@@ -12,6 +12,9 @@ from typing import List
 import pytest
 from test_output_contract import at_80, pmctl
 
+from portmapctl.iptables import inventory
+from portmapctl.iptables.ruleset import parse_save
+
 FIELD = "tests/fixtures/field"
 NO_CACHE = ["--cni-cache-dir", "tests/golden/no-such-dir"]
 
@@ -104,3 +107,31 @@ def test_a_chain_without_a_mapping_stands_with_its_containers_rows(dump):
         # (A terminal's width may cut the network's name at its end.)
         networks = [row[0].rstrip("…") for row in shown[1:]]
         assert all(w[0].startswith(n) for w, n in zip(wanted, networks)), shown
+
+
+@pytest.mark.parametrize("dump", ["plugins-643-dead", "plugins-643-hairpin32"])
+def test_the_chain_named_under_container_is_accepted_by_container(dump):
+    """SPEC §3: every value an output prints is accepted as input. A row of no known
+    container names its chain under CONTAINER (`-  CNI-DN-e7055ba87834d413d9694  v4
+    tcp  0.0.0.0:2202 ...`), but `list --container CNI-DN-e7055ba87834d413d9694`
+    printed `0 of 1 mapping match`: --container matched container IDs alone. The name
+    as a terminal cuts it (its start) matches too, as an ID's prefix does."""
+    args = ["list", "--snapshot", f"{FIELD}/{dump}.v4.save", *NO_CACHE]
+    shown = rows(pmctl(*args).stdout)
+    column = shown[0].index("CONTAINER")
+    for row in shown[1:]:
+        chain = row[column]
+        assert chain.startswith("CNI-DN-"), row  # (what the test is about)
+        for value in (chain, chain[:16]):
+            narrowed = rows(pmctl(*args, "--container", value).stdout)
+            assert narrowed[1:] == [row], (value, narrowed)
+    # Not a chain of a known container: --container is about who owns a row.
+    known = pmctl("list", "--snapshot", "tests/fixtures/legacy-sn.v4.save", *NO_CACHE,
+                  "--container", "CNI-DN-70a29d9dc18bc4d652ea5").stdout  # fmt: skip
+    assert known.startswith("0 of 2 mappings match"), known
+    # flush-udp --container (which list --conntrack's fix is narrowed by) selects so too.
+    with open(f"{FIELD}/{dump}.v4.save") as dump_file:
+        found = inventory.build({4: parse_save(dump_file.read(), 4)})
+    for row in shown[1:]:
+        (selected,) = inventory.select(found.mappings, container=row[column][:16])
+        assert selected.chain == row[column] and selected.container_id is None
