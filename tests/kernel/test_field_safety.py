@@ -26,6 +26,7 @@ import realplugin as rp
 from pmctl import assert_error, run
 
 from portmapctl.iptables.chains import chain_name
+from portmapctl.ops.gc.state import STATE_FILE, ChainKey
 
 PORT_A = [{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}]
 PORT_B = [{"hostPort": 8082, "containerPort": 80, "protocol": "tcp"}]
@@ -49,14 +50,16 @@ class Lab:
             )
         return conf
 
-    def pm(self, command: str, *args: str, dirs: Sequence[Path] = (), own_mounts: bool = False):
+    def pm(self, command: str, *args: str, dirs: Sequence[Path] = (), own_mounts: bool = False,
+           env: dict | None = None):  # fmt: skip
         argv = [command, "--netns", self.ns, "--iptables", "nft"]
         for d in dirs or (self.cache,):
             argv += ["--cni-cache-dir", str(d)]
-        return run([*argv, *args], own_mounts=own_mounts)
+        return run([*argv, *args], own_mounts=own_mounts, env=env)
 
-    def json(self, command: str, *args: str, dirs: Sequence[Path] = (), codes=(0,)) -> dict:
-        done = self.pm(command, *args, "-o", "json", dirs=dirs)
+    def json(self, command: str, *args: str, dirs: Sequence[Path] = (), codes=(0,),
+             env: dict | None = None) -> dict:  # fmt: skip
+        done = self.pm(command, *args, "-o", "json", dirs=dirs, env=env)
         assert done.returncode in codes, done.stdout + done.stderr
         return json.loads(done.stdout)
 
@@ -680,7 +683,39 @@ def test_a_container_on_two_networks_does_not_shadow_itself(lab: Lab):
 # --- 6. min-age and a container coming back -------------------------------------------------
 
 
-def test_a_chain_pending_as_stale_waits_while_a_container_is_being_added(lab: Lab):
+# --min-age of the tests below. What they pin happens while a namespace is younger than
+# --min-age and a chain has been pending for longer: the chain's first sighting is
+# backdated in gc's state file (_ripen) rather than waited for, so this only has to
+# outlast making a namespace, one plugin ADD and one gc. (--min-age 3s and a sleep of
+# 3.2 s: on a loaded machine the namespace was older than 3 s by the time gc ran,
+# rightly no longer taken for an ADD in progress, and the chain went.)
+MIN_AGE = 60.0
+
+
+def _ripen(run_dir: Path, *cids: str) -> None:
+    """Backdate the first sightings gc saved of `cids`' chains (mynet, IPv4) by twice
+    MIN_AGE, as state.save writes them: boot-time seconds, per namespace part."""
+    path = run_dir / STATE_FILE
+    document = json.loads(path.read_text())
+    keys = {ChainKey(4, chain_name("mynet", cid)).text() for cid in cids}
+    found = set()
+    for part in document["namespaces"].values():
+        for key, seen in part["chains"].items():
+            if key in keys:
+                seen["first_seen"] = max(0.0, seen["first_seen"] - 2 * MIN_AGE)
+                found.add(key)
+    assert found == keys, document
+    path.write_text(json.dumps(document))
+
+
+def _ripe(pending: List[dict]) -> List[str]:
+    """The pending chains' containers, each asserted past MIN_AGE (kept for a reason
+    other than its age)."""
+    assert all(p["seen_seconds"] >= MIN_AGE for p in pending), pending
+    return [p["container_id"] for p in pending]
+
+
+def test_a_chain_pending_as_stale_waits_while_a_container_is_being_added(lab: Lab, tmp_path):
     """The container comes back with the same ID, address and ports: the plugin's ADD
     leaves its old chain exactly as it was (nothing in the table changes) and libcni
     writes the cache entry only at the end. Its new namespace is there all along: while
@@ -689,39 +724,42 @@ def test_a_chain_pending_as_stale_waits_while_a_container_is_being_added(lab: La
     # A cached live container: an empty cache is no source of liveness (SPEC §3 gc).
     lab.add("mynet", "live", "10.88.0.60/16",
             [{"hostPort": 8083, "containerPort": 80, "protocol": "tcp"}])  # fmt: skip
-    lab.add("mynet", "back", "10.88.0.61/16", PORT_A, cache=False)
-    lab.add("mynet", "other", "10.88.0.62/16", PORT_B, cache=False)
-    doc = lab.json("gc", "--yes", "--min-age", "3s")
+    # (Addresses no other test uses: another's namespace younger than --min-age holding
+    # one would hold its chain too.)
+    lab.add("mynet", "back", "10.88.61.61/16", PORT_A, cache=False)
+    lab.add("mynet", "other", "10.88.61.62/16", PORT_B, cache=False)
+    run_dir = tmp_path / "run"
+    env = {"PORTMAPCTL_RUN_DIR": str(run_dir)}
+    gc = ("gc", "--yes", "--min-age", f"{MIN_AGE:g}s")
+    doc = lab.json(*gc, env=env)
     assert sorted(p["container_id"] for p in doc["pending"]) == ["back", "other"]
-    time.sleep(3.2)
+    _ripen(run_dir, "back", "other")
     # The runtime makes the container's namespace, its bridge plugin gives it the
     # address, then portmap's ADD leaves the chain as it was.
     new_ns = rp.create_netns("pmt-back")
     try:
         rp._run(["ip", "-n", new_ns, "link", "set", "lo", "up"], check=True)
-        rp._run(["ip", "-n", new_ns, "addr", "add", "10.88.0.61/16", "dev", "lo"], check=True)
+        rp._run(["ip", "-n", new_ns, "addr", "add", "10.88.61.61/16", "dev", "lo"], check=True)
         conf = lab.confs["mynet/back"]
         rp.run_plugin("ADD", lab.ns, "back", conf, mode="nft", check=True)
-        done = lab.pm("gc", "--yes", "--min-age", "3s", "-o", "json")
+        done = lab.pm(*gc, "-o", "json", env=env)
         assert done.returncode == 0, done.stderr
         doc = json.loads(done.stdout)
         # The stale chain whose address no new namespace holds goes as usual.
-        assert [r["container_id"] for r in doc["removed"]] == ["other"]
-        assert [p["container_id"] for p in doc["pending"]] == ["back"], (
-            "removed a chain being added"
-        )
+        assert [r["container_id"] for r in doc["removed"]] == ["other"], (done.stderr, doc)
+        assert _ripe(doc["pending"]) == ["back"], "removed a chain being added"
         assert "being added" in done.stderr and new_ns in done.stderr
         # libcni writes the entry: the container is live, its sighting forgotten.
         rp.write_cni_cache(lab.cache, "mynet", "back", "eth0", conf, PORT_A,
-                           ["10.88.0.61/16"], netns=f"/run/netns/{new_ns}")  # fmt: skip
-        doc = lab.json("gc", "--yes", "--min-age", "3s")
+                           ["10.88.61.61/16"], netns=f"/run/netns/{new_ns}")  # fmt: skip
+        doc = lab.json(*gc, env=env)
         assert doc["removed"] == [] and doc["pending"] == []
         lab.plugin_check("mynet", "back")
     finally:
         rp.delete_netns(new_ns)
 
 
-def test_a_young_namespace_gc_cannot_look_into_keeps_the_ripe_chains(lab: Lab):
+def test_a_young_namespace_gc_cannot_look_into_keeps_the_ripe_chains(lab: Lab, tmp_path):
     """The same, with gc run as the shipped DaemonSet and systemd units run it: without
     CAP_SYS_ADMIN no namespace can be entered, so what the young namespace holds is
     not known. It was taken for holding nothing, and the chain being added went (the
@@ -730,26 +768,35 @@ def test_a_young_namespace_gc_cannot_look_into_keeps_the_ripe_chains(lab: Lab):
     --min-age at most), and a warning says why. (Not asserted: that the chain goes once
     the namespace has gone; on a shared test machine other young namespaces come and
     go, and hold it too.)"""
+    # live's entry names the node's own namespace (lab.ns, made for this test: as
+    # young as the new one, and no more enterable without CAP_SYS_ADMIN): a namespace a
+    # cache entry names is no ADD in progress, so only the new one can hold the chain.
     lab.add("mynet", "live", "10.88.0.60/16",
-            [{"hostPort": 8083, "containerPort": 80, "protocol": "tcp"}])  # fmt: skip
+            [{"hostPort": 8083, "containerPort": 80, "protocol": "tcp"}],
+            netns=f"/run/netns/{lab.ns}")  # fmt: skip
     lab.add("mynet", "back", "10.88.0.61/16", PORT_A, cache=False)
+    run_dir = tmp_path / "run"
 
     def gc() -> dict:
-        argv = ["gc", "--yes", "--min-age", "3s", "--iptables", "nft", "-o", "json",
+        argv = ["gc", "--yes", "--min-age", f"{MIN_AGE:g}s", "--iptables", "nft", "-o", "json",
                 "--cni-cache-dir", str(lab.cache)]  # fmt: skip
-        done = run(argv, without_sys_admin_in=lab.ns)
+        done = run(argv, env={"PORTMAPCTL_RUN_DIR": str(run_dir)}, without_sys_admin_in=lab.ns)
         assert done.returncode == 0, done.stderr
         return {**json.loads(done.stdout), "stderr": done.stderr}
 
-    assert [p["container_id"] for p in gc()["pending"]] == ["back"]
-    time.sleep(3.2)
-    new_ns = rp.create_netns("pmt-back")
+    doc = gc()
+    assert [p["container_id"] for p in doc["pending"]] == ["back"]
+    assert "could not be looked into" not in doc["stderr"]  # (nothing ripe yet)
+    _ripen(run_dir, "back")
+    # (Named to sort first: the warning names three of the young namespaces, and on a
+    # shared test machine others may be younger than --min-age.)
+    new_ns = rp.create_netns("0-pmt-back")
     try:
         rp._run(["ip", "-n", new_ns, "addr", "add", "10.88.0.61/16", "dev", "lo"], check=True)
         rp.run_plugin("ADD", lab.ns, "back", lab.confs["mynet/back"], mode="nft", check=True)
         doc = gc()
         assert doc["removed"] == [], "removed a chain being added"
-        assert [p["container_id"] for p in doc["pending"]] == ["back"]
+        assert _ripe(doc["pending"]) == ["back"]
         assert "could not be looked into" in doc["stderr"] and new_ns in doc["stderr"]
     finally:
         rp.delete_netns(new_ns)
