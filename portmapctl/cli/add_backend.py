@@ -15,7 +15,8 @@ from portmapctl.errors import BadInput, HostProblem
 from portmapctl.iptables.chains import dnat_chain_name
 
 if TYPE_CHECKING:
-    from portmapctl.cli._common import Common, Output
+    from portmapctl.cli._common import Common
+    from portmapctl.cli.output import Output
     from portmapctl.core.mapping import MappingConfig
 
 
