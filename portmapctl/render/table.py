@@ -598,15 +598,38 @@ def _narrowed(rows: Sequence[Sequence[str]], widths: List[int], whole: int,
 
 def wrap(text: str, width: Optional[int], indent: str) -> List[str]:
     """`text` as lines of at most `width` (None: one line), continuation indented; words
-    are never cut (a fix command stays whole on its own line)."""
+    are never cut, but a word longer than a line (a cache entry's path: 93-96
+    characters) is folded after a `/` or `-` in it, the last of them that fits, and
+    only where it has none that fits, at the line's end: at 80 columns nothing wraps
+    (SPEC §3). A fix command is not wrapped here (render/check.command_lines)."""
     if width is None:
         return [text]
-    import textwrap
+    import textwrap  # (here: most runs wrap nothing)
 
-    return textwrap.wrap(
-        text,
+    wrapper = textwrap.TextWrapper(
         width=width,
         subsequent_indent=indent,
-        break_long_words=False,
+        break_long_words=True,
         break_on_hyphens=False,
-    ) or [""]
+    )
+    plain_split = wrapper._split
+    room = width - len(indent)
+
+    def folding_split(text: str) -> List[str]:
+        # textwrap joins pieces with no space between them back on one line as they
+        # fit; a word no longer than a line stays whole (`missing-chain` is never
+        # split at its hyphen).
+        chunks: List[str] = []
+        for chunk in plain_split(text):
+            if len(chunk) > room and not chunk.isspace():
+                chunks += [piece for piece in _FOLDS.split(chunk) if piece]
+            else:
+                chunks.append(chunk)
+        return chunks
+
+    wrapper._split = folding_split  # type: ignore[method-assign]
+    return wrapper.wrap(text) or [""]
+
+
+# After each `/` and `-`: where a word longer than a line is folded.
+_FOLDS = lazy("(?<=[/-])")

@@ -438,3 +438,74 @@ def test_list_on_a_terminal_shows_an_ipv6_host_readable(tmp_path, columns):
     piped = pmctl("list", *host_v6_dump(tmp_path)).stdout.split("\n")
     assert piped[2].split()[4:6] == [f"[{HOST_V6}]:8080", f"[{CONTAINER_V6}]:80"]
     assert piped[1].split()[4] == f"[{LONG_V6}]:65535" and "…" not in "".join(piped)
+
+
+FIELD = Path(__file__).resolve().parents[1] / "fixtures" / "field"
+# A kubelet's entry and namespace paths, as long as real ones are: a CNI cache entry is
+# `/var/lib/cni/results/NET-<64 hex ID>-IFNAME` (93-96 characters), containerd's
+# namespace `/var/run/netns/cni-<UUID>`.
+NETNS = "/var/run/netns/cni-5e8b1a2c-3d4f-5a6b-7c8d-9e0f1a2b3c4d"
+
+
+def _node_problems():
+    """Every problem check finds on the real-plugin fixtures (with their cache, without
+    one, and with every entry a zombie: its chain still there or gone, as after `gc
+    --netns-liveness`) and on the field dumps (no cache), with kubelet-long IDs and
+    paths."""
+    from dataclasses import replace
+
+    from fixtures_lib import NAMES, configs, table
+
+    from portmapctl.cni.cache import Attachment
+    from portmapctl.host.netns import NetnsState
+    from portmapctl.iptables.ruleset import parse_save
+    from portmapctl.ops.check import diagnose
+
+    empty = {4: parse_save("*nat\nCOMMIT\n", 4), 6: parse_save("*nat\nCOMMIT\n", 6)}
+    for name in NAMES:
+        tables = {4: table(name, 4), 6: table(name, 6)}
+        found = configs(name)
+
+        def entries(state, of=found):
+            return [
+                Attachment(c.network, c.container_id, "eth0",
+                           f"/var/lib/cni/results/{c.network}-{c.container_id}-eth0", c,
+                           NETNS, state)
+                for c in of
+            ]  # fmt: skip
+
+        yield from diagnose(tables, None)[0]
+        yield from diagnose(tables, entries(NetnsState.PRESENT))[0]
+        yield from diagnose(tables, entries(NetnsState.GONE))[0]
+        yield from diagnose(tables, entries(NetnsState.PRESENT, found[1:]))[0]  # stale
+        # Kubelet's 64-hex IDs, nothing of them left in the tables.
+        long_ids = [replace(c, container_id=f"{n:x}" * 64) for n, c in enumerate(found, 10)]
+        yield from diagnose(empty, entries(NetnsState.GONE, long_ids))[0]
+        yield from diagnose(empty, entries(NetnsState.PRESENT, long_ids))[0]
+    for dump in sorted(FIELD.glob("*.v4.save")):
+        yield from diagnose({4: parse_save(dump.read_text(), 4)}, None)[0]
+
+
+def test_check_at_80_columns_no_problem_of_any_kind_is_wider_than_the_terminal():
+    """SPEC §3 check: at 80 columns nothing wraps. A zombie whose chain `gc
+    --netns-liveness` had removed was explained with its cache entry's path, one word
+    of 93-96 characters (`/var/lib/cni/results/NET-<64 hex>-eth0`), printed whole past
+    the terminal's edge. A word longer than the line is folded after a `/` or `-`
+    now; JSON and the piped table keep it whole."""
+    from portmapctl.ops.check import CheckResult
+
+    problems = tuple(_node_problems())
+    kinds = {str(p.kind) for p in problems}
+    assert {"zombie", "stale", "missing-chain", "shadowed", "dead"} <= kinds, kinds
+    result = CheckResult(problems, (4, 6), cache_present=True)
+    lines = render.check_text(result, width=80).plain.split("\n")
+    assert [line for line in lines if len(line) > 80] == []
+    # The path folded, never cut: its pieces, joined, are the path.
+    long_path = next(
+        p.fix.split("entry ", 1)[1].split()[0]
+        for p in problems
+        if p.kind == "zombie" and "delete its cache entry" in p.fix and len(p.fix) > 150
+    )
+    assert long_path in "".join(line.strip() for line in lines)
+    piped = render.check_text(result).plain
+    assert long_path in piped.split()
