@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from typing import Mapping as MappingT
 
 from portmapctl.core.backend import Backend
@@ -72,37 +72,46 @@ def list_summary(
     misrouted: int = 0,
     fix: str = FLUSH_STALE,
 ) -> str:
-    """`7 mappings of 4 containers: 5 ok, 1 stale, 1 shadowed` (statuses counted per row;
-    chains without a DNAT rule, such as legacy SN- chains, counted apart); with filters
+    """`7 mappings of 4 containers: 5 ok, 1 stale, 1 shadowed` (the mappings' statuses,
+    counted per row); chains without a DNAT rule (legacy SN- chains, a chain whose
+    entry names no port of its own) follow with theirs, apart, so that the mappings'
+    counts add up to them (`; 2 chains without a mapping: 2 legacy`); with filters
     that leave fewer, `2 of 7 mappings match: ...`. With --conntrack, the flows that
     misroute (`misrouted`: ops/flush_udp.py Counted.misrouted) and their fix follow
     (`; 2 UDP flows misrouted -> portmapctl flush-udp --stale-only`; `fix` spelled
     with the run's options and filters, list_run.flush_fix)."""
     with_rows = {(m.chain, m.family) for m in mappings}
     bare = [c for c in chains if (c.name, c.family) not in with_rows]
-    containers = {m.container_id or m.chain for m in mappings} | {
-        c.container_id or c.name for c in bare
-    }
+    containers = {m.container_id or m.chain for m in mappings}
+    if total is not None and total != len(mappings):
+        head = f"{len(mappings)} of {count(total, 'mapping')} match"
+    elif mappings or not bare:
+        head = f"{count(len(mappings), 'mapping')} of {count(len(containers), 'container')}"
+    else:  # (`0 mappings of 0 containers; 1 chain ...` would count nothing twice)
+        head = count(0, "mapping")
+    line = head + _statuses_counted([m.status for m in mappings])
+    if bare:
+        line += f"; {count(len(bare), 'chain')} without a mapping"
+        line += _statuses_counted([c.status for c in bare])
+    if misrouted:
+        flow = "UDP flow" if misrouted == 1 else "UDP flows"
+        line += f"; {misrouted} {flow} misrouted -> {fix}"
+    return line
+
+
+def _statuses_counted(statuses: Sequence[Sequence[str]]) -> str:
+    """`: 5 ok, 1 stale, 1 shadowed`: each status word's rows, in STATUS_STYLE's order
+    (a row of two statuses is counted under each); "" for no rows."""
     counted: Dict[str, int] = {}
-    for status in [m.status for m in mappings] + [c.status for c in bare]:
+    for status in statuses:
         for word in status:
             # A Status and its plain word are one key (equal, same hash): str() once per
             # word below, not twice per row (Enum.__str__ is a Python call).
             counted[word] = counted.get(word, 0) + 1
     words = {str(word): n for word, n in counted.items()}
-    if total is not None and total != len(mappings):
-        head = f"{len(mappings)} of {count(total, 'mapping')} match"
-    else:
-        head = f"{count(len(mappings), 'mapping')} of {count(len(containers), 'container')}"
-    if bare:
-        head += f", {count(len(bare), 'chain')} without a mapping"
     order = [str(s) for s in STATUS_STYLE]
     ranked = sorted(words.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
-    line = head + (": " + ", ".join(f"{n} {w}" for w, n in ranked) if ranked else "")
-    if misrouted:
-        flow = "UDP flow" if misrouted == 1 else "UDP flows"
-        line += f"; {misrouted} {flow} misrouted -> {fix}"
-    return line
+    return ": " + ", ".join(f"{n} {w}" for w, n in ranked) if ranked else ""
 
 
 # What a terminal's width may cut (SPEC §3: the table fits it): the network name from

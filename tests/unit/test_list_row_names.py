@@ -135,3 +135,51 @@ def test_the_chain_named_under_container_is_accepted_by_container(dump):
     for row in shown[1:]:
         (selected,) = inventory.select(found.mappings, container=row[column][:16])
         assert selected.chain == row[column] and selected.container_id is None
+
+
+def _counted(statuses: List[List[str]]) -> dict:
+    counted: dict = {}
+    for status in statuses:
+        for word in status:
+            counted[word] = counted.get(word, 0) + 1
+    return counted
+
+
+def _said(part: str) -> dict:
+    """`2 ok, 1 shadowed` as {word: count}."""
+    return {word: int(n) for n, word in (item.split(" ", 1) for item in part.split(", "))}
+
+
+@pytest.mark.parametrize("dump", BARE, ids=["legacy-sn", "cilium-6499", "v0.6-portless", "lima"])
+def test_the_summary_counts_statuses_of_mappings_over_the_mappings(dump):
+    """SPEC §3 list: `7 mappings of 4 containers: 5 ok, 1 stale, 1 shadowed`. The
+    statuses of chains without a mapping were counted in with the mappings' (`3
+    mappings of 2 containers, 2 chains without a mapping: 2 ok, 1 shadowed, 2 legacy`:
+    5 statuses of 3 mappings; on a field node `72 mappings of 28 containers, 1 chain
+    without a mapping: 72 ok, 1 shadowed`, which reads as a miscount). The mappings'
+    statuses are counted over the mappings now, those chains' after them with their
+    own; -q's one line is the same line."""
+    args = ["list", *dump, *NO_CACHE]
+    document = json.loads(pmctl(*args, "-o", "json").stdout)
+    mappings = document["mappings"]
+    mapped = {(m["chain"], m["family"]) for m in mappings}
+    bare = [c for c in document["chains"] if (c["chain"], c["family"]) not in mapped]
+    containers = {m["container_id"] or m["chain"] for m in mappings}
+    (line,) = pmctl(*args, "-q").stdout.splitlines()
+    assert pmctl(*args).stdout.rstrip("\n").split("\n")[-1] == line
+    of_mappings, of_chains = line.split("; ")
+    head, statuses = of_mappings.split(": ")
+    assert head == f"{len(mappings)} mapping{'s' * (len(mappings) != 1)} of" + (
+        f" {len(containers)} container{'s' * (len(containers) != 1)}"
+    )
+    assert _said(statuses) == _counted([m["status"] for m in mappings])
+    head, statuses = of_chains.split(": ")
+    assert head == f"{len(bare)} chain{'s' * (len(bare) != 1)} without a mapping"
+    assert _said(statuses) == _counted([c["status"] for c in bare])
+
+
+def test_the_summary_of_a_v06_node_reads_as_its_rows_add_up():
+    args = ["list", *BARE[2], *NO_CACHE, "-q"]
+    assert pmctl(*args).stdout == (
+        "3 mappings of 2 containers: 2 ok, 1 shadowed; 2 chains without a mapping: 2 legacy\n"
+    )
