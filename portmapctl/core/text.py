@@ -182,3 +182,9 @@ def shell_word(word: str) -> str:
         else:
             spelled.append(char)
     return "$'" + "".join(spelled) + "'"
+
+
+def rules_missing(missing: int, wanted: int) -> str:
+    """`2 of 6 rules missing`: check's words for the rules a container lacks of those
+    the plugin writes for it, in iptables and nftables alike (one vocabulary)."""
+    return f"{missing} of {wanted} rule{'' if wanted == 1 else 's'} missing"

@@ -17,6 +17,7 @@ from typing import Mapping as ReadOnly
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.status import ProblemKind
+from portmapctl.core.text import rules_missing
 from portmapctl.nftables.ruleset import (
     FAMILY_NAMES,
     HOSTIP_HOSTPORTS,
@@ -353,7 +354,7 @@ def rule_problems(ruleset: Ruleset, nft_backed: Sequence[Owner]) -> List[Problem
                     found[0][0],
                     owner.network,
                     owner.container_id,
-                    f"{len(found)} rule(s) missing: {texts}",
+                    f"{rules_missing(len(found), wants[index].rule_count)}: {texts}",
                     rules=tuple(body.text(family) for _chain, body in found),
                 )
             )

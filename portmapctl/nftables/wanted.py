@@ -96,6 +96,11 @@ class WantedFamily:
     # container's do.
     alone: bool = False
 
+    @property
+    def rule_count(self) -> int:
+        """How many rules of the container's own its ADD writes for the family."""
+        return len(self.hostports) + len(self.masquerading)
+
 
 def wanted(config: MappingConfig, family: int) -> Optional[WantedFamily]:
     """What the ADD writes in `family`, or None when the container has no such address."""

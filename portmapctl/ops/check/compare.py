@@ -8,6 +8,7 @@ from typing import Collection, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
+from portmapctl.core.text import rules_missing
 from portmapctl.iptables.chains import MASQ, SETMARK, TOPLEVEL_DNAT, Chain
 from portmapctl.iptables.ruleset import Args, NatTable, option_value, rule_target
 from portmapctl.iptables.shapes import entry_ports
@@ -230,7 +231,7 @@ def check_container(
         problems.append(
             problem(
                 ProblemKind.MISSING_RULES,
-                f"{len(missing)} of {len(wanted.rules)} rules missing: {_rules_text(name, missing)}",
+                f"{rules_missing(len(missing), len(wanted.rules))}: {_rules_text(name, missing)}",
                 "some of its host ports are not forwarded"
                 if dnat_gone
                 else "hairpin and localhost connections to its host ports fail (no masquerade mark)",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind, Status
+from portmapctl.core.text import rules_missing
 from portmapctl.ops.check.nft import (
     NFT_WHY,
     as_problem,
@@ -76,7 +77,7 @@ def check_mapping(
                     f"nft:{missing[0][0]}",
                     config.network,
                     config.container_id,
-                    f"{len(missing)} rule(s) missing: {texts}",
+                    f"{rules_missing(len(missing), want.rule_count)}: {texts}",
                     fix,
                     NFT_WHY[kind],
                     tuple(body.text(family) for _chain, body in missing),

@@ -95,3 +95,36 @@ def test_check_of_one_mapping_reports_its_containers_rules_it_does_not_make(
     assert problem["fix"] is None  # (words: --repair leaves it)
     healthy = run([*base, "-p", "127.0.0.1:9443:443"])
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+
+
+def _rules_of(container_id: str) -> int:
+    """The rules the example's real plugins wrote for a container (its ID as comment)."""
+    document = json.loads(Path(SNAP).read_text())
+    rules = [item["rule"] for item in document["nftables"] if "rule" in item]
+    return sum(1 for rule in rules if rule.get("comment") == container_id)
+
+
+def test_nft_missing_rules_says_how_many_of_how_many_as_iptables_does() -> None:
+    """One vocabulary: iptables' check says `6 of 6 rules missing`, nftables' said `1
+    rule(s) missing`. Both the node's check and the check of one mapping now say `N of M
+    rules missing` (M: the rules the plugin's ADD writes for the container and family:
+    the example's v1.7.1 container has all of its 3, its DNAT rule where v1.9.1's CHECK
+    does not count it), in the table and in JSON's detail."""
+    legacy = "5e1c0a7d2b9f4c38legacy"
+    said = f"1 of {_rules_of(legacy)} rules missing: ip daddr 127.0.0.1 tcp dport 9200"
+    node = ["check", "--nft-snapshot", SNAP, "--cni-cache-dir", CACHE]
+    one = [*node, "--backend", "nftables", "--network", "podman", "--container", legacy,
+           "--ip", "10.88.0.9/16", "-p", "127.0.0.1:9200:92"]  # fmt: skip
+    for args in (node, one):
+        problems = json.loads(run([*args, "-o", "json"]).stdout)["problems"]
+        [problem] = [p for p in problems if p["kind"] == "nft-missing-rules"]
+        assert problem["detail"].startswith(said), problem
+        [row] = [line for line in run(args).stdout.splitlines() if "nft-missing-rules  v4" in line]
+        assert said.replace(legacy, legacy[:12]) in row, row
+
+
+def test_a_count_of_missing_rules_is_plural_as_its_whole_is() -> None:
+    from portmapctl.core.text import rules_missing
+
+    assert rules_missing(1, 1) == "1 of 1 rule missing"
+    assert rules_missing(1, 3) == "1 of 3 rules missing"

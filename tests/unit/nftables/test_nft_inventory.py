@@ -108,7 +108,7 @@ def test_flushed_table_problems() -> None:
         (ProblemKind.NFT_MISSING_ENTRY, 4, "output"),
         (ProblemKind.NFT_MISSING_RULES, 4, "hostports"),
     ]
-    assert "4 rule(s) missing" in found.problems[-1].detail
+    assert found.problems[-1].detail.startswith("4 of 4 rules missing: ")
     assert found.problems[-1].container_id == "aaaa1111"
 
 
