@@ -620,13 +620,19 @@ def test_a_proc_pid_path_from_before_this_boot_names_another_process(tmp_path):
     }
 
 
-def test_zombie_entries_are_reported_and_not_expected():
-    tbl = table("basic", 4)
+def _basic_zombie():
+    """The basic fixture's container, cached with its network namespace gone."""
     [config] = [c for c in cached_configs(_basic_attachments())]
     zombie = Attachment(
         config.network, config.container_id, "eth0", "/c", config, "/run/netns/gone",
         NetnsState.GONE,
     )  # fmt: skip
+    return config, zombie
+
+
+def test_zombie_entries_are_reported_and_not_expected():
+    tbl = table("basic", 4)
+    config, zombie = _basic_zombie()
     assert cached_configs([zombie]) == []
     found = inventory.build({4: tbl}, [zombie])
     assert all("zombie" in m.status for m in found.mappings)
@@ -1424,3 +1430,20 @@ def test_the_options_an_unread_runtime_cache_warning_gives_paste_as_they_read(tm
                                   "--cni-cache-dir", str(spaced / "cache")]  # fmt: skip
     hint = _unread_hint([str(spaced)])
     assert hint.endswith(f" cache: give --cni-cache-dir {shlex.quote(str(spaced / 'cache'))})")
+
+
+def test_a_zombie_row_gives_the_entry_rule_of_its_chain_as_a_stale_row_does():
+    """check -o wide / JSON: a zombie's RULE was `-` (`rule` null) while its chain's
+    entry rule, which takes its host ports, was still there; a stale chain's row gives
+    that rule. Now the zombie's row gives it as the same chain's stale row would."""
+    tbl = table("basic", 4)
+    _config, zombie = _basic_zombie()
+    [problem] = diagnose_mod({4: tbl}, [zombie])[0]
+    [stale] = [p for p in diagnose_mod({4: tbl}, [])[0] if p.chain == problem.chain]
+    assert (problem.kind, stale.kind) == ("zombie", "stale")
+    assert problem.rules and problem.rules == stale.rules
+    assert all("-A CNI-HOSTPORT-DNAT " in rule for rule in problem.rules), problem.rules
+    # Nothing of it left: no rule to give.
+    empty = parse_save("*nat\nCOMMIT\n", 4)
+    [problem] = diagnose_mod({4: empty}, [zombie])[0]
+    assert problem.rules == ()

@@ -125,7 +125,7 @@ def diagnose(
     for a in attachments or ():
         if not a.zombie:
             live_on.setdefault(a.container_id, set()).add(a.network)
-    problems += zombies(entries, tables, fixes, nft_backed, nft_owners, live_on)
+    problems += zombies(entries, tables, fixes, nft_backed, nft_owners, live_on, found)
     for family in sorted(tables):
         problems += duplicates(tables[family], fixes)
     return problems, compared

@@ -351,8 +351,12 @@ def zombies(
     nft_backed: Collection[str] = (),
     nft_owners: Optional[Collection[str]] = None,
     live_on: Optional[ReadOnly[str, Collection[str]]] = None,
+    found: Optional[inventory.Inventory] = None,
 ) -> List[Problem]:
     """Cache entries whose network namespace is gone, that have or would have chains.
+
+    Each row gives the rules at issue as a stale chain's does (`found`, the inventory
+    of `tables`: the entry rules that take its host ports, else its own rules).
 
     gc --netns-liveness removes a zombie's chains (or, for the `nft_backed` IDs, its
     nftables rules: those of `nft_owners`, the IDs with rules left; None when not
@@ -362,6 +366,7 @@ def zombies(
     live (`live_on`: container ID -> those entries' networks): liveness is by ID."""
     problems: List[Problem] = []
     seen = set()
+    by_chain = {(c.name, c.family): c for c in found.chains} if found is not None else {}
     for a in attachments:
         if not a.zombie or a.dnat_chain in seen:
             continue
@@ -395,6 +400,12 @@ def zombies(
                 # Nothing takes its ports: a DEL that failed after portmap's (bridge's,
                 # its masquerade chain gone in a firewall restart) leaves just this.
                 else _ZOMBIE_LEFT_NOTHING,
+                tuple(
+                    rule
+                    for family in present
+                    if (a.dnat_chain, family) in by_chain
+                    for rule in entries_or_rules(by_chain[a.dnat_chain, family])
+                ),
             )
         )
     return problems
