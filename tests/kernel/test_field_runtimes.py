@@ -317,6 +317,32 @@ def test_after_a_flush_the_one_mapping_repair_makes_the_chain_from_the_readable_
         assert _rules(host_ns, mode) == rules, f"{args} wrote again"
 
 
+@pytest.mark.parametrize("flush", sorted(_FLUSHES))
+def test_after_a_flush_the_one_mapping_check_offers_the_repair_it_makes(twice_in, tmp_path, flush):
+    """The state of the test above, before its repair: the check of net1's mapping gave
+    its rows (the chain missing or empty, its entry rule gone) no fix, "nothing is
+    written or removed for it", exit 1, while its --repair makes net1's rules, the chain
+    holding nothing net2's to lose (stop_where_held): net1's port 8080 stayed dark for
+    an operator who repairs what check offers. Now each row offers --repair, as the
+    same command with --repair does; after it, nothing is offered (no loop)."""
+    host_ns, cache, confs, mode = twice_in
+    added, _ = _flushed_with_net2_unread(host_ns, cache, mode, flush)
+    one = ("check", *_given(confs, tmp_path, "net1"))
+    more = f"--netns {host_ns} --iptables {mode} --cni-cache-dir {cache}"
+
+    done = _pm(host_ns, cache, *one, mode=mode)
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = [
+        p for p in json.loads(done.stdout)["problems"] if p["chain"] == chain_name(NETWORK, CID)
+    ]
+    assert rows and all(f"--ifname net1 {more} --repair" in (p["fix"] or "") for p in rows), rows
+    assert "net2 cannot be read" in done.stderr and "--repair makes their rules" in done.stderr
+    done = _pm(host_ns, cache, *one, "--repair", mode=mode)
+    _unread_left_after(done)
+    _net1_alone(added, _rules(host_ns, mode))
+    _unread_left_after(_pm(host_ns, cache, *one, mode=mode))
+
+
 def test_an_emptied_chain_with_the_unread_entrys_entry_rule_stays_in_doubt(twice_in, tmp_path):
     """The chain alone flushed (`iptables -t nat -F CNI-DN-...`): CNI-HOSTPORT-DNAT still
     sends net2's port 9090 to it, a rule net1's entry does not make: the chain is in

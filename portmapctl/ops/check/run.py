@@ -25,7 +25,7 @@ from portmapctl.ops.check.followed import KeyInDoubt, followed, nft_mapping
 from portmapctl.ops.check.followed_entries import follow_the_plugin, in_doubt_left, left_alone
 from portmapctl.ops.check.hints import fixes_for
 from portmapctl.ops.check.problem import CheckResult, Problem
-from portmapctl.ops.check.unread_entries import unread_left
+from portmapctl.ops.check.unread_entries import unread_left, written_families
 from portmapctl.ops.node import Node, side_by_side
 from portmapctl.ops.owners import node_rows, read_owners, unsure_warnings
 
@@ -337,8 +337,10 @@ def check_followed(
     result = with_owner_problems(node, config, tables, result)
     # An entry of its container on the network that cannot be read: as the node's check
     # says it, no fix named (its --repair stops: unread_entries.stop_where_held), and a
-    # warning says why.
-    result = unread_left(result, entries, tables)
+    # warning says why; but where that repair writes all the same (nothing the entries
+    # read do not make is there: after a flush), --repair is offered.
+    written = written_families(config, entries, sharing, tables)
+    result = unread_left(result, entries, tables, written)
     if node.namespace_view() is not None and any(
         p.fix == SAME_WITH_REPAIR for p in result.problems
     ):

@@ -111,10 +111,13 @@ def unread_left(
     result: CheckResult,
     attachments: Optional[Sequence[Attachment]],
     tables: Optional[Mapping[int, NatTable]] = None,
+    written: Collection[int] = (),
 ) -> CheckResult:
     """`result` with the iptables problems of the containers of unread_pairs naming no
     fix and saying why, a row for such a chain in `tables` no problem names
-    (unknown_rules), and a warning for each such container with a problem."""
+    (unknown_rules), and a warning for each such container with a problem. `written`:
+    the families where the repair of the one mapping checked writes all the same
+    (written_families): its problems there keep their fix."""
     pairs = unread_pairs(attachments)
     if not pairs:
         return result
@@ -125,15 +128,32 @@ def unread_left(
         if (p.family, p.network, p.container_id) not in named
     ]
     result = replace(result, problems=(*result.problems, *unknown))
-    left = [not p.in_nftables and (p.network, p.container_id) in pairs for p in result.problems]
+    # (An unknown_rules row is the unread interface's alone, wherever the repair writes.)
+    left = [
+        not p.in_nftables
+        and (p.network, p.container_id) in pairs
+        and (p.family not in written or p in unknown)
+        for p in result.problems
+    ]
     problems = tuple(
         replace(p, fix="", why=UNREAD_WHY) if doubted else p
         for p, doubted in zip(result.problems, left)
     )
     hit = sorted({(p.network, p.container_id) for p, doubted in zip(problems, left) if doubted})
+    # Of those with a problem only where the repair writes all the same (`written`).
+    made = sorted(
+        {
+            (p.network, p.container_id)
+            for p in problems
+            if not p.in_nftables and p.family in written and (p.network, p.container_id) in pairs
+        }
+        - set(hit)
+    )
     why = {a.path: a.problem for a in attachments or () if a.problem is not None}
     paths = [pairs[pair] for pair in hit]  # type: ignore[index]
     said = tuple(unread_text(pair, path, why.get(path)) for pair, path in zip(hit, paths))
+    said += tuple(unread_text(pair, pairs[pair], why.get(pairs[pair]), True) for pair in made)
+    paths += [pairs[pair] for pair in made]
     # Each says all the cache reader's own line of its entry says (cni/cache.py
     # skipped_line): that line goes, so the file is warned of once.
     merged = {skipped_line(why[path]) for path in paths if path in why}
@@ -141,21 +161,30 @@ def unread_left(
     return replace(result, problems=problems, warnings=(*kept, *said))
 
 
-def unread_text(pair: Pair, path: str, problem: Optional[str] = None) -> str:
+def unread_text(pair: Pair, path: str, problem: Optional[str] = None, made: bool = False) -> str:
     """The node check's warning; the names and path as the node gives them, escaped
     (core/text.name_text: a file name's tail is anyone's text). `problem`: why the
     entry cannot be read, as the cache reader says it (its own `CNI cache file PATH: `
-    left out, the path being said already)."""
+    left out, the path being said already). `made`: the chain holds nothing the
+    entries read do not make, and the repair writes it from them (written_families)."""
     network, container_id = pair
     source = f"CNI cache file {name_text(path)}: "
     why = ""
     if problem is not None:
         why = f" ({problem[len(source) :] if problem.startswith(source) else problem})"
-    return (
+    head = (
         f"{name_text(network)}/{name_text(container_id)}: its cache entry {name_text(path)}"
-        f" cannot be read{why}; its container is kept as live by the file name, and its"
-        " chain may hold that interface's live mapping: nothing is written or removed for"
-        " it (fix or remove the entry, then run check --repair again)"
+        f" cannot be read{why}; its container is kept as live by the file name"
+    )
+    if made:
+        return (
+            f"{head}, and its chain holds nothing the entries read do not make: --repair"
+            " makes their rules, that interface's stay unknown (fix or remove the entry,"
+            " then run check --repair again)"
+        )
+    return (
+        f"{head}, and its chain may hold that interface's live mapping: nothing is written"
+        " or removed for it (fix or remove the entry, then run check --repair again)"
     )
 
 
@@ -208,6 +237,29 @@ def stop_where_held(
 
     wanted = wanted_sharing(config, sharing or (config,), live.family, live)
     stop_where_unread(config, entries, live, wanted)
+
+
+def written_families(
+    config: MappingConfig,
+    entries: Sequence[Attachment],
+    sharing: Sequence[MappingConfig],
+    tables: Mapping[int, NatTable],
+) -> frozenset[int]:
+    """The families of `tables` where the repair of `config` alone writes its chain
+    though an entry of its container on the network cannot be read: stop_where_held,
+    which that repair asks of each family, does not stop it (the chain holds nothing
+    the write does not make: a flush emptied or deleted it). Its check offers --repair
+    there, as the repair then does; it said "nothing is written" and named no fix."""
+    if (config.network, config.container_id) not in unread_pairs(entries):
+        return frozenset()
+    found = set()
+    for family, live in tables.items():
+        try:
+            stop_where_held(config, entries, sharing, live)
+        except ChainInDoubt:
+            continue
+        found.add(family)
+    return frozenset(found)
 
 
 def own_unread_only(
