@@ -606,3 +606,46 @@ def test_nft_one_mapping_repair_of_the_torn_down_interface_writes_nothing_of_it(
     assert rows and not any(p["fix"] for p in rows), rows
     pmctl.run(["check", "--repair", *args])
     assert upstream.ruleset_text(host) == before
+
+
+@pytest.mark.parametrize("lost", [("hostports", "dnat to 10.88.0.7:80"),
+                                  ("masquerading", "ip saddr 10.88.0.7 ip daddr 10.88.0.7")],
+                         ids=["dnat", "masq"])  # fmt: skip
+def test_nft_one_mapping_repair_of_a_torn_down_container_alone_writes_nothing(
+    nodes: tuple[str, str], tmp_path: Path, lost: tuple
+) -> None:
+    """A container alone on its network (no other interface beside it) on v1.9.1's
+    tables, being torn down (its address and interface gone from its namespace), one of
+    its rules lost, repaired through its own --cni-config and --ifname: as on iptables
+    (test_one_mapping_repair_of_a_torn_down_container_keeps_its_chain), nothing is
+    written, it is named, exit 1; its check offers --repair for none of its rows, and a
+    second repair writes nothing either."""
+    host, container = nodes
+    ports = [rp.port_mapping(8080, 80)]
+    conf = upstream.nft_conf("podman", ["10.88.0.7/16"], ports)
+    upstream.run("v1.9.1", "ADD", host, "dying", conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "dying", "eth0", conf, ports, ["10.88.0.7/16"],
+                       netns=f"/run/netns/{container}")  # fmt: skip
+    _nft_lose(host, *lost)
+    stdin = tmp_path / "dying.json"
+    stdin.write_text(json.dumps(conf))
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4", "-o", "json",
+            "--container", "dying", "--cni-config", str(stdin), "--ifname", "eth0"]  # fmt: skip
+    why = _WHY.replace("10.88.0.8", "10.88.0.7")
+
+    done = pmctl.run(["check", *args])
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = json.loads(done.stdout)["problems"]
+    assert [p["kind"] for p in rows] == ["nft-missing-rules"], rows
+    assert not rows[0]["fix"] and "--repair would leave it as it is: " + why in rows[0]["why"]
+
+    before = upstream.ruleset_text(host)
+    assert lost[1] not in before, before
+    for _ in range(2):
+        done = pmctl.run(["check", "--repair", *args])
+        assert upstream.ruleset_text(host) == before, "the repair wrote for the dying one"
+        [left] = json.loads(done.stdout)["unrepaired"]
+        assert (left["container_id"], left["family"]) == ("dying", 4), left
+        assert left["why"].startswith(why), left
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "could not repair IPv4 podman/dying" in done.stderr, done.stderr
