@@ -386,6 +386,44 @@ def test_min_age_keeps_new_chains_pending_and_forgets_changed_or_live_ones(nft_n
     assert key not in state["namespaces"]
 
 
+def test_a_chain_seen_in_one_iptables_flavour_does_not_age_its_twin_in_the_other(host_ns, tmp_path):
+    """The state file keys a sighting by family and chain name; iptables-legacy and
+    iptables-nft are two tables, each with its own chain of that name. A container's
+    dead chain seen pending by a `gc --iptables legacy` gave the very same chain made in
+    iptables-nft (the node's iptables switched flavour, the container started again
+    under its ID, podman start, and gc looked during its ADD, before libcni wrote its
+    cache entry) that sighting: `gc --iptables nft` removed it at once, never having
+    seen it ("SEEN 5m00s", removed), which --min-age exists to prevent."""
+    for mode in ("nft", "legacy"):
+        if not rp.mode_available(mode)[0]:
+            pytest.skip(rp.mode_available(mode)[1])
+    cache = tmp_path / "cni"
+    (cache / "results").mkdir(parents=True)
+    legacy, nft = Node_(host_ns, "legacy", cache), Node_(host_ns, "nft", cache)
+    legacy.add("gcnet", "live1", ["10.88.213.6/16"], _ports("8090/tcp"))
+    nft.add("gcnet", "live1", ["10.88.213.6/16"], _ports("8090/tcp"))
+    # (Addresses no other test holds: a young namespace with one would hold the chain.)
+    legacy.add("gcnet", "back1", ["10.88.213.7/16"], _ports("8080/tcp"), cache=False)
+    first = json.loads(legacy.gc("--dry-run", "--min-age", "1s", "-o", "json").stdout)
+    assert [p["container_id"] for p in first["pending"]] == ["back1"]
+    time.sleep(1.2)
+    # The same container's ADD now goes to iptables-nft: the same chain, the same rules.
+    nft.add("gcnet", "back1", ["10.88.213.7/16"], _ports("8080/tcp"), cache=False)
+    done = nft.gc("--yes", "--min-age", "1s", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["removed"] == [], "a chain never seen before was removed at once"
+    assert [(p["container_id"], p["seen_seconds"] < 1) for p in result["pending"]] == [
+        ("back1", True)
+    ]
+    assert f"-N {chain_name('gcnet', 'back1')}" in nft.lines(4, keep_decl=True)
+    # Seen for --min-age in its own table, it goes (the legacy twin stays: not read).
+    time.sleep(1.2)
+    done = json.loads(nft.gc("--yes", "--min-age", "1s", "-o", "json").stdout)
+    assert [r["container_id"] for r in done["removed"]] == ["back1"]
+    assert f"-N {chain_name('gcnet', 'back1')}" in legacy.lines(4, keep_decl=True)
+
+
 def test_every_spelling_of_a_namespace_shares_its_min_age_clock(nft_node: Node_, tmp_path):
     """`--netns NAME`, `/run/netns/NAME`, `/var/run/netns/NAME` and a bind mount of it
     elsewhere are one namespace: a cron job and an operator spelling it differently

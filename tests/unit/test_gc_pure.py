@@ -25,6 +25,7 @@ from fixtures_lib import NAMES, save_text, table
 from gc_helpers import Node_, node  # noqa: F401
 from run_dir_helpers import plant
 
+from portmapctl.core.backend import Flavour
 from portmapctl.core.status import Status
 from portmapctl.errors import BadInput, HostProblem
 from portmapctl.iptables.chain_facts import chain_facts
@@ -235,6 +236,10 @@ def test_fingerprint_is_the_digest_0_2_wrote():
             digest.update(b"E\0" + entry_chain.encode() + b"\0" + "\0".join(args).encode() + b"\n")
         assert chain.rules and chain.entries
         assert fingerprint(chain) == digest.hexdigest()[:32]
+        # iptables-nft's chains keep those bytes; legacy's twin of the same rules is
+        # another table's chain, and no sighting of one ages the other.
+        assert fingerprint(chain, Flavour.NFT) == digest.hexdigest()[:32]
+        assert fingerprint(chain, Flavour.LEGACY) != fingerprint(chain, Flavour.NFT)
 
 
 def test_liveness_hashes_only_pairs_no_cache_entry_names():

@@ -169,6 +169,7 @@ def _apply_gc_to(
 ) -> GcResult:
     """_apply_gc's work; `went` and `nft_went` get each removal as it goes in, `saved`
     True once the state file is saved."""
+    from portmapctl.ops.flavour_guard import flavours_of
     from portmapctl.ops.gc import nft as gc_nft  # loaded only when a run applies, as in plan.py
 
     total = planned.removing
@@ -196,7 +197,7 @@ def _apply_gc_to(
     unremoved: Set[ChainKey] = set()
     planning = Planning(
         sources, options, planned.seen, planned.view, planned.cache_dirs, warnings, forgetting,
-        dict(planned.last_read),
+        dict(planned.last_read), flavours_of(node.backend, node.families) or {},
     )  # fmt: skip
     # Every removal's sightings leave the state file before the first goes in, in one
     # write (Planning.forget; a family's re-plan forgets what it adds, if anything).

@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
+from portmapctl.core.backend import Flavour
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chain_facts import ChainFacts, chain_facts
 from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, is_plugin_chain
@@ -55,12 +56,20 @@ class FamilyPlan:
     read_from: Optional[NatTable] = field(default=None, compare=False, repr=False)
 
 
-def fingerprint(chain: AnyChain) -> str:
+def fingerprint(chain: AnyChain, flavour: Optional[Flavour] = None) -> str:
     """The chain's rules and the rules entering it (not their positions: another
     chain's entry rules going away must not restart the clock). Hashed as one text,
     the same bytes 0.2 hashed line by line (so its state file's sightings still hold).
-    A comment that is not UTF-8 (read as surrogates) is hashed as its own bytes."""
-    lines = ["R\0" + "\0".join(rule) + "\n" for rule in chain.rules]
+    A comment that is not UTF-8 (read as surrogates) is hashed as its own bytes.
+
+    `flavour`: the iptables tables it was read from. iptables-legacy and iptables-nft
+    are two tables, each may hold a chain of the name (the state file keys sightings by
+    family and name): a legacy chain's sighting gave its twin made in iptables-nft (a
+    flavour switch, the container started again under its ID) --min-age at once, during
+    its ADD. Legacy's fingerprint says its flavour; nft's (and a table of no known
+    flavour) keeps 0.2's bytes, so that flavour's sightings on file still hold."""
+    lines = ["F\0legacy\n"] if flavour == Flavour.LEGACY else []
+    lines += ["R\0" + "\0".join(rule) + "\n" for rule in chain.rules]
     for entry_chain, args in sorted((e.chain, e.args) for e in chain.entries):
         lines.append("E\0" + entry_chain + "\0" + "\0".join(args) + "\n")
     return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:32]
@@ -92,6 +101,7 @@ def plan_family(
     by_number: bool = True,
     zombies: Optional[ZombieHold] = None,
     hold_all: bool = False,
+    flavour: Optional[Flavour] = None,
 ) -> FamilyPlan:
     """What gc does to one family's table. Pure: the caller reads and applies.
 
@@ -100,7 +110,7 @@ def plan_family(
     address is being added) stays pending, its clock running, and so does every chain
     with `hold_all` (a container may be being added where gc cannot look); a chain
     kept only because `zombies` are counted live keeps its sighting as it was
-    (ZombieHold).
+    (ZombieHold). `flavour`: the iptables tables `table` was read from (fingerprint).
     """
     family = table.family
     chains = chain_facts(table)
@@ -124,7 +134,7 @@ def plan_family(
                 if strict.in_scope(chain) and not strict.is_live(chain, strict_derived):
                     new_seen[key] = seen[key]
             continue
-        mark = fingerprint(chain)
+        mark = fingerprint(chain, flavour)
         before = seen.get(key)
         first = before.first_seen if before is not None and before.fingerprint == mark else now
         new_seen[key] = gc_state.Seen(mark, first)

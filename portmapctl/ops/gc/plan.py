@@ -156,7 +156,7 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         for key, value in seen.items()
         if key.family not in (nft_families if key.nft else families)
     }
-    from portmapctl.ops.flavour_guard import chains_elsewhere, unread_backend
+    from portmapctl.ops.flavour_guard import chains_elsewhere, flavours_of, unread_backend
 
     warnings += chains_elsewhere(node.backend, tables, bool(nft_rules and nft_rules.tables))
     if node.options.backend is not None and not _holds_containers(tables, nft_rules):
@@ -197,7 +197,10 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
     forgetting = (
         None if options.dry_run else gc_state.Forgetting(options.state_dir, namespace, set(seen))
     )
-    planning = Planning(sources, options, seen, view, cache_dirs, warnings, forgetting)
+    planning = Planning(
+        sources, options, seen, view, cache_dirs, warnings, forgetting,
+        flavours=flavours_of(node.backend, families) or {},
+    )  # fmt: skip
 
     def plan(family: int) -> FamilyPlan:
         return plan_table(tables[family], attachments, planning, True, live, zombies)

@@ -22,6 +22,7 @@ from typing import (
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.cni.cache import Attachment, present_dirs, results_dir
+from portmapctl.core.backend import Flavour
 from portmapctl.errors import HostProblem
 from portmapctl.host.netns import NamespaceView, addresses_of, fresh_uncached
 from portmapctl.host.paths import RUN_DIR
@@ -151,6 +152,9 @@ class Planning:
     # Per family, the table its last try was planned from (converge_family): a refusal
     # on a table still so is no stale plan's (settle_family).
     last_read: Dict[int, NatTable] = field(default_factory=dict)
+    # Per family, the iptables flavour its table is read from (flavour_guard.flavours_of;
+    # empty for a snapshot or a fake): a sighting in one does not age the other's chain.
+    flavours: Mapping[int, Flavour] = field(default_factory=dict)
 
     def forget(self, removed: Iterable[GcChain]) -> None:
         """Before a transaction removing `removed` goes in: their sightings leave the
@@ -190,6 +194,7 @@ def plan_table(
         by_number=by_number,
         zombies=zombies or zombie_hold(sources, attachments, planning.view),
         hold_all=bool(adding.unknown),
+        flavour=planning.flavours.get(table.family),
     )
     if (adding.addresses or adding.unknown) and any(
         c.seen_seconds >= options.min_age for c in found.pending
