@@ -22,6 +22,8 @@ import upstream
 from flush_udp_helpers import ct_args, ct_load, ct_sports, masquerade_flows
 from prometheus_client.parser import text_string_to_metric_families
 
+from portmapctl.iptables.chains import chain_name
+
 pytestmark = pytest.mark.netns
 
 V191 = "v1.9.1"
@@ -361,6 +363,36 @@ def test_mixed_node(node: str, tmp_path: Path) -> None:
     assert removed == {"old1", "iptdead"}
     after = _pmctl(node, tmp_path, "check")
     assert after.returncode == 0, after.stdout + after.stderr
+
+
+def test_a_keep_beside_a_network_scoped_document_removes_no_nftables_rule(
+    node: str, tmp_path: Path
+) -> None:
+    """A valid-attachments document of one network (a network config holding the key,
+    as CNI GC passes it) speaks for that network alone, and the plugin's nftables rules
+    name no network: with only such documents gc removes none. A `--keep` beside it
+    widened that: gc removed every nftables container the document and --keep did not
+    name, of any network, while it kept the iptables chains of the other networks (a
+    --keep does not widen a document's scope there). Now --keep speaks for the
+    containers it names, on both backends, and for no other; the nftables rules are
+    still read to tell that it names one."""
+    ipt = ("ipt1", ["10.90.0.20/16"], [_pm(8100, 80)])
+    rp.run_plugin("ADD", node, ipt[0], rp.plugin_conf("other", *ipt[1:]), check=True)
+    _plugin_add(node, tmp_path, WEB, cached=False)  # (network "podman")
+    _plugin_add(node, tmp_path, OLD, cached=False)
+    doc = tmp_path / "valid-attachments.json"
+    doc.write_text(json.dumps({"cniVersion": "1.1.0", "name": "mynet", "type": "portmap",
+                               "cni.dev/valid-attachments": [
+                                   {"containerID": "mine1", "ifname": "eth0"}]}))  # fmt: skip
+    before = _container_rules(node)
+    for keep in ((), ("--keep", "web1")):
+        args = ["gc", "--yes", "--min-age", "0", "--valid-attachments", str(doc), *keep]
+        done = _pmctl(node, tmp_path / "none", *args, "-o", "json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["removed"] == [], keep
+        assert _container_rules(node) == before, keep
+        assert "matches no container" not in done.stderr  # (web1's rules are read)
+        assert f":{chain_name('other', 'ipt1')} - " in rp.save(node)
 
 
 def _ct(ns: str, *args: str) -> str:

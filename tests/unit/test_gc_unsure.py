@@ -261,14 +261,17 @@ def test_a_network_scoped_document_alone_removes_no_nftables_rule(tmp_path, flus
 
     live_ids = frozenset(LIVE)
     everyone = owners_in(nftcases.live("v191-several"))
-    for network, gone in (("podman", set()), (None, {"aaaa1111", "eeee5555"})):
+    # (A --keep beside a scoped document widens its scope no more than for iptables.)
+    cases = (("podman", (), set()), ("podman", ("x",), set()), (None, (), {"aaaa1111", "eeee5555"}))
+    for network, keep, gone in cases:
         fake = MemoryNft(nftcases.live("v191-several"))
         empty = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
         tables = {f: parse_save(empty, f) for f in (4, 6)}
         node = Node(NodeOptions(cache_dirs=("/nonexistent",)), MemoryBackend(tables), fake)
         document = ValidAttachments(network, live_ids, "doc.json")
-        options = gc_lib.GcOptions(min_age=0, state_dir=str(tmp_path / str(network)))
-        result = gc_lib.gc(node, gc_lib.Sources(documents=(document,)), options)
+        state = tmp_path / f"{network}{keep}"
+        options = gc_lib.GcOptions(min_age=0, state_dir=str(state))
+        result = gc_lib.gc(node, gc_lib.Sources(documents=(document,), keep=keep), options)
         assert {c.container_id for c in result.removed} == gone
         assert owners_in(fake.read()) == everyone - gone
 

@@ -97,11 +97,14 @@ class NftPlan(NamedTuple):
 
 def speaks_for_nft(sources: Sources, use_cache: bool) -> bool:
     """False for network-scoped valid-attachments documents alone: nftables rules
-    name no network."""
+    name no network. A --keep beside them does not widen their scope (as it does not
+    for the iptables chains, liveness.liveness): it names the containers it keeps, not
+    which others are dead; with it, every container the document did not name, of any
+    network, lost its nftables rules."""
     return not (
         sources.documents
         and all(d.network is not None for d in sources.documents)
-        and not (use_cache or sources.keep or sources.remove_all)
+        and not (use_cache or sources.remove_all)
     )
 
 

@@ -124,7 +124,10 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
     namespace = gc_state.namespace_key(node.options.netns)
     warnings: List[str] = []
     families = node.families
-    with_nft = node.nft is not None and gc_nft.speaks_for_nft(sources, use_cache)
+    speaks_nft = gc_nft.speaks_for_nft(sources, use_cache)
+    # Read also where the sources speak for none of its rules, when a --keep may name
+    # one's container: taken for no container on the node, it was warned of.
+    with_nft = node.nft is not None and (speaks_nft or bool(sources.keep))
     nft_families = families if node.nft is not None else ()
 
     def read() -> Tuple[Dict[int, NatTable], Optional[Ruleset]]:
@@ -188,7 +191,7 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
     zombies = zombie_hold(sources, attachments, view)
 
     nft = None
-    if nft_rules is not None:
+    if nft_rules is not None and speaks_nft:
         # Before any family is planned (and one applied ahead): a refusal (an empty
         # cache) comes before anything is changed.
         nft = gc_nft.plan_nft(
