@@ -343,18 +343,54 @@ def test_after_a_flush_the_one_mapping_check_offers_the_repair_it_makes(twice_in
     _unread_left_after(_pm(host_ns, cache, *one, mode=mode))
 
 
+@pytest.mark.parametrize("flush", sorted(_FLUSHES))
+def test_after_a_flush_the_node_check_offers_the_repair_it_makes(twice_in, flush):
+    """The state of test_after_a_flush_the_repair_makes_the_shared_chain_from_the_
+    readable_entry before its repair: the node's check gave the chain's rows (missing
+    or empty, its entry rule gone) no fix, "nothing is written or removed for it",
+    while the node's --repair makes net1's chain (held_chains: nothing of net2's there
+    to lose): net1's port 8080 stayed dark for an operator who repairs what check
+    offers. Now its rows offer --repair, as the top-level rows do, and say the repair
+    makes the readable entry's rules; after it, nothing is offered (no loop) and a
+    second repair writes nothing."""
+    host_ns, cache, confs, mode = twice_in
+    added, _ = _flushed_with_net2_unread(host_ns, cache, mode, flush)
+    repair = (
+        f"portmapctl check --repair --netns {host_ns} --iptables {mode} --cni-cache-dir {cache}"
+    )
+
+    done = _pm(host_ns, cache, "check", mode=mode)
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    rows = [p for p in problems if p["chain"] == chain_name(NETWORK, CID)]
+    assert rows and all(p["fix"] == repair for p in problems), problems
+    assert all("--repair makes their rules" in p["why"] for p in rows), rows
+    assert "net2 cannot be read" in done.stderr and "--repair makes their rules" in done.stderr
+    assert "nothing is written or removed" not in done.stderr, done.stderr
+
+    _unread_left_after(_pm(host_ns, cache, "check", "--repair", mode=mode))
+    rules = _rules(host_ns, mode)
+    _net1_alone(added, rules)
+    for args in (["check"], ["check", "--repair"]):
+        _unread_left_after(_pm(host_ns, cache, *args, mode=mode))
+        assert _rules(host_ns, mode) == rules, f"{args} wrote again"
+
+
 def test_an_emptied_chain_with_the_unread_entrys_entry_rule_stays_in_doubt(twice_in, tmp_path):
     """The chain alone flushed (`iptables -t nat -F CNI-DN-...`): CNI-HOSTPORT-DNAT still
     sends net2's port 9090 to it, a rule net1's entry does not make: the chain is in
-    doubt as before, nothing written by either repair."""
+    doubt as before, nothing written by either repair, and the node's check offers no
+    fix for it."""
     host_ns, cache, confs, mode = twice_in
     rp.cut_short(cache / "results", NETWORK, CID, "net2")
     rp.iptables(host_ns, ["-t", "nat", "-F", chain_name(NETWORK, CID)], mode=mode)
     before = _rules(host_ns, mode)
-    done = _pm(host_ns, cache, "check", "--repair", mode=mode)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert all(not p["fix"] for p in json.loads(done.stdout)["problems"]), done.stdout
-    assert _rules(host_ns, mode) == before, "the node's repair wrote into the chain"
+    for args in (["check"], ["check", "--repair"]):
+        done = _pm(host_ns, cache, *args, mode=mode)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert all(not p["fix"] for p in json.loads(done.stdout)["problems"]), done.stdout
+        assert "nothing is written or removed for it" in done.stderr, done.stderr
+        assert _rules(host_ns, mode) == before, f"the node's {args} wrote into the chain"
     done = _pm(host_ns, cache, "check", *_given(confs, tmp_path, "net1"), "--repair", mode=mode)
     _stopped_for_the_unread_entry(done, "net2")
     assert _rules(host_ns, mode) == before, "the one-mapping repair wrote into the chain"

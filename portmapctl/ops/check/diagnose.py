@@ -65,13 +65,7 @@ def diagnose(
     --backend, would not reach another backend's rules). `nft_owners`: the IDs with
     rules left in the plugin's nftables tables (None: not known).
     """
-    configs = cached_configs(attachments) if attachments is not None else None
-    if configs is not None and (not_expected or nft_entries):
-        configs = [
-            c
-            for c in configs
-            if c.container_id not in not_expected and (c.network, c.container_id) not in nft_entries
-        ]
+    configs = iptables_configs(attachments, not_expected, nft_entries)
     problems: List[Problem] = []
     if other_tables and flavours:
         problems += split_brain(tables, other_tables, flavours)
@@ -129,6 +123,23 @@ def diagnose(
     for family in sorted(tables):
         problems += duplicates(tables[family], fixes)
     return problems, compared
+
+
+def iptables_configs(
+    attachments: Optional[Sequence[Attachment]],
+    not_expected: Collection[str] = (),
+    nft_entries: Collection[Tuple[str, str]] = (),
+) -> Optional[List[MappingConfig]]:
+    """The cached configs whose chains diagnose expects in iptables (None: no cache):
+    those of `not_expected` and `nft_entries` left out (as diagnose's)."""
+    configs = cached_configs(attachments) if attachments is not None else None
+    if configs is not None and (not_expected or nft_entries):
+        configs = [
+            c
+            for c in configs
+            if c.container_id not in not_expected and (c.network, c.container_id) not in nft_entries
+        ]
+    return configs
 
 
 def diagnose_mapping(

@@ -95,6 +95,11 @@ class CheckResult:
     # The backend --backend narrowed check to where the other one holds the plugin's
     # mappings (flavour_guard.UnreadBackend): the summary names what it read.
     looked_at: Optional[str] = None
+    # The chains of containers with an unreadable cache entry that the node's repair
+    # writes all the same (unread_entries.node_written): (family, network, ID).
+    unread_written: frozenset[Tuple[int, str, str]] = field(
+        default=frozenset(), compare=False, repr=False
+    )
 
     @property
     def healthy(self) -> bool:

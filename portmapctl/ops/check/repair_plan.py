@@ -19,7 +19,7 @@ from portmapctl.ops.check.cache_now import CacheNow
 from portmapctl.ops.check.compare import in_live_order
 from portmapctl.ops.check.expected import wanted_on_node, wanted_sharing
 from portmapctl.ops.check.read_once import ReadOnce
-from portmapctl.ops.check.unread_entries import held_chains
+from portmapctl.ops.check.unread_entries import unheld
 from portmapctl.ops.node import Node
 
 
@@ -68,9 +68,9 @@ def _plan(
             )
         if unread:
             # Its rules the entries read do not make may be that interface's live
-            # mapping: the chain is left as it is (its shared chains are made).
-            held = held_chains(live, [chain for _, chain in per_container], unread)
-            per_container = [(c, chain) for c, chain in per_container if chain.name not in held]
+            # mapping: the chain is left as it is (its shared chains are made). (The node's
+            # check offers --repair where this writes: unread_entries.node_written.)
+            per_container = unheld(live, per_container, unread)
         if these is None and bit_unknown(live):
             # No cache, and no rule left that says the mark bit: written, it would be a
             # guess (the default, 13), masquerading what other software marks so.

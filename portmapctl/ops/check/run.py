@@ -19,13 +19,13 @@ from portmapctl.iptables.chains import (
 from portmapctl.iptables.ruleset import (
     NatTable,
 )
-from portmapctl.ops.check.diagnose import diagnose, diagnose_mapping
+from portmapctl.ops.check.diagnose import diagnose, diagnose_mapping, iptables_configs
 from portmapctl.ops.check.expected import sharing_chain
 from portmapctl.ops.check.followed import KeyInDoubt, followed, nft_mapping
 from portmapctl.ops.check.followed_entries import follow_the_plugin, in_doubt_left, left_alone
 from portmapctl.ops.check.hints import fixes_for
 from portmapctl.ops.check.problem import CheckResult, Problem
-from portmapctl.ops.check.unread_entries import unread_left, written_families
+from portmapctl.ops.check.unread_entries import node_written, unread_left, written_families
 from portmapctl.ops.node import Node, side_by_side
 from portmapctl.ops.owners import node_rows, read_owners, unsure_warnings
 
@@ -120,7 +120,8 @@ def check_node(node: Node) -> CheckResult:
     )
     followed = follow_the_plugin(node, attachments, read)
     result = in_doubt_left(_check_node(node, followed.attachments, read), followed, read.tables)
-    result = unread_left(result, followed.attachments, read.tables)
+    # Where its repair writes the chain all the same (node_written), --repair is offered.
+    result = unread_left(result, followed.attachments, read.tables, result.unread_written)
     if node.namespace_view() is not None:  # (a snapshot's namespaces are another node's)
         from portmapctl.ops.check.torn_down import torn_down_fixes
 
@@ -165,6 +166,7 @@ def _check_node(
     judged = (cached - nft_ids if reads_iptables else set()) | (
         nft_ids if node.nft is not None else set()
     )
+    not_expected = () if reads_iptables else cached
     problems, compared = diagnose(
         tables,
         attachments,
@@ -172,7 +174,7 @@ def _check_node(
         other_tables=other_tables,
         flavours=flavours,
         found=found,
-        not_expected=() if reads_iptables else cached,
+        not_expected=not_expected,
         judged=judged,
         nft_owners=nft.owners,
         nft_entries=nft.nft_keys,
@@ -229,6 +231,9 @@ def _check_node(
             *elsewhere,
             *node.nft_unread(),
             *([undecided] if undecided is not None else ()),
+        ),
+        unread_written=node_written(
+            iptables_configs(attachments, not_expected, nft.nft_keys), tables, attachments
         ),
     )
 

@@ -9,8 +9,9 @@ that interface's live mapping: the node's check reports its problems with no fix
 --repair writes nothing for it (neither rewrites the chain from the entries it read nor
 deletes the rules they do not make). Where the chain holds nothing the entries read do
 not make (held_chains: after a flush, `-F -X` or `-F`), nothing of that interface's is
-there to lose: --repair makes it from them, as the plugin's ADD of them alone does, and
-the check after still says the entry (unknown_rules: its rules are not known), exit 1.
+there to lose: --repair makes it from them, as the plugin's ADD of them alone does (the
+check before offers it there: node_written, written_families), and the check after
+still says the entry (unknown_rules: its rules are not known), exit 1.
 Fixed or removed, the entry is read at the next run and the repair goes ahead."""
 
 from __future__ import annotations
@@ -29,11 +30,19 @@ from portmapctl.ops.check.problem import CheckResult, Problem
 
 # (network, container ID): the pair a chain is named after.
 Pair = Tuple[str, str]
+# (family, network, container ID): a pair's chain in one family.
+InFamily = Tuple[int, str, str]
 
 UNREAD_WHY = (
     "a cache entry of this container on this network cannot be read (see the warning),"
     " and the chain is shared by all its interfaces on it: its rules may be that"
     " interface's live mapping, so nothing is written or removed for it"
+)
+
+MADE_WHY = (
+    "a cache entry of this container on this network cannot be read (see the warning),"
+    " but the chain holds nothing the entries read do not make: --repair makes their"
+    " rules, that interface's stay unknown"
 )
 
 
@@ -80,6 +89,44 @@ def held_chains(live: NatTable, wanted: Iterable[Chain], names: Collection[str])
     return held
 
 
+def unheld(
+    live: NatTable,
+    per_container: Sequence[Tuple[MappingConfig, Chain]],
+    unread: Collection[str],
+) -> List[Tuple[MappingConfig, Chain]]:
+    """`per_container` (expected.wanted_on_node's) less the chains of `unread` (chains of
+    unread_pairs) that `live` holds (held_chains): what the node's repair writes
+    (repair_plan._plan) and so what its check offers --repair for (node_written)."""
+    if not unread:
+        return list(per_container)
+    held = held_chains(live, [chain for _, chain in per_container], unread)
+    return [(c, chain) for c, chain in per_container if chain.name not in held]
+
+
+def node_written(
+    configs: Optional[Sequence[MappingConfig]],
+    tables: Mapping[int, NatTable],
+    attachments: Optional[Sequence[Attachment]],
+) -> frozenset[InFamily]:
+    """The chains of unread_pairs, by family, that the node's repair writes all the
+    same: unheld keeps them from `configs` (the cached configs the node check judges
+    in iptables), as it does in the repair's plan. Its check offers --repair there (it
+    named no fix and said "nothing is written" of the rows the repair then made)."""
+    pairs = unread_pairs(attachments)
+    if not pairs or configs is None:
+        return frozenset()
+    from portmapctl.ops.check.expected import wanted_on_node
+
+    names = {chain_name(*pair): pair for pair in pairs}
+    found: Set[InFamily] = set()
+    for family, live in tables.items():
+        _, per_container = wanted_on_node(configs, family, live)
+        for _, chain in unheld(live, per_container, names):
+            if chain.name in names:
+                found.add((family, *names[chain.name]))
+    return frozenset(found)
+
+
 UNKNOWN_DETAIL = (
     "the chain holds the rules of its entries that are read; those of the one that cannot"
     " be read are not known"
@@ -111,13 +158,13 @@ def unread_left(
     result: CheckResult,
     attachments: Optional[Sequence[Attachment]],
     tables: Optional[Mapping[int, NatTable]] = None,
-    written: Collection[int] = (),
+    written: Collection[InFamily] = (),
 ) -> CheckResult:
     """`result` with the iptables problems of the containers of unread_pairs naming no
     fix and saying why, a row for such a chain in `tables` no problem names
     (unknown_rules), and a warning for each such container with a problem. `written`:
-    the families where the repair of the one mapping checked writes all the same
-    (written_families): its problems there keep their fix."""
+    the chains, by family, that the repair writes all the same (node_written;
+    written_families, of one mapping): their problems keep their fix, and say so."""
     pairs = unread_pairs(attachments)
     if not pairs:
         return result
@@ -132,11 +179,15 @@ def unread_left(
     left = [
         not p.in_nftables
         and (p.network, p.container_id) in pairs
-        and (p.family not in written or p in unknown)
+        and ((p.family, p.network, p.container_id) not in written or p in unknown)
         for p in result.problems
     ]
     problems = tuple(
-        replace(p, fix="", why=UNREAD_WHY) if doubted else p
+        replace(p, fix="", why=UNREAD_WHY)
+        if doubted
+        else replace(p, why=MADE_WHY)
+        if not p.in_nftables and (p.family, p.network, p.container_id) in written
+        else p
         for p, doubted in zip(result.problems, left)
     )
     hit = sorted({(p.network, p.container_id) for p, doubted in zip(problems, left) if doubted})
@@ -145,7 +196,9 @@ def unread_left(
         {
             (p.network, p.container_id)
             for p in problems
-            if not p.in_nftables and p.family in written and (p.network, p.container_id) in pairs
+            if not p.in_nftables
+            and (p.family, p.network, p.container_id) in written
+            and (p.network, p.container_id) in pairs
         }
         - set(hit)
     )
@@ -244,21 +297,21 @@ def written_families(
     entries: Sequence[Attachment],
     sharing: Sequence[MappingConfig],
     tables: Mapping[int, NatTable],
-) -> frozenset[int]:
-    """The families of `tables` where the repair of `config` alone writes its chain
+) -> frozenset[InFamily]:
+    """Its chain, in the families of `tables` where the repair of `config` alone writes it
     though an entry of its container on the network cannot be read: stop_where_held,
     which that repair asks of each family, does not stop it (the chain holds nothing
     the write does not make: a flush emptied or deleted it). Its check offers --repair
     there, as the repair then does; it said "nothing is written" and named no fix."""
     if (config.network, config.container_id) not in unread_pairs(entries):
         return frozenset()
-    found = set()
+    found: Set[InFamily] = set()
     for family, live in tables.items():
         try:
             stop_where_held(config, entries, sharing, live)
         except ChainInDoubt:
             continue
-        found.add(family)
+        found.add((family, config.network, config.container_id))
     return frozenset(found)
 
 
