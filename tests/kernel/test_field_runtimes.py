@@ -850,6 +850,60 @@ def test_add_of_the_interface_whose_own_entry_cannot_be_read_does_as_the_plugins
         assert after == added, after
 
 
+_OWN_UNREAD = {"another-port": (8081, None), "net1-lost": (8080, "net1"),
+               "net2-lost": (8080, "net2"), "emptied": (8080, "-F"),
+               "flushed": (8080, "-F -X")}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(_OWN_UNREAD))
+def test_one_mapping_repair_of_the_interface_whose_own_entry_cannot_be_read(
+    twice_in, tmp_path, case
+):
+    """net1's OWN entry cut short (net2's read), `check --repair` of net1's mapping
+    (--ifname net1): the chain is judged against the mapping given and net2's entry
+    (stop_where_held). Given another port, the chain holds net1's 8080 rules that
+    neither makes (its earlier ADD's, its cached state not known): it stops, exit 3, one
+    line naming the entry, nothing written. Given the same port, the chain holding
+    nothing more (net1's or net2's DNAT rule lost, or the chain emptied by `-F`), it
+    writes the chain from the two: the lost rule back, every rule the two ADDs made
+    there, exit 1 naming the entry (its rules are not known), and a second repair
+    writes nothing. With no chain left (`-F; -X`) it stops before that, exit 3: its own
+    entry may say "nftables", and nothing in either backend tells where its plugin
+    keeps it; `--backend iptables` given, it makes the chain from the two. docs/
+    guarantees.md said it "still stops there" of every case."""
+    host_ns, cache, confs, mode = twice_in
+    added = _rules(host_ns, mode)
+    port, lost = _OWN_UNREAD[case]
+    rp.cut_short(cache / "results", NETWORK, CID, "net1")
+    if lost and lost.startswith("-"):
+        for flag in lost.split():
+            rp.iptables(host_ns, ["-t", "nat", flag], mode=mode)
+    elif lost:
+        _delete_dnat(host_ns, lost, mode)
+    before = _rules(host_ns, mode)
+    confs = {**confs, "net1": _conf("net1", "10.77.0.5/16", [rp.port_mapping(port, 80)])}
+    one = ("check", *_given(confs, tmp_path, "net1"), "--repair")
+
+    done = _pm(host_ns, cache, *one, mode=mode)
+    if port != 8080:
+        _stopped_for_the_unread_entry(done, "net1")
+    elif case == "flushed":
+        assert done.returncode == 3, done.stdout + done.stderr
+        assert "in iptables or in nftables cannot be told" in done.stderr, done.stderr
+    if port != 8080 or case == "flushed":
+        assert _rules(host_ns, mode) == before, "the repair wrote"
+        if case != "flushed":
+            return
+        one = (*one, "--backend", "iptables")  # said where: made from the two
+        done = _pm(host_ns, cache, *one, mode=mode)
+    _unread_left_after(done, "net1")
+    rules = _rules(host_ns, mode)
+    assert rules != before and sorted(rules) == sorted(added), rules
+    _plugin_checks(host_ns, confs, mode)
+    _unread_left_after(_pm(host_ns, cache, *one, mode=mode), "net1")
+    assert _rules(host_ns, mode) == rules, "a second repair wrote again"
+
+
 def _dnat6_of(ns: str, port: int) -> Optional[str]:
     """Where the kernel DNATs a TCP connection from the node to its own [fd00::1]:port
     (the reply source of its conntrack entry), None where nothing DNATs it: the node
