@@ -425,10 +425,16 @@ def owned_by(
     """Whether `--container PREFIX` (any of `prefixes`) selects a row: its container ID
     starts with it; or, for a row of no known container, which shows its chain under
     CONTAINER (render.table.owner_cell), that chain's name does (SPEC §3: every value
-    printed is accepted as input; a terminal cuts the name to its start)."""
+    printed is accepted as input; a terminal cuts the name to its start). A start that
+    ends before the hash (`C`, `CNI-DN-`) names no chain, it begins every one: taken as
+    one, `flush-udp --container CNI-DN-` deleted the flows of every such row's ports."""
     if container_id:
         return container_id.startswith(prefixes)
-    return is_plugin_chain(chain) and chain.startswith(prefixes)
+    if not is_plugin_chain(chain):
+        return False
+    if isinstance(prefixes, str):
+        prefixes = (prefixes,)
+    return any(len(p) > len(DNAT_PREFIX) and chain.startswith(p) for p in prefixes)
 
 
 def select(

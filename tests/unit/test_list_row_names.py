@@ -183,3 +183,25 @@ def test_the_summary_of_a_v06_node_reads_as_its_rows_add_up():
     assert pmctl(*args).stdout == (
         "3 mappings of 2 containers: 2 ok, 1 shadowed; 2 chains without a mapping: 2 legacy\n"
     )
+
+
+@pytest.mark.parametrize("dump", ["plugins-643-dead", "plugins-643-hairpin32"])
+def test_container_selects_no_chain_by_the_start_every_chain_shares(dump):
+    """A row of no known container is selected by its chain's name or a start of it
+    (the test above), but `C`, `CNI`, `CNI-DN-` name no chain: they are the start of
+    every one the plugin makes. Taken as one, `flush-udp --container CNI-DN-` (a
+    script's `CNI-DN-$HASH` with HASH unset, as `--container ""` is refused for) or
+    `--container C` deleted the UDP flows of every such row's ports, where it had
+    matched nothing before; it matches nothing again. A start that goes into the
+    hash still selects its chain."""
+    args = ["list", "--snapshot", f"{FIELD}/{dump}.v4.save", *NO_CACHE]
+    with open(f"{FIELD}/{dump}.v4.save") as dump_file:
+        found = inventory.build({4: parse_save(dump_file.read(), 4)})
+    (chain,) = {m.chain for m in found.mappings}
+    for value in ("C", "CN", "CNI", "CNI-", "CNI-D", "CNI-DN", "CNI-DN-"):
+        assert inventory.select(found.mappings, container=value) == [], value
+        out = pmctl(*args, "--container", value).stdout
+        assert out.startswith("0 of 1 mapping match"), (value, out)
+    for value in (chain[:8], chain):
+        assert [m.chain for m in inventory.select(found.mappings, container=value)] == [chain]
+        assert rows(pmctl(*args, "--container", value).stdout)[1][0] == "-", value
