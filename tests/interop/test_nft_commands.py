@@ -3257,3 +3257,43 @@ def test_an_ipv6_host_ip_port_is_nobodys_in_ipv4_for_gc_and_repair(
         for cid, ips, ports_of in (live1, web1):
             conf = upstream.nft_conf("podman", ips, ports_of)
             upstream.run(V191, "CHECK", node, cid, conf, check=True)
+
+
+def test_a_network_scoped_run_keeps_the_sightings_of_what_it_does_not_judge(
+    node: str, tmp_path: Path
+) -> None:
+    """A document of one network judges that network's iptables chains alone (and no
+    nftables rule): the others are kept unjudged. Their --min-age sightings went with
+    them from the state file, so the next run that speaks for them saw them anew: a
+    runtime's CNI GC of one network between two cron runs (each within --min-age of
+    the next) kept another network's dead chain, and every dead nftables container's
+    rules, for ever. Unjudged, a sighting stays as it was, as a family's does that a
+    run does not look at."""
+    ipt = ("ipt1", ["10.90.0.20/16"], [_pm(8100, 80)])
+    rp.run_plugin("ADD", node, ipt[0], rp.plugin_conf("other", *ipt[1:]), check=True)
+    _plugin_add(node, tmp_path, OLD, cached=False)  # (network "podman")
+    everyone = tmp_path / "everyone.json"  # a bare list: it speaks for every network
+    everyone.write_text(json.dumps([{"containerID": "mine1", "ifname": "eth0"}]))
+    mynet = tmp_path / "mynet.json"
+    mynet.write_text(json.dumps({"cniVersion": "1.1.0", "name": "mynet", "type": "portmap",
+                                 "cni.dev/valid-attachments": [
+                                     {"containerID": "mine1", "ifname": "eth0"}]}))  # fmt: skip
+    env = {"PORTMAPCTL_RUN_DIR": str(tmp_path / "run")}
+
+    def gc(doc: Path, min_age: str) -> dict:
+        args = ["gc", "--yes", "--min-age", min_age, "--valid-attachments", str(doc), "-o", "json"]
+        done = pmctl.run([*args, "--netns", node, "--cni-cache-dir", str(tmp_path / "none")],
+                         env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    first = gc(everyone, "1h")
+    assert {c["container_id"] for c in first["pending"]} == {"ipt1", "old1"}, first
+    time.sleep(3)
+    scoped = gc(mynet, "1h")
+    assert scoped["removed"] == [] and scoped["pending"] == [], scoped
+    # 3 s after the first sighting: past a --min-age of 2 s, had it stayed on file.
+    last = gc(everyone, "2s")
+    assert last["pending"] == [], last
+    assert {c["container_id"] for c in last["removed"]} == {"ipt1", "old1"}, last
+    assert _container_rules(node) == [] and "ipt1" not in rp.save(node)

@@ -110,7 +110,8 @@ def plan_family(
     address is being added) stays pending, its clock running, and so does every chain
     with `hold_all` (a container may be being added where gc cannot look); a chain
     kept only because `zombies` are counted live keeps its sighting as it was
-    (ZombieHold). `flavour`: the iptables tables `table` was read from (fingerprint).
+    (ZombieHold), as does one the sources do not judge (another network's, beside
+    documents of one). `flavour`: the iptables tables `table` was read from (fingerprint).
     """
     family = table.family
     chains = chain_facts(table)
@@ -125,9 +126,16 @@ def plan_family(
         if not is_plugin_chain(chain.name):
             continue  # not the plugin's name: never ours to remove (inventory skips them)
         key = ChainKey(family, chain.name)
-        if live.is_live(chain, derived) or not live.in_scope(chain):
+        alive = live.is_live(chain, derived)
+        if alive or not live.in_scope(chain):
             kept += 1
-            if zombies is not None and key in seen:
+            if not alive and key in seen:
+                # Another network's chain beside documents of one: not judged, so its
+                # sighting stays as it was (dropped, the next run that judged it began
+                # its --min-age anew: a CNI GC of one network between two cron runs
+                # kept the others' dead chains for ever).
+                new_seen[key] = seen[key]
+            elif zombies is not None and key in seen:
                 strict = zombies.strict()
                 if strict_derived is None:
                     strict_derived = strict.derived_chains(chains)

@@ -190,6 +190,20 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         unmatched = unmatched_keeps(sources.keep, tables, nft_owners, attachments)
     zombies = zombie_hold(sources, attachments, view)
 
+    if not speaks_nft:
+        # Documents of one network judge no nftables rule: their sightings stay as
+        # they were, as an unjudged iptables chain's do (plan_family); dropped, the
+        # next run that judged them began their --min-age anew. A container --keep
+        # names is live: its sighting goes, as wherever a run sees one live.
+        kept_ids = tuple(sources.keep)
+        remembered.update(
+            {
+                key: value
+                for key, value in seen.items()
+                if key.nft
+                and not (kept_ids and key.chain[len(gc_state.NFT_PREFIX) :].startswith(kept_ids))
+            }
+        )
     nft = None
     if nft_rules is not None and speaks_nft:
         # Before any family is planned (and one applied ahead): a refusal (an empty
