@@ -391,6 +391,9 @@ def test_a_keep_beside_a_network_scoped_document_removes_no_nftables_rule(
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["removed"] == [], keep
         assert _container_rules(node) == before, keep
+        # Kept, and counted so (ipt1's chain; web1 and old1 in each family): the
+        # nftables containers were left out of it, `1 kept`.
+        assert json.loads(done.stdout)["kept"] == 1 + 2 * 2, keep
         assert "matches no container" not in done.stderr  # (web1's rules are read)
         assert f":{chain_name('other', 'ipt1')} - " in rp.save(node)
 

@@ -261,19 +261,27 @@ def test_a_network_scoped_document_alone_removes_no_nftables_rule(tmp_path, flus
 
     live_ids = frozenset(LIVE)
     everyone = owners_in(nftcases.live("v191-several"))
-    # (A --keep beside a scoped document widens its scope no more than for iptables.)
-    cases = (("podman", (), set()), ("podman", ("x",), set()), (None, (), {"aaaa1111", "eeee5555"}))
-    for network, keep, gone in cases:
+
+    def run(sources, state):
         fake = MemoryNft(nftcases.live("v191-several"))
         empty = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
         tables = {f: parse_save(empty, f) for f in (4, 6)}
         node = Node(NodeOptions(cache_dirs=("/nonexistent",)), MemoryBackend(tables), fake)
+        options = gc_lib.GcOptions(min_age=0, state_dir=str(tmp_path / state))
+        return gc_lib.gc(node, sources, options), fake
+
+    # Every container (per family) kept, as a --keep of them all keeps them.
+    every_pair = run(gc_lib.Sources(keep=tuple(everyone)), "all")[0].kept
+    # (A --keep beside a scoped document widens its scope no more than for iptables.)
+    cases = (("podman", (), set()), ("podman", ("x",), set()), (None, (), {"aaaa1111", "eeee5555"}))
+    for network, keep, gone in cases:
         document = ValidAttachments(network, live_ids, "doc.json")
-        state = tmp_path / f"{network}{keep}"
-        options = gc_lib.GcOptions(min_age=0, state_dir=str(state))
-        result = gc_lib.gc(node, gc_lib.Sources(documents=(document,), keep=keep), options)
+        result, fake = run(gc_lib.Sources(documents=(document,), keep=keep), f"{network}{keep}")
         assert {c.container_id for c in result.removed} == gone
         assert owners_in(fake.read()) == everyone - gone
+        if network is not None:
+            # Kept, and counted so: `0 kept` said none was (docs/commands/gc.md).
+            assert result.kept == every_pair > 0, (keep, result.kept)
 
 
 # --- SIGKILL between a removal and the state save ----------------------------------------

@@ -338,7 +338,7 @@ def _apply_gc_to(
         failure = _family_failure(failed_family, failure, plans, planned)
     nft_removed: List[GcChain] = []
     nft_pending: List[GcChain] = []
-    nft_kept = 0
+    nft_kept = planned.nft_unjudged
     nft_done: Optional[NftPlan] = None
     # The nftables plan when none of it went in (refused whole, or not tried after a
     # family failed): its sightings stay as they were, as a refused family's above.

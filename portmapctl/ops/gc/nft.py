@@ -108,6 +108,23 @@ def speaks_for_nft(sources: Sources, use_cache: bool) -> bool:
     )
 
 
+def owner_pairs(
+    live_rules: Ruleset, families: Sequence[int], kept: Callable[[str], bool] = lambda _: True
+) -> Set[Tuple[int, str]]:
+    """(family, container ID) of every container with rules here (in `families`) that
+    `kept` says is kept: what gc's `kept` counts of the nftables rules."""
+    from portmapctl.nftables.ruleset import CONTAINER_CHAINS
+
+    return {
+        (family, rule.comment)
+        for family, table in live_rules.tables.items()
+        if family in families
+        for chain in CONTAINER_CHAINS
+        for rule in table.rules_of(chain)
+        if rule.comment and kept(rule.comment)
+    }
+
+
 def plan_nft(
     live_rules: Ruleset,
     attachments: Optional[Sequence[Attachment]],
@@ -194,14 +211,7 @@ def plan_nft(
             else:
                 pending.append(item)
     # (family, container ID) of every container here that its sources keep.
-    kept_pairs = {
-        (family, rule.comment)
-        for family, table in live_rules.tables.items()
-        if family in families
-        for chain in CONTAINER_CHAINS
-        for rule in table.rules_of(chain)
-        if rule.comment and is_live(rule.comment)
-    }
+    kept_pairs = owner_pairs(live_rules, families, is_live)
     if zombies is not None:
         new_seen.update(_held_by_zombies(kept_pairs, seen, zombies))
     # UDP ports another rule still maps are not freed.

@@ -84,6 +84,9 @@ class GcPlan:
     # Sightings left the file before a removal (Planning.forget); None: a dry run.
     forgetting: Optional[gc_state.Forgetting] = None
     last_read: Mapping[int, NatTable] = field(default_factory=dict)  # (Planning's)
+    # (family, container) pairs of nftables rules kept unjudged (`nft` None: the sources
+    # speak for none of them), counted in the result's `kept`.
+    nft_unjudged: int = 0
 
     @property
     def removing(self) -> int:
@@ -125,9 +128,10 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
     warnings: List[str] = []
     families = node.families
     speaks_nft = gc_nft.speaks_for_nft(sources, use_cache)
-    # Read also where the sources speak for none of its rules, when a --keep may name
-    # one's container: taken for no container on the node, it was warned of.
-    with_nft = node.nft is not None and (speaks_nft or bool(sources.keep))
+    # Read also where the sources speak for none of its rules: its containers are kept
+    # and counted so (as another network's iptables chains are), and a --keep may name
+    # one (taken for no container on the node, it was warned of).
+    with_nft = node.nft is not None
     nft_families = families if node.nft is not None else ()
 
     def read() -> Tuple[Dict[int, NatTable], Optional[Ruleset]]:
@@ -204,6 +208,12 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
                 and not (kept_ids and key.chain[len(gc_state.NFT_PREFIX) :].startswith(kept_ids))
             }
         )
+    # Kept unjudged (documents of one network alone): every container with rules here.
+    nft_unjudged = (
+        len(gc_nft.owner_pairs(nft_rules, families))
+        if nft_rules is not None and not speaks_nft
+        else 0
+    )
     nft = None
     if nft_rules is not None and speaks_nft:
         # Before any family is planned (and one applied ahead): a refusal (an empty
@@ -296,6 +306,7 @@ def _plan_gc(node: Node, sources: Sources, options: GcOptions, apply_early: bool
         applied,
         forgetting,
         planning.last_read,
+        nft_unjudged,
     )
 
 
