@@ -132,7 +132,7 @@ def _check_body(body: RuleBody) -> None:
 class Transaction:
     ops: List[Op] = field(default_factory=list)
     # (family, chain) written again with the rules it held, each once (the repair's
-    # dedupe): nothing of it was missing, so no mapping was dark (nft_repair.nft_changed).
+    # dedupe): nothing of it was missing, so no mapping was dark (nft_repair_txn.nft_changed).
     as_read: Set[Tuple[int, str]] = field(default_factory=set, compare=False)
     # The families whose table, as read when this was planned, took flows the node
     # routes to other hosts (layout.took_routed): only there are such flows, DNATed to

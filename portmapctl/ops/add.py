@@ -618,7 +618,7 @@ def _add_nft(
                 # local`, DNATed to a container: as check --repair's (flush_routed_after).
                 # By the transaction that went in: after a try killed past its commit,
                 # the last plan is the empty one of the read after it.
-                from portmapctl.ops.check.nft_repair import flush_routed_after
+                from portmapctl.ops.check.nft_repair_flush import flush_routed_after
 
                 warnings += flush_routed_after(node, went[0])
             owed.clear()
@@ -631,7 +631,7 @@ def _add_nft(
         # of a table that took routed flows; its warnings are not said.
         went = _went_in(tried)
         if not dry_run and flush_udp and went is not None:
-            from portmapctl.ops.check.nft_repair import flush_routed_after
+            from portmapctl.ops.check.nft_repair_flush import flush_routed_after
 
             with contextlib.suppress(PortmapctlError, OSError):
                 flush_routed_after(node, went[0])

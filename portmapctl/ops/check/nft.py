@@ -2,9 +2,10 @@
 
 Containers are split by backend as the plugin chooses (ops/nft.py); the nft-backed
 ones are compared with what upstream v1.9.1's ADD writes (nftables/inventory.py).
-Their repair, one `nft -f` transaction, is ops/check/nft_repair.py; a container
-with rules in both backends is judged by ops/check/both_backends.py, and one mapping
-given on the command line by ops/check/nft_one.py.
+Their repair, one `nft -f` transaction, is ops/check/nft_repair.py (one mapping's:
+ops/check/nft_repair_one.py); a container with rules in both backends is judged by
+ops/check/both_backends.py, and one mapping given on the command line by
+ops/check/nft_one.py.
 """
 
 from __future__ import annotations

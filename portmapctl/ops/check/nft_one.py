@@ -6,7 +6,7 @@ CHECK would want it but exactly (its rules and the structure that reaches them,
 check_mapping), and shadowed as the node check says it (mapping_shadowed). The
 container's rules for its other cached networks and addresses are its own, never
 extra (other_networks, own_addresses: --repair of one port deletes no live mapping),
-which one mapping's repair (ops/check/nft_repair.py) counts the same way.
+which one mapping's repair (ops/check/nft_repair_one.py) counts the same way.
 """
 
 from __future__ import annotations

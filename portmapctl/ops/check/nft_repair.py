@@ -1,19 +1,23 @@
-"""check --repair over the plugin's nftables backend: the node's nft-backed cached
-containers made as the plugin's ADD makes them (nft_repair), or one mapping given
-(repair_mapping), each in one `nft -f` transaction (nftables/planner.py), never in
-iptables. What they compare against is ops/check/nft.py's (one mapping's:
-ops/check/nft_one.py's)."""
+"""check --repair over the plugin's nftables backend, for the node: its nft-backed
+cached containers made as the plugin's ADD makes them (nft_repair), in one `nft -f`
+transaction (nftables/planner.py), never in iptables. It decides which cached entries
+the plan makes (_CacheAgain: one the plugin ran for meanwhile, or being torn down, is
+left alone), which it leaves as they are and names (refused conditions, a backend in
+doubt: _not_written), and whether the node's prerouting/output entry is written
+(_newest_refused: not with conditions nft cannot be made to run as a match).
+ReadOnceNft is the node's nftables read once for repair.py's check before, split and
+plan. What it compares against is ops/check/nft.py's. One mapping's repair is
+nft_repair_one.py, what both judge their transaction by nft_repair_txn.py, the UDP
+flush after it nft_repair_flush.py."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import replace
 from types import MappingProxyType
 from typing import (
     TYPE_CHECKING,
-    Callable,
     Collection,
     Dict,
     Iterable,
@@ -23,7 +27,6 @@ from typing import (
     Sequence,
     Set,
     Tuple,
-    TypeVar,
 )
 from typing import Mapping as ReadOnly
 
@@ -31,22 +34,18 @@ from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.text import name_text
-from portmapctl.errors import ApplyFailed, Interrupted, PortmapctlError, found_in
-from portmapctl.ops.check.nft import expected_configs, expected_in_add_order
-from portmapctl.ops.check.nft_one import other_networks, own_addresses
+from portmapctl.ops.check.nft import expected_in_add_order
+from portmapctl.ops.check.nft_repair_txn import _judged, cached_addresses, nft_changed
 from portmapctl.ops.check.port_moves import PortTaken, nft_holder_name, nft_ports_taken
-from portmapctl.ops.check.problem import CheckResult, Unrepaired
+from portmapctl.ops.check.problem import Unrepaired
 from portmapctl.ops.check.torn_down import TornDownLook
 from portmapctl.ops.node import Node
-from portmapctl.ops.side_effects import after_setup
 
 if TYPE_CHECKING:
     from portmapctl.nftables.access import NftAccess
-    from portmapctl.nftables.ruleset import RuleBody, Ruleset
+    from portmapctl.nftables.ruleset import Ruleset
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
-
-T = TypeVar("T")
 
 # How far a file's modification time (the kernel's coarse clock) may lag time.time_ns().
 _CLOCK_SLACK_NS = 50_000_000
@@ -329,17 +328,6 @@ def nft_repair(
     return NftRepaired(text, nft_changed(*planned[-1]), now, left, tuple(notes))
 
 
-def cached_addresses(attachments: Iterable[Attachment]) -> Dict[str, Tuple[str, ...]]:
-    """By container ID, the container addresses its cache entries give it (both
-    families, as nft prints them): its nftables rules for others are stale."""
-    found: Dict[str, Tuple[str, ...]] = {}
-    for a in attachments:
-        if a.mapping is not None:
-            ips = tuple(address.ip.compressed for address in a.mapping.addresses)
-            found[a.container_id] = (*found.get(a.container_id, ()), *ips)
-    return found
-
-
 def _without(
     configs: Sequence[MappingConfig], left: Collection[Tuple[str, int]]
 ) -> List[MappingConfig]:
@@ -408,218 +396,6 @@ def _not_written(
     return tuple(found)
 
 
-def _judged(
-    tried: List[T], txn_of: Callable[[T], NftTransaction], notes: List[str]
-) -> Callable[[ApplyFailed], None]:
-    """converge_nft's `went_in` for a repair: a try whose nft died was found gone in by
-    the read after it, so it is the transaction applied, not the empty plan that read
-    made (`tried`: each try's entry, last last; `txn_of`: its transaction)."""
-
-    def went_in(err: ApplyFailed) -> None:
-        while tried and not txn_of(tried[-1]):
-            tried.pop()
-        notes.append(found_in("nftables", err))
-
-    return went_in
-
-
-def nft_changed(
-    txn: NftTransaction, configs: Sequence[MappingConfig]
-) -> List[Tuple[MappingConfig, List[int]]]:
-    """The mappings an nft repair transaction (re)made, with their families."""
-    from portmapctl.nftables.ruleset import OUTPUT, PREROUTING
-    from portmapctl.nftables.transaction import OpKind
-
-    touched: Dict[str, set] = {}
-    dark: set = set()  # families whose entry rules were rewritten: every mapping was dark
-    for op in txn.ops:
-        if (op.family, op.chain) in txn.as_read:
-            continue  # each rule once again: nothing was missing
-        if op.kind is OpKind.ADD_RULE and op.chain in (PREROUTING, OUTPUT):
-            dark.add(op.family)
-        elif op.body is not None and op.body.comment:
-            # A rule of the container added or deleted: where its traffic goes changed.
-            touched.setdefault(op.body.comment, set()).add(op.family)
-    changed = []
-    for c in configs:
-        fams = sorted({f for f in c.families if f in dark} | touched.get(c.container_id, set()))
-        if fams:
-            changed.append((c, fams))
-    return changed
-
-
-def repair_mapping(
-    node: Node,
-    config: MappingConfig,
-    families: Tuple[int, ...],
-    planned: Optional[List[NftTransaction]] = None,
-    left: Optional[Dict[int, PortTaken]] = None,
-    notes: Optional[List[str]] = None,
-) -> Tuple[str, List[int]]:
-    """Make one nft-backed mapping as the plugin's ADD would, and delete the rules of
-    its container that its config does not make (what check_mapping calls extra): the
-    transaction's text and the families written. `planned`: gets each transaction as
-    it is tried (what a SIGTERM during the write may have put in). Nothing is written in
-    a family where that would take a port another container has (port_moves): `left`
-    gets why, by family.
-    `notes`: gets the warning for a try whose nft died and that went in (found_in)."""
-    from portmapctl.nftables import planner
-    from portmapctl.nftables.layout import lone_families
-    from portmapctl.nftables.problems import refuses_the_plugins_rules
-    from portmapctl.nftables.transaction import Transaction as NftTransaction
-    from portmapctl.nftables.transaction import refused_condition
-    from portmapctl.nftables.wanted import wanted
-
-    want = [w for f in families if (w := wanted(config, f)) is not None]
-    attachments = node.read_cache()
-    others = other_networks(node, config, families, attachments)
-    # prerouting/output are the node's, not this container's: where one must be written
-    # again, it gets the conditions of the newest cached ADD of its family, as the
-    # node-wide repair writes it (this container's would apply to every container).
-    held: Set[int] = set()
-    # (As nft_repair's: over every cached container, this one too.)
-    lone = lone_families([config.families])
-    if attachments:
-        cached = expected_configs(node, attachments)
-        lone = lone_families([config.families, *(c.families for c in cached)])
-        newest = {w.family: (w.entry, c) for c in cached
-                  for f in families if (w := wanted(c, f)) is not None}  # fmt: skip
-        # Where the newest ADD's conditions cannot be written, the entry is left as it
-        # is, as nft_repair leaves it (another's would open every port wider).
-        held = {f for f, (_, c) in newest.items()
-                if refused_condition((*c.conditions_v4, *c.conditions_v6))}  # fmt: skip
-        want = [replace(w, entry=newest.get(w.family, (w.entry, None))[0]) for w in want]
-    # Exactly as checked: the container's own unwanted rules go too, by handle
-    # (never anyone else's), as the node-wide repair does.
-    ids, written = {config.container_id}, [w.family for w in want]
-    mine = own_addresses(config)
-    # Its rules are its own (no holder: port_moves) for the addresses given and those of
-    # its cache entries; one for another address is stale, maybe another's now.
-    own = cached_addresses([a for a in attachments or () if a.container_id == config.container_id])
-    own[config.container_id] = (*own.get(config.container_id, ()), *mine)
-    tried: List[NftTransaction] = planned if planned is not None else []
-
-    def plan(live: Ruleset) -> NftTransaction:
-        # A family whose table refuses what the plan writes there is left, as
-        # nft_repair leaves it: written, it failed the one `nft -f` of both families
-        # whole.
-        written[:] = [w.family for w in want]
-        txn = planner.repair(live, want, ids, written, others, mine, held=held, lone=lone)
-        usable = [
-            w
-            for w in want
-            if not refuses_the_plugins_rules(live.table(w.family), txn.written(w.family))
-        ]
-        if len(usable) < len(want):
-            written[:] = [w.family for w in usable]
-            txn = planner.repair(live, usable, ids, written, others, mine, held=held, lone=lone)
-        took = {
-            f: t
-            for (cid, f), t in nft_ports_taken(live, txn, own).items()
-            if cid == config.container_id
-        }
-        if left is not None:
-            left.clear()  # (planned again from a fresh read)
-            left.update(took)
-        if took:
-            # The family whose repair would take a port is left as it is; the other is
-            # repaired (a table of its own: nothing of it takes or gives that port).
-            usable = [w for w in usable if w.family not in took]
-            written[:] = [w.family for w in usable]
-            txn = NftTransaction()
-            if usable:
-                txn = planner.repair(live, usable, ids, written, others, mine, held=held, lone=lone)
-        tried.append(txn)
-        return txn
-
-    went_in = _judged(tried, lambda txn: txn, [] if notes is None else notes)
-    text = node.converge_nft(plan, went_in=went_in)
-    return text, (list(written) if text else [])
-
-
-def entry_families(txn: NftTransaction) -> List[int]:
-    """The families whose prerouting entry `txn` (re)writes."""
-    from portmapctl.nftables.ruleset import PREROUTING
-    from portmapctl.nftables.transaction import OpKind
-
-    return sorted(
-        {
-            op.family
-            for op in txn.ops
-            if op.kind is OpKind.ADD_RULE
-            and op.chain == PREROUTING
-            and (op.family, PREROUTING) not in txn.as_read
-        }
-    )
-
-
-def flush_routed_after(node: Node, txn: NftTransaction) -> List[str]:
-    """flush_routed in the families whose prerouting entry `txn` (re)wrote: an entry
-    made local again lets go of the routed flows the old one DNATed; and of the rules
-    `txn` deleted (their bodies known: a repair's, an add's superseded ones), the
-    routed flows DNATed to where no rule left sends their port (an old address of a
-    moved container). Also on the way out of a SIGTERM or Ctrl-C once `txn` went in (or
-    was under way): the next check finds the entry healthy and would leave those flows
-    pinned to the container."""
-    from portmapctl.nftables.transaction import OpKind
-    from portmapctl.ops.flush_udp import dnat_targets
-
-    # Only where the table as read took routed flows (v1.6/v1.7's entry): under v1.9's
-    # a routed flow DNATed to a container's address and port is another tool's
-    # (kube-proxy's to a pod), never the plugin's, and stays.
-    routed = [f for f in entry_families(txn) if f in txn.took_routed]
-    # (Only a deleted rule that DNATs a UDP port has flows to let go: the usual repair
-    # reads nothing more.)
-    deleted = [
-        (op.family, op.body)
-        for op in txn.ops
-        if op.kind is OpKind.DELETE_RULE
-        and op.family in txn.took_routed
-        and op.body is not None
-        and dnat_targets(op.family, (op.body,))
-    ]
-    return flush_routed(node, routed, deleted) if routed or deleted else []
-
-
-def flush_routed(
-    node: Node, families: Sequence[int], deleted: Sequence[Tuple[int, RuleBody]] = ()
-) -> List[str]:
-    """After prerouting's entry was written again in `families`: delete the UDP
-    conntrack entries of flows the node routes to another host (not to one of its own
-    addresses) that were DNATed to a container address and port the plugin's rules map
-    that host port to. Only an entry without `fib daddr type local` (v1.6/v1.7's,
-    `downgraded`) sent such a flow there; left alone, a stream that keeps sending stays
-    pinned to the container after the repair. Also those DNATed to where one of the
-    `deleted` rule bodies (family, body) sent its port and no rule left does: that
-    destination is no mapping's any more. Failures are warnings, as after_setup's."""
-    from portmapctl.nftables.ruleset import HOSTIP_HOSTPORTS, HOSTPORTS
-    from portmapctl.ops.flush_udp import RoutedTarget, delete_routed, dnat_targets
-
-    live = node.read_nft()
-    targets: Set[RoutedTarget] = set()
-    left: Set[RoutedTarget] = set()
-    for family, table in live.tables.items():
-        rules = (*table.rules_of(HOSTPORTS), *table.rules_of(HOSTIP_HOSTPORTS))
-        found = dnat_targets(family, (rule.body for rule in rules))
-        left |= found
-        if family in families:
-            targets |= found
-    for family, body in deleted:
-        targets |= dnat_targets(family, (body,)) - left
-    if not targets:
-        return []
-    from portmapctl.ops.side_effects import no_conntrack_entries, not_flushed
-
-    keys = {(family, port) for family, port, _addr, _to in targets}
-    if no_conntrack_entries():
-        return []
-    try:
-        delete_routed(targets)
-    except Exception as err:  # noqa: BLE001 - as after_setup's flush
-        return [not_flushed(keys, err)]
-    return []
-
-
 class ReadOnceNft:
     """The node's nftables, read once for the check before, the split and the plan; a
     write makes the next read a real one (the check after an nft repair reads the
@@ -641,89 +417,3 @@ class ReadOnceNft:
     def apply(self, txn: NftTransaction) -> None:
         self.live = None
         self.access.apply(txn)
-
-
-def repair_nft_mapping(
-    node: Node,
-    config: MappingConfig,
-    before: CheckResult,
-    flush_udp: bool,
-    ifname: Optional[str] = None,
-) -> CheckResult:
-    """`check --repair` of one mapping given on the command line (for `ifname`) whose
-    container `followed` put in the nftables backend: repair_mapping, then its side
-    effects (on the way out of a SIGTERM too) and the check after. A family where its
-    own interface is being torn down (torn_down.nft_torn_own) is left as it is, named."""
-    from portmapctl.core.validate import nft_refusals
-    from portmapctl.nftables.ruleset import HOSTPORTS
-    from portmapctl.nftables.transaction import check_condition
-    from portmapctl.ops.check.run import check_followed, entries_of
-    from portmapctl.ops.check.torn_down import nft_torn_own
-
-    nft_refusals(config)
-    for condition in (*config.conditions_v4, *config.conditions_v6):
-        check_condition(condition)
-    tried: List[NftTransaction] = []
-    left: Dict[int, PortTaken] = {}  # by family
-    notes: List[str] = []
-    # (Looked into only where something would be written: a healthy mapping costs nothing.)
-    dying = nft_torn_own(config, entries_of(node, config), ifname) if before.problems else {}
-    dead = [
-        Unrepaired(f, config.network, config.container_id, HOSTPORTS, why)
-        for f, why in sorted(dying.items())
-        if any(p.family == f for p in before.problems)
-    ]
-    families = tuple(f for f in before.families if f not in dying)
-    try:
-        text, families = repair_mapping(node, config, families, tried, left, notes)
-    except Interrupted as stop:
-        # SIGTERM or Ctrl-C once `nft -f` went in (or was under way): what it made gets
-        # the plugin's side effects on the way out, as the whole-node repair does.
-        from portmapctl.ops.check.repair_report import say_repaired
-
-        made = nft_changed(tried[-1], [config]) if tried else []
-        say_repaired(stop, bool(tried), made)
-        for c, fams in made:
-            after_setup(c, fams, flush_udp, local_only=True)
-        if flush_udp and tried:
-            with contextlib.suppress(PortmapctlError):  # (the run ends as terminated)
-                flush_routed_after(node, tried[-1])
-        raise
-    try:
-        # (`node`: what would go and does not reach this container is judged against the
-        # node's every mapping, as the node-wide repair judges it: a shadowed
-        # container's repair deleted the live flows of the one that takes the port.)
-        warnings = notes + (
-            after_setup(config, families, flush_udp, local_only=True, node=node) if families else []
-        )
-        if flush_udp and text and tried:
-            warnings += flush_routed_after(node, tried[-1])
-        unrepaired = dead + [
-            Unrepaired(
-                t.family, config.network, config.container_id, t.chain, t.why(nft_holder_name(t))
-            )
-            for _, t in sorted(left.items())
-        ]
-        warnings += [u.text for u in unrepaired]
-        after = check_followed(node, config, ifname=ifname)
-    except Interrupted as stop:
-        # `nft -f` went in: its side effects, or the check after, under way.
-        from portmapctl.ops.check.repair_report import say_repaired
-
-        say_repaired(stop, bool(tried), nft_changed(tried[-1], [config]) if tried else [])
-        raise
-    from portmapctl.ops.check.repair_report import left_named
-
-    remaining = {p.key for p in after.problems}
-    return CheckResult(
-        left_named(after.problems, unrepaired),
-        after.families,
-        after.scope,
-        mappings_checked=after.mappings_checked,
-        chain=after.chain,
-        repaired=bool(text),
-        fixed=tuple(p for p in before.problems if p.key not in remaining),
-        transactions={"nft": text} if text else {},
-        warnings=tuple(warnings),
-        unrepaired=tuple((u.family, u.network, u.container_id, u.chain, u.why) for u in unrepaired),
-    )

@@ -282,7 +282,7 @@ def repair(
     before = unread_left(before, attachments, read.tables)
     from portmapctl.cni.cache import added_at
     from portmapctl.ops.check import nft as check_nft
-    from portmapctl.ops.check import nft_repair
+    from portmapctl.ops.check import nft_repair, nft_repair_flush
 
     # In ADD order (the cache files' modification times), as nft_repair: the entry
     # rules are appended in this order, and of two containers on one host port the
@@ -407,7 +407,7 @@ def repair(
         for c, fams in nft_changed:
             warnings += after_setup(c, fams, flush_udp, local_only=True, node=node)
         if flush_udp and transactions.get("nft") and nft_tried:
-            warnings += nft_repair.flush_routed_after(node, nft_tried[-1][0])
+            warnings += nft_repair_flush.flush_routed_after(node, nft_tried[-1][0])
         # As the plugin's ADD: route_localnet, and no UDP flow left pinned to the
         # un-NATed path it took while the mapping was missing.
         warnings += after_setup_many(list(changed.values()), flush_udp, local_only=True, node=node)
@@ -420,7 +420,7 @@ def repair(
         after_setup_many(made, flush_udp, local_only=True)
         if flush_udp and nft_tried:
             with contextlib.suppress(PortmapctlError):  # (the run ends as terminated)
-                nft_repair.flush_routed_after(node, nft_tried[-1][0])
+                nft_repair_flush.flush_routed_after(node, nft_tried[-1][0])
         raise
     try:
         now = {family: planned.read(family) for family in read.tables}
@@ -479,9 +479,9 @@ def _handed_over(
     nft_tried: Sequence[Tuple[NftTransaction, List[MappingConfig]]],
 ) -> List[Tuple[MappingConfig, List[int]]]:
     """The mappings the node's repair handed to iptables and nft (re)made."""
-    from portmapctl.ops.check import nft_repair
+    from portmapctl.ops.check import nft_repair_txn
 
     made = _attempted(planned, configs or [])
     if nft_tried:
-        made += nft_repair.nft_changed(*nft_tried[-1])
+        made += nft_repair_txn.nft_changed(*nft_tried[-1])
     return made

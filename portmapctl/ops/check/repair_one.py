@@ -6,7 +6,7 @@ container's chain). It decides for this one container what the node's repair
 holds, nothing made of a torn-down interface sharing its chain, nothing written where
 an entry sharing its chain cannot be read and the chain holds more than the entries
 read make, no host port taken from another container. A mapping its plugin keeps in
-nftables goes to nft_repair.repair_nft_mapping. repair.repair imports it only when a
+nftables goes to nft_repair_one.repair_nft_mapping. repair.repair imports it only when a
 mapping is given: the node's check and repair never load it."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _repair_mapping(
     """`check --repair` of one mapping given on the command line (for `ifname`)."""
     config, followed_notes = followed(node, config, writing=True, forced=forced, ifname=ifname)
     if nft_mapping(node, config):
-        from portmapctl.ops.check.nft_repair import repair_nft_mapping
+        from portmapctl.ops.check.nft_repair_one import repair_nft_mapping
 
         before = check_followed(node, config, ifname=ifname)
         done = repair_nft_mapping(node, config, before, flush_udp, ifname)

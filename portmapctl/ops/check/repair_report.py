@@ -1,8 +1,8 @@
-"""What a repair says it did, for the node's (repair.py), one mapping's
-(repair_one.py) and nftables' (nft_repair.py): the check after it with what it fixed
-and what it could not (`_repaired`; `left_named`: a problem of a container it could
-not make names its `could not repair` line as the fix, not --repair again), and, on
-SIGTERM or Ctrl-C once a transaction went in, the line saying so (`say_repaired`,
+"""What a repair says it did, for the node's (repair.py), one mapping's (repair_one.py)
+and one nft-backed mapping's (nft_repair_one.py): the check after it with what it fixed
+and what it could not (`_repaired`; `left_named`: a problem of a container it could not
+make names its `could not repair` line as the fix, not --repair again), and, on SIGTERM
+or Ctrl-C once a transaction went in, the line saying so (`say_repaired`,
 `say_repair_done`): "terminated" alone reads as "nothing was written"."""
 
 from __future__ import annotations

@@ -195,7 +195,8 @@ def test_a_jump_twice_in_an_entry_chain_is_one_duplicate_entry() -> None:
     txn = planner.repair(doubled, [], ids, (4, 6), dedupe=True)
     fake.apply(txn)
     # Nothing was dark: no mapping gets the plugin's side effects, no routed flush.
-    from portmapctl.ops.check.nft_repair import entry_families, nft_changed
+    from portmapctl.ops.check.nft_repair_flush import entry_families
+    from portmapctl.ops.check.nft_repair_txn import nft_changed
 
     assert nft_changed(txn, nftcases.live_configs("v191-basic")) == []
     assert entry_families(txn) == []
