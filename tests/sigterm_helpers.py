@@ -89,8 +89,10 @@ elif where == "ahead":
 elif where == "add":
     # add's write went in (ahead of it, or by add itself); its UDP flush has not run.
     # Meanwhile a flow through the new rules is made (PMT_DURING: conntrack -I's args).
+    # (An nftables add's side effects are looked up in ops/add_nft.py, an iptables
+    # add's in ops/add.py: both are held.)
     import subprocess
-    from portmapctl.ops import add
+    from portmapctl.ops import add, add_nft
     real_after_setup, held = add.after_setup, []
     def after_setup(*args, **kwargs):
         if not held:
@@ -99,7 +101,7 @@ elif where == "add":
                            capture_output=True)
             hold()
         return real_after_setup(*args, **kwargs)
-    add.after_setup = after_setup
+    add.after_setup = add_nft.after_setup = after_setup
 elif where == "add-looking":
     # add's write and its UDP flush are done; it looks around for its warnings.
     from portmapctl.ops import add

@@ -36,7 +36,7 @@ def hook_warnings(node: Any, config: MappingConfig, live: Any = None) -> List[st
         return []
     from portmapctl.core.status import Status
     from portmapctl.nftables.foreign import node_hooked
-    from portmapctl.ops.add import as_rows
+    from portmapctl.ops.add_others import as_rows
 
     mine = as_rows(config, [f for f in config.families if f in node.families])
     hooked = node_hooked(node, mine, live, hooks) if hooks else None
@@ -87,7 +87,7 @@ def _other_flavour_warnings(node: Any, config: MappingConfig) -> List[str]:
         return []
     from portmapctl.core.contest import crossed, flavour_rivals
     from portmapctl.iptables.foreign import same_priority_takers
-    from portmapctl.ops.add import as_rows
+    from portmapctl.ops.add_others import as_rows
     from portmapctl.ops.flavour_guard import plugin_rows
 
     flavours, readers = other
@@ -119,7 +119,7 @@ def contest_warnings(node: Any, config: MappingConfig, nft_live: Any = None) -> 
     overlapping host address, another container): which mapping gets the traffic is
     the kernel's hook order, so this one is contested (core/contest.py decides, as for
     list and check). `nft_live`: the plugin's nftables tables, read already."""
-    from portmapctl.ops.add import as_rows, other_backend_rows
+    from portmapctl.ops.add_others import as_rows, other_backend_rows
 
     wanted = [f for f in config.families if f in node.families]
     others, taken = other_backend_rows(node, config, wanted, nft_live)

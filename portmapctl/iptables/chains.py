@@ -287,7 +287,7 @@ def buildable(config: MappingConfig, source: Optional[str] = None) -> MappingCon
     from portmapctl.errors import BadInput
 
     if config.backend == Backend.NFTABLES:
-        return config  # (nft conditions are nft's to judge: ops/add.py)
+        return config  # (nft conditions are nft's to judge: ops/add_nft.py)
     unusable = unusable_setmark_chain(config.external_setmark_chain)
     if unusable:
         where = (

@@ -8,57 +8,24 @@ container (IPv4, SNAT on) and a flush of the mapped UDP ports' conntrack entries
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Callable,
-    Dict,
-    List,
-    Optional,
-    Sequence,
-    Set,
-    Tuple,
-)
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.core.backend import Backend
-from portmapctl.core.mapping import Mapping, MappingConfig
-from portmapctl.core.status import Status
+from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.validate import OPTIONS, Spelling
-from portmapctl.errors import (
-    ApplyFailed,
-    HostProblem,
-    Interrupted,
-    PortmapctlError,
-    ToolTimedOut,
-    found_in,
-)
-from portmapctl.iptables import foreign
-from portmapctl.iptables.chains import (
-    DNAT_PREFIX,
-    TOPLEVEL_DNAT,
-    Chain,
-    dnat_chain_name,
-    is_plugin_chain,
-    wanted_chains,
-)
-from portmapctl.iptables.lexer import split_words
+from portmapctl.errors import ApplyFailed, HostProblem, ToolTimedOut
+from portmapctl.iptables.chains import Chain, dnat_chain_name, wanted_chains
 from portmapctl.iptables.planner import (
     missing_setmark_chain,
     plan_blind,
     plan_setup,
     unwritable_entry,
 )
-from portmapctl.iptables.ruleset import Args, NatTable, SavedChain, rule_target
+from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
-from portmapctl.ops.add_ahead import (
-    Ahead,
-    apply_blind,
-    chain_lister,
-    debug,
-    foreign_wanted,
-)
+from portmapctl.ops.add_ahead import Ahead, apply_blind
+from portmapctl.ops.add_others import foreign_takers, shadow_views
 from portmapctl.ops.conditions import refuse_what_iptables_refuses
 from portmapctl.ops.flavour_guard import by_flavour, flavours_of, refuse_a_copy
 from portmapctl.ops.node import Node
@@ -66,7 +33,6 @@ from portmapctl.ops.side_effects import after_setup
 
 if TYPE_CHECKING:
     from portmapctl.cni.cache import Attachment
-    from portmapctl.iptables.access.nfnl import Claims
     from portmapctl.iptables.shapes import ProtoPort
     from portmapctl.nftables.ruleset import Ruleset
 
@@ -195,6 +161,10 @@ def add(
     nothing would not flush it: it flushes only what misroutes)."""
     owed = set() if owed is None else owed
     if config.backend == Backend.NFTABLES:
+        # (Imported here: an iptables add never needs it, and add_nft imports AddResult
+        # from this module.)
+        from portmapctl.ops.add_nft import _add_nft
+
         return _add_nft(node, config, dry_run=dry_run, flush_udp=flush_udp, owed=owed)
     transactions: Dict[int, str] = {}
     chains: List[str] = []
@@ -369,300 +339,3 @@ def _applied(
         return ""
     done = [f"IPv{f}" for f in families if f in transactions or written.get(f)]
     return f" ({', '.join(done)} was applied)" if done else ""
-
-
-def foreign_takers(
-    node: Node,
-    config: MappingConfig,
-    family: int,
-    table: Optional[NatTable],
-    listed: Optional[Dict[int, Dict[ProtoPort, str]]] = None,
-) -> Dict[ProtoPort, str]:
-    """The mapping's ports another tool's rule takes first: from the table converge
-    read, else from what Ahead listed meanwhile (`listed`), else from PREROUTING and the
-    few chains its benign jumps reach, listed now one by one (`iptables -S CHAIN`: on
-    iptables-nft that chain only, whatever the table's size; their lines split only
-    when they may matter). Nothing when it cannot tell."""
-    wanted = foreign_wanted(config, family)
-    if not wanted:
-        return {}
-    list_chain = getattr(node.backend, "list_chain", None)
-    if table is not None or list_chain is None:
-        try:
-            table = table if table is not None else node.backend.read(family)
-        except (PortmapctlError, OSError) as err:
-            debug("reading the table for the foreign-rule warning failed: %s", err)
-            return {}
-        return foreign.hooked_takers(foreign.table_reader(table), wanted, entry_appended=True)
-    if listed is not None and family in listed:
-        return listed[family]
-    reader = foreign.listing_reader(chain_lister(list_chain, family))
-    return foreign.hooked_takers(reader, wanted, entry_appended=True)
-
-
-def shadow_views(
-    node: Node, config: MappingConfig, families: Sequence[int], claims: Claims
-) -> Dict[int, Optional[NatTable]]:
-    """What the shadow warning needs of each family, for a mapping whose chain is new:
-    when nfnl found no rule of CNI-HOSTPORT-DNAT that may claim one of its host ports
-    (`claims`, by family), an empty CNI-HOSTPORT-DNAT, without listing it; else (or
-    when the family could not be dumped) `neighbours`, listed as iptables prints it.
-    None for a family: it could not be listed."""
-    own = dnat_chain_name(config)
-    found: Dict[int, Optional[NatTable]] = {}
-    for family in families:
-        kept = claims.get(family)
-        if kept is not None and not any(
-            # A rule that jumps elsewhere than to a per-container chain (or to this
-            # container's, when the dump came after its restore) claims nothing here.
-            rule.target is None or (rule.target != own and rule.target.startswith(DNAT_PREFIX))
-            for rule in kept
-        ):
-            empty = SavedChain(TOPLEVEL_DNAT, "-", ())
-            found[family] = NatTable(family, {TOPLEVEL_DNAT: empty})
-            continue
-        try:
-            found[family] = neighbours(node, family, config)
-        except (PortmapctlError, OSError) as err:
-            debug("listing CNI-HOSTPORT-DNAT for the shadow warning failed: %s", err)
-    return found
-
-
-def neighbours(node: Node, family: int, config: MappingConfig) -> Optional[NatTable]:
-    """What the shadow warning needs of a family, without saving the table: the rules of
-    CNI-HOSTPORT-DNAT that may claim one of the mapping's host ports (those naming one
-    of its port numbers, and port-less v0.6 ones), in their order, and the per-container
-    chains they jump to (one `iptables -S` each: usually none). A backend that cannot
-    list one chain gives its whole table. None: the chain could not be listed."""
-    list_chain = getattr(node.backend, "list_chain", None)
-    if list_chain is None:
-        return node.backend.read(family)
-    text = list_chain(family, TOPLEVEL_DNAT)
-    if text is None:
-        return None
-    numbers = {str(p.host_port) for p in config.ports if p.applies_to(family)}
-    prefix = f"-A {TOPLEVEL_DNAT} "
-    kept: List[Args] = []
-    for line in text.split("\n"):
-        # A text test first: 10,000 lines, a few of which are split.
-        if line.startswith(prefix) and (
-            "--dport" not in line or any(number in line for number in numbers)
-        ):
-            try:
-                kept.append(tuple(split_words(line)[2:]))
-            except ValueError:
-                continue  # unreadable: it cannot be judged either way
-    chains = {TOPLEVEL_DNAT: SavedChain(TOPLEVEL_DNAT, "-", tuple(kept))}
-    targets = {rule_target(args) for args in kept}
-    for target in sorted(t for t in targets if t and is_plugin_chain(t)):
-        if target.startswith(DNAT_PREFIX):
-            rules = node.backend.read_chain(family, target)  # type: ignore[attr-defined]
-            if rules is not None:
-                chains[target] = SavedChain(target, "-", rules)
-    return NatTable(family, chains)
-
-
-def as_rows(config: MappingConfig, families: Sequence[int]) -> List[Mapping]:
-    """The rows `list` will show for `config` once added, in its backend: what the
-    warning of a host port contested by the other backend compares (core/contest.py)."""
-    from portmapctl.nftables.inventory import NftMapping
-    from portmapctl.nftables.ruleset import HOSTIP_HOSTPORTS, HOSTPORTS
-
-    nft = config.backend == Backend.NFTABLES
-    rows: List[Mapping] = []
-    for family in families:
-        address = config.address(family)
-        if address is None:
-            continue
-        conditions = config.conditions_v4 if family == 4 else config.conditions_v6
-        for p in config.ports:
-            if not p.applies_to(family):
-                continue
-            host_ip = p.host_ip_for_rule()
-            fields = (
-                config.network,
-                config.container_id,
-                family,
-                p.protocol,
-                host_ip,
-                p.host_port,
-                address.ip.compressed,
-                p.container_port,
-                config.snat,
-            )
-            if nft:
-                chain = HOSTIP_HOSTPORTS if host_ip else HOSTPORTS
-                rows.append(NftMapping(*fields, chain, (Status.OK.value,), None, conditions))
-            else:
-                rows.append(
-                    Mapping(*fields, dnat_chain_name(config), (Status.OK.value,), None, conditions)
-                )
-    return rows
-
-
-def other_backend_rows(
-    node: Node, config: MappingConfig, families: Sequence[int], nft_live: Any = None
-) -> Tuple[List[Mapping], Dict[Tuple[int, str, int], str]]:
-    """The rows of the backend `config` is not written to, read only where that backend
-    has something on the node: iptables' (for an nftables mapping), else nftables' when
-    its cni_hostport table exists (a netlink question first: no nft runs on the usual
-    iptables node). For an nftables mapping also the ports of it another tool's
-    iptables nat rule takes at the same hook priority (foreign.nft_takers). `nft_live`:
-    the plugin's nftables tables, read already (then not listed again)."""
-    if config.backend == Backend.NFTABLES:
-        from portmapctl.iptables import foreign, inventory
-
-        tables = _iptables_tables(node, families)
-        rows = list(inventory.build(tables).mappings)
-        return rows, foreign.nft_takers(tables, as_rows(config, families))
-    if nft_live is None:
-        from portmapctl.iptables.access.nfmsg import tables_present
-        from portmapctl.nftables import TABLE
-
-        present = tables_present(families, TABLE)
-        if not present:
-            return [], {}
-        from portmapctl.nftables.access import NftUnusable
-        from portmapctl.nftables.access.nft import RealNft
-
-        try:
-            nft_live = RealNft().read(present)
-        except (NftUnusable, PortmapctlError) as err:
-            debug("reading nftables for the contested warning failed: %s", err)
-            return [], {}
-    from portmapctl.nftables import inventory as nft_inventory
-
-    return list(nft_inventory.build(nft_live, problems=False).mappings), {}
-
-
-def _iptables_tables(node: Node, families: Sequence[int]) -> Dict[int, NatTable]:
-    """iptables' tables for the warning, also under --backend nftables (which narrows
-    what is written, and gives the node no iptables to read): where the node has a nat
-    table (asked first: a legacy read would create one), none where it cannot tell:
-    under auto too, where the node's own read fails (a nat table iptables-nft-save
-    cannot show ended an nftables add in exit 3 that --backend nftables made)."""
-    if node.options.reads_iptables:
-        try:
-            return node.read(tuple(families))
-        except PortmapctlError as err:
-            debug("reading iptables for the contested warning failed: %s", err)
-            return {}
-    if node.options.offline:
-        return {}
-    from portmapctl.iptables.access import open_backend
-
-    try:
-        backend = open_backend(node.options.iptables, families=families)
-        has_table = getattr(backend, "has_nat_table", lambda _family: True)
-        return {f: backend.read(f) for f in families if has_table(f)}
-    except (PortmapctlError, OSError) as err:
-        debug("reading iptables for the contested warning failed: %s", err)
-        return {}
-
-
-def _add_nft(
-    node: Node, config: MappingConfig, *, dry_run: bool, flush_udp: bool, owed: Set[int]
-) -> AddResult:
-    """The v1.9.1 ADD in nftables: both families in one `nft -f` transaction (`owed`:
-    as add's)."""
-    from portmapctl.core.validate import nft_refusals
-    from portmapctl.nftables import planner
-    from portmapctl.nftables.layout import misplaced
-    from portmapctl.nftables.ruleset import HOSTPORTS, MASQUERADING
-    from portmapctl.nftables.transaction import check_condition
-    from portmapctl.nftables.wanted import wanted
-
-    nft_refusals(config)
-    for condition in (*config.conditions_v4, *config.conditions_v6):
-        check_condition(condition)
-    families = [f for f in config.families if f in node.families]
-    want = [w for f in families if (w := wanted(config, f)) is not None]
-    if not dry_run:
-        owed.update(families)
-    # As the ADD itself: the entry rewritten to this container's conditions and the v1.9
-    # shape (planner.Entries says why), not kept as check --repair keeps it. Its rules
-    # for these addresses that this mapping has not (an earlier add with other ports)
-    # go, as its iptables chain is rewritten (planner.superseded).
-    addresses = {f: a.ip.compressed for f in families if (a := config.address(f)) is not None}
-
-    tried: List[Tuple[Any, Any]] = []  # each try's (transaction, the read it was planned from)
-
-    def plan(live: Any) -> Any:
-        txn = planner.setup(live, want, planner.Entries.REWRITE)
-        for w in want:
-            for rule in planner.superseded(live, w, addresses[w.family]):
-                txn.delete_rule(w.family, rule.chain, rule.handle, rule.body)
-            # Moved, not copied: v1.6/v1.7's host-IP rules of this container in
-            # hostip_hostports, which setup wrote again to hostports (v1.9.1's DEL
-            # removes both, but a copy left there is one no CHECK counts).
-            for rule in misplaced(live, w.family, want, {w.container_id}, upgrading=True):
-                txn.delete_rule(w.family, rule.chain, rule.handle, rule.body)
-        tried.append((txn, live))
-        return txn
-
-    warnings: List[str] = []
-    try:
-        text = node.converge_nft(
-            plan,
-            dry_run=dry_run,
-            went_in=lambda err: warnings.append(found_in("nftables", err)),
-        )
-        if not dry_run and families:
-            warnings += after_setup(  # as above
-                config, families, flush_udp, misrouted_only=not text, node=node
-            )
-            went = _went_in(tried)
-            if text and flush_udp and went is not None:
-                # The entry rewritten (a v1.6/v1.7 table upgraded, as v1.9.1's ADD does)
-                # lets go of the routed flows v1.6/v1.7's entry, without `fib daddr type
-                # local`, DNATed to a container: as check --repair's (flush_routed_after).
-                # By the transaction that went in: after a try killed past its commit,
-                # the last plan is the empty one of the read after it.
-                from portmapctl.ops.check.nft_repair_flush import flush_routed_after
-
-                warnings += flush_routed_after(node, went[0])
-            owed.clear()
-    except Interrupted:
-        # SIGTERM or Ctrl-C once the write went in, or while it ran (it may have gone
-        # in, whole): the routed flows the old entry took are let go on the way out as
-        # above (the CLI's way out flushes only what misroutes to the node's own
-        # addresses), or nothing lets them go: the next add finds nothing to write,
-        # check finds the entry healthy. Only where the transaction rewrote the entry
-        # of a table that took routed flows; its warnings are not said.
-        went = _went_in(tried)
-        if not dry_run and flush_udp and went is not None:
-            from portmapctl.ops.check.nft_repair_flush import flush_routed_after
-
-            with contextlib.suppress(PortmapctlError, OSError):
-                flush_routed_after(node, went[0])
-        raise
-    transactions = {"nft": text} if text else {}
-    # The nft chains its rules are in (JSON `chain` is a chain's name in every
-    # document, never the container ID): hostports, and masquerading with SNAT.
-    chains = (HOSTPORTS, MASQUERADING) if any(w.masquerading for w in want) else (HOSTPORTS,)
-    return AddResult(
-        dry_run,
-        bool(text),
-        chains,
-        transactions,
-        tuple(warnings),  # type: ignore[arg-type]
-        backend=Backend.NFTABLES,
-        nft_seen=_planned_from(text, tried),
-    )
-
-
-def _went_in(tried: Sequence[Tuple[Any, Any]]) -> Optional[Tuple[Any, Any]]:
-    """The last try that planned something, with its read: the transaction that went in
-    when converge returned one (a try killed after its commit is followed by a read
-    that plans nothing, taken after the write), or on the way out of a signal the one
-    that went in or was under way. None: no try planned anything."""
-    return next((try_ for try_ in reversed(tried) if try_[0]), None)
-
-
-def _planned_from(text: str, tried: Sequence[Tuple[Any, Any]]) -> Optional[Ruleset]:
-    """The read the transaction that went in (`text`) was planned from; with nothing
-    written, the last read. None where nothing was read (no nft to read with)."""
-    went = _went_in(tried) if text else None
-    if went is not None:
-        return went[1]
-    return tried[-1][1] if tried else None

@@ -73,7 +73,7 @@ def flush_misrouted(
     (cli/add_run.py: no node, this mapping alone). Warnings, as after_setup's."""
     if not any(p.protocol == "udp" for p in config.ports) or no_conntrack_entries():
         return []  # (the usual re-run: nothing imported, nothing dumped)
-    from portmapctl.ops.add import as_rows
+    from portmapctl.ops.add_others import as_rows
 
     mine = [row for row in as_rows(config, families) if row.protocol == "udp"]
     keys = {(row.family, row.host_port) for row in mine}

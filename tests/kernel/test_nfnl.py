@@ -7,7 +7,7 @@ namespace with iptables-nft, and foreign rules of other shapes beside them.
 - the rules it keeps for a set of ports are exactly those that `iptables -S` shows as
   something other than one `-m multiport --dports` list (no ranges, not negated)
   without any of the ports, with the same jump targets;
-- add's shadow warning from it (ops.add.shadow_views) is the warning from the whole
+- add's shadow warning from it (ops.add_others.shadow_views) is the warning from the whole
   table, for a new container on every host port of the table and on a free one;
 - a dump torn by commits meanwhile is never taken for an answer.
 """
@@ -33,7 +33,7 @@ from portmapctl.iptables.access.restore import RestoreBackend
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.lexer import split_words
 from portmapctl.iptables.ruleset import NatTable, rule_target
-from portmapctl.ops.add import shadow_views
+from portmapctl.ops.add_others import shadow_views
 
 pytestmark = pytest.mark.netns
 

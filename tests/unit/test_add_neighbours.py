@@ -1,4 +1,4 @@
-"""add's shadow warning from `ops.add.neighbours` (CNI-HOSTPORT-DNAT listed alone, only
+"""add's shadow warning from `ops.add_others.neighbours` (CNI-HOSTPORT-DNAT listed alone, only
 the rules naming one of the new host ports parsed, their chains listed one by one)
 says what it says from the whole table, on real dumps: the example node, and field
 shapes (v0.6 entry rules without ports, dead `-d 0.0.0.0/32` rules, /32 hairpins)."""
@@ -18,7 +18,7 @@ from portmapctl.iptables import inventory
 from portmapctl.iptables.access.snapshot import SnapshotBackend
 from portmapctl.iptables.chains import TOPLEVEL_DNAT
 from portmapctl.iptables.ruleset import Args, NatTable, format_rule
-from portmapctl.ops.add import neighbours
+from portmapctl.ops.add_others import neighbours
 
 ROOT = Path(__file__).resolve().parents[2]
 DUMPS = [

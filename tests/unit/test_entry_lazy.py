@@ -26,6 +26,7 @@ ADD_MODULES = (
     "portmapctl.iptables.planner",
     "portmapctl.ops.add",
     "portmapctl.ops.add_ahead",
+    "portmapctl.ops.add_others",
     "portmapctl.ops.node",
     "portmapctl.render.add",
     "portmapctl.render.json",

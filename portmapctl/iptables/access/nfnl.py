@@ -10,7 +10,7 @@ of them. Every other rule -- a v0.6 entry rule without ports (it claims every po
 its chain), `--dport`, `--sports`, ranges, a negation, two multiport matches, anything
 unknown -- is kept, with its jump target when it has one. So an empty answer means no
 rule there can claim one of the ports, and a caller with rules to judge reads them as
-iptables prints them (ops/add.py). At 5,000 containers (10,000 rules) the dump is
+iptables prints them (ops/add_others.py). At 5,000 containers (10,000 rules) the dump is
 about a sixth of `iptables -S CNI-HOSTPORT-DNAT`'s cost and needs no parsing of text.
 
 Whether a commit tore a dump is told by the ruleset generation asked right before and

@@ -3,8 +3,8 @@ rules (flush_routed_after, flush_routed): the routed flows the old entry (v1.6/v
 DNATed to a container, and those DNATed to where no rule left sends their port, are let
 go, as the plugin's ADD lets go of the flows a missing mapping pinned. It runs after
 both nftables repairs (nft_repair.py, nft_repair_one.py) and after add's nftables write
-(ops/add.py), on the way out of a SIGTERM too. A module of its own: add imports it, when
-it has written, without either repair's code."""
+(ops/add_nft.py), on the way out of a SIGTERM too. A module of its own: add_nft imports
+it, when it has written, without either repair's code."""
 
 from __future__ import annotations
 
