@@ -904,6 +904,33 @@ def test_one_mapping_repair_of_the_interface_whose_own_entry_cannot_be_read(
     assert _rules(host_ns, mode) == rules, "a second repair wrote again"
 
 
+@pytest.mark.parametrize("lost", ["net1", "net2"])
+def test_one_mapping_repair_of_the_interface_whose_own_entry_cannot_be_read_keeps_the_adds_order(
+    twice_in, tmp_path, lost
+):
+    """net1's OWN entry cut short (net2's read), `lost`'s DNAT rule deleted, `check
+    --repair` of net1's mapping with its same port: it rebuilt the chain with net2's
+    rules first and net1's after (net1's mapping put last, as the newest ADD, its own
+    entry not read), moving rules that were not broken, where the plugin's ADDs (net1,
+    then net2) wrote net1's first. Now the chain is as the two ADDs left it before the
+    loss: the rules that survived in their order, the lost one back in its place; a
+    second repair writes nothing, and the plugin's CHECK of each interface passes."""
+    host_ns, cache, confs, mode = twice_in
+    added = _rules(host_ns, mode)
+    rp.cut_short(cache / "results", NETWORK, CID, "net1")
+    _delete_dnat(host_ns, lost, mode)
+    before = _rules(host_ns, mode)
+    assert [r for r in added if r in before] == before and len(before) == len(added) - 1
+    one = ("check", *_given(confs, tmp_path, "net1"), "--repair")
+
+    _unread_left_after(_pm(host_ns, cache, *one, mode=mode), "net1")
+    rules = _rules(host_ns, mode)
+    assert rules == added, "\n".join(["the ADDs' order:", *added, "after the repair:", *rules])
+    _plugin_checks(host_ns, confs, mode)
+    _unread_left_after(_pm(host_ns, cache, *one, mode=mode), "net1")
+    assert _rules(host_ns, mode) == rules, "a second repair wrote again"
+
+
 def _dnat6_of(ns: str, port: int) -> Optional[str]:
     """Where the kernel DNATs a TCP connection from the node to its own [fd00::1]:port
     (the reply source of its conntrack entry), None where nothing DNATs it: the node

@@ -30,7 +30,7 @@ from portmapctl.ops.check.repair_plan import _plan, _planned_node
 from portmapctl.ops.check.repair_report import _attempted, _in_row_order, _repaired, say_repaired
 from portmapctl.ops.check.run import check_followed, entries_of, mapping_result, with_owner_problems
 from portmapctl.ops.check.torn_down import one_mapping_held, torn_beside, torn_own
-from portmapctl.ops.check.unread_entries import stop_where_held, unread_left
+from portmapctl.ops.check.unread_entries import own_unread_only, stop_where_held, unread_left
 from portmapctl.ops.conditions import refuse_what_iptables_refuses
 from portmapctl.ops.flavour_guard import (
     by_flavour,
@@ -100,7 +100,15 @@ def _repair_mapping(
             short.append(live.family)
         return kept
 
-    setup = _plan(None, config, sharing=sharing, held=held if torn or dying else None)
+    # Its own entry alone not read: sharing_chain put its mapping last, and the chain
+    # rewritten so would move the rules of its earlier ADD behind the others'.
+    setup = _plan(
+        None,
+        config,
+        sharing=sharing,
+        held=held if torn or dying else None,
+        as_found=own_unread_only(config, entries, ifname),
+    )
 
     def held_stops(live: NatTable) -> None:
         stop_where_held(config, entries, sharing, live)

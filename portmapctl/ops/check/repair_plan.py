@@ -19,7 +19,7 @@ from portmapctl.ops.check.cache_now import CacheNow
 from portmapctl.ops.check.compare import in_live_order
 from portmapctl.ops.check.expected import wanted_on_node, wanted_sharing
 from portmapctl.ops.check.read_once import ReadOnce
-from portmapctl.ops.check.unread_entries import unheld
+from portmapctl.ops.check.unread_entries import in_chain_order, unheld
 from portmapctl.ops.node import Node
 
 
@@ -49,6 +49,7 @@ def _plan(
     sharing: Sequence[MappingConfig] = (),
     unread: frozenset[str] = frozenset(),
     held: Optional[Callable[[Sequence[Chain], NatTable], List[Chain]]] = None,
+    as_found: bool = False,
 ) -> Callable[[NatTable], Transaction]:
     """The planner for one family: what the check compares against, made to exist.
     `cache`: the cached configs of containers whose chain the plan would change are
@@ -57,7 +58,9 @@ def _plan(
     unread_entries.unread_pairs, written only where `live` holds nothing the entries
     read do not make (held_chains: judged on each read a try is planned from).
     `held`: `single`'s chains as written where other interfaces sharing its chain are
-    being torn down (torn_down.one_mapping_held)."""
+    being torn down (torn_down.one_mapping_held). `as_found`: `sharing` taken in the
+    order their rules stand in the live chain (unread_entries.in_chain_order), where
+    `single`'s own entry cannot be read and its place among them is not known else."""
 
     def setup(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
         shared, per_container = wanted_on_node(these, live.family, live)
@@ -80,7 +83,10 @@ def _plan(
     def plan(live: NatTable) -> Transaction:
         if single is not None:
             # The -p given in another order than the runtime's: the chain stays as it is.
-            wanted = wanted_sharing(single, sharing or (single,), live.family, live)
+            these = sharing or (single,)
+            if as_found:
+                these = in_chain_order(these, live)
+            wanted = wanted_sharing(single, these, live.family, live)
             if held is not None:
                 wanted = held(wanted, live)
             return _setup([in_live_order(chain, live) for chain in wanted], live, dedupe=False)

@@ -354,6 +354,32 @@ def kept_as_added(chains: Sequence[Chain], name: str, live: NatTable) -> List[Ch
     ]
 
 
+def in_chain_order(sharing: Sequence[MappingConfig], live: NatTable) -> List[MappingConfig]:
+    """`sharing` (expected.sharing_chain: one mapping given and its container's other
+    interfaces' on the network) in the order their rules stand in `live`'s chain, for
+    where own_unread_only holds: the given interface's entry not read, sharing_chain
+    puts its mapping last (the newest ADD), though its earlier ADD may have come
+    first, and a repair that wrote the chain so moved rules nothing broke. Each
+    mapping goes where the first of its rules left there stands; one with none left
+    last, where the plugin's ADD appends it (its entry's time tells nothing: a torn
+    write is newer than the ADD). None left at all (a flush): as given."""
+    from portmapctl.ops.check.expected import mapping_dnat_chain
+
+    name = chain_name(sharing[0].network, sharing[0].container_id) if sharing else ""
+    if len(sharing) < 2 or not live.has_chain(name):
+        return list(sharing)
+    have = live.rules(name)
+    at = {rule: i for i, rule in reversed(list(enumerate(have)))}  # (each rule's first)
+
+    def first(config: MappingConfig) -> int:
+        chain = mapping_dnat_chain(config, (config,), live)
+        return (
+            min((at[r] for r in chain.rules if r in at), default=len(have)) if chain else len(have)
+        )
+
+    return sorted(sharing, key=first)
+
+
 def stopped_text(pair: Pair, path: str, applied: str = "") -> str:
     """ChainInDoubt's one line; the names and path as the node gives them, escaped
     (core/text.name_text). `applied`: as ChainInDoubt's."""
