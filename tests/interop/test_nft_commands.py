@@ -1695,6 +1695,50 @@ def test_a_nft_zombie_with_no_rule_left_is_not_sent_to_gc_again(node: str, tmp_p
     assert json.loads(again.stdout)["removed"] == []  # (what the old fix led to)
 
 
+@pytest.mark.parametrize("dnat_left", [True, False])
+def test_a_nft_zombies_row_gives_its_rules_as_a_stale_row_does(
+    node: str, tmp_path: Path, dnat_left: bool
+) -> None:
+    """check -o json gave an nftables zombie's row `rule` null and `chain` null (-o wide:
+    RULE `-`, CHAIN `nft`) while its detail said its rules are still in nftables; the
+    same container's stale row (its cache entry gone) gives its rule and chain, and an
+    iptables zombie's row gives its chain's (1927122). Now the zombie's row gives what
+    the stale rows give, every family's in one row; `check --repair` (which reads
+    nftables in the check itself) too. With its DNAT rules deleted, its masquerade
+    rules, as the stale row then gives them."""
+    _zombie_node(node, tmp_path)
+    if not dnat_left:
+        _delete_rules(node, "zomb1", ("hostports", "hostip_hostports"))
+
+    def zombie_row(*args: str) -> dict:
+        done = _pmctl(node, tmp_path, "check", *args, "-o", "json")
+        assert done.returncode == 1, done.stdout + done.stderr
+        doc = json.loads(done.stdout)
+        [row] = [p for p in doc["problems"] if p["kind"] == "zombie"]
+        return row
+
+    zombie, repaired = zombie_row(), zombie_row("--repair")
+    wide = _pmctl(node, tmp_path, "check", "-o", "wide").stdout
+    (tmp_path / "results" / "podman-zomb1-eth0").unlink()
+    done = _pmctl(node, tmp_path, "check", "-o", "json")
+    stale = sorted(
+        (p["family"], p["chain"], p["rule"])
+        for p in json.loads(done.stdout)["problems"]
+        if p["kind"] == "stale" and p["container_id"] == "zomb1"
+    )
+    assert [family for family, _chain, _rule in stale] == [4, 6], stale
+    [chain] = {chain for _family, chain, _rule in stale}
+    assert chain == ("hostports" if dnat_left else "masquerading")
+    rules = "\n".join(rule for _family, _chain, rule in stale)
+    assert "zomb1" in rules
+    for row in (zombie, repaired):
+        assert (row["backend"], row["family"]) == ("nftables", None), row
+        assert (row["chain"], row["rule"]) == (chain, rules), row
+    [line] = [line for line in wide.splitlines() if line.startswith("zombie ")]
+    assert f" nft:{chain} " in line, wide
+    assert line.endswith("; ".join(rules.splitlines())), wide  # (wide: one line, `; `)
+
+
 @pytest.mark.parametrize("conditioned_first", [True, False])
 def test_repair_of_one_mapping_keeps_the_newest_adds_conditions(
     node: str, tmp_path: Path, conditioned_first: bool

@@ -10,7 +10,7 @@ the plugin's CHECK verifies for one mapping, except that a missing chain is a fa
 
 from __future__ import annotations
 
-from typing import Collection, Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Collection, Dict, List, Optional, Sequence, Set, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
@@ -36,6 +36,9 @@ from portmapctl.ops.check.problem import Problem
 from portmapctl.ops.check.unexpected import unexpected_chains
 from portmapctl.ops.flavour_guard import other_flavour
 
+if TYPE_CHECKING:
+    from portmapctl.ops.check.nft import Held
+
 
 def diagnose(
     tables: ReadOnly[int, NatTable],
@@ -49,6 +52,7 @@ def diagnose(
     judged: Optional[Collection[str]] = None,
     nft_owners: Optional[Collection[str]] = None,
     nft_entries: Collection[Tuple[str, str]] = (),
+    nft_held: ReadOnly[str, ReadOnly[int, Held]] = {},  # noqa: B006 - read only
 ) -> Tuple[List[Problem], int]:
     """Every problem of a node (pure). Returns (problems, mappings compared).
 
@@ -63,7 +67,8 @@ def diagnose(
     `judged` (None: every one) are the containers whose cache entries are judged
     (zombies): those of the backends looked at (a zombie's fix, gc with the same
     --backend, would not reach another backend's rules). `nft_owners`: the IDs with
-    rules left in the plugin's nftables tables (None: not known).
+    rules left in the plugin's nftables tables (None: not known); `nft_held`: the
+    zombies' rules there, as their stale rows would give them (nft.held_rules).
     """
     configs = iptables_configs(attachments, not_expected, nft_entries)
     problems: List[Problem] = []
@@ -119,7 +124,7 @@ def diagnose(
     for a in attachments or ():
         if not a.zombie:
             live_on.setdefault(a.container_id, set()).add(a.network)
-    problems += zombies(entries, tables, fixes, nft_backed, nft_owners, live_on, found)
+    problems += zombies(entries, tables, fixes, nft_backed, nft_owners, live_on, found, nft_held)
     for family in sorted(tables):
         problems += duplicates(tables[family], fixes)
     return problems, compared

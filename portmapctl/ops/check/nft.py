@@ -10,8 +10,10 @@ ops/check/nft_one.py.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import (
     TYPE_CHECKING,
+    Collection,
     Dict,
     FrozenSet,
     Iterable,
@@ -123,6 +125,40 @@ def configured_nft(attachments: Optional[Sequence[Attachment]]) -> set:
     }
 
 
+class Held(NamedTuple):
+    """What a stale row of a container gives in one family: the chain (`nft:CHAIN`)
+    and the rules at issue."""
+
+    chain: str
+    rules: Tuple[str, ...]
+
+
+def held_rules(
+    live: Ruleset, found: NftInventory, ids: Collection[str]
+) -> Dict[str, Dict[int, Held]]:
+    """By container (of `ids`) and family, what a stale row of it gives (nft_problems,
+    _leftover_problems): its first DNAT row's chain and rule, else, with no DNAT rule
+    left, its masquerade rules."""
+    held: Dict[str, Dict[int, Held]] = {}
+    if not ids:
+        return held
+    rules = rules_by_handle(live)
+    for m in found.mappings:
+        if m.container_id in ids and m.family not in held.get(m.container_id, {}):
+            held.setdefault(m.container_id, {})[m.family] = Held(
+                f"nft:{m.chain}", rule_text(rules, m)
+            )
+    from portmapctl.nftables.inventory import leftovers
+
+    for left in leftovers(live):
+        if left.container_id in ids:
+            texts = tuple(r.body.text(left.family) for r in left.rules)
+            held.setdefault(left.container_id, {}).setdefault(
+                left.family, Held(f"nft:{MASQUERADING}", texts)
+            )
+    return held
+
+
 class NftCheck(NamedTuple):
     problems: List[Problem]
     nft_ids: Set[str]  # IDs of nft-backed containers
@@ -134,6 +170,9 @@ class NftCheck(NamedTuple):
     # (network, ID) of the nft-backed cache entries: nothing of them is expected in
     # iptables. By entry, not ID: a container on two networks may have one per backend.
     nft_keys: FrozenSet[Tuple[str, str]] = frozenset()
+    # The zombies' rules left, by ID and family, as a stale row gives them (held_rules):
+    # what their rows give (diagnose's zombies); the owner IDs alone tell no rule.
+    held: ReadOnly[str, ReadOnly[int, Held]] = MappingProxyType({})
 
 
 def _keys(attachments: Iterable[Attachment]) -> FrozenSet[Tuple[str, str]]:
@@ -245,9 +284,11 @@ def nft_problems(
     if iptables_ids and node.options.backend == Backend.NFTABLES:
         why = "their config's backend key, or no rules of theirs in nftables"
         notes.append(_not_checked(Backend.NFTABLES, len(iptables_ids), Backend.IPTABLES, why))
+    zombies = {a.container_id for a in attachments or () if a.zombie}
     return NftCheck(
-        problems, nft_ids, compared, notes, found, owners_in(live), _keys(parts.nftables)
-    )
+        problems, nft_ids, compared, notes, found, owners_in(live), _keys(parts.nftables),
+        held_rules(live, found, zombies),
+    )  # fmt: skip
 
 
 def shadow_problem(

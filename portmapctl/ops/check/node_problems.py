@@ -4,7 +4,7 @@ and portmap chains in both iptables flavours (split brain)."""
 
 from __future__ import annotations
 
-from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Collection, Dict, List, Optional, Sequence, Tuple
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
@@ -21,6 +21,9 @@ from portmapctl.ops.check.problem import (
     entries_or_rules,
     saved_rules,
 )
+
+if TYPE_CHECKING:
+    from portmapctl.ops.check.nft import Held
 
 
 def inventory_problems(
@@ -352,11 +355,14 @@ def zombies(
     nft_owners: Optional[Collection[str]] = None,
     live_on: Optional[ReadOnly[str, Collection[str]]] = None,
     found: Optional[inventory.Inventory] = None,
+    nft_held: ReadOnly[str, ReadOnly[int, Held]] = {},  # noqa: B006 - read only
 ) -> List[Problem]:
     """Cache entries whose network namespace is gone, that have or would have chains.
 
     Each row gives the rules at issue as a stale chain's does (`found`, the inventory
-    of `tables`: the entry rules that take its host ports, else its own rules).
+    of `tables`: the entry rules that take its host ports, else its own rules); one
+    whose rules are in nftables, as its stale rows would (`nft_held`, by ID and family:
+    nft.held_rules), every family's, and their chain when they share one.
 
     gc --netns-liveness removes a zombie's chains (or, for the `nft_backed` IDs, its
     nftables rules: those of `nft_owners`, the IDs with rules left; None when not
@@ -380,12 +386,16 @@ def zombies(
         if owned:
             where += "; its rules are still in nftables"
         left = present or owned or (a.container_id in nft_backed and nft_owners is None)
+        # An nftables container's: no chain of its own (JSON backend nftables); the one
+        # its rules are in, when that is one.
+        held = nft_held.get(a.container_id, {}) if in_nft and not present else {}
+        nft_chains = {h.chain for h in held.values()}
+        nft_chain = nft_chains.pop() if len(nft_chains) == 1 else "nft"
         problems.append(
             Problem(
                 ProblemKind.ZOMBIE,
                 present[0] if len(present) == 1 else None,
-                # An nftables container's: no chain of its own (JSON backend nftables).
-                a.dnat_chain if present or not in_nft else "nft",
+                a.dnat_chain if present or not in_nft else nft_chain,
                 a.network,
                 a.container_id,
                 f"cached on {name_text(a.network)}, but its network namespace"
@@ -405,7 +415,8 @@ def zombies(
                     for family in present
                     if (a.dnat_chain, family) in by_chain
                     for rule in entries_or_rules(by_chain[a.dnat_chain, family])
-                ),
+                )
+                + tuple(rule for family in sorted(held) for rule in held[family].rules),
             )
         )
     return problems

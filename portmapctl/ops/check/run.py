@@ -178,6 +178,7 @@ def _check_node(
         judged=judged,
         nft_owners=nft.owners,
         nft_entries=nft.nft_keys,
+        nft_held=nft.held,
     )
     problems += nft_found
     # The ports' other owners, read once: problems here, the rows' statuses below.
