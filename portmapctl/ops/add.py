@@ -3,18 +3,20 @@
 One transaction per family, planned against the live table, so a second run changes
 nothing. Afterwards, as the plugin does: route_localnet on the interface towards the
 container (IPv4, SNAT on) and a flush of the mapped UDP ports' conntrack entries
-(ops/side_effects.py).
+(ops/side_effects.py); also for a family that went in when a later one failed
+(_after_part), as the plugin's ADD does them for IPv4 before it tries IPv6.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.validate import OPTIONS, Spelling
-from portmapctl.errors import ApplyFailed, HostProblem, ToolTimedOut
+from portmapctl.errors import ApplyFailed, HostProblem, PortmapctlError, ToolTimedOut
 from portmapctl.iptables.chains import Chain, dnat_chain_name, wanted_chains
 from portmapctl.iptables.planner import (
     missing_setmark_chain,
@@ -211,62 +213,77 @@ def add(
     # Each try's transaction and the read it was planned from: a try killed after its
     # commit is followed by a read, taken after the write, that plans nothing.
     planned: List[Tuple[Transaction, NatTable]] = []
-    for family in families:
-        wanted = wanted_by_family[family]
-        chains += [c.name for c in wanted if c.name not in chains]
+    # The families through (written, or found in place), for a failure after them.
+    through: List[int] = []
+    try:
+        for family in families:
+            wanted = wanted_by_family[family]
+            chains += [c.name for c in wanted if c.name not in chains]
 
-        def plan(live: NatTable, w: List[Chain] = wanted, f: int = family) -> Transaction:
-            seen[f] = live  # the last try's read: the table this transaction was made for
-            why = missing_setmark_chain(
-                config, live, spelling, "create it, then add again"
-            ) or unwritable_entry(dnat_chain_name(config), live, "add again")
-            if why is not None:
-                # No retry cures it (iptables refuses the jump each time): said at once,
-                # from the table this read anyway (the write without a read was refused).
-                raise HostProblem(
-                    f"cannot add {config.network}/{config.container_id}: {why}"
-                    + _applied(families, transactions, written, dry_run)
-                )
-            txn = plan_setup(sharing(live, w), live)
-            planned.append((txn, live))
-            return txn
+            def plan(live: NatTable, w: List[Chain] = wanted, f: int = family) -> Transaction:
+                seen[f] = live  # the last try's read: the table this transaction was made for
+                why = missing_setmark_chain(
+                    config, live, spelling, "create it, then add again"
+                ) or unwritable_entry(dnat_chain_name(config), live, "add again")
+                if why is not None:
+                    # No retry cures it (iptables refuses the jump each time): said at once,
+                    # from the table this read anyway (the write without a read was refused).
+                    raise HostProblem(
+                        f"cannot add {config.network}/{config.container_id}: {why}"
+                        + _applied(families, transactions, written, dry_run)
+                    )
+                txn = plan_setup(sharing(live, w), live)
+                planned.append((txn, live))
+                return txn
 
-        try:
-            if family in hung:
-                raise hung[family]
-            if dry_run:
-                txn = None
-            elif family in written or ahead is not None:
-                txn = written.get(family)
-            else:
-                owed.add(family)  # (in already, maybe, when a signal ends it)
-                txn = apply_blind(node.backend, plan_blind(wanted, family), unsure)
-            if txn is None:
-                if not dry_run:
-                    owed.add(family)
-                txn = node.converge_judged(family, plan, notes, dry_run, killed.get(family))
-                if txn:
-                    _judged_from(txn, family, planned, seen, blind)
-            else:
-                blind.append(family)
-        except (ApplyFailed, ToolTimedOut) as err:
-            raise type(err)(
-                f"IPv{family}: {err}" + _applied(families, transactions, written, dry_run),
-                maybe_applied=err.maybe_applied,
-            ) from None
-        except HostProblem as err:
-            # (Imported here: not on add's usual path.)
-            from portmapctl.ops.check.unread_entries import ChainInDoubt
+            try:
+                if family in hung:
+                    raise hung[family]
+                if dry_run:
+                    txn = None
+                elif family in written or ahead is not None:
+                    txn = written.get(family)
+                else:
+                    owed.add(family)  # (in already, maybe, when a signal ends it)
+                    txn = apply_blind(node.backend, plan_blind(wanted, family), unsure)
+                if txn is None:
+                    if not dry_run:
+                        owed.add(family)
+                    txn = node.converge_judged(family, plan, notes, dry_run, killed.get(family))
+                    if txn:
+                        _judged_from(txn, family, planned, seen, blind)
+                else:
+                    blind.append(family)
+            except (ApplyFailed, ToolTimedOut) as err:
+                raise type(err)(
+                    f"IPv{family}: {err}" + _applied(families, transactions, written, dry_run),
+                    maybe_applied=err.maybe_applied,
+                ) from None
+            except HostProblem as err:
+                # (Imported here: not on add's usual path.)
+                from portmapctl.ops.check.unread_entries import ChainInDoubt
 
-            # The CLI asks every family before the write (cli/add_backend.py); here it
-            # is found family by family (a library caller, a chain made meanwhile): a
-            # family written before it is said, not "nothing changed".
-            done = _applied(families, transactions, written, dry_run)
-            if not isinstance(err, ChainInDoubt) or not done:
-                raise
-            raise ChainInDoubt(err.pair, err.path, done) from None
-        if txn:
-            transactions[family] = txn.render()
+                # The CLI asks every family before the write (cli/add_backend.py); here it
+                # is found family by family (a library caller, a chain made meanwhile): a
+                # family written before it is said, not "nothing changed".
+                done = _applied(families, transactions, written, dry_run)
+                if not isinstance(err, ChainInDoubt) or not done:
+                    raise
+                raise ChainInDoubt(err.pair, err.path, done) from None
+            if txn:
+                transactions[family] = txn.render()
+            through.append(family)
+    except PortmapctlError:
+        # A family failed after another went in (IPv6 after IPv4, most often): what went
+        # in gets its side effects, as the plugin's ADD gives IPv4 its own before it
+        # tries IPv6 (_after_part). A dry run applied nothing.
+        if not dry_run:
+            got = [f for f in families if f in through or written.get(f)]
+            wrote = any(f in transactions or written.get(f) for f in got)
+            interfaces = ahead.interfaces() if ahead is not None else None
+            _after_part(config, got, flush_udp, interfaces, wrote, node)
+            owed.difference_update(got)
+        raise
     warnings: List[str] = [*notes, *said]
     if not dry_run and families:
         interfaces = ahead.interfaces() if ahead is not None else None
@@ -306,6 +323,30 @@ def add(
         seen,
         taken=taken,
     )
+
+
+def _after_part(
+    config: MappingConfig,
+    got: Sequence[int],
+    flush_udp: bool,
+    interfaces: Optional[Dict[str, str]],
+    wrote: bool,
+    node: Node,
+) -> None:
+    """The side effects owed to the families that went in (`got`) before another
+    failed, as the plugin's ADD does them: route_localnet towards the container's IPv4
+    address (SNAT on) and the UDP flush of the ports in those families, both before it
+    tries IPv6 (main.go cmdAdd, every version), so that a failing IPv6 leaves the IPv4
+    mapping working; the failing family, which did not go in (or may have: its restore
+    hung or died), is not flushed (nothing moved its flows). Only the flows that
+    misroute where nothing was written (as after an add that wrote nothing). Their
+    warnings are not said: the run ends with its one error line, as before (the same
+    add again finishes what is missing, and says them)."""
+    if not got:
+        return
+    # (Whatever goes wrong here, the failure that ended the write is the line said.)
+    with contextlib.suppress(PortmapctlError, OSError):
+        after_setup(config, got, flush_udp, interfaces, misrouted_only=not wrote, node=node)
 
 
 def _judged_from(
