@@ -25,7 +25,12 @@ from portmapctl.ops.check.followed import KeyInDoubt, followed, nft_mapping
 from portmapctl.ops.check.followed_entries import follow_the_plugin, in_doubt_left, left_alone
 from portmapctl.ops.check.hints import fixes_for
 from portmapctl.ops.check.problem import CheckResult, Problem
-from portmapctl.ops.check.unread_entries import node_written, unread_left, written_families
+from portmapctl.ops.check.unread_entries import (
+    node_written,
+    not_torn_down,
+    unread_left,
+    written_families,
+)
 from portmapctl.ops.node import Node, side_by_side
 from portmapctl.ops.owners import node_rows, read_owners, unsure_warnings
 
@@ -120,9 +125,14 @@ def check_node(node: Node) -> CheckResult:
     )
     followed = follow_the_plugin(node, attachments, read)
     result = in_doubt_left(_check_node(node, followed.attachments, read), followed, read.tables)
-    # Where its repair writes the chain all the same (node_written), --repair is offered.
-    result = unread_left(result, followed.attachments, read.tables, result.unread_written)
-    if node.namespace_view() is not None:  # (a snapshot's namespaces are another node's)
+    # Where its repair writes the chain all the same (node_written), --repair is offered;
+    # not where it leaves every entry read as torn down (not_torn_down).
+    looks = node.namespace_view() is not None  # (a snapshot's namespaces are another node's)
+    written = result.unread_written
+    if looks:
+        written = not_torn_down(written, followed.attachments)
+    result = unread_left(result, followed.attachments, read.tables, written)
+    if looks:
         from portmapctl.ops.check.torn_down import torn_down_fixes
 
         problems = torn_down_fixes(result.problems, followed.attachments, read.tables)

@@ -127,6 +127,32 @@ def node_written(
     return frozenset(found)
 
 
+def not_torn_down(
+    written: frozenset[InFamily], attachments: Optional[Sequence[Attachment]]
+) -> frozenset[InFamily]:
+    """`written` (node_written's) less the chains every entry read of which (a zombie's
+    aside) is of an interface being torn down (torn_down.TornDownLook): the node's
+    repair leaves those entries out of its plan before it writes (CacheNow._torn_down:
+    a torn-down interface's rules are kept only where a live one shares the chain), so
+    it writes nothing there. The check offered --repair and said "--repair makes their
+    rules" of such a chain after a flush (net1 torn down, net2's entry unreadable),
+    where the repair left it as it was. Only the namespaces of those containers are
+    looked into; a snapshot's are another node's (the caller does not ask then)."""
+    if not written:
+        return written
+    from portmapctl.ops.check.torn_down import TornDownLook
+
+    pairs = {(network, container_id) for _, network, container_id in written}
+    read = [
+        a
+        for a in attachments or ()
+        if a.mapping is not None and not a.zombie and (a.network, a.container_id) in pairs
+    ]
+    gone = set(map(id, TornDownLook().torn_down(read)))
+    live = {(a.network, a.container_id) for a in read if id(a) not in gone}
+    return frozenset(w for w in written if w[1:] in live)
+
+
 UNKNOWN_DETAIL = (
     "the chain holds the rules of its entries that are read; those of the one that cannot"
     " be read are not known"
