@@ -649,3 +649,45 @@ def test_nft_one_mapping_repair_of_a_torn_down_container_alone_writes_nothing(
         assert left["why"].startswith(why), left
         assert done.returncode == 1, done.stdout + done.stderr
         assert "could not repair IPv4 podman/dying" in done.stderr, done.stderr
+
+
+# A container alone on the node, being torn down, after a flush of the nat table (`-F`:
+# the chains stay, empty; `-F -X`: gone). The repair writes nothing for it, not even the
+# shared chains and jumps (CacheNow leaves the entry out: nothing is left to plan from),
+# but the plain check offered `--repair` on those top-level rows (missing-toplevel-rule,
+# missing-jump; missing-toplevel after -X), and after the repair offered them again.
+
+
+@pytest.mark.parametrize("flush", [["-F"], ["-F", "-X"]], ids=["F", "FX"])
+def test_check_offers_no_repair_for_the_toplevel_rows_only_a_torn_down_container_wants(
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode, flush: list
+) -> None:
+    host, container = nodes
+    conf = _debian_added(host, iptables_mode, ("10.88.0.8/16",))
+    rp.write_cni_cache(tmp_path, "podman", "dying", "eth0", conf, [rp.port_mapping(8080, 80)],
+                       ["10.88.0.8/16"], netns=f"/run/netns/{container}")  # fmt: skip
+    for args in flush:
+        rp.iptables(host, ["-t", "nat", args], mode=iptables_mode)
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4",
+            "--iptables", iptables_mode, "-o", "json"]  # fmt: skip
+    before = rp.nat_rules(rp.save(host, 4, iptables_mode))
+
+    def offered(done) -> list:
+        assert done.returncode == 1, done.stdout + done.stderr
+        rows = json.loads(done.stdout)["problems"]
+        assert rows, done.stdout
+        return [(p["kind"], p["chain"]) for p in rows if p["fix"]]
+
+    check = pmctl.run(["check", *args])
+    toplevel = [p for p in json.loads(check.stdout)["problems"] if p["container_id"] is None]
+    assert toplevel, check.stdout  # the shared chains' rows are there ...
+    assert offered(check) == [], check.stdout  # ... but --repair makes none of them
+    assert all(_WHY in p["why"] for p in toplevel), toplevel  # and they say why
+    text = pmctl.run(["check", *args[:-2]])
+    assert "--repair" not in text.stdout.replace("--repair would leave", ""), text.stdout
+
+    done = pmctl.run(["check", "--repair", *args])
+    assert rp.nat_rules(rp.save(host, 4, iptables_mode)) == before  # nothing written
+    _named_not_repaired(done, json.loads(done.stdout), _WHY)
+    assert offered(done) == [], done.stdout  # nor does the repair's own report
+    assert offered(pmctl.run(["check", *args])) == []  # no loop

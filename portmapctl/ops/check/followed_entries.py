@@ -82,36 +82,46 @@ def _toplevel_left(
     the other configs); their fix named it, and a node whose only container is in doubt
     got the plugin's top-level chains from it. Wanted as the check wants them
     (wanted_on_node, check_shared), by the other cached iptables configs."""
+    unplaced = {(a.network, a.container_id) for a in followed.unplaced}
+    others = [a for a in followed.attachments or () if (a.network, a.container_id) not in unplaced]
+    wanted = toplevel_wanted(others, tables)
+    problems = tuple(
+        replace(p, fix="") if is_toplevel(p) and toplevel_key(p) not in wanted else p
+        for p in result.problems
+    )
+    return replace(result, problems=problems)
+
+
+def is_toplevel(problem: Problem) -> bool:
+    """A problem of the plugin's shared iptables chains or jumps (check_shared's)."""
+    return (
+        problem.kind in _TOPLEVEL_KINDS and problem.container_id is None and not problem.in_nftables
+    )
+
+
+def toplevel_key(problem: Problem) -> Tuple[str, Optional[int], Optional[str]]:
+    return problem.kind, problem.family, problem.chain
+
+
+def toplevel_wanted(
+    attachments: Sequence[Attachment], tables: Dict[int, NatTable]
+) -> Set[Tuple[str, Optional[int], Optional[str]]]:
+    """The top-level problems (toplevel_key) that the iptables-kept ones of
+    `attachments` want fixed, as the check wants them (wanted_on_node, check_shared):
+    those the repair, planning from those entries, makes."""
     from portmapctl.ops.check.compare import check_shared
     from portmapctl.ops.check.expected import cached_configs, wanted_on_node
     from portmapctl.ops.check.hints import Fixes
 
-    unplaced = {(a.network, a.container_id) for a in followed.unplaced}
-    others = cached_configs(
-        [
-            a
-            for a in followed.attachments or ()
-            if (a.network, a.container_id) not in unplaced
-            and a.mapping is not None
-            and a.mapping.backend != Backend.NFTABLES
-        ]
+    configs = cached_configs(
+        [a for a in attachments if a.mapping is not None and a.mapping.backend != Backend.NFTABLES]
     )
-    wanted = {
-        (p.kind, p.family, p.chain)
+    return {
+        toplevel_key(p)
         for family, live in tables.items()
-        for chain in wanted_on_node(others, family, live)[0]
+        for chain in wanted_on_node(configs, family, live)[0]
         for p in check_shared(chain, live, Fixes())
     }
-    problems = tuple(
-        replace(p, fix="")
-        if p.kind in _TOPLEVEL_KINDS
-        and p.container_id is None
-        and not p.in_nftables
-        and (p.kind, p.family, p.chain) not in wanted
-        else p
-        for p in result.problems
-    )
-    return replace(result, problems=problems)
 
 
 def left_alone(result: CheckResult, ids: Collection[str], said: Sequence[str]) -> CheckResult:

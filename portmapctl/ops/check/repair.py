@@ -34,7 +34,13 @@ from portmapctl.ops.check.port_moves import holder_name, plan_taking_nothing
 from portmapctl.ops.check.problem import CheckResult, Unrepaired
 from portmapctl.ops.check.read_once import ReadOnce
 from portmapctl.ops.check.repair_plan import _plan, _planned_node, _setup, bit_unknown
-from portmapctl.ops.check.repair_report import _attempted, _in_row_order, _repaired, say_repaired
+from portmapctl.ops.check.repair_report import (
+    LEFT,
+    _attempted,
+    _in_row_order,
+    _repaired,
+    say_repaired,
+)
 from portmapctl.ops.check.run import _check_node, read_tables
 from portmapctl.ops.check.unread_entries import unread_left, unread_pairs
 from portmapctl.ops.flavour_guard import split_why
@@ -428,6 +434,12 @@ def repair(
             attachments = cache.refreshed(attachments)  # what the plans were made from
         after = _check_node(node, attachments, replace(read, tables=now))
         after = unread_left(in_doubt_left(after, followed, now), attachments, now)
+        if unrepaired and node.namespace_view() is not None:
+            # The shared chains' rows that only the containers it left want: left too.
+            from portmapctl.ops.check.torn_down import toplevel_fixes
+
+            kept = toplevel_fixes(after.problems, attachments or (), now, left=LEFT)
+            after = replace(after, problems=tuple(kept))
         ignored_notes = _key_ignored_notes(key_ignored, followed.where)
         after = replace(after, notes=(*ignored_notes, *after.notes))
     except Interrupted as stop:

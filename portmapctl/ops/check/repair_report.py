@@ -72,7 +72,7 @@ def _went_in(containers: int) -> str:
     return f"the repair{which} had gone in, or was going in (`portmapctl check` shows what is left)"
 
 
-_LEFT = "--repair left it as it is: its `could not repair` line says why"
+LEFT = "--repair left it as it is: its `could not repair` line says why"
 
 
 def _names_repair(fix: str) -> bool:
@@ -87,7 +87,7 @@ def left_named(
     family) naming their `could not repair` line as their fix, not --repair again."""
     left = {(u.family, u.network, u.container_id) for u in unrepaired}
     return tuple(
-        replace(p, fix=_LEFT)
+        replace(p, fix=LEFT)
         if (p.family, p.network, p.container_id) in left and _names_repair(p.fix)
         else p
         for p in problems

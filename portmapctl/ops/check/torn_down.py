@@ -90,6 +90,7 @@ def torn_down_fixes(
         for p, leaves in zip(problems, left)
         if leaves and (key := (p.network or "", p.container_id or "")) in by_key
     }
+    problems = toplevel_fixes(problems, attachments or (), tables)
     if not keys:
         return tuple(problems)
     look = TornDownLook()
@@ -134,6 +135,49 @@ def torn_down_fixes(
         )
         else p
         for p, leaves in zip(problems, left)
+    )
+
+
+def toplevel_fixes(
+    problems: Sequence[Problem],
+    attachments: Sequence[Attachment],
+    tables: Optional[Mapping[int, NatTable]],
+    left: Optional[str] = None,
+) -> Sequence[Problem]:
+    """`problems` with the rows of the shared iptables chains and jumps whose fix is
+    --repair naming why the repair leaves them where no cached iptables entry but
+    those being torn down wants them: the repair plans from the others (CacheNow
+    leaves such entries out), so it makes none of them. Offered, `check --repair`
+    wrote nothing (a node whose only container is being deleted, after `iptables -t nat
+    -F`), and the next check offered them again. The shared chains are not made for a
+    container being deleted: its own chain is not either. Only where such a row is
+    offered are the entries' namespaces looked into (a healthy node's none).
+    `left`: the fix they name instead (the repair's report: its `could not repair`
+    line); else WOULD_LEAVE, with why."""
+    from portmapctl.ops.check.followed_entries import is_toplevel, toplevel_key, toplevel_wanted
+
+    offered = [p.family and REPAIR_COMMAND in p.fix and is_toplevel(p) for p in problems]
+    if tables is None or not any(offered):
+        return problems
+    kept = [
+        a for a in attachments if a.mapping is not None and a.mapping.backend != Backend.NFTABLES
+    ]
+    look = TornDownLook()
+    gone = set(map(id, look.torn_down(kept)))
+    if not gone:
+        return problems
+    wanted = toplevel_wanted([a for a in kept if id(a) not in gone], dict(tables))
+    # The first torn-down entry's reason, by family (that family's rows say it).
+    why: Dict[int, str] = {}
+    for a in kept:
+        for family in (4, 6):
+            if id(a) in gone and (text := look.why.get((a.path, family))) is not None:
+                why.setdefault(family, text)
+    return tuple(
+        replace(p, fix=left or WOULD_LEAVE.format(why=why[p.family]))
+        if leaves and toplevel_key(p) not in wanted and p.family in why
+        else p
+        for p, leaves in zip(problems, offered)
     )
 
 
