@@ -90,10 +90,10 @@ def torn_down_fixes(
         for p, leaves in zip(problems, left)
         if leaves and (key := (p.network or "", p.container_id or "")) in by_key
     }
-    problems = toplevel_fixes(problems, attachments or (), tables)
+    look = TornDownLook()  # (one look for both: a namespace is entered once)
+    problems = toplevel_fixes(problems, attachments or (), tables, look=look)
     if not keys:
         return tuple(problems)
-    look = TornDownLook()
     gone = set(map(id, look.torn_down([a for key in sorted(keys) for a in by_key[key]])))
     why: Dict[Tuple[str, str, int], str] = {}  # (network, container ID, family)
     # Of a container with live entries too, by (network, container ID, family): the
@@ -143,6 +143,7 @@ def toplevel_fixes(
     attachments: Sequence[Attachment],
     tables: Optional[Mapping[int, NatTable]],
     left: Optional[str] = None,
+    look: Optional[TornDownLook] = None,
 ) -> Sequence[Problem]:
     """`problems` with the rows of the shared iptables chains and jumps whose fix is
     --repair naming why the repair leaves them where no cached iptables entry but
@@ -153,7 +154,8 @@ def toplevel_fixes(
     container being deleted: its own chain is not either. Only where such a row is
     offered are the entries' namespaces looked into (a healthy node's none).
     `left`: the fix they name instead (the repair's report: its `could not repair`
-    line); else WOULD_LEAVE, with why."""
+    line); else WOULD_LEAVE, with why. `look`: one already made (torn_down_fixes'),
+    so that a namespace is entered once a command."""
     from portmapctl.ops.check.followed_entries import is_toplevel, toplevel_key, toplevel_wanted
 
     offered = [p.family and REPAIR_COMMAND in p.fix and is_toplevel(p) for p in problems]
@@ -162,7 +164,7 @@ def toplevel_fixes(
     kept = [
         a for a in attachments if a.mapping is not None and a.mapping.backend != Backend.NFTABLES
     ]
-    look = TornDownLook()
+    look = look or TornDownLook()
     gone = set(map(id, look.torn_down(kept)))
     if not gone:
         return problems
