@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import shlex
 import shutil
 import subprocess
 import sys
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import pytest
 
@@ -126,3 +128,45 @@ def assert_metrics_left_alone(done, without, path, holds: str) -> None:
     assert added == [f"portmapctl: warning: no metrics file written: {path} holds {holds}"], (
         done.stderr
     )
+
+
+def drain(fd: int, timeout: float = 0.5) -> bytes:
+    data = b""
+    while select.select([fd], [], [], timeout)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def run_on_terminal(args, env: Optional[Dict[str, str]] = None) -> Tuple[int, str, str]:
+    """portmapctl ARGS with stdout on a pseudo-terminal; (exit code, stdout, stderr)."""
+    master, slave = pty.openpty()
+    full_env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "200", **(env or {})}
+    full_env.pop("NO_COLOR", None) if "NO_COLOR" not in (env or {}) else None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portmapctl", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env=full_env,
+    )
+    out = read_terminal(proc, master, slave)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    return proc.wait(), out.decode(errors="replace"), err
+
+
+def read_terminal(proc: subprocess.Popen, master: int, slave: int) -> bytes:
+    """What `proc` writes to the pseudo-terminal (master, slave) until it ends; both
+    ends closed."""
+    os.close(slave)
+    out = b""
+    while proc.poll() is None:
+        out += drain(master, 0.1)
+    out += drain(master, 0.1)
+    os.close(master)
+    return out

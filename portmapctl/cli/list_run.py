@@ -182,6 +182,10 @@ def run(
                     full_ids=out.no_trunc,
                     header=not out.no_headers,
                     width=out.width(),
+                    # Short forms told apart on the node, not only among the rows shown:
+                    # `--container` with one selects that chain alone.
+                    unknown=[m.chain for m in mappings if not m.container_id]
+                    + [c.name for c in found.chains if not c.container_id],
                 )
             )
             out.blank()

@@ -13,6 +13,7 @@ from portmapctl.render.table import (
     STATUS_STYLE,
     Across,
     Cuttable,
+    chain_starts,
     count,
     grid,
     owner_cell,
@@ -144,9 +145,13 @@ def list_table(
     full_ids: bool = False,
     header: bool = True,
     width: Optional[int] = None,
+    unknown: Optional[Iterable[str]] = None,
 ) -> Grid:
     """The list table; without `wide` the CHAIN column is left out (80 columns), or
-    shown as BACKEND when the rows are of both backends.
+    shown as BACKEND when the rows are of both backends. A chain of no known
+    container is named under CONTAINER by a start that tells it from the others of
+    `unknown` (the node's chains of no known container, filtered or not: list_run;
+    None: the table's), so that --container takes it for that chain alone.
     `width` is the terminal's (None: piped, nothing is cut): rows are fitted to it
     (LIST_CUTS, then LIST_DROPS; the statuses are never cut, wrapped under their
     column when even that is not enough) unless `full_ids` (--no-trunc) or `wide`
@@ -157,7 +162,13 @@ def list_table(
     # A container with rules in both backends (the plugin's DEL cleans one): without
     # the backend its two copies are two identical rows.
     by_backend = not wide and _both_backends(mappings)
-    rows, statuses, bare = _list_rows(mappings, chains, conntrack, full_ids, by_backend, wide)
+    if unknown is None:
+        unknown = [m.chain for m in mappings if not m.container_id]
+        unknown += [c.name for c in chains if not c.container_id]
+    starts = chain_starts(unknown)
+    rows, statuses, bare = _list_rows(
+        mappings, chains, conntrack, full_ids, by_backend, wide, starts
+    )
     if by_backend:
         headers[headers.index("CHAIN")] = "BACKEND"
     elif not wide:
@@ -182,13 +193,15 @@ def _list_rows(
     full_ids: bool,
     by_backend: bool = False,
     wide: bool = True,
+    starts: Optional[MappingT[str, str]] = None,
 ) -> Tuple[List[List[str]], List[Iterable[str]], Dict[int, str]]:
     """The cells of every row, their statuses, and the name of the chain of each row
     of a chain without a mapping (by row number) whose CONTAINER cell does not name
     it; the last column is the CHAIN, or with `by_backend` the BACKEND (a chain
     without a mapping is an iptables chain). Where CHAIN is not shown (not `wide`), a
     chain of no known container is named under CONTAINER, as in check's and gc's
-    tables (render.table.owner_cell)."""
+    tables (render.table.owner_cell), by its short form (`starts`: chain_starts, as
+    a container by its short ID; `full_ids`: whole)."""
     rows: List[List[str]] = []
     statuses: List[Iterable[str]] = []
     bare: Dict[int, str] = {}
@@ -201,7 +214,7 @@ def _list_rows(
     )
 
     def add_bare(c: ChainInfo) -> None:
-        who = owner_cell(c.container_id, c.name, full_ids, chain_shown=wide)
+        who = owner_cell(c.container_id, c.name, full_ids, chain_shown=wide, starts=starts)
         if who != c.name:
             bare[len(rows)] = c.name
         row = [c.network or "-", who, f"v{c.family}", "-", "-", "-", "-"]
@@ -216,7 +229,7 @@ def _list_rows(
             add_bare(waiting.popleft())
         row = [
             m.network or "-",
-            owner_cell(m.container_id, m.chain, full_ids, chain_shown=wide),
+            owner_cell(m.container_id, m.chain, full_ids, chain_shown=wide, starts=starts),
             f"v{m.family}",
             m.protocol,
             host_address(m),

@@ -11,6 +11,7 @@ import sys
 from typing import (
     TYPE_CHECKING,
     Callable,
+    Dict,
     Iterable,
     List,
     Mapping,
@@ -94,18 +95,52 @@ def short_id(container_id: Optional[str], full: bool = False) -> str:
 
 
 def owner_cell(
-    container_id: Optional[str], chain: Optional[str], full: bool = False, chain_shown: bool = False
+    container_id: Optional[str],
+    chain: Optional[str],
+    full: bool = False,
+    chain_shown: bool = False,
+    starts: Optional[Mapping[str, str]] = None,
 ) -> str:
     """A CONTAINER cell: the container's short ID (`full`: whole); for a per-container
     chain of no known container (an orphan no entry rule names), the chain's name,
     unless the table has a CHAIN column (`chain_shown`, -o wide): else nothing in the
-    row would say which chain. check's and list's tables (gc's names it always)."""
+    row would say which chain. check's and list's tables (gc's names it always). With
+    `starts` (list: chain_starts) and not `full`, the name's short form there."""
     if not container_id and not chain_shown and chain:
         from portmapctl.iptables.chains import is_plugin_chain  # (rows of no known container only)
 
         if is_plugin_chain(chain):
-            return chain
+            return chain if full or starts is None else starts.get(chain, chain)
     return short_id(container_id, full)
+
+
+def chain_starts(chains: Iterable[str]) -> Dict[str, str]:
+    """How list names each per-container chain of `chains` under CONTAINER (rows of no
+    known container): `CNI-DN-` and the first characters of its hash, as long as a
+    short ID (`CNI-DN-e7055`), one more than it shares with any other chain of the
+    table where two share that (`CNI-DN-0123456`, `CNI-DN-0123459`). The whole name,
+    28 characters, left out CONTAINER ADDR, SNAT and NETWORK of every row at 80
+    columns; `--container` takes a start that goes into the hash (inventory.owned_by)."""
+    from portmapctl.iptables.chains import is_plugin_chain  # (rows of no known container only)
+
+    names = sorted({c for c in chains if is_plugin_chain(c)})
+    starts: Dict[str, str] = {}
+    for i, name in enumerate(names):
+        # Sorted: a name shares its longest start with a neighbour.
+        shared = max((_shared(name, other) for other in names[max(i - 1, 0) : i + 2]
+                      if other != name), default=0)  # fmt: skip
+        starts[name] = name[: max(SHORT_ID, shared + 1)]
+    return starts
+
+
+def _shared(one: str, other: str) -> int:
+    """How many first characters `one` and `other` have in common."""
+    n = 0
+    for a, b in zip(one, other):
+        if a != b:
+            break
+        n += 1
+    return n
 
 
 def count(number: int, word: str) -> str:

@@ -35,9 +35,18 @@ def test_a_mapping_of_no_known_container_names_its_chain_under_container(dump):
     assert {m["container_id"] for m in document["mappings"]} == {None}  # JSON as it was
     code, out, err = at_80(*args)
     assert code == 0, err
+    # As long as a short ID: `CNI-DN-` and the hash's first five. The whole name, 28
+    # characters, left out SNAT at 80 columns (hairpin32: CONTAINER ADDR too); beside
+    # dead's `orphan,dead` CONTAINER ADDR does not fit anyway.
     for shown in (rows(out), rows(pmctl(*args).stdout)):  # on a terminal, and piped
         column = shown[0].index("CONTAINER")
-        assert [row[column] for row in shown[1:]] == [chain], shown
+        assert [row[column] for row in shown[1:]] == [chain[:12]], shown
+    header = rows(out)[0]
+    assert header[:5] == ["NETWORK", "CONTAINER", "FAM", "PROTO", "HOST"], out
+    assert header[-2:] == ["SNAT", "STATUS"] and ("ADDR" in header) == ("hairpin" in dump), out
+    # --no-trunc names it whole, as it shows IDs whole.
+    whole = rows(pmctl(*args, "--no-trunc").stdout)
+    assert [row[1] for row in whole[1:]] == [chain], whole
     # -o wide has the CHAIN column: CONTAINER stays `-` there, as in check's.
     wide = rows(pmctl(*args, "-o", "wide").stdout)
     assert [row[1] for row in wide[1:]] == ["-"] and chain in wide[1], wide
@@ -119,10 +128,12 @@ def test_the_chain_named_under_container_is_accepted_by_container(dump):
     args = ["list", "--snapshot", f"{FIELD}/{dump}.v4.save", *NO_CACHE]
     shown = rows(pmctl(*args).stdout)
     column = shown[0].index("CONTAINER")
+    document = json.loads(pmctl(*args, "-o", "json").stdout)
+    (chain,) = {m["chain"] for m in document["mappings"]}
     for row in shown[1:]:
-        chain = row[column]
-        assert chain.startswith("CNI-DN-"), row  # (what the test is about)
-        for value in (chain, chain[:16]):
+        short = row[column]
+        assert chain.startswith(short) and short.startswith("CNI-DN-"), row  # (the test's)
+        for value in (short, chain, chain[:16]):
             narrowed = rows(pmctl(*args, "--container", value).stdout)
             assert narrowed[1:] == [row], (value, narrowed)
     # Not a chain of a known container: --container is about who owns a row.
@@ -133,8 +144,8 @@ def test_the_chain_named_under_container_is_accepted_by_container(dump):
     with open(f"{FIELD}/{dump}.v4.save") as dump_file:
         found = inventory.build({4: parse_save(dump_file.read(), 4)})
     for row in shown[1:]:
-        (selected,) = inventory.select(found.mappings, container=row[column][:16])
-        assert selected.chain == row[column] and selected.container_id is None
+        (selected,) = inventory.select(found.mappings, container=row[column])
+        assert selected.chain == chain and selected.container_id is None
 
 
 def _counted(statuses: List[List[str]]) -> dict:

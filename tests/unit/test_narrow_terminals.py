@@ -509,3 +509,52 @@ def test_check_at_80_columns_no_problem_of_any_kind_is_wider_than_the_terminal()
     assert long_path in "".join(line.strip() for line in lines)
     piped = render.check_text(result).plain
     assert long_path in piped.split()
+
+
+# --- a row of no known container (h322) ----------------------------------------------
+#
+# Its chain's whole name (28 characters) under CONTAINER left out CONTAINER ADDR, SNAT
+# and NETWORK of every row at 80 columns beside an IPv6 host. It is as long as a short
+# ID now, `CNI-DN-` and the hash's first five, longer where two of the table's chains
+# share those; --container takes it (inventory.owned_by).
+
+
+def _unknown(chain: str, port: int) -> Mapping:
+    """A row of no known container (plugins-643-hairpin32's, on other ports)."""
+    return Mapping(None, None, 4, "tcp", None, port, "10.4.0.2", 22, True, chain, ("orphan",))
+
+
+def test_a_row_of_no_known_container_names_its_chain_short_so_the_table_keeps_its_columns():
+    from portmapctl.core.status import ChainKind
+    from portmapctl.iptables.inventory import ChainInfo, select
+
+    known = host_v6_mapping()
+    lone, twin, twin2 = (
+        "CNI-DN-e7055ba87834d413d9694",
+        "CNI-DN-0123456789abcdef01234",
+        "CNI-DN-0123459876543210fedcb",  # (shares 13 characters with twin)
+    )
+    mappings = [known, _unknown(lone, 2202), _unknown(twin, 2203), _unknown(twin2, 2204)]
+    legacy = ChainInfo("CNI-SN-e7055ba87834d413d9694", 4, ChainKind.LEGACY_SNAT, None, None,
+                       ("orphan",), (), ())  # fmt: skip
+    lines = render.list_table(mappings, [legacy], wide=False, width=80).plain.split("\n")
+    assert all(len(line) <= 80 for line in lines), lines
+    # The columns the known container's row keeps alone (its IPv6 HOST leaves out
+    # CONTAINER ADDR); with the whole names NETWORK and SNAT went too.
+    alone = render.list_table([known], [], wide=False, width=80).plain.split("\n")
+    assert lines[0].split() == alone[0].split() == [
+        "NETWORK", "CONTAINER", "FAM", "PROTO", "HOST", "SNAT", "STATUS"], lines  # fmt: skip
+    # One short ID, then the rows of no known container by port, the legacy chain last:
+    # twin and twin2 share `CNI-DN-012345`, so they show one more character each.
+    assert [line.split()[1] for line in lines[1:]] == [
+        "3f2a9c1e5b7d", "CNI-DN-e7055", "CNI-DN-0123456", "CNI-DN-0123459", "CNI-SN-e7055",
+    ], lines  # fmt: skip
+    # A chain with no mapping still names itself whole where a mapping's cells would be.
+    assert legacy.name in lines[-1], lines
+    # Each selects its own chain's rows alone (list and flush-udp: inventory.select).
+    for m, line in zip(mappings[1:], lines[2:]):
+        assert select(mappings, container=line.split()[1]) == [m], line
+    # -o wide and --no-trunc name every chain whole.
+    for wide, full in ((True, False), (False, True)):
+        table = render.list_table(mappings, [legacy], wide=wide, full_ids=full, width=80).plain
+        assert all(m.chain in table for m in mappings[1:]), table

@@ -11,14 +11,18 @@ import io
 import json
 import os
 import pty
-import select
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List
 
 import pytest
+from pmctl import drain as _drain
+from pmctl import (
+    read_terminal,
+    run_on_terminal,  # noqa: F401  (the unit tests' import of it)
+)
 
 from portmapctl.cli.output import Output, OutputChoice
 
@@ -34,19 +38,6 @@ EXAMPLE = [
 SGR_COLOUR = ("\x1b[3", "\x1b[9", "\x1b[38;")  # foreground colour escapes
 
 
-def _drain(fd: int, timeout: float = 0.5) -> bytes:
-    data = b""
-    while select.select([fd], [], [], timeout)[0]:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the other side is closed
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def summary_on_terminal(monkeypatch, line: str, columns: int = 80) -> List[str]:
     """Output().summary(line) as a terminal of `columns` shows it, a string a line."""
     master, slave = pty.openpty()
@@ -57,28 +48,6 @@ def summary_on_terminal(monkeypatch, line: str, columns: int = 80) -> List[str]:
     shown = _drain(master).decode().replace("\r", "").splitlines()
     os.close(master)
     return shown
-
-
-def run_on_terminal(args, env: Optional[Dict[str, str]] = None) -> Tuple[int, str, str]:
-    """portmapctl ARGS with stdout on a pseudo-terminal; (exit code, stdout, stderr)."""
-    master, slave = pty.openpty()
-    full_env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "200", **(env or {})}
-    full_env.pop("NO_COLOR", None) if "NO_COLOR" not in (env or {}) else None
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "portmapctl", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=slave,
-        stderr=subprocess.PIPE,
-        env=full_env,
-    )
-    os.close(slave)
-    out = b""
-    while proc.poll() is None:
-        out += _drain(master, 0.1)
-    out += _drain(master, 0.1)
-    os.close(master)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    return proc.wait(), out.decode(errors="replace"), err
 
 
 def test_list_is_coloured_on_a_terminal_only_and_honours_no_color():
@@ -324,12 +293,7 @@ def test_a_line_written_while_the_bar_shows_stays_one_line():
         env=env,
         cwd=ROOT,
     )
-    os.close(slave)
-    shown = b""
-    while proc.poll() is None:
-        shown += _drain(master, 0.1)
-    shown += _drain(master, 0.1)
-    os.close(master)
+    shown = read_terminal(proc, master, slave)
     lines = shown.decode(errors="replace").replace("\r", "\n").splitlines()
     assert any(line.endswith(f"portmapctl: warning: {long_line}") for line in lines), lines
 
