@@ -184,6 +184,11 @@ def shell_word(word: str) -> str:
     return "$'" + "".join(spelled) + "'"
 
 
+def count(number: int, word: str) -> str:
+    """`1 chain`, `2 chains` (render's tables and summaries, problems' details)."""
+    return f"{number} {word}" + ("" if number == 1 else "s")
+
+
 def rules_missing(missing: int, wanted: int) -> str:
     """`2 of 6 rules missing`: check's words for the rules a container lacks of those
     the plugin writes for it, in iptables and nftables alike (one vocabulary)."""

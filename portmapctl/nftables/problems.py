@@ -17,7 +17,7 @@ from typing import Mapping as ReadOnly
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.status import ProblemKind
-from portmapctl.core.text import rules_missing
+from portmapctl.core.text import count, rules_missing
 from portmapctl.nftables.ruleset import (
     FAMILY_NAMES,
     HOSTIP_HOSTPORTS,
@@ -295,7 +295,7 @@ def extra_rules(
                     rules[0].chain,
                     networks[cid],
                     cid,
-                    f"{len(rules)} rule(s) {what} (handle {handles}): {'; '.join(texts)}",
+                    f"{count(len(rules), 'rule')} {what} (handle {handles}): {'; '.join(texts)}",
                     rules=texts,
                 )
             )

@@ -26,6 +26,7 @@ from enum import Enum
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from portmapctl.core.patterns import lazy
+from portmapctl.core.text import count
 from portmapctl.errors import BadInput
 from portmapctl.nftables import FAMILY_NAMES, TABLE  # noqa: F401 - re-exported
 
@@ -196,7 +197,7 @@ class UnreadChain:
 
     def warning(self) -> str:
         where = f"{FAMILY_NAMES[self.family]} {TABLE}"
-        rules = f"; {self.rules} rule(s)" if self.rules else ""
+        rules = f"; {count(self.rules, 'rule')}" if self.rules else ""
         return (
             f"{where}: chain {self.chain!r} is not the plugin's and cannot be read"
             f" ({self.why}{rules}): left alone, not shown, checked or removed"

@@ -25,7 +25,7 @@ from typing import (
 from portmapctl.core.ids import SHORT_ID
 from portmapctl.core.patterns import lazy
 from portmapctl.core.status import Status
-from portmapctl.core.text import cell_text, name_text, stream_codec
+from portmapctl.core.text import cell_text, count, name_text, stream_codec  # noqa: F401 - re-exported (render.count)
 from portmapctl.render.cuts import cut_end
 
 if TYPE_CHECKING:
@@ -141,11 +141,6 @@ def _shared(one: str, other: str) -> int:
             break
         n += 1
     return n
-
-
-def count(number: int, word: str) -> str:
-    """`1 chain`, `2 chains`."""
-    return f"{number} {word}" + ("" if number == 1 else "s")
 
 
 def status_text(status: Iterable[str]) -> Text:

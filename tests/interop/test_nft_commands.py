@@ -1841,7 +1841,7 @@ def test_one_mapping_check_reports_a_wrong_rule_of_its_container_and_repair_dele
     [extra] = json.loads(broken.stdout)["problems"]
     assert (extra["kind"], extra["family"], extra["container_id"]) == ("extra-rules", 4, "c1")
     assert extra["rule"] == 'tcp dport 8080 dnat to 10.88.0.5:81 comment "c1"'
-    assert extra["detail"].startswith("1 rule(s) its config does not make (handle ")
+    assert extra["detail"].startswith("1 rule its config does not make (handle ")
     # The mapping options say the same.
     options = ["check", "--backend", "nftables", "--network", "podman", "--container", "c1",
                "--ip", "10.88.0.5/16", "--ip", "fd00:88::5/64", "-p", "8080:80",

@@ -30,7 +30,7 @@ from portmapctl.cni.cache import Attachment, added_at
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import Mapping, MappingConfig
 from portmapctl.core.status import ProblemKind, Status
-from portmapctl.core.text import name_text
+from portmapctl.core.text import count, name_text
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.nftables import FAMILY_NAMES
 from portmapctl.nftables.ruleset import MASQUERADING, TABLE
@@ -441,7 +441,7 @@ def _leftover_problems(
         if node.options.families and left.family not in node.options.families:
             continue
         cid, family = left.container_id, left.family
-        rules = f"{len(left.rules)} masquerade rule(s) for {left.address}"
+        rules = f"{count(len(left.rules), 'masquerade rule')} for {left.address}"
         texts = tuple(r.body.text(family) for r in left.rules)  # -o wide, JSON `rules`
         if attachments is not None and cid not in cached:
             if (cid, family) in seen_stale:

@@ -91,7 +91,7 @@ def test_check_of_one_mapping_reports_its_containers_rules_it_does_not_make(
     assert problem["rule"] == (
         'ip daddr 127.0.0.1 tcp dport 9443 dnat to 10.88.0.6:443 comment "a91c6e2f0d3b4f77api"'
     )
-    assert problem["detail"].startswith("1 rule(s) for ports or addresses its config has not")
+    assert problem["detail"].startswith("1 rule for ports or addresses its config has not")
     assert problem["fix"] is None  # (words: --repair leaves it)
     healthy = run([*base, "-p", "127.0.0.1:9443:443"])
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr

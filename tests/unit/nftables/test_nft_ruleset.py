@@ -281,7 +281,7 @@ def test_a_chain_that_is_not_the_plugins_and_cannot_be_read_is_skipped_and_said(
     assert live.unread == (rs.UnreadChain(4, "a b", "a name nft's own syntax cannot write", 1),)
     assert live.unread[0].warning() == (
         "ip cni_hostport: chain 'a b' is not the plugin's and cannot be read (a name nft's"
-        " own syntax cannot write; 1 rule(s)): left alone, not shown, checked or removed"
+        " own syntax cannot write; 1 rule): left alone, not shown, checked or removed"
     )
 
 
