@@ -1739,6 +1739,36 @@ def test_a_nft_zombies_row_gives_its_rules_as_a_stale_row_does(
     assert line.endswith("; ".join(rules.splitlines())), wide  # (wide: one line, `; `)
 
 
+ZOMB4 = ("zomb4", ["10.88.0.50/16"], [_pm(7300, 70)])
+
+
+@pytest.mark.parametrize("ctr", [ZOMB4, ZOMB], ids=["ipv4-only", "dual-stack"])
+def test_a_nft_zombies_row_gives_its_family_where_its_rules_are_in_one(
+    node: str, tmp_path: Path, ctr
+) -> None:
+    """check -o json gave an nftables zombie's row `family` null (-o wide FAM `-`) though
+    its rules, which the row gives, were all in IPv4; an iptables zombie's row gives the
+    family its chain is in, and the same container's stale rows theirs. Now the family
+    its rules are in, where that is one; null where they are in both (one row)."""
+    cid, ips, ports = ctr
+    conf = upstream.nft_conf("podman", ips, ports)
+    upstream.run(V191, "ADD", node, cid, conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips,
+                       netns="/run/netns/does-not-exist")  # fmt: skip
+    families = sorted({r["family"] for r in _rules_of(node, cid)})
+    assert families == (["ip"] if ctr is ZOMB4 else ["ip", "ip6"]), families
+    want = 4 if ctr is ZOMB4 else None
+    for args in ((), ("--repair",)):
+        done = _pmctl(node, tmp_path, "check", *args, "-o", "json")
+        assert done.returncode == 1, done.stdout + done.stderr
+        [row] = json.loads(done.stdout)["problems"]
+        assert (row["kind"], row["backend"], row["chain"]) == ("zombie", "nftables", "hostports")
+        assert row["family"] == want, (args, row)
+    wide = _pmctl(node, tmp_path, "check", "-o", "wide").stdout
+    [line] = [line for line in wide.splitlines() if line.startswith("zombie ")]
+    assert line.split()[1] == ("v4" if want else "-"), wide
+
+
 @pytest.mark.parametrize("conditioned_first", [True, False])
 def test_repair_of_one_mapping_keeps_the_newest_adds_conditions(
     node: str, tmp_path: Path, conditioned_first: bool

@@ -127,9 +127,13 @@ def toplevel_wanted(
 def left_alone(result: CheckResult, ids: Collection[str], said: Sequence[str]) -> CheckResult:
     """in_doubt_left's work, for the containers `ids` (a one-mapping check's too:
     check_mapping), with `said`, the warnings that say why."""
-    # The families some other container's problem in nftables shows in need of them.
+    # The families some other container's problem in nftables shows in need of them. Not
+    # a zombie's (its row names its rules there and their family, nft.held_rules): its
+    # fix is gc's, and --repair writes nothing for it.
     needed = {
-        p.family for p in result.problems if p.in_nftables and p.container_id not in (None, *ids)
+        p.family
+        for p in result.problems
+        if p.in_nftables and p.container_id not in (None, *ids) and p.kind != ProblemKind.ZOMBIE
     }
     problems = tuple(
         replace(p, fix="", why=_IN_DOUBT)

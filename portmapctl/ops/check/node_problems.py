@@ -362,7 +362,7 @@ def zombies(
     Each row gives the rules at issue as a stale chain's does (`found`, the inventory
     of `tables`: the entry rules that take its host ports, else its own rules); one
     whose rules are in nftables, as its stale rows would (`nft_held`, by ID and family:
-    nft.held_rules), every family's, and their chain when they share one.
+    nft.held_rules), every family's, and their chain (and family) when they share one.
 
     gc --netns-liveness removes a zombie's chains (or, for the `nft_backed` IDs, its
     nftables rules: those of `nft_owners`, the IDs with rules left; None when not
@@ -394,7 +394,8 @@ def zombies(
         problems.append(
             Problem(
                 ProblemKind.ZOMBIE,
-                present[0] if len(present) == 1 else None,
+                # The family its rules are in, where one (as its stale rows give theirs).
+                present[0] if len(present) == 1 else next(iter(held)) if len(held) == 1 else None,
                 a.dnat_chain if present or not in_nft else nft_chain,
                 a.network,
                 a.container_id,
