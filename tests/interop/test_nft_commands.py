@@ -1769,6 +1769,34 @@ def test_a_nft_zombies_row_gives_its_family_where_its_rules_are_in_one(
     assert line.split()[1] == ("v4" if want else "-"), wide
 
 
+def test_a_nft_zombie_kept_live_by_an_unreadable_entry_says_that_entry_keeps_it(
+    node: str, tmp_path: Path
+) -> None:
+    """A v1.9.1 zombie (its namespace gone) beside a cache entry of the same container on
+    the same network that cannot be read (cut short): gc keeps its rules (that entry
+    keeps the container live by its file name, docs/commands/gc.md), and check's row of
+    it named no fix, rightly, but said why as "the container is live on podman (a cache
+    entry whose namespace is there)": no entry of it is there whose namespace anything
+    read. It says the entry that cannot be read keeps it live."""
+    cid, ips, ports = ZOMB4
+    conf = upstream.nft_conf("podman", ips, ports)
+    upstream.run(V191, "ADD", node, cid, conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips,
+                       netns="/run/netns/does-not-exist")  # fmt: skip
+    cut = rp.write_cni_cache(tmp_path, "podman", cid, "net2", conf, ports, ips)
+    cut.write_text(cut.read_text()[:40])
+    for args in ((), ("--repair",)):
+        done = _pmctl(node, tmp_path, "check", *args, "-o", "json")
+        assert done.returncode == 1, done.stdout + done.stderr
+        [row] = json.loads(done.stdout)["problems"]
+        assert (row["kind"], row["container_id"], row["fix"]) == ("zombie", cid, None), row
+        assert "whose namespace is there" not in row["why"], row
+        assert "cannot be read" in row["why"] and "gc keeps its rules" in row["why"], row
+    gc = _pmctl(node, tmp_path, "gc", "--netns-liveness", "--min-age", "0", "--yes", "-o", "json")
+    assert gc.returncode == 0, gc.stdout + gc.stderr
+    assert json.loads(gc.stdout)["removed"] == [] and _rules_of(node, cid), gc.stdout
+
+
 @pytest.mark.parametrize("conditioned_first", [True, False])
 def test_repair_of_one_mapping_keeps_the_newest_adds_conditions(
     node: str, tmp_path: Path, conditioned_first: bool

@@ -121,10 +121,19 @@ def diagnose(
     entries = [a for a in attachments or () if judged is None or a.container_id in judged]
     nft_backed = {*not_expected, *(cid for _network, cid in nft_entries)}
     live_on: Dict[str, Set[str]] = {}
+    read_on: Set[Tuple[str, str]] = set()  # (ID, network) of the entries read
     for a in attachments or ():
         if not a.zombie:
             live_on.setdefault(a.container_id, set()).add(a.network)
-    problems += zombies(entries, tables, fixes, nft_backed, nft_owners, live_on, found, nft_held)
+            if a.problem is None or a.result_only:
+                read_on.add((a.container_id, a.network))
+    # Where only an entry that cannot be read keeps it live (no namespace of it known).
+    unread_on = {
+        cid: {n for n in networks if (cid, n) not in read_on} for cid, networks in live_on.items()
+    }
+    problems += zombies(
+        entries, tables, fixes, nft_backed, nft_owners, live_on, found, nft_held, unread_on
+    )
     for family in sorted(tables):
         problems += duplicates(tables[family], fixes)
     return problems, compared

@@ -356,6 +356,7 @@ def zombies(
     live_on: Optional[ReadOnly[str, Collection[str]]] = None,
     found: Optional[inventory.Inventory] = None,
     nft_held: ReadOnly[str, ReadOnly[int, Held]] = {},  # noqa: B006 - read only
+    unread_on: ReadOnly[str, Collection[str]] = {},  # noqa: B006 - read only
 ) -> List[Problem]:
     """Cache entries whose network namespace is gone, that have or would have chains.
 
@@ -369,7 +370,8 @@ def zombies(
     known), never its cache entry: once a zombie has nothing left there, gc has
     nothing more to do, and the fix is the runtime's (or a person's). Nor does it
     remove them while another entry whose namespace is there keeps the container
-    live (`live_on`: container ID -> those entries' networks): liveness is by ID."""
+    live (`live_on`: container ID -> those entries' networks; `unread_on`, of those,
+    the networks where only an entry that cannot be read does): liveness is by ID."""
     problems: List[Problem] = []
     seen = set()
     by_chain = {(c.name, c.family): c for c in found.chains} if found is not None else {}
@@ -401,7 +403,13 @@ def zombies(
                 a.container_id,
                 f"cached on {name_text(a.network)}, but its network namespace"
                 f" {name_text(str(a.netns))} is gone{where}; not repaired",
-                _zombie_fix(a, fixes, in_nft, (live_on or {}).get(a.container_id))
+                _zombie_fix(
+                    a,
+                    fixes,
+                    in_nft,
+                    (live_on or {}).get(a.container_id),
+                    unread_on.get(a.container_id, ()),
+                )
                 if left
                 else "nothing of it is left for gc to remove: delete its cache entry"
                 f" {name_text(a.path)} once the runtime is done with the container",
@@ -431,15 +439,32 @@ _ZOMBIE_LEFT_NOTHING = (
 
 
 def _zombie_fix(
-    a: Attachment, fixes: Fixes, in_nft: bool, live_on: Optional[Collection[str]]
+    a: Attachment,
+    fixes: Fixes,
+    in_nft: bool,
+    live_on: Optional[Collection[str]],
+    unread_on: Collection[str] = (),
 ) -> str:
     """gc --netns-liveness, unless the container is live on another network: gc keeps
-    every chain of a live container ID (SPEC §3), so that command would change nothing."""
+    every chain of a live container ID (SPEC §3), so that command would change nothing.
+    `unread_on`: the networks where an entry of it that cannot be read keeps it live
+    (by its file name, as gc takes it), of those of `live_on` where no entry read does."""
     if not live_on:
         return f"{fixes.gc} --netns-liveness"
+    said = [
+        f"{', '.join(map(name_text, sorted(networks)))} ({why})"
+        for networks, why in (
+            (set(live_on) - set(unread_on), "a cache entry whose namespace is there"),
+            (
+                set(unread_on) & set(live_on),
+                "a cache entry that cannot be read keeps it live by its file name",
+            ),
+        )
+        if networks
+    ]
     kept = (
-        f"gc keeps its rules: the container is live on {', '.join(map(name_text, sorted(live_on)))}"
-        " (a cache entry whose namespace is there), and liveness is by container ID"
+        f"gc keeps its rules: the container is live on {' and on '.join(said)},"
+        " and liveness is by container ID"
     )
     if in_nft:
         # The plugin's nftables DEL deletes every rule with the container ID: the live
