@@ -608,6 +608,17 @@ def test_nft_one_mapping_repair_of_the_torn_down_interface_writes_nothing_of_it(
     assert upstream.ruleset_text(host) == before
 
 
+def _nft_added(host: str, cid: str, ip: str, port: int, netns: str, tmp_path: Path) -> dict:
+    """`cid` ADDed by upstream v1.9.1 at `ip` (host port `port` to 80), its cache entry
+    naming `netns`; its config."""
+    ports = [rp.port_mapping(port, 80)]
+    conf = upstream.nft_conf("podman", [ip], ports)
+    upstream.run("v1.9.1", "ADD", host, cid, conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, [ip],
+                       netns=f"/run/netns/{netns}")  # fmt: skip
+    return conf
+
+
 @pytest.mark.parametrize("lost", [("hostports", "dnat to 10.88.0.7:80"),
                                   ("masquerading", "ip saddr 10.88.0.7 ip daddr 10.88.0.7")],
                          ids=["dnat", "masq"])  # fmt: skip
@@ -621,11 +632,7 @@ def test_nft_one_mapping_repair_of_a_torn_down_container_alone_writes_nothing(
     written, it is named, exit 1; its check offers --repair for none of its rows, and a
     second repair writes nothing either."""
     host, container = nodes
-    ports = [rp.port_mapping(8080, 80)]
-    conf = upstream.nft_conf("podman", ["10.88.0.7/16"], ports)
-    upstream.run("v1.9.1", "ADD", host, "dying", conf, check=True)
-    rp.write_cni_cache(tmp_path, "podman", "dying", "eth0", conf, ports, ["10.88.0.7/16"],
-                       netns=f"/run/netns/{container}")  # fmt: skip
+    conf = _nft_added(host, "dying", "10.88.0.7/16", 8080, container, tmp_path)
     _nft_lose(host, *lost)
     stdin = tmp_path / "dying.json"
     stdin.write_text(json.dumps(conf))
@@ -691,3 +698,72 @@ def test_check_offers_no_repair_for_the_toplevel_rows_only_a_torn_down_container
     _named_not_repaired(done, json.loads(done.stdout), _WHY)
     assert offered(done) == [], done.stdout  # nor does the repair's own report
     assert offered(pmctl.run(["check", *args])) == []  # no loop
+
+
+# The nftables twin: a node whose only nft-backed container (v1.9.1) is being torn
+# down, its table flushed or deleted, or a chain of it lost. The repair makes no shared
+# structure for it (_CacheAgain leaves it out), but the plain check offered `--repair`
+# on the table's rows (nft-missing-table, -chain, -entry, -jumps), the repair wrote
+# nothing (or, where none of the container's own rules was lost, made the structure
+# that sends host ports to the address being given back), and offered them again.
+# Beside a live container, the structure is offered and made as before.
+
+
+def _nft_break(host: str, how: str) -> None:
+    at = ("ip", "cni_hostport")
+    if how == "flush-table":
+        upstream.nft(host, "flush", "table", *at)
+    elif how == "delete-table":
+        upstream.nft(host, "delete", "table", *at)
+    elif how == "delete-masquerading":
+        upstream.nft(host, "delete", "chain", *at, "masquerading")
+    elif how == "delete-hostports":  # (hostports_all jumps to it: flushed first)
+        upstream.nft(host, "flush", "chain", *at, "hostports_all")
+        upstream.nft(host, "delete", "chain", *at, "hostports")
+    elif how == "flush-hostports_all":
+        upstream.nft(host, "flush", "chain", *at, "hostports_all")
+    else:
+        assert how == "delete-prerouting", how
+        upstream.nft(host, "delete", "chain", *at, "prerouting")
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["alone", "beside-live"])
+@pytest.mark.parametrize("how", ["flush-table", "delete-table", "delete-masquerading",
+                                 "delete-hostports", "flush-hostports_all",
+                                 "delete-prerouting"])  # fmt: skip
+def test_nft_check_offers_no_repair_for_the_table_only_a_torn_down_container_wants(
+    nodes: tuple[str, str], tmp_path: Path, how: str, live: bool
+) -> None:
+    host, container = nodes
+    _nft_added(host, "dying", "10.88.0.8/16", 8080, container, tmp_path)
+    if live:  # another container, its address in its namespace
+        _nft_added(host, "alive", "10.88.0.9/16", 9090, host, tmp_path)
+        rp.hold_addresses(f"/run/netns/{host}", ["10.88.0.9/16"])
+    whole = upstream.ruleset_text(host)
+    _nft_break(host, how)
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4", "-o", "json"]
+
+    def shared(done) -> list:
+        """The rows of the table's shared structure (no container's)."""
+        return [p for p in json.loads(done.stdout)["problems"] if p["container_id"] is None]
+
+    check = pmctl.run(["check", *args])
+    rows = shared(check)
+    assert check.returncode == 1 and rows, check.stdout + check.stderr
+    before = upstream.ruleset_text(host)
+    done = pmctl.run(["check", "--repair", *args])
+    after = upstream.ruleset_text(host)
+    if live:
+        assert all(p["fix"] for p in rows), rows  # offered, and made
+        assert "dnat to 10.88.0.9:80" in after and "jump hostports_all" in after, after
+        assert shared(pmctl.run(["check", *args])) == []
+        return
+    assert all(not p["fix"] and _WHY in p["why"] for p in rows), rows  # says why
+    text = pmctl.run(["check", *args[:-2]])
+    assert "--repair" not in text.stdout.replace("--repair would leave", ""), text.stdout
+    assert after == before, f"the repair wrote for the dying one:\n{whole}\n{after}"
+    [left] = json.loads(done.stdout)["unrepaired"]
+    assert (left["container_id"], left["family"]) == ("dying", 4), left
+    assert left["why"].startswith(_WHY) and done.returncode == 1, done.stdout + done.stderr
+    assert not any(p["fix"] for p in shared(done)), done.stdout  # nor its own report
+    assert not any(p["fix"] for p in shared(pmctl.run(["check", *args])))  # no loop

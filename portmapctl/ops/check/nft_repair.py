@@ -268,6 +268,12 @@ def nft_repair(
         configs = cache.configs()
         txn = plan_from(configs, live)
         changing = {op.body.comment for op in txn.ops if op.body is not None and op.body.comment}
+        if _shared_written(txn):
+            # The table, its chains, entry and jumps (no comment) are made for every
+            # container planned: each is read again, so none being torn down gets them
+            # (one alone on the node had them made, its host ports sent to an address
+            # being given back, where none of its own rules was lost).
+            changing.update(c.container_id for c in configs)
         if cache.read_again(changing):
             configs = cache.configs()
             txn = plan_from(configs, live)
@@ -291,9 +297,12 @@ def nft_repair(
         # container's other networks are what the plan makes, its own may all be
         # there, and their repair deletes what none of them makes.
         short.clear()
+        # So is one whose family lacks what of the table only the torn-down want
+        # (torn_down.nft_wanted): the check names those rows as left for it.
+        shared = _shared_left(live, [a.mapping for a in cache.torn_down.values()], configs)  # type: ignore[misc]
         short.update((path, f) for path, a in cache.torn_down.items() for f in families
                      if (w := wanted(a.mapping, f)) is not None  # type: ignore[arg-type]
-                     and (planner.missing_rules(live, w)
+                     and (planner.missing_rules(live, w) or f in shared
                           or _extra_left(live, txn, a.container_id, f, configs)))  # fmt: skip
         planned.append((txn, _without(configs, set(taken))))
         return txn
@@ -326,6 +335,40 @@ def nft_repair(
     if not text or not planned:
         return NftRepaired(text, [], now, left, tuple(notes))
     return NftRepaired(text, nft_changed(*planned[-1]), now, left, tuple(notes))
+
+
+def _shared_written(txn: NftTransaction) -> bool:
+    """Whether `txn` makes any of the table itself (no container's comment), beyond the
+    entry chains it writes again as read (dedupe)."""
+    from portmapctl.nftables.transaction import OpKind
+
+    return any(
+        op.kind in (OpKind.ADD_TABLE, OpKind.ADD_CHAIN)
+        or (op.kind is OpKind.ADD_RULE and not (op.body is not None and op.body.comment)
+            and (op.family, op.chain) not in txn.as_read)
+        for op in txn.ops
+    )  # fmt: skip
+
+
+def _shared_left(
+    live: Ruleset, torn: Sequence[MappingConfig], planned: Sequence[MappingConfig]
+) -> Set[int]:
+    """The families where `live` lacks some of the table itself (structure_problems)
+    that the torn-down entries (`torn`) want and none `planned` does: made for none."""
+    from portmapctl.nftables.problems import structure_problems
+    from portmapctl.ops.check.nft import as_problem
+    from portmapctl.ops.check.torn_down import nft_structure, nft_wanted
+
+    needed: Dict[int, bool] = {}
+    for c in torn:
+        for family in c.families:
+            needed[family] = needed.get(family, False) or c.snat
+    rows = [as_problem(p, "") for p in structure_problems(live, needed)]
+    return {
+        p.family
+        for p in rows
+        if p.family is not None and nft_structure(p) and not nft_wanted(p, planned)
+    }
 
 
 def _without(

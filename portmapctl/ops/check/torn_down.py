@@ -151,36 +151,86 @@ def toplevel_fixes(
     leaves such entries out), so it makes none of them. Offered, `check --repair`
     wrote nothing (a node whose only container is being deleted, after `iptables -t nat
     -F`), and the next check offered them again. The shared chains are not made for a
-    container being deleted: its own chain is not either. Only where such a row is
-    offered are the entries' namespaces looked into (a healthy node's none).
-    `left`: the fix they name instead (the repair's report: its `could not repair`
-    line); else WOULD_LEAVE, with why. `look`: one already made (torn_down_fixes'),
-    so that a namespace is entered once a command."""
+    container being deleted: its own chain is not either. Likewise the rows of the
+    plugin's nftables table itself (nft_structure: its table, chains, entry and jumps)
+    where no nft-backed entry but those being torn down wants them (nft_wanted): the
+    nftables repair makes none of them either (nft_repair._CacheAgain). Only where
+    such a row is offered are the entries' namespaces looked into (a healthy node's
+    none). `left`: the fix they name instead (the repair's report: its `could not
+    repair` line); else WOULD_LEAVE, with why. `look`: one already made
+    (torn_down_fixes'), so that a namespace is entered once a command."""
     from portmapctl.ops.check.followed_entries import is_toplevel, toplevel_key, toplevel_wanted
 
-    offered = [p.family and REPAIR_COMMAND in p.fix and is_toplevel(p) for p in problems]
-    if tables is None or not any(offered):
-        return problems
-    kept = [
-        a for a in attachments if a.mapping is not None and a.mapping.backend != Backend.NFTABLES
+    offered = [
+        bool(p.family and REPAIR_COMMAND in p.fix)
+        and ((tables is not None and is_toplevel(p)) or nft_structure(p))
+        for p in problems
     ]
+    if not any(offered):
+        return problems
+    # Either backend's: a keyless entry's is told by evidence, so it counts on both
+    # sides (wanting, it keeps a row offered; torn down, it lends it no reason).
+    usable = [a for a in attachments if a.mapping is not None and not a.zombie]
     look = look or TornDownLook()
-    gone = set(map(id, look.torn_down(kept)))
+    gone = set(map(id, look.torn_down(usable)))
     if not gone:
         return problems
-    wanted = toplevel_wanted([a for a in kept if id(a) not in gone], dict(tables))
-    # The first torn-down entry's reason, by family (that family's rows say it).
-    why: Dict[int, str] = {}
-    for a in kept:
+    # By entry: whether it may be kept in iptables, and in nftables (keyless: both).
+    kinds = {id(a): (a.mapping.backend != Backend.NFTABLES, a.mapping.backend != Backend.IPTABLES)  # type: ignore[union-attr]
+             for a in usable}  # fmt: skip
+    wanted = (
+        toplevel_wanted([a for a in usable if id(a) not in gone and kinds[id(a)][0]], dict(tables))
+        if tables is not None
+        else set()
+    )
+    nft_live = [a.mapping for a in usable if id(a) not in gone and kinds[id(a)][1]]
+    # The first torn-down entry's reason, by backend (nftables?) and family: those rows say it.
+    why: Dict[Tuple[bool, int], str] = {}
+    for a in usable:
         for family in (4, 6):
             if id(a) in gone and (text := look.why.get((a.path, family))) is not None:
-                why.setdefault(family, text)
+                for nft in (False, True):
+                    if kinds[id(a)][nft]:
+                        why.setdefault((nft, family), text)
+
+    def leaves(p: Problem) -> bool:
+        if nft_structure(p):
+            return not nft_wanted(p, nft_live)  # type: ignore[arg-type]
+        return toplevel_key(p) not in wanted
+
     return tuple(
-        replace(p, fix=left or WOULD_LEAVE.format(why=why[p.family]))
-        if leaves and toplevel_key(p) not in wanted and p.family in why
+        replace(p, fix=left or WOULD_LEAVE.format(why=text))
+        if offers and (text := why.get((nft_structure(p), p.family or 0))) is not None and leaves(p)
         else p
-        for p, leaves in zip(problems, offered)
+        for p, offers in zip(problems, offered)
     )
+
+
+# The rows of the plugin's nftables table itself (nftables/problems.structure_problems)
+# that a repair makes for the nft-backed containers it plans from (planner.setup).
+_NFT_STRUCTURE = frozenset(
+    {
+        ProblemKind.NFT_MISSING_TABLE,
+        ProblemKind.NFT_MISSING_CHAIN,
+        ProblemKind.NFT_MISSING_ENTRY,
+        ProblemKind.NFT_MISSING_JUMPS,
+    }
+)
+
+
+def nft_structure(problem: Problem) -> bool:
+    """A problem of the plugin's nftables table itself, no container's."""
+    return problem.container_id is None and problem.kind in _NFT_STRUCTURE
+
+
+def nft_wanted(problem: Problem, configs: Sequence[MappingConfig]) -> bool:
+    """Whether one of `configs` (nft-backed) wants what the structure row `problem`
+    lacks, as structure_problems_for wants it: its family's table, chains, entry and
+    jumps for any container of that family; the masquerading chain for one with SNAT."""
+    from portmapctl.nftables.ruleset import MASQUERADING
+
+    masq = problem.chain in (MASQUERADING, f"nft:{MASQUERADING}")
+    return any(problem.family in c.families and (c.snat or not masq) for c in configs)
 
 
 def _nft_made(
