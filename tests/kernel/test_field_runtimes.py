@@ -376,6 +376,49 @@ def test_after_a_flush_the_node_check_offers_the_repair_it_makes(twice_in, flush
         assert _rules(host_ns, mode) == rules, f"{args} wrote again"
 
 
+_MADE = "--repair makes their rules, that interface's stay unknown"
+
+
+def _said_made(done, fixed: bool) -> None:
+    """_unread_left_after, in the words of a check before a repair that makes the chain
+    (unread_entries.MADE_WHY, its warning): the chain holds nothing the entries read do
+    not make, the repair makes (made) their rules, the unread interface's stay unknown;
+    not "nothing is written or removed for it" where it was just written. `fixed`: the
+    rows the repair fixed (JSON `fixed`) say so too."""
+    _unread_left_after(done)
+    doc = json.loads(done.stdout)
+    said = [line for line in done.stderr.splitlines() if f"{NETWORK}-{CID}-net2" in line]
+    assert len(said) == 1 and _MADE in said[0], done.stderr
+    assert "nothing is written or removed" not in done.stderr, done.stderr
+    assert _MADE in doc["problems"][0]["why"], doc["problems"]
+    rows = [p for p in doc["fixed"] if p["chain"] == chain_name(NETWORK, CID)]
+    assert bool(rows) == fixed, doc["fixed"]
+    assert all(_MADE in p["why"] for p in rows), rows
+
+
+@pytest.mark.parametrize("one", [False, True], ids=["node", "one-mapping"])
+@pytest.mark.parametrize("flush", sorted(_FLUSHES))
+def test_after_a_flush_the_repair_says_what_it_wrote_for_the_chain(twice_in, tmp_path, flush, one):
+    """net2's entry unreadable, then a flush: the node's check --repair made net1's
+    rules, and its own warning after said the chain "may hold that interface's live
+    mapping: nothing is written or removed for it", its row's why and the JSON `fixed`
+    rows of the chain it made the same (the check after the write was told nothing of
+    it; the unknown_rules row was in doubt wherever the chain was written). Now the
+    repair, the check after it and a second repair say what the check before it says:
+    "--repair makes their rules, that interface's stay unknown"; still no fix named
+    after it (no loop). So the one-mapping repair of net1's (its delegate's stdin)."""
+    host_ns, cache, confs, mode = twice_in
+    added, _ = _flushed_with_net2_unread(host_ns, cache, mode, flush)
+    args = ("check", *_given(confs, tmp_path, "net1")) if one else ("check",)
+
+    _said_made(_pm(host_ns, cache, *args, "--repair", mode=mode), fixed=True)
+    rules = _rules(host_ns, mode)
+    _net1_alone(added, rules)
+    for again in (args, (*args, "--repair")):
+        _said_made(_pm(host_ns, cache, *again, mode=mode), fixed=False)
+        assert _rules(host_ns, mode) == rules, f"{again} wrote again"
+
+
 def test_an_emptied_chain_with_the_unread_entrys_entry_rule_stays_in_doubt(twice_in, tmp_path):
     """The chain alone flushed (`iptables -t nat -F CNI-DN-...`): CNI-HOSTPORT-DNAT still
     sends net2's port 9090 to it, a rule net1's entry does not make: the chain is in

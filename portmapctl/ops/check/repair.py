@@ -42,7 +42,7 @@ from portmapctl.ops.check.repair_report import (
     say_repaired,
 )
 from portmapctl.ops.check.run import _check_node, read_tables
-from portmapctl.ops.check.unread_entries import unread_left, unread_pairs
+from portmapctl.ops.check.unread_entries import node_writes, unread_left, unread_pairs
 from portmapctl.ops.flavour_guard import split_why
 from portmapctl.ops.node import Node
 from portmapctl.ops.side_effects import after_setup, after_setup_many
@@ -285,7 +285,10 @@ def repair(
     followed = follow_the_plugin(node, attachments, replace(read, nft_live=live_nft))
     attachments, key_ignored, in_doubt = followed.attachments, followed.ignored, followed.in_doubt
     before = in_doubt_left(_check_node(node, attachments, read), followed, read.tables)
-    before = unread_left(before, attachments, read.tables)
+    # As the node's check says it (its `fixed` rows): where this repair writes the
+    # chain of an entry that cannot be read, it says so (node_writes).
+    looks = node.namespace_view() is not None  # (a snapshot's namespaces are another node's)
+    before = unread_left(before, attachments, read.tables, node_writes(before, attachments, looks))
     from portmapctl.cni.cache import added_at
     from portmapctl.ops.check import nft as check_nft
     from portmapctl.ops.check import nft_repair, nft_repair_flush
@@ -432,8 +435,12 @@ def repair(
         now = {family: planned.read(family) for family in read.tables}
         if cache is not None and attachments is not None:
             attachments = cache.refreshed(attachments)  # what the plans were made from
-        after = _check_node(node, attachments, replace(read, tables=now))
-        after = unread_left(in_doubt_left(after, followed, now), attachments, now)
+        after = in_doubt_left(
+            _check_node(node, attachments, replace(read, tables=now)), followed, now
+        )
+        # Where it made such a chain, it says so, as the check before it and the next
+        # check do (it said "nothing is written or removed for it" of what it wrote).
+        after = unread_left(after, attachments, now, node_writes(after, attachments, looks))
         if unrepaired and node.namespace_view() is not None:
             # The shared chains' rows that only the containers it left want: left too.
             from portmapctl.ops.check.torn_down import toplevel_fixes

@@ -30,7 +30,12 @@ from portmapctl.ops.check.repair_plan import _plan, _planned_node
 from portmapctl.ops.check.repair_report import _attempted, _in_row_order, _repaired, say_repaired
 from portmapctl.ops.check.run import check_followed, entries_of, mapping_result, with_owner_problems
 from portmapctl.ops.check.torn_down import one_mapping_held, torn_beside, torn_own
-from portmapctl.ops.check.unread_entries import own_unread_only, stop_where_held, unread_left
+from portmapctl.ops.check.unread_entries import (
+    own_unread_only,
+    stop_where_held,
+    unread_left,
+    written_families,
+)
 from portmapctl.ops.conditions import refuse_what_iptables_refuses
 from portmapctl.ops.flavour_guard import (
     by_flavour,
@@ -181,7 +186,11 @@ def _repair_mapping(
         after = with_owner_problems(
             node, config, tables, mapping_result(config, tables, sharing=sharing)
         )
-        after = unread_left(after, entries, tables)  # (as check_followed says it)
+        # As check_followed says it: where the chain is written all the same (nothing
+        # the entries read do not make is there), so, not "nothing is written" of it.
+        after = unread_left(
+            after, entries, tables, written_families(config, entries, sharing, tables)
+        )
         after = replace(after, notes=followed_notes + after.notes)
     except Interrupted as stop:
         # Its transactions are in: their side effects, or the check after, under way.

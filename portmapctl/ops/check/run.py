@@ -26,8 +26,8 @@ from portmapctl.ops.check.followed_entries import follow_the_plugin, in_doubt_le
 from portmapctl.ops.check.hints import fixes_for
 from portmapctl.ops.check.problem import CheckResult, Problem
 from portmapctl.ops.check.unread_entries import (
+    node_writes,
     node_written,
-    not_torn_down,
     unread_left,
     written_families,
 )
@@ -128,9 +128,7 @@ def check_node(node: Node) -> CheckResult:
     # Where its repair writes the chain all the same (node_written), --repair is offered;
     # not where it leaves every entry read as torn down (not_torn_down).
     looks = node.namespace_view() is not None  # (a snapshot's namespaces are another node's)
-    written = result.unread_written
-    if looks:
-        written = not_torn_down(written, followed.attachments)
+    written = node_writes(result, followed.attachments, looks)
     result = unread_left(result, followed.attachments, read.tables, written)
     if looks:
         from portmapctl.ops.check.torn_down import torn_down_fixes

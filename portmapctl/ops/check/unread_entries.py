@@ -153,6 +153,18 @@ def not_torn_down(
     return frozenset(w for w in written if w[1:] in live)
 
 
+def node_writes(
+    result: CheckResult, attachments: Optional[Sequence[Attachment]], looks: bool
+) -> frozenset[InFamily]:
+    """The `written` the node's check gives unread_left: result.unread_written
+    (node_written, by _check_node) less, where the node's namespaces are looked into
+    (`looks`: not a snapshot's), those not_torn_down leaves out. The repair's checks
+    before and after it ask the same: the one after said "nothing is written or removed
+    for it" of a chain it had just made."""
+    written = result.unread_written
+    return not_torn_down(written, attachments) if looks else written
+
+
 UNKNOWN_DETAIL = (
     "the chain holds the rules of its entries that are read; those of the one that cannot"
     " be read are not known"
@@ -190,7 +202,8 @@ def unread_left(
     fix and saying why, a row for such a chain in `tables` no problem names
     (unknown_rules), and a warning for each such container with a problem. `written`:
     the chains, by family, that the repair writes all the same (node_written;
-    written_families, of one mapping): their problems keep their fix, and say so."""
+    written_families, of one mapping): their problems keep their fix, and say so (an
+    unknown_rules row says so with no fix: what the repair wrote there is all it knows)."""
     pairs = unread_pairs(attachments)
     if not pairs:
         return result
@@ -201,17 +214,20 @@ def unread_left(
         if (p.family, p.network, p.container_id) not in named
     ]
     result = replace(result, problems=(*result.problems, *unknown))
-    # (An unknown_rules row is the unread interface's alone, wherever the repair writes.)
     left = [
         not p.in_nftables
         and (p.network, p.container_id) in pairs
-        and ((p.family, p.network, p.container_id) not in written or p in unknown)
+        and (p.family, p.network, p.container_id) not in written
         for p in result.problems
     ]
+    # An unknown_rules row is the unread interface's alone: no fix (nothing --repair
+    # writes makes it known: no loop), though where the repair writes the chain it says
+    # so, as the rows before it did (the check after a repair that made the chain said
+    # "nothing is written or removed for it").
     problems = tuple(
         replace(p, fix="", why=UNREAD_WHY)
         if doubted
-        else replace(p, why=MADE_WHY)
+        else replace(p, fix="" if p in unknown else p.fix, why=MADE_WHY)
         if not p.in_nftables and (p.family, p.network, p.container_id) in written
         else p
         for p, doubted in zip(result.problems, left)
