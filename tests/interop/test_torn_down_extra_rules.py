@@ -709,8 +709,8 @@ def test_check_offers_no_repair_for_the_toplevel_rows_only_a_torn_down_container
 # Beside a live container, the structure is offered and made as before.
 
 
-def _nft_break(host: str, how: str) -> None:
-    at = ("ip", "cni_hostport")
+def _nft_break(host: str, how: str, family: str = "ip") -> None:
+    at = (family, "cni_hostport")
     if how == "flush-table":
         upstream.nft(host, "flush", "table", *at)
     elif how == "delete-table":
@@ -722,6 +722,9 @@ def _nft_break(host: str, how: str) -> None:
         upstream.nft(host, "delete", "chain", *at, "hostports")
     elif how == "flush-hostports_all":
         upstream.nft(host, "flush", "chain", *at, "hostports_all")
+    elif how == "flush-entry":
+        upstream.nft(host, "flush", "chain", *at, "prerouting")
+        upstream.nft(host, "flush", "chain", *at, "output")
     else:
         assert how == "delete-prerouting", how
         upstream.nft(host, "delete", "chain", *at, "prerouting")
@@ -767,3 +770,55 @@ def test_nft_check_offers_no_repair_for_the_table_only_a_torn_down_container_wan
     assert left["why"].startswith(_WHY) and done.returncode == 1, done.stdout + done.stderr
     assert not any(p["fix"] for p in shared(done)), done.stdout  # nor its own report
     assert not any(p["fix"] for p in shared(pmctl.run(["check", *args])))  # no loop
+
+
+# A node whose plugin table holds only rules no CNI cache entry claims (stale: gc's),
+# then loses a chain or jump of its own. The repair plans the table from the cached
+# nft-backed containers alone (with no CNI cache it leaves nftables alone), so it makes
+# none of it here; the check offered `check --repair` on the table's rows all the same,
+# the repair wrote nothing, and the next check offered them again: a loop. Beside a
+# cached live container the structure is offered and made, as before.
+
+_UNWANTED = "--repair would leave it as it is: no container the CNI cache knows wants"
+
+
+def _structure_rows(done) -> list:
+    """The rows of the table's own structure (no container's)."""
+    assert done.returncode == 1, done.stdout + done.stderr
+    return [p for p in json.loads(done.stdout)["problems"] if p["container_id"] is None]
+
+
+@pytest.mark.parametrize("cache", ["empty", "absent", "beside-live"])
+@pytest.mark.parametrize("how", ["flush-hostports_all", "delete-prerouting", "flush-entry"])
+def test_nft_check_offers_no_repair_for_a_table_only_stale_rules_want(
+    nodes: tuple[str, str], tmp_path: Path, how: str, cache: str
+) -> None:
+    host = nodes[0]
+    ports = [rp.port_mapping(8080, 80)]
+    upstream.run("v1.9.1", "ADD", host, "stale",
+                 upstream.nft_conf("podman", ["10.88.0.8/16"], ports), check=True)  # fmt: skip
+    if cache == "empty":  # a cache, no entry of it (removed)
+        (tmp_path / "results").mkdir()
+    elif cache == "beside-live":  # a cached container, its address in its namespace
+        _nft_added(host, "alive", "10.88.0.9/16", 9090, host, tmp_path)
+        rp.hold_addresses(f"/run/netns/{host}", ["10.88.0.9/16"])
+    _nft_break(host, how)
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4", "-o", "json"]
+
+    rows = _structure_rows(pmctl.run(["check", *args]))
+    assert rows, rows
+    before = upstream.ruleset_text(host)
+    done = pmctl.run(["check", "--repair", *args])
+    after = upstream.ruleset_text(host)
+    if cache == "beside-live":
+        assert all(p["fix"] for p in rows), rows  # offered, and made
+        assert "jump hostports_all" in after and "dnat to 10.88.0.9:80" in after, after
+        assert _structure_rows(pmctl.run(["check", *args])) == []  # (the stale row stays)
+        return
+    # The repair makes nothing for no container: the rows say so, offering no fix.
+    assert all(not p["fix"] and _UNWANTED in p["why"] for p in rows), rows
+    text = pmctl.run(["check", *args[:-2]])
+    assert "--repair" not in text.stdout.replace("--repair would leave", ""), text.stdout
+    assert after == before, f"the repair wrote:\n{before}\n{after}"
+    assert not any(p["fix"] for p in _structure_rows(done)), done.stdout  # nor its own report
+    assert not any(p["fix"] for p in _structure_rows(pmctl.run(["check", *args])))  # no loop
