@@ -35,6 +35,7 @@ from typing import (
 )
 
 from portmapctl.core.backend import Backend, Flavour, IptablesAccess
+from portmapctl.core.text import count
 
 if TYPE_CHECKING:
     from portmapctl.core.mapping import Mapping as CoreMapping
@@ -223,7 +224,7 @@ def chains_elsewhere(
         if names:
             entered.setdefault((used, other), []).extend(names)
     return [
-        f"the iptables-{other} tables also hold {len(names)} container chain(s) entered"
+        f"the iptables-{other} tables also hold {count(len(names), 'container chain')} entered"
         f" from {TOPLEVEL_DNAT} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}),"
         f" which this run (iptables-{used}) does not read: list shows none of them and gc"
         f" removes none; run with --iptables {other} to see them, and `portmapctl check`"
@@ -361,8 +362,9 @@ class UnreadBackend:
     def warning(self, to: str) -> str:
         """`to`: what --backend auto does with them (`to list them`)."""
         return (
-            f"--backend {self.looked_at}: the plugin's {self.held_in} holds {self.count}"
-            f" mapping(s) on this node, not read here: run with --backend auto {to}"
+            f"--backend {self.looked_at}: the plugin's {self.held_in} holds"
+            f" {count(self.count, 'mapping')} on this node, not read here: run with --backend"
+            f" auto {to}"
         )
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Collection, Dict, List, Optional, Sequence, Set, Tu
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.core.text import name_text
+from portmapctl.core.text import count, name_text
 from portmapctl.errors import HostProblem
 from portmapctl.nftables import inventory as nft_inventory
 from portmapctl.nftables.inventory import NftInventory, Owner
@@ -286,7 +286,8 @@ def nothing_left(
     if unheld:
         shown = ", ".join(unheld[:3]) + (", ..." if len(unheld) > 3 else "")
         why = (
-            f"{len(unheld)} other container(s) cached so have their chain in iptables and"
+            f"{count(len(unheld), 'other container')} cached so"
+            f" {'has its' if len(unheld) == 1 else 'have their'} chain in iptables and"
             f" no rule in nftables ({shown}): the plugin here may ignore the key"
         )
         return {a.path: why for a in gone}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.plugin_binary import KeySupport
-from portmapctl.core.text import name_text
+from portmapctl.core.text import count, name_text
 from portmapctl.iptables.chains import chain_name, dnat_chain_name
 
 if TYPE_CHECKING:  # (add's refusals import these words: not the cache reader with them)
@@ -112,11 +112,13 @@ def key_ignored_note(ignored: Sequence[Attachment], where: Mapping[str, str]) ->
     names = sorted({f"{name_text(a.network)}/{name_text(a.container_id)}" for a in ignored})
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     places = " or ".join(sorted({where.get(a.dnat_chain, "iptables") for a in ignored}))
+    one = len(names) == 1
     return (
-        f'{len(names)} container(s) whose cached config says "backend": "nftables" have'
-        f" their chain in {places} and no rule in nftables ({shown}): the plugin that"
-        " added them ignores the key (plugins before v1.6 do, Debian's 1.1.1 among them),"
-        " so they are judged in iptables, where its CHECK and DEL look"
+        f'{count(len(names), "container")} whose cached config says "backend": "nftables"'
+        f" {'has its' if one else 'have their'} chain in {places} and no rule in nftables"
+        f" ({shown}): the plugin that added {'it' if one else 'them'} ignores the key (plugins"
+        f" before v1.6 do, Debian's 1.1.1 among them), so {'it is' if one else 'they are'}"
+        " judged in iptables, where its CHECK and DEL look"
     )
 
 

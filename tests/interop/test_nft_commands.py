@@ -2485,12 +2485,12 @@ def test_list_narrowed_to_the_backend_the_plugin_does_not_use_says_where_the_map
         assert done.stdout.splitlines() == [f"no portmap chains found in {looked_at}"]
         assert (
             f"portmapctl: warning: --backend {looked_at}: the plugin's {held_in} holds {count}"
-            f" mapping(s) on this node, not read here: run with --backend auto to list them"
+            f" mappings on this node, not read here: run with --backend auto to list them"
         ) in done.stderr.splitlines(), done.stderr
     # JSON: nothing but the document on stdout, the warning on stderr.
     done = _pmctl(node, tmp_path, "list", "--backend", looked_at, "-o", "json")
     assert done.returncode == 0 and json.loads(done.stdout)["mappings"] == []
-    assert f"the plugin's {held_in} holds {count} mapping(s)" in done.stderr
+    assert f"the plugin's {held_in} holds {count} mappings" in done.stderr
     # Where the backend read holds them, or neither does, nothing of the kind is said.
     done = _pmctl(node, tmp_path, "list", "--backend", held_in, "-q")
     assert "not read here" not in done.stderr and "found" not in done.stdout
@@ -2660,7 +2660,7 @@ def test_check_and_gc_narrowed_to_the_backend_the_plugin_does_not_use_say_where_
     (tmp_path / "results").mkdir(exist_ok=True)
     said = (
         f"portmapctl: warning: --backend {looked_at}: the plugin's {held_in} holds {count}"
-        f" mapping(s) on this node, not read here: run with --backend auto"
+        f" mappings on this node, not read here: run with --backend auto"
     )
     check = _pmctl(node, tmp_path, "check", "--backend", looked_at, "-q")
     assert check.returncode == 0, check.stdout + check.stderr

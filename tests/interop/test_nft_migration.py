@@ -91,7 +91,7 @@ def test_backend_nftables_never_expects_or_writes_nft_rules_for_keyless_iptables
     assert json.loads(done.stdout)["problems"] == []
     # Healthy, and said to be of nftables' part alone: deb1 and up1 were not checked.
     [note] = [line for line in done.stderr.splitlines() if "--backend nftables" in line]
-    assert "2 cached container(s) are the plugin's iptables'" in note, note
+    assert "2 cached containers are the plugin's iptables'" in note, note
     assert note.endswith("not checked"), note
     repaired = _pmctl(node, tmp_path, "check", "--backend", "nftables", "--repair", "-o", "json")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
@@ -501,7 +501,7 @@ def test_backend_iptables_neither_expects_nor_writes_iptables_rules_for_a_keyles
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["problems"] == []
     [note] = [line for line in done.stderr.splitlines() if "--backend iptables" in line]
-    assert "1 cached container" in note and "not checked" in note, note
+    assert "1 cached container is the plugin's nftables'" in note and "not checked" in note, note
     repaired = _pmctl(node, tmp_path, "check", "--backend", "iptables", "--repair", "-o", "json")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert json.loads(repaired.stdout)["repaired"] is False
@@ -886,7 +886,7 @@ def test_an_nftables_node_with_live_legacy_containers_says_list_and_gc_do_not_re
     for command in (["list"], ["gc", "--yes", "--min-age", "0"]):
         done = _pmctl(node, tmp_path, *command, "--iptables", "nft")
         assert done.returncode == 0, done.stderr
-        assert "the iptables-legacy tables also hold 2 container chain(s)" in done.stderr, (
+        assert "the iptables-legacy tables also hold 2 container chains" in done.stderr, (
             command,
             done.stderr,
         )

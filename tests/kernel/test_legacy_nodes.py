@@ -188,7 +188,7 @@ def test_gc_on_a_node_without_nft_removes_the_dead_iptables_chains(host_ns, tmp_
     assert done.returncode == 3, done.stderr
     assert done.stderr.strip().splitlines() == [
         "portmapctl: error: nft not found: install nftables (1.0.1 or later) to work with"
-        ' the plugin\'s nftables backend; 1 cached container(s) (nft1) say "backend":'
+        ' the plugin\'s nftables backend; 1 cached container (nft1) says "backend":'
         ' "nftables" (--backend iptables works on the iptables ones alone)'
     ]
     assert rp.nat_rules(rp.save(host_ns, 4, "legacy")) == before

@@ -195,7 +195,7 @@ def test_list_and_gc_say_when_some_containers_chains_are_in_the_other_flavour(
     _half_moved(host_ns, cache, ours, other)
     args = ["--netns", host_ns, "--family", "4", "--cni-cache-dir", str(cache), "--iptables", ours]
     said = (
-        f"portmapctl: warning: the iptables-{other} tables also hold 2 container chain(s)"
+        f"portmapctl: warning: the iptables-{other} tables also hold 2 container chains"
         f" entered from CNI-HOSTPORT-DNAT (IPv4 {chain_name('mynet', 'ctrB')}, IPv4"
         f" {chain_name('mynet', 'ctrC')}), which this run (iptables-{ours}) does not read"
     )
@@ -217,6 +217,31 @@ def test_list_and_gc_say_when_some_containers_chains_are_in_the_other_flavour(
 
 
 @pytest.mark.parametrize(("other", "ours"), [("legacy", "nft"), ("nft", "legacy")])
+def test_the_other_flavours_entered_chains_are_counted_one_and_two(host_ns, tmp_path, other, ours):
+    """The warning of the test above counted its chains `N container chain(s)`: with
+    ctrC's chain gone by the plugin's DEL, list and gc said `1 container chain(s)` of
+    ctrB's. Now `2 container chains`, then `1 container chain`."""
+    cache = tmp_path / "cni"
+    _half_moved(host_ns, cache, ours, other)
+    args = ["--netns", host_ns, "--family", "4", "--cni-cache-dir", str(cache), "--iptables", ours]
+    listed = run(["list", *args])
+    assert listed.returncode == 0, listed.stderr
+    assert f"the iptables-{other} tables also hold 2 container chains entered" in listed.stderr
+    ports = [{"hostPort": 8082, "containerPort": 80, "protocol": "tcp"}]
+    conf = rp.plugin_conf("mynet", ["10.88.0.7/16"], ports)
+    rp.run_plugin("DEL", host_ns, "ctrC", conf, mode=other, check=True)
+    said = (
+        f"portmapctl: warning: the iptables-{other} tables also hold 1 container chain"
+        f" entered from CNI-HOSTPORT-DNAT (IPv4 {chain_name('mynet', 'ctrB')}), which this"
+        f" run (iptables-{ours}) does not read"
+    )
+    listed = run(["list", *args])
+    assert listed.returncode == 0, listed.stderr
+    assert said in listed.stderr, listed.stderr
+    _gc_says(args, said)
+
+
+@pytest.mark.parametrize(("other", "ours"), [("legacy", "nft"), ("nft", "legacy")])
 def test_check_names_the_other_flavours_chains_the_cache_does_not(host_ns, tmp_path, other, ours):
     """The half-moved node of the test above, checked: ctrB (cached) gets its problem
     saying where its chain is; ctrC (no cache entry) was not said at all, and with an
@@ -228,7 +253,7 @@ def test_check_names_the_other_flavours_chains_the_cache_does_not(host_ns, tmp_p
     _half_moved(host_ns, cache, ours, other)
     args = ["--netns", host_ns, "--family", "4", "--iptables", ours]
     note = (
-        f"the iptables-{other} tables hold 1 container chain(s) that this check"
+        f"the iptables-{other} tables hold 1 container chain that this check"
         f" (iptables-{ours}) does not judge and the CNI cache does not name"
         f" ({chain_name('mynet', 'ctrC')}): see them with `portmapctl list --iptables {other}`"
     )
@@ -244,7 +269,7 @@ def test_check_names_the_other_flavours_chains_the_cache_does_not(host_ns, tmp_p
     assert done.returncode == 1, done.stdout + done.stderr
     names = sorted(chain_name("mynet", c) for c in ("ctrB", "ctrC"))
     said = " ".join(done.stderr.split())
-    assert "hold 2 container chain(s)" in said and ", ".join(names) in said, done.stderr
+    assert "hold 2 container chains" in said and ", ".join(names) in said, done.stderr
     assert rp.nat_rules(rp.save(host_ns, 4, other)) == before
 
 
@@ -263,7 +288,7 @@ def test_checks_word_of_the_other_flavours_chains_is_one_line_as_list_and_gc_say
     _half_moved(host_ns, cache, "nft", "legacy")
     args = ["--netns", host_ns, "--family", "4", "--iptables", "nft", "--cni-cache-dir", str(cache)]
     said = (
-        "portmapctl: warning: the iptables-legacy tables hold 1 container chain(s) that this"
+        "portmapctl: warning: the iptables-legacy tables hold 1 container chain that this"
         " check (iptables-nft) does not judge and the CNI cache does not name"
         f" ({chain_name('mynet', 'ctrC')}): see them with `portmapctl list --iptables legacy`"
     )
@@ -272,7 +297,7 @@ def test_checks_word_of_the_other_flavours_chains_is_one_line_as_list_and_gc_say
         assert code == 1, terminal  # ctrB's chain is in the other flavour
         lines = [line.rstrip("\r") for line in terminal.splitlines()]
         assert lines.count(said) == 1, (extra, terminal)
-        assert "chain(s)" not in stdout
+        assert "container chain" not in stdout
         if extra == ["-o", "json"]:
             json.loads(stdout)
 

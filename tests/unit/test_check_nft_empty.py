@@ -9,6 +9,7 @@ import base64
 import json
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -38,18 +39,21 @@ def full_pass(node: Node, tables, attachments):
     return parts, found
 
 
-def nft_configured_cache(tmp_path: Path) -> str:
-    """The example cache with one container's config saying `"backend": "nftables"`."""
+def nft_configured_cache(tmp_path: Path, ids: Sequence[str] = ()) -> str:
+    """The example cache with one container's config saying `"backend": "nftables"`
+    (the first's; or those of the container IDs `ids`)."""
     cache = tmp_path / "cache"
     shutil.copytree(EXAMPLE_CACHE, cache)
-    first = sorted((cache / "results").iterdir())[0]
-    entry = json.loads(first.read_text())
-    conf = json.loads(base64.b64decode(entry["config"]))
-    for plugin in conf.get("plugins", [conf]):
-        if plugin.get("type") == "portmap":
-            plugin["backend"] = "nftables"
-    entry["config"] = base64.b64encode(json.dumps(conf).encode()).decode()
-    first.write_text(json.dumps(entry))
+    entries = sorted((cache / "results").iterdir())
+    keyed = [e for e in entries if e.name.endswith(tuple(f"-{i}-eth0" for i in ids))]
+    for entry_file in keyed if ids else entries[:1]:
+        entry = json.loads(entry_file.read_text())
+        conf = json.loads(base64.b64decode(entry["config"]))
+        for plugin in conf.get("plugins", [conf]):
+            if plugin.get("type") == "portmap":
+                plugin["backend"] = "nftables"
+        entry["config"] = base64.b64encode(json.dumps(conf).encode()).decode()
+        entry_file.write_text(json.dumps(entry))
     return str(cache)
 
 
@@ -107,7 +111,7 @@ def test_backend_nftables_says_how_many_iptables_containers_it_did_not_check(tmp
     options = NodeOptions(cache_dirs=(cache,), backend="nftables")
     notes = check_node(Node(options, Unread(), MemoryNft())).notes
     assert [n for n in notes if n.startswith("--backend")] == [
-        "--backend nftables: 2 cached container(s) are the plugin's iptables' (their"
+        "--backend nftables: 2 cached containers are the plugin's iptables' (their"
         " config's backend key, or no rules of theirs in nftables): not checked"
     ]
     # Where the plugin takes nftables for a config without the key, all three are

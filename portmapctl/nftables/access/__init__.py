@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
+from portmapctl.core.text import count
 from portmapctl.errors import ApplyFailed, HostProblem
 
 if TYPE_CHECKING:
@@ -55,11 +56,12 @@ class NftUnusable(HostProblem):
             return self
         said = []
         if keyed:
-            said.append(f'{_some(keyed)} say "backend": "nftables"')
+            says = "says" if len(keyed) == 1 else "say"
+            said.append(f'{_some(keyed)} {says} "backend": "nftables"')
         if keyless:
             said.append(
-                f'{_some(keyless)} have no "backend" key and no chain in iptables, so may be'
-                " in nftables"
+                f'{_some(keyless)} {"has" if len(keyless) == 1 else "have"} no "backend" key'
+                " and no chain in iptables, so may be in nftables"
             )
         return NftUnusable(
             f"{self}; {'; '.join(said)} (--backend iptables works on the iptables ones alone)"
@@ -70,7 +72,7 @@ def _some(named: Sequence[str]) -> str:
     """`named` containers counted, and the first two by short ID, as tables print them:
     the line stays one a terminal can show."""
     shown = ", ".join(i[:12] for i in named[:2]) + (", ..." if len(named) > 2 else "")
-    return f"{len(named)} cached container(s) ({shown})"
+    return f"{count(len(named), 'cached container')} ({shown})"
 
 
 class NftAccess(Protocol):

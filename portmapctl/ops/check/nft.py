@@ -373,11 +373,12 @@ def as_problem(p: InventoryProblem, fix: str) -> Problem:
     )
 
 
-def _not_checked(looked_at: str, count: int, held_in: str, why: str) -> str:
+def _not_checked(looked_at: str, number: int, held_in: str, why: str) -> str:
     """The note of a check narrowed by --backend: the cached containers of the backend
     it did not look at."""
     return (
-        f"--backend {looked_at}: {count} cached container(s) are the plugin's {held_in}'"
+        f"--backend {looked_at}: {count(number, 'cached container')}"
+        f" {'is' if number == 1 else 'are'} the plugin's {held_in}'"
         f" ({why}): not checked"
     )
 

@@ -10,6 +10,7 @@ from portmapctl.cni.cache import Attachment
 from portmapctl.core import validate
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import Status
+from portmapctl.core.text import count
 from portmapctl.errors import HostProblem
 from portmapctl.iptables import inventory, plugin_rules
 from portmapctl.iptables.chains import (
@@ -273,8 +274,8 @@ def _uncached_elsewhere(read: NodeTables, attachments: Optional[List[Attachment]
         names = sorted(found)
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         notes.append(
-            f"the iptables-{other} tables hold {len(names)} container chain(s) that this check"
-            f" (iptables-{used}) does not judge and the CNI cache does not name ({shown}):"
+            f"the iptables-{other} tables hold {count(len(names), 'container chain')} that this"
+            f" check (iptables-{used}) does not judge and the CNI cache does not name ({shown}):"
             f" see them with `portmapctl list --iptables {other}`"
         )
     return notes
