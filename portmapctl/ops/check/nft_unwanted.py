@@ -1,7 +1,8 @@
 """The rows of the plugin's nftables table itself that no cached container wants.
 
 structure_problems_for checks a family whose table holds host-port rules even where no
-cache entry wants it (its rules all stale: of containers the cache does not know).
+cache entry read of a live container wants it (its rules all stale: of containers the
+cache does not know; or of zombies, or of entries that cannot be read).
 The repair plans the table from the cached nft-backed containers alone (nft_repair;
 with no CNI cache it leaves nftables alone), so it makes none of it there: offered,
 `check --repair` wrote nothing, and the next check offered it again. Such a row names
@@ -21,8 +22,9 @@ if TYPE_CHECKING:
     from portmapctl.cni.cache import Attachment
 
 UNWANTED = (
-    "no container the CNI cache knows wants it{where} (the table holds only rules of"
-    " containers the cache does not know, which gc removes: their rows say how)"
+    "no live container whose cache entry is read wants it{where} (the table holds only"
+    " rules of containers the cache does not know, of zombies, or of entries that cannot"
+    " be read: their rows say what to do)"
 )
 
 
