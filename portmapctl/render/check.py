@@ -15,9 +15,20 @@ from typing import (
     Sequence,
     Tuple,
 )
+from typing import Mapping as MappingT
 
 from portmapctl.core.text import cell_text, name_text
-from portmapctl.render.table import SHORT_ID, Piece, count, owner_cell, short_id, table, wrap
+from portmapctl.render.table import (
+    SHORT_ID,
+    Piece,
+    chain_starts,
+    count,
+    owner_cell,
+    short_id,
+    table,
+    unknown_chains,
+    wrap,
+)
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -53,11 +64,26 @@ def _in_path(text: str, match: re.Match) -> bool:
     return start > word_start and text[word_start] == "/"
 
 
-def _who(p: Problem, full_ids: bool, wide: bool) -> str:
+def _who(
+    p: Problem, full_ids: bool, wide: bool, starts: Optional[MappingT[str, str]] = None
+) -> str:
     """CONTAINER: the container's short ID; for a per-container chain of no known
-    container (an orphan no entry rule names), the chain's name, as gc's table has it:
-    else nothing in the row would say which chain (`-o wide` has its CHAIN column)."""
-    return owner_cell(p.container_id, p.chain, full_ids, chain_shown=wide)
+    container (an orphan no entry rule names), the chain: else nothing in the row would
+    say which chain (`-o wide` has its CHAIN column). By its start in `starts` (list's
+    short form, `CNI-DN-e7055`), else (`full_ids`, a chain not among them) whole."""
+    return owner_cell(p.container_id, p.chain, full_ids, chain_shown=wide, starts=starts)
+
+
+def _chain_starts(result: CheckResult) -> Optional[Dict[str, str]]:
+    """How list names the node's chains of no known container under CONTAINER
+    (render.table.chain_starts over the node's such chains, as list_run passes them):
+    one chain reads the same in list and check, and `list --container` or `flush-udp
+    --container` with what check printed selects that chain alone. The whole name, 28
+    characters, took room from PROBLEM at 80 columns. None where check did not read
+    the node (one mapping's check): nothing to tell the chain apart from."""
+    if result.found is None:
+        return None
+    return chain_starts(unknown_chains(result.rows, result.found.chains))
 
 
 def _shorten_ids(text: str, ids: AbstractSet[str]) -> str:
@@ -118,6 +144,7 @@ def check_text(
     (--no-trunc) or `wide`, so no line of the default table wraps."""
     problems = sorted_problems(result.problems)
     ids = {p.container_id for p in problems if p.container_id}
+    starts = None if full_ids or wide else _chain_starts(result)
     headers = ["KIND", "FAM", "CONTAINER"] + (["NETWORK", "CHAIN"] if wide else []) + ["PROBLEM"]
     if wide:
         headers.append("RULE")
@@ -125,7 +152,7 @@ def check_text(
     details = []
     for p in problems:
         detail = p.detail if full_ids else _shorten_ids(p.detail, ids)
-        row = [str(p.kind), f"v{p.family}" if p.family else "-", _who(p, full_ids, wide)]
+        row = [str(p.kind), f"v{p.family}" if p.family else "-", _who(p, full_ids, wide, starts)]
         if wide:
             row += [p.network or "-", p.chain or "-", detail]
             details.append([Piece(rule_cell(p.rules))])

@@ -18,6 +18,7 @@ from portmapctl.render.table import (
     grid,
     owner_cell,
     owner_order,
+    unknown_chains,
     without_columns,
 )
 
@@ -163,8 +164,7 @@ def list_table(
     # the backend its two copies are two identical rows.
     by_backend = not wide and _both_backends(mappings)
     if unknown is None:
-        unknown = [m.chain for m in mappings if not m.container_id]
-        unknown += [c.name for c in chains if not c.container_id]
+        unknown = unknown_chains(mappings, chains)
     starts = chain_starts(unknown)
     rows, statuses, bare = _list_rows(
         mappings, chains, conntrack, full_ids, by_backend, wide, starts

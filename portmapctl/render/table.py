@@ -31,6 +31,8 @@ from portmapctl.render.cuts import cut_end
 if TYPE_CHECKING:
     from rich.text import Text
 
+    from portmapctl.iptables import inventory
+
 # A style span (start, end, style): rich's Span is this NamedTuple, made when drawn.
 SpanTuple = Tuple[int, int, str]
 
@@ -105,7 +107,8 @@ def owner_cell(
     chain of no known container (an orphan no entry rule names), the chain's name,
     unless the table has a CHAIN column (`chain_shown`, -o wide): else nothing in the
     row would say which chain. check's and list's tables (gc's names it always). With
-    `starts` (list: chain_starts) and not `full`, the name's short form there."""
+    `starts` (chain_starts of the node's such chains) and not `full`, the name's short
+    form there."""
     if not container_id and not chain_shown and chain:
         from portmapctl.iptables.chains import is_plugin_chain  # (rows of no known container only)
 
@@ -114,8 +117,18 @@ def owner_cell(
     return short_id(container_id, full)
 
 
+def unknown_chains(
+    mappings: Iterable[inventory.Mapping], chains: Iterable[inventory.ChainInfo]
+) -> List[str]:
+    """The chains of no known container among `mappings`' and `chains`: what
+    chain_starts tells apart (the node's, for list and check to name each alike)."""
+    return [m.chain for m in mappings if not m.container_id] + [
+        c.name for c in chains if not c.container_id
+    ]
+
+
 def chain_starts(chains: Iterable[str]) -> Dict[str, str]:
-    """How list names each per-container chain of `chains` under CONTAINER (rows of no
+    """How list and check name each per-container chain of `chains` under CONTAINER (rows of no
     known container): `CNI-DN-` and the first characters of its hash, as long as a
     short ID (`CNI-DN-e7055`), one more than it shares with any other chain of the
     table where two share that (`CNI-DN-0123456`, `CNI-DN-0123459`). The whole name,

@@ -24,6 +24,8 @@ def cases() -> Dict[str, List[str]]:
         out[f"list-example-{fmt}"] = ["list", *EXAMPLE, *CACHE, "-o", fmt]
         out[f"list-example-nocache-{fmt}"] = ["list", *EXAMPLE, *NO_CACHE, "-o", fmt]
         out[f"check-example-{fmt}"] = ["check", *EXAMPLE, *CACHE, "-o", fmt]
+        # (an orphan of no known container: its chain named as list names it)
+        out[f"check-example-nocache-{fmt}"] = ["check", *EXAMPLE, *NO_CACHE, "-o", fmt]
     for v4 in sorted(FIXTURES.glob("*.v4.save")):
         name = v4.name[: -len(".v4.save")]
         v6 = v4.with_name(f"{name}.v6.save")

@@ -2,7 +2,8 @@
 a row of no known container names its chain under CONTAINER by a short form as long
 as a short container ID (more where two chains share it), so the table keeps its
 columns; the short form is accepted by `list --container` and `flush-udp --container`
-(SPEC §3: every value printed is accepted as input). tests/unit/test_narrow_terminals.py
+(SPEC §3: every value printed is accepted as input), and `check` names the chain so
+too. tests/unit/test_narrow_terminals.py
 and test_list_row_names.py hold the rendering on dumps."""
 
 from __future__ import annotations
@@ -82,6 +83,20 @@ def test_a_row_of_no_known_container_keeps_the_table_at_80_columns(node: Node_):
         code, out, err = run_on_terminal(["list", *common, "--container", short],
                                          {"COLUMNS": "80", "NO_COLOR": "1"})  # fmt: skip
         assert [row.split()[1] for row in _table(out)[1:]] == [short], out
+    # check names each chain as list does, at 80 columns, PROBLEM kept beside it; its
+    # JSON and -o wide keep the whole name.
+    code, out, err = run_on_terminal(["check", *common], {"COLUMNS": "80", "NO_COLOR": "1"})
+    assert code == 1, err
+    table = _table(out)
+    assert all(len(line) <= 80 for line in table), table
+    assert table[0].split() == ["KIND", "FAM", "CONTAINER", "PROBLEM"], table
+    # (Each stale: no cache entry, nothing enters it; a PROBLEM goes on under its column.)
+    named = [row.split()[2] for row in table[1:] if not row.startswith(" ")]
+    assert sorted(c for c in named if c.startswith("CNI-")) == sorted(shorts.values()), table
+    checked = json.loads(run(["check", *common, "-o", "json"]).stdout)["problems"]
+    assert {p["chain"] for p in checked if p["container_id"] is None} == set(shorts), checked
+    wide = run(["check", *common, "-o", "wide"]).stdout
+    assert all(chain in wide for chain in shorts), wide
     # flush-udp --container: the flows of that chain's port alone.
     for port in (5301, 5302, 5303):
         _udp_flow(node, 40000 + port, port)
