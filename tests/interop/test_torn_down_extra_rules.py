@@ -858,3 +858,70 @@ def test_nft_check_offers_no_repair_for_the_table_no_entry_read_wants(
     assert upstream.ruleset_text(host) == before  # nothing to make it from
     assert not any(p["fix"] for p in _nft_shared(done)), done.stdout  # nor its own report
     assert not any(p["fix"] for p in _nft_shared(pmctl.run(["check", *args])))  # no loop
+
+
+# The table's prerouting chain re-made by hand at another priority (nft-wrong-base-
+# chain): the fix is by hand, the row said "delete the chain by hand (...), then run
+# `portmapctl check --repair`, which re-creates it as the plugin's". Where no cached
+# container but a torn-down one wants the table (or only stale rules are in it), that
+# repair re-creates nothing: done as told, the chain stayed gone and the next check
+# said the repair would leave it. The row says what re-makes it there instead.
+
+
+def _wrong_priority(host: str) -> None:
+    """prerouting deleted and made again at priority -50, its rules as they were."""
+    listed = upstream.nft(host, "list", "chain", "ip", "cni_hostport", "prerouting").stdout
+    rules = [line.strip() for line in listed.splitlines()
+             if line.strip() and not line.strip().startswith(("table", "chain", "type", "}"))]  # fmt: skip
+    upstream.nft(host, "delete", "chain", "ip", "cni_hostport", "prerouting")
+    script = "add chain ip cni_hostport prerouting { type nat hook prerouting priority -50 ; }\n"
+    script += "".join(f"add rule ip cni_hostport prerouting {r}\n" for r in rules)
+    upstream.nft(host, "-f", "-", stdin=script)
+
+
+@pytest.mark.parametrize("cache", ["empty", "torn-down", "beside-live"])
+def test_nft_wrong_base_chain_names_the_repair_only_where_it_re_creates_the_chain(
+    nodes: tuple[str, str], tmp_path: Path, cache: str
+) -> None:
+    host, container = nodes
+    if cache == "empty":  # stale rules only: a cache, no entry of them
+        ports = [rp.port_mapping(8080, 80)]
+        upstream.run("v1.9.1", "ADD", host, "stale",
+                     upstream.nft_conf("podman", ["10.88.0.8/16"], ports), check=True)  # fmt: skip
+        (tmp_path / "results").mkdir()
+    else:
+        _nft_added(host, "dying", "10.88.0.8/16", 8080, container, tmp_path)
+    if cache == "beside-live":
+        _nft_added(host, "alive", "10.88.0.9/16", 9090, host, tmp_path)
+        rp.hold_addresses(f"/run/netns/{host}", ["10.88.0.9/16"])
+    _wrong_priority(host)
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4", "-o", "json"]
+
+    check = pmctl.run(["check", *args])
+    [row] = [p for p in _structure_rows(check) if p["kind"] == "nft-wrong-base-chain"]
+    assert row["chain"] == "prerouting" and row["fix"] is None, row
+    assert "nft delete chain ip cni_hostport prerouting" in row["why"], row
+    text = pmctl.run(["check", *args[:-2]]).stdout
+    # Done as the row says: the chain deleted by hand, then (where it says so) the repair.
+    upstream.nft(host, "delete", "chain", "ip", "cni_hostport", "prerouting")
+    before = upstream.ruleset_text(host)
+    done = pmctl.run(["check", "--repair", *args])
+    after = upstream.ruleset_text(host)
+    if cache == "beside-live":
+        assert "portmapctl check --repair" in row["why"], row
+        assert "chain prerouting" in after and "priority dstnat" in after, after
+        assert pmctl.run(["check", *args]).returncode == 0
+        return
+    # The repair re-creates nothing here: the row does not send the operator to it ...
+    assert "then run `portmapctl check --repair" not in row["why"], row
+    assert "then run `portmapctl check --repair" not in text, text
+    assert "the plugin's next ADD" in row["why"], row  # ... but to what re-makes it
+    assert after == before, f"the repair wrote:\n{before}\n{after}"
+    assert not any(p["fix"] for p in _structure_rows(done)), done.stdout
+    assert not any(p["fix"] for p in _structure_rows(pmctl.run(["check", *args])))
+    # What the row says re-makes it does: the plugin's ADD of the next container.
+    upstream.run("v1.9.1", "ADD", host, "next",
+                 upstream.nft_conf("podman", ["10.88.0.10/16"], [rp.port_mapping(7070, 80)]),
+                 check=True)  # fmt: skip
+    made = upstream.nft(host, "list", "chain", "ip", "cni_hostport", "prerouting").stdout
+    assert "priority dstnat" in made and "jump hostports_all" in made, made

@@ -352,10 +352,7 @@ def as_problem(p: InventoryProblem, fix: str) -> Problem:
     if p.kind is ProblemKind.NFT_WRONG_BASE_CHAIN:
         # Repair re-creates a missing base chain as the plugin's, never rewrites a chain
         # someone changed: prose (JSON `fix` null), as `--repair` alone changes nothing.
-        fix = (
-            f"delete the chain by hand (`nft delete chain {FAMILY_NAMES[p.family]} {TABLE}"
-            f" {p.chain}`), then run `{fix}`, which re-creates it as the plugin's"
-        )
+        fix = f"{wrong_base_by_hand(p.family, p.chain)}, then run `{fix}`, which re-creates it as the plugin's"
     if p.kind is ProblemKind.DUPLICATE_ENTRY:
         by_hand = "; ".join(
             f"`nft delete rule {FAMILY_NAMES[p.family]} {TABLE} {p.chain} handle {h}`"
@@ -370,6 +367,15 @@ def as_problem(p: InventoryProblem, fix: str) -> Problem:
         )
     return Problem(
         p.kind.value, p.family, where, p.network, p.container_id, p.detail, fix, why, p.rules
+    )
+
+
+def wrong_base_by_hand(family: int, chain: str) -> str:
+    """The way by hand of a wrong base chain's row (nft-wrong-base-chain): what lets the
+    plugin's table have the chain made again as its own."""
+    return (
+        f"delete the chain by hand (`nft delete chain {FAMILY_NAMES[family]} {TABLE}"
+        f" {chain.removeprefix('nft:')}`)"
     )
 
 

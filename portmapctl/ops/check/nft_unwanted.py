@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence
 from portmapctl.core.backend import Backend
 from portmapctl.ops.check.hints import REPAIR_COMMAND
 from portmapctl.ops.check.problem import Problem
-from portmapctl.ops.check.torn_down import WOULD_LEAVE, nft_structure, nft_wanted
+from portmapctl.ops.check.torn_down import WOULD_LEAVE, left_fix, nft_table_row, nft_wanted
 
 if TYPE_CHECKING:
     from portmapctl.cni.cache import Attachment
@@ -43,8 +43,8 @@ def unwanted_left(
     ]
     where = "" if attachments is not None else " (there is no CNI cache here)"
     return [
-        replace(p, fix=WOULD_LEAVE.format(why=UNWANTED.format(where=where)))
-        if REPAIR_COMMAND in p.fix and nft_structure(p) and not nft_wanted(p, configs)
+        replace(p, fix=left_fix(p, WOULD_LEAVE.format(why=UNWANTED.format(where=where))))
+        if REPAIR_COMMAND in p.fix and nft_table_row(p) and not nft_wanted(p, configs)
         else p
         for p in problems
     ]

@@ -163,7 +163,7 @@ def toplevel_fixes(
 
     offered = [
         bool(p.family and REPAIR_COMMAND in p.fix)
-        and ((tables is not None and is_toplevel(p)) or nft_structure(p))
+        and ((tables is not None and is_toplevel(p)) or nft_table_row(p))
         for p in problems
     ]
     if not any(offered):
@@ -194,13 +194,13 @@ def toplevel_fixes(
                         why.setdefault((nft, family), text)
 
     def leaves(p: Problem) -> bool:
-        if nft_structure(p):
+        if nft_table_row(p):
             return not nft_wanted(p, nft_live)  # type: ignore[arg-type]
         return toplevel_key(p) not in wanted
 
     return tuple(
-        replace(p, fix=left or WOULD_LEAVE.format(why=text))
-        if offers and (text := why.get((nft_structure(p), p.family or 0))) is not None and leaves(p)
+        replace(p, fix=left_fix(p, left or WOULD_LEAVE.format(why=text)))
+        if offers and (text := why.get((nft_table_row(p), p.family or 0))) is not None and leaves(p)
         else p
         for p, offers in zip(problems, offered)
     )
@@ -221,6 +221,30 @@ _NFT_STRUCTURE = frozenset(
 def nft_structure(problem: Problem) -> bool:
     """A problem of the plugin's nftables table itself, no container's."""
     return problem.container_id is None and problem.kind in _NFT_STRUCTURE
+
+
+def nft_table_row(problem: Problem) -> bool:
+    """A row of the plugin's nftables table itself whose fix is the repair's making of
+    it for the nft-backed containers it plans from: nft_structure's, and a base chain
+    not as the plugin makes it (nft-wrong-base-chain: deleted by hand, the repair
+    re-creates it)."""
+    return nft_structure(problem) or (
+        problem.container_id is None and problem.kind == ProblemKind.NFT_WRONG_BASE_CHAIN
+    )
+
+
+def left_fix(problem: Problem, left: str) -> str:
+    """The fix of a row of the table (nft_table_row) or of the shared iptables chains
+    the repair leaves, `left` saying so. A wrong base chain is still deleted by hand,
+    but the repair would not make it again (its row said to run it then, and it made
+    nothing): the plugin's next ADD of any container makes the table's chains as its
+    own."""
+    if problem.kind != ProblemKind.NFT_WRONG_BASE_CHAIN or problem.family is None:
+        return left
+    from portmapctl.ops.check.nft import wrong_base_by_hand
+
+    by_hand = wrong_base_by_hand(problem.family, problem.chain or "")
+    return f"{by_hand}: the plugin's next ADD re-creates it as its own; {left}"
 
 
 def nft_wanted(problem: Problem, configs: Sequence[MappingConfig]) -> bool:
