@@ -128,12 +128,17 @@ def left_alone(result: CheckResult, ids: Collection[str], said: Sequence[str]) -
     """in_doubt_left's work, for the containers `ids` (a one-mapping check's too:
     check_mapping), with `said`, the warnings that say why."""
     # The families some other container's problem in nftables shows in need of them. Not
-    # a zombie's (its row names its rules there and their family, nft.held_rules): its
-    # fix is gc's, and --repair writes nothing for it.
+    # a zombie's (its row names its rules there and their family, nft.held_rules), nor a
+    # stale one's (rules of a container the cache does not know): their fix is gc's, and
+    # --repair plans nothing for them (a stale row kept the table's --repair where only
+    # a container in doubt wanted it; the repair wrote nothing, the next check offered
+    # it again).
     needed = {
         p.family
         for p in result.problems
-        if p.in_nftables and p.container_id not in (None, *ids) and p.kind != ProblemKind.ZOMBIE
+        if p.in_nftables
+        and p.container_id not in (None, *ids)
+        and p.kind not in (ProblemKind.ZOMBIE, ProblemKind.STALE)
     }
     problems = tuple(
         replace(p, fix="", why=_IN_DOUBT)
