@@ -608,13 +608,15 @@ def test_nft_one_mapping_repair_of_the_torn_down_interface_writes_nothing_of_it(
     assert upstream.ruleset_text(host) == before
 
 
-def _nft_added(host: str, cid: str, ip: str, port: int, netns: str, tmp_path: Path) -> dict:
-    """`cid` ADDed by upstream v1.9.1 at `ip` (host port `port` to 80), its cache entry
-    naming `netns`; its config."""
-    ports = [rp.port_mapping(port, 80)]
-    conf = upstream.nft_conf("podman", [ip], ports)
+def _nft_added(
+    host: str, cid: str, ip: str, port: int, netns: str, tmp_path: Path, v6: str | None = None
+) -> dict:
+    """`cid` ADDed by upstream v1.9.1 at `ip` (and `v6`: dual-stack; host port `port`
+    to 80), its cache entry naming `netns`; its config."""
+    ports, ips = [rp.port_mapping(port, 80)], [ip, *([v6] if v6 else [])]
+    conf = upstream.nft_conf("podman", ips, ports)
     upstream.run("v1.9.1", "ADD", host, cid, conf, check=True)
-    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, [ip],
+    rp.write_cni_cache(tmp_path, "podman", cid, "eth0", conf, ports, ips,
                        netns=f"/run/netns/{netns}")  # fmt: skip
     return conf
 
@@ -735,21 +737,30 @@ def _nft_shared(done) -> list:
     return [p for p in json.loads(done.stdout)["problems"] if p["container_id"] is None]
 
 
+@pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("live", [False, True], ids=["alone", "beside-live"])
 @pytest.mark.parametrize("how", ["flush-table", "delete-table", "delete-masquerading",
                                  "delete-hostports", "flush-hostports_all",
                                  "delete-prerouting"])  # fmt: skip
 def test_nft_check_offers_no_repair_for_the_table_only_a_torn_down_container_wants(
-    nodes: tuple[str, str], tmp_path: Path, how: str, live: bool
+    nodes: tuple[str, str], tmp_path: Path, how: str, live: bool, family: int
 ) -> None:
+    """IPv4: an IPv4-only container. IPv6: a dual-stack one, the ip6 table broken and
+    checked alone (--family 6), whose rows toplevel_fixes judges by family."""
     host, container = nodes
-    _nft_added(host, "dying", "10.88.0.8/16", 8080, container, tmp_path)
+    v6 = "fd00:88::8/64" if family == 6 else None
+    _nft_added(host, "dying", "10.88.0.8/16", 8080, container, tmp_path, v6=v6)
     if live:  # another container, its address in its namespace
-        _nft_added(host, "alive", "10.88.0.9/16", 9090, host, tmp_path)
-        rp.hold_addresses(f"/run/netns/{host}", ["10.88.0.9/16"])
+        ips = ["10.88.0.9/16", *(["fd00:88::9/64"] if v6 else [])]
+        _nft_added(host, "alive", ips[0], 9090, host, tmp_path, v6=(ips[1:] or [None])[0])
+        rp.hold_addresses(f"/run/netns/{host}", ips)
     whole = upstream.ruleset_text(host)
-    _nft_break(host, how)
-    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4", "-o", "json"]
+    _nft_break(host, how, "ip6" if family == 6 else "ip")
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", str(family),
+            "-o", "json"]  # fmt: skip
+    why, dnat = _WHY, "dnat to 10.88.0.9:80"
+    if family == 6:
+        why, dnat = _WHY.replace("10.88.0.8", "fd00:88::8"), "dnat to [fd00:88::9]:80"
     shared = _nft_shared
     check = pmctl.run(["check", *args])
     rows = shared(check)
@@ -757,18 +768,19 @@ def test_nft_check_offers_no_repair_for_the_table_only_a_torn_down_container_wan
     before = upstream.ruleset_text(host)
     done = pmctl.run(["check", "--repair", *args])
     after = upstream.ruleset_text(host)
+    assert {p["family"] for p in rows} == {family}, rows
     if live:
         assert all(p["fix"] for p in rows), rows  # offered, and made
-        assert "dnat to 10.88.0.9:80" in after and "jump hostports_all" in after, after
+        assert dnat in after and "jump hostports_all" in after, after
         assert shared(pmctl.run(["check", *args])) == []
         return
-    assert all(not p["fix"] and _WHY in p["why"] for p in rows), rows  # says why
+    assert all(not p["fix"] and why in p["why"] for p in rows), rows  # says why
     text = pmctl.run(["check", *args[:-2]])
     assert "--repair" not in text.stdout.replace("--repair would leave", ""), text.stdout
     assert after == before, f"the repair wrote for the dying one:\n{whole}\n{after}"
     [left] = json.loads(done.stdout)["unrepaired"]
-    assert (left["container_id"], left["family"]) == ("dying", 4), left
-    assert left["why"].startswith(_WHY) and done.returncode == 1, done.stdout + done.stderr
+    assert (left["container_id"], left["family"]) == ("dying", family), left
+    assert left["why"].startswith(why) and done.returncode == 1, done.stdout + done.stderr
     assert not any(p["fix"] for p in shared(done)), done.stdout  # nor its own report
     assert not any(p["fix"] for p in shared(pmctl.run(["check", *args])))  # no loop
 
