@@ -128,3 +128,87 @@ def test_the_node_check_offers_what_its_repair_does_beside_a_torn_down_interface
     assert after.returncode == 1, after.stdout + after.stderr
     assert not any(p["fix"] for p in _chain_rows(after)), after.stdout
     assert _chain(host_ns, mode) == made
+
+
+# For the check of net1's mapping alone: its own interface torn down, net2's entry
+# unreadable, with no other live interface sharing the chain or with one (net2 live,
+# net3 unreadable); and net1 live beside a torn-down net3.
+ONE_LAYOUTS: Dict[str, Dict[str, str]] = {
+    **LAYOUTS,
+    "net1-torn-net2-live-net3-unread": {"net1": "torn", "net2": "live", "net3": "unread"},
+}
+_MADE = "--repair makes their rules, that interface's stay unknown"
+_KEPT = "nothing is written or removed for it"
+
+
+def _net1_given(tmp_path: Path) -> List[str]:
+    """net1's mapping as its delegate ADD's stdin gives it (--cni-config, --ifname)."""
+    ifname, ip, host, to = ATTACHMENTS[0]
+    conf = rp.plugin_conf(NETWORK, [ip], [rp.port_mapping(host, to)])
+    conf["prevResult"]["interfaces"][0]["name"] = ifname
+    stdin = tmp_path / f"{ifname}.json"
+    stdin.write_text(json.dumps(conf))
+    return ["--container", CID, "--cni-config", str(stdin), "--ifname", ifname]
+
+
+def _says(done, unread: str, made: bool) -> None:
+    """The warning of the unread entry (one) and the chain's rows (their why, the JSON
+    `fixed` ones too) say that the repair makes the entries read's rules where `made`
+    (it changed the chain), else that nothing is written or removed for it."""
+    lines = [line for line in done.stderr.splitlines() if f"{NETWORK}-{CID}-{unread}" in line]
+    assert len(lines) == 1, done.stderr
+    assert (_MADE in lines[0], _KEPT in lines[0]) == (made, not made), lines[0]
+    doc = json.loads(done.stdout)
+    rows = [p for key in ("problems", "fixed") for p in doc[key] if p["chain"] == CHAIN]
+    for p in rows:
+        assert (_MADE in p["why"], _KEPT in p["why"]) == (made, not made), p
+
+
+@pytest.mark.parametrize("flush", sorted(FLUSHES))
+@pytest.mark.parametrize("layout", sorted(ONE_LAYOUTS))
+def test_the_one_mapping_check_says_what_its_repair_does_where_an_interface_is_torn_down(
+    host_ns: str, tmp_path: Path, emptied_ns: str, iptables_mode: rp.Mode, layout: str, flush: str
+) -> None:
+    """`check --cni-config net1.json --ifname net1` (and its --repair) after a flush:
+    with net1's own interface being torn down and no live entry read sharing the chain,
+    the repair leaves it as it is (torn_down.one_mapping_held), but the check's warning
+    and rows (unread_entries.written_families, blind to torn-down interfaces) said
+    "--repair makes their rules", its rows "would leave it" beside it, and so did the
+    repair's own report after writing nothing; the node's check said "nothing is
+    written or removed for it". Now each says what the repair does, as the node's check
+    does: "--repair makes their rules" where it changes the chain (a live entry read
+    shares it), else "nothing is written or removed for it"; offered only there."""
+    mode = iptables_mode
+    cache = tmp_path / "multus"
+    states = ONE_LAYOUTS[layout]
+    unread = next(ifname for ifname, state in states.items() if state == "unread")
+    _attached(host_ns, cache, states, emptied_ns, mode)
+    for args in FLUSHES[flush]:
+        rp.iptables(host_ns, ["-t", "nat", *args], mode=mode)
+    before = _chain(host_ns, mode)
+    given = _net1_given(tmp_path)
+
+    node = _pm(host_ns, cache, mode, "check")
+    check = _pm(host_ns, cache, mode, "check", *given)
+    assert check.returncode == 1, check.stdout + check.stderr
+    rows = _chain_rows(check)
+    assert rows, check.stdout
+    offered = any(p["fix"] and "--repair" in p["fix"] for p in rows)
+
+    repair = _pm(host_ns, cache, mode, "check", *given, "--repair")
+    assert repair.returncode == 1, repair.stdout + repair.stderr
+    made = _chain(host_ns, mode)
+    # A live interface read shares the chain: its rules are made (net1's not where it
+    # is torn down); none (net1 torn down, net2 unread): the chain is left as it is.
+    changed = made != before
+    assert changed == any(s == "live" for s in states.values()), (before, made)
+    assert offered == changed, rows
+    for done in (node, check, repair):
+        _says(done, unread, changed)
+
+    for args in (("check", *given), ("check", *given, "--repair")):
+        again = _pm(host_ns, cache, mode, *args)
+        assert again.returncode == 1, again.stdout + again.stderr
+        assert _chain(host_ns, mode) == made, f"{args} wrote again"
+        assert not any(p["fix"] for p in _chain_rows(again)), again.stdout
+        _says(again, unread, changed)

@@ -187,10 +187,10 @@ def _repair_mapping(
             node, config, tables, mapping_result(config, tables, sharing=sharing)
         )
         # As check_followed says it: where the chain is written all the same (nothing
-        # the entries read do not make is there), so, not "nothing is written" of it.
-        after = unread_left(
-            after, entries, tables, written_families(config, entries, sharing, tables)
-        )
+        # the entries read do not make is there), so, not "nothing is written" of it;
+        # where its own interface is torn down and it left the chain (dying), not so.
+        written = written_families(config, entries, sharing, tables, ifname, looks=True)
+        after = unread_left(after, entries, tables, written)
         after = replace(after, notes=followed_notes + after.notes)
     except Interrupted as stop:
         # Its transactions are in: their side effects, or the check after, under way.

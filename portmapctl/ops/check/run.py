@@ -354,11 +354,11 @@ def check_followed(
     # says it, no fix named (its --repair stops: unread_entries.stop_where_held), and a
     # warning says why; but where that repair writes all the same (nothing the entries
     # read do not make is there: after a flush), --repair is offered.
-    written = written_families(config, entries, sharing, tables)
+    # Not where its own interface is being torn down and the repair leaves the chain.
+    looks = node.namespace_view() is not None  # (a snapshot's namespaces are another node's)
+    written = written_families(config, entries, sharing, tables, ifname, looks)
     result = unread_left(result, entries, tables, written)
-    if node.namespace_view() is not None and any(
-        p.fix == SAME_WITH_REPAIR for p in result.problems
-    ):
+    if looks and any(p.fix == SAME_WITH_REPAIR for p in result.problems):
         # Its other interfaces' entries being torn down: what of theirs the chain lacks
         # its --repair does not make (torn_down.one_mapping_held); not offered for it.
         # So is its own interface's, where that is being torn down (torn_down.torn_own).

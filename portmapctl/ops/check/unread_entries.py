@@ -17,14 +17,25 @@ Fixed or removed, the entry is read at the next run and the repair goes ahead.""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import (
+    Callable,
+    Collection,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from portmapctl.cni.cache import Attachment, skipped_line
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
 from portmapctl.core.text import name_text
 from portmapctl.errors import HostProblem
-from portmapctl.iptables.chains import Chain, chain_name
+from portmapctl.iptables.chains import Chain, chain_name, dnat_chain_name
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.ops.check.problem import CheckResult, Problem
 
@@ -339,22 +350,59 @@ def written_families(
     entries: Sequence[Attachment],
     sharing: Sequence[MappingConfig],
     tables: Mapping[int, NatTable],
+    ifname: Optional[str] = None,
+    looks: bool = False,
 ) -> frozenset[InFamily]:
     """Its chain, in the families of `tables` where the repair of `config` alone writes it
     though an entry of its container on the network cannot be read: stop_where_held,
     which that repair asks of each family, does not stop it (the chain holds nothing
     the write does not make: a flush emptied or deleted it). Its check offers --repair
-    there, as the repair then does; it said "nothing is written" and named no fix."""
+    there, as the repair then does; it said "nothing is written" and named no fix.
+    `looks`: the node's namespaces are looked into (run.check_followed's, the repair's):
+    where `config`'s own interface (`ifname`'s) is being torn down and no live entry
+    read shares the chain, that repair leaves it as it is (torn_down.one_mapping_held),
+    so it is not written either; the check said "--repair makes their rules" of it, and
+    so did the repair's report after writing nothing."""
     if (config.network, config.container_id) not in unread_pairs(entries):
         return frozenset()
+    leaves = _left_as_torn_down(config, entries, sharing, ifname) if looks else None
     found: Set[InFamily] = set()
     for family, live in tables.items():
         try:
             stop_where_held(config, entries, sharing, live)
         except ChainInDoubt:
             continue
+        if leaves is not None and leaves(live):
+            continue
         found.add((family, config.network, config.container_id))
     return frozenset(found)
+
+
+def _left_as_torn_down(
+    config: MappingConfig,
+    entries: Sequence[Attachment],
+    sharing: Sequence[MappingConfig],
+    ifname: Optional[str],
+) -> Optional[Callable[[NatTable], bool]]:
+    """Where `config`'s own interface is being torn down (torn_down.torn_own), whether
+    the repair of it leaves its chain in a table as it is: the question its plan asks
+    (one_mapping_held, given the torn-down entries beside it too: torn_beside). None
+    where its own is not torn down (the chain is made of it, and of the live others)."""
+    from portmapctl.ops.check.expected import wanted_sharing
+    from portmapctl.ops.check.torn_down import one_mapping_held, torn_beside, torn_own
+
+    torn, look = torn_beside(config, entries, ifname)
+    own = torn_own(config, entries, ifname, look)
+    if not own:
+        return None
+    name = dnat_chain_name(config)
+
+    def leaves(live: NatTable) -> bool:
+        wanted = wanted_sharing(config, sharing or (config,), live.family, live)
+        kept = one_mapping_held(config, sharing, torn, wanted, live, own=own)
+        return all(chain.name != name for chain in kept)
+
+    return leaves
 
 
 def own_unread_only(
