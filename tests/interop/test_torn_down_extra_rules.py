@@ -937,3 +937,31 @@ def test_nft_wrong_base_chain_names_the_repair_only_where_it_re_creates_the_chai
                  check=True)  # fmt: skip
     made = upstream.nft(host, "list", "chain", "ip", "cni_hostport", "prerouting").stdout
     assert "priority dstnat" in made and "jump hostports_all" in made, made
+
+
+def test_nft_wrong_masquerading_chain_beside_a_live_container_without_snat_says_no_untruth(
+    nodes: tuple[str, str], tmp_path: Path
+) -> None:
+    """A live container without SNAT (`"snat": false`) wants the table, not its
+    masquerading chain: v1.9.1's ADD makes that chain all the same (every ADD fails on it
+    made again at another priority), so it is an nft-wrong-base-chain row. Its why must
+    not say that no live container whose cache entry is read wants the table (one does;
+    nft_wanted judged the masquerading chain by SNAT, as for a missing one)."""
+    host, _ = nodes
+    conf = upstream.nft_conf("podman", ["10.88.0.9/16"], [rp.port_mapping(9090, 80)])
+    conf["snat"] = False
+    upstream.run("v1.9.1", "ADD", host, "alive", conf, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "alive", "eth0", conf, [rp.port_mapping(9090, 80)],
+                       ["10.88.0.9/16"], netns=f"/run/netns/{host}")  # fmt: skip
+    rp.hold_addresses(f"/run/netns/{host}", ["10.88.0.9/16"])
+    listed = upstream.nft(host, "list", "table", "ip", "cni_hostport").stdout
+    assert "chain masquerading" not in listed, listed  # no SNAT: the ADD makes no such chain
+    upstream.nft(host, "-f", "-", stdin="add chain ip cni_hostport masquerading"
+                 " { type nat hook postrouting priority 50 ; }\n")  # fmt: skip
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4", "-o", "json"]
+    check = pmctl.run(["check", *args])
+    [row] = [p for p in _structure_rows(check) if p["kind"] == "nft-wrong-base-chain"]
+    assert row["chain"] == "masquerading", row
+    assert "nft delete chain ip cni_hostport masquerading" in row["why"], row
+    assert "no live container whose cache entry is read wants it" not in row["why"], row
+    assert "has SNAT" in row["why"] and "the plugin's next ADD" in row["why"], row

@@ -20,7 +20,9 @@ from portmapctl.ops.check.torn_down import WOULD_LEAVE, left_fix, nft_table_row,
 
 if TYPE_CHECKING:
     from portmapctl.cni.cache import Attachment
+    from portmapctl.core.mapping import MappingConfig
 
+UNMASQUERADED = 'no live container whose cache entry is read has SNAT (`"snat": false`)'
 UNWANTED = (
     "no live container whose cache entry is read wants it{where} (the table holds only"
     " rules of containers the cache does not know, of zombies, or of entries that cannot"
@@ -43,8 +45,17 @@ def unwanted_left(
     ]
     where = "" if attachments is not None else " (there is no CNI cache here)"
     return [
-        replace(p, fix=left_fix(p, WOULD_LEAVE.format(why=UNWANTED.format(where=where))))
+        replace(p, fix=left_fix(p, WOULD_LEAVE.format(why=_why(p, configs, where))))
         if REPAIR_COMMAND in p.fix and nft_table_row(p) and not nft_wanted(p, configs)
         else p
         for p in problems
     ]
+
+
+def _why(problem: Problem, configs: Sequence[MappingConfig], where: str) -> str:
+    """Why no container wants `problem`'s piece. The masquerading chain is wanted by a
+    container with SNAT alone: beside a live one without it (which wants the rest of the
+    table) the table is not unwanted, its masquerading chain is."""
+    if nft_wanted(replace(problem, chain=None), configs):
+        return UNMASQUERADED
+    return UNWANTED.format(where=where)
