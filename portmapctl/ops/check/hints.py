@@ -14,6 +14,8 @@ from portmapctl.iptables.shown import command_line, shown_rule
 from portmapctl.ops.node import Node
 
 REPAIR_COMMAND = "portmapctl check --repair"
+# The fix of a row the repair would not change (JSON `fix` null: it is prose), with why.
+WOULD_LEAVE = "--repair would leave it as it is: {why}"
 _SHOWN = 3  # how many rules or chains a detail names before "and N more"
 
 

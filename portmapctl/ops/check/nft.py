@@ -240,7 +240,7 @@ def nft_problems(
         for p in found.problems
         if not node.options.families or p.family in node.options.families
     ]
-    from portmapctl.ops.check.nft_unwanted import unwanted_left
+    from portmapctl.ops.check.nft_table_rows import unwanted_left
 
     problems = unwanted_left(problems, attachments)
     seen_stale: Set[Tuple[Optional[str], int]] = set()

@@ -298,7 +298,7 @@ def nft_repair(
         # there, and their repair deletes what none of them makes.
         short.clear()
         # So is one whose family lacks what of the table only the torn-down want
-        # (torn_down.nft_wanted): the check names those rows as left for it.
+        # (nft_table_rows.nft_wanted): the check names those rows as left for it.
         shared = _shared_left(live, [a.mapping for a in cache.torn_down.values()], configs)  # type: ignore[misc]
         short.update((path, f) for path, a in cache.torn_down.items() for f in families
                      if (w := wanted(a.mapping, f)) is not None  # type: ignore[arg-type]
@@ -357,7 +357,7 @@ def _shared_left(
     that the torn-down entries (`torn`) want and none `planned` does: made for none."""
     from portmapctl.nftables.problems import structure_problems
     from portmapctl.ops.check.nft import as_problem
-    from portmapctl.ops.check.torn_down import nft_structure, nft_wanted
+    from portmapctl.ops.check.nft_table_rows import nft_structure, nft_wanted
 
     needed: Dict[int, bool] = {}
     for c in torn:

@@ -328,7 +328,8 @@ def check_followed(
         if any(p.fix == SAME_WITH_REPAIR for p in problems):
             # Its own interface being torn down: its --repair writes nothing in that
             # family (torn_down.nft_torn_own), so it is not offered there.
-            from portmapctl.ops.check.torn_down import WOULD_LEAVE, nft_torn_own
+            from portmapctl.ops.check.hints import WOULD_LEAVE
+            from portmapctl.ops.check.torn_down import nft_torn_own
 
             dying = nft_torn_own(config, entries_of(node, config), ifname)
             problems = [

@@ -28,7 +28,8 @@ from portmapctl.core.status import ProblemKind
 from portmapctl.core.text import name_text
 from portmapctl.iptables.chains import Chain, dnat_chain_name
 from portmapctl.iptables.ruleset import NatTable
-from portmapctl.ops.check.hints import REPAIR_COMMAND
+from portmapctl.ops.check.hints import REPAIR_COMMAND, WOULD_LEAVE
+from portmapctl.ops.check.nft_table_rows import left_fix, nft_table_row, nft_wanted
 from portmapctl.ops.check.problem import Problem, Unrepaired
 
 if TYPE_CHECKING:
@@ -54,9 +55,6 @@ TAKEN = (
     " entry is stale, and a chain made from it would send its host ports to that"
     " container"
 )
-
-
-WOULD_LEAVE = "--repair would leave it as it is: {why}"
 
 
 def torn_down_fixes(
@@ -204,57 +202,6 @@ def toplevel_fixes(
         else p
         for p, offers in zip(problems, offered)
     )
-
-
-# The rows of the plugin's nftables table itself (nftables/problems.structure_problems)
-# that a repair makes for the nft-backed containers it plans from (planner.setup).
-_NFT_STRUCTURE = frozenset(
-    {
-        ProblemKind.NFT_MISSING_TABLE,
-        ProblemKind.NFT_MISSING_CHAIN,
-        ProblemKind.NFT_MISSING_ENTRY,
-        ProblemKind.NFT_MISSING_JUMPS,
-    }
-)
-
-
-def nft_structure(problem: Problem) -> bool:
-    """A problem of the plugin's nftables table itself, no container's."""
-    return problem.container_id is None and problem.kind in _NFT_STRUCTURE
-
-
-def nft_table_row(problem: Problem) -> bool:
-    """A row of the plugin's nftables table itself whose fix is the repair's making of
-    it for the nft-backed containers it plans from: nft_structure's, and a base chain
-    not as the plugin makes it (nft-wrong-base-chain: deleted by hand, the repair
-    re-creates it)."""
-    return nft_structure(problem) or (
-        problem.container_id is None and problem.kind == ProblemKind.NFT_WRONG_BASE_CHAIN
-    )
-
-
-def left_fix(problem: Problem, left: str) -> str:
-    """The fix of a row of the table (nft_table_row) or of the shared iptables chains
-    the repair leaves, `left` saying so. A wrong base chain is still deleted by hand,
-    but the repair would not make it again (its row said to run it then, and it made
-    nothing): the plugin's next ADD of any container makes the table's chains as its
-    own."""
-    if problem.kind != ProblemKind.NFT_WRONG_BASE_CHAIN or problem.family is None:
-        return left
-    from portmapctl.ops.check.nft import wrong_base_by_hand
-
-    by_hand = wrong_base_by_hand(problem.family, problem.chain or "")
-    return f"{by_hand}: the plugin's next ADD re-creates it as its own; {left}"
-
-
-def nft_wanted(problem: Problem, configs: Sequence[MappingConfig]) -> bool:
-    """Whether one of `configs` (nft-backed) wants what the structure row `problem`
-    lacks, as structure_problems_for wants it: its family's table, chains, entry and
-    jumps for any container of that family; the masquerading chain for one with SNAT."""
-    from portmapctl.nftables.ruleset import MASQUERADING
-
-    masq = problem.chain in (MASQUERADING, f"nft:{MASQUERADING}")
-    return any(problem.family in c.families and (c.snat or not masq) for c in configs)
 
 
 def _nft_made(

@@ -1,0 +1,115 @@
+"""The rows of the plugin's nftables table itself (its table, base chains, entry rules
+and jumps: no container's), which containers want them, and what such a row says where
+the repair would not make it.
+
+The repair makes the table for the nft-backed containers it plans from (planner.setup;
+nft_repair: the cached entries it reads, not torn down). structure_problems_for checks
+a family whose table holds host-port rules even where no cache entry read of a live
+container wants it (its rules all stale: of containers the cache does not know; or of
+zombies, or of entries that cannot be read): offered there, `check --repair` wrote
+nothing and the next check offered it again. unwanted_left names why the repair leaves
+such a row instead (prose: JSON `fix` null); the stale rules are gc's. The rows only
+containers being torn down want are torn_down.toplevel_fixes'."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, List, Optional, Sequence
+
+from portmapctl.core.backend import Backend
+from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.status import ProblemKind
+from portmapctl.ops.check.hints import REPAIR_COMMAND, WOULD_LEAVE
+from portmapctl.ops.check.problem import Problem
+
+if TYPE_CHECKING:
+    from portmapctl.cni.cache import Attachment
+
+# The rows of the plugin's nftables table itself (nftables/problems.structure_problems)
+# that a repair makes for the nft-backed containers it plans from (planner.setup).
+_NFT_STRUCTURE = frozenset(
+    {
+        ProblemKind.NFT_MISSING_TABLE,
+        ProblemKind.NFT_MISSING_CHAIN,
+        ProblemKind.NFT_MISSING_ENTRY,
+        ProblemKind.NFT_MISSING_JUMPS,
+    }
+)
+
+
+def nft_structure(problem: Problem) -> bool:
+    """A problem of the plugin's nftables table itself, no container's."""
+    return problem.container_id is None and problem.kind in _NFT_STRUCTURE
+
+
+def nft_table_row(problem: Problem) -> bool:
+    """A row of the plugin's nftables table itself whose fix is the repair's making of
+    it for the nft-backed containers it plans from: nft_structure's, and a base chain
+    not as the plugin makes it (nft-wrong-base-chain: deleted by hand, the repair
+    re-creates it)."""
+    return nft_structure(problem) or (
+        problem.container_id is None and problem.kind == ProblemKind.NFT_WRONG_BASE_CHAIN
+    )
+
+
+def left_fix(problem: Problem, left: str) -> str:
+    """The fix of a row of the table (nft_table_row) or of the shared iptables chains
+    the repair leaves, `left` saying so. A wrong base chain is still deleted by hand,
+    but the repair would not make it again (its row said to run it then, and it made
+    nothing): the plugin's next ADD of any container makes the table's chains as its
+    own."""
+    if problem.kind != ProblemKind.NFT_WRONG_BASE_CHAIN or problem.family is None:
+        return left
+    from portmapctl.ops.check.nft import wrong_base_by_hand
+
+    by_hand = wrong_base_by_hand(problem.family, problem.chain or "")
+    return f"{by_hand}: the plugin's next ADD re-creates it as its own; {left}"
+
+
+def nft_wanted(problem: Problem, configs: Sequence[MappingConfig]) -> bool:
+    """Whether one of `configs` (nft-backed) wants what the structure row `problem`
+    lacks, as structure_problems_for wants it: its family's table, chains, entry and
+    jumps for any container of that family; the masquerading chain for one with SNAT."""
+    from portmapctl.nftables.ruleset import MASQUERADING
+
+    masq = problem.chain in (MASQUERADING, f"nft:{MASQUERADING}")
+    return any(problem.family in c.families and (c.snat or not masq) for c in configs)
+
+
+UNMASQUERADED = 'no live container whose cache entry is read has SNAT (`"snat": false`)'
+UNWANTED = (
+    "no live container whose cache entry is read wants it{where} (the table holds only"
+    " rules of containers the cache does not know, of zombies, or of entries that cannot"
+    " be read: their rows say what to do)"
+)
+
+
+def unwanted_left(
+    problems: List[Problem], attachments: Optional[Sequence[Attachment]]
+) -> List[Problem]:
+    """`problems`, each structure row offered --repair that no cached nft-backed
+    container wants (nft_wanted) naming why the repair leaves it. A keyless
+    entry (told by evidence) may be planned into nftables: it counts as wanting, so
+    in doubt the fix stays offered. Torn-down entries count too: their rows are judged
+    by torn_down.toplevel_fixes, which looks into their namespaces."""
+    configs = [
+        a.mapping
+        for a in attachments or ()
+        if a.mapping is not None and not a.zombie and a.mapping.backend != Backend.IPTABLES
+    ]
+    where = "" if attachments is not None else " (there is no CNI cache here)"
+    return [
+        replace(p, fix=left_fix(p, WOULD_LEAVE.format(why=_why(p, configs, where))))
+        if REPAIR_COMMAND in p.fix and nft_table_row(p) and not nft_wanted(p, configs)
+        else p
+        for p in problems
+    ]
+
+
+def _why(problem: Problem, configs: Sequence[MappingConfig], where: str) -> str:
+    """Why no container wants `problem`'s piece. The masquerading chain is wanted by a
+    container with SNAT alone: beside a live one without it (which wants the rest of the
+    table) the table is not unwanted, its masquerading chain is."""
+    if nft_wanted(replace(problem, chain=None), configs):
+        return UNMASQUERADED
+    return UNWANTED.format(where=where)
