@@ -55,7 +55,17 @@ def in_doubt_left(
         if a.mapping is not None
     ]
     doubted = {a.container_id for a in (*followed.in_doubt, *followed.unplaced)}
-    result = left_alone(result, doubted, said)
+    # The containers the repair makes the plugin's table for (nft_repair: the cached
+    # nft-backed ones it writes), healthy ones too: they have no row to show it.
+    wanting = [
+        a.mapping
+        for a in followed.written(followed.attachments or ())
+        if a.mapping is not None
+        and not a.zombie
+        and a.mapping.backend == Backend.NFTABLES
+        and a.container_id not in doubted
+    ]
+    result = left_alone(result, doubted, said, wanting)
     if not followed.unplaced or tables is None:
         return result
     return _toplevel_left(result, followed, tables)
@@ -124,9 +134,20 @@ def toplevel_wanted(
     }
 
 
-def left_alone(result: CheckResult, ids: Collection[str], said: Sequence[str]) -> CheckResult:
+def left_alone(
+    result: CheckResult,
+    ids: Collection[str],
+    said: Sequence[str],
+    wanting: Sequence[MappingConfig] = (),
+) -> CheckResult:
     """in_doubt_left's work, for the containers `ids` (a one-mapping check's too:
-    check_mapping), with `said`, the warnings that say why."""
+    check_mapping), with `said`, the warnings that say why. `wanting`: the configs of
+    the other cached containers the repair writes in nftables, which keep the fix of a
+    row of the table they want (torn_down.nft_wanted): a healthy one has no row of its
+    own, and the repair made the table's entry for it where that row named no fix.
+    Those being torn down are judged after (torn_down.toplevel_fixes)."""
+    from portmapctl.ops.check.torn_down import nft_wanted
+
     # The families some other container's problem in nftables shows in need of them. Not
     # a zombie's (its row names its rules there and their family, nft.held_rules), nor a
     # stale one's (rules of a container the cache does not know): their fix is gc's, and
@@ -144,7 +165,10 @@ def left_alone(result: CheckResult, ids: Collection[str], said: Sequence[str]) -
         replace(p, fix="", why=_IN_DOUBT)
         if p.container_id in ids
         else replace(p, fix="")
-        if p.container_id is None and _of_nft_tables(p) and p.family not in needed
+        if p.container_id is None
+        and _of_nft_tables(p)
+        and p.family not in needed
+        and not nft_wanted(p, wanting)
         else p
         for p in result.problems
     )
@@ -197,6 +221,12 @@ class Followed:
     # would settle (binary_verdicts._doubt_only): the directories looked in and that
     # option (nft_words.settle_text), for the repair's own line of each (repair.py).
     settle: Dict[str, str] = field(default_factory=dict)
+
+    def written(self, attachments: Sequence[Attachment]) -> List[Attachment]:
+        """Those of `attachments` a repair may write: not in doubt, not unplaced (it
+        writes nothing for those, so they want nothing of it made)."""
+        left = {a.path for a in (*self.in_doubt, *self.unplaced)}
+        return [a for a in attachments if a.path not in left]
 
     def doubt_text(self, attachment: Attachment) -> str:
         """Why `attachment` (of `in_doubt`, its mapping there) is in doubt."""

@@ -445,7 +445,9 @@ def repair(
             # The shared chains' rows that only the containers it left want: left too.
             from portmapctl.ops.check.torn_down import toplevel_fixes
 
-            kept = toplevel_fixes(after.problems, attachments or (), now, left=LEFT)
+            kept = toplevel_fixes(
+                after.problems, followed.written(attachments or ()), now, left=LEFT
+            )
             after = replace(after, problems=tuple(kept))
         ignored_notes = _key_ignored_notes(key_ignored, followed.where)
         after = replace(after, notes=(*ignored_notes, *after.notes))

@@ -134,7 +134,10 @@ def check_node(node: Node) -> CheckResult:
     if looks:
         from portmapctl.ops.check.torn_down import torn_down_fixes
 
-        problems = torn_down_fixes(result.problems, followed.attachments, read.tables)
+        # (Not of the entries in doubt: nothing made for them, they want nothing made.)
+        problems = torn_down_fixes(
+            result.problems, followed.written(followed.attachments or ()), read.tables
+        )
         result = replace(result, problems=problems)
     if not followed.ignored:
         return result
