@@ -143,10 +143,10 @@ def left_alone(
     """in_doubt_left's work, for the containers `ids` (a one-mapping check's too:
     check_mapping), with `said`, the warnings that say why. `wanting`: the configs of
     the other cached containers the repair writes in nftables, which keep the fix of a
-    row of the table they want (torn_down.nft_wanted): a healthy one has no row of its
+    row of the table they want (nft_table_rows.nft_wanted): a healthy one has no row of its
     own, and the repair made the table's entry for it where that row named no fix.
     Those being torn down are judged after (torn_down.toplevel_fixes)."""
-    from portmapctl.ops.check.torn_down import nft_wanted
+    from portmapctl.ops.check.nft_table_rows import nft_wanted
 
     # The families some other container's problem in nftables shows in need of them. Not
     # a zombie's (its row names its rules there and their family, nft.held_rules), nor a
