@@ -461,3 +461,28 @@ def test_one_mapping_check_and_add_take_podmans_port_ranges(node: Node) -> None:
         assert done.returncode == 2, done.stdout + done.stderr
         assert says in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
     assert node.nat_rules() == before
+
+
+def test_a_stale_containers_port_range_is_named_as_a_range(node: Node) -> None:
+    """`podman run -p 20000-20299:20000-20299` hands the plugin a portMapping per port;
+    leaked, check's stale row named them one by one ("it maps tcp/20000, tcp/20001,
+    ..."): 300 ports, 60 lines of one row at 80 columns. Runs of consecutive ports of
+    one protocol read as ranges, as podman itself shows them; the JSON of list and gc
+    still has every port."""
+    node.network("pma", "10.89.132.0/24")
+    node.network("pmleak", "10.89.133.0/24")
+    node.start("keep", ["pma"], ["9000-9010:9000-9010"], WEB)
+    ports = ["20000-20299:20000-20299", "7100-7102:7100-7102/udp", "127.0.0.1:7200:80"]
+    leaky = node.start("leaky", ["pmleak"], ports, WEB)
+    node.leak(leaky, "pmleak")
+
+    done = node.portmapctl("check", "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    (stale,) = json.loads(done.stdout)["problems"]
+    assert stale["kind"] == "stale" and stale["container_id"] == leaky.id, stale
+    said = stale["detail"].partition("; it maps ")[2]
+    assert sorted(said.split(", ")) == ["tcp/20000-20299", "tcp/7200", "udp/7100-7102"], said
+    done = node.portmapctl("gc", "--dry-run", "--min-age", "0", "-o", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (removable,) = json.loads(done.stdout)["removed"]
+    assert len(removable["host_ports"]) == 300 + 3 + 1, removable
