@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import sys
 from enum import Enum
-from typing import Optional, TextIO, Union
+from typing import Iterable, List, Optional, TextIO, Tuple, Union
 
 from portmapctl.core.patterns import lazy
 
@@ -193,3 +193,18 @@ def rules_missing(missing: int, wanted: int) -> str:
     """`2 of 6 rules missing`: check's words for the rules a container lacks of those
     the plugin writes for it, in iptables and nftables alike (one vocabulary)."""
     return f"{missing} of {wanted} rule{'' if wanted == 1 else 's'} missing"
+
+
+def port_runs(ports: Iterable[Tuple[str, int]]) -> List[Tuple[str, str]]:
+    """(protocol, `9000-9010` or `8080`): each run of consecutive (protocol, port)
+    pairs as one range, as `podman ps` shows `-p 9000-9010:9000-9010`, which hands the
+    plugin a mapping per port (check's rows and gc's HOST PORTS named each)."""
+    runs: List[Tuple[str, int, int]] = []
+    for proto, port in ports:
+        if runs and runs[-1][0] == proto and runs[-1][2] + 1 == port:
+            runs[-1] = (proto, runs[-1][1], port)
+        else:
+            runs.append((proto, port, port))
+    return [
+        (proto, f"{first}-{last}" if last > first else str(first)) for proto, first, last in runs
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Backend
+from portmapctl.core.text import port_runs
 from portmapctl.render.cuts import cut_end
 from portmapctl.render.table import Cuttable, count, grid, owner_order, short_id, without_columns
 
@@ -14,7 +15,9 @@ if TYPE_CHECKING:
 
 
 def _ports_cell(c: GcChain) -> str:
-    return ",".join(f"{port}/{proto}" for proto, port in c.host_ports) or "-"
+    # `20000-20299/tcp`: a podman range, one mapping per port, was cut at 80 columns to
+    # its first three ports, the rest (its UDP ports too) out of sight.
+    return ",".join(f"{ports}/{proto}" for proto, ports in port_runs(c.host_ports)) or "-"
 
 
 def duration_text(seconds: float) -> str:

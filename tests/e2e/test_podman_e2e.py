@@ -463,18 +463,27 @@ def test_one_mapping_check_and_add_take_podmans_port_ranges(node: Node) -> None:
     assert node.nat_rules() == before
 
 
+RANGES = ["20000-20299:20000-20299", "7100-7102:7100-7102/udp", "127.0.0.1:7200:80"]
+
+
+def leaked_ranges(node: Node, subnet: int) -> Container:
+    """A container publishing RANGES, leaked as podman leaks it, beside a live one
+    (so gc has a source of liveness); networks 10.89.SUBNET.0/24 and the next."""
+    node.network("pma", f"10.89.{subnet}.0/24")
+    node.network("pmleak", f"10.89.{subnet + 1}.0/24")
+    node.start("keep", ["pma"], ["9000-9010:9000-9010"], WEB)
+    leaky = node.start("leaky", ["pmleak"], RANGES, WEB)
+    node.leak(leaky, "pmleak")
+    return leaky
+
+
 def test_a_stale_containers_port_range_is_named_as_a_range(node: Node) -> None:
     """`podman run -p 20000-20299:20000-20299` hands the plugin a portMapping per port;
     leaked, check's stale row named them one by one ("it maps tcp/20000, tcp/20001,
     ..."): 300 ports, 60 lines of one row at 80 columns. Runs of consecutive ports of
     one protocol read as ranges, as podman itself shows them; the JSON of list and gc
     still has every port."""
-    node.network("pma", "10.89.132.0/24")
-    node.network("pmleak", "10.89.133.0/24")
-    node.start("keep", ["pma"], ["9000-9010:9000-9010"], WEB)
-    ports = ["20000-20299:20000-20299", "7100-7102:7100-7102/udp", "127.0.0.1:7200:80"]
-    leaky = node.start("leaky", ["pmleak"], ports, WEB)
-    node.leak(leaky, "pmleak")
+    leaky = leaked_ranges(node, 132)
 
     done = node.portmapctl("check", "-o", "json")
     assert done.returncode == 1, done.stdout + done.stderr
@@ -486,3 +495,18 @@ def test_a_stale_containers_port_range_is_named_as_a_range(node: Node) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     (removable,) = json.loads(done.stdout)["removed"]
     assert len(removable["host_ports"]) == 300 + 3 + 1, removable
+
+
+def test_gc_names_a_stale_containers_port_ranges_as_podman_does(node: Node) -> None:
+    """gc's HOST PORTS named a leaked `-p 20000-20299:20000-20299 -p
+    7100-7102:7100-7102/udp` port by port: 3,000 characters in `-o wide`, and cut at 80
+    columns to `20000/tcp,20001/tcp,20002/tcp,2…`, its UDP ports out of sight. Runs of
+    consecutive ports of one protocol are ranges there, as `podman ps` shows them."""
+    leaky = leaked_ranges(node, 134)
+
+    for output in ("table", "wide"):
+        done = node.portmapctl("gc", "--dry-run", "--min-age", "0", "-o", output)
+        assert done.returncode == 0, done.stdout + done.stderr
+        (row,) = [line for line in done.stdout.splitlines() if leaky.id[:12] in line]
+        cell = next(word for word in row.split() if "/tcp" in word)
+        assert sorted(cell.split(",")) == ["20000-20299/tcp", "7100-7102/udp", "7200/tcp"], row

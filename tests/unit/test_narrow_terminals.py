@@ -110,7 +110,8 @@ def test_check_wide_and_no_trunc_are_unchanged_on_a_narrow_terminal():
 
 
 def test_gc_at_60_columns_keeps_its_status_whole():
-    ports = tuple(("tcp", 20000 + i) for i in range(3))
+    # Not consecutive: a run of ports would be one range, `20000-20002/tcp`.
+    ports = tuple(("tcp", 20000 + 2 * i) for i in range(3))
     pending = GcChain("CNI-DN-70a29d9dc18bc4d652ea5", 4, "dnat", "podman",
                       "0123456789abcdef", ports, seen_seconds=30.0)  # fmt: skip
     gone = GcChain("CNI-DN-70a29d9dc18bc4d652ea6", 4, "dnat", "podman",
@@ -125,7 +126,7 @@ def test_gc_at_60_columns_keeps_its_status_whole():
         assert lines[1].split()[1] == "1123456789ab", "the container ID stays whole"
     # Piped and -o wide, whole.
     whole = gc_table(result, 120.0).plain
-    assert "20000/tcp,20001/tcp,20002/tcp" in whole and "podman" in whole
+    assert "20000/tcp,20002/tcp,20004/tcp" in whole and "podman" in whole
 
 
 def test_gc_names_a_chain_of_no_known_container_by_its_name():

@@ -4,11 +4,11 @@ fix commands are spelled with the options check itself was run with."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Flavour
 from portmapctl.core.mapping import MappingConfig, endpoint
-from portmapctl.core.text import name_text
+from portmapctl.core.text import name_text, port_runs
 from portmapctl.iptables.ruleset import Args
 from portmapctl.iptables.shown import command_line, shown_rule
 from portmapctl.ops.node import Node
@@ -86,19 +86,8 @@ def _who(network: Optional[str], container_id: Optional[str]) -> str:
 
 
 def _ports_text(ports: Sequence[Tuple[str, int]]) -> str:
-    """`tcp/8080, udp/5353`; a run of consecutive ports of one protocol as a range,
-    `tcp/9000-9010`, as podman shows them: `-p 20000-20299:...` gives the plugin a
-    mapping per port, and one row named each (60 lines at 80 columns)."""
-    runs: List[Tuple[str, int, int]] = []
-    for proto, port in ports:
-        if runs and runs[-1][0] == proto and runs[-1][2] + 1 == port:
-            runs[-1] = (proto, runs[-1][1], port)
-        else:
-            runs.append((proto, port, port))
-    return (
-        ", ".join(f"{p}/{first}" + (f"-{last}" if last > first else "") for p, first, last in runs)
-        or "no ports"
-    )
+    """`tcp/8080, udp/5353`; consecutive ports as a range, `tcp/9000-9010`."""
+    return ", ".join(f"{proto}/{ports}" for proto, ports in port_runs(ports)) or "no ports"
 
 
 def _config_ports(config: MappingConfig, family: int) -> str:
