@@ -510,3 +510,21 @@ def test_gc_names_a_stale_containers_port_ranges_as_podman_does(node: Node) -> N
         (row,) = [line for line in done.stdout.splitlines() if leaky.id[:12] in line]
         cell = next(word for word in row.split() if "/tcp" in word)
         assert sorted(cell.split(",")) == ["20000-20299/tcp", "7100-7102/udp", "7200/tcp"], row
+
+
+def test_a_range_shadowed_by_a_stale_containers_range_is_named_as_a_range(node: Node) -> None:
+    """A new container on the host ports of a leaked one (`-p 20000-20299:...` both; its
+    entry rule comes after the stale one's): check's shadowed row named each port and
+    each destination ("tcp/20000, tcp/20001, ... taken first by the stale rule ... which
+    DNATs to 10.89.137.2:20000, 10.89.137.2:20001, ..."), 7,000 characters. Ranges now."""
+    leaky = leaked_ranges(node, 136)
+    late = node.start("late", ["pma"], RANGES[:1], WEB)
+
+    done = node.portmapctl("check", "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = json.loads(done.stdout)["problems"]
+    (shadowed,) = [p for p in problems if p["kind"] == "shadowed"]
+    assert shadowed["container_id"] == late.id, shadowed
+    leaked_ip = leaky.ips["pmleak"]
+    assert shadowed["detail"].startswith("tcp/20000-20299 taken first by the stale rule "), shadowed
+    assert f", which DNATs to {leaked_ip}:20000-20299" in shadowed["detail"], shadowed

@@ -9,7 +9,7 @@ from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.status import ChainKind, ProblemKind, Status
-from portmapctl.core.text import name_text
+from portmapctl.core.text import name_text, port_runs
 from portmapctl.iptables import inventory, plugin_rules, shapes
 from portmapctl.iptables.chains import TOPLEVEL_DNAT, is_portmap_chain
 from portmapctl.iptables.ruleset import NatTable, option_value
@@ -251,7 +251,7 @@ def shadow_problem(
     winner_stale = winner_zombie = foreign = False
     own_everywhere = True  # every winning rule sends to the loser's own address and port
     for name, lost in winners.items():
-        ports = ", ".join(f"{m.protocol}/{m.host_port}" for m in lost)
+        ports = _ports_text([(m.protocol, m.host_port) for m in lost])
         if name.startswith("-A "):
             # Another tool's rule ahead of the plugin's entry (iptables/foreign.py).
             own_everywhere = False
@@ -306,22 +306,23 @@ def _destinations(
     """Where `winner` sends the ports `lost` (`10.88.0.5:80`, `[fd00::5]:80`; empty
     when its rows are not known), and whether each goes to the loser's own address and
     port, as the loser's rule would send it."""
-    found: Dict[str, None] = {}
+    found: Dict[Tuple[str, int], None] = {}
     own = True
     for m in lost:
         sent = sends.get((winner, m.protocol, m.host_port))
         if not sent:
             return "", False
         for row in sent:
-            found[_address_port(row.container_ip, row.container_port)] = None
+            found[(row.container_ip, row.container_port)] = None
             own = own and (row.container_ip, row.container_port) == (
                 m.container_ip,
                 m.container_port,
             )
-    return ", ".join(found), own
+    # A podman range (a mapping per port) as one: `10.88.0.5:9000-9010`.
+    return ", ".join(_address_port(ip, ports) for ip, ports in port_runs(found)), own
 
 
-def _address_port(address: str, port: int) -> str:
+def _address_port(address: str, port: str) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
