@@ -13,6 +13,7 @@ marker goes then.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -528,3 +529,25 @@ def test_a_range_shadowed_by_a_stale_containers_range_is_named_as_a_range(node: 
     leaked_ip = leaky.ips["pmleak"]
     assert shadowed["detail"].startswith("tcp/20000-20299 taken first by the stale rule "), shadowed
     assert f", which DNATs to {leaked_ip}:20000-20299" in shadowed["detail"], shadowed
+
+
+def test_a_ranges_missing_entry_rules_are_named_as_ranges(node: Node) -> None:
+    """Debian's plugin sends `-p 21000-21040:21000-21040` to the chain by three entry
+    rules of 15, 15 and 11 ports (multiport's limit). Deleted, check's missing-entry row
+    named every port ("tcp/21000,21001,...,21014, tcp/21015,..."); now each rule's
+    ports as a range."""
+    node.network("pma", "10.89.138.0/24")
+    wide = node.start("wide", ["pma"], ["21000-21040:21000-21040"], WEB)
+    entries = [r for r in node.nat_rules() if r.startswith("-A CNI-HOSTPORT-DNAT") and wide.id in r]
+    assert len(entries) == 3, entries
+    for rule in entries:
+        node.ns("iptables", "-w", "-t", "nat", "-D", *shlex.split(rule)[1:])
+
+    done = node.portmapctl("check", "-o", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    (missing,) = json.loads(done.stdout)["problems"]
+    assert missing["kind"] == "missing-entry", missing
+    assert missing["detail"] == (
+        "no entry rule in CNI-HOSTPORT-DNAT for tcp/21000-21014, tcp/21015-21029,"
+        " tcp/21030-21040 (3 of 3 missing)"
+    ), missing

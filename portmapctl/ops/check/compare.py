@@ -13,7 +13,7 @@ from portmapctl.iptables.chains import MASQ, SETMARK, TOPLEVEL_DNAT, Chain
 from portmapctl.iptables.ruleset import Args, NatTable, option_value, rule_target
 from portmapctl.iptables.shapes import entry_ports
 from portmapctl.iptables.shown import shown_rule
-from portmapctl.ops.check.hints import Fixes, _config_ports, _rules_text
+from portmapctl.ops.check.hints import Fixes, _config_ports, _ports_text, _rules_text
 from portmapctl.ops.check.problem import Problem, saved_lines, saved_rules
 
 
@@ -289,10 +289,15 @@ def check_container(
 
 
 def _entry_ports_text(rule: Args, chain_rules: Sequence[Args]) -> str:
-    """`tcp/8080,8081`; a port-less entry rule (v0.6) sends its chain every port the
-    chain DNATs: `tcp/8080, tcp/9090 (a port-less entry rule, as v0.6 wrote it)`."""
+    """`tcp/8080, tcp/9090`, a run as a range (`tcp/21000-21014`); a port-less entry
+    rule (v0.6) sends its chain every port the chain DNATs: `tcp/8080, tcp/9090 (a
+    port-less entry rule, as v0.6 wrote it)`."""
     protocol, ports = option_value(rule, "-p"), option_value(rule, "--dports")
     if protocol and ports:
+        numbers = ports.split(",")
+        if all(n.isdigit() for n in numbers):
+            # A podman range's rule (15 ports each): `tcp/21000-21014`.
+            return _ports_text([(protocol, int(n)) for n in numbers])
         return f"{protocol}/{ports}"
     claimed = ", ".join(f"{p}/{n}" for p, n in entry_ports(rule, chain_rules))
     return f"{claimed or 'every port'} (a port-less entry rule, as v0.6 wrote it)"
