@@ -2019,7 +2019,7 @@ def test_a_table_of_snat_off_adds_still_tells_an_ignored_key(
     done = _pmctl(node, tmp_path, "check")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "cannot be told" not in done.stderr, done.stderr
-    assert "(podman/deb1): the plugin that added them ignores the key" in done.stderr
+    assert "(podman/deb1): the plugin that added it ignores the key" in done.stderr
     repaired = _pmctl(node, tmp_path, "check", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     after = _no_counters((rp.save(node, 4) + rp.save(node, 6), upstream.ruleset_text(node)))
