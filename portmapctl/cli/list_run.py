@@ -184,8 +184,7 @@ def run(
                     width=out.width(),
                     # Short forms told apart on the node, not only among the rows shown:
                     # `--container` with one selects that chain alone.
-                    unknown=[m.chain for m in mappings if not m.container_id]
-                    + [c.name for c in found.chains if not c.container_id],
+                    unknown=render.unknown_chains(mappings, found.chains),
                 )
             )
             out.blank()

@@ -62,6 +62,7 @@ _HOME: Dict[str, str] = {
     "short_id": "table",
     "status_text": "table",
     "table": "table",
+    "unknown_chains": "table",
 }
 
 
@@ -125,4 +126,5 @@ __all__ = [
     "status_text",
     "table",
     "transactions_text",
+    "unknown_chains",
 ]
