@@ -54,16 +54,20 @@ def test_a_table_row_only_a_container_in_doubt_wants_offers_no_repair(
     assert not any(p["fix"] for p in table_rows(_pmctl(node, tmp_path, "check", "-o", "json")))
 
 
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "keyless"])
 @pytest.mark.parametrize("held", [True, False], ids=["live", "torn-down"])
 def test_a_table_row_a_cached_container_beside_one_in_doubt_wants(
-    node: str, tmp_path: Path, held: bool
+    node: str, tmp_path: Path, held: bool, keyed: bool
 ) -> None:
     """deb1 in doubt (as above), beside `ctr`: ADDed by v1.9.1, cached, whole in the
     table (no row of its own); `prerouting` flushed. Its check gave the table's row no
     fix (only the problems in nftables of containers not in doubt counted as needing
     the table), while `check --repair` made the entry for `ctr`: what it makes was not
     offered. Where `ctr` is being torn down (its namespace without its address), the
-    repair makes nothing, and nothing is offered."""
+    repair makes nothing, and nothing is offered. `keyless`: `ctr` cached without the
+    `backend` key, its rules in nftables alone (as v1.9.1's ADD where iptables does not
+    work leaves it): followed there by its rules (ops/nft.py split), the repair makes
+    the entry for it all the same, and only the keyed ones counted as wanting it."""
     rp.require(upstream.available())
     _debian_gone(node, tmp_path, "deb1", "10.88.0.31/16", 8031, lose=True)
     _debian_gone(node, tmp_path, "deb2", "10.88.0.32/16", 8032, lose=False)
@@ -72,6 +76,8 @@ def test_a_table_row_a_cached_container_beside_one_in_doubt_wants(
         ports, ips = [_pm(8080, 80)], ["10.88.0.8/16"]
         conf = upstream.nft_conf("podman", ips, ports)
         upstream.run("v1.9.1", "ADD", node, "ctr", conf, check=True)
+        if not keyed:
+            conf = {k: v for k, v in conf.items() if k != "backend"}
         rp.write_cni_cache(tmp_path, "podman", "ctr", "eth0", conf, ports, ips,
                            netns=f"/run/netns/{netns}")  # fmt: skip
         if held:

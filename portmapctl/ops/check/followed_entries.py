@@ -56,13 +56,16 @@ def in_doubt_left(
     ]
     doubted = {a.container_id for a in (*followed.in_doubt, *followed.unplaced)}
     # The containers the repair makes the plugin's table for (nft_repair: the cached
-    # nft-backed ones it writes), healthy ones too: they have no row to show it.
+    # nft-backed ones it writes), healthy ones too: they have no row to show it. As the
+    # check split them (result.nft_backed), not by their key alone: a keyless entry
+    # whose rules are in nftables alone is written there too (its row gave no fix, and
+    # the repair made the entry for it).
     wanting = [
         a.mapping
         for a in followed.written(followed.attachments or ())
         if a.mapping is not None
         and not a.zombie
-        and a.mapping.backend == Backend.NFTABLES
+        and (a.network, a.container_id) in result.nft_backed
         and a.container_id not in doubted
     ]
     result = left_alone(result, doubted, said, wanting)

@@ -100,6 +100,10 @@ class CheckResult:
     unread_written: frozenset[Tuple[int, str, str]] = field(
         default=frozenset(), compare=False, repr=False
     )
+    # The cache entries (network, container ID) the check judged nft-backed (ops/nft.py
+    # split: by their key, else by where their rules are): those the nftables repair
+    # plans from (followed_entries.in_doubt_left counts them as wanting the table).
+    nft_backed: frozenset[Tuple[str, str]] = field(default=frozenset(), compare=False, repr=False)
 
     @property
     def healthy(self) -> bool:

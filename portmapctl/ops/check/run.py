@@ -248,6 +248,7 @@ def _check_node(
         unread_written=node_written(
             iptables_configs(attachments, not_expected, nft.nft_keys), tables, attachments
         ),
+        nft_backed=nft.nft_keys,
     )
 
 
