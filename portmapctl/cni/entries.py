@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 # a shorter hex ID begins a cached one too often to be refused for it.
 MIN_SHORT = 8
 _RUNTIME_ID = lazy(r"[0-9a-fA-F-]+")
+# The kernel's interface names are shorter than this (CNI_IFNAME ends an entry's name).
+IFNAMSIZ = 16
+_UUID = lazy(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 def entry_paths(
@@ -66,7 +69,9 @@ def longer_id(
     the whole ID: the short one names another. Only a runtime's kind of ID (hex, a
     UUID's dashes), MIN_SHORT characters or more, is taken for a short form: `web`
     beside a cached `webserver-01` is a container of its own, and so is `cafe` (a
-    hand-named hex ID that a cached one begins with, 1 in 65,536 per entry)."""
+    hand-named hex ID that a cached one begins with, 1 in 65,536 per entry). A start
+    that ends at a dash of the cached ID is one only in a UUID (Nomad's short
+    allocation ID, its first group): `web01` beside `web01-blue` is its own."""
     if len(container_id) < MIN_SHORT or not _RUNTIME_ID.fullmatch(container_id):
         return None
     own, start = f"{network}-{container_id}-", f"{network}-{container_id}"
@@ -77,17 +82,28 @@ def longer_id(
         except OSError:
             continue
         for name in names:
-            if name.startswith(own):
-                return None  # its own entry (one listing answers both questions)
+            # Its own entry (one listing answers both questions), unless what follows
+            # is longer than an interface name can be: the rest of a UUID, `nomad-`
+            # `0b4e5e4f-` then `7a3c-...-eth0`.
+            if name.startswith(own) and len(name) - len(own) < IFNAMSIZ:
+                return None
             # A '-' after the prefix ends the ID there (or goes on in an ID with a
-            # dash, which is not the short form of anything list prints).
-            if found is None and name.startswith(start) and name[len(start) :][:1] != "-":
+            # dash, which is not the short form of anything list prints), except in
+            # a UUID: Nomad's short allocation ID is its first group
+            # (`nomad alloc status 0b4e5e4f`), and a dash follows it in the name.
+            at_dash = name[len(start) :][:1] == "-"
+            if found is None and name.startswith(start):
                 from portmapctl.core.ids import SHORT_ID  # (rarely: a near miss)
 
                 whole = _container_id(os.path.join(cache_dir, "results", name), network)
                 # (Another network's entry starts so too, `podman-default-kube-network-`
                 # beside `--network podman --container de`: its ID does not.)
-                if whole is not None and len(whole) > SHORT_ID and whole.startswith(container_id):
+                if (
+                    whole is not None
+                    and len(whole) > SHORT_ID
+                    and whole.startswith(container_id)
+                    and (not at_dash or _UUID.fullmatch(whole) is not None)
+                ):
                     found = whole
     return found
 

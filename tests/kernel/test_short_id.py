@@ -57,3 +57,55 @@ def test_an_id_that_is_not_a_prefix_of_a_cached_one_is_added(host_ns, tmp_path):
     assert other.returncode == 0, other.stderr
     exact = run(["add", *_mapping(FULL), *common, "--dry-run", "-q"])
     assert exact.returncode == 0, exact.stderr
+
+
+ALLOC = "0b4e5e4f-7a3c-4f5e-9d0a-1c2b3d4e5f60"  # a Nomad allocation ID
+NOMAD_IPS = ["172.26.64.2/20"]
+NOMAD_PORTS = [{"hostPort": 8080, "containerPort": 8080, "protocol": "tcp", "hostIP": "192.0.2.10"}]
+
+
+def test_nomads_short_allocation_id_is_refused_by_add_and_check(host_ns, tmp_path, iptables_mode):
+    """Nomad's short allocation ID (`nomad alloc status 0b4e5e4f`) is the UUID's first
+    group: a '-' follows it in the entry's name, which was taken for the end of another
+    ID, so add wrote a chain for container `0b4e5e4f` and check called the allocation's
+    healthy chain missing and offered --repair. Refused now as a podman short ID is."""
+    conf = rp.plugin_conf("nomad", NOMAD_IPS, NOMAD_PORTS)
+    rp.run_plugin("ADD", host_ns, ALLOC, conf, mode=iptables_mode, check=True)
+    rp.write_cni_cache(tmp_path, "nomad", ALLOC, "eth0", conf, NOMAD_PORTS, NOMAD_IPS)
+    common = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path), "--family", "4"]
+    common += ["--iptables", iptables_mode]
+    before = rp.save(host_ns, mode=iptables_mode)
+
+    def mapping(container: str) -> list[str]:
+        return ["--network", "nomad", "--container", container, "--ip", NOMAD_IPS[0],
+                "-p", "192.0.2.10:8080:8080"]  # fmt: skip
+
+    short = ALLOC[:8]
+    for given, argv in (
+        (short, ["add", *mapping(short)]),
+        (short, ["add", *mapping(short), "--dry-run"]),
+        (short, ["check", *mapping(short)]),
+        (short, ["check", "--repair", *mapping(short)]),
+        (ALLOC[:13], ["add", *mapping(ALLOC[:13]), "--dry-run"]),  # up to the next dash
+    ):
+        assert_error(run([*argv, *common]), 2, f"--container {given} ", ALLOC)
+    after = rp.save(host_ns, mode=iptables_mode)
+    assert rp.strip_save_comments(after) == rp.strip_save_comments(before)
+
+    whole = run(["check", *mapping(ALLOC), *common])
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    again = run(["add", *mapping(ALLOC), *common, "-o", "json"])
+    assert again.returncode == 0, again.stderr
+    assert '"changed": false' in again.stdout
+
+
+def test_a_hand_named_id_that_a_cached_non_uuid_begins_with_dash_is_its_own(host_ns, tmp_path):
+    """`web01` beside a cached `web01-blue`, `0b4e5e4f` beside a cached `0b4e5e4f-2`: a
+    dash ends the ID asked about there unless the cached ID is a UUID."""
+    for cached in ("0b4e5e4f-2", "0b4e5e4f-7a3c"):
+        conf = rp.plugin_conf("nomad", NOMAD_IPS, NOMAD_PORTS)
+        rp.write_cni_cache(tmp_path, "nomad", cached, "eth0", conf, NOMAD_PORTS, NOMAD_IPS)
+    common = ["--netns", host_ns, "--cni-cache-dir", str(tmp_path), "--family", "4"]
+    done = run(["add", "--network", "nomad", "--container", ALLOC[:8], "--ip", NOMAD_IPS[0],
+                "-p", "8080:8080", *common, "--dry-run", "-q"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
