@@ -181,7 +181,7 @@ COMMON_PARAMETERS: Tuple[Tuple[str, Any, Any], ...] = (
             bool,
             typer.Option(
                 "--no-trunc",
-                help="Full container IDs and texts (tables show 12-character IDs).",
+                help="Full container IDs and texts (tables show 12-character IDs; a UUID's first 8).",
                 rich_help_panel=PANEL,
             ),
         ],

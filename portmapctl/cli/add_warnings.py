@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from portmapctl.core.ids import short_form
 from portmapctl.core.text import name_text
 from portmapctl.iptables.chains import dnat_chain_name
 
@@ -143,7 +144,7 @@ def contest_warnings(node: Any, config: MappingConfig, nft_live: Any = None) -> 
         who = (
             _owner(other)
             if other.network
-            else f"{name_text((other.container_id or '?')[:12])} ({other.chain})"
+            else f"{name_text(short_form(other.container_id or '?'))} ({other.chain})"
         )
         warnings.append(
             f"IPv{row.family} {row.protocol}/{row.host_port} is mapped in"
@@ -268,7 +269,7 @@ def nft_shadow_warnings(config: MappingConfig, live: Any) -> List[str]:
                 continue  # nobody else, or its own rule is there and wins
             warnings.append(
                 f"IPv{family} {port.protocol}/{port.host_port} is mapped first to"
-                f" {name_text((winners[0].container_id or '?')[:12])} (nftables {winners[0].chain}):"
+                f" {name_text(short_form(winners[0].container_id or '?'))} (nftables {winners[0].chain}):"
                 f" this mapping {'is' if mine else 'will be'} shadowed (it gets no traffic there)"
             )
     return warnings
@@ -284,4 +285,6 @@ def _same_port(m: Any, family: int, protocol: str, host_port: int, host_ip: Opti
 
 
 def _owner(m: Any) -> str:
-    return f"{name_text(m.network or '?')}/{name_text((m.container_id or '?')[:12])} ({m.chain})"
+    return (
+        f"{name_text(m.network or '?')}/{name_text(short_form(m.container_id or '?'))} ({m.chain})"
+    )

@@ -21,7 +21,6 @@ MIN_SHORT = 8
 _RUNTIME_ID = lazy(r"[0-9a-fA-F-]+")
 # The kernel's interface names are shorter than this (CNI_IFNAME ends an entry's name).
 IFNAMSIZ = 16
-_UUID = lazy(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 def entry_paths(
@@ -93,7 +92,7 @@ def longer_id(
             # (`nomad alloc status 0b4e5e4f`), and a dash follows it in the name.
             at_dash = name[len(start) :][:1] == "-"
             if found is None and name.startswith(start):
-                from portmapctl.core.ids import SHORT_ID  # (rarely: a near miss)
+                from portmapctl.core.ids import SHORT_ID, UUID  # (rarely: a near miss)
 
                 whole = _container_id(os.path.join(cache_dir, "results", name), network)
                 # (Another network's entry starts so too, `podman-default-kube-network-`
@@ -102,7 +101,7 @@ def longer_id(
                     whole is not None
                     and len(whole) > SHORT_ID
                     and whole.startswith(container_id)
-                    and (not at_dash or _UUID.fullmatch(whole) is not None)
+                    and (not at_dash or UUID.fullmatch(whole) is not None)
                 ):
                     found = whole
     return found

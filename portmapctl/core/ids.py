@@ -3,4 +3,18 @@ cache's look-up of a short form (cni/entries.py), so that neither imports the ot
 
 from __future__ import annotations
 
+from portmapctl.core.patterns import lazy
+
 SHORT_ID = 12  # as podman and docker show container IDs
+# Nomad's allocation IDs; Nomad prints one by its first group, 8 characters.
+UUID = lazy(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+UUID_SHORT = 8
+
+
+def short_form(container_id: str) -> str:
+    """The container ID as tables and texts print it: its first SHORT_ID characters,
+    a UUID's first group (`nomad alloc status 0b4e5e4f`): its 12 characters,
+    `0b4e5e4f-7a3`, ended inside the second group, which no one types."""
+    if len(container_id) > UUID_SHORT and UUID.fullmatch(container_id):
+        return container_id[:UUID_SHORT]
+    return container_id[:SHORT_ID]

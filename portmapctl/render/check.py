@@ -17,6 +17,7 @@ from typing import (
 )
 from typing import Mapping as MappingT
 
+from portmapctl.core.ids import short_form
 from portmapctl.core.text import cell_text, name_text
 from portmapctl.render.table import (
     SHORT_ID,
@@ -98,7 +99,7 @@ def _shorten_ids(text: str, ids: AbstractSet[str]) -> str:
         if _in_path(text, match):
             return word
         bare = word.rstrip(".")  # the end of a sentence
-        return bare[:SHORT_ID] + word[len(bare) :] if bare in ids else word
+        return short_form(bare) + word[len(bare) :] if bare in ids else word
 
     return _ID_LIKE.sub(short, text)
 

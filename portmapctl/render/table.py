@@ -22,7 +22,7 @@ from typing import (
     Union,
 )
 
-from portmapctl.core.ids import SHORT_ID
+from portmapctl.core.ids import SHORT_ID, short_form
 from portmapctl.core.patterns import lazy
 from portmapctl.core.status import Status
 from portmapctl.core.text import cell_text, count, name_text, stream_codec  # noqa: F401 - re-exported (render.count)
@@ -93,7 +93,7 @@ def owner_order(network: Optional[str], container_id: Optional[str]) -> Tuple[bo
 def short_id(container_id: Optional[str], full: bool = False) -> str:
     if not container_id:
         return "-"
-    return container_id if full else container_id[:SHORT_ID]
+    return container_id if full else short_form(container_id)
 
 
 def owner_cell(

@@ -183,3 +183,35 @@ def test_gc_on_a_nomad_node_removes_a_zombie_allocations_chain_and_nothing_of_no
     assert {(m["container_id"], tuple(m["status"])) for m in listed["mappings"]} == {
         (live, ("ok",))
     }
+
+
+def test_allocations_are_named_by_nomads_short_id_in_tables(nomad):
+    """Nomad prints an allocation by its UUID's first group (`nomad alloc status
+    0b4e5e4f`). Cut at 12 characters, `1b2a08e9-8c5`, the tables named it by a string
+    neither Nomad nor the operator uses, cut inside the second group; now list, check
+    and gc print the 8 characters (the problem texts too), and that short ID selects
+    the allocation. JSON and --no-trunc keep the whole ID."""
+    live = nomad.add([8080])
+    gone = nomad.add([8090])
+    (nomad.cache / "results" / f"nomad-{gone}-eth0").unlink()  # its chain is stale
+
+    listed = nomad.pm("list", "--container", live[:8])
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()[1:] if line.startswith("nomad")]
+    assert rows and {row[1] for row in rows} == {live[:8]}, listed.stdout
+    assert live[:9] not in listed.stdout, listed.stdout
+    whole = nomad.pm("list", "--container", live[:8], "--no-trunc")
+    assert live in whole.stdout, whole.stdout
+
+    checked = nomad.pm("check")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    stale = [line for line in checked.stdout.splitlines() if line.startswith("stale")]
+    assert stale and stale[0].split()[2] == gone[:8], checked.stdout
+    assert f"nomad/{gone[:8]};" in stale[0], stale[0]
+    assert gone[:9] not in checked.stdout, checked.stdout
+
+    planned = nomad.pm("gc", "--dry-run", "--min-age", "0")
+    assert planned.returncode == 0, planned.stderr
+    assert gone[:8] in planned.stdout and gone[:9] not in planned.stdout, planned.stdout
+    as_json = json.loads(nomad.pm("check", "-o", "json").stdout)
+    assert {p["container_id"] for p in as_json["problems"]} == {gone}

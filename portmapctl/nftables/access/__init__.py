@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
+from portmapctl.core.ids import short_form
 from portmapctl.core.text import count
 from portmapctl.errors import ApplyFailed, HostProblem
 
@@ -71,7 +72,7 @@ class NftUnusable(HostProblem):
 def _some(named: Sequence[str]) -> str:
     """`named` containers counted, and the first two by short ID, as tables print them:
     the line stays one a terminal can show."""
-    shown = ", ".join(i[:12] for i in named[:2]) + (", ..." if len(named) > 2 else "")
+    shown = ", ".join(short_form(i) for i in named[:2]) + (", ..." if len(named) > 2 else "")
     return f"{count(len(named), 'cached container')} ({shown})"
 
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 from typing import Mapping as ReadOnly
 
+from portmapctl.core.ids import short_form
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.text import name_text
 from portmapctl.errors import ApplyFailed
@@ -115,7 +116,7 @@ class PortTaken:
             address, handle = self.holder_stale
             family = "ip6" if self.family == 6 else "ip"
             return why + (
-                f" (no CNI cache entry read of {name_text(self.holder[:12])} has {address}: a network"
+                f" (no CNI cache entry read of {name_text(short_form(self.holder))} has {address}: a network"
                 " whose DEL never ran, its address maybe another container's now, or an"
                 " entry in a cache directory not given (--cni-cache-dir); once that rule"
                 f" is no container's, `nft delete rule {family} cni_hostport"
@@ -360,7 +361,9 @@ def holder_name(live: NatTable, chain: str) -> str:
         if rule_target(args) == chain:
             who = parse_comment(args)
             if who.network is not None and who.container_id is not None:
-                return f"{name_text(who.network)}/{name_text(who.container_id[:12])} ({chain})"
+                return (
+                    f"{name_text(who.network)}/{name_text(short_form(who.container_id))} ({chain})"
+                )
     return chain
 
 
@@ -374,10 +377,10 @@ def nft_holder_name(took: PortTaken) -> str:
         return f"the rule {took.holder} of {name_text(took.holder_chain)}"
     if took.holder_stale is not None:
         return (
-            f"{name_text(took.holder[:12])}'s rule for {took.holder_stale[0]}"
+            f"{name_text(short_form(took.holder))}'s rule for {took.holder_stale[0]}"
             f" ({name_text(took.holder_chain)})"
         )
-    return f"{name_text(took.holder[:12])} ({name_text(took.holder_chain)})"
+    return f"{name_text(short_form(took.holder))} ({name_text(took.holder_chain)})"
 
 
 def _nft_takers(ruleset: Ruleset, own: ReadOnly[str, Collection[str]]) -> _Takers:
