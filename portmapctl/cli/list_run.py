@@ -102,6 +102,7 @@ def run(
                 recorder.note_node(mappings, found.chains, tuple(tables), read)
             counts = None
             if conntrack:
+                from portmapctl.cni.leases import leased_networks
                 from portmapctl.ops.flow_owners import Judging, node_judging
                 from portmapctl.ops.flush_udp import count_flows
 
@@ -115,6 +116,7 @@ def run(
                         other[1] if other else {},
                         node,
                         owners.hook_ports() if owners is not None else frozenset(),
+                        leased_networks(attachments),
                     )
                     if whole
                     else node_judging(node, tables, attachments)

@@ -23,11 +23,12 @@ PORTMAPCTL_HOST_LOCAL_DIR).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, Tuple, Union
 
 from portmapctl.cni.config import as_handed, go_field
 from portmapctl.host import settings
@@ -118,3 +119,39 @@ def lease_of(directory: str, address: str, container_id: str) -> Lease:
 
 def _regular(fd: int) -> bool:
     return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+@dataclass(frozen=True)
+class LeasedNetwork:
+    """A subnet of one of the plugin's networks on the node, whose addresses host-local
+    hands out, and the directory of its leases (a cached attachment's `leases`)."""
+
+    subnet: Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+    leases: str
+
+
+def leased_networks(attachments: Optional[Iterable[Any]]) -> Tuple[LeasedNetwork, ...]:
+    """The subnets of the cached attachments (cni/cache.Attachment) that have a lease
+    directory: a mapping's, on a network of host-local's. Each once."""
+    found: dict = {}
+    for attachment in attachments or ():
+        if attachment.leases and attachment.mapping is not None and not attachment.problem:
+            for address in attachment.mapping.addresses:
+                found.setdefault((address.network, attachment.leases), None)
+    return tuple(LeasedNetwork(subnet, leases) for subnet, leases in found)
+
+
+def given_back(networks: Iterable[LeasedNetwork], address: str) -> bool:
+    """Whether `address` lies in one of `networks` and host-local there holds no lease
+    for it: no container has it now (a removed one's: its DEL gave the lease back). A
+    lease held, a directory that cannot be read, an address of no such subnet: False
+    (nothing tells)."""
+    try:
+        found = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(
+        found in network.subnet
+        and lease_of(network.leases, found.compressed, "").state is LeaseState.GIVEN_BACK
+        for network in networks
+    )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Collection, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 from typing import Mapping as ReadOnly
 
+from portmapctl.cni.leases import LeasedNetwork, leased_networks
 from portmapctl.core.contest import backend_of
 from portmapctl.host.addresses import LocalAddresses, local_addresses
 from portmapctl.host.conntrack import ConntrackEntry, packed
@@ -342,6 +343,36 @@ class Judging:
     # (Owners.hook_ports: the rows' walk, which costs a listing of each such table, says
     # which; None: every port). Only their flows are walked again, per destination.
     hook_ports: Optional[FrozenSet[Key]] = frozenset()
+    # The plugin's networks whose addresses host-local leases (cni/leases.py): where a
+    # flow DNATed to an address no container holds any more is told (vacated).
+    networks: Tuple[LeasedNetwork, ...] = ()
+
+    def vacated(
+        self,
+        entries: Iterable[ConntrackEntry],
+        ours: Collection[Tuple[int, Optional[bytes]]],
+        local: LocalAddresses,
+    ) -> Set[Tuple[int, Optional[bytes]]]:
+        """Of the addresses these entries were DNATed to, none of `ours` (the mapped
+        containers', as flush_udp.ours gives them) nor the node's own, those of the
+        plugin's networks whose lease host-local gave back: no container has them (a
+        removed one's: the plugin's DEL flushes no flow). A flow there is the plugin's
+        old one, not another tool's live flow to the port on an address no mapping is
+        for (which is kept: its destination may be a pod of kube-proxy's)."""
+        found: Set[Tuple[int, Optional[bytes]]] = set()
+        if not self.networks:
+            return found
+        from portmapctl.cni.leases import given_back
+
+        asked: Set[Tuple[int, Optional[bytes]]] = set()
+        for e in entries:
+            replier = (e.family, packed(e.family, e.reply_src))
+            if not e.dnat or replier in ours or replier in asked:
+                continue
+            asked.add(replier)
+            if (e.family, e.reply_src) not in local and given_back(self.networks, e.reply_src):
+                found.add(replier)
+        return found
 
     def taken(
         self, entries: Iterable[ConntrackEntry], local: Optional[LocalAddresses] = None
@@ -419,11 +450,12 @@ def node_judging(node: Node, tables: Any, attachments: Any) -> Judging:
 
     other = other_flavour_readers(node.backend, tuple(tables))
     readers = other[1] if other is not None else {}
+    networks = leased_networks(attachments)
     if not found.mappings and not nft_rows:
         # (Ports given, none mapped: every hook is asked of their flows.)
-        return Judging([], tables, readers, node, None)
+        return Judging([], tables, readers, node, None, networks)
     from portmapctl.ops.owners import node_rows, read_owners
 
     owners = read_owners(node, tables, found.mappings, nft_rows, live, other)
     rows = node_rows(found.mappings, nft_rows, owners)
-    return Judging(rows, tables, readers, node, owners.hook_ports())
+    return Judging(rows, tables, readers, node, owners.hook_ports(), networks)

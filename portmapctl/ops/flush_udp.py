@@ -426,6 +426,9 @@ def flush(
             e for e in looked_at if any(covers(m, e) for m in own.get((e.family, e.dport), ()))
         ]
     mine = ours((m.family, m.container_ip) for m in mappings)
+    if stale_only and judging is not None:
+        # A removed container's address is the plugin's too: its flows misroute.
+        mine |= judging.vacated(looked_at, mine, local)
     taken = judging.taken(looked_at, local) if stale_only and judging is not None else set()
     doomed = sorted(
         plan(looked_at, keys, mappings, stale_only=stale_only, local=local, ours=mine, taken=taken),
@@ -600,6 +603,8 @@ def count_flows(mappings: Iterable[Mapping], judging: Optional[Judging] = None) 
             if (e.family, e.dst) in local and (e.family, e.dport) in by_key
         ]
         taken = judging.taken(entries, local) if judging is not None and entries else set()
+        if judging is not None:
+            mine |= judging.vacated(entries, mine, local)  # (as flush-udp judges)
         for entry in entries:
             key = (entry.family, entry.dport)
             covering = [m for m in by_key[key] if covers(m, entry)]

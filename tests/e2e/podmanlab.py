@@ -329,13 +329,16 @@ class Node:
             ["ip", "netns", "exec", self.netns, *argv], check=check, input=input, timeout=timeout
         )
 
-    def portmapctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """``python -m portmapctl ARGS --netns NODE --cni-cache-dir CACHE`` (never raises)."""
+    def portmapctl(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """``python -m portmapctl ARGS --netns NODE --cni-cache-dir CACHE`` (never raises);
+        `env` is added to the environment."""
         argv = [
             sys.executable, "-m", "portmapctl", *args,
             "--netns", self.netns, "--cni-cache-dir", str(self.cache_dir),
         ]  # fmt: skip
-        return run(argv, check=False, timeout=timeout, env=_portmapctl_env())
+        return run(argv, check=False, timeout=timeout, env=_portmapctl_env(env))
 
     def portmapctl_without_sys_admin(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = 120

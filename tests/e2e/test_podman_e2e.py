@@ -324,6 +324,45 @@ def test_gc_flushes_udp_flows_misrouted_by_a_stale_chain(node: Node) -> None:
     ), done.stdout
 
 
+SLEEP = ("busybox", "sleep", "3600")
+
+
+def test_stale_only_deletes_a_removed_containers_flows_to_a_host_ip_no_mapping_covers(
+    node: Node,
+) -> None:
+    """`podman run -p 127.0.0.1:7100-7140:7100-7140/udp` (local) beside `-p
+    NODE_IP:7100-7140:7100-7140/udp` (old), the node's flows to NODE_IP going to old;
+    `podman rm -f old` (the plugin's DEL flushes nothing) leaves them DNATed to its
+    address, which host-local gave back. flush-udp --stale-only kept them, "kept 3 that
+    reach their container or the host", and list --conntrack counted none: a flow to an
+    address the port is mapped on by none (local's is 127.0.0.1) was kept unless it
+    went to a mapped container's address, as another tool's NodePort would. An address
+    of the plugin's network that no container holds is no other tool's live flow."""
+    node.network("pma", "10.89.140.0/24")
+    node.start("local", ["pma"], ["127.0.0.1:7100-7140:7100-7140/udp"], SLEEP)
+    old = node.start("old", ["pma"], [f"{NODE_IP}:7100-7140:7100-7140/udp"], SLEEP)
+    ports = {CLIENT_PORT + i: port for i, port in enumerate((7100, 7105, 7140))}
+    for sport, port in ports.items():
+        node.send_udp(NODE_IP, port, sport)
+    node.podman("rm", "-f", "-t", "0", old.id)
+    for port in ports.values():
+        assert {f["reply_src"] for f in node.udp_flows(port)} == {old.ips["pma"]}
+    leases = {"PORTMAPCTL_HOST_LOCAL_DIR": str(node.host_local_dir)}
+    assert not (node.host_local_dir / "pma" / old.ips["pma"]).exists()
+
+    done = node.portmapctl("list", "--conntrack", "-o", "json", env=leases)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["conntrack_misrouted"] == len(ports), done.stdout
+    done = node.portmapctl("flush-udp", "--stale-only", "--dry-run", "-o", "json", env=leases)
+    assert done.returncode == 0, done.stdout + done.stderr
+    going = {d["sport"]: (d["host_port"], d["reason"]) for d in json.loads(done.stdout)["deleted"]}
+    assert going == {sport: (port, "unmapped") for sport, port in ports.items()}, going
+    done = node.portmapctl("flush-udp", "--stale-only", env=leases)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "reach their container" not in done.stdout, done.stdout
+    assert all(node.udp_flows(port) == [] for port in ports.values())
+
+
 # --- 6. check --repair against podman's own network reload ----------------------------------
 
 

@@ -15,7 +15,14 @@ import pytest
 from run_dir_helpers import opened_while
 
 from portmapctl.cni import cache
-from portmapctl.cni.leases import Lease, LeaseState, host_local_data_dir, lease_of
+from portmapctl.cni.leases import (
+    Lease,
+    LeaseState,
+    given_back,
+    host_local_data_dir,
+    lease_of,
+    leased_networks,
+)
 
 # Debian's podman 4.3 writes this conflist (/etc/cni/net.d/87-podman-bridge.conflist).
 PODMAN = {
@@ -177,3 +184,25 @@ def test_a_cached_entry_knows_its_networks_lease_directory(tmp_path):
     assert cache.read_attachment(_entry(tmp_path, conflist)).leases == "/srv/ipam/podman"
     conflist["plugins"][0]["ipam"] = {"type": "dhcp"}
     assert cache.read_attachment(_entry(tmp_path, conflist)).leases is None
+
+
+def test_an_address_of_a_leased_network_no_container_holds_is_given_back(tmp_path):
+    """flush-udp --stale-only's and list --conntrack's sign of a removed container's
+    address (its DEL gave the lease back): only an address of a cached mapping's
+    host-local subnet whose lease file is gone; a lease held by anyone, a subnet of no
+    cached entry, or no lease directory to read tells nothing."""
+    conflist = json.loads(json.dumps(PODMAN))
+    conflist["plugins"][0]["ipam"]["dataDir"] = str(tmp_path / "ipam")
+    net = tmp_path / "ipam" / "podman"
+    net.mkdir(parents=True)
+    (net / "10.88.0.5").write_bytes(b"ctr1\r\neth0")
+    (net / "10.88.0.6").write_bytes(b"other\r\neth0")
+    networks = leased_networks([cache.read_attachment(_entry(tmp_path, conflist))])
+    assert [(str(n.subnet), n.leases) for n in networks] == [("10.88.0.0/16", str(net))]
+    assert given_back(networks, "10.88.0.7")
+    assert not given_back(networks, "10.88.0.5") and not given_back(networks, "10.88.0.6")
+    assert not given_back(networks, "10.89.0.7") and not given_back(networks, "fd00::7")
+    assert not given_back(networks, "not an address")
+    net.rename(tmp_path / "ipam" / "moved")
+    assert not given_back(networks, "10.88.0.7")
+    assert leased_networks(None) == ()
