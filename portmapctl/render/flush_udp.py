@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tupl
 
 from portmapctl.core.mapping import endpoint
 from portmapctl.core.status import FlushReason
+from portmapctl.core.text import port_runs
 from portmapctl.render.cuts import address_floor, cut_address, cut_ip, ip_floor
 from portmapctl.render.table import Cuttable, Piece, table
 
@@ -69,12 +70,16 @@ def flush_table(result: FlushResult, width: Optional[int] = None, header: bool =
 
 
 def _flush_ports_text(keys: Iterable[Tuple[int, int]]) -> str:
+    """`host ports 7100-7140 (v4), 7200 (v4/v6)`: consecutive ports of the same families
+    as one range (podman's `-p 7100-7140:7100-7140/udp` is a mapping per port: it read
+    "41 host ports", and up to 8 one by one); more than 8 runs, their ports' count."""
     families: Dict[int, List[str]] = {}
     for family, port in sorted(keys):
         families.setdefault(port, []).append(f"v{family}")
-    if len(families) > 8:
+    runs = port_runs(("/".join(fams), port) for port, fams in sorted(families.items()))
+    if len(runs) > 8:
         return f"{len(families)} host ports"
-    shown = ", ".join(f"{port} ({'/'.join(fams)})" for port, fams in sorted(families.items()))
+    shown = ", ".join(f"{ports} ({fams})" for fams, ports in runs)
     return ("host port " if len(families) == 1 else "host ports ") + shown
 
 

@@ -363,6 +363,35 @@ def test_stale_only_deletes_a_removed_containers_flows_to_a_host_ip_no_mapping_c
     assert all(node.udp_flows(port) == [] for port in ports.values())
 
 
+def test_flush_udps_summary_names_a_podman_port_range_as_a_range(node: Node) -> None:
+    """`podman run -p 7100-7140:7100-7140/udp` hands the plugin a mapping per port:
+    flush-udp's summary said "none misrouted to 42 host ports" (more than 8: which ones,
+    not said) and "to host ports 7100 (v4), 7101 (v4), 7102 (v4), 7120 (v4)". Runs of
+    consecutive ports read as ranges, as podman shows them and gc and check say them."""
+    node.network("pma", "10.89.141.0/24")
+    rng = node.start("rng", ["pma"], ["7100-7140:7100-7140/udp", "7200:7200/udp"], SLEEP)
+    sent = (7100, 7101, 7102, 7120)
+    for i, port in enumerate(sent):
+        node.send_udp(NODE_IP, port, CLIENT_PORT + i)
+    narrow = {"COLUMNS": "80"}
+
+    for args in ([], ["--container", rng.id[:12]]):
+        done = node.portmapctl("flush-udp", "--stale-only", "--dry-run", *args, env=narrow)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.splitlines()[-1] == (
+            "would delete 0 UDP conntrack entries: none misrouted to host ports 7100-7140 (v4),"
+            f" 7200 (v4); kept {len(sent)} that reach their container or the host"
+        ), done.stdout
+        done = node.portmapctl("flush-udp", "--dry-run", *args, env=narrow)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.splitlines()[-1] == (
+            f"would delete {len(sent)} UDP conntrack entries to host ports 7100-7102 (v4),"
+            " 7120 (v4)"
+        ), done.stdout
+    done = node.portmapctl("flush-udp", "--dry-run", "-o", "json")
+    assert sorted(d["host_port"] for d in json.loads(done.stdout)["deleted"]) == list(sent)
+
+
 # --- 6. check --repair against podman's own network reload ----------------------------------
 
 

@@ -283,8 +283,9 @@ def test_options_choose_the_ports(
         ([f"--port={p}" for p in (8053, *range(7000, 7009))],
          "would delete 2 UDP conntrack entries to host port 8053 (v4/v6)"),
         (["--port", "7777"], "would delete 0 UDP conntrack entries: none to host port 7777 (v4/v6)"),
+        # (A run of consecutive ports reads as a range, as podman's `-p 7000-7009`.)
         ([f"--port={p}" for p in range(7000, 7010)],
-         "would delete 0 UDP conntrack entries: none to 10 host ports"),
+         "would delete 0 UDP conntrack entries: none to host ports 7000-7009 (v4/v6)"),
         (["--container", "def", "--family", "4"],
          "would delete 1 UDP conntrack entry to host port 6000 (v4)"),
         # It said "no mapped UDP host ports of a container abc*", which maps 5353.

@@ -533,8 +533,20 @@ def test_the_summary_names_the_ports_of_the_entries_it_deletes() -> None:
         " 6000 (v4); kept 2 that reach their container or the host"
     )
     assert render.flush_summary(dataclasses.replace(none, ports=many)) == (
+        "would delete 0 UDP conntrack entries: none misrouted to host ports 7000-7011"
+        " (v4/v6); kept 2 that reach their container or the host"
+    )
+    # More than 8 runs of ports (none consecutive): their count.
+    scattered = tuple((f, p) for p in range(7000, 7024, 2) for f in (4, 6))
+    assert render.flush_summary(dataclasses.replace(none, ports=scattered)) == (
         "would delete 0 UDP conntrack entries: none misrouted to 12 host ports;"
         " kept 2 that reach their container or the host"
+    )
+    # A run breaks where the families change.
+    mixed = ((4, 7000), (6, 7000), (4, 7001), (6, 7001), (4, 7002), (4, 7003), (4, 7005))
+    assert render.flush_summary(dataclasses.replace(none, ports=mixed, kept=0)) == (
+        "would delete 0 UDP conntrack entries: none misrouted to host ports 7000-7001"
+        " (v4/v6), 7002-7003 (v4), 7005 (v4)"
     )
     # Without --stale-only, nothing was found there.
     assert render.flush_summary(dataclasses.replace(none, stale_only=False, kept=0)) == (
