@@ -12,9 +12,10 @@ UUID_SHORT = 8
 
 
 def short_form(container_id: str) -> str:
-    """The container ID as tables and texts print it: its first SHORT_ID characters,
-    a UUID's first group (`nomad alloc status 0b4e5e4f`): its 12 characters,
-    `0b4e5e4f-7a3`, ended inside the second group, which no one types."""
+    """The container ID as tables and texts print it: a UUID (a Nomad allocation) by
+    its first group, as `nomad alloc status 0b4e5e4f` does (its first 12 characters,
+    `0b4e5e4f-7a3`, end inside the second group, which no one types); any other ID by
+    its first SHORT_ID characters, as podman and docker do."""
     if len(container_id) > UUID_SHORT and UUID.fullmatch(container_id):
         return container_id[:UUID_SHORT]
     return container_id[:SHORT_ID]
