@@ -289,7 +289,8 @@ def _shadowing(
     port_rules: ReadOnly[str, List[DnatRule]],
     owners: Optional[ReadOnly[str, Optional[str]]] = None,
 ) -> Dict[Tuple[str, str, int, Optional[str]], str]:
-    """(chain, proto, port, host IP) -> the chain that wins that port first.
+    """(chain, proto, port, host IP) -> the chain that wins that port first, for the
+    chains an entry rule in CNI-HOSTPORT-DNAT sends that port to.
 
     `owners` gives each chain's container ID (when known): an earlier chain of the
     same container (it is on another network too) takes nothing from it.
@@ -323,6 +324,12 @@ def _shadowing(
             if is_dead_host_ip(host_ip):
                 continue  # listed dead: it gets nothing whoever comes first
             mine = owners.get(chain)
+            if chain not in claims.get((proto, port), ()):
+                # Nothing sends the port here (an orphan, an entry rule gone): no
+                # earlier rule takes from it what it never gets. Its own rows say so
+                # (orphan, missing-entry); a repair appends the entry, and the row is
+                # judged then.
+                continue
             for earlier in claims.get((proto, port), ()):
                 if earlier == chain:
                     break

@@ -41,7 +41,7 @@ from typing import Mapping as ReadOnly
 from portmapctl.cni import cache as cni_cache
 from portmapctl.core.contest import backend_of
 from portmapctl.core.pause import gc_paused
-from portmapctl.core.status import FlushReason
+from portmapctl.core.status import FlushReason, Status
 from portmapctl.errors import Interrupted
 from portmapctl.host import conntrack
 from portmapctl.host.addresses import LocalAddresses, local_addresses
@@ -144,6 +144,11 @@ def judge(
     # First-match-wins: a shadowed mapping's container gets no traffic (what shadows
     # it takes every address it is for).
     winners = [m for m in covering if not m.shadowed_by]
+    # Nor does a chain that nothing enters (an orphan: a zombie's, once a repair gave
+    # the port's entry rule back to the live container alone). Where an entered one
+    # has the port, a flow to the orphan's container misroutes.
+    entered = [m for m in winners if Status.ORPHAN not in m.status]
+    winners = entered or winners
     bound = {
         (backend_of(m), m.container_id)
         for m in winners

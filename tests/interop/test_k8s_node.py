@@ -397,3 +397,131 @@ def test_a_zombie_attachment_of_a_live_container_is_not_sent_to_gc(
     assert zombie["network"] == "netb"
     assert zombie["fix"] is None, zombie  # no command of ours removes it
     assert "live on neta" in zombie["why"] and "DEL for netb" in zombie["why"], zombie
+
+
+# kube-proxy's and Calico's nat rules as they stand on such a node (iptables mode): their
+# jumps ahead of the plugin's in PREROUTING, OUTPUT and POSTROUTING.
+KUBE_AND_CALICO = """*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-ABCDEFGHIJKLMNOP - [0:0]
+:KUBE-SEP-AAAAAAAAAAAAAAAA - [0:0]
+:cali-PREROUTING - [0:0]
+:cali-POSTROUTING - [0:0]
+:cali-nat-outgoing - [0:0]
+-I PREROUTING 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-I PREROUTING 1 -m comment --comment "cali:6gwbT8clXdHdC1b1" -j cali-PREROUTING
+-I OUTPUT 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-I POSTROUTING 1 -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-I POSTROUTING 1 -m comment --comment "cali:O3lYWMrLQYEMJtB5" -j cali-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "ns/svc:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-ABCDEFGHIJKLMNOP
+-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+-A KUBE-SVC-ABCDEFGHIJKLMNOP -m comment --comment "ns/svc:http -> 10.244.104.5:8080" -j KUBE-SEP-AAAAAAAAAAAAAAAA
+-A KUBE-SEP-AAAAAAAAAAAAAAAA -s 10.244.104.5/32 -m comment --comment "ns/svc:http" -j KUBE-MARK-MASQ
+-A KUBE-SEP-AAAAAAAAAAAAAAAA -p tcp -m comment --comment "ns/svc:http" -m tcp -j DNAT --to-destination 10.244.104.5:8080
+-A cali-PREROUTING -m comment --comment "cali:r6XmIziWUJsdOK6Z" -j MARK --set-xmark 0x0/0x100000
+-A cali-POSTROUTING -m comment --comment "cali:nYKhEzDlr11Jccal" -j cali-nat-outgoing
+-A cali-nat-outgoing -s 10.244.0.0/16 ! -d 10.244.0.0/16 -m comment --comment "cali:flqWnvo8yq4ULQLa" -j MASQUERADE --random-fully
+COMMIT
+"""
+
+
+def _not_the_plugins(save: str) -> list[str]:
+    return [
+        line
+        for line in rp.nat_rules(save)
+        if "CNI-" not in line  # (the plugin's chains, and the jumps to them)
+    ]
+
+
+def test_a_restarted_pods_zombie_sandbox_left_unentered_is_not_shadowed(
+    host_ns: str, tmp_path: Path, iptables_mode: rp.Mode
+) -> None:
+    """A pod restarted into a new sandbox on the same hostPort while the old sandbox's
+    DEL never ran (Calico's k8s-pod-network, "snat": true, /32 addresses): the old
+    sandbox's cache entry is left and its namespace gone (a zombie). A flush of
+    CNI-HOSTPORT-DNAT and check --repair bring back the new sandbox's entry rule alone
+    (a zombie is never repaired): the old chain is entered by nothing. It gets no
+    traffic because nothing enters it, not because the new sandbox takes its port
+    first: list marked it `shadowed` too, and check reported it shadowed by the live
+    new sandbox with "two containers claim one host port: re-create one of them with
+    another host port" (and the node's metrics counted a shadowed mapping), where the
+    live pod is healthy and gc --netns-liveness, as its zombie and orphan rows say,
+    clears the node. kube-proxy's and Calico's rules stay as they were throughout."""
+    mode = iptables_mode
+    restored = subprocess.run(
+        [rp._ip(), "netns", "exec", host_ns, rp.tool_path("iptables-restore", mode), "-w",
+         "--noflush"],
+        input=KUBE_AND_CALICO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    foreign = _not_the_plugins(rp.save(host_ns, 4, mode))
+    old, new = "0d" * 32, "ee" * 32  # the pod's old and new sandbox
+    ports = [
+        {"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""},
+        {"HostPort": 5353, "ContainerPort": 53, "Protocol": "udp", "HostIP": ""},
+    ]
+    old_ns = rp.create_netns("pmt-pod")
+    try:
+        for cid, ip, netns in ((old, "10.244.104.2/32", old_ns), (new, "10.244.104.3/32", None)):
+            conf = rp.plugin_conf(NETWORK, [ip], ports, snat=True)
+            path = f"/run/netns/{netns}" if netns else None
+            rp.run_plugin("ADD", host_ns, cid, conf, mode=mode, container_ns=path, check=True)
+            rp.write_cni_cache(tmp_path, NETWORK, cid, "eth0", conf, ports, [ip], netns=path)
+    finally:
+        rp.delete_netns(old_ns)  # the old sandbox's namespace went without its DEL
+    args = [*_node_args(host_ns, tmp_path), "--iptables", mode, "--family", "4"]
+
+    rp.iptables(host_ns, ["-t", "nat", "-F", "CNI-HOSTPORT-DNAT"], mode=mode)
+    repaired = pmctl.run(["check", "--repair", *args])
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr  # the zombie stays
+    assert _not_the_plugins(rp.save(host_ns, 4, mode)) == foreign
+
+    rows = json.loads(pmctl.ok(["list", *args, "-o", "json"]))["mappings"]
+    assert sorted((r["container_id"], r["protocol"], r["status"]) for r in rows) == [
+        (old, "tcp", ["zombie", "orphan"]),
+        (old, "udp", ["zombie", "orphan"]),
+        (new, "tcp", ["ok"]),
+        (new, "udp", ["ok"]),
+    ]
+    checked = pmctl.run(["check", *args, "-o", "json"])
+    assert checked.returncode == 1, checked.stderr
+    problems = json.loads(checked.stdout)["problems"]
+    assert sorted((p["kind"], p["container_id"]) for p in problems) == [
+        ("orphan", old),
+        ("zombie", old),
+    ], problems
+    assert all(p["fix"].endswith(" --netns-liveness") for p in problems), problems
+
+    # A UDP flow DNATed to the old sandbox misroutes (the new one takes the port);
+    # one DNATed to the new sandbox does not.
+    subprocess.run(
+        [rp._ip(), "-n", host_ns, "addr", "add", "192.0.2.1/24", "dev", "lo"], check=True
+    )
+    for sport, to in ((1111, "10.244.104.2"), (1112, "10.244.104.3")):
+        _conntrack(
+            host_ns, "-s", "192.0.2.9", "-d", "192.0.2.1", "--sport", str(sport),
+            "--dport", "5353", "-r", to, "-q", "192.0.2.9", "--reply-port-src", "53",
+            "--reply-port-dst", str(sport),
+        )  # fmt: skip
+    flushed = json.loads(pmctl.ok(["flush-udp", "--stale-only", "--dry-run", *args, "-o", "json"]))
+    assert [(d["reply_src"], d["reason"]) for d in flushed["deleted"]] == [
+        ("10.244.104.2", "old-destination")
+    ]
+
+    # As they say: the old sandbox's chain goes, the new one's stays, as the plugin's
+    # CHECK of the new sandbox finds it.
+    gc = json.loads(
+        pmctl.ok(["gc", "--yes", "--min-age", "0", "--netns-liveness", *args, "-o", "json"])
+    )
+    assert [r["container_id"] for r in gc["removed"]] == [old]
+    conf = rp.plugin_conf(NETWORK, ["10.244.104.3/32"], ports, snat=True)
+    checked = rp.run_check(host_ns, new, conf, mode=mode)
+    assert [proc.returncode for proc in checked] == [0], [proc.stdout for proc in checked]
+    assert _not_the_plugins(rp.save(host_ns, 4, mode)) == foreign
