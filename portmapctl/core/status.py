@@ -91,6 +91,18 @@ class FlushReason(StrEnum):
     UNMAPPED = "unmapped"  # DNATed, but nothing maps this port (or address) any more
 
 
+class GcHold(StrEnum):
+    """Why gc leaves a chain past --min-age for a later run (its JSON `held`, its row's
+    STATUS): a container may be being added with that very chain, its cache entry not
+    written yet (ops/gc/planning._adding). Not a time: it waits as long as the
+    namespace stays young and uncached."""
+
+    # A network namespace younger than --min-age, in no cache entry, has its address.
+    ADDRESS_IN_NEW_NAMESPACE = "address-in-new-namespace"
+    # Such a namespace gc could not look into (no CAP_SYS_ADMIN): it may have it.
+    NEW_NAMESPACE_UNSEEN = "new-namespace-unseen"
+
+
 class ChainKind(StrEnum):
     """What a per-container row's chain is (`chain_type` in JSON and metrics)."""
 

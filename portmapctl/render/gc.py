@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Backend
+from portmapctl.core.status import GcHold
 from portmapctl.core.text import port_runs
 from portmapctl.render.cuts import cut_end
 from portmapctl.render.table import Cuttable, count, grid, owner_order, short_id, without_columns
@@ -28,6 +29,14 @@ def duration_text(seconds: float) -> str:
     if whole < 3600:
         return f"{whole // 60}m{whole % 60:02d}s"
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+# A held chain's STATUS: why it waits, where a time would be false (GcHold). The
+# warning gc prints beside it says what that namespace means.
+HELD_TEXT = {
+    GcHold.ADDRESS_IN_NEW_NAMESPACE: "held: a new namespace has its address",
+    GcHold.NEW_NAMESPACE_UNSEEN: "held: a new namespace gc cannot look into",
+}
 
 
 def removable_text(c: GcChain, min_age: float, now: Optional[float] = None) -> str:
@@ -106,7 +115,10 @@ def gc_table(
         statuses.append(["refused by iptables"])
     for c in sorted(result.pending, key=_by_container):
         rows.append(row(c))
-        statuses.append([removable_text(c, min_age) if min_age is not None else "pending"])
+        if c.held is not None:
+            statuses.append([HELD_TEXT[c.held]])
+        else:
+            statuses.append([removable_text(c, min_age) if min_age is not None else "pending"])
     if not wide:
         without_columns(headers, rows, ("CHAIN", "TYPE"))
     whole = full_ids or wide

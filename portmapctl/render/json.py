@@ -231,9 +231,11 @@ def gc_chain_json(
     }
     if pending:
         doc["seen_seconds"] = c.seen_seconds
+        # Held past --min-age: no time to give (0 said "now"), `held` says why.
         doc["removable_in_seconds"] = (
-            max(min_age - c.seen_seconds, 0.0) if min_age is not None else None
+            max(min_age - c.seen_seconds, 0.0) if min_age is not None and c.held is None else None
         )
+        doc["held"] = c.held
     return doc
 
 

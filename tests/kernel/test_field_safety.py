@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,7 +24,9 @@ from typing import Dict, Iterator, List, Sequence
 
 import pytest
 import realplugin as rp
-from pmctl import assert_error, run
+from gc_helpers import Node_
+from json_schemas import validated
+from pmctl import assert_error, ok, run, run_on_terminal
 
 from portmapctl.iptables.chains import chain_name
 from portmapctl.ops.gc.state import STATE_FILE, ChainKey
@@ -798,6 +801,63 @@ def test_a_young_namespace_gc_cannot_look_into_keeps_the_ripe_chains(lab: Lab, t
         assert doc["removed"] == [], "removed a chain being added"
         assert _ripe(doc["pending"]) == ["back"]
         assert "could not be looked into" in doc["stderr"] and new_ns in doc["stderr"]
+    finally:
+        rp.delete_netns(new_ns)
+
+
+def test_a_ripe_chain_held_for_a_container_being_added_says_so_in_every_output(
+    host_ns, iptables_mode, tmp_path
+):
+    """The chain held back (its address in a namespace younger than --min-age that no
+    cache entry names: a container being added) showed STATUS `removable in 0s, at
+    <now>` (JSON `removable_in_seconds` 0) beside a summary and a warning saying it is
+    pending: the row said it goes now, and no run would take it while the namespace
+    is there. Its row says why it waits now, in a dry run and a real one, piped and at
+    80 columns; JSON `held` names the reason, `removable_in_seconds` is null (not
+    known: up to the namespace)."""
+    node = Node_(host_ns, iptables_mode, tmp_path / "cni")
+    (node.cache / "results").mkdir(parents=True)
+    node.add("mynet", "live", ["10.88.0.60/16"], [PORT_A[0] | {"hostPort": 8083}])
+    # (An address no other test uses: another's young namespace holding it would hold
+    # the chains of the rows below too.)
+    node.add("mynet", "back", ["10.88.63.38/16"], PORT_A, cache=False)
+    node.add("mynet", "other", ["10.88.63.39/16"], PORT_B, cache=False)
+    run_dir = tmp_path / "run"
+    env = {"PORTMAPCTL_RUN_DIR": str(run_dir)}
+    common = ["--netns", node.ns, "--iptables", iptables_mode,
+              "--cni-cache-dir", str(node.cache), "--min-age", f"{MIN_AGE:g}s"]  # fmt: skip
+    assert run(["gc", "--dry-run", *common], env=env).returncode == 0
+    _ripen(run_dir, "back")
+    # The container's namespace is made again, the address given it.
+    new_ns = rp.create_netns("pmt-h338-back")
+    try:
+        rp._run(["ip", "-n", new_ns, "addr", "add", "10.88.63.38/16", "dev", "lo"], check=True)
+        doc = validated("gc", ok(["gc", "--dry-run", *common, "-o", "json"], env=env))
+        by_id = {p["container_id"]: p for p in doc["pending"]}
+        assert set(by_id) == {"back", "other"} and doc["removed"] == [], doc
+        assert by_id["back"]["held"] == "address-in-new-namespace", by_id["back"]
+        assert by_id["back"]["removable_in_seconds"] is None
+        assert by_id["other"]["held"] is None
+        assert 0 < by_id["other"]["removable_in_seconds"] <= MIN_AGE
+        held = "held: a new namespace has its address"
+        for argv in (["gc", "--dry-run", *common], ["gc", "--yes", *common]):
+            done = run(argv, env=env)
+            assert done.returncode == 0, done.stderr
+            assert "being added" in done.stderr and new_ns in done.stderr
+            rows = {line.split()[2]: line for line in done.stdout.splitlines()
+                    if line.startswith("v4 ")}  # fmt: skip
+            assert rows["back"].endswith(f"  {held}"), done.stdout
+            assert "removable in 0s" not in done.stdout
+            assert re.search(r"  removable in \d+s, at ", rows["other"]), done.stdout
+            assert done.stdout.splitlines()[-1].endswith("2 pending, 1 kept"), done.stdout
+            code, shown, err = run_on_terminal(argv, {"COLUMNS": "80", "NO_COLOR": "1",
+                                                      **env})  # fmt: skip
+            assert code == 0, err
+            lines = shown.replace("\r", "").splitlines()
+            assert max(map(len, lines)) <= 80, shown
+            assert [line for line in lines if " back " in line][0].endswith(f"  {held}"), shown
+        # The chain kept its place in the table: the plugin's CHECK of it passes.
+        node.check("back")
     finally:
         rp.delete_netns(new_ns)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 from portmapctl.core.backend import Flavour
+from portmapctl.core.status import GcHold
 from portmapctl.iptables import inventory
 from portmapctl.iptables.chain_facts import ChainFacts, chain_facts
 from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, is_plugin_chain
@@ -76,7 +77,11 @@ def fingerprint(chain: AnyChain, flavour: Optional[Flavour] = None) -> str:
 
 
 def _gc_chain(
-    chain: ChainFacts, ports: Tuple[ProtoPort, ...], seen_seconds: float, live: Liveness
+    chain: ChainFacts,
+    ports: Tuple[ProtoPort, ...],
+    seen_seconds: float,
+    live: Liveness,
+    held: Optional[GcHold] = None,
 ) -> GcChain:
     network, container_id = live.owner(chain)
     return GcChain(
@@ -87,7 +92,15 @@ def _gc_chain(
         container_id,
         row_order(ports),
         round(max(seen_seconds, 0.0), 1),
+        held=held,
     )
+
+
+def _held(chain: ChainFacts, hold: FrozenSet[str], hold_all: bool) -> Optional[GcHold]:
+    """Why `chain`, were it past --min-age, stays (plan_family's `hold`, `hold_all`)."""
+    if hold and chain.container_ips & hold:
+        return GcHold.ADDRESS_IN_NEW_NAMESPACE
+    return GcHold.NEW_NAMESPACE_UNSEEN if hold_all else None
 
 
 def plan_family(
@@ -147,9 +160,12 @@ def plan_family(
         first = before.first_seen if before is not None and before.fingerprint == mark else now
         new_seen[key] = gc_state.Seen(mark, first)
         allowed = only is None or (family, chain.name) in only
-        held = hold_all or bool(hold and chain.container_ips & hold)
-        if now - first >= min_age and allowed and not held:
-            removable.append(chain)
+        held = _held(chain, hold, hold_all)
+        if now - first >= min_age and allowed:
+            if held is None:
+                removable.append(chain)
+            else:
+                pending.append(_gc_chain(chain, ports[chain.name], now - first, live, held))
         else:
             pending.append(_gc_chain(chain, ports[chain.name], now - first, live))
     waiting: List[ChainFacts] = []

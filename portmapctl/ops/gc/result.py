@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 from portmapctl.core.backend import Backend
-from portmapctl.core.status import ChainKind
+from portmapctl.core.status import ChainKind, GcHold
 from portmapctl.iptables.shapes import ProtoPort
 from portmapctl.ops.gc import state as gc_state
 from portmapctl.ops.gc.state import ChainKey
@@ -39,6 +39,9 @@ class GcChain:
     # v1.7 container's host-IP rules are in hostip_hostports, its others in hostports,
     # `chain` names one); empty for an iptables chain, which is its own one chain.
     nft_chains: Tuple[str, ...] = ()
+    # Pending though past --min-age: why a later run, not this one, may remove it (a
+    # time until then would be false: "removable in 0s" beside "1 pending").
+    held: Optional[GcHold] = None
 
     @property
     def chains(self) -> Tuple[str, ...]:
