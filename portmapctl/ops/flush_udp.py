@@ -63,6 +63,9 @@ class Doomed:
     # Where traffic to this port should go now (the current container addresses),
     # for the stale reasons; empty otherwise.
     wanted: Tuple[str, ...] = ()
+    # UNMAPPED: the host IPs the port is mapped on, none of them the entry's
+    # destination; empty where nothing maps the port (its WHY said that of both).
+    mapped_on: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -251,8 +254,16 @@ def plan(
             continue
         verdict = misroutes(entry, by_key, ours, taken)
         if verdict is not None:
-            doomed.append(Doomed(entry, *verdict))
+            reason, wanted = verdict
+            elsewhere = _mapped_on(by_key.get(key, ())) if reason is FlushReason.UNMAPPED else ()
+            doomed.append(Doomed(entry, reason, wanted, elsewhere))
     return doomed
+
+
+def _mapped_on(mapped: Sequence[Mapping]) -> Tuple[str, ...]:
+    """The host IPs `mapped` (an UNMAPPED entry's port's mappings: judge found none
+    for its destination) are bound to; empty where nothing maps the port."""
+    return tuple(sorted({m.host_ip for m in mapped if m.host_ip is not None}))
 
 
 def plan_freed(

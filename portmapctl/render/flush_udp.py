@@ -29,7 +29,14 @@ FLUSH_STYLE = {
 }
 
 
+# UNMAPPED where the port is mapped, on other host IPs (a mapping bound to 127.0.0.1):
+# "nothing maps this port now" was false there.
+UNMAPPED_HERE = "DNATed, but this port is not mapped on {address} now (only on {mapped_on})"
+
+
 def flush_why(d: Doomed) -> str:
+    if d.reason is FlushReason.UNMAPPED and d.mapped_on:
+        return UNMAPPED_HERE.format(address=d.entry.dst, mapped_on=", ".join(d.mapped_on))
     return FLUSH_WHY[d.reason].format(wanted=", ".join(d.wanted) or "-")
 
 

@@ -861,3 +861,51 @@ def test_list_counts_a_flow_under_the_mapping_it_was_dnated_by(
                          "-o", "json")  # fmt: skip
     assert code == 0, err
     assert [d["sport"] for d in json.loads(out)["deleted"]] == [40002]
+
+
+def test_why_a_flow_to_an_address_the_port_is_not_mapped_on_goes_says_so(
+    host_ns: str, tmp_path, iptables_mode: rp.Mode
+) -> None:
+    """`local` maps 127.0.0.1:7100/udp (live); `old` mapped 192.0.2.10:7100/udp and was
+    removed (the plugin's DEL, its cache entry and host-local lease gone: `podman rm
+    -f`), its flow to 192.0.2.10:7100 still DNATed to its address. flush-udp
+    --stale-only deletes that flow (reason `unmapped`) saying "DNATed, but nothing maps
+    this port now": the port is mapped, on 127.0.0.1. Its WHY now says the port is not
+    mapped on that address, and where it is; a flow DNATed under a port nothing maps
+    at all (`--port 7200`) still reads "nothing maps this port now". Piped and at 80
+    columns, dry run and real."""
+    leases = tmp_path / "ipam"
+    cache = tmp_path / "cni"
+    ports = {"local": rp.port_mapping(7100, 7100, "udp", "127.0.0.1"),
+             "old": rp.port_mapping(7100, 7100, "udp", "192.0.2.10")}  # fmt: skip
+    ips = {"local": "10.77.38.5/16", "old": "10.77.38.6/16"}
+    for cid in ("local", "old"):
+        conf = rp.plugin_conf("leasenet", [ips[cid]], [ports[cid]])
+        rp.run_plugin("ADD", host_ns, cid, conf, mode=iptables_mode, check=True)
+        if cid == "local":
+            rp.write_cni_cache(cache, "leasenet", cid, "eth0", conf, [ports[cid]], [ips[cid]],
+                               leases=leases)  # fmt: skip
+        else:
+            rp.run_plugin("DEL", host_ns, cid, conf, mode=iptables_mode, check=True)
+    ns_run(host_ns, "ip", "addr", "add", "192.0.2.10/32", "dev", "lo")
+    ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", 40700, 7100, "10.77.38.6", 7100),
+                      ct_args("192.0.2.7", "192.0.2.10", 40701, 7200, "10.77.38.7", 7200)])  # fmt: skip
+    common = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(cache),
+              "--stale-only", "--port", "7100", "--port", "7200"]  # fmt: skip
+    elsewhere = "DNATed, but this port is not mapped on 192.0.2.10 now (only on 127.0.0.1)"
+    nothing = "DNATed, but nothing maps this port now"
+    doc = json.loads(run(["flush-udp", *common, "--dry-run", "-o", "json"]).stdout)
+    assert [(d["sport"], d["reason"]) for d in doc["deleted"]] == [
+        (40700, "unmapped"), (40701, "unmapped")
+    ]  # fmt: skip
+    lines = _table_on_a_terminal(["flush-udp", *common, "--dry-run"], 80)
+    assert all(len(line) <= 80 for line in lines), lines
+    text = " ".join(" ".join(lines).split())
+    assert elsewhere in text and nothing in text, lines
+    for extra in (["--dry-run"], ["-v"]):
+        done = run(["flush-udp", *common, *extra])
+        assert done.returncode == 0, done.stderr
+        why = {line.split()[3]: line for line in done.stdout.splitlines() if line.startswith("v4")}
+        assert why["40700->7100"].endswith(f"  {elsewhere}"), done.stdout
+        assert why["40701->7200"].endswith(f"  {nothing}"), done.stdout
+    assert ct_sports(host_ns) == set()

@@ -142,7 +142,8 @@ def test_stale_only_honours_host_ip_and_shadowing() -> None:
     to_host = udp(sport=2, dport=6000)  # another address: the rule does not take it
     old_to_host = udp(sport=3, dport=6000, reply_src="10.88.0.6", reply_sport=60)
     doomed = plan([to_lo, to_host, old_to_host], {(4, 6000)}, [on_lo], stale_only=True)
-    assert doomed == [Doomed(old_to_host, FlushReason.UNMAPPED)]
+    # (Where the port is mapped: WHY names it, not "nothing maps this port".)
+    assert doomed == [Doomed(old_to_host, FlushReason.UNMAPPED, mapped_on=("127.0.0.1",))]
 
     # Two containers on one port: the earlier entry rule wins, the other gets nothing.
     winner = mapping("10.88.0.5")
@@ -315,9 +316,9 @@ def test_stale_only_keeps_another_tools_flows_to_an_address_a_port_is_not_mapped
     old_to_host = udp(sport=3, dport=6000, reply_src="10.88.0.6", reply_sport=60)
     ours = {(4, socket.inet_pton(socket.AF_INET, "10.88.0.6"))}
     doomed = plan([nodeport, old_to_host], {(4, 6000)}, [on_lo], stale_only=True, ours=ours)
-    assert doomed == [Doomed(old_to_host, FlushReason.UNMAPPED)]
+    assert doomed == [Doomed(old_to_host, FlushReason.UNMAPPED, mapped_on=("127.0.0.1",))]
     assert plan([nodeport], {(4, 6000)}, [on_lo], stale_only=True) == [
-        Doomed(nodeport, FlushReason.UNMAPPED)
+        Doomed(nodeport, FlushReason.UNMAPPED, mapped_on=("127.0.0.1",))
     ]
     # A port nothing maps (`--port N --stale-only`, the documented clean-up): as before.
     assert plan([nodeport], {(4, 6000)}, [], stale_only=True, ours=ours) == [
