@@ -16,6 +16,7 @@ import pytest
 import realplugin as rp
 import upstream
 from test_nft_commands import API, WEB, _container_rules, _plugin_add, _pmctl, node  # noqa: F401
+from test_nft_migration import _both_rulesets, _debian_gone
 
 from portmapctl.iptables.chains import chain_name
 
@@ -611,6 +612,71 @@ def test_a_cached_condition_nft_would_run_as_more_than_a_match_stops_no_repair(
     assert sorted(left) == sorted(
         (r["family"], r["comment"]) for r in hostports if r["comment"] != "api1"
     )
+
+
+# api1's conditions the repair refuses (a `#` outside quotes: nft would run the rest of
+# its line as a comment); v1.9.1 wrote its IPv4 entry without the jump.
+LAB_ONLY = "ip saddr 10.0.0.0/8 # lab only"
+
+
+def _refused_node(node: str, cache: Path, beside: str) -> None:
+    """api1 added by v1.9.1 with LAB_ONLY, the newest cached ADD: alone, after web1
+    (healthy, its rules the repair writes), or after deb1, in doubt (Debian's 1.1.1
+    under `"backend": "nftables"`, a key it ignores; its chain and entry rule gone;
+    deb2, added so and whole, shows the node's plugin ignores the key)."""
+    if beside == "web1":
+        _plugin_add(node, cache, WEB)
+    elif beside == "in-doubt":
+        _debian_gone(node, cache, "deb1", "10.88.0.31/16", 8031, lose=True)
+        _debian_gone(node, cache, "deb2", "10.88.0.32/16", 8032, lose=False)
+    _plugin_add(node, cache, API, conditions_v4=[LAB_ONLY])
+
+
+def _problems(done) -> list:
+    return json.loads(done.stdout)["problems"]
+
+
+def _offered(done) -> list:
+    """(kind, family, chain, container) of the rows whose fix is a command."""
+    return sorted(
+        (p["kind"], p["family"], p["chain"], p["container_id"]) for p in _problems(done) if p["fix"]
+    )
+
+
+def _repair_line(stderr: str, start: str) -> str:
+    """What follows `start` on the repair's stderr line that holds it."""
+    (line,) = [line for line in stderr.splitlines() if start in line]
+    return line.split(start, 1)[1]
+
+
+@pytest.mark.parametrize("beside", ["alone", "web1", "in-doubt"])
+def test_an_entry_whose_newest_add_is_refused_is_offered_no_repair(
+    node: str, tmp_path: Path, beside: str
+) -> None:
+    """api1, the newest cached ADD of IPv4, has conditions the repair refuses: it
+    leaves IPv4's prerouting and output as they are ("IPv4 prerouting and output were
+    left as they are ..."), whatever else is cached. With the entry flushed (`nft flush
+    chain ip cni_hostport prerouting`), both nft-missing-entry rows offered `check
+    --repair`, which wrote nothing, and the next check offered it again: a cron job's
+    loop. They name no fix and say why in the repair's words."""
+    _refused_node(node, tmp_path, beside)
+    upstream.nft(node, "flush", "chain", "ip", "cni_hostport", "prerouting")
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    entry = [p for p in _problems(checked) if p["kind"] == "nft-missing-entry"]
+    assert sorted((p["family"], p["chain"]) for p in entry) == [(4, "output"), (4, "prerouting")]
+    assert _offered(checked) == []
+    if beside == "in-doubt":
+        doubted = [p for p in _problems(checked) if p["container_id"] == "deb1"]
+        assert doubted and all("cannot be told" in p["why"] for p in doubted), doubted
+    before = _both_rulesets(node)
+    repaired = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    assert _both_rulesets(node) == before
+    held = _repair_line(repaired.stderr, "IPv4 prerouting and output were left as they are: they ")
+    assert all(p["why"].endswith(f"prerouting and output {held}") for p in entry), entry
+    again = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert _problems(again) == _problems(checked)
 
 
 def test_a_container_whose_other_network_is_in_nftables_is_still_judged_where_its_chain_is(

@@ -140,7 +140,7 @@ def test_a_hostile_name_in_the_backend_notes_and_refusals():
     from portmapctl.cni.cache import Attachment
     from portmapctl.core.mapping import MappingConfig, PortMapping
     from portmapctl.ops import nft_words
-    from portmapctl.ops.check.nft_repair import _entry_held
+    from portmapctl.ops.check.nft_refused import entry_held
     from portmapctl.ops.check.unread_entries import unread_text
 
     config = MappingConfig(
@@ -156,7 +156,7 @@ def test_a_hostile_name_in_the_backend_notes_and_refusals():
         "unplaced_text": nft_words.unplaced_text(config, "nft: error"),
         "key_ignored_note": nft_words.key_ignored_note([entry], {}),
         "unread_text": unread_text((NETWORK, CONTAINER), entry.path),
-        "_entry_held": _entry_held(4, entry, "why"),
+        "entry_held": entry_held(entry, "why"),
     }
     for name, line in lines.items():
         assert who in line and "\x1b" not in line and "\x07" not in line, (name, line)

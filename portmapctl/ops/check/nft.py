@@ -240,8 +240,13 @@ def nft_problems(
         for p in found.problems
         if not node.options.families or p.family in node.options.families
     ]
+    from portmapctl.ops.check.nft_refused import refused_left
     from portmapctl.ops.check.nft_table_rows import unwanted_left
 
+    # As the repair judges them (nft_repair: what it compares against, in ADD order):
+    # what it leaves for conditions it refuses names no fix, else each run offered it.
+    in_add_order = [a for a in sorted(parts.expected, key=added_at) if a.mapping is not None]
+    problems = refused_left(problems, in_add_order, node.options.families)
     problems = unwanted_left(problems, attachments)
     seen_stale: Set[Tuple[Optional[str], int]] = set()
     rules = rules_by_handle(live)

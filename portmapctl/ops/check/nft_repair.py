@@ -4,7 +4,8 @@ transaction (nftables/planner.py), never in iptables. It decides which cached en
 the plan makes (_CacheAgain: one the plugin ran for meanwhile, or being torn down, is
 left alone), which it leaves as they are and names (refused conditions, a backend in
 doubt: _not_written), and whether the node's prerouting/output entry is written
-(_newest_refused: not with conditions nft cannot be made to run as a match).
+(nft_refused.newest_refused: not with conditions nft cannot be made to run as a
+match; the check judges those alike).
 ReadOnceNft is the node's nftables read once for repair.py's check before, split and
 plan. What it compares against is ops/check/nft.py's. One mapping's repair is
 nft_repair_one.py, what both judge their transaction by nft_repair_txn.py, the UDP
@@ -33,8 +34,8 @@ from typing import Mapping as ReadOnly
 from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.core.text import name_text
 from portmapctl.ops.check.nft import expected_in_add_order
+from portmapctl.ops.check.nft_refused import entry_held, newest_refused, refusals
 from portmapctl.ops.check.nft_repair_txn import _judged, cached_addresses, nft_changed
 from portmapctl.ops.check.port_moves import PortTaken, nft_holder_name, nft_ports_taken
 from portmapctl.ops.check.problem import Unrepaired
@@ -185,22 +186,17 @@ def nft_repair(
     from portmapctl.nftables.layout import lone_families
     from portmapctl.nftables.problems import refuses_the_plugins_rules
     from portmapctl.nftables.ruleset import HOSTPORTS
-    from portmapctl.nftables.transaction import refused_condition
     from portmapctl.nftables.wanted import wanted
 
     families = node.options.families
     expected = expected_in_add_order(node, attachments)
     # One entry whose conditions nft could be made to run as more than a match stops
     # nothing else: it is left as it is (its rules kept), named where it lacks any.
-    refused = {
-        a.path: why
-        for a in expected
-        if (why := refused_condition((*a.mapping.conditions_v4, *a.mapping.conditions_v6)))  # type: ignore[union-attr]
-    }
+    refused = refusals(expected)
     # The entry (prerouting/output) is the node's, with the newest ADD's conditions:
     # where those are refused, it is left as it is. Another container's conditions
     # (none, say) would open every host port wider than that ADD asked.
-    held = _newest_refused(expected, refused, families)
+    held = newest_refused(expected, refused, families)
     # Which families a container has alone, over every cached one (written or not):
     # there the other family's table cannot tell a deleted one's layout (layout.layout).
     lone = lone_families(a.mapping.families for a in expected)  # type: ignore[union-attr]
@@ -209,9 +205,11 @@ def nft_repair(
     expected = [a for a in expected if a.path not in refused]
     cache = _CacheAgain(node, expected)
     if not cache.expected and not dedupe:
-        return NftRepaired(
-            "", [], list(attachments), _not_written(node.read_nft(), unwritten, refused, families)
-        )
+        live = node.read_nft()
+        left = _not_written(live, unwritten, refused, families)
+        # (Its line too where nothing else is written: the check's rows of that entry
+        # name it as why --repair leaves them.)
+        return NftRepaired("", [], list(attachments), left, _held_notes(live, held, refused))
     if planned is None:
         planned = []
 
@@ -314,12 +312,7 @@ def nft_repair(
     if unwritten:
         after = node.read_nft()
         left_unwritten = _not_written(after, unwritten, refused, families)
-        # Said where the entry it left is no working one (else nothing to say).
-        notes += [
-            _entry_held(family, newest, refused[newest.path])
-            for family, newest in held.items()
-            if not _entry_works(after, family)
-        ]
+        notes += _held_notes(after, held, refused)
     cached = {a.container_id for a in attachments}
     left = tuple(
         Unrepaired(t.family, c.network, c.container_id, t.chain, t.why(nft_holder_name(t), cached))
@@ -386,25 +379,16 @@ def _without(
     return made
 
 
-def _newest_refused(
-    in_add_order: Sequence[Attachment], refused: Dict[str, str], families: Sequence[int]
-) -> Dict[int, Attachment]:
-    """By family, the newest cached ADD where its conditions are refused."""
-    held = {}
-    for family in families:
-        of_family = [a for a in in_add_order if family in a.mapping.families]  # type: ignore[union-attr]
-        if of_family and of_family[-1].path in refused:
-            held[family] = of_family[-1]
-    return held
-
-
-def _entry_held(family: int, newest: Attachment, why: str) -> str:
-    return (
-        f"IPv{family} prerouting and output were left as they are: they take the"
-        f" conditions of the newest cached ADD,"
-        f" {name_text(newest.network)}/{name_text(newest.container_id)},"
-        f" which cannot be written ({why}); another container's would open every host"
-        " port wider than that ADD asked"
+def _held_notes(
+    live: Ruleset, held: ReadOnly[int, Attachment], refused: ReadOnly[str, str]
+) -> Tuple[str, ...]:
+    """The lines of the families whose entry the repair left as it is (`held`), said
+    where that entry is no working one in `live` (else nothing to say)."""
+    return tuple(
+        f"IPv{family} prerouting and output were left as they are:"
+        f" they {entry_held(newest, refused[newest.path])}"
+        for family, newest in held.items()
+        if not _entry_works(live, family)
     )
 
 

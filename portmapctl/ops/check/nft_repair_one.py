@@ -51,8 +51,8 @@ def repair_mapping(
     from portmapctl.nftables.layout import lone_families
     from portmapctl.nftables.problems import refuses_the_plugins_rules
     from portmapctl.nftables.transaction import Transaction as NftTransaction
-    from portmapctl.nftables.transaction import refused_condition
     from portmapctl.nftables.wanted import wanted
+    from portmapctl.ops.check.nft_refused import refusal
 
     want = [w for f in families if (w := wanted(config, f)) is not None]
     attachments = node.read_cache()
@@ -70,8 +70,7 @@ def repair_mapping(
                   for f in families if (w := wanted(c, f)) is not None}  # fmt: skip
         # Where the newest ADD's conditions cannot be written, the entry is left as it
         # is, as nft_repair leaves it (another's would open every port wider).
-        held = {f for f, (_, c) in newest.items()
-                if refused_condition((*c.conditions_v4, *c.conditions_v6))}  # fmt: skip
+        held = {f for f, (_, c) in newest.items() if refusal(c)}
         want = [replace(w, entry=newest.get(w.family, (w.entry, None))[0]) for w in want]
     # Exactly as checked: the container's own unwanted rules go too, by handle
     # (never anyone else's), as the node-wide repair does.

@@ -1,0 +1,92 @@
+"""The cached nft-backed containers whose conditions check --repair refuses to write
+(nftables/transaction.refused_condition: nft could be made to run one as more than a
+match, a `;` or `#` outside quotes), and the node's entry (prerouting/output) it
+leaves as it is where the newest cached ADD of a family is one of them. One judgement
+for the repair (nft_repair, nft_repair_one: nothing written for them) and the check
+(refused_left: their rows, and those of a held entry, name no fix and say why in the
+repair's words; nft_table_rows and followed_entries count them as wanting nothing of
+the table): the check offers exactly what the repair does, or a cron job looped on a
+fix that wrote nothing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+
+from portmapctl.core.status import ProblemKind
+from portmapctl.core.text import name_text
+from portmapctl.ops.check.hints import REPAIR_COMMAND, WOULD_LEAVE
+from portmapctl.ops.check.problem import Problem
+
+if TYPE_CHECKING:
+    from portmapctl.cni.cache import Attachment
+    from portmapctl.core.mapping import MappingConfig
+
+# The rows of prerouting/output's entry: the repair writes it (again) with the newest
+# cached ADD's conditions (planner.setup), or not at all where those are refused.
+_ENTRY_KINDS = frozenset({ProblemKind.NFT_MISSING_ENTRY, ProblemKind.NFT_ENTRY_NOT_LOCAL})
+
+
+def refusal(config: MappingConfig) -> Optional[str]:
+    """Why the repair writes nothing for `config` (one of its conditions, of either
+    family, refused), else None."""
+    from portmapctl.nftables.transaction import refused_condition
+
+    return refused_condition((*config.conditions_v4, *config.conditions_v6))
+
+
+def refusals(attachments: Sequence[Attachment]) -> Dict[str, str]:
+    """By path, why the repair writes nothing for each of `attachments` it refuses."""
+    return {
+        a.path: why
+        for a in attachments
+        if a.mapping is not None and (why := refusal(a.mapping)) is not None
+    }
+
+
+def newest_refused(
+    in_add_order: Sequence[Attachment], refused: Dict[str, str], families: Sequence[int]
+) -> Dict[int, Attachment]:
+    """By family, the newest cached ADD where its conditions are refused."""
+    held = {}
+    for family in families:
+        of_family = [a for a in in_add_order if family in a.mapping.families]  # type: ignore[union-attr]
+        if of_family and of_family[-1].path in refused:
+            held[family] = of_family[-1]
+    return held
+
+
+def entry_held(newest: Attachment, why: str) -> str:
+    """Why a family's prerouting and output are left as they are (after their names)."""
+    return (
+        "take the conditions of the newest cached ADD,"
+        f" {name_text(newest.network)}/{name_text(newest.container_id)},"
+        f" which cannot be written ({why}); another container's would open every host"
+        " port wider than that ADD asked"
+    )
+
+
+def refused_left(
+    problems: Sequence[Problem], in_add_order: Sequence[Attachment], families: Sequence[int]
+) -> List[Problem]:
+    """`problems` (offered --repair) naming why the repair leaves them where it writes
+    nothing: the entry rows of a family whose newest cached ADD is refused (nft_repair
+    holds that entry). `in_add_order`: what the check compares against, as the repair
+    plans from it."""
+    refused = refusals(in_add_order)
+    if not refused:
+        return list(problems)
+    held = newest_refused(in_add_order, refused, families)
+    left = []
+    for p in problems:
+        if (
+            p.container_id is None
+            and p.kind in _ENTRY_KINDS
+            and p.family in held
+            and REPAIR_COMMAND in p.fix
+        ):
+            newest = held[p.family]
+            why = f"prerouting and output {entry_held(newest, refused[newest.path])}"
+            p = replace(p, fix=WOULD_LEAVE.format(why=why))
+        left.append(p)
+    return left
