@@ -679,6 +679,60 @@ def test_an_entry_whose_newest_add_is_refused_is_offered_no_repair(
     assert _problems(again) == _problems(checked)
 
 
+@pytest.mark.parametrize("beside", ["alone", "web1", "in-doubt"])
+def test_a_container_whose_conditions_are_refused_wants_nothing_of_the_table(
+    node: str, tmp_path: Path, beside: str
+) -> None:
+    """api1's conditions are refused: the repair writes nothing for it (`could not
+    repair IPv4 podman/api1 (hostports): refusing nftables condition ...`). Counted as
+    wanting the table, it kept the fix of the table's rows: with `nft delete table ip
+    cni_hostport`, nft-missing-table and api1's own nft-missing-rules both offered
+    `check --repair`, which wrote nothing, and the next check offered both again (so a
+    lost chain beside a container in doubt). Its rows, and those of the table it alone
+    wants, name no fix and say why; beside web1, whose rules the repair does write, the
+    table keeps its fix and is made (its entry left as it is: api1 is the newest ADD)."""
+    _refused_node(node, tmp_path, beside)
+    if beside == "in-doubt":
+        # (A lost chain: deb1's backend stays in doubt, api1's rules stay.)
+        upstream.nft(node, "flush", "chain", "ip", "cni_hostport", "hostports_all")
+        upstream.nft(node, "delete", "chain", "ip", "cni_hostport", "hostip_hostports")
+    else:
+        upstream.nft(node, "delete", "table", "ip", "cni_hostport")
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    table = [p for p in _problems(checked) if p["container_id"] is None and p["family"] == 4]
+    kinds = {p["kind"] for p in table}
+    assert kinds >= ({"nft-missing-chain"} if beside == "in-doubt" else {"nft-missing-table"})
+    written = [
+        ("nft-missing-rules", 4, "hostports", "web1"),
+        ("nft-missing-table", 4, None, None),
+    ]
+    assert _offered(checked) == (written if beside == "web1" else [])
+    before = _both_rulesets(node)
+    repaired = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    if beside == "web1":
+        fixed = json.loads(repaired.stdout)["fixed"]
+        assert sorted((p["kind"], p["family"], p["chain"], p["container_id"]) for p in fixed) == (
+            written
+        )
+        ip = [r for r in _rules_of(node, "hostports") if r["family"] == "ip"]
+        assert {r["comment"] for r in ip} == {"web1"}
+        assert [r for c in ("prerouting", "output") for r in _rules_of(node, c)
+                if r["family"] == "ip"] == []  # fmt: skip
+    else:
+        assert _both_rulesets(node) == before
+    if beside != "in-doubt":
+        refused = _repair_line(repaired.stderr, "could not repair IPv4 podman/api1 (hostports): ")
+        own = [p for p in _problems(checked) if p["container_id"] == "api1"]
+        assert own and all(p["why"].endswith(refused) for p in own), own
+        if beside == "alone":
+            assert all(f"podman/api1: {refused}" in p["why"] for p in table), table
+    again = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert _offered(again) == []
+    assert _problems(again) == _problems(repaired)
+
+
 def test_a_container_whose_other_network_is_in_nftables_is_still_judged_where_its_chain_is(
     node: str, tmp_path: Path
 ) -> None:

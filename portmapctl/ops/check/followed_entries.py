@@ -59,16 +59,21 @@ def in_doubt_left(
     # nft-backed ones it writes), healthy ones too: they have no row to show it. As the
     # check split them (result.nft_backed), not by their key alone: a keyless entry
     # whose rules are in nftables alone is written there too (its row gave no fix, and
-    # the repair made the entry for it).
-    wanting = [
-        a.mapping
+    # the repair made the entry for it). Not one whose conditions the repair refuses
+    # (nft_refused): it writes nothing for it, nor the table it alone wants.
+    from portmapctl.ops.check.nft_refused import refusal
+
+    cached = [
+        a
         for a in followed.written(followed.attachments or ())
         if a.mapping is not None
         and not a.zombie
         and (a.network, a.container_id) in result.nft_backed
         and a.container_id not in doubted
     ]
-    result = left_alone(result, doubted, said, wanting)
+    refused = {(a.network, a.container_id) for a in cached if refusal(a.mapping) is not None}  # type: ignore[arg-type]
+    wanting = [a.mapping for a in cached if (a.network, a.container_id) not in refused]
+    result = left_alone(result, doubted, said, wanting, refused)  # type: ignore[arg-type]
     if not followed.unplaced or tables is None:
         return result
     return _toplevel_left(result, followed, tables)
@@ -142,14 +147,19 @@ def left_alone(
     ids: Collection[str],
     said: Sequence[str],
     wanting: Sequence[MappingConfig] = (),
+    refused: Collection[Tuple[str, str]] = (),
 ) -> CheckResult:
     """in_doubt_left's work, for the containers `ids` (a one-mapping check's too:
     check_mapping), with `said`, the warnings that say why. `wanting`: the configs of
     the other cached containers the repair writes in nftables, which keep the fix of a
     row of the table they want (nft_table_rows.nft_wanted): a healthy one has no row of its
     own, and the repair made the table's entry for it where that row named no fix.
-    Those being torn down are judged after (torn_down.toplevel_fixes)."""
+    Those being torn down are judged after (torn_down.toplevel_fixes). `refused`:
+    (network, container ID) of those whose conditions the repair refuses
+    (nft_refused): their own rows show no need of the table, as it writes nothing
+    for them."""
     from portmapctl.ops.check.nft_table_rows import nft_wanted
+    from portmapctl.ops.check.repair_report import names_repair
 
     # The families some other container's problem in nftables shows in need of them. Not
     # a zombie's (its row names its rules there and their family, nft.held_rules), nor a
@@ -163,12 +173,16 @@ def left_alone(
         if p.in_nftables
         and p.container_id not in (None, *ids)
         and p.kind not in (ProblemKind.ZOMBIE, ProblemKind.STALE)
+        and (p.network, p.container_id) not in refused
     }
+    # A row of the table that names why the repair leaves it already (nft_refused's,
+    # nft_table_rows') keeps saying so: only an offered repair is taken back.
     problems = tuple(
         replace(p, fix="", why=_IN_DOUBT)
         if p.container_id in ids
         else replace(p, fix="")
         if p.container_id is None
+        and names_repair(p.fix)
         and _of_nft_tables(p)
         and p.family not in needed
         and not nft_wanted(p, wanting)

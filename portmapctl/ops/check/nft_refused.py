@@ -70,23 +70,35 @@ def refused_left(
     problems: Sequence[Problem], in_add_order: Sequence[Attachment], families: Sequence[int]
 ) -> List[Problem]:
     """`problems` (offered --repair) naming why the repair leaves them where it writes
-    nothing: the entry rows of a family whose newest cached ADD is refused (nft_repair
-    holds that entry). `in_add_order`: what the check compares against, as the repair
-    plans from it."""
+    nothing: a refused container's own rows (its refusal: the repair's `could not
+    repair` words), and the entry rows of a family whose newest cached ADD is refused
+    (nft_repair holds that entry). `in_add_order`: what the check compares against,
+    as the repair plans from it."""
     refused = refusals(in_add_order)
     if not refused:
         return list(problems)
     held = newest_refused(in_add_order, refused, families)
+    # (By network and container: the repair leaves each cache entry, and the check
+    # compares each network's rules apart.)
+    own = {(a.network, a.container_id): refused[a.path] for a in in_add_order if a.path in refused}
     left = []
     for p in problems:
-        if (
-            p.container_id is None
-            and p.kind in _ENTRY_KINDS
-            and p.family in held
-            and REPAIR_COMMAND in p.fix
-        ):
+        why = None
+        if p.container_id is not None:
+            why = own.get((p.network or "", p.container_id))
+        elif p.kind in _ENTRY_KINDS and p.family in held:
             newest = held[p.family]
             why = f"prerouting and output {entry_held(newest, refused[newest.path])}"
+        if why is not None and REPAIR_COMMAND in p.fix:
             p = replace(p, fix=WOULD_LEAVE.format(why=why))
         left.append(p)
     return left
+
+
+def refused_text(refused: Sequence[Attachment]) -> str:
+    """Why the table's row that only `refused` (entries refusals names) want is left."""
+    said = "; ".join(
+        f"{name_text(a.network)}/{name_text(a.container_id)}: {refusal(a.mapping)}"  # type: ignore[arg-type]
+        for a in refused
+    )
+    return f"only containers whose conditions cannot be written want it ({said})"

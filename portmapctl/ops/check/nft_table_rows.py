@@ -91,25 +91,42 @@ def unwanted_left(
     container wants (nft_wanted) naming why the repair leaves it. A keyless
     entry (told by evidence) may be planned into nftables: it counts as wanting, so
     in doubt the fix stays offered. Torn-down entries count too: their rows are judged
-    by torn_down.toplevel_fixes, which looks into their namespaces."""
-    configs = [
-        a.mapping
+    by torn_down.toplevel_fixes, which looks into their namespaces. One whose
+    conditions the repair refuses (nft_refused) does not: it writes nothing for it."""
+    from portmapctl.ops.check.nft_refused import refusal
+
+    live = [
+        a
         for a in attachments or ()
         if a.mapping is not None and not a.zombie and a.mapping.backend != Backend.IPTABLES
     ]
+    refused = [a for a in live if refusal(a.mapping) is not None]  # type: ignore[arg-type]
+    unwritten = {a.path for a in refused}
+    configs = [a.mapping for a in live if a.path not in unwritten]
     where = "" if attachments is not None else " (there is no CNI cache here)"
     return [
-        replace(p, fix=left_fix(p, WOULD_LEAVE.format(why=_why(p, configs, where))))
-        if REPAIR_COMMAND in p.fix and nft_table_row(p) and not nft_wanted(p, configs)
+        replace(p, fix=left_fix(p, WOULD_LEAVE.format(why=_why(p, configs, refused, where))))
+        if REPAIR_COMMAND in p.fix and nft_table_row(p) and not nft_wanted(p, configs)  # type: ignore[arg-type]
         else p
         for p in problems
     ]
 
 
-def _why(problem: Problem, configs: Sequence[MappingConfig], where: str) -> str:
+def _why(
+    problem: Problem,
+    configs: Sequence[MappingConfig],
+    refused: Sequence[Attachment],
+    where: str,
+) -> str:
     """Why no container wants `problem`'s piece. The masquerading chain is wanted by a
     container with SNAT alone: beside a live one without it (which wants the rest of the
-    table) the table is not unwanted, its masquerading chain is."""
+    table) the table is not unwanted, its masquerading chain is. Those of `refused`
+    that want it are named, each with its refusal."""
+    wanting = [a for a in refused if nft_wanted(problem, [a.mapping])]  # type: ignore[list-item]
+    if wanting:
+        from portmapctl.ops.check.nft_refused import refused_text
+
+        return refused_text(wanting)
     if nft_wanted(replace(problem, chain=None), configs):
         return UNMASQUERADED
     return UNWANTED.format(where=where)

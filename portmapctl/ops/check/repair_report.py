@@ -75,7 +75,7 @@ def _went_in(containers: int) -> str:
 LEFT = "--repair left it as it is: its `could not repair` line says why"
 
 
-def _names_repair(fix: str) -> bool:
+def names_repair(fix: str) -> bool:
     """Whether a problem's fix is --repair (the node's command, or one mapping's)."""
     return REPAIR_COMMAND in fix or fix == SAME_WITH_REPAIR
 
@@ -88,7 +88,7 @@ def left_named(
     left = {(u.family, u.network, u.container_id) for u in unrepaired}
     return tuple(
         replace(p, fix=LEFT)
-        if (p.family, p.network, p.container_id) in left and _names_repair(p.fix)
+        if (p.family, p.network, p.container_id) in left and names_repair(p.fix)
         else p
         for p in problems
     )
