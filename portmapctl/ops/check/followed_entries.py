@@ -57,7 +57,7 @@ def in_doubt_left(
     doubted = {a.container_id for a in (*followed.in_doubt, *followed.unplaced)}
     # The containers the repair makes the plugin's table for (nft_repair: the cached
     # nft-backed ones it writes), healthy ones too: they have no row to show it. As the
-    # check split them (result.nft_backed), not by their key alone: a keyless entry
+    # check split them (result.nft_placed), not by their key alone: a keyless entry
     # whose rules are in nftables alone is written there too (its row gave no fix, and
     # the repair made the entry for it). Not one whose conditions the repair refuses
     # (nft_refused): it writes nothing for it, nor the table it alone wants.
@@ -68,7 +68,7 @@ def in_doubt_left(
         for a in followed.written(followed.attachments or ())
         if a.mapping is not None
         and not a.zombie
-        and (a.network, a.container_id) in result.nft_backed
+        and (a.network, a.container_id) in result.nft_placed
         and a.container_id not in doubted
     ]
     refused = {(a.network, a.container_id) for a in cached if refusal(a.mapping) is not None}  # type: ignore[arg-type]

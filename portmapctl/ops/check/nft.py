@@ -247,7 +247,7 @@ def nft_problems(
     # what it leaves for conditions it refuses names no fix, else each run offered it.
     in_add_order = [a for a in sorted(parts.expected, key=added_at) if a.mapping is not None]
     problems = refused_left(problems, in_add_order, node.options.families)
-    problems = unwanted_left(problems, attachments)
+    problems = unwanted_left(problems, attachments, parts.nftables)
     seen_stale: Set[Tuple[Optional[str], int]] = set()
     rules = rules_by_handle(live)
     foreign = {(f.family, f.label): f for f in found.foreign}

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
 from portmapctl.ops.check.hints import REPAIR_COMMAND, WOULD_LEAVE
@@ -85,21 +84,22 @@ UNWANTED = (
 
 
 def unwanted_left(
-    problems: List[Problem], attachments: Optional[Sequence[Attachment]]
+    problems: List[Problem],
+    attachments: Optional[Sequence[Attachment]],
+    placed: Sequence[Attachment],
 ) -> List[Problem]:
     """`problems`, each structure row offered --repair that no cached nft-backed
-    container wants (nft_wanted) naming why the repair leaves it. A keyless
-    entry (told by evidence) may be planned into nftables: it counts as wanting, so
-    in doubt the fix stays offered. Torn-down entries count too: their rows are judged
-    by torn_down.toplevel_fixes, which looks into their namespaces. One whose
-    conditions the repair refuses (nft_refused) does not: it writes nothing for it."""
+    container wants (nft_wanted) naming why the repair leaves it. `placed`: the entries
+    the node's split puts in nftables (ops/nft.split), which the repair plans nftables
+    from: a keyless entry only where the evidence (its rules there) says so. One the
+    split puts in iptables counted as wanting too, and beside a table of stale rules
+    alone the row was offered, the repair made nothing, the next check offered it
+    again. Torn-down entries count: their rows are judged by torn_down.toplevel_fixes,
+    which looks into their namespaces. One whose conditions the repair refuses
+    (nft_refused) does not: it writes nothing for it."""
     from portmapctl.ops.check.nft_refused import refusal
 
-    live = [
-        a
-        for a in attachments or ()
-        if a.mapping is not None and not a.zombie and a.mapping.backend != Backend.IPTABLES
-    ]
+    live = [a for a in placed if a.mapping is not None and not a.zombie]
     refused = [a for a in live if refusal(a.mapping) is not None]  # type: ignore[arg-type]
     unwritten = {a.path for a in refused}
     configs = [a.mapping for a in live if a.path not in unwritten]

@@ -100,10 +100,11 @@ class CheckResult:
     unread_written: frozenset[Tuple[int, str, str]] = field(
         default=frozenset(), compare=False, repr=False
     )
-    # The cache entries (network, container ID) the check judged nft-backed (ops/nft.py
-    # split: by their key, else by where their rules are): those the nftables repair
-    # plans from (followed_entries.in_doubt_left counts them as wanting the table).
-    nft_backed: frozenset[Tuple[str, str]] = field(default=frozenset(), compare=False, repr=False)
+    # The cache entries the node's check placed in nftables (ops/nft.split: by their
+    # key, a keyless one only by evidence there), as (network, container ID): the repair
+    # plans nftables from these alone, iptables from the others
+    # (followed_entries.in_doubt_left counts them as wanting the table).
+    nft_placed: frozenset[Tuple[str, str]] = field(default=frozenset(), compare=False, repr=False)
 
     @property
     def healthy(self) -> bool:

@@ -446,7 +446,11 @@ def repair(
             from portmapctl.ops.check.torn_down import toplevel_fixes
 
             kept = toplevel_fixes(
-                after.problems, followed.written(attachments or ()), now, left=LEFT
+                after.problems,
+                followed.written(attachments or ()),
+                now,
+                left=LEFT,
+                nft_placed=after.nft_placed,
             )
             after = replace(after, problems=tuple(kept))
         ignored_notes = _key_ignored_notes(key_ignored, followed.where)

@@ -136,7 +136,10 @@ def check_node(node: Node) -> CheckResult:
 
         # (Not of the entries in doubt: nothing made for them, they want nothing made.)
         problems = torn_down_fixes(
-            result.problems, followed.written(followed.attachments or ()), read.tables
+            result.problems,
+            followed.written(followed.attachments or ()),
+            read.tables,
+            result.nft_placed,
         )
         result = replace(result, problems=problems)
     if not followed.ignored:
@@ -248,7 +251,7 @@ def _check_node(
         unread_written=node_written(
             iptables_configs(attachments, not_expected, nft.nft_keys), tables, attachments
         ),
-        nft_backed=nft.nft_keys,
+        nft_placed=frozenset(nft.nft_keys),
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import (
     TYPE_CHECKING,
+    Collection,
     Dict,
     List,
     Mapping,
@@ -61,6 +62,7 @@ def torn_down_fixes(
     problems: Sequence[Problem],
     attachments: Optional[Sequence[Attachment]],
     tables: Optional[Mapping[int, NatTable]] = None,
+    nft_placed: Collection[Tuple[str, str]] = (),
 ) -> Tuple[Problem, ...]:
     """`problems` as the plain check reports them: those of a container whose fix is
     --repair, where every cache entry of the container on that network is of one being
@@ -89,7 +91,7 @@ def torn_down_fixes(
         if leaves and (key := (p.network or "", p.container_id or "")) in by_key
     }
     look = TornDownLook()  # (one look for both: a namespace is entered once)
-    problems = toplevel_fixes(problems, attachments or (), tables, look=look)
+    problems = toplevel_fixes(problems, attachments or (), tables, look=look, nft_placed=nft_placed)
     if not keys:
         return tuple(problems)
     gone = set(map(id, look.torn_down([a for key in sorted(keys) for a in by_key[key]])))
@@ -142,6 +144,7 @@ def toplevel_fixes(
     tables: Optional[Mapping[int, NatTable]],
     left: Optional[str] = None,
     look: Optional[TornDownLook] = None,
+    nft_placed: Collection[Tuple[str, str]] = (),
 ) -> Sequence[Problem]:
     """`problems` with the rows of the shared iptables chains and jumps whose fix is
     --repair naming why the repair leaves them where no cached iptables entry but
@@ -156,7 +159,9 @@ def toplevel_fixes(
     such a row is offered are the entries' namespaces looked into (a healthy node's
     none). `left`: the fix they name instead (the repair's report: its `could not
     repair` line); else WOULD_LEAVE, with why. `look`: one already made
-    (torn_down_fixes'), so that a namespace is entered once a command."""
+    (torn_down_fixes'), so that a namespace is entered once a command. `nft_placed`:
+    the entries the check placed in nftables (CheckResult.nft_placed), as (network,
+    container ID): the repair plans nftables from those, iptables from the others."""
     from portmapctl.ops.check.followed_entries import is_toplevel, toplevel_key, toplevel_wanted
 
     offered = [
@@ -166,16 +171,18 @@ def toplevel_fixes(
     ]
     if not any(offered):
         return problems
-    # Either backend's: a keyless entry's is told by evidence, so it counts on both
-    # sides (wanting, it keeps a row offered; torn down, it lends it no reason).
     usable = [a for a in attachments if a.mapping is not None and not a.zombie]
     look = look or TornDownLook()
     gone = set(map(id, look.torn_down(usable)))
     if not gone:
         return problems
-    # By entry: whether it may be kept in iptables, and in nftables (keyless: both).
-    kinds = {id(a): (a.mapping.backend != Backend.NFTABLES, a.mapping.backend != Backend.IPTABLES)  # type: ignore[union-attr]
-             for a in usable}  # fmt: skip
+    # By entry: whether the repair plans it in iptables, and in nftables, as the
+    # check's split placed it (a keyless one in nftables only by evidence there). A
+    # keyless one the split put in iptables counted for nftables too, and kept a row of
+    # the table offered that the repair, planning nftables from nothing, never made.
+    placed = set(nft_placed)
+    kinds = {id(a): ((a.network, a.container_id) not in placed,
+                     (a.network, a.container_id) in placed) for a in usable}  # fmt: skip
     wanted = (
         toplevel_wanted([a for a in usable if id(a) not in gone and kinds[id(a)][0]], dict(tables))
         if tables is not None
