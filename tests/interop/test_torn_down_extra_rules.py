@@ -965,3 +965,55 @@ def test_nft_wrong_masquerading_chain_beside_a_live_container_without_snat_says_
     assert "nft delete chain ip cni_hostport masquerading" in row["why"], row
     assert "no live container whose cache entry is read wants it" not in row["why"], row
     assert "has SNAT" in row["why"] and "the plugin's next ADD" in row["why"], row
+
+
+# The shared chains' rows only a torn-down container wants: the check names why the
+# repair leaves them (torn_down.toplevel_fixes), and the repair must leave them. Where
+# its chain and entry rule were intact and only a jump or a shared chain's rule was
+# gone, the repair judged no namespace (it judged the containers whose own chain it
+# writes) and put them back, for the torn-down container alone: PREROUTING's jump sent
+# its host ports to the address being given back, exit 0, nothing named (found by
+# tests/unit/test_repair_property.py).
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        ["-D", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"],
+        ["-F", "CNI-HOSTPORT-MASQ"],
+    ],
+    ids=["prerouting-jump", "masq-flushed"],
+)
+@pytest.mark.parametrize("beside", ["alone", "beside-live"])
+def test_iptables_the_shared_rules_only_a_torn_down_container_wants_are_not_made(
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode, cut: list, beside: str
+) -> None:
+    host, container = nodes
+    conf = _debian_added(host, iptables_mode, ("10.88.0.8/16",))
+    rp.write_cni_cache(tmp_path, "podman", "dying", "eth0", conf, [rp.port_mapping(8080, 80)],
+                       ["10.88.0.8/16"], netns=f"/run/netns/{container}")  # fmt: skip
+    if beside == "beside-live":  # (its namespace holds its address: the rows are its too)
+        ports = [rp.port_mapping(8090, 80)]
+        live = rp.plugin_conf("podman", ["10.88.0.9/16"], ports)
+        rp.run_plugin("ADD", host, "live1", live, mode=iptables_mode, check=True)
+        rp.write_cni_cache(tmp_path, "podman", "live1", "eth0", live, ports, ["10.88.0.9/16"])
+    rp.iptables(host, ["-t", "nat", *cut], mode=iptables_mode)
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4",
+            "--iptables", iptables_mode]  # fmt: skip
+    rows = [p for p in json.loads(pmctl.run(["check", *args, "-o", "json"]).stdout)["problems"]
+            if p["container_id"] is None]  # fmt: skip
+    assert rows, rows
+    before = rp.save(host, 4, iptables_mode)
+    done = pmctl.run(["check", "--repair", *args, "-o", "json"])
+    out = json.loads(done.stdout)
+    after = rp.save(host, 4, iptables_mode)
+    if beside == "beside-live":  # offered, and made
+        assert all((p["fix"] or "").startswith("portmapctl check --repair") for p in rows), rows
+        assert [p for p in out["problems"] if p["container_id"] is None] == [], out
+        assert rp.nat_rules(after) != rp.nat_rules(before)
+        return
+    assert all(p["fix"] is None and _WHY in p["why"] for p in rows), rows
+    assert rp.nat_rules(after) == rp.nat_rules(before), after  # nothing made for it
+    _named_not_repaired(done, out, _WHY.replace("namespace", "").rstrip())
+    again = json.loads(pmctl.run(["check", *args, "-o", "json"]).stdout)["problems"]
+    assert not any(p["fix"] for p in again if p["container_id"] is None), again

@@ -25,7 +25,14 @@ from typing import (
 
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
-from portmapctl.iptables.chains import DNAT_ENTRY_CHAINS, TOPLEVEL_DNAT, Chain, dnat_chain_name
+from portmapctl.iptables.chains import (
+    DNAT_ENTRY_CHAINS,
+    MASQ,
+    SETMARK,
+    TOPLEVEL_DNAT,
+    Chain,
+    dnat_chain_name,
+)
 from portmapctl.iptables.ruleset import NatTable, rule_target
 from portmapctl.iptables.transaction import Op, OpKind, Transaction
 from portmapctl.ops.check.expected import cached_groups
@@ -125,9 +132,16 @@ class CacheNow:
             self._read_again(changing)
         self._gone(made)
         # Judged: the chains whose own rules the plan writes (made, or there and
-        # rewritten), not those a rewrite of the family's jumps alone touches.
+        # rewritten); and where it writes the shared chains or their jumps, every
+        # container of the family, which all want them: made for torn-down ones alone
+        # (PREROUTING's jump put back, their chains and entry rules intact), they sent
+        # the host ports to the addresses being given back, where check said the repair
+        # leaves them (torn_down.toplevel_fixes).
         own = written_chains(txn)
-        self._torn_down([c for c in changed if dnat_chain_name(c) in own], live)
+        if writes_shared(txn):
+            self._torn_down([c for c in these if live.family in c.families], live)
+        else:
+            self._torn_down([c for c in changed if dnat_chain_name(c) in own], live)
         self._left_out_here(live, configs, setup)
         again = self.current(configs, live.family)
         # (Planned again where a torn-down entry is kept with its chain: `held` trims
@@ -155,7 +169,12 @@ class CacheNow:
         whole = [*self.current(configs, family),
                  *(a.mapping for name in sorted(here) for a in self.torn_down[name]
                    if a.path in out)]  # fmt: skip
-        written = written_chains(setup(live, whole))  # type: ignore[arg-type]
+        full = setup(live, whole)  # type: ignore[arg-type]
+        written = written_chains(full)
+        if writes_shared(full) and not writes_shared(setup(live, self.current(configs, family))):
+            # The shared chains or jumps the plan leaves were theirs alone: named, as
+            # the check's row says (torn_down.toplevel_fixes).
+            written |= here
         self.unmade.setdefault(live.family, set()).update(here & written)
 
     def _gone(self, configs: Sequence[MappingConfig]) -> None:
@@ -310,6 +329,24 @@ def changed_mappings(txn: Transaction, configs: Sequence[MappingConfig]) -> List
         for c in configs
         if txn.family in c.families and (whole_family or dnat_chain_name(c) in touched)
     ]
+
+
+# The plugin's shared chains: every container of a family wants them, none in particular.
+_SHARED = frozenset({SETMARK, MASQ, TOPLEVEL_DNAT})
+
+
+def writes_shared(txn: Transaction) -> bool:
+    """Whether `txn` makes one of the plugin's shared chains, writes a rule of
+    CNI-HOSTPORT-SETMARK's or -MASQ's, or a jump to one of them (PREROUTING's, OUTPUT's,
+    POSTROUTING's): not a container's own entry rule, nor the repair's count guards."""
+    for op in _written_ops(txn):
+        if op.kind is OpKind.NEW_CHAIN and op.chain in _SHARED:
+            return True
+        if op.kind in (OpKind.APPEND, OpKind.INSERT) and (
+            op.chain in (SETMARK, MASQ) or rule_target(op.args) in _SHARED
+        ):
+            return True
+    return False
 
 
 def _written_ops(txn: Transaction) -> List[Op]:
