@@ -733,6 +733,71 @@ def test_a_container_whose_conditions_are_refused_wants_nothing_of_the_table(
     assert _problems(again) == _problems(repaired)
 
 
+@pytest.mark.parametrize(
+    "who, beside, state",
+    [
+        ("api1", "alone", "flushed"),
+        ("api1", "web1", "deleted"),
+        ("api1", "in-doubt", "flushed"),
+        ("web1", "web1", "flushed"),
+        ("web1", "web1", "deleted"),
+    ],
+)
+def test_the_one_mapping_check_offers_no_repair_its_repair_refuses(
+    node: str, tmp_path: Path, who: str, beside: str, state: str
+) -> None:
+    """The one-mapping check (`check --container api1 --cni-config api1.json`) offered
+    `--repair` on every row where that repair writes nothing: of api1, whose conditions
+    it refuses (it stops: `refusing nftables condition ...`, exit 2), and of web1 for
+    the entry it holds (api1, the newest cached ADD, is refused): every run the same.
+    Those rows name no fix and say why, in the repair's words (api1's) or as the node's
+    check says it (the held entry); what the repair does write (web1's table and rules)
+    keeps its fix and is made."""
+    _refused_node(node, tmp_path, beside)
+    conf = upstream.nft_conf("podman", *({"api1": API, "web1": WEB}[who][1:]),
+                             conditions_v4=[LAB_ONLY] if who == "api1" else None)  # fmt: skip
+    path = tmp_path / f"{who}.json"
+    path.write_text(json.dumps(conf))
+    if state == "flushed":
+        upstream.nft(node, "flush", "chain", "ip", "cni_hostport", "prerouting")
+    else:
+        upstream.nft(node, "delete", "table", "ip", "cni_hostport")
+    one = ("check", "--container", who, "--cni-config", str(path), "-o", "json")
+    checked = _pmctl(node, tmp_path, *one)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    written = [
+        ("nft-missing-rules", 4, "hostports", "web1"),
+        ("nft-missing-table", 4, None, None),
+    ]
+    assert _offered(checked) == (written if (who, state) == ("web1", "deleted") else [])
+    before = _both_rulesets(node)
+    repaired = _pmctl(node, tmp_path, *one[:-2], "--repair", "-o", "json")
+    if who == "api1":
+        assert repaired.returncode == 2, repaired.stdout + repaired.stderr
+        refused = _repair_line(repaired.stderr, "portmapctl: error: ")
+        assert all(p["why"].endswith(refused) for p in _problems(checked)), checked.stdout
+    else:
+        assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    if _offered(checked):
+        assert sorted(
+            (p["kind"], p["family"], p["chain"], p["container_id"])
+            for p in json.loads(repaired.stdout)["fixed"]
+        ) == _offered(checked)
+        assert {r["comment"] for r in _rules_of(node, "hostports") if r["family"] == "ip"} == {
+            "web1"
+        }
+    else:
+        assert _both_rulesets(node) == before
+    if who == "web1":
+        # The held entry's rows say what the node's check says of them.
+        node_check = _pmctl(node, tmp_path, "check", "-o", "json")
+        entry = [p for p in _problems(node_check) if p["kind"] == "nft-missing-entry"]
+        after = [p for p in _problems(repaired) if p["kind"] == "nft-missing-entry"]
+        assert entry and [p["why"] for p in after] == [p["why"] for p in entry], after
+    again = _pmctl(node, tmp_path, *one)
+    assert _offered(again) == []
+
+
 def test_a_container_whose_other_network_is_in_nftables_is_still_judged_where_its_chain_is(
     node: str, tmp_path: Path
 ) -> None:

@@ -77,7 +77,7 @@ def refused_left(
     refused = refusals(in_add_order)
     if not refused:
         return list(problems)
-    held = newest_refused(in_add_order, refused, families)
+    entry = _entry_whys(in_add_order, refused, families)
     # (By network and container: the repair leaves each cache entry, and the check
     # compares each network's rules apart.)
     own = {(a.network, a.container_id): refused[a.path] for a in in_add_order if a.path in refused}
@@ -86,13 +86,47 @@ def refused_left(
         why = None
         if p.container_id is not None:
             why = own.get((p.network or "", p.container_id))
-        elif p.kind in _ENTRY_KINDS and p.family in held:
-            newest = held[p.family]
-            why = f"prerouting and output {entry_held(newest, refused[newest.path])}"
+        elif p.kind in _ENTRY_KINDS:
+            why = entry.get(p.family)
         if why is not None and REPAIR_COMMAND in p.fix:
             p = replace(p, fix=WOULD_LEAVE.format(why=why))
         left.append(p)
     return left
+
+
+def mapping_refused_left(
+    problems: Sequence[Problem],
+    config: MappingConfig,
+    in_add_order: Sequence[Attachment],
+    families: Sequence[int],
+    offered: str,
+) -> List[Problem]:
+    """`problems` of one mapping given on the command line (nft_one; `offered`: the
+    fix that names its --repair) naming why its repair (nft_repair_one) leaves them:
+    every one where its own conditions are refused (that repair stops on them,
+    nothing written), else the entry rows of a family whose newest cached ADD is
+    refused (held there as the node's repair holds it). Its cached entry's conditions
+    are not its judge: the repair writes the config given."""
+    own = refusal(config)
+    entry = {} if own is not None else _entry_whys(in_add_order, refusals(in_add_order), families)
+    left = []
+    for p in problems:
+        why = own if own is not None else entry.get(p.family) if p.kind in _ENTRY_KINDS else None
+        if why is not None and p.fix == offered:
+            p = replace(p, fix=WOULD_LEAVE.format(why=why))
+        left.append(p)
+    return left
+
+
+def _entry_whys(
+    in_add_order: Sequence[Attachment], refused: Dict[str, str], families: Sequence[int]
+) -> Dict[int, str]:
+    """By family, why the repair leaves its prerouting and output as they are."""
+    held = newest_refused(in_add_order, refused, families)
+    return {
+        family: f"prerouting and output {entry_held(newest, refused[newest.path])}"
+        for family, newest in held.items()
+    }
 
 
 def refused_text(refused: Sequence[Attachment]) -> str:

@@ -333,6 +333,17 @@ def check_followed(
         problems += nft_mapping_rivals(node, config, families, live)
         problems += nft_owner_problems(node, config, families, live)
         if any(p.fix == SAME_WITH_REPAIR for p in problems):
+            # Conditions its --repair refuses (its own: it stops; the newest cached
+            # ADD's: the entry is held) leave those rows as they are, said so: offered,
+            # a cron job ran a repair that wrote nothing, every time.
+            from portmapctl.ops.check.nft import expected_in_add_order
+            from portmapctl.ops.check.nft_refused import mapping_refused_left
+
+            in_add_order = expected_in_add_order(node, node.read_cache() or [])
+            problems = mapping_refused_left(
+                problems, config, in_add_order, families, SAME_WITH_REPAIR
+            )
+        if any(p.fix == SAME_WITH_REPAIR for p in problems):
             # Its own interface being torn down: its --repair writes nothing in that
             # family (torn_down.nft_torn_own), so it is not offered there.
             from portmapctl.ops.check.hints import WOULD_LEAVE
