@@ -354,8 +354,12 @@ def test_repair_without_a_cache_does_not_guess_the_mark_bit(host_ns, tmp_path):
     assert "no CNI cache says the masquerade mark bit" in done.stderr
     saved = rp.save(host_ns)
     assert "--set-xmark" not in saved and "-m mark" not in saved, saved
+    # A live container: its namespace holds its address (one without it is being torn
+    # down, and the repair makes the shared rules for no such container alone).
+    pod = rp.container_netns()
+    rp.hold_addresses(pod, ["10.88.0.5/16"])
     rp.write_cni_cache(tmp_path / "cni", "mynet", "ctr1", "eth0", conf, ports,
-                       ["10.88.0.5/16"], netns=f"/run/netns/{host_ns}")  # fmt: skip
+                       ["10.88.0.5/16"], netns=pod)  # fmt: skip
     fixed = run([*base, "--cni-cache-dir", str(tmp_path / "cni")])
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     saved = rp.save(host_ns)
