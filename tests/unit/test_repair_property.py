@@ -392,8 +392,15 @@ def _check(scenario: Scenario, faked) -> None:
 @example(Scenario((Container("ignored", "live"), Container("ignored", "live"),
                    Container("nftables", "live")),
                   ("ipt-drop-chain:0", "nft-flush-prerouting")))  # fmt: skip  # c242989
+# Derandomized, as test_argv_property: the same 60 generated nodes every run, so CI is
+# never red for a node no one has seen (explore with more examples and a random seed by
+# hand; the examples above pin what that found).
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(scenarios())
 def test_check_offers_what_the_repair_makes(faked, scenario: Scenario) -> None:
