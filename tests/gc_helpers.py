@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Collection, Dict, List, Optional, Sequence
 
 import pytest
 import realplugin as rp
 from pmctl import run
 
 from portmapctl.iptables.chains import OLD_TOPLEVEL_SNAT, chain_name
+from portmapctl.ops.gc.state import STATE_FILE, ChainKey
+
+
+def backdate(run_dir: Path, chains: Collection[str], seconds: float, family: int = 4) -> None:
+    """Backdate by `seconds` the first sightings gc saved of `chains` (as state.save
+    writes them: boot-time seconds, per namespace part): a chain past --min-age without
+    waiting for it."""
+    path = run_dir / STATE_FILE
+    document = json.loads(path.read_text())
+    keys = {ChainKey(family, chain).text() for chain in chains}
+    found = set()
+    for part in document["namespaces"].values():
+        for key, seen in part["chains"].items():
+            if key in keys:
+                seen["first_seen"] = max(0.0, seen["first_seen"] - seconds)
+                found.add(key)
+    assert found == keys, document
+    path.write_text(json.dumps(document))
 
 
 class Node_:

@@ -94,13 +94,16 @@ class FlushReason(StrEnum):
 class GcHold(StrEnum):
     """Why gc leaves a chain past --min-age for a later run (its JSON `held`, its row's
     STATUS): a container may be being added with that very chain, its cache entry not
-    written yet (ops/gc/planning._adding). Not a time: it waits as long as the
-    namespace stays young and uncached."""
+    written yet (ops/gc/planning._adding); or its removal cannot go in on a busy node
+    (ops/gc/family._by_text). Not a time: it waits as long as that lasts."""
 
     # A network namespace younger than --min-age, in no cache entry, has its address.
     ADDRESS_IN_NEW_NAMESPACE = "address-in-new-namespace"
     # Such a namespace gc could not look into (no CAP_SYS_ADMIN): it may have it.
     NEW_NAMESPACE_UNSEEN = "new-namespace-unseen"
+    # A rule of another tool with control characters in its comment enters it: it goes
+    # by number, behind a guard the plugin's calls failed at every try this run.
+    FOREIGN_ENTRY_UNWRITABLE = "foreign-entry-unwritable"
 
 
 class ChainKind(StrEnum):

@@ -36,6 +36,7 @@ def duration_text(seconds: float) -> str:
 HELD_TEXT = {
     GcHold.ADDRESS_IN_NEW_NAMESPACE: "held: a new namespace has its address",
     GcHold.NEW_NAMESPACE_UNSEEN: "held: a new namespace gc cannot look into",
+    GcHold.FOREIGN_ENTRY_UNWRITABLE: "held: a foreign rule entering it has control characters",
 }
 
 

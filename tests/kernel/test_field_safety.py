@@ -24,12 +24,11 @@ from typing import Dict, Iterator, List, Sequence
 
 import pytest
 import realplugin as rp
-from gc_helpers import Node_
+from gc_helpers import Node_, backdate
 from json_schemas import validated
 from pmctl import assert_error, ok, run, run_on_terminal
 
 from portmapctl.iptables.chains import chain_name
-from portmapctl.ops.gc.state import STATE_FILE, ChainKey
 
 PORT_A = [{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}]
 PORT_B = [{"hostPort": 8082, "containerPort": 80, "protocol": "tcp"}]
@@ -697,18 +696,8 @@ MIN_AGE = 60.0
 
 def _ripen(run_dir: Path, *cids: str) -> None:
     """Backdate the first sightings gc saved of `cids`' chains (mynet, IPv4) by twice
-    MIN_AGE, as state.save writes them: boot-time seconds, per namespace part."""
-    path = run_dir / STATE_FILE
-    document = json.loads(path.read_text())
-    keys = {ChainKey(4, chain_name("mynet", cid)).text() for cid in cids}
-    found = set()
-    for part in document["namespaces"].values():
-        for key, seen in part["chains"].items():
-            if key in keys:
-                seen["first_seen"] = max(0.0, seen["first_seen"] - 2 * MIN_AGE)
-                found.add(key)
-    assert found == keys, document
-    path.write_text(json.dumps(document))
+    MIN_AGE."""
+    backdate(run_dir, [chain_name("mynet", cid) for cid in cids], 2 * MIN_AGE)
 
 
 def _ripe(pending: List[dict]) -> List[str]:

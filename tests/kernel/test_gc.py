@@ -24,10 +24,12 @@ from typing import Callable, Dict, List, Optional
 
 import pytest
 import realplugin as rp
-from gc_helpers import Node_, node  # noqa: F401
+from gc_helpers import Node_, backdate, node  # noqa: F401
+from json_schemas import validated
 from pmctl import assert_error, run
 from run_dir_helpers import full_run_dir
 
+from portmapctl import render
 from portmapctl.errors import ApplyFailed
 from portmapctl.host import netns, paths
 from portmapctl.iptables.access.restore import RestoreBackend
@@ -956,6 +958,32 @@ def _racing_node(node: Node_, races: list) -> Node:
     return Node(options, RacingBackend(node.mode, races))
 
 
+def _foreign_entry(node: Node_) -> str:
+    """live1, and stale1 and stale2 stale, stale1's chain entered also by another
+    tool's rule with control characters in its comment (it goes by number, behind the
+    count guard of CNI-HOSTPORT-DNAT: planner._delete_rules): stale1's chain."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
+    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
+    node.add("gcnet", "stale2", ["10.88.0.13/16"], _ports("8081/tcp"), cache=False)
+    hostile = chain_name("gcnet", "stale1")
+    comment = 'dnat name: "ev\x1b[2J\x07il" id: "stale1"'
+    node.ipt(4, "-I", "CNI-HOSTPORT-DNAT", "-p", "tcp", "-m", "comment", "--comment", comment,
+             "-m", "multiport", "--dports", "8082", "-j", hostile)  # fmt: skip
+    return hostile
+
+
+def _busy_node(node: Node_) -> Node:
+    """`node` where the real plugin ADDs a new pod after each of gc's reads, every try."""
+
+    def pod_added(i: int) -> Callable[[], None]:
+        def race() -> None:  # (the real plugin, as the kubelet's ADD of a new pod)
+            node.add("gcnet", f"new{i}", [f"10.88.0.{30 + i}/16"], _ports(f"90{10 + i}/tcp"))
+
+        return race
+
+    return _racing_node(node, [pod_added(i) for i in range(APPLY_TRIES)])
+
+
 def _containers(node: Node_, family: int = 4) -> set:
     """The container IDs whose chains are in the table now."""
     tbl = parse_save(rp.save(node.ns, family, node.mode), family)
@@ -1206,13 +1234,7 @@ def test_an_entry_rule_whose_comment_holds_control_characters_goes_by_number(nod
     such a token as restore text (a newline would inject a line); the rule is now
     deleted by its number behind the count guard (planner._delete_rules), the JSON
     names the chain, and every other rule stays."""
-    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
-    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
-    node.add("gcnet", "stale2", ["10.88.0.13/16"], _ports("8081/tcp"), cache=False)
-    hostile = chain_name("gcnet", "stale1")
-    comment = 'dnat name: "ev\x1b[2J\x07il" id: "stale1"'
-    node.ipt(4, "-I", "CNI-HOSTPORT-DNAT", "-p", "tcp", "-m", "comment", "--comment", comment,
-             "-m", "multiport", "--dports", "8082", "-j", hostile)  # fmt: skip
+    hostile = _foreign_entry(node)
     before = node.lines(4)
     dry = node.gc("--dry-run", "--min-age", "0", "-o", "json")
     assert dry.returncode == 0, dry.stderr
@@ -1281,21 +1303,9 @@ def test_a_busy_node_still_loses_its_other_stale_chains_beside_one_gone_by_numbe
     that such a change does not make it fail. The family gave up after 3 tries and
     no stale chain of it went (stale2's neither), whatever the run. The last try now
     leaves that one chain for a later run and removes the others by text."""
-    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
-    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
-    node.add("gcnet", "stale2", ["10.88.0.13/16"], _ports("8081/tcp"), cache=False)
-    hostile = chain_name("gcnet", "stale1")
-    comment = 'dnat name: "ev\x1b[2J\x07il" id: "stale1"'
-    node.ipt(4, "-I", "CNI-HOSTPORT-DNAT", "-p", "tcp", "-m", "comment", "--comment", comment,
-             "-m", "multiport", "--dports", "8082", "-j", hostile)  # fmt: skip
+    hostile = _foreign_entry(node)
 
-    def pod_added(i: int) -> Callable[[], None]:
-        def race() -> None:  # (the real plugin, as the kubelet's ADD of a new pod)
-            node.add("gcnet", f"new{i}", [f"10.88.0.{30 + i}/16"], _ports(f"90{10 + i}/tcp"))
-
-        return race
-
-    racing = _racing_node(node, [pod_added(i) for i in range(APPLY_TRIES)])
+    racing = _busy_node(node)
     with netns.entered(node.ns):
         result = gc(racing, Sources(), GcOptions(min_age=0, state_dir=str(tmp_path / "run")))
     assert [c.container_id for c in result.removed] == ["stale2"]
@@ -1318,13 +1328,7 @@ def test_a_stale_chain_left_for_a_later_run_by_the_last_try_keeps_its_sighting(
     the next run (pending again, "removable in" the whole --min-age), and under a
     cron more frequent than --min-age it was ripe one run in two at best. A chain not
     removed keeps its sighting (as a refused removal's do)."""
-    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
-    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
-    node.add("gcnet", "stale2", ["10.88.0.13/16"], _ports("8081/tcp"), cache=False)
-    hostile = chain_name("gcnet", "stale1")
-    comment = 'dnat name: "ev\x1b[2J\x07il" id: "stale1"'
-    node.ipt(4, "-I", "CNI-HOSTPORT-DNAT", "-p", "tcp", "-m", "comment", "--comment", comment,
-             "-m", "multiport", "--dports", "8082", "-j", hostile)  # fmt: skip
+    hostile = _foreign_entry(node)
     options = GcOptions(min_age=1, state_dir=str(tmp_path / "run"))
     quiet = _racing_node(node, [])
     with netns.entered(node.ns):
@@ -1332,13 +1336,7 @@ def test_a_stale_chain_left_for_a_later_run_by_the_last_try_keeps_its_sighting(
     assert sorted(c.container_id for c in first.pending) == ["stale1", "stale2"]
     time.sleep(1.2)
 
-    def pod_added(i: int) -> Callable[[], None]:
-        def race() -> None:  # (the real plugin, as the kubelet's ADD of a new pod)
-            node.add("gcnet", f"new{i}", [f"10.88.0.{30 + i}/16"], _ports(f"90{10 + i}/tcp"))
-
-        return race
-
-    racing = _racing_node(node, [pod_added(i) for i in range(APPLY_TRIES)])
+    racing = _busy_node(node)
     with netns.entered(node.ns):
         busy = gc(racing, Sources(), options)
     assert [c.container_id for c in busy.removed] == ["stale2"], (busy.pending, busy.warnings)
@@ -1357,24 +1355,50 @@ def test_a_stale_chain_left_for_a_later_run_by_the_last_try_is_said_why(node: No
     pending means not yet seen for --min-age (docs/monitoring.md,
     portmapctl_gc_chains_pending), and on a node that stays busy every run leaves it
     so. A warning now names it and says why, as for a chain held by an ADD."""
-    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
-    node.add("gcnet", "stale1", ["10.88.0.12/16"], _ports("8080/tcp"), cache=False)
-    node.add("gcnet", "stale2", ["10.88.0.13/16"], _ports("8081/tcp"), cache=False)
-    hostile = chain_name("gcnet", "stale1")
-    comment = 'dnat name: "ev\x1b[2J\x07il" id: "stale1"'
-    node.ipt(4, "-I", "CNI-HOSTPORT-DNAT", "-p", "tcp", "-m", "comment", "--comment", comment,
-             "-m", "multiport", "--dports", "8082", "-j", hostile)  # fmt: skip
+    hostile = _foreign_entry(node)
 
-    def pod_added(i: int) -> Callable[[], None]:
-        def race() -> None:  # (the real plugin, as the kubelet's ADD of a new pod)
-            node.add("gcnet", f"new{i}", [f"10.88.0.{30 + i}/16"], _ports(f"90{10 + i}/tcp"))
-
-        return race
-
-    racing = _racing_node(node, [pod_added(i) for i in range(APPLY_TRIES)])
+    racing = _busy_node(node)
     with netns.entered(node.ns):
         result = gc(racing, Sources(), GcOptions(min_age=0, state_dir=str(tmp_path / "run")))
     assert [c.chain for c in result.pending] == [hostile]
     [said] = [w for w in result.warnings if hostile in w]
     assert "IPv4" in said and "stale1" in said and "later run" in said, said
     assert "control characters" in said and "by number" in said, said
+
+
+def test_a_stale_chain_left_for_a_later_run_by_the_last_try_says_why_in_its_row(
+    node: Node_, tmp_path
+):
+    """The chain gc's last try leaves for a later run (family._by_text: a foreign rule
+    with control characters in its comment enters it, on a busy node), past --min-age,
+    read "removable in 0s, at <now>" in the table and `removable_in_seconds` 0 in JSON,
+    beside a warning that this run left it; on a node that stays busy no run takes it.
+    Its row now says why it waits, as a chain held for an ADD does (3b355c4): `held`
+    names the reason, `removable_in_seconds` is null; the chain still waiting out
+    --min-age beside it keeps its time."""
+    hostile = _foreign_entry(node)
+    options = GcOptions(min_age=60, state_dir=str(tmp_path / "run"))
+    with netns.entered(node.ns):
+        gc(_racing_node(node, []), Sources(), options)  # (the sightings)
+    backdate(tmp_path / "run", {hostile, chain_name("gcnet", "stale2")}, 61)
+    # A chain seen just now beside them: it waits out --min-age, and says when.
+    node.add("gcnet", "young", ["10.88.0.14/16"], _ports("8083/tcp"), cache=False)
+
+    racing = _busy_node(node)
+    with netns.entered(node.ns):
+        result = gc(racing, Sources(), options)
+    assert [c.container_id for c in result.removed] == ["stale2"], result.pending
+    cache = {"dirs": [str(node.cache)], "present": True, "entries": 1}
+    doc = validated("gc", render.gc_json(result, options.min_age, cache))
+    by_id = {p["container_id"]: p for p in doc["pending"]}
+    assert set(by_id) == {"stale1", "young"}, doc
+    assert by_id["stale1"]["held"] == "foreign-entry-unwritable", by_id["stale1"]
+    assert by_id["stale1"]["removable_in_seconds"] is None
+    assert by_id["young"]["held"] is None
+    assert 0 < by_id["young"]["removable_in_seconds"] <= 60
+    grid = render.gc_table(result, options.min_age)
+    rows = {line.split()[2]: line for line in grid.plain.splitlines() if line.startswith("v4 ")}
+    assert rows["stale1"].endswith("  held: a foreign rule entering it has control characters"), (
+        rows
+    )
+    assert "removable in" in rows["young"] and "removable in" not in rows["stale1"], rows

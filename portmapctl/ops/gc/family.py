@@ -172,7 +172,8 @@ def plan_family(
     if not by_number:
         removable, waiting = _by_text(removable)
         pending += [_gc_chain(c, ports[c.name], now - new_seen[ChainKey(family, c.name)].first_seen,
-                              live) for c in waiting]  # fmt: skip
+                              live, GcHold.FOREIGN_ENTRY_UNWRITABLE)
+                    for c in waiting]  # fmt: skip
     entering: Dict[str, List[int]] = {}
     for chain in removable:
         for entry in chain.entries:
