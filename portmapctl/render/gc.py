@@ -12,6 +12,7 @@ from portmapctl.render.table import Cuttable, count, grid, owner_order, short_id
 
 if TYPE_CHECKING:
     from portmapctl.ops.gc import GcChain, GcResult
+    from portmapctl.ops.gc.result import Refused
     from portmapctl.render.table import Grid
 
 
@@ -72,6 +73,16 @@ def _by_container(c: GcChain) -> Tuple[bool, str, bool, str, int, str]:
     return (*owner_order(c.network, c.container_id), c.family, c.chain)
 
 
+def table_order(chains: Iterable[GcChain]) -> List[GcChain]:
+    """`chains` as gc's table and JSON list them (_by_container)."""
+    return sorted(chains, key=_by_container)
+
+
+def refused_order(refused: Iterable[Refused]) -> List[Refused]:
+    """The chains iptables refused, in table_order."""
+    return sorted(refused, key=lambda r: _by_container(r.chain))
+
+
 def gc_table(
     result: GcResult,
     min_age: Optional[float] = None,
@@ -105,16 +116,16 @@ def gc_table(
             duration_text(c.seen_seconds),
         ]
 
-    for c in sorted(result.removed, key=_by_container):
+    for c in table_order(result.removed):
         rows.append(row(c))
         statuses.append([verb])
     for family, name in result.shared_removed:
         rows.append([f"v{family}", "shared", "-", "-", "-", name, "-"])
         statuses.append([verb])
-    for refused in sorted(result.refused, key=lambda r: _by_container(r.chain)):
+    for refused in refused_order(result.refused):
         rows.append(row(refused.chain))
         statuses.append(["refused by iptables"])
-    for c in sorted(result.pending, key=_by_container):
+    for c in table_order(result.pending):
         rows.append(row(c))
         if c.held is not None:
             statuses.append([HELD_TEXT[c.held]])

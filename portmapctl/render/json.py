@@ -16,6 +16,7 @@ from portmapctl.core.backend import Backend
 from portmapctl.core.status import ProblemKind
 from portmapctl.core.text import bytes_as_text
 from portmapctl.render.check import check_summary, rule_text, sorted_problems, split_fix
+from portmapctl.render.gc import refused_order, table_order
 
 if TYPE_CHECKING:
     from portmapctl.iptables.inventory import ChainInfo, Mapping
@@ -250,8 +251,11 @@ def gc_json(
         cache,
         dry_run=result.dry_run,
         min_age_seconds=min_age,
-        removed=[gc_chain_json(c) for c in result.removed],
-        pending=[gc_chain_json(c, pending=True, min_age=min_age) for c in result.pending],
+        # Rows in the table's order (by network, container, family), not the plan's.
+        removed=[gc_chain_json(c) for c in table_order(result.removed)],
+        pending=[
+            gc_chain_json(c, pending=True, min_age=min_age) for c in table_order(result.pending)
+        ],
         kept=result.kept,
         conntrack_deleted=result.conntrack_deleted,
         # Shared chains removed once empty (the legacy CNI-HOSTPORT-SNAT).
@@ -263,13 +267,17 @@ def gc_json(
         # Not removed: iptables refused them, each tried alone (the others went). Only
         # when there are some (docs/schema/gc.json): a new key on a rare path.
         **(
-            {"refused": [{**gc_chain_json(r.chain), "why": r.why} for r in result.refused]}
+            {
+                "refused": [
+                    {**gc_chain_json(r.chain), "why": r.why} for r in refused_order(result.refused)
+                ]
+            }
             if result.refused
             else {}
         ),
         # Not removed: the person did not confirm the question's removal (cli gc).
         **(
-            {"declined": [gc_chain_json(c) for c in result.declined]}
+            {"declined": [gc_chain_json(c) for c in table_order(result.declined)]}
             if result.declined is not None
             else {}
         ),

@@ -132,6 +132,34 @@ def _udp_dports(node: Node_) -> List[int]:
     )
 
 
+def test_gc_json_lists_its_chains_in_the_order_of_its_table(node: Node_):
+    """gc's JSON listed `pending` (and `removed`) in the plan's order, IPv4's table
+    then IPv6's (the nftables rules after both), its table by network and container,
+    then family: a script pairing the two, or reading a container's rows together,
+    read them apart. Both now go by the table's order (render.gc.table_order)."""
+    node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8090/tcp"))
+    for i, (network, cid) in enumerate([("zeta", "b2"), ("alpha", "c3"), ("zeta", "a1")]):
+        ips = [f"10.88.0.{21 + i}/16", f"fd00::{21 + i}/64"]
+        node.add(network, cid, ips, _ports(f"{9091 + i}/tcp"), cache=False)
+
+    def rows(stdout: str) -> List[tuple]:
+        return [(int(line.split()[0][1:]), line.split()[2]) for line in stdout.splitlines()
+                if line.startswith(("v4 ", "v6 "))]  # fmt: skip
+
+    def listed(doc: dict, key: str) -> List[tuple]:
+        return [(c["family"], c["container_id"]) for c in doc[key]]
+
+    table_order = [(4, "c3"), (6, "c3"), (4, "a1"), (6, "a1"), (4, "b2"), (6, "b2")]
+    for min_age, key in (("60s", "pending"), ("0", "removed")):
+        shown = node.gc("--dry-run", "--min-age", min_age)
+        assert shown.returncode == 0, shown.stderr
+        assert rows(shown.stdout) == table_order, shown.stdout
+        done = node.gc("--dry-run", "--min-age", min_age, "-o", "json")
+        assert done.returncode == 0, done.stderr
+        doc = validated("gc", done.stdout)
+        assert listed(doc, key) == table_order, doc
+
+
 def test_gc_leaves_exactly_the_live_containers_and_every_foreign_rule(node: Node_):
     _foreign_rules(node)
     node.add("gcnet", "live1", ["10.88.0.11/16"], _ports("8080/tcp", "5353/udp"))
