@@ -26,11 +26,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Mapping as ReadOnly
 
 from portmapctl.cni.config import as_handed, go_field
+from portmapctl.core.mapping import MappingConfig
 from portmapctl.host import settings
 
 HOST_LOCAL = "host-local"
@@ -121,6 +123,11 @@ def _regular(fd: int) -> bool:
     return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
+# What a cached container asks of the plugin on one network: its attachments' configs
+# (None: one with no ports); None where an entry of its could not be read (not known).
+Asks = Optional[Tuple[Optional[MappingConfig], ...]]
+
+
 @dataclass(frozen=True)
 class LeasedNetwork:
     """A subnet of one of the plugin's networks on the node, whose addresses host-local
@@ -128,17 +135,51 @@ class LeasedNetwork:
 
     subnet: Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
     leases: str
+    # The network's cached containers by ID (a lease names its holder so): what each
+    # asks of the plugin, which says where the plugin sends flows to its address.
+    tenants: ReadOnly[str, Asks] = field(default_factory=dict, compare=False)
 
 
 def leased_networks(attachments: Optional[Iterable[Any]]) -> Tuple[LeasedNetwork, ...]:
     """The subnets of the cached attachments (cni/cache.Attachment) that have a lease
-    directory: a mapping's, on a network of host-local's. Each once."""
+    directory: a mapping's, on a network of host-local's. Each once, with the cached
+    containers of its network (DATADIR/NETWORK: the directory names the network)."""
+    attachments = tuple(attachments or ())
     found: dict = {}
-    for attachment in attachments or ():
+    for attachment in attachments:
         if attachment.leases and attachment.mapping is not None and not attachment.problem:
             for address in attachment.mapping.addresses:
                 found.setdefault((address.network, attachment.leases), None)
-    return tuple(LeasedNetwork(subnet, leases) for subnet, leases in found)
+    if not found:
+        return ()
+    asks: Dict[Tuple[str, str], Optional[List[Optional[MappingConfig]]]] = {}
+    for attachment in attachments:
+        key = (attachment.network, attachment.container_id)
+        if attachment.problem:
+            asks[key] = None  # (one reading of an unreadable entry's name: not known)
+        elif asks.get(key, []) is not None:
+            asks.setdefault(key, []).append(attachment.mapping)
+    by_network: Dict[str, Dict[str, Asks]] = {}
+    for (network, container_id), configs in asks.items():
+        held = tuple(configs) if configs is not None else None
+        by_network.setdefault(network, {})[container_id] = held
+    return tuple(
+        LeasedNetwork(subnet, leases, by_network.get(os.path.basename(leases), {}))
+        for subnet, leases in found
+    )
+
+
+def _leases_at(
+    networks: Iterable[LeasedNetwork], address: str
+) -> Iterator[Tuple[LeasedNetwork, Lease]]:
+    """What host-local says of `address` in each of `networks` whose subnet holds it."""
+    try:
+        found = ipaddress.ip_address(address)
+    except ValueError:
+        return
+    for network in networks:
+        if found in network.subnet:
+            yield network, lease_of(network.leases, found.compressed, "")
 
 
 def given_back(networks: Iterable[LeasedNetwork], address: str) -> bool:
@@ -146,12 +187,18 @@ def given_back(networks: Iterable[LeasedNetwork], address: str) -> bool:
     for it: no container has it now (a removed one's: its DEL gave the lease back). A
     lease held, a directory that cannot be read, an address of no such subnet: False
     (nothing tells)."""
-    try:
-        found = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(
-        found in network.subnet
-        and lease_of(network.leases, found.compressed, "").state is LeaseState.GIVEN_BACK
-        for network in networks
-    )
+    return any(lease.state is LeaseState.GIVEN_BACK for _, lease in _leases_at(networks, address))
+
+
+def holders(networks: Iterable[LeasedNetwork], address: str) -> Tuple[Tuple[Asks, ...], ...]:
+    """What the containers host-local leases `address` to ask of the plugin, one Asks
+    per network of `networks` whose subnet holds it (its holder's there, None where no
+    cache entry of that network names the holder: one being added, say). Empty unless
+    every one of those networks leases it to a container: given back, not known, an
+    address of no such subnet tell nothing of a holder."""
+    found = []
+    for network, lease in _leases_at(networks, address):
+        if lease.state is not LeaseState.TAKEN or lease.holder is None:
+            return ()
+        found.append(network.tenants.get(lease.holder))
+    return tuple(found)

@@ -20,6 +20,7 @@ from typing import Mapping as ReadOnly
 
 from portmapctl.cni.leases import LeasedNetwork, leased_networks
 from portmapctl.core.contest import backend_of
+from portmapctl.core.mapping import MappingConfig
 from portmapctl.host.addresses import LocalAddresses, local_addresses
 from portmapctl.host.conntrack import ConntrackEntry, packed
 from portmapctl.iptables import inventory
@@ -38,6 +39,28 @@ def covers(m: Mapping, entry: ConntrackEntry) -> bool:
         return True
     address = packed(m.family, m.host_ip)
     return address is not None and address == packed(entry.family, entry.dst)
+
+
+def sent_there(config: Optional[MappingConfig], entry: ConntrackEntry) -> bool:
+    """Whether the plugin, given `config` (a cached container's; None: no ports), sends
+    entry's flow where it went: a UDP mapping of its host port, on its destination or on
+    every address, to the container's address (the first of the family, as the plugin
+    takes) and the port it was DNATed to."""
+    if config is None:
+        return False
+    address = config.address(entry.family)
+    replier = packed(entry.family, entry.reply_src)
+    if address is None or packed(entry.family, str(address.ip)) != replier:
+        return False
+    for port in config.ports:
+        if port.protocol != "udp" or not port.applies_to(entry.family):
+            continue
+        if (port.host_port, port.container_port) != (entry.dport, entry.reply_sport):
+            continue
+        host = port.host_ip_for_rule()  # (None: every address)
+        if host is None or packed(entry.family, host) == packed(entry.family, entry.dst):
+            return True
+    return False
 
 
 class Taken(Set[Destination]):
@@ -372,6 +395,37 @@ class Judging:
             asked.add(replier)
             if (e.family, e.reply_src) not in local and given_back(self.networks, e.reply_src):
                 found.add(replier)
+        return found
+
+    def misdirected(
+        self,
+        entries: Iterable[ConntrackEntry],
+        ours: Collection[Tuple[int, Optional[bytes]]],
+        local: LocalAddresses,
+    ) -> Set[ConntrackEntry]:
+        """Of these entries DNATed to none of `ours` nor the node's own addresses, those
+        to an address of the plugin's networks that host-local leases to a container
+        whose cached config sends no such flow there: the address was given to it after
+        the container the flow went to was removed (host-local hands addresses out in
+        order), and the flow now reaches one that does not serve it. A holder with no
+        cache entry (being added) or one that cannot be read tells nothing: kept. As
+        vacated, but per flow, and not for a destination another tool's rule takes
+        (misroutes: that tool may DNAT there itself)."""
+        found: Set[ConntrackEntry] = set()
+        if not self.networks:
+            return found
+        from portmapctl.cni.leases import holders
+
+        held: Dict[Tuple[int, Optional[bytes]], Tuple[Any, ...]] = {}
+        for e in entries:
+            replier = (e.family, packed(e.family, e.reply_src))
+            if not e.dnat or replier in ours or (e.family, e.reply_src) in local:
+                continue
+            if replier not in held:
+                held[replier] = holders(self.networks, e.reply_src)
+            asked = held[replier]
+            if asked and all(a is not None and not any(sent_there(c, e) for c in a) for a in asked):
+                found.add(e)
         return found
 
     def taken(

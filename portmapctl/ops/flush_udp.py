@@ -223,6 +223,7 @@ def plan(
     local: Optional[LocalAddresses] = None,
     ours: Optional[Collection[Tuple[int, Optional[bytes]]]] = None,
     taken: Collection[Destination] = (),
+    misdirected: Collection[ConntrackEntry] = (),
 ) -> List[Doomed]:
     """The entries under `ports` to delete: all of them, or with stale_only those
     that misroute given the current `mappings` (all of the node's, not only the
@@ -240,7 +241,11 @@ def plan(
 
     `taken` (taken_first): the destinations another tool's rule takes before the
     plugin's entry; their flows are that tool's, kept by stale_only, unless DNATed to
-    one of `ours` (then judged as any: a removed container's flow goes)."""
+    one of `ours` (then judged as any: a removed container's flow goes).
+
+    `misdirected` (Judging.misdirected): flows DNATed to none of `ours`, but to an
+    address host-local now leases to a container that does not serve them; where no
+    other tool's rule takes them they are judged as flows to one of `ours`."""
     by_key = _index(mappings)
     doomed = []
     for entry in entries:
@@ -252,7 +257,7 @@ def plan(
         if not stale_only:
             doomed.append(Doomed(entry, FlushReason.MAPPED if key in by_key else FlushReason.GIVEN))
             continue
-        verdict = misroutes(entry, by_key, ours, taken)
+        verdict = misroutes(entry, by_key, ours, taken, misdirected)
         if verdict is not None:
             reason, wanted = verdict
             elsewhere = _mapped_on(by_key.get(key, ())) if reason is FlushReason.UNMAPPED else ()
@@ -341,6 +346,7 @@ def misroutes(
     by_key: ReadOnly[Key, Sequence[Mapping]],
     ours: Optional[Collection[Tuple[int, Optional[bytes]]]] = None,
     taken: Collection[Destination] = (),
+    misdirected: Collection[ConntrackEntry] = (),
 ) -> Optional[Tuple[FlushReason, Tuple[str, ...]]]:
     """(reason, wanted) when the entry misroutes (flush-udp --stale-only deletes it), else
     None; `by_key`: the UDP mappings by (family, host port). plan()'s judgement, and
@@ -368,6 +374,7 @@ def misroutes(
         and ours is not None
         and key in by_key
         and replier not in ours
+        and entry not in misdirected
     ):
         return None
     return None if reason is None else (reason, wanted)
@@ -442,14 +449,25 @@ def flush(
             e for e in looked_at if any(covers(m, e) for m in own.get((e.family, e.dport), ()))
         ]
     mine = ours((m.family, m.container_ip) for m in mappings)
+    astray: Set[ConntrackEntry] = set()
+    taken: Collection[Destination] = set()
     if stale_only and judging is not None:
-        # A removed container's address is the plugin's too: its flows misroute.
+        # A removed container's address is the plugin's too: its flows misroute; so do
+        # its flows to its address given to a container that does not serve them.
         mine |= judging.vacated(looked_at, mine, local)
-    taken = judging.taken(looked_at, local) if stale_only and judging is not None else set()
-    doomed = sorted(
-        plan(looked_at, keys, mappings, stale_only=stale_only, local=local, ours=mine, taken=taken),
-        key=lambda d: _order(d.entry),
+        astray = judging.misdirected(looked_at, mine, local)
+        taken = judging.taken(looked_at, local)
+    found = plan(
+        looked_at,
+        keys,
+        mappings,
+        stale_only=stale_only,
+        local=local,
+        ours=mine,
+        taken=taken,
+        misdirected=astray,
     )
+    doomed = sorted(found, key=lambda d: _order(d.entry))
     gone: List[ConntrackEntry] = []
     if dry_run:
         deleted = len(doomed)
@@ -621,10 +639,11 @@ def count_flows(mappings: Iterable[Mapping], judging: Optional[Judging] = None) 
         taken = judging.taken(entries, local) if judging is not None and entries else set()
         if judging is not None:
             mine |= judging.vacated(entries, mine, local)  # (as flush-udp judges)
+        misdirected = judging.misdirected(entries, mine, local) if judging is not None else set()
         for entry in entries:
             key = (entry.family, entry.dport)
             covering = [m for m in by_key[key] if covers(m, entry)]
-            astray = misroutes(entry, every, mine, taken) is not None
+            astray = misroutes(entry, every, mine, taken, misdirected) is not None
             if not covering:
                 if astray:
                     elsewhere.setdefault(key, set()).add(entry)

@@ -909,3 +909,44 @@ def test_why_a_flow_to_an_address_the_port_is_not_mapped_on_goes_says_so(
         assert why["40700->7100"].endswith(f"  {elsewhere}"), done.stdout
         assert why["40701->7200"].endswith(f"  {nothing}"), done.stdout
     assert ct_sports(host_ns) == set()
+
+
+def test_stale_only_deletes_a_removed_containers_flows_to_its_address_re_leased_to_another(
+    host_ns: str, tmp_path, iptables_mode: rp.Mode
+) -> None:
+    """`local` maps 127.0.0.1:7100/udp; `old` mapped 192.0.2.10:7100/udp and was removed
+    (`podman rm -f`: the plugin's DEL, its cache entry and lease gone), its flow still
+    DNATed to its address 10.77.38.6; then `new` was run and host-local gave it that
+    same address (it hands them out in order), `new` mapping 192.0.2.10:7100/tcp alone.
+    The old flow now reaches a container that does not serve it, and --stale-only kept
+    it (the lease is held): `new`'s cache entry says it maps no such UDP port. A flow
+    to an address held by one with no cache entry (being added) is kept (in doubt), and
+    local's own flow, which its live mapping explains, too."""
+    leases = tmp_path / "ipam"
+    cache = tmp_path / "cni"
+    tcp = rp.port_mapping(7100, 7100, "tcp", "192.0.2.10")
+    setups = {
+        "local": ("10.77.38.5/16", rp.port_mapping(7100, 7100, "udp", "127.0.0.1")),
+        "old": ("10.77.38.6/16", rp.port_mapping(7100, 7100, "udp", "192.0.2.10")),
+        "new": ("10.77.38.6/16", tcp),
+    }
+    for cid, (ip, port) in setups.items():
+        conf = rp.plugin_conf("leasenet", [ip], [port])
+        rp.run_plugin("ADD", host_ns, cid, conf, mode=iptables_mode, check=True)
+        if cid == "old":
+            ns_run(host_ns, "ip", "addr", "add", "192.0.2.10/32", "dev", "lo")
+            ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", 40700, 7100, "10.77.38.6", 7100),
+                              ct_args("192.0.2.7", "192.0.2.10", 40701, 7100, "10.77.38.8", 7100),
+                              ct_args("127.0.0.1", "127.0.0.1", 40702, 7100, "10.77.38.5", 7100)])  # fmt: skip
+            rp.run_plugin("DEL", host_ns, cid, conf, mode=iptables_mode, check=True)
+        else:
+            rp.write_cni_cache(cache, "leasenet", cid, "eth0", conf, [port], [ip], leases=leases)
+    (leases / "leasenet" / "10.77.38.8").write_text("adding\r\neth0")  # no cache entry yet
+    common = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(cache)]
+    listed = json.loads(run(["list", *common, "--conntrack", "-o", "json"]).stdout)
+    assert listed["conntrack_misrouted"] == 1, listed
+    doc = json.loads(run(["flush-udp", *common, "--stale-only", "--dry-run", "-o", "json"]).stdout)
+    assert [(d["sport"], d["reason"]) for d in doc["deleted"]] == [(40700, "unmapped")], doc
+    done = run(["flush-udp", *common, "--stale-only"])
+    assert done.returncode == 0, done.stderr
+    assert ct_sports(host_ns) == {40701, 40702}

@@ -860,3 +860,48 @@ def test_a_taken_merged_after_it_was_asked_judges_the_new_sources_too() -> None:
     assert first.merge(later).holds(destination, there)
     assert first.holds(destination, udp(src="192.0.2.9", dst="10.0.0.1"))
     assert not first.holds(destination, udp(src="203.0.113.1", dst="10.0.0.1"))
+
+
+def test_a_flow_to_a_removed_containers_address_given_to_another_is_misdirected(tmp_path):
+    """host-local gave a removed container's address to a new one (it hands them out
+    in order): the old flows DNATed there reach one that does not serve them. Judged by
+    the holder's cached config: one mapping that port on another protocol, or none at
+    all, sends no such flow there (misdirected: --stale-only deletes it, `unmapped`);
+    one whose config sends it there, or a holder with no cache entry (being added),
+    keeps it; and so does a destination another tool's rule takes (that tool may DNAT
+    there itself)."""
+    import ipaddress
+
+    from portmapctl.cni.leases import LeasedNetwork
+    from portmapctl.core.mapping import MappingConfig, PortMapping
+    from portmapctl.host.conntrack import packed
+
+    def config(cid: str, address: str, *ports: PortMapping) -> MappingConfig:
+        return MappingConfig("podman", cid, (ipaddress.ip_interface(address),), ports)
+
+    net = tmp_path / "podman"
+    net.mkdir()
+    for address, holder in (("6", "new"), ("7", "bare"), ("8", "served"), ("9", "adding")):
+        (net / f"10.88.0.{address}").write_text(f"{holder}\r\neth0")
+    tenants = {
+        "new": (config("new", "10.88.0.6/16", PortMapping(7100, 7100, "tcp", "10.0.0.1")),),
+        "bare": (None,),
+        "served": (config("served", "10.88.0.8/16", PortMapping(7100, 7100, "udp", "10.0.0.1")),),
+    }
+    leased = (LeasedNetwork(ipaddress.ip_network("10.88.0.0/16"), str(net), tenants),)
+    on_lo = mapping("10.88.0.5", host_port=7100, host_ip="127.0.0.1", container_port=7100)
+    flows = {n: udp(sport=n, dport=7100, reply_src=f"10.88.0.{n}", reply_sport=7100)
+             for n in (6, 7, 8, 9)}  # fmt: skip
+    judging = flow_owners.Judging([on_lo], {}, networks=leased)
+    local = flow_owners.local_addresses()
+    astray = judging.misdirected(flows.values(), ours([(4, "10.88.0.5")]), local)
+    assert astray == {flows[6], flows[7]}
+    # Another port of the holder's own mapping is not where it sends this one.
+    other = udp(sport=10, dport=7100, reply_src="10.88.0.8", reply_sport=53)
+    assert judging.misdirected([other], set(), local) == {other}
+    common = dict(stale_only=True, ours=ours([(4, "10.88.0.5")]), misdirected=astray)
+    assert plan(flows.values(), {(4, 7100)}, [on_lo], **common) == [
+        Doomed(flows[n], FlushReason.UNMAPPED, mapped_on=("127.0.0.1",)) for n in (6, 7)
+    ]
+    taken = {(4, packed(4, "10.0.0.1"), 7100)}
+    assert plan(flows.values(), {(4, 7100)}, [on_lo], taken=taken, **common) == []
