@@ -388,8 +388,12 @@ def write_cni_cache(
     ips: Sequence[str],
     netns: str | None = None,
     leases: str | os.PathLike[str] | None = None,
+    ranges: Sequence[Sequence[dict[str, str]]] | None = None,
 ) -> Path:
     """Write ``DIR/results/NETWORK-CONTAINERID-IFNAME`` as libcni's ``cniCacheV1`` does.
+
+    ``ranges``: host-local's ``ranges`` in the conflist (default: one range set per
+    address, its whole subnet).
 
     ``leases``: host-local's data directory, named in the conflist (``dataDir``), where
     each address gets its lease as host-local's ADD leaves it (``ID\r\nIFNAME``).
@@ -418,7 +422,9 @@ def write_cni_cache(
                 "ipMasq": True,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": str(ipaddress.ip_interface(ip).network)}] for ip in ips],
+                    "ranges": [[{"subnet": str(ipaddress.ip_interface(ip).network)}] for ip in ips]
+                    if ranges is None
+                    else [[dict(r) for r in rs] for rs in ranges],
                 },
             },
             portmap_entry,

@@ -33,7 +33,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set
 
 from portmapctl.cni import config as cni_config
 from portmapctl.cni.entries import CachedKey, entry_paths
-from portmapctl.cni.leases import host_local_data_dir
+from portmapctl.cni.leases import HostRange, host_local_data_dir, host_local_ranges
 from portmapctl.core import validate
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
@@ -71,6 +71,9 @@ class Attachment:
     netns_state: NetnsState = NetnsState.UNKNOWN
     problem: Optional[str] = None
     leases: Optional[str] = None  # host-local's lease directory of its network (cni/leases)
+    # The ranges host-local hands addresses out of there (its config's; (): it names
+    # none; None: they cannot be read).
+    ranges: Optional[Tuple[HostRange, ...]] = ()
     # libcni before v0.8 cached the ADD result alone: a whole entry, read as libcni still
     # reads it, that names no config. Its `problem` says so (its mappings are not known,
     # as an unreadable entry's are not), but it is nothing to warn of at every run.
@@ -540,6 +543,10 @@ def cached_names(cache_dirs: CacheDirs, limit: int = 4096) -> List[Tuple[str, st
     return sorted(found)
 
 
+# ConfigMemo's: the portmap entry, host-local's data directory and its ranges.
+Decoded = Tuple[Optional[dict], Optional[str], Optional[Tuple[HostRange, ...]]]
+
+
 class ConfigMemo:
     """The portmap entries of the cached configs already decoded, by their base64 text.
 
@@ -551,16 +558,17 @@ class ConfigMemo:
     """
 
     def __init__(self) -> None:
-        self._decoded: Dict[str, Tuple[Optional[dict], Optional[str]]] = {}
+        self._decoded: Dict[str, Decoded] = {}
 
-    def portmap_conf(self, value: Any, source: str) -> Tuple[Optional[dict], Optional[str]]:
-        """The portmap entry of the config, and host-local's data directory where the
-        config's main plugin uses host-local (cni/leases.py)."""
+    def portmap_conf(self, value: Any, source: str) -> Decoded:
+        """The portmap entry of the config, and host-local's data directory and ranges
+        where the config's main plugin uses host-local (cni/leases.py)."""
         if isinstance(value, str) and value in self._decoded:
             return self._decoded[value]
         decoded = _decode_config(value, source)
         conf = _portmap_conf(decoded, source)
-        found = (conf, host_local_data_dir(decoded) if conf is not None else None)
+        data_dir = host_local_data_dir(decoded) if conf is not None else None
+        found = (conf, data_dir, host_local_ranges(decoded) if data_dir else ())
         if isinstance(value, str):
             self._decoded[value] = found
         return found
@@ -593,7 +601,7 @@ def read_attachment(path: str, *, configs: Optional[ConfigMemo] = None) -> Attac
     ifname = cached.get("ifName") or ""
     if not isinstance(ifname, str):
         raise BadInput(f"{source}: ifName must be a string")
-    conf, data_dir = (configs or ConfigMemo()).portmap_conf(cached.get("config"), source)
+    conf, data_dir, ranges = (configs or ConfigMemo()).portmap_conf(cached.get("config"), source)
     network = cached.get("networkName") or (conf or {}).get("name") or ""
     network = _named(network, "network name", source)
     _check_file_name(path, network, container_id, ifname, source)
@@ -626,7 +634,9 @@ def read_attachment(path: str, *, configs: Optional[ConfigMemo] = None) -> Attac
     # forwards nothing, and neither does anything else expect it to.
     netns = _netns(cached.get("netns"), result, ifname)
     leases = os.path.join(data_dir, network) if data_dir and mapping is not None else None
-    return Attachment(network, container_id, ifname, path, mapping, netns, leases=leases)
+    return Attachment(
+        network, container_id, ifname, path, mapping, netns, leases=leases, ranges=ranges
+    )
 
 
 def _ports_given(conf: dict, capability: dict, source: str) -> Any:

@@ -60,12 +60,11 @@ class Lease:
     holder: Optional[str] = None  # the container ID of a TAKEN lease
 
 
-def host_local_data_dir(conf: Any) -> Optional[str]:
-    """Where host-local keeps its leases (one directory per network below it) when the
-    cached network config `conf` (a conflist, or one plugin's config) has its main
-    plugin use host-local: the first plugin with an `ipam` section. None for any other
-    IPAM, and for a data directory that is no absolute path. flannel's config counts:
-    it hands its delegate a host-local section made from its own `ipam`."""
+def _host_local_ipam(conf: Any) -> Optional[dict]:
+    """The `ipam` section host-local gets from the cached network config `conf` (a
+    conflist, or one plugin's config): the first plugin's with an `ipam` section, when
+    it names host-local. flannel's config counts: it hands its delegate a host-local
+    section made from its own `ipam`."""
     plugins = conf.get("plugins") if isinstance(conf, dict) else None
     for plugin in plugins if isinstance(plugins, list) else [conf]:
         plugin = as_handed(plugin)  # (as libcni handed it on: keys sorted)
@@ -78,13 +77,83 @@ def host_local_data_dir(conf: Any) -> Optional[str]:
             ipam.setdefault("type", HOST_LOCAL)
         if not isinstance(ipam, dict) or not go_field(ipam, "type"):
             continue
-        if go_field(ipam, "type") != HOST_LOCAL:
-            return None
-        data_dir = go_field(ipam, "dataDir")
-        if not isinstance(data_dir, str) or not data_dir:
-            return settings.HOST_LOCAL_DIR.value()
-        return data_dir if os.path.isabs(data_dir) else None
+        return ipam if go_field(ipam, "type") == HOST_LOCAL else None
     return None
+
+
+def host_local_data_dir(conf: Any) -> Optional[str]:
+    """Where host-local keeps its leases (one directory per network below it) when the
+    cached network config `conf` has its main plugin use host-local (_host_local_ipam).
+    None for any other IPAM, and for a data directory that is no absolute path."""
+    ipam = _host_local_ipam(conf)
+    if ipam is None:
+        return None
+    data_dir = go_field(ipam, "dataDir")
+    if not isinstance(data_dir, str) or not data_dir:
+        return settings.HOST_LOCAL_DIR.value()
+    return data_dir if os.path.isabs(data_dir) else None
+
+
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+Subnet = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+@dataclass(frozen=True)
+class HostRange:
+    """One range host-local hands addresses out of, as its Range.Canonicalize fills it
+    in: `first` to `last` (rangeStart, default the subnet's .1; rangeEnd, default its
+    last address, an IPv4 subnet's broadcast address not), `gateway` (default .1)
+    never handed out."""
+
+    subnet: Subnet
+    first: Address
+    last: Address
+    gateway: Address
+
+    @classmethod
+    def of(
+        cls, subnet: Subnet, start: Any = None, end: Any = None, gateway: Any = None
+    ) -> HostRange:
+        """ValueError for what host-local would not take either."""
+        if any(a is not None and not isinstance(a, str) for a in (start, end, gateway)):
+            raise ValueError("an address of a range that is no string")
+        found = [ipaddress.ip_address(a) if a else None for a in (start, end, gateway)]
+        if any(a is not None and a not in subnet for a in found):
+            raise ValueError("an address of a range outside its subnet")
+        after = subnet.network_address + 1
+        final = subnet.broadcast_address - (1 if subnet.version == 4 else 0)
+        return cls(subnet, found[0] or after, found[1] or final, found[2] or after)
+
+    def hands_out(self, address: Address) -> bool:
+        return (
+            address in self.subnet
+            and self.first <= address <= self.last
+            and address != self.gateway
+        )
+
+
+def host_local_ranges(conf: Any) -> Optional[Tuple[HostRange, ...]]:
+    """The ranges host-local hands addresses out of under the cached network config
+    `conf` (its `ranges` and the older top-level `subnet`, `rangeStart`, `rangeEnd`,
+    `gateway`), every range set's; () where the config names none (flannel's come from
+    its subnet.env at ADD: the attachments' subnets stand for them); None where they
+    cannot be read (nothing told of its addresses)."""
+    ipam = _host_local_ipam(conf)
+    if ipam is None:
+        return ()
+    sets = go_field(ipam, "ranges") or []
+    if go_field(ipam, "subnet"):
+        sets = [[ipam], *sets] if isinstance(sets, list) else sets  # (host-local: first)
+    found = []
+    try:
+        for ranges in sets:
+            for r in ranges:
+                subnet = ipaddress.ip_network(go_field(r, "subnet"), strict=False)
+                fields = (go_field(r, key) for key in ("rangeStart", "rangeEnd", "gateway"))
+                found.append(HostRange.of(subnet, *fields))
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return tuple(found)
 
 
 def lease_of(directory: str, address: str, container_id: str) -> Lease:
@@ -130,26 +199,39 @@ Asks = Optional[Tuple[Optional[MappingConfig], ...]]
 
 @dataclass(frozen=True)
 class LeasedNetwork:
-    """A subnet of one of the plugin's networks on the node, whose addresses host-local
+    """A range of one of the plugin's networks on the node, whose addresses host-local
     hands out, and the directory of its leases (a cached attachment's `leases`)."""
 
-    subnet: Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+    subnet: Subnet
     leases: str
     # The network's cached containers by ID (a lease names its holder so): what each
     # asks of the plugin, which says where the plugin sends flows to its address.
     tenants: ReadOnly[str, Asks] = field(default_factory=dict, compare=False)
+    # Which addresses of the subnet host-local hands out (None: the subnet's, by
+    # host-local's defaults); one outside it has no lease for no container's leaving.
+    handed: Optional[HostRange] = None
+
+    def hands_out(self, address: Address) -> bool:
+        handed = self.handed or HostRange.of(self.subnet)
+        return handed.hands_out(address)
 
 
 def leased_networks(attachments: Optional[Iterable[Any]]) -> Tuple[LeasedNetwork, ...]:
-    """The subnets of the cached attachments (cni/cache.Attachment) that have a lease
-    directory: a mapping's, on a network of host-local's. Each once, with the cached
-    containers of its network (DATADIR/NETWORK: the directory names the network)."""
+    """The ranges of the cached attachments' networks (cni/cache.Attachment) that have
+    a lease directory: a mapping's, on a network of host-local's. Each once, with the
+    cached containers of its network (DATADIR/NETWORK: the directory names the
+    network). Ranges the config names (Attachment.ranges), else the subnets of the
+    attachments' addresses; none of a network whose ranges cannot be read."""
     attachments = tuple(attachments or ())
     found: dict = {}
     for attachment in attachments:
         if attachment.leases and attachment.mapping is not None and not attachment.problem:
-            for address in attachment.mapping.addresses:
-                found.setdefault((address.network, attachment.leases), None)
+            if attachment.ranges is None:
+                continue  # (its addresses not known: nothing told of them)
+            for handed in attachment.ranges:
+                found.setdefault((handed.subnet, attachment.leases, handed), None)
+            for address in () if attachment.ranges else attachment.mapping.addresses:
+                found.setdefault((address.network, attachment.leases, None), None)
     if not found:
         return ()
     asks: Dict[Tuple[str, str], Optional[List[Optional[MappingConfig]]]] = {}
@@ -164,8 +246,8 @@ def leased_networks(attachments: Optional[Iterable[Any]]) -> Tuple[LeasedNetwork
         held = tuple(configs) if configs is not None else None
         by_network.setdefault(network, {})[container_id] = held
     return tuple(
-        LeasedNetwork(subnet, leases, by_network.get(os.path.basename(leases), {}))
-        for subnet, leases in found
+        LeasedNetwork(subnet, leases, by_network.get(os.path.basename(leases), {}), handed)
+        for subnet, leases, handed in found
     )
 
 
@@ -178,7 +260,7 @@ def _leases_at(
     except ValueError:
         return
     for network in networks:
-        if found in network.subnet:
+        if found in network.subnet and network.hands_out(found):
             yield network, lease_of(network.leases, found.compressed, "")
 
 

@@ -950,3 +950,39 @@ def test_stale_only_deletes_a_removed_containers_flows_to_its_address_re_leased_
     done = run(["flush-udp", *common, "--stale-only"])
     assert done.returncode == 0, done.stderr
     assert ct_sports(host_ns) == {40701, 40702}
+
+
+def test_stale_only_keeps_flows_to_an_address_host_local_never_hands_out(
+    host_ns: str, tmp_path, iptables_mode: rp.Mode
+) -> None:
+    """host-local hands out only its ranges' addresses (`rangeStart`-`rangeEnd`, the
+    gateway skipped), not the whole subnet: an address of the subnet outside them has
+    no lease because host-local never gives it to anyone, not because a container gave
+    it back (a static address on the bridge: a VM's, another tool's pod). A flow to
+    192.0.2.10:7100 DNATed there, the port mapped on 127.0.0.1 alone, is another
+    tool's live flow: --stale-only deleted it as a removed container's (`unmapped`) and
+    list counted it misrouted. One to an address inside a range with no lease still
+    goes (7bd322b), and so does one to an address in a second range set."""
+    leases = tmp_path / "ipam"
+    cache = tmp_path / "cni"
+    ranges = [[{"subnet": "10.77.0.0/16", "rangeStart": "10.77.38.2", "rangeEnd": "10.77.38.100"},
+               {"subnet": "10.76.0.0/16", "rangeStart": "10.76.1.1", "rangeEnd": "10.76.1.9"}]]  # fmt: skip
+    port = rp.port_mapping(7100, 7100, "udp", "127.0.0.1")
+    conf = rp.plugin_conf("leasenet", ["10.77.38.5/16"], [port])
+    rp.run_plugin("ADD", host_ns, "local", conf, mode=iptables_mode, check=True)
+    rp.write_cni_cache(cache, "leasenet", "local", "eth0", conf, [port], ["10.77.38.5/16"],
+                       leases=leases, ranges=ranges)  # fmt: skip
+    ns_run(host_ns, "ip", "addr", "add", "192.0.2.10/32", "dev", "lo")
+    replies = {40700: "10.77.38.6", 40701: "10.76.1.3", 40702: "10.77.99.9",
+               40703: "10.77.38.101", 40704: "10.77.0.1", 40705: "10.76.2.1"}  # fmt: skip
+    ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", sport, 7100, reply, 7100)
+                      for sport, reply in replies.items()])  # fmt: skip
+    common = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(cache)]
+    listed = json.loads(run(["list", *common, "--conntrack", "-o", "json"]).stdout)
+    assert listed["conntrack_misrouted"] == 2, listed
+    doc = json.loads(run(["flush-udp", *common, "--stale-only", "--dry-run", "-o", "json"]).stdout)
+    assert [(d["sport"], d["reason"]) for d in doc["deleted"]] == [
+        (40700, "unmapped"), (40701, "unmapped")
+    ]  # fmt: skip
+    assert run(["flush-udp", *common, "--stale-only"]).returncode == 0
+    assert ct_sports(host_ns) == {40702, 40703, 40704, 40705}

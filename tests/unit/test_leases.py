@@ -206,3 +206,45 @@ def test_an_address_of_a_leased_network_no_container_holds_is_given_back(tmp_pat
     net.rename(tmp_path / "ipam" / "moved")
     assert not given_back(networks, "10.88.0.7")
     assert leased_networks(None) == ()
+
+
+def test_host_local_hands_out_its_ranges_not_the_whole_subnet(tmp_path):
+    """host-local leases only its ranges' addresses (rangeStart-rangeEnd, default the
+    subnet's .1 to its last, an IPv4 broadcast not; the gateway, default .1, never),
+    of every range set, the older top-level `subnet` one first (as /usr/lib/cni's
+    host-local allocates: `subnet` 10.7.0.0/30 gives 10.7.0.2, then none). An address
+    of the subnet outside them has no lease because no one ever had it: not given back
+    (flush-udp --stale-only deleted another tool's flows to a static address there).
+    Ranges that cannot be read tell nothing of the network's addresses."""
+    from portmapctl.cni.leases import host_local_ranges
+
+    conflist = json.loads(json.dumps(PODMAN))
+    ipam = conflist["plugins"][0]["ipam"]
+    ipam["dataDir"] = str(tmp_path / "ipam")
+    ipam["ranges"] = [[{"subnet": "10.88.0.0/16", "rangeStart": "10.88.1.2",
+                        "rangeEnd": "10.88.1.200"},
+                       {"subnet": "10.87.0.0/24"}],
+                      [{"subnet": "fd00:88::/126"}]]  # fmt: skip
+    ipam.update(subnet="10.7.0.0/30", gateway="10.7.0.2")
+    found = host_local_ranges(conflist)
+    assert [(str(r.subnet), str(r.first), str(r.last), str(r.gateway)) for r in found] == [
+        ("10.7.0.0/30", "10.7.0.1", "10.7.0.2", "10.7.0.2"),
+        ("10.88.0.0/16", "10.88.1.2", "10.88.1.200", "10.88.0.1"),
+        ("10.87.0.0/24", "10.87.0.1", "10.87.0.254", "10.87.0.1"),
+        ("fd00:88::/126", "fd00:88::1", "fd00:88::3", "fd00:88::1"),
+    ]
+    (tmp_path / "ipam" / "podman").mkdir(parents=True)
+    attachment = cache.read_attachment(_entry(tmp_path, conflist))
+    assert attachment.ranges == found
+    networks = leased_networks([attachment])
+    back = {"10.7.0.1", "10.88.1.2", "10.88.1.200", "10.87.0.2", "10.87.0.254", "fd00:88::3"}
+    never = {"10.7.0.2", "10.88.0.7", "10.88.1.1", "10.88.1.201", "10.88.0.1", "10.87.0.0",
+             "10.87.0.1", "10.87.0.255", "fd00:88::1", "10.89.0.7"}  # fmt: skip
+    assert {a for a in back | never if given_back(networks, a)} == back
+    for bad in ({"rangeStart": "10.99.0.1"}, {"rangeEnd": 7}, {"subnet": "x"}):
+        ipam["ranges"] = [[dict({"subnet": "10.88.0.0/16"}, **bad)]]
+        assert host_local_ranges(conflist) is None
+        assert leased_networks([cache.read_attachment(_entry(tmp_path, conflist))]) == ()
+    del ipam["ranges"], ipam["subnet"], ipam["gateway"]  # (flannel's: its subnet.env's)
+    networks = leased_networks([cache.read_attachment(_entry(tmp_path, conflist))])
+    assert given_back(networks, "10.88.0.7") and not given_back(networks, "10.88.0.1")
