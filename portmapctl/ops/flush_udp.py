@@ -80,6 +80,10 @@ class FlushResult:
     # Of `doomed`, those gone before this run's delete reached them (idle, or another
     # flush): not reported as deleted by it.
     gone: FrozenSet[ConntrackEntry] = frozenset()
+    # Of `kept` (--stale-only), those a stale chain DNATed to its own container's
+    # address (a leaked chain: no cache entry names its container): they follow the
+    # rule, but reach no live container; gc, removing the chain, ends them.
+    kept_stale: int = 0
 
     @property
     def shown(self) -> Tuple[Doomed, ...]:
@@ -468,6 +472,8 @@ def flush(
         misdirected=astray,
     )
     doomed = sorted(found, key=lambda d: _order(d.entry))
+    going = {d.entry for d in doomed}
+    kept_stale = _by_stale_chains((e for e in looked_at if e not in going), mappings)
     gone: List[ConntrackEntry] = []
     if dry_run:
         deleted = len(doomed)
@@ -482,6 +488,7 @@ def flush(
         len(looked_at) - len(doomed),
         warnings,
         frozenset(gone),
+        kept_stale if stale_only else 0,
     )
 
 
@@ -607,6 +614,19 @@ def behind(covering: Sequence[Mapping], entry: ConntrackEntry) -> List[Mapping]:
 def _target(m: Mapping) -> Tuple[Optional[bytes], int]:
     """Where mapping m DNATs to: its container's address (packed) and port."""
     return packed(m.family, m.container_ip), m.container_port
+
+
+def _by_stale_chains(entries: Iterable[ConntrackEntry], mappings: Sequence[Mapping]) -> int:
+    """How many of `entries` went exactly where only stale mappings that cover them
+    DNAT (FlushResult.kept_stale): a leaked chain's flows, not a container's."""
+    by_key = _index(mappings)
+    found = 0
+    for e in entries:
+        went = (packed(e.family, e.reply_src), e.reply_sport)
+        there = [m for m in by_key.get((e.family, e.dport), ()) if covers(m, e)]
+        there = [m for m in there if _target(m) == went] if e.dnat else []
+        found += bool(there) and all(Status.STALE in m.status for m in there)
+    return found
 
 
 def count_flows(mappings: Iterable[Mapping], judging: Optional[Judging] = None) -> Counted:

@@ -34,6 +34,13 @@ FLUSH_STYLE = {
 UNMAPPED_HERE = "DNATed, but this port is not mapped on {address} now (only on {mapped_on})"
 
 
+# Kept flows that a stale chain (list: `stale`) sends to its container's address.
+LEAKED = (
+    "that a stale chain DNATs (its container is not in the CNI cache:"
+    " portmapctl gc removes the chain)"
+)
+
+
 def flush_why(d: Doomed) -> str:
     if d.reason is FlushReason.UNMAPPED and d.mapped_on:
         return UNMAPPED_HERE.format(address=d.entry.dst, mapped_on=", ".join(d.mapped_on))
@@ -116,7 +123,12 @@ def flush_summary(
         which = "none misrouted" if result.stale_only else "none"
         line = f"{verb} 0 UDP conntrack entries: {which} to {_flush_ports_text(result.ports)}"
     if result.stale_only and result.kept:
-        line += f"; kept {result.kept} that reach their container or the host"
+        fine = result.kept - result.kept_stale
+        kept = [f"{fine} that reach their container or the host"] if fine else []
+        if result.kept_stale:
+            # (A leaked chain's container is gone: "their container" was not true.)
+            kept.append(f"{result.kept_stale} {LEAKED}")
+        line += "; kept " + ", ".join(kept)
     gone = len(result.doomed) - result.deleted
     if not result.dry_run and gone > 0:
         line += f"; {gone} had gone already"

@@ -863,6 +863,25 @@ def test_list_counts_a_flow_under_the_mapping_it_was_dnated_by(
     assert [d["sport"] for d in json.loads(out)["deleted"]] == [40002]
 
 
+def _local_and_node_ip(host_ns: str, cache, mode: rp.Mode, **cached: object) -> None:
+    """`local` maps 127.0.0.1:7100/udp to 10.77.38.5 (the real plugin; cached, with
+    `cached`'s leases and ranges as write_cni_cache takes them); 192.0.2.10 is the
+    node's, for the mappings on it (_on_node_ip)."""
+    port = rp.port_mapping(7100, 7100, "udp", "127.0.0.1")
+    conf = rp.plugin_conf("leasenet", ["10.77.38.5/16"], [port])
+    rp.run_plugin("ADD", host_ns, "local", conf, mode=mode, check=True)
+    rp.write_cni_cache(cache, "leasenet", "local", "eth0", conf, [port], ["10.77.38.5/16"],
+                       **cached)  # type: ignore[arg-type]  # fmt: skip
+    ns_run(host_ns, "ip", "addr", "add", "192.0.2.10/32", "dev", "lo")
+
+
+def _on_node_ip(host_ns: str, cid: str, ip: str, mode: rp.Mode, proto: str = "udp") -> dict:
+    """The real plugin's ADD of `cid` at `ip` mapping 192.0.2.10:7100/`proto`: its conf."""
+    conf = rp.plugin_conf("leasenet", [ip], [rp.port_mapping(7100, 7100, proto, "192.0.2.10")])
+    rp.run_plugin("ADD", host_ns, cid, conf, mode=mode, check=True)
+    return conf
+
+
 def test_why_a_flow_to_an_address_the_port_is_not_mapped_on_goes_says_so(
     host_ns: str, tmp_path, iptables_mode: rp.Mode
 ) -> None:
@@ -874,20 +893,10 @@ def test_why_a_flow_to_an_address_the_port_is_not_mapped_on_goes_says_so(
     mapped on that address, and where it is; a flow DNATed under a port nothing maps
     at all (`--port 7200`) still reads "nothing maps this port now". Piped and at 80
     columns, dry run and real."""
-    leases = tmp_path / "ipam"
     cache = tmp_path / "cni"
-    ports = {"local": rp.port_mapping(7100, 7100, "udp", "127.0.0.1"),
-             "old": rp.port_mapping(7100, 7100, "udp", "192.0.2.10")}  # fmt: skip
-    ips = {"local": "10.77.38.5/16", "old": "10.77.38.6/16"}
-    for cid in ("local", "old"):
-        conf = rp.plugin_conf("leasenet", [ips[cid]], [ports[cid]])
-        rp.run_plugin("ADD", host_ns, cid, conf, mode=iptables_mode, check=True)
-        if cid == "local":
-            rp.write_cni_cache(cache, "leasenet", cid, "eth0", conf, [ports[cid]], [ips[cid]],
-                               leases=leases)  # fmt: skip
-        else:
-            rp.run_plugin("DEL", host_ns, cid, conf, mode=iptables_mode, check=True)
-    ns_run(host_ns, "ip", "addr", "add", "192.0.2.10/32", "dev", "lo")
+    _local_and_node_ip(host_ns, cache, iptables_mode, leases=tmp_path / "ipam")
+    old = _on_node_ip(host_ns, "old", "10.77.38.6/16", iptables_mode)
+    rp.run_plugin("DEL", host_ns, "old", old, mode=iptables_mode, check=True)
     ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", 40700, 7100, "10.77.38.6", 7100),
                       ct_args("192.0.2.7", "192.0.2.10", 40701, 7200, "10.77.38.7", 7200)])  # fmt: skip
     common = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(cache),
@@ -924,23 +933,16 @@ def test_stale_only_deletes_a_removed_containers_flows_to_its_address_re_leased_
     local's own flow, which its live mapping explains, too."""
     leases = tmp_path / "ipam"
     cache = tmp_path / "cni"
-    tcp = rp.port_mapping(7100, 7100, "tcp", "192.0.2.10")
-    setups = {
-        "local": ("10.77.38.5/16", rp.port_mapping(7100, 7100, "udp", "127.0.0.1")),
-        "old": ("10.77.38.6/16", rp.port_mapping(7100, 7100, "udp", "192.0.2.10")),
-        "new": ("10.77.38.6/16", tcp),
-    }
-    for cid, (ip, port) in setups.items():
-        conf = rp.plugin_conf("leasenet", [ip], [port])
-        rp.run_plugin("ADD", host_ns, cid, conf, mode=iptables_mode, check=True)
-        if cid == "old":
-            ns_run(host_ns, "ip", "addr", "add", "192.0.2.10/32", "dev", "lo")
-            ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", 40700, 7100, "10.77.38.6", 7100),
-                              ct_args("192.0.2.7", "192.0.2.10", 40701, 7100, "10.77.38.8", 7100),
-                              ct_args("127.0.0.1", "127.0.0.1", 40702, 7100, "10.77.38.5", 7100)])  # fmt: skip
-            rp.run_plugin("DEL", host_ns, cid, conf, mode=iptables_mode, check=True)
-        else:
-            rp.write_cni_cache(cache, "leasenet", cid, "eth0", conf, [port], [ip], leases=leases)
+    _local_and_node_ip(host_ns, cache, iptables_mode, leases=leases)
+    old = _on_node_ip(host_ns, "old", "10.77.38.6/16", iptables_mode)
+    ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", 40700, 7100, "10.77.38.6", 7100),
+                      ct_args("192.0.2.7", "192.0.2.10", 40701, 7100, "10.77.38.8", 7100),
+                      ct_args("127.0.0.1", "127.0.0.1", 40702, 7100, "10.77.38.5", 7100)])  # fmt: skip
+    rp.run_plugin("DEL", host_ns, "old", old, mode=iptables_mode, check=True)
+    new = _on_node_ip(host_ns, "new", "10.77.38.6/16", iptables_mode, proto="tcp")
+    ports = new["runtimeConfig"]["portMappings"]
+    rp.write_cni_cache(cache, "leasenet", "new", "eth0", new, ports, ["10.77.38.6/16"],
+                       leases=leases)  # fmt: skip
     (leases / "leasenet" / "10.77.38.8").write_text("adding\r\neth0")  # no cache entry yet
     common = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(cache)]
     listed = json.loads(run(["list", *common, "--conntrack", "-o", "json"]).stdout)
@@ -967,12 +969,7 @@ def test_stale_only_keeps_flows_to_an_address_host_local_never_hands_out(
     cache = tmp_path / "cni"
     ranges = [[{"subnet": "10.77.0.0/16", "rangeStart": "10.77.38.2", "rangeEnd": "10.77.38.100"},
                {"subnet": "10.76.0.0/16", "rangeStart": "10.76.1.1", "rangeEnd": "10.76.1.9"}]]  # fmt: skip
-    port = rp.port_mapping(7100, 7100, "udp", "127.0.0.1")
-    conf = rp.plugin_conf("leasenet", ["10.77.38.5/16"], [port])
-    rp.run_plugin("ADD", host_ns, "local", conf, mode=iptables_mode, check=True)
-    rp.write_cni_cache(cache, "leasenet", "local", "eth0", conf, [port], ["10.77.38.5/16"],
-                       leases=leases, ranges=ranges)  # fmt: skip
-    ns_run(host_ns, "ip", "addr", "add", "192.0.2.10/32", "dev", "lo")
+    _local_and_node_ip(host_ns, cache, iptables_mode, leases=leases, ranges=ranges)
     replies = {40700: "10.77.38.6", 40701: "10.76.1.3", 40702: "10.77.99.9",
                40703: "10.77.38.101", 40704: "10.77.0.1", 40705: "10.76.2.1"}  # fmt: skip
     ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", sport, 7100, reply, 7100)
@@ -986,3 +983,35 @@ def test_stale_only_keeps_flows_to_an_address_host_local_never_hands_out(
     ]  # fmt: skip
     assert run(["flush-udp", *common, "--stale-only"]).returncode == 0
     assert ct_sports(host_ns) == {40702, 40703, 40704, 40705}
+
+
+def test_stale_only_says_which_kept_flows_a_leaked_chain_sends(
+    host_ns: str, tmp_path, iptables_mode: rp.Mode
+) -> None:
+    """`leaky` maps 192.0.2.10:7100/udp and leaked its chain (as podman leaks it: no
+    cache entry, `list` says `stale`); `local` maps 127.0.0.1:7100/udp, cached. A flow
+    DNATed by leaky's chain to its container's address is kept by --stale-only (its
+    next packet would go there again: gc's business), and the summary said it "reach[es]
+    their container or the host": its container is not cached, the chain stale. It now
+    says what the flow follows and what ends it; a kept flow to a live container is
+    still said to reach it."""
+    cache = tmp_path / "cni"
+    _local_and_node_ip(host_ns, cache, iptables_mode)
+    _on_node_ip(host_ns, "leaky", "10.77.38.6/16", iptables_mode)
+    ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", 40700, 7100, "10.77.38.6", 7100),
+                      ct_args("192.0.2.7", "192.0.2.10", 40701, 7100, "10.77.38.9", 7100),
+                      ct_args("127.0.0.1", "127.0.0.1", 40702, 7100, "10.77.38.5", 7100)])  # fmt: skip
+    common = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(cache),
+              "--stale-only"]  # fmt: skip
+    leaked = ("1 that a stale chain DNATs (its container is not in the CNI cache:"
+              " portmapctl gc removes the chain)")  # fmt: skip
+    done = run(["flush-udp", *common, "--dry-run"])
+    assert done.stdout.splitlines()[-1] == (
+        "would delete 1 UDP conntrack entry to host port 7100 (v4);"
+        f" kept 1 that reach their container or the host, {leaked}"
+    ), done.stdout
+    done = run(["flush-udp", *common, "--port", "7100", "--container", "leaky", "-q"])
+    assert done.stdout.strip() == (
+        f"deleted 1 UDP conntrack entry to host port 7100 (v4); kept {leaked}"
+    ), done.stdout
+    assert ct_sports(host_ns) == {40700, 40702}
