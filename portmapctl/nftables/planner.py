@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from dataclasses import replace
 from enum import Enum
 from typing import Collection, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -59,7 +60,7 @@ from portmapctl.nftables.ruleset import (
     Table,
     chain_bodies,
 )
-from portmapctl.nftables.transaction import OpKind, Transaction
+from portmapctl.nftables.transaction import Op, OpKind, Transaction
 from portmapctl.nftables.wanted import (
     BASE_CHAINS,
     HOSTPORTS_ALL_RULES,
@@ -439,6 +440,7 @@ def _setup_family(
 ) -> None:
     table = live.table(family)
     chains = {} if table is None else table.chains
+    start = len(txn.ops)  # (this family's ops begin here: _guard_add)
     # check --repair makes what the read found missing with `create`: a plugin ADD that
     # made it meanwhile (after a `delete table`) wrote its container's rules too, which
     # ours would double; the try is refused whole and planned again from a new read.
@@ -502,6 +504,52 @@ def _setup_family(
                 txn.add_rule(family, HOSTIP_HOSTPORTS, body)
             else:
                 txn.add_rule(family, chain, body, position, before)
+    if entries is Entries.REWRITE:
+        _guard_add(txn, start, table, family, entry, rewrite)
+
+
+def _guard_add(
+    txn: Transaction,
+    start: int,
+    table: Optional[Table],
+    family: int,
+    entry: RuleBody,
+    rewrite: Collection[str],
+) -> None:
+    """Make add's transaction (its ops of `family` from `start` on) fail whole when a
+    plugin ADD committed in `family` after `table` was read, where it appends a
+    container's rules. The ADD appends its container's rules without looking (FACTS:
+    `add rule` only), so add's rules, planned from a read without them, doubled that
+    container's every rule when the ADD was the same container's. What every plugin
+    ADD does to the family is made the transaction's condition: it makes the table
+    (then `create table`, EEXIST), else it flushes prerouting and output and writes them
+    again (then the first rule read there, deleted by its handle before the chain's
+    flush, or replaced by itself at that handle where add leaves the chain, which keeps
+    the rule and its handle: ENOENT), else it makes them (`create chain`, EEXIST).
+    Refused, converge reads and plans again (nftables.node.RETRY_REASONS): any plugin ADD
+    meanwhile costs a try, the same container's leaves nothing to write. Not guarded:
+    a table whose prerouting and output are both there and empty (flushed by hand),
+    where nothing of the ADD can be asked not to have happened."""
+    ops = txn.ops[start:]
+    if not any(op.kind is OpKind.ADD_RULE and op.chain in CONTAINER_CHAINS for op in ops):
+        return
+    made = {(op.kind, op.chain): i for i, op in enumerate(ops, start)}
+    if table is None:
+        where = made[(OpKind.ADD_TABLE, None)]
+        txn.ops[where] = replace(txn.ops[where], create=True)
+        return
+    for name in (PREROUTING, OUTPUT):
+        rules = table.rules_of(name)
+        if rules:
+            if name in rewrite:  # (flushed after it: the rule as read goes, by handle)
+                txn.ops.insert(start, Op(OpKind.DELETE_RULE, family, name, handle=rules[0].handle))
+            else:  # (it holds exactly `entry`: _entries_to_write)
+                txn.replace_rule(family, name, rules[0].handle, entry)
+            return
+        if name not in table.chains:
+            where = made[(OpKind.ADD_CHAIN, name)]
+            txn.ops[where] = replace(txn.ops[where], create=True)
+            return
 
 
 def _moving(

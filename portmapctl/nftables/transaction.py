@@ -6,7 +6,9 @@ Built up step by step (as in knftables), printed as `nft -f` text (that is what
 caller re-reads and re-plans, never forces.
 
 Only the plugin's own vocabulary is written: add table/chain, flush chain, add rule (or
-insert it, at a handle's position), delete rule by handle. Text from a cache or a dump
+insert it, at a handle's position), delete rule by handle; and add's guard (planner's
+_guard_add): a rule replaced by itself at its handle, which fails the transaction when
+that handle is gone. Text from a cache or a dump
 reaches the output only as a validated value (a container ID, an address, a port) or,
 for the plugin's nft-syntax conditions, after `check_condition` refused anything that could end a
 command or leave a brace unpaired.
@@ -36,6 +38,7 @@ class OpKind(str, Enum):
     FLUSH_CHAIN = "flush chain"
     ADD_RULE = "add rule"
     DELETE_RULE = "delete rule"
+    REPLACE_RULE = "replace rule"
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,8 @@ class Op:
     family: int
     chain: Optional[str] = None
     base: Optional[BaseHook] = None  # ADD_CHAIN of a base chain
-    body: Optional[RuleBody] = None  # ADD_RULE; DELETE_RULE: the rule, when known
-    handle: Optional[int] = None  # DELETE_RULE
+    body: Optional[RuleBody] = None  # ADD_RULE, REPLACE_RULE; DELETE_RULE: the rule, when known
+    handle: Optional[int] = None  # DELETE_RULE, REPLACE_RULE
     # ADD_RULE at a place: before (`insert rule ... position H`) or after (`add rule
     # ... position H`) the rule with handle H; None appends, or with `before` puts it
     # first in the chain (`insert rule`).
@@ -72,6 +75,12 @@ class Op:
             if self.position is not None:
                 at = f" position {self.position}"
             return f"{verb} rule {where} {self.chain}{at} {self.body.text(self.family)}"
+        if self.kind is OpKind.REPLACE_RULE:
+            assert self.body is not None
+            return (
+                f"replace rule {where} {self.chain} handle {self.handle}"
+                f" {self.body.text(self.family)}"
+            )
         return f"delete rule {where} {self.chain} handle {self.handle}"
 
 
@@ -172,6 +181,12 @@ class Transaction:
         """By handle only; `body` says whose rule it was (never written out)."""
         self.ops.append(Op(OpKind.DELETE_RULE, family, chain, body=body, handle=int(handle)))
 
+    def replace_rule(self, family: int, chain: str, handle: int, body: RuleBody) -> None:
+        """The rule at `handle` made `body`, keeping its place and handle; the whole
+        transaction fails (ENOENT) when no rule has that handle by then."""
+        _check_body(body)
+        self.ops.append(Op(OpKind.REPLACE_RULE, family, chain, body=body, handle=int(handle)))
+
     def holds_in(self, live: Ruleset) -> bool:
         """Whether every rule this deletes by handle (with its body known) is, in `live`,
         at that handle of that chain. Within one table a handle is never given twice,
@@ -195,7 +210,7 @@ class Transaction:
     def written(self, family: int) -> Set[str]:
         """The chains of `family` this adds rules (or chains) to: what the kernel judges
         (problems.refuses_the_plugins_rules); a deletion it takes anywhere."""
-        adding = (OpKind.ADD_RULE, OpKind.ADD_CHAIN)
+        adding = (OpKind.ADD_RULE, OpKind.ADD_CHAIN, OpKind.REPLACE_RULE)
         return {
             op.chain for op in self.ops if op.family == family and op.kind in adding and op.chain
         }

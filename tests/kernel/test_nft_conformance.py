@@ -141,6 +141,21 @@ def test_deleting_the_same_handle_twice(pair: Pair) -> None:
     assert pair.apply(wrong_chain) == "No such file or directory"
 
 
+def test_replacing_a_rule_keeps_its_handle_and_a_gone_handle_fails_whole(pair: Pair) -> None:
+    """add's guard (planner._guard_add): `replace rule ... handle H` keeps the rule's
+    place and handle; once H is gone (a plugin ADD flushed the chain), ENOENT."""
+    assert pair.apply(planner.setup(pair.fake.read(), _wanted("v191-basic"))) is None
+    rules = pair.fake.read().tables[4].rules_of("hostports")
+    txn = Transaction()
+    txn.replace_rule(4, "hostports", rules[0].handle, _dnat(9))
+    assert pair.apply(txn) is None
+    assert pair.fake.read().tables[4].rules_of("hostports")[0].handle == rules[0].handle
+    gone = Transaction()
+    gone.add_rule(4, "hostports", _dnat(1))
+    gone.replace_rule(4, "hostports", 999, _dnat(9))
+    assert pair.apply(gone) == "No such file or directory"
+
+
 @pytest.mark.parametrize(
     "build, reason",
     [

@@ -189,6 +189,12 @@ class MemoryNft:
                 if not at:
                     raise _Failed(op, ENOENT)
                 chain.rules.insert(at[0] if op.before else at[0] + 1, rule)
+        elif op.kind is OpKind.REPLACE_RULE:
+            assert op.body is not None
+            at = [i for i, r in enumerate(chain.rules) if r.handle == op.handle]
+            if not at:
+                raise _Failed(op, ENOENT)
+            chain.rules[at[0]] = Rule(op.family, op.chain, chain.rules[at[0]].handle, op.body)
         elif op.kind is OpKind.DELETE_RULE:
             kept = [r for r in chain.rules if r.handle != op.handle]
             if len(kept) == len(chain.rules):

@@ -12,7 +12,8 @@ from portmapctl.errors import BadInput
 from portmapctl.nftables import layout, planner, ruleset
 from portmapctl.nftables.access import NftApplyFailed
 from portmapctl.nftables.access.memory import MemoryNft
-from portmapctl.nftables.transaction import Transaction
+from portmapctl.nftables.node import RETRY_REASONS
+from portmapctl.nftables.transaction import OpKind, Transaction
 from portmapctl.nftables.wanted import wanted
 
 V191 = [c for c in nftcases.CASES if c.startswith("v191-")]
@@ -87,14 +88,16 @@ def test_plugin_state_needs_no_setup(case: str) -> None:
 def test_setup_text_matches_the_plugins_add() -> None:
     """Same commands as FACTS' captured v1.9.1 ADD transaction, the flushes of the base
     chains it creates included (what keeps a concurrent ADD's entry from being doubled),
-    as add writes it (Entries.REWRITE). check --repair (KEEP) makes what it found missing
-    with `create` instead, refused when a plugin ADD made it meanwhile."""
+    as add writes it (Entries.REWRITE), but for the table, made with `create`: a plugin
+    ADD that made it meanwhile wrote its container's rules, which add's would double
+    (_guard_add). check --repair (KEEP) makes everything it found missing with
+    `create`."""
     config = nftcases.config_of(nftcases.steps("v191-basic")[0])
     text = planner.setup(ruleset.EMPTY, _wanted([config]), planner.Entries.REWRITE).render()
     repair = planner.setup(ruleset.EMPTY, _wanted([config])).render()
     assert repair == re.sub(r"^add (table|chain) ", r"create \1 ", text, flags=re.M)
     assert text.splitlines()[:18] == [
-        'add table ip cni_hostport { comment "CNI portmap plugin" ; }',
+        'create table ip cni_hostport { comment "CNI portmap plugin" ; }',
         "add chain ip cni_hostport hostports",
         "add chain ip cni_hostport hostip_hostports",
         "add chain ip cni_hostport hostports_all",
@@ -318,10 +321,53 @@ def test_add_twice_changes_nothing_the_second_time(case: str) -> None:
 
 
 def test_add_on_the_entry_it_would_write_writes_no_entry() -> None:
-    """The plugin rewrites an entry that is already right; we leave it (same listing)."""
+    """The plugin rewrites an entry that is already right; we leave it (same listing):
+    only prerouting's rule replaced by itself at its own handle, the guard (_guard_add)."""
     config = _new1(nftcases.config_of(nftcases.steps("v191-basic")[0]))
-    text = planner.setup(nftcases.live("v191-basic"), _wanted([config]), planner.Entries.REWRITE)
-    assert not any(op.chain in ("prerouting", "output", "hostports_all") for op in text.ops)
+    live = nftcases.live("v191-basic")
+    txn = planner.setup(live, _wanted([config]), planner.Entries.REWRITE)
+    entry_ops = [op for op in txn.ops if op.chain in ("prerouting", "output", "hostports_all")]
+    assert [op.kind for op in entry_ops] == [OpKind.REPLACE_RULE] * 2  # (one per family)
+    fake = MemoryNft(live)
+    fake.apply(txn)
+    after = fake.read()
+    for family in (4, 6):
+        for chain in ("prerouting", "output", "hostports_all"):
+            assert after.tables[family].rules_of(chain) == live.tables[family].rules_of(chain)
+
+
+def _plugin_add(config) -> Transaction:
+    """The v1.9.1 ADD's own `nft -f` (FACTS): what setup writes from nothing, but with
+    `add` throughout: on any table it flushes and rewrites the entry and appends the
+    container's rules, whatever is there."""
+    made = planner.setup(ruleset.EMPTY, _wanted([config]), planner.Entries.REWRITE)
+    return Transaction([dataclasses.replace(op, create=False) for op in made.ops])
+
+
+@pytest.mark.parametrize("case", ["empty", "v191-basic", "v191-several", "v171-hostip"])
+def test_adds_transaction_is_refused_after_a_plugin_add_of_the_same_container(case: str) -> None:
+    """The plugin's ADD appends its container's rules without looking: add's plan from
+    the read before it appended them again, every rule twice. Its transaction fails
+    whole instead (_guard_add; from no table, an entry add keeps, one it rewrites, a
+    v1.7 one), and the plan from a new read writes nothing."""
+    config = _new1(nftcases.config_of(nftcases.steps("v191-basic")[0]))
+    live = ruleset.EMPTY if case == "empty" else nftcases.live(case)
+    txn = planner.setup(live, _wanted([config]), planner.Entries.REWRITE)
+    fake = MemoryNft(live)
+    fake.apply(_plugin_add(config))
+    with pytest.raises(NftApplyFailed) as refused:
+        fake.apply(txn)
+    assert refused.value.reason in RETRY_REASONS
+    assert not planner.setup(fake.read(), _wanted([config]), planner.Entries.REWRITE)
+
+
+def test_adds_transaction_goes_in_when_nothing_committed_since_its_read() -> None:
+    """The guard holds on the table as read: the same transaction, nothing between."""
+    config = _new1(nftcases.config_of(nftcases.steps("v191-basic")[0]))
+    for live in (ruleset.EMPTY, nftcases.live("v191-several")):
+        fake = MemoryNft(live)
+        fake.apply(planner.setup(live, _wanted([config]), planner.Entries.REWRITE))
+        assert not planner.setup(fake.read(), _wanted([config]), planner.Entries.REWRITE)
 
 
 @pytest.mark.parametrize("case", nftcases.CASES)
