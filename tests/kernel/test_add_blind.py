@@ -248,3 +248,91 @@ def test_shadow_warning_without_a_save_says_what_the_whole_table_says(host_ns, i
         assert len(dry) == expected, dry
         assert _warnings(run(args)) == dry
     _no_duplicates(host_ns, iptables_mode)
+
+
+@pytest.mark.parametrize("way", ["batch", "restore"])
+@pytest.mark.parametrize("ipv6_half", ["before-ipv6-write", "after-ipv6-write"])
+def test_a_dual_stack_add_whose_ipv4_write_is_refused_writes_ipv6_once_from_a_fresh_look(
+    host_ns, monkeypatch, tmp_path, way, ipv6_half
+):
+    """The plugin's ADD of the same dual-stack container lands between add's look at
+    the node and its IPv4 write (its IPv4 half: iptables, then ip6tables), so that
+    write is refused (the chain is there). IPv6 is then written once and only from
+    what holds at its own write: its restore carries its own checks (-N, -C) or add
+    reads IPv6 afresh after the refusal, never a plan from the look before; with the
+    plugin's IPv6 half landing before that write (refused too, nothing doubled) or
+    after it (the plugin's ADD tears its chain down and makes it again). On iptables-nft,
+    through add's nf_tables batch (refused whole at the generation it read) and through
+    iptables-restore (PORTMAPCTL_NFT_BATCH=0)."""
+    from portmapctl.core.backend import Backend
+    from portmapctl.iptables.access import nfnl_add
+    from portmapctl.iptables.access.restore import RestoreBackend
+    from portmapctl.ops.add import add
+    from portmapctl.ops.node import NodeOptions, opened
+
+    mode = "nft"
+    if not rp.mode_available(mode)[0]:
+        pytest.skip(rp.mode_available(mode)[1])
+    monkeypatch.setenv("PORTMAPCTL_NFT_BATCH", "1" if way == "batch" else "0")
+    # c0, dual-stack: the shared chains in both families (IPv6's write goes in blind).
+    c0 = rp.plugin_conf(NET, ["10.88.0.2/16", "fd00:88::2/64"], _ports(8000, 9000))
+    assert rp.run_plugin("ADD", host_ns, "c0", c0, mode=mode).returncode == 0
+    conf = rp.plugin_conf(NET, ["10.88.0.9/16", "fd00:88::9/64"], _ports(8009, 9009))
+
+    def plugin_half(family: int) -> None:
+        half = rp.narrow_conf(conf, family)
+        done = rp.run_plugin("ADD", host_ns, "x", half, mode=mode, family=family)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    # Each write add tries (the batch, right before it is sent; a restore) first lets
+    # the next plugin step land.
+    races = [lambda: plugin_half(4)]
+    if ipv6_half == "before-ipv6-write":
+        races.append(lambda: plugin_half(6))
+    went_in: List[int] = []  # the families of the restores that went in
+    real_apply, real_apply_new = RestoreBackend.apply, nfnl_add.apply_new
+
+    def racing_apply(self, txn):
+        if races:
+            races.pop(0)()
+        real_apply(self, txn)
+        went_in.append(txn.family)
+
+    def racing_apply_new(plans, pinned=lambda: True):
+        def raced() -> bool:
+            if races:
+                races.pop(0)()
+            return pinned()
+
+        return real_apply_new(plans, raced)
+
+    monkeypatch.setattr(RestoreBackend, "apply", racing_apply)
+    monkeypatch.setattr(nfnl_add, "apply_new", racing_apply_new)
+    config = cni_config.plugin_config(conf, "x", "eth0")
+    options = NodeOptions(
+        iptables=mode, netns=host_ns, cache_dirs=(str(tmp_path),), backend=Backend.IPTABLES
+    )
+    with opened(options, write=True) as node:
+        result = add(node, config, flush_udp=False)
+    assert not races  # (every plugin step landed where it was meant to)
+    if ipv6_half == "after-ipv6-write":
+        assert set(result.transactions) == {6}  # IPv4 the plugin's, IPv6 add's
+        plugin_half(6)
+    else:
+        assert not result.changed  # the plugin's ADD made it all
+    assert went_in.count(6) <= 1 and 4 not in went_in
+    _check(host_ns, mode, "x", conf)
+    _no_duplicates(host_ns, mode)
+    saved = _save(host_ns, mode)
+    for family in (4, 6):
+        entries = [r for r in saved[family] if r.startswith("-A CNI-HOSTPORT-DNAT ")]
+        assert len(entries) == 4, entries  # tcp + udp of c0 and x, once each
+    # The same as the plugin's ADD alone leaves, in another namespace.
+    other = rp.create_netns("pmt-blind")
+    try:
+        for cid, c in (("c0", c0), ("x", conf)):
+            done = rp.run_plugin("ADD", other, cid, c, mode=mode)
+            assert done.returncode == 0, done.stdout + done.stderr
+        assert _save(other, mode) == saved
+    finally:
+        rp.delete_netns(other)
