@@ -61,7 +61,7 @@ def in_doubt_left(
     # whose rules are in nftables alone is written there too (its row gave no fix, and
     # the repair made the entry for it). Not one whose conditions the repair refuses
     # (nft_refused): it writes nothing for it, nor the table it alone wants.
-    from portmapctl.ops.check.nft_refused import refusal
+    from portmapctl.ops.check.nft_refused import written_and_refused
 
     cached = [
         a
@@ -71,9 +71,10 @@ def in_doubt_left(
         and (a.network, a.container_id) in result.nft_placed
         and a.container_id not in doubted
     ]
-    refused = {(a.network, a.container_id) for a in cached if refusal(a.mapping) is not None}  # type: ignore[arg-type]
-    wanting = [a.mapping for a in cached if (a.network, a.container_id) not in refused]
-    result = left_alone(result, doubted, said, wanting, refused)  # type: ignore[arg-type]
+    wanting, refused = written_and_refused(cached)
+    result = left_alone(
+        result, doubted, said, wanting, {(a.network, a.container_id) for a in refused}
+    )
     if not followed.unplaced or tables is None:
         return result
     return _toplevel_left(result, followed, tables)

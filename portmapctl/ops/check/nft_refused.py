@@ -11,7 +11,7 @@ fix that wrote nothing."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from portmapctl.core.status import ProblemKind
 from portmapctl.core.text import name_text
@@ -44,16 +44,36 @@ def refusals(attachments: Sequence[Attachment]) -> Dict[str, str]:
     }
 
 
+def written_and_refused(
+    attachments: Sequence[Attachment],
+) -> Tuple[List[MappingConfig], List[Attachment]]:
+    """`attachments` (each with its mapping) parted as the repair parts them, by path
+    (refusals): the configs of those it writes, and those it refuses."""
+    refused = refusals(attachments)
+    return (
+        [a.mapping for a in attachments if a.path not in refused],  # type: ignore[misc]
+        [a for a in attachments if a.path in refused],
+    )
+
+
+def newest_adds(
+    in_add_order: Sequence[Attachment], families: Sequence[int]
+) -> Dict[int, Attachment]:
+    """By family, the newest cached ADD of it (the last of `in_add_order` with an address
+    there), whose conditions the node's entry (prerouting/output) takes."""
+    newest = {}
+    for family in families:
+        of_family = [a for a in in_add_order if family in a.mapping.families]  # type: ignore[union-attr]
+        if of_family:
+            newest[family] = of_family[-1]
+    return newest
+
+
 def newest_refused(
     in_add_order: Sequence[Attachment], refused: Dict[str, str], families: Sequence[int]
 ) -> Dict[int, Attachment]:
     """By family, the newest cached ADD where its conditions are refused."""
-    held = {}
-    for family in families:
-        of_family = [a for a in in_add_order if family in a.mapping.families]  # type: ignore[union-attr]
-        if of_family and of_family[-1].path in refused:
-            held[family] = of_family[-1]
-    return held
+    return {f: a for f, a in newest_adds(in_add_order, families).items() if a.path in refused}
 
 
 def entry_held(newest: Attachment, why: str) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import Interrupted, PortmapctlError
-from portmapctl.ops.check.nft import expected_configs
+from portmapctl.ops.check.nft import expected_in_add_order
 from portmapctl.ops.check.nft_one import other_networks, own_addresses
 from portmapctl.ops.check.nft_repair_flush import flush_routed_after
 from portmapctl.ops.check.nft_repair_txn import _judged, cached_addresses, nft_changed
@@ -52,7 +52,7 @@ def repair_mapping(
     from portmapctl.nftables.problems import refuses_the_plugins_rules
     from portmapctl.nftables.transaction import Transaction as NftTransaction
     from portmapctl.nftables.wanted import wanted
-    from portmapctl.ops.check.nft_refused import refusal
+    from portmapctl.ops.check.nft_refused import newest_adds, newest_refused, refusals
 
     want = [w for f in families if (w := wanted(config, f)) is not None]
     attachments = node.read_cache()
@@ -64,14 +64,14 @@ def repair_mapping(
     # (As nft_repair's: over every cached container, this one too.)
     lone = lone_families([config.families])
     if attachments:
-        cached = expected_configs(node, attachments)
-        lone = lone_families([config.families, *(c.families for c in cached)])
-        newest = {w.family: (w.entry, c) for c in cached
-                  for f in families if (w := wanted(c, f)) is not None}  # fmt: skip
+        cached = expected_in_add_order(node, attachments)
+        lone = lone_families([config.families, *(a.mapping.families for a in cached)])  # type: ignore[union-attr]
+        entries = {f: w.entry for f, a in newest_adds(cached, families).items()
+                   if (w := wanted(a.mapping, f)) is not None}  # type: ignore[arg-type]  # fmt: skip
         # Where the newest ADD's conditions cannot be written, the entry is left as it
         # is, as nft_repair leaves it (another's would open every port wider).
-        held = {f for f, (_, c) in newest.items() if refusal(c)}
-        want = [replace(w, entry=newest.get(w.family, (w.entry, None))[0]) for w in want]
+        held = set(newest_refused(cached, refusals(cached), families))
+        want = [replace(w, entry=entries.get(w.family, w.entry)) for w in want]
     # Exactly as checked: the container's own unwanted rules go too, by handle
     # (never anyone else's), as the node-wide repair does.
     ids, written = {config.container_id}, [w.family for w in want]

@@ -97,16 +97,14 @@ def unwanted_left(
     again. Torn-down entries count: their rows are judged by torn_down.toplevel_fixes,
     which looks into their namespaces. One whose conditions the repair refuses
     (nft_refused) does not: it writes nothing for it."""
-    from portmapctl.ops.check.nft_refused import refusal
+    from portmapctl.ops.check.nft_refused import written_and_refused
 
     live = [a for a in placed if a.mapping is not None and not a.zombie]
-    refused = [a for a in live if refusal(a.mapping) is not None]  # type: ignore[arg-type]
-    unwritten = {a.path for a in refused}
-    configs = [a.mapping for a in live if a.path not in unwritten]
+    configs, refused = written_and_refused(live)
     where = "" if attachments is not None else " (there is no CNI cache here)"
     return [
         replace(p, fix=left_fix(p, WOULD_LEAVE.format(why=_why(p, configs, refused, where))))
-        if REPAIR_COMMAND in p.fix and nft_table_row(p) and not nft_wanted(p, configs)  # type: ignore[arg-type]
+        if REPAIR_COMMAND in p.fix and nft_table_row(p) and not nft_wanted(p, configs)
         else p
         for p in problems
     ]
