@@ -794,6 +794,13 @@ def test_the_one_mapping_check_offers_no_repair_its_repair_refuses(
         entry = [p for p in _problems(node_check) if p["kind"] == "nft-missing-entry"]
         after = [p for p in _problems(repaired) if p["kind"] == "nft-missing-entry"]
         assert entry and [p["why"] for p in after] == [p["why"] for p in entry], after
+        # And the repair says it left that entry, in the node repair's words (it said
+        # nothing: a cron job's log showed a repair that left two rows, unexplained).
+        start = "IPv4 prerouting and output were left as they are: they "
+        held = _repair_line(repaired.stderr, start)
+        node_repair = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+        assert _repair_line(node_repair.stderr, start) == held, node_repair.stderr
+        assert all(p["why"].endswith(f"prerouting and output {held}") for p in after), after
     again = _pmctl(node, tmp_path, *one)
     assert _offered(again) == []
 

@@ -11,7 +11,7 @@ fix that wrote nothing."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from portmapctl.core.status import ProblemKind
 from portmapctl.core.text import name_text
@@ -21,6 +21,7 @@ from portmapctl.ops.check.problem import Problem
 if TYPE_CHECKING:
     from portmapctl.cni.cache import Attachment
     from portmapctl.core.mapping import MappingConfig
+    from portmapctl.nftables.ruleset import Ruleset
 
 # The rows of prerouting/output's entry: the repair writes it (again) with the newest
 # cached ADD's conditions (planner.setup), or not at all where those are refused.
@@ -84,6 +85,29 @@ def entry_held(newest: Attachment, why: str) -> str:
         f" which cannot be written ({why}); another container's would open every host"
         " port wider than that ADD asked"
     )
+
+
+def held_notes(
+    live: Ruleset, held: Mapping[int, Attachment], refused: Mapping[str, str]
+) -> Tuple[str, ...]:
+    """The lines of the families whose entry a repair (nft_repair, nft_repair_one) left
+    as it is (`held`: newest_refused), said where that entry is no working one in
+    `live` (else nothing to say): the check's rows of it name this as why."""
+    return tuple(
+        f"IPv{family} prerouting and output were left as they are:"
+        f" they {entry_held(newest, refused[newest.path])}"
+        for family, newest in held.items()
+        if not entry_works(live, family)
+    )
+
+
+def entry_works(live: Ruleset, family: int) -> bool:
+    """Whether `family`'s prerouting and output send local traffic to the host ports."""
+    from portmapctl.nftables.layout import entry_ok
+    from portmapctl.nftables.ruleset import OUTPUT, PREROUTING
+
+    table = live.table(family)
+    return all(entry_ok(table, chain) for chain in (PREROUTING, OUTPUT))
 
 
 def refused_left(

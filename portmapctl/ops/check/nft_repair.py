@@ -35,7 +35,7 @@ from portmapctl.cni.cache import Attachment
 from portmapctl.core.backend import Backend
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.ops.check.nft import expected_in_add_order
-from portmapctl.ops.check.nft_refused import entry_held, newest_refused, refusals
+from portmapctl.ops.check.nft_refused import entry_works, held_notes, newest_refused, refusals
 from portmapctl.ops.check.nft_repair_txn import _judged, cached_addresses, nft_changed
 from portmapctl.ops.check.port_moves import PortTaken, nft_holder_name, nft_ports_taken
 from portmapctl.ops.check.problem import Unrepaired
@@ -209,7 +209,7 @@ def nft_repair(
         left = _not_written(live, unwritten, refused, families)
         # (Its line too where nothing else is written: the check's rows of that entry
         # name it as why --repair leaves them.)
-        return NftRepaired("", [], list(attachments), left, _held_notes(live, held, refused))
+        return NftRepaired("", [], list(attachments), left, held_notes(live, held, refused))
     if planned is None:
         planned = []
 
@@ -312,7 +312,7 @@ def nft_repair(
     if unwritten:
         after = node.read_nft()
         left_unwritten = _not_written(after, unwritten, refused, families)
-        notes += _held_notes(after, held, refused)
+        notes += held_notes(after, held, refused)
     cached = {a.container_id for a in attachments}
     left = tuple(
         Unrepaired(t.family, c.network, c.container_id, t.chain, t.why(nft_holder_name(t), cached))
@@ -379,28 +379,6 @@ def _without(
     return made
 
 
-def _held_notes(
-    live: Ruleset, held: ReadOnly[int, Attachment], refused: ReadOnly[str, str]
-) -> Tuple[str, ...]:
-    """The lines of the families whose entry the repair left as it is (`held`), said
-    where that entry is no working one in `live` (else nothing to say)."""
-    return tuple(
-        f"IPv{family} prerouting and output were left as they are:"
-        f" they {entry_held(newest, refused[newest.path])}"
-        for family, newest in held.items()
-        if not _entry_works(live, family)
-    )
-
-
-def _entry_works(live: Ruleset, family: int) -> bool:
-    """Whether `family`'s prerouting and output send local traffic to the host ports."""
-    from portmapctl.nftables.layout import entry_ok
-    from portmapctl.nftables.ruleset import OUTPUT, PREROUTING
-
-    table = live.table(family)
-    return all(entry_ok(table, chain) for chain in (PREROUTING, OUTPUT))
-
-
 def _not_written(
     live: Ruleset, unwritten: Sequence[Attachment], why: Dict[str, str], families: Sequence[int]
 ) -> Tuple[Unrepaired, ...]:
@@ -417,7 +395,7 @@ def _not_written(
                 continue
             want = wanted(a.mapping, family)  # type: ignore[arg-type]
             if want is not None and (
-                planner.missing_rules(live, want) or not _entry_works(live, family)
+                planner.missing_rules(live, want) or not entry_works(live, family)
             ):
                 found.append(Unrepaired(family, a.network, a.container_id, HOSTPORTS, why[a.path]))
     return tuple(found)

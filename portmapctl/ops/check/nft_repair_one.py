@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
-from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.errors import Interrupted, PortmapctlError
@@ -28,6 +28,7 @@ from portmapctl.ops.node import Node
 from portmapctl.ops.side_effects import after_setup
 
 if TYPE_CHECKING:
+    from portmapctl.cni.cache import Attachment
     from portmapctl.nftables.ruleset import Ruleset
     from portmapctl.nftables.transaction import Transaction as NftTransaction
 
@@ -46,13 +47,14 @@ def repair_mapping(
     it is tried (what a SIGTERM during the write may have put in). Nothing is written in
     a family where that would take a port another container has (port_moves): `left`
     gets why, by family.
-    `notes`: gets the warning for a try whose nft died and that went in (found_in)."""
+    `notes`: gets the warning for a try whose nft died and that went in (found_in), and
+    the line of each family whose entry it left as it is (nft_refused.held_notes)."""
     from portmapctl.nftables import planner
     from portmapctl.nftables.layout import lone_families
     from portmapctl.nftables.problems import refuses_the_plugins_rules
     from portmapctl.nftables.transaction import Transaction as NftTransaction
     from portmapctl.nftables.wanted import wanted
-    from portmapctl.ops.check.nft_refused import newest_adds, newest_refused, refusals
+    from portmapctl.ops.check.nft_refused import held_notes, newest_adds, newest_refused, refusals
 
     want = [w for f in families if (w := wanted(config, f)) is not None]
     attachments = node.read_cache()
@@ -60,7 +62,8 @@ def repair_mapping(
     # prerouting/output are the node's, not this container's: where one must be written
     # again, it gets the conditions of the newest cached ADD of its family, as the
     # node-wide repair writes it (this container's would apply to every container).
-    held: Set[int] = set()
+    held: Dict[int, Attachment] = {}
+    refused: Dict[str, str] = {}
     # (As nft_repair's: over every cached container, this one too.)
     lone = lone_families([config.families])
     if attachments:
@@ -70,7 +73,8 @@ def repair_mapping(
                    if (w := wanted(a.mapping, f)) is not None}  # type: ignore[arg-type]  # fmt: skip
         # Where the newest ADD's conditions cannot be written, the entry is left as it
         # is, as nft_repair leaves it (another's would open every port wider).
-        held = set(newest_refused(cached, refusals(cached), families))
+        refused = refusals(cached)
+        held = newest_refused(cached, refused, families)
         want = [replace(w, entry=entries.get(w.family, w.entry)) for w in want]
     # Exactly as checked: the container's own unwanted rules go too, by handle
     # (never anyone else's), as the node-wide repair does.
@@ -115,8 +119,13 @@ def repair_mapping(
         tried.append(txn)
         return txn
 
-    went_in = _judged(tried, lambda txn: txn, [] if notes is None else notes)
+    said = [] if notes is None else notes
+    went_in = _judged(tried, lambda txn: txn, said)
     text = node.converge_nft(plan, went_in=went_in)
+    if held:
+        # The entry it left, said as nft_repair says it: the check's rows of that entry
+        # name it as why --repair leaves them, and the repair said nothing of it.
+        said += held_notes(node.read_nft(), held, refused)
     return text, (list(written) if text else [])
 
 
