@@ -210,6 +210,9 @@ class LeasedNetwork:
     # Which addresses of the subnet host-local hands out (None: the subnet's, by
     # host-local's defaults); one outside it has no lease for no container's leaving.
     handed: Optional[HostRange] = None
+    # False where the network's ranges cannot be read (`subnet` is then an attachment's):
+    # any address of it may be handed out, so it tells nothing of one (in doubt).
+    known: bool = True
 
     def hands_out(self, address: Address) -> bool:
         handed = self.handed or HostRange.of(self.subnet)
@@ -221,17 +224,17 @@ def leased_networks(attachments: Optional[Iterable[Any]]) -> Tuple[LeasedNetwork
     a lease directory: a mapping's, on a network of host-local's. Each once, with the
     cached containers of its network (DATADIR/NETWORK: the directory names the
     network). Ranges the config names (Attachment.ranges), else the subnets of the
-    attachments' addresses; none of a network whose ranges cannot be read."""
+    attachments' addresses; those of a network whose ranges cannot be read too, not
+    `known`: an address there is in doubt, whatever another network says of it."""
     attachments = tuple(attachments or ())
     found: dict = {}
     for attachment in attachments:
         if attachment.leases and attachment.mapping is not None and not attachment.problem:
-            if attachment.ranges is None:
-                continue  # (its addresses not known: nothing told of them)
-            for handed in attachment.ranges:
-                found.setdefault((handed.subnet, attachment.leases, handed), None)
+            for handed in attachment.ranges or ():
+                found.setdefault((handed.subnet, attachment.leases, handed, True), None)
+            known = attachment.ranges is not None
             for address in () if attachment.ranges else attachment.mapping.addresses:
-                found.setdefault((address.network, attachment.leases, None), None)
+                found.setdefault((address.network, attachment.leases, None, known), None)
     if not found:
         return ()
     asks: Dict[Tuple[str, str], Optional[List[Optional[MappingConfig]]]] = {}
@@ -246,38 +249,45 @@ def leased_networks(attachments: Optional[Iterable[Any]]) -> Tuple[LeasedNetwork
         held = tuple(configs) if configs is not None else None
         by_network.setdefault(network, {})[container_id] = held
     return tuple(
-        LeasedNetwork(subnet, leases, by_network.get(os.path.basename(leases), {}), handed)
-        for subnet, leases, handed in found
+        LeasedNetwork(subnet, leases, by_network.get(os.path.basename(leases), {}), handed, known)
+        for subnet, leases, handed, known in found
     )
 
 
 def _leases_at(
     networks: Iterable[LeasedNetwork], address: str
 ) -> Iterator[Tuple[LeasedNetwork, Lease]]:
-    """What host-local says of `address` in each of `networks` whose subnet holds it."""
+    """What host-local says of `address` in each of `networks` that hands it out (one
+    whose ranges are not known: nothing, UNKNOWN)."""
     try:
         found = ipaddress.ip_address(address)
     except ValueError:
         return
     for network in networks:
-        if found in network.subnet and network.hands_out(found):
+        if found not in network.subnet:
+            continue
+        if not network.known:
+            yield network, Lease(LeaseState.UNKNOWN, os.path.join(network.leases, found.compressed))
+        elif network.hands_out(found):
             yield network, lease_of(network.leases, found.compressed, "")
 
 
 def given_back(networks: Iterable[LeasedNetwork], address: str) -> bool:
-    """Whether `address` lies in one of `networks` and host-local there holds no lease
-    for it: no container has it now (a removed one's: its DEL gave the lease back). A
-    lease held, a directory that cannot be read, an address of no such subnet: False
-    (nothing tells)."""
-    return any(lease.state is LeaseState.GIVEN_BACK for _, lease in _leases_at(networks, address))
+    """Whether `address` lies in one of `networks` and host-local holds no lease for it
+    in any of them that hands it out: no container has it now (a removed one's: its DEL
+    gave the lease back). Networks whose subnets overlap each lease it on their own: a
+    lease held in one (another network's live container), a directory that cannot be
+    read, ranges not known, an address of no such subnet: False (nothing tells)."""
+    states = [lease.state for _, lease in _leases_at(networks, address)]
+    return bool(states) and all(state is LeaseState.GIVEN_BACK for state in states)
 
 
 def holders(networks: Iterable[LeasedNetwork], address: str) -> Tuple[Tuple[Asks, ...], ...]:
     """What the containers host-local leases `address` to ask of the plugin, one Asks
-    per network of `networks` whose subnet holds it (its holder's there, None where no
+    per network of `networks` that hands it out (its holder's there, None where no
     cache entry of that network names the holder: one being added, say). Empty unless
-    every one of those networks leases it to a container: given back, not known, an
-    address of no such subnet tell nothing of a holder."""
+    every one of those networks leases it to a container: given back, not known (ranges
+    too), an address of no such subnet tell nothing of a holder."""
     found = []
     for network, lease in _leases_at(networks, address):
         if lease.state is not LeaseState.TAKEN or lease.holder is None:

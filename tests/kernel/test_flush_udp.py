@@ -1015,3 +1015,36 @@ def test_stale_only_says_which_kept_flows_a_leaked_chain_sends(
         f"deleted 1 UDP conntrack entry to host port 7100 (v4); kept {leaked}"
     ), done.stdout
     assert ct_sports(host_ns) == {40700, 40702}
+
+
+def test_stale_only_keeps_flows_to_an_address_an_overlapping_network_still_leases(
+    host_ns: str, tmp_path, iptables_mode: rp.Mode
+) -> None:
+    """Two host-local networks whose subnets overlap, each its own lease directory:
+    `leasenet` (10.77.0.0/16: `local`, 127.0.0.1:7100/udp) and `overlap`
+    (10.77.38.0/24), whose `live` leases 10.77.38.6 and maps 192.0.2.10:7100/udp. Its
+    rules went (a nat table flushed under it: check --repair's business), its flow
+    192.0.2.10:7100 -> 10.77.38.6:7100 still reaches it. leasenet has no lease for
+    10.77.38.6, and --stale-only called the address given back and deleted live's flow
+    (`unmapped`), and that of `adding`, leased on overlap with no cache entry yet: an
+    address is given back only when every network handing it out has no lease for it.
+    One to an address neither leases still goes."""
+    cache = tmp_path / "cni"
+    _local_and_node_ip(host_ns, cache, iptables_mode, leases=tmp_path / "ipam-a")
+    ports = [rp.port_mapping(7100, 7100, "udp", "192.0.2.10")]
+    live = rp.plugin_conf("overlap", ["10.77.38.6/24"], ports)
+    rp.run_plugin("ADD", host_ns, "live", live, mode=iptables_mode, check=True)
+    rp.write_cni_cache(cache, "overlap", "live", "eth0", live, ports, ["10.77.38.6/24"],
+                       leases=tmp_path / "ipam-b")  # fmt: skip
+    (tmp_path / "ipam-b" / "overlap" / "10.77.38.7").write_text("adding\r\neth0")
+    ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", 40700, 7100, "10.77.38.6", 7100),
+                      ct_args("192.0.2.7", "192.0.2.10", 40701, 7100, "10.77.38.7", 7100),
+                      ct_args("192.0.2.7", "192.0.2.10", 40702, 7100, "10.77.38.8", 7100)])  # fmt: skip
+    rp.run_plugin("DEL", host_ns, "live", live, mode=iptables_mode, check=True)  # (rules gone)
+    common = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(cache)]
+    listed = json.loads(run(["list", *common, "--conntrack", "-o", "json"]).stdout)
+    assert listed["conntrack_misrouted"] == 1, listed
+    doc = json.loads(run(["flush-udp", *common, "--stale-only", "--dry-run", "-o", "json"]).stdout)
+    assert [(d["sport"], d["reason"]) for d in doc["deleted"]] == [(40702, "unmapped")], doc
+    assert run(["flush-udp", *common, "--stale-only"]).returncode == 0
+    assert ct_sports(host_ns) == {40700, 40701}

@@ -7,6 +7,7 @@ tests/interop/test_repair_during_del.py."""
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import stat
@@ -17,8 +18,10 @@ from run_dir_helpers import opened_while
 from portmapctl.cni import cache
 from portmapctl.cni.leases import (
     Lease,
+    LeasedNetwork,
     LeaseState,
     given_back,
+    holders,
     host_local_data_dir,
     lease_of,
     leased_networks,
@@ -244,7 +247,30 @@ def test_host_local_hands_out_its_ranges_not_the_whole_subnet(tmp_path):
     for bad in ({"rangeStart": "10.99.0.1"}, {"rangeEnd": 7}, {"subnet": "x"}):
         ipam["ranges"] = [[dict({"subnet": "10.88.0.0/16"}, **bad)]]
         assert host_local_ranges(conflist) is None
-        assert leased_networks([cache.read_attachment(_entry(tmp_path, conflist))]) == ()
+        unread = leased_networks([cache.read_attachment(_entry(tmp_path, conflist))])
+        assert [n.known for n in unread] == [False] and not given_back(unread, "10.88.1.7")
     del ipam["ranges"], ipam["subnet"], ipam["gateway"]  # (flannel's: its subnet.env's)
     networks = leased_networks([cache.read_attachment(_entry(tmp_path, conflist))])
     assert given_back(networks, "10.88.0.7") and not given_back(networks, "10.88.0.1")
+
+
+def test_an_address_is_given_back_only_where_no_network_handing_it_out_leases_it(tmp_path):
+    """Networks whose subnets overlap (two conflists, each host-local's own lease
+    directory) each lease an address on their own: one with no lease for it says
+    nothing while another leases it to a live container (flush-udp --stale-only deleted
+    that container's flows as a removed one's), nor while another's directory cannot be
+    read or its ranges are not known (in doubt). Given back where none leases it."""
+    wide, narrow = tmp_path / "ipam-a" / "podman", tmp_path / "ipam-b" / "other"
+    wide.mkdir(parents=True)
+    narrow.mkdir(parents=True)
+    (narrow / "10.88.0.6").write_bytes(b"live\r\neth0")
+    a = LeasedNetwork(ipaddress.ip_network("10.88.0.0/16"), str(wide))
+    b = LeasedNetwork(ipaddress.ip_network("10.88.0.0/24"), str(narrow))
+    assert given_back([a], "10.88.0.6") and not given_back([a, b], "10.88.0.6")
+    assert not given_back([b, a], "10.88.0.6")
+    assert given_back([a, b], "10.88.0.7") and given_back([a, b], "10.88.1.7")
+    gone = LeasedNetwork(b.subnet, str(tmp_path / "ipam-c" / "other"))  # (not there)
+    assert not given_back([a, gone], "10.88.0.7") and given_back([a, gone], "10.88.1.7")
+    unknown = LeasedNetwork(b.subnet, str(narrow), known=False)
+    assert not given_back([a, unknown], "10.88.0.7") and given_back([a, unknown], "10.88.1.7")
+    assert holders([a, unknown], "10.88.0.6") == ()
