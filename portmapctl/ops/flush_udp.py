@@ -40,6 +40,7 @@ from typing import Mapping as ReadOnly
 
 from portmapctl.cni import cache as cni_cache
 from portmapctl.core.contest import backend_of
+from portmapctl.core.mapping import endpoint
 from portmapctl.core.pause import gc_paused
 from portmapctl.core.status import FlushReason, Status
 from portmapctl.errors import Interrupted
@@ -66,6 +67,9 @@ class Doomed:
     # UNMAPPED: the host IPs the port is mapped on, none of them the entry's
     # destination; empty where nothing maps the port (its WHY said that of both).
     mapped_on: Tuple[str, ...] = ()
+    # Of `wanted`, those only stale chains send the port to (list: `stale`, a leaked
+    # chain: no cache entry names its container): a container that is gone.
+    stale: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,11 +215,21 @@ def _shown(winners: Sequence[Mapping], ported: Collection[Optional[bytes]]) -> T
     for m in winners:
         if packed(m.family, m.container_ip) not in ported:
             shown.add(m.container_ip)
-        elif m.family == 6:
-            shown.add(f"[{m.container_ip}]:{m.container_port}")
         else:
-            shown.add(f"{m.container_ip}:{m.container_port}")
+            shown.add(endpoint(m.container_ip, m.container_port))
     return tuple(sorted(shown))
+
+
+def _stale_wanted(
+    mapped: Sequence[Mapping], entry: ConntrackEntry, wanted: Sequence[str]
+) -> Tuple[str, ...]:
+    """Of `wanted` (judge's, as _shown writes them), those that only stale mappings
+    covering the entry send it to (Doomed.stale)."""
+    if not wanted:
+        return ()
+    covering = [m for m in mapped if covers(m, entry)]
+    forms = [(m, (m.container_ip, endpoint(m.container_ip, m.container_port))) for m in covering]
+    return tuple(w for w in wanted if _all_stale([m for m, shown in forms if w in shown]))
 
 
 def plan(
@@ -265,7 +279,8 @@ def plan(
         if verdict is not None:
             reason, wanted = verdict
             elsewhere = _mapped_on(by_key.get(key, ())) if reason is FlushReason.UNMAPPED else ()
-            doomed.append(Doomed(entry, reason, wanted, elsewhere))
+            stale = _stale_wanted(by_key.get(key, ()), entry, wanted)
+            doomed.append(Doomed(entry, reason, wanted, elsewhere, stale))
     return doomed
 
 
@@ -625,8 +640,13 @@ def _by_stale_chains(entries: Iterable[ConntrackEntry], mappings: Sequence[Mappi
         went = (packed(e.family, e.reply_src), e.reply_sport)
         there = [m for m in by_key.get((e.family, e.dport), ()) if covers(m, e)]
         there = [m for m in there if _target(m) == went] if e.dnat else []
-        found += bool(there) and all(Status.STALE in m.status for m in there)
+        found += _all_stale(there)
     return found
+
+
+def _all_stale(mappings: Sequence[Mapping]) -> bool:
+    """Whether there are `mappings` and each is a stale chain's (list: `stale`)."""
+    return bool(mappings) and all(Status.STALE in m.status for m in mappings)
 
 
 def count_flows(mappings: Iterable[Mapping], judging: Optional[Judging] = None) -> Counted:

@@ -34,17 +34,24 @@ FLUSH_STYLE = {
 UNMAPPED_HERE = "DNATed, but this port is not mapped on {address} now (only on {mapped_on})"
 
 
-# Kept flows that a stale chain (list: `stale`) sends to its container's address.
-LEAKED = (
-    "that a stale chain DNATs (its container is not in the CNI cache:"
-    " portmapctl gc removes the chain)"
-)
+# What a stale chain (list: `stale`, a leaked one) means, and what ends it.
+STALE_CHAIN = "its container is not in the CNI cache: portmapctl gc removes the chain"
+# Kept flows that a stale chain sends to its container's address.
+LEAKED = f"that a stale chain DNATs ({STALE_CHAIN})"
+# Where the port goes now, where that is a stale chain's gone container (Doomed.stale).
+BY_STALE = f"by a stale chain ({STALE_CHAIN})"
 
 
 def flush_why(d: Doomed) -> str:
     if d.reason is FlushReason.UNMAPPED and d.mapped_on:
         return UNMAPPED_HERE.format(address=d.entry.dst, mapped_on=", ".join(d.mapped_on))
-    return FLUSH_WHY[d.reason].format(wanted=", ".join(d.wanted) or "-")
+    live = ", ".join(w for w in d.wanted if w not in d.stale)
+    wanted = live or "-"
+    if d.stale:
+        # ("the port now goes to" a gone container's address was no place to go.)
+        stale = f"{', '.join(d.stale)} {BY_STALE}"
+        wanted = f"{live}, and to {stale}" if live else stale
+    return FLUSH_WHY[d.reason].format(wanted=wanted)
 
 
 # What a terminal's width may cut (the widest first): the addresses in their middle,

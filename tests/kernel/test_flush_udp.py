@@ -985,6 +985,20 @@ def test_stale_only_keeps_flows_to_an_address_host_local_never_hands_out(
     assert ct_sports(host_ns) == {40702, 40703, 40704, 40705}
 
 
+def _leaky(host_ns: str, tmp_path, mode: rp.Mode) -> list[str]:
+    """`local` (_local_and_node_ip); `leaky` maps 192.0.2.10:7100/udp to 10.77.38.6, its
+    chain leaked (as podman leaks it: no cache entry, `list` says `stale`). Flows to
+    7100: 40700 DNATed by leaky's chain, 40701 to an old address (10.77.38.9), 40702
+    local's own. The options of flush-udp --stale-only there."""
+    cache = tmp_path / "cni"
+    _local_and_node_ip(host_ns, cache, mode)
+    _on_node_ip(host_ns, "leaky", "10.77.38.6/16", mode)
+    ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", 40700, 7100, "10.77.38.6", 7100),
+                      ct_args("192.0.2.7", "192.0.2.10", 40701, 7100, "10.77.38.9", 7100),
+                      ct_args("127.0.0.1", "127.0.0.1", 40702, 7100, "10.77.38.5", 7100)])  # fmt: skip
+    return ["--netns", host_ns, "--iptables", mode, "--cni-cache-dir", str(cache), "--stale-only"]
+
+
 def test_stale_only_says_which_kept_flows_a_leaked_chain_sends(
     host_ns: str, tmp_path, iptables_mode: rp.Mode
 ) -> None:
@@ -995,14 +1009,7 @@ def test_stale_only_says_which_kept_flows_a_leaked_chain_sends(
     their container or the host": its container is not cached, the chain stale. It now
     says what the flow follows and what ends it; a kept flow to a live container is
     still said to reach it."""
-    cache = tmp_path / "cni"
-    _local_and_node_ip(host_ns, cache, iptables_mode)
-    _on_node_ip(host_ns, "leaky", "10.77.38.6/16", iptables_mode)
-    ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", 40700, 7100, "10.77.38.6", 7100),
-                      ct_args("192.0.2.7", "192.0.2.10", 40701, 7100, "10.77.38.9", 7100),
-                      ct_args("127.0.0.1", "127.0.0.1", 40702, 7100, "10.77.38.5", 7100)])  # fmt: skip
-    common = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(cache),
-              "--stale-only"]  # fmt: skip
+    common = _leaky(host_ns, tmp_path, iptables_mode)
     leaked = ("1 that a stale chain DNATs (its container is not in the CNI cache:"
               " portmapctl gc removes the chain)")  # fmt: skip
     done = run(["flush-udp", *common, "--dry-run"])
@@ -1048,3 +1055,29 @@ def test_stale_only_keeps_flows_to_an_address_an_overlapping_network_still_lease
     assert [(d["sport"], d["reason"]) for d in doc["deleted"]] == [(40702, "unmapped")], doc
     assert run(["flush-udp", *common, "--stale-only"]).returncode == 0
     assert ct_sports(host_ns) == {40700, 40701}
+
+
+def test_why_an_old_destination_says_the_port_now_goes_to_a_stale_chains_container(
+    host_ns: str, tmp_path, iptables_mode: rp.Mode
+) -> None:
+    """_leaky: the flow DNATed to 10.77.38.9 goes as an old DNAT destination, its WHY
+    saying "the port now goes to 10.77.38.6": that is where leaky's leaked (stale)
+    chain sends it, a container that is gone. The WHY now says so, as the summary says
+    of the kept flows; so does a flow never DNATed there ("bypasses the mapping to").
+    JSON's reasons stay `old-destination` and `not-dnated`."""
+    common = _leaky(host_ns, tmp_path, iptables_mode)
+    ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", 40703, 7100)])  # never DNATed
+    by = ("by a stale chain (its container is not in the CNI cache:"
+          " portmapctl gc removes the chain)")  # fmt: skip
+    done = run(["flush-udp", *common, "--dry-run"])
+    why = {line.split()[3]: line for line in done.stdout.splitlines() if line.startswith("v4")}
+    assert why["40701->7100"].endswith(
+        f"  old DNAT destination: the port now goes to 10.77.38.6 {by}"
+    ), done.stdout
+    assert why["40703->7100"].endswith(
+        f"  never DNATed: bypasses the mapping to 10.77.38.6 {by}"
+    ), done.stdout
+    doc = json.loads(run(["flush-udp", *common, "--dry-run", "-o", "json"]).stdout)
+    assert [(d["sport"], d["reason"]) for d in doc["deleted"]] == [
+        (40701, "old-destination"), (40703, "not-dnated")
+    ]  # fmt: skip

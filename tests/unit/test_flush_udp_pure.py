@@ -403,6 +403,39 @@ def test_stale_only_takes_a_flow_to_the_same_address_on_an_old_port() -> None:
                 stale_only=True) == [Doomed(v6, FlushReason.OLD_DESTINATION, ("[fd00::5]:54",))]  # fmt: skip
 
 
+def test_why_says_where_the_port_goes_is_a_stale_chains_gone_container() -> None:
+    """An old destination's WHY said "the port now goes to 10.88.0.6" where a stale
+    chain (a leaked one: no cache entry names its container) sends the port: it now
+    says so, also of an address on another port, and beside a live container's where
+    the two backends contest the port. Reasons unchanged."""
+    from portmapctl.nftables.inventory import NftMapping
+    from portmapctl.render.flush_udp import flush_why
+
+    live = NftMapping("podman", "nnn", 4, "udp", "10.0.0.1", 5353, "10.88.0.5", 53, True,
+                      "hostports", ("contested",), None, ())  # fmt: skip
+    stale = dataclasses.replace(mapping("10.88.0.6", container_id="sss"), status=("stale",))
+    old = udp(sport=1, dst="10.0.0.1", reply_src="10.88.0.9", reply_sport=53)
+    by = "by a stale chain (its container is not in the CNI cache: portmapctl gc removes the chain)"
+    ported = udp(sport=2, dst="10.0.0.2", reply_src="10.88.0.6", reply_sport=54)
+    never = udp(sport=3, dst="10.0.0.2")
+    doomed = plan([old, ported, never], {(4, 5353)}, [live, stale], stale_only=True)
+    assert [(d.reason, d.wanted, d.stale) for d in doomed] == [
+        (FlushReason.OLD_DESTINATION, ("10.88.0.5", "10.88.0.6"), ("10.88.0.6",)),
+        (FlushReason.OLD_DESTINATION, ("10.88.0.6:53",), ("10.88.0.6:53",)),
+        (FlushReason.NOT_DNATED, ("10.88.0.6",), ("10.88.0.6",)),
+    ]
+    assert [flush_why(d) for d in doomed] == [
+        f"old DNAT destination: the port now goes to 10.88.0.5, and to 10.88.0.6 {by}",
+        f"old DNAT destination: the port now goes to 10.88.0.6:53 {by}",
+        f"never DNATed: bypasses the mapping to 10.88.0.6 {by}",
+    ]
+    cached = dataclasses.replace(stale, status=("ok",))
+    doomed = plan([old], {(4, 5353)}, [live, cached], stale_only=True)
+    assert [flush_why(d) for d in doomed] == [
+        "old DNAT destination: the port now goes to 10.88.0.5, 10.88.0.6"
+    ]
+
+
 def test_stale_only_keeps_what_conditions_leave_to_the_host() -> None:
     """A mapping with conditionsV4 DNATs only the packets they match: a flow it left
     alone is the host's own, not one that began before the rule (0.1 deleted it)."""
