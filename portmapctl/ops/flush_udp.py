@@ -88,6 +88,10 @@ class FlushResult:
     # address (a leaked chain: no cache entry names its container): they follow the
     # rule, but reach no live container; gc, removing the chain, ends them.
     kept_stale: int = 0
+    # Of `kept` (--stale-only), those to a destination another tool's rule may take
+    # before the plugin's (Judging.taken, _taken_first): that tool's flows to route,
+    # whatever their DNAT; none of them counted in kept_stale.
+    kept_taken: int = 0
 
     @property
     def shown(self) -> Tuple[Doomed, ...]:
@@ -371,20 +375,7 @@ def misroutes(
     None; `by_key`: the UDP mappings by (family, host port). plan()'s judgement, and
     list's count of it (one verdict: the count is what the fix deletes)."""
     replier = (entry.family, packed(entry.family, entry.reply_src))
-    destination = (entry.family, packed(entry.family, entry.dst), entry.dport)
-    if (
-        taken
-        and (taken.holds(destination, entry) if isinstance(taken, Taken) else destination in taken)
-        and (
-            ours is None
-            or replier not in ours
-            or (isinstance(taken, Taken) and taken.sends(destination, entry))
-        )
-    ):
-        # Another tool's rule takes this destination before any mapping: a flow to no
-        # container of the plugin's is that tool's (or, never DNATed, in doubt), and so
-        # is one DNATed to exactly where that rule sends it, a container of the
-        # plugin's on another port included (its next datagram goes there too).
+    if _taken_first(entry, ours, taken):
         return None
     key = (entry.family, entry.dport)
     reason, wanted = judge(entry, by_key.get(key, ()))
@@ -397,6 +388,29 @@ def misroutes(
     ):
         return None
     return None if reason is None else (reason, wanted)
+
+
+def _taken_first(
+    entry: ConntrackEntry,
+    ours: Optional[Collection[Tuple[int, Optional[bytes]]]],
+    taken: Collection[Destination],
+) -> bool:
+    """Whether another tool's rule takes the entry's destination before any mapping
+    (misroutes keeps it whatever it went to; FlushResult.kept_taken): a flow to no
+    container of the plugin's is that tool's (or, never DNATed, in doubt), and so is
+    one DNATed to exactly where that rule sends it, a container of the plugin's on
+    another port included (its next datagram goes there too)."""
+    if not taken:
+        return False
+    destination = (entry.family, packed(entry.family, entry.dst), entry.dport)
+    if not (taken.holds(destination, entry) if isinstance(taken, Taken) else destination in taken):
+        return False
+    replier = (entry.family, packed(entry.family, entry.reply_src))
+    return (
+        ours is None
+        or replier not in ours
+        or (isinstance(taken, Taken) and taken.sends(destination, entry))
+    )
 
 
 def _order(entry: ConntrackEntry) -> tuple:
@@ -488,7 +502,10 @@ def flush(
     )
     doomed = sorted(found, key=lambda d: _order(d.entry))
     going = {d.entry for d in doomed}
-    kept_stale = _by_stale_chains((e for e in looked_at if e not in going), mappings)
+    kept = [e for e in looked_at if e not in going]
+    # (Counted apart in the summary: "their container or the host" is neither's.)
+    others = {e for e in kept if _taken_first(e, mine, taken)}
+    kept_stale = _by_stale_chains((e for e in kept if e not in others), mappings)
     gone: List[ConntrackEntry] = []
     if dry_run:
         deleted = len(doomed)
@@ -504,6 +521,7 @@ def flush(
         warnings,
         frozenset(gone),
         kept_stale if stale_only else 0,
+        len(others),
     )
 
 

@@ -38,6 +38,8 @@ UNMAPPED_HERE = "DNATed, but this port is not mapped on {address} now (only on {
 STALE_CHAIN = "its container is not in the CNI cache: portmapctl gc removes the chain"
 # Kept flows that a stale chain sends to its container's address.
 LEAKED = f"that a stale chain DNATs ({STALE_CHAIN})"
+# Kept flows to a destination another tool's rule may take first (FlushResult.kept_taken).
+TAKEN = "to a destination another tool's rule may take before the plugin's"
 # Where the port goes now, where that is a stale chain's gone container (Doomed.stale).
 BY_STALE = f"by a stale chain ({STALE_CHAIN})"
 
@@ -130,11 +132,13 @@ def flush_summary(
         which = "none misrouted" if result.stale_only else "none"
         line = f"{verb} 0 UDP conntrack entries: {which} to {_flush_ports_text(result.ports)}"
     if result.stale_only and result.kept:
-        fine = result.kept - result.kept_stale
+        fine = result.kept - result.kept_stale - result.kept_taken
         kept = [f"{fine} that reach their container or the host"] if fine else []
-        if result.kept_stale:
-            # (A leaked chain's container is gone: "their container" was not true.)
-            kept.append(f"{result.kept_stale} {LEAKED}")
+        # (A leaked chain's container is gone, another tool's flow none of the plugin's:
+        # "their container or the host" was not true of them.)
+        for count, words in ((result.kept_stale, LEAKED), (result.kept_taken, TAKEN)):
+            if count:
+                kept.append(f"{count} {words}")
         line += "; kept " + ", ".join(kept)
     gone = len(result.doomed) - result.deleted
     if not result.dry_run and gone > 0:

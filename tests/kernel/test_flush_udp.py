@@ -1081,3 +1081,35 @@ def test_why_an_old_destination_says_the_port_now_goes_to_a_stale_chains_contain
     assert [(d["sport"], d["reason"]) for d in doc["deleted"]] == [
         (40701, "old-destination"), (40703, "not-dnated")
     ]  # fmt: skip
+
+
+def test_stale_only_says_which_kept_flows_another_tools_rule_takes(
+    host_ns: str, tmp_path, iptables_mode: rp.Mode
+) -> None:
+    """`local` maps 127.0.0.1:7100/udp; another tool (kube-proxy's NodePort) DNATs
+    192.0.2.10:7100/udp to a pod of its own, 10.244.1.7. Its flow there, and one never
+    DNATed to that destination, are kept by --stale-only (that tool's to route), and
+    the summary said they "reach their container or the host": neither is a
+    container's of the plugin's, nor the host's. It now counts them apart; local's own
+    flow still reaches its container."""
+    cache = tmp_path / "cni"
+    _local_and_node_ip(host_ns, cache, iptables_mode)
+    ns_run(host_ns, f"iptables-{iptables_mode}", "-t", "nat", "-I", "PREROUTING", "1", "-d",
+           "192.0.2.10", "-p", "udp", "--dport", "7100", "-j", "DNAT", "--to-destination",
+           "10.244.1.7:7100")  # fmt: skip
+    ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", 40700, 7100, "10.244.1.7", 7100),
+                      ct_args("192.0.2.7", "192.0.2.10", 40701, 7100),
+                      ct_args("127.0.0.1", "127.0.0.1", 40702, 7100, "10.77.38.5", 7100)])  # fmt: skip
+    common = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(cache),
+              "--stale-only"]  # fmt: skip
+    done = run(["flush-udp", *common, "--dry-run"])
+    assert done.stdout.splitlines()[-1] == (
+        "would delete 0 UDP conntrack entries: none misrouted to host port 7100 (v4); kept 1"
+        " that reach their container or the host, 2 to a destination another tool's rule"
+        " may take before the plugin's"
+    ), done.stdout
+    done = run(["flush-udp", *common, "-q"])
+    assert done.stdout.strip().endswith("; kept 1 that reach their container or the host,"
+                                        " 2 to a destination another tool's rule may take"
+                                        " before the plugin's"), done.stdout  # fmt: skip
+    assert ct_sports(host_ns) == {40700, 40701, 40702}
