@@ -31,6 +31,15 @@ def backdate(run_dir: Path, chains: Collection[str], seconds: float, family: int
     path.write_text(json.dumps(document))
 
 
+def ports(*specs: str) -> List[dict]:
+    """Port mappings as the runtime passes them: `8080/tcp` -> 8080 to container port 80."""
+    found = []
+    for spec in specs:
+        port, proto = spec.split("/")
+        found.append({"hostPort": int(port), "containerPort": 80, "protocol": proto})
+    return found
+
+
 class Node_:
     """A test node: the host namespace, its iptables flavour and a CNI cache."""
 

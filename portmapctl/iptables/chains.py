@@ -48,8 +48,10 @@ def is_plugin_chain(name: str) -> bool:
 
 
 def chain_name(network: str, container_id: str, prefix: str = "DN-") -> str:
-    """The plugin's name: CNI- + prefix + hex SHA-512(network + id), 28 characters."""
-    digest = sha512((network + container_id).encode()).hexdigest()
+    """The plugin's name: CNI- + prefix + hex SHA-512(network + id), 28 characters.
+    Of their bytes, as Go hashes them: one that is not UTF-8 (read from a rule's
+    comment as a lone surrogate) as itself."""
+    digest = sha512((network + container_id).encode("utf-8", "surrogateescape")).hexdigest()
     return ("CNI-" + prefix + digest)[:28]
 
 

@@ -17,13 +17,17 @@ from typing import Mapping as ReadOnly
 
 from portmapctl.cni.cache import Attachment
 from portmapctl.iptables import shapes
-from portmapctl.iptables.chains import DNAT_PREFIX, TOPLEVEL_DNAT, is_plugin_chain
+from portmapctl.iptables.chains import DNAT_PREFIX, TOPLEVEL_DNAT, chain_name, is_plugin_chain
 from portmapctl.iptables.ruleset import Args, NatTable, option_value, options, rule_target
 from portmapctl.iptables.shapes import ProtoPort
 
 _COMMENT = re.compile(r'(?:dnat|snat) name: "(?P<network>[^"]*)" id: "(?P<id>[^"]*)(?P<end>"?)\Z')
 
 _JUMPS = ("-j", "-g")
+
+# The kernel keeps a comment's first 255 bytes (xt_comment: 256 with the NUL): the
+# plugin's comment of a long network name and ID ends there, without its closing quote.
+_COMMENT_KEPT = 255
 
 
 class Identity(NamedTuple):
@@ -84,8 +88,13 @@ def _identity_of(comment: Optional[str]) -> Identity:
     match = _COMMENT.match(comment) if comment else None
     if not match:
         return _NOBODY
-    # A comment cut at 255 bytes loses the end of the ID: the network is still sure.
-    return Identity(match["network"], match["id"] if match["end"] else None)
+    if match["end"]:
+        return Identity(match["network"], match["id"])
+    # A comment cut at 255 bytes loses the end of the ID: the network is still sure. One
+    # that ends short of it, unquoted, is no comment the plugin wrote.
+    if len(comment.encode("utf-8", "surrogateescape")) >= _COMMENT_KEPT:
+        return Identity(match["network"], None)
+    return _NOBODY
 
 
 def _entry_ports_of(opts: ReadOnly[str, str]) -> Tuple[ProtoPort, ...]:
@@ -192,14 +201,46 @@ def entry_rules(table: NatTable, targets: Set[str]) -> Dict[str, List[EntryRule]
     return found
 
 
+def _names(network: Optional[str], container_id: Optional[str], target: Optional[str]) -> bool:
+    """Whether `target` is the chain the plugin names for `network` and `container_id`
+    (SHA-512 of both, chain_name), under its prefix (DN- or SN-)."""
+    if network is None or container_id is None or not target or not is_plugin_chain(target):
+        return False
+    return chain_name(network, container_id, target[len("CNI-") : len(DNAT_PREFIX)]) == target
+
+
+def names_its_chain(entry: EntryRule) -> bool:
+    """Whether the entry rule's comment names the network and container ID its target
+    is named for, as the plugin's own comment does. Another tool's rule may say anything
+    there (another network, a live container's ID, control characters)."""
+    return _names(entry.network, entry.container_id, entry.target)
+
+
+def rule_owner(args: Sequence[str]) -> Identity:
+    """Whose a rule jumping to a per-container chain is, as its comment says where it
+    names that chain's owner (or, cut by the kernel, the network alone: nothing to
+    hash); a comment naming anyone else names nobody."""
+    found = parse_comment(args)
+    if found.container_id is None or _names(*found, rule_target(args)):
+        return found
+    return _NOBODY
+
+
 def owner(attachment: Optional[Attachment], entries: Iterable[EntryRule]) -> Identity:
-    """Who a chain belongs to: the cache knows for sure; else the entry comments."""
+    """Who a chain belongs to: the cache knows for sure; else an entry comment that
+    names its chain (names_its_chain), wherever it stands among other tools' rules; else
+    the network of a comment the kernel cut (the plugin's, for a long ID: nothing to
+    hash), where all such say one. A comment naming another chain's owner names nobody:
+    who entered it is unknown, not the other tool's word."""
     if attachment is not None:
         return Identity(attachment.network, attachment.container_id)
+    cut: Set[str] = set()
     for entry in entries:
-        if entry.network is not None:
+        if names_its_chain(entry):
             return Identity(entry.network, entry.container_id)
-    return _NOBODY
+        if entry.network is not None and entry.container_id is None:
+            cut.add(entry.network)
+    return Identity(cut.pop(), None) if len(cut) == 1 else _NOBODY
 
 
 def chain_owner(

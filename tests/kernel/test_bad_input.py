@@ -30,6 +30,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import pytest
 import realplugin as rp
 import typer
+from gc_helpers import ports as _ports
 from pmctl import assert_error, run
 
 from portmapctl.cli import main
@@ -393,14 +394,6 @@ class NodeState:
     ns: str
     cache: str
     files: Files
-
-
-def _ports(*specs: str) -> List[dict]:
-    found = []
-    for spec in specs:
-        port, proto = spec.split("/")
-        found.append({"hostPort": int(port), "containerPort": 80, "protocol": proto})
-    return found
 
 
 _require = rp.require

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional
 import pytest
 import realplugin as rp
 from gc_helpers import Node_, backdate, node  # noqa: F401
+from gc_helpers import ports as _ports
 from json_schemas import validated
 from pmctl import assert_error, run
 from run_dir_helpers import full_run_dir
@@ -58,14 +59,6 @@ from portmapctl.ops.node import APPLY_TRIES, Node, NodeOptions
 
 
 # --- the command against the real plugin --------------------------------------------------------
-
-
-def _ports(*specs: str) -> List[dict]:
-    found = []
-    for spec in specs:
-        port, proto = spec.split("/")
-        found.append({"hostPort": int(port), "containerPort": 80, "protocol": proto})
-    return found
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pmctl
 
+from portmapctl.iptables.chains import chain_name
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # A real ESC (and colour) in the network; the text `\x1b[2J` and a real BEL in the ID.
 NETWORK = "pod\x1b[31mRED"
@@ -27,11 +29,15 @@ CONTAINER_TEXT = r"b7e0\\x1b[2Jold\x07"
 
 def _hostile_dump(tmp_path: Path, network: str, container: str) -> Path:
     """The example node with the entry rule of b7e0f2c94d1a4e85oldjob (stale: no cache
-    entry) naming `network`/`container` instead, quoted as iptables-save quotes it."""
+    entry) naming `network`/`container` instead, quoted as iptables-save quotes it, and
+    its chain named for them (a comment naming another chain's owner names nobody)."""
     text = (EXAMPLES / "node.v4.save").read_text()
     quoted = f'dnat name: \\"{network}\\" id: \\"{container.replace(chr(92), chr(92) * 2)}\\"'
     old = 'dnat name: \\"podman\\" id: \\"b7e0f2c94d1a4e85oldjob\\"'
     assert text.count(old) == 1
+    text = text.replace(
+        chain_name("podman", "b7e0f2c94d1a4e85oldjob"), chain_name(network, container)
+    )
     dump = tmp_path / "node.v4.save"
     dump.write_text(text.replace(old, quoted))
     return dump

@@ -21,6 +21,8 @@ from typing import Dict, List
 import pytest
 from test_terminal import EXAMPLE, ROOT, run_on_terminal
 
+from portmapctl.iptables.chains import chain_name
+
 # An entry rule whose comment names a container ID that is not UTF-8: check reports it
 # (extra-entry), and its text holds those bytes.
 BAD_ENTRY = (
@@ -206,7 +208,9 @@ def test_message_text_writes_control_characters_a_terminal_would_act_on():
 # container with an escape sequence and bytes that are not UTF-8 in them: list shows
 # them (NETWORK, CONTAINER), check in its rows, its PROBLEM and RULE columns and the
 # fix under the table (a duplicate-entry's `iptables -D` quotes the rule).
-FOREIGN_CHAIN = b"CNI-DN-0123456789abcdef01234"
+# (Its chain named for them, as the plugin names one: a comment naming another chain's
+# owner names nobody.)
+FOREIGN_CHAIN = chain_name("n\x1b[31met\udce9\udcff", "c\x1b[2Jid\udce9\udcff").encode()
 FOREIGN_RULES = (
     b"-A " + FOREIGN_CHAIN + b" -p tcp -m tcp --dport 7000 -j DNAT --to-destination 10.88.0.9:70\n"
     + 2 * (
@@ -274,7 +278,7 @@ def test_json_of_a_foreign_comments_escape_and_bytes_is_as_it_was(foreign_dump, 
         rules = [row["rule"] for row in ours if row["kind"] == "duplicate-entry"]
         assert rules == ['-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"n'
                          '\\x1b[31met\\xe9\\xff\\" id: \\"c\\x1b[2Jid\\xe9\\xff\\"" -m multiport'
-                         " --dports 7000 -j CNI-DN-0123456789abcdef01234"], rules  # fmt: skip
+                         " --dports 7000 -j " + FOREIGN_CHAIN.decode()], rules  # fmt: skip
 
 
 def test_every_table_and_the_summary_line_write_control_characters_and_bytes_as_text(capsys):

@@ -506,7 +506,7 @@ def duplicates(live: NatTable, fixes: Fixes) -> List[Problem]:
 
     problems = []
     for dup in found(live):
-        network, container_id = plugin_rules.parse_comment(dup.rule)
+        network, container_id = plugin_rules.rule_owner(dup.rule)
         problems.append(
             Problem(
                 ProblemKind.DUPLICATE_ENTRY,

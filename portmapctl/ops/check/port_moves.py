@@ -57,10 +57,9 @@ from portmapctl.iptables.chains import (
     DNAT_ENTRY_CHAINS,
     DNAT_PREFIX,
     TOPLEVEL_DNAT,
-    chain_name,
     dnat_chain_name,
 )
-from portmapctl.iptables.plugin_rules import parse_comment
+from portmapctl.iptables.plugin_rules import rule_owner
 from portmapctl.iptables.ruleset import NatTable, rule_target
 from portmapctl.iptables.shapes import Role, classify_rule, entry_ports
 from portmapctl.iptables.transaction import OpKind, Transaction
@@ -251,10 +250,7 @@ def _container_of(entry: Sequence[str], chain: str, cached: Collection[str]) -> 
     its address is that container's now): else None, nobody known."""
     if chain not in cached:
         return None
-    who = parse_comment(entry)
-    if who.network is None or who.container_id is None:
-        return None
-    return who.container_id if chain_name(who.network, who.container_id) == chain else None
+    return rule_owner(entry).container_id
 
 
 def _takers(table: NatTable, keys: Set[Tuple[str, int]], cached: Collection[str] = ()) -> _Takers:
@@ -359,7 +355,8 @@ def holder_name(live: NatTable, chain: str) -> str:
     or the chain alone when no entry rule says."""
     for args in live.rules(TOPLEVEL_DNAT):
         if rule_target(args) == chain:
-            who = parse_comment(args)
+            # (Another tool's rule may name anyone: the first that names its chain.)
+            who = rule_owner(args)
             if who.network is not None and who.container_id is not None:
                 return (
                     f"{name_text(who.network)}/{name_text(short_form(who.container_id))} ({chain})"
