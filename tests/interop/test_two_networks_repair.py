@@ -20,6 +20,8 @@ import realplugin as rp
 import upstream
 from realplugin import require
 
+from portmapctl.iptables.chains import chain_name
+
 CTR = "ctr1"
 OTHER = "ctr2"
 PORTS = [rp.port_mapping(6001, 6001, "udp")]
@@ -301,3 +303,42 @@ def test_nftables_a_lost_rule_is_appended_behind_a_stale_one_as_the_plugins_re_a
     assert "10.89.0.5:6001" in after[0], after
     assert after[:-1] == damaged
     assert _plugin("CHECK", host_ns, CTR, "net1", "nftables").returncode == 0
+
+
+def test_a_network_whose_chain_tells_the_key_ignored_is_offered_what_its_repair_makes(
+    host_ns: str, iptables_mode: rp.Mode, tmp_path: Path
+) -> None:
+    """Debian's 1.1.1 ADDs of ctr1 on net1 and net2 under `"backend": "nftables"`, a key
+    it ignores (its chains in iptables), cached so; then `iptables -t nat -F` and
+    net1's chain deleted: nothing of net1's entry is left (its backend in doubt), while
+    net2's chain, empty, is still there (followed to iptables). The check gave net2's
+    rows no fix ("which backend its plugin keeps it in cannot be told ... nothing is
+    written or removed for it": the doubt was judged by container ID), while `check
+    --repair` made them (its `fixed` rows): what it makes was not offered. Each network's
+    entry is judged apart: net2's rows name --repair, net1's none, and the repair makes
+    net2's alone."""
+    require(rp.plugin_available())
+    for network, (ip, ifname) in NETS.items():
+        conf = {**_conf(network, ip, ifname, nft=False), "backend": "nftables"}
+        done = rp.run_plugin("ADD", host_ns, CTR, conf, mode=iptables_mode, ifname=ifname)
+        assert done.returncode == 0, done.stdout + done.stderr
+        rp.write_cni_cache(tmp_path, network, CTR, ifname, conf, PORTS, [ip])
+        rp.hold_addresses(rp.container_netns(), [ip])
+    rp.iptables(host_ns, ["-t", "nat", "-F"], mode=iptables_mode)
+    rp.iptables(host_ns, ["-t", "nat", "-X", DN1], mode=iptables_mode)
+    args = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(tmp_path)]
+
+    def offered(done) -> List[tuple]:
+        assert done.returncode == 1, done.stdout + done.stderr
+        rows = json.loads(done.stdout)["problems"]
+        return sorted((p["kind"], p["network"]) for p in rows if p["fix"] and p["network"])
+
+    checked = pmctl.run(["check", *args, "-o", "json"])
+    assert "net1/ctr1" in checked.stderr and "cannot be told" in checked.stderr, checked.stderr
+    assert offered(checked) == [("missing-entry", "net2"), ("missing-rules", "net2")]
+    done = pmctl.run(["check", "--repair", "--no-flush-udp", *args, "-o", "json"])
+    fixed = json.loads(done.stdout)["fixed"]
+    assert sorted((p["kind"], p["network"]) for p in fixed if p["network"]) == offered(checked)
+    assert offered(done) == []
+    saved = rp.save(host_ns, 4, iptables_mode)
+    assert DN1 not in saved and chain_name("net2", CTR) in saved

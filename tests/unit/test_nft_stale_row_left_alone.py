@@ -52,8 +52,8 @@ STALE_MASQ = Problem(
 def test_a_stale_row_does_not_keep_the_tables_fix_for_a_container_in_doubt(
     stale: Problem,
 ) -> None:
-    alone = left_alone(CheckResult((ENTRY, DOUBTED), (4,)), {"deb1"}, [])
-    beside = left_alone(CheckResult((ENTRY, DOUBTED, stale), (4,)), {"deb1"}, [])
+    alone = left_alone(CheckResult((ENTRY, DOUBTED), (4,)), {("podman", "deb1")}, [])
+    beside = left_alone(CheckResult((ENTRY, DOUBTED, stale), (4,)), {("podman", "deb1")}, [])
     assert alone.problems[0].fix == ""
     assert beside.problems[:2] == alone.problems, beside.problems
     assert beside.problems[2] == stale  # its own row as it was (gc's)
@@ -63,5 +63,7 @@ def test_a_cached_containers_row_still_keeps_the_tables_fix() -> None:
     other = Problem(
         ProblemKind.NFT_MISSING_RULES.value, 4, "nft:hostports", "podman", "ok1", "x", REPAIR
     )
-    done = left_alone(CheckResult((ENTRY, DOUBTED, other, STALE_DNAT), (4,)), {"deb1"}, [])
+    done = left_alone(
+        CheckResult((ENTRY, DOUBTED, other, STALE_DNAT), (4,)), {("podman", "deb1")}, []
+    )
     assert done.problems[0].fix == REPAIR

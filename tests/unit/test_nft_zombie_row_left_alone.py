@@ -45,8 +45,8 @@ def test_the_zombie_row_is_in_nftables_with_its_family() -> None:
 
 
 def test_a_nft_zombies_row_does_not_keep_the_tables_fix_for_a_container_in_doubt() -> None:
-    alone = left_alone(CheckResult((ENTRY, DOUBTED), (4,)), {"web1"}, [])
-    with_zombie = left_alone(CheckResult((ENTRY, DOUBTED, ZOMBIE), (4,)), {"web1"}, [])
+    alone = left_alone(CheckResult((ENTRY, DOUBTED), (4,)), {("podman", "web1")}, [])
+    with_zombie = left_alone(CheckResult((ENTRY, DOUBTED, ZOMBIE), (4,)), {("podman", "web1")}, [])
     assert alone.problems[0].fix == ""  # (nothing but the doubted one needs the table)
     assert with_zombie.problems[:2] == alone.problems, with_zombie.problems
     # The zombie's own row: as it was (gc's fix is not --repair's).
@@ -55,6 +55,6 @@ def test_a_nft_zombies_row_does_not_keep_the_tables_fix_for_a_container_in_doubt
 
 def test_another_containers_row_keeps_the_tables_fix() -> None:
     """(What the zombie's row must not stand in for: a live container that needs it.)"""
-    done = left_alone(CheckResult((ENTRY, DOUBTED, OTHER, ZOMBIE), (4,)), {"web1"}, [])
+    done = left_alone(CheckResult((ENTRY, DOUBTED, OTHER, ZOMBIE), (4,)), {("podman", "web1")}, [])
     assert done.problems[0].fix == REPAIR
     assert done.problems[3] == ZOMBIE

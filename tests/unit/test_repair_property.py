@@ -565,6 +565,9 @@ def _check(scenario: Scenario, faked) -> None:
 @example(Scenario((Container("ignored", "live"), Container("ignored", "live"),
                    Container("nftables", "live")),
                   ("ipt-drop-chain:0", "nft-flush-prerouting")))  # fmt: skip  # c242989
+# A container's other network's entry judged in doubt with its own (by container ID).
+@example(Scenario((Container("ignored", "live", networks=2),),
+                  ("ipt-flush-nat", "ipt-drop-chain:0")))  # fmt: skip
 # Derandomized, as test_argv_property: the same 60 generated nodes every run, so CI is
 # never red for a node no one has seen (explore with more examples and a random seed by
 # hand; the examples above pin what that found).

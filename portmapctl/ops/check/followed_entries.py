@@ -54,7 +54,9 @@ def in_doubt_left(
         for a in followed.unplaced
         if a.mapping is not None
     ]
-    doubted = {a.container_id for a in (*followed.in_doubt, *followed.unplaced)}
+    # By network and container: each cache entry is followed apart (its own chain
+    # tells), and the repair writes one of a container whose other entry is in doubt.
+    doubted = {(a.network, a.container_id) for a in (*followed.in_doubt, *followed.unplaced)}
     # The containers the repair makes the plugin's table for (nft_repair: the cached
     # nft-backed ones it writes), healthy ones too: they have no row to show it. As the
     # check split them (result.nft_placed), not by their key alone: a keyless entry
@@ -69,7 +71,7 @@ def in_doubt_left(
         if a.mapping is not None
         and not a.zombie
         and (a.network, a.container_id) in result.nft_placed
-        and a.container_id not in doubted
+        and (a.network, a.container_id) not in doubted
     ]
     wanting, refused = written_and_refused(cached)
     result = left_alone(
@@ -145,13 +147,13 @@ def toplevel_wanted(
 
 def left_alone(
     result: CheckResult,
-    ids: Collection[str],
+    entries: Collection[Tuple[str, str]],
     said: Sequence[str],
     wanting: Sequence[MappingConfig] = (),
     refused: Collection[Tuple[str, str]] = (),
 ) -> CheckResult:
-    """in_doubt_left's work, for the containers `ids` (a one-mapping check's too:
-    check_mapping), with `said`, the warnings that say why. `wanting`: the configs of
+    """in_doubt_left's work, for the cache entries `entries` (network, container ID; a
+    one-mapping check's too: check_mapping), with `said`, the warnings that say why. `wanting`: the configs of
     the other cached containers the repair writes in nftables, which keep the fix of a
     row of the table they want (nft_table_rows.nft_wanted): a healthy one has no row of its
     own, and the repair made the table's entry for it where that row named no fix.
@@ -172,7 +174,8 @@ def left_alone(
         p.family
         for p in result.problems
         if p.in_nftables
-        and p.container_id not in (None, *ids)
+        and p.container_id is not None
+        and not _of_entries(p, entries)
         and p.kind not in (ProblemKind.ZOMBIE, ProblemKind.STALE)
         and (p.network, p.container_id) not in refused
     }
@@ -180,7 +183,7 @@ def left_alone(
     # nft_table_rows') keeps saying so: only an offered repair is taken back.
     problems = tuple(
         replace(p, fix="", why=_IN_DOUBT)
-        if p.container_id in ids
+        if _of_entries(p, entries)
         else replace(p, fix="")
         if p.container_id is None
         and names_repair(p.fix)
@@ -191,6 +194,16 @@ def left_alone(
         for p in result.problems
     )
     return replace(result, problems=problems, warnings=(*result.warnings, *said))
+
+
+def _of_entries(problem: Problem, entries: Collection[Tuple[str, str]]) -> bool:
+    """Whether `problem` is of one of the cache `entries` (network, container ID); one
+    that names no network (rules only a container ID marks), of any of its container."""
+    if problem.container_id is None:
+        return False
+    if problem.network is None:
+        return problem.container_id in {cid for _, cid in entries}
+    return (problem.network, problem.container_id) in entries
 
 
 def _of_nft_tables(problem: Problem) -> bool:

@@ -302,7 +302,7 @@ def check_mapping(
         # nftables, under auto), naming no fix, and a warning says why.
         config = replace(config, backend=given or doubt.judged_in or node.options.keyless)
         result = check_followed(node, config, (), ifname)
-        return left_alone(result, {config.container_id}, [str(doubt)])
+        return left_alone(result, {(config.network, config.container_id)}, [str(doubt)])
     result = check_followed(node, config, notes, ifname)
     if given is not None and config.backend == given and notes:
         # Checked where --backend or its config's key says, not where the plugin keeps
