@@ -1017,3 +1017,38 @@ def test_iptables_the_shared_rules_only_a_torn_down_container_wants_are_not_made
     _named_not_repaired(done, out, _WHY.replace("namespace", "").rstrip())
     again = json.loads(pmctl.run(["check", *args, "-o", "json"]).stdout)["problems"]
     assert not any(p["fix"] for p in again if p["container_id"] is None), again
+
+
+def test_one_mapping_of_a_torn_down_container_whose_plugin_ignores_its_key_is_not_written(
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode
+) -> None:
+    """dying ADDed by Debian's 1.1.1 under `"backend": "nftables"` (a key it ignores:
+    its chain in iptables), cached so, its namespace there without its address (a DEL
+    under way); its entry rule lost. The check of its mapping (`--cni-config` of its
+    stdin, with the key) offered `--repair` for the missing entry, and the repair wrote
+    it anew (`--dports 8080 -j CNI-DN-...`, exit 0), a DNAT to the address being given
+    back: its cache entry, keyed "nftables", was not taken for its own interface's
+    (torn_own), so nothing of it was judged torn down. Now as without the key: no fix,
+    nothing written, the container named."""
+    host, container = nodes
+    conf = {**rp.plugin_conf("podman", ["10.88.0.8/16"], [rp.port_mapping(8080, 80)]),
+            "backend": "nftables"}  # fmt: skip
+    rp.run_plugin("ADD", host, "dying", conf, mode=iptables_mode, check=True)
+    rp.write_cni_cache(tmp_path, "podman", "dying", "eth0", conf, [rp.port_mapping(8080, 80)],
+                       ["10.88.0.8/16"], netns=f"/run/netns/{container}")  # fmt: skip
+    entry = next(line for line in rp.save(host, 4, iptables_mode).splitlines()
+                 if line.startswith("-A CNI-HOSTPORT-DNAT") and "dying" in line)  # fmt: skip
+    rp.iptables(host, ["-t", "nat", "-D", *shlex.split(entry)[1:]], mode=iptables_mode)
+    before = rp.save(host, 4, iptables_mode)
+    stdin = tmp_path / "dying.json"
+    stdin.write_text(json.dumps(conf))
+    args = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4",
+            "--iptables", iptables_mode, "-o", "json", "--container", "dying",
+            "--cni-config", str(stdin)]  # fmt: skip
+
+    checked = pmctl.run(["check", *args])
+    rows = [p for p in json.loads(checked.stdout)["problems"] if p["container_id"] == "dying"]
+    assert [(p["kind"], p["fix"]) for p in rows] == [("missing-entry", None)], rows
+    done = pmctl.run(["check", "--repair", *args])
+    assert rp.nat_rules(rp.save(host, 4, iptables_mode)) == rp.nat_rules(before)
+    _named_not_repaired(done, json.loads(done.stdout), "its address 10.88.0.8")

@@ -568,6 +568,8 @@ def _check(scenario: Scenario, faked) -> None:
 # A container's other network's entry judged in doubt with its own (by container ID).
 @example(Scenario((Container("ignored", "live", networks=2),),
                   ("ipt-flush-nat", "ipt-drop-chain:0")))  # fmt: skip
+# One mapping of a container being torn down, cached under a key its plugin ignores.
+@example(Scenario((Container("ignored", "torn"),), ("ipt-drop-entry:0",), 0))
 # Derandomized, as test_argv_property: the same 60 generated nodes every run, so CI is
 # never red for a node no one has seen (explore with more examples and a random seed by
 # hand; the examples above pin what that found).

@@ -274,14 +274,16 @@ def torn_own(
         for a in entries
         if a.mapping is not None
         and not a.zombie
-        and a.mapping.backend != other
         and dnat_chain_name(a.mapping) == dnat_chain_name(config)
     ]
     addresses = (config.address(4), config.address(6))
+    # `ifname`'s entry is its own whatever backend its key names: one cached
+    # `"nftables"` whose plugin ignores the key (Debian's 1.1.1) is kept in iptables.
     mine = [a for a in group if ifname and a.ifname == ifname] or [
         a
         for a in group
-        if (a.mapping.address(4), a.mapping.address(6)) == addresses  # type: ignore[union-attr]
+        if a.mapping.backend != other  # type: ignore[union-attr]
+        and (a.mapping.address(4), a.mapping.address(6)) == addresses  # type: ignore[union-attr]
     ]
     if not mine:
         return []
