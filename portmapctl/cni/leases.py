@@ -102,8 +102,8 @@ Subnet = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 class HostRange:
     """One range host-local hands addresses out of, as its Range.Canonicalize fills it
     in: `first` to `last` (rangeStart, default the subnet's .1; rangeEnd, default its
-    last address, an IPv4 subnet's broadcast address not), `gateway` (default .1)
-    never handed out."""
+    last address, an IPv4 subnet's broadcast address not), `gateway` (default .1; it
+    may lie outside the subnet) never handed out."""
 
     subnet: Subnet
     first: Address
@@ -118,8 +118,10 @@ class HostRange:
         if any(a is not None and not isinstance(a, str) for a in (start, end, gateway)):
             raise ValueError("an address of a range that is no string")
         found = [ipaddress.ip_address(a) if a else None for a in (start, end, gateway)]
-        if any(a is not None and a not in subnet for a in found):
-            raise ValueError("an address of a range outside its subnet")
+        # Range.Canonicalize refuses a rangeStart/rangeEnd outside the subnet, not a
+        # gateway there (it takes it as given; the subnet's .1 is then handed out).
+        if any(a is not None and a not in subnet for a in found[:2]):
+            raise ValueError("a range's start or end outside its subnet")
         after = subnet.network_address + 1
         final = subnet.broadcast_address - (1 if subnet.version == 4 else 0)
         return cls(subnet, found[0] or after, found[1] or final, found[2] or after)

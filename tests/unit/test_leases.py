@@ -274,3 +274,55 @@ def test_an_address_is_given_back_only_where_no_network_handing_it_out_leases_it
     unknown = LeasedNetwork(b.subnet, str(narrow), known=False)
     assert not given_back([a, unknown], "10.88.0.7") and given_back([a, unknown], "10.88.1.7")
     assert holders([a, unknown], "10.88.0.6") == ()
+
+
+HOST_LOCAL = "/usr/lib/cni/host-local"
+
+
+def _handed_out_by_host_local(tmp_path, ipam: dict) -> set:
+    """Every address the real host-local hands out under `ipam`, asked until it has
+    none left (one container per call; each range set gives one address a call, so
+    the sets of a config hold as many addresses each)."""
+    import subprocess
+
+    conf = {"cniVersion": "0.4.0", "name": "leasenet",
+            "ipam": dict(ipam, dataDir=str(tmp_path / "ipam"))}  # fmt: skip
+    found: set = set()
+    for n in range(64):
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c{n}", "CNI_NETNS": "/x",
+               "CNI_IFNAME": "eth0", "CNI_PATH": os.path.dirname(HOST_LOCAL)}  # fmt: skip
+        done = subprocess.run([HOST_LOCAL], input=json.dumps(conf), env=env,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        if done.returncode != 0:
+            assert "no IP addresses available" in done.stdout, done.stdout
+            return found
+        found |= {ip["address"].split("/")[0] for ip in json.loads(done.stdout)["ips"]}
+    raise AssertionError("host-local kept handing out addresses")
+
+
+@pytest.mark.parametrize(
+    "ipam",
+    [
+        # The gateway outside the subnet (host-local takes it: .1 is handed out).
+        {"ranges": [[{"subnet": "10.11.0.0/29", "gateway": "10.99.0.1"}]]},
+        {"ranges": [[{"subnet": "10.11.0.0/29", "gateway": "10.11.0.6"}]],
+         "routes": [{"dst": "0.0.0.0/0"}]},
+        {"ranges": [[{"subnet": "10.11.0.0/28", "rangeEnd": "10.11.0.6"}],
+                    [{"subnet": "fd00:11::/125", "rangeStart": "fd00:11::3"}]]},
+        {"subnet": "10.12.0.0/29", "rangeStart": "10.12.0.3", "gateway": "10.12.0.4",
+         "ranges": [[{"subnet": "fd00:12::/125", "rangeStart": "fd00:12::5"}]]},
+    ],
+)  # fmt: skip
+def test_the_ranges_read_are_what_the_real_host_local_hands_out(tmp_path, ipam):
+    """host_local_ranges against /usr/lib/cni/host-local itself: every address of the
+    ranges' subnets it hands out, and no other, is one a range read `hands_out` (a
+    gateway outside its subnet made the whole network's ranges unreadable, None: its
+    removed containers' flows were no longer judged by their leases)."""
+    from portmapctl.cni.leases import host_local_ranges
+
+    if not os.access(HOST_LOCAL, os.X_OK):
+        pytest.skip(f"no {HOST_LOCAL} (Debian package containernetworking-plugins)")
+    ranges = host_local_ranges({"type": "bridge", "ipam": dict(ipam, type="host-local")})
+    assert ranges is not None
+    read = {str(a) for r in ranges for a in r.subnet if r.hands_out(a)}
+    assert read == _handed_out_by_host_local(tmp_path, dict(ipam, type="host-local"))
