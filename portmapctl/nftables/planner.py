@@ -358,6 +358,10 @@ def repair(
                 txn.as_read.add((family, chain))
     txn.ops += made.ops
     txn.took_routed = made.took_routed
+    # A plugin ADD of a container whose lost rules this appends, committed since the
+    # read, appended them too: the try is refused whole and planned again.
+    for family in txn.families():
+        _guard_plugin_add(txn, live.table(family), family)
     return txn
 
 
@@ -404,6 +408,8 @@ def setup(
         # that does not run it.
         old = entries is Entries.KEEP and layout(live, family, lone) is Layout.V16
         _setup_family(txn, live, family, by_family[family], entries, old, family in held, lone)
+        if entries is Entries.REWRITE:
+            _guard_plugin_add(txn, live.table(family), family)
     txn.took_routed = frozenset(f for f in live.tables if took_routed(live, f))
     return txn
 
@@ -440,7 +446,6 @@ def _setup_family(
 ) -> None:
     table = live.table(family)
     chains = {} if table is None else table.chains
-    start = len(txn.ops)  # (this family's ops begin here: _guard_add)
     # check --repair makes what the read found missing with `create`: a plugin ADD that
     # made it meanwhile (after a `delete table`) wrote its container's rules too, which
     # ours would double; the try is refused whole and planned again from a new read.
@@ -504,52 +509,67 @@ def _setup_family(
                 txn.add_rule(family, HOSTIP_HOSTPORTS, body)
             else:
                 txn.add_rule(family, chain, body, position, before)
-    if entries is Entries.REWRITE:
-        _guard_add(txn, start, table, family, entry, rewrite)
 
 
-def _guard_add(
-    txn: Transaction,
-    start: int,
-    table: Optional[Table],
-    family: int,
-    entry: RuleBody,
-    rewrite: Collection[str],
-) -> None:
-    """Make add's transaction (its ops of `family` from `start` on) fail whole when a
-    plugin ADD committed in `family` after `table` was read, where it appends a
-    container's rules. The ADD appends its container's rules without looking (FACTS:
-    `add rule` only), so add's rules, planned from a read without them, doubled that
-    container's every rule when the ADD was the same container's. What every plugin
+def _guard_plugin_add(txn: Transaction, table: Optional[Table], family: int) -> None:
+    """Make `txn` (add's, check --repair's) fail whole when a plugin ADD committed in
+    `family` after `table` was read, where `txn` appends a container's rules. The ADD
+    appends its container's rules without looking (FACTS: `add rule` only), so rules
+    planned from a read without them doubled that container's every rule when the ADD
+    was the same container's (add of it; a repair of its lost rules). What every plugin
     ADD does to the family is made the transaction's condition: it makes the table
     (then `create table`, EEXIST), else it flushes prerouting and output and writes them
-    again (then the first rule read there, deleted by its handle before the chain's
-    flush, or replaced by itself at that handle where add leaves the chain, which keeps
-    the rule and its handle: ENOENT), else it makes them (`create chain`, EEXIST).
-    Refused, converge reads and plans again (nftables.node.RETRY_REASONS): any plugin ADD
-    meanwhile costs a try, the same container's leaves nothing to write. Not guarded:
-    a table whose prerouting and output are both there and empty (flushed by hand),
-    where nothing of the ADD can be asked not to have happened."""
-    ops = txn.ops[start:]
+    again (then a rule read there: deleted by its handle ahead of everything where
+    `txn` flushes that chain anyway, else a jump of the entry replaced by itself at its
+    handle, which keeps the rule and its handle: ENOENT), else it makes them (`create
+    chain`, EEXIST); where both are there without such a rule (flushed by hand), the
+    same of hostports_all, which v1.9's ADD flushes and refills. Only a jump whose
+    every match is modelled is written back (`_written_as_read`): what nft reads back
+    as that very rule, never anything else's. Refused, converge reads and plans again
+    (nftables.node.RETRY_REASONS): any plugin ADD meanwhile costs a try, the same
+    container's leaves nothing to write. Not guarded: prerouting and output both there
+    without such a rule, against a v1.6/v1.7 ADD (or with hostports_all empty too),
+    where nothing of that ADD can be asked not to have happened."""
+    ops = [op for op in txn.ops if op.family == family]
     if not any(op.kind is OpKind.ADD_RULE and op.chain in CONTAINER_CHAINS for op in ops):
         return
-    made = {(op.kind, op.chain): i for i, op in enumerate(ops, start)}
+    made = {(op.kind, op.chain): i for i, op in enumerate(txn.ops) if op.family == family}
     if table is None:
-        where = made[(OpKind.ADD_TABLE, None)]
-        txn.ops[where] = replace(txn.ops[where], create=True)
+        _made_with_create(txn, made.get((OpKind.ADD_TABLE, None)))
         return
-    for name in (PREROUTING, OUTPUT):
-        rules = table.rules_of(name)
-        if rules:
-            if name in rewrite:  # (flushed after it: the rule as read goes, by handle)
-                txn.ops.insert(start, Op(OpKind.DELETE_RULE, family, name, handle=rules[0].handle))
-            else:  # (it holds exactly `entry`: _entries_to_write)
-                txn.replace_rule(family, name, rules[0].handle, entry)
-            return
+    flushed = {op.chain for op in ops if op.kind is OpKind.FLUSH_CHAIN}
+    # (hostports_all last: only v1.9's ADD flushes it, v1.6/v1.7's never make it)
+    for name in ENTRY_CHAINS:
         if name not in table.chains:
-            where = made[(OpKind.ADD_CHAIN, name)]
-            txn.ops[where] = replace(txn.ops[where], create=True)
+            _made_with_create(txn, made.get((OpKind.ADD_CHAIN, name)))
             return
+        rules = table.rules_of(name)
+        if rules and name in flushed:  # (before the flush: the rule as read goes by handle)
+            txn.ops.insert(0, Op(OpKind.DELETE_RULE, family, name, handle=rules[0].handle))
+            return
+        jump = next((rule for rule in rules if _written_as_read(rule.body)), None)
+        if jump is not None:
+            txn.replace_rule(family, name, jump.handle, jump.body)
+            return
+
+
+def _made_with_create(txn: Transaction, where: Optional[int]) -> None:
+    if where is not None:
+        txn.ops[where] = replace(txn.ops[where], create=True)
+
+
+def _written_as_read(body: RuleBody) -> bool:
+    """Whether `body`, read, is a jump of the plugin's entry (to the container rules)
+    that nft reads back as this very rule once written: every match modelled (none
+    kept as the JSON of what we do not model, no counter), no comment."""
+    action = body.action
+    return (
+        action.kind is ActionKind.JUMP
+        and action.raw is None
+        and action.target in _ENTERED
+        and body.comment is None
+        and all(match.raw is None for match in body.matches)
+    )
 
 
 def _moving(

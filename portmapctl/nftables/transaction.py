@@ -6,9 +6,10 @@ Built up step by step (as in knftables), printed as `nft -f` text (that is what
 caller re-reads and re-plans, never forces.
 
 Only the plugin's own vocabulary is written: add table/chain, flush chain, add rule (or
-insert it, at a handle's position), delete rule by handle; and add's guard (planner's
-_guard_add): a rule replaced by itself at its handle, which fails the transaction when
-that handle is gone. Text from a cache or a dump
+insert it, at a handle's position), delete rule by handle; and the guard of add's and
+check --repair's (planner._guard_plugin_add): a jump of the entry replaced by itself at
+its handle, which fails the transaction when that handle is gone. Text from a cache or
+a dump
 reaches the output only as a validated value (a container ID, an address, a port) or,
 for the plugin's nft-syntax conditions, after `check_condition` refused anything that could end a
 command or leave a brace unpaired.

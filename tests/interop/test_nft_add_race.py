@@ -4,7 +4,7 @@
 The plugin's ADD appends its container's rules without looking (FACTS: `add rule`
 only), so add's transaction, planned from the read before it, appended the same rules
 again: every rule of the container twice, in both families. add's transaction now
-carries a guard the plugin's ADD breaks (planner._guard_add): the table made with
+carries a guard the plugin's ADD breaks (planner._guard_plugin_add): the table made with
 `create` where the read found none, else the entry rule of `prerouting` replaced or
 deleted by the handle read (every plugin ADD flushes that chain): the kernel refuses
 the try whole and add reads and plans again.

@@ -26,6 +26,7 @@ from portmapctl.ops.node_access import iptables_access, nft_access
 
 pytestmark = pytest.mark.netns
 
+V162 = "v1.6.2"
 V191 = "v1.9.1"
 
 
@@ -61,10 +62,10 @@ class RacingNft:
         return self.access.read(*args, **kwargs)
 
 
-def _add(ns: str, cache: Path, cid: str, ip: str, port: int) -> dict:
+def _add(ns: str, cache: Path, cid: str, ip: str, port: int, version: str = V191) -> dict:
     ports = [rp.port_mapping(port, 80)]
     conf = upstream.nft_conf("podman", [ip], ports)
-    upstream.run(V191, "ADD", ns, cid, conf, check=True)
+    upstream.run(version, "ADD", ns, cid, conf, check=True)
     rp.write_cni_cache(cache, "podman", cid, "eth0", conf, ports, [ip])
     return conf
 
@@ -179,12 +180,12 @@ def _live1_then_table_deleted(node: str, tmp_path: Path) -> dict:
     return live1
 
 
-def _repair_racing(node: str, tmp_path: Path, cid: str, conf: dict):
+def _repair_racing(node: str, tmp_path: Path, cid: str, conf: dict, version: str = V191):
     """check --repair of the node, the plugin's ADD of `cid` landing just before its
     first write; the repair's result."""
 
     def added() -> None:
-        upstream.run(V191, "ADD", node, cid, conf, check=True)
+        upstream.run(version, "ADD", node, cid, conf, check=True)
 
     options = NodeOptions(families=(4,), netns=node, cache_dirs=(str(tmp_path),))
     with netns.entered(node):
@@ -228,6 +229,92 @@ def test_a_cached_container_the_plugin_adds_again_during_a_repair_is_not_doubled
     assert ruleset.count("dnat to 10.88.0.11:80") == 1, ruleset
     assert ruleset.count("ip saddr 127.0.0.1 ip daddr 10.88.0.11 masquerade") == 1, ruleset
     assert ruleset.count("fib daddr type local jump hostports_all") == 2, ruleset
+    upstream.run(V191, "CHECK", node, "live1", live1, check=True)
+
+
+# What else is on the node when live1's rules are lost (its table there).
+_FLUSH = ["flush", "chain", "ip", "cni_hostport"]
+LOST_RULES = {
+    "alone": [],
+    "other-container": [],
+    # The entry of prerouting lost too: the repair writes it again (a flush).
+    "prerouting-flushed": [[*_FLUSH, "prerouting"]],
+    # Both entries lost: hostports_all's jumps, which v1.9's ADD flushes too, are left.
+    "entry-flushed": [[*_FLUSH, "prerouting"], [*_FLUSH, "output"]],
+    # A copy of the entry: the repair writes prerouting again as read (dedupe's flush).
+    "entry-twice": [
+        "add rule ip cni_hostport prerouting fib daddr type local jump hostports_all".split()
+    ],
+    # A v1.6 table, its two-jump entry kept (and the racing ADD v1.6.2's).
+    "v1.6-table": [],
+}
+
+
+@pytest.mark.parametrize("before", list(LOST_RULES))
+def test_lost_rules_the_plugin_adds_again_during_a_repair_are_not_doubled(
+    node: str, tmp_path: Path, before: str
+) -> None:
+    """The table there, cached live1's rules gone (the plugin's DEL ran, its entry still
+    cached), and the plugin's ADD of live1 lands between the repair's read and its write:
+    the ADD appends live1's rules without looking, and the repair, planned from the read
+    without them, appended them again (each twice; check calls that healthy). The repair's
+    transaction fails whole when a plugin ADD committed since its read
+    (planner._guard_plugin_add); planned again, nothing is left to write."""
+    version = V162 if before == "v1.6-table" else V191
+    other = _add(node, tmp_path, "other", "10.88.0.10/16", 9090, version)
+    if before != "other-container":
+        upstream.run(version, "DEL", node, "other", other, check=True)
+        (tmp_path / "results" / "podman-other-eth0").unlink()
+    live1 = _add(node, tmp_path, "live1", "10.88.0.11/16", 8080, version)
+    old = time.time() - 60  # (not written as the repair began: _CacheAgain)
+    os.utime(tmp_path / "results" / "podman-live1-eth0", (old, old))
+    upstream.run(version, "DEL", node, "live1", live1, check=True)
+    for command in LOST_RULES[before]:
+        upstream.nft(node, *command)
+    result = _repair_racing(node, tmp_path, "live1", live1, version)
+    ruleset = upstream.ruleset_text(node)
+    for rule in (
+        "tcp dport 8080 dnat to 10.88.0.11:80",
+        "ip saddr 10.88.0.11 ip daddr 10.88.0.11 masquerade",
+        "ip saddr 127.0.0.1 ip daddr 10.88.0.11 masquerade",
+    ):
+        assert ruleset.count(rule) == 1, ruleset
+    # One entry in prerouting and output each (v1.6's: two jumps, hostip_hostports first).
+    entry = {V191: "fib daddr type local jump hostports_all", V162: "jump hostip_hostports"}
+    assert ruleset.count(entry[version]) == 2, ruleset
+    assert not result.problems, result.problems
+    upstream.run(version, "CHECK", node, "live1", live1, check=True)
+    if before == "other-container":
+        upstream.run(version, "CHECK", node, "other", other, check=True)
+
+
+def test_lost_rules_the_plugin_adds_again_during_one_mappings_repair_are_not_doubled(
+    node: str, tmp_path: Path
+) -> None:
+    """The same race under `check --cni-config ... --repair` (repair_mapping): its
+    transaction, planned from the read without live1's rules, appended them after the
+    plugin's ADD had: each twice. Refused whole, planned again, nothing is left to
+    write."""
+    from portmapctl.cni import config as cni_config
+    from portmapctl.ops.check.nft_repair_one import repair_mapping
+
+    live1 = _add(node, tmp_path, "live1", "10.88.0.11/16", 8080)
+    upstream.run(V191, "DEL", node, "live1", live1, check=True)
+    config = cni_config.plugin_config(live1, "live1", "stdin")
+    options = NodeOptions(families=(4,), netns=node, cache_dirs=(str(tmp_path),))
+    tried: list = []
+    with netns.entered(node):
+        racing = ApplyRacingNft(
+            nft_access(options), lambda: upstream.run(V191, "ADD", node, "live1", live1, check=True)
+        )
+        text, _ = repair_mapping(
+            Node(options, iptables_access(options), racing), config, (4,), tried
+        )
+    assert racing.race is None  # (it ran)
+    ruleset = upstream.ruleset_text(node)
+    assert ruleset.count("tcp dport 8080 dnat to 10.88.0.11:80") == 1, ruleset
+    assert ruleset.count("ip saddr 127.0.0.1 ip daddr 10.88.0.11 masquerade") == 1, ruleset
+    assert (text, len(tried)) == ("", 2)  # the first try refused, then nothing to write
     upstream.run(V191, "CHECK", node, "live1", live1, check=True)
 
 

@@ -142,7 +142,7 @@ def test_deleting_the_same_handle_twice(pair: Pair) -> None:
 
 
 def test_replacing_a_rule_keeps_its_handle_and_a_gone_handle_fails_whole(pair: Pair) -> None:
-    """add's guard (planner._guard_add): `replace rule ... handle H` keeps the rule's
+    """add's guard (planner._guard_plugin_add): `replace rule ... handle H` keeps the rule's
     place and handle; once H is gone (a plugin ADD flushed the chain), ENOENT."""
     assert pair.apply(planner.setup(pair.fake.read(), _wanted("v191-basic"))) is None
     rules = pair.fake.read().tables[4].rules_of("hostports")

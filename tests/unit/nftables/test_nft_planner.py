@@ -90,7 +90,7 @@ def test_setup_text_matches_the_plugins_add() -> None:
     chains it creates included (what keeps a concurrent ADD's entry from being doubled),
     as add writes it (Entries.REWRITE), but for the table, made with `create`: a plugin
     ADD that made it meanwhile wrote its container's rules, which add's would double
-    (_guard_add). check --repair (KEEP) makes everything it found missing with
+    (_guard_plugin_add). check --repair (KEEP) makes everything it found missing with
     `create`."""
     config = nftcases.config_of(nftcases.steps("v191-basic")[0])
     text = planner.setup(ruleset.EMPTY, _wanted([config]), planner.Entries.REWRITE).render()
@@ -322,7 +322,7 @@ def test_add_twice_changes_nothing_the_second_time(case: str) -> None:
 
 def test_add_on_the_entry_it_would_write_writes_no_entry() -> None:
     """The plugin rewrites an entry that is already right; we leave it (same listing):
-    only prerouting's rule replaced by itself at its own handle, the guard (_guard_add)."""
+    only prerouting's rule replaced by itself at its own handle, the guard (_guard_plugin_add)."""
     config = _new1(nftcases.config_of(nftcases.steps("v191-basic")[0]))
     live = nftcases.live("v191-basic")
     txn = planner.setup(live, _wanted([config]), planner.Entries.REWRITE)
@@ -348,7 +348,7 @@ def _plugin_add(config) -> Transaction:
 def test_adds_transaction_is_refused_after_a_plugin_add_of_the_same_container(case: str) -> None:
     """The plugin's ADD appends its container's rules without looking: add's plan from
     the read before it appended them again, every rule twice. Its transaction fails
-    whole instead (_guard_add; from no table, an entry add keeps, one it rewrites, a
+    whole instead (_guard_plugin_add; from no table, an entry add keeps, one it rewrites, a
     v1.7 one), and the plan from a new read writes nothing."""
     config = _new1(nftcases.config_of(nftcases.steps("v191-basic")[0]))
     live = ruleset.EMPTY if case == "empty" else nftcases.live(case)
@@ -370,6 +370,74 @@ def test_adds_transaction_goes_in_when_nothing_committed_since_its_read() -> Non
         assert not planner.setup(fake.read(), _wanted([config]), planner.Entries.REWRITE)
 
 
+def _unordered(live: ruleset.Ruleset) -> dict:
+    """_bodies with each chain's rules in no order."""
+    return {k: (base, sorted(map(repr, bodies))) for k, (base, bodies) in _bodies(live).items()}
+
+
+def _lost(case: str, entry: str):
+    """`case`'s node with its first container's rules gone (its DEL ran, its entry still
+    cached), its entry as `entry` says: "as-read"; "copy": a copy of IPv4 prerouting's
+    rule (the repair writes the chain again as read, dedupe); "flushed": prerouting and
+    output emptied in both families (only hostports_all's jumps are left to guard by). The fake, that
+    container's config and the repair's plan from it."""
+    config = nftcases.live_configs(case)[0]
+    fake = MemoryNft(nftcases.live(case))
+    fake.apply(planner.teardown(fake.read(), {config.container_id}))
+    mess = Transaction()
+    if entry == "copy":
+        mess.add_rule(4, "prerouting", fake.read().table(4).rules_of("prerouting")[0].body)
+    elif entry == "flushed":
+        for family in (4, 6):
+            mess.flush_chain(family, "prerouting")
+            mess.flush_chain(family, "output")
+    if mess:
+        fake.apply(mess)
+    txn = planner.repair(fake.read(), _wanted([config]), {config.container_id}, (4, 6), dedupe=True)
+    return fake, config, txn
+
+
+REPAIRS = [("v191-basic", "as-read"), ("v191-several", "as-read"), ("v171-hostip", "as-read"),
+           ("v191-basic", "copy"), ("v191-basic", "flushed")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "entry"), REPAIRS)
+def test_repairs_transaction_is_refused_after_a_plugin_add_of_the_container(
+    case: str, entry: str
+) -> None:
+    """check --repair of a cached container whose rules are gone, its plugin ADD
+    committing between the repair's read and its write: the ADD appended its rules
+    without looking, and the repair appended them again (each twice). The repair's
+    transaction fails whole instead (_guard_plugin_add: prerouting's entry replaced by
+    itself; deleted by handle before dedupe's flush of prerouting; with prerouting and
+    output empty, hostports_all's first jump), and the plan from a new read adds
+    nothing."""
+    fake, config, txn = _lost(case, entry)
+    assert any(op.kind is OpKind.ADD_RULE and op.body.comment for op in txn.ops)
+    fake.apply(_plugin_add(config))
+    with pytest.raises(NftApplyFailed) as refused:
+        fake.apply(txn)
+    assert refused.value.reason in RETRY_REASONS
+    again = planner.repair(fake.read(), _wanted([config]), {config.container_id}, (4, 6))
+    assert not [op for op in again.ops if op.kind is OpKind.ADD_RULE and op.body.comment]
+
+
+@pytest.mark.parametrize(("case", "entry"), REPAIRS)
+def test_repairs_guarded_transaction_goes_in_when_nothing_committed_since_its_read(
+    case: str, entry: str
+) -> None:
+    """The guard holds on the table as read: the container's rules are back, once, the
+    entry as the plugin left it (its copy gone, the flushed one written again)."""
+    fake, config, txn = _lost(case, entry)
+    before = fake.read()
+    fake.apply(txn)
+    after = fake.read()
+    # (Every rule once, as the plugin left them; the container's appended, as its ADD does.)
+    assert _unordered(after) == _unordered(nftcases.live(case))
+    if entry == "as-read":  # (the entry kept its handle: replaced by itself)
+        assert after.table(4).rules_of("prerouting") == before.table(4).rules_of("prerouting")
+
+
 @pytest.mark.parametrize("case", nftcases.CASES)
 def test_nothing_any_plugin_version_wrote_is_unwanted(case: str) -> None:
     """check's `extra-rules` and repair's deletes: none on what the plugins left (the
@@ -388,7 +456,13 @@ def test_nothing_any_plugin_version_wrote_is_unwanted(case: str) -> None:
     deletes = [(r.family, r.chain, r.handle, r.body) for r in moved]
     ops = planner.repair(live, _wanted(configs), ids, (4, 6)).ops
     assert [(o.family, o.chain, o.handle, o.body) for o in ops[: len(deletes)]] == deletes
-    assert ops[len(deletes) :] == planner.setup(live, _wanted(configs)).ops
+    # The move appends to hostports: guarded (_guard_plugin_add), prerouting's entry
+    # replaced by itself; nothing written, nothing guarded.
+    guards = [o for o in ops if o.kind is OpKind.REPLACE_RULE]
+    assert [(o.family, o.chain) for o in guards] == ([(4, "prerouting")] if moved else [])
+    assert [o for o in ops[len(deletes) :] if o not in guards] == planner.setup(
+        live, _wanted(configs)
+    ).ops
 
 
 def test_repair_deletes_a_compared_containers_own_wrong_rules_only() -> None:
@@ -432,9 +506,12 @@ def test_repair_deletes_a_compared_containers_own_wrong_rules_only() -> None:
     # The right rule goes back where the plugin had it: before the container's next one.
     following = want4[0].hostports[1]
     [at] = [r.handle for r in live.table(4).rules_of("hostports") if r.body == following]
+    [entry, *_] = live.table(4).rules_of("prerouting")
     assert lines == [
         f"delete rule ip cni_hostport hostports handle {found.handle}",
         f"insert rule ip cni_hostport hostports position {at} {right.text(4)}",
+        # (the guard: a plugin ADD since the read flushed it, _guard_plugin_add)
+        f"replace rule ip cni_hostport prerouting handle {entry.handle} {entry.body.text(4)}",
     ]
 
 
