@@ -121,12 +121,14 @@ def ct_load(ns: str, entries: list[list[str]]) -> None:
         ns_run(ns, "conntrack", "-R", commands.name)
 
 
-def ct_sports(ns: str) -> set[int]:
+def ct_sports(ns: str, proto: Optional[str] = None) -> set[int]:
     """The original source ports of every entry (each test entry has its own), as the
-    conntrack tool lists them, both families, all protocols."""
+    conntrack tool lists them, both families, all protocols (or `proto`'s alone: a
+    node whose bridge sent its own ICMPv6 has entries with no port)."""
     found = set()
+    only = ["-p", proto] if proto is not None else []
     for family in ("ipv4", "ipv6"):
-        for line in ns_run(ns, "conntrack", "-L", "-f", family).splitlines():
+        for line in ns_run(ns, "conntrack", "-L", "-f", family, *only).splitlines():
             words = dict(w.split("=", 1) for w in reversed(line.split()) if "=" in w)
             found.add(int(words["sport"]))  # reversed: the first sport= (original) wins
     return found

@@ -24,7 +24,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import FrozenSet, Iterable, Iterator, Tuple, Union
+from typing import FrozenSet, Iterable, Iterator, Optional, Tuple, Union
 
 from portmapctl.errors import HostProblem
 
@@ -164,24 +164,36 @@ def _local_route(buf: bytes, start: int, end: int, family: int) -> Union[Network
     return None
 
 
-def interface_addresses(families: Iterable[int]) -> FrozenSet[str]:
+def interface_addresses(families: Iterable[int], interface: Optional[str] = None) -> FrozenSet[str]:
     """The addresses on the interfaces of the calling thread's network namespace (any
     state: an IPv4 address stays while its interface is down, an IPv6 one goes, as
     the kernel keeps them), as text: one RTM_GETADDR dump per family over a netlink
     socket opened here. A socket is of the namespace its thread was in when it was
     made, so this is right after setns(2) on every kernel, where /proc/thread-self/net
     showed the first namespace's files after a setns on some (4.19-5.1 unpatched).
-    OSError when the namespace cannot be asked."""
+    `interface`: those on the interface of that name alone (none where there is no
+    such interface). OSError when the namespace cannot be asked."""
+    index = None
+    if interface is not None:
+        try:
+            # (Its socket, as ours, is of the namespace this thread is in.)
+            index = socket.if_nametoindex(interface)
+        except OSError:
+            return frozenset()
     found = set()
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
         for family in sorted(set(families)):
-            found.update(_dump_addresses(sock, family))
+            found.update(_dump_addresses(sock, family, index))
     return frozenset(found)
 
 
-def _dump_addresses(sock: socket.socket, family: int) -> Iterator[str]:
+def _dump_addresses(sock: socket.socket, family: int, index: Optional[int]) -> Iterator[str]:
     body = _IFADDRMSG.pack(_AF[family], 0, 0, 0, 0)
     for buf, start, end in _dump(sock, _RTM_GETADDR, _RTM_NEWADDR, body, family):
+        # (A dump is of every interface: the kernel filters by index only when asked
+        # strictly, which older kernels refuse.)
+        if index is not None and _IFADDRMSG.unpack_from(buf, start)[4] != index:
+            continue
         found = _address(buf, start, end, family)
         if found is not None:
             yield found

@@ -23,6 +23,7 @@ from portmapctl.core.contest import backend_of
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.host.addresses import LocalAddresses, local_addresses
 from portmapctl.host.conntrack import ConntrackEntry, packed
+from portmapctl.host.ipvs import Ipvs, read_ipvs
 from portmapctl.iptables import inventory
 from portmapctl.iptables.inventory import Mapping
 from portmapctl.ops.node import Node
@@ -351,6 +352,36 @@ def chain_taken(
     return found.merge(taken_first(readers, past, past_entry=True, local=local))
 
 
+def ipvs_taken(ipvs: Ipvs, mappings: Iterable[Mapping], entries: Iterable[ConntrackEntry]) -> Taken:
+    """The destinations of these entries IPVS may take (host/ipvs.py: kube-proxy's
+    service addresses on kube-ipvs0, its UDP virtual services). Its entries look
+    DNATed, but no nat rule made them: judged as the plugin's, its live flow to a pod
+    of the plugin's network was deleted as `unmapped` (266ec86a: the pod maps no such
+    port). IPVS sends at LOCAL_IN, after nat PREROUTING: a destination a mapping's rule
+    takes whole (either backend's, no conditions) is that mapping's, not IPVS's. A
+    virtual service's real servers are where it sends (Taken.sends)."""
+    found = Taken()
+    if not ipvs:
+        return found
+    from portmapctl.core.contest import takes_port
+
+    whole: Dict[Key, List[Mapping]] = {}
+    for m in mappings:
+        if m.protocol == "udp" and takes_port(m):
+            whole.setdefault((m.family, m.host_port), []).append(m)
+    for e in entries:
+        address = packed(e.family, e.dst)
+        if address is None or not ipvs.takes(e.family, address, e.dport):
+            continue
+        if any(covers(m, e) for m in whole.get((e.family, e.dport), ())):
+            continue
+        key = (e.family, address, e.dport)
+        found.add(key)
+        servers = ipvs.services.get(key, frozenset())
+        found.sent_to.setdefault(key, set()).update(servers)
+    return found
+
+
 @dataclass(frozen=True)
 class Judging:
     """What flows are judged by (node_judging): the node's every mapping, and the rules
@@ -472,6 +503,8 @@ class Judging:
             # output hook, which may take it whatever the rows' statuses say.
             asked += [e for e in rest if (e.family, e.src) in local]
             found.merge(hooks_take(self.node, asked, local))
+            ipvs = read_ipvs({e.family for e in entries})
+            found.merge(ipvs_taken(ipvs, udp, entries))
         return found
 
 

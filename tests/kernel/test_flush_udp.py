@@ -8,6 +8,7 @@ with real UDP traffic through the DNAT rules.
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import shlex
@@ -1113,3 +1114,81 @@ def test_stale_only_says_which_kept_flows_another_tools_rule_takes(
                                         " 2 to a destination another tool's rule may take"
                                         " before the plugin's"), done.stdout  # fmt: skip
     assert ct_sports(host_ns) == {40700, 40701, 40702}
+
+
+def _real_pod(host_ns: str, tmp_path, cid: str, ports: list, mode: rp.Mode, spaces: list) -> str:
+    """A pod as kubelet's CNI adds it: Debian's bridge (host-local leasing from
+    10.77.0.0/16 in tmp_path/ipam) in a namespace of its own (added to `spaces`), then
+    the plugin with `ports` and the bridge's result, cached as libcni caches the list.
+    Its address."""
+    ipam = {"type": "host-local", "ranges": [[{"subnet": "10.77.0.0/16"}]],
+            "dataDir": str(tmp_path / "ipam")}  # fmt: skip
+    # (No ipMasq: its rules would be iptables-nft's whatever `mode` is.)
+    bridge = {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipam": ipam}
+    portmap = {"type": "portmap", "capabilities": {"portMappings": True}}
+    conflist = {"cniVersion": "0.4.0", "name": "ipvsnet", "plugins": [bridge, portmap]}
+    pod_ns = rp.create_netns("pmt-pod")
+    spaces.append(pod_ns)
+    path = f"/run/netns/{pod_ns}"
+    done = rp.run_any_plugin(host_ns, "ADD", cid, path, {**bridge, "cniVersion": "0.4.0",
+                                                         "name": "ipvsnet"})  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    conf = {**portmap, "cniVersion": "0.4.0", "name": "ipvsnet",
+            "runtimeConfig": {"portMappings": ports}, "prevResult": result}  # fmt: skip
+    rp.run_plugin("ADD", host_ns, cid, conf, mode=mode, container_ns=path, check=True)
+    entry = {"kind": "cniCacheV1", "containerId": cid,
+             "config": base64.b64encode(json.dumps(conflist).encode()).decode(),
+             "ifName": "eth0", "networkName": "ipvsnet", "netns": path,
+             "capabilityArgs": {"portMappings": ports}, "result": result}  # fmt: skip
+    results = tmp_path / "cni" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"ipvsnet-{cid}-eth0").write_text(json.dumps(entry, separators=(",", ":")))
+    return result["ips"][0]["address"].split("/")[0]
+
+
+def test_stale_only_keeps_a_flow_ipvs_sent_to_a_clusterip_as_another_tools(
+    host_ns: str, tmp_path, iptables_mode: rp.Mode
+) -> None:
+    """kube-proxy in IPVS mode: ClusterIPs sit on the dummy interface kube-ipvs0 (the
+    node's own addresses, which no nat rule names), and IPVS leaves a UDP flow's
+    conntrack entry as NAT would (original CLIENT -> CLUSTERIP:PORT, reply from
+    POD:TARGETPORT: ip_vs_nfct.c alters the reply tuple alone). `mapped` maps
+    192.0.2.10:7100/udp; `dns`, a host-local pod mapping no UDP port, serves
+    10.96.0.10:7100 through IPVS. That live flow was deleted as `unmapped` (its pod's
+    cached config sends no such flow there: 266ec86a) and counted misrouted; it is
+    kept, as another tool's. The same flow to the bridge's address (the node's, on no
+    kube-ipvs0) still goes, and mapped's own stays."""
+    spaces: list = []
+    try:
+        mapped = _real_pod(host_ns, tmp_path, "mapped", [rp.port_mapping(7100, 7100, "udp",
+                           "192.0.2.10")], iptables_mode, spaces)  # fmt: skip
+        dns = _real_pod(host_ns, tmp_path, "dns", [rp.port_mapping(8080, 8080, "tcp",
+                        "192.0.2.10")], iptables_mode, spaces)  # fmt: skip
+        ns_run(host_ns, "ip", "addr", "add", "192.0.2.10/32", "dev", "lo")
+        # kube-proxy's is a dummy; a kernel without that driver (this one) gets a
+        # bridge: the name alone tells IPVS's addresses, whatever the device kind.
+        made = rp._run([rp._ip(), "-n", host_ns, "link", "add", "kube-ipvs0", "type", "dummy"])
+        if made.returncode != 0:
+            ns_run(host_ns, "ip", "link", "add", "kube-ipvs0", "type", "bridge")
+        ns_run(host_ns, "ip", "addr", "add", "10.96.0.10/32", "dev", "kube-ipvs0")
+        ct_load(host_ns, [ct_args("192.0.2.7", "10.96.0.10", 40700, 7100, dns, 7100),
+                          ct_args("192.0.2.7", "10.77.0.1", 40701, 7100, dns, 7100),
+                          ct_args("192.0.2.7", "192.0.2.10", 40702, 7100, mapped, 7100)])  # fmt: skip
+        common = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir",
+                  str(tmp_path / "cni")]  # fmt: skip
+        listed = json.loads(run(["list", *common, "--conntrack", "-o", "json"]).stdout)
+        assert listed["conntrack_misrouted"] == 1, listed
+        stale = [*common, "--stale-only"]
+        doc = json.loads(run(["flush-udp", *stale, "--dry-run", "-o", "json"]).stdout)
+        assert [(d["sport"], d["reason"]) for d in doc["deleted"]] == [(40701, "unmapped")], doc
+        done = run(["flush-udp", *stale, "-q"])
+        assert done.stdout.strip() == (
+            "deleted 1 UDP conntrack entry to host port 7100 (v4); kept 1 that reach their"
+            " container or the host, 1 to a destination another tool's rule may take before"
+            " the plugin's"
+        ), done.stdout + done.stderr
+        assert ct_sports(host_ns, "udp") == {40700, 40702}
+    finally:
+        for space in spaces:
+            rp.delete_netns(space)

@@ -938,3 +938,74 @@ def test_a_flow_to_a_removed_containers_address_given_to_another_is_misdirected(
     ]
     taken = {(4, packed(4, "10.0.0.1"), 7100)}
     assert plan(flows.values(), {(4, 7100)}, [on_lo], taken=taken, **common) == []
+
+
+# /proc/net/ip_vs as ip_vs_ctl.c's ip_vs_info_seq_show prints it (IPv4 as hex words,
+# IPv6 as %pI6 in brackets, ports in hex): kube-proxy's ClusterIP 10.96.0.10:53/udp to
+# two pods, its TCP twin, a NodePort on 192.0.2.10:30053/udp, a firewall-mark service
+# and an IPv6 ClusterIP.
+IP_VS = """\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port Forward Weight ActiveConn InActConn
+UDP  0A60000A:0035 rr
+  -> 0A580005:0035      Masq    1      0          0
+  -> 0AF40107:0035      Masq    1      0          0
+TCP  0A60000A:0035 rr
+  -> 0A580009:0035      Masq    1      0          0
+UDP  C000020A:7565 rr persistent 10800 FFFFFFFF
+  -> 0AF40107:0035      Masq    1      0          0
+FWM  00000010 rr
+  -> 0A58000B:0035      Masq    1      0          0
+UDP  [fd00:0000:0000:0000:0000:0000:0000:000a]:0035 rr
+  -> [fd00:0000:0000:0000:0000:0000:0000:0005]:0035      Masq    1      0          0
+"""
+
+
+def test_flows_ipvs_sends_are_another_tools_where_no_mapping_takes_them_first():
+    """kube-proxy's IPVS mode DNATs with no nat rule (its service addresses on
+    kube-ipvs0, its virtual services in /proc/net/ip_vs): a flow to one is IPVS's, kept
+    by --stale-only and counted apart, where no mapping takes its destination whole
+    (the plugin's DNAT, in nat PREROUTING, comes before IPVS's LOCAL_IN). One IPVS sent
+    to a container of the plugin's is kept where that container is a real server of
+    the service, and judged as before where it is not."""
+    from portmapctl.host.conntrack import packed
+    from portmapctl.host.ipvs import Ipvs, udp_services
+
+    def at(family: int, address: str, port: int) -> tuple:
+        return (family, packed(family, address), port)
+
+    services = udp_services(IP_VS)
+    assert services == {
+        at(4, "10.96.0.10", 53): {(packed(4, "10.88.0.5"), 53), (packed(4, "10.244.1.7"), 53)},
+        at(4, "192.0.2.10", 30053): {(packed(4, "10.244.1.7"), 53)},
+        at(6, "fd00::a", 53): {(packed(6, "fd00::5"), 53)},
+    }
+    ipvs = Ipvs(frozenset({(4, packed(4, "10.96.0.11"))}), services)
+    on_node = mapping("10.88.0.5", host_port=53, host_ip="192.0.2.10", container_port=53)
+    flows = {
+        1: udp(sport=1, dst="10.96.0.11", dport=7100, reply_src="10.77.0.3", reply_sport=7100),
+        2: udp(sport=2, dst="10.96.0.10", dport=53, reply_src="10.244.1.7", reply_sport=53),
+        3: udp(sport=3, dst="10.96.0.10", dport=53, reply_src="10.88.0.5", reply_sport=53),
+        4: udp(sport=4, dst="10.96.0.10", dport=53, reply_src="10.88.0.5", reply_sport=54),
+        5: udp(sport=5, dst="192.0.2.10", dport=53, reply_src="10.244.1.7", reply_sport=53),
+        6: udp(sport=6, dst="10.96.0.12", dport=53, reply_src="10.244.1.7", reply_sport=53),
+    }
+    taken = flow_owners.ipvs_taken(ipvs, [on_node], flows.values())
+    assert set(taken) == {at(4, "10.96.0.11", 7100), at(4, "10.96.0.10", 53)}
+    mine = ours([(4, "10.88.0.5")])
+    common = dict(stale_only=True, ours=mine, taken=taken)
+    doomed = plan(flows.values(), {(4, 53), (4, 7100)}, [on_node], **common)
+    # 1-3 IPVS's (3: to a real server of the service, a container of the plugin's);
+    # 4 went to that container on a port the service does not send to; 5 is on the
+    # mapping's own address; 6 is to no address of IPVS's (nor mapped: another tool's).
+    assert [(d.entry.sport, d.reason) for d in doomed] == [
+        (4, FlushReason.UNMAPPED), (5, FlushReason.OLD_DESTINATION)
+    ]  # fmt: skip
+    assert not flow_owners.ipvs_taken(Ipvs(), [on_node], flows.values())
+    # A mapping on every address takes 10.96.0.10:53 before IPVS sees it: its flows
+    # are judged as the mapping's.
+    everywhere = mapping("10.88.0.5", host_port=53, container_port=53)
+    assert set(flow_owners.ipvs_taken(ipvs, [everywhere], flows.values())) == {
+        at(4, "10.96.0.11", 7100)
+    }
