@@ -256,13 +256,14 @@ def run_any_plugin(
     container_ns: str,
     conf: dict[str, Any],
     binary: str | os.PathLike[str] | None = None,
+    mode: Mode = "nft",
 ) -> subprocess.CompletedProcess[str]:
     """Run Debian's plugin of `conf`'s type (`/usr/lib/cni/TYPE`: bridge, host-local
     through it, firewall, loopback, portmap), or `binary`, in ``host_ns``, as libcni
-    runs each plugin of a network list, with iptables-nft first on PATH;
+    runs each plugin of a network list, with `mode`'s iptables first on PATH;
     `container_ns` is CNI_NETNS."""
     env = {
-        "PATH": f"{bin_dir('nft')}:{SYSTEM_PATH}",
+        "PATH": f"{bin_dir(mode)}:{SYSTEM_PATH}",
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": container_id,
         "CNI_NETNS": container_ns,
@@ -275,6 +276,47 @@ def run_any_plugin(
         env=env,
         check=False,
     )
+
+
+def run_list(
+    command: Literal["ADD", "DEL"],
+    host_ns: str,
+    container_id: str,
+    container_ns: str,
+    conflist: dict[str, Any],
+    ports: Sequence[dict[str, Any]] = (),
+    *,
+    mode: Mode = "nft",
+    cache: str | os.PathLike[str] | None = None,
+) -> Any:
+    """libcni's ADD or DEL of a network list: its plugins (Debian's) in order, each
+    given the one before's result (DEL: last first, each the ADD's), `ports` to those
+    with the portMappings capability. With `cache`, ADD writes the entry after the
+    whole list (``cniCacheV1``, the conflist's bytes) and DEL removes it after. ADD
+    returns the result (as libcni caches it)."""
+    name = conflist["name"]
+    entry = Path(cache, "results", f"{name}-{container_id}-eth0") if cache else None
+    cached = json.loads(entry.read_text())["result"] if command == "DEL" and entry else None
+    plugins = conflist["plugins"] if command == "ADD" else conflist["plugins"][::-1]
+    result = None
+    for plugin in plugins:
+        conf = {**plugin, "cniVersion": conflist["cniVersion"], "name": name}
+        if (plugin.get("capabilities") or {}).get("portMappings"):
+            conf["runtimeConfig"] = {"portMappings": [dict(p) for p in ports]}
+        if (result or cached) is not None:
+            conf["prevResult"] = result or cached
+        done = run_any_plugin(host_ns, command, container_id, container_ns, conf, mode=mode)
+        assert done.returncode == 0, f"{command} {plugin['type']}: {done.stdout} {done.stderr}"
+        if command == "ADD":
+            result = json.loads(done.stdout)
+    if entry is None:
+        return result
+    if command == "DEL":
+        entry.unlink()
+        return None
+    config = json.dumps(conflist).encode()
+    _write_entry(entry.parents[1], name, container_id, "eth0", config, container_ns, ports, result)
+    return result
 
 
 def narrow_conf(conf: dict[str, Any], family: Family) -> dict[str, Any]:
@@ -454,6 +496,22 @@ def write_cni_cache(
         entry["interface"] = 2
     result["dns"] = {}
 
+    return _write_entry(
+        directory, network, container_id, ifname, config_bytes, netns, port_mappings, result
+    )
+
+
+def _write_entry(
+    directory: str | os.PathLike[str],
+    network: str,
+    container_id: str,
+    ifname: str,
+    config_bytes: bytes,
+    netns: str,
+    port_mappings: Sequence[dict[str, Any]],
+    result: Any,
+) -> Path:
+    """libcni's cache entry ``DIR/results/NETWORK-CONTAINERID-IFNAME``, as it writes it."""
     # cachedInfo's fields in declaration order (Go marshals structs that way).
     fields = [
         ("kind", "cniCacheV1"),

@@ -71,6 +71,9 @@ class Attachment:
     netns_state: NetnsState = NetnsState.UNKNOWN
     problem: Optional[str] = None
     leases: Optional[str] = None  # host-local's lease directory of its network (cni/leases)
+    # host-local's data directory where its config's main plugin uses host-local, ports
+    # or none: another network's leases may overlap a mapping's (cni/leases.py).
+    data_dir: Optional[str] = None
     # The ranges host-local hands addresses out of there (its config's; (): it names
     # none; None: they cannot be read).
     ranges: Optional[Tuple[HostRange, ...]] = ()
@@ -567,8 +570,9 @@ class ConfigMemo:
             return self._decoded[value]
         decoded = _decode_config(value, source)
         conf = _portmap_conf(decoded, source)
-        data_dir = host_local_data_dir(decoded) if conf is not None else None
-        found = (conf, data_dir, host_local_ranges(decoded) if data_dir else ())
+        data_dir = host_local_data_dir(decoded)
+        ranges = host_local_ranges(decoded) if data_dir and conf is not None else ()
+        found = (conf, data_dir, ranges)
         if isinstance(value, str):
             self._decoded[value] = found
         return found
@@ -635,8 +639,9 @@ def read_attachment(path: str, *, configs: Optional[ConfigMemo] = None) -> Attac
     netns = _netns(cached.get("netns"), result, ifname)
     leases = os.path.join(data_dir, network) if data_dir and mapping is not None else None
     return Attachment(
-        network, container_id, ifname, path, mapping, netns, leases=leases, ranges=ranges
-    )
+        network, container_id, ifname, path, mapping, netns,
+        leases=leases, ranges=ranges, data_dir=data_dir,
+    )  # fmt: skip
 
 
 def _ports_given(conf: dict, capability: dict, source: str) -> Any:

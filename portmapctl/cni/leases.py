@@ -19,6 +19,12 @@ directory is the one the config names, else PORTMAPCTL_HOST_LOCAL_DIR's, else
 host-local's default: it does not follow --cni-cache-dir (a cache copied from another
 node is judged by this node's leases where its config names none: give
 PORTMAPCTL_HOST_LOCAL_DIR).
+
+An address of the plugin's networks is given back (flush-udp --stale-only's removed
+container) only where no lease directory of the node has a lease for it: the mapped
+networks' own, and every other under the data directories in use (host-local's default,
+each one a cached config names), whose networks' subnets may overlap (one with no
+portmap, a Multus delegate's); one that cannot be listed keeps every address.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from functools import cached_property
+from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Tuple, Union
 from typing import Mapping as ReadOnly
 
 from portmapctl.cni.config import as_handed, go_field
@@ -202,9 +209,11 @@ Asks = Optional[Tuple[Optional[MappingConfig], ...]]
 @dataclass(frozen=True)
 class LeasedNetwork:
     """A range of one of the plugin's networks on the node, whose addresses host-local
-    hands out, and the directory of its leases (a cached attachment's `leases`)."""
+    hands out, and the directory of its leases (a cached attachment's `leases`); or
+    (`subnet` None) another lease directory of the node, whose ranges are not read: a
+    lease there holds its address, whatever the plugin's networks say of it."""
 
-    subnet: Subnet
+    subnet: Optional[Subnet]
     leases: str
     # The network's cached containers by ID (a lease names its holder so): what each
     # asks of the plugin, which says where the plugin sends flows to its address.
@@ -220,6 +229,18 @@ class LeasedNetwork:
         handed = self.handed or HostRange.of(self.subnet)
         return handed.hands_out(address)
 
+    @cached_property
+    def listed(self) -> Optional[FrozenSet[str]]:
+        """The names in the lease directory, listed once, when first asked (a node's
+        flows ask of many addresses: one listing, not a look-up each); None where it
+        cannot be listed. One gone since holds none."""
+        try:
+            return frozenset(os.listdir(self.leases))
+        except (FileNotFoundError, NotADirectoryError):
+            return frozenset()
+        except OSError:
+            return None
+
 
 def leased_networks(attachments: Optional[Iterable[Any]]) -> Tuple[LeasedNetwork, ...]:
     """The ranges of the cached attachments' networks (cni/cache.Attachment) that have
@@ -227,7 +248,8 @@ def leased_networks(attachments: Optional[Iterable[Any]]) -> Tuple[LeasedNetwork
     cached containers of its network (DATADIR/NETWORK: the directory names the
     network). Ranges the config names (Attachment.ranges), else the subnets of the
     attachments' addresses; those of a network whose ranges cannot be read too, not
-    `known`: an address there is in doubt, whatever another network says of it."""
+    `known`: an address there is in doubt, whatever another network says of it. Then
+    every other lease directory under the data directories in use (_other_leases)."""
     attachments = tuple(attachments or ())
     found: dict = {}
     for attachment in attachments:
@@ -250,25 +272,60 @@ def leased_networks(attachments: Optional[Iterable[Any]]) -> Tuple[LeasedNetwork
     for (network, container_id), configs in asks.items():
         held = tuple(configs) if configs is not None else None
         by_network.setdefault(network, {})[container_id] = held
+    read = frozenset(os.path.normpath(leases) for _, leases, _, _ in found)
+    for leases, known in _other_leases(attachments, read):
+        found.setdefault((None, leases, None, known), None)
     return tuple(
         LeasedNetwork(subnet, leases, by_network.get(os.path.basename(leases), {}), handed, known)
         for subnet, leases, handed, known in found
     )
 
 
+def _other_leases(attachments: Iterable[Any], read: FrozenSet[str]) -> Iterator[Tuple[str, bool]]:
+    """The lease directories (DATADIR/NETWORK) other than `read` under every data
+    directory in use: host-local's default and each a cached config of host-local's
+    names, ports or none (Attachment.data_dir). A network none of whose cached
+    containers maps a port (or cached nowhere portmapctl reads: a Multus delegate's)
+    may lease the plugin's networks' addresses too, where subnets overlap. One listing
+    of each data directory, no lease read here; with `known` False, one that cannot be
+    listed: any address may be leased there (in doubt). One not there holds none."""
+    data_dirs = {settings.HOST_LOCAL_DIR.value()}
+    data_dirs.update(a.data_dir for a in attachments if getattr(a, "data_dir", None))
+    for data_dir in sorted({os.path.normpath(d) for d in data_dirs}):
+        try:
+            with os.scandir(data_dir) as listed:
+                found = sorted(e.path for e in listed if e.is_dir() and e.path not in read)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            yield data_dir, False
+            continue
+        for leases in found:
+            yield leases, True
+
+
 def _leases_at(
     networks: Iterable[LeasedNetwork], address: str
 ) -> Iterator[Tuple[LeasedNetwork, Lease]]:
     """What host-local says of `address` in each of `networks` that hands it out (one
-    whose ranges are not known: nothing, UNKNOWN)."""
+    whose ranges are not known: nothing, UNKNOWN), and in each other lease directory
+    that has a lease for it or cannot be listed."""
     try:
         found = ipaddress.ip_address(address)
     except ValueError:
         return
     for network in networks:
-        if found not in network.subnet:
+        if network.subnet is None:
+            # Its ranges not read: no lease there tells nothing, one is read; one that
+            # cannot be listed may hold any address (in doubt).
+            listed = network.listed if network.known else None
+            if listed is None:
+                yield network, Lease(LeaseState.UNKNOWN, network.leases)
+            elif found.compressed in listed:
+                yield network, lease_of(network.leases, found.compressed, "")
+        elif found not in network.subnet:
             continue
-        if not network.known:
+        elif not network.known:
             yield network, Lease(LeaseState.UNKNOWN, os.path.join(network.leases, found.compressed))
         elif network.hands_out(found):
             yield network, lease_of(network.leases, found.compressed, "")
@@ -278,8 +335,9 @@ def given_back(networks: Iterable[LeasedNetwork], address: str) -> bool:
     """Whether `address` lies in one of `networks` and host-local holds no lease for it
     in any of them that hands it out: no container has it now (a removed one's: its DEL
     gave the lease back). Networks whose subnets overlap each lease it on their own: a
-    lease held in one (another network's live container), a directory that cannot be
-    read, ranges not known, an address of no such subnet: False (nothing tells)."""
+    lease held in one (another network's live container, in any lease directory of the
+    node, a network with no mapping's too), a directory that cannot be read, ranges
+    not known, an address of no such subnet: False (nothing tells)."""
     states = [lease.state for _, lease in _leases_at(networks, address)]
     return bool(states) and all(state is LeaseState.GIVEN_BACK for state in states)
 
@@ -287,9 +345,11 @@ def given_back(networks: Iterable[LeasedNetwork], address: str) -> bool:
 def holders(networks: Iterable[LeasedNetwork], address: str) -> Tuple[Tuple[Asks, ...], ...]:
     """What the containers host-local leases `address` to ask of the plugin, one Asks
     per network of `networks` that hands it out (its holder's there, None where no
-    cache entry of that network names the holder: one being added, say). Empty unless
-    every one of those networks leases it to a container: given back, not known (ranges
-    too), an address of no such subnet tell nothing of a holder."""
+    cache entry of that network names the holder: one being added, say; a lease in
+    another lease directory of the node counts so). Empty unless every one of those
+    networks leases it to a container: given back, not known (ranges too, a lease
+    directory that cannot be listed), an address of no such subnet tell nothing of a
+    holder."""
     found = []
     for network, lease in _leases_at(networks, address):
         if lease.state is not LeaseState.TAKEN or lease.holder is None:

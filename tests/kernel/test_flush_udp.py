@@ -1192,3 +1192,69 @@ def test_stale_only_keeps_a_flow_ipvs_sent_to_a_clusterip_as_another_tools(
     finally:
         for space in spaces:
             rp.delete_netns(space)
+
+
+def _lease_net(name: str, bridge: str, data_dir, start: str, *plugins: dict) -> dict:
+    """A network list on 10.88.0.0/16: bridge with host-local (addresses from `start`,
+    leases under `data_dir`), then `plugins`."""
+    ipam = {"type": "host-local", "dataDir": str(data_dir),
+            "ranges": [[{"subnet": "10.88.0.0/16", "rangeStart": start}]]}  # fmt: skip
+    first = {"type": "bridge", "bridge": bridge, "ipMasq": False, "ipam": ipam}
+    return {"cniVersion": "0.4.0", "name": name, "plugins": [first, *plugins]}
+
+
+def test_stale_only_keeps_flows_to_an_address_a_network_without_mappings_leases(
+    host_ns: str, tmp_path, iptables_mode: rp.Mode
+) -> None:
+    """Debian's bridge, host-local and portmap as libcni runs them: `podman`
+    (10.88.0.0/16, portmap) where `web` maps 127.0.0.1:7100/udp and `gone` mapped
+    192.0.2.10:7100/udp and was removed (DEL: rules, lease, cache entry gone); and two
+    networks on the same subnet whose leases no cached mapping names: `user` (no
+    portmap; `db` cached at 10.88.0.20, its own dataDir) and `sec` (a Multus
+    delegate's: cached elsewhere, leases under host-local's default, here
+    PORTMAPCTL_HOST_LOCAL_DIR; `pod` at 10.88.0.30). Flows to 192.0.2.10:7100 another
+    tool DNATed to db and pod are live, yet podman's directory has no lease for their
+    addresses: --stale-only deleted them as removed containers' (`unmapped`) and list
+    counted 3 misrouted. Only gone's flow goes."""
+    default = tmp_path / "default"
+    cache = tmp_path / "cni"
+    portmap = {"type": "portmap", "capabilities": {"portMappings": True}}
+    podman = _lease_net("podman", "cni-pmt-a", tmp_path / "ipam-a", "10.88.0.2", portmap)
+    user = _lease_net("user", "cni-pmt-b", tmp_path / "ipam-b", "10.88.0.20")
+    sec = _lease_net("sec", "cni-pmt-c", default, "10.88.0.30")
+    made = []
+    try:
+        for cid, conflist, ports, cached in [
+            ("web", podman, [rp.port_mapping(7100, 7100, "udp", "127.0.0.1")], cache),
+            ("gone", podman, [rp.port_mapping(7100, 7100, "udp", "192.0.2.10")], cache),
+            ("db", user, [], cache),
+            ("pod", sec, [], None),
+        ]:
+            made.append(rp.create_netns("pmt-ctr"))
+            netns = f"/run/netns/{made[-1]}"
+            rp.run_list("ADD", host_ns, cid, netns, conflist, ports, mode=iptables_mode,
+                        cache=cached)  # fmt: skip
+        ns_run(host_ns, "ip", "addr", "add", "192.0.2.10/32", "dev", "lo")
+        ct_load(host_ns, [ct_args("192.0.2.7", "192.0.2.10", 40700, 7100, "10.88.0.20", 7100),
+                          ct_args("192.0.2.7", "192.0.2.10", 40701, 7100, "10.88.0.30", 7100),
+                          ct_args("192.0.2.7", "192.0.2.10", 40702, 7100, "10.88.0.3", 7100)])  # fmt: skip
+        rp.run_list("DEL", host_ns, "gone", f"/run/netns/{made[1]}", podman,
+                    [rp.port_mapping(7100, 7100, "udp", "192.0.2.10")], mode=iptables_mode,
+                    cache=cache)  # fmt: skip
+        assert sorted(p.name for p in (tmp_path / "ipam-a" / "podman").glob("10.*")) == [
+            "10.88.0.2"
+        ]
+        env = {"PORTMAPCTL_HOST_LOCAL_DIR": str(default)}
+        common = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(cache)]
+        listed = json.loads(run(["list", *common, "--conntrack", "-o", "json"], env=env).stdout)
+        assert listed["conntrack_misrouted"] == 1, listed
+        doc = json.loads(
+            run(["flush-udp", *common, "--stale-only", "--dry-run", "-o", "json"], env=env).stdout
+        )
+        assert [(d["sport"], d["reason"]) for d in doc["deleted"]] == [(40702, "unmapped")], doc
+        assert run(["flush-udp", *common, "--stale-only"], env=env).returncode == 0
+        # (By the UDP flows: the bridges' ICMPv6 has entries of its own.)
+        assert rp.udp_flows(host_ns) == {(7100, "10.88.0.20"), (7100, "10.88.0.30")}
+    finally:
+        for name in made:
+            rp.delete_netns(name)

@@ -326,3 +326,85 @@ def test_the_ranges_read_are_what_the_real_host_local_hands_out(tmp_path, ipam):
     assert ranges is not None
     read = {str(a) for r in ranges for a in r.subnet if r.hands_out(a)}
     assert read == _handed_out_by_host_local(tmp_path, dict(ipam, type="host-local"))
+
+
+def _cached(tmp_path, conflist: dict, container_id: str, address: str) -> cache.Attachment:
+    """A cached entry of `conflist`'s network for `container_id` at `address` (/16)."""
+    network = conflist["name"]
+    path = tmp_path / "results" / f"{network}-{container_id}-eth0"
+    path.parent.mkdir(exist_ok=True)
+    result = {"cniVersion": "0.4.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+              "ips": [{"version": "4", "interface": 0, "address": f"{address}/16"}]}  # fmt: skip
+    path.write_text(json.dumps({
+        "kind": "cniCacheV1", "containerId": container_id,
+        "config": base64.b64encode(json.dumps(conflist).encode()).decode(),
+        "ifName": "eth0", "networkName": network, "netns": "/proc/self/ns/net",
+        "capabilityArgs": {"portMappings": [
+            {"hostPort": 7100, "containerPort": 7100, "protocol": "udp"}]},
+        "result": result,
+    }))  # fmt: skip
+    return cache.read_attachment(str(path))
+
+
+def test_a_lease_in_any_lease_directory_of_the_node_keeps_the_address(tmp_path, monkeypatch):
+    """A host-local network no cached mapping is on (its config has no portmap, or its
+    entry is cached elsewhere: a Multus delegate's) may lease an address of the plugin's
+    networks' subnets too (podman's `podman` and a user network both on 10.88.0.0/16).
+    Its lease was never read: the address was given back for the plugin's network
+    alone, and flush-udp --stale-only deleted its live container's flows as a removed
+    one's. Every lease directory under the data directories in use (host-local's
+    default, every one a cached config names) counts, held there: no address given
+    back, and no holder told of (its holder's asks not known)."""
+    default = tmp_path / "default"
+    monkeypatch.setenv("PORTMAPCTL_HOST_LOCAL_DIR", str(default))
+    podman = json.loads(json.dumps(PODMAN))
+    podman["plugins"][0]["ipam"]["dataDir"] = str(tmp_path / "ipam-a")
+    user = {"cniVersion": "0.4.0", "name": "user", "plugins": [
+        {"type": "bridge", "bridge": "cni-user", "ipam": {
+            "type": "host-local", "dataDir": str(tmp_path / "ipam-b"),
+            "ranges": [[{"subnet": "10.88.0.0/16", "rangeStart": "10.88.0.20"}]]}}]}  # fmt: skip
+    leases = {"ipam-a/podman/10.88.0.5": "web", "ipam-a/podman/10.88.0.30": "web",
+              "ipam-b/user/10.88.0.20": "db", "default/sec/10.88.0.30": "pod",
+              "default/sec/fd00::30": "pod"}  # fmt: skip
+    for path, holder in leases.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(holder.encode() + b"\r\neth0")
+    attachments = [_cached(tmp_path, podman, "web", "10.88.0.5"),
+                   _cached(tmp_path, user, "db", "10.88.0.20")]  # fmt: skip
+    assert attachments[1].mapping is None and attachments[1].data_dir == str(tmp_path / "ipam-b")
+    networks = leased_networks(attachments)
+    assert given_back(networks, "10.88.0.7")
+    assert not given_back(networks, "10.88.0.20") and not given_back(networks, "10.88.0.30")
+    assert not given_back(networks, "fd00::30") and not given_back(networks, "10.89.0.20")
+    web = holders(networks, "10.88.0.30")
+    assert len(web) == 2 and web[0] is not None and web[1] is None, web
+
+
+def test_a_lease_directory_that_cannot_be_listed_keeps_every_address(tmp_path, monkeypatch):
+    """A data directory that cannot be listed may hold any network's lease of any
+    address: none is given back while it stands so (in doubt: kept). One that is not
+    there holds none."""
+    podman = json.loads(json.dumps(PODMAN))
+    podman["plugins"][0]["ipam"]["dataDir"] = str(tmp_path / "ipam")
+    (tmp_path / "ipam" / "podman").mkdir(parents=True)
+    attachments = [_cached(tmp_path, podman, "web", "10.88.0.5")]
+    monkeypatch.setenv("PORTMAPCTL_HOST_LOCAL_DIR", str(tmp_path / "nowhere"))
+    assert given_back(leased_networks(attachments), "10.88.0.7")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)  # (ELOOP: even root cannot list it)
+    monkeypatch.setenv("PORTMAPCTL_HOST_LOCAL_DIR", str(loop))
+    assert not given_back(leased_networks(attachments), "10.88.0.7")
+    shut = tmp_path / "shut"
+    (shut / "sec").mkdir(parents=True)
+    monkeypatch.setenv("PORTMAPCTL_HOST_LOCAL_DIR", str(shut))
+    assert given_back(leased_networks(attachments), "10.88.0.7")
+    for unread in (shut, shut / "sec"):
+        unread.chmod(0)
+        try:
+            if os.access(unread, os.R_OK):
+                pytest.skip(
+                    "this root may read any directory (CAP_DAC_OVERRIDE): the unit tier has none"
+                )
+            assert not given_back(leased_networks(attachments), "10.88.0.7"), unread
+        finally:
+            unread.chmod(0o755)
