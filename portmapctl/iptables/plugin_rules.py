@@ -220,8 +220,16 @@ def rule_owner(args: Sequence[str]) -> Identity:
     """Whose a rule jumping to a per-container chain is, as its comment says where it
     names that chain's owner (or, cut by the kernel, the network alone: nothing to
     hash); a comment naming anyone else names nobody."""
-    found = parse_comment(args)
-    if found.container_id is None or _names(*found, rule_target(args)):
+    return _claimed(parse_comment(args), rule_target(args))
+
+
+def entry_owner(entry: EntryRule) -> Identity:
+    """rule_owner of an entry rule already read (its comment parsed once)."""
+    return _claimed(Identity(entry.network, entry.container_id), entry.target)
+
+
+def _claimed(found: Identity, target: Optional[str]) -> Identity:
+    if found.container_id is None or _names(*found, target):
         return found
     return _NOBODY
 

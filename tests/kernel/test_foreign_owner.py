@@ -6,6 +6,8 @@ on iptables-nft and legacy, every command that names a chain's owner."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Dict, List, Optional
 
 import pytest
 from gc_helpers import Node_, node  # noqa: F401
@@ -80,3 +82,60 @@ def test_a_foreign_rule_entering_a_chain_never_names_its_owner(foreign: Node_):
 
     flushed = _cli(node, "flush-udp", "--dry-run", "--container", "stale1")
     assert "5353" in flushed, flushed
+
+
+def _gc_rows(node: Node_, *args: str, cache: Optional[Path] = None) -> Dict[str, List]:
+    """The chains gc --dry-run --min-age 0 would remove, with their owners."""
+    done = node.gc("--dry-run", "--min-age", "0", "-o", "json", *args, cache=cache)
+    assert done.returncode == 0, done.stderr
+    return {c["chain"]: [c["network"], c["container_id"]]
+            for c in json.loads(done.stdout)["removed"]}  # fmt: skip
+
+
+def test_gc_removes_what_check_calls_stale_whatever_a_foreign_comment_names(
+    foreign: Node_, tmp_path
+):
+    """gc kept a chain whenever any rule entering it had a comment naming a live
+    container (also through a --keep prefix), and judged it by that comment's network
+    under a valid-attachments document of one network: with another tool's rule
+    naming live1 entering stale1's chain, `check` said stale1 stale ("fix: portmapctl
+    gc") while every `gc` kept it ("2 kept"), a leaked chain and a cron loop for ever.
+    Only a comment naming the network and ID its chain's name is the hash of (the
+    plugin's own) says whose a chain is. Where no such comment says (stale3's, only
+    another tool's rule enters it, naming gcnet and live1), the document of gcnet
+    does not speak for it: it is kept."""
+    node = foreign
+    node.add("gcnet", "stale3", ["10.88.0.14/16"], _ports("8083/tcp"), cache=False)
+    stale1, stale2, stale3 = (chain_name("gcnet", c) for c in ("stale1", "stale2", "stale3"))
+    node.ipt(4, "-D", TOPLEVEL_DNAT, "-p", "tcp", "-m", "comment", "--comment",
+             'dnat name: "gcnet" id: "stale3"', "-m", "multiport", "--dports", "8083",
+             "-j", stale3)  # fmt: skip
+    _enter(node, stale3, 'dnat name: "gcnet" id: "live1"', 8085)
+    live1 = chain_name("gcnet", "live1")
+
+    checked = json.loads(_cli(node, "check", "-o", "json"))
+    said_stale = {p["chain"] for p in checked["problems"] if p["kind"] == "stale"}
+    assert said_stale == {stale1, stale2, stale3}, checked["problems"]
+    fixes = {p["fix"] for p in checked["problems"] if p["kind"] == "stale"}
+    assert len(fixes) == 1 and fixes.pop().startswith("portmapctl gc "), checked["problems"]
+    # The cache says live1 alone is live: all three go, as check says.
+    owners = {stale1: ["gcnet", "stale1"], stale2: [None, None], stale3: [None, None]}
+    assert _gc_rows(node) == owners
+    # --keep of a prefix of live1's ID keeps live1's chain alone.
+    assert _gc_rows(node, "--keep", "liv", cache=tmp_path / "none") == owners
+    # A document of gcnet listing live1: stale1's chain is gcnet's (its own comment),
+    # whatever network the other rule names; stale2's and stale3's are of no known
+    # network, and the document speaks for gcnet's alone.
+    document = tmp_path / "doc.json"
+    document.write_text(json.dumps(
+        {"name": "gcnet", "cni.dev/valid-attachments": [{"containerID": "live1"}]}))  # fmt: skip
+    assert _gc_rows(node, "--valid-attachments", str(document), cache=tmp_path / "none") == {
+        stale1: ["gcnet", "stale1"]
+    }
+
+    done = node.gc("--yes", "--min-age", "0", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    assert {c["chain"] for c in json.loads(done.stdout)["removed"]} == set(owners)
+    after = "\n".join(node.lines(4))
+    assert live1 in after and not any(c in after for c in owners), after
+    assert not json.loads(_cli(node, "check", "-o", "json"))["problems"]

@@ -30,6 +30,7 @@ from portmapctl.host.netns import NetnsState
 from portmapctl.iptables.chain_facts import ChainFacts
 from portmapctl.iptables.chains import chain_name
 from portmapctl.iptables.inventory import ChainInfo
+from portmapctl.iptables.plugin_rules import entry_owner, names_its_chain
 from portmapctl.iptables.shapes import paired_snat_chain
 
 if TYPE_CHECKING:
@@ -226,9 +227,13 @@ class Liveness:
         return frozenset(found)
 
     def is_live(self, chain: AnyChain, derived: FrozenSet[str]) -> bool:
+        """Whether the sources keep `chain`: by its name (theirs, or `derived`), else by
+        the container its own entry comments name (those naming the network and ID the
+        chain's name hashes, as check's owner): another tool's rule entering it may name
+        a live container, and check calls the chain stale all the same."""
         if chain.name in self.chains or chain.name in derived:
             return True
-        ids = {e.container_id for e in chain.entries if e.container_id}
+        ids = {e.container_id for e in chain.entries if names_its_chain(e)}
         if chain.container_id:
             # Also a chain nothing enters: a v0.6 CNI-SN- chain is its CNI-DN- twin's
             # (inventory pairs them by hash, iptables/shapes.py).
@@ -238,9 +243,14 @@ class Liveness:
         return any(cid.startswith(prefix) for cid in ids for prefix in self.keep)
 
     def in_scope(self, chain: AnyChain) -> bool:
+        """Whether the sources speak for `chain`'s network: the networks its entry
+        comments name that may be the plugin's (entry_owner: naming the chain, or cut by
+        the kernel), all in scope. Another tool's rule naming another network does not
+        take the chain out of scope, nor does one naming a scoped network bring in a
+        chain of no known network (kept)."""
         if self.scope is None:
             return True
-        networks = {e.network for e in chain.entries if e.network}
+        networks = {entry_owner(e).network for e in chain.entries} - {None}
         return bool(networks) and networks <= self.scope
 
 
