@@ -30,7 +30,8 @@ Statuses (a row can have several):
               (beyond SPEC §3) another tool's nat rule ahead of PREROUTING's
               jump to CNI-HOSTPORT-DNAT (Docker -p, a kube-proxy NodePort)
   orphan      a CNI-DN- chain that no rule enters
-  incomplete  an entry rule names a port the chain has no DNAT rule for
+  incomplete  the plugin's entry rule names a port the chain has no DNAT
+              rule for (another tool's rule entering it: check's extra-entry)
   legacy      a CNI-SN- chain of plugins before 2018
   dead        a rule that never matches (-d 0.0.0.0/32, plugins before v0.8.7)
   zombie      cached, but the container's network namespace is gone

@@ -12,7 +12,8 @@ Statuses, as SPEC §3 defines them:
               shadowed_by is then that rule
               as iptables-save prints it (`-A DOCKER ...`)
   orphan      a per-container chain that no rule enters
-  incomplete  an entry rule names a port for which the chain has no DNAT rule
+  incomplete  an entry rule of the plugin's (not another tool's) names a port for which
+              the chain has no DNAT rule
   legacy      a CNI-SN- chain from plugin versions before 2018
   dead        a DNAT rule that can never match (`-d 0.0.0.0/32`, plugins before v0.8.7)
   zombie      cached, but the network namespace the cache entry names is gone
@@ -48,6 +49,7 @@ from portmapctl.iptables.plugin_rules import (
     owner,
     per_container_chains,
     port_match,
+    written_by_plugin,
 )
 from portmapctl.iptables.ruleset import Args, NatTable
 from portmapctl.iptables.shapes import ProtoPort
@@ -354,8 +356,8 @@ def _missing_ports(
     attachment: Optional[Attachment],
     family: int,
 ) -> Tuple[List[ProtoPort], List[ProtoPort]]:
-    """Ports an entry rule sends here that the chain does not DNAT, and those it
-    cannot tell (below).
+    """Ports the plugin's entry rules send here that the chain does not DNAT, and
+    those it cannot tell (below).
 
     The plugin's entry rules name every port of the container, but a port whose host
     IP is of the other family (`0.0.0.0` and `::` too) has no rules in this family: that
@@ -371,7 +373,16 @@ def _missing_ports(
     chain an IPv4 dump shows entered and empty).
     """
     have = {(proto, port) for proto, port, *_ in port_rules}
-    unmatched = [pp for entry in entries for pp in entry.ports if pp not in have]
+    # The plugin's own entry rules alone say which ports the chain must DNAT: another
+    # tool's rule sending it another port is no missing rule (check: extra-entry). Its
+    # comment is hashed only for a rule with a port the chain has no rule for.
+    unmatched = [
+        pp
+        for entry in entries
+        if not have.issuperset(entry.ports) and written_by_plugin(entry)
+        for pp in entry.ports
+        if pp not in have
+    ]
     if not unmatched:
         return [], []  # the usual case: no need to look at the other family
     undecided: List[ProtoPort] = []

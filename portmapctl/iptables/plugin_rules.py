@@ -228,6 +228,13 @@ def entry_owner(entry: EntryRule) -> Identity:
     return _claimed(Identity(entry.network, entry.container_id), entry.target)
 
 
+def written_by_plugin(entry: EntryRule) -> bool:
+    """Whether `entry` may be the plugin's own entry rule: in CNI-HOSTPORT-DNAT, its
+    comment naming its chain's owner (entry_owner; cut by the kernel: the network).
+    Another tool's rule entering the chain sends ports the container never asked for."""
+    return entry.chain == TOPLEVEL_DNAT and entry_owner(entry).network is not None
+
+
 def _claimed(found: Identity, target: Optional[str]) -> Identity:
     if found.container_id is None or _names(*found, target):
         return found

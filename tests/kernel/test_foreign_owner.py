@@ -139,3 +139,34 @@ def test_gc_removes_what_check_calls_stale_whatever_a_foreign_comment_names(
     after = "\n".join(node.lines(4))
     assert live1 in after and not any(c in after for c in owners), after
     assert not json.loads(_cli(node, "check", "-o", "json"))["problems"]
+
+
+def test_a_foreign_rule_entering_a_chain_makes_it_no_incomplete(foreign: Node_, tmp_path):
+    """Another tool's rule sending a port into a plugin chain that has no rule for it
+    made the chain `incomplete`: list called live1 incomplete where check (its cached
+    config) said extra-entry, check without a cache said "entry rules send tcp/8099
+    here but no rule DNATs them" and "re-create the mapping", and stale1's stale row
+    said so of tcp/8082. Only the plugin's own entry rules say which ports a chain
+    must DNAT; the foreign rule is check's extra-entry where a cached config says what
+    the plugin's are. Both families read (IPv6's table tells tcp/8082 is missing)."""
+    node = foreign
+    live1, stale1 = chain_name("gcnet", "live1"), chain_name("gcnet", "stale1")
+    _enter(node, live1, "kube-proxy: web", 8099)
+    argv = ["--netns", node.ns, "--iptables", node.mode, "-o", "json", "--cni-cache-dir"]
+
+    for cache in (str(node.cache), str(tmp_path / "none")):
+        done = run(["list", *argv, cache])
+        assert done.returncode == 0, done.stderr
+        chains = {c["chain"]: c for c in json.loads(done.stdout)["chains"]}
+        for chain in (stale1, live1):
+            assert "incomplete" not in chains[chain]["status"], chains[chain]
+        done = run(["check", *argv, cache])
+        assert done.returncode in (0, 1), done.stderr
+        problems = json.loads(done.stdout)["problems"]
+        assert not [p for p in problems if p["kind"] == "incomplete"], problems
+        assert not [p for p in problems if "no rule DNATs" in p["detail"]], problems
+
+    done = run(["check", *argv, str(node.cache)])
+    extra = [p for p in json.loads(done.stdout)["problems"] if p["kind"] == "extra-entry"]
+    assert [(p["chain"], p["container_id"]) for p in extra] == [(live1, "live1")], extra
+    assert "--dports 8099" in extra[0]["rule"], extra
