@@ -220,6 +220,45 @@ def test_a_stale_chain_of_the_same_container_id_whose_address_went_to_another_is
     assert _state(host_ns, iptables_mode) == damaged
 
 
+@pytest.mark.parametrize("form", ["mapping", "cni-config"])
+def test_one_mapping_check_of_a_stale_container_offers_no_repair_that_would_take_a_port(
+    host_ns: str, iptables_mode: rp.Mode, tmp_path: Path, form: str
+) -> None:
+    """Debian's ADDs of ctr1 on net1, then net2 (udp/6001 on each), neither cached (gone
+    without its DEL: stale); net1's chain flushed, so net2's chain gets the port. The
+    check of net1's mapping offered --repair (missing-rules) on every run, and `check
+    --repair` refused it ("its chain would take udp/6001 from net2/ctr1 ...; a repair
+    never moves a port between mappings"), writing nothing: a cron job's loop. net2's
+    chain is stale (no cache entry names it: its address may be another container's
+    now), so it keeps the port, and the check says what the repair will say."""
+    require(rp.plugin_available())
+    for network in NETS:
+        done = _plugin("ADD", host_ns, CTR, network, iptables_mode)
+        assert done.returncode == 0, done.stdout + done.stderr
+    rp.iptables(host_ns, ["-t", "nat", "-F", DN1], mode=iptables_mode)
+    damaged = _state(host_ns, iptables_mode)
+    if form == "mapping":
+        given = _one_mapping("net1")
+    else:
+        path = tmp_path / "net1.json"
+        path.write_text(json.dumps(_conf("net1", *NETS["net1"], nft=False)))
+        given = ["--container", CTR, "--cni-config", str(path), "--ifname", "eth0"]
+    args = [*_args(host_ns, iptables_mode, tmp_path / "cache"), *given, "-o", "json"]
+    held = "would take udp/6001 from net2/ctr1"
+    for command in (["check"], ["check", "--repair"], ["check"]):
+        done = pmctl.run([*command, *args])
+        assert done.returncode == 1, done.stdout + done.stderr
+        rows = json.loads(done.stdout)["problems"]
+        assert [(p["kind"], p["fix"]) for p in rows] == [("missing-rules", None)], rows
+        if command == ["check"]:
+            # (before: its fix the command run again with --repair)
+            assert f"--repair would leave it as it is: its chain {held}" in rows[0]["why"]
+        else:
+            assert f"could not repair IPv4 net1/ctr1 ({DN1}): its chain {held}" in done.stderr
+            assert "could not repair" in rows[0]["why"], rows
+        assert _state(host_ns, iptables_mode) == damaged
+
+
 def _nft_add(ns: str, cid: str, network: str, ip: str, ifname: str, ports, cache=None) -> None:
     """v1.9.1's ADD (`"backend": "nftables"`) of `cid` on `network` with `ports`; with
     `cache`, libcni's entry too."""

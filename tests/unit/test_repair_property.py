@@ -511,20 +511,6 @@ def _check_one(scenario: Scenario, built: Built) -> None:
         assert _own_rules(built, config.container_id) == mine, f"{story}\nits own changed"
 
 
-def _one_drawn(scenario: Scenario, built: Built) -> bool:
-    """Whether the scenario checks one mapping alone. Excluded, a defect not fixed yet:
-    a stale container on two networks (both entries gone, the same host port on each)
-    whose first network's chain was flushed; its check offers --repair of its rules
-    (missing-rules) every run, and its repair refuses them ("its chain would take
-    tcp/8000 from podman2/<id> ... a repair never moves a port between mappings"),
-    writing nothing: the check counts the other network's chain of the same container
-    as its own, the repair (port_moves) as another's stale holder."""
-    if scenario.one is None or not built.configs.get(scenario.cid(scenario.one)):
-        return False
-    container = scenario.containers[scenario.one]
-    return not (container.state == "stale" and container.networks == 2)
-
-
 def _one_offered(result) -> List:
     return [p for p in result.problems if p.fix == SAME_WITH_REPAIR]
 
@@ -533,7 +519,7 @@ def _check(scenario: Scenario, faked) -> None:
     with tempfile.TemporaryDirectory(prefix="h333-") as directory:
         built = build(scenario, directory)
         faked[:] = [built]
-        if _one_drawn(scenario, built):
+        if scenario.one is not None and built.configs.get(scenario.cid(scenario.one)):
             _check_one(scenario, built)
         first = check_lib.check_node(_node(built))
         left = _left(scenario, built)
@@ -586,6 +572,9 @@ def _check(scenario: Scenario, faked) -> None:
                   ("ipt-flush-nat", "ipt-drop-chain:0")))  # fmt: skip
 # One mapping of a container being torn down, cached under a key its plugin ignores.
 @example(Scenario((Container("ignored", "torn"),), ("ipt-drop-entry:0",), 0))
+# One mapping of a stale container on two networks, its first network's chain flushed:
+# its other network's stale chain has the port, and its repair leaves it (port_moves).
+@example(Scenario((Container("iptables", "stale", networks=2),), ("ipt-flush-chain:0",), 0))
 # Derandomized, as test_argv_property: the same 60 generated nodes every run, so CI is
 # never red for a node no one has seen (explore with more examples and a random seed by
 # hand; the examples above pin what that found).

@@ -11,9 +11,12 @@ mapping is given: the node's check and repair never load it."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Mapping as ReadOnly
 
+from portmapctl.cni.cache import Attachment
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.validate import OPTIONS, Spelling
 from portmapctl.errors import Interrupted
@@ -24,12 +27,24 @@ from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.check.cache_now import changed_mappings
 from portmapctl.ops.check.expected import sharing_chain
 from portmapctl.ops.check.followed import followed, nft_mapping
+from portmapctl.ops.check.hints import WOULD_LEAVE
 from portmapctl.ops.check.port_moves import holder_name, ports_taken
-from portmapctl.ops.check.problem import CheckResult, Unrepaired
+from portmapctl.ops.check.problem import CheckResult, Problem, Unrepaired
 from portmapctl.ops.check.repair_plan import _plan, _planned_node
 from portmapctl.ops.check.repair_report import _attempted, _in_row_order, _repaired, say_repaired
-from portmapctl.ops.check.run import check_followed, entries_of, mapping_result, with_owner_problems
-from portmapctl.ops.check.torn_down import one_mapping_held, torn_beside, torn_own
+from portmapctl.ops.check.run import (
+    SAME_WITH_REPAIR,
+    check_followed,
+    entries_of,
+    mapping_result,
+    with_owner_problems,
+)
+from portmapctl.ops.check.torn_down import (
+    TornDownLook,
+    one_mapping_held,
+    torn_beside,
+    torn_own,
+)
 from portmapctl.ops.check.unread_entries import (
     own_unread_only,
     stop_where_held,
@@ -88,32 +103,8 @@ def _repair_mapping(
     # written, and judged again on each read a try is planned from.
     entries = entries_of(node, config)
     sharing = sharing_chain(config, entries, ifname)
-    # Its other interfaces' entries being torn down (a pod on the network twice): of
-    # theirs only what the chain holds is kept, what it lacks is not made (as the
-    # node's repair: CacheNow.held), and they are named.
-    torn, look = torn_beside(config, entries, ifname)
-    # So its own, where its interface is being torn down itself (its address and
-    # interface gone from the namespace its entry names): nothing of its own made, as
-    # the node's repair makes nothing of it; its chain left whole where no live
-    # interface shares it.
-    dying = torn_own(config, entries, ifname, look)
-    short: List[int] = []  # the families where something of theirs was not made
-
-    def held(wanted: Sequence[Chain], live: NatTable) -> List[Chain]:
-        kept = one_mapping_held(config, sharing, torn, wanted, live, own=dying)
-        if kept != list(wanted) and live.family not in short:
-            short.append(live.family)
-        return kept
-
-    # Its own entry alone not read: sharing_chain put its mapping last, and the chain
-    # rewritten so would move the rules of its earlier ADD behind the others'.
-    setup = _plan(
-        None,
-        config,
-        sharing=sharing,
-        held=held if torn or dying else None,
-        as_found=own_unread_only(config, entries, ifname),
-    )
+    one = _one_plan(config, entries, sharing, ifname)
+    torn, look, dying, short, setup = one.torn, one.look, one.dying, one.short, one.setup
 
     def held_stops(live: NatTable) -> None:
         stop_where_held(config, entries, sharing, live)
@@ -123,15 +114,7 @@ def _repair_mapping(
             held_stops(planned.read(family))
     missing: Dict[int, Unrepaired] = {}
     notes: List[str] = []  # (a try whose restore died, found gone in: errors.found_in)
-    own: List[Tuple[str, ...]] = []
-
-    def own_chains() -> Tuple[str, ...]:
-        # The chains the CNI cache names for this container, on any network: only those
-        # are its own (port_moves); read once, and only where a port would be taken.
-        if not own:
-            found = node.read_cache(judge_namespaces=False) or ()
-            own.append(tuple(a.dnat_chain for a in found if a.container_id == config.container_id))
-        return own[0]
+    own_chains = _own_chains(node, config)
 
     def plan(live: NatTable) -> Transaction:
         # A refusal no retry can cure is said, not tried (as the whole-node repair).
@@ -143,12 +126,9 @@ def _repair_mapping(
             held_stops(live)
             missing.pop(live.family, None)
             txn = setup(live)
-            took = ports_taken(live, txn).get(name)
-            if took is not None:  # unless its holder is its own chain on another network
-                took = ports_taken(live, txn, own_chains()).get(name)
-            if took is None:
+            why = _port_move(live, txn, config, own_chains)
+            if why is None:
                 return txn
-            why = took.why(holder_name(live, took.holder))
         missing[live.family] = Unrepaired(
             live.family, config.network, config.container_id, name, why
         )
@@ -197,3 +177,122 @@ def _repair_mapping(
         say_repaired(stop, bool(planned.attempted), _attempted(planned, [config]))
         raise
     return _repaired(before, after, transactions, warnings, unrepaired)
+
+
+@dataclass(frozen=True)
+class _OnePlan:
+    """How the repair of one mapping plans its chain: `setup` (repair_plan._plan) of
+    `config` beside what shares its chain; `torn` (torn_beside, with its `look`) and
+    `dying` (torn_own): the entries whose rules only as far as the chain holds them are
+    kept; `short`: the families where something of theirs was not made (as it plans)."""
+
+    setup: Callable[[NatTable], Transaction]
+    torn: List[Attachment]
+    look: TornDownLook
+    dying: List[Attachment]
+    short: List[int]
+
+
+def _one_plan(
+    config: MappingConfig,
+    entries: Sequence[Attachment],
+    sharing: Sequence[MappingConfig],
+    ifname: Optional[str],
+) -> _OnePlan:
+    """The planner of `check --repair` of one mapping (`entries`: run.entries_of,
+    `sharing`: expected.sharing_chain of them), for the repair and for its check's
+    port_moves_left alike."""
+    # Its other interfaces' entries being torn down (a pod on the network twice): of
+    # theirs only what the chain holds is kept, what it lacks is not made (as the
+    # node's repair: CacheNow.held), and they are named.
+    torn, look = torn_beside(config, entries, ifname)
+    # So its own, where its interface is being torn down itself (its address and
+    # interface gone from the namespace its entry names): nothing of its own made, as
+    # the node's repair makes nothing of it; its chain left whole where no live
+    # interface shares it.
+    dying = torn_own(config, entries, ifname, look)
+    short: List[int] = []
+
+    def held(wanted: Sequence[Chain], live: NatTable) -> List[Chain]:
+        kept = one_mapping_held(config, sharing, torn, wanted, live, own=dying)
+        if kept != list(wanted) and live.family not in short:
+            short.append(live.family)
+        return kept
+
+    # Its own entry alone not read: sharing_chain put its mapping last, and the chain
+    # rewritten so would move the rules of its earlier ADD behind the others'.
+    setup = _plan(
+        None,
+        config,
+        sharing=sharing,
+        held=held if torn or dying else None,
+        as_found=own_unread_only(config, entries, ifname),
+    )
+    return _OnePlan(setup, torn, look, dying, short)
+
+
+def _own_chains(node: Node, config: MappingConfig) -> Callable[[], Tuple[str, ...]]:
+    """The chains the CNI cache names for `config`'s container, on any network: only
+    those are its own (port_moves); read once, and only when asked (where a port would
+    be taken)."""
+    own: List[Tuple[str, ...]] = []
+
+    def chains() -> Tuple[str, ...]:
+        if not own:
+            found = node.read_cache(judge_namespaces=False) or ()
+            own.append(tuple(a.dnat_chain for a in found if a.container_id == config.container_id))
+        return own[0]
+
+    return chains
+
+
+def _port_move(
+    live: NatTable,
+    txn: Transaction,
+    config: MappingConfig,
+    own_chains: Callable[[], Collection[str]],
+) -> Optional[str]:
+    """Why `txn` (the repair of `config`) is not applied to `live`: its chain would take
+    a port from another mapping (port_moves); None where it takes none."""
+    name = dnat_chain_name(config)
+    took = ports_taken(live, txn).get(name)
+    if took is not None:  # unless its holder is its own chain on another network
+        took = ports_taken(live, txn, own_chains()).get(name)
+    return None if took is None else took.why(holder_name(live, took.holder))
+
+
+def port_moves_left(
+    node: Node,
+    config: MappingConfig,
+    entries: Sequence[Attachment],
+    sharing: Sequence[MappingConfig],
+    ifname: Optional[str],
+    tables: ReadOnly[int, NatTable],
+    problems: Sequence[Problem],
+) -> Tuple[Problem, ...]:
+    """`problems` of one mapping (run.check_followed) whose fix is its --repair, those
+    of a family where that repair would take a port from another mapping and so leaves
+    the chain (_port_move) naming why instead, in the repair's words: offered, a cron
+    job ran a repair that wrote nothing, every time (a stale chain of the same
+    container on another network holding the port: port_moves)."""
+    families = sorted({p.family for p in problems if p.fix == SAME_WITH_REPAIR})
+    one = _one_plan(config, entries, sharing, ifname)
+    own_chains = _own_chains(node, config)
+    why: Dict[int, str] = {}
+    for family in families:
+        live = tables.get(family)
+        name = dnat_chain_name(config)
+        if (
+            live is None
+            or missing_setmark_chain(config, live, OPTIONS, "")
+            or unwritable_entry(name, live, "")
+        ):
+            continue  # (the repair refuses it for that: not a port moved)
+        if (moved := _port_move(live, one.setup(live), config, own_chains)) is not None:
+            why[family] = moved
+    return tuple(
+        replace(p, fix=WOULD_LEAVE.format(why=why[p.family]))
+        if p.fix == SAME_WITH_REPAIR and p.family in why
+        else p
+        for p in problems
+    )

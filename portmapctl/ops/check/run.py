@@ -389,6 +389,13 @@ def check_followed(
             result.problems, config, sharing, torn, look, tables, SAME_WITH_REPAIR, own
         )
         result = replace(result, problems=problems)
+    if any(p.fix == SAME_WITH_REPAIR for p in result.problems):
+        # Where its --repair would take a port from another mapping (a stale chain of
+        # its own container on another network included), it leaves the chain: said so.
+        from portmapctl.ops.check.repair_one import port_moves_left
+
+        problems = port_moves_left(node, config, entries, sharing, ifname, tables, result.problems)
+        result = replace(result, problems=problems)
     return replace(result, notes=notes + result.notes) if notes else result
 
 
