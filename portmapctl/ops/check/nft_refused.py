@@ -175,8 +175,18 @@ def _entry_whys(
 
 def refused_text(refused: Sequence[Attachment]) -> str:
     """Why the table's row that only `refused` (entries refusals names) want is left."""
-    said = "; ".join(
+    return f"only containers whose conditions cannot be written want it ({_named(refused)})"
+
+
+def refused_beside_text(refused: Sequence[Attachment]) -> str:
+    """What is said after why the repair leaves a table's row that, besides entries it
+    writes nothing for for another reason (being torn down), only `refused` want."""
+    return f"the others that want it have conditions that cannot be written ({_named(refused)})"
+
+
+def _named(refused: Sequence[Attachment]) -> str:
+    """Each of `refused` by network and container, with its refusal."""
+    return "; ".join(
         f"{name_text(a.network)}/{name_text(a.container_id)}: {refusal(a.mapping)}"  # type: ignore[arg-type]
         for a in refused
     )
-    return f"only containers whose conditions cannot be written want it ({said})"

@@ -163,6 +163,7 @@ def toplevel_fixes(
     the entries the check placed in nftables (CheckResult.nft_placed), as (network,
     container ID): the repair plans nftables from those, iptables from the others."""
     from portmapctl.ops.check.followed_entries import is_toplevel, toplevel_key, toplevel_wanted
+    from portmapctl.ops.check.nft_refused import refused_beside_text, written_and_refused
 
     offered = [
         bool(p.family and REPAIR_COMMAND in p.fix)
@@ -188,7 +189,11 @@ def toplevel_fixes(
         if tables is not None
         else set()
     )
-    nft_live = [a.mapping for a in usable if id(a) not in gone and kinds[id(a)][1]]
+    # Those whose conditions the repair refuses want nothing of it either (nft_refused):
+    # counted, they kept a row offered that, beside them, only torn-down ones want.
+    nft_live, refused = written_and_refused(
+        [a for a in usable if id(a) not in gone and kinds[id(a)][1]]
+    )
     # The first torn-down entry's reason, by backend (nftables?) and family: those rows say it.
     why: Dict[Tuple[bool, int], str] = {}
     for a in usable:
@@ -200,11 +205,15 @@ def toplevel_fixes(
 
     def leaves(p: Problem) -> bool:
         if nft_table_row(p):
-            return not nft_wanted(p, nft_live)  # type: ignore[arg-type]
+            return not nft_wanted(p, nft_live)
         return toplevel_key(p) not in wanted
 
+    def said(p: Problem, text: str) -> str:
+        wanting = [a for a in refused if nft_table_row(p) and nft_wanted(p, [a.mapping])]  # type: ignore[list-item]
+        return f"{text}; {refused_beside_text(wanting)}" if wanting else text
+
     return tuple(
-        replace(p, fix=left_fix(p, left or WOULD_LEAVE.format(why=text)))
+        replace(p, fix=left_fix(p, left or WOULD_LEAVE.format(why=said(p, text))))
         if offers and (text := why.get((nft_table_row(p), p.family or 0))) is not None and leaves(p)
         else p
         for p, offers in zip(problems, offered)
