@@ -228,6 +228,16 @@ def entry_owner(entry: EntryRule) -> Identity:
     return _claimed(Identity(entry.network, entry.container_id), entry.target)
 
 
+def cut_id(entry: EntryRule) -> Optional[str]:
+    """What the comment the kernel cut (the network alone known) still shows of its
+    container ID, the plugin's `...` left out: a prefix of that ID (a --keep prefix
+    is matched against it); None for any other comment."""
+    if entry.network is None or entry.container_id is not None:
+        return None
+    match = _COMMENT.match(option_value(entry.args, "--comment") or "")
+    return match["id"].rstrip(".") if match else None
+
+
 def written_by_plugin(entry: EntryRule) -> bool:
     """Whether `entry` may be the plugin's own entry rule: in CNI-HOSTPORT-DNAT, its
     comment naming its chain's owner (entry_owner; cut by the kernel: the network).

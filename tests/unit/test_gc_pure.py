@@ -42,6 +42,7 @@ from portmapctl.ops.gc import (
     plan_family,
 )
 from portmapctl.ops.gc import state as gc_state
+from portmapctl.ops.gc.liveness import unmatched_keeps
 from portmapctl.ops.gc.state import ChainKey
 
 # --- valid-attachments documents ----------------------------------------------------------
@@ -166,6 +167,28 @@ def test_a_cut_comment_is_matched_by_chain_name():
         assert plan.removed == () and plan.kept == 1
     plan = _plan(tbl, liveness(Sources(keep=("someone-else",)), None))
     assert [c.chain for c in plan.removed] == [info.name]
+
+
+@pytest.mark.parametrize("keep", ["0123456789ab", "0123456789abcdef0123", "full+more"])
+def test_a_keep_prefix_of_an_id_cut_out_of_its_comment_keeps_the_chain(keep: str):
+    """--keep takes an ID's prefix: that of a 200-character ID the kernel cut out of
+    its entry comment (`id: "0123...ef01..`, 255 bytes) was never matched against what
+    the comment still shows, so `gc --yes --keep 0123456789ab` removed the container's
+    chain and warned that the prefix "matches no container". The part shown is a
+    prefix of the ID: a --keep it starts with keeps the chain; one longer than what is
+    shown, and agreeing with it, may be the ID (in doubt: kept)."""
+    tbl = table("long-comment", 4)
+    full_id = json.loads(
+        (Path(__file__).parents[1] / "fixtures/long-comment.conf.json").read_text()
+    )["containers"][0]["containerId"]
+    prefix = full_id + "0" if keep == "full+more" else keep
+    plan = _plan(tbl, liveness(Sources(keep=(prefix,)), None))
+    assert plan.removed == () and plan.kept == 1
+    assert unmatched_keeps((prefix,), {4: tbl}, (), None) == []
+    # What the comment shows contradicts this one: removed, and said so.
+    plan = _plan(tbl, liveness(Sources(keep=("0123456789ac",)), None))
+    assert len(plan.removed) == 1
+    assert len(unmatched_keeps(("0123456789ac",), {4: tbl}, (), None)) == 1
 
 
 def test_orphan_chains_go_unless_live_by_name():

@@ -30,7 +30,7 @@ from portmapctl.host.netns import NetnsState
 from portmapctl.iptables.chain_facts import ChainFacts
 from portmapctl.iptables.chains import chain_name
 from portmapctl.iptables.inventory import ChainInfo
-from portmapctl.iptables.plugin_rules import entry_owner, names_its_chain
+from portmapctl.iptables.plugin_rules import EntryRule, cut_id, entry_owner, names_its_chain
 from portmapctl.iptables.shapes import paired_snat_chain
 
 if TYPE_CHECKING:
@@ -240,7 +240,9 @@ class Liveness:
             ids.add(chain.container_id)
         if ids & self.ids:
             return True
-        return any(cid.startswith(prefix) for cid in ids for prefix in self.keep)
+        if any(cid.startswith(prefix) for cid in ids for prefix in self.keep):
+            return True
+        return any(_keeps_cut(prefix, chain.entries) for prefix in self.keep)
 
     def in_scope(self, chain: AnyChain) -> bool:
         """Whether the sources speak for `chain`'s network: the networks its entry
@@ -252,6 +254,17 @@ class Liveness:
             return True
         networks = {entry_owner(e).network for e in chain.entries} - {None}
         return bool(networks) and networks <= self.scope
+
+
+def _keeps_cut(prefix: str, entries: Iterable[EntryRule]) -> bool:
+    """Whether --keep `prefix` may name the container of an entry comment the kernel
+    cut (a long ID: cut_id shows its start): one that part starts with does; a longer
+    one agreeing with it may (in doubt: kept)."""
+    for entry in entries:
+        shown = cut_id(entry)
+        if shown is not None and (shown.startswith(prefix) or prefix.startswith(shown)):
+            return True
+    return False
 
 
 def _is_cni_name(value: str) -> bool:
@@ -279,12 +292,14 @@ def unmatched_keeps(
     ids = set(nft_owners) | {a.container_id for a in attachments or ()}
     networks = {a.network for a in attachments or ()}
     chains: Set[str] = set()
+    read: List[EntryRule] = []
     for table in tables.values():
         named = per_container_chains(table)
         chains.update(named)
         for entries in entry_rules(table, set(named)).values():
             ids.update(e.container_id for e in entries if e.container_id)
             networks.update(e.network for e in entries if e.network)
+            read += entries
     return [
         f"--keep {prefix} matches no container on this node: it keeps nothing (a"
         " container not running now has no chain to keep; --keep takes a container's ID"
@@ -292,6 +307,7 @@ def unmatched_keeps(
         for prefix in keep
         if not any(cid.startswith(prefix) for cid in ids)
         and not any(chain_name(network, prefix) in chains for network in networks)
+        and not _keeps_cut(prefix, read)
     ]
 
 
